@@ -1,0 +1,44 @@
+# Thin targets: exactly what people and CI run. Logic lives in `tenfold` (src/tenfold) and scripts/.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+TENFOLD := $(BIN)/tenfold
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo up down status test test-fast lint bench synth clean
+
+setup: ## create .venv and install everything (idempotent)
+	@bash scripts/setup.sh
+
+demo: setup ## bring the local platform up and run the lifecycle on the embedded default
+	@$(TENFOLD) demo
+
+up: setup ## start the local services (Airflow, Pub/Sub and GCS emulators)
+	@$(TENFOLD) up
+
+down: ## stop what `make up` started
+	@$(TENFOLD) down
+
+status:
+	@$(TENFOLD) status
+
+test: setup lint ## the whole suite, as CI runs it
+	@$(BIN)/pytest
+
+lint: setup
+	@$(BIN)/ruff check src dags spark_jobs infra serving_image tests bench
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports
+	@$(BIN)/python scripts/check_imports.py
+
+synth: setup ## synthesize every stack of dev and prod (no cloud needed)
+	@cd infra && ../$(BIN)/python main.py
+
+bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
+	@$(BIN)/python bench/features.py
+	@$(BIN)/python bench/training.py
+	@$(BIN)/python bench/synth.py
+
+clean: down
+	rm -rf .tenfold infra/cdktf.out

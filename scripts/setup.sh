@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Idempotent setup: system packages (only those missing), uv, .venv from the lock file, tool venvs.
+# Fails early, naming what is missing and how to get it. Run through `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Install python3.11 or set PYTHON=/path/to/python3.11."
+
+# --- system packages: installed with apt only where missing -----------------------------------
+APT_PACKAGES=(haproxy)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+    die "system packages missing: ${missing[*]}. Install them (apt-get install ${missing[*]}) as root."
+  fi
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  command -v apt-get >/dev/null || die "system packages missing: ${missing[*]}, and apt-get is not available to install them."
+  say "installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- prerequisites that cannot come from a package registry here ------------------------------
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
+if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
+  die "Java 17+ is required by Spark (found: ${java_major:-none}). Install it: apt-get install openjdk-17-jre-headless"
+fi
+if ! command -v gcloud >/dev/null; then
+  die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
+fi
+if ! gcloud beta emulators pubsub env-init --help >/dev/null 2>&1; then
+  die "the Pub/Sub emulator is missing. Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
+fi
+command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs"
+
+# --- Python environment --------------------------------------------------------------------------
+if ! command -v uv >/dev/null; then
+  say "installing uv"
+  "$PY" -m pip install -q "uv==0.13.8"
+fi
+FIND_LINKS=()
+[ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
+stamp=.venv/.tenfold-lock.sha
+want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  uv venv -q --python "$PY" .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing pinned dependencies into .venv (requirements/lock.txt)"
+  # torch==2.13.0+cpu comes from the local wheel folder (PIP_FIND_LINKS); never a CUDA build.
+  VIRTUAL_ENV=.venv uv pip sync -q "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
+    || die "could not install the pinned dependencies. torch==2.13.0 needs its CPU wheel: set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu, or use a machine with the PyTorch CPU index reachable."
+  VIRTUAL_ENV=.venv uv pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+# checkov pins libraries that Airflow 3 cannot share (cachetools<6): it gets its own venv.
+if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
+  say "installing checkov into .tools/checkov"
+  [ -x .tools/checkov/bin/python ] || uv venv -q --python "$PY" .tools/checkov
+  VIRTUAL_ENV=.tools/checkov uv pip sync -q requirements/checkov.txt
+  sha256sum < requirements/checkov.txt > .tools/checkov/.stamp
+fi
+say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

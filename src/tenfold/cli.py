@@ -1,0 +1,50 @@
+"""The ``tenfold`` command: the one entry point for people and the Makefile.
+
+Run ``tenfold --help``. Sub-commands live beside the code they drive (``tenfold.<area>.cli``) and are
+mounted here; this file only composes them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from tenfold.config import get_settings
+
+app = typer.Typer(help="Tenfold: the ML lifecycle on one machine or on Google Cloud.", no_args_is_help=True)
+config_app = typer.Typer(help="Read the settings of the current environment (TENFOLD_ENV).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("get")
+def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
+    """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
+    try:
+        value = get_settings(env).get(key)
+    except (KeyError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if hasattr(value, "model_dump"):
+        typer.echo(json.dumps(value.model_dump(mode="json"), indent=2))
+    elif isinstance(value, (dict, list, tuple)):
+        typer.echo(json.dumps(value, default=str))
+    else:
+        typer.echo("" if value is None else str(value))
+
+
+@config_app.command("show")
+def config_show(env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
+    """Print every settings value as JSON."""
+    typer.echo(json.dumps(get_settings(env).model_dump(mode="json"), indent=2))
+
+
+# --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Settings per environment (``local``, ``dev``, ``prod``); see :mod:`tenfold.config.settings`."""
+
+from __future__ import annotations
+
+from tenfold.config.settings import ENVIRONMENTS, Env, Settings, build_settings, get_settings, project_root
+
+__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "get_settings", "project_root"]

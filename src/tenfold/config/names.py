@@ -1,0 +1,73 @@
+"""Validators for Google Cloud naming rules.
+
+Each check raises ``ValueError`` naming the rule that was broken, so a bad settings value fails at
+load time with a message a person can act on, not at ``cdktn deploy`` time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+_RFC1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
+_PUBSUB = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]*$")
+_SERVICE_ACCOUNT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
+_PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+
+
+def check_resource_name(value: str) -> str:
+    """Compute Engine and most GCP resources: RFC 1035, 1-63 characters."""
+    if not 1 <= len(value) <= 63 or not _RFC1035.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid GCP resource name: use 1-63 lowercase letters, digits or '-', "
+            "starting with a letter and not ending with '-'"
+        )
+    return value
+
+
+def check_bucket_name(value: str) -> str:
+    if not 3 <= len(value) <= 63 or not _BUCKET.match(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not a valid bucket name: use 3-63 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    if value.startswith("goog") or "google" in value:
+        raise ValueError(f"bucket name {value!r} may not start with 'goog' or contain 'google'")
+    return value
+
+
+def check_pubsub_name(value: str) -> str:
+    if not 3 <= len(value) <= 255 or not _PUBSUB.match(value) or value.startswith("goog"):
+        raise ValueError(
+            f"{value!r} is not a valid Pub/Sub topic or subscription name: 3-255 characters, starting "
+            "with a letter, from letters, digits and -_.~+%, not starting with 'goog'"
+        )
+    return value
+
+
+def check_service_account_id(value: str) -> str:
+    if not 6 <= len(value) <= 30 or not _SERVICE_ACCOUNT.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid service account id: 6-30 lowercase letters, digits or '-', "
+            "starting with a letter"
+        )
+    return value
+
+
+def check_project_id(value: str) -> str:
+    if not _PROJECT.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid GCP project id: 6-30 lowercase letters, digits or '-', "
+            "starting with a letter"
+        )
+    return value
+
+
+ResourceName = Annotated[str, AfterValidator(check_resource_name)]
+BucketName = Annotated[str, AfterValidator(check_bucket_name)]
+PubSubName = Annotated[str, AfterValidator(check_pubsub_name)]
+ServiceAccountId = Annotated[str, AfterValidator(check_service_account_id)]
+ProjectId = Annotated[str, AfterValidator(check_project_id)]

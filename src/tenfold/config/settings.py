@@ -1,0 +1,380 @@
+"""Typed settings for each environment: the only place where resource names are spelled.
+
+The environment is chosen once, by ``TENFOLD_ENV`` (``local``, ``dev`` or ``prod``; default
+``local``), in :func:`get_settings`. Everything else receives a :class:`Settings` as an argument.
+Names are derived from one prefix per environment so that a rename is a one-line change, and every
+name is validated against Google Cloud's naming rules when the settings are built.
+
+This module imports nothing heavy (pydantic only): the Makefile, the DAG files and shell scripts
+read it through ``tenfold config get KEY``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, ServiceAccountId
+
+Env = Literal["local", "dev", "prod"]
+ENVIRONMENTS: tuple[Env, ...] = ("local", "dev", "prod")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KmsSettings(_Frozen):
+    key_ring: ResourceName
+    storage_key: ResourceName
+    pubsub_key: ResourceName
+    rotation_period: str = "7776000s"  # 90 days
+
+
+class StorageSettings(_Frozen):
+    lake_bucket: BucketName
+    models_bucket: BucketName
+    artifacts_bucket: BucketName
+    dataproc_staging_bucket: BucketName
+    tf_state_bucket: BucketName
+    # Where the lake lives, as a Hadoop-style URI that Spark, pyarrow and the DAGs all accept:
+    # file:// on one machine (Spark's GCS connector cannot be downloaded offline), gs:// in the cloud.
+    lake_uri: str
+    # GCS endpoint override; set only for the local emulator.
+    emulator_host: str | None = None
+    registry_prefix: str = "registry"
+    kms: KmsSettings
+
+
+class SubscriptionSettings(_Frozen):
+    name: PubSubName
+    topic: PubSubName
+    dead_letter_topic: PubSubName
+    dead_letter_subscription: PubSubName
+    ack_deadline_s: int = Field(default=60, ge=10, le=600)
+    max_delivery_attempts: int = Field(default=5, ge=5, le=100)
+    min_retry_backoff_s: int = Field(default=10, ge=0, le=600)
+    max_retry_backoff_s: int = Field(default=600, ge=0, le=600)
+
+
+class MessagingSettings(_Frozen):
+    requests_topic: PubSubName
+    predictions_topic: PubSubName
+    feedback_topic: PubSubName
+    model_updates_topic: PubSubName
+    subscriptions: dict[str, SubscriptionSettings]
+    emulator_host: str | None = None  # host:port, local only
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic, dead-letter topics included, in a stable order."""
+        names = [self.requests_topic, self.predictions_topic, self.feedback_topic, self.model_updates_topic]
+        for sub in self.subscriptions.values():
+            names.append(sub.dead_letter_topic)
+        return list(dict.fromkeys(names))
+
+
+class NetworkSettings(_Frozen):
+    network: ResourceName
+    subnet: ResourceName
+    subnet_cidr: str = "10.10.0.0/20"
+    router: ResourceName
+    nat: ResourceName
+
+
+class ServiceAccounts(_Frozen):
+    serving: ServiceAccountId
+    training: ServiceAccountId
+    inference: ServiceAccountId
+    dataproc: ServiceAccountId
+    composer: ServiceAccountId
+
+
+class SparkSettings(_Frozen):
+    master: str = "local[2,4]"  # 2 cores, 4 task attempts: plain local[N] never retries a task
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 8
+    dataproc_runtime_version: str = "2.3"
+    dataproc_batch_prefix: ResourceName
+
+
+class AirflowSettings(_Frozen):
+    gcp_conn_id: str = "google_cloud_default"
+    admin_user: str = "admin"
+    # Asset URIs: the events that chain the DAGs (features -> training -> rollout).
+    features_asset: str
+    challenger_asset: str
+    champion_asset: str
+    composer_enabled: bool = False
+    composer_environment: ResourceName
+    composer_image_version: str = "composer-3-airflow-2.10.5"
+
+
+class GpuGroupSettings(_Frozen):
+    """A managed instance group of (optionally GPU) VMs."""
+
+    instance_group: ResourceName
+    instance_template: ResourceName
+    machine_type: str
+    accelerator_type: str | None = None
+    accelerator_count: int = Field(default=0, ge=0, le=8)
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=1, ge=0)
+    spot: bool = False
+    disk_size_gb: int = 100
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GpuGroupSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"{self.instance_group}: min_replicas exceeds max_replicas")
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError(f"{self.instance_group}: set accelerator_type and accelerator_count together")
+        return self
+
+
+class TrainingSettings(_Frozen):
+    backend: Literal["gloo", "nccl"] = "gloo"
+    nproc_per_node: int = 2
+    nnodes: int = 1
+    rdzv_port: int = 29400
+    max_restarts: int = 1
+    checkpoint_every: int = 50
+    fleet: GpuGroupSettings
+    # Months (YYYY-MM, inclusive) of the reference time-based split.
+    train_months: tuple[str, str] = ("2013-01", "2013-09")
+    holdout_months: tuple[str, str] = ("2013-10", "2013-12")
+    promote_margin: float = 0.002  # AUC a challenger must beat the champion by
+
+
+class LoadBalancerSettings(_Frozen):
+    address: ResourceName
+    health_check: ResourceName
+    stable_backend: ResourceName
+    canary_backend: ResourceName
+    url_map: ResourceName
+    http_proxy: ResourceName
+    forwarding_rule: ResourceName
+    domain: str | None = None
+    cloud_armor_policy: ResourceName | None = None
+
+
+class ServingSettings(_Frozen):
+    port: int = 8080
+    health_path: str = "/healthz"
+    stable_fleet: GpuGroupSettings
+    canary_fleet: GpuGroupSettings
+    target_utilization: float = Field(default=0.7, gt=0, le=1)
+    load_balancer: LoadBalancerSettings
+
+
+class InferenceSettings(_Frozen):
+    fleet: GpuGroupSettings
+    backlog_per_worker: int = 1000  # autoscaler target: undelivered messages per worker
+
+
+class MonitoringSettings(_Frozen):
+    notification_email: str
+    p99_latency_ms: int = 250
+    error_rate_5xx: float = 0.01
+    dead_letter_backlog: int = 1
+    oldest_unacked_age_s: int = 900
+    drift_psi: float = 0.2
+
+
+class LocalSettings(_Frozen):
+    """Ports and paths of the embedded services; all bind to loopback only."""
+
+    home: Path
+    bind_host: str = "127.0.0.1"
+    airflow_port: int = 8080
+    pubsub_port: int = 8085
+    gcs_port: int = 4443
+    lb_port: int = 8000
+    replica_base_port: int = 8101
+    replicas: int = 2
+
+
+class InfraSettings(_Frozen):
+    data_stack: ResourceName
+    platform_stack: ResourceName
+    state_prefix: str
+
+
+class Settings(_Frozen):
+    env: Env
+    project_id: ProjectId
+    region: str
+    zone: str
+    prefix: ResourceName
+    storage: StorageSettings
+    messaging: MessagingSettings
+    network: NetworkSettings
+    service_accounts: ServiceAccounts
+    spark: SparkSettings
+    airflow: AirflowSettings
+    training: TrainingSettings
+    serving: ServingSettings
+    inference: InferenceSettings
+    monitoring: MonitoringSettings
+    infra: InfraSettings
+    local: LocalSettings
+
+    @property
+    def is_local(self) -> bool:
+        return self.env == "local"
+
+    def get(self, key: str) -> Any:
+        """Look up a dotted key, e.g. ``storage.lake_bucket`` (what ``tenfold config get`` serves)."""
+        value: Any = self
+        for part in key.split("."):
+            if isinstance(value, BaseModel) and part in type(value).model_fields:
+                value = getattr(value, part)
+            elif isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, BaseModel) and isinstance(getattr(type(value), part, None), property):
+                value = getattr(value, part)
+            else:
+                raise KeyError(f"unknown settings key {key!r} (no {part!r})")
+        return value
+
+
+def project_root() -> Path:
+    """The checkout root (the folder holding pyproject.toml); TENFOLD_ROOT overrides."""
+    if root := os.environ.get("TENFOLD_ROOT"):
+        return Path(root).resolve()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists() and (parent / "dags").is_dir():
+            return parent
+    return Path.cwd().resolve()
+
+
+def _subscription(prefix: str, name: str, topic: str, **kw: Any) -> SubscriptionSettings:
+    sub = f"{prefix}-{name}"
+    return SubscriptionSettings(
+        name=sub,
+        topic=topic,
+        dead_letter_topic=f"{sub}-dead-letter",
+        dead_letter_subscription=f"{sub}-dead-letter-sub",
+        **kw,
+    )
+
+
+def build_settings(env: Env, *, project_id: str | None = None, prefix: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings of one environment; keyword overrides replace top-level sections or fields.
+
+    ``project_id`` defaults to ``TENFOLD_PROJECT_ID`` or a placeholder for synth-only use; every name
+    is derived from ``prefix`` (default ``tenfold-<env>``).
+    """
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {env!r}: choose one of {', '.join(ENVIRONMENTS)}")
+    prefix = prefix or f"tenfold-{env}"
+    project_id = project_id or os.environ.get("TENFOLD_PROJECT_ID") or f"tenfold-{env}-project"
+    local_home = Path(os.environ.get("TENFOLD_HOME") or project_root() / ".tenfold").resolve()
+    local = LocalSettings(home=local_home)
+    is_local = env == "local"
+    prod = env == "prod"
+    # Bucket names are global: qualify them by project so two users of Tenfold never collide.
+    bucket = f"{project_id}-{prefix}" if not is_local else prefix
+    lake_bucket = f"{bucket}-lake"
+    topic = functools.partial(str.format, prefix + "-{}")
+
+    requests_topic, predictions_topic = topic("requests"), topic("predictions")
+    feedback_topic, updates_topic = topic("feedback"), topic("model-updates")
+    subs = {
+        "requests": _subscription(prefix, "requests-workers", requests_topic, ack_deadline_s=120),
+        "predictions": _subscription(prefix, "predictions-sink", predictions_topic),
+        "feedback": _subscription(prefix, "feedback-sink", feedback_topic),
+        "model_updates": _subscription(prefix, "model-updates-serving", updates_topic),
+    }
+
+    def fleet(role: str, **kw: Any) -> GpuGroupSettings:
+        return GpuGroupSettings(instance_group=f"{prefix}-{role}-mig", instance_template=f"{prefix}-{role}-tmpl", **kw)
+
+    gpu = {"accelerator_type": "nvidia-l4", "accelerator_count": 1}
+    values: dict[str, Any] = dict(
+        env=env,
+        project_id=project_id,
+        region="us-central1",
+        zone="us-central1-a",
+        prefix=prefix,
+        storage=StorageSettings(
+            lake_bucket=lake_bucket,
+            models_bucket=f"{bucket}-models",
+            artifacts_bucket=f"{bucket}-artifacts",
+            dataproc_staging_bucket=f"{bucket}-dataproc",
+            tf_state_bucket=f"{bucket}-tfstate",
+            lake_uri=(local_home / "lake").as_uri() if is_local else f"gs://{lake_bucket}",
+            emulator_host=f"http://{local.bind_host}:{local.gcs_port}" if is_local else None,
+            kms=KmsSettings(key_ring=f"{prefix}-keyring", storage_key=f"{prefix}-storage", pubsub_key=f"{prefix}-pubsub"),
+        ),
+        messaging=MessagingSettings(
+            requests_topic=requests_topic,
+            predictions_topic=predictions_topic,
+            feedback_topic=feedback_topic,
+            model_updates_topic=updates_topic,
+            subscriptions=subs,
+            emulator_host=f"{local.bind_host}:{local.pubsub_port}" if is_local else None,
+        ),
+        network=NetworkSettings(
+            network=f"{prefix}-vpc", subnet=f"{prefix}-subnet", router=f"{prefix}-router", nat=f"{prefix}-nat"
+        ),
+        service_accounts=ServiceAccounts(
+            serving=f"{prefix}-serving",
+            training=f"{prefix}-training",
+            inference=f"{prefix}-inference",
+            dataproc=f"{prefix}-dataproc",
+            composer=f"{prefix}-composer",
+        ),
+        spark=SparkSettings(dataproc_batch_prefix=f"{prefix}-features"),
+        airflow=AirflowSettings(
+            features_asset=(local_home / "lake" / "features").as_uri() if is_local else f"gs://{lake_bucket}/features",
+            challenger_asset=f"gs://{bucket}-models/registry/aliases/challenger",
+            champion_asset=f"gs://{bucket}-models/registry/aliases/champion",
+            composer_enabled=prod,
+            composer_environment=f"{prefix}-composer",
+        ),
+        training=TrainingSettings(
+            backend="gloo" if is_local else "nccl",
+            nproc_per_node=2 if is_local else 1,
+            nnodes=1 if is_local else 2,
+            fleet=fleet("train", machine_type="g2-standard-8", min_replicas=0, max_replicas=2, spot=not prod, **gpu),
+        ),
+        serving=ServingSettings(
+            stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
+                               max_replicas=20 if prod else 2, **gpu),
+            canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=0,
+                               max_replicas=4 if prod else 1, **gpu),
+            load_balancer=LoadBalancerSettings(
+                address=f"{prefix}-lb-ip",
+                health_check=f"{prefix}-serving-hc",
+                stable_backend=f"{prefix}-stable-backend",
+                canary_backend=f"{prefix}-canary-backend",
+                url_map=f"{prefix}-url-map",
+                http_proxy=f"{prefix}-proxy",
+                forwarding_rule=f"{prefix}-fwd",
+                cloud_armor_policy=f"{prefix}-armor" if prod else None,
+            ),
+        ),
+        inference=InferenceSettings(
+            fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True, **gpu),
+        ),
+        monitoring=MonitoringSettings(notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com")),
+        infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}"),
+        local=local,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@functools.lru_cache(maxsize=8)
+def get_settings(env: str | None = None) -> Settings:
+    """The settings of ``env``, or of ``TENFOLD_ENV`` (default ``local``)."""
+    chosen = env or os.environ.get("TENFOLD_ENV", "local")
+    if chosen not in ENVIRONMENTS:
+        raise ValueError(f"TENFOLD_ENV={chosen!r} is not an environment: choose one of {', '.join(ENVIRONMENTS)}")
+    return build_settings(chosen)  # type: ignore[arg-type]
