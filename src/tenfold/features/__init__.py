@@ -1,0 +1,1 @@
+"""Feature definitions and pure Spark transforms for the reference workload."""
