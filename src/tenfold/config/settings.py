@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -196,6 +197,31 @@ class LocalSettings(_Frozen):
     lb_port: int = 8000
     replica_base_port: int = 8101
     replicas: int = 2
+    # fake-gcs-server enforces generation preconditions (atomic alias moves need them);
+    # gcp-storage-emulator is pure Python but ignores them. See tenfold.local.services.
+    gcs_emulator: Literal["fake-gcs-server", "gcp-storage-emulator"] = "fake-gcs-server"
+
+
+LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
+
+
+def local_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Fields of :class:`LocalSettings` overridden by ``TENFOLD_LOCAL__<FIELD>`` variables.
+
+    Tests and subprocesses (``airflow dags test``, spark-submit) run against their own ports this way,
+    e.g. ``TENFOLD_LOCAL__GCS_PORT=14443``, so they never collide with ``make up``; ``TENFOLD_HOME``
+    moves the home (``home`` itself is not overridable here).
+    """
+    environ = os.environ if environ is None else environ
+    fields = sorted(set(LocalSettings.model_fields) - {"home"})
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith(LOCAL_ENV_PREFIX):
+            name = key[len(LOCAL_ENV_PREFIX):].lower()
+            if name not in fields:
+                raise ValueError(f"{key} names no local setting: use one of {', '.join(LOCAL_ENV_PREFIX + f.upper() for f in fields)}")
+            out[name] = value
+    return out
 
 
 class InfraSettings(_Frozen):
@@ -275,7 +301,7 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
     prefix = prefix or f"tenfold-{env}"
     project_id = project_id or os.environ.get("TENFOLD_PROJECT_ID") or f"tenfold-{env}-project"
     local_home = Path(os.environ.get("TENFOLD_HOME") or project_root() / ".tenfold").resolve()
-    local = LocalSettings(home=local_home)
+    local = LocalSettings(home=local_home, **local_env_overrides())  # type: ignore[arg-type]
     is_local = env == "local"
     prod = env == "prod"
     # Bucket names are global: qualify them by project so two users of Tenfold never collide.
