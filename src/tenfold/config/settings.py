@@ -142,8 +142,14 @@ class TrainingSettings(_Frozen):
     nproc_per_node: int = 2
     nnodes: int = 1
     rdzv_port: int = 29400
+    # Multi-node c10d rendezvous host (the first training VM); None with nnodes == 1 (--standalone).
+    rdzv_host: str | None = None
     max_restarts: int = 1
     checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    # Bounds so a training job never hangs: the whole torchrun job, and each collective/store wait.
+    job_timeout_s: int = Field(default=3600, ge=10)
+    collective_timeout_s: int = Field(default=120, ge=5)
     fleet: GpuGroupSettings
     # Months (YYYY-MM, inclusive) of the reference time-based split.
     train_months: tuple[str, str] = ("2013-01", "2013-09")
