@@ -99,8 +99,11 @@ class SparkSettings(_Frozen):
     master: str = "local[2,4]"  # 2 cores, 4 task attempts: plain local[N] never retries a task
     driver_memory: str = "2g"
     shuffle_partitions: int = 8
-    dataproc_runtime_version: str = "2.3"
+    # Dataproc Serverless runtime 3.0 ships Spark 4, the major version the jobs are written for.
+    dataproc_runtime_version: str = "3.0"
     dataproc_batch_prefix: ResourceName
+    # Where spark_jobs/ and the zipped tenfold package are staged in the Dataproc staging bucket.
+    dataproc_code_prefix: str = "code"
 
 
 class AirflowSettings(_Frozen):
@@ -112,7 +115,8 @@ class AirflowSettings(_Frozen):
     champion_asset: str
     composer_enabled: bool = False
     composer_environment: ResourceName
-    composer_image_version: str = "composer-3-airflow-2.10.5"
+    # The DAGs use the Airflow 3 SDK (airflow.sdk), so Composer 3 must run an Airflow 3 build.
+    composer_image_version: str = "composer-3-airflow-3.1.0"
 
 
 class GpuGroupSettings(_Frozen):
@@ -155,6 +159,13 @@ class TrainingSettings(_Frozen):
     train_months: tuple[str, str] = ("2013-01", "2013-09")
     holdout_months: tuple[str, str] = ("2013-10", "2013-12")
     promote_margin: float = 0.002  # AUC a challenger must beat the champion by
+    # Cloud runs (tenfold.cloud.compute): torchrun's entry module on the training fleet, where each
+    # run's completion marker lands in the artifacts bucket, and bounds on every wait.
+    entry_module: str = "tenfold.training.train"
+    runs_prefix: str = "training/runs"
+    stable_timeout_s: int = Field(default=1800, gt=0)
+    run_timeout_s: int = Field(default=6 * 3600, gt=0)
+    poll_interval_s: float = Field(default=30.0, gt=0)
 
 
 class LoadBalancerSettings(_Frozen):
@@ -190,6 +201,8 @@ class MonitoringSettings(_Frozen):
     dead_letter_backlog: int = 1
     oldest_unacked_age_s: int = 900
     drift_psi: float = 0.2
+    # Custom metric the drift monitor writes; the drift alert policy watches it.
+    drift_metric: str = "custom.googleapis.com/tenfold/feature_psi"
 
 
 class LocalSettings(_Frozen):
@@ -234,6 +247,10 @@ class InfraSettings(_Frozen):
     data_stack: ResourceName
     platform_stack: ResourceName
     state_prefix: str
+    # Artifact Registry (Docker) repository holding the one tenfold image (serving, training, workers).
+    artifact_repository: ResourceName = "tenfold-images"
+    image_name: str = "tenfold"
+    image_tag: str = "latest"
 
 
 class Settings(_Frozen):
@@ -258,6 +275,12 @@ class Settings(_Frozen):
     @property
     def is_local(self) -> bool:
         return self.env == "local"
+
+    @property
+    def container_image(self) -> str:
+        """The tenfold image in this environment's Artifact Registry repository."""
+        i = self.infra
+        return f"{self.region}-docker.pkg.dev/{self.project_id}/{i.artifact_repository}/{i.image_name}:{i.image_tag}"
 
     def get(self, key: str) -> Any:
         """Look up a dotted key, e.g. ``storage.lake_bucket`` (what ``tenfold config get`` serves)."""
@@ -396,7 +419,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True, **gpu),
         ),
         monitoring=MonitoringSettings(notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com")),
-        infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}"),
+        infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}",
+                            artifact_repository=f"{prefix}-images"),
         local=local,
     )
     values.update(overrides)
