@@ -40,6 +40,9 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
 
 
 # --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---
+from tenfold.data.cli import ingest as _ingest  # noqa: E402
+
+app.command("ingest")(_ingest)
 
 
 def main() -> None:

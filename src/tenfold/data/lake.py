@@ -281,7 +281,8 @@ class Lake:
     ) -> Manifest:
         """Publish the Parquet files in ``staged_dir`` (a path or URI) as ``table``'s ``part``.
 
-        Idempotent: the same files give the same data folder and the same manifest content.
+        Idempotent: the same files give the same data folder and the same manifest content; when the
+        visible partition already holds exactly these files (and ``extra``), nothing is written at all.
         """
         staged = self._path(staged_dir)
         infos = sorted(
@@ -300,6 +301,10 @@ class Lake:
             raise LakeError(f"{self.uri_of(staged)}: files disagree on the schema; refusing to publish a mix")
         digest = hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()[:16]
         data_dir = f"data-{digest}"
+        current = self._current_manifest(table, part)
+        if current is not None and current.data_dir == data_dir and current.files == tuple(entries) \
+                and current.extra == (extra or {}):
+            return current  # same content already visible: leave the manifest (and its run id) as it is
         target = self._join(table, part.path, data_dir)
         for entry, info in zip(entries, infos, strict=True):
             dest = posixpath.join(target, entry.name)
@@ -323,6 +328,14 @@ class Lake:
         )
         self._write_atomic(self.manifest_path(table, part), manifest.to_json().encode())
         self._collect_garbage(table, part, keep=data_dir)
+        return manifest
+
+    def _current_manifest(self, table: str, part: Partition) -> Manifest | None:
+        try:
+            manifest = self.read_manifest(table, part)
+            self.files(table, part, verify=True)
+        except LakeError:
+            return None  # nothing valid published yet: publish normally, which repairs it
         return manifest
 
     def _collect_garbage(self, table: str, part: Partition, keep: str) -> None:

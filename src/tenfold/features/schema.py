@@ -12,6 +12,11 @@ analysis; it is not a feature.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 TABLE = "features"
 RAW_TABLES = ("flights", "weather", "planes", "airlines", "airports")
 LABEL = "label"
@@ -55,3 +60,56 @@ ANALYSIS_COLUMNS = ("tailnum", "cancelled", "arr_delay")
 TAILNUM_BUCKETS = 64
 
 ALL_COLUMNS = tuple(dict.fromkeys(KEY_COLUMNS + CATEGORICAL_COLUMNS + NUMERIC_COLUMNS + ANALYSIS_COLUMNS + (LABEL,)))
+
+# Column types, as Arrow type names (the Parquet the job writes carries exactly these). Every numeric
+# feature is float64 so a model standardises them uniformly; categoricals are never null (an unknown
+# tail number goes to bucket -1, see ``tailnum_bucket``).
+COLUMN_TYPES: dict[str, str] = {
+    "year": "int32",
+    "month": "int32",
+    "day": "int32",
+    "carrier": "string",
+    "flight": "int32",
+    "origin": "string",
+    "time_hour": "timestamp[us, tz=UTC]",
+    "dest": "string",
+    "tailnum_bucket": "int32",
+    "sched_dep_hour": "int32",
+    "day_of_week": "int32",  # ISO: Monday = 1 ... Sunday = 7
+    **{name: "float64" for name in NUMERIC_COLUMNS},
+    "tailnum": "string",
+    "cancelled": "bool",
+    "arr_delay": "float64",
+    LABEL: "int32",
+}
+# Never null in a published partition (GX checks it). The Parquet schema itself marks every column
+# nullable, as Spark writes it, so that its hash is the same whichever engine wrote the file.
+NON_NULL_COLUMNS = KEY_COLUMNS + CATEGORICAL_COLUMNS + ("cancelled", LABEL)
+UNKNOWN_TAILNUM_BUCKET = -1
+
+assert tuple(COLUMN_TYPES) == ALL_COLUMNS, "COLUMN_TYPES must list ALL_COLUMNS in order"
+
+
+def tailnum_bucket(tailnum: str | None) -> int:
+    """The stable bucket of a tail number: ``int(md5(tailnum)[:8], 16) % TAILNUM_BUCKETS``.
+
+    Spark, DuckDB and a serving process all compute the same value (md5 is in each of them); Python's
+    own ``hash`` is salted per process and Spark's ``hash`` is Murmur3 with a seed, so neither is used.
+    """
+    if tailnum is None:
+        return UNKNOWN_TAILNUM_BUCKET
+    import hashlib
+
+    return int(hashlib.md5(tailnum.encode()).hexdigest()[:8], 16) % TAILNUM_BUCKETS
+
+
+def arrow_schema() -> pa.Schema:
+    """The features table's Arrow schema; its ``lake.schema_hash`` is the one every manifest carries."""
+    import pyarrow as pa
+
+    def arrow_type(name: str) -> pa.DataType:
+        if name.startswith("timestamp"):
+            return pa.timestamp("us", tz="UTC")
+        return pa.type_for_alias(name)
+
+    return pa.schema([pa.field(c, arrow_type(t)) for c, t in COLUMN_TYPES.items()])
