@@ -1,0 +1,122 @@
+"""The environment Airflow runs in locally: ``airflow standalone`` and ``airflow dags test`` alike.
+
+``airflow_env(settings)`` is the one definition of that environment. ``tenfold up`` starts the
+standalone stack with it, and integration tests run ``airflow dags test <dag_id> <date>`` with it::
+
+    env = airflow_env(settings)
+    ensure_airflow_db(env)
+    subprocess.run(["airflow", "dags", "test", "build_features", "2013-02-01"], env=env, check=True)
+
+Code inside DAG tasks then resolves the same :class:`Settings` through ``get_settings()`` because
+the ``TENFOLD_*`` variables (home, ports, project) travel with the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tenfold.config import Settings, project_root
+from tenfold.local.env import settings_env
+
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+def venv_bin() -> Path:
+    """The ``bin`` folder of the running interpreter's environment (where ``airflow`` lives)."""
+    # sys.prefix, not sys.executable's resolved path: a venv's python is a symlink to the base one.
+    return Path(sys.prefix) / "bin"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.local.home / "airflow"
+
+
+def airflow_url(settings: Settings) -> str:
+    return f"http://{settings.local.bind_host}:{settings.local.airflow_port}"
+
+
+def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every variable an Airflow process needs to run Tenfold's DAGs against the local services.
+
+    ``base`` (default ``os.environ``) supplies the rest of the environment; ``AIRFLOW__*`` and
+    ``TENFOLD_*`` variables inherited from it are dropped first so that an outer configuration (a
+    running ``make up``, another test session) can never leak into this one.
+    """
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "TENFOLD_"))}
+    home = airflow_home(settings)
+    url = airflow_url(settings)
+    conn = {
+        "conn_type": "google_cloud_platform",
+        # The emulators accept anything; anonymous keeps the google provider from looking for ADC.
+        "extra": {"is_anonymous": True, "project": settings.project_id},
+    }
+    env.update(settings_env(settings))
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(venv_bin()), env.get("PATH", os.defpath)]),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project_root() / "dags"),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores: more concurrent tasks only thrash
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+            # "<user>:admin" is the role; the password is generated into AIRFLOW_HOME (see admin_password).
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow.admin_user}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / PASSWORDS_FILE),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__API__HOST": settings.local.bind_host,
+            "AIRFLOW__API__PORT": str(settings.local.airflow_port),
+            "AIRFLOW__API__BASE_URL": url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            # New DAG files show up within half a minute instead of five.
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            f"AIRFLOW_CONN_{settings.airflow.gcp_conn_id.upper()}": json.dumps(conn),
+        }
+    )
+    return env
+
+
+def admin_password(settings: Settings) -> str | None:
+    """The generated password of the admin user, once ``airflow standalone`` has written it."""
+    path = airflow_home(settings) / PASSWORDS_FILE
+    try:
+        passwords = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    value = passwords.get(settings.airflow.admin_user)
+    return str(value) if value is not None else None
+
+
+def _migrated_marker(env: Mapping[str, str]) -> Path:
+    return Path(env["AIRFLOW_HOME"]) / ".tenfold-db-migrated"
+
+
+def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None:
+    """Run ``airflow db migrate`` once for ``env``'s AIRFLOW_HOME; later calls return at once.
+
+    A marker beside the database records the migration; it is written only after the command
+    succeeded and holds the database URL and Airflow version, so a new Airflow re-migrates.
+    """
+    from importlib.metadata import version
+
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    marker = _migrated_marker(env)
+    stamp = json.dumps({"db": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"), "airflow": version("apache-airflow")})
+    if marker.exists() and marker.read_text() == stamp:
+        return
+    airflow = Path(env.get("PATH", "").split(os.pathsep)[0]) / "airflow"
+    cmd = [str(airflow) if airflow.exists() else "airflow", "db", "migrate"]
+    proc = subprocess.run(cmd, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise RuntimeError(f"`airflow db migrate` failed (AIRFLOW_HOME={home}):\n{tail}")
+    marker.write_text(stamp)

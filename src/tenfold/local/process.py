@@ -1,0 +1,229 @@
+"""Start, identify and stop the background processes of the local platform.
+
+Each service runs in its own session (process group), its output goes to ``<run_dir>/<name>.log`` and
+its identity to ``<run_dir>/<name>.pid`` (JSON: pid, create time, command line). ``stop`` acts only on a
+process whose pid and create time still match the pid file, so a recycled pid or a
+process somebody else started is never touched, and it signals the whole group so children (the JVM
+behind gcloud, Airflow's scheduler and api-server) go too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+
+class LocalPlatformError(RuntimeError):
+    """A service could not be started, checked or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What a pid file holds: enough to recognise the very process we started."""
+
+    name: str
+    pid: int
+    create_time: float
+    cmdline: list[str]
+    port: int
+    log: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProcessRecord:
+        return cls(**json.loads(text))
+
+
+def pid_file(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.pid"
+
+
+def log_file(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.log"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on, or holds, ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Without SO_REUSEADDR a bind also fails on a port held by a listener that refuses us.
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free now (a later bind can still race; callers check health)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def read_record(run_dir: Path, name: str) -> ProcessRecord | None:
+    path = pid_file(run_dir, name)
+    try:
+        return ProcessRecord.from_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError):
+        # A pid file we cannot parse identifies nothing; treat as absent (and never kill on it).
+        return None
+
+
+def _process_of(record: ProcessRecord) -> psutil.Process | None:
+    """The live process the record describes, or None when it exited or the pid was recycled."""
+    try:
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.create_time) > 0.05:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        # The command line is informative only: wrapper scripts (gcloud) exec into another program,
+        # which changes it; pid + create time (ticks since boot) already identify one process.
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_running(record: ProcessRecord) -> bool:
+    return _process_of(record) is not None
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    *,
+    run_dir: Path,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ProcessRecord:
+    """Start ``argv`` in a new session with output to its log file and write its pid file."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_file(run_dir, name)
+    with open(log_path, "ab") as log:
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,  # its own process group: stop() kills children with it
+            )
+        except FileNotFoundError as exc:
+            raise LocalPlatformError(f"{name}: cannot run {argv[0]!r} ({exc.strerror})") from exc
+    try:
+        proc = psutil.Process(popen.pid)
+        record = ProcessRecord(
+            name=name, pid=popen.pid, create_time=proc.create_time(), cmdline=proc.cmdline(), port=port, log=str(log_path)
+        )
+    except psutil.NoSuchProcess as exc:
+        raise LocalPlatformError(f"{name} exited at once; see {log_path}") from exc
+    tmp = pid_file(run_dir, name).with_suffix(".pid.tmp")
+    tmp.write_text(record.to_json())
+    tmp.replace(pid_file(run_dir, name))
+    # Popen's handle is dropped on purpose: the service outlives this process (``tenfold up`` exits).
+    # Reap it in the background if it dies while we are still alive, so it never lingers as a zombie.
+    _reapers.append(popen)
+    return record
+
+
+_reapers: list[subprocess.Popen[bytes]] = []
+
+
+def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
+    """Stop the process group of ``record`` if it is still the process we started; True if it was running."""
+    proc = _process_of(record)
+    if proc is None:
+        return False
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return False
+    # Only signal the group when the leader is ours: start() made it a session leader (pgid == pid).
+    members = _group_members(pgid) if pgid == proc.pid else [proc]
+    _signal(pgid if pgid == proc.pid else None, members, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=timeout)
+    if alive:
+        _signal(pgid if pgid == proc.pid else None, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    for popen in list(_reapers):
+        if popen.pid == record.pid:
+            with contextlib.suppress(Exception):
+                popen.wait(timeout=1)
+            _reapers.remove(popen)
+    return True
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid:
+                members.append(p)
+    return members
+
+
+def _signal(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals) -> None:
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    # Children that left the group (setsid) were collected beforehand: signal them directly.
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def remove_pid_file(run_dir: Path, name: str) -> None:
+    pid_file(run_dir, name).unlink(missing_ok=True)
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    record: ProcessRecord | None = None,
+    interval: float = 0.25,
+) -> None:
+    """Poll ``check`` until it is true; fail early (with the log's tail) if ``record``'s process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass  # not ready yet: connection refused, 503, half-written file...
+        if record is not None and not is_running(record):
+            raise LocalPlatformError(f"{what} exited before it became healthy; last log lines:\n{log_tail(record.log)}")
+        if time.monotonic() > deadline:
+            tail = f"; last log lines:\n{log_tail(record.log)}" if record else ""
+            raise LocalPlatformError(f"{what} was not healthy within {timeout:.0f} s{tail}")
+        time.sleep(interval)
+
+
+def log_tail(path: str | Path, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
