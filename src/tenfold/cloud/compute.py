@@ -1,0 +1,247 @@
+"""Training on the GPU training group: resize it up, wait for torchrun to finish, always resize it to 0.
+
+How completion is reported: each run has a folder ``gs://<artifacts>/<training.runs_prefix>/<run_id>/``.
+The nodes (:mod:`tenfold.cloud.worker`) register there, rendezvous, run torchrun, and the rendezvous
+node writes ``_COMPLETE`` (JSON: ``status`` ``succeeded`` or ``failed``, ``exit_code``) when torchrun
+exits. A marker object was chosen over guest attributes because it outlives the VMs (the group is
+scaled to 0 right after), is readable by the DAG with the storage client it already has, and sits
+beside the run's checkpoints and logs.
+
+Usage from the training DAG (a ``@task`` in dev/prod)::
+
+    from tenfold.cloud.compute import run_training
+    result = run_training(settings, run_id, args=["--features-uri", ...])
+
+A retried task reuses its ``run_id``: the nodes resume from the run's checkpoints, a previous
+``succeeded`` marker returns at once, and a ``failed`` marker is cleared before the new attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tenfold.cloud.startup import RUN_ID_KEY, TRAIN_ARGS_KEY
+from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
+
+MARKER = "_COMPLETE"
+_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class TrainingError(RuntimeError):
+    """The cloud training run did not succeed; the message says where to look."""
+
+
+class TrainingTimeout(TrainingError, TimeoutError):
+    """A bounded wait (group stable, run complete) ran out."""
+
+
+class InstanceGroupManagers(Protocol):
+    """The calls of ``google.cloud.compute_v1.RegionInstanceGroupManagersClient`` that are used."""
+
+    def get(self, *, project: str, region: str, instance_group_manager: str) -> Any: ...
+
+    def resize(self, *, project: str, region: str, instance_group_manager: str, size: int) -> Any: ...
+
+    def patch(
+        self, *, project: str, region: str, instance_group_manager: str, instance_group_manager_resource: Any
+    ) -> Any: ...
+
+
+class MarkerStore(Protocol):
+    """Reads and deletes a run's completion marker (GCS in the cloud; see :class:`GcsMarkerStore`)."""
+
+    def read(self, bucket: str, name: str) -> dict[str, Any] | None: ...
+
+    def delete(self, bucket: str, name: str) -> None: ...
+
+
+class GcsMarkerStore:
+    """:class:`MarkerStore` over a ``google.cloud.storage.Client``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def read(self, bucket: str, name: str) -> dict[str, Any] | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            data = self.client.bucket(bucket).blob(name).download_as_bytes()
+        except NotFound:
+            return None
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise TrainingError(f"gs://{bucket}/{name} is not JSON: a node wrote a broken marker; delete it and retry") from exc
+        if not isinstance(value, dict):
+            raise TrainingError(f"gs://{bucket}/{name} is not a JSON object")
+        return value
+
+    def delete(self, bucket: str, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with contextlib.suppress(NotFound):
+            self.client.bucket(bucket).blob(name).delete()
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    status: str
+    marker: dict[str, Any]
+    elapsed_s: float
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise ValueError(
+            f"run_id {run_id!r}: use 1-63 lowercase letters, digits, '.', '_' or '-' (it names a GCS folder and the rendezvous)"
+        )
+    return run_id
+
+
+def run_folder(settings: Settings, run_id: str) -> str:
+    """The run's folder (object name prefix) in the artifacts bucket."""
+    return f"{settings.training.runs_prefix.strip('/')}/{check_run_id(run_id)}"
+
+
+def marker_name(settings: Settings, run_id: str) -> str:
+    return f"{run_folder(settings, run_id)}/{MARKER}"
+
+
+def marker_uri(settings: Settings, run_id: str) -> str:
+    return f"gs://{settings.storage.artifacts_bucket}/{marker_name(settings, run_id)}"
+
+
+def run_metadata(run_id: str, args: Sequence[str]) -> dict[str, str]:
+    """Instance metadata that tells the nodes which run to do (read by :mod:`tenfold.cloud.worker`)."""
+    return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args))}
+
+
+def _done(op: Any, timeout: float) -> None:
+    # compute_v1 returns an ExtendedOperation; result() waits and raises on an operation error.
+    if hasattr(op, "result"):
+        op.result(timeout=timeout)
+
+
+def _as_igm(client: Any) -> InstanceGroupManagers:
+    return client  # type: ignore[no-any-return]
+
+
+def _group(settings: Settings) -> dict[str, str]:
+    return {
+        "project": settings.project_id,
+        "region": settings.region,
+        "instance_group_manager": settings.training.fleet.instance_group,
+    }
+
+
+def _all_instances_patch(metadata: dict[str, str]) -> Any:
+    from google.cloud import compute_v1
+
+    return compute_v1.InstanceGroupManager(
+        all_instances_config=compute_v1.InstanceGroupManagerAllInstancesConfig(
+            properties=compute_v1.InstancePropertiesPatch(metadata=metadata)
+        )
+    )
+
+
+def wait_until_stable(
+    settings: Settings,
+    client: InstanceGroupManagers,
+    size: int,
+    *,
+    timeout_s: float,
+    poll_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Wait until the group is stable at ``size`` instances (created, running, no pending actions)."""
+    deadline = clock() + timeout_s
+    while True:
+        group = client.get(**_group(settings))
+        if group.target_size == size and group.status.is_stable:
+            return
+        if clock() >= deadline:
+            raise TrainingTimeout(
+                f"training group {settings.training.fleet.instance_group} not stable at {size} instances after "
+                f"{timeout_s:.0f}s (target {group.target_size}); check GPU quota and `gcloud compute instance-groups "
+                f"managed list-errors {settings.training.fleet.instance_group} --region {settings.region}`"
+            )
+        sleep(poll_s)
+
+
+def run_training(
+    settings: Settings,
+    run_id: str,
+    *,
+    args: Sequence[str] = (),
+    client: InstanceGroupManagers | None = None,
+    markers: MarkerStore | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TrainingRun:
+    """Run one training job on ``settings.training.nnodes`` VMs of the training group and wait for it.
+
+    The group is resized back to 0 in every case (success, failure, timeout, interruption), so an
+    idle environment never pays for GPUs. Raises :class:`TrainingError` when the run reports failure
+    and :class:`TrainingTimeout` when a bounded wait runs out.
+    """
+    if settings.is_local:
+        raise ValueError("run_training drives the cloud training group: locally the DAG runs torchrun (TENFOLD_ENV=local)")
+    t = settings.training
+    bucket, name = settings.storage.artifacts_bucket, marker_name(settings, run_id)
+    if client is None:
+        from google.cloud import compute_v1
+
+        client = _as_igm(compute_v1.RegionInstanceGroupManagersClient())
+    if markers is None:
+        from tenfold.storage import gcs_client
+
+        markers = GcsMarkerStore(gcs_client(settings))
+
+    start = clock()
+    previous = markers.read(bucket, name)
+    if previous is not None and previous.get("status") == "succeeded":
+        log.info("run %s already succeeded (%s); not starting the group", run_id, marker_uri(settings, run_id))
+        return TrainingRun(run_id, "succeeded", previous, 0.0)
+    if previous is not None:
+        markers.delete(bucket, name)  # a failed attempt's marker; this attempt resumes from checkpoints
+
+    marker: dict[str, Any] | None = None
+    try:
+        _done(
+            client.patch(**_group(settings), instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args))),
+            t.stable_timeout_s,
+        )
+        _done(client.resize(**_group(settings), size=t.nnodes), t.stable_timeout_s)
+        wait_until_stable(settings, client, t.nnodes, timeout_s=t.stable_timeout_s, poll_s=t.poll_interval_s,
+                          clock=clock, sleep=sleep)
+        deadline = clock() + t.run_timeout_s
+        while (marker := markers.read(bucket, name)) is None:
+            if clock() >= deadline:
+                raise TrainingTimeout(
+                    f"run {run_id} wrote no {marker_uri(settings, run_id)} within {t.run_timeout_s}s: "
+                    "read the nodes' serial output / Cloud Logging for torchrun errors"
+                )
+            sleep(t.poll_interval_s)
+    finally:
+        # Always scale back to zero; a failure here must not hide the run's own error.
+        try:
+            _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
+        except Exception:
+            log.exception("could not resize %s to 0: resize it by hand to stop paying for GPUs", t.fleet.instance_group)
+            if marker is not None:
+                raise
+    status = str(marker.get("status"))
+    if status != "succeeded":
+        raise TrainingError(f"run {run_id} failed on the training group (marker {marker_uri(settings, run_id)}: {marker})")
+    return TrainingRun(run_id, status, marker, clock() - start)

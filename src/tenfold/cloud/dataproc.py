@@ -1,0 +1,121 @@
+"""Dataproc Serverless batches for the Spark feature job (what ``dags/build_features.py`` submits in the cloud).
+
+The DAG passes these straight to the google provider::
+
+    DataprocCreateBatchOperator(
+        task_id="features", project_id=settings.project_id, region=settings.region,
+        batch=features_batch(settings, part, attempt), batch_id=batch_id(settings, part, attempt),
+    )
+
+The job file and the zipped ``tenfold`` package are staged in the Dataproc staging bucket under
+``settings.spark.dataproc_code_prefix`` (``docs/deploy.md`` shows the upload); the batch runs as the
+Dataproc service account on the platform subnet, which has Private Google Access and no external IPs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.data.lake import Partition
+from tenfold.features.schema import TABLE as FEATURES_TABLE
+
+FEATURES_JOB = "build_features.py"
+PACKAGE_ARCHIVE = "tenfold.zip"
+
+# Dataproc batch ids: 4-63 characters, lowercase letters, digits and '-', starting with a letter and
+# ending with a letter or digit (https://cloud.google.com/dataproc-serverless/docs/reference/rest/v1/projects.locations.batches/create).
+_BATCH_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
+_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
+
+
+def service_account_email(settings: Settings, account_id: str) -> str:
+    """The e-mail of a service account the infrastructure creates in the environment's project."""
+    return f"{account_id}@{settings.project_id}.iam.gserviceaccount.com"
+
+
+def subnetwork_uri(settings: Settings) -> str:
+    return f"projects/{settings.project_id}/regions/{settings.region}/subnetworks/{settings.network.subnet}"
+
+
+def staged_uri(settings: Settings, name: str) -> str:
+    """Where a job file or archive is staged for Dataproc, e.g. ``gs://<staging>/code/build_features.py``."""
+    return f"gs://{settings.storage.dataproc_staging_bucket}/{settings.spark.dataproc_code_prefix}/{name}"
+
+
+def _part(part: Partition | str) -> Partition:
+    return part if isinstance(part, Partition) else Partition.parse(part)
+
+
+def _attempt(attempt: int | str) -> str:
+    text = str(attempt).strip().lower()
+    if not text or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,19}", text):
+        raise ValueError(f"attempt {attempt!r}: use a try number or a short lowercase id (letters, digits, '-')")
+    return text
+
+
+def features_staging_uri(settings: Settings, part: Partition | str, attempt: int | str) -> str:
+    """The lake staging folder the job writes one month to, before the quality gate publishes it.
+
+    Mirrors :meth:`tenfold.data.lake.Lake.staging_path` without building a filesystem (the DAG calls
+    this while rendering the batch, where no GCS credentials are needed).
+    """
+    return f"{settings.storage.lake_uri.rstrip('/')}/_staging/{FEATURES_TABLE}/{_part(part).path}/a{_attempt(attempt)}"
+
+
+def batch_id(settings: Settings, part: Partition | str, attempt: int | str) -> str:
+    """A Dataproc batch id unique per month and attempt, e.g. ``tenfold-dev-features-2013-01-a1``.
+
+    A retried task gets a new id (a failed batch cannot be rerun under its id); the same attempt
+    gets the same id, so the provider's operator re-attaches to a batch that is already running.
+    """
+    value = f"{settings.spark.dataproc_batch_prefix}-{_part(part).label}-a{_attempt(attempt)}"
+    if len(value) > 63:
+        # Keep the distinguishing tail (month and attempt); the prefix is what can grow.
+        tail = f"-{_part(part).label}-a{_attempt(attempt)}"
+        value = settings.spark.dataproc_batch_prefix[: 63 - len(tail)].rstrip("-") + tail
+    if not _BATCH_ID.match(value):
+        raise ValueError(
+            f"batch id {value!r} breaks Dataproc's rules (4-63 of a-z, 0-9, '-', starting with a letter): "
+            "fix spark.dataproc_batch_prefix in the settings"
+        )
+    return value
+
+
+def features_batch(
+    settings: Settings, part: Partition | str, attempt: int | str, *, output: str | None = None
+) -> dict[str, Any]:
+    """The ``Batch`` body (as a dict) for one month of ``spark_jobs/build_features.py`` on Dataproc Serverless.
+
+    ``output`` defaults to :func:`features_staging_uri`; the DAG validates and publishes from there.
+    """
+    if settings.is_local:
+        raise ValueError("Dataproc batches are for dev and prod: locally the DAG runs spark-submit (TENFOLD_ENV=local)")
+    month = _part(part)
+    out = output or features_staging_uri(settings, month, attempt)
+    labels = {
+        "app": _LABEL_VALUE.sub("-", settings.prefix.lower())[:63],
+        "env": settings.env,
+        "month": month.label,
+        "attempt": _attempt(attempt),
+    }
+    return {
+        "pyspark_batch": {
+            "main_python_file_uri": staged_uri(settings, FEATURES_JOB),
+            "python_file_uris": [staged_uri(settings, PACKAGE_ARCHIVE)],
+            "args": ["--lake-uri", settings.storage.lake_uri, "--month", month.label, "--output", out],
+        },
+        "runtime_config": {
+            "version": settings.spark.dataproc_runtime_version,
+            "properties": {"spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions)},
+        },
+        "environment_config": {
+            "execution_config": {
+                "service_account": service_account_email(settings, settings.service_accounts.dataproc),
+                "subnetwork_uri": subnetwork_uri(settings),
+                "staging_bucket": settings.storage.dataproc_staging_bucket,
+            },
+        },
+        "labels": labels,
+    }
