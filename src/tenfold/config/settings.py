@@ -203,6 +203,14 @@ class MonitoringSettings(_Frozen):
     drift_psi: float = 0.2
     # Custom metric the drift monitor writes; the drift alert policy watches it.
     drift_metric: str = "custom.googleapis.com/tenfold/feature_psi"
+    # Alert hooks besides the log (tenfold.monitoring.alerts); none by default, set from the
+    # environment because a webhook URL is a secret: TENFOLD_ALERT_WEBHOOK (Slack-compatible),
+    # TENFOLD_ALERT_SMTP_HOST (e-mail to notification_email), TENFOLD_ALERT_FILE (JSON lines).
+    alert_webhook_url: str | None = None
+    alert_smtp_host: str | None = None
+    alert_file: Path | None = None
+    # Great Expectations Data Docs: <local.home>/<prefix> locally, gs://<artifacts bucket>/<prefix> in the cloud.
+    data_docs_prefix: str = "data_docs"
 
 
 class LocalSettings(_Frozen):
@@ -418,7 +426,12 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
         inference=InferenceSettings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True, **gpu),
         ),
-        monitoring=MonitoringSettings(notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com")),
+        monitoring=MonitoringSettings(
+            notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com"),
+            alert_webhook_url=os.environ.get("TENFOLD_ALERT_WEBHOOK") or None,
+            alert_smtp_host=os.environ.get("TENFOLD_ALERT_SMTP_HOST") or None,
+            alert_file=os.environ.get("TENFOLD_ALERT_FILE") or None,
+        ),
         infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}",
                             artifact_repository=f"{prefix}-images"),
         local=local,
