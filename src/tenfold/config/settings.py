@@ -159,6 +159,10 @@ class TrainingSettings(_Frozen):
     train_months: tuple[str, str] = ("2013-01", "2013-09")
     holdout_months: tuple[str, str] = ("2013-10", "2013-12")
     promote_margin: float = 0.002  # AUC a challenger must beat the champion by
+    # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
+    gate_min_auc: float = 0.55
+    gate_max_log_loss: float | None = None
+    gate_beat_baselines: tuple[str, ...] = ("rate",)
     # Cloud runs (tenfold.cloud.compute): torchrun's entry module on the training fleet, where each
     # run's completion marker lands in the artifacts bucket, and bounds on every wait.
     entry_module: str = "tenfold.training.train"
