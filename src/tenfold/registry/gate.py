@@ -1,0 +1,243 @@
+"""The champion/challenger gate: promote a challenger only if it beats the current champion.
+
+Every score the gate sees is a :class:`Scored`: metrics together with *which model* produced them
+(a registry version id, or ``baseline:<name>``) and *which holdout* they were measured on (the
+holdout partitions and their manifest digests). That makes the classic pipeline bug, where the
+"champion" metrics handed to the gate are really the challenger's own (so a model is compared with
+itself and the gate is meaningless), structurally detectable:
+
+* a champion with the same version id as the challenger is refused (:class:`SelfComparisonError`);
+* scores from different holdouts are refused (:class:`HoldoutMismatch`): a challenger is never
+  compared with a champion number from another window;
+* a champion whose metrics are bit-for-bit the challenger's is never promoted over and is flagged
+  (two different models virtually never tie exactly; a tie means the same predictions were scored).
+
+The pipeline (:mod:`tenfold.registry.pipeline`) builds the champion's score only by resolving the
+``champion`` alias in the registry, downloading that version (hash-verified) and evaluating it on the
+challenger's holdout, and :class:`Decision` records both version ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+BASELINE_PREFIX = "baseline:"
+
+
+class GateError(ValueError):
+    """The gate was called with inputs that cannot give a trustworthy decision."""
+
+
+class SelfComparisonError(GateError):
+    """The challenger was about to be compared with itself."""
+
+
+class HoldoutMismatch(GateError):
+    """Scores measured on different holdouts were about to be compared."""
+
+
+@dataclass(frozen=True)
+class HoldoutRef:
+    """The identity of a holdout: its partitions and a digest over their manifests."""
+
+    partitions: tuple[str, ...]
+    digest: str
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> HoldoutRef:
+        return cls(partitions=tuple(body["partitions"]), digest=str(body["digest"]))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Metrics of one model on one holdout."""
+
+    model: str  # registry version id, or "baseline:<name>"
+    holdout: HoldoutRef
+    auc: float
+    log_loss: float
+    brier: float
+    rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the calibration table
+
+    @classmethod
+    def of(cls, model: str, holdout: HoldoutRef, metrics: Any) -> Scored:
+        """From a metrics mapping or an object with ``auc``, ``log_loss`` and ``brier`` attributes."""
+        if isinstance(metrics, Mapping):
+            body = dict(metrics)
+        elif dataclasses.is_dataclass(metrics) and not isinstance(metrics, type):
+            body = dataclasses.asdict(metrics)
+        else:
+            body = {k: getattr(metrics, k) for k in ("auc", "log_loss", "brier", "rows", "n") if hasattr(metrics, k)}
+        try:
+            auc, ll, brier = (float(body[k]) for k in ("auc", "log_loss", "brier"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GateError(f"metrics of {model} lack auc, log_loss or brier ({exc}): evaluate the model first") from exc
+        rows = body.get("rows") or body.get("n") or 0
+        extra = {k: v for k, v in body.items() if k not in {"auc", "log_loss", "brier", "rows", "n"}}
+        return cls(model=model, holdout=holdout, auc=auc, log_loss=ll, brier=brier, rows=int(rows), extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Scored:
+        return cls(model=body["model"], holdout=HoldoutRef.from_dict(body["holdout"]), auc=float(body["auc"]),
+                   log_loss=float(body["log_loss"]), brier=float(body["brier"]), rows=int(body.get("rows", 0)),
+                   extra=dict(body.get("extra", {})))
+
+    @property
+    def headline(self) -> tuple[float, float, float]:
+        return (self.auc, self.log_loss, self.brier)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    margin: float = 0.002  # AUC by which a challenger must beat the champion
+    min_auc: float = 0.5  # absolute floor: better than chance
+    max_log_loss: float | None = None  # absolute ceiling, if any
+    beat_baselines: tuple[str, ...] = ("rate",)  # AUC floors: each of these baselines must be beaten
+    # A challenger may not buy AUC with much worse calibration than the champion's.
+    max_log_loss_increase: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.max_log_loss_increase < 0:
+            raise ValueError("margin and max_log_loss_increase must be >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatePolicy:
+        t = settings.training
+        return cls(
+            margin=t.promote_margin,
+            min_auc=t.gate_min_auc,
+            max_log_loss=t.gate_max_log_loss,
+            beat_baselines=tuple(t.gate_beat_baselines),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    challenger_version: str
+    champion_version: str | None
+    holdout: HoldoutRef
+    checks: dict[str, bool]
+    reasons: tuple[str, ...]
+    challenger: Scored
+    champion: Scored | None
+    baselines: dict[str, Scored]
+    policy: GatePolicy
+    suspect_self_comparison: bool = False
+
+    @property
+    def summary(self) -> str:
+        verdict = "PROMOTE" if self.promote else "KEEP CHAMPION" if self.champion_version else "REJECT"
+        return f"{verdict}: challenger {self.challenger_version} vs champion {self.champion_version or '(none)'}; " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["summary"] = self.summary
+        return body
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Decision:
+        return cls(
+            promote=bool(body["promote"]),
+            challenger_version=body["challenger_version"],
+            champion_version=body.get("champion_version"),
+            holdout=HoldoutRef.from_dict(body["holdout"]),
+            checks=dict(body["checks"]),
+            reasons=tuple(body["reasons"]),
+            challenger=Scored.from_dict(body["challenger"]),
+            champion=Scored.from_dict(body["champion"]) if body.get("champion") else None,
+            baselines={k: Scored.from_dict(v) for k, v in body.get("baselines", {}).items()},
+            policy=GatePolicy(**{**body["policy"], "beat_baselines": tuple(body["policy"]["beat_baselines"])}),
+            suspect_self_comparison=bool(body.get("suspect_self_comparison", False)),
+        )
+
+
+def _finite(s: Scored) -> bool:
+    return all(math.isfinite(x) for x in s.headline)
+
+
+def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, Scored], policy: GatePolicy) -> Decision:
+    """Decide whether ``challenger`` replaces ``champion`` (None: there is no champion yet).
+
+    Floors (always): finite metrics, AUC >= ``min_auc``, AUC above each baseline in
+    ``policy.beat_baselines``, log loss <= ``max_log_loss``. Against a champion (when there is one):
+    AUC at least ``margin`` higher, and log loss at most ``max_log_loss_increase`` higher. With no
+    champion the first challenger that passes the floors is promoted.
+    """
+    if challenger.model.startswith(BASELINE_PREFIX):
+        raise GateError(f"the challenger must be a registered model version, not {challenger.model}")
+    if champion is not None:
+        if champion.model == challenger.model:
+            raise SelfComparisonError(
+                f"the champion and the challenger are the same version {challenger.model}: the gate would compare a "
+                "model with itself. Score the champion by resolving the `champion` alias in the registry and "
+                "evaluating that version on the challenger's holdout (tenfold.registry.pipeline.evaluate)"
+            )
+        if champion.holdout != challenger.holdout:
+            raise HoldoutMismatch(
+                f"champion {champion.model} was scored on {champion.holdout.partitions} ({champion.holdout.digest[:12]}) "
+                f"but the challenger on {challenger.holdout.partitions} ({challenger.holdout.digest[:12]}): "
+                "re-evaluate the champion on the challenger's holdout"
+            )
+    for name, base in baselines.items():
+        if base.holdout != challenger.holdout:
+            raise HoldoutMismatch(f"baseline {name} was scored on another holdout than the challenger; evaluate it on the same split")
+    missing = [b for b in policy.beat_baselines if b not in baselines]
+    if missing:
+        raise GateError(f"baselines {missing} were not evaluated but the policy requires beating them; evaluate them in the same run")
+
+    checks: dict[str, bool] = {}
+    reasons: list[str] = []
+
+    def check(name: str, ok: bool, why: str) -> None:
+        checks[name] = bool(ok)
+        reasons.append(("ok " if ok else "FAIL ") + why)
+
+    c = challenger
+    check("finite", _finite(c), f"metrics finite (auc={c.auc:.4f}, log_loss={c.log_loss:.4f}, brier={c.brier:.4f})")
+    check("min_auc", c.auc >= policy.min_auc, f"AUC {c.auc:.4f} >= floor {policy.min_auc:.4f}")
+    for name in policy.beat_baselines:
+        b = baselines[name]
+        check(f"beats_{name}", c.auc > b.auc, f"AUC {c.auc:.4f} > baseline {name} {b.auc:.4f}")
+    if policy.max_log_loss is not None:
+        check("max_log_loss", c.log_loss <= policy.max_log_loss, f"log loss {c.log_loss:.4f} <= {policy.max_log_loss:.4f}")
+
+    suspect = False
+    if champion is not None:
+        ch = champion
+        gain = c.auc - ch.auc
+        check("beats_champion", gain > 0 and gain >= policy.margin,
+              f"AUC gain over champion {ch.model} {gain:+.4f} (champion {ch.auc:.4f}) >= margin {policy.margin:.4f}")
+        check("log_loss_vs_champion", c.log_loss <= ch.log_loss + policy.max_log_loss_increase,
+              f"log loss {c.log_loss:.4f} <= champion {ch.log_loss:.4f} + {policy.max_log_loss_increase:.4f}")
+        if c.headline == ch.headline:
+            suspect = True
+            check("distinct_scores", False,
+                  "champion scores are identical to the challenger's: the champion was probably scored with the challenger's model")
+    else:
+        reasons.append("no champion yet: the first challenger passing the floors becomes champion")
+
+    return Decision(
+        promote=all(checks.values()),
+        challenger_version=c.model,
+        champion_version=champion.model if champion else None,
+        holdout=c.holdout,
+        checks=checks,
+        reasons=tuple(reasons),
+        challenger=c,
+        champion=champion,
+        baselines=dict(baselines),
+        policy=policy,
+        suspect_self_comparison=suspect,
+    )

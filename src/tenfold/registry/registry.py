@@ -1,0 +1,614 @@
+"""The model registry on GCS: immutable, content-addressed versions and atomically moved aliases.
+
+Layout under ``gs://<settings.storage.models_bucket>/<settings.storage.registry_prefix>/``::
+
+    versions/<id>/files/<path>        weights, meta.json, preprocessing state, metrics.json
+    versions/<id>/lineage.json        data partitions + manifests, validation, code version, config
+    versions/<id>/VERSION.json        commit marker: every file's sha256 and the version digest
+    aliases/<alias>                   small JSON pointer {version, seq, previous, ...}
+    alias-history/<alias>/<seq>.json  append-only record of every move (for audit and rollback)
+
+Immutability. ``<id>`` is the first 20 hex digits of a SHA-256 over the files (path and content
+hash of each), so the same content always gets the same id and different content a different id.
+Every object is created with ``if_generation_match=0``: the store refuses to overwrite it, so even a
+buggy or malicious writer cannot change a version in place. ``VERSION.json`` is written last; a
+version without it was never committed and is invisible. Registering the same content again finds
+the committed version and returns it (idempotent); a crashed register is finished by the next one.
+
+Aliases. An alias is moved by compare-and-swap: read the pointer and its generation, write the new
+pointer with ``if_generation_match=<that generation>`` (0 when creating it). Of any number of
+concurrent movers exactly one wins; the others get :class:`AliasConflict` (when they stated what
+they expected the alias to be) or re-read and retry (an unconditional set).
+
+Stores that ignore preconditions. GCS and fake-gcs-server enforce generation preconditions;
+gcp-storage-emulator silently ignores them, so on it two concurrent moves would both "succeed" and
+versions could be overwritten. Before its first write each registry probes the store once (create
+the same probe object twice with ``if_generation_match=0``; the second must be refused) and raises
+:class:`PreconditionsNotEnforced` if it is not; pass ``allow_unsafe_store=True`` to go on anyway
+(a single writer, a demo) with a loud warning.
+
+Run ``tenfold models --help`` for the command-line view of the same API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import getpass
+import hashlib
+import json
+import logging
+import re
+import shutil
+import socket
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenfold.registry.errors import (
+    AliasConflict,
+    IntegrityError,
+    InvalidModelDir,
+    PreconditionsNotEnforced,
+    RegistryError,
+    UnknownVersion,
+    VersionConflict,
+)
+from tenfold.registry.lineage import Lineage
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+    from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.json"
+VERSION_FILE = "VERSION.json"
+LINEAGE_FILE = "lineage.json"
+VERSION_ID_LEN = 20
+FORMAT = 1
+
+# Never part of a version: training scratch (checkpoints are resumable state, not the model) and
+# registry bookkeeping that a downloaded copy may carry.
+_EXCLUDED_DIRS = frozenset({"checkpoints", "__pycache__", "logs"})
+_EXCLUDED_FILES = frozenset({VERSION_FILE, LINEAGE_FILE})
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_VERSION_RE = re.compile(rf"^[0-9a-f]{{{VERSION_ID_LEN}}}$")
+
+
+class _Any(enum.Enum):
+    ANY = "any"
+
+
+ANY = _Any.ANY
+"""``expected=ANY``: move the alias whatever it points to now (still atomic, retried on contention)."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # relative, POSIX separators
+    sha256: str
+    bytes: int
+
+
+def content_digest(files: list[FileRecord] | tuple[FileRecord, ...]) -> str:
+    """SHA-256 over each file's path and content hash, in path order."""
+    canon = "\n".join(f"{f.path}\0{f.sha256}" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    digest: str
+    files: tuple[FileRecord, ...]
+    metrics: dict[str, Any]
+    created_at: str
+    uri: str
+    lineage: Lineage | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "created_at": self.created_at, "metrics": _headline(self.metrics), "uri": self.uri}
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("auc", "log_loss", "brier") if k in metrics}
+
+
+@dataclass(frozen=True)
+class AliasPointer:
+    alias: str
+    version: str
+    seq: int
+    previous: str | None
+    action: str  # set | promote | rollback
+    updated_at: str
+    actor: str
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    nonce: str = ""
+    generation: int = 0  # of the pointer object when read; not stored in the body
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body.pop("generation")
+        return json.dumps(body, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, generation: int, where: str) -> AliasPointer:
+        try:
+            body = json.loads(text)
+            return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
+        except (ValueError, TypeError) as exc:
+            raise RegistryError(f"alias pointer {where} is unreadable ({exc}); set the alias again with `tenfold models promote`") from exc
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def check_alias(alias: str) -> str:
+    if not _ALIAS_RE.match(alias):
+        raise ValueError(f"{alias!r} is not an alias name: use lowercase letters, digits and '-', e.g. champion")
+    return alias
+
+
+def check_version_id(version: str) -> str:
+    if not _VERSION_RE.match(version):
+        raise UnknownVersion(f"{version!r} is not a version id ({VERSION_ID_LEN} hex digits); list them with `tenfold models list`")
+    return version
+
+
+class ModelRegistry:
+    """Versions and aliases in ``settings.storage.models_bucket`` under ``registry_prefix``."""
+
+    # Probe results per (endpoint, bucket), shared by every registry in the process.
+    _probed: dict[tuple[str, str], bool] = {}  # noqa: RUF012 (deliberately class-level)
+    _probe_lock = threading.Lock()
+
+    def __init__(self, settings: Settings, *, client: storage.Client | None = None, allow_unsafe_store: bool = False,
+                 cas_retries: int = 8) -> None:
+        from tenfold.storage import gcs_client
+
+        self.settings = settings
+        self.client = client or gcs_client(settings)
+        self.bucket_name = settings.storage.models_bucket
+        self.bucket = self.client.bucket(self.bucket_name)
+        self.prefix = settings.storage.registry_prefix.strip("/")
+        self.allow_unsafe_store = allow_unsafe_store
+        self.cas_retries = cas_retries
+
+    # --- names --------------------------------------------------------------------------------------
+    def _name(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    def version_uri(self, version: str) -> str:
+        return f"gs://{self.bucket_name}/{self._name('versions', version)}"
+
+    def alias_uri(self, alias: str) -> str:
+        """The pointer object's URI: the same string as the Airflow Asset for that alias."""
+        return f"gs://{self.bucket_name}/{self._name('aliases', alias)}"
+
+    # --- the precondition probe ---------------------------------------------------------------------
+    def _endpoint(self) -> str:
+        return self.settings.storage.emulator_host or "https://storage.googleapis.com"
+
+    def ensure_preconditions_enforced(self) -> bool:
+        """Probe once per process whether the store refuses a create over an existing object."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        key = (self._endpoint(), self.bucket_name)
+        with self._probe_lock:
+            enforced = self._probed.get(key)
+            if enforced is None:
+                blob = self.bucket.blob(self._name("_probe", uuid.uuid4().hex))
+                blob.upload_from_string(b"1", if_generation_match=0)
+                try:
+                    blob.upload_from_string(b"2", if_generation_match=0)
+                    enforced = False
+                except PreconditionFailed:
+                    enforced = True
+                try:
+                    blob.delete()
+                except Exception:
+                    log.debug("could not delete probe object %s", blob.name)
+                self._probed[key] = enforced
+        if not enforced:
+            message = (
+                f"the object store at {self._endpoint()} (bucket {self.bucket_name}) ignores generation preconditions "
+                "(gcp-storage-emulator does): concurrent alias moves could silently lose a race and versions could be "
+                "overwritten. Use fake-gcs-server (TENFOLD_LOCAL__GCS_EMULATOR=fake-gcs-server) or real GCS; pass "
+                "allow_unsafe_store=True only when a single writer uses the registry."
+            )
+            if not self.allow_unsafe_store:
+                raise PreconditionsNotEnforced(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            log.error("UNSAFE REGISTRY STORE: %s", message)
+        return bool(enforced)
+
+    # --- immutable objects --------------------------------------------------------------------------
+    def _create(self, name: str, *, data: bytes | None = None, path: Path | None = None, sha256: str,
+                content_type: str = "application/octet-stream") -> bool:
+        """Create ``name`` once; returns False if it already held the same content, raises if different."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self.bucket.blob(name)
+        try:
+            if data is not None:
+                blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+            else:
+                assert path is not None
+                blob.upload_from_filename(str(path), content_type=content_type, if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            existing = hashlib.sha256(self.bucket.blob(name).download_as_bytes()).hexdigest()
+            if existing != sha256:
+                raise VersionConflict(
+                    f"gs://{self.bucket_name}/{name} already exists with different content (sha256 {existing[:12]}, "
+                    f"this register has {sha256[:12]}): registry versions are immutable"
+                ) from None
+            return False
+
+    # --- registering --------------------------------------------------------------------------------
+    def _scan(self, model_dir: Path, metrics: Mapping[str, Any] | None) -> tuple[list[tuple[FileRecord, Path | bytes]], dict[str, Any]]:
+        if not model_dir.is_dir():
+            raise InvalidModelDir(f"model directory {model_dir} does not exist; train a model first")
+        entries: list[tuple[FileRecord, Path | bytes]] = []
+        for path in sorted(model_dir.rglob("*")):
+            rel = path.relative_to(model_dir)
+            if not path.is_file() or set(rel.parts[:-1]) & _EXCLUDED_DIRS or rel.name in _EXCLUDED_FILES:
+                continue
+            if ".tmp" in rel.name or rel.name.startswith("."):
+                continue  # an interrupted atomic write, or editor/OS litter
+            if rel.as_posix() == METRICS_FILE and metrics is not None:
+                continue  # the metrics passed in are the ones registered
+            entries.append((FileRecord(rel.as_posix(), _sha256_file(path), path.stat().st_size), path))
+        names = {e[0].path for e in entries}
+        if META_FILE not in names:
+            raise InvalidModelDir(f"{model_dir} has no {META_FILE}: it is not a saved model (save it with tenfold.model)")
+        if metrics is None:
+            if METRICS_FILE not in names:
+                raise InvalidModelDir(f"{model_dir} has no {METRICS_FILE} and no metrics were given: evaluate the model first")
+            metrics_body = json.loads((model_dir / METRICS_FILE).read_text())
+        else:
+            metrics_body = json.loads(json.dumps(dict(metrics), default=float))
+            blob = json.dumps(metrics_body, indent=2, sort_keys=True).encode()
+            entries.append((FileRecord(METRICS_FILE, hashlib.sha256(blob).hexdigest(), len(blob)), blob))
+        if len(entries) < 3:
+            raise InvalidModelDir(f"{model_dir} holds only {sorted(names)}: a model needs weights and its preprocessing state too")
+        return sorted(entries, key=lambda e: e[0].path), metrics_body
+
+    def register(self, model_dir: str | Path, lineage: Lineage, *, metrics: Mapping[str, Any] | None = None) -> ModelVersion:
+        """Store the model in ``model_dir`` as an immutable version; the same content gives the same version.
+
+        ``metrics`` (the challenger's evaluation) become the version's ``metrics.json``; without them the
+        directory must hold one.
+        """
+        model_dir = Path(model_dir)
+        entries, metrics_body = self._scan(model_dir, metrics)
+        files = tuple(e[0] for e in entries)
+        digest = content_digest(files)
+        version = digest[:VERSION_ID_LEN]
+        existing = self._read_version(version, with_lineage=False)
+        if existing is not None:
+            if existing.digest != digest:
+                raise VersionConflict(f"version {version} exists with digest {existing.digest}, not {digest}: versions are immutable")
+            log.info("version %s is already registered (same content): nothing to do", version)
+            return self.get(version)
+        self.ensure_preconditions_enforced()
+        for record, source in entries:
+            name = self._name("versions", version, "files", record.path)
+            if isinstance(source, bytes):
+                self._create(name, data=source, sha256=record.sha256)
+            else:
+                self._create(name, path=source, sha256=record.sha256)
+        lineage_body = json.dumps(lineage.to_dict(), indent=2, sort_keys=True, default=str).encode()
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:  # the first register's lineage is kept: a retry never rewrites history
+            self.bucket.blob(self._name("versions", version, LINEAGE_FILE)).upload_from_string(
+                lineage_body, content_type="application/json", if_generation_match=0)
+        except PreconditionFailed:
+            log.info("version %s already has lineage from an earlier attempt; keeping it", version)
+        body = {
+            "format": FORMAT,
+            "version": version,
+            "digest": digest,
+            "created_at": _now(),
+            "files": [asdict(f) for f in files],
+            "metrics": metrics_body,
+        }
+        data = json.dumps(body, indent=2, sort_keys=True).encode()
+        try:
+            self.bucket.blob(self._name("versions", version, VERSION_FILE)).upload_from_string(
+                data, content_type="application/json", if_generation_match=0)
+        except PreconditionFailed:
+            committed = self._read_version(version, with_lineage=False)
+            if committed is None or committed.digest != digest:
+                raise VersionConflict(f"version {version} was committed concurrently with different content") from None
+        log.info("registered version %s (%d files) at %s", version, len(files), self.version_uri(version))
+        return self.get(version)
+
+    # --- reading versions ---------------------------------------------------------------------------
+    def _read_version(self, version: str, *, with_lineage: bool) -> ModelVersion | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            raw = self.bucket.blob(self._name("versions", version, VERSION_FILE)).download_as_bytes()
+        except NotFound:
+            return None
+        try:
+            body = json.loads(raw)
+            files = tuple(FileRecord(**f) for f in body["files"])
+            mv = ModelVersion(version=body["version"], digest=body["digest"], files=files, metrics=body.get("metrics", {}),
+                              created_at=body["created_at"], uri=self.version_uri(version))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} is unreadable ({exc})") from exc
+        if mv.version != version or content_digest(files) != mv.digest or not mv.digest.startswith(version):
+            raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} does not match its own id: the registry was tampered with")
+        if with_lineage:
+            try:
+                lineage_raw = self.bucket.blob(self._name("versions", version, LINEAGE_FILE)).download_as_bytes()
+                mv = ModelVersion(**{**mv.__dict__, "lineage": Lineage.from_dict(json.loads(lineage_raw))})
+            except NotFound:
+                pass
+        return mv
+
+    def get(self, version: str, *, with_lineage: bool = True) -> ModelVersion:
+        """A committed version; :class:`UnknownVersion` if there is none with that id."""
+        check_version_id(version)
+        mv = self._read_version(version, with_lineage=with_lineage)
+        if mv is None:
+            raise UnknownVersion(f"no version {version} in {self.version_uri('')}: list them with `tenfold models list`")
+        return mv
+
+    def exists(self, version: str) -> bool:
+        return bool(_VERSION_RE.match(version)) and self._read_version(version, with_lineage=False) is not None
+
+    def list_versions(self) -> list[ModelVersion]:
+        """Committed versions, oldest first."""
+        out = []
+        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("versions") + "/"):
+            parts = blob.name[len(self.prefix) + 1:].split("/")
+            if len(parts) == 3 and parts[2] == VERSION_FILE:
+                mv = self._read_version(parts[1], with_lineage=False)
+                if mv is not None:
+                    out.append(mv)
+        return sorted(out, key=lambda v: (v.created_at, v.version))
+
+    def find(self, ref: str) -> str:
+        """A version id from an alias name, a full id, or a unique id prefix (for people)."""
+        if _ALIAS_RE.match(ref) and (pointer := self.alias(ref)) is not None:
+            return pointer.version
+        if _VERSION_RE.match(ref):
+            return self.get(ref, with_lineage=False).version
+        matches = [v.version for v in self.list_versions() if v.version.startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        raise UnknownVersion(
+            f"{ref!r} names no alias and {'several' if matches else 'no'} versions; use a full id from `tenfold models list`"
+        )
+
+    # --- downloading --------------------------------------------------------------------------------
+    def download(self, version: str, dest: str | Path) -> Path:
+        """Copy a version's files to ``dest``, verifying every file and the version digest.
+
+        The copy is assembled beside ``dest`` and renamed into place, so ``dest`` is either a complete,
+        verified copy or untouched. An existing verified copy of the same version is reused.
+        """
+        mv = self.get(version, with_lineage=False)
+        dest = Path(dest)
+        marker = dest / VERSION_FILE
+        if marker.is_file():
+            try:
+                if json.loads(marker.read_text()).get("digest") == mv.digest and self._verify_local(dest, mv) is None:
+                    return dest
+            except ValueError:
+                pass
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for record in mv.files:
+                target = tmp / record.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.bucket.blob(self._name("versions", version, "files", record.path)).download_to_filename(str(target))
+            problem = self._verify_local(tmp, mv)
+            if problem:
+                raise IntegrityError(f"version {version} failed verification on download: {problem}; the stored copy "
+                                     "was tampered with or corrupted; restore it or register the model again")
+            (tmp / VERSION_FILE).write_text(json.dumps({"version": mv.version, "digest": mv.digest}))
+            if dest.exists():
+                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+                dest.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    @staticmethod
+    def _verify_local(root: Path, mv: ModelVersion) -> str | None:
+        for record in mv.files:
+            path = root / record.path
+            if not path.is_file():
+                return f"{record.path} is missing"
+            if path.stat().st_size != record.bytes or _sha256_file(path) != record.sha256:
+                return f"{record.path} does not match its recorded sha256 {record.sha256[:12]}"
+        if content_digest(mv.files) != mv.digest:
+            return "the file list does not match the version digest"
+        return None
+
+    # --- aliases ------------------------------------------------------------------------------------
+    def _read_pointer(self, alias: str) -> AliasPointer | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self.bucket.get_blob(self._name("aliases", alias))
+        if blob is None:
+            return None
+        try:
+            raw = blob.download_as_bytes(if_generation_match=blob.generation)
+        except NotFound:
+            return None
+        except Exception as exc:  # the pointer moved between metadata and body: read again
+            from google.api_core.exceptions import PreconditionFailed
+
+            if isinstance(exc, PreconditionFailed):
+                return self._read_pointer(alias)
+            raise
+        return AliasPointer.from_json(raw, int(blob.generation or 0), self.alias_uri(alias))
+
+    def alias(self, alias: str) -> AliasPointer | None:
+        """The pointer an alias holds now (with its generation), or None if it was never set."""
+        return self._read_pointer(check_alias(alias))
+
+    def resolve(self, alias: str) -> str | None:
+        """The version an alias points to, or None if it was never set."""
+        pointer = self.alias(alias)
+        return pointer.version if pointer else None
+
+    def aliases(self) -> dict[str, AliasPointer]:
+        out = {}
+        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("aliases") + "/"):
+            name = blob.name.rsplit("/", 1)[-1]
+            if _ALIAS_RE.match(name) and (pointer := self._read_pointer(name)) is not None:
+                out[name] = pointer
+        return out
+
+    def _history_name(self, alias: str, seq: int) -> str:
+        return self._name("alias-history", alias, f"{seq:010d}.json")
+
+    def _append_history(self, pointer: AliasPointer) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        # Already recorded (by us on a retried request, or backfilled by the next mover) is fine.
+        with contextlib.suppress(PreconditionFailed):
+            self.bucket.blob(self._history_name(pointer.alias, pointer.seq)).upload_from_string(
+                pointer.to_json(), content_type="application/json", if_generation_match=0)
+
+    def alias_history(self, alias: str) -> list[AliasPointer]:
+        """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending)."""
+        check_alias(alias)
+        entries: dict[int, AliasPointer] = {}
+        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("alias-history", alias) + "/"):
+            pointer = AliasPointer.from_json(blob.download_as_bytes(), 0, blob.name)
+            entries[pointer.seq] = pointer
+        current = self._read_pointer(alias)
+        if current is not None:
+            entries.setdefault(current.seq, current)
+        return [entries[k] for k in sorted(entries)]
+
+    def set_alias(self, alias: str, version: str, *, expected: str | _Any | None = ANY, action: str = "set",
+                  reason: str = "", actor: str | None = None, details: Mapping[str, Any] | None = None) -> AliasPointer:
+        """Point ``alias`` at ``version`` atomically (compare-and-swap on the pointer's generation).
+
+        ``expected`` is the version the caller believes the alias points to now (None: not set yet). If it
+        points elsewhere, or another mover wins the race, :class:`AliasConflict` is raised and nothing
+        changes. With ``expected=ANY`` a lost race is retried against the new pointer. Setting an alias to
+        the version it already holds is a no-op (idempotent).
+        """
+        from google.api_core.exceptions import PreconditionFailed
+
+        check_alias(alias)
+        self.get(version, with_lineage=False)  # only committed versions can be pointed at
+        self.ensure_preconditions_enforced()
+        for _attempt in range(self.cas_retries):
+            current = self._read_pointer(alias)
+            current_version = current.version if current else None
+            if expected is not ANY and current_version != expected:
+                raise AliasConflict(
+                    f"{alias} points to {current_version or 'nothing'}, not {expected or 'nothing'} as expected"
+                    + (f" (moved by {current.actor} at {current.updated_at}: {current.action} {current.reason!r})" if current else "")
+                    + "; re-read it and decide again"
+                )
+            if current is not None and current.version == version:
+                self._append_history(current)
+                return current
+            if current is not None:
+                self._append_history(current)  # backfill if its mover died before recording it
+            new = AliasPointer(
+                alias=alias, version=version, seq=(current.seq + 1) if current else 1, previous=current_version,
+                action=action, updated_at=_now(), actor=actor or _actor(), reason=reason,
+                details=dict(details or {}), nonce=uuid.uuid4().hex,
+            )
+            try:
+                self.bucket.blob(self._name("aliases", alias)).upload_from_string(
+                    new.to_json(), content_type="application/json",
+                    if_generation_match=current.generation if current else 0)
+            except PreconditionFailed:
+                now = self._read_pointer(alias)
+                if now is not None and now.nonce == new.nonce:
+                    new = AliasPointer(**{**new.__dict__, "generation": now.generation})  # a retried request that had landed
+                elif expected is not ANY:
+                    raise AliasConflict(
+                        f"lost the race to move {alias} to {version}: it moved to {now.version if now else 'nothing'}"
+                        + (f" (by {now.actor})" if now else "") + " after it was read; re-read it and decide again"
+                    ) from None
+                else:
+                    continue
+            else:
+                now = self._read_pointer(alias)
+                if now is not None and now.nonce == new.nonce:
+                    new = AliasPointer(**{**new.__dict__, "generation": now.generation})
+            self._append_history(new)
+            log.info("%s: %s -> %s (%s)", alias, current_version, version, action)
+            return new
+        raise AliasConflict(f"could not move {alias} after {self.cas_retries} attempts: too many concurrent movers; retry")
+
+    def promote(self, version: str, *, expected: str | _Any | None = ANY, reason: str = "",
+                details: Mapping[str, Any] | None = None, actor: str | None = None) -> AliasPointer:
+        """Make ``version`` the champion (see :meth:`set_alias` for ``expected``)."""
+        return self.set_alias(CHAMPION, version, expected=expected, action="promote", reason=reason, details=details, actor=actor)
+
+    def rollback(self, alias: str = CHAMPION, *, to: str | None = None, reason: str = "", actor: str | None = None) -> AliasPointer:
+        """Move ``alias`` back to an earlier version from its history.
+
+        Without ``to``: the newest version it held before the current one, skipping versions it was
+        already rolled back from, so repeated rollbacks walk further back (A, B, C: C -> B -> A).
+        """
+        history = self.alias_history(alias)
+        current = self._read_pointer(alias)
+        if current is None:
+            raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+        if to is not None:
+            if to not in {h.version for h in history}:
+                raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
+        else:
+            rolled_away = {h.previous for h in history if h.action == "rollback" and h.previous}
+            candidates = [h.version for h in reversed(history) if h.version != current.version and h.version not in rolled_away]
+            if not candidates:
+                raise RegistryError(f"{alias} has no earlier version to roll back to (history: {[h.version for h in history]})")
+            to = candidates[0]
+        return self.set_alias(alias, to, expected=current.version, action="rollback", reason=reason or "rollback", actor=actor)
+
+    # --- housekeeping -------------------------------------------------------------------------------
+    def iter_objects(self, version: str) -> Iterator[str]:
+        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("versions", version) + "/"):
+            yield blob.name
+

@@ -1,0 +1,146 @@
+"""The promotion gate: it compares the challenger with the champion (never with itself) on one holdout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tenfold.config.settings import build_settings
+from tenfold.registry.gate import (
+    Decision,
+    GateError,
+    GatePolicy,
+    HoldoutMismatch,
+    HoldoutRef,
+    Scored,
+    SelfComparisonError,
+    decide,
+)
+
+HOLDOUT = HoldoutRef(partitions=("2013-10", "2013-11"), digest="a" * 64)
+OTHER_HOLDOUT = HoldoutRef(partitions=("2013-11", "2013-12"), digest="b" * 64)
+POLICY = GatePolicy(margin=0.002, min_auc=0.55, beat_baselines=("rate",))
+CHALLENGER_V = "c" * 20
+CHAMPION_V = "d" * 20
+
+
+def score(model: str, auc: float, log_loss: float = 0.45, brier: float = 0.15, holdout: HoldoutRef = HOLDOUT) -> Scored:
+    return Scored(model=model, holdout=holdout, auc=auc, log_loss=log_loss, brier=brier, rows=1000)
+
+
+def baselines(rate_auc: float = 0.62, hgb_auc: float = 0.68) -> dict[str, Scored]:
+    return {"rate": score("baseline:rate", rate_auc, 0.5), "hgb": score("baseline:hgb", hgb_auc, 0.47)}
+
+
+def test_first_model_passing_floors_becomes_champion() -> None:
+    d = decide(score(CHALLENGER_V, 0.70), None, baselines(), POLICY)
+    assert d.promote
+    assert d.champion_version is None and d.challenger_version == CHALLENGER_V
+    assert d.checks == {"finite": True, "min_auc": True, "beats_rate": True}
+
+
+def test_first_model_below_the_rate_baseline_is_not_promoted() -> None:
+    d = decide(score(CHALLENGER_V, 0.60), None, baselines(rate_auc=0.62), POLICY)
+    assert not d.promote
+    assert d.checks["beats_rate"] is False
+    assert "REJECT" in d.summary
+
+
+@pytest.mark.parametrize(
+    ("champion_auc", "promote"),
+    [(0.72, False), (0.699, False), (0.6981, False), (0.6979, True), (0.65, True)],
+)
+def test_challenger_must_beat_the_champion_by_the_margin(champion_auc: float, promote: bool) -> None:
+    # The challenger is the same in every case: only the champion's score changes the outcome, which
+    # is what proves the champion's own metrics are what the challenger is compared with.
+    challenger = score(CHALLENGER_V, 0.700)
+    d = decide(challenger, score(CHAMPION_V, champion_auc), baselines(), POLICY)
+    assert d.promote is promote
+    assert d.checks["beats_champion"] is promote
+    assert d.champion_version == CHAMPION_V and d.challenger_version == CHALLENGER_V
+    assert d.champion is not None and d.champion.auc == champion_auc
+
+
+def test_the_margin_comes_from_settings() -> None:
+    settings = build_settings("local")
+    policy = GatePolicy.from_settings(settings)
+    assert policy.margin == settings.training.promote_margin
+    assert policy.beat_baselines == tuple(settings.training.gate_beat_baselines)
+    wide = GatePolicy(margin=0.05, min_auc=0.55)
+    assert not decide(score(CHALLENGER_V, 0.74), score(CHAMPION_V, 0.70), baselines(), wide).promote
+    assert decide(score(CHALLENGER_V, 0.76), score(CHAMPION_V, 0.70), baselines(), wide).promote
+
+
+def test_comparing_the_challenger_with_itself_is_refused() -> None:
+    # The reference-pipeline bug: the caller hands the challenger's own score in as the champion's.
+    challenger = score(CHALLENGER_V, 0.80)
+    with pytest.raises(SelfComparisonError, match="same version"):
+        decide(challenger, challenger, baselines(), POLICY)
+
+
+def test_champion_scored_with_the_challengers_model_is_detected_even_with_zero_margin() -> None:
+    # The same bug in disguise: the champion's version id is right, but its metrics are the
+    # challenger's (the challenger model was evaluated twice). Bit-identical scores are flagged and
+    # never promote, even when the policy would accept a tie.
+    challenger = score(CHALLENGER_V, 0.80, 0.40, 0.12)
+    fake_champion = Scored(model=CHAMPION_V, holdout=HOLDOUT, auc=challenger.auc, log_loss=challenger.log_loss, brier=challenger.brier)
+    d = decide(challenger, fake_champion, baselines(), GatePolicy(margin=0.0, min_auc=0.55))
+    assert not d.promote
+    assert d.suspect_self_comparison
+    assert d.checks["distinct_scores"] is False
+
+
+def test_scores_from_another_holdout_are_refused() -> None:
+    with pytest.raises(HoldoutMismatch, match="re-evaluate the champion"):
+        decide(score(CHALLENGER_V, 0.8), score(CHAMPION_V, 0.7, holdout=OTHER_HOLDOUT), baselines(), POLICY)
+    other = baselines()
+    other["rate"] = score("baseline:rate", 0.6, holdout=OTHER_HOLDOUT)
+    with pytest.raises(HoldoutMismatch, match="baseline rate"):
+        decide(score(CHALLENGER_V, 0.8), None, other, POLICY)
+
+
+def test_a_required_baseline_that_was_not_evaluated_is_an_error() -> None:
+    with pytest.raises(GateError, match="rate"):
+        decide(score(CHALLENGER_V, 0.8), None, {"hgb": baselines()["hgb"]}, POLICY)
+
+
+def test_a_baseline_cannot_be_the_challenger() -> None:
+    with pytest.raises(GateError, match="registered model version"):
+        decide(score("baseline:hgb", 0.8), None, baselines(), POLICY)
+
+
+def test_calibration_may_not_regress_much_against_the_champion() -> None:
+    d = decide(score(CHALLENGER_V, 0.75, log_loss=0.60), score(CHAMPION_V, 0.70, log_loss=0.45), baselines(), POLICY)
+    assert not d.promote
+    assert d.checks["beats_champion"] and not d.checks["log_loss_vs_champion"]
+
+
+def test_non_finite_metrics_never_promote() -> None:
+    d = decide(score(CHALLENGER_V, 0.9, log_loss=math.nan), None, baselines(), POLICY)
+    assert not d.promote and d.checks["finite"] is False
+
+
+def test_absolute_log_loss_ceiling() -> None:
+    policy = GatePolicy(margin=0.002, min_auc=0.55, max_log_loss=0.5)
+    assert not decide(score(CHALLENGER_V, 0.9, log_loss=0.51), None, baselines(), policy).promote
+    assert decide(score(CHALLENGER_V, 0.9, log_loss=0.49), None, baselines(), policy).promote
+
+
+def test_decision_round_trips_with_both_version_ids() -> None:
+    d = decide(score(CHALLENGER_V, 0.71), score(CHAMPION_V, 0.70), baselines(), POLICY)
+    back = Decision.from_dict(d.to_dict())
+    assert back == d
+    assert d.to_dict()["challenger_version"] == CHALLENGER_V and d.to_dict()["champion_version"] == CHAMPION_V
+
+
+def test_scored_of_reads_mappings_and_objects() -> None:
+    class M:
+        def __init__(self) -> None:
+            self.auc, self.log_loss, self.brier, self.n = 0.7, 0.4, 0.1, 5
+
+    assert Scored.of(CHALLENGER_V, HOLDOUT, M()).rows == 5
+    s = Scored.of(CHALLENGER_V, HOLDOUT, {"auc": 0.7, "log_loss": 0.4, "brier": 0.1, "calibration": [1]})
+    assert s.extra == {"calibration": [1]}
+    with pytest.raises(GateError, match="auc"):
+        Scored.of(CHALLENGER_V, HOLDOUT, {"log_loss": 0.4})
