@@ -223,6 +223,9 @@ class LocalSettings(_Frozen):
     home: Path
     bind_host: str = "127.0.0.1"
     airflow_port: int = 8080
+    # Airflow's scheduler and triggerer each serve task logs on a port of their own.
+    airflow_log_port: int = 8793
+    airflow_trigger_log_port: int = 8794
     pubsub_port: int = 8085
     gcs_port: int = 4443
     lb_port: int = 8000
