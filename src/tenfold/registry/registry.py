@@ -316,8 +316,10 @@ class ModelRegistry:
         version = digest[:VERSION_ID_LEN]
         existing = self._read_version(version, with_lineage=False)
         if existing is not None:
-            if existing.digest != digest:
-                raise VersionConflict(f"version {version} exists with digest {existing.digest}, not {digest}: versions are immutable")
+            if existing.digest != digest or sorted(existing.files, key=lambda f: f.path) != list(files):
+                raise VersionConflict(
+                    f"version {version} exists with other content ({existing.digest[:16]}...): versions are immutable"
+                )
             log.info("version %s is already registered (same content): nothing to do", version)
             return self.get(version)
         self.ensure_preconditions_enforced()

@@ -1,0 +1,264 @@
+"""The registry on fake-gcs-server with the real google-cloud-storage client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.registry import (
+    CHAMPION,
+    AliasConflict,
+    IntegrityError,
+    InvalidModelDir,
+    Lineage,
+    ModelRegistry,
+    RegistryError,
+    UnknownVersion,
+    VersionConflict,
+)
+from tenfold.registry import registry as registry_module
+
+ModelDirFactory = Callable[..., Path]
+METRICS = {"auc": 0.7, "log_loss": 0.45, "brier": 0.15}
+
+
+def test_register_get_list_and_lineage(registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
+    reg = ModelRegistry(registry_settings)
+    mv = reg.register(make_model_dir(1), lineage, metrics=METRICS)
+    assert len(mv.version) == 20 and mv.digest.startswith(mv.version)
+    assert {f.path for f in mv.files} == {"meta.json", "metrics.json", "model.pt", "preprocessing.json"}  # no checkpoints
+    got = reg.get(mv.version)
+    assert got.metrics == METRICS
+    assert got.lineage is not None and got.lineage.train_partitions[0].run_id == "r1"
+    assert got.lineage.training_config == {"epochs": 1}
+    assert [v.version for v in reg.list_versions()] == [mv.version]
+    with pytest.raises(UnknownVersion, match="tenfold models list"):
+        reg.get("0" * 20)
+
+
+def test_same_content_is_idempotent_and_keeps_the_first_lineage(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    first = reg.register(make_model_dir(2), lineage, metrics=METRICS)
+    again = reg.register(make_model_dir(2), Lineage(feature_table="other", train_partitions=(), holdout_partitions=(),
+                                                    training_config={}), metrics=METRICS)
+    assert again.version == first.version and again.created_at == first.created_at
+    assert again.lineage is not None and again.lineage.feature_table == "features"
+    assert len(reg.list_versions()) == 1
+    other = reg.register(make_model_dir(2), lineage, metrics={**METRICS, "auc": 0.71})  # metrics are content too
+    assert other.version != first.version
+
+
+def test_different_content_under_an_existing_id_is_impossible(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    original = reg.register(make_model_dir(3), lineage, metrics=METRICS)
+    # Force a hash collision: every content now maps to the existing version's digest. The store's
+    # create-only writes must still refuse to replace a single byte of the committed version.
+    monkeypatch.setattr(registry_module, "content_digest", lambda files: original.digest)
+    with pytest.raises(VersionConflict):
+        reg.register(make_model_dir(4), lineage, metrics=METRICS)
+    # Even when the registry's own "already committed?" check is bypassed (a racing writer that read
+    # before the commit), the store's create-only preconditions refuse the first differing object.
+    monkeypatch.setattr(ModelRegistry, "_read_version", lambda self, version, with_lineage: None)
+    with pytest.raises(VersionConflict, match="immutable"):
+        reg.register(make_model_dir(4), lineage, metrics=METRICS)
+    monkeypatch.undo()
+    # And a direct write over a stored file is refused by the store, not just by the registry's checks.
+    name = reg._name("versions", original.version, "files", "model.pt")
+    with pytest.raises(VersionConflict, match="immutable"):
+        reg._create(name, data=b"evil", sha256="0" * 64)
+    assert reg.get(original.version) == original
+    assert reg.download(original.version, registry_settings.local.home / "dl-3").joinpath("model.pt").read_bytes() == (
+        make_model_dir(3).joinpath("model.pt").read_bytes()
+    )
+
+
+def test_an_interrupted_register_is_invisible_and_finished_by_the_next(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    from google.cloud.storage import Blob
+
+    real_upload = Blob.upload_from_string
+
+    def crash_on_commit(self: Blob, data: object, *args: object, **kwargs: object) -> object:
+        if self.name.endswith("/VERSION.json"):
+            raise ConnectionError("killed before the commit marker")
+        return real_upload(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_string", crash_on_commit)
+    with pytest.raises(ConnectionError):
+        reg.register(make_model_dir(5), lineage, metrics=METRICS)
+    monkeypatch.undo()
+    assert reg.list_versions() == []
+    mv = reg.register(make_model_dir(5), lineage, metrics=METRICS)
+    assert [v.version for v in reg.list_versions()] == [mv.version]
+
+
+def test_bad_model_dirs_are_refused(registry_settings: Settings, tmp_path: Path, lineage: Lineage) -> None:
+    reg = ModelRegistry(registry_settings)
+    with pytest.raises(InvalidModelDir, match="does not exist"):
+        reg.register(tmp_path / "nope", lineage, metrics=METRICS)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.pt").write_bytes(b"x")
+    with pytest.raises(InvalidModelDir, match="meta.json"):
+        reg.register(tmp_path / "m", lineage, metrics=METRICS)
+    (tmp_path / "m" / "meta.json").write_text("{}")
+    with pytest.raises(InvalidModelDir, match="metrics"):
+        reg.register(tmp_path / "m", lineage)
+
+
+def test_alias_moves(registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
+    reg = ModelRegistry(registry_settings)
+    a = reg.register(make_model_dir(10), lineage, metrics=METRICS).version
+    b = reg.register(make_model_dir(11), lineage, metrics=METRICS).version
+    assert reg.resolve(CHAMPION) is None
+    with pytest.raises(UnknownVersion):
+        reg.promote("f" * 20, expected=None)
+    first = reg.promote(a, expected=None, reason="first")
+    assert (first.seq, first.previous, reg.resolve(CHAMPION)) == (1, None, a)
+    with pytest.raises(AliasConflict, match="not nothing as expected"):
+        reg.promote(b, expected=None)  # someone believes there is no champion yet: refused
+    assert reg.resolve(CHAMPION) == a
+    assert reg.promote(a, expected=a).seq == 1  # already there: a no-op
+    second = reg.promote(b, expected=a, details={"decision": "x"})
+    assert (second.seq, second.previous, second.details) == (2, a, {"decision": "x"})
+    reg.set_alias("challenger", b)
+    assert {k: p.version for k, p in reg.aliases().items()} == {"champion": b, "challenger": b}
+    assert [(h.seq, h.version, h.action) for h in reg.alias_history(CHAMPION)] == [(1, a, "promote"), (2, b, "promote")]
+    # The pointer object is what the Airflow Asset names.
+    assert reg.alias_uri("challenger") == registry_settings.airflow.challenger_asset.replace("/registry/", f"/{reg.prefix}/")
+    with pytest.raises(ValueError, match="alias name"):
+        reg.set_alias("Champion!", a)
+
+
+@pytest.mark.parametrize("contenders", [8])
+def test_concurrent_promote_race_has_exactly_one_winner(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch,
+    contenders: int,
+) -> None:
+    setup = ModelRegistry(registry_settings)
+    base = setup.register(make_model_dir(20), lineage, metrics=METRICS).version
+    setup.promote(base, expected=None)
+    versions = [setup.register(make_model_dir(21 + i), lineage, metrics=METRICS).version for i in range(contenders)]
+
+    # Every contender reads the same pointer generation before any of them writes: the worst case,
+    # where only the store's generation precondition can tell the winner from the losers.
+    barrier = threading.Barrier(contenders, timeout=30)
+    real_read = ModelRegistry._read_pointer
+    read_once: set[int] = set()
+
+    def read_then_wait(self: ModelRegistry, alias: str):  # type: ignore[no-untyped-def]
+        pointer = real_read(self, alias)
+        if threading.get_ident() not in read_once:
+            read_once.add(threading.get_ident())
+            barrier.wait()
+        return pointer
+
+    monkeypatch.setattr(ModelRegistry, "_read_pointer", read_then_wait)
+    results: dict[str, str] = {}
+
+    def contend(version: str) -> None:
+        reg = ModelRegistry(registry_settings)  # each contender has its own client and connection pool
+        try:
+            reg.promote(version, expected=base)
+            results[version] = "won"
+        except AliasConflict as exc:
+            results[version] = f"lost: {exc}"
+
+    threads = [threading.Thread(target=contend, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    monkeypatch.undo()
+    winners = [v for v, r in results.items() if r == "won"]
+    assert len(results) == contenders
+    assert len(winners) == 1, results
+    assert all("lost the race" in r for v, r in results.items() if v != winners[0])
+    assert setup.resolve(CHAMPION) == winners[0]
+    history = setup.alias_history(CHAMPION)
+    assert [(h.seq, h.version) for h in history] == [(1, base), (2, winners[0])]
+
+
+def test_unconditional_concurrent_moves_lose_no_update(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    setup = ModelRegistry(registry_settings)
+    versions = [setup.register(make_model_dir(40 + i), lineage, metrics=METRICS).version for i in range(4)]
+    errors: list[BaseException] = []
+
+    def move(version: str) -> None:
+        try:
+            ModelRegistry(registry_settings, cas_retries=20).set_alias("challenger", version)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=move, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    history = setup.alias_history("challenger")
+    # Each move is recorded once, in a gap-free sequence, and each links to the one before it.
+    assert sorted(h.version for h in history) == sorted(versions)
+    assert [h.seq for h in history] == [1, 2, 3, 4]
+    assert [h.previous for h in history] == [None, *[h.version for h in history[:-1]]]
+    assert setup.resolve("challenger") == history[-1].version
+
+
+def test_rollback_walks_back_through_history(registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(60 + i), lineage, metrics=METRICS).version for i in range(3))
+    with pytest.raises(RegistryError, match="never set"):
+        reg.rollback(CHAMPION)
+    reg.promote(a)
+    with pytest.raises(RegistryError, match="no earlier version"):
+        reg.rollback(CHAMPION)
+    reg.promote(b)
+    reg.promote(c)
+    assert reg.rollback(CHAMPION, reason="bad canary").version == b
+    assert reg.rollback(CHAMPION).version == a
+    with pytest.raises(RegistryError, match="was never champion"):
+        reg.rollback(CHAMPION, to="e" * 20)
+    assert reg.rollback(CHAMPION, to=c).version == c
+    actions = [(h.version, h.action) for h in reg.alias_history(CHAMPION)]
+    assert actions == [(a, "promote"), (b, "promote"), (c, "promote"), (b, "rollback"), (a, "rollback"), (c, "rollback")]
+
+
+def test_download_is_verified_and_a_tampered_object_is_detected(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    src = make_model_dir(70)
+    mv = reg.register(src, lineage, metrics=METRICS)
+    out = reg.download(mv.version, tmp_path / "copy")
+    for name in ("model.pt", "meta.json", "preprocessing.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+    assert json.loads((out / "metrics.json").read_text()) == METRICS
+    assert reg.download(mv.version, tmp_path / "copy") == out  # a verified copy is reused
+
+    # Tamper with the stored weights behind the registry's back (a plain overwrite, no precondition).
+    blob = reg.bucket.blob(reg._name("versions", mv.version, "files", "model.pt"))
+    blob.upload_from_string(b"tampered weights")
+    with pytest.raises(IntegrityError, match=r"model\.pt"):
+        reg.download(mv.version, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fresh")] == []
+
+    # Tampering with the commit marker itself (rewriting a recorded hash) is detected too.
+    marker = reg.bucket.blob(reg._name("versions", mv.version, "VERSION.json"))
+    body = json.loads(marker.download_as_bytes())
+    body["files"][0]["sha256"] = "0" * 64
+    marker.upload_from_string(json.dumps(body))
+    with pytest.raises(IntegrityError, match="tampered"):
+        reg.get(mv.version)
