@@ -109,7 +109,7 @@ def test_bad_model_dirs_are_refused(registry_settings: Settings, tmp_path: Path,
         reg.register(tmp_path / "nope", lineage, metrics=METRICS)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.pt").write_bytes(b"x")
-    with pytest.raises(InvalidModelDir, match="meta.json"):
+    with pytest.raises(InvalidModelDir, match=r"meta\.json"):
         reg.register(tmp_path / "m", lineage, metrics=METRICS)
     (tmp_path / "m" / "meta.json").write_text("{}")
     with pytest.raises(InvalidModelDir, match="metrics"):
