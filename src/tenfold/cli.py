@@ -43,6 +43,9 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
 from tenfold.data.cli import ingest as _ingest  # noqa: E402
 
 app.command("ingest")(_ingest)
+from tenfold.registry.cli import app as _models  # noqa: E402
+
+app.add_typer(_models, name="models")
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""``tenfold models``: the registry for people.
+
+Run ``tenfold models list``, ``tenfold models show champion``, ``tenfold models promote <version>``,
+``tenfold models rollback`` (``--help`` on each). Versions may be named by a full id, a unique id
+prefix (4+ digits) or an alias. The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``;
+the local platform must be up: ``make up``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from tenfold.config import get_settings
+from tenfold.registry.errors import RegistryError
+from tenfold.registry.registry import CHAMPION, ModelRegistry
+
+app = typer.Typer(help="Model registry: list, inspect, promote and roll back versions.", no_args_is_help=True)
+
+T = TypeVar("T")
+EnvOption = typer.Option(None, "--env", help="local, dev or prod; default TENFOLD_ENV")
+
+
+def _registry(env: str | None) -> ModelRegistry:
+    return ModelRegistry(get_settings(env))
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """Turn registry and connection errors into a message and exit code 2, not a traceback."""
+    try:
+        return fn()
+    except (RegistryError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("google", "requests", "urllib3")):
+            typer.echo(f"error: cannot reach the model registry ({type(exc).__name__}: {exc}); is the local "
+                       "platform up (`make up`) or are your cloud credentials set?", err=True)
+            raise typer.Exit(2) from exc
+        raise
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+@app.command("list")
+def list_versions(env: str | None = EnvOption, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Every committed version, oldest first, with its headline metrics and the aliases pointing at it."""
+    reg = _registry(env)
+    versions, aliases = _run(lambda: (reg.list_versions(), reg.aliases()))
+    by_version: dict[str, list[str]] = {}
+    for name, pointer in sorted(aliases.items()):
+        by_version.setdefault(pointer.version, []).append(name)
+    rows = [{**v.summary(), "aliases": by_version.get(v.version, [])} for v in versions]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no versions in {reg.version_uri('')}")
+        return
+    typer.echo(f"{'version':<22}{'created':<26}{'auc':>8}{'log_loss':>10}{'brier':>8}  aliases")
+    for r in rows:
+        m = r["metrics"]
+        typer.echo(f"{r['version']:<22}{r['created_at'][:23]:<26}{_fmt(m.get('auc')):>8}{_fmt(m.get('log_loss')):>10}"
+                   f"{_fmt(m.get('brier')):>8}  {', '.join(r['aliases'])}")
+
+
+@app.command("show")
+def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or alias"), env: str | None = EnvOption) -> None:
+    """One version as JSON: files, metrics, lineage; for an alias also its history."""
+    reg = _registry(env)
+
+    def gather() -> dict[str, Any]:
+        version = reg.find(ref)
+        mv = reg.get(version)
+        body: dict[str, Any] = {
+            "version": mv.version, "digest": mv.digest, "created_at": mv.created_at, "uri": mv.uri,
+            "metrics": mv.metrics, "files": [f.__dict__ for f in mv.files],
+            "lineage": mv.lineage.to_dict() if mv.lineage else None,
+            "aliases": sorted(a for a, p in reg.aliases().items() if p.version == mv.version),
+        }
+        if ref != version and reg.alias(ref) is not None:
+            body["alias_history"] = [json.loads(h.to_json()) for h in reg.alias_history(ref)]
+        return body
+
+    typer.echo(json.dumps(_run(gather), indent=2, default=str))
+
+
+@app.command("promote")
+def promote(
+    ref: str = typer.Argument(..., help="version id, unique prefix or alias (e.g. challenger)"),
+    reason: str = typer.Option("", help="why, recorded in the alias history"),
+    expect: str | None = typer.Option(None, help="fail unless the champion is this version now (default: what it is when read)"),
+    env: str | None = EnvOption,
+) -> None:
+    """Make a version the champion, by compare-and-swap: a concurrent change makes this fail, not overwrite."""
+    reg = _registry(env)
+
+    def act() -> str:
+        version = reg.find(ref)
+        expected = reg.find(expect) if expect else reg.resolve(CHAMPION)
+        pointer = reg.promote(version, expected=expected, reason=reason or "manual promotion")
+        return f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
+
+    typer.echo(_run(act))
+
+
+@app.command("rollback")
+def rollback(
+    alias: str = typer.Argument(CHAMPION, help="the alias to move back"),
+    to: str | None = typer.Option(None, help="a version it held before (default: the one before the current)"),
+    reason: str = typer.Option("", help="why, recorded in the alias history"),
+    env: str | None = EnvOption,
+) -> None:
+    """Move an alias back to an earlier version from its history."""
+    reg = _registry(env)
+
+    def act() -> str:
+        target = reg.find(to) if to else None
+        pointer = reg.rollback(alias, to=target, reason=reason or "manual rollback")
+        return f"{alias}: {pointer.previous} -> {pointer.version} (seq {pointer.seq})"
+
+    typer.echo(_run(act))
