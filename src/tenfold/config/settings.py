@@ -131,6 +131,8 @@ class GpuGroupSettings(_Frozen):
     max_replicas: int = Field(default=1, ge=0)
     spot: bool = False
     disk_size_gb: int = 100
+    # Container-Optimized OS: runs the tenfold image; `cos-extensions install gpu` adds the driver.
+    source_image: str = "projects/cos-cloud/global/images/family/cos-stable"
 
     @model_validator(mode="after")
     def _bounds(self) -> GpuGroupSettings:

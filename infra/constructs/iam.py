@@ -1,0 +1,78 @@
+"""One service account per component, each granted only what it needs, on the narrowest resource GCP allows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cdktn_provider_google.project_iam_custom_role import ProjectIamCustomRole
+from cdktn_provider_google.project_iam_member import ProjectIamMember
+from cdktn_provider_google.pubsub_subscription_iam_member import PubsubSubscriptionIamMember
+from cdktn_provider_google.pubsub_topic_iam_member import PubsubTopicIamMember
+from cdktn_provider_google.service_account import ServiceAccount
+from cdktn_provider_google.service_account_iam_member import ServiceAccountIamMember
+from cdktn_provider_google.storage_bucket_iam_member import StorageBucketIamMember
+from constructs import Construct
+
+# Basic (primitive) roles are never granted: they span every service in the project.
+PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    component: str  # construct id: serving, training, ...
+    account_id: str
+    project_roles: Sequence[str] = ()  # only roles GCP grants at project level alone (e.g. logging)
+    bucket_roles: Sequence[tuple[str, str]] = ()  # (bucket name, role)
+    topic_roles: Sequence[tuple[str, str]] = ()  # (topic name, role)
+    subscription_roles: Sequence[tuple[str, str]] = ()  # (subscription name, role)
+    act_as: Sequence[str] = ()  # components whose service account this one may run workloads as
+    custom_roles: Sequence[str] = ()  # ids of CustomRoleSpec
+
+
+@dataclass(frozen=True)
+class CustomRoleSpec:
+    role_id: str
+    title: str
+    permissions: Sequence[str]
+
+
+@dataclass(frozen=True)
+class IamProps:
+    project: str
+    accounts: Sequence[AccountSpec]
+    custom_roles: Sequence[CustomRoleSpec] = field(default_factory=tuple)
+
+
+class Iam(Construct):
+    def __init__(self, scope: Construct, id_: str, props: IamProps) -> None:
+        super().__init__(scope, id_)
+        self.accounts: dict[str, ServiceAccount] = {}
+        roles = {
+            r.role_id: ProjectIamCustomRole(self, f"role-{r.role_id}", role_id=r.role_id, title=r.title,
+                                            permissions=list(r.permissions), project=props.project)
+            for r in props.custom_roles
+        }
+        for spec in props.accounts:
+            bad = PRIMITIVE_ROLES.intersection(spec.project_roles)
+            if bad:
+                raise ValueError(f"{spec.component}: primitive roles {sorted(bad)} are not allowed; grant predefined roles")
+            sa = ServiceAccount(self, spec.component, account_id=spec.account_id,
+                                display_name=f"Tenfold {spec.component}", project=props.project)
+            self.accounts[spec.component] = sa
+            member = sa.member
+            for role in spec.project_roles:
+                ProjectIamMember(self, f"{spec.component}-{role.split('/')[-1]}", project=props.project, role=role, member=member)
+            for rid in spec.custom_roles:
+                ProjectIamMember(self, f"{spec.component}-custom-{rid}", project=props.project, role=roles[rid].id, member=member)
+            for bucket, role in spec.bucket_roles:
+                StorageBucketIamMember(self, f"{spec.component}-{bucket}-{role.split('/')[-1]}", bucket=bucket, role=role, member=member)
+            for topic, role in spec.topic_roles:
+                PubsubTopicIamMember(self, f"{spec.component}-{topic}-{role.split('/')[-1]}", topic=topic, role=role, member=member)
+            for sub, role in spec.subscription_roles:
+                PubsubSubscriptionIamMember(self, f"{spec.component}-{sub}-{role.split('/')[-1]}", subscription=sub, role=role, member=member)
+        for spec in props.accounts:
+            for target in spec.act_as:
+                # Scoped to the one service account, never iam.serviceAccountUser on the project.
+                ServiceAccountIamMember(self, f"{spec.component}-actas-{target}", service_account_id=self.accounts[target].name,
+                                        role="roles/iam.serviceAccountUser", member=self.accounts[spec.component].member)

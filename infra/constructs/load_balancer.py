@@ -1,0 +1,131 @@
+"""Global external Application Load Balancer with stable and canary backend services split by weight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdktn_provider_google.compute_backend_service import ComputeBackendService
+from cdktn_provider_google.compute_global_address import ComputeGlobalAddress
+from cdktn_provider_google.compute_global_forwarding_rule import ComputeGlobalForwardingRule
+from cdktn_provider_google.compute_health_check import ComputeHealthCheck
+from cdktn_provider_google.compute_managed_ssl_certificate import ComputeManagedSslCertificate
+from cdktn_provider_google.compute_security_policy import ComputeSecurityPolicy
+from cdktn_provider_google.compute_target_http_proxy import ComputeTargetHttpProxy
+from cdktn_provider_google.compute_target_https_proxy import ComputeTargetHttpsProxy
+from cdktn_provider_google.compute_url_map import ComputeUrlMap
+from constructs import Construct
+
+from infra.constructs._jsii import structs
+from tenfold.cloud.urlmap import ALL_HOSTS, PATH_MATCHER, ROUTE_PRIORITY, weighted_backends
+
+HTTP_PORT, HTTPS_PORT = 80, 443
+LB_SCHEME = "EXTERNAL_MANAGED"  # the global external ALB: weighted routes need it (classic has none)
+
+
+class ServingHealthCheck(Construct):
+    """The HTTP health check both the load balancer and the fleets' autohealing use."""
+
+    def __init__(self, scope: Construct, id_: str, *, name: str, port: int, path: str) -> None:
+        super().__init__(scope, id_)
+        self.check = ComputeHealthCheck(
+            self, "check", name=name,
+            check_interval_sec=10, timeout_sec=5, healthy_threshold=2, unhealthy_threshold=3,
+            http_health_check={"port": port, "request_path": path},
+            log_config={"enable": True},
+        )
+
+
+@dataclass(frozen=True)
+class HttpLoadBalancerProps:
+    address_name: str
+    health_check_id: str
+    port_name: str
+    stable_backend_name: str
+    canary_backend_name: str
+    stable_group: str  # instance group URL of the stable fleet
+    canary_group: str
+    max_utilization: float
+    url_map_name: str
+    proxy_name: str
+    forwarding_rule_name: str
+    canary_percent: int = 0
+    domain: str | None = None
+    armor_policy_name: str | None = None
+    draining_timeout_s: int = 60
+    log_sample_rate: float = 1.0
+
+
+class HttpLoadBalancer(Construct):
+    def __init__(self, scope: Construct, id_: str, props: HttpLoadBalancerProps) -> None:
+        super().__init__(scope, id_)
+        self.address = ComputeGlobalAddress(self, "address", name=props.address_name)
+        self.armor: ComputeSecurityPolicy | None = None
+        if props.armor_policy_name:
+            self.armor = ComputeSecurityPolicy(
+                self, "armor",
+                name=props.armor_policy_name,
+                rule=structs([
+                    # Google's preconfigured WAF rule for CVE-2021-44228 (Log4Shell) and its variants.
+                    {"action": "deny(403)", "priority": 1000, "description": "block Log4j exploit attempts",
+                     "match": {"expr": {"expression": "evaluatePreconfiguredWaf('cve-canary', {'sensitivity': 1})"}}},
+                    {"action": "allow", "priority": 2147483647, "description": "default allow",
+                     "match": {"versioned_expr": "SRC_IPS_V1", "config": {"src_ip_ranges": ["*"]}}},
+                ]),
+            )
+
+        def backend(cid: str, name: str, group: str) -> ComputeBackendService:
+            return ComputeBackendService(
+                self, cid,
+                name=name,
+                protocol="HTTP",
+                port_name=props.port_name,
+                load_balancing_scheme=LB_SCHEME,
+                timeout_sec=30,
+                health_checks=[props.health_check_id],
+                connection_draining_timeout_sec=props.draining_timeout_s,
+                log_config={"enable": True, "sample_rate": props.log_sample_rate},
+                security_policy=self.armor.id if self.armor else None,
+                backend=structs([{"group": group, "balancing_mode": "UTILIZATION", "max_utilization": props.max_utilization,
+                          "capacity_scaler": 1.0}]),
+            )
+
+        self.stable = backend("stable-backend", props.stable_backend_name, props.stable_group)
+        self.canary = backend("canary-backend", props.canary_backend_name, props.canary_group)
+        # The same route body the rollout DAG patches (tenfold.cloud.urlmap), here with references.
+        self.url_map = ComputeUrlMap(
+            self, "url-map",
+            name=props.url_map_name,
+            default_service=self.stable.id,
+            host_rule=structs([{"hosts": [ALL_HOSTS], "path_matcher": PATH_MATCHER}]),
+            path_matcher=structs([{
+                "name": PATH_MATCHER,
+                "default_service": self.stable.id,
+                "route_rules": structs([{
+                    "priority": ROUTE_PRIORITY,
+                    "match_rules": structs([{"prefix_match": "/"}]),
+                    "route_action": {"weighted_backend_services": structs([
+                        {"backend_service": wb["backendService"], "weight": wb["weight"]}
+                        for wb in weighted_backends(self.stable.id, self.canary.id, props.canary_percent)
+                    ])},
+                }]),
+            }]),
+            # The rollout DAG owns the weights after the first deploy.
+            lifecycle={"ignore_changes": ["path_matcher"]},
+        )
+        if props.domain:
+            cert = ComputeManagedSslCertificate(self, "certificate", name=f"{props.proxy_name}-cert",
+                                                managed={"domains": [props.domain]})
+            proxy_id = ComputeTargetHttpsProxy(self, "https-proxy", name=props.proxy_name, url_map=self.url_map.id,
+                                               ssl_certificates=[cert.id]).id
+            port = HTTPS_PORT
+        else:
+            proxy_id = ComputeTargetHttpProxy(self, "http-proxy", name=props.proxy_name, url_map=self.url_map.id).id
+            port = HTTP_PORT
+        self.forwarding_rule = ComputeGlobalForwardingRule(
+            self, "forwarding-rule",
+            name=props.forwarding_rule_name,
+            target=proxy_id,
+            ip_address=self.address.id,
+            port_range=str(port),
+            load_balancing_scheme=LB_SCHEME,
+        )

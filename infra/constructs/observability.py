@@ -1,0 +1,102 @@
+"""Alert policies (serving latency and errors, dead letters, stuck subscriptions, drift) and where they go."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cdktn_provider_google.monitoring_alert_policy import MonitoringAlertPolicy
+from cdktn_provider_google.monitoring_metric_descriptor import MonitoringMetricDescriptor
+from cdktn_provider_google.monitoring_notification_channel import MonitoringNotificationChannel
+from constructs import Construct
+
+from infra.constructs._jsii import structs
+
+# Google's metric types (https://cloud.google.com/monitoring/api/metrics_gcp).
+LB_LATENCY = "loadbalancing.googleapis.com/https/total_latencies"
+LB_REQUESTS = "loadbalancing.googleapis.com/https/request_count"
+UNDELIVERED = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+OLDEST_UNACKED = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+
+
+@dataclass(frozen=True)
+class ObservabilityProps:
+    name_prefix: str
+    notification_email: str
+    url_map_name: str
+    p99_latency_ms: int
+    error_rate_5xx: float
+    dead_letter_subscriptions: Sequence[str]
+    dead_letter_backlog: int
+    work_subscriptions: Sequence[str]
+    oldest_unacked_age_s: int
+    drift_metric: str
+    drift_threshold: float
+    window_s: int = 300
+
+
+def _subscription_filter(metric: str, names: Sequence[str]) -> str:
+    ids = " OR ".join(f'resource.labels.subscription_id = "{n}"' for n in names)
+    return f'metric.type = "{metric}" AND resource.type = "pubsub_subscription" AND ({ids})'
+
+
+class Observability(Construct):
+    def __init__(self, scope: Construct, id_: str, props: ObservabilityProps) -> None:
+        super().__init__(scope, id_)
+        p = props
+        self.channel = MonitoringNotificationChannel(
+            self, "email", display_name=f"{p.name_prefix} on-call", type="email",
+            labels={"email_address": p.notification_email},
+        )
+        channels = [self.channel.id]
+        window = f"{p.window_s}s"
+        lb = f'resource.type = "https_lb_rule" AND resource.labels.url_map_name = "{p.url_map_name}"'
+
+        # The drift metric is written by Tenfold's monitor; declaring it lets the policy exist before the first point.
+        self.drift_descriptor = MonitoringMetricDescriptor(
+            self, "drift-metric", type=p.drift_metric, metric_kind="GAUGE", value_type="DOUBLE",
+            display_name=f"{p.name_prefix} feature drift (PSI)", description="Population stability index of the features",
+        )
+
+        def policy(cid: str, name: str, condition: dict[str, object], doc: str, after: list[object] | None = None) -> MonitoringAlertPolicy:
+            return MonitoringAlertPolicy(
+                self, cid, display_name=f"{p.name_prefix} {name}", combiner="OR",
+                conditions=structs([{"display_name": name, "condition_threshold": condition}]),
+                notification_channels=channels,
+                documentation={"content": doc, "mime_type": "text/markdown"},
+                alert_strategy={"auto_close": "1800s"},
+                depends_on=after,  # type: ignore[arg-type]
+            )
+
+        self.policies = [
+            policy("serving-p99-latency", "serving p99 latency", {
+                "filter": f'metric.type = "{LB_LATENCY}" AND {lb}',
+                "comparison": "COMPARISON_GT", "threshold_value": p.p99_latency_ms, "duration": window,
+                "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_PERCENTILE_99",
+                                  "cross_series_reducer": "REDUCE_MAX"}]),
+            }, "p99 latency at the load balancer is above target: check the canary share and the fleet's autoscaler."),
+            policy("serving-5xx-rate", "serving 5xx rate", {
+                "filter": f'metric.type = "{LB_REQUESTS}" AND {lb} AND metric.labels.response_code_class = 500',
+                "denominator_filter": f'metric.type = "{LB_REQUESTS}" AND {lb}',
+                "comparison": "COMPARISON_GT", "threshold_value": p.error_rate_5xx, "duration": window,
+                "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_RATE", "cross_series_reducer": "REDUCE_SUM"}]),
+                "denominator_aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_RATE",
+                                              "cross_series_reducer": "REDUCE_SUM"}]),
+            }, "More than the allowed share of requests fail with 5xx: roll the canary back to 0 % first."),
+            policy("dead-letter-backlog", "dead-letter backlog", {
+                "filter": _subscription_filter(UNDELIVERED, p.dead_letter_subscriptions),
+                "comparison": "COMPARISON_GT", "threshold_value": max(p.dead_letter_backlog - 1, 0), "duration": "60s",
+                "aggregations": structs([{"alignment_period": "60s", "per_series_aligner": "ALIGN_MAX"}]),
+            }, "Messages were dead-lettered: pull them from the dead-letter subscription and triage."),
+            policy("oldest-unacked-age", "oldest unacked message age", {
+                "filter": _subscription_filter(OLDEST_UNACKED, p.work_subscriptions),
+                "comparison": "COMPARISON_GT", "threshold_value": p.oldest_unacked_age_s, "duration": window,
+                "aggregations": structs([{"alignment_period": "60s", "per_series_aligner": "ALIGN_MAX"}]),
+            }, "A subscription is not being drained: check its workers and autoscaler."),
+            policy("drift", "feature drift", {
+                "filter": f'metric.type = "{p.drift_metric}" AND resource.type = "global"',
+                "comparison": "COMPARISON_GT", "threshold_value": p.drift_threshold, "duration": "0s",
+                "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_MAX"}]),
+            }, "Feature drift (PSI) is above threshold: the retrain DAG is triggered; review the drift report.",
+                [self.drift_descriptor]),
+        ]

@@ -1,0 +1,140 @@
+"""The stateless stack: identities, network, fleets, load balancer, orchestration, alerts. Safe to redeploy."""
+
+from __future__ import annotations
+
+from cdktn import TerraformOutput, TerraformStack
+from cdktn_provider_google.artifact_registry_repository_iam_member import ArtifactRegistryRepositoryIamMember
+from constructs import Construct
+
+from infra.constructs.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling, PubsubBacklogScaling
+from infra.constructs.iam import AccountSpec, CustomRoleSpec, Iam, IamProps
+from infra.constructs.load_balancer import HttpLoadBalancer, HttpLoadBalancerProps, ServingHealthCheck
+from infra.constructs.network import Network, NetworkProps
+from infra.constructs.observability import Observability, ObservabilityProps
+from infra.constructs.orchestration import Orchestration, OrchestrationProps
+from infra.stacks.common import configure, sa_email
+from tenfold.cloud import startup
+from tenfold.config import Settings
+from tenfold.config.settings import GpuGroupSettings
+
+PORT_NAME = "http"
+LOG_WRITER, METRIC_WRITER = "roles/logging.logWriter", "roles/monitoring.metricWriter"
+VIEWER, USER, ADMIN = "roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectAdmin"
+PUBLISHER, SUBSCRIBER = "roles/pubsub.publisher", "roles/pubsub.subscriber"
+# What the DAGs do to the platform from Composer, and nothing else: run Dataproc batches, resize the
+# training group, patch the URL map's weights.
+ORCHESTRATOR_PERMISSIONS = (
+    "dataproc.batches.create", "dataproc.batches.get", "dataproc.batches.list", "dataproc.batches.cancel",
+    "dataproc.operations.get",
+    "compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update", "compute.regionOperations.get",
+    "compute.urlMaps.get", "compute.urlMaps.update", "compute.backendServices.use", "compute.globalOperations.get",
+)
+
+
+def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
+    s, st, m, sa = settings, settings.storage, settings.messaging, settings.service_accounts
+    subs = m.subscriptions
+    observe = (LOG_WRITER, METRIC_WRITER)
+    return [
+        AccountSpec("serving", sa.serving, project_roles=observe,
+                    bucket_roles=[(st.models_bucket, VIEWER)],
+                    topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
+                    subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)]),
+        AccountSpec("training", sa.training, project_roles=observe,
+                    bucket_roles=[(st.lake_bucket, VIEWER), (st.artifacts_bucket, USER), (st.models_bucket, VIEWER)]),
+        AccountSpec("inference", sa.inference, project_roles=observe,
+                    bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, VIEWER)],
+                    topic_roles=[(m.predictions_topic, PUBLISHER)],
+                    subscription_roles=[(subs["requests"].name, SUBSCRIBER)]),
+        AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
+                    bucket_roles=[(st.lake_bucket, USER), (st.dataproc_staging_bucket, ADMIN)]),
+        AccountSpec("composer", sa.composer, project_roles=("roles/composer.worker", *observe),
+                    custom_roles=[orchestrator_role],
+                    bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
+                                  (st.dataproc_staging_bucket, USER)],
+                    topic_roles=[(m.requests_topic, PUBLISHER), (m.model_updates_topic, PUBLISHER)],
+                    subscription_roles=[(subs["feedback"].name, SUBSCRIBER), (subs["predictions"].name, SUBSCRIBER),
+                                        *((sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values())],
+                    act_as=["dataproc"]),
+    ]
+
+
+class PlatformStack(TerraformStack):
+    def __init__(self, scope: Construct, settings: Settings) -> None:
+        name = settings.infra.platform_stack
+        super().__init__(scope, name)
+        configure(self, settings, name)
+        s, lb, sv = settings, settings.serving.load_balancer, settings.serving
+        role_id = s.prefix.replace("-", "_") + "_orchestrator"
+        self.iam = Iam(self, "iam", IamProps(
+            project=s.project_id,
+            accounts=accounts(s, role_id),
+            custom_roles=[CustomRoleSpec(role_id, f"Tenfold orchestrator ({s.prefix})", ORCHESTRATOR_PERMISSIONS)],
+        ))
+        for component in ("serving", "training", "inference"):
+            ArtifactRegistryRepositoryIamMember(
+                self, f"{component}-image-reader", repository=s.infra.artifact_repository, location=s.region,
+                role="roles/artifactregistry.reader", member=self.iam.accounts[component].member)
+
+        serving_tag, ssh_tag = f"{s.prefix}-serving", f"{s.prefix}-ssh"
+        self.network = Network(self, "network", NetworkProps(
+            network_name=s.network.network, subnet_name=s.network.subnet, subnet_cidr=s.network.subnet_cidr,
+            region=s.region, router_name=s.network.router, nat_name=s.network.nat,
+            serving_port=sv.port, serving_tag=serving_tag, ssh_tag=ssh_tag,
+        ))
+        health = ServingHealthCheck(self, "health-check", name=lb.health_check, port=sv.port, path=sv.health_path)
+
+        def fleet(cid: str, g: GpuGroupSettings, account: str, script: str, tags: list[str], **kw: object) -> GpuFleet:
+            return GpuFleet(self, cid, GpuFleetProps(
+                template_name_prefix=g.instance_template, group_name=g.instance_group, region=s.region,
+                machine_type=g.machine_type, source_image=g.source_image, disk_size_gb=g.disk_size_gb,
+                subnetwork=self.network.subnet.id, service_account_email=self.iam.accounts[account].email,
+                startup_script=script, tags=tags, accelerator_type=g.accelerator_type,
+                accelerator_count=g.accelerator_count, spot=g.spot, min_replicas=g.min_replicas,
+                max_replicas=g.max_replicas, labels={"role": cid}, **kw,  # type: ignore[arg-type]
+            ))
+
+        serving_kw = dict(named_port=(PORT_NAME, sv.port), health_check_id=health.check.id,
+                          autoscaling=LbUtilizationScaling(sv.target_utilization))
+        self.stable = fleet("serve-stable", sv.stable_fleet, "serving",
+                            startup.serving_startup_script(s, sv.stable_fleet, "stable"), [serving_tag, ssh_tag], **serving_kw)
+        self.canary = fleet("serve-canary", sv.canary_fleet, "serving",
+                            startup.serving_startup_script(s, sv.canary_fleet, "canary"), [serving_tag, ssh_tag], **serving_kw)
+        self.training = fleet("training", s.training.fleet, "training", startup.training_startup_script(s), [ssh_tag],
+                              target_size=0, externally_resized=True)
+        self.inference = fleet("inference", s.inference.fleet, "inference", startup.inference_startup_script(s), [ssh_tag],
+                               autoscaling=PubsubBacklogScaling(s.messaging.subscriptions["requests"].name,
+                                                                s.inference.backlog_per_worker))
+
+        self.lb = HttpLoadBalancer(self, "load-balancer", HttpLoadBalancerProps(
+            address_name=lb.address, health_check_id=health.check.id, port_name=PORT_NAME,
+            stable_backend_name=lb.stable_backend, canary_backend_name=lb.canary_backend,
+            stable_group=self.stable.group.instance_group, canary_group=self.canary.group.instance_group,
+            max_utilization=sv.target_utilization, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
+            forwarding_rule_name=lb.forwarding_rule, domain=lb.domain, armor_policy_name=lb.cloud_armor_policy,
+        ))
+
+        self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(
+            enabled=s.airflow.composer_enabled, environment_name=s.airflow.composer_environment, region=s.region,
+            image_version=s.airflow.composer_image_version, service_account_email=sa_email(s, s.service_accounts.composer),
+            env_variables={"TENFOLD_ENV": s.env, "TENFOLD_PROJECT_ID": s.project_id},
+        ))
+        if self.orchestration.composer is not None:
+            self.orchestration.composer.node.add_dependency(self.iam)
+
+        mo, subs = s.monitoring, s.messaging.subscriptions
+        Observability(self, "observability", ObservabilityProps(
+            name_prefix=s.prefix, notification_email=mo.notification_email, url_map_name=lb.url_map,
+            p99_latency_ms=mo.p99_latency_ms, error_rate_5xx=mo.error_rate_5xx,
+            dead_letter_subscriptions=[sub.dead_letter_subscription for sub in subs.values()],
+            dead_letter_backlog=mo.dead_letter_backlog, work_subscriptions=[sub.name for sub in subs.values()],
+            oldest_unacked_age_s=mo.oldest_unacked_age_s, drift_metric=mo.drift_metric, drift_threshold=mo.drift_psi,
+        ))
+
+        TerraformOutput(self, "lb-address", value=self.lb.address.address)
+        TerraformOutput(self, "url-map", value=self.lb.url_map.name)
+        TerraformOutput(self, "composer-airflow-uri",
+                        value=self.orchestration.airflow_uri or "Composer disabled (settings.airflow.composer_enabled)")
+        for key, bucket in (("lake", s.storage.lake_bucket), ("models", s.storage.models_bucket),
+                            ("artifacts", s.storage.artifacts_bucket), ("dataproc-staging", s.storage.dataproc_staging_bucket)):
+            TerraformOutput(self, f"bucket-{key}", value=bucket)
