@@ -1,0 +1,51 @@
+"""``tenfold models`` against the emulator: what people see and the exit codes they get."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.cli import app
+from tenfold.config import Settings
+from tenfold.registry import Lineage, ModelRegistry
+from tenfold.registry import cli as models_cli
+
+runner = CliRunner()
+
+
+def test_models_commands(registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a = reg.register(make_model_dir(1), lineage, metrics={"auc": 0.61, "log_loss": 0.5, "brier": 0.2}).version
+    b = reg.register(make_model_dir(2), lineage, metrics={"auc": 0.66, "log_loss": 0.45, "brier": 0.18}).version
+
+    out = runner.invoke(app, ["models", "list"])
+    assert out.exit_code == 0, out.output
+    assert a in out.output and b in out.output and "0.6600" in out.output
+
+    out = runner.invoke(app, ["models", "promote", a[:8], "--reason", "first"])
+    assert out.exit_code == 0, out.output
+    assert f"(none) -> {a}" in out.output
+    out = runner.invoke(app, ["models", "promote", b, "--expect", b])  # the champion is a, not b: refused
+    assert out.exit_code == 2 and "expected" in out.output
+    assert reg.resolve("champion") == a
+    assert runner.invoke(app, ["models", "promote", b]).exit_code == 0
+
+    listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
+    assert {r["version"]: r["aliases"] for r in listed} == {a: [], b: ["champion"]}
+
+    shown = json.loads(runner.invoke(app, ["models", "show", "champion"]).output)
+    assert shown["version"] == b and shown["lineage"]["run_id"] == "test-run"
+    assert [h["version"] for h in shown["alias_history"]] == [a, b]
+
+    out = runner.invoke(app, ["models", "rollback", "--reason", "bad canary"])
+    assert out.exit_code == 0 and f"{b} -> {a}" in out.output
+    assert reg.resolve("champion") == a
+
+    out = runner.invoke(app, ["models", "show", "deadbeef"])
+    assert out.exit_code == 2 and "tenfold models list" in out.output
