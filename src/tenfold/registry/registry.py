@@ -45,7 +45,7 @@ import socket
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,8 +62,6 @@ from tenfold.registry.errors import (
 from tenfold.registry.lineage import Lineage
 
 if TYPE_CHECKING:
-    from google.cloud import storage
-
     from tenfold.config import Settings
 
 log = logging.getLogger(__name__)
@@ -191,7 +189,7 @@ class ModelRegistry:
     _probed: dict[tuple[str, str], bool] = {}  # noqa: RUF012 (deliberately class-level)
     _probe_lock = threading.Lock()
 
-    def __init__(self, settings: Settings, *, client: storage.Client | None = None, allow_unsafe_store: bool = False,
+    def __init__(self, settings: Settings, *, client: Any = None, allow_unsafe_store: bool = False,
                  cas_retries: int = 8) -> None:
         from tenfold.storage import gcs_client
 
@@ -609,8 +607,26 @@ class ModelRegistry:
             to = candidates[0]
         return self.set_alias(alias, to, expected=current.version, action="rollback", reason=reason or "rollback", actor=actor)
 
-    # --- housekeeping -------------------------------------------------------------------------------
-    def iter_objects(self, version: str) -> Iterator[str]:
-        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("versions", version) + "/"):
-            yield blob.name
+    # --- decisions (audit) ---------------------------------------------------------------------------
+    def record_decision(self, version: str, key: str, body: Mapping[str, Any]) -> bool:
+        """Keep a gate decision about ``version`` (create-only; False if ``key`` was already recorded)."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        check_version_id(version)
+        if not _ALIAS_RE.match(key.replace("_", "-").replace(".", "-")):
+            raise ValueError(f"{key!r}: a decision key is lowercase letters, digits, '-', '_' or '.'")
+        try:
+            self.bucket.blob(self._name("decisions", version, f"{key}.json")).upload_from_string(
+                json.dumps(dict(body), indent=2, sort_keys=True, default=str), content_type="application/json",
+                if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def decisions(self, version: str) -> dict[str, dict[str, Any]]:
+        """Every gate decision recorded about ``version``, by key."""
+        out = {}
+        for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("decisions", version) + "/"):
+            out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = json.loads(blob.download_as_bytes())
+        return out
 

@@ -1,0 +1,107 @@
+"""Train a challenger, score it against the champion and the baselines, register it, gate it.
+
+**Schedule:** every features Asset event (``build_features`` published new partitions) *and* weekly
+(``settings.training.retrain_cron``), whichever comes first; ``catchup=False``; one run at a time so
+two runs never race to move the champion.
+
+**Tasks** (logic in ``tenfold.registry.pipeline``):
+
+1. ``plan``: the time-based split (training months, later holdout months) and the training config;
+   every month must be published (``_SUCCESS`` manifest) or the run stops with the missing months named.
+2. ``train``: locally ``torchrun --standalone`` (gloo); in dev/prod the job runs on the training GPU
+   instance group, which is resized up for the run and back to zero whatever happens.
+3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and
+   hash-verified) and the baselines, all on the same holdout.
+4. ``register``: an immutable, content-addressed registry version with its lineage.
+5. ``gate``: marks the version ``challenger``; promotes it to ``champion`` when it beats the champion
+   by ``settings.training.promote_margin`` and passes the floors (or when there is no champion yet).
+   Emits the ``challenger`` Asset event the rollout DAG consumes.
+
+**Run conf** (optional, e.g. ``airflow dags test train_model -c '{"train_months": ["2013-01", "2013-02"],
+"holdout_months": ["2013-03", "2013-03"], "epochs": 1}'``): ``train_months``, ``holdout_months``,
+``epochs``, ``max_steps``, ``batch_size``, ``nproc``, ``seed``.
+
+Run locally: ``make up`` then trigger ``train_model`` in the UI, or ``airflow dags test train_model``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from tenfold.config import get_settings
+
+settings = get_settings()
+FEATURES = Asset(settings.airflow.features_asset)
+CHALLENGER = Asset(settings.airflow.challenger_asset)
+# Bound the train task: torchrun's own bound locally; the instance-group waits in the cloud.
+TRAIN_TIMEOUT_S = (
+    settings.training.job_timeout_s + 300
+    if settings.is_local
+    else settings.training.run_timeout_s + 3 * settings.training.stable_timeout_s
+)
+
+
+@dag(
+    dag_id="train_model",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(settings.training.retrain_cron, timezone="UTC"), assets=FEATURES
+    ),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    tags=["tenfold", "training", "registry"],
+    doc_md=__doc__,
+)
+def train_model() -> None:
+    @task
+    def plan(**context: Any) -> dict[str, Any]:
+        from tenfold.registry import pipeline
+
+        dag_run = context["dag_run"]
+        return pipeline.plan(get_settings(), dag_run.run_id, dag_run.conf or {})
+
+    @task(execution_timeout=dt.timedelta(seconds=TRAIN_TIMEOUT_S), retries=1)
+    def train(planned: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.registry import pipeline
+
+        return pipeline.train(get_settings(), planned)
+
+    @task
+    def evaluate(planned: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.registry import pipeline
+
+        evaluation = pipeline.evaluate(get_settings(), planned, trained)
+        print(pipeline.comparison_table(evaluation))
+        return evaluation
+
+    @task
+    def register(planned: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.registry import pipeline
+
+        return pipeline.register(get_settings(), planned, trained, evaluation)
+
+    @task(outlets=[CHALLENGER])
+    def gate(planned: dict[str, Any], evaluation: dict[str, Any], registered: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from tenfold.registry import pipeline
+
+        decision = pipeline.gate(get_settings(), planned, evaluation, registered)
+        print(decision["summary"])
+        context["outlet_events"][CHALLENGER].extra = {
+            "version": registered["version"],
+            "promoted": decision["promote"],
+            "champion": decision["champion_now"],
+        }
+        return decision
+
+    planned = plan()
+    trained = train(planned)
+    evaluation = evaluate(planned, trained)
+    registered = register(planned, trained, evaluation)
+    gate(planned, evaluation, registered)
+
+
+train_model()

@@ -1,0 +1,377 @@
+"""The steps of the ``train_model`` DAG: plan, train, evaluate, register, gate.
+
+Each step takes settings and JSON-serialisable inputs and returns a JSON-serialisable dict (what
+Airflow passes between tasks as XCom), so the DAG file only wires them together and each step can be
+run and tested on its own. Every step is idempotent: a retried task finds its earlier work (the
+training folder, the content-addressed version, the alias already moved) and does not repeat it.
+
+Where the champion's score comes from. :func:`evaluate` resolves the ``champion`` alias in the
+registry, downloads that version (hash-verified) and evaluates it on the challenger's holdout; the
+gate receives version ids with the scores and refuses to compare a version with itself
+(:mod:`tenfold.registry.gate`). :func:`gate` then moves ``champion`` with a compare-and-swap that
+expects the very version that was evaluated, so a champion promoted by someone else in between makes
+the step fail instead of silently replacing a model nobody compared against.
+
+Local (``TENFOLD_ENV=local``): training runs torchrun on this machine in
+``<local.home>/runs/train_model/<run>``. Dev/prod: :func:`train` stages the config and preprocessing
+in ``gs://<artifacts>/<training.runs_prefix>/<run>/out`` and runs the job on the training instance
+group through :func:`tenfold.cloud.compute.run_training` (resized up, then always back to zero); the
+model is read back from ``.../out/model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.features import schema
+from tenfold.registry.errors import AliasConflict
+from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
+from tenfold.registry.lineage import Lineage, partition_refs
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+TABLE = schema.TABLE
+# What a run's conf (``airflow dags trigger -c`` / ``dags test -c``) may change.
+CONF_KEYS = ("train_months", "holdout_months", "epochs", "max_steps", "batch_size", "nproc", "seed")
+
+
+class PipelineError(RuntimeError):
+    """A step cannot go on; the message names what is wrong and what to do."""
+
+
+def run_key(airflow_run_id: str) -> str:
+    """A run id usable as a folder, GCS prefix and rendezvous id (lowercase, <= 63 characters)."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", airflow_run_id.lower()).strip("-._") or "run"
+    if len(slug) > 50 or slug != airflow_run_id:
+        slug = f"{slug[:50].rstrip('-._')}-{hashlib.sha256(airflow_run_id.encode()).hexdigest()[:8]}"
+    return slug
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_key: str
+    airflow_run_id: str
+    work_dir: str
+    train_months: tuple[str, ...]
+    holdout_months: tuple[str, ...]
+    holdout: HoldoutRef
+    train_config: dict[str, Any]
+    nproc: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Plan:
+        return cls(
+            run_key=body["run_key"], airflow_run_id=body["airflow_run_id"], work_dir=body["work_dir"],
+            train_months=tuple(body["train_months"]), holdout_months=tuple(body["holdout_months"]),
+            holdout=HoldoutRef.from_dict(body["holdout"]), train_config=dict(body["train_config"]),
+            nproc=body.get("nproc"),
+        )
+
+    @property
+    def train_parts(self) -> list[Partition]:
+        return [Partition.parse(m) for m in self.train_months]
+
+    @property
+    def holdout_parts(self) -> list[Partition]:
+        return [Partition.parse(m) for m in self.holdout_months]
+
+
+def holdout_ref(lake: Lake, parts: list[Partition]) -> HoldoutRef:
+    """Identity of the holdout data: a digest of each partition's manifest content (not its run id)."""
+    body = [[p.label, lake.read_manifest(TABLE, p).content] for p in parts]
+    return HoldoutRef(partitions=tuple(p.label for p in parts), digest=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+
+
+def _window(value: Any, name: str) -> list[Partition]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise PipelineError(f"{name} must be [first, last] months, e.g. [\"2013-01\", \"2013-09\"]; got {value!r}")
+    try:
+        return month_range(str(value[0]), str(value[1]))
+    except ValueError as exc:
+        raise PipelineError(f"{name}: {exc}") from exc
+
+
+def work_root(settings: Settings) -> Path:
+    if settings.is_local:
+        return settings.local.home / "runs" / "train_model"
+    return Path(tempfile.gettempdir()) / "tenfold" / "train_model"
+
+
+def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Choose the time-based split and the training config; every month of both windows must be published."""
+    from tenfold.training.config import TrainConfig
+
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(CONF_KEYS))
+    if unknown:
+        raise PipelineError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    t = settings.training
+    train = _window(conf.get("train_months", list(t.train_months)), "train_months")
+    holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
+    if not train or not holdout:
+        raise PipelineError("train_months and holdout_months must each cover at least one month (first <= last)")
+    if max(train) >= min(holdout):
+        raise PipelineError(
+            f"the holdout ({holdout[0].label}..{holdout[-1].label}) must come after the training window "
+            f"({train[0].label}..{train[-1].label}): the split is by time, never random"
+        )
+    lake = Lake(settings.storage.lake_uri)
+    missing = [p.label for p in train + holdout if not lake.has_manifest(TABLE, p)]
+    if missing:
+        published = ", ".join(p.label for p in lake.published_partitions(TABLE)) or "none"
+        raise PipelineError(
+            f"features partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{TABLE}: run "
+            f"build_features for those months first, or choose windows within the published ones ({published})"
+        )
+    overrides = {k: conf[k] for k in ("epochs", "max_steps", "batch_size", "seed") if conf.get(k) is not None}
+    cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train), **overrides)
+    key = run_key(airflow_run_id)
+    return Plan(
+        run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_root(settings) / key),
+        train_months=tuple(p.label for p in train), holdout_months=tuple(p.label for p in holdout),
+        holdout=holdout_ref(lake, holdout), train_config=cfg.to_dict(),
+        nproc=int(conf["nproc"]) if conf.get("nproc") else None,
+    ).to_dict()
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def train(settings: Settings, plan_body: Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
+          storage_client: Any = None) -> dict[str, Any]:
+    """Train the challenger: torchrun here (local) or on the training instance group (dev/prod)."""
+    p = Plan.from_dict(plan_body)
+    if settings.is_local:
+        return _train_local(settings, p)
+    return _train_on_fleet(settings, p, igm_client=igm_client, markers=markers, storage_client=storage_client)
+
+
+def _train_local(settings: Settings, p: Plan) -> dict[str, Any]:
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.launch import run_torchrun
+
+    out = Path(p.work_dir) / "train"
+    cfg = TrainConfig.from_dict(p.train_config)
+    result = run_torchrun(settings, cfg, out, nproc=p.nproc)
+    return {"model_ref": str(result.model_dir), "train_result": _jsonable(result.to_dict())}
+
+
+def _train_on_fleet(settings: Settings, p: Plan, *, igm_client: Any, markers: Any, storage_client: Any) -> dict[str, Any]:
+    from google.api_core.exceptions import PreconditionFailed
+
+    from tenfold.cloud.compute import GcsMarkerStore, run_folder, run_training
+    from tenfold.storage import gcs_client
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.launch import fit_preprocessing
+    from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE
+
+    client = storage_client or gcs_client(settings)
+    bucket = settings.storage.artifacts_bucket
+    out = f"{run_folder(settings, p.run_key)}/out"
+    cfg = TrainConfig.from_dict(p.train_config)
+    # The nodes never fit preprocessing: it is fit once here, on the training window, and staged beside
+    # the config. Create-only, so a retried task keeps what its first attempt's checkpoints were trained with.
+    staged = {CONFIG_FILE: cfg.to_json()}
+    if client.bucket(bucket).get_blob(f"{out}/{PREPROCESSING_FILE}") is None:
+        staged[PREPROCESSING_FILE] = fit_preprocessing(cfg).to_json()
+    for name, body in staged.items():
+        with contextlib.suppress(PreconditionFailed):  # staged by an earlier attempt of this run
+            client.bucket(bucket).blob(f"{out}/{name}").upload_from_string(body, if_generation_match=0)
+    args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
+    run = run_training(settings, p.run_key, args=args, client=igm_client,
+                       markers=markers if markers is not None else GcsMarkerStore(client))
+    return {"model_ref": f"gs://{bucket}/{out}/{MODEL_DIR}", "train_result": {"run_id": run.run_id, "status": run.status,
+            "marker": _jsonable(run.marker), "elapsed_s": run.elapsed_s}}
+
+
+def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_client: Any = None) -> Path:
+    """A local folder holding the model at ``model_ref`` (a path, or a gs:// prefix copied to ``dest``)."""
+    if not model_ref.startswith("gs://"):
+        path = Path(model_ref)
+        if not (path / "meta.json").is_file():
+            raise PipelineError(f"{path} holds no trained model (no meta.json): the train step did not finish; re-run it")
+        return path
+    from tenfold.storage import gcs_client
+
+    client = storage_client or gcs_client(settings)
+    bucket, _, prefix = model_ref[len("gs://"):].partition("/")
+    tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+    count = 0
+    for blob in client.list_blobs(bucket, prefix=prefix.rstrip("/") + "/"):
+        target = tmp / blob.name[len(prefix.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(target))
+        count += 1
+    if count == 0 or not (tmp / "meta.json").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PipelineError(f"{model_ref} holds no trained model (no meta.json): did the training run finish?")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+
+
+def metrics_dict(metrics: Any) -> dict[str, Any]:
+    """C's metrics object (or a mapping) as plain JSON with at least auc, log_loss and brier."""
+    if hasattr(metrics, "to_dict"):
+        body = metrics.to_dict()
+    elif isinstance(metrics, Mapping):
+        body = dict(metrics)
+    else:
+        body = asdict(metrics)
+    body = _jsonable(body)
+    missing = [k for k in ("auc", "log_loss", "brier") if k not in body]
+    if missing:
+        raise PipelineError(f"evaluation returned no {missing}: the evaluator is out of date")
+    return dict(body)
+
+
+def _evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict[str, Any]:
+    from tenfold.training.evaluate import evaluate_model
+
+    return metrics_dict(evaluate_model(model_dir, lake, parts))
+
+
+def _evaluate_baselines(lake: Lake, train_parts: list[Partition], holdout_parts: list[Partition]) -> dict[str, dict[str, Any]]:
+    from tenfold.training.evaluate import evaluate_baselines
+
+    return {name: metrics_dict(m) for name, m in evaluate_baselines(lake, train_parts, holdout_parts).items()}
+
+
+def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+    """Score the challenger, the current champion and the baselines on the same holdout."""
+    p = Plan.from_dict(plan_body)
+    lake = Lake(settings.storage.lake_uri)
+    now = holdout_ref(lake, p.holdout_parts)
+    if now != p.holdout:
+        raise PipelineError(
+            f"holdout partitions {list(p.holdout_months)} were re-published since this run planned its split: "
+            "scores would not be comparable; trigger a new run"
+        )
+    work = Path(p.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    challenger_dir = materialize(settings, str(trained["model_ref"]), work / "challenger")
+    challenger = _evaluate_model(challenger_dir, lake, p.holdout_parts)
+    baselines = _evaluate_baselines(lake, p.train_parts, p.holdout_parts)
+
+    registry = ModelRegistry(settings)
+    champion: dict[str, Any] | None = None
+    champion_version = registry.resolve(CHAMPION)
+    if champion_version is not None:
+        # The champion is scored from its own registered, hash-verified files, never from what this
+        # run produced: this is what keeps the gate from comparing the challenger with itself.
+        champion_dir = registry.download(champion_version, work / "champion" / champion_version)
+        champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, p.holdout_parts)}
+    log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
+             _brief(champion["metrics"]) if champion else "", {k: _brief(v) for k, v in baselines.items()})
+    return {"holdout": asdict(p.holdout), "challenger": challenger, "champion": champion, "baselines": baselines}
+
+
+def _brief(m: Mapping[str, Any]) -> str:
+    return f"auc={m['auc']:.4f} log_loss={m['log_loss']:.4f}"
+
+
+# --- register ---------------------------------------------------------------------------------------
+
+
+def register(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any],
+             evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """Register the challenger with its metrics and lineage; returns its version id."""
+    p = Plan.from_dict(plan_body)
+    lake = Lake(settings.storage.lake_uri)
+    model_dir = materialize(settings, str(trained["model_ref"]), Path(p.work_dir) / "challenger")
+    train_refs = partition_refs(lake, TABLE, p.train_parts)
+    holdout_refs = partition_refs(lake, TABLE, p.holdout_parts)
+    lineage = Lineage(
+        feature_table=TABLE,
+        train_partitions=tuple(train_refs),
+        holdout_partitions=tuple(holdout_refs),
+        training_config=p.train_config,
+        validation={r.partition: r.validation for r in (*train_refs, *holdout_refs) if r.validation is not None},
+        run_id=p.airflow_run_id,
+        extra={"train_result": trained.get("train_result", {}), "baselines": evaluation["baselines"],
+               "holdout": evaluation["holdout"], "env": settings.env},
+    )
+    metrics = {**evaluation["challenger"], "holdout": evaluation["holdout"]}
+    mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
+    return {"version": mv.version, "uri": mv.uri}
+
+
+# --- gate ---------------------------------------------------------------------------------------
+
+
+def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[str, Any],
+         registered: Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
+    """Mark the version as challenger and promote it to champion if the gate passes (or there is none)."""
+    p = Plan.from_dict(plan_body)
+    reg = registry or ModelRegistry(settings)
+    version = str(registered["version"])
+    evaluated = evaluation.get("champion") or None
+    evaluated_version = evaluated["version"] if evaluated else None
+    current = reg.resolve(CHAMPION)
+
+    recorded = reg.decisions(version).get(p.run_key)
+    if recorded is not None and current == (version if recorded["promote"] else evaluated_version):
+        log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}")
+        return {**recorded, "champion_now": current}
+    if current != evaluated_version:
+        raise AliasConflict(
+            f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "
+            "evaluated it: the comparison is stale; trigger a new run to compare against the new champion"
+        )
+    reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
+    if evaluated_version == version:
+        # Retraining reproduced the champion byte for byte: nothing to compare, nothing to move.
+        body = {"promote": False, "challenger_version": version, "champion_version": version,
+                "summary": f"UNCHANGED: the challenger {version} is the champion (identical content)"}
+        reg.record_decision(version, p.run_key, body)
+        return {**body, "champion_now": current}
+
+    holdout = HoldoutRef.from_dict(evaluation["holdout"])
+    challenger = Scored.of(version, holdout, evaluation["challenger"])
+    champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
+    baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in evaluation["baselines"].items()}
+    decision: Decision = decide(challenger, champion, baselines, GatePolicy.from_settings(settings))
+    body = _jsonable(decision.to_dict())
+    reg.record_decision(version, p.run_key, body)
+    log.info("%s", decision.summary)
+    if decision.promote:
+        reg.promote(version, expected=evaluated_version, reason=decision.summary[:500],
+                    details={"run": p.airflow_run_id, "checks": decision.checks})
+    return {**body, "champion_now": reg.resolve(CHAMPION)}
+
+
+def comparison_table(evaluation: Mapping[str, Any], version: str | None = None) -> str:
+    """The challenger, champion and baselines side by side (what the DAG logs and ``make demo`` prints)."""
+    rows: list[tuple[str, Mapping[str, Any]]] = [(f"challenger {version or ''}".strip(), evaluation["challenger"])]
+    if evaluation.get("champion"):
+        rows.append((f"champion {evaluation['champion']['version']}", evaluation["champion"]["metrics"]))
+    rows += [(f"baseline {k}", v) for k, v in evaluation["baselines"].items()]
+    lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}"]
+    lines += [f"{name:<44}{m['auc']:>8.4f}{m['log_loss']:>10.4f}{m['brier']:>8.4f}" for name, m in rows]
+    return "\n".join(lines)
