@@ -82,9 +82,12 @@ COLUMN_TYPES: dict[str, str] = {
     "arr_delay": "float64",
     LABEL: "int32",
 }
-# Never null in a published partition (GX checks it). The Parquet schema itself marks every column
-# nullable, as Spark writes it, so that its hash is the same whichever engine wrote the file.
+# Never null in a published partition (the GX suite checks it).
 NON_NULL_COLUMNS = KEY_COLUMNS + CATEGORICAL_COLUMNS + ("cancelled", LABEL)
+# Marked required (not null) in the Parquet schema: the columns the transform builds non-null by
+# construction. Spark marks every column read from a file nullable, so the keys stay optional in the
+# file even though they are never null; ``arrow_schema`` and the Spark output agree on this exactly.
+REQUIRED_IN_FILE = ("tailnum_bucket", "route_flights", "carrier_flights", "origin_hour_flights", "cancelled", LABEL)
 UNKNOWN_TAILNUM_BUCKET = -1
 
 assert tuple(COLUMN_TYPES) == ALL_COLUMNS, "COLUMN_TYPES must list ALL_COLUMNS in order"
@@ -112,4 +115,4 @@ def arrow_schema() -> pa.Schema:
             return pa.timestamp("us", tz="UTC")
         return pa.type_for_alias(name)
 
-    return pa.schema([pa.field(c, arrow_type(t)) for c, t in COLUMN_TYPES.items()])
+    return pa.schema([pa.field(c, arrow_type(t), nullable=c not in REQUIRED_IN_FILE) for c, t in COLUMN_TYPES.items()])

@@ -1,0 +1,227 @@
+"""The build-features Spark job: read one month's raw partitions, transform, write one sorted file.
+
+``spark_jobs/build_features.py`` is its entry point (``spark-submit`` locally, a Dataproc batch in the
+cloud); :func:`tenfold.features.submit.spark_submit_features` launches it. Inputs are read only
+through published manifests (each listed file's size is checked first), so a partition that was
+never published or was truncated stops the job with exit code 2 and a message before Spark reads a
+byte. Output goes to ``--output`` (a staging URI); ``--publish`` also publishes it atomically as the
+``features`` partition, which standalone runs use (the DAG validates the staged output first).
+
+Fault injection for tests: with ``--conf spark.tenfold.failOnceMarker=<path>``, the first attempt of
+the first task to scan the month's flights creates ``<path>`` and raises, so the test sees Spark
+retry a real task (``local[N,F]`` with F > 1) and still produce the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
+from tenfold.features import schema
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("tenfold.features.job")
+
+FAIL_ONCE_CONF = "spark.tenfold.failOnceMarker"
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+DEFAULT_HISTORY_MONTHS = 12
+
+# Session settings the output depends on; set here rather than trusted to the cluster's defaults.
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.compression.codec": "zstd",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+}
+
+
+class ContractError(RuntimeError):
+    """The job's output does not match :mod:`tenfold.features.schema`; nothing is published."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by the fault-injection hook; never outside tests."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="build_features", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
+    p.add_argument("--month", required=True, type=Partition.parse, help="the month to build, YYYY-MM")
+    p.add_argument("--output", required=True, help="staging URI to write the Parquet file to (overwritten)")
+    p.add_argument("--publish", action="store_true", help="also publish the output as the features partition")
+    p.add_argument("--history-months", type=int, default=DEFAULT_HISTORY_MONTHS,
+                   help="months before --month that feed the historical aggregates (default %(default)s)")
+    p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
+    return p.parse_args(argv)
+
+
+def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
+    """URIs of the published files of ``parts``; sizes are checked against each manifest."""
+    return [lake.uri_of(path) for part in parts for path in lake.files(table, part, verify=True)]
+
+
+def history_parts(lake: Lake, part: Partition, months: int) -> list[Partition]:
+    """Published flights partitions among the ``months`` months strictly before ``part``."""
+    earliest = part
+    for _ in range(months):
+        earliest = earliest.previous()
+    return [p for p in lake.published_partitions("flights") if earliest <= p < part]
+
+
+def fail_once(df: DataFrame, marker: str) -> DataFrame:
+    """Make the first attempt of one task that scans ``df`` raise, once per ``marker`` file."""
+    from pyspark import TaskContext
+    from pyspark.sql import functions as F
+
+    def check(_: int) -> bool:
+        ctx = TaskContext.get()
+        if ctx is not None and ctx.attemptNumber() == 0:
+            try:
+                with open(marker, "x") as fh:  # exclusive: exactly one task of all ever fails
+                    fh.write(f"stage {ctx.stageId()} partition {ctx.partitionId()}\n")
+            except FileExistsError:
+                return True
+            raise InjectedFault(f"injected failure (first attempt, marker {marker})")
+        return True
+
+    flag = F.udf(check, "boolean").asNondeterministic()
+    return df.where(flag(F.lit(0)))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The published files the job reads, resolved (and size-checked) before Spark starts."""
+
+    history: tuple[Partition, ...]
+    flights: tuple[str, ...]
+    weather: tuple[str, ...]
+    planes: tuple[str, ...]
+    airports: tuple[str, ...]
+
+
+def resolve_inputs(lake: Lake, part: Partition, history_months: int) -> Inputs:
+    """Every input file of ``part``; raises :class:`LakeError` naming what was never published."""
+    history = history_parts(lake, part, history_months)
+    return Inputs(
+        history=tuple(history),
+        flights=tuple(input_uris(lake, "flights", [*history, part])),
+        weather=tuple(input_uris(lake, "weather", [part])),
+        planes=tuple(input_uris(lake, "planes", [part])),
+        airports=tuple(input_uris(lake, "airports", [part])),
+    )
+
+
+def run(spark: SparkSession, args: argparse.Namespace, inputs: Inputs) -> dict[str, object]:
+    """Build the month's features into ``args.output``; returns facts for the log and the manifest."""
+    from tenfold.features.transforms import build_features, sorted_single_file
+
+    part: Partition = args.month
+    lake = Lake(args.lake_uri)
+    history = list(inputs.history)
+    flights_uris = list(inputs.flights)
+    tables = {"weather": inputs.weather, "planes": inputs.planes, "airports": inputs.airports}
+
+    flights = spark.read.parquet(*flights_uris)
+    marker = spark.conf.get(FAIL_ONCE_CONF, None)
+    if marker:
+        flights = fail_once(flights, marker)
+    features = build_features(
+        flights,
+        spark.read.parquet(*tables["weather"]),
+        spark.read.parquet(*tables["planes"]),
+        spark.read.parquet(*tables["airports"]),
+        part,
+        history_months=args.history_months,
+    )
+    sorted_single_file(features).write.mode("overwrite").parquet(args.output)
+    rows, digest = staged_summary(args.output)
+    facts: dict[str, object] = {
+        "month": part.label,
+        "rows": rows,
+        "history_months": [p.label for p in history],
+        "inputs": {"flights": len(flights_uris), **{t: len(u) for t, u in tables.items()}},
+    }
+    expected = schema_hash(schema.arrow_schema())
+    if digest != expected:
+        raise ContractError(
+            f"the job wrote schema {digest}, but tenfold.features.schema describes {expected}: "
+            "the transform and the contract disagree; fix one of them before publishing"
+        )
+    if args.publish:
+        lake.publish(
+            schema.TABLE, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
+            extra={"history_months": facts["history_months"]},
+        )
+        facts["manifest"] = lake.uri_of(lake.manifest_path(schema.TABLE, part))
+    return facts
+
+
+def staged_summary(output: str) -> tuple[int, str]:
+    """Rows and schema hash of the Parquet files Spark wrote to ``output`` (read from footers only)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, root = pafs.FileSystem.from_uri(output)
+    files = sorted(
+        i.path for i in fs.get_file_info(pafs.FileSelector(root))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    )
+    if len(files) != 1:
+        raise ContractError(f"expected one Parquet file under {output}, found {len(files)}")
+    meta = pq.read_metadata(files[0], filesystem=fs)
+    return meta.num_rows, schema_hash(meta.schema.to_arrow_schema())
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("Parquet", "parquet", "FAILED_READ_FILE", "CANNOT_READ_FILE", "PATH_NOT_FOUND"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; returns the process exit code (0 ok, 2 bad or missing input, 1 any other failure)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        inputs = resolve_inputs(Lake(args.lake_uri), args.month, args.history_months)
+    except LakeError as exc:
+        print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(f"tenfold-build-features-{args.month.label}")
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    started = time.monotonic()
+    try:
+        facts = run(spark, args, inputs)
+    except LakeError as exc:
+        print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _is_bad_input(exc):
+            print(
+                f"build_features: an input file of {args.month.label} under {args.lake_uri} cannot be read "
+                f"({first[:500]}); re-ingest that month (tenfold ingest --month {args.month.label})",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        print(f"build_features: failed for {args.month.label}: {first[:1000]}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        spark.stop()
+    log.info("built features %s in %.1f s", facts, time.monotonic() - started)
+    print(f"build_features: ok {facts}")
+    return 0

