@@ -1,0 +1,184 @@
+"""Saving and loading a model folder: weights, ``meta.json`` and the preprocessing state.
+
+Layout of a model folder (what the registry stores as one immutable version)::
+
+    meta.json            config, feature columns, vocabulary sizes, parameter shapes, torch version,
+                         the weights' sha256 and the preprocessing state's digest
+    weights.pt           the module's state dict (tensors only; loaded with weights_only=True)
+    preprocessing.json   the fitted Preprocessor
+
+:func:`load_model` rebuilds the module from ``meta.json`` alone and refuses a folder whose weights
+or preprocessing do not match it, so serving never runs a model it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from tenfold.model.network import FlightDelayModel, ModelConfig
+from tenfold.model.preprocessing import Preprocessor, PreprocessingError
+
+META_FILE = "meta.json"
+WEIGHTS_FILE = "weights.pt"
+PREPROCESSING_FILE = "preprocessing.json"
+META_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is incomplete or inconsistent; the message names the file and what to do."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def save_model(
+    directory: str | Path,
+    model: FlightDelayModel,
+    config: ModelConfig,
+    preprocessing: Preprocessor,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``weights.pt``, ``preprocessing.json`` and (last, as the commit marker) ``meta.json``.
+
+    Returns the meta body. ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``.
+    """
+    if tuple(model.vocab_sizes) != tuple(preprocessing.vocab_sizes.values()) or model.num_inputs != preprocessing.num_inputs:
+        raise ValueError("model input shapes do not match the preprocessing it is saved with")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = _state_bytes(model)
+    _atomic_write(out / WEIGHTS_FILE, weights)
+    pre_json = preprocessing.to_json().encode()
+    _atomic_write(out / PREPROCESSING_FILE, pre_json)
+    meta = {
+        "version": META_VERSION,
+        "model_class": "FlightDelayModel",
+        "config": config.to_dict(),
+        "categorical_columns": list(preprocessing.categorical_columns),
+        "numeric_columns": list(preprocessing.numeric_columns),
+        "vocab_sizes": dict(preprocessing.vocab_sizes),
+        "num_inputs": preprocessing.num_inputs,
+        "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "torch_version": torch.__version__,
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "preprocessing_file": PREPROCESSING_FILE,
+        "preprocessing_sha256": hashlib.sha256(pre_json).hexdigest(),
+        "extra": dict(extra or {}),
+    }
+    _atomic_write(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return meta
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from its folder, ready to score feature rows."""
+
+    model: FlightDelayModel
+    config: ModelConfig
+    preprocessor: Preprocessor
+    meta: dict[str, Any]
+    directory: Path
+
+    def predict_proba(self, data: pa.Table | Mapping[str, Any]) -> np.ndarray:
+        """P(delay) for each row of a features table (or a column -> values mapping)."""
+        cat, num = self.preprocessor.transform(data)
+        probs = self.model.predict_proba(torch.from_numpy(cat), torch.from_numpy(num))
+        return probs.double().numpy()
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path} is missing: {directory} is not a saved model (save it with save_model)") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}); the model folder is corrupt") from exc
+    if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
+        raise ModelLoadError(f"{path}: unsupported meta version {meta.get('version') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it."""
+    where = Path(directory)
+    meta = read_meta(where)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+        vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]
+        num_inputs = int(meta["num_inputs"])
+        expected_sha = meta["weights_sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{where / META_FILE} lacks or garbles {exc}; re-save the model") from exc
+
+    weights_path = where / meta.get("weights_file", WEIGHTS_FILE)
+    try:
+        weights = weights_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{weights_path} is missing; the model folder is incomplete") from exc
+    actual_sha = hashlib.sha256(weights).hexdigest()
+    if actual_sha != expected_sha:
+        raise ModelLoadError(
+            f"{weights_path} does not match {META_FILE}: sha256 {actual_sha[:12]} != {expected_sha[:12]}; "
+            "the weights were replaced or corrupted — restore the folder from the registry"
+        )
+
+    pre_path = where / meta.get("preprocessing_file", PREPROCESSING_FILE)
+    try:
+        pre_bytes = pre_path.read_bytes()
+        preprocessor = Preprocessor.from_json(pre_bytes.decode())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{pre_path} is missing; the model folder is incomplete") from exc
+    except PreprocessingError as exc:
+        raise ModelLoadError(f"{pre_path}: {exc}") from exc
+    if "preprocessing_sha256" in meta and hashlib.sha256(pre_bytes).hexdigest() != meta["preprocessing_sha256"]:
+        raise ModelLoadError(f"{pre_path} does not match {META_FILE} (checksum); restore the folder from the registry")
+    if [preprocessor.vocab_sizes[c] for c in meta["categorical_columns"]] != vocab_sizes or preprocessor.num_inputs != num_inputs:
+        raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
+
+    model = FlightDelayModel(config, vocab_sizes, num_inputs)
+    try:
+        state = torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad pickle stream
+        raise ModelLoadError(f"{weights_path} cannot be read by torch ({exc}); restore the folder") from exc
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    declared = {k: tuple(v) for k, v in meta.get("parameters", {}).items()}
+    if got != expected or (declared and declared != expected):
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise ModelLoadError(
+            f"{weights_path} does not fit the model {META_FILE} describes: missing {missing}, unexpected "
+            f"{unexpected}, wrong shape {wrong}; the weights belong to another model version"
+        )
+    model.load_state_dict(state)
+    model.eval()
+    return LoadedModel(model=model, config=config, preprocessor=preprocessor, meta=meta, directory=where)

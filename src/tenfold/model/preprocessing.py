@@ -1,0 +1,173 @@
+"""Feature preprocessing fit once on the training window and shipped with every model.
+
+Categorical columns become integer codes (``0`` is the out-of-vocabulary / null index, so a carrier
+or airport first seen at serving time still gets a prediction); numeric columns are standardised with
+the training window's mean and standard deviation, nulls are imputed to the mean (``0`` after
+scaling) and flagged by an indicator column. The state is plain JSON so serving rebuilds it without
+pandas or Spark, and it is never refit outside training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tenfold.features import schema
+
+PREPROCESSING_VERSION = 1
+OOV_INDEX = 0
+
+
+class PreprocessingError(ValueError):
+    """Input cannot be preprocessed (missing columns, unreadable state); the message says what to fix."""
+
+
+def _as_table(data: pa.Table | Mapping[str, Sequence[Any]]) -> pa.Table:
+    return data if isinstance(data, pa.Table) else pa.table(dict(data))
+
+
+@dataclass
+class Preprocessor:
+    """Vocabularies and scaling statistics; :meth:`fit` on the training window, then :meth:`transform`."""
+
+    categorical_columns: tuple[str, ...] = schema.CATEGORICAL_COLUMNS
+    numeric_columns: tuple[str, ...] = schema.NUMERIC_COLUMNS
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    stds: dict[str, float] = field(default_factory=dict)
+    fit_rows: int = 0
+
+    # --- fitting -------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        table: pa.Table,
+        *,
+        categorical_columns: Sequence[str] = schema.CATEGORICAL_COLUMNS,
+        numeric_columns: Sequence[str] = schema.NUMERIC_COLUMNS,
+        min_count: int = 1,
+    ) -> Preprocessor:
+        """Fit on the training window only: holdout values must stay unseen (they map to OOV)."""
+        pre = cls(tuple(categorical_columns), tuple(numeric_columns))
+        pre._require(table)
+        if table.num_rows == 0:
+            raise PreprocessingError("cannot fit preprocessing on an empty training window")
+        for col in pre.categorical_columns:
+            counts = pc.value_counts(pc.cast(table[col], pa.string())).to_pylist()
+            values = sorted(c["values"] for c in counts if c["values"] is not None and c["counts"] >= min_count)
+            pre.vocabularies[col] = values
+        for col in pre.numeric_columns:
+            arr = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False)
+            finite = arr[np.isfinite(arr)]
+            mean = float(finite.mean()) if finite.size else 0.0
+            std = float(finite.std()) if finite.size else 1.0
+            pre.means[col] = mean
+            pre.stds[col] = std if std > 1e-12 else 1.0  # a constant column must not divide by zero
+        pre.fit_rows = table.num_rows
+        return pre
+
+    # --- applying ------------------------------------------------------------------------------------
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        """Embedding rows per column: the vocabulary plus the OOV index."""
+        return {col: len(self.vocabularies[col]) + 1 for col in self.categorical_columns}
+
+    @property
+    def num_inputs(self) -> int:
+        """Width of the numeric block: one scaled value and one null indicator per numeric column."""
+        return 2 * len(self.numeric_columns)
+
+    def _require(self, table: pa.Table) -> None:
+        missing = [c for c in (*self.categorical_columns, *self.numeric_columns) if c not in table.column_names]
+        if missing:
+            raise PreprocessingError(
+                f"input lacks feature columns {missing}; it must follow tenfold.features.schema "
+                "(re-run the features job, or send every feature column)"
+            )
+
+    def encode_categoricals(self, table: pa.Table) -> np.ndarray:
+        """``[rows, n_categorical]`` int64 codes; unseen values and nulls map to the OOV index 0."""
+        self._require(table)
+        out = np.zeros((table.num_rows, len(self.categorical_columns)), dtype=np.int64)
+        for j, col in enumerate(self.categorical_columns):
+            vocab = pa.array(self.vocabularies[col], type=pa.string())
+            idx = pc.index_in(pc.cast(table[col], pa.string()), value_set=vocab)
+            out[:, j] = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        return out
+
+    def encode_numerics(self, table: pa.Table) -> np.ndarray:
+        """``[rows, 2 * n_numeric]`` float32: scaled values (nulls at the mean), then null indicators."""
+        self._require(table)
+        n = len(self.numeric_columns)
+        out = np.zeros((table.num_rows, 2 * n), dtype=np.float32)
+        for j, col in enumerate(self.numeric_columns):
+            arr = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+            missing = ~np.isfinite(arr)
+            scaled = (arr - self.means[col]) / self.stds[col]
+            scaled[missing] = 0.0
+            out[:, j] = scaled
+            out[:, n + j] = missing
+        return out
+
+    def transform(self, data: pa.Table | Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Categorical codes and numeric block for a table (or a column -> values mapping)."""
+        table = _as_table(data)
+        return self.encode_categoricals(table), self.encode_numerics(table)
+
+    # --- persistence ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PREPROCESSING_VERSION,
+            "categorical_columns": list(self.categorical_columns),
+            "numeric_columns": list(self.numeric_columns),
+            "vocabularies": self.vocabularies,
+            "means": self.means,
+            "stds": self.stds,
+            "fit_rows": self.fit_rows,
+        }
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Preprocessor:
+        try:
+            if body.get("version") != PREPROCESSING_VERSION:
+                raise ValueError(f"unsupported preprocessing version {body.get('version')!r}")
+            pre = cls(
+                categorical_columns=tuple(body["categorical_columns"]),
+                numeric_columns=tuple(body["numeric_columns"]),
+                vocabularies={k: list(v) for k, v in body["vocabularies"].items()},
+                means={k: float(v) for k, v in body["means"].items()},
+                stds={k: float(v) for k, v in body["stds"].items()},
+                fit_rows=int(body.get("fit_rows", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PreprocessingError(f"preprocessing state is unreadable ({exc}); re-train the model") from exc
+        for col in pre.categorical_columns:
+            if col not in pre.vocabularies:
+                raise PreprocessingError(f"preprocessing state has no vocabulary for {col!r}; re-train the model")
+        for col in pre.numeric_columns:
+            if col not in pre.means or col not in pre.stds or not math.isfinite(pre.stds[col]):
+                raise PreprocessingError(f"preprocessing state has no statistics for {col!r}; re-train the model")
+        return pre
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessor:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PreprocessingError(f"preprocessing state is not JSON ({exc}); re-train the model") from exc
+        return cls.from_dict(body)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,159 @@
+"""Training checkpoints: written atomically with a checksum, resumed from the newest valid one.
+
+A checkpoint is two files in the checkpoint folder::
+
+    ckpt-00000120.pt     torch.save of model, optimizer, LR scheduler, step, epoch, sampler position
+                         and every rank's RNG states (python, numpy, torch, CUDA)
+    ckpt-00000120.json   sidecar: step, size and sha256 of the .pt file — written last, so it is the
+                         commit marker
+
+Both are written to a temporary name, fsynced and renamed. A worker killed mid-write leaves a temp
+file (ignored) or a .pt without its sidecar (ignored); a truncated or bit-flipped .pt fails its
+checksum, and :func:`latest_valid_checkpoint` falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+    sidecar: Path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    # The rename itself must reach the disk before the sidecar claims the file is there.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"ckpt-{step:08d}.pt"
+
+
+def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], *, keep: int = 3) -> CheckpointInfo:
+    """Write ``payload`` as the checkpoint of ``step`` and prune all but the newest ``keep`` ones."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    path = checkpoint_path(folder, step)
+    sidecar = path.with_suffix(".json")
+    _atomic_write(path, data)
+    body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name}
+    _atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        for f in (old.path, old.sidecar):
+            f.unlink(missing_ok=True)
+    return CheckpointInfo(step, path, sidecar)
+
+
+def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
+    """Checkpoint files present (valid or not), oldest first."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    found = []
+    for f in folder.iterdir():
+        m = _NAME.match(f.name)
+        if m:
+            found.append(CheckpointInfo(int(m.group(1)), f, f.with_suffix(".json")))
+    return sorted(found, key=lambda c: c.step)
+
+
+def verify_checkpoint(info: CheckpointInfo) -> bytes:
+    """The checkpoint's bytes if its sidecar exists and its size and sha256 match; else CheckpointError."""
+    try:
+        body = json.loads(info.sidecar.read_text())
+        expected_size, expected_sha = int(body["bytes"]), str(body["sha256"])
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{info.path.name}: no sidecar {info.sidecar.name} (the write never finished)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{info.sidecar}: unreadable sidecar ({exc})") from exc
+    data = info.path.read_bytes()
+    if len(data) != expected_size:
+        raise CheckpointError(f"{info.path.name}: {len(data)} bytes, sidecar says {expected_size} (truncated)")
+    if hashlib.sha256(data).hexdigest() != expected_sha:
+        raise CheckpointError(f"{info.path.name}: sha256 mismatch (corrupt)")
+    return data
+
+
+def load_checkpoint(info: CheckpointInfo, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    data = verify_checkpoint(info)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad stream
+        raise CheckpointError(f"{info.path.name}: torch cannot read it ({exc})") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
+        raise CheckpointError(f"{info.path.name}: not a tenfold training checkpoint")
+    return payload
+
+
+def latest_valid_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+    """The newest checkpoint that verifies and loads, skipping (and logging) corrupt newer ones."""
+    for info in reversed(list_checkpoints(directory)):
+        try:
+            return info, load_checkpoint(info, map_location)
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint: %s; falling back to an older one", exc)
+    return None

@@ -1,0 +1,93 @@
+"""The training run's configuration: one JSON-serialisable dataclass handed to every worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tenfold.config import Settings
+from tenfold.data.lake import Partition, month_range
+from tenfold.features import schema
+from tenfold.model.network import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how. ``batch_size`` is per rank: the global batch is ``batch_size * world``."""
+
+    lake_uri: str
+    train_months: tuple[str, ...]
+    table: str = schema.TABLE
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 512
+    epochs: int = 3
+    max_steps: int | None = None
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    # None: settings.training.backend; "nccl" needs CUDA (the worker refuses it otherwise).
+    backend: Literal["gloo", "nccl"] | None = None
+    collective_timeout_s: int = 120
+    # Intra-op threads per worker; None: the machine's cores divided among the local workers.
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.train_months:
+            raise ValueError("train_months is empty: give the months of the training window")
+        for m in self.train_months:
+            Partition.parse(m)
+        if self.batch_size < 1 or self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ValueError("batch_size, epochs and max_steps must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be >= 1")
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return [Partition.parse(m) for m in self.train_months]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
+        """The reference run: settings' training window, checkpoint cadence, backend and timeouts."""
+        t = settings.training
+        values: dict[str, Any] = dict(
+            lake_uri=settings.storage.lake_uri,
+            train_months=tuple(p.label for p in month_range(*t.train_months)),
+            checkpoint_every=t.checkpoint_every,
+            keep_checkpoints=t.keep_checkpoints,
+            backend=t.backend,
+            collective_timeout_s=t.collective_timeout_s,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["train_months"] = list(self.train_months)
+        body["model"] = self.model.to_dict()
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> TrainConfig:
+        values = dict(body)
+        values["train_months"] = tuple(values["train_months"])
+        values["model"] = ModelConfig.from_dict(values.get("model", {}))
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

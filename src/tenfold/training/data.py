@@ -1,0 +1,140 @@
+"""Training data: published feature partitions as tensors, sharded across DDP ranks.
+
+Only partitions with a ``_SUCCESS`` manifest are read (:meth:`tenfold.data.lake.Lake.read_table`
+enforces it); a missing one is refused with :class:`MissingFeaturesError` naming the month and what to
+run. The whole window is preprocessed once into three tensors: at ~300k rows x 50 columns it is tens
+of megabytes, and batches are gathered by index instead of a per-row ``__getitem__`` + collate, which
+keeps a GPU fed without DataLoader workers (and keeps batches bit-identical across restarts).
+
+Sharding follows :class:`torch.utils.data.DistributedSampler` (``drop_last=True``): for an epoch the
+same permutation (``seed + epoch``) is drawn on every rank and rank ``r`` takes every ``world``-th
+index. Batch ``s`` of rank ``r`` is therefore positions ``[s*B*W, (s+1)*B*W)`` of that permutation
+taken together over ranks, exactly the batch one process with ``B*W`` rows would see; that is what
+makes the DDP-vs-single-process equivalence hold, and resuming only needs ``(epoch, batch)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
+from tenfold.features import schema
+from tenfold.model.preprocessing import Preprocessor, PreprocessingError
+
+__all__ = [
+    "FeatureDataset",
+    "MissingFeaturesError",
+    "PreprocessingError",
+    "Preprocessor",
+    "ShardedBatches",
+    "read_features",
+    "seed_everything",
+]
+
+FEATURE_COLUMNS = list(dict.fromkeys((*schema.CATEGORICAL_COLUMNS, *schema.NUMERIC_COLUMNS, schema.LABEL)))
+
+
+class MissingFeaturesError(LakeError):
+    """A feature partition the run needs is not published."""
+
+
+def read_features(
+    lake: Lake,
+    parts: Sequence[Partition],
+    *,
+    table: str = schema.TABLE,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read published partitions of the features table, refusing any without a manifest."""
+    if not parts:
+        raise MissingFeaturesError(f"no {table} partitions were asked for: give at least one month")
+    missing = [p.label for p in parts if not lake.has_manifest(table, p)]
+    if missing:
+        raise MissingFeaturesError(
+            f"{table} partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: "
+            "they were never published or their job did not finish; run build_features for those months "
+            f"(published: {', '.join(p.label for p in lake.published_partitions(table)) or 'none'})"
+        )
+    try:
+        return lake.read_table(table, parts, columns=list(columns) if columns else None)
+    except MissingManifestError as exc:  # published between the check and the read, then removed
+        raise MissingFeaturesError(str(exc)) from exc
+
+
+class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Preprocessed features in memory: categorical codes, numeric block, labels."""
+
+    def __init__(self, categorical: torch.Tensor, numeric: torch.Tensor, labels: torch.Tensor) -> None:
+        if not categorical.shape[0] == numeric.shape[0] == labels.shape[0]:
+            raise ValueError("categorical, numeric and labels must have the same number of rows")
+        self.categorical, self.numeric, self.labels = categorical, numeric, labels
+
+    @classmethod
+    def from_table(cls, table: pa.Table, pre: Preprocessor, dtype: torch.dtype = torch.float32) -> FeatureDataset:
+        if schema.LABEL not in table.column_names:
+            raise PreprocessingError(f"features table has no {schema.LABEL!r} column; it cannot be trained on")
+        labels = table[schema.LABEL]
+        if labels.null_count:
+            raise PreprocessingError(f"{labels.null_count} rows have a null {schema.LABEL}; fix the features job")
+        cat, num = pre.transform(table)
+        y = labels.to_numpy(zero_copy_only=False).astype(np.float64)
+        return cls(torch.from_numpy(cat), torch.from_numpy(num).to(dtype), torch.from_numpy(y).to(dtype))
+
+    def to(self, device: torch.device | str) -> FeatureDataset:
+        return FeatureDataset(self.categorical.to(device), self.numeric.to(device), self.labels.to(device))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.categorical[i], self.numeric[i], self.labels[i]
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = index.to(self.labels.device)
+        return self.categorical[index], self.numeric[index], self.labels[index]
+
+
+@dataclass
+class ShardedBatches:
+    """This rank's batches of one epoch, resumable at a batch offset (the sampler position)."""
+
+    dataset: FeatureDataset
+    batch_size: int
+    world_size: int
+    rank: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.dataset)} rows cannot fill one global batch of {self.batch_size} x {self.world_size}; "
+                "use a smaller batch or more data"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(batch_index, row indices)`` for ``epoch`` from ``start_batch`` on."""
+        self.sampler.set_epoch(epoch)
+        indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        for b in range(start_batch, self.steps_per_epoch):
+            yield b, indices[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA); ranks pass ``base_seed + rank`` where streams must differ."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,204 @@
+"""Launching a training job with torchrun, bounded in time, with failures named.
+
+:func:`run_torchrun` fits the preprocessing once on the training window (the only place it is ever
+fit), writes the worker's config, and runs::
+
+    python -m torch.distributed.run --standalone --nproc-per-node=N --max-restarts=R \\
+        -m tenfold.training.worker --config OUT/train_config.json --out OUT
+
+(multi-node: ``--nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=ID`` from settings).
+The whole job runs under a wall-clock bound; on expiry its process group is terminated, then killed.
+A job that fails after its restarts raises :class:`TrainingFailed` naming the first failing rank, its
+exit code and its error (from torchelastic's error file / summary), with the log path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake
+from tenfold.features import schema
+from tenfold.model.preprocessing import Preprocessor
+from tenfold.training.config import TrainConfig
+from tenfold.training.data import read_features
+from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
+
+LOG_FILE = "torchrun.log"
+
+
+class TrainingFailed(RuntimeError):
+    """The torchrun job ended non-zero; ``rank`` and ``error`` name the root cause when known."""
+
+    def __init__(self, message: str, *, rank: int | None, error: str, exitcode: int, log_path: Path) -> None:
+        super().__init__(message)
+        self.rank, self.error, self.exitcode, self.log_path = rank, error, exitcode, log_path
+
+
+class TrainingTimeout(TrainingFailed):
+    """The job ran past its wall-clock bound and was killed."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    model_dir: Path
+    steps: int
+    world_size: int
+    samples_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    final_loss: float
+    restart_count: int
+    resumed_from_step: int | None
+    manifests: dict[str, Any]
+    config: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = dict(self.raw)
+        body.update(out_dir=str(self.out_dir), model_dir=str(self.model_dir), wall_seconds=self.wall_seconds,
+                    config=self.config)
+        return body
+
+
+def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
+    """Fit vocabularies and scaling on the training window only."""
+    columns = list(dict.fromkeys((*schema.CATEGORICAL_COLUMNS, *schema.NUMERIC_COLUMNS)))
+    table = read_features(Lake(cfg.lake_uri), cfg.partitions, table=cfg.table, columns=columns)
+    return Preprocessor.fit(table)
+
+
+def torchrun_command(settings: Settings, out_dir: Path, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:
+    t = settings.training
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if t.nnodes == 1:
+        cmd += ["--standalone", f"--nproc-per-node={nproc}"]
+    else:
+        if not t.rdzv_host:
+            raise ValueError(
+                f"settings.training.nnodes={t.nnodes} needs settings.training.rdzv_host (the first training VM) "
+                "for the c10d rendezvous endpoint"
+            )
+        cmd += [f"--nnodes={t.nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={t.rdzv_host}:{t.rdzv_port}", f"--rdzv-id={job_id}"]
+    cmd += [f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
+            "-m", "tenfold.training.worker", "--config", str(out_dir / CONFIG_FILE), "--out", str(out_dir)]
+    return cmd
+
+
+_ROOT = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:={20,}|\Z)", re.S)
+
+
+def parse_failure(log_text: str) -> tuple[int | None, str]:
+    """First failing rank and its error from torchrun's failure summary (empty error when none)."""
+    match = _ROOT.search(log_text)
+    section = match.group(1) if match else log_text[-4000:]
+    rank_m = re.search(r"rank\s*:\s*(\d+)", section)
+    rank = int(rank_m.group(1)) if rank_m else None
+    error = ""
+    tb = re.search(r"traceback\s*:\s*(.*)", section, re.S)
+    if tb:
+        lines = [ln.strip() for ln in tb.group(1).strip().splitlines() if ln.strip() and not ln.strip().startswith("=")]
+        # The last line of a traceback is the exception; torchrun says "To enable traceback..." when there is none.
+        error = lines[-1] if lines else ""
+    if not error or error.startswith("To enable traceback"):
+        code = re.search(r"exitcode\s*:\s*(-?\d+)", section)
+        error = f"exit code {code.group(1)}, no Python error recorded (killed or os._exit)" if code else "unknown error"
+    return rank, error
+
+
+def run_torchrun(
+    settings: Settings,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    nproc: int | None = None,
+    timeout_s: float | None = None,
+    max_restarts: int | None = None,
+    env: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train with torchrun into ``out_dir`` (a re-run with the same folder resumes from its checkpoints).
+
+    Writes ``out_dir/model`` (load it with :func:`tenfold.model.load_model`), ``train_result.json``,
+    ``losses.jsonl`` and ``torchrun.log``. Raises :class:`TrainingFailed` / :class:`TrainingTimeout`.
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nproc = nproc or settings.training.nproc_per_node
+    restarts = settings.training.max_restarts if max_restarts is None else max_restarts
+    timeout = float(timeout_s if timeout_s is not None else settings.training.job_timeout_s)
+
+    config_path = out / CONFIG_FILE
+    if config_path.exists() and TrainConfig.load(config_path).to_dict() != train_config.to_dict():
+        previous = TrainConfig.load(config_path).to_dict()
+        changed = sorted(k for k in previous if previous[k] != train_config.to_dict().get(k))
+        raise ValueError(f"{out} holds a run with a different config (changed: {changed}); use a fresh output folder")
+    pre_path = out / PREPROCESSING_FILE
+    if not pre_path.exists():  # never refit on a resumed run: the checkpoints were trained against this state
+        tmp = pre_path.with_name(f".{PREPROCESSING_FILE}.tmp")
+        tmp.write_text(fit_preprocessing(train_config).to_json())
+        os.replace(tmp, pre_path)
+    tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
+    tmp.write_text(train_config.to_json())
+    os.replace(tmp, config_path)
+    (out / RESULT_FILE).unlink(missing_ok=True)
+
+    cmd = torchrun_command(settings, out, nproc=nproc, job_id=f"tenfold-{uuid.uuid4().hex[:8]}", max_restarts=restarts)
+    threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
+    run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_path = out / LOG_FILE
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _terminate(proc)
+            raise TrainingTimeout(
+                f"training ran past its {timeout:.0f} s bound and was killed; see {log_path}",
+                rank=None, error="timeout", exitcode=-1, log_path=log_path,
+            ) from None
+    wall = time.monotonic() - started
+    if rc != 0:
+        rank, error = parse_failure(log_path.read_text(errors="replace"))
+        where = f"rank {rank}" if rank is not None else "a worker"
+        raise TrainingFailed(
+            f"training failed after {restarts} restart(s): {where} failed with {error} (exit {rc}); see {log_path}",
+            rank=rank, error=error, exitcode=rc, log_path=log_path,
+        )
+    result_path = out / RESULT_FILE
+    if not result_path.exists():
+        raise TrainingFailed(f"torchrun exited 0 but wrote no {RESULT_FILE}; see {log_path}",
+                             rank=None, error="no result", exitcode=rc, log_path=log_path)
+    raw = json.loads(result_path.read_text())
+    return TrainResult(
+        out_dir=out, model_dir=out / MODEL_DIR, steps=raw["steps"], world_size=raw["world_size"],
+        samples_per_s=raw["samples_per_s"], train_seconds=raw["train_seconds"], wall_seconds=wall,
+        final_loss=raw["final_loss"], restart_count=raw["restart_count"], resumed_from_step=raw["resumed_from_step"],
+        manifests=raw["manifests"], config=train_config.to_dict(), raw=raw,
+    )
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM the job's whole process group (agent and workers), then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

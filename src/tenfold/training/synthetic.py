@@ -1,0 +1,129 @@
+"""Small synthetic feature partitions that follow ``tenfold.features.schema`` exactly.
+
+For tests and benchmarks that must not wait for the Spark features job: rows carry a learnable signal
+(hour of day, carrier, route and weather effects) so metrics are meaningful, and they are published
+through :meth:`tenfold.data.lake.Lake.publish` with a real ``_SUCCESS`` manifest, exactly as the
+features job publishes them. Run ``python -m tenfold.training.synthetic LAKE_URI 2013-01 2013-12 2000``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.features import schema
+
+CARRIERS = ("AA", "B6", "DL", "EV", "MQ", "UA", "US", "WN")
+ORIGINS = ("EWR", "JFK", "LGA")
+DESTS = tuple(f"D{i:02d}" for i in range(24))
+
+
+def _arrow_schema() -> pa.Schema:
+    build = getattr(schema, "arrow_schema", None)
+    if build is not None:
+        return build()  # type: ignore[no-any-return]
+    types: dict[str, pa.DataType] = {c: pa.float64() for c in schema.ALL_COLUMNS}
+    types.update({c: pa.int32() for c in ("year", "month", "day", "flight", "tailnum_bucket", "sched_dep_hour", "day_of_week", schema.LABEL)})
+    types.update({c: pa.string() for c in ("carrier", "origin", "dest", "tailnum")})
+    types.update({"time_hour": pa.timestamp("us", tz="UTC"), "cancelled": pa.bool_()})
+    return pa.schema([pa.field(c, types[c]) for c in schema.ALL_COLUMNS])
+
+
+def _tailnum_bucket(tailnum: str) -> int:
+    # The features job's rule (md5, not Python's salted hash), so buckets agree with real data.
+    return int(hashlib.md5(tailnum.encode()).hexdigest()[:8], 16) % schema.TAILNUM_BUCKETS
+
+
+def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
+    """One month of synthetic feature rows in the features table's schema."""
+    rng = np.random.default_rng([seed, part.year, part.month])
+    n = rows
+    days = rng.integers(1, 29, n)
+    hour = rng.integers(5, 24, n)
+    carrier_i = rng.integers(0, len(CARRIERS), n)
+    origin_i = rng.integers(0, len(ORIGINS), n)
+    dest_i = rng.integers(0, len(DESTS), n)
+    dates = [dt.date(part.year, part.month, int(d)) for d in days]
+    time_hour = [dt.datetime(d.year, d.month, d.day, int(h), tzinfo=dt.UTC) for d, h in zip(dates, hour, strict=True)]
+    tailnums = [f"N{int(x):04d}" for x in rng.integers(0, 500, n)]
+    cols: dict[str, object] = {
+        "year": np.full(n, part.year), "month": np.full(n, part.month), "day": days,
+        "carrier": [CARRIERS[i] for i in carrier_i], "flight": rng.integers(1, 5000, n),
+        "origin": [ORIGINS[i] for i in origin_i], "time_hour": time_hour,
+        "dest": [DESTS[i] for i in dest_i],
+        "tailnum_bucket": [_tailnum_bucket(t) for t in tailnums],
+        "sched_dep_hour": hour, "day_of_week": [d.isoweekday() for d in dates],
+    }
+    minute = hour * 60 + rng.integers(0, 60, n)
+    precip = np.where(rng.random(n) < 0.85, 0.0, rng.exponential(0.1, n))
+    gust = np.where(rng.random(n) < 0.7, np.nan, rng.normal(25, 5, n))
+    plane_age = np.where(rng.random(n) < 0.1, np.nan, rng.integers(1, 30, n).astype(float))
+    carrier_effect = np.linspace(-0.6, 0.6, len(CARRIERS))[carrier_i]
+    route_effect = np.sin(dest_i * 1.3 + origin_i) * 0.4
+    numeric = {
+        "distance": 200.0 + dest_i * 80.0, "sched_dep_minute_of_day": minute.astype(float),
+        "sched_block_minutes": 60.0 + dest_i * 12.0, "plane_age": plane_age,
+        "plane_seats": rng.choice([50.0, 140.0, 180.0, np.nan], n, p=[0.3, 0.4, 0.2, 0.1]),
+        "temp": rng.normal(55, 15, n), "dewp": rng.normal(40, 15, n), "humid": rng.uniform(20, 100, n),
+        "wind_speed": rng.gamma(2, 5, n), "wind_gust": gust, "precip": precip,
+        "pressure": np.where(rng.random(n) < 0.1, np.nan, rng.normal(1017, 7, n)), "visib": rng.uniform(0, 10, n),
+        "route_delay_rate": 0.2 + 0.1 * route_effect + rng.normal(0, 0.01, n),
+        "route_mean_delay": 8 + 10 * route_effect + rng.normal(0, 1, n),
+        "route_flights": rng.integers(10, 1000, n).astype(float),
+        "carrier_delay_rate": 0.2 + 0.1 * carrier_effect, "carrier_mean_delay": 8 + 10 * carrier_effect,
+        "carrier_flights": rng.integers(1000, 5000, n).astype(float),
+        "origin_hour_delay_rate": 0.1 + 0.01 * hour + rng.normal(0, 0.01, n),
+        "origin_hour_mean_delay": 2 + 0.8 * hour + rng.normal(0, 1, n),
+        "origin_hour_flights": rng.integers(10, 300, n).astype(float),
+    }
+    logit = -1.6 + 0.12 * (hour - 12) + carrier_effect + route_effect + 6.0 * precip + 0.02 * np.nan_to_num(gust - 25)
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32)
+    cancelled = (label == 1) & (rng.random(n) < 0.1)
+    cols.update(numeric)
+    cols.update({
+        "tailnum": tailnums, "cancelled": cancelled,
+        "arr_delay": np.where(cancelled, np.nan, np.where(label == 1, rng.uniform(15, 120, n), rng.uniform(-30, 14, n))),
+        schema.LABEL: label,
+    })
+    target = _arrow_schema()
+    return pa.table({f.name: pa.array(cols[f.name], type=f.type, from_pandas=True) for f in target}, schema=target)
+
+
+def publish_synthetic_features(
+    lake: Lake,
+    months: Sequence[Partition],
+    rows_per_month: int,
+    *,
+    seed: int = 0,
+    table: str = schema.TABLE,
+) -> list[Partition]:
+    """Write and publish one synthetic partition per month (with a real ``_SUCCESS`` manifest)."""
+    for part in months:
+        with tempfile.TemporaryDirectory(prefix="tenfold-synth-") as tmp:
+            pq.write_table(synthetic_features(part, rows_per_month, seed), Path(tmp) / "part-0.parquet")
+            lake.publish(table, part, tmp, run_id=f"synthetic-{seed}", extra={"synthetic": True})
+    return list(months)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 4:
+        print("usage: python -m tenfold.training.synthetic LAKE_URI FIRST_MONTH LAST_MONTH ROWS_PER_MONTH", file=sys.stderr)
+        return 2
+    uri, first, last, rows = args
+    parts = publish_synthetic_features(Lake(uri), month_range(first, last), int(rows))
+    print(f"published {len(parts)} synthetic features partitions under {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Real torchrun runs on gloo: killed-worker resume, DDP equivalence, corrupt checkpoints, failures."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tenfold.config import Settings
+from tenfold.model import load_model
+from tenfold.training.checkpoint import list_checkpoints
+from tenfold.training.config import TrainConfig
+from tenfold.training.launch import TrainingFailed, TrainResult, run_torchrun
+from tenfold.training.worker import FAULT_ENV
+
+from .conftest import read_losses
+
+
+def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
+    return torch.load(result.model_dir / "weights.pt", weights_only=True)
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_reference_run_trains_and_saves_a_loadable_model(reference_run: TrainResult) -> None:
+    assert reference_run.steps == 50 and reference_run.world_size == 2
+    assert reference_run.restart_count == 0 and reference_run.resumed_from_step is None
+    losses = read_losses(reference_run.out_dir)
+    assert sorted(losses) == list(range(1, 51))
+    assert sum(list(losses.values())[-10:]) < sum(list(losses.values())[:10])  # it learns
+    loaded = load_model(reference_run.model_dir)
+    assert set(reference_run.manifests) == {"2013-01", "2013-02", "2013-03"}
+    assert loaded.meta["extra"]["steps"] == 50
+
+
+def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    single = run_torchrun(train_settings, small_config.with_(batch_size=64), tmp_path, nproc=1, timeout_s=240)
+    ddp, one = read_losses(reference_run.out_dir), read_losses(single.out_dir)
+    assert sorted(one) == sorted(ddp) == list(range(1, 51))
+    worst = max(abs(ddp[s] - one[s]) / abs(one[s]) for s in one)
+    assert worst <= 1e-6, f"largest relative loss difference {worst:.2e}"
+
+
+def test_killed_worker_restarts_resumes_and_matches_the_uninterrupted_run(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Dropout on: the resumed run must also restore every rank's RNG to match bit for bit.
+    config = small_config.with_(model=small_config.model.__class__(embedding_dim=4, hidden=(16, 8), dropout=0.2))
+    clean = run_torchrun(train_settings, config, tmp_path_factory.mktemp("clean"), nproc=2, timeout_s=240)
+    marker = tmp_path / "fault-fired"
+    kill_step, k = 31, config.checkpoint_every
+    killed = run_torchrun(
+        train_settings, config, tmp_path / "killed", nproc=2, timeout_s=240, max_restarts=1,
+        env={FAULT_ENV: f"rank=1,step={kill_step},mode=exit,once={marker}"},
+    )
+    assert marker.exists(), "the fault hook never fired"
+    assert killed.restart_count == 1
+    assert killed.resumed_from_step is not None
+    assert kill_step - 1 - killed.resumed_from_step <= k  # lost at most k steps
+    assert killed.steps == clean.steps == 50
+    _assert_same_weights(_weights(killed), _weights(clean))
+
+
+def test_corrupt_newest_checkpoint_is_skipped_on_resume(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference_run.out_dir, out)
+    shutil.rmtree(out / "model")
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    assert newest.step == 50
+    newest.path.write_bytes(newest.path.read_bytes()[: newest.path.stat().st_size // 2])  # truncated
+    resumed = run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=240)
+    previous = list_checkpoints(reference_run.out_dir / "checkpoints")[-2].step
+    assert resumed.resumed_from_step == previous < 50
+    assert "skipping checkpoint" in (out / "torchrun.log").read_text()
+    _assert_same_weights(_weights(resumed), _weights(reference_run))
+
+
+def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(TrainingFailed) as info:
+        run_torchrun(
+            train_settings, small_config, tmp_path, nproc=2, timeout_s=180, max_restarts=1,
+            env={FAULT_ENV: "rank=1,step=2,mode=raise"},
+        )
+    assert time.monotonic() - started < 180
+    assert info.value.rank == 1
+    assert "injected fault on rank 1" in info.value.error
+    assert "rank 1" in str(info.value) and info.value.exitcode != 0
+    assert not (tmp_path / "model").exists()
