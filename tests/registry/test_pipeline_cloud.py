@@ -1,0 +1,128 @@
+"""The dev/prod train step at the Compute Engine client boundary.
+
+Compute Engine has no emulator, so the instance-group client is a fake that records every call and
+plays the training nodes (on resize up it writes the run's completion marker, and on success the
+model, to the artifacts bucket as the real nodes do). Everything else is real: the settings, the GCS
+emulator and storage client, ``tenfold.cloud.compute.run_training`` and the pipeline step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.config.settings import build_settings
+from tenfold.data.lake import Lake, month_range
+from tenfold.registry import pipeline
+from tenfold.storage import gcs_client
+
+CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
+
+
+class FakeTrainingGroup:
+    """``RegionInstanceGroupManagersClient`` stand-in; ``outcome`` is what the nodes report."""
+
+    def __init__(self, settings: Settings, outcome: str, *, fail_get: bool = False) -> None:
+        self.settings, self.outcome, self.fail_get = settings, outcome, fail_get
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.size = 0
+        self.storage = gcs_client(settings)
+        self.run_id: str | None = None
+
+    def get(self, **kw: Any) -> Any:
+        self.calls.append(("get", kw))
+        if self.fail_get:
+            raise ConnectionError("compute API unavailable")
+        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=True))
+
+    def patch(self, **kw: Any) -> Any:
+        self.calls.append(("patch", kw))
+        from tenfold.cloud.startup import RUN_ID_KEY
+
+        self.run_id = dict(kw["instance_group_manager_resource"].all_instances_config.properties.metadata)[RUN_ID_KEY]
+        return None
+
+    def resize(self, **kw: Any) -> Any:
+        self.calls.append(("resize", kw))
+        self.size = kw["size"]
+        if self.size > 0 and self.outcome != "silent":
+            self._nodes_run()
+        return None
+
+    def _nodes_run(self) -> None:
+        from tenfold.cloud.compute import marker_name, run_folder
+
+        bucket = self.storage.bucket(self.settings.storage.artifacts_bucket)
+        run_id = self.run_id
+        assert run_id is not None, "the group was resized before the run was set in its metadata"
+        if self.outcome == "succeeded":
+            for name in ("meta.json", "weights.pt", "preprocessing.json"):
+                bucket.blob(f"{run_folder(self.settings, run_id)}/out/model/{name}").upload_from_string(f"{name} bytes")
+        bucket.blob(marker_name(self.settings, run_id)).upload_from_string(
+            json.dumps({"status": self.outcome, "exit_code": 0 if self.outcome == "succeeded" else 1}))
+
+    @property
+    def resizes(self) -> list[int]:
+        return [kw["size"] for name, kw in self.calls if name == "resize"]
+
+
+@pytest.fixture
+def dev_settings(gcs_emulator: str, tmp_path: Path) -> Settings:
+    from tenfold.local import ensure_buckets
+    from tenfold.training.synthetic import publish_synthetic_features
+
+    base = build_settings("dev", project_id="tenfold-test-project")
+    lake_uri = (tmp_path / "lake").as_uri()
+    settings = base.model_copy(update={"storage": base.storage.model_copy(update={"emulator_host": gcs_emulator, "lake_uri": lake_uri})})
+    ensure_buckets(settings)
+    publish_synthetic_features(Lake(lake_uri), month_range("2013-01", "2013-03"), 300)
+    return settings
+
+
+def _plan(settings: Settings, name: str) -> dict[str, Any]:
+    return pipeline.plan(settings, f"manual__{name}", CONF)
+
+
+def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings) -> None:
+    from tenfold.cloud.compute import TrainingError
+
+    group = FakeTrainingGroup(dev_settings, "failed")
+    planned = _plan(dev_settings, "fails")
+    with pytest.raises(TrainingError, match="failed on the training group"):
+        pipeline.train(dev_settings, planned, igm_client=group)
+    assert group.resizes == [dev_settings.training.nnodes, 0]
+    assert group.calls[-1][0] == "resize" and group.calls[-1][1]["size"] == 0
+    assert group.calls[-1][1]["instance_group_manager"] == dev_settings.training.fleet.instance_group
+    # The step staged the run's inputs: the config and the preprocessing fit here, once.
+    bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
+    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{planned['run_key']}/out/"))
+    assert staged == ["preprocessing.json", "train_config.json"]
+
+
+def test_an_error_while_waiting_still_resizes_to_zero(dev_settings: Settings) -> None:
+    group = FakeTrainingGroup(dev_settings, "silent", fail_get=True)
+    with pytest.raises(ConnectionError):
+        pipeline.train(dev_settings, _plan(dev_settings, "api-down"), igm_client=group)
+    assert group.resizes == [dev_settings.training.nnodes, 0]
+
+
+def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_settings: Settings, tmp_path: Path) -> None:
+    group = FakeTrainingGroup(dev_settings, "succeeded")
+    planned = _plan(dev_settings, "ok")
+    trained = pipeline.train(dev_settings, planned, igm_client=group)
+    assert group.resizes == [dev_settings.training.nnodes, 0]
+    assert trained["model_ref"] == (
+        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{planned['run_key']}/out/model"
+    )
+    assert trained["train_result"]["status"] == "succeeded"
+    local = pipeline.materialize(dev_settings, trained["model_ref"], tmp_path / "model")
+    assert sorted(p.name for p in local.iterdir()) == ["meta.json", "preprocessing.json", "weights.pt"]
+    # A retried task finds the succeeded marker and does not start the group again.
+    again = FakeTrainingGroup(dev_settings, "succeeded")
+    assert pipeline.train(dev_settings, planned, igm_client=again)["model_ref"] == trained["model_ref"]
+    assert again.resizes == []
