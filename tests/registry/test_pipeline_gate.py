@@ -1,0 +1,128 @@
+"""The pipeline's evaluate -> register -> gate wiring against the real registry on the emulator.
+
+The model evaluator is replaced by one that reads a model's quality from its own files (its
+``meta.json``), so every score provably comes from the files of the model it is attributed to: the
+champion's score can only be right if the pipeline really downloaded and evaluated the champion
+version, not the challenger. (The real evaluator runs in tests/integration/test_train_model.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.registry import CHALLENGER, CHAMPION, AliasConflict, ModelRegistry, pipeline
+
+CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
+
+
+@pytest.fixture
+def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    from tenfold.training.synthetic import publish_synthetic_features
+
+    lake_uri = (tmp_path / "lake").as_uri()
+    publish_synthetic_features(Lake(lake_uri), month_range("2013-01", "2013-03"), 50)
+    local = registry_settings.local.model_copy(update={"home": tmp_path / "home"})
+    s = registry_settings.model_copy(update={
+        "storage": registry_settings.storage.model_copy(update={"lake_uri": lake_uri}), "local": local})
+
+    def evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict[str, Any]:
+        assert [p.label for p in parts] == ["2013-03"]
+        quality = json.loads((model_dir / "meta.json").read_text())["quality"]
+        return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
+
+    def evaluate_baselines(lake: Lake, train: list[Partition], holdout: list[Partition]) -> dict[str, dict[str, Any]]:
+        return {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}, "hgb": {"auc": 0.66, "log_loss": 0.45, "brier": 0.19}}
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
+    monkeypatch.setattr(pipeline, "_evaluate_baselines", evaluate_baselines)
+    return s
+
+
+def model(tmp_path: Path, quality: float, name: str | None = None) -> dict[str, Any]:
+    d = tmp_path / (name or f"m-{quality}")
+    d.mkdir(exist_ok=True)
+    (d / "meta.json").write_text(json.dumps({"quality": quality}))
+    (d / "weights.pt").write_bytes(str(quality).encode() * 100)
+    (d / "preprocessing.json").write_text("{}")
+    return {"model_ref": str(d), "train_result": {"steps": 1}}
+
+
+def run(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    planned = pipeline.plan(settings, run_id, CONF)
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    registered = pipeline.register(settings, planned, trained, evaluation)
+    return evaluation, registered, pipeline.gate(settings, planned, evaluation, registered)
+
+
+def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(settings)
+    ev1, r1, d1 = run(settings, "manual__1", model(tmp_path, 0.70))
+    assert ev1["champion"] is None
+    assert d1["promote"] and d1["champion_version"] is None
+    assert reg.resolve(CHAMPION) == r1["version"] == reg.resolve(CHALLENGER)
+
+    ev2, r2, d2 = run(settings, "manual__2", model(tmp_path, 0.75))
+    # The champion's score is 0.70, read from the champion version's own files: had the pipeline scored
+    # the challenger twice, it would be 0.75 and the gate would have refused the self-comparison.
+    assert ev2["champion"] == {"version": r1["version"], "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
+    assert d2["champion_version"] == r1["version"] and d2["challenger_version"] == r2["version"]
+    assert d2["champion"]["auc"] == 0.70 and d2["challenger"]["auc"] == 0.75
+    assert d2["promote"] and reg.resolve(CHAMPION) == r2["version"]
+
+    ev3, r3, d3 = run(settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
+    assert ev3["champion"]["version"] == r2["version"] and ev3["champion"]["metrics"]["auc"] == 0.75
+    assert not d3["promote"] and d3["checks"]["beats_champion"] is False
+    assert reg.resolve(CHAMPION) == r2["version"] and reg.resolve(CHALLENGER) == r3["version"]
+    # Each decision is kept with the version it judged.
+    assert reg.decisions(r3["version"])["manual__3"]["champion_version"] == r2["version"]
+    assert [h.version for h in reg.alias_history(CHAMPION)] == [r1["version"], r2["version"]]
+
+
+def test_a_champion_moved_after_evaluation_makes_the_gate_fail(settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(settings)
+    _, r1, _ = run(settings, "manual__a", model(tmp_path, 0.70))
+    planned = pipeline.plan(settings, "manual__b", CONF)
+    trained = model(tmp_path, 0.80)
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    registered = pipeline.register(settings, planned, trained, evaluation)
+    other = reg.register(Path(model(tmp_path, 0.72)["model_ref"]), reg.get(r1["version"]).lineage,  # type: ignore[arg-type]
+                         metrics={"auc": 0.72, "log_loss": 0.2, "brier": 0.2})
+    reg.promote(other.version, reason="someone else, meanwhile")
+    with pytest.raises(AliasConflict, match="comparison is stale"):
+        pipeline.gate(settings, planned, evaluation, registered)
+    assert reg.resolve(CHAMPION) == other.version
+
+
+def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(settings)
+    planned = pipeline.plan(settings, "manual__x", CONF)
+    trained = model(tmp_path, 0.7, name="same")
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    registered = pipeline.register(settings, planned, trained, evaluation)
+    first = pipeline.gate(settings, planned, evaluation, registered)
+    again = pipeline.gate(settings, planned, evaluation, registered)  # a retried task
+    assert first["promote"] and again["promote"] and again["summary"] == first["summary"]
+    assert len(reg.alias_history(CHAMPION)) == 1
+
+    # The same content trained again is the same version: the gate refuses to compare it with itself
+    # and reports it unchanged instead.
+    _, r2, d2 = run(settings, "manual__y", model(tmp_path, 0.7, name="same"))
+    assert r2["version"] == registered["version"]
+    assert d2["promote"] is False and d2["summary"].startswith("UNCHANGED")
+    assert len(reg.alias_history(CHAMPION)) == 1
+
+
+def test_plan_refuses_unpublished_months_and_random_splits(settings: Settings) -> None:
+    with pytest.raises(pipeline.PipelineError, match=r"2013-04 have no _SUCCESS manifest.*2013-01, 2013-02, 2013-03"):
+        pipeline.plan(settings, "r", {**CONF, "holdout_months": ["2013-04", "2013-04"]})
+    with pytest.raises(pipeline.PipelineError, match="must come after"):
+        pipeline.plan(settings, "r", {**CONF, "holdout_months": ["2013-02", "2013-02"]})
+    with pytest.raises(pipeline.PipelineError, match="unknown run conf"):
+        pipeline.plan(settings, "r", {"epoch": 1})
+    assert pipeline.run_key("scheduled__2026-11-23T03:00:00+00:00").startswith("scheduled__2026-11-23t03-00-00-00-00-")
