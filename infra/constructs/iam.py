@@ -58,7 +58,7 @@ class Iam(Construct):
             if bad:
                 raise ValueError(f"{spec.component}: primitive roles {sorted(bad)} are not allowed; grant predefined roles")
             sa = ServiceAccount(self, spec.component, account_id=spec.account_id,
-                                display_name=f"Tenfold {spec.component}", project=props.project)
+                                display_name=f"Tenfold {spec.component} ({spec.account_id})", project=props.project)
             self.accounts[spec.component] = sa
             member = sa.member
             for role in spec.project_roles:

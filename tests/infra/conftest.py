@@ -1,0 +1,59 @@
+"""Synthesize every stack ONCE per test session (the Google provider import alone takes ~10 s).
+
+One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip)
+and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `infra` is imported as a package from the repository root
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+RENAMED_PREFIX = "acme-dev"
+BAD_STACK = "known-bad"
+
+
+def _load_bad_stack() -> Any:
+    name = "tenfold_tests_infra_bad_stack"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bad_stack.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def bad_stack_module() -> Any:
+    return _load_bad_stack()
+
+
+@pytest.fixture(scope="session")
+def renamed_settings() -> Any:
+    from tenfold.config import build_settings
+
+    return build_settings("dev", prefix=RENAMED_PREFIX)
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any) -> Any:
+    from infra.stacks.inspect import synthesize
+    from tenfold.config import get_settings
+
+    bad = _load_bad_stack()
+    return synthesize(
+        tmp_path_factory.mktemp("cdktf.out"),
+        [get_settings("dev"), get_settings("prod"), renamed_settings],
+        extra=lambda app: bad.BadStack(app, BAD_STACK),
+    )

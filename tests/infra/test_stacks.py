@@ -1,0 +1,273 @@
+"""Key properties of the synthesized dev and prod stacks (one synth per session: see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from infra.stacks.inspect import Synthesized as Synth
+from infra.stacks.inspect import by_name as _by_name
+from infra.stacks.inspect import resources
+from tenfold.cloud.urlmap import PATH_MATCHER
+from tenfold.config import get_settings
+
+ENVS = ("dev", "prod")
+
+
+def _platform(synth: Synth, env: str) -> dict:
+    return synth.stack(get_settings(env).infra.platform_stack)
+
+
+def _data(synth: Synth, env: str) -> dict:
+    return synth.stack(get_settings(env).infra.data_stack)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_url_map_splits_between_two_weighted_backends(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    lb = s.serving.load_balancer
+    backends = _by_name(stack, "google_compute_backend_service")
+    assert set(backends) == {lb.stable_backend, lb.canary_backend}
+    for _lid, b in backends.values():
+        assert b["load_balancing_scheme"] == "EXTERNAL_MANAGED"
+        assert b["log_config"]["enable"] is True and b["connection_draining_timeout_sec"] > 0
+    (url_map,) = resources(stack, "google_compute_url_map").values()
+    assert url_map["name"] == lb.url_map
+    (matcher,) = url_map["path_matcher"]
+    assert matcher["name"] == PATH_MATCHER
+    weighted = matcher["route_rules"][0]["route_action"]["weighted_backend_services"]
+    stable_ref = "${google_compute_backend_service." + backends[lb.stable_backend][0] + ".id}"
+    canary_ref = "${google_compute_backend_service." + backends[lb.canary_backend][0] + ".id}"
+    assert [(w["backend_service"], w["weight"]) for w in weighted] == [(stable_ref, 100), (canary_ref, 0)]
+    assert url_map["default_service"] == stable_ref
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_subscription_dead_letters_and_every_dead_letter_topic_is_drained(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _data(synth, env)
+    topics = {lid: t for lid, t in resources(stack, "google_pubsub_topic").items()}
+    subs = list(resources(stack, "google_pubsub_subscription").values())
+    dead_letter_topics = {sub.dead_letter_topic for sub in s.messaging.subscriptions.values()}
+    topic_name = {"${google_pubsub_topic." + lid + ".id}": t["name"] for lid, t in topics.items()}
+    drained = {topic_name[sub["topic"]] for sub in subs}
+    assert dead_letter_topics <= drained, "a dead-letter topic has no subscription: its messages would be lost"
+    for sub in subs:
+        if topic_name[sub["topic"]] in dead_letter_topics:
+            continue  # the dead-letter subscription itself is where poison messages rest
+        policy = sub["dead_letter_policy"]
+        assert topic_name[policy["dead_letter_topic"]] in dead_letter_topics
+        assert policy["max_delivery_attempts"] >= 5 and "minimum_backoff" in sub["retry_policy"]
+    assert all(t["kms_key_name"].startswith("${google_kms_crypto_key.") for t in topics.values())
+    # Pub/Sub's service agent may publish to each dead-letter topic
+    grants = resources(stack, "google_pubsub_topic_iam_member").values()
+    assert {g["role"] for g in grants} == {"roles/pubsub.publisher"}
+    assert all("gcp-sa-pubsub" in g["member"] for g in grants)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_buckets_are_private_uniform_encrypted_and_models_versioned(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _data(synth, env)
+    buckets = _by_name(stack, "google_storage_bucket")
+    st = s.storage
+    assert set(buckets) == {st.lake_bucket, st.models_bucket, st.artifacts_bucket, st.dataproc_staging_bucket}
+    for _lid, b in buckets.values():
+        assert b["public_access_prevention"] == "enforced"
+        assert b["uniform_bucket_level_access"] is True
+        assert b["encryption"]["default_kms_key_name"].startswith("${google_kms_crypto_key.")
+        assert b["lifecycle_rule"], "every bucket has lifecycle rules"
+    assert buckets[st.models_bucket][1]["versioning"]["enabled"] is True
+    for key in resources(stack, "google_kms_crypto_key").values():
+        assert key["rotation_period"] == st.kms.rotation_period and key["lifecycle"]["prevent_destroy"] is True
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_nothing_is_open_to_the_internet(synth: Synth, env: str) -> None:
+    stack = _platform(synth, env)
+    rules = resources(stack, "google_compute_firewall").values()
+    assert rules
+    for rule in rules:
+        assert "0.0.0.0/0" not in rule.get("source_ranges", []), rule["name"]
+        assert rule["source_ranges"], f"{rule['name']} must name its sources"
+    for tmpl in resources(stack, "google_compute_instance_template").values():
+        assert all("access_config" not in nic for nic in tmpl["network_interface"]), "VMs get no external IP"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_service_accounts_least_privilege(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    accounts = {a["account_id"] for a in resources(stack, "google_service_account").values()}
+    assert accounts == set(s.service_accounts.model_dump().values())
+    all_stacks = json.dumps([_platform(synth, env), _data(synth, env)])
+    assert "google_service_account_key" not in all_stacks
+    for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
+                  "google_pubsub_subscription_iam_member", "google_project_iam_binding"):
+        for grant in resources(stack, rtype).values():
+            assert grant["role"] not in {"roles/owner", "roles/editor", "roles/viewer"}, grant
+            assert "allUsers" not in grant["member"] and "allAuthenticatedUsers" not in grant["member"]
+
+
+PROJECT_ROLE_ALLOWLIST = {
+    "roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/dataproc.worker", "roles/composer.worker",
+}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
+    """Project-wide grants are only those GCP offers no narrower scope for (the rest are per bucket/topic)."""
+    stack = _platform(synth, env)
+    accounts = {lid: a["account_id"] for lid, a in resources(stack, "google_service_account").items()}
+    custom = {lid for lid in resources(stack, "google_project_iam_custom_role")}
+    for grant in resources(stack, "google_project_iam_member").values():
+        role = grant["role"]
+        if role.startswith("${google_project_iam_custom_role."):
+            assert role.split(".")[1] in custom
+            continue
+        assert role in PROJECT_ROLE_ALLOWLIST, role
+        owner = accounts[grant["member"].split(".")[1]]
+        if role == "roles/composer.worker":
+            assert owner == get_settings(env).service_accounts.composer
+    (act_as,) = resources(stack, "google_service_account_iam_member").values()
+    assert act_as["role"] == "roles/iam.serviceAccountUser"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    fleets = {f.instance_template: f for f in (s.serving.stable_fleet, s.serving.canary_fleet, s.training.fleet, s.inference.fleet)}
+    templates = {t["name_prefix"].rstrip("-"): t for t in resources(stack, "google_compute_instance_template").values()}
+    assert set(templates) == set(fleets)
+    for name, t in templates.items():
+        f = fleets[name]
+        assert t["shielded_instance_config"] == {"enable_integrity_monitoring": True, "enable_secure_boot": True, "enable_vtpm": True}
+        assert t["metadata"]["enable-oslogin"] == "TRUE" and t["metadata"]["block-project-ssh-keys"] == "true"
+        assert t["scheduling"]["on_host_maintenance"] == "TERMINATE"
+        assert t["machine_type"] == f.machine_type
+        assert t["guest_accelerator"] == [{"count": f.accelerator_count, "type": f.accelerator_type}]
+        assert t["scheduling"]["preemptible"] is f.spot
+        assert "developer.gserviceaccount.com" not in t["service_account"]["email"]
+        assert t["service_account"]["email"].startswith("${google_service_account.")
+    groups = _by_name(stack, "google_compute_region_instance_group_manager")
+    assert groups[s.training.fleet.instance_group][1]["target_size"] == 0
+    assert "target_size" in groups[s.training.fleet.instance_group][1]["lifecycle"]["ignore_changes"]
+    for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):
+        g = groups[fleet.instance_group][1]
+        assert g["named_port"] == [{"name": "http", "port": s.serving.port}]
+        assert g["auto_healing_policies"]["health_check"].startswith("${google_compute_health_check.")
+        assert g["update_policy"]["type"] == "PROACTIVE"
+    (hc,) = resources(stack, "google_compute_health_check").values()
+    assert hc["http_health_check"] == {"port": s.serving.port, "request_path": s.serving.health_path}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_autoscalers_scale_serving_on_lb_and_workers_on_backlog(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    groups = {lid: g["name"] for lid, g in resources(stack, "google_compute_region_instance_group_manager").items()}
+    by_group = {groups[a["target"].split(".")[1]]: a["autoscaling_policy"] for a in resources(stack, "google_compute_region_autoscaler").values()}
+    assert s.training.fleet.instance_group not in by_group, "the training group is resized by the DAG, not autoscaled"
+    for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):
+        p = by_group[fleet.instance_group]
+        assert p["load_balancing_utilization"] == {"target": s.serving.target_utilization}
+        assert (p["min_replicas"], p["max_replicas"]) == (fleet.min_replicas, fleet.max_replicas)
+    p = by_group[s.inference.fleet.instance_group]
+    (metric,) = p["metric"]
+    assert metric["name"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
+    assert f'"{s.messaging.subscriptions["requests"].name}"' in metric["filter"]
+    assert metric["single_instance_assignment"] == s.inference.backlog_per_worker
+    assert (p["min_replicas"], p["max_replicas"]) == (s.inference.fleet.min_replicas, s.inference.fleet.max_replicas)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_observability_alerts(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    policies = {p["display_name"]: p for p in resources(stack, "google_monitoring_alert_policy").values()}
+    assert {n.removeprefix(s.prefix + " ") for n in policies} == {
+        "serving p99 latency", "serving 5xx rate", "dead-letter backlog", "oldest unacked message age", "feature drift"}
+    (channel,) = resources(stack, "google_monitoring_notification_channel").values()
+    assert channel["labels"]["email_address"] == s.monitoring.notification_email
+    drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
+    assert s.monitoring.drift_metric in drift["filter"] and drift["threshold_value"] == s.monitoring.drift_psi
+
+
+def test_composer_follows_its_settings_flag(synth: Synth) -> None:
+    for env in ENVS:
+        s = get_settings(env)
+        envs = resources(_platform(synth, env), "google_composer_environment")
+        assert bool(envs) is s.airflow.composer_enabled
+        for c in envs.values():
+            assert c["config"]["software_config"]["image_version"] == s.airflow.composer_image_version
+            assert c["config"]["software_config"]["env_variables"]["TENFOLD_ENV"] == env
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_backend_and_outputs(synth: Synth, env: str) -> None:
+    s = get_settings(env)
+    for name in (s.infra.data_stack, s.infra.platform_stack):
+        gcs = synth.stack(name)["terraform"]["backend"]["gcs"]
+        assert gcs == {"bucket": s.storage.tf_state_bucket, "prefix": f"{s.infra.state_prefix}/{name}"}
+    outputs = _platform(synth, env)["output"]
+    assert {"lb-address", "composer-airflow-uri", "bucket-lake", "bucket-models"} <= set(outputs)
+
+
+# Fixed logical ids of the stateful resources: changing one makes Terraform destroy and recreate a
+# bucket, key or topic. Update this list only with a migration (`terraform state mv`).
+STATEFUL_IDS = {
+    "google_kms_key_ring": {"kms_key-ring_A010D343"},
+    "google_kms_crypto_key": {"kms_storage_656C4527", "kms_pubsub_142083E8"},
+    "google_storage_bucket": {"storage_lake_4AC0EFEF", "storage_models_D2E069E7", "storage_artifacts_34F0CA13",
+                              "storage_dataproc-staging_030D8BF8"},
+}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_stateful_construct_ids_are_fixed(synth: Synth, env: str, renamed_settings) -> None:
+    stack = _data(synth, env)
+    for rtype, ids in STATEFUL_IDS.items():
+        assert set(resources(stack, rtype)) == ids, rtype
+    topic_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_topic")}
+    assert topic_ids == {"topic-requests", "topic-predictions", "topic-feedback", "topic-model-updates",
+                         *(f"topic-{k}-dead-letter" for k in get_settings(env).messaging.subscriptions)}
+    # ids do not depend on names: the renamed environment has the very same logical ids
+    renamed = synth.stack(renamed_settings.infra.data_stack)
+    for rtype in ("google_storage_bucket", "google_kms_crypto_key", "google_pubsub_topic", "google_pubsub_subscription"):
+        assert set(resources(renamed, rtype)) == set(resources(stack, rtype))
+
+
+NAME_KEYS = ("name", "name_prefix", "account_id", "repository_id", "display_name")
+
+
+def _names(stack: dict) -> set[str]:
+    out = set()
+    for rtype, items in stack.get("resource", {}).items():
+        if rtype.endswith("_iam_member") or rtype in ("google_project_iam_audit_config", "google_monitoring_metric_descriptor"):
+            continue
+        for r in items.values():
+            for key in NAME_KEYS:
+                if isinstance(r.get(key), str) and "${" not in r[key]:
+                    out.add(r[key])
+    return out
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_name_comes_from_settings(synth: Synth, env: str) -> None:
+    s = get_settings(env)
+    names = _names(_platform(synth, env)) | _names(_data(synth, env))
+    assert names
+    settings_text = json.dumps(s.model_dump(mode="json"))
+    for name in names:
+        # each name is a settings value, or is derived from one (it carries the environment's prefix)
+        assert name in settings_text or s.prefix in name, f"{name!r} is spelled outside the settings"
+        assert s.prefix in name, f"{name!r} does not carry the environment's prefix {s.prefix!r}"
+
+
+def test_changing_a_setting_changes_the_synthesized_names(synth: Synth, renamed_settings) -> None:
+    dev, acme = get_settings("dev"), renamed_settings
+    dev_names = _names(synth.stack(dev.infra.platform_stack)) | _names(synth.stack(dev.infra.data_stack))
+    acme_names = _names(synth.stack(acme.infra.platform_stack)) | _names(synth.stack(acme.infra.data_stack))
+    assert len(acme_names) == len(dev_names)
+    assert not dev_names & acme_names, "every name must follow the prefix"
+    # the prefix, wherever it occurs (not inside the project id, which the prefix does not set), is all that changed
+    rename = re.compile(re.escape(dev.prefix) + r"(?!" + re.escape(dev.project_id.removeprefix(dev.prefix)) + ")")
+    assert acme.project_id == dev.project_id
+    assert {rename.sub(acme.prefix, n) for n in dev_names} == acme_names
