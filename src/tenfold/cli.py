@@ -43,6 +43,12 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
 from tenfold.data.cli import ingest as _ingest  # noqa: E402
 
 app.command("ingest")(_ingest)
+from tenfold.local import cli as _local  # noqa: E402
+
+app.command("up")(_local.up)
+app.command("down")(_local.down)
+app.command("status")(_local.status)
+
 from tenfold.registry.cli import app as _models  # noqa: E402
 
 app.add_typer(_models, name="models")

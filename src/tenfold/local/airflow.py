@@ -65,7 +65,7 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             "AIRFLOW__CORE__DAGS_FOLDER": str(project_root() / "dags"),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores: more concurrent tasks only thrash
+            "AIRFLOW__CORE__PARALLELISM": "2",  # 2 cores: more concurrent tasks only thrash (and cost memory)
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             # "<user>:admin" is the role; the password is generated into AIRFLOW_HOME (see admin_password).
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow.admin_user}:admin",
@@ -76,6 +76,10 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             "AIRFLOW__API__BASE_URL": url,
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            # Airflow binds its log servers to all interfaces (hard-coded); at least the ports come from
+            # settings so two instances (make up, a test session) never collide. They require a JWT.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.local.airflow_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.local.airflow_trigger_log_port),
             # New DAG files show up within half a minute instead of five.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             f"AIRFLOW_CONN_{settings.airflow.gcp_conn_id.upper()}": json.dumps(conn),

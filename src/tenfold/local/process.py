@@ -61,7 +61,9 @@ def port_in_use(host: str, port: int) -> bool:
         if sock.connect_ex((host, port)) == 0:
             return True
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Without SO_REUSEADDR a bind also fails on a port held by a listener that refuses us.
+        # A listener that does not answer us still blocks a bind. SO_REUSEADDR, as the servers set
+        # it, so that sockets left in TIME_WAIT by a service just stopped do not count as busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -136,8 +138,12 @@ def start(
         record = ProcessRecord(
             name=name, pid=popen.pid, create_time=proc.create_time(), cmdline=proc.cmdline(), port=port, log=str(log_path)
         )
-    except psutil.NoSuchProcess as exc:
-        raise LocalPlatformError(f"{name} exited at once; see {log_path}") from exc
+    except psutil.NoSuchProcess as exc:  # zombies included: it exited before we could look at it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=2)
+        raise LocalPlatformError(
+            f"{name} exited before it became healthy (exit code {popen.returncode}); last log lines:\n{log_tail(log_path)}"
+        ) from exc
     tmp = pid_file(run_dir, name).with_suffix(".pid.tmp")
     tmp.write_text(record.to_json())
     tmp.replace(pid_file(run_dir, name))
@@ -162,16 +168,33 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
     # Only signal the group when the leader is ours: start() made it a session leader (pgid == pid).
     members = _group_members(pgid) if pgid == proc.pid else [proc]
     _signal(pgid if pgid == proc.pid else None, members, signal.SIGTERM)
-    _, alive = psutil.wait_procs(members, timeout=timeout)
+    alive = _wait_gone(members, timeout)
     if alive:
         _signal(pgid if pgid == proc.pid else None, alive, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5.0)
     for popen in list(_reapers):
         if popen.pid == record.pid:
             with contextlib.suppress(Exception):
                 popen.wait(timeout=1)
             _reapers.remove(popen)
     return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process exited; returns those still alive. A zombie counts as gone: its
+    parent may be dead and pid 1 in a container does not always reap it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

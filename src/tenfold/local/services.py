@@ -35,13 +35,17 @@ HTTP_TIMEOUT = 2.0
 @dataclass(frozen=True)
 class Service:
     name: str
-    port: int
+    ports: dict[str, int]  # LocalSettings field -> port; the first is the service's own
     argv: list[str]
     env: dict[str, str] | None
     healthy: Callable[[], bool]
     start_timeout: float
     url: str
     prerequisites: list[str] = field(default_factory=list)  # errors; empty when all are met
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
 
 
 def _get_json(url: str) -> object:
@@ -110,7 +114,7 @@ def gcs_service(settings: Settings) -> Service:
         body = _get_json(f"{url}/storage/v1/b?project={settings.project_id}")
         return isinstance(body, dict)
 
-    return Service("gcs", port, argv, env, healthy, 30.0, url, problems)
+    return Service("gcs", {"gcs_port": port}, argv, env, healthy, 30.0, url, problems)
 
 
 # --- Pub/Sub -----------------------------------------------------------------------------------
@@ -151,7 +155,7 @@ def pubsub_service(settings: Settings) -> Service:
     def healthy() -> bool:
         return isinstance(_get_json(f"http://{host}:{port}/v1/projects/{settings.project_id}/topics"), dict)
 
-    return Service("pubsub", port, argv, None, healthy, 60.0, f"{host}:{port}", pubsub_prerequisites())
+    return Service("pubsub", {"pubsub_port": port}, argv, None, healthy, 60.0, f"{host}:{port}", pubsub_prerequisites())
 
 
 # --- Airflow -----------------------------------------------------------------------------------
@@ -179,7 +183,11 @@ def airflow_service(settings: Settings) -> Service:
 
     return Service(
         "airflow",
-        settings.local.airflow_port,
+        {
+            "airflow_port": settings.local.airflow_port,
+            "airflow_log_port": settings.local.airflow_log_port,
+            "airflow_trigger_log_port": settings.local.airflow_trigger_log_port,
+        },
         [str(airflow), "standalone"],
         airflow_env(settings),
         healthy,

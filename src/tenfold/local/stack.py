@@ -56,8 +56,8 @@ def start_service(settings: Settings, name: str) -> ProcessRecord:
     svc = service(settings, name)
     if svc.prerequisites:
         raise LocalPlatformError(f"cannot start {name}:\n  - " + "\n  - ".join(svc.prerequisites))
-    if process.port_in_use(settings.local.bind_host, svc.port):
-        raise LocalPlatformError(_busy_port_message(settings, svc))
+    if busy := _busy_ports(settings, svc):
+        raise LocalPlatformError("\n".join(busy))
     for sub in ("gcs", "pubsub", "airflow"):
         (settings.local.home / sub).mkdir(parents=True, exist_ok=True)
     record = process.start(name, svc.argv, run_dir=run_dir(settings), port=svc.port, env=svc.env, cwd=settings.local.home)
@@ -78,12 +78,14 @@ def stop_service(settings: Settings, name: str) -> bool:
     return stopped
 
 
-def _busy_port_message(settings: Settings, svc: Service) -> str:
-    field = {"gcs": "GCS_PORT", "pubsub": "PUBSUB_PORT", "airflow": "AIRFLOW_PORT"}[svc.name]
-    return (
-        f"port {settings.local.bind_host}:{svc.port} for {svc.name} is already in use by another program: "
-        f"stop it, or choose another port with TENFOLD_LOCAL__{field}=<port>"
-    )
+def _busy_ports(settings: Settings, svc: Service) -> list[str]:
+    """One clear message per port of ``svc`` that another program already holds."""
+    return [
+        f"port {settings.local.bind_host}:{port} ({svc.name}) is already in use by another program: "
+        f"stop that program, or choose another port with TENFOLD_LOCAL__{field.upper()}=<port>"
+        for field, port in svc.ports.items()
+        if process.port_in_use(settings.local.bind_host, port)
+    ]
 
 
 def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: object = print) -> list[ServiceStatus]:
@@ -107,8 +109,7 @@ def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: obj
                 )
             continue
         problems += [f"{name}: {p}" for p in svc.prerequisites]
-        if process.port_in_use(settings.local.bind_host, svc.port):
-            problems.append(_busy_port_message(settings, svc))
+        problems += _busy_ports(settings, svc)
         todo.append(svc)
     if problems:
         # Checked before anything starts, so a missing prerequisite never leaves a partial stack.

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import build_settings, get_settings
+from tenfold.config.settings import local_env_overrides
+from tenfold.local import (
+    LocalPlatformError,
+    airflow_env,
+    free_port,
+    local_settings,
+    port_in_use,
+    settings_env,
+    settings_from_env,
+    up,
+)
+from tenfold.local.process import pid_file
+from tenfold.local.stack import run_dir
+
+
+def test_local_port_overrides_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv("TENFOLD_LOCAL__GCS_PORT", "14443")
+    monkeypatch.setenv("TENFOLD_LOCAL__PUBSUB_PORT", "18085")
+    s = build_settings("local")
+    assert s.local.home == tmp_path.resolve()
+    assert s.storage.emulator_host == "http://127.0.0.1:14443"
+    assert s.messaging.emulator_host == "127.0.0.1:18085"
+    assert s.storage.lake_uri == (tmp_path.resolve() / "lake").as_uri()
+
+
+def test_unknown_or_invalid_local_override_is_a_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match=r"TENFOLD_LOCAL__GSC_PORT names no local setting.*TENFOLD_LOCAL__GCS_PORT"):
+        local_env_overrides({"TENFOLD_LOCAL__GSC_PORT": "1"})
+    monkeypatch.setenv("TENFOLD_LOCAL__GCS_EMULATOR", "minio")
+    with pytest.raises(ValueError, match="gcs_emulator"):
+        build_settings("local")
+
+
+def test_settings_env_round_trips_and_does_not_leak(tmp_path):
+    before = dict(os.environ)
+    s = local_settings(tmp_path, gcs_port=14443, pubsub_port=18085, airflow_port=18080)
+    assert dict(os.environ) == before  # building test settings never changes this process's environment
+    env = settings_env(s)
+    assert settings_from_env(env) == s
+    assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:14443"
+    assert env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:18085"
+    assert get_settings("local").local.gcs_port != 14443 or os.environ.get("TENFOLD_LOCAL__GCS_PORT") == "14443"
+
+
+def test_airflow_env_is_complete_and_isolated(tmp_path):
+    s = local_settings(tmp_path, airflow_port=18080, pubsub_port=18085, gcs_port=14443)
+    outer = {"PATH": "/usr/bin", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "TENFOLD_LOCAL__GCS_PORT": "1", "HOME": "/root"}
+    env = airflow_env(s, base=outer)
+    assert env["AIRFLOW_HOME"] == str(tmp_path.resolve() / "airflow")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the outer value did not leak in
+    assert env["TENFOLD_LOCAL__GCS_PORT"] == "14443"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == f"{s.airflow.admin_user}:admin"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "18080"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["PATH"].split(os.pathsep)[0].endswith("bin") and env["PATH"].endswith("/usr/bin")
+    assert (Path(env["PATH"].split(os.pathsep)[0]) / "airflow").exists()
+    conn = json.loads(env[f"AIRFLOW_CONN_{s.airflow.gcp_conn_id.upper()}"])
+    assert conn["extra"]["is_anonymous"] is True
+    assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:14443" and env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:18085"
+    assert env["TENFOLD_ENV"] == "local" and settings_from_env(env) == s
+
+
+def _fresh_settings(tmp_path: Path, **ports: int):
+    fields = {f: free_port() for f in ("gcs_port", "pubsub_port", "airflow_port", "airflow_log_port", "airflow_trigger_log_port")}
+    fields.update(ports)
+    return local_settings(tmp_path / "home", **fields)
+
+
+def _nothing_running(s) -> bool:
+    return not any(pid_file(run_dir(s), n).exists() for n in ("gcs", "pubsub", "airflow")) and not any(
+        port_in_use("127.0.0.1", p) for p in (s.local.gcs_port, s.local.pubsub_port, s.local.airflow_port)
+    )
+
+
+def test_missing_prerequisite_is_reported_before_anything_starts(tmp_path, monkeypatch):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no gcloud, no java
+    s = _fresh_settings(tmp_path)
+    with pytest.raises(LocalPlatformError) as err:
+        up(s, ["gcs", "pubsub"], echo=lambda _m: None)
+    assert "gcloud is not on PATH" in str(err.value) and "java is not on PATH" in str(err.value)
+    assert _nothing_running(s)
+
+
+def test_busy_port_is_a_clear_error_and_nothing_starts(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        s = _fresh_settings(tmp_path, pubsub_port=busy)
+        with pytest.raises(LocalPlatformError, match=rf"127.0.0.1:{busy} \(pubsub\) is already in use.*TENFOLD_LOCAL__PUBSUB_PORT"):
+            up(s, ["gcs", "pubsub"], echo=lambda _m: None)
+        assert not pid_file(run_dir(s), "gcs").exists() and not port_in_use("127.0.0.1", s.local.gcs_port)
+
+
+def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatch):
+    """The GCS emulator really starts; a (real, scripted) gcloud that dies makes `up` stop it again."""
+    sdk = tmp_path / "sdk"
+    (sdk / "platform" / "pubsub-emulator").mkdir(parents=True)
+    (sdk / "bin").mkdir()
+    gcloud = sdk / "bin" / "gcloud"
+    gcloud.write_text("#!/bin/sh\necho 'emulator failed: no JVM memory' >&2\nexit 1\n")
+    gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{sdk / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    s = _fresh_settings(tmp_path)
+    messages: list[str] = []
+    with pytest.raises(LocalPlatformError, match=r"pubsub(.|\n)*exited before it became healthy(.|\n)*no JVM memory"):
+        up(s, ["gcs", "pubsub"], echo=messages.append)
+    assert "gcs: healthy" in messages and any("rolling back" in m for m in messages)
+    assert _nothing_running(s)

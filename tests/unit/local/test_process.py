@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tenfold.local import process
+from tenfold.local.process import LocalPlatformError
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_port_in_use_sees_a_listener_and_a_free_port():
+    with _listener() as sock:
+        port = sock.getsockname()[1]
+        assert process.port_in_use("127.0.0.1", port)
+    port = process.free_port()
+    assert not process.port_in_use("127.0.0.1", port)
+
+
+def test_start_writes_pid_file_and_stop_kills_the_whole_group(tmp_path):
+    # The shell forks a grandchild, like gcloud forks the JVM: stop must take it down too.
+    script = "sleep 300 & echo $! > child.pid; echo started; wait"
+    record = process.start("svc", ["sh", "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    assert process.read_record(tmp_path / "run", "svc") == record
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    assert process.is_running(record) and child.is_running()
+
+    assert process.stop(record, timeout=5) is True
+    assert not process.is_running(record)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert process.stop(record) is False  # already gone: nothing to do
+    assert "started" in (tmp_path / "run" / "svc.log").read_text()
+
+
+def test_stop_leaves_a_process_that_is_not_the_one_recorded(tmp_path):
+    """A pid file whose pid now belongs to another process (pid reuse) must not kill it."""
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        real = psutil.Process(other.pid)
+        stale = process.ProcessRecord(
+            name="svc", pid=other.pid, create_time=real.create_time() - 3600, cmdline=["x"], port=1, log="x"
+        )
+        assert not process.is_running(stale)
+        assert process.stop(stale, timeout=1) is False
+        assert other.poll() is None
+        # The same pid with the right create time is ours, and is stopped.
+        ours = dataclasses.replace(stale, create_time=real.create_time())
+        assert process.stop(ours, timeout=5) is True
+        assert other.wait(timeout=5) is not None
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+def test_unreadable_pid_file_identifies_nothing(tmp_path):
+    (tmp_path / "svc.pid").write_text("{not json")
+    assert process.read_record(tmp_path, "svc") is None
+    assert process.read_record(tmp_path, "absent") is None
+
+
+def test_wait_until_reports_a_dead_process_with_its_log(tmp_path):
+    record = process.start(
+        "crash", [sys.executable, "-c", "print('boom: bad flag'); raise SystemExit(3)"], run_dir=tmp_path, port=1
+    )
+    with pytest.raises(LocalPlatformError, match=r"exited before it became healthy(.|\n)*boom: bad flag"):
+        process.wait_until(lambda: False, timeout=10, what="crash", record=record)
+
+
+def test_wait_until_times_out_with_a_clear_message():
+    with pytest.raises(LocalPlatformError, match="was not healthy within 0 s"):
+        process.wait_until(lambda: False, timeout=0.3, what="thing", interval=0.05)
+
+
+def test_start_of_a_missing_program_is_a_clear_error(tmp_path):
+    with pytest.raises(LocalPlatformError, match="cannot run '/nonexistent/prog'"):
+        process.start("x", ["/nonexistent/prog"], run_dir=tmp_path, port=1)
