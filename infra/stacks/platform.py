@@ -32,7 +32,7 @@ ORCHESTRATOR_PERMISSIONS = (
 
 
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
-    s, st, m, sa = settings, settings.storage, settings.messaging, settings.service_accounts
+    st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
     observe = (LOG_WRITER, METRIC_WRITER)
     return [

@@ -1,0 +1,56 @@
+"""`cdktn synth` and `cdktf synth` both synthesize the app from infra/cdktf.json (skipped without the CLIs).
+
+Install them with ``npm install --prefix .tools/cdk cdktn-cli@0.24.0 cdktf-cli@0.21.0``; cdktn-cli needs
+Node >= 22.19 (``npm install --prefix .tools/node22 node@22`` if the system Node is older).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools"
+
+
+def _node_major(node: str) -> int:
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return int(out.lstrip("v").split(".")[0]) if out.startswith("v") else 0
+
+
+def _cli(name: str) -> tuple[str, dict[str, str]] | None:
+    exe = TOOLS / "cdk" / "node_modules" / ".bin" / name
+    path = str(exe) if exe.exists() else shutil.which(name)
+    if path is None:
+        return None
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    if name == "cdktn":
+        node22 = TOOLS / "node22" / "node_modules" / ".bin"
+        if _node_major(shutil.which("node") or "node") < 22 and (node22 / "node").exists():
+            env["PATH"] = f"{node22}:{env['PATH']}"
+    return path, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cli", ["cdktn", "cdktf"])
+def test_cli_synthesizes_every_stack(cli: str, tmp_path: Path) -> None:
+    found = _cli(cli)
+    if found is None:
+        pytest.skip(f"the {cli} CLI is not installed (npm install --prefix .tools/cdk {cli}-cli); `make synth` runs main.py directly")
+    exe, env = found
+    proc = subprocess.run([exe, "synth", "--output", str(tmp_path)], cwd=ROOT / "infra", env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    expected = {n for env_name in ("dev", "prod") for n in (get_settings(env_name).infra.data_stack,
+                                                            get_settings(env_name).infra.platform_stack)}
+    assert {p.name for p in (tmp_path / "stacks").iterdir()} == expected
+    for name in expected:
+        body = json.loads((tmp_path / "stacks" / name / "cdk.tf.json").read_text())
+        assert body["terraform"]["backend"]["gcs"]["bucket"].endswith("-tfstate")
