@@ -1,0 +1,35 @@
+"""One SparkSession for every test under tests/spark (a JVM start costs ~15 s on 2 cores).
+
+``local[2,4]``: two cores and up to four attempts per task, as the job runs locally; tiny shuffles and
+no UI, so a hand-made frame transforms in well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[pyspark.sql.SparkSession]:
+    from pyspark.sql import SparkSession
+
+    from tenfold.features.job import SESSION_CONF
+
+    builder = (
+        SparkSession.builder.master("local[2,4]")
+        .appName("tenfold-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.driver.memory", "1g")
+        .config("spark.log.level", "ERROR")
+    )
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()

@@ -1,0 +1,270 @@
+"""The features transforms on small hand-made frames (real Spark, local[2,4])."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from tenfold.data.lake import Partition, schema_hash
+from tenfold.data.nycflights13 import SCHEMAS
+from tenfold.features import schema, transforms
+
+NY = ZoneInfo("America/New_York")
+UTC = dt.UTC
+
+
+def flight(**kw: Any) -> dict[str, Any]:
+    """A raw flights row; ``time_hour`` follows from the local date and scheduled departure."""
+    row: dict[str, Any] = dict(
+        year=2013, month=1, day=1, dep_time=600, sched_dep_time=600, dep_delay=0.0, arr_time=900,
+        sched_arr_time=900, arr_delay=0.0, carrier="AA", flight=1, tailnum="N1", origin="JFK", dest="LAX",
+        air_time=300.0, distance=2475.0,
+    )
+    row.update(kw)
+    hour, minute = divmod(row["sched_dep_time"], 100)
+    row.setdefault("hour", hour)
+    row.setdefault("minute", minute)
+    local = dt.datetime(row["year"], row["month"], row["day"], hour, tzinfo=NY)
+    row.setdefault("time_hour", local.astimezone(UTC))
+    return row
+
+
+def frame(spark: SparkSession, table: str, rows: list[dict[str, Any]]) -> DataFrame:
+    """A Spark frame with exactly the raw table's types (as ingest writes them)."""
+    sch = SCHEMAS[table]
+    full = [{name: r.get(name) for name in sch.names} for r in rows]
+    return spark.createDataFrame(pa.Table.from_pylist(full, schema=sch))
+
+
+AIRPORTS = [
+    {"faa": "JFK", "name": "JFK", "lat": 40.6, "lon": -73.8, "alt": 13, "tz": -5.0, "dst": "A", "tzone": "America/New_York"},
+    {"faa": "LAX", "name": "LAX", "lat": 33.9, "lon": -118.4, "alt": 126, "tz": -8.0, "dst": "A", "tzone": "America/Los_Angeles"},
+    {"faa": "PHX", "name": "PHX", "lat": 33.4, "lon": -112.0, "alt": 1135, "tz": -7.0, "dst": "N", "tzone": "America/Phoenix"},
+]
+
+
+def test_label_and_cancelled_follow_the_contract(spark: SparkSession) -> None:
+    rows = [
+        flight(flight=1, arr_delay=14.0),  # on time
+        flight(flight=2, arr_delay=15.0),  # exactly the threshold: late
+        flight(flight=3, arr_delay=None, dep_time=None, arr_time=None),  # cancelled: never left
+        flight(flight=4, arr_delay=None, arr_time=None),  # diverted: left, never arrived
+        flight(flight=5, arr_delay=-20.0),
+    ]
+    got = transforms.with_label(frame(spark, "flights", rows)).select("flight", "label", "cancelled")
+    expected = spark.createDataFrame(
+        [(1, 0, False), (2, 1, False), (3, 1, True), (4, 1, False), (5, 0, False)],
+        "flight int, label int, cancelled boolean",
+    )
+    assertDataFrameEqual(got, expected, checkRowOrder=False)
+
+
+def test_schedule_features(spark: SparkSession) -> None:
+    rows = [
+        flight(flight=1, sched_dep_time=515, tailnum="N14228"),  # 2013-01-01 is a Tuesday
+        flight(flight=2, day=6, sched_dep_time=2359, tailnum=None),  # a Sunday; unknown tail number
+    ]
+    got = transforms.with_schedule(frame(spark, "flights", rows)).select(
+        "flight", "sched_dep_hour", "sched_dep_minute_of_day", "day_of_week", "tailnum_bucket"
+    )
+    expected = spark.createDataFrame(
+        [(1, 5, 315.0, 2, schema.tailnum_bucket("N14228")), (2, 23, 1439.0, 7, schema.UNKNOWN_TAILNUM_BUCKET)],
+        "flight int, sched_dep_hour int, sched_dep_minute_of_day double, day_of_week int, tailnum_bucket int",
+    )
+    assertDataFrameEqual(got, expected, checkRowOrder=False)
+
+
+def test_tailnum_bucket_matches_python_for_many_tails(spark: SparkSession) -> None:
+    tails = [f"N{i}{c}" for i in range(40) for c in "AQZ"]
+    rows = [flight(flight=i, tailnum=t) for i, t in enumerate(tails)]
+    got = transforms.with_schedule(frame(spark, "flights", rows)).select("tailnum", "tailnum_bucket")
+    expected = spark.createDataFrame([(t, schema.tailnum_bucket(t)) for t in tails], "tailnum string, tailnum_bucket int")
+    assertDataFrameEqual(got, expected, checkRowOrder=False)
+    assert len({schema.tailnum_bucket(t) for t in tails}) > 30  # actually spread over the buckets
+
+
+def test_block_minutes_cross_time_zones_midnight_and_dst(spark: SparkSession) -> None:
+    rows = [
+        # JFK 17:00 EST -> LAX 20:30 PST: 6.5 h in the air and on the ground
+        flight(flight=1, sched_dep_time=1700, sched_arr_time=2030),
+        # JFK 21:00 EST -> LAX 00:30 PST the next day
+        flight(flight=2, sched_dep_time=2100, sched_arr_time=30),
+        # July: JFK 10:00 EDT (14:00 UTC) -> PHX 12:00 MST (no DST; 19:00 UTC)
+        flight(flight=3, month=7, day=1, sched_dep_time=1000, sched_arr_time=1200, dest="PHX"),
+        # destination not in airports: unknown time zone
+        flight(flight=4, sched_dep_time=1000, sched_arr_time=1400, dest="SJU"),
+    ]
+    got = transforms.with_block_minutes(frame(spark, "flights", rows), frame(spark, "airports", AIRPORTS))
+    expected = spark.createDataFrame(
+        [(1, 390.0), (2, 390.0), (3, 300.0), (4, None)], "flight int, sched_block_minutes double"
+    )
+    assertDataFrameEqual(got.select("flight", "sched_block_minutes"), expected, checkRowOrder=False)
+
+
+def test_weather_and_planes_joins(spark: SparkSession) -> None:
+    flights = frame(spark, "flights", [
+        flight(flight=1, sched_dep_time=600, tailnum="N1"),
+        flight(flight=2, sched_dep_time=700, tailnum="NX"),  # no weather that hour, unknown plane
+    ])
+    at6 = dt.datetime(2013, 1, 1, 6, tzinfo=NY).astimezone(UTC)
+    weather = frame(spark, "weather", [
+        {"origin": "JFK", "year": 2013, "month": 1, "day": 1, "hour": 6, "temp": 30.0, "dewp": 20.0, "humid": 60.0,
+         "wind_dir": 270.0, "wind_speed": 10.0, "wind_gust": None, "precip": 0.1, "pressure": 1012.0, "visib": 9.0,
+         "time_hour": at6},
+        {"origin": "LGA", "year": 2013, "month": 1, "day": 1, "hour": 6, "temp": 99.0, "time_hour": at6},
+    ])
+    planes = frame(spark, "planes", [{"tailnum": "N1", "year": 2004, "seats": 55}])
+    got = transforms.join_planes(transforms.join_weather(flights, weather), planes).select(
+        "flight", "temp", "wind_gust", "precip", "plane_age", "plane_seats"
+    )
+    expected = spark.createDataFrame(
+        [(1, 30.0, None, 0.1, 9.0, 55.0), (2, None, None, None, None, None)],
+        "flight int, temp double, wind_gust double, precip double, plane_age double, plane_seats double",
+    )
+    assertDataFrameEqual(got, expected, checkRowOrder=False)
+
+
+def test_history_aggregates_by_map_reduce(spark: SparkSession) -> None:
+    history = frame(spark, "flights", [
+        flight(flight=1, arr_delay=30.0, carrier="AA", dest="LAX", sched_dep_time=600),
+        flight(flight=2, arr_delay=0.0, carrier="AA", dest="LAX", sched_dep_time=630),
+        flight(flight=3, arr_delay=None, dep_time=None, carrier="B6", dest="LAX", sched_dep_time=600),  # cancelled
+        flight(flight=4, arr_delay=-10.0, carrier="B6", dest="PHX", sched_dep_time=900),
+    ])
+    partials = transforms.history_partials(transforms.with_label(history))
+    route = transforms.rollup(partials, "route", ("origin", "dest"))
+    assertDataFrameEqual(
+        route,
+        spark.createDataFrame(
+            # LAX: 3 flights, 2 late (one cancelled), mean over the 2 that arrived = 15
+            [("JFK", "LAX", 2 / 3, 15.0, 3.0), ("JFK", "PHX", 0.0, -10.0, 1.0)],
+            "origin string, dest string, route_delay_rate double, route_mean_delay double, route_flights double",
+        ),
+        checkRowOrder=False,
+    )
+    carrier = transforms.rollup(partials, "carrier", ("carrier",))
+    assertDataFrameEqual(
+        carrier,
+        spark.createDataFrame(
+            # B6: a cancelled flight only has no delay to average over... plus one that arrived
+            [("AA", 0.5, 15.0, 2.0), ("B6", 0.5, -10.0, 2.0)],
+            "carrier string, carrier_delay_rate double, carrier_mean_delay double, carrier_flights double",
+        ),
+        checkRowOrder=False,
+    )
+    only_cancelled = transforms.rollup(
+        transforms.history_partials(transforms.with_label(history.where("flight = 3"))), "carrier", ("carrier",)
+    )
+    assert only_cancelled.collect()[0].asDict() == {
+        "carrier": "B6", "carrier_delay_rate": 1.0, "carrier_mean_delay": None, "carrier_flights": 1.0
+    }
+    hour = transforms.rollup(partials, "origin_hour", ("origin", "sched_dep_hour"))
+    assertDataFrameEqual(
+        hour,
+        spark.createDataFrame(
+            [("JFK", 6, 2 / 3, 15.0, 3.0), ("JFK", 9, 0.0, -10.0, 1.0)],
+            "origin string, sched_dep_hour int, origin_hour_delay_rate double, origin_hour_mean_delay double, "
+            "origin_hour_flights double",
+        ),
+        checkRowOrder=False,
+    )
+
+
+# --- the whole transform, and leakage ---------------------------------------------------------------
+
+FEATURE_COLUMNS = list(schema.CATEGORICAL_COLUMNS + schema.NUMERIC_COLUMNS)
+
+
+def three_months() -> list[dict[str, Any]]:
+    """Flights in Feb (history), Mar (the month built) and Apr (the future), two routes, two carriers."""
+    rows = []
+    n = 0
+    for month, delays in ((2, [0.0, 40.0, None, 5.0]), (3, [10.0, 20.0, 90.0, None]), (4, [300.0, 300.0, 0.0, 1.0])):
+        for i, delay in enumerate(delays):
+            n += 1
+            rows.append(flight(
+                month=month, day=1 + i, flight=n, arr_delay=delay,
+                dep_time=None if delay is None and i % 2 == 0 else 600,
+                carrier="AA" if i % 2 else "B6", dest="LAX" if i < 2 else "PHX", sched_dep_time=600 + 100 * (i % 2),
+            ))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(spark: SparkSession) -> dict[str, DataFrame]:
+    return {
+        "weather": frame(spark, "weather", []),
+        "planes": frame(spark, "planes", [{"tailnum": "N1", "year": 2000, "seats": 100}]),
+        "airports": frame(spark, "airports", AIRPORTS),
+    }
+
+
+def build(spark: SparkSession, rows: list[dict[str, Any]], ref: dict[str, DataFrame], **kw: Any) -> DataFrame:
+    return transforms.build_features(
+        frame(spark, "flights", rows), ref["weather"], ref["planes"], ref["airports"], Partition(2013, 3), **kw
+    )
+
+
+def test_build_features_rows_columns_and_types(spark: SparkSession, reference: dict[str, DataFrame], tmp_path: Any) -> None:
+    out = build(spark, three_months(), reference)
+    assert tuple(out.columns) == schema.ALL_COLUMNS
+    rows = out.collect()
+    assert sorted(r["flight"] for r in rows) == [5, 6, 7, 8]  # March only
+    assert {r["plane_age"] for r in rows} == {13.0}
+    # History is February alone: route JFK-LAX had 0 and 40 (1 of 2 late), JFK-PHX a cancellation and 5.
+    by_flight = {r["flight"]: r for r in rows}
+    assert by_flight[5]["route_delay_rate"] == 0.5 and by_flight[5]["route_mean_delay"] == 20.0
+    assert by_flight[7]["route_delay_rate"] == 0.5 and by_flight[7]["route_mean_delay"] == 5.0
+    assert {r["route_flights"] for r in rows} == {2.0}
+    # The written Parquet schema is the contract's, nullability included.
+    sorted_out = transforms.sorted_single_file(out)
+    sorted_out.write.parquet(str(tmp_path / "f"))
+    import pyarrow.parquet as pq
+
+    written = pq.read_table(str(tmp_path / "f"))
+    assert schema_hash(written.schema) == schema_hash(schema.arrow_schema())
+    assert written.column("flight").to_pylist() == sorted(written.column("flight").to_pylist(), key=lambda f: (
+        by_flight[f]["day"], f))
+
+
+def test_no_history_gives_zero_counts_and_null_rates(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
+    march = [r for r in three_months() if r["month"] == 3]
+    rows = build(spark, march, reference).collect()
+    assert rows and all(r["route_flights"] == 0.0 and r["route_delay_rate"] is None for r in rows)
+
+
+def test_no_leakage_from_the_month_itself_or_later(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
+    rows = three_months()
+    base = build(spark, rows, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+
+    # Rewrite every outcome of March and April, and add April flights on March's routes and hours.
+    mutated = []
+    for r in rows:
+        r = dict(r)
+        if r["month"] >= 3:
+            r["arr_delay"] = 999.0
+            r["dep_time"] = None
+        mutated.append(r)
+    mutated += [flight(month=4, day=9, flight=100 + i, arr_delay=500.0, dest="LAX") for i in range(5)]
+    after = build(spark, mutated, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    assertDataFrameEqual(after, base, checkRowOrder=False)
+
+    # Control: the same rewrite of February does move March's features (the test can fail).
+    feb_changed = [dict(r, arr_delay=999.0) if r["month"] == 2 else r for r in rows]
+    moved = build(spark, feb_changed, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    assert {tuple(r) for r in moved.collect()} != {tuple(r) for r in base.collect()}
+
+
+def test_history_window_excludes_older_months(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
+    rows = [*three_months(), flight(month=1, day=5, flight=99, arr_delay=100.0, dest="LAX")]
+    one = build(spark, rows, reference, history_months=1).where(F.col("dest") == "LAX").select("route_flights")
+    two = build(spark, rows, reference, history_months=2).where(F.col("dest") == "LAX").select("route_flights")
+    assert {r[0] for r in one.collect()} == {2.0}
+    assert {r[0] for r in two.collect()} == {3.0}
