@@ -169,7 +169,7 @@ class TrainingSettings(_Frozen):
     retrain_cron: str = "0 3 * * 1"
     # Cloud runs (tenfold.cloud.compute): torchrun's entry module on the training fleet, where each
     # run's completion marker lands in the artifacts bucket, and bounds on every wait.
-    entry_module: str = "tenfold.training.train"
+    entry_module: str = "tenfold.training.worker"
     runs_prefix: str = "training/runs"
     stable_timeout_s: int = Field(default=1800, gt=0)
     run_timeout_s: int = Field(default=6 * 3600, gt=0)
