@@ -72,7 +72,12 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
 
     msg = settings.messaging
     with subscriber_client(settings) as subscriber:
-        for topic in msg.topics:
+        # msg.topics already lists every topic of the standard settings; a subscription's own topic is
+        # added anyway so settings with extra subscriptions (tests, later features) are complete too.
+        wanted_topics = dict.fromkeys(
+            [*msg.topics, *(s.topic for s in msg.subscriptions.values()), *(s.dead_letter_topic for s in msg.subscriptions.values())]
+        )
+        for topic in wanted_topics:
             try:
                 publisher.create_topic(request={"name": topic_path(settings, topic)}, timeout=timeout)
                 result.topics_created.append(topic)
@@ -88,6 +93,11 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
             except AlreadyExists:
                 current = subscriber.get_subscription(request={"subscription": spec["name"]}, timeout=timeout)
                 wanted = Subscription(**spec)
+                if current.topic == "_deleted-topic_":
+                    raise RuntimeError(
+                        f"subscription {sub.name} is detached: its topic {sub.topic} was deleted. Delete the subscription "
+                        "(its backlog is lost) and re-run; it will be recreated on the new topic"
+                    ) from None
                 if current.topic != wanted.topic:
                     raise RuntimeError(
                         f"subscription {sub.name} exists on topic {current.topic}, but settings say {wanted.topic}: "
