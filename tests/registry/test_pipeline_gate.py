@@ -36,11 +36,14 @@ def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.Mo
         quality = json.loads((model_dir / "meta.json").read_text())["quality"]
         return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
 
-    def evaluate_baselines(lake: Lake, train: list[Partition], holdout: list[Partition]) -> dict[str, dict[str, Any]]:
-        return {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}, "hgb": {"auc": 0.66, "log_loss": 0.45, "brier": 0.19}}
+    def evaluate_challenger(model_dir: Path, lake: Lake, train: list[Partition], holdout: list[Partition]
+                            ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        assert [p.label for p in train] == ["2013-01", "2013-02"]
+        baselines = {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}, "hgb": {"auc": 0.66, "log_loss": 0.45, "brier": 0.19}}
+        return evaluate_model(model_dir, lake, holdout), baselines
 
     monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
-    monkeypatch.setattr(pipeline, "_evaluate_baselines", evaluate_baselines)
+    monkeypatch.setattr(pipeline, "_evaluate_challenger", evaluate_challenger)
     return s
 
 

@@ -256,10 +256,15 @@ def _evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict
     return metrics_dict(evaluate_model(model_dir, lake, parts))
 
 
-def _evaluate_baselines(lake: Lake, train_parts: list[Partition], holdout_parts: list[Partition]) -> dict[str, dict[str, Any]]:
-    from tenfold.training.evaluate import evaluate_baselines
+def _evaluate_challenger(model_dir: Path, lake: Lake, train_parts: list[Partition],
+                         holdout_parts: list[Partition]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The challenger and the baselines (fit on the training window) on the holdout, in one pass."""
+    from tenfold.training.evaluate import evaluate_with_baselines
 
-    return {name: metrics_dict(m) for name, m in evaluate_baselines(lake, train_parts, holdout_parts).items()}
+    report = evaluate_with_baselines(model_dir, lake, train_parts, holdout_parts)
+    # "rate_baseline" -> "rate": the names the gate policy (settings.training.gate_beat_baselines) uses.
+    baselines = {name.removesuffix("_baseline"): metrics_dict(m) for name, m in report.baselines.items()}
+    return metrics_dict(report.model), baselines
 
 
 def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,8 +280,7 @@ def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
     work = Path(p.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir = materialize(settings, str(trained["model_ref"]), work / "challenger")
-    challenger = _evaluate_model(challenger_dir, lake, p.holdout_parts)
-    baselines = _evaluate_baselines(lake, p.train_parts, p.holdout_parts)
+    challenger, baselines = _evaluate_challenger(challenger_dir, lake, p.train_parts, p.holdout_parts)
 
     registry = ModelRegistry(settings)
     champion: dict[str, Any] | None = None
