@@ -1,0 +1,191 @@
+"""run_training against a fake instance-group client (no emulator exists for Compute Engine) and the
+real GCS emulator for the completion markers: the group always goes back to 0."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tenfold.cloud import compute
+from tenfold.cloud.startup import RUN_ID_KEY, TRAIN_ARGS_KEY
+from tenfold.config import get_settings
+
+
+class FakeOp:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.timeouts: list[float | None] = []
+
+    def result(self, timeout: float | None = None) -> None:
+        self.timeouts.append(timeout)
+        if self.error:
+            raise self.error
+
+
+class FakeInstanceGroupManagers:
+    """RegionInstanceGroupManagersClient at its method boundary: records every call, models the size."""
+
+    def __init__(self, *, stable_after_polls: int = 2, get_error: Exception | None = None,
+                 resize_zero_error: Exception | None = None) -> None:
+        self.size = 0
+        self.calls: list[tuple[str, Any]] = []
+        self.polls = 0
+        self.stable_after_polls = stable_after_polls
+        self.get_error = get_error
+        self.resize_zero_error = resize_zero_error
+
+    def get(self, *, project: str, region: str, instance_group_manager: str) -> Any:
+        self.calls.append(("get", (project, region, instance_group_manager)))
+        if self.get_error:
+            raise self.get_error
+        self.polls += 1
+        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=self.polls >= self.stable_after_polls))
+
+    def resize(self, *, project: str, region: str, instance_group_manager: str, size: int) -> FakeOp:
+        self.calls.append(("resize", size))
+        self.size = size
+        if size == 0 and self.resize_zero_error:
+            return FakeOp(self.resize_zero_error)
+        return FakeOp()
+
+    def patch(self, *, project: str, region: str, instance_group_manager: str, instance_group_manager_resource: Any) -> FakeOp:
+        metadata = dict(instance_group_manager_resource.all_instances_config.properties.metadata)
+        self.calls.append(("patch", metadata))
+        return FakeOp()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.on_sleep: list[Any] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        for hook in self.on_sleep:
+            hook()
+
+
+@pytest.fixture(scope="module")
+def storage_client(gcs_emulator: str) -> Any:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
+    bucket = get_settings("dev").storage.artifacts_bucket
+    if client.lookup_bucket(bucket) is None:
+        client.create_bucket(bucket)
+    return client
+
+
+def _node_writes_marker(igm: FakeInstanceGroupManagers, client: Any, run_id: str, status: str, after_sleeps: int) -> Any:
+    s = get_settings("dev")
+    state = {"sleeps": 0}
+
+    def hook() -> None:
+        if igm.size == s.training.nnodes:
+            state["sleeps"] += 1
+            if state["sleeps"] == after_sleeps:
+                client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(
+                    json.dumps({"status": status, "exit_code": 0 if status == "succeeded" else 1}))
+    return hook
+
+
+def _run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:8]}"
+
+
+def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client: Any) -> None:
+    s, run_id, igm, clock = get_settings("dev"), _run_id(), FakeInstanceGroupManagers(), Clock()
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "succeeded", after_sleeps=3))
+    run = compute.run_training(s, run_id, args=["--config", "c.json"], client=igm,
+                               markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert run.status == "succeeded" and run.marker["exit_code"] == 0
+    kinds = [c[0] for c in igm.calls]
+    assert kinds[0] == "patch" and igm.calls[0][1] == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])}
+    assert igm.calls[1] == ("resize", s.training.nnodes)
+    assert igm.calls[-1] == ("resize", 0) and igm.size == 0
+    assert all(c[1] == (s.project_id, s.region, s.training.fleet.instance_group) for c in igm.calls if c[0] == "get")
+
+
+def test_failed_run_raises_and_still_resizes_to_zero(storage_client: Any) -> None:
+    s, run_id, igm, clock = get_settings("dev"), _run_id(), FakeInstanceGroupManagers(), Clock()
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "failed", after_sleeps=1))
+    with pytest.raises(compute.TrainingError, match="failed"):
+        compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert igm.calls[-1] == ("resize", 0) and igm.size == 0
+
+
+def test_group_never_stable_times_out_bounded_and_resizes_to_zero(storage_client: Any) -> None:
+    s, igm, clock = get_settings("dev"), FakeInstanceGroupManagers(stable_after_polls=10**9), Clock()
+    with pytest.raises(compute.TrainingTimeout, match="not stable"):
+        compute.run_training(s, _run_id(), client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert clock.t <= s.training.stable_timeout_s + s.training.poll_interval_s
+    assert igm.calls[-1] == ("resize", 0)
+
+
+def test_no_marker_times_out_bounded_and_resizes_to_zero(storage_client: Any) -> None:
+    s, igm, clock = get_settings("dev"), FakeInstanceGroupManagers(), Clock()
+    with pytest.raises(compute.TrainingTimeout, match="_COMPLETE"):
+        compute.run_training(s, _run_id(), client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert clock.t <= s.training.stable_timeout_s + s.training.run_timeout_s + 2 * s.training.poll_interval_s
+    assert igm.calls[-1] == ("resize", 0)
+
+
+def test_api_error_mid_run_still_resizes_to_zero(storage_client: Any) -> None:
+    s, igm, clock = get_settings("dev"), FakeInstanceGroupManagers(get_error=RuntimeError("503 backend error")), Clock()
+    with pytest.raises(RuntimeError, match="503"):
+        compute.run_training(s, _run_id(), client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert igm.calls[-1] == ("resize", 0)
+
+
+def test_resize_to_zero_failure_after_success_is_not_hidden(storage_client: Any) -> None:
+    s, run_id, clock = get_settings("dev"), _run_id(), Clock()
+    igm = FakeInstanceGroupManagers(resize_zero_error=RuntimeError("quota"))
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "succeeded", after_sleeps=1))
+    with pytest.raises(RuntimeError, match="quota"):
+        compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+
+
+def test_retry_after_success_does_not_start_the_group_and_failed_marker_is_cleared(storage_client: Any) -> None:
+    s, run_id = get_settings("dev"), _run_id()
+    blob = storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id))
+    blob.upload_from_string(json.dumps({"status": "succeeded", "exit_code": 0}))
+    igm = FakeInstanceGroupManagers()
+    run = compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client))
+    assert run.status == "succeeded" and igm.calls == []
+
+    run_id2, clock = _run_id(), Clock()
+    storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id2)).upload_from_string(
+        json.dumps({"status": "failed", "exit_code": 1}))
+    igm2 = FakeInstanceGroupManagers()
+    clock.on_sleep.append(_node_writes_marker(igm2, storage_client, run_id2, "succeeded", after_sleeps=2))
+    assert compute.run_training(s, run_id2, client=igm2, markers=compute.GcsMarkerStore(storage_client),
+                                clock=clock, sleep=clock.sleep).status == "succeeded"
+    assert ("resize", s.training.nnodes) in igm2.calls and igm2.calls[-1] == ("resize", 0)
+
+
+@pytest.mark.parametrize("bad", ["", "Upper", "has space", "x" * 64, "../escape"])
+def test_bad_run_id_is_refused_before_any_call(bad: str) -> None:
+    igm = FakeInstanceGroupManagers()
+    with pytest.raises(ValueError, match="run_id"):
+        compute.run_training(get_settings("dev"), bad, client=igm, markers=compute.GcsMarkerStore(None))
+    assert igm.calls == []
+
+
+def test_local_env_is_refused() -> None:
+    with pytest.raises(ValueError, match="locally"):
+        compute.run_training(get_settings("local"), "run-1", client=FakeInstanceGroupManagers())
+
+
+def test_broken_marker_names_the_object(storage_client: Any) -> None:
+    s, run_id = get_settings("dev"), _run_id()
+    storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(b"{not json")
+    with pytest.raises(compute.TrainingError, match=compute.MARKER):
+        compute.GcsMarkerStore(storage_client).read(s.storage.artifacts_bucket, compute.marker_name(s, run_id))

@@ -1,0 +1,94 @@
+"""The training node's side (register, rendezvous, torchrun, marker) on the real GCS emulator, and the
+startup scripts the instance templates carry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tenfold.cloud import compute, startup, worker
+from tenfold.config import get_settings
+
+
+@pytest.fixture(scope="module")
+def storage_client(gcs_emulator: str) -> Any:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
+    bucket = get_settings("dev").storage.artifacts_bucket
+    if client.lookup_bucket(bucket) is None:
+        client.create_bucket(bucket)
+    return client
+
+
+def test_torchrun_argv_is_multi_node_c10d() -> None:
+    s = get_settings("dev")
+    argv = worker.torchrun_argv(s, "run-1", "node-a", ["--config", "c"])
+    assert argv[1:3] == ["-m", "torch.distributed.run"]
+    assert f"--nnodes={s.training.nnodes}" in argv and "--rdzv-backend=c10d" in argv
+    assert f"--rdzv-endpoint=node-a:{s.training.rdzv_port}" in argv and "--rdzv-id=run-1" in argv
+    assert argv[-4:] == ["-m", s.training.entry_module, "--config", "c"]
+
+
+def test_every_node_picks_the_same_rendezvous_host() -> None:
+    assert worker.rendezvous_host(["b-2", "a-9", "c-1"]) == "a-9"
+    with pytest.raises(ValueError):
+        worker.rendezvous_host([])
+
+
+@pytest.mark.parametrize("exit_code,status", [(0, "succeeded"), (3, "failed")])
+def test_rendezvous_host_writes_the_marker_the_dag_waits_for(storage_client: Any, exit_code: int, status: str) -> None:
+    s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
+    assert s.training.nnodes == 2
+    bucket = storage_client.bucket(s.storage.artifacts_bucket)
+    bucket.blob(f"{compute.run_folder(s, run_id)}/nodes/node-b").upload_from_string("node-b")  # the other node
+    launched: list[list[str]] = []
+
+    def fake_torchrun(argv: list[str]) -> int:
+        launched.append(argv)
+        return exit_code
+
+    code = worker.run_node(s, run_id, ["--x"], storage=storage_client, hostname="node-a", run=fake_torchrun,
+                           sleep=lambda _s: None)
+    assert code == exit_code and f"--rdzv-endpoint=node-a:{s.training.rdzv_port}" in launched[0]
+    marker = compute.GcsMarkerStore(storage_client).read(s.storage.artifacts_bucket, compute.marker_name(s, run_id))
+    assert marker is not None and marker["status"] == status and marker["exit_code"] == exit_code
+
+
+def test_other_nodes_do_not_write_the_marker_and_waits_are_bounded(storage_client: Any) -> None:
+    s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
+    bucket = storage_client.bucket(s.storage.artifacts_bucket)
+    bucket.blob(f"{compute.run_folder(s, run_id)}/nodes/node-a").upload_from_string("node-a")
+    worker.run_node(s, run_id, [], storage=storage_client, hostname="node-z", run=lambda _a: 0, sleep=lambda _s: None)
+    assert bucket.get_blob(compute.marker_name(s, run_id)) is None
+    t = {"now": 0.0}
+
+    def sleep(sec: float) -> None:
+        t["now"] += sec
+
+    with pytest.raises(TimeoutError, match="1 of 2 nodes"):
+        worker.run_node(s, f"run-{uuid.uuid4().hex[:8]}", [], storage=storage_client, hostname="alone",
+                        run=lambda _a: 0, sleep=sleep, clock=lambda: t["now"])
+
+
+def test_startup_scripts_run_the_image_with_the_environment() -> None:
+    s = get_settings("prod")
+    serving = startup.serving_startup_script(s, s.serving.stable_fleet, "stable")
+    assert s.container_image in serving and "TENFOLD_ENV=prod" in serving and f"TENFOLD_PROJECT_ID={s.project_id}" in serving
+    assert "cos-extensions install gpu" in serving, "the fleet has a GPU: the driver is installed"
+    assert "--restart=always" in serving and " ".join(startup.SERVING_COMMAND) in serving
+    training = startup.training_startup_script(s)
+    assert "--rm" in training and " ".join(startup.TRAINING_COMMAND) in training
+    cpu = s.inference.fleet.model_copy(update={"accelerator_type": None, "accelerator_count": 0})
+    assert "cos-extensions" not in startup.startup_script(s, cpu, "cpu", ["true"], detach=True)
+
+
+def test_worker_main_without_a_run_id_exits_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "metadata_attribute", lambda key: None)
+    assert worker.main() == 0
+    monkeypatch.setattr(worker, "metadata_attribute", lambda key: json.dumps([]) if key != startup.RUN_ID_KEY else None)
+    assert worker.main() == 0
