@@ -1,0 +1,1 @@
+"""Monitoring: alerts (``tenfold.monitoring.alerts``) and, later, drift metrics."""

@@ -1,0 +1,162 @@
+"""Alerts: one call, :func:`send_alert`, that every failure path uses.
+
+An alert is always logged (at ERROR, on the ``tenfold.alerts`` logger, one line starting ``ALERT``).
+Besides the log, hooks deliver it; none is configured by default:
+
+* ``TENFOLD_ALERT_WEBHOOK`` -> ``settings.monitoring.alert_webhook_url``: POST ``{"text": ...}`` as JSON
+  (a Slack incoming webhook, or any chat tool that accepts the same body);
+* ``TENFOLD_ALERT_SMTP_HOST`` -> ``settings.monitoring.alert_smtp_host`` (``host`` or ``host:port``):
+  an e-mail to ``settings.monitoring.notification_email``;
+* ``TENFOLD_ALERT_FILE`` -> ``settings.monitoring.alert_file``: one JSON object per line, appended
+  (what the tests and ``make demo`` read back);
+* :func:`register_hook`: any callable, for code that embeds Tenfold.
+
+A hook that fails is logged and never hides the alert from the other hooks, nor the original error
+from the caller. In Airflow, :func:`airflow_failure_callback` is the ``on_failure_callback`` of every
+Tenfold DAG task: it alerts with the DAG, task, run and the exception.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import smtplib
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from tenfold.config import Settings
+
+log = logging.getLogger("tenfold.alerts")
+
+
+@dataclass(frozen=True)
+class Alert:
+    title: str
+    details: dict[str, Any]
+    env: str
+    at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def text(self) -> str:
+        lines = [f"[tenfold {self.env}] {self.title}"]
+        lines += [f"  {key}: {value}" for key, value in self.details.items()]
+        return "\n".join(lines)
+
+
+AlertHook = Callable[[Settings, Alert], None]
+_extra_hooks: list[AlertHook] = []
+
+
+def register_hook(hook: AlertHook) -> None:
+    """Deliver every later alert to ``hook`` too (in this process)."""
+    if hook not in _extra_hooks:
+        _extra_hooks.append(hook)
+
+
+def unregister_hook(hook: AlertHook) -> None:
+    if hook in _extra_hooks:
+        _extra_hooks.remove(hook)
+
+
+def _file_hook(settings: Settings, alert: Alert) -> None:
+    path = settings.monitoring.alert_file
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One write of one line: appends from concurrent task processes do not interleave.
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(asdict(alert), default=str, sort_keys=True) + "\n")
+
+
+def _webhook_hook(settings: Settings, alert: Alert) -> None:
+    url = settings.monitoring.alert_webhook_url
+    assert url is not None
+    body = json.dumps({"text": alert.text()}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status >= 300:
+            raise RuntimeError(f"webhook answered HTTP {response.status}")
+
+
+def _email_hook(settings: Settings, alert: Alert) -> None:
+    relay = settings.monitoring.alert_smtp_host
+    assert relay is not None
+    host, _, port = relay.partition(":")
+    message = EmailMessage()
+    message["Subject"] = f"[tenfold {alert.env}] {alert.title}"
+    message["From"] = settings.monitoring.notification_email
+    message["To"] = settings.monitoring.notification_email
+    message.set_content(alert.text())
+    with smtplib.SMTP(host, int(port or 25), timeout=10) as smtp:
+        smtp.send_message(message)
+
+
+def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
+    """The hooks an alert goes to under ``settings`` (besides the log), by name."""
+    hooks: list[tuple[str, AlertHook]] = []
+    if settings.monitoring.alert_file:
+        hooks.append(("file", _file_hook))
+    if settings.monitoring.alert_webhook_url:
+        hooks.append(("webhook", _webhook_hook))
+    if settings.monitoring.alert_smtp_host:
+        hooks.append(("email", _email_hook))
+    hooks += [(getattr(h, "__name__", repr(h)), h) for h in _extra_hooks]
+    return hooks
+
+
+def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None) -> Alert:
+    """Log an alert and deliver it to every configured hook; returns what was sent.
+
+    Never raises because of a hook: an alert is sent from failure paths, where a second error would
+    hide the first.
+    """
+    alert = Alert(title=title, details=dict(details or {}), env=settings.env)
+    log.error("ALERT %s", alert.text())
+    for name, hook in configured_hooks(settings):
+        try:
+            hook(settings, alert)
+        except Exception:
+            log.exception("alert hook %s failed; the alert above was still logged", name)
+    return alert
+
+
+def already_alerted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) already sent its own, richer alert."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "alerted", False):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def airflow_failure_callback(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback`` for Tenfold tasks: alert with the DAG, task, run and error.
+
+    A failure that already alerted with its details (a quality gate refusal) is not alerted twice.
+    Settings are resolved here, in the task process, from ``TENFOLD_ENV``.
+    """
+    from tenfold.config import get_settings
+
+    exc = context.get("exception")
+    ti = context.get("task_instance") or context.get("ti")
+    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+    task_id = getattr(ti, "task_id", "?")
+    run_id = context.get("run_id") or getattr(ti, "run_id", "?")
+    if already_alerted(exc):
+        log.info("%s.%s failed after its own alert; not alerting twice", dag_id, task_id)
+        return
+    send_alert(
+        get_settings(),
+        f"Airflow task {dag_id}.{task_id} failed",
+        {
+            "dag_id": dag_id,
+            "task_id": task_id,
+            "run_id": run_id,
+            "try_number": getattr(ti, "try_number", "?"),
+            "error": f"{type(exc).__name__}: {exc}" if exc is not None else "unknown (no exception in the context)",
+        },
+    )

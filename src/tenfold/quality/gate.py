@@ -1,0 +1,446 @@
+"""The validation gate: a Great Expectations suite over one partition's Parquet, before anyone reads it.
+
+Two entry points, one per kind of batch:
+
+* :func:`validate_partition` checks a **staged** batch (a job's output, not yet published). On failure
+  the staged folder moves to ``quarantine/<table>/year=/month=/<attempt>/`` with a
+  ``_QUARANTINED.json`` naming the failed expectations, so nothing is published;
+* :func:`validate_published` checks a **published** input partition (e.g. raw flights a job is about
+  to read): its files must match their manifest (a truncated file fails here) and the rows must pass
+  the suite. On failure the partition is unpublished (manifest removed first, so readers stop seeing
+  it at once) and its data moved to quarantine; the next ingest of that month publishes it afresh.
+
+Either way the validation results are rendered as Data Docs (:func:`data_docs_location`), an alert is
+sent (:func:`tenfold.monitoring.alerts.send_alert`) and :class:`ValidationFailed` is raised, naming the
+failing expectations, where the batch went and what to do.
+
+GX runs in an ephemeral context with a pandas datasource: the batch is read with pyarrow through the
+lake's filesystem (``file://`` or ``gs://``) and handed over as a DataFrame. GX's Spark extra pins an
+older PySpark, and a month is ~30k rows, which pandas validates in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
+from tenfold.monitoring.alerts import send_alert
+from tenfold.quality.suites import load_suite, partition_parameters
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from great_expectations.data_context import AbstractDataContext
+
+log = logging.getLogger(__name__)
+
+DOCS_SITE = "tenfold"
+READ_CHECK = "parquet_is_readable"  # the pseudo-expectation a batch fails when its files cannot be read
+_MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """The result of one expectation, reduced to what a person needs to act on it."""
+
+    expectation: str
+    column: str | None
+    success: bool
+    observed: Any = None
+    unexpected_count: int | None = None
+    unexpected_examples: list[Any] = field(default_factory=list)
+    bounds: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def describe(self) -> str:
+        name = f"{self.expectation}({self.column})" if self.column else self.expectation
+        if self.error:
+            return f"{name}: {self.error}"
+        parts = []
+        if self.bounds:
+            parts.append("expected " + ", ".join(f"{k}={_short(v)}" for k, v in self.bounds.items()))
+        if self.observed is not None:
+            parts.append(f"observed {_short(self.observed)}")
+        if self.unexpected_count:
+            parts.append(f"{self.unexpected_count} unexpected values, e.g. {_short(self.unexpected_examples)}")
+        return f"{name}: {'; '.join(parts)}" if parts else name
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    table: str
+    partition: str  # YYYY-MM
+    suite: str
+    batch_uri: str
+    success: bool
+    evaluated: int
+    outcomes: tuple[ExpectationOutcome, ...]
+    rows: int | None = None
+    data_docs: str | None = None
+    quarantine_uri: str | None = None
+
+    @property
+    def failures(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    @property
+    def failed_expectations(self) -> list[str]:
+        """Failed expectations as ``type(column)``, e.g. ``expect_column_mean_to_be_between(label)``."""
+        return [f"{o.expectation}({o.column})" if o.column else o.expectation for o in self.failures]
+
+    def summary(self) -> str:
+        head = f"{self.table} {self.partition} vs suite {self.suite!r}: "
+        if self.success:
+            return head + f"all {self.evaluated} expectations passed ({self.rows} rows)"
+        lines = [head + f"{len(self.failures)} of {self.evaluated} expectations failed"]
+        lines += [f"  - {o.describe()}" for o in self.failures]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["failed_expectations"] = self.failed_expectations
+        return body
+
+
+class ValidationFailed(RuntimeError):
+    """A batch failed its suite: it was quarantined, not published; the message says what to do."""
+
+    def __init__(self, report: ValidationReport, *, alerted: bool = False) -> None:
+        self.report = report
+        self.alerted = alerted  # read by the Airflow failure callback, so one failure alerts once
+        where = f" The batch was quarantined at {report.quarantine_uri}." if report.quarantine_uri else ""
+        docs = f" Data Docs: {report.data_docs}." if report.data_docs else ""
+        super().__init__(
+            f"{report.summary()}\nNothing was published.{where}{docs} Fix the input or the job for "
+            f"{report.partition} and re-run it; if a bound is wrong rather than the data, change it in "
+            f"expectations/{report.suite}.json."
+        )
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars and containers to JSON-able Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _parquet_files(lake: Lake, folder: str) -> list[str]:
+    selector = pafs.FileSelector(folder, allow_not_found=True)
+    infos = lake.fs.get_file_info(selector)
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+
+
+def _is_dir(lake: Lake, path: str) -> bool:
+    return bool(lake.fs.get_file_info(path).type == pafs.FileType.Directory)
+
+
+def _read(lake: Lake, paths: list[str]) -> pa.Table:
+    if not paths:
+        raise LakeError("the batch holds no .parquet files")
+    return pa.concat_tables([pq.read_table(p, filesystem=lake.fs) for p in paths], promote_options="default")
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    import pandas as pd
+
+    # Nullable pandas dtypes keep an int32 column with nulls int32 (numpy would make it float64), so the
+    # suites' type expectations see the types the Parquet carries.
+    mapping = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype(),
+               pa.large_string(): pd.StringDtype(), pa.bool_(): pd.BooleanDtype()}
+    return table.to_pandas(types_mapper=mapping.get)
+
+
+def data_docs_location(settings: Settings) -> str:
+    """Where Data Docs are written: a local folder, or ``gs://<artifacts bucket>/<prefix>`` in the cloud."""
+    prefix = settings.monitoring.data_docs_prefix
+    if settings.is_local:
+        return str(settings.local.home / prefix)
+    return f"gs://{settings.storage.artifacts_bucket}/{prefix}"
+
+
+def _docs_site(settings: Settings) -> dict[str, Any]:
+    if settings.is_local:
+        backend: dict[str, Any] = {"class_name": "TupleFilesystemStoreBackend", "base_directory": data_docs_location(settings)}
+    else:
+        backend = {
+            "class_name": "TupleGCSStoreBackend",
+            "project": settings.project_id,
+            "bucket": settings.storage.artifacts_bucket,
+            "prefix": settings.monitoring.data_docs_prefix,
+        }
+    return {"class_name": "SiteBuilder", "store_backend": backend, "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
+
+
+def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
+    # No usage statistics from a data pipeline (and no network from the test machines).
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    for site in list(context.list_data_docs_sites()):
+        context.delete_data_docs_site(site)  # the ephemeral default writes to a temp folder nobody reads
+    if docs:
+        context.add_data_docs_site(DOCS_SITE, _docs_site(settings))  # type: ignore[arg-type]
+    return context
+
+
+def _outcomes(results: Any) -> list[ExpectationOutcome]:
+    out = []
+    for r in results:
+        config = r.expectation_config
+        kwargs = dict(config.kwargs)
+        result = r.result or {}
+        info = r.exception_info or {}
+        # GX reports an exception either flat or keyed by metric; take the first message either way.
+        if "raised_exception" not in info and info:
+            info = next(iter(info.values()))
+        error = info.get("exception_message") if info.get("raised_exception") else None
+        bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value_set", "regex", "mostly", "type_", "column_list")
+                  if kwargs.get(k) is not None}
+        if isinstance(bounds.get("value_set"), list) and len(bounds["value_set"]) > 10:
+            bounds["value_set"] = f"{len(bounds['value_set'])} values"
+        if "column_list" in bounds:
+            bounds["column_list"] = f"{len(bounds['column_list'])} columns"
+        out.append(
+            ExpectationOutcome(
+                expectation=config.type,
+                column=kwargs.get("column"),
+                success=bool(r.success),
+                observed=_plain(result.get("observed_value")),
+                unexpected_count=_plain(result.get("unexpected_count")),
+                unexpected_examples=_plain(list(result.get("partial_unexpected_list") or [])[:_MAX_EXAMPLES]),
+                bounds=_plain(bounds),
+                error=error,
+            )
+        )
+    return out
+
+
+def run_suite(
+    settings: Settings,
+    frame: pd.DataFrame,
+    *,
+    table: str,
+    part: Partition,
+    suite_name: str,
+    batch_uri: str,
+    docs: bool = True,
+    run_name: str | None = None,
+) -> ValidationReport:
+    """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else."""
+    import great_expectations as gx
+
+    context = _context(settings, docs=docs)
+    suite = context.suites.add(load_suite(suite_name))
+    asset = context.data_sources.add_pandas("lake").add_dataframe_asset(f"{table}_{part.label}")
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{table}_{part.label}_{suite_name}", data=asset.add_batch_definition_whole_dataframe("month"), suite=suite)
+    )
+    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs else []
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(name=f"gate_{table}_{part.label}", validation_definitions=[definition], actions=actions, result_format="SUMMARY")
+    )
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    result = checkpoint.run(
+        batch_parameters={"dataframe": frame},
+        expectation_parameters=partition_parameters(part),
+        run_id=RunIdentifier(run_name=run_name or part.label),
+    )
+    ((identifier, validation),) = result.run_results.items()
+    outcomes = _outcomes(validation.results)
+    docs_url = None
+    if docs:
+        # The page of this very validation; the site's index lists every one.
+        urls = [u["site_url"] for u in context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE)
+                if u.get("site_url")]
+        docs_url = urls[0] if urls else data_docs_location(settings)
+    return ValidationReport(
+        table=table,
+        partition=part.label,
+        suite=suite_name,
+        batch_uri=batch_uri,
+        success=bool(result.success) and all(o.success for o in outcomes),
+        evaluated=len(outcomes),
+        outcomes=tuple(outcomes),
+        rows=len(frame),
+        data_docs=docs_url,
+    )
+
+
+def _unreadable(table: str, part: Partition, suite_name: str, batch_uri: str, exc: Exception) -> ValidationReport:
+    outcome = ExpectationOutcome(expectation=READ_CHECK, column=None, success=False, error=f"{type(exc).__name__}: {exc}")
+    return ValidationReport(table, part.label, suite_name, batch_uri, success=False, evaluated=1, outcomes=(outcome,))
+
+
+def _resolve(settings_or_lake: Settings | Lake, settings: Settings | None) -> tuple[Settings, Lake]:
+    if isinstance(settings_or_lake, Lake):
+        if settings is None:
+            from tenfold.config import get_settings
+
+            settings = get_settings()
+        return settings, settings_or_lake
+    return settings_or_lake, Lake(settings_or_lake.storage.lake_uri)
+
+
+def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> ValidationFailed:
+    log.error("%s", report.summary())
+    if alert:
+        send_alert(
+            settings,
+            f"Quality gate refused {report.table} {report.partition}",
+            {
+                "suite": report.suite,
+                "failed": "; ".join(o.describe() for o in report.failures),
+                "batch": report.batch_uri,
+                "quarantined_at": report.quarantine_uri,
+                "data_docs": report.data_docs,
+            },
+        )
+    return ValidationFailed(report, alerted=alert)
+
+
+# --- the two gates ---------------------------------------------------------------------------------
+
+
+def validate_partition(
+    settings_or_lake: Settings | Lake,
+    table: str,
+    part: Partition,
+    staged_uri: str,
+    suite_name: str,
+    *,
+    settings: Settings | None = None,
+    attempt: str | None = None,
+    alert: bool = True,
+    docs: bool = True,
+) -> ValidationReport:
+    """Validate the staged batch at ``staged_uri`` (a folder of Parquet) as ``table``'s ``part``.
+
+    Returns the report when every expectation passes. Otherwise quarantines the staged folder (under
+    ``attempt``, default the staged folder's name), writes Data Docs, alerts (unless ``alert=False``)
+    and raises :class:`ValidationFailed`. A batch whose files cannot be read fails the same way.
+    ``settings`` is needed only when a bare :class:`Lake` is passed (default: ``get_settings()``).
+    """
+    settings, lake = _resolve(settings_or_lake, settings)
+    staged = lake._path(staged_uri)
+    batch_uri = lake.uri_of(staged)
+    attempt = attempt or posixpath.basename(staged.rstrip("/"))
+    earlier = lake.quarantine_path(table, part, attempt)
+    if not _is_dir(lake, staged) and _is_dir(lake, earlier):
+        # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
+        raise LakeError(
+            f"{table} {part.label}: the batch {batch_uri} was already refused and quarantined at "
+            f"{lake.uri_of(earlier)} (see its _QUARANTINED.json); re-run the job that stages it"
+        )
+    try:
+        frame = _to_pandas(_read(lake, _parquet_files(lake, staged)))
+    except (OSError, pa.ArrowException, LakeError) as exc:
+        report = _unreadable(table, part, suite_name, batch_uri, exc)
+    else:
+        report = run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
+                           docs=docs, run_name=f"{part.label}-{attempt}")
+    if report.success:
+        log.info("%s", report.summary())
+        return report
+    where = lake.quarantine(table, part, staged, attempt, report.to_dict())
+    report = _with(report, quarantine_uri=where)
+    raise _fail(settings, report, alert=alert)
+
+
+def validate_published(
+    settings_or_lake: Settings | Lake,
+    table: str,
+    part: Partition,
+    suite_name: str | None,
+    *,
+    key: str,
+    settings: Settings | None = None,
+    alert: bool = True,
+    docs: bool = True,
+) -> ValidationReport:
+    """Check a published partition: files intact (sizes match the manifest) and, with ``suite_name``, the suite.
+
+    On failure the partition is unpublished and moved to quarantine under ``key``, then Data Docs,
+    alert and :class:`ValidationFailed` as in :func:`validate_partition`. A partition that was never
+    published raises :class:`~tenfold.data.lake.MissingManifestError` (nothing to quarantine).
+    """
+    settings, lake = _resolve(settings_or_lake, settings)
+    batch_uri = lake.uri_of(lake.partition_path(table, part))
+    try:
+        paths = lake.files(table, part, verify=True)
+        arrow = _read(lake, paths)
+    except MissingManifestError:
+        raise
+    except (OSError, pa.ArrowException, LakeError) as exc:
+        report = _unreadable(table, part, suite_name or "integrity", batch_uri, exc)
+    else:
+        if suite_name is None:
+            return ValidationReport(table, part.label, "integrity", batch_uri, success=True, evaluated=0, outcomes=(), rows=arrow.num_rows)
+        report = run_suite(settings, _to_pandas(arrow), table=table, part=part, suite_name=suite_name,
+                           batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}")
+    if report.success:
+        log.info("%s", report.summary())
+        return report
+    where = unpublish_to_quarantine(lake, table, part, key, report.to_dict())
+    raise _fail(settings, _with(report, quarantine_uri=where), alert=alert)
+
+
+def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:
+    """Withdraw a published partition: remove its manifest, then move its data folders to quarantine.
+
+    The manifest goes first, so from that instant no reader sees the batch; what it said is kept in
+    the quarantine reason. Returns the quarantine URI.
+    """
+    manifest_path = lake.manifest_path(table, part)
+    try:
+        with lake.fs.open_input_stream(manifest_path) as stream:
+            reason = {**reason, "manifest": stream.read().decode(errors="replace")}
+        lake.fs.delete_file(manifest_path)
+    except FileNotFoundError:
+        pass
+    selector = pafs.FileSelector(lake.partition_path(table, part), allow_not_found=True)
+    data_dirs = [i.path for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.Directory and i.base_name.startswith("data-")]
+    if not data_dirs:
+        return lake.quarantine(table, part, lake.partition_path(table, part) + "/.none", key, reason)
+    where = ""
+    for n, data_dir in enumerate(sorted(data_dirs)):
+        where = lake.quarantine(table, part, data_dir, key if n == 0 else f"{key}-{n}", reason)
+    return where
+
+
+def _with(report: ValidationReport, **changes: Any) -> ValidationReport:
+    from dataclasses import replace
+
+    return replace(report, **changes)

@@ -1,0 +1,99 @@
+"""Great Expectations suites stored as JSON in ``expectations/`` (one file per suite), and their parameters.
+
+A suite file is GX 1.x's own serialisation (``{"name", "expectations": [{"type", "kwargs"}], "meta"}``),
+so it can be edited by hand or produced with GX. Values that depend on the month being checked are
+``{"$PARAMETER": name}`` placeholders that :func:`partition_parameters` fills:
+
+* ``years``, ``months``: the one year and month every row must belong to;
+* ``days``: every day of the month, so a batch that stops early fails (freshness on historical data
+  means "this is the month we think it is, and it reaches its end");
+* ``window_start``, ``window_end``: bounds of ``time_hour`` (UTC): the month, plus six hours, the most
+  New York is behind UTC, so the last local evening of the month still belongs to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenfold.config.settings import project_root
+from tenfold.data.lake import Partition
+
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+EXPECTATIONS_ENV = "TENFOLD_EXPECTATIONS_DIR"
+TZ_MARGIN = dt.timedelta(hours=6)
+
+
+class SuiteError(ValueError):
+    """A suite file is missing or malformed; the message names the file and the fix."""
+
+
+def expectations_dir() -> Path:
+    """``expectations/`` at the checkout root; ``TENFOLD_EXPECTATIONS_DIR`` overrides (an installed package)."""
+    override = os.environ.get(EXPECTATIONS_ENV)
+    return Path(override) if override else project_root() / "expectations"
+
+
+def suite_path(name: str, root: Path | None = None) -> Path:
+    return (root or expectations_dir()) / f"{name}.json"
+
+
+def load_suite_dict(name: str, root: Path | None = None) -> dict[str, Any]:
+    """The suite ``name`` as a plain dict, checked for the fields GX needs."""
+    path = suite_path(name, root)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        available = sorted(p.stem for p in path.parent.glob("*.json"))
+        raise SuiteError(f"no suite {name!r}: {path} does not exist (suites here: {', '.join(available) or 'none'})") from exc
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"{path} is not valid JSON ({exc}); fix the file") from exc
+    if not isinstance(body, dict) or body.get("name") != name or not isinstance(body.get("expectations"), list):
+        raise SuiteError(f"{path}: a suite needs \"name\": {name!r} and a list of \"expectations\"")
+    for n, exp in enumerate(body["expectations"]):
+        if not isinstance(exp, dict) or not str(exp.get("type", "")).startswith("expect_") or not isinstance(exp.get("kwargs"), dict):
+            raise SuiteError(f"{path}: expectation #{n} needs a \"type\" (expect_...) and \"kwargs\"")
+    return body
+
+
+def load_suite(name: str, root: Path | None = None) -> ExpectationSuite:
+    """The suite ``name`` as a GX ``ExpectationSuite`` (unknown expectation types fail here, clearly)."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    body = load_suite_dict(name, root)
+    try:
+        suite = ExpectationSuite(name=body["name"], expectations=body["expectations"], meta=body.get("meta") or {})
+    except Exception as exc:
+        raise SuiteError(f"{suite_path(name, root)}: Great Expectations rejects the suite: {exc}") from exc
+    # GX logs an expectation it cannot build and drops it: a typo would silently weaken the gate.
+    built = {e.expectation_type for e in suite.expectations}
+    dropped = sorted({e["type"] for e in body["expectations"]} - built)
+    if len(suite.expectations) != len(body["expectations"]) or dropped:
+        raise SuiteError(
+            f"{suite_path(name, root)}: Great Expectations rejects the suite: it built {len(suite.expectations)} of "
+            f"{len(body['expectations'])} expectations (unknown or invalid: {', '.join(dropped) or 'see the log'})"
+        )
+    return suite
+
+
+def month_bounds(part: Partition) -> tuple[dt.datetime, dt.datetime]:
+    """The first instant of ``part`` and of the month after, in UTC."""
+    nxt = part.next()
+    return (dt.datetime(part.year, part.month, 1, tzinfo=dt.UTC), dt.datetime(nxt.year, nxt.month, 1, tzinfo=dt.UTC))
+
+
+def partition_parameters(part: Partition) -> dict[str, Any]:
+    """The ``$PARAMETER`` values of every suite for ``part``."""
+    start, end = month_bounds(part)
+    return {
+        "years": [part.year],
+        "months": [part.month],
+        "days": list(range(1, (end - start).days + 1)),
+        "window_start": start.isoformat(),
+        "window_end": (end + TZ_MARGIN).isoformat(),
+    }

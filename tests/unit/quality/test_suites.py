@@ -1,0 +1,72 @@
+"""The suites in expectations/ load into GX and agree with the contracts they check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.data.nycflights13 import SCHEMAS
+from tenfold.features import schema
+from tenfold.quality.suites import SuiteError, load_suite, load_suite_dict, partition_parameters
+
+GX_TYPE = {"int32": "int32", "float64": "float64", "double": "float64", "string": "str", "bool": "bool", "timestamp[us, tz=UTC]": "Timestamp"}
+
+
+def _by_type(body: dict, kind: str) -> dict[str, dict]:
+    return {e["kwargs"].get("column", ""): e["kwargs"] for e in body["expectations"] if e["type"] == kind}
+
+
+@pytest.mark.parametrize("name", ["raw_flights", "features"])
+def test_suite_loads_into_great_expectations(name):
+    suite = load_suite(name)
+    assert suite.name == name
+    assert len(suite.expectations) == len(load_suite_dict(name)["expectations"]) > 20
+    kinds = {type(e).__name__ for e in suite.expectations}
+    # schema, nulls, ranges, row count, freshness: each kind of check is present
+    for kind in ("ExpectTableColumnsToMatchOrderedList", "ExpectColumnValuesToBeOfType", "ExpectColumnValuesToNotBeNull",
+                 "ExpectColumnValuesToBeBetween", "ExpectTableRowCountToBeBetween", "ExpectColumnDistinctValuesToEqualSet",
+                 "ExpectColumnMeanToBeBetween"):
+        assert kind in kinds, f"{name} has no {kind}"
+
+
+def test_features_suite_matches_the_features_contract():
+    body = load_suite_dict("features")
+    (columns,) = [e["kwargs"]["column_list"] for e in body["expectations"] if e["type"] == "expect_table_columns_to_match_ordered_list"]
+    assert tuple(columns) == schema.ALL_COLUMNS
+    types = _by_type(body, "expect_column_values_to_be_of_type")
+    assert {c: kw["type_"] for c, kw in types.items()} == {c: GX_TYPE[t] for c, t in schema.COLUMN_TYPES.items()}
+    strict = {c for c, kw in _by_type(body, "expect_column_values_to_not_be_null").items() if "mostly" not in kw}
+    assert set(schema.NON_NULL_COLUMNS) <= strict
+    label_rate = _by_type(body, "expect_column_mean_to_be_between")[schema.LABEL]
+    assert 0 < label_rate["min_value"] < label_rate["max_value"] < 1
+
+
+def test_raw_flights_suite_matches_the_ingested_schema():
+    body = load_suite_dict("raw_flights")
+    (columns,) = [e["kwargs"]["column_list"] for e in body["expectations"] if e["type"] == "expect_table_columns_to_match_ordered_list"]
+    assert columns == SCHEMAS["flights"].names
+    types = _by_type(body, "expect_column_values_to_be_of_type")
+    assert {c: kw["type_"] for c, kw in types.items()} == {f.name: GX_TYPE[str(f.type)] for f in SCHEMAS["flights"]}
+
+
+def test_a_missing_or_broken_suite_is_named(tmp_path):
+    with pytest.raises(SuiteError, match=r"no suite 'nope'.*features"):
+        load_suite_dict("nope")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SuiteError, match=r"bad\.json is not valid JSON"):
+        load_suite_dict("bad", root=tmp_path)
+    (tmp_path / "odd.json").write_text(json.dumps({"name": "odd", "expectations": [{"type": "expect_nothing_real", "kwargs": {}}]}))
+    with pytest.raises(SuiteError, match="rejects the suite"):
+        load_suite("odd", root=tmp_path)
+
+
+def test_partition_parameters_cover_the_month_and_its_end():
+    feb = partition_parameters(Partition(2013, 2))
+    assert feb["years"] == [2013] and feb["months"] == [2]
+    assert feb["days"] == list(range(1, 29))
+    assert feb["window_start"] == "2013-02-01T00:00:00+00:00"
+    assert feb["window_end"] == "2013-03-01T06:00:00+00:00"
+    dec = partition_parameters(Partition(2013, 12))
+    assert dec["days"][-1] == 31 and dec["window_end"] == "2014-01-01T06:00:00+00:00"
