@@ -10,6 +10,7 @@ from cdktn_provider_google.compute_global_forwarding_rule import ComputeGlobalFo
 from cdktn_provider_google.compute_health_check import ComputeHealthCheck
 from cdktn_provider_google.compute_managed_ssl_certificate import ComputeManagedSslCertificate
 from cdktn_provider_google.compute_security_policy import ComputeSecurityPolicy
+from cdktn_provider_google.compute_ssl_policy import ComputeSslPolicy
 from cdktn_provider_google.compute_target_http_proxy import ComputeTargetHttpProxy
 from cdktn_provider_google.compute_target_https_proxy import ComputeTargetHttpsProxy
 from cdktn_provider_google.compute_url_map import ComputeUrlMap
@@ -115,8 +116,10 @@ class HttpLoadBalancer(Construct):
         if props.domain:
             cert = ComputeManagedSslCertificate(self, "certificate", name=f"{props.proxy_name}-cert",
                                                 managed={"domains": [props.domain]})
+            # TLS 1.2+ with the MODERN cipher profile only.
+            tls = ComputeSslPolicy(self, "ssl-policy", name=f"{props.proxy_name}-tls", profile="MODERN", min_tls_version="TLS_1_2")
             proxy_id = ComputeTargetHttpsProxy(self, "https-proxy", name=props.proxy_name, url_map=self.url_map.id,
-                                               ssl_certificates=[cert.id]).id
+                                               ssl_certificates=[cert.id], ssl_policy=tls.id).id
             port = HTTPS_PORT
         else:
             proxy_id = ComputeTargetHttpProxy(self, "http-proxy", name=props.proxy_name, url_map=self.url_map.id).id

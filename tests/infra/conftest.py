@@ -47,13 +47,23 @@ def renamed_settings() -> Any:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any) -> Any:
+def tls_settings() -> Any:
+    """prod with a domain: the load balancer gets an HTTPS proxy and a managed certificate."""
+    from tenfold.config import build_settings
+
+    s = build_settings("prod", prefix="tls-prod")
+    lb = s.serving.load_balancer.model_copy(update={"domain": "ml.example.com"})
+    return s.model_copy(update={"serving": s.serving.model_copy(update={"load_balancer": lb})})
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any) -> Any:
     from infra.stacks.inspect import synthesize
     from tenfold.config import get_settings
 
     bad = _load_bad_stack()
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),
-        [get_settings("dev"), get_settings("prod"), renamed_settings],
+        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings],
         extra=lambda app: bad.BadStack(app, BAD_STACK),
     )

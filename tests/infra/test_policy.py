@@ -26,13 +26,16 @@ def _stacks() -> list[str]:
     return [name for env in ENVS for name in (get_settings(env).infra.data_stack, get_settings(env).infra.platform_stack)]
 
 
+TLS_PLATFORM = "tls-prod-platform"  # prod with a domain (conftest.tls_settings): the HTTPS path
+
+
 @pytest.fixture(scope="module")
 def scan(synth: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """One checkov run over dev, prod and the known-bad stack; {stack: {"passed"/"failed": [check, ...]}}."""
     if not CHECKOV.exists():
         pytest.skip(f"checkov is not installed at {CHECKOV}: run `make setup`")
     root = tmp_path_factory.mktemp("scan")
-    for name in [*_stacks(), BAD_STACK]:
+    for name in [*_stacks(), TLS_PLATFORM, BAD_STACK]:
         shutil.copytree(synth.stack_dir(name), root / name, ignore=shutil.ignore_patterns(".terraform*"))
     proc = subprocess.run([str(CHECKOV), "--config-file", str(CONFIG), "-d", str(root), "-o", "json"],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -51,9 +54,9 @@ def scan(synth: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
     return out
 
 
-@pytest.mark.parametrize("stack_index", range(4))
+@pytest.mark.parametrize("stack_index", range(5))
 def test_stacks_pass_every_check(scan: dict, stack_index: int) -> None:
-    name = _stacks()[stack_index]
+    name = [*_stacks(), TLS_PLATFORM][stack_index]
     results = scan[name]
     assert len(results["passed"]) > 20, f"checkov scanned almost nothing in {name}"
     failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed"]]

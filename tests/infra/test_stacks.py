@@ -271,3 +271,28 @@ def test_changing_a_setting_changes_the_synthesized_names(synth: Synth, renamed_
     rename = re.compile(re.escape(dev.prefix) + r"(?!" + re.escape(dev.project_id.removeprefix(dev.prefix)) + ")")
     assert acme.project_id == dev.project_id
     assert {rename.sub(acme.prefix, n) for n in dev_names} == acme_names
+
+
+def test_https_with_managed_certificate_when_a_domain_is_set(synth: Synth, tls_settings) -> None:
+    s = tls_settings
+    stack = synth.stack(s.infra.platform_stack)
+    (cert,) = resources(stack, "google_compute_managed_ssl_certificate").values()
+    assert cert["managed"]["domains"] == [s.serving.load_balancer.domain]
+    (proxy,) = resources(stack, "google_compute_target_https_proxy").values()
+    assert proxy["name"] == s.serving.load_balancer.http_proxy
+    assert not resources(stack, "google_compute_target_http_proxy")
+    (rule,) = resources(stack, "google_compute_global_forwarding_rule").values()
+    assert rule["port_range"] == "443" and "target_https_proxy" in rule["target"]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_cloud_armor_follows_settings(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _platform(synth, env)
+    policies = resources(stack, "google_compute_security_policy")
+    backends = resources(stack, "google_compute_backend_service").values()
+    if s.serving.load_balancer.cloud_armor_policy is None:
+        assert not policies and all("security_policy" not in b for b in backends)
+        return
+    ((lid, policy),) = policies.items()
+    assert policy["name"] == s.serving.load_balancer.cloud_armor_policy
+    assert all(b["security_policy"] == f"${{google_compute_security_policy.{lid}.id}}" for b in backends)
