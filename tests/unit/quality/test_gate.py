@@ -1,0 +1,167 @@
+"""The gate on hand-made batches: a good month passes; drifted, stale, malformed and truncated ones are refused,
+quarantined, documented and alerted, and nothing is published."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tenfold.data.ingest import publish_table
+from tenfold.data.lake import LakeError, Partition
+from tenfold.data.nycflights13 import read as read_source
+from tenfold.features import schema
+from tenfold.quality.gate import READ_CHECK, ValidationFailed, validate_partition, validate_published
+from tenfold.quality.pipeline import FEATURES_SUITE, RAW_SUITE
+
+from .conftest import features_table, with_column
+
+MARCH = Partition(2013, 3)
+
+
+def _quarantine_reason(lake, table, part, attempt) -> dict:
+    with lake.fs.open_input_stream(posixpath.join(lake.quarantine_path(table, part, attempt), "_QUARANTINED.json")) as f:
+        return json.loads(f.read())
+
+
+def _docs_page(report) -> Path:
+    assert report.data_docs and report.data_docs.startswith("file://")
+    return Path(report.data_docs.removeprefix("file://"))
+
+
+def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
+    uri = stage(features_table(MARCH), MARCH)
+    report = validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+    assert report.success, report.summary()
+    assert report.rows == 24_000 and report.evaluated > 50 and not report.failures
+    assert _docs_page(report).is_file()
+    assert str(settings.local.home / "data_docs") in report.data_docs
+    assert lake.fs.get_file_info(lake._path(uri)).type.name == "Directory"  # left for publish
+    assert not lake.has_manifest(schema.TABLE, MARCH)  # validating never publishes
+    assert alerts() == []
+
+
+def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts):
+    table = features_table(MARCH)
+    rng = np.random.default_rng(1)
+    drifted = with_column(table, "label", (rng.random(table.num_rows) < 0.9).astype(np.int32))  # label rate ~90%
+    distance = table["distance"].to_numpy().copy()
+    distance[:40] = -500.0  # out of range
+    humid = table["humid"].to_numpy().copy()
+    humid[100:103] = 250.0
+    drifted = with_column(with_column(drifted, "distance", distance), "humid", humid)
+    uri = stage(drifted, MARCH, "drift1")
+
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+
+    report = caught.value.report
+    assert sorted(report.failed_expectations) == [
+        "expect_column_mean_to_be_between(label)",
+        "expect_column_values_to_be_between(distance)",
+        "expect_column_values_to_be_between(humid)",
+    ]
+    message = str(caught.value)
+    assert "expect_column_mean_to_be_between(label)" in message and "Nothing was published" in message
+    label = next(o for o in report.failures if o.column == "label")
+    assert label.observed > 0.8
+    assert next(o for o in report.failures if o.column == "distance").unexpected_count == 40
+    # quarantined with the reason, staging gone, nothing published, docs written, one alert
+    reason = _quarantine_reason(lake, schema.TABLE, MARCH, "drift1")
+    assert sorted(reason["failed_expectations"]) == sorted(report.failed_expectations)
+    assert report.quarantine_uri.endswith("quarantine/features/year=2013/month=3/drift1")
+    assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"
+    assert lake.fs.get_file_info(lake.quarantine_path(schema.TABLE, MARCH, "drift1") + "/part-00000.parquet").size > 0
+    assert not lake.has_manifest(schema.TABLE, MARCH)
+    assert _docs_page(report).is_file()
+    (alert,) = alerts()
+    assert "features 2013-03" in alert["title"] and "expect_column_mean_to_be_between(label)" in alert["details"]["failed"]
+    assert caught.value.alerted
+    # validating the refused batch again keeps the first verdict instead of quarantining "nothing"
+    with pytest.raises(LakeError, match="already refused"):
+        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+    assert sorted(_quarantine_reason(lake, schema.TABLE, MARCH, "drift1")["failed_expectations"]) == sorted(report.failed_expectations)
+
+
+def test_a_stale_or_short_month_fails_freshness(settings, stage):
+    table = features_table(MARCH)
+    # the batch stops on the 28th, and a few rows are stamped a month late
+    short = table.filter(pc.less_equal(table["day"], 28))
+    late = short["time_hour"].to_pylist()
+    late[:5] = [t.replace(month=4) for t in late[:5]]
+    stale = with_column(short, "time_hour", pa.array(late, pa.timestamp("us", tz="UTC")))
+    uri = stage(stale, MARCH, "stale1")
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+    assert sorted(caught.value.report.failed_expectations) == [
+        "expect_column_distinct_values_to_equal_set(day)",
+        "expect_column_values_to_be_between(time_hour)",
+    ]
+    assert not caught.value.alerted
+
+
+def test_a_truncated_staged_file_is_refused(settings, lake, stage, alerts):
+    uri = stage(features_table(MARCH, rows=21_000), MARCH, "trunc1")
+    path = lake._path(uri) + "/part-00000.parquet"
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+    report = caught.value.report
+    assert report.failed_expectations == [READ_CHECK]
+    assert "Parquet" in report.failures[0].error or "parquet" in report.failures[0].error
+    assert _quarantine_reason(lake, schema.TABLE, MARCH, "trunc1")["failed_expectations"] == [READ_CHECK]
+    assert not lake.has_manifest(schema.TABLE, MARCH)
+    assert len(alerts()) == 1
+
+
+@pytest.fixture(scope="module")
+def january_flights() -> pa.Table:
+    flights = read_source("flights")
+    return flights.filter(pc.equal(flights["month"], 1))
+
+
+def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake, alerts, january_flights):
+    jan = Partition(2013, 1)
+    publish_table(lake, "flights", jan, january_flights, run_id="good")
+    assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k0", docs=False).success
+
+    bad = january_flights.to_pylist()
+    for row in bad[:25]:
+        row["carrier"] = None  # a key column missing
+    for row in bad[25:50]:
+        row["origin"], row["dep_time"] = "XXX", 9999  # not a New York airport, not a clock time
+    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad")
+    assert lake.has_manifest("flights", jan)
+
+    with pytest.raises(ValidationFailed) as caught:
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k1")
+    assert sorted(caught.value.report.failed_expectations) == [
+        "expect_column_values_to_be_between(dep_time)",
+        "expect_column_values_to_be_in_set(origin)",
+        "expect_column_values_to_not_be_null(carrier)",
+    ]
+    # unpublished: no reader can see the bad rows; the data and the old manifest are kept for triage
+    assert not lake.has_manifest("flights", jan)
+    reason = _quarantine_reason(lake, "flights", jan, "k1")
+    assert json.loads(reason["manifest"])["run_id"] == "bad"
+    quarantined = lake.quarantine_path("flights", jan, "k1")
+    assert any(i.base_name.endswith(".parquet") for i in lake.fs.get_file_info(pa.fs.FileSelector(quarantined)))
+    assert "flights 2013-01" in alerts()[0]["title"]
+
+
+def test_a_truncated_published_file_is_caught_before_reading(settings, lake, january_flights):
+    jan = Partition(2013, 1)
+    publish_table(lake, "flights", jan, january_flights.slice(0, 1000), run_id="r")
+    (path,) = lake.files("flights", jan)
+    with lake.fs.open_output_stream(path) as out:
+        out.write(b"PAR1")
+    with pytest.raises(ValidationFailed, match="wrong size") as caught:
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k2", alert=False)
+    assert caught.value.report.failed_expectations == [READ_CHECK]
+    assert not lake.has_manifest("flights", jan)

@@ -1,0 +1,82 @@
+"""The DAG's steps without Airflow: month and staging naming, the input gate (refuse, quarantine, heal), and an
+idempotent publish. Spark is not run here (tests/integration/test_build_features.py runs the whole DAG)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.features import schema
+from tenfold.quality import pipeline
+
+from .conftest import features_table
+
+FEB = Partition(2013, 2)
+
+
+def test_the_month_comes_from_the_logical_date_or_the_param():
+    assert pipeline.partition_for(dt.datetime(2013, 2, 1, tzinfo=dt.UTC)) == FEB
+    assert pipeline.partition_for(None, "2013-07") == Partition(2013, 7)
+    with pytest.raises(ValueError, match="month=YYYY-MM"):
+        pipeline.partition_for(None)
+    with pytest.raises(ValueError, match="use YYYY-MM"):
+        pipeline.partition_for(None, "July")
+
+
+def test_staging_is_keyed_on_run_and_month(settings):
+    a = pipeline.plan(settings, dag_id="build_features", run_id="manual__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-02")
+    again = pipeline.plan(settings, dag_id="build_features", run_id="manual__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-02")
+    other_run = pipeline.plan(settings, dag_id="build_features", run_id="backfill__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-02")
+    other_month = pipeline.plan(settings, dag_id="build_features", run_id="manual__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-03")
+    assert a == again  # a retry reuses its own staging
+    assert len({a["staging_uri"], other_run["staging_uri"], other_month["staging_uri"]}) == 3
+    assert a["key"].isalnum() and a["key"].islower() and len(a["key"]) == 12
+    assert a["staging_uri"].endswith(f"/_staging/features/year=2013/month=2/{a['key']}")
+    assert ":" not in a["staging_uri"].removeprefix("file://")  # Hadoop paths reject ':'
+
+
+def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, lake, alerts):
+    first = pipeline.ingest_step(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"),
+                                 first_month="2013-01")
+    assert first["ingested"] == ["2013-01", "2013-02"]  # the history month was missing, so it was ingested
+    assert len(first["inputs_checked"]) == 2 and alerts() == []
+
+    (path,) = lake.files("flights", Partition(2013, 1))
+    Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file
+    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest_step(settings, run, first_month="2013-01")
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")]
+    assert "flights 2013-01" in str(caught.value) and caught.value.alerted
+    assert not lake.has_manifest("flights", Partition(2013, 1))  # withdrawn before any job could read it
+    assert lake.fs.get_file_info(lake.quarantine_path("flights", Partition(2013, 1), run["key"])).type.name == "Directory"
+    (alert,) = alerts()
+    assert "raw input(s) refused before Spark" in alert["title"] and "flights 2013-01" in alert["details"]
+
+    healed = pipeline.ingest_step(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-02"),
+                                  first_month="2013-01")
+    assert healed["ingested"] == ["2013-01", "2013-02"]  # the quarantined month is ingested afresh
+    assert lake.has_manifest("flights", Partition(2013, 1))
+
+
+def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage):
+    table = features_table(FEB, rows=2_000)
+    first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    stage(table, FEB, first["key"])
+    published = pipeline.publish_step(settings, first)
+    assert published["rows"] == 2_000 and lake.has_manifest(schema.TABLE, FEB)
+    assert lake.fs.get_file_info(lake._path(first["staging_uri"])).type.name == "NotFound"  # staging dropped
+    # a retry after the publish (staging already gone) returns the same manifest
+    assert pipeline.publish_step(settings, first) == published
+    # a second backfill of the month (another run, same data) gives the same manifest content
+    second = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    stage(table, FEB, second["key"])
+    again = pipeline.publish_step(settings, second)
+    assert {k: again[k] for k in ("rows", "schema_hash", "files")} == {k: published[k] for k in ("rows", "schema_hash", "files")}
+    assert lake.read_table(schema.TABLE, [FEB]).num_rows == 2_000  # never duplicated
+    # nothing staged and nothing published: a clear error, not an empty partition
+    with pytest.raises(Exception, match="re-run build_features"):
+        pipeline.publish_step(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
