@@ -1,0 +1,140 @@
+"""Benchmark: synthesize every stack of dev and prod in ONE process; time and peak memory.
+
+Run:  .venv/bin/python bench/synth.py   (about a minute on 2 cores; writes bench/results/synth.md)
+
+The measured run is a fresh process (so the ~10 s Google provider import is counted) that builds and
+synthesizes the 4 stacks. Peak memory is the largest resident set of that process *plus* its jsii
+Node child, sampled every 20 ms. The baseline, measured in the same run, is the naive layout the
+issue warns against: one process per environment, each paying the provider import again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 15.0
+
+_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import cdktn, cdktn_provider_google.compute_instance_template  # noqa: F401 - the heavy import
+from infra.stacks.inspect import synthesize
+from tenfold.config import get_settings
+t1 = time.perf_counter()
+res = synthesize(__import__("pathlib").Path({out!r}), [get_settings(e) for e in {envs!r}])
+t2 = time.perf_counter()
+n = sum(len(v) for st in res.stacks.values() for v in st.get("resource", {{}}).values())
+print(json.dumps({{"import_s": t1 - t0, "synth_s": t2 - t1, "stacks": sorted(res.stacks), "resources": n}}))
+"""
+
+
+def _tree_rss(proc: Any) -> int:
+    import psutil
+
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a child may exit between listing and reading
+                total += p.memory_info().rss
+    return total
+
+
+def run_child(envs: list[str]) -> dict[str, object]:
+    """Synthesize ``envs`` in a fresh process; wall time, the child's own timings, peak RSS of its tree."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as out:
+        code = _CHILD.format(root=str(ROOT), out=out, envs=envs)
+        env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=ROOT)
+        ps, peak, done = psutil.Process(proc.pid), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _tree_rss(ps))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, stderr = proc.communicate(timeout=600)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done.set()
+        sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"synth of {envs} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    # CPU seconds of the process and its jsii Node child: steadier than wall time on a shared machine.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.update(wall_s=wall, cpu_s=cpu, peak_rss_mib=peak[0] / 2**20, load_avg=os.getloadavg()[0])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "synth.md")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the one-process-per-environment baseline")
+    args = parser.parse_args(argv)
+
+    one = run_child(["dev", "prod"])
+    print(f"one process, dev+prod: {one['wall_s']:.1f} s wall, {one['cpu_s']:.1f} s CPU (import {one['import_s']:.1f} s, build+synth "
+          f"{one['synth_s']:.1f} s), peak RSS {one['peak_rss_mib']:.0f} MiB, {len(one['stacks'])} stacks, "  # type: ignore[arg-type]
+          f"{one['resources']} resources; target < {TARGET_S:.0f} s")
+    base_wall = None
+    if not args.no_baseline:
+        per_env = [run_child([env]) for env in ("dev", "prod")]
+        base_wall = sum(float(r["wall_s"]) for r in per_env)  # type: ignore[arg-type]
+        base_cpu = sum(float(r["cpu_s"]) for r in per_env)  # type: ignore[arg-type]
+        print(f"baseline, one process per environment: {base_wall:.1f} s wall in total "
+              f"(ratio one-process/baseline {float(one['wall_s']) / base_wall:.2f})")  # type: ignore[arg-type]
+
+    lines = [
+        "# Synthesis benchmark (infra/)",
+        "",
+        "Command: `.venv/bin/python bench/synth.py` (fresh process; Google provider import included).",
+        f"Machine: {os.cpu_count()} cores; CDK Terrain (cdktn) Python app, jsii on Node {_node_version()}.",
+        "",
+        f"Load average during the run: {one['load_avg']:.1f} (other work shares the cores: wall time is noisy; CPU time is not).",
+        "",
+        "| what | wall s | CPU s (python + node) | import s | build+synth s | peak RSS MiB (python + jsii node) | stacks | resources |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| dev + prod, one process | {one['wall_s']:.1f} | {one['cpu_s']:.1f} | {one['import_s']:.1f} | {one['synth_s']:.1f} | "
+        f"{one['peak_rss_mib']:.0f} | {len(one['stacks'])} | {one['resources']} |",  # type: ignore[arg-type]
+    ]
+    if base_wall is not None:
+        lines.append(f"| baseline: one process per environment (sum) | {base_wall:.1f} | {base_cpu:.1f} | | | | 4 | |")
+        lines += ["", f"Ratio one process / baseline: {float(one['wall_s']) / base_wall:.2f}."]  # type: ignore[arg-type]
+    verdict = "meets" if float(one["wall_s"]) < TARGET_S else "misses"  # type: ignore[arg-type]
+    lines += ["", f"Target: everything in under {TARGET_S:.0f} s on 2 cores; this run {verdict} it on wall time "
+              f"({float(one['cpu_s']):.1f} s of CPU).", ""]  # type: ignore[arg-type]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out.relative_to(ROOT)}")
+    return 0
+
+
+def _node_version() -> str:
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
