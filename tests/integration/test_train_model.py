@@ -9,6 +9,7 @@ is evaluated against that champion on the same holdout.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def _dags_test(airflow_env: dict[str, str], conf: dict[str, object], logical_dat
     assert proc.returncode == 0, out[-6000:]
     assert "state=failed" not in out.replace("'", ""), out[-6000:]
     return out
+
+
+def _challenger_events(airflow_env: dict[str, str], uri: str) -> list[dict[str, object]]:
+    """The ``challenger`` Asset events in the Airflow metadatabase (what the rollout DAG will consume)."""
+    db = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id", (uri,)
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 def test_train_model_registers_a_champion_then_evaluates_against_it(
@@ -64,8 +75,11 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(
     assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
+    assert _challenger_events(airflow_env, local_settings.airflow.challenger_asset)[-1] == {
+        "version": v1.version, "promoted": d1["promote"], "champion": champion_after_first}
 
-    _dags_test(airflow_env, {**conf, "seed": 2}, "2031-04-02T00:00:00+00:00", tmp_path)
+    # Run 2: another seed on one rank (a different trajectory, so a different version), a few steps.
+    _dags_test(airflow_env, {**conf, "seed": 2, "nproc": 1, "max_steps": 10}, "2031-04-02T00:00:00+00:00", tmp_path)
     second = [v for v in reg.list_versions() if v.version not in before | {v1.version}]
     assert len(second) == 1, "a different seed gives different weights and so a new version"
     v2 = second[0]
@@ -78,3 +92,4 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(
     assert decision.champion is not None and decision.champion.holdout == decision.challenger.holdout
     assert "beats_champion" in decision.checks
     assert reg.resolve(CHAMPION) == (v2.version if decision.promote else champion_after_first)
+    assert _challenger_events(airflow_env, local_settings.airflow.challenger_asset)[-1]["version"] == v2.version
