@@ -379,3 +379,17 @@ def comparison_table(evaluation: Mapping[str, Any], version: str | None = None) 
     lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}"]
     lines += [f"{name:<44}{m['auc']:>8.4f}{m['log_loss']:>10.4f}{m['brier']:>8.4f}" for name, m in rows]
     return "\n".join(lines)
+
+
+def run_all(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every step in this process, in order (what ``make demo`` runs without a scheduler).
+
+    Returns each step's output plus ``table``, the challenger/champion/baselines comparison.
+    """
+    planned = plan(settings, run_id, conf)
+    trained = train(settings, planned)
+    evaluation = evaluate(settings, planned, trained)
+    registered = register(settings, planned, trained, evaluation)
+    decision = gate(settings, planned, evaluation, registered)
+    return {"plan": planned, "trained": trained, "evaluation": evaluation, "registered": registered,
+            "decision": decision, "table": comparison_table(evaluation, registered["version"])}
