@@ -13,8 +13,10 @@ the ``TENFOLD_*`` variables (home, ports, project) travel with the environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -103,24 +105,54 @@ def _migrated_marker(env: Mapping[str, str]) -> Path:
     return Path(env["AIRFLOW_HOME"]) / ".tenfold-db-migrated"
 
 
+def _template_db(airflow_version: str) -> Path:
+    """A freshly migrated, empty SQLite database per Airflow version, shared by every home on the machine."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "tenfold" / f"airflow-{airflow_version}-empty.sqlite"
+
+
+def _sqlite_path(env: Mapping[str, str]) -> Path | None:
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
 def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None:
     """Run ``airflow db migrate`` once for ``env``'s AIRFLOW_HOME; later calls return at once.
 
     A marker beside the database records the migration; it is written only after the command
-    succeeded and holds the database URL and Airflow version, so a new Airflow re-migrates.
+    succeeded and holds the database URL and Airflow version, so a new Airflow re-migrates. Migrating
+    an empty SQLite database takes 20-30 s on two cores, so the first result is kept as a template
+    (in ``~/.cache/tenfold``) and later new homes (test sessions, a fresh ``make up``) start from a copy.
     """
     from importlib.metadata import version
 
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     marker = _migrated_marker(env)
-    stamp = json.dumps({"db": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"), "airflow": version("apache-airflow")})
+    airflow_version = version("apache-airflow")
+    stamp = json.dumps({"db": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"), "airflow": airflow_version})
     if marker.exists() and marker.read_text() == stamp:
         return
+    db, template = _sqlite_path(env), _template_db(airflow_version)
+    if db is not None and not db.exists() and template.is_file():
+        _atomic_copy(template, db)
+        marker.write_text(stamp)
+        return
+    fresh = db is not None and not db.exists()
     airflow = Path(env.get("PATH", "").split(os.pathsep)[0]) / "airflow"
     cmd = [str(airflow) if airflow.exists() else "airflow", "db", "migrate"]
     proc = subprocess.run(cmd, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise RuntimeError(f"`airflow db migrate` failed (AIRFLOW_HOME={home}):\n{tail}")
+    if fresh and db is not None and not template.exists():
+        with contextlib.suppress(OSError):  # only a cache: a read-only home directory is fine
+            _atomic_copy(db, template)
     marker.write_text(stamp)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tenfold.config import Settings
 from tenfold.local import process
-from tenfold.local.airflow import admin_password
+from tenfold.local.airflow import admin_password, ensure_airflow_db
 from tenfold.local.process import LocalPlatformError, ProcessRecord
 from tenfold.local.services import SERVICE_ORDER, Service, service
 
@@ -60,6 +60,8 @@ def start_service(settings: Settings, name: str) -> ProcessRecord:
         raise LocalPlatformError("\n".join(busy))
     for sub in ("gcs", "pubsub", "airflow"):
         (settings.local.home / sub).mkdir(parents=True, exist_ok=True)
+    if name == "airflow" and svc.env is not None:
+        ensure_airflow_db(svc.env)  # standalone would migrate too, but this reuses a migrated template
     record = process.start(name, svc.argv, run_dir=run_dir(settings), port=svc.port, env=svc.env, cwd=settings.local.home)
     try:
         process.wait_until(svc.healthy, timeout=svc.start_timeout, what=f"{name} on {svc.url}", record=record)
