@@ -131,6 +131,8 @@ def test_alias_moves(registry_settings: Settings, make_model_dir: ModelDirFactor
     assert reg.promote(a, expected=a).seq == 1  # already there: a no-op
     second = reg.promote(b, expected=a, details={"decision": "x"})
     assert (second.seq, second.previous, second.details) == (2, a, {"decision": "x"})
+    current = reg.alias(CHAMPION)
+    assert current is not None and second.generation == current.generation > first.generation
     reg.set_alias("challenger", b)
     assert {k: p.version for k, p in reg.aliases().items()} == {"champion": b, "challenger": b}
     assert [(h.seq, h.version, h.action) for h in reg.alias_history(CHAMPION)] == [(1, a, "promote"), (2, b, "promote")]

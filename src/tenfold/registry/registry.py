@@ -557,10 +557,10 @@ class ModelRegistry:
                 action=action, updated_at=_now(), actor=actor or _actor(), reason=reason,
                 details=dict(details or {}), nonce=uuid.uuid4().hex,
             )
+            blob = self.bucket.blob(self._name("aliases", alias))
             try:
-                self.bucket.blob(self._name("aliases", alias)).upload_from_string(
-                    new.to_json(), content_type="application/json",
-                    if_generation_match=current.generation if current else 0)
+                blob.upload_from_string(new.to_json(), content_type="application/json",
+                                        if_generation_match=current.generation if current else 0)
             except PreconditionFailed:
                 now = self._read_pointer(alias)
                 if now is not None and now.nonce == new.nonce:
@@ -573,9 +573,7 @@ class ModelRegistry:
                 else:
                     continue
             else:
-                now = self._read_pointer(alias)
-                if now is not None and now.nonce == new.nonce:
-                    new = AliasPointer(**{**new.__dict__, "generation": now.generation})
+                new = AliasPointer(**{**new.__dict__, "generation": int(blob.generation or 0)})
             self._append_history(new)
             log.info("%s: %s -> %s (%s)", alias, current_version, version, action)
             return new
