@@ -52,6 +52,9 @@ app.command("status")(_local.status)
 from tenfold.registry.cli import app as _models  # noqa: E402
 
 app.add_typer(_models, name="models")
+from tenfold.training.cli import register as _register_training  # noqa: E402
+
+_register_training(app)
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ def train_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def small_config(synthetic_lake: Lake) -> TrainConfig:
-    # dropout 0: the same config also serves the DDP-vs-one-process equivalence, where dropout masks
-    # cannot match; RNG restore is covered by the killed-worker run of a dropout config below.
+    # dropout 0: the reference run also serves the DDP-vs-one-process equivalence, where dropout masks
+    # cannot match; the RNG restore that dropout needs is tested in tests/unit/training/test_checkpoint.py.
     return TrainConfig(
         lake_uri=synthetic_lake.uri, train_months=TRAIN_MONTHS, batch_size=32, epochs=5, max_steps=50,
         checkpoint_every=8, seed=11, model=ModelConfig(embedding_dim=4, hidden=(16, 8), dropout=0.0), threads=1,

@@ -51,23 +51,22 @@ def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(
 
 
 def test_killed_worker_restarts_resumes_and_matches_the_uninterrupted_run(
-    train_settings: Settings, small_config: TrainConfig, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
-    # Dropout on: the resumed run must also restore every rank's RNG to match bit for bit.
-    config = small_config.with_(model=small_config.model.__class__(embedding_dim=4, hidden=(16, 8), dropout=0.2))
-    clean = run_torchrun(train_settings, config, tmp_path_factory.mktemp("clean"), nproc=2, timeout_s=240)
     marker = tmp_path / "fault-fired"
-    kill_step, k = 31, config.checkpoint_every
+    kill_step, k = 31, small_config.checkpoint_every  # mid-epoch, 7 steps after the step-24 checkpoint
     killed = run_torchrun(
-        train_settings, config, tmp_path / "killed", nproc=2, timeout_s=240, max_restarts=1,
+        train_settings, small_config, tmp_path / "killed", nproc=2, timeout_s=240, max_restarts=1,
         env={FAULT_ENV: f"rank=1,step={kill_step},mode=exit,once={marker}"},
     )
     assert marker.exists(), "the fault hook never fired"
     assert killed.restart_count == 1
     assert killed.resumed_from_step is not None
     assert kill_step - 1 - killed.resumed_from_step <= k  # lost at most k steps
-    assert killed.steps == clean.steps == 50
-    _assert_same_weights(_weights(killed), _weights(clean))
+    assert killed.steps == reference_run.steps == 50
+    _assert_same_weights(_weights(killed), _weights(reference_run))
+    # The replayed steps reproduce the first attempt's losses too.
+    assert read_losses(killed.out_dir) == read_losses(reference_run.out_dir)
 
 
 def test_corrupt_newest_checkpoint_is_skipped_on_resume(
@@ -100,3 +99,12 @@ def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
     assert "injected fault on rank 1" in info.value.error
     assert "rank 1" in str(info.value) and info.value.exitcode != 0
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_nccl_without_cuda_is_refused_naming_the_fix(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingFailed, match="backend nccl needs CUDA") as info:
+        run_torchrun(train_settings, small_config.with_(backend="nccl"), tmp_path, nproc=1, timeout_s=120, max_restarts=0)
+    assert info.value.rank == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tenfold.model.io import LoadedModel, ModelLoadError, load_model, read_meta, save_model
 from tenfold.model.network import FlightDelayModel, ModelConfig
-from tenfold.model.preprocessing import Preprocessor, PreprocessingError
+from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 __all__ = [
     "FlightDelayModel",

@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from tenfold.model.network import FlightDelayModel, ModelConfig
-from tenfold.model.preprocessing import Preprocessor, PreprocessingError
+from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 META_FILE = "meta.json"
 WEIGHTS_FILE = "weights.pt"

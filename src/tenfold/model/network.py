@@ -64,10 +64,9 @@ class FlightDelayModel(nn.Module):
         self.config = config
         self.vocab_sizes = tuple(int(v) for v in vocab_sizes)
         self.num_inputs = int(num_inputs)
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(v, embedding_width(v, config.embedding_dim)) for v in self.vocab_sizes
-        )
-        width = sum(e.embedding_dim for e in self.embeddings) + self.num_inputs
+        widths = [embedding_width(v, config.embedding_dim) for v in self.vocab_sizes]
+        self.embeddings = nn.ModuleList(nn.Embedding(v, w) for v, w in zip(self.vocab_sizes, widths, strict=True))
+        width = sum(widths) + self.num_inputs
         layers: list[nn.Module] = []
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(config.dropout)]

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
 from tenfold.features import schema
-from tenfold.model.preprocessing import Preprocessor, PreprocessingError
+from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 __all__ = [
     "FeatureDataset",
@@ -112,7 +112,7 @@ class ShardedBatches:
     seed: int
 
     def __post_init__(self) -> None:
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = DistributedSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed, drop_last=True
         )
         if self.steps_per_epoch == 0:

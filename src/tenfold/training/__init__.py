@@ -1,0 +1,12 @@
+"""Training: DDP workers under torchrun, checkpoint/resume, evaluation and baselines.
+
+Public API (import from the submodules; this package imports nothing heavy)::
+
+    tenfold.training.config.TrainConfig            what to train on and how
+    tenfold.training.launch.run_torchrun           train -> TrainResult (model folder, figures, lineage)
+    tenfold.training.evaluate.evaluate_model       one model folder on a holdout -> Metrics
+    tenfold.training.evaluate.evaluate_with_baselines   model + both baselines -> EvaluationReport
+    tenfold.training.evaluate.split_from_settings  the time-based (train, holdout) months
+"""
+
+from __future__ import annotations

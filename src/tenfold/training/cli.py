@@ -1,0 +1,112 @@
+"""``tenfold train`` and ``tenfold evaluate``: train with torchrun, evaluate next to the baselines.
+
+Examples::
+
+    tenfold train --out .tenfold/runs/ref                 # settings' training window, 2 gloo workers
+    tenfold train --out /tmp/run --epochs 1 --max-steps 200 --train-months 2013-01:2013-03
+    tenfold evaluate --model .tenfold/runs/ref/model      # settings' holdout, both baselines
+
+Heavy imports (torch, scikit-learn) happen inside the commands so ``tenfold --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tenfold.config import get_settings
+
+
+def _months(value: str | None, default: tuple[str, str]) -> tuple[str, str]:
+    if not value:
+        return default
+    first, _, last = value.partition(":")
+    return first, last or first
+
+
+def train_command(
+    out: Annotated[Path | None, typer.Option(help="output folder (model/, checkpoints/); default <home>/runs/<time>")] = None,
+    env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
+    train_months: Annotated[str | None, typer.Option(help="FIRST:LAST months, e.g. 2013-01:2013-09; default settings")] = None,
+    nproc: Annotated[int | None, typer.Option(help="workers on this node; default settings.training.nproc_per_node")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="per worker")] = 512,
+    max_steps: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    timeout_s: Annotated[float | None, typer.Option(help="wall-clock bound; default settings.training.job_timeout_s")] = None,
+) -> None:
+    """Train the flight-delay model with torchrun (DDP); a re-run with the same --out resumes."""
+    from tenfold.data.lake import month_range
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.data import MissingFeaturesError
+    from tenfold.training.launch import TrainingFailed, run_torchrun
+
+    settings = get_settings(env)
+    first, last = _months(train_months, settings.training.train_months)
+    out = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    try:
+        cfg = TrainConfig.from_settings(
+            settings, train_months=tuple(p.label for p in month_range(first, last)), epochs=epochs,
+            batch_size=batch_size, max_steps=max_steps, seed=seed,
+        )
+        result = run_torchrun(settings, cfg, out, nproc=nproc, timeout_s=timeout_s)
+    except (MissingFeaturesError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except TrainingFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("manifests", "config")}, indent=2))
+    typer.echo(f"model saved in {result.model_dir}")
+
+
+def evaluate_command(
+    model: Annotated[Path, typer.Option(help="a model folder (meta.json, weights.pt, preprocessing.json)")],
+    env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
+    train_months: Annotated[str | None, typer.Option(help="FIRST:LAST window the baselines fit on; default settings")] = None,
+    holdout_months: Annotated[str | None, typer.Option(help="FIRST:LAST later months to evaluate on; default settings")] = None,
+    baselines: Annotated[bool, typer.Option(help="also fit and score the rate and gradient-boosting baselines")] = True,
+    report: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
+) -> None:
+    """Score a model on the time-based holdout, side by side with the baselines."""
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.model.io import ModelLoadError
+    from tenfold.training.data import MissingFeaturesError
+    from tenfold.training.evaluate import (
+        EvaluationReport,
+        calibration_text,
+        check_time_split,
+        compare,
+        evaluate_model,
+        evaluate_with_baselines,
+    )
+
+    settings = get_settings(env)
+    train = month_range(*_months(train_months, settings.training.train_months))
+    holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
+    lake = Lake(settings.storage.lake_uri)
+    try:
+        check_time_split(train, holdout)
+        if baselines:
+            result = evaluate_with_baselines(model, lake, train, holdout)
+        else:
+            result = EvaluationReport([p.label for p in train], [p.label for p in holdout], evaluate_model(model, lake, holdout))
+    except (MissingFeaturesError, ModelLoadError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(result.table() if baselines else compare([result.model]))
+    typer.echo("")
+    typer.echo(calibration_text(result.model))
+    if report:
+        result.save(report)
+        typer.echo(f"report written to {report}")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``train`` and ``evaluate`` on the top-level ``tenfold`` app."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)

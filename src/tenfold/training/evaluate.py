@@ -1,0 +1,147 @@
+"""Evaluation on a time-based holdout, next to the rate and gradient-boosting baselines.
+
+The split is by month, from ``settings.training`` (train ``train_months``, evaluate on the later
+``holdout_months``); a holdout month at or before the last training month is refused, because a
+random or overlapping split leaks the future into training.
+
+Entry points: :func:`evaluate_model` (one model folder on a holdout: what the champion/challenger gate
+compares) and :func:`evaluate_with_baselines` (the model and both baselines on the same split, the
+table ``tenfold evaluate`` and ``make demo`` print).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.features import schema
+from tenfold.model.io import load_model
+from tenfold.training.baselines import GradientBoostingBaseline, RateBaseline
+from tenfold.training.data import read_features
+from tenfold.training.metrics import Metrics, score
+
+MODEL_NAME = "model"
+
+
+def split_from_settings(settings: Settings) -> tuple[list[Partition], list[Partition]]:
+    """(train months, holdout months) of the reference time-based split."""
+    t = settings.training
+    train, holdout = month_range(*t.train_months), month_range(*t.holdout_months)
+    check_time_split(train, holdout)
+    return train, holdout
+
+
+def check_time_split(train: Sequence[Partition], holdout: Sequence[Partition]) -> None:
+    if not train or not holdout:
+        raise ValueError("both the training window and the holdout need at least one month")
+    if min(holdout) <= max(train):
+        raise ValueError(
+            f"holdout {min(holdout).label}..{max(holdout).label} does not come after the training window "
+            f"(ends {max(train).label}): evaluation must be on later months, never overlapping or random"
+        )
+
+
+def _labels(table: Any) -> np.ndarray:
+    return np.asarray(table[schema.LABEL].to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def evaluate_model(model_dir: str | Path, lake: Lake, holdout_parts: Sequence[Partition], *,
+                   table: str = schema.TABLE, name: str = MODEL_NAME) -> Metrics:
+    """Score the model saved in ``model_dir`` on the published holdout partitions."""
+    loaded = load_model(model_dir)
+    data = read_features(lake, list(holdout_parts), table=table)
+    return score(name, _labels(data), loaded.predict_proba(data))
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    train_months: list[str]
+    holdout_months: list[str]
+    model: Metrics
+    baselines: dict[str, Metrics] = field(default_factory=dict)
+
+    @property
+    def all(self) -> list[Metrics]:
+        return [self.model, *self.baselines.values()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_months": self.train_months,
+            "holdout_months": self.holdout_months,
+            "model": self.model.to_dict(),
+            "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> EvaluationReport:
+        return cls(
+            train_months=list(body["train_months"]), holdout_months=list(body["holdout_months"]),
+            model=Metrics.from_dict(body["model"]),
+            baselines={k: Metrics.from_dict(v) for k, v in body.get("baselines", {}).items()},
+        )
+
+    def save(self, path: str | Path) -> None:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, out)
+
+    def table(self) -> str:
+        return compare(self.all, title=f"holdout {self.holdout_months[0]}..{self.holdout_months[-1]} "
+                                       f"(trained on {self.train_months[0]}..{self.train_months[-1]})")
+
+
+def evaluate_with_baselines(
+    model_dir: str | Path,
+    lake: Lake,
+    train_parts: Sequence[Partition],
+    holdout_parts: Sequence[Partition],
+    *,
+    table: str = schema.TABLE,
+    hgb_max_iter: int = 200,
+    hgb_threads: int = 1,
+) -> EvaluationReport:
+    """The model and both baselines (fit here on ``train_parts``) on the same holdout."""
+    check_time_split(train_parts, holdout_parts)
+    loaded = load_model(model_dir)
+    holdout = read_features(lake, list(holdout_parts), table=table)
+    train = read_features(lake, list(train_parts), table=table)
+    y = _labels(holdout)
+    rate = RateBaseline().fit(train)
+    # The same vocabularies the network was trained with, so both see identical categorical codes.
+    hgb = GradientBoostingBaseline(loaded.preprocessor, max_iter=hgb_max_iter, threads=hgb_threads).fit(train)
+    return EvaluationReport(
+        train_months=[p.label for p in train_parts],
+        holdout_months=[p.label for p in holdout_parts],
+        model=score(MODEL_NAME, y, loaded.predict_proba(holdout)),
+        baselines={
+            "rate_baseline": score(rate.name, y, rate.predict_proba(holdout)),
+            "hgb_baseline": score(hgb.name, y, hgb.predict_proba(holdout)),
+        },
+    )
+
+
+def compare(metrics: Sequence[Metrics], title: str | None = None) -> str:
+    """A fixed-width table of several predictors' metrics on the same holdout."""
+    header = f"{'predictor':<20} {'ROC AUC':>8} {'log loss':>9} {'Brier':>7} {'ECE':>7} {'rows':>9} {'pos rate':>9}"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for m in metrics:
+        lines.append(f"{m.name:<20} {m.auc:>8.4f} {m.log_loss:>9.4f} {m.brier:>7.4f} {m.ece:>7.4f} {m.rows:>9,d} {m.positive_rate:>9.3f}")
+    return "\n".join(lines)
+
+
+def calibration_text(m: Metrics) -> str:
+    lines = [f"calibration of {m.name}:", f"{'bin':>11} {'rows':>8} {'predicted':>10} {'observed':>9}"]
+    for b in m.calibration:
+        lines.append(f"{b.lower:>5.1f}-{b.upper:<5.1f} {b.count:>8,d} {b.mean_predicted:>10.3f} {b.observed_rate:>9.3f}")
+    return "\n".join(lines)

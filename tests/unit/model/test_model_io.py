@@ -1,0 +1,95 @@
+"""Model folder format: round trip, and refusal of weights or preprocessing that do not match meta.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tenfold.data.lake import Partition
+from tenfold.model import FlightDelayModel, ModelConfig, ModelLoadError, Preprocessor, load_model, save_model
+from tenfold.model.preprocessing import PreprocessingError
+from tenfold.training.synthetic import synthetic_features
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return synthetic_features(Partition(2013, 1), 300, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pre(table: pa.Table) -> Preprocessor:
+    return Preprocessor.fit(table)
+
+
+def _model(pre: Preprocessor, config: ModelConfig, seed: int = 0) -> FlightDelayModel:
+    torch.manual_seed(seed)
+    return FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs)
+
+
+def test_round_trip_rebuilds_the_same_predictions(tmp_path: Path, table: pa.Table, pre: Preprocessor) -> None:
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.3)
+    model = _model(pre, config)
+    meta = save_model(tmp_path, model, config, pre, extra={"run": "x"})
+    loaded = load_model(tmp_path)
+    assert loaded.config == config and loaded.meta["extra"] == {"run": "x"}
+    assert meta["torch_version"] == torch.__version__ and meta["vocab_sizes"] == pre.vocab_sizes
+    cat, num = pre.transform(table)
+    expected = model.predict_proba(torch.from_numpy(cat), torch.from_numpy(num)).double().numpy()
+    np.testing.assert_array_equal(loaded.predict_proba(table), expected)
+    assert ((expected > 0) & (expected < 1)).all()
+
+
+def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path / "a", _model(pre, config, 0), config, pre)
+    save_model(tmp_path / "b", _model(pre, config, 1), config, pre)
+    (tmp_path / "a" / "weights.pt").write_bytes((tmp_path / "b" / "weights.pt").read_bytes())
+    with pytest.raises(ModelLoadError, match=r"weights\.pt does not match meta\.json: sha256"):
+        load_model(tmp_path / "a")
+
+
+def test_meta_describing_another_architecture_is_refused(tmp_path: Path, pre: Preprocessor) -> None:
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["config"]["hidden"] = [16]  # the checksum still matches the file: the shapes must not
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"does not fit the model meta\.json describes.*wrong shape"):
+        load_model(tmp_path)
+
+
+def test_missing_or_garbled_files_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
+    with pytest.raises(ModelLoadError, match=r"meta\.json is missing"):
+        load_model(tmp_path)
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre)
+    body = json.loads((tmp_path / "preprocessing.json").read_text())
+    body["vocabularies"]["carrier"].append("ZZ")
+    (tmp_path / "preprocessing.json").write_text(json.dumps(body))
+    with pytest.raises(ModelLoadError, match=r"preprocessing\.json"):
+        load_model(tmp_path)
+
+
+def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preprocessor) -> None:
+    n = len(pre.numeric_columns)
+    row = {c: [pre.vocabularies[c][0]] for c in pre.categorical_columns}
+    row["carrier"] = ["NEW"]  # never seen in the training window -> OOV index 0
+    row.update({c: [None] for c in pre.numeric_columns})
+    row["distance"] = [pre.means["distance"] + 2 * pre.stds["distance"]]
+    cat, num = pre.transform(row)
+    j = pre.categorical_columns.index("carrier")
+    assert cat[0, j] == 0 and (np.delete(cat[0], j) == 1).all()
+    d = pre.numeric_columns.index("distance")
+    assert num[0, d] == pytest.approx(2.0)
+    assert num[0, n + d] == 0 and num[0, n:].sum() == n - 1  # every other numeric flagged null, imputed to 0
+    assert Preprocessor.from_json(pre.to_json()).to_dict() == pre.to_dict()
+
+
+def test_preprocessor_refuses_missing_columns(pre: Preprocessor) -> None:
+    with pytest.raises(PreprocessingError, match=r"lacks feature columns \['carrier'"):
+        pre.transform({"origin": ["JFK"]})

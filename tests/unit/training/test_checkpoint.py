@@ -1,0 +1,75 @@
+"""Checkpoint files: atomic write + checksum, fallback past corrupt ones, pruning, RNG round trip."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tenfold.training import checkpoint as ckpt
+
+
+def _save(folder: Path, step: int, keep: int = 5) -> None:
+    ckpt.save_checkpoint(folder, step, {"model": {"w": torch.full((4,), float(step))}, "step": step}, keep=keep)
+
+
+def test_newest_valid_checkpoint_is_loaded(tmp_path: Path) -> None:
+    for step in (10, 20, 30):
+        _save(tmp_path, step)
+    info, payload = ckpt.latest_valid_checkpoint(tmp_path)  # type: ignore[misc]
+    assert info.step == 30 and torch.equal(payload["model"]["w"], torch.full((4,), 30.0))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_truncated_newest_falls_back_to_previous(tmp_path: Path) -> None:
+    for step in (10, 20, 30):
+        _save(tmp_path, step)
+    newest = ckpt.checkpoint_path(tmp_path, 30)
+    newest.write_bytes(newest.read_bytes()[:100])
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 20
+
+
+def test_bit_flip_and_missing_sidecar_are_detected(tmp_path: Path) -> None:
+    for step in (10, 20, 30):
+        _save(tmp_path, step)
+    data = bytearray(ckpt.checkpoint_path(tmp_path, 30).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different content
+    ckpt.checkpoint_path(tmp_path, 30).write_bytes(bytes(data))
+    ckpt.checkpoint_path(tmp_path, 20).with_suffix(".json").unlink()  # a write that never committed
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 10
+
+
+def test_all_corrupt_or_none_means_a_fresh_start(tmp_path: Path) -> None:
+    assert ckpt.latest_valid_checkpoint(tmp_path / "absent") is None
+    _save(tmp_path, 10)
+    (tmp_path / "ckpt-00000010.json").write_text(json.dumps({"step": 10, "bytes": 1, "sha256": "0"}))
+    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+
+
+def test_only_the_newest_are_kept(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4, 5):
+        _save(tmp_path, step, keep=2)
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-00000004.json", "ckpt-00000004.pt", "ckpt-00000005.json", "ckpt-00000005.pt"]
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    ckpt.save_checkpoint(tmp_path, 1, {"model": {}, "step": 1, "rng": {0: ckpt.rng_state()}})
+    expected = (random.random(), np.random.rand(), torch.rand(3), torch.nn.functional.dropout(torch.ones(8), 0.5))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    _, payload = ckpt.latest_valid_checkpoint(tmp_path)  # type: ignore[misc]
+    ckpt.set_rng_state(payload["rng"][0])
+    got = (random.random(), np.random.rand(), torch.rand(3), torch.nn.functional.dropout(torch.ones(8), 0.5))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])

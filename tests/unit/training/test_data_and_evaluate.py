@@ -1,0 +1,102 @@
+"""Reading features (manifests enforced), sharding, the time split, and evaluation with baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.features import schema
+from tenfold.model import FlightDelayModel, ModelConfig, Preprocessor, save_model
+from tenfold.training.data import FeatureDataset, MissingFeaturesError, ShardedBatches, read_features
+from tenfold.training.evaluate import (
+    check_time_split,
+    compare,
+    evaluate_model,
+    evaluate_with_baselines,
+    split_from_settings,
+)
+from tenfold.training.synthetic import publish_synthetic_features, synthetic_features
+
+TRAIN = month_range("2013-01", "2013-02")
+HOLDOUT = [Partition(2013, 3)]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    lake = Lake(tmp_path_factory.mktemp("lake").as_uri())
+    publish_synthetic_features(lake, [*TRAIN, *HOLDOUT], 1500, seed=5)
+    return lake
+
+
+def test_a_partition_without_manifest_is_refused(lake: Lake, tmp_path: Path) -> None:
+    # Data files present but never published (a job that died before writing _SUCCESS).
+    folder = Path(lake.partition_path(schema.TABLE, Partition(2013, 5))) / "data-unpublished"
+    folder.mkdir(parents=True)
+    pq.write_table(synthetic_features(Partition(2013, 5), 10), folder / "part-00000.parquet")
+    with pytest.raises(MissingFeaturesError, match=r"2013-05 have no _SUCCESS manifest.*run build_features"):
+        read_features(lake, [Partition(2013, 1), Partition(2013, 5)])
+
+
+def test_ranks_together_see_the_single_process_batch(lake: Lake) -> None:
+    table = read_features(lake, TRAIN)
+    data = FeatureDataset.from_table(table, Preprocessor.fit(table))
+    one = ShardedBatches(data, 64, world_size=1, rank=0, seed=4)
+    two = [ShardedBatches(data, 32, world_size=2, rank=r, seed=4) for r in (0, 1)]
+    assert one.steps_per_epoch == two[0].steps_per_epoch == two[1].steps_per_epoch
+    for epoch in (0, 3):
+        single = list(one.epoch(epoch))
+        split = [list(s.epoch(epoch)) for s in two]
+        for (_, whole), (_, a), (_, b) in zip(single, *split, strict=True):
+            assert sorted(whole.tolist()) == sorted(a.tolist() + b.tolist())
+    # Resuming at a batch offset yields the rest of the same epoch.
+    assert [i.tolist() for _, i in two[1].epoch(2, start_batch=5)] == [i.tolist() for _, i in list(two[1].epoch(2))[5:]]
+
+
+def test_the_split_is_by_time() -> None:
+    from tenfold.config import build_settings
+
+    train, holdout = split_from_settings(build_settings("local"))
+    assert max(train) < min(holdout)
+    with pytest.raises(ValueError, match="does not come after the training window"):
+        check_time_split(month_range("2013-01", "2013-06"), month_range("2013-06", "2013-07"))
+
+
+def _train_in_process(lake: Lake, out: Path) -> Path:
+    table = read_features(lake, TRAIN)
+    pre = Preprocessor.fit(table)
+    data = FeatureDataset.from_table(table, pre)
+    config = ModelConfig(embedding_dim=4, hidden=(16,), dropout=0.0)
+    torch.manual_seed(0)
+    model = FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    batches = ShardedBatches(data, 128, 1, 0, seed=0)
+    for epoch in range(3):
+        for _, index in batches.epoch(epoch):
+            cat, num, y = data.batch(index)
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(cat, num), y).backward()
+            opt.step()
+    save_model(out, model, config, pre)
+    return out
+
+
+def test_model_and_both_baselines_on_the_same_holdout(lake: Lake, tmp_path: Path) -> None:
+    model_dir = _train_in_process(lake, tmp_path / "model")
+    report = evaluate_with_baselines(model_dir, lake, TRAIN, HOLDOUT, hgb_max_iter=30)
+    names = [m.name for m in report.all]
+    assert names == ["model", "rate baseline", "gradient boosting"]
+    assert {m.rows for m in report.all} == {1500}
+    # The synthetic label depends on carrier and route: the rate baseline must find signal, and the
+    # network (which also sees hour and weather) must beat it.
+    assert report.baselines["rate_baseline"].auc > 0.55
+    assert report.model.auc > report.baselines["rate_baseline"].auc
+    assert report.model == evaluate_model(model_dir, lake, HOLDOUT)
+    text = report.table()
+    assert "gradient boosting" in text and f"{report.model.auc:.4f}" in text
+    assert compare(report.all).count("\n") == 4
+    report.save(tmp_path / "report.json")
+    assert (tmp_path / "report.json").read_text().count('"auc"') == 3

@@ -1,0 +1,52 @@
+"""Our metrics against scikit-learn's own implementations on known inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import log_loss as sk_log_loss
+
+from tenfold.training.metrics import MetricsError, brier_score, calibration_table, log_loss, roc_auc, score
+
+
+@pytest.fixture(params=[0, 1, 2])
+def inputs(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(request.param)
+    n = 2000
+    p = rng.random(n)
+    if request.param == 1:
+        p = np.round(p, 1)  # many ties
+    y = (rng.random(n) < p).astype(int)
+    return y, p
+
+
+def test_against_sklearn(inputs: tuple[np.ndarray, np.ndarray]) -> None:
+    y, p = inputs
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert log_loss(y, p) == pytest.approx(sk_log_loss(y, p), rel=1e-9)
+    assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    table = calibration_table(y, p, n_bins=10)
+    np.testing.assert_allclose([b.observed_rate for b in table], prob_true, atol=1e-12)
+    np.testing.assert_allclose([b.mean_predicted for b in table], prob_pred, atol=1e-12)
+    assert sum(b.count for b in table) == y.size
+
+
+def test_known_values() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    assert roc_auc(y, p) == pytest.approx(0.75)
+    assert brier_score(y, p) == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
+    m = score("x", y, p)
+    assert m.rows == 4 and m.positive_rate == 0.5 and m.auc == pytest.approx(0.75)
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(MetricsError, match="both classes"):
+        roc_auc(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(MetricsError, match="probabilities"):
+        log_loss(np.array([0, 1]), np.array([0.5, np.nan]))
+    with pytest.raises(MetricsError, match="2 labels but 3"):
+        brier_score(np.array([0, 1]), np.array([0.5, 0.5, 0.5]))
