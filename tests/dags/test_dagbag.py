@@ -1,0 +1,211 @@
+"""Every DAG in dags/ loads and follows the house rules; no deployable spells a name that settings own.
+
+The DagBag runs in a subprocess with its own AIRFLOW_HOME (Airflow reads its config at import time), once
+per environment: the DAG files choose between local and cloud wiring at parse time (e.g. spark-submit
+vs Dataproc), and every branch must load.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import ENVIRONMENTS, get_settings
+from tenfold.config.settings import project_root
+
+ROOT = project_root()
+DAGS = ROOT / "dags"
+
+_PROBE = r"""
+import json, os, sys
+from pathlib import Path
+from tenfold.config import get_settings
+from airflow.dag_processing.dagbag import DagBag
+
+out = {}
+for env in sys.argv[2:]:
+    os.environ["TENFOLD_ENV"] = env
+    get_settings.cache_clear()
+    bag = DagBag(dag_folder=sys.argv[1])
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        dags[dag_id] = {
+            "file_stem": Path(dag.fileloc).stem,
+            "tags": sorted(dag.tags or []),
+            "catchup": dag.catchup,
+            "doc_md": dag.doc_md or "",
+            "has_schedule": dag.timetable is not None,
+            "start_date": str(dag.start_date) if dag.start_date else None,
+            "task_retries": {t.task_id: t.retries for t in dag.tasks},
+            "tasks": sorted(t.task_id for t in dag.tasks),
+        }
+    out[env] = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}
+heavy = [m for m in ("torch", "pyspark", "great_expectations", "sklearn") if m in sys.modules]
+print("DAGBAG-JSON" + json.dumps({"envs": out, "heavy_modules": heavy}))
+"""
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "TENFOLD_HOME": str(home / "tenfold"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(DAGS), *ENVIRONMENTS],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("DAGBAG-JSON")]
+    return json.loads(line.removeprefix("DAGBAG-JSON"))
+
+
+def _dags(dagbag: dict) -> list[tuple[str, str, dict]]:
+    return [(env, dag_id, d) for env, body in dagbag["envs"].items() for dag_id, d in body["dags"].items()]
+
+
+def test_every_dag_file_imports_in_every_environment(dagbag):
+    files = sorted(p.stem for p in DAGS.glob("*.py") if not p.name.startswith("_"))
+    assert files, "dags/ holds no DAG files"
+    for env, body in dagbag["envs"].items():
+        assert body["errors"] == {}, f"{env}: import errors {body['errors']}"
+        assert sorted(d["file_stem"] for d in body["dags"].values()) == files, f"{env}: a file defines no DAG, or two"
+    assert "build_features" in dagbag["envs"]["local"]["dags"]
+
+
+def test_every_dag_follows_the_house_rules(dagbag):
+    problems = []
+    for env, dag_id, d in _dags(dagbag):
+        where = f"{env}:{dag_id}"
+        if d["file_stem"] != dag_id:
+            problems.append(f"{where}: file {d['file_stem']}.py defines dag_id {dag_id!r} (file stem == dag_id)")
+        if not d["tags"]:
+            problems.append(f"{where}: no tags")
+        if d["catchup"] is not False:
+            problems.append(f"{where}: catchup must be False (backfill explicitly instead)")
+        if len(d["doc_md"].strip()) < 40:
+            problems.append(f"{where}: doc_md missing (use doc_md=__doc__)")
+        if not d["has_schedule"] or not d["start_date"]:
+            problems.append(f"{where}: schedule and start_date must be explicit")
+        no_retry = sorted(t for t, r in d["task_retries"].items() if not r or r < 1)
+        if no_retry:
+            problems.append(f"{where}: tasks without retries: {no_retry}")
+    assert not problems, "\n".join(problems)
+
+
+def test_parsing_dags_imports_nothing_heavy(dagbag):
+    assert dagbag["heavy_modules"] == [], "a DAG file imports these at module top; import them inside tasks"
+
+
+def test_build_features_wiring(dagbag):
+    local = dagbag["envs"]["local"]["dags"]["build_features"]
+    assert local["tasks"] == ["build_features", "ingest", "publish", "validate"]
+    for env in ("dev", "prod"):
+        cloud = dagbag["envs"][env]["dags"]["build_features"]
+        assert cloud["tasks"] == ["build_features", "dataproc_spec", "ingest", "publish", "validate"]
+
+
+# --- no resource name spelled outside settings ------------------------------------------------------
+
+DEPLOYABLES = ("dags", "spark_jobs", "infra", "serving_image")
+SKIP_DIRS = {"cdktf.out", ".gen", "__pycache__", "node_modules", ".terraform"}
+SCANNED = {".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".conf", ".sh", ".tf", ".txt", ".ini", ".j2", ".tmpl", ""}
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def owned_literals() -> dict[str, re.Pattern[str]]:
+    """Every name settings own in any environment (derived from each env's prefix), and the ports."""
+    names: set[str] = set()
+    ports: set[int] = set()
+    for env in ENVIRONMENTS:
+        s = get_settings(env)
+        dump = s.model_dump(mode="json")
+        names |= {v for v in _strings(dump) if s.prefix in v}  # buckets, topics, subscriptions, stacks, ...
+        names |= {s.airflow.features_asset, s.airflow.challenger_asset, s.airflow.champion_asset, s.storage.lake_uri}
+        ports |= {s.local.airflow_port, s.local.pubsub_port, s.local.gcs_port, s.local.lb_port,
+                  s.local.replica_base_port, s.serving.port, s.training.rdzv_port}
+    patterns = {n: re.compile(re.escape(n) + r"(?![A-Za-z0-9_-])") for n in names}
+    patterns |= {str(p): re.compile(rf"(?<![\w.]){p}(?![\w.])") for p in ports}
+    return patterns
+
+
+def test_the_owned_literals_cover_what_matters():
+    owned = owned_literals()
+    for env in ENVIRONMENTS:
+        s = get_settings(env)
+        for name in (s.storage.lake_bucket, s.messaging.requests_topic, s.messaging.subscriptions["requests"].name,
+                     s.infra.data_stack, s.airflow.features_asset):
+            assert name in owned
+    assert "8080" in owned
+
+
+def _code_strings(path: Path) -> list[tuple[int, str]]:
+    """The literals a file really uses: in Python, constants minus docstrings (prose may cite examples)."""
+    text = path.read_text(errors="replace")
+    if path.suffix != ".py":
+        return list(enumerate(text.splitlines(), 1))
+    tree = ast.parse(text)
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    out = []
+    for node in ast.walk(tree):
+        literal = isinstance(node, ast.Constant) and id(node) not in docstrings
+        if literal and (isinstance(node.value, str) or (isinstance(node.value, int) and not isinstance(node.value, bool))):
+            out.append((node.lineno, str(node.value)))
+    return out
+
+
+def scan(base: Path, owned: dict[str, re.Pattern[str]]) -> list[str]:
+    hits = []
+    for path in sorted(base.rglob("*")):
+        if not path.is_file() or SKIP_DIRS & set(path.relative_to(base).parts):
+            continue
+        if path.suffix not in SCANNED and not path.name.startswith("Dockerfile"):
+            continue
+        for line, text in _code_strings(path):
+            hits += [f"{path.relative_to(base.parent)}:{line}: {literal!r}" for literal, pattern in owned.items() if pattern.search(text)]
+    return hits
+
+
+def test_the_scan_finds_a_planted_name_and_ignores_prose(tmp_path):
+    dev = get_settings("dev")
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "x.py").write_text(
+        f'"""Reads gs://{dev.storage.lake_bucket} (prose is fine)."""\n'
+        f'BUCKET = "{dev.storage.lake_bucket}"\nPORT = {get_settings("local").local.gcs_port}\nOK = "{dev.storage.lake_bucket}-ish"\n'
+    )
+    (tmp_path / "dags" / "Dockerfile").write_text(f"EXPOSE {dev.serving.port}\n")
+    hits = scan(tmp_path / "dags", owned_literals())
+    assert hits == [
+        f"dags/Dockerfile:1: '{dev.serving.port}'",
+        f"dags/x.py:2: '{dev.storage.lake_bucket}'",
+        f"dags/x.py:3: '{get_settings('local').local.gcs_port}'",
+    ]
+
+
+def test_no_deployable_spells_a_name_settings_own():
+    owned = owned_literals()
+    hits = [hit for folder in DEPLOYABLES if (ROOT / folder).is_dir() for hit in scan(ROOT / folder, owned)]
+    assert not hits, "take these from tenfold.config settings instead:\n" + "\n".join(hits)
