@@ -37,7 +37,7 @@ def _start_on_free_port(home: Path, name: str, port_field: str) -> Settings:
     for _ in range(3):  # a free port can be taken between choosing and binding it: try another
         settings = _local_settings(home, **{port_field: free_port()})
         try:
-            start_service(settings, name)
+            start_service(settings, name, tie_to_this_process=True)  # stopped even if pytest is killed
             return settings
         except LocalPlatformError as exc:
             last = exc

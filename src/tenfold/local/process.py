@@ -116,8 +116,13 @@ def start(
     port: int,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    tie_to_this_process: bool = False,
 ) -> ProcessRecord:
-    """Start ``argv`` in a new session with output to its log file and write its pid file."""
+    """Start ``argv`` in a new session with output to its log file and write its pid file.
+
+    ``tie_to_this_process`` (test fixtures) also starts a watchdog that stops the service's process
+    group if this process dies without cleaning up (killed test run), so no emulator outlives it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_file(run_dir, name)
     with open(log_path, "ab") as log:
@@ -150,7 +155,46 @@ def start(
     # Popen's handle is dropped on purpose: the service outlives this process (``tenfold up`` exits).
     # Reap it in the background if it dies while we are still alive, so it never lingers as a zombie.
     _reapers.append(popen)
+    if tie_to_this_process:
+        _start_watchdog(record)
     return record
+
+
+# Runs detached from us; polls our pid and, once we are gone, stops the group we started (only if its
+# leader is still the process we recorded).
+_WATCHDOG = """
+import os, signal, sys, time
+import psutil
+owner, owner_ct, pid, ct = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def alive(p, c):
+    try:
+        q = psutil.Process(p)
+        return abs(q.create_time() - c) < 0.05 and q.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+while alive(owner, owner_ct) and alive(pid, ct):
+    time.sleep(1)
+if alive(pid, ct):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except OSError:
+            break
+        time.sleep(10)
+"""
+
+
+def _start_watchdog(record: ProcessRecord) -> None:
+    import sys
+
+    me = psutil.Process()
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(me.create_time()), str(record.pid), repr(record.create_time)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 _reapers: list[subprocess.Popen[bytes]] = []

@@ -51,8 +51,11 @@ def running_record(settings: Settings, name: str) -> ProcessRecord | None:
     return record if record is not None and process.is_running(record) else None
 
 
-def start_service(settings: Settings, name: str) -> ProcessRecord:
-    """Start one service, wait until it is healthy, and return its record; stop it again on failure."""
+def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = False) -> ProcessRecord:
+    """Start one service, wait until it is healthy, and return its record; stop it again on failure.
+
+    ``tie_to_this_process=True`` (test fixtures) stops it too should the calling process die uncleanly.
+    """
     svc = service(settings, name)
     if svc.prerequisites:
         raise LocalPlatformError(f"cannot start {name}:\n  - " + "\n  - ".join(svc.prerequisites))
@@ -62,7 +65,10 @@ def start_service(settings: Settings, name: str) -> ProcessRecord:
         (settings.local.home / sub).mkdir(parents=True, exist_ok=True)
     if name == "airflow" and svc.env is not None:
         ensure_airflow_db(svc.env)  # standalone would migrate too, but this reuses a migrated template
-    record = process.start(name, svc.argv, run_dir=run_dir(settings), port=svc.port, env=svc.env, cwd=settings.local.home)
+    record = process.start(
+        name, svc.argv, run_dir=run_dir(settings), port=svc.port, env=svc.env, cwd=settings.local.home,
+        tie_to_this_process=tie_to_this_process,
+    )
     try:
         process.wait_until(svc.healthy, timeout=svc.start_timeout, what=f"{name} on {svc.url}", record=record)
     except BaseException:

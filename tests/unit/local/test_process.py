@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import subprocess
@@ -89,3 +90,28 @@ def test_wait_until_times_out_with_a_clear_message():
 def test_start_of_a_missing_program_is_a_clear_error(tmp_path):
     with pytest.raises(LocalPlatformError, match="cannot run '/nonexistent/prog'"):
         process.start("x", ["/nonexistent/prog"], run_dir=tmp_path, port=1)
+
+
+def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
+    """Fixtures tie emulators to the test process: a killed test run leaves no emulator behind."""
+    owner_code = (
+        "import sys, time; from pathlib import Path; from tenfold.local import process; "
+        "r = process.start('svc', ['sleep', '300'], run_dir=Path(sys.argv[1]), port=1, tie_to_this_process=True); "
+        "print(r.to_json().replace(chr(10), ''), flush=True); time.sleep(300)"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        record = process.ProcessRecord.from_json(owner.stdout.readline())
+        assert process.is_running(record)
+        time.sleep(1.5)
+        assert process.is_running(record)  # the watchdog leaves it alone while the owner lives
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 15
+        while process.is_running(record) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not process.is_running(record)
+    finally:
+        owner.kill()
+        with contextlib.suppress(Exception):
+            process.stop(process.ProcessRecord.from_json((tmp_path / "svc.pid").read_text()), timeout=2)
