@@ -55,6 +55,8 @@ class GpuFleetProps:
     externally_resized: bool = False  # a DAG resizes it: deploys must not undo a running job
     initial_delay_s: int = 600  # GPU driver install + image pull before the health check counts
     labels: dict[str, str] | None = None
+    zones: Sequence[str] = ()  # zones offering the GPU; empty lets GCP choose
+    target_shape: str = "EVEN"  # EVEN / BALANCED spread; ANY / ANY_SINGLE_ZONE follow capacity
 
 
 class GpuFleet(Construct):
@@ -106,6 +108,8 @@ class GpuFleet(Construct):
             region=props.region,
             version=structs([{"instance_template": self.template.self_link_unique, "name": "primary"}]),
             target_size=props.target_size,
+            distribution_policy_zones=list(props.zones) or None,
+            distribution_policy_target_shape=props.target_shape,
             named_port=structs([{"name": props.named_port[0], "port": props.named_port[1]}]) if props.named_port else None,
             auto_healing_policies=(
                 {"health_check": props.health_check_id, "initial_delay_sec": props.initial_delay_s}
@@ -115,8 +119,9 @@ class GpuFleet(Construct):
                 "type": "PROACTIVE",
                 "minimal_action": "REPLACE",
                 "most_disruptive_allowed_action": "REPLACE",
-                "instance_redistribution_type": "NONE" if props.target_size == 0 else "PROACTIVE",
-                "max_surge_fixed": 3,  # regional groups need at least one per zone
+                # Only an EVEN group may move instances between zones; the other shapes require NONE.
+                "instance_redistribution_type": "PROACTIVE" if props.target_shape == "EVEN" else "NONE",
+                "max_surge_fixed": max(len(props.zones), 3),  # fixed surge: 0 or at least one per zone
                 "max_unavailable_fixed": 0,
                 "replacement_method": "SUBSTITUTE",
             },

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cdktn import TerraformOutput, TerraformStack
 from cdktn_provider_google.artifact_registry_repository_iam_member import ArtifactRegistryRepositoryIamMember
+from cdktn_provider_google.data_google_project import DataGoogleProject
+from cdktn_provider_google.service_account_iam_member import ServiceAccountIamMember
 from constructs import Construct
 
 from infra.constructs.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling, PubsubBacklogScaling
@@ -91,7 +93,8 @@ class PlatformStack(TerraformStack):
                 subnetwork=self.network.subnet.id, service_account_email=self.iam.accounts[account].email,
                 startup_script=script, tags=tags, accelerator_type=g.accelerator_type,
                 accelerator_count=g.accelerator_count, spot=g.spot, min_replicas=g.min_replicas,
-                max_replicas=g.max_replicas, labels={"role": cid}, **kw,  # type: ignore[arg-type]
+                max_replicas=g.max_replicas, labels={"role": cid},
+                zones=[f"{s.region}-{z}" for z in g.zone_suffixes], target_shape=g.target_shape, **kw,  # type: ignore[arg-type]
             ))
 
         serving_kw = dict(named_port=(PORT_NAME, sv.port), health_check_id=health.check.id,
@@ -120,7 +123,14 @@ class PlatformStack(TerraformStack):
             env_variables={"TENFOLD_ENV": s.env, "TENFOLD_PROJECT_ID": s.project_id},
         ))
         if self.orchestration.composer is not None:
+            # Composer's service agent must be able to act for the environment's account (Composer 2/3).
+            project = DataGoogleProject(self, "project", project_id=s.project_id)
+            agent = ServiceAccountIamMember(
+                self, "composer-agent-ext", service_account_id=self.iam.accounts["composer"].name,
+                role="roles/composer.ServiceAgentV2Ext",
+                member=f"serviceAccount:service-{project.number}@cloudcomposer-accounts.iam.gserviceaccount.com")
             self.orchestration.composer.node.add_dependency(self.iam)
+            self.orchestration.composer.node.add_dependency(agent)
 
         mo, subs = s.monitoring, s.messaging.subscriptions
         Observability(self, "observability", ObservabilityProps(

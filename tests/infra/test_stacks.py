@@ -128,8 +128,11 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
         owner = accounts[grant["member"].split(".")[1]]
         if role == "roles/composer.worker":
             assert owner == get_settings(env).service_accounts.composer
-    (act_as,) = resources(stack, "google_service_account_iam_member").values()
-    assert act_as["role"] == "roles/iam.serviceAccountUser"
+    sa_grants = list(resources(stack, "google_service_account_iam_member").values())
+    act_as = [g for g in sa_grants if g["role"] == "roles/iam.serviceAccountUser"]
+    assert len(act_as) == 1, "only the orchestrator may act as one account (Dataproc's)"
+    others = {g["role"] for g in sa_grants} - {"roles/iam.serviceAccountUser"}
+    assert others == ({"roles/composer.ServiceAgentV2Ext"} if get_settings(env).airflow.composer_enabled else set())
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -149,6 +152,13 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
         assert "developer.gserviceaccount.com" not in t["service_account"]["email"]
         assert t["service_account"]["email"].startswith("${google_service_account.")
     groups = _by_name(stack, "google_compute_region_instance_group_manager")
+    for f in fleets.values():
+        g = groups[f.instance_group][1]
+        assert g["distribution_policy_zones"] == [f"{s.region}-{z}" for z in f.zone_suffixes]
+        assert g["distribution_policy_target_shape"] == f.target_shape
+        assert g["update_policy"]["max_surge_fixed"] >= len(f.zone_suffixes)
+        assert (g["update_policy"]["instance_redistribution_type"] == "PROACTIVE") is (f.target_shape == "EVEN")
+    assert groups[s.training.fleet.instance_group][1]["distribution_policy_target_shape"] == "ANY_SINGLE_ZONE"
     assert groups[s.training.fleet.instance_group][1]["target_size"] == 0
     assert "target_size" in groups[s.training.fleet.instance_group][1]["lifecycle"]["ignore_changes"]
     for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):

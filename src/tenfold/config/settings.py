@@ -133,6 +133,11 @@ class GpuGroupSettings(_Frozen):
     disk_size_gb: int = 100
     # Container-Optimized OS: runs the tenfold image; `cos-extensions install gpu` adds the driver.
     source_image: str = "projects/cos-cloud/global/images/family/cos-stable"
+    # Zones of the region the group may use (suffixes): those that offer its GPU (L4: us-central1-a/b/c).
+    zone_suffixes: tuple[str, ...] = ("a", "b", "c")
+    # EVEN spreads serving over the zones; ANY_SINGLE_ZONE keeps a training job's nodes together (NCCL
+    # traffic); ANY lets spot workers go wherever there is capacity.
+    target_shape: Literal["EVEN", "BALANCED", "ANY", "ANY_SINGLE_ZONE"] = "EVEN"
 
     @model_validator(mode="after")
     def _bounds(self) -> GpuGroupSettings:
@@ -416,7 +421,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
             backend="gloo" if is_local else "nccl",
             nproc_per_node=2 if is_local else 1,
             nnodes=1 if is_local else 2,
-            fleet=fleet("train", machine_type="g2-standard-8", min_replicas=0, max_replicas=2, spot=not prod, **gpu),
+            fleet=fleet("train", machine_type="g2-standard-8", min_replicas=0, max_replicas=2, spot=not prod,
+                        target_shape="ANY_SINGLE_ZONE", **gpu),
         ),
         serving=ServingSettings(
             stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
@@ -435,7 +441,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
             ),
         ),
         inference=InferenceSettings(
-            fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True, **gpu),
+            fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
+                        target_shape="ANY", **gpu),
         ),
         monitoring=MonitoringSettings(
             notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com"),
