@@ -60,3 +60,21 @@ def test_bad_month_and_local_env_are_refused() -> None:
         dataproc.features_batch(get_settings("dev"), "January", 1)
     with pytest.raises(ValueError, match="dev and prod"):
         dataproc.features_batch(get_settings("local"), "2013-01", 1)
+
+
+@pytest.mark.parametrize("value", ["2013-01", "2013-1", "2014-12"])
+def test_month_spelling_matches_the_lake(value: str) -> None:
+    s = get_settings("dev")
+    part = Partition.parse(value)
+    out = dataproc.features_batch(s, value, 1)["pyspark_batch"]["args"][-1]
+    assert f"/{part.path}/" in out and dataproc.batch_id(s, value, 1) == dataproc.batch_id(s, part, 1)
+    assert part.label in dataproc.batch_id(s, value, 1)
+
+
+def test_module_does_not_import_pyarrow() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, tenfold.cloud.dataproc, tenfold.cloud.urlmap, tenfold.cloud.compute; print('pyarrow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "DAG files import tenfold.cloud: keep heavy modules out of its import path"
