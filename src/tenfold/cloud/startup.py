@@ -20,7 +20,8 @@ RUN_ID_KEY = "tenfold-run-id"
 TRAIN_ARGS_KEY = "tenfold-train-args"
 ROLE_KEY = "tenfold-role"
 
-SERVING_COMMAND: tuple[str, ...] = ("python", "-m", "tenfold.serving")
+# Serving runs the image's own CMD (serving_image/ defines it); the other roles name their module.
+SERVING_COMMAND: tuple[str, ...] = ()
 INFERENCE_COMMAND: tuple[str, ...] = ("python", "-m", "tenfold.inference.worker")
 TRAINING_COMMAND: tuple[str, ...] = ("python", "-m", "tenfold.cloud.worker")
 
@@ -60,7 +61,7 @@ def startup_script(
         f"docker-credential-gcr configure-docker --registries={shlex.quote(registry)}",
         f"docker rm -f tenfold-{role} >/dev/null 2>&1 || true",
         f"docker run {run_mode} --name tenfold-{role} --network host $GPU_FLAGS {env_flags} "
-        f"{shlex.quote(settings.container_image)} {shlex.join(command)}",
+        f"{shlex.quote(settings.container_image)} {shlex.join(command)}".rstrip(),
     ]
     return "\n".join(lines) + "\n"
 

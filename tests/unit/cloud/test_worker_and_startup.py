@@ -80,7 +80,9 @@ def test_startup_scripts_run_the_image_with_the_environment() -> None:
     serving = startup.serving_startup_script(s, s.serving.stable_fleet, "stable")
     assert s.container_image in serving and "TENFOLD_ENV=prod" in serving and f"TENFOLD_PROJECT_ID={s.project_id}" in serving
     assert "cos-extensions install gpu" in serving, "the fleet has a GPU: the driver is installed"
-    assert "--restart=always" in serving and " ".join(startup.SERVING_COMMAND) in serving
+    run_line = next(line for line in serving.splitlines() if line.startswith("docker run"))
+    assert "--restart=always" in run_line and run_line.endswith(s.container_image), "serving runs the image's CMD"
+    assert "--network host" in run_line and "$GPU_FLAGS" in run_line
     training = startup.training_startup_script(s)
     assert "--rm" in training and " ".join(startup.TRAINING_COMMAND) in training
     cpu = s.inference.fleet.model_copy(update={"accelerator_type": None, "accelerator_count": 0})
