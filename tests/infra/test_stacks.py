@@ -238,6 +238,10 @@ def test_stateful_construct_ids_are_fixed(synth: Synth, env: str, renamed_settin
     topic_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_topic")}
     assert topic_ids == {"topic-requests", "topic-predictions", "topic-feedback", "topic-model-updates",
                          *(f"topic-{k}-dead-letter" for k in get_settings(env).messaging.subscriptions)}
+    keys = get_settings(env).messaging.subscriptions
+    sub_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_subscription")}
+    assert sub_ids == {*(f"sub-{k}" for k in keys), *(f"dlq-sub-{k}-dead-letter" for k in keys)}
+    assert {lid.split("_", 1)[0] for lid in resources(stack, "google_pubsub_subscription")} == {"messaging"}
     # ids do not depend on names: the renamed environment has the very same logical ids
     renamed = synth.stack(renamed_settings.infra.data_stack)
     for rtype in ("google_storage_bucket", "google_kms_crypto_key", "google_pubsub_topic", "google_pubsub_subscription"):
