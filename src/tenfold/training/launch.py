@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from tenfold.features import schema
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
+from tenfold.training.remote import RemoteDir, is_remote
 from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
 
 LOG_FILE = "torchrun.log"
@@ -51,8 +53,8 @@ class TrainingTimeout(TrainingFailed):
 
 @dataclass(frozen=True)
 class TrainResult:
-    out_dir: Path
-    model_dir: Path
+    out_dir: Path | str  # a path, or a gs:// URI when the run wrote to object storage
+    model_dir: Path | str
     steps: int
     world_size: int
     samples_per_s: float
@@ -79,7 +81,8 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     return Preprocessor.fit(table)
 
 
-def torchrun_command(settings: Settings, out_dir: Path, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:
+def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:
+    """torchrun's argv for the worker writing to ``out`` (a folder or a URI)."""
     t = settings.training
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if t.nnodes == 1:
@@ -93,7 +96,7 @@ def torchrun_command(settings: Settings, out_dir: Path, *, nproc: int, job_id: s
         cmd += [f"--nnodes={t.nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={t.rdzv_host}:{t.rdzv_port}", f"--rdzv-id={job_id}"]
     cmd += [f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
-            "-m", "tenfold.training.worker", "--config", str(out_dir / CONFIG_FILE), "--out", str(out_dir)]
+            "-m", "tenfold.training.worker", "--config", f"{out.rstrip('/')}/{CONFIG_FILE}", "--out", out]
     return cmd
 
 
@@ -130,31 +133,50 @@ def run_torchrun(
 ) -> TrainResult:
     """Train with torchrun into ``out_dir`` (a re-run with the same folder resumes from its checkpoints).
 
+    ``out_dir`` may be a URI (``gs://...``, ``file://...``): the workers then train in local scratch
+    folders and mirror checkpoints, the model and the result there, as on the cloud training group;
+    ``torchrun.log`` then stays in a local temporary folder (``TrainingFailed.log_path``).
+
     Writes ``out_dir/model`` (load it with :func:`tenfold.model.load_model`), ``train_result.json``,
     ``losses.jsonl`` and ``torchrun.log``. Raises :class:`TrainingFailed` / :class:`TrainingTimeout`.
     """
-    out = Path(out_dir).resolve()
+    remote = RemoteDir(str(out_dir)) if is_remote(str(out_dir)) else None
+    out = Path(tempfile.mkdtemp(prefix="tenfold-launch-")) if remote else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    target = remote.uri if remote else str(out)
     nproc = nproc or settings.training.nproc_per_node
     restarts = settings.training.max_restarts if max_restarts is None else max_restarts
     timeout = float(timeout_s if timeout_s is not None else settings.training.job_timeout_s)
 
-    config_path = out / CONFIG_FILE
-    if config_path.exists() and TrainConfig.load(config_path).to_dict() != train_config.to_dict():
-        previous = TrainConfig.load(config_path).to_dict()
-        changed = sorted(k for k in previous if previous[k] != train_config.to_dict().get(k))
-        raise ValueError(f"{out} holds a run with a different config (changed: {changed}); use a fresh output folder")
-    pre_path = out / PREPROCESSING_FILE
-    if not pre_path.exists():  # never refit on a resumed run: the checkpoints were trained against this state
-        tmp = pre_path.with_name(f".{PREPROCESSING_FILE}.tmp")
-        tmp.write_text(fit_preprocessing(train_config).to_json())
-        os.replace(tmp, pre_path)
-    tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
-    tmp.write_text(train_config.to_json())
-    os.replace(tmp, config_path)
-    (out / RESULT_FILE).unlink(missing_ok=True)
+    def read(name: str) -> str | None:
+        if remote:
+            body = remote.read_bytes(name)
+            return None if body is None else body.decode()
+        return (out / name).read_text() if (out / name).exists() else None
 
-    cmd = torchrun_command(settings, out, nproc=nproc, job_id=f"tenfold-{uuid.uuid4().hex[:8]}", max_restarts=restarts)
+    def write(name: str, text: str) -> None:
+        if remote:
+            remote.write_bytes(name, text.encode())
+        else:
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, out / name)
+
+    previous_config = read(CONFIG_FILE)
+    if previous_config is not None:
+        previous = TrainConfig.from_dict(json.loads(previous_config)).to_dict()
+        if previous != train_config.to_dict():
+            changed = sorted(k for k in previous if previous[k] != train_config.to_dict().get(k))
+            raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
+    if read(PREPROCESSING_FILE) is None:  # never refit on a resumed run: the checkpoints were trained against this state
+        write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())
+    write(CONFIG_FILE, train_config.to_json())
+    if remote:
+        remote.delete(RESULT_FILE)
+    else:
+        (out / RESULT_FILE).unlink(missing_ok=True)
+
+    cmd = torchrun_command(settings, target, nproc=nproc, job_id=f"tenfold-{uuid.uuid4().hex[:8]}", max_restarts=restarts)
     threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
     run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path = out / LOG_FILE
@@ -179,17 +201,27 @@ def run_torchrun(
             f"training failed after {restarts} restart(s): {where} failed with {error} (exit {rc}); see {log_path}",
             rank=rank, error=error, exitcode=rc, log_path=log_path,
         )
-    result_path = out / RESULT_FILE
-    if not result_path.exists():
-        raise TrainingFailed(f"torchrun exited 0 but wrote no {RESULT_FILE}; see {log_path}",
+    body = read(RESULT_FILE)
+    if body is None:
+        raise TrainingFailed(f"torchrun exited 0 but wrote no {RESULT_FILE} in {target}; see {log_path}",
                              rank=None, error="no result", exitcode=rc, log_path=log_path)
-    raw = json.loads(result_path.read_text())
+    raw = json.loads(body)
+    out_ref: Path | str = _local_path(remote.uri) if remote else out
     return TrainResult(
-        out_dir=out, model_dir=out / MODEL_DIR, steps=raw["steps"], world_size=raw["world_size"],
+        out_dir=out_ref, model_dir=_join(out_ref, MODEL_DIR), steps=raw["steps"], world_size=raw["world_size"],
         samples_per_s=raw["samples_per_s"], train_seconds=raw["train_seconds"], wall_seconds=wall,
         final_loss=raw["final_loss"], restart_count=raw["restart_count"], resumed_from_step=raw["resumed_from_step"],
         manifests=raw["manifests"], config=train_config.to_dict(), raw=raw,
     )
+
+
+def _local_path(uri: str) -> Path | str:
+    """A file:// URI as a path (so callers can open it); other URIs unchanged."""
+    return Path(uri[len("file://"):]) if uri.startswith("file://") else uri
+
+
+def _join(base: Path | str, name: str) -> Path | str:
+    return base / name if isinstance(base, Path) else f"{base}/{name}"
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:

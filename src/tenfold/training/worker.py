@@ -14,6 +14,10 @@ optimizer, scheduler, step, epoch, batch position, every rank's RNG), trains, ch
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
 so the launcher can name the failing rank and its error.
 
+``--config`` and ``--out`` may be URIs (``gs://`` on the cloud training group): the worker then trains
+in a local scratch folder and mirrors checkpoints, the model and the result to ``--out``
+(:mod:`tenfold.training.remote`).
+
 Test-only fault hook: ``TENFOLD_TRAIN_FAULT="rank=1,step=7,mode=exit,once=/path/marker"`` makes that
 rank die (``exit``: ``os._exit(17)`` as a killed process would; ``raise``: an exception) when it is
 about to run global step 7; with ``once`` it fires only while the marker file does not exist.
@@ -26,7 +30,9 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +51,7 @@ from tenfold.model.preprocessing import Preprocessor
 from tenfold.training import checkpoint as ckpt
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import FeatureDataset, ShardedBatches, read_features, seed_everything
+from tenfold.training.remote import RemoteDir, is_remote, read_text
 
 log = logging.getLogger("tenfold.training.worker")
 
@@ -81,6 +88,18 @@ def init_distributed(backend: str, rank: int, world_size: int, timeout_s: int) -
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
+def select_device(backend: str, local_rank: int) -> torch.device:
+    """The device a backend implies: nccl needs CUDA (refused clearly without it), gloo runs on CPU."""
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise WorkerError("backend nccl needs CUDA, and this machine has none: use gloo (settings.training.backend)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if backend != "gloo":
+        raise WorkerError(f"unknown backend {backend!r}: use gloo (CPU) or nccl (CUDA)")
+    return torch.device("cpu")
+
+
 def _maybe_fault(rank: int, step: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -109,17 +128,24 @@ def _manifests(lake: Lake, cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int) -> dict[str, Any] | None:
-    """The training loop of one rank; rank 0 returns the result body."""
+def train(
+    cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int, mirror: RemoteDir | None = None
+) -> dict[str, Any] | None:
+    """The training loop of one rank; rank 0 returns the result body.
+
+    ``out`` is a local folder; with ``mirror`` (a remote ``--out``) the preprocessing and checkpoints
+    are fetched from it first, and checkpoints and the model are written through to it.
+    """
+    device = select_device(cfg.backend or "gloo", local_rank)
     backend = cfg.backend or "gloo"
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise WorkerError("backend nccl needs CUDA, and this machine has none: use gloo (settings.training.backend)")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     pre_path = out / PREPROCESSING_FILE
+    ckpt_dir = out / CHECKPOINT_DIR
+    if mirror is not None:
+        if (body := mirror.read_bytes(PREPROCESSING_FILE)) is not None:
+            pre_path.write_bytes(body)
+        mirror.download_folder(CHECKPOINT_DIR, ckpt_dir)
+        if rank == 0 and (body := mirror.read_bytes(LOSSES_FILE)) is not None:
+            (out / LOSSES_FILE).write_bytes(body)
     if not pre_path.exists():
         raise WorkerError(f"{pre_path} is missing: launch through tenfold.training.launch.run_torchrun, which fits it once")
     pre = Preprocessor.from_json(pre_path.read_text())
@@ -138,7 +164,6 @@ def train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=cfg.lr * 0.05)
     step, epoch, batch_pos, resumed_from = 0, 0, 0, None
-    ckpt_dir = out / CHECKPOINT_DIR
     found = ckpt.latest_valid_checkpoint(ckpt_dir, map_location=device)
     if found is not None:
         info, payload = found
@@ -168,7 +193,15 @@ def train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int) -
                 "step": step, "epoch": next_epoch, "batch": next_batch, "world_size": world,
                 "rng": dict(enumerate(states)), "trajectory": trajectory_digest(cfg),
             }
-            ckpt.save_checkpoint(ckpt_dir, step, payload, keep=cfg.keep_checkpoints)
+            info = ckpt.save_checkpoint(ckpt_dir, step, payload, keep=cfg.keep_checkpoints)
+            if mirror is not None:
+                mirror.upload(info.path, f"{CHECKPOINT_DIR}/{info.path.name}")
+                mirror.upload(info.sidecar, f"{CHECKPOINT_DIR}/{info.sidecar.name}")  # the commit marker, last
+                mirror.upload(out / LOSSES_FILE, LOSSES_FILE)
+                kept = {p.name for p in ckpt_dir.iterdir()}
+                for name in mirror.list(CHECKPOINT_DIR):
+                    if name not in kept:
+                        mirror.delete(f"{CHECKPOINT_DIR}/{name}")
 
     losses = open(out / LOSSES_FILE, "a", buffering=1) if rank == 0 else None  # noqa: SIM115
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -214,6 +247,10 @@ def train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int) -
     if rank != 0:
         return None
     save_model(out / MODEL_DIR, model, cfg.model, pre, extra={"train_config": cfg.to_dict(), "steps": step})
+    if mirror is not None:
+        for name in ("weights.pt", "preprocessing.json", "meta.json", ):  # meta.json last: it marks the folder whole
+            mirror.upload(out / MODEL_DIR / name, f"{MODEL_DIR}/{name}")
+        mirror.upload(out / LOSSES_FILE, LOSSES_FILE)
     return {
         "steps": step,
         "epochs_completed": epoch,
@@ -237,28 +274,36 @@ def train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int) -
 @record
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tenfold.training.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--config", required=True, help="train_config.json: a path or a URI (gs://...)")
+    parser.add_argument("--out", required=True, help="output folder: a path, or a URI mirrored from a local scratch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(process)d %(name)s: %(message)s")
     if "RANK" not in os.environ:
         raise WorkerError("RANK is not set: start the worker with torchrun (see this module's docstring)")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cfg = TrainConfig.load(args.config)
+    cfg = TrainConfig.from_dict(json.loads(read_text(args.config)))
+    mirror = RemoteDir(args.out) if is_remote(args.out) else None
+    out = Path(tempfile.mkdtemp(prefix=f"tenfold-train-r{rank}-")) if mirror else Path(args.out)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+    select_device(cfg.backend or "gloo", local_rank)  # refuse nccl without CUDA before joining any group
     init_distributed(cfg.backend or "gloo", rank, world, cfg.collective_timeout_s)
     try:
-        result = train(cfg, args.out, rank, world, local_rank)
+        result = train(cfg, out, rank, world, local_rank, mirror)
         dist.barrier()
         if result is not None:
-            path = args.out / RESULT_FILE
-            tmp = path.with_name(f".{RESULT_FILE}.tmp")
-            tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-            os.replace(tmp, path)
+            body = json.dumps(result, indent=2, sort_keys=True)
+            if mirror is not None:
+                mirror.write_bytes(RESULT_FILE, body.encode())
+            else:
+                tmp = out / f".{RESULT_FILE}.tmp"
+                tmp.write_text(body)
+                os.replace(tmp, out / RESULT_FILE)
     finally:
         dist.destroy_process_group()
+        if mirror is not None:
+            shutil.rmtree(out, ignore_errors=True)
     return 0
 
 

@@ -73,3 +73,16 @@ def test_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
     got = (random.random(), np.random.rand(), torch.rand(3), torch.nn.functional.dropout(torch.ones(8), 0.5))
     assert got[0] == expected[0] and got[1] == expected[1]
     assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+
+
+def test_nccl_without_cuda_is_refused_naming_the_fix() -> None:
+    import pytest
+
+    from tenfold.training.worker import WorkerError, select_device
+
+    assert select_device("gloo", 0) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(WorkerError, match="backend nccl needs CUDA.*use gloo"):
+            select_device("nccl", 0)
+    with pytest.raises(WorkerError, match="unknown backend 'mpi'"):
+        select_device("mpi", 0)
