@@ -200,28 +200,59 @@ def _start_watchdog(record: ProcessRecord) -> None:
 _reapers: list[subprocess.Popen[bytes]] = []
 
 
-def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
-    """Stop the process group of ``record`` if it is still the process we started; True if it was running."""
-    proc = _process_of(record)
-    if proc is None:
-        return False
+def _orphans(record: ProcessRecord) -> list[psutil.Process]:
+    """Live members of the group ``record`` led, once its leader is gone (e.g. Airflow's scheduler after
+    the standalone process crashed). The kernel never reuses a pid while a group still carries it as
+    its id, so members of a group whose id is our dead leader's pid can only be ours."""
     try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
+        leader = psutil.Process(record.pid)
+        if abs(leader.create_time() - record.create_time) > 0.05:
+            return []  # the pid now names another process: not our group
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.AccessDenied:
+        return []
+    return [p for p in _group_members(record.pid) if p.pid != record.pid and _alive(p)]
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    # Only signal the group when the leader is ours: start() made it a session leader (pgid == pid).
-    members = _group_members(pgid) if pgid == proc.pid else [proc]
-    _signal(pgid if pgid == proc.pid else None, members, signal.SIGTERM)
-    alive = _wait_gone(members, timeout)
-    if alive:
-        _signal(pgid if pgid == proc.pid else None, alive, signal.SIGKILL)
-        _wait_gone(alive, 5.0)
+
+
+def is_group_running(record: ProcessRecord) -> bool:
+    """True while the recorded process, or any process left in its group, is alive."""
+    return is_running(record) or bool(_orphans(record))
+
+
+def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
+    """Stop the process group of ``record`` if it is still ours; True if anything of it was running."""
+    proc = _process_of(record)
+    if proc is not None:
+        try:
+            pgid: int | None = os.getpgid(proc.pid)
+        except ProcessLookupError:
+            pgid = None
+        # Only signal the group when the leader is ours: start() made it a session leader (pgid == pid).
+        group = pgid if pgid == proc.pid else None
+        members = _group_members(proc.pid) if group is not None else [proc]
+    else:
+        members = _orphans(record)
+        group = record.pid if members else None
+    if members:
+        _signal(group, members, signal.SIGTERM)
+        alive = _wait_gone(members, timeout)
+        if alive:
+            _signal(group, alive, signal.SIGKILL)
+            _wait_gone(alive, 5.0)
     for popen in list(_reapers):
         if popen.pid == record.pid:
             with contextlib.suppress(Exception):
                 popen.wait(timeout=1)
             _reapers.remove(popen)
-    return True
+    return bool(members)
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:

@@ -48,7 +48,7 @@ def _healthy(svc: Service) -> bool:
 def running_record(settings: Settings, name: str) -> ProcessRecord | None:
     """The pid-file record of ``name`` if that process is still alive, else None."""
     record = process.read_record(run_dir(settings), name)
-    return record if record is not None and process.is_running(record) else None
+    return record if record is not None and process.is_group_running(record) else None
 
 
 def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = False) -> ProcessRecord:
@@ -106,11 +106,12 @@ def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: obj
     problems: list[str] = []
     for name in names:
         svc = service(settings, name)
-        if running_record(settings, name) is not None:
+        if (record := running_record(settings, name)) is not None:
             if _healthy(svc):
                 say(f"{name}: already running and healthy on {svc.url}")
                 continue
-            if name != "airflow":  # Airflow may still be starting from an earlier `up`: wait below
+            # Airflow may still be starting from an earlier, interrupted `up`: wait for it below.
+            if name != "airflow" or not process.is_running(record):
                 problems.append(
                     f"{name} is running (pid file {process.pid_file(run_dir(settings), name)}) but not healthy: "
                     f"run `tenfold down`, then `tenfold up`; log: {process.log_file(run_dir(settings), name)}"
@@ -126,7 +127,8 @@ def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: obj
     started: list[str] = []
     try:
         for svc in todo:
-            say(f"{svc.name}: starting on {svc.url} ...")
+            slow = " (Airflow takes a minute or two)" if svc.name == "airflow" else ""
+            say(f"{svc.name}: starting on {svc.url} ...{slow}")
             start_service(settings, svc.name)
             started.append(svc.name)
             say(f"{svc.name}: healthy")

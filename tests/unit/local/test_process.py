@@ -115,3 +115,19 @@ def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
         owner.kill()
         with contextlib.suppress(Exception):
             process.stop(process.ProcessRecord.from_json((tmp_path / "svc.pid").read_text()), timeout=2)
+
+
+def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path):
+    """Like Airflow's components after the standalone process crashed: still ours, still stopped."""
+    record = process.start("svc", ["sh", "-c", "sleep 300 & echo $! > child.pid; wait"], run_dir=tmp_path, port=1, cwd=tmp_path)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    psutil.Process(record.pid).kill()
+    psutil.Process(record.pid).wait(timeout=5)
+    assert not process.is_running(record)
+    assert process.is_group_running(record)  # the orphan keeps the group alive
+    assert process.stop(record, timeout=5) is True
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert not process.is_group_running(record)
