@@ -52,7 +52,7 @@ def _tree_rss(proc: Any) -> int:
     return total
 
 
-def run_child(envs: list[str]) -> dict[str, object]:
+def run_child(envs: list[str]) -> dict[str, Any]:
     """Synthesize ``envs`` in a fresh process; wall time, the child's own timings, peak RSS of its tree."""
     import psutil
 
@@ -94,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 
     one = run_child(["dev", "prod"])
     print(f"one process, dev+prod: {one['wall_s']:.1f} s wall, {one['cpu_s']:.1f} s CPU (import {one['import_s']:.1f} s, build+synth "
-          f"{one['synth_s']:.1f} s), peak RSS {one['peak_rss_mib']:.0f} MiB, {len(one['stacks'])} stacks, "  # type: ignore[arg-type]
+          f"{one['synth_s']:.1f} s), peak RSS {one['peak_rss_mib']:.0f} MiB, {len(one['stacks'])} stacks, "
           f"{one['resources']} resources; target < {TARGET_S:.0f} s")
     base_wall = None
     if not args.no_baseline:
         per_env = [run_child([env]) for env in ("dev", "prod")]
-        base_wall = sum(float(r["wall_s"]) for r in per_env)  # type: ignore[arg-type]
-        base_cpu = sum(float(r["cpu_s"]) for r in per_env)  # type: ignore[arg-type]
+        base_wall = sum(float(r["wall_s"]) for r in per_env)
+        base_cpu = sum(float(r["cpu_s"]) for r in per_env)
         print(f"baseline, one process per environment: {base_wall:.1f} s wall in total "
-              f"(ratio one-process/baseline {float(one['wall_s']) / base_wall:.2f})")  # type: ignore[arg-type]
+              f"(ratio one-process/baseline {float(one['wall_s']) / base_wall:.2f})")
 
     lines = [
         "# Synthesis benchmark (infra/)",
@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         "| what | wall s | CPU s (python + node) | import s | build+synth s | peak RSS MiB (python + jsii node) | stacks | resources |",
         "|---|---|---|---|---|---|---|---|",
         f"| dev + prod, one process | {one['wall_s']:.1f} | {one['cpu_s']:.1f} | {one['import_s']:.1f} | {one['synth_s']:.1f} | "
-        f"{one['peak_rss_mib']:.0f} | {len(one['stacks'])} | {one['resources']} |",  # type: ignore[arg-type]
+        f"{one['peak_rss_mib']:.0f} | {len(one['stacks'])} | {one['resources']} |",
     ]
     if base_wall is not None:
         lines.append(f"| baseline: one process per environment (sum) | {base_wall:.1f} | {base_cpu:.1f} | | | | 4 | |")
-        lines += ["", f"Ratio one process / baseline: {float(one['wall_s']) / base_wall:.2f}."]  # type: ignore[arg-type]
-    verdict = "meets" if float(one["wall_s"]) < TARGET_S else "misses"  # type: ignore[arg-type]
+        lines += ["", f"Ratio one process / baseline: {float(one['wall_s']) / base_wall:.2f}."]
+    verdict = "meets" if float(one["wall_s"]) < TARGET_S else "misses"
     lines += ["", f"Target: everything in under {TARGET_S:.0f} s on 2 cores; this run {verdict} it on wall time "
-              f"({float(one['cpu_s']):.1f} s of CPU).", ""]  # type: ignore[arg-type]
+              f"({float(one['cpu_s']):.1f} s of CPU).", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out.relative_to(ROOT)}")
