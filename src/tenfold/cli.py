@@ -49,6 +49,9 @@ app.command("up")(_local.up)
 app.command("down")(_local.down)
 app.command("status")(_local.status)
 
+from tenfold.quality.cli import app as _quality  # noqa: E402
+
+app.add_typer(_quality, name="quality")
 from tenfold.registry.cli import app as _models  # noqa: E402
 
 app.add_typer(_models, name="models")

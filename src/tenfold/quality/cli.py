@@ -1,0 +1,56 @@
+"""``tenfold quality``: check a published partition against its suite, and find the Data Docs.
+
+* ``tenfold quality check flights --month 2013-01`` (suite ``raw_flights``; ``features`` uses ``features``):
+  runs the suite on the published partition and writes its Data Docs page. Read-only: unlike the DAG's
+  gate it never quarantines or alerts. Exit code 1 when an expectation fails.
+* ``tenfold quality docs``: where the Data Docs of this environment are (open ``index.html``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tenfold.config import get_settings
+
+app = typer.Typer(help="Great Expectations suites and Data Docs of the lake.", no_args_is_help=True)
+SUITES = {"flights": "raw_flights", "features": "features"}
+
+
+@app.command("check")
+def check(
+    table: str = typer.Argument(..., help="flights or features"),
+    month: str = typer.Option(..., help="the partition, YYYY-MM"),
+    suite: str | None = typer.Option(None, help="suite name in expectations/; default: the table's suite"),
+) -> None:
+    """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs."""
+    from tenfold.data.lake import Lake, LakeError, Partition
+    from tenfold.quality.gate import _read, _to_pandas, run_suite
+    from tenfold.quality.suites import SuiteError
+
+    settings = get_settings()
+    try:
+        name = suite or SUITES[table]
+        part = Partition.parse(month)
+        lake = Lake(settings.storage.lake_uri)
+        frame = _to_pandas(_read(lake, lake.files(table, part, verify=True)))
+        report = run_suite(settings, frame, table=table, part=part, suite_name=name,
+                           batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli")
+    except KeyError as exc:
+        typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(SUITES)})", err=True)
+        raise typer.Exit(2) from exc
+    except (ValueError, LakeError, SuiteError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.summary())
+    typer.echo(f"Data Docs: {report.data_docs}")
+    if not report.success:
+        raise typer.Exit(1)
+
+
+@app.command("docs")
+def docs() -> None:
+    """Print where this environment's Data Docs are."""
+    from tenfold.quality.gate import data_docs_location
+
+    location = data_docs_location(get_settings())
+    typer.echo(f"{location}/index.html")

@@ -1,0 +1,38 @@
+"""``tenfold quality``: a read-only check of a published partition, and where the Data Docs are."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from typer.testing import CliRunner
+
+from tenfold.cli import app
+from tenfold.data.lake import Partition
+from tenfold.features import schema
+
+from .conftest import features_table, with_column
+
+
+def test_check_reports_without_side_effects(settings, lake, stage, alerts, monkeypatch):
+    monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
+    part = Partition(2013, 4)
+    table = features_table(part, rows=21_000)
+    lake.publish(schema.TABLE, part, stage(table, part, "ok"), run_id="r")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["quality", "check", "features", "--month", "2013-04"])
+    assert ok.exit_code == 0, ok.output
+    assert "expectations passed (21000 rows)" in ok.output
+    assert "Data Docs: file://" in ok.output
+
+    bad = with_column(table, "origin", pa.array(["ZZZ"] * table.num_rows))
+    lake.publish(schema.TABLE, part, stage(bad, part, "bad"), run_id="r2")
+    refused = runner.invoke(app, ["quality", "check", "features", "--month", "2013-04"])
+    assert refused.exit_code == 1
+    assert "expect_column_values_to_be_in_set(origin)" in refused.output
+    assert lake.has_manifest(schema.TABLE, part) and alerts() == []  # read-only: no quarantine, no alert
+
+    missing = runner.invoke(app, ["quality", "check", "features", "--month", "2013-09"])
+    assert missing.exit_code == 2 and "never" in missing.output
+
+    docs = runner.invoke(app, ["quality", "docs"])
+    assert docs.output.strip() == f"{settings.local.home / 'data_docs'}/index.html"
+
