@@ -6,6 +6,8 @@ no UI, so a hand-made frame transforms in well under a second.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,9 @@ def spark() -> Iterator[pyspark.sql.SparkSession]:
     from pyspark.sql import SparkSession
 
     from tenfold.features.job import SESSION_CONF
+
+    # Python workers must be this venv's interpreter (they unpickle functions from tenfold).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
 
     builder = (
         SparkSession.builder.master("local[2,4]")

@@ -8,7 +8,7 @@ Run ``tenfold ingest --month 2013-01`` (or call :func:`ingest_month`). For month
   job for month M reads the reference data of M only (a slowly changing table never leaks a later
   version into an earlier month). The copies are small (about 350 KB a month).
 
-Every file is written by pyarrow with fixed options from rows in source order, so a re-run writes
+Every file is written by :mod:`tenfold.data.parquet` (fixed options) from rows in source order, so a re-run writes
 byte-identical files: :meth:`Lake.publish` then finds the same content digest and leaves the
 partition (and its manifest) as it was. Nothing is ever appended, so nothing is duplicated.
 """
@@ -20,40 +20,24 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tenfold.data import nycflights13
 from tenfold.data.lake import Lake, Manifest, Partition
+from tenfold.data.parquet import write_table
 
 MONTHLY_TABLES = ("flights", "weather")
 REFERENCE_TABLES = ("planes", "airlines", "airports")
 SOURCE = "nycflights13"
 
-# Fixed writer options: the bytes depend on the rows only (and on the pyarrow version).
-_PARQUET_OPTIONS: dict[str, object] = {
-    "compression": "zstd",
-    "compression_level": 3,
-    "row_group_size": 1 << 20,
-    "write_statistics": True,
-    "version": "2.6",
-}
-
-
 class IngestError(RuntimeError):
     """The source has no data for the month asked for, or a write failed."""
-
-
-def write_parquet(table: pa.Table, lake: Lake, path: str) -> None:
-    """Write ``table`` to ``path`` (a lake filesystem path) with the fixed, deterministic options."""
-    lake.fs.create_dir(posixpath.dirname(path), recursive=True)
-    pq.write_table(table.replace_schema_metadata(None), path, filesystem=lake.fs, **_PARQUET_OPTIONS)  # type: ignore[arg-type]
 
 
 def publish_table(lake: Lake, table: str, part: Partition, data: pa.Table, *, run_id: str) -> Manifest:
     """Stage ``data`` as one Parquet file, publish it as ``table``'s ``part``, drop the staging copy."""
     staged = lake.staging_path(table, part)
     try:
-        write_parquet(data, lake, posixpath.join(staged, "part-00000.parquet"))
+        write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
         return lake.publish(table, part, staged, run_id=run_id, extra={"source": SOURCE})
     finally:
         lake.discard(staged)

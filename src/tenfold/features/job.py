@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
+from tenfold.data.parquet import rewrite_reproducibly
 from tenfold.features import schema
 
 if TYPE_CHECKING:
@@ -144,6 +145,9 @@ def run(spark: SparkSession, args: argparse.Namespace, inputs: Inputs) -> dict[s
         history_months=args.history_months,
     )
     sorted_single_file(features).write.mode("overwrite").parquet(args.output)
+    # parquet-mr's footers differ between JVMs; publishing is by content digest, so rewrite the one
+    # sorted file with pyarrow: the same rows now always give the same bytes (and the same manifest).
+    rewrite_reproducibly(args.output)
     rows, digest = staged_summary(args.output)
     facts: dict[str, object] = {
         "month": part.label,

