@@ -24,7 +24,7 @@ def check(
 ) -> None:
     """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs."""
     from tenfold.data.lake import Lake, LakeError, Partition
-    from tenfold.quality.gate import _read, _to_pandas, run_suite
+    from tenfold.quality.gate import read_batch, run_suite, to_frame
     from tenfold.quality.suites import SuiteError
 
     settings = get_settings()
@@ -32,7 +32,7 @@ def check(
         name = suite or SUITES[table]
         part = Partition.parse(month)
         lake = Lake(settings.storage.lake_uri)
-        frame = _to_pandas(_read(lake, lake.files(table, part, verify=True)))
+        frame = to_frame(read_batch(lake, lake.files(table, part, verify=True)))
         report = run_suite(settings, frame, table=table, part=part, suite_name=name,
                            batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli")
     except KeyError as exc:

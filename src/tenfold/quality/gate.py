@@ -163,13 +163,15 @@ def _is_dir(lake: Lake, path: str) -> bool:
     return bool(lake.fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
-def _read(lake: Lake, paths: list[str]) -> pa.Table:
+def read_batch(lake: Lake, paths: list[str]) -> pa.Table:
+    """The Parquet files ``paths`` (lake filesystem paths) as one Arrow table; a clear error when there are none."""
     if not paths:
         raise LakeError("the batch holds no .parquet files")
     return pa.concat_tables([pq.read_table(p, filesystem=lake.fs) for p in paths], promote_options="default")
 
 
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow batch as the DataFrame the suites expect."""
     import pandas as pd
 
     # Nullable pandas dtypes keep an int32 column with nulls int32 (numpy would make it float64), so the
@@ -370,7 +372,7 @@ def validate_partition(
             f"{lake.uri_of(earlier)} (see its _QUARANTINED.json); re-run the job that stages it"
         )
     try:
-        frame = _to_pandas(_read(lake, _parquet_files(lake, staged)))
+        frame = to_frame(read_batch(lake, _parquet_files(lake, staged)))
     except (OSError, pa.ArrowException, LakeError) as exc:
         report = _unreadable(table, part, suite_name, batch_uri, exc)
     else:
@@ -405,7 +407,7 @@ def validate_published(
     batch_uri = lake.uri_of(lake.partition_path(table, part))
     try:
         paths = lake.files(table, part, verify=True)
-        arrow = _read(lake, paths)
+        arrow = read_batch(lake, paths)
     except MissingManifestError:
         raise
     except (OSError, pa.ArrowException, LakeError) as exc:
@@ -413,7 +415,7 @@ def validate_published(
     else:
         if suite_name is None:
             return ValidationReport(table, part.label, "integrity", batch_uri, success=True, evaluated=0, outcomes=(), rows=arrow.num_rows)
-        report = run_suite(settings, _to_pandas(arrow), table=table, part=part, suite_name=suite_name,
+        report = run_suite(settings, to_frame(arrow), table=table, part=part, suite_name=suite_name,
                            batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}")
     if report.success:
         log.info("%s", report.summary())
