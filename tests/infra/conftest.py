@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `infra` is imported as a package from the repository root
+    # `infra` is imported as a package from the repository root; appended, so nothing installed is shadowed.
+    sys.path.append(str(ROOT))
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 RENAMED_PREFIX = "acme-dev"
