@@ -39,7 +39,7 @@ def up(service: _ServiceOpt = None) -> None:
     settings = get_settings()
     try:
         statuses = _up(settings, _services(service), echo=typer.echo)
-    except LocalPlatformError as exc:
+    except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(describe(settings, statuses))

@@ -12,7 +12,7 @@ code path, on temporary homes and free ports.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +96,9 @@ def _busy_ports(settings: Settings, svc: Service) -> list[str]:
     ]
 
 
-def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: object = print) -> list[ServiceStatus]:
+def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[ServiceStatus]:
     """Start what is not running, wait for health, provision; all or nothing. Returns the statuses."""
-    say = echo if callable(echo) else print
+    say = echo
     if not settings.is_local:
         raise LocalPlatformError(f"`tenfold up` runs the local platform; TENFOLD_ENV is {settings.env!r} (use local)")
     names = [n for n in SERVICE_ORDER if n in set(services)]
@@ -174,9 +174,9 @@ def ensure_buckets(settings: Settings) -> list[str]:
     return wanted
 
 
-def down(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: object = print) -> list[str]:
+def down(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[str]:
     """Stop the services ``up`` started (Airflow first); returns the names that were running."""
-    say = echo if callable(echo) else print
+    say = echo
     stopped = []
     for name in reversed([n for n in SERVICE_ORDER if n in set(services)]):
         if stop_service(settings, name):
