@@ -12,7 +12,7 @@ code path, on temporary homes and free ports.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +96,31 @@ def _busy_ports(settings: Settings, svc: Service) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _exclusive(settings: Settings, say: Callable[[str], object]) -> Iterator[None]:
+    """One ``up``/``down`` at a time per home: two racing would both see a service missing and both start it."""
+    import fcntl
+
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(run_dir(settings) / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another `tenfold up/down` on {settings.local.home} to finish ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[ServiceStatus]:
     """Start what is not running, wait for health, provision; all or nothing. Returns the statuses."""
-    say = echo
+    with _exclusive(settings, echo):
+        return _up(settings, services, echo)
+
+
+def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[ServiceStatus]:
     if not settings.is_local:
         raise LocalPlatformError(f"`tenfold up` runs the local platform; TENFOLD_ENV is {settings.env!r} (use local)")
     names = [n for n in SERVICE_ORDER if n in set(services)]
@@ -176,7 +198,11 @@ def ensure_buckets(settings: Settings) -> list[str]:
 
 def down(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[str]:
     """Stop the services ``up`` started (Airflow first); returns the names that were running."""
-    say = echo
+    with _exclusive(settings, echo):
+        return _down(settings, services, echo)
+
+
+def _down(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[str]:
     stopped = []
     for name in reversed([n for n in SERVICE_ORDER if n in set(services)]):
         if stop_service(settings, name):

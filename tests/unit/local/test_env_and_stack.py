@@ -123,3 +123,24 @@ def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatc
         up(s, ["gcs", "pubsub"], echo=messages.append)
     assert "gcs: healthy" in messages and any("rolling back" in m for m in messages)
     assert _nothing_running(s)
+
+
+def test_up_and_down_on_one_home_take_turns(tmp_path):
+    import fcntl
+    import threading
+
+    from tenfold.local import down
+
+    s = _fresh_settings(tmp_path)
+    run_dir(s).mkdir(parents=True)
+    messages: list[str] = []
+    with open(run_dir(s) / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `tenfold up` would
+        worker = threading.Thread(target=down, args=(s,), kwargs={"echo": messages.append})
+        worker.start()
+        worker.join(timeout=1.5)
+        assert worker.is_alive(), "down did not wait for the up in progress"
+        assert any("waiting for another `tenfold up/down`" in m for m in messages)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(timeout=10)
+    assert not worker.is_alive() and "airflow: not running" in messages
