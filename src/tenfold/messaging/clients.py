@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from tenfold.config import Settings
 
 if TYPE_CHECKING:
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 
 def topic_path(settings: Settings, topic: str) -> str:
@@ -18,31 +18,31 @@ def subscription_path(settings: Settings, subscription: str) -> str:
     return f"projects/{settings.project_id}/subscriptions/{subscription}"
 
 
-def publisher_client(settings: Settings) -> pubsub_v1.PublisherClient:
+def publisher_client(settings: Settings) -> PublisherClient:
     """A publisher for ``settings``; its emulator, if any, wins over ``PUBSUB_EMULATOR_HOST``."""
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
     host = settings.messaging.emulator_host
     if not host:
-        return pubsub_v1.PublisherClient()
+        return PublisherClient()
     import grpc
 
     # An explicit transport on an insecure channel: the emulator speaks plaintext gRPC, and the
     # address comes from settings rather than from whatever PUBSUB_EMULATOR_HOST the process has.
     transport = PublisherGrpcTransport(channel=grpc.insecure_channel(host), host=host)
-    return pubsub_v1.PublisherClient(transport=transport)
+    return PublisherClient(transport=transport)
 
 
-def subscriber_client(settings: Settings) -> pubsub_v1.SubscriberClient:
+def subscriber_client(settings: Settings) -> SubscriberClient:
     """A subscriber for ``settings`` (use it as a context manager, or call ``close()``)."""
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import SubscriberClient
     from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
     host = settings.messaging.emulator_host
     if not host:
-        return pubsub_v1.SubscriberClient()
+        return SubscriberClient()
     import grpc
 
     transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(host), host=host)
-    return pubsub_v1.SubscriberClient(transport=transport)
+    return SubscriberClient(transport=transport)
