@@ -31,7 +31,7 @@ import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 import cdktn, cdktn_provider_google.compute_instance_template  # noqa: F401 - the heavy import
-from infra.stacks.inspect import synthesize
+from infra.stacks.synthesized import synthesize
 from tenfold.config import get_settings
 t1 = time.perf_counter()
 res = synthesize(__import__("pathlib").Path({out!r}), [get_settings(e) for e in {envs!r}])

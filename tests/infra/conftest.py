@@ -59,7 +59,7 @@ def tls_settings() -> Any:
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any) -> Any:
-    from infra.stacks.inspect import synthesize
+    from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
     bad = _load_bad_stack()

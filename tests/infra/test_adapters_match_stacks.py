@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from infra.stacks.inspect import by_name, resources
+from infra.stacks.synthesized import by_name, resources
 from tenfold.cloud import compute, dataproc, startup, urlmap
 from tenfold.config import get_settings
 

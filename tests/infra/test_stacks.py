@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from infra.stacks.inspect import Synthesized as Synth
-from infra.stacks.inspect import by_name as _by_name
-from infra.stacks.inspect import resources
+from infra.stacks.synthesized import Synthesized as Synth
+from infra.stacks.synthesized import by_name as _by_name
+from infra.stacks.synthesized import resources
 from tenfold.cloud.urlmap import PATH_MATCHER
 from tenfold.config import get_settings
 
