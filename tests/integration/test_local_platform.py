@@ -39,7 +39,7 @@ class Stack:
 
 
 def _env_for(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENFOLD_", "AIRFLOW"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(settings_env(settings))
     return env
 

@@ -46,12 +46,13 @@ def airflow_url(settings: Settings) -> str:
 def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every variable an Airflow process needs to run Tenfold's DAGs against the local services.
 
-    ``base`` (default ``os.environ``) supplies the rest of the environment; ``AIRFLOW__*`` and
-    ``TENFOLD_*`` variables inherited from it are dropped first so that an outer configuration (a
-    running ``make up``, another test session) can never leak into this one.
+    ``base`` (default ``os.environ``) supplies the rest of the environment. Its ``AIRFLOW__*`` and
+    ``AIRFLOW_CONN_*`` variables are dropped and every variable that places the settings (home,
+    project, all local ports) is set from ``settings``, so an outer configuration (a running
+    ``make up``, another test session) never leaks in; other ``TENFOLD_*`` variables pass through.
     """
     base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "TENFOLD_"))}
+    env = {k: v for k, v in base.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
     home = airflow_home(settings)
     url = airflow_url(settings)
     conn = {

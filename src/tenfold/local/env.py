@@ -2,7 +2,7 @@
 
 ``settings_env(s)`` gives the variables under which ``get_settings()`` in a child process (an Airflow
 task, spark-submit, torchrun) rebuilds the same local settings as ``s``: ``TENFOLD_ENV``,
-``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID`` and ``TENFOLD_LOCAL__<FIELD>`` for every local field (see
+``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID``, ``TENFOLD_ALERT_EMAIL`` and ``TENFOLD_LOCAL__<FIELD>`` for every local field (see
 :func:`tenfold.config.settings.local_env_overrides`), plus the official emulator variables
 (``STORAGE_EMULATOR_HOST``, ``PUBSUB_EMULATOR_HOST``) that the Google clients read.
 ``local_settings(home, **fields)`` is the inverse used by tests: a Settings for a temporary home and
@@ -33,6 +33,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TENFOLD_HOME": str(settings.local.home),
         "TENFOLD_PROJECT_ID": settings.project_id,
         "GOOGLE_CLOUD_PROJECT": settings.project_id,
+        "TENFOLD_ALERT_EMAIL": settings.monitoring.notification_email,
     }
     for field in LocalSettings.model_fields:
         if field != "home":
@@ -45,7 +46,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def _is_settings_var(key: str) -> bool:
-    return key in ("TENFOLD_HOME", "TENFOLD_PROJECT_ID") or key.startswith(LOCAL_ENV_PREFIX)
+    # Every TENFOLD_* variable may feed build_settings (home, project, ports, alert hooks...).
+    return key.startswith("TENFOLD_")
 
 
 @contextmanager
@@ -71,8 +73,12 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 
 
 def local_settings(home: Path, *, project_id: str | None = None, **local_fields: Any) -> Settings:
-    """Local settings rooted at ``home`` with some local fields replaced, e.g. ``gcs_port=14443``."""
-    values = {"TENFOLD_HOME": str(Path(home).resolve())}
+    """Local settings rooted at ``home`` with some local fields replaced, e.g. ``gcs_port=14443``.
+
+    Other ``TENFOLD_*`` variables of this process still apply, as they would in a child process.
+    """
+    values = {k: v for k, v in os.environ.items() if _is_settings_var(k)}
+    values["TENFOLD_HOME"] = str(Path(home).resolve())
     if project_id:
         values["TENFOLD_PROJECT_ID"] = project_id
     values.update({LOCAL_ENV_PREFIX + k.upper(): str(v) for k, v in local_fields.items()})
