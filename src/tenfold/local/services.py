@@ -18,6 +18,7 @@ and scheduler.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import urllib.request
@@ -101,8 +102,6 @@ def gcs_service(settings: Settings) -> Service:
             "-log-level", "warn",
         ]
     else:
-        import os
-
         env = dict(os.environ, STORAGE_BASE=str(settings.local.home), STORAGE_DIR="gcs-py")
         argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", host, "--port", str(port), "--quiet"]
         try:
