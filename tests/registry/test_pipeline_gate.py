@@ -34,6 +34,8 @@ def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.Mo
     def evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict[str, Any]:
         assert [p.label for p in parts] == ["2013-03"]
         quality = json.loads((model_dir / "meta.json").read_text())["quality"]
+        if quality < 0:
+            raise RuntimeError("meta.json does not match the holdout's feature contract")
         return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
 
     def evaluate_challenger(model_dir: Path, lake: Lake, train: list[Partition], holdout: list[Partition]
@@ -129,3 +131,22 @@ def test_plan_refuses_unpublished_months_and_random_splits(settings: Settings) -
     with pytest.raises(pipeline.PipelineError, match="unknown run conf"):
         pipeline.plan(settings, "r", {"epoch": 1})
     assert pipeline.run_key("scheduled__2026-11-23T03:00:00+00:00").startswith("scheduled__2026-11-23t03-00-00-00-00-")
+
+
+def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(settings)
+    _, r1, _ = run(settings, "manual__old", model(tmp_path, 0.70))
+    # The champion becomes unreadable for the evaluator (e.g. an old feature contract).
+    broken = reg.register(Path(model(tmp_path, -1.0)["model_ref"]), reg.get(r1["version"]).lineage,  # type: ignore[arg-type]
+                          metrics={"auc": 0.9, "log_loss": 0.2, "brier": 0.1})
+    reg.promote(broken.version)
+    planned = pipeline.plan(settings, "manual__new", CONF)
+    trained = model(tmp_path, 0.95)
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    assert evaluation["champion"]["metrics"] is None and "feature contract" in evaluation["champion"]["error"]
+    registered = pipeline.register(settings, planned, trained, evaluation)
+    for _attempt in range(2):  # a retried task fails the same way: no silent success
+        with pytest.raises(pipeline.PipelineError, match=f"tenfold models promote {registered['version']}"):
+            pipeline.gate(settings, planned, evaluation, registered)
+    assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered["version"]
+    assert "champion" not in pipeline.comparison_table(evaluation)

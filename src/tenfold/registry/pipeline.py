@@ -289,9 +289,15 @@ def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
         # The champion is scored from its own registered, hash-verified files, never from what this
         # run produced: this is what keeps the gate from comparing the challenger with itself.
         champion_dir = registry.download(champion_version, work / "champion" / champion_version)
-        champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, p.holdout_parts)}
+        try:
+            champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, p.holdout_parts)}
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:  # a load or data error, not a crash
+            # E.g. the feature contract changed and the champion cannot read the new holdout. The run goes on
+            # to register the challenger so a person can compare and promote it by hand; the gate fails loudly.
+            log.exception("champion %s cannot be scored on %s", champion_version, list(p.holdout_months))
+            champion = {"version": champion_version, "metrics": None, "error": f"{type(exc).__name__}: {exc}"}
     log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
-             _brief(champion["metrics"]) if champion else "", {k: _brief(v) for k, v in baselines.items()})
+             _brief(champion["metrics"]) if champion and champion["metrics"] else "", {k: _brief(v) for k, v in baselines.items()})
     return {"holdout": asdict(p.holdout), "challenger": challenger, "champion": champion, "baselines": baselines}
 
 
@@ -338,6 +344,15 @@ def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[s
     evaluated_version = evaluated["version"] if evaluated else None
     current = reg.resolve(CHAMPION)
 
+    if evaluated and evaluated.get("metrics") is None:
+        body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
+                "summary": f"NO COMPARISON: champion {evaluated_version} could not be scored ({evaluated.get('error')})"}
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
+        reg.record_decision(version, p.run_key, body)
+        raise PipelineError(
+            f"{body['summary']}: the challenger {version} is registered and marked challenger but was not promoted. "
+            f"Compare them by hand (`tenfold models show {version}`) and run `tenfold models promote {version}` if it is better"
+        )
     recorded = reg.decisions(version).get(p.run_key)
     if recorded is not None and current == (version if recorded["promote"] else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
@@ -373,7 +388,7 @@ def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[s
 def comparison_table(evaluation: Mapping[str, Any], version: str | None = None) -> str:
     """The challenger, champion and baselines side by side (what the DAG logs and ``make demo`` prints)."""
     rows: list[tuple[str, Mapping[str, Any]]] = [(f"challenger {version or ''}".strip(), evaluation["challenger"])]
-    if evaluation.get("champion"):
+    if evaluation.get("champion") and evaluation["champion"].get("metrics"):
         rows.append((f"champion {evaluation['champion']['version']}", evaluation["champion"]["metrics"]))
     rows += [(f"baseline {k}", v) for k, v in evaluation["baselines"].items()]
     lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}"]
