@@ -15,6 +15,7 @@ database are the session's):
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -82,6 +83,17 @@ def test_one_month_runs_end_to_end_and_publishes(runner: Runner, february: str) 
     docs = list((runner.home / "data_docs" / "validations" / "features").rglob("*.html"))
     assert docs, "no Data Docs page for the features validation"
     assert runner.alerts() == []
+    # the features Asset event that train_model consumes, with the month it carries
+    assert _asset_events(runner.env, runner.settings.airflow.features_asset) == [{"month": "2013-02", "rows": FEB_FLIGHTS}]
+
+
+def _asset_events(env: dict[str, str], uri: str) -> list[dict]:
+    db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id", (uri,)
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(runner: Runner, february: str) -> None:
@@ -119,5 +131,6 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(runner
     assert "build_features 2013-03" in alert["title"]
     assert "flights 2013-01" in alert["details"] and "flights 2013-02" in alert["details"]
     assert "ALERT" in out
-    # the published February features were not touched
+    # the published February features were not touched, and no new features event was emitted
     assert lake.read_manifest(schema.TABLE, FEB).content == features_before.content
+    assert len(_asset_events(runner.env, runner.settings.airflow.features_asset)) == 1
