@@ -2,7 +2,7 @@
 
 Categorical columns become integer codes (``0`` is the out-of-vocabulary / null index, so a carrier
 or airport first seen at serving time still gets a prediction); numeric columns are standardised with
-the training window's mean and standard deviation, nulls are imputed to the mean (``0`` after
+the training window's mean and standard deviation (clipped at ``CLIP_Z``), nulls are imputed to the mean (``0`` after
 scaling) and flagged by an indicator column. The state is plain JSON so serving rebuilds it without
 pandas or Spark, and it is never refit outside training.
 """
@@ -24,6 +24,17 @@ from tenfold.features import schema
 
 PREPROCESSING_VERSION = 1
 OOV_INDEX = 0
+# Standardised values are clipped here: a value far outside the training window's range (a new
+# aircraft type, a record storm) must not push an MLP into linear extrapolation.
+CLIP_Z = 5.0
+
+# The network's numeric inputs: every schema numeric except the history *counts* (``*_flights``).
+# Those count flights over a history window that grows through the year (none in January, eleven
+# months by December), so they act as a proxy for the month: on the 2013 split their holdout mean is
+# 2.5x the training mean, and a model fed them learns "many flights -> September -> few delays" and
+# under-predicts the holdout (AUC 0.643, log loss 0.601 with them; 0.694 and 0.508 without, see
+# bench/results/training.md). Rates and mean delays are per flight and do not drift this way.
+MODEL_NUMERIC_COLUMNS = tuple(c for c in schema.NUMERIC_COLUMNS if not c.endswith("_flights"))
 
 
 class PreprocessingError(ValueError):
@@ -39,7 +50,7 @@ class Preprocessor:
     """Vocabularies and scaling statistics; :meth:`fit` on the training window, then :meth:`transform`."""
 
     categorical_columns: tuple[str, ...] = schema.CATEGORICAL_COLUMNS
-    numeric_columns: tuple[str, ...] = schema.NUMERIC_COLUMNS
+    numeric_columns: tuple[str, ...] = MODEL_NUMERIC_COLUMNS
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
@@ -52,7 +63,7 @@ class Preprocessor:
         table: pa.Table,
         *,
         categorical_columns: Sequence[str] = schema.CATEGORICAL_COLUMNS,
-        numeric_columns: Sequence[str] = schema.NUMERIC_COLUMNS,
+        numeric_columns: Sequence[str] = MODEL_NUMERIC_COLUMNS,
         min_count: int = 1,
     ) -> Preprocessor:
         """Fit on the training window only: holdout values must stay unseen (they map to OOV)."""
@@ -111,7 +122,8 @@ class Preprocessor:
         for j, col in enumerate(self.numeric_columns):
             arr = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
             missing = ~np.isfinite(arr)
-            scaled = (arr - self.means[col]) / self.stds[col]
+            with np.errstate(invalid="ignore"):
+                scaled = np.clip((arr - self.means[col]) / self.stds[col], -CLIP_Z, CLIP_Z)
             scaled[missing] = 0.0
             out[:, j] = scaled
             out[:, n + j] = missing

@@ -38,7 +38,6 @@ __all__ = [
     "seed_everything",
 ]
 
-FEATURE_COLUMNS = list(dict.fromkeys((*schema.CATEGORICAL_COLUMNS, *schema.NUMERIC_COLUMNS, schema.LABEL)))
 
 
 class MissingFeaturesError(LakeError):
