@@ -68,4 +68,19 @@ if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/c
   VIRTUAL_ENV=.tools/checkov uv pip sync -q requirements/checkov.txt
   sha256sum < requirements/checkov.txt > .tools/checkov/.stamp
 fi
+# The CDK Terrain / CDKTF CLIs (`cdktn synth`, `cdktf synth` on infra/), pinned by package-lock.json.
+# cdktn-cli needs Node >= 22.19: where the system Node is older, a pinned Node 22 from npm serves it.
+npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME when its lock changed
+  local src=requirements/npm/$1 dst=.tools/$1
+  local want; want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+  [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && return 0
+  say "installing $1 (npm) into $dst"
+  mkdir -p "$dst" && cp "$src/package.json" "$src/package-lock.json" "$dst/"
+  npm ci --prefix "$dst" --no-audit --no-fund --loglevel=error >/dev/null \
+    || die "npm could not install $src (is the npm registry reachable?)"
+  echo "$want" > "$dst/.stamp"
+}
+npm_tool cdk
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+[ "$node_major" -lt 22 ] && npm_tool node22
 say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
