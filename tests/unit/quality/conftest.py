@@ -69,7 +69,7 @@ def features_table(part: Partition, rows: int = 24_000, seed: int = 7) -> pa.Tab
         "month": np.full(rows, part.month, np.int32),
         "day": day,
         "carrier": rng.choice(["UA", "AA", "B6", "DL", "9E"], rows),
-        "flight": rng.integers(1, 6000, rows).astype(np.int32),
+        "flight": (np.arange(rows) // days_in_month + 1).astype(np.int32),  # with the day: a unique key per row
         "origin": rng.choice(["EWR", "JFK", "LGA"], rows),
         "time_hour": pa.array(time_hour, pa.timestamp("us", tz="UTC")),
         "dest": rng.choice(["ATL", "ORD", "LAX", "MIA"], rows),

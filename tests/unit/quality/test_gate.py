@@ -49,7 +49,8 @@ def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
 def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts):
     table = features_table(MARCH)
     rng = np.random.default_rng(1)
-    drifted = with_column(table, "label", (rng.random(table.num_rows) < 0.9).astype(np.int32))  # label rate ~90%
+    late = (rng.random(table.num_rows) < 0.9).astype(np.int32)
+    drifted = with_column(table, "label", np.maximum(table["label"].to_numpy(), late))  # label rate ~90%
     distance = table["distance"].to_numpy().copy()
     distance[:40] = -500.0  # out of range
     humid = table["humid"].to_numpy().copy()
@@ -103,6 +104,24 @@ def test_a_stale_or_short_month_fails_freshness(settings, stage):
         "expect_column_values_to_be_between(time_hour)",
     ]
     assert not caught.value.alerted
+
+
+def test_duplicated_rows_and_a_broken_label_contract_fail(settings, stage):
+    table = features_table(MARCH)
+    twice = pa.concat_tables([table, table.slice(0, 300)])  # a retry that appended instead of overwriting
+    cancelled = twice["cancelled"].to_numpy(zero_copy_only=False).copy()
+    label = twice["label"].to_numpy().copy()
+    cancelled[1000:1010], label[1000:1010] = True, 0  # cancelled yet labelled on time
+    broken = with_column(with_column(twice, "cancelled", cancelled), "label", label)
+    uri = stage(broken, MARCH, "dup1")
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+    assert sorted(caught.value.report.failed_expectations) == [
+        "expect_column_pair_values_to_be_in_set",
+        "expect_compound_columns_to_be_unique",
+    ]
+    dup = next(o for o in caught.value.report.failures if o.expectation == "expect_compound_columns_to_be_unique")
+    assert dup.unexpected_count == 600  # both copies of each of the 300 duplicated rows
 
 
 def test_a_truncated_staged_file_is_refused(settings, lake, stage, alerts):
