@@ -140,8 +140,8 @@ def owned_literals() -> dict[str, re.Pattern[str]]:
         dump = s.model_dump(mode="json")
         names |= {v for v in _strings(dump) if s.prefix in v}  # buckets, topics, subscriptions, stacks, ...
         names |= {s.airflow.features_asset, s.airflow.challenger_asset, s.airflow.champion_asset, s.storage.lake_uri}
-        ports |= {s.local.airflow_port, s.local.pubsub_port, s.local.gcs_port, s.local.lb_port,
-                  s.local.replica_base_port, s.serving.port, s.training.rdzv_port}
+        ports |= {v for k, v in s.local.model_dump().items() if k.endswith("_port")}
+        ports |= {s.serving.port, s.training.rdzv_port}
     patterns = {n: re.compile(re.escape(n) + r"(?![A-Za-z0-9_-])") for n in names}
     patterns |= {str(p): re.compile(rf"(?<![\w.]){p}(?![\w.])") for p in ports}
     return patterns

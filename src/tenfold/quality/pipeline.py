@@ -102,7 +102,8 @@ def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str) ->
     start = min(Partition.parse(first_month), part)
     ingested = []
     for month in month_range(start, part):
-        # Earlier months only when missing: a month published (or quarantined) on purpose stays as it is.
+        # Earlier months only when not published (never ingested, or withdrawn to quarantine by an
+        # earlier run): a published month is left as it is, so the gate below sees what the job reads.
         if month == part or not all(lake.has_manifest(t, month) for t in MONTH_INPUTS):
             ingest_month(lake, month, run_id=run["run_id"])
             ingested.append(month.label)
