@@ -80,3 +80,19 @@ def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage
     # nothing staged and nothing published: a clear error, not an empty partition
     with pytest.raises(Exception, match="re-run build_features"):
         pipeline.publish_step(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
+
+
+def test_the_cloud_build_writes_to_the_same_staging_the_gate_reads():
+    import re
+
+    from tenfold.config import get_settings
+
+    dev = get_settings("dev")
+    run = {"month": "2013-02", "key": "0123456789ab", "run_id": "r",
+           "staging_uri": f"{dev.storage.lake_uri}/_staging/features/year=2013/month=2/0123456789ab"}
+    spec = pipeline.dataproc_batch(dev, run)
+    args = spec["batch"]["pyspark_batch"]["args"]
+    assert args[args.index("--output") + 1] == run["staging_uri"]
+    assert args[args.index("--month") + 1] == "2013-02"
+    for try_number in (1, 2, 10):  # the DAG appends the try number: each retry is a new, valid batch id
+        assert re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", f"{spec['batch_id_stem']}-{try_number}")
