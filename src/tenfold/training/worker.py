@@ -181,6 +181,15 @@ def train(
         log.info("rank %d resumed from %s (step %d, epoch %d, batch %d)", rank, info.path.name, step, epoch, batch_pos)
     else:
         seed_everything(cfg.seed * 1000 + rank + 1)  # per-rank streams (dropout)
+    # Every rank must resume from the same step: on several nodes a local --out is not shared, so a
+    # restarted node would start from scratch while the others resume. Refuse rather than diverge.
+    steps = [0] * world
+    dist.all_gather_object(steps, step)
+    if len(set(steps)) != 1:
+        raise WorkerError(
+            f"ranks resumed from different steps {steps}: the checkpoint folder is not shared between nodes; "
+            "pass a shared --out (a gs:// URI) for multi-node training"
+        )
     ddp = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
