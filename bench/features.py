@@ -1,0 +1,293 @@
+"""Benchmark: the Spark features transform vs the same transform in DuckDB, at 1x, 4x and 16x.
+
+Run::
+
+    .venv/bin/python bench/features.py                 # sizes 1,4,16; writes bench/results/features.md
+    .venv/bin/python bench/features.py --sizes 1,4     # quicker
+
+The data is the real nycflights13 year replicated k times with synthetic jitter so replicas are
+distinct rows: flight numbers offset by 10000 per replica, tail numbers suffixed (planes replicated
+to match), scheduled minute and arrival delay shifted (the scheduled hour, hence the weather join,
+is kept). Both engines build the features of 2013-12 (the heaviest month: 11 months of history
+aggregated by map-reduce), read from the same Parquet files, and write one sorted Parquet file.
+The DuckDB output is checked equal to Spark's at the smallest size, so the two compute the same thing.
+
+Spark runs ``local[2]`` (and DuckDB two threads) in one warm JVM: a 1x run first warms it, so the
+figures are steady-state throughput without JVM start. Reported: input flight rows per second, the
+Spark/DuckDB time ratio per size, and each engine's scaling slope d log(time) / d log(size) between
+the two largest sizes (1.0 is linear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tenfold.data import nycflights13
+from tenfold.data.lake import Partition
+from tenfold.features import schema
+
+MONTH = Partition(2013, 12)
+HISTORY_MONTHS = 12
+RESULTS = Path(__file__).parent / "results" / "features.md"
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def replicate(flights: pa.Table, planes: pa.Table, k: int) -> tuple[pa.Table, pa.Table]:
+    """``k`` jittered copies of the flights (and of the planes they fly); replica 0 is the original."""
+    f_parts, p_parts = [], []
+    for r in range(k):
+        if r == 0:
+            f_parts.append(flights)
+            p_parts.append(planes)
+            continue
+        suffix = f"R{r}"
+        minute = pc.add(flights["minute"], r % 7)
+        minute = pc.if_else(pc.greater_equal(minute, 60), pc.subtract(minute, 60), minute)
+        jitter = float((r * 7) % 11 - 5)
+        f = flights.set_column(flights.schema.get_field_index("flight"), "flight", pc.add(flights["flight"], 10000 * r))
+        f = f.set_column(f.schema.get_field_index("tailnum"), "tailnum", pc.binary_join_element_wise(f["tailnum"], suffix, ""))
+        f = f.set_column(f.schema.get_field_index("minute"), "minute", minute.cast(pa.int32()))
+        f = f.set_column(
+            f.schema.get_field_index("sched_dep_time"), "sched_dep_time",
+            pc.add(pc.multiply(f["hour"], 100), minute).cast(pa.int32()),
+        )
+        f = f.set_column(f.schema.get_field_index("arr_delay"), "arr_delay", pc.add(f["arr_delay"], jitter))
+        p = planes.set_column(0, "tailnum", pc.binary_join_element_wise(planes["tailnum"], suffix, ""))
+        f_parts.append(f.cast(flights.schema))
+        p_parts.append(p.cast(planes.schema))
+    return pa.concat_tables(f_parts), pa.concat_tables(p_parts)
+
+
+def prepare(root: Path, sizes: list[int]) -> dict[int, dict[str, str]]:
+    """Write each size's inputs as Parquet; returns size -> table -> path."""
+    base = {t: nycflights13.read(t) for t in ("flights", "weather", "planes", "airports")}
+    shared = {}
+    for t in ("weather", "airports"):
+        shared[t] = str(root / f"{t}.parquet")
+        pq.write_table(base[t], shared[t])
+    out: dict[int, dict[str, str]] = {}
+    for k in sizes:
+        flights, planes = replicate(base["flights"], base["planes"], k)
+        paths = {"flights": str(root / f"flights_{k}x.parquet"), "planes": str(root / f"planes_{k}x.parquet")}
+        pq.write_table(flights, paths["flights"], row_group_size=1 << 20)
+        pq.write_table(planes, paths["planes"])
+        out[k] = {**shared, **paths, "rows": str(flights.num_rows)}
+    return out
+
+
+# --- the two engines ---------------------------------------------------------------------------------
+
+def spark_session():  # type: ignore[no-untyped-def]
+    from pyspark.sql import SparkSession
+
+    from tenfold.features.job import SESSION_CONF
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName("bench-features")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.log.level", "ERROR")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def run_spark(spark, paths: dict[str, str], out: str) -> float:  # type: ignore[no-untyped-def]
+    from tenfold.features.transforms import build_features, sorted_single_file
+
+    started = time.perf_counter()
+    features = build_features(
+        spark.read.parquet(paths["flights"]),
+        spark.read.parquet(paths["weather"]),
+        spark.read.parquet(paths["planes"]),
+        spark.read.parquet(paths["airports"]),
+        MONTH,
+        history_months=HISTORY_MONTHS,
+    )
+    sorted_single_file(features).write.mode("overwrite").parquet(out)
+    return time.perf_counter() - started
+
+
+def duckdb_sql(paths: dict[str, str], out: str) -> str:
+    """The same transform as :func:`tenfold.features.transforms.build_features`, in DuckDB SQL."""
+    target = MONTH.year * 12 + MONTH.month
+    late = f"CASE WHEN arr_delay IS NULL OR arr_delay >= {schema.DELAY_THRESHOLD_MIN} THEN 1 ELSE 0 END"
+    rollups = []
+    for prefix, keys in (("route", "origin, dest"), ("carrier", "carrier"), ("origin_hour", "origin, sched_dep_hour")):
+        rollups.append(f"""{prefix} AS (
+            SELECT {keys}, sum(late)::DOUBLE / sum(n) AS {prefix}_delay_rate,
+                   CASE WHEN sum(dn) > 0 THEN sum(s)::DOUBLE / sum(dn) END AS {prefix}_mean_delay,
+                   sum(n)::DOUBLE AS {prefix}_flights
+            FROM partials GROUP BY {keys})""")
+    cols = ", ".join(
+        f'CAST("{c}" AS {dict(int32="INTEGER", float64="DOUBLE", string="VARCHAR", bool="BOOLEAN")[t]}) AS "{c}"'
+        if not t.startswith("timestamp") else f'"{c}"'
+        for c, t in schema.COLUMN_TYPES.items()
+    )
+    order = ", ".join(f'"{c}"' for c in list(schema.KEY_COLUMNS) + [c for c in schema.ALL_COLUMNS if c not in schema.KEY_COLUMNS])
+    return f"""
+    COPY (
+    WITH f AS (SELECT * FROM read_parquet('{paths["flights"]}')),
+    cur AS (SELECT * FROM f WHERE year * 12 + month = {target}),
+    hist AS (
+        SELECT origin, dest, carrier, CAST(floor(sched_dep_time / 100) AS INTEGER) AS sched_dep_hour,
+               {late} AS late, arr_delay
+        FROM f WHERE year * 12 + month < {target} AND year * 12 + month >= {target - HISTORY_MONTHS}),
+    partials AS (
+        SELECT origin, dest, carrier, sched_dep_hour, count(*) AS n, sum(late) AS late,
+               sum(arr_delay) AS s, count(arr_delay) AS dn
+        FROM hist GROUP BY ALL),
+    {", ".join(rollups)},
+    rows AS (
+        SELECT cur.*,
+            CAST(floor(sched_dep_time / 100) AS INTEGER) AS sched_dep_hour,
+            (floor(sched_dep_time / 100) * 60 + sched_dep_time % 100)::DOUBLE AS sched_dep_minute_of_day,
+            isodow(make_date(cur.year, cur.month, cur.day)) AS day_of_week,
+            coalesce((('0x' || substr(md5(cur.tailnum), 1, 8))::BIGINT % {schema.TAILNUM_BUCKETS})::INTEGER,
+                     {schema.UNKNOWN_TAILNUM_BUCKET}) AS tailnum_bucket,
+            CASE WHEN a.tzone IS NOT NULL THEN
+                (((epoch(timezone(a.tzone, make_timestamp(cur.year, cur.month, cur.day, 0, 0, 0)
+                    + to_minutes(CAST(floor(sched_arr_time / 100) * 60 + sched_arr_time % 100 AS BIGINT))))
+                  - (epoch(cur.time_hour) + cur.minute * 60)) / 60) % 1440 + 1440) % 1440
+            END AS sched_block_minutes,
+            (cur.year - p.year)::DOUBLE AS plane_age, p.seats::DOUBLE AS plane_seats,
+            w.temp, w.dewp, w.humid, w.wind_speed, w.wind_gust, w.precip, w.pressure, w.visib,
+            (dep_time IS NULL) AS cancelled, {late} AS label
+        FROM cur
+        LEFT JOIN read_parquet('{paths["airports"]}') a ON cur.dest = a.faa
+        LEFT JOIN read_parquet('{paths["weather"]}') w ON cur.origin = w.origin AND cur.time_hour = w.time_hour
+        LEFT JOIN read_parquet('{paths["planes"]}') p ON cur.tailnum = p.tailnum),
+    joined AS (
+        SELECT rows.*, route.* EXCLUDE (origin, dest), carrier.* EXCLUDE (carrier),
+               origin_hour.* EXCLUDE (origin, sched_dep_hour)
+        FROM rows
+        LEFT JOIN route ON rows.origin = route.origin AND rows.dest = route.dest
+        LEFT JOIN carrier ON rows.carrier = carrier.carrier
+        LEFT JOIN origin_hour ON rows.origin = origin_hour.origin AND rows.sched_dep_hour = origin_hour.sched_dep_hour)
+    SELECT * REPLACE (coalesce(route_flights, 0) AS route_flights, coalesce(carrier_flights, 0) AS carrier_flights,
+                      coalesce(origin_hour_flights, 0) AS origin_hour_flights)
+    FROM (SELECT {cols} FROM joined)
+    ORDER BY {order}
+    ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)
+    """
+
+
+def run_duckdb(con, paths: dict[str, str], out: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    con.execute(duckdb_sql(paths, out))
+    return time.perf_counter() - started
+
+
+def same_content(spark_out: str, duck_out: str) -> tuple[bool, str]:
+    s = pq.read_table(spark_out).select(list(schema.ALL_COLUMNS))
+    d = pq.read_table(duck_out).select(list(schema.ALL_COLUMNS))
+    if s.num_rows != d.num_rows:
+        return False, f"rows differ: spark {s.num_rows}, duckdb {d.num_rows}"
+    for name in schema.ALL_COLUMNS:
+        a, b = s[name], d[name].cast(s[name].type)
+        if pa.types.is_floating(a.type):
+            same = pc.all(pc.or_kleene(pc.less_equal(pc.abs(pc.subtract(a, b)), 1e-9),
+                                       pc.and_(pc.is_null(a), pc.is_null(b)))).as_py()
+            same = bool(same) and a.null_count == b.null_count
+        else:
+            same = a.equals(b)
+        if not same:
+            return False, f"column {name} differs"
+    return True, "identical rows"
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def slope(sizes: list[int], times: dict[int, float]) -> float | None:
+    if len(sizes) < 2:
+        return None
+    lo, hi = sizes[-2], sizes[-1]
+    return math.log(times[hi] / times[lo]) / math.log(hi / lo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1,4,16", help="replication factors, comma-separated (default 1,4,16)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per size and engine; the best is kept")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the figures")
+    args = parser.parse_args(argv)
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    import duckdb
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        root = Path(tmp)
+        data = prepare(root, sizes)
+        spark = spark_session()
+        con = duckdb.connect()
+        con.execute("SET threads = 2")
+        # Warm-up (JVM start, JIT, DuckDB extension load): one untimed run of each engine.
+        run_spark(spark, data[sizes[0]], str(root / "warm_spark"))
+        run_duckdb(con, data[sizes[0]], str(root / "warm_duck.parquet"))
+        ok, why = same_content(
+            next(iter(sorted((root / "warm_spark").glob("*.parquet")))).as_posix(), str(root / "warm_duck.parquet")
+        )
+        spark_t: dict[int, float] = {}
+        duck_t: dict[int, float] = {}
+        for k in sizes:
+            spark_t[k] = min(run_spark(spark, data[k], str(root / f"s{k}")) for _ in range(args.repeat))
+            duck_t[k] = min(run_duckdb(con, data[k], str(root / f"d{k}.parquet")) for _ in range(args.repeat))
+            rows = int(data[k]["rows"])
+            print(f"{k:>3}x  {rows:>10,} rows  spark {spark_t[k]:7.2f} s ({rows / spark_t[k]:>11,.0f} rows/s)  "
+                  f"duckdb {duck_t[k]:6.2f} s ({rows / duck_t[k]:>11,.0f} rows/s)  spark/duckdb {spark_t[k] / duck_t[k]:5.2f}",
+                  flush=True)
+        spark.stop()
+    total = time.perf_counter() - started
+    s_slope, d_slope = slope(sizes, spark_t), slope(sizes, duck_t)
+    command = "python bench/features.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Features benchmark: Spark vs DuckDB",
+        "",
+        f"Command: `{command.strip()}` (wall time {total:.0f} s, including data preparation and warm-up)",
+        "",
+        f"Machine: {os.cpu_count()} CPUs; Spark `local[2]` in one warm JVM, DuckDB 2 threads. Workload: features of "
+        f"{MONTH.label} with {HISTORY_MONTHS} months of history, from nycflights13 replicated k times with jitter.",
+        f"Correctness: DuckDB output vs Spark output at {sizes[0]}x: {why}.",
+        "",
+        "| size | input rows | Spark s | Spark rows/s | DuckDB s | DuckDB rows/s | Spark/DuckDB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in sizes:
+        rows = int(data[k]["rows"])
+        lines.append(f"| {k}x | {rows:,} | {spark_t[k]:.2f} | {rows / spark_t[k]:,.0f} | {duck_t[k]:.2f} | "
+                     f"{rows / duck_t[k]:,.0f} | {spark_t[k] / duck_t[k]:.2f} |")
+    if s_slope is not None and d_slope is not None:
+        lo, hi = sizes[-2], sizes[-1]
+        lines += [
+            "",
+            f"Scaling slope {lo}x -> {hi}x (d log time / d log size; 1.0 = linear): Spark {s_slope:.2f}, DuckDB {d_slope:.2f}. "
+            f"Target: Spark slope <= 1.1 ({'met' if s_slope <= 1.1 else 'NOT met'}); "
+            f"Spark within 3x of DuckDB at {hi}x ({'met' if spark_t[hi] / duck_t[hi] <= 3 else 'NOT met'}: "
+            f"{spark_t[hi] / duck_t[hi]:.2f}x).",
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
