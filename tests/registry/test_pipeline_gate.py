@@ -130,6 +130,10 @@ def test_plan_refuses_unpublished_months_and_random_splits(settings: Settings) -
         pipeline.plan(settings, "r", {**CONF, "holdout_months": ["2013-02", "2013-02"]})
     with pytest.raises(pipeline.PipelineError, match="unknown run conf"):
         pipeline.plan(settings, "r", {"epoch": 1})
+    with pytest.raises(pipeline.PipelineError, match="epochs='3'"):
+        pipeline.plan(settings, "r", {**CONF, "epochs": "3"})
+    with pytest.raises(pipeline.PipelineError, match=r"train_months must be \[first, last\]"):
+        pipeline.plan(settings, "r", {**CONF, "train_months": "2013-01"})
     assert pipeline.run_key("scheduled__2026-11-23T03:00:00+00:00").startswith("scheduled__2026-11-23t03-00-00-00-00-")
 
 

@@ -140,6 +140,10 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
             f"features partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{TABLE}: run "
             f"build_features for those months first, or choose windows within the published ones ({published})"
         )
+    for key in ("epochs", "max_steps", "batch_size", "seed", "nproc"):
+        value = conf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1)):
+            raise PipelineError(f"run conf {key}={value!r}: give a whole number{' >= 0' if key == 'seed' else ' >= 1'}")
     overrides = {k: conf[k] for k in ("epochs", "max_steps", "batch_size", "seed") if conf.get(k) is not None}
     cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train), **overrides)
     key = run_key(airflow_run_id)
