@@ -39,7 +39,9 @@ def test_models_commands(registry_settings: Settings, make_model_dir: Callable[.
     listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
     assert {r["version"]: r["aliases"] for r in listed} == {a: [], b: ["champion"]}
 
+    reg.record_decision(b, "run-1", {"promote": True, "summary": "PROMOTE: b beats a"})
     shown = json.loads(runner.invoke(app, ["models", "show", "champion"]).output)
+    assert shown["gate_decisions"] == {"run-1": "PROMOTE: b beats a"}
     assert shown["version"] == b and shown["lineage"]["run_id"] == "test-run"
     assert [h["version"] for h in shown["alias_history"]] == [a, b]
 

@@ -71,7 +71,7 @@ def list_versions(env: str | None = EnvOption, as_json: bool = typer.Option(Fals
 
 @app.command("show")
 def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or alias"), env: str | None = EnvOption) -> None:
-    """One version as JSON: files, metrics, lineage; for an alias also its history."""
+    """One version as JSON: files, metrics, lineage, gate decisions; for an alias also its history."""
     reg = _registry(env)
 
     def gather() -> dict[str, Any]:
@@ -82,6 +82,7 @@ def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or 
             "metrics": mv.metrics, "files": [f.__dict__ for f in mv.files],
             "lineage": mv.lineage.to_dict() if mv.lineage else None,
             "aliases": sorted(a for a, p in reg.aliases().items() if p.version == mv.version),
+            "gate_decisions": {run: d.get("summary") for run, d in reg.decisions(mv.version).items()},
         }
         if ref != version and reg.alias(ref) is not None:
             body["alias_history"] = [json.loads(h.to_json()) for h in reg.alias_history(ref)]
