@@ -1,9 +1,17 @@
-"""dags/train_model.py loads in a real DagBag and is wired as documented (schedule, tasks, outlets)."""
+"""dags/train_model.py loads in a real DagBag and is wired as documented (schedule, tasks, outlets).
+
+The DagBag runs in a subprocess with its own AIRFLOW_HOME: Airflow reads its configuration at import
+time, and this test must not leave one behind in the pytest process.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,42 +20,59 @@ from tenfold.config.settings import project_root
 
 DAG_FILE = project_root() / "dags" / "train_model.py"
 
+_PROBE = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import AssetOrTimeSchedule
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags.get("train_model")
+out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}}
+if dag is not None:
+    tt = dag.timetable
+    out.update(
+        asset_or_time=isinstance(tt, AssetOrTimeSchedule),
+        asset=getattr(getattr(tt, "asset_condition", None), "uri", None),
+        cron=getattr(getattr(tt, "timetable", None), "expression", None),
+        catchup=dag.catchup, max_active_runs=dag.max_active_runs, doc_md=dag.doc_md or "",
+        order=[t.task_id for t in dag.topological_sort()],
+        gate_outlets=[o.uri for o in dag.get_task("gate").outlets],
+        gate_upstream=sorted(dag.get_task("gate").upstream_task_ids),
+        retries={t.task_id: t.retries for t in dag.tasks},
+        train_timeout=dag.get_task("train").execution_timeout.total_seconds(),
+    )
+print("PROBE" + json.dumps(out))
+"""
+
 
 @pytest.fixture(scope="module")
-def dag(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def dag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     home = tmp_path_factory.mktemp("airflow-home")
-    saved = dict(os.environ)
-    os.environ.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
-    try:
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(DAG_FILE))
-        assert bag.import_errors == {}
-        yield bag.dags["train_model"]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(DAG_FILE)], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("PROBE")]
+    body: dict[str, Any] = json.loads(line.removeprefix("PROBE"))
+    assert body["errors"] == {}
+    return body
 
 
-def test_schedule_is_the_features_asset_or_weekly(dag) -> None:  # type: ignore[no-untyped-def]
-    from airflow.sdk import AssetOrTimeSchedule
-
+def test_schedule_is_the_features_asset_or_weekly(dag: dict[str, Any]) -> None:
     settings = get_settings()
-    assert isinstance(dag.timetable, AssetOrTimeSchedule)
-    assert dag.timetable.asset_condition.uri == settings.airflow.features_asset
-    assert dag.timetable.timetable.expression == settings.training.retrain_cron
-    assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.doc_md and "champion" in dag.doc_md
+    assert dag["asset_or_time"] is True
+    assert dag["asset"] == settings.airflow.features_asset
+    assert dag["cron"] == settings.training.retrain_cron
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert "champion" in dag["doc_md"]
 
 
-def test_tasks_and_the_challenger_asset(dag) -> None:  # type: ignore[no-untyped-def]
+def test_tasks_and_the_challenger_asset(dag: dict[str, Any]) -> None:
     settings = get_settings()
-    assert [t.task_id for t in dag.topological_sort()] == ["plan", "train", "evaluate", "register", "gate"]
-    gate = dag.get_task("gate")
-    assert [o.uri for o in gate.outlets] == [settings.airflow.challenger_asset]
-    assert set(gate.upstream_task_ids) == {"plan", "evaluate", "register"}
-    assert all(t.retries >= 1 for t in dag.tasks)
-    assert dag.get_task("train").execution_timeout is not None
+    assert dag["order"] == ["plan", "train", "evaluate", "register", "gate"]
+    assert dag["gate_outlets"] == [settings.airflow.challenger_asset]
+    assert dag["gate_upstream"] == ["evaluate", "plan", "register"]
+    assert all(r >= 1 for r in dag["retries"].values())
+    assert dag["train_timeout"] >= settings.training.job_timeout_s
 
 
 def test_no_literals_owned_by_settings() -> None:
