@@ -42,13 +42,14 @@ from tenfold.monitoring.alerts import airflow_failure_callback
 settings = get_settings()
 FEATURES = Asset(settings.airflow.features_asset)
 START = dt.datetime(2013, 1, 1, tzinfo=dt.UTC)
+END = dt.datetime(2013, 12, 31, tzinfo=dt.UTC)
 
 
 @dag(
     dag_id="build_features",
     schedule="@monthly",
     start_date=START,
-    end_date=dt.datetime(2013, 12, 31, tzinfo=dt.UTC),
+    end_date=END,
     catchup=False,
     max_active_runs=1,
     default_args={
@@ -75,7 +76,7 @@ def build_features() -> None:
             month=context["params"].get("month"),
         )
         try:
-            return pipeline.ingest_step(get_settings(), run, first_month=f"{START:%Y-%m}")
+            return pipeline.ingest_step(get_settings(), run, first_month=f"{START:%Y-%m}", last_month=f"{END:%Y-%m}")
         except pipeline.ValidationFailed as exc:
             raise AirflowFailException(str(exc)) from exc  # bad data does not get better on retry
 

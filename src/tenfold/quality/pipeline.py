@@ -90,16 +90,23 @@ def history_window(lake: Lake, part: Partition) -> list[Partition]:
     return history_parts(lake, part, DEFAULT_HISTORY_MONTHS)
 
 
-def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str) -> dict[str, Any]:
+def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str, last_month: str | None = None) -> dict[str, Any]:
     """Publish the month's raw tables (and any never-ingested month since ``first_month``), then gate them.
 
-    Raises :class:`InputsRefused` (after quarantining each bad input and one alert listing them all).
+    Raises :class:`InputsRefused` (after quarantining each bad input and one alert listing them all), or
+    ``ValueError`` when the month lies outside ``first_month``..``last_month`` (the DAG's range).
     """
     from tenfold.data.ingest import ingest_month
 
     lake = Lake(settings.storage.lake_uri)
     part = Partition.parse(run["month"])
-    start = min(Partition.parse(first_month), part)
+    first = Partition.parse(first_month)
+    if part < first or (last_month and part > Partition.parse(last_month)):
+        raise ValueError(
+            f"{part.label} is outside this pipeline's months ({first.label} to {last_month or 'now'}): "
+            "trigger the DAG with a logical date in that range, or with the param month=YYYY-MM"
+        )
+    start = first
     ingested = []
     for month in month_range(start, part):
         # Earlier months only when not published (never ingested, or withdrawn to quarantine by an

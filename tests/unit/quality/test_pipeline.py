@@ -38,6 +38,13 @@ def test_staging_is_keyed_on_run_and_month(settings):
     assert ":" not in a["staging_uri"].removeprefix("file://")  # Hadoop paths reject ':'
 
 
+def test_a_month_outside_the_pipeline_is_refused_before_any_work(settings, lake):
+    run = pipeline.plan(settings, dag_id="d", run_id="r", logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), month=None)
+    with pytest.raises(ValueError, match=r"2026-11 is outside this pipeline's months \(2013-01 to 2013-12\)"):
+        pipeline.ingest_step(settings, run, first_month="2013-01", last_month="2013-12")
+    assert lake.published_partitions("flights") == []
+
+
 def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, lake, alerts):
     first = pipeline.ingest_step(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"),
                                  first_month="2013-01")
