@@ -77,8 +77,8 @@ def build_features() -> None:
         )
         try:
             return pipeline.ingest_step(get_settings(), run, first_month=f"{START:%Y-%m}", last_month=f"{END:%Y-%m}")
-        except pipeline.ValidationFailed as exc:
-            raise AirflowFailException(str(exc)) from exc  # bad data does not get better on retry
+        except (pipeline.ValidationFailed, ValueError) as exc:
+            raise AirflowFailException(str(exc)) from exc  # bad data or a bad month do not get better on retry
 
     @task
     def validate(run: dict[str, Any]) -> dict[str, Any]:
