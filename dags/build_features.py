@@ -68,14 +68,14 @@ def build_features() -> None:
 
         from tenfold.quality import pipeline
 
-        run = pipeline.plan(
-            get_settings(),
-            dag_id=context["dag"].dag_id,
-            run_id=context["run_id"],
-            logical_date=context.get("logical_date"),
-            month=context["params"].get("month"),
-        )
         try:
+            run = pipeline.plan(
+                get_settings(),
+                dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+                logical_date=context.get("logical_date"),
+                month=context["params"].get("month"),
+            )
             return pipeline.ingest_step(get_settings(), run, first_month=f"{START:%Y-%m}", last_month=f"{END:%Y-%m}")
         except (pipeline.ValidationFailed, ValueError) as exc:
             raise AirflowFailException(str(exc)) from exc  # bad data or a bad month do not get better on retry
