@@ -375,6 +375,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
         return GpuGroupSettings(instance_group=f"{prefix}-{role}-mig", instance_template=f"{prefix}-{role}-tmpl", **kw)
 
     gpu = {"accelerator_type": "nvidia-l4", "accelerator_count": 1}
+    # The registry's alias pointers double as the Asset URIs of the challenger and champion events.
+    aliases_uri = f"gs://{bucket}-models/{StorageSettings.model_fields['registry_prefix'].default}/aliases"
     values: dict[str, Any] = dict(
         env=env,
         project_id=project_id,
@@ -412,8 +414,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
         spark=SparkSettings(dataproc_batch_prefix=f"{prefix}-features"),
         airflow=AirflowSettings(
             features_asset=(local_home / "lake" / "features").as_uri() if is_local else f"gs://{lake_bucket}/features",
-            challenger_asset=f"gs://{bucket}-models/registry/aliases/challenger",
-            champion_asset=f"gs://{bucket}-models/registry/aliases/champion",
+            challenger_asset=f"{aliases_uri}/challenger",
+            champion_asset=f"{aliases_uri}/champion",
             composer_enabled=prod,
             composer_environment=f"{prefix}-composer",
         ),
