@@ -44,15 +44,6 @@ _SPARK_TYPES = {
 }
 
 
-def month_index(year: str = "year", month: str = "month") -> Column:
-    """Months since year 0: makes "strictly before month M" a single integer comparison."""
-    return F.col(year) * 12 + F.col(month)
-
-
-def _month_index_of(part: Partition) -> int:
-    return part.year * 12 + part.month
-
-
 def with_label(flights: DataFrame) -> DataFrame:
     """Add ``label`` and ``cancelled`` as ``schema`` defines them.
 
@@ -182,14 +173,25 @@ def conform(features: DataFrame) -> DataFrame:
     return features.select(*(F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in schema.COLUMN_TYPES.items()))
 
 
+def _before(part: Partition) -> Column:
+    """Rows of months strictly before ``part``, as plain column comparisons Parquet can push down."""
+    year, month = F.col("year"), F.col("month")
+    return (year < F.lit(part.year)) | ((year == F.lit(part.year)) & (month < F.lit(part.month)))
+
+
 def split_by_month(flights: DataFrame, part: Partition, history_months: int | None) -> tuple[DataFrame, DataFrame]:
-    """The flights of ``part``, and those of the ``history_months`` months strictly before it (all if None)."""
-    idx = month_index()
-    target = _month_index_of(part)
-    current = flights.where(idx == F.lit(target))
-    before = idx < F.lit(target)
+    """The flights of ``part``, and those of the ``history_months`` months strictly before it (all if None).
+
+    The predicates compare the ``year`` and ``month`` columns directly (no arithmetic), so the Parquet
+    reader skips row groups and files of other months from their statistics.
+    """
+    current = flights.where((F.col("year") == F.lit(part.year)) & (F.col("month") == F.lit(part.month)))
+    before = _before(part)
     if history_months is not None:
-        before = before & (idx >= F.lit(target - history_months))
+        earliest = part
+        for _ in range(history_months):
+            earliest = earliest.previous()
+        before = before & ~_before(earliest)
     return current, flights.where(before)
 
 
