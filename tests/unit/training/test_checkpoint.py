@@ -82,7 +82,7 @@ def test_nccl_without_cuda_is_refused_naming_the_fix() -> None:
 
     assert select_device("gloo", 0) == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(WorkerError, match="backend nccl needs CUDA.*use gloo"):
+        with pytest.raises(WorkerError, match=r"backend nccl needs CUDA.*use gloo"):
             select_device("nccl", 0)
     with pytest.raises(WorkerError, match="unknown backend 'mpi'"):
         select_device("mpi", 0)

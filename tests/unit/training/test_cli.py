@@ -1,0 +1,38 @@
+"""``tenfold train`` / ``tenfold evaluate`` refuse bad input with exit code 2 and a message to act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.cli import app
+from tenfold.config import get_settings
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv("TENFOLD_ENV", "local")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_train_on_unpublished_months_is_refused_before_launching(home: Path) -> None:
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "run")])
+    assert out.exit_code == 2
+    assert "2013-01, 2013-02 have no _SUCCESS manifest" in out.output and "build_features" in out.output
+    assert not (home / "run" / "model").exists()
+
+
+def test_evaluate_a_folder_that_is_not_a_model(home: Path) -> None:
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(home / "nothing")])
+    assert out.exit_code == 2 and "meta.json is missing" in out.output
+
+
+def test_evaluate_refuses_a_holdout_inside_the_training_window(home: Path) -> None:
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(home), "--holdout-months", "2013-03:2013-04"])
+    assert out.exit_code == 2 and "does not come after the training window" in out.output
