@@ -1,6 +1,6 @@
 """``airflow dags test build_features`` end to end: real Airflow, real spark-submit, real Great Expectations.
 
-Two DAG runs, in order, on a lake of their own (``TENFOLD_HOME`` in a temp folder; Airflow's home and
+Three DAG runs, in order, on a lake of their own (``TENFOLD_HOME`` in a temp folder; Airflow's home and
 database are the session's):
 
 1. February 2013 (the history month, January, is ingested by the run itself): ingest -> Spark -> gate ->
@@ -10,6 +10,8 @@ database are the session's):
    raw flights replaced (validly published) by rows with malformed values. The run stops in ``ingest``,
    before Spark and long before publish: both inputs are withdrawn to quarantine with the reasons, one
    alert names both, March has no features, and February's features are untouched.
+3. February again (a second backfill of the month): the quarantined inputs are ingested afresh and the
+   published features have the same manifest content (rows, schema hash, file digests) as the first run.
 """
 
 from __future__ import annotations
