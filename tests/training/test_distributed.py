@@ -13,7 +13,7 @@ from tenfold.config import Settings
 from tenfold.model import load_model
 from tenfold.training.checkpoint import list_checkpoints
 from tenfold.training.config import TrainConfig
-from tenfold.training.launch import TrainingFailed, TrainResult, run_torchrun
+from tenfold.training.launch import TrainingFailed, TrainingTimeout, TrainResult, run_torchrun
 from tenfold.training.worker import FAULT_ENV
 
 from .conftest import read_losses
@@ -102,3 +102,23 @@ def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
     assert "rank 1" in str(info.value) and info.value.exitcode != 0
     assert not (tmp_path / "model").exists()
 
+
+
+def test_a_job_past_its_bound_is_killed_with_all_its_processes(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    import psutil
+
+    started = time.monotonic()
+    with pytest.raises(TrainingTimeout, match="ran past its 3 s bound"):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=3)
+    assert time.monotonic() - started < 30
+    time.sleep(0.5)
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(tmp_path) in part for part in proc.info["cmdline"] or []):
+                leftovers.append(proc.pid)
+        except psutil.Error:
+            continue
+    assert leftovers == [], f"processes of the killed job still run: {leftovers}"
