@@ -6,8 +6,10 @@ two runs never race to move the champion.
 
 **Tasks** (logic in ``tenfold.registry.pipeline``):
 
-1. ``plan``: the time-based split (training months, later holdout months) and the training config;
-   every month must be published (``_SUCCESS`` manifest) or the run stops with the missing months named.
+1. ``plan``: the time-based split and the training config. By default the split rolls with the data:
+   the newest published months are the holdout (``settings.training.holdout_window``) and up to
+   ``train_window`` months before them are trained on, so a scheduled retrain always learns from the
+   newest data. Every month must be published (``_SUCCESS`` manifest) or the run stops naming them.
 2. ``train``: locally ``torchrun --standalone`` (gloo); in dev/prod the job runs on the training GPU
    instance group, which is resized up for the run and back to zero whatever happens.
 3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and

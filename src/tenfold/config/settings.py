@@ -165,6 +165,10 @@ class TrainingSettings(_Frozen):
     # Months (YYYY-MM, inclusive) of the reference time-based split.
     train_months: tuple[str, str] = ("2013-01", "2013-09")
     holdout_months: tuple[str, str] = ("2013-10", "2013-12")
+    # The train_model DAG's default (rolling) split over what is published: the newest months are
+    # the holdout (up to holdout_window, and at most a quarter of the run), up to train_window before.
+    holdout_window: int = Field(default=3, ge=1)
+    train_window: int = Field(default=9, ge=1)
     promote_margin: float = 0.002  # AUC a challenger must beat the champion by
     # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
     gate_min_auc: float = 0.55

@@ -108,6 +108,31 @@ def _window(value: Any, name: str) -> list[Partition]:
         raise PipelineError(f"{name}: {exc}") from exc
 
 
+def rolling_split(published: list[Partition], train_window: int, holdout_window: int) -> tuple[list[Partition], list[Partition]]:
+    """The default split of a scheduled or asset-triggered run: the newest published months.
+
+    Takes the newest unbroken run of published months; its last ``holdout_window`` months (at most a
+    quarter of the run, at least one) are the holdout and up to ``train_window`` months before them
+    are the training window. With all of 2013 published this is Jan-Sep / Oct-Dec.
+    """
+    run: list[Partition] = []
+    for part in sorted(published, reverse=True):
+        if run and part != run[-1].previous():
+            break
+        run.append(part)
+    run.reverse()
+    if len(run) < 2:
+        have = ", ".join(p.label for p in published) or "none"
+        raise PipelineError(
+            f"training needs at least two consecutive published feature months (published: {have}): "
+            "run build_features for more months, or pass train_months/holdout_months in the run conf"
+        )
+    n_holdout = max(1, min(holdout_window, len(run) // 4))
+    holdout = run[-n_holdout:]
+    train = run[:-n_holdout][-train_window:]
+    return train, holdout
+
+
 def work_root(settings: Settings) -> Path:
     if settings.is_local:
         return settings.local.home / "runs" / "train_model"
@@ -123,8 +148,12 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if unknown:
         raise PipelineError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
     t = settings.training
-    train = _window(conf.get("train_months", list(t.train_months)), "train_months")
-    holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
+    lake = Lake(settings.storage.lake_uri)
+    if "train_months" in conf or "holdout_months" in conf:
+        train = _window(conf.get("train_months", list(t.train_months)), "train_months")
+        holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
+    else:
+        train, holdout = rolling_split(lake.published_partitions(TABLE), t.train_window, t.holdout_window)
     if not train or not holdout:
         raise PipelineError("train_months and holdout_months must each cover at least one month (first <= last)")
     if max(train) >= min(holdout):
@@ -132,7 +161,6 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
             f"the holdout ({holdout[0].label}..{holdout[-1].label}) must come after the training window "
             f"({train[0].label}..{train[-1].label}): the split is by time, never random"
         )
-    lake = Lake(settings.storage.lake_uri)
     missing = [p.label for p in train + holdout if not lake.has_manifest(TABLE, p)]
     if missing:
         published = ", ".join(p.label for p in lake.published_partitions(TABLE)) or "none"
