@@ -1,0 +1,127 @@
+"""A small client for Airflow 3's REST API (``/api/v2``), authenticated like a person in the UI.
+
+``make demo`` drives the real scheduler through it (unpause, backfill, trigger, watch), so what the
+demo runs is exactly what a user sees and can re-run in the Airflow UI. Later stages (rollout,
+retraining) use the same client to watch their DAG runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+TERMINAL = {"success", "failed"}
+
+
+class AirflowApiError(RuntimeError):
+    """The Airflow API refused a request or a DAG run ended badly; the message says which."""
+
+
+class AirflowApi:
+    def __init__(self, base_url: str, username: str, password: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._credentials = {"username": username, "password": password}
+        self._token: str | None = None
+
+    # --- transport ------------------------------------------------------------------------------
+    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self._login()}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            if exc.code == 401 and auth and self._token is not None:
+                self._token = None  # expired: log in again once
+                return self._send(method, path, body, auth=auth)
+            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+        return json.loads(raw) if raw else None
+
+    def _login(self) -> str:
+        if self._token is None:
+            reply = self._send("POST", "/auth/token", self._credentials, auth=False)
+            self._token = str(reply["access_token"])
+        return self._token
+
+    # --- DAGs -----------------------------------------------------------------------------------
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        return dict(self._send("GET", f"/api/v2/dags/{dag_id}"))
+
+    def wait_for_dag(self, dag_id: str, *, timeout_s: float = 300.0, poll_s: float = 3.0) -> dict[str, Any]:
+        """Wait until the DAG processor has parsed ``dag_id``; import errors are reported by name."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.dag(dag_id)
+            except AirflowApiError as exc:
+                if "HTTP 404" not in str(exc):
+                    raise
+            errors = self._send("GET", "/api/v2/importErrors").get("import_errors", [])
+            mine = [e for e in errors if dag_id in str(e.get("filename", ""))]
+            if mine:
+                raise AirflowApiError(f"{dag_id} does not import: {mine[0].get('stack_trace', '')[-1500:]}")
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"Airflow has not parsed {dag_id} after {timeout_s:.0f} s; see the dag-processor log")
+            time.sleep(poll_s)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    # --- runs -----------------------------------------------------------------------------------
+    def runs(self, dag_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({"limit": limit, "order_by": "-run_after"})
+        return list(self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns?{query}")["dag_runs"])
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"))
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Trigger a run with ``run_id``; an existing run of that id is returned instead (idempotent)."""
+        try:
+            return self.run(dag_id, run_id)
+        except AirflowApiError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        return dict(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body))
+
+    def backfill(self, dag_id: str, from_date: str, to_date: str, *, max_active_runs: int = 1,
+                 reprocess: str = "failed") -> dict[str, Any]:
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "run_backwards": False,
+                "dag_run_conf": {}, "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
+        return dict(self._send("POST", "/api/v2/backfills", body))
+
+    def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+        tis = self._send("GET", path).get("task_instances", [])
+        return [t["task_id"] for t in tis if t.get("state") in ("failed", "upstream_failed")]
+
+    def wait_for_runs(self, dag_id: str, run_ids: list[str], *, timeout_s: float, poll_s: float = 10.0,
+                      on_change: Callable[[str, str], object] | None = None) -> dict[str, str]:
+        """Wait until every run is terminal; return their states. Raises on timeout."""
+        deadline = time.monotonic() + timeout_s
+        states: dict[str, str] = {}
+        while True:
+            for run_id in run_ids:
+                if states.get(run_id) in TERMINAL:
+                    continue
+                state = str(self.run(dag_id, run_id)["state"])
+                if state != states.get(run_id) and on_change:
+                    on_change(run_id, state)
+                states[run_id] = state
+            if all(s in TERMINAL for s in states.values()):
+                return states
+            if time.monotonic() > deadline:
+                pending = [r for r, s in states.items() if s not in TERMINAL]
+                raise AirflowApiError(f"{dag_id} runs still not finished after {timeout_s:.0f} s: {pending}")
+            time.sleep(poll_s)
