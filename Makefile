@@ -27,7 +27,7 @@ test: setup lint ## the whole suite, as CI runs it
 	@$(BIN)/pytest
 
 lint: setup
-	@$(BIN)/ruff check src dags spark_jobs infra serving_image tests bench
+	@$(BIN)/ruff check src dags spark_jobs infra tests bench scripts
 	@$(BIN)/mypy
 	@$(BIN)/lint-imports
 	@$(BIN)/python scripts/check_imports.py
