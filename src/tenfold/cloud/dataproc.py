@@ -15,14 +15,11 @@ Dataproc service account on the platform subnet, which has Private Google Access
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tenfold.config import Settings
+from tenfold.data.partition import Partition  # not tenfold.data.lake: DAG files import this module
 from tenfold.features.schema import TABLE as FEATURES_TABLE
-
-if TYPE_CHECKING:
-    # Not imported at run time: tenfold.data.lake pulls in pyarrow, and DAG files import this module.
-    from tenfold.data.lake import Partition
 
 FEATURES_JOB = "build_features.py"
 PACKAGE_ARCHIVE = "tenfold.zip"
@@ -47,30 +44,8 @@ def staged_uri(settings: Settings, name: str) -> str:
     return f"gs://{settings.storage.dataproc_staging_bucket}/{settings.spark.dataproc_code_prefix}/{name}"
 
 
-class _Month:
-    """Year and month with the lake's spelling (the same as :class:`tenfold.data.lake.Partition`)."""
-
-    def __init__(self, year: int, month: int) -> None:
-        if not 1 <= month <= 12:
-            raise ValueError(f"month must be 1-12, got {month}")
-        self.year, self.month = year, month
-
-    @property
-    def path(self) -> str:
-        return f"year={self.year}/month={self.month}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.year:04d}-{self.month:02d}"
-
-
-def _part(part: Partition | str) -> _Month:
-    if isinstance(part, str):
-        m = re.fullmatch(r"(\d{4})-(\d{1,2})", part.strip())
-        if not m:
-            raise ValueError(f"{part!r} is not a month: use YYYY-MM, e.g. 2013-01")
-        return _Month(int(m[1]), int(m[2]))
-    return _Month(part.year, part.month)
+def _part(part: Partition | str) -> Partition:
+    return Partition.parse(part.strip()) if isinstance(part, str) else part
 
 
 def _attempt(attempt: int | str) -> str:

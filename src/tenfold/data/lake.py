@@ -30,6 +30,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tenfold.data.partition import Partition, month_range
+
+__all__ = ["Lake", "Manifest", "Partition", "month_range", "schema_hash"]
+
 MANIFEST = "_SUCCESS"
 MANIFEST_VERSION = 1
 
@@ -44,54 +48,6 @@ class MissingManifestError(LakeError):
 
 class CorruptManifestError(LakeError):
     """A manifest exists but cannot be read, or does not match the files it lists."""
-
-
-@dataclass(frozen=True, order=True)
-class Partition:
-    year: int
-    month: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.month <= 12:
-            raise ValueError(f"month must be 1-12, got {self.month}")
-
-    @property
-    def path(self) -> str:
-        return f"year={self.year}/month={self.month}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.year:04d}-{self.month:02d}"
-
-    @classmethod
-    def parse(cls, value: str) -> Partition:
-        """``2013-01`` (or ``2013-1``) to a partition; a clear error otherwise."""
-        try:
-            year, month = value.split("-")
-            return cls(int(year), int(month))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a month: use YYYY-MM, e.g. 2013-01") from exc
-
-    @classmethod
-    def from_date(cls, day: dt.date) -> Partition:
-        return cls(day.year, day.month)
-
-    def previous(self) -> Partition:
-        return Partition(self.year - 1, 12) if self.month == 1 else Partition(self.year, self.month - 1)
-
-    def next(self) -> Partition:
-        return Partition(self.year + 1, 1) if self.month == 12 else Partition(self.year, self.month + 1)
-
-
-def month_range(first: str | Partition, last: str | Partition) -> list[Partition]:
-    """Every month from ``first`` to ``last`` inclusive."""
-    start = first if isinstance(first, Partition) else Partition.parse(first)
-    end = last if isinstance(last, Partition) else Partition.parse(last)
-    out = []
-    while start <= end:
-        out.append(start)
-        start = start.next()
-    return out
 
 
 def schema_hash(schema: pa.Schema) -> str:
