@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tenfold.fsio import atomic_write
 from tenfold.model.network import FlightDelayModel, ModelConfig
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
@@ -38,15 +37,6 @@ META_VERSION = 1
 
 class ModelLoadError(RuntimeError):
     """A model folder is incomplete or inconsistent; the message names the file and what to do."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _state_bytes(model: torch.nn.Module) -> bytes:
@@ -73,9 +63,9 @@ def save_model(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     weights = _state_bytes(model)
-    _atomic_write(out / WEIGHTS_FILE, weights)
+    atomic_write(out / WEIGHTS_FILE, weights)
     pre_json = preprocessing.to_json().encode()
-    _atomic_write(out / PREPROCESSING_FILE, pre_json)
+    atomic_write(out / PREPROCESSING_FILE, pre_json)
     meta = {
         "version": META_VERSION,
         "model_class": "FlightDelayModel",
@@ -92,7 +82,7 @@ def save_model(
         "preprocessing_sha256": hashlib.sha256(pre_json).hexdigest(),
         "extra": dict(extra or {}),
     }
-    _atomic_write(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    atomic_write(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
     return meta
 
 

@@ -18,16 +18,16 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tenfold.fsio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,6 @@ class CheckpointInfo:
     step: int
     path: Path
     sidecar: Path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    # The rename itself must reach the disk before the sidecar claims the file is there.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,9 +82,9 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], *
     data = buf.getvalue()
     path = checkpoint_path(folder, step)
     sidecar = path.with_suffix(".json")
-    _atomic_write(path, data)
+    atomic_write(path, data)
     body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name}
-    _atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
+    atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         for f in (old.path, old.sidecar):
             f.unlink(missing_ok=True)
