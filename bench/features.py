@@ -136,7 +136,7 @@ def duckdb_sql(paths: dict[str, str], out: str) -> str:
         rollups.append(f"""{prefix} AS (
             SELECT {keys}, sum(late)::DOUBLE / sum(n) AS {prefix}_delay_rate,
                    CASE WHEN sum(dn) > 0 THEN sum(s)::DOUBLE / sum(dn) END AS {prefix}_mean_delay,
-                   sum(n)::DOUBLE AS {prefix}_flights
+                   sum(n)::DOUBLE / (SELECT count(DISTINCT ym) FROM partials)::DOUBLE AS {prefix}_flights
             FROM partials GROUP BY {keys})""")
     cols = ", ".join(
         f'CAST("{c}" AS {dict(int32="INTEGER", float64="DOUBLE", string="VARCHAR", bool="BOOLEAN")[t]}) AS "{c}"'
@@ -150,10 +150,10 @@ def duckdb_sql(paths: dict[str, str], out: str) -> str:
     cur AS (SELECT * FROM f WHERE year * 12 + month = {target}),
     hist AS (
         SELECT origin, dest, carrier, CAST(floor(sched_dep_time / 100) AS INTEGER) AS sched_dep_hour,
-               {late} AS late, arr_delay
+               year * 12 + month AS ym, {late} AS late, arr_delay
         FROM f WHERE year * 12 + month < {target} AND year * 12 + month >= {target - HISTORY_MONTHS}),
     partials AS (
-        SELECT origin, dest, carrier, sched_dep_hour, count(*) AS n, sum(late) AS late,
+        SELECT origin, dest, carrier, sched_dep_hour, ym, count(*) AS n, sum(late) AS late,
                sum(arr_delay) AS s, count(arr_delay) AS dn
         FROM hist GROUP BY ALL),
     {", ".join(rollups)},

@@ -234,7 +234,7 @@ def test_build_features_rows_columns_and_types(spark: SparkSession, reference: d
         by_flight[f]["day"], f))
 
 
-def test_no_history_gives_zero_counts_and_null_rates(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
+def test_no_history_gives_zero_flights_and_null_rates(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
     march = [r for r in three_months() if r["month"] == 3]
     rows = build(spark, march, reference).collect()
     assert rows and all(r["route_flights"] == 0.0 and r["route_delay_rate"] is None for r in rows)
@@ -266,5 +266,24 @@ def test_history_window_excludes_older_months(spark: SparkSession, reference: di
     rows = [*three_months(), flight(month=1, day=5, flight=99, arr_delay=100.0, dest="LAX")]
     one = build(spark, rows, reference, history_months=1).where(F.col("dest") == "LAX").select("route_flights")
     two = build(spark, rows, reference, history_months=2).where(F.col("dest") == "LAX").select("route_flights")
+    # Flights per history month: February alone has 2 LAX flights; January adds 1 over a second month.
     assert {r[0] for r in one.collect()} == {2.0}
-    assert {r[0] for r in two.collect()} == {3.0}
+    assert {r[0] for r in two.collect()} == {1.5}
+
+
+def test_flights_are_per_history_month_and_do_not_grow_with_the_window(
+    spark: SparkSession, reference: dict[str, DataFrame]
+) -> None:
+    # The same February repeated in January: a plain count would double, flights per month must not.
+    feb = [r for r in three_months() if r["month"] == 2]
+    jan = [dict(r, month=1, flight=r["flight"] + 1000) for r in feb]
+    jan = [flight(**{k: v for k, v in r.items() if k not in ("hour", "minute", "time_hour")}) for r in jan]
+    march = [r for r in three_months() if r["month"] == 3]
+    cols = ["flight", "route_flights", "carrier_flights", "origin_hour_flights"]
+    one = {tuple(r) for r in build(spark, feb + march, reference).select(*cols).collect()}
+    two = {tuple(r) for r in build(spark, jan + feb + march, reference).select(*cols).collect()}
+    assert one == two
+    # A group that flew in only one of the two months averages over both (the month it missed is 0).
+    only_jan_b6 = [r for r in jan if r["carrier"] == "B6"] + [r for r in feb if r["carrier"] == "AA"] + march
+    got = {r["carrier"]: r["carrier_flights"] for r in build(spark, only_jan_b6, reference).collect()}
+    assert got == {"AA": 1.0, "B6": 1.0}  # 2 flights each, over 2 history months

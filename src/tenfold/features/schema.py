@@ -29,6 +29,8 @@ KEY_COLUMNS = ("year", "month", "day", "carrier", "flight", "origin", "time_hour
 CATEGORICAL_COLUMNS = ("carrier", "origin", "dest", "tailnum_bucket", "sched_dep_hour", "day_of_week")
 
 # Numeric features: standardised by the model (statistics fit on the training window); may be null.
+# ``<group>_flights`` are flights per history month (not a count over the window, which would grow
+# through the year and encode the month); 0 when the group, or the whole history, is empty.
 NUMERIC_COLUMNS = (
     "distance",
     "sched_dep_minute_of_day",

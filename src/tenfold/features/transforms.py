@@ -34,6 +34,8 @@ AGGREGATES: dict[str, tuple[str, ...]] = {
 }
 # The finest grain that every aggregate above rolls up from: one scan of the history produces it.
 _BASE_GRAIN = ("origin", "dest", "carrier", "sched_dep_hour")
+# The partials' month column: year * 12 + month, so distinct values count history months.
+HISTORY_MONTH = "history_month"
 
 _SPARK_TYPES = {
     "int32": "int",
@@ -122,15 +124,18 @@ def join_planes(flights: DataFrame, planes: DataFrame) -> DataFrame:
 
 
 def history_partials(history: DataFrame) -> DataFrame:
-    """Map step: per (origin, dest, carrier, scheduled hour), flights, late flights, summed delay.
+    """Map step: per (origin, dest, carrier, scheduled hour, month), flights, late flights, summed delay.
 
     Sums and counts are additive, so every coarser aggregate rolls up from this small table and the
-    (large) history is scanned and shuffled once. ``history`` must already carry ``label``.
+    (large) history is scanned and shuffled once. The month (``history_month`` = year * 12 + month)
+    stays in the grain so the roll-ups know how many history months the data actually holds.
+    ``history`` must already carry ``label``.
     """
     hour = F.floor(F.col("sched_dep_time") / 100).cast("int").alias("sched_dep_hour")
+    ym = (F.col("year") * 12 + F.col("month")).cast("int").alias(HISTORY_MONTH)
     return (
-        history.select("origin", "dest", "carrier", hour, schema.LABEL, "arr_delay")
-        .groupBy(*_BASE_GRAIN)
+        history.select("origin", "dest", "carrier", hour, ym, schema.LABEL, "arr_delay")
+        .groupBy(*_BASE_GRAIN, HISTORY_MONTH)
         .agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(schema.LABEL).alias("late"),
@@ -144,21 +149,32 @@ def rollup(partials: DataFrame, prefix: str, keys: Sequence[str]) -> DataFrame:
     """Reduce step: ``<prefix>_delay_rate``, ``<prefix>_mean_delay`` and ``<prefix>_flights`` by ``keys``.
 
     The delay rate is the share of flights with ``label = 1`` (cancellations count as late, as in the
-    label); the mean delay averages ``arr_delay`` over the flights that arrived.
+    label); the mean delay averages ``arr_delay`` over the flights that arrived. ``<prefix>_flights``
+    is flights **per history month**: the group's flights divided by the number of distinct months
+    present in the whole history (not in the group: a month in which the group did not fly counts as
+    0 flights). A plain count would grow with the window (nothing in January, 11 months by December)
+    and so encode the month being scored rather than the traffic of the group.
     """
     totals = partials.groupBy(*keys).agg(
         F.sum("n").alias("n"), F.sum("late").alias("late"), F.sum("delay_sum").alias("s"), F.sum("delay_n").alias("dn")
     )
-    return totals.select(
+    # One row; every totals row comes from some partial, so the count is >= 1 wherever it is used.
+    months = partials.agg(F.countDistinct(HISTORY_MONTH).alias("_months"))
+    return totals.crossJoin(F.broadcast(months)).select(
         *keys,
         (F.col("late") / F.col("n")).cast("double").alias(f"{prefix}_delay_rate"),
         F.when(F.col("dn") > 0, F.col("s") / F.col("dn")).cast("double").alias(f"{prefix}_mean_delay"),
-        F.col("n").cast("double").alias(f"{prefix}_flights"),
+        (F.col("n").cast("double") / F.col("_months").cast("double")).alias(f"{prefix}_flights"),
     )
 
 
 def join_history(flights: DataFrame, partials: DataFrame) -> DataFrame:
-    """Left-join every aggregate in :data:`AGGREGATES`; a group with no history has 0 flights, null rates."""
+    """Left-join every aggregate in :data:`AGGREGATES`.
+
+    A group with no history gets 0 flights per month and null rates; so does every row when the
+    history is empty (January of the first year): "no flights seen" rather than null keeps the column
+    non-null in the contract, and the null rates already tell a model that there was no history.
+    """
     out = flights
     for prefix, keys in AGGREGATES.items():
         agg = rollup(partials, prefix, keys)

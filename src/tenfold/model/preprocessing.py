@@ -28,13 +28,12 @@ OOV_INDEX = 0
 # aircraft type, a record storm) must not push an MLP into linear extrapolation.
 CLIP_Z = 5.0
 
-# The network's numeric inputs: every schema numeric except the history *counts* (``*_flights``).
-# Those count flights over a history window that grows through the year (none in January, eleven
-# months by December), so they act as a proxy for the month: on the 2013 split their holdout mean is
-# 2.5x the training mean, and a model fed them learns "many flights -> September -> few delays" and
-# under-predicts the holdout (AUC 0.643, log loss 0.601 with them; 0.694 and 0.508 without, see
-# bench/results/training.md). Rates and mean delays are per flight and do not drift this way.
-MODEL_NUMERIC_COLUMNS = tuple(c for c in schema.NUMERIC_COLUMNS if not c.endswith("_flights"))
+# The network's numeric inputs: every schema numeric. The history traffic features (``*_flights``)
+# were once plain counts over a history window that grows through the year (none in January, eleven
+# months by December), a proxy for the month that drifted 2.5x between training and holdout; they
+# were kept out of the model then. They are now flights per history month (see
+# ``tenfold.features.transforms.rollup``), comparable across months, so the model reads them again.
+MODEL_NUMERIC_COLUMNS = tuple(schema.NUMERIC_COLUMNS)
 
 
 class PreprocessingError(ValueError):
