@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from tenfold.data.lake import Partition
 from tenfold.features import schema
@@ -156,15 +157,23 @@ def rollup(partials: DataFrame, prefix: str, keys: Sequence[str]) -> DataFrame:
     and so encode the month being scored rather than the traffic of the group.
     """
     totals = partials.groupBy(*keys).agg(
-        F.sum("n").alias("n"), F.sum("late").alias("late"), F.sum("delay_sum").alias("s"), F.sum("delay_n").alias("dn")
+        F.sum("n").alias("n"),
+        F.sum("late").alias("late"),
+        F.sum("delay_sum").alias("s"),
+        F.sum("delay_n").alias("dn"),
+        F.collect_set(HISTORY_MONTH).alias("_ms"),
     )
-    # One row; every totals row comes from some partial, so the count is >= 1 wherever it is used.
-    months = partials.agg(F.countDistinct(HISTORY_MONTH).alias("_months"))
-    return totals.crossJoin(F.broadcast(months)).select(
+    # Every partial belongs to exactly one group, so the union of the groups' month sets is the set
+    # of history months. Taking it over this small table (a window over all of it, one partition)
+    # rather than with a separate aggregate keeps the plan below identical for every roll-up: the
+    # history is scanned and shuffled once (the exchange is reused), where a separate count would
+    # be column-pruned into its own scan of the history.
+    months = F.size(F.array_distinct(F.flatten(F.collect_list("_ms").over(Window.partitionBy(F.lit(0))))))
+    return totals.select(
         *keys,
         (F.col("late") / F.col("n")).cast("double").alias(f"{prefix}_delay_rate"),
         F.when(F.col("dn") > 0, F.col("s") / F.col("dn")).cast("double").alias(f"{prefix}_mean_delay"),
-        (F.col("n").cast("double") / F.col("_months").cast("double")).alias(f"{prefix}_flights"),
+        (F.col("n").cast("double") / months.cast("double")).alias(f"{prefix}_flights"),
     )
 
 
