@@ -65,7 +65,7 @@ def publish_real_features(lake: Lake, root: Path) -> int:
         staged = root / "staged" / part.label
         staged.mkdir(parents=True)
         con.execute(feats.duckdb_sql(paths, str(staged / "part-00000.parquet")))
-        rows += lake.publish(schema.TABLE, part, str(staged), run_id="bench-duckdb").rows
+        rows += lake.publish(schema.TABLE, part, str(staged), run_id="bench-duckdb", extra=schema.manifest_extra(source="duckdb")).rows
     return rows
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.features.schema import FEATURES_VERSION, VERSION_KEY
 from tenfold.features.schema import TABLE as FEATURES
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
@@ -42,20 +43,29 @@ def _api(settings: Settings) -> AirflowApi:
     return AirflowApi(airflow_url(settings), settings.airflow.admin_user, password)
 
 
+def _current(lake: Lake, part: Partition) -> bool:
+    """Published, by this code's feature definition."""
+    if not lake.has_manifest(FEATURES, part):
+        return False
+    return lake.read_manifest(FEATURES, part).extra.get(VERSION_KEY) == FEATURES_VERSION
+
+
 def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
     lake = Lake(settings.storage.lake_uri)
-    todo = [m for m in months if not lake.has_manifest(FEATURES, m)]
+    todo = [m for m in months if not _current(lake, m)]
     api.set_paused(BUILD, False)
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
         return
+    # "completed": a month published by an older feature definition has a successful run to redo.
     say(f"backfilling {BUILD} for {todo[0].label}..{todo[-1].label} ({len(todo)} monthly runs)")
-    api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="failed")
+    api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="completed")
     wanted = {m.label for m in todo}
     deadline = time.monotonic() + FEATURE_TIMEOUT_S * len(todo)
     seen: dict[str, str] = {}
     while True:
-        runs = {str(r["logical_date"])[:7]: r for r in api.runs(BUILD, limit=50) if r.get("logical_date")}
+        # Newest run per month last, so it wins (the backfill creates or re-queues them before it returns).
+        runs = {str(r["logical_date"])[:7]: r for r in reversed(api.runs(BUILD, limit=100)) if r.get("logical_date")}
         for label in sorted(wanted):
             run = runs.get(label)
             state = str(run["state"]) if run else "not created"

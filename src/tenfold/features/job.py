@@ -164,7 +164,7 @@ def run(spark: SparkSession, args: argparse.Namespace, inputs: Inputs) -> dict[s
     if args.publish:
         lake.publish(
             schema.TABLE, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
-            extra={"history_months": facts["history_months"]},
+            extra=schema.manifest_extra(history_months=facts["history_months"]),
         )
         facts["manifest"] = lake.uri_of(lake.manifest_path(schema.TABLE, part))
     return facts

@@ -118,3 +118,15 @@ def arrow_schema() -> pa.Schema:
         return pa.type_for_alias(name)
 
     return pa.schema([pa.field(c, arrow_type(t), nullable=c not in REQUIRED_IN_FILE) for c, t in COLUMN_TYPES.items()])
+
+# Bump when a column's *meaning* changes but its type does not (the schema hash cannot see that):
+# every features manifest records the version it was built with, and readers refuse partitions of
+# another version, so a model never trains or is evaluated on a mix of definitions.
+# v2: the history *_flights columns are flights per history month, not totals.
+FEATURES_VERSION = 2
+VERSION_KEY = "features_version"
+
+
+def manifest_extra(**extra: object) -> dict[str, object]:
+    """The ``extra`` of a features manifest: what the caller records plus the definition version."""
+    return {**extra, VERSION_KEY: FEATURES_VERSION}

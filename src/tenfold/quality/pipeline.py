@@ -185,7 +185,9 @@ def publish_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
             log.info("staging already published: %s", manifest.content)
             return {"month": part.label, "manifest": lake.uri_of(lake.manifest_path(FEATURES_TABLE, part)), **manifest.content}
         raise LakeError(f"nothing to publish for {part.label}: {run['staging_uri']} is gone and no {MANIFEST} exists; re-run build_features")
-    manifest = lake.publish(FEATURES_TABLE, part, staged, run_id=run["run_id"], extra={"validated_by": FEATURES_SUITE})
+    manifest = lake.publish(
+        FEATURES_TABLE, part, staged, run_id=run["run_id"], extra=schema.manifest_extra(validated_by=FEATURES_SUITE)
+    )
     lake.discard(staged)
     return {"month": part.label, "manifest": lake.uri_of(lake.manifest_path(FEATURES_TABLE, part)), **manifest.content}
 

@@ -34,6 +34,7 @@ __all__ = [
     "PreprocessingError",
     "Preprocessor",
     "ShardedBatches",
+    "StaleFeaturesError",
     "read_features",
     "seed_everything",
 ]
@@ -42,6 +43,10 @@ __all__ = [
 
 class MissingFeaturesError(LakeError):
     """A feature partition the run needs is not published."""
+
+
+class StaleFeaturesError(LakeError):
+    """A feature partition was built by another version of the feature definitions."""
 
 
 def read_features(
@@ -61,6 +66,15 @@ def read_features(
             "they were never published or their job did not finish; run build_features for those months "
             f"(published: {', '.join(p.label for p in lake.published_partitions(table)) or 'none'})"
         )
+    if table == schema.TABLE:
+        stale = {p.label: lake.read_manifest(table, p).extra.get(schema.VERSION_KEY) for p in parts}
+        stale = {label: v for label, v in stale.items() if v != schema.FEATURES_VERSION}
+        if stale:
+            raise StaleFeaturesError(
+                f"{table} partitions {', '.join(f'{m} (version {v})' for m, v in stale.items())} were built by "
+                f"another feature definition than this code's version {schema.FEATURES_VERSION}: rebuild them with "
+                "build_features (e.g. `airflow backfill create --dag-id build_features --reprocess-behavior completed`)"
+            )
     try:
         return lake.read_table(table, parts, columns=list(columns) if columns else None)
     except MissingManifestError as exc:  # published between the check and the read, then removed

@@ -110,7 +110,7 @@ def publish_synthetic_features(
     for part in months:
         with tempfile.TemporaryDirectory(prefix="tenfold-synth-") as tmp:
             pq.write_table(synthetic_features(part, rows_per_month, seed), Path(tmp) / "part-0.parquet")
-            lake.publish(table, part, tmp, run_id=f"synthetic-{seed}", extra={"synthetic": True})
+            lake.publish(table, part, tmp, run_id=f"synthetic-{seed}", extra=schema.manifest_extra(synthetic=True))
     return list(months)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from tenfold.config.settings import project_root
 from tenfold.data.lake import Lake, MissingManifestError, Partition
+from tenfold.features import schema
 from tenfold.registry.lineage import Lineage, PartitionRef, code_version, partition_refs
 
 
@@ -26,7 +27,7 @@ def test_partition_refs_read_manifests_and_refuse_unpublished(tmp_path: Path) ->
     (ref,) = partition_refs(lake, "features", [Partition(2013, 1)])
     manifest = lake.read_manifest("features", Partition(2013, 1))
     assert (ref.partition, ref.rows, ref.data_dir, ref.run_id) == ("2013-01", 20, manifest.data_dir, manifest.run_id)
-    assert ref.validation == {"synthetic": True} and len(ref.manifest_sha256) == 64
+    assert ref.validation == schema.manifest_extra(synthetic=True) and len(ref.manifest_sha256) == 64
     with pytest.raises(MissingManifestError, match="2013-02"):
         partition_refs(lake, "features", [Partition(2013, 2)])
 

@@ -11,7 +11,13 @@ import torch
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.features import schema
 from tenfold.model import FlightDelayModel, ModelConfig, Preprocessor, save_model
-from tenfold.training.data import FeatureDataset, MissingFeaturesError, ShardedBatches, read_features
+from tenfold.training.data import (
+    FeatureDataset,
+    MissingFeaturesError,
+    ShardedBatches,
+    StaleFeaturesError,
+    read_features,
+)
 from tenfold.training.evaluate import (
     check_time_split,
     compare,
@@ -39,6 +45,20 @@ def test_a_partition_without_manifest_is_refused(lake: Lake, tmp_path: Path) -> 
     pq.write_table(synthetic_features(Partition(2013, 5), 10), folder / "part-00000.parquet")
     with pytest.raises(MissingFeaturesError, match=r"2013-05 have no _SUCCESS manifest.*run build_features"):
         read_features(lake, [Partition(2013, 1), Partition(2013, 5)])
+
+
+def test_a_partition_of_another_feature_definition_is_refused(tmp_path: Path) -> None:
+    # Same columns and types, other meaning: only the recorded definition version can tell them apart.
+    lake = Lake(tmp_path.as_uri())
+    current, old = Partition(2013, 1), Partition(2013, 2)
+    publish_synthetic_features(lake, [current], 50, seed=1)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(synthetic_features(old, 50), staged / "part-00000.parquet")
+    lake.publish(schema.TABLE, old, str(staged), run_id="old", extra={schema.VERSION_KEY: schema.FEATURES_VERSION - 1})
+    assert read_features(lake, [current]).num_rows == 50
+    with pytest.raises(StaleFeaturesError, match=rf"2013-02 \(version {schema.FEATURES_VERSION - 1}\).*rebuild"):
+        read_features(lake, [current, old])
 
 
 def test_ranks_together_see_the_single_process_batch(lake: Lake) -> None:
