@@ -73,7 +73,7 @@ def test_one_month_runs_end_to_end_and_publishes(runner: Runner, february: str) 
     lake = runner.lake
     manifest = lake.read_manifest(schema.TABLE, FEB)
     assert manifest.rows == FEB_FLIGHTS
-    assert manifest.extra == {"validated_by": "features"}
+    assert manifest.extra == schema.manifest_extra(validated_by="features")
     (path,) = lake.files(schema.TABLE, FEB, verify=True)
     table = pq.read_table(path)
     assert table.schema.equals(schema.arrow_schema(), check_metadata=False)
