@@ -17,7 +17,6 @@ database are the session's):
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def february(runner: Runner) -> str:
     return out
 
 
-def test_one_month_runs_end_to_end_and_publishes(runner: Runner, february: str) -> None:
+def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, february: str) -> None:
     lake = runner.lake
     manifest = lake.read_manifest(schema.TABLE, FEB)
     assert manifest.rows == FEB_FLIGHTS
@@ -86,19 +85,12 @@ def test_one_month_runs_end_to_end_and_publishes(runner: Runner, february: str) 
     assert docs, "no Data Docs page for the features validation"
     assert runner.alerts() == []
     # the features Asset event that train_model consumes, with the month it carries
-    assert _asset_events(runner.env, runner.settings.airflow.features_asset) == [{"month": "2013-02", "rows": FEB_FLIGHTS}]
+    assert asset_events(runner.env, runner.settings.airflow.features_asset) == [{"month": "2013-02", "rows": FEB_FLIGHTS}]
 
 
-def _asset_events(env: dict[str, str], uri: str) -> list[dict]:
-    db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id", (uri,)
-        ).fetchall()
-    return [json.loads(r[0]) for r in rows]
 
 
-def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(runner: Runner, february: str) -> None:
+def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_events, runner: Runner, february: str) -> None:
     lake = runner.lake
     features_before = lake.read_manifest(schema.TABLE, FEB)
     # fault 1: January's raw flights file is truncated on disk (its manifest still lists the full size)
@@ -135,7 +127,7 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(runner
     assert "ALERT" in out
     # the published February features were not touched, and no new features event was emitted
     assert lake.read_manifest(schema.TABLE, FEB).content == features_before.content
-    assert len(_asset_events(runner.env, runner.settings.airflow.features_asset)) == 1
+    assert len(asset_events(runner.env, runner.settings.airflow.features_asset)) == 1
 
 
 def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_features(runner: Runner, february: str) -> None:

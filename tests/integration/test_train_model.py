@@ -9,7 +9,6 @@ is evaluated against that champion on the same holdout.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -38,17 +37,9 @@ def _dags_test(airflow_env: dict[str, str], conf: dict[str, object], logical_dat
     return out
 
 
-def _challenger_events(airflow_env: dict[str, str], uri: str) -> list[dict[str, object]]:
-    """The ``challenger`` Asset events in the Airflow metadatabase (what the rollout DAG will consume)."""
-    db = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id", (uri,)
-        ).fetchall()
-    return [json.loads(r[0]) for r in rows]
 
 
-def test_train_model_registers_a_champion_then_evaluates_against_it(
+def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events,
     local_settings: Settings, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
     from tenfold.training.synthetic import publish_synthetic_features
@@ -77,7 +68,7 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(
     assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
-    assert _challenger_events(airflow_env, local_settings.airflow.challenger_asset)[-1] == {
+    assert asset_events(airflow_env, local_settings.airflow.challenger_asset)[-1] == {
         "version": v1.version, "promoted": d1["promote"], "champion": champion_after_first}
 
     # Run 2: another seed on one rank (a different trajectory, so a different version), fewer steps.
@@ -94,4 +85,4 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(
     assert decision.champion is not None and decision.champion.holdout == decision.challenger.holdout
     assert "beats_champion" in decision.checks
     assert reg.resolve(CHAMPION) == (v2.version if decision.promote else champion_after_first)
-    assert _challenger_events(airflow_env, local_settings.airflow.challenger_asset)[-1]["version"] == v2.version
+    assert asset_events(airflow_env, local_settings.airflow.challenger_asset)[-1]["version"] == v2.version

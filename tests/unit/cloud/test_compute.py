@@ -72,18 +72,6 @@ class Clock:
             hook()
 
 
-@pytest.fixture(scope="module")
-def storage_client(gcs_emulator: str) -> Any:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
-    bucket = get_settings("dev").storage.artifacts_bucket
-    if client.lookup_bucket(bucket) is None:
-        client.create_bucket(bucket)
-    return client
-
-
 def _node_writes_marker(igm: FakeInstanceGroupManagers, client: Any, run_id: str, status: str, after_sleeps: int) -> Any:
     s = get_settings("dev")
     state = {"sleeps": 0}

@@ -13,18 +13,6 @@ from tenfold.cloud import compute, startup, worker
 from tenfold.config import get_settings
 
 
-@pytest.fixture(scope="module")
-def storage_client(gcs_emulator: str) -> Any:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
-    bucket = get_settings("dev").storage.artifacts_bucket
-    if client.lookup_bucket(bucket) is None:
-        client.create_bucket(bucket)
-    return client
-
-
 def test_torchrun_argv_is_multi_node_c10d() -> None:
     s = get_settings("dev")
     argv = worker.torchrun_argv(s, "run-1", "node-a", ["--config", "c"])
