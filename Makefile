@@ -33,7 +33,7 @@ lint: setup
 	@$(BIN)/python scripts/check_imports.py
 
 synth: setup ## synthesize every stack of dev and prod (no cloud needed)
-	@cd infra && ../$(BIN)/python main.py
+	@$(BIN)/python -m infra.main
 
 bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
 	@$(BIN)/python bench/features.py

@@ -4,7 +4,7 @@
 one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``; a run without a
 logical date takes the ``month`` param (``YYYY-MM``).
 
-**Tasks** (logic in ``tenfold.quality.pipeline``; every task is idempotent and retried):
+**Tasks** (logic in ``tenfold.pipelines.build_features``; every task is idempotent and retried):
 
 1. ``ingest``: publishes the month's raw tables (flights, weather, planes, airlines, airports), and any
    earlier month of 2013 never ingested, then gates every raw input the job reads: files intact and raw
@@ -66,7 +66,7 @@ def build_features() -> None:
     def ingest(**context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from tenfold.quality import pipeline
+        from tenfold.pipelines import build_features as pipeline
 
         try:
             run = pipeline.plan(
@@ -84,7 +84,7 @@ def build_features() -> None:
     def validate(run: dict[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from tenfold.quality import pipeline
+        from tenfold.pipelines import build_features as pipeline
 
         try:
             return pipeline.validate_step(get_settings(), run)
@@ -93,7 +93,7 @@ def build_features() -> None:
 
     @task(outlets=[FEATURES])
     def publish(run: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from tenfold.quality import pipeline
+        from tenfold.pipelines import build_features as pipeline
 
         published = pipeline.publish_step(get_settings(), run)
         context["outlet_events"][FEATURES].extra = {"month": published["month"], "rows": published["rows"]}
@@ -104,7 +104,7 @@ def build_features() -> None:
 
         @task(execution_timeout=dt.timedelta(minutes=20))
         def build_features(run: dict[str, Any]) -> dict[str, Any]:
-            from tenfold.quality import pipeline
+            from tenfold.pipelines import build_features as pipeline
 
             return pipeline.build_step(get_settings(), run)
 
@@ -115,7 +115,7 @@ def build_features() -> None:
 
         @task(multiple_outputs=True)
         def dataproc_spec(run: dict[str, Any]) -> dict[str, Any]:
-            from tenfold.quality import pipeline
+            from tenfold.pipelines import build_features as pipeline
 
             return pipeline.dataproc_batch(get_settings(), run)
 

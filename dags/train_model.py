@@ -4,7 +4,7 @@
 (``settings.training.retrain_cron``), whichever comes first; ``catchup=False``; one run at a time so
 two runs never race to move the champion.
 
-**Tasks** (logic in ``tenfold.registry.pipeline``):
+**Tasks** (logic in ``tenfold.pipelines.train_model``):
 
 1. ``plan``: the time-based split and the training config. By default the split rolls with the data:
    the newest published months are the holdout (``settings.training.holdout_window``) and up to
@@ -61,20 +61,20 @@ TRAIN_TIMEOUT_S = (
 def train_model() -> None:
     @task
     def plan(**context: Any) -> dict[str, Any]:
-        from tenfold.registry import pipeline
+        from tenfold.pipelines import train_model as pipeline
 
         dag_run = context["dag_run"]
         return pipeline.plan(get_settings(), dag_run.run_id, dag_run.conf or {})
 
     @task(execution_timeout=dt.timedelta(seconds=TRAIN_TIMEOUT_S), retries=1)
     def train(planned: dict[str, Any]) -> dict[str, Any]:
-        from tenfold.registry import pipeline
+        from tenfold.pipelines import train_model as pipeline
 
         return pipeline.train(get_settings(), planned)
 
     @task
     def evaluate(planned: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-        from tenfold.registry import pipeline
+        from tenfold.pipelines import train_model as pipeline
 
         evaluation = pipeline.evaluate(get_settings(), planned, trained)
         print(pipeline.comparison_table(evaluation))
@@ -82,13 +82,13 @@ def train_model() -> None:
 
     @task
     def register(planned: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-        from tenfold.registry import pipeline
+        from tenfold.pipelines import train_model as pipeline
 
         return pipeline.register(get_settings(), planned, trained, evaluation)
 
     @task(outlets=[CHALLENGER])
     def gate(planned: dict[str, Any], evaluation: dict[str, Any], registered: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from tenfold.registry import pipeline
+        from tenfold.pipelines import train_model as pipeline
 
         decision = pipeline.gate(get_settings(), planned, evaluation, registered)
         print(decision["summary"])

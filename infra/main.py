@@ -1,21 +1,19 @@
 """The CDK Terrain app: synthesizes the data and platform stacks of dev and prod in one process.
 
-Run from infra/:  ``../.venv/bin/python main.py``  (what ``make synth``, ``cdktn synth`` and
-``cdktf synth`` run, via cdktf.json); deploy one stack with ``cdktn deploy tenfold-dev-data``.
-Names come from tenfold settings; set ``TENFOLD_PROJECT_ID`` to your project before deploying.
+Run from the repository root: ``.venv/bin/python -m infra.main`` (what ``make synth`` runs, and what
+``cdktn synth`` and ``cdktf synth`` run from infra/ via cdktf.json); deploy one stack with
+``cdktn deploy tenfold-dev-data`` from infra/. Names come from tenfold settings; set
+``TENFOLD_PROJECT_ID`` to your project before deploying. The reusable pieces live in
+``infra/components`` (a name that does not shadow the ``constructs`` library), so no path editing is needed.
 """
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# infra/ must not be on sys.path: infra/constructs would shadow the `constructs` library.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "infra"]
-sys.path.insert(0, str(ROOT))
-
-from infra.stacks import build_app  # noqa: E402
+from infra.stacks import build_app
 
 if __name__ == "__main__":
-    build_app().synth()
+    # The CLIs pass their output folder in CDKTF_OUTDIR; run by hand, write where they would.
+    build_app(outdir=None if os.environ.get("CDKTF_OUTDIR") else str(Path(__file__).parent / "cdktf.out")).synth()

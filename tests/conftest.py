@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,21 @@ def local_settings(tenfold_home: Path, gcs_emulator: str, pubsub_emulator: str) 
     )
     provision(settings)
     return settings
+
+
+@pytest.fixture(scope="module")
+def storage_client(gcs_emulator: str) -> Any:
+    """A real storage client on the GCS emulator, with the dev artifacts bucket (where run markers live)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tenfold.config import get_settings
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
+    bucket = get_settings("dev").storage.artifacts_bucket
+    if client.lookup_bucket(bucket) is None:
+        client.create_bucket(bucket)
+    return client
 
 
 @pytest.fixture(scope="session")

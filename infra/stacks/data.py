@@ -14,10 +14,10 @@ from cdktn_provider_google.kms_crypto_key_iam_member import KmsCryptoKeyIamMembe
 from cdktn_provider_google.project_iam_audit_config import ProjectIamAuditConfig
 from constructs import Construct
 
-from infra.constructs._jsii import structs
-from infra.constructs.kms import Kms, KmsProps
-from infra.constructs.messaging import Messaging, MessagingProps, SubscriptionSpec
-from infra.constructs.storage import BucketSpec, Storage, StorageProps
+from infra.components._jsii import structs
+from infra.components.kms import Kms, KmsProps
+from infra.components.messaging import Messaging, MessagingProps, SubscriptionSpec
+from infra.components.storage import BucketSpec, Storage, StorageProps
 from infra.stacks.common import configure
 from tenfold.config import Settings
 

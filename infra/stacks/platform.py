@@ -8,14 +8,14 @@ from cdktn_provider_google.data_google_project import DataGoogleProject
 from cdktn_provider_google.service_account_iam_member import ServiceAccountIamMember
 from constructs import Construct
 
-from infra.constructs.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling, PubsubBacklogScaling
-from infra.constructs.iam import AccountSpec, CustomRoleSpec, Iam, IamProps
-from infra.constructs.load_balancer import HttpLoadBalancer, HttpLoadBalancerProps, ServingHealthCheck
-from infra.constructs.network import Network, NetworkProps
-from infra.constructs.observability import Observability, ObservabilityProps
-from infra.constructs.orchestration import Orchestration, OrchestrationProps
+from infra.components.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling
+from infra.components.iam import AccountSpec, CustomRoleSpec, Iam, IamProps
+from infra.components.load_balancer import HttpLoadBalancer, HttpLoadBalancerProps, ServingHealthCheck
+from infra.components.network import Network, NetworkProps
+from infra.components.observability import Observability, ObservabilityProps
+from infra.components.orchestration import Orchestration, OrchestrationProps
 from infra.stacks.common import configure, sa_email
-from tenfold.cloud import startup
+from tenfold import fleets as startup
 from tenfold.config import Settings
 from tenfold.config.settings import GpuGroupSettings
 
@@ -61,6 +61,20 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     ]
 
 
+def gpu_fleet(scope: Construct, cid: str, s: Settings, g: GpuGroupSettings, *, subnetwork: str,
+              service_account_email: str, startup_script: str, tags: list[str], **kw: object) -> GpuFleet:
+    """One fleet of ``settings``: its template, group and (optional) autoscaler, named by ``g``."""
+    return GpuFleet(scope, cid, GpuFleetProps(
+        template_name_prefix=g.instance_template, group_name=g.instance_group, region=s.region,
+        machine_type=g.machine_type, source_image=g.source_image, disk_size_gb=g.disk_size_gb,
+        subnetwork=subnetwork, service_account_email=service_account_email,
+        startup_script=startup_script, tags=tags, accelerator_type=g.accelerator_type,
+        accelerator_count=g.accelerator_count, spot=g.spot, min_replicas=g.min_replicas,
+        max_replicas=g.max_replicas, labels={"role": cid},
+        zones=[f"{s.region}-{z}" for z in g.zone_suffixes], target_shape=g.target_shape, **kw,  # type: ignore[arg-type]
+    ))
+
+
 class PlatformStack(TerraformStack):
     def __init__(self, scope: Construct, settings: Settings) -> None:
         name = settings.infra.platform_stack
@@ -87,15 +101,8 @@ class PlatformStack(TerraformStack):
         health = ServingHealthCheck(self, "health-check", name=lb.health_check, port=sv.port, path=sv.health_path)
 
         def fleet(cid: str, g: GpuGroupSettings, account: str, script: str, tags: list[str], **kw: object) -> GpuFleet:
-            return GpuFleet(self, cid, GpuFleetProps(
-                template_name_prefix=g.instance_template, group_name=g.instance_group, region=s.region,
-                machine_type=g.machine_type, source_image=g.source_image, disk_size_gb=g.disk_size_gb,
-                subnetwork=self.network.subnet.id, service_account_email=self.iam.accounts[account].email,
-                startup_script=script, tags=tags, accelerator_type=g.accelerator_type,
-                accelerator_count=g.accelerator_count, spot=g.spot, min_replicas=g.min_replicas,
-                max_replicas=g.max_replicas, labels={"role": cid},
-                zones=[f"{s.region}-{z}" for z in g.zone_suffixes], target_shape=g.target_shape, **kw,  # type: ignore[arg-type]
-            ))
+            return gpu_fleet(self, cid, s, g, subnetwork=self.network.subnet.id,
+                             service_account_email=self.iam.accounts[account].email, startup_script=script, tags=tags, **kw)
 
         serving_kw = dict(named_port=(PORT_NAME, sv.port), health_check_id=health.check.id,
                           autoscaling=LbUtilizationScaling(sv.target_utilization))
@@ -105,9 +112,9 @@ class PlatformStack(TerraformStack):
                             startup.serving_startup_script(s, sv.canary_fleet, "canary"), [serving_tag, ssh_tag], **serving_kw)
         self.training = fleet("training", s.training.fleet, "training", startup.training_startup_script(s), [ssh_tag],
                               target_size=0, externally_resized=True)
-        self.inference = fleet("inference", s.inference.fleet, "inference", startup.inference_startup_script(s), [ssh_tag],
-                               autoscaling=PubsubBacklogScaling(s.messaging.subscriptions["requests"].name,
-                                                                s.inference.backlog_per_worker))
+        # The offline-inference fleet (settings.inference.fleet, autoscaled on the requests backlog with
+        # PubsubBacklogScaling) is deployed with its worker module, tenfold.inference.worker: a stack
+        # never launches code that does not exist (tests/unit/test_deployables.py).
 
         self.lb = HttpLoadBalancer(self, "load-balancer", HttpLoadBalancerProps(
             address_name=lb.address, health_check_id=health.check.id, port_name=PORT_NAME,

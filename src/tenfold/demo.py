@@ -129,8 +129,8 @@ def run(settings: Settings, first: str, last: str, *, say: Callable[[str], objec
     build_months(settings, api, months, say)
     run_id = train(settings, api, say)
 
+    from tenfold.pipelines.train_model import comparison_table
     from tenfold.quality.gate import data_docs_location
-    from tenfold.registry.pipeline import comparison_table
 
     evaluation = xcom(api, TRAIN, run_id, "evaluate")
     decision = xcom(api, TRAIN, run_id, "gate")

@@ -14,7 +14,7 @@ from cdktn_provider_google.storage_bucket import StorageBucket
 from cdktn_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from constructs import Construct
 
-from infra.constructs._jsii import structs
+from infra.components._jsii import structs
 
 # logical id (construct id) -> the checkov check that must fail on it
 EXPECTED_FAILURES = {

@@ -24,10 +24,10 @@ RENAMED_PREFIX = "acme-dev"
 BAD_STACK = "known-bad"
 
 
-def _load_bad_stack() -> Any:
-    name = "tenfold_tests_infra_bad_stack"
+def _load(stem: str) -> Any:
+    name = f"tenfold_tests_infra_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bad_stack.py"))
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{stem}.py"))
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -37,7 +37,7 @@ def _load_bad_stack() -> Any:
 
 @pytest.fixture(scope="session")
 def bad_stack_module() -> Any:
-    return _load_bad_stack()
+    return _load("bad_stack")
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +62,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
     from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
-    bad = _load_bad_stack()
+    bad, fleets = _load("bad_stack"), _load("fleet_stack")
+
+    def extra(app: Any) -> None:
+        bad.BadStack(app, BAD_STACK)
+        for env in ("dev", "prod"):
+            fleets.InferenceFleetStack(app, get_settings(env))
+
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),
         [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings],
-        extra=lambda app: bad.BadStack(app, BAD_STACK),
+        extra=extra,
     )

@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from infra.stacks.synthesized import by_name, resources
-from tenfold.cloud import compute, dataproc, startup, urlmap
+from tenfold import fleets as startup
 from tenfold.config import get_settings
+from tenfold.features import dataproc
+from tenfold.rollout import urlmap
+from tenfold.training import fleet as compute
 
 ENVS = ("dev", "prod")
 

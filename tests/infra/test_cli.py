@@ -44,7 +44,7 @@ def _cli(name: str) -> tuple[str, dict[str, str]] | None:
 def test_cli_synthesizes_every_stack(cli: str, tmp_path: Path) -> None:
     found = _cli(cli)
     if found is None:
-        pytest.skip(f"the {cli} CLI is not installed (npm install --prefix .tools/cdk {cli}-cli); `make synth` runs main.py directly")
+        pytest.skip(f"the {cli} CLI is not installed (npm install --prefix .tools/cdk {cli}-cli); `make synth` runs infra.main directly")
     exe, env = found
     proc = subprocess.run([exe, "synth", "--output", str(tmp_path)], cwd=ROOT / "infra", env=env,
                           capture_output=True, text=True, timeout=300, check=False)

@@ -3,7 +3,7 @@
 Compute Engine has no emulator, so the instance-group client is a fake that records every call and
 plays the training nodes (on resize up it writes the run's completion marker, and on success the
 model, to the artifacts bucket as the real nodes do). Everything else is real: the settings, the GCS
-emulator and storage client, ``tenfold.cloud.compute.run_training`` and the pipeline step.
+emulator and storage client, ``tenfold.training.fleet.run_training`` and the pipeline step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from tenfold.config import Settings
 from tenfold.config.settings import build_settings
 from tenfold.data.lake import Lake, month_range
-from tenfold.registry import pipeline
+from tenfold.pipelines import train_model as pipeline
 from tenfold.storage import gcs_client
 
 CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
@@ -42,7 +42,7 @@ class FakeTrainingGroup:
 
     def patch(self, **kw: Any) -> Any:
         self.calls.append(("patch", kw))
-        from tenfold.cloud.startup import RUN_ID_KEY
+        from tenfold.training.fleet import RUN_ID_KEY
 
         self.run_id = dict(kw["instance_group_manager_resource"].all_instances_config.properties.metadata)[RUN_ID_KEY]
         return None
@@ -55,7 +55,7 @@ class FakeTrainingGroup:
         return None
 
     def _nodes_run(self) -> None:
-        from tenfold.cloud.compute import marker_name, run_folder
+        from tenfold.training.fleet import marker_name, run_folder
 
         bucket = self.storage.bucket(self.settings.storage.artifacts_bucket)
         run_id = self.run_id
@@ -89,11 +89,11 @@ def _plan(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings) -> None:
-    from tenfold.cloud.compute import TrainingError
+    from tenfold.training.fleet import TrainingFailed
 
     group = FakeTrainingGroup(dev_settings, "failed")
     planned = _plan(dev_settings, "fails")
-    with pytest.raises(TrainingError, match="failed on the training group"):
+    with pytest.raises(TrainingFailed, match="failed on the training group"):
         pipeline.train(dev_settings, planned, igm_client=group)
     assert group.resizes == [dev_settings.training.nnodes, 0]
     assert group.calls[-1][0] == "resize" and group.calls[-1][1]["size"] == 0

@@ -16,7 +16,8 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.registry import CHALLENGER, CHAMPION, AliasConflict, ModelRegistry, pipeline
+from tenfold.pipelines import train_model as pipeline
+from tenfold.registry import CHALLENGER, CHAMPION, AliasConflict, ModelRegistry
 
 CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
 

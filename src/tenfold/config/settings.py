@@ -176,7 +176,7 @@ class TrainingSettings(_Frozen):
     gate_beat_baselines: tuple[str, ...] = ("rate",)
     # Scheduled retraining (train_model also runs on every features Asset event): Mondays 03:00 UTC.
     retrain_cron: str = "0 3 * * 1"
-    # Cloud runs (tenfold.cloud.compute): torchrun's entry module on the training fleet, where each
+    # Cloud runs (tenfold.training.fleet): torchrun's entry module on the training fleet, where each
     # run's completion marker lands in the artifacts bucket, and bounds on every wait.
     entry_module: str = "tenfold.training.worker"
     runs_prefix: str = "training/runs"

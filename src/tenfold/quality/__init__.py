@@ -3,7 +3,7 @@
 * :mod:`tenfold.quality.suites` loads the suites and computes each partition's parameters;
 * :mod:`tenfold.quality.gate` validates a staged or published batch, writes Data Docs, quarantines
   and alerts on failure (:func:`validate_partition`, :func:`validate_published`);
-* :mod:`tenfold.quality.pipeline` holds the steps of ``dags/build_features.py``.
+* :mod:`tenfold.pipelines.build_features` holds the steps of ``dags/build_features.py``.
 
 Importing this package is cheap; Great Expectations is imported on first validation.
 """

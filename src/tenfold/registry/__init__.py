@@ -1,7 +1,7 @@
 """The model registry: immutable versions on GCS, atomically moved aliases, and the promotion gate.
 
 ``ModelRegistry(settings)`` is the API (see :mod:`tenfold.registry.registry`); ``tenfold models`` is
-the command-line view; :mod:`tenfold.registry.gate` decides promotions; :mod:`tenfold.registry.pipeline`
+the command-line view; :mod:`tenfold.registry.gate` decides promotions; :mod:`tenfold.pipelines.train_model`
 holds the steps the ``train_model`` DAG runs.
 """
 

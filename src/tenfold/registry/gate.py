@@ -12,7 +12,7 @@ itself and the gate is meaningless), structurally detectable:
 * a champion whose metrics are bit-for-bit the challenger's is never promoted over and is flagged
   (two different models virtually never tie exactly; a tie means the same predictions were scored).
 
-The pipeline (:mod:`tenfold.registry.pipeline`) builds the champion's score only by resolving the
+The pipeline (:mod:`tenfold.pipelines.train_model`) builds the champion's score only by resolving the
 ``champion`` alias in the registry, downloading that version (hash-verified) and evaluating it on the
 challenger's holdout, and :class:`Decision` records both version ids.
 """
@@ -182,7 +182,7 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
             raise SelfComparisonError(
                 f"the champion and the challenger are the same version {challenger.model}: the gate would compare a "
                 "model with itself. Score the champion by resolving the `champion` alias in the registry and "
-                "evaluating that version on the challenger's holdout (tenfold.registry.pipeline.evaluate)"
+                "evaluating that version on the challenger's holdout (tenfold.pipelines.train_model.evaluate)"
             )
         if champion.holdout != challenger.holdout:
             raise HoldoutMismatch(

@@ -33,22 +33,11 @@ from tenfold.features import schema
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
+from tenfold.training.errors import TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
 from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
 
 LOG_FILE = "torchrun.log"
-
-
-class TrainingFailed(RuntimeError):
-    """The torchrun job ended non-zero; ``rank`` and ``error`` name the root cause when known."""
-
-    def __init__(self, message: str, *, rank: int | None, error: str, exitcode: int, log_path: Path) -> None:
-        super().__init__(message)
-        self.rank, self.error, self.exitcode, self.log_path = rank, error, exitcode, log_path
-
-
-class TrainingTimeout(TrainingFailed):
-    """The job ran past its wall-clock bound and was killed."""
 
 
 @dataclass(frozen=True)

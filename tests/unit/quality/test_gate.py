@@ -16,8 +16,8 @@ from tenfold.data.ingest import publish_table
 from tenfold.data.lake import LakeError, Partition
 from tenfold.data.nycflights13 import read as read_source
 from tenfold.features import schema
+from tenfold.pipelines.build_features import FEATURES_SUITE, RAW_SUITE
 from tenfold.quality.gate import READ_CHECK, ValidationFailed, validate_partition, validate_published
-from tenfold.quality.pipeline import FEATURES_SUITE, RAW_SUITE
 
 from .conftest import features_table, with_column
 

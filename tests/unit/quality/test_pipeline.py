@@ -10,7 +10,7 @@ import pytest
 
 from tenfold.data.lake import Partition
 from tenfold.features import schema
-from tenfold.quality import pipeline
+from tenfold.pipelines import build_features as pipeline
 
 from .conftest import features_table
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tenfold.data.lake import Partition, month_range
-from tenfold.registry.pipeline import PipelineError, rolling_split
+from tenfold.pipelines.train_model import PipelineError, rolling_split
 
 
 def labels(parts):

@@ -11,7 +11,7 @@ from cdktn_provider_google.compute_region_autoscaler import ComputeRegionAutosca
 from cdktn_provider_google.compute_region_instance_group_manager import ComputeRegionInstanceGroupManager
 from constructs import Construct
 
-from infra.constructs._jsii import structs
+from infra.components._jsii import structs
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ the step fail instead of silently replacing a model nobody compared against.
 Local (``TENFOLD_ENV=local``): training runs torchrun on this machine in
 ``<local.home>/runs/train_model/<run>``. Dev/prod: :func:`train` stages the config and preprocessing
 in ``gs://<artifacts>/<training.runs_prefix>/<run>/out`` and runs the job on the training instance
-group through :func:`tenfold.cloud.compute.run_training` (resized up, then always back to zero); the
+group through :func:`tenfold.training.fleet.run_training` (resized up, then always back to zero); the
 model is read back from ``.../out/model``.
 """
 
@@ -208,9 +208,9 @@ def _train_local(settings: Settings, p: Plan) -> dict[str, Any]:
 def _train_on_fleet(settings: Settings, p: Plan, *, igm_client: Any, markers: Any, storage_client: Any) -> dict[str, Any]:
     from google.api_core.exceptions import PreconditionFailed
 
-    from tenfold.cloud.compute import GcsMarkerStore, run_folder, run_training
     from tenfold.storage import gcs_client
     from tenfold.training.config import TrainConfig
+    from tenfold.training.fleet import GcsMarkerStore, run_folder, run_training
     from tenfold.training.launch import fit_preprocessing
     from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from tenfold.cloud import dataproc
 from tenfold.config import get_settings
 from tenfold.data.lake import Partition
+from tenfold.features import dataproc
 
 BATCH_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 
@@ -75,6 +75,6 @@ def test_module_does_not_import_pyarrow() -> None:
     import subprocess
     import sys
 
-    code = "import sys, tenfold.cloud.dataproc, tenfold.cloud.urlmap, tenfold.cloud.compute; print('pyarrow' in sys.modules)"
+    code = "import sys, tenfold.features.dataproc, tenfold.rollout.urlmap, tenfold.training.fleet; print('pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False", "DAG files import tenfold.cloud: keep heavy modules out of its import path"

@@ -10,7 +10,7 @@ from cdktn_provider_google.monitoring_metric_descriptor import MonitoringMetricD
 from cdktn_provider_google.monitoring_notification_channel import MonitoringNotificationChannel
 from constructs import Construct
 
-from infra.constructs._jsii import structs
+from infra.components._jsii import structs
 
 # Google's metric types (https://cloud.google.com/monitoring/api/metrics_gcp).
 LB_LATENCY = "loadbalancing.googleapis.com/https/total_latencies"

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from tenfold.cloud import urlmap
 from tenfold.config import get_settings
+from tenfold.rollout import urlmap
 
 
 @pytest.mark.parametrize("percent", [0, 1, 10, 50, 99, 100])
@@ -72,3 +72,15 @@ def test_patch_url_map_reads_the_fingerprint_then_patches() -> None:
     assert urlmap.canary_percent_of(api.current, s) == 20
     urlmap.patch_url_map(s, 0, api)  # a second patch uses the new fingerprint
     assert urlmap.canary_percent_of(api.current, s) == 0
+
+
+def test_url_map_router_is_a_traffic_router_over_the_same_calls() -> None:
+    from tenfold.rollout import TrafficRouter
+    from tenfold.rollout.urlmap import UrlMapRouter
+
+    s = get_settings("dev")
+    api = FakeUrlMaps({**urlmap.weighted_route_patch(s, 0), "fingerprint": "abc"})
+    router: TrafficRouter = UrlMapRouter(s, api)
+    assert router.canary_percent() == 0
+    router.set_canary_percent(25)
+    assert router.canary_percent() == 25

@@ -1,6 +1,6 @@
 """The load balancer's URL map: the weighted split between the stable and canary backend services.
 
-The infrastructure (``infra/constructs/load_balancer.py``) creates the URL map from
+The infrastructure (``infra/components/load_balancer.py``) creates the URL map from
 :func:`weighted_route_patch` with the canary at 0 %; the rollout DAG moves traffic by patching the
 same body with another weight::
 
@@ -123,3 +123,17 @@ def patch_url_map(settings: Settings, canary_percent: int, url_maps: UrlMapsApi)
     body = weighted_route_patch(settings, canary_percent, fingerprint=current.get("fingerprint"))
     result: dict[str, Any] = url_maps.patch(project=settings.project_id, urlMap=name, body=body).execute()
     return result
+
+
+class UrlMapRouter:
+    """The cloud :class:`~tenfold.rollout.TrafficRouter`: the URL map's weighted backend services."""
+
+    def __init__(self, settings: Settings, url_maps: UrlMapsApi) -> None:
+        self.settings, self.url_maps = settings, url_maps
+
+    def canary_percent(self) -> int:
+        name = self.settings.serving.load_balancer.url_map
+        return canary_percent_of(self.url_maps.get(project=self.settings.project_id, urlMap=name).execute(), self.settings)
+
+    def set_canary_percent(self, percent: int) -> None:
+        patch_url_map(self.settings, percent, self.url_maps)

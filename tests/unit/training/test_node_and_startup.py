@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tenfold.cloud import compute, startup, worker
+from tenfold import fleets as startup
 from tenfold.config import get_settings
+from tenfold.training import fleet as compute
+from tenfold.training import node as worker
 
 
 def test_torchrun_argv_is_multi_node_c10d() -> None:
@@ -80,5 +82,5 @@ def test_startup_scripts_run_the_image_with_the_environment() -> None:
 def test_worker_main_without_a_run_id_exits_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "metadata_attribute", lambda key: None)
     assert worker.main() == 0
-    monkeypatch.setattr(worker, "metadata_attribute", lambda key: json.dumps([]) if key != startup.RUN_ID_KEY else None)
+    monkeypatch.setattr(worker, "metadata_attribute", lambda key: json.dumps([]) if key != compute.RUN_ID_KEY else None)
     assert worker.main() == 0

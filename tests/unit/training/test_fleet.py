@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tenfold.cloud import compute
-from tenfold.cloud.startup import RUN_ID_KEY, TRAIN_ARGS_KEY
 from tenfold.config import get_settings
+from tenfold.training import fleet as compute
+from tenfold.training.fleet import RUN_ID_KEY, TRAIN_ARGS_KEY
 
 
 class FakeOp:
@@ -105,7 +105,7 @@ def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client
 def test_failed_run_raises_and_still_resizes_to_zero(storage_client: Any) -> None:
     s, run_id, igm, clock = get_settings("dev"), _run_id(), FakeInstanceGroupManagers(), Clock()
     clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "failed", after_sleeps=1))
-    with pytest.raises(compute.TrainingError, match="failed"):
+    with pytest.raises(compute.TrainingFailed, match="failed"):
         compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
     assert igm.calls[-1] == ("resize", 0) and igm.size == 0
 
@@ -175,5 +175,5 @@ def test_local_env_is_refused() -> None:
 def test_broken_marker_names_the_object(storage_client: Any) -> None:
     s, run_id = get_settings("dev"), _run_id()
     storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(b"{not json")
-    with pytest.raises(compute.TrainingError, match=compute.MARKER):
+    with pytest.raises(compute.TrainingFailed, match=compute.MARKER):
         compute.GcsMarkerStore(storage_client).read(s.storage.artifacts_bucket, compute.marker_name(s, run_id))

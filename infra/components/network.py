@@ -11,7 +11,7 @@ from cdktn_provider_google.compute_router_nat import ComputeRouterNat
 from cdktn_provider_google.compute_subnetwork import ComputeSubnetwork
 from constructs import Construct
 
-from infra.constructs._jsii import structs
+from infra.components._jsii import structs
 
 # Source ranges Google publishes for its load balancers' proxies and health checkers
 # (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges), and for IAP TCP

@@ -1,8 +1,8 @@
-"""The training node's side of :func:`tenfold.cloud.compute.run_training` (runs inside the Tenfold image).
+"""The training node's side of :func:`tenfold.training.fleet.run_training` (runs inside the Tenfold image).
 
 Run by the training template's startup script on every boot::
 
-    python -m tenfold.cloud.worker
+    python -m tenfold.training.node
 
 It reads the run id and trainer arguments from instance metadata, registers the node under the run's
 folder in the artifacts bucket, waits until ``training.nnodes`` nodes have registered, takes the first
@@ -23,9 +23,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tenfold.cloud.compute import marker_name, run_folder
-from tenfold.cloud.startup import RUN_ID_KEY, TRAIN_ARGS_KEY
 from tenfold.config import Settings, get_settings
+from tenfold.training.fleet import RUN_ID_KEY, TRAIN_ARGS_KEY, marker_name, run_folder
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from cdktn_provider_google.storage_bucket import StorageBucket
 from constructs import Construct
 
-from infra.constructs._jsii import structs
+from infra.components._jsii import structs
 
 
 @dataclass(frozen=True)

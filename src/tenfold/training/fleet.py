@@ -1,7 +1,7 @@
 """Training on the GPU training group: resize it up, wait for torchrun to finish, always resize it to 0.
 
 How completion is reported: each run has a folder ``gs://<artifacts>/<training.runs_prefix>/<run_id>/``.
-The nodes (:mod:`tenfold.cloud.worker`) register there, rendezvous, run torchrun, and the rendezvous
+The nodes (:mod:`tenfold.training.node`) register there, rendezvous, run torchrun, and the rendezvous
 node writes ``_COMPLETE`` (JSON: ``status`` ``succeeded`` or ``failed``, ``exit_code``) when torchrun
 exits. A marker object was chosen over guest attributes because it outlives the VMs (the group is
 scaled to 0 right after), is readable by the DAG with the storage client it already has, and sits
@@ -9,7 +9,7 @@ beside the run's checkpoints and logs.
 
 Usage from the training DAG (a ``@task`` in dev/prod)::
 
-    from tenfold.cloud.compute import run_training
+    from tenfold.training.fleet import run_training
     result = run_training(settings, run_id, args=["--features-uri", ...])
 
 A retried task reuses its ``run_id``: the nodes resume from the run's checkpoints, a previous
@@ -27,21 +27,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tenfold.cloud.startup import RUN_ID_KEY, TRAIN_ARGS_KEY
 from tenfold.config import Settings
+from tenfold.training.errors import TrainingFailed, TrainingTimeout
 
 log = logging.getLogger(__name__)
 
 MARKER = "_COMPLETE"
+# Instance metadata this module sets on the training group (all-instances config) before it resizes
+# it; the node agent (tenfold.training.node) reads them on every node.
+RUN_ID_KEY = "tenfold-run-id"
+TRAIN_ARGS_KEY = "tenfold-train-args"
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-
-
-class TrainingError(RuntimeError):
-    """The cloud training run did not succeed; the message says where to look."""
-
-
-class TrainingTimeout(TrainingError, TimeoutError):
-    """A bounded wait (group stable, run complete) ran out."""
 
 
 class InstanceGroupManagers(Protocol):
@@ -80,9 +76,9 @@ class GcsMarkerStore:
         try:
             value = json.loads(data)
         except ValueError as exc:
-            raise TrainingError(f"gs://{bucket}/{name} is not JSON: a node wrote a broken marker; delete it and retry") from exc
+            raise TrainingFailed(f"gs://{bucket}/{name} is not JSON: a node wrote a broken marker; delete it and retry") from exc
         if not isinstance(value, dict):
-            raise TrainingError(f"gs://{bucket}/{name} is not a JSON object")
+            raise TrainingFailed(f"gs://{bucket}/{name} is not a JSON object")
         return value
 
     def delete(self, bucket: str, name: str) -> None:
@@ -122,7 +118,7 @@ def marker_uri(settings: Settings, run_id: str) -> str:
 
 
 def run_metadata(run_id: str, args: Sequence[str]) -> dict[str, str]:
-    """Instance metadata that tells the nodes which run to do (read by :mod:`tenfold.cloud.worker`)."""
+    """Instance metadata that tells the nodes which run to do (read by :mod:`tenfold.training.node`)."""
     return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args))}
 
 
@@ -192,7 +188,7 @@ def run_training(
     """Run one training job on ``settings.training.nnodes`` VMs of the training group and wait for it.
 
     The group is resized back to 0 in every case (success, failure, timeout, interruption), so an
-    idle environment never pays for GPUs. Raises :class:`TrainingError` when the run reports failure
+    idle environment never pays for GPUs. Raises :class:`TrainingFailed` when the run reports failure
     and :class:`TrainingTimeout` when a bounded wait runs out.
     """
     if settings.is_local:
@@ -243,5 +239,5 @@ def run_training(
                 raise
     status = str(marker.get("status"))
     if status != "succeeded":
-        raise TrainingError(f"run {run_id} failed on the training group (marker {marker_uri(settings, run_id)}: {marker})")
+        raise TrainingFailed(f"run {run_id} failed on the training group (marker {marker_uri(settings, run_id)}: {marker})")
     return TrainingRun(run_id, status, marker, clock() - start)

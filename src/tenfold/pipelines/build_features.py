@@ -17,7 +17,7 @@ them, and a backfill of the same months twice gives the same lake (same manifest
 * :func:`publish_step` publishes the staged batch atomically (content-addressed, ``_SUCCESS`` last)
   and removes the staging folder; a retry after a successful publish finds the manifest and returns it.
 
-Run one month by hand without Airflow: ``python -m tenfold.quality.pipeline 2013-02``.
+Run one month by hand without Airflow: ``python -m tenfold.pipelines.build_features 2013-02``.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def build_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
 
 def dataproc_batch(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
     """The Dataproc batch body and id stem for the month (dev/prod); the id gets the try number appended."""
-    from tenfold.cloud.dataproc import batch_id, features_batch
+    from tenfold.features.dataproc import batch_id, features_batch
 
     part = Partition.parse(run["month"])
     return {
@@ -193,12 +193,12 @@ def publish_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the four steps for one month in this process (no Airflow): ``python -m tenfold.quality.pipeline 2013-02``."""
+    """Run the four steps for one month in this process (no Airflow): ``python -m tenfold.pipelines.build_features 2013-02``."""
     from tenfold.config import get_settings
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tenfold.quality.pipeline YYYY-MM", file=sys.stderr)
+        print("usage: python -m tenfold.pipelines.build_features YYYY-MM", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()

@@ -16,8 +16,8 @@ from cdktn_provider_google.compute_target_https_proxy import ComputeTargetHttpsP
 from cdktn_provider_google.compute_url_map import ComputeUrlMap
 from constructs import Construct
 
-from infra.constructs._jsii import structs
-from tenfold.cloud.urlmap import ALL_HOSTS, PATH_MATCHER, ROUTE_PRIORITY, weighted_backends
+from infra.components._jsii import structs
+from tenfold.rollout.urlmap import ALL_HOSTS, PATH_MATCHER, ROUTE_PRIORITY, weighted_backends
 
 HTTP_PORT, HTTPS_PORT = 80, 443
 LB_SCHEME = "EXTERNAL_MANAGED"  # the global external ALB: weighted routes need it (classic has none)
@@ -92,7 +92,7 @@ class HttpLoadBalancer(Construct):
 
         self.stable = backend("stable-backend", props.stable_backend_name, props.stable_group)
         self.canary = backend("canary-backend", props.canary_backend_name, props.canary_group)
-        # The same route body the rollout DAG patches (tenfold.cloud.urlmap), here with references.
+        # The same route body the rollout DAG patches (tenfold.rollout.urlmap), here with references.
         self.url_map = ComputeUrlMap(
             self, "url-map",
             name=props.url_map_name,
