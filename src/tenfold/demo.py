@@ -51,7 +51,7 @@ def _current(lake: Lake, part: Partition) -> bool:
 
 
 def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     todo = [m for m in months if not _current(lake, m)]
     api.set_paused(BUILD, False)
     if not todo:

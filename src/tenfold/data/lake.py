@@ -16,6 +16,11 @@ same folder and the same manifest body, so a retried or backfilled task never du
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
 import datetime as dt
 import hashlib
 import json
@@ -134,6 +139,11 @@ class Lake:
         if parsed.scheme not in ("file", "gs", ""):
             raise LakeError(f"lake URI {uri!r}: use file:// or gs://")
         self.fs, self.root = pafs.FileSystem.from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        """The lake of an environment (its URI and layout come from settings)."""
+        return cls(settings.storage.lake_uri)
 
     # --- layout -------------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:

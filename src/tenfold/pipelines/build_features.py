@@ -79,7 +79,7 @@ def plan(settings: Settings, *, dag_id: str, run_id: str, logical_date: dt.datet
     """What a run works on (JSON-able, passed between tasks): month, key, staging URI, run id."""
     part = partition_for(logical_date, month)
     key = run_key(dag_id, run_id, part)
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     return {"month": part.label, "key": key, "staging_uri": staging_uri(lake, part, key), "run_id": run_id}
 
 
@@ -98,7 +98,7 @@ def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str, la
     """
     from tenfold.data.ingest import ingest_month
 
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     part = Partition.parse(run["month"])
     first = Partition.parse(first_month)
     if part < first or (last_month and part > Partition.parse(last_month)):
@@ -146,7 +146,7 @@ def build_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
     """Run the Spark job for the month into this run's staging folder (local: spark-submit)."""
     from tenfold.features.submit import spark_submit_features
 
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     # A retry starts from an empty staging folder of its own: nothing half-written is ever validated.
     lake.discard(run["staging_uri"])
     spark_submit_features(settings, Partition.parse(run["month"]), run["staging_uri"], run_id=run["run_id"])
@@ -175,7 +175,7 @@ def publish_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
     """Publish the validated staging folder as the month's features partition, then drop the staging."""
     from tenfold.data.lake import MANIFEST, LakeError
 
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     part = Partition.parse(run["month"])
     staged = lake._path(run["staging_uri"])
     if lake.fs.get_file_info(staged).type.name == "NotFound":

@@ -148,7 +148,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if unknown:
         raise PipelineError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
     t = settings.training
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     if "train_months" in conf or "holdout_months" in conf:
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
@@ -302,7 +302,7 @@ def _evaluate_challenger(model_dir: Path, lake: Lake, train_parts: list[Partitio
 def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
     """Score the challenger, the current champion and the baselines on the same holdout."""
     p = Plan.from_dict(plan_body)
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     now = holdout_ref(lake, p.holdout_parts)
     if now != p.holdout:
         raise PipelineError(
@@ -344,7 +344,7 @@ def register(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
              evaluation: Mapping[str, Any]) -> dict[str, Any]:
     """Register the challenger with its metrics and lineage; returns its version id."""
     p = Plan.from_dict(plan_body)
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     model_dir = materialize(settings, str(trained["model_ref"]), Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, TABLE, p.train_parts)
     holdout_refs = partition_refs(lake, TABLE, p.holdout_parts)

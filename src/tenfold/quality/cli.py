@@ -31,7 +31,7 @@ def check(
     try:
         name = suite or SUITES[table]
         part = Partition.parse(month)
-        lake = Lake(settings.storage.lake_uri)
+        lake = Lake.from_settings(settings)
         frame = to_frame(read_batch(lake, lake.files(table, part, verify=True)))
         report = run_suite(settings, frame, table=table, part=part, suite_name=name,
                            batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli")

@@ -88,7 +88,7 @@ def evaluate_command(
     settings = get_settings(env)
     train = month_range(*_months(train_months, settings.training.train_months))
     holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
-    lake = Lake(settings.storage.lake_uri)
+    lake = Lake.from_settings(settings)
     try:
         check_time_split(train, holdout)
         if baselines:

@@ -31,7 +31,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture
 def lake(settings: Settings) -> Lake:
-    return Lake(settings.storage.lake_uri)
+    return Lake.from_settings(settings)
 
 
 @pytest.fixture
