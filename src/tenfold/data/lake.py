@@ -16,11 +16,6 @@ same folder and the same manifest body, so a retried or backfilled task never du
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tenfold.config import Settings
-
 import datetime as dt
 import hashlib
 import json
@@ -28,7 +23,7 @@ import posixpath
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -36,6 +31,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.partition import Partition, month_range
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
 
 __all__ = ["Lake", "Manifest", "Partition", "month_range", "schema_hash"]
 
