@@ -28,10 +28,8 @@ import torch
 from tenfold.fsio import atomic_write
 from tenfold.model.network import FlightDelayModel, ModelConfig
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 
-META_FILE = "meta.json"
-WEIGHTS_FILE = "weights.pt"
-PREPROCESSING_FILE = "preprocessing.json"
 META_VERSION = 1
 
 
@@ -54,7 +52,7 @@ def save_model(
     *,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``weights.pt``, ``preprocessing.json`` and (last, as the commit marker) ``meta.json``.
+    """Write the weights, the preprocessing state and (last, as the commit marker) ``meta.json``.
 
     Returns the meta body. ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``.
     """

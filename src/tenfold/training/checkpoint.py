@@ -2,14 +2,16 @@
 
 A checkpoint is two files in the checkpoint folder::
 
-    ckpt-00000120.pt     torch.save of model, optimizer, LR scheduler, step, epoch, sampler position
-                         and every rank's RNG states (python, numpy, torch, CUDA)
+    ckpt-00000120.pt     torch.save of a :class:`Snapshot` as a plain dict: model, optimizer, LR
+                         scheduler, step, epoch, sampler position and every rank's RNG states
+                         (python, numpy, torch, CUDA)
     ckpt-00000120.json   sidecar: step, size and sha256 of the .pt file — written last, so it is the
                          commit marker
 
 Both are written to a temporary name, fsynced and renamed. A worker killed mid-write leaves a temp
 file (ignored) or a .pt without its sidecar (ignored); a truncated or bit-flipped .pt fails its
-checksum, and :func:`latest_valid_checkpoint` falls back to the previous one.
+checksum, and :func:`latest_valid_snapshot` (or :func:`latest_valid_checkpoint` for a raw payload)
+falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 import logging
 import random
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from tenfold.fsio import atomic_write
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+_T = TypeVar("_T")
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +47,41 @@ class CheckpointInfo:
     step: int
     path: Path
     sidecar: Path
+
+
+@dataclass
+class Snapshot:
+    """Everything a rank needs to continue a run exactly where the snapshot was taken.
+
+    ``epoch`` and ``batch`` are the *next* batch to run (the sampler position); ``rng`` holds every
+    rank's RNG states by rank, valid only for the same ``world_size``; ``trajectory`` identifies the
+    training config that produced it, so a resume under another config is refused.
+    """
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    step: int
+    epoch: int
+    batch: int
+    world_size: int
+    rng: dict[int, dict[str, Any]]
+    trajectory: str
+
+    def to_payload(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies every tensor of the model and optimizer states.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], where: str = "checkpoint") -> Snapshot:
+        missing = [f.name for f in fields(cls) if f.name not in payload]
+        if missing:
+            raise CheckpointError(f"{where}: not a training snapshot (missing {missing})")
+        return cls(
+            model=payload["model"], optimizer=payload["optimizer"], scheduler=payload["scheduler"],
+            step=int(payload["step"]), epoch=int(payload["epoch"]), batch=int(payload["batch"]),
+            world_size=int(payload["world_size"]), rng=dict(payload["rng"]), trajectory=str(payload["trajectory"]),
+        )
 
 
 def rng_state() -> dict[str, Any]:
@@ -132,13 +171,31 @@ def load_checkpoint(info: CheckpointInfo, map_location: str | torch.device = "cp
     return payload
 
 
+def save_snapshot(directory: str | Path, snapshot: Snapshot, *, keep: int = 3) -> CheckpointInfo:
+    """Write ``snapshot`` as the checkpoint of its step and prune all but the newest ``keep`` ones."""
+    return save_checkpoint(directory, snapshot.step, snapshot.to_payload(), keep=keep)
+
+
 def latest_valid_checkpoint(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[CheckpointInfo, dict[str, Any]] | None:
     """The newest checkpoint that verifies and loads, skipping (and logging) corrupt newer ones."""
+    return _newest_valid(directory, map_location, lambda _info, payload: payload)
+
+
+def latest_valid_snapshot(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CheckpointInfo, Snapshot] | None:
+    """The newest checkpoint that verifies and holds a whole :class:`Snapshot`, skipping older formats too."""
+    return _newest_valid(directory, map_location, lambda info, payload: Snapshot.from_payload(payload, info.path.name))
+
+
+def _newest_valid(
+    directory: str | Path, map_location: str | torch.device, parse: Callable[[CheckpointInfo, dict[str, Any]], _T]
+) -> tuple[CheckpointInfo, _T] | None:
     for info in reversed(list_checkpoints(directory)):
         try:
-            return info, load_checkpoint(info, map_location)
+            return info, parse(info, load_checkpoint(info, map_location))
         except CheckpointError as exc:
             log.warning("skipping checkpoint: %s; falling back to an older one", exc)
     return None

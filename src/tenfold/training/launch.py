@@ -31,11 +31,12 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake
 from tenfold.features import schema
 from tenfold.model.preprocessing import Preprocessor
+from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
 from tenfold.training.errors import TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
-from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
+from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, RESULT_FILE
 
 LOG_FILE = "torchrun.log"
 

@@ -14,6 +14,10 @@ optimizer, scheduler, step, epoch, batch position, every rank's RNG), trains, ch
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
 so the launcher can name the failing rank and its error.
 
+The loop is a :class:`Trainer` (after pytorch/examples' minGPT-ddp): ``_load_snapshot`` on
+construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapshot`` writing a
+:class:`~tenfold.training.checkpoint.Snapshot`. The model is constructed only in :func:`build_model`.
+
 ``--config`` and ``--out`` may be URIs (``gs://`` on the cloud training group): the worker then trains
 in a local scratch folder and mirrors checkpoints, the model and the result to ``--out``
 (:mod:`tenfold.training.remote`).
@@ -36,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -48,7 +52,10 @@ from tenfold.features import schema
 from tenfold.model.io import save_model
 from tenfold.model.network import FlightDelayModel
 from tenfold.model.preprocessing import Preprocessor
+from tenfold.model_files import PREPROCESSING_FILE
+from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
 from tenfold.training import checkpoint as ckpt
+from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import FeatureDataset, ShardedBatches, read_features, seed_everything
 from tenfold.training.remote import RemoteDir, is_remote, read_text
@@ -61,7 +68,7 @@ MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 LOSSES_FILE = "losses.jsonl"
 CONFIG_FILE = "train_config.json"
-PREPROCESSING_FILE = "preprocessing.json"
+# OUT/PREPROCESSING_FILE (the launcher stages it) shares the model folder's name, imported above.
 # Fields that do not change the trajectory: a resume may differ in them.
 _NON_TRAJECTORY = ("threads", "collective_timeout_s", "checkpoint_every", "keep_checkpoints")
 
@@ -128,156 +135,213 @@ def _manifests(lake: Lake, cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def train(
-    cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int, mirror: RemoteDir | None = None
-) -> dict[str, Any] | None:
-    """The training loop of one rank; rank 0 returns the result body.
+def build_model(cfg: TrainConfig, preprocessor: Preprocessor) -> torch.nn.Module:
+    """The untrained module of a run: the one place the worker constructs a model."""
+    return FlightDelayModel(cfg.model, list(preprocessor.vocab_sizes.values()), preprocessor.num_inputs)
+
+
+class Trainer:
+    """One rank's training run: resume from the newest valid snapshot, train, snapshot, save the model.
+
+    Construct it after :func:`init_distributed` (the constructor loads the data and the newest snapshot
+    and checks that every rank resumed from the same step); :meth:`train` runs to ``total_steps`` and
+    returns the result body on rank 0 (``None`` on the others).
 
     ``out`` is a local folder; with ``mirror`` (a remote ``--out``) the preprocessing and checkpoints
     are fetched from it first, and checkpoints and the model are written through to it.
     """
-    device = select_device(cfg.backend or "gloo", local_rank)
-    backend = cfg.backend or "gloo"
-    pre_path = out / PREPROCESSING_FILE
-    ckpt_dir = out / CHECKPOINT_DIR
-    if mirror is not None:
-        if (body := mirror.read_bytes(PREPROCESSING_FILE)) is not None:
-            pre_path.write_bytes(body)
-        mirror.download_folder(CHECKPOINT_DIR, ckpt_dir)
-        if rank == 0 and (body := mirror.read_bytes(LOSSES_FILE)) is not None:
-            (out / LOSSES_FILE).write_bytes(body)
-    if not pre_path.exists():
-        raise WorkerError(f"{pre_path} is missing: launch through tenfold.training.launch.run_torchrun, which fits it once")
-    pre = Preprocessor.from_json(pre_path.read_text())
-    lake = Lake(cfg.lake_uri)
-    columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, schema.LABEL)))
-    table = read_features(lake, cfg.partitions, table=cfg.table, columns=columns)
-    data = FeatureDataset.from_table(table, pre).to(device)
-    batches = ShardedBatches(data, cfg.batch_size, world, rank, cfg.seed)
-    steps_per_epoch = batches.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
 
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = FlightDelayModel(cfg.model, list(pre.vocab_sizes.values()), pre.num_inputs).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=cfg.lr * 0.05)
-    step, epoch, batch_pos, resumed_from = 0, 0, 0, None
-    found = ckpt.latest_valid_checkpoint(ckpt_dir, map_location=device)
-    if found is not None:
-        info, payload = found
-        if payload.get("trajectory") != trajectory_digest(cfg):
-            raise WorkerError(f"{info.path} was written by a different training config; use a fresh output folder")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        step, epoch, batch_pos, resumed_from = int(payload["step"]), int(payload["epoch"]), int(payload["batch"]), int(payload["step"])
-        rngs = payload.get("rng", {})
-        if int(payload.get("world_size", -1)) == world and rank in rngs:
-            ckpt.set_rng_state(rngs[rank])
-        else:  # a different world size cannot continue the old per-rank streams: start fresh ones
-            seed_everything(cfg.seed * 1000 + 7919 * (step + 1) + rank)
-        log.info("rank %d resumed from %s (step %d, epoch %d, batch %d)", rank, info.path.name, step, epoch, batch_pos)
-    else:
-        seed_everything(cfg.seed * 1000 + rank + 1)  # per-rank streams (dropout)
-    # Every rank must resume from the same step: on several nodes a local --out is not shared, so a
-    # restarted node would start from scratch while the others resume. Refuse rather than diverge.
-    steps = [0] * world
-    dist.all_gather_object(steps, step)
-    if len(set(steps)) != 1:
-        raise WorkerError(
-            f"ranks resumed from different steps {steps}: the checkpoint folder is not shared between nodes; "
-            "pass a shared --out (a gs:// URI) for multi-node training"
+    def __init__(
+        self, cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int, mirror: RemoteDir | None = None
+    ) -> None:
+        self.cfg, self.out, self.rank, self.world, self.mirror = cfg, out, rank, world, mirror
+        self.backend = cfg.backend or "gloo"
+        self.device = select_device(self.backend, local_rank)
+        self.ckpt_dir = out / CHECKPOINT_DIR
+        self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self._fetch_mirrored()
+        pre_path = out / PREPROCESSING_FILE
+        if not pre_path.exists():
+            raise WorkerError(f"{pre_path} is missing: launch through tenfold.training.launch.run_torchrun, which fits it once")
+        self.preprocessor = Preprocessor.from_json(pre_path.read_text())
+        self.lake = Lake(cfg.lake_uri)
+        pre = self.preprocessor
+        columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, schema.LABEL)))
+        table = read_features(self.lake, cfg.partitions, table=cfg.table, columns=columns)
+        self.data = FeatureDataset.from_table(table, pre).to(self.device)
+        self.batches = ShardedBatches(self.data, cfg.batch_size, world, rank, cfg.seed)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.model = build_model(cfg, pre).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, self.total_steps), eta_min=cfg.lr * 0.05
         )
-    ddp = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.resumed_from: int | None = None
+        self._load_snapshot()
+        self._check_same_step()
+        self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.steps_run, self.last_loss = 0, float("nan")
+        self._losses: TextIO | None = None
 
-    def save(next_epoch: int, next_batch: int) -> None:
-        states: list[Any] = [None] * world
+    def _fetch_mirrored(self) -> None:
+        if self.mirror is None:
+            return
+        if (body := self.mirror.read_bytes(PREPROCESSING_FILE)) is not None:
+            (self.out / PREPROCESSING_FILE).write_bytes(body)
+        self.mirror.download_folder(CHECKPOINT_DIR, self.ckpt_dir)
+        if self.rank == 0 and (body := self.mirror.read_bytes(LOSSES_FILE)) is not None:
+            (self.out / LOSSES_FILE).write_bytes(body)
+
+    def _load_snapshot(self) -> None:
+        """Continue from the newest valid snapshot (older ones stand in for corrupt newer ones), or seed afresh."""
+        found = ckpt.latest_valid_snapshot(self.ckpt_dir, map_location=self.device)
+        if found is None:
+            seed_everything(self.cfg.seed * 1000 + self.rank + 1)  # per-rank streams (dropout)
+            return
+        info, snap = found
+        if snap.trajectory != trajectory_digest(self.cfg):
+            raise WorkerError(f"{info.path} was written by a different training config; use a fresh output folder")
+        self.model.load_state_dict(snap.model)
+        self.optimizer.load_state_dict(snap.optimizer)
+        self.scheduler.load_state_dict(snap.scheduler)
+        self.step, self.epoch, self.batch_pos, self.resumed_from = snap.step, snap.epoch, snap.batch, snap.step
+        if snap.world_size == self.world and self.rank in snap.rng:
+            ckpt.set_rng_state(snap.rng[self.rank])
+        else:  # a different world size cannot continue the old per-rank streams: start fresh ones
+            seed_everything(self.cfg.seed * 1000 + 7919 * (self.step + 1) + self.rank)
+        log.info("rank %d resumed from %s (step %d, epoch %d, batch %d)", self.rank, info.path.name, self.step,
+                 self.epoch, self.batch_pos)
+
+    def _check_same_step(self) -> None:
+        # On several nodes a local --out is not shared, so a restarted node would start from scratch
+        # while the others resume. Refuse rather than diverge.
+        steps = [0] * self.world
+        dist.all_gather_object(steps, self.step)
+        if len(set(steps)) != 1:
+            raise WorkerError(
+                f"ranks resumed from different steps {steps}: the checkpoint folder is not shared between nodes; "
+                "pass a shared --out (a gs:// URI) for multi-node training"
+            )
+
+    def _snapshot(self, next_epoch: int, next_batch: int) -> Snapshot | None:
+        """This step's snapshot on rank 0 (``None`` elsewhere); every rank must call it (it gathers the RNGs)."""
+        states: list[Any] = [None] * self.world
         dist.all_gather_object(states, ckpt.rng_state())
-        if rank == 0:
-            payload = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "epoch": next_epoch, "batch": next_batch, "world_size": world,
-                "rng": dict(enumerate(states)), "trajectory": trajectory_digest(cfg),
-            }
-            info = ckpt.save_checkpoint(ckpt_dir, step, payload, keep=cfg.keep_checkpoints)
-            if mirror is not None:
-                mirror.upload(info.path, f"{CHECKPOINT_DIR}/{info.path.name}")
-                mirror.upload(info.sidecar, f"{CHECKPOINT_DIR}/{info.sidecar.name}")  # the commit marker, last
-                mirror.upload(out / LOSSES_FILE, LOSSES_FILE)
-                kept = {p.name for p in ckpt_dir.iterdir()}
-                for name in mirror.list(CHECKPOINT_DIR):
-                    if name not in kept:
-                        mirror.delete(f"{CHECKPOINT_DIR}/{name}")
+        if self.rank != 0:
+            return None
+        return Snapshot(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            step=self.step, epoch=next_epoch, batch=next_batch, world_size=self.world, rng=dict(enumerate(states)),
+            trajectory=trajectory_digest(self.cfg),
+        )
 
-    losses = open(out / LOSSES_FILE, "a", buffering=1) if rank == 0 else None  # noqa: SIM115
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    steps_run, last_loss = 0, float("nan")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    ddp.train()
-    try:
-        while step < total_steps:
-            for b, index in batches.epoch(epoch, batch_pos):
-                if step >= total_steps:
-                    break
-                _maybe_fault(rank, step + 1)
-                cat, num, y = data.batch(index)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(ddp(cat, num), y)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                steps_run += 1
-                reduced = loss.detach().clone()
-                dist.all_reduce(reduced)
-                last_loss = reduced.item() / world
-                if losses is not None:
-                    losses.write(json.dumps({"step": step, "epoch": epoch, "loss": last_loss, "attempt": restart}) + "\n")
-                end_of_epoch = b + 1 == steps_per_epoch
-                if end_of_epoch:
-                    save(epoch + 1, 0)
-                elif step % cfg.checkpoint_every == 0 or step == total_steps:
-                    save(epoch, b + 1)
-            else:
-                epoch, batch_pos = epoch + 1, 0
-                continue
-            break
-    finally:
-        if losses is not None:
-            losses.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    if rank != 0:
-        return None
-    save_model(out / MODEL_DIR, model, cfg.model, pre, extra={"train_config": cfg.to_dict(), "steps": step})
-    if mirror is not None:
-        for name in ("weights.pt", "preprocessing.json", "meta.json", ):  # meta.json last: it marks the folder whole
-            mirror.upload(out / MODEL_DIR / name, f"{MODEL_DIR}/{name}")
-        mirror.upload(out / LOSSES_FILE, LOSSES_FILE)
-    return {
-        "steps": step,
-        "epochs_completed": epoch,
-        "steps_per_epoch": steps_per_epoch,
-        "world_size": world,
-        "backend": backend,
-        "device": str(device),
-        "rows": len(data),
-        "global_batch": cfg.batch_size * world,
-        "steps_this_attempt": steps_run,
-        "train_seconds": elapsed,
-        "samples_per_s": steps_run * cfg.batch_size * world / elapsed if elapsed > 0 else 0.0,
-        "final_loss": last_loss,
-        "restart_count": restart,
-        "resumed_from_step": resumed_from,
-        "manifests": _manifests(lake, cfg),
-        "torch_version": torch.__version__,
-    }
+    def _save_snapshot(self, next_epoch: int, next_batch: int) -> None:
+        """Checkpoint the state before batch ``next_batch`` of ``next_epoch`` (collective; rank 0 writes)."""
+        snap = self._snapshot(next_epoch, next_batch)
+        if snap is None:
+            return
+        info = ckpt.save_snapshot(self.ckpt_dir, snap, keep=self.cfg.keep_checkpoints)
+        if self.mirror is None:
+            return
+        self.mirror.upload(info.path, f"{CHECKPOINT_DIR}/{info.path.name}")
+        self.mirror.upload(info.sidecar, f"{CHECKPOINT_DIR}/{info.sidecar.name}")  # the commit marker, last
+        self.mirror.upload(self.out / LOSSES_FILE, LOSSES_FILE)
+        kept = {p.name for p in self.ckpt_dir.iterdir()}
+        for name in self.mirror.list(CHECKPOINT_DIR):
+            if name not in kept:
+                self.mirror.delete(f"{CHECKPOINT_DIR}/{name}")
+
+    def _run_batch(self, index: torch.Tensor) -> float:
+        """One optimizer step on this rank's rows ``index``; the loss averaged over all ranks."""
+        cat, num, y = self.data.batch(index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.ddp(cat, num), y)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        reduced = loss.detach().clone()
+        dist.all_reduce(reduced)
+        return float(reduced.item()) / self.world
+
+    def _run_epoch(self) -> None:
+        """Run ``self.epoch`` from the sampler position; it advances to the next epoch only if it finished."""
+        for b, index in self.batches.epoch(self.epoch, self.batch_pos):
+            if self.step >= self.total_steps:
+                return
+            _maybe_fault(self.rank, self.step + 1)
+            self.last_loss = self._run_batch(index)
+            self.step += 1
+            self.steps_run += 1
+            if self._losses is not None:
+                row = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss, "attempt": self.restart}
+                self._losses.write(json.dumps(row) + "\n")
+            if b + 1 == self.steps_per_epoch:
+                self._save_snapshot(self.epoch + 1, 0)
+            elif self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                self._save_snapshot(self.epoch, b + 1)
+        self.epoch, self.batch_pos = self.epoch + 1, 0
+
+    def train(self) -> dict[str, Any] | None:
+        """Train to ``total_steps``; rank 0 saves the model and returns the result body."""
+        self._losses = open(self.out / LOSSES_FILE, "a", buffering=1) if self.rank == 0 else None  # noqa: SIM115
+        self._synchronize()
+        started = time.perf_counter()
+        self.ddp.train()
+        try:
+            while self.step < self.total_steps:
+                self._run_epoch()
+        finally:
+            if self._losses is not None:
+                self._losses.close()
+                self._losses = None
+        self._synchronize()
+        elapsed = time.perf_counter() - started
+        if self.rank != 0:
+            return None
+        self._save_model()
+        return self._result(elapsed)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":  # CUDA runs asynchronously: time whole steps, not their launch
+            torch.cuda.synchronize()
+
+    def _save_model(self) -> None:
+        if not isinstance(self.model, FlightDelayModel):
+            raise WorkerError(f"save_model writes FlightDelayModel folders, not {type(self.model).__name__}")
+        extra = {"train_config": self.cfg.to_dict(), "steps": self.step}
+        save_model(self.out / MODEL_DIR, self.model, self.cfg.model, self.preprocessor, extra=extra)
+        if self.mirror is not None:
+            for name in MODEL_WRITE_ORDER:
+                self.mirror.upload(self.out / MODEL_DIR / name, f"{MODEL_DIR}/{name}")
+            self.mirror.upload(self.out / LOSSES_FILE, LOSSES_FILE)
+
+    def _result(self, elapsed: float) -> dict[str, Any]:
+        cfg, world = self.cfg, self.world
+        return {
+            "steps": self.step,
+            "epochs_completed": self.epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": world,
+            "backend": self.backend,
+            "device": str(self.device),
+            "rows": len(self.data),
+            "global_batch": cfg.batch_size * world,
+            "steps_this_attempt": self.steps_run,
+            "train_seconds": elapsed,
+            "samples_per_s": self.steps_run * cfg.batch_size * world / elapsed if elapsed > 0 else 0.0,
+            "final_loss": self.last_loss,
+            "restart_count": self.restart,
+            "resumed_from_step": self.resumed_from,
+            "manifests": _manifests(self.lake, cfg),
+            "torch_version": torch.__version__,
+        }
 
 
 @record
@@ -299,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     select_device(cfg.backend or "gloo", local_rank)  # refuse nccl without CUDA before joining any group
     init_distributed(cfg.backend or "gloo", rank, world, cfg.collective_timeout_s)
     try:
-        result = train(cfg, out, rank, world, local_rank, mirror)
+        result = Trainer(cfg, out, rank, world, local_rank, mirror).train()
         dist.barrier()
         if result is not None:
             body = json.dumps(result, indent=2, sort_keys=True)

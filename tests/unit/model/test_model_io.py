@@ -93,3 +93,17 @@ def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preproces
 def test_preprocessor_refuses_missing_columns(pre: Preprocessor) -> None:
     with pytest.raises(PreprocessingError, match=r"lacks feature columns \['carrier'"):
         pre.transform({"origin": ["JFK"]})
+
+
+def test_the_folder_holds_exactly_the_named_files_meta_last(tmp_path: Path, pre: Preprocessor) -> None:
+    import subprocess
+    import sys
+
+    from tenfold.model_files import META_FILE, WRITE_ORDER
+
+    config = ModelConfig(embedding_dim=2, hidden=(4,))
+    save_model(tmp_path, _model(pre, config), config, pre)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITE_ORDER) and WRITE_ORDER[-1] == META_FILE
+    # The registry and the CLI read these names without loading torch.
+    code = "import sys, tenfold.model_files, tenfold.registry.registry; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
