@@ -37,6 +37,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.features import schema
+from tenfold.model_files import META_FILE
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -237,8 +238,8 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
     """A local folder holding the model at ``model_ref`` (a path, or a gs:// prefix copied to ``dest``)."""
     if not model_ref.startswith("gs://"):
         path = Path(model_ref)
-        if not (path / "meta.json").is_file():
-            raise PipelineError(f"{path} holds no trained model (no meta.json): the train step did not finish; re-run it")
+        if not (path / META_FILE).is_file():
+            raise PipelineError(f"{path} holds no trained model (no {META_FILE}): the train step did not finish; re-run it")
         return path
     from tenfold.storage import gcs_client
 
@@ -251,9 +252,9 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
         target.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(target))
         count += 1
-    if count == 0 or not (tmp / "meta.json").is_file():
+    if count == 0 or not (tmp / META_FILE).is_file():
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PipelineError(f"{model_ref} holds no trained model (no meta.json): did the training run finish?")
+        raise PipelineError(f"{model_ref} holds no trained model (no {META_FILE}): did the training run finish?")
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

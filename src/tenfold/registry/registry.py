@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tenfold.model_files import META_FILE
 from tenfold.registry.errors import (
     AliasConflict,
     IntegrityError,
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 VERSION_FILE = "VERSION.json"
 LINEAGE_FILE = "lineage.json"
