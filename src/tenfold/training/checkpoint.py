@@ -186,7 +186,7 @@ def latest_valid_checkpoint(
 def latest_valid_snapshot(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[CheckpointInfo, Snapshot] | None:
-    """The newest checkpoint that verifies and holds a whole :class:`Snapshot`, skipping older formats too."""
+    """The newest checkpoint that verifies and holds a whole :class:`Snapshot`, skipping (and logging) the rest."""
     return _newest_valid(directory, map_location, lambda info, payload: Snapshot.from_payload(payload, info.path.name))
 
 
