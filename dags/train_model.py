@@ -4,7 +4,8 @@
 (``settings.training.retrain_cron``), whichever comes first; ``catchup=False``; one run at a time so
 two runs never race to move the champion.
 
-**Tasks** (logic in ``tenfold.pipelines.train_model``):
+**Tasks** (logic in ``tenfold.pipelines.train_model``; a bad run conf or an unpublished month fails at once,
+anything else is retried as ``settings.pipelines.train_model`` says; every failure alerts):
 
 1. ``plan``: the time-based split and the training config. By default the split rolls with the data:
    the newest published months are the holdout (``settings.training.holdout_window``) and up to
@@ -34,63 +35,60 @@ from typing import Any
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from tenfold.config import get_settings
+from tenfold.pipelines.common import default_args, run_step, task_timeout_s
 
+DAG_ID = "train_model"
 settings = get_settings()
 FEATURES = Asset(settings.airflow.features_asset)
 CHALLENGER = Asset(settings.airflow.challenger_asset)
-# Bound the train task: torchrun's own bound locally; the instance-group waits in the cloud.
-TRAIN_TIMEOUT_S = (
-    settings.training.job_timeout_s + 300
-    if settings.is_local
-    else settings.training.run_timeout_s + 3 * settings.training.stable_timeout_s
-)
 
 
 @dag(
-    dag_id="train_model",
+    dag_id=DAG_ID,
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(settings.training.retrain_cron, timezone="UTC"), assets=FEATURES
     ),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    default_args=default_args(settings, DAG_ID),
     tags=["tenfold", "training", "registry"],
     doc_md=__doc__,
 )
 def train_model() -> None:
+    # Each task imports its pipeline itself: the module pulls in pyarrow, too heavy for DAG parsing.
     @task
     def plan(**context: Any) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
         dag_run = context["dag_run"]
-        return pipeline.plan(get_settings(), dag_run.run_id, dag_run.conf or {})
+        return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}).to_xcom()
 
-    @task(execution_timeout=dt.timedelta(seconds=TRAIN_TIMEOUT_S), retries=1)
+    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)), retries=1)
     def train(planned: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
-        return pipeline.train(get_settings(), planned)
+        return run_step(pipeline.train, get_settings(), planned).to_xcom()
 
     @task
     def evaluate(planned: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
-        evaluation = pipeline.evaluate(get_settings(), planned, trained)
+        evaluation = run_step(pipeline.evaluate, get_settings(), planned, trained)
         print(pipeline.comparison_table(evaluation))
-        return evaluation
+        return evaluation.to_xcom()
 
     @task
     def register(planned: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
-        return pipeline.register(get_settings(), planned, trained, evaluation)
+        return run_step(pipeline.register, get_settings(), planned, trained, evaluation).to_xcom()
 
     @task(outlets=[CHALLENGER])
     def gate(planned: dict[str, Any], evaluation: dict[str, Any], registered: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
-        decision = pipeline.gate(get_settings(), planned, evaluation, registered)
+        decision = run_step(pipeline.gate, get_settings(), planned, evaluation, registered)
         print(decision["summary"])
         context["outlet_events"][CHALLENGER].extra = {
             "version": registered["version"],

@@ -100,7 +100,7 @@ def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings)
     assert group.calls[-1][1]["instance_group_manager"] == dev_settings.training.fleet.instance_group
     # The step staged the run's inputs: the config and the preprocessing fit here, once.
     bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
-    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{planned['run_key']}/out/"))
+    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{planned.run_key}/out/"))
     assert staged == ["preprocessing.json", "train_config.json"]
 
 
@@ -116,13 +116,13 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
     planned = _plan(dev_settings, "ok")
     trained = pipeline.train(dev_settings, planned, igm_client=group)
     assert group.resizes == [dev_settings.training.nnodes, 0]
-    assert trained["model_ref"] == (
-        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{planned['run_key']}/out/model"
+    assert trained.model_ref == (
+        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{planned.run_key}/out/model"
     )
-    assert trained["train_result"]["status"] == "succeeded"
-    local = pipeline.materialize(dev_settings, trained["model_ref"], tmp_path / "model")
+    assert trained.train_result["status"] == "succeeded"
+    local = pipeline.materialize(dev_settings, trained.model_ref, tmp_path / "model")
     assert sorted(p.name for p in local.iterdir()) == ["meta.json", "preprocessing.json", "weights.pt"]
     # A retried task finds the succeeded marker and does not start the group again.
     again = FakeTrainingGroup(dev_settings, "succeeded")
-    assert pipeline.train(dev_settings, planned, igm_client=again)["model_ref"] == trained["model_ref"]
+    assert pipeline.train(dev_settings, planned, igm_client=again).model_ref == trained.model_ref
     assert again.resizes == []

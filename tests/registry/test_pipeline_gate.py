@@ -71,23 +71,23 @@ def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tm
     ev1, r1, d1 = run(settings, "manual__1", model(tmp_path, 0.70))
     assert ev1["champion"] is None
     assert d1["promote"] and d1["champion_version"] is None
-    assert reg.resolve(CHAMPION) == r1["version"] == reg.resolve(CHALLENGER)
+    assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
 
     ev2, r2, d2 = run(settings, "manual__2", model(tmp_path, 0.75))
     # The champion's score is 0.70, read from the champion version's own files: had the pipeline scored
     # the challenger twice, it would be 0.75 and the gate would have refused the self-comparison.
-    assert ev2["champion"] == {"version": r1["version"], "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
-    assert d2["champion_version"] == r1["version"] and d2["challenger_version"] == r2["version"]
+    assert ev2["champion"] == {"version": r1.version, "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
+    assert d2["champion_version"] == r1.version and d2["challenger_version"] == r2.version
     assert d2["champion"]["auc"] == 0.70 and d2["challenger"]["auc"] == 0.75
-    assert d2["promote"] and reg.resolve(CHAMPION) == r2["version"]
+    assert d2["promote"] and reg.resolve(CHAMPION) == r2.version
 
     ev3, r3, d3 = run(settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
-    assert ev3["champion"]["version"] == r2["version"] and ev3["champion"]["metrics"]["auc"] == 0.75
+    assert ev3["champion"]["version"] == r2.version and ev3["champion"]["metrics"]["auc"] == 0.75
     assert not d3["promote"] and d3["checks"]["beats_champion"] is False
-    assert reg.resolve(CHAMPION) == r2["version"] and reg.resolve(CHALLENGER) == r3["version"]
+    assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r3["version"]
     # Each decision is kept with the version it judged.
-    assert reg.decisions(r3["version"])["manual__3"]["champion_version"] == r2["version"]
-    assert [h.version for h in reg.alias_history(CHAMPION)] == [r1["version"], r2["version"]]
+    assert reg.decisions(r3["version"])["manual__3"]["champion_version"] == r2.version
+    assert [h.version for h in reg.alias_history(CHAMPION)] == [r1.version, r2.version]
 
 
 def test_a_champion_moved_after_evaluation_makes_the_gate_fail(settings: Settings, tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_a_champion_moved_after_evaluation_makes_the_gate_fail(settings: Setting
     trained = model(tmp_path, 0.80)
     evaluation = pipeline.evaluate(settings, planned, trained)
     registered = pipeline.register(settings, planned, trained, evaluation)
-    other = reg.register(Path(model(tmp_path, 0.72)["model_ref"]), reg.get(r1["version"]).lineage,  # type: ignore[arg-type]
+    other = reg.register(Path(model(tmp_path, 0.72)["model_ref"]), reg.get(r1.version).lineage,  # type: ignore[arg-type]
                          metrics={"auc": 0.72, "log_loss": 0.2, "brier": 0.2})
     reg.promote(other.version, reason="someone else, meanwhile")
     with pytest.raises(AliasConflict, match="comparison is stale"):
@@ -119,7 +119,7 @@ def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(settings: S
     # The same content trained again is the same version: the gate refuses to compare it with itself
     # and reports it unchanged instead.
     _, r2, d2 = run(settings, "manual__y", model(tmp_path, 0.7, name="same"))
-    assert r2["version"] == registered["version"]
+    assert r2.version == registered.version
     assert d2["promote"] is False and d2["summary"].startswith("UNCHANGED")
     assert len(reg.alias_history(CHAMPION)) == 1
 
@@ -142,16 +142,16 @@ def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(settin
     reg = ModelRegistry(settings)
     _, r1, _ = run(settings, "manual__old", model(tmp_path, 0.70))
     # The champion becomes unreadable for the evaluator (e.g. an old feature contract).
-    broken = reg.register(Path(model(tmp_path, -1.0)["model_ref"]), reg.get(r1["version"]).lineage,  # type: ignore[arg-type]
+    broken = reg.register(Path(model(tmp_path, -1.0)["model_ref"]), reg.get(r1.version).lineage,  # type: ignore[arg-type]
                           metrics={"auc": 0.9, "log_loss": 0.2, "brier": 0.1})
     reg.promote(broken.version)
     planned = pipeline.plan(settings, "manual__new", CONF)
     trained = model(tmp_path, 0.95)
     evaluation = pipeline.evaluate(settings, planned, trained)
-    assert evaluation["champion"]["metrics"] is None and "feature contract" in evaluation["champion"]["error"]
+    assert evaluation.champion["metrics"] is None and "feature contract" in evaluation.champion["error"]
     registered = pipeline.register(settings, planned, trained, evaluation)
     for _attempt in range(2):  # a retried task fails the same way: no silent success
-        with pytest.raises(pipeline.PipelineError, match=f"tenfold models promote {registered['version']}"):
+        with pytest.raises(pipeline.PipelineError, match=f"tenfold models promote {registered.version}"):
             pipeline.gate(settings, planned, evaluation, registered)
-    assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered["version"]
+    assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered.version
     assert "champion" not in pipeline.comparison_table(evaluation)

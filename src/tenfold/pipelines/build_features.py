@@ -1,56 +1,85 @@
-"""The steps of ``dags/build_features.py``: ingest -> build_features -> validate -> publish, for one month.
+"""The steps of ``dags/build_features.py``: plan -> ingest -> build -> validate -> publish, for one month.
 
-The DAG file only wires these functions into tasks; each is idempotent, so Airflow may retry any of
-them, and a backfill of the same months twice gives the same lake (same manifest content):
+The DAG file only wires these functions into tasks (through :func:`tenfold.pipelines.common.run_step`);
+each is idempotent, so Airflow may retry any of them, and a backfill of the same months twice gives
+the same lake (same manifest content):
 
-* every run gets a :func:`run_key`, a short digest of (DAG, run id, month). The features are staged at
-  ``_staging/features/year=/month=/<key>/``: a retried build overwrites its own staging (the job writes
-  with mode ``overwrite``), never another run's, and never appends;
-* :func:`ingest_step` publishes the month's raw tables (a no-op when they are already there, byte for
-  byte), ingests any earlier month of the history window that was never ingested, then gates every
-  raw input the Spark job will read: files intact and raw flights through ``expectations/raw_flights.json``.
+* :func:`plan` names the run: its :class:`FeaturesRun` carries the month, the run key and a
+  ``staging_key`` (a digest of DAG, run and month). The features are staged at
+  ``_staging/features/year=/month=/<staging_key>/``: a retried build overwrites its own staging (the
+  job writes with mode ``overwrite``), never another run's, and never appends;
+* :func:`ingest` publishes the month's raw tables (a no-op when they are already there, byte for
+  byte), ingests any earlier month of the DAG's range that was never ingested, then gates every raw
+  input the Spark job will read: files intact and raw flights through ``expectations/raw_flights.json``.
   A corrupt input (a truncated file, malformed rows) is quarantined and stops the run before Spark;
-* :func:`build_step` runs the Spark job locally (``spark-submit``); in dev and prod the DAG submits the
-  same job to Dataproc with :func:`dataproc_batch`;
-* :func:`validate_step` gates the staged features through ``expectations/features.json``; a refused
-  batch is quarantined, alerted and never published;
-* :func:`publish_step` publishes the staged batch atomically (content-addressed, ``_SUCCESS`` last)
-  and removes the staging folder; a retry after a successful publish finds the manifest and returns it.
+* :func:`build` runs the Spark job (:mod:`tenfold.features.runners`: spark-submit locally, a Dataproc
+  batch in dev and prod, the same graph everywhere);
+* :func:`validate` gates the staged features through ``expectations/features.json``; a refused batch
+  is quarantined, alerted and never published;
+* :func:`publish` publishes the staged batch atomically (content-addressed, ``_SUCCESS`` last) and
+  removes the staging folder; a retry after a successful publish finds the manifest and returns it.
+
+The months the DAG covers come from ``settings.pipelines.build_features``. Failures a retry cannot
+fix raise :class:`~tenfold.pipelines.common.PipelineError`.
 
 Run one month by hand without Airflow: ``python -m tenfold.pipelines.build_features 2013-02``.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import hashlib
 import logging
 import sys
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features import schema
+from tenfold.data.lake import MANIFEST, Lake, Partition, month_range
 from tenfold.monitoring.alerts import send_alert
+from tenfold.pipelines.common import (
+    PipelineError,
+    PipelineInputError,
+    RunState,
+    configure_logging,
+    digest_key,
+    run_key,
+    task_timeout_s,
+)
 from tenfold.quality.gate import ValidationFailed, ValidationReport, validate_partition, validate_published
+from tenfold.workloads import Workload, get_workload
 
 log = logging.getLogger(__name__)
 
-FEATURES_TABLE = schema.TABLE
-RAW_FLIGHTS = "flights"
-RAW_SUITE = "raw_flights"
-FEATURES_SUITE = "features"
-# The raw tables the Spark job reads for the month itself (flights also for its history window).
-MONTH_INPUTS = ("flights", "weather", "planes", "airports")
+DAG_ID = "build_features"
 
 
-class InputsRefused(ValidationFailed):
-    """One or more raw inputs failed the gate; each was quarantined. Carries every report."""
+@dataclass(frozen=True)
+class FeaturesRun(RunState):
+    """What passes between the tasks of one run (as XCom)."""
+
+    run_key: str
+    run_id: str
+    month: str
+    staging_key: str  # 12 hex digits: (DAG, run, month), safe in paths and Dataproc batch ids
+    staging_uri: str
+    ingested: tuple[str, ...] = ()
+    inputs_checked: tuple[str, ...] = ()
+    rows: int | None = None
+    expectations: int | None = None
+    data_docs: str | None = None
+
+    @property
+    def partition(self) -> Partition:
+        return Partition.parse(self.month)
+
+
+class InputsRefused(PipelineError):
+    """One or more raw inputs failed the gate; each was quarantined and one alert listed them all."""
 
     def __init__(self, reports: list[ValidationReport], *, alerted: bool) -> None:
         self.reports = reports
-        super().__init__(reports[0], alerted=alerted)
-        self.args = ("\n".join(str(ValidationFailed(r)) for r in reports),)
+        super().__init__("\n".join(str(ValidationFailed(r)) for r in reports), alerted=alerted)
 
 
 def partition_for(logical_date: dt.datetime | dt.date | None, month: str | None = None) -> Partition:
@@ -60,71 +89,84 @@ def partition_for(logical_date: dt.datetime | dt.date | None, month: str | None 
     test build_features 2013-02-01``, or a backfill from 2013-01-01) builds February.
     """
     if month:
-        return Partition.parse(month)
+        try:
+            return Partition.parse(month)
+        except ValueError as exc:
+            raise PipelineInputError(str(exc)) from exc
     if logical_date is None:
-        raise ValueError("this run has no logical date: trigger it with the param month=YYYY-MM, e.g. 2013-02")
+        raise PipelineInputError("this run has no logical date: trigger it with the param month=YYYY-MM, e.g. 2013-02")
     return Partition.from_date(logical_date)
 
 
-def run_key(dag_id: str, run_id: str, part: Partition) -> str:
-    """12 lowercase hex digits naming a run's staging and quarantine folders (safe in paths and batch ids)."""
-    return hashlib.sha256(f"{dag_id}\0{run_id}\0{part.label}".encode()).hexdigest()[:12]
+def staging_uri(settings: Settings, lake: Lake, part: Partition, key: str) -> str:
+    return lake.uri_of(lake.staging_path(settings.storage.features_table, part, key))
 
 
-def staging_uri(lake: Lake, part: Partition, key: str) -> str:
-    return lake.uri_of(lake.staging_path(FEATURES_TABLE, part, key))
-
-
-def plan(settings: Settings, *, dag_id: str, run_id: str, logical_date: dt.datetime | None, month: str | None) -> dict[str, Any]:
-    """What a run works on (JSON-able, passed between tasks): month, key, staging URI, run id."""
+def plan(settings: Settings, *, dag_id: str, run_id: str, logical_date: dt.datetime | None, month: str | None) -> FeaturesRun:
+    """Name the run: the month it builds and where it stages its output."""
     part = partition_for(logical_date, month)
-    key = run_key(dag_id, run_id, part)
-    lake = Lake.from_settings(settings)
-    return {"month": part.label, "key": key, "staging_uri": staging_uri(lake, part, key), "run_id": run_id}
+    key = digest_key(dag_id, run_id, part.label)
+    return FeaturesRun(run_key=run_key(run_id), run_id=run_id, month=part.label, staging_key=key,
+                       staging_uri=staging_uri(settings, Lake.from_settings(settings), part, key))
 
 
-def history_window(lake: Lake, part: Partition) -> list[Partition]:
-    """The published flights months the job aggregates over for ``part`` (the job's own rule)."""
-    from tenfold.features.job import DEFAULT_HISTORY_MONTHS, history_parts
+def history_window(workload: Workload, lake: Lake, part: Partition) -> list[Partition]:
+    """The published months of the workload's history table the job aggregates over for ``part``."""
+    from tenfold.features.job import history_parts
 
-    return history_parts(lake, part, DEFAULT_HISTORY_MONTHS)
+    sources = workload.sources
+    if sources.history_table is None:
+        return []
+    return history_parts(lake, part, sources.history_months, sources.history_table)
 
 
-def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str, last_month: str | None = None) -> dict[str, Any]:
-    """Publish the month's raw tables (and any never-ingested month since ``first_month``), then gate them.
+def months(settings: Settings) -> tuple[Partition, Partition | None]:
+    """The first and last month the DAG covers (``settings.pipelines.build_features``; last None: now)."""
+    dag = settings.pipelines.dag(DAG_ID)
+    first = Partition.parse(dag.first_month) if dag.first_month else None
+    if first is None:
+        raise PipelineError(f"settings.pipelines.{DAG_ID}.first_month is not set: the DAG needs the first month it covers")
+    return first, Partition.parse(dag.last_month) if dag.last_month else None
+
+
+def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
+    """Publish the month's raw tables (and any never-ingested month of the DAG's range), then gate them.
 
     Raises :class:`InputsRefused` (after quarantining each bad input and one alert listing them all), or
-    ``ValueError`` when the month lies outside ``first_month``..``last_month`` (the DAG's range).
+    :class:`PipelineError` when the month lies outside the DAG's months.
     """
     from tenfold.data.ingest import ingest_month
 
     lake = Lake.from_settings(settings)
-    part = Partition.parse(run["month"])
-    first = Partition.parse(first_month)
-    if part < first or (last_month and part > Partition.parse(last_month)):
-        raise ValueError(
-            f"{part.label} is outside this pipeline's months ({first.label} to {last_month or 'now'}): "
+    workload = get_workload(settings)
+    inputs = workload.sources.month_inputs
+    part = run.partition
+    first, last = months(settings)
+    if part < first or (last and part > last):
+        raise PipelineInputError(
+            f"{part.label} is outside this pipeline's months ({first.label} to {last.label if last else 'now'}): "
             "trigger the DAG with a logical date in that range, or with the param month=YYYY-MM"
         )
-    start = first
     ingested = []
-    for month in month_range(start, part):
+    for month in month_range(first, part):
         # Earlier months only when not published (never ingested, or withdrawn to quarantine by an
         # earlier run): a published month is left as it is, so the gate below sees what the job reads.
-        if month == part or not all(lake.has_manifest(t, month) for t in MONTH_INPUTS):
-            ingest_month(lake, month, run_id=run["run_id"])
+        if month == part or not all(lake.has_manifest(t, month) for t in inputs):
+            ingest_month(lake, month, run_id=run.run_id)
             ingested.append(month.label)
     refused: list[ValidationReport] = []
     checked = []
-    for month in [*history_window(lake, part), part]:
+    # Every file the job will read is checked intact; tables with a raw suite are validated too, over
+    # the history window as well as the month (a corrupt history month would poison the aggregates).
+    history = history_window(workload, lake, part)
+    to_check = [(t, m) for t in inputs for m in ([*history, part] if t == workload.sources.history_table else [part])]
+    for table, month in to_check:
+        suite = workload.raw_suites.get(table)
         try:
-            report = validate_published(lake, RAW_FLIGHTS, month, RAW_SUITE, settings=settings, key=run["key"], alert=False)
-            checked.append(report.summary())
-        except ValidationFailed as exc:
-            refused.append(exc.report)
-    for table in MONTH_INPUTS[1:]:
-        try:
-            validate_published(lake, table, part, None, settings=settings, key=run["key"], alert=False, docs=False)
+            report = validate_published(lake, table, month, suite, settings=settings, key=run.staging_key, alert=False,
+                                        docs=suite is not None)
+            if suite is not None:
+                checked.append(report.summary())
         except ValidationFailed as exc:
             refused.append(exc.report)
     if refused:
@@ -139,77 +181,72 @@ def ingest_step(settings: Settings, run: dict[str, Any], *, first_month: str, la
             | {"what_to_do": "re-run the DAG for that month: it re-ingests every input that was quarantined"},
         )
         raise InputsRefused(refused, alerted=True)
-    return {**run, "ingested": ingested, "inputs_checked": checked}
+    return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
 
 
-def build_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
-    """Run the Spark job for the month into this run's staging folder (local: spark-submit)."""
-    from tenfold.features.submit import spark_submit_features
+def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any = None) -> FeaturesRun:
+    """Run the Spark job for the month into this run's staging folder (spark-submit here, Dataproc in the cloud)."""
+    from tenfold.features.runners import feature_job
 
-    lake = Lake.from_settings(settings)
-    # A retry starts from an empty staging folder of its own: nothing half-written is ever validated.
-    lake.discard(run["staging_uri"])
-    spark_submit_features(settings, Partition.parse(run["month"]), run["staging_uri"], run_id=run["run_id"])
+    if settings.is_local:
+        # A retry starts from an empty staging folder of its own: nothing half-written is ever validated.
+        Lake.from_settings(settings).discard(run.staging_uri)
+    job = feature_job(settings, timeout_s=task_timeout_s(settings, DAG_ID), client=client)
+    job.run(run.partition, run.staging_uri, key=run.staging_key, attempt=attempt)
     return run
 
 
-def dataproc_batch(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
-    """The Dataproc batch body and id stem for the month (dev/prod); the id gets the try number appended."""
-    from tenfold.features.dataproc import batch_id, features_batch
-
-    part = Partition.parse(run["month"])
-    return {
-        "batch": features_batch(settings, part, run["key"], output=run["staging_uri"]),
-        "batch_id_stem": batch_id(settings, part, run["key"]),
-    }
-
-
-def validate_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
-    """Gate the staged features; raises :class:`ValidationFailed` after quarantine, Data Docs and alert."""
-    part = Partition.parse(run["month"])
-    report = validate_partition(settings, FEATURES_TABLE, part, run["staging_uri"], FEATURES_SUITE, attempt=run["key"])
-    return {**run, "rows": report.rows, "expectations": report.evaluated, "data_docs": report.data_docs}
+def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
+    """Gate the staged features; a refusal is quarantined, documented and alerted, then fails the run."""
+    try:
+        report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,
+                                    get_workload(settings).features_suite, attempt=run.staging_key)
+    except ValidationFailed as exc:
+        raise PipelineError(str(exc), alerted=exc.alerted) from exc
+    return replace(run, rows=report.rows, expectations=report.evaluated, data_docs=report.data_docs)
 
 
-def publish_step(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
-    """Publish the validated staging folder as the month's features partition, then drop the staging."""
-    from tenfold.data.lake import MANIFEST, LakeError
+def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
+    """Publish the validated staging folder as the month's features partition, then drop the staging.
 
+    Returns the manifest's content with the month and the manifest's URI (the Asset event's extra).
+    """
     lake = Lake.from_settings(settings)
-    part = Partition.parse(run["month"])
-    staged = lake._path(run["staging_uri"])
+    workload = get_workload(settings)
+    table = settings.storage.features_table
+    part = run.partition
+    staged = lake._path(run.staging_uri)
+    manifest_uri = lake.uri_of(lake.manifest_path(table, part))
     if lake.fs.get_file_info(staged).type.name == "NotFound":
         # A retry after a publish that succeeded but whose task died before reporting it.
-        if lake.has_manifest(FEATURES_TABLE, part):
-            manifest = lake.read_manifest(FEATURES_TABLE, part)
+        if lake.has_manifest(table, part):
+            manifest = lake.read_manifest(table, part)
             log.info("staging already published: %s", manifest.content)
-            return {"month": part.label, "manifest": lake.uri_of(lake.manifest_path(FEATURES_TABLE, part)), **manifest.content}
-        raise LakeError(f"nothing to publish for {part.label}: {run['staging_uri']} is gone and no {MANIFEST} exists; re-run build_features")
-    manifest = lake.publish(
-        FEATURES_TABLE, part, staged, run_id=run["run_id"], extra=schema.manifest_extra(validated_by=FEATURES_SUITE)
-    )
+            return {"month": part.label, "manifest": manifest_uri, **manifest.content}
+        raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and no {MANIFEST} exists; "
+                            "re-run build_features")
+    manifest = lake.publish(table, part, staged, run_id=run.run_id,
+                            extra=workload.contract.manifest_extra(validated_by=workload.features_suite))
     lake.discard(staged)
-    return {"month": part.label, "manifest": lake.uri_of(lake.manifest_path(FEATURES_TABLE, part)), **manifest.content}
+    return {"month": part.label, "manifest": manifest_uri, **manifest.content}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the four steps for one month in this process (no Airflow): ``python -m tenfold.pipelines.build_features 2013-02``."""
+    """Every step for one month in this process, without Airflow."""
     from tenfold.config import get_settings
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tenfold.pipelines.build_features YYYY-MM", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.build_features", description=main.__doc__)
+    parser.add_argument("month", help="the month to build, YYYY-MM (within settings.pipelines.build_features)")
+    args = parser.parse_args(argv)
+    configure_logging()
     settings = get_settings()
-    run = plan(settings, dag_id="manual", run_id=f"manual-{args[0]}", logical_date=None, month=args[0])
     try:
-        run = ingest_step(settings, run, first_month=args[0])
-        build_step(settings, run)
-        validate_step(settings, run)
-        print(publish_step(settings, run))
-    except ValidationFailed as exc:
-        print(exc, file=sys.stderr)
+        run = plan(settings, dag_id=DAG_ID, run_id=f"manual-{args.month}", logical_date=None, month=args.month)
+        run = ingest(settings, run)
+        run = validate(settings, build(settings, run))
+        print(publish(settings, run))
+    except PipelineError as exc:
+        print(f"build_features {args.month}: {exc}", file=sys.stderr)
         return 1
     return 0
 

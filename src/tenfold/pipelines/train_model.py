@@ -1,9 +1,13 @@
-"""The steps of the ``train_model`` DAG: plan, train, evaluate, register, gate.
+"""The steps of ``dags/train_model.py``: plan -> train -> evaluate -> register -> gate.
 
-Each step takes settings and JSON-serialisable inputs and returns a JSON-serialisable dict (what
-Airflow passes between tasks as XCom), so the DAG file only wires them together and each step can be
-run and tested on its own. Every step is idempotent: a retried task finds its earlier work (the
-training folder, the content-addressed version, the alias already moved) and does not repeat it.
+Each step takes settings and the frozen run states of the steps before it (:class:`TrainRun`,
+:class:`Trained`, :class:`Evaluation`, :class:`Registered`; each goes to XCom with ``to_xcom`` and
+comes back with ``from_xcom``) and returns its own, so the DAG file only wires them together and each
+step can be run and tested on its own. Every step is idempotent: a retried task finds its earlier work
+(the training folder, the content-addressed version, the alias already moved) and does not repeat it.
+Failures a retry cannot fix raise :class:`~tenfold.pipelines.common.PipelineError`.
+
+Run every step in one process without Airflow: ``python -m tenfold.pipelines.train_model --conf '{...}'``.
 
 Where the champion's score comes from. :func:`evaluate` resolves the ``champion`` alias in the
 registry, downloads that version (hash-verified) and evaluates it on the challenger's holdout; the
@@ -25,12 +29,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.features import schema
 from tenfold.model_files import META_FILE
+from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -50,20 +54,13 @@ TABLE = schema.TABLE
 CONF_KEYS = ("train_months", "holdout_months", "epochs", "max_steps", "batch_size", "nproc", "seed")
 
 
-class PipelineError(RuntimeError):
-    """A step cannot go on; the message names what is wrong and what to do."""
-
-
-def run_key(airflow_run_id: str) -> str:
-    """A run id usable as a folder, GCS prefix and rendezvous id (lowercase, <= 63 characters)."""
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", airflow_run_id.lower()).strip("-._") or "run"
-    if len(slug) > 50 or slug != airflow_run_id:
-        slug = f"{slug[:50].rstrip('-._')}-{hashlib.sha256(airflow_run_id.encode()).hexdigest()[:8]}"
-    return slug
+DAG_ID = "train_model"
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrainRun(RunState):
+    """The plan of one run (the ``plan`` task's XCom): its split, its config and where it works."""
+
     run_key: str
     airflow_run_id: str
     work_dir: str
@@ -73,18 +70,6 @@ class Plan:
     train_config: dict[str, Any]
     nproc: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> Plan:
-        return cls(
-            run_key=body["run_key"], airflow_run_id=body["airflow_run_id"], work_dir=body["work_dir"],
-            train_months=tuple(body["train_months"]), holdout_months=tuple(body["holdout_months"]),
-            holdout=HoldoutRef.from_dict(body["holdout"]), train_config=dict(body["train_config"]),
-            nproc=body.get("nproc"),
-        )
-
     @property
     def train_parts(self) -> list[Partition]:
         return [Partition.parse(m) for m in self.train_months]
@@ -92,6 +77,30 @@ class Plan:
     @property
     def holdout_parts(self) -> list[Partition]:
         return [Partition.parse(m) for m in self.holdout_months]
+
+
+@dataclass(frozen=True)
+class Trained(RunState):
+    """Where the trained challenger is (a local folder or a gs:// prefix) and how training went."""
+
+    model_ref: str
+    train_result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation(RunState):
+    """The challenger, the champion (when there is one) and the baselines, scored on the same holdout."""
+
+    holdout: dict[str, Any]
+    challenger: dict[str, Any]
+    baselines: dict[str, dict[str, Any]]
+    champion: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Registered(RunState):
+    version: str
+    uri: str
 
 
 def holdout_ref(lake: Lake, parts: list[Partition]) -> HoldoutRef:
@@ -140,7 +149,7 @@ def work_root(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / "tenfold" / "train_model"
 
 
-def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> TrainRun:
     """Choose the time-based split and the training config; every month of both windows must be published."""
     from tenfold.training.config import TrainConfig
 
@@ -176,37 +185,37 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     overrides = {k: conf[k] for k in ("epochs", "max_steps", "batch_size", "seed") if conf.get(k) is not None}
     cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train), **overrides)
     key = run_key(airflow_run_id)
-    return Plan(
+    return TrainRun(
         run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_root(settings) / key),
         train_months=tuple(p.label for p in train), holdout_months=tuple(p.label for p in holdout),
         holdout=holdout_ref(lake, holdout), train_config=cfg.to_dict(),
         nproc=int(conf["nproc"]) if conf.get("nproc") else None,
-    ).to_dict()
+    )
 
 
 # --- train ------------------------------------------------------------------------------------------
 
 
-def train(settings: Settings, plan_body: Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
-          storage_client: Any = None) -> dict[str, Any]:
+def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
+          storage_client: Any = None) -> Trained:
     """Train the challenger: torchrun here (local) or on the training instance group (dev/prod)."""
-    p = Plan.from_dict(plan_body)
+    p = TrainRun.from_xcom(run)
     if settings.is_local:
         return _train_local(settings, p)
     return _train_on_fleet(settings, p, igm_client=igm_client, markers=markers, storage_client=storage_client)
 
 
-def _train_local(settings: Settings, p: Plan) -> dict[str, Any]:
+def _train_local(settings: Settings, p: TrainRun) -> Trained:
     from tenfold.training.config import TrainConfig
     from tenfold.training.launch import run_torchrun
 
     out = Path(p.work_dir) / "train"
     cfg = TrainConfig.from_dict(p.train_config)
     result = run_torchrun(settings, cfg, out, nproc=p.nproc)
-    return {"model_ref": str(result.model_dir), "train_result": _jsonable(result.to_dict())}
+    return Trained(model_ref=str(result.model_dir), train_result=_jsonable(result.to_dict()))
 
 
-def _train_on_fleet(settings: Settings, p: Plan, *, igm_client: Any, markers: Any, storage_client: Any) -> dict[str, Any]:
+def _train_on_fleet(settings: Settings, p: TrainRun, *, igm_client: Any, markers: Any, storage_client: Any) -> Trained:
     from google.api_core.exceptions import PreconditionFailed
 
     from tenfold.storage import gcs_client
@@ -230,8 +239,8 @@ def _train_on_fleet(settings: Settings, p: Plan, *, igm_client: Any, markers: An
     args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
     run = run_training(settings, p.run_key, args=args, client=igm_client,
                        markers=markers if markers is not None else GcsMarkerStore(client))
-    return {"model_ref": f"gs://{bucket}/{out}/{MODEL_DIR}", "train_result": {"run_id": run.run_id, "status": run.status,
-            "marker": _jsonable(run.marker), "elapsed_s": run.elapsed_s}}
+    return Trained(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", train_result={
+        "run_id": run.run_id, "status": run.status, "marker": _jsonable(run.marker), "elapsed_s": run.elapsed_s})
 
 
 def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_client: Any = None) -> Path:
@@ -300,9 +309,9 @@ def _evaluate_challenger(model_dir: Path, lake: Lake, train_parts: list[Partitio
     return metrics_dict(report.model), baselines
 
 
-def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Trained | Mapping[str, Any]) -> Evaluation:
     """Score the challenger, the current champion and the baselines on the same holdout."""
-    p = Plan.from_dict(plan_body)
+    p, t = TrainRun.from_xcom(run), Trained.from_xcom(trained)
     lake = Lake.from_settings(settings)
     now = holdout_ref(lake, p.holdout_parts)
     if now != p.holdout:
@@ -312,7 +321,7 @@ def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
         )
     work = Path(p.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    challenger_dir = materialize(settings, str(trained["model_ref"]), work / "challenger")
+    challenger_dir = materialize(settings, t.model_ref, work / "challenger")
     challenger, baselines = _evaluate_challenger(challenger_dir, lake, p.train_parts, p.holdout_parts)
 
     registry = ModelRegistry(settings)
@@ -331,7 +340,7 @@ def evaluate(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
             champion = {"version": champion_version, "metrics": None, "error": f"{type(exc).__name__}: {exc}"}
     log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
              _brief(champion["metrics"]) if champion and champion["metrics"] else "", {k: _brief(v) for k, v in baselines.items()})
-    return {"holdout": asdict(p.holdout), "challenger": challenger, "champion": champion, "baselines": baselines}
+    return Evaluation(holdout=asdict(p.holdout), challenger=challenger, champion=champion, baselines=baselines)
 
 
 def _brief(m: Mapping[str, Any]) -> str:
@@ -341,12 +350,12 @@ def _brief(m: Mapping[str, Any]) -> str:
 # --- register ---------------------------------------------------------------------------------------
 
 
-def register(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[str, Any],
-             evaluation: Mapping[str, Any]) -> dict[str, Any]:
+def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Trained | Mapping[str, Any],
+             evaluation: Evaluation | Mapping[str, Any]) -> Registered:
     """Register the challenger with its metrics and lineage; returns its version id."""
-    p = Plan.from_dict(plan_body)
+    p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
-    model_dir = materialize(settings, str(trained["model_ref"]), Path(p.work_dir) / "challenger")
+    model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, TABLE, p.train_parts)
     holdout_refs = partition_refs(lake, TABLE, p.holdout_parts)
     lineage = Lineage(
@@ -356,24 +365,26 @@ def register(settings: Settings, plan_body: Mapping[str, Any], trained: Mapping[
         training_config=p.train_config,
         validation={r.partition: r.validation for r in (*train_refs, *holdout_refs) if r.validation is not None},
         run_id=p.airflow_run_id,
-        extra={"train_result": trained.get("train_result", {}), "baselines": evaluation["baselines"],
-               "holdout": evaluation["holdout"], "env": settings.env},
+        extra={"train_result": t.train_result, "baselines": ev.baselines, "holdout": ev.holdout, "env": settings.env},
     )
-    metrics = {**evaluation["challenger"], "holdout": evaluation["holdout"]}
+    metrics = {**ev.challenger, "holdout": ev.holdout}
     mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
-    return {"version": mv.version, "uri": mv.uri}
+    return Registered(version=mv.version, uri=mv.uri)
 
 
 # --- gate ---------------------------------------------------------------------------------------
 
 
-def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[str, Any],
-         registered: Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
-    """Mark the version as challenger and promote it to champion if the gate passes (or there is none)."""
-    p = Plan.from_dict(plan_body)
+def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Evaluation | Mapping[str, Any],
+         registered: Registered | Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
+    """Mark the version as challenger and promote it to champion if the gate passes (or there is none).
+
+    Returns the decision record (free-form checks, so a plain dict) with ``champion_now``.
+    """
+    p, ev = TrainRun.from_xcom(run), Evaluation.from_xcom(evaluation)
     reg = registry or ModelRegistry(settings)
-    version = str(registered["version"])
-    evaluated = evaluation.get("champion") or None
+    version = Registered.from_xcom(registered).version
+    evaluated = ev.champion or None
     evaluated_version = evaluated["version"] if evaluated else None
     current = reg.resolve(CHAMPION)
 
@@ -404,10 +415,10 @@ def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[s
         reg.record_decision(version, p.run_key, body)
         return {**body, "champion_now": current}
 
-    holdout = HoldoutRef.from_dict(evaluation["holdout"])
-    challenger = Scored.of(version, holdout, evaluation["challenger"])
+    holdout = HoldoutRef.from_dict(ev.holdout)
+    challenger = Scored.of(version, holdout, ev.challenger)
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
-    baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in evaluation["baselines"].items()}
+    baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
     decision: Decision = decide(challenger, champion, baselines, GatePolicy.from_settings(settings))
     body = _jsonable(decision.to_dict())
     reg.record_decision(version, p.run_key, body)
@@ -418,26 +429,52 @@ def gate(settings: Settings, plan_body: Mapping[str, Any], evaluation: Mapping[s
     return {**body, "champion_now": reg.resolve(CHAMPION)}
 
 
-def comparison_table(evaluation: Mapping[str, Any], version: str | None = None) -> str:
+def comparison_table(evaluation: Evaluation | Mapping[str, Any], version: str | None = None) -> str:
     """The challenger, champion and baselines side by side (what the DAG logs and ``make demo`` prints)."""
-    rows: list[tuple[str, Mapping[str, Any]]] = [(f"challenger {version or ''}".strip(), evaluation["challenger"])]
-    if evaluation.get("champion") and evaluation["champion"].get("metrics"):
-        rows.append((f"champion {evaluation['champion']['version']}", evaluation["champion"]["metrics"]))
-    rows += [(f"baseline {k}", v) for k, v in evaluation["baselines"].items()]
+    ev = Evaluation.from_xcom(evaluation)
+    rows: list[tuple[str, Mapping[str, Any]]] = [(f"challenger {version or ''}".strip(), ev.challenger)]
+    if ev.champion and ev.champion.get("metrics"):
+        rows.append((f"champion {ev.champion['version']}", ev.champion["metrics"]))
+    rows += [(f"baseline {k}", v) for k, v in ev.baselines.items()]
     lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}"]
     lines += [f"{name:<44}{m['auc']:>8.4f}{m['log_loss']:>10.4f}{m['brier']:>8.4f}" for name, m in rows]
     return "\n".join(lines)
 
 
-def run_all(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every step in this process, in order (what ``make demo`` runs without a scheduler).
+def main(argv: list[str] | None = None) -> int:
+    """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
+    import argparse
+    import sys
 
-    Returns each step's output plus ``table``, the challenger/champion/baselines comparison.
-    """
-    planned = plan(settings, run_id, conf)
-    trained = train(settings, planned)
-    evaluation = evaluate(settings, planned, trained)
-    registered = register(settings, planned, trained, evaluation)
-    decision = gate(settings, planned, evaluation, registered)
-    return {"plan": planned, "trained": trained, "evaluation": evaluation, "registered": registered,
-            "decision": decision, "table": comparison_table(evaluation, registered["version"])}
+    from tenfold.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.train_model", description=main.__doc__)
+    parser.add_argument("--conf", default="{}", help=f"JSON run conf with any of {', '.join(CONF_KEYS)}")
+    parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = get_settings()
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"epochs\": 1}}'", file=sys.stderr)
+        return 2
+    import datetime as dt
+
+    run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
+    try:
+        planned = plan(settings, run_id, conf)
+        trained = train(settings, planned)
+        evaluation = evaluate(settings, planned, trained)
+        registered = register(settings, planned, trained, evaluation)
+        decision = gate(settings, planned, evaluation, registered)
+    except PipelineError as exc:
+        print(f"train_model: {exc}", file=sys.stderr)
+        return 1
+    print(comparison_table(evaluation, registered.version))
+    print(decision["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

