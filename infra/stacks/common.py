@@ -14,7 +14,3 @@ def configure(stack: TerraformStack, settings: Settings, stack_name: str) -> Non
     # One state object per stack under the environment's prefix; the bucket is made once by hand
     # (docs/deploy.md), since Terraform cannot keep its own state in a bucket it creates.
     GcsBackend(stack, bucket=settings.storage.tf_state_bucket, prefix=f"{settings.infra.state_prefix}/{stack_name}")
-
-
-def sa_email(settings: Settings, account_id: str) -> str:
-    return f"{account_id}@{settings.project_id}.iam.gserviceaccount.com"

@@ -53,8 +53,8 @@ class DataStack(TerraformStack):
             location=s.region,
             kms_key_id=kms.keys["storage"].id,
             buckets=[
-                # Staged job outputs and quarantined batches are for triage, not for keeping.
-                BucketSpec("lake", st.lake_bucket, delete_prefixes_after_days={"_staging/": 7, "quarantine/": 30}),
+                # Staged job outputs and quarantined batches are for triage, not for keeping (settings.storage.lake_layout).
+                BucketSpec("lake", st.lake_bucket, delete_prefixes_after_days=st.lake_layout.retention_days),
                 BucketSpec("models", st.models_bucket, noncurrent_versions_kept=10, noncurrent_days=90),
                 BucketSpec("artifacts", st.artifacts_bucket),
                 BucketSpec("dataproc-staging", st.dataproc_staging_bucket, delete_prefixes_after_days={"dataproc-temp/": 7}),

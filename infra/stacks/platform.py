@@ -14,7 +14,7 @@ from infra.components.load_balancer import HttpLoadBalancer, HttpLoadBalancerPro
 from infra.components.network import Network, NetworkProps
 from infra.components.observability import Observability, ObservabilityProps
 from infra.components.orchestration import Orchestration, OrchestrationProps
-from infra.stacks.common import configure, sa_email
+from infra.stacks.common import configure
 from tenfold import fleets as startup
 from tenfold.config import Settings
 from tenfold.config.settings import GpuGroupSettings
@@ -81,7 +81,7 @@ class PlatformStack(TerraformStack):
         super().__init__(scope, name)
         configure(self, settings, name)
         s, lb, sv = settings, settings.serving.load_balancer, settings.serving
-        role_id = s.prefix.replace("-", "_") + "_orchestrator"
+        role_id = s.infra.orchestrator_role_id
         self.iam = Iam(self, "iam", IamProps(
             project=s.project_id,
             accounts=accounts(s, role_id),
@@ -92,7 +92,7 @@ class PlatformStack(TerraformStack):
                 self, f"{component}-image-reader", repository=s.infra.artifact_repository, location=s.region,
                 role="roles/artifactregistry.reader", member=self.iam.accounts[component].member)
 
-        serving_tag, ssh_tag = f"{s.prefix}-serving", f"{s.prefix}-ssh"
+        serving_tag, ssh_tag = s.network.serving_tag, s.network.ssh_tag
         self.network = Network(self, "network", NetworkProps(
             network_name=s.network.network, subnet_name=s.network.subnet, subnet_cidr=s.network.subnet_cidr,
             region=s.region, router_name=s.network.router, nat_name=s.network.nat,
@@ -126,7 +126,7 @@ class PlatformStack(TerraformStack):
 
         self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(
             enabled=s.airflow.composer_enabled, environment_name=s.airflow.composer_environment, region=s.region,
-            image_version=s.airflow.composer_image_version, service_account_email=sa_email(s, s.service_accounts.composer),
+            image_version=s.airflow.composer_image_version, service_account_email=s.service_account_email(s.service_accounts.composer),
             env_variables={"TENFOLD_ENV": s.env, "TENFOLD_PROJECT_ID": s.project_id},
         ))
         if self.orchestration.composer is not None:

@@ -44,6 +44,9 @@ for env in sys.argv[2:]:
             "has_schedule": dag.timetable is not None,
             "start_date": str(dag.start_date) if dag.start_date else None,
             "task_retries": {t.task_id: t.retries for t in dag.tasks},
+            "alerting": sorted({getattr(cb, "__qualname__", str(cb)) for t in dag.tasks
+                                for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
+                                           else [t.on_failure_callback])}),
             "tasks": sorted(t.task_id for t in dag.tasks),
         }
     out[env] = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}
@@ -98,6 +101,8 @@ def test_every_dag_follows_the_house_rules(dagbag):
             problems.append(f"{where}: doc_md missing (use doc_md=__doc__)")
         if not d["has_schedule"] or not d["start_date"]:
             problems.append(f"{where}: schedule and start_date must be explicit")
+        if d["alerting"] != ["airflow_failure_callback"]:
+            problems.append(f"{where}: every task must alert through on_failure_callback=airflow_failure_callback, got {d['alerting']}")
         no_retry = sorted(t for t, r in d["task_retries"].items() if not r or r < 1)
         if no_retry:
             problems.append(f"{where}: tasks without retries: {no_retry}")
@@ -111,9 +116,9 @@ def test_parsing_dags_imports_nothing_heavy(dagbag):
 def test_build_features_wiring(dagbag):
     local = dagbag["envs"]["local"]["dags"]["build_features"]
     assert local["tasks"] == ["build_features", "ingest", "publish", "validate"]
-    for env in ("dev", "prod"):
+    for env in ("dev", "prod"):  # the same graph everywhere: the build task runs spark-submit or a Dataproc batch
         cloud = dagbag["envs"][env]["dags"]["build_features"]
-        assert cloud["tasks"] == ["build_features", "dataproc_spec", "ingest", "publish", "validate"]
+        assert cloud["tasks"] == local["tasks"]
 
 
 # --- no resource name spelled outside settings ------------------------------------------------------
@@ -131,18 +136,33 @@ def _strings(value: object) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
+def _folder_pattern(name: str) -> re.Pattern[str]:
+    """A lake folder or table used as a path segment (``"_staging"``, ``"gs://b/_staging/x"``, ``"quarantine/"``),
+    not the same word in a message or a tag (``"moved to quarantine"``, ``tags=["features"]``)."""
+    n = re.escape(name)
+    return re.compile(rf"(?<![\w.-]){n}/|/{n}(?![\w.-])|^{n}$")
+
+
 def owned_literals() -> dict[str, re.Pattern[str]]:
     """Every name settings own in any environment (derived from each env's prefix), and the ports."""
     names: set[str] = set()
+    folders: set[str] = set()
+    tables: set[str] = set()
     ports: set[int] = set()
     for env in ENVIRONMENTS:
         s = get_settings(env)
         dump = s.model_dump(mode="json")
-        names |= {v for v in _strings(dump) if s.prefix in v}  # buckets, topics, subscriptions, stacks, ...
+        names |= {v for v in _strings(dump) if s.prefix in v}  # buckets, topics, subscriptions, stacks, tags, ...
         names |= {s.airflow.features_asset, s.airflow.challenger_asset, s.airflow.champion_asset, s.storage.lake_uri}
+        names |= {s.network.serving_tag, s.network.ssh_tag, s.infra.orchestrator_role_id}
+        folders |= {s.storage.lake_layout.staging, s.storage.lake_layout.quarantine}
+        tables.add(s.storage.features_table)
         ports |= {v for k, v in s.local.model_dump().items() if k.endswith("_port")}
         ports |= {s.serving.port, s.training.rdzv_port}
     patterns = {n: re.compile(re.escape(n) + r"(?![A-Za-z0-9_-])") for n in names}
+    # the features table only as a path segment with a '/' (the bare word names tasks and tags too)
+    patterns |= {n: re.compile(rf"(?<![\w.-]){re.escape(n)}/|/{re.escape(n)}(?![\w.-])") for n in tables}
+    patterns |= {n: _folder_pattern(n) for n in folders}
     patterns |= {str(p): re.compile(rf"(?<![\w.]){p}(?![\w.])") for p in ports}
     return patterns
 
@@ -152,7 +172,9 @@ def test_the_owned_literals_cover_what_matters():
     for env in ENVIRONMENTS:
         s = get_settings(env)
         for name in (s.storage.lake_bucket, s.messaging.requests_topic, s.messaging.subscriptions["requests"].name,
-                     s.infra.data_stack, s.airflow.features_asset):
+                     s.infra.data_stack, s.airflow.features_asset, s.airflow.champion_asset,
+                     s.network.serving_tag, s.network.ssh_tag, s.infra.orchestrator_role_id,
+                     s.storage.lake_layout.staging, s.storage.lake_layout.quarantine, s.storage.features_table):
             assert name in owned
     assert "8080" in owned
 
@@ -203,6 +225,40 @@ def test_the_scan_finds_a_planted_name_and_ignores_prose(tmp_path):
         f"dags/x.py:2: '{dev.storage.lake_bucket}'",
         f"dags/x.py:3: '{get_settings('local').local.gcs_port}'",
     ]
+
+
+def test_the_scan_finds_planted_layout_tags_role_and_asset_literals(tmp_path):
+    """Each kind settings own besides buckets and ports, planted once; prose and look-alikes are not hits."""
+    dev = get_settings("dev")
+    layout, table = dev.storage.lake_layout, dev.storage.features_table
+    planted = {
+        "staging": f'STAGING = "{layout.staging}"',
+        "staging_uri": f'OUT = "gs://bucket/{layout.staging}/{table}x/manual"',
+        "quarantine": f'HELD = "{layout.quarantine}/"',
+        "table": f'TABLE_DIR = "gs://bucket/{table}"',
+        "serving_tag": f'TAGS = ["{dev.network.serving_tag}"]',
+        "ssh_tag": f'SSH = "{dev.network.ssh_tag}"',
+        "role": f'ROLE = "projects/p/roles/{dev.infra.orchestrator_role_id}"',
+        "asset": f'CHAMPION = "{dev.airflow.champion_asset}"',
+    }
+    fine = [
+        f'MSG = "the batch moved to {layout.quarantine}; see the report"',
+        f'TAGS = ["tenfold", "{table}", "data-quality"]',
+        f'WORD = "{layout.quarantine}d"',
+        'TASK = "build_features"',
+    ]
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "x.py").write_text("\n".join([*planted.values(), *fine]) + "\n")
+    hits = scan(tmp_path / "dags", owned_literals())
+    hit_lines = sorted({int(h.split(":")[1]) for h in hits})
+    assert hit_lines == list(range(1, len(planted) + 1)), hits
+    by_line = {int(h.split(":")[1]): h for h in hits}
+    assert repr(layout.staging) in by_line[1] and repr(layout.quarantine) in by_line[3] and repr(table) in by_line[4]
+    assert any(repr(dev.infra.orchestrator_role_id) in h for h in hits if ":7:" in h)
+    # non-Python deployables (YAML, shell, Dockerfiles) are scanned line by line with the same patterns
+    (tmp_path / "dags" / "job.yaml").write_text(f"output: gs://bucket/{layout.staging}/features\nnote: quarantine is for triage\n")
+    assert sorted(h for h in scan(tmp_path / "dags", owned_literals()) if "job.yaml" in h) == [
+        f"dags/job.yaml:1: {layout.staging!r}", f"dags/job.yaml:1: {table!r}"]
 
 
 def test_no_deployable_spells_a_name_settings_own():

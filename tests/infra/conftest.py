@@ -1,6 +1,7 @@
 """Synthesize every stack ONCE per test session (the Google provider import alone takes ~10 s).
 
-One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip)
+One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip),
+a dev with its lake folders, network tags and orchestrator role renamed in settings (``relaid-dev``)
 and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
 """
 
@@ -21,6 +22,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 RENAMED_PREFIX = "acme-dev"
+RELAID_PREFIX = "relaid-dev"
 BAD_STACK = "known-bad"
 
 
@@ -48,6 +50,20 @@ def renamed_settings() -> Any:
 
 
 @pytest.fixture(scope="session")
+def relaid_settings() -> Any:
+    """dev with other lake layout folders, network tags and orchestrator role id, all set in settings."""
+    from tenfold.config import build_settings
+
+    s = build_settings("dev", prefix=RELAID_PREFIX)
+    layout = s.storage.lake_layout.model_copy(update={"staging": "incoming", "quarantine": "held-back"})
+    return s.model_copy(update={
+        "storage": s.storage.model_copy(update={"lake_layout": layout}),
+        "network": s.network.model_copy(update={"serving_tag": "relaid-web", "ssh_tag": "relaid-admin"}),
+        "infra": s.infra.model_copy(update={"orchestrator_role_id": "relaid_conductor"}),
+    })
+
+
+@pytest.fixture(scope="session")
 def tls_settings() -> Any:
     """prod with a domain: the load balancer gets an HTTPS proxy and a managed certificate."""
     from tenfold.config import build_settings
@@ -58,7 +74,7 @@ def tls_settings() -> Any:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any) -> Any:
+def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any, relaid_settings: Any) -> Any:
     from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
@@ -71,6 +87,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
 
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),
-        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings],
+        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings, relaid_settings],
         extra=extra,
     )

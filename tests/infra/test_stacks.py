@@ -327,3 +327,52 @@ def test_object_access_is_audited(synth: Synth, env: str) -> None:
     (audit,) = resources(_data(synth, env), "google_project_iam_audit_config").values()
     assert audit["service"] == "storage.googleapis.com"
     assert {c["log_type"] for c in audit["audit_log_config"]} == {"DATA_READ", "DATA_WRITE"}
+
+
+def test_renaming_the_lake_layout_in_settings_moves_the_lake_the_batch_and_the_lifecycle(synth: Synth, relaid_settings, tmp_path) -> None:
+    from tenfold.config import build_settings
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.features.dataproc import features_staging_uri
+
+    s, dev = relaid_settings, get_settings("dev")
+    layout, part = s.storage.lake_layout, Partition(2013, 3)
+    assert (layout.staging, layout.quarantine) == ("incoming", "held-back")
+
+    def lifecycle(settings) -> dict[str, int]:
+        (bucket,) = [b for b in resources(synth.stack(settings.infra.data_stack), "google_storage_bucket").values()
+                     if b["name"] == settings.storage.lake_bucket]
+        return {p: r["condition"]["age"] for r in bucket["lifecycle_rule"] for p in r["condition"].get("matches_prefix", [])}
+
+    # 1. the bucket's lifecycle rules
+    assert lifecycle(s) == {"incoming/": layout.staging_retention_days, "held-back/": layout.quarantine_retention_days}
+    assert lifecycle(dev) == {"_staging/": 7, "quarantine/": 30}
+    # 2. the Dataproc batch's staging folder
+    assert features_staging_uri(s, part, 1) == f"{s.storage.lake_uri}/incoming/{s.storage.features_table}/{part.path}/a1"
+    assert features_staging_uri(dev, part, 1) == f"{dev.storage.lake_uri}/_staging/features/{part.path}/a1"
+    # 3. the lake (opened from settings, as every caller does)
+    local = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    lake = Lake.from_settings(local.model_copy(update={"storage": local.storage.model_copy(update={"lake_layout": layout})}))
+    assert lake.uri_of(lake.staging_path("features", part, "k1")) == f"{local.storage.lake_uri}/incoming/features/{part.path}/k1"
+    assert lake.uri_of(lake.quarantine_path("features", part, "k1")) == f"{local.storage.lake_uri}/held-back/features/{part.path}/k1"
+    plain = Lake(local.storage.lake_uri)  # the default layout is the settings' default
+    assert plain.uri_of(plain.staging_path("features", part, "k1")).endswith(f"/_staging/features/{part.path}/k1")
+    assert plain.layout == dev.storage.lake_layout
+
+
+def test_network_tags_and_the_orchestrator_role_come_from_settings(synth: Synth, relaid_settings) -> None:
+    s = relaid_settings
+    stack = synth.stack(s.infra.platform_stack)
+    firewall_tags = {t for r in resources(stack, "google_compute_firewall").values() for t in r.get("target_tags", [])}
+    assert firewall_tags == {"relaid-web", "relaid-admin"}
+    template_tags = {t for r in resources(stack, "google_compute_instance_template").values() for t in r.get("tags", [])}
+    assert template_tags == {"relaid-web", "relaid-admin"}
+    (role,) = resources(stack, "google_project_iam_custom_role").values()
+    assert role["role_id"] == "relaid_conductor"
+    members = [g for g in resources(stack, "google_project_iam_member").values() if "relaid_conductor" in g["role"]]
+    assert members, "the composer account holds the orchestrator role by its settings id"
+    dev = synth.stack(get_settings("dev").infra.platform_stack)
+    (dev_role,) = resources(dev, "google_project_iam_custom_role").values()
+    assert dev_role["role_id"] == get_settings("dev").infra.orchestrator_role_id
+    prod = get_settings("prod")
+    (composer,) = resources(synth.stack(prod.infra.platform_stack), "google_composer_environment").values()
+    assert composer["config"]["node_config"]["service_account"] == prod.service_account_email(prod.service_accounts.composer)

@@ -16,6 +16,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 _PUBSUB = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]*$")
 _SERVICE_ACCOUNT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
 _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+_ROLE_ID = re.compile(r"^[A-Za-z0-9_.]{3,64}$")
 
 
 def check_resource_name(value: str) -> str:
@@ -66,8 +67,16 @@ def check_project_id(value: str) -> str:
     return value
 
 
+def check_role_id(value: str) -> str:
+    """IAM custom role ids: 3-64 letters, digits, '_' or '.' (no '-')."""
+    if not _ROLE_ID.match(value):
+        raise ValueError(f"{value!r} is not a valid IAM custom role id: 3-64 letters, digits, '_' or '.'")
+    return value
+
+
 ResourceName = Annotated[str, AfterValidator(check_resource_name)]
 BucketName = Annotated[str, AfterValidator(check_bucket_name)]
 PubSubName = Annotated[str, AfterValidator(check_pubsub_name)]
 ServiceAccountId = Annotated[str, AfterValidator(check_service_account_id)]
 ProjectId = Annotated[str, AfterValidator(check_project_id)]
+RoleId = Annotated[str, AfterValidator(check_role_id)]

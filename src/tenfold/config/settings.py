@@ -1,7 +1,9 @@
 """Typed settings for each environment: the only place where resource names are spelled.
 
 The environment is chosen once, by ``TENFOLD_ENV`` (``local``, ``dev`` or ``prod``; default
-``local``), in :func:`get_settings`. Everything else receives a :class:`Settings` as an argument.
+``local``), in :func:`get_settings`: the one place that reads ``os.environ``. :func:`build_settings`
+takes the process environment as an explicit mapping (parsed by :class:`EnvironSettings`), so the
+same inputs always give the same settings. Everything else receives a :class:`Settings` as an argument.
 Names are derived from one prefix per environment so that a rename is a one-line change, and every
 name is validated against Google Cloud's naming rules when the settings are built.
 
@@ -15,11 +17,14 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
-from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, ServiceAccountId
+from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
+from tenfold.config.pipelines import PipelineSettings
 
 Env = Literal["local", "dev", "prod"]
 ENVIRONMENTS: tuple[Env, ...] = ("local", "dev", "prod")
@@ -36,6 +41,45 @@ class KmsSettings(_Frozen):
     rotation_period: str = "7776000s"  # 90 days
 
 
+class LakeLayout(_Frozen):
+    """Folders of the lake besides its tables (see :mod:`tenfold.data.lake`), and how long the bucket keeps them.
+
+    The lake, the Dataproc batch and the lake bucket's lifecycle rules all read these, so a rename here
+    moves all three together.
+    """
+
+    staging: str = "_staging"  # <staging>/<table>/year=/month=/<attempt>/: written before validation
+    quarantine: str = "quarantine"  # <quarantine>/<table>/year=/month=/<attempt>/: refused batches
+    staging_retention_days: int = Field(default=7, ge=1)
+    quarantine_retention_days: int = Field(default=30, ge=1)
+
+    @field_validator("staging", "quarantine")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"lake layout folder {value!r}: use one non-empty path segment (no '/')")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LakeLayout:
+        if self.staging == self.quarantine:
+            raise ValueError("lake layout: staging and quarantine must be different folders")
+        return self
+
+    def staging_dir(self, table: str, *parts: str) -> str:
+        """``<staging>/<table>/<parts...>``, relative to the lake root."""
+        return "/".join((self.staging, table, *parts))
+
+    def quarantine_dir(self, table: str, *parts: str) -> str:
+        """``<quarantine>/<table>/<parts...>``, relative to the lake root."""
+        return "/".join((self.quarantine, table, *parts))
+
+    @property
+    def retention_days(self) -> dict[str, int]:
+        """Bucket lifecycle: object-name prefix -> days after which objects under it are deleted."""
+        return {f"{self.staging}/": self.staging_retention_days, f"{self.quarantine}/": self.quarantine_retention_days}
+
+
 class StorageSettings(_Frozen):
     lake_bucket: BucketName
     models_bucket: BucketName
@@ -48,7 +92,22 @@ class StorageSettings(_Frozen):
     # GCS endpoint override; set only for the local emulator.
     emulator_host: str | None = None
     registry_prefix: str = "registry"
+    # The feature table every workload publishes to (the platform's, not a workload's, name).
+    features_table: str = "features"
+    lake_layout: LakeLayout = LakeLayout()
     kms: KmsSettings
+
+    def table_uri(self, table: str) -> str:
+        """The URI of a lake table, e.g. ``gs://<lake bucket>/features``."""
+        return f"{self.lake_uri.rstrip('/')}/{table}"
+
+    def registry_object(self, *parts: str) -> str:
+        """An object name in the models bucket under ``registry_prefix``, e.g. ``registry/aliases/champion``."""
+        return "/".join((self.registry_prefix.strip("/"), *parts))
+
+    def alias_uri(self, alias: str) -> str:
+        """The registry's pointer object for ``alias``: also the Airflow Asset URI of that alias's events."""
+        return f"gs://{self.models_bucket}/{self.registry_object('aliases', alias)}"
 
 
 class SubscriptionSettings(_Frozen):
@@ -85,6 +144,9 @@ class NetworkSettings(_Frozen):
     subnet_cidr: str = "10.10.0.0/20"
     router: ResourceName
     nat: ResourceName
+    # Instance network tags the firewall rules target: serving VMs (health checks, LB) and SSH via IAP.
+    serving_tag: ResourceName
+    ssh_tag: ResourceName
 
 
 class ServiceAccounts(_Frozen):
@@ -106,17 +168,46 @@ class SparkSettings(_Frozen):
     dataproc_code_prefix: str = "code"
 
 
+class AssetUris(_Frozen):
+    """Airflow Asset URIs: the events that chain the DAGs (features -> training -> rollout)."""
+
+    features: str
+    challenger: str
+    champion: str
+
+    @classmethod
+    def of(cls, storage: StorageSettings) -> AssetUris:
+        """Derived, never set: the features table's URI and the registry's alias pointer objects."""
+        return cls(features=storage.table_uri(storage.features_table),
+                   challenger=storage.alias_uri("challenger"), champion=storage.alias_uri("champion"))
+
+
 class AirflowSettings(_Frozen):
     gcp_conn_id: str = "google_cloud_default"
     admin_user: str = "admin"
-    # Asset URIs: the events that chain the DAGs (features -> training -> rollout).
-    features_asset: str
-    challenger_asset: str
-    champion_asset: str
     composer_enabled: bool = False
     composer_environment: ResourceName
     # The DAGs use the Airflow 3 SDK (airflow.sdk), so Composer 3 must run an Airflow 3 build.
     composer_image_version: str = "composer-3-airflow-3.1.0"
+    # The Asset URIs, derived from the storage settings by the Settings that holds this section.
+    _assets: AssetUris | None = PrivateAttr(default=None)
+
+    def _bound(self) -> AssetUris:
+        if self._assets is None:
+            raise AttributeError("Asset URIs derive from the storage settings: read them from a Settings (settings.airflow)")
+        return self._assets
+
+    @property
+    def features_asset(self) -> str:
+        return self._bound().features
+
+    @property
+    def challenger_asset(self) -> str:
+        return self._bound().challenger
+
+    @property
+    def champion_asset(self) -> str:
+        return self._bound().champion
 
 
 class GpuGroupSettings(_Frozen):
@@ -250,25 +341,77 @@ class LocalSettings(_Frozen):
 
 
 LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
+_LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
 
 
-def local_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Fields of :class:`LocalSettings` overridden by ``TENFOLD_LOCAL__<FIELD>`` variables.
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over an explicit mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class EnvironSettings(BaseSettings):
+    """The ``TENFOLD_*`` variables :func:`build_settings` reads, parsed from a given mapping.
+
+    ``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID``, ``TENFOLD_WORKLOAD``, ``TENFOLD_ALERT_EMAIL``,
+    ``TENFOLD_ALERT_WEBHOOK``, ``TENFOLD_ALERT_SMTP_HOST``, ``TENFOLD_ALERT_FILE``, ``TENFOLD_ROOT`` and
+    ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``). Empty values count as
+    unset; other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TENFOLD_", env_nested_delimiter="__", env_ignore_empty=True,
+                                      extra="ignore", frozen=True)
+
+    home: Path | None = None
+    project_id: str | None = None
+    workload: str | None = None
+    alert_email: str | None = None
+    alert_webhook: str | None = None
+    alert_smtp_host: str | None = None
+    alert_file: Path | None = None
+    root: Path | None = None
+    local: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # values come only from the mapping handed to from_environ
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> EnvironSettings:
+        return cls(**_MappingEnvSource(cls, environ)())
+
+    @field_validator("local")
+    @classmethod
+    def _known_local_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name not in _LOCAL_OVERRIDABLE:
+                raise ValueError(
+                    f"{LOCAL_ENV_PREFIX}{name.upper()} names no local setting: use one of "
+                    f"{', '.join(LOCAL_ENV_PREFIX + f.upper() for f in _LOCAL_OVERRIDABLE)}"
+                )
+        return value
+
+
+def local_env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """Fields of :class:`LocalSettings` overridden by ``TENFOLD_LOCAL__<FIELD>`` variables of ``environ``.
 
     Tests and subprocesses (``airflow dags test``, spark-submit) run against their own ports this way,
     e.g. ``TENFOLD_LOCAL__GCS_PORT=14443``, so they never collide with ``make up``; ``TENFOLD_HOME``
     moves the home (``home`` itself is not overridable here).
     """
-    environ = os.environ if environ is None else environ
-    fields = sorted(set(LocalSettings.model_fields) - {"home"})
-    out: dict[str, str] = {}
-    for key, value in environ.items():
-        if key.startswith(LOCAL_ENV_PREFIX):
-            name = key[len(LOCAL_ENV_PREFIX):].lower()
-            if name not in fields:
-                raise ValueError(f"{key} names no local setting: use one of {', '.join(LOCAL_ENV_PREFIX + f.upper() for f in fields)}")
-            out[name] = value
-    return out
+    return dict(EnvironSettings.from_environ(environ).local)
 
 
 class InfraSettings(_Frozen):
@@ -277,6 +420,8 @@ class InfraSettings(_Frozen):
     state_prefix: str
     # Artifact Registry (Docker) repository holding the one tenfold image (serving, training, workers).
     artifact_repository: ResourceName = "tenfold-images"
+    # The custom IAM role the orchestrator (Composer) account holds; role ids allow no '-'.
+    orchestrator_role_id: RoleId
     image_name: str = "tenfold"
     image_tag: str = "latest"
 
@@ -287,6 +432,8 @@ class Settings(_Frozen):
     region: str
     zone: str
     prefix: ResourceName
+    # The workload the pipelines run: the reference one ("flights") or a user's ``module:attribute``.
+    workload: str = "flights"
     storage: StorageSettings
     messaging: MessagingSettings
     network: NetworkSettings
@@ -299,10 +446,33 @@ class Settings(_Frozen):
     monitoring: MonitoringSettings
     infra: InfraSettings
     local: LocalSettings
+    # The DAGs: the months each covers, task bounds and retries (tenfold.pipelines.common.default_args).
+    pipelines: PipelineSettings = PipelineSettings()
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Bind the derived Asset URIs to (a copy of) the airflow section, from this storage section.
+        airflow = self.airflow.model_copy()
+        airflow._assets = AssetUris.of(self.storage)
+        object.__setattr__(self, "airflow", airflow)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """As pydantic's, and the derived names follow an updated section (e.g. a new registry prefix)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.model_post_init(None)
+        return copied
 
     @property
     def is_local(self) -> bool:
         return self.env == "local"
+
+    @property
+    def assets(self) -> AssetUris:
+        """The Airflow Asset URIs (also ``airflow.features_asset`` etc.), derived from ``storage``."""
+        return AssetUris.of(self.storage)
+
+    def service_account_email(self, account_id: str) -> str:
+        """The e-mail of a service account the infrastructure creates in this environment's project."""
+        return f"{account_id}@{self.project_id}.iam.gserviceaccount.com"
 
     @property
     def container_image(self) -> str:
@@ -325,10 +495,10 @@ class Settings(_Frozen):
         return value
 
 
-def project_root() -> Path:
-    """The checkout root (the folder holding pyproject.toml); TENFOLD_ROOT overrides."""
-    if root := os.environ.get("TENFOLD_ROOT"):
-        return Path(root).resolve()
+def project_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The checkout root (the folder holding pyproject.toml); ``TENFOLD_ROOT`` in ``environ`` overrides."""
+    if environ is not None and (root := EnvironSettings.from_environ(environ).root):
+        return root.resolve()
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "pyproject.toml").exists() and (parent / "dags").is_dir():
@@ -347,18 +517,29 @@ def _subscription(prefix: str, name: str, topic: str, **kw: Any) -> Subscription
     )
 
 
-def build_settings(env: Env, *, project_id: str | None = None, prefix: str | None = None, **overrides: Any) -> Settings:
-    """Build the settings of one environment; keyword overrides replace top-level sections or fields.
+def build_settings(
+    env: Env,
+    environ: Mapping[str, str] | None = None,
+    *,
+    project_id: str | None = None,
+    prefix: str | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings of one environment from explicit inputs; keyword overrides replace top-level
+    sections or fields.
 
+    ``environ`` is the process environment to honour (``TENFOLD_*`` variables, see
+    :class:`EnvironSettings`); ``None`` means none at all, so the result depends on the arguments only.
     ``project_id`` defaults to ``TENFOLD_PROJECT_ID`` or a placeholder for synth-only use; every name
     is derived from ``prefix`` (default ``tenfold-<env>``).
     """
     if env not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {env!r}: choose one of {', '.join(ENVIRONMENTS)}")
+    given = EnvironSettings.from_environ(environ or {})
     prefix = prefix or f"tenfold-{env}"
-    project_id = project_id or os.environ.get("TENFOLD_PROJECT_ID") or f"tenfold-{env}-project"
-    local_home = Path(os.environ.get("TENFOLD_HOME") or project_root() / ".tenfold").resolve()
-    local = LocalSettings(home=local_home, **local_env_overrides())  # type: ignore[arg-type]
+    project_id = project_id or given.project_id or f"tenfold-{env}-project"
+    local_home = (given.home or project_root(environ) / ".tenfold").resolve()
+    local = LocalSettings(home=local_home, **given.local)  # type: ignore[arg-type]
     is_local = env == "local"
     prod = env == "prod"
     # Bucket names are global: qualify them by project so two users of Tenfold never collide.
@@ -379,8 +560,6 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
         return GpuGroupSettings(instance_group=f"{prefix}-{role}-mig", instance_template=f"{prefix}-{role}-tmpl", **kw)
 
     gpu = {"accelerator_type": "nvidia-l4", "accelerator_count": 1}
-    # The registry's alias pointers double as the Asset URIs of the challenger and champion events.
-    aliases_uri = f"gs://{bucket}-models/{StorageSettings.model_fields['registry_prefix'].default}/aliases"
     values: dict[str, Any] = dict(
         env=env,
         project_id=project_id,
@@ -406,7 +585,8 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
             emulator_host=f"{local.bind_host}:{local.pubsub_port}" if is_local else None,
         ),
         network=NetworkSettings(
-            network=f"{prefix}-vpc", subnet=f"{prefix}-subnet", router=f"{prefix}-router", nat=f"{prefix}-nat"
+            network=f"{prefix}-vpc", subnet=f"{prefix}-subnet", router=f"{prefix}-router", nat=f"{prefix}-nat",
+            serving_tag=f"{prefix}-serving", ssh_tag=f"{prefix}-ssh",
         ),
         service_accounts=ServiceAccounts(
             serving=f"{prefix}-serving",
@@ -417,9 +597,6 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
         ),
         spark=SparkSettings(dataproc_batch_prefix=f"{prefix}-features"),
         airflow=AirflowSettings(
-            features_asset=(local_home / "lake" / "features").as_uri() if is_local else f"gs://{lake_bucket}/features",
-            challenger_asset=f"{aliases_uri}/challenger",
-            champion_asset=f"{aliases_uri}/champion",
             composer_enabled=prod,
             composer_environment=f"{prefix}-composer",
         ),
@@ -451,23 +628,29 @@ def build_settings(env: Env, *, project_id: str | None = None, prefix: str | Non
                         target_shape="ANY", **gpu),
         ),
         monitoring=MonitoringSettings(
-            notification_email=os.environ.get("TENFOLD_ALERT_EMAIL", f"ml-oncall+{env}@example.com"),
-            alert_webhook_url=os.environ.get("TENFOLD_ALERT_WEBHOOK") or None,
-            alert_smtp_host=os.environ.get("TENFOLD_ALERT_SMTP_HOST") or None,
-            alert_file=os.environ.get("TENFOLD_ALERT_FILE") or None,
+            notification_email=given.alert_email or f"ml-oncall+{env}@example.com",
+            alert_webhook_url=given.alert_webhook,
+            alert_smtp_host=given.alert_smtp_host,
+            alert_file=given.alert_file,
         ),
         infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}",
-                            artifact_repository=f"{prefix}-images"),
+                            artifact_repository=f"{prefix}-images",
+                            orchestrator_role_id=prefix.replace("-", "_") + "_orchestrator"),
         local=local,
     )
+    if given.workload:
+        values["workload"] = given.workload
     values.update(overrides)
     return Settings(**values)
 
 
 @functools.lru_cache(maxsize=8)
 def get_settings(env: str | None = None) -> Settings:
-    """The settings of ``env``, or of ``TENFOLD_ENV`` (default ``local``)."""
+    """The settings of ``env``, or of ``TENFOLD_ENV`` (default ``local``), under this process's environment.
+
+    The one place in Tenfold that reads ``os.environ`` for settings; cached per ``env``.
+    """
     chosen = env or os.environ.get("TENFOLD_ENV", "local")
     if chosen not in ENVIRONMENTS:
         raise ValueError(f"TENFOLD_ENV={chosen!r} is not an environment: choose one of {', '.join(ENVIRONMENTS)}")
-    return build_settings(chosen)  # type: ignore[arg-type]
+    return build_settings(chosen, os.environ)  # type: ignore[arg-type]

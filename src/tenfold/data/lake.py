@@ -7,6 +7,9 @@ Layout under ``settings.storage.lake_uri`` (``file://`` on one machine, ``gs://`
     _staging/<table>/year=2013/month=1/<attempt>/    where a job writes before it is validated
     quarantine/<table>/year=2013/month=1/<attempt>/  a batch that failed validation, kept for triage
 
+(``_staging`` and ``quarantine`` are the defaults of ``settings.storage.lake_layout``, which the
+Dataproc batch and the lake bucket's lifecycle rules read too.)
+
 Publishing copies the staged files into a folder named by their content digest, then writes the
 manifest to a temporary name and moves it over ``_SUCCESS`` (a rename on a local disk, a single
 object write on GCS). A reader sees either the old manifest or the new one, never a mix; a job killed
@@ -30,6 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tenfold.config.settings import LakeLayout
 from tenfold.data.partition import Partition, month_range
 
 if TYPE_CHECKING:
@@ -131,8 +135,9 @@ def _sha256(fs: pafs.FileSystem, path: str) -> str:
 class Lake:
     """Tables of Parquet partitions under one root URI, published atomically with manifests."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, layout: LakeLayout = LakeLayout()) -> None:  # noqa: B008 (frozen, shared default)
         self.uri = uri.rstrip("/")
+        self.layout = layout
         parsed = urlparse(self.uri)
         if parsed.scheme not in ("file", "gs", ""):
             raise LakeError(f"lake URI {uri!r}: use file:// or gs://")
@@ -141,7 +146,7 @@ class Lake:
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
         """The lake of an environment (its URI and layout come from settings)."""
-        return cls(settings.storage.lake_uri)
+        return cls(settings.storage.lake_uri, settings.storage.lake_layout)
 
     # --- layout -------------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -162,10 +167,10 @@ class Lake:
         return self._join(table, part.path, MANIFEST)
 
     def staging_path(self, table: str, part: Partition, attempt: str | None = None) -> str:
-        return self._join("_staging", table, part.path, attempt or uuid.uuid4().hex[:12])
+        return self._join(self.layout.staging_dir(table, part.path, attempt or uuid.uuid4().hex[:12]))
 
     def quarantine_path(self, table: str, part: Partition, attempt: str) -> str:
-        return self._join("quarantine", table, part.path, attempt)
+        return self._join(self.layout.quarantine_dir(table, part.path, attempt))
 
     # --- reading ------------------------------------------------------------------------------------
     def read_manifest(self, table: str, part: Partition) -> Manifest:

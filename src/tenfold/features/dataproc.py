@@ -19,7 +19,6 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.partition import Partition  # not tenfold.data.lake: DAG files import this module
-from tenfold.features.schema import TABLE as FEATURES_TABLE
 
 FEATURES_JOB = "build_features.py"
 PACKAGE_ARCHIVE = "tenfold.zip"
@@ -28,11 +27,6 @@ PACKAGE_ARCHIVE = "tenfold.zip"
 # ending with a letter or digit (https://cloud.google.com/dataproc-serverless/docs/reference/rest/v1/projects.locations.batches/create).
 _BATCH_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
-
-
-def service_account_email(settings: Settings, account_id: str) -> str:
-    """The e-mail of a service account the infrastructure creates in the environment's project."""
-    return f"{account_id}@{settings.project_id}.iam.gserviceaccount.com"
 
 
 def subnetwork_uri(settings: Settings) -> str:
@@ -59,9 +53,12 @@ def features_staging_uri(settings: Settings, part: Partition | str, attempt: int
     """The lake staging folder the job writes one month to, before the quality gate publishes it.
 
     Mirrors :meth:`tenfold.data.lake.Lake.staging_path` without building a filesystem (the DAG calls
-    this while rendering the batch, where no GCS credentials are needed).
+    this while rendering the batch, where no GCS credentials are needed): the same layout
+    (``settings.storage.lake_layout``) and table (``settings.storage.features_table``).
     """
-    return f"{settings.storage.lake_uri.rstrip('/')}/_staging/{FEATURES_TABLE}/{_part(part).path}/a{_attempt(attempt)}"
+    st = settings.storage
+    rel = st.lake_layout.staging_dir(st.features_table, _part(part).path, f"a{_attempt(attempt)}")
+    return f"{st.lake_uri.rstrip('/')}/{rel}"
 
 
 def batch_id(settings: Settings, part: Partition | str, attempt: int | str) -> str:
@@ -112,7 +109,7 @@ def features_batch(
         },
         "environment_config": {
             "execution_config": {
-                "service_account": service_account_email(settings, settings.service_accounts.dataproc),
+                "service_account": settings.service_account_email(settings.service_accounts.dataproc),
                 "subnetwork_uri": subnetwork_uri(settings),
                 "staging_bucket": settings.storage.dataproc_staging_bucket,
             },

@@ -203,14 +203,14 @@ class ModelRegistry:
 
     # --- names --------------------------------------------------------------------------------------
     def _name(self, *parts: str) -> str:
-        return "/".join((self.prefix, *parts))
+        return self.settings.storage.registry_object(*parts)
 
     def version_uri(self, version: str) -> str:
         return f"gs://{self.bucket_name}/{self._name('versions', version)}"
 
     def alias_uri(self, alias: str) -> str:
-        """The pointer object's URI: the same string as the Airflow Asset for that alias."""
-        return f"gs://{self.bucket_name}/{self._name('aliases', alias)}"
+        """The pointer object's URI: the same string as the Airflow Asset for that alias (one function builds both)."""
+        return self.settings.storage.alias_uri(alias)
 
     # --- the precondition probe ---------------------------------------------------------------------
     def _endpoint(self) -> str:

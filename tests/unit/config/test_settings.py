@@ -95,3 +95,145 @@ def test_config_package_is_light():
     code = "import sys, tenfold.config; heavy={'torch','pyspark','pandas','airflow','google.cloud.storage'}; print(sorted(heavy & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- explicit inputs: the environment is a mapping, never read behind the caller's back -------------
+
+
+def test_build_settings_reads_only_the_mapping_it_is_given(monkeypatch, tmp_path):
+    monkeypatch.setenv("TENFOLD_PROJECT_ID", "from-the-process-env")
+    monkeypatch.setenv("TENFOLD_LOCAL__GCS_PORT", "14443")
+    assert build_settings("dev").project_id == "tenfold-dev-project"
+    assert build_settings("local").local.gcs_port == 4443
+    environ = {
+        "TENFOLD_HOME": str(tmp_path),
+        "TENFOLD_PROJECT_ID": "acme-ml-project",
+        "TENFOLD_WORKLOAD": "acme.workload:WORKLOAD",
+        "TENFOLD_ALERT_EMAIL": "oncall@acme.test",
+        "TENFOLD_ALERT_WEBHOOK": "http://127.0.0.1:9/hook",
+        "TENFOLD_ALERT_SMTP_HOST": "smtp.acme.test:25",
+        "TENFOLD_ALERT_FILE": str(tmp_path / "alerts.jsonl"),
+        "TENFOLD_LOCAL__PUBSUB_PORT": "18085",
+        "TENFOLD_UNRELATED": "ignored",
+        "PATH": "/usr/bin",
+    }
+    s = build_settings("local", environ)
+    assert s.project_id == "acme-ml-project" and s.workload == "acme.workload:WORKLOAD"
+    assert s.local.home == tmp_path.resolve() and s.local.pubsub_port == 18085 and s.local.gcs_port == 4443
+    mo = s.monitoring
+    assert (mo.notification_email, mo.alert_webhook_url, mo.alert_smtp_host) == (
+        "oncall@acme.test", "http://127.0.0.1:9/hook", "smtp.acme.test:25")
+    assert mo.alert_file == tmp_path / "alerts.jsonl"
+    # empty means unset, as before
+    empty = build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "", "TENFOLD_ALERT_FILE": ""})
+    assert empty.monitoring.alert_webhook_url is None and empty.monitoring.alert_file is None
+    assert build_settings("dev").workload == "flights"
+
+
+def test_get_settings_is_built_from_the_process_environment(monkeypatch):
+    monkeypatch.setenv("TENFOLD_PROJECT_ID", "from-the-process-env")
+    get_settings.cache_clear()
+    try:
+        assert get_settings("dev").project_id == "from-the-process-env"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_unknown_local_variable_in_the_mapping_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"TENFOLD_LOCAL__GSC_PORT names no local setting.*TENFOLD_LOCAL__GCS_PORT"):
+        build_settings("local", {"TENFOLD_LOCAL__GSC_PORT": "1"})
+    with pytest.raises(ValueError, match="TENFOLD_LOCAL__HOME names no local setting"):
+        build_settings("local", {"TENFOLD_LOCAL__HOME": "/tmp"})
+
+
+def test_project_root_takes_the_mapping(tmp_path):
+    from tenfold.config import project_root
+
+    assert project_root({"TENFOLD_ROOT": str(tmp_path)}) == tmp_path.resolve()
+    assert (project_root() / "pyproject.toml").exists() and project_root({}) == project_root()
+    home = build_settings("local", {"TENFOLD_ROOT": str(tmp_path)}).local.home
+    assert home == tmp_path.resolve() / ".tenfold"
+
+
+def _functions_reading_os_environ(path) -> list[str]:
+    """Names of the functions whose code mentions ``os.environ`` (``<module>`` for code outside any function)."""
+    import ast
+
+    def reads(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ" and getattr(node.value, "id", None) == "os"
+
+    tree = ast.parse(path.read_text())
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    inside = {id(x) for f in funcs for x in ast.walk(f)}
+    found = {f.name for f in funcs for x in ast.walk(f) if reads(x)}
+    if any(reads(x) and id(x) not in inside for x in ast.walk(tree)):
+        found.add("<module>")
+    return sorted(found)
+
+
+def test_only_get_settings_reads_os_environ_for_settings():
+    """build_settings, project_root, the local env helpers, the lake and the Dataproc batch take explicit inputs."""
+    from pathlib import Path
+
+    import tenfold
+
+    src = Path(tenfold.__file__).parent
+    assert _functions_reading_os_environ(src / "config" / "settings.py") == ["get_settings"]
+    for name in ("config/names.py", "local/env.py", "data/lake.py", "features/dataproc.py", "registry/registry.py"):
+        assert _functions_reading_os_environ(src / name) == [], name
+
+
+# --- derived names ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_asset_uris_derive_from_the_lake_the_features_table_and_the_registry(env):
+    s = get_settings(env)
+    assert s.airflow.features_asset == f"{s.storage.lake_uri}/{s.storage.features_table}" == s.assets.features
+    prefix = f"gs://{s.storage.models_bucket}/{s.storage.registry_prefix}/aliases"
+    assert s.airflow.challenger_asset == f"{prefix}/challenger" == s.storage.alias_uri("challenger")
+    assert s.airflow.champion_asset == f"{prefix}/champion" == s.assets.champion
+    assert s.get("airflow.features_asset") == s.airflow.features_asset
+
+
+class _NoStore:
+    def bucket(self, name: str) -> object:
+        return object()
+
+
+def test_an_overridden_registry_prefix_moves_the_assets_with_the_registry():
+    from tenfold.registry.registry import ModelRegistry
+
+    dev = get_settings("dev")
+    built = build_settings("dev", storage=dev.storage.model_copy(update={"registry_prefix": "ml/registry-v2",
+                                                                          "features_table": "features_v2"}))
+    copied = dev.model_copy(update={"storage": built.storage})
+    for s in (built, copied):
+        reg = ModelRegistry(s, client=_NoStore())
+        assert reg.alias_uri("challenger") == s.airflow.challenger_asset
+        assert reg.alias_uri("champion") == s.airflow.champion_asset
+        assert s.airflow.challenger_asset == f"gs://{s.storage.models_bucket}/ml/registry-v2/aliases/challenger"
+        assert s.airflow.features_asset == f"{s.storage.lake_uri}/features_v2"
+        assert reg._name("aliases", "champion") == "ml/registry-v2/aliases/champion"
+    assert copied == built
+    assert dev.airflow.challenger_asset.endswith("/registry/aliases/challenger"), "the original is untouched"
+
+
+def test_tags_role_and_service_account_emails_come_from_settings():
+    s = build_settings("dev", prefix="acme-dev")
+    assert (s.network.serving_tag, s.network.ssh_tag) == ("acme-dev-serving", "acme-dev-ssh")
+    assert s.infra.orchestrator_role_id == "acme_dev_orchestrator"
+    assert s.service_account_email("x-runner") == f"x-runner@{s.project_id}.iam.gserviceaccount.com"
+    with pytest.raises(ValueError, match="custom role id"):
+        build_settings("dev", infra=s.infra.model_copy(update={"orchestrator_role_id": "has-dash"}).model_dump())
+
+
+def test_lake_layout_is_validated():
+    from tenfold.config.settings import LakeLayout
+
+    assert LakeLayout().staging_dir("t", "year=2013", "a1") == "_staging/t/year=2013/a1"
+    assert LakeLayout().retention_days == {"_staging/": 7, "quarantine/": 30}
+    with pytest.raises(ValueError, match="one non-empty path segment"):
+        LakeLayout(staging="a/b")
+    with pytest.raises(ValueError, match="different folders"):
+        LakeLayout(staging="x", quarantine="x")

@@ -28,7 +28,7 @@ def test_local_port_overrides_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
     monkeypatch.setenv("TENFOLD_LOCAL__GCS_PORT", "14443")
     monkeypatch.setenv("TENFOLD_LOCAL__PUBSUB_PORT", "18085")
-    s = build_settings("local")
+    s = build_settings("local", os.environ)
     assert s.local.home == tmp_path.resolve()
     assert s.storage.emulator_host == "http://127.0.0.1:14443"
     assert s.messaging.emulator_host == "127.0.0.1:18085"
@@ -40,7 +40,7 @@ def test_unknown_or_invalid_local_override_is_a_clear_error(monkeypatch):
         local_env_overrides({"TENFOLD_LOCAL__GSC_PORT": "1"})
     monkeypatch.setenv("TENFOLD_LOCAL__GCS_EMULATOR", "minio")
     with pytest.raises(ValueError, match="gcs_emulator"):
-        build_settings("local")
+        build_settings("local", os.environ)
 
 
 def test_settings_env_round_trips_and_does_not_leak(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tenfold.features import schema
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TENFOLD_ALERT_FILE", str(tmp_path / "alerts.jsonl"))
-    return build_settings("local")
+    return build_settings("local", os.environ)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
 import threading
 from types import SimpleNamespace
 
@@ -38,7 +39,7 @@ def test_an_alert_is_logged_and_delivered_to_every_hook(tmp_path, monkeypatch, w
     url, received = webhook
     monkeypatch.setenv("TENFOLD_ALERT_FILE", str(tmp_path / "alerts.jsonl"))
     monkeypatch.setenv("TENFOLD_ALERT_WEBHOOK", url)
-    settings = build_settings("local")
+    settings = build_settings("local", os.environ)
     seen = []
 
     def custom(s, alert):
@@ -67,12 +68,12 @@ def test_an_alert_is_logged_and_delivered_to_every_hook(tmp_path, monkeypatch, w
 def test_no_hooks_by_default(monkeypatch):
     for var in ("TENFOLD_ALERT_FILE", "TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST"):
         monkeypatch.delenv(var, raising=False)
-    assert alerts.configured_hooks(build_settings("local")) == []
+    assert alerts.configured_hooks(build_settings("local", os.environ)) == []
 
 
 def test_the_airflow_callback_alerts_once_per_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("TENFOLD_ALERT_FILE", str(tmp_path / "alerts.jsonl"))
-    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: build_settings("local"))
+    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: build_settings("local", os.environ))
     ti = SimpleNamespace(dag_id="build_features", task_id="build_features", run_id="manual__1", try_number=3)
     alerts.airflow_failure_callback({"task_instance": ti, "run_id": "manual__1", "exception": RuntimeError("spark exit 1")})
     (alert,) = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
