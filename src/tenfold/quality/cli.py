@@ -1,7 +1,7 @@
 """``tenfold quality``: check a published partition against its suite, and find the Data Docs.
 
-* ``tenfold quality check flights --month 2013-01`` (suite ``raw_flights``; ``features`` uses ``features``):
-  runs the suite on the published partition and writes its Data Docs page. Read-only: unlike the DAG's
+* ``tenfold quality check flights --month 2013-01``: the table's suite comes from the workload
+  (``settings.workload``: for flights, ``raw_flights``; the features table uses ``features``); runs it on the published partition and writes its Data Docs page. Read-only: unlike the DAG's
   gate it never quarantines or alerts. Exit code 1 when an expectation fails.
 * ``tenfold quality docs``: where the Data Docs of this environment are (open ``index.html``).
 """
@@ -13,14 +13,22 @@ import typer
 from tenfold.config import get_settings
 
 app = typer.Typer(help="Great Expectations suites and Data Docs of the lake.", no_args_is_help=True)
-SUITES = {"flights": "raw_flights", "features": "features"}
+
+
+def default_suites(settings: object) -> dict[str, str]:
+    """Suite per table: the workload's raw suites, and its features suite for the features table."""
+    from tenfold.workloads import get_workload
+
+    workload = get_workload(settings)
+    features_table = getattr(getattr(settings, "storage", None), "features_table", "features")
+    return {**workload.raw_suites, features_table: workload.features_suite}
 
 
 @app.command("check")
 def check(
     table: str = typer.Argument(..., help="flights or features"),
     month: str = typer.Option(..., help="the partition, YYYY-MM"),
-    suite: str | None = typer.Option(None, help="suite name in expectations/; default: the table's suite"),
+    suite: str | None = typer.Option(None, help="suite name in the workload's suite folder; default: the table's suite"),
 ) -> None:
     """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs."""
     from tenfold.data.lake import Lake, LakeError, Partition
@@ -28,15 +36,17 @@ def check(
     from tenfold.quality.suites import SuiteError
 
     settings = get_settings()
+    suites: dict[str, str] = {}
     try:
-        name = suite or SUITES[table]
+        suites = default_suites(settings)
+        name = suite or suites[table]
         part = Partition.parse(month)
         lake = Lake.from_settings(settings)
         frame = to_frame(read_batch(lake, lake.files(table, part, verify=True)))
         report = run_suite(settings, frame, table=table, part=part, suite_name=name,
                            batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli")
     except KeyError as exc:
-        typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(SUITES)})", err=True)
+        typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(suites)})", err=True)
         raise typer.Exit(2) from exc
     except (ValueError, LakeError, SuiteError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)

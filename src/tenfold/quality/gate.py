@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
 from tenfold.monitoring.alerts import send_alert
-from tenfold.quality.suites import load_suite, partition_parameters
+from tenfold.quality.suites import expectations_dir, load_suite, partition_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,7 +123,7 @@ class ValidationFailed(RuntimeError):
         super().__init__(
             f"{report.summary()}\nNothing was published.{where}{docs} Fix the input or the job for "
             f"{report.partition} and re-run it; if a bound is wrong rather than the data, change it in "
-            f"expectations/{report.suite}.json."
+            f"{report.suite}.json in the workload's suite folder (expectations/ for flights)."
         )
 
 
@@ -269,7 +269,7 @@ def run_suite(
     import great_expectations as gx
 
     context = _context(settings, docs=docs)
-    suite = context.suites.add(load_suite(suite_name))
+    suite = context.suites.add(load_suite(suite_name, expectations_dir(settings)))
     asset = context.data_sources.add_pandas("lake").add_dataframe_asset(f"{table}_{part.label}")
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{table}_{part.label}_{suite_name}", data=asset.add_batch_definition_whole_dataframe("month"), suite=suite)

@@ -1,4 +1,7 @@
-"""Great Expectations suites stored as JSON in ``expectations/`` (one file per suite), and their parameters.
+"""Great Expectations suites stored as JSON (one file per suite) in the workload's folder, and their parameters.
+
+The folder is the workload's ``expectations_dir`` (``expectations/`` at the checkout root for the
+reference workload); ``TENFOLD_EXPECTATIONS_DIR`` overrides it (an installed package).
 
 A suite file is GX 1.x's own serialisation (``{"name", "expectations": [{"type", "kwargs"}], "meta"}``),
 so it can be edited by hand or produced with GX. Values that depend on the month being checked are
@@ -19,8 +22,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenfold.config.settings import project_root
 from tenfold.data.lake import Partition
+from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -33,10 +36,14 @@ class SuiteError(ValueError):
     """A suite file is missing or malformed; the message names the file and the fix."""
 
 
-def expectations_dir() -> Path:
-    """``expectations/`` at the checkout root; ``TENFOLD_EXPECTATIONS_DIR`` overrides (an installed package)."""
+def expectations_dir(workload: Any = "flights") -> Path:
+    """The suite folder of ``workload`` (a workload, its name or a settings object); ``TENFOLD_EXPECTATIONS_DIR`` overrides."""
     override = os.environ.get(EXPECTATIONS_ENV)
-    return Path(override) if override else project_root() / "expectations"
+    if override:
+        return Path(override)
+    if isinstance(workload, str) or not hasattr(workload, "expectations_dir"):
+        workload = get_workload(workload)
+    return Path(workload.expectations_dir)
 
 
 def suite_path(name: str, root: Path | None = None) -> Path:

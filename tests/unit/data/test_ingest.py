@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tenfold.data import nycflights13
 from tenfold.data.ingest import IngestError, ingest_month
 from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.workloads.flights import sources as nycflights13
 
 JAN = Partition(2013, 1)
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tenfold.data import nycflights13
+from tenfold.workloads.flights import sources as nycflights13
 
 
 @pytest.fixture(scope="module")

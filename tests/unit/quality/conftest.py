@@ -20,7 +20,8 @@ import pytest
 
 from tenfold.config import Settings, build_settings
 from tenfold.data.lake import Lake, Partition
-from tenfold.features import schema
+from tenfold.features.job import FEATURES_TABLE
+from tenfold.workloads.flights import contract as schema
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def features_table(part: Partition, rows: int = 24_000, seed: int = 7) -> pa.Tab
     }
     arrays = {name: pa.array(value) if not isinstance(value, pa.Array) else value for name, value in columns.items()}
     arrays["arr_delay"] = pa.array(columns["arr_delay"], from_pandas=True)  # NaN -> null, as Spark writes it
-    return pa.table(arrays).cast(schema.arrow_schema())
+    return pa.table(arrays).cast(schema.CONTRACT.arrow_schema())
 
 
 def with_column(table: pa.Table, name: str, values: pa.Array | np.ndarray | list) -> pa.Table:
@@ -119,7 +120,7 @@ def stage(lake: Lake) -> Callable[[pa.Table, Partition, str], str]:
     """Write ``table`` as the staged features batch ``attempt`` of ``part``; returns its URI."""
 
     def write(table: pa.Table, part: Partition, attempt: str = "a1") -> str:
-        path = lake.staging_path(schema.TABLE, part, attempt)
+        path = lake.staging_path(FEATURES_TABLE, part, attempt)
         lake.fs.create_dir(path, recursive=True)
         pq.write_table(table, f"{path}/part-00000.parquet", filesystem=lake.fs)
         return lake.uri_of(path)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from tenfold.cli import app
 from tenfold.data.lake import Partition
-from tenfold.features import schema
+from tenfold.features.job import FEATURES_TABLE
 
 from .conftest import features_table, with_column
 
@@ -16,7 +16,7 @@ def test_check_reports_without_side_effects(settings, lake, stage, alerts, monke
     monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
     part = Partition(2013, 4)
     table = features_table(part, rows=21_000)
-    lake.publish(schema.TABLE, part, stage(table, part, "ok"), run_id="r")
+    lake.publish(FEATURES_TABLE, part, stage(table, part, "ok"), run_id="r")
     runner = CliRunner()
     ok = runner.invoke(app, ["quality", "check", "features", "--month", "2013-04"])
     assert ok.exit_code == 0, ok.output
@@ -24,11 +24,11 @@ def test_check_reports_without_side_effects(settings, lake, stage, alerts, monke
     assert "Data Docs: file://" in ok.output
 
     bad = with_column(table, "origin", pa.array(["ZZZ"] * table.num_rows))
-    lake.publish(schema.TABLE, part, stage(bad, part, "bad"), run_id="r2")
+    lake.publish(FEATURES_TABLE, part, stage(bad, part, "bad"), run_id="r2")
     refused = runner.invoke(app, ["quality", "check", "features", "--month", "2013-04"])
     assert refused.exit_code == 1
     assert "expect_column_values_to_be_in_set(origin)" in refused.output
-    assert lake.has_manifest(schema.TABLE, part) and alerts() == []  # read-only: no quarantine, no alert
+    assert lake.has_manifest(FEATURES_TABLE, part) and alerts() == []  # read-only: no quarantine, no alert
 
     missing = runner.invoke(app, ["quality", "check", "features", "--month", "2013-09"])
     assert missing.exit_code == 2 and "never" in missing.output

@@ -14,12 +14,15 @@ import pytest
 
 from tenfold.data.ingest import publish_table
 from tenfold.data.lake import LakeError, Partition
-from tenfold.data.nycflights13 import read as read_source
-from tenfold.features import schema
-from tenfold.pipelines.build_features import FEATURES_SUITE, RAW_SUITE
+from tenfold.features.job import FEATURES_TABLE
 from tenfold.quality.gate import READ_CHECK, ValidationFailed, validate_partition, validate_published
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.sources import read as read_source
 
 from .conftest import features_table, with_column
+
+FEATURES_SUITE = WORKLOAD.features_suite
+RAW_SUITE = WORKLOAD.raw_suites["flights"]
 
 MARCH = Partition(2013, 3)
 
@@ -36,13 +39,13 @@ def _docs_page(report) -> Path:
 
 def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
     uri = stage(features_table(MARCH), MARCH)
-    report = validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+    report = validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
     assert report.success, report.summary()
     assert report.rows == 24_000 and report.evaluated > 50 and not report.failures
     assert _docs_page(report).is_file()
     assert str(settings.local.home / "data_docs") in report.data_docs
     assert lake.fs.get_file_info(lake._path(uri)).type.name == "Directory"  # left for publish
-    assert not lake.has_manifest(schema.TABLE, MARCH)  # validating never publishes
+    assert not lake.has_manifest(FEATURES_TABLE, MARCH)  # validating never publishes
     assert alerts() == []
 
 
@@ -59,7 +62,7 @@ def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stag
     uri = stage(drifted, MARCH, "drift1")
 
     with pytest.raises(ValidationFailed) as caught:
-        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
 
     report = caught.value.report
     assert sorted(report.failed_expectations) == [
@@ -73,20 +76,20 @@ def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stag
     assert label.observed > 0.8
     assert next(o for o in report.failures if o.column == "distance").unexpected_count == 40
     # quarantined with the reason, staging gone, nothing published, docs written, one alert
-    reason = _quarantine_reason(lake, schema.TABLE, MARCH, "drift1")
+    reason = _quarantine_reason(lake, FEATURES_TABLE, MARCH, "drift1")
     assert sorted(reason["failed_expectations"]) == sorted(report.failed_expectations)
     assert report.quarantine_uri.endswith("quarantine/features/year=2013/month=3/drift1")
     assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"
-    assert lake.fs.get_file_info(lake.quarantine_path(schema.TABLE, MARCH, "drift1") + "/part-00000.parquet").size > 0
-    assert not lake.has_manifest(schema.TABLE, MARCH)
+    assert lake.fs.get_file_info(lake.quarantine_path(FEATURES_TABLE, MARCH, "drift1") + "/part-00000.parquet").size > 0
+    assert not lake.has_manifest(FEATURES_TABLE, MARCH)
     assert _docs_page(report).is_file()
     (alert,) = alerts()
     assert "features 2013-03" in alert["title"] and "expect_column_mean_to_be_between(label)" in alert["details"]["failed"]
     assert caught.value.alerted
     # validating the refused batch again keeps the first verdict instead of quarantining "nothing"
     with pytest.raises(LakeError, match="already refused"):
-        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
-    assert sorted(_quarantine_reason(lake, schema.TABLE, MARCH, "drift1")["failed_expectations"]) == sorted(report.failed_expectations)
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert sorted(_quarantine_reason(lake, FEATURES_TABLE, MARCH, "drift1")["failed_expectations"]) == sorted(report.failed_expectations)
 
 
 def test_a_stale_or_short_month_fails_freshness(settings, stage):
@@ -98,7 +101,7 @@ def test_a_stale_or_short_month_fails_freshness(settings, stage):
     stale = with_column(short, "time_hour", pa.array(late, pa.timestamp("us", tz="UTC")))
     uri = stage(stale, MARCH, "stale1")
     with pytest.raises(ValidationFailed) as caught:
-        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
     assert sorted(caught.value.report.failed_expectations) == [
         "expect_column_distinct_values_to_equal_set(day)",
         "expect_column_values_to_be_between(time_hour)",
@@ -115,7 +118,7 @@ def test_duplicated_rows_and_a_broken_label_contract_fail(settings, stage):
     broken = with_column(with_column(twice, "cancelled", cancelled), "label", label)
     uri = stage(broken, MARCH, "dup1")
     with pytest.raises(ValidationFailed) as caught:
-        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
     assert sorted(caught.value.report.failed_expectations) == [
         "expect_column_pair_values_to_be_in_set",
         "expect_compound_columns_to_be_unique",
@@ -130,12 +133,12 @@ def test_a_truncated_staged_file_is_refused(settings, lake, stage, alerts):
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValidationFailed) as caught:
-        validate_partition(settings, schema.TABLE, MARCH, uri, FEATURES_SUITE)
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
     report = caught.value.report
     assert report.failed_expectations == [READ_CHECK]
     assert "Parquet" in report.failures[0].error or "parquet" in report.failures[0].error
-    assert _quarantine_reason(lake, schema.TABLE, MARCH, "trunc1")["failed_expectations"] == [READ_CHECK]
-    assert not lake.has_manifest(schema.TABLE, MARCH)
+    assert _quarantine_reason(lake, FEATURES_TABLE, MARCH, "trunc1")["failed_expectations"] == [READ_CHECK]
+    assert not lake.has_manifest(FEATURES_TABLE, MARCH)
     assert len(alerts()) == 1
 
 

