@@ -152,7 +152,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         # Earlier months only when not published (never ingested, or withdrawn to quarantine by an
         # earlier run): a published month is left as it is, so the gate below sees what the job reads.
         if month == part or not all(lake.has_manifest(t, month) for t in inputs):
-            ingest_month(lake, month, run_id=run.run_id)
+            ingest_month(lake, month, run_id=run.run_id, workload=workload)
             ingested.append(month.label)
     refused: list[ValidationReport] = []
     checked = []
