@@ -69,24 +69,24 @@ def run(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[dict[
 def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tmp_path: Path) -> None:
     reg = ModelRegistry(settings)
     ev1, r1, d1 = run(settings, "manual__1", model(tmp_path, 0.70))
-    assert ev1["champion"] is None
+    assert ev1.champion is None
     assert d1["promote"] and d1["champion_version"] is None
     assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
 
     ev2, r2, d2 = run(settings, "manual__2", model(tmp_path, 0.75))
     # The champion's score is 0.70, read from the champion version's own files: had the pipeline scored
     # the challenger twice, it would be 0.75 and the gate would have refused the self-comparison.
-    assert ev2["champion"] == {"version": r1.version, "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
+    assert ev2.champion == {"version": r1.version, "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
     assert d2["champion_version"] == r1.version and d2["challenger_version"] == r2.version
     assert d2["champion"]["auc"] == 0.70 and d2["challenger"]["auc"] == 0.75
     assert d2["promote"] and reg.resolve(CHAMPION) == r2.version
 
     ev3, r3, d3 = run(settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
-    assert ev3["champion"]["version"] == r2.version and ev3["champion"]["metrics"]["auc"] == 0.75
+    assert ev3.champion["version"] == r2.version and ev3.champion["metrics"]["auc"] == 0.75
     assert not d3["promote"] and d3["checks"]["beats_champion"] is False
-    assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r3["version"]
+    assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r3.version
     # Each decision is kept with the version it judged.
-    assert reg.decisions(r3["version"])["manual__3"]["champion_version"] == r2.version
+    assert reg.decisions(r3.version)["manual__3"]["champion_version"] == r2.version
     assert [h.version for h in reg.alias_history(CHAMPION)] == [r1.version, r2.version]
 
 
