@@ -42,7 +42,7 @@ from tenfold.pipelines.common import date_range, default_args, run_step, task_ti
 
 DAG_ID = "build_features"
 settings = get_settings()
-FEATURES = Asset(settings.airflow.features_asset)
+FEATURES = Asset(settings.assets.features)
 START, END = date_range(settings, DAG_ID)
 TASK_TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
 

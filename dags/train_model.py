@@ -39,8 +39,8 @@ from tenfold.pipelines.common import default_args, run_step, task_timeout_s
 
 DAG_ID = "train_model"
 settings = get_settings()
-FEATURES = Asset(settings.airflow.features_asset)
-CHALLENGER = Asset(settings.airflow.challenger_asset)
+FEATURES = Asset(settings.assets.features)
+CHALLENGER = Asset(settings.assets.challenger)
 
 
 @dag(

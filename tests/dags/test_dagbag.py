@@ -153,7 +153,7 @@ def owned_literals() -> dict[str, re.Pattern[str]]:
         s = get_settings(env)
         dump = s.model_dump(mode="json")
         names |= {v for v in _strings(dump) if s.prefix in v}  # buckets, topics, subscriptions, stacks, tags, ...
-        names |= {s.airflow.features_asset, s.airflow.challenger_asset, s.airflow.champion_asset, s.storage.lake_uri}
+        names |= {s.assets.features, s.assets.challenger, s.assets.champion, s.storage.lake_uri}
         names |= {s.network.serving_tag, s.network.ssh_tag, s.infra.orchestrator_role_id}
         folders |= {s.storage.lake_layout.staging, s.storage.lake_layout.quarantine}
         tables.add(s.storage.features_table)
@@ -172,7 +172,7 @@ def test_the_owned_literals_cover_what_matters():
     for env in ENVIRONMENTS:
         s = get_settings(env)
         for name in (s.storage.lake_bucket, s.messaging.requests_topic, s.messaging.subscriptions["requests"].name,
-                     s.infra.data_stack, s.airflow.features_asset, s.airflow.champion_asset,
+                     s.infra.data_stack, s.assets.features, s.assets.champion,
                      s.network.serving_tag, s.network.ssh_tag, s.infra.orchestrator_role_id,
                      s.storage.lake_layout.staging, s.storage.lake_layout.quarantine, s.storage.features_table):
             assert name in owned
@@ -239,7 +239,7 @@ def test_the_scan_finds_planted_layout_tags_role_and_asset_literals(tmp_path):
         "serving_tag": f'TAGS = ["{dev.network.serving_tag}"]',
         "ssh_tag": f'SSH = "{dev.network.ssh_tag}"',
         "role": f'ROLE = "projects/p/roles/{dev.infra.orchestrator_role_id}"',
-        "asset": f'CHAMPION = "{dev.airflow.champion_asset}"',
+        "asset": f'CHAMPION = "{dev.assets.champion}"',
     }
     fine = [
         f'MSG = "the batch moved to {layout.quarantine}; see the report"',

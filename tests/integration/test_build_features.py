@@ -85,7 +85,7 @@ def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, f
     assert docs, "no Data Docs page for the features validation"
     assert runner.alerts() == []
     # the features Asset event that train_model consumes, with the month it carries
-    assert asset_events(runner.env, runner.settings.airflow.features_asset) == [{"month": "2013-02", "rows": FEB_FLIGHTS}]
+    assert asset_events(runner.env, runner.settings.assets.features) == [{"month": "2013-02", "rows": FEB_FLIGHTS}]
 
 
 
@@ -127,7 +127,7 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_
     assert "ALERT" in out
     # the published February features were not touched, and no new features event was emitted
     assert lake.read_manifest(schema.TABLE, FEB).content == features_before.content
-    assert len(asset_events(runner.env, runner.settings.airflow.features_asset)) == 1
+    assert len(asset_events(runner.env, runner.settings.assets.features)) == 1
 
 
 def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_features(runner: Runner, february: str) -> None:

@@ -68,7 +68,7 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
-    assert asset_events(airflow_env, local_settings.airflow.challenger_asset)[-1] == {
+    assert asset_events(airflow_env, local_settings.assets.challenger)[-1] == {
         "version": v1.version, "promoted": d1["promote"], "champion": champion_after_first}
 
     # Run 2: another seed on one rank (a different trajectory, so a different version), fewer steps.
@@ -85,4 +85,4 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert decision.champion is not None and decision.champion.holdout == decision.challenger.holdout
     assert "beats_champion" in decision.checks
     assert reg.resolve(CHAMPION) == (v2.version if decision.promote else champion_after_first)
-    assert asset_events(airflow_env, local_settings.airflow.challenger_asset)[-1]["version"] == v2.version
+    assert asset_events(airflow_env, local_settings.assets.challenger)[-1]["version"] == v2.version

@@ -137,7 +137,7 @@ def test_alias_moves(registry_settings: Settings, make_model_dir: ModelDirFactor
     assert {k: p.version for k, p in reg.aliases().items()} == {"champion": b, "challenger": b}
     assert [(h.seq, h.version, h.action) for h in reg.alias_history(CHAMPION)] == [(1, a, "promote"), (2, b, "promote")]
     # The pointer object is what the Airflow Asset names.
-    assert reg.alias_uri("challenger") == registry_settings.airflow.challenger_asset.replace("/registry/", f"/{reg.prefix}/")
+    assert reg.alias_uri("challenger") == registry_settings.assets.challenger.replace("/registry/", f"/{reg.prefix}/")
     with pytest.raises(ValueError, match="alias name"):
         reg.set_alias("Champion!", a)
 

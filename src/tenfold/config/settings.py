@@ -17,9 +17,9 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -189,25 +189,6 @@ class AirflowSettings(_Frozen):
     composer_environment: ResourceName
     # The DAGs use the Airflow 3 SDK (airflow.sdk), so Composer 3 must run an Airflow 3 build.
     composer_image_version: str = "composer-3-airflow-3.1.0"
-    # The Asset URIs, derived from the storage settings by the Settings that holds this section.
-    _assets: AssetUris | None = PrivateAttr(default=None)
-
-    def _bound(self) -> AssetUris:
-        if self._assets is None:
-            raise AttributeError("Asset URIs derive from the storage settings: read them from a Settings (settings.airflow)")
-        return self._assets
-
-    @property
-    def features_asset(self) -> str:
-        return self._bound().features
-
-    @property
-    def challenger_asset(self) -> str:
-        return self._bound().challenger
-
-    @property
-    def champion_asset(self) -> str:
-        return self._bound().champion
 
 
 class GpuGroupSettings(_Frozen):
@@ -449,25 +430,13 @@ class Settings(_Frozen):
     # The DAGs: the months each covers, task bounds and retries (tenfold.pipelines.common.default_args).
     pipelines: PipelineSettings = PipelineSettings()
 
-    def model_post_init(self, context: Any, /) -> None:
-        # Bind the derived Asset URIs to (a copy of) the airflow section, from this storage section.
-        airflow = self.airflow.model_copy()
-        airflow._assets = AssetUris.of(self.storage)
-        object.__setattr__(self, "airflow", airflow)
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """As pydantic's, and the derived names follow an updated section (e.g. a new registry prefix)."""
-        copied = super().model_copy(update=update, deep=deep)
-        copied.model_post_init(None)
-        return copied
-
     @property
     def is_local(self) -> bool:
         return self.env == "local"
 
     @property
     def assets(self) -> AssetUris:
-        """The Airflow Asset URIs (also ``airflow.features_asset`` etc.), derived from ``storage``."""
+        """The Airflow Asset URIs (features, challenger, champion), derived from ``storage``, never set."""
         return AssetUris.of(self.storage)
 
     def service_account_email(self, account_id: str) -> str:

@@ -189,11 +189,11 @@ def test_only_get_settings_reads_os_environ_for_settings():
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_asset_uris_derive_from_the_lake_the_features_table_and_the_registry(env):
     s = get_settings(env)
-    assert s.airflow.features_asset == f"{s.storage.lake_uri}/{s.storage.features_table}" == s.assets.features
+    assert s.assets.features == f"{s.storage.lake_uri}/{s.storage.features_table}"
     prefix = f"gs://{s.storage.models_bucket}/{s.storage.registry_prefix}/aliases"
-    assert s.airflow.challenger_asset == f"{prefix}/challenger" == s.storage.alias_uri("challenger")
-    assert s.airflow.champion_asset == f"{prefix}/champion" == s.assets.champion
-    assert s.get("airflow.features_asset") == s.airflow.features_asset
+    assert s.assets.challenger == f"{prefix}/challenger" == s.storage.alias_uri("challenger")
+    assert s.assets.champion == f"{prefix}/champion" == s.storage.alias_uri("champion")
+    assert s.get("assets.features") == s.assets.features
 
 
 class _NoStore:
@@ -210,13 +210,13 @@ def test_an_overridden_registry_prefix_moves_the_assets_with_the_registry():
     copied = dev.model_copy(update={"storage": built.storage})
     for s in (built, copied):
         reg = ModelRegistry(s, client=_NoStore())
-        assert reg.alias_uri("challenger") == s.airflow.challenger_asset
-        assert reg.alias_uri("champion") == s.airflow.champion_asset
-        assert s.airflow.challenger_asset == f"gs://{s.storage.models_bucket}/ml/registry-v2/aliases/challenger"
-        assert s.airflow.features_asset == f"{s.storage.lake_uri}/features_v2"
+        assert reg.alias_uri("challenger") == s.assets.challenger
+        assert reg.alias_uri("champion") == s.assets.champion
+        assert s.assets.challenger == f"gs://{s.storage.models_bucket}/ml/registry-v2/aliases/challenger"
+        assert s.assets.features == f"{s.storage.lake_uri}/features_v2"
         assert reg._name("aliases", "champion") == "ml/registry-v2/aliases/champion"
     assert copied == built
-    assert dev.airflow.challenger_asset.endswith("/registry/aliases/challenger"), "the original is untouched"
+    assert dev.assets.challenger.endswith("/registry/aliases/challenger"), "the original is untouched"
 
 
 def test_tags_role_and_service_account_emails_come_from_settings():

@@ -60,7 +60,7 @@ def dag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_schedule_is_the_features_asset_or_weekly(dag: dict[str, Any]) -> None:
     settings = get_settings()
     assert dag["asset_or_time"] is True
-    assert dag["asset"] == settings.airflow.features_asset
+    assert dag["asset"] == settings.assets.features
     assert dag["cron"] == settings.training.retrain_cron
     assert dag["catchup"] is False and dag["max_active_runs"] == 1
     assert "champion" in dag["doc_md"]
@@ -69,7 +69,7 @@ def test_schedule_is_the_features_asset_or_weekly(dag: dict[str, Any]) -> None:
 def test_tasks_and_the_challenger_asset(dag: dict[str, Any]) -> None:
     settings = get_settings()
     assert dag["order"] == ["plan", "train", "evaluate", "register", "gate"]
-    assert dag["gate_outlets"] == [settings.airflow.challenger_asset]
+    assert dag["gate_outlets"] == [settings.assets.challenger]
     assert dag["gate_upstream"] == ["evaluate", "plan", "register"]
     assert all(r >= 1 for r in dag["retries"].values())
     assert dag["train_timeout"] >= settings.training.job_timeout_s
