@@ -102,7 +102,8 @@ def features_batch(
             "main_python_file_uri": staged_uri(settings, FEATURES_JOB),
             "python_file_uris": [staged_uri(settings, PACKAGE_ARCHIVE)],
             "args": ["--lake-uri", settings.storage.lake_uri, "--month", month.label,
-                     "--workload", getattr(settings, "workload", "flights"), "--output", out],
+                     "--workload", settings.workload, "--features-table", settings.storage.features_table,
+                     "--output", out],
         },
         "runtime_config": {
             "version": settings.spark.dataproc_runtime_version,

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tenfold.config.settings import StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import rewrite_reproducibly
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
@@ -40,11 +41,8 @@ log = logging.getLogger("tenfold.features.job")
 FAIL_ONCE_CONF = "spark.tenfold.failOnceMarker"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-# The platform's name of the features table (Settings.storage.features_table's default).
-FEATURES_TABLE = "features"
-# Transitional: the flights workload's sources.history_months, for pipelines.build_features until it
-# reads get_workload(settings).sources.history_months; the job itself takes the workload's.
-DEFAULT_HISTORY_MONTHS = 12
+# The platform's name of the features table when --features-table is not given: the settings' default.
+FEATURES_TABLE: str = StorageSettings.model_fields["features_table"].default
 
 # Session settings the output depends on; set here rather than trusted to the cluster's defaults.
 SESSION_CONF = {
@@ -94,11 +92,8 @@ def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
     return [lake.uri_of(path) for part in parts for path in lake.files(table, part, verify=True)]
 
 
-def history_parts(lake: Lake, part: Partition, months: int, table: str | None = "flights") -> list[Partition]:
-    """Published ``table`` partitions among the ``months`` months strictly before ``part`` (none without a table).
-
-    ``table``'s default is the flights workload's history table, for callers written before the seam.
-    """
+def history_parts(lake: Lake, part: Partition, months: int, table: str | None) -> list[Partition]:
+    """Published ``table`` partitions among the ``months`` months strictly before ``part`` (none without a table)."""
     if table is None:
         return []
     earliest = part
@@ -165,7 +160,7 @@ def run(
     """
     workload = workload or get_workload(getattr(args, "workload", "flights"))
     contract = workload.contract
-    table_name = getattr(args, "features_table", FEATURES_TABLE)
+    table_name = args.features_table
     part: Partition = args.month
     lake = Lake(args.lake_uri)
     history = list(inputs.history)

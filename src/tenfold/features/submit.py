@@ -61,8 +61,8 @@ def spark_submit_command(
         "--month", part.label,
         "--output", output_uri,
         # The job runs in a fresh process without the settings: it learns the workload from its argv.
-        "--workload", getattr(settings, "workload", "flights"),
-        "--features-table", getattr(settings.storage, "features_table", "features"),
+        "--workload", settings.workload,
+        "--features-table", settings.storage.features_table,
     ]
     if publish:
         cmd.append("--publish")

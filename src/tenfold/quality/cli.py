@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import Settings, get_settings
 
 app = typer.Typer(help="Great Expectations suites and Data Docs of the lake.", no_args_is_help=True)
 
 
-def default_suites(settings: object) -> dict[str, str]:
+def default_suites(settings: Settings) -> dict[str, str]:
     """Suite per table: the workload's raw suites, and its features suite for the features table."""
     from tenfold.workloads import get_workload
 
     workload = get_workload(settings)
-    features_table = getattr(getattr(settings, "storage", None), "features_table", "features")
-    return {**workload.raw_suites, features_table: workload.features_suite}
+    return {**workload.raw_suites, settings.storage.features_table: workload.features_suite}
 
 
 @app.command("check")

@@ -189,7 +189,7 @@ def _missing(obj: object, name: str) -> bool:
 
 def get_workload(spec: str | Any = "flights") -> Workload:
     """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
-    name = spec if isinstance(spec, str) else getattr(spec, "workload", "flights")
+    name = spec if isinstance(spec, str) else spec.workload
     if name in _LOADED:
         return _LOADED[name]
     target = BUILTIN.get(name, name)

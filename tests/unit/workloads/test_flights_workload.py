@@ -37,7 +37,9 @@ def test_flights_satisfies_the_protocol() -> None:
 
 def test_settings_choose_the_workload() -> None:
     assert get_workload(SimpleNamespace(workload="flights")) is WORKLOAD
-    assert get_workload(SimpleNamespace()) is WORKLOAD  # settings from before the field existed
+    from tenfold.config import get_settings
+
+    assert get_workload(get_settings("dev")) is WORKLOAD  # the default of settings.workload
 
 
 def test_flights_sources_read_the_installed_package() -> None:
@@ -111,10 +113,9 @@ def test_contract_refuses_columns_out_of_order() -> None:
                         column_types={"x": "float64", "k": "int32", "y": "int32"})
 
 
-def test_the_transitional_history_default_is_the_workloads() -> None:
-    from tenfold.features.job import DEFAULT_HISTORY_MONTHS, parse_args
+def test_the_jobs_history_default_is_the_workloads() -> None:
+    from tenfold.features.job import parse_args
 
-    assert WORKLOAD.sources.history_months == DEFAULT_HISTORY_MONTHS
     args = parse_args(["--lake-uri", "file:///l", "--month", "2013-02", "--output", "file:///o"])
     assert args.workload == "flights" and args.history_months == WORKLOAD.sources.history_months
 
