@@ -34,12 +34,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tenfold.config import build_settings
-from tenfold.data import nycflights13
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, month_range
-from tenfold.features import schema
 from tenfold.training.config import TrainConfig
 from tenfold.training.evaluate import calibration_text, evaluate_with_baselines
 from tenfold.training.launch import run_torchrun
+from tenfold.workloads.flights import sources as nycflights13
+from tenfold.workloads.flights.contract import CONTRACT
 
 RESULTS = Path(__file__).parent / "results" / "training.md"
 TRAIN, HOLDOUT = ("2013-01", "2013-09"), ("2013-10", "2013-12")
@@ -65,7 +66,7 @@ def publish_real_features(lake: Lake, root: Path) -> int:
         staged = root / "staged" / part.label
         staged.mkdir(parents=True)
         con.execute(feats.duckdb_sql(paths, str(staged / "part-00000.parquet")))
-        rows += lake.publish(schema.TABLE, part, str(staged), run_id="bench-duckdb", extra=schema.manifest_extra(source="duckdb")).rows
+        rows += lake.publish(FEATURES_TABLE, part, str(staged), run_id="bench-duckdb", extra=CONTRACT.manifest_extra(source="duckdb")).rows
     return rows
 
 

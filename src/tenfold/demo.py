@@ -22,10 +22,9 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features.schema import FEATURES_VERSION, VERSION_KEY
-from tenfold.features.schema import TABLE as FEATURES
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
+from tenfold.workloads import VERSION_KEY, get_workload
 
 BUILD, TRAIN = "build_features", "train_model"
 FEATURE_TIMEOUT_S = 30 * 60  # per month, at worst, on a busy 2-core machine
@@ -43,16 +42,17 @@ def _api(settings: Settings) -> AirflowApi:
     return AirflowApi(airflow_url(settings), settings.airflow.admin_user, password)
 
 
-def _current(lake: Lake, part: Partition) -> bool:
+def _current(settings: Settings, lake: Lake, part: Partition) -> bool:
     """Published, by this code's feature definition."""
-    if not lake.has_manifest(FEATURES, part):
+    table = settings.storage.features_table
+    if not lake.has_manifest(table, part):
         return False
-    return lake.read_manifest(FEATURES, part).extra.get(VERSION_KEY) == FEATURES_VERSION
+    return lake.read_manifest(table, part).extra.get(VERSION_KEY) == get_workload(settings).contract.version
 
 
 def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
     lake = Lake.from_settings(settings)
-    todo = [m for m in months if not _current(lake, m)]
+    todo = [m for m in months if not _current(settings, lake, m)]
     api.set_paused(BUILD, False)
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
@@ -140,7 +140,7 @@ def run(settings: Settings, first: str, last: str, *, say: Callable[[str], objec
     say(f"gate: {decision['summary']}")
     say("")
     say(describe(settings, statuses))
-    say(f"features: {settings.storage.lake_uri}/{FEATURES}/year=*/month=*/_SUCCESS")
+    say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
     say(f"Data Docs: {data_docs_location(settings)}/index.html")
     say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} "
         f"(champion {decision.get('champion_now')}; `tenfold models list`)")

@@ -24,10 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.ingest import publish_table
 from tenfold.data.lake import Lake, Partition
-from tenfold.features import schema
 from tenfold.local import local_settings as make_local_settings
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.contract import CONTRACT
 
 pytestmark = pytest.mark.integration
 
@@ -70,12 +72,12 @@ def february(runner: Runner) -> str:
 
 def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, february: str) -> None:
     lake = runner.lake
-    manifest = lake.read_manifest(schema.TABLE, FEB)
+    manifest = lake.read_manifest(FEATURES_TABLE, FEB)
     assert manifest.rows == FEB_FLIGHTS
-    assert manifest.extra == schema.manifest_extra(validated_by="features")
-    (path,) = lake.files(schema.TABLE, FEB, verify=True)
+    assert manifest.extra == CONTRACT.manifest_extra(validated_by="features")
+    (path,) = lake.files(FEATURES_TABLE, FEB, verify=True)
     table = pq.read_table(path)
-    assert table.schema.equals(schema.arrow_schema(), check_metadata=False)
+    assert table.schema.equals(CONTRACT.arrow_schema(), check_metadata=False)
     assert set(table["month"].to_pylist()) == {2}
     # January was ingested as history by the same run, and the raw inputs are published
     assert lake.has_manifest("flights", JAN) and lake.has_manifest("weather", FEB)
@@ -92,7 +94,7 @@ def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, f
 
 def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_events, runner: Runner, february: str) -> None:
     lake = runner.lake
-    features_before = lake.read_manifest(schema.TABLE, FEB)
+    features_before = lake.read_manifest(FEATURES_TABLE, FEB)
     # fault 1: January's raw flights file is truncated on disk (its manifest still lists the full size)
     (jan_file,) = lake.files("flights", JAN)
     data = Path(jan_file).read_bytes()
@@ -101,13 +103,13 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_
     rows = lake.read_table("flights", [FEB]).to_pylist()
     for row in rows[:30]:
         row["origin"], row["distance"] = "???", -1.0
-    publish_table(lake, "flights", FEB, pa.Table.from_pylist(rows, schema=lake.read_table("flights", [FEB]).schema), run_id="bad")
+    publish_table(lake, "flights", FEB, pa.Table.from_pylist(rows, schema=lake.read_table("flights", [FEB]).schema), run_id="bad", source=WORKLOAD.sources.name)
 
     code, out = runner.dags_test("2013-03-01T00:00:00+00:00")
 
     assert code != 0, "the DAG run should fail"
     # stopped before Spark and before publish: nothing staged or published for March
-    assert not lake.has_manifest(schema.TABLE, MAR)
+    assert not lake.has_manifest(FEATURES_TABLE, MAR)
     assert not (runner.home / "lake" / "_staging" / "features" / "year=2013" / "month=3").exists()
     # both corrupt inputs are withdrawn and quarantined with their reasons
     assert not lake.has_manifest("flights", JAN) and not lake.has_manifest("flights", FEB)
@@ -126,13 +128,13 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_
     assert "flights 2013-01" in alert["details"] and "flights 2013-02" in alert["details"]
     assert "ALERT" in out
     # the published February features were not touched, and no new features event was emitted
-    assert lake.read_manifest(schema.TABLE, FEB).content == features_before.content
+    assert lake.read_manifest(FEATURES_TABLE, FEB).content == features_before.content
     assert len(asset_events(runner.env, runner.settings.assets.features)) == 1
 
 
 def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_features(runner: Runner, february: str) -> None:
     lake = runner.lake
-    first = lake.read_manifest(schema.TABLE, FEB)
+    first = lake.read_manifest(FEATURES_TABLE, FEB)
     quarantined_before = not lake.has_manifest("flights", JAN)
 
     code, out = runner.dags_test("2013-02-01T00:00:00+00:00")  # what a second backfill of February runs
@@ -142,6 +144,6 @@ def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_feat
     if quarantined_before:
         assert lake.has_manifest("flights", JAN) and lake.has_manifest("flights", FEB)
     # same rows, same bytes, same manifest content: a backfill never duplicates or changes a month
-    again = lake.read_manifest(schema.TABLE, FEB)
+    again = lake.read_manifest(FEATURES_TABLE, FEB)
     assert again.content == first.content
-    assert lake.read_table(schema.TABLE, [FEB]).num_rows == FEB_FLIGHTS
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == FEB_FLIGHTS

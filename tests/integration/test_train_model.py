@@ -42,7 +42,7 @@ def _dags_test(airflow_env: dict[str, str], conf: dict[str, object], logical_dat
 def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events,
     local_settings: Settings, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from tenfold.training.synthetic import publish_synthetic_features
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     publish_synthetic_features(Lake(local_settings.storage.lake_uri), month_range(TRAIN[0], HOLDOUT[1]), 400)
     reg = ModelRegistry(local_settings)

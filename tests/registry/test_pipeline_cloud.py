@@ -74,7 +74,7 @@ class FakeTrainingGroup:
 @pytest.fixture
 def dev_settings(gcs_emulator: str, tmp_path: Path) -> Settings:
     from tenfold.local import ensure_buckets
-    from tenfold.training.synthetic import publish_synthetic_features
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     base = build_settings("dev", project_id="tenfold-test-project")
     lake_uri = (tmp_path / "lake").as_uri()

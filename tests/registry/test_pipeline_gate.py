@@ -24,7 +24,7 @@ CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2
 
 @pytest.fixture
 def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    from tenfold.training.synthetic import publish_synthetic_features
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     lake_uri = (tmp_path / "lake").as_uri()
     publish_synthetic_features(Lake(lake_uri), month_range("2013-01", "2013-03"), 50)
@@ -32,18 +32,18 @@ def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.Mo
     s = registry_settings.model_copy(update={
         "storage": registry_settings.storage.model_copy(update={"lake_uri": lake_uri}), "local": local})
 
-    def evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict[str, Any]:
-        assert [p.label for p in parts] == ["2013-03"]
+    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
+        assert [p.label for p in parts] == ["2013-03"] and table == s.storage.features_table
         quality = json.loads((model_dir / "meta.json").read_text())["quality"]
         if quality < 0:
             raise RuntimeError("meta.json does not match the holdout's feature contract")
         return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
 
-    def evaluate_challenger(model_dir: Path, lake: Lake, train: list[Partition], holdout: list[Partition]
+    def evaluate_challenger(model_dir: Path, lake: Lake, table: str, train: list[Partition], holdout: list[Partition]
                             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         assert [p.label for p in train] == ["2013-01", "2013-02"]
         baselines = {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}, "hgb": {"auc": 0.66, "log_loss": 0.45, "brier": 0.19}}
-        return evaluate_model(model_dir, lake, holdout), baselines
+        return evaluate_model(model_dir, lake, table, holdout), baselines
 
     monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
     monkeypatch.setattr(pipeline, "_evaluate_challenger", evaluate_challenger)

@@ -24,6 +24,7 @@ from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
 from tenfold.features import job
 from tenfold.features.job import FEATURES_TABLE
 from tenfold.features.submit import SparkJobError, spark_env, spark_submit_command, spark_submit_features
+from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import contract as schema
 
 JAN, FEB = Partition(2013, 1), Partition(2013, 2)
@@ -40,7 +41,7 @@ def lake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lake")
     lake = Lake(root.as_uri())
     for part in (JAN, FEB):
-        ingest_month(lake, part, run_id="ingest")
+        ingest_month(lake, part, run_id="ingest", workload=WORKLOAD)
     return root
 
 
@@ -87,7 +88,7 @@ def test_a_task_failing_once_is_retried_and_the_output_is_identical(
     spark.conf.set("spark.sql.shuffle.partitions", "8")
     spark.conf.set(job.FAIL_ONCE_CONF, str(marker))
     try:
-        facts = job.run(spark, args, job.resolve_inputs(lake, FEB, args.history_months))
+        facts = job.run(spark, args, job.resolve_inputs(lake, FEB, args.history_months, WORKLOAD.sources))
     finally:
         spark.conf.unset(job.FAIL_ONCE_CONF)
         spark.conf.set("spark.sql.shuffle.partitions", "2")

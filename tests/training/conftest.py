@@ -8,10 +8,10 @@ import pytest
 
 from tenfold.config import Settings, build_settings
 from tenfold.data.lake import Lake, month_range
-from tenfold.model import ModelConfig
 from tenfold.training.config import TrainConfig
 from tenfold.training.launch import TrainResult, run_torchrun
-from tenfold.training.synthetic import publish_synthetic_features
+from tenfold.workloads.flights.model import ModelConfig
+from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
 TRAIN_MONTHS = ("2013-01", "2013-02", "2013-03")
 HOLDOUT_MONTHS = ("2013-04",)

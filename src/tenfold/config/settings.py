@@ -27,6 +27,11 @@ from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName
 from tenfold.config.pipelines import PipelineSettings
 
 Env = Literal["local", "dev", "prod"]
+# The lake table the feature job publishes and training reads (``storage.features_table``'s default);
+# processes started without settings (the Spark job, torchrun ranks) default to it too.
+FEATURES_TABLE = "features"
+# The reference workload (tenfold.workloads.flights); ``settings.workload`` chooses another.
+DEFAULT_WORKLOAD = "flights"
 ENVIRONMENTS: tuple[Env, ...] = ("local", "dev", "prod")
 
 
@@ -93,7 +98,7 @@ class StorageSettings(_Frozen):
     emulator_host: str | None = None
     registry_prefix: str = "registry"
     # The feature table every workload publishes to (the platform's, not a workload's, name).
-    features_table: str = "features"
+    features_table: str = FEATURES_TABLE
     lake_layout: LakeLayout = LakeLayout()
     kms: KmsSettings
 
@@ -414,7 +419,7 @@ class Settings(_Frozen):
     zone: str
     prefix: ResourceName
     # The workload the pipelines run: the reference one ("flights") or a user's ``module:attribute``.
-    workload: str = "flights"
+    workload: str = DEFAULT_WORKLOAD
     storage: StorageSettings
     messaging: MessagingSettings
     network: NetworkSettings

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
-from tenfold.workloads import Sources, Workload, get_workload
+from tenfold.workloads import Workload
 
 
 class IngestError(RuntimeError):
@@ -34,17 +33,17 @@ class IngestError(RuntimeError):
 
 
 def publish_table(
-    lake: Lake, table: str, part: Partition, data: pa.Table, *, run_id: str, source: str | None = None
+    lake: Lake, table: str, part: Partition, data: pa.Table, *, run_id: str, source: str
 ) -> Manifest:
     """Stage ``data`` as one Parquet file, publish it as ``table``'s ``part``, drop the staging copy.
 
-    ``source`` (recorded in the manifest) defaults to the reference workload's source name.
+    ``source`` (the workload's ``sources.name``) is recorded in the manifest.
     """
     staged = lake.staging_path(table, part)
     try:
         write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
         return lake.publish(table, part, staged, run_id=run_id,
-                            extra={"source": source or get_workload("flights").sources.name})
+                            extra={"source": source})
     finally:
         lake.discard(staged)
 
@@ -54,29 +53,21 @@ def _month_rows(data: pa.Table, part: Partition) -> pa.Table:
     return data.filter(mask)
 
 
-def sources_of(workload: Workload | str | Any) -> Sources:
-    """The :class:`Sources` of a workload object, a workload name/``module:attr``, or a settings object."""
-    if isinstance(workload, str) or not hasattr(workload, "sources"):
-        workload = get_workload(workload)
-    sources: Sources = workload.sources
-    return sources
-
-
 def ingest_month(
     lake: Lake,
     part: Partition,
     *,
     run_id: str,
-    workload: Workload | str | Any = "flights",
+    workload: Workload,
     reader: Callable[[str], pa.Table] | None = None,
 ) -> dict[str, Manifest]:
     """Publish the workload's monthly tables of ``part`` and a snapshot of its reference tables.
 
-    Idempotent: a re-run leaves identical files and manifest content. ``workload`` is a workload, its
-    name or a settings object; ``reader`` maps a table name to its Arrow table (default: the
+    Idempotent: a re-run leaves identical files and manifest content. ``workload`` is
+    ``get_workload(settings)``; ``reader`` maps a table name to its Arrow table (default: the
     workload's ``sources.read``). Returns each table's manifest.
     """
-    sources = sources_of(workload)
+    sources = workload.sources
     read = reader or sources.read
     manifests: dict[str, Manifest] = {}
     for table in sources.monthly_tables:

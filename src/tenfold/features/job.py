@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tenfold.config.settings import StorageSettings
+from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import rewrite_reproducibly
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
@@ -41,8 +41,6 @@ log = logging.getLogger("tenfold.features.job")
 FAIL_ONCE_CONF = "spark.tenfold.failOnceMarker"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-# The platform's name of the features table when --features-table is not given: the settings' default.
-FEATURES_TABLE: str = StorageSettings.model_fields["features_table"].default
 
 # Session settings the output depends on; set here rather than trusted to the cluster's defaults.
 SESSION_CONF = {
@@ -67,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--month", required=True, type=Partition.parse, help="the month to build, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI to write the Parquet file to (overwritten)")
     p.add_argument("--publish", action="store_true", help="also publish the output as the features partition")
-    p.add_argument("--workload", default="flights",
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD,
                    help="the workload: a built-in name or package.module:attribute (default %(default)s)")
     p.add_argument("--features-table", default=FEATURES_TABLE, help="the lake table to publish to (default %(default)s)")
     p.add_argument("--history-months", type=int, default=None,
@@ -131,12 +129,9 @@ class Inputs:
     tables: Mapping[str, tuple[str, ...]]
 
 
-def resolve_inputs(lake: Lake, part: Partition, history_months: int, sources: Sources | None = None) -> Inputs:
-    """Every input file of ``part``; raises :class:`LakeError` naming what was never published.
-
-    ``sources`` defaults to the reference workload's.
-    """
-    sources = sources or get_workload("flights").sources
+def resolve_inputs(lake: Lake, part: Partition, history_months: int, sources: Sources) -> Inputs:
+    """Every input file of the workload's ``sources`` for ``part``; raises :class:`LakeError` naming what
+    was never published."""
     history = history_parts(lake, part, history_months, sources.history_table)
     tables = {
         table: tuple(input_uris(lake, table, [*history, part] if table == sources.history_table else [part]))
@@ -158,7 +153,7 @@ def run(
 
     ``workload`` defaults to the one ``args.workload`` names.
     """
-    workload = workload or get_workload(getattr(args, "workload", "flights"))
+    workload = workload or get_workload(args.workload)
     contract = workload.contract
     table_name = args.features_table
     part: Partition = args.month

@@ -1,19 +1,20 @@
-"""The flight-delay model: network, preprocessing state, and the model folder format (meta.json)."""
+"""The model folder format (meta.json, weights, preprocessing state) and the preprocessing itself.
+
+A workload's network is its own (``Workload.build_model``; flights: ``tenfold.workloads.flights.model``).
+"""
 
 from __future__ import annotations
 
-from tenfold.model.io import LoadedModel, ModelLoadError, load_model, read_meta, save_model
-from tenfold.model.network import FlightDelayModel, ModelConfig
+from tenfold.model.io import LoadedModel, ModelLoadError, load_model, predict_proba, read_meta, save_model
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 __all__ = [
-    "FlightDelayModel",
     "LoadedModel",
-    "ModelConfig",
     "ModelLoadError",
     "PreprocessingError",
     "Preprocessor",
     "load_model",
+    "predict_proba",
     "read_meta",
     "save_model",
 ]

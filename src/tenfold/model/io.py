@@ -19,15 +19,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from tenfold.fsio import atomic_write
-from tenfold.model.network import FlightDelayModel, ModelConfig
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
+
+if TYPE_CHECKING:
+    from tenfold.workloads import Workload
 from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 
 META_VERSION = 1
@@ -46,17 +48,21 @@ def _state_bytes(model: torch.nn.Module) -> bytes:
 
 def save_model(
     directory: str | Path,
-    model: FlightDelayModel,
-    config: ModelConfig,
+    model: torch.nn.Module,
+    config: Any,
     preprocessing: Preprocessor,
     *,
+    workload: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the weights, the preprocessing state and (last, as the commit marker) ``meta.json``.
 
-    Returns the meta body. ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``.
+    Returns the meta body. ``config`` is the workload's model config (its ``to_dict`` goes to meta.json);
+    ``workload`` names the workload that builds the module again on load (``settings.workload``).
+    ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``.
     """
-    if tuple(model.vocab_sizes) != tuple(preprocessing.vocab_sizes.values()) or model.num_inputs != preprocessing.num_inputs:
+    shaped: Any = model  # a workload's module keeps vocab_sizes and num_inputs (Workload.build_model)
+    if tuple(shaped.vocab_sizes) != tuple(preprocessing.vocab_sizes.values()) or shaped.num_inputs != preprocessing.num_inputs:
         raise ValueError("model input shapes do not match the preprocessing it is saved with")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,8 @@ def save_model(
     atomic_write(out / PREPROCESSING_FILE, pre_json)
     meta = {
         "version": META_VERSION,
-        "model_class": "FlightDelayModel",
+        "workload": workload,
+        "model_class": type(model).__name__,
         "config": config.to_dict(),
         "categorical_columns": list(preprocessing.categorical_columns),
         "numeric_columns": list(preprocessing.numeric_columns),
@@ -84,20 +91,38 @@ def save_model(
     return meta
 
 
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, categorical: torch.Tensor, numeric: torch.Tensor,
+                  batch_size: int = 65536) -> torch.Tensor:
+    """Probabilities (the sigmoid of the logits) in eval mode, in batches so a whole holdout never needs
+    one huge activation; the module's training mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [
+            torch.sigmoid(model(categorical[i : i + batch_size], numeric[i : i + batch_size]))
+            for i in range(0, categorical.shape[0], batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 @dataclass
 class LoadedModel:
     """A model rebuilt from its folder, ready to score feature rows."""
 
-    model: FlightDelayModel
-    config: ModelConfig
+    model: torch.nn.Module
+    config: Any
     preprocessor: Preprocessor
     meta: dict[str, Any]
     directory: Path
+    workload: Workload
 
     def predict_proba(self, data: pa.Table | Mapping[str, Any]) -> np.ndarray:
         """P(delay) for each row of a features table (or a column -> values mapping)."""
         cat, num = self.preprocessor.transform(data)
-        probs = self.model.predict_proba(torch.from_numpy(cat), torch.from_numpy(num))
+        probs = predict_proba(self.model, torch.from_numpy(cat), torch.from_numpy(num))
         return probs.double().numpy()
 
 
@@ -118,8 +143,17 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it."""
     where = Path(directory)
     meta = read_meta(where)
+    from tenfold.config.settings import DEFAULT_WORKLOAD
+    from tenfold.workloads import WorkloadError, get_workload
+
+    # Folders saved before workloads were named hold the reference workload's model.
+    name = meta.get("workload", DEFAULT_WORKLOAD)
     try:
-        config = ModelConfig.from_dict(meta["config"])
+        workload = get_workload(name)
+    except WorkloadError as exc:
+        raise ModelLoadError(f"{where / META_FILE} names workload {name!r}, which cannot be loaded here: {exc}") from exc
+    try:
+        config = workload.model_config_type.from_dict(meta["config"])
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]
         num_inputs = int(meta["num_inputs"])
         expected_sha = meta["weights_sha256"]
@@ -151,7 +185,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     if [preprocessor.vocab_sizes[c] for c in meta["categorical_columns"]] != vocab_sizes or preprocessor.num_inputs != num_inputs:
         raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
 
-    model = FlightDelayModel(config, vocab_sizes, num_inputs)
+    model = workload.build_model(config, vocab_sizes, num_inputs)
     try:
         state = torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad pickle stream
@@ -169,4 +203,4 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         )
     model.load_state_dict(state)
     model.eval()
-    return LoadedModel(model=model, config=config, preprocessor=preprocessor, meta=meta, directory=where)
+    return LoadedModel(model=model, config=config, preprocessor=preprocessor, meta=meta, directory=where, workload=workload)

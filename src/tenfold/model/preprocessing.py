@@ -14,13 +14,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tenfold.features import schema
+if TYPE_CHECKING:
+    from tenfold.workloads import FeatureContract
+
 
 PREPROCESSING_VERSION = 1
 OOV_INDEX = 0
@@ -28,12 +30,6 @@ OOV_INDEX = 0
 # aircraft type, a record storm) must not push an MLP into linear extrapolation.
 CLIP_Z = 5.0
 
-# The network's numeric inputs: every schema numeric. The history traffic features (``*_flights``)
-# were once plain counts over a history window that grows through the year (none in January, eleven
-# months by December), a proxy for the month that drifted 2.5x between training and holdout; they
-# were kept out of the model then. They are now flights per history month (see
-# ``tenfold.features.transforms.rollup``), comparable across months, so the model reads them again.
-MODEL_NUMERIC_COLUMNS = tuple(schema.NUMERIC_COLUMNS)
 
 
 class PreprocessingError(ValueError):
@@ -48,8 +44,8 @@ def _as_table(data: pa.Table | Mapping[str, Sequence[Any]]) -> pa.Table:
 class Preprocessor:
     """Vocabularies and scaling statistics; :meth:`fit` on the training window, then :meth:`transform`."""
 
-    categorical_columns: tuple[str, ...] = schema.CATEGORICAL_COLUMNS
-    numeric_columns: tuple[str, ...] = MODEL_NUMERIC_COLUMNS
+    categorical_columns: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
@@ -60,13 +56,12 @@ class Preprocessor:
     def fit(
         cls,
         table: pa.Table,
+        contract: FeatureContract,
         *,
-        categorical_columns: Sequence[str] = schema.CATEGORICAL_COLUMNS,
-        numeric_columns: Sequence[str] = MODEL_NUMERIC_COLUMNS,
         min_count: int = 1,
     ) -> Preprocessor:
-        """Fit on the training window only: holdout values must stay unseen (they map to OOV)."""
-        pre = cls(tuple(categorical_columns), tuple(numeric_columns))
+        """Fit the contract's feature columns on the training window only (holdout values map to OOV)."""
+        pre = cls(tuple(contract.categorical_columns), tuple(contract.numeric_columns))
         pre._require(table)
         if table.num_rows == 0:
             raise PreprocessingError("cannot fit preprocessing on an empty training window")
@@ -99,7 +94,7 @@ class Preprocessor:
         missing = [c for c in (*self.categorical_columns, *self.numeric_columns) if c not in table.column_names]
         if missing:
             raise PreprocessingError(
-                f"input lacks feature columns {missing}; it must follow tenfold.features.schema "
+                f"input lacks feature columns {missing}; it must follow the workload's feature contract "
                 "(re-run the features job, or send every feature column)"
             )
 

@@ -39,7 +39,6 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features import schema
 from tenfold.model_files import META_FILE
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
@@ -49,7 +48,6 @@ from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-TABLE = schema.TABLE
 # What a run's conf (``airflow dags trigger -c`` / ``dags test -c``) may change.
 CONF_KEYS = ("train_months", "holdout_months", "epochs", "max_steps", "batch_size", "nproc", "seed")
 
@@ -69,6 +67,11 @@ class TrainRun(RunState):
     holdout: HoldoutRef
     train_config: dict[str, Any]
     nproc: int | None = None
+
+    @property
+    def table(self) -> str:
+        """The features table the run trains and evaluates on (its TrainConfig's)."""
+        return str(self.train_config["table"])
 
     @property
     def train_parts(self) -> list[Partition]:
@@ -103,9 +106,9 @@ class Registered(RunState):
     uri: str
 
 
-def holdout_ref(lake: Lake, parts: list[Partition]) -> HoldoutRef:
+def holdout_ref(lake: Lake, table: str, parts: list[Partition]) -> HoldoutRef:
     """Identity of the holdout data: a digest of each partition's manifest content (not its run id)."""
-    body = [[p.label, lake.read_manifest(TABLE, p).content] for p in parts]
+    body = [[p.label, lake.read_manifest(table, p).content] for p in parts]
     return HoldoutRef(partitions=tuple(p.label for p in parts), digest=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
 
 
@@ -159,11 +162,12 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
     t = settings.training
     lake = Lake.from_settings(settings)
+    table = settings.storage.features_table
     if "train_months" in conf or "holdout_months" in conf:
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
-        train, holdout = rolling_split(lake.published_partitions(TABLE), t.train_window, t.holdout_window)
+        train, holdout = rolling_split(lake.published_partitions(table), t.train_window, t.holdout_window)
     if not train or not holdout:
         raise PipelineError("train_months and holdout_months must each cover at least one month (first <= last)")
     if max(train) >= min(holdout):
@@ -171,11 +175,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
             f"the holdout ({holdout[0].label}..{holdout[-1].label}) must come after the training window "
             f"({train[0].label}..{train[-1].label}): the split is by time, never random"
         )
-    missing = [p.label for p in train + holdout if not lake.has_manifest(TABLE, p)]
+    missing = [p.label for p in train + holdout if not lake.has_manifest(table, p)]
     if missing:
-        published = ", ".join(p.label for p in lake.published_partitions(TABLE)) or "none"
+        published = ", ".join(p.label for p in lake.published_partitions(table)) or "none"
         raise PipelineError(
-            f"features partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{TABLE}: run "
+            f"features partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: run "
             f"build_features for those months first, or choose windows within the published ones ({published})"
         )
     for key in ("epochs", "max_steps", "batch_size", "seed", "nproc"):
@@ -188,7 +192,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     return TrainRun(
         run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_root(settings) / key),
         train_months=tuple(p.label for p in train), holdout_months=tuple(p.label for p in holdout),
-        holdout=holdout_ref(lake, holdout), train_config=cfg.to_dict(),
+        holdout=holdout_ref(lake, table, holdout), train_config=cfg.to_dict(),
         nproc=int(conf["nproc"]) if conf.get("nproc") else None,
     )
 
@@ -292,18 +296,18 @@ def metrics_dict(metrics: Any) -> dict[str, Any]:
     return dict(body)
 
 
-def _evaluate_model(model_dir: Path, lake: Lake, parts: list[Partition]) -> dict[str, Any]:
+def _evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
     from tenfold.training.evaluate import evaluate_model
 
-    return metrics_dict(evaluate_model(model_dir, lake, parts))
+    return metrics_dict(evaluate_model(model_dir, lake, parts, table=table))
 
 
-def _evaluate_challenger(model_dir: Path, lake: Lake, train_parts: list[Partition],
+def _evaluate_challenger(model_dir: Path, lake: Lake, table: str, train_parts: list[Partition],
                          holdout_parts: list[Partition]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The challenger and the baselines (fit on the training window) on the holdout, in one pass."""
     from tenfold.training.evaluate import evaluate_with_baselines
 
-    report = evaluate_with_baselines(model_dir, lake, train_parts, holdout_parts)
+    report = evaluate_with_baselines(model_dir, lake, train_parts, holdout_parts, table=table)
     # "rate_baseline" -> "rate": the names the gate policy (settings.training.gate_beat_baselines) uses.
     baselines = {name.removesuffix("_baseline"): metrics_dict(m) for name, m in report.baselines.items()}
     return metrics_dict(report.model), baselines
@@ -313,7 +317,8 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     """Score the challenger, the current champion and the baselines on the same holdout."""
     p, t = TrainRun.from_xcom(run), Trained.from_xcom(trained)
     lake = Lake.from_settings(settings)
-    now = holdout_ref(lake, p.holdout_parts)
+    table = p.table
+    now = holdout_ref(lake, table, p.holdout_parts)
     if now != p.holdout:
         raise PipelineError(
             f"holdout partitions {list(p.holdout_months)} were re-published since this run planned its split: "
@@ -322,7 +327,7 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     work = Path(p.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir = materialize(settings, t.model_ref, work / "challenger")
-    challenger, baselines = _evaluate_challenger(challenger_dir, lake, p.train_parts, p.holdout_parts)
+    challenger, baselines = _evaluate_challenger(challenger_dir, lake, table, p.train_parts, p.holdout_parts)
 
     registry = ModelRegistry(settings)
     champion: dict[str, Any] | None = None
@@ -332,7 +337,7 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
         # run produced: this is what keeps the gate from comparing the challenger with itself.
         champion_dir = registry.download(champion_version, work / "champion" / champion_version)
         try:
-            champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, p.holdout_parts)}
+            champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:  # a load or data error, not a crash
             # E.g. the feature contract changed and the champion cannot read the new holdout. The run goes on
             # to register the challenger so a person can compare and promote it by hand; the gate fails loudly.
@@ -356,10 +361,10 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
     model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
-    train_refs = partition_refs(lake, TABLE, p.train_parts)
-    holdout_refs = partition_refs(lake, TABLE, p.holdout_parts)
+    train_refs = partition_refs(lake, p.table, p.train_parts)
+    holdout_refs = partition_refs(lake, p.table, p.holdout_parts)
     lineage = Lineage(
-        feature_table=TABLE,
+        feature_table=p.table,
         train_partitions=tuple(train_refs),
         holdout_partitions=tuple(holdout_refs),
         training_config=p.train_config,

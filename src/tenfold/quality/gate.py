@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
 from tenfold.monitoring.alerts import send_alert
-from tenfold.quality.suites import expectations_dir, load_suite, partition_parameters
+from tenfold.quality.suites import load_suite, partition_parameters
+from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -269,7 +270,7 @@ def run_suite(
     import great_expectations as gx
 
     context = _context(settings, docs=docs)
-    suite = context.suites.add(load_suite(suite_name, expectations_dir(settings)))
+    suite = context.suites.add(load_suite(suite_name, get_workload(settings).expectations_dir))
     asset = context.data_sources.add_pandas("lake").add_dataframe_asset(f"{table}_{part.label}")
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{table}_{part.label}_{suite_name}", data=asset.add_batch_definition_whole_dataframe("month"), suite=suite)

@@ -1,7 +1,7 @@
 """Great Expectations suites stored as JSON (one file per suite) in the workload's folder, and their parameters.
 
 The folder is the workload's ``expectations_dir`` (``expectations/`` at the checkout root for the
-reference workload); ``TENFOLD_EXPECTATIONS_DIR`` overrides it (an installed package).
+reference workload).
 
 A suite file is GX 1.x's own serialisation (``{"name", "expectations": [{"type", "kwargs"}], "meta"}``),
 so it can be edited by hand or produced with GX. Values that depend on the month being checked are
@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenfold.data.lake import Partition
-from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite
 
-EXPECTATIONS_ENV = "TENFOLD_EXPECTATIONS_DIR"
 TZ_MARGIN = dt.timedelta(hours=6)
 
 
@@ -36,21 +33,11 @@ class SuiteError(ValueError):
     """A suite file is missing or malformed; the message names the file and the fix."""
 
 
-def expectations_dir(workload: Any = "flights") -> Path:
-    """The suite folder of ``workload`` (a workload, its name or a settings object); ``TENFOLD_EXPECTATIONS_DIR`` overrides."""
-    override = os.environ.get(EXPECTATIONS_ENV)
-    if override:
-        return Path(override)
-    if isinstance(workload, str) or not hasattr(workload, "expectations_dir"):
-        workload = get_workload(workload)
-    return Path(workload.expectations_dir)
+def suite_path(name: str, root: Path) -> Path:
+    return root / f"{name}.json"
 
 
-def suite_path(name: str, root: Path | None = None) -> Path:
-    return (root or expectations_dir()) / f"{name}.json"
-
-
-def load_suite_dict(name: str, root: Path | None = None) -> dict[str, Any]:
+def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
     """The suite ``name`` as a plain dict, checked for the fields GX needs."""
     path = suite_path(name, root)
     try:
@@ -68,7 +55,7 @@ def load_suite_dict(name: str, root: Path | None = None) -> dict[str, Any]:
     return body
 
 
-def load_suite(name: str, root: Path | None = None) -> ExpectationSuite:
+def load_suite(name: str, root: Path) -> ExpectationSuite:
     """The suite ``name`` as a GX ``ExpectationSuite`` (unknown expectation types fail here, clearly)."""
     from great_expectations.core.expectation_suite import ExpectationSuite
 

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from tenfold.config import Settings
+from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE
 from tenfold.data.lake import Partition, month_range
-from tenfold.features import schema
-from tenfold.model.network import ModelConfig
+from tenfold.workloads import get_workload
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train on and how. ``batch_size`` is per rank: the global batch is ``batch_size * world``."""
+    """What to train on and how. ``batch_size`` is per rank: the global batch is ``batch_size * world``.
+
+    ``workload`` names the workload (``settings.workload``) whose contract and model the ranks use;
+    ``model`` is that workload's model config (its ``model_config_type``; None: its defaults).
+    """
 
     lake_uri: str
     train_months: tuple[str, ...]
-    table: str = schema.TABLE
-    model: ModelConfig = field(default_factory=ModelConfig)
+    table: str = FEATURES_TABLE
+    workload: str = DEFAULT_WORKLOAD
+    model: Any = None
     batch_size: int = 512
     epochs: int = 3
     max_steps: int | None = None
@@ -37,6 +42,8 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            object.__setattr__(self, "model", get_workload(self.workload).model_config_type())
         if not self.train_months:
             raise ValueError("train_months is empty: give the months of the training window")
         for m in self.train_months:
@@ -56,6 +63,8 @@ class TrainConfig:
         t = settings.training
         values: dict[str, Any] = dict(
             lake_uri=settings.storage.lake_uri,
+            table=settings.storage.features_table,
+            workload=settings.workload,
             train_months=tuple(p.label for p in month_range(*t.train_months)),
             checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints,
@@ -78,7 +87,8 @@ class TrainConfig:
     def from_dict(cls, body: dict[str, Any]) -> TrainConfig:
         values = dict(body)
         values["train_months"] = tuple(values["train_months"])
-        values["model"] = ModelConfig.from_dict(values.get("model", {}))
+        workload = get_workload(values.get("workload", DEFAULT_WORKLOAD))
+        values["model"] = workload.model_config_type.from_dict(values.get("model", {}))
         return cls(**values)
 
     def to_json(self) -> str:

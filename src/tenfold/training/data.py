@@ -24,9 +24,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
-from tenfold.features import schema
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
+from tenfold.workloads import VERSION_KEY, FeatureContract
 
 __all__ = [
     "FeatureDataset",
@@ -53,10 +54,15 @@ def read_features(
     lake: Lake,
     parts: Sequence[Partition],
     *,
-    table: str = schema.TABLE,
+    contract: FeatureContract | None = None,
+    table: str = FEATURES_TABLE,
     columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Read published partitions of the features table, refusing any without a manifest."""
+    """Read published partitions of the features table, refusing any without a manifest.
+
+    With the workload's ``contract``, partitions built by another version of its feature definitions
+    are refused too (their manifests record the version).
+    """
     if not parts:
         raise MissingFeaturesError(f"no {table} partitions were asked for: give at least one month")
     missing = [p.label for p in parts if not lake.has_manifest(table, p)]
@@ -66,13 +72,13 @@ def read_features(
             "they were never published or their job did not finish; run build_features for those months "
             f"(published: {', '.join(p.label for p in lake.published_partitions(table)) or 'none'})"
         )
-    if table == schema.TABLE:
-        stale = {p.label: lake.read_manifest(table, p).extra.get(schema.VERSION_KEY) for p in parts}
-        stale = {label: v for label, v in stale.items() if v != schema.FEATURES_VERSION}
+    if contract is not None:
+        stale = {p.label: lake.read_manifest(table, p).extra.get(VERSION_KEY) for p in parts}
+        stale = {label: v for label, v in stale.items() if v != contract.version}
         if stale:
             raise StaleFeaturesError(
                 f"{table} partitions {', '.join(f'{m} (version {v})' for m, v in stale.items())} were built by "
-                f"another feature definition than this code's version {schema.FEATURES_VERSION}: rebuild them with "
+                f"another feature definition than this code's version {contract.version}: rebuild them with "
                 "build_features (e.g. `airflow backfill create --dag-id build_features --reprocess-behavior completed`)"
             )
     try:
@@ -90,12 +96,12 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         self.categorical, self.numeric, self.labels = categorical, numeric, labels
 
     @classmethod
-    def from_table(cls, table: pa.Table, pre: Preprocessor, dtype: torch.dtype = torch.float32) -> FeatureDataset:
-        if schema.LABEL not in table.column_names:
-            raise PreprocessingError(f"features table has no {schema.LABEL!r} column; it cannot be trained on")
-        labels = table[schema.LABEL]
+    def from_table(cls, table: pa.Table, pre: Preprocessor, label: str, dtype: torch.dtype = torch.float32) -> FeatureDataset:
+        if label not in table.column_names:
+            raise PreprocessingError(f"features table has no {label!r} column; it cannot be trained on")
+        labels = table[label]
         if labels.null_count:
-            raise PreprocessingError(f"{labels.null_count} rows have a null {schema.LABEL}; fix the features job")
+            raise PreprocessingError(f"{labels.null_count} rows have a null {label}; fix the features job")
         cat, num = pre.transform(table)
         y = labels.to_numpy(zero_copy_only=False).astype(np.float64)
         return cls(torch.from_numpy(cat), torch.from_numpy(num).to(dtype), torch.from_numpy(y).to(dtype))

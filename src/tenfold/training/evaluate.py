@@ -1,12 +1,13 @@
-"""Evaluation on a time-based holdout, next to the rate and gradient-boosting baselines.
+"""Evaluation on a time-based holdout, next to the workload's baselines and the gradient-boosting one.
 
 The split is by month, from ``settings.training`` (train ``train_months``, evaluate on the later
 ``holdout_months``); a holdout month at or before the last training month is refused, because a
 random or overlapping split leaks the future into training.
 
 Entry points: :func:`evaluate_model` (one model folder on a holdout: what the champion/challenger gate
-compares) and :func:`evaluate_with_baselines` (the model and both baselines on the same split, the
-table ``tenfold evaluate`` and ``make demo`` print).
+compares) and :func:`evaluate_with_baselines` (the model and the baselines on the same split, the
+table ``tenfold evaluate`` and ``make demo`` print). The label and the feature version come from the
+workload the model folder names.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from tenfold.config import Settings
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features import schema
 from tenfold.model.io import load_model
-from tenfold.training.baselines import GradientBoostingBaseline, RateBaseline
+from tenfold.training.baselines import GradientBoostingBaseline
 from tenfold.training.data import read_features
 from tenfold.training.metrics import Metrics, score
 
@@ -49,16 +50,17 @@ def check_time_split(train: Sequence[Partition], holdout: Sequence[Partition]) -
         )
 
 
-def _labels(table: Any) -> np.ndarray:
-    return np.asarray(table[schema.LABEL].to_numpy(zero_copy_only=False), dtype=np.float64)
+def _labels(table: Any, label: str) -> np.ndarray:
+    return np.asarray(table[label].to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def evaluate_model(model_dir: str | Path, lake: Lake, holdout_parts: Sequence[Partition], *,
-                   table: str = schema.TABLE, name: str = MODEL_NAME) -> Metrics:
+                   table: str = FEATURES_TABLE, name: str = MODEL_NAME) -> Metrics:
     """Score the model saved in ``model_dir`` on the published holdout partitions."""
     loaded = load_model(model_dir)
-    data = read_features(lake, list(holdout_parts), table=table)
-    return score(name, _labels(data), loaded.predict_proba(data))
+    contract = loaded.workload.contract
+    data = read_features(lake, list(holdout_parts), contract=contract, table=table)
+    return score(name, _labels(data, contract.label), loaded.predict_proba(data))
 
 
 @dataclass(frozen=True)
@@ -106,27 +108,33 @@ def evaluate_with_baselines(
     train_parts: Sequence[Partition],
     holdout_parts: Sequence[Partition],
     *,
-    table: str = schema.TABLE,
+    table: str = FEATURES_TABLE,
     hgb_max_iter: int = 200,
     hgb_threads: int = 1,
 ) -> EvaluationReport:
-    """The model and both baselines (fit here on ``train_parts``) on the same holdout."""
+    """The model and the baselines (fit here on ``train_parts``) on the same holdout.
+
+    Baselines are reported as ``<name>_baseline``: the workload's own, then gradient boosting (``hgb``).
+    """
     check_time_split(train_parts, holdout_parts)
     loaded = load_model(model_dir)
-    holdout = read_features(lake, list(holdout_parts), table=table)
-    train = read_features(lake, list(train_parts), table=table)
-    y = _labels(holdout)
-    rate = RateBaseline().fit(train)
+    contract = loaded.workload.contract
+    holdout = read_features(lake, list(holdout_parts), contract=contract, table=table)
+    train = read_features(lake, list(train_parts), contract=contract, table=table)
+    y = _labels(holdout, contract.label)
+    baselines = {name: make(loaded.preprocessor, contract) for name, make in loaded.workload.baselines().items()}
     # The same vocabularies the network was trained with, so both see identical categorical codes.
-    hgb = GradientBoostingBaseline(loaded.preprocessor, max_iter=hgb_max_iter, threads=hgb_threads).fit(train)
+    baselines["hgb"] = GradientBoostingBaseline(loaded.preprocessor, contract.label, max_iter=hgb_max_iter,
+                                                threads=hgb_threads)
+    scores = {}
+    for name, baseline in baselines.items():
+        baseline.fit(train)
+        scores[f"{name}_baseline"] = score(baseline.name, y, baseline.predict_proba(holdout))
     return EvaluationReport(
         train_months=[p.label for p in train_parts],
         holdout_months=[p.label for p in holdout_parts],
         model=score(MODEL_NAME, y, loaded.predict_proba(holdout)),
-        baselines={
-            "rate_baseline": score(rate.name, y, rate.predict_proba(holdout)),
-            "hgb_baseline": score(hgb.name, y, hgb.predict_proba(holdout)),
-        },
+        baselines=scores,
     )
 
 

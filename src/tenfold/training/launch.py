@@ -29,7 +29,6 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake
-from tenfold.features import schema
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
@@ -37,6 +36,7 @@ from tenfold.training.data import read_features
 from tenfold.training.errors import TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
 from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, RESULT_FILE
+from tenfold.workloads import get_workload
 
 LOG_FILE = "torchrun.log"
 
@@ -65,10 +65,11 @@ class TrainResult:
 
 
 def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
-    """Fit vocabularies and scaling on the training window only."""
-    columns = list(dict.fromkeys((*schema.CATEGORICAL_COLUMNS, *schema.NUMERIC_COLUMNS)))
-    table = read_features(Lake(cfg.lake_uri), cfg.partitions, table=cfg.table, columns=columns)
-    return Preprocessor.fit(table)
+    """Fit vocabularies and scaling of the workload's feature columns on the training window only."""
+    contract = get_workload(cfg.workload).contract
+    table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
+                          columns=contract.feature_columns)
+    return Preprocessor.fit(table, contract)
 
 
 def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:

@@ -48,9 +48,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from tenfold.data.lake import Lake
-from tenfold.features import schema
 from tenfold.model.io import save_model
-from tenfold.model.network import FlightDelayModel
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
@@ -59,6 +57,7 @@ from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import FeatureDataset, ShardedBatches, read_features, seed_everything
 from tenfold.training.remote import RemoteDir, is_remote, read_text
+from tenfold.workloads import get_workload
 
 log = logging.getLogger("tenfold.training.worker")
 
@@ -136,8 +135,9 @@ def _manifests(lake: Lake, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: TrainConfig, preprocessor: Preprocessor) -> torch.nn.Module:
-    """The untrained module of a run: the one place the worker constructs a model."""
-    return FlightDelayModel(cfg.model, list(preprocessor.vocab_sizes.values()), preprocessor.num_inputs)
+    """The untrained module of a run, built by the run's workload: the one place the worker constructs a model."""
+    workload = get_workload(cfg.workload)
+    return workload.build_model(cfg.model, list(preprocessor.vocab_sizes.values()), preprocessor.num_inputs)
 
 
 class Trainer:
@@ -166,9 +166,10 @@ class Trainer:
         self.preprocessor = Preprocessor.from_json(pre_path.read_text())
         self.lake = Lake(cfg.lake_uri)
         pre = self.preprocessor
-        columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, schema.LABEL)))
-        table = read_features(self.lake, cfg.partitions, table=cfg.table, columns=columns)
-        self.data = FeatureDataset.from_table(table, pre).to(self.device)
+        contract = get_workload(cfg.workload).contract
+        columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, contract.label)))
+        table = read_features(self.lake, cfg.partitions, contract=contract, table=cfg.table, columns=columns)
+        self.data = FeatureDataset.from_table(table, pre, contract.label).to(self.device)
         self.batches = ShardedBatches(self.data, cfg.batch_size, world, rank, cfg.seed)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -313,10 +314,9 @@ class Trainer:
             torch.cuda.synchronize()
 
     def _save_model(self) -> None:
-        if not isinstance(self.model, FlightDelayModel):
-            raise WorkerError(f"save_model writes FlightDelayModel folders, not {type(self.model).__name__}")
         extra = {"train_config": self.cfg.to_dict(), "steps": self.step}
-        save_model(self.out / MODEL_DIR, self.model, self.cfg.model, self.preprocessor, extra=extra)
+        save_model(self.out / MODEL_DIR, self.model, self.cfg.model, self.preprocessor, workload=self.cfg.workload,
+                   extra=extra)
         if self.mirror is not None:
             for name in MODEL_WRITE_ORDER:
                 self.mirror.upload(self.out / MODEL_DIR / name, f"{MODEL_DIR}/{name}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from tenfold.config.settings import DEFAULT_WORKLOAD
+
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from tenfold.data.partition import Partition
 
 # Workloads that ship with Tenfold, by name; anything else is a ``module:attribute`` reference.
-BUILTIN: dict[str, str] = {"flights": "tenfold.workloads.flights:WORKLOAD"}
+BUILTIN: dict[str, str] = {DEFAULT_WORKLOAD: "tenfold.workloads.flights:WORKLOAD"}
 # The manifest key that records the feature definition's version (see FeatureContract.version).
 VERSION_KEY = "features_version"
 
@@ -127,6 +129,8 @@ class Sources:
 class Baseline(Protocol):
     """A simple model the gate compares a challenger with, fit on the training window's features."""
 
+    name: str  # how the comparison table labels it
+
     def fit(self, table: pa.Table) -> Baseline: ...
 
     def predict_proba(self, table: pa.Table) -> Any: ...
@@ -144,22 +148,29 @@ class Workload(Protocol):
     expectations_dir: Path
     raw_suites: Mapping[str, str]
     features_suite: str
-    # The model's hyperparameters: a frozen dataclass with to_dict() and from_dict().
-    model_config_type: type
+    # The model's hyperparameters: a frozen dataclass class with to_dict() and a from_dict(body) classmethod.
+    model_config_type: Any
 
     def transform(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> DataFrame:
         """The Spark feature transform for ``part``: pure, from the raw tables to the contract's columns."""
         ...
 
     def build_model(self, config: Any, vocab_sizes: Sequence[int], num_inputs: int) -> nn.Module:
-        """The torch module: ``forward(categorical, numeric) -> logit``, shaped by the fitted preprocessing."""
+        """The untrained torch module, shaped by the fitted preprocessing.
+
+        ``forward(categorical, numeric)`` returns one logit per row: ``categorical`` holds one code per
+        categorical column (``vocab_sizes[j]`` codes, 0 for unseen values), ``numeric`` is ``num_inputs``
+        wide (a scaled value and a null indicator per numeric column). The module keeps ``vocab_sizes``
+        and ``num_inputs`` as attributes, so a model folder can check them against its preprocessing.
+        """
         ...
 
-    def baselines(self) -> Mapping[str, Callable[[Any], Baseline]]:
-        """Baseline factories by the name the gate policy uses (``settings.training.gate_beat_baselines``).
+    def baselines(self) -> Mapping[str, Callable[[Any, FeatureContract], Baseline]]:
+        """This workload's own baselines, by the name the gate policy uses (``training.gate_beat_baselines``).
 
-        Each is called with the model's fitted preprocessing, so a baseline that encodes categoricals
-        sees the same codes as the network (one that needs nothing ignores it).
+        Each factory is called with the model's fitted preprocessing and the contract, so a baseline that
+        encodes categoricals sees the same codes as the network. The platform adds its generic
+        gradient-boosting baseline (``hgb``) for every workload.
         """
         ...
 
@@ -187,7 +198,7 @@ def _missing(obj: object, name: str) -> bool:
     return False
 
 
-def get_workload(spec: str | Any = "flights") -> Workload:
+def get_workload(spec: str | Any) -> Workload:
     """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
     name = spec if isinstance(spec, str) else spec.workload
     if name in _LOADED:

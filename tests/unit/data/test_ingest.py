@@ -10,6 +10,7 @@ import pytest
 
 from tenfold.data.ingest import IngestError, ingest_month
 from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import sources as nycflights13
 
 JAN = Partition(2013, 1)
@@ -26,7 +27,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def test_ingest_publishes_every_table_of_the_month(tmp_path: Path, cached_reader: dict[str, pa.Table]) -> None:
     lake = Lake(tmp_path.as_uri())
-    manifests = ingest_month(lake, JAN, run_id="r1", reader=cached_reader.__getitem__)
+    manifests = ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
     assert set(manifests) == set(nycflights13.TABLES)
     flights = lake.read_table("flights", [JAN])
     assert flights.num_rows == manifests["flights"].rows == 27_004
@@ -40,9 +41,9 @@ def test_ingest_publishes_every_table_of_the_month(tmp_path: Path, cached_reader
 
 def test_reingest_is_a_no_op_and_never_duplicates(tmp_path: Path, cached_reader: dict[str, pa.Table]) -> None:
     lake = Lake(tmp_path.as_uri())
-    first = ingest_month(lake, JAN, run_id="r1", reader=cached_reader.__getitem__)
+    first = ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
     before = tree(tmp_path / "flights")
-    second = ingest_month(lake, JAN, run_id="r2", reader=cached_reader.__getitem__)
+    second = ingest_month(lake, JAN, run_id="r2", workload=WORKLOAD, reader=cached_reader.__getitem__)
     assert {t: m.content for t, m in first.items()} == {t: m.content for t, m in second.items()}
     assert tree(tmp_path / "flights") == before  # same files, same manifest bytes: nothing rewritten
     assert second["flights"].run_id == "r1"
@@ -50,14 +51,14 @@ def test_reingest_is_a_no_op_and_never_duplicates(tmp_path: Path, cached_reader:
     assert flights.num_rows == 27_004  # the month's rows once, not twice
     # A fresh lake gets byte-identical files (deterministic writer options).
     other = tmp_path / "other"
-    ingest_month(Lake(other.as_uri()), JAN, run_id="r3", reader=cached_reader.__getitem__)
+    ingest_month(Lake(other.as_uri()), JAN, run_id="r3", workload=WORKLOAD, reader=cached_reader.__getitem__)
     assert lake.read_manifest("flights", JAN).content == Lake(other.as_uri()).read_manifest("flights", JAN).content
 
 
 def test_month_outside_the_data_is_a_clear_error(tmp_path: Path, cached_reader: dict[str, pa.Table]) -> None:
     lake = Lake(tmp_path.as_uri())
     with pytest.raises(IngestError, match="no flights rows for 2014-01"):
-        ingest_month(lake, Partition(2014, 1), run_id="r", reader=cached_reader.__getitem__)
+        ingest_month(lake, Partition(2014, 1), run_id="r", workload=WORKLOAD, reader=cached_reader.__getitem__)
     assert lake.published_partitions("flights") == []
 
 
@@ -65,7 +66,7 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
     tmp_path: Path, cached_reader: dict[str, pa.Table], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = Lake(tmp_path.as_uri())
-    ingest_month(lake, JAN, run_id="r1", reader=cached_reader.__getitem__)
+    ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
     manifest_before = (tmp_path / "flights/year=2013/month=1/_SUCCESS").read_bytes()
     rows_before = lake.read_table("flights", [JAN]).num_rows
 
@@ -78,12 +79,12 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
 
     monkeypatch.setattr(Lake, "_write_atomic", die)
     with pytest.raises(KeyboardInterrupt):
-        ingest_month(lake, JAN, run_id="r2", reader=changed)
+        ingest_month(lake, JAN, run_id="r2", workload=WORKLOAD, reader=changed)
     monkeypatch.undo()
     assert (tmp_path / "flights/year=2013/month=1/_SUCCESS").read_bytes() == manifest_before
     assert lake.read_table("flights", [JAN]).num_rows == rows_before
     # The retry completes the publish and garbage-collects the orphaned data folder.
-    ingest_month(lake, JAN, run_id="r3", reader=changed)
+    ingest_month(lake, JAN, run_id="r3", workload=WORKLOAD, reader=changed)
     assert lake.read_table("flights", [JAN]).num_rows == 100
     assert len(list((tmp_path / "flights/year=2013/month=1").glob("data-*"))) == 1
 

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from tenfold.data.lake import Partition
-from tenfold.model import FlightDelayModel, ModelConfig, ModelLoadError, Preprocessor, load_model, save_model
+from tenfold.model import ModelLoadError, Preprocessor, load_model, save_model
 from tenfold.model.preprocessing import PreprocessingError
-from tenfold.training.synthetic import synthetic_features
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+from tenfold.workloads.flights.synthetic import synthetic_features
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def table() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def pre(table: pa.Table) -> Preprocessor:
-    return Preprocessor.fit(table)
+    return Preprocessor.fit(table, CONTRACT)
 
 
 def _model(pre: Preprocessor, config: ModelConfig, seed: int = 0) -> FlightDelayModel:
@@ -34,7 +37,7 @@ def _model(pre: Preprocessor, config: ModelConfig, seed: int = 0) -> FlightDelay
 def test_round_trip_rebuilds_the_same_predictions(tmp_path: Path, table: pa.Table, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.3)
     model = _model(pre, config)
-    meta = save_model(tmp_path, model, config, pre, extra={"run": "x"})
+    meta = save_model(tmp_path, model, config, pre, workload=WORKLOAD.name, extra={"run": "x"})
     loaded = load_model(tmp_path)
     assert loaded.config == config and loaded.meta["extra"] == {"run": "x"}
     assert meta["torch_version"] == torch.__version__ and meta["vocab_sizes"] == pre.vocab_sizes
@@ -46,8 +49,8 @@ def test_round_trip_rebuilds_the_same_predictions(tmp_path: Path, table: pa.Tabl
 
 def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,))
-    save_model(tmp_path / "a", _model(pre, config, 0), config, pre)
-    save_model(tmp_path / "b", _model(pre, config, 1), config, pre)
+    save_model(tmp_path / "a", _model(pre, config, 0), config, pre, workload=WORKLOAD.name)
+    save_model(tmp_path / "b", _model(pre, config, 1), config, pre, workload=WORKLOAD.name)
     (tmp_path / "a" / "weights.pt").write_bytes((tmp_path / "b" / "weights.pt").read_bytes())
     with pytest.raises(ModelLoadError, match=r"weights\.pt does not match meta\.json: sha256"):
         load_model(tmp_path / "a")
@@ -55,7 +58,7 @@ def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor)
 
 def test_meta_describing_another_architecture_is_refused(tmp_path: Path, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,))
-    save_model(tmp_path, _model(pre, config), config, pre)
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["config"]["hidden"] = [16]  # the checksum still matches the file: the shapes must not
     (tmp_path / "meta.json").write_text(json.dumps(meta))
@@ -67,7 +70,7 @@ def test_missing_or_garbled_files_are_refused(tmp_path: Path, pre: Preprocessor)
     with pytest.raises(ModelLoadError, match=r"meta\.json is missing"):
         load_model(tmp_path)
     config = ModelConfig(embedding_dim=4, hidden=(8,))
-    save_model(tmp_path, _model(pre, config), config, pre)
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
     body = json.loads((tmp_path / "preprocessing.json").read_text())
     body["vocabularies"]["carrier"].append("ZZ")
     (tmp_path / "preprocessing.json").write_text(json.dumps(body))
@@ -102,7 +105,7 @@ def test_the_folder_holds_exactly_the_named_files_meta_last(tmp_path: Path, pre:
     from tenfold.model_files import META_FILE, WRITE_ORDER
 
     config = ModelConfig(embedding_dim=2, hidden=(4,))
-    save_model(tmp_path, _model(pre, config), config, pre)
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITE_ORDER) and WRITE_ORDER[-1] == META_FILE
     # The registry and the CLI read these names without loading torch.
     code = "import sys, tenfold.model_files, tenfold.registry.registry; print('torch' in sys.modules)"

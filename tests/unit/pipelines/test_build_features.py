@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Partition
-from tenfold.features import schema
 from tenfold.pipelines import build_features as pipeline
 
 from .conftest import features_table
@@ -72,7 +72,7 @@ def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage
     first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
     stage(table, FEB, first.staging_key)
     published = pipeline.publish(settings, first)
-    assert published["rows"] == 2_000 and lake.has_manifest(schema.TABLE, FEB)
+    assert published["rows"] == 2_000 and lake.has_manifest(FEATURES_TABLE, FEB)
     assert lake.fs.get_file_info(lake._path(first.staging_uri)).type.name == "NotFound"  # staging dropped
     # a retry after the publish (staging already gone) returns the same manifest
     assert pipeline.publish(settings, first) == published
@@ -81,7 +81,7 @@ def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage
     stage(table, FEB, second.staging_key)
     again = pipeline.publish(settings, second)
     assert {k: again[k] for k in ("rows", "schema_hash", "files")} == {k: published[k] for k in ("rows", "schema_hash", "files")}
-    assert lake.read_table(schema.TABLE, [FEB]).num_rows == 2_000  # never duplicated
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000  # never duplicated
     # nothing staged and nothing published: a clear error, not an empty partition
     with pytest.raises(Exception, match="re-run build_features"):
         pipeline.publish(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))

@@ -150,7 +150,7 @@ def january_flights() -> pa.Table:
 
 def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake, alerts, january_flights):
     jan = Partition(2013, 1)
-    publish_table(lake, "flights", jan, january_flights, run_id="good")
+    publish_table(lake, "flights", jan, january_flights, run_id="good", source=WORKLOAD.sources.name)
     assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k0", docs=False).success
 
     bad = january_flights.to_pylist()
@@ -158,7 +158,7 @@ def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake
         row["carrier"] = None  # a key column missing
     for row in bad[25:50]:
         row["origin"], row["dep_time"] = "XXX", 9999  # not a New York airport, not a clock time
-    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad")
+    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad", source=WORKLOAD.sources.name)
     assert lake.has_manifest("flights", jan)
 
     with pytest.raises(ValidationFailed) as caught:
@@ -179,7 +179,7 @@ def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake
 
 def test_a_truncated_published_file_is_caught_before_reading(settings, lake, january_flights):
     jan = Partition(2013, 1)
-    publish_table(lake, "flights", jan, january_flights.slice(0, 1000), run_id="r")
+    publish_table(lake, "flights", jan, january_flights.slice(0, 1000), run_id="r", source=WORKLOAD.sources.name)
     (path,) = lake.files("flights", jan)
     with lake.fs.open_output_stream(path) as out:
         out.write(b"PAR1")

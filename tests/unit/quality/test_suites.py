@@ -8,8 +8,11 @@ import pytest
 
 from tenfold.data.lake import Partition
 from tenfold.quality.suites import SuiteError, load_suite, load_suite_dict, partition_parameters
+from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import contract as schema
 from tenfold.workloads.flights.sources import SCHEMAS
+
+SUITES = WORKLOAD.expectations_dir
 
 GX_TYPE = {"int32": "int32", "float64": "float64", "double": "float64", "string": "str", "bool": "bool", "timestamp[us, tz=UTC]": "Timestamp"}
 
@@ -20,9 +23,9 @@ def _by_type(body: dict, kind: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("name", ["raw_flights", "features"])
 def test_suite_loads_into_great_expectations(name):
-    suite = load_suite(name)
+    suite = load_suite(name, SUITES)
     assert suite.name == name
-    assert len(suite.expectations) == len(load_suite_dict(name)["expectations"]) > 20
+    assert len(suite.expectations) == len(load_suite_dict(name, SUITES)["expectations"]) > 20
     kinds = {type(e).__name__ for e in suite.expectations}
     # schema, nulls, ranges, row count, freshness: each kind of check is present
     for kind in ("ExpectTableColumnsToMatchOrderedList", "ExpectColumnValuesToBeOfType", "ExpectColumnValuesToNotBeNull",
@@ -32,7 +35,7 @@ def test_suite_loads_into_great_expectations(name):
 
 
 def test_features_suite_matches_the_features_contract():
-    body = load_suite_dict("features")
+    body = load_suite_dict("features", SUITES)
     (columns,) = [e["kwargs"]["column_list"] for e in body["expectations"] if e["type"] == "expect_table_columns_to_match_ordered_list"]
     assert tuple(columns) == schema.ALL_COLUMNS
     types = _by_type(body, "expect_column_values_to_be_of_type")
@@ -44,7 +47,7 @@ def test_features_suite_matches_the_features_contract():
 
 
 def test_raw_flights_suite_matches_the_ingested_schema():
-    body = load_suite_dict("raw_flights")
+    body = load_suite_dict("raw_flights", SUITES)
     (columns,) = [e["kwargs"]["column_list"] for e in body["expectations"] if e["type"] == "expect_table_columns_to_match_ordered_list"]
     assert columns == SCHEMAS["flights"].names
     types = _by_type(body, "expect_column_values_to_be_of_type")
@@ -53,7 +56,7 @@ def test_raw_flights_suite_matches_the_ingested_schema():
 
 def test_a_missing_or_broken_suite_is_named(tmp_path):
     with pytest.raises(SuiteError, match=r"no suite 'nope'.*features"):
-        load_suite_dict("nope")
+        load_suite_dict("nope", SUITES)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SuiteError, match=r"bad\.json is not valid JSON"):
         load_suite_dict("bad", root=tmp_path)

@@ -8,8 +8,8 @@ import pytest
 
 from tenfold.config.settings import project_root
 from tenfold.data.lake import Lake, MissingManifestError, Partition
-from tenfold.features import schema
 from tenfold.registry.lineage import Lineage, PartitionRef, code_version, partition_refs
+from tenfold.workloads.flights.contract import CONTRACT
 
 
 def test_code_version_in_and_out_of_a_checkout(tmp_path: Path) -> None:
@@ -20,14 +20,14 @@ def test_code_version_in_and_out_of_a_checkout(tmp_path: Path) -> None:
 
 
 def test_partition_refs_read_manifests_and_refuse_unpublished(tmp_path: Path) -> None:
-    from tenfold.training.synthetic import publish_synthetic_features
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     lake = Lake((tmp_path / "lake").as_uri())
     publish_synthetic_features(lake, [Partition(2013, 1)], 20)
     (ref,) = partition_refs(lake, "features", [Partition(2013, 1)])
     manifest = lake.read_manifest("features", Partition(2013, 1))
     assert (ref.partition, ref.rows, ref.data_dir, ref.run_id) == ("2013-01", 20, manifest.data_dir, manifest.run_id)
-    assert ref.validation == schema.manifest_extra(synthetic=True) and len(ref.manifest_sha256) == 64
+    assert ref.validation == CONTRACT.manifest_extra(synthetic=True) and len(ref.manifest_sha256) == 64
     with pytest.raises(MissingManifestError, match="2013-02"):
         partition_refs(lake, "features", [Partition(2013, 2)])
 

@@ -117,9 +117,10 @@ def test_a_checkpoint_that_is_no_snapshot_is_skipped_for_an_older_one(tmp_path: 
 
 
 def test_the_worker_builds_its_model_in_one_function() -> None:
-    from tenfold.model import FlightDelayModel, ModelConfig, Preprocessor
+    from tenfold.model import Preprocessor
     from tenfold.training.config import TrainConfig
     from tenfold.training.worker import build_model
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
 
     pre = Preprocessor(categorical_columns=("a",), numeric_columns=("x", "y"), vocabularies={"a": ["p", "q"]},
                        means={"x": 0.0, "y": 0.0}, stds={"x": 1.0, "y": 1.0})

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features import schema
-from tenfold.model import FlightDelayModel, ModelConfig, Preprocessor, save_model
+from tenfold.model import Preprocessor, save_model
 from tenfold.training.data import (
     FeatureDataset,
     MissingFeaturesError,
@@ -25,7 +25,11 @@ from tenfold.training.evaluate import (
     evaluate_with_baselines,
     split_from_settings,
 )
-from tenfold.training.synthetic import publish_synthetic_features, synthetic_features
+from tenfold.workloads import VERSION_KEY
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+from tenfold.workloads.flights.synthetic import publish_synthetic_features, synthetic_features
 
 TRAIN = month_range("2013-01", "2013-02")
 HOLDOUT = [Partition(2013, 3)]
@@ -40,7 +44,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
 
 def test_a_partition_without_manifest_is_refused(lake: Lake, tmp_path: Path) -> None:
     # Data files present but never published (a job that died before writing _SUCCESS).
-    folder = Path(lake.partition_path(schema.TABLE, Partition(2013, 5))) / "data-unpublished"
+    folder = Path(lake.partition_path(FEATURES_TABLE, Partition(2013, 5))) / "data-unpublished"
     folder.mkdir(parents=True)
     pq.write_table(synthetic_features(Partition(2013, 5), 10), folder / "part-00000.parquet")
     with pytest.raises(MissingFeaturesError, match=r"2013-05 have no _SUCCESS manifest.*run build_features"):
@@ -55,15 +59,15 @@ def test_a_partition_of_another_feature_definition_is_refused(tmp_path: Path) ->
     staged = tmp_path / "staged"
     staged.mkdir()
     pq.write_table(synthetic_features(old, 50), staged / "part-00000.parquet")
-    lake.publish(schema.TABLE, old, str(staged), run_id="old", extra={schema.VERSION_KEY: schema.FEATURES_VERSION - 1})
-    assert read_features(lake, [current]).num_rows == 50
-    with pytest.raises(StaleFeaturesError, match=rf"2013-02 \(version {schema.FEATURES_VERSION - 1}\).*rebuild"):
-        read_features(lake, [current, old])
+    lake.publish(FEATURES_TABLE, old, str(staged), run_id="old", extra={VERSION_KEY: CONTRACT.version - 1})
+    assert read_features(lake, [current], contract=CONTRACT).num_rows == 50
+    with pytest.raises(StaleFeaturesError, match=rf"2013-02 \(version {CONTRACT.version - 1}\).*rebuild"):
+        read_features(lake, [current, old], contract=CONTRACT)
 
 
 def test_ranks_together_see_the_single_process_batch(lake: Lake) -> None:
     table = read_features(lake, TRAIN)
-    data = FeatureDataset.from_table(table, Preprocessor.fit(table))
+    data = FeatureDataset.from_table(table, Preprocessor.fit(table, CONTRACT), CONTRACT.label)
     one = ShardedBatches(data, 64, world_size=1, rank=0, seed=4)
     two = [ShardedBatches(data, 32, world_size=2, rank=r, seed=4) for r in (0, 1)]
     assert one.steps_per_epoch == two[0].steps_per_epoch == two[1].steps_per_epoch
@@ -87,8 +91,8 @@ def test_the_split_is_by_time() -> None:
 
 def _train_in_process(lake: Lake, out: Path) -> Path:
     table = read_features(lake, TRAIN)
-    pre = Preprocessor.fit(table)
-    data = FeatureDataset.from_table(table, pre)
+    pre = Preprocessor.fit(table, CONTRACT)
+    data = FeatureDataset.from_table(table, pre, CONTRACT.label)
     config = ModelConfig(embedding_dim=4, hidden=(16,), dropout=0.0)
     torch.manual_seed(0)
     model = FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs)
@@ -100,7 +104,7 @@ def _train_in_process(lake: Lake, out: Path) -> Path:
             opt.zero_grad()
             torch.nn.functional.binary_cross_entropy_with_logits(model(cat, num), y).backward()
             opt.step()
-    save_model(out, model, config, pre)
+    save_model(out, model, config, pre, workload=WORKLOAD.name)
     return out
 
 

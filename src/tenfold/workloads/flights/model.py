@@ -79,16 +79,8 @@ class FlightDelayModel(nn.Module):
         parts.append(numeric)
         return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
 
-    @torch.no_grad()
     def predict_proba(self, categorical: torch.Tensor, numeric: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
-        """Probabilities in eval mode, in batches so a whole holdout never needs one huge activation."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = [
-                torch.sigmoid(self(categorical[i : i + batch_size], numeric[i : i + batch_size]))
-                for i in range(0, categorical.shape[0], batch_size)
-            ]
-        finally:
-            self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        """Probabilities in eval mode (:func:`tenfold.model.io.predict_proba`, what a loaded model uses)."""
+        from tenfold.model.io import predict_proba
+
+        return predict_proba(self, categorical, numeric, batch_size)
