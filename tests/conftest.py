@@ -8,6 +8,13 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 * ``local_settings`` -> a local ``Settings`` whose home (and lake) is a temp dir and whose emulator
   endpoints are the two above; buckets and the Pub/Sub topology are provisioned. The lake is shared
   by the whole session: write under partitions/prefixes of your own.
+* ``lake``, ``alerts``, ``stage`` -> the lake of ``settings``, the alerts its file hook received, and a
+  writer of staged features batches (what the feature job leaves for the gate).
+* ``make_settings`` -> THE way a test gets a ``Settings`` of its own: ``make_settings()`` is local
+  settings on a fresh temp home (lake and alert file under it), no services; ``make_settings(on=
+  local_settings)`` keeps that session's emulator endpoints with a fresh home, lake and registry
+  prefix; keyword arguments replace fields or update sections (``storage={"features_table": "x"}``).
+  ``settings`` is ``make_settings()`` for one test.
 * ``airflow_env`` -> the environment for ``airflow dags test`` subprocesses: temp AIRFLOW_HOME with a
   migrated SQLite DB, the project's dags/, the emulators, and TENFOLD_* variables under which
   ``get_settings()`` in the subprocess equals ``local_settings``.
@@ -15,13 +22,18 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tenfold.config import Settings
+from tenfold.config import Settings, build_settings
+from tenfold.data.lake import Lake, Partition
 from tenfold.local import LocalPlatformError, free_port, start_service, stop_service
 from tenfold.local import local_settings as _local_settings
 from tenfold.local.services import gcs_endpoint
@@ -78,6 +90,74 @@ def local_settings(tenfold_home: Path, gcs_emulator: str, pubsub_emulator: str) 
     )
     provision(settings)
     return settings
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(scope="session")
+def make_settings(tmp_path_factory: pytest.TempPathFactory) -> SettingsFactory:
+    """Settings on a fresh temp home each call (see the module docstring)."""
+
+    def make(*, on: Settings | None = None, **update: Any) -> Settings:
+        home = tmp_path_factory.mktemp("home")
+        if on is None:
+            base = build_settings("local", {"TENFOLD_HOME": str(home), "TENFOLD_ALERT_FILE": str(home / "alerts.jsonl")})
+            sections: dict[str, Any] = {}
+        else:
+            base = on
+            sections = {
+                "local": on.local.model_copy(update={"home": home}),
+                "monitoring": on.monitoring.model_copy(update={"alert_file": home / "alerts.jsonl"}),
+                # The emulator and its buckets are shared by the session: a registry of its own.
+                "storage": on.storage.model_copy(update={"lake_uri": (home / "lake").as_uri(),
+                                                         "registry_prefix": f"registry-{uuid.uuid4().hex[:10]}"}),
+            }
+        for key, value in update.items():
+            if isinstance(value, Mapping):
+                section = sections.get(key, getattr(base, key))
+                sections[key] = section.model_copy(update=dict(value))
+            else:
+                sections[key] = value
+        return base.model_copy(update=sections)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    """Local settings on this test's own temp home, no services."""
+    return make_settings()
+
+
+@pytest.fixture
+def lake(settings: Settings) -> Lake:
+    return Lake.from_settings(settings)
+
+
+@pytest.fixture
+def alerts(settings: Settings) -> Callable[[], list[dict]]:
+    """The alerts delivered to the file hook so far."""
+
+    def read() -> list[dict]:
+        path = settings.monitoring.alert_file
+        assert path is not None
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return read
+
+
+@pytest.fixture
+def stage(settings: Settings, lake: Lake) -> Callable[[pa.Table, Partition, str], str]:
+    """Write ``table`` as the staged features batch ``attempt`` of ``part``; returns its URI."""
+
+    def write(table: pa.Table, part: Partition, attempt: str = "a1") -> str:
+        path = lake.staging_path(settings.storage.features_table, part, attempt)
+        lake.fs.create_dir(path, recursive=True)
+        pq.write_table(table, f"{path}/part-00000.parquet", filesystem=lake.fs)
+        return lake.uri_of(path)
+
+    return write
 
 
 @pytest.fixture(scope="module")

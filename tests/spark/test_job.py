@@ -12,13 +12,14 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
-from tenfold.config import Settings, get_settings
+from tenfold.config import Settings
 from tenfold.data.ingest import ingest_month
 from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
 from tenfold.features import job
@@ -32,8 +33,8 @@ FEB_FLIGHTS = 24_951
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    return get_settings("local")
+def spark_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,11 @@ def lake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published(settings: Settings, lake_root: Path) -> tuple[Manifest, str]:
+def published(spark_settings: Settings, lake_root: Path) -> tuple[Manifest, str]:
     """February built and published by the real spark-submit job; returns its manifest and log."""
     lake = Lake(lake_root.as_uri())
     staging = lake.uri_of(lake.staging_path(FEATURES_TABLE, FEB, "clean"))
-    log = spark_submit_features(settings, FEB, staging, publish=True, run_id="clean", lake_uri=lake.uri, timeout_s=600)
+    log = spark_submit_features(spark_settings, FEB, staging, publish=True, run_id="clean", lake_uri=lake.uri, timeout_s=600)
     return lake.read_manifest(FEATURES_TABLE, FEB), log
 
 
@@ -98,35 +99,35 @@ def test_a_task_failing_once_is_retried_and_the_output_is_identical(
     assert sha256(written) == manifest.files[0].sha256
 
 
-def test_a_month_never_ingested_fails_before_spark_starts(settings: Settings, lake_root: Path, tmp_path: Path) -> None:
+def test_a_month_never_ingested_fails_before_spark_starts(spark_settings: Settings, lake_root: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(SparkJobError, match="never published") as err:
-        spark_submit_features(settings, Partition(2013, 3), (tmp_path / "o").as_uri(), lake_uri=lake_root.as_uri())
+        spark_submit_features(spark_settings, Partition(2013, 3), (tmp_path / "o").as_uri(), lake_uri=lake_root.as_uri())
     assert err.value.returncode == job.EXIT_BAD_INPUT
     assert "tenfold ingest" not in str(err.value) or "run the pipeline" in str(err.value)
     assert time.monotonic() - started < 60  # no JVM was needed to find out
 
 
-def test_truncated_parquet_input_fails_clearly(settings: Settings, lake_root: Path, tmp_path: Path) -> None:
+def test_truncated_parquet_input_fails_clearly(spark_settings: Settings, lake_root: Path, tmp_path: Path) -> None:
     broken = tmp_path / "lake"
     shutil.copytree(lake_root, broken, ignore=shutil.ignore_patterns("features", "_staging"))
     [data] = (broken / "flights/year=2013/month=2").glob("data-*/part-*.parquet")
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(SparkJobError) as err:
-        spark_submit_features(settings, FEB, (tmp_path / "o").as_uri(), publish=True, lake_uri=broken.as_uri())
+        spark_submit_features(spark_settings, FEB, (tmp_path / "o").as_uri(), publish=True, lake_uri=broken.as_uri())
     assert err.value.returncode == job.EXIT_BAD_INPUT
     assert "flights 2013-02" in str(err.value) and "wrong size" in str(err.value)
     assert not Lake(broken.as_uri()).has_manifest(FEATURES_TABLE, FEB)
 
 
 def test_a_killed_job_leaves_the_visible_partition_unchanged(
-    settings: Settings, published: tuple[Manifest, str], lake_root: Path
+    spark_settings: Settings, published: tuple[Manifest, str], lake_root: Path
 ) -> None:
     lake = Lake(lake_root.as_uri())
     part_dir = lake_root / FEATURES_TABLE / FEB.path
     before = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
     staging = lake_root / "_staging" / "killed"
-    cmd = spark_submit_command(settings, FEB, staging.as_uri(), publish=True, run_id="killed", lake_uri=lake.uri)
+    cmd = spark_submit_command(spark_settings, FEB, staging.as_uri(), publish=True, run_id="killed", lake_uri=lake.uri)
     proc = subprocess.Popen(cmd, env=spark_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

@@ -11,6 +11,7 @@ and the promotion gate.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,20 +31,19 @@ MONTHS = ("2020-01", "2020-03")
 
 
 @pytest.fixture
-def tiny_settings(local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def tiny_settings(make_settings: Callable[..., Settings], local_settings: Settings,
+                  monkeypatch: pytest.MonkeyPatch) -> Settings:
     # The workload's module must import here and in the children (spark-submit, torchrun ranks).
     monkeypatch.syspath_prepend(str(HERE))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    storage = local_settings.storage.model_copy(update={
-        "lake_uri": (tmp_path / "lake").as_uri(), "features_table": "tiny_features", "registry_prefix": "tiny-registry"})
-    return local_settings.model_copy(update={
-        "workload": TINY,
-        "storage": storage,
-        "local": local_settings.local.model_copy(update={"home": tmp_path / "home"}),
-        "pipelines": PipelineSettings(build_features=DagSettings(first_month=MONTHS[0], last_month=MONTHS[1])),
+    return make_settings(
+        on=local_settings,  # the registry on the session's GCS emulator
+        workload=TINY,
+        storage={"features_table": "tiny_features"},
+        pipelines=PipelineSettings(build_features=DagSettings(first_month=MONTHS[0], last_month=MONTHS[1])),
         # The workload's own baseline is "prior" (the positive rate); the gate must beat it.
-        "training": local_settings.training.model_copy(update={"gate_beat_baselines": ("prior",)}),
-    })
+        training={"gate_beat_baselines": ("prior",)},
+    )
 
 
 @pytest.mark.slow

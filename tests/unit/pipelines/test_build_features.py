@@ -11,8 +11,7 @@ import pytest
 from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Partition
 from tenfold.pipelines import build_features as pipeline
-
-from .conftest import features_table
+from tenfold.workloads.flights.synthetic import synthetic_features
 
 FEB = Partition(2013, 2)
 
@@ -68,7 +67,7 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
 
 
 def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage):
-    table = features_table(FEB, rows=2_000)
+    table = synthetic_features(FEB, 2_000, seed=7)
     first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
     stage(table, FEB, first.staging_key)
     published = pipeline.publish(settings, first)

@@ -8,14 +8,15 @@ from typer.testing import CliRunner
 from tenfold.cli import app
 from tenfold.data.lake import Partition
 from tenfold.features.job import FEATURES_TABLE
+from tenfold.workloads.flights.synthetic import synthetic_features
 
-from .conftest import features_table, with_column
+from .conftest import with_column
 
 
 def test_check_reports_without_side_effects(settings, lake, stage, alerts, monkeypatch):
     monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
     part = Partition(2013, 4)
-    table = features_table(part, rows=21_000)
+    table = synthetic_features(part, 21_000, seed=7)
     lake.publish(FEATURES_TABLE, part, stage(table, part, "ok"), run_id="r")
     runner = CliRunner()
     ok = runner.invoke(app, ["quality", "check", "features", "--month", "2013-04"])

@@ -18,8 +18,9 @@ from tenfold.features.job import FEATURES_TABLE
 from tenfold.quality.gate import READ_CHECK, ValidationFailed, validate_partition, validate_published
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights.sources import read as read_source
+from tenfold.workloads.flights.synthetic import synthetic_features
 
-from .conftest import features_table, with_column
+from .conftest import with_column
 
 FEATURES_SUITE = WORKLOAD.features_suite
 RAW_SUITE = WORKLOAD.raw_suites["flights"]
@@ -38,7 +39,7 @@ def _docs_page(report) -> Path:
 
 
 def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
-    uri = stage(features_table(MARCH), MARCH)
+    uri = stage(synthetic_features(MARCH, 24_000, seed=7), MARCH)
     report = validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
     assert report.success, report.summary()
     assert report.rows == 24_000 and report.evaluated > 50 and not report.failures
@@ -50,7 +51,7 @@ def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
 
 
 def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts):
-    table = features_table(MARCH)
+    table = synthetic_features(MARCH, 24_000, seed=7)
     rng = np.random.default_rng(1)
     late = (rng.random(table.num_rows) < 0.9).astype(np.int32)
     drifted = with_column(table, "label", np.maximum(table["label"].to_numpy(), late))  # label rate ~90%
@@ -93,7 +94,7 @@ def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stag
 
 
 def test_a_stale_or_short_month_fails_freshness(settings, stage):
-    table = features_table(MARCH)
+    table = synthetic_features(MARCH, 24_000, seed=7)
     # the batch stops on the 28th, and a few rows are stamped a month late
     short = table.filter(pc.less_equal(table["day"], 28))
     late = short["time_hour"].to_pylist()
@@ -110,7 +111,7 @@ def test_a_stale_or_short_month_fails_freshness(settings, stage):
 
 
 def test_duplicated_rows_and_a_broken_label_contract_fail(settings, stage):
-    table = features_table(MARCH)
+    table = synthetic_features(MARCH, 24_000, seed=7)
     twice = pa.concat_tables([table, table.slice(0, 300)])  # a retry that appended instead of overwriting
     cancelled = twice["cancelled"].to_numpy(zero_copy_only=False).copy()
     label = twice["label"].to_numpy().copy()
@@ -128,7 +129,7 @@ def test_duplicated_rows_and_a_broken_label_contract_fail(settings, stage):
 
 
 def test_a_truncated_staged_file_is_refused(settings, lake, stage, alerts):
-    uri = stage(features_table(MARCH, rows=21_000), MARCH, "trunc1")
+    uri = stage(synthetic_features(MARCH, 21_000, seed=7), MARCH, "trunc1")
     path = lake._path(uri) + "/part-00000.parquet"
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])

@@ -9,6 +9,7 @@ version, not the challenger. (The real evaluator runs in tests/integration/test_
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,11 @@ CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2
 
 
 @pytest.fixture
-def settings(registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def gate_settings(make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    lake_uri = (tmp_path / "lake").as_uri()
-    publish_synthetic_features(Lake(lake_uri), month_range("2013-01", "2013-03"), 50)
-    local = registry_settings.local.model_copy(update={"home": tmp_path / "home"})
-    s = registry_settings.model_copy(update={
-        "storage": registry_settings.storage.model_copy(update={"lake_uri": lake_uri}), "local": local})
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), month_range("2013-01", "2013-03"), 50)
 
     def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
         assert [p.label for p in parts] == ["2013-03"] and table == s.storage.features_table
@@ -66,14 +64,14 @@ def run(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[dict[
     return evaluation, registered, pipeline.gate(settings, planned, evaluation, registered)
 
 
-def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tmp_path: Path) -> None:
-    reg = ModelRegistry(settings)
-    ev1, r1, d1 = run(settings, "manual__1", model(tmp_path, 0.70))
+def test_champion_is_scored_from_its_own_registered_files(gate_settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(gate_settings)
+    ev1, r1, d1 = run(gate_settings, "manual__1", model(tmp_path, 0.70))
     assert ev1.champion is None
     assert d1["promote"] and d1["champion_version"] is None
     assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
 
-    ev2, r2, d2 = run(settings, "manual__2", model(tmp_path, 0.75))
+    ev2, r2, d2 = run(gate_settings, "manual__2", model(tmp_path, 0.75))
     # The champion's score is 0.70, read from the champion version's own files: had the pipeline scored
     # the challenger twice, it would be 0.75 and the gate would have refused the self-comparison.
     assert ev2.champion == {"version": r1.version, "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
@@ -81,7 +79,7 @@ def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tm
     assert d2["champion"]["auc"] == 0.70 and d2["challenger"]["auc"] == 0.75
     assert d2["promote"] and reg.resolve(CHAMPION) == r2.version
 
-    ev3, r3, d3 = run(settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
+    ev3, r3, d3 = run(gate_settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
     assert ev3.champion["version"] == r2.version and ev3.champion["metrics"]["auc"] == 0.75
     assert not d3["promote"] and d3["checks"]["beats_champion"] is False
     assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r3.version
@@ -90,68 +88,68 @@ def test_champion_is_scored_from_its_own_registered_files(settings: Settings, tm
     assert [h.version for h in reg.alias_history(CHAMPION)] == [r1.version, r2.version]
 
 
-def test_a_champion_moved_after_evaluation_makes_the_gate_fail(settings: Settings, tmp_path: Path) -> None:
-    reg = ModelRegistry(settings)
-    _, r1, _ = run(settings, "manual__a", model(tmp_path, 0.70))
-    planned = pipeline.plan(settings, "manual__b", CONF)
+def test_a_champion_moved_after_evaluation_makes_the_gate_fail(gate_settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(gate_settings)
+    _, r1, _ = run(gate_settings, "manual__a", model(tmp_path, 0.70))
+    planned = pipeline.plan(gate_settings, "manual__b", CONF)
     trained = model(tmp_path, 0.80)
-    evaluation = pipeline.evaluate(settings, planned, trained)
-    registered = pipeline.register(settings, planned, trained, evaluation)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    registered = pipeline.register(gate_settings, planned, trained, evaluation)
     other = reg.register(Path(model(tmp_path, 0.72)["model_ref"]), reg.get(r1.version).lineage,  # type: ignore[arg-type]
                          metrics={"auc": 0.72, "log_loss": 0.2, "brier": 0.2})
     reg.promote(other.version, reason="someone else, meanwhile")
     with pytest.raises(AliasConflict, match="comparison is stale"):
-        pipeline.gate(settings, planned, evaluation, registered)
+        pipeline.gate(gate_settings, planned, evaluation, registered)
     assert reg.resolve(CHAMPION) == other.version
 
 
-def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(settings: Settings, tmp_path: Path) -> None:
-    reg = ModelRegistry(settings)
-    planned = pipeline.plan(settings, "manual__x", CONF)
+def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(gate_settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(gate_settings)
+    planned = pipeline.plan(gate_settings, "manual__x", CONF)
     trained = model(tmp_path, 0.7, name="same")
-    evaluation = pipeline.evaluate(settings, planned, trained)
-    registered = pipeline.register(settings, planned, trained, evaluation)
-    first = pipeline.gate(settings, planned, evaluation, registered)
-    again = pipeline.gate(settings, planned, evaluation, registered)  # a retried task
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    registered = pipeline.register(gate_settings, planned, trained, evaluation)
+    first = pipeline.gate(gate_settings, planned, evaluation, registered)
+    again = pipeline.gate(gate_settings, planned, evaluation, registered)  # a retried task
     assert first["promote"] and again["promote"] and again["summary"] == first["summary"]
     assert len(reg.alias_history(CHAMPION)) == 1
 
     # The same content trained again is the same version: the gate refuses to compare it with itself
     # and reports it unchanged instead.
-    _, r2, d2 = run(settings, "manual__y", model(tmp_path, 0.7, name="same"))
+    _, r2, d2 = run(gate_settings, "manual__y", model(tmp_path, 0.7, name="same"))
     assert r2.version == registered.version
     assert d2["promote"] is False and d2["summary"].startswith("UNCHANGED")
     assert len(reg.alias_history(CHAMPION)) == 1
 
 
-def test_plan_refuses_unpublished_months_and_random_splits(settings: Settings) -> None:
+def test_plan_refuses_unpublished_months_and_random_splits(gate_settings: Settings) -> None:
     with pytest.raises(pipeline.PipelineError, match=r"2013-04 have no _SUCCESS manifest.*2013-01, 2013-02, 2013-03"):
-        pipeline.plan(settings, "r", {**CONF, "holdout_months": ["2013-04", "2013-04"]})
+        pipeline.plan(gate_settings, "r", {**CONF, "holdout_months": ["2013-04", "2013-04"]})
     with pytest.raises(pipeline.PipelineError, match="must come after"):
-        pipeline.plan(settings, "r", {**CONF, "holdout_months": ["2013-02", "2013-02"]})
+        pipeline.plan(gate_settings, "r", {**CONF, "holdout_months": ["2013-02", "2013-02"]})
     with pytest.raises(pipeline.PipelineError, match="unknown run conf"):
-        pipeline.plan(settings, "r", {"epoch": 1})
+        pipeline.plan(gate_settings, "r", {"epoch": 1})
     with pytest.raises(pipeline.PipelineError, match="epochs='3'"):
-        pipeline.plan(settings, "r", {**CONF, "epochs": "3"})
+        pipeline.plan(gate_settings, "r", {**CONF, "epochs": "3"})
     with pytest.raises(pipeline.PipelineError, match=r"train_months must be \[first, last\]"):
-        pipeline.plan(settings, "r", {**CONF, "train_months": "2013-01"})
+        pipeline.plan(gate_settings, "r", {**CONF, "train_months": "2013-01"})
     assert pipeline.run_key("scheduled__2026-11-23T03:00:00+00:00").startswith("scheduled__2026-11-23t03-00-00-00-00-")
 
 
-def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(settings: Settings, tmp_path: Path) -> None:
-    reg = ModelRegistry(settings)
-    _, r1, _ = run(settings, "manual__old", model(tmp_path, 0.70))
+def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(gate_settings: Settings, tmp_path: Path) -> None:
+    reg = ModelRegistry(gate_settings)
+    _, r1, _ = run(gate_settings, "manual__old", model(tmp_path, 0.70))
     # The champion becomes unreadable for the evaluator (e.g. an old feature contract).
     broken = reg.register(Path(model(tmp_path, -1.0)["model_ref"]), reg.get(r1.version).lineage,  # type: ignore[arg-type]
                           metrics={"auc": 0.9, "log_loss": 0.2, "brier": 0.1})
     reg.promote(broken.version)
-    planned = pipeline.plan(settings, "manual__new", CONF)
+    planned = pipeline.plan(gate_settings, "manual__new", CONF)
     trained = model(tmp_path, 0.95)
-    evaluation = pipeline.evaluate(settings, planned, trained)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
     assert evaluation.champion["metrics"] is None and "feature contract" in evaluation.champion["error"]
-    registered = pipeline.register(settings, planned, trained, evaluation)
+    registered = pipeline.register(gate_settings, planned, trained, evaluation)
     for _attempt in range(2):  # a retried task fails the same way: no silent success
         with pytest.raises(pipeline.PipelineError, match=f"tenfold models promote {registered.version}"):
-            pipeline.gate(settings, planned, evaluation, registered)
+            pipeline.gate(gate_settings, planned, evaluation, registered)
     assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered.version
     assert "champion" not in pipeline.comparison_table(evaluation)

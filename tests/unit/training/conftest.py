@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tenfold.config import Settings, build_settings
+from tenfold.config import Settings
 from tenfold.data.lake import Lake, month_range
 from tenfold.training.config import TrainConfig
 from tenfold.training.launch import TrainResult, run_torchrun
@@ -26,8 +27,8 @@ def synthetic_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
 
 
 @pytest.fixture(scope="session")
-def train_settings() -> Settings:
-    return build_settings("local")
+def train_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Registry tests run against the session's fake-gcs-server (``gcs_emulator`` in tests/conftest.py).
 
-Each test gets its own registry prefix in the shared models bucket, so tests never see each other's
-versions or aliases.
+Each test gets its own registry prefix in the shared models bucket (``make_settings(on=...)``), so tests
+never see each other's versions or aliases.
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ from tenfold.config import Settings
 from tenfold.registry import Lineage, PartitionRef
 
 
-@pytest.fixture(scope="session")
-def _gcs_settings(gcs_emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from tenfold.local import ensure_buckets, local_settings
-
-    settings = local_settings(tmp_path_factory.mktemp("registry-home"), gcs_port=int(gcs_emulator.rsplit(":", 1)[1]))
-    ensure_buckets(settings)
-    return settings
-
-
 @pytest.fixture
-def registry_settings(_gcs_settings: Settings) -> Settings:
-    storage = _gcs_settings.storage.model_copy(update={"registry_prefix": f"registry-test-{uuid.uuid4().hex[:10]}"})
-    return _gcs_settings.model_copy(update={"storage": storage})
+def registry_settings(make_settings: Callable[..., Settings], local_settings: Settings) -> Settings:
+    """On the session's GCS emulator, with a registry prefix of this test's own."""
+    return make_settings(on=local_settings)
 
 
 ModelDirFactory = Callable[..., Path]

@@ -9,6 +9,7 @@ emulator and storage client, ``tenfold.training.fleet.run_training`` and the pip
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -72,15 +73,14 @@ class FakeTrainingGroup:
 
 
 @pytest.fixture
-def dev_settings(gcs_emulator: str, tmp_path: Path) -> Settings:
+def dev_settings(make_settings: Callable[..., Settings], gcs_emulator: str) -> Settings:
     from tenfold.local import ensure_buckets
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    base = build_settings("dev", project_id="tenfold-test-project")
-    lake_uri = (tmp_path / "lake").as_uri()
-    settings = base.model_copy(update={"storage": base.storage.model_copy(update={"emulator_host": gcs_emulator, "lake_uri": lake_uri})})
+    # dev's names, its storage on the GCS emulator, and a lake of this test's own.
+    settings = make_settings(on=build_settings("dev", project_id="tenfold-test-project"), storage={"emulator_host": gcs_emulator})
     ensure_buckets(settings)
-    publish_synthetic_features(Lake(lake_uri), month_range("2013-01", "2013-03"), 300)
+    publish_synthetic_features(Lake.from_settings(settings), month_range("2013-01", "2013-03"), 300)
     return settings
 
 
