@@ -25,7 +25,6 @@ model is read back from ``.../out/model``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -202,49 +201,17 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
 
 def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
           storage_client: Any = None) -> Trained:
-    """Train the challenger: torchrun here (local) or on the training instance group (dev/prod)."""
+    """Train the challenger (:mod:`tenfold.training.jobs`: torchrun here, the training instance group in dev/prod).
+
+    The keyword arguments are the cloud job's Google clients (tests pass them at that boundary).
+    """
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.jobs import training_job
+
     p = TrainRun.from_xcom(run)
-    if settings.is_local:
-        return _train_local(settings, p)
-    return _train_on_fleet(settings, p, igm_client=igm_client, markers=markers, storage_client=storage_client)
-
-
-def _train_local(settings: Settings, p: TrainRun) -> Trained:
-    from tenfold.training.config import TrainConfig
-    from tenfold.training.launch import run_torchrun
-
-    out = Path(p.work_dir) / "train"
-    cfg = TrainConfig.from_dict(p.train_config)
-    result = run_torchrun(settings, cfg, out, nproc=p.nproc)
-    return Trained(model_ref=str(result.model_dir), train_result=_jsonable(result.to_dict()))
-
-
-def _train_on_fleet(settings: Settings, p: TrainRun, *, igm_client: Any, markers: Any, storage_client: Any) -> Trained:
-    from google.api_core.exceptions import PreconditionFailed
-
-    from tenfold.storage import gcs_client
-    from tenfold.training.config import TrainConfig
-    from tenfold.training.fleet import GcsMarkerStore, run_folder, run_training
-    from tenfold.training.launch import fit_preprocessing
-    from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE
-
-    client = storage_client or gcs_client(settings)
-    bucket = settings.storage.artifacts_bucket
-    out = f"{run_folder(settings, p.run_key)}/out"
-    cfg = TrainConfig.from_dict(p.train_config)
-    # The nodes never fit preprocessing: it is fit once here, on the training window, and staged beside
-    # the config. Create-only, so a retried task keeps what its first attempt's checkpoints were trained with.
-    staged = {CONFIG_FILE: cfg.to_json()}
-    if client.bucket(bucket).get_blob(f"{out}/{PREPROCESSING_FILE}") is None:
-        staged[PREPROCESSING_FILE] = fit_preprocessing(cfg).to_json()
-    for name, body in staged.items():
-        with contextlib.suppress(PreconditionFailed):  # staged by an earlier attempt of this run
-            client.bucket(bucket).blob(f"{out}/{name}").upload_from_string(body, if_generation_match=0)
-    args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
-    run = run_training(settings, p.run_key, args=args, client=igm_client,
-                       markers=markers if markers is not None else GcsMarkerStore(client))
-    return Trained(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", train_result={
-        "run_id": run.run_id, "status": run.status, "marker": _jsonable(run.marker), "elapsed_s": run.elapsed_s})
+    job = training_job(settings, igm_client=igm_client, markers=markers, storage_client=storage_client)
+    model = job.run(TrainConfig.from_dict(p.train_config), p.run_key, Path(p.work_dir), nproc=p.nproc)
+    return Trained(model_ref=model.model_ref, train_result=model.result)
 
 
 def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_client: Any = None) -> Path:

@@ -1,0 +1,93 @@
+"""Where a training job runs: the :class:`TrainingJob` seam, torchrun here and the GPU training group in the cloud.
+
+Both train the same worker (:mod:`tenfold.training.worker`) from the same :class:`TrainConfig`, fit the
+preprocessing once on the training window before any rank starts, and return only when the job is over,
+so the ``train_model`` DAG's ``train`` task is the same in every environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tenfold.config import Settings
+from tenfold.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Where the trained model folder is (a local path or a ``gs://`` prefix) and how the job went (JSON)."""
+
+    model_ref: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingJob(Protocol):
+    """Trains ``cfg`` for the run ``run_key`` and returns when the model folder is complete."""
+
+    def run(self, cfg: TrainConfig, run_key: str, work_dir: Path, *, nproc: int | None = None) -> TrainedModel: ...
+
+
+def _json(body: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(body, default=str))
+    return out
+
+
+class LocalTorchrunJob:
+    """``torchrun --standalone`` on this machine, in ``<work_dir>/train`` (:func:`tenfold.training.launch.run_torchrun`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, cfg: TrainConfig, run_key: str, work_dir: Path, *, nproc: int | None = None) -> TrainedModel:
+        from tenfold.training.launch import run_torchrun
+
+        result = run_torchrun(self.settings, cfg, work_dir / "train", nproc=nproc)
+        return TrainedModel(model_ref=str(result.model_dir), result=_json(result.to_dict()))
+
+
+class FleetTrainingJob:
+    """The GPU training group (:func:`tenfold.training.fleet.run_training`), staged in the artifacts bucket.
+
+    The config and the preprocessing (fit here, once) are staged in ``gs://<artifacts>/<runs_prefix>/<run>/out``
+    create-only, so a retried task keeps what its first attempt's checkpoints were trained with; the nodes
+    write the model to ``.../out/model``. ``igm_client``, ``markers`` and ``storage_client`` are the Google
+    clients (tests pass fakes or emulator clients at that boundary).
+    """
+
+    def __init__(self, settings: Settings, *, igm_client: Any = None, markers: Any = None, storage_client: Any = None) -> None:
+        self.settings, self.igm_client, self.markers, self.storage_client = settings, igm_client, markers, storage_client
+
+    def run(self, cfg: TrainConfig, run_key: str, work_dir: Path, *, nproc: int | None = None) -> TrainedModel:
+        from google.api_core.exceptions import PreconditionFailed
+
+        from tenfold.storage import gcs_client
+        from tenfold.training.fleet import GcsMarkerStore, run_folder, run_training
+        from tenfold.training.launch import fit_preprocessing
+        from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE
+
+        settings = self.settings
+        client = self.storage_client or gcs_client(settings)
+        bucket = settings.storage.artifacts_bucket
+        out = f"{run_folder(settings, run_key)}/out"
+        staged = {CONFIG_FILE: cfg.to_json()}
+        if client.bucket(bucket).get_blob(f"{out}/{PREPROCESSING_FILE}") is None:
+            staged[PREPROCESSING_FILE] = fit_preprocessing(cfg).to_json()
+        for name, body in staged.items():
+            with contextlib.suppress(PreconditionFailed):  # staged by an earlier attempt of this run
+                client.bucket(bucket).blob(f"{out}/{name}").upload_from_string(body, if_generation_match=0)
+        args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
+        run = run_training(settings, run_key, args=args, client=self.igm_client,
+                           markers=self.markers if self.markers is not None else GcsMarkerStore(client))
+        return TrainedModel(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", result=_json({
+            "run_id": run.run_id, "status": run.status, "marker": run.marker, "elapsed_s": run.elapsed_s}))
+
+
+def training_job(settings: Settings, **clients: Any) -> TrainingJob:
+    """torchrun locally, the training group in dev and prod."""
+    if settings.is_local:
+        return LocalTorchrunJob(settings)
+    return FleetTrainingJob(settings, **clients)
