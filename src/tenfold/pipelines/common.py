@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import logging
 import re
 import sys
@@ -35,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
 from tenfold.config import Settings
+from tenfold.jsonable import plain_json
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class RunState:
 
     def to_xcom(self) -> dict[str, Any]:
         """Plain JSON types only (tuples become lists), so Airflow's XCom stores it as it is."""
-        body: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # type: ignore[call-overload]
+        body: dict[str, Any] = plain_json(self)
         return body
 
     @classmethod

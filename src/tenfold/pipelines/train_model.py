@@ -38,6 +38,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.jsonable import plain_json
 from tenfold.model_files import META_FILE
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
@@ -244,10 +245,6 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
-
-
 def metrics_dict(metrics: Any) -> dict[str, Any]:
     """C's metrics object (or a mapping) as plain JSON with at least auc, log_loss and brier."""
     if hasattr(metrics, "to_dict"):
@@ -256,7 +253,7 @@ def metrics_dict(metrics: Any) -> dict[str, Any]:
         body = dict(metrics)
     else:
         body = asdict(metrics)
-    body = _jsonable(body)
+    body = plain_json(body)
     missing = [k for k in ("auc", "log_loss", "brier") if k not in body]
     if missing:
         raise PipelineError(f"evaluation returned no {missing}: the evaluator is out of date")
@@ -392,7 +389,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
     baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
     decision: Decision = decide(challenger, champion, baselines, GatePolicy.from_settings(settings))
-    body = _jsonable(decision.to_dict())
+    body = plain_json(decision.to_dict())
     reg.record_decision(version, p.run_key, body)
     log.info("%s", decision.summary)
     if decision.promote:

@@ -8,12 +8,12 @@ so the ``train_model`` DAG's ``train`` task is the same in every environment.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tenfold.config import Settings
+from tenfold.jsonable import plain_json
 from tenfold.training.config import TrainConfig
 
 
@@ -31,11 +31,6 @@ class TrainingJob(Protocol):
     def run(self, cfg: TrainConfig, run_key: str, work_dir: Path, *, nproc: int | None = None) -> TrainedModel: ...
 
 
-def _json(body: Any) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(json.dumps(body, default=str))
-    return out
-
-
 class LocalTorchrunJob:
     """``torchrun --standalone`` on this machine, in ``<work_dir>/train`` (:func:`tenfold.training.launch.run_torchrun`)."""
 
@@ -46,7 +41,7 @@ class LocalTorchrunJob:
         from tenfold.training.launch import run_torchrun
 
         result = run_torchrun(self.settings, cfg, work_dir / "train", nproc=nproc)
-        return TrainedModel(model_ref=str(result.model_dir), result=_json(result.to_dict()))
+        return TrainedModel(model_ref=str(result.model_dir), result=plain_json(result.to_dict()))
 
 
 class FleetTrainingJob:
@@ -82,7 +77,7 @@ class FleetTrainingJob:
         args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
         run = run_training(settings, run_key, args=args, client=self.igm_client,
                            markers=self.markers if self.markers is not None else GcsMarkerStore(client))
-        return TrainedModel(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", result=_json({
+        return TrainedModel(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", result=plain_json({
             "run_id": run.run_id, "status": run.status, "marker": run.marker, "elapsed_s": run.elapsed_s}))
 
 
