@@ -25,6 +25,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
 from tenfold.config.pipelines import PipelineSettings
+from tenfold.config.serving import FleetSettings, ServerSettings
 
 Env = Literal["local", "dev", "prod"]
 # The lake table the feature job publishes and training reads (``storage.features_table``'s default);
@@ -99,6 +100,13 @@ class StorageSettings(_Frozen):
     registry_prefix: str = "registry"
     # The feature table every workload publishes to (the platform's, not a workload's, name).
     features_table: str = FEATURES_TABLE
+    # What build_features publishes beside the features for online assembly (one table per lookup:
+    # ``<lookups_table>_<name>``), versioned with the feature definition.
+    lookups_table: str = "lookups"
+    # The feedback loop (tenfold.feedback): sampled predictions, observed outcomes, and their join.
+    predictions_table: str = "predictions"
+    feedback_table: str = "feedback"
+    labelled_table: str = "labelled"
     lake_layout: LakeLayout = LakeLayout()
     kms: KmsSettings
 
@@ -281,6 +289,9 @@ class ServingSettings(_Frozen):
     canary_fleet: GpuGroupSettings
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     load_balancer: LoadBalancerSettings
+    server: ServerSettings = ServerSettings()
+    # The local fleet behind HAProxy (``tenfold serve``); the cloud one is stable_fleet/canary_fleet.
+    fleet: FleetSettings = FleetSettings()
 
 
 class InferenceSettings(_Frozen):

@@ -1,0 +1,59 @@
+"""The messages the model server publishes and the feedback sink consumes (JSON bodies on Pub/Sub).
+
+One definition for both ends: the server (``tenfold.serving``) writes them, the feedback loop
+(``tenfold.feedback``) reads them, and offline inference reuses :class:`PredictionRecord`. Bodies are
+UTF-8 JSON of these models; ``attributes()`` gives the Pub/Sub attributes that subscriptions can filter on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+
+    def to_message(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_message(cls, data: bytes) -> Any:
+        """Parse a message body; raises ``pydantic.ValidationError`` for a malformed one (a poison message)."""
+        return cls.model_validate_json(data)
+
+
+class PredictionRecord(_Record):
+    """One prediction as served: enough to join feedback to it and to monitor the inputs and outputs."""
+
+    prediction_id: str
+    model_version: str
+    arm: Literal["stable", "canary"]
+    user_key: str | None = None
+    bucket: int | None = Field(default=None, ge=0, le=99)
+    probability: float = Field(ge=0.0, le=1.0)
+    # The request as the client sent it (the workload's request schema, JSON-ready).
+    request: dict[str, Any]
+    latency_ms: float | None = None
+    served_at: dt.datetime
+
+    def attributes(self) -> dict[str, str]:
+        return {"model_version": self.model_version, "arm": self.arm, "kind": "prediction"}
+
+
+class FeedbackRecord(_Record):
+    """The observed outcome of a prediction (1: the flight was delayed, 0: on time)."""
+
+    prediction_id: str
+    outcome: int = Field(ge=0, le=1)
+    observed_at: dt.datetime | None = None
+    received_at: dt.datetime
+
+    def attributes(self) -> dict[str, str]:
+        return {"kind": "feedback"}
