@@ -2,7 +2,8 @@
 
 Two generated, time-partitioned tables (``events``: one row per event with two numeric signals and a
 label, monthly; ``devices``: each device's segment, a reference table), a trivial Spark transform (a
-join and a few casts), and a small model (one embedding and a linear layer). The platform reaches it
+join and a few casts), a small model (one embedding and a linear layer), and the online half: a request
+model (one event) and its assembly from the one lookup table ``build_features`` publishes (``devices``). The platform reaches it
 only through ``settings.workload = "tiny_workload:WORKLOAD"`` (this folder on ``PYTHONPATH``): the same
 build_features and train_model pipelines, quality gate, training loop, promotion gate and registry as
 the flights workload, none of them changed for it.
@@ -13,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from tenfold.workloads import Baseline, FeatureContract, Sources
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from tenfold.workloads import Baseline, FeatureContract, Lookups, RequestInvalid, Sources
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -39,6 +42,7 @@ CONTRACT = FeatureContract(
     non_null_columns=("year", "month", "event_id", "segment", "label"),
     required_in_file=("segment",),  # coalesce(segment, 'unknown') is never null, and Spark says so
     version=1,
+    lookup_tables=("devices",),  # published beside each month's features for online assembly
 )
 
 
@@ -100,6 +104,61 @@ def transform(tables: Mapping[str, DataFrame], part: Partition, history_months: 
     )
 
 
+def lookups(tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> dict[str, DataFrame]:
+    """What online assembly needs for ``part``: the devices' segments, as the transform joins them."""
+    return {"devices": tables["devices"].select("device_id", "segment")}
+
+
+class TinyRequest(BaseModel):
+    """One event to score: ``{"year": 2020, "month": 3, "event_id": 7, "device_id": "d01", "x1": 0.3, "x2": -1.2}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    year: Annotated[int, Strict()] = Field(ge=1970, le=2100)
+    month: Annotated[int, Strict()] = Field(ge=1, le=12)
+    event_id: Annotated[int, Strict()] = Field(ge=0)
+    device_id: str = Field(min_length=1, max_length=32)
+    x1: float
+    x2: float
+
+
+class TinyOnline:
+    """The tiny workload's online assembly: each event with its device's segment ("unknown" if none)."""
+
+    def __init__(self, lookups: Lookups) -> None:
+        self.segments = {
+            month: dict(zip(t["devices"]["device_id"].to_pylist(), t["devices"]["segment"].to_pylist(), strict=True))
+            for month, t in lookups.items()
+        }
+
+    @property
+    def months(self) -> tuple[str, ...]:
+        return tuple(sorted(self.segments))
+
+    def check(self, request: Any) -> None:
+        if f"{request.year:04d}-{request.month:02d}" not in self.segments:
+            raise RequestInvalid("month", f"no features are served for {request.year:04d}-{request.month:02d}: "
+                                 f"send an event of {', '.join(self.months)}")
+
+    def assemble(self, requests: Sequence[Any]) -> pa.Table:
+        import pyarrow as pa
+
+        for i, r in enumerate(requests):
+            try:
+                self.check(r)
+            except RequestInvalid as exc:
+                raise RequestInvalid(exc.field, exc.message, index=i) from None
+        segments = [self.segments[f"{r.year:04d}-{r.month:02d}"].get(r.device_id) or "unknown" for r in requests]
+        schema = CONTRACT.arrow_schema()
+        columns = {
+            "year": [r.year for r in requests], "month": [r.month for r in requests],
+            "event_id": [r.event_id for r in requests], "segment": segments,
+            "x1": [r.x1 for r in requests], "x2": [r.x2 for r in requests],
+        }
+        return pa.table({c: pa.array(columns[c], schema.field(c).type) for c in CONTRACT.online_columns},
+                        schema=pa.schema([schema.field(c) for c in CONTRACT.online_columns]))
+
+
 @dataclass(frozen=True)
 class TinyConfig:
     embedding_dim: int = 2
@@ -159,6 +218,7 @@ class TinyWorkload:
     raw_suites: Mapping[str, str] = field(default_factory=lambda: {"events": "raw_events"})
     features_suite: str = "tiny_features"
     model_config_type: Any = TinyConfig
+    request_model: type[BaseModel] = TinyRequest
 
     def transform(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> DataFrame:
         return transform(tables, part, history_months)
@@ -168,6 +228,12 @@ class TinyWorkload:
 
     def baselines(self) -> Mapping[str, Callable[[Any, FeatureContract], Baseline]]:
         return {"prior": lambda _preprocessor, contract: PriorBaseline(contract.label)}
+
+    def lookups(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> Mapping[str, DataFrame]:
+        return lookups(tables, part, history_months)
+
+    def online_features(self, lookups: Lookups) -> TinyOnline:
+        return TinyOnline(lookups)
 
 
 WORKLOAD = TinyWorkload()

@@ -7,6 +7,11 @@ packages (lake, quality gate, feature job, training loop, registry, pipelines) r
 pyproject.toml). ``settings.workload`` chooses it: a registered name (``flights``) or the
 ``module:attribute`` of a user's own workload object (see ``docs/workloads.md``).
 
+Online serving reaches the workload through the same seam: ``request_model`` validates one request,
+``lookups`` (Spark, run by the feature job) builds the tables ``build_features`` publishes beside the
+features, and ``online_features(lookups)`` assembles a request's features from them exactly as the
+transform would (:class:`OnlineFeatures`); ``tenfold.features.online.load_online_features`` loads them.
+
 This module is light (no pyspark, torch or pyarrow at import): DAG files and the CLI import it.
 """
 
@@ -23,6 +28,7 @@ from tenfold.config.settings import DEFAULT_WORKLOAD
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pydantic import BaseModel
     from pyspark.sql import DataFrame
     from torch import nn
 
@@ -40,6 +46,48 @@ class WorkloadError(ValueError):
 
 class SourceMissing(RuntimeError):
     """A workload's source data is not installed or not reachable; the message says how to get it."""
+
+
+class RequestInvalid(ValueError):
+    """One prediction request cannot be scored; the server answers it with a 422 naming ``field``.
+
+    ``field`` is the request's field (``origin``); :meth:`within` prefixes it with where the request sat
+    in a batch (``flights[3].origin``). ``message`` says what is wrong and what to do. ``index`` is the
+    request's position in the sequence :meth:`OnlineFeatures.assemble` was given (None from ``check``).
+    """
+
+    def __init__(self, field: str, message: str, *, index: int | None = None) -> None:
+        self.field, self.message, self.index = field, message, index
+        super().__init__(f"{field}: {message}")
+
+    def within(self, prefix: str) -> RequestInvalid:
+        """The same error, its field under ``prefix`` (e.g. ``flights[3]``)."""
+        return RequestInvalid(f"{prefix}.{self.field}" if prefix else self.field, self.message, index=self.index)
+
+
+# The lookup tables online assembly reads: month ("YYYY-MM") -> lookup name -> its table for that month.
+Lookups = Mapping[str, Mapping[str, "pa.Table"]]
+
+
+@runtime_checkable
+class OnlineFeatures(Protocol):
+    """A workload's online feature assembly over the published lookup tables (held in memory).
+
+    ``assemble`` returns, in request order, the contract's :attr:`~FeatureContract.online_columns` with
+    the contract's types, equal to what the Spark transform writes for the same rows (floats within
+    1e-9); it raises :class:`RequestInvalid` (with ``index``) for the first request it cannot score.
+    ``check`` raises what ``assemble`` would for one request, cheaply, so a server can refuse a request
+    before it joins a micro-batch (one bad request never fails the others).
+    """
+
+    @property
+    def months(self) -> tuple[str, ...]:
+        """The months (``YYYY-MM``, ascending) whose lookups are loaded: the months it can score."""
+        ...
+
+    def check(self, request: Any) -> None: ...
+
+    def assemble(self, requests: Sequence[Any]) -> pa.Table: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +112,9 @@ class FeatureContract:
     # Kept for analysis and monitoring, never a feature.
     analysis_columns: tuple[str, ...] = ()
     version: int = 1
+    # The lookup tables the workload's ``lookups`` builds for a month and ``build_features`` publishes
+    # beside the features (as ``<settings.storage.lookups_table>_<name>``) for online assembly.
+    lookup_tables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         wanted = tuple(dict.fromkeys(self.key_columns + self.categorical_columns + self.numeric_columns
@@ -81,6 +132,12 @@ class FeatureContract:
     @property
     def feature_columns(self) -> tuple[str, ...]:
         return self.categorical_columns + self.numeric_columns
+
+    @property
+    def online_columns(self) -> tuple[str, ...]:
+        """What online assembly returns: the keys and the features, in file order (no label, no analysis)."""
+        wanted = set(self.key_columns + self.feature_columns)
+        return tuple(c for c in self.column_types if c in wanted)
 
     def arrow_schema(self) -> pa.Schema:
         """The features table's Arrow schema; its ``lake.schema_hash`` is the one every manifest carries."""
@@ -172,6 +229,20 @@ class Workload(Protocol):
         encodes categoricals sees the same codes as the network. The platform adds its generic
         gradient-boosting baseline (``hgb``) for every workload.
         """
+        ...
+
+    # --- online serving -----------------------------------------------------------------------------
+    # One prediction request as a client sends it: a pydantic model class (extra fields forbidden),
+    # which the server validates every request with; its errors name the field.
+    request_model: type[BaseModel]
+
+    def lookups(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> Mapping[str, DataFrame]:
+        """The lookup tables of ``part`` (Spark), one per ``contract.lookup_tables`` name, from the same
+        inputs and definitions as :meth:`transform`; the feature job writes them beside the features."""
+        ...
+
+    def online_features(self, lookups: Lookups) -> OnlineFeatures:
+        """Online assembly over ``lookups`` (month -> name -> table, as published) for every month given."""
         ...
 
 

