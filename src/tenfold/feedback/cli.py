@@ -1,0 +1,172 @@
+"""``tenfold feedback``: land predictions and feedback, join them, and show online accuracy.
+
+Examples::
+
+    tenfold feedback sink                    # run until SIGTERM/Ctrl-C, joining whenever it goes idle
+    tenfold feedback sink --until-idle       # drain both subscriptions, join, print what happened, exit
+    tenfold feedback sink --once --no-join   # one batch from each subscription
+    tenfold feedback join [--month 2026-05] [--force]
+    tenfold feedback metrics --last 1h       # per model version and arm; --since/--until ISO times, --json
+
+The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``; the local platform must be up:
+``tenfold up``). Exit codes: 0 done, 1 the lake or Pub/Sub failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import signal
+import threading
+import time
+from typing import Annotated, Any
+
+import typer
+
+from tenfold.config import get_settings
+
+app = typer.Typer(help="The feedback loop: land predictions and feedback, join them, online accuracy.",
+                  no_args_is_help=True)
+
+EnvOption = Annotated[str | None, typer.Option("--env", help="local, dev or prod; default TENFOLD_ENV")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@app.command("sink")
+def sink_command(
+    once: Annotated[bool, typer.Option("--once", help="pull one batch from each subscription, then exit")] = False,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="drain both subscriptions, then exit")] = False,
+    idle_s: Annotated[float, typer.Option(min=0.0, help="--until-idle: seconds with nothing to pull that end it")] = 2.0,
+    max_messages: Annotated[int, typer.Option(min=1, max=1000, help="messages per pull and subscription")] = 500,
+    do_join: Annotated[bool, typer.Option("--join/--no-join", help="run the join after draining, or when idle")] = True,
+    join_every_s: Annotated[float, typer.Option(min=0.0, help="run mode: at most one join per this many seconds")] = 30.0,
+    env: EnvOption = None,
+) -> None:
+    """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
+    from tenfold.feedback.join import join
+    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
+
+    if once and until_idle:
+        raise _fail("--once and --until-idle are alternatives: pass one of them (or neither, to run until SIGTERM)", 2)
+    settings = get_settings(env)
+    out: dict[str, Any] = {}
+    try:
+        with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s)) as sink:
+            if once:
+                sink.poll_once()
+            elif until_idle:
+                sink.drain()
+            else:
+                _run_forever(sink, settings, do_join, join_every_s)
+            out["sink"] = sink.stats.to_dict()
+        if do_join and (once or until_idle):
+            out["join"] = join(settings).to_dict()
+    except (SinkError, LockTimeout) as exc:
+        raise _fail(str(exc), 1) from exc
+    _echo_json(out)
+
+
+def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -> None:
+    from tenfold.feedback.join import join
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    state = {"landed": 0, "at": 0.0}
+
+    def on_idle() -> None:
+        # Join only when something landed since the last join, and not more often than join_every_s.
+        if do_join and sink.stats.landed > state["landed"] and time.monotonic() - state["at"] >= join_every_s:
+            state["landed"], state["at"] = sink.stats.landed, time.monotonic()
+            report = join(settings)
+            typer.echo(json.dumps({"join": report.published}), err=True)
+
+    subs = settings.messaging.subscriptions
+    typer.echo(f"feedback sink: pulling {subs['predictions'].name} and {subs['feedback'].name} until SIGTERM", err=True)
+    sink.run(stop, on_idle=on_idle)
+    if do_join and sink.stats.landed > state["landed"]:
+        join(settings)
+
+
+@app.command("join")
+def join_command(
+    month: Annotated[list[str] | None, typer.Option(help="served month YYYY-MM to rebuild (repeatable); default all")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild months whose logs did not change")] = False,
+    horizon: Annotated[int, typer.Option(min=0, max=24, help="months after the served month to look for feedback")] = 2,
+    env: EnvOption = None,
+) -> None:
+    """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
+    from tenfold.data.lake import LakeError, Partition
+    from tenfold.feedback.join import JoinOptions, join
+    from tenfold.feedback.lock import LockTimeout
+
+    try:
+        months = [Partition.parse(m) for m in month] if month else None
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    try:
+        report = join(get_settings(env), months, options=JoinOptions(feedback_horizon_months=horizon), force=force)
+    except (LakeError, LockTimeout, OSError) as exc:
+        raise _fail(str(exc), 1) from exc
+    _echo_json(report.to_dict())
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_time(value: str | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _fail(f"--{name} {value!r} is not an ISO time: use e.g. 2026-05-14T10:00 (UTC unless it has an offset)",
+                    2) from exc
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+
+
+@app.command("metrics")
+def metrics_command(
+    since: Annotated[str | None, typer.Option(help="window start (served_at, ISO; UTC unless an offset is given)")] = None,
+    until: Annotated[str | None, typer.Option(help="window end, exclusive; default now")] = None,
+    last: Annotated[str | None, typer.Option(help="window of this length up to --until, e.g. 30m, 1h, 7d")] = None,
+    by: Annotated[list[str] | None, typer.Option(help="group column (repeatable); default model_version and arm")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh", help="run the join first")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    env: EnvOption = None,
+) -> None:
+    """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
+    from tenfold.data.lake import LakeError
+    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.metrics import format_metrics, online_metrics
+
+    start, end = _parse_time(since, "since"), _parse_time(until, "until")
+    if last is not None:
+        if since is not None:
+            raise _fail("--last and --since both set the window's start: pass one of them", 2)
+        match = _DURATION.match(last)
+        if not match:
+            raise _fail(f"--last {last!r} is not a duration: use a number and s, m, h or d, e.g. 1h", 2)
+        end = end or dt.datetime.now(dt.UTC)
+        start = end - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        rows = online_metrics(get_settings(env), start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    except (LakeError, LockTimeout, OSError) as exc:
+        raise _fail(str(exc), 1) from exc
+    if as_json:
+        _echo_json({"since": start, "until": end, "groups": [r.to_dict() for r in rows]})
+    else:
+        typer.echo(format_metrics(rows))

@@ -1,0 +1,207 @@
+"""The join: outcomes to predictions by prediction id, an upsert published month by month.
+
+Run it with ``tenfold feedback join`` (the sink also runs it when idle); in code, ``join(settings)``.
+
+For every month of served predictions, the labelled table's partition is rebuilt from the two landing
+logs (:mod:`tenfold.feedback.log`) and published atomically with ``Lake.publish``, so a reader sees the
+old partition or the new one, never a mix:
+
+* **one row per prediction id.** Deliveries of the same prediction (Pub/Sub redeliveries, publisher
+  retries under a new message id) are one record; if two *different* records share an id (a server
+  bug), the earliest ``served_at`` wins and the report counts a conflict;
+* **the latest observation wins** among feedback for one prediction: the record with the latest
+  ``observed_at`` (its ``received_at`` when the client gave none), ties broken by the later
+  ``received_at``, then by the higher outcome. Duplicates of one record count once in
+  ``feedback_records``;
+* **late feedback joins when its prediction lands.** Feedback that arrived before its prediction (or
+  before the prediction's sample was written) waits in the feedback log; the month is rebuilt
+  whenever either log gains a file, so the next join picks it up. Feedback is looked for in the
+  months from one before the prediction's month (clock skew between replicas) to
+  ``feedback_horizon_months`` after it; later feedback stays in the log unjoined;
+* **predictions without feedback are kept** with a null outcome, so the canary analysis can tell "no
+  feedback yet" from "no traffic".
+
+A month whose inputs (the names and sizes of its log files, the horizon and this module's
+``JOIN_VERSION``) are those its published manifest records is skipped without reading a row, so
+running the join often is cheap. Re-running it on the same logs publishes identical bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.feedback.lock import join_lock
+from tenfold.feedback.log import log_files, log_months, read_log
+from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG
+
+# Bump when the join's rule changes: every month is then rebuilt on the next run.
+JOIN_VERSION = 1
+
+_PRED_COLS = [f.name for f in PREDICTION_FIELDS]
+_FB_COLS = [f.name for f in FEEDBACK_FIELDS]
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    feedback_horizon_months: int = 2  # feedback received up to this many months after the served month joins
+    lock_timeout_s: float = 60.0
+
+
+@dataclass
+class MonthJoin:
+    """What the join did to one served month."""
+
+    month: str
+    published: bool  # False: its inputs had not changed, nothing was read or written
+    predictions: int = 0  # distinct prediction ids = rows of the labelled partition
+    labelled: int = 0  # of which have an outcome
+    prediction_deliveries: int = 0  # rows in the predictions log (redeliveries included)
+    conflicting_predictions: int = 0  # ids that came with two different records
+    feedback_deliveries: int = 0  # rows in the feedback log for these predictions
+    feedback_records: int = 0  # distinct feedback records for them
+    corrected: int = 0  # predictions with more than one distinct feedback record
+
+
+@dataclass
+class JoinReport:
+    months: list[MonthJoin] = field(default_factory=list)
+
+    @property
+    def published(self) -> list[str]:
+        return [m.month for m in self.months if m.published]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"published": self.published, "months": [asdict(m) for m in self.months]}
+
+
+def join(
+    settings: Settings,
+    months: list[Partition] | None = None,
+    *,
+    options: JoinOptions | None = None,
+    force: bool = False,
+    lake: Lake | None = None,
+) -> JoinReport:
+    """Bring the labelled table up to date with the logs, for ``months`` (default: every served month).
+
+    ``force`` rebuilds months whose inputs did not change. Holds the join lock (:mod:`.lock`).
+    """
+    options = options or JoinOptions()
+    lake = lake or Lake.from_settings(settings)
+    st = settings.storage
+    report = JoinReport()
+    with join_lock(settings, lake, timeout_s=options.lock_timeout_s):
+        served = log_months(lake, st.predictions_table)
+        targets = served if months is None else sorted(set(months) & set(served))
+        fb_months = set(log_months(lake, st.feedback_table))
+        for month in targets:
+            window = [month.previous()]
+            while len(window) < options.feedback_horizon_months + 2:
+                window.append(window[-1].next())
+            window = [m for m in window if m in fb_months]
+            inputs = _fingerprint(lake, settings, month, window, options)
+            if not force and _published_inputs(lake, st.labelled_table, month) == inputs:
+                report.months.append(MonthJoin(month.label, published=False))
+                continue
+            predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG)
+            feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG)
+            table, stats = join_month(predictions, feedback)
+            _publish(lake, st.labelled_table, month, table, extra={"inputs": inputs, "rows": stats.predictions,
+                                                                 "labelled": stats.labelled})
+            stats.month = month.label
+            report.months.append(stats)
+    return report
+
+
+def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, MonthJoin]:
+    """The labelled rows of one month's predictions log and the feedback logs around it (a pure function)."""
+    stats = MonthJoin("", published=True, prediction_deliveries=predictions.num_rows)
+    records = _distinct(predictions.select(_PRED_COLS))
+    records = records.sort_by([("prediction_id", "ascending"), ("served_at", "ascending"),
+                               ("model_version", "ascending"), ("probability", "ascending"), ("request", "ascending")])
+    preds = _first_per_key(records, "prediction_id").drop_columns(["schema_version"])
+    stats.predictions = preds.num_rows
+    stats.conflicting_predictions = len(set(_conflicts(records)))
+
+    fb = feedback.select(_FB_COLS).drop_columns(["schema_version"])
+    fb = fb.filter(pc.is_in(fb["prediction_id"], value_set=preds["prediction_id"]))
+    stats.feedback_deliveries = fb.num_rows
+    fb = _distinct(fb)
+    stats.feedback_records = fb.num_rows
+    counts = fb.group_by("prediction_id", use_threads=False).aggregate([("outcome", "count")])
+    counts = counts.rename_columns({"outcome_count": "feedback_records"})
+    stats.corrected = int(pc.sum(pc.greater(counts["feedback_records"], 1)).as_py() or 0)
+    effective = pc.coalesce(fb["observed_at"], fb["received_at"])
+    fb = fb.append_column("_effective", effective).sort_by(
+        [("prediction_id", "ascending"), ("_effective", "descending"), ("received_at", "descending"),
+         ("outcome", "descending")])
+    latest = _first_per_key(fb, "prediction_id").drop_columns(["_effective"])
+    latest = latest.rename_columns({"received_at": "feedback_received_at"})
+
+    joined = preds.join(latest, "prediction_id", join_type="left outer", use_threads=False)
+    joined = joined.join(counts, "prediction_id", join_type="left outer", use_threads=False)
+    joined = joined.set_column(joined.schema.get_field_index("feedback_records"), "feedback_records",
+                               pc.fill_null(joined["feedback_records"], 0))
+    table = joined.select(LABELLED.names).cast(LABELLED).sort_by("prediction_id")
+    stats.labelled = table.num_rows - table["outcome"].null_count
+    return table, stats
+
+
+def _distinct(table: pa.Table) -> pa.Table:
+    return table.group_by(table.column_names, use_threads=False).aggregate([]).select(table.column_names)
+
+
+def _first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """The first row of each run of equal ``key`` values (``table`` sorted by ``key`` first)."""
+    if table.num_rows == 0:
+        return table
+    keys = table[key].combine_chunks()
+    mask = np.ones(table.num_rows, dtype=bool)
+    mask[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(mask))
+
+
+def _conflicts(records: pa.Table) -> list[str]:
+    ids = records["prediction_id"].to_pylist()
+    return [a for a, b in itertools.pairwise(ids) if a == b]
+
+
+def _fingerprint(lake: Lake, settings: Settings, month: Partition, window: list[Partition], options: JoinOptions) -> str:
+    st = settings.storage
+    files = [(st.predictions_table, month.label, i.base_name, i.size) for i in log_files(lake, st.predictions_table, month)]
+    for part in window:
+        files += [(st.feedback_table, part.label, i.base_name, i.size) for i in log_files(lake, st.feedback_table, part)]
+    body = json.dumps({"v": JOIN_VERSION, "horizon": options.feedback_horizon_months, "files": files})
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _published_inputs(lake: Lake, table: str, month: Partition) -> str | None:
+    try:
+        lake.files(table, month, verify=True)
+        return lake.read_manifest(table, month).extra.get("inputs")
+    except LakeError:
+        return None  # never published, or damaged: rebuild it
+
+
+def _publish(lake: Lake, table: str, month: Partition, rows: pa.Table, *, extra: dict[str, Any]) -> None:
+    run_id = f"feedback-join-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    staged = lake.staging_path(table, month, run_id)
+    lake.fs.create_dir(staged, recursive=True)
+    try:
+        pq.write_table(rows, f"{staged}/part-00000.parquet", filesystem=lake.fs)
+        lake.publish(table, month, staged, run_id=run_id, extra=extra)
+    finally:
+        lake.discard(staged)

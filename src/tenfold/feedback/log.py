@@ -1,0 +1,109 @@
+"""The append-only landing logs of the feedback loop (predictions and feedback, as they arrive).
+
+Layout under the lake, beside the published tables' layout of :mod:`tenfold.data.lake`::
+
+    <table>/year=2026/month=5/log-20260514T101500123456-<random>.parquet   one file per sink batch and month
+
+A file is written whole before the sink acknowledges its messages: on a local lake to a hidden
+temporary name, fsynced, renamed and its folder fsynced (so an acknowledged message survives a power
+cut); on GCS by a single object upload, which is atomic and durable once it returns. Readers list only
+``*.parquet`` names, so they never see a file being written. A log is at-least-once: a batch whose
+acknowledgement was lost lands again in a second file, and the join deduplicates by prediction id.
+These tables carry no ``_SUCCESS`` manifest: read them with :func:`read_log`, not ``Lake.read_table``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tenfold.data.lake import Lake, Partition
+
+LOG_PREFIX = "log-"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    missing = []
+    probe = folder
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    # The rename, and any folder this write created, are durable only once their parents are synced.
+    for created in [folder, *(os.path.dirname(m) for m in missing)]:
+        _fsync_dir(created)
+
+
+def write_batch(lake: Lake, table: str, part: Partition, rows: pa.Table, *, now: dt.datetime | None = None) -> str:
+    """Write ``rows`` as one new, durable log file of ``table``'s month ``part``; returns its path."""
+    now = now or dt.datetime.now(dt.UTC)
+    buf = io.BytesIO()
+    pq.write_table(rows, buf)
+    data = buf.getvalue()
+    name = f"{LOG_PREFIX}{now:%Y%m%dT%H%M%S%f}-{hashlib.sha256(data).hexdigest()[:8]}{uuid.uuid4().hex[:4]}.parquet"
+    path = posixpath.join(lake.partition_path(table, part), name)
+    if isinstance(lake.fs, pafs.LocalFileSystem):
+        _write_local(path, data)
+    else:
+        # An object store: the upload is atomic and durable when close() returns.
+        with lake.fs.open_output_stream(path) as out:
+            out.write(data)
+    return path
+
+
+def log_months(lake: Lake, table: str) -> list[Partition]:
+    """Months of ``table`` that hold at least one log file, in time order."""
+    selector = pafs.FileSelector(lake.table_path(table), recursive=True, allow_not_found=True)
+    found = set()
+    for info in lake.fs.get_file_info(selector):
+        if info.type != pafs.FileType.File or not _is_log(info.base_name):
+            continue
+        rel = posixpath.relpath(posixpath.dirname(info.path), lake.table_path(table)).split("/")
+        if len(rel) == 2 and rel[0].startswith("year=") and rel[1].startswith("month="):
+            found.add(Partition(int(rel[0][5:]), int(rel[1][6:])))
+    return sorted(found)
+
+
+def _is_log(name: str) -> bool:
+    return name.startswith(LOG_PREFIX) and name.endswith(".parquet")
+
+
+def log_files(lake: Lake, table: str, part: Partition) -> list[pafs.FileInfo]:
+    """The log files of one month, oldest first (names start with their landing time)."""
+    selector = pafs.FileSelector(lake.partition_path(table, part), allow_not_found=True)
+    infos = [i for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.File and _is_log(i.base_name)]
+    return sorted(infos, key=lambda i: i.base_name)
+
+
+def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Schema) -> pa.Table:
+    """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none."""
+    tables = [
+        pq.read_table(info.path, filesystem=lake.fs, schema=schema)
+        for part in parts
+        for info in log_files(lake, table, part)
+    ]
+    return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -1,0 +1,294 @@
+"""The feedback sink: pulls sampled predictions and feedback from Pub/Sub and lands them in the lake.
+
+Run it with ``tenfold feedback sink`` (until SIGTERM), ``tenfold feedback sink --until-idle`` (drain
+what is there and exit) or ``--once`` (one batch from each subscription); in code,
+``FeedbackSink(settings).drain()``.
+
+For each of the two subscriptions (``settings.messaging.subscriptions["predictions"]`` and
+``["feedback"]``) the sink pulls a batch synchronously, parses every message as its record
+(:mod:`tenfold.messaging.records`), writes the good ones as one durable Parquet file per month
+(:mod:`tenfold.feedback.log`) and acknowledges them only after that write returned. So:
+
+* a crash between the write and the acknowledgement redelivers the batch, which lands twice; the
+  join deduplicates by prediction id, so the labelled table never shows it;
+* a message that is not a valid record (a poison message) is counted, logged and nacked at once, never
+  acknowledged: after the subscription's ``max_delivery_attempts`` Pub/Sub moves it to the
+  subscription's dead-letter topic, where ``tenfold dlq`` can inspect and replay it;
+* when the lake cannot be written, the batch is retried in place with backoff while its leases are
+  extended (a nack would spend delivery attempts and dead-letter good messages); after
+  ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.feedback import log as landing
+from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row, utc
+from tenfold.messaging.clients import subscriber_client, subscription_path
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+
+if TYPE_CHECKING:
+    from google.cloud.pubsub_v1 import SubscriberClient
+
+log = logging.getLogger(__name__)
+
+Stream = Literal["predictions", "feedback"]
+STREAMS: tuple[Stream, ...] = ("predictions", "feedback")
+
+
+class SinkError(RuntimeError):
+    """The sink cannot go on (the lake or Pub/Sub stayed unreachable); the message says what to check."""
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """How the sink pulls and retries (the resource names come from settings)."""
+
+    max_messages: int = 500  # per pull and per subscription: one lake file per month per batch
+    idle_s: float = 2.0  # drain(): stop after this long with nothing to pull from either subscription
+    poll_interval_s: float = 0.2  # drain(): pause between empty polls
+    pull_wait_s: float = 10.0  # run(): how long one pull may wait for messages
+    write_retry_s: float = 120.0  # how long a failing lake write is retried before giving up
+    pubsub_retry_s: float = 60.0  # how long Pub/Sub may stay unreachable before giving up
+
+
+@dataclass
+class StreamStats:
+    pulled: int = 0  # deliveries received, redeliveries included
+    landed: int = 0  # records written to the lake
+    acked: int = 0
+    redelivered: int = 0  # deliveries with delivery_attempt > 1
+    poison: int = 0  # deliveries that were not a valid record (each was nacked)
+    poison_ids: set[str] = field(default_factory=set)  # distinct poison message ids seen
+    files: int = 0
+
+
+@dataclass
+class SinkStats:
+    """What a sink run did, per stream; ``to_dict()`` is what the CLI prints."""
+
+    streams: dict[str, StreamStats] = field(default_factory=lambda: {s: StreamStats() for s in STREAMS})
+    batches: int = 0
+
+    def __getitem__(self, stream: str) -> StreamStats:
+        return self.streams[stream]
+
+    @property
+    def landed(self) -> int:
+        return sum(s.landed for s in self.streams.values())
+
+    @property
+    def poison(self) -> int:
+        return sum(s.poison for s in self.streams.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            **{name: {**{k: v for k, v in asdict(s).items() if k != "poison_ids"}, "poison_messages": len(s.poison_ids)}
+               for name, s in self.streams.items()},
+        }
+
+
+_PARSERS: dict[Stream, tuple[Callable[[bytes], Any], Callable[[Any], dict[str, Any]], pa.Schema, str]] = {
+    "predictions": (PredictionRecord.from_message, prediction_row, PREDICTIONS_LOG, "served_at"),
+    "feedback": (FeedbackRecord.from_message, feedback_row, FEEDBACK_LOG, "received_at"),
+}
+
+
+class FeedbackSink:
+    """Pulls both subscriptions of ``settings`` into the lake; see the module docstring."""
+
+    def __init__(self, settings: Settings, options: SinkOptions | None = None, *, lake: Lake | None = None) -> None:
+        self.settings = settings
+        self.options = options or SinkOptions()
+        self.lake = lake or Lake.from_settings(settings)
+        self.stats = SinkStats()
+        subs = settings.messaging.subscriptions
+        missing = [s for s in STREAMS if s not in subs]
+        if missing:
+            raise SinkError(f"settings.messaging.subscriptions has no {', '.join(missing)} subscription; "
+                            "the feedback sink needs both 'predictions' and 'feedback'")
+        self._subs = {s: subs[s] for s in STREAMS}
+        self._tables = {"predictions": settings.storage.predictions_table, "feedback": settings.storage.feedback_table}
+        self._client: SubscriberClient | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> FeedbackSink:
+        self._client = subscriber_client(self.settings)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> SubscriberClient:
+        if self._client is None:
+            raise RuntimeError("use FeedbackSink as a context manager: `with FeedbackSink(settings) as sink: ...`")
+        return self._client
+
+    def path(self, stream: Stream) -> str:
+        return subscription_path(self.settings, self._subs[stream].name)
+
+    # --- the three ways to run -----------------------------------------------------------------------
+    def poll_once(self, *, wait: bool = False) -> int:
+        """Pull, land and acknowledge at most one batch per subscription; returns the deliveries pulled."""
+        return sum(self._step(stream, wait=wait) for stream in STREAMS)
+
+    def drain(self, *, idle_s: float | None = None) -> SinkStats:
+        """Land everything there is, until neither subscription yields a message for ``idle_s``."""
+        idle_s = self.options.idle_s if idle_s is None else idle_s
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            if self.poll_once():
+                quiet_since = time.monotonic()
+            else:
+                time.sleep(self.options.poll_interval_s)
+        return self.stats
+
+    def run(self, stop: threading.Event, *, on_idle: Callable[[], object] | None = None) -> SinkStats:
+        """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
+        finished first. ``on_idle`` runs whenever a round of pulls found nothing new (e.g. the join)."""
+        while not stop.is_set():
+            if not self.poll_once(wait=True) and on_idle is not None:
+                on_idle()
+        return self.stats
+
+    # --- one batch --------------------------------------------------------------------------------
+    def _step(self, stream: Stream, *, wait: bool) -> int:
+        received = self._pull(stream, wait=wait)
+        if not received:
+            return 0
+        parse, to_row, schema, time_field = _PARSERS[stream]
+        st = self.stats[stream]
+        st.pulled += len(received)
+        good: list[dict[str, Any]] = []
+        good_ids: list[str] = []
+        poison_ids: list[str] = []
+        landed_at = dt.datetime.now(dt.UTC)
+        for rm in received:
+            msg = rm.message
+            if rm.delivery_attempt > 1:
+                st.redelivered += 1
+            try:
+                record = parse(msg.data)
+            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                st.poison += 1
+                st.poison_ids.add(msg.message_id)
+                poison_ids.append(rm.ack_id)
+                sub = self._subs[stream]
+                fate = ("goes to the dead-letter topic " + sub.dead_letter_topic
+                        if rm.delivery_attempt >= sub.max_delivery_attempts else "will be redelivered")
+                log.warning("%s: message %s is not a valid record (delivery %d of %d; it %s): %s; body starts %r",
+                            sub.name, msg.message_id, rm.delivery_attempt, sub.max_delivery_attempts, fate,
+                            _first_error(exc), bytes(msg.data[:120]))
+                continue
+            row = to_row(record)
+            row.update(message_id=msg.message_id, publish_time=utc(msg.publish_time), delivery_attempt=rm.delivery_attempt,
+                       landed_at=landed_at)
+            good.append(row)
+            good_ids.append(rm.ack_id)
+        if poison_ids:
+            # Nack now so the delivery attempts are spent quickly and the dead-letter policy takes it.
+            self._lease(stream, poison_ids, 0)
+        if good:
+            files = self._land(stream, good, schema, time_field, good_ids)
+            st.files += files
+            st.landed += len(good)
+            self._ack(stream, good_ids)
+            st.acked += len(good_ids)
+        self.stats.batches += 1
+        return len(received)
+
+    def _land(self, stream: Stream, rows: list[dict[str, Any]], schema: pa.Schema, time_field: str,
+              ack_ids: list[str]) -> int:
+        by_month: dict[Partition, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_month[Partition.from_date(row[time_field])].append(row)
+        started = time.monotonic()
+        delay = 0.5
+        pending = dict(sorted(by_month.items()))
+        while pending:
+            part, month_rows = next(iter(pending.items()))
+            try:
+                landing.write_batch(self.lake, self._tables[stream], part, pa.Table.from_pylist(month_rows, schema=schema))
+                del pending[part]
+                continue
+            except OSError as exc:
+                if time.monotonic() - started > self.options.write_retry_s:
+                    raise SinkError(
+                        f"cannot write the {stream} log to the lake at {self.lake.uri} for "
+                        f"{self.options.write_retry_s:.0f} s ({exc}); the batch was not acknowledged and will be "
+                        "redelivered; check the lake's disk or bucket and restart the sink") from exc
+                log.warning("lake write of %d %s failed (%s); retrying in %.1f s", len(month_rows), stream, exc, delay)
+            # Keep the batch leased while the lake is away: an expired lease would spend a delivery attempt.
+            self._lease(stream, ack_ids, self._subs[stream].ack_deadline_s)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        return len(by_month)
+
+    def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
+        """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now)."""
+        request = {"subscription": self.path(stream), "ack_ids": ack_ids, "ack_deadline_seconds": seconds}
+        self._call(lambda: self.client.modify_ack_deadline(request=request))
+
+    def _ack(self, stream: Stream, ack_ids: list[str]) -> None:
+        """Acknowledge a batch whose rows are durably in the lake (the one place acks happen)."""
+        self._call(lambda: self.client.acknowledge(request={"subscription": self.path(stream), "ack_ids": ack_ids}))
+
+    def _pull(self, stream: Stream, *, wait: bool) -> list[Any]:
+        from google.api_core.exceptions import DeadlineExceeded
+
+        request = {"subscription": self.path(stream), "max_messages": self.options.max_messages}
+        if not wait:
+            # Draining wants an answer now rather than a held pull; Pub/Sub discourages this flag for
+            # throughput, which drain() does not need (run() uses held pulls).
+            request["return_immediately"] = True
+        try:
+            resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s))
+        except DeadlineExceeded:
+            return []
+        return list(resp.received_messages)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` against Pub/Sub, retried while the service is unavailable, up to ``pubsub_retry_s``."""
+        from google.api_core.exceptions import DeadlineExceeded, NotFound, ServiceUnavailable
+
+        started = time.monotonic()
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except DeadlineExceeded:
+                raise
+            except NotFound as exc:
+                raise SinkError(f"{exc.message}: provision the Pub/Sub topology first (`tenfold up` locally, the "
+                                "platform stack in the cloud)") from exc
+            except ServiceUnavailable as exc:
+                if time.monotonic() - started > self.options.pubsub_retry_s:
+                    where = self.settings.messaging.emulator_host or "Pub/Sub"
+                    raise SinkError(f"cannot reach {where} for {self.options.pubsub_retry_s:.0f} s ({exc}); is the "
+                                    "local platform up (`tenfold up`) or are your cloud credentials set?") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']} ({exc.error_count()} error(s))"
+    return str(exc)

@@ -1,0 +1,129 @@
+"""The join on real landing logs in a file:// lake: one row per prediction id, whatever arrived twice or late."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.data.lake import Lake, Partition
+from tenfold.feedback.join import JoinOptions, join
+from tenfold.feedback.lock import LockTimeout, join_lock
+
+from .conftest import T0, feedback, prediction
+
+H = dt.timedelta(hours=1)
+MAY, JUNE = Partition(2026, 5), Partition(2026, 6)
+
+
+def _labelled(settings, *parts):
+    lake = Lake.from_settings(settings)
+    table = lake.read_table(settings.storage.labelled_table, parts or [MAY])
+    return {r["prediction_id"]: r for r in table.to_pylist()}, table
+
+
+def test_redeliveries_and_duplicate_feedback_leave_one_row_per_prediction(settings, logs):
+    preds = [prediction("a", p=0.8), prediction("b", p=0.3), prediction("c", p=0.6)]
+    logs.predictions(*preds)
+    logs.predictions(*preds)  # the same batch redelivered: new message ids, same records
+    logs.feedback(feedback("a", 1), feedback("b", 0, observed=T0 + 2 * H))
+    logs.feedback(feedback("a", 1))  # a duplicate of a's record (publisher retry)
+    # b is corrected (observed later), then an older observation arrives last: the latest observation wins.
+    logs.feedback(feedback("b", 1, observed=T0 + 3 * H), feedback("b", 0, observed=T0 + H, received=T0 + 9 * H))
+
+    report = join(settings)
+
+    rows, table = _labelled(settings)
+    assert table.num_rows == 3 and sorted(rows) == ["a", "b", "c"]
+    assert (rows["a"]["outcome"], rows["b"]["outcome"], rows["c"]["outcome"]) == (1, 1, None)
+    assert rows["b"]["observed_at"] == T0 + 3 * H
+    assert (rows["a"]["feedback_records"], rows["b"]["feedback_records"], rows["c"]["feedback_records"]) == (1, 3, 0)
+    assert rows["a"]["probability"] == 0.8 and rows["a"]["arm"] == "stable"
+    month = report.months[0]
+    assert (month.predictions, month.labelled, month.prediction_deliveries) == (3, 2, 6)
+    assert (month.feedback_deliveries, month.feedback_records, month.corrected) == (5, 4, 1)
+
+
+def test_equal_observations_fall_back_to_the_later_receipt(settings, logs):
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1, received=T0 + 2 * H), feedback("a", 0, received=T0 + 5 * H))  # no observed_at
+    join(settings)
+    assert _labelled(settings)[0]["a"]["outcome"] == 0
+
+
+def test_late_feedback_is_joined_when_its_prediction_lands(settings, logs):
+    logs.feedback(feedback("late", 1))
+    assert join(settings).months == []  # nothing served yet: nothing to publish
+    # Served in the last minute of May, its outcome received in June: the window spans the months.
+    logs.predictions(prediction("late"), prediction("edge", at=dt.datetime(2026, 5, 31, 23, 59, tzinfo=dt.UTC)))
+    logs.feedback(feedback("edge", 0, received=dt.datetime(2026, 6, 1, 1, 0, tzinfo=dt.UTC)))
+    join(settings)
+    rows, _ = _labelled(settings)
+    assert (rows["late"]["outcome"], rows["edge"]["outcome"]) == (1, 0)
+
+
+def test_feedback_beyond_the_horizon_stays_unjoined(settings, logs):
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1, received=dt.datetime(2026, 7, 31, tzinfo=dt.UTC)),  # May + 2 months: joins
+                  feedback("b", 1, received=dt.datetime(2026, 8, 1, tzinfo=dt.UTC)))  # + 3: too late
+    join(settings, options=JoinOptions(feedback_horizon_months=2))
+    rows, _ = _labelled(settings)
+    assert (rows["a"]["outcome"], rows["b"]["outcome"]) == (1, None)
+
+
+def test_a_rerun_skips_unchanged_months_and_a_redelivery_publishes_the_same_bytes(settings, logs):
+    # May and July: July looks for feedback from June on, so May's feedback is not one of its inputs.
+    logs.predictions(prediction("a"), prediction("x", at=T0 + dt.timedelta(days=60)))
+    logs.feedback(feedback("a", 1))
+    first = join(settings)
+    assert first.published == ["2026-05", "2026-07"]
+    lake = Lake.from_settings(settings)
+    before = lake.read_manifest(settings.storage.labelled_table, MAY)
+
+    assert join(settings).published == []  # nothing landed since: nothing read or written
+    logs.feedback(feedback("a", 1))  # redelivered: the May month's inputs changed, its content did not
+    again = join(settings)
+    assert again.published == ["2026-05"]
+    after = lake.read_manifest(settings.storage.labelled_table, MAY)
+    assert after.data_dir == before.data_dir and after.files == before.files
+    assert join(settings, force=True).published == ["2026-05", "2026-07"]
+
+
+def test_two_different_records_under_one_id_keep_the_earliest_and_are_counted(settings, logs):
+    logs.predictions(prediction("dup", p=0.9, at=T0 + H), prediction("dup", p=0.1, at=T0))
+    report = join(settings)
+    rows, _ = _labelled(settings)
+    assert rows["dup"]["probability"] == 0.1
+    assert report.months[0].conflicting_predictions == 1
+
+
+def test_the_published_partition_is_a_checked_lake_table(settings, logs):
+    logs.predictions(prediction("a"))
+    join(settings)
+    lake = Lake.from_settings(settings)
+    [path] = lake.files(settings.storage.labelled_table, MAY, verify=True)
+    assert pq.read_metadata(path, filesystem=lake.fs).num_rows == 1
+    assert lake.read_manifest(settings.storage.labelled_table, MAY).extra["labelled"] == 0
+
+
+def test_a_second_join_waits_for_the_first_and_times_out_clearly(settings):
+    lake = Lake.from_settings(settings)
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with join_lock(settings, lake):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(LockTimeout, match="another feedback join holds"):
+            join(settings, options=JoinOptions(lock_timeout_s=0.3))
+    finally:
+        release.set()
+        t.join()
+    join(settings, options=JoinOptions(lock_timeout_s=0.3))  # free again
