@@ -64,10 +64,24 @@ class FleetSettings(_Frozen):
     health_interval_ms: int = Field(default=500, ge=100)
     health_fall: int = Field(default=2, ge=1)
     health_rise: int = Field(default=2, ge=1)
+    # The canary's share when the fleet starts; the rollout then moves it through the TrafficRouter.
     canary_percent: int = Field(default=0, ge=0, le=100)
+    # HAProxy's own Prometheus exporter (``/metrics``) and stats page (``/stats``), loopback only.
+    lb_metrics_port: int = Field(default=8404, ge=1, le=65535)
+    # HAProxy: connect timeout, then redispatch to another replica up to ``lb_retries`` times; the
+    # client/server timeout bounds a request (keep it above the server's drain_timeout_s).
+    lb_connect_timeout_ms: int = Field(default=1000, ge=10)
+    lb_retries: int = Field(default=3, ge=0)
+    lb_timeout_s: float = Field(default=30.0, gt=0)
+    # A replica must pass HAProxy's health check within this long of starting (model + lookups load).
+    replica_start_timeout_s: float = Field(default=180.0, gt=0)
+    # A replica HAProxy has seen DOWN this long while its process lives is hung: it gets replaced.
+    replica_down_restart_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetSettings:
         if self.stable_max < self.stable_min or self.canary_max < self.canary_min:
             raise ValueError("serving fleet: each pool's max replicas must be at least its min")
+        if self.stable_max + self.canary_max > 64:
+            raise ValueError("serving fleet: at most 64 replicas in all (stable_max + canary_max)")
         return self

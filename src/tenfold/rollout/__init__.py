@@ -1,7 +1,8 @@
 """Traffic between the stable and canary fleets: the :class:`TrafficRouter` seam and its adapters.
 
-In the cloud, :mod:`tenfold.rollout.urlmap` moves the URL map's weighted backend services; locally the
-HAProxy adapter of the serving fleet implements the same protocol.
+In the cloud, :class:`tenfold.rollout.urlmap.UrlMapRouter` moves the URL map's weighted backend services;
+locally :class:`tenfold.rollout.haproxy.HaproxyRouter` sets the canary percentage of the serving fleet's
+HAProxy (the sticky split of :mod:`tenfold.rollout.split`) through its runtime API.
 """
 
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""The local :class:`~tenfold.rollout.TrafficRouter`: the canary percentage of the fleet's HAProxy.
+
+HAProxy's frontend sends a user to the canary when the user's bucket (:func:`tenfold.rollout.split.bucket_of`)
+is below the percentage held in its split map (see :mod:`tenfold.serving.haproxy`). This router reads
+that percentage from HAProxy itself (``get map``) and changes it with ``set map`` through the runtime
+API: no reload, no dropped connection, and users stay on their arm while the percentage is unchanged::
+
+    router = HaproxyRouter.from_settings(settings)
+    router.set_canary_percent(10)
+    assert router.canary_percent() == 10
+
+The map file on disk is rewritten first, so a restarted HAProxy comes back with the same split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tenfold.config import Settings
+from tenfold.serving.haproxy import SPLIT_KEY, HaproxyError, HaproxyPaths, RuntimeApi, write_split_map
+
+
+def check_percent(percent: object) -> int:
+    """``percent`` as a whole number 0..100, or a :class:`ValueError` saying what is allowed."""
+    if isinstance(percent, bool) or not isinstance(percent, int):
+        raise ValueError(f"the canary percent must be a whole number from 0 to 100, got {percent!r}")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"the canary percent must be from 0 to 100, got {percent}")
+    return percent
+
+
+class HaproxyRouter:
+    """Reads and sets the canary percentage of the local fleet's HAProxy through its runtime API."""
+
+    def __init__(self, socket_path: Path, split_map: Path) -> None:
+        self.api = RuntimeApi(socket_path)
+        self.split_map = Path(split_map)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HaproxyRouter:
+        paths = HaproxyPaths.of(settings)
+        return cls(paths.socket, paths.split_map)
+
+    def canary_percent(self) -> int:
+        """The percentage HAProxy applies now (read from HAProxy, not from a file or a variable here)."""
+        value = self.api.get_map(self.split_map, SPLIT_KEY)
+        if value is None:
+            raise HaproxyError(f"HAProxy's split map {self.split_map} has no {SPLIT_KEY} entry: restart the fleet (`tenfold serve up`)")
+        try:
+            return check_percent(int(value))
+        except ValueError as exc:
+            raise HaproxyError(f"HAProxy's split map holds {value!r}, not a percentage: set one with `tenfold serve split`") from exc
+
+    def set_canary_percent(self, percent: int) -> None:
+        """Send ``percent`` of the buckets (and of keyless requests) to the canary pool, at once."""
+        percent = check_percent(percent)
+        write_split_map(self.split_map, percent)
+        self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
+        if (now := self.canary_percent()) != percent:
+            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")

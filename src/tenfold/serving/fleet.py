@@ -1,0 +1,768 @@
+"""The local serving fleet: model-server replicas in a ``stable`` and a ``canary`` pool behind HAProxy.
+
+Run ``tenfold serve up`` (``make up`` does it when a champion exists), ``tenfold serve status``,
+``tenfold serve rollout --model <ref> [--pool stable|canary]``, ``tenfold serve scale --pool <pool>
+--min N --max M``, ``tenfold serve split [PERCENT]`` and ``tenfold serve down``; see docs/serving.md.
+
+Shape: a declarative spec and a supervisor that reconciles towards it.
+
+* ``up`` writes the settings (``fleet-settings.json``) and the desired state (``fleet-spec.json``: per
+  pool a model version and replica bounds) into ``<settings.local.home>/run`` and starts the
+  supervisor, ``python -m tenfold.serving.fleet --settings-file <run>/fleet-settings.json``, as a
+  background process with a pid file (:mod:`tenfold.local.process`).
+* The supervisor starts HAProxy (:mod:`tenfold.serving.haproxy`) and the replicas, each a process of
+  its own (``python -m tenfold.serving --host .. --port .. --arm <pool> --model <version>``, the
+  serving image's entry command) with a pid file and a log in the run directory, on ports from
+  ``settings.local.replica_base_port`` upward. Several times a second it:
+
+  - replaces a replica whose process died, or that HAProxy has seen DOWN for
+    ``replica_down_restart_s`` (hung);
+  - sizes each pool with :class:`tenfold.serving.autoscale.Autoscaler` from HAProxy's in-flight
+    requests, between the spec's bounds;
+  - rolls a pool to a new version one replica at a time: start one of the new version, wait until
+    HAProxy's own health check has it UP, then drain one of the old ones (no surge beyond one, never
+    fewer serving replicas than the pool needs);
+  - restarts HAProxy if it died, and writes what it sees to ``fleet-status.json``.
+
+* A replica enters HAProxy only after HAProxy's health check on its readiness path passed ``rise``
+  times; it leaves by ``drain`` (no new requests), then, with nothing in flight, ``maint`` and SIGTERM,
+  which the server answers with a graceful drain of its own. Nothing is reloaded: slots are filled and
+  emptied through the runtime API.
+* ``rollout``/``scale`` change the spec (under a lock) and wait until the status shows it applied;
+  ``down`` stops the supervisor, which stops HAProxy and every replica it started, then removes any
+  pid file left by a supervisor that died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tenfold.config import Settings
+from tenfold.local import process
+from tenfold.local.env import settings_env
+from tenfold.local.process import LocalPlatformError, ProcessRecord
+from tenfold.rollout.split import CANARY, STABLE
+from tenfold.serving.autoscale import Autoscaler, utilization
+from tenfold.serving.haproxy import (
+    POOLS,
+    HaproxyError,
+    HaproxyPaths,
+    RuntimeApi,
+    ServerStat,
+    haproxy_argv,
+    haproxy_binary,
+    slot_count,
+    slot_name,
+    write_config,
+)
+
+SUPERVISOR = "fleet"
+HAPROXY = "haproxy"
+SETTINGS_FILE = "fleet-settings.json"
+SPEC_FILE = "fleet-spec.json"
+STATUS_FILE = "fleet-status.json"
+REPLICA_MODULE = "tenfold.serving"
+# How far above replica_base_port replica ports may go.
+PORT_SPAN = 1000
+
+# Replica states in the supervisor.
+STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stopping"
+
+
+class FleetError(LocalPlatformError):
+    """The fleet could not be started, changed or stopped; the message says what to do."""
+
+
+def run_dir(settings: Settings) -> Path:
+    return HaproxyPaths.of(settings).run_dir
+
+
+def replica_name(pool: str, slot: int) -> str:
+    return f"replica-{pool}-{slot}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# --- the desired state -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What one pool should run: a model version, and the bounds the autoscaler keeps it in."""
+
+    version: str
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The fleet's desired state; each change raises ``generation``."""
+
+    generation: int
+    pools: dict[str, PoolSpec]
+    replica_module: str = REPLICA_MODULE
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FleetSpec:
+        raw = json.loads(text)
+        return cls(
+            generation=int(raw["generation"]),
+            pools={pool: PoolSpec(**spec) for pool, spec in raw["pools"].items()},
+            replica_module=raw.get("replica_module", REPLICA_MODULE),
+        )
+
+
+def read_spec(settings: Settings) -> FleetSpec | None:
+    try:
+        return FleetSpec.from_json((run_dir(settings) / SPEC_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _spec_lock(settings: Settings) -> Iterator[None]:
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(run_dir(settings) / ".fleet-spec.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_spec(settings: Settings, change: Callable[[FleetSpec], dict[str, PoolSpec]]) -> FleetSpec:
+    """Apply ``change`` (old spec -> new pools) under the spec lock; returns the new spec."""
+    with _spec_lock(settings):
+        old = read_spec(settings)
+        if old is None:
+            raise FleetError("the serving fleet is not up: run `tenfold serve up`")
+        new = FleetSpec(generation=old.generation + 1, pools=change(old), replica_module=old.replica_module)
+        _write_atomic(run_dir(settings) / SPEC_FILE, new.to_json())
+        return new
+
+
+# --- the observed state ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    pool: str
+    slot: int
+    version: str
+    port: int
+    pid: int
+    state: str  # starting, serving, draining, stopping
+    lb_status: str  # HAProxy's view: UP, DOWN, DRAIN, MAINT, ...
+    in_flight: int
+    log: str
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    version: str
+    min: int
+    max: int
+    desired: int
+    utilization: float
+    replicas: list[ReplicaStatus]
+
+    def serving(self, version: str | None = None) -> list[ReplicaStatus]:
+        return [r for r in self.replicas if r.state == SERVING and (version is None or r.version == version)]
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What the supervisor saw at ``updated_at`` (written every tick to ``fleet-status.json``)."""
+
+    generation: int
+    updated_at: float
+    supervisor_pid: int
+    haproxy_pid: int | None
+    pools: dict[str, PoolStatus]
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        """Every pool serves at least its minimum of replicas of its version."""
+        return self.haproxy_pid is not None and all(len(p.serving(p.version)) >= p.min for p in self.pools.values())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FleetStatus:
+        raw = json.loads(text)
+        pools = {
+            name: PoolStatus(**{**p, "replicas": [ReplicaStatus(**r) for r in p["replicas"]]}) for name, p in raw["pools"].items()
+        }
+        return cls(**{**raw, "pools": pools})
+
+
+def read_status(settings: Settings) -> FleetStatus | None:
+    try:
+        return FleetStatus.from_json((run_dir(settings) / STATUS_FILE).read_text())
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- the supervisor ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Replica:
+    pool: str
+    slot: int
+    version: str
+    port: int
+    record: ProcessRecord
+    state: str = STARTING
+    since: float = field(default_factory=time.monotonic)
+    down_since: float | None = None
+    stop: Future[bool] | None = None
+    lb: ServerStat | None = None
+
+    @property
+    def server(self) -> str:
+        return slot_name(self.slot)
+
+    def enter(self, state: str) -> None:
+        self.state, self.since = state, time.monotonic()
+
+
+class Supervisor:
+    """Keeps HAProxy and the replicas of both pools at the spec; ``run()`` until SIGTERM, then stops all."""
+
+    def __init__(self, settings: Settings, *, say: Callable[[str], object] = print) -> None:
+        self.settings = settings
+        self.fleet = settings.serving.fleet
+        self.paths = HaproxyPaths.of(settings)
+        self.run_dir = self.paths.run_dir
+        self.api = RuntimeApi(self.paths.socket)
+        self._say = say
+        self.spec = self._load_spec()
+        self._spec_mtime = 0.0
+        self.replicas: list[_Replica] = []
+        self.haproxy: ProcessRecord | None = None
+        self.scalers = {
+            pool: Autoscaler(
+                low=spec.min, high=spec.max, capacity=self.fleet.replica_capacity,
+                target=settings.serving.target_utilization, stabilization_s=self.fleet.stabilization_s,
+            )
+            for pool, spec in self.spec.pools.items()
+        }
+        self.desired = {pool: spec.min for pool, spec in self.spec.pools.items()}
+        self.samples: dict[str, list[int]] = {pool: [] for pool in POOLS}
+        self.util: dict[str, float] = {pool: 0.0 for pool in POOLS}
+        self.backoff: dict[str, tuple[int, float]] = {pool: (0, 0.0) for pool in POOLS}
+        self.events: list[str] = []
+        self.stopping = threading.Event()
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
+        self.env = {**os.environ, **settings_env(settings)}
+        self._last_scale = time.monotonic()
+
+    # -- small helpers
+    def say(self, message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        self.events = [*self.events[-19:], line]
+        self._say(line)
+
+    def _load_spec(self) -> FleetSpec:
+        spec = read_spec(self.settings)
+        if spec is None:
+            raise FleetError(f"no fleet spec in {self.run_dir}: start the fleet with `tenfold serve up`")
+        return spec
+
+    def _reload_spec(self) -> None:
+        try:
+            mtime = (self.run_dir / SPEC_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._spec_mtime:
+            return
+        self._spec_mtime = mtime
+        spec = self._load_spec()
+        if spec.generation == self.spec.generation:
+            return
+        for pool, ps in spec.pools.items():
+            old = self.spec.pools[pool]
+            if (ps.min, ps.max) != (old.min, old.max):
+                self.scalers[pool].set_bounds(ps.min, ps.max)
+                self.desired[pool] = max(ps.min, min(ps.max, self.desired[pool]))
+                self.say(f"{pool}: bounds {ps.min}..{ps.max}")
+            if ps.version != old.version:
+                self.say(f"{pool}: rolling to {ps.version}")
+        self.spec = spec
+
+    def pool_replicas(self, pool: str, *states: str) -> list[_Replica]:
+        return [r for r in self.replicas if r.pool == pool and (not states or r.state in states)]
+
+    # -- HAProxy
+    def start_haproxy(self) -> None:
+        self.haproxy = process.start(HAPROXY, haproxy_argv(self.paths), run_dir=self.run_dir, port=self.settings.local.lb_port)
+        process.wait_until(self.api.alive, timeout=10, what="HAProxy", record=self.haproxy, interval=0.05)
+        self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
+
+    def _ensure_haproxy(self) -> None:
+        if self.haproxy is not None and process.is_running(self.haproxy):
+            return
+        self.say("haproxy: not running, restarting it; replicas re-enter after their health checks")
+        process.remove_pid_file(self.run_dir, HAPROXY)
+        self.start_haproxy()
+        for r in self.replicas:
+            if r.state in (STARTING, SERVING):
+                self.api.point(r.pool, r.server, self.settings.local.bind_host, r.port)
+                r.enter(STARTING)
+
+    # -- replicas
+    def _free_slot(self, pool: str) -> int | None:
+        used = {r.slot for r in self.pool_replicas(pool)}
+        return next((i for i in range(1, slot_count(self.settings, pool) + 1) if i not in used), None)
+
+    def _free_port(self) -> int:
+        local = self.settings.local
+        taken = {r.port for r in self.replicas} | {local.lb_port, self.fleet.lb_metrics_port}
+        for port in range(local.replica_base_port, min(local.replica_base_port + PORT_SPAN, 65536)):
+            if port not in taken and not process.port_in_use(local.bind_host, port):
+                return port
+        raise FleetError(f"no free port from {local.replica_base_port} to {local.replica_base_port + PORT_SPAN}: "
+                         "set TENFOLD_LOCAL__REPLICA_BASE_PORT to a free range")
+
+    def start_replica(self, pool: str, version: str) -> _Replica | None:
+        if time.monotonic() < self.backoff[pool][1]:
+            return None
+        slot = self._free_slot(pool)
+        if slot is None:
+            return None
+        port = self._free_port()
+        host = self.settings.local.bind_host
+        argv = [sys.executable, "-m", self.spec.replica_module, "--host", host, "--port", str(port), "--arm", pool, "--model", version]
+        name = replica_name(pool, slot)
+        try:
+            record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
+        except LocalPlatformError as exc:
+            self._failed(pool, f"{name}: could not start: {exc}")
+            return None
+        replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record)
+        self.replicas.append(replica)
+        self.api.point(pool, replica.server, host, port)
+        self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
+        return replica
+
+    def _failed(self, pool: str, message: str) -> None:
+        """A replica failed to come up: retry later, waiting longer each time (a bad model must not spin)."""
+        failures, _ = self.backoff[pool]
+        delay = min(30.0, 0.5 * 2**failures)
+        self.backoff[pool] = (failures + 1, time.monotonic() + delay)
+        self.say(f"{message}; retrying in {delay:.1f} s")
+
+    def drain(self, replica: _Replica, why: str) -> None:
+        name = replica_name(replica.pool, replica.slot)
+        if replica.state == STARTING:
+            self._stop(replica, f"{why} (it was still starting)")
+            return
+        with contextlib.suppress(HaproxyError):
+            self.api.drain(replica.pool, replica.server)
+        replica.enter(DRAINING)
+        self.say(f"{name}: draining ({why})")
+
+    def _stop(self, replica: _Replica, why: str) -> None:
+        """Out of HAProxy, then SIGTERM (the server drains what it still holds), SIGKILL after the drain timeout."""
+        with contextlib.suppress(HaproxyError):
+            self.api.maintain(replica.pool, replica.server)
+        timeout = self.settings.serving.server.drain_timeout_s + 5
+        replica.stop = self.executor.submit(process.stop, replica.record, timeout=timeout)
+        replica.enter(STOPPING)
+        self.say(f"{replica_name(replica.pool, replica.slot)}: stopping ({why})")
+
+    def _forget(self, replica: _Replica) -> None:
+        with contextlib.suppress(HaproxyError):
+            self.api.maintain(replica.pool, replica.server)
+        rec = process.read_record(self.run_dir, replica_name(replica.pool, replica.slot))
+        if rec is not None and rec.pid == replica.record.pid:
+            process.remove_pid_file(self.run_dir, replica_name(replica.pool, replica.slot))
+        self.replicas.remove(replica)
+
+    def _observe(self) -> None:
+        """Advance each replica's state from its process and HAProxy's view of it."""
+        every = self.api.all_servers()
+        servers = {pool: every.get(pool, {}) for pool in POOLS}
+        now = time.monotonic()
+        for r in list(self.replicas):
+            r.lb = servers[r.pool].get(r.server)
+            name = replica_name(r.pool, r.slot)
+            if r.state == STOPPING:
+                if r.stop is not None and r.stop.done():
+                    self._forget(r)
+                continue
+            if not process.is_running(r.record):
+                code = "" if r.state != STARTING else f"; last log lines:\n{process.log_tail(r.record.log, 8)}"
+                self._forget(r)
+                if r.state == STARTING:
+                    self._failed(r.pool, f"{name}: exited while starting{code}")
+                else:
+                    self.say(f"{name}: process {r.record.pid} is gone ({r.state}); replacing it")
+                continue
+            if r.state == STARTING:
+                if r.lb is not None and r.lb.checked_up:
+                    self.api.admit(r.pool, r.server)
+                    r.enter(SERVING)
+                    r.lb = None  # HAProxy's view changed; the next look fills it in
+                    self.backoff[r.pool] = (0, 0.0)
+                    self.say(f"{name}: in rotation (HAProxy health check passed)")
+                elif now - r.since > self.fleet.replica_start_timeout_s:
+                    self._stop(r, f"not healthy within {self.fleet.replica_start_timeout_s:.0f} s")
+                    self._failed(r.pool, f"{name}: did not become ready; see {r.record.log}")
+            elif r.state == SERVING:
+                down = r.lb is not None and r.lb.status.startswith("DOWN")
+                r.down_since = (r.down_since or now) if down else None
+                if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
+                    self._stop(r, f"HAProxy saw it DOWN for {self.fleet.replica_down_restart_s:.0f} s")
+            elif r.state == DRAINING:
+                idle = r.lb is None or r.lb.in_flight == 0
+                if idle or now - r.since > self.settings.serving.server.drain_timeout_s:
+                    self._stop(r, "drained" if idle else "drain timed out")
+        for pool in POOLS:
+            self.samples[pool].append(sum(s.in_flight for s in servers[pool].values()))
+
+    def _autoscale(self) -> None:
+        now = time.monotonic()
+        if now - self._last_scale < self.fleet.scale_interval_s:
+            return
+        self._last_scale = now
+        for pool in POOLS:
+            samples, self.samples[pool] = self.samples[pool], []
+            mean = sum(samples) / len(samples) if samples else 0.0
+            ready = len(self.pool_replicas(pool, SERVING))
+            self.util[pool] = utilization(mean, ready, self.fleet.replica_capacity)
+            # The size the pool is set at, not the replicas counted now (a rolling change has one extra).
+            wanted = self.scalers[pool].decide(now, mean, self.desired[pool])
+            if wanted != self.desired[pool]:
+                self.say(f"{pool}: {wanted} replicas (in flight {mean:.1f} on {ready} ready, utilisation "
+                         f"{self.util[pool]:.2f}, target {self.settings.serving.target_utilization})")
+            self.desired[pool] = wanted
+
+    def _reconcile(self, pool: str) -> None:
+        version, n = self.spec.pools[pool].version, self.desired[pool]
+        active = self.pool_replicas(pool, STARTING, SERVING)
+        old = [r for r in active if r.version != version]
+        current = [r for r in active if r.version == version]
+        if old:
+            # Rolling: one replica of the new version at a time, and an old one leaves only once the
+            # pool holds more serving replicas than it needs.
+            for r in old:
+                if r.state == STARTING:
+                    self._stop(r, f"superseded by {version}")
+            serving = [r for r in active if r.state == SERVING]
+            old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
+            if old_serving and len(serving) > n:
+                self.drain(old_serving[0], f"replaced by {version}")
+            if len(current) < n and not any(r.state == STARTING for r in current):
+                self.start_replica(pool, version)
+            return
+        if len(active) < n:
+            for _ in range(n - len(active)):
+                if self.start_replica(pool, version) is None:
+                    break
+        elif len(active) > n:
+            # Starting ones first (they serve nobody yet), then the youngest.
+            surplus = sorted(active, key=lambda r: (r.state != STARTING, -r.record.create_time))[: len(active) - n]
+            for r in surplus:
+                self.drain(r, f"scaling in to {n}")
+
+    def tick(self) -> None:
+        self._reload_spec()
+        self._ensure_haproxy()
+        self._observe()
+        self._autoscale()
+        for pool in POOLS:
+            self._reconcile(pool)
+        self.write_status()
+
+    def status(self) -> FleetStatus:
+        pools = {}
+        for pool in POOLS:
+            spec = self.spec.pools[pool]
+            replicas = [
+                ReplicaStatus(pool=r.pool, slot=r.slot, version=r.version, port=r.port, pid=r.record.pid, state=r.state,
+                              lb_status=r.lb.status if r.lb else "?", in_flight=r.lb.in_flight if r.lb else 0, log=r.record.log)
+                for r in sorted(self.pool_replicas(pool), key=lambda r: r.slot)
+            ]
+            pools[pool] = PoolStatus(version=spec.version, min=spec.min, max=spec.max, desired=self.desired[pool],
+                                     utilization=round(self.util[pool], 3), replicas=replicas)
+        return FleetStatus(generation=self.spec.generation, updated_at=time.time(), supervisor_pid=os.getpid(),
+                           haproxy_pid=self.haproxy.pid if self.haproxy else None, pools=pools, events=list(self.events))
+
+    def write_status(self) -> None:
+        _write_atomic(self.run_dir / STATUS_FILE, self.status().to_json())
+
+    # -- the loop
+    def run(self) -> None:
+        """Until SIGTERM/SIGINT: keep the fleet at the spec. Then stop HAProxy and every replica."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        period = min(0.2, self.fleet.health_interval_ms / 2000)
+        try:
+            self.start_haproxy()
+            while not self.stopping.is_set():
+                try:
+                    self.tick()
+                except HaproxyError as exc:
+                    self.say(f"haproxy: {exc}")  # it died mid-tick: the next tick restarts it
+                self.stopping.wait(period)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.say("stopping the fleet")
+        if self.haproxy is not None:
+            process.stop(self.haproxy, timeout=5)
+            process.remove_pid_file(self.run_dir, HAPROXY)
+        timeout = self.settings.serving.server.drain_timeout_s + 5
+        pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout)) for r in self.replicas]
+        for r, fut in pending:
+            with contextlib.suppress(Exception):
+                fut.result(timeout=timeout + 10)
+            process.remove_pid_file(self.run_dir, replica_name(r.pool, r.slot))
+        self.replicas.clear()
+        self.executor.shutdown(wait=False)
+        (self.run_dir / STATUS_FILE).unlink(missing_ok=True)
+        self.say("fleet stopped")
+
+
+# --- what the CLI and `tenfold up` call ----------------------------------------------------------
+
+
+def supervisor_record(settings: Settings) -> ProcessRecord | None:
+    """The supervisor's pid-file record while it runs, else None."""
+    record = process.read_record(run_dir(settings), SUPERVISOR)
+    return record if record is not None and process.is_running(record) else None
+
+
+def _leftovers(settings: Settings) -> list[str]:
+    rd = run_dir(settings)
+    return sorted(p.stem for p in rd.glob("*.pid") if p.stem == HAPROXY or p.stem.startswith("replica-"))
+
+
+def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
+    """Stop what a supervisor that died left running (only processes our pid files still identify)."""
+    for name in _leftovers(settings):
+        record = process.read_record(run_dir(settings), name)
+        if record is not None and process.stop(record, timeout=settings.serving.server.drain_timeout_s + 5):
+            say(f"{name}: stopped (left by a fleet supervisor that is gone)")
+        process.remove_pid_file(run_dir(settings), name)
+
+
+def resolve_version(settings: Settings, ref: str) -> str:
+    """A model version id from an alias or a version (prefix), via the registry; a clear error if none."""
+    from tenfold.registry import ModelRegistry, RegistryError
+
+    try:
+        return ModelRegistry(settings).find(ref)
+    except RegistryError as exc:
+        raise FleetError(f"cannot serve {ref!r}: {exc}") from exc
+
+
+def _busy_ports(settings: Settings) -> list[str]:
+    host = settings.local.bind_host
+    checks = [("lb_port", settings.local.lb_port, "TENFOLD_LOCAL__LB_PORT"),
+              ("lb_metrics_port", settings.serving.fleet.lb_metrics_port, "settings.serving.fleet.lb_metrics_port")]
+    return [
+        f"port {host}:{port} ({name}) is already in use by another program: stop it, or choose another port with {how}"
+        for name, port, how in checks
+        if process.port_in_use(host, port)
+    ]
+
+
+def up(
+    settings: Settings,
+    model: str | None = None,
+    *,
+    canary_model: str | None = None,
+    resolve: Callable[[Settings, str], str] = resolve_version,
+    replica_module: str = REPLICA_MODULE,
+    timeout: float | None = None,
+    tie_to_this_process: bool = False,
+    say: Callable[[str], object] = print,
+) -> FleetStatus:
+    """Start the fleet (HAProxy, then each pool's minimum of replicas) and wait until it serves.
+
+    ``model`` (default ``settings.serving.server.model_ref``, the champion) is resolved to a version
+    once, so every replica serves the same one even if the alias moves meanwhile; ``canary_model``
+    defaults to the same. Already running: returns its status unchanged. On failure, everything this
+    call started is stopped. ``tie_to_this_process`` (tests) stops the fleet should the caller die.
+    """
+    if not settings.is_local:
+        raise FleetError(f"the local fleet runs in the local environment; TENFOLD_ENV is {settings.env!r}")
+    if (running := supervisor_record(settings)) is not None:
+        say(f"fleet: already running (supervisor pid {running.pid}); `tenfold serve down` to stop it")
+        return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve", record=running,
+                        timeout=timeout or settings.serving.fleet.replica_start_timeout_s + 30)
+    haproxy_binary()  # fails with how to install it
+    _stop_leftovers(settings, say)
+    if busy := _busy_ports(settings):
+        raise FleetError("cannot start the serving fleet:\n  - " + "\n  - ".join(busy))
+    from tenfold.serving.auth import ensure_token
+
+    fleet = settings.serving.fleet
+    stable_version = resolve(settings, model or settings.serving.server.model_ref)
+    canary_version = resolve(settings, canary_model) if canary_model else stable_version
+    rd = run_dir(settings)
+    rd.mkdir(parents=True, exist_ok=True)
+    ensure_token(settings)  # before any replica starts: they all read the one token
+    spec = FleetSpec(
+        generation=1,
+        pools={STABLE: PoolSpec(stable_version, fleet.stable_min, fleet.stable_max),
+               CANARY: PoolSpec(canary_version, fleet.canary_min, fleet.canary_max)},
+        replica_module=replica_module,
+    )
+    with _spec_lock(settings):
+        _write_atomic(rd / SPEC_FILE, spec.to_json())
+    _write_atomic(rd / SETTINGS_FILE, settings.model_dump_json())
+    (rd / STATUS_FILE).unlink(missing_ok=True)
+    write_config(settings, canary_percent=fleet.canary_percent)  # a fresh fleet starts at the settings' split
+    argv = [sys.executable, "-m", "tenfold.serving.fleet", "--settings-file", str(rd / SETTINGS_FILE)]
+    env = {**os.environ, **settings_env(settings)}
+    say(f"fleet: starting HAProxy on {settings.local.bind_host}:{settings.local.lb_port} and replicas of "
+        f"{stable_version} (stable) and {canary_version} (canary) ...")
+    record = process.start(SUPERVISOR, argv, run_dir=rd, port=settings.local.lb_port, env=env, cwd=settings.local.home,
+                           tie_to_this_process=tie_to_this_process)
+    try:
+        return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve",
+                        timeout=timeout or fleet.replica_start_timeout_s + 30, record=record)
+    except BaseException:
+        down(settings, say=say)
+        raise
+
+
+def wait_for(
+    settings: Settings,
+    done: Callable[[FleetStatus], bool],
+    *,
+    what: str,
+    timeout: float,
+    record: ProcessRecord | None = None,
+    generation: int = 0,
+) -> FleetStatus:
+    """Poll the supervisor's status until ``done`` holds for a status of at least ``generation``."""
+    record = record or supervisor_record(settings)
+    if record is None:
+        raise FleetError("the serving fleet is not running: run `tenfold serve up`")
+    deadline = time.monotonic() + timeout
+    while True:
+        st = read_status(settings)
+        if st is not None and st.generation >= generation and done(st):
+            return st
+        if not process.is_running(record):
+            raise FleetError(f"the fleet supervisor exited while waiting for {what}; last log lines:\n{process.log_tail(record.log)}")
+        if time.monotonic() > deadline:
+            events = "\n".join(st.events[-10:]) if st else process.log_tail(record.log)
+            raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}; recent fleet events:\n{events}")
+        time.sleep(0.2)
+
+
+def rollout(
+    settings: Settings,
+    model: str,
+    *,
+    pool: str = STABLE,
+    resolve: Callable[[Settings, str], str] = resolve_version,
+    timeout: float | None = None,
+) -> FleetStatus:
+    """Roll ``pool`` to ``model`` one replica at a time; returns once no replica of another version is left."""
+    if pool not in POOLS:
+        raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
+    version = resolve(settings, model)
+    spec = update_spec(settings, lambda old: {**old.pools, pool: PoolSpec(version, old.pools[pool].min, old.pools[pool].max)})
+
+    def rolled(st: FleetStatus) -> bool:
+        p = st.pools[pool]
+        return all(r.version == version for r in p.replicas) and len(p.serving(version)) >= max(p.desired, p.min)
+
+    n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
+    return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
+                    timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
+
+
+def scale(
+    settings: Settings, pool: str, *, low: int | None = None, high: int | None = None, timeout: float | None = None
+) -> FleetStatus:
+    """Set ``pool``'s replica bounds (the autoscaler moves within them); waits until its count is within."""
+    if pool not in POOLS:
+        raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
+
+    def change(old: FleetSpec) -> dict[str, PoolSpec]:
+        cur = old.pools[pool]
+        lo, hi = cur.min if low is None else low, cur.max if high is None else high
+        limit = slot_count(settings, pool) - 2
+        if not 0 <= lo <= hi or hi > limit or (pool == STABLE and lo < 1):
+            raise FleetError(
+                f"{pool} bounds {lo}..{hi} are not valid: need {1 if pool == STABLE else 0} <= min <= max <= {limit} "
+                f"(the {pool} maximum in settings.serving.fleet; raise it there and restart the fleet for more)"
+            )
+        return {**old.pools, pool: PoolSpec(cur.version, lo, hi)}
+
+    spec = update_spec(settings, change)
+
+    def settled(st: FleetStatus) -> bool:
+        p = st.pools[pool]
+        live = [r for r in p.replicas if r.state in (STARTING, SERVING)]
+        return p.min <= len(p.serving()) == len(live) <= p.max
+
+    return wait_for(settings, settled, what=f"{pool} to scale within its bounds", generation=spec.generation,
+                    timeout=timeout or settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s + 10)
+
+
+def down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
+    """Stop the supervisor (it stops HAProxy and the replicas), then anything a dead supervisor left; True if anything ran."""
+    rd = run_dir(settings)
+    record = process.read_record(rd, SUPERVISOR)
+    stopped = False
+    if record is not None:
+        # The supervisor drains and stops its replicas before it exits: give it their drain timeout.
+        stopped = process.stop(record, timeout=settings.serving.server.drain_timeout_s + 20)
+        process.remove_pid_file(rd, SUPERVISOR)
+    left = _leftovers(settings)
+    _stop_leftovers(settings, say)
+    (rd / STATUS_FILE).unlink(missing_ok=True)
+    return stopped or bool(left)
+
+
+# --- the supervisor's entry point --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tenfold.serving.fleet --settings-file <run>/fleet-settings.json`` (started by ``tenfold serve up``)."""
+    parser = argparse.ArgumentParser(prog="python -m tenfold.serving.fleet", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--settings-file", required=True, type=Path, help="the settings `tenfold serve up` wrote")
+    args = parser.parse_args(argv)
+    settings = Settings.model_validate_json(args.settings_file.read_text())
+    try:
+        Supervisor(settings, say=lambda line: print(line, flush=True)).run()
+    except LocalPlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

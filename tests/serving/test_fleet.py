@@ -1,0 +1,377 @@
+"""The local fleet with real HAProxy and real replica processes on loopback (issue 8, §3 and §5).
+
+One fleet serves the whole module (starting replicas is the slow part); each test first sets the
+pool bounds and the split it needs through the fleet's own commands (``scale``, the router), so the
+tests do not depend on their order. Load comes from :class:`Load`, which keeps one record per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+
+from tenfold.config import Settings
+from tenfold.local import free_port
+from tenfold.local import local_settings as _local_settings
+from tenfold.rollout.haproxy import HaproxyRouter
+from tenfold.rollout.split import CANARY, STABLE, arm_of, bucket_of
+from tenfold.serving import fleet as fleet_mod
+from tenfold.serving.haproxy import HaproxyPaths, RuntimeApi
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+
+
+# --- load --------------------------------------------------------------------------------------
+
+# (headers, body) of request number i; Host, Authorization and Content-Length are added.
+MakeRequest = Callable[[int], tuple[dict[str, str], bytes]]
+
+
+@dataclass(frozen=True)
+class Result:
+    index: int
+    headers: dict[str, str]
+    sent: float  # time.monotonic()
+    done: float
+    status: int  # 0: no HTTP answer at all (connection reset or closed)
+    body: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Load:
+    """Closed-loop HTTP/1.1 keep-alive load with one :class:`Result` per request, in a thread of its own.
+
+    ``concurrency`` connections each send the next request as soon as the last is answered, until
+    ``total`` requests were sent or :meth:`stop`; ``concurrency`` and ``pause`` (seconds between one
+    connection's requests) may change while it runs (a ramp).
+    Minimal on purpose: on two cores, the client's CPU is taken from the fleet under test.
+    """
+
+    def __init__(self, url: str, token: str, make: MakeRequest, *, concurrency: int = 4, total: int | None = None) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+        self.token, self.make, self.total, self.concurrency = token, make, total, concurrency
+        self.pause = 0.0
+        self.results: list[Result] = []
+        self.in_flight = 0
+        self._next = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Result]:
+        self._stop.set()
+        self._thread.join(60)
+        return self.results
+
+    def wait(self, timeout: float) -> list[Result]:
+        """Until ``total`` requests are answered, at most ``timeout`` seconds."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"only {len(self.results)} of {self.total} requests answered in {timeout} s"
+        return self.results
+
+    def wait_count(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.results) < n:
+            assert time.monotonic() < deadline, f"only {len(self.results)} of {n} requests answered in {timeout} s"
+            time.sleep(0.02)
+
+    async def _main(self) -> None:
+        workers: dict[int, asyncio.Task[None]] = {}
+        while not self._stop.is_set():
+            for number in range(self.concurrency):
+                if number not in workers or workers[number].done():
+                    workers[number] = asyncio.create_task(self._worker(number))
+            if self.total is not None and self._next >= self.total:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*workers.values(), return_exceptions=True)
+
+    async def _worker(self, number: int) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            while not self._stop.is_set() and number < self.concurrency:
+                if self.total is not None and self._next >= self.total:
+                    return
+                index, self._next = self._next, self._next + 1
+                headers, body = self.make(index)
+                head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                        f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+                sent = time.monotonic()
+                self.in_flight += 1
+                try:
+                    if writer is None or reader is None:
+                        reader, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.write(head.encode() + body)
+                    status, payload, close = await asyncio.wait_for(_read_response(reader), 60)
+                    parsed = json.loads(payload) if payload.startswith(b"{") else None
+                    self.results.append(Result(index, headers, sent, time.monotonic(), status, parsed,
+                                               None if status == 200 else payload[:300].decode(errors="replace")))
+                    if close:
+                        writer.close()
+                        reader = writer = None
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    self.results.append(Result(index, headers, sent, time.monotonic(), 0, None, repr(exc)))
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
+                finally:
+                    self.in_flight -= 1
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    if "content-length" in fields:
+        body = await reader.readexactly(int(fields["content-length"]))
+    elif fields.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readexactly(2)
+        body = b"".join(parts)
+    else:
+        body = await reader.read()
+    return status, body, fields.get("connection", "").lower() == "close"
+
+
+# --- the fleet ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fleet:
+    settings: Settings
+    url: str
+    token: str
+    versions: tuple[str, str]  # the champion the fleet starts on, and a second version to roll to
+    flight: Callable[[int], dict[str, Any]]  # a valid request body
+
+    @property
+    def api(self) -> RuntimeApi:
+        return RuntimeApi(HaproxyPaths.of(self.settings).socket)
+
+    def status(self) -> fleet_mod.FleetStatus:
+        st = fleet_mod.read_status(self.settings)
+        assert st is not None
+        return st
+
+    def request(self, key: str | None = None, flight: int = 0) -> MakeRequest:
+        """Requests for ``key`` (or keys ``user-<i>`` when ``key`` is "each", none when None)."""
+
+        def make(i: int) -> tuple[dict[str, str], bytes]:
+            headers = {}
+            if key == "each":
+                headers[self.settings.serving.server.user_key_header] = f"user-{i}"
+            elif key is not None:
+                headers[self.settings.serving.server.user_key_header] = key
+            return headers, json.dumps(self.flight(flight)).encode()
+
+        return make
+
+
+def _fleet_settings(home: Path) -> Settings:
+    base = _local_settings(home, lb_port=free_port(), replica_base_port=free_port())
+    fleet = base.serving.fleet.model_copy(update={
+        "stable_min": 2, "stable_max": 3, "canary_min": 1, "canary_max": 1,
+        "lb_metrics_port": free_port(),
+        # A replica is sized for one request at a time, at half utilisation: a few connections scale out.
+        "replica_capacity": 1, "scale_interval_s": 0.5, "stabilization_s": 3.0,
+        "health_interval_ms": 200, "health_fall": 2, "health_rise": 2,
+        "replica_start_timeout_s": 90.0, "replica_down_restart_s": 10.0,
+    })
+    server = base.serving.server.model_copy(update={"drain_timeout_s": 10.0})
+    return base.model_copy(update={"serving": base.serving.model_copy(update={
+        "fleet": fleet, "server": server, "target_utilization": 0.5})})
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    settings = _fleet_settings(tmp_path_factory.mktemp("fleet"))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(HERE)
+    try:
+        fleet_mod.up(settings, "v1", resolve=lambda s, ref: ref, replica_module="standin_replica",
+                     tie_to_this_process=True, say=print)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+    from tenfold.serving.auth import read_token
+
+    try:
+        yield Fleet(settings, f"http://{settings.local.bind_host}:{settings.local.lb_port}/v1/predict",
+                    read_token(settings), ("v1", "v2"), lambda i: {"n": i})
+    finally:
+        fleet_mod.down(settings, say=print)
+
+
+def _pin(fleet: Fleet, stable: tuple[int, int] = (2, 2), canary: tuple[int, int] = (1, 1), percent: int = 0) -> None:
+    fleet_mod.scale(fleet.settings, STABLE, low=stable[0], high=stable[1])
+    fleet_mod.scale(fleet.settings, CANARY, low=canary[0], high=canary[1])
+    HaproxyRouter.from_settings(fleet.settings).set_canary_percent(percent)
+
+
+def _binomial_99(n: int, p: float) -> tuple[float, float]:
+    from scipy.stats import binom
+
+    return float(binom.ppf(0.005, n, p)), float(binom.ppf(0.995, n, p))
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_everything_listens_on_loopback_only(fleet: Fleet) -> None:
+    st = fleet.status()
+    pids = [st.supervisor_pid, st.haproxy_pid or -1] + [r.pid for p in st.pools.values() for r in p.replicas]
+    listening = []
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            listening += [(p.pid, c.laddr) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ports = {addr.port for _, addr in listening}
+    # HAProxy's frontend and exporter, and one port per replica: all there, and all on 127.0.0.1.
+    assert {fleet.settings.local.lb_port, fleet.settings.serving.fleet.lb_metrics_port} <= ports
+    assert {r.port for p in st.pools.values() for r in p.replicas} <= ports
+    assert {addr.ip for _, addr in listening} == {"127.0.0.1"}, listening
+
+
+def test_split_is_sticky_and_within_the_binomial_interval(fleet: Fleet) -> None:
+    _pin(fleet, percent=10)
+    router = HaproxyRouter.from_settings(fleet.settings)
+    assert router.canary_percent() == 10  # read back from HAProxy
+    n = 10_000
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=n) as load:
+        results = load.wait(180)
+    assert len(results) == n and all(r.ok for r in results), [r.error for r in results if not r.ok][:5]
+    header = fleet.settings.serving.server.user_key_header
+    canary = sum(r.body["arm"] == CANARY for r in results if r.body)
+    low, high = _binomial_99(n, 0.10)
+    assert low <= canary <= high, f"{canary} of {n} requests went to the canary at 10 %: outside [{low}, {high}]"
+    # Each key's arm is the one its bucket gives, computed in Python: HAProxy and tenfold agree.
+    wrong = [r for r in results if r.body["arm"] != arm_of(bucket_of(r.headers[header]), 10)]
+    assert not wrong, wrong[:3]
+    # The same keys again, the percentage unchanged: nobody switches arm.
+    first = {r.headers[header]: r.body["arm"] for r in results}
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=2_000) as again:
+        repeat = again.wait(60)
+    assert {r.headers[header]: r.body["arm"] for r in repeat if r.body} == {k: first[k] for k in (f"user-{i}" for i in range(2_000))}
+    # Raising the percentage at run time (no reload) moves users to the canary only, never back.
+    router.set_canary_percent(20)
+    assert router.canary_percent() == 20
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=2_000) as raised:
+        moved = {r.headers[header]: r.body["arm"] for r in raised.wait(60) if r.body}
+    assert all(moved[k] == CANARY for k, arm in first.items() if arm == CANARY and k in moved)
+    assert sum(a == CANARY for a in moved.values()) > sum(first[k] == CANARY for k in moved)
+
+
+def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
+    _pin(fleet, percent=30)
+    n = 1_000
+    with Load(fleet.url, fleet.token, fleet.request(None), concurrency=8, total=n) as load:
+        results = load.wait(60)
+    canary = sum(r.body["arm"] == CANARY for r in results if r.body)
+    low, high = _binomial_99(n, 0.30)
+    assert all(r.ok for r in results) and low <= canary <= high, (canary, low, high)
+
+
+def test_a_killed_replica_costs_at_most_its_requests_in_flight(fleet: Fleet) -> None:
+    _pin(fleet)  # two stable replicas, everyone on stable
+    victim = fleet.status().pools[STABLE].serving()[0]
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=6) as load:
+        load.wait_count(300)
+        in_flight_at_kill = load.in_flight
+        killed_at = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        # HAProxy's own health check notices within fall * interval.
+        detected_at = None
+        deadline = time.monotonic() + 10
+        while detected_at is None and time.monotonic() < deadline:
+            slot = fleet.api.servers(STABLE).get(f"s{victim.slot}")
+            if slot is None or not slot.up:
+                detected_at = time.monotonic()
+            time.sleep(0.02)
+        assert detected_at is not None, "HAProxy never marked the killed replica down"
+        load.wait_count(len(load.results) + 500)
+    failures = [r for r in load.results if not r.ok]
+    assert len(failures) <= in_flight_at_kill, (in_flight_at_kill, failures[:5])
+    assert all(r.sent < detected_at for r in failures), [r for r in failures if r.sent >= detected_at][:5]
+    assert any(r.sent > detected_at for r in load.results if r.ok)
+    # The supervisor replaces it.
+    st = fleet_mod.wait_for(fleet.settings, lambda st: len(st.pools[STABLE].serving()) == 2
+                            and victim.pid not in {r.pid for r in st.pools[STABLE].replicas},
+                            what="a replacement replica", timeout=90)
+    assert victim.pid not in {r.pid for r in st.pools[STABLE].replicas}
+    print(f"killed with {in_flight_at_kill} in flight: {len(failures)} failed, detected after {detected_at - killed_at:.2f} s")
+
+
+def test_rolling_version_change_fails_no_request_and_serves_no_stale_prediction(fleet: Fleet) -> None:
+    _pin(fleet)
+    old, new = fleet.versions
+    assert {r.version for r in fleet.status().pools[STABLE].replicas} == {old}
+    # The same flight over and over: after the first answer each replica serves it from its cache.
+    with Load(fleet.url, fleet.token, fleet.request("each", flight=7), concurrency=4) as load:
+        load.wait_count(200)
+        fleet_mod.rollout(fleet.settings, new, pool=STABLE, resolve=lambda s, ref: ref)
+        changed = time.monotonic()
+        load.wait_count(len(load.results) + 300)
+    failures = [r for r in load.results if not r.ok]
+    assert not failures, failures[:5]
+    assert {r.body["model_version"] for r in load.results if r.sent < changed} >= {old}
+    after = [r.body["model_version"] for r in load.results if r.sent > changed]
+    assert after and set(after) == {new}, f"{after.count(old)} answers for the old version after the change"
+    st = fleet.status().pools[STABLE]
+    assert st.version == new and {r.version for r in st.replicas} == {new} and len(st.serving()) == 2
+    fleet_mod.rollout(fleet.settings, old, pool=STABLE, resolve=lambda s, ref: ref)  # back, for the other tests
+
+
+def test_autoscaling_scales_out_under_load_and_back_in_without_failures(fleet: Fleet) -> None:
+    _pin(fleet, stable=(1, 3))
+    fleet_mod.wait_for(fleet.settings, lambda st: len(st.pools[STABLE].replicas) == 1, what="stable to idle at 1", timeout=60)
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=1) as load:
+        load.pause = 0.05
+        load.wait_count(20)
+        load.concurrency, load.pause = 8, 0.0  # the ramp up
+        out = fleet_mod.wait_for(fleet.settings, lambda st: len(st.pools[STABLE].serving()) == 3,
+                                 what="stable to scale out to 3", timeout=90)
+        load.wait_count(len(load.results) + 200)
+        load.concurrency, load.pause = 1, 0.05  # and down: light load goes on while the pool drains
+        back = fleet_mod.wait_for(fleet.settings, lambda st: len(st.pools[STABLE].replicas) == 1,
+                                  what="stable to scale back in to 1", timeout=90)
+        load.wait_count(len(load.results) + 20)
+    failures = [r for r in load.results if not r.ok]
+    assert not failures, failures[:5]
+    assert len(out.pools[STABLE].serving()) == 3 and len(back.pools[STABLE].serving()) == 1
+    _pin(fleet)
