@@ -1,0 +1,518 @@
+"""The model server as a FastAPI app: :func:`create_app` builds one replica (``python -m tenfold.serving`` runs it).
+
+Endpoints (``P`` is ``settings.serving.server.api_prefix``, ``/v1``; the OpenAPI schema is at ``/openapi.json``):
+
+* ``POST P/predict``: one request of the workload's schema, or ``{"flights": [...]}``; answers the
+  probability, the model version, the arm, a prediction id and the user key's bucket. Bearer token (or IAP).
+* ``POST P/feedback``: ``{"prediction_id", "outcome", "observed_at"?}``; 202 once Pub/Sub acknowledged it,
+  503 with ``Retry-After`` when it cannot be recorded now. Bearer token (or IAP).
+* ``GET /healthz`` (alive), ``GET /readyz`` (model and lookups in memory, not draining), ``GET /metrics``.
+
+Startup happens in the ``lifespan``: the model is resolved and loaded from the registry and the lookup
+tables from the lake on the model thread, in the background, so ``/healthz`` answers at once and
+``/readyz`` says 503 until both are in memory. A load that fails marks the replica failed (both health
+endpoints 503) and calls ``on_fatal``, which the entry point uses to exit non-zero: a replica never serves
+half-loaded. Bad input always gets a 4xx naming the field; anything unexpected gets a JSON 500 without a
+traceback (logged, counted in ``tenfold_unhandled_errors_total``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+from tenfold.rollout.split import ARMS, bucket_of
+from tenfold.serving.auth import Authenticator, AuthError
+from tenfold.serving.batching import MicroBatcher
+from tenfold.serving.cache import PredictionCache
+from tenfold.serving.loading import ServedModel, ServingLoadError, load_served_model
+from tenfold.serving.metrics import ServerMetrics
+from tenfold.serving.publishing import Publisher, PublishUnavailable
+from tenfold.serving.schemas import (
+    BatchPrediction,
+    ErrorBody,
+    FeedbackAccepted,
+    FeedbackRequest,
+    Health,
+    Prediction,
+    Readiness,
+    batch_model,
+)
+from tenfold.workloads import RequestInvalid, get_workload
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[["Settings", str], ServedModel]
+BATCH_KEY = "flights"
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a short code, what is wrong and what to do, the field."""
+
+    def __init__(self, status: int, error: str, message: str, *, field: str | None = None,
+                 errors: Sequence[tuple[str, str]] = (), headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.field = status, error, message, field
+        self.errors = list(errors)
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.error, "message": self.message, "field": self.field,
+                "errors": [{"field": f, "message": m} for f, m in self.errors]}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ReplicaState:
+    """Where the replica is in its life: loading -> ready -> draining (or failed), and what it serves."""
+
+    def __init__(self, arm: str, model_ref: str, metrics: ServerMetrics) -> None:
+        self.arm, self.model_ref, self._metrics = arm, model_ref, metrics
+        self.status = "loading"
+        self.served: ServedModel | None = None
+        self.detail: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    def loaded(self, served: ServedModel) -> None:
+        self.served = served
+        self._metrics.set_model_version(served.version)
+        if self.status == "loading":
+            self.status = "ready"
+        self._metrics.ready(self.ready)
+
+    def fail(self, detail: str) -> None:
+        self.status, self.detail = "failed", detail
+        self._metrics.ready(False)
+
+    def begin_drain(self) -> None:
+        """Readiness goes false at once; requests already accepted still complete."""
+        if self.status != "failed":
+            self.status = "draining"
+        self._metrics.ready(False)
+
+    def readiness(self) -> Readiness:
+        return Readiness(ready=self.ready, status=self.status, arm=self.arm,  # type: ignore[arg-type]
+                         model_ref=self.model_ref, model_version=self.served.version if self.served else None,
+                         detail=self.detail)
+
+
+# --- reading and validating bodies -----------------------------------------------------------------
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body: 415 for another content type, 413 past ``max_bytes`` (checked while
+    reading, so an oversized body is refused without holding it in memory), 422 when it is not JSON."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r})",
+                       field="content-type")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "body_too_large", f"the body is {int(declared)} bytes; at most {max_bytes} are accepted: "
+                       "send fewer flights per request")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer flights per request")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(422, "invalid_json", "the body is empty: send a JSON object", field="body")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                       f"{exc.colno}", field="body") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, an integer of thousands of digits, deep nesting
+        raise ApiError(422, "invalid_json", f"the body cannot be read as JSON: {exc}", field="body") from None
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """``("flights", 3, "origin")`` -> ``flights[3].origin``; the empty location is the whole ``body``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _validation_error(exc: ValidationError, prefix: Sequence[Any] = ()) -> ApiError:
+    errors: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *err.get("loc", ()))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, RequestInvalid):  # a workload validator named its own field and what to do
+            where = field_path(loc[:-1] if loc and loc[-1] == cause.field else loc)
+            errors.append((f"{where}.{cause.field}" if where != "body" else cause.field, cause.message))
+            continue
+        errors.append((field_path(loc), str(err.get("msg", "invalid value"))))
+    first_field, first_message = errors[0] if errors else ("body", "invalid request")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ApiError(422, "invalid_request", f"{first_field}: {first_message}{more}; fix the request and retry",
+                    field=first_field, errors=errors)
+
+
+def _non_finite(value: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (found := _non_finite(item, (*loc, key))) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _non_finite(item, (*loc, i))) is not None:
+                return found
+    return None
+
+
+def _refuse_invalid(exc: RequestInvalid, index: int | None, batch: bool) -> ApiError:
+    where = exc.within(f"{BATCH_KEY}[{index}]") if batch and index is not None else exc
+    return ApiError(422, "invalid_request", f"{where.field}: {where.message}", field=where.field,
+                    errors=[(where.field, where.message)])
+
+
+# --- the app ---------------------------------------------------------------------------------------
+
+def create_app(
+    settings: Settings,
+    *,
+    arm: str = "stable",
+    model_ref: str | None = None,
+    loader: Loader = load_served_model,
+    authenticator: Authenticator | None = None,
+    publisher: Publisher | None = None,
+    cache: PredictionCache | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """One replica of the model server for ``settings``, serving ``model_ref`` (alias or version) as ``arm``.
+
+    ``loader``, ``publisher`` and ``cache`` default to the real ones (tests pass their own cache to share
+    it between two apps). ``on_fatal(message)`` is called when the model cannot be loaded.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"arm {arm!r} is not one of {', '.join(ARMS)}")
+    server = settings.serving.server
+    ref = model_ref or server.model_ref
+    workload = get_workload(settings)
+    request_model: type[BaseModel] = workload.request_model
+    batch_request = batch_model(request_model, server.max_batch_rows)
+    metrics = ServerMetrics(arm)
+    state = ReplicaState(arm, ref, metrics)
+    auth = authenticator or Authenticator(settings)
+    pub = publisher or Publisher(settings, metrics)
+    predictions_cache = cache if cache is not None else PredictionCache(server.cache_entries)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenfold-model")
+
+    def run_model(requests: list[BaseModel]) -> list[float]:
+        assert state.served is not None
+        return state.served.predict(requests)
+
+    batcher: MicroBatcher[BaseModel, float] = MicroBatcher(
+        run_model, executor=executor, max_batch_size=server.max_batch_size,
+        max_wait_s=server.max_batch_wait_ms / 1000.0, on_batch=metrics.model_call, on_depth=metrics.queue_depth,
+    )
+
+    async def load() -> None:
+        try:
+            served = await asyncio.get_running_loop().run_in_executor(executor, loader, settings, ref)
+        except asyncio.CancelledError:
+            raise
+        except ServingLoadError as exc:
+            message = str(exc)
+        except Exception as exc:  # a loader bug must not leave the replica "loading" forever
+            log.exception("loading model %r failed", ref)
+            message = f"loading model {ref!r} failed: {type(exc).__name__}: {exc}"
+        else:
+            state.loaded(served)
+            log.info("replica ready: model %s (%s), arm %s", served.version, ref, arm)
+            return
+        state.fail(message)
+        log.critical("cannot serve: %s", message)
+        if on_fatal is not None:
+            on_fatal(message)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.ready(False)
+        batcher.start()
+        loading = asyncio.get_running_loop().create_task(load(), name="tenfold-load-model")
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await batcher.stop()
+            await asyncio.get_running_loop().run_in_executor(None, pub.close)
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="Tenfold model server",
+        version="1",
+        description=("Predictions from the registry's model with online features, and the feedback that labels them. "
+                     "Predict and feedback need 'Authorization: Bearer <token>' (`tenfold status` prints it) or, in the "
+                     "cloud, the load balancer's IAP identity."),
+        lifespan=lifespan,
+    )
+    app.state.replica = state
+    app.state.metrics = metrics
+    app.state.cache = predictions_cache
+    app.state.batcher = batcher
+    app.state.publisher = pub
+
+    prefix = server.api_prefix.rstrip("/")
+    predict_path, feedback_path = f"{prefix}/predict", f"{prefix}/feedback"
+    health_path, ready_path, metrics_path = settings.serving.health_path, server.ready_path, server.metrics_path
+    endpoints = {predict_path: "predict", feedback_path: "feedback", health_path: "healthz", ready_path: "readyz",
+                 metrics_path: "metrics"}
+    user_key_header = server.user_key_header.lower()
+
+    def authorise(request: Request) -> None:
+        try:
+            auth.check(request.headers)
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 and auth.mode == "bearer" else {}
+            raise ApiError(exc.status, "unauthorized" if exc.status == 401 else "unavailable", exc.message,
+                           headers=headers) from None
+
+    def parse_predict(body: Any) -> tuple[list[BaseModel], bool]:
+        if isinstance(body, dict) and BATCH_KEY in body:
+            flights = body[BATCH_KEY]
+            if isinstance(flights, list) and len(flights) > server.max_batch_rows:
+                raise ApiError(413, "batch_too_large", f"the batch holds {len(flights)} flights; at most "
+                               f"{server.max_batch_rows} per request: split it", field=BATCH_KEY)
+            model: type[BaseModel] = batch_request
+            batch = True
+        elif isinstance(body, dict):
+            model, batch = request_model, False
+        else:
+            raise ApiError(422, "invalid_request", f"the body must be a JSON object (one flight, or {{\"{BATCH_KEY}\": "
+                           f"[...]}}), not {type(body).__name__}", field="body", errors=[("body", "not an object")])
+        if (bad := _non_finite(body, ())) is not None:
+            where = field_path(bad)
+            raise ApiError(422, "invalid_request", f"{where}: NaN and infinities are not numbers this API accepts",
+                           field=where, errors=[(where, "not a finite number")])
+        try:
+            parsed = model.model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        requests = list(getattr(parsed, BATCH_KEY)) if batch else [parsed]
+        return requests, batch
+
+    def not_ready() -> ApiError:
+        retry = str(server.retry_after_s)
+        if state.status == "failed":
+            return ApiError(503, "not_ready", f"this replica failed to load its model: {state.detail}", headers={"Retry-After": retry})
+        return ApiError(503, "not_ready", f"this replica is {state.status}; retry shortly", headers={"Retry-After": retry})
+
+    # --- endpoints ----------------------------------------------------------------------------------
+    errors_4xx: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "Missing or wrong credentials."},
+        413: {"model": ErrorBody, "description": "Body or batch too large."},
+        415: {"model": ErrorBody, "description": "Not JSON."},
+        422: {"model": ErrorBody, "description": "Invalid request; `field` names what to fix."},
+        503: {"model": ErrorBody, "description": "Not ready, or Pub/Sub unavailable; see Retry-After."},
+    }
+
+    @app.post(predict_path, response_model=Prediction | BatchPrediction, responses=errors_4xx,  # type: ignore[arg-type]
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                  {"$ref": f"#/components/schemas/{request_model.__name__}"},
+                  {"$ref": "#/components/schemas/BatchPredictRequest"}]}}}}},
+              summary="Predict for one flight or a batch")
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        authorise(request)
+        if state.served is None:
+            raise not_ready()
+        served = state.served
+        with batcher.arriving():
+            body = await read_json(request, server.max_body_bytes)
+            requests, batch = parse_predict(body)
+            for i, item in enumerate(requests):
+                try:
+                    served.check(item)
+                except RequestInvalid as exc:
+                    raise _refuse_invalid(exc, i, batch) from None
+        probabilities = await _score(served, requests, batch)
+        header_key = request.headers.get(user_key_header)
+        now = dt.datetime.now(dt.UTC)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        rows = []
+        rate = server.prediction_sample_rate
+        for item, probability in zip(requests, probabilities, strict=True):
+            user_key = header_key or getattr(item, "user_key", None)
+            bucket = bucket_of(user_key) if user_key else None
+            row = {"prediction_id": uuid.uuid4().hex, "probability": probability, "model_version": served.version,
+                   "arm": arm, "bucket": bucket}
+            rows.append(row)
+            if rate > 0 and (rate >= 1 or random.random() < rate):
+                pub.publish_sample(PredictionRecord(
+                    prediction_id=row["prediction_id"], model_version=served.version, arm=arm,  # type: ignore[arg-type]
+                    user_key=user_key, bucket=bucket, probability=probability,
+                    request=item.model_dump(mode="json"), latency_ms=latency_ms, served_at=now))
+        metrics.predictions(len(rows))
+        if batch:
+            return JSONResponse({"predictions": rows, "model_version": served.version, "arm": arm})
+        return JSONResponse(rows[0])
+
+    async def _score(served: ServedModel, requests: list[BaseModel], batch: bool) -> list[float]:
+        keys = [predictions_cache.key(served.version, r) for r in requests]
+        out: list[float | None] = [predictions_cache.get(k) for k in keys]
+        missing = [i for i, p in enumerate(out) if p is None]
+        metrics.cache(len(requests) - len(missing), len(missing))
+        if missing:
+            try:
+                fresh = await batcher.submit([requests[i] for i in missing])
+            except RequestInvalid as exc:  # check() let it through but assembly refused it
+                index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None
+                raise _refuse_invalid(exc, index, batch) from None
+            for i, p in zip(missing, fresh, strict=True):
+                out[i] = p
+                predictions_cache.put(keys[i], p)
+        return [float(p) for p in out]  # type: ignore[arg-type]
+
+    @app.post(feedback_path, status_code=202, response_model=FeedbackAccepted, responses=errors_4xx,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "$ref": "#/components/schemas/FeedbackRequest"}}}}},
+              summary="Record the observed outcome of a prediction")
+    async def feedback(request: Request) -> Response:
+        authorise(request)
+        body = await read_json(request, server.max_body_bytes)
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_request", "the body must be a JSON object with prediction_id and outcome",
+                           field="body", errors=[("body", "not an object")])
+        try:
+            parsed = FeedbackRequest.model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        record = FeedbackRecord(prediction_id=parsed.prediction_id, outcome=parsed.outcome,
+                                observed_at=parsed.observed_at, received_at=dt.datetime.now(dt.UTC))
+        try:
+            message_id = await pub.publish_feedback(record)
+        except PublishUnavailable as exc:
+            metrics.feedback("unavailable")
+            raise ApiError(503, "feedback_unavailable", str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+        metrics.feedback("accepted")
+        return JSONResponse({"status": "accepted", "prediction_id": parsed.prediction_id, "message_id": message_id},
+                            status_code=202)
+
+    @app.get(health_path, response_model=Health, responses={503: {"model": Health}}, summary="Liveness")
+    async def healthz() -> Response:
+        if state.status == "failed":
+            return JSONResponse({"status": "failed"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get(ready_path, response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
+    async def readyz() -> Response:
+        body = state.readiness()
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+
+    @app.get(metrics_path, summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}})
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    # --- errors -------------------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        what = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        hint = f"; the API is under {prefix}/ (see /docs)" if exc.status_code in (404, 405) else ""
+        return ApiError(exc.status_code, what, f"{exc.detail}{hint}", headers=dict(exc.headers or {})).response()
+
+    app.add_middleware(_Observe, metrics=metrics, endpoints=endpoints)  # type: ignore[arg-type]
+    _describe_request_bodies(app, request_model, batch_request)
+    return app
+
+
+class _Observe:
+    """Outermost middleware: latency and status per endpoint, and a JSON 500 (counted, logged, no
+    traceback to the client) for any exception that escapes a handler."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, endpoints: dict[str, str]) -> None:
+        self.app, self.metrics, self.endpoints = app, metrics, endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("unhandled error %s on %s %s", incident, scope.get("method"), scope.get("path"))
+            self.metrics.unhandled_error()
+            status["code"] = 500
+            if not status["sent"]:
+                await JSONResponse({"error": "internal", "message": f"internal error {incident}: the replica logged it; "
+                                    "retry, and report the id if it persists", "field": None, "errors": []},
+                                   status_code=500)(scope, receive, send)
+        finally:
+            endpoint = self.endpoints.get(scope.get("path", ""), "other")
+            self.metrics.observe_request(endpoint, int(status["code"]), time.perf_counter() - started)
+
+
+def _describe_request_bodies(app: FastAPI, request_model: type[BaseModel], batch_request: type[BaseModel]) -> None:
+    """Put the bodies the handlers validate themselves into the OpenAPI components they reference."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (request_model, batch_request, FeedbackRequest):
+            body = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in body.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components[model.__name__] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+

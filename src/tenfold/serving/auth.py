@@ -1,0 +1,187 @@
+"""Who may call ``predict`` and ``feedback``: a bearer token locally, the load balancer's IAP identity in the cloud.
+
+``settings.serving.server.auth_mode`` selects the check:
+
+* ``bearer`` (default): ``Authorization: Bearer <token>``, compared in constant time
+  (:func:`hmac.compare_digest`) with the token in :func:`token_path` (``<local.home>/run/serving.token``,
+  mode 0600). :func:`ensure_token` generates it once (``tenfold up`` / ``tenfold serve`` call it, and so
+  does a local replica that starts first); ``tenfold status`` prints it. Outside the local environment
+  the token file must already exist (mounted from a secret): a replica never invents a token nobody has.
+* ``iap``: Google's Identity-Aware Proxy on the load balancer's backend service authenticates the caller
+  and signs ``X-Goog-IAP-JWT-Assertion`` (ES256). The replica verifies the signature against Google's
+  published IAP keys, the audience (``serving.server.iap_audience``) and the issuer, and takes the
+  caller from the verified ``email`` claim. The plain ``X-Goog-Authenticated-User-Email`` header is
+  never trusted on its own: anyone who reaches a replica directly could set it; only the signed
+  assertion proves the request came through IAP. IAP must be enabled on the backend service for this
+  mode (see docs/serving.md).
+
+Health, readiness and metrics are open in both modes (the load balancer's health checks carry no identity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+TOKEN_FILE = "serving.token"
+# Google's keys for IAP's signed headers, and the issuer it signs with
+# (https://cloud.google.com/iap/docs/signed-headers-howto).
+IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
+IAP_ISSUER = "https://cloud.google.com/iap"
+IAP_ASSERTION_HEADER = "x-goog-iap-jwt-assertion"
+_TOKEN_BYTES = 32
+
+
+class AuthError(Exception):
+    """The caller is not allowed: ``status`` 401 (no or wrong credentials); the message says what to send."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+class TokenMissing(RuntimeError):
+    """No token file where the settings say it is; the message says how to create one."""
+
+
+def token_path(settings: Settings) -> Path:
+    """Where the serving bearer token lives: ``<settings.local.home>/run/serving.token`` (mode 0600)."""
+    return settings.local.home / "run" / TOKEN_FILE
+
+
+def read_token(settings: Settings) -> str:
+    """The token in :func:`token_path`; raises :class:`TokenMissing` with what to do when there is none."""
+    path = token_path(settings)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise TokenMissing(
+            f"no serving token at {path}: run `tenfold up` (or `tenfold serve`) to generate one, "
+            "or place the token there (mode 0600)"
+        ) from None
+    if not token:
+        raise TokenMissing(f"the serving token file {path} is empty: delete it and run `tenfold up` to generate a new one")
+    return token
+
+
+def ensure_token(settings: Settings) -> str:
+    """The serving token, generated (``secrets``, 0600, written atomically) when there is none yet.
+
+    Idempotent and safe when several processes call it at once (replicas starting together): the file is
+    written under a temporary name and hard-linked into place, which fails if another process got there
+    first, so every caller ends up with the one token that won.
+    """
+    path = token_path(settings)
+    with contextlib.suppress(TokenMissing):
+        return read_token(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(_TOKEN_BYTES) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won the race: use its token
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_token(settings)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made an authorised request (for logs): ``token`` locally, the IAP e-mail in the cloud."""
+
+    identity: str
+
+
+# What the IAP verifier needs from google-auth: a callable that fetches Google's keys over HTTP. The
+# tests hand in a transport serving locally made keys; production uses google-auth's requests transport.
+HttpRequest = Callable[..., Any]
+
+
+class Authenticator:
+    """The check ``settings.serving.server.auth_mode`` selects; :meth:`check` raises :class:`AuthError`."""
+
+    def __init__(self, settings: Settings, *, http_request: HttpRequest | None = None) -> None:
+        server = settings.serving.server
+        self.mode = server.auth_mode
+        self._audience = server.iap_audience
+        self._token: bytes | None = None
+        self._http_request = http_request
+        if self.mode == "bearer":
+            token = ensure_token(settings) if settings.is_local else read_token(settings)
+            self._token = token.encode()
+
+    def check(self, headers: Mapping[str, str]) -> Caller:
+        """The caller of a request with ``headers`` (lower-case names, as Starlette gives them)."""
+        if self.mode == "iap":
+            return self._check_iap(headers.get(IAP_ASSERTION_HEADER))
+        return self._check_bearer(headers.get("authorization"))
+
+    def _check_bearer(self, header: str | None) -> Caller:
+        if not header:
+            raise AuthError("missing credentials: send 'Authorization: Bearer <token>' (`tenfold status` prints the token)")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the Authorization header must be 'Bearer <token>' (`tenfold status` prints the token)")
+        assert self._token is not None
+        # Constant time: the comparison must not reveal how many leading characters were right.
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            raise AuthError("wrong bearer token: use the one `tenfold status` prints")
+        return Caller("token")
+
+    def _check_iap(self, assertion: str | None) -> Caller:
+        if not assertion:
+            raise AuthError(f"missing {IAP_ASSERTION_HEADER}: call the service through its load balancer (IAP signs "
+                            "every request it lets through)")
+        from google.auth import exceptions as auth_exceptions
+        from google.oauth2 import id_token
+
+        if self._http_request is None:
+            import google.auth.transport.requests
+
+            self._http_request = _CachedKeys(google.auth.transport.requests.Request())
+        try:
+            claims = id_token.verify_token(assertion, self._http_request, audience=self._audience,  # type: ignore[arg-type]
+                                           certs_url=IAP_CERTS_URL)
+        except auth_exceptions.TransportError as exc:
+            raise AuthError(f"cannot fetch Google's IAP keys to verify the caller ({exc}); retry shortly", 503) from None
+        except Exception as exc:  # google-auth and PyJWT raise many types for a bad token: all mean "not valid"
+            raise AuthError(f"the IAP assertion is not valid for this service ({exc})") from None
+        if claims.get("iss") != IAP_ISSUER:
+            raise AuthError(f"the IAP assertion was not issued by {IAP_ISSUER}")
+        email = claims.get("email")
+        if not email:
+            raise AuthError("the IAP assertion names no caller (no email claim)")
+        return Caller(str(email))
+
+
+class _CachedKeys:
+    """Wraps a google-auth HTTP transport so Google's IAP keys are fetched once an hour, not per request."""
+
+    def __init__(self, request: HttpRequest, ttl_s: float = 3600.0) -> None:
+        self._request, self._ttl = request, ttl_s
+        self._cached: tuple[float, Any] | None = None
+
+    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+        import time
+
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self._ttl:
+            return self._cached[1]
+        response = self._request(url, method=method, **kwargs)
+        if response.status == 200:
+            self._cached = (now, response)
+        return response

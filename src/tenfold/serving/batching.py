@@ -1,0 +1,203 @@
+"""Adaptive micro-batching: concurrent requests share one model call, off the event loop.
+
+Each request submits its rows (one flight, or a batch) and awaits its own results. One consumer task
+forms batches and runs them, one at a time, on a single worker thread (the forward pass never blocks
+the event loop, and one thread keeps torch's own threading predictable). The rule:
+
+1. Wait for the first request; then take every request already queued, whole, while the batch stays
+   within ``max_batch_size`` rows (a request larger than that runs alone; a request that would overflow
+   the batch starts the next one).
+2. If the batch is still below ``max_batch_size`` *and* other requests are on their way (accepted by the
+   server, still being read or validated), wait for them, at most ``max_batch_wait_ms`` after the batch
+   started, and stop waiting as soon as none are on their way. A lone request on an idle replica
+   therefore never waits, and under load batches form by themselves: requests that arrive while the
+   model is busy are all taken by the next call.
+3. A model call that fails for a batch of several requests is retried request by request, so one bad
+   request fails alone and never takes the others down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    items: list[T]
+    future: asyncio.Future[list[R]] = field(repr=False)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Coalesces concurrent :meth:`submit` calls into calls of ``run(items) -> results`` (same length, same order).
+
+    ``run`` executes on ``executor`` (give it one worker thread). ``on_batch(rows)`` is called for every
+    model call and ``on_depth(rows)`` whenever the number of queued rows changes (metrics).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[R]],
+        *,
+        executor: Executor,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch or (lambda rows: None)
+        self._on_depth = on_depth or (lambda rows: None)
+        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        self._carry: deque[_Pending[T, R]] = deque()
+        self._queued_rows = 0
+        self._arriving = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- the request side ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request that will submit soon (while it is read and validated): a forming batch waits for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    async def submit(self, items: list[T]) -> list[R]:
+        """The results for ``items``, computed in whatever batch they join."""
+        if not items:
+            return []
+        if self._task is None or self._task.done():
+            raise RuntimeError("the micro-batcher is not running (start() it in the app's lifespan)")
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._queued_rows += len(items)
+        self._on_depth(self._queued_rows)
+        self._queue.put_nowait(_Pending(items, future))
+        return await future
+
+    # --- the consumer -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="tenfold-micro-batcher")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in [*self._carry, *_drain(self._queue)]:
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the server is shutting down"))
+        self._carry.clear()
+
+    async def _next(self, timeout: float | None) -> _Pending[T, R] | None:
+        if self._carry:
+            return self._carry.popleft()
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _form_batch(self) -> list[_Pending[T, R]]:
+        first = await self._next(None)
+        assert first is not None
+        batch, rows = [first], len(first.items)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while rows < self.max_batch_size:
+            queued = bool(self._carry) or not self._queue.empty()
+            if not queued and (self._arriving == 0 or loop.time() >= deadline):
+                break
+            nxt = await self._next(0 if queued else deadline - loop.time())
+            if nxt is None:
+                continue  # waited until the deadline: the loop condition ends the batch
+            if rows + len(nxt.items) > self.max_batch_size:
+                self._carry.appendleft(nxt)  # first in the next batch
+                break
+            batch.append(nxt)
+            rows += len(nxt.items)
+        return batch
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._form_batch()
+            rows = sum(len(p.items) for p in batch)
+            self._queued_rows -= rows
+            self._on_depth(self._queued_rows)
+            try:
+                await self._execute(batch)
+            except asyncio.CancelledError:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("the server is shutting down"))
+                raise
+            except Exception as exc:  # never let one batch stop the consumer: fail it, go on
+                log.exception("micro-batch of %d rows failed", rows)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+
+    async def _call(self, items: list[T]) -> Sequence[R]:
+        self._on_batch(len(items))
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
+        return results
+
+    async def _execute(self, batch: list[_Pending[T, R]]) -> None:
+        items = [item for p in batch for item in p.items]
+        try:
+            results = await self._call(items)
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            for p in batch:  # isolate the request that failed: each alone
+                try:
+                    mine = await self._call(p.items)
+                except Exception as own:
+                    if not p.future.done():
+                        p.future.set_exception(own)
+                else:
+                    if not p.future.done():
+                        p.future.set_result(list(mine))
+            return
+        start = 0
+        for p in batch:
+            end = start + len(p.items)
+            if not p.future.done():  # a client that went away cancelled its future
+                p.future.set_result(list(results[start:end]))
+            start = end
+
+
+def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    out = []
+    while True:
+        try:
+            out.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            return out

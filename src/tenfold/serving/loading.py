@@ -1,0 +1,155 @@
+"""What a replica serves: a registered model version and the workload's online features, both in memory.
+
+:func:`load_served_model` resolves a registry reference (alias or version), downloads that version into
+a local cache folder (verified; several replicas on one machine share one copy under a file lock),
+rebuilds it with :func:`tenfold.model.load_model` from its ``meta.json`` and preprocessing state, and
+loads the lookup tables with :func:`tenfold.features.online.load_online_features`. Any failure raises
+:class:`ServingLoadError` with what to do: the replica then exits instead of serving half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from tenfold.config import Settings
+    from tenfold.model import LoadedModel
+    from tenfold.workloads import OnlineFeatures
+
+log = logging.getLogger(__name__)
+
+
+class ServingLoadError(RuntimeError):
+    """The replica cannot load what it should serve; the message names the cause and what to do."""
+
+
+def model_cache_dir(settings: Settings) -> Path:
+    """Where replicas keep downloaded model versions: ``<local.home>/serving/models/<version>``."""
+    return settings.local.home / "serving" / "models"
+
+
+@dataclass
+class ServedModel:
+    """A model version and the online features, ready to score validated requests."""
+
+    version: str
+    loaded: LoadedModel
+    features: OnlineFeatures
+    device: torch.device
+
+    @property
+    def workload(self) -> str:
+        return str(self.loaded.workload.name)
+
+    def check(self, request: BaseModel) -> None:
+        """Raise what scoring ``request`` would (``RequestInvalid``), cheaply, before it joins a batch."""
+        self.features.check(request)
+
+    def predict(self, requests: Sequence[BaseModel]) -> list[float]:
+        """P(positive) per request, in order: online features, preprocessing, one forward pass.
+
+        Blocking (torch): the server runs it on its single model thread.
+        """
+        import torch
+
+        from tenfold.model import predict_proba
+
+        table = self.features.assemble(list(requests))
+        cat, num = self.loaded.preprocessor.transform(table)
+        probs = predict_proba(self.loaded.model, torch.from_numpy(cat).to(self.device),
+                              torch.from_numpy(num).to(self.device))
+        return [float(p) for p in probs.double().cpu().numpy()]
+
+
+def _device(choice: str) -> torch.device:
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ServingLoadError("serving.server.device is 'cuda' but torch sees no CUDA device: use 'auto' or 'cpu', "
+                               "or run the CUDA image on a GPU machine")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def configure_torch(threads: int) -> None:
+    """Intra-op threads for the forward pass (set before the first one); inter-op stays at one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
+        torch.set_num_interop_threads(1)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) -> tuple[str, Path]:
+    """The version ``ref`` names and a verified local copy of it (reused when already there)."""
+    from tenfold.registry import ModelRegistry, RegistryError
+
+    try:
+        reg = registry or ModelRegistry(settings)
+        version = reg.find(ref)
+    except RegistryError as exc:
+        raise ServingLoadError(f"model {ref!r} cannot be resolved in the registry: {exc}") from exc
+    except Exception as exc:  # the store itself: unreachable emulator, missing bucket, credentials
+        raise ServingLoadError(f"the model registry at {settings.storage.models_bucket} cannot be read to resolve "
+                               f"{ref!r} ({type(exc).__name__}: {exc}); is the object store up (`tenfold status`)?") from exc
+    root = model_cache_dir(settings)
+    # Replicas on one machine start together: the lock makes the second one reuse the first one's copy
+    # instead of replacing the folder the first one is loading from.
+    with _file_lock(root / f".{version}.lock"):
+        try:
+            path = reg.download(version, root / version)
+        except RegistryError as exc:
+            raise ServingLoadError(f"model version {version} cannot be downloaded: {exc}") from exc
+    return version, path
+
+
+def load_served_model(settings: Settings, ref: str) -> ServedModel:
+    """Resolve ``ref`` in the registry, load that version and the online features (see the module docstring)."""
+    from tenfold.features.online import load_online_features
+    from tenfold.model import ModelLoadError, load_model
+    from tenfold.workloads import get_workload
+
+    server = settings.serving.server
+    configure_torch(server.torch_threads)
+    device = _device(server.device)
+    version, path = resolve_and_download(settings, ref)
+    try:
+        loaded = load_model(path, map_location=device)
+    except ModelLoadError as exc:
+        raise ServingLoadError(f"model version {version} ({ref!r}) cannot be loaded: {exc}") from exc
+    loaded.model.to(device)
+    expected = get_workload(settings).name
+    if loaded.workload.name != expected:
+        raise ServingLoadError(f"model version {version} was trained for workload {loaded.workload.name!r}, but this "
+                               f"replica serves {expected!r} (settings.workload): serve a model of {expected!r}")
+    try:
+        features = load_online_features(settings)
+    except Exception as exc:
+        raise ServingLoadError(f"the online features (lookup tables in {settings.storage.table_uri(settings.storage.lookups_table)}_*) "
+                               f"cannot be loaded: {type(exc).__name__}: {exc}; run build_features for the months to "
+                               "serve") from exc
+    log.info("loaded model %s (%s) on %s with lookups for %s", version, ref, device,
+             ", ".join(getattr(features, "months", ())) or "no months")
+    return ServedModel(version=version, loaded=loaded, features=features, device=device)

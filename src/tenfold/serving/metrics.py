@@ -1,0 +1,118 @@
+"""The replica's Prometheus metrics, on a registry of its own (never ``prometheus_client``'s global one).
+
+One :class:`ServerMetrics` per app instance, so two apps in one process (tests) never share counters,
+and ``GET /metrics`` shows exactly this replica. Every series carries ``model_version`` and ``arm``; the
+version is ``loading`` until the model is in memory.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LOADING = "loading"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class ServerMetrics:
+    """The metrics of one replica; :meth:`exposition` renders them for ``GET /metrics``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, arm: str) -> None:
+        self.arm = arm
+        self.model_version = LOADING
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model_version", "arm")
+        r = self.registry
+        self._latency = Histogram("tenfold_request_latency_seconds", "Request latency by endpoint (server side).",
+                                  (*labels, "endpoint"), buckets=_LATENCY_BUCKETS, registry=r)
+        self._requests = Counter("tenfold_requests_total", "Responses by endpoint and status code.",
+                                 (*labels, "endpoint", "code"), registry=r)
+        self._errors = Counter("tenfold_errors_total", "Error responses (4xx and 5xx) by endpoint and status code.",
+                               (*labels, "endpoint", "code"), registry=r)
+        self._unhandled = Counter("tenfold_unhandled_errors_total",
+                                  "Unexpected exceptions answered with a JSON 500.", labels, registry=r)
+        self._batch_rows = Histogram("tenfold_batch_size", "Rows per model call (after micro-batching).", labels,
+                                     buckets=_BATCH_BUCKETS, registry=r)
+        self._model_calls = Counter("tenfold_model_calls_total", "Forward passes of the model.", labels, registry=r)
+        self._predictions = Counter("tenfold_predictions_total", "Predictions served (rows).", labels, registry=r)
+        self._cache_hits = Counter("tenfold_cache_hits_total", "Prediction cache hits (rows).", labels, registry=r)
+        self._cache_misses = Counter("tenfold_cache_misses_total", "Prediction cache misses (rows).", labels, registry=r)
+        self._queue_depth = Gauge("tenfold_queue_depth", "Rows waiting for the model.", labels, registry=r)
+        self._samples = Counter("tenfold_prediction_samples_total",
+                                "Sampled predictions by what became of them (published or dropped).",
+                                (*labels, "outcome"), registry=r)
+        self._dropped = Counter("tenfold_dropped_samples_total",
+                                "Monitoring samples not published, by reason (buffer_full, breaker_open, publish_failed).",
+                                (*labels, "reason"), registry=r)
+        self._feedback = Counter("tenfold_feedback_total", "Feedback requests by result (accepted, unavailable).",
+                                 (*labels, "result"), registry=r)
+        self._breaker_open = Gauge("tenfold_pubsub_breaker_open", "1 while the Pub/Sub circuit breaker is open.",
+                                   labels, registry=r)
+        self._ready = Gauge("tenfold_ready", "1 while the replica is ready to serve.", labels, registry=r)
+
+    def _l(self) -> dict[str, str]:
+        return {"model_version": self.model_version, "arm": self.arm}
+
+    def set_model_version(self, version: str) -> None:
+        self.model_version = version
+
+    def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
+        labels = self._l()
+        self._latency.labels(**labels, endpoint=endpoint).observe(seconds)
+        self._requests.labels(**labels, endpoint=endpoint, code=str(code)).inc()
+        if code >= 400:
+            self._errors.labels(**labels, endpoint=endpoint, code=str(code)).inc()
+
+    def unhandled_error(self) -> None:
+        self._unhandled.labels(**self._l()).inc()
+
+    def model_call(self, rows: int) -> None:
+        labels = self._l()
+        self._model_calls.labels(**labels).inc()
+        self._batch_rows.labels(**labels).observe(rows)
+
+    def predictions(self, rows: int) -> None:
+        self._predictions.labels(**self._l()).inc(rows)
+
+    def cache(self, hits: int, misses: int) -> None:
+        labels = self._l()
+        if hits:
+            self._cache_hits.labels(**labels).inc(hits)
+        if misses:
+            self._cache_misses.labels(**labels).inc(misses)
+
+    def queue_depth(self, rows: int) -> None:
+        self._queue_depth.labels(**self._l()).set(rows)
+
+    def sample_published(self) -> None:
+        self._samples.labels(**self._l(), outcome="published").inc()
+
+    def sample_dropped(self, reason: str) -> None:
+        labels = self._l()
+        self._samples.labels(**labels, outcome="dropped").inc()
+        self._dropped.labels(**labels, reason=reason).inc()
+
+    def feedback(self, result: str) -> None:
+        self._feedback.labels(**self._l(), result=result).inc()
+
+    def breaker(self, is_open: bool) -> None:
+        self._breaker_open.labels(**self._l()).set(1 if is_open else 0)
+
+    def ready(self, is_ready: bool) -> None:
+        self._ready.labels(**self._l()).set(1 if is_ready else 0)
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent), e.g. ``value("tenfold_cache_hits_total")``; for tests and status."""
+        full = {**self._l(), **labels}
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in full.items()):
+                    total += sample.value
+        return total
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

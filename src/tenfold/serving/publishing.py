@@ -1,0 +1,271 @@
+"""Publishing to Pub/Sub from a replica: a bounded buffer and a circuit breaker in front of the real client.
+
+Two kinds of message, two promises:
+
+* **Monitoring samples** (:class:`~tenfold.messaging.records.PredictionRecord` on the predictions
+  topic) are fire-and-forget: a prediction never waits for Pub/Sub. At most ``publish_buffer`` samples
+  are in flight; beyond that, or while the breaker is open, a sample is dropped and counted
+  (``tenfold_dropped_samples_total{reason}``), so a Pub/Sub outage costs monitoring data, never
+  prediction latency or memory.
+* **Feedback** (:class:`~tenfold.messaging.records.FeedbackRecord` on the feedback topic) is answered
+  202 only after Pub/Sub acknowledged the publish (the future resolved with a message id). While the
+  breaker is open, or when the publish fails or outlasts ``feedback_publish_timeout_s``, the caller gets
+  :class:`PublishUnavailable` (the server answers 503 with ``Retry-After``) and must retry. A publish
+  that Pub/Sub accepts after we gave up can reach the topic although the client saw 503; the client's
+  retry then publishes it again, and the feedback sink's upsert on ``prediction_id`` makes that harmless.
+  So feedback is delivered at least once and never acknowledged and then lost.
+
+The breaker opens after ``breaker_failures`` consecutive failed publishes (of either kind) and lets one
+trial publish through after ``breaker_reset_s``; the trial's success closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+    from tenfold.serving.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class PublishUnavailable(RuntimeError):
+    """Pub/Sub cannot take the message now; ``retry_after_s`` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitBreaker:
+    """Closed -> open after ``failures`` consecutive failures -> one trial after ``reset_s`` -> closed on success.
+
+    Thread-safe: publish callbacks report from the Pub/Sub client's threads.
+    """
+
+    def __init__(self, failures: int, reset_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[bool], None] | None = None) -> None:
+        self.failures, self.reset_s = failures, reset_s
+        self._clock = clock
+        self._on_change = on_change or (lambda is_open: None)
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._trial_since: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are refused (open, or half-open with its one trial out)."""
+        with self._lock:
+            return self._opened_at is not None
+
+    def retry_after_s(self) -> float:
+        """Seconds until the breaker lets a trial through (0 when closed)."""
+        with self._lock:
+            if self._opened_at is None:
+                return 0.0
+            return max(0.0, self._opened_at + self.reset_s - self._clock())
+
+    def allow(self) -> bool:
+        """May a call go out now? While open, one trial every ``reset_s``; its outcome must be reported."""
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            now = self._clock()
+            if now < self._opened_at + self.reset_s:
+                return False
+            # Half-open: one trial at a time; a trial that never reported counts as lost after reset_s.
+            if self._trial_since is not None and now < self._trial_since + self.reset_s:
+                return False
+            self._trial_since = now
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            was_open = self._opened_at is not None
+            self._consecutive, self._opened_at, self._trial_since = 0, None, None
+        if was_open:
+            log.warning("Pub/Sub circuit breaker closed: publishing again")
+            self._on_change(False)
+
+    def failure(self) -> None:
+        with self._lock:
+            self._consecutive += 1
+            now = self._clock()
+            opening = self._opened_at is None and self._consecutive >= self.failures
+            if self._opened_at is not None:
+                self._opened_at, self._trial_since = now, None  # a failed trial: stay open another reset_s
+            elif opening:
+                self._opened_at = now
+        if opening:
+            log.warning("Pub/Sub circuit breaker open after %d failed publishes: samples are dropped and "
+                        "feedback is refused (503) for %.1f s", self.failures, self.reset_s)
+            self._on_change(True)
+
+
+class Publisher:
+    """The replica's Pub/Sub publisher (see the module docstring). ``client`` defaults to the real one."""
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics, *, client: Any = None) -> None:
+        from tenfold.messaging.clients import topic_path
+
+        server = settings.serving.server
+        self._settings = settings
+        self._metrics = metrics
+        self._client = client
+        self.timeout_s = server.feedback_publish_timeout_s
+        self.retry_after_s = server.retry_after_s
+        self.buffer = server.publish_buffer
+        self.breaker = CircuitBreaker(server.breaker_failures, server.breaker_reset_s, on_change=metrics.breaker)
+        self._predictions_topic = topic_path(settings, settings.messaging.predictions_topic)
+        self._feedback_topic = topic_path(settings, settings.messaging.feedback_topic)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from tenfold.messaging.clients import publisher_client
+
+            self._client = publisher_client(self._settings)
+        return self._client
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def _publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> Any:
+        from google.api_core import exceptions as core
+        from google.api_core import retry as retries
+
+        # Bounded: a publish to an unreachable Pub/Sub fails within timeout_s instead of retrying for
+        # the client library's default minute, so the breaker learns of an outage quickly.
+        retry = retries.Retry(
+            initial=0.1, maximum=1.0, multiplier=2.0, timeout=self.timeout_s,
+            predicate=retries.if_exception_type(core.Aborted, core.DeadlineExceeded, core.InternalServerError,
+                                                core.ResourceExhausted, core.ServiceUnavailable, core.Unknown),
+        )
+        return self.client.publish(topic, data, retry=retry, timeout=self.timeout_s, **attributes)
+
+    def _track(self, future: Any, on_done: Callable[[BaseException | None], None]) -> None:
+        def done(f: Any) -> None:
+            try:
+                exc = f.exception()
+            except BaseException as cancelled:  # cancelled futures raise here
+                exc = cancelled
+            if exc is None:
+                self.breaker.success()
+            else:
+                self.breaker.failure()
+            try:
+                on_done(exc)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+
+        future.add_done_callback(done)
+
+    # --- monitoring samples -------------------------------------------------------------------------
+    def publish_sample(self, record: PredictionRecord) -> bool:
+        """Hand one sample to Pub/Sub without waiting; False (and counted) when it was dropped."""
+        with self._lock:
+            if self._closed:
+                full = True
+            else:
+                full = self._in_flight >= self.buffer
+                if not full:
+                    self._in_flight += 1
+        if full:
+            self._metrics.sample_dropped("buffer_full")
+            return False
+        if not self.breaker.allow():
+            self._release()
+            self._metrics.sample_dropped("breaker_open")
+            return False
+        try:
+            future = self._publish(self._predictions_topic, record.to_message(), record.attributes())
+        except Exception:
+            log.exception("could not hand a prediction sample to the Pub/Sub client")
+            self.breaker.failure()
+            self._release()
+            self._metrics.sample_dropped("publish_failed")
+            return False
+
+        def outcome(exc: BaseException | None) -> None:
+            if exc is None:
+                self._metrics.sample_published()
+            else:
+                log.debug("prediction sample %s not published: %s", record.prediction_id, exc)
+                self._metrics.sample_dropped("publish_failed")
+
+        self._track(future, outcome)
+        return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    # --- feedback -----------------------------------------------------------------------------------
+    async def publish_feedback(self, record: FeedbackRecord) -> str:
+        """Publish and wait for Pub/Sub's acknowledgement; the message id, or :class:`PublishUnavailable`."""
+        if not self.breaker.allow():
+            wait = max(self.retry_after_s, round(self.breaker.retry_after_s() + 0.5))
+            raise PublishUnavailable("Pub/Sub is unavailable (circuit breaker open): the feedback was not recorded; "
+                                     f"retry in {wait} s", wait)
+        with self._lock:
+            self._in_flight += 1
+        try:
+            future = self._publish(self._feedback_topic, record.to_message(), record.attributes())
+        except Exception as exc:
+            self.breaker.failure()
+            self._release()
+            raise PublishUnavailable(f"Pub/Sub refused the feedback ({exc}); retry in {self.retry_after_s} s",
+                                     self.retry_after_s) from exc
+        self._track(future, lambda exc: None)
+        try:
+            # The publish's own retry gives up after timeout_s; the margin covers the batch's latency.
+            message_id = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s + 1.0)
+        except Exception as exc:
+            raise PublishUnavailable(f"Pub/Sub did not acknowledge the feedback ({type(exc).__name__}: {exc}); "
+                                     f"it was not recorded: retry in {self.retry_after_s} s", self.retry_after_s) from exc
+        return str(message_id)
+
+    # --- shutdown -----------------------------------------------------------------------------------
+    def close(self, timeout_s: float = 5.0) -> int:
+        """Stop taking samples, wait up to ``timeout_s`` for those in flight, close the client.
+
+        Returns how many publishes were still in flight when it gave up (0 after a clean flush).
+        """
+        with self._lock:
+            self._closed = True
+        if self._client is None:
+            return 0
+        try:
+            self._client.stop()  # sends what is batched now; later publish() calls raise
+        except Exception:
+            log.debug("Pub/Sub publisher stop failed", exc_info=True)
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._in_flight and time.monotonic() < deadline:
+                self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
+            left = self._in_flight
+        try:
+            self._client.transport.close()
+        except Exception:
+            log.debug("Pub/Sub transport close failed", exc_info=True)
+        if left:
+            log.warning("%d Pub/Sub publishes were still in flight at shutdown", left)
+        return left

@@ -1,0 +1,131 @@
+"""One model-server replica process: uvicorn with one worker around :func:`tenfold.serving.app.create_app`.
+
+Run::
+
+    python -m tenfold.serving --host 127.0.0.1 --port 8101 --arm stable --model champion
+
+Every flag has a default: ``--host`` is ``TENFOLD_SERVING_HOST`` or ``settings.local.bind_host``
+(loopback; the container image sets ``TENFOLD_SERVING_HOST`` so the load balancer can reach it), ``--port``
+is ``TENFOLD_SERVING_PORT`` or the first replica port locally (``settings.local.replica_base_port``) and
+``settings.serving.port`` in the cloud, ``--arm`` is ``TENFOLD_SERVING_TRACK`` (what the cloud fleet's
+startup script sets) or ``stable``, ``--model`` is an alias or version id, default
+``settings.serving.server.model_ref``. Settings come from ``get_settings()`` (``TENFOLD_ENV`` and the
+``TENFOLD_*`` variables). The local fleet (``tenfold serve``) and the image's CMD run exactly this command.
+
+Exit status: 0 after a graceful drain (SIGTERM or SIGINT: readiness goes false at once, requests in flight
+get ``serving.server.drain_timeout_s`` to finish), 1 when the model or its lookups cannot be loaded (the
+message says why; the replica never serves), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from tenfold.rollout.split import ARMS, STABLE
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+    from tenfold.serving.app import ReplicaState
+
+log = logging.getLogger("tenfold.serving")
+
+HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVING_PORT", "TENFOLD_SERVING_TRACK", "TENFOLD_SERVING_MODEL"
+
+
+def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[str, str]) -> argparse.Namespace:
+    default_port = settings.local.replica_base_port if settings.is_local else settings.serving.port
+    parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default=environ.get(HOST_ENV) or settings.local.bind_host,
+                        help=f"address to bind (default ${HOST_ENV} or settings.local.bind_host, loopback)")
+    parser.add_argument("--port", type=int, default=int(environ.get(PORT_ENV) or default_port),
+                        help=f"port to bind (default ${PORT_ENV} or {default_port})")
+    parser.add_argument("--arm", choices=ARMS, default=environ.get(ARM_ENV) or STABLE,
+                        help=f"the A/B arm this replica serves (default ${ARM_ENV} or {STABLE})")
+    parser.add_argument("--model", default=environ.get(MODEL_ENV) or settings.serving.server.model_ref,
+                        help="registry alias or version id to serve (default settings.serving.server.model_ref)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    if args.arm not in ARMS:
+        parser.error(f"--arm must be one of {', '.join(ARMS)}")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port} is not a TCP port")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tenfold.config import get_settings
+
+    settings = get_settings()
+    args = parse_args(argv, settings, os.environ)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(settings, host=args.host, port=args.port, arm=args.arm, model_ref=args.model, log_level=args.log_level)
+
+
+def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info") -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0 after draining) or a failed load (exit 1)."""
+    from tenfold.serving.app import create_app
+    from tenfold.serving.auth import TokenMissing
+
+    fatal: list[str] = []
+    server_box: list[uvicorn.Server] = []
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server_box:
+            server_box[0].should_exit = True
+
+    try:
+        app = create_app(settings, arm=arm, model_ref=model_ref, on_fatal=on_fatal)
+    except TokenMissing as exc:
+        print(f"tenfold serving: {exc}", file=sys.stderr)
+        return 1
+    state: ReplicaState = app.state.replica
+    config = uvicorn.Config(
+        app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=int(max(1, round(settings.serving.server.drain_timeout_s))),
+        server_header=False,
+    )
+    server = _DrainingServer(config, state)
+    server_box.append(server)
+    # uvicorn re-raises the signal it drained for once it is done; with these no-op handlers in place
+    # that ends in a normal return, so a drained replica exits 0 instead of dying by its own signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
+    log.info("replica starting: arm %s, model %s, http://%s:%d", arm, model_ref, host, port)
+    server.run()
+    if fatal:
+        print(f"tenfold serving: not serving: {fatal[0]}", file=sys.stderr)
+        return 1
+    if not server.started:
+        print(f"tenfold serving: could not start on {host}:{port} (see the log above; is the port taken?)", file=sys.stderr)
+        return 1
+    log.info("replica stopped after draining")
+    return 0
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    return None
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, with readiness going false the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ReplicaState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("signal %d: draining (readiness false, finishing requests in flight)", sig)
+        self._state.begin_drain()
+        super().handle_exit(sig, frame)

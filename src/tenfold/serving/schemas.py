@@ -1,0 +1,86 @@
+"""The API's bodies besides the workload's request: responses, feedback, errors, health.
+
+The request of one prediction is the workload's (``Workload.request_model``); :func:`batch_model` wraps
+it as ``{"flights": [...]}``. Responses are plain pydantic models so the OpenAPI schema describes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+Arm = Literal["stable", "canary"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prediction(_Body):
+    """One scored request."""
+
+    prediction_id: str = Field(description="Quote it in feedback for this prediction.")
+    probability: float = Field(ge=0.0, le=1.0, description="P(the flight arrives 15+ minutes late, or is cancelled).")
+    model_version: str
+    arm: Arm
+    bucket: int | None = Field(default=None, ge=0, le=99,
+                               description="The user key's A/B bucket (xxh32 mod 100), null without a user key.")
+
+
+class BatchPrediction(_Body):
+    predictions: list[Prediction]
+    model_version: str
+    arm: Arm
+
+
+class FeedbackRequest(_Body):
+    """The observed outcome of a prediction."""
+
+    prediction_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    outcome: Literal[0, 1] = Field(description="1: delayed 15+ minutes or cancelled; 0: on time.")
+    observed_at: dt.datetime | None = Field(default=None, description="When the outcome was observed (ISO 8601).")
+
+
+class FeedbackAccepted(_Body):
+    status: Literal["accepted"] = "accepted"
+    prediction_id: str
+    message_id: str = Field(description="The Pub/Sub message id: the feedback is durably published.")
+
+
+class FieldError(_Body):
+    field: str
+    message: str
+
+
+class ErrorBody(_Body):
+    """Every error answer: a code, what is wrong and what to do, and the offending field when there is one."""
+
+    error: str
+    message: str
+    field: str | None = None
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class Health(_Body):
+    status: str
+
+
+class Readiness(_Body):
+    ready: bool
+    status: Literal["loading", "ready", "draining", "failed"]
+    arm: Arm
+    model_ref: str
+    model_version: str | None = None
+    detail: str | None = None
+
+
+def batch_model(request_model: type[BaseModel], max_rows: int) -> type[BaseModel]:
+    """``{"flights": [<request>, ...]}``: 1 to ``max_rows`` requests of ``request_model``."""
+    model: Any = create_model(
+        "BatchPredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        flights=(list[request_model], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+    )
+    return model  # type: ignore[no-any-return]
