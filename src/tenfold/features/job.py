@@ -12,6 +12,12 @@ never published or was truncated stops the job with exit code 2 and a message be
 byte. Output goes to ``--output`` (a staging URI); ``--publish`` also publishes it atomically as the
 ``features`` partition, which standalone runs use (the DAG validates the staged output first).
 
+Beside the features the job writes the workload's lookup tables for online assembly (its ``lookups``,
+one per ``contract.lookup_tables`` name, from the same frames) to ``--lookups-output`` (default: the
+features' staging URI plus ``_lookups``, so they share its staging key), one folder per name, each one
+sorted file written by pyarrow. With ``--publish`` they are published as ``<--lookups-table>_<name>``
+*before* the features, so a month whose features are visible always has its lookups.
+
 Fault injection for tests: with ``--conf spark.tenfold.failOnceMarker=<path>``, the first attempt of
 the first task to scan the history table (for flights, the flights) creates ``<path>`` and raises,
 so the test sees Spark retry a real task (``local[N,F]`` with F > 1) and still produce the same output.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import posixpath
 import sys
 import time
 import uuid
@@ -28,9 +35,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE
+from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
-from tenfold.data.parquet import rewrite_reproducibly
+from tenfold.data.parquet import rewrite_reproducibly, write_table
+from tenfold.features.online import lookup_table
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
 if TYPE_CHECKING:
@@ -41,6 +49,9 @@ log = logging.getLogger("tenfold.features.job")
 FAIL_ONCE_CONF = "spark.tenfold.failOnceMarker"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+# Processes started without settings publish lookups under the settings' default prefix.
+LOOKUPS_TABLE: str = StorageSettings.model_fields["lookups_table"].default
+LOOKUPS_SUFFIX = "_lookups"
 
 # Session settings the output depends on; set here rather than trusted to the cluster's defaults.
 SESSION_CONF = {
@@ -68,10 +79,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workload", default=DEFAULT_WORKLOAD,
                    help="the workload: a built-in name or package.module:attribute (default %(default)s)")
     p.add_argument("--features-table", default=FEATURES_TABLE, help="the lake table to publish to (default %(default)s)")
+    p.add_argument("--lookups-output", default=None,
+                   help="staging URI for the lookup tables, one folder per name (default: --output + _lookups)")
+    p.add_argument("--lookups-table", default=LOOKUPS_TABLE,
+                   help="with --publish: lookups go to <this>_<name> (default %(default)s)")
     p.add_argument("--history-months", type=int, default=None,
                    help="months before --month that feed the historical aggregates (default: the workload's)")
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     args = p.parse_args(argv)
+    if args.lookups_output is None:
+        args.lookups_output = lookups_staging_uri(args.output)
     if args.history_months is None:
         # Resolved here (not lazily) so run() and the log see the number actually used.
         args.history_months = _history_months(args.workload)
@@ -83,6 +100,54 @@ def _history_months(spec: str) -> int:
         return get_workload(spec).sources.history_months
     except WorkloadError:
         return 0  # main() reports the unknown workload with the right exit code
+
+
+def lookups_staging_uri(features_output: str) -> str:
+    """Where the job stages the lookup tables of a features staging URI: beside it, same staging key."""
+    return features_output.rstrip("/") + LOOKUPS_SUFFIX
+
+
+def lookup_staging_uri(lookups_output: str, name: str) -> str:
+    """The staging folder of lookup ``name`` under ``lookups_output``."""
+    return f"{lookups_output.rstrip('/')}/{name}"
+
+
+def write_lookups(frames: Mapping[str, DataFrame], lookups_output: str, contract: FeatureContract) -> dict[str, int]:
+    """Write each lookup frame as one sorted, reproducible Parquet file; returns rows per name.
+
+    Lookups are small (a month's weather, the planes, roll-ups by group), so each is collected to the
+    driver as Arrow and written by pyarrow in a total order: the same month always gives the same
+    bytes, so a retried or backfilled month republishes nothing.
+    """
+    if tuple(frames) != tuple(contract.lookup_tables):
+        raise ContractError(
+            f"the workload's lookups returned {tuple(frames)}, but its contract names {contract.lookup_tables}: "
+            "make lookups() return exactly contract.lookup_tables, in that order"
+        )
+    import pyarrow.fs as pafs
+
+    rows = {}
+    for name, frame in frames.items():
+        table = frame.toArrow()
+        table = table.sort_by([(c, "ascending") for c in table.column_names])
+        fs, root = pafs.FileSystem.from_uri(lookup_staging_uri(lookups_output, name))
+        fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
+        write_table(table, fs, posixpath.join(root, "part-00000.parquet"))
+        rows[name] = table.num_rows
+    return rows
+
+
+def publish_lookups(lake: Lake, prefix: str, part: Partition, lookups_output: str, contract: FeatureContract,
+                    *, run_id: str, extra: Mapping[str, object] | None = None) -> list[str]:
+    """Publish each staged lookup as ``<prefix>_<name>``'s ``part`` (idempotent), with the feature definition's
+    version in its manifest; call it before publishing the features. Returns the tables published."""
+    tables = []
+    for name in contract.lookup_tables:
+        table = lookup_table(prefix, name)
+        lake.publish(table, part, lookup_staging_uri(lookups_output, name), run_id=run_id,
+                     extra=contract.manifest_extra(**(extra or {})))
+        tables.append(table)
+    return tables
 
 
 def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
@@ -172,11 +237,13 @@ def run(
     # sorted file with pyarrow: the same rows now always give the same bytes (and the same manifest).
     rewrite_reproducibly(args.output)
     rows, digest = staged_summary(args.output)
+    lookups = write_lookups(workload.lookups(frames, part, args.history_months), args.lookups_output, contract)
     facts: dict[str, object] = {
         "month": part.label,
         "rows": rows,
         "history_months": [p.label for p in history],
         "inputs": {t: len(u) for t, u in inputs.tables.items()},
+        "lookups": lookups,
     }
     expected = schema_hash(contract.arrow_schema())
     if digest != expected:
@@ -185,8 +252,12 @@ def run(
             "the transform and the contract disagree; fix one of them before publishing"
         )
     if args.publish:
+        run_id = args.run_id or f"spark-{uuid.uuid4().hex[:12]}"
+        # Lookups first: the features manifest is the month's commit marker for online serving.
+        publish_lookups(lake, args.lookups_table, part, args.lookups_output, contract, run_id=run_id,
+                        extra={"features_table": table_name})
         lake.publish(
-            table_name, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
+            table_name, part, args.output, run_id=run_id,
             extra=contract.manifest_extra(history_months=facts["history_months"]),
         )
         facts["manifest"] = lake.uri_of(lake.manifest_path(table_name, part))
