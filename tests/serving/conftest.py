@@ -18,9 +18,13 @@ Session-scoped, started on first use:
 Per test:
 
 * ``sample_flight`` -> a request body the lookups can score (a fresh dict each time).
-* ``make_client(settings=None, **server_fields)`` -> a ready ``TestClient`` on ``create_app`` (lifespan
-  run, model loaded); ``server_fields`` replace ``settings.serving.server`` fields. ``auth`` -> the
+* ``make_client(settings=None, arm=, model=, app_kwargs=, **server_fields)`` -> a ready ``TestClient`` on
+  ``create_app`` (lifespan run, model loaded); ``server_fields`` replace ``settings.serving.server``
+  fields, ``app_kwargs`` go to ``create_app`` (``loader``, ``cache``, ``on_fatal``). ``auth`` -> the
   ``Authorization`` header dict.
+* ``waits`` -> ``.ready(client)`` and ``.until(check, timeout)``.
+* ``pubsub_tools`` -> ``.subscribe(settings, topic)``: a fresh subscription on ``topic``;
+  ``.pull(settings, subscription, n, timeout=20)``: up to ``n`` message bodies (acknowledged).
 * ``start_replica(arm="stable", model="champion", port=None, env=None)`` -> a :class:`Replica`: a real
   ``python -m tenfold.serving`` process, ready (``/readyz`` 200), stopped after the test.
 * ``own_pubsub`` -> a :class:`PubSubEmulator` of this test's own (a fresh emulator on a free port, the
@@ -236,9 +240,10 @@ def make_client(serving_settings: Settings, served_versions: ServedVersions, ser
     opened: list[Any] = []
 
     def make(settings: Settings | None = None, *, arm: str = "stable", model: str | None = None,
-             ready: bool = True, raise_server_exceptions: bool = True, **server_fields: Any) -> Any:
+             ready: bool = True, raise_server_exceptions: bool = True, app_kwargs: dict[str, Any] | None = None,
+             **server_fields: Any) -> Any:
         s = with_server(settings or serving_settings, **server_fields)
-        app = create_app(s, arm=arm, model_ref=model)
+        app = create_app(s, arm=arm, model_ref=model, **(app_kwargs or {}))
         client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
         client.__enter__()
         opened.append(client)
@@ -353,3 +358,63 @@ def own_pubsub(serving_settings: Settings, tmp_path: Path) -> Iterator[PubSubEmu
     finally:
         emulator.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- reading what the server published ----------------------------------------------------------------
+
+def subscribe(settings: Settings, topic: str) -> str:
+    """A new subscription on ``topic`` (created now, so it sees only what is published from now on)."""
+    from tenfold.messaging import subscriber_client, subscription_path, topic_path
+
+    path = subscription_path(settings, f"test-{uuid.uuid4().hex[:12]}")
+    with subscriber_client(settings) as sub:
+        sub.create_subscription(request={"name": path, "topic": topic_path(settings, topic)}, timeout=30)
+    return path
+
+
+def pull(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -> list[bytes]:
+    """Up to ``n`` message bodies from ``subscription`` (acknowledged), waiting up to ``timeout`` seconds."""
+    from tenfold.messaging import subscriber_client
+
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with subscriber_client(settings) as sub:
+        while len(out) < n and time.monotonic() < deadline:
+            resp = sub.pull(request={"subscription": subscription, "max_messages": 100}, timeout=10)
+            if resp.received_messages:
+                out += [m.message.data for m in resp.received_messages]
+                sub.acknowledge(request={"subscription": subscription,
+                                         "ack_ids": [m.ack_id for m in resp.received_messages]})
+            else:
+                time.sleep(0.2)
+    return out
+
+
+@dataclass(frozen=True)
+class PubSubTools:
+    """``subscribe(settings, topic)`` and ``pull(settings, subscription, n, timeout=20)`` as a fixture."""
+
+    subscribe: Callable[[Settings, str], str]
+    pull: Callable[..., list[bytes]]
+
+
+@pytest.fixture(scope="session")
+def pubsub_tools() -> PubSubTools:
+    return PubSubTools(subscribe, pull)
+
+
+def until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def waits() -> Any:
+    """``waits.ready(client)`` (a TestClient's app is ready) and ``waits.until(check, timeout)``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ready=wait_ready, until=until)

@@ -1,0 +1,367 @@
+"""The model server in process (TestClient over create_app, the real registry, lookups and Pub/Sub):
+every endpoint, every bad input with its exact status and field, auth, the cache, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+from tenfold.rollout.split import bucket_of
+from tenfold.serving.cache import PredictionCache
+from tenfold.serving.loading import ServedModel, load_served_model
+
+PREDICT, FEEDBACK = "/v1/predict", "/v1/feedback"
+
+
+def _flight(**changes: Any) -> dict[str, Any]:
+    body = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00",
+            "sched_arr": "2013-01-01T08:19:00", "tailnum": "N0042", "user_key": "u-123"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _metric(client: Any, name: str, **labels: str) -> float:
+    return float(client.app.state.metrics.value(name, **labels))
+
+
+@pytest.fixture
+def client(make_client: Any) -> Any:
+    return make_client()
+
+
+# --- predict ------------------------------------------------------------------------------------------
+
+def test_predict_one_flight(client: Any, auth: dict[str, str], served_versions: Any) -> None:
+    r = client.post(PREDICT, json=_flight(), headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"prediction_id", "probability", "model_version", "arm", "bucket"}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["prediction_id"])
+    assert 0.0 < body["probability"] < 1.0
+    assert body["model_version"] == served_versions.champion and body["arm"] == "stable"
+    assert body["bucket"] == bucket_of("u-123")
+
+
+def test_a_batch_gives_what_single_requests_give(client: Any, auth: dict[str, str]) -> None:
+    flights = [_flight(), _flight(origin="JFK", dest="LAX", carrier="AA", user_key=None),
+               _flight(sched_dep="2013-01-20T17:45:00", sched_arr=None, tailnum=None)]
+    r = client.post(PREDICT, json={"flights": flights}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["arm"] == "stable" and len(body["predictions"]) == 3
+    singles = [client.post(PREDICT, json=f, headers=auth).json()["probability"] for f in flights]
+    assert [p["probability"] for p in body["predictions"]] == pytest.approx(singles, abs=1e-12)
+    assert len({p["prediction_id"] for p in body["predictions"]}) == 3
+    assert [p["bucket"] for p in body["predictions"]] == [bucket_of("u-123"), None, bucket_of("u-123")]
+
+
+def test_the_user_key_header_decides_the_bucket(client: Any, auth: dict[str, str]) -> None:
+    r = client.post(PREDICT, json=_flight(), headers={**auth, "X-User-Key": "someone-else"})
+    assert r.json()["bucket"] == bucket_of("someone-else") != bucket_of("u-123")
+
+
+def test_a_canary_replica_says_so(make_client: Any, auth: dict[str, str], served_versions: Any) -> None:
+    client = make_client(arm="canary", model=served_versions.challenger)
+    body = client.post(PREDICT, json=_flight(), headers=auth).json()
+    assert (body["arm"], body["model_version"]) == ("canary", served_versions.challenger)
+
+
+# --- bad input: exact status and field ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "field"), [
+    (_flight(carrier=None), "carrier"),                      # missing
+    (_flight(flight="1545"), "flight"),                      # a string where a number belongs
+    (_flight(flight=True), "flight"),
+    ({**_flight(), "gate": "B12"}, "gate"),                  # unknown field
+    (_flight(sched_dep="2013-01-01T05:15:00Z"), "sched_dep"),  # an offset makes local time ambiguous
+    (_flight(origin="ewr"), "origin"),
+    (_flight(origin="ZZZ"), "origin"),                       # unknown airport (the lookups say so)
+    (_flight(dest="QQQ"), "dest"),
+    (_flight(carrier="ZZ"), "carrier"),                      # unknown carrier
+    (_flight(sched_dep="2013-06-01T05:15:00", sched_arr=None), "sched_dep"),  # a month without lookups
+    ({"flights": [_flight(), _flight(origin="ZZZ")]}, "flights[1].origin"),
+    ({"flights": [_flight(), _flight(), _flight(flight=-3)]}, "flights[2].flight"),
+    ({"flights": [_flight(carrier="ZZ"), _flight(origin="ZZZ")]}, "flights[0].carrier"),
+    ({"flights": []}, "flights"),
+    ({"flights": "UA1545"}, "flights"),
+    ({"flights": [_flight()], "extra": 1}, "extra"),
+    ([_flight()], "body"),
+    ("a string", "body"),
+])
+def test_invalid_requests_get_422_naming_the_field(client: Any, auth: dict[str, str], body: Any, field: str) -> None:
+    r = client.post(PREDICT, json=body, headers=auth)
+    assert r.status_code == 422, r.text
+    got = r.json()
+    assert got["field"] == field and got["error"] == "invalid_request"
+    assert field in got["message"] and "Traceback" not in r.text
+    assert got["errors"] and got["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ('{"carrier": "UA", "flight": NaN, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}', "flight"),
+    ('{"carrier": "UA", "flight": Infinity, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}', "flight"),
+    ('{"carrier": "UA", "flight": 1e999, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}', "flight"),
+    ('{"flights": [{"carrier": "UA", "flight": -Infinity, "origin": "EWR", "dest": "IAH", '
+     '"sched_dep": "2013-01-01T05:15:00"}]}', "flights[0].flight"),
+    ('{"carrier": "UA", "flight": 1545', "body"),  # malformed JSON
+    ('{"carrier": "UA",, }', "body"),
+    ("", "body"),
+    ("[" * 100_000 + "]" * 100_000, "body"),  # nested deeper than any parser should follow
+    ('{"carrier": "UA", "flight": ' + "9" * 5000 + "}", "body"),  # an integer of 5000 digits
+])
+def test_non_finite_numbers_and_malformed_json_get_422(client: Any, auth: dict[str, str], raw: str, field: str) -> None:
+    r = client.post(PREDICT, content=raw.encode(), headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+
+
+def test_bad_utf8_is_422(client: Any, auth: dict[str, str]) -> None:
+    r = client.post(PREDICT, content=b'{"carrier": "\xff\xfe"}', headers={**auth, "Content-Type": "application/json"})
+    assert (r.status_code, r.json()["field"]) == (422, "body")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None])
+def test_a_body_that_is_not_json_is_415(client: Any, auth: dict[str, str], content_type: str | None) -> None:
+    headers = dict(auth)
+    if content_type:
+        headers["Content-Type"] = content_type
+    r = client.post(PREDICT, content=json.dumps(_flight()).encode(), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"] == "unsupported_media_type" and r.json()["field"] == "content-type"
+    assert client.post(FEEDBACK, content=b"prediction_id=x", headers={**auth, "Content-Type": "text/plain"}).status_code == 415
+
+
+def test_json_with_a_charset_is_accepted(client: Any, auth: dict[str, str]) -> None:
+    r = client.post(PREDICT, content=json.dumps(_flight()).encode(),
+                    headers={**auth, "Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, str]) -> None:
+    client = make_client(max_body_bytes=2_000, max_batch_rows=3)
+    big = {"flights": [_flight()] * 20}
+    r = client.post(PREDICT, json=big, headers=auth)  # Content-Length says it: refused before reading
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused while reading, once past the bound
+        raw = json.dumps(big).encode()
+        for i in range(0, len(raw), 500):
+            yield raw[i:i + 500]
+
+    r = client.post(PREDICT, content=chunks(), headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    r = client.post(PREDICT, json={"flights": [_flight()] * 4}, headers=auth)
+    assert r.status_code == 413 and (r.json()["error"], r.json()["field"]) == ("batch_too_large", "flights")
+    assert client.post(PREDICT, json={"flights": [_flight()] * 3}, headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"outcome": 1}, "prediction_id"),
+    ({"prediction_id": "abc", "outcome": 2}, "outcome"),
+    ({"prediction_id": "abc", "outcome": "yes"}, "outcome"),
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": "yesterday"}, "observed_at"),
+    ({"prediction_id": "a b", "outcome": 1}, "prediction_id"),
+    ({"prediction_id": "abc", "outcome": 1, "note": "x"}, "note"),
+    (["abc", 1], "body"),
+])
+def test_invalid_feedback_gets_422_naming_the_field(client: Any, auth: dict[str, str], body: Any, field: str) -> None:
+    r = client.post(FEEDBACK, json=body, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+
+
+def test_unknown_paths_and_methods_answer_json(client: Any) -> None:
+    r = client.get("/v2/predict")
+    assert r.status_code == 404 and r.json()["error"] == "not_found" and "/v1" in r.json()["message"]
+    r = client.get(PREDICT)
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+# --- auth -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer", "bearer  "])
+def test_predict_and_feedback_need_the_token(client: Any, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    for path, body in ((PREDICT, _flight()), (FEEDBACK, {"prediction_id": "abc", "outcome": 1})):
+        r = client.post(path, json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_right_token_in_any_scheme_case_is_accepted_and_health_is_open(client: Any, serving_token: str) -> None:
+    assert client.post(PREDICT, json=_flight(), headers={"Authorization": f"bearer {serving_token}"}).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_auth_is_checked_before_the_body_is_read(client: Any) -> None:
+    r = client.post(PREDICT, content=b"not json", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 401
+
+
+# --- the cache ------------------------------------------------------------------------------------------
+
+def test_a_repeated_request_is_a_cache_hit_whoever_asks(client: Any, auth: dict[str, str]) -> None:
+    first = client.post(PREDICT, json=_flight(), headers=auth).json()
+    assert (_metric(client, "tenfold_cache_misses_total"), _metric(client, "tenfold_cache_hits_total")) == (1, 0)
+    calls = _metric(client, "tenfold_model_calls_total")
+    second = client.post(PREDICT, json=_flight(user_key="another-user"), headers=auth).json()
+    assert _metric(client, "tenfold_cache_hits_total") == 1
+    assert _metric(client, "tenfold_model_calls_total") == calls  # the model was not asked again
+    assert second["probability"] == first["probability"]
+    assert second["prediction_id"] != first["prediction_id"] and second["bucket"] == bucket_of("another-user")
+    client.post(PREDICT, json=_flight(flight=99), headers=auth)
+    assert _metric(client, "tenfold_cache_misses_total") == 2
+
+
+def test_a_new_model_version_never_gets_the_old_versions_entries(make_client: Any, auth: dict[str, str],
+                                                                 served_versions: Any) -> None:
+    shared = PredictionCache(100)
+    old = make_client(model=served_versions.champion, app_kwargs={"cache": shared})
+    old_p = old.post(PREDICT, json=_flight(), headers=auth).json()["probability"]
+    assert len(shared) == 1
+    new = make_client(model=served_versions.challenger, app_kwargs={"cache": shared})
+    body = new.post(PREDICT, json=_flight(), headers=auth).json()
+    assert body["model_version"] == served_versions.challenger
+    assert (_metric(new, "tenfold_cache_hits_total"), _metric(new, "tenfold_cache_misses_total")) == (0, 1)
+    fresh = make_client(model=served_versions.challenger, cache_entries=0)  # no cache at all: the truth
+    truth = fresh.post(PREDICT, json=_flight(), headers=auth).json()["probability"]
+    assert body["probability"] == pytest.approx(truth, abs=1e-12) and abs(truth - old_p) > 1e-6
+    assert len(shared) == 2
+
+
+# --- feedback and samples on Pub/Sub --------------------------------------------------------------------
+
+def test_feedback_is_202_once_published_and_samples_reach_the_predictions_topic(
+        client: Any, auth: dict[str, str], serving_settings: Any, pubsub_tools: Any) -> None:
+    msg = serving_settings.messaging
+    feedback_sub = pubsub_tools.subscribe(serving_settings, msg.feedback_topic)
+    samples_sub = pubsub_tools.subscribe(serving_settings, msg.predictions_topic)
+    served = client.post(PREDICT, json=_flight(), headers=auth).json()
+    r = client.post(FEEDBACK, json={"prediction_id": served["prediction_id"], "outcome": 1,
+                                    "observed_at": "2013-01-01T09:02:00Z"}, headers=auth)
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "accepted" and r.json()["message_id"]
+    [raw] = pubsub_tools.pull(serving_settings, feedback_sub, 1)
+    record = FeedbackRecord.from_message(raw)
+    assert (record.prediction_id, record.outcome) == (served["prediction_id"], 1)
+    samples = [PredictionRecord.from_message(m) for m in pubsub_tools.pull(serving_settings, samples_sub, 1)]
+    assert [s.prediction_id for s in samples] == [served["prediction_id"]]
+    sample = samples[0]
+    assert (sample.model_version, sample.arm, sample.bucket, sample.user_key) == (
+        served["model_version"], "stable", served["bucket"], "u-123")
+    assert sample.probability == served["probability"] and sample.request["origin"] == "EWR"
+
+
+def test_no_samples_at_rate_zero(make_client: Any, auth: dict[str, str]) -> None:
+    client = make_client(prediction_sample_rate=0.0)
+    assert client.post(PREDICT, json=_flight(), headers=auth).status_code == 200
+    assert _metric(client, "tenfold_prediction_samples_total") == 0
+
+
+# --- readiness, loading, failure, drain -------------------------------------------------------------------
+
+def test_readiness_is_false_while_loading_and_predict_waits_with_503(make_client: Any, auth: dict[str, str],
+                                                                    waits: Any) -> None:
+    release = threading.Event()
+
+    def slow_loader(settings: Any, ref: str) -> ServedModel:
+        release.wait(30)
+        return load_served_model(settings, ref)
+
+    client = make_client(ready=False, app_kwargs={"loader": slow_loader})
+    try:
+        assert client.get("/healthz").status_code == 200
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and r.json()["ready"] is False
+        r = client.post(PREDICT, json=_flight(), headers=auth)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    finally:
+        release.set()
+    waits.ready(client)
+    assert client.post(PREDICT, json=_flight(), headers=auth).status_code == 200
+
+
+def test_a_model_that_cannot_be_loaded_is_never_served(make_client: Any, auth: dict[str, str], waits: Any) -> None:
+    fatal: list[str] = []
+    client = make_client(model="no-such-alias", ready=False, app_kwargs={"on_fatal": fatal.append})
+    waits.until(lambda: bool(fatal), 60)
+    assert "no-such-alias" in fatal[0] and "tenfold models list" in fatal[0]
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "failed" and "no-such-alias" in r.json()["detail"]
+    assert client.get("/healthz").status_code == 503
+    r = client.post(PREDICT, json=_flight(), headers=auth)
+    assert r.status_code == 503 and "failed to load" in r.json()["message"]
+
+
+def test_draining_turns_readiness_false_but_still_answers(client: Any, auth: dict[str, str]) -> None:
+    client.app.state.replica.begin_drain()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    assert client.post(PREDICT, json=_flight(), headers=auth).status_code == 200
+
+
+# --- unexpected errors and metrics ------------------------------------------------------------------------
+
+def test_an_unexpected_error_is_a_json_500_without_traceback_and_counted(make_client: Any, auth: dict[str, str]) -> None:
+    class Broken(ServedModel):
+        def predict(self, requests: Any) -> list[float]:
+            raise RuntimeError("secret internals /etc/passwd")
+
+    def loader(settings: Any, ref: str) -> ServedModel:
+        good = load_served_model(settings, ref)
+        return Broken(good.version, good.loaded, good.features, good.device)
+
+    client = make_client(raise_server_exceptions=False, app_kwargs={"loader": loader})
+    r = client.post(PREDICT, json=_flight(), headers=auth)
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal" and "Traceback" not in r.text and "passwd" not in r.text
+    assert _metric(client, "tenfold_unhandled_errors_total") == 1
+    assert _metric(client, "tenfold_errors_total", endpoint="predict", code="500") == 1
+
+
+def test_metrics_are_labelled_with_version_and_arm(client: Any, auth: dict[str, str], served_versions: Any) -> None:
+    client.post(PREDICT, json=_flight(), headers=auth)
+    client.post(PREDICT, json={"flights": [_flight(flight=7), _flight(flight=8)]}, headers=auth)
+    client.post(PREDICT, json=_flight(origin="ZZZ"), headers=auth)
+    text = client.get("/metrics").text
+    labels = f'model_version="{served_versions.champion}"'
+    for line in (
+        f'tenfold_request_latency_seconds_count{{arm="stable",endpoint="predict",{labels}}} 3.0',
+        f'tenfold_requests_total{{arm="stable",code="422",endpoint="predict",{labels}}} 1.0',
+        f'tenfold_errors_total{{arm="stable",code="422",endpoint="predict",{labels}}} 1.0',
+        f'tenfold_batch_size_sum{{arm="stable",{labels}}} 3.0',
+        f'tenfold_cache_misses_total{{arm="stable",{labels}}} 3.0',
+        f'tenfold_queue_depth{{arm="stable",{labels}}} 0.0',
+        f'tenfold_ready{{arm="stable",{labels}}} 1.0',
+    ):
+        assert line in text, line
+    assert "tenfold_dropped_samples_total" in text and "tenfold_cache_hits_total" in text
+
+
+def test_each_app_has_its_own_metrics_registry(make_client: Any, auth: dict[str, str]) -> None:
+    a, b = make_client(), make_client()
+    a.post(PREDICT, json=_flight(), headers=auth)
+    assert _metric(a, "tenfold_predictions_total") == 1 and _metric(b, "tenfold_predictions_total") == 0
+
+
+# --- the schema -------------------------------------------------------------------------------------------
+
+def test_the_openapi_schema_describes_both_bodies_and_the_refusals(client: Any) -> None:
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"][PREDICT]["post"]
+    refs = [s["$ref"] for s in predict["requestBody"]["content"]["application/json"]["schema"]["oneOf"]]
+    assert refs == ["#/components/schemas/FlightRequest", "#/components/schemas/BatchPredictRequest"]
+    components = schema["components"]["schemas"]
+    assert set(components["FlightRequest"]["required"]) == {"carrier", "flight", "origin", "dest", "sched_dep"}
+    assert components["BatchPredictRequest"]["properties"]["flights"]["maxItems"] == 1000
+    assert {"401", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert schema["paths"][FEEDBACK]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/FeedbackRequest"}
+    assert {"/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
