@@ -39,6 +39,7 @@ bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
 	@$(BIN)/python bench/features.py
 	@$(BIN)/python bench/training.py
 	@$(BIN)/python bench/synth.py
+	@$(BIN)/python bench/serving.py
 
 clean: down
 	rm -rf .tenfold infra/cdktf.out

