@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from tenfold.data.lake import Lake, LakeError, Partition
-from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workload
+from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workload, lookup_table
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 class LookupsUnavailable(RuntimeError):
     """No month can be served, or a lookup table was built by another feature definition; the message
     says which and how to rebuild it."""
-
-
-def lookup_table(prefix: str, name: str) -> str:
-    """The lake table of lookup ``name``: ``<prefix>_<name>`` (``prefix`` is ``settings.storage.lookups_table``)."""
-    return f"{prefix}_{name}"
 
 
 def served_months(settings: Settings, workload: Workload | None = None, lake: Lake | None = None) -> list[Partition]:

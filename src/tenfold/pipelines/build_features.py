@@ -16,8 +16,12 @@ the same lake (same manifest content):
   batch in dev and prod, the same graph everywhere);
 * :func:`validate` gates the staged features through ``expectations/features.json``; a refused batch
   is quarantined, alerted and never published;
-* :func:`publish` publishes the staged batch atomically (content-addressed, ``_SUCCESS`` last) and
-  removes the staging folder; a retry after a successful publish finds the manifest and returns it.
+* :func:`publish` publishes the workload's lookup tables the job staged beside the features (as
+  ``<settings.storage.lookups_table>_<name>``, the feature definition's version in each manifest), then
+  the staged features, each atomically (content-addressed, ``_SUCCESS`` last), and removes the staging
+  folders; the features manifest comes last, so a month whose features are visible always has its
+  lookups (what online serving loads, :mod:`tenfold.features.online`). A retry after a successful
+  publish finds the manifest and returns it; a retry in between republishes identical lookups (a no-op).
 
 The months the DAG covers come from ``settings.pipelines.build_features``. Failures a retry cannot
 fix raise :class:`~tenfold.pipelines.common.PipelineError`.
@@ -189,8 +193,12 @@ def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any
     from tenfold.features.runners import feature_job
 
     if settings.is_local:
-        # A retry starts from an empty staging folder of its own: nothing half-written is ever validated.
-        Lake.from_settings(settings).discard(run.staging_uri)
+        from tenfold.features.job import lookups_staging_uri
+
+        # A retry starts from empty staging folders of its own: nothing half-written is ever validated.
+        lake = Lake.from_settings(settings)
+        lake.discard(run.staging_uri)
+        lake.discard(lookups_staging_uri(run.staging_uri))
     job = feature_job(settings, timeout_s=task_timeout_s(settings, DAG_ID), client=client)
     job.run(run.partition, run.staging_uri, key=run.staging_key, attempt=attempt)
     return run
@@ -207,10 +215,12 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
 
 
 def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
-    """Publish the validated staging folder as the month's features partition, then drop the staging.
+    """Publish the staged lookups, then the validated features as the month's partition; drop the staging.
 
     Returns the manifest's content with the month and the manifest's URI (the Asset event's extra).
     """
+    from tenfold.features.job import lookup_staging_uri, lookups_staging_uri, publish_lookups
+
     lake = Lake.from_settings(settings)
     workload = get_workload(settings)
     table = settings.storage.features_table
@@ -221,13 +231,23 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
         # A retry after a publish that succeeded but whose task died before reporting it.
         if lake.has_manifest(table, part):
             manifest = lake.read_manifest(table, part)
+            lake.discard(lookups_staging_uri(run.staging_uri))  # a publish killed before dropping it
             log.info("staging already published: %s", manifest.content)
             return {"month": part.label, "manifest": manifest_uri, **manifest.content}
         raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and no {MANIFEST} exists; "
                             "re-run build_features")
+    lookups = lookups_staging_uri(run.staging_uri)
+    absent = [n for n in workload.contract.lookup_tables
+              if lake.fs.get_file_info(lake._path(lookup_staging_uri(lookups, n))).type.name == "NotFound"]
+    if absent:
+        raise PipelineError(f"the build of {part.label} staged no lookup tables {absent} beside {run.staging_uri}; "
+                            "re-run build_features (the job writes them with the features)")
+    publish_lookups(lake, settings.storage.lookups_table, part, lookups, workload.contract, run_id=run.run_id,
+                    extra={"features_table": table})
     manifest = lake.publish(table, part, staged, run_id=run.run_id,
                             extra=workload.contract.manifest_extra(validated_by=workload.features_suite))
     lake.discard(staged)
+    lake.discard(lookups)
     return {"month": part.label, "manifest": manifest_uri, **manifest.content}
 
 

