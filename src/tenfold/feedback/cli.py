@@ -49,6 +49,7 @@ def sink_command(
     max_messages: Annotated[int, typer.Option(min=1, max=1000, help="messages per pull and subscription")] = 500,
     do_join: Annotated[bool, typer.Option("--join/--no-join", help="run the join after draining, or when idle")] = True,
     join_every_s: Annotated[float, typer.Option(min=0.0, help="run mode: at most one join per this many seconds")] = 30.0,
+    pull_wait_s: Annotated[float, typer.Option(min=0.5, help="run mode: how long one pull waits for messages")] = 5.0,
     env: EnvOption = None,
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
@@ -61,7 +62,7 @@ def sink_command(
     settings = get_settings(env)
     out: dict[str, Any] = {}
     try:
-        with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s)) as sink:
+        with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s, pull_wait_s=pull_wait_s)) as sink:
             if once:
                 sink.poll_once()
             elif until_idle:

@@ -60,7 +60,9 @@ class SinkOptions:
     max_messages: int = 500  # per pull and per subscription: one lake file per month per batch
     idle_s: float = 2.0  # drain(): stop after this long with nothing to pull from either subscription
     poll_interval_s: float = 0.2  # drain(): pause between empty polls
-    pull_wait_s: float = 10.0  # run(): how long one pull may wait for messages
+    # run(): how long one held pull waits for messages. It bounds how late a SIGTERM is noticed; a pull
+    # cut short may strand a message until its lease expires, which only delays it (at-least-once).
+    pull_wait_s: float = 5.0
     write_retry_s: float = 120.0  # how long a failing lake write is retried before giving up
     pubsub_retry_s: float = 60.0  # how long Pub/Sub may stay unreachable before giving up
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 
 import pyarrow.parquet as pq
 import pytest
@@ -127,3 +128,22 @@ def test_a_second_join_waits_for_the_first_and_times_out_clearly(settings):
         release.set()
         t.join()
     join(settings, options=JoinOptions(lock_timeout_s=0.3))  # free again
+
+
+@pytest.mark.integration
+def test_the_lock_on_a_gcs_lake_is_exclusive_and_a_dead_holders_lock_is_taken_over(local_settings):
+    # A gs:// lake's lock is a create-only object: exercised on the GCS emulator, which enforces preconditions.
+    from tenfold.feedback.lock import _gcs_lock
+    from tenfold.storage import gcs_client
+
+    uri = f"gs://{local_settings.storage.lake_bucket}/locktest-{uuid.uuid4().hex[:8]}/_join.lock"
+    with _gcs_lock(local_settings, uri, timeout_s=5, stale_s=600):
+        with pytest.raises(LockTimeout, match="another feedback join holds"), \
+                _gcs_lock(local_settings, uri, timeout_s=0.5, stale_s=600):
+            pass
+        with _gcs_lock(local_settings, uri, timeout_s=5, stale_s=0):  # the holder looks dead: taken over
+            pass
+    with _gcs_lock(local_settings, uri, timeout_s=0.5, stale_s=600):  # released: free at once
+        pass
+    bucket, name = uri[5:].split("/", 1)
+    assert gcs_client(local_settings).bucket(bucket).get_blob(name) is None

@@ -1,0 +1,305 @@
+"""The feedback loop against Google's real Pub/Sub emulator: duplicated, late, redelivered and poison messages.
+
+Each test provisions topics and subscriptions of its own through ``ensure_topology`` (the same code as
+``tenfold up``), with the smallest ack deadline (10 s) and no retry backoff so redeliveries come quickly;
+everything else is as in settings. Messages are published with the real client as the server does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.config import Settings
+from tenfold.config.settings import SubscriptionSettings
+from tenfold.data.lake import Lake, Partition
+from tenfold.feedback import cli as feedback_cli
+from tenfold.feedback.join import join
+from tenfold.feedback.log import log_months, read_log
+from tenfold.feedback.metrics import labelled_rows, online_metrics
+from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG
+from tenfold.feedback.sink import FeedbackSink, SinkOptions
+from tenfold.messaging import ensure_topology, publisher_client, subscriber_client, subscription_path, topic_path
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+
+pytestmark = pytest.mark.integration
+
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+REQUEST = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}
+FAST = SinkOptions(idle_s=1.0, poll_interval_s=0.1)
+
+
+@pytest.fixture
+def fb_settings(make_settings, local_settings) -> Settings:
+    """Settings on a fresh lake with a predictions and a feedback topic and subscription of this test's own."""
+    tag = f"fb-{uuid.uuid4().hex[:8]}"
+
+    def sub(kind: str) -> SubscriptionSettings:
+        return SubscriptionSettings(name=f"{tag}-{kind}-sink", topic=f"{tag}-{kind}", dead_letter_topic=f"{tag}-{kind}-dl",
+                                    dead_letter_subscription=f"{tag}-{kind}-dl-sub", ack_deadline_s=10,
+                                    min_retry_backoff_s=0, max_retry_backoff_s=0)
+
+    subs = {"predictions": sub("predictions"), "feedback": sub("feedback")}
+    settings = make_settings(on=local_settings, messaging={
+        "predictions_topic": subs["predictions"].topic, "feedback_topic": subs["feedback"].topic, "subscriptions": subs})
+    ensure_topology(settings)
+    return settings
+
+
+def _prediction(pid: str, p: float, version: str = "v1", arm: str = "stable", at: dt.datetime = T0) -> PredictionRecord:
+    return PredictionRecord(prediction_id=pid, model_version=version, arm=arm, probability=p, served_at=at,
+                            request={**REQUEST, "user_key": f"u-{pid}"}, user_key=f"u-{pid}", bucket=3, latency_ms=2.5)
+
+
+def _feedback(pid: str, outcome: int, observed: dt.datetime | None = None, received: dt.datetime | None = None) -> FeedbackRecord:
+    return FeedbackRecord(prediction_id=pid, outcome=outcome, observed_at=observed,
+                          received_at=received or T0 + dt.timedelta(minutes=30))
+
+
+def _publish(settings: Settings, topic: str, *messages: PredictionRecord | FeedbackRecord | bytes) -> None:
+    pub = publisher_client(settings)
+    try:
+        futures = [pub.publish(topic_path(settings, topic), m) if isinstance(m, bytes)
+                   else pub.publish(topic_path(settings, topic), m.to_message(), **m.attributes()) for m in messages]
+        for f in futures:
+            f.result(timeout=30)
+    finally:
+        pub.transport.close()
+
+
+def _pull_all(settings: Settings, subscription: str) -> list[bytes]:
+    """Everything a subscription still holds (acknowledged, so it is gone)."""
+    out: list[bytes] = []
+    with subscriber_client(settings) as sub:
+        path = subscription_path(settings, subscription)
+        while True:
+            resp = sub.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True}, timeout=10)
+            if not resp.received_messages:
+                return out
+            out += [m.message.data for m in resp.received_messages]
+            sub.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in resp.received_messages]})
+
+
+def _log(settings: Settings, which: str):
+    lake = Lake.from_settings(settings)
+    table = getattr(settings.storage, f"{which}_table")
+    return read_log(lake, table, log_months(lake, table), PREDICTIONS_LOG if which == "predictions" else FEEDBACK_LOG)
+
+
+def _labelled(settings: Settings) -> dict[str, dict]:
+    rows = labelled_rows(settings, include_unlabelled=True).to_pylist()
+    assert len(rows) == len({r["prediction_id"] for r in rows}), "two labelled rows for one prediction id"
+    return {r["prediction_id"]: r for r in rows}
+
+
+def test_duplicate_late_and_poison_messages_leave_one_labelled_row_per_prediction(fb_settings):
+    s, msg = fb_settings, fb_settings.messaging
+    later = T0 + dt.timedelta(minutes=50)
+    # All the feedback first (late feedback: its predictions are not sampled yet), with duplicates:
+    # p0's record twice (a publisher retry), p1 corrected by a later observation, and a poison message.
+    outcomes = {"p0": 1, "p1": 0, "p2": 1, "p3": 0, "p4": 1, "p5": 1, "p6": 0, "p7": 1}
+    _publish(s, msg.feedback_topic, *(_feedback(pid, y) for pid, y in outcomes.items() if pid != "p1"),
+             _feedback("p0", 1), _feedback("p1", 1, observed=T0), _feedback("p1", 0, observed=later),
+             b'{"prediction_id": "p9", "outcome": 7}')
+    _publish(s, msg.predictions_topic, b"not json at all")
+    with FeedbackSink(s, FAST) as sink:
+        # The emulator redelivers a nacked message about 2 s after its second attempt: wait longer than
+        # that for "idle", so the poison messages use up their attempts and move to the dead-letter topics.
+        sink.drain(idle_s=2.5)
+        assert join(s).months == [] and _labelled(s) == {}  # nothing served yet: the feedback waits in its log
+
+        probabilities = {"p0": 0.9, "p1": 0.6, "p2": 0.3, "p3": 0.2, "p4": 0.8, "p5": 0.4, "p6": 0.7, "p7": 0.55,
+                         "p8": 0.1, "p9": 0.5}
+        _publish(s, msg.predictions_topic,
+                 *(_prediction(pid, p, *(("v1", "stable") if pid < "p5" else ("v2", "canary")))
+                   for pid, p in probabilities.items()))
+        sink.drain()
+    stats = sink.stats
+    report = join(s)
+
+    rows = _labelled(s)
+    assert sorted(rows) == sorted(probabilities)  # every prediction published, exactly once
+    assert {pid: rows[pid]["outcome"] for pid in outcomes} == outcomes  # p1: the later observation (0) won
+    assert rows["p8"]["outcome"] is None and rows["p9"]["outcome"] is None and rows["p1"]["feedback_records"] == 2
+    assert rows["p0"]["feedback_records"] == 1 and rows["p0"]["probability"] == 0.9
+    assert report.months[0].labelled == 8
+
+    # The poison messages were delivered max_delivery_attempts times, never acknowledged, and dead-lettered.
+    for stream in ("predictions", "feedback"):
+        spec = msg.subscriptions[stream]
+        assert len(stats[stream].poison_ids) == 1
+        assert stats[stream].poison == spec.max_delivery_attempts
+        dead = _pull_all(s, spec.dead_letter_subscription)
+        assert dead == [b"not json at all"] if stream == "predictions" else dead == [b'{"prediction_id": "p9", "outcome": 7}']
+        assert _pull_all(s, spec.name) == []  # nothing else left behind
+    assert stats["predictions"].acked == 10 and stats["feedback"].acked == 10
+
+    # Online accuracy by hand. v1 (p0-p4): p .9 .6 .3 .2 .8 for 1 0 1 0 1: right at 0.5: p0 p3 p4 (3/5);
+    # v2 (p5-p9): p5 .4->1 wrong, p6 .7->0 wrong, p7 .55->1 right; p8, p9 have no outcome.
+    got = {g.group["model_version"]: g for g in online_metrics(s, T0, T0 + dt.timedelta(hours=1))}
+    v1, v2 = got["v1"].metrics, got["v2"].metrics
+    assert (got["v1"].served, v1.count, v1.positives, v1.accuracy) == (5, 5, 3, 0.6)
+    assert v1.brier == pytest.approx((0.01 + 0.36 + 0.49 + 0.04 + 0.04) / 5)
+    assert v1.auc == pytest.approx(5 / 6)  # pairs (pos .9 .3 .8) x (neg .6 .2): all but .3 < .6
+    assert (got["v2"].served, v2.count, v2.positives, v2.accuracy) == (5, 3, 2, pytest.approx(1 / 3))
+    assert got["v2"].group["arm"] == "canary" and got["v2"].coverage == pytest.approx(3 / 5)
+
+
+# The killed sink: its predictions batch is "acknowledged" by a no-op (so its first delivery is never
+# acknowledged), and the first feedback acknowledgement SIGKILLs the process, after the write returned.
+CRASHING_SINK = textwrap.dedent("""
+    import os, signal, sys
+    from tenfold.config import Settings
+    from tenfold.feedback.sink import FeedbackSink, SinkOptions
+
+    def ack(self, stream, ack_ids):
+        if stream == "feedback":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    FeedbackSink._ack = ack
+    settings = Settings.model_validate_json(sys.stdin.read())
+    with FeedbackSink(settings, SinkOptions(idle_s=3.0, poll_interval_s=0.1)) as sink:
+        sink.drain()
+    sys.exit(3)  # never reached: the first feedback batch kills it
+""")
+
+
+def test_a_sink_killed_after_writing_but_before_acking_loses_nothing_and_duplicates_nothing(fb_settings):
+    s, msg = fb_settings, fb_settings.messaging
+    ids = [f"k{i:02d}" for i in range(20)]
+    outcomes = {pid: i % 2 for i, pid in enumerate(ids)}
+    _publish(s, msg.predictions_topic, *(_prediction(pid, 0.25 + 0.5 * (i % 2)) for i, pid in enumerate(ids)))
+    _publish(s, msg.feedback_topic, *(_feedback(pid, y) for pid, y in outcomes.items()))
+
+    child = subprocess.run([sys.executable, "-c", CRASHING_SINK], input=s.model_dump_json(), text=True,
+                           capture_output=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    first_predictions, first_feedback = _log(s, "predictions").num_rows, _log(s, "feedback").num_rows
+    assert first_predictions > 0 and first_feedback > 0  # written durably before the kill
+
+    # What the dead sink pulled comes back once its 10 s leases expire; a new sink lands it again.
+    with FeedbackSink(s, FAST) as sink:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not (
+            sink.stats["predictions"].redelivered >= first_predictions and sink.stats["feedback"].redelivered >= first_feedback
+        ):
+            sink.drain()
+        sink.drain()
+    assert sink.stats["predictions"].redelivered == first_predictions
+    assert sink.stats["feedback"].redelivered == first_feedback
+    for stream in ("predictions", "feedback"):
+        assert _pull_all(s, msg.subscriptions[stream].name) == []
+
+    # The logs hold the redelivered messages twice; the labelled table holds each prediction once.
+    assert _log(s, "predictions").num_rows == len(ids) + first_predictions
+    assert _log(s, "feedback").num_rows == len(ids) + first_feedback
+    join(s)
+    rows = _labelled(s)
+    assert sorted(rows) == ids
+    assert {pid: r["outcome"] for pid, r in rows.items()} == outcomes
+    assert all(r["feedback_records"] == 1 for r in rows.values())
+
+
+def test_a_lake_that_cannot_be_written_holds_the_batch_until_it_can(fb_settings):
+    s = fb_settings
+    _publish(s, s.messaging.predictions_topic, *(_prediction(f"w{i}", 0.5) for i in range(5)))
+    lake_root = Path(Lake.from_settings(s).root)
+    blocker = lake_root / s.storage.predictions_table
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the table's folder must go: every write fails")
+    threading.Timer(2.5, blocker.unlink).start()  # the lake comes back
+
+    with FeedbackSink(s, SinkOptions(idle_s=1.0, poll_interval_s=0.1, write_retry_s=30)) as sink:
+        sink.drain()
+    assert sink.stats["predictions"].landed == 5 and sink.stats["predictions"].acked == 5
+    assert sorted(_log(s, "predictions")["prediction_id"].to_pylist()) == [f"w{i}" for i in range(5)]
+    assert _pull_all(s, s.messaging.subscriptions["predictions"].name) == []
+
+
+@pytest.fixture
+def cli(fb_settings, monkeypatch):
+    # The CLI reads settings from the environment; these tests' topics exist only in fb_settings.
+    monkeypatch.setattr(feedback_cli, "get_settings", lambda env=None: fb_settings)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(feedback_cli.app, list(args))
+
+
+def test_the_cli_drains_joins_and_prints_metrics(fb_settings, cli):
+    s = fb_settings
+    _publish(s, s.messaging.predictions_topic, _prediction("a", 0.9), _prediction("b", 0.2, "v2", "canary"))
+    _publish(s, s.messaging.feedback_topic, _feedback("a", 1), _feedback("b", 1))
+
+    result = cli("sink", "--until-idle", "--idle-s", "1")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["sink"]["predictions"]["acked"] == 2 and out["sink"]["feedback"]["acked"] == 2
+    assert out["join"]["published"] == [Partition.from_date(T0).label]
+
+    result = cli("join")
+    assert result.exit_code == 0 and json.loads(result.output)["published"] == []  # nothing new
+
+    since, until = T0.isoformat(), (T0 + dt.timedelta(hours=1)).isoformat()
+    result = cli("metrics", "--since", since, "--until", until, "--json")
+    assert result.exit_code == 0, result.output
+    groups = {g["model_version"]: g for g in json.loads(result.output)["groups"]}
+    assert (groups["v1"]["accuracy"], groups["v1"]["count"], groups["v2"]["accuracy"]) == (1.0, 1, 0.0)
+    table = cli("metrics", "--last", "1d")
+    assert table.exit_code == 0 and "canary" in table.output and "accuracy" in table.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sink", "--once", "--until-idle"], "--once and --until-idle are alternatives"),
+    (["metrics", "--last", "yesterday"], "is not a duration: use a number and s, m, h or d"),
+    (["metrics", "--since", "May 5"], "is not an ISO time"),
+    (["metrics", "--by", "color"], "cannot group online metrics by color"),
+    (["join", "--month", "2026/05"], "is not a month: use YYYY-MM"),
+])
+def test_bad_arguments_exit_2_with_a_message(cli, args, message):
+    result = cli(*args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+RUNNING_SINK = textwrap.dedent("""
+    import pathlib, sys
+    from tenfold.config import Settings
+    from tenfold.feedback import cli
+
+    settings = Settings.model_validate_json(pathlib.Path(sys.argv[1]).read_text())
+    cli.get_settings = lambda env=None: settings
+    cli.app(["sink", "--join-every-s", "0", "--pull-wait-s", "1"])
+""")
+
+
+def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_path):
+    s = fb_settings
+    (tmp_path / "settings.json").write_text(s.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-c", RUNNING_SINK, str(tmp_path / "settings.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _publish(s, s.messaging.predictions_topic, _prediction("r", 0.7))
+        _publish(s, s.messaging.feedback_topic, _feedback("r", 1))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _labelled(s).get("r", {}).get("outcome") != 1 and proc.poll() is None:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert _labelled(s)["r"]["outcome"] == 1
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["sink"]["predictions"]["acked"] == 1

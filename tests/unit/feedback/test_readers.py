@@ -1,0 +1,84 @@
+"""online_metrics and labelled_rows over a joined lake: windows, groups and values worked out by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.feedback.join import join
+from tenfold.feedback.metrics import flatten_requests, labelled_lineage, labelled_rows, online_metrics
+
+from .conftest import T0, feedback, prediction
+
+H = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def served(settings, logs):
+    """v1 on stable and v2 on canary inside [T0, T0+2h); one v1 row outside the window."""
+    logs.predictions(
+        prediction("s1", version="v1", p=0.9), prediction("s2", version="v1", p=0.6, at=T0 + H),
+        prediction("s3", version="v1", p=0.3, at=T0 + H), prediction("s4", version="v1", p=0.2, at=T0 + H),
+        prediction("c1", version="v2", arm="canary", p=0.7), prediction("c2", version="v2", arm="canary", p=0.4),
+        prediction("c3", version="v2", arm="canary", p=0.8),  # no feedback: served, not labelled
+        prediction("old", version="v1", p=0.99, at=T0 - dt.timedelta(days=40)),  # April, outside the window
+    )
+    logs.feedback(feedback("s1", 1), feedback("s2", 0), feedback("s3", 1), feedback("s4", 0),
+                  feedback("c1", 1), feedback("c2", 1), feedback("old", 0))
+    join(settings)
+    return settings
+
+
+def test_online_metrics_per_version_and_arm_by_hand(served):
+    got = {(g.group["model_version"], g.group["arm"]): g for g in online_metrics(served, T0, T0 + 2 * H)}
+    assert sorted(got) == [("v1", "stable"), ("v2", "canary")]
+    v1 = got["v1", "stable"]
+    # The same four as test_metrics' worked example: p .9 .6 .3 .2 for 1 0 1 0.
+    assert (v1.served, v1.metrics.count, v1.metrics.positives, v1.coverage) == (4, 4, 2, 1.0)
+    assert v1.metrics.accuracy == 0.5 and v1.metrics.brier == pytest.approx(0.225) and v1.metrics.auc == 0.75
+    v2 = got["v2", "canary"]
+    # c1 .7 -> 1 right, c2 .4 -> 1 wrong; c3 has no outcome yet. One class only: no AUC.
+    assert (v2.served, v2.metrics.count, v2.metrics.positives) == (3, 2, 2)
+    assert v2.coverage == pytest.approx(2 / 3) and v2.metrics.accuracy == 0.5 and v2.metrics.auc is None
+    assert v2.metrics.log_loss == pytest.approx(-(math.log(0.7) + math.log(0.4)) / 2)
+    assert v2.metrics.brier == pytest.approx((0.3**2 + 0.6**2) / 2)
+
+
+def test_the_window_is_half_open_on_served_at(served):
+    [v1] = [g for g in online_metrics(served, T0 + H, T0 + 2 * H) if g.group["arm"] == "stable"]
+    assert v1.served == 3  # s1 (served at T0) is before the window
+    assert [g.served for g in online_metrics(served, T0, T0 + H, by=["arm"])] == [3, 1]  # canary c1-c3, stable s1
+    assert online_metrics(served, T0 + 3 * H, T0 + 4 * H) == []  # nothing served then: no data, not an error
+
+
+def test_unknown_grouping_is_a_clear_error(served):
+    with pytest.raises(ValueError, match="cannot group online metrics by color: use any of model_version"):
+        online_metrics(served, by=["color"])
+
+
+def test_labelled_rows_for_retraining(served):
+    everything = labelled_rows(served)
+    assert sorted(everything["prediction_id"].to_pylist()) == ["c1", "c2", "old", "s1", "s2", "s3", "s4"]
+    may = labelled_rows(served, months=[Partition(2026, 5)], include_unlabelled=True)
+    assert may.num_rows == 7 and may["outcome"].null_count == 1
+    requests = flatten_requests(may)
+    assert requests.num_rows == 7 and requests["origin"].to_pylist() == ["EWR"] * 7
+    lineage = labelled_lineage(served, [Partition(2026, 4), Partition(2026, 5), Partition(2026, 9)])
+    assert sorted(lineage) == ["2026-04", "2026-05"] and lineage["2026-05"]["rows"] == 7
+    assert lineage["2026-05"]["data_dir"].startswith("data-")
+
+
+def test_nothing_joined_yet_reads_as_empty(settings):
+    assert labelled_rows(settings).num_rows == 0
+    assert online_metrics(settings, T0, T0 + H) == []
+
+
+def test_refresh_runs_the_join_first(settings, logs):
+    logs.predictions(prediction("r", p=0.8))
+    logs.feedback(feedback("r", 1))
+    assert online_metrics(settings, T0, T0 + H) == []
+    [g] = online_metrics(settings, T0, T0 + H, refresh=True)
+    assert g.metrics.count == 1 and g.metrics.accuracy == 1.0
