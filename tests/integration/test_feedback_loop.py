@@ -288,13 +288,15 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
     proc = subprocess.Popen([sys.executable, "-c", RUNNING_SINK, str(tmp_path / "settings.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _publish(s, s.messaging.predictions_topic, _prediction("r", 0.7))
-        _publish(s, s.messaging.feedback_topic, _feedback("r", 1))
+        for i in range(6):  # a trickle: the sink fills a batch for up to a second rather than writing one file each
+            _publish(s, s.messaging.predictions_topic, _prediction(f"r{i}", 0.7))
+            time.sleep(0.1)
+        _publish(s, s.messaging.feedback_topic, _feedback("r0", 1))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _labelled(s).get("r", {}).get("outcome") != 1 and proc.poll() is None:
+        while time.monotonic() < deadline and _labelled(s).get("r0", {}).get("outcome") != 1 and proc.poll() is None:
             time.sleep(0.3)
         assert proc.poll() is None, proc.communicate()[1]
-        assert _labelled(s)["r"]["outcome"] == 1
+        assert _labelled(s)["r0"]["outcome"] == 1
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=15)
     finally:
@@ -302,4 +304,5 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    assert json.loads(stdout)["sink"]["predictions"]["acked"] == 1
+    landed = json.loads(stdout)["sink"]["predictions"]
+    assert landed["acked"] == 6 and landed["files"] <= 2, landed

@@ -59,10 +59,11 @@ class SinkOptions:
 
     max_messages: int = 500  # per pull and per subscription: one lake file per month per batch
     idle_s: float = 2.0  # drain(): stop after this long with nothing to pull from either subscription
-    poll_interval_s: float = 0.2  # drain(): pause between empty polls
+    poll_interval_s: float = 0.2  # pause between empty polls (drain(), and filling a batch in run())
     # run(): how long one held pull waits for messages. It bounds how late a SIGTERM is noticed; a pull
     # cut short may strand a message until its lease expires, which only delays it (at-least-once).
     pull_wait_s: float = 5.0
+    batch_wait_s: float = 1.0  # run(): after a first message, keep pulling this long to fill the batch
     write_retry_s: float = 120.0  # how long a failing lake write is retried before giving up
     pubsub_retry_s: float = 60.0  # how long Pub/Sub may stay unreachable before giving up
 
@@ -172,7 +173,7 @@ class FeedbackSink:
 
     # --- one batch --------------------------------------------------------------------------------
     def _step(self, stream: Stream, *, wait: bool) -> int:
-        received = self._pull(stream, wait=wait)
+        received = self._gather(stream, wait=wait)
         if not received:
             return 0
         parse, to_row, schema, time_field = _PARSERS[stream]
@@ -252,10 +253,27 @@ class FeedbackSink:
         """Acknowledge a batch whose rows are durably in the lake (the one place acks happen)."""
         self._call(lambda: self.client.acknowledge(request={"subscription": self.path(stream), "ack_ids": ack_ids}))
 
-    def _pull(self, stream: Stream, *, wait: bool) -> list[Any]:
+    def _gather(self, stream: Stream, *, wait: bool) -> list[Any]:
+        """One batch: the first pull, topped up for ``batch_wait_s`` (run) or while a backlog lasts (drain),
+        so that a trickle of messages still makes files of many rows, not one file per message."""
+        received = self._pull(stream, wait=wait)
+        if not received:
+            return received
+        started = time.monotonic()
+        while len(received) < self.options.max_messages and time.monotonic() - started < self.options.batch_wait_s:
+            more = self._pull(stream, wait=False, limit=self.options.max_messages - len(received))
+            if more:
+                received += more
+            elif not wait:
+                break  # draining: the backlog is empty for now
+            else:
+                time.sleep(self.options.poll_interval_s)
+        return received
+
+    def _pull(self, stream: Stream, *, wait: bool, limit: int | None = None) -> list[Any]:
         from google.api_core.exceptions import DeadlineExceeded
 
-        request = {"subscription": self.path(stream), "max_messages": self.options.max_messages}
+        request = {"subscription": self.path(stream), "max_messages": limit or self.options.max_messages}
         if not wait:
             # Draining wants an answer now rather than a held pull; Pub/Sub discourages this flag for
             # throughput, which drain() does not need (run() uses held pulls).
