@@ -22,7 +22,8 @@ Per test:
   ``create_app`` (lifespan run, model loaded); ``server_fields`` replace ``settings.serving.server``
   fields, ``app_kwargs`` go to ``create_app`` (``loader``, ``cache``, ``on_fatal``). ``auth`` -> the
   ``Authorization`` header dict.
-* ``waits`` -> ``.ready(client)`` and ``.until(check, timeout)``.
+* ``waits`` -> ``.ready(client)`` and ``.until(check, timeout)``; ``server_fields(settings, **fields)`` ->
+  ``settings`` with ``serving.server`` fields replaced.
 * ``pubsub_tools`` -> ``.subscribe(settings, topic)``: a fresh subscription on ``topic``;
   ``.pull(settings, subscription, n, timeout=20)``: up to ``n`` message bodies (acknowledged).
 * ``start_replica(arm="stable", model="champion", port=None, env=None)`` -> a :class:`Replica`: a real
@@ -418,3 +419,9 @@ def waits() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(ready=wait_ready, until=until)
+
+
+@pytest.fixture(scope="session")
+def server_fields() -> Callable[..., Settings]:
+    """``server_fields(settings, **fields)``: ``settings`` with ``serving.server`` fields replaced."""
+    return with_server

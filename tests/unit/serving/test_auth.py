@@ -1,0 +1,173 @@
+"""Serving auth: the token file (0600, atomic, one winner), the bearer check, and IAP's signed header
+verified against keys served by a local transport (the boundary google-auth fetches them through)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold.serving.auth import (
+    IAP_CERTS_URL,
+    IAP_ISSUER,
+    Authenticator,
+    AuthError,
+    TokenMissing,
+    ensure_token,
+    read_token,
+    token_path,
+)
+
+AUDIENCE = "/projects/123456/global/backendServices/987654"
+
+
+def _server_settings(settings: Any, **fields: Any) -> Any:
+    server = settings.serving.server.model_copy(update=fields)
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update={"server": server})})
+
+
+def test_the_token_is_generated_once_0600_under_the_home(settings: Any) -> None:
+    path = token_path(settings)
+    assert path == settings.local.home / "run" / "serving.token"
+    with pytest.raises(TokenMissing, match="tenfold up"):
+        read_token(settings)
+    token = ensure_token(settings)
+    assert len(token) >= 40 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_token(settings) == token == read_token(settings)
+    assert [p.name for p in path.parent.iterdir()] == ["serving.token"]  # no temporary files left
+
+
+_RACE = """
+import sys, time
+from tenfold.config import build_settings
+from tenfold.serving.auth import ensure_token
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+print(ensure_token(build_settings("local", {"TENFOLD_HOME": sys.argv[1]})))
+"""
+
+
+def test_replicas_starting_together_agree_on_one_token(tmp_path: Path) -> None:
+    start = time.time() + 3.0  # every process is imported and waiting by then: they generate at once
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), repr(start)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    tokens = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert [p.returncode for p in procs] == [0] * 4
+    assert len(tokens) == 1 and "" not in tokens
+
+
+def test_bearer_check(settings: Any) -> None:
+    auth = Authenticator(settings)
+    token = read_token(settings)
+    assert auth.check({"authorization": f"Bearer {token}"}).identity == "token"
+    for header in ({}, {"authorization": "Bearer nope"}, {"authorization": f"Basic {token}"},
+                   {"authorization": f"Bearer {token}x"}, {"authorization": token}):
+        with pytest.raises(AuthError) as err:
+            auth.check(header)
+        assert err.value.status == 401
+
+
+def test_outside_local_a_replica_never_invents_a_token(tmp_path: Path) -> None:
+    from tenfold.config import build_settings
+
+    dev = build_settings("dev", {"TENFOLD_HOME": str(tmp_path)})
+    with pytest.raises(TokenMissing):
+        Authenticator(dev)
+    assert not token_path(dev).exists()
+
+
+def test_iap_mode_needs_an_audience() -> None:
+    from tenfold.config.serving import ServerSettings
+
+    with pytest.raises(ValueError, match="iap_audience"):
+        ServerSettings(auth_mode="iap")
+    assert ServerSettings(auth_mode="iap", iap_audience=AUDIENCE).auth_mode == "iap"
+
+
+# --- IAP: signed ES256 assertions, keys served by a local transport --------------------------------------
+
+class KeyServer:
+    """What google-auth's transport returns for Google's IAP key URL, from keys made here."""
+
+    def __init__(self, keys: dict[str, str], status: int = 200) -> None:
+        self.keys, self.status, self.fetches = keys, status, 0
+
+    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+        assert url == IAP_CERTS_URL and method == "GET"
+        self.fetches += 1
+
+        from types import SimpleNamespace
+
+        return SimpleNamespace(status=self.status, data=json.dumps(self.keys).encode(), headers={})
+
+
+@pytest.fixture(scope="module")
+def es256() -> tuple[Any, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, public.decode()
+
+
+def _assertion(key: Any, kid: str = "k1", **claims: Any) -> str:
+    import jwt
+
+    now = int(time.time())
+    body = {"iss": IAP_ISSUER, "aud": AUDIENCE, "email": "ana@example.com", "sub": "accounts.google.com:1",
+            "iat": now, "exp": now + 600, **claims}
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": kid})
+
+
+def test_iap_accepts_a_valid_assertion_and_names_the_caller(settings: Any, es256: tuple[Any, str]) -> None:
+    key, public = es256
+    keys = KeyServer({"k1": public})
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=keys)
+    assert auth.check({"x-goog-iap-jwt-assertion": _assertion(key)}).identity == "ana@example.com"
+    assert not token_path(settings).exists()  # IAP mode needs no token
+
+
+@pytest.mark.parametrize("claims", [
+    {"aud": "/projects/1/global/backendServices/other"},
+    {"iss": "https://accounts.google.com"},
+    {"exp": int(time.time()) - 3600, "iat": int(time.time()) - 4200},
+    {"email": ""},
+])
+def test_iap_refuses_assertions_for_others_or_expired(settings: Any, es256: tuple[Any, str], claims: dict[str, Any]) -> None:
+    key, public = es256
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
+                         http_request=KeyServer({"k1": public}))
+    with pytest.raises(AuthError) as err:
+        auth.check({"x-goog-iap-jwt-assertion": _assertion(key, **claims)})
+    assert err.value.status == 401
+
+
+def test_iap_refuses_a_forged_signature_and_a_bare_email_header(settings: Any, es256: tuple[Any, str]) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _key, public = es256
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
+                         http_request=KeyServer({"k1": public}))
+    forged = _assertion(ec.generate_private_key(ec.SECP256R1()))
+    for headers in ({"x-goog-iap-jwt-assertion": forged},
+                    {"x-goog-authenticated-user-email": "accounts.google.com:ana@example.com"}):
+        with pytest.raises(AuthError) as err:
+            auth.check(headers)
+        assert err.value.status == 401
+
+
+def test_iap_keys_that_cannot_be_fetched_are_a_503(settings: Any, es256: tuple[Any, str]) -> None:
+    key, _public = es256
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
+                         http_request=KeyServer({}, status=500))
+    with pytest.raises(AuthError) as err:
+        auth.check({"x-goog-iap-jwt-assertion": _assertion(key)})
+    assert err.value.status == 503

@@ -1,0 +1,182 @@
+"""The micro-batcher's rule, with a recording model function: what joins a batch, who waits, who fails."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tenfold.serving.batching import MicroBatcher
+
+
+class Recorder:
+    """A model that doubles its inputs, remembers every call, and can be held on a gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(10)
+        if any(i < 0 for i in items):
+            raise ValueError(f"negative input in {items}")
+        self.calls.append(list(items))
+        return [2 * i for i in items]
+
+
+def _batcher(model: Recorder, *, size: int = 8, wait_s: float = 0.05) -> MicroBatcher[int, int]:
+    return MicroBatcher(model, executor=ThreadPoolExecutor(1), max_batch_size=size, max_wait_s=wait_s)
+
+
+def test_a_lone_request_on_an_idle_batcher_does_not_wait() -> None:
+    model = Recorder()
+
+    async def main() -> float:
+        b = _batcher(model, wait_s=2.0)
+        b.start()
+        started = time.perf_counter()
+        assert await b.submit([1, 2]) == [2, 4]
+        elapsed = time.perf_counter() - started
+        await b.stop()
+        return elapsed
+
+    assert asyncio.run(main()) < 0.5  # far below the 2 s it could wait
+    assert model.calls == [[1, 2]]
+
+
+def test_requests_on_their_way_are_waited_for_up_to_the_bound() -> None:
+    model = Recorder()
+
+    async def main() -> list[list[int]]:
+        b = _batcher(model, size=64, wait_s=1.0)
+        b.start()
+
+        async def late(value: int, delay: float) -> list[int]:
+            with b.arriving():  # being read and validated...
+                await asyncio.sleep(delay)
+            return await b.submit([value])
+
+        results = await asyncio.gather(b.submit([1]), late(2, 0.05), late(3, 0.1))
+        await b.stop()
+        return results
+
+    assert asyncio.run(main()) == [[2], [4], [6]]
+    assert model.calls == [[1, 2, 3]]  # one call: the first request waited for the two on their way
+
+
+def test_the_wait_is_bounded_by_max_wait() -> None:
+    model = Recorder()
+
+    async def main() -> float:
+        b = _batcher(model, size=64, wait_s=0.1)
+        b.start()
+
+        async def very_late() -> list[int]:
+            with b.arriving():
+                await asyncio.sleep(1.0)
+            return await b.submit([9])
+
+        task = asyncio.create_task(very_late())
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        assert await b.submit([1]) == [2]
+        elapsed = time.perf_counter() - started
+        await task
+        await b.stop()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert 0.08 <= elapsed < 0.6
+    assert model.calls == [[1], [9]]
+
+
+def test_what_queues_while_the_model_is_busy_goes_in_the_next_call_within_the_size() -> None:
+    model = Recorder()
+
+    async def main() -> list[list[int]]:
+        b = _batcher(model, size=4, wait_s=0.0)
+        b.start()
+        model.gate.clear()
+        first = asyncio.create_task(b.submit([0]))
+        await asyncio.sleep(0.05)  # the first call is now running (held on the gate)
+        rest = [asyncio.create_task(b.submit([i, i])) for i in range(1, 4)]  # 6 rows queue up meanwhile
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        out = [await first, *[await t for t in rest]]
+        await b.stop()
+        return out
+
+    assert asyncio.run(main()) == [[0], [2, 2], [4, 4], [6, 6]]
+    # whole requests only, never more than 4 rows per call: [1,1,2,2] together, [3,3] next
+    assert model.calls == [[0], [1, 1, 2, 2], [3, 3]]
+
+
+def test_a_request_larger_than_the_batch_runs_alone() -> None:
+    model = Recorder()
+
+    async def main() -> None:
+        b = _batcher(model, size=2)
+        b.start()
+        assert await b.submit([1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
+        await b.stop()
+
+    asyncio.run(main())
+    assert model.calls == [[1, 2, 3, 4, 5]]
+
+
+def test_one_bad_request_fails_alone() -> None:
+    model = Recorder()
+
+    async def main() -> list[object]:
+        b = _batcher(model, size=64, wait_s=0.0)
+        b.start()
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit([100]))
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(b.submit(items)) for items in ([1], [-1], [3])]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await blocker
+        out = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.stop()
+        return out
+
+    good, bad, also_good = asyncio.run(main())
+    assert good == [2] and also_good == [6]
+    assert isinstance(bad, ValueError) and "negative" in str(bad)
+    assert [1, -1, 3] not in model.calls and [1] in model.calls and [3] in model.calls  # retried one by one
+
+
+def test_submit_needs_a_running_batcher() -> None:
+    async def main() -> None:
+        b = _batcher(Recorder())
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.submit([1])
+
+    asyncio.run(main())
+
+
+def test_queue_depth_and_batch_sizes_are_reported() -> None:
+    model, depths, sizes = Recorder(), [], []
+
+    async def main() -> None:
+        b = MicroBatcher(model, executor=ThreadPoolExecutor(1), max_batch_size=8, max_wait_s=0.0,
+                         on_batch=sizes.append, on_depth=depths.append)
+        b.start()
+        model.gate.clear()
+        first = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit([2, 3]))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await first
+        await second
+        await b.stop()
+
+    asyncio.run(main())
+    assert sizes == [1, 2]
+    assert max(depths) == 2 and depths[-1] == 0

@@ -1,0 +1,96 @@
+"""The prediction cache's key and bounds, and the Pub/Sub circuit breaker's states (on a fake clock)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict
+
+from tenfold.serving.cache import PredictionCache, request_digest
+from tenfold.serving.publishing import CircuitBreaker
+
+
+class Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    carrier: str
+    flight: int
+    sched_dep: dt.datetime
+    user_key: str | None = None
+
+
+def test_the_digest_ignores_the_user_key_and_the_spelling_but_not_the_content() -> None:
+    a = Req.model_validate({"carrier": "UA", "flight": 1, "sched_dep": "2013-01-01T05:15:00", "user_key": "x"})
+    b = Req.model_validate_json('{"sched_dep": "2013-01-01 05:15", "flight": 1, "carrier": "UA"}')
+    c = Req.model_validate({"carrier": "UA", "flight": 2, "sched_dep": "2013-01-01T05:15:00"})
+    assert request_digest(a) == request_digest(b) != request_digest(c)
+
+
+def test_keys_carry_the_model_version() -> None:
+    r = Req(carrier="UA", flight=1, sched_dep=dt.datetime(2013, 1, 1, 5, 15))
+    cache = PredictionCache(10)
+    cache.put(PredictionCache.key("v1", r), 0.25)
+    assert cache.get(PredictionCache.key("v1", r)) == 0.25
+    assert cache.get(PredictionCache.key("v2", r)) is None
+
+
+def test_least_recently_used_goes_first_and_zero_disables() -> None:
+    cache = PredictionCache(2)
+    cache.put(("v", "a"), 0.1)
+    cache.put(("v", "b"), 0.2)
+    assert cache.get(("v", "a")) == 0.1  # a is now the most recent
+    cache.put(("v", "c"), 0.3)
+    assert (cache.get(("v", "b")), cache.get(("v", "a")), len(cache)) == (None, 0.1, 2)
+    off = PredictionCache(0)
+    off.put(("v", "a"), 0.1)
+    assert off.get(("v", "a")) is None and len(off) == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_closes_after_a_good_trial() -> None:
+    clock, changes = Clock(), []
+    b = CircuitBreaker(3, 5.0, clock=clock, on_change=changes.append)
+    b.failure()
+    b.failure()
+    b.success()  # not consecutive: starts over
+    b.failure()
+    b.failure()
+    assert b.allow() and not b.is_open
+    b.failure()
+    assert b.is_open and not b.allow() and changes == [True]
+    assert b.retry_after_s() == 5.0
+    clock.now += 5.0
+    assert b.allow()  # the one trial
+    assert not b.allow()  # nobody else while it is out
+    b.success()
+    assert not b.is_open and b.allow() and changes == [True, False]
+
+
+def test_a_failed_trial_keeps_it_open_another_period() -> None:
+    clock = Clock()
+    b = CircuitBreaker(1, 2.0, clock=clock)
+    b.failure()
+    clock.now += 2.0
+    assert b.allow()
+    b.failure()
+    assert not b.allow() and b.retry_after_s() == 2.0
+    clock.now += 1.0
+    assert not b.allow()
+    clock.now += 1.0
+    assert b.allow()
+
+
+def test_a_trial_that_never_reports_is_replaced_after_the_reset_period() -> None:
+    clock = Clock()
+    b = CircuitBreaker(1, 2.0, clock=clock)
+    b.failure()
+    clock.now += 2.0
+    assert b.allow() and not b.allow()
+    clock.now += 2.0
+    assert b.allow()
