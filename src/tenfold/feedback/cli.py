@@ -50,9 +50,11 @@ def sink_command(
     do_join: Annotated[bool, typer.Option("--join/--no-join", help="run the join after draining, or when idle")] = True,
     join_every_s: Annotated[float, typer.Option(min=0.0, help="run mode: at most one join per this many seconds")] = 30.0,
     pull_wait_s: Annotated[float, typer.Option(min=0.5, help="run mode: how long one pull waits for messages")] = 5.0,
+    pubsub_retry_s: Annotated[float, typer.Option(min=0.0, help="give up after Pub/Sub is unreachable this long")] = 60.0,
     env: EnvOption = None,
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
+    from tenfold.data.lake import LakeError
     from tenfold.feedback.join import join
     from tenfold.feedback.lock import LockTimeout
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
@@ -62,7 +64,8 @@ def sink_command(
     settings = get_settings(env)
     out: dict[str, Any] = {}
     try:
-        with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s, pull_wait_s=pull_wait_s)) as sink:
+        with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s, pull_wait_s=pull_wait_s,
+                                             pubsub_retry_s=pubsub_retry_s)) as sink:
             if once:
                 sink.poll_once()
             elif until_idle:
@@ -72,13 +75,15 @@ def sink_command(
             out["sink"] = sink.stats.to_dict()
         if do_join and (once or until_idle):
             out["join"] = join(settings).to_dict()
-    except (SinkError, LockTimeout) as exc:
+    except (SinkError, LockTimeout, LakeError, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     _echo_json(out)
 
 
 def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -> None:
+    from tenfold.data.lake import LakeError
     from tenfold.feedback.join import join
+    from tenfold.feedback.lock import LockTimeout
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,8 +93,15 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
     def on_idle() -> None:
         # Join only when something landed since the last join, and not more often than join_every_s.
         if do_join and sink.stats.landed > state["landed"] and time.monotonic() - state["at"] >= join_every_s:
-            state["landed"], state["at"] = sink.stats.landed, time.monotonic()
-            report = join(settings)
+            state["at"] = time.monotonic()
+            landed = sink.stats.landed
+            try:
+                report = join(settings)
+            except (LakeError, LockTimeout, OSError) as exc:
+                # Landing goes on; the logs keep everything and the next idle moment joins it.
+                typer.echo(f"warning: join failed, retrying when idle: {exc}", err=True)
+                return
+            state["landed"] = landed
             typer.echo(json.dumps({"join": report.published}), err=True)
 
     subs = settings.messaging.subscriptions

@@ -247,11 +247,12 @@ class FeedbackSink:
     def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
         """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now)."""
         request = {"subscription": self.path(stream), "ack_ids": ack_ids, "ack_deadline_seconds": seconds}
-        self._call(lambda: self.client.modify_ack_deadline(request=request))
+        self._call(lambda: self.client.modify_ack_deadline(request=request, retry=None))
 
     def _ack(self, stream: Stream, ack_ids: list[str]) -> None:
         """Acknowledge a batch whose rows are durably in the lake (the one place acks happen)."""
-        self._call(lambda: self.client.acknowledge(request={"subscription": self.path(stream), "ack_ids": ack_ids}))
+        self._call(lambda: self.client.acknowledge(
+            request={"subscription": self.path(stream), "ack_ids": ack_ids}, retry=None))
 
     def _gather(self, stream: Stream, *, wait: bool) -> list[Any]:
         """One batch: the first pull, topped up for ``batch_wait_s`` (run) or while a backlog lasts (drain),
@@ -279,14 +280,25 @@ class FeedbackSink:
             # throughput, which drain() does not need (run() uses held pulls).
             request["return_immediately"] = True
         try:
-            resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s))
+            resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s, retry=None))
         except DeadlineExceeded:
             return []
         return list(resp.received_messages)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        """``fn`` against Pub/Sub, retried while the service is unavailable, up to ``pubsub_retry_s``."""
-        from google.api_core.exceptions import DeadlineExceeded, NotFound, ServiceUnavailable
+        """``fn`` against Pub/Sub, retried while the service is unavailable, up to ``pubsub_retry_s``.
+
+        The client's own retries are off (``retry=None`` on every call): they would wait a minute
+        before failing, whatever this sink's options say.
+        """
+        from google.api_core.exceptions import (
+            Aborted,
+            DeadlineExceeded,
+            InternalServerError,
+            NotFound,
+            ServiceUnavailable,
+            Unknown,
+        )
 
         started = time.monotonic()
         delay = 0.5
@@ -298,7 +310,7 @@ class FeedbackSink:
             except NotFound as exc:
                 raise SinkError(f"{exc.message}: provision the Pub/Sub topology first (`tenfold up` locally, the "
                                 "platform stack in the cloud)") from exc
-            except ServiceUnavailable as exc:
+            except (ServiceUnavailable, InternalServerError, Aborted, Unknown) as exc:
                 if time.monotonic() - started > self.options.pubsub_retry_s:
                     where = self.settings.messaging.emulator_host or "Pub/Sub"
                     raise SinkError(f"cannot reach {where} for {self.options.pubsub_retry_s:.0f} s ({exc}); is the "
