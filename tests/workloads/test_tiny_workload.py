@@ -19,11 +19,12 @@ import pytest
 from tenfold.config import Settings
 from tenfold.config.pipelines import DagSettings, PipelineSettings
 from tenfold.data.lake import Lake, month_range
+from tenfold.features.online import load_online_features
 from tenfold.model import load_model
 from tenfold.pipelines import build_features as bf
 from tenfold.pipelines import train_model as tm
 from tenfold.registry import CHAMPION, ModelRegistry
-from tenfold.workloads import VERSION_KEY, get_workload
+from tenfold.workloads import VERSION_KEY, RequestInvalid, get_workload, lookup_table
 
 HERE = Path(__file__).resolve().parent
 TINY = "tiny_workload:WORKLOAD"
@@ -66,6 +67,23 @@ def test_a_second_workload_runs_through_the_same_pipelines_gate_and_registry(tin
     assert table.column_names == list(workload.contract.all_columns)
     assert "unknown" in set(table["segment"].to_pylist())  # devices the reference table lacks
     assert lake.published_partitions("features") == []  # nothing of the flights workload was touched
+
+    # The online half: the lookups the job staged were published beside each month, and assembling the
+    # raw events as requests gives exactly the features the Spark job wrote.
+    devices = lookup_table(s.storage.lookups_table, "devices")
+    assert lake.read_manifest(devices, month_range(*MONTHS)[-1]).extra[VERSION_KEY] == workload.contract.version
+    online = load_online_features(s)
+    assert online.months == ("2020-01", "2020-02", "2020-03")
+    march = month_range(*MONTHS)[-1]
+    events = lake.read_table("events", [march]).sort_by("event_id")
+    requests = [workload.request_model.model_validate({k: row[k] for k in ("year", "month", "event_id", "device_id",
+                                                                            "x1", "x2")})
+                for row in events.to_pylist()]
+    expected = lake.read_table("tiny_features", [march]).sort_by("event_id").select(list(workload.contract.online_columns))
+    assert online.assemble(requests).equals(expected)
+    with pytest.raises(RequestInvalid, match="no features are served for 2020-04") as err:
+        online.check(requests[0].model_copy(update={"month": 4}))
+    assert err.value.field == "month"
 
     planned = tm.plan(s, "tiny-train", {"epochs": 20, "nproc": 1, "batch_size": 64})
     assert planned.train_months == ("2020-01", "2020-02") and planned.holdout_months == ("2020-03",)
