@@ -43,6 +43,9 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
 from tenfold.data.cli import ingest as _ingest  # noqa: E402
 
 app.command("ingest")(_ingest)
+from tenfold.feedback.cli import app as _feedback  # noqa: E402
+
+app.add_typer(_feedback, name="feedback")
 from tenfold.local import cli as _local  # noqa: E402
 
 app.command("up")(_local.up)
