@@ -1,8 +1,9 @@
 """``tenfold up``, ``tenfold status`` and ``tenfold down``: the local platform on loopback.
 
 Run ``tenfold up`` (or ``make up``) to start the GCS emulator, the Pub/Sub emulator and Airflow
-standalone, ``tenfold status`` for their URLs and the Airflow login, ``tenfold down`` (``make down``)
-to stop them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` and
+standalone, and the serving fleet (``tenfold serve up``) once a champion is registered;
+``tenfold status`` for their URLs, the Airflow login and the serving token; ``tenfold down``
+(``make down``) to stop them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` and
 ``TENFOLD_LOCAL__<FIELD>`` (e.g. ``TENFOLD_LOCAL__AIRFLOW_PORT=8081``).
 """
 
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import Settings, get_settings
 from tenfold.local.process import LocalPlatformError
 from tenfold.local.services import SERVICE_ORDER
 
@@ -32,33 +33,60 @@ def _services(names: list[str] | None) -> list[str]:
 
 
 def up(service: _ServiceOpt = None) -> None:
-    """Start the local services, wait until healthy, create buckets/topics/subscriptions."""
-    from tenfold.local.stack import describe
+    """Start the local services, wait until healthy, create buckets/topics/subscriptions; then serve the champion."""
+    from tenfold.local.stack import SERVING_NEEDS, describe, serving_up
     from tenfold.local.stack import up as _up
 
     settings = get_settings()
+    chosen = _services(service)
     try:
-        statuses = _up(settings, _services(service), echo=typer.echo)
+        statuses = _up(settings, chosen, echo=typer.echo)
     except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    failed: LocalPlatformError | None = None
+    if set(SERVING_NEEDS) <= set(chosen):
+        try:
+            serving_up(settings, say=typer.echo)
+        except LocalPlatformError as exc:  # the platform stays up: it is healthy, only serving is not
+            failed = exc
     typer.echo(describe(settings, statuses))
+    _describe_serving(settings)
+    if failed is not None:
+        typer.echo(f"error: the platform is up, but the serving fleet did not start: {failed}", err=True)
+        raise typer.Exit(1)
+
+
+def _describe_serving(settings: Settings) -> bool:
+    """Print the serving fleet's report; False when it runs but is not healthy."""
+    from tenfold.serving import fleet
+
+    rep = fleet.report(settings)
+    typer.echo(fleet.describe(rep))
+    return rep.healthy or not (rep.running or rep.haproxy_alive)
 
 
 def status(service: _ServiceOpt = None) -> None:
-    """Show each local service (URL, pid, log), the Airflow login and the lake; exit 3 if any is down."""
+    """Show each local service (URL, pid, log), the Airflow login, the lake and the serving fleet (its token
+    included); exit 3 if any is down (the fleet counts once it was started)."""
     from tenfold.local.stack import describe
     from tenfold.local.stack import status as _status
 
     settings = get_settings()
     statuses = _status(settings, _services(service))
     typer.echo(describe(settings, statuses))
-    if not all(s.healthy for s in statuses):
+    serving_ok = _describe_serving(settings)
+    if not all(s.healthy for s in statuses) or not serving_ok:
         raise typer.Exit(3)
 
 
 def down(service: _ServiceOpt = None) -> None:
-    """Stop the local services that `tenfold up` started (nothing else)."""
+    """Stop the serving fleet and the local services that `tenfold up` started (nothing else)."""
+    from tenfold.local.stack import SERVING_NEEDS, serving_down
     from tenfold.local.stack import down as _down
 
-    _down(get_settings(), _services(service), echo=typer.echo)
+    settings = get_settings()
+    chosen = _services(service)
+    if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
+        serving_down(settings, say=typer.echo)
+    _down(settings, chosen, echo=typer.echo)

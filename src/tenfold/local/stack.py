@@ -242,3 +242,36 @@ def describe(settings: Settings, statuses: list[ServiceStatus]) -> str:
             lines.append(f"         Airflow UI: {st.url}  user: {settings.airflow.admin_user}  password: {password or '(not generated yet)'}")
     lines.append(f"lake:    {settings.storage.lake_uri}")
     return "\n".join(lines)
+
+
+# --- the serving fleet (``tenfold serve``), started with the platform once a model is registered -------
+
+SERVING_NEEDS = ("gcs", "pubsub")  # the registry and lake reads, and the predictions/feedback topics
+
+
+def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
+    """Start the serving fleet on the champion (``settings.serving.server.model_ref``) if there is one.
+
+    With no model registered yet it says so and returns False: a fresh platform has nothing to serve.
+    Already running: nothing changes. Raises :class:`LocalPlatformError` when the fleet cannot start.
+    """
+    from tenfold.registry import ModelRegistry, UnknownVersion
+    from tenfold.serving import fleet
+
+    ref = settings.serving.server.model_ref
+    try:
+        ModelRegistry(settings).find(ref)
+    except UnknownVersion:
+        say(f"serving: skipped, no model is registered as {ref!r} yet (run `make demo` to train one, then `tenfold serve up`)")
+        return False
+    fleet.up(settings, ref, say=say)
+    return True
+
+
+def serving_down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
+    """Stop the serving fleet if it runs; True when something was stopped."""
+    from tenfold.serving import fleet
+
+    stopped = fleet.down(settings, say=say)
+    say("serving: stopped" if stopped else "serving: not running")
+    return stopped

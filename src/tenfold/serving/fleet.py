@@ -572,6 +572,16 @@ def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
         process.remove_pid_file(run_dir(settings), name)
 
 
+def running_settings(settings: Settings) -> Settings:
+    """The settings the running fleet was started with (its fleet and server sections are not
+    environment variables, so a later ``tenfold serve ...`` reads them from ``fleet-settings.json``)."""
+    path = run_dir(settings) / SETTINGS_FILE
+    try:
+        return Settings.model_validate_json(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return settings
+
+
 def resolve_version(settings: Settings, ref: str) -> str:
     """A model version id from an alias or a version (prefix), via the registry; a clear error if none."""
     from tenfold.registry import ModelRegistry, RegistryError
@@ -691,6 +701,7 @@ def rollout(
     """Roll ``pool`` to ``model`` one replica at a time; returns once no replica of another version is left."""
     if pool not in POOLS:
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
+    settings = running_settings(settings)
     version = resolve(settings, model)
     spec = update_spec(settings, lambda old: {**old.pools, pool: PoolSpec(version, old.pools[pool].min, old.pools[pool].max)})
 
@@ -709,6 +720,7 @@ def scale(
     """Set ``pool``'s replica bounds (the autoscaler moves within them); waits until its count is within."""
     if pool not in POOLS:
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
+    settings = running_settings(settings)
 
     def change(old: FleetSpec) -> dict[str, PoolSpec]:
         cur = old.pools[pool]
@@ -745,6 +757,110 @@ def down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
     _stop_leftovers(settings, say)
     (rd / STATUS_FILE).unlink(missing_ok=True)
     return stopped or bool(left)
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    pool: str
+    slot: int
+    version: str
+    url: str
+    pid: int
+    state: str
+    lb_status: str
+    alive: bool  # its own /healthz answered 200
+    log: str
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    """What ``tenfold status`` and ``tenfold serve status`` print: each part checked on its own."""
+
+    running: bool  # the supervisor
+    supervisor_pid: int | None
+    haproxy_alive: bool  # its runtime API answered
+    haproxy_pid: int | None
+    url: str
+    metrics_url: str
+    canary_percent: int | None
+    versions: dict[str, str]
+    replicas: list[ReplicaReport]
+    token_path: str
+    token: str | None
+    log: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.haproxy_alive and bool(self.replicas) and all(
+            r.alive for r in self.replicas if r.state == SERVING)
+
+
+def _alive(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def report(settings: Settings) -> FleetReport:
+    """Check the supervisor (pid file), HAProxy (runtime API) and each replica (its own ``/healthz``)."""
+    from tenfold.rollout.haproxy import HaproxyRouter
+    from tenfold.serving.auth import token_path
+
+    record = supervisor_record(settings)
+    if record is not None:
+        settings = running_settings(settings)
+    host, rd = settings.local.bind_host, run_dir(settings)
+    st = read_status(settings) if record is not None else None
+    haproxy = process.read_record(rd, HAPROXY)
+    api = RuntimeApi(HaproxyPaths.of(settings).socket, timeout=2)
+    haproxy_alive = haproxy is not None and process.is_running(haproxy) and api.alive()
+    percent = None
+    if haproxy_alive:
+        with contextlib.suppress(HaproxyError):
+            percent = HaproxyRouter.from_settings(settings).canary_percent()
+    health = settings.serving.health_path
+    replicas = [
+        ReplicaReport(pool=r.pool, slot=r.slot, version=r.version, url=f"http://{host}:{r.port}", pid=r.pid, state=r.state,
+                      lb_status=r.lb_status, alive=_alive(f"http://{host}:{r.port}{health}"), log=r.log)
+        for p in (st.pools.values() if st else []) for r in p.replicas
+    ]
+    tpath = token_path(settings)
+    try:
+        token: str | None = tpath.read_text().strip() or None
+    except FileNotFoundError:
+        token = None
+    return FleetReport(
+        running=record is not None, supervisor_pid=record.pid if record else None, haproxy_alive=haproxy_alive,
+        haproxy_pid=haproxy.pid if haproxy is not None and haproxy_alive else None,
+        url=f"http://{host}:{settings.local.lb_port}", metrics_url=f"http://{host}:{settings.serving.fleet.lb_metrics_port}/metrics",
+        canary_percent=percent, versions={k: v.version for k, v in st.pools.items()} if st else {},
+        replicas=replicas, token_path=str(tpath), token=token, log=str(process.log_file(rd, SUPERVISOR)),
+    )
+
+
+def describe(rep: FleetReport) -> str:
+    """Human-readable lines for ``tenfold status`` / ``tenfold serve status``."""
+    if not rep.running and not rep.haproxy_alive:
+        return "serving  stopped                 (start it with `tenfold serve up`)"
+    state = "healthy" if rep.healthy else "running, not healthy"
+    lines = [f"serving  {state:22} {rep.url}/v1/predict  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
+    lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")
+                 + f"  metrics {rep.metrics_url}  canary {rep.canary_percent if rep.canary_percent is not None else '?'} %")
+    for pool, version in rep.versions.items():
+        lines.append(f"  {pool:7} {version}")
+        for r in (r for r in rep.replicas if r.pool == pool):
+            alive = "alive" if r.alive else "NOT ANSWERING"
+            lines.append(f"    {replica_name(r.pool, r.slot):18} {r.state:9} haproxy {r.lb_status:9} {alive:13} {r.url} pid {r.pid}")
+    token = rep.token or "(not generated yet)"
+    lines.append(f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')")
+    return "\n".join(lines)
 
 
 # --- the supervisor's entry point --------------------------------------------------------------

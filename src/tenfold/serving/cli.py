@@ -1,0 +1,135 @@
+"""``tenfold serve``: the local serving fleet (model-server replicas in two pools behind HAProxy).
+
+Run ``tenfold serve --help``. The commands:
+
+* ``tenfold serve up [--model champion] [--canary-model REF]``: HAProxy on ``settings.local.lb_port``
+  and each pool's minimum of replicas, supervised (dead ones replaced, pools autoscaled);
+* ``tenfold serve status [--json]``: the supervisor, HAProxy and each replica by its own health check,
+  the split and the bearer token; exit 3 when something is not healthy;
+* ``tenfold serve rollout --model REF [--pool stable|canary]``: restart a pool's replicas one at a
+  time on another version, with no failed request;
+* ``tenfold serve scale --pool stable|canary (--replicas N | --min N --max M)``: the autoscaler's bounds;
+* ``tenfold serve split [PERCENT]``: print or set the canary's share (sticky by user key, no reload);
+* ``tenfold serve down``: stop the fleet (only the processes it started).
+
+``make up`` (``tenfold up``) starts the fleet too once a champion is registered; ``make down`` stops it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from tenfold.config import get_settings
+from tenfold.local.process import LocalPlatformError
+from tenfold.rollout.split import ARMS, STABLE
+
+app = typer.Typer(help="The local serving fleet: replicas in a stable and a canary pool behind HAProxy.", no_args_is_help=True)
+
+_Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS)}")]
+
+
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code)
+
+
+def _check_pool(pool: str) -> str:
+    if pool not in ARMS:
+        raise _fail(ValueError(f"unknown pool {pool!r}: choose {' or '.join(ARMS)}"), 2)
+    return pool
+
+
+@app.command()
+def up(
+    model: Annotated[str | None, typer.Option(help="alias or version for both pools (default: settings.serving.server.model_ref, the champion)")] = None,
+    canary_model: Annotated[str | None, typer.Option(help="alias or version for the canary pool (default: the same as --model)")] = None,
+) -> None:
+    """Start HAProxy and the replicas, and wait until every pool serves its minimum."""
+    from tenfold.serving import fleet
+
+    settings = get_settings()
+    try:
+        fleet.up(settings, model, canary_model=canary_model, say=typer.echo)
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc
+    typer.echo(fleet.describe(fleet.report(settings)))
+
+
+@app.command()
+def down() -> None:
+    """Stop the supervisor, HAProxy and every replica the fleet started (nothing else)."""
+    from tenfold.serving import fleet
+
+    typer.echo("serving: stopped" if fleet.down(get_settings(), say=typer.echo) else "serving: not running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False) -> None:
+    """Each part of the fleet by its own health check, the split and the token; exit 3 unless healthy."""
+    from tenfold.serving import fleet
+
+    rep = fleet.report(get_settings())
+    typer.echo(json.dumps(asdict(rep), indent=2) if as_json else fleet.describe(rep))
+    if not rep.healthy:
+        raise typer.Exit(3)
+
+
+@app.command()
+def rollout(
+    model: Annotated[str, typer.Option(help="alias or version to roll the pool to")],
+    pool: _Pool = STABLE,
+) -> None:
+    """Restart the pool's replicas on another version one at a time (each new one UP before an old one drains)."""
+    from tenfold.serving import fleet
+
+    settings = get_settings()
+    try:
+        st = fleet.rollout(settings, model, pool=_check_pool(pool))
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{pool}: {len(st.pools[pool].serving())} replicas serve {st.pools[pool].version}")
+
+
+@app.command()
+def scale(
+    pool: _Pool = STABLE,
+    replicas: Annotated[int | None, typer.Option(help="a fixed count (sets both --min and --max)")] = None,
+    low: Annotated[int | None, typer.Option("--min", help="fewest replicas the autoscaler keeps")] = None,
+    high: Annotated[int | None, typer.Option("--max", help="most replicas the autoscaler starts")] = None,
+) -> None:
+    """Set a pool's replica bounds; the autoscaler moves within them. Waits until the pool is within."""
+    from tenfold.serving import fleet
+
+    if replicas is not None:
+        if low is not None or high is not None:
+            raise _fail(ValueError("give either --replicas or --min/--max, not both"), 2)
+        low = high = replicas
+    if low is None and high is None:
+        raise _fail(ValueError("nothing to change: give --replicas N, or --min and/or --max"), 2)
+    settings = get_settings()
+    try:
+        st = fleet.scale(settings, _check_pool(pool), low=low, high=high)
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc
+    p = st.pools[pool]
+    typer.echo(f"{pool}: {len(p.serving())} replicas serving (bounds {p.min}..{p.max})")
+
+
+@app.command()
+def split(percent: Annotated[int | None, typer.Argument(help="the canary's share, 0-100 (omit to print it)")] = None) -> None:
+    """Print or set the share of users (by bucket of their user key) the canary pool serves."""
+    from tenfold.rollout.haproxy import HaproxyRouter
+
+    router = HaproxyRouter.from_settings(get_settings())
+    try:
+        if percent is not None:
+            router.set_canary_percent(percent)
+        typer.echo(f"canary: {router.canary_percent()} %")
+    except ValueError as exc:
+        raise _fail(exc, 2) from exc
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc

@@ -1,0 +1,94 @@
+"""``tenfold serve`` and the fleet's entry into ``tenfold up``: clear refusals, and nothing started when it cannot start.
+
+The commands on a running fleet are exercised in test_fleet.py (one fleet for the module).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.config import Settings
+from tenfold.local import free_port, settings_env
+from tenfold.local.stack import serving_up
+from tenfold.serving import fleet
+from tenfold.serving.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A home where nothing runs, on ports nothing uses."""
+    return {"TENFOLD_ENV": "local", "TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_LOCAL__LB_PORT": str(free_port()),
+            "TENFOLD_LOCAL__GCS_PORT": str(free_port()), "TENFOLD_LOCAL__PUBSUB_PORT": str(free_port())}
+
+
+def _run(env: dict[str, str], *args: str) -> Any:
+    return runner.invoke(app, list(args), env=env)
+
+
+def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
+    result = _run(env, "status")
+    assert result.exit_code == 3 and "serving  stopped" in result.output and "tenfold serve up" in result.output
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (("split", "150"), 2, "from 0 to 100"),
+    (("split", "--", "-5"), 2, "from 0 to 100"),
+    (("split",), 1, "is the fleet up"),
+    (("scale",), 2, "nothing to change"),
+    (("scale", "--pool", "blue", "--replicas", "2"), 2, "unknown pool 'blue'"),
+    (("scale", "--replicas", "2", "--min", "1"), 2, "either --replicas or --min/--max"),
+    (("scale", "--replicas", "2"), 1, "not up: run `tenfold serve up`"),
+    (("rollout", "--model", "v9", "--pool", "green"), 2, "unknown pool 'green'"),
+    (("down",), 0, "serving: not running"),
+])
+def test_commands_refuse_clearly(env: dict[str, str], args: tuple[str, ...], code: int, message: str) -> None:
+    result = _run(env, *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_busy_port_stops_up_before_anything_starts(make_settings: Any) -> None:
+    settings = make_settings()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings = settings.model_copy(update={"local": settings.local.model_copy(update={"lb_port": port})})
+        with pytest.raises(fleet.FleetError, match=rf"127\.0\.0\.1:{port} \(lb_port\) is already in use.*TENFOLD_LOCAL__LB_PORT"):
+            fleet.up(settings, "champion", resolve=lambda s, ref: pytest.fail("resolved a model despite the busy port"))
+    run = settings.local.home / "run"
+    assert not list(run.glob("*.pid")) and fleet.supervisor_record(settings) is None
+
+
+def test_up_names_a_model_the_registry_does_not_have(make_settings: Any, local_settings: Settings) -> None:
+    settings = make_settings(on=local_settings, local={"lb_port": free_port()})
+    with pytest.raises(fleet.FleetError, match=r"cannot serve 'no-such-alias'.*tenfold models list"):
+        fleet.up(settings, "no-such-alias")
+    assert fleet.supervisor_record(settings) is None and not list((settings.local.home / "run").glob("*.pid"))
+
+
+def test_tenfold_up_skips_serving_cleanly_without_a_champion(make_settings: Any, local_settings: Settings) -> None:
+    settings = make_settings(on=local_settings, local={"lb_port": free_port()})  # a registry of its own: empty
+    said: list[str] = []
+    assert serving_up(settings, say=said.append) is False
+    assert said == ["serving: skipped, no model is registered as 'champion' yet (run `make demo` to train one, "
+                    "then `tenfold serve up`)"]
+    assert fleet.supervisor_record(settings) is None
+
+
+def test_settings_reach_the_supervisor_whole(make_settings: Any, tmp_path: Path) -> None:
+    # The supervisor rebuilds the settings from the file `up` writes (fleet and server sections are
+    # not environment variables); what it reads back equals what was written.
+    settings = make_settings(serving={"target_utilization": 0.42})
+    path = tmp_path / "fleet-settings.json"
+    path.write_text(settings.model_dump_json())
+    assert Settings.model_validate_json(path.read_text()) == settings
+    assert settings_env(settings)["TENFOLD_HOME"] == str(settings.local.home)

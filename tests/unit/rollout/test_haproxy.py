@@ -1,0 +1,122 @@
+"""The fleet's HAProxy configuration and :class:`HaproxyRouter`, against a real HAProxy process (no replicas)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.local import free_port, process
+from tenfold.rollout import TrafficRouter
+from tenfold.rollout.haproxy import HaproxyRouter
+from tenfold.rollout.split import BUCKETS
+from tenfold.serving.haproxy import (
+    HaproxyError,
+    HaproxyPaths,
+    RuntimeApi,
+    haproxy_argv,
+    read_split_map,
+    render_config,
+    slot_count,
+    write_config,
+)
+
+
+@pytest.fixture
+def lb_settings(make_settings: Any) -> Settings:
+    base = make_settings()
+    local = base.local.model_copy(update={"lb_port": free_port(), "replica_base_port": free_port()})
+    fleet = base.serving.fleet.model_copy(update={"lb_metrics_port": free_port(), "canary_percent": 5,
+                                                  "health_interval_ms": 300, "health_fall": 3, "health_rise": 4})
+    server = base.serving.server.model_copy(update={"user_key_header": "X-Cohort-Key", "ready_path": "/ready-now"})
+    return base.model_copy(update={"local": local, "serving": base.serving.model_copy(update={"fleet": fleet, "server": server})})
+
+
+@pytest.fixture
+def haproxy(lb_settings: Settings) -> Iterator[HaproxyPaths]:
+    paths = write_config(lb_settings)
+    record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=lb_settings.local.lb_port,
+                           tie_to_this_process=True)
+    try:
+        process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
+        yield paths
+    finally:
+        process.stop(record)
+
+
+def test_config_comes_from_settings(lb_settings: Settings) -> None:
+    text = render_config(lb_settings)
+    local, fleet = lb_settings.local, lb_settings.serving.fleet
+    assert f"bind 127.0.0.1:{local.lb_port}\n" in text and f"bind 127.0.0.1:{fleet.lb_metrics_port}\n" in text
+    assert re.findall(r"^\s*bind (\S+)", text, re.M) == [f"127.0.0.1:{local.lb_port}", f"127.0.0.1:{fleet.lb_metrics_port}"]
+    # The bucket as tenfold.rollout.split computes it, on the header the settings name.
+    assert f"req.hdr(X-Cohort-Key),xxh32,mod({BUCKETS})" in text
+    assert text.count("option httpchk GET /ready-now") == 2
+    assert text.count("default-server inter 300ms fall 3 rise 4") == 2
+    assert f"server-template s 1-{slot_count(lb_settings, 'stable')} 127.0.0.1:1 disabled check" in text
+    assert f"server-template s 1-{fleet.canary_max + 2} " in text
+    assert "option redispatch 1" in text and f"retries {fleet.lb_retries}" in text
+    assert f"stats socket {HaproxyPaths.of(lb_settings).socket} mode 600 level admin" in text
+    assert "prometheus-exporter" in text
+
+
+def test_write_config_validates_with_haproxy_and_seeds_the_split(lb_settings: Settings) -> None:
+    paths = write_config(lb_settings)
+    assert paths.config.read_text() == render_config(lb_settings)
+    assert read_split_map(paths.split_map) == 5
+    # Rewriting the config keeps a split the rollout set, unless asked to reset it.
+    paths.split_map.write_text("canary_percent 40\n")
+    write_config(lb_settings)
+    assert read_split_map(paths.split_map) == 40
+    write_config(lb_settings, canary_percent=0)
+    assert read_split_map(paths.split_map) == 0
+
+
+def test_a_socket_path_too_long_is_a_clear_error(make_settings: Any, tmp_path: Any) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    settings = make_settings(local={"home": deep})
+    with pytest.raises(HaproxyError, match="shorter TENFOLD_HOME"):
+        render_config(settings)
+
+
+def test_router_reads_the_split_back_from_haproxy(lb_settings: Settings, haproxy: HaproxyPaths) -> None:
+    router: TrafficRouter = HaproxyRouter.from_settings(lb_settings)
+    assert router.canary_percent() == 5
+    router.set_canary_percent(25)
+    assert router.canary_percent() == 25
+    assert read_split_map(haproxy.split_map) == 25  # a restarted HAProxy comes back with it
+    # Changed behind the router's back, through the runtime API: the router reports HAProxy's value.
+    RuntimeApi(haproxy.socket).set_map(haproxy.split_map, "canary_percent", "60")
+    assert router.canary_percent() == 60
+
+
+@pytest.mark.parametrize("bad", [-1, 101, 2.5, "10", True, None])
+def test_router_refuses_a_percent_outside_0_to_100(lb_settings: Settings, haproxy: HaproxyPaths, bad: Any) -> None:
+    router = HaproxyRouter.from_settings(lb_settings)
+    with pytest.raises(ValueError, match="canary percent"):
+        router.set_canary_percent(bad)
+    assert router.canary_percent() == 5
+
+
+def test_slots_start_in_maintenance_and_checks_gate_entry(lb_settings: Settings, haproxy: HaproxyPaths) -> None:
+    api = RuntimeApi(haproxy.socket)
+    servers = api.servers("stable")
+    assert sorted(servers) == sorted(f"s{i}" for i in range(1, slot_count(lb_settings, "stable") + 1))
+    assert {s.status for s in servers.values()} == {"MAINT"}
+    # Pointed at a port where nothing listens: HAProxy's own check keeps it out of rotation.
+    api.point("stable", "s1", "127.0.0.1", free_port())
+    s1 = api.servers("stable")["s1"]
+    assert s1.status.startswith("DOWN") and not s1.checked_up and not s1.up
+
+
+def test_runtime_api_errors_are_clear(lb_settings: Settings, haproxy: HaproxyPaths, tmp_path: Any) -> None:
+    with pytest.raises(HaproxyError, match="refused"):
+        RuntimeApi(haproxy.socket).command("set server stable/nope state ready")
+    with pytest.raises(HaproxyError, match="did not answer"):
+        RuntimeApi(tmp_path / "absent.sock").execute("show info")
+    router = HaproxyRouter.from_settings(lb_settings.model_copy(update={"local": lb_settings.local.model_copy(update={"home": tmp_path})}))
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.canary_percent()
