@@ -31,6 +31,7 @@ lint: setup
 	@$(BIN)/mypy
 	@$(BIN)/lint-imports
 	@$(BIN)/python scripts/check_imports.py
+	@$(BIN)/hadolint serving_image/Dockerfile
 
 synth: setup ## synthesize every stack of dev and prod (no cloud needed)
 	@$(BIN)/python -m infra.main

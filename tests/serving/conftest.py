@@ -26,8 +26,10 @@ Per test:
   ``settings`` with ``serving.server`` fields replaced.
 * ``pubsub_tools`` -> ``.subscribe(settings, topic)``: a fresh subscription on ``topic``;
   ``.pull(settings, subscription, n, timeout=20)``: up to ``n`` message bodies (acknowledged).
-* ``start_replica(arm="stable", model="champion", port=None, env=None)`` -> a :class:`Replica`: a real
-  ``python -m tenfold.serving`` process, ready (``/readyz`` 200), stopped after the test.
+* ``start_replica(arm="stable", model="champion", port=None, env=None, wait=True, argv=None)`` -> a
+  :class:`Replica`: a real ``python -m tenfold.serving`` process (or ``argv``), ready (``/readyz`` 200)
+  unless ``wait=False``, stopped after the test. ``Replica.get(path)``, ``.log()``, ``.wait_exit(timeout)``.
+  ``replica_argv(port, arm, model)`` (module function) is the entry command.
 * ``own_pubsub`` -> a :class:`PubSubEmulator` of this test's own (a fresh emulator on a free port, the
   topology provisioned) that the test may stop and start for real; ``own_pubsub.settings`` is
   ``serving_settings`` pointed at it.
@@ -284,6 +286,17 @@ class Replica:
     def log(self) -> str:
         return Path(self.record.log).read_text(errors="replace")
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The process's exit status once it ended (None: it did not end within ``timeout``)."""
+        import psutil
+
+        try:
+            return psutil.Process(self.record.pid).wait(timeout)
+        except psutil.TimeoutExpired:
+            return None
+        except psutil.NoSuchProcess:
+            return None
+
 
 def _body(raw: bytes) -> Any:
     try:
@@ -303,9 +316,9 @@ def start_replica(serving_settings: Settings, serving_env: dict[str, str], serve
     started: list[Replica] = []
 
     def start(arm: str = "stable", model: str = CHAMPION, port: int | None = None, env: dict[str, str] | None = None,
-              wait: bool = True, timeout: float = 90.0) -> Replica:
+              wait: bool = True, timeout: float = 90.0, argv: list[str] | None = None) -> Replica:
         port = port or free_port()
-        argv = replica_argv(port, arm, model, serving_settings.local.bind_host)
+        argv = argv or replica_argv(port, arm, model, serving_settings.local.bind_host)
         name = f"replica-{arm}-{port}-{uuid.uuid4().hex[:6]}"
         record = processes.start(name, argv, run_dir=tmp_path / "run", port=port, env=env or serving_env,
                                  tie_to_this_process=True)

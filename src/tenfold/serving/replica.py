@@ -8,7 +8,7 @@ Every flag has a default: ``--host`` is ``TENFOLD_SERVING_HOST`` or ``settings.l
 (loopback; the container image sets ``TENFOLD_SERVING_HOST`` so the load balancer can reach it), ``--port``
 is ``TENFOLD_SERVING_PORT`` or the first replica port locally (``settings.local.replica_base_port``) and
 ``settings.serving.port`` in the cloud, ``--arm`` is ``TENFOLD_SERVING_TRACK`` (what the cloud fleet's
-startup script sets) or ``stable``, ``--model`` is an alias or version id, default
+startup script sets) or ``stable``, ``--model`` is an alias or version id, ``TENFOLD_SERVING_MODEL`` or
 ``settings.serving.server.model_ref``. Settings come from ``get_settings()`` (``TENFOLD_ENV`` and the
 ``TENFOLD_*`` variables). The local fleet (``tenfold serve``) and the image's CMD run exactly this command.
 
@@ -41,21 +41,27 @@ log = logging.getLogger("tenfold.serving")
 HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVING_PORT", "TENFOLD_SERVING_TRACK", "TENFOLD_SERVING_MODEL"
 
 
+def default_port(settings: Settings, environ: Mapping[str, str]) -> int:
+    """``TENFOLD_SERVING_PORT``, else the first replica port locally and ``settings.serving.port`` in the cloud."""
+    return int(environ.get(PORT_ENV) or (settings.local.replica_base_port if settings.is_local else settings.serving.port))
+
+
 def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[str, str]) -> argparse.Namespace:
-    default_port = settings.local.replica_base_port if settings.is_local else settings.serving.port
-    parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=__doc__.split("\n\n")[0])
+    """The flags (see the module docstring), defaults from ``environ`` and ``settings``."""
+    port = default_port(settings, environ)
+    parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default=environ.get(HOST_ENV) or settings.local.bind_host,
                         help=f"address to bind (default ${HOST_ENV} or settings.local.bind_host, loopback)")
-    parser.add_argument("--port", type=int, default=int(environ.get(PORT_ENV) or default_port),
-                        help=f"port to bind (default ${PORT_ENV} or {default_port})")
+    parser.add_argument("--port", type=int, default=port, help=f"port to bind (default ${PORT_ENV} or {port})")
     parser.add_argument("--arm", choices=ARMS, default=environ.get(ARM_ENV) or STABLE,
                         help=f"the A/B arm this replica serves (default ${ARM_ENV} or {STABLE})")
     parser.add_argument("--model", default=environ.get(MODEL_ENV) or settings.serving.server.model_ref,
-                        help="registry alias or version id to serve (default settings.serving.server.model_ref)")
+                        help=f"registry alias or version id to serve (default ${MODEL_ENV} or "
+                             "settings.serving.server.model_ref)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     if args.arm not in ARMS:
-        parser.error(f"--arm must be one of {', '.join(ARMS)}")
+        parser.error(f"--arm must be one of {', '.join(ARMS)} (got {args.arm!r} from ${ARM_ENV})")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} is not a TCP port")
     return args

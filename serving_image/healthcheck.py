@@ -1,0 +1,30 @@
+"""The image's HEALTHCHECK: exit 0 when this container's replica answers its liveness path, else 1.
+
+Run (what the Dockerfile's HEALTHCHECK runs): ``python /opt/tenfold/healthcheck.py``. It asks the port the
+replica listens on (``TENFOLD_SERVING_PORT``, else the settings' default, as ``python -m tenfold.serving``
+chooses it) on loopback, at ``settings.serving.health_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+
+
+def main() -> int:
+    from tenfold.config import get_settings
+    from tenfold.serving.replica import default_port
+
+    settings = get_settings()
+    url = f"http://127.0.0.1:{default_port(settings, os.environ)}{settings.serving.health_path}"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return 0 if resp.status == 200 else 1
+    except OSError as exc:  # refused, timed out, or an HTTP error status (HTTPError is an OSError)
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The server as the process the fleet and the image run: a real SIGTERM drain, a failed load, bad flags,
+the image's environment-only command and its HEALTHCHECK, and the thin ASGI entry."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold.config.settings import project_root
+from tenfold.local import free_port, settings_env
+
+ROOT = project_root()
+IMAGE = ROOT / "serving_image"
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return False
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_the_image_command_serves_from_its_environment_and_drains_on_sigterm(
+        start_replica: Any, serving_env: dict[str, str], served_versions: Any, auth: dict[str, str]) -> None:
+    """The image's CMD with only its environment (as the cloud fleet runs it), its HEALTHCHECK, and a
+    real SIGTERM while a slow client's request is in flight: it is answered, then the process exits 0."""
+    cmd = _dockerfile_cmd()
+    assert cmd == ["python", "-m", "tenfold.serving"]
+    port = free_port()
+    env = {**serving_env, "TENFOLD_SERVING_HOST": "127.0.0.1", "TENFOLD_SERVING_PORT": str(port),
+           "TENFOLD_SERVING_TRACK": "canary", "TENFOLD_SERVING_MODEL": served_versions.challenger}
+    replica = start_replica(port=port, env=env, argv=[sys.executable, *cmd[1:]])
+    status, ready = replica.get("/readyz")
+    assert status == 200 and (ready["arm"], ready["model_version"]) == ("canary", served_versions.challenger)
+    check = [sys.executable, str(IMAGE / "healthcheck.py")]
+    assert subprocess.run(check, env=env, capture_output=True, timeout=60).returncode == 0
+
+    body = json.dumps({"carrier": "UA", "flight": 7, "origin": "EWR", "dest": "IAH",
+                       "sched_dep": "2013-01-03T10:00:00"}).encode()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        slow.sendall(head + body[:20])  # a slow client: the request is in flight, its body half sent
+        time.sleep(0.5)
+        os.kill(replica.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not _refused("127.0.0.1", port):  # no new connections once draining...
+            assert time.monotonic() < deadline, "the replica kept accepting connections after SIGTERM"
+            time.sleep(0.1)
+        assert replica.wait_exit(0.5) is None  # ...but it holds on for the request in flight
+        time.sleep(1.0)
+        slow.sendall(body[20:])
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            chunk = slow.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 200"), raw
+    answer = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert 0 < answer["probability"] < 1 and answer["arm"] == "canary"
+    assert replica.wait_exit(30) == 0
+    assert "draining" in replica.log()
+    unhealthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert unhealthy.returncode == 1 and "unhealthy" in unhealthy.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_loaded_exits_1_saying_why(serving_env: dict[str, str], served_versions: Any) -> None:
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--host", "127.0.0.1", "--port", str(port),
+                           "--model", "no-such-model"], env=serving_env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "not serving" in proc.stderr and "'no-such-model'" in proc.stderr and "tenfold models list" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flags_exit_2(serving_env: dict[str, str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--arm", "blue"], env=serving_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--arm" in proc.stderr
+
+
+def test_the_thin_asgi_entry_serves_the_same_app(serving_settings: Any, served_versions: Any, waits: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from tenfold.config import get_settings
+
+    for key, value in {**settings_env(serving_settings), "TENFOLD_SERVING_TRACK": "canary"}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        spec = importlib.util.spec_from_file_location("tenfold_serving_asgi", IMAGE / "asgi.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with TestClient(module.app) as client:
+            waits.ready(client)
+            ready = client.get("/readyz").json()
+    finally:
+        get_settings.cache_clear()
+    assert (ready["arm"], ready["model_version"]) == ("canary", served_versions.champion)
+
+
+def test_the_dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_passes_hadolint() -> None:
+    text = (IMAGE / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert sum(line.startswith("FROM ") for line in lines) >= 4 and "FROM base-${VARIANT} AS runtime" in lines
+    assert any(line.startswith("USER 10001") for line in lines) and any(line.startswith("HEALTHCHECK") for line in lines)
+    assert "ARG VARIANT=cpu" in lines and "download.pytorch.org/whl/cpu" in text and "nvidia/cuda" in text
+    assert '".[serving]"' in text
+    hadolint = Path(sys.executable).with_name("hadolint")
+    lint = subprocess.run([str(hadolint), str(IMAGE / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _dockerfile_cmd() -> list[str]:
+    for line in (IMAGE / "Dockerfile").read_text().splitlines():
+        if line.startswith("CMD "):
+            return list(json.loads(line[4:]))
+    raise AssertionError("serving_image/Dockerfile has no CMD")
