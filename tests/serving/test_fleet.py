@@ -307,8 +307,10 @@ def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
 
 
 def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) -> None:
+    import typer
     from typer.testing import CliRunner
 
+    from tenfold.local import cli as local_cli
     from tenfold.serving.cli import app
 
     _pin(fleet, percent=10)
@@ -322,6 +324,12 @@ def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) 
     for pool in st.pools.values():
         for r in pool.replicas:
             assert re.search(rf"replica-{r.pool}-{r.slot} +serving +haproxy UP +alive +http://127.0.0.1:{r.port} pid {r.pid}", out), out
+    # `tenfold status` (the platform's) reports the fleet the same way, token included.
+    platform = typer.Typer()
+    platform.command()(local_cli.status)
+    result = CliRunner().invoke(platform, ["--service", "gcs"], env=settings_env(fleet.settings))
+    assert result.exit_code == 0, result.output
+    assert "gcs      healthy" in result.output and "serving  healthy" in result.output and fleet.token in result.output
     # HAProxy's own Prometheus endpoint, on the port the fleet settings name.
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{fleet.settings.serving.fleet.lb_metrics_port}/metrics", timeout=5).read().decode()
     assert re.search(r'haproxy_backend_active_servers\{proxy="stable"\} 2', metrics), metrics[:500]

@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -397,6 +398,9 @@ class Supervisor:
     def _forget(self, replica: _Replica) -> None:
         with contextlib.suppress(HaproxyError):
             self.api.maintain(replica.pool, replica.server)
+        if replica.stop is None:
+            # It died on its own: reap it (no zombie per crash) and stop anything left in its group.
+            process.stop(replica.record, timeout=5)
         rec = process.read_record(self.run_dir, replica_name(replica.pool, replica.slot))
         if rec is not None and rec.pid == replica.record.pid:
             process.remove_pid_file(self.run_dir, replica_name(replica.pool, replica.slot))
@@ -523,11 +527,18 @@ class Supervisor:
         period = min(0.2, self.fleet.health_interval_ms / 2000)
         try:
             self.start_haproxy()
+            last_error = ""
             while not self.stopping.is_set():
                 try:
                     self.tick()
+                    last_error = ""
                 except HaproxyError as exc:
                     self.say(f"haproxy: {exc}")  # it died mid-tick: the next tick restarts it
+                except Exception as exc:  # the fleet keeps serving whatever went wrong in one look
+                    if repr(exc) != last_error:
+                        self.say(f"error (the fleet keeps running, retrying): {exc!r}")
+                        traceback.print_exc()
+                    last_error = repr(exc)
                 self.stopping.wait(period)
         finally:
             self.shutdown()
