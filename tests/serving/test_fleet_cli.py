@@ -16,6 +16,7 @@ from tenfold.config import Settings
 from tenfold.local import free_port, settings_env
 from tenfold.local.stack import serving_up
 from tenfold.serving import fleet
+from tenfold.serving.auth import read_token, token_path
 from tenfold.serving.cli import app
 
 runner = CliRunner()
@@ -82,6 +83,10 @@ def test_tenfold_up_skips_serving_cleanly_without_a_champion(make_settings: Any,
     assert said == ["serving: skipped, no model is registered as 'champion' yet (run `make demo` to train one, "
                     "then `tenfold serve up`)"]
     assert fleet.supervisor_record(settings) is None
+    # The token exists already (clients can be configured before the first model), and status prints it.
+    token = read_token(settings)
+    out = fleet.describe(fleet.report(settings))
+    assert out.startswith("serving  stopped") and f"token   {token}  (file {token_path(settings)}" in out
 
 
 def test_settings_reach_the_supervisor_whole(make_settings: Any, tmp_path: Path) -> None:

@@ -257,7 +257,9 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
     """
     from tenfold.registry import ModelRegistry, UnknownVersion
     from tenfold.serving import fleet
+    from tenfold.serving.auth import ensure_token
 
+    ensure_token(settings)  # generated with the platform, so clients can be set up before the first model
     ref = settings.serving.server.model_ref
     try:
         ModelRegistry(settings).find(ref)

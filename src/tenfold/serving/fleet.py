@@ -858,8 +858,9 @@ def report(settings: Settings) -> FleetReport:
 
 def describe(rep: FleetReport) -> str:
     """Human-readable lines for ``tenfold status`` / ``tenfold serve status``."""
+    token_line = f"  token   {rep.token or '(not generated yet)'}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
     if not rep.running and not rep.haproxy_alive:
-        return "serving  stopped                 (start it with `tenfold serve up`)"
+        return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token else "")
     state = "healthy" if rep.healthy else "running, not healthy"
     lines = [f"serving  {state:22} {rep.url}/v1/predict  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")
@@ -869,8 +870,7 @@ def describe(rep: FleetReport) -> str:
         for r in (r for r in rep.replicas if r.pool == pool):
             alive = "alive" if r.alive else "NOT ANSWERING"
             lines.append(f"    {replica_name(r.pool, r.slot):18} {r.state:9} haproxy {r.lb_status:9} {alive:13} {r.url} pid {r.pid}")
-    token = rep.token or "(not generated yet)"
-    lines.append(f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')")
+    lines.append(token_line)
     return "\n".join(lines)
 
 
