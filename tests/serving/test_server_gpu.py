@@ -37,3 +37,19 @@ def test_the_gpu_gives_the_cpus_probabilities(serving_settings: Any, served_vers
     gpu = load_served_model(server_fields(serving_settings, device="cuda"), served_versions.champion)
     assert gpu.device.type == "cuda" and next(gpu.loaded.model.parameters()).is_cuda
     assert gpu.predict(_requests()) == pytest.approx(cpu.predict(_requests()), abs=1e-5)
+
+
+def test_the_device_bridge_leaves_the_probabilities_alone(serving_settings: Any, served_versions: Any,
+                                                          server_fields: Any) -> None:
+    """What the GPU path wraps the network in, run on the CPU: the folder's predict_proba is unchanged."""
+    import dataclasses
+
+    import torch
+
+    from tenfold.serving.loading import _on_device
+
+    plain = load_served_model(server_fields(serving_settings, device="cpu"), served_versions.champion)
+    bridged = dataclasses.replace(plain, loaded=dataclasses.replace(
+        plain.loaded, model=_on_device(plain.loaded.model, torch.device("cpu"))))
+    assert bridged.loaded.model is not plain.loaded.model
+    assert bridged.predict(_requests()) == plain.predict(_requests())

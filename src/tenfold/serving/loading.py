@@ -10,6 +10,7 @@ loads the lookup tables with :func:`tenfold.features.online.load_online_features
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 from collections.abc import Iterator, Sequence
@@ -56,19 +57,33 @@ class ServedModel:
         self.features.check(request)
 
     def predict(self, requests: Sequence[BaseModel]) -> list[float]:
-        """P(positive) per request, in order: online features, preprocessing, one forward pass.
+        """P(positive) per request, in order: online features, then the model folder's own ``predict_proba``
+        (preprocessing, forward pass and whatever the folder adds, e.g. calibration), so the server's
+        probabilities are exactly evaluation's and offline inference's.
 
         Blocking (torch): the server runs it on its single model thread.
         """
-        import torch
-
-        from tenfold.model import predict_proba
-
         table = self.features.assemble(list(requests))
-        cat, num = self.loaded.preprocessor.transform(table)
-        probs = predict_proba(self.loaded.model, torch.from_numpy(cat).to(self.device),
-                              torch.from_numpy(num).to(self.device))
-        return [float(p) for p in probs.double().cpu().numpy()]
+        return [float(p) for p in self.loaded.predict_proba(table)]
+
+
+def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` behind a module that takes and returns CPU tensors, so the model folder's
+    ``predict_proba`` (which builds its inputs on the CPU) runs the forward pass on the GPU unchanged."""
+    import torch
+
+    class OnDevice(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner.to(device)
+            # The checks a model folder makes (vocab_sizes, num_inputs) still see the network's shape.
+            self.vocab_sizes = getattr(inner, "vocab_sizes", None)
+            self.num_inputs = getattr(inner, "num_inputs", None)
+
+        def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+            return self.inner(categorical.to(device), numeric.to(device)).cpu()
+
+    return OnDevice(model)
 
 
 def _device(choice: str) -> torch.device:
@@ -139,7 +154,8 @@ def load_served_model(settings: Settings, ref: str) -> ServedModel:
         loaded = load_model(path, map_location=device)
     except ModelLoadError as exc:
         raise ServingLoadError(f"model version {version} ({ref!r}) cannot be loaded: {exc}") from exc
-    loaded.model.to(device)
+    if device.type != "cpu":
+        loaded = dataclasses.replace(loaded, model=_on_device(loaded.model, device))
     expected = get_workload(settings).name
     if loaded.workload.name != expected:
         raise ServingLoadError(f"model version {version} was trained for workload {loaded.workload.name!r}, but this "
