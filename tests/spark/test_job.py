@@ -25,6 +25,7 @@ from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
 from tenfold.features import job
 from tenfold.features.job import FEATURES_TABLE
 from tenfold.features.submit import SparkJobError, spark_env, spark_submit_command, spark_submit_features
+from tenfold.workloads import VERSION_KEY, lookup_table
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import contract as schema
 
@@ -76,6 +77,11 @@ def test_spark_submit_builds_and_publishes_a_real_month(published: tuple[Manifes
     assert pc.mean(pc.greater(table["route_flights"], 0)).as_py() > 0.95
     for column in schema.NON_NULL_COLUMNS:
         assert table[column].null_count == 0, column
+    # --publish also published the lookup tables for online serving, versioned like the features
+    for name in schema.CONTRACT.lookup_tables:
+        lookups = Lake(lake_root.as_uri()).read_manifest(lookup_table(job.LOOKUPS_TABLE, name), FEB)
+        assert lookups.extra[VERSION_KEY] == schema.FEATURES_VERSION and lookups.run_id == "clean", name
+    assert "'route_history': " in log
 
 
 def test_a_task_failing_once_is_retried_and_the_output_is_identical(
