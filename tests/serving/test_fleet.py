@@ -324,6 +324,9 @@ def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) 
     for pool in st.pools.values():
         for r in pool.replicas:
             assert re.search(rf"replica-{r.pool}-{r.slot} +serving +haproxy UP +alive +http://127.0.0.1:{r.port} pid {r.pid}", out), out
+    as_json = json.loads(CliRunner().invoke(app, ["status", "--json"], env=settings_env(fleet.settings)).output)
+    assert as_json["canary_percent"] == 10 and as_json["token"] == fleet.token
+    assert {(r["pid"], r["alive"]) for r in as_json["replicas"]} == {(r.pid, True) for p in st.pools.values() for r in p.replicas}
     # `tenfold status` (the platform's) reports the fleet the same way, token included.
     platform = typer.Typer()
     platform.command()(local_cli.status)

@@ -118,7 +118,6 @@ class FleetSpec:
 
     generation: int
     pools: dict[str, PoolSpec]
-    replica_module: str = REPLICA_MODULE
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -129,7 +128,6 @@ class FleetSpec:
         return cls(
             generation=int(raw["generation"]),
             pools={pool: PoolSpec(**spec) for pool, spec in raw["pools"].items()},
-            replica_module=raw.get("replica_module", REPLICA_MODULE),
         )
 
 
@@ -151,13 +149,25 @@ def _spec_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _exclusive(settings: Settings) -> Iterator[None]:
+    """One ``up``/``down`` of the fleet at a time per home: two racing would each start a supervisor."""
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(run_dir(settings) / ".fleet.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def update_spec(settings: Settings, change: Callable[[FleetSpec], dict[str, PoolSpec]]) -> FleetSpec:
     """Apply ``change`` (old spec -> new pools) under the spec lock; returns the new spec."""
     with _spec_lock(settings):
         old = read_spec(settings)
         if old is None:
             raise FleetError("the serving fleet is not up: run `tenfold serve up`")
-        new = FleetSpec(generation=old.generation + 1, pools=change(old), replica_module=old.replica_module)
+        new = FleetSpec(generation=old.generation + 1, pools=change(old))
         _write_atomic(run_dir(settings) / SPEC_FILE, new.to_json())
         return new
 
@@ -356,7 +366,7 @@ class Supervisor:
             return None
         port = self._free_port()
         host = self.settings.local.bind_host
-        argv = [sys.executable, "-m", self.spec.replica_module, "--host", host, "--port", str(port), "--arm", pool, "--model", version]
+        argv = [sys.executable, "-m", REPLICA_MODULE, "--host", host, "--port", str(port), "--arm", pool, "--model", version]
         name = replica_name(pool, slot)
         try:
             record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
@@ -620,7 +630,6 @@ def up(
     *,
     canary_model: str | None = None,
     resolve: Callable[[Settings, str], str] = resolve_version,
-    replica_module: str = REPLICA_MODULE,
     timeout: float | None = None,
     tie_to_this_process: bool = False,
     say: Callable[[str], object] = print,
@@ -632,6 +641,21 @@ def up(
     defaults to the same. Already running: returns its status unchanged. On failure, everything this
     call started is stopped. ``tie_to_this_process`` (tests) stops the fleet should the caller die.
     """
+    with _exclusive(settings):
+        return _up(settings, model, canary_model=canary_model, resolve=resolve,
+                   timeout=timeout, tie_to_this_process=tie_to_this_process, say=say)
+
+
+def _up(
+    settings: Settings,
+    model: str | None,
+    *,
+    canary_model: str | None,
+    resolve: Callable[[Settings, str], str],
+    timeout: float | None,
+    tie_to_this_process: bool,
+    say: Callable[[str], object],
+) -> FleetStatus:
     if not settings.is_local:
         raise FleetError(f"the local fleet runs in the local environment; TENFOLD_ENV is {settings.env!r}")
     if (running := supervisor_record(settings)) is not None:
@@ -654,7 +678,6 @@ def up(
         generation=1,
         pools={STABLE: PoolSpec(stable_version, fleet.stable_min, fleet.stable_max),
                CANARY: PoolSpec(canary_version, fleet.canary_min, fleet.canary_max)},
-        replica_module=replica_module,
     )
     with _spec_lock(settings):
         _write_atomic(rd / SPEC_FILE, spec.to_json())
@@ -671,7 +694,7 @@ def up(
         return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve",
                         timeout=timeout or fleet.replica_start_timeout_s + 30, record=record)
     except BaseException:
-        down(settings, say=say)
+        _down(settings, say=say)
         raise
 
 
@@ -757,6 +780,11 @@ def scale(
 
 def down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
     """Stop the supervisor (it stops HAProxy and the replicas), then anything a dead supervisor left; True if anything ran."""
+    with _exclusive(settings):
+        return _down(settings, say=say)
+
+
+def _down(settings: Settings, *, say: Callable[[str], object]) -> bool:
     rd = run_dir(settings)
     record = process.read_record(rd, SUPERVISOR)
     stopped = False
