@@ -254,11 +254,26 @@ class TrainingSettings(_Frozen):
     # the holdout (up to holdout_window, and at most a quarter of the run), up to train_window before.
     holdout_window: int = Field(default=3, ge=1)
     train_window: int = Field(default=9, ge=1)
+    # Model quality (docs/training.md): the newest validation_fraction of the training window's rows, by
+    # time, is the validation slice that early stopping, the epoch choice and the calibration use (the
+    # holdout stays untouched for the gate). max_epochs is a ceiling; None patience never stops early.
+    max_epochs: int = Field(default=10, ge=1)
+    early_stopping_patience: int | None = Field(default=2, ge=1)
+    validation_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    # tenfold.model.calibration.METHODS
+    calibration: Literal["none", "temperature", "anchored_temperature", "isotonic"] = "anchored_temperature"
     promote_margin: float = 0.002  # AUC a challenger must beat the champion by
     # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
     gate_min_auc: float = 0.55
     gate_max_log_loss: float | None = None
     gate_beat_baselines: tuple[str, ...] = ("rate",)
+    # Probabilities, not only ranking: against each gate_beat_baselines baseline the challenger's log loss
+    # and Brier score may exceed the baseline's by at most these margins (0: no worse).
+    gate_baseline_log_loss_margin: float = Field(default=0.0, ge=0)
+    gate_baseline_brier_margin: float = Field(default=0.0, ge=0)
+    # How much worse than the champion's log loss a challenger's may be; an optional ceiling on holdout ECE.
+    gate_max_log_loss_increase: float = Field(default=0.01, ge=0)
+    gate_max_ece: float | None = Field(default=None, gt=0)
     # Scheduled retraining (train_model also runs on every features Asset event): Mondays 03:00 UTC.
     retrain_cron: str = "0 3 * * 1"
     # Cloud runs (tenfold.training.fleet): torchrun's entry module on the training fleet, where each

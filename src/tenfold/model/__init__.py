@@ -5,10 +5,12 @@ A workload's network is its own (``Workload.build_model``; flights: ``tenfold.wo
 
 from __future__ import annotations
 
+from tenfold.model.calibration import Calibrator
 from tenfold.model.io import LoadedModel, ModelLoadError, load_model, predict_proba, read_meta, save_model
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 __all__ = [
+    "Calibrator",
     "LoadedModel",
     "ModelLoadError",
     "PreprocessingError",

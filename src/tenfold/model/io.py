@@ -3,12 +3,16 @@
 Layout of a model folder (what the registry stores as one immutable version)::
 
     meta.json            config, feature columns, vocabulary sizes, parameter shapes, torch version,
-                         the weights' sha256 and the preprocessing state's digest
+                         the weights' sha256, the preprocessing state's digest and the calibration
+                         (``calibration``: a :class:`~tenfold.model.calibration.Calibrator`)
     weights.pt           the module's state dict (tensors only; loaded with weights_only=True)
     preprocessing.json   the fitted Preprocessor
 
 :func:`load_model` rebuilds the module from ``meta.json`` alone and refuses a folder whose weights
 or preprocessing do not match it, so serving never runs a model it cannot vouch for.
+:meth:`LoadedModel.predict_proba` applies the stored calibration, so every consumer (evaluation, the
+gate, serving, offline inference) gets the same probabilities; a folder saved before calibration
+existed has no ``calibration`` entry and predicts uncalibrated, exactly as before.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from tenfold.fsio import atomic_write
+from tenfold.model.calibration import IDENTITY, CalibrationError, Calibrator
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 if TYPE_CHECKING:
@@ -54,12 +59,14 @@ def save_model(
     *,
     workload: str,
     extra: Mapping[str, Any] | None = None,
+    calibration: Calibrator | None = None,
 ) -> dict[str, Any]:
     """Write the weights, the preprocessing state and (last, as the commit marker) ``meta.json``.
 
     Returns the meta body. ``config`` is the workload's model config (its ``to_dict`` goes to meta.json);
     ``workload`` names the workload that builds the module again on load (``settings.workload``).
-    ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``.
+    ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``; ``calibration`` (fitted
+    on the validation slice) under ``meta["calibration"]``, which :func:`load_model` applies.
     """
     shaped: Any = model  # a workload's module keeps vocab_sizes and num_inputs (Workload.build_model)
     if tuple(shaped.vocab_sizes) != tuple(preprocessing.vocab_sizes.values()) or shaped.num_inputs != preprocessing.num_inputs:
@@ -87,6 +94,8 @@ def save_model(
         "preprocessing_sha256": hashlib.sha256(pre_json).hexdigest(),
         "extra": dict(extra or {}),
     }
+    if calibration is not None and not calibration.is_identity:
+        meta["calibration"] = calibration.to_dict()
     atomic_write(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
     return meta
 
@@ -108,6 +117,20 @@ def predict_proba(model: torch.nn.Module, categorical: torch.Tensor, numeric: to
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, categorical: torch.Tensor, numeric: torch.Tensor,
+                   batch_size: int = 65536) -> torch.Tensor:
+    """Raw logits in eval mode, batched like :func:`predict_proba`; the module's training mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(categorical[i : i + batch_size], numeric[i : i + batch_size])
+               for i in range(0, categorical.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 @dataclass
 class LoadedModel:
     """A model rebuilt from its folder, ready to score feature rows."""
@@ -118,12 +141,25 @@ class LoadedModel:
     meta: dict[str, Any]
     directory: Path
     workload: Workload
+    # IDENTITY for folders saved without calibration (they predict exactly as before it existed).
+    calibrator: Calibrator = IDENTITY
 
-    def predict_proba(self, data: pa.Table | Mapping[str, Any]) -> np.ndarray:
-        """P(delay) for each row of a features table (or a column -> values mapping)."""
+    def predict_proba(self, data: pa.Table | Mapping[str, Any], *, calibrated: bool = True) -> np.ndarray:
+        """P(label) for each row of a features table (or a column -> values mapping), calibrated.
+
+        ``calibrated=False`` gives the network's own sigmoid (what the ECE "before" figures measure).
+        """
         cat, num = self.preprocessor.transform(data)
-        probs = predict_proba(self.model, torch.from_numpy(cat), torch.from_numpy(num))
-        return probs.double().numpy()
+        if self.calibrator.is_identity or not calibrated:
+            probs = predict_proba(self.model, torch.from_numpy(cat), torch.from_numpy(num))
+            return probs.double().numpy()
+        logits = predict_logits(self.model, torch.from_numpy(cat), torch.from_numpy(num))
+        return self.calibrator.apply(logits.double().numpy())
+
+    def predict_logits(self, data: pa.Table | Mapping[str, Any]) -> np.ndarray:
+        """The network's logits (float64), before the sigmoid and the calibration."""
+        cat, num = self.preprocessor.transform(data)
+        return predict_logits(self.model, torch.from_numpy(cat), torch.from_numpy(num)).double().numpy()
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -203,4 +239,12 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         )
     model.load_state_dict(state)
     model.eval()
-    return LoadedModel(model=model, config=config, preprocessor=preprocessor, meta=meta, directory=where, workload=workload)
+    calibrator = IDENTITY
+    if meta.get("calibration") is not None:  # absent in folders saved before calibration existed
+        try:
+            calibrator = Calibrator.from_dict(meta["calibration"])
+        except (CalibrationError, AttributeError) as exc:
+            raise ModelLoadError(f"{where / META_FILE}: its calibration entry is unusable ({exc}); "
+                                 "restore the folder from the registry or re-train") from exc
+    return LoadedModel(model=model, config=config, preprocessor=preprocessor, meta=meta, directory=where,
+                       workload=workload, calibrator=calibrator)

@@ -1,0 +1,137 @@
+"""The calibrators: fitted as scikit-learn fits them, stored in meta.json, applied inside predict_proba."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tenfold.data.lake import Partition
+from tenfold.model import Calibrator, ModelLoadError, Preprocessor, load_model, save_model
+from tenfold.model import calibration as cal
+from tenfold.training.metrics import roc_auc
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+from tenfold.workloads.flights.synthetic import synthetic_features
+
+
+def slice_of(n: int = 5000, temperature: float = 2.5, offset: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of an overconfident model: the truth is sigmoid(z / temperature + offset)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-1.0, 2.0, n)
+    y = (rng.random(n) < cal.sigmoid(z / temperature + offset)).astype(np.float64)
+    return z, y
+
+
+def test_temperature_fits_agree_with_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    z, y = slice_of()
+    t, b = cal.fit_temperature(z, y)
+    sk = LogisticRegression(C=1e12, fit_intercept=False, tol=1e-10, max_iter=1000).fit(z[:, None], y)
+    assert b == 0.0 and t == pytest.approx(1 / sk.coef_[0, 0], rel=1e-5)
+    t, b = cal.fit_temperature(z, y, free_offset=True)
+    sk = LogisticRegression(C=1e12, tol=1e-10, max_iter=1000).fit(z[:, None], y)
+    assert t == pytest.approx(1 / sk.coef_[0, 0], rel=1e-5) and b == pytest.approx(sk.intercept_[0], abs=1e-5)
+    assert t == pytest.approx(2.5, rel=0.1)  # it recovers how overconfident the scores were
+
+
+def test_anchored_temperature_keeps_the_windows_level_and_the_ranking() -> None:
+    z, y = slice_of()
+    train_z, _ = slice_of(seed=1)
+    fitted = cal.fit("anchored_temperature", z, y, train_logits=train_z, train_rate=0.37, report={"rows": z.size})
+    assert fitted.temperature == pytest.approx(2.5, rel=0.1)
+    assert fitted.apply(train_z).mean() == pytest.approx(0.37, abs=1e-9)
+    assert fitted.report["anchor_rate"] == 0.37 and fitted.report["slice_offset"] == pytest.approx(0.3, abs=0.1)
+    assert fitted.preserves_ranking and roc_auc(y, fitted.apply(z)) == roc_auc(y, cal.sigmoid(z))
+    with pytest.raises(cal.CalibrationError, match="training rows' logits"):
+        cal.fit("anchored_temperature", z, y)
+
+
+def test_isotonic_steps_are_the_pool_adjacent_violators_solution() -> None:
+    from sklearn.isotonic import IsotonicRegression
+
+    z, y = slice_of(n=3000)
+    fitted = cal.fit("isotonic", z, y)
+    knots, values = np.asarray(fitted.knots), np.asarray(fitted.values)
+    assert (np.diff(knots) > 0).all() and (np.diff(values) >= 0).all()
+    assert values.min() >= cal.ISOTONIC_EPS and values.max() <= 1 - cal.ISOTONIC_EPS  # never 0 or 1
+    # Each step's value is scikit-learn's isotonic fit inside that step (clipped off 0 and 1).
+    expected = np.clip(IsotonicRegression().fit(z, y).predict(knots), cal.ISOTONIC_EPS, 1 - cal.ISOTONIC_EPS)
+    np.testing.assert_allclose(values, expected, atol=1e-12)
+    assert not fitted.preserves_ranking
+
+
+def test_a_calibrator_round_trips_and_garbage_is_refused() -> None:
+    for c in (Calibrator(), Calibrator("temperature", temperature=1.7, report={"rows": 3}),
+              Calibrator("anchored_temperature", temperature=0.8, offset=-0.2),
+              Calibrator("isotonic", knots=(-1.0, 0.0, 2.0), values=(0.1, 0.2, 0.9))):
+        back = Calibrator.from_dict(json.loads(json.dumps(c.to_dict())))
+        assert back == c
+        np.testing.assert_array_equal(back.apply(np.array([-3.0, 0.5, 4.0])), c.apply(np.array([-3.0, 0.5, 4.0])))
+    with pytest.raises(cal.CalibrationError, match="unknown calibration method 'platt'"):
+        Calibrator.from_dict({"method": "platt"})
+    with pytest.raises(cal.CalibrationError, match="temperature must be finite and > 0"):
+        Calibrator("temperature", temperature=0.0)
+    with pytest.raises(cal.CalibrationError, match="non-decreasing"):
+        Calibrator("isotonic", knots=(0.0, 1.0), values=(0.5, 0.4))
+    with pytest.raises(cal.CalibrationError, match="one class only"):
+        cal.fit("temperature", np.array([0.1, 0.2]), np.array([1.0, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return synthetic_features(Partition(2013, 1), 300, seed=2)
+
+
+def _saved(directory: Path, table: pa.Table, calibration: Calibrator | None) -> FlightDelayModel:
+    pre = Preprocessor.fit(table, CONTRACT)
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    torch.manual_seed(0)
+    model = FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs)
+    save_model(directory, model, config, pre, workload=WORKLOAD.name, calibration=calibration)
+    return model
+
+
+def test_predict_proba_applies_the_stored_calibration(tmp_path: Path, table: pa.Table) -> None:
+    calibrator = Calibrator("temperature", temperature=2.0, report={"rows": 10})
+    _saved(tmp_path, table, calibrator)
+    loaded = load_model(tmp_path)
+    assert loaded.calibrator == calibrator
+    logits = loaded.predict_logits(table)
+    np.testing.assert_allclose(loaded.predict_proba(table), cal.sigmoid(logits / 2.0), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(loaded.predict_proba(table, calibrated=False), cal.sigmoid(logits), atol=1e-7)
+    assert json.loads((tmp_path / "meta.json").read_text())["calibration"]["temperature"] == 2.0
+
+
+def test_a_folder_saved_before_calibration_existed_loads_uncalibrated(tmp_path: Path, table: pa.Table) -> None:
+    model = _saved(tmp_path, table, None)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert "calibration" not in meta  # exactly the meta.json of a folder saved before calibration existed
+    loaded = load_model(tmp_path)
+    assert loaded.calibrator.is_identity
+    cat, num = loaded.preprocessor.transform(table)
+    expected = model.predict_proba(torch.from_numpy(cat), torch.from_numpy(num)).double().numpy()
+    np.testing.assert_array_equal(loaded.predict_proba(table), expected)
+
+
+def test_a_garbled_calibration_entry_is_refused_on_load(tmp_path: Path, table: pa.Table) -> None:
+    _saved(tmp_path, table, Calibrator("temperature", temperature=2.0))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["calibration"]["temperature"] = -1
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"meta\.json: its calibration entry is unusable.*temperature"):
+        load_model(tmp_path)
+
+
+def test_settings_offer_exactly_these_methods() -> None:
+    from typing import get_args
+
+    from tenfold.config.settings import TrainingSettings
+
+    assert get_args(TrainingSettings.model_fields["calibration"].annotation) == cal.METHODS
