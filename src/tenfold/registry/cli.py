@@ -69,20 +69,42 @@ def list_versions(env: str | None = EnvOption, as_json: bool = typer.Option(Fals
                    f"{_fmt(m.get('brier')):>8}  {', '.join(r['aliases'])}")
 
 
+def calibration_view(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How calibrated a version's probabilities are: the method, the holdout's ECE before and after, the table.
+
+    Read from the metrics the train_model pipeline registered (None for versions registered without them).
+    """
+    if not metrics or "ece" not in metrics:
+        return None
+    calibrator = metrics.get("calibrator") or {}
+    uncalibrated = metrics.get("uncalibrated") or {}
+    return {
+        "method": calibrator.get("description", "uncalibrated"),
+        "holdout": {
+            "ece": metrics["ece"], "ece_uncalibrated": uncalibrated.get("ece"),
+            "log_loss": metrics.get("log_loss"), "log_loss_uncalibrated": uncalibrated.get("log_loss"),
+            "table": metrics.get("calibration", []),
+        },
+        "validation": calibrator.get("validation"),
+    }
+
+
 @app.command("show")
 def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or alias"), env: str | None = EnvOption) -> None:
-    """One version as JSON: files, metrics, lineage, gate decisions; for an alias also its history."""
+    """One version as JSON: files, metrics, calibration, lineage, gate decisions; for an alias also its history."""
     reg = _registry(env)
 
     def gather() -> dict[str, Any]:
         version = reg.find(ref)
         mv = reg.get(version)
+        decisions = reg.decisions(mv.version)
         body: dict[str, Any] = {
             "version": mv.version, "digest": mv.digest, "created_at": mv.created_at, "uri": mv.uri,
-            "metrics": mv.metrics, "files": [f.__dict__ for f in mv.files],
+            "metrics": mv.metrics, "calibration": calibration_view(mv.metrics), "files": [f.__dict__ for f in mv.files],
             "lineage": mv.lineage.to_dict() if mv.lineage else None,
             "aliases": sorted(a for a, p in reg.aliases().items() if p.version == mv.version),
-            "gate_decisions": {run: d.get("summary") for run, d in reg.decisions(mv.version).items()},
+            "gate_decisions": {run: d.get("summary") for run, d in decisions.items()},
+            "gate_checks": {run: d["checks"] for run, d in decisions.items() if isinstance(d.get("checks"), dict)},
         }
         if ref != version and reg.alias(ref) is not None:
             body["alias_history"] = [json.loads(h.to_json()) for h in reg.alias_history(ref)]

@@ -15,6 +15,15 @@ itself and the gate is meaningless), structurally detectable:
 The pipeline (:mod:`tenfold.pipelines.train_model`) builds the champion's score only by resolving the
 ``champion`` alias in the registry, downloading that version (hash-verified) and evaluating it on the
 challenger's holdout, and :class:`Decision` records both version ids.
+
+Ranking is not enough: serving returns "the probability that this flight is delayed", so the gate
+checks the probabilities too. Against each baseline in ``beat_baselines`` the challenger must have a
+higher AUC *and* a log loss and a Brier score no worse than the baseline's (within
+``baseline_log_loss_margin`` / ``baseline_brier_margin``). A model that ranks well but is overconfident
+(the ``make demo`` champion of issue 11: AUC 0.657 above the rate baseline's 0.592, log loss 0.647
+above its 0.612) is refused, and the decision says which check failed first in its summary. The
+challenger's calibration (method, the holdout's expected calibration error before and after, the
+calibration table) is copied into :attr:`Decision.calibration`.
 """
 
 from __future__ import annotations
@@ -103,13 +112,18 @@ class GatePolicy:
     margin: float = 0.002  # AUC by which a challenger must beat the champion
     min_auc: float = 0.5  # absolute floor: better than chance
     max_log_loss: float | None = None  # absolute ceiling, if any
-    beat_baselines: tuple[str, ...] = ("rate",)  # AUC floors: each of these baselines must be beaten
+    # Floors: each of these baselines must be beaten on AUC and matched on log loss and Brier score.
+    beat_baselines: tuple[str, ...] = ("rate",)
     # A challenger may not buy AUC with much worse calibration than the champion's.
     max_log_loss_increase: float = 0.01
+    # How much worse than a baseline's log loss / Brier score a challenger's may be (0: no worse).
+    baseline_log_loss_margin: float = 0.0
+    baseline_brier_margin: float = 0.0
+    max_ece: float | None = None  # ceiling on the holdout's expected calibration error, if any
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or self.max_log_loss_increase < 0:
-            raise ValueError("margin and max_log_loss_increase must be >= 0")
+        if min(self.margin, self.max_log_loss_increase, self.baseline_log_loss_margin, self.baseline_brier_margin) < 0:
+            raise ValueError("margin, max_log_loss_increase and the baseline margins must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatePolicy:
@@ -119,6 +133,10 @@ class GatePolicy:
             min_auc=t.gate_min_auc,
             max_log_loss=t.gate_max_log_loss,
             beat_baselines=tuple(t.gate_beat_baselines),
+            max_log_loss_increase=t.gate_max_log_loss_increase,
+            baseline_log_loss_margin=t.gate_baseline_log_loss_margin,
+            baseline_brier_margin=t.gate_baseline_brier_margin,
+            max_ece=t.gate_max_ece,
         )
 
 
@@ -135,11 +153,20 @@ class Decision:
     baselines: dict[str, Scored]
     policy: GatePolicy
     suspect_self_comparison: bool = False
+    # The challenger's calibration on the holdout: method, ECE before/after, the calibration table.
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """The names of the checks that failed, in the order they ran."""
+        return tuple(name for name, ok in self.checks.items() if not ok)
 
     @property
     def summary(self) -> str:
+        """The verdict, both versions, then the reasons with every failure first (so a refusal leads with why)."""
         verdict = "PROMOTE" if self.promote else "KEEP CHAMPION" if self.champion_version else "REJECT"
-        return f"{verdict}: challenger {self.challenger_version} vs champion {self.champion_version or '(none)'}; " + "; ".join(self.reasons)
+        ordered = [r for r in self.reasons if r.startswith("FAIL")] + [r for r in self.reasons if not r.startswith("FAIL")]
+        return f"{verdict}: challenger {self.challenger_version} vs champion {self.champion_version or '(none)'}; " + "; ".join(ordered)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -160,6 +187,7 @@ class Decision:
             baselines={k: Scored.from_dict(v) for k, v in body.get("baselines", {}).items()},
             policy=GatePolicy(**{**body["policy"], "beat_baselines": tuple(body["policy"]["beat_baselines"])}),
             suspect_self_comparison=bool(body.get("suspect_self_comparison", False)),
+            calibration=dict(body.get("calibration") or {}),
         )
 
 
@@ -167,13 +195,33 @@ def _finite(s: Scored) -> bool:
     return all(math.isfinite(x) for x in s.headline)
 
 
+def calibration_record(scored: Scored) -> dict[str, Any]:
+    """The calibration figures a score carries (from the evaluation): ECE before/after, method, table."""
+    extra = scored.extra
+    record: dict[str, Any] = {}
+    if "ece" in extra:
+        record["ece"] = extra["ece"]
+    uncalibrated = extra.get("uncalibrated")
+    if isinstance(uncalibrated, Mapping):
+        record["ece_uncalibrated"] = uncalibrated.get("ece")
+        record["log_loss_uncalibrated"] = uncalibrated.get("log_loss")
+        record["auc_uncalibrated"] = uncalibrated.get("auc")
+    calibrator = extra.get("calibrator")
+    if isinstance(calibrator, Mapping):
+        record["method"] = calibrator.get("description") or calibrator.get("method")
+    if "calibration" in extra:
+        record["table"] = extra["calibration"]
+    return record
+
+
 def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, Scored], policy: GatePolicy) -> Decision:
     """Decide whether ``challenger`` replaces ``champion`` (None: there is no champion yet).
 
-    Floors (always): finite metrics, AUC >= ``min_auc``, AUC above each baseline in
-    ``policy.beat_baselines``, log loss <= ``max_log_loss``. Against a champion (when there is one):
-    AUC at least ``margin`` higher, and log loss at most ``max_log_loss_increase`` higher. With no
-    champion the first challenger that passes the floors is promoted.
+    Floors (always): finite metrics, AUC >= ``min_auc``; against each baseline in ``policy.beat_baselines``
+    a higher AUC, and a log loss and a Brier score at most the baseline's plus its margin; log loss <=
+    ``max_log_loss`` and holdout ECE <= ``max_ece`` when set. Against a champion (when there is one): AUC
+    at least ``margin`` higher, and log loss at most ``max_log_loss_increase`` higher. With no champion
+    the first challenger that passes the floors is promoted.
     """
     if challenger.model.startswith(BASELINE_PREFIX):
         raise GateError(f"the challenger must be a registered model version, not {challenger.model}")
@@ -210,8 +258,24 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
     for name in policy.beat_baselines:
         b = baselines[name]
         check(f"beats_{name}", c.auc > b.auc, f"AUC {c.auc:.4f} > baseline {name} {b.auc:.4f}")
+        m = policy.baseline_log_loss_margin
+        check(f"log_loss_vs_{name}", c.log_loss <= b.log_loss + m,
+              f"log loss {c.log_loss:.4f} <= baseline {name} {b.log_loss:.4f} + margin {m:.4f} (probabilities no worse "
+              "than the baseline's)")
+        m = policy.baseline_brier_margin
+        check(f"brier_vs_{name}", c.brier <= b.brier + m,
+              f"Brier {c.brier:.4f} <= baseline {name} {b.brier:.4f} + margin {m:.4f}")
     if policy.max_log_loss is not None:
         check("max_log_loss", c.log_loss <= policy.max_log_loss, f"log loss {c.log_loss:.4f} <= {policy.max_log_loss:.4f}")
+    calibration = calibration_record(c)
+    if policy.max_ece is not None:
+        ece = calibration.get("ece")
+        check("max_ece", isinstance(ece, (int, float)) and ece <= policy.max_ece,
+              f"holdout ECE {ece if ece is None else f'{ece:.4f}'} <= {policy.max_ece:.4f}")
+    if isinstance(calibration.get("ece"), (int, float)):
+        before = calibration.get("ece_uncalibrated")
+        reasons.append(f"calibration {calibration.get('method', 'none')}: holdout ECE {calibration['ece']:.4f}"
+                       + (f" (uncalibrated {before:.4f})" if isinstance(before, (int, float)) else ""))
 
     suspect = False
     if champion is not None:
@@ -240,4 +304,5 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
         baselines=dict(baselines),
         policy=policy,
         suspect_self_comparison=suspect,
+        calibration=calibration,
     )

@@ -37,7 +37,7 @@ def test_first_model_passing_floors_becomes_champion() -> None:
     d = decide(score(CHALLENGER_V, 0.70), None, baselines(), POLICY)
     assert d.promote
     assert d.champion_version is None and d.challenger_version == CHALLENGER_V
-    assert d.checks == {"finite": True, "min_auc": True, "beats_rate": True}
+    assert d.checks == {"finite": True, "min_auc": True, "beats_rate": True, "log_loss_vs_rate": True, "brier_vs_rate": True}
 
 
 def test_first_model_below_the_rate_baseline_is_not_promoted() -> None:
@@ -144,3 +144,69 @@ def test_scored_of_reads_mappings_and_objects() -> None:
     assert s.extra == {"calibration": [1]}
     with pytest.raises(GateError, match="auc"):
         Scored.of(CHALLENGER_V, HOLDOUT, {"log_loss": 0.4})
+
+
+def test_an_overconfident_challenger_is_refused_on_log_loss_despite_a_higher_auc() -> None:
+    # Issue 11's make-demo champion in numbers: it ranks better than the champion and the rate baseline,
+    # but its probabilities are worse than the baseline's.
+    challenger = score(CHALLENGER_V, 0.7560, log_loss=0.6474, brier=0.2000)
+    champion = score(CHAMPION_V, 0.7000, log_loss=0.6400, brier=0.2050)
+    rate = {"rate": score("baseline:rate", 0.5924, log_loss=0.6119, brier=0.2102)}
+    d = decide(challenger, champion, rate, POLICY)
+    assert not d.promote
+    assert d.checks["beats_champion"] and d.checks["beats_rate"] and d.checks["brier_vs_rate"]
+    assert d.failed == ("log_loss_vs_rate",)
+    # The summary leads with the reason.
+    assert d.summary.startswith(f"KEEP CHAMPION: challenger {CHALLENGER_V} vs champion {CHAMPION_V}; FAIL log loss 0.6474 "
+                                "<= baseline rate 0.6119")
+
+
+@pytest.mark.parametrize(
+    ("log_loss", "brier", "failed"),
+    [(0.50, 0.20, ()), (0.5001, 0.20, ("log_loss_vs_rate",)), (0.50, 0.2001, ("brier_vs_rate",)),
+     (0.51, 0.21, ("log_loss_vs_rate", "brier_vs_rate"))],
+)
+def test_probabilities_no_worse_than_each_baseline(log_loss: float, brier: float, failed: tuple[str, ...]) -> None:
+    rate = {"rate": score("baseline:rate", 0.60, log_loss=0.50, brier=0.20)}
+    d = decide(score(CHALLENGER_V, 0.70, log_loss=log_loss, brier=brier), None, rate, POLICY)
+    assert d.failed == failed and d.promote is (not failed)
+
+
+def test_the_probability_margins_and_the_ece_ceiling_come_from_settings() -> None:
+    base = build_settings("local")
+    training = base.training.model_validate({**base.training.model_dump(), "gate_baseline_log_loss_margin": 0.02,
+                                             "gate_baseline_brier_margin": 0.005, "gate_max_ece": 0.05})
+    settings = base.model_copy(update={"training": training})
+    policy = GatePolicy.from_settings(settings)
+    assert (policy.baseline_log_loss_margin, policy.baseline_brier_margin, policy.max_ece) == (0.02, 0.005, 0.05)
+    defaults = GatePolicy.from_settings(build_settings("local"))
+    assert (defaults.baseline_log_loss_margin, defaults.baseline_brier_margin, defaults.max_ece) == (0.0, 0.0, None)
+    rate = {"rate": score("baseline:rate", 0.60, log_loss=0.50, brier=0.20)}
+    slightly_worse = Scored(model=CHALLENGER_V, holdout=HOLDOUT, auc=0.7, log_loss=0.515, brier=0.204, rows=1000,
+                            extra={"ece": 0.04})
+    assert decide(slightly_worse, None, rate, policy).promote
+    assert not decide(slightly_worse, None, rate, defaults).promote
+    badly_calibrated = Scored(model=CHALLENGER_V, holdout=HOLDOUT, auc=0.7, log_loss=0.50, brier=0.2, extra={"ece": 0.06})
+    d = decide(badly_calibrated, None, rate, policy)
+    assert d.failed == ("max_ece",) and "holdout ECE 0.0600 <= 0.0500" in d.summary
+    no_ece = decide(score(CHALLENGER_V, 0.7, 0.5, 0.2), None, rate, policy)
+    assert no_ece.failed == ("max_ece",)  # a ceiling that cannot be checked is not passed
+
+
+def test_the_decision_records_the_calibration_and_reads_records_written_before_it() -> None:
+    table = [{"lower": 0.0, "upper": 0.1, "count": 10, "mean_predicted": 0.05, "observed_rate": 0.1}]
+    challenger = Scored.of(CHALLENGER_V, HOLDOUT, {
+        "auc": 0.71, "log_loss": 0.44, "brier": 0.14, "ece": 0.012, "calibration": table,
+        "uncalibrated": {"auc": 0.71, "log_loss": 0.47, "brier": 0.15, "ece": 0.081},
+        "calibrator": {"method": "temperature", "description": "temperature T=1.300"},
+    })
+    d = decide(challenger, score(CHAMPION_V, 0.70), baselines(), POLICY)
+    assert d.calibration == {"ece": 0.012, "ece_uncalibrated": 0.081, "log_loss_uncalibrated": 0.47,
+                             "auc_uncalibrated": 0.71, "method": "temperature T=1.300", "table": table}
+    assert "calibration temperature T=1.300: holdout ECE 0.0120 (uncalibrated 0.0810)" in d.summary
+    assert Decision.from_dict(d.to_dict()) == d
+    old = d.to_dict()
+    del old["calibration"]
+    for key in ("baseline_log_loss_margin", "baseline_brier_margin", "max_ece"):
+        del old["policy"][key]
+    assert Decision.from_dict(old).calibration == {} and Decision.from_dict(old).policy.baseline_log_loss_margin == 0.0
