@@ -159,7 +159,7 @@ def bench_home(home: Path) -> Iterator[Home]:
             _run([sys.executable, "-m", "tenfold.pipelines.train_model", "--conf", json.dumps(conf)], env,
                  "a model (once)")
             if reg.resolve("champion") is None:  # the gate may refuse a one-epoch model: it is served anyway
-                newest = max(reg.list_versions(), key=lambda v: str(getattr(v, "created_at", "")))
+                newest = max(reg.list_versions(), key=lambda v: v.created_at)
                 reg.set_alias("champion", newest.version, reason="bench/serving.py: a model to serve")
         version, model_dir = resolve_and_download(settings, "champion")
         yield Home(settings=settings, version=version, token=ensure_token(settings), model_dir=model_dir, env=env)
@@ -442,7 +442,7 @@ def profile(server: Server, bodies: Path, offset: int, duration: float, concurre
         return None, "py-spy is not installed in .venv: no profile (pip install py-spy)."
     out = work / "profile.txt"
     rec = subprocess.Popen([str(pyspy), "record", "--pid", str(pid), "--duration", str(int(duration) + 2),
-                            "--rate", "250", "--format", "raw", "--threads", "--nonblocking", "--output", str(out)],
+                            "--rate", "250", "--format", "raw", "--threads", "--gil", "--nonblocking", "--output", str(out)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
     phase = run_load(server, "profile", mode="closed", duration=duration, bodies=bodies, offset=offset,
@@ -458,14 +458,113 @@ def profile(server: Server, bodies: Path, offset: int, duration: float, concurre
         stack, _, count_s = line.rpartition(" ")
         if count_s.isdigit():
             by_thread[stack.split(";")[0].partition(": ")[2] or "?"] += int(count_s)
-    lines = [f"{total:,} samples at 250 Hz over {int(duration)} s of closed-loop load (c={concurrency}), "
-             "all threads, idle excluded; a sample goes to the first component of bench/serving.py's COMPONENTS on its stack.", "",
+    lines = [f"{total:,} samples at 250 Hz over {int(duration)} s of closed-loop load (c={concurrency}), of the thread "
+             "holding the GIL (`py-spy --gil`: a replica's Python work runs on one core at a time, so this is where its "
+             "CPU goes); a sample goes to the first component of bench/serving.py's COMPONENTS found on its stack.", "",
              "By thread: " + ", ".join(f"{k} {v / total:.0%}" for k, v in by_thread.most_common(4)) + ".", "",
              "| component | share of busy samples |", "|---|---:|"]
     lines += [f"| {k} | {v:.1%} |" for k, v in comps]
     lines += ["", "Leaf functions with the most self time:", "", "| function | share |", "|---|---:|"]
     lines += [f"| `{k[:110]}` | {v:.1%} |" for k, v in leaves]
     return phase, "\n".join(lines)
+
+
+# --- per-stage costs, in this process -------------------------------------------------------------
+
+def stage_breakdown(settings: Settings, version: str, bodies: Sequence[dict[str, Any]], batch: int = 32) -> str:
+    """CPU per request of each step the replica's predict path takes, timed here, step by step, with the
+    replica's own objects (``load_served_model``, the cache, a real ``Publisher`` to the emulator).
+
+    CPU is ``time.process_time`` (every thread of this process, so the Pub/Sub client's commit threads
+    count), over many requests per step; batches of 1 and of ``batch`` rows for the model's steps.
+    """
+    import gc
+    import uuid
+
+    import torch
+    from fastapi.responses import JSONResponse
+
+    from tenfold.messaging.records import PredictionRecord
+    from tenfold.model import predict_proba
+    from tenfold.rollout.split import bucket_of
+    from tenfold.serving.cache import PredictionCache
+    from tenfold.serving.loading import load_served_model
+    from tenfold.serving.metrics import ServerMetrics
+    from tenfold.serving.publishing import Publisher
+    from tenfold.workloads import get_workload
+
+    served = load_served_model(settings, version)
+    model = served.loaded
+    req_model = get_workload(settings).request_model
+    n = min(len(bodies), 2048)
+    raw = [json.dumps(b).encode() for b in bodies[:n]]
+    rows: list[tuple[str, float]] = []
+
+    def timed(what: str, fn: Callable[[], object], count: int) -> Any:
+        gc.collect()
+        c0 = time.process_time()
+        out = fn()
+        rows.append((what, (time.process_time() - c0) / count * 1e6))
+        return out
+
+    parsed = timed("JSON body -> dict (json.loads)", lambda: [json.loads(r) for r in raw], n)
+    reqs = timed("validate (workload.request_model)", lambda: [req_model.model_validate(p) for p in parsed], n)
+    timed("check against the lookups (served.check)", lambda: [served.check(r) for r in reqs], n)
+    timed("cache key (sha256 of canonical JSON)", lambda: [PredictionCache.key(version, r) for r in reqs], n)
+    for size in (1, batch):
+        chunks = [reqs[i:i + size] for i in range(0, min(n, 64 * size if size > 1 else 256), size)]
+        count = sum(len(c) for c in chunks)
+        def assemble(chunks: list[Any] = chunks) -> list[Any]:
+            return [served.features.assemble(c) for c in chunks]
+
+        tables = timed(f"online assembly, batches of {size} (per row)", assemble, count)
+
+        def preprocess(tables: list[Any] = tables) -> list[Any]:
+            return [model.preprocessor.transform(t) for t in tables]
+
+        arrays = timed(f"preprocessing, batches of {size} (per row)", preprocess, count)
+
+        def forward(arrays: list[Any] = arrays) -> None:
+            for cat, num in arrays:
+                predict_proba(model.model, torch.from_numpy(cat), torch.from_numpy(num))
+
+        timed(f"model forward, batches of {size} (per row)", forward, count)
+    now = dt.datetime.now(dt.UTC)
+
+    def respond() -> list[Any]:
+        out = []
+        for r in reqs:
+            key = getattr(r, "user_key", None)
+            row = {"prediction_id": uuid.uuid4().hex, "probability": 0.25, "model_version": version, "arm": "stable",
+                   "bucket": bucket_of(key) if key else None}
+            out.append((row, JSONResponse(row)))
+        return out
+
+    answered = timed("answer (prediction id, bucket, JSONResponse)", respond, n)
+    records = timed("monitoring sample record (PredictionRecord)", lambda: [PredictionRecord(
+        prediction_id=row["prediction_id"], model_version=version, arm="stable", user_key=getattr(r, "user_key", None),
+        bucket=row["bucket"], probability=0.25, request=r.model_dump(mode="json"), latency_ms=1.0, served_at=now)
+        for (row, _), r in zip(answered, reqs, strict=True)], n)
+    pub = Publisher(settings, ServerMetrics("stable"))
+
+    def publish() -> None:
+        for rec in records:
+            pub.publish_sample(rec)
+        deadline = time.monotonic() + 30
+        while pub.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    pub.client  # noqa: B018 (the client's construction is not a per-request cost)
+    timed("publish the sample (client.publish + its commit threads)", publish, n)
+    pub.close()
+    total = sum(v for k, v in rows if f"batches of {batch}" in k or "batches of" not in k)
+    lines = [f"Timed in the benchmark's process with the replica's own objects over {n:,} flights of {SERVED_MONTH} "
+             f"(CPU µs per request; model steps per row). At batches of {batch}, the steps add up to "
+             f"{total:,.0f} µs of CPU per prediction, i.e. at most {1e6 / total:,.0f} predictions/s on one core before "
+             "any HTTP work (the floor's CPU per request is in the table above).", "",
+             "| step | CPU µs per request |", "|---|---:|"]
+    lines += [f"| {k} | {v:,.1f} |" for k, v in rows]
+    return "\n".join(lines)
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -478,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the replica")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip timing the predict path's steps in-process")
     parser.add_argument("--prepare-only", action="store_true", help="set up the bench home (data, model) and exit")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -614,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name in notes and log_text:
                     notes[name] += f" (log: {log_text.splitlines()[-1][:200]})"
 
+        if "tenfold" in only and not args.no_breakdown:
+            say("timing the predict path's steps in this process ...")
+            extra["breakdown"] = stage_breakdown(settings, home.version, bodies)
         report = render(args, phases, notes, extra, home, len(bodies), load_before, time.perf_counter() - started, argv)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -700,6 +803,8 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
                   f"cache hits (each flight is sent once: expected 0), {calls:,.0f} model calls, mean batch "
                   f"{(rows / calls) if calls else float('nan'):.1f} rows; {tm.get('tenfold_prediction_samples_total', 0):,.0f} "
                   f"prediction samples published to Pub/Sub, {tm.get('tenfold_dropped_samples_total', 0):,.0f} dropped."]
+    if "breakdown" in extra:
+        lines += ["", "## The predict path step by step (in-process timing)", "", extra["breakdown"]]
     if "profile" in extra:
         lines += ["", "## Where a replica's time goes (py-spy, under closed-loop load)", "", extra["profile"]]
     lines += ["", "## Notes", "",
