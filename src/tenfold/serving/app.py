@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -197,6 +198,14 @@ def _non_finite(value: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
             if (found := _non_finite(item, (*loc, i))) is not None:
                 return found
     return None
+
+
+def _sample(prediction_id: str, version: str, arm: str, user_key: str | None, bucket: int | None,
+            probability: float, request: BaseModel, latency_ms: float, served_at: dt.datetime) -> PredictionRecord:
+    """The monitoring record of one prediction (built on the publisher's thread, not the event loop)."""
+    return PredictionRecord(prediction_id=prediction_id, model_version=version, arm=arm,  # type: ignore[arg-type]
+                            user_key=user_key, bucket=bucket, probability=probability,
+                            request=request.model_dump(mode="json"), latency_ms=latency_ms, served_at=served_at)
 
 
 def _refuse_invalid(exc: RequestInvalid, index: int | None, batch: bool) -> ApiError:
@@ -377,14 +386,12 @@ def create_app(
         for item, probability in zip(requests, probabilities, strict=True):
             user_key = header_key or getattr(item, "user_key", None)
             bucket = bucket_of(user_key) if user_key else None
-            row = {"prediction_id": uuid.uuid4().hex, "probability": probability, "model_version": served.version,
-                   "arm": arm, "bucket": bucket}
-            rows.append(row)
+            prediction_id = uuid.uuid4().hex
+            rows.append({"prediction_id": prediction_id, "probability": probability, "model_version": served.version,
+                         "arm": arm, "bucket": bucket})
             if rate > 0 and (rate >= 1 or random.random() < rate):
-                pub.publish_sample(PredictionRecord(
-                    prediction_id=row["prediction_id"], model_version=served.version, arm=arm,  # type: ignore[arg-type]
-                    user_key=user_key, bucket=bucket, probability=probability,
-                    request=item.model_dump(mode="json"), latency_ms=latency_ms, served_at=now))
+                pub.publish_sample(functools.partial(
+                    _sample, prediction_id, served.version, arm, user_key, bucket, probability, item, latency_ms, now))
         metrics.predictions(len(rows))
         if batch:
             return JSONResponse({"predictions": rows, "model_version": served.version, "arm": arm})

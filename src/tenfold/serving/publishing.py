@@ -3,8 +3,9 @@
 Two kinds of message, two promises:
 
 * **Monitoring samples** (:class:`~tenfold.messaging.records.PredictionRecord` on the predictions
-  topic) are fire-and-forget: a prediction never waits for Pub/Sub. At most ``publish_buffer`` samples
-  are in flight; beyond that, or while the breaker is open, a sample is dropped and counted
+  topic) are fire-and-forget: a prediction only queues its sample, and a thread of the publisher builds
+  and hands it to the client, so a prediction never waits for Pub/Sub. At most ``publish_buffer``
+  samples are queued or in flight; beyond that, or while the breaker is open, a sample is dropped and counted
   (``tenfold_dropped_samples_total{reason}``), so a Pub/Sub outage costs monitoring data, never
   prediction latency or memory.
 * **Feedback** (:class:`~tenfold.messaging.records.FeedbackRecord` on the feedback topic) is answered
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -131,6 +133,18 @@ class Publisher:
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        self._samples: queue.SimpleQueue[Callable[[], PredictionRecord] | None] = queue.SimpleQueue()
+        self._sampler: threading.Thread | None = None
+        from google.api_core import exceptions as core
+        from google.api_core import retry as retries
+
+        # Bounded: a publish to an unreachable Pub/Sub fails within timeout_s instead of retrying for
+        # the client library's default minute, so the breaker learns of an outage quickly.
+        self._retry = retries.Retry(
+            initial=0.1, maximum=1.0, multiplier=2.0, timeout=self.timeout_s,
+            predicate=retries.if_exception_type(core.Aborted, core.DeadlineExceeded, core.InternalServerError,
+                                                core.ResourceExhausted, core.ServiceUnavailable, core.Unknown),
+        )
 
     @property
     def client(self) -> Any:
@@ -146,17 +160,7 @@ class Publisher:
             return self._in_flight
 
     def _publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> Any:
-        from google.api_core import exceptions as core
-        from google.api_core import retry as retries
-
-        # Bounded: a publish to an unreachable Pub/Sub fails within timeout_s instead of retrying for
-        # the client library's default minute, so the breaker learns of an outage quickly.
-        retry = retries.Retry(
-            initial=0.1, maximum=1.0, multiplier=2.0, timeout=self.timeout_s,
-            predicate=retries.if_exception_type(core.Aborted, core.DeadlineExceeded, core.InternalServerError,
-                                                core.ResourceExhausted, core.ServiceUnavailable, core.Unknown),
-        )
-        return self.client.publish(topic, data, retry=retry, timeout=self.timeout_s, **attributes)
+        return self.client.publish(topic, data, retry=self._retry, timeout=self.timeout_s, **attributes)
 
     def _track(self, future: Any, on_done: Callable[[BaseException | None], None]) -> None:
         def done(f: Any) -> None:
@@ -178,22 +182,45 @@ class Publisher:
         future.add_done_callback(done)
 
     # --- monitoring samples -------------------------------------------------------------------------
-    def publish_sample(self, record: PredictionRecord) -> bool:
-        """Hand one sample to Pub/Sub without waiting; False (and counted) when it was dropped."""
+    def publish_sample(self, record: PredictionRecord | Callable[[], PredictionRecord]) -> bool:
+        """Queue one sample for Pub/Sub and return at once; False (and counted) when the buffer is full.
+
+        ``record`` may be a function that builds it: the sampler thread calls it, so neither building the
+        message nor handing it to the client costs the request path (the event loop) anything.
+        """
         with self._lock:
-            if self._closed:
-                full = True
-            else:
-                full = self._in_flight >= self.buffer
-                if not full:
-                    self._in_flight += 1
+            full = self._closed or self._in_flight >= self.buffer
+            if not full:
+                self._in_flight += 1
         if full:
             self._metrics.sample_dropped("buffer_full")
             return False
+        self._ensure_sampler()
+        self._samples.put(record if callable(record) else (lambda: record))
+        return True
+
+    def _ensure_sampler(self) -> None:
+        if self._sampler is None:
+            with self._lock:
+                if self._sampler is None:
+                    self._sampler = threading.Thread(target=self._sample_loop, name="tenfold-samples", daemon=True)
+                    self._sampler.start()
+
+    def _sample_loop(self) -> None:
+        while (build := self._samples.get()) is not None:
+            try:
+                self._send_sample(build)
+            except Exception:  # never let one sample stop the thread
+                log.exception("publishing a prediction sample failed")
+                self._release()
+                self._metrics.sample_dropped("publish_failed")
+
+    def _send_sample(self, build: Callable[[], PredictionRecord]) -> None:
         if not self.breaker.allow():
             self._release()
             self._metrics.sample_dropped("breaker_open")
-            return False
+            return
+        record = build()
         try:
             future = self._publish(self._predictions_topic, record.to_message(), record.attributes())
         except Exception:
@@ -201,7 +228,7 @@ class Publisher:
             self.breaker.failure()
             self._release()
             self._metrics.sample_dropped("publish_failed")
-            return False
+            return
 
         def outcome(exc: BaseException | None) -> None:
             if exc is None:
@@ -211,7 +238,6 @@ class Publisher:
                 self._metrics.sample_dropped("publish_failed")
 
         self._track(future, outcome)
-        return True
 
     def _release(self) -> None:
         with self._lock:
@@ -251,6 +277,9 @@ class Publisher:
         """
         with self._lock:
             self._closed = True
+        if self._sampler is not None:
+            self._samples.put(None)  # after the samples already queued
+            self._sampler.join(timeout_s)
         if self._client is None:
             return 0
         try:
