@@ -81,7 +81,11 @@ def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, f
     assert set(table["month"].to_pylist()) == {2}
     # January was ingested as history by the same run, and the raw inputs are published
     assert lake.has_manifest("flights", JAN) and lake.has_manifest("weather", FEB)
-    # the run's staging folder is gone after publish; the gate's Data Docs page is there
+    # the lookup tables for online serving were published with the month, and it can be served
+    from tenfold.features.online import load_online_features
+
+    assert load_online_features(runner.settings).months == ("2013-02",)
+    # the run's staging folders (features and lookups) are gone after publish; the gate's Data Docs page is there
     assert not list((runner.home / "lake" / "_staging" / "features").rglob("*.parquet"))
     docs = list((runner.home / "data_docs" / "validations" / "features").rglob("*.html"))
     assert docs, "no Data Docs page for the features validation"
