@@ -31,6 +31,9 @@ from tenfold.features import job
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights.contract import CONTRACT
 
+# A real month through Spark: about 50 s on 2 idle cores (the JVM, three months ingested, the job).
+pytestmark = pytest.mark.slow
+
 JAN, FEB, MAR = Partition(2013, 1), Partition(2013, 2), Partition(2013, 3)
 MAR_FLIGHTS = 28_834
 BATCH = 64  # the server's micro-batch

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -62,44 +62,52 @@ def _columns(table: pa.Table, name: str, month: str, wanted: Iterable[str]) -> l
 
 @dataclass
 class _Gather:
-    """Numeric columns of one lookup over every month, and a dict from (month index, key) to their row."""
+    """Numeric columns of one lookup over every month, and a dict from (month index, key) to their row.
+
+    ``values`` and ``nulls`` are ``[columns, rows + 1]``: the extra last row stands for "no such key",
+    so a missing key is row ``-1`` and one fancy index gathers every column of a batch at once.
+    """
 
     index: dict[Hashable, int]
-    values: dict[str, np.ndarray]  # float64, 0 where null
-    valid: dict[str, np.ndarray]  # bool
+    columns: tuple[str, ...]
+    values: np.ndarray  # float64, 0 where null
+    nulls: np.ndarray  # bool
 
     @classmethod
     def build(cls, per_month: Sequence[tuple[int, pa.Table]], name: str, months: Sequence[str],
-              keys: Sequence[str], numeric: Sequence[str]) -> _Gather:
+              keys: Sequence[str], numeric: Sequence[str], *, missing: Mapping[str, float] | None = None) -> _Gather:
+        """``missing``: the value a column takes for a key the lookup lacks (null when not named)."""
         index: dict[Hashable, int] = {}
-        chunks: dict[str, list[np.ndarray]] = {c: [] for c in numeric}
-        masks: dict[str, list[np.ndarray]] = {c: [] for c in numeric}
+        values: list[list[np.ndarray]] = [[] for _ in numeric]
+        nulls: list[list[np.ndarray]] = [[] for _ in numeric]
         row = 0
         for m, table in per_month:
             key_cols = _columns(table, name, months[m], keys)
             for offset, key in enumerate(zip(*key_cols, strict=True)):
                 index[(m, *key)] = row + offset
-            for c in numeric:
+            for j, c in enumerate(numeric):
                 if c not in table.column_names:
                     raise LookupsMalformed(f"lookup table {name!r} of {months[m]} lacks {c!r}: rebuild the month")
                 col = table[c].cast(pa.float64())
-                masks[c].append(col.is_valid().to_numpy(zero_copy_only=False))
-                chunks[c].append(col.fill_null(0.0).to_numpy(zero_copy_only=False))
+                nulls[j].append(col.is_null().to_numpy(zero_copy_only=False))
+                values[j].append(col.fill_null(0.0).to_numpy(zero_copy_only=False))
             row += table.num_rows
-        values = {c: np.concatenate(chunks[c]) if chunks[c] else np.zeros(0) for c in numeric}
-        valid = {c: np.concatenate(masks[c]) if masks[c] else np.zeros(0, bool) for c in numeric}
-        return cls(index, values, valid)
+        fill = missing or {}
+        for j, c in enumerate(numeric):
+            values[j].append(np.array([fill.get(c, 0.0)]))
+            nulls[j].append(np.array([c not in fill]))
+        return cls(index, tuple(numeric), np.vstack([np.concatenate(v) for v in values]),
+                   np.vstack([np.concatenate(n) for n in nulls]))
 
-    def take(self, rows: np.ndarray, column: str, *, missing: float | None = None) -> pa.Array:
-        """``column`` at ``rows`` (-1: no row; null there, or ``missing`` when given)."""
-        found = rows >= 0
-        safe = np.where(found, rows, 0)
-        values = self.values[column][safe] if len(self.values[column]) else np.zeros(len(rows))
-        valid = (self.valid[column][safe] if len(self.valid[column]) else np.zeros(len(rows), bool)) & found
-        if missing is not None:
-            values = np.where(found, values, missing)
-            valid = valid | ~found
-        return pa.array(values, pa.float64(), mask=~valid)
+    def take(self, rows: np.ndarray, *, skip: tuple[str, ...] = ()) -> dict[str, pa.Array]:
+        """Every column (but ``skip``) at ``rows`` (-1: a key the lookup lacks)."""
+        values, nulls = self.values[:, rows], self.nulls[:, rows]
+        return {c: _floats(values[j], nulls[j]) for j, c in enumerate(self.columns) if c not in skip}
+
+    def column(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One column's values and null flags at ``rows``, as numpy."""
+        j = self.columns.index(name)
+        return self.values[j, rows], self.nulls[j, rows]
 
 
 @dataclass
@@ -120,6 +128,18 @@ def _zone(name: str) -> ZoneInfo | None:
 @functools.lru_cache(maxsize=65536)
 def _bucket(tailnum: str | None) -> int:
     return contract.tailnum_bucket(tailnum)
+
+
+def _floats(values: np.ndarray, nulls: np.ndarray) -> pa.Array:
+    """A float64 Arrow array over ``values``' buffer with ``nulls`` as its validity bitmap.
+
+    ``pa.array(values, mask=nulls)`` costs about 60 us per call (it takes a pandas-compatible path),
+    which would dominate a small batch; building from buffers costs a few.
+    """
+    data = np.ascontiguousarray(values, dtype=np.float64)
+    null_count = int(np.count_nonzero(nulls))
+    validity = pa.py_buffer(np.packbits(~nulls, bitorder="little")) if null_count else None
+    return pa.Array.from_buffers(pa.float64(), len(data), [validity, pa.py_buffer(data)], null_count)
 
 
 def _contiguous(months: Sequence[str]) -> bool:
@@ -173,8 +193,10 @@ class FlightsOnlineFeatures:
         # Weather is keyed by the hour's epoch seconds (an int hashes faster than a datetime).
         weather = [(m, _epoch_hours(t, ms[m])) for m, t in per["weather"]]
         self._weather = _Gather.build(weather, "weather", ms, ("origin", "epoch_s"), WEATHER_COLUMNS)
+        # A group without history flew 0 flights per month and has no rates (join_history's coalesce).
         self._history = {
-            name: _Gather.build(per[name], name, ms, keys, tuple(f"{prefix}_{s}" for s in _SUFFIXES))
+            name: _Gather.build(per[name], name, ms, keys, tuple(f"{prefix}_{s}" for s in _SUFFIXES),
+                                missing={f"{prefix}_flights": 0.0})
             for name, (keys, prefix) in HISTORY.items()
         }
         self._schema = pa.schema([contract.CONTRACT.arrow_schema().field(c) for c in contract.CONTRACT.online_columns])
@@ -232,7 +254,7 @@ class FlightsOnlineFeatures:
         dests: list[str] = []
         rows = {name: np.full(n, -1, np.int64) for name in ("routes", "planes", "weather", *HISTORY)}
         route_i, plane_i, weather_i = rows["routes"], rows["planes"], rows["weather"]
-        hist = [(rows[name], self._history[name].index) for name in HISTORY]
+        hist = [(rows[name], self._history[name].index, keys) for name, (keys, _prefix) in HISTORY.items()]
         routes, planes, weather = self._routes.index, self._planes.index, self._weather.index
         for i, r in enumerate(requests):
             m, origin_zone, dest_zone = self._resolve(r, i)
@@ -253,13 +275,12 @@ class FlightsOnlineFeatures:
             route_i[i] = routes.get((m, r.origin, r.dest), -1)
             plane_i[i] = planes.get((m, r.tailnum), -1) if r.tailnum is not None else -1
             weather_i[i] = weather.get((m, r.origin, th), -1)
-            for (target, index), key in zip(hist, ((r.origin, r.dest), (r.carrier,), (r.origin, dep.hour)), strict=True):
-                target[i] = index.get((m, *key), -1)
+            # The aggregates' keys, as the transform groups the flight: AGGREGATES names them.
+            key_of = {"origin": r.origin, "dest": r.dest, "carrier": r.carrier, "sched_dep_hour": dep.hour}
+            for target, index, keys in hist:
+                target[i] = index.get((m, *(key_of[k] for k in keys)), -1)
 
-        plane_found = plane_i >= 0
-        built = self._planes.take(plane_i, "year_built")
-        age_valid = np.asarray(built.is_valid()) & plane_found
-        age = np.where(age_valid, year - built.fill_null(0.0).to_numpy(zero_copy_only=False), 0.0)
+        built, age_nulls = self._planes.column("year_built", plane_i)
         columns: dict[str, pa.Array] = {
             "year": pa.array(year), "month": pa.array(month), "day": pa.array(day),
             "carrier": pa.array(carriers, pa.string()), "flight": pa.array(flight),
@@ -267,17 +288,14 @@ class FlightsOnlineFeatures:
             "time_hour": pa.array(time_hour * 1_000_000, pa.timestamp("us", tz="UTC")),
             "dest": pa.array(dests, pa.string()),
             "tailnum_bucket": pa.array(bucket), "sched_dep_hour": pa.array(hour), "day_of_week": pa.array(dow),
-            "distance": self._routes.take(route_i, "distance"),
             "sched_dep_minute_of_day": pa.array(minute_of_day),
-            "sched_block_minutes": pa.array(block, pa.float64(), mask=~block_ok),
-            "plane_age": pa.array(age, pa.float64(), mask=~age_valid),
-            "plane_seats": self._planes.take(plane_i, "plane_seats"),
-            **{c: self._weather.take(weather_i, c) for c in WEATHER_COLUMNS},
+            "sched_block_minutes": _floats(block, ~block_ok),
+            "plane_age": _floats(year - built, age_nulls),
+            **self._planes.take(plane_i, skip=("year_built",)),
+            **self._routes.take(route_i),
+            **self._weather.take(weather_i),
         }
-        for name, (_keys, prefix) in HISTORY.items():
-            gather, target = self._history[name], rows[name]
-            columns[f"{prefix}_delay_rate"] = gather.take(target, f"{prefix}_delay_rate")
-            columns[f"{prefix}_mean_delay"] = gather.take(target, f"{prefix}_mean_delay")
-            columns[f"{prefix}_flights"] = gather.take(target, f"{prefix}_flights", missing=0.0)
+        for name in HISTORY:
+            columns.update(self._history[name].take(rows[name]))
         return pa.Table.from_arrays([columns[f.name] for f in self._schema], schema=self._schema)
 
