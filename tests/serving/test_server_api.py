@@ -365,3 +365,26 @@ def test_the_openapi_schema_describes_both_bodies_and_the_refusals(client: Any) 
     assert schema["paths"][FEEDBACK]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/FeedbackRequest"}
     assert {"/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+def test_a_client_that_goes_away_mid_body_is_not_a_server_error(client: Any, serving_token: str) -> None:
+    """Raw ASGI: half a body, then the disconnect a vanished client produces; 499, never a 5xx."""
+    import asyncio
+
+    messages = [{"type": "http.request", "body": b'{"carrier": "UA", ', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": PREDICT, "raw_path": PREDICT.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", f"Bearer {serving_token}".encode()), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert _metric(client, "tenfold_unhandled_errors_total") == 0
+    assert _metric(client, "tenfold_errors_total", endpoint="predict", code="499") == 1

@@ -37,6 +37,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 from tenfold.rollout.split import ARMS, bucket_of
@@ -142,11 +143,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
                        "send fewer flights per request")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer flights per request")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer flights per request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody will read the answer; 499 (nginx's "client closed request") keeps it out of the 5xx counts.
+        raise ApiError(499, "client_disconnected", "the client closed the connection before sending the whole body") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(422, "invalid_json", "the body is empty: send a JSON object", field="body")

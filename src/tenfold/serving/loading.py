@@ -137,6 +137,9 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
             path = reg.download(version, root / version)
         except RegistryError as exc:
             raise ServingLoadError(f"model version {version} cannot be downloaded: {exc}") from exc
+        except Exception as exc:  # the store or the local disk
+            raise ServingLoadError(f"model version {version} cannot be downloaded into {root} "
+                                   f"({type(exc).__name__}: {exc}); check the object store and free disk space") from exc
     return version, path
 
 
