@@ -15,7 +15,7 @@ Session-scoped, started on first use:
 * ``serving_env`` -> the environment for a replica process (this process's, plus ``settings_env``).
 * ``serving_token`` -> the bearer token of ``serving_settings`` (``ensure_token``).
 
-Per test:
+Per test (``waits``, ``server_fields`` and ``pubsub_tools`` are plain helpers, session-scoped):
 
 * ``sample_flight`` -> a request body the lookups can score (a fresh dict each time).
 * ``make_client(settings=None, arm=, model=, app_kwargs=, **server_fields)`` -> a ready ``TestClient`` on
@@ -33,6 +33,10 @@ Per test:
 * ``own_pubsub`` -> a :class:`PubSubEmulator` of this test's own (a fresh emulator on a free port, the
   topology provisioned) that the test may stop and start for real; ``own_pubsub.settings`` is
   ``serving_settings`` pointed at it.
+
+Module functions for code outside pytest's fixtures (e.g. a benchmark's own setup): ``synthetic_lookups``
+/ ``publish_synthetic_lookups`` (one month of lookup tables shaped as the flights transform writes them),
+``save_small_model`` / ``register_small_model``, ``replica_argv``.
 """
 
 from __future__ import annotations
