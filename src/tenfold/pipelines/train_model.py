@@ -268,13 +268,23 @@ def _evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partiti
 
 def _evaluate_challenger(model_dir: Path, lake: Lake, table: str, train_parts: list[Partition],
                          holdout_parts: list[Partition]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The challenger and the baselines (fit on the training window) on the holdout, in one pass."""
+    """The challenger and the baselines (fit on the training window) on the holdout, in one pass.
+
+    The challenger's metrics are its calibrated ones (what it will serve); ``uncalibrated`` holds the same
+    model's figures without its calibration and ``calibrator`` what the calibration is and how it did on
+    the validation slice, so the registry, the gate's decision and ``tenfold models show`` carry both.
+    """
     from tenfold.training.evaluate import evaluate_with_baselines
 
     report = evaluate_with_baselines(model_dir, lake, train_parts, holdout_parts, table=table)
     # "rate_baseline" -> "rate": the names the gate policy (settings.training.gate_beat_baselines) uses.
     baselines = {name.removesuffix("_baseline"): metrics_dict(m) for name, m in report.baselines.items()}
-    return metrics_dict(report.model), baselines
+    challenger = metrics_dict(report.model)
+    if report.uncalibrated is not None:
+        challenger["uncalibrated"] = metrics_dict(report.uncalibrated)
+    if report.calibration is not None:
+        challenger["calibrator"] = plain_json(report.calibration)
+    return challenger, baselines
 
 
 def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Trained | Mapping[str, Any]) -> Evaluation:
@@ -404,9 +414,15 @@ def comparison_table(evaluation: Evaluation | Mapping[str, Any], version: str | 
     rows: list[tuple[str, Mapping[str, Any]]] = [(f"challenger {version or ''}".strip(), ev.challenger)]
     if ev.champion and ev.champion.get("metrics"):
         rows.append((f"champion {ev.champion['version']}", ev.champion["metrics"]))
+    if ev.challenger.get("uncalibrated"):
+        rows.insert(1, ("  the challenger uncalibrated", ev.challenger["uncalibrated"]))
     rows += [(f"baseline {k}", v) for k, v in ev.baselines.items()]
-    lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}"]
-    lines += [f"{name:<44}{m['auc']:>8.4f}{m['log_loss']:>10.4f}{m['brier']:>8.4f}" for name, m in rows]
+    lines = [f"{'model':<44}{'auc':>8}{'log_loss':>10}{'brier':>8}{'ece':>8}"]
+    lines += [f"{name:<44}{m['auc']:>8.4f}{m['log_loss']:>10.4f}{m['brier']:>8.4f}"
+              + (f"{m['ece']:>8.4f}" if isinstance(m.get("ece"), (int, float)) else f"{'-':>8}") for name, m in rows]
+    calibrator = ev.challenger.get("calibrator")
+    if calibrator:
+        lines.append(f"challenger calibration: {calibrator.get('description')} (fitted on the validation slice)")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ import logging
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,7 +55,8 @@ class Snapshot:
 
     ``epoch`` and ``batch`` are the *next* batch to run (the sampler position); ``rng`` holds every
     rank's RNG states by rank, valid only for the same ``world_size``; ``trajectory`` identifies the
-    training config that produced it, so a resume under another config is refused.
+    training config that produced it, so a resume under another config is refused. ``selection`` is the
+    early-stopping state (validation history, best epoch and its weights), empty without a validation slice.
     """
 
     model: dict[str, Any]
@@ -67,6 +68,7 @@ class Snapshot:
     world_size: int
     rng: dict[int, dict[str, Any]]
     trajectory: str
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every tensor of the model and optimizer states.
@@ -74,13 +76,14 @@ class Snapshot:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str = "checkpoint") -> Snapshot:
-        missing = [f.name for f in fields(cls) if f.name not in payload]
+        missing = [f.name for f in fields(cls) if f.name not in payload and f.name != "selection"]
         if missing:
             raise CheckpointError(f"{where}: not a training snapshot (missing {missing})")
         return cls(
             model=payload["model"], optimizer=payload["optimizer"], scheduler=payload["scheduler"],
             step=int(payload["step"]), epoch=int(payload["epoch"]), batch=int(payload["batch"]),
             world_size=int(payload["world_size"]), rng=dict(payload["rng"]), trajectory=str(payload["trajectory"]),
+            selection=dict(payload.get("selection") or {}),
         )
 
 

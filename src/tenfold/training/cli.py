@@ -33,7 +33,8 @@ def train_command(
     env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
     train_months: Annotated[str | None, typer.Option(help="FIRST:LAST months, e.g. 2013-01:2013-09; default settings")] = None,
     nproc: Annotated[int | None, typer.Option(help="workers on this node; default settings.training.nproc_per_node")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    epochs: Annotated[int | None, typer.Option(min=1, help="ceiling; default settings.training.max_epochs "
+                                                 "(early stopping on the validation slice picks the epoch)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="per worker")] = 512,
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -50,8 +51,8 @@ def train_command(
     out = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     try:
         cfg = TrainConfig.from_settings(
-            settings, train_months=tuple(p.label for p in month_range(first, last)), epochs=epochs,
-            batch_size=batch_size, max_steps=max_steps, seed=seed,
+            settings, train_months=tuple(p.label for p in month_range(first, last)), batch_size=batch_size,
+            max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}),
         )
         result = run_torchrun(settings, cfg, out, nproc=nproc, timeout_s=timeout_s)
     except (MissingFeaturesError, ValueError) as exc:
@@ -100,6 +101,8 @@ def evaluate_command(
         raise typer.Exit(2) from exc
     typer.echo(result.table() if baselines else compare([result.model]))
     typer.echo("")
+    if result.calibration:
+        typer.echo(f"calibration: {result.calibration['description']} (fitted on the validation slice)")
     typer.echo(calibration_text(result.model))
     if report:
         result.save(report)

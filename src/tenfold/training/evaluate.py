@@ -8,6 +8,10 @@ Entry points: :func:`evaluate_model` (one model folder on a holdout: what the ch
 compares) and :func:`evaluate_with_baselines` (the model and the baselines on the same split, the
 table ``tenfold evaluate`` and ``make demo`` print). The label and the feature version come from the
 workload the model folder names.
+
+A model is scored with the calibration stored in its folder (what it serves); a calibrated model is
+also scored without it (``EvaluationReport.uncalibrated``), which gives the held-out expected
+calibration error before and after.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tenfold.training.data import read_features
 from tenfold.training.metrics import Metrics, score
 
 MODEL_NAME = "model"
+UNCALIBRATED_NAME = "model uncalibrated"
 
 
 def split_from_settings(settings: Settings) -> tuple[list[Partition], list[Partition]]:
@@ -69,10 +74,13 @@ class EvaluationReport:
     holdout_months: list[str]
     model: Metrics
     baselines: dict[str, Metrics] = field(default_factory=dict)
+    # The same model without its calibration (None when it has none), and the calibration it has.
+    uncalibrated: Metrics | None = None
+    calibration: dict[str, Any] | None = None
 
     @property
     def all(self) -> list[Metrics]:
-        return [self.model, *self.baselines.values()]
+        return [self.model, *([self.uncalibrated] if self.uncalibrated else []), *self.baselines.values()]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +88,8 @@ class EvaluationReport:
             "holdout_months": self.holdout_months,
             "model": self.model.to_dict(),
             "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+            "uncalibrated": self.uncalibrated.to_dict() if self.uncalibrated else None,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -88,6 +98,8 @@ class EvaluationReport:
             train_months=list(body["train_months"]), holdout_months=list(body["holdout_months"]),
             model=Metrics.from_dict(body["model"]),
             baselines={k: Metrics.from_dict(v) for k, v in body.get("baselines", {}).items()},
+            uncalibrated=Metrics.from_dict(body["uncalibrated"]) if body.get("uncalibrated") else None,
+            calibration=body.get("calibration"),
         )
 
     def save(self, path: str | Path) -> None:
@@ -122,6 +134,9 @@ def evaluate_with_baselines(
     holdout = read_features(lake, list(holdout_parts), contract=contract, table=table)
     train = read_features(lake, list(train_parts), contract=contract, table=table)
     y = _labels(holdout, contract.label)
+    uncalibrated = None
+    if not loaded.calibrator.is_identity:
+        uncalibrated = score(UNCALIBRATED_NAME, y, loaded.predict_proba(holdout, calibrated=False))
     baselines = {name: make(loaded.preprocessor, contract) for name, make in loaded.workload.baselines().items()}
     # The same vocabularies the network was trained with, so both see identical categorical codes.
     baselines["hgb"] = GradientBoostingBaseline(loaded.preprocessor, contract.label, max_iter=hgb_max_iter,
@@ -135,16 +150,31 @@ def evaluate_with_baselines(
         holdout_months=[p.label for p in holdout_parts],
         model=score(MODEL_NAME, y, loaded.predict_proba(holdout)),
         baselines=scores,
+        uncalibrated=uncalibrated,
+        calibration=calibration_summary(loaded.meta),
     )
+
+
+def calibration_summary(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What a model folder's calibration is and how it did on its validation slice (without its knots)."""
+    body = meta.get("calibration")
+    if not body:
+        return None
+    from tenfold.model.calibration import Calibrator
+
+    cal = Calibrator.from_dict(body)
+    report = dict(cal.report)
+    return {"method": cal.method, "description": cal.describe(), "temperature": cal.temperature, "offset": cal.offset,
+            "validation": {k: report.get(k) for k in ("slice", "rows", "before", "after") if k in report}}
 
 
 def compare(metrics: Sequence[Metrics], title: str | None = None) -> str:
     """A fixed-width table of several predictors' metrics on the same holdout."""
-    header = f"{'predictor':<20} {'ROC AUC':>8} {'log loss':>9} {'Brier':>7} {'ECE':>7} {'rows':>9} {'pos rate':>9}"
+    header = f"{'predictor':<22} {'ROC AUC':>8} {'log loss':>9} {'Brier':>7} {'ECE':>7} {'rows':>9} {'pos rate':>9}"
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for m in metrics:
-        lines.append(f"{m.name:<20} {m.auc:>8.4f} {m.log_loss:>9.4f} {m.brier:>7.4f} {m.ece:>7.4f} {m.rows:>9,d} {m.positive_rate:>9.3f}")
+        lines.append(f"{m.name:<22} {m.auc:>8.4f} {m.log_loss:>9.4f} {m.brier:>7.4f} {m.ece:>7.4f} {m.rows:>9,d} {m.positive_rate:>9.3f}")
     return "\n".join(lines)
 
 

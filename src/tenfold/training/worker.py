@@ -14,6 +14,14 @@ optimizer, scheduler, step, epoch, batch position, every rank's RNG), trains, ch
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
 so the launcher can name the failing rank and its error.
 
+Model quality (docs/training.md): the newest ``validation_fraction`` of the window's rows, by time, is
+the validation slice (:func:`~tenfold.training.data.validation_split`); no rank trains on it. At every
+epoch end each rank scores its share of the slice and the sums are all-reduced, so every rank sees the
+same validation log loss and takes the same decision: the best epoch's weights are kept (in the
+snapshot, so a resumed run chooses exactly as an uninterrupted one), and training stops after
+``patience`` epochs without improvement. Rank 0 saves the best epoch's weights with the calibration
+fitted on the slice (:mod:`tenfold.training.calibration`).
+
 The loop is a :class:`Trainer` (after pytorch/examples' minGPT-ddp): ``_load_snapshot`` on
 construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapshot`` writing a
 :class:`~tenfold.training.checkpoint.Snapshot`. The model is constructed only in :func:`build_model`.
@@ -44,18 +52,28 @@ from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from tenfold.data.lake import Lake
-from tenfold.model.io import save_model
+from tenfold.model.calibration import Calibrator
+from tenfold.model.io import predict_logits, save_model
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
 from tenfold.training import checkpoint as ckpt
+from tenfold.training.calibration import calibrate
 from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
-from tenfold.training.data import FeatureDataset, ShardedBatches, read_features, seed_everything
+from tenfold.training.data import (
+    FeatureDataset,
+    ShardedBatches,
+    read_features,
+    seed_everything,
+    time_columns,
+    validation_split,
+)
 from tenfold.training.remote import RemoteDir, is_remote, read_text
 from tenfold.workloads import get_workload
 
@@ -167,9 +185,16 @@ class Trainer:
         self.lake = Lake(cfg.lake_uri)
         pre = self.preprocessor
         contract = get_workload(cfg.workload).contract
-        columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, contract.label)))
+        columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, contract.label,
+                                      *time_columns(contract))))
         table = read_features(self.lake, cfg.partitions, contract=contract, table=cfg.table, columns=columns)
-        self.data = FeatureDataset.from_table(table, pre, contract.label).to(self.device)
+        # Every rank cuts the same slice: the split depends on the rows' times only.
+        self.split = validation_split(table, contract, cfg.validation_fraction)
+        self.data = FeatureDataset.from_table(table.take(self.split.train), pre, contract.label).to(self.device)
+        self.val: FeatureDataset | None = None
+        if self.split.has_validation:
+            self.val = FeatureDataset.from_table(table.take(self.split.validation), pre, contract.label).to(self.device)
+        del table
         self.batches = ShardedBatches(self.data, cfg.batch_size, world, rank, cfg.seed)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -184,6 +209,11 @@ class Trainer:
         )
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.resumed_from: int | None = None
+        # Early stopping and the epoch choice; in every snapshot. best_state lives on rank 0 only (it saves).
+        self.selection: dict[str, Any] = {"history": [], "best_loss": None, "best_epoch": None, "best_step": None,
+                                          "bad_epochs": 0, "stopped": False}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.calibrator: Calibrator | None = None
         self._load_snapshot()
         self._check_same_step()
         self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
@@ -213,6 +243,10 @@ class Trainer:
         self.optimizer.load_state_dict(snap.optimizer)
         self.scheduler.load_state_dict(snap.scheduler)
         self.step, self.epoch, self.batch_pos, self.resumed_from = snap.step, snap.epoch, snap.batch, snap.step
+        if snap.selection:
+            self.selection = {k: v for k, v in snap.selection.items() if k != "best_state"}
+            if self.rank == 0:
+                self.best_state = snap.selection.get("best_state")
         if snap.world_size == self.world and self.rank in snap.rng:
             ckpt.set_rng_state(snap.rng[self.rank])
         else:  # a different world size cannot continue the old per-rank streams: start fresh ones
@@ -240,7 +274,7 @@ class Trainer:
         return Snapshot(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=next_epoch, batch=next_batch, world_size=self.world, rng=dict(enumerate(states)),
-            trajectory=trajectory_digest(self.cfg),
+            trajectory=trajectory_digest(self.cfg), selection={**self.selection, "best_state": self.best_state},
         )
 
     def _save_snapshot(self, next_epoch: int, next_batch: int) -> None:
@@ -271,6 +305,42 @@ class Trainer:
         dist.all_reduce(reduced)
         return float(reduced.item()) / self.world
 
+    def _validation_loss(self) -> float:
+        """The slice's mean log loss under the current weights (collective: every rank gets the same value)."""
+        assert self.val is not None
+        index = torch.arange(self.rank, len(self.val), self.world, device=self.val.labels.device)
+        cat, num, y = self.val.batch(index)
+        logits = predict_logits(self.model, cat, num)
+        total = F.binary_cross_entropy_with_logits(logits.double(), y.double(), reduction="sum") if len(index) else \
+            torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = torch.stack([total.to(self.device), torch.tensor(float(len(index)), dtype=torch.float64, device=self.device)])
+        dist.all_reduce(sums)
+        return float(sums[0].item() / sums[1].item())
+
+    def _select(self) -> None:
+        """Score the slice after an epoch (or at the last step): keep the best weights, count epochs without gain."""
+        if self.val is None:
+            return
+        sel = self.selection
+        if sel["history"] and sel["history"][-1]["step"] == self.step:
+            return  # already scored (a resumed run at an epoch end)
+        loss = self._validation_loss()
+        sel["history"].append({"epoch": self.epoch, "step": self.step, "val_log_loss": loss})
+        if sel["best_loss"] is None or loss < sel["best_loss"]:
+            sel.update(best_loss=loss, best_epoch=self.epoch, best_step=self.step, bad_epochs=0)
+            if self.rank == 0:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            sel["bad_epochs"] += 1
+            if self.cfg.patience is not None and sel["bad_epochs"] >= self.cfg.patience:
+                sel["stopped"] = True
+        log.info("rank %d epoch %d step %d: validation log loss %.5f (best %.5f at epoch %s)%s", self.rank, self.epoch,
+                 self.step, loss, sel["best_loss"], sel["best_epoch"], "; stopping early" if sel["stopped"] else "")
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps or bool(self.selection["stopped"])
+
     def _run_epoch(self) -> None:
         """Run ``self.epoch`` from the sampler position; it advances to the next epoch only if it finished."""
         for b, index in self.batches.epoch(self.epoch, self.batch_pos):
@@ -284,6 +354,7 @@ class Trainer:
                 row = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss, "attempt": self.restart}
                 self._losses.write(json.dumps(row) + "\n")
             if b + 1 == self.steps_per_epoch:
+                self._select()  # before the snapshot, which carries the choice
                 self._save_snapshot(self.epoch + 1, 0)
             elif self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
                 self._save_snapshot(self.epoch, b + 1)
@@ -296,27 +367,51 @@ class Trainer:
         started = time.perf_counter()
         self.ddp.train()
         try:
-            while self.step < self.total_steps:
+            while not self.done:
                 self._run_epoch()
         finally:
             if self._losses is not None:
                 self._losses.close()
                 self._losses = None
+        if not self.selection["stopped"]:
+            self._select()  # max_steps may end mid-epoch: the last weights are a candidate too
         self._synchronize()
         elapsed = time.perf_counter() - started
         if self.rank != 0:
             return None
+        self._choose_and_calibrate()
         self._save_model()
         return self._result(elapsed)
+
+    def _choose_and_calibrate(self) -> None:
+        """Rank 0: load the best epoch's weights and fit the calibration on the slice."""
+        if self.val is None:
+            return
+        if self.best_state is None:
+            raise WorkerError("a validation slice was scored but no best weights were kept; the checkpoint is inconsistent")
+        self.model.load_state_dict(self.best_state)
+        val_logits = predict_logits(self.model, self.val.categorical, self.val.numeric).double().cpu().numpy()
+        train_logits = predict_logits(self.model, self.data.categorical, self.data.numeric).double().cpu().numpy()
+        self.calibrator = calibrate(
+            self.cfg.calibration, val_logits, self.val.labels.double().cpu().numpy(), train_logits=train_logits,
+            train_labels=self.data.labels.double().cpu().numpy(),
+            slice_info={**self.split.info, "best_epoch": self.selection["best_epoch"]},
+        )
+
+    def _selection_summary(self) -> dict[str, Any]:
+        sel = self.selection
+        return {**self.split.info, "best_epoch": sel["best_epoch"], "best_step": sel["best_step"],
+                "best_log_loss": sel["best_loss"], "stopped_early": sel["stopped"], "patience": self.cfg.patience,
+                "history": sel["history"]}
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":  # CUDA runs asynchronously: time whole steps, not their launch
             torch.cuda.synchronize()
 
     def _save_model(self) -> None:
-        extra = {"train_config": self.cfg.to_dict(), "steps": self.step}
+        extra = {"train_config": self.cfg.to_dict(), "steps": self.step, "validation": self._selection_summary()}
         save_model(self.out / MODEL_DIR, self.model, self.cfg.model, self.preprocessor, workload=self.cfg.workload,
-                   extra=extra)
+                   extra=extra, calibration=self.calibrator)
         if self.mirror is not None:
             for name in MODEL_WRITE_ORDER:
                 self.mirror.upload(self.out / MODEL_DIR / name, f"{MODEL_DIR}/{name}")
@@ -332,6 +427,9 @@ class Trainer:
             "backend": self.backend,
             "device": str(self.device),
             "rows": len(self.data),
+            "validation_rows": len(self.val) if self.val is not None else 0,
+            "validation": self._selection_summary(),
+            "calibration": self.calibrator.to_dict() if self.calibrator is not None else None,
             "global_batch": cfg.batch_size * world,
             "steps_this_attempt": self.steps_run,
             "train_seconds": elapsed,
