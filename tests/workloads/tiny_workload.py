@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
-from tenfold.workloads import Baseline, FeatureContract, Lookups, RequestInvalid, Sources
+from tenfold.workloads import Baseline, FeatureContract, Lookups, Replayed, RequestInvalid, Sources
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -234,6 +234,11 @@ class TinyWorkload:
 
     def online_features(self, lookups: Lookups) -> TinyOnline:
         return TinyOnline(lookups)
+
+    def replay(self, part: Partition) -> list[Replayed]:
+        events = [r for r in read("events").to_pylist() if (r["year"], r["month"]) == (part.year, part.month)]
+        return [Replayed(request={k: r[k] for k in ("year", "month", "event_id", "device_id", "x1", "x2")},
+                         outcome=int(r["label"])) for r in events]
 
 
 WORKLOAD = TinyWorkload()

@@ -103,6 +103,7 @@ def features_batch(
             "python_file_uris": [staged_uri(settings, PACKAGE_ARCHIVE)],
             "args": ["--lake-uri", settings.storage.lake_uri, "--month", month.label,
                      "--workload", settings.workload, "--features-table", settings.storage.features_table,
+                     "--lookups-table", settings.storage.lookups_table,
                      "--output", out],
         },
         "runtime_config": {

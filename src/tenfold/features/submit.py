@@ -62,7 +62,7 @@ def spark_submit_command(
         "--output", output_uri,
         # The job runs in a fresh process without the settings: it learns the workload from its argv.
         "--workload", settings.workload,
-        "--features-table", settings.storage.features_table,
+        "--features-table", settings.storage.features_table, "--lookups-table", settings.storage.lookups_table,
     ]
     if publish:
         cmd.append("--publish")

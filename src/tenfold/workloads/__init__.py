@@ -250,6 +250,22 @@ class Workload(Protocol):
         """Online assembly over ``lookups`` (month -> name -> table, as published) for every month given."""
         ...
 
+    def replay(self, part: Partition) -> list[Replayed]:
+        """The source's records of ``part`` as clients would have sent them, each with its observed outcome.
+
+        What ``make demo``, the serving benchmark and offline inference send "as if live": every request is
+        a JSON body of :attr:`request_model`, the outcome is the label the feature transform gives that record.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One source record replayed as a request (a JSON body of the workload's request model) and its outcome."""
+
+    request: dict[str, Any]
+    outcome: int
+
 
 _LOADED: dict[str, Workload] = {}
 

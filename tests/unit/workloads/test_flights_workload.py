@@ -101,6 +101,9 @@ def test_module_attr_loads_a_users_workload(monkeypatch: pytest.MonkeyPatch) -> 
         def online_features(self, lookups):  # type: ignore[no-untyped-def]
             raise NotImplementedError
 
+        def replay(self, part):  # type: ignore[no-untyped-def]
+            return []
+
     module = types.ModuleType("tiny_workload_for_tests")
     module.WORKLOAD = Tiny()  # type: ignore[attr-defined]
     module.NOT_ONE = object()  # type: ignore[attr-defined]

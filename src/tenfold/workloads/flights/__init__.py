@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from tenfold.workloads import Baseline, FeatureContract, Lookups, OnlineFeatures, Sources
+from tenfold.workloads import Baseline, FeatureContract, Lookups, OnlineFeatures, Replayed, Sources
 from tenfold.workloads.flights.contract import CONTRACT
 
 if TYPE_CHECKING:
@@ -111,6 +111,11 @@ class FlightsWorkload:
         from tenfold.workloads.flights.online import FlightsOnlineFeatures
 
         return FlightsOnlineFeatures(lookups)
+
+    def replay(self, part: Partition) -> list[Replayed]:
+        from tenfold.workloads.flights.replay import replay
+
+        return replay(part)
 
 
 WORKLOAD = FlightsWorkload()
