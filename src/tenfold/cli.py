@@ -70,13 +70,14 @@ _register_training(app)
 def demo(
     first: str = typer.Option("2013-01", help="first month to build (YYYY-MM)"),
     last: str = typer.Option("2013-04", help="last month to build; the newest months are the training holdout"),
+    flights: int = typer.Option(3000, min=0, help="flights of the last month to replay through the serving fleet"),
 ) -> None:
     """Bring the local platform up and run the lifecycle through Airflow (what `make demo` runs)."""
     from tenfold import demo as _demo
     from tenfold.local.process import LocalPlatformError
 
     try:
-        _demo.run(get_settings(), first, last, say=typer.echo)
+        _demo.run(get_settings(), first, last, flights=flights, say=typer.echo)
     except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -10,6 +10,10 @@
    registers it and gates it; the first model that passes the floors becomes champion.
 4. It prints where to look: the Airflow UI and its login, the lake, the Data Docs, the registry and
    the metrics table.
+5. Online serving: the champion is served by the local fleet (replicas behind HAProxy; a fleet from an
+   earlier demo is rolled to the new champion one replica at a time), the held-out month's flights are
+   replayed through it with user keys and a 10% canary split, each outcome is posted as feedback, the
+   feedback is landed and joined, and it prints req/s, p99, the arms' shares and the online accuracy.
 
 Everything runs as Airflow DAG runs, so the same runs are there to inspect (and re-run) in the UI.
 """
@@ -24,11 +28,14 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
-from tenfold.workloads import VERSION_KEY, get_workload
+from tenfold.workloads import VERSION_KEY, get_workload, lookup_table
 
 BUILD, TRAIN = "build_features", "train_model"
 FEATURE_TIMEOUT_S = 30 * 60  # per month, at worst, on a busy 2-core machine
 TRAIN_TIMEOUT_S = 45 * 60
+# The served replay: this many of the held-out month's flights, a tenth of the users on the canary pool.
+DEMO_FLIGHTS = 3000
+DEMO_CANARY_PERCENT = 10
 
 
 class DemoError(RuntimeError):
@@ -43,11 +50,15 @@ def _api(settings: Settings) -> AirflowApi:
 
 
 def _current(settings: Settings, lake: Lake, part: Partition) -> bool:
-    """Published, by this code's feature definition."""
+    """Published, by this code's feature definition, with every lookup table online serving needs."""
     table = settings.storage.features_table
+    contract = get_workload(settings).contract
     if not lake.has_manifest(table, part):
         return False
-    return lake.read_manifest(table, part).extra.get(VERSION_KEY) == get_workload(settings).contract.version
+    if any(not lake.has_manifest(lookup_table(settings.storage.lookups_table, name), part)
+           for name in contract.lookup_tables):
+        return False
+    return lake.read_manifest(table, part).extra.get(VERSION_KEY) == contract.version
 
 
 def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
@@ -115,7 +126,58 @@ def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
     return api._send("GET", path)["value"]
 
 
-def run(settings: Settings, first: str, last: str, *, say: Callable[[str], object] = print) -> None:
+def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str], object]) -> None:
+    """Serve the champion on the local fleet and replay ``flights`` flights of ``month`` through it as live
+    traffic (user keys, a 10% canary split, then each outcome as feedback); land and join the feedback."""
+    from tenfold.feedback import FeedbackSink, SinkError, join, online_metrics
+    from tenfold.registry import CHAMPION, ModelRegistry
+    from tenfold.rollout.haproxy import HaproxyRouter
+    from tenfold.serving import fleet, traffic
+    from tenfold.serving.auth import ensure_token
+
+    champion = ModelRegistry(settings).resolve(CHAMPION)
+    if champion is None:
+        say("serving: no champion yet (the gate promoted nothing), so there is nothing to serve")
+        return
+    if fleet.supervisor_record(settings) is None:
+        fleet.up(settings, CHAMPION, say=say)
+    else:  # a fleet from an earlier demo: move both pools to the new champion, one replica at a time
+        say(f"serving: rolling the running fleet to champion {champion} ...")
+        for pool in ("stable", "canary"):
+            fleet.rollout(settings, champion, pool=pool)
+    router = HaproxyRouter.from_settings(settings)
+    before = router.canary_percent()
+    router.set_canary_percent(DEMO_CANARY_PERCENT)
+    items = get_workload(settings).replay(month)[:flights]
+    say(f"serving: replaying {len(items)} flights of {month.label} through HAProxy "
+        f"({DEMO_CANARY_PERCENT}% of users on the canary pool), then their outcomes as feedback ...")
+    try:
+        report = traffic.replay(settings, items, token=ensure_token(settings))
+    finally:
+        router.set_canary_percent(before)
+    say(f"  {report.summary()}")
+    for error in report.errors[:3]:
+        say(f"  error: {error}")
+    try:
+        with FeedbackSink(settings) as sink:
+            stats = sink.drain()
+        join(settings)
+    except SinkError as exc:
+        raise DemoError(f"the feedback could not be landed: {exc}") from exc
+    say(f"feedback: landed {stats.landed} messages; online accuracy by model version and arm:")
+    for group in online_metrics(settings, by=("model_version", "arm")):
+        m = group.metrics
+        auc = f"{m.auc:.3f}" if m.auc is not None else "n/a"
+        loss = f"{m.log_loss:.4f}" if m.log_loss is not None else "n/a"
+        say(f"  {group.group['model_version']} {group.group['arm']:>6}: {group.served} served, {m.count} with outcomes, "
+            f"log loss {loss}, AUC {auc}")
+    rep = fleet.report(settings)
+    say(f"serving: {rep.url}{settings.serving.server.api_prefix}/predict (token: `tenfold status`); HAProxy metrics "
+        f"{rep.metrics_url}; each replica's /metrics in `tenfold serve status`; `tenfold feedback metrics`")
+
+
+def run(settings: Settings, first: str, last: str, *, flights: int = DEMO_FLIGHTS,
+        say: Callable[[str], object] = print) -> None:
     from tenfold.local.stack import describe, up
 
     months = month_range(first, last)
@@ -144,6 +206,8 @@ def run(settings: Settings, first: str, last: str, *, say: Callable[[str], objec
     say(f"Data Docs: {data_docs_location(settings)}/index.html")
     say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} "
         f"(champion {decision.get('champion_now')}; `tenfold models list`)")
+    say("")
+    serve(settings, months[-1], flights, say)
 
 
 __all__ = ["AirflowApiError", "DemoError", "run"]

@@ -1,0 +1,136 @@
+"""Replay traffic through the serving fleet: predictions with user keys, then the feedback of each.
+
+What ``make demo`` sends (the held-out month's flights as if live, :meth:`Workload.replay`), and what a
+rollout test uses to put load on both arms. Every request goes through the load balancer with the bearer
+token and the user-key header, so HAProxy's sticky split decides the arm; each answered prediction's
+observed outcome is then posted to ``/v1/feedback`` (202 once it is durably on the feedback topic).
+
+The report counts every request by status, so a failure is visible rather than averaged away, and
+gives the latency percentiles the client saw, the throughput, and each arm's share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.workloads import Replayed
+
+
+@dataclass
+class TrafficReport:
+    sent: int = 0
+    seconds: float = 0.0
+    statuses: Counter[int] = field(default_factory=Counter)
+    arms: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    feedback: Counter[int] = field(default_factory=Counter)
+    # prediction id -> arm, for the answered predictions (what the feedback was posted for).
+    predictions: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """The ``q`` quantile (0..1) of the answered requests' latency, in ms (nearest rank)."""
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    def share(self, arm: str) -> float:
+        total = sum(self.arms.values())
+        return self.arms.get(arm, 0) / total if total else 0.0
+
+    def summary(self) -> str:
+        statuses = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
+        arms = ", ".join(f"{arm} {self.share(arm):.1%}" for arm in sorted(self.arms))
+        feedback = ", ".join(f"{code}: {n}" for code, n in sorted(self.feedback.items())) or "none sent"
+        return (f"{self.sent} predictions in {self.seconds:.1f} s ({self.rate:.0f} req/s), statuses {statuses}; "
+                f"latency p50 {self.percentile(0.5):.1f} ms, p99 {self.percentile(0.99):.1f} ms; arms: {arms}; "
+                f"feedback: {feedback}")
+
+
+def lb_url(settings: Settings) -> str:
+    """The local load balancer's base URL (HAProxy in front of the fleet)."""
+    return f"http://{settings.local.bind_host}:{settings.local.lb_port}"
+
+
+def user_key(i: int, users: int) -> str:
+    return f"user-{i % users}"
+
+
+async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: str, token: str, concurrency: int,
+                  users: int, send_feedback: bool, report: TrafficReport) -> None:
+    import httpx
+
+    server = settings.serving.server
+    predict_url = f"{base_url}{server.api_prefix}/predict"
+    feedback_url = f"{base_url}{server.api_prefix}/feedback"
+    auth = {"Authorization": f"Bearer {token}"}
+    queue: asyncio.Queue[tuple[int, Replayed]] = asyncio.Queue()
+    for i, item in enumerate(items):
+        queue.put_nowait((i, item))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                i, item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            key = user_key(i, users)
+            body: dict[str, Any] = {**item.request, "user_key": key}
+            started = time.perf_counter()
+            try:
+                response = await client.post(predict_url, json=body, headers={**auth, server.user_key_header: key})
+            except httpx.HTTPError as exc:
+                report.statuses[0] += 1
+                report.errors.append(f"predict: {type(exc).__name__}: {exc}")
+                continue
+            report.statuses[response.status_code] += 1
+            if response.status_code != 200:
+                report.errors.append(f"predict {response.status_code}: {response.text[:200]}")
+                continue
+            report.latencies_ms.append((time.perf_counter() - started) * 1000)
+            answer = response.json()
+            report.arms[answer["arm"]] += 1
+            report.versions[answer["model_version"]] += 1
+            report.predictions[answer["prediction_id"]] = answer["arm"]
+            if send_feedback:
+                try:
+                    fb = await client.post(feedback_url, headers=auth,
+                                           json={"prediction_id": answer["prediction_id"], "outcome": item.outcome})
+                    report.feedback[fb.status_code] += 1
+                except httpx.HTTPError as exc:
+                    report.feedback[0] += 1
+                    report.errors.append(f"feedback: {type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    report.seconds = time.perf_counter() - started
+    report.sent = len(items)
+
+
+def replay(settings: Settings, items: Sequence[Replayed], *, token: str, base_url: str | None = None,
+           concurrency: int = 8, users: int = 2000, send_feedback: bool = True) -> TrafficReport:
+    """Send ``items`` as predictions through the load balancer (``concurrency`` at a time), each with a user
+    key out of ``users``, then post each answered prediction's outcome as feedback; returns the report."""
+    report = TrafficReport()
+    asyncio.run(_replay(settings, items, base_url=base_url or lb_url(settings), token=token, concurrency=concurrency,
+                        users=users, send_feedback=send_feedback, report=report))
+    return report
