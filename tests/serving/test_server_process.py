@@ -91,7 +91,7 @@ def test_a_model_that_cannot_be_loaded_exits_1_saying_why(serving_env: dict[str,
 def test_bad_flags_exit_2(serving_env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--arm", "blue"], env=serving_env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--arm" in proc.stderr
+    assert proc.returncode == 2 and "--arm" in proc.stderr, (proc.returncode, proc.stderr[-3000:])
 
 
 def test_the_thin_asgi_entry_serves_the_same_app(serving_settings: Any, served_versions: Any, waits: Any,
