@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from tenfold.config import Settings
+from tenfold.config import Settings, get_settings
 from tenfold.local import free_port, settings_env
 from tenfold.rollout.haproxy import HaproxyRouter
 from tenfold.rollout.split import CANARY, STABLE, arm_of, bucket_of
@@ -219,9 +219,17 @@ def _fleet_settings(serving_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def fleet(serving_settings: Settings, served_versions: Any, serving_token: str) -> Iterator[Fleet]:
-    settings = _fleet_settings(serving_settings)
     started = time.monotonic()
-    fleet_mod.up(settings, served_versions.champion, tie_to_this_process=True, say=print)
+    for attempt in range(3):
+        settings = _fleet_settings(serving_settings)
+        try:
+            fleet_mod.up(settings, served_versions.champion, tie_to_this_process=True, say=print)
+            break
+        except fleet_mod.FleetError as exc:
+            # A free port can be taken between choosing and binding it (other tests run beside these): new ports.
+            if attempt == 2 or not re.search(r"in use|cannot bind|Address already", str(exc)):
+                raise
+            print(f"fleet: retrying on other ports after: {exc}")
     print(f"fleet up in {time.monotonic() - started:.1f} s")
 
     def flight(n: int) -> dict[str, Any]:
@@ -306,7 +314,7 @@ def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
     assert all(r.ok for r in results) and low <= canary <= high, (canary, low, high)
 
 
-def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) -> None:
+def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     import typer
     from typer.testing import CliRunner
 
@@ -314,6 +322,8 @@ def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) 
     from tenfold.serving.cli import app
 
     _pin(fleet, percent=10)
+    get_settings.cache_clear()  # the commands read settings from the environment they are given below
+    request.addfinalizer(get_settings.cache_clear)
     # What `tenfold serve status` prints in a shell whose environment names this fleet's home and ports.
     result = CliRunner().invoke(app, ["status"], env=settings_env(fleet.settings))
     assert result.exit_code == 0, result.output

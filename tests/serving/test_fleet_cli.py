@@ -6,13 +6,14 @@ The commands on a running fleet are exercised in test_fleet.py (one fleet for th
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from tenfold.config import Settings
+from tenfold.config import Settings, get_settings
 from tenfold.local import free_port, settings_env
 from tenfold.local.stack import serving_up
 from tenfold.serving import fleet
@@ -20,6 +21,14 @@ from tenfold.serving.auth import read_token, token_path
 from tenfold.serving.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """The commands call get_settings(), which is cached: each invocation must read its own environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def update_spec(settings: Settings, change: Callable[[FleetSpec], dict[str, Pool
     """Apply ``change`` (old spec -> new pools) under the spec lock; returns the new spec."""
     with _spec_lock(settings):
         old = read_spec(settings)
-        if old is None:
+        if old is None or supervisor_record(settings) is None:
             raise FleetError("the serving fleet is not up: run `tenfold serve up`")
         new = FleetSpec(generation=old.generation + 1, pools=change(old))
         _write_atomic(run_dir(settings) / SPEC_FILE, new.to_json())
@@ -794,6 +794,8 @@ def _down(settings: Settings, *, say: Callable[[str], object]) -> bool:
         process.remove_pid_file(rd, SUPERVISOR)
     left = _leftovers(settings)
     _stop_leftovers(settings, say)
+    with _spec_lock(settings):  # a stopped fleet has no desired state: `rollout`/`scale` say it is not up
+        (rd / SPEC_FILE).unlink(missing_ok=True)
     (rd / STATUS_FILE).unlink(missing_ok=True)
     return stopped or bool(left)
 
