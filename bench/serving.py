@@ -475,6 +475,60 @@ def profile(server: Server, bodies: Path, offset: int, duration: float, concurre
     return phase, "\n".join(lines)
 
 
+def event_loop_profile(home: Home, hot: Path, work: Path, duration: float, concurrency: int) -> tuple[Phase | None, str]:
+    """A second replica with its event-loop thread under cProfile (CPU clock), answering cache hits under
+    closed-loop load: where the handler's own CPU goes per request, function by function."""
+    import pstats
+
+    port = free_port()
+    out = work / "event-loop.prof"
+    s = home.settings.serving.server
+    srv = Server("tenfold-cprofile", [sys.executable, str(PEERS / "profiled_replica.py"), str(out), "--host", "127.0.0.1",
+                                      "--port", str(port), "--arm", "stable", "--model", home.version, "--log-level", "warning"],
+                 home.env, f"http://127.0.0.1:{port}{s.api_prefix.rstrip('/')}/predict", f"http://127.0.0.1:{port}{s.ready_path}",
+                 work / "tenfold-cprofile.log", bodies=hot, headers={"Authorization": f"Bearer {home.token}"})
+    try:
+        srv.start()
+        run_load(srv, "cprofile-warmup", mode="closed", duration=2.0, bodies=hot, concurrency=concurrency, work=work)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGUSR1)  # profiling on (startup and warm-up stay out)
+        phase = run_load(srv, "cprofile", mode="closed", duration=duration, bodies=hot, concurrency=concurrency, work=work)
+        srv.proc.send_signal(signal.SIGUSR2)  # off, and written
+        deadline = time.monotonic() + 30
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the dump finish
+    except Exception as exc:
+        return None, f"the profiled replica failed: {exc}".splitlines()[0]
+    finally:
+        srv.stop()
+    if not out.exists():
+        return phase, "the profiled replica wrote no profile"
+    stats = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
+    handler = [v for k, v in stats.items() if k[0].endswith("tenfold/serving/app.py") and k[2] == "predict"]
+    n = handler[0][1] if handler else 0
+    if not n:
+        return phase, "the profile holds no call of the predict handler"
+    rows = []
+    for (path, line, func), (_cc, nc, tt, ct, _callers) in stats.items():
+        if nc < n / 4:  # background work (the batcher's loop, timers): not per request
+            continue
+        short = "/".join(Path(path).parts[-2:]) if "/" in path else path
+        rows.append((ct / n * 1e6, tt / n * 1e6, nc / n, f"{func} ({short}:{line})"))
+    rows.sort(reverse=True)
+    lines = [f"cProfile with the thread's CPU clock on the event-loop thread of a second replica answering {n:,} requests, "
+             f"all cache hits (no model), c={concurrency}, profiled after a warm-up: µs of that thread's CPU per request. "
+             "cProfile's own overhead "
+             "roughly doubles Python-level costs: compare rows with each other, not with the tables above.", "",
+             "| function | cumulative µs/req | own µs/req | calls/req |", "|---|---:|---:|---:|"]
+    lines += [f"| `{name[:100]}` | {cum:,.1f} | {own:,.1f} | {calls:.1f} |" for cum, own, calls, name in rows[:34]]
+    lines += ["", "The same functions by their own time (the hot spots):", "",
+              "| function | own µs/req | calls/req |", "|---|---:|---:|"]
+    lines += [f"| `{name[:100]}` | {own:,.1f} | {calls:.1f} |"
+              for cum, own, calls, name in sorted(rows, key=lambda r: -r[1])[:16]]
+    return phase, "\n".join(lines)
+
+
 # --- per-stage costs, in this process -------------------------------------------------------------
 
 def stage_breakdown(settings: Settings, version: str, bodies: Sequence[dict[str, Any]], batch: int = 32) -> str:
@@ -747,6 +801,10 @@ def main(argv: list[str] | None = None) -> int:
                     if prof_phase is not None:
                         offsets["tenfold"] += prof_phase.r["bodies_used"]
                         phases.append(prof_phase)
+                    cprof_phase, extra["cprofile"] = event_loop_profile(home, hot, work, min(args.duration, 8.0),
+                                                                        args.concurrency)
+                    if cprof_phase is not None:
+                        phases.append(cprof_phase)
             extra["bodies_used"] = offsets
         finally:
             for srv in servers.values():
@@ -857,6 +915,9 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
                   f"cache hits (each flight is sent once: expected 0), {calls:,.0f} model calls, mean batch "
                   f"{(rows / calls) if calls else float('nan'):.1f} rows; {tm.get('tenfold_prediction_samples_total', 0):,.0f} "
                   f"prediction samples published to Pub/Sub, {tm.get('tenfold_dropped_samples_total', 0):,.0f} dropped."]
+    if "cprofile" in extra:
+        lines += ["", "## The handler function by function (cProfile of the event-loop thread, cache hits)", "",
+                  extra["cprofile"]]
     if "breakdown" in extra:
         lines += ["", "## The predict path step by step (in-process timing)", "", extra["breakdown"]]
     if "profile" in extra:

@@ -34,6 +34,7 @@ from tenfold.workloads import get_workload
 # field), so the workload's own request model is the annotation.
 FlightRequest = get_workload(settings_from_env(os.environ)).request_model
 MAX_BATCH = int(os.environ.get("BENCH_MAX_BATCH_SIZE", "64"))
+MAX_LATENCY_MS = int(os.environ.get("BENCH_BENTOML_MAX_LATENCY_MS", "60000"))
 
 
 # Access log off, as on Tenfold's replicas and LitServe (log level warning); metrics stay at BentoML's default (on).
@@ -44,7 +45,7 @@ class Flights:
     def __init__(self) -> None:
         self.scorer = Scorer()
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, flights: list[FlightRequest]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
         try:
             for f in flights:
