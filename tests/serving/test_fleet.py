@@ -243,10 +243,31 @@ def fleet(serving_settings: Settings, served_versions: Any, serving_token: str) 
         fleet_mod.down(settings, say=print)
 
 
+def invoke(fleet: Fleet, app: Any, *args: str) -> str:
+    """Run a typer ``app`` as a person would, in a shell whose environment names this fleet; its output."""
+    from typer.testing import CliRunner
+
+    get_settings.cache_clear()  # the command reads its settings from the environment given here
+    try:
+        result = CliRunner().invoke(app, list(args), env=settings_env(fleet.settings))
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def serve(fleet: Fleet, *args: str) -> str:
+    """``tenfold serve <args>``."""
+    from tenfold.serving.cli import app
+
+    return invoke(fleet, app, *args)
+
+
 def _pin(fleet: Fleet, stable: tuple[int, int] = (2, 2), canary: tuple[int, int] = (1, 1), percent: int = 0) -> None:
-    fleet_mod.scale(fleet.settings, STABLE, low=stable[0], high=stable[1])
-    fleet_mod.scale(fleet.settings, CANARY, low=canary[0], high=canary[1])
-    HaproxyRouter.from_settings(fleet.settings).set_canary_percent(percent)
+    """Set the pools' bounds and the split through `tenfold serve scale` and `tenfold serve split`."""
+    assert f"bounds {stable[0]}..{stable[1]}" in serve(fleet, "scale", "--pool", STABLE, "--min", str(stable[0]), "--max", str(stable[1]))
+    assert f"bounds {canary[0]}..{canary[1]}" in serve(fleet, "scale", "--pool", CANARY, "--min", str(canary[0]), "--max", str(canary[1]))
+    assert serve(fleet, "split", str(percent)) == f"canary: {percent} %\n"
 
 
 def _binomial_99(n: int, p: float) -> tuple[float, float]:
@@ -314,35 +335,27 @@ def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
     assert all(r.ok for r in results) and low <= canary <= high, (canary, low, high)
 
 
-def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet, request: pytest.FixtureRequest) -> None:
+def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) -> None:
     import typer
-    from typer.testing import CliRunner
 
     from tenfold.local import cli as local_cli
-    from tenfold.serving.cli import app
 
     _pin(fleet, percent=10)
-    get_settings.cache_clear()  # the commands read settings from the environment they are given below
-    request.addfinalizer(get_settings.cache_clear)
-    # What `tenfold serve status` prints in a shell whose environment names this fleet's home and ports.
-    result = CliRunner().invoke(app, ["status"], env=settings_env(fleet.settings))
-    assert result.exit_code == 0, result.output
-    out = result.output
+    out = serve(fleet, "status")
     assert "serving  healthy" in out and f"http://127.0.0.1:{fleet.settings.local.lb_port}/v1/predict" in out
     assert "canary 10 %" in out and f"token   {fleet.token}" in out
     st = fleet.status()
     for pool in st.pools.values():
         for r in pool.replicas:
             assert re.search(rf"replica-{r.pool}-{r.slot} +serving +haproxy UP +alive +http://127.0.0.1:{r.port} pid {r.pid}", out), out
-    as_json = json.loads(CliRunner().invoke(app, ["status", "--json"], env=settings_env(fleet.settings)).output)
+    as_json = json.loads(serve(fleet, "status", "--json"))
     assert as_json["canary_percent"] == 10 and as_json["token"] == fleet.token
     assert {(r["pid"], r["alive"]) for r in as_json["replicas"]} == {(r.pid, True) for p in st.pools.values() for r in p.replicas}
     # `tenfold status` (the platform's) reports the fleet the same way, token included.
     platform = typer.Typer()
     platform.command()(local_cli.status)
-    result = CliRunner().invoke(platform, ["--service", "gcs"], env=settings_env(fleet.settings))
-    assert result.exit_code == 0, result.output
-    assert "gcs      healthy" in result.output and "serving  healthy" in result.output and fleet.token in result.output
+    out = invoke(fleet, platform, "--service", "gcs")
+    assert "gcs      healthy" in out and "serving  healthy" in out and fleet.token in out
     # HAProxy's own Prometheus endpoint, on the port the fleet settings name.
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{fleet.settings.serving.fleet.lb_metrics_port}/metrics", timeout=5).read().decode()
     assert re.search(r'haproxy_backend_active_servers\{proxy="stable"\} 2', metrics), metrics[:500]
@@ -396,11 +409,11 @@ def test_rolling_version_change_fails_no_request_and_serves_no_stale_prediction(
     _pin(fleet)
     old, new = fleet.versions
     if {r.version for r in fleet.status().pools[STABLE].replicas} != {old}:  # run out of order, after itself
-        fleet_mod.rollout(fleet.settings, old, pool=STABLE)
+        serve(fleet, "rollout", "--model", old)
     # The same flight over and over: after the first answer each replica serves it from its cache.
     with Load(fleet.url, fleet.token, fleet.request("each", flight=7), concurrency=2) as load:
         load.wait_count(200)
-        fleet_mod.rollout(fleet.settings, new, pool=STABLE)
+        assert f"2 replicas serve {new}" in serve(fleet, "rollout", "--model", new, "--pool", STABLE)
         changed = time.monotonic()
         load.wait_count(len(load.results) + 300)
     failures = [r for r in load.results if not r.ok]
