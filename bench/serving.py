@@ -665,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         peer_env = {**home.env, "BENCH_MODEL_DIR": str(home.model_dir), "BENCH_MODEL_VERSION": home.version,
                     "BENCH_TORCH_THREADS": str(server_settings.torch_threads),
                     "BENCH_MAX_BATCH_SIZE": str(server_settings.max_batch_size), "BENTOML_DO_NOT_TRACK": "true",
+                    # LitServe's ZeroMQ queue measured faster than its default here: the peer gets its best.
+                    "BENCH_LITSERVE_FAST_QUEUE": os.environ.get("BENCH_LITSERVE_FAST_QUEUE", "1"),
                     "PYTHONPATH": str(ROOT / "src")}
         auth = {"Authorization": f"Bearer {home.token}"}
         phases: list[Phase] = []
@@ -927,6 +929,8 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
               f"predictions to Pub/Sub (prediction_sample_rate {s.prediction_sample_rate:g}; the emulator runs at nice 19 "
               "as a stand-in for the remote service), keeps a prediction cache and Prometheus metrics, and computes the A/B "
               "bucket; the peers do none of that (no auth, no publishing, no cache, their own metrics off).",
+              "- LitServe runs with `fast_queue=True` (ZeroMQ between its HTTP and inference processes), which measured "
+              "faster than its default multiprocessing queue here (BENCH_LITSERVE_FAST_QUEUE=0 for the default).",
               "- BentoML's batchable API takes a list, so its body is `{\"flights\": [<flight>]}` (Tenfold's batch shape); "
               "its `max_latency_ms` is a shedding deadline, not a wait, so it stays at its 60 s default.",
               "- The floor is a no-op POST on the real replica app (create_app + one route, the same uvicorn "

@@ -15,6 +15,7 @@ Bound to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=float, required=True)
     args = parser.parse_args(argv)
     api = FlightsAPI(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout_ms / 1000.0)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30)
+    # fast_queue (ZeroMQ between the HTTP and inference processes) is off by default; BENCH_LITSERVE_FAST_QUEUE=1
+    # turns it on.
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30,
+                          fast_queue=os.environ.get("BENCH_LITSERVE_FAST_QUEUE") == "1")
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
     return 0
 
