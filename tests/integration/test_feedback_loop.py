@@ -25,11 +25,11 @@ from tenfold.config import Settings
 from tenfold.config.settings import SubscriptionSettings
 from tenfold.data.lake import Lake, Partition
 from tenfold.feedback import cli as feedback_cli
-from tenfold.feedback.join import join
 from tenfold.feedback.log import log_months, read_log
 from tenfold.feedback.metrics import labelled_rows, online_metrics
 from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG
 from tenfold.feedback.sink import FeedbackSink, SinkOptions
+from tenfold.feedback.upsert import join
 from tenfold.messaging import ensure_topology, publisher_client, subscriber_client, subscription_path, topic_path
 from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 

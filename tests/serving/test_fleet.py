@@ -445,3 +445,49 @@ def test_autoscaling_scales_out_under_load_and_back_in_without_failures(fleet: F
     assert len(out.pools[STABLE].serving()) == 2 and len(back.pools[STABLE].serving()) == 1
     events = "\n".join(back.events)
     assert "stable: 2 replicas" in events and "draining (scaling in to 1)" in events, events
+
+
+def test_replayed_traffic_and_its_feedback_join_to_one_labelled_row_per_prediction_on_its_arm(fleet: Fleet) -> None:
+    """What ``make demo`` does: tenfold.serving.traffic through HAProxy, the feedback sink, the join, online metrics."""
+    import datetime as dt
+
+    from tenfold.feedback import FeedbackSink, join, labelled_rows, online_metrics
+    from tenfold.messaging import ensure_topology
+    from tenfold.serving import traffic
+    from tenfold.workloads import Replayed
+
+    _pin(fleet, percent=50)
+    # Subscriptions and lake tables of this test's own: the module's other tests published thousands of
+    # predictions, which a fresh subscription never sees.
+    subs = {name: sub.model_copy(update={"name": f"{sub.name}-replay", "dead_letter_subscription":
+                                         f"{sub.dead_letter_subscription}-replay"})
+            for name, sub in fleet.settings.messaging.subscriptions.items()}
+    storage = fleet.settings.storage.model_copy(update={
+        "predictions_table": "replay_predictions", "feedback_table": "replay_feedback", "labelled_table": "replay_labelled"})
+    settings = fleet.settings.model_copy(update={
+        "messaging": fleet.settings.messaging.model_copy(update={"subscriptions": subs}), "storage": storage})
+    ensure_topology(settings)
+
+    users, n = 60, 240
+    items = [Replayed(request=fleet.flight(7000 + i), outcome=int(i % 3 == 0)) for i in range(n)]
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    report = traffic.replay(settings, items, token=fleet.token, base_url=fleet.url.removesuffix("/v1/predict"),
+                            concurrency=4, users=users)
+    assert dict(report.statuses) == {200: n}, report.errors[:3]
+    assert dict(report.feedback) == {202: n}, report.errors[:3]
+    # HAProxy put each user where Python's bucket says, so every arm attribution downstream is right.
+    expected_arm = [arm_of(bucket_of(traffic.user_key(i, users)), 50) for i in range(n)]
+    assert report.arms == {arm: expected_arm.count(arm) for arm in (STABLE, CANARY)}
+    assert 0 < report.arms[CANARY] < n
+
+    with FeedbackSink(settings) as sink:
+        stats = sink.drain()
+    assert stats.landed == 2 * n and stats.poison == 0
+    join(settings)
+    rows = labelled_rows(settings, since=since)
+    assert rows.num_rows == n and len(set(rows["prediction_id"].to_pylist())) == n
+    metrics = {g.group["arm"]: g for g in online_metrics(settings, since, by=("arm",))}
+    for arm in (STABLE, CANARY):
+        outcomes = [item.outcome for item, a in zip(items, expected_arm, strict=True) if a == arm]
+        assert metrics[arm].served == len(outcomes) and metrics[arm].metrics.count == len(outcomes)
+        assert metrics[arm].metrics.positives == sum(outcomes)

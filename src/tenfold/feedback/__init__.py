@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tenfold.feedback.join import JoinOptions, JoinReport, join
     from tenfold.feedback.metrics import (
         BinaryMetrics,
         GroupMetrics,
@@ -28,9 +27,10 @@ if TYPE_CHECKING:
         online_metrics,
     )
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions, SinkStats
+    from tenfold.feedback.upsert import JoinOptions, JoinReport, join
 
 _EXPORTS = {
-    "join": "join", "JoinOptions": "join", "JoinReport": "join",
+    "join": "upsert", "JoinOptions": "upsert", "JoinReport": "upsert",
     "online_metrics": "metrics", "labelled_rows": "metrics", "flatten_requests": "metrics",
     "labelled_lineage": "metrics", "binary_metrics": "metrics", "BinaryMetrics": "metrics", "GroupMetrics": "metrics",
     "FeedbackSink": "sink", "SinkOptions": "sink", "SinkStats": "sink", "SinkError": "sink",

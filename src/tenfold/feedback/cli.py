@@ -55,9 +55,9 @@ def sink_command(
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
     from tenfold.data.lake import LakeError
-    from tenfold.feedback.join import join
     from tenfold.feedback.lock import LockTimeout
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
+    from tenfold.feedback.upsert import join
 
     if once and until_idle:
         raise _fail("--once and --until-idle are alternatives: pass one of them (or neither, to run until SIGTERM)", 2)
@@ -82,8 +82,8 @@ def sink_command(
 
 def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -> None:
     from tenfold.data.lake import LakeError
-    from tenfold.feedback.join import join
     from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.upsert import join
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,8 +120,8 @@ def join_command(
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
     from tenfold.data.lake import LakeError, Partition
-    from tenfold.feedback.join import JoinOptions, join
     from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.upsert import JoinOptions, join
 
     try:
         months = [Partition.parse(m) for m in month] if month else None

@@ -8,7 +8,7 @@
   :func:`labelled_lineage` names the published partitions they came from.
 
 Both read only what the join published (``Lake.read_table``, manifest-checked); run
-:func:`tenfold.feedback.join.join` first, or pass ``refresh=True``, to include what the sink landed
+:func:`tenfold.feedback.upsert.join` first, or pass ``refresh=True``, to include what the sink landed
 since. No data is an empty answer, not an error: "no feedback yet" is a state the canary must see.
 """
 
@@ -114,7 +114,7 @@ def labelled_rows(
     an outcome unless ``include_unlabelled``. ``refresh`` runs the join first. Empty when there is none.
     """
     if refresh:
-        from tenfold.feedback.join import join
+        from tenfold.feedback.upsert import join
 
         join(settings)
     lake = Lake.from_settings(settings)

@@ -8,7 +8,7 @@
   partitioned by the month of ``served_at``).
 
 The two logs are at-least-once (a redelivered message lands twice) and carry the Pub/Sub message id,
-publish time and delivery attempt for tracing; the labelled table is exact (see :mod:`tenfold.feedback.join`).
+publish time and delivery attempt for tracing; the labelled table is exact (see :mod:`tenfold.feedback.upsert`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tenfold.data.lake import Lake, Partition
-from tenfold.feedback.join import JoinOptions, join
 from tenfold.feedback.lock import LockTimeout, join_lock
+from tenfold.feedback.upsert import JoinOptions, join
 
 from .conftest import T0, feedback, prediction
 

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from tenfold.data.lake import Partition
-from tenfold.feedback.join import join
 from tenfold.feedback.metrics import flatten_requests, labelled_lineage, labelled_rows, online_metrics
+from tenfold.feedback.upsert import join
 
 from .conftest import T0, feedback, prediction
 
