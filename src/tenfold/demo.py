@@ -36,6 +36,7 @@ TRAIN_TIMEOUT_S = 45 * 60
 # The served replay: this many of the held-out month's flights, a tenth of the users on the canary pool.
 DEMO_FLIGHTS = 3000
 DEMO_CANARY_PERCENT = 10
+FEEDBACK_TIMEOUT_S = 180
 
 
 class DemoError(RuntimeError):
@@ -128,8 +129,12 @@ def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
 
 def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str], object]) -> None:
     """Serve the champion on the local fleet and replay ``flights`` flights of ``month`` through it as live
-    traffic (user keys, a 10% canary split, then each outcome as feedback); land and join the feedback."""
-    from tenfold.feedback import FeedbackSink, SinkError, join, online_metrics
+    traffic (user keys, a 10% canary split, then each outcome as feedback); wait until the feedback sink
+    has landed and joined all of it, and print the online accuracy per model version and arm."""
+    import datetime as dt
+
+    from tenfold.feedback import online_metrics
+    from tenfold.local.stack import feedback_sink_up, serving_up
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.rollout.haproxy import HaproxyRouter
     from tenfold.serving import fleet, traffic
@@ -140,17 +145,19 @@ def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str
         say("serving: no champion yet (the gate promoted nothing), so there is nothing to serve")
         return
     if fleet.supervisor_record(settings) is None:
-        fleet.up(settings, CHAMPION, say=say)
+        serving_up(settings, say=say)
     else:  # a fleet from an earlier demo: move both pools to the new champion, one replica at a time
         say(f"serving: rolling the running fleet to champion {champion} ...")
         for pool in ("stable", "canary"):
             fleet.rollout(settings, champion, pool=pool)
+        feedback_sink_up(settings, say=say)
     router = HaproxyRouter.from_settings(settings)
     before = router.canary_percent()
     router.set_canary_percent(DEMO_CANARY_PERCENT)
     items = get_workload(settings).replay(month)[:flights]
     say(f"serving: replaying {len(items)} flights of {month.label} through HAProxy "
         f"({DEMO_CANARY_PERCENT}% of users on the canary pool), then their outcomes as feedback ...")
+    since = dt.datetime.now(dt.UTC)
     try:
         report = traffic.replay(settings, items, token=ensure_token(settings))
     finally:
@@ -158,14 +165,18 @@ def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str
     say(f"  {report.summary()}")
     for error in report.errors[:3]:
         say(f"  error: {error}")
-    try:
-        with FeedbackSink(settings) as sink:
-            stats = sink.drain()
-        join(settings)
-    except SinkError as exc:
-        raise DemoError(f"the feedback could not be landed: {exc}") from exc
-    say(f"feedback: landed {stats.landed} messages; online accuracy by model version and arm:")
-    for group in online_metrics(settings, by=("model_version", "arm")):
+    accepted = report.feedback.get(202, 0)
+    deadline = time.monotonic() + FEEDBACK_TIMEOUT_S
+    while True:  # the platform's feedback sink lands it; the join is refreshed on each look
+        groups = online_metrics(settings, since, by=("model_version", "arm"), refresh=True)
+        if sum(g.metrics.count for g in groups) >= accepted and sum(g.served for g in groups) >= report.ok:
+            break
+        if time.monotonic() > deadline:
+            raise DemoError(f"the feedback sink did not land the demo's {accepted} outcomes within {FEEDBACK_TIMEOUT_S} s; "
+                            "see its log in `tenfold status`")
+        time.sleep(2)
+    say("online accuracy by model version and arm (predictions joined to their feedback):")
+    for group in groups:
         m = group.metrics
         auc = f"{m.auc:.3f}" if m.auc is not None else "n/a"
         loss = f"{m.log_loss:.4f}" if m.log_loss is not None else "n/a"

@@ -5,7 +5,9 @@ The commands on a running fleet are exercised in test_fleet.py (one fleet for th
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +108,38 @@ def test_settings_reach_the_supervisor_whole(make_settings: Any, tmp_path: Path)
     path.write_text(settings.model_dump_json())
     assert Settings.model_validate_json(path.read_text()) == settings
     assert settings_env(settings)["TENFOLD_HOME"] == str(settings.local.home)
+
+
+def test_the_feedback_sink_runs_as_a_platform_process_until_serving_stops(make_settings: Any, local_settings: Settings) -> None:
+    """``tenfold up`` starts ``tenfold feedback sink`` beside the fleet; a second start is a no-op; down stops it."""
+    import psutil
+
+    from tenfold.feedback import labelled_rows
+    from tenfold.local.process import log_tail as process_log_tail
+    from tenfold.local.stack import FEEDBACK_SINK, feedback_sink_record, feedback_sink_up, serving_down
+    from tenfold.messaging import ensure_topology, publisher_client, topic_path
+    from tenfold.messaging.records import PredictionRecord
+
+    settings = make_settings(on=local_settings, local={"lb_port": free_port()})
+    ensure_topology(settings)
+    record = feedback_sink_up(settings, say=print, tie_to_this_process=True)
+    try:
+        assert feedback_sink_up(settings, say=print).pid == record.pid  # already running: not started twice
+        cmdline = psutil.Process(record.pid).cmdline()
+        assert cmdline[-3:] == ["tenfold.cli", "feedback", "sink"]
+        # It works: a published prediction is landed and joined (unlabelled until its feedback comes).
+        record_ = PredictionRecord(prediction_id="p-sink-1", model_version="v1", arm="stable", probability=0.3,
+                                   request={"flight": 1}, served_at=dt.datetime.now(dt.UTC))
+        publisher = publisher_client(settings)
+        publisher.publish(topic_path(settings, settings.messaging.predictions_topic), record_.to_message(),
+                          **record_.attributes()).result(timeout=30)
+        deadline = time.monotonic() + 90
+        while (rows := labelled_rows(settings, include_unlabelled=True)).num_rows == 0:
+            assert time.monotonic() < deadline, process_log_tail(record.log)
+            time.sleep(0.5)
+        assert rows["prediction_id"].to_pylist() == ["p-sink-1"]
+    finally:
+        said: list[str] = []
+        serving_down(settings, say=said.append)
+    assert f"{FEEDBACK_SINK}: stopped" in said and feedback_sink_record(settings) is None
+    assert not psutil.pid_exists(record.pid) or psutil.Process(record.pid).status() == psutil.STATUS_ZOMBIE

@@ -59,10 +59,15 @@ def up(service: _ServiceOpt = None) -> None:
 
 def _describe_serving(settings: Settings) -> bool:
     """Print the serving fleet's report; False when it runs but is not healthy."""
+    from tenfold.local.stack import FEEDBACK_SINK, feedback_sink_record
     from tenfold.serving import fleet
 
     rep = fleet.report(settings)
     typer.echo(fleet.describe(rep))
+    sink = feedback_sink_record(settings)
+    # Not a health condition: without the sink no feedback is lost (Pub/Sub keeps it), it only waits.
+    typer.echo(f"{FEEDBACK_SINK}: " + (f"running (pid {sink.pid}, log {sink.log})" if sink
+                                       else "not running (`tenfold up` starts it with the fleet)"))
     return rep.healthy or not (rep.running or rep.haproxy_alive)
 
 

@@ -267,7 +267,36 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
         say(f"serving: skipped, no model is registered as {ref!r} yet (run `make demo` to train one, then `tenfold serve up`)")
         return False
     fleet.up(settings, ref, say=say)
+    feedback_sink_up(settings, say=say)
     return True
+
+
+# The feedback sink (``tenfold feedback sink``) runs beside the fleet: it lands the sampled predictions and
+# the feedback from Pub/Sub in the lake and joins them whenever it is idle.
+FEEDBACK_SINK = "feedback-sink"
+
+
+def feedback_sink_record(settings: Settings) -> ProcessRecord | None:
+    return running_record(settings, FEEDBACK_SINK)
+
+
+def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print,
+                     tie_to_this_process: bool = False) -> ProcessRecord:
+    """Start ``tenfold feedback sink`` as a process of the platform unless it runs; returns its record."""
+    import os
+    import sys
+
+    from tenfold.local.env import settings_env
+
+    if (record := feedback_sink_record(settings)) is not None:
+        return record
+    process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
+    record = process.start(
+        FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings), port=0,
+        env={**os.environ, **settings_env(settings)}, cwd=settings.local.home, tie_to_this_process=tie_to_this_process,
+    )
+    say(f"{FEEDBACK_SINK}: landing predictions and feedback in the lake (pid {record.pid}, log {record.log})")
+    return record
 
 
 def serving_down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
@@ -276,4 +305,6 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
 
     stopped = fleet.down(settings, say=say)
     say("serving: stopped" if stopped else "serving: not running")
+    if stop_service(settings, FEEDBACK_SINK):  # after the replicas: it lands what they published last
+        say(f"{FEEDBACK_SINK}: stopped")
     return stopped
