@@ -353,6 +353,8 @@ class LocalSettings(_Frozen):
 
 
 LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
+SERVING_ENV_PREFIX = "TENFOLD_SERVING__"
+SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "fleet": FleetSettings}
 _LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
 
 
@@ -388,6 +390,9 @@ class EnvironSettings(BaseSettings):
     alert_file: Path | None = None
     root: Path | None = None
     local: dict[str, str] = Field(default_factory=dict)
+    # TENFOLD_SERVING__SERVER__<FIELD> and TENFOLD_SERVING__FLEET__<FIELD>: the replica's and the local fleet's
+    # settings, so a replica or fleet process started with settings_env() runs with its parent's.
+    serving: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -413,6 +418,20 @@ class EnvironSettings(BaseSettings):
                     f"{LOCAL_ENV_PREFIX}{name.upper()} names no local setting: use one of "
                     f"{', '.join(LOCAL_ENV_PREFIX + f.upper() for f in _LOCAL_OVERRIDABLE)}"
                 )
+        return value
+
+    @field_validator("serving")
+    @classmethod
+    def _known_serving_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for section, fields in value.items():
+            known = SERVING_ENV_SECTIONS.get(section)
+            if known is None:
+                raise ValueError(f"TENFOLD_SERVING__{section.upper()}__* names no serving section: use "
+                                 f"{' or '.join('TENFOLD_SERVING__' + s.upper() + '__<FIELD>' for s in SERVING_ENV_SECTIONS)}")
+            for name in fields:
+                if name not in known.model_fields:
+                    raise ValueError(f"TENFOLD_SERVING__{section.upper()}__{name.upper()} names no field of "
+                                     f"{known.__name__}: use one of {', '.join(f.upper() for f in known.model_fields)}")
         return value
 
 
@@ -622,6 +641,8 @@ def build_settings(
                 forwarding_rule=f"{prefix}-fwd",
                 cloud_armor_policy=f"{prefix}-armor" if prod else None,
             ),
+            server=ServerSettings(**given.serving.get("server", {})),  # type: ignore[arg-type]
+            fleet=FleetSettings(**given.serving.get("fleet", {})),  # type: ignore[arg-type]
         ),
         inference=InferenceSettings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,

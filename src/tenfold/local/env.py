@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import Settings, build_settings
-from tenfold.config.settings import LOCAL_ENV_PREFIX, LocalSettings
+from tenfold.config.settings import LOCAL_ENV_PREFIX, SERVING_ENV_PREFIX, SERVING_ENV_SECTIONS, LocalSettings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -40,6 +40,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for field in LocalSettings.model_fields:
         if field != "home":
             env[LOCAL_ENV_PREFIX + field.upper()] = str(getattr(settings.local, field))
+    for section in SERVING_ENV_SECTIONS:
+        values = getattr(settings.serving, section)
+        for field in type(values).model_fields:
+            value = getattr(values, field)
+            env[f"{SERVING_ENV_PREFIX}{section.upper()}__{field.upper()}"] = "" if value is None else str(value)
     if settings.storage.emulator_host:
         env["STORAGE_EMULATOR_HOST"] = settings.storage.emulator_host
     if settings.messaging.emulator_host:

@@ -237,3 +237,26 @@ def test_lake_layout_is_validated():
         LakeLayout(staging="a/b")
     with pytest.raises(ValueError, match="different folders"):
         LakeLayout(staging="x", quarantine="x")
+
+
+def test_serving_sections_travel_to_a_child_process_through_its_environment(tmp_path):
+    """A replica or fleet process started with settings_env() gets its parent's server and fleet settings."""
+    from tenfold.local.env import settings_env, settings_from_env
+
+    base = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__SERVER__MAX_BATCH_SIZE": "16",
+                                    "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": "9404"})
+    assert base.serving.server.max_batch_size == 16 and base.serving.fleet.lb_metrics_port == 9404
+    server = base.serving.server.model_copy(update={"max_batch_wait_ms": 7.5, "cache_entries": 0})
+    parent = base.model_copy(update={"serving": base.serving.model_copy(update={"server": server})})
+    child = settings_from_env(settings_env(parent))
+    assert child.serving == parent.serving and child.serving.server.max_batch_wait_ms == 7.5
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("TENFOLD_SERVING__SERVER__NOPE", "1", "TENFOLD_SERVING__SERVER__NOPE names no field of ServerSettings"),
+    ("TENFOLD_SERVING__GATEWAY__PORT", "1", "TENFOLD_SERVING__GATEWAY__\\* names no serving section"),
+    ("TENFOLD_SERVING__SERVER__MAX_BATCH_SIZE", "0", "max_batch_size"),
+])
+def test_a_wrong_serving_variable_is_refused_by_name(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_settings("local", {name: value})
