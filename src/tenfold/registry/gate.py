@@ -274,7 +274,8 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
               f"holdout ECE {ece if ece is None else f'{ece:.4f}'} <= {policy.max_ece:.4f}")
     if isinstance(calibration.get("ece"), (int, float)):
         before = calibration.get("ece_uncalibrated")
-        reasons.append(f"calibration {calibration.get('method', 'none')}: holdout ECE {calibration['ece']:.4f}"
+        method = f" ({calibration['method']})" if calibration.get("method") else ""
+        reasons.append(f"calibration{method}: holdout ECE {calibration['ece']:.4f}"
                        + (f" (uncalibrated {before:.4f})" if isinstance(before, (int, float)) else ""))
 
     suspect = False

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tenfold.model import calibration
-from tenfold.model.calibration import CalibrationError, Calibrator, sigmoid
+from tenfold.model.calibration import CalibrationError, Calibrator, fit_temperature, sigmoid
 from tenfold.training.metrics import score
 
 log = logging.getLogger(__name__)
@@ -57,3 +57,26 @@ def calibrate(method: str, val_logits: np.ndarray, val_labels: np.ndarray, *, tr
     log.info("calibration %s on %d validation rows: ECE %.4f -> %.4f, log loss %.4f -> %.4f", fitted.describe(), y.size,
              before["ece"], after["ece"], before["log_loss"], after["log_loss"])
     return dataclasses.replace(fitted, report={**fitted.report, "after": after})
+
+
+def plain_log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean log loss of ``sigmoid(logits)``, computed from the logits (no clipping needed)."""
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -z, z))))
+
+
+def selection_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """What early stopping, the epoch choice and the hyperparameter search minimise on the validation slice.
+
+    The slice's log loss after fitting the slice's own temperature *and* offset: how well the scores, once
+    calibrated, explain the slice, with the slice's level set aside. The slice is two weeks whose delay
+    rate drifts from month to month; its raw log loss swings by 0.02 between epochs as the model's mean
+    prediction moves against that level, which chooses epochs by noise. A slice that cannot be fitted (one
+    class only) falls back to the plain log loss.
+    """
+    try:
+        t, b = fit_temperature(logits, labels, free_offset=True)
+    except CalibrationError:
+        return plain_log_loss(logits, labels)
+    return plain_log_loss(np.asarray(logits, dtype=np.float64) / t + b, labels)
+

@@ -21,9 +21,9 @@ class TrainConfig:
     ``workload`` names the workload (``settings.workload``) whose contract and model the ranks use;
     ``model`` is that workload's model config (its ``model_config_type``; None: its defaults).
 
-    Model quality (docs/training.md): the newest ``validation_fraction`` of the window's rows, by time,
-    is the validation slice. The ranks never train on it; after every epoch they score it, keep the
-    best epoch's weights (the ``epochs`` are a ceiling) and stop after ``patience`` epochs without
+    Model quality (docs/training.md): the newest ``validation_days`` of the window's rows, by time, are
+    the validation slice. The ranks never train on it; after every epoch it is scored, the best epoch's
+    weights are kept (the ``epochs`` are a ceiling) and training stops after ``patience`` epochs without
     improvement (None: never stop early); rank 0 then fits ``calibration`` on it. ``0`` turns the
     slice off: the last epoch is kept, uncalibrated. The defaults of ``lr``, ``weight_decay``,
     ``batch_size`` and the model config were chosen on validation slices only (bench/search.py).
@@ -40,7 +40,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    validation_fraction: float = 0.15
+    validation_days: float = 14.0
     patience: int | None = 2
     calibration: str = "anchored_temperature"  # a tenfold.model.calibration method
     checkpoint_every: int = 50
@@ -62,8 +62,8 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and max_steps must be >= 1")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
-        if not 0.0 <= self.validation_fraction < 0.5:
-            raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
+        if self.validation_days < 0:
+            raise ValueError(f"validation_days must be >= 0 (0: no validation slice), got {self.validation_days}")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be >= 1 (or None: no early stopping)")
         from tenfold.model.calibration import METHODS
@@ -85,7 +85,7 @@ class TrainConfig:
             workload=settings.workload,
             train_months=tuple(p.label for p in month_range(*t.train_months)),
             epochs=t.max_epochs,
-            validation_fraction=t.validation_fraction,
+            validation_days=t.validation_days,
             patience=t.early_stopping_patience,
             calibration=t.calibration,
             checkpoint_every=t.checkpoint_every,

@@ -39,7 +39,7 @@ __all__ = [
     "ValidationSplit",
     "read_features",
     "seed_everything",
-    "time_columns",
+    "time_column",
     "validation_split",
 ]
 
@@ -162,14 +162,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def time_columns(contract: FeatureContract) -> tuple[str, ...]:
-    """The key columns that order a contract's rows in time: its first timestamp key, else ``year`` and ``month``."""
+def time_column(contract: FeatureContract) -> str | None:
+    """The key column that orders a contract's rows in time: its first timestamp key column, if any."""
     stamps = [c for c in contract.key_columns if contract.column_types[c].startswith("timestamp")]
-    if stamps:
-        return (stamps[0],)
-    if {"year", "month"} <= set(contract.key_columns):
-        return ("year", "month")
-    return ()
+    return stamps[0] if stamps else None
 
 
 @dataclass(frozen=True)
@@ -185,23 +181,17 @@ class ValidationSplit:
         return self.validation.size > 0
 
 
-def _row_times(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
-    if len(columns) == 1:
-        col = table[columns[0]]
-        if col.null_count:
-            raise PreprocessingError(f"{col.null_count} rows have a null {columns[0]}; they cannot be ordered in time")
-        return np.asarray(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False))
-    year, month = (np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.int64) for c in columns)
-    return year * 12 + (month - 1)
+MICROS_PER_DAY = 86_400 * 10**6
 
 
-def validation_split(table: pa.Table, contract: FeatureContract, fraction: float) -> ValidationSplit:
-    """Cut the newest ``fraction`` of ``table``'s rows off as the validation slice, by time and never at random.
+def validation_split(table: pa.Table, contract: FeatureContract, days: float) -> ValidationSplit:
+    """Cut the newest ``days`` of ``table``'s rows off as the validation slice, by time and never at random.
 
-    Rows are ordered by :func:`time_columns`; every row at or after the cut time is validation, so rows
-    that share a timestamp (an hour's flights) are never split between the two sides. The slice is left
-    empty (with the reason in ``info["skipped"]``) when ``fraction`` is 0, when the contract has no time
-    column, or when the times are too coarse to cut near ``fraction`` (more than twice as many rows).
+    Rows are ordered by the contract's :func:`time_column`: every row later than the newest time minus
+    ``days`` is validation, so rows sharing a timestamp (an hour's flights) are never split between the two
+    sides. The slice is left empty, with the reason in ``info["skipped"]``, when ``days`` is 0, when the
+    contract has no timestamp key column, or when it would hold half the window or more (too short a window:
+    train on more months or lower ``validation_days``).
     """
     n = table.num_rows
     everything = np.arange(n, dtype=np.int64)
@@ -209,27 +199,24 @@ def validation_split(table: pa.Table, contract: FeatureContract, fraction: float
     def skipped(why: str) -> ValidationSplit:
         return ValidationSplit(everything, np.zeros(0, dtype=np.int64), {"rows": 0, "skipped": why})
 
-    if fraction <= 0:
-        return skipped("validation_fraction is 0")
-    columns = time_columns(contract)
-    if not columns:
-        return skipped("the feature contract has no timestamp key column (nor year and month) to order rows by")
-    times = _row_times(table, columns)
-    at = np.sort(times)[min(n - 1, int(np.floor(n * (1.0 - fraction))))] if n else 0
-    # Rows sharing the time at the cut all go to one side: the side that lands nearer the fraction.
-    with_ties, without = times >= at, times > at
-    wanted = fraction * n
-    candidates = [m for m in (with_ties, without) if 0 < int(m.sum()) < n] or [with_ties]
-    is_val = min(candidates, key=lambda m: abs(int(m.sum()) - wanted))
-    cut = times[is_val].min() if is_val.any() else at
+    if days <= 0:
+        return skipped("validation_days is 0")
+    column = time_column(contract)
+    if column is None:
+        return skipped("the feature contract has no timestamp key column to order rows by")
+    col = table[column]
+    if col.null_count:
+        raise PreprocessingError(f"{col.null_count} rows have a null {column}; they cannot be ordered in time")
+    times = np.asarray(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False))
+    if n == 0:
+        return skipped("the window has no rows")
+    newest = int(times.max())
+    is_val = times > newest - int(days * MICROS_PER_DAY)
     n_val = int(is_val.sum())
-    if n_val == n or n_val == 0 or n_val > 2 * fraction * n:
-        return skipped(f"{columns} cannot cut the window near {fraction:.0%} (the newest time holds {n_val} of {n} rows)")
-    info: dict[str, object] = {"rows": n_val, "fraction": n_val / n, "time_columns": list(columns)}
-    if len(columns) == 1:
-        stamps = np.array([cut, times.max()]).astype("datetime64[us]")
-        info.update({"from": str(stamps[0]), "to": str(stamps[1])})
-    else:
-        info.update({"from": f"{cut // 12}-{cut % 12 + 1:02d}"})
+    if n_val * 2 >= n:
+        return skipped(f"the newest {days:g} days hold {n_val} of the window's {n} rows (half or more): train on "
+                       "more months or lower settings.training.validation_days")
+    stamps = np.array([times[is_val].min(), newest]).astype("datetime64[us]")
+    info: dict[str, object] = {"rows": n_val, "share": n_val / n, "days": days, "time_column": column,
+                               "from": str(stamps[0]), "to": str(stamps[1])}
     return ValidationSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), info)
-

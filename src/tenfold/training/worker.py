@@ -14,13 +14,13 @@ optimizer, scheduler, step, epoch, batch position, every rank's RNG), trains, ch
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
 so the launcher can name the failing rank and its error.
 
-Model quality (docs/training.md): the newest ``validation_fraction`` of the window's rows, by time, is
-the validation slice (:func:`~tenfold.training.data.validation_split`); no rank trains on it. At every
-epoch end each rank scores its share of the slice and the sums are all-reduced, so every rank sees the
-same validation log loss and takes the same decision: the best epoch's weights are kept (in the
-snapshot, so a resumed run chooses exactly as an uninterrupted one), and training stops after
-``patience`` epochs without improvement. Rank 0 saves the best epoch's weights with the calibration
-fitted on the slice (:mod:`tenfold.training.calibration`).
+Model quality (docs/training.md): the newest ``validation_days`` of the window, by time, are the
+validation slice (:func:`~tenfold.training.data.validation_split`); no rank trains on it. At every epoch
+end rank 0 scores the slice and broadcasts the criterion (:func:`~tenfold.training.calibration.selection_loss`:
+the slice's log loss once its own temperature and level are fitted), so every rank takes the same
+decision: the best epoch's weights are kept (in the snapshot, so a resumed run chooses exactly as an
+uninterrupted one), and training stops after ``patience`` epochs without improvement. Rank 0 saves the
+best epoch's weights with the calibration fitted on the slice (:mod:`tenfold.training.calibration`).
 
 The loop is a :class:`Trainer` (after pytorch/examples' minGPT-ddp): ``_load_snapshot`` on
 construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapshot`` writing a
@@ -52,7 +52,6 @@ from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
@@ -63,7 +62,7 @@ from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
 from tenfold.training import checkpoint as ckpt
-from tenfold.training.calibration import calibrate
+from tenfold.training.calibration import calibrate, plain_log_loss, selection_loss
 from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import (
@@ -71,7 +70,7 @@ from tenfold.training.data import (
     ShardedBatches,
     read_features,
     seed_everything,
-    time_columns,
+    time_column,
     validation_split,
 )
 from tenfold.training.remote import RemoteDir, is_remote, read_text
@@ -185,11 +184,12 @@ class Trainer:
         self.lake = Lake(cfg.lake_uri)
         pre = self.preprocessor
         contract = get_workload(cfg.workload).contract
+        when = time_column(contract)
         columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, contract.label,
-                                      *time_columns(contract))))
+                                      *([when] if when else []))))
         table = read_features(self.lake, cfg.partitions, contract=contract, table=cfg.table, columns=columns)
         # Every rank cuts the same slice: the split depends on the rows' times only.
-        self.split = validation_split(table, contract, cfg.validation_fraction)
+        self.split = validation_split(table, contract, cfg.validation_days)
         self.data = FeatureDataset.from_table(table.take(self.split.train), pre, contract.label).to(self.device)
         self.val: FeatureDataset | None = None
         if self.split.has_validation:
@@ -305,17 +305,17 @@ class Trainer:
         dist.all_reduce(reduced)
         return float(reduced.item()) / self.world
 
-    def _validation_loss(self) -> float:
-        """The slice's mean log loss under the current weights (collective: every rank gets the same value)."""
+    def _validation_loss(self) -> tuple[float, float]:
+        """(criterion, plain log loss) of the slice under the current weights; collective: rank 0 scores the
+        whole slice and broadcasts both, so every rank takes the same decision."""
         assert self.val is not None
-        index = torch.arange(self.rank, len(self.val), self.world, device=self.val.labels.device)
-        cat, num, y = self.val.batch(index)
-        logits = predict_logits(self.model, cat, num)
-        total = F.binary_cross_entropy_with_logits(logits.double(), y.double(), reduction="sum") if len(index) else \
-            torch.zeros((), dtype=torch.float64, device=self.device)
-        sums = torch.stack([total.to(self.device), torch.tensor(float(len(index)), dtype=torch.float64, device=self.device)])
-        dist.all_reduce(sums)
-        return float(sums[0].item() / sums[1].item())
+        values = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if self.rank == 0:
+            logits = predict_logits(self.model, self.val.categorical, self.val.numeric).double().cpu().numpy()
+            labels = self.val.labels.double().cpu().numpy()
+            values[0], values[1] = selection_loss(logits, labels), plain_log_loss(logits, labels)
+        dist.broadcast(values, src=0)
+        return float(values[0].item()), float(values[1].item())
 
     def _select(self) -> None:
         """Score the slice after an epoch (or at the last step): keep the best weights, count epochs without gain."""
@@ -324,8 +324,8 @@ class Trainer:
         sel = self.selection
         if sel["history"] and sel["history"][-1]["step"] == self.step:
             return  # already scored (a resumed run at an epoch end)
-        loss = self._validation_loss()
-        sel["history"].append({"epoch": self.epoch, "step": self.step, "val_log_loss": loss})
+        loss, plain = self._validation_loss()
+        sel["history"].append({"epoch": self.epoch, "step": self.step, "val_criterion": loss, "val_log_loss": plain})
         if sel["best_loss"] is None or loss < sel["best_loss"]:
             sel.update(best_loss=loss, best_epoch=self.epoch, best_step=self.step, bad_epochs=0)
             if self.rank == 0:
@@ -334,8 +334,9 @@ class Trainer:
             sel["bad_epochs"] += 1
             if self.cfg.patience is not None and sel["bad_epochs"] >= self.cfg.patience:
                 sel["stopped"] = True
-        log.info("rank %d epoch %d step %d: validation log loss %.5f (best %.5f at epoch %s)%s", self.rank, self.epoch,
-                 self.step, loss, sel["best_loss"], sel["best_epoch"], "; stopping early" if sel["stopped"] else "")
+        log.info("rank %d epoch %d step %d: validation criterion %.5f, log loss %.5f (best %.5f at epoch %s)%s", self.rank,
+                 self.epoch, self.step, loss, plain, sel["best_loss"], sel["best_epoch"],
+                 "; stopping early" if sel["stopped"] else "")
 
     @property
     def done(self) -> bool:
@@ -400,9 +401,10 @@ class Trainer:
 
     def _selection_summary(self) -> dict[str, Any]:
         sel = self.selection
+        best = next((h for h in sel["history"] if h["step"] == sel["best_step"]), {})
         return {**self.split.info, "best_epoch": sel["best_epoch"], "best_step": sel["best_step"],
-                "best_log_loss": sel["best_loss"], "stopped_early": sel["stopped"], "patience": self.cfg.patience,
-                "history": sel["history"]}
+                "best_criterion": sel["best_loss"], "best_log_loss": best.get("val_log_loss"),
+                "stopped_early": sel["stopped"], "patience": self.cfg.patience, "history": sel["history"]}
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":  # CUDA runs asynchronously: time whole steps, not their launch

@@ -51,7 +51,7 @@ def train_model_folder(settings: Settings, out: Path, *, epochs: int, lr: float,
     """
     table = read_features(Lake.from_settings(settings), month_range(*CONF["train_months"]))
     pre = Preprocessor.fit(table, CONTRACT)
-    split = validation_split(table, CONTRACT, 0.15)
+    split = validation_split(table, CONTRACT, 14)
     train = FeatureDataset.from_table(table.take(split.train), pre, CONTRACT.label)
     val = FeatureDataset.from_table(table.take(split.validation), pre, CONTRACT.label)
     threads = torch.get_num_threads()

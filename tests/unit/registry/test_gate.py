@@ -203,7 +203,7 @@ def test_the_decision_records_the_calibration_and_reads_records_written_before_i
     d = decide(challenger, score(CHAMPION_V, 0.70), baselines(), POLICY)
     assert d.calibration == {"ece": 0.012, "ece_uncalibrated": 0.081, "log_loss_uncalibrated": 0.47,
                              "auc_uncalibrated": 0.71, "method": "temperature T=1.300", "table": table}
-    assert "calibration temperature T=1.300: holdout ECE 0.0120 (uncalibrated 0.0810)" in d.summary
+    assert "calibration (temperature T=1.300): holdout ECE 0.0120 (uncalibrated 0.0810)" in d.summary
     assert Decision.from_dict(d.to_dict()) == d
     old = d.to_dict()
     del old["calibration"]

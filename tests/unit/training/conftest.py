@@ -16,7 +16,7 @@ from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
 TRAIN_MONTHS = ("2013-01", "2013-02", "2013-03")
 HOLDOUT_MONTHS = ("2013-04",)
-ROWS_PER_MONTH = 400  # 1200 rows, 1020 after the validation slice: 15 global batches of 64 per epoch
+ROWS_PER_MONTH = 400  # 1200 rows, 1021 besides the validation slice (the newest 14 days): 15 global batches of 64 per epoch
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def small_config(synthetic_lake: Lake) -> TrainConfig:
     # dropout 0: the reference run also serves the DDP-vs-one-process equivalence, where dropout masks
     # cannot match; the RNG restore that dropout needs is tested in tests/unit/training/test_checkpoint.py.
     # No early stopping, so every run takes exactly 50 steps; the best epoch is still chosen on the slice
-    # (the newest 15% of rows: 15 global batches of 64 per epoch remain), which the resume tests cover.
+    # (the newest 14 days), which the resume tests cover.
     return TrainConfig(
         lake_uri=synthetic_lake.uri, train_months=TRAIN_MONTHS, batch_size=32, epochs=5, max_steps=50,
         checkpoint_every=8, seed=11, model=ModelConfig(embedding_dim=4, hidden=(16, 8), dropout=0.0), threads=1,

@@ -30,32 +30,30 @@ def _times(table: pa.Table) -> np.ndarray:
     return table["time_hour"].cast(pa.int64()).to_numpy()
 
 
-def test_the_validation_slice_is_the_newest_rows_and_never_splits_an_hour() -> None:
+def test_the_validation_slice_is_the_newest_two_weeks_and_never_splits_an_hour() -> None:
     table = pa.concat_tables([synthetic_features(p, 2000, seed=4) for p in TRAIN])
-    split = validation_split(table, CONTRACT, 0.15)
+    split = validation_split(table, CONTRACT, 14)
     t = _times(table)
-    assert split.has_validation and set(split.train) | set(split.validation) == set(range(table.num_rows))
+    assert split.has_validation and sorted([*split.train, *split.validation]) == list(range(table.num_rows))
     assert t[split.train].max() < t[split.validation].min()  # by time, not at random
-    assert 0.13 < split.validation.size / table.num_rows < 0.17 and split.info["rows"] == split.validation.size
-    assert split.info["from"].startswith("2013-02-")
-    off = validation_split(table, CONTRACT, 0.0)
+    assert t.max() - t[split.validation].min() < 14 * 86_400 * 10**6 <= t.max() - t[split.train].max()
+    assert split.info["rows"] == split.validation.size and 0.2 < split.info["share"] < 0.3  # 14 of February's 28 days
+    assert str(split.info["from"]).startswith("2013-02-1") and str(split.info["to"]).startswith("2013-02-28")
+    off = validation_split(table, CONTRACT, 0)
     assert not off.has_validation and off.train.size == table.num_rows and "is 0" in str(off.info["skipped"])
 
 
-def test_months_too_coarse_to_cut_leave_no_slice() -> None:
-    # A contract that orders rows by year and month only (like the tiny test workload): a two-month
-    # window cannot give a 15% slice, so there is none rather than a silent 50% one.
+def test_no_slice_when_it_would_be_half_the_window_or_rows_have_no_timestamp() -> None:
+    month = synthetic_features(Partition(2013, 2), 500, seed=4)
+    split = validation_split(month, CONTRACT, 20)  # 20 of 28 days
+    assert not split.has_validation and "half or more" in str(split.info["skipped"])
     contract = FeatureContract(key_columns=("year", "month", "id"), label="label", categorical_columns=("c",),
                                numeric_columns=("x",), column_types={"year": "int32", "month": "int32", "id": "int64",
                                                                       "c": "string", "x": "float64", "label": "int32"})
-    two = pa.table({"year": [2020] * 4, "month": [1, 1, 2, 2], "id": [1, 2, 3, 4], "c": ["a"] * 4,
-                    "x": [0.0] * 4, "label": [0, 1, 0, 1]})
-    split = validation_split(two, contract, 0.15)
-    assert not split.has_validation and "cannot cut the window near 15%" in str(split.info["skipped"])
-    eight = pa.table({"year": [2020] * 8, "month": [1] * 7 + [2], "id": list(range(8)), "c": ["a"] * 8,
-                      "x": [0.0] * 8, "label": [0, 1] * 4})
-    split = validation_split(eight, contract, 0.15)
-    assert split.validation.tolist() == [7] and split.info["from"] == "2020-02"
+    table = pa.table({"year": [2020] * 4, "month": [1, 1, 2, 2], "id": [1, 2, 3, 4], "c": ["a"] * 4,
+                      "x": [0.0] * 4, "label": [0, 1, 0, 1]})
+    split = validation_split(table, contract, 14)  # like the tiny test workload: trains on the whole window
+    assert not split.has_validation and "no timestamp key column" in str(split.info["skipped"])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +70,7 @@ def overconfident_model(lake: Lake, sharpen: float = 4.0) -> tuple[FlightDelayMo
     probabilities (the same kind of model as issue 11's make-demo champion)."""
     table = read_features(lake, TRAIN)
     pre = Preprocessor.fit(table, CONTRACT)
-    split = validation_split(table, CONTRACT, 0.15)
+    split = validation_split(table, CONTRACT, 14)
     train = FeatureDataset.from_table(table.take(split.train), pre, CONTRACT.label)
     val = FeatureDataset.from_table(table.take(split.validation), pre, CONTRACT.label)
     threads = torch.get_num_threads()

@@ -21,7 +21,7 @@ from tenfold.workloads.flights.model import ModelConfig
 def _slice_log_loss(result: TrainResult, lake: Lake, cfg: TrainConfig, *, calibrated: bool) -> float:
     """The saved model's log loss on the validation slice, recomputed from its folder."""
     table = read_features(lake, cfg.partitions)
-    val = table.take(validation_split(table, CONTRACT, cfg.validation_fraction).validation)
+    val = table.take(validation_split(table, CONTRACT, cfg.validation_days).validation)
     loaded = load_model(result.model_dir)
     return log_loss(val["label"].to_numpy().astype(np.float64), loaded.predict_proba(val, calibrated=calibrated))
 
@@ -30,15 +30,16 @@ def test_the_saved_model_is_the_best_epoch_on_the_slice_and_is_calibrated(
     reference_run: TrainResult, synthetic_lake: Lake, small_config: TrainConfig
 ) -> None:
     v = reference_run.raw["validation"]
-    assert v["rows"] == 180 and reference_run.raw["rows"] == 1020  # the newest 15% of 1200 rows, never trained on
+    # The newest 14 days (179 of 1,200 rows) are never trained on: 15 global batches of 64 remain.
+    assert v["rows"] == 179 and reference_run.raw["rows"] == 1021 and "2013-03-17T23" < v["from"] < "2013-03-19"
     assert [h["step"] for h in v["history"]] == [15, 30, 45, 50]  # each epoch end, and the last step
-    assert v["best_log_loss"] == min(h["val_log_loss"] for h in v["history"]) and not v["stopped_early"]
+    assert v["best_criterion"] == min(h["val_criterion"] for h in v["history"]) and not v["stopped_early"]
     assert _slice_log_loss(reference_run, synthetic_lake, small_config, calibrated=False) == pytest.approx(
         v["best_log_loss"], abs=1e-6)
     loaded = load_model(reference_run.model_dir)
     assert loaded.calibrator.method == "anchored_temperature"
     report = loaded.meta["calibration"]["report"]
-    assert report["rows"] == 180 and report["after"]["log_loss"] <= report["before"]["log_loss"]
+    assert report["rows"] == 179 and report["after"]["log_loss"] <= report["before"]["log_loss"]
     assert loaded.meta["extra"]["validation"]["best_epoch"] == v["best_epoch"]
 
 
@@ -50,9 +51,10 @@ def test_training_stops_after_patience_epochs_without_gain_and_keeps_the_best(
                              model=ModelConfig(embedding_dim=8, hidden=(64, 32), dropout=0.0))
     result = run_torchrun(train_settings, cfg, tmp_path, nproc=2, timeout_s=240)
     v = result.raw["validation"]
-    losses = [h["val_log_loss"] for h in v["history"]]
-    assert v["stopped_early"] and len(losses) < 30
-    assert v["best_epoch"] == len(losses) - 3 and min(losses) == losses[-3] < min(losses[-2:])
-    assert result.steps == len(losses) * 15
+    criterion = [h["val_criterion"] for h in v["history"]]
+    assert v["stopped_early"] and len(criterion) < 30
+    assert v["best_epoch"] == len(criterion) - 3 and min(criterion) == criterion[-3] < min(criterion[-2:])
+    assert result.steps == len(criterion) * 15
     # The folder holds the best epoch's weights, not the last ones.
-    assert _slice_log_loss(result, synthetic_lake, cfg, calibrated=False) == pytest.approx(losses[-3], abs=1e-6)
+    assert _slice_log_loss(result, synthetic_lake, cfg, calibrated=False) == pytest.approx(
+        v["history"][-3]["val_log_loss"], abs=1e-6)
