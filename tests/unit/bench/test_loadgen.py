@@ -74,6 +74,12 @@ class _StallingServer:
         self.ready.set()
         self.loop.run_forever()
         server.close()
+        # Connections the client left open: end their handlers before the loop goes.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
