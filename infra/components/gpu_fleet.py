@@ -49,11 +49,11 @@ class GpuFleetProps:
     min_replicas: int = 0
     max_replicas: int = 1
     named_port: tuple[str, int] | None = None
-    health_check_id: str | None = None
+    health_check_id: str | None = None  # autohealing: liveness, never readiness (a loading replica is alive)
     autoscaling: LbUtilizationScaling | PubsubBacklogScaling | None = None
     target_size: int | None = None  # fixed size when there is no autoscaler (training: 0)
     externally_resized: bool = False  # a DAG resizes it: deploys must not undo a running job
-    initial_delay_s: int = 600  # GPU driver install + image pull before the health check counts
+    initial_delay_s: int = 600  # boot (GPU driver install, image pull) before autohealing's check counts
     labels: dict[str, str] | None = None
     zones: Sequence[str] = ()  # zones offering the GPU; empty lets GCP choose
     target_shape: str = "EVEN"  # EVEN / BALANCED spread; ANY / ANY_SINGLE_ZONE follow capacity

@@ -9,6 +9,7 @@ from cdktn_provider_google.project_iam_custom_role import ProjectIamCustomRole
 from cdktn_provider_google.project_iam_member import ProjectIamMember
 from cdktn_provider_google.pubsub_subscription_iam_member import PubsubSubscriptionIamMember
 from cdktn_provider_google.pubsub_topic_iam_member import PubsubTopicIamMember
+from cdktn_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from cdktn_provider_google.service_account import ServiceAccount
 from cdktn_provider_google.service_account_iam_member import ServiceAccountIamMember
 from cdktn_provider_google.storage_bucket_iam_member import StorageBucketIamMember
@@ -26,6 +27,7 @@ class AccountSpec:
     bucket_roles: Sequence[tuple[str, str]] = ()  # (bucket name, role)
     topic_roles: Sequence[tuple[str, str]] = ()  # (topic name, role)
     subscription_roles: Sequence[tuple[str, str]] = ()  # (subscription name, role)
+    secret_roles: Sequence[tuple[str, str]] = ()  # (Secret Manager secret id, role): on that one secret
     act_as: Sequence[str] = ()  # components whose service account this one may run workloads as
     custom_roles: Sequence[str] = ()  # ids of CustomRoleSpec
 
@@ -71,6 +73,9 @@ class Iam(Construct):
                 PubsubTopicIamMember(self, f"{spec.component}-{topic}-{role.split('/')[-1]}", topic=topic, role=role, member=member)
             for sub, role in spec.subscription_roles:
                 PubsubSubscriptionIamMember(self, f"{spec.component}-{sub}-{role.split('/')[-1]}", subscription=sub, role=role, member=member)
+            for secret, role in spec.secret_roles:
+                SecretManagerSecretIamMember(self, f"{spec.component}-{secret}-{role.split('/')[-1]}", project=props.project,
+                                             secret_id=secret, role=role, member=member)
         for spec in props.accounts:
             for target in spec.act_as:
                 # Scoped to the one service account, never iam.serviceAccountUser on the project.

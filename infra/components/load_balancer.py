@@ -23,14 +23,32 @@ HTTP_PORT, HTTPS_PORT = 80, 443
 LB_SCHEME = "EXTERNAL_MANAGED"  # the global external ALB: weighted routes need it (classic has none)
 
 
-class ServingHealthCheck(Construct):
-    """The HTTP health check both the load balancer and the fleets' autohealing use."""
+@dataclass(frozen=True)
+class Probe:
+    """How often a health check asks and how many answers in a row change its verdict."""
 
-    def __init__(self, scope: Construct, id_: str, *, name: str, port: int, path: str) -> None:
+    interval_s: int
+    timeout_s: int
+    healthy_threshold: int
+    unhealthy_threshold: int
+
+
+# Readiness (the backend services): quick to take a replica out, so one that starts draining or is still
+# loading gets no new requests within ~10 s; two passes in a row bring it back.
+READINESS_PROBE = Probe(interval_s=5, timeout_s=4, healthy_threshold=2, unhealthy_threshold=2)
+# Liveness (autohealing): slower to condemn, since failing it recreates the VM (driver, image, model again).
+LIVENESS_PROBE = Probe(interval_s=10, timeout_s=5, healthy_threshold=2, unhealthy_threshold=3)
+
+
+class ServingHealthCheck(Construct):
+    """An HTTP health check on the replicas' port: readiness for the load balancer, or liveness for autohealing."""
+
+    def __init__(self, scope: Construct, id_: str, *, name: str, port: int, path: str, probe: Probe) -> None:
         super().__init__(scope, id_)
         self.check = ComputeHealthCheck(
             self, "check", name=name,
-            check_interval_sec=10, timeout_sec=5, healthy_threshold=2, unhealthy_threshold=3,
+            check_interval_sec=probe.interval_s, timeout_sec=probe.timeout_s,
+            healthy_threshold=probe.healthy_threshold, unhealthy_threshold=probe.unhealthy_threshold,
             http_health_check={"port": port, "request_path": path},
             log_config={"enable": True},
         )
@@ -39,7 +57,7 @@ class ServingHealthCheck(Construct):
 @dataclass(frozen=True)
 class HttpLoadBalancerProps:
     address_name: str
-    health_check_id: str
+    health_check_id: str  # readiness: the backend services send requests only to replicas passing it
     port_name: str
     stable_backend_name: str
     canary_backend_name: str

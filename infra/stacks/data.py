@@ -1,4 +1,6 @@
-"""The stateful stack: KMS keys, buckets, Pub/Sub, the image repository. Redeploying compute never touches it.
+"""The stateful stack: KMS keys, buckets, Pub/Sub, the image repository, the serving token's secret.
+
+Redeploying compute never touches it.
 
 Construct ids here are fixed (tests/infra/test_stacks.py pins them): changing one makes Terraform
 destroy and recreate the resource, i.e. lose data.
@@ -12,6 +14,13 @@ from cdktn_provider_google.data_google_project import DataGoogleProject
 from cdktn_provider_google.data_google_storage_project_service_account import DataGoogleStorageProjectServiceAccount
 from cdktn_provider_google.kms_crypto_key_iam_member import KmsCryptoKeyIamMember
 from cdktn_provider_google.project_iam_audit_config import ProjectIamAuditConfig
+from cdktn_provider_google.secret_manager_secret import (
+    SecretManagerSecret,
+    SecretManagerSecretReplication,
+    SecretManagerSecretReplicationUserManaged,
+    SecretManagerSecretReplicationUserManagedReplicas,
+    SecretManagerSecretReplicationUserManagedReplicasCustomerManagedEncryption,
+)
 from constructs import Construct
 
 from infra.components._jsii import structs
@@ -34,10 +43,11 @@ class DataStack(TerraformStack):
         gcs_agent = DataGoogleStorageProjectServiceAccount(self, "gcs-agent", project=s.project_id)
         pubsub_agent = f"service-{project.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
         registry_agent = f"service-{project.number}@gcp-sa-artifactregistry.iam.gserviceaccount.com"
+        secrets_agent = f"service-{project.number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
 
         kms = Kms(self, "kms", KmsProps(
             key_ring_name=st.kms.key_ring, location=s.region, rotation_period=st.kms.rotation_period,
-            key_names={"storage": st.kms.storage_key, "pubsub": st.kms.pubsub_key},
+            key_names={"storage": st.kms.storage_key, "pubsub": st.kms.pubsub_key, "secrets": st.kms.secrets_key},
         ))
         # Service agents encrypt on our behalf; each may use only the key of its own service.
         grants = [
@@ -83,11 +93,30 @@ class DataStack(TerraformStack):
             cleanup_policies=structs([{"id": "drop-untagged", "action": "DELETE",
                                "condition": {"tag_state": "UNTAGGED", "older_than": "1209600s"}}]),
         )
+        # The serving replicas' bearer token. Only the secret is declared: its versions (the token itself)
+        # are added by an operator (docs/deploy.md), so no key ever sits in this repository or in the
+        # Terraform state. One CMEK replica in the region: a key ring is regional, and automatic
+        # replication would need a global key.
+        secrets_grant = KmsCryptoKeyIamMember(self, "secrets-agent-key", crypto_key_id=kms.keys["secrets"].id, role=ENCRYPTER,
+                                              member=f"serviceAccount:{secrets_agent}")
+        self.serving_token = SecretManagerSecret(
+            self, "serving-token", secret_id=s.serving.token_secret, project=s.project_id,
+            labels={"role": "serving-token"},
+            replication=SecretManagerSecretReplication(user_managed=SecretManagerSecretReplicationUserManaged(replicas=[
+                SecretManagerSecretReplicationUserManagedReplicas(
+                    location=s.region,
+                    customer_managed_encryption=SecretManagerSecretReplicationUserManagedReplicasCustomerManagedEncryption(
+                        kms_key_name=kms.keys["secrets"].id),
+                ),
+            ])),
+            depends_on=[secrets_grant],
+        )
         # Object reads and writes are recorded in Cloud Audit Logs (instead of legacy bucket usage logs).
         ProjectIamAuditConfig(self, "storage-audit", project=s.project_id, service="storage.googleapis.com",
                               audit_log_config=structs([{"log_type": "DATA_READ"}, {"log_type": "DATA_WRITE"}]))
 
         for cid, bucket in self.storage.buckets.items():
             TerraformOutput(self, f"bucket-{cid}", value=bucket.name)
+        TerraformOutput(self, "serving-token-secret", value=self.serving_token.secret_id)
         TerraformOutput(self, "image-repository-url",
                         value=f"{s.region}-docker.pkg.dev/{s.project_id}/{s.infra.artifact_repository}")

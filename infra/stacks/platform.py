@@ -10,7 +10,13 @@ from constructs import Construct
 
 from infra.components.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling
 from infra.components.iam import AccountSpec, CustomRoleSpec, Iam, IamProps
-from infra.components.load_balancer import HttpLoadBalancer, HttpLoadBalancerProps, ServingHealthCheck
+from infra.components.load_balancer import (
+    LIVENESS_PROBE,
+    READINESS_PROBE,
+    HttpLoadBalancer,
+    HttpLoadBalancerProps,
+    ServingHealthCheck,
+)
 from infra.components.network import Network, NetworkProps
 from infra.components.observability import Observability, ObservabilityProps
 from infra.components.orchestration import Orchestration, OrchestrationProps
@@ -23,6 +29,7 @@ PORT_NAME = "http"
 LOG_WRITER, METRIC_WRITER = "roles/logging.logWriter", "roles/monitoring.metricWriter"
 VIEWER, USER, ADMIN = "roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectAdmin"
 PUBLISHER, SUBSCRIBER = "roles/pubsub.publisher", "roles/pubsub.subscriber"
+SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 # What the DAGs do to the platform from Composer, and nothing else: run Dataproc batches, resize the
 # training group, patch the URL map's weights.
 ORCHESTRATOR_PERMISSIONS = (
@@ -41,7 +48,9 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         AccountSpec("serving", sa.serving, project_roles=observe,
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
-                    subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)]),
+                    subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)],
+                    # The bearer token its startup script fetches: this one secret (of the data stack), nothing else.
+                    secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]),
         AccountSpec("training", sa.training, project_roles=observe,
                     bucket_roles=[(st.lake_bucket, VIEWER), (st.artifacts_bucket, USER), (st.models_bucket, VIEWER)]),
         AccountSpec("inference", sa.inference, project_roles=observe,
@@ -98,13 +107,20 @@ class PlatformStack(TerraformStack):
             region=s.region, router_name=s.network.router, nat_name=s.network.nat,
             serving_port=sv.port, serving_tag=serving_tag, ssh_tag=ssh_tag,
         ))
-        health = ServingHealthCheck(self, "health-check", name=lb.health_check, port=sv.port, path=sv.health_path)
+        # Two checks on the replicas' port. The load balancer routes on readiness (false while a replica
+        # loads its model or drains); autohealing recreates a VM only when liveness fails. The readiness
+        # check keeps the construct id the single check had, so Terraform updates it in place.
+        ready = ServingHealthCheck(self, "health-check", name=lb.health_check, port=sv.port,
+                                   path=sv.server.ready_path, probe=READINESS_PROBE)
+        live = ServingHealthCheck(self, "liveness-check", name=lb.autohealing_check, port=sv.port,
+                                  path=sv.health_path, probe=LIVENESS_PROBE)
 
         def fleet(cid: str, g: GpuGroupSettings, account: str, script: str, tags: list[str], **kw: object) -> GpuFleet:
             return gpu_fleet(self, cid, s, g, subnetwork=self.network.subnet.id,
                              service_account_email=self.iam.accounts[account].email, startup_script=script, tags=tags, **kw)
 
-        serving_kw = dict(named_port=(PORT_NAME, sv.port), health_check_id=health.check.id,
+        serving_kw = dict(named_port=(PORT_NAME, sv.port), health_check_id=live.check.id,
+                          initial_delay_s=sv.autohealing_initial_delay_s,
                           autoscaling=LbUtilizationScaling(sv.target_utilization))
         self.stable = fleet("serve-stable", sv.stable_fleet, "serving",
                             startup.serving_startup_script(s, sv.stable_fleet, "stable"), [serving_tag, ssh_tag], **serving_kw)
@@ -117,7 +133,7 @@ class PlatformStack(TerraformStack):
         # never launches code that does not exist (tests/unit/test_deployables.py).
 
         self.lb = HttpLoadBalancer(self, "load-balancer", HttpLoadBalancerProps(
-            address_name=lb.address, health_check_id=health.check.id, port_name=PORT_NAME,
+            address_name=lb.address, health_check_id=ready.check.id, port_name=PORT_NAME,
             stable_backend_name=lb.stable_backend, canary_backend_name=lb.canary_backend,
             stable_group=self.stable.group.instance_group, canary_group=self.canary.group.instance_group,
             max_utilization=sv.target_utilization, url_map_name=lb.url_map, proxy_name=lb.http_proxy,

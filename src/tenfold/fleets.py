@@ -6,23 +6,41 @@ templates (``infra/components/gpu_fleet.py``) carry these scripts; they run on
 Container-Optimized OS, install the GPU driver when the template has an accelerator, and run the one
 Tenfold image with the environment's settings (``TENFOLD_ENV``, ``TENFOLD_PROJECT_ID``), so a VM
 derives every name from the same settings module as the DAGs.
+
+Serving VMs first fetch the replicas' bearer token: the latest version of the Secret Manager secret
+``settings.serving.token_secret``, read with the VM's own service account (the metadata server's access
+token and Secret Manager's REST API, with the ``curl`` Container-Optimized OS ships), written 0600 for the
+image's user and mounted read-only where :func:`tenfold.serving.auth.token_path` looks in the image. When
+the secret has no version (or the VM may not read it) the script says so in its log and stops: no
+replica starts, and autohealing retries with a fresh VM until an operator adds a version.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
-from tenfold.config.settings import GpuGroupSettings
+from tenfold.config.settings import SERVING_ENV_PREFIX, GpuGroupSettings
+from tenfold.serving.auth import token_path
 
 # Serving runs the image's own CMD (serving_image/ defines it); the other roles name their module.
 SERVING_COMMAND: tuple[str, ...] = ()
+# How the container's replica learns its server settings (tenfold.config: TENFOLD_SERVING__SERVER__<FIELD>).
+SERVER_ENV_PREFIX = f"{SERVING_ENV_PREFIX}SERVER__"
 # The training node agent (tenfold.training.node): registers, rendezvouses and runs torchrun.
 TRAINING_MODULE = "tenfold.training.node"
 TRAINING_COMMAND: tuple[str, ...] = ("python", "-m", TRAINING_MODULE)
 # Every Tenfold module a fleet's startup script launches (the deployables test imports each).
 LAUNCHED_MODULES: tuple[str, ...] = (TRAINING_MODULE,)
+
+# The image's user and TENFOLD_HOME (serving_image/Dockerfile; tests/unit/test_fleets.py holds the two together).
+IMAGE_UID = 10001
+IMAGE_HOME = "/var/lib/tenfold"
+# The VM's own identity and Secret Manager's REST API (https://cloud.google.com/secret-manager/docs/reference/rest).
+METADATA_TOKEN_URL = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+SECRET_MANAGER_API = "https://secretmanager.googleapis.com/v1"
 
 _GPU_SETUP = """\
 # COS ships no GPU driver: install the one matching this image, then expose it to containers.
@@ -34,6 +52,81 @@ for dev in /dev/nvidia*; do GPU_FLAGS="$GPU_FLAGS --device $dev:$dev"; done
 """
 
 
+# A bash function, so the tests run this very text against a local stand-in for the two endpoints. It
+# needs nothing COS lacks (no gcloud, no jq): curl, sed, tr and base64. The access token reaches curl
+# on stdin, not on its command line, where any process could read it.
+_TOKEN_FETCH = r"""
+# Writes the latest version of a Secret Manager secret to a file only the image's user can read.
+fetch_serving_token() {  # <metadata token URL> <secret version URL> <token file> <owner uid>
+  local token_url=$1 version_url=$2 file=$3 owner=$4
+  local dir=${file%/*} secret=${version_url%/versions/*} body="" tmp="" status access data message
+  secret=${secret##*/}
+  install -d -m 0700 -o "$owner" -g "$owner" "$dir"
+  body=$(mktemp "$dir/.reply.XXXXXX")
+  status=$(curl -sS --max-time 10 --retry 10 --retry-delay 3 --retry-connrefused -o "$body" -w '%{http_code}' \
+    -H 'Metadata-Flavor: Google' "$token_url") || true
+  access=$(tr -d ' \r\n' < "$body" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+  if [ "$status" != 200 ] || [ -z "$access" ]; then
+    rm -f "$body"
+    echo "tenfold: no access token from the metadata server (HTTP $status): the VM needs its service account" >&2
+    return 1
+  fi
+  status=$(printf 'Authorization: Bearer %s\n' "$access" | curl -sS --max-time 20 --retry 5 --retry-delay 3 \
+    --retry-connrefused -o "$body" -w '%{http_code}' -H @- "$version_url") || true
+  if [ "$status" != 200 ]; then
+    message=$(tr -d '\r\n' < "$body" | sed -n 's/.*"message": *"\([^"]*\)".*/\1/p')
+    rm -f "$body"
+    case $status in
+      404) echo "tenfold: the Secret Manager secret $secret has no version yet ($message). Add one:" \
+             "openssl rand -hex 32 | gcloud secrets versions add $secret --data-file=-" \
+             "(autohealing then replaces this VM)" >&2 ;;
+      403) echo "tenfold: this VM's service account may not read the secret $secret ($message): it needs" \
+             "roles/secretmanager.secretAccessor on it (the platform stack grants it)" >&2 ;;
+      *) echo "tenfold: cannot read the secret $secret (HTTP $status): $message" >&2 ;;
+    esac
+    return 1
+  fi
+  data=$(tr -d ' \r\n' < "$body" | sed -n 's/.*"data":"\([^"]*\)".*/\1/p')
+  rm -f "$body"
+  tmp=$(mktemp "$dir/.token.XXXXXX")
+  if ! printf '%s' "$data" | base64 -d > "$tmp" 2>/dev/null || [ -z "$(tr -d '[:space:]' < "$tmp")" ]; then
+    rm -f "$tmp"
+    echo "tenfold: the latest version of the secret $secret is empty: add a version with a token" >&2
+    return 1
+  fi
+  chmod 0600 "$tmp"
+  chown "$owner:$owner" "$tmp"
+  mv -f "$tmp" "$file"  # a rename: the replica never sees a half-written token
+  echo "tenfold: serving token from $secret written to $file" >&2
+}
+"""
+
+
+def secret_version_url(project_id: str, secret: str, version: str = "latest") -> str:
+    """Secret Manager's ``access`` URL of one version of ``secret`` (``latest``: the newest)."""
+    return f"{SECRET_MANAGER_API}/projects/{project_id}/secrets/{secret}/versions/{version}:access"
+
+
+def image_token_file(settings: Settings) -> PurePosixPath:
+    """Where a replica in the image reads its bearer token (:func:`tenfold.serving.auth.token_path` under the
+    image's ``TENFOLD_HOME``); the VM keeps the file at the same path and mounts it there."""
+    in_image = settings.model_copy(update={"local": settings.local.model_copy(update={"home": Path(IMAGE_HOME)})})
+    return PurePosixPath(token_path(in_image).as_posix())
+
+
+def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
+    """The script lines that fetch the serving token, and the ``docker run`` flags that mount it read-only."""
+    file = str(image_token_file(settings))
+    url = secret_version_url(settings.project_id, settings.serving.token_secret)
+    lines = [
+        _TOKEN_FETCH.strip("\n"),
+        # A token from an earlier boot must not outlive a failed fetch.
+        f"rm -f {shlex.quote(file)}",
+        f"fetch_serving_token {shlex.quote(METADATA_TOKEN_URL)} {shlex.quote(url)} {shlex.quote(file)} {IMAGE_UID}",
+    ]
+    return lines, ["--volume", f"{file}:{file}:ro"]
+
+
 def startup_script(
     settings: Settings,
     fleet: GpuGroupSettings,
@@ -42,8 +135,15 @@ def startup_script(
     *,
     detach: bool,
     extra_env: dict[str, str] | None = None,
+    before_run: Sequence[str] = (),
+    run_flags: Sequence[str] = (),
 ) -> str:
-    """A bash startup script that runs ``command`` in the Tenfold image on a fleet VM."""
+    """A bash startup script that runs ``command`` in the Tenfold image on a fleet VM.
+
+    ``before_run`` are script lines run after the previous container is removed and before the new one
+    starts (under ``set -e``: one that fails stops the script, so nothing starts); ``run_flags`` are extra
+    ``docker run`` flags.
+    """
     registry = settings.container_image.split("/", 1)[0]
     env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role}
     env.update(extra_env or {})
@@ -56,19 +156,34 @@ def startup_script(
         'GPU_FLAGS=""',
         _GPU_SETUP if fleet.accelerator_count else "# no accelerator on this template",
         # COS's root filesystem is read-only: docker's config must live in a writable HOME.
-        "export HOME=/var/lib/tenfold && mkdir -p $HOME",
+        f"export HOME={IMAGE_HOME} && mkdir -p $HOME",
         f"docker-credential-gcr configure-docker --registries={shlex.quote(registry)}",
         f"docker rm -f tenfold-{role} >/dev/null 2>&1 || true",
+        *before_run,
         f"docker run {run_mode} --name tenfold-{role} --network host $GPU_FLAGS {env_flags} "
-        f"{shlex.quote(settings.container_image)} {shlex.join(command)}".rstrip(),
+        + (f"{shlex.join(run_flags)} " if run_flags else "")
+        + f"{shlex.quote(settings.container_image)} {shlex.join(command)}".rstrip(),
     ]
     return "\n".join(lines) + "\n"
 
 
 def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: str) -> str:
-    """Serving replicas: the FastAPI app on ``settings.serving.port``; ``role`` is stable or canary."""
-    return startup_script(settings, fleet, role, SERVING_COMMAND, detach=True,
-                          extra_env={"TENFOLD_SERVING_TRACK": role})
+    """Serving replicas: the FastAPI app on ``settings.serving.port``; ``role`` is stable or canary.
+
+    The replica checks callers as ``settings.serving.server.auth_mode`` says (passed into the container):
+    ``bearer`` (the default) fetches the token from Secret Manager first (:func:`serving_token_setup`);
+    ``iap`` passes the audience instead and fetches nothing.
+    """
+    server = settings.serving.server
+    env = {"TENFOLD_SERVING_TRACK": role, f"{SERVER_ENV_PREFIX}AUTH_MODE": server.auth_mode}
+    before_run: list[str] = []
+    run_flags: list[str] = []
+    if server.auth_mode == "iap":
+        env[f"{SERVER_ENV_PREFIX}IAP_AUDIENCE"] = server.iap_audience or ""
+    else:
+        before_run, run_flags = serving_token_setup(settings)
+    return startup_script(settings, fleet, role, SERVING_COMMAND, detach=True, extra_env=env,
+                          before_run=before_run, run_flags=run_flags)
 
 
 def training_startup_script(settings: Settings) -> str:

@@ -111,7 +111,8 @@ def test_service_accounts_least_privilege(synth: Synth, env: str) -> None:
     all_stacks = json.dumps([_platform(synth, env), _data(synth, env)])
     assert "google_service_account_key" not in all_stacks
     for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
-                  "google_pubsub_subscription_iam_member", "google_project_iam_binding"):
+                  "google_pubsub_subscription_iam_member", "google_project_iam_binding",
+                  "google_secret_manager_secret_iam_member"):
         for grant in resources(stack, rtype).values():
             assert grant["role"] not in {"roles/owner", "roles/editor", "roles/viewer"}, grant
             assert "allUsers" not in grant["member"] and "allAuthenticatedUsers" not in grant["member"]
@@ -175,8 +176,9 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
         assert g["named_port"] == [{"name": "http", "port": s.serving.port}]
         assert g["auto_healing_policies"]["health_check"].startswith("${google_compute_health_check.")
         assert g["update_policy"]["type"] == "PROACTIVE"
-    (hc,) = resources(stack, "google_compute_health_check").values()
-    assert hc["http_health_check"] == {"port": s.serving.port, "request_path": s.serving.health_path}
+    # which check each uses: tests/infra/test_serving_cloud.py
+    assert {hc["http_health_check"]["request_path"] for hc in resources(stack, "google_compute_health_check").values()} == {
+        s.serving.health_path, s.serving.server.ready_path}
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -233,7 +235,9 @@ def test_backend_and_outputs(synth: Synth, env: str) -> None:
 # bucket, key or topic. Update this list only with a migration (`terraform state mv`).
 STATEFUL_IDS = {
     "google_kms_key_ring": {"kms_key-ring_A010D343"},
-    "google_kms_crypto_key": {"kms_storage_656C4527", "kms_pubsub_142083E8"},
+    "google_kms_crypto_key": {"kms_storage_656C4527", "kms_pubsub_142083E8", "kms_secrets_C95EF308"},
+    # Deleting the secret deletes the token versions operators added.
+    "google_secret_manager_secret": {"serving-token"},
     "google_storage_bucket": {"storage_lake_4AC0EFEF", "storage_models_D2E069E7", "storage_artifacts_34F0CA13",
                               "storage_dataproc-staging_030D8BF8"},
 }
@@ -253,11 +257,12 @@ def test_stateful_construct_ids_are_fixed(synth: Synth, env: str, renamed_settin
     assert {lid.split("_", 1)[0] for lid in resources(stack, "google_pubsub_subscription")} == {"messaging"}
     # ids do not depend on names: the renamed environment has the very same logical ids
     renamed = synth.stack(renamed_settings.infra.data_stack)
-    for rtype in ("google_storage_bucket", "google_kms_crypto_key", "google_pubsub_topic", "google_pubsub_subscription"):
+    for rtype in ("google_storage_bucket", "google_kms_crypto_key", "google_pubsub_topic", "google_pubsub_subscription",
+                  "google_secret_manager_secret"):
         assert set(resources(renamed, rtype)) == set(resources(stack, rtype))
 
 
-NAME_KEYS = ("name", "name_prefix", "account_id", "repository_id", "display_name")
+NAME_KEYS = ("name", "name_prefix", "account_id", "repository_id", "display_name", "secret_id")
 
 
 def _names(stack: dict) -> set[str]:

@@ -44,6 +44,8 @@ class KmsSettings(_Frozen):
     key_ring: ResourceName
     storage_key: ResourceName
     pubsub_key: ResourceName
+    # Secret Manager's key (the serving token's secret): each service's agent may use only its own key.
+    secrets_key: ResourceName
     rotation_period: str = "7776000s"  # 90 days
 
 
@@ -287,7 +289,11 @@ class TrainingSettings(_Frozen):
 
 class LoadBalancerSettings(_Frozen):
     address: ResourceName
+    # Readiness (serving.server.ready_path): the backend services route only to replicas that pass it, so
+    # a replica still loading its model or draining on SIGTERM gets no new requests.
     health_check: ResourceName
+    # Liveness (serving.health_path): the serving groups' autohealing recreates a VM whose replica fails it.
+    autohealing_check: ResourceName
     stable_backend: ResourceName
     canary_backend: ResourceName
     url_map: ResourceName
@@ -300,6 +306,12 @@ class LoadBalancerSettings(_Frozen):
 class ServingSettings(_Frozen):
     port: int = 8080
     health_path: str = "/healthz"
+    # Secret Manager secret (data stack, no version: operators add one, docs/deploy.md) whose latest version
+    # the cloud replicas' startup script writes to the bearer token file (tenfold.fleets).
+    token_secret: ResourceName
+    # Autohealing waits this long after a VM starts before liveness counts: GPU driver install, image pull,
+    # token fetch and container start. The model then loads behind a /healthz that already answers 200.
+    autohealing_initial_delay_s: int = Field(default=600, ge=0, le=3600)
     stable_fleet: GpuGroupSettings
     canary_fleet: GpuGroupSettings
     target_utilization: float = Field(default=0.7, gt=0, le=1)
@@ -593,7 +605,8 @@ def build_settings(
             tf_state_bucket=f"{bucket}-tfstate",
             lake_uri=(local_home / "lake").as_uri() if is_local else f"gs://{lake_bucket}",
             emulator_host=f"http://{local.bind_host}:{local.gcs_port}" if is_local else None,
-            kms=KmsSettings(key_ring=f"{prefix}-keyring", storage_key=f"{prefix}-storage", pubsub_key=f"{prefix}-pubsub"),
+            kms=KmsSettings(key_ring=f"{prefix}-keyring", storage_key=f"{prefix}-storage", pubsub_key=f"{prefix}-pubsub",
+                            secrets_key=f"{prefix}-secrets"),
         ),
         messaging=MessagingSettings(
             requests_topic=requests_topic,
@@ -631,9 +644,11 @@ def build_settings(
                                max_replicas=20 if prod else 2, **gpu),
             canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=0,
                                max_replicas=4 if prod else 1, **gpu),
+            token_secret=f"{prefix}-serving-token",
             load_balancer=LoadBalancerSettings(
                 address=f"{prefix}-lb-ip",
                 health_check=f"{prefix}-serving-hc",
+                autohealing_check=f"{prefix}-serving-live",
                 stable_backend=f"{prefix}-stable-backend",
                 canary_backend=f"{prefix}-canary-backend",
                 url_map=f"{prefix}-url-map",

@@ -1,0 +1,238 @@
+"""The serving VMs' startup script, run for real: bash, curl, base64 against a local stand-in for the
+metadata server and Secret Manager's REST API (the real ones exist only on a Google Cloud VM).
+
+The stand-in answers as Google documents: the metadata server's token only with ``Metadata-Flavor:
+Google``, the secret's ``versions/latest:access`` only with that token, 404 while the secret has no
+version, the payload base64-encoded in pretty-printed JSON. ``docker`` and ``docker-credential-gcr``
+are recording stubs on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold import fleets
+from tenfold.config import get_settings
+from tenfold.config.settings import project_root
+from tenfold.serving.auth import TOKEN_FILE
+
+ACCESS_TOKEN = "ya29.stand-in-access-token"
+ENVS = ("dev", "prod")
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (apt-get install curl)")
+
+
+@dataclass
+class FakeGoogle:
+    """The metadata server and Secret Manager, as far as the startup script uses them."""
+
+    project: str
+    secret: str
+    versions: list[bytes] = field(default_factory=list)
+    sa_may_read: bool = True
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    base: str = ""
+
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        self.requests.append((path, headers))
+        if path == "/token":
+            if headers.get("metadata-flavor") != "Google":
+                return 403, {"error": "Missing Metadata-Flavor:Google header"}
+            return 200, {"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"}
+        name = f"projects/{self.project}/secrets/{self.secret}"
+        if path != f"/v1/{name}/versions/latest:access":
+            return 404, {"error": {"code": 404, "message": f"unknown path {path}", "status": "NOT_FOUND"}}
+        if headers.get("authorization") != f"Bearer {ACCESS_TOKEN}":
+            return 401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.",
+                                   "status": "UNAUTHENTICATED"}}
+        if not self.sa_may_read:
+            return 403, {"error": {"code": 403, "message": f"Permission 'secretmanager.versions.access' denied for "
+                                                           f"resource '{name}/versions/latest'", "status": "PERMISSION_DENIED"}}
+        if not self.versions:
+            return 404, {"error": {"code": 404, "message": f"Secret [{name}] not found or has no versions.",
+                                   "status": "NOT_FOUND"}}
+        return 200, {"name": f"{name}/versions/{len(self.versions)}",
+                     "payload": {"data": base64.b64encode(self.versions[-1]).decode(), "dataCrc32c": "123"}}
+
+
+@pytest.fixture
+def google() -> Iterator[FakeGoogle]:
+    s = get_settings("dev")
+    fake = FakeGoogle(project=s.project_id, secret=s.serving.token_secret)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = fake.answer(self.path, {k.lower(): v for k, v in self.headers.items()})
+            raw = json.dumps(body, indent=2).encode()  # Google's APIs answer pretty-printed JSON
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _owner() -> int:
+    """The image's uid where we may chown to it (root), else our own: the script takes the uid as an argument."""
+    return fleets.IMAGE_UID if os.geteuid() == 0 else os.getuid()
+
+
+def _local_script(google: FakeGoogle, home: Path) -> str:
+    """dev's serving startup script with Google's endpoints and the image's home moved to local stand-ins."""
+    s = get_settings("dev")
+    cpu = s.serving.stable_fleet.model_copy(update={"accelerator_type": None, "accelerator_count": 0})
+    script = fleets.serving_startup_script(s, cpu, "stable")
+    token_file = str(fleets.image_token_file(s))
+    script = script.replace(f"{token_file} {fleets.IMAGE_UID}", f"{token_file} {_owner()}")
+    script = script.replace(fleets.METADATA_TOKEN_URL, f"{google.base}/token")
+    script = script.replace(fleets.SECRET_MANAGER_API, f"{google.base}/v1")
+    assert fleets.IMAGE_HOME in script
+    return script.replace(fleets.IMAGE_HOME, str(home))
+
+
+def _run_script(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a startup script with recording ``docker`` stubs; returns the process and the docker calls."""
+    stubs, calls = tmp_path / "bin", tmp_path / "docker-calls"
+    stubs.mkdir(exist_ok=True)
+    for name in ("docker", "docker-credential-gcr"):
+        stub = stubs / name
+        stub.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\n')
+        stub.chmod(0o755)
+    path = tmp_path / "startup.sh"
+    path.write_text(script)
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_replica_starts_with_the_latest_version_mounted_read_only(google: FakeGoogle, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    google.versions += [b"old-token\n", b"0f3a9c-current-token\n"]  # `openssl rand -hex 32` ends in a newline
+    proc, docker = _run_script(tmp_path, _local_script(google, home))
+    assert proc.returncode == 0, proc.stderr
+    token = home / "run" / TOKEN_FILE
+    assert token.read_bytes() == b"0f3a9c-current-token\n", "the latest version, byte for byte"
+    mode = token.stat()
+    assert stat.S_IMODE(mode.st_mode) == 0o600 and mode.st_uid == _owner() and mode.st_gid == _owner()
+    assert stat.S_IMODE((home / "run").stat().st_mode) == 0o700
+    assert sorted(p.name for p in (home / "run").iterdir()) == [TOKEN_FILE], "no reply or temporary file is left"
+    (run,) = [c for c in docker if c.startswith("docker run ")]
+    assert f"--volume {token}:{token}:ro" in run, "mounted read-only at the path the replica reads"
+    assert "-e TENFOLD_SERVING__SERVER__AUTH_MODE=bearer" in run
+    assert docker.index(next(c for c in docker if c.startswith("docker rm -f"))) < docker.index(run)
+    # the VM's identity came from the metadata server, with the header it requires, and went to Secret Manager
+    (meta, secret) = google.requests
+    assert meta[0] == "/token" and meta[1]["metadata-flavor"] == "Google"
+    assert secret[1]["authorization"] == f"Bearer {ACCESS_TOKEN}"
+    assert ACCESS_TOKEN not in proc.stderr and "current-token" not in proc.stderr + proc.stdout
+
+
+def test_no_version_stops_the_script_loudly_and_no_replica_starts(google: FakeGoogle, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    stale = home / "run" / TOKEN_FILE
+    stale.parent.mkdir(parents=True)
+    stale.write_text("token-of-an-earlier-boot\n")  # a reboot must not run on it
+    proc, docker = _run_script(tmp_path, _local_script(google, home))
+    assert proc.returncode != 0
+    s = get_settings("dev")
+    assert f"the Secret Manager secret {s.serving.token_secret} has no version yet" in proc.stderr
+    assert f"openssl rand -hex 32 | gcloud secrets versions add {s.serving.token_secret} --data-file=-" in proc.stderr
+    assert not [c for c in docker if c.startswith("docker run")], "no replica without a token"
+    assert any(c.startswith("docker rm -f tenfold-stable") for c in docker), "the previous boot's replica is gone"
+    assert not stale.exists()
+    assert list((home / "run").iterdir()) == []
+
+
+def _fetch(google: FakeGoogle, token_file: Path) -> subprocess.CompletedProcess[str]:
+    """The script's own fetch function, alone."""
+    s = get_settings("dev")
+    lines, _ = fleets.serving_token_setup(s)
+    url = fleets.secret_version_url(s.project_id, s.serving.token_secret).replace(fleets.SECRET_MANAGER_API, f"{google.base}/v1")
+    body = f"set -euo pipefail\n{lines[0]}\nfetch_serving_token {google.base}/token {url} {token_file} {_owner()}\n"
+    return subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_service_account_without_access_is_named_with_the_grant_it_needs(google: FakeGoogle, tmp_path: Path) -> None:
+    google.versions.append(b"t0ken\n")
+    google.sa_may_read = False
+    proc = _fetch(google, tmp_path / "run" / TOKEN_FILE)
+    assert proc.returncode != 0
+    assert "may not read the secret" in proc.stderr and "roles/secretmanager.secretAccessor" in proc.stderr
+    assert "secretmanager.versions.access" in proc.stderr, "Google's own message is passed on"
+    assert not (tmp_path / "run" / TOKEN_FILE).exists()
+
+
+def test_an_empty_version_is_refused(google: FakeGoogle, tmp_path: Path) -> None:
+    google.versions.append(b" \n")
+    proc = _fetch(google, tmp_path / "run" / TOKEN_FILE)
+    assert proc.returncode != 0 and "is empty" in proc.stderr
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_secret_that_does_not_exist_is_a_404_too(google: FakeGoogle, tmp_path: Path) -> None:
+    """The project holds a secret of another name only: the script's secret answers 404, like one without versions."""
+    google.versions.append(b"t0ken\n")
+    google.secret = "another-secret"
+    proc = _fetch(google, tmp_path / "run" / TOKEN_FILE)
+    assert proc.returncode != 0 and "has no version yet" in proc.stderr
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_serving_scripts_fetch_this_environments_secret_before_the_replica_starts(env: str) -> None:
+    s = get_settings(env)
+    for fleet, role in ((s.serving.stable_fleet, "stable"), (s.serving.canary_fleet, "canary")):
+        script = fleets.serving_startup_script(s, fleet, role)
+        lines = script.splitlines()
+        url = f"https://secretmanager.googleapis.com/v1/projects/{s.project_id}/secrets/{s.serving.token_secret}/versions/latest:access"
+        token = f"/var/lib/tenfold/run/{TOKEN_FILE}"
+        fetch = lines.index(f"fetch_serving_token {fleets.METADATA_TOKEN_URL} {url} {token} 10001")
+        run = next(i for i, line in enumerate(lines) if line.startswith("docker run"))
+        remove = next(i for i, line in enumerate(lines) if line.startswith(f"docker rm -f tenfold-{role}"))
+        assert remove < lines.index(f"rm -f {token}") < fetch < run
+        assert f"--volume {token}:{token}:ro" in lines[run] and lines[run].endswith(s.container_image)
+        assert lines[2] == "set -euo pipefail", "a failed fetch stops the script"
+    assert "fetch_serving_token" not in fleets.training_startup_script(s), "only serving reads the token"
+
+
+def test_iap_mode_passes_the_audience_and_fetches_no_token() -> None:
+    s = get_settings("prod")
+    audience = "/projects/123456789/global/backendServices/987654321"
+    server = s.serving.server.model_copy(update={"auth_mode": "iap", "iap_audience": audience})
+    iap = s.model_copy(update={"serving": s.serving.model_copy(update={"server": server})})
+    script = fleets.serving_startup_script(iap, iap.serving.stable_fleet, "stable")
+    assert "fetch_serving_token" not in script and "--volume /var/lib/tenfold/run" not in script
+    assert f"-e TENFOLD_SERVING__SERVER__AUTH_MODE=iap -e TENFOLD_SERVING__SERVER__IAP_AUDIENCE={audience}" in script
+
+
+def test_the_image_user_and_home_are_the_dockerfiles() -> None:
+    dockerfile = (project_root() / "serving_image" / "Dockerfile").read_text()
+    assert re.search(rf"useradd [^\n]*--uid {fleets.IMAGE_UID} [^\n]*--home-dir {fleets.IMAGE_HOME}\b", dockerfile)
+    assert f"USER {fleets.IMAGE_UID}:{fleets.IMAGE_UID}" in dockerfile
+    assert f"TENFOLD_HOME={fleets.IMAGE_HOME}" in dockerfile
+    assert str(fleets.image_token_file(get_settings("prod"))) == f"{fleets.IMAGE_HOME}/run/{TOKEN_FILE}"
