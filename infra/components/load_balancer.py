@@ -72,6 +72,9 @@ class HttpLoadBalancerProps:
     armor_policy_name: str | None = None
     draining_timeout_s: int = 60
     log_sample_rate: float = 1.0
+    # Identity-Aware Proxy on both backend services (Google-managed OAuth client): the replicas then check
+    # IAP's signed header instead of a bearer token (serving.server.auth_mode "iap").
+    iap: bool = False
 
 
 class HttpLoadBalancer(Construct):
@@ -104,6 +107,7 @@ class HttpLoadBalancer(Construct):
                 connection_draining_timeout_sec=props.draining_timeout_s,
                 log_config={"enable": True, "sample_rate": props.log_sample_rate},
                 security_policy=self.armor.id if self.armor else None,
+                iap={"enabled": True} if props.iap else None,
                 backend=structs([{"group": group, "balancing_mode": "UTILIZATION", "max_utilization": props.max_utilization,
                           "capacity_scaler": 1.0}]),
             )

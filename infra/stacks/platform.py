@@ -138,6 +138,7 @@ class PlatformStack(TerraformStack):
             stable_group=self.stable.group.instance_group, canary_group=self.canary.group.instance_group,
             max_utilization=sv.target_utilization, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
             forwarding_rule_name=lb.forwarding_rule, domain=lb.domain, armor_policy_name=lb.cloud_armor_policy,
+            iap=sv.server.auth_mode == "iap",
         ))
 
         self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(

@@ -1,8 +1,9 @@
 """Synthesize every stack ONCE per test session (the Google provider import alone takes ~10 s).
 
 One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip),
-a dev with its lake folders, network tags and orchestrator role renamed in settings (``relaid-dev``)
-and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
+a dev with its lake folders, network tags and orchestrator role renamed in settings (``relaid-dev``),
+a prod with a domain (``tls-prod``), a prod whose replicas check IAP instead of a bearer token
+(``iap-prod``) and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
 """
 
 from __future__ import annotations
@@ -73,8 +74,21 @@ def tls_settings() -> Any:
     return s.model_copy(update={"serving": s.serving.model_copy(update={"load_balancer": lb})})
 
 
+IAP_AUDIENCE = "/projects/123456789012/global/backendServices/4242424242"
+
+
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any, relaid_settings: Any) -> Any:
+def iap_settings() -> Any:
+    """prod with serving.server.auth_mode "iap" (as TENFOLD_SERVING__SERVER__AUTH_MODE=iap at synth would give)."""
+    from tenfold.config import build_settings
+
+    return build_settings("prod", {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+                                   "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": IAP_AUDIENCE}, prefix="iap-prod")
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any, relaid_settings: Any,
+          iap_settings: Any) -> Any:
     from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
@@ -87,6 +101,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
 
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),
-        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings, relaid_settings],
+        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings, relaid_settings, iap_settings],
         extra=extra,
     )

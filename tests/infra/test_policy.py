@@ -27,6 +27,7 @@ def _stacks() -> list[str]:
 
 
 TLS_PLATFORM = "tls-prod-platform"  # prod with a domain (conftest.tls_settings): the HTTPS path
+IAP_PLATFORM = "iap-prod-platform"  # prod with IAP on the backend services (conftest.iap_settings)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def scan(synth: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
     if not CHECKOV.exists():
         pytest.skip(f"checkov is not installed at {CHECKOV}: run `make setup`")
     root = tmp_path_factory.mktemp("scan")
-    for name in [*_stacks(), TLS_PLATFORM, BAD_STACK]:
+    for name in [*_stacks(), TLS_PLATFORM, IAP_PLATFORM, BAD_STACK]:
         shutil.copytree(synth.stack_dir(name), root / name, ignore=shutil.ignore_patterns(".terraform*"))
     proc = subprocess.run([str(CHECKOV), "--config-file", str(CONFIG), "-d", str(root), "-o", "json"],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -54,9 +55,9 @@ def scan(synth: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
     return out
 
 
-@pytest.mark.parametrize("stack_index", range(5))
+@pytest.mark.parametrize("stack_index", range(6))
 def test_stacks_pass_every_check(scan: dict, stack_index: int) -> None:
-    name = [*_stacks(), TLS_PLATFORM][stack_index]
+    name = [*_stacks(), TLS_PLATFORM, IAP_PLATFORM][stack_index]
     results = scan[name]
     assert len(results["passed"]) > 20, f"checkov scanned almost nothing in {name}"
     failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed"]]

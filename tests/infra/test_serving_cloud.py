@@ -142,3 +142,19 @@ def test_google_probers_reach_both_checks_on_the_serving_vms(synth: Synth, env: 
     templates = {t["name_prefix"].rstrip("-"): t for t in resources(platform, "google_compute_instance_template").values()}
     for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):
         assert s.network.serving_tag in templates[fleet.instance_template]["tags"]
+
+
+def test_iap_mode_puts_iap_on_both_backends_and_tells_the_replicas(synth: Synth, iap_settings) -> None:
+    s = iap_settings
+    platform = synth.stack(s.infra.platform_stack)
+    backends = resources(platform, "google_compute_backend_service").values()
+    assert [b["iap"] for b in backends] == [{"enabled": True}] * 2
+    templates = {t["name_prefix"].rstrip("-"): t for t in resources(platform, "google_compute_instance_template").values()}
+    for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):
+        script = templates[fleet.instance_template]["metadata"]["startup-script"]
+        assert "-e TENFOLD_SERVING__SERVER__AUTH_MODE=iap" in script
+        assert f"-e TENFOLD_SERVING__SERVER__IAP_AUDIENCE={s.serving.server.iap_audience}" in script
+        assert "fetch_serving_token" not in script, "no bearer token to fetch"
+    for env in ENVS:  # bearer, the default: no IAP in front
+        _, bearer = _stacks(synth, env)
+        assert all("iap" not in b for b in resources(bearer, "google_compute_backend_service").values())
