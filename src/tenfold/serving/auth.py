@@ -59,19 +59,28 @@ def token_path(settings: Settings) -> Path:
     return settings.local.home / "run" / TOKEN_FILE
 
 
-def read_token(settings: Settings) -> str:
-    """The token in :func:`token_path`; raises :class:`TokenMissing` with what to do when there is none."""
+def accepted_tokens(settings: Settings) -> list[str]:
+    """Every token in :func:`token_path`, one per line: the current one first, then any still accepted while
+    a rotation is under way (clients move to the new token, then the old line is removed and the fleet rolled).
+
+    Raises :class:`TokenMissing` with what to do when there is none.
+    """
     path = token_path(settings)
     try:
-        token = path.read_text().strip()
+        tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         raise TokenMissing(
             f"no serving token at {path}: run `tenfold up` (or `tenfold serve`) to generate one, "
             "or place the token there (mode 0600)"
         ) from None
-    if not token:
+    if not tokens:
         raise TokenMissing(f"the serving token file {path} is empty: delete it and run `tenfold up` to generate a new one")
-    return token
+    return tokens
+
+
+def read_token(settings: Settings) -> str:
+    """The current token (the first line of :func:`token_path`), the one clients are given."""
+    return accepted_tokens(settings)[0]
 
 
 def ensure_token(settings: Settings) -> str:
@@ -118,11 +127,12 @@ class Authenticator:
         server = settings.serving.server
         self.mode = server.auth_mode
         self._audience = server.iap_audience
-        self._token: bytes | None = None
+        self._tokens: list[bytes] = []
         self._http_request = http_request
         if self.mode == "bearer":
-            token = ensure_token(settings) if settings.is_local else read_token(settings)
-            self._token = token.encode()
+            if settings.is_local:
+                ensure_token(settings)
+            self._tokens = [t.encode() for t in accepted_tokens(settings)]
 
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller of a request with ``headers`` (lower-case names, as Starlette gives them)."""
@@ -136,9 +146,12 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("the Authorization header must be 'Bearer <token>' (`tenfold status` prints the token)")
-        assert self._token is not None
-        # Constant time: the comparison must not reveal how many leading characters were right.
-        if not hmac.compare_digest(token.strip().encode(), self._token):
+        assert self._tokens
+        # Constant time: the comparison must not reveal how many leading characters were right, and every
+        # accepted token is compared (no early exit), so timing does not tell which one matched.
+        given = token.strip().encode()
+        matches = [hmac.compare_digest(given, accepted) for accepted in self._tokens]
+        if not any(matches):
             raise AuthError("wrong bearer token: use the one `tenfold status` prints")
         return Caller("token")
 

@@ -19,6 +19,7 @@ from tenfold.serving.auth import (
     Authenticator,
     AuthError,
     TokenMissing,
+    accepted_tokens,
     ensure_token,
     read_token,
     token_path,
@@ -72,6 +73,20 @@ def test_bearer_check(settings: Any) -> None:
         with pytest.raises(AuthError) as err:
             auth.check(header)
         assert err.value.status == 401
+
+
+def test_a_rotation_accepts_the_new_and_the_old_token_until_the_old_line_goes(settings: Any) -> None:
+    old = ensure_token(settings)
+    new = "n" * 43
+    token_path(settings).write_text(f"{new}\n{old}\n")  # rotation under way: clients move to the first line
+    assert read_token(settings) == new and accepted_tokens(settings) == [new, old]
+    auth = Authenticator(settings)
+    for token in (new, old):
+        assert auth.check({"authorization": f"Bearer {token}"}).identity == "token"
+    token_path(settings).write_text(f"{new}\n")  # rotation done: the fleet is rolled onto the file without the old line
+    with pytest.raises(AuthError):
+        Authenticator(settings).check({"authorization": f"Bearer {old}"})
+    assert Authenticator(settings).check({"authorization": f"Bearer {new}"}).identity == "token"
 
 
 def test_outside_local_a_replica_never_invents_a_token(tmp_path: Path) -> None:
