@@ -536,6 +536,35 @@ def event_loop_profile(home: Home, hot: Path, work: Path, duration: float, concu
     return phase, "\n".join(lines)
 
 
+GC_PROBE = """
+import gc, json, sys, time
+from tenfold.config import get_settings
+from tenfold.serving.loading import load_served_model
+load_served_model(get_settings(), sys.argv[1])
+gc.collect()
+pauses = []
+for _ in range(3):
+    t0 = time.perf_counter(); gc.collect(); pauses.append((time.perf_counter() - t0) * 1000.0)
+objects = len(gc.get_objects())
+gc.freeze()
+t0 = time.perf_counter(); gc.collect(); frozen = (time.perf_counter() - t0) * 1000.0
+print(json.dumps({"objects": objects, "pause_ms": min(pauses), "frozen_ms": frozen}))
+"""
+
+
+def gc_pause(home: Home) -> str:
+    """How long a full garbage collection stops a fresh process holding what a replica loads (and after
+    ``gc.freeze()``): measured in a process of its own, so this benchmark's own objects are not counted."""
+    done = subprocess.run([sys.executable, "-c", GC_PROBE, home.version], env=home.env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"(the garbage-collection probe failed: {done.stderr.strip().splitlines()[-1:] or done.returncode})"
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return (f"A process holding what a replica loads (model and lookups) tracks {r['objects']:,} objects; a full "
+            f"garbage collection walks them all and stops every thread for {r['pause_ms']:,.0f} ms (best of 3). "
+            "Python runs one whenever enough allocations have piled up, so under load these pauses land in the tail "
+            f"latency. After `gc.freeze()` the same collection takes {r['frozen_ms']:.2f} ms.")
+
+
 # --- per-stage costs, in this process -------------------------------------------------------------
 
 def stage_breakdown(settings: Settings, version: str, bodies: Sequence[dict[str, Any]], batch: int = 32) -> str:
@@ -828,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "tenfold" in only and not args.no_breakdown:
             say("timing the predict path's steps in this process ...")
-            extra["breakdown"] = stage_breakdown(settings, home.version, bodies)
+            extra["breakdown"] = stage_breakdown(settings, home.version, bodies) + "\n\n" + gc_pause(home)
         report = render(args, phases, notes, extra, home, len(bodies), load_before, time.perf_counter() - started, argv)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
