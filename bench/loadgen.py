@@ -19,10 +19,11 @@ Two modes:
   idle connection opens one (up to ``max_connections``), else waits for one, and the wait counts.
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio protocols, with httptools (the C parser
-uvicorn uses) parsing responses, on uvloop. Measured on the 2-core build VM against a no-op FastAPI
-endpoint at 32 connections: about 30 µs of client CPU per request, against ~90 µs for aiohttp 3.14 and
-~3,000 µs for httpx 0.28 (see bench/results/serving.md); on two cores the generator's CPU is taken
-from the server under test, so the cheapest client is the fairest one.
+uvicorn uses) parsing responses, on uvloop. Measured when it was written, on the 2-core build VM against
+a no-op FastAPI endpoint at 32 keep-alive connections (5 s, same machine): about 30 µs of client CPU per
+request, against ~90 µs for aiohttp 3.14's ClientSession and ~3,000 µs for httpx 0.28's AsyncClient,
+both with a pool of 32. On two cores the generator's CPU is taken from the server under test, so the
+cheapest client is the fairest one; every phase reports the generator's own CPU share.
 """
 
 from __future__ import annotations

@@ -992,6 +992,9 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
               "- `tuned` is not the product: the replica with `gc.freeze()` after loading and `Preprocessor._require` "
               "building its set of column names once, patched in at run time by bench/serving_peers/tuned_replica.py "
               "(see its docstring): what those two changes would give, measured in the same run.",
+              "- The load generator (bench/loadgen.py) is a minimal keep-alive HTTP/1.1 client on asyncio and httptools "
+              "in a process of its own: about 30 µs of CPU per request where aiohttp took ~90 µs and httpx ~3,000 µs; "
+              "its share of a core is in the table (loadgen CPU).",
               "- The fleet runs two stable replicas (one per core) behind HAProxy with autoscaling pinned at two; the load "
               "generator, HAProxy and both replicas share the machine's 2 cores."]
     for name, note in notes.items():
