@@ -982,7 +982,8 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
               "- Tenfold's server checks the bearer token on every predict (constant-time compare), publishes a sample of "
               f"predictions to Pub/Sub (prediction_sample_rate {s.prediction_sample_rate:g}; the emulator runs at nice 19 "
               "as a stand-in for the remote service), keeps a prediction cache and Prometheus metrics, and computes the A/B "
-              "bucket; the peers do none of that (no auth, no publishing, no cache, their own metrics off).",
+              "bucket; the peers do none of that (no auth, no publishing, no cache; BentoML keeps its default Prometheus "
+              "metrics and OpenTelemetry spans, LitServe has neither).",
               "- LitServe runs with `fast_queue=True` (ZeroMQ between its HTTP and inference processes), which measured "
               "faster than its default multiprocessing queue here (BENCH_LITSERVE_FAST_QUEUE=0 for the default).",
               "- BentoML's batchable API takes a list, so its body is `{\"flights\": [<flight>]}` (Tenfold's batch shape); "
