@@ -91,7 +91,8 @@ class Preprocessor:
         return 2 * len(self.numeric_columns)
 
     def _require(self, table: pa.Table) -> None:
-        missing = [c for c in (*self.categorical_columns, *self.numeric_columns) if c not in table.column_names]
+        present = set(table.column_names)  # a new list on every access: build the set once (serving's hot path)
+        missing = [c for c in (*self.categorical_columns, *self.numeric_columns) if c not in present]
         if missing:
             raise PreprocessingError(
                 f"input lacks feature columns {missing}; it must follow the workload's feature contract "
