@@ -4,6 +4,9 @@ Run::
 
     .venv/bin/python bench/search.py                              # builds the 2013 features, writes bench/results/search.md
     .venv/bin/python bench/search.py --lake file:///path --seeds 0 1   # published features, two seeds
+    # a second stage: the leaders again with more seeds, merged with the first stage's runs
+    .venv/bin/python bench/search.py --lake file:///path --seeds 1 2 --only "lr=0.003 dropout=0.3 small" ... \
+        --previous stage1.log
 
 Each candidate trains through the real path (``run_torchrun``, 2 gloo workers, ``TrainConfig.from_settings``
 plus the candidate's values) on each window, and is judged only by the best validation log loss its
@@ -11,8 +14,8 @@ run recorded on its validation slice (the newest 14 days of the window, which no
 ``train_result.json``): the slice's log loss once its own temperature and level are fitted, the same
 criterion early stopping uses (:func:`tenfold.training.calibration.selection_loss`).
 The holdout months after each window are never read here: they belong to the gate and to
-bench/quality.py. The winner is the candidate with the least mean *regret* (its validation log loss
-minus the best candidate's, per window and seed), so one window cannot dominate by its scale.
+bench/quality.py. The winner is the candidate with the least mean *regret* (its criterion minus the best candidate's,
+per window and seed, over the candidates run on every seed), so one window cannot dominate by its scale.
 
 The grid is small and fixed before any run (docs/training.md says why): two learning rates, two
 dropout rates, three network sizes; weight decay, batch size, the epoch ceiling and early-stopping
@@ -81,11 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake", help="a lake URI with published 2013 features (default: build them here)")
     parser.add_argument("--windows", nargs="+", default=list(WINDOWS), help="training windows FIRST:LAST")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--only", nargs="+", help="run only these candidates (labels as printed)")
+    parser.add_argument("--previous", type=Path, nargs="+", default=[],
+                        help="logs of earlier runs of this script: their JSON rows are reused, not re-run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = build_settings("local")
     started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [json.loads(line) for path in args.previous for line in path.read_text().splitlines()
+                                  if line.startswith("{")]
+    done = {(r["window"], r["candidate"], r["seed"]) for r in rows}
+    grid = [c for c in GRID if not args.only or label(c) in args.only]
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         root = Path(tmp)
         if args.lake:
@@ -94,27 +103,35 @@ def main(argv: list[str] | None = None) -> int:
             lake = Lake((root / "lake").as_uri())
             _training_bench().publish_real_features(lake, root)
         for window in args.windows:
-            for cand in GRID:
+            for cand in grid:
                 for seed in args.seeds:
+                    if (window, label(cand), seed) in done:
+                        continue
                     row = run_candidate(settings, lake, window, cand, seed, root)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
 
-    best = {(r["window"], r["seed"]): min(x["val_criterion"] for x in rows if (x["window"], x["seed"]) == (r["window"], r["seed"]))
-            for r in rows}
-    regret: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        regret[r["candidate"]].append(r["val_criterion"] - best[(r["window"], r["seed"])])
-    ranked = sorted(regret, key=lambda c: sum(regret[c]) / len(regret[c]))
     by = {(r["window"], r["candidate"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    # Rank the candidates run on every seed and window; the others (dropped after an earlier stage) follow.
+    full = [c for c in dict.fromkeys(r["candidate"] for r in rows)
+            if all((w, c, s) in by for w in args.windows for s in seeds)]
+    best = {(w, s): min(by[(w, c, s)]["val_criterion"] for c in full) for w in args.windows for s in seeds}
+    regret: dict[str, list[float]] = defaultdict(list)
+    for c in full:
+        for w in args.windows:
+            for s in seeds:
+                regret[c].append(by[(w, c, s)]["val_criterion"] - best[(w, s)])
+    ranked = sorted(regret, key=lambda c: sum(regret[c]) / len(regret[c]))
+    rest = [c for c in dict.fromkeys(r["candidate"] for r in rows) if c not in regret]
 
     command = ".venv/bin/python bench/search.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    header = "| candidate | " + " | ".join(f"{w} validation criterion (best epoch)" for w in args.windows) + " | mean regret |"
+    header = "| candidate | " + " | ".join(f"{w} validation criterion per seed (best epoch)" for w in args.windows) + " | mean regret |"
     lines = [
         "# Hyperparameter search on the validation slices",
         "",
         f"Command: `{command.strip()}` (total wall {time.perf_counter() - started:.0f} s; load average at the end "
-        f"{os.getloadavg()[0]:.1f}). Seeds {args.seeds}; every run: `run_torchrun`, 2 gloo workers, settings defaults "
+        f"{os.getloadavg()[0]:.1f}). Seeds {seeds}; every run: `run_torchrun`, 2 gloo workers, settings defaults "
         "otherwise (batch 512 per worker, weight decay 1e-4, at most 10 epochs, patience 2, validation slice: the newest 14 days).",
         "Judged by the validation criterion only (the slice's log loss after fitting its own temperature and level); "
         "no holdout month was read.",
@@ -122,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         header,
         "|" + "---|" * (len(args.windows) + 2),
     ]
-    for name in ranked:
+    for name in [*ranked, *rest]:
         cells = []
         for w in args.windows:
-            runs = [by[(w, name, s)] for s in args.seeds]
+            runs = [by[(w, name, s)] for s in seeds if (w, name, s) in by]
             cells.append(", ".join(f"{r['val_criterion']:.4f} ({r['best_epoch']})" for r in runs))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(regret[name]) / len(regret[name]):.4f} |")
+        mean = f"{sum(regret[name]) / len(regret[name]):.4f}" if name in regret else "(not in the last stage)"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     lines += ["", f"Chosen: **{ranked[0]}**."]
     text = "\n".join(lines) + "\n"
     print(text)
