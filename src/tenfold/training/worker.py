@@ -401,7 +401,7 @@ class Trainer:
 
     def _selection_summary(self) -> dict[str, Any]:
         sel = self.selection
-        best = next((h for h in sel["history"] if h["step"] == sel["best_step"]), {})
+        best: dict[str, Any] = next((h for h in sel["history"] if h["step"] == sel["best_step"]), {})
         return {**self.split.info, "best_epoch": sel["best_epoch"], "best_step": sel["best_step"],
                 "best_criterion": sel["best_loss"], "best_log_loss": best.get("val_log_loss"),
                 "stopped_early": sel["stopped"], "patience": self.cfg.patience, "history": sel["history"]}
