@@ -2,7 +2,7 @@
 
 Run (what the Dockerfile's HEALTHCHECK runs): ``python /opt/tenfold/healthcheck.py``. It asks the port the
 replica listens on (``TENFOLD_SERVING_PORT``, else the settings' default, as ``python -m tenfold.serving``
-chooses it) on loopback, at ``settings.serving.health_path``.
+chooses it) on the address it binds (``TENFOLD_SERVING_HOST``, else loopback), at ``settings.serving.health_path``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def main() -> int:
     from tenfold.serving.replica import default_port
 
     settings = get_settings()
-    url = f"http://127.0.0.1:{default_port(settings, os.environ)}{settings.serving.health_path}"
+    host = os.environ.get("TENFOLD_SERVING_HOST") or settings.local.bind_host  # where the replica listens
+    url = f"http://{host}:{default_port(settings, os.environ)}{settings.serving.health_path}"
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
             return 0 if resp.status == 200 else 1

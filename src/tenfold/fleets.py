@@ -40,6 +40,10 @@ IMAGE_UID = 10001
 IMAGE_HOME = "/var/lib/tenfold"
 # The VM's own identity and Secret Manager's REST API (https://cloud.google.com/secret-manager/docs/reference/rest).
 METADATA_TOKEN_URL = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+# The VM's primary internal address: the replica binds to it alone (the load balancer's proxies and health
+# checks reach it there), never to every interface.
+METADATA_IP_URL = "http://metadata.google.internal/computeMetadata/v1/instance/network-interfaces/0/ip"
+SERVING_HOST_ENV = "TENFOLD_SERVING_HOST"
 SECRET_MANAGER_API = "https://secretmanager.googleapis.com/v1"
 
 _GPU_SETUP = """\
@@ -176,14 +180,26 @@ def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: st
     """
     server = settings.serving.server
     env = {"TENFOLD_SERVING_TRACK": role, f"{SERVER_ENV_PREFIX}AUTH_MODE": server.auth_mode}
-    before_run: list[str] = []
-    run_flags: list[str] = []
+    before_run, run_flags = serving_host_setup()
     if server.auth_mode == "iap":
         env[f"{SERVER_ENV_PREFIX}IAP_AUDIENCE"] = server.iap_audience or ""
     else:
-        before_run, run_flags = serving_token_setup(settings)
+        token_lines, token_flags = serving_token_setup(settings)
+        before_run, run_flags = before_run + token_lines, run_flags + token_flags
     return startup_script(settings, fleet, role, SERVING_COMMAND, detach=True, extra_env=env,
                           before_run=before_run, run_flags=run_flags)
+
+
+def serving_host_setup() -> tuple[list[str], list[str]]:
+    """The script lines that read the VM's internal address, and the ``docker run`` flag that hands it to the
+    replica as its bind address (``-e NAME`` without a value: docker takes it from the script's environment)."""
+    lines = [
+        f"{SERVING_HOST_ENV}=$(curl -sS --fail --max-time 10 --retry 10 --retry-delay 3 --retry-connrefused "
+        f"-H 'Metadata-Flavor: Google' {shlex.quote(METADATA_IP_URL)})",
+        f'[ -n "${SERVING_HOST_ENV}" ] || {{ echo "tenfold: the metadata server gave no internal address" >&2; exit 1; }}',
+        f"export {SERVING_HOST_ENV}",
+    ]
+    return lines, ["-e", SERVING_HOST_ENV]
 
 
 def training_startup_script(settings: Settings) -> str:

@@ -30,6 +30,7 @@ from tenfold.config import get_settings
 from tenfold.config.settings import project_root
 from tenfold.serving.auth import TOKEN_FILE
 
+VM_IP = "10.128.0.7"
 ACCESS_TOKEN = "ya29.stand-in-access-token"
 ENVS = ("dev", "prod")
 
@@ -47,8 +48,10 @@ class FakeGoogle:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     base: str = ""
 
-    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
         self.requests.append((path, headers))
+        if path == "/ip":
+            return (200, VM_IP) if headers.get("metadata-flavor") == "Google" else (403, {"error": "Missing header"})
         if path == "/token":
             if headers.get("metadata-flavor") != "Google":
                 return 403, {"error": "Missing Metadata-Flavor:Google header"}
@@ -77,9 +80,10 @@ def google() -> Iterator[FakeGoogle]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, body = fake.answer(self.path, {k.lower(): v for k, v in self.headers.items()})
-            raw = json.dumps(body, indent=2).encode()  # Google's APIs answer pretty-printed JSON
+            # Google's APIs answer pretty-printed JSON; the metadata server's plain values are text.
+            raw = body.encode() if isinstance(body, str) else json.dumps(body, indent=2).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
@@ -111,6 +115,7 @@ def _local_script(google: FakeGoogle, home: Path) -> str:
     token_file = str(fleets.image_token_file(s))
     script = script.replace(f"{token_file} {fleets.IMAGE_UID}", f"{token_file} {_owner()}")
     script = script.replace(fleets.METADATA_TOKEN_URL, f"{google.base}/token")
+    script = script.replace(fleets.METADATA_IP_URL, f"{google.base}/ip")
     script = script.replace(fleets.SECRET_MANAGER_API, f"{google.base}/v1")
     assert fleets.IMAGE_HOME in script
     return script.replace(fleets.IMAGE_HOME, str(home))
@@ -122,7 +127,8 @@ def _run_script(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProces
     stubs.mkdir(exist_ok=True)
     for name in ("docker", "docker-credential-gcr"):
         stub = stubs / name
-        stub.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\n')
+        # It records the bind address docker would hand the container from the script's environment too.
+        stub.write_text(f'#!/bin/bash\necho "{name} $* [host=${{TENFOLD_SERVING_HOST:-}}]" >> {calls}\n')
         stub.chmod(0o755)
     path = tmp_path / "startup.sh"
     path.write_text(script)
@@ -146,8 +152,11 @@ def test_the_replica_starts_with_the_latest_version_mounted_read_only(google: Fa
     assert f"--volume {token}:{token}:ro" in run, "mounted read-only at the path the replica reads"
     assert "-e TENFOLD_SERVING__SERVER__AUTH_MODE=bearer" in run
     assert docker.index(next(c for c in docker if c.startswith("docker rm -f"))) < docker.index(run)
+    # the replica binds to the VM's internal address alone (docker takes the value from the script's environment)
+    assert " -e TENFOLD_SERVING_HOST " in run and run.endswith(f"[host={VM_IP}]") and "0.0.0.0" not in run
     # the VM's identity came from the metadata server, with the header it requires, and went to Secret Manager
-    (meta, secret) = google.requests
+    (ip, meta, secret) = google.requests
+    assert ip[0] == "/ip" and ip[1]["metadata-flavor"] == "Google"
     assert meta[0] == "/token" and meta[1]["metadata-flavor"] == "Google"
     assert secret[1]["authorization"] == f"Bearer {ACCESS_TOKEN}"
     assert ACCESS_TOKEN not in proc.stderr and "current-token" not in proc.stderr + proc.stdout

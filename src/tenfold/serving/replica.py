@@ -5,7 +5,8 @@ Run::
     python -m tenfold.serving --host 127.0.0.1 --port 8101 --arm stable --model champion
 
 Every flag has a default: ``--host`` is ``TENFOLD_SERVING_HOST`` or ``settings.local.bind_host``
-(loopback; the container image sets ``TENFOLD_SERVING_HOST`` so the load balancer can reach it), ``--port``
+(loopback; the cloud fleet's startup script sets ``TENFOLD_SERVING_HOST`` to the VM's internal address, where
+the load balancer reaches it), ``--port``
 is ``TENFOLD_SERVING_PORT`` or the first replica port locally (``settings.local.replica_base_port``) and
 ``settings.serving.port`` in the cloud, ``--arm`` is ``TENFOLD_SERVING_TRACK`` (what the cloud fleet's
 startup script sets) or ``stable``, ``--model`` is an alias or version id, ``TENFOLD_SERVING_MODEL`` or
