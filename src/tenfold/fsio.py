@@ -1,26 +1,49 @@
-"""Atomic writes to a local disk: a reader sees the old file or the new one, never a torn one."""
+"""Local-disk primitives: atomic writes (a reader sees the old file or the new one, never a torn one) and
+an exclusive lock on a lock file (one holder per path across processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, fsync it, rename it over ``path``, and fsync
-    the folder so the rename itself is durable before anything that refers to the file is written."""
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
+
+    ``durable`` (the default) also fsyncs the file and then the folder, so the rename itself is on disk
+    before anything that refers to the file is written; state that is rewritten several times a second
+    and rebuilt after a crash anyway (a status file) passes ``durable=False``.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its folder, if missing), waiting for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -45,12 +44,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tenfold.config import Settings
+from tenfold.fsio import atomic_write, file_lock
 from tenfold.local import process
 from tenfold.local.env import settings_env
 from tenfold.local.process import LocalPlatformError, ProcessRecord
@@ -95,9 +95,8 @@ def replica_name(pool: str, slot: int) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    # Rewritten several times a second (the status) and rebuilt after a crash: atomic, not fsynced.
+    atomic_write(path, text.encode(), durable=False)
 
 
 # --- the desired state -------------------------------------------------------------------------
@@ -138,27 +137,14 @@ def read_spec(settings: Settings) -> FleetSpec | None:
         return None
 
 
-@contextlib.contextmanager
-def _spec_lock(settings: Settings) -> Iterator[None]:
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(run_dir(settings) / ".fleet-spec.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _spec_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """Held while the desired state (the spec file) is read and replaced."""
+    return file_lock(run_dir(settings) / ".fleet-spec.lock")
 
 
-@contextlib.contextmanager
-def _exclusive(settings: Settings) -> Iterator[None]:
+def _exclusive(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """One ``up``/``down`` of the fleet at a time per home: two racing would each start a supervisor."""
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(run_dir(settings) / ".fleet.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_lock(run_dir(settings) / ".fleet.lock")
 
 
 def update_spec(settings: Settings, change: Callable[[FleetSpec], dict[str, PoolSpec]]) -> FleetSpec:

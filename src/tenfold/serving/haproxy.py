@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenfold.config import Settings
+from tenfold.fsio import atomic_write
 from tenfold.local.process import LocalPlatformError
 from tenfold.rollout.split import BUCKETS, CANARY, STABLE
 
@@ -162,9 +163,7 @@ def render_config(settings: Settings) -> str:
 
 def write_split_map(path: Path, percent: int) -> None:
     """Write the map file HAProxy loads at start (atomically): the split survives a restart of HAProxy."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{SPLIT_KEY} {int(percent)}\n")
-    tmp.replace(path)
+    atomic_write(path, f"{SPLIT_KEY} {int(percent)}\n".encode(), durable=False)
 
 
 def read_split_map(path: Path) -> int | None:

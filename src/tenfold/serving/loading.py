@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+from tenfold.fsio import file_lock
 
 if TYPE_CHECKING:
     import torch
@@ -106,17 +107,6 @@ def configure_torch(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) -> tuple[str, Path]:
     """The version ``ref`` names and a verified local copy of it (reused when already there)."""
     from tenfold.registry import ModelRegistry, RegistryError
@@ -132,7 +122,7 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
     root = model_cache_dir(settings)
     # Replicas on one machine start together: the lock makes the second one reuse the first one's copy
     # instead of replacing the folder the first one is loading from.
-    with _file_lock(root / f".{version}.lock"):
+    with file_lock(root / f".{version}.lock"):
         try:
             path = reg.download(version, root / version)
         except RegistryError as exc:
