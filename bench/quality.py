@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import build_settings
-from tenfold.data.lake import Lake, month_range
+from tenfold.data.lake import month_range
 from tenfold.training.config import TrainConfig
 from tenfold.training.evaluate import EvaluationReport, evaluate_with_baselines
 from tenfold.training.launch import run_torchrun
@@ -88,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = Path(tmp)
-        if args.lake:
-            lake = Lake(args.lake)
-        else:
-            lake = Lake((root / "lake").as_uri())
-            _training_bench().publish_real_features(lake, root)
+        lake = _training_bench().real_features_lake(args.lake, root)
         for window in args.windows:
             (first, last), (h_first, h_last) = WINDOWS[window]
             train, holdout = month_range(first, last), month_range(h_first, h_last)

@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = [c for c in GRID if not args.only or label(c) in args.only]
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         root = Path(tmp)
-        if args.lake:
-            lake = Lake(args.lake)
-        else:
-            lake = Lake((root / "lake").as_uri())
-            _training_bench().publish_real_features(lake, root)
+        lake = _training_bench().real_features_lake(args.lake, root)
         for window in args.windows:
             for cand in grid:
                 for seed in args.seeds:

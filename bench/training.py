@@ -46,6 +46,16 @@ RESULTS = Path(__file__).parent / "results" / "training.md"
 TRAIN, HOLDOUT = ("2013-01", "2013-09"), ("2013-10", "2013-12")
 
 
+def real_features_lake(lake_uri: str | None, root: Path) -> Lake:
+    """The lake at ``lake_uri`` (features already published there), else a fresh one under ``root`` with
+    every 2013 month's features published by :func:`publish_real_features`."""
+    if lake_uri:
+        return Lake(lake_uri)
+    lake = Lake((root / "lake").as_uri())
+    publish_real_features(lake, root)
+    return lake
+
+
 def publish_real_features(lake: Lake, root: Path) -> int:
     """Every 2013 month's features via the DuckDB twin of the Spark job; returns the row count."""
     import duckdb
