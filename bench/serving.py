@@ -194,31 +194,19 @@ def _nice_service(settings: Settings, name: str) -> None:
 # --- requests -------------------------------------------------------------------------------------
 
 def month_requests(settings: Settings, months: Sequence[str], seed: int = 13) -> list[dict[str, Any]]:
-    """Every flight of ``months`` that the served lookups can score, as request bodies, in a fixed shuffle.
-
-    ``sched_arr`` is the scheduled arrival's wall clock at the destination on the departure date, a day
-    later when it reads earlier than the departure (as the feature job takes it, modulo a day).
-    """
+    """Every flight of ``months`` that the served lookups can score, as request bodies (the workload's own
+    replay of its source, :meth:`Workload.replay`) with user keys, in a fixed shuffle."""
+    from tenfold.data.partition import Partition
     from tenfold.features.online import load_online_features
     from tenfold.workloads import RequestInvalid, get_workload
 
     workload = get_workload(settings)
-    wanted = {tuple(int(x) for x in m.split("-")) for m in months}
-    flights = workload.sources.read("flights")
-    rows = [r for r in flights.to_pylist() if (r["year"], r["month"]) in wanted]
+    bodies = [item.request for m in months for item in workload.replay(Partition.parse(m))]
     online = load_online_features(settings)
     out: list[dict[str, Any]] = []
     refused: Counter[str] = Counter()
-    for i, r in enumerate(rows):
-        dep = dt.datetime(r["year"], r["month"], r["day"], r["sched_dep_time"] // 100, r["sched_dep_time"] % 100)
-        arr = dep.replace(hour=r["sched_arr_time"] // 100 % 24, minute=r["sched_arr_time"] % 100)
-        if arr < dep:
-            arr += dt.timedelta(days=1)
-        body: dict[str, Any] = {"carrier": r["carrier"], "flight": r["flight"], "origin": r["origin"], "dest": r["dest"],
-                                "sched_dep": dep.isoformat(), "sched_arr": arr.isoformat()}
-        if r["tailnum"]:
-            body["tailnum"] = r["tailnum"]
-        body["user_key"] = f"u-{i % 5000}"
+    for i, request in enumerate(bodies):
+        body = {**request, "user_key": f"u-{i % 5000}"}
         try:
             online.check(workload.request_model.model_validate(body))
         except (RequestInvalid, ValueError) as exc:
@@ -226,7 +214,7 @@ def month_requests(settings: Settings, months: Sequence[str], seed: int = 13) ->
             continue
         out.append(body)
     if refused:
-        say(f"{sum(refused.values())} of {len(rows)} flights of {', '.join(months)} left out (the server would refuse them): "
+        say(f"{sum(refused.values())} of {len(bodies)} flights of {', '.join(months)} left out (the server would refuse them): "
             + ", ".join(f"{k} x{v}" for k, v in refused.most_common(3)))
     random.Random(seed).shuffle(out)
     return out
