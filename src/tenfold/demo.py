@@ -28,7 +28,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
-from tenfold.workloads import VERSION_KEY, get_workload, lookup_table
+from tenfold.workloads import VERSION_KEY, get_workload
 
 BUILD, TRAIN = "build_features", "train_model"
 FEATURE_TIMEOUT_S = 30 * 60  # per month, at worst, on a busy 2-core machine
@@ -50,21 +50,21 @@ def _api(settings: Settings) -> AirflowApi:
     return AirflowApi(airflow_url(settings), settings.airflow.admin_user, password)
 
 
-def _current(settings: Settings, lake: Lake, part: Partition) -> bool:
-    """Published, by this code's feature definition, with every lookup table online serving needs."""
-    table = settings.storage.features_table
-    contract = get_workload(settings).contract
-    if not lake.has_manifest(table, part):
+def _current(settings: Settings, lake: Lake, part: Partition, served: set[Partition]) -> bool:
+    """Published by this code's feature definition, and servable (``served``: features and every lookup
+    table published, :func:`tenfold.features.online.served_months`)."""
+    if part not in served:
         return False
-    if any(not lake.has_manifest(lookup_table(settings.storage.lookups_table, name), part)
-           for name in contract.lookup_tables):
-        return False
-    return lake.read_manifest(table, part).extra.get(VERSION_KEY) == contract.version
+    return lake.read_manifest(settings.storage.features_table, part).extra.get(VERSION_KEY) == \
+        get_workload(settings).contract.version
 
 
 def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
     lake = Lake.from_settings(settings)
-    todo = [m for m in months if not _current(settings, lake, m)]
+    from tenfold.features.online import served_months
+
+    served = set(served_months(settings, lake=lake))
+    todo = [m for m in months if not _current(settings, lake, m, served)]
     api.set_paused(BUILD, False)
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
