@@ -1,8 +1,8 @@
 """Start, identify and stop the background processes of the local platform.
 
 Each service runs in its own session (process group), its output goes to ``<run_dir>/<name>.log`` and
-its identity to ``<run_dir>/<name>.pid`` (JSON: pid, create time, command line). ``stop`` acts only on a
-process whose pid and create time still match the pid file, so a recycled pid or a
+its identity to ``<run_dir>/<name>.pid`` (JSON: pid, start time, command line). ``stop`` acts only on a
+process whose pid and start time (``started``) still match the pid file, so a recycled pid or a
 process somebody else started is never touched, and it signals the whole group so children (the JVM
 behind gcloud, Airflow's scheduler and api-server) go too.
 """
@@ -33,7 +33,7 @@ class ProcessRecord:
 
     name: str
     pid: int
-    create_time: float
+    create_time: float  # ``started(process)``: seconds since boot on Linux
     cmdline: list[str]
     port: int
     log: str
@@ -44,6 +44,27 @@ class ProcessRecord:
     @classmethod
     def from_json(cls, text: str) -> ProcessRecord:
         return cls(**json.loads(text))
+
+
+def started(proc: psutil.Process) -> float:
+    """When ``proc`` started, as what identifies it together with its pid.
+
+    On Linux this is seconds since boot, read from ``/proc/<pid>/stat``, which never changes. psutil's
+    ``create_time()`` there is that plus the boot time of ``/proc/stat``, which the kernel derives from
+    the wall clock and so moves whenever the clock is stepped (NTP on a CI machine): compared across
+    such a step, a live process looked gone, and a service "exited before it became healthy" while it
+    was starting. Elsewhere, psutil's create time.
+    """
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat").read_bytes()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            raise psutil.NoSuchProcess(proc.pid) from None
+        return float(proc.create_time())
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    # The fields after it start at field 3 (state); field 22 is the start time in clock ticks.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -93,12 +114,12 @@ def _process_of(record: ProcessRecord) -> psutil.Process | None:
     """The live process the record describes, or None when it exited or the pid was recycled."""
     try:
         proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > 0.05:
+        if abs(started(proc) - record.create_time) > 0.005:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         # The command line is informative only: wrapper scripts (gcloud) exec into another program,
-        # which changes it; pid + create time (ticks since boot) already identify one process.
+        # which changes it; pid + start time (ticks since boot) already identify one process.
         return proc
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
@@ -141,7 +162,7 @@ def start(
     try:
         proc = psutil.Process(popen.pid)
         record = ProcessRecord(
-            name=name, pid=popen.pid, create_time=proc.create_time(), cmdline=proc.cmdline(), port=port, log=str(log_path)
+            name=name, pid=popen.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port, log=str(log_path)
         )
     except psutil.NoSuchProcess as exc:  # zombies included: it exited before we could look at it
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -165,22 +186,27 @@ def start(
 _WATCHDOG = """
 import os, signal, sys, time
 import psutil
+from tenfold.local.process import started
 owner, owner_ct, pid, ct = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 def alive(p, c):
     try:
         q = psutil.Process(p)
-        return abs(q.create_time() - c) < 0.05 and q.status() != psutil.STATUS_ZOMBIE
+        return abs(started(q) - c) < 0.005 and q.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 while alive(owner, owner_ct) and alive(pid, ct):
     time.sleep(1)
 if alive(pid, ct):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except OSError:
-            break
-        time.sleep(10)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(pid, ct):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
 """
 
 
@@ -189,7 +215,7 @@ def _start_watchdog(record: ProcessRecord) -> None:
 
     me = psutil.Process()
     subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(me.create_time()), str(record.pid), repr(record.create_time)],
+        [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(started(me)), str(record.pid), repr(record.create_time)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -206,7 +232,7 @@ def _orphans(record: ProcessRecord) -> list[psutil.Process]:
     its id, so members of a group whose id is our dead leader's pid can only be ours."""
     try:
         leader = psutil.Process(record.pid)
-        if abs(leader.create_time() - record.create_time) > 0.05:
+        if abs(started(leader) - record.create_time) > 0.005:
             return []  # the pid now names another process: not our group
     except psutil.NoSuchProcess:
         pass

@@ -53,13 +53,13 @@ def test_stop_leaves_a_process_that_is_not_the_one_recorded(tmp_path):
     try:
         real = psutil.Process(other.pid)
         stale = process.ProcessRecord(
-            name="svc", pid=other.pid, create_time=real.create_time() - 3600, cmdline=["x"], port=1, log="x"
+            name="svc", pid=other.pid, create_time=process.started(real) - 3600, cmdline=["x"], port=1, log="x"
         )
         assert not process.is_running(stale)
         assert process.stop(stale, timeout=1) is False
         assert other.poll() is None
         # The same pid with the right create time is ours, and is stopped.
-        ours = dataclasses.replace(stale, create_time=real.create_time())
+        ours = dataclasses.replace(stale, create_time=process.started(real))
         assert process.stop(ours, timeout=5) is True
         assert other.wait(timeout=5) is not None
     finally:
@@ -131,3 +131,20 @@ def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path
     assert process.stop(record, timeout=5) is True
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert not process.is_group_running(record)
+
+
+def test_a_clock_step_does_not_make_a_running_process_look_gone(tmp_path, monkeypatch):
+    """psutil's create time on Linux is boot time + ticks, and the boot time of /proc/stat moves when the
+    wall clock is stepped (NTP): identity must not depend on it, or a starting service "exits"."""
+    import psutil._pslinux as pslinux
+
+    record = process.start("svc", ["sleep", "30"], run_dir=tmp_path / "run", port=1)
+    try:
+        assert process.is_running(record)
+        real_boot_time = pslinux.boot_time
+        monkeypatch.setattr(pslinux, "boot_time", lambda: real_boot_time() + 1.0)
+        assert process.is_running(record)
+        assert process.is_group_running(record)
+        monkeypatch.undo()
+    finally:
+        assert process.stop(record, timeout=5) is True
