@@ -58,6 +58,9 @@ app.add_typer(_quality, name="quality")
 from tenfold.registry.cli import app as _models  # noqa: E402
 
 app.add_typer(_models, name="models")
+from tenfold.rollout.cli import app as _rollout  # noqa: E402
+
+app.add_typer(_rollout, name="rollout")
 from tenfold.serving.cli import app as _serve  # noqa: E402
 
 app.add_typer(_serve, name="serve")
