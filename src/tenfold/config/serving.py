@@ -7,9 +7,10 @@ Light: pydantic only.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -104,3 +105,52 @@ class FleetSettings(_Frozen):
         if self.stable_max + self.canary_max > 64:
             raise ValueError("serving fleet: at most 64 replicas in all (stable_max + canary_max)")
         return self
+
+
+class RolloutSettings(_Frozen):
+    """The canary analysis of the ``rollout_model`` DAG (in the style of Flagger and Kayenta).
+
+    Traffic goes to the canary in ``steps`` (percent). At each step, every ``interval_s`` the canary and
+    the control (the stable arm, over the same window) are compared on error rate, latency (a one-sided
+    Mann-Whitney U test on the load balancer's latency samples, with a tolerance) and online accuracy
+    (feedback joined to predictions). A window with too few requests or too little feedback is "no data",
+    not a pass: the check waits for more, up to ``no_data_deadline_s``, then fails safe. After
+    ``max_failed_checks`` failed checks the rollout rolls back; after ``checks_per_step`` passing checks
+    at the last step it promotes.
+    """
+
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    interval_s: float = Field(default=30.0, gt=0)
+    checks_per_step: int = Field(default=1, ge=1)
+    max_failed_checks: int = Field(default=2, ge=1)
+    # "No data" below these, per arm and window (min_feedback 0 turns the accuracy check off).
+    min_requests: int = Field(default=50, ge=1)
+    min_feedback: int = Field(default=20, ge=0)
+    no_data_deadline_s: float = Field(default=300.0, gt=0)
+    # Fail when the canary's error rate (5xx and unanswered, at the load balancer) exceeds the control's by more.
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    # Fail when the canary's latencies are greater than the control's plus this tolerance, at this significance.
+    latency_tolerance_ms: float = Field(default=25.0, ge=0)
+    latency_alpha: float = Field(default=0.01, gt=0, lt=1)
+    # Fail when the canary's online accuracy (at 0.5) is lower than the control's by more than this.
+    max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
+    # How often a waiting step looks for an abort and for new data.
+    poll_s: float = Field(default=1.0, gt=0)
+    # Where each rollout's HTML report goes in the lake: <lake>/<reports_prefix>/<version>/<rollout id>.html
+    reports_prefix: str = "reports/rollouts"
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps_from_text(cls, value: Any) -> Any:
+        # TENFOLD_SERVING__ROLLOUT__STEPS="5,25,50,100" (or the tuple's own repr, as settings_env writes it)
+        if isinstance(value, str):
+            return tuple(int(v) for v in re.findall(r"-?\d+", value))
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_climb_to_100(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or value[-1] != 100 or any(not 0 < v <= 100 for v in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"serving.rollout.steps {value!r}: give rising percentages from 1 to 100 that end at 100, "
+                             "e.g. 5,25,50,100")
+        return value

@@ -25,7 +25,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
 from tenfold.config.pipelines import PipelineSettings
-from tenfold.config.serving import FleetSettings, ServerSettings
+from tenfold.config.serving import FleetSettings, RolloutSettings, ServerSettings
 
 Env = Literal["local", "dev", "prod"]
 # The lake table the feature job publishes and training reads (``storage.features_table``'s default);
@@ -319,6 +319,8 @@ class ServingSettings(_Frozen):
     server: ServerSettings = ServerSettings()
     # The local fleet behind HAProxy (``tenfold serve``); the cloud one is stable_fleet/canary_fleet.
     fleet: FleetSettings = FleetSettings()
+    # The canary analysis of the rollout_model DAG (local and cloud alike).
+    rollout: RolloutSettings = RolloutSettings()
 
 
 class InferenceSettings(_Frozen):
@@ -366,7 +368,7 @@ class LocalSettings(_Frozen):
 
 LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
 SERVING_ENV_PREFIX = "TENFOLD_SERVING__"
-SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "fleet": FleetSettings}
+SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "fleet": FleetSettings, "rollout": RolloutSettings}
 _LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
 
 
@@ -402,7 +404,7 @@ class EnvironSettings(BaseSettings):
     alert_file: Path | None = None
     root: Path | None = None
     local: dict[str, str] = Field(default_factory=dict)
-    # TENFOLD_SERVING__SERVER__<FIELD> and TENFOLD_SERVING__FLEET__<FIELD>: the replica's and the local fleet's
+    # TENFOLD_SERVING__{SERVER,FLEET,ROLLOUT}__<FIELD>: the replica's, the local fleet's and the rollout's
     # settings, so a replica or fleet process started with settings_env() runs with its parent's.
     serving: dict[str, dict[str, str]] = Field(default_factory=dict)
 
@@ -658,6 +660,7 @@ def build_settings(
             ),
             server=ServerSettings(**given.serving.get("server", {})),  # type: ignore[arg-type]
             fleet=FleetSettings(**given.serving.get("fleet", {})),  # type: ignore[arg-type]
+            rollout=RolloutSettings(**given.serving.get("rollout", {})),  # type: ignore[arg-type]
         ),
         inference=InferenceSettings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
