@@ -301,6 +301,12 @@ class LoadBalancerSettings(_Frozen):
     forwarding_rule: ResourceName
     domain: str | None = None
     cloud_armor_policy: ResourceName | None = None
+    # The sticky split in the cloud (docs/rollout-cloud.md): a client that sends its bucket
+    # (tenfold.rollout.split.bucket_of of its user key, 0-99) in this header stays on one arm; the URL map
+    # matches it with rangeMatch. Requests without it get the weighted (not sticky) split.
+    bucket_header: str = Field(default="X-Tenfold-Bucket", pattern=r"^[A-Za-z0-9-]+$")
+    # Bound on waiting for one Compute operation (a URL map patch, an instance template insert).
+    operation_timeout_s: int = Field(default=300, ge=10)
 
 
 class ServingSettings(_Frozen):
@@ -314,6 +320,10 @@ class ServingSettings(_Frozen):
     autohealing_initial_delay_s: int = Field(default=600, ge=0, le=3600)
     stable_fleet: GpuGroupSettings
     canary_fleet: GpuGroupSettings
+    # A cloud deploy (tenfold.rollout.cloud) waits this long for a pool's group to serve a new template:
+    # surge VMs boot (GPU driver, image, model), pass readiness, and the old ones go, zone by zone.
+    deploy_timeout_s: int = Field(default=3600, ge=60)
+    deploy_poll_s: float = Field(default=20.0, gt=0)
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     load_balancer: LoadBalancerSettings
     server: ServerSettings = ServerSettings()
