@@ -628,3 +628,43 @@ class ModelRegistry:
             out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = json.loads(blob.download_as_bytes())
         return out
 
+    # --- rollouts (audit, and the state a resumed rollout continues from) -----------------------------
+    def record_rollout_event(self, version: str, rollout_id: str, key: str, body: Mapping[str, Any]) -> bool:
+        """Append event ``key`` to rollout ``rollout_id`` of ``version``; create-only, so False when ``key``
+        was already recorded (a retried step finds its own earlier event and does not act twice)."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        check_version_id(version)
+        for part, what in ((rollout_id, "rollout id"), (key, "rollout event key")):
+            if not _ALIAS_RE.match(part.replace("_", "-").replace(".", "-")):
+                raise ValueError(f"{part!r}: a {what} is lowercase letters, digits, '-', '_' or '.'")
+        try:
+            self.bucket.blob(self._name("rollouts", version, rollout_id, f"{key}.json")).upload_from_string(
+                json.dumps(dict(body), indent=2, sort_keys=True, default=str), content_type="application/json",
+                if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def rollout_events(self, version: str, rollout_id: str) -> dict[str, dict[str, Any]]:
+        """The events of one rollout, by key, in the order they were created."""
+        prefix = self._name("rollouts", version, rollout_id) + "/"
+        blobs = sorted(self.client.list_blobs(self.bucket_name, prefix=prefix), key=lambda b: (b.time_created, b.name))
+        return {b.name.rsplit("/", 1)[-1].removesuffix(".json"): json.loads(b.download_as_bytes()) for b in blobs}
+
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        """``(started, version, rollout_id)`` of every rollout (of ``version``), oldest first.
+
+        ``started`` is the time its first event was created (ISO, UTC)."""
+        prefix = self._name("rollouts") + "/" + (f"{version}/" if version else "")
+        first: dict[tuple[str, str], str] = {}
+        for blob in self.client.list_blobs(self.bucket_name, prefix=prefix):
+            rest = blob.name[len(self._name("rollouts")) + 1:].split("/")
+            if len(rest) != 3:
+                continue
+            key = (rest[0], rest[1])
+            created = blob.time_created.isoformat() if blob.time_created else ""
+            if key not in first or created < first[key]:
+                first[key] = created
+        return sorted((started, v, r) for (v, r), started in first.items())
+

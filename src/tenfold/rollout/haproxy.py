@@ -14,10 +14,20 @@ The map file on disk is rewritten first, so a restarted HAProxy comes back with 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from tenfold.config import Settings
-from tenfold.serving.haproxy import SPLIT_KEY, HaproxyError, HaproxyPaths, RuntimeApi, write_split_map
+from tenfold.rollout import ArmTraffic
+from tenfold.rollout.split import ARMS
+from tenfold.serving.haproxy import (
+    REQUEST_LOG_MARKER,
+    SPLIT_KEY,
+    HaproxyError,
+    HaproxyPaths,
+    RuntimeApi,
+    write_split_map,
+)
 
 
 def check_percent(percent: object) -> int:
@@ -58,3 +68,50 @@ class HaproxyRouter:
         self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
         if (now := self.canary_percent()) != percent:
             raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")
+
+
+class HaproxyObserver:
+    """The local :class:`~tenfold.rollout.TrafficObserver`: the fleet's HAProxy request log.
+
+    HAProxy logs every request of the ``fleet`` frontend (:data:`tenfold.serving.haproxy.REQUEST_LOG_MARKER`
+    lines: accept time, backend = arm, status, active time) to its log in the fleet's run directory. Both
+    arms are measured at the same place the same way, and a request that no replica answered (HAProxy's
+    own 503) counts as the arm's error too, as the cloud load balancer's logs would show it.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = Path(log_path)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HaproxyObserver:
+        from tenfold.local import process
+        from tenfold.serving.fleet import HAPROXY, run_dir
+
+        return cls(process.log_file(run_dir(settings), HAPROXY))
+
+    def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        lo, hi = since.timestamp(), until.timestamp()
+        seen: dict[str, tuple[list[int], list[float]]] = {arm: ([], []) for arm in ARMS}
+        try:
+            with open(self.log_path, "rb") as log:
+                for line in log:
+                    if not line.startswith(_MARKER):
+                        continue
+                    parts = line.split()
+                    if len(parts) != 5 or parts[2].decode() not in seen:
+                        continue
+                    try:
+                        at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
+                    except ValueError:
+                        continue
+                    if lo <= at < hi:
+                        statuses, latencies = seen[parts[2].decode()]
+                        statuses.append(status)
+                        latencies.append(max(active_ms, 0.0))
+        except FileNotFoundError:
+            pass
+        return {arm: ArmTraffic(requests=len(st), errors=sum(1 for c in st if c >= 500 or c < 100), latencies_ms=tuple(lat))
+                for arm, (st, lat) in seen.items()}
+
+
+_MARKER = REQUEST_LOG_MARKER.encode() + b" "

@@ -45,6 +45,7 @@ from tenfold.rollout.split import ARMS, bucket_of
 from tenfold.serving.auth import Authenticator, AuthError
 from tenfold.serving.batching import MicroBatcher
 from tenfold.serving.cache import PredictionCache
+from tenfold.serving.faults import Fault
 from tenfold.serving.loading import ServedModel, ServingLoadError, load_served_model
 from tenfold.serving.metrics import ServerMetrics
 from tenfold.serving.publishing import Publisher, PublishUnavailable
@@ -232,11 +233,13 @@ def create_app(
     publisher: Publisher | None = None,
     cache: PredictionCache | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    fault: Fault | None = None,
 ) -> FastAPI:
     """One replica of the model server for ``settings``, serving ``model_ref`` (alias or version) as ``arm``.
 
     ``loader``, ``publisher`` and ``cache`` default to the real ones (tests pass their own cache to share
-    it between two apps). ``on_fatal(message)`` is called when the model cannot be loaded.
+    it between two apps). ``on_fatal(message)`` is called when the model cannot be loaded. ``fault``
+    (:mod:`tenfold.serving.faults`) makes predictions late or failing on purpose.
     """
     if arm not in ARMS:
         raise ValueError(f"arm {arm!r} is not one of {', '.join(ARMS)}")
@@ -379,6 +382,9 @@ def create_app(
         if state.served is None:
             raise not_ready()
         served = state.served
+        if fault is not None and fault.active and await fault.strikes():
+            raise ApiError(500, "injected_fault", f"this replica fails on purpose ({fault}): clear it with "
+                           "`tenfold serve fault --pool <pool> --clear`")
         with batcher.arriving():
             body = await read_json(request, server.max_body_bytes)
             requests, batch = parse_predict(body)

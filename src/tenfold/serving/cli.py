@@ -10,6 +10,8 @@ Run ``tenfold serve --help``. The commands:
   time on another version, with no failed request;
 * ``tenfold serve scale --pool stable|canary (--replicas N | --min N --max M)``: the autoscaler's bounds;
 * ``tenfold serve split [PERCENT]``: print or set the canary's share (sticky by user key, no reload);
+* ``tenfold serve fault --pool canary --delay-ms 200 | --error-rate 0.05 | --clear``: game day, inject a
+  fault into a pool (:mod:`tenfold.serving.faults`) to see the canary analysis roll it back;
 * ``tenfold serve down``: stop the fleet (only the processes it started).
 
 ``make up`` (``tenfold up``) starts the fleet too once a champion is registered; ``make down`` stops it.
@@ -117,6 +119,30 @@ def scale(
         raise _fail(exc) from exc
     p = st.pools[pool]
     typer.echo(f"{pool}: {len(p.serving())} replicas serving (bounds {p.min}..{p.max})")
+
+
+@app.command()
+def fault(
+    pool: _Pool = "canary",
+    delay_ms: Annotated[float, typer.Option(help="extra wait before each prediction, in ms")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="share of predictions answered with 500, 0-1")] = 0.0,
+    clear: Annotated[bool, typer.Option("--clear", help="take the injected fault away")] = False,
+) -> None:
+    """Game day: restart a pool's replicas with an injected fault (late or failing answers), or clear it."""
+    from tenfold.serving import fleet
+    from tenfold.serving.faults import Fault
+
+    try:
+        chosen = Fault() if clear else Fault(delay_ms=delay_ms, error_rate=error_rate)
+    except ValueError as exc:
+        raise _fail(exc, 2) from exc
+    if not clear and not chosen.active:
+        raise _fail(ValueError("nothing to inject: give --delay-ms and/or --error-rate, or --clear"), 2)
+    try:
+        st = fleet.set_fault(get_settings(), _check_pool(pool), chosen)
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{pool}: {len(st.pools[pool].serving())} replicas serving, fault: {chosen or 'none'}")
 
 
 @app.command()

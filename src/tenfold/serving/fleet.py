@@ -46,7 +46,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tenfold.config import Settings
@@ -56,6 +56,7 @@ from tenfold.local.env import settings_env
 from tenfold.local.process import LocalPlatformError, ProcessRecord
 from tenfold.rollout.split import CANARY, STABLE
 from tenfold.serving.autoscale import Autoscaler, utilization
+from tenfold.serving.faults import Fault
 from tenfold.serving.haproxy import (
     POOLS,
     HaproxyError,
@@ -109,6 +110,8 @@ class PoolSpec:
     version: str
     min: int
     max: int
+    # An injected fault (tenfold.serving.faults, canonical text; "" for none): game days and rollout tests.
+    fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class ReplicaStatus:
     lb_status: str  # HAProxy's view: UP, DOWN, DRAIN, MAINT, ...
     in_flight: int
     log: str
+    fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,7 @@ class _Replica:
     version: str
     port: int
     record: ProcessRecord
+    fault: str = ""
     state: str = STARTING
     since: float = field(default_factory=time.monotonic)
     down_since: float | None = None
@@ -306,8 +311,8 @@ class Supervisor:
                 self.scalers[pool].set_bounds(ps.min, ps.max)
                 self.desired[pool] = max(ps.min, min(ps.max, self.desired[pool]))
                 self.say(f"{pool}: bounds {ps.min}..{ps.max}")
-            if ps.version != old.version:
-                self.say(f"{pool}: rolling to {ps.version}")
+            if (ps.version, ps.fault) != (old.version, old.fault):
+                self.say(f"{pool}: rolling to {ps.version}" + (f" with injected fault {ps.fault}" if ps.fault else ""))
         self.spec = spec
 
     def pool_replicas(self, pool: str, *states: str) -> list[_Replica]:
@@ -344,7 +349,7 @@ class Supervisor:
         raise FleetError(f"no free port from {local.replica_base_port} to {local.replica_base_port + PORT_SPAN}: "
                          "set TENFOLD_LOCAL__REPLICA_BASE_PORT to a free range")
 
-    def start_replica(self, pool: str, version: str) -> _Replica | None:
+    def start_replica(self, pool: str, version: str, fault: str = "") -> _Replica | None:
         if time.monotonic() < self.backoff[pool][1]:
             return None
         slot = self._free_slot(pool)
@@ -353,13 +358,15 @@ class Supervisor:
         port = self._free_port()
         host = self.settings.local.bind_host
         argv = [sys.executable, "-m", REPLICA_MODULE, "--host", host, "--port", str(port), "--arm", pool, "--model", version]
+        if fault:
+            argv += ["--fault", fault]
         name = replica_name(pool, slot)
         try:
             record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
         except LocalPlatformError as exc:
             self._failed(pool, f"{name}: could not start: {exc}")
             return None
-        replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record)
+        replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault)
         self.replicas.append(replica)
         self.api.point(pool, replica.server, host, port)
         self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
@@ -462,10 +469,11 @@ class Supervisor:
             self.desired[pool] = wanted
 
     def _reconcile(self, pool: str) -> None:
-        version, n = self.spec.pools[pool].version, self.desired[pool]
+        version, fault, n = self.spec.pools[pool].version, self.spec.pools[pool].fault, self.desired[pool]
         active = self.pool_replicas(pool, STARTING, SERVING)
-        old = [r for r in active if r.version != version]
-        current = [r for r in active if r.version == version]
+        # A replica of another version, or with another injected fault, is replaced like an old version.
+        old = [r for r in active if (r.version, r.fault) != (version, fault)]
+        current = [r for r in active if (r.version, r.fault) == (version, fault)]
         if old:
             # Rolling: one replica of the new version at a time, and an old one leaves only once the
             # pool holds more serving replicas than it needs.
@@ -477,11 +485,11 @@ class Supervisor:
             if old_serving and len(serving) > n:
                 self.drain(old_serving[0], f"replaced by {version}")
             if len(current) < n and not any(r.state == STARTING for r in current):
-                self.start_replica(pool, version)
+                self.start_replica(pool, version, fault)
             return
         if len(active) < n:
             for _ in range(n - len(active)):
-                if self.start_replica(pool, version) is None:
+                if self.start_replica(pool, version, fault) is None:
                     break
         elif len(active) > n:
             # Starting ones first (they serve nobody yet), then the youngest.
@@ -504,7 +512,8 @@ class Supervisor:
             spec = self.spec.pools[pool]
             replicas = [
                 ReplicaStatus(pool=r.pool, slot=r.slot, version=r.version, port=r.port, pid=r.record.pid, state=r.state,
-                              lb_status=r.lb.status if r.lb else "?", in_flight=r.lb.in_flight if r.lb else 0, log=r.record.log)
+                              lb_status=r.lb.status if r.lb else "?", in_flight=r.lb.in_flight if r.lb else 0, log=r.record.log,
+                              fault=r.fault)
                 for r in sorted(self.pool_replicas(pool), key=lambda r: r.slot)
             ]
             pools[pool] = PoolStatus(version=spec.version, min=spec.min, max=spec.max, desired=self.desired[pool],
@@ -723,7 +732,7 @@ def rollout(
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
     settings = running_settings(settings)
     version = resolve(settings, model)
-    spec = update_spec(settings, lambda old: {**old.pools, pool: PoolSpec(version, old.pools[pool].min, old.pools[pool].max)})
+    spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
 
     def rolled(st: FleetStatus) -> bool:
         p = st.pools[pool]
@@ -731,6 +740,25 @@ def rollout(
 
     n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
     return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
+                    timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
+
+
+def set_fault(settings: Settings, pool: str, fault: Fault, *, timeout: float | None = None) -> FleetStatus:
+    """Restart ``pool``'s replicas one at a time with ``fault`` injected (``Fault()`` clears it); waits until done."""
+    if pool not in POOLS:
+        raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
+    settings = running_settings(settings)
+    text = str(fault)
+    spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], fault=text)})
+    version = spec.pools[pool].version
+
+    def applied(st: FleetStatus) -> bool:
+        p = st.pools[pool]
+        return (all((r.version, r.fault) == (version, text) for r in p.replicas)
+                and len(p.serving(version)) >= max(p.desired, p.min))
+
+    n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
+    return wait_for(settings, applied, what=f"{pool} to serve with fault {text or 'none'}", generation=spec.generation,
                     timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
 
 
@@ -751,7 +779,7 @@ def scale(
                 f"{pool} bounds {lo}..{hi} are not valid: need {1 if pool == STABLE else 0} <= min <= max <= {limit} "
                 f"(the {pool} maximum in settings.serving.fleet; raise it there and restart the fleet for more)"
             )
-        return {**old.pools, pool: PoolSpec(cur.version, lo, hi)}
+        return {**old.pools, pool: replace(cur, min=lo, max=hi)}
 
     spec = update_spec(settings, change)
 

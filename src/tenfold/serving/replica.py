@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from tenfold.rollout.split import ARMS, STABLE
+from tenfold.serving.faults import Fault
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -59,8 +60,14 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
     parser.add_argument("--model", default=environ.get(MODEL_ENV) or settings.serving.server.model_ref,
                         help=f"registry alias or version id to serve (default ${MODEL_ENV} or "
                              "settings.serving.server.model_ref)")
+    parser.add_argument("--fault", default="", help="inject a fault (tenfold.serving.faults): "
+                        "delay_ms=<ms> and/or error_rate=<0..1>, comma-separated; default none")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
+    try:
+        args.fault = Fault.parse(args.fault)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.arm not in ARMS:
         parser.error(f"--arm must be one of {', '.join(ARMS)} (got {args.arm!r} from ${ARM_ENV})")
     if not 0 < args.port < 65536:
@@ -75,10 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv, settings, os.environ)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(settings, host=args.host, port=args.port, arm=args.arm, model_ref=args.model, log_level=args.log_level)
+    return serve(settings, host=args.host, port=args.port, arm=args.arm, model_ref=args.model, log_level=args.log_level,
+                 fault=args.fault)
 
 
-def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info") -> int:
+def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info",
+          fault: Fault | None = None) -> int:
     """Run one replica until SIGTERM/SIGINT (exit 0 after draining) or a failed load (exit 1)."""
     from tenfold.serving.app import create_app
     from tenfold.serving.auth import TokenMissing
@@ -92,7 +101,7 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
             server_box[0].should_exit = True
 
     try:
-        app = create_app(settings, arm=arm, model_ref=model_ref, on_fatal=on_fatal)
+        app = create_app(settings, arm=arm, model_ref=model_ref, on_fatal=on_fatal, fault=fault)
     except TokenMissing as exc:
         print(f"tenfold serving: {exc}", file=sys.stderr)
         return 1
@@ -108,7 +117,8 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
     # that ends in a normal return, so a drained replica exits 0 instead of dying by its own signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _ignore)
-    log.info("replica starting: arm %s, model %s, http://%s:%d", arm, model_ref, host, port)
+    log.info("replica starting: arm %s, model %s, http://%s:%d%s", arm, model_ref, host, port,
+             f", INJECTED FAULT {fault}" if fault is not None and fault.active else "")
     server.run()
     if fatal:
         print(f"tenfold serving: not serving: {fatal[0]}", file=sys.stderr)

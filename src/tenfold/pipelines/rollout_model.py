@@ -1,0 +1,499 @@
+"""The steps of ``dags/rollout_model.py``: plan -> deploy -> step_1 .. step_N -> conclude.
+
+A canary rollout of the ``challenger`` (or of a version given by hand) against the ``champion``, in the
+style of Flagger: traffic moves to the canary in ``settings.serving.rollout.steps``; at each step, every
+``interval_s``, :func:`tenfold.rollout.analysis.check` compares the canary with the control over the same
+window (error rate and latency from the load balancer, online accuracy from the feedback join). After
+``max_failed_checks`` failed checks, or when a step saw no data for ``no_data_deadline_s``, the rollout
+rolls back: canary weight 0, the challenger rejected with its reasons, ``champion`` untouched. After the
+last step it promotes: the stable pool moves to the new version, the canary weight goes to 0 and
+``champion`` moves (compare-and-swap on the champion the rollout started from).
+
+**The record is the state.** Every action and every check is an event in the registry
+(:meth:`~tenfold.registry.registry.ModelRegistry.record_rollout_event`, create-only, under a deterministic
+key: ``start``, ``deployed``, ``s01-set``, ``s01-c001``, ..., ``end``, ``done``). A step first looks at
+the record: a retried task or a restarted scheduler continues from the recorded step, never applies a
+step twice (the weight is set, then ``sNN-set`` is created once) and never skips a check. An ``abort``
+event (``tenfold rollout abort``) stops the rollout at the next poll: weight 0, no alias moves.
+
+The places it runs differ only by adapters (:mod:`tenfold.rollout.adapters`): locally the serving
+fleet (HAProxy split, replica pools, HAProxy's request log); in the cloud the URL map, the instance
+groups and the load balancer's logs.
+
+Run every step in one process without Airflow: ``python -m tenfold.pipelines.rollout_model [--version V]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.config.serving import RolloutSettings
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
+from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
+from tenfold.rollout.split import CANARY, STABLE
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "rollout_model"
+CONF_KEYS = ("version", "retry_rejected")
+# Outcomes of a rollout (the ``end`` event).
+PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"
+
+
+@dataclass(frozen=True)
+class RolloutRun(RunState):
+    """One rollout (the ``plan`` task's XCom): which version goes out against which champion, and how."""
+
+    rollout_id: str
+    airflow_run_id: str
+    version: str
+    champion: str
+    started_at: str  # ISO UTC
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(self.rollout_policy.steps)
+
+    @property
+    def rollout_policy(self) -> RolloutSettings:
+        return RolloutSettings.model_validate(self.policy)
+
+
+# --- the adapters and the record ------------------------------------------------------------------
+
+
+@dataclass
+class Places:
+    """Where the rollout acts and what it reads: the router, the deployer, the observer, the registry,
+    the online accuracy source and the clock (tests pass their own)."""
+
+    router: TrafficRouter
+    deployer: Deployer
+    observer: TrafficObserver
+    registry: ModelRegistry
+    accuracy: Callable[[dt.datetime, dt.datetime, str], tuple[Accuracy, Accuracy]]
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    sleep: Callable[[float], None] = time.sleep
+
+
+def places(settings: Settings) -> Places:
+    """The real adapters for ``settings`` (local fleet or cloud)."""
+    from tenfold.rollout.adapters import deployer, observer, router
+
+    return Places(router=router(settings), deployer=deployer(settings), observer=observer(settings),
+                  registry=ModelRegistry(settings), accuracy=lambda since, until, version: online_accuracy(settings, since, until, version))
+
+
+def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
+    """(canary, control) accuracy over predictions served in ``[since, until)``: the canary is ``version``
+    on the canary arm, the control whatever the stable arm served. Runs the feedback join first."""
+    from tenfold.feedback.metrics import online_metrics
+
+    rows = online_metrics(settings, since, until, by=("model_version", "arm"), refresh=True)
+
+    def of(match: Callable[[dict[str, Any]], bool]) -> Accuracy:
+        chosen = [r for r in rows if match(r.group)]
+        n = sum(r.metrics.count for r in chosen)
+        if not n:
+            return Accuracy(0, None, None)
+        acc = sum((r.metrics.accuracy or 0.0) * r.metrics.count for r in chosen) / n
+        ll = sum((r.metrics.log_loss or 0.0) * r.metrics.count for r in chosen) / n
+        return Accuracy(n, acc, ll)
+
+    return (of(lambda g: g["arm"] == CANARY and g["model_version"] == version), of(lambda g: g["arm"] == STABLE))
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat()
+
+
+def _parse(t: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(t)
+
+
+def events(p: Places, run: RolloutRun) -> dict[str, dict[str, Any]]:
+    """The rollout's record, ordered by when each event happened."""
+    got = p.registry.rollout_events(run.version, run.rollout_id)
+    return dict(sorted(got.items(), key=lambda kv: (kv[1].get("at", ""), kv[0])))
+
+
+def _record(p: Places, run: RolloutRun, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Create event ``key`` (with its time) unless it exists; returns the recorded one either way."""
+    full = {"at": _iso(p.now()), **body}
+    if p.registry.record_rollout_event(run.version, run.rollout_id, key, full):
+        return full
+    return p.registry.rollout_events(run.version, run.rollout_id)[key]
+
+
+def set_key(index: int) -> str:
+    return f"s{index:02d}-set"
+
+
+def check_key(index: int, n: int) -> str:
+    return f"s{index:02d}-c{n:03d}"
+
+
+# --- plan and deploy ---------------------------------------------------------------------------------
+
+
+def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None, *, p: Places | None = None) -> RolloutRun:
+    """Choose the version (``conf["version"]``, else the ``challenger`` alias) and the champion it goes against.
+
+    Refuses (no retry): an unknown conf key, no challenger, no champion (the first model is promoted by
+    ``train_model``'s offline gate), a challenger that is the champion, or one a rollout already rejected
+    (unless ``conf["retry_rejected"]``). A retried plan returns the rollout it recorded.
+    """
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(CONF_KEYS))
+    if unknown:
+        raise PipelineInputError(f"unknown run conf keys {unknown}: use any of {list(CONF_KEYS)}, e.g. {{\"version\": \"<id>\"}}")
+    reg = p.registry if p else ModelRegistry(settings)
+    rollout_id = f"r-{run_key(run_id)}"
+    ref = conf.get("version") or CHALLENGER
+    try:
+        version = reg.find(str(ref))
+    except Exception as exc:  # RegistryError: unknown alias or version
+        raise PipelineInputError(f"nothing to roll out: {exc}. Train a challenger (train_model) or pass "
+                                 "{\"version\": \"<id>\"} in the run conf") from None
+    recorded = reg.rollout_events(version, rollout_id).get("start")
+    if recorded is not None:
+        log.info("rollout %s of %s already planned at %s: resuming it", rollout_id, version, recorded["at"])
+        return RolloutRun.from_xcom(recorded["run"])
+    champion = reg.resolve(CHAMPION)
+    if champion is None:
+        raise PipelineInputError(f"there is no champion to compare {version} with: the first model is promoted by "
+                                 "train_model's offline gate, not by a canary")
+    if champion == version:
+        raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
+    if not conf.get("retry_rejected"):
+        rejected = [d for k, d in reg.decisions(version).items() if k.startswith("rollout-") and d.get("rejected")]
+        if rejected:
+            raise PipelineInputError(f"a canary already rejected {version} ({rejected[-1].get('summary')}); "
+                                     "pass {\"retry_rejected\": true} in the run conf to roll it out again")
+    started = p.now() if p else dt.datetime.now(dt.UTC)
+    run = RolloutRun(rollout_id=rollout_id, airflow_run_id=run_id, version=version, champion=champion,
+                     started_at=_iso(started), policy=settings.serving.rollout.model_dump(mode="json"))
+    if not reg.record_rollout_event(version, rollout_id, "start", {"at": run.started_at, "run": run.to_xcom()}):
+        return RolloutRun.from_xcom(reg.rollout_events(version, rollout_id)["start"]["run"])
+    log.info("rollout %s: %s against champion %s through steps %s %%", rollout_id, version, champion, list(run.steps))
+    return run
+
+
+def deploy(settings: Settings, run: RolloutRun | Mapping[str, Any], *, p: Places | None = None) -> RolloutRun:
+    """The canary pool serves the version, with no traffic yet (idempotent)."""
+    run = RolloutRun.from_xcom(run)
+    p = p or places(settings)
+    if "deployed" in events(p, run):
+        return run
+    if _aborted(p, run):
+        return run
+    p.router.set_canary_percent(0)  # nothing reaches the canary pool while its replicas change
+    p.deployer.deploy(CANARY, run.version)
+    _record(p, run, "deployed", {"pool": CANARY, "version": run.version})
+    log.info("rollout %s: the canary pool serves %s (0 %% of traffic)", run.rollout_id, run.version)
+    return run
+
+
+# --- the steps -----------------------------------------------------------------------------------------
+
+
+def _aborted(p: Places, run: RolloutRun) -> bool:
+    return p.registry.rollout_events(run.version, run.rollout_id).get("abort") is not None
+
+
+def _end(p: Places, run: RolloutRun, outcome: str, reasons: list[str]) -> None:
+    body = _record(p, run, "end", {"outcome": outcome, "reasons": reasons})
+    log.warning("rollout %s: %s (%s)", run.rollout_id, body["outcome"].upper().replace("_", " "), "; ".join(body["reasons"]) or "all checks passed")
+
+
+def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *, p: Places | None = None) -> str:
+    """Step ``index`` (1-based): set the canary's share, then check every interval until the step passes,
+    the rollout fails, or it is aborted. Returns what the step ended with (``pass``, or the outcome)."""
+    run = RolloutRun.from_xcom(run)
+    p = p or places(settings)
+    policy = run.rollout_policy
+    if not 1 <= index <= len(run.steps):
+        raise PipelineError(f"step {index} does not exist: this rollout has steps 1..{len(run.steps)}")
+    percent = run.steps[index - 1]
+    record = events(p, run)
+    if "end" in record:
+        return str(record["end"]["outcome"])
+    if "deployed" not in record:
+        raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
+    if "abort" in record:
+        p.router.set_canary_percent(0)
+        _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')} before step {index}"])
+        return ABORTED
+    prev = [k for k in record if k.endswith("-set") and k != set_key(index)]
+    if len(prev) != index - 1:
+        raise PipelineError(f"rollout {run.rollout_id}: step {index} cannot start, steps applied so far: {prev}")
+
+    key = set_key(index)
+    if key not in record:
+        p.router.set_canary_percent(percent)
+        if _aborted(p, run):  # an abort that landed while we set the weight must win
+            p.router.set_canary_percent(0)
+            _end(p, run, ABORTED, [f"aborted during step {index}"])
+            return ABORTED
+        record[key] = _record(p, run, key, {"step": index, "percent": percent})
+        log.info("rollout %s: step %d/%d, canary at %d %%", run.rollout_id, index, len(run.steps), percent)
+    step_start = _parse(record[key]["at"])
+
+    while True:
+        record = events(p, run)
+        mine = [(k, e) for k, e in record.items() if k.startswith(f"s{index:02d}-c")]
+        failed_total = sum(1 for k, e in record.items() if "-c" in k and e["verdict"] == FAIL)
+        passed_here = sum(1 for _, e in mine if e["verdict"] == PASS)
+        if passed_here >= policy.checks_per_step:
+            return PASS
+        if failed_total >= policy.max_failed_checks:
+            reasons = [r for _, e in record.items() if e.get("verdict") == FAIL for r in e["reasons"]]
+            _end(p, run, ROLLED_BACK, reasons)
+            p.router.set_canary_percent(0)
+            return ROLLED_BACK
+        decisive = [e for _, e in mine if e["verdict"] != NO_DATA]
+        # A decisive check closes its window; "no data" keeps it open and looks again an interval later.
+        since = _parse(decisive[-1]["until"]) if decisive else step_start
+        last = _parse(mine[-1][1]["until"]) if mine else step_start
+        due = max(since, last) + dt.timedelta(seconds=policy.interval_s)
+        while p.now() < due:
+            if _aborted(p, run):
+                p.router.set_canary_percent(0)
+                _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
+                return ABORTED
+            p.sleep(min(policy.poll_s, max(0.0, (due - p.now()).total_seconds())))
+        if _aborted(p, run):
+            continue
+        until = p.now()
+        result = analyse(p, run, percent, since, until)
+        n = len(mine) + 1
+        waited = (until - since).total_seconds()
+        if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
+            result = Check(FAIL, (*result.reasons, f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): "
+                                  "failing safe, a rollout never promotes blind"), result.values)
+            body = _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
+                                                         "until": _iso(until), **result.to_dict()})
+            log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
+            _end(p, run, ROLLED_BACK, list(body["reasons"]))
+            p.router.set_canary_percent(0)
+            return ROLLED_BACK
+        _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
+                                              "until": _iso(until), **result.to_dict()})
+        say = log.warning if result.verdict == FAIL else log.info
+        say("rollout %s: step %d (%d %%) check %d over %.0f s: %s", run.rollout_id, index, percent, n, waited, result.summary())
+
+
+def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime) -> Check:
+    """One check of the canary against the control over ``[since, until)``.
+
+    At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the start of
+    the rollout until this step began (the same replicas, the same load balancer, just earlier)."""
+    policy = run.rollout_policy
+    seen = p.observer.traffic(since, until)
+    canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
+    canary_acc, control_acc = p.accuracy(since, until, run.version)
+    if percent >= 100:
+        start = _parse(run.started_at)
+        control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
+        _, control_acc = p.accuracy(start, since, run.version)
+    result = check(canary, control, canary_acc, control_acc, policy)
+    result.values["control_window"] = "before this step" if percent >= 100 else "same window"
+    return result
+
+
+# --- conclude ------------------------------------------------------------------------------------------
+
+
+def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, p: Places | None = None) -> dict[str, Any]:
+    """Carry out the outcome (idempotent; runs whatever happened to the steps).
+
+    * every step passed: the stable pool serves the version, canary weight 0, ``champion`` moves;
+    * rolled back: canary weight 0, the version is marked rejected with the reasons, ``champion`` untouched;
+    * aborted: canary weight 0, no alias moves;
+    * a step task failed for another reason (its retries exhausted): canary weight 0, no alias moves.
+
+    Writes the HTML report to the lake and returns the ``done`` event.
+    """
+    if run is None:
+        raise PipelineError("no rollout was planned (the plan task failed): nothing to conclude")
+    run = RolloutRun.from_xcom(run)
+    p = p or places(settings)
+    record = events(p, run)
+    if "done" in record:
+        return record["done"]
+    if "end" not in record:
+        applied = [k for k in record if k.endswith("-set")]
+        if "abort" in record:
+            _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')}"])
+        elif len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy) for i in range(1, len(run.steps) + 1)):
+            _end(p, run, PROMOTED, [])
+        else:
+            _end(p, run, FAILED, [f"the rollout stopped after {len(applied)} of {len(run.steps)} steps without a verdict "
+                                  "(a step task failed): failing safe"])
+        record = events(p, run)
+    outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
+    reg = p.registry
+    if outcome == PROMOTED:
+        p.router.set_canary_percent(100)  # whatever a retry finds, users stay on the new version while stable rolls
+        p.deployer.deploy(STABLE, run.version)
+        p.router.set_canary_percent(0)
+        if reg.resolve(CHAMPION) != run.version:
+            reg.promote(run.version, expected=run.champion, reason=f"canary rollout {run.rollout_id} passed every step",
+                        details={"rollout": run.rollout_id, "steps": list(run.steps)})
+    else:
+        p.router.set_canary_percent(0)
+        if outcome == ROLLED_BACK:
+            summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
+            reg.record_decision(run.version, f"rollout-{run.rollout_id}",
+                                {"rejected": True, "rollout": run.rollout_id, "reasons": reasons, "summary": summary[:2000]})
+    report = write_report(settings, run, events(p, run))
+    done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
+                                    "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
+    log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
+             done["canary_percent"], report)
+    return done
+
+
+def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: RolloutSettings) -> bool:
+    return sum(1 for k, e in record.items() if k.startswith(f"s{index:02d}-c") and e["verdict"] == PASS) >= policy.checks_per_step
+
+
+# --- reading a rollout (tenfold rollout status) and its report -----------------------------------------
+
+
+def describe(run: RolloutRun, record: Mapping[str, Mapping[str, Any]], canary_percent: int | None = None) -> str:
+    """The rollout for people: each step, each check with its values and verdict, the outcome."""
+    lines = [f"rollout {run.rollout_id}: {run.version} against champion {run.champion}, steps {list(run.steps)} %, "
+             f"started {run.started_at}"]
+    for key, e in record.items():
+        if key.endswith("-set"):
+            lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
+        elif "-c" in key and "verdict" in e:
+            lines.append(f"  {e['at']}    check {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
+        elif key in ("deployed", "abort", "end", "done"):
+            detail = {k: v for k, v in e.items() if k not in ("at", "run")}
+            lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
+    state = record["end"]["outcome"] if "end" in record else "in progress"
+    lines.append(f"state: {state}" + (f"; canary at {canary_percent} % now" if canary_percent is not None else ""))
+    return "\n".join(lines)
+
+
+def latest(registry: ModelRegistry, version: str | None = None) -> tuple[RolloutRun, dict[str, dict[str, Any]]] | None:
+    """The newest rollout (of ``version``) with its record, or None."""
+    found = registry.rollouts(version)
+    if not found:
+        return None
+    _, v, rid = found[-1]
+    got = registry.rollout_events(v, rid)
+    if "start" not in got:
+        return None
+    record = dict(sorted(got.items(), key=lambda kv: (kv[1].get("at", ""), kv[0])))
+    return RolloutRun.from_xcom(got["start"]["run"]), record
+
+
+def request_abort(registry: ModelRegistry, router: TrafficRouter, run: RolloutRun, *, by: str) -> bool:
+    """Record an abort for ``run`` and take the canary's traffic away now (the DAG stops at its next poll)."""
+    first = registry.record_rollout_event(run.version, run.rollout_id, "abort", {"at": _iso(dt.datetime.now(dt.UTC)), "by": by})
+    router.set_canary_percent(0)
+    return first
+
+
+def write_report(settings: Settings, run: RolloutRun, record: Mapping[str, Mapping[str, Any]]) -> str:
+    """A small self-contained HTML page (inline SVG plots of both arms over the checks) in the lake; its URI."""
+    from tenfold.data.lake import Lake
+
+    lake = Lake.from_settings(settings)
+    rel = f"{settings.serving.rollout.reports_prefix.strip('/')}/{run.version}/{run.rollout_id}.html"
+    path = lake._join(*rel.split("/"))
+    lake._write_atomic(path, render_report(run, record).encode())
+    return lake.uri_of(path)
+
+
+def _plot(title: str, checks: list[Mapping[str, Any]], metric: str, scale: float = 1.0, unit: str = "") -> str:
+    width, height, pad = 560, 160, 30
+    series = {arm: [(i, c["values"].get(f"{arm}_{metric}")) for i, c in enumerate(checks)] for arm in ("canary", "control")}
+    ys = [v * scale for pts in series.values() for _, v in pts if isinstance(v, (int, float))]
+    if not ys:
+        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
+    lo, hi = min(0.0, min(ys)), max(ys) or 1.0
+    n = max(1, len(checks) - 1)
+
+    def xy(i: int, v: float) -> str:
+        return f"{pad + i * (width - 2 * pad) / n:.1f},{height - pad - (v * scale - lo) / ((hi - lo) or 1) * (height - 2 * pad):.1f}"
+
+    colours = {"canary": "#d9480f", "control": "#1c7ed6"}
+    lines = []
+    for arm, pts in series.items():
+        good = [xy(i, v) for i, v in pts if isinstance(v, (int, float))]
+        if good:
+            lines.append(f'<polyline fill="none" stroke="{colours[arm]}" stroke-width="2" points="{" ".join(good)}"/>')
+            lines += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{colours[arm]}"/>' for p in good]
+    return (f"<h3>{html.escape(title)}</h3><svg width='{width}' height='{height}' role='img' aria-label='{html.escape(title)}'>"
+            f"<text x='2' y='12' font-size='10'>{hi:.3g}{unit}</text><text x='2' y='{height - pad}' font-size='10'>{lo:.3g}{unit}</text>"
+            + "".join(lines) + "</svg>")
+
+
+def render_report(run: RolloutRun, record: Mapping[str, Mapping[str, Any]]) -> str:
+    checks = [e for k, e in record.items() if "-c" in k and "verdict" in e]
+    end = record.get("end", {})
+    rows = "".join(
+        f"<tr><td>{html.escape(c['at'])}</td><td>{c['step']}</td><td>{c['percent']} %</td><td class='{c['verdict']}'>{c['verdict']}</td>"
+        f"<td>{html.escape(Check(c['verdict'], tuple(c['reasons']), c['values']).summary())}</td></tr>" for c in checks)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Rollout {html.escape(run.rollout_id)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd;font-size:13px}}
+.pass{{color:#2b8a3e}} .fail{{color:#c92a2a}} .no_data{{color:#868e96}}</style></head><body>
+<h1>Rollout {html.escape(run.rollout_id)}</h1>
+<p>Version <b>{html.escape(run.version)}</b> against champion <b>{html.escape(run.champion)}</b>, steps {list(run.steps)} %,
+started {html.escape(run.started_at)}. Outcome: <b>{html.escape(str(end.get('outcome', 'in progress')))}</b>
+{html.escape('; '.join(end.get('reasons', [])))}</p>
+<p><span style="color:#d9480f">canary</span> and <span style="color:#1c7ed6">control</span>, one point per check.</p>
+{_plot("error rate (%)", checks, "error_rate", 100.0, "%")}
+{_plot("p99 latency (ms)", checks, "p99_ms", 1.0, " ms")}
+{_plot("online accuracy", checks, "accuracy")}
+{_plot("requests per window", checks, "requests")}
+<h2>Checks</h2><table><tr><th>at</th><th>step</th><th>canary</th><th>verdict</th><th>values</th></tr>{rows}</table>
+</body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every step in this process, without Airflow (``--version`` as the run conf's ``version``)."""
+    import argparse
+    import sys
+
+    from tenfold.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.rollout_model", description=main.__doc__)
+    parser.add_argument("--version", default=None, help="version or alias to roll out (default: the challenger)")
+    parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = get_settings()
+    run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
+    try:
+        run = plan(settings, run_id, {"version": args.version} if args.version else {})
+        run = deploy(settings, run)
+        for i in range(1, len(run.steps) + 1):
+            if step(settings, run, i) != PASS:
+                break
+        done = conclude(settings, run)
+    except PipelineError as exc:
+        print(f"rollout_model: {exc}", file=sys.stderr)
+        return 1
+    print(f"rollout {run.rollout_id}: {done['outcome']}; champion {done['champion']}; report {done['report']}")
+    return 0 if done["outcome"] == PROMOTED else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""One canary check: the canary against the control over the same window, in the style of Kayenta.
+
+:func:`check` takes what the load balancer saw of each arm (:class:`~tenfold.rollout.ArmTraffic`) and the
+online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedback.metrics`) and answers
+``pass``, ``fail`` (with the reasons) or ``no_data``. Every value that drove the verdict is in
+:attr:`Check.values`, so the decision can be logged, recorded and plotted as it was made.
+
+* **Error rate:** the canary's share of 5xx (and unanswered) requests may exceed the control's by at most
+  ``max_error_rate_increase``.
+* **Latency:** a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the canary's latency
+  samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
+  slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
+  fail a canary and a shift of the whole distribution does; the p99 of both is reported beside it.
+* **Online accuracy:** accuracy at 0.5 of the predictions that have feedback; the canary may trail the
+  control by at most ``max_accuracy_drop``.
+* **No data is not a pass:** fewer than ``min_requests`` requests of either arm, or fewer than
+  ``min_feedback`` labelled predictions, make the check ``no_data``. The caller waits for more, up to a
+  deadline, and then fails safe. A failing metric fails the check even when another has no data yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from tenfold.config.serving import RolloutSettings
+from tenfold.rollout import ArmTraffic
+
+Verdict = Literal["pass", "fail", "no_data"]
+PASS: Final = "pass"
+FAIL: Final = "fail"
+NO_DATA: Final = "no_data"
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Online accuracy of one arm over the window: labelled predictions and the share right at 0.5."""
+
+    labelled: int
+    accuracy: float | None
+    log_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "values": self.values}
+
+    def summary(self) -> str:
+        v = self.values
+        parts = [f"{self.verdict.upper()}"]
+        if "canary_requests" in v:
+            parts.append(f"requests canary {v['canary_requests']} / control {v['control_requests']}")
+        if v.get("canary_error_rate") is not None and v.get("control_error_rate") is not None:
+            parts.append(f"errors {v['canary_error_rate']:.2%} vs {v['control_error_rate']:.2%}")
+        if v.get("canary_p99_ms") is not None and v.get("control_p99_ms") is not None:
+            parts.append(f"p99 {v['canary_p99_ms']:.1f} vs {v['control_p99_ms']:.1f} ms (U test p={v['latency_p_value']:.3g})")
+        if v.get("canary_accuracy") is not None and v.get("control_accuracy") is not None:
+            parts.append(f"accuracy {v['canary_accuracy']:.3f} vs {v['control_accuracy']:.3f} "
+                         f"({v['canary_labelled']}/{v['control_labelled']} labelled)")
+        text = "; ".join(parts)
+        return text + (": " + "; ".join(self.reasons) if self.reasons else "")
+
+
+def _p99(samples: np.ndarray) -> float | None:
+    return float(np.percentile(samples, 99)) if samples.size else None
+
+
+def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control_acc: Accuracy,
+          policy: RolloutSettings) -> Check:
+    """Compare the canary with the control over one window (see the module docstring)."""
+    from scipy.stats import mannwhitneyu
+
+    values: dict[str, Any] = {
+        "canary_requests": canary.requests, "control_requests": control.requests,
+        "canary_errors": canary.errors, "control_errors": control.errors,
+        "canary_error_rate": canary.error_rate, "control_error_rate": control.error_rate,
+        "canary_labelled": canary_acc.labelled, "control_labelled": control_acc.labelled,
+        "canary_accuracy": canary_acc.accuracy, "control_accuracy": control_acc.accuracy,
+        "canary_log_loss": canary_acc.log_loss, "control_log_loss": control_acc.log_loss,
+    }
+    failed: list[str] = []
+    missing: list[str] = []
+
+    if canary.requests < policy.min_requests or control.requests < policy.min_requests:
+        missing.append(f"too few requests (canary {canary.requests}, control {control.requests}; "
+                       f"need {policy.min_requests} each)")
+    else:
+        assert canary.error_rate is not None and control.error_rate is not None
+        increase = canary.error_rate - control.error_rate
+        values["error_rate_increase"] = increase
+        if increase > policy.max_error_rate_increase:
+            failed.append(f"error rate {canary.error_rate:.2%} is {increase:.2%} above the control's "
+                          f"{control.error_rate:.2%} (at most {policy.max_error_rate_increase:.2%} allowed)")
+        can = np.asarray(canary.latencies_ms, dtype=np.float64)
+        ctl = np.asarray(control.latencies_ms, dtype=np.float64)
+        values["canary_p99_ms"], values["control_p99_ms"] = _p99(can), _p99(ctl)
+        if can.size and ctl.size:
+            p_value = float(mannwhitneyu(can - policy.latency_tolerance_ms, ctl, alternative="greater").pvalue)
+            values["latency_p_value"] = p_value
+            if p_value < policy.latency_alpha:
+                failed.append(f"latency: the canary is slower than the control by more than {policy.latency_tolerance_ms:g} ms "
+                              f"(Mann-Whitney U p={p_value:.3g} < {policy.latency_alpha:g}; p99 "
+                              f"{values['canary_p99_ms']:.1f} vs {values['control_p99_ms']:.1f} ms)")
+        else:
+            missing.append("no latency samples")
+
+    if policy.min_feedback > 0:
+        if canary_acc.labelled < policy.min_feedback or control_acc.labelled < policy.min_feedback:
+            missing.append(f"too little feedback (canary {canary_acc.labelled}, control {control_acc.labelled} "
+                           f"labelled predictions; need {policy.min_feedback} each)")
+        elif canary_acc.accuracy is not None and control_acc.accuracy is not None:
+            drop = control_acc.accuracy - canary_acc.accuracy
+            values["accuracy_drop"] = drop
+            if drop > policy.max_accuracy_drop:
+                failed.append(f"online accuracy {canary_acc.accuracy:.3f} is {drop:.3f} below the control's "
+                              f"{control_acc.accuracy:.3f} (at most {policy.max_accuracy_drop:g} allowed)")
+
+    if failed:
+        return Check(FAIL, tuple(failed), values)
+    if missing:
+        return Check(NO_DATA, tuple(missing), values)
+    return Check(PASS, (), values)
