@@ -44,6 +44,12 @@ METADATA_TOKEN_URL = "http://metadata.google.internal/computeMetadata/v1/instanc
 # checks reach it there), never to every interface.
 METADATA_IP_URL = "http://metadata.google.internal/computeMetadata/v1/instance/network-interfaces/0/ip"
 SERVING_HOST_ENV = "TENFOLD_SERVING_HOST"
+# The model version a serving template pins (tenfold.rollout.cloud derives a template per version with it in
+# the instance metadata); the script hands it to the replica as TENFOLD_SERVING_MODEL (tenfold.serving.replica).
+# A template without it (the synthesized one) serves settings.serving.server.model_ref.
+MODEL_VERSION_KEY = "tenfold-model-version"
+METADATA_MODEL_URL = f"http://metadata.google.internal/computeMetadata/v1/instance/attributes/{MODEL_VERSION_KEY}"
+SERVING_MODEL_ENV = "TENFOLD_SERVING_MODEL"
 SECRET_MANAGER_API = "https://secretmanager.googleapis.com/v1"
 
 _GPU_SETUP = """\
@@ -181,6 +187,8 @@ def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: st
     server = settings.serving.server
     env = {"TENFOLD_SERVING_TRACK": role, f"{SERVER_ENV_PREFIX}AUTH_MODE": server.auth_mode}
     before_run, run_flags = serving_host_setup()
+    model_lines, model_flags = serving_model_setup()
+    before_run, run_flags = before_run + model_lines, run_flags + model_flags
     if server.auth_mode == "iap":
         env[f"{SERVER_ENV_PREFIX}IAP_AUDIENCE"] = server.iap_audience or ""
     else:
@@ -200,6 +208,25 @@ def serving_host_setup() -> tuple[list[str], list[str]]:
         f"export {SERVING_HOST_ENV}",
     ]
     return lines, ["-e", SERVING_HOST_ENV]
+
+
+def serving_model_setup() -> tuple[list[str], list[str]]:
+    """The script lines that read the model version the template pins (404: none, the replica serves
+    ``model_ref``; any other failure stops the script), and the ``docker run`` flag that hands it over."""
+    lines = [
+        "model_reply=$(mktemp)",
+        f"model_status=$(curl -sS --max-time 10 --retry 10 --retry-delay 3 --retry-connrefused -o \"$model_reply\" "
+        f"-w '%{{http_code}}' -H 'Metadata-Flavor: Google' {shlex.quote(METADATA_MODEL_URL)}) || true",
+        "case $model_status in",
+        f'  200) {SERVING_MODEL_ENV}=$(cat "$model_reply"); export {SERVING_MODEL_ENV}',
+        f'       echo "tenfold: serving model ${SERVING_MODEL_ENV} (instance metadata {MODEL_VERSION_KEY})" >&2 ;;',
+        f'  404) echo "tenfold: no {MODEL_VERSION_KEY} in the instance metadata: the replica serves its model_ref" >&2 ;;',
+        f'  *) echo "tenfold: cannot read {MODEL_VERSION_KEY} from the metadata server (HTTP $model_status)" >&2',
+        '     rm -f "$model_reply"; exit 1 ;;',
+        "esac",
+        'rm -f "$model_reply"',
+    ]
+    return lines, ["-e", SERVING_MODEL_ENV]
 
 
 def training_startup_script(settings: Settings) -> str:

@@ -45,6 +45,7 @@ class FakeGoogle:
     secret: str
     versions: list[bytes] = field(default_factory=list)
     sa_may_read: bool = True
+    model_version: str | None = None  # the template's tenfold-model-version metadata (None: absent, 404)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     base: str = ""
 
@@ -52,6 +53,10 @@ class FakeGoogle:
         self.requests.append((path, headers))
         if path == "/ip":
             return (200, VM_IP) if headers.get("metadata-flavor") == "Google" else (403, {"error": "Missing header"})
+        if path == "/model-version":
+            if headers.get("metadata-flavor") != "Google":
+                return 403, {"error": "Missing header"}
+            return (200, self.model_version) if self.model_version else (404, "")
         if path == "/token":
             if headers.get("metadata-flavor") != "Google":
                 return 403, {"error": "Missing Metadata-Flavor:Google header"}
@@ -116,6 +121,7 @@ def _local_script(google: FakeGoogle, home: Path) -> str:
     script = script.replace(f"{token_file} {fleets.IMAGE_UID}", f"{token_file} {_owner()}")
     script = script.replace(fleets.METADATA_TOKEN_URL, f"{google.base}/token")
     script = script.replace(fleets.METADATA_IP_URL, f"{google.base}/ip")
+    script = script.replace(fleets.METADATA_MODEL_URL, f"{google.base}/model-version")
     script = script.replace(fleets.SECRET_MANAGER_API, f"{google.base}/v1")
     assert fleets.IMAGE_HOME in script
     return script.replace(fleets.IMAGE_HOME, str(home))
@@ -128,7 +134,7 @@ def _run_script(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProces
     for name in ("docker", "docker-credential-gcr"):
         stub = stubs / name
         # It records the bind address docker would hand the container from the script's environment too.
-        stub.write_text(f'#!/bin/bash\necho "{name} $* [host=${{TENFOLD_SERVING_HOST:-}}]" >> {calls}\n')
+        stub.write_text(f'#!/bin/bash\necho "{name} $* [model=${{TENFOLD_SERVING_MODEL:-}}] [host=${{TENFOLD_SERVING_HOST:-}}]" >> {calls}\n')
         stub.chmod(0o755)
     path = tmp_path / "startup.sh"
     path.write_text(script)
@@ -155,11 +161,24 @@ def test_the_replica_starts_with_the_latest_version_mounted_read_only(google: Fa
     # the replica binds to the VM's internal address alone (docker takes the value from the script's environment)
     assert " -e TENFOLD_SERVING_HOST " in run and run.endswith(f"[host={VM_IP}]") and "0.0.0.0" not in run
     # the VM's identity came from the metadata server, with the header it requires, and went to Secret Manager
-    (ip, meta, secret) = google.requests
+    (ip, model, meta, secret) = google.requests
+    assert model[0] == "/model-version" and "[model=]" in run, "no pinned version: the replica serves its model_ref"
     assert ip[0] == "/ip" and ip[1]["metadata-flavor"] == "Google"
     assert meta[0] == "/token" and meta[1]["metadata-flavor"] == "Google"
     assert secret[1]["authorization"] == f"Bearer {ACCESS_TOKEN}"
     assert ACCESS_TOKEN not in proc.stderr and "current-token" not in proc.stderr + proc.stdout
+
+
+def test_the_model_version_the_template_pins_reaches_the_replica(google: FakeGoogle, tmp_path: Path) -> None:
+    google.versions.append(b"token\n")
+    google.model_version = "0123456789abcdef0123"
+    proc, docker = _run_script(tmp_path, _local_script(google, tmp_path / "home"))
+    assert proc.returncode == 0, proc.stderr
+    (run,) = [c for c in docker if c.startswith("docker run ")]
+    assert f" -e {fleets.SERVING_MODEL_ENV} " in run and "[model=0123456789abcdef0123]" in run
+    from tenfold.serving.replica import MODEL_ENV
+
+    assert fleets.SERVING_MODEL_ENV == MODEL_ENV, "the variable the replica reads its --model default from"
 
 
 def test_no_version_stops_the_script_loudly_and_no_replica_starts(google: FakeGoogle, tmp_path: Path) -> None:
