@@ -16,9 +16,11 @@ anything else is retried as ``settings.pipelines.train_model`` says; every failu
 3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and
    hash-verified) and the baselines, all on the same holdout.
 4. ``register``: an immutable, content-addressed registry version with its lineage.
-5. ``gate``: marks the version ``challenger``; promotes it to ``champion`` when it beats the champion
-   by ``settings.training.promote_margin`` and passes the floors (or when there is no champion yet).
-   Emits the ``challenger`` Asset event the rollout DAG consumes.
+5. ``gate``: the offline gate. A version that passes the floors and beats the champion by
+   ``settings.training.promote_margin`` becomes ``challenger``; ``champion`` moves only through the canary
+   rollout. The first model ever (no champion to compare with) is promoted by the floors alone.
+6. ``announce_challenger``: emits the ``challenger`` Asset event that triggers ``rollout_model``, only when
+   a new challenger awaits its canary (skipped otherwise, so no rollout starts for nothing).
 
 **Run conf** (optional, e.g. ``airflow dags test train_model -c '{"train_months": ["2013-01", "2013-02"],
 "holdout_months": ["2013-03", "2013-03"], "epochs": 1}'``): ``train_months``, ``holdout_months``,
@@ -84,24 +86,30 @@ def train_model() -> None:
 
         return run_step(pipeline.register, get_settings(), planned, trained, evaluation).to_xcom()
 
-    @task(outlets=[CHALLENGER])
-    def gate(planned: dict[str, Any], evaluation: dict[str, Any], registered: dict[str, Any], **context: Any) -> dict[str, Any]:
+    @task
+    def gate(planned: dict[str, Any], evaluation: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 
         decision = run_step(pipeline.gate, get_settings(), planned, evaluation, registered)
         print(decision["summary"])
+        return decision
+
+    @task(outlets=[CHALLENGER])
+    def announce_challenger(decision: dict[str, Any], **context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["canary"]:
+            raise AirflowSkipException(f"no canary to run: {decision['summary']}")
         context["outlet_events"][CHALLENGER].extra = {
-            "version": registered["version"],
-            "promoted": decision["promote"],
+            "version": decision["challenger_version"],
             "champion": decision["champion_now"],
         }
-        return decision
 
     planned = plan()
     trained = train(planned)
     evaluation = evaluate(planned, trained)
     registered = register(planned, trained, evaluation)
-    gate(planned, evaluation, registered)
+    announce_challenger(gate(planned, evaluation, registered))
 
 
 train_model()

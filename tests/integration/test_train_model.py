@@ -55,12 +55,15 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     first = [v for v in reg.list_versions() if v.version not in before]
     assert len(first) == 1, "the first run registers exactly one new version"
     v1 = first[0]
-    assert reg.resolve(CHALLENGER) == v1.version
     champion_after_first = reg.resolve(CHAMPION)
     assert champion_after_first is not None
     (d1,) = reg.decisions(v1.version).values()
-    if d1["champion_version"] is None:  # a fresh registry: the first model passing the floors is champion
-        assert d1["promote"] and champion_after_first == v1.version
+    first_model = d1["champion_version"] is None
+    if first_model:  # a fresh registry: the first model passing the floors is champion (and challenger), no canary
+        assert d1["promote"] and champion_after_first == v1.version == reg.resolve(CHALLENGER)
+    else:  # a champion existed: it stays; v1 is the challenger exactly when it passed the offline gate
+        assert champion_after_first == d1["champion_version"]
+        assert (reg.resolve(CHALLENGER) == v1.version) == bool(d1["promote"])
     lineage = reg.get(v1.version).lineage
     assert lineage is not None
     assert [p.partition for p in lineage.train_partitions] == ["2031-01", "2031-02"]
@@ -68,15 +71,17 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
-    assert asset_events(airflow_env, local_settings.assets.challenger)[-1] == {
-        "version": v1.version, "promoted": d1["promote"], "champion": champion_after_first}
+    events = asset_events(airflow_env, local_settings.assets.challenger)
+    if first_model or not d1["promote"]:  # no canary follows: announce_challenger skipped, no event names v1
+        assert all(e.get("version") != v1.version for e in events)
+    else:
+        assert events[-1] == {"version": v1.version, "champion": champion_after_first}
 
     # Run 2: another seed on one rank (a different trajectory, so a different version), fewer steps.
     _dags_test(airflow_env, {**conf, "seed": 2, "nproc": 1, "max_steps": 40}, "2031-04-02T00:00:00+00:00", tmp_path)
     second = [v for v in reg.list_versions() if v.version not in before | {v1.version}]
     assert len(second) == 1, "a different seed gives different weights and so a new version"
     v2 = second[0]
-    assert reg.resolve(CHALLENGER) == v2.version
     (body,) = reg.decisions(v2.version).values()
     decision = Decision.from_dict(body)
     # The second run was judged against the champion of the first, on the same holdout.
@@ -84,5 +89,13 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert decision.challenger_version == v2.version != decision.champion_version
     assert decision.champion is not None and decision.champion.holdout == decision.challenger.holdout
     assert "beats_champion" in decision.checks
-    assert reg.resolve(CHAMPION) == (v2.version if decision.promote else champion_after_first)
-    assert asset_events(airflow_env, local_settings.assets.challenger)[-1]["version"] == v2.version
+    # train_model never moves a champion once there is one: a passing version becomes the challenger and
+    # the challenger event triggers its canary (rollout_model); a failing one moves no alias and emits nothing.
+    assert reg.resolve(CHAMPION) == champion_after_first
+    events = asset_events(airflow_env, local_settings.assets.challenger)
+    if decision.promote:
+        assert reg.resolve(CHALLENGER) == v2.version
+        assert events[-1] == {"version": v2.version, "champion": champion_after_first}
+    else:
+        assert reg.resolve(CHALLENGER) != v2.version
+        assert all(e.get("version") != v2.version for e in events)

@@ -356,9 +356,12 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
 
 def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Evaluation | Mapping[str, Any],
          registered: Registered | Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
-    """Mark the version as challenger and promote it to champion if the gate passes (or there is none).
+    """The offline gate: a version that passes it becomes ``challenger``; ``champion`` moves only by a canary.
 
-    Returns the decision record (free-form checks, so a plain dict) with ``champion_now``.
+    When there is no champion yet, the first version to pass (the floors alone) becomes both. Otherwise
+    a passing version becomes ``challenger`` and waits for the canary rollout (``rollout_model``), which
+    alone moves ``champion``; a failing one moves no alias. Returns the decision record (free-form checks,
+    so a plain dict) with ``champion_now``, ``challenger_now`` and ``canary`` (a rollout should follow).
     """
     p, ev = TrainRun.from_xcom(run), Evaluation.from_xcom(evaluation)
     reg = registry or ModelRegistry(settings)
@@ -366,6 +369,9 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     evaluated = ev.champion or None
     evaluated_version = evaluated["version"] if evaluated else None
     current = reg.resolve(CHAMPION)
+
+    def result(body: Mapping[str, Any], *, canary: bool = False) -> dict[str, Any]:
+        return {**body, "champion_now": reg.resolve(CHAMPION), "challenger_now": reg.resolve(CHALLENGER), "canary": canary}
 
     if evaluated and evaluated.get("metrics") is None:
         body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
@@ -377,22 +383,23 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             f"Compare them by hand (`tenfold models show {version}`) and run `tenfold models promote {version}` if it is better"
         )
     recorded = reg.decisions(version).get(p.run_key)
-    if recorded is not None and current == (version if recorded["promote"] else evaluated_version):
+    first = evaluated_version is None
+    if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
-        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}")
-        return {**recorded, "champion_now": current}
+        if recorded["promote"]:
+            reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}")
+        return result(recorded, canary=bool(recorded["promote"]) and not first)
     if current != evaluated_version:
         raise AliasConflict(
             f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "
             "evaluated it: the comparison is stale; trigger a new run to compare against the new champion"
         )
-    reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
     if evaluated_version == version:
         # Retraining reproduced the champion byte for byte: nothing to compare, nothing to move.
         body = {"promote": False, "challenger_version": version, "champion_version": version,
                 "summary": f"UNCHANGED: the challenger {version} is the champion (identical content)"}
         reg.record_decision(version, p.run_key, body)
-        return {**body, "champion_now": current}
+        return result(body)
 
     holdout = HoldoutRef.from_dict(ev.holdout)
     challenger = Scored.of(version, holdout, ev.challenger)
@@ -400,12 +407,17 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
     decision: Decision = decide(challenger, champion, baselines, GatePolicy.from_settings(settings))
     body = plain_json(decision.to_dict())
+    if decision.promote and not first:
+        body["summary"] = f"{body['summary']} -> challenger: the canary rollout (rollout_model) decides on champion"
     reg.record_decision(version, p.run_key, body)
-    log.info("%s", decision.summary)
+    log.info("%s", body["summary"])
     if decision.promote:
-        reg.promote(version, expected=evaluated_version, reason=decision.summary[:500],
-                    details={"run": p.airflow_run_id, "checks": decision.checks})
-    return {**body, "champion_now": reg.resolve(CHAMPION)}
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}: passed the offline gate",
+                      details={"run": p.airflow_run_id})
+        if first:  # nothing to compare a canary with: the floors alone promote the first model
+            reg.promote(version, expected=None, reason=decision.summary[:500],
+                        details={"run": p.airflow_run_id, "checks": decision.checks})
+    return result(body, canary=decision.promote and not first)
 
 
 def comparison_table(evaluation: Evaluation | Mapping[str, Any], version: str | None = None) -> str:

@@ -36,6 +36,8 @@ if dag is not None:
         catchup=dag.catchup, max_active_runs=dag.max_active_runs, doc_md=dag.doc_md or "",
         order=[t.task_id for t in dag.topological_sort()],
         gate_outlets=[o.uri for o in dag.get_task("gate").outlets],
+        announce_outlets=[o.uri for o in dag.get_task("announce_challenger").outlets],
+        announce_upstream=sorted(dag.get_task("announce_challenger").upstream_task_ids),
         gate_upstream=sorted(dag.get_task("gate").upstream_task_ids),
         retries={t.task_id: t.retries for t in dag.tasks},
         train_timeout=dag.get_task("train").execution_timeout.total_seconds(),
@@ -68,9 +70,12 @@ def test_schedule_is_the_features_asset_or_weekly(dag: dict[str, Any]) -> None:
 
 def test_tasks_and_the_challenger_asset(dag: dict[str, Any]) -> None:
     settings = get_settings()
-    assert dag["order"] == ["plan", "train", "evaluate", "register", "gate"]
-    assert dag["gate_outlets"] == [settings.assets.challenger]
+    assert dag["order"] == ["plan", "train", "evaluate", "register", "gate", "announce_challenger"]
+    # Only the announcing task emits the challenger event (it skips, so emits none, when no canary is due).
+    assert dag["gate_outlets"] == []
+    assert dag["announce_outlets"] == [settings.assets.challenger]
     assert dag["gate_upstream"] == ["evaluate", "plan", "register"]
+    assert dag["announce_upstream"] == ["gate"]
     assert all(r >= 1 for r in dag["retries"].values())
     assert dag["train_timeout"] >= settings.training.job_timeout_s
 

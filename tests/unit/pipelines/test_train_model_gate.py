@@ -68,7 +68,7 @@ def test_champion_is_scored_from_its_own_registered_files(gate_settings: Setting
     reg = ModelRegistry(gate_settings)
     ev1, r1, d1 = run(gate_settings, "manual__1", model(tmp_path, 0.70))
     assert ev1.champion is None
-    assert d1["promote"] and d1["champion_version"] is None
+    assert d1["promote"] and d1["champion_version"] is None and not d1["canary"]  # the first model: floors alone
     assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
 
     ev2, r2, d2 = run(gate_settings, "manual__2", model(tmp_path, 0.75))
@@ -77,12 +77,17 @@ def test_champion_is_scored_from_its_own_registered_files(gate_settings: Setting
     assert ev2.champion == {"version": r1.version, "metrics": {"auc": 0.70, "log_loss": 0.25, "brier": 0.2, "rows": 50}}
     assert d2["champion_version"] == r1.version and d2["challenger_version"] == r2.version
     assert d2["champion"]["auc"] == 0.70 and d2["challenger"]["auc"] == 0.75
-    assert d2["promote"] and reg.resolve(CHAMPION) == r2.version
+    # It passed the offline gate: it is the challenger, and only a canary may make it champion.
+    assert d2["promote"] and d2["canary"] and "canary rollout" in d2["summary"]
+    assert reg.resolve(CHAMPION) == r1.version and reg.resolve(CHALLENGER) == r2.version
+    assert (d2["champion_now"], d2["challenger_now"]) == (r1.version, r2.version)
+    reg.promote(r2.version, expected=r1.version, reason="its canary passed (what rollout_model does)")
 
     ev3, r3, d3 = run(gate_settings, "manual__3", model(tmp_path, 0.751))  # within the margin: kept
     assert ev3.champion["version"] == r2.version and ev3.champion["metrics"]["auc"] == 0.75
-    assert not d3["promote"] and d3["checks"]["beats_champion"] is False
-    assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r3.version
+    assert not d3["promote"] and not d3["canary"] and d3["checks"]["beats_champion"] is False
+    # A version that fails the offline gate moves no alias.
+    assert reg.resolve(CHAMPION) == r2.version and reg.resolve(CHALLENGER) == r2.version
     # Each decision is kept with the version it judged.
     assert reg.decisions(r3.version)["manual__3"]["champion_version"] == r2.version
     assert [h.version for h in reg.alias_history(CHAMPION)] == [r1.version, r2.version]
