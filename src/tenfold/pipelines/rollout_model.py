@@ -26,8 +26,6 @@ Run every step in one process without Airflow: ``python -m tenfold.pipelines.rol
 from __future__ import annotations
 
 import datetime as dt
-import html
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +38,7 @@ from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
+from tenfold.rollout.record import Rollout, check_key, is_check, ordered, set_key, write_report
 from tenfold.rollout.split import CANARY, STABLE
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,10 @@ class RolloutRun(RunState):
     @property
     def rollout_policy(self) -> RolloutSettings:
         return RolloutSettings.model_validate(self.policy)
+
+    @property
+    def rollout(self) -> Rollout:
+        return Rollout(self.rollout_id, self.version, self.champion, self.started_at, self.steps)
 
 
 # --- the adapters and the record ------------------------------------------------------------------
@@ -124,8 +127,7 @@ def _parse(t: str) -> dt.datetime:
 
 def events(p: Places, run: RolloutRun) -> dict[str, dict[str, Any]]:
     """The rollout's record, ordered by when each event happened."""
-    got = p.registry.rollout_events(run.version, run.rollout_id)
-    return dict(sorted(got.items(), key=lambda kv: (kv[1].get("at", ""), kv[0])))
+    return ordered(p.registry.rollout_events(run.version, run.rollout_id))
 
 
 def _record(p: Places, run: RolloutRun, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,14 +136,6 @@ def _record(p: Places, run: RolloutRun, key: str, body: Mapping[str, Any]) -> di
     if p.registry.record_rollout_event(run.version, run.rollout_id, key, full):
         return full
     return p.registry.rollout_events(run.version, run.rollout_id)[key]
-
-
-def set_key(index: int) -> str:
-    return f"s{index:02d}-set"
-
-
-def check_key(index: int, n: int) -> str:
-    return f"s{index:02d}-c{n:03d}"
 
 
 # --- plan and deploy ---------------------------------------------------------------------------------
@@ -253,7 +247,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
     while True:
         record = events(p, run)
         mine = [(k, e) for k, e in record.items() if k.startswith(f"s{index:02d}-c")]
-        failed_total = sum(1 for k, e in record.items() if "-c" in k and e["verdict"] == FAIL)
+        failed_total = sum(1 for k, e in record.items() if is_check(k, e) and e["verdict"] == FAIL)
         passed_here = sum(1 for _, e in mine if e["verdict"] == PASS)
         if passed_here >= policy.checks_per_step:
             return PASS
@@ -357,7 +351,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
             reg.record_decision(run.version, f"rollout-{run.rollout_id}",
                                 {"rejected": True, "rollout": run.rollout_id, "reasons": reasons, "summary": summary[:2000]})
-    report = write_report(settings, run, events(p, run))
+    report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
@@ -367,104 +361,6 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 
 def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: RolloutSettings) -> bool:
     return sum(1 for k, e in record.items() if k.startswith(f"s{index:02d}-c") and e["verdict"] == PASS) >= policy.checks_per_step
-
-
-# --- reading a rollout (tenfold rollout status) and its report -----------------------------------------
-
-
-def describe(run: RolloutRun, record: Mapping[str, Mapping[str, Any]], canary_percent: int | None = None) -> str:
-    """The rollout for people: each step, each check with its values and verdict, the outcome."""
-    lines = [f"rollout {run.rollout_id}: {run.version} against champion {run.champion}, steps {list(run.steps)} %, "
-             f"started {run.started_at}"]
-    for key, e in record.items():
-        if key.endswith("-set"):
-            lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
-        elif "-c" in key and "verdict" in e:
-            lines.append(f"  {e['at']}    check {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
-        elif key in ("deployed", "abort", "end", "done"):
-            detail = {k: v for k, v in e.items() if k not in ("at", "run")}
-            lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
-    state = record["end"]["outcome"] if "end" in record else "in progress"
-    lines.append(f"state: {state}" + (f"; canary at {canary_percent} % now" if canary_percent is not None else ""))
-    return "\n".join(lines)
-
-
-def latest(registry: ModelRegistry, version: str | None = None) -> tuple[RolloutRun, dict[str, dict[str, Any]]] | None:
-    """The newest rollout (of ``version``) with its record, or None."""
-    found = registry.rollouts(version)
-    if not found:
-        return None
-    _, v, rid = found[-1]
-    got = registry.rollout_events(v, rid)
-    if "start" not in got:
-        return None
-    record = dict(sorted(got.items(), key=lambda kv: (kv[1].get("at", ""), kv[0])))
-    return RolloutRun.from_xcom(got["start"]["run"]), record
-
-
-def request_abort(registry: ModelRegistry, router: TrafficRouter, run: RolloutRun, *, by: str) -> bool:
-    """Record an abort for ``run`` and take the canary's traffic away now (the DAG stops at its next poll)."""
-    first = registry.record_rollout_event(run.version, run.rollout_id, "abort", {"at": _iso(dt.datetime.now(dt.UTC)), "by": by})
-    router.set_canary_percent(0)
-    return first
-
-
-def write_report(settings: Settings, run: RolloutRun, record: Mapping[str, Mapping[str, Any]]) -> str:
-    """A small self-contained HTML page (inline SVG plots of both arms over the checks) in the lake; its URI."""
-    from tenfold.data.lake import Lake
-
-    lake = Lake.from_settings(settings)
-    rel = f"{settings.serving.rollout.reports_prefix.strip('/')}/{run.version}/{run.rollout_id}.html"
-    path = lake._join(*rel.split("/"))
-    lake._write_atomic(path, render_report(run, record).encode())
-    return lake.uri_of(path)
-
-
-def _plot(title: str, checks: list[Mapping[str, Any]], metric: str, scale: float = 1.0, unit: str = "") -> str:
-    width, height, pad = 560, 160, 30
-    series = {arm: [(i, c["values"].get(f"{arm}_{metric}")) for i, c in enumerate(checks)] for arm in ("canary", "control")}
-    ys = [v * scale for pts in series.values() for _, v in pts if isinstance(v, (int, float))]
-    if not ys:
-        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    lo, hi = min(0.0, min(ys)), max(ys) or 1.0
-    n = max(1, len(checks) - 1)
-
-    def xy(i: int, v: float) -> str:
-        return f"{pad + i * (width - 2 * pad) / n:.1f},{height - pad - (v * scale - lo) / ((hi - lo) or 1) * (height - 2 * pad):.1f}"
-
-    colours = {"canary": "#d9480f", "control": "#1c7ed6"}
-    lines = []
-    for arm, pts in series.items():
-        good = [xy(i, v) for i, v in pts if isinstance(v, (int, float))]
-        if good:
-            lines.append(f'<polyline fill="none" stroke="{colours[arm]}" stroke-width="2" points="{" ".join(good)}"/>')
-            lines += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{colours[arm]}"/>' for p in good]
-    return (f"<h3>{html.escape(title)}</h3><svg width='{width}' height='{height}' role='img' aria-label='{html.escape(title)}'>"
-            f"<text x='2' y='12' font-size='10'>{hi:.3g}{unit}</text><text x='2' y='{height - pad}' font-size='10'>{lo:.3g}{unit}</text>"
-            + "".join(lines) + "</svg>")
-
-
-def render_report(run: RolloutRun, record: Mapping[str, Mapping[str, Any]]) -> str:
-    checks = [e for k, e in record.items() if "-c" in k and "verdict" in e]
-    end = record.get("end", {})
-    rows = "".join(
-        f"<tr><td>{html.escape(c['at'])}</td><td>{c['step']}</td><td>{c['percent']} %</td><td class='{c['verdict']}'>{c['verdict']}</td>"
-        f"<td>{html.escape(Check(c['verdict'], tuple(c['reasons']), c['values']).summary())}</td></tr>" for c in checks)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Rollout {html.escape(run.rollout_id)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd;font-size:13px}}
-.pass{{color:#2b8a3e}} .fail{{color:#c92a2a}} .no_data{{color:#868e96}}</style></head><body>
-<h1>Rollout {html.escape(run.rollout_id)}</h1>
-<p>Version <b>{html.escape(run.version)}</b> against champion <b>{html.escape(run.champion)}</b>, steps {list(run.steps)} %,
-started {html.escape(run.started_at)}. Outcome: <b>{html.escape(str(end.get('outcome', 'in progress')))}</b>
-{html.escape('; '.join(end.get('reasons', [])))}</p>
-<p><span style="color:#d9480f">canary</span> and <span style="color:#1c7ed6">control</span>, one point per check.</p>
-{_plot("error rate (%)", checks, "error_rate", 100.0, "%")}
-{_plot("p99 latency (ms)", checks, "p99_ms", 1.0, " ms")}
-{_plot("online accuracy", checks, "accuracy")}
-{_plot("requests per window", checks, "requests")}
-<h2>Checks</h2><table><tr><th>at</th><th>step</th><th>canary</th><th>verdict</th><th>values</th></tr>{rows}</table>
-</body></html>
-"""
 
 
 def main(argv: list[str] | None = None) -> int:

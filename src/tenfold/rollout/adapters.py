@@ -40,15 +40,15 @@ def router(settings: Settings) -> TrafficRouter:
         return HaproxyRouter.from_settings(settings)
     from tenfold.rollout.urlmap import UrlMapRouter
 
-    return UrlMapRouter.from_settings(settings)  # type: ignore[attr-defined,no-any-return]
+    return UrlMapRouter.from_settings(settings)
 
 
 def deployer(settings: Settings) -> Deployer:
     if settings.is_local:
         return FleetDeployer(settings)
-    from tenfold.rollout import cloud  # type: ignore[attr-defined]
+    from tenfold.rollout.cloud import InstanceGroupDeployer
 
-    return cloud.InstanceGroupDeployer.from_settings(settings)  # type: ignore[no-any-return]
+    return InstanceGroupDeployer.from_settings(settings)
 
 
 def observer(settings: Settings) -> TrafficObserver:
@@ -56,6 +56,12 @@ def observer(settings: Settings) -> TrafficObserver:
         from tenfold.rollout.haproxy import HaproxyObserver
 
         return HaproxyObserver.from_settings(settings)
-    from tenfold.rollout import cloud  # type: ignore[attr-defined]
+    from tenfold.rollout import cloud
 
-    return cloud.LoadBalancerLogObserver.from_settings(settings)  # type: ignore[no-any-return]
+    make = getattr(cloud, "LoadBalancerLogObserver", None)
+    if make is None:
+        raise NotImplementedError(
+            "the cloud canary analysis reads the load balancer's request logs, and this Tenfold has no reader for "
+            "them yet: run the canary by hand with `tenfold serve`-style checks, or promote with `tenfold models promote`")
+    observer: TrafficObserver = make.from_settings(settings)
+    return observer

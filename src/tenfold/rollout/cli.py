@@ -1,10 +1,81 @@
 """``tenfold rollout``: watch and stop canary rollouts (the ``rollout_model`` DAG runs them).
 
-Run ``tenfold rollout --help``.
+* ``tenfold rollout status [--version V] [--json]``: the newest rollout (of ``V``): each step, each check
+  with the values that drove it, the outcome, the canary's share now, and the report's address;
+* ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
+  to 0 at once, the DAG's running step stops at its next poll and no alias moves.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
+from typing import Annotated
+
 import typer
 
+from tenfold.config import Settings, get_settings
+
 app = typer.Typer(help="Canary rollouts: their status, and a safe abort.", no_args_is_help=True)
+
+_Version = Annotated[str | None, typer.Option("--version", help="a version id (default: the newest rollout of any version)")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _router_percent(settings: Settings) -> int | None:
+    from tenfold.rollout.adapters import router
+
+    try:
+        return router(settings).canary_percent()
+    except Exception:  # the fleet (or the URL map) is not reachable: the record still tells the story
+        return None
+
+
+@app.command()
+def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """The newest rollout: steps, checks with their values, the outcome and the canary's share now."""
+    from tenfold.registry import ModelRegistry
+    from tenfold.rollout.record import describe, latest, report_uri
+
+    settings = get_settings()
+    found = latest(ModelRegistry(settings), version)
+    if found is None:
+        raise _fail("no rollout recorded" + (f" for {version}" if version else "") +
+                    ": the rollout_model DAG starts one for each new challenger", 3)
+    rollout, record = found
+    percent = _router_percent(settings)
+    if as_json:
+        typer.echo(json.dumps({"rollout": rollout.__dict__, "canary_percent": percent, "events": record}, indent=2, default=str))
+        return
+    typer.echo(describe(rollout, record, percent))
+    if "done" in record:
+        typer.echo(f"report: {record['done'].get('report') or report_uri(settings, rollout)}")
+
+
+@app.command()
+def abort(version: _Version = None) -> None:
+    """Stop the newest rollout that has not ended: canary weight 0 now, no alias moves."""
+    from tenfold.registry import ModelRegistry
+    from tenfold.rollout.adapters import router
+    from tenfold.rollout.record import latest, request_abort
+
+    settings = get_settings()
+    registry = ModelRegistry(settings)
+    found = latest(registry, version)
+    if found is None:
+        raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
+    rollout, record = found
+    if "end" in record:
+        raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({record['end']['outcome']}): "
+                    "nothing to abort", 3)
+    try:
+        first = request_abort(registry, router(settings), rollout, by=getpass.getuser())
+    except Exception as exc:
+        raise _fail(f"the abort is recorded, but the canary weight could not be set to 0 ({exc}): "
+                    "set it by hand (`tenfold serve split 0`)") from exc
+    typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: {'abort requested' if first else 'already aborted'}; "
+               "canary at 0 %; the DAG stops at its next poll and moves no alias")

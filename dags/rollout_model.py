@@ -1,0 +1,98 @@
+"""Roll a challenger out through the load balancer as a canary; promote it or roll it back on its own.
+
+**Schedule:** every ``challenger`` Asset event (``train_model``'s ``announce_challenger``: a version passed
+the offline gate); ``catchup=False``; one rollout at a time. Run it by hand for a given version with the
+run conf ``{"version": "<id or alias>"}`` (``"retry_rejected": true`` to retry one a canary rejected).
+
+**Tasks** (logic in ``tenfold.pipelines.rollout_model``; every decision is logged with the values that
+drove it, and recorded in the registry: ``tenfold rollout status``):
+
+1. ``plan``: which version goes out against which champion, with the analysis settings of
+   ``settings.serving.rollout``. Refuses a run with nothing to roll out.
+2. ``deploy``: the canary pool serves the version, with 0 % of the traffic.
+3. ``step_<n>``: one per step of ``settings.serving.rollout.steps`` (5 -> 25 -> 50 -> 100 %): set the canary's
+   share, then every ``interval_s`` compare canary and control over the same window (error rate, p99
+   latency by a Mann-Whitney U test, online accuracy from the feedback join). "No data" waits, up to a
+   deadline, then fails safe. ``max_failed_checks`` failed checks roll back.
+4. ``conclude`` (runs whatever happened before it): promotion (the stable pool moves to the version, the
+   canary weight goes to 0, ``champion`` moves), or rollback (weight 0, the version rejected with its
+   reasons, ``champion`` untouched), or abort (weight 0, no alias moves). Saves an HTML report with both
+   arms' metrics over the steps in the lake and logs its address.
+
+``tenfold rollout abort`` stops a rollout at any step: the canary weight goes to 0 at once and the running
+step ends at its next poll; no alias moves. A retried task or a restarted scheduler resumes from the
+recorded step, without applying a step twice or skipping a check.
+
+Run locally: ``make up``, then trigger ``rollout_model`` in the UI, or ``airflow dags test rollout_model``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, dag, task
+
+from tenfold.config import get_settings
+from tenfold.pipelines.common import default_args, run_step, task_timeout_s
+
+DAG_ID = "rollout_model"
+settings = get_settings()
+CHALLENGER = Asset(settings.assets.challenger)
+TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CHALLENGER,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(settings, DAG_ID),
+    tags=["tenfold", "rollout", "serving"],
+    doc_md=__doc__,
+)
+def rollout_model() -> None:
+    # Each task imports its pipeline itself: the module pulls in the registry and scipy, too heavy for parsing.
+    @task
+    def plan(**context: Any) -> dict[str, Any]:
+        from tenfold.pipelines import rollout_model as pipeline
+
+        dag_run = context["dag_run"]
+        return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}).to_xcom()
+
+    @task(execution_timeout=TIMEOUT)
+    def deploy(run: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.pipelines import rollout_model as pipeline
+
+        return run_step(pipeline.deploy, get_settings(), run).to_xcom()
+
+    def step_task(index: int, percent: int) -> Any:
+        @task(task_id=f"step_{index}", execution_timeout=TIMEOUT, doc_md=f"Step {index}: the canary at {percent} %.")
+        def step(run: dict[str, Any]) -> str:
+            from tenfold.pipelines import rollout_model as pipeline
+
+            return run_step(pipeline.step, get_settings(), run, index)
+
+        return step
+
+    @task(trigger_rule="all_done", execution_timeout=TIMEOUT)
+    def conclude(**context: Any) -> dict[str, Any]:
+        from tenfold.pipelines import rollout_model as pipeline
+
+        run = context["ti"].xcom_pull(task_ids="deploy") or context["ti"].xcom_pull(task_ids="plan")
+        done = run_step(pipeline.conclude, get_settings(), run)
+        print(f"rollout {done['outcome']}: champion {done['champion']}, canary at {done['canary_percent']} %; "
+              f"report: {done['report']}")
+        return done
+
+    planned = plan()
+    last: Any = deploy(planned)
+    for index, percent in enumerate(settings.serving.rollout.steps, start=1):
+        current = step_task(index, percent)(planned)
+        last >> current
+        last = current
+    last >> conclude()
+
+
+rollout_model()

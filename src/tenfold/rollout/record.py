@@ -1,0 +1,163 @@
+"""A rollout's record in the registry: reading it, describing it, aborting it, and its HTML report.
+
+The ``rollout_model`` pipeline writes the record (create-only events under deterministic keys: ``start``,
+``deployed``, ``s01-set``, ``s01-c001``, ..., ``abort``, ``end``, ``done``; see
+:mod:`tenfold.pipelines.rollout_model`); ``tenfold rollout status`` and ``tenfold rollout abort`` read and
+add to it through this module, which needs no pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.registry.registry import ModelRegistry
+from tenfold.rollout import TrafficRouter
+from tenfold.rollout.analysis import Check
+
+Record = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Who a rollout is: its id, the version going out, the champion it started from, its steps."""
+
+    rollout_id: str
+    version: str
+    champion: str
+    started_at: str
+    steps: tuple[int, ...]
+
+    @classmethod
+    def from_start(cls, start: Mapping[str, Any]) -> Rollout:
+        run = start["run"]
+        return cls(run["rollout_id"], run["version"], run["champion"], run["started_at"], tuple(run["policy"]["steps"]))
+
+
+def set_key(index: int) -> str:
+    return f"s{index:02d}-set"
+
+
+def check_key(index: int, n: int) -> str:
+    return f"s{index:02d}-c{n:03d}"
+
+
+def is_check(key: str, event: Mapping[str, Any]) -> bool:
+    return "-c" in key and "verdict" in event
+
+
+def ordered(events: Mapping[str, dict[str, Any]]) -> Record:
+    """Events in the order they happened (each carries its time, ``at``)."""
+    return dict(sorted(events.items(), key=lambda kv: (kv[1].get("at", ""), kv[0])))
+
+
+def latest(registry: ModelRegistry, version: str | None = None) -> tuple[Rollout, Record] | None:
+    """The newest rollout (of ``version``) and its record, or None when there is none."""
+    for _, v, rid in reversed(registry.rollouts(version)):
+        got = registry.rollout_events(v, rid)
+        if "start" in got:
+            return Rollout.from_start(got["start"]), ordered(got)
+    return None
+
+
+def request_abort(registry: ModelRegistry, router: TrafficRouter, rollout: Rollout, *, by: str) -> bool:
+    """Record an abort and take the canary's traffic away now; the running step stops at its next poll.
+
+    False when the rollout was already aborted. The weight goes to 0 either way."""
+    first = registry.record_rollout_event(rollout.version, rollout.rollout_id, "abort",
+                                          {"at": dt.datetime.now(dt.UTC).isoformat(), "by": by})
+    router.set_canary_percent(0)
+    return first
+
+
+def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_percent: int | None = None) -> str:
+    """The rollout for people: each step, each check with the values that drove it, the outcome."""
+    lines = [f"rollout {rollout.rollout_id}: {rollout.version} against champion {rollout.champion}, "
+             f"steps {list(rollout.steps)} %, started {rollout.started_at}"]
+    for key, e in record.items():
+        if key.endswith("-set"):
+            lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
+        elif is_check(key, e):
+            lines.append(f"  {e['at']}    {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
+        elif key in ("deployed", "abort", "end", "done"):
+            detail = {k: v for k, v in e.items() if k not in ("at", "run")}
+            lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
+    state = record["end"]["outcome"] if "end" in record else "in progress"
+    lines.append(f"state: {state}" + (f"; canary at {canary_percent} % now" if canary_percent is not None else ""))
+    return "\n".join(lines)
+
+
+def report_uri(settings: Settings, rollout: Rollout) -> str:
+    prefix = settings.serving.rollout.reports_prefix.strip("/")
+    return f"{settings.storage.lake_uri.rstrip('/')}/{prefix}/{rollout.version}/{rollout.rollout_id}.html"
+
+
+def write_report(settings: Settings, rollout: Rollout, record: Mapping[str, Mapping[str, Any]]) -> str:
+    """Save the HTML report (:func:`render_report`) in the lake, atomically; returns its URI."""
+    import pyarrow.fs as pafs
+
+    uri = report_uri(settings, rollout)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.tmp-{dt.datetime.now(dt.UTC):%H%M%S%f}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(render_report(rollout, record).encode())
+    fs.move(tmp, path)
+    return uri
+
+
+def _plot(title: str, checks: list[Mapping[str, Any]], metric: str, scale: float = 1.0, unit: str = "") -> str:
+    """An inline SVG line plot of ``<arm>_<metric>`` for both arms over the checks."""
+    width, height, pad = 560, 160, 30
+    series = {arm: [(i, c["values"].get(f"{arm}_{metric}")) for i, c in enumerate(checks)] for arm in ("canary", "control")}
+    ys = [v * scale for pts in series.values() for _, v in pts if isinstance(v, (int, float))]
+    if not ys:
+        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
+    lo, hi = min(0.0, min(ys)), max(ys) or 1.0
+    n = max(1, len(checks) - 1)
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return pad + i * (width - 2 * pad) / n, height - pad - (v * scale - lo) / ((hi - lo) or 1) * (height - 2 * pad)
+
+    colours = {"canary": "#d9480f", "control": "#1c7ed6"}
+    shapes = []
+    for arm, pts in series.items():
+        good = [xy(i, v) for i, v in pts if isinstance(v, (int, float))]
+        if good:
+            shapes.append(f'<polyline fill="none" stroke="{colours[arm]}" stroke-width="2" '
+                          f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in good)}"/>')
+            shapes += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colours[arm]}"/>' for x, y in good]
+    return (f"<h3>{html.escape(title)}</h3><svg width='{width}' height='{height}' role='img' aria-label='{html.escape(title)}'>"
+            f"<text x='2' y='12' font-size='10'>{hi:.3g}{unit}</text>"
+            f"<text x='2' y='{height - pad}' font-size='10'>{lo:.3g}{unit}</text>" + "".join(shapes) + "</svg>")
+
+
+def render_report(rollout: Rollout, record: Mapping[str, Mapping[str, Any]]) -> str:
+    """A small self-contained HTML page: the outcome, both arms' metrics over the checks as plots, every check."""
+    checks = [e for k, e in record.items() if is_check(k, e)]
+    end = record.get("end", {})
+    rows = "".join(
+        f"<tr><td>{html.escape(c['at'])}</td><td>{c['step']}</td><td>{c['percent']} %</td>"
+        f"<td class='{c['verdict']}'>{c['verdict']}</td>"
+        f"<td>{html.escape(Check(c['verdict'], tuple(c['reasons']), c['values']).summary())}</td></tr>" for c in checks)
+    outcome = html.escape(str(end.get("outcome", "in progress")))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Rollout {html.escape(rollout.rollout_id)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd;font-size:13px}}
+.pass{{color:#2b8a3e}} .fail{{color:#c92a2a}} .no_data{{color:#868e96}}</style></head><body>
+<h1>Rollout {html.escape(rollout.rollout_id)}</h1>
+<p>Version <b>{html.escape(rollout.version)}</b> against champion <b>{html.escape(rollout.champion)}</b>,
+steps {list(rollout.steps)} %, started {html.escape(rollout.started_at)}. Outcome: <b id="outcome">{outcome}</b>
+{html.escape('; '.join(end.get('reasons', [])))}</p>
+<p><span style="color:#d9480f">canary</span> and <span style="color:#1c7ed6">control</span>, one point per check.</p>
+{_plot("error rate (%)", checks, "error_rate", 100.0, "%")}
+{_plot("p99 latency (ms)", checks, "p99_ms", 1.0, " ms")}
+{_plot("online accuracy", checks, "accuracy")}
+{_plot("requests per window", checks, "requests")}
+<h2>Checks</h2><table><tr><th>at</th><th>step</th><th>canary</th><th>verdict</th><th>values</th></tr>{rows}</table>
+</body></html>
+"""
