@@ -13,12 +13,22 @@ Dataproc batch and the lake bucket's lifecycle rules read too.)
 Publishing copies the staged files into a folder named by their content digest, then writes the
 manifest to a temporary name and moves it over ``_SUCCESS`` (a rename on a local disk, a single
 object write on GCS). A reader sees either the old manifest or the new one, never a mix; a job killed
-at any point leaves the visible partition as it was. Publishing the same content twice gives the
-same folder and the same manifest body, so a retried or backfilled task never duplicates rows.
+at any point leaves the visible partition as it was (tests/unit/data/test_lake_faults.py SIGKILLs a
+publisher at every step of a publish). Publishing the same content twice gives the same folder and the
+same manifest body, so a retried or backfilled task never duplicates rows.
+
+Integrity: every file entry of a manifest carries the file's CRC32C in the form GCS keeps for every
+object (base64 of the big-endian value), computed while publishing. On ``gs://`` a file is verified
+against the CRC32C that GCS reports for the stored object (no download); on ``file://`` it is computed
+over the bytes. :meth:`Lake.files` with ``verify`` refuses a file whose size or checksum differs (the
+quality gate then quarantines the partition); :meth:`Lake.read_table` checks the bytes it parses and,
+on a mismatch, withdraws the partition to quarantine before it refuses. Manifests written before
+CRC32C (version 1) still read: their files are verified by the sha256 every manifest has recorded.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -29,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import google_crc32c
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -39,10 +50,12 @@ from tenfold.data.partition import Partition, month_range
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
-__all__ = ["Lake", "Manifest", "Partition", "month_range", "schema_hash"]
+__all__ = ["CorruptFileError", "Lake", "Manifest", "Partition", "crc32c_of", "month_range", "schema_hash"]
 
 MANIFEST = "_SUCCESS"
-MANIFEST_VERSION = 1
+# 2: file entries carry crc32c. Version 1 manifests (sha256 only) are still read.
+MANIFEST_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class LakeError(RuntimeError):
@@ -57,18 +70,42 @@ class CorruptManifestError(LakeError):
     """A manifest exists but cannot be read, or does not match the files it lists."""
 
 
+class CorruptFileError(CorruptManifestError):
+    """A data file is missing, or its size or content checksum differs from what its manifest recorded."""
+
+
 def schema_hash(schema: pa.Schema) -> str:
     """A stable digest of column names and types (not metadata), for readers to check."""
     canon = ";".join(f"{f.name}:{f.type}:{int(f.nullable)}" for f in schema)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def crc32c_of(data: bytes) -> str:
+    """CRC32C as GCS reports it for an object: base64 of the 4-byte big-endian value."""
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+
+
 @dataclass(frozen=True)
 class FileEntry:
+    """One data file of a partition.
+
+    ``crc32c`` is GCS's form of the file's CRC32C (:func:`crc32c_of`); ``None`` in a manifest written
+    before version 2, whose files are then verified by ``sha256``.
+    """
+
     name: str
     rows: int
     bytes: int
     sha256: str
+    crc32c: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # Without a crc32c key when there is none, so a version 1 manifest's content (and every digest
+        # over it, e.g. the training holdout's) is unchanged by reading it with this code.
+        body: dict[str, Any] = {"name": self.name, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        if self.crc32c is not None:
+            body["crc32c"] = self.crc32c
+        return body
 
 
 @dataclass(frozen=True)
@@ -91,7 +128,7 @@ class Manifest:
             "data_dir": self.data_dir,
             "rows": self.rows,
             "schema_hash": self.schema_hash,
-            "files": [f.__dict__ for f in self.files],
+            "files": [f.to_dict() for f in self.files],
             "run_id": self.run_id,
             "created_at": self.created_at,
             "extra": self.extra,
@@ -102,8 +139,9 @@ class Manifest:
     def from_json(cls, text: str, where: str) -> Manifest:
         try:
             body = json.loads(text)
-            if body.get("version") != MANIFEST_VERSION:
-                raise ValueError(f"unsupported manifest version {body.get('version')!r}")
+            if body.get("version") not in _READABLE_VERSIONS:
+                raise ValueError(f"unsupported manifest version {body.get('version')!r} (this code reads "
+                                 f"{', '.join(map(str, _READABLE_VERSIONS))}; upgrade tenfold)")
             return cls(
                 table=body["table"],
                 partition=Partition(**body["partition"]),
@@ -121,32 +159,54 @@ class Manifest:
     @property
     def content(self) -> dict[str, Any]:
         """What two publishes of the same data agree on (no run id or timestamp)."""
-        return {"rows": self.rows, "schema_hash": self.schema_hash, "files": [f.__dict__ for f in self.files]}
+        return {"rows": self.rows, "schema_hash": self.schema_hash, "files": [f.to_dict() for f in self.files]}
 
 
-def _sha256(fs: pafs.FileSystem, path: str) -> str:
-    digest = hashlib.sha256()
+def _digests(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
+    """(sha256 hex, crc32c) of a file, in one pass over its bytes."""
+    sha, crc = hashlib.sha256(), google_crc32c.Checksum()  # type: ignore[no-untyped-call]
     with fs.open_input_stream(path) as stream:
         while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            crc.update(chunk)
+    return sha.hexdigest(), base64.b64encode(crc.digest()).decode()
 
 
 class Lake:
     """Tables of Parquet partitions under one root URI, published atomically with manifests."""
 
-    def __init__(self, uri: str, layout: LakeLayout = LakeLayout()) -> None:  # noqa: B008 (frozen, shared default)
+    def __init__(
+        self,
+        uri: str,
+        layout: LakeLayout = LakeLayout(),  # noqa: B008 (frozen, shared default)
+        *,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> None:
+        """``filesystem`` replaces the one the URI implies (a ``gs://`` lake on the GCS emulator)."""
         self.uri = uri.rstrip("/")
         self.layout = layout
         parsed = urlparse(self.uri)
         if parsed.scheme not in ("file", "gs", ""):
             raise LakeError(f"lake URI {uri!r}: use file:// or gs://")
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
+        if filesystem is not None:
+            self.fs, self.root = filesystem, self._path(self.uri)
+        else:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
+        self._gcs = self.fs.type_name == "gcs"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
-        """The lake of an environment (its URI and layout come from settings)."""
-        return cls(settings.storage.lake_uri, settings.storage.lake_layout)
+        """The lake of an environment (its URI and layout come from settings).
+
+        A ``gs://`` lake with ``settings.storage.emulator_host`` set talks to that emulator anonymously
+        (pyarrow's default GCS client would look for cloud credentials).
+        """
+        uri, emulator = settings.storage.lake_uri, settings.storage.emulator_host
+        filesystem = None
+        if uri.startswith("gs://") and emulator:
+            scheme, _, host = emulator.partition("://")
+            filesystem = pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=host)
+        return cls(uri, settings.storage.lake_layout, filesystem=filesystem)
 
     # --- layout -------------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -204,32 +264,108 @@ class Lake:
         return sorted(found)
 
     def files(self, table: str, part: Partition, *, verify: bool = False) -> list[str]:
-        """The data files a partition's manifest lists, as filesystem paths; ``verify`` checks sizes."""
+        """The data files a partition's manifest lists, as filesystem paths.
+
+        ``verify`` checks each file's size and content checksum against the manifest (CRC32C: GCS's own
+        value for the stored object on ``gs://``, computed over the bytes on ``file://``) and raises
+        :class:`CorruptFileError` naming the file; it moves nothing (the quality gate, which owns the
+        alert, quarantines the partition).
+        """
         manifest = self.read_manifest(table, part)
-        base = self._join(table, part.path, manifest.data_dir)
-        paths = [posixpath.join(base, f.name) for f in manifest.files]
+        paths = self._data_paths(table, part, manifest)
         if verify:
             for entry, path in zip(manifest.files, paths, strict=True):
                 info = self.fs.get_file_info(path)
                 if info.type != pafs.FileType.File or info.size != entry.bytes:
-                    raise CorruptManifestError(
-                        f"{table} {part.label}: {self.uri_of(path)} is missing or has the wrong size; re-publish"
+                    what = (
+                        f"is missing (its manifest lists it with {entry.bytes} bytes: removed after it was published)"
+                        if info.type != pafs.FileType.File else
+                        f"has {info.size} bytes, its manifest says {entry.bytes} (wrong size: truncated or replaced "
+                        "after it was published)"
                     )
+                    raise CorruptFileError(
+                        f"{table} partition {part.label}: {self.uri_of(path)} {what}; re-publish the partition by "
+                        f"re-running the pipeline that builds {table} for {part.label}"
+                    )
+                kind, expected = ("CRC32C", entry.crc32c) if entry.crc32c is not None else ("sha256", entry.sha256)
+                actual = self.stored_crc32c(path) if entry.crc32c is not None else _digests(self.fs, path)[0]
+                if actual != expected:
+                    raise CorruptFileError(self._mismatch(table, part, path, kind, actual, expected, size=entry.bytes,
+                                                          expected_size=entry.bytes))
         return paths
 
+    def stored_crc32c(self, path: str) -> str:
+        """A file's CRC32C as stored: the value GCS keeps for the object on ``gs://`` (no download), else
+        computed over the file's bytes."""
+        if self._gcs:
+            with self.fs.open_input_file(path) as f:
+                value = f.metadata().get(b"crc32c")
+            if value:
+                return bytes(value).decode()
+        return _digests(self.fs, path)[1]
+
     def read_table(self, table: str, parts: Iterable[Partition], columns: list[str] | None = None) -> pa.Table:
-        """Read published partitions only (each must have a manifest), checking the schema hash."""
+        """Read published partitions only (each must have a manifest), checking the schema hash.
+
+        Every file's bytes are checked against the manifest's checksum before they are parsed; a file that
+        differs is refused with :class:`CorruptFileError` after its partition is withdrawn to quarantine
+        (:meth:`withdraw`), so no reader sees it again and the pipeline that builds the month rebuilds it.
+        """
         tables = []
         for part in parts:
             manifest = self.read_manifest(table, part)
-            for path in self.files(table, part):
-                t = pq.read_table(path, filesystem=self.fs, columns=columns)
-                tables.append(t)
+            for entry, path in zip(manifest.files, self._data_paths(table, part, manifest), strict=True):
+                data = self._read_verified(table, part, manifest, entry, path)
+                tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
             if columns is None and tables and schema_hash(tables[-1].schema) != manifest.schema_hash:
                 raise CorruptManifestError(f"{table} {part.label}: data schema does not match its manifest")
         if not tables:
             raise MissingManifestError(f"no published partitions of {table} were asked for")
         return pa.concat_tables(tables, promote_options="default")
+
+    def _data_paths(self, table: str, part: Partition, manifest: Manifest) -> list[str]:
+        base = self._join(table, part.path, manifest.data_dir)
+        return [posixpath.join(base, f.name) for f in manifest.files]
+
+    def _read_verified(self, table: str, part: Partition, manifest: Manifest, entry: FileEntry, path: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                data = bytes(stream.read())
+        except FileNotFoundError as exc:
+            raise CorruptFileError(
+                f"{table} partition {part.label}: {self.uri_of(path)}, listed by its manifest, is missing; re-publish "
+                f"the partition by re-running the pipeline that builds {table} for {part.label}"
+            ) from exc
+        if entry.crc32c is not None:
+            kind, expected, actual = "CRC32C", entry.crc32c, crc32c_of(data)
+        else:  # a version 1 manifest
+            kind, expected, actual = "sha256", entry.sha256, hashlib.sha256(data).hexdigest()
+        if actual == expected and len(data) == entry.bytes:
+            return data
+        if self._gcs and entry.crc32c is not None and self.stored_crc32c(path) == entry.crc32c:
+            # The stored object is intact; only this download was damaged. Nothing to quarantine.
+            raise LakeError(f"{table} partition {part.label}: the download of {self.uri_of(path)} was damaged in "
+                            "transit (its stored CRC32C matches the manifest); retry the read")
+        what = self._mismatch(table, part, path, kind, actual, expected, size=len(data), expected_size=entry.bytes)
+        reason = {"reason": "checksum mismatch", "table": table, "partition": part.label, "file": self.uri_of(path),
+                  "check": kind, "expected": expected, "actual": actual, "bytes": len(data),
+                  "expected_bytes": entry.bytes}
+        try:
+            where = self.withdraw(table, part, f"corrupt-{uuid.uuid4().hex[:12]}", reason, data_dir=manifest.data_dir)
+        except (OSError, pa.ArrowException) as exc:  # e.g. a reader allowed to read but not to move objects
+            raise CorruptFileError(
+                f"{what}; quarantining it failed ({exc}): delete {self.uri_of(self.manifest_path(table, part))} if it "
+                "is still there, so that no reader uses the partition until it is re-published") from exc
+        if where is None:  # republished while we read: the file we read is no longer the partition's
+            raise CorruptFileError(f"{what}; the partition was republished meanwhile: read it again")
+        raise CorruptFileError(f"{what}; the partition is withdrawn (its manifest and data moved to {where})")
+
+    def _mismatch(self, table: str, part: Partition, path: str, kind: str, actual: str, expected: str,
+                  *, size: int, expected_size: int) -> str:
+        sizes = "the same size as published" if size == expected_size else f"{size} bytes, published as {expected_size}"
+        return (f"{table} partition {part.label}: {self.uri_of(path)} is corrupt: its {kind} is {actual}, its manifest "
+                f"says {expected} ({sizes}: its content changed after it was published); re-publish the partition "
+                f"by re-running the pipeline that builds {table} for {part.label}")
 
     # --- writing ------------------------------------------------------------------------------------
     def _write_atomic(self, path: str, data: bytes) -> None:
@@ -252,6 +388,8 @@ class Lake:
 
         Idempotent: the same files give the same data folder and the same manifest content; when the
         visible partition already holds exactly these files (and ``extra``), nothing is written at all.
+        Order is what makes it atomic: every data file lands whole (and verified) in a new folder first,
+        the manifest is replaced last, and only then are older folders removed.
         """
         staged = self._path(staged_dir)
         infos = sorted(
@@ -265,25 +403,18 @@ class Lake:
         for n, info in enumerate(infos):
             meta = pq.read_metadata(info.path, filesystem=self.fs)
             schemas.add(schema_hash(meta.schema.to_arrow_schema()))
-            entries.append(FileEntry(f"part-{n:05d}.parquet", meta.num_rows, info.size, _sha256(self.fs, info.path)))
+            sha, crc = _digests(self.fs, info.path)
+            entries.append(FileEntry(f"part-{n:05d}.parquet", meta.num_rows, info.size, sha, crc))
         if len(schemas) != 1:
             raise LakeError(f"{self.uri_of(staged)}: files disagree on the schema; refusing to publish a mix")
-        digest = hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()[:16]
-        data_dir = f"data-{digest}"
+        data_dir = self._data_dir_name(table, part, entries)
         current = self._current_manifest(table, part)
         if current is not None and current.data_dir == data_dir and current.files == tuple(entries) \
                 and current.extra == (extra or {}):
             return current  # same content already visible: leave the manifest (and its run id) as it is
         target = self._join(table, part.path, data_dir)
         for entry, info in zip(entries, infos, strict=True):
-            dest = posixpath.join(target, entry.name)
-            existing = self.fs.get_file_info(dest)
-            if existing.type == pafs.FileType.File and existing.size == entry.bytes:
-                continue  # a retry after a partial publish: this file already landed whole
-            self.fs.create_dir(target, recursive=True)
-            tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
-            self.fs.copy_file(info.path, tmp)
-            self.fs.move(tmp, dest)
+            self._land(info.path, posixpath.join(target, entry.name), entry)
         manifest = Manifest(
             table=table,
             partition=part,
@@ -295,9 +426,31 @@ class Lake:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             extra=extra or {},
         )
-        self._write_atomic(self.manifest_path(table, part), manifest.to_json().encode())
+        self._commit(manifest)
         self._collect_garbage(table, part, keep=data_dir)
         return manifest
+
+    def _data_dir_name(self, table: str, part: Partition, entries: list[FileEntry]) -> str:
+        """The data folder is named by its content, so new data never lands in the folder readers use."""
+        return f"data-{hashlib.sha256(''.join(e.sha256 for e in entries).encode()).hexdigest()[:16]}"
+
+    def _land(self, source: str, dest: str, entry: FileEntry) -> None:
+        """Copy one data file to its final name through a temporary one, and check what was stored."""
+        existing = self.fs.get_file_info(dest)
+        if existing.type == pafs.FileType.File and existing.size == entry.bytes \
+                and self.stored_crc32c(dest) == entry.crc32c:
+            return  # a retry after a partial publish: this file already landed whole
+        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.copy_file(source, tmp)
+        self.fs.move(tmp, dest)
+        if (stored := self.stored_crc32c(dest)) != entry.crc32c:
+            raise LakeError(f"{self.uri_of(dest)}: stored CRC32C {stored} differs from the staged file's "
+                            f"{entry.crc32c} (the copy was damaged); nothing was published: retry the task")
+
+    def _commit(self, manifest: Manifest) -> None:
+        """Replace the partition's manifest: the single step that makes the new data visible."""
+        self._write_atomic(self.manifest_path(manifest.table, manifest.partition), manifest.to_json().encode())
 
     def _current_manifest(self, table: str, part: Partition) -> Manifest | None:
         try:
@@ -308,11 +461,44 @@ class Lake:
         return manifest
 
     def _collect_garbage(self, table: str, part: Partition, keep: str) -> None:
-        """Remove data folders of earlier publishes; only the manifest's folder is ever read."""
+        """Remove data folders of earlier publishes, and temporary files a killed publish left behind;
+        only the manifest's folder is ever read."""
         selector = pafs.FileSelector(self.partition_path(table, part), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("data-") and info.base_name != keep:
-                self.fs.delete_dir(info.path)
+                self._delete_tree(info.path)
+            elif info.type == pafs.FileType.File and info.base_name.startswith(f"{MANIFEST}.tmp-"):
+                self.fs.delete_file(info.path)
+        kept = pafs.FileSelector(self._join(table, part.path, keep), allow_not_found=True)
+        for info in self.fs.get_file_info(kept):
+            if info.type == pafs.FileType.File and ".tmp-" in info.base_name:
+                self.fs.delete_file(info.path)
+
+    def withdraw(
+        self, table: str, part: Partition, key: str, reason: dict[str, Any], *, data_dir: str | None = None
+    ) -> str | None:
+        """Unpublish a partition: remove its manifest, then move its data folder to quarantine under ``key``.
+
+        The manifest goes first, so from that instant no reader sees the data; what it said is kept in the
+        quarantine reason. With ``data_dir``, only a manifest that still names that folder is withdrawn
+        (``None`` is returned when a publish replaced it meanwhile). Returns the quarantine URI.
+        """
+        path = self.manifest_path(table, part)
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                text = stream.read().decode(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        if data_dir is not None:
+            try:
+                if Manifest.from_json(text, self.uri_of(path)).data_dir != data_dir:
+                    return None
+            except CorruptManifestError:
+                return None
+        if text:
+            self.fs.delete_file(path)
+        source = self._join(table, part.path, data_dir) if data_dir else self.partition_path(table, part) + "/.none"
+        return self.quarantine(table, part, source, key, {**reason, "manifest": text})
 
     def quarantine(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any]) -> str:
         """Move a staged batch aside with the reason it was refused; returns the quarantine URI."""
@@ -320,16 +506,37 @@ class Lake:
         dest = self.quarantine_path(table, part, attempt)
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
-            self.fs.move(staged, dest)
+            self._move_tree(staged, dest)
         self._write_atomic(posixpath.join(dest, "_QUARANTINED.json"), json.dumps(reason, indent=2, default=str).encode())
         return self.uri_of(dest)
+
+    def _move_tree(self, source: str, dest: str) -> None:
+        if not self._gcs:
+            self.fs.move(source, dest)
+            return
+        # GCS has no folders to rename (pyarrow refuses to move one): move each object under the prefix.
+        for info in self.fs.get_file_info(pafs.FileSelector(source, recursive=True)):
+            if info.type == pafs.FileType.File:
+                self.fs.move(info.path, posixpath.join(dest, posixpath.relpath(info.path, source)))
+
+    def _delete_tree(self, path: str) -> None:
+        if not self._gcs:
+            self.fs.delete_dir(path)
+            return
+        # A GCS "folder" is a name prefix, usually without a marker object for pyarrow's delete_dir to remove.
+        self.fs.delete_dir_contents(path, missing_dir_ok=True)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
 
     def discard(self, staged_dir: str) -> None:
         path = self._path(staged_dir)
         if self.fs.get_file_info(path).type == pafs.FileType.Directory:
-            self.fs.delete_dir(path)
+            self._delete_tree(path)
 
     def _path(self, path_or_uri: str) -> str:
+        if path_or_uri.startswith("gs://"):
+            # Parsed by hand: pyarrow's from_uri would build a GCS client (and look for credentials) just to do it.
+            return path_or_uri[len("gs://"):].rstrip("/")
         if "://" in path_or_uri:
             _, path = pafs.FileSystem.from_uri(path_or_uri)
             return path

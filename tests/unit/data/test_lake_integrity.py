@@ -1,0 +1,173 @@
+"""Lake files are verified by content (CRC32C, GCS's own form), not by size: a same-size corruption is refused,
+named, and quarantined, on a ``file://`` lake and on a ``gs://`` lake on the GCS emulator."""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import (
+    CorruptFileError,
+    CorruptManifestError,
+    Lake,
+    MissingManifestError,
+    Partition,
+    crc32c_of,
+)
+
+PART = Partition(2013, 5)
+TABLE = "events"
+# An uncompressed, plainly encoded int64 column: the corruption below changes one value in place and
+# the file still parses, so neither a size check nor a Parquet reader can notice it.
+VALUES = [1_000_000 + i for i in range(500)]
+TARGET, REPLACEMENT = struct.pack("<q", 1_000_250), struct.pack("<q", 7_777_777)
+
+
+def _table(shift: int = 0) -> pa.Table:
+    return pa.table({"id": pa.array([v + shift for v in VALUES], pa.int64())})
+
+
+def _publish(lake: Lake, table: pa.Table, run_id: str = "r1") -> None:
+    staged = lake.staging_path(TABLE, PART)
+    lake.fs.create_dir(staged, recursive=True)
+    with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+        pq.write_table(table, out, compression="none", use_dictionary=False)
+    lake.publish(TABLE, PART, lake.uri_of(staged), run_id=run_id)
+    lake.discard(staged)
+
+
+def _corrupted(data: bytes) -> bytes:
+    assert data.count(TARGET) == 1, "the value to corrupt is not stored plainly once"
+    bad = data.replace(TARGET, REPLACEMENT)
+    assert len(bad) == len(data)
+    return bad
+
+
+def _read_bytes(lake: Lake, path: str) -> bytes:
+    with lake.fs.open_input_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def _overwrite(lake: Lake, path: str, data: bytes) -> None:
+    with lake.fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def _check_refused_and_quarantined(lake: Lake, corrupt: Callable[[str, bytes], None]) -> None:
+    """Publish, corrupt the data file with ``corrupt(path, bytes)`` (same size), and check every refusal."""
+    _publish(lake, _table())
+    manifest = lake.read_manifest(TABLE, PART)
+    (path,) = lake.files(TABLE, PART)
+    (entry,) = manifest.files
+    good = _read_bytes(lake, path)
+    assert entry.crc32c == crc32c_of(good) == lake.stored_crc32c(path)
+
+    corrupt(path, _corrupted(good))
+    assert lake.fs.get_file_info(path).size == entry.bytes  # a size check alone passes
+    damaged = pq.read_table(pa.BufferReader(_read_bytes(lake, path)))  # and Parquet parses it: only the checksum can tell
+    assert damaged.column("id").to_pylist() != VALUES
+
+    # files(verify=True) refuses, naming the file, the table, the partition, the check and what to do; it moves nothing.
+    with pytest.raises(CorruptFileError) as refused:
+        lake.files(TABLE, PART, verify=True)
+    message = str(refused.value)
+    file_uri = lake.uri_of(path)
+    for needed in (file_uri, f"{TABLE} partition {PART.label}", "CRC32C", entry.crc32c, "the same size as published",
+                   f"re-running the pipeline that builds {TABLE} for {PART.label}"):
+        assert needed in message, f"{needed!r} missing from: {message}"
+    assert lake.has_manifest(TABLE, PART)
+
+    # read_table refuses too, and withdraws the partition: manifest gone, data and reason in quarantine.
+    with pytest.raises(CorruptFileError, match="the partition is withdrawn") as refused:
+        lake.read_table(TABLE, [PART])
+    assert file_uri in str(refused.value)
+    assert not lake.has_manifest(TABLE, PART)
+    with pytest.raises(MissingManifestError):
+        lake.read_table(TABLE, [PART])
+    quarantined = str(refused.value).rsplit("moved to ", 1)[1].rstrip(")")
+    qpath = lake._path(quarantined)
+    with lake.fs.open_input_stream(f"{qpath}/_QUARANTINED.json") as stream:
+        reason = json.loads(stream.read())
+    assert reason["file"] == file_uri and reason["check"] == "CRC32C" and reason["expected"] == entry.crc32c
+    assert json.loads(reason["manifest"])["run_id"] == "r1"
+    assert _read_bytes(lake, f"{qpath}/part-00000.parquet") == _corrupted(good)  # kept for triage
+
+    # Re-publishing the same content heals the partition.
+    _publish(lake, _table(), run_id="r2")
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
+
+
+def test_a_same_size_corruption_on_a_file_lake_is_refused_named_and_quarantined(lake: Lake) -> None:
+    _check_refused_and_quarantined(lake, lambda path, bad: _overwrite(lake, path, bad))
+
+
+@pytest.mark.integration
+def test_a_same_size_corruption_on_a_gcs_lake_is_caught_by_the_crc32c_gcs_keeps(
+    make_settings: Callable[..., Settings], local_settings: Settings
+) -> None:
+    from tenfold.storage import gcs_client
+
+    bucket_name = local_settings.storage.lake_bucket
+    settings = make_settings(on=local_settings, storage={"lake_uri": f"gs://{bucket_name}/lake-{uuid.uuid4().hex[:8]}"})
+    lake = Lake.from_settings(settings)
+    bucket = gcs_client(settings).bucket(bucket_name)
+
+    def corrupt(path: str, bad: bytes) -> None:
+        name = path.split("/", 1)[1]
+        before = bucket.get_blob(name)
+        # fake-gcs-server keeps a CRC32C per object, as GCS does, and it is the one the manifest recorded.
+        assert before.crc32c == lake.read_manifest(TABLE, PART).files[0].crc32c
+        bucket.blob(name).upload_from_string(bad)  # replaced with a same-size object: GCS computes its new CRC32C
+        assert bucket.get_blob(name).crc32c == crc32c_of(bad) != before.crc32c
+
+    _check_refused_and_quarantined(lake, corrupt)
+
+
+def test_a_republish_replaces_a_same_size_corrupted_file_instead_of_keeping_it(lake: Lake) -> None:
+    # A retry after a partial publish keeps the files that already landed whole: "whole" must mean the
+    # right content, not the right size.
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    _overwrite(lake, path, _corrupted(_read_bytes(lake, path)))
+    _publish(lake, _table(), run_id="retry")
+    assert lake.files(TABLE, PART, verify=True) == [path]
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
+
+
+def test_a_manifest_from_before_crc32c_still_reads_and_is_verified_by_its_sha256(lake: Lake) -> None:
+    _publish(lake, _table())
+    path = lake.manifest_path(TABLE, PART)
+    body = json.loads(_read_bytes(lake, path))
+    body["version"] = 1
+    for f in body["files"]:
+        del f["crc32c"]
+    _overwrite(lake, path, json.dumps(body).encode())  # exactly what version 1 wrote
+
+    old = lake.read_manifest(TABLE, PART)
+    assert old.files[0].crc32c is None and "crc32c" not in old.content["files"][0]
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
+    (data,) = lake.files(TABLE, PART, verify=True)
+
+    _overwrite(lake, data, _corrupted(_read_bytes(lake, data)))
+    with pytest.raises(CorruptFileError, match=r"its sha256 is .*\(the same size as published"):
+        lake.files(TABLE, PART, verify=True)
+    with pytest.raises(CorruptFileError, match="the partition is withdrawn"):
+        lake.read_table(TABLE, [PART])
+    # Re-publishing writes a current manifest, with CRC32C.
+    _publish(lake, _table(), run_id="r2")
+    assert lake.read_manifest(TABLE, PART).files[0].crc32c is not None
+
+
+def test_a_manifest_of_a_newer_version_is_refused_naming_the_fix(lake: Lake) -> None:
+    _publish(lake, _table())
+    path = lake.manifest_path(TABLE, PART)
+    _overwrite(lake, path, _read_bytes(lake, path).replace(b'"version": 2', b'"version": 3'))
+    with pytest.raises(CorruptManifestError, match=r"unsupported manifest version 3 .*upgrade tenfold"):
+        lake.read_manifest(TABLE, PART)
