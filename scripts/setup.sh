@@ -11,7 +11,9 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Install python3.11 or set PYTHON=/path/to/python3.11."
 
 # --- system packages: installed with apt only where missing -----------------------------------
-APT_PACKAGES=(haproxy)
+# chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
+# download is never used (nothing downloads at test time).
+APT_PACKAGES=(haproxy chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -70,12 +72,14 @@ if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/c
 fi
 # The CDK Terrain / CDKTF CLIs (`cdktn synth`, `cdktf synth` on infra/), pinned by package-lock.json.
 # cdktn-cli needs Node >= 22.19: where the system Node is older, a pinned Node 22 from npm serves it.
-npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME when its lock changed
+npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME when its lock (or .npmrc) changed
   local src=requirements/npm/$1 dst=.tools/$1
-  local want; want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+  local files=("$src/package.json" "$src/package-lock.json")
+  [ -f "$src/.npmrc" ] && files+=("$src/.npmrc")
+  local want; want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
   [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && return 0
   say "installing $1 (npm) into $dst"
-  mkdir -p "$dst" && cp "$src/package.json" "$src/package-lock.json" "$dst/"
+  mkdir -p "$dst" && cp "${files[@]}" "$dst/"
   npm ci --prefix "$dst" --no-audit --no-fund --loglevel=error >/dev/null \
     || die "npm could not install $src (is the npm registry reachable?)"
   echo "$want" > "$dst/.stamp"
@@ -83,4 +87,7 @@ npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME wh
 npm_tool cdk
 node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
 [ "$node_major" -lt 22 ] && npm_tool node22
+# Data Docs offline: the bootstrap, jQuery, bootstrap-table, font-awesome and vega files GX's pages load from
+# CDNs, at the versions its templates name; tenfold.quality.datadocs copies them into every Data Docs site.
+npm_tool datadocs-assets
 say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

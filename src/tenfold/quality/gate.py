@@ -190,17 +190,35 @@ def data_docs_location(settings: Settings) -> str:
     return f"gs://{settings.storage.artifacts_bucket}/{prefix}"
 
 
-def _docs_site(settings: Settings) -> dict[str, Any]:
+RESULTS_FOLDER = "_validation_results"  # beside the pages: the results the site's index is built from
+
+
+def _backend(settings: Settings, folder: str | None = None) -> dict[str, Any]:
+    """A GX store backend on the Data Docs location, or on ``folder`` inside it."""
     if settings.is_local:
-        backend: dict[str, Any] = {"class_name": "TupleFilesystemStoreBackend", "base_directory": data_docs_location(settings)}
-    else:
-        backend = {
-            "class_name": "TupleGCSStoreBackend",
-            "project": settings.project_id,
-            "bucket": settings.storage.artifacts_bucket,
-            "prefix": settings.monitoring.data_docs_prefix,
-        }
-    return {"class_name": "SiteBuilder", "store_backend": backend, "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
+        base = data_docs_location(settings)
+        return {"class_name": "TupleFilesystemStoreBackend", "base_directory": f"{base}/{folder}" if folder else base}
+    prefix = settings.monitoring.data_docs_prefix
+    return {
+        "class_name": "TupleGCSStoreBackend",
+        "project": settings.project_id,
+        "bucket": settings.storage.artifacts_bucket,
+        "prefix": f"{prefix}/{folder}" if folder else prefix,
+    }
+
+
+def _docs_site(settings: Settings) -> dict[str, Any]:
+    # tenfold.quality.datadocs: the index lists every validation of the site, and locally the pages load their
+    # scripts and styles from the site itself, so they work offline (in the cloud they keep GX's CDN URLs).
+    from tenfold.quality.datadocs import vendor_assets_dir
+
+    return {
+        "module_name": "tenfold.quality.datadocs",
+        "class_name": "OfflineSiteBuilder",
+        "store_backend": _backend(settings),
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "vendor_assets": str(vendor_assets_dir()) if settings.is_local else None,
+    }
 
 
 def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
@@ -213,9 +231,14 @@ def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
         ProgressBarsConfig,
     )
 
+    # In-memory stores; the only docs site is ours (the default one writes to a temp folder nobody reads).
+    stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    if docs:
+        # The site's index is built from the results store: kept beside the pages, every earlier validation
+        # stays listed (an in-memory store would list this one alone).
+        stores.stores[stores.validation_results_store_name]["store_backend"] = _backend(settings, RESULTS_FOLDER)
     config = DataContextConfig(
-        # In-memory stores; the only docs site is ours (the default one writes to a temp folder nobody reads).
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        store_backend_defaults=stores,
         data_docs_sites={DOCS_SITE: _docs_site(settings)} if docs else {},
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),

@@ -1,0 +1,257 @@
+"""Data Docs that keep every validation and work offline.
+
+Great Expectations 1.24's Data Docs pages load bootstrap, jQuery, popper.js, bootstrap-table,
+bootstrap-datepicker, bootstrap-dark, font-awesome and vega from public CDNs, and the GX logo from S3. On a
+machine without internet the index lists no validation at all (bootstrap-table fills its table with
+JavaScript) and every page is unstyled. :class:`OfflineSiteBuilder`, the site builder the gate configures
+(:func:`tenfold.quality.gate.data_docs_site`), fixes that for any GX store backend:
+
+* every page is written with those URLs pointing at ``static/vendor/<package>@<version>/...`` inside the site
+  (relative to the page, so the folder works as ``file://`` and when copied anywhere), and the vendor files
+  are copied into the site once (a stamp records the set);
+* the files come from the npm registry at the exact versions GX's templates name: ``make setup`` installs
+  ``requirements/npm/datadocs-assets`` into ``.tools/datadocs-assets`` (:func:`vendor_assets_dir`). The two
+  files GX pins with Subresource Integrity hashes are byte-identical to the CDN's (a unit test checks the
+  hashes), so the ``integrity``/``crossorigin`` attributes, which a ``file://`` page cannot satisfy, are dropped;
+* its index lists every validation page of the site, not only those of the running context: GX's default
+  build removes the pages whose results its own stores do not hold, and the gate's context is ephemeral, so
+  each validation used to delete every earlier one, including the refusal a quarantine message points to.
+  The gate keeps the validation results in a store beside the pages (``_validation_results/``) for that.
+
+Without the vendor files (``make setup`` not run) the pages keep the CDN URLs and a warning says so; in the
+cloud, where the site lives on GCS and is read over the internet, the gate leaves them as GX wrote them.
+
+Check a local site by hand: ``tenfold quality docs`` prints where it is; open its ``index.html`` offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from great_expectations.data_context.store.html_site_store import HtmlSiteStore
+from great_expectations.render.renderer.site_builder import SiteBuilder
+
+from tenfold.config import project_root
+
+log = logging.getLogger(__name__)
+
+VENDOR_PREFIX = ("static", "vendor")  # site path of the vendor files, under the site root
+ASSETS_TOOL = "datadocs-assets"  # the npm project in requirements/npm/ and its install folder in .tools/
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file a GX template loads from a CDN, and where its npm package holds the same file."""
+
+    url: str  # exactly as GX's templates spell it
+    folder: str  # the package's folder under node_modules (an npm alias for a second version)
+    name: str  # the npm package name
+    version: str  # the version GX names (checked against the installed package.json)
+    path: str  # the file inside the package
+    siblings: tuple[str, ...] = ()  # folders the file loads relatively (font-awesome's ../webfonts)
+
+    @property
+    def site_folder(self) -> tuple[str, ...]:
+        """The package's folder in a Data Docs site (a scoped name is two folders, as in node_modules)."""
+        return (*VENDOR_PREFIX, *f"{self.name}@{self.version}".split("/"))
+
+    @property
+    def site_path(self) -> str:
+        """Where the file lives in a Data Docs site, relative to its root."""
+        return "/".join((*self.site_folder, self.path))
+
+
+_BT, _BT0 = "https://unpkg.com/bootstrap-table@1.19.1/dist/", "https://unpkg.com/bootstrap-table@1.19.0/dist/"
+_FILTER = "extensions/filter-control/bootstrap-table-filter-control"
+ASSETS: tuple[Asset, ...] = (
+    Asset("https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css", "bootstrap", "bootstrap", "4.3.1",
+          "dist/css/bootstrap.min.css"),
+    Asset("https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js", "bootstrap", "bootstrap", "4.3.1",
+          "dist/js/bootstrap.min.js"),
+    Asset("https://code.jquery.com/jquery-3.7.1.min.js", "jquery", "jquery", "3.7.1", "dist/jquery.min.js"),
+    Asset("https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js", "popper.js", "popper.js", "1.12.9",
+          "dist/umd/popper.min.js"),
+    Asset(_BT + "bootstrap-table.min.css", "bootstrap-table", "bootstrap-table", "1.19.1", "dist/bootstrap-table.min.css"),
+    Asset(_BT + "bootstrap-table.min.js", "bootstrap-table", "bootstrap-table", "1.19.1", "dist/bootstrap-table.min.js"),
+    Asset(_BT + _FILTER + ".min.js", "bootstrap-table", "bootstrap-table", "1.19.1", f"dist/{_FILTER}.min.js"),
+    # GX's pages name the filter-control styles of 1.19.0 beside the 1.19.1 scripts; an npm alias installs both.
+    Asset(_BT0 + _FILTER + ".css", "bootstrap-table-1.19.0", "bootstrap-table", "1.19.0", f"dist/{_FILTER}.css"),
+    Asset(_BT0 + _FILTER + ".min.css", "bootstrap-table-1.19.0", "bootstrap-table", "1.19.0", f"dist/{_FILTER}.min.css"),
+    Asset("https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css",
+          "bootstrap-datepicker", "bootstrap-datepicker", "1.9.0", "dist/css/bootstrap-datepicker.min.css"),
+    Asset("https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js",
+          "bootstrap-datepicker", "bootstrap-datepicker", "1.9.0", "dist/js/bootstrap-datepicker.min.js"),
+    Asset("https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css",
+          "@forevolve/bootstrap-dark", "@forevolve/bootstrap-dark", "1.1.0", "dist/css/bootstrap-prefers-dark.css"),
+    Asset("https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css", "@fortawesome/fontawesome-free",
+          "@fortawesome/fontawesome-free", "6.6.0", "css/all.min.css", siblings=("webfonts",)),
+    # GX names only the major versions of vega; the jsDelivr URL serves the package's "jsdelivr" file, and npm
+    # pins the newest release of that major (requirements/npm/datadocs-assets/package.json).
+    Asset("https://cdn.jsdelivr.net/npm/vega@5", "vega", "vega", "5.33.1", "build/vega.min.js"),
+    Asset("https://cdn.jsdelivr.net/npm/vega-lite@5", "vega-lite", "vega-lite", "5.23.0", "build/vega-lite.min.js"),
+    Asset("https://cdn.jsdelivr.net/npm/vega-embed@6", "vega-embed", "vega-embed", "6.29.0", "build/vega-embed.min.js"),
+)
+
+# GX's navbar logo and the dark-mode logo in its default styles come from S3; the site's own static/images
+# (copied by GX) has the logo, which serves both offline.
+GX_WEB_ASSETS = re.compile(r"https://great-expectations-web-assets\.s3\.us-east-2\.amazonaws\.com/"
+                           r"(?:logo-long|full_logo_dark)\.png(?:\?[^\"')\s]*)?")
+GX_LOGO = "static/images/logo-long.png"
+# GX's favicon link on a validation page climbs one folder too few; the site root is known here.
+_FAVICON = re.compile(r'href="(?:\.\./|\./)*static/images/favicon\.ico"')
+# Subresource Integrity cannot be checked on a file:// page (no CORS); the files are GX's pinned ones (see above).
+_SRI = re.compile(r"\s+(?:integrity=\"sha(?:256|384|512)-[A-Za-z0-9+/=]+\"|crossorigin=\"anonymous\")")
+# What a page loads (not what it links to): script/img src, stylesheet href, CSS url().
+_LOADED = re.compile(r"<(?:script|img)\b[^>]*?\ssrc=\"([^\"]+)\"|<link\b[^>]*?\shref=\"([^\"]+)\"|url\(['\"]?([^'\")]+)")
+
+
+def vendor_assets_dir(root: Path | None = None) -> Path:
+    """The ``node_modules`` folder ``make setup`` fills with the Data Docs vendor files."""
+    return (root or project_root()) / ".tools" / ASSETS_TOOL / "node_modules"
+
+
+def missing_assets(node_modules: Path) -> list[str]:
+    """What is absent or at another version in ``node_modules`` (empty when every asset is there)."""
+    problems = []
+    for folder in sorted({a.folder for a in ASSETS}):
+        wanted = next(a for a in ASSETS if a.folder == folder)
+        try:
+            found = json.loads((node_modules / folder / "package.json").read_text()).get("version")
+        except (OSError, ValueError):
+            problems.append(f"{wanted.name}@{wanted.version} (not installed)")
+            continue
+        if found != wanted.version:
+            problems.append(f"{wanted.name}@{wanted.version} (found {found})")
+    problems += [f"{a.name}@{a.version}/{a.path} (file missing)" for a in ASSETS
+                 if not problems and not (node_modules / a.folder / a.path).is_file()]
+    return problems
+
+
+def vendor_files(node_modules: Path) -> list[tuple[tuple[str, ...], Path]]:
+    """Every file to copy into a site: (site key under ``static/vendor``, source file), in a stable order."""
+    out: dict[tuple[str, ...], Path] = {}
+    for asset in ASSETS:
+        package = node_modules / asset.folder
+        sources = [package / asset.path]
+        for sibling in asset.siblings:
+            sources += sorted(p for p in (package / sibling).rglob("*") if p.is_file())
+        for src in sources:
+            out[(*asset.site_folder, *src.relative_to(package).parts)] = src
+    return sorted(out.items())
+
+
+def localize(html: str, to_root: str) -> str:
+    """``html`` with every known CDN URL replaced by the site's copy; ``to_root`` leads from the page to the site root."""
+    for asset in ASSETS:
+        # Quoted, so that vega@5 does not also match a longer URL that starts the same way.
+        html = html.replace(f'"{asset.url}"', f'"{to_root}{asset.site_path}"')
+    html = GX_WEB_ASSETS.sub(to_root + GX_LOGO, html)
+    html = _FAVICON.sub(f'href="{to_root or "./"}static/images/favicon.ico"', html)
+    return _SRI.sub("", html)
+
+
+def external_resources(html: str) -> list[str]:
+    """The http(s) and protocol-relative URLs that ``html`` loads (scripts, styles, images, CSS url()), in order."""
+    urls = [next(g for g in m.groups() if g) for m in _LOADED.finditer(html)]
+    return [u for u in urls if re.match(r"(?i)(https?:)?//", u)]
+
+
+class OfflineHtmlSiteStore(HtmlSiteStore):
+    """GX's HTML site store, writing pages with local asset URLs and the vendor files beside GX's own static files."""
+
+    def __init__(self, store_backend: dict[str, Any], runtime_environment: dict[str, Any] | None,
+                 node_modules: Path | None) -> None:
+        super().__init__(store_backend=store_backend, runtime_environment=runtime_environment)
+        self.node_modules = node_modules
+
+    def set(self, key: Any, serialized_value: Any) -> Any:
+        if self.node_modules is not None and isinstance(serialized_value, str):
+            backend = self.store_backends[type(key.resource_identifier)]
+            relative = backend._convert_key_to_filepath(key.resource_identifier.to_tuple()).replace("\\", "/")
+            serialized_value = self._localized(serialized_value, "../" * relative.count("/"), relative)
+        return super().set(key, serialized_value)
+
+    def write_index_page(self, page: Any) -> Any:
+        if self.node_modules is not None and isinstance(page, str):
+            page = self._localized(page, "", "index.html")
+        return super().write_index_page(page)
+
+    def copy_static_assets(self, static_assets_source_dir: str | None = None) -> Any:
+        result = super().copy_static_assets(static_assets_source_dir)
+        if static_assets_source_dir is None and self.node_modules is not None:  # the top call, not GX's recursion
+            self._copy_vendor_files(self.node_modules)
+        return result
+
+    def _localized(self, html: str, to_root: str, page: str) -> str:
+        out = localize(html, to_root)
+        if left := external_resources(out):
+            # A GX release that adds a CDN: the page still works online; ASSETS needs the new file.
+            log.warning("Data Docs page %s still loads %s from the internet; add it to tenfold.quality.datadocs.ASSETS "
+                        "(and requirements/npm/%s)", page, ", ".join(sorted(set(left))), ASSETS_TOOL)
+        return out
+
+    def _copy_vendor_files(self, node_modules: Path) -> None:
+        files = vendor_files(node_modules)
+        backend = self.store_backends["static_assets"]
+        # One stamp per set of files: a build checks one key instead of every file, and a copy cut short
+        # (no stamp yet) is redone whole.
+        digest = hashlib.sha256("\n".join("/".join(k) for k, _ in files).encode()).hexdigest()[:16]
+        stamp = (*VENDOR_PREFIX, f".complete-{digest}")
+        if backend.has_key(stamp):
+            return
+        for key, src in files:
+            backend.set(key, src.read_bytes(), content_type=_content_type(src.name))
+        backend.set(stamp, "\n".join("/".join(k) for k, _ in files), content_type="text/plain")
+
+
+def _content_type(name: str) -> str:
+    import mimetypes
+
+    kind, _ = mimetypes.guess_type(name, strict=False)
+    return kind or {".woff2": "font/woff2", ".ttf": "font/ttf"}.get(Path(name).suffix, "application/octet-stream")
+
+
+class OfflineSiteBuilder(SiteBuilder):
+    """GX's ``SiteBuilder`` whose pages load their assets from the site and whose index lists every page in it.
+
+    Configured as a Data Docs site with ``module_name: tenfold.quality.datadocs``, ``class_name:
+    OfflineSiteBuilder`` and, to serve the assets locally, ``vendor_assets: <node_modules folder>``
+    (absent or null: the pages keep GX's CDN URLs).
+    """
+
+    # GX hands a class the parts of its runtime environment that its __init__ names (site_name among them),
+    # so the signature repeats SiteBuilder's.
+    def __init__(self, data_context: Any, store_backend: dict[str, Any], site_name: str | None = None,
+                 site_index_builder: dict[str, Any] | None = None, show_how_to_buttons: bool = True,
+                 site_section_builders: dict[str, Any] | None = None,
+                 runtime_environment: dict[str, Any] | None = None, vendor_assets: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(data_context, store_backend, site_name=site_name, site_index_builder=site_index_builder,
+                         show_how_to_buttons=show_how_to_buttons, site_section_builders=site_section_builders,
+                         runtime_environment=runtime_environment, **kwargs)
+        node_modules = Path(vendor_assets) if vendor_assets else None
+        if node_modules is not None and (problems := missing_assets(node_modules)):
+            log.warning("Data Docs will load bootstrap, jQuery and font-awesome from public CDNs, so they need internet "
+                        "to display: %s missing from %s. Run `make setup` to install them.", ", ".join(problems),
+                        node_modules)
+            node_modules = None
+        # GX hands the store it made to each section and index builder; they all get the offline one instead.
+        store = OfflineHtmlSiteStore(store_backend, runtime_environment, node_modules)
+        self.target_store = store
+        for builder in (*self.site_section_builders.values(), self.site_index_builder):
+            builder.target_store = store
+
+    def build(self, resource_identifiers: Iterable[Any] | None = None, build_index: bool = True) -> tuple[Any, Any]:
+        # SiteBuilder.build, except that the index keeps the pages whose results this context does not hold.
+        for section in self.site_section_builders.values():
+            section.build(resource_identifiers=resource_identifiers)
+        self.target_store.copy_static_assets()
+        _, index_links = self.site_index_builder.build(skip_and_clean_missing=False, build_index=build_index)
+        return self.get_resource_url(only_if_exists=False), index_links

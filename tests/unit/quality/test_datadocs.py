@@ -1,0 +1,119 @@
+"""Data Docs offline and complete: every file GX's pages load comes from the site itself, the vendor files are
+the very ones GX pins, and the index keeps every validation the gate has documented.
+
+The browser half (the index's table filled by JavaScript with every network request refused) is
+``tests/ui/test_airflow_ui.py::test_data_docs_work_offline``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.quality import datadocs
+from tenfold.quality.datadocs import ASSETS, GX_WEB_ASSETS, external_resources, missing_assets, vendor_assets_dir
+from tenfold.quality.gate import data_docs_location, run_suite, to_frame
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.synthetic import synthetic_features
+
+SETUP_HINT = "run `make setup` (it installs requirements/npm/datadocs-assets into .tools/datadocs-assets)"
+
+
+def _gx_view_files() -> list[Path]:
+    import great_expectations
+
+    view = Path(great_expectations.__file__).parent / "render" / "view"
+    return sorted([*(view / "templates").glob("*.j2"), *(view / "static" / "styles").glob("*.css")])
+
+
+def _installed() -> Path:
+    node_modules = vendor_assets_dir()
+    problems = missing_assets(node_modules)
+    assert not problems, f"Data Docs vendor files missing from {node_modules}: {problems}; {SETUP_HINT}"
+    return node_modules
+
+
+def test_every_url_gx_templates_load_is_one_the_site_serves():
+    known = {a.url for a in ASSETS}
+    loaded: dict[str, str] = {}
+    for path in _gx_view_files():
+        text = path.read_text()
+        for url in external_resources(text):
+            loaded[url] = path.name
+        # the navbar logo's folder is a Jinja variable set to a URL, not a literal src
+        for url in re.findall(r'set static_images_dir = "(https?://[^"]+)"', text):
+            loaded[url + "logo-long.png"] = path.name
+    assert loaded, "no CDN URL found in GX's templates: has the template folder moved?"
+    unknown = {u: f for u, f in loaded.items() if u not in known and not GX_WEB_ASSETS.fullmatch(u)}
+    assert not unknown, f"GX's pages load files tenfold.quality.datadocs.ASSETS does not serve: {unknown}"
+    # and every asset is still one GX loads (a stale entry would hide a renamed URL)
+    assert known <= set(loaded)
+
+
+def test_the_vendor_files_are_byte_for_byte_the_ones_gx_pins():
+    node_modules = _installed()
+    pinned = {}
+    for path in _gx_view_files():
+        pinned.update(re.findall(r'src="(https://[^"]+)" integrity="sha384-([^"]+)"', path.read_text()))
+    assert len(pinned) == 2  # popper.js and bootstrap.js carry Subresource Integrity hashes
+    for url, digest in pinned.items():
+        asset = next(a for a in ASSETS if a.url == url)
+        local = (node_modules / asset.folder / asset.path).read_bytes()
+        assert base64.b64encode(hashlib.sha384(local).digest()).decode() == digest, url
+
+
+def _loaded_paths(page: Path) -> list[Path]:
+    """The files ``page`` loads, resolved on disk (query strings dropped)."""
+    html = page.read_text()
+    refs = re.findall(r'<(?:script|img)\b[^>]*?\ssrc="([^"]+)"|<link\b[^>]*?\shref="([^"]+)"|url\(\'([^\')]+)', html)
+    urls = [next(g for g in groups if g) for groups in refs]
+    return [(page.parent / unquote(urlsplit(u).path)).resolve() for u in urls if not u.startswith("data:")]
+
+
+@pytest.mark.slow
+def test_the_site_loads_nothing_from_the_internet_and_keeps_every_validation(settings):
+    _installed()
+    features, raw = WORKLOAD.features_suite, WORKLOAD.raw_suites["flights"]
+    # Two suites, one after the other: the second build must keep the first validation and its suite's page.
+    for month, suite in ((3, features), (4, raw)):
+        part = Partition(2013, month)
+        frame = to_frame(synthetic_features(part, 2_000, seed=month))
+        report = run_suite(settings, frame, table="features", part=part, suite_name=suite,
+                           batch_uri=f"file:///staged/{part.label}", run_name=f"{part.label}-t")
+        assert not report.success  # 2,000 feature rows fail both suites: a refusal's page, the one that matters
+    site = Path(data_docs_location(settings))
+    pages = sorted(site.rglob("*.html"))
+    runs = {p.relative_to(site).parts[1:3] for p in pages if p.relative_to(site).parts[0] == "validations"}
+    assert runs == {(features, "2013-03-t"), (raw, "2013-04-t")}
+    assert {p.name for p in (site / "expectations").glob("*.html")} == {f"{features}.html", f"{raw}.html"}
+    index = (site / "index.html").read_text()
+    assert "2013-03-t" in index and "2013-04-t" in index
+    for page in pages:
+        html = page.read_text()
+        assert external_resources(html) == [], page
+        assert "integrity=" not in html and 'crossorigin="anonymous"' not in html
+        missing = [str(p) for p in _loaded_paths(page) if not p.is_file()]
+        assert not missing, f"{page.relative_to(site)} loads files the site does not have: {missing}"
+    # the site's copies are the vendor files at the versions GX names
+    for asset in ASSETS:
+        assert (site / asset.site_path).read_bytes() == (vendor_assets_dir() / asset.folder / asset.path).read_bytes()
+    assert (site / "static/vendor/@fortawesome/fontawesome-free@6.6.0/webfonts/fa-solid-900.woff2").is_file()
+
+
+def test_without_the_vendor_files_the_pages_keep_the_cdn_and_say_so(settings, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(datadocs, "vendor_assets_dir", lambda root=None: tmp_path / "node_modules")
+    part = Partition(2013, 5)
+    frame = to_frame(synthetic_features(part, 500, seed=5))
+    with caplog.at_level("WARNING", logger="tenfold.quality.datadocs"):
+        run_suite(settings, frame, table="features", part=part, suite_name=WORKLOAD.features_suite,
+                  batch_uri="file:///staged", run_name="nocdn")
+    assert "Run `make setup`" in caplog.text and "jquery@3.7.1 (not installed)" in caplog.text
+    index = (Path(data_docs_location(settings)) / "index.html").read_text()
+    assert "https://code.jquery.com/jquery-3.7.1.min.js" in index
+    assert not (Path(data_docs_location(settings)) / "static" / "vendor").exists()
