@@ -17,7 +17,7 @@ from cdktn_provider_google.compute_url_map import ComputeUrlMap
 from constructs import Construct
 
 from infra.components._jsii import structs
-from tenfold.rollout.urlmap import ALL_HOSTS, PATH_MATCHER, ROUTE_PRIORITY, weighted_backends
+from tenfold.rollout.urlmap import ALL_HOSTS, PATH_MATCHER, route_rules
 
 HTTP_PORT, HTTPS_PORT = 80, 443
 LB_SCHEME = "EXTERNAL_MANAGED"  # the global external ALB: weighted routes need it (classic has none)
@@ -67,6 +67,8 @@ class HttpLoadBalancerProps:
     url_map_name: str
     proxy_name: str
     forwarding_rule_name: str
+    # The header a client puts its sticky bucket in (tenfold.rollout.split.bucket_of); docs/rollout-cloud.md.
+    bucket_header: str
     canary_percent: int = 0
     domain: str | None = None
     armor_policy_name: str | None = None
@@ -114,7 +116,8 @@ class HttpLoadBalancer(Construct):
 
         self.stable = backend("stable-backend", props.stable_backend_name, props.stable_group)
         self.canary = backend("canary-backend", props.canary_backend_name, props.canary_group)
-        # The same route body the rollout DAG patches (tenfold.rollout.urlmap), here with references.
+        # The same route rules the rollout patches (tenfold.rollout.urlmap), here with references: the bucket
+        # ranges (sticky for clients that send their bucket), then the weighted split for everyone else.
         self.url_map = ComputeUrlMap(
             self, "url-map",
             name=props.url_map_name,
@@ -123,16 +126,10 @@ class HttpLoadBalancer(Construct):
             path_matcher=structs([{
                 "name": PATH_MATCHER,
                 "default_service": self.stable.id,
-                "route_rules": structs([{
-                    "priority": ROUTE_PRIORITY,
-                    "match_rules": structs([{"prefix_match": "/"}]),
-                    "route_action": {"weighted_backend_services": structs([
-                        {"backend_service": wb["backendService"], "weight": wb["weight"]}
-                        for wb in weighted_backends(self.stable.id, self.canary.id, props.canary_percent)
-                    ])},
-                }]),
+                # The Compute API's JSON names are the jsii (camelCase) names of the Terraform blocks.
+                "route_rules": route_rules(self.stable.id, self.canary.id, props.canary_percent, props.bucket_header),
             }]),
-            # The rollout DAG owns the weights after the first deploy.
+            # The rollout owns the rules and weights after the first deploy.
             lifecycle={"ignore_changes": ["path_matcher"]},
         )
         if props.domain:

@@ -24,6 +24,7 @@ from infra.stacks.common import configure
 from tenfold import fleets as startup
 from tenfold.config import Settings
 from tenfold.config.settings import GpuGroupSettings
+from tenfold.rollout.cloud import REQUIRED_PERMISSIONS as ROLLOUT_PERMISSIONS
 
 PORT_NAME = "http"
 LOG_WRITER, METRIC_WRITER = "roles/logging.logWriter", "roles/monitoring.metricWriter"
@@ -31,13 +32,13 @@ VIEWER, USER, ADMIN = "roles/storage.objectViewer", "roles/storage.objectUser", 
 PUBLISHER, SUBSCRIBER = "roles/pubsub.publisher", "roles/pubsub.subscriber"
 SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 # What the DAGs do to the platform from Composer, and nothing else: run Dataproc batches, resize the
-# training group, patch the URL map's weights.
-ORCHESTRATOR_PERMISSIONS = (
+# training group, and roll out (the URL map, the serving groups' templates: tenfold.rollout.cloud).
+ORCHESTRATOR_PERMISSIONS = tuple(dict.fromkeys((
     "dataproc.batches.create", "dataproc.batches.get", "dataproc.batches.list", "dataproc.batches.cancel",
     "dataproc.operations.get",
     "compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update", "compute.regionOperations.get",
-    "compute.urlMaps.get", "compute.urlMaps.update", "compute.backendServices.use", "compute.globalOperations.get",
-)
+    *ROLLOUT_PERMISSIONS,
+)))
 
 
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
@@ -66,7 +67,7 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     topic_roles=[(m.requests_topic, PUBLISHER), (m.model_updates_topic, PUBLISHER)],
                     subscription_roles=[(subs["feedback"].name, SUBSCRIBER), (subs["predictions"].name, SUBSCRIBER),
                                         *((sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values())],
-                    act_as=["dataproc"]),
+                    act_as=["dataproc", "serving"]),  # serving: the templates a rollout derives run as it
     ]
 
 
@@ -137,6 +138,7 @@ class PlatformStack(TerraformStack):
             stable_backend_name=lb.stable_backend, canary_backend_name=lb.canary_backend,
             stable_group=self.stable.group.instance_group, canary_group=self.canary.group.instance_group,
             max_utilization=sv.target_utilization, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
+            bucket_header=lb.bucket_header,
             forwarding_rule_name=lb.forwarding_rule, domain=lb.domain, armor_policy_name=lb.cloud_armor_policy,
             iap=sv.server.auth_mode == "iap",
         ))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from infra.stacks.synthesized import by_name, resources
 from tenfold import fleets as startup
 from tenfold.config import get_settings
 from tenfold.features import dataproc
-from tenfold.rollout import urlmap
+from tenfold.rollout import cloud, urlmap
 from tenfold.training import fleet as compute
 
 ENVS = ("dev", "prod")
@@ -46,26 +48,90 @@ def test_dataproc_batch_names_exist(synth: Any, env: str) -> None:
     assert (lake.removeprefix("gs://"), "roles/storage.objectUser") in grants
 
 
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _as_api(value: Any, refs: dict[str, str]) -> Any:
+    """A synthesized (snake_case) block in the Compute API's JSON names, references replaced by names."""
+    if isinstance(value, dict):
+        return {_camel(k): _as_api(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_api(v, refs) for v in value]
+    return refs.get(value, value) if isinstance(value, str) else value
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_url_map_patch_names_exist_and_match_the_synthesized_route(synth: Any, env: str) -> None:
     s = get_settings(env)
     _, platform = _stacks(synth, env)
-    body = urlmap.weighted_route_patch(s, 25)
     (url_map,) = resources(platform, "google_compute_url_map").values()
-    assert body["name"] == url_map["name"]
     services = by_name(platform, "google_compute_backend_service")
-    synthesized = url_map["path_matcher"][0]
-    patched = body["pathMatchers"][0]
-    assert patched["name"] == synthesized["name"] and body["hostRules"][0]["pathMatcher"] == url_map["host_rule"][0]["path_matcher"]
-    id_to_name = {f"${{google_compute_backend_service.{lid}.id}}": name for name, (lid, _) in services.items()}
-    synth_route = [(id_to_name[w["backend_service"]], w["weight"])
-                   for w in synthesized["route_rules"][0]["route_action"]["weighted_backend_services"]]
-    patch_route = [(w["backendService"].rsplit("/", 1)[-1], w["weight"])
-                   for w in patched["routeRules"][0]["routeAction"]["weightedBackendServices"]]
-    assert [n for n, _ in synth_route] == [n for n, _ in patch_route], "same backends, same order"
-    assert [w for _, w in patch_route] == [75, 25] and [w for _, w in synth_route] == [100, 0]
-    assert synthesized["route_rules"][0]["priority"] == patched["routeRules"][0]["priority"]
-    assert synthesized["route_rules"][0]["match_rules"][0]["prefix_match"] == patched["routeRules"][0]["matchRules"][0]["prefixMatch"]
+    lb = s.serving.load_balancer
+    assert {lb.stable_backend, lb.canary_backend} <= set(services)
+    refs = {f"${{google_compute_backend_service.{lid}.id}}": name for name, (lid, _) in services.items()}
+    synthesized = _as_api(url_map["path_matcher"], refs)
+    # the router's body at 0 %, with backend service names where the stack has references
+    body = urlmap.weighted_route_patch(s, 0)
+    names = {urlmap.backend_service_url(s, n): n for n in services}
+    assert synthesized == _as_api(body["pathMatchers"], names), "the same rules, ranges, priorities and weights"
+    assert body["name"] == url_map["name"] and _as_api(url_map["host_rule"], refs) == body["hostRules"]
+    assert refs[url_map["default_service"]] == lb.stable_backend
+    rules = synthesized[0]["routeRules"]
+    assert [r["matchRules"][0]["headerMatches"][0]["headerName"] for r in rules[:-1]] == [lb.bucket_header]
+    # what the router patches later reads back from the map the stack made
+    assert urlmap.canary_percent_of({"name": url_map["name"], "pathMatchers": _as_api(url_map["path_matcher"], refs)}, s) == 0
+
+
+@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("pool", ["stable", "canary"])
+def test_the_deployers_pools_are_the_stacks_groups_templates_and_backends(synth: Any, env: str, pool: str) -> None:
+    s = get_settings(env)
+    _, platform = _stacks(synth, env)
+    res = cloud.pool_resources(s, pool)
+    groups = by_name(platform, "google_compute_region_instance_group_manager")
+    assert res.group in groups
+    lid, group = groups[res.group]
+    assert group["region"] == res.region and res.project == s.project_id
+    (version,) = group["version"]
+    assert version["name"] == cloud.VERSION_NAME, "the rolling update keeps the group's version name"
+    template_lid = version["instance_template"].split(".")[1]
+    template = resources(platform, "google_compute_instance_template")[template_lid]
+    assert template["name_prefix"] == f"{res.template_prefix}-" and template["region"] == res.region
+    assert cloud.PoolResources.template_name(res, "0123456789abcdef0123").startswith(template["name_prefix"])
+    # the template the deployer derives from hands the pinned version to the replica
+    script = template["metadata"]["startup-script"]
+    assert startup.METADATA_MODEL_URL in script and f" -e {startup.SERVING_MODEL_ENV} " in script
+    # the backend service the deployer asks about readiness is the one in front of this group
+    _, backend = by_name(platform, "google_compute_backend_service")[res.backend_service]
+    assert [b["group"] for b in backend["backend"]] == [f"${{google_compute_region_instance_group_manager.{lid}.instance_group}}"]
+    # a surge, never an unavailable replica, as the deployer's own rolling updates
+    policy = group["update_policy"]
+    assert policy["type"] == "PROACTIVE" and policy["max_unavailable_fixed"] == 0
+    fleet = s.serving.stable_fleet if pool == "stable" else s.serving.canary_fleet
+    assert len(group["distribution_policy_zones"]) == len(fleet.zone_suffixes)
+    assert all(z.startswith(f"{res.region}-") for z in group["distribution_policy_zones"])
+
+
+def test_the_recorded_compute_shapes_are_prods_synthesized_resources(synth: Any) -> None:
+    s = get_settings("prod")
+    _, platform = _stacks(synth, "prod")
+    recorded = Path(__file__).resolve().parents[1] / "unit" / "rollout" / "recorded"
+
+    def load(name: str) -> Any:
+        return json.loads((recorded / f"{name}.json").read_text())
+
+    res = cloud.pool_resources(s, "canary")
+    assert load("urlMaps.get")["name"] in by_name(platform, "google_compute_url_map")
+    group = load("regionInstanceGroupManagers.get")
+    _, synthesized = by_name(platform, "google_compute_region_instance_group_manager")[group["name"]]
+    assert group["name"] == res.group and group["region"].endswith(f"/regions/{res.region}")
+    assert [z["zone"].rsplit("/", 1)[-1] for z in group["distributionPolicy"]["zones"]] == synthesized["distribution_policy_zones"]
+    assert group["instanceTemplate"].rsplit("/", 1)[-1].startswith(f"{res.template_prefix}-")
+    template = load("instanceTemplates.get")
+    assert template["properties"]["serviceAccounts"][0]["email"] == s.service_account_email(s.service_accounts.serving)
+    assert template["properties"]["machineType"] == s.serving.canary_fleet.machine_type
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -95,11 +161,18 @@ def test_training_group_and_markers_exist(synth: Any, env: str) -> None:
 
 @pytest.mark.parametrize("env", ENVS)
 def test_orchestrator_may_do_what_the_adapters_do(synth: Any, env: str) -> None:
+    s = get_settings(env)
     _, platform = _stacks(synth, env)
     (role,) = resources(platform, "google_project_iam_custom_role").values()
     perms = set(role["permissions"])
-    assert {"dataproc.batches.create", "compute.instanceGroupManagers.update", "compute.urlMaps.update",
-            "compute.urlMaps.get", "compute.backendServices.use"} <= perms
+    assert {"dataproc.batches.create", "compute.instanceGroupManagers.update"} <= perms
+    assert set(cloud.REQUIRED_PERMISSIONS) <= perms, "the rollout's URL map and instance-group calls"
+    # the templates a rollout derives run as the serving account: the orchestrator may act as it, and as no other
+    accounts = {a["account_id"]: lid for lid, a in resources(platform, "google_service_account").items()}
+    composer = f"${{google_service_account.{accounts[s.service_accounts.composer]}.member}}"
+    act_as = {g["service_account_id"] for g in resources(platform, "google_service_account_iam_member").values()
+              if g["member"] == composer and g["role"] == "roles/iam.serviceAccountUser"}
+    assert f"${{google_service_account.{accounts[s.service_accounts.serving]}.name}}" in act_as
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -46,7 +46,7 @@ def test_url_map_splits_between_two_weighted_backends(synth: Synth, env: str) ->
     assert url_map["name"] == lb.url_map
     (matcher,) = url_map["path_matcher"]
     assert matcher["name"] == PATH_MATCHER
-    weighted = matcher["route_rules"][0]["route_action"]["weighted_backend_services"]
+    weighted = matcher["route_rules"][-1]["route_action"]["weighted_backend_services"]  # after the bucket rules
     stable_ref = "${google_compute_backend_service." + backends[lb.stable_backend][0] + ".id}"
     canary_ref = "${google_compute_backend_service." + backends[lb.canary_backend][0] + ".id}"
     assert [(w["backend_service"], w["weight"]) for w in weighted] == [(stable_ref, 100), (canary_ref, 0)]
@@ -140,7 +140,10 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
             assert owner == get_settings(env).service_accounts.composer
     sa_grants = list(resources(stack, "google_service_account_iam_member").values())
     act_as = [g for g in sa_grants if g["role"] == "roles/iam.serviceAccountUser"]
-    assert len(act_as) == 1, "only the orchestrator may act as one account (Dataproc's)"
+    # only the orchestrator acts as others: Dataproc's account (its batches) and serving's (the templates a rollout derives)
+    sa = get_settings(env).service_accounts
+    pairs = sorted((accounts[g["member"].split(".")[1]], accounts[g["service_account_id"].split(".")[1]]) for g in act_as)
+    assert pairs == sorted([(sa.composer, sa.dataproc), (sa.composer, sa.serving)])
     others = {g["role"] for g in sa_grants} - {"roles/iam.serviceAccountUser"}
     assert others == ({"roles/composer.ServiceAgentV2Ext"} if get_settings(env).airflow.composer_enabled else set())
 
