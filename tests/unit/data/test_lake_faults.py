@@ -1,0 +1,408 @@
+"""A publisher SIGKILLed at every step of a publish over a published partition: readers see the old or the new.
+
+The harness: a child process publishes new content over an already-published partition through
+:class:`PausingFileSystem`, the real local filesystem with a pause point before every change it makes
+(create a folder, copy, move, delete) and in the middle of every byte stream it writes (so a half-written
+temporary file is on disk when it stops). For point ``k`` the child runs the real ``Lake.publish`` up to
+that point, tells the test it is paused, and the test sends it a real ``os.kill(pid, SIGKILL)``; then a
+fresh ``Lake`` reads the partition. ``k`` runs from 1 until the child finishes the publish without
+pausing, so the kills cover every step of the whole publish by construction (not by timing guesses);
+the test checks there are at least 20.
+
+Forking is what keeps ~30 kills in a few seconds: a "zygote" process (this file run as a script)
+imports pyarrow and the lake once, single-threaded, and forks one child per point. The test still
+kills the forked child by its pid, from outside.
+
+The harness checks itself: the same sweep runs two deliberately broken publishers (the manifest
+committed before the data, and the data overwritten in place) and must catch both.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.data.lake import FileEntry, Lake, Manifest, Partition
+
+TABLE = "trips"
+PART = Partition(2013, 6)
+FILES = 5  # 5 files: 4 pause points each, then the manifest and the clean-up (about 25 points in all)
+ROWS_PER_FILE = 200
+CHILD_WAIT_S = 120.0  # a paused child that is never killed (the test died) exits on its own after this
+
+
+def content(version: int) -> list[pa.Table]:
+    """The files of one version of the partition (old = 1, new = 2): same schema, different rows."""
+    # From numpy: converting Python lists would import pandas, seconds that this test does not need.
+    return [
+        pa.table({"trip": np.arange(f * ROWS_PER_FILE, (f + 1) * ROWS_PER_FILE, dtype=np.int64),
+                  "version": np.full(ROWS_PER_FILE, version, dtype=np.int32)})
+        for f in range(FILES)
+    ]
+
+
+@functools.cache
+def whole(version: int) -> pa.Table:
+    return pa.concat_tables(content(version))
+
+
+# --- the child side: a filesystem that pauses, and the publishers ------------------------------------------
+
+
+class _Paused(Exception):
+    pass
+
+
+class PausingFileSystem(pafs.FileSystemHandler):
+    """The local filesystem with numbered pause points before every change and inside every write."""
+
+    def __init__(self, pause_at: int, notify: int) -> None:
+        self.fs = pafs.LocalFileSystem()
+        self.pause_at, self.notify, self.points = pause_at, notify, 0
+
+    def point(self, label: str) -> None:
+        self.points += 1
+        if self.points != self.pause_at:
+            return
+        os.write(self.notify, (json.dumps({"paused": self.points, "at": label}) + "\n").encode())
+        deadline = time.monotonic() + CHILD_WAIT_S
+        while time.monotonic() < deadline:  # waiting to be SIGKILLed; never returns to the publish
+            time.sleep(0.05)
+        os._exit(3)
+
+    # changes: a pause point before each
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.point(f"create_dir {path}")
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.point(f"delete_dir {path}")
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.point(f"delete_dir_contents {path}")
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise NotImplementedError("a publish never empties the root")
+
+    def delete_file(self, path: str) -> None:
+        self.point(f"delete_file {path}")
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.point(f"move {src} -> {dest}")
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.point(f"copy_file {src} -> {dest}")
+        with self.fs.open_input_stream(src) as source:
+            data = source.read()
+        with self.fs.open_output_stream(dest) as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            self.point(f"copy_file half written {dest}")
+            out.write(data[len(data) // 2:])
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        self.point(f"open_output_stream {path}")
+        return pa.PythonFile(_HalfwayPause(self, self.fs.open_output_stream(path), path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        raise NotImplementedError("a publish never appends")
+
+    # reads: no pause points (they change nothing a reader could see)
+    def get_type_name(self) -> str:
+        return "pausing-local"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def equals(self, other: Any) -> bool:
+        return self is other
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_file(path)
+
+
+class _HalfwayPause:
+    """An output stream that pauses once half of each write is flushed to the file."""
+
+    def __init__(self, fs: PausingFileSystem, stream: pa.NativeFile, path: str) -> None:
+        self.fs, self.stream, self.path, self.closed = fs, stream, path, False
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self.stream.write(view[: len(view) // 2])
+        self.stream.flush()
+        self.fs.point(f"write half written {self.path}")
+        self.stream.write(view[len(view) // 2:])
+        return len(view)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.close()
+        self.closed = True
+
+
+class ManifestBeforeData(Lake):
+    """Deliberately broken: commits the new manifest first, then lands the files it lists."""
+
+    def _land(self, source: str, dest: str, entry: FileEntry) -> None:
+        self.__dict__.setdefault("_deferred", []).append((source, dest, entry))
+
+    def _commit(self, manifest: Manifest) -> None:
+        super()._commit(manifest)
+        for args in self.__dict__.pop("_deferred", []):
+            super()._land(*args)
+
+
+class OverwriteInPlace(Lake):
+    """Deliberately broken: writes the new files straight over those the visible manifest lists."""
+
+    def _data_dir_name(self, table: str, part: Partition, entries: list[FileEntry]) -> str:
+        current = self._current_manifest(table, part)
+        return current.data_dir if current is not None else super()._data_dir_name(table, part, entries)
+
+    def _land(self, source: str, dest: str, entry: FileEntry) -> None:
+        self.fs.copy_file(source, dest)
+
+
+PUBLISHERS: dict[str, type[Lake]] = {"correct": Lake, "manifest_first": ManifestBeforeData,
+                                     "in_place": OverwriteInPlace}
+
+
+def _child(command: dict[str, Any], notify: int) -> None:
+    pausing = PausingFileSystem(command["pause_at"], notify)
+    lake = PUBLISHERS[command["variant"]](Path(command["lake"]).as_uri(), filesystem=pafs.PyFileSystem(pausing))
+    lake.publish(TABLE, PART, command["staged"], run_id="new")
+    os.write(notify, (json.dumps({"done": pausing.points}) + "\n").encode())
+
+
+def _threads() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return -1
+
+
+def _zygote() -> None:
+    """Read one command per line; fork a child per command; report its event, then how it ended."""
+    out = sys.stdout
+    for line in sys.stdin:
+        command = json.loads(line)
+        if (threads := _threads()) != 1:  # forking a process with other threads can deadlock the child
+            out.write(json.dumps({"error": f"the zygote runs {threads} threads; fork is unsafe"}) + "\n")
+            out.flush()
+            continue
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: publish, never return into this loop
+            os.close(r)
+            try:
+                _child(command, w)
+                code = 0
+            except BaseException as exc:  # reported to the test, which fails naming it
+                os.write(w, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
+                code = 1
+            os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as events:
+            event = json.loads(events.readline() or b'{"error": "the child ended without a word"}')
+        out.write(json.dumps({"pid": pid, "event": event}) + "\n")
+        out.flush()
+        _, status = os.waitpid(pid, 0)
+        ended = {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"code": os.WEXITSTATUS(status)}
+        out.write(json.dumps({"pid": pid, **ended}) + "\n")
+        out.flush()
+
+
+# --- the test side ---------------------------------------------------------------------------------------
+
+
+class Zygote:
+    def __init__(self, log: Path) -> None:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               # pyarrow's jemalloc otherwise starts a background thread, and fork needs a single thread
+               "JE_ARROW_MALLOC_CONF": "background_thread:false"}
+        self._log = open(log, "wb")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, env=env)
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def receive(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The zygote's next line, waiting for it up to a deadline (zygote start-up included)."""
+        deadline = time.monotonic() + timeout_s
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._selector.select(left):
+                raise AssertionError(f"the zygote said nothing for {timeout_s:.0f} s; see {self._log.name}")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"the zygote exited ({self.proc.wait()}); see {self._log.name}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@dataclass
+class Sweep:
+    outcomes: list[tuple[int, str, str]] = field(default_factory=list)  # (point, where it paused, what a reader saw)
+    points: int = 0  # pause points in a whole publish
+
+    @property
+    def violations(self) -> list[tuple[int, str, str]]:
+        return [o for o in self.outcomes if o[2] not in ("old", "new")]
+
+    def table(self) -> str:
+        return "\n".join(f"  {k:3d}  {seen:<5.60s}  {at}" for k, at, seen in self.outcomes)
+
+
+def observe(lake_dir: Path) -> str:
+    """What a fresh reader sees: 'old', 'new', 'mix', or the error it got."""
+    lake = Lake(lake_dir.as_uri())
+    try:
+        got = lake.read_table(TABLE, [PART])
+        lake.files(TABLE, PART, verify=True)
+    except Exception as exc:  # any error is a finding, reported with its message
+        return f"error: {type(exc).__name__}: {exc}"
+    for name, version in (("old", 1), ("new", 2)):
+        if got.equals(whole(version)):
+            return name
+    return f"mix: versions {sorted(set(got.column('version').to_pylist()))}, {got.num_rows} rows"
+
+
+def _stage(folder: Path, version: int) -> Path:
+    folder.mkdir(parents=True)
+    for n, t in enumerate(content(version)):
+        pq.write_table(t, folder / f"part-{n:05d}.parquet")
+    return folder
+
+
+def sweep(zygote: Zygote, variant: str, work: Path, *, stop_at_first_violation: bool = False,
+          retry: bool = False) -> Sweep:
+    """Kill a publish of version 2 over version 1 at every pause point in turn; a fresh lake copy for each."""
+    template = work / "template"
+    if not template.exists():
+        Lake(template.as_uri()).publish(TABLE, PART, str(_stage(work / "staged-old", 1)), run_id="old")
+        _stage(work / "staged-new", 2)
+    staged = str(work / "staged-new")
+    result = Sweep()
+    for k in range(1, 500):
+        lake_dir = work / f"{variant}-{k}"
+        shutil.copytree(template, lake_dir)
+        zygote.send({"lake": str(lake_dir), "staged": staged, "variant": variant, "pause_at": k})
+        reply = zygote.receive()
+        assert "pid" in reply, f"point {k}: {reply}"
+        pid, event = reply["pid"], reply["event"]
+        if "paused" in event:
+            os.kill(pid, signal.SIGKILL)
+        ended = zygote.receive()
+        assert ended["pid"] == pid
+        if "done" in event:  # k is past the last pause point: the publish ran to its end
+            assert ended == {"pid": pid, "code": 0}
+            result.points = event["done"]
+            assert observe(lake_dir) == "new", "a whole publish must show the new content"
+            break
+        assert "paused" in event, f"point {k}: the child failed before pausing: {event}"
+        assert ended == {"pid": pid, "signal": signal.SIGKILL}, f"point {k}: the child was not SIGKILLed: {ended}"
+        seen = observe(lake_dir)
+        result.outcomes.append((k, event["at"].replace(str(lake_dir), "<lake>").replace(staged, "<staged>"), seen))
+        if retry and seen in ("old", "new"):  # the task's retry: the same publish again, unkilled
+            Lake(lake_dir.as_uri()).publish(TABLE, PART, staged, run_id="retry")
+            assert observe(lake_dir) == "new", f"point {k}: a retry after the kill did not publish the new content"
+        shutil.rmtree(lake_dir)
+        if stop_at_first_violation and result.violations:
+            break
+    return result
+
+
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    z = Zygote(tmp_path_factory.mktemp("zygote") / "zygote.log")
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+def test_a_publisher_killed_at_any_step_leaves_the_old_or_the_new_partition(zygote: Zygote, tmp_path: Path) -> None:
+    result = sweep(zygote, "correct", tmp_path, retry=True)
+    report = f"point, what a reader saw, where the publisher was killed:\n{result.table()}"
+    assert result.points >= 20, report
+    assert [k for k, _, _ in result.outcomes] == list(range(1, result.points + 1)), report  # every point, in order
+    assert result.violations == [], report
+    # Old up to the manifest's rename, new from the next point on: the rename is the one commit step.
+    seen = [outcome for _, _, outcome in result.outcomes]
+    switch = seen.index("new")
+    assert seen == ["old"] * switch + ["new"] * (len(seen) - switch), report
+    assert result.outcomes[switch - 1][1].startswith("move ") and result.outcomes[switch - 1][1].endswith("/_SUCCESS"), \
+        report
+    # Kills landed with half-written temporary files on disk, in the data and in the manifest.
+    halfway = [at for _, at, _ in result.outcomes if "half written" in at]
+    assert any("parquet.tmp-" in at for at in halfway) and any("_SUCCESS.tmp-" in at for at in halfway), report
+
+
+@pytest.mark.parametrize(
+    ("variant", "finding"),
+    [("manifest_first", "listed by its manifest, is missing"), ("in_place", "is corrupt")],
+)
+def test_the_harness_catches_a_deliberately_broken_publisher(
+    zygote: Zygote, tmp_path: Path, variant: str, finding: str
+) -> None:
+    # The harness's self-check: these publishers break atomicity, and the same sweep must say so.
+    result = sweep(zygote, variant, tmp_path, stop_at_first_violation=True)
+    assert result.violations, f"the {variant} publisher was never caught:\n{result.table()}"
+    _, at, seen = result.violations[0]
+    assert seen.startswith("error: CorruptFileError") and finding in seen, f"{at}: {seen}"
+
+
+if __name__ == "__main__":
+    _zygote()
