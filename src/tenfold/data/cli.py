@@ -2,7 +2,9 @@
 
 Run ``tenfold ingest --month 2013-01`` (or ``--month 2013-01 --to 2013-03``); the lake is the current
 environment's (``TENFOLD_ENV``), or ``--lake-uri``; the workload is ``settings.workload`` (nycflights13
-for the reference one).
+for the reference one). A source that cannot be read is refused (exit code 2) with a message naming the
+file, table, month and where in the file, and its raw input is copied to the lake's quarantine
+(``tenfold.data.ingest``); nothing of that month is published.
 """
 
 from __future__ import annotations

