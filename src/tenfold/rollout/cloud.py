@@ -6,6 +6,8 @@
 * :func:`wait_for_operation`: waits for a global or regional operation with the API's own ``wait`` (a
   server-side long poll, no sleep here), bounded, and turns an operation that ended in error into a
   :class:`CloudRolloutError` that names it.
+* :class:`LoadBalancerLogObserver`: the cloud :class:`~tenfold.rollout.TrafficObserver`, the load balancer's
+  request logs in Cloud Logging (``resource.type="http_load_balancer"``), one query per arm.
 * :class:`InstanceGroupDeployer`: the cloud :class:`~tenfold.rollout.Deployer`. A pool (``stable`` or
   ``canary``) is a regional managed instance group (``settings.serving.<pool>_fleet``) behind one backend
   service; ``deploy(pool, version)`` gives the group a new instance template, derived from the group's
@@ -24,6 +26,7 @@ imported only where a client is built or a message converted.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -34,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from tenfold.config import Settings
 from tenfold.fleets import MODEL_VERSION_KEY
-from tenfold.rollout.split import ARMS, STABLE
+from tenfold.rollout import ArmTraffic
+from tenfold.rollout.split import ARMS, CANARY, STABLE
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -49,6 +53,7 @@ REQUIRED_PERMISSIONS: tuple[str, ...] = (
     "compute.instanceTemplates.get", "compute.instanceTemplates.create", "compute.instanceTemplates.useReadOnly",
     "compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update", "compute.regionOperations.get",
     "compute.backendServices.get", "compute.subnetworks.use",
+    "logging.logEntries.list",
 )
 # One wait call: Compute answers a `wait` when the operation is done or after about two minutes.
 WAIT_CALL_TIMEOUT_S = 180.0
@@ -403,3 +408,92 @@ class InstanceGroupDeployer:
                 )
             log.info("waiting for %s to serve %s: %s", res.group, url.rsplit("/", 1)[-1], missing)
             self.sleep(sv.deploy_poll_s)
+
+
+# The load balancer's request log entries (https://cloud.google.com/load-balancing/docs/https/https-logging-monitoring).
+LB_LOG_RESOURCE = "http_load_balancer"
+# At most this many entries are read per arm and window (the oldest first): Cloud Logging pages 1000 entries a
+# call and limits reads per minute, and a few thousand requests are plenty for the error rate and a rank test.
+MAX_ENTRIES_PER_ARM = 5000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+def _latency_ms(value: object) -> float | None:
+    """A log entry's ``httpRequest.latency`` (JSON Duration ``"0.012345s"``) in milliseconds."""
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds() * 1000.0
+    m = _DURATION.match(str(value or ""))
+    return float(m.group(1)) * 1000.0 if m else None
+
+
+def _utc(at: dt.datetime, name: str) -> str:
+    if at.tzinfo is None:
+        raise ValueError(f"{name} {at} has no time zone: give an aware UTC datetime")
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class LoadBalancerLogObserver:
+    """The cloud :class:`~tenfold.rollout.TrafficObserver`: the load balancer's request logs.
+
+    Each arm is its backend service: one Cloud Logging query per arm for the predict endpoint's requests in
+    ``[since, until)``. A request counts as an error when the load balancer logged a 5xx or no status at all
+    (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
+    The load balancer writes its logs with a delay of seconds to a minute: a window read right after it ends
+    can miss its last requests (both arms alike). At most ``max_entries`` requests are read per arm.
+    """
+
+    def __init__(self, settings: Settings, client: Any, *, max_entries: int = MAX_ENTRIES_PER_ARM) -> None:
+        self.settings, self.client, self.max_entries = settings, client, max_entries
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, credentials: Credentials | None = None, client: Any = None
+    ) -> LoadBalancerLogObserver:
+        if client is None:
+            from google.cloud import logging as cloud_logging
+
+            # The HTTP/JSON transport, as in the tests (tests/unit/rollout/test_cloud_observer.py).
+            client = cloud_logging.Client(project=settings.project_id, credentials=credentials, _use_grpc=False)
+        return cls(settings, client)
+
+    def log_filter(self, backend_service: str, since: dt.datetime, until: dt.datetime) -> str:
+        """The Logging query for one arm's predict requests in ``[since, until)``."""
+        lb, server = self.settings.serving.load_balancer, self.settings.serving.server
+        return " AND ".join([
+            f'resource.type="{LB_LOG_RESOURCE}"',
+            f'resource.labels.url_map_name="{lb.url_map}"',
+            f'resource.labels.backend_service_name="{backend_service}"',
+            f'httpRequest.requestUrl:"{server.api_prefix}/predict"',
+            f'timestamp>="{_utc(since, "since")}"',
+            f'timestamp<"{_utc(until, "until")}"',
+        ])
+
+    def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        from google.cloud.logging import ASCENDING
+
+        for at, name in ((since, "since"), (until, "until")):
+            _utc(at, name)  # a naive datetime is refused before it is compared
+        if until <= since:
+            raise ValueError(f"the window [{since}, {until}) is empty: until must be after since")
+        lb = self.settings.serving.load_balancer
+        result: dict[str, ArmTraffic] = {}
+        for arm, backend in ((STABLE, lb.stable_backend), (CANARY, lb.canary_backend)):
+            requests = errors = 0
+            latencies: list[float] = []
+            entries = self.client.list_entries(
+                resource_names=[f"projects/{self.settings.project_id}"], filter_=self.log_filter(backend, since, until),
+                order_by=ASCENDING, page_size=min(1000, self.max_entries), max_results=self.max_entries)
+            for entry in entries:
+                http = entry.http_request or {}
+                try:
+                    status = int(http.get("status") or 0)
+                except (TypeError, ValueError):
+                    status = 0
+                requests += 1
+                errors += status >= 500 or status < 100
+                if (ms := _latency_ms(http.get("latency"))) is not None:
+                    latencies.append(ms)
+            if requests >= self.max_entries:
+                log.warning("%s: read the first %d requests of [%s, %s) only", backend, requests, since, until)
+            result[arm] = ArmTraffic(requests=requests, errors=errors, latencies_ms=tuple(latencies))
+        return result

@@ -1,0 +1,117 @@
+"""LoadBalancerLogObserver over the real google-cloud-logging client (HTTP/JSON), answered at its ``requests``
+session with the load balancer's recorded log entry shapes (``recorded/logging.entries.list.json``)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from tenfold.config import get_settings
+from tenfold.rollout import ArmTraffic, TrafficObserver
+from tenfold.rollout.cloud import LoadBalancerLogObserver
+
+S = get_settings("prod")
+LB = S.serving.load_balancer
+SINCE = dt.datetime(2026, 12, 1, 11, 0, 0, tzinfo=dt.UTC)
+UNTIL = SINCE + dt.timedelta(seconds=30)
+RECORDED = json.loads((Path(__file__).with_name("recorded") / "logging.entries.list.json").read_text())["entries"]
+OK, BACKEND_502, NO_ANSWER = RECORDED
+
+
+class FakeLogging(BaseAdapter):
+    """Cloud Logging's ``entries:list`` for the entries of each backend service, in pages of at most ``page``."""
+
+    def __init__(self, entries: dict[str, list[dict[str, Any]]], page: int = 1000) -> None:
+        super().__init__()
+        self.entries, self.page = entries, page
+        self.calls: list[dict[str, Any]] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        assert (request.method, request.url) == ("POST", "https://logging.googleapis.com/v2/entries:list?prettyPrint=false")
+        body = json.loads(request.body or b"{}")
+        self.calls.append(body)
+        backend = re.search(r'resource\.labels\.backend_service_name="([^"]+)"', body["filter"])
+        entries = self.entries.get(backend.group(1), []) if backend else []
+        start = int(body.get("pageToken") or 0)
+        end = start + min(int(body["pageSize"]), self.page)
+        payload: dict[str, Any] = {"entries": entries[start:end]}
+        if end < len(entries):
+            payload["nextPageToken"] = str(end)
+        response = requests.Response()
+        response.status_code, response._content = 200, json.dumps(payload).encode()
+        response.headers["Content-Type"] = "application/json; charset=UTF-8"
+        response.request, response.url, response.encoding = request, str(request.url), "utf-8"
+        return response
+
+    def close(self) -> None:
+        return None
+
+
+def _entry(template: dict[str, Any], backend: str, latency_ms: float | None = None) -> dict[str, Any]:
+    entry = copy.deepcopy(template)
+    entry["resource"]["labels"]["backend_service_name"] = backend
+    if latency_ms is not None:
+        entry["httpRequest"]["latency"] = f"{latency_ms / 1000:.6f}s"
+    return entry
+
+
+def _observer(fake: FakeLogging, **kw: Any) -> LoadBalancerLogObserver:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as cloud_logging
+
+    session = requests.Session()
+    session.mount("https://", fake)
+    client = cloud_logging.Client(project=S.project_id, credentials=AnonymousCredentials(), _http=session, _use_grpc=False)
+    return LoadBalancerLogObserver(S, client, **kw)
+
+
+def _filter(backend: str) -> str:
+    return (f'resource.type="http_load_balancer" AND resource.labels.url_map_name="{LB.url_map}" AND '
+            f'resource.labels.backend_service_name="{backend}" AND '
+            f'httpRequest.requestUrl:"{S.serving.server.api_prefix}/predict" AND '
+            'timestamp>="2026-12-01T11:00:00Z" AND timestamp<"2026-12-01T11:00:30Z"')
+
+
+def test_each_arm_is_its_backend_service_with_errors_and_latencies() -> None:
+    stable = [_entry(OK, LB.stable_backend, 10 + i) for i in range(40)]
+    canary = [_entry(OK, LB.canary_backend, 30.5)] * 7 + [_entry(BACKEND_502, LB.canary_backend),
+                                                           _entry(NO_ANSWER, LB.canary_backend)]
+    fake = FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary})
+    observer: TrafficObserver = _observer(fake)
+    seen = observer.traffic(SINCE, UNTIL)
+    assert seen["stable"] == ArmTraffic(requests=40, errors=0, latencies_ms=tuple(float(10 + i) for i in range(40)))
+    assert seen["canary"].requests == 9 and seen["canary"].errors == 2, "a 502 and a request with no answer"
+    assert seen["canary"].latencies_ms == pytest.approx([30.5] * 7 + [4.102]), "no latency for the unanswered one"
+    assert fake.calls == [
+        {"resourceNames": [f"projects/{S.project_id}"], "filter": _filter(LB.stable_backend), "orderBy": "timestamp asc",
+         "pageSize": 1000},
+        {"resourceNames": [f"projects/{S.project_id}"], "filter": _filter(LB.canary_backend), "orderBy": "timestamp asc",
+         "pageSize": 1000},
+    ]
+
+
+def test_pages_are_followed_and_the_read_is_capped_per_arm() -> None:
+    stable = [_entry(OK, LB.stable_backend, 12.0) for _ in range(250)]
+    fake = FakeLogging({LB.stable_backend: stable}, page=100)  # Logging may answer fewer than asked for
+    seen = _observer(fake).traffic(SINCE, UNTIL)
+    assert seen["stable"].requests == 250 and seen["canary"] == ArmTraffic(0, 0, ())
+    assert [c.get("pageToken") for c in fake.calls] == [None, "100", "200", None]
+    capped = FakeLogging({LB.stable_backend: stable})
+    assert _observer(capped, max_entries=120).traffic(SINCE, UNTIL)["stable"].requests == 120
+    assert capped.calls[0]["pageSize"] == 120
+
+
+def test_bad_windows_are_refused() -> None:
+    observer = _observer(FakeLogging({}))
+    with pytest.raises(ValueError, match="no time zone"):
+        observer.traffic(SINCE.replace(tzinfo=None), UNTIL)
+    with pytest.raises(ValueError, match="is empty"):
+        observer.traffic(UNTIL, SINCE)
