@@ -442,3 +442,10 @@ def waits() -> Any:
 def server_fields() -> Callable[..., Settings]:
     """``server_fields(settings, **fields)``: ``settings`` with ``serving.server`` fields replaced."""
     return with_server
+
+
+@pytest.fixture(scope="session")
+def register_model(serving_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], str]:
+    """``register_model(seed)``: a small flights model (weights from ``seed``) registered; its version id."""
+    models = tmp_path_factory.mktemp("more-models")
+    return lambda seed: register_small_model(serving_settings, models / f"m{seed}", seed=seed)

@@ -41,7 +41,7 @@ class PipelineSettings(BaseModel):
     build_features: DagSettings = DagSettings(retries=2, retry_delay_s=30, first_month="2013-01", last_month="2013-12")
     train_model: DagSettings = DagSettings(retries=2, retry_delay_s=60)
     # A step task waits through its analysis intervals; a retry resumes from the recorded step.
-    rollout_model: DagSettings = DagSettings(retries=2, retry_delay_s=10, task_timeout_s=60 * 60)
+    rollout_model: DagSettings = DagSettings(retries=2, retry_delay_s=10, task_timeout_s=2 * 60 * 60)
 
     def dag(self, dag_id: str) -> DagSettings:
         try:

@@ -296,11 +296,16 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     policy = run.rollout_policy
     seen = p.observer.traffic(since, until)
     canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
-    canary_acc, control_acc = p.accuracy(since, until, run.version)
+    start = _parse(run.started_at)
     if percent >= 100:
-        start = _parse(run.started_at)
         control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
-        _, control_acc = p.accuracy(start, since, run.version)
+    if min(canary.requests, control.requests) < policy.min_requests:
+        # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
+        canary_acc = control_acc = Accuracy(0, None, None)
+    else:
+        canary_acc, control_acc = p.accuracy(since, until, run.version)
+        if percent >= 100:
+            _, control_acc = p.accuracy(start, since, run.version)
     result = check(canary, control, canary_acc, control_acc, policy)
     result.values["control_window"] = "before this step" if percent >= 100 else "same window"
     return result

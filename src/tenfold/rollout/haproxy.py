@@ -79,15 +79,17 @@ class HaproxyObserver:
     own 503) counts as the arm's error too, as the cloud load balancer's logs would show it.
     """
 
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = Path(log_path)
+    def __init__(self, log_path: Path, path: str = "/v1/predict") -> None:
+        self.log_path, self.path = Path(log_path), path.encode()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HaproxyObserver:
+        """The fleet's HAProxy log, counting the predict endpoint only (feedback posts carry no user key,
+        so they land on either arm by chance and say nothing about the model)."""
         from tenfold.local import process
         from tenfold.serving.fleet import HAPROXY, run_dir
 
-        return cls(process.log_file(run_dir(settings), HAPROXY))
+        return cls(process.log_file(run_dir(settings), HAPROXY), f"{settings.serving.server.api_prefix}/predict")
 
     def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
         lo, hi = since.timestamp(), until.timestamp()
@@ -98,7 +100,7 @@ class HaproxyObserver:
                     if not line.startswith(_MARKER):
                         continue
                     parts = line.split()
-                    if len(parts) != 5 or parts[2].decode() not in seen:
+                    if len(parts) != 6 or parts[5] != self.path or parts[2].decode() not in seen:
                         continue
                     try:
                         at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])

@@ -743,13 +743,17 @@ def rollout(
                     timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
 
 
-def set_fault(settings: Settings, pool: str, fault: Fault, *, timeout: float | None = None) -> FleetStatus:
-    """Restart ``pool``'s replicas one at a time with ``fault`` injected (``Fault()`` clears it); waits until done."""
+def set_fault(settings: Settings, pool: str, fault: Fault, *, model: str | None = None, timeout: float | None = None,
+              resolve: Callable[[Settings, str], str] = resolve_version) -> FleetStatus:
+    """Restart ``pool``'s replicas one at a time with ``fault`` injected (``Fault()`` clears it), on ``model``
+    (alias or version; default the pool's own) in the same roll; waits until done."""
     if pool not in POOLS:
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
     settings = running_settings(settings)
     text = str(fault)
-    spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], fault=text)})
+    chosen = resolve(settings, model) if model else None
+    spec = update_spec(settings, lambda old: {**old.pools, pool: replace(
+        old.pools[pool], fault=text, version=chosen or old.pools[pool].version)})
     version = spec.pools[pool].version
 
     def applied(st: FleetStatus) -> bool:

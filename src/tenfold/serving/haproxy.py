@@ -93,7 +93,7 @@ def haproxy_binary() -> str:
     return found
 
 
-# The request log's lines: "<marker> <unix time of accept>.<ms> <backend (arm)> <status> <active time ms>".
+# The request log's lines: "<marker> <unix time of accept>.<ms> <backend (arm)> <status> <active time ms> <path>".
 REQUEST_LOG_MARKER = "tenfold-request"
 
 
@@ -138,7 +138,7 @@ def render_config(settings: Settings) -> str:
         f"    bind {host}:{local.lb_port}",
         # Every request, one line each, for the canary analysis (tenfold.rollout.haproxy.HaproxyObserver).
         "    no option dontlog-normal",
-        f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta"',
+        f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %HP"',
         f"    http-request set-var(txn.pct) str({SPLIT_KEY}),map_str_int({paths.split_map},0)",
         f"    http-request set-var(txn.bucket) req.hdr({header}),xxh32,mod({BUCKETS}) if {{ req.hdr({header}) -m found }}",
         f"    http-request set-var(txn.bucket) rand({BUCKETS}) unless {{ req.hdr({header}) -m found }}",

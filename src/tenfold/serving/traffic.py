@@ -74,7 +74,7 @@ def user_key(i: int, users: int) -> str:
 
 
 async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: str, token: str, concurrency: int,
-                  users: int, send_feedback: bool, report: TrafficReport) -> None:
+                  users: int, send_feedback: bool, report: TrafficReport, keys: Sequence[str] | None = None) -> None:
     import httpx
 
     server = settings.serving.server
@@ -92,7 +92,7 @@ async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: st
                 i, item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            key = user_key(i, users)
+            key = keys[i % len(keys)] if keys else user_key(i, users)
             body: dict[str, Any] = {**item.request, "user_key": key}
             started = time.perf_counter()
             try:
@@ -123,14 +123,18 @@ async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: st
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     report.seconds = time.perf_counter() - started
-    report.sent = len(items)
+    report.sent += len(items)
 
 
 def replay(settings: Settings, items: Sequence[Replayed], *, token: str, base_url: str | None = None,
-           concurrency: int = 8, users: int = 2000, send_feedback: bool = True) -> TrafficReport:
+           concurrency: int = 8, users: int = 2000, send_feedback: bool = True, keys: Sequence[str] | None = None,
+           report: TrafficReport | None = None) -> TrafficReport:
     """Send ``items`` as predictions through the load balancer (``concurrency`` at a time), each with a user
-    key out of ``users``, then post each answered prediction's outcome as feedback; returns the report."""
-    report = TrafficReport()
+    key out of ``users`` (or taken in turn from ``keys``), then post each answered prediction's outcome as
+    feedback; returns the report (``report``, when given, is added to)."""
+    report = report if report is not None else TrafficReport()
+    seconds = report.seconds
     asyncio.run(_replay(settings, items, base_url=base_url or lb_url(settings), token=token, concurrency=concurrency,
-                        users=users, send_feedback=send_feedback, report=report))
+                        users=users, send_feedback=send_feedback, report=report, keys=keys))
+    report.seconds += seconds
     return report

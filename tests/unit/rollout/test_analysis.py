@@ -1,0 +1,81 @@
+"""The canary check's rules on numbers of our choosing: each metric can fail it, and "no data" is not a pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tenfold.config.serving import RolloutSettings
+from tenfold.rollout import ArmTraffic
+from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, check
+
+POLICY = RolloutSettings(min_requests=50, min_feedback=20, max_error_rate_increase=0.01, latency_tolerance_ms=25,
+                         latency_alpha=0.01, max_accuracy_drop=0.05)
+RNG = np.random.default_rng(7)
+
+
+def arm(n: int = 400, errors: int = 0, shift_ms: float = 0.0) -> ArmTraffic:
+    return ArmTraffic(n, errors, tuple(RNG.gamma(4.0, 5.0, n) + shift_ms))
+
+
+GOOD = Accuracy(200, 0.70, 0.55)
+
+
+def test_a_canary_like_the_control_passes() -> None:
+    got = check(arm(), arm(), GOOD, GOOD, POLICY)
+    assert got.verdict == PASS and got.reasons == ()
+    assert got.values["latency_p_value"] > POLICY.latency_alpha
+
+
+def test_five_percent_errors_fail_and_name_the_rates() -> None:
+    got = check(arm(errors=20), arm(), GOOD, GOOD, POLICY)
+    assert got.verdict == FAIL
+    assert any("error rate 5.00%" in r and "control's 0.00%" in r for r in got.reasons)
+
+
+def test_two_hundred_ms_more_fails_the_mann_whitney_test_but_a_shift_within_tolerance_does_not() -> None:
+    slow = check(arm(shift_ms=200), arm(), GOOD, GOOD, POLICY)
+    assert slow.verdict == FAIL and slow.values["latency_p_value"] < 1e-6
+    assert any("Mann-Whitney" in r for r in slow.reasons)
+    assert slow.values["canary_p99_ms"] > slow.values["control_p99_ms"] + 150
+    within = check(arm(shift_ms=10), arm(), GOOD, GOOD, POLICY)
+    assert within.verdict == PASS, within.reasons
+
+
+def test_one_slow_outlier_does_not_fail_a_canary() -> None:
+    base = arm()
+    outlier = ArmTraffic(base.requests, 0, (*base.latencies_ms[:-1], 5000.0))
+    assert check(outlier, arm(), GOOD, GOOD, POLICY).verdict == PASS
+
+
+def test_lower_online_accuracy_fails() -> None:
+    got = check(arm(), arm(), Accuracy(200, 0.60, 0.7), GOOD, POLICY)
+    assert got.verdict == FAIL and any("online accuracy 0.600 is 0.100 below" in r for r in got.reasons)
+
+
+@pytest.mark.parametrize(("canary", "control", "canary_acc", "why"), [
+    (arm(n=10), arm(), GOOD, "too few requests (canary 10"),
+    (arm(), arm(n=0), GOOD, "too few requests (canary 400, control 0"),
+    (arm(), arm(), Accuracy(3, 1.0), "too little feedback (canary 3"),
+])
+def test_too_little_traffic_or_feedback_is_no_data_not_a_pass(canary: ArmTraffic, control: ArmTraffic,
+                                                              canary_acc: Accuracy, why: str) -> None:
+    got = check(canary, control, canary_acc, GOOD, POLICY)
+    assert got.verdict == NO_DATA and any(why in r for r in got.reasons), got.reasons
+
+
+def test_a_failing_metric_fails_even_while_feedback_is_missing() -> None:
+    got = check(arm(errors=40), arm(), Accuracy(0, None), Accuracy(0, None), POLICY)
+    assert got.verdict == FAIL
+
+
+def test_accuracy_check_off_when_min_feedback_is_zero() -> None:
+    policy = POLICY.model_copy(update={"min_feedback": 0})
+    assert check(arm(), arm(), Accuracy(0, None), Accuracy(0, None), policy).verdict == PASS
+
+
+def test_rollout_steps_must_climb_to_100() -> None:
+    assert RolloutSettings(steps="10, 50, 100").steps == (10, 50, 100)  # type: ignore[arg-type]
+    for bad in ((5, 25, 50), (50, 25, 100), (0, 100), ()):
+        with pytest.raises(ValueError, match="rising percentages"):
+            RolloutSettings(steps=bad)
