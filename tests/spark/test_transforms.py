@@ -208,10 +208,37 @@ def reference(spark: SparkSession) -> dict[str, DataFrame]:
     }
 
 
-def build(spark: SparkSession, rows: list[dict[str, Any]], ref: dict[str, DataFrame], **kw: Any) -> DataFrame:
+def build(
+    spark: SparkSession, rows: list[dict[str, Any]], ref: dict[str, DataFrame], *, weather: DataFrame | None = None,
+    **kw: Any,
+) -> DataFrame:
     return transforms.build_features(
-        frame(spark, "flights", rows), ref["weather"], ref["planes"], ref["airports"], Partition(2013, 3), **kw
+        frame(spark, "flights", rows), ref["weather"] if weather is None else weather, ref["planes"], ref["airports"],
+        Partition(2013, 3), **kw
     )
+
+
+def observation(origin: str, when: dt.datetime, temp: float) -> dict[str, Any]:
+    """A raw weather row observed at ``when`` (UTC; the local fields follow from it); ``temp`` tells rows apart."""
+    local = when.astimezone(NY)
+    return {"origin": origin, "year": local.year, "month": local.month, "day": local.day, "hour": local.hour,
+            "temp": temp, "dewp": temp - 10, "humid": 50.0, "wind_dir": 180.0, "wind_speed": 5.0 + temp / 100,
+            "wind_gust": None, "precip": 0.0, "pressure": 1000.0 + temp, "visib": 10.0, "time_hour": when}
+
+
+LATER_HOURS = (1, 2, 24)
+
+
+def hour_weather(rows: list[dict[str, Any]], later: bool = False) -> list[dict[str, Any]]:
+    """Weather at each flight's origin in its scheduled hour (temp = 10 + flight); with ``later``, only
+    observations 1, 2 and 24 hours after that hour, each with other values (temp = -100 * hours - flight)."""
+    if not later:
+        return [observation(r["origin"], r["time_hour"], 10.0 + r["flight"]) for r in rows]
+    out = [observation(r["origin"], r["time_hour"] + dt.timedelta(hours=h), -100.0 * h - r["flight"])
+           for r in rows for h in LATER_HOURS]
+    scheduled = {(r["origin"], r["time_hour"]) for r in rows}
+    assert not any((o["origin"], o["time_hour"]) in scheduled for o in out), "a later row fell on a flight's own hour"
+    return out
 
 
 def test_build_features_rows_columns_and_types(spark: SparkSession, reference: dict[str, DataFrame], tmp_path: Any) -> None:
@@ -244,9 +271,16 @@ def test_no_history_gives_zero_flights_and_null_rates(spark: SparkSession, refer
 
 def test_no_leakage_from_the_month_itself_or_later(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
     rows = three_months()
-    base = build(spark, rows, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    march = [r for r in rows if r["month"] == 3]
+    at_the_hour = hour_weather(rows)  # non-empty: every flight's scheduled hour is observed, the join is exercised
+    base = build(spark, rows, reference, weather=frame(spark, "weather", at_the_hour)).select(
+        *schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    # The observation of the flight's scheduled hour is the one used.
+    got = {r["flight"]: (r["temp"], r["dewp"], r["pressure"]) for r in base.collect()}
+    assert got == {r["flight"]: (10.0 + r["flight"], r["flight"], 1010.0 + r["flight"]) for r in march}
 
-    # Rewrite every outcome of March and April, and add April flights on March's routes and hours.
+    # Rewrite every outcome of March and April, add April flights on March's routes and hours, and add
+    # weather observed 1, 2 and 24 hours after each flight's hour, with other values.
     mutated = []
     for r in rows:
         r = dict(r)
@@ -255,13 +289,41 @@ def test_no_leakage_from_the_month_itself_or_later(spark: SparkSession, referenc
             r["dep_time"] = None
         mutated.append(r)
     mutated += [flight(month=4, day=9, flight=100 + i, arr_delay=500.0, dest="LAX") for i in range(5)]
-    after = build(spark, mutated, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    weather = frame(spark, "weather", at_the_hour + hour_weather(rows, later=True))
+    after = build(spark, mutated, reference, weather=weather).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
     assertDataFrameEqual(after, base, checkRowOrder=False)
 
     # Control: the same rewrite of February does move March's features (the test can fail).
     feb_changed = [dict(r, arr_delay=999.0) if r["month"] == 2 else r for r in rows]
-    moved = build(spark, feb_changed, reference).select(*schema.KEY_COLUMNS, *FEATURE_COLUMNS)
+    moved = build(spark, feb_changed, reference, weather=frame(spark, "weather", at_the_hour)).select(
+        *schema.KEY_COLUMNS, *FEATURE_COLUMNS)
     assert {tuple(r) for r in moved.collect()} != {tuple(r) for r in base.collect()}
+
+
+def _join_latest_within_two_hours(flights: DataFrame, weather: DataFrame) -> DataFrame:
+    """A leaky weather join, for the control below: the newest observation from the scheduled hour up to two
+    hours later (what "the weather around departure" could tempt one to write)."""
+    from pyspark.sql import Window
+
+    obs = transforms.weather_observations(weather).withColumnsRenamed({"origin": "_w_origin", "time_hour": "_w_at"})
+    rid = flights.withColumn("_rid", F.monotonically_increasing_id())
+    cond = (rid["origin"] == obs["_w_origin"]) & (obs["_w_at"] >= rid["time_hour"]) & (
+        obs["_w_at"] < rid["time_hour"] + F.expr("INTERVAL 2 HOURS"))
+    newest = Window.partitionBy("_rid").orderBy(F.col("_w_at").desc_nulls_last())
+    joined = rid.join(obs, cond, "left").withColumn("_n", F.row_number().over(newest)).where(F.col("_n") == 1)
+    return joined.drop("_n", "_rid", "_w_origin", "_w_at")
+
+
+def test_the_leakage_test_fails_for_a_weather_join_that_reads_a_later_hour(
+    spark: SparkSession, reference: dict[str, DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.errors import PySparkAssertionError
+
+    # The leaky join still finds the scheduled hour's observation when nothing later exists, so only the
+    # "nothing later" half of the leakage test (its assertDataFrameEqual) can catch it; it must.
+    monkeypatch.setattr(transforms, "join_weather", _join_latest_within_two_hours)
+    with pytest.raises(PySparkAssertionError, match="DIFFERENT_ROWS"):
+        test_no_leakage_from_the_month_itself_or_later(spark, reference)
 
 
 def test_history_window_excludes_older_months(spark: SparkSession, reference: dict[str, DataFrame]) -> None:
