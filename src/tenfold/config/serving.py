@@ -132,8 +132,10 @@ class RolloutSettings(_Frozen):
     # Fail when the canary's latencies are greater than the control's plus this tolerance, at this significance.
     latency_tolerance_ms: float = Field(default=25.0, ge=0)
     latency_alpha: float = Field(default=0.01, gt=0, lt=1)
-    # Fail when the canary's online accuracy (at 0.5) is lower than the control's by more than this.
-    max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
+    # Fail when the canary's online accuracy (at 0.5) is lower than the control's by more than this, at this
+    # significance (a one-sided two-proportion z-test: a small sample's chance dip is not a failure).
+    max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)
+    accuracy_alpha: float = Field(default=0.01, gt=0, lt=1)
     # How often a waiting step looks for an abort and for new data.
     poll_s: float = Field(default=1.0, gt=0)
     # Where each rollout's HTML report goes in the lake: <lake>/<reports_prefix>/<version>/<rollout id>.html

@@ -11,8 +11,9 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
   samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
   slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
   fail a canary and a shift of the whole distribution does; the p99 of both is reported beside it.
-* **Online accuracy:** accuracy at 0.5 of the predictions that have feedback; the canary may trail the
-  control by at most ``max_accuracy_drop``.
+* **Online accuracy:** accuracy at 0.5 of the predictions that have feedback; the check fails when a
+  one-sided two-proportion z-test says the canary trails the control by more than ``max_accuracy_drop``
+  at significance ``accuracy_alpha`` (a small sample's chance dip is not a failure).
 * **No data is not a pass:** fewer than ``min_requests`` requests of either arm, or fewer than
   ``min_feedback`` labelled predictions, make the check ``no_data``. The caller waits for more, up to a
   deadline, and then fails safe. A failing metric fails the check even when another has no data yet.
@@ -68,6 +69,20 @@ class Check:
         return text + (": " + "; ".join(self.reasons) if self.reasons else "")
 
 
+def _worse_by_more_than(canary: Accuracy, control: Accuracy, margin: float) -> float:
+    """p-value of "the canary's accuracy is at least the control's less ``margin``" (one-sided z-test of two
+    proportions): small when the canary is worse by more than the margin beyond chance."""
+    from scipy.stats import norm
+
+    assert canary.accuracy is not None and control.accuracy is not None
+    pc, pk = canary.accuracy, control.accuracy
+    se = float(np.sqrt(pc * (1 - pc) / canary.labelled + pk * (1 - pk) / control.labelled))
+    gap = (pk - margin) - pc
+    if se == 0:
+        return 0.0 if gap > 0 else 1.0
+    return float(norm.sf(gap / se))
+
+
 def _p99(samples: np.ndarray) -> float | None:
     return float(np.percentile(samples, 99)) if samples.size else None
 
@@ -117,10 +132,12 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
                            f"labelled predictions; need {policy.min_feedback} each)")
         elif canary_acc.accuracy is not None and control_acc.accuracy is not None:
             drop = control_acc.accuracy - canary_acc.accuracy
-            values["accuracy_drop"] = drop
-            if drop > policy.max_accuracy_drop:
+            p_value = _worse_by_more_than(canary_acc, control_acc, policy.max_accuracy_drop)
+            values["accuracy_drop"], values["accuracy_p_value"] = drop, p_value
+            if p_value < policy.accuracy_alpha:
                 failed.append(f"online accuracy {canary_acc.accuracy:.3f} is {drop:.3f} below the control's "
-                              f"{control_acc.accuracy:.3f} (at most {policy.max_accuracy_drop:g} allowed)")
+                              f"{control_acc.accuracy:.3f}, more than the {policy.max_accuracy_drop:g} allowed "
+                              f"(z-test p={p_value:.3g} < {policy.accuracy_alpha:g})")
 
     if failed:
         return Check(FAIL, tuple(failed), values)

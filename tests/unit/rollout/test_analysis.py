@@ -48,9 +48,14 @@ def test_one_slow_outlier_does_not_fail_a_canary() -> None:
     assert check(outlier, arm(), GOOD, GOOD, POLICY).verdict == PASS
 
 
-def test_lower_online_accuracy_fails() -> None:
-    got = check(arm(), arm(), Accuracy(200, 0.60, 0.7), GOOD, POLICY)
+def test_lower_online_accuracy_fails_when_the_sample_shows_it_beyond_chance() -> None:
+    control = Accuracy(2000, 0.70, 0.55)
+    got = check(arm(), arm(), Accuracy(2000, 0.60, 0.7), control, POLICY)
     assert got.verdict == FAIL and any("online accuracy 0.600 is 0.100 below" in r for r in got.reasons)
+    assert got.values["accuracy_p_value"] < 1e-3
+    # The same dip in 30 labelled predictions is within chance, and a drop within the margin never fails.
+    assert check(arm(), arm(), Accuracy(30, 0.60), Accuracy(30, 0.70), POLICY).verdict == PASS
+    assert check(arm(), arm(), Accuracy(20000, 0.69), Accuracy(20000, 0.70), POLICY).verdict == PASS
 
 
 @pytest.mark.parametrize(("canary", "control", "canary_acc", "why"), [
