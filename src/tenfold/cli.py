@@ -72,7 +72,7 @@ _register_training(app)
 @app.command("demo")
 def demo(
     first: str = typer.Option("2013-01", help="first month to build (YYYY-MM)"),
-    last: str = typer.Option("2013-05", help="last month to build; the newest months are the training holdout"),
+    last: str = typer.Option("2013-06", help="last month to build: the second model holds it out, the first the month before"),
     flights: int = typer.Option(3000, min=0, help="flights of the last month to replay through the serving fleet"),
 ) -> None:
     """Bring the local platform up and run the lifecycle through Airflow (what `make demo` runs)."""

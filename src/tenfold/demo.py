@@ -4,22 +4,27 @@
 2. ``build_features`` is unpaused and backfilled over the demo months (one run per month, one at a
    time): ingest -> Spark features -> Great Expectations gate -> atomic publish. Months already
    published are not rebuilt, so a second ``make demo`` is quick.
-3. ``train_model`` is unpaused once the features are in (it stays paused meanwhile, so the features
-   Asset events of a half-built year do not start training). Its scheduled run trains with torchrun,
-   evaluates the challenger against the champion and both baselines on the time-based holdout,
-   registers it and gates it; the first model that passes the floors becomes champion.
-4. It prints where to look: the Airflow UI and its login, the lake, the Data Docs, the registry and
-   the metrics table.
+3. The first model (when there is no champion yet): ``train_model`` trains on the window up to three
+   months before the last, holds out the second-to-last month, and its gate promotes it by the floors
+   alone (torchrun training, evaluation against both baselines, registry).
+4. It prints where to look: the Airflow UI and its login, the lake, the Data Docs, the registry.
 5. Online serving: the champion is served by the local fleet (replicas behind HAProxy; a fleet from an
-   earlier demo is rolled to the new champion one replica at a time), the held-out month's flights are
-   replayed through it with user keys and a 10% canary split, each outcome is posted as feedback, the
-   feedback is landed and joined, and it prints req/s, p99, the arms' shares and the online accuracy.
+   earlier demo is rolled to the champion one replica at a time), and the newest month's flights are
+   replayed through it as live traffic (user keys, each outcome as feedback) until the end.
+6. The second model, trained on a later window (holding out the last month), goes through the offline
+   gate; if it passes it becomes the challenger and its event starts ``rollout_model``: a canary through
+   5 -> 25 -> 50 -> 100 % of the users, checked against the champion on the live traffic. The demo prints
+   each step, each check with its values and the decision, then the final weights and the online
+   accuracy per model version and arm.
 
 Everything runs as Airflow DAG runs, so the same runs are there to inspect (and re-run) in the UI.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +35,12 @@ from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
 from tenfold.workloads import VERSION_KEY, get_workload
 
-BUILD, TRAIN = "build_features", "train_model"
+BUILD, TRAIN, ROLLOUT = "build_features", "train_model", "rollout_model"
 FEATURE_TIMEOUT_S = 30 * 60  # per month, at worst, on a busy 2-core machine
 TRAIN_TIMEOUT_S = 45 * 60
-# The served replay: this many of the held-out month's flights, a tenth of the users on the canary pool.
+ROLLOUT_TIMEOUT_S = 30 * 60
+# The served replay: this many of the newest month's flights, replayed over and over during the rollout.
 DEMO_FLIGHTS = 3000
-DEMO_CANARY_PERCENT = 10
 FEEDBACK_TIMEOUT_S = 180
 
 
@@ -95,21 +100,12 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         time.sleep(10)
 
 
-def train(settings: Settings, api: AirflowApi, say: Callable[[str], object]) -> str:
-    """Unpause ``train_model`` and follow its scheduled run; trigger one if the schedule made none."""
-    before = {str(r["dag_run_id"]) for r in api.runs(TRAIN)}
+def train(settings: Settings, api: AirflowApi, say: Callable[[str], object], conf: dict[str, Any], name: str) -> str:
+    """Trigger ``train_model`` with ``conf`` and follow the run to its end; returns its run id."""
+    run_id = f"demo__{name}__{time.strftime('%Y%m%dT%H%M%S')}"
     api.set_paused(TRAIN, False)
-    run_id = None
-    for _ in range(12):  # the scheduler creates the weekly run on unpause (catchup=False: only the latest)
-        new = [r for r in api.runs(TRAIN) if str(r["dag_run_id"]) not in before]
-        if new:
-            run_id = str(new[0]["dag_run_id"])
-            break
-        time.sleep(5)
-    if run_id is None:  # this week's scheduled run already happened: retrain now on the published months
-        run_id = f"demo__{time.strftime('%Y%m%dT%H%M%S')}"
-        api.trigger(TRAIN, run_id)
-    say(f"{TRAIN}: following run {run_id}")
+    api.trigger(TRAIN, run_id, conf)
+    say(f"{TRAIN}: run {run_id} ({json.dumps(conf)})")
     states = api.wait_for_runs(TRAIN, [run_id], timeout_s=TRAIN_TIMEOUT_S,
                                on_change=lambda r, s: say(f"  {TRAIN} {r}: {s}"))
     if states[run_id] != "success":
@@ -117,6 +113,20 @@ def train(settings: Settings, api: AirflowApi, say: Callable[[str], object]) -> 
         raise DemoError(f"{TRAIN} run {run_id} failed in {', '.join(failed) or 'a task'}: "
                         f"open {airflow_url(settings)}/dags/{TRAIN} for its logs")
     return run_id
+
+
+def show_training(api: AirflowApi, run_id: str, say: Callable[[str], object]) -> dict[str, Any]:
+    """Print the run's comparison table and gate decision; returns the decision."""
+    from tenfold.pipelines.train_model import comparison_table
+
+    evaluation = xcom(api, TRAIN, run_id, "evaluate")
+    decision: dict[str, Any] = xcom(api, TRAIN, run_id, "gate")
+    registered = xcom(api, TRAIN, run_id, "register")
+    say("")
+    say(comparison_table(evaluation, registered["version"]))
+    say(f"gate: {decision['summary']}")
+    say("")
+    return decision
 
 
 def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
@@ -127,42 +137,118 @@ def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
     return api._send("GET", path)["value"]
 
 
-def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str], object]) -> None:
-    """Serve the champion on the local fleet and replay ``flights`` flights of ``month`` through it as live
-    traffic (user keys, a 10% canary split, then each outcome as feedback); wait until the feedback sink
-    has landed and joined all of it, and print the online accuracy per model version and arm."""
-    import datetime as dt
-
-    from tenfold.feedback import online_metrics
+def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | None:
+    """The local fleet serves the champion in both pools (started, or rolled one replica at a time); the
+    canary gets no traffic until a rollout gives it some. Returns the champion (None: nothing to serve)."""
     from tenfold.local.stack import feedback_sink_up, serving_up
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.rollout.haproxy import HaproxyRouter
-    from tenfold.serving import fleet, traffic
-    from tenfold.serving.auth import ensure_token
+    from tenfold.serving import fleet
 
     champion = ModelRegistry(settings).resolve(CHAMPION)
     if champion is None:
         say("serving: no champion yet (the gate promoted nothing), so there is nothing to serve")
-        return
+        return None
     if fleet.supervisor_record(settings) is None:
         serving_up(settings, say=say)
-    else:  # a fleet from an earlier demo: move both pools to the new champion, one replica at a time
+    else:  # a fleet from an earlier demo: move both pools to the champion, one replica at a time
         say(f"serving: rolling the running fleet to champion {champion} ...")
         for pool in ("stable", "canary"):
             fleet.rollout(settings, champion, pool=pool)
         feedback_sink_up(settings, say=say)
-    router = HaproxyRouter.from_settings(settings)
-    before = router.canary_percent()
-    router.set_canary_percent(DEMO_CANARY_PERCENT)
-    items = get_workload(settings).replay(month)[:flights]
-    say(f"serving: replaying {len(items)} flights of {month.label} through HAProxy "
-        f"({DEMO_CANARY_PERCENT}% of users on the canary pool), then their outcomes as feedback ...")
-    since = dt.datetime.now(dt.UTC)
-    try:
-        report = traffic.replay(settings, items, token=ensure_token(settings))
-    finally:
-        router.set_canary_percent(before)
-    say(f"  {report.summary()}")
+    HaproxyRouter.from_settings(settings).set_canary_percent(0)
+    return champion
+
+
+class Traffic:
+    """The month's flights replayed through HAProxy as live traffic (user keys, then each outcome as
+    feedback), over and over in a thread until :meth:`stop`: what the canary analysis sees."""
+
+    def __init__(self, settings: Settings, month: Partition, flights: int) -> None:
+        from tenfold.serving.auth import ensure_token
+        from tenfold.serving.traffic import TrafficReport
+
+        self.settings, self.token = settings, ensure_token(settings)
+        self.items = get_workload(settings).replay(month)[:flights]
+        self.report = TrafficReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tenfold.serving import traffic
+
+        chunk = 500
+        while not self._stop.is_set():
+            for start in range(0, len(self.items), chunk):
+                if self._stop.is_set():
+                    return
+                traffic.replay(self.settings, self.items[start:start + chunk], token=self.token, concurrency=6,
+                               report=self.report)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+
+def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], version: str,
+                   say: Callable[[str], object]) -> str | None:
+    """Follow the ``rollout_model`` run the challenger event started: print each decision as it is recorded,
+    then the outcome; returns the outcome (None if no run started)."""
+    from tenfold.registry import ModelRegistry
+    from tenfold.rollout.analysis import Check
+    from tenfold.rollout.record import is_check, latest
+
+    run_id = None
+    deadline = time.monotonic() + 120
+    while run_id is None:  # the scheduler starts the asset-triggered run within seconds
+        new = [r for r in api.runs(ROLLOUT) if str(r["dag_run_id"]) not in before]
+        if new:
+            run_id = str(new[0]["dag_run_id"])
+        elif time.monotonic() > deadline:
+            say(f"{ROLLOUT}: no run was started by the challenger event; see {airflow_url(settings)}/dags/{ROLLOUT}")
+            return None
+        else:
+            time.sleep(3)
+    say(f"{ROLLOUT}: following run {run_id} (canary {version}; `tenfold rollout status` shows the same)")
+    registry = ModelRegistry(settings)
+    shown: set[str] = set()
+    deadline = time.monotonic() + ROLLOUT_TIMEOUT_S
+    while True:
+        found = latest(registry, version)
+        if found is not None:
+            for key, e in found[1].items():
+                if key in shown:
+                    continue
+                shown.add(key)
+                if key.endswith("-set"):
+                    say(f"  step {e['step']}: canary at {e['percent']} %")
+                elif is_check(key, e):
+                    say(f"    check {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
+                elif key == "end":
+                    say(f"  decision: {e['outcome'].replace('_', ' ').upper()}" + (f" ({'; '.join(e['reasons'])})" if e["reasons"] else ""))
+                elif key == "done":
+                    say(f"  report: {e['report']}")
+        state = str(api.run(ROLLOUT, run_id)["state"])
+        if state in ("success", "failed"):
+            if state == "failed":
+                say(f"{ROLLOUT} run {run_id} failed in {', '.join(api.failed_tasks(ROLLOUT, run_id)) or 'a task'}: "
+                    f"see {airflow_url(settings)}/dags/{ROLLOUT}")
+            return str(found[1]["end"]["outcome"]) if found and "end" in found[1] else None
+        if time.monotonic() > deadline:
+            raise DemoError(f"{ROLLOUT} did not finish in time; see {airflow_url(settings)}/dags/{ROLLOUT}")
+        time.sleep(3)
+
+
+def report_online(settings: Settings, since: dt.datetime, report: Any, say: Callable[[str], object]) -> None:
+    """Wait until the feedback sink has landed and joined the traffic's outcomes; print accuracy per version and arm."""
+    from tenfold.feedback import online_metrics
+    from tenfold.serving import fleet
+
+    say(f"traffic: {report.summary()}")
     for error in report.errors[:3]:
         say(f"  error: {error}")
     accepted = report.feedback.get(202, 0)
@@ -180,8 +266,9 @@ def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str
         m = group.metrics
         auc = f"{m.auc:.3f}" if m.auc is not None else "n/a"
         loss = f"{m.log_loss:.4f}" if m.log_loss is not None else "n/a"
+        acc = f"{m.accuracy:.3f}" if m.accuracy is not None else "n/a"
         say(f"  {group.group['model_version']} {group.group['arm']:>6}: {group.served} served, {m.count} with outcomes, "
-            f"log loss {loss}, AUC {auc}")
+            f"accuracy {acc}, log loss {loss}, AUC {auc}")
     rep = fleet.report(settings)
     say(f"serving: {rep.url}{settings.serving.server.api_prefix}/predict (token: `tenfold status`); HAProxy metrics "
         f"{rep.metrics_url}; each replica's /metrics in `tenfold serve status`; `tenfold feedback metrics`")
@@ -190,35 +277,54 @@ def serve(settings: Settings, month: Partition, flights: int, say: Callable[[str
 def run(settings: Settings, first: str, last: str, *, flights: int = DEMO_FLIGHTS,
         say: Callable[[str], object] = print) -> None:
     from tenfold.local.stack import describe, up
+    from tenfold.quality.gate import data_docs_location
+    from tenfold.registry import CHAMPION, ModelRegistry
+    from tenfold.rollout.haproxy import HaproxyRouter
 
     months = month_range(first, last)
-    if len(months) < 2:
-        raise DemoError("the demo needs at least two months: one to train on and a later one to hold out")
+    if len(months) < 3:
+        raise DemoError("the demo needs at least three months: the first model holds out the second-to-last, "
+                        "the second model (trained on a later window) the last")
     statuses = up(settings, echo=say)
     api = _api(settings)
-    for dag_id in (BUILD, TRAIN):
+    for dag_id in (BUILD, TRAIN, ROLLOUT):
         api.wait_for_dag(dag_id)
-    api.set_paused(TRAIN, True)
+    api.set_paused(TRAIN, True)  # no training on the features events of a half-built window
+    api.set_paused(ROLLOUT, True)
     build_months(settings, api, months, say)
-    run_id = train(settings, api, say)
-
-    from tenfold.pipelines.train_model import comparison_table
-    from tenfold.quality.gate import data_docs_location
-
-    evaluation = xcom(api, TRAIN, run_id, "evaluate")
-    decision = xcom(api, TRAIN, run_id, "gate")
-    registered = xcom(api, TRAIN, run_id, "register")
-    say("")
-    say(comparison_table(evaluation, registered["version"]))
-    say(f"gate: {decision['summary']}")
-    say("")
+    registry = ModelRegistry(settings)
+    window = [months[0].label, months[-3].label]
+    if registry.resolve(CHAMPION) is None:
+        say(f"the first model: trained on {window[0]}..{window[1]}, held out {months[-2].label}")
+        first_run = train(settings, api, say, {"train_months": window, "holdout_months": [months[-2].label] * 2}, "first")
+        show_training(api, first_run, say)
     say(describe(settings, statuses))
     say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
     say(f"Data Docs: {data_docs_location(settings)}/index.html")
-    say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} "
-        f"(champion {decision.get('champion_now')}; `tenfold models list`)")
+    say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} (`tenfold models list`)")
     say("")
-    serve(settings, months[-1], flights, say)
+    champion = ensure_serving(settings, say)
+    if champion is None:
+        return
+    router = HaproxyRouter.from_settings(settings)
+    since = dt.datetime.now(dt.UTC)
+    with Traffic(settings, months[-1], flights) as live:
+        say(f"serving: champion {champion}; replaying {len(live.items)} flights of {months[-1].label} through HAProxy "
+            "as live traffic (with each outcome as feedback) until the rollout ends")
+        api.set_paused(ROLLOUT, False)
+        before = {str(r["dag_run_id"]) for r in api.runs(ROLLOUT)}
+        later = [months[0].label, months[-2].label]
+        say(f"the second model: trained on the later window {later[0]}..{later[1]}, held out {months[-1].label}")
+        second = train(settings, api, say, {"train_months": later, "holdout_months": [months[-1].label] * 2,
+                                            "seed": int(time.time()) % 10_000}, "second")
+        decision = show_training(api, second, say)
+        if decision.get("canary"):
+            follow_rollout(settings, api, before, str(decision["challenger_version"]), say)
+        else:
+            say("no canary: the second model did not pass the offline gate, so the champion keeps serving")
+    percent = router.canary_percent()
+    say(f"final weights: stable {100 - percent} % / canary {percent} %; champion {registry.resolve(CHAMPION)}")
+    report_online(settings, since, live.report, say)
 
 
 __all__ = ["AirflowApiError", "DemoError", "run"]
