@@ -654,7 +654,7 @@ def build_settings(
         serving=ServingSettings(
             stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
                                max_replicas=20 if prod else 2, **gpu),
-            canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=0,
+            canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
                                max_replicas=4 if prod else 1, **gpu),
             token_secret=f"{prefix}-serving-token",
             load_balancer=LoadBalancerSettings(
