@@ -670,7 +670,9 @@ def build_settings(
             ),
             server=ServerSettings(**given.serving.get("server", {})),  # type: ignore[arg-type]
             fleet=FleetSettings(**given.serving.get("fleet", {})),  # type: ignore[arg-type]
-            rollout=RolloutSettings(**given.serving.get("rollout", {})),  # type: ignore[arg-type]
+            # The load balancer's logs reach Cloud Logging up to a minute late: longer windows in the cloud.
+            rollout=RolloutSettings(**{**({} if is_local else {"interval_s": 120.0}),  # type: ignore[arg-type]
+                                       **given.serving.get("rollout", {})}),
         ),
         inference=InferenceSettings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
