@@ -9,9 +9,10 @@ A checkpoint is two files in the checkpoint folder::
                          commit marker
 
 Both are written to a temporary name, fsynced and renamed. A worker killed mid-write leaves a temp
-file (ignored) or a .pt without its sidecar (ignored); a truncated or bit-flipped .pt fails its
-checksum, and :func:`latest_valid_snapshot` (or :func:`latest_valid_checkpoint` for a raw payload)
-falls back to the previous one.
+file (ignored, and removed by the next save) or a .pt without its sidecar (ignored); a truncated or
+bit-flipped .pt fails its checksum, and :func:`latest_valid_snapshot` (or :func:`latest_valid_checkpoint`
+for a raw payload) falls back to the previous one. tests/unit/training/test_fault_training.py SIGKILLs
+rank 0 halfway through writing one (the test-only hook of :mod:`tenfold.training.faults`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from tenfold.fsio import atomic_write
+from tenfold.training import faults
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +128,29 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], *
     data = buf.getvalue()
     path = checkpoint_path(folder, step)
     sidecar = path.with_suffix(".json")
+    if (fault := faults.armed(int(os.environ.get("RANK", "0")), step, "checkpoint")) is not None:
+        _fire_halfway(path, data, fault)
     atomic_write(path, data)
     body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name}
     atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         for f in (old.path, old.sidecar):
             f.unlink(missing_ok=True)
+    # Temporary files of a writer that was killed (rank 0 is the only writer, so none is being written now).
+    for stale in folder.glob(".ckpt-*.tmp-*"):
+        stale.unlink(missing_ok=True)
     return CheckpointInfo(step, path, sidecar)
+
+
+def _fire_halfway(path: Path, data: bytes, fault: faults.Fault) -> None:
+    """Test-only (see :mod:`tenfold.training.faults`): stop with half of the checkpoint in the temporary
+    file that :func:`~tenfold.fsio.atomic_write` would be filling, so a test's SIGKILL lands mid-write."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+    faults.fire(fault, partial=str(tmp), written=len(data) // 2, total=len(data), checkpoint=path.name)
 
 
 def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:

@@ -30,9 +30,8 @@ construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapsho
 in a local scratch folder and mirrors checkpoints, the model and the result to ``--out``
 (:mod:`tenfold.training.remote`).
 
-Test-only fault hook: ``TENFOLD_TRAIN_FAULT="rank=1,step=7,mode=exit,once=/path/marker"`` makes that
-rank die (``exit``: ``os._exit(17)`` as a killed process would; ``raise``: an exception) when it is
-about to run global step 7; with ``once`` it fires only while the marker file does not exist.
+Test-only fault hooks (:mod:`tenfold.training.faults`): ``TENFOLD_TRAIN_FAULT`` holds a rank in the middle
+of a step, or rank 0 halfway through writing a checkpoint, until a test SIGKILLs it; or makes a rank raise.
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
 from tenfold.training import checkpoint as ckpt
+from tenfold.training import faults
 from tenfold.training.calibration import calibrate, plain_log_loss, selection_loss
 from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
@@ -78,7 +78,7 @@ from tenfold.workloads import get_workload
 
 log = logging.getLogger("tenfold.training.worker")
 
-FAULT_ENV = "TENFOLD_TRAIN_FAULT"
+FAULT_ENV = faults.FAULT_ENV
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
@@ -121,25 +121,6 @@ def select_device(backend: str, local_rank: int) -> torch.device:
     if backend != "gloo":
         raise WorkerError(f"unknown backend {backend!r}: use gloo (CPU) or nccl (CUDA)")
     return torch.device("cpu")
-
-
-def _maybe_fault(rank: int, step: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    opts = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if int(opts.get("rank", -1)) != rank or int(opts.get("step", -1)) != step:
-        return
-    marker = opts.get("once")
-    if marker:
-        if Path(marker).exists():
-            return
-        Path(marker).write_text(f"fired at rank {rank} step {step}\n")
-    if opts.get("mode", "exit") == "raise":
-        raise RuntimeError(f"injected fault on rank {rank} at step {step} ({FAULT_ENV})")
-    sys.stderr.write(f"[tenfold] injected hard exit on rank {rank} at step {step}\n")
-    sys.stderr.flush()
-    os._exit(17)
 
 
 def _manifests(lake: Lake, cfg: TrainConfig) -> dict[str, Any]:
@@ -299,6 +280,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.ddp(cat, num), y)
         loss.backward()
+        if (fault := faults.armed(self.rank, self.step + 1, "step")) is not None:
+            faults.fire(fault)  # test-only: gradients all-reduced, this rank's weights not yet updated
         self.optimizer.step()
         self.scheduler.step()
         reduced = loss.detach().clone()
@@ -347,7 +330,6 @@ class Trainer:
         for b, index in self.batches.epoch(self.epoch, self.batch_pos):
             if self.step >= self.total_steps:
                 return
-            _maybe_fault(self.rank, self.step + 1)
             self.last_loss = self._run_batch(index)
             self.step += 1
             self.steps_run += 1

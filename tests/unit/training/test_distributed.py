@@ -1,4 +1,4 @@
-"""Real torchrun runs on gloo: killed-worker resume, DDP equivalence, corrupt checkpoints, failures."""
+"""Real torchrun runs on gloo: DDP equivalence, corrupt checkpoints, failures (kills: test_fault_training.py)."""
 
 from __future__ import annotations
 
@@ -50,27 +50,6 @@ def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(
     assert worst <= 1e-6, f"largest relative loss difference {worst:.2e}"
 
 
-def test_killed_worker_restarts_resumes_and_matches_the_uninterrupted_run(
-    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
-) -> None:
-    marker = tmp_path / "fault-fired"
-    kill_step, k = 31, small_config.checkpoint_every  # mid-epoch, 7 steps after the step-24 checkpoint
-    # Output to a URI, as on the cloud training group: workers train in scratch folders and the
-    # restarted ones resume from the checkpoints mirrored there.
-    killed = run_torchrun(
-        train_settings, small_config, (tmp_path / "killed").as_uri(), nproc=2, timeout_s=240, max_restarts=1,
-        env={FAULT_ENV: f"rank=1,step={kill_step},mode=exit,once={marker}"},
-    )
-    assert marker.exists(), "the fault hook never fired"
-    assert killed.restart_count == 1
-    assert killed.resumed_from_step is not None
-    assert kill_step - 1 - killed.resumed_from_step <= k  # lost at most k steps
-    assert killed.steps == reference_run.steps == 50
-    _assert_same_weights(_weights(killed), _weights(reference_run))
-    # The replayed steps reproduce the first attempt's losses too.
-    assert read_losses(killed.out_dir) == read_losses(reference_run.out_dir)
-
-
 def test_corrupt_newest_checkpoint_is_skipped_on_resume(
     reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
@@ -113,12 +92,20 @@ def test_a_job_past_its_bound_is_killed_with_all_its_processes(
     with pytest.raises(TrainingTimeout, match="ran past its 3 s bound"):
         run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=3)
     assert time.monotonic() - started < 30
-    time.sleep(0.5)
-    leftovers = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(tmp_path) in part for part in proc.info["cmdline"] or []):
-                leftovers.append(proc.pid)
-        except psutil.Error:
-            continue
-    assert leftovers == [], f"processes of the killed job still run: {leftovers}"
+
+    def leftovers() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if proc.info["status"] != psutil.STATUS_ZOMBIE and any(
+                        str(tmp_path) in part for part in proc.info["cmdline"] or []):
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    # Killed workers take a moment to be gone: wait for that (a deadline, not a guessed sleep).
+    deadline = time.monotonic() + 30
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], f"processes of the killed job still run 30 s after it was killed: {left}"

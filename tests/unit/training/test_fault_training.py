@@ -1,0 +1,171 @@
+"""Real SIGKILLs of torchrun workers at exact points: rank 0 halfway through writing a checkpoint, rank 1 in
+the middle of a step. Each run resumes from the newest valid checkpoint and ends with the weights of the
+uninterrupted run, bit for bit.
+
+The hook of :mod:`tenfold.training.faults` holds the named rank at its point and writes a ready file with
+its pid; a thread here waits for that file (a condition with a deadline), records what is on disk at that
+instant, and sends ``os.kill(pid, SIGKILL)``. torchrun sees the worker die, restarts the job once, and the
+new workers resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+
+from tenfold.config import Settings
+from tenfold.training import checkpoint as ckpt
+from tenfold.training.config import TrainConfig
+from tenfold.training.faults import FAULT_ENV
+from tenfold.training.launch import TrainResult, run_torchrun
+
+from .conftest import read_losses
+
+READY_TIMEOUT_S = 180.0
+
+
+def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
+    return torch.load(Path(result.model_dir) / "weights.pt", weights_only=True)
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs from the uninterrupted run"
+
+
+def newest_valid_step(folder: Path) -> int | None:
+    """The step a resume must pick: the newest checkpoint whose sidecar exists and whose bytes match it."""
+    for info in reversed(ckpt.list_checkpoints(folder)):
+        try:
+            ckpt.verify_checkpoint(info)
+        except ckpt.CheckpointError:
+            continue
+        return info.step
+    return None
+
+
+@dataclass
+class Killer:
+    """Waits for the fault hook's ready file, looks at the checkpoints, and SIGKILLs the paused worker."""
+
+    ready: Path
+    checkpoints: Path
+    seen: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not self.ready.exists():  # written by os.replace: whole once it exists
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the fault hook never wrote {self.ready} in {READY_TIMEOUT_S:.0f} s")
+                time.sleep(0.02)
+            body = json.loads(self.ready.read_text())
+            proc = psutil.Process(body["pid"])
+            assert "tenfold.training.worker" in " ".join(proc.cmdline()), proc.cmdline()
+            assert proc.environ().get("RANK") == str(body["rank"])
+            # What the disk holds while the worker is held at its point (it cannot move on until killed).
+            self.seen = {**body, "newest_valid": newest_valid_step(self.checkpoints),
+                         "files": sorted(p.name for p in self.checkpoints.iterdir())}
+            if "partial" in body:
+                self.seen["partial_bytes"] = Path(body["partial"]).stat().st_size
+            os.kill(body["pid"], signal.SIGKILL)
+            # Gone, and by this signal: the hook never returns (it would only exit after PAUSE_LIMIT_S).
+            # (torchrun's log is no witness: it may name the other rank, whose collective broke first.)
+            proc.wait(timeout=60)
+        except BaseException as exc:  # re-raised in the test's thread
+            self.error = exc
+
+    def result(self) -> dict[str, Any]:
+        self.thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+        assert self.seen, "the worker was never killed"
+        return self.seen
+
+
+def test_rank0_killed_while_writing_a_checkpoint_resumes_from_the_newest_valid_one_bit_for_bit(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    out, ready, step = tmp_path / "run", tmp_path / "ready.json", 24  # a checkpoint step (every 8)
+    killer = Killer(ready, out / "checkpoints")
+    result = run_torchrun(
+        train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=1,
+        env={FAULT_ENV: f"rank=0,step={step},at=checkpoint,mode=pause,ready={ready}"},
+    )
+    seen = killer.result()
+    # Killed mid-write: half of the checkpoint of step 24 sat in its temporary file, beside the valid ones.
+    assert seen["rank"] == 0 and seen["checkpoint"] == f"ckpt-{step:08d}.pt"
+    assert 0 < seen["partial_bytes"] == seen["written"] < seen["total"]
+    assert Path(seen["partial"]).name in seen["files"] and f"ckpt-{step:08d}.pt" not in seen["files"]
+    assert seen["newest_valid"] == 16
+    # The restart resumed from the newest valid checkpoint, never from the partial one.
+    assert result.restart_count == 1
+    assert result.resumed_from_step == seen["newest_valid"]
+    assert result.steps == reference_run.steps == 50
+    _assert_same_weights(_weights(result), _weights(reference_run))
+    assert read_losses(out) == read_losses(reference_run.out_dir)
+    assert not list((out / "checkpoints").glob(".*.tmp-*")), "the killed writer's temporary file was not cleaned up"
+
+
+def test_rank1_killed_mid_step_resumes_from_the_newest_valid_checkpoint_bit_for_bit(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Output to a URI, as on the cloud training group: the workers train in scratch folders and the
+    # restarted ones resume from the checkpoints mirrored there. The scratch folders (TMPDIR of the
+    # workers) and the launcher's own go under this test's folder.
+    out, ready, step = tmp_path / "killed", tmp_path / "ready.json", 31  # one step past the epoch-end checkpoint
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "launch").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "launch"))
+    killer = Killer(ready, out / "checkpoints")
+    result = run_torchrun(
+        train_settings, small_config, out.as_uri(), nproc=2, timeout_s=300, max_restarts=1,
+        env={FAULT_ENV: f"rank=1,step={step},at=step,mode=pause,ready={ready}", "TMPDIR": str(tmp_path / "scratch")},
+    )
+    seen = killer.result()
+    assert seen["rank"] == 1 and seen["step"] == step
+    assert seen["newest_valid"] == 30  # the end of epoch 2 (15 steps per epoch)
+    assert result.restart_count == 1
+    assert result.resumed_from_step == seen["newest_valid"]
+    assert result.steps == reference_run.steps == 50
+    _assert_same_weights(_weights(result), _weights(reference_run))
+    assert read_losses(Path(result.out_dir)) == read_losses(reference_run.out_dir)
+
+
+def test_a_partly_written_newer_checkpoint_is_never_the_newest_valid(tmp_path: Path) -> None:
+    # The three states a killed writer can leave, each newer than a good checkpoint.
+    good = ckpt.save_checkpoint(tmp_path, 8, {"model": {"w": torch.ones(3)}, "step": 8})
+    data = good.path.read_bytes()
+    truncated = ckpt.save_checkpoint(tmp_path, 16, {"model": {"w": torch.zeros(3)}, "step": 16})
+    truncated.path.write_bytes(truncated.path.read_bytes()[:100])  # torn after its sidecar was written
+    ckpt.checkpoint_path(tmp_path, 24).write_bytes(data)  # renamed, no sidecar yet
+    (tmp_path / ".ckpt-00000032.pt.tmp-0badc0de").write_bytes(data[: len(data) // 2])  # mid-write
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 8 and torch.equal(found[1]["model"]["w"], torch.ones(3))
+
+
+def test_a_fault_spec_that_cannot_work_is_refused() -> None:
+    from tenfold.training.faults import Fault
+
+    with pytest.raises(ValueError, match="mode=pause needs ready"):
+        Fault.parse("rank=0,step=3,at=checkpoint")
+    with pytest.raises(ValueError, match="at must be one of"):
+        Fault.parse("rank=0,step=3,at=epoch,mode=raise")
