@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tenfold.config.settings import project_root
@@ -53,7 +54,12 @@ def test_the_image_command_serves_from_its_environment_and_drains_on_sigterm(
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
         slow.sendall(head + body[:20])  # a slow client: the request is in flight, its body half sent
-        time.sleep(0.5)
+        # In flight once the replica has accepted this connection: wait for that, not for a guessed time.
+        mine = slow.getsockname()
+        deadline = time.monotonic() + 30
+        while not any(c.raddr and tuple(c.raddr) == mine for c in psutil.Process(replica.pid).net_connections("tcp")):
+            assert time.monotonic() < deadline, "the replica never accepted the slow client's connection"
+            time.sleep(0.02)
         os.kill(replica.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while not _refused("127.0.0.1", port):  # no new connections once draining...

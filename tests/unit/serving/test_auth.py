@@ -45,20 +45,25 @@ def test_the_token_is_generated_once_0600_under_the_home(settings: Any) -> None:
 
 
 _RACE = """
-import sys, time
+import sys
 from tenfold.config import build_settings
 from tenfold.serving.auth import ensure_token
-start = float(sys.argv[2])
-while time.time() < start:
-    time.sleep(0.001)
-print(ensure_token(build_settings("local", {"TENFOLD_HOME": sys.argv[1]})))
+settings = build_settings("local", {"TENFOLD_HOME": sys.argv[1]})
+print("ready", flush=True)
+sys.stdin.readline()  # the start, sent to every process at once
+print(ensure_token(settings))
 """
 
 
 def test_replicas_starting_together_agree_on_one_token(tmp_path: Path) -> None:
-    start = time.time() + 3.0  # every process is imported and waiting by then: they generate at once
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), repr(start)], stdout=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    # Every process imported and waiting (each said so), then all started together: they generate at once.
+    assert [p.stdout.readline().strip() for p in procs if p.stdout] == ["ready"] * 4
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     tokens = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert [p.returncode for p in procs] == [0] * 4
     assert len(tokens) == 1 and "" not in tokens

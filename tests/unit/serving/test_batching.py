@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,8 +20,10 @@ class Recorder:
         self.calls: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a call is in the model (held there while the gate is closed)
 
     def __call__(self, items: list[int]) -> list[int]:
+        self.entered.set()
         self.gate.wait(10)
         if any(i < 0 for i in items):
             raise ValueError(f"negative input in {items}")
@@ -28,8 +31,18 @@ class Recorder:
         return [2 * i for i in items]
 
 
-def _batcher(model: Recorder, *, size: int = 8, wait_s: float = 0.05) -> MicroBatcher[int, int]:
-    return MicroBatcher(model, executor=ThreadPoolExecutor(1), max_batch_size=size, max_wait_s=wait_s)
+def _batcher(model: Recorder, *, size: int = 8, wait_s: float = 0.05,
+             on_depth: Callable[[int], None] | None = None) -> MicroBatcher[int, int]:
+    return MicroBatcher(model, executor=ThreadPoolExecutor(1), max_batch_size=size, max_wait_s=wait_s,
+                        on_depth=on_depth)
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition`` (a deadline, not a guessed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still not true after {timeout_s} s"
+        await asyncio.sleep(0.001)
 
 
 def test_a_lone_request_on_an_idle_batcher_does_not_wait() -> None:
@@ -98,13 +111,14 @@ def test_what_queues_while_the_model_is_busy_goes_in_the_next_call_within_the_si
     model = Recorder()
 
     async def main() -> list[list[int]]:
-        b = _batcher(model, size=4, wait_s=0.0)
+        depths: list[int] = []
+        b = _batcher(model, size=4, wait_s=0.0, on_depth=depths.append)
         b.start()
         model.gate.clear()
         first = asyncio.create_task(b.submit([0]))
-        await asyncio.sleep(0.05)  # the first call is now running (held on the gate)
+        await _until(model.entered.is_set)  # the first call is running (held on the gate)
         rest = [asyncio.create_task(b.submit([i, i])) for i in range(1, 4)]  # 6 rows queue up meanwhile
-        await asyncio.sleep(0.05)
+        await _until(lambda: depths[-1] == 6)
         model.gate.set()
         out = [await first, *[await t for t in rest]]
         await b.stop()
@@ -132,13 +146,14 @@ def test_one_bad_request_fails_alone() -> None:
     model = Recorder()
 
     async def main() -> list[object]:
-        b = _batcher(model, size=64, wait_s=0.0)
+        depths: list[int] = []
+        b = _batcher(model, size=64, wait_s=0.0, on_depth=depths.append)
         b.start()
         model.gate.clear()
         blocker = asyncio.create_task(b.submit([100]))
-        await asyncio.sleep(0.05)
+        await _until(model.entered.is_set)  # the blocker is in the model, held on the gate
         tasks = [asyncio.create_task(b.submit(items)) for items in ([1], [-1], [3])]
-        await asyncio.sleep(0.05)
+        await _until(lambda: depths[-1] == 3)  # all three queued behind it
         model.gate.set()
         await blocker
         out = await asyncio.gather(*tasks, return_exceptions=True)
@@ -169,9 +184,9 @@ def test_queue_depth_and_batch_sizes_are_reported() -> None:
         b.start()
         model.gate.clear()
         first = asyncio.create_task(b.submit([1]))
-        await asyncio.sleep(0.05)
+        await _until(model.entered.is_set)  # the first call is in the model, held on the gate
         second = asyncio.create_task(b.submit([2, 3]))
-        await asyncio.sleep(0.05)
+        await _until(lambda: depths[-1] == 2)
         model.gate.set()
         await first
         await second
