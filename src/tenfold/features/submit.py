@@ -3,9 +3,10 @@
 ``spark_submit_features(settings, part, output_uri)`` is what the build_features DAG calls when
 ``settings.env == "local"``; in dev and prod the same job file runs as a Dataproc batch. The child gets
 the settings' master (``local[2,4]``: 2 cores, up to 4 attempts per task) and driver memory, a small
-JVM heap and quiet logs, the settings' workload (``--workload``) and features table, and runs under a
-wall-clock limit; a failure raises
-:class:`SparkJobError` with the exit code and the tail of the job's output.
+JVM heap and quiet logs, the driver and its block manager bound to loopback with no UI
+(:func:`loopback_conf`), the settings' workload (``--workload``) and features table, and runs under a
+wall-clock limit; a failure raises :class:`SparkJobError` with the exit code and the tail of the job's
+output.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class SparkJobError(RuntimeError):
         self.log_tail = log_tail
 
 
+def loopback_conf(host: str = "127.0.0.1") -> dict[str, str]:
+    """Spark conf that keeps a local-mode job on ``host`` (``settings.local.bind_host``, loopback).
+
+    Without it, when the machine's host name resolves to a loopback address, Spark picks the first
+    interface address instead ("Your hostname resolves to a loopback address ... using <address>") and
+    its driver RPC and block manager listen there for the whole job; the UI would listen on all
+    interfaces. The block manager binds to the driver's bind address; the UI is off.
+    """
+    return {"spark.driver.bindAddress": host, "spark.driver.host": host, "spark.ui.enabled": "false"}
+
+
 def spark_submit_command(
     settings: Settings,
     part: Partition,
@@ -46,7 +58,7 @@ def spark_submit_command(
     """The spark-submit argv (useful to print, and what :func:`spark_submit_features` runs)."""
     bindir = Path(sys.executable).parent
     conf = {
-        "spark.ui.enabled": "false",
+        **loopback_conf(settings.local.bind_host),
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.log.level": "WARN",
         "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -Xss4m",
@@ -71,9 +83,11 @@ def spark_submit_command(
     return cmd
 
 
-def spark_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for spark-submit: the venv's Python on both sides and its bin first on PATH."""
+def spark_env(base: Mapping[str, str] | None = None, *, bind_host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment for spark-submit: the venv's Python on both sides, its bin first on PATH, and
+    ``SPARK_LOCAL_IP`` (the address Spark resolves for itself before any conf applies) on ``bind_host``."""
     env = dict(os.environ if base is None else base)
+    env["SPARK_LOCAL_IP"] = bind_host
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
     env["PYSPARK_PYTHON"] = sys.executable
@@ -102,7 +116,8 @@ def spark_submit_features(
         settings, part, output_uri, publish=publish, extra_conf=extra_conf, run_id=run_id, lake_uri=lake_uri
     )
     with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=spark_env(), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=spark_env(bind_host=settings.local.bind_host),
+                                start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
