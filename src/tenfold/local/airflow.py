@@ -1,7 +1,8 @@
-"""The environment Airflow runs in locally: ``airflow standalone`` and ``airflow dags test`` alike.
+"""The environment Airflow runs in locally: the platform's components and ``airflow dags test`` alike.
 
-``airflow_env(settings)`` is the one definition of that environment. ``tenfold up`` starts the
-standalone stack with it, and integration tests run ``airflow dags test <dag_id> <date>`` with it::
+``airflow_env(settings)`` is the one definition of that environment. ``tenfold up`` starts Airflow's
+components with it (see :mod:`tenfold.local.services`), and integration tests run ``airflow dags test
+<dag_id> <date>`` with it::
 
     env = airflow_env(settings)
     ensure_airflow_db(env)
@@ -9,13 +10,20 @@ standalone stack with it, and integration tests run ``airflow dags test <dag_id>
 
 Code inside DAG tasks then resolves the same :class:`Settings` through ``get_settings()`` because
 the ``TENFOLD_*`` variables (home, ports, project) travel with the environment.
+
+Before the components start, :func:`ensure_airflow_config` writes ``airflow.cfg`` with the secrets they
+must share (the components start at once, and each would otherwise generate its own), and
+:func:`ensure_admin_password` generates the admin's password: both files mode 0600. ``tenfold status``
+prints the login.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +35,7 @@ from tenfold.local.env import settings_env
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+CONFIG_FILE = "airflow.cfg"
 
 
 def venv_bin() -> Path:
@@ -79,10 +88,14 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             "AIRFLOW__API__BASE_URL": url,
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-            # Airflow binds its log servers to all interfaces (hard-coded); at least the ports come from
-            # settings so two instances (make up, a test session) never collide. They require a JWT.
+            # Task logs are served by tenfold.local.airflow_logs on loopback (Airflow's own log servers
+            # listen on all interfaces); the UI fetches a running task's log from <hostname>:<port>, so
+            # the hostname Airflow records for a task is the loopback address the log server is on.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.local.airflow_log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.local.airflow_trigger_log_port),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tenfold.local.airflow.loopback_hostname",
+            # Off by default; pinned to loopback should anyone turn it on.
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": settings.local.bind_host,
             # New DAG files show up within half a minute instead of five.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             f"AIRFLOW_CONN_{settings.airflow.gcp_conn_id.upper()}": json.dumps(conn),
@@ -91,15 +104,87 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     return env
 
 
+def loopback_hostname() -> str:
+    """The host name Airflow records for local task instances (``[core] hostname_callable``): the address
+    the log server listens on, so the UI can fetch a running task's log (a host name may resolve elsewhere)."""
+    from tenfold.config import get_settings
+
+    return get_settings().local.bind_host
+
+
 def admin_password(settings: Settings) -> str | None:
-    """The generated password of the admin user, once ``airflow standalone`` has written it."""
+    """The admin user's password, once :func:`ensure_admin_password` (``tenfold up``) has generated it."""
     path = airflow_home(settings) / PASSWORDS_FILE
     try:
         passwords = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    value = passwords.get(settings.airflow.admin_user)
+    value = passwords.get(settings.airflow.admin_user) if isinstance(passwords, dict) else None
     return str(value) if value is not None else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by this user only (0600 from the first byte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_admin_password(settings: Settings) -> str:
+    """The admin user's password: generated (``secrets``) into Airflow's passwords file on first use.
+
+    The simple auth manager reads users' passwords from that file; one it finds there it neither
+    regenerates nor prints (into the API server's log). The file is mode 0600, and so is made one
+    written by an earlier Airflow (``standalone`` wrote it world-readable).
+    """
+    path = airflow_home(settings) / PASSWORDS_FILE
+    user = settings.airflow.admin_user
+    try:
+        passwords = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        passwords = {}
+    except ValueError as exc:
+        raise RuntimeError(f"{path} is not JSON ({exc}): delete it and run `tenfold up` to generate a new password") from exc
+    if not isinstance(passwords, dict):
+        raise RuntimeError(f"{path} does not hold a user -> password object: delete it and run `tenfold up`")
+    if user not in passwords:
+        passwords[user] = secrets.token_urlsafe(18)
+        _write_private(path, json.dumps(passwords) + "\n")
+    else:
+        path.chmod(0o600)
+    return str(passwords[user])
+
+
+def ensure_airflow_config(settings: Settings) -> Path:
+    """Write ``airflow.cfg`` with the secrets every component must share, unless one exists.
+
+    Started one by one (not under ``standalone``, whose parent wrote the file before forking), each
+    component that finds no ``airflow.cfg`` generates and writes its own keys, so the API server would
+    refuse the scheduler's tokens. Only the keys are written; every other option keeps its default or
+    comes from :func:`airflow_env`. Mode 0600.
+    """
+    path = airflow_home(settings) / CONFIG_FILE
+    if path.exists():
+        path.chmod(0o600)
+        return path
+
+    def key(n: int) -> str:
+        return base64.urlsafe_b64encode(os.urandom(n)).decode()
+
+    _write_private(
+        path,
+        "# Written by tenfold.local.airflow.ensure_airflow_config: the keys Airflow's components share.\n"
+        f"[core]\nfernet_key = {key(32)}\n\n[api]\nsecret_key = {key(32)}\n\n[api_auth]\njwt_secret = {key(64)}\n",
+    )
+    return path
 
 
 def _migrated_marker(env: Mapping[str, str]) -> Path:

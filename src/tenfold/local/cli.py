@@ -1,9 +1,11 @@
 """``tenfold up``, ``tenfold status`` and ``tenfold down``: the local platform on loopback.
 
-Run ``tenfold up`` (or ``make up``) to start the GCS emulator, the Pub/Sub emulator and Airflow
-standalone, and the serving fleet (``tenfold serve up``) once a champion is registered;
-``tenfold status`` for their URLs, the Airflow login and the serving token; ``tenfold down``
-(``make down``) to stop them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` and
+Run ``tenfold up`` (or ``make up``) to start the GCS emulator, the Pub/Sub emulator and Airflow's
+components (API server, scheduler, DAG processor, triggerer, task-log server), and the serving fleet
+(``tenfold serve up``) once a champion is registered; run it again to restart any component that
+died. ``tenfold status`` shows each component by its own liveness and health, their URLs, the Airflow
+login and the serving token (it is the one place to read them); ``tenfold down`` (``make down``) stops
+them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` and
 ``TENFOLD_LOCAL__<FIELD>`` (e.g. ``TENFOLD_LOCAL__AIRFLOW_PORT=8081``).
 """
 
@@ -33,7 +35,8 @@ def _services(names: list[str] | None) -> list[str]:
 
 
 def up(service: _ServiceOpt = None) -> None:
-    """Start the local services, wait until healthy, create buckets/topics/subscriptions; then serve the champion."""
+    """Start the local services (or restart a component that died), wait until healthy, create
+    buckets/topics/subscriptions; then serve the champion."""
     from tenfold.local.stack import SERVING_NEEDS, describe, serving_up
     from tenfold.local.stack import up as _up
 
@@ -72,8 +75,8 @@ def _describe_serving(settings: Settings) -> bool:
 
 
 def status(service: _ServiceOpt = None) -> None:
-    """Show each local service (URL, pid, log), the Airflow login, the lake and the serving fleet (its token
-    included); exit 3 if any is down (the fleet counts once it was started)."""
+    """Show each local component (state, URL, pid, log), the Airflow login, the lake and the serving fleet (its
+    token included); exit 3 if any is down or dead (the fleet counts once it was started)."""
     from tenfold.local.stack import describe
     from tenfold.local.stack import status as _status
 

@@ -4,7 +4,7 @@ Each service runs in its own session (process group), its output goes to ``<run_
 its identity to ``<run_dir>/<name>.pid`` (JSON: pid, start time, command line). ``stop`` acts only on a
 process whose pid and start time (``started``) still match the pid file, so a recycled pid or a
 process somebody else started is never touched, and it signals the whole group so children (the JVM
-behind gcloud, Airflow's scheduler and api-server) go too.
+behind gcloud, the scheduler's task processes) go too, even after the leader itself died.
 """
 
 from __future__ import annotations
@@ -328,17 +328,22 @@ def wait_until(
     what: str,
     record: ProcessRecord | None = None,
     interval: float = 0.25,
+    watch: Sequence[ProcessRecord] = (),
 ) -> None:
-    """Poll ``check`` until it is true; fail early (with the log's tail) if ``record``'s process dies."""
+    """Poll ``check`` until it is true; fail early (with the log's tail) if ``record``'s process, or any
+    process in ``watch`` (the other components starting with it), dies."""
     deadline = time.monotonic() + timeout
+    watched = ([record] if record is not None else []) + [r for r in watch if r != record]
     while True:
         try:
             if check():
                 return
         except Exception:
             pass  # not ready yet: connection refused, 503, half-written file...
-        if record is not None and not is_running(record):
-            raise LocalPlatformError(f"{what} exited before it became healthy; last log lines:\n{log_tail(record.log)}")
+        for rec in watched:
+            if not is_running(rec):
+                name = what if rec == record else f"{rec.name} (starting with {what})"
+                raise LocalPlatformError(f"{name} exited before it became healthy; last log lines:\n{log_tail(rec.log)}")
         if time.monotonic() > deadline:
             tail = f"; last log lines:\n{log_tail(record.log)}" if record else ""
             raise LocalPlatformError(f"{what} was not healthy within {timeout:.0f} s{tail}")

@@ -10,9 +10,11 @@ GCS emulator choice (``settings.local.gcs_emulator``):
   ``<home>/gcs-py``. It silently ignores preconditions, so concurrent alias moves that would
   conflict on GCS both "succeed" locally: use it only where no code path depends on them.
 
-All services bind to ``settings.local.bind_host`` (loopback). Health checks are real API requests:
-GCS lists buckets, Pub/Sub lists topics, Airflow's monitor endpoint reports a healthy metadatabase
-and scheduler.
+A service is one or more :class:`Component` processes, each with its own pid file, log and health:
+the emulators are one each; Airflow is five (:func:`airflow_service`). Everything binds to
+``settings.local.bind_host`` (loopback). Health checks are real requests: GCS lists buckets, Pub/Sub
+lists topics, Airflow's monitor endpoint reports the metadatabase and each component's heartbeat, and
+the log server refuses a request without a token.
 """
 
 from __future__ import annotations
@@ -21,32 +23,58 @@ import json
 import os
 import shutil
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from tenfold.config import Settings
 from tenfold.local.airflow import PASSWORDS_FILE, airflow_env, airflow_home, airflow_url, venv_bin
-from tenfold.local.process import LocalPlatformError
+from tenfold.local.process import LocalPlatformError, read_record
 
 HTTP_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
-class Service:
+class Component:
+    """One supervised process of a service, with its own pid file and log (``<run_dir>/<name>.pid|.log``)."""
+
     name: str
-    ports: dict[str, int]  # LocalSettings field -> port; the first is the service's own
+    label: str  # what ``tenfold status`` calls it
     argv: list[str]
+    healthy: Callable[[], bool]  # its own health, asked only while its process lives
+    ports: dict[str, int] = field(default_factory=dict)  # LocalSettings field -> port it listens on
+    url: str = ""
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()), 0)
+
+
+@dataclass(frozen=True)
+class Service:
+    """What ``tenfold up --service <name>`` starts: one or more components, started and checked together."""
+
+    name: str
+    components: list[Component]
     env: dict[str, str] | None
-    healthy: Callable[[], bool]
     start_timeout: float
     url: str
     prerequisites: list[str] = field(default_factory=list)  # errors; empty when all are met
 
     @property
+    def ports(self) -> dict[str, int]:
+        return {f: p for c in self.components for f, p in c.ports.items()}
+
+    @property
     def port(self) -> int:
         return next(iter(self.ports.values()))
+
+    def healthy(self) -> bool:
+        return all(c.healthy() for c in self.components)
 
 
 def _get_json(url: str) -> object:
@@ -113,7 +141,8 @@ def gcs_service(settings: Settings) -> Service:
         body = _get_json(f"{url}/storage/v1/b?project={settings.project_id}")
         return isinstance(body, dict)
 
-    return Service("gcs", {"gcs_port": port}, argv, env, healthy, 30.0, url, problems)
+    component = Component("gcs", "GCS emulator", argv, healthy, {"gcs_port": port}, url)
+    return Service("gcs", [component], env, 30.0, url, problems)
 
 
 # --- Pub/Sub -----------------------------------------------------------------------------------
@@ -154,46 +183,126 @@ def pubsub_service(settings: Settings) -> Service:
     def healthy() -> bool:
         return isinstance(_get_json(f"http://{host}:{port}/v1/projects/{settings.project_id}/topics"), dict)
 
-    return Service("pubsub", {"pubsub_port": port}, argv, None, healthy, 60.0, f"{host}:{port}", pubsub_prerequisites())
+    url = f"{host}:{port}"
+    component = Component("pubsub", "Pub/Sub emulator", argv, healthy, {"pubsub_port": port}, url)
+    return Service("pubsub", [component], None, 60.0, url, pubsub_prerequisites())
 
 
 # --- Airflow -----------------------------------------------------------------------------------
 
 
-def airflow_health(settings: Settings) -> dict[str, str]:
-    """Component -> status from Airflow's monitor endpoint (raises when it does not answer)."""
+def run_dir(settings: Settings) -> Path:
+    """Where the components' pid files and logs live."""
+    return settings.local.home / "run"
+
+
+def airflow_health_report(settings: Settings) -> dict[str, dict[str, object]]:
+    """Airflow's monitor endpoint: component -> {status, latest_<component>_heartbeat} (raises when it does not answer)."""
     body = _get_json(f"{airflow_url(settings)}/api/v2/monitor/health")
     if not isinstance(body, dict):
         raise LocalPlatformError("Airflow's health endpoint did not answer with JSON")
-    return {k: str(v.get("status")) for k, v in body.items() if isinstance(v, dict)}
+    return {k: v for k, v in body.items() if isinstance(v, dict)}
+
+
+def airflow_health(settings: Settings) -> dict[str, str]:
+    """Component -> status from Airflow's monitor endpoint (raises when it does not answer)."""
+    return {k: str(v.get("status")) for k, v in airflow_health_report(settings).items()}
+
+
+def _beats_since_start(report: dict[str, dict[str, object]], key: str, run: Path, component: str) -> bool:
+    """True when Airflow reports ``key`` healthy on a heartbeat of the process in ``component``'s pid file.
+
+    The monitor endpoint reports the newest job's heartbeat: for 30 s after a scheduler was killed it still
+    says "healthy" on the dead one's. A heartbeat older than the running process is not its own.
+    """
+    entry = report.get(key, {})
+    beat = entry.get(f"latest_{key}_heartbeat")
+    record = read_record(run, component)
+    if entry.get("status") != "healthy" or not isinstance(beat, str) or record is None:
+        return False
+    import psutil
+
+    try:
+        started_at = psutil.Process(record.pid).create_time()
+    except psutil.Error:
+        return False
+    return datetime.fromisoformat(beat).timestamp() >= started_at - 1.0  # 1 s: create time has tick resolution
+
+
+def _refuses_anonymous(url: str) -> bool:
+    """True when ``url`` answers 403: how Airflow's log server answers a request without its JWT."""
+    try:
+        urllib.request.urlopen(url, timeout=HTTP_TIMEOUT).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 403
+    return False
+
+
+class _Cached:
+    """One answer of ``fetch`` shared by the checks of one status pass (each component asks the same endpoint)."""
+
+    def __init__(self, fetch: Callable[[], dict[str, dict[str, object]]], ttl: float = 1.0) -> None:
+        self._fetch, self._ttl = fetch, ttl
+        self._at = -ttl
+        self._value: dict[str, dict[str, object]] = {}
+
+    def __call__(self) -> dict[str, dict[str, object]]:
+        now = time.monotonic()
+        if now - self._at >= self._ttl:
+            self._value, self._at = self._fetch(), now
+        return self._value
+
+
+AIRFLOW_COMPONENTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                      "airflow-log-server")
 
 
 def airflow_service(settings: Settings) -> Service:
+    """Airflow as Tenfold runs it: each component its own process, everything listening on loopback.
+
+    ``airflow standalone`` would start the scheduler and the triggerer with log servers on all
+    interfaces (hard-coded in Airflow 3.3) and leave its children unsupervised when it dies. Instead:
+    the API server on ``bind_host:airflow_port``; the scheduler (LocalExecutor), the DAG processor and
+    the triggerer, with ``--skip-serve-logs``; and Airflow's log app on loopback
+    (:mod:`tenfold.local.airflow_logs`). A component is healthy while its process lives and, for the
+    three with a heartbeat, while the API server's monitor endpoint reports it healthy.
+    """
+    local = settings.local
     problems = []
     airflow = venv_bin() / "airflow"
     if not airflow.exists():
         problems.append(f"{airflow} is missing: run `make setup` (it installs the `airflow` extra)")
+    health = _Cached(lambda: airflow_health_report(settings))
+    url = airflow_url(settings)
+    run = run_dir(settings)
 
-    def healthy() -> bool:
-        status = airflow_health(settings)
-        ready = status.get("metadatabase") == "healthy" and status.get("scheduler") == "healthy"
-        # The password is generated during start-up; `status` must be able to print it.
-        return ready and (airflow_home(settings) / PASSWORDS_FILE).exists()
+    def api_server() -> bool:
+        # The login is generated before the start; `status` must be able to print it.
+        return health().get("metadatabase", {}).get("status") == "healthy" and (airflow_home(settings) / PASSWORDS_FILE).exists()
 
-    return Service(
-        "airflow",
-        {
-            "airflow_port": settings.local.airflow_port,
-            "airflow_log_port": settings.local.airflow_log_port,
-            "airflow_trigger_log_port": settings.local.airflow_trigger_log_port,
-        },
-        [str(airflow), "standalone"],
-        airflow_env(settings),
-        healthy,
-        300.0,  # database migration + four components on 2 busy cores
-        airflow_url(settings),
-        problems,
-    )
+    def beating(key: str, component: str) -> Callable[[], bool]:
+        return lambda: _beats_since_start(health(), key, run, component)
+
+    log_urls = [f"http://{local.bind_host}:{p}/log/" for p in (local.airflow_log_port, local.airflow_trigger_log_port)]
+    cmd = str(airflow)
+    components = [
+        Component("airflow-api-server", "Airflow API server and UI",
+                  [cmd, "api-server", "--host", local.bind_host, "--port", str(local.airflow_port)],
+                  api_server, {"airflow_port": local.airflow_port}, url),
+        Component("airflow-scheduler", "Airflow scheduler", [cmd, "scheduler", "--skip-serve-logs"],
+                  beating("scheduler", "airflow-scheduler")),
+        Component("airflow-dag-processor", "Airflow DAG processor", [cmd, "dag-processor"],
+                  beating("dag_processor", "airflow-dag-processor")),
+        Component("airflow-triggerer", "Airflow triggerer", [cmd, "triggerer", "--skip-serve-logs"],
+                  beating("triggerer", "airflow-triggerer")),
+        Component("airflow-log-server", "Airflow task-log server", [sys.executable, "-m", "tenfold.local.airflow_logs"],
+                  lambda: all(_refuses_anonymous(u) for u in log_urls),
+                  {"airflow_log_port": local.airflow_log_port, "airflow_trigger_log_port": local.airflow_trigger_log_port},
+                  ", ".join(u.removesuffix("/log/") for u in log_urls)),
+    ]
+    return Service("airflow", components, airflow_env(settings),
+                   300.0,  # four components importing Airflow on 2 busy cores
+                   url, problems)
 
 
 SERVICE_ORDER = ("gcs", "pubsub", "airflow")

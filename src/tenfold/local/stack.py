@@ -1,12 +1,15 @@
 """Bring the local platform up, report on it, and take it down: what ``tenfold up/status/down`` run.
 
 ``up`` checks every prerequisite and port first, starts the services that are not already running
-(GCS emulator, Pub/Sub emulator, Airflow standalone), waits for each to pass a real health check,
-then provisions buckets, topics and subscriptions from settings. If anything fails, it stops exactly
-the processes this call started, so no half-started stack is left. Running it again while all is
-healthy changes nothing. ``down`` stops only processes whose pid files this module wrote and that are
-still the same processes. Test fixtures use :func:`start_service` / :func:`stop_service`, the same
-code path, on temporary homes and free ports.
+(GCS emulator, Pub/Sub emulator, and Airflow as five components: API server, scheduler, DAG
+processor, triggerer, task-log server), waits for each component to pass its own health check, then
+provisions buckets, topics and subscriptions from settings. Every component is supervised on its own
+(pid file, log, liveness): ``status`` reports each one, and ``up`` restarts one that died, after
+stopping whatever its process group left behind, and leaves the healthy ones alone. If anything
+fails, ``up`` stops exactly the processes this call started, so no half-started stack is left.
+Running it again while all is healthy changes nothing. ``down`` stops only processes whose pid files
+this module wrote and that are still the same processes. Test fixtures use :func:`start_service` /
+:func:`stop_service`, the same code path, on temporary homes and free ports.
 """
 
 from __future__ import annotations
@@ -18,80 +21,137 @@ from pathlib import Path
 
 from tenfold.config import Settings
 from tenfold.local import process
-from tenfold.local.airflow import admin_password, ensure_airflow_db
+from tenfold.local.airflow import admin_password, ensure_admin_password, ensure_airflow_config, ensure_airflow_db
 from tenfold.local.process import LocalPlatformError, ProcessRecord
-from tenfold.local.services import SERVICE_ORDER, Service, service
+from tenfold.local.services import SERVICE_ORDER, Component, Service, run_dir, service
 
-
-def run_dir(settings: Settings) -> Path:
-    """Where pid files and logs live."""
-    return settings.local.home / "run"
+# The pid file of `airflow standalone`, which Tenfold ran before it ran Airflow's components itself:
+# `down` still stops one that an older version left running, and `up` asks for that first.
+LEGACY_AIRFLOW = "airflow"
 
 
 @dataclass(frozen=True)
 class ServiceStatus:
+    """One component as ``tenfold status`` reports it (``name`` is the component's, e.g. ``airflow-scheduler``)."""
+
     name: str
     url: str
     running: bool
     healthy: bool
     pid: int | None
     log: Path
+    service: str = ""
+    label: str = ""
+    dead: bool = False  # its pid file names a process that is gone: it died, `tenfold up` restarts it
+
+    @property
+    def state(self) -> str:
+        if self.healthy:
+            return "healthy"
+        if self.running:
+            return "running, not healthy"
+        return "dead" if self.dead else "stopped"
 
 
-def _healthy(svc: Service) -> bool:
+def _healthy(check: Callable[[], bool]) -> bool:
     try:
-        return bool(svc.healthy())
+        return bool(check())
     except Exception:
         return False
 
 
 def running_record(settings: Settings, name: str) -> ProcessRecord | None:
-    """The pid-file record of ``name`` if that process is still alive, else None."""
+    """The pid-file record of ``name`` if its process, or anything left in its group, is alive, else None."""
     record = process.read_record(run_dir(settings), name)
     return record if record is not None and process.is_group_running(record) else None
 
 
-def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = False) -> ProcessRecord:
-    """Start one service, wait until it is healthy, and return its record; stop it again on failure.
-
-    ``tie_to_this_process=True`` (test fixtures) stops it too should the calling process die uncleanly.
-    """
-    svc = service(settings, name)
-    if svc.prerequisites:
-        raise LocalPlatformError(f"cannot start {name}:\n  - " + "\n  - ".join(svc.prerequisites))
-    if busy := _busy_ports(settings, svc):
-        raise LocalPlatformError("\n".join(busy))
-    for sub in ("gcs", "pubsub", "airflow"):
-        (settings.local.home / sub).mkdir(parents=True, exist_ok=True)
-    if name == "airflow" and svc.env is not None:
-        ensure_airflow_db(svc.env)  # standalone would migrate too, but this reuses a migrated template
-    record = process.start(
-        name, svc.argv, run_dir=run_dir(settings), port=svc.port, env=svc.env, cwd=settings.local.home,
-        tie_to_this_process=tie_to_this_process,
-    )
-    try:
-        process.wait_until(svc.healthy, timeout=svc.start_timeout, what=f"{name} on {svc.url}", record=record)
-    except BaseException:
-        process.stop(record)
-        process.remove_pid_file(run_dir(settings), name)
-        raise
-    return record
+def _live_record(settings: Settings, name: str) -> ProcessRecord | None:
+    """The pid-file record of component ``name`` if that very process is alive (its own liveness)."""
+    record = process.read_record(run_dir(settings), name)
+    return record if record is not None and process.is_running(record) else None
 
 
-def stop_service(settings: Settings, name: str) -> bool:
-    """Stop ``name`` if our pid file names a live process; True when something was stopped."""
+def _clear(settings: Settings, name: str) -> bool:
+    """Stop whatever is left of component ``name`` (a dead leader's children included), drop its pid file."""
     record = process.read_record(run_dir(settings), name)
     stopped = process.stop(record) if record is not None else False
     process.remove_pid_file(run_dir(settings), name)
     return stopped
 
 
-def _busy_ports(settings: Settings, svc: Service) -> list[str]:
-    """One clear message per port of ``svc`` that another program already holds."""
+def _prepare(settings: Settings, svc: Service) -> None:
+    for sub in ("gcs", "pubsub", "airflow"):
+        (settings.local.home / sub).mkdir(parents=True, exist_ok=True)
+    if svc.name == "airflow" and svc.env is not None:
+        ensure_airflow_config(settings)  # before anything imports Airflow: its keys are shared
+        ensure_admin_password(settings)
+        ensure_airflow_db(svc.env)
+
+
+def _start_components(
+    settings: Settings, svc: Service, components: list[Component], *, tie_to_this_process: bool = False
+) -> list[ProcessRecord]:
+    """Start ``components`` of ``svc`` and wait until each is healthy; stop them all again on failure."""
+    records: list[ProcessRecord] = []
+    try:
+        for comp in components:
+            records.append(process.start(
+                comp.name, comp.argv, run_dir=run_dir(settings), port=comp.port, env=svc.env, cwd=settings.local.home,
+                tie_to_this_process=tie_to_this_process,
+            ))
+        _wait_healthy(svc, components, records)
+    except BaseException:
+        for comp in reversed(components):
+            _clear(settings, comp.name)
+        raise
+    return records
+
+
+def _wait_healthy(svc: Service, components: list[Component], records: list[ProcessRecord]) -> None:
+    """Wait until every component is healthy; fail at once, with its log, when one of them exits."""
+    pending = list(zip(components, records, strict=True))
+    for comp, record in pending:
+        what = f"{svc.name} {comp.name}" if comp.name != svc.name else svc.name
+        where = comp.url or svc.url
+        process.wait_until(comp.healthy, timeout=svc.start_timeout, what=f"{what} on {where}" if where else what,
+                           record=record, watch=[r for _c, r in pending])
+
+
+def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = False) -> list[ProcessRecord]:
+    """Start every component of one service, wait until each is healthy, and return their records; stop
+    them again on failure.
+
+    ``tie_to_this_process=True`` (test fixtures) stops them too should the calling process die uncleanly.
+    """
+    svc = service(settings, name)
+    if svc.prerequisites:
+        raise LocalPlatformError(f"cannot start {name}:\n  - " + "\n  - ".join(svc.prerequisites))
+    if busy := _busy_ports(settings, svc, svc.components):
+        raise LocalPlatformError("\n".join(busy))
+    _prepare(settings, svc)
+    return _start_components(settings, svc, svc.components, tie_to_this_process=tie_to_this_process)
+
+
+def stop_service(settings: Settings, name: str) -> bool:
+    """Stop every component of service ``name`` (or the one process of that name the platform started, e.g.
+    the feedback sink) whose pid file names a live process; True when something was stopped."""
+    if name not in SERVICE_ORDER:
+        return _clear(settings, name)
+    names = [c.name for c in service(settings, name).components]
+    if name == "airflow":
+        names.append(LEGACY_AIRFLOW)
+    # Reversed: the scheduler and the rest before the API server they report to.
+    return any([_clear(settings, n) for n in reversed(names)])
+
+
+def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component]) -> list[str]:
+    """One clear message per port of ``components`` that another program already holds."""
     return [
         f"port {settings.local.bind_host}:{port} ({svc.name}) is already in use by another program: "
         f"stop that program, or choose another port with TENFOLD_LOCAL__{field.upper()}=<port>"
-        for field, port in svc.ports.items()
+        for comp in components
+        for field, port in comp.ports.items()
         if process.port_in_use(settings.local.bind_host, port)
     ]
 
@@ -115,56 +175,84 @@ def _exclusive(settings: Settings, say: Callable[[str], object]) -> Iterator[Non
 
 
 def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[ServiceStatus]:
-    """Start what is not running, wait for health, provision; all or nothing. Returns the statuses."""
+    """Start what is not running (or restart the components that died), wait for health, provision; all or
+    nothing. Returns the statuses."""
     with _exclusive(settings, echo):
         return _up(settings, services, echo)
+
+
+@dataclass
+class _Plan:
+    svc: Service
+    start: list[Component]  # not running: start (after clearing what a dead one left)
+    restart: bool  # some components of the service run: only the dead ones start
 
 
 def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[ServiceStatus]:
     if not settings.is_local:
         raise LocalPlatformError(f"`tenfold up` runs the local platform; TENFOLD_ENV is {settings.env!r} (use local)")
     names = [n for n in SERVICE_ORDER if n in set(services)]
-    todo: list[Service] = []
+    plans: list[_Plan] = []
     problems: list[str] = []
     for name in names:
         svc = service(settings, name)
-        if (record := running_record(settings, name)) is not None:
-            if _healthy(svc):
-                say(f"{name}: already running and healthy on {svc.url}")
-                continue
-            # Airflow may still be starting from an earlier, interrupted `up`: wait for it below.
-            if name != "airflow" or not process.is_running(record):
-                problems.append(
-                    f"{name} is running (pid file {process.pid_file(run_dir(settings), name)}) but not healthy: "
-                    f"run `tenfold down`, then `tenfold up`; log: {process.log_file(run_dir(settings), name)}"
-                )
+        if name == "airflow" and running_record(settings, LEGACY_AIRFLOW) is not None:
+            problems.append(
+                "airflow: `airflow standalone` started by an earlier Tenfold is still running: run `tenfold down`, "
+                "then `tenfold up` (Tenfold now runs Airflow's components itself)"
+            )
             continue
+        alive = [c for c in svc.components if _live_record(settings, c.name) is not None]
+        dead = [c for c in svc.components if c not in alive]
+        if not dead:
+            if all(_healthy(c.healthy) for c in svc.components):
+                say(f"{name}: already running and healthy on {svc.url}")
+            elif len(svc.components) == 1:
+                comp = svc.components[0]
+                problems.append(
+                    f"{name} is running (pid file {process.pid_file(run_dir(settings), comp.name)}) but not healthy: "
+                    f"run `tenfold down`, then `tenfold up`; log: {process.log_file(run_dir(settings), comp.name)}"
+                )
+            # else: Airflow's components may still be starting from an earlier, interrupted `up`: waited for below.
+            continue
+        if alive:
+            say(f"{name}: {', '.join(c.name for c in dead)} not running; restarting "
+                f"{'it' if len(dead) == 1 else 'them'} (the rest are left alone)")
+        for comp in dead:
+            _clear(settings, comp.name)  # a dead leader's children still hold its ports and its work
         problems += [f"{name}: {p}" for p in svc.prerequisites]
-        problems += _busy_ports(settings, svc)
-        todo.append(svc)
+        problems += _busy_ports(settings, svc, dead)
+        plans.append(_Plan(svc, dead, restart=bool(alive)))
     if problems:
         # Checked before anything starts, so a missing prerequisite never leaves a partial stack.
         raise LocalPlatformError("cannot bring the local platform up:\n  - " + "\n  - ".join(problems))
 
-    started: list[str] = []
+    started: list[str] = []  # component names, in start order
     try:
-        for svc in todo:
+        for plan in plans:
+            svc = plan.svc
             slow = " (Airflow takes a minute or two)" if svc.name == "airflow" else ""
-            say(f"{svc.name}: starting on {svc.url} ...{slow}")
-            start_service(settings, svc.name)
-            started.append(svc.name)
-            say(f"{svc.name}: healthy")
-        for name in names:  # includes one that an earlier `up` left still starting
+            what = ", ".join(c.name for c in plan.start) if plan.restart else svc.name
+            say(f"{what}: starting on {svc.url} ...{slow}" if not plan.restart else f"{what}: restarting ...{slow}")
+            _prepare(settings, svc)
+            _start_components(settings, svc, plan.start)
+            started += [c.name for c in plan.start]
+            say(f"{what}: healthy")
+        for name in names:  # includes components that an earlier `up` left still starting
             svc = service(settings, name)
-            record = running_record(settings, name)
-            if record is None:
-                raise LocalPlatformError(f"{name} stopped while the platform was coming up; see {process.log_file(run_dir(settings), name)}")
-            process.wait_until(svc.healthy, timeout=svc.start_timeout, what=f"{name} on {svc.url}", record=record)
+            records = [_live_record(settings, c.name) for c in svc.components]
+            gone = [c.name for c, r in zip(svc.components, records, strict=True) if r is None]
+            if gone:
+                raise LocalPlatformError(
+                    f"{', '.join(gone)} stopped while the platform was coming up; see "
+                    + ", ".join(str(process.log_file(run_dir(settings), g)) for g in gone)
+                )
+            _wait_healthy(svc, svc.components, [r for r in records if r is not None])
         provision(settings, services=names)
     except BaseException:
-        for name in reversed(started):
-            say(f"{name}: stopping (rolling back this `up`)")
-            stop_service(settings, name)
+        for comp_name in reversed(started):
+            say(f"{comp_name}: stopping (rolling back this `up`)")
+            _clear(settings, comp_name)
         raise
     return status(settings, names)
 
@@ -214,33 +302,45 @@ def _down(settings: Settings, services: Iterable[str], say: Callable[[str], obje
 
 
 def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[ServiceStatus]:
+    """Every component of ``services``, each by its own liveness (pid and start time) and health check."""
     out = []
     for name in [n for n in SERVICE_ORDER if n in set(services)]:
         svc = service(settings, name)
-        record = running_record(settings, name)
-        out.append(
-            ServiceStatus(
-                name=name,
-                url=svc.url,
-                running=record is not None,
-                healthy=record is not None and _healthy(svc),
-                pid=record.pid if record else None,
-                log=process.log_file(run_dir(settings), name),
+        for comp in svc.components:
+            record = process.read_record(run_dir(settings), comp.name)
+            live = record is not None and process.is_running(record)
+            out.append(
+                ServiceStatus(
+                    name=comp.name,
+                    url=comp.url,
+                    running=live,
+                    healthy=live and _healthy(comp.healthy),
+                    pid=record.pid if record else None,
+                    log=process.log_file(run_dir(settings), comp.name),
+                    service=name,
+                    label=comp.label,
+                    dead=record is not None and not live,
+                )
             )
-        )
     return out
 
 
 def describe(settings: Settings, statuses: list[ServiceStatus]) -> str:
-    """Human-readable status: where each service is, and the Airflow login."""
+    """Human-readable status: each component, where it is, and the Airflow login."""
+    width = max([len(st.name) for st in statuses] + [8])
     lines = []
     for st in statuses:
-        state = "healthy" if st.healthy else ("running, not healthy" if st.running else "stopped")
-        lines.append(f"{st.name:8} {state:22} {st.url}" + (f"  (pid {st.pid}, log {st.log})" if st.running else ""))
-        if st.name == "airflow" and st.running:
+        where = f"  {st.url}" if st.url else ""
+        if st.running:
+            where += f"  (pid {st.pid}, log {st.log})"
+        elif st.dead:
+            where += f"  (pid {st.pid} exited: `tenfold up` restarts it; log {st.log})"
+        lines.append(f"{st.name:{width}} {st.state:22}{where}".rstrip())
+        if st.name == "airflow-api-server" and st.running:
             password = admin_password(settings)
-            lines.append(f"         Airflow UI: {st.url}  user: {settings.airflow.admin_user}  password: {password or '(not generated yet)'}")
-    lines.append(f"lake:    {settings.storage.lake_uri}")
+            lines.append(f"{'':{width}} Airflow UI: {st.url}  user: {settings.airflow.admin_user}  "
+                         f"password: {password or '(not generated yet)'}")
+    lines.append(f"{'lake:':{width}} {settings.storage.lake_uri}")
     return "\n".join(lines)
 
 

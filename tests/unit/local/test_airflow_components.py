@@ -1,0 +1,115 @@
+"""Airflow as Tenfold runs it locally: its components, its generated secrets and its loopback log server.
+
+The platform itself (all components started, killed, restarted) is tested in
+tests/integration/test_local_platform.py; these are the parts that need no running Airflow.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tenfold.local import airflow_env, ensure_admin_password, free_port, local_settings, process
+from tenfold.local.airflow import PASSWORDS_FILE, admin_password, airflow_home, ensure_airflow_config
+from tenfold.local.services import AIRFLOW_COMPONENTS, airflow_service
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_airflow_runs_as_components_and_none_of_them_is_standalone(tmp_path):
+    s = local_settings(tmp_path, airflow_port=18080, airflow_log_port=18793, airflow_trigger_log_port=18794)
+    svc = airflow_service(s)
+    assert tuple(c.name for c in svc.components) == AIRFLOW_COMPONENTS
+    argv = {c.name: c.argv for c in svc.components}
+    assert not any("standalone" in a for a in argv.values())
+    assert argv["airflow-api-server"][1:] == ["api-server", "--host", "127.0.0.1", "--port", "18080"]
+    # Their own log servers would listen on every interface: the loopback one serves the logs instead.
+    assert "--skip-serve-logs" in argv["airflow-scheduler"] and "--skip-serve-logs" in argv["airflow-triggerer"]
+    assert argv["airflow-log-server"][1:] == ["-m", "tenfold.local.airflow_logs"]
+    assert svc.ports == {"airflow_port": 18080, "airflow_log_port": 18793, "airflow_trigger_log_port": 18794}
+    env = airflow_env(s)
+    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "tenfold.local.airflow.loopback_hostname"
+    assert env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
+
+
+def test_the_admin_password_is_generated_once_and_private(tmp_path):
+    s = local_settings(tmp_path)
+    path = airflow_home(s) / PASSWORDS_FILE
+    assert admin_password(s) is None
+    password = ensure_admin_password(s)
+    assert len(password) >= 20 and _mode(path) == 0o600
+    assert json.loads(path.read_text()) == {s.airflow.admin_user: password}
+    assert ensure_admin_password(s) == password == admin_password(s)  # idempotent: never regenerated
+
+
+def test_a_world_readable_password_file_from_standalone_is_made_private_and_kept(tmp_path):
+    s = local_settings(tmp_path)
+    path = airflow_home(s) / PASSWORDS_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({s.airflow.admin_user: "from-standalone", "other": "x"}))
+    path.chmod(0o644)
+    assert ensure_admin_password(s) == "from-standalone"
+    assert _mode(path) == 0o600
+
+
+def test_an_unreadable_password_file_is_a_clear_error(tmp_path):
+    s = local_settings(tmp_path)
+    path = airflow_home(s) / PASSWORDS_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(RuntimeError, match=rf"{PASSWORDS_FILE} is not JSON.*delete it and run `tenfold up`"):
+        ensure_admin_password(s)
+
+
+def test_airflow_cfg_holds_the_shared_keys_privately_and_is_never_overwritten(tmp_path):
+    s = local_settings(tmp_path)
+    path = ensure_airflow_config(s)
+    assert _mode(path) == 0o600
+    cfg = configparser.ConfigParser()
+    cfg.read(path)
+    keys = {(sec, opt): cfg.get(sec, opt) for sec, opt in (("core", "fernet_key"), ("api", "secret_key"),
+                                                           ("api_auth", "jwt_secret"))}
+    assert all(len(v) >= 40 for v in keys.values()) and len(set(keys.values())) == 3
+    text = path.read_text()
+    assert ensure_airflow_config(s) == path and path.read_text() == text  # a second start shares the same keys
+    # An airflow.cfg that Airflow wrote itself (`airflow db migrate`) is kept, and made private.
+    path.write_text("[core]\nfernet_key = mine\n")
+    path.chmod(0o644)
+    ensure_airflow_config(s)
+    assert path.read_text() == "[core]\nfernet_key = mine\n" and _mode(path) == 0o600
+
+
+def test_the_log_server_names_a_busy_port_and_how_to_choose_another(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        s = local_settings(tmp_path, airflow_log_port=busy, airflow_trigger_log_port=free_port())
+        result = subprocess.run([sys.executable, "-m", "tenfold.local.airflow_logs"], env=airflow_env(s),
+                                capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1 ports {busy} and" in result.stderr
+    assert "TENFOLD_LOCAL__AIRFLOW_LOG_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_waiting_for_components_fails_at_once_when_another_one_dies(tmp_path):
+    slow = process.start("slow", ["sleep", "300"], run_dir=tmp_path, port=0)
+    crash = process.start("crash", [sys.executable, "-c", "print('bad flag'); raise SystemExit(2)"], run_dir=tmp_path, port=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(process.LocalPlatformError, match=r"crash \(starting with slow\) exited(.|\n)*bad flag"):
+            process.wait_until(lambda: False, timeout=60, what="slow", record=slow, watch=[slow, crash])
+        assert time.monotonic() - started < 30  # long before its own timeout
+    finally:
+        process.stop(slow, timeout=5)
+    assert os.path.exists(tmp_path / "crash.log")
