@@ -338,3 +338,40 @@ def test_a_step_killed_mid_way_resumes_from_its_record_without_repeating_or_skip
     pipeline.conclude(settings, pipeline.RolloutRun.from_xcom(run.to_xcom()))  # stop short: steps left undone
     assert rollouts.registry.rollout_events(version, run.rollout_id)["end"]["outcome"] == pipeline.FAILED
     assert rollouts.router.canary_percent() == 0
+
+
+def _dags_test(env: dict[str, str], conf: dict[str, Any], logical_date: str, log: Path) -> str:
+    proc = subprocess.run(["airflow", "dags", "test", "rollout_model", logical_date, "-c", json.dumps(conf)],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    out = proc.stdout + proc.stderr
+    log.write_text(out)
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def test_the_dag_promotes_a_good_challenger_and_rolls_back_a_bad_one(rollouts: Rollouts, tmp_path: Path) -> None:
+    """``airflow dags test rollout_model`` against this fleet: real Airflow tasks, real HAProxy and replicas."""
+    from tenfold.local import airflow_env, ensure_airflow_db
+
+    good = rollouts.register(71)
+    rollouts.canary(good)
+    env = airflow_env(rollouts.settings)
+    ensure_airflow_db(env)
+    out = _dags_test(env, {"version": good}, "2031-05-01T00:00:00+00:00", tmp_path / "good.log")
+    assert "rollout promoted" in out and rollouts.registry.resolve(CHAMPION) == good
+    assert rollouts.router.canary_percent() == 0
+
+    bad = rollouts.register(72)
+    rollouts.canary(bad, Fault(delay_ms=200))
+    env = airflow_env(rollouts.with_policy(min_requests=40))
+    rollouts.traffic.feedback = False
+    try:
+        out = _dags_test(env, {"version": bad}, "2031-05-02T00:00:00+00:00", tmp_path / "bad.log")
+    finally:
+        rollouts.traffic.feedback = True
+    assert "rollout rolled_back" in out and "Mann-Whitney" in out
+    assert rollouts.registry.resolve(CHAMPION) == good and rollouts.router.canary_percent() == 0
+    from tenfold.rollout.record import latest
+
+    found = latest(rollouts.registry, bad)
+    assert found is not None and found[1]["end"]["outcome"] == pipeline.ROLLED_BACK
