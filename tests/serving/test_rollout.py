@@ -293,6 +293,14 @@ def test_abort_at_25_percent_leaves_0_100_and_moves_no_alias(rollouts: Rollouts,
     assert outcome == [pipeline.ABORTED]
     done = pipeline.conclude(settings, run)
     assert done["outcome"] == pipeline.ABORTED and done["canary_percent"] == 0
+    get_settings.cache_clear()
+    try:
+        status = CliRunner().invoke(app, ["status", "--version", version], env=settings_env(settings))
+    finally:
+        get_settings.cache_clear()
+    assert status.exit_code == 0, status.output
+    assert "step 1: canary at 25 %" in status.output and "state: aborted; canary at 0 % now" in status.output
+    assert f"report: {done['report']}" in status.output
     assert (rollouts.registry.resolve(CHAMPION), rollouts.registry.resolve(CHALLENGER)) == (champion, challenger)
     assert not any(k.startswith("rollout-") for k in rollouts.registry.decisions(version))
 
