@@ -266,7 +266,7 @@ class Zygote:
         self.proc.stdin.write((json.dumps(command) + "\n").encode())
         self.proc.stdin.flush()
 
-    def receive(self, timeout_s: float = 60.0) -> dict[str, Any]:
+    def receive(self, timeout_s: float = 120.0) -> dict[str, Any]:
         """The zygote's next line, waiting for it up to a deadline (zygote start-up included)."""
         deadline = time.monotonic() + timeout_s
         assert self.proc.stdout is not None

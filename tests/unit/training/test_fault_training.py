@@ -32,7 +32,7 @@ from tenfold.training.launch import TrainResult, run_torchrun
 
 from .conftest import read_losses
 
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 300.0  # as long as the run itself may take: the killer never gives up first
 
 
 def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
