@@ -3,14 +3,17 @@
 Spark's Parquet writer (parquet-mr) is not byte-reproducible across JVMs: it lists each column
 chunk's encodings from a hash set whose order changes between runs, so two identical jobs write
 files that differ in the footer. Content-addressed publishing (:meth:`tenfold.data.lake.Lake.publish`)
-needs equal bytes for equal content, so every file that enters the lake is (re)written here by
-pyarrow with fixed options and fixed row-group boundaries, streaming (bounded memory).
+needs equal bytes for equal content, so every file that enters the lake is written here by pyarrow
+with fixed options and fixed row-group boundaries, streaming (bounded memory). The feature job's
+Spark tasks write their files with :func:`write_sorted` (each file in a total order), so parquet-mr
+never writes a file of the lake.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -54,21 +57,19 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fs: pafs
             writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
 
 
-def rewrite_reproducibly(uri: str, *, name: str = "part-00000.parquet") -> str:
-    """Replace the one ``.parquet`` file in folder ``uri`` by a reproducible copy ``name``; returns its path.
+def write_sorted(table: pa.Table, order: Sequence[str], schema: pa.Schema, fs: pafs.FileSystem, path: str) -> int:
+    """Write ``table`` sorted by ``order`` (ascending, nulls last) and cast to ``schema`` to ``path``, reproducibly.
 
-    Other files Spark leaves (``_SUCCESS``, ``.crc``) are removed so the folder holds the data only.
+    With ``order`` naming every column (a total order), the same rows in any order give the same bytes.
+    On a local disk the file is written under a
+    temporary name and renamed, so a reader (or a retried task) never sees half of it; an object store
+    (GCS) makes an object visible only once its upload is complete. Returns the rows written.
     """
-    fs, root = pafs.FileSystem.from_uri(uri)
-    infos = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.File]
-    data = [i.path for i in infos if i.base_name.endswith(".parquet")]
-    if len(data) != 1:
-        raise ValueError(f"expected exactly one Parquet file in {uri}, found {len(data)}: coalesce the output first")
-    source = pq.ParquetFile(data[0], filesystem=fs)
-    target = posixpath.join(root, name)
-    tmp = f"{target}.tmp"
-    write_batches(source.iter_batches(batch_size=65536), source.schema_arrow, fs, tmp)
-    for info in infos:
-        fs.delete_file(info.path)
-    fs.move(tmp, target)
-    return target
+    ordered = table.sort_by([(c, "ascending") for c in order]).select(schema.names).cast(schema)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # not *.parquet: never published, never validated
+        write_table(ordered, fs, tmp)
+        fs.move(tmp, path)
+    else:
+        write_table(ordered, fs, path)
+    return int(ordered.num_rows)

@@ -1,4 +1,4 @@
-"""The build-features Spark job: read one month's raw partitions, transform, write one sorted file.
+"""The build-features Spark job: read one month's raw partitions, transform, write a fixed set of sorted files.
 
 The job is the platform's; what it reads and how it transforms comes from the workload named by
 ``--workload`` (default ``flights``; see :func:`tenfold.workloads.get_workload`): its
@@ -11,6 +11,15 @@ through published manifests (each listed file's size is checked first), so a par
 never published or was truncated stops the job with exit code 2 and a message before Spark reads a
 byte. Output goes to ``--output`` (a staging URI); ``--publish`` also publishes it atomically as the
 ``features`` partition, which standalone runs use (the DAG validates the staged output first).
+
+The output is ``--output-files`` files (default :data:`OUTPUT_FILES`), ``part-00000.parquet`` to
+``part-0000<n-1>.parquet``: a row goes to file ``pmod(hash(key columns), n)`` (Spark's Murmur3 hash,
+fixed), and each Spark task sorts its files in the contract's total order (keys first, then every
+column) and writes them with pyarrow's fixed options (:func:`tenfold.data.parquet.write_sorted`). So the
+same month always gives the same files with the same bytes (a retried or backfilled month publishes an
+identical manifest), and the files are written in parallel, by the tasks, instead of one sorted file
+by one task plus a rewrite on the driver. The manifest lists the files in order; readers read them in
+manifest order, so every reader sees the rows in the same order.
 
 Beside the features the job writes the workload's lookup tables for online assembly (its ``lookups``,
 one per ``contract.lookup_tables`` name, from the same frames) to ``--lookups-output`` (default: the
@@ -37,11 +46,12 @@ from typing import TYPE_CHECKING
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
-from tenfold.data.parquet import rewrite_reproducibly, write_table
+from tenfold.data.parquet import write_sorted, write_table
 from tenfold.features.online import lookup_table
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("tenfold.features.job")
@@ -52,6 +62,11 @@ EXIT_FAILED = 1
 # Processes started without settings publish lookups under the settings' default prefix.
 LOOKUPS_TABLE: str = StorageSettings.model_fields["lookups_table"].default
 LOOKUPS_SUFFIX = "_lookups"
+
+# How many files a month's features are written as. Fixed, because the files' contents (and so their
+# bytes and the manifest) depend on it; enough for the tasks of a small cluster to write in parallel.
+OUTPUT_FILES = 4
+_FILE_COLUMN = "_tenfold_file"
 
 # Session settings the output depends on; set here rather than trusted to the cluster's defaults.
 SESSION_CONF = {
@@ -86,6 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--history-months", type=int, default=None,
                    help="months before --month that feed the historical aggregates (default: the workload's)")
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
+    p.add_argument("--output-files", type=int, default=OUTPUT_FILES,
+                   help="how many files the features are written as (default %(default)s; it decides the bytes)")
     args = p.parse_args(argv)
     if args.lookups_output is None:
         args.lookups_output = lookups_staging_uri(args.output)
@@ -205,10 +222,78 @@ def resolve_inputs(lake: Lake, part: Partition, history_months: int, sources: So
     return Inputs(history=tuple(history), tables=tables)
 
 
+def total_order(contract: FeatureContract) -> list[str]:
+    """Every column, keys first: the order rows are written in, total even when keys repeat."""
+    return list(contract.key_columns) + [c for c in contract.all_columns if c not in contract.key_columns]
+
+
 def sorted_single_file(features: DataFrame, contract: FeatureContract) -> DataFrame:
-    """One partition in a total order (every column, keys first), so each run writes the same bytes."""
-    order = list(contract.key_columns) + [c for c in contract.all_columns if c not in contract.key_columns]
-    return features.repartition(1).sortWithinPartitions(*order)
+    """One partition in a total order (every column, keys first), for a single file written by Spark's writer."""
+    return features.repartition(1).sortWithinPartitions(*total_order(contract))
+
+
+def _file_writer(output: str, order: list[str], schema: pa.Schema):  # type: ignore[no-untyped-def]
+    """The function each Spark task runs (``mapInArrow``): sort its rows of each output file and write them.
+
+    A task holds every row of the files it writes (rows are partitioned by the same hash that names
+    the file), so each file is complete when its task writes it; a retried task writes it again, the
+    same bytes. Yields one row per file written: its name and row count.
+    """
+
+    def write(batches):  # type: ignore[no-untyped-def]  # no hints: Spark must not infer a UDF type from them
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.fs as pafs
+        from pyspark import TaskContext
+
+        fs, root = pafs.FileSystem.from_uri(output)
+        collected = list(batches)
+        names, rows = [], []
+        if collected:
+            table = pa.Table.from_batches(collected)
+            ids = sorted(pc.unique(table[_FILE_COLUMN]).to_pylist())
+            task = TaskContext.get()
+            if task is not None and ids != [task.partitionId()]:
+                # Two tasks must never write one file: the file id must be the partition the rows went to.
+                raise ContractError(f"task {task.partitionId()} received rows of files {ids}: the output's "
+                                    "partitioning no longer matches the hash that names the files")
+            for file_id in ids:
+                rows_of = table.filter(pc.equal(table[_FILE_COLUMN], file_id)).drop_columns([_FILE_COLUMN])
+                name = f"part-{file_id:05d}.parquet"
+                rows.append(write_sorted(rows_of, order, schema, fs, posixpath.join(root, name)))
+                names.append(name)
+        yield pa.RecordBatch.from_pydict({"file": names, "rows": rows}, schema=pa.schema([("file", pa.string()), ("rows", pa.int64())]))
+
+    return write
+
+
+def write_features(features: DataFrame, contract: FeatureContract, output: str, *, files: int = OUTPUT_FILES) -> dict[str, int]:
+    """Write ``features`` to the folder ``output`` (emptied first) as up to ``files`` sorted, reproducible files.
+
+    Returns each file's name and rows. A month without rows is written as one empty file, so its schema
+    is still checked and published.
+    """
+    import pyarrow.fs as pafs
+    from pyspark.sql import functions as F
+
+    if files < 1:
+        raise ValueError(f"--output-files must be at least 1, not {files}")
+    fs, root = pafs.FileSystem.from_uri(output)
+    fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
+    fs.create_dir(root, recursive=True)
+    schema = contract.arrow_schema()
+    keys = list(contract.key_columns)
+    tagged = features.withColumn(_FILE_COLUMN, F.pmod(F.hash(*keys), F.lit(files)))
+    # repartition(n, keys) is Spark's HashPartitioning: partition pmod(Murmur3Hash(keys, 42), n), the very
+    # expression of F.hash above, so task i holds exactly the rows of file i (the writer checks it).
+    # mapInArrow hands them to Python as Arrow, where pyarrow sorts and writes them: no parquet-mr copy.
+    written = (tagged.repartition(files, *keys)
+               .mapInArrow(_file_writer(output, total_order(contract), schema), "file string, rows long")
+               .collect())
+    if not written:
+        write_sorted(schema.empty_table(), [], schema, fs, posixpath.join(root, "part-00000.parquet"))
+        return {"part-00000.parquet": 0}
+    return {r["file"]: int(r["rows"]) for r in sorted(written, key=lambda r: r["file"])}
 
 
 def run(
@@ -232,15 +317,13 @@ def run(
         target = workload.sources.history_table or next(iter(frames))
         frames[target] = fail_once(frames[target], marker)
     features = workload.transform(frames, part, args.history_months)
-    sorted_single_file(features, contract).write.mode("overwrite").parquet(args.output)
-    # parquet-mr's footers differ between JVMs; publishing is by content digest, so rewrite the one
-    # sorted file with pyarrow: the same rows now always give the same bytes (and the same manifest).
-    rewrite_reproducibly(args.output)
+    files = write_features(features, contract, args.output, files=args.output_files)
     rows, digest = staged_summary(args.output)
     lookups = write_lookups(workload.lookups(frames, part, args.history_months), args.lookups_output, contract)
     facts: dict[str, object] = {
         "month": part.label,
         "rows": rows,
+        "files": len(files),
         "history_months": [p.label for p in history],
         "inputs": {t: len(u) for t, u in inputs.tables.items()},
         "lookups": lookups,
@@ -265,7 +348,7 @@ def run(
 
 
 def staged_summary(output: str) -> tuple[int, str]:
-    """Rows and schema hash of the Parquet files Spark wrote to ``output`` (read from footers only)."""
+    """Rows and schema hash of the Parquet files the job wrote to ``output`` (read from footers only)."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
@@ -274,10 +357,13 @@ def staged_summary(output: str) -> tuple[int, str]:
         i.path for i in fs.get_file_info(pafs.FileSelector(root))
         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
     )
-    if len(files) != 1:
-        raise ContractError(f"expected one Parquet file under {output}, found {len(files)}")
-    meta = pq.read_metadata(files[0], filesystem=fs)
-    return meta.num_rows, schema_hash(meta.schema.to_arrow_schema())
+    if not files:
+        raise ContractError(f"the job wrote no Parquet file under {output}")
+    metas = [pq.read_metadata(f, filesystem=fs) for f in files]
+    digests = {schema_hash(m.schema.to_arrow_schema()) for m in metas}
+    if len(digests) != 1:
+        raise ContractError(f"the files under {output} disagree on the schema ({sorted(digests)})")
+    return sum(m.num_rows for m in metas), digests.pop()
 
 
 def _is_bad_input(exc: BaseException) -> bool:
