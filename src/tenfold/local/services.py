@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tenfold.config import Settings
 from tenfold.local.airflow import PASSWORDS_FILE, airflow_env, airflow_home, airflow_url, venv_bin
-from tenfold.local.process import LocalPlatformError, read_record
+from tenfold.local.process import LocalPlatformError, is_running, read_record
 
 HTTP_TIMEOUT = 2.0
 
@@ -218,8 +218,8 @@ def _beats_since_start(report: dict[str, dict[str, object]], key: str, run: Path
     entry = report.get(key, {})
     beat = entry.get(f"latest_{key}_heartbeat")
     record = read_record(run, component)
-    if entry.get("status") != "healthy" or not isinstance(beat, str) or record is None:
-        return False
+    if entry.get("status") != "healthy" or not isinstance(beat, str) or record is None or not is_running(record):
+        return False  # is_running: a killed process lingers as a zombie, with its start time, until reaped
     import psutil
 
     try:

@@ -113,3 +113,33 @@ def test_waiting_for_components_fails_at_once_when_another_one_dies(tmp_path):
     finally:
         process.stop(slow, timeout=5)
     assert os.path.exists(tmp_path / "crash.log")
+
+
+def test_a_heartbeat_counts_only_for_the_live_process_that_sent_it(tmp_path):
+    """Airflow reports the newest job's heartbeat; after a SIGKILL the dead scheduler's stays "healthy" for
+    30 s. It must neither vouch for the killed process nor for one started after it."""
+    from datetime import UTC, datetime, timedelta
+
+    import psutil
+
+    from tenfold.local.services import _beats_since_start
+
+    record = process.start("airflow-scheduler", ["sleep", "300"], run_dir=tmp_path, port=0)
+    started_at = datetime.fromtimestamp(psutil.Process(record.pid).create_time(), UTC)
+
+    def report(beat: datetime, status: str = "healthy") -> dict[str, dict[str, object]]:
+        return {"scheduler": {"status": status, "latest_scheduler_heartbeat": beat.isoformat()}}
+
+    try:
+        assert _beats_since_start(report(started_at + timedelta(seconds=5)), "scheduler", tmp_path, "airflow-scheduler")
+        assert not _beats_since_start(report(started_at - timedelta(seconds=60)), "scheduler", tmp_path, "airflow-scheduler")
+        assert not _beats_since_start(report(started_at + timedelta(seconds=5), "unhealthy"), "scheduler", tmp_path,
+                                      "airflow-scheduler")
+    finally:
+        psutil.Process(record.pid).kill()
+    # Killed: whatever the report says (the zombie keeps its start time until it is reaped).
+    deadline = time.monotonic() + 10
+    while process.is_running(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _beats_since_start(report(started_at + timedelta(seconds=5)), "scheduler", tmp_path, "airflow-scheduler")
+    process.stop(record, timeout=5)
