@@ -18,31 +18,41 @@ JavaScript) and every page is unstyled. :class:`OfflineSiteBuilder`, the site bu
   each validation used to delete every earlier one, including the refusal a quarantine message points to.
   The gate keeps the validation results in a store beside the pages (``_validation_results/``) for that.
 
-Without the vendor files (``make setup`` not run) the pages keep the CDN URLs and a warning says so; in the
-cloud, where the site lives on GCS and is read over the internet, the gate leaves them as GX wrote them.
+Without the vendor files (``make setup`` not run) the pages keep the CDN URLs and a warning says so.
+
+In the cloud the site lives in the artifacts bucket (``gs://<artifacts>/<data_docs_prefix>/``). GX 1.x has no
+GCS store backend any more (its cloud backends were removed in 1.0), so :func:`docs_site` builds it in a local
+working folder: the bucket's validation results are downloaded and its pages stood in for by empty files (the
+index needs their names, not their content), GX builds there, and what the build wrote is uploaded, the index
+last. Pages read there are viewed with internet access, so they keep GX's CDN URLs.
 
 Check a local site by hand: ``tenfold quality docs`` prints where it is; open its ``index.html`` offline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import mimetypes
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from great_expectations.data_context.store.html_site_store import HtmlSiteStore
 from great_expectations.render.renderer.site_builder import SiteBuilder
 
-from tenfold.config import project_root
+from tenfold.config import Settings, project_root
 
 log = logging.getLogger(__name__)
 
 VENDOR_PREFIX = ("static", "vendor")  # site path of the vendor files, under the site root
+RESULTS_FOLDER = "_validation_results"  # beside the pages: the results the site's index is built from
+PAGE_FOLDERS = ("validations", "expectations")  # GX's page sections, whose files the index lists
 ASSETS_TOOL = "datadocs-assets"  # the npm project in requirements/npm/ and its install folder in .tools/
 
 
@@ -212,8 +222,6 @@ class OfflineHtmlSiteStore(HtmlSiteStore):
 
 
 def _content_type(name: str) -> str:
-    import mimetypes
-
     kind, _ = mimetypes.guess_type(name, strict=False)
     return kind or {".woff2": "font/woff2", ".ttf": "font/ttf"}.get(Path(name).suffix, "application/octet-stream")
 
@@ -255,3 +263,97 @@ class OfflineSiteBuilder(SiteBuilder):
         self.target_store.copy_static_assets()
         _, index_links = self.site_index_builder.build(skip_and_clean_missing=False, build_index=build_index)
         return self.get_resource_url(only_if_exists=False), index_links
+
+
+# --- where the site is built: the local site itself, or a working copy of the bucket's ----------------------
+
+
+@dataclass
+class DocsSite:
+    """The folder GX builds a Data Docs site in, and the address a person opens a page of it at."""
+
+    root: Path
+    base_url: str  # file:///... locally, gs://<bucket>/<prefix> in the cloud
+
+    def url(self, page: Path) -> str:
+        """The address of ``page`` (a file under :attr:`root`)."""
+        if self.base_url.startswith("file:"):
+            return page.as_uri()
+        return f"{self.base_url}/{page.relative_to(self.root).as_posix()}"
+
+
+@dataclass
+class BucketSite(DocsSite):
+    """A working copy of a site kept in a GCS bucket: :meth:`pull` before the build, :meth:`push` after it."""
+
+    settings: Settings | None = None
+    remote: dict[str, int] = field(default_factory=dict)  # site path -> size, as listed by pull
+    pulled: dict[str, tuple[int, int]] = field(default_factory=dict)  # site path -> (size, mtime_ns) after pull
+
+    def _bucket(self) -> tuple[Any, str]:
+        from tenfold.storage import gcs_client
+
+        assert self.settings is not None
+        return gcs_client(self.settings).bucket(self.settings.storage.artifacts_bucket), \
+            self.settings.monitoring.data_docs_prefix.strip("/")
+
+    def pull(self) -> None:
+        """Download the validation results; stand in for every page with an empty file of its name."""
+        bucket, prefix = self._bucket()
+        for blob in bucket.client.list_blobs(bucket, prefix=prefix + "/"):
+            rel = blob.name[len(prefix) + 1:]
+            self.remote[rel] = int(blob.size or 0)
+            local = self.root / rel
+            if rel.startswith(RESULTS_FOLDER + "/"):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                blob.download_to_filename(str(local))
+            elif rel.split("/", 1)[0] in PAGE_FOLDERS and rel.endswith(".html"):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.touch()
+        self.pulled = {rel: _stamp(self.root / rel) for rel in self.remote if (self.root / rel).is_file()}
+
+    def push(self) -> list[str]:
+        """Upload what the build wrote (GX's unchanged static files are not sent again), the index last."""
+        bucket, prefix = self._bucket()
+        changed = []
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.root).as_posix()
+            if rel.startswith("static/"):  # GX copies its static files at every build: send the new ones only
+                if self.remote.get(rel) == path.stat().st_size:
+                    continue
+            elif self.pulled.get(rel) == _stamp(path):
+                continue  # pulled results, and the stand-ins of pages the build did not render
+            changed.append(rel)
+        changed.sort(key=lambda rel: rel == "index.html")  # the index last: it never links a page not yet there
+        for rel in changed:
+            kind = _content_type(rel)
+            bucket.blob(f"{prefix}/{rel}").upload_from_filename(
+                str(self.root / rel), content_type=f"{kind}; charset=utf-8" if kind.startswith("text/") else kind)
+        return changed
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def docs_site(settings: Settings) -> Iterator[DocsSite]:
+    """The folder to build the Data Docs of ``settings`` in: the site itself locally, a working copy in the cloud.
+
+    In the cloud the working copy is pulled from the bucket on entry and what the build wrote is pushed back
+    when the block ends without an error.
+    """
+    from tenfold.quality.gate import data_docs_location
+
+    location = data_docs_location(settings)
+    if settings.is_local:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        yield DocsSite(Path(location), Path(location).as_uri())
+        return
+    with tempfile.TemporaryDirectory(prefix="tenfold-data-docs-") as tmp:
+        site = BucketSite(Path(tmp), location, settings=settings)
+        site.pull()
+        yield site
+        site.push()
+

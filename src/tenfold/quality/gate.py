@@ -21,12 +21,15 @@ older PySpark, and a month is ~30k rows, which pandas validates in about a secon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import posixpath
+import urllib.parse
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -42,6 +45,8 @@ from tenfold.workloads import get_workload
 if TYPE_CHECKING:
     import pandas as pd
     from great_expectations.data_context import AbstractDataContext
+
+    from tenfold.quality.datadocs import DocsSite
 
 log = logging.getLogger(__name__)
 
@@ -190,24 +195,7 @@ def data_docs_location(settings: Settings) -> str:
     return f"gs://{settings.storage.artifacts_bucket}/{prefix}"
 
 
-RESULTS_FOLDER = "_validation_results"  # beside the pages: the results the site's index is built from
-
-
-def _backend(settings: Settings, folder: str | None = None) -> dict[str, Any]:
-    """A GX store backend on the Data Docs location, or on ``folder`` inside it."""
-    if settings.is_local:
-        base = data_docs_location(settings)
-        return {"class_name": "TupleFilesystemStoreBackend", "base_directory": f"{base}/{folder}" if folder else base}
-    prefix = settings.monitoring.data_docs_prefix
-    return {
-        "class_name": "TupleGCSStoreBackend",
-        "project": settings.project_id,
-        "bucket": settings.storage.artifacts_bucket,
-        "prefix": f"{prefix}/{folder}" if folder else prefix,
-    }
-
-
-def _docs_site(settings: Settings) -> dict[str, Any]:
+def _docs_site(settings: Settings, root: Path) -> dict[str, Any]:
     # tenfold.quality.datadocs: the index lists every validation of the site, and locally the pages load their
     # scripts and styles from the site itself, so they work offline (in the cloud they keep GX's CDN URLs).
     from tenfold.quality.datadocs import vendor_assets_dir
@@ -215,13 +203,14 @@ def _docs_site(settings: Settings) -> dict[str, Any]:
     return {
         "module_name": "tenfold.quality.datadocs",
         "class_name": "OfflineSiteBuilder",
-        "store_backend": _backend(settings),
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(root)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         "vendor_assets": str(vendor_assets_dir()) if settings.is_local else None,
     }
 
 
-def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
+def _context(settings: Settings, *, docs_root: Path | None) -> AbstractDataContext:
+    """An ephemeral GX context; with ``docs_root``, one whose Data Docs site is built in that folder."""
     # No usage statistics from a data pipeline (and no network from the test machines).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
@@ -231,15 +220,18 @@ def _context(settings: Settings, *, docs: bool) -> AbstractDataContext:
         ProgressBarsConfig,
     )
 
+    from tenfold.quality.datadocs import RESULTS_FOLDER
+
     # In-memory stores; the only docs site is ours (the default one writes to a temp folder nobody reads).
     stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
-    if docs:
+    if docs_root is not None:
         # The site's index is built from the results store: kept beside the pages, every earlier validation
         # stays listed (an in-memory store would list this one alone).
-        stores.stores[stores.validation_results_store_name]["store_backend"] = _backend(settings, RESULTS_FOLDER)
+        stores.stores[stores.validation_results_store_name]["store_backend"] = {
+            "class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_root / RESULTS_FOLDER)}
     config = DataContextConfig(
         store_backend_defaults=stores,
-        data_docs_sites={DOCS_SITE: _docs_site(settings)} if docs else {},
+        data_docs_sites={DOCS_SITE: _docs_site(settings, docs_root)} if docs_root is not None else {},
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
@@ -290,15 +282,26 @@ def run_suite(
     run_name: str | None = None,
 ) -> ValidationReport:
     """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else."""
+    from tenfold.quality.datadocs import docs_site
+
+    with contextlib.ExitStack() as stack:
+        # Locally the site itself; in the cloud a working copy of the bucket's, pushed back when the block ends.
+        site = stack.enter_context(docs_site(settings)) if docs else None
+        return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
+                          site=site, run_name=run_name)
+
+
+def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Partition, suite_name: str,
+               batch_uri: str, site: DocsSite | None, run_name: str | None) -> ValidationReport:
     import great_expectations as gx
 
-    context = _context(settings, docs=docs)
+    context = _context(settings, docs_root=site.root if site else None)
     suite = context.suites.add(load_suite(suite_name, get_workload(settings).expectations_dir))
     asset = context.data_sources.add_pandas("lake").add_dataframe_asset(f"{table}_{part.label}")
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{table}_{part.label}_{suite_name}", data=asset.add_batch_definition_whole_dataframe("month"), suite=suite)
     )
-    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs else []
+    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if site else []
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(name=f"gate_{table}_{part.label}", validation_definitions=[definition], actions=actions, result_format="SUMMARY")
     )
@@ -312,11 +315,11 @@ def run_suite(
     ((identifier, validation),) = result.run_results.items()
     outcomes = _outcomes(validation.results)
     docs_url = None
-    if docs:
+    if site is not None:
         # The page of this very validation; the site's index lists every one.
-        urls = [u["site_url"] for u in context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE)
-                if u.get("site_url")]
-        docs_url = urls[0] if urls else data_docs_location(settings)
+        urls = [str(u["site_url"]) for u in context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE)
+                if str(u.get("site_url") or "").startswith("file://")]
+        docs_url = site.url(Path(urllib.parse.unquote(urls[0].removeprefix("file://")))) if urls else site.base_url
     return ValidationReport(
         table=table,
         partition=part.label,

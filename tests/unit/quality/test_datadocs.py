@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -117,3 +118,36 @@ def test_without_the_vendor_files_the_pages_keep_the_cdn_and_say_so(settings, tm
     index = (Path(data_docs_location(settings)) / "index.html").read_text()
     assert "https://code.jquery.com/jquery-3.7.1.min.js" in index
     assert not (Path(data_docs_location(settings)) / "static" / "vendor").exists()
+
+
+@pytest.mark.slow
+def test_the_cloud_site_is_built_from_the_bucket_and_pushed_back(gcs_emulator, storage_client):
+    """GX 1.x has no GCS backend: the site is pulled to a working folder, built, and what changed is pushed."""
+    from tenfold.config import get_settings
+
+    dev = get_settings("dev")
+    settings = dev.model_copy(update={
+        "storage": dev.storage.model_copy(update={"emulator_host": gcs_emulator}),
+        "monitoring": dev.monitoring.model_copy(update={"data_docs_prefix": f"docs-{uuid.uuid4().hex[:8]}"}),
+    })
+    bucket = storage_client.bucket(settings.storage.artifacts_bucket)
+    prefix = settings.monitoring.data_docs_prefix
+    generations: dict[str, int] = {}
+    for month in (3, 4):
+        part = Partition(2013, month)
+        report = run_suite(settings, to_frame(synthetic_features(part, 500, seed=month)), table="features", part=part,
+                           suite_name=WORKLOAD.features_suite, batch_uri="gs://x", run_name=f"{part.label}-c")
+        page = f"gs://{bucket.name}/{prefix}/validations/{WORKLOAD.features_suite}/{part.label}-c/"
+        assert report.data_docs and report.data_docs.startswith(page) and report.data_docs.endswith(".html")
+        blobs = {b.name: b for b in storage_client.list_blobs(bucket, prefix=prefix + "/")}
+        assert f"{prefix}/index.html" in blobs
+        if not generations:
+            generations = {n: b.generation for n, b in blobs.items() if "/static/" in n}
+            assert generations, "GX's static files were not uploaded"
+    index = bucket.blob(f"{prefix}/index.html").download_as_text()
+    assert "2013-03-c" in index and "2013-04-c" in index  # the first validation, pulled back, is still listed
+    pages = [n for n in blobs if n.startswith(f"{prefix}/validations/") and n.endswith(".html")]
+    assert len(pages) == 2 and all(blobs[n].size > 1000 for n in pages)  # no stand-in was pushed over a page
+    assert len([n for n in blobs if f"/{datadocs.RESULTS_FOLDER}/" in n and "ge_store_backend_id" not in n]) == 2
+    # GX's static files were not sent again by the second build
+    assert {n: b.generation for n, b in blobs.items() if n in generations} == generations
