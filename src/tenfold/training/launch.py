@@ -72,12 +72,39 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     return Preprocessor.fit(table, contract)
 
 
+def rendezvous_file(job_id: str) -> Path:
+    """The file a one-machine job's ranks rendezvous through (removed by :func:`run_torchrun` after the job)."""
+    return Path(tempfile.gettempdir()) / f"tenfold-rdzv-{job_id}"
+
+
+def loopback_env(settings: Settings) -> dict[str, str]:
+    """Environment that keeps a one-machine job's sockets on ``settings.local.bind_host`` (loopback).
+
+    torchrun's ``--standalone`` hosts its rendezvous and agent TCP stores on every interface (TCPStore
+    takes no bind address). Instead the ranks rendezvous through a file (:func:`torchrun_command`), the
+    agent hosts no store (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``), rank 0 hosts it on a socket bound to
+    ``MASTER_ADDR`` (``--local-addr``; :func:`tenfold.training.worker.init_distributed`), and gloo uses the
+    loopback interface instead of whatever the host name resolves to.
+    """
+    import psutil
+
+    env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    host = settings.local.bind_host
+    iface = next((n for n, addrs in psutil.net_if_addrs().items() if any(a.address == host for a in addrs)), None)
+    if iface is not None:
+        env["GLOO_SOCKET_IFNAME"] = iface
+    return env
+
+
 def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:
-    """torchrun's argv for the worker writing to ``out`` (a folder or a URI)."""
+    """torchrun's argv for the worker writing to ``out`` (a folder or a URI); run it with :func:`loopback_env`
+    when ``settings.training.nnodes`` is 1."""
     t = settings.training
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if t.nnodes == 1:
-        cmd += ["--standalone", f"--nproc-per-node={nproc}"]
+        cmd += ["--nnodes=1", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rendezvous_file(job_id)}", "--rdzv-conf=store_type=file", f"--rdzv-id={job_id}",
+                f"--local-addr={settings.local.bind_host}"]
     else:
         if not t.rdzv_host:
             raise ValueError(
@@ -167,9 +194,11 @@ def run_torchrun(
     else:
         (out / RESULT_FILE).unlink(missing_ok=True)
 
-    cmd = torchrun_command(settings, target, nproc=nproc, job_id=f"tenfold-{uuid.uuid4().hex[:8]}", max_restarts=restarts)
+    job_id = f"tenfold-{uuid.uuid4().hex[:8]}"
+    cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts)
     threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
-    run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(env or {})}
+    run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+               **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     log_path = out / LOG_FILE
     started = time.monotonic()
     with open(log_path, "ab") as log:
@@ -180,11 +209,13 @@ def run_torchrun(
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _terminate(proc)
+            rendezvous_file(job_id).unlink(missing_ok=True)
             raise TrainingTimeout(
                 f"training ran past its {timeout:.0f} s bound and was killed; see {log_path}",
                 rank=None, error="timeout", exitcode=-1, log_path=log_path,
             ) from None
     wall = time.monotonic() - started
+    rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:
         rank, error = parse_failure(log_path.read_text(errors="replace"))
         where = f"rank {rank}" if rank is not None else "a worker"

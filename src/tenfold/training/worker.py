@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -106,7 +107,13 @@ def init_distributed(backend: str, rank: int, world_size: int, timeout_s: int) -
     timeout = dt.timedelta(seconds=timeout_s)
     # Under torchrun the elastic agent hosts the store; without it (a bare multi-process launch) rank 0 does.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    base = dist.TCPStore(host, port, world_size, is_master=(rank == 0 and not agent_store), timeout=timeout)
+    hosts = rank == 0 and not agent_store
+    listen_fd = None
+    if hosts:
+        # TCPStore listens on every interface; handed a socket bound to MASTER_ADDR (loopback locally), only there.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listen_fd = socket.create_server((host, port), family=family).detach()
+    base = dist.TCPStore(host, port, world_size, is_master=hosts, timeout=timeout, master_listen_fd=listen_fd)
     store = dist.PrefixStore(f"attempt_{restart}", base)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 

@@ -8,10 +8,12 @@ from tenfold.config import build_settings
 from tenfold.training.launch import parse_failure, torchrun_command
 
 
-def test_local_runs_are_standalone_with_restarts_from_settings() -> None:
+def test_local_runs_are_one_node_on_loopback_with_restarts_from_settings() -> None:
     settings = build_settings("local")
     cmd = torchrun_command(settings, "/tmp/out", nproc=2, job_id="j", max_restarts=settings.training.max_restarts)
-    assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
+    # Not --standalone: its TCP stores listen on every interface; a file rendezvous and stores on loopback.
+    assert "--standalone" not in cmd and "--nnodes=1" in cmd and "--nproc-per-node=2" in cmd
+    assert "--rdzv-conf=store_type=file" in cmd and f"--local-addr={settings.local.bind_host}" in cmd
     assert f"--max-restarts={settings.training.max_restarts}" in cmd
     assert cmd[cmd.index("-m", 3):] == ["-m", "tenfold.training.worker", "--config", "/tmp/out/train_config.json",
                                         "--out", "/tmp/out"]
