@@ -74,6 +74,10 @@ class CorruptFileError(CorruptManifestError):
     """A data file is missing, or its size or content checksum differs from what its manifest recorded."""
 
 
+class _Republished(Exception):  # a signal inside read_table, never raised to its callers
+    """The manifest a read started from was replaced by a publish: read the partition again."""
+
+
 def schema_hash(schema: pa.Schema) -> str:
     """A stable digest of column names and types (not metadata), for readers to check."""
     canon = ";".join(f"{f.name}:{f.type}:{int(f.nullable)}" for f in schema)
@@ -313,15 +317,32 @@ class Lake:
         """
         tables = []
         for part in parts:
-            manifest = self.read_manifest(table, part)
-            for entry, path in zip(manifest.files, self._data_paths(table, part, manifest), strict=True):
-                data = self._read_verified(table, part, manifest, entry, path)
-                tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
-            if columns is None and tables and schema_hash(tables[-1].schema) != manifest.schema_hash:
-                raise CorruptManifestError(f"{table} {part.label}: data schema does not match its manifest")
+            tables += self._read_partition(table, part, columns)
         if not tables:
             raise MissingManifestError(f"no published partitions of {table} were asked for")
         return pa.concat_tables(tables, promote_options="default")
+
+    def _read_partition(self, table: str, part: Partition, columns: list[str] | None) -> list[pa.Table]:
+        # A publish that lands while we read removes the folder of the manifest we started from; its own
+        # manifest is whole by then, so read that one instead (publishes of one month are minutes apart).
+        for _ in range(3):
+            manifest = self.read_manifest(table, part)
+            try:
+                tables = [pq.read_table(pa.BufferReader(self._read_verified(table, part, manifest, entry, path)),
+                                        columns=columns)
+                          for entry, path in zip(manifest.files, self._data_paths(table, part, manifest), strict=True)]
+            except _Republished:
+                continue
+            if columns is None and tables and schema_hash(tables[-1].schema) != manifest.schema_hash:
+                raise CorruptManifestError(f"{table} {part.label}: data schema does not match its manifest")
+            return tables
+        raise LakeError(f"{table} partition {part.label} was republished three times while it was read; read it again")
+
+    def _republished(self, table: str, part: Partition, manifest: Manifest) -> bool:
+        try:
+            return self.read_manifest(table, part).data_dir != manifest.data_dir
+        except LakeError:
+            return False
 
     def _data_paths(self, table: str, part: Partition, manifest: Manifest) -> list[str]:
         base = self._join(table, part.path, manifest.data_dir)
@@ -332,6 +353,8 @@ class Lake:
             with self.fs.open_input_stream(path) as stream:
                 data = bytes(stream.read())
         except FileNotFoundError as exc:
+            if self._republished(table, part, manifest):
+                raise _Republished from exc
             raise CorruptFileError(
                 f"{table} partition {part.label}: {self.uri_of(path)}, listed by its manifest, is missing; re-publish "
                 f"the partition by re-running the pipeline that builds {table} for {part.label}"
@@ -357,7 +380,7 @@ class Lake:
                 f"{what}; quarantining it failed ({exc}): delete {self.uri_of(self.manifest_path(table, part))} if it "
                 "is still there, so that no reader uses the partition until it is re-published") from exc
         if where is None:  # republished while we read: the file we read is no longer the partition's
-            raise CorruptFileError(f"{what}; the partition was republished meanwhile: read it again")
+            raise _Republished
         raise CorruptFileError(f"{what}; the partition is withdrawn (its manifest and data moved to {where})")
 
     def _mismatch(self, table: str, part: Partition, path: str, kind: str, actual: str, expected: str,

@@ -364,6 +364,26 @@ def sweep(zygote: Zygote, variant: str, work: Path, *, stop_at_first_violation: 
     return result
 
 
+def test_a_reader_racing_a_publish_reads_one_whole_partition(tmp_path: Path) -> None:
+    # A publish lands between a reader's manifest and its first file, and removes the folder that manifest
+    # names: the reader must end up with one whole partition, not a missing-file error.
+    Lake(tmp_path.as_uri()).publish(TABLE, PART, str(_stage(tmp_path / "staged-old", 1)), run_id="old")
+    staged_new = str(_stage(tmp_path / "staged-new", 2))
+
+    class RacedReader(Lake):
+        raced = False
+
+        def _read_verified(self, *args: Any) -> bytes:
+            if not self.raced:
+                self.raced = True
+                Lake(self.uri).publish(TABLE, PART, staged_new, run_id="new")
+            return super()._read_verified(*args)
+
+    reader = RacedReader(tmp_path.as_uri())
+    assert reader.read_table(TABLE, [PART]).equals(whole(2))
+    assert reader.raced
+
+
 @pytest.fixture(scope="module")
 def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     z = Zygote(tmp_path_factory.mktemp("zygote") / "zygote.log")
