@@ -7,7 +7,7 @@
 * ``platform`` -> the real local platform (``tenfold.local.up``: the GCS and Pub/Sub emulators and Airflow) on
   a temporary home and free ports, with the Airflow URL and login read from ``tenfold status`` as a user reads
   them, and ``artifacts``: the folder under that home (``<home>/artifacts/ui``) where the screenshots go.
-  Brought up once per module and taken down after it.
+  Brought up once per module (and its DAGs parsed) and taken down after it.
 * ``offline`` -> ``offline(context)`` makes a browser context refuse every request that is not ``file:`` or
   loopback, and returns the list of what it refused.
 """
@@ -31,6 +31,7 @@ import pytest
 from tenfold.config import Settings
 from tenfold.config.settings import LocalSettings
 from tenfold.local import down, free_port, local_settings, settings_env, up
+from tenfold.local.airflow_api import AirflowApi
 
 # Debian's chromium package: /usr/bin/chromium is a shell wrapper around the real binary.
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
@@ -42,6 +43,7 @@ INSTALL_HINT = (
 TENFOLD = str(Path(sys.prefix) / "bin" / "tenfold")
 LOGIN = re.compile(r"Airflow UI: (?P<url>\S+)\s+user: (?P<user>\S+)\s+password: (?P<password>\S+)")
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+DAGS = ("build_features", "train_model")  # the DAGs the tests open
 
 
 def find_chromium() -> str | None:
@@ -118,6 +120,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                                 check=False)
         login = LOGIN.search(status.stdout)
         assert login, f"`tenfold status` printed no Airflow login:\n{status.stdout}\n{status.stderr}"
+        # Healthy is not parsed: the Dags page lists what the DAG processor has parsed when the page loads.
+        api = AirflowApi(login["url"], login["user"], login["password"])
+        for dag_id in DAGS:
+            api.wait_for_dag(dag_id, timeout_s=300)
         artifacts = home / "artifacts" / "ui"
         artifacts.mkdir(parents=True)
         print(f"browser test screenshots: {artifacts}")

@@ -61,7 +61,7 @@ def log_in(page: Any, platform: Any) -> None:
 @pytest.fixture(scope="module")
 def airflow(browser: Any, platform: Any, offline: Any) -> Iterator[Any]:
     """A browser context logged in to the platform's Airflow (through its login page)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id="UTC")
     context.set_default_timeout(ACTION_MS)
     offline(context)  # the UI is served from loopback: nothing of it may come from the internet
     page = context.new_page()
@@ -154,7 +154,7 @@ def test_a_task_log_opens_with_the_gate_verdict(airflow, platform, january_run):
 def test_data_docs_work_offline_and_list_the_run(browser, platform, offline, january_run):
     expect = _expect()
     site = Path(data_docs_location(platform.settings))
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id="UTC")
     context.set_default_timeout(ACTION_MS)
     refused = offline(context)
     failed: list[str] = []
