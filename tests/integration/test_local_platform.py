@@ -252,12 +252,8 @@ def test_nothing_listens_beyond_loopback_while_a_spark_job_runs(stack, tmp_path)
     assert "resolves to a loopback address" not in spark_log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torchrun --standalone hosts its rendezvous and agent TCP stores on every interface (TCPStore takes no bind "
-    "address); the fix (a file rendezvous, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and rank 0's store on a socket "
-    "bound to loopback, master_listen_fd) is in tenfold.training.launch/worker, which this change does not own"))
 def test_nothing_listens_beyond_loopback_while_a_torchrun_job_runs(stack, tmp_path):
-    """The same for a real two-rank torchrun training job (its elastic agent, rendezvous and ranks)."""
+    """The same for a real two-rank torchrun training job: its elastic agent, the ranks, their store and gloo."""
     with ListenerWatch(stack.settings) as watch:
         _run_torchrun_job(stack.settings, tmp_path)
     seen = watch.seen
