@@ -372,6 +372,11 @@ def test_airflow_refuses_requests_without_valid_credentials(stack):
     }
     assert {k: got for k, (got, _want) in refused.items()} == {k: want for k, (_got, want) in refused.items()}
 
+    from tenfold.local.airflow_api import AirflowApi
+
+    api = AirflowApi(url, user, admin_password(s) or "")
+    for dag_id in ("build_features", "train_model"):  # parsed by the DAG processor (once, after `up`)
+        api.wait_for_dag(dag_id, timeout_s=240)
     status, reply = _get(f"{url}/auth/token", data=json.dumps({"username": user, "password": admin_password(s)}).encode(),
                          headers=json_body)
     assert status == 201 and isinstance(reply, dict)
@@ -380,6 +385,25 @@ def test_airflow_refuses_requests_without_valid_credentials(stack):
     assert status == 200 and isinstance(dags, dict)
     assert {"build_features", "train_model"} <= {d["dag_id"] for d in dags["dags"]}
     assert _status_of(f"{url}/ui/dags", headers=auth) == 200
+
+    # The log servers serve a log to a token signed with the key the components share (airflow.cfg), as
+    # the API server signs its requests for a running task's log.
+    import configparser
+
+    import jwt
+
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(s.local.home / "airflow" / "airflow.cfg")
+    probe = s.local.home / "airflow" / "logs" / "tenfold-probe.log"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("probe\n")
+    now = int(time.time())
+    signed = jwt.encode({"filename": probe.name, "aud": "task-instance-logs", "iat": now, "nbf": now, "exp": now + 60},
+                        cfg.get("api", "secret_key"), algorithm="HS512")
+    for log_url in logs:
+        req = urllib.request.Request(log_url.replace("/log/x", f"/log/{probe.name}"), headers={"Authorization": signed})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200 and resp.read() == b"probe\n"
 
 
 def _wait_gone(proc: psutil.Process, timeout: float = 30.0) -> None:

@@ -182,7 +182,7 @@ def ensure_airflow_config(settings: Settings) -> Path:
     _write_private(
         path,
         "# Written by tenfold.local.airflow.ensure_airflow_config: the keys Airflow's components share.\n"
-        f"[core]\nfernet_key = {key(32)}\n\n[api]\nsecret_key = {key(32)}\n\n[api_auth]\njwt_secret = {key(64)}\n",
+        f"[core]\nfernet_key = {key(32)}\n\n[api]\nsecret_key = {key(64)}\n\n[api_auth]\njwt_secret = {key(64)}\n",
     )
     return path
 

@@ -144,3 +144,20 @@ def test_up_and_down_on_one_home_take_turns(tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
     worker.join(timeout=10)
     assert not worker.is_alive() and "airflow: not running" in messages
+
+
+def test_up_refuses_while_an_old_airflow_standalone_runs_and_down_stops_it(tmp_path):
+    """A home where an earlier Tenfold ran `airflow standalone` (its pid file is `airflow.pid`)."""
+    from tenfold.local import down
+    from tenfold.local import process as proc
+
+    s = _fresh_settings(tmp_path)
+    legacy = proc.start("airflow", ["sleep", "300"], run_dir=run_dir(s), port=s.local.airflow_port)
+    try:
+        with pytest.raises(LocalPlatformError, match=r"`airflow standalone` started by an earlier Tenfold.*tenfold down"):
+            up(s, ["airflow"], echo=lambda _m: None)
+        assert proc.is_running(legacy)  # refused before anything started or stopped
+        assert down(s, ["airflow"], echo=lambda _m: None) == ["airflow"]
+        assert not proc.is_running(legacy) and not pid_file(run_dir(s), "airflow").exists()
+    finally:
+        proc.stop(legacy, timeout=5)
