@@ -16,8 +16,8 @@ anything else is retried as ``settings.pipelines.train_model`` says; every failu
 3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and
    hash-verified) and the baselines, all on the same holdout.
 4. ``register``: an immutable, content-addressed registry version with its lineage.
-5. ``gate``: the offline gate. A version that passes the floors and beats the champion by
-   ``settings.training.promote_margin`` becomes ``challenger``; ``champion`` moves only through the canary
+5. ``gate``: the offline gate. A version that passes the floors and is no worse than the champion by more
+   than ``settings.training.promote_margin`` allows becomes ``challenger``; ``champion`` moves only through the canary
    rollout. The first model ever (no champion to compare with) is promoted by the floors alone.
 6. ``announce_challenger``: emits the ``challenger`` Asset event that triggers ``rollout_model``, only when
    a new challenger awaits its canary (skipped otherwise, so no rollout starts for nothing).

@@ -264,7 +264,11 @@ class TrainingSettings(_Frozen):
     validation_days: float = Field(default=14.0, ge=0)
     # tenfold.model.calibration.METHODS
     calibration: Literal["none", "temperature", "anchored_temperature", "isotonic"] = "anchored_temperature"
-    promote_margin: float = 0.002  # AUC a challenger must beat the champion by
+    # The offline gate against the champion: the challenger's AUC minus the champion's must be at least this.
+    # Negative is non-inferiority: with a canary rollout after the gate (rollout_model judges the challenger
+    # on live traffic and alone moves champion), a retrained model on newer data goes out unless it is worse
+    # offline by more than this. Positive: it must beat the champion.
+    promote_margin: float = Field(default=-0.005, ge=-0.05, le=0.2)
     # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
     gate_min_auc: float = 0.55
     gate_max_log_loss: float | None = None

@@ -109,7 +109,9 @@ class Scored:
 
 @dataclass(frozen=True)
 class GatePolicy:
-    margin: float = 0.002  # AUC by which a challenger must beat the champion
+    # AUC by which a challenger must beat the champion; negative: how far below it may stay (non-inferiority,
+    # when a canary rollout judges it online next).
+    margin: float = 0.002
     min_auc: float = 0.5  # absolute floor: better than chance
     max_log_loss: float | None = None  # absolute ceiling, if any
     # Floors: each of these baselines must be beaten on AUC and matched on log loss and Brier score.
@@ -122,8 +124,10 @@ class GatePolicy:
     max_ece: float | None = None  # ceiling on the holdout's expected calibration error, if any
 
     def __post_init__(self) -> None:
-        if min(self.margin, self.max_log_loss_increase, self.baseline_log_loss_margin, self.baseline_brier_margin) < 0:
-            raise ValueError("margin, max_log_loss_increase and the baseline margins must be >= 0")
+        if min(self.max_log_loss_increase, self.baseline_log_loss_margin, self.baseline_brier_margin) < 0:
+            raise ValueError("max_log_loss_increase and the baseline margins must be >= 0")
+        if not -0.05 <= self.margin <= 0.2:
+            raise ValueError(f"the champion margin {self.margin} is out of range: from -0.05 (a tolerated AUC loss) to 0.2")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatePolicy:
@@ -282,8 +286,8 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
     if champion is not None:
         ch = champion
         gain = c.auc - ch.auc
-        check("beats_champion", gain > 0 and gain >= policy.margin,
-              f"AUC gain over champion {ch.model} {gain:+.4f} (champion {ch.auc:.4f}) >= margin {policy.margin:.4f}")
+        check("beats_champion", gain >= policy.margin and (gain > 0 or policy.margin < 0),
+              f"AUC gain over champion {ch.model} {gain:+.4f} (champion {ch.auc:.4f}) >= margin {policy.margin:+.4f}")
         check("log_loss_vs_champion", c.log_loss <= ch.log_loss + policy.max_log_loss_increase,
               f"log loss {c.log_loss:.4f} <= champion {ch.log_loss:.4f} + {policy.max_log_loss_increase:.4f}")
         if c.headline == ch.headline:

@@ -27,7 +27,8 @@ CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2
 def gate_settings(make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    s = make_settings(on=local_settings)
+    # A positive margin: these tests show a challenger that must beat the champion (the default tolerates less).
+    s = make_settings(on=local_settings, training={"promote_margin": 0.002})
     publish_synthetic_features(Lake.from_settings(s), month_range("2013-01", "2013-03"), 50)
 
     def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:

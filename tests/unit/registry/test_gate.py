@@ -62,6 +62,16 @@ def test_challenger_must_beat_the_champion_by_the_margin(champion_auc: float, pr
     assert d.champion is not None and d.champion.auc == champion_auc
 
 
+@pytest.mark.parametrize(("champion_auc", "promote"), [(0.699, True), (0.704, True), (0.7051, False)])
+def test_a_negative_margin_is_non_inferiority(champion_auc: float, promote: bool) -> None:
+    # With a canary after the gate: a challenger at most 0.005 AUC below the champion goes on to it.
+    policy = GatePolicy(margin=-0.005, min_auc=0.55, beat_baselines=("rate",))
+    d = decide(score(CHALLENGER_V, 0.700), score(CHAMPION_V, champion_auc), baselines(), policy)
+    assert d.promote is promote and d.checks["beats_champion"] is promote
+    with pytest.raises(ValueError, match="out of range"):
+        GatePolicy(margin=-0.2)
+
+
 def test_the_margin_comes_from_settings() -> None:
     settings = build_settings("local")
     policy = GatePolicy.from_settings(settings)
