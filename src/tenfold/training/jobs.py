@@ -32,7 +32,7 @@ class TrainingJob(Protocol):
 
 
 class LocalTorchrunJob:
-    """``torchrun --standalone`` on this machine, in ``<work_dir>/train`` (:func:`tenfold.training.launch.run_torchrun`)."""
+    """torchrun on this machine (one node, file rendezvous, on loopback), in ``<work_dir>/train`` (:func:`tenfold.training.launch.run_torchrun`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

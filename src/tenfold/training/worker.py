@@ -1,10 +1,10 @@
 """The DDP training worker: one process per rank, launched by torchrun.
 
 Run through :func:`tenfold.training.launch.run_torchrun` (or ``tenfold train``), which fits the
-preprocessing once and writes ``OUT/train_config.json`` and ``OUT/preprocessing.json``; by hand::
-
-    torchrun --standalone --nproc-per-node=2 --max-restarts=1 \\
-        -m tenfold.training.worker --config OUT/train_config.json --out OUT
+preprocessing once and writes ``OUT/train_config.json`` and ``OUT/preprocessing.json``, then starts
+``torchrun --nnodes=1 --nproc-per-node=N ... -m tenfold.training.worker --config OUT/train_config.json --out OUT``
+with a file rendezvous and every store and gloo socket on loopback (``--standalone`` would listen on every
+interface; see ``launch.py`` for the exact flags).
 
 Each rank joins a process group built on ``PrefixStore(f"attempt_{TORCHELASTIC_RESTART_COUNT}",
 TCPStore(...))``: after a restart the new round's keys never collide with the dead round's
