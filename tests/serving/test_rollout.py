@@ -185,6 +185,8 @@ def rollouts(serving_settings: Settings, served_versions: Any, serving_token: st
         stop.set()
         sink_thread.join(30)
         fleet_mod.down(settings, say=print)
+        # The registry is the session's: later tests expect the champion they were given.
+        registry.promote(served_versions.champion, reason="rollout tests leave the champion they found")
 
 
 def _checks(record: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
