@@ -64,8 +64,10 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop running in this thread while it
+    # is open, and every later test's asyncio.run() would fail with "cannot be called from a running loop".
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
