@@ -96,9 +96,6 @@ class Traffic:
         self._stop.set()
         self._thread.join(60)
 
-    def failures(self, since: int = 0) -> dict[int, int]:
-        return {code: n for code, n in self.report.statuses.items() if code != 200}
-
 
 @dataclass
 class Rollouts:

@@ -261,14 +261,12 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         since = _parse(decisive[-1]["until"]) if decisive else step_start
         last = _parse(mine[-1][1]["until"]) if mine else step_start
         due = max(since, last) + dt.timedelta(seconds=policy.interval_s)
-        while p.now() < due:
-            if _aborted(p, run):
-                p.router.set_canary_percent(0)
-                _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
-                return ABORTED
+        while p.now() < due and not _aborted(p, run):
             p.sleep(min(policy.poll_s, max(0.0, (due - p.now()).total_seconds())))
         if _aborted(p, run):
-            continue
+            p.router.set_canary_percent(0)
+            _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
+            return ABORTED
         until = p.now()
         result = analyse(p, run, percent, since, until)
         n = len(mine) + 1
