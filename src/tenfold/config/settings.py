@@ -264,6 +264,12 @@ class TrainingSettings(_Frozen):
     validation_days: float = Field(default=14.0, ge=0)
     # tenfold.model.calibration.METHODS
     calibration: Literal["none", "temperature", "anchored_temperature", "isotonic"] = "anchored_temperature"
+    # Retraining with feedback (docs/feedback.md): the labelled set of the feedback join whose served flights
+    # fall in the training window joins the features rows, each such row counting feedback_weight features
+    # rows in the loss; 0 leaves feedback out (the run is then exactly one without it). At most
+    # feedback_max_rows of them (the latest observed) are used; the run conf's feedback_weight overrides.
+    feedback_weight: float = Field(default=1.0, ge=0, le=100)
+    feedback_max_rows: int = Field(default=200_000, ge=1)
     # The offline gate against the champion: the challenger's AUC minus the champion's must be at least this.
     # Negative is non-inferiority: with a canary rollout after the gate (rollout_model judges the challenger
     # on live traffic and alone moves champion), a retrained model on newer data goes out unless it is worse
