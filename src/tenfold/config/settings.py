@@ -109,6 +109,8 @@ class StorageSettings(_Frozen):
     predictions_table: str = "predictions"
     feedback_table: str = "feedback"
     labelled_table: str = "labelled"
+    # Offline inference's output: one row per scored features row (tenfold.inference).
+    scores_table: str = "scores"
     lake_layout: LakeLayout = LakeLayout()
     kms: KmsSettings
 
@@ -344,8 +346,31 @@ class ServingSettings(_Frozen):
 
 
 class InferenceSettings(_Frozen):
+    """Offline inference over Pub/Sub (tenfold.inference, docs/inference.md)."""
+
     fleet: GpuGroupSettings
     backlog_per_worker: int = 1000  # autoscaler target: undelivered messages per worker
+    # The model a batch_inference run scores with unless its conf pins a version.
+    model_ref: str = "champion"
+    workers: int = Field(default=2, ge=1, le=64)  # the local pool (the cloud's is the instance group)
+    rows_per_message: int = Field(default=2000, ge=1, le=100_000)  # feature rows per request message
+    # Flow control of each worker's streaming pull: messages (and bytes) held but not yet acknowledged.
+    max_messages: int = Field(default=8, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Leases are extended while a batch is scored, for at most this long (the client's max_lease_duration).
+    max_lease_s: float = Field(default=3600.0, gt=0)
+    # The longest single lease extension (seconds, 10-600; 0: the client's own choice).
+    lease_extension_s: int = Field(default=0, ge=0, le=600)
+    handler_threads: int = Field(default=2, ge=1)  # messages one worker handles at once
+    torch_threads: int = Field(default=1, ge=1)  # intra-op threads per worker process
+    # Above this many rows a partition is scored by the Spark bulk path (tenfold.inference.spark).
+    spark_threshold_rows: int = Field(default=5_000_000, ge=0)
+    # A run waits this long for every request to be scored or dead-lettered, logging every progress_s.
+    wait_timeout_s: int = Field(default=3600, gt=0)
+    progress_s: float = Field(default=10.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    # The runs' working folder in the lake (results per request, errors, dead letters).
+    work_prefix: str = "_inference"
 
 
 class MonitoringSettings(_Frozen):
