@@ -45,6 +45,23 @@ def loopback_conf(host: str = "127.0.0.1") -> dict[str, str]:
     return {"spark.driver.bindAddress": host, "spark.driver.host": host, "spark.ui.enabled": "false"}
 
 
+def submit_prefix(settings: Settings, extra_conf: Mapping[str, str] | None = None) -> list[str]:
+    """``spark-submit`` with the settings' master, driver memory and the local conf, up to the job file
+    (every Tenfold job is launched with the same prefix)."""
+    conf = {
+        **loopback_conf(settings.local.bind_host),
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.log.level": "WARN",
+        "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -Xss4m",
+        **(extra_conf or {}),
+    }
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", settings.spark.master,
+           "--driver-memory", settings.spark.driver_memory]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd
+
+
 def spark_submit_command(
     settings: Settings,
     part: Partition,
@@ -56,17 +73,7 @@ def spark_submit_command(
     lake_uri: str | None = None,
 ) -> list[str]:
     """The spark-submit argv (useful to print, and what :func:`spark_submit_features` runs)."""
-    bindir = Path(sys.executable).parent
-    conf = {
-        **loopback_conf(settings.local.bind_host),
-        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
-        "spark.log.level": "WARN",
-        "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -Xss4m",
-        **(extra_conf or {}),
-    }
-    cmd = [str(bindir / "spark-submit"), "--master", settings.spark.master, "--driver-memory", settings.spark.driver_memory]
-    for key, value in conf.items():
-        cmd += ["--conf", f"{key}={value}"]
+    cmd = submit_prefix(settings, extra_conf)
     cmd += [
         str(project_root() / JOB_FILE),
         "--lake-uri", lake_uri or settings.storage.lake_uri,
@@ -115,8 +122,17 @@ def spark_submit_features(
     cmd = spark_submit_command(
         settings, part, output_uri, publish=publish, extra_conf=extra_conf, run_id=run_id, lake_uri=lake_uri
     )
+    return run_submit(cmd, f"build_features for {part.label}", bind_host=settings.local.bind_host, timeout_s=timeout_s)
+
+
+def run_submit(cmd: list[str], what: str, *, bind_host: str, timeout_s: float) -> str:
+    """Run a spark-submit ``cmd`` (``what`` names it in errors) under a wall-clock limit; returns its output.
+
+    Raises :class:`SparkJobError` with the last lines of the log on a non-zero exit (2: bad or missing
+    input) or a timeout, after killing the child's whole process group (the JVM is a grandchild).
+    """
     with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=spark_env(bind_host=settings.local.bind_host),
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=spark_env(bind_host=bind_host),
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)
@@ -128,8 +144,8 @@ def spark_submit_features(
         text = log.read()
     tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
     if code is None:
-        raise SparkJobError(f"build_features for {part.label} ran past {timeout_s:.0f} s and was killed\n{tail}", None, tail)
+        raise SparkJobError(f"{what} ran past {timeout_s:.0f} s and was killed\n{tail}", None, tail)
     if code != 0:
-        what = "bad or missing input" if code == 2 else "failed"
-        raise SparkJobError(f"build_features for {part.label} {what} (exit {code}):\n{tail}", code, tail)
+        kind = "bad or missing input" if code == 2 else "failed"
+        raise SparkJobError(f"{what} {kind} (exit {code}):\n{tail}", code, tail)
     return text
