@@ -186,17 +186,21 @@ class SparkSettings(_Frozen):
 
 
 class AssetUris(_Frozen):
-    """Airflow Asset URIs: the events that chain the DAGs (features -> training -> rollout)."""
+    """Airflow Asset URIs: the events that chain the DAGs (features -> drift -> training -> rollout)."""
 
     features: str
     challenger: str
     champion: str
+    # monitor_drift's event when drift crosses the threshold on a triggering feature (train_model runs on it).
+    drift: str
 
     @classmethod
-    def of(cls, storage: StorageSettings) -> AssetUris:
-        """Derived, never set: the features table's URI and the registry's alias pointer objects."""
+    def of(cls, storage: StorageSettings, drift_reports: str = "reports/drift") -> AssetUris:
+        """Derived, never set: the features table's URI, the registry's alias pointer objects and the lake
+        folder of the drift reports (``monitoring.drift.reports_prefix``)."""
         return cls(features=storage.table_uri(storage.features_table),
-                   challenger=storage.alias_uri("challenger"), champion=storage.alias_uri("champion"))
+                   challenger=storage.alias_uri("challenger"), champion=storage.alias_uri("champion"),
+                   drift=storage.table_uri(drift_reports.strip("/")))
 
 
 class AirflowSettings(_Frozen):
@@ -373,14 +377,47 @@ class InferenceSettings(_Frozen):
     work_prefix: str = "_inference"
 
 
+class DriftSettings(_Frozen):
+    """The drift monitor (``tenfold.monitoring.drift``, the ``monitor_drift`` DAG; docs/drift.md)."""
+
+    # Population stability index over the reference deciles: at or over psi_report a feature is reported,
+    # at or over psi_drift it has drifted (the usual 0.1 / 0.25).
+    psi_report: float = Field(default=0.1, gt=0)
+    psi_drift: float = Field(default=0.25, gt=0)
+    # A drifted PSI counts only when the KS (numeric) or chi-square (categorical) test agrees at this level:
+    # PSI ignores the sample size, so a small partition's noise alone never fires.
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    bins: int = Field(default=10, ge=2, le=100)
+    # The profile keeps a seeded sample of each numeric feature for the KS test, and scores at most this
+    # many training rows for the reference prediction distribution.
+    ks_sample_rows: int = Field(default=1000, ge=50)
+    prediction_rows: int = Field(default=50_000, ge=100)
+    # A partition with fewer rows is reported as too small to judge.
+    min_rows: int = Field(default=200, ge=1)
+    # Which drifted features trigger retraining: every feature except the workload's report-only ones
+    # (FeatureContract.drift_report_only, e.g. weather); report_only replaces that list when set, and the
+    # features in trigger always trigger. The prediction distribution triggers only with predictions_trigger.
+    report_only: tuple[str, ...] | None = None
+    trigger: tuple[str, ...] = ()
+    predictions_trigger: bool = False
+    # Where each partition's report goes: <lake>/<reports_prefix>/year=YYYY/month=M/report.{json,html}.
+    reports_prefix: str = "reports/drift"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSettings:
+        if self.psi_report >= self.psi_drift:
+            raise ValueError(f"drift: psi_report ({self.psi_report}) must be below psi_drift ({self.psi_drift})")
+        return self
+
+
 class MonitoringSettings(_Frozen):
     notification_email: str
     p99_latency_ms: int = 250
     error_rate_5xx: float = 0.01
     dead_letter_backlog: int = 1
     oldest_unacked_age_s: int = 900
-    drift_psi: float = 0.2
-    # Custom metric the drift monitor writes; the drift alert policy watches it.
+    drift: DriftSettings = DriftSettings()
+    # Custom metric the drift monitor writes; the drift alert policy watches it (threshold: drift_psi).
     drift_metric: str = "custom.googleapis.com/tenfold/feature_psi"
     # Alert hooks besides the log (tenfold.monitoring.alerts); none by default, set from the
     # environment because a webhook URL is a secret: TENFOLD_ALERT_WEBHOOK (Slack-compatible),
@@ -390,6 +427,11 @@ class MonitoringSettings(_Frozen):
     alert_file: Path | None = None
     # Great Expectations Data Docs: <local.home>/<prefix> locally, gs://<artifacts bucket>/<prefix> in the cloud.
     data_docs_prefix: str = "data_docs"
+
+    @property
+    def drift_psi(self) -> float:
+        """The cloud drift alert's PSI threshold: the monitor's own ``drift.psi_drift``, so both agree."""
+        return self.drift.psi_drift
 
 
 class LocalSettings(_Frozen):
@@ -545,8 +587,8 @@ class Settings(_Frozen):
 
     @property
     def assets(self) -> AssetUris:
-        """The Airflow Asset URIs (features, challenger, champion), derived from ``storage``, never set."""
-        return AssetUris.of(self.storage)
+        """The Airflow Asset URIs (features, challenger, champion, drift), derived from ``storage``, never set."""
+        return AssetUris.of(self.storage, self.monitoring.drift.reports_prefix)
 
     def service_account_email(self, account_id: str) -> str:
         """The e-mail of a service account the infrastructure creates in this environment's project."""
