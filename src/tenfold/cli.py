@@ -46,6 +46,9 @@ app.command("ingest")(_ingest)
 from tenfold.feedback.cli import app as _feedback  # noqa: E402
 
 app.add_typer(_feedback, name="feedback")
+from tenfold.inference.cli import app as _dlq  # noqa: E402
+
+app.add_typer(_dlq, name="dlq")
 from tenfold.local import cli as _local  # noqa: E402
 
 app.command("up")(_local.up)
