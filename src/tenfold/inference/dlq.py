@@ -1,0 +1,70 @@
+"""Dead-lettered scoring requests: what ``tenfold dlq inspect`` shows and ``tenfold dlq replay`` re-publishes.
+
+Pub/Sub moves a request that failed ``max_delivery_attempts`` deliveries to the requests subscription's
+dead-letter topic. Both commands first record whatever waits on its dead-letter subscription into the run's
+``dead_letters/`` folder (:func:`tenfold.inference.runs.drain_dead_letters`), so a dead letter is kept in
+the lake beside its run, with its body, its attributes, how often it was delivered and the error the worker
+recorded, and stays inspectable after the message itself is gone.
+
+Replay re-publishes each not yet replayed dead letter to the requests topic with its original attributes
+(so the same request id: a request that was scored meanwhile is only acknowledged) and then marks it
+replayed. A replay killed between the two publishes it again next time, which the workers' create-if-absent
+results make harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tenfold.inference.runs import drain_dead_letters
+from tenfold.inference.store import RunStore, run_keys, work_objects
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+
+def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded dead letter (of ``run`` only, if given), newest runs first; bodies left out."""
+    objects = work_objects(settings)
+    drain_dead_letters(settings, objects=objects)
+    out = []
+    for key in [run] if run else run_keys(objects):
+        store = RunStore(objects, key)
+        for rid in store.dead_letter_ids():
+            record = store.dead_letter(rid) or {}
+            out.append({k: v for k, v in record.items() if k != "data_base64"})
+    return out
+
+
+def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[str] = (),
+           include_replayed: bool = False) -> list[dict[str, Any]]:
+    """Re-publish dead letters (of ``run``, or only ``request_ids``) to the requests topic; returns what was sent."""
+    from tenfold.messaging.clients import publisher_client, topic_path
+
+    objects = work_objects(settings)
+    drain_dead_letters(settings, objects=objects)
+    topic = topic_path(settings, settings.messaging.requests_topic)
+    wanted = set(request_ids)
+    sent = []
+    publisher = publisher_client(settings)
+    try:
+        for key in [run] if run else run_keys(objects):
+            store = RunStore(objects, key)
+            for rid in store.dead_letter_ids():
+                record = store.dead_letter(rid)
+                if record is None or (wanted and rid not in wanted) or (record.get("replayed") and not include_replayed):
+                    continue
+                attrs = {k: str(v) for k, v in dict(record.get("attributes", {})).items()
+                         if not k.startswith("CloudPubSub")}
+                attrs["replay"] = str(len(record.get("replays", [])) + 1)
+                message_id = publisher.publish(topic, base64.b64decode(record["data_base64"]), **attrs).result(timeout=60)
+                record["replays"] = [*record.get("replays", []), {"at": time.time(), "message_id": message_id}]
+                record["replayed"] = True
+                store.put_dead_letter(rid, record)
+                sent.append({"run": key, "request_id": rid, "message_id": message_id})
+    finally:
+        publisher.stop()
+    return sent

@@ -1,0 +1,108 @@
+"""The local pool of inference workers: N ``python -m tenfold.inference.worker`` processes, supervised.
+
+``batch_inference`` starts it when ``settings.is_local`` (``inference.workers`` processes) and stops it
+whatever happens; in the cloud the inference instance group, autoscaled on the subscription's backlog, runs
+the same module instead. Each worker is started by :func:`tenfold.local.process.start` (its own process
+group, a pid file naming pid and start time, output in ``<home>/run/inference-worker-<i>.log``), so stopping
+touches only the very processes this pool started. A supervisor thread restarts a worker that died (a
+crash loses nothing: its unacknowledged messages are redelivered to the others).
+
+    with WorkerPool(settings) as pool:   # or pool.start() ... pool.stop()
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tenfold.local import process
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "tenfold.inference.worker"
+SETTINGS_FILE = "inference-settings.json"
+
+
+def worker_name(slot: int) -> str:
+    return f"inference-worker-{slot}"
+
+
+class WorkerPool:
+    """``workers`` worker processes (default ``settings.inference.workers``); see the module docstring."""
+
+    def __init__(self, settings: Settings, workers: int | None = None, *, env: dict[str, str] | None = None,
+                 restart: bool = True) -> None:
+        self.settings = settings
+        self.workers = workers or settings.inference.workers
+        self.env = {**os.environ, **(env or {})}
+        self.restart = restart
+        self.run_dir = settings.local.home / "run"
+        self.records: dict[int, process.ProcessRecord] = {}
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def settings_path(self) -> Path:
+        return self.run_dir / SETTINGS_FILE
+
+    def _start_one(self, slot: int) -> process.ProcessRecord:
+        argv = [sys.executable, "-m", WORKER_MODULE, "--settings-file", str(self.settings_path)]
+        record = process.start(worker_name(slot), argv, run_dir=self.run_dir, port=0, env=self.env)
+        self.records[slot] = record
+        return record
+
+    def start(self) -> WorkerPool:
+        from tenfold.fsio import atomic_write
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.settings_path, self.settings.model_dump_json().encode())
+        for slot in range(self.workers):
+            stale = process.read_record(self.run_dir, worker_name(slot))
+            if stale is not None:
+                process.stop(stale)  # a worker an earlier, killed run left behind (only if still that process)
+            self._start_one(slot)
+        log.info("started %d inference workers (logs %s/%s.log)", self.workers, self.run_dir, worker_name(0).replace("0", "<i>"))
+        self._thread = threading.Thread(target=self._supervise, name="tenfold-infer-pool", daemon=True)
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                for slot, record in list(self.records.items()):
+                    if not process.is_running(record) and self.restart:
+                        log.warning("inference worker %d (pid %d) exited; restarting it; last log lines:\n%s",
+                                    slot, record.pid, process.log_tail(record.log, 5))
+                        self.restarts += 1
+                        self._start_one(slot)
+
+    def alive(self) -> int:
+        return sum(process.is_running(r) for r in self.records.values())
+
+    def stop(self) -> None:
+        """Stop every worker (SIGTERM: each finishes the requests in hand; SIGKILL after a grace period)."""
+        self._stop.set()
+        with self._lock:
+            for slot, record in self.records.items():
+                process.stop(record, timeout=30.0)
+                process.remove_pid_file(self.run_dir, worker_name(slot))
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

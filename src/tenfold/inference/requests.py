@@ -1,0 +1,121 @@
+"""The scoring request: many feature rows of one partition in one Pub/Sub message.
+
+A request's body is the rows as an Arrow IPC stream (the workload's key and feature columns, as
+``build_features`` published them); its attributes say whose it is and what to score it with:
+
+* ``run``: the run key of the ``batch_inference`` run (where its results go);
+* ``request_id``: ``<digest of run and partition>-<batch index>``, the same on every publish of the same
+  batch (a retried publish task, ``tenfold dlq replay``), so a result is written once per request id
+  whatever Pub/Sub delivers; the publisher's own retries and redeliveries create new message ids, never
+  new request ids;
+* ``partition``: the features partition (``YYYY-MM``) and ``model_version``: the registry version the run
+  resolved once at planning, so every worker scores the run with the same model;
+* ``rows``: how many rows the body holds (a body that disagrees is refused).
+
+:func:`plan_batches` cuts a partition's rows (sorted by the contract's keys) into requests of
+``settings.inference.rows_per_message`` rows; :func:`decode` refuses a message that is not one, with a
+message naming what is wrong (the worker records it and nacks: the dead-letter policy takes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RUN = "run"
+REQUEST_ID = "request_id"
+PARTITION = "partition"
+MODEL_VERSION = "model_version"
+ROWS = "rows"
+REQUIRED_ATTRIBUTES = (RUN, REQUEST_ID, PARTITION, MODEL_VERSION, ROWS)
+
+
+class RequestError(ValueError):
+    """A message that is not a valid scoring request (a poison message); the text says what is wrong."""
+
+
+def request_id(run_key: str, partition: str, index: int) -> str:
+    """The deterministic id of batch ``index`` of ``partition`` in run ``run_key`` (safe as a file name)."""
+    digest = hashlib.sha256(f"{run_key}\0{partition}".encode()).hexdigest()[:12]
+    return f"{digest}-{index:06d}"
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """One decoded request: its identity and its rows."""
+
+    run: str
+    request_id: str
+    partition: str
+    model_version: str
+    rows: pa.Table
+
+    def attributes(self) -> dict[str, str]:
+        return {RUN: self.run, REQUEST_ID: self.request_id, PARTITION: self.partition,
+                MODEL_VERSION: self.model_version, ROWS: str(self.rows.num_rows)}
+
+    def encode(self) -> bytes:
+        return encode_rows(self.rows)
+
+    def require(self, columns: Sequence[str]) -> None:
+        """Refuse rows that lack any of ``columns`` (the model's feature columns)."""
+        absent = [c for c in columns if c not in self.rows.column_names]
+        if absent:
+            raise RequestError(f"the rows lack the feature contract's columns {absent}: were they published by another "
+                               "version of the workload? re-run batch_inference for the partition")
+
+
+def encode_rows(rows: pa.Table) -> bytes:
+    """Rows as an Arrow IPC stream (no compression: the bodies are small and scoring is the cost)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = ()) -> ScoringRequest:
+    """The request a message carries, or :class:`RequestError` naming what is wrong with it.
+
+    ``columns``: the feature contract's columns the rows must hold (the scorer's model needs them).
+    """
+    import pyarrow as pa
+
+    missing = [a for a in REQUIRED_ATTRIBUTES if not attributes.get(a)]
+    if missing:
+        raise RequestError(f"attributes {missing} are missing: a scoring request carries {list(REQUIRED_ATTRIBUTES)} "
+                           "(publish requests with tenfold.inference.publish, not by hand)")
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+            rows = reader.read_all()
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise RequestError(f"the body is not an Arrow IPC stream of feature rows ({len(data)} bytes, starts "
+                           f"{bytes(data[:16])!r}): {exc}") from exc
+    try:
+        expected = int(attributes[ROWS])
+    except ValueError:
+        raise RequestError(f"attribute rows={attributes[ROWS]!r} is not a whole number") from None
+    if rows.num_rows != expected:
+        raise RequestError(f"the body holds {rows.num_rows} rows but attribute rows says {expected}: a truncated message")
+    request = ScoringRequest(run=attributes[RUN], request_id=attributes[REQUEST_ID], partition=attributes[PARTITION],
+                             model_version=attributes[MODEL_VERSION], rows=rows)
+    request.require(columns)
+    return request
+
+
+def plan_batches(rows: pa.Table, *, run_key: str, partition: str, model_version: str,
+                 rows_per_message: int) -> Iterator[ScoringRequest]:
+    """The requests of one partition, in order: ``rows`` must already be in the contract's total order."""
+    for index, start in enumerate(range(0, rows.num_rows, rows_per_message)):
+        yield ScoringRequest(run=run_key, request_id=request_id(run_key, partition, index), partition=partition,
+                             model_version=model_version, rows=rows.slice(start, rows_per_message))
+
+
+def batch_count(num_rows: int, rows_per_message: int) -> int:
+    return -(-num_rows // rows_per_message)

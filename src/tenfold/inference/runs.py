@@ -1,0 +1,268 @@
+"""One offline inference run over Pub/Sub: publish the requests, account for each, publish the scores.
+
+The steps ``batch_inference`` calls (each idempotent, so a retried task repeats it safely):
+
+* :func:`partition_rows`: the features partition's key and feature columns, in the contract's key order
+  (so the batches, and their request ids, are the same on every run of the same data);
+* :func:`publish_requests`: every batch as one message with its deterministic request id. A retried
+  publish sends the same request ids again; the workers write each result once, so nothing doubles;
+* :func:`wait_accounted`: waits until every request id is *scored* (its result exists) or *dead-lettered*
+  (Pub/Sub moved it to the dead-letter topic after ``max_delivery_attempts``), logging progress. Dead
+  letters are pulled from the dead-letter subscription and recorded durably in the run's folder before
+  they are acknowledged (:func:`drain_dead_letters`), so ``tenfold dlq`` still shows them later;
+* :func:`collect` + :func:`check_invariant`: "count in = count out + dead-letter count", in requests and
+  in rows, and one result row per input row; a run that breaks it fails naming the numbers;
+* :func:`publish_scores`: the scores partition, sorted by the contract's keys and written with fixed
+  Parquet options, published atomically by :meth:`tenfold.data.lake.Lake.publish` (the same rows give
+  byte-identical files, so a rerun or retry republishes nothing new).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tenfold.inference import faults
+from tenfold.inference.requests import (
+    MODEL_VERSION,
+    PARTITION,
+    REQUEST_ID,
+    ROWS,
+    RUN,
+    batch_count,
+    plan_batches,
+    request_id,
+)
+from tenfold.inference.store import RunStore, work_objects
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tenfold.config import Settings
+    from tenfold.data.lake import Lake, Manifest, Partition
+    from tenfold.workloads import FeatureContract
+
+log = logging.getLogger(__name__)
+
+# The attribute real Pub/Sub adds to a dead-lettered message: how often it was delivered.
+DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+class InferenceRunError(RuntimeError):
+    """A run cannot complete (requests unaccounted for, the invariant broken); the text says what to do."""
+
+
+def partition_rows(lake: Lake, table: str, part: Partition, contract: FeatureContract) -> pa.Table:
+    """The partition's keys and features, sorted by the keys (the run's deterministic order)."""
+    from tenfold.training.data import read_features
+
+    columns = list(dict.fromkeys(contract.key_columns + contract.feature_columns))
+    rows = read_features(lake, [part], contract=contract, table=table, columns=columns)
+    return rows.sort_by([(k, "ascending") for k in contract.key_columns])
+
+
+def expected_ids(run_key: str, partition: str, requests: int) -> list[str]:
+    return [request_id(run_key, partition, i) for i in range(requests)]
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    requests: int
+    rows: int
+    seconds: float
+
+
+def publish_requests(settings: Settings, run_key: str, partition: str, model_version: str, rows: pa.Table, *,
+                     publisher: Any = None) -> PublishReport:
+    """Publish the partition's requests (waiting until Pub/Sub has every one); see the module docstring."""
+    from tenfold.messaging.clients import publisher_client, topic_path
+
+    started = time.monotonic()
+    inf = settings.inference
+    client = publisher or publisher_client(settings)
+    topic = topic_path(settings, settings.messaging.requests_topic)
+    futures = []
+    count = 0
+    try:
+        for request in plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
+                                    rows_per_message=inf.rows_per_message):
+            faults.fire("publish", request.request_id)
+            futures.append(client.publish(topic, request.encode(), **request.attributes()))
+            count += 1
+        for future in futures:
+            future.result(timeout=120)
+    finally:
+        if publisher is None:
+            client.stop()
+    assert count == batch_count(rows.num_rows, inf.rows_per_message)
+    return PublishReport(requests=count, rows=rows.num_rows, seconds=time.monotonic() - started)
+
+
+def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None) -> list[tuple[str, str]]:
+    """Record every message waiting on the requests' dead-letter subscription, then acknowledge it.
+
+    Returns ``(run, request id)`` of each. The record (body, attributes, delivery attempts, the last error
+    the worker recorded) is written before the ack, so a crash in between records it twice, never loses it.
+    """
+    from google.api_core.exceptions import DeadlineExceeded
+
+    from tenfold.messaging.clients import subscriber_client, subscription_path
+
+    sub = settings.messaging.subscriptions["requests"]
+    path = subscription_path(settings, sub.dead_letter_subscription)
+    objects = objects or work_objects(settings)
+    client = subscriber or subscriber_client(settings)
+    seen: list[tuple[str, str]] = []
+    try:
+        while True:
+            try:
+                resp = client.pull(request={"subscription": path, "max_messages": 500, "return_immediately": True},
+                                   timeout=10, retry=None)
+            except DeadlineExceeded:
+                break
+            if not resp.received_messages:
+                break
+            acks = []
+            for rm in resp.received_messages:
+                msg = rm.message
+                attrs = dict(msg.attributes)
+                rid = attrs.get(REQUEST_ID) or f"message-{msg.message_id}"
+                run = attrs.get(RUN) or "unknown-run"
+                try:
+                    store = RunStore(objects, run)
+                except ValueError:
+                    store = RunStore(objects, "unknown-run")
+                error = store.error(rid) or {}
+                before = store.dead_letter(rid) or {}
+                attempts = max(int(attrs.get(DEAD_LETTER_COUNT, "0") or 0), int(error.get("delivery_attempt", 0) or 0))
+                store.put_dead_letter(rid, {
+                    "request_id": rid, "run": store.run, "partition": attrs.get(PARTITION),
+                    "model_version": attrs.get(MODEL_VERSION), "rows": int(attrs.get(ROWS, "0") or 0),
+                    "message_id": msg.message_id, "attributes": attrs,
+                    "data_base64": base64.b64encode(bytes(msg.data)).decode(),
+                    "delivery_attempts": attempts, "max_delivery_attempts": sub.max_delivery_attempts,
+                    "error": error.get("error"), "dead_lettered_at": time.time(),
+                    "times_dead_lettered": int(before.get("times_dead_lettered", 0)) + 1,
+                    "replays": before.get("replays", []), "replayed": False,
+                })
+                seen.append((store.run, rid))
+                acks.append(rm.ack_id)
+            client.acknowledge(request={"subscription": path, "ack_ids": acks}, retry=None)
+    finally:
+        if subscriber is None:
+            client.close()
+    for run, rid in seen:
+        log.warning("request %s of run %s was dead-lettered after %d deliveries: see `tenfold dlq inspect --run %s`",
+                    rid, run, sub.max_delivery_attempts, run)
+    return seen
+
+
+@dataclass(frozen=True)
+class Accounting:
+    requests: int
+    scored: tuple[str, ...]
+    dead_lettered: tuple[str, ...]
+
+    @property
+    def accounted(self) -> int:
+        return len(self.scored) + len(self.dead_lettered)
+
+
+def account(store: RunStore, ids: Iterable[str]) -> Accounting:
+    """Which of ``ids`` are scored, and which dead-lettered (and not scored since, e.g. after a replay)."""
+    wanted = list(ids)
+    results = set(store.result_ids())
+    dead = set(store.dead_letter_ids())
+    scored = tuple(i for i in wanted if i in results)
+    dl = tuple(i for i in wanted if i in dead and i not in results)
+    return Accounting(requests=len(wanted), scored=scored, dead_lettered=dl)
+
+
+def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: Callable[[], int] | None = None,
+                   say: Callable[[str], None] = log.info) -> Accounting:
+    """Wait until every request id is scored or dead-lettered; progress every ``inference.progress_s``.
+
+    ``alive`` (the local pool's live worker count) turns a pool that is gone into an error at once.
+    """
+    inf = settings.inference
+    objects = work_objects(settings)
+    store = RunStore(objects, run_key)
+    started = last_log = time.monotonic()
+    deadline = started + inf.wait_timeout_s
+    while True:
+        drain_dead_letters(settings, objects=objects)
+        acc = account(store, ids)
+        now = time.monotonic()
+        if acc.accounted >= acc.requests:
+            say(f"all {acc.requests} requests accounted for in {now - started:.1f} s: {len(acc.scored)} scored, "
+                f"{len(acc.dead_lettered)} dead-lettered")
+            return acc
+        if now - last_log >= inf.progress_s:
+            last_log = now
+            say(f"{len(acc.scored)}/{acc.requests} requests scored, {len(acc.dead_lettered)} dead-lettered, "
+                f"{acc.requests - acc.accounted} pending ({now - started:.0f} s)")
+        if alive is not None and alive() == 0:
+            raise InferenceRunError("every inference worker has exited: see <home>/run/inference-worker-*.log")
+        if now > deadline:
+            raise InferenceRunError(
+                f"{acc.requests - acc.accounted} of {acc.requests} requests of run {run_key} were neither scored nor "
+                f"dead-lettered within {inf.wait_timeout_s} s: are workers running (the local pool, or the inference "
+                "instance group in the cloud)? Retry the task to keep waiting; nothing is published twice")
+        time.sleep(inf.poll_interval_s)
+
+
+def collect(store: RunStore, acc: Accounting) -> pa.Table:
+    """The scored rows of the run (every result), concatenated (not yet sorted)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for rid in acc.scored:
+        data = store.result(rid)
+        if data is None:
+            raise InferenceRunError(f"the result of request {rid} disappeared from run {store.run}'s folder")
+        tables.append(pq.read_table(pa.BufferReader(data)))
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables)
+
+
+def dead_rows(store: RunStore, acc: Accounting) -> int:
+    return sum(int((store.dead_letter(rid) or {}).get("rows", 0)) for rid in acc.dead_lettered)
+
+
+def check_invariant(*, requests_in: int, rows_in: int, acc: Accounting, rows_out: int, rows_dead: int,
+                    distinct_keys: int) -> dict[str, int]:
+    """``count in = count out + dead-letter count`` in requests and in rows, and no key scored twice."""
+    figures = {"requests_in": requests_in, "requests_scored": len(acc.scored), "requests_dead_lettered": len(acc.dead_lettered),
+               "rows_in": rows_in, "rows_out": rows_out, "rows_dead_lettered": rows_dead}
+    problems = []
+    if requests_in != len(acc.scored) + len(acc.dead_lettered):
+        problems.append(f"requests: {requests_in} in != {len(acc.scored)} scored + {len(acc.dead_lettered)} dead-lettered")
+    if rows_in != rows_out + rows_dead:
+        problems.append(f"rows: {rows_in} in != {rows_out} out + {rows_dead} dead-lettered")
+    if distinct_keys != rows_out:
+        problems.append(f"{rows_out - distinct_keys} rows are scored more than once")
+    if problems:
+        raise InferenceRunError("the run's invariant (count in = count out + dead-letter count) does not hold: "
+                                + "; ".join(problems) + ". Nothing was published; inspect the run's folder "
+                                "and `tenfold dlq inspect`, then re-run the DAG")
+    return figures
+
+
+def publish_scores(lake: Lake, table: str, part: Partition, scores: pa.Table, schema: pa.Schema, order: list[str], *,
+                   run_id: str, extra: dict[str, Any]) -> Manifest:
+    """Publish ``scores`` as ``table``'s ``part``: sorted by ``order``, fixed Parquet options, atomic."""
+    from tenfold.data.parquet import write_sorted
+
+    faults.fire("publish_results", part.label)
+    staged = lake.staging_path(table, part)
+    write_sorted(scores, order, schema, lake.fs, f"{staged}/part-00000.parquet")
+    try:
+        return lake.publish(table, part, staged, run_id=run_id, extra=extra)
+    finally:
+        lake.discard(staged)

@@ -1,0 +1,233 @@
+"""Where a run's results, errors and dead letters live: ``<lake>/<inference.work_prefix>/<run>/``.
+
+::
+
+    <run>/results/<request id>.parquet     the scored rows of one request: written once, never replaced
+    <run>/errors/<request id>.json          why a request could not be scored, with each delivery attempt
+    <run>/dead_letters/<request id>.json    a dead-lettered request (body, attributes, attempts, error, replays)
+
+A result is written *create-if-absent*: on ``gs://`` an upload with ``if_generation_match=0`` (GCS refuses it
+when the object exists), on ``file://`` a hard link of a fully written and fsynced temporary file to the final
+name (``link`` fails when the name exists, and never replaces it). So the first delivery of a request that
+finishes wins; a duplicate delivery finds the result and is only acknowledged, and exactly one result per
+request id exists however often Pub/Sub delivers it. Errors and dead letters are plain records, replaced
+whole (a rename, or one object write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+
+RESULTS = "results"
+ERRORS = "errors"
+DEAD_LETTERS = "dead_letters"
+
+
+class Objects(Protocol):
+    """Named blobs under one root: the little a run store needs from a file system or a bucket."""
+
+    def create(self, name: str, data: bytes) -> bool: ...  # False: it already existed (left as it was)
+
+    def put(self, name: str, data: bytes) -> None: ...
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def names(self, prefix: str) -> list[str]: ...  # names under prefix/ (relative to it), sorted
+
+
+class FileObjects:
+    """Objects as files under a local folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _tmp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    def _sync_dir(self, folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def create(self, name: str, data: bytes) -> bool:
+        path = self.root / name
+        tmp = self._tmp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing name: never overwrites a result
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._sync_dir(path.parent)  # the result's name is on disk before the message is acknowledged
+        return True
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        tmp = self._tmp(path, data)
+        os.replace(tmp, path)
+        self._sync_dir(path.parent)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def names(self, prefix: str) -> list[str]:
+        folder = self.root / prefix
+        try:
+            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+
+class GcsObjects:
+    """Objects in a bucket under a prefix, through the real storage client."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.bucket = client.bucket(bucket)
+        self.prefix = prefix.strip("/")
+
+    def _name(self, name: str) -> str:
+        return posixpath.join(self.prefix, name) if self.prefix else name
+
+    def create(self, name: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self.bucket.blob(self._name(name)).upload_from_string(data, if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def put(self, name: str, data: bytes) -> None:
+        self.bucket.blob(self._name(name)).upload_from_string(data)
+
+    def get(self, name: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return bytes(self.bucket.blob(self._name(name)).download_as_bytes())
+        except NotFound:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return bool(self.bucket.blob(self._name(name)).exists())
+
+    def names(self, prefix: str) -> list[str]:
+        full = self._name(prefix).rstrip("/") + "/"
+        return sorted(b.name[len(full):] for b in self.bucket.client.list_blobs(self.bucket, prefix=full)
+                      if "/" not in b.name[len(full):])
+
+
+def work_objects(settings: Settings, *, client: Any = None) -> Objects:
+    """The objects under ``<lake>/<inference.work_prefix>``: every run's folder."""
+    uri = settings.storage.lake_uri.rstrip("/")
+    parsed = urlparse(uri)
+    prefix = settings.inference.work_prefix.strip("/")
+    if parsed.scheme == "gs":
+        if client is None:
+            from tenfold.storage import gcs_client
+
+            client = gcs_client(settings)
+        return GcsObjects(client, parsed.netloc, posixpath.join(parsed.path.strip("/"), prefix))
+    if parsed.scheme not in ("file", ""):
+        raise ValueError(f"storage.lake_uri {uri!r}: offline inference works on file:// and gs:// lakes")
+    return FileObjects(Path(parsed.path if parsed.scheme else uri) / prefix)
+
+
+class RunStore:
+    """One run's folder (see the module docstring)."""
+
+    def __init__(self, objects: Objects, run: str) -> None:
+        if not run or "/" in run or run in (".", ".."):
+            raise ValueError(f"run key {run!r} cannot name a folder")
+        self.objects = objects
+        self.run = run
+
+    @classmethod
+    def of(cls, settings: Settings, run: str, *, client: Any = None) -> RunStore:
+        return cls(work_objects(settings, client=client), run)
+
+    def _n(self, kind: str, name: str = "") -> str:
+        return posixpath.join(self.run, kind, name) if name else posixpath.join(self.run, kind)
+
+    # results
+    def has_result(self, request_id: str) -> bool:
+        return self.objects.exists(self._n(RESULTS, f"{request_id}.parquet"))
+
+    def put_result(self, request_id: str, data: bytes) -> bool:
+        """Create the result of ``request_id``; False when one was already there (left unchanged)."""
+        return self.objects.create(self._n(RESULTS, f"{request_id}.parquet"), data)
+
+    def result(self, request_id: str) -> bytes | None:
+        return self.objects.get(self._n(RESULTS, f"{request_id}.parquet"))
+
+    def result_ids(self) -> list[str]:
+        return [n.removesuffix(".parquet") for n in self.objects.names(self._n(RESULTS)) if n.endswith(".parquet")]
+
+    # errors and dead letters (JSON records)
+    def error(self, request_id: str) -> dict[str, Any] | None:
+        return _json(self.objects.get(self._n(ERRORS, f"{request_id}.json")))
+
+    def put_error(self, request_id: str, record: dict[str, Any]) -> None:
+        self.objects.put(self._n(ERRORS, f"{request_id}.json"), _dumps(record))
+
+    def dead_letter(self, request_id: str) -> dict[str, Any] | None:
+        return _json(self.objects.get(self._n(DEAD_LETTERS, f"{request_id}.json")))
+
+    def put_dead_letter(self, request_id: str, record: dict[str, Any]) -> None:
+        self.objects.put(self._n(DEAD_LETTERS, f"{request_id}.json"), _dumps(record))
+
+    def dead_letter_ids(self) -> list[str]:
+        return [n.removesuffix(".json") for n in self.objects.names(self._n(DEAD_LETTERS)) if n.endswith(".json")]
+
+
+def run_keys(objects: Objects) -> list[str]:
+    """Every run that has a folder (for ``tenfold dlq``)."""
+    if isinstance(objects, FileObjects):
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(p.name for p in objects.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return []
+    assert isinstance(objects, GcsObjects)
+    prefix = objects.prefix + "/" if objects.prefix else ""
+    blobs = objects.bucket.client.list_blobs(objects.bucket, prefix=prefix, delimiter="/")
+    list(blobs)  # the prefixes are known only once the pages are read
+    return sorted(p[len(prefix):].rstrip("/") for p in blobs.prefixes)
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(record, indent=1, sort_keys=True).encode()
+
+
+def _json(data: bytes | None) -> dict[str, Any] | None:
+    import json
+
+    if data is None:
+        return None
+    body = json.loads(data)
+    return body if isinstance(body, dict) else None
