@@ -42,6 +42,8 @@ class PipelineSettings(BaseModel):
     train_model: DagSettings = DagSettings(retries=2, retry_delay_s=60)
     # A step task waits through its analysis intervals; a retry resumes from the recorded step.
     rollout_model: DagSettings = DagSettings(retries=2, retry_delay_s=10, task_timeout_s=2 * 60 * 60)
+    # The score task waits for every request (settings.inference.wait_timeout_s bounds the wait itself).
+    batch_inference: DagSettings = DagSettings(retries=2, retry_delay_s=10, task_timeout_s=90 * 60)
     # Reads one month and the model's stored reference profile (never the training data): seconds.
     monitor_drift: DagSettings = DagSettings(retries=2, retry_delay_s=30, task_timeout_s=10 * 60)
 
