@@ -92,6 +92,10 @@ class Lineage:
     run_id: str | None = None
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
+    # The feedback the run trained on (docs/feedback.md, "Retraining with feedback"): the weight, the labelled
+    # partitions read (data dir, rows, run id), the rows selected and why others were not, the training
+    # input's SHA-256 and the rows the ranks trained on; empty when the run used none.
+    feedback: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,4 +112,5 @@ class Lineage:
             run_id=body.get("run_id"),
             created_at=body.get("created_at", ""),
             extra=dict(body.get("extra", {})),
+            feedback=dict(body.get("feedback", {})),
         )

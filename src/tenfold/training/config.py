@@ -50,6 +50,12 @@ class TrainConfig:
     collective_timeout_s: int = 120
     # Intra-op threads per worker; None: the machine's cores divided among the local workers.
     threads: int | None = None
+    # Extra training rows from the feedback join (train_model's plan writes them; docs/feedback.md): a Parquet
+    # file (path or URI) of the contract's online columns, the label and FEEDBACK_WEIGHT_COLUMN, its SHA-256
+    # (the worker refuses another file) and the weight it was written with. None: features rows only.
+    feedback_uri: str | None = None
+    feedback_sha256: str | None = None
+    feedback_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -68,6 +74,10 @@ class TrainConfig:
             raise ValueError("patience must be >= 1 (or None: no early stopping)")
         from tenfold.model.calibration import METHODS
 
+        if (self.feedback_uri is None) != (self.feedback_sha256 is None):
+            raise ValueError("feedback_uri and feedback_sha256 go together: give both or neither")
+        if self.feedback_weight < 0:
+            raise ValueError(f"feedback_weight must be >= 0, got {self.feedback_weight}")
         if self.calibration not in METHODS:
             raise ValueError(f"unknown calibration {self.calibration!r}: use one of {', '.join(METHODS)}")
 

@@ -30,6 +30,7 @@ from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.workloads import VERSION_KEY, FeatureContract
 
 __all__ = [
+    "FEEDBACK_WEIGHT_COLUMN",
     "FeatureDataset",
     "MissingFeaturesError",
     "PreprocessingError",
@@ -38,11 +39,17 @@ __all__ = [
     "StaleFeaturesError",
     "ValidationSplit",
     "read_features",
+    "read_feedback",
+    "row_times_us",
     "seed_everything",
     "time_column",
     "validation_split",
 ]
 
+
+
+# The per-row sample weight of the feedback training input (features rows weigh 1).
+FEEDBACK_WEIGHT_COLUMN = "sample_weight"
 
 
 class MissingFeaturesError(LakeError):
@@ -91,15 +98,21 @@ def read_features(
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
-    """Preprocessed features in memory: categorical codes, numeric block, labels."""
+    """Preprocessed features in memory: categorical codes, numeric block, labels, and optional per-row
+    sample weights (None: every row weighs 1, the plain mean loss; see :mod:`tenfold.training.loss`)."""
 
-    def __init__(self, categorical: torch.Tensor, numeric: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, categorical: torch.Tensor, numeric: torch.Tensor, labels: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> None:
         if not categorical.shape[0] == numeric.shape[0] == labels.shape[0]:
             raise ValueError("categorical, numeric and labels must have the same number of rows")
-        self.categorical, self.numeric, self.labels = categorical, numeric, labels
+        if weights is not None and weights.shape != labels.shape:
+            raise ValueError("weights must hold one value per row")
+        self.categorical, self.numeric, self.labels, self.weights = categorical, numeric, labels, weights
 
     @classmethod
-    def from_table(cls, table: pa.Table, pre: Preprocessor, label: str, dtype: torch.dtype = torch.float32) -> FeatureDataset:
+    def from_table(cls, table: pa.Table, pre: Preprocessor, label: str, dtype: torch.dtype = torch.float32,
+                   weight: str | None = None) -> FeatureDataset:
+        """``weight``: the column of per-row sample weights (None: no weights)."""
         if label not in table.column_names:
             raise PreprocessingError(f"features table has no {label!r} column; it cannot be trained on")
         labels = table[label]
@@ -107,10 +120,26 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
             raise PreprocessingError(f"{labels.null_count} rows have a null {label}; fix the features job")
         cat, num = pre.transform(table)
         y = labels.to_numpy(zero_copy_only=False).astype(np.float64)
-        return cls(torch.from_numpy(cat), torch.from_numpy(num).to(dtype), torch.from_numpy(y).to(dtype))
+        w = None
+        if weight is not None:
+            if weight not in table.column_names or table[weight].null_count:
+                raise PreprocessingError(f"the table has no complete {weight!r} column of sample weights")
+            w = torch.from_numpy(table[weight].to_numpy(zero_copy_only=False).astype(np.float64)).to(dtype)
+        return cls(torch.from_numpy(cat), torch.from_numpy(num).to(dtype), torch.from_numpy(y).to(dtype), w)
+
+    @classmethod
+    def concat(cls, first: FeatureDataset, second: FeatureDataset) -> FeatureDataset:
+        """``first``'s rows then ``second``'s; a side without weights weighs 1 per row (when the other has some)."""
+        if first.weights is None and second.weights is None:
+            weights = None
+        else:
+            weights = torch.cat([d.weights if d.weights is not None else torch.ones_like(d.labels) for d in (first, second)])
+        return cls(torch.cat([first.categorical, second.categorical]), torch.cat([first.numeric, second.numeric]),
+                   torch.cat([first.labels, second.labels]), weights)
 
     def to(self, device: torch.device | str) -> FeatureDataset:
-        return FeatureDataset(self.categorical.to(device), self.numeric.to(device), self.labels.to(device))
+        return FeatureDataset(self.categorical.to(device), self.numeric.to(device), self.labels.to(device),
+                              None if self.weights is None else self.weights.to(device))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -121,6 +150,10 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = index.to(self.labels.device)
         return self.categorical[index], self.numeric[index], self.labels[index]
+
+    def batch_weights(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The sample weights of rows ``index`` (None when the dataset has none: every row weighs 1)."""
+        return None if self.weights is None else self.weights[index.to(self.weights.device)]
 
 
 @dataclass
@@ -175,6 +208,8 @@ class ValidationSplit:
     train: np.ndarray
     validation: np.ndarray
     info: dict[str, object]
+    # Rows later than this (microseconds since the epoch, UTC) are the slice's; None without a slice.
+    cutoff_us: int | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -219,4 +254,49 @@ def validation_split(table: pa.Table, contract: FeatureContract, days: float) ->
     stamps = np.array([times[is_val].min(), newest]).astype("datetime64[us]")
     info: dict[str, object] = {"rows": n_val, "share": n_val / n, "days": days, "time_column": column,
                                "from": str(stamps[0]), "to": str(stamps[1])}
-    return ValidationSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), info)
+    return ValidationSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), info, newest - int(days * MICROS_PER_DAY))
+
+
+def row_times_us(table: pa.Table, column: str) -> np.ndarray:
+    """``column`` (a timestamp) of every row as microseconds since the epoch, UTC."""
+    col = table[column]
+    if col.null_count:
+        raise PreprocessingError(f"{col.null_count} rows have a null {column}; they cannot be ordered in time")
+    return np.asarray(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False))
+
+
+def read_feedback(location: str, sha256: str, contract: FeatureContract) -> pa.Table:
+    """The feedback training input at ``location`` (a path or URI), refused unless its SHA-256 is ``sha256``
+    (what ``train_model``'s plan wrote and recorded) and it has the contract's label and the weight column."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    from tenfold.training.remote import is_remote
+
+    if is_remote(location):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(location)
+        try:
+            with fs.open_input_stream(path) as stream:
+                body = bytes(stream.read())
+        except FileNotFoundError as exc:
+            raise LakeError(f"the feedback training input {location} is gone: re-run the train_model run's plan") from exc
+    else:
+        from pathlib import Path
+
+        try:
+            body = Path(location).read_bytes()
+        except FileNotFoundError as exc:
+            raise LakeError(f"the feedback training input {location} is gone: re-run the train_model run's plan") from exc
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != sha256:
+        raise LakeError(f"the feedback training input {location} has SHA-256 {digest[:12]}..., not the planned "
+                        f"{sha256[:12]}...: it was replaced after the plan; trigger a new run")
+    table = pq.read_table(io.BytesIO(body))
+    missing = [c for c in (contract.label, FEEDBACK_WEIGHT_COLUMN) if c not in table.column_names]
+    if missing:
+        raise LakeError(f"the feedback training input {location} lacks {missing}: it was written by another version")
+    return table

@@ -67,13 +67,17 @@ from tenfold.training.calibration import calibrate, plain_log_loss, selection_lo
 from tenfold.training.checkpoint import Snapshot
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import (
+    FEEDBACK_WEIGHT_COLUMN,
     FeatureDataset,
     ShardedBatches,
     read_features,
+    read_feedback,
+    row_times_us,
     seed_everything,
     time_column,
     validation_split,
 )
+from tenfold.training.loss import weighted_bce
 from tenfold.training.remote import RemoteDir, is_remote, read_text
 from tenfold.workloads import get_workload
 
@@ -183,6 +187,8 @@ class Trainer:
         if self.split.has_validation:
             self.val = FeatureDataset.from_table(table.take(self.split.validation), pre, contract.label).to(self.device)
         del table
+        self.features_rows = len(self.data)
+        self.feedback_info = self._add_feedback(contract, when)
         self.batches = ShardedBatches(self.data, cfg.batch_size, world, rank, cfg.seed)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -205,9 +211,33 @@ class Trainer:
         self._load_snapshot()
         self._check_same_step()
         self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
-        self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.steps_run, self.last_loss = 0, float("nan")
         self._losses: TextIO | None = None
+
+    def _add_feedback(self, contract: Any, when: str | None) -> dict[str, Any] | None:
+        """Append the feedback rows (``cfg.feedback_uri``) after the features rows, weighted; features rows weigh 1.
+
+        The preprocessing was fit on the features window alone, so a feedback row's unseen category is code 0
+        like any unseen value. Feedback rows that fall in the validation slice's time range are left out, as
+        the slice's own flights are: no rank trains on the days the epoch choice and the calibration judge.
+        """
+        cfg = self.cfg
+        if cfg.feedback_uri is None or cfg.feedback_sha256 is None:
+            return None
+        fb = read_feedback(cfg.feedback_uri, cfg.feedback_sha256, contract)
+        planned = fb.num_rows
+        dropped = 0
+        if self.split.cutoff_us is not None and when is not None and fb.num_rows:
+            keep = row_times_us(fb, when) <= self.split.cutoff_us
+            dropped = int((~keep).sum())
+            fb = fb.filter(keep)
+        if fb.num_rows:
+            extra = FeatureDataset.from_table(fb, self.preprocessor, contract.label, weight=FEEDBACK_WEIGHT_COLUMN)
+            self.data = FeatureDataset.concat(self.data, extra.to(self.device))
+        log.info("rank %d: %d feedback rows of weight %g beside %d features rows (%d in the validation slice's days "
+                 "left out)", self.rank, fb.num_rows, cfg.feedback_weight, self.features_rows, dropped)
+        return {"planned_rows": planned, "rows": fb.num_rows, "in_validation_days": dropped,
+                "weight": cfg.feedback_weight, "sha256": cfg.feedback_sha256}
 
     def _fetch_mirrored(self) -> None:
         if self.mirror is None:
@@ -285,7 +315,7 @@ class Trainer:
         """One optimizer step on this rank's rows ``index``; the loss averaged over all ranks."""
         cat, num, y = self.data.batch(index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.ddp(cat, num), y)
+        loss = weighted_bce(self.ddp(cat, num), y, self.data.batch_weights(index))
         loss.backward()
         if (fault := faults.armed(self.rank, self.step + 1, "step")) is not None:
             faults.fire(fault)  # test-only: gradients all-reduced, this rank's weights not yet updated
@@ -381,10 +411,12 @@ class Trainer:
             raise WorkerError("a validation slice was scored but no best weights were kept; the checkpoint is inconsistent")
         self.model.load_state_dict(self.best_state)
         val_logits = predict_logits(self.model, self.val.categorical, self.val.numeric).double().cpu().numpy()
-        train_logits = predict_logits(self.model, self.data.categorical, self.data.numeric).double().cpu().numpy()
+        # The features rows only: the anchor is the training window's own rate (feedback rows come after them).
+        n = self.features_rows
+        train_logits = predict_logits(self.model, self.data.categorical[:n], self.data.numeric[:n]).double().cpu().numpy()
         self.calibrator = calibrate(
             self.cfg.calibration, val_logits, self.val.labels.double().cpu().numpy(), train_logits=train_logits,
-            train_labels=self.data.labels.double().cpu().numpy(),
+            train_labels=self.data.labels[:n].double().cpu().numpy(),
             slice_info={**self.split.info, "best_epoch": self.selection["best_epoch"]},
         )
 
@@ -418,6 +450,8 @@ class Trainer:
             "backend": self.backend,
             "device": str(self.device),
             "rows": len(self.data),
+            "features_rows": self.features_rows,
+            "feedback": self.feedback_info,
             "validation_rows": len(self.val) if self.val is not None else 0,
             "validation": self._selection_summary(),
             "calibration": self.calibrator.to_dict() if self.calibrator is not None else None,

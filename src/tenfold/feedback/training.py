@@ -1,0 +1,246 @@
+"""The feedback join's labelled set as training rows: served flights with their observed outcomes, featurized.
+
+``train_model``'s plan calls :func:`feedback_training_set` and :func:`write_training_input`; the training
+worker reads the file beside the features partitions (:func:`tenfold.training.data.read_feedback`) and
+weighs each of its rows ``weight`` features rows in the loss. docs/feedback.md ("Retraining with feedback")
+says why each rule is what it is:
+
+* **only the training window.** A served request carries no features, so it is assembled with the
+  workload's online assembly (:meth:`tenfold.workloads.OnlineFeatures.assemble`, the server's own code)
+  over the lookup tables ``build_features`` published *for the training window's months only*. Online
+  assembly scores only the months whose lookups it holds (``OnlineFeatures.months``) and refuses any other
+  request (``RequestInvalid``), so a flight of a holdout month, or of any month outside the window, can
+  never become a training row: no leakage into the gate's holdout, whenever the request was served.
+* **one row per flight.** Rows are deduplicated on the contract's key columns (a flight asked about
+  twice is one flight); the latest observation wins (``observed_at``, else ``feedback_received_at``,
+  then the later ``served_at``, then the higher prediction id).
+* **bounded.** At most ``max_rows`` rows, the latest observed.
+* **deterministic.** The rows are sorted by the key columns and written with fixed Parquet options, so the
+  same labelled partitions give the same bytes (and the same SHA-256 the run records).
+
+Try it (the months of the training window)::
+
+    python -m tenfold.feedback.training 2013-01 2013-06
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, LakeError, Partition, month_range
+from tenfold.feedback.metrics import labelled_lineage, labelled_rows
+from tenfold.workloads import VERSION_KEY, RequestInvalid, Workload, get_workload, lookup_table
+
+__all__ = ["WEIGHT_COLUMN", "FeedbackError", "FeedbackSet", "feedback_training_set", "write_training_input"]
+
+log = logging.getLogger(__name__)
+
+# The per-row sample weight column (tenfold.training.data.FEEDBACK_WEIGHT_COLUMN reads it; a test keeps them equal).
+WEIGHT_COLUMN = "sample_weight"
+# Online assembly in chunks: a batch of requests is built into Arrow at once, a bounded one.
+_CHUNK = 20_000
+
+
+class FeedbackError(ValueError):
+    """The feedback cannot be turned into training rows; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class FeedbackSet:
+    """The training rows (the contract's online columns, its label and :data:`WEIGHT_COLUMN`) and how they were chosen."""
+
+    table: pa.Table
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return int(self.table.num_rows)
+
+
+def _window_lookups(settings: Settings, workload: Workload, lake: Lake, months: Sequence[Partition]) -> dict[str, dict[str, pa.Table]]:
+    """The published lookup tables of each of ``months`` that has all of them (version-checked)."""
+    contract = workload.contract
+    prefix = settings.storage.lookups_table
+    out: dict[str, dict[str, pa.Table]] = {}
+    for part in months:
+        names = [lookup_table(prefix, n) for n in contract.lookup_tables]
+        if not all(lake.has_manifest(t, part) for t in names):
+            log.warning("feedback of %s cannot be featurized: its lookup tables are not published (rebuild the month "
+                        "with build_features)", part.label)
+            continue
+        tables = {}
+        for name, table in zip(contract.lookup_tables, names, strict=True):
+            version = lake.read_manifest(table, part).extra.get(VERSION_KEY)
+            if version != contract.version:
+                raise FeedbackError(
+                    f"{table} {part.label} was built with features version {version}, but the {workload.name} workload "
+                    f"defines version {contract.version}: rebuild the month (python -m tenfold.pipelines.build_features "
+                    f"{part.label}) or train with feedback_weight 0"
+                )
+            tables[name] = lake.read_table(table, [part])
+        out[part.label] = tables
+    return out
+
+
+def feedback_training_set(settings: Settings, months: Sequence[Partition], *, weight: float, max_rows: int) -> FeedbackSet:
+    """The labelled rows whose flights fall in ``months`` (the training window), featurized and weighted.
+
+    Reads every published partition of ``settings.storage.labelled_table`` (partitioned by when the request
+    was served, which says nothing about the flight's own month), keeps the rows with an outcome, and
+    assembles their requests with the window's lookups only (see the module docstring). ``summary`` says
+    how many rows each rule removed and which labelled partitions were read (for the model's lineage).
+    """
+    workload = get_workload(settings)
+    contract = workload.contract
+    lake = Lake.from_settings(settings)
+    labelled_parts = lake.published_partitions(settings.storage.labelled_table)
+    summary: dict[str, Any] = {
+        "weight": weight, "train_months": [p.label for p in months], "labelled_table": settings.storage.labelled_table,
+        "labelled_partitions": labelled_lineage(settings, labelled_parts),
+    }
+    empty = FeedbackSet(_empty(contract), {**summary, "rows": 0})
+    rows = labelled_rows(settings, months=labelled_parts) if labelled_parts else None
+    if rows is None or rows.num_rows == 0:
+        return FeedbackSet(empty.table, {**empty.summary, "labelled_rows": 0, "note": "no labelled feedback yet"})
+    lookups = _window_lookups(settings, workload, lake, months)
+    summary["labelled_rows"] = rows.num_rows
+    summary["lookup_months"] = sorted(lookups)
+    if not lookups:
+        return FeedbackSet(empty.table, {**empty.summary, **summary, "rows": 0,
+                                         "note": "no month of the training window has its lookup tables published"})
+    online = workload.online_features(lookups)
+
+    # Newest observation first, so the first row of a flight (below) is the one that wins.
+    order = pc.sort_indices(pa.table({
+        "observed": pc.coalesce(rows["observed_at"], rows["feedback_received_at"]), "served": rows["served_at"],
+        "pid": rows["prediction_id"]}), sort_keys=[("observed", "descending"), ("served", "descending"), ("pid", "descending")])
+    rows = rows.take(order)
+    model = workload.request_model
+    invalid = 0
+    refused: Counter[str] = Counter()
+    requests: list[Any] = []
+    kept: list[int] = []
+    for i, body in enumerate(rows["request"].to_pylist()):
+        try:
+            request = model.model_validate_json(body)
+        except ValueError:  # pydantic's ValidationError: a body the server would have refused with a 422
+            invalid += 1
+            continue
+        try:
+            online.check(request)
+        except RequestInvalid as exc:
+            refused[exc.field] += 1
+            continue
+        requests.append(request)
+        kept.append(i)
+    summary["invalid_requests"] = invalid
+    summary["outside_window_or_unassemblable"] = dict(sorted(refused.items()))
+    if not requests:
+        return FeedbackSet(empty.table, {**summary, "rows": 0})
+    parts = [online.assemble(requests[s:s + _CHUNK]) for s in range(0, len(requests), _CHUNK)]
+    features = pa.concat_tables(parts)
+    label_type = contract.arrow_schema().field(contract.label).type
+    outcomes = rows["outcome"].take(pa.array(kept)).cast(label_type)
+    features = features.append_column(contract.label, outcomes)
+
+    seen: set[tuple[Any, ...]] = set()
+    first: list[int] = []
+    for i, key in enumerate(zip(*(features[c].to_pylist() for c in contract.key_columns), strict=True)):
+        if key not in seen:
+            seen.add(key)
+            first.append(i)
+    summary["duplicates"] = features.num_rows - len(first)
+    capped = max(0, len(first) - max_rows)
+    summary["capped"] = capped
+    features = features.take(pa.array(first[:max_rows]))
+    features = features.sort_by([(c, "ascending") for c in contract.key_columns])
+    features = features.append_column(WEIGHT_COLUMN, pa.array([float(weight)] * features.num_rows, pa.float64()))
+    summary["rows"] = features.num_rows
+    return FeedbackSet(features, summary)
+
+
+def _empty(contract: Any) -> pa.Table:
+    schema = contract.arrow_schema()
+    fields = [schema.field(c) for c in contract.online_columns] + [schema.field(contract.label),
+                                                                   pa.field(WEIGHT_COLUMN, pa.float64())]
+    return pa.schema(fields).empty_table()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as Parquet with fixed options: the same rows give the same bytes."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=False, use_dictionary=False,
+                   store_schema=True, row_group_size=1 << 20)
+    return sink.getvalue()
+
+
+def write_training_input(table: pa.Table, folder: str, *, storage_client: Any = None) -> tuple[str, str]:
+    """Write ``table`` under ``folder`` (a local folder or a ``gs://`` prefix) as ``feedback-<sha>.parquet``.
+
+    The name is the content's SHA-256, so a retried plan that selected the same rows finds its file and one
+    that selected other rows writes another, never changing a file a training job may be reading. Returns
+    ``(uri, sha256)``.
+    """
+    body = parquet_bytes(table)
+    digest = hashlib.sha256(body).hexdigest()
+    name = f"feedback-{digest[:16]}.parquet"
+    if folder.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+
+        if storage_client is None:
+            raise FeedbackError("writing the feedback training input to gs:// needs a storage client")
+        bucket, _, prefix = folder[len("gs://"):].partition("/")
+        blob_name = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+        with contextlib.suppress(PreconditionFailed):  # written by an earlier attempt: same name, same bytes
+            storage_client.bucket(bucket).blob(blob_name).upload_from_string(body, if_generation_match=0)
+        return f"gs://{bucket}/{blob_name}", digest
+    path = Path(folder) / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+    return str(path), digest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print what a training run over the months ``FIRST LAST`` would take from the feedback (nothing is written)."""
+    import argparse
+    import json
+
+    from tenfold.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tenfold.feedback.training", description=main.__doc__)
+    parser.add_argument("first")
+    parser.add_argument("last")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    try:
+        months = month_range(args.first, args.last)
+        got = feedback_training_set(settings, months, weight=settings.training.feedback_weight,
+                                    max_rows=settings.training.feedback_max_rows)
+    except (ValueError, LakeError) as exc:
+        print(f"feedback: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(got.summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
