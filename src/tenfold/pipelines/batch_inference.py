@@ -1,0 +1,277 @@
+"""The steps of ``dags/batch_inference.py``: plan -> publish -> score -> publish_results.
+
+Scores one features partition (``month``) with the champion (or the pinned ``version``) and publishes one
+partition of the scores table (``settings.storage.scores_table``): the contract's key columns,
+``probability`` and ``model_version``, one row per features row, sorted by the keys (byte-identical on a
+rerun). See docs/inference.md.
+
+Two paths, chosen by :func:`plan` from the partition's size:
+
+* up to ``settings.inference.spark_threshold_rows`` rows, **Pub/Sub**: :func:`publish` sends the rows as
+  requests of ``inference.rows_per_message`` rows with deterministic request ids; :func:`score` waits until
+  each is scored or dead-lettered (locally it runs the worker pool for the wait and stops it whatever
+  happens; in the cloud the inference instance group, autoscaled on the backlog, does the work);
+  :func:`publish_results` checks "count in = count out + dead-letter count" and publishes the scores;
+* above it, **Spark**: :func:`score` runs :func:`tenfold.inference.spark.score_partition`, which publishes
+  the same partition with the same schema; :func:`publish_results` checks its row count.
+
+Every step is idempotent: a retried publish sends the same request ids (each result is written once), a
+retried wait finds what is already scored, and the same scores publish to the same content-addressed data.
+
+Run every step in one process without Airflow: ``python -m tenfold.pipelines.batch_inference --conf
+'{"month": "2013-07"}'`` (locally this starts and stops its own worker pool).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "batch_inference"
+CONF_KEYS = ("month", "version")
+
+
+@dataclass(frozen=True)
+class InferenceRun(RunState):
+    """The plan (the ``plan`` task's XCom): what is scored, with which model version, by which path."""
+
+    run_key: str
+    airflow_run_id: str
+    month: str
+    model_version: str
+    rows: int
+    requests: int
+    rows_per_message: int
+    path: Literal["pubsub", "spark"]
+    features_data_dir: str
+
+    @property
+    def partition(self) -> Partition:
+        return Partition.parse(self.month)
+
+
+@dataclass(frozen=True)
+class Published(RunState):
+    requests: int
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Scored(RunState):
+    scored: int
+    dead_lettered: int
+    seconds: float
+    rows_written: int = 0  # the Spark path: rows it published
+
+
+def _month(value: Any) -> Partition:
+    if not isinstance(value, str):
+        raise PipelineInputError(f"run conf month must be a string YYYY-MM, e.g. \"2013-07\"; got {value!r}")
+    try:
+        return Partition.parse(value)
+    except ValueError as exc:
+        raise PipelineInputError(f"run conf month={value!r}: {exc}") from exc
+
+
+def default_month(settings: Settings) -> Partition:
+    """The newest published features partition (what an Asset-triggered run scores)."""
+    published = Lake.from_settings(settings).published_partitions(settings.storage.features_table)
+    if not published:
+        raise PipelineError(f"no features partition is published under {settings.storage.table_uri(settings.storage.features_table)}: "
+                            "run build_features first")
+    return max(published)
+
+
+def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:
+    """Resolve the model once (so every worker scores with the same version) and pick the path by size."""
+    from tenfold.inference.requests import batch_count
+    from tenfold.inference.scoring import ScoringError, resolve
+
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(CONF_KEYS))
+    if unknown:
+        raise PipelineInputError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    part = _month(conf["month"]) if conf.get("month") else default_month(settings)
+    lake = Lake.from_settings(settings)
+    table = settings.storage.features_table
+    if not lake.has_manifest(table, part):
+        published = ", ".join(p.label for p in lake.published_partitions(table)) or "none"
+        raise PipelineError(f"features partition {part.label} is not published under {lake.uri}/{table} (published: "
+                            f"{published}): run build_features for {part.label} first")
+    manifest = lake.read_manifest(table, part)
+    ref = str(conf.get("version") or settings.inference.model_ref)
+    try:
+        version = resolve(settings, ref)
+    except ScoringError as exc:
+        raise PipelineError(f"{exc}: train and register a model first (train_model), or pass an existing version") from exc
+    inf = settings.inference
+    path: Literal["pubsub", "spark"] = "spark" if manifest.rows > inf.spark_threshold_rows else "pubsub"
+    run = InferenceRun(
+        run_key=run_key(airflow_run_id), airflow_run_id=airflow_run_id, month=part.label, model_version=version,
+        rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,
+        rows_per_message=inf.rows_per_message, path=path, features_data_dir=manifest.data_dir,
+    )
+    log.info("batch_inference %s: %s (%d rows, %d requests) with model %s (%s) by the %s path", run.run_key, part.label,
+             run.rows, run.requests, version, ref, path)
+    return run
+
+
+def _check_unchanged(settings: Settings, run: InferenceRun) -> Lake:
+    lake = Lake.from_settings(settings)
+    now = lake.read_manifest(settings.storage.features_table, run.partition)
+    if now.data_dir != run.features_data_dir:
+        raise PipelineError(f"features partition {run.month} was re-published since this run planned (data "
+                            f"{run.features_data_dir} -> {now.data_dir}): trigger a new run")
+    return lake
+
+
+def _contract(settings: Settings) -> Any:
+    from tenfold.workloads import get_workload
+
+    return get_workload(settings).contract
+
+
+def publish(settings: Settings, run: InferenceRun | Mapping[str, Any]) -> Published:
+    """Publish the partition's requests (the Spark path publishes none)."""
+    from tenfold.inference.runs import partition_rows, publish_requests
+
+    r = InferenceRun.from_xcom(run)
+    if r.path == "spark":
+        return Published(requests=0, rows=0, seconds=0.0)
+    lake = _check_unchanged(settings, r)
+    rows = partition_rows(lake, settings.storage.features_table, r.partition, _contract(settings))
+    if rows.num_rows != r.rows:
+        raise PipelineError(f"features partition {r.month} holds {rows.num_rows} rows, its manifest {r.rows}: re-run build_features")
+    report = publish_requests(settings, r.run_key, r.month, r.model_version, rows)
+    log.info("published %d requests (%d rows) in %.1f s", report.requests, report.rows, report.seconds)
+    return Published(requests=report.requests, rows=report.rows, seconds=report.seconds)
+
+
+def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env: Mapping[str, str] | None = None,
+          say: Callable[[str], None] | None = None) -> Scored:
+    """Wait until every request is scored or dead-lettered (the local pool runs meanwhile), or run Spark."""
+    import time
+
+    from tenfold.inference.runs import InferenceRunError, expected_ids, wait_accounted
+
+    r = InferenceRun.from_xcom(run)
+    started = time.monotonic()
+    if r.path == "spark":
+        from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
+
+        written = spark.score_partition(settings, r.model_version, r.partition)
+        return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
+    ids = expected_ids(r.run_key, r.month, r.requests)
+    say = say or log.info
+    try:
+        if settings.is_local:
+            from tenfold.inference.pool import WorkerPool
+
+            with WorkerPool(settings, env=dict(pool_env or {})) as pool:
+                acc = wait_accounted(settings, r.run_key, ids, alive=pool.alive, say=say)
+        else:
+            acc = wait_accounted(settings, r.run_key, ids, say=say)
+    except InferenceRunError as exc:
+        raise PipelineError(str(exc)) from exc
+    return Scored(scored=len(acc.scored), dead_lettered=len(acc.dead_lettered), seconds=time.monotonic() - started)
+
+
+def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
+                    scored: Scored | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check the invariant and publish the scores partition; returns the run's figures."""
+    from tenfold.inference.runs import (
+        InferenceRunError,
+        account,
+        check_invariant,
+        collect,
+        dead_rows,
+        expected_ids,
+        publish_scores,
+    )
+    from tenfold.inference.scoring import scores_schema
+    from tenfold.inference.store import RunStore
+
+    r = InferenceRun.from_xcom(run)
+    lake = Lake.from_settings(settings)
+    table = settings.storage.scores_table
+    if r.path == "spark":
+        s = Scored.from_xcom(scored) if scored is not None else None
+        manifest = lake.read_manifest(table, r.partition)
+        if manifest.rows != r.rows or (s is not None and s.rows_written != r.rows):
+            raise PipelineError(f"the Spark path scored {manifest.rows} rows of {r.month}, the partition holds {r.rows}: "
+                                "the invariant (count in = count out) does not hold; re-run the DAG")
+        return {"month": r.month, "path": "spark", "rows_in": r.rows, "rows_out": manifest.rows, "requests_dead_lettered": 0,
+                "model_version": r.model_version, "scores": lake.uri_of(lake.partition_path(table, r.partition))}
+    contract = _contract(settings)
+    store = RunStore.of(settings, r.run_key)
+    acc = account(store, expected_ids(r.run_key, r.month, r.requests))
+    scores = collect(store, acc)
+    keys = list(contract.key_columns)
+    distinct = scores.group_by(keys).aggregate([]).num_rows if scores.num_rows else 0
+    try:
+        figures = check_invariant(requests_in=r.requests, rows_in=r.rows, acc=acc, rows_out=scores.num_rows,
+                                  rows_dead=dead_rows(store, acc), distinct_keys=distinct)
+    except InferenceRunError as exc:
+        raise PipelineError(str(exc)) from exc
+    if scores.num_rows == 0:
+        raise PipelineError(f"every request of {r.month} was dead-lettered: nothing to publish; see "
+                            f"`tenfold dlq inspect --run {r.run_key}`")
+    manifest = publish_scores(lake, table, r.partition, scores, scores_schema(contract), keys, run_id=r.airflow_run_id,
+                              extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
+                                     "dead_lettered_requests": len(acc.dead_lettered)})
+    if acc.dead_lettered:
+        log.warning("%d requests (%d rows) of %s were dead-lettered and are not in the scores: `tenfold dlq inspect "
+                    "--run %s`", len(acc.dead_lettered), figures["rows_dead_lettered"], r.month, r.run_key)
+    return {"month": r.month, "path": "pubsub", **figures, "model_version": r.model_version,
+            "scores": lake.uri_of(lake.partition_path(table, r.partition)), "data_dir": manifest.data_dir}
+
+
+def run_all(settings: Settings, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+    """Every step in this process (what ``main`` and the demo call); returns :func:`publish_results`' figures."""
+    import datetime as dt
+
+    rid = run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}"
+    planned = plan(settings, rid, conf)
+    publish(settings, planned)
+    scored = score(settings, planned)
+    return publish_results(settings, planned, scored)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
+    import argparse
+    import sys
+
+    from tenfold.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.batch_inference", description=main.__doc__)
+    parser.add_argument("--conf", default="{}", help=f"JSON run conf with any of {', '.join(CONF_KEYS)}")
+    parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"month\": \"2013-07\"}}'", file=sys.stderr)
+        return 2
+    try:
+        figures = run_all(get_settings(), conf, run_id=args.run_id)
+    except PipelineError as exc:
+        print(f"batch_inference: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
