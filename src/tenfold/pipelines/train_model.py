@@ -49,7 +49,7 @@ from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
 log = logging.getLogger(__name__)
 
 # What a run's conf (``airflow dags trigger -c`` / ``dags test -c``) may change.
-CONF_KEYS = ("train_months", "holdout_months", "epochs", "max_steps", "batch_size", "nproc", "seed")
+CONF_KEYS = ("train_months", "holdout_months", "epochs", "max_steps", "batch_size", "nproc", "seed", "feedback_weight")
 
 
 DAG_ID = "train_model"
@@ -67,6 +67,9 @@ class TrainRun(RunState):
     holdout: HoldoutRef
     train_config: dict[str, Any]
     nproc: int | None = None
+    # Which feedback the run trains on (tenfold.feedback.training's summary, the file and its SHA-256);
+    # empty when feedback_weight is 0. The registered version's lineage records it.
+    feedback: dict[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> str:
@@ -186,15 +189,66 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         value = conf.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1)):
             raise PipelineError(f"run conf {key}={value!r}: give a whole number{' >= 0' if key == 'seed' else ' >= 1'}")
+    weight = conf.get("feedback_weight", t.feedback_weight)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
+        raise PipelineError(f"run conf feedback_weight={weight!r}: give a number from 0 (no feedback) to 100")
     overrides = {k: conf[k] for k in ("epochs", "max_steps", "batch_size", "seed") if conf.get(k) is not None}
     cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train), **overrides)
     key = run_key(airflow_run_id)
+    work_dir = work_root(settings) / key
+    feedback: dict[str, Any] = {}
+    if weight > 0:
+        feedback = _plan_feedback(settings, key, work_dir, train, float(weight))
+        if feedback.get("uri"):
+            cfg = cfg.with_(feedback_uri=feedback["uri"], feedback_sha256=feedback["sha256"], feedback_weight=float(weight))
     return TrainRun(
-        run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_root(settings) / key),
+        run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_dir),
         train_months=tuple(p.label for p in train), holdout_months=tuple(p.label for p in holdout),
         holdout=holdout_ref(lake, table, holdout), train_config=cfg.to_dict(),
-        nproc=int(conf["nproc"]) if conf.get("nproc") else None,
+        nproc=int(conf["nproc"]) if conf.get("nproc") else None, feedback=feedback,
     )
+
+
+def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Partition], weight: float) -> dict[str, Any]:
+    """Select the feedback of the training window's flights and write it as the run's extra training input.
+
+    Locally the file goes in the run's work dir; in dev/prod it is staged beside the config and preprocessing
+    (``gs://<artifacts>/<runs_prefix>/<run>/out``), where the training group's workers read it. A plan retried
+    with the same labelled partitions finds its file (content-addressed) and plans the same run.
+    """
+    from tenfold.feedback.training import FeedbackError, feedback_training_set, write_training_input
+    from tenfold.training.fleet import run_folder
+
+    try:
+        chosen = feedback_training_set(settings, train, weight=weight, max_rows=settings.training.feedback_max_rows)
+    except FeedbackError as exc:
+        raise PipelineError(str(exc)) from exc
+    summary = dict(chosen.summary)
+    log.info("feedback for %s..%s: %d rows of weight %g (%s)", train[0].label, train[-1].label, chosen.rows, weight,
+             {k: v for k, v in summary.items() if k not in ("labelled_partitions", "train_months")})
+    if chosen.rows == 0:
+        return summary
+    if settings.is_local:
+        uri, sha = write_training_input(chosen.table, str(work_dir / "feedback"))
+    else:
+        from tenfold.storage import gcs_client
+
+        folder = f"gs://{settings.storage.artifacts_bucket}/{run_folder(settings, key)}/out"
+        uri, sha = write_training_input(chosen.table, folder, storage_client=gcs_client(settings))
+    return {**summary, "uri": uri, "sha256": sha}
+
+
+def feedback_lineage(run: TrainRun, trained: Trained) -> dict[str, Any]:
+    """What the version's lineage records of the feedback: the plan's selection and, when the job reported it,
+    the rows the ranks trained on (those in the validation slice's days are left out); empty without feedback."""
+    if not run.feedback:
+        return {}
+    body = dict(run.feedback)
+    reported = trained.train_result.get("feedback")
+    if isinstance(reported, Mapping):
+        body["trained_rows"] = reported.get("rows")
+        body["in_validation_days"] = reported.get("in_validation_days")
+    return body
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -345,6 +399,7 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
         validation={r.partition: r.validation for r in (*train_refs, *holdout_refs) if r.validation is not None},
         run_id=p.airflow_run_id,
         extra={"train_result": t.train_result, "baselines": ev.baselines, "holdout": ev.holdout, "env": settings.env},
+        feedback=feedback_lineage(p, t),
     )
     metrics = {**ev.challenger, "holdout": ev.holdout}
     mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
