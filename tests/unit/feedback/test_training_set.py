@@ -1,0 +1,135 @@
+"""The labelled set as training rows (tenfold.feedback.training): the training window's flights only, one row
+per flight with its latest outcome, featurized by the server's online assembly, weighted, deterministic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.feedback.log import write_batch
+from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row
+from tenfold.feedback.training import WEIGHT_COLUMN, feedback_training_set, parquet_bytes, write_training_input
+from tenfold.feedback.upsert import join
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+from tenfold.workloads import get_workload
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.request import FlightRequest
+from tenfold.workloads.flights.synthetic import publish_synthetic_lookups, synthetic_lookups, synthetic_requests
+
+JAN, FEB, MAR = Partition(2032, 1), Partition(2032, 2), Partition(2032, 3)
+SERVED = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)  # served "now", long after the flights: as make demo replays
+
+
+def land(settings: Settings, bodies: list[dict[str, Any]], outcomes: list[int], *,
+         observed: list[dt.datetime | None] | None = None) -> list[str]:
+    """Predictions of ``bodies`` served at SERVED and their outcomes, landed in the logs and joined."""
+    lake = Lake.from_settings(settings)
+    now = dt.datetime.now(dt.UTC)
+    ids = [uuid.uuid4().hex for _ in bodies]
+    preds = [prediction_row(PredictionRecord(prediction_id=i, model_version="v1", arm="stable", probability=0.3,
+                                             request=b, served_at=SERVED)) for i, b in zip(ids, bodies, strict=True)]
+    fbs = [feedback_row(FeedbackRecord(prediction_id=i, outcome=o, observed_at=(observed or [None] * len(ids))[k],
+                                       received_at=SERVED + dt.timedelta(hours=1 + k)))
+           for k, (i, o) in enumerate(zip(ids, outcomes, strict=True))]
+    delivery = {"message_id": "m", "publish_time": now, "delivery_attempt": 1, "landed_at": now}
+    part = Partition.from_date(SERVED)
+    write_batch(lake, settings.storage.predictions_table, part,
+                pa.Table.from_pylist([{**r, **delivery, "message_id": uuid.uuid4().hex} for r in preds], schema=PREDICTIONS_LOG))
+    write_batch(lake, settings.storage.feedback_table, Partition.from_date(SERVED + dt.timedelta(hours=1)),
+                pa.Table.from_pylist([{**r, **delivery, "message_id": uuid.uuid4().hex} for r in fbs], schema=FEEDBACK_LOG))
+    join(settings)
+    return ids
+
+
+@pytest.fixture
+def world(settings: Settings) -> dict[str, Any]:
+    """Lookups of January-March 2032 published; 30 served flights of each month with outcomes, joined."""
+    publish_synthetic_lookups(Lake.from_settings(settings), [JAN, FEB, MAR], prefix=settings.storage.lookups_table)
+    bodies = {p: synthetic_requests(p, 30, seed=5) for p in (JAN, FEB, MAR)}
+    everything = [b for p in (JAN, FEB, MAR) for b in bodies[p]]
+    outcomes = [i % 2 for i in range(len(everything))]
+    land(settings, everything, outcomes)
+    return {"bodies": bodies, "outcomes": dict(zip((_key(b) for b in everything), outcomes, strict=True))}
+
+
+def _key(body: dict[str, Any]) -> tuple[Any, ...]:
+    r = FlightRequest.model_validate(body)
+    return (r.sched_dep.date(), r.sched_dep.hour, r.carrier, r.flight, r.origin)
+
+
+def _months(table: pa.Table) -> set[tuple[int, int]]:
+    return set(zip(table["year"].to_pylist(), table["month"].to_pylist(), strict=True))
+
+
+def test_only_the_training_windows_flights_become_rows_never_the_holdouts(settings: Settings, world: dict[str, Any]) -> None:
+    got = feedback_training_set(settings, [JAN, FEB], weight=2.0, max_rows=10_000)
+    assert _months(got.table) == {(2032, 1), (2032, 2)}  # March (the holdout) never, though served and labelled
+    wanted = {_key(b) for p in (JAN, FEB) for b in world["bodies"][p]}
+    assert got.rows == len(wanted) and got.summary["rows"] == got.rows
+    assert got.summary["labelled_rows"] == 90
+    assert got.summary["outside_window_or_unassemblable"] == {"sched_dep": 30}  # March's, refused by the window's lookups
+    assert got.table.column_names == [*CONTRACT.online_columns, CONTRACT.label, WEIGHT_COLUMN]
+    assert pc.all(pc.equal(got.table[WEIGHT_COLUMN], 2.0)).as_py()
+    served = Partition.from_date(SERVED).label
+    assert got.summary["labelled_partitions"][served]["rows"] == 90 and got.summary["labelled_partitions"][served]["data_dir"]
+    only_feb = feedback_training_set(settings, [FEB], weight=1.0, max_rows=10_000)
+    assert _months(only_feb.table) == {(2032, 2)}
+
+
+def test_the_rows_are_the_servers_online_features_with_the_observed_outcome(settings: Settings, world: dict[str, Any]) -> None:
+    got = feedback_training_set(settings, [JAN], weight=1.0, max_rows=10_000)
+    requests = sorted((FlightRequest.model_validate(b) for b in world["bodies"][JAN]),
+                      key=lambda r: (r.sched_dep, r.carrier, r.flight, r.origin))
+    online = get_workload(settings).online_features({JAN.label: synthetic_lookups(JAN)})
+    expected = online.assemble(requests).sort_by([(c, "ascending") for c in CONTRACT.key_columns])
+    assert got.table.select(list(CONTRACT.online_columns)).equals(expected)
+    labels = dict(zip(zip(got.table["day"].to_pylist(), got.table["sched_dep_hour"].to_pylist(), got.table["carrier"].to_pylist(),
+                          got.table["flight"].to_pylist(), got.table["origin"].to_pylist(), strict=True),
+                      got.table[CONTRACT.label].to_pylist(), strict=True))
+    for key, outcome in world["outcomes"].items():
+        if (key[0].year, key[0].month) == (2032, 1):
+            assert labels[(key[0].day, *key[1:])] == outcome
+
+
+def test_one_row_per_flight_the_latest_observation_wins_and_max_rows_keeps_the_latest(settings: Settings) -> None:
+    publish_synthetic_lookups(Lake.from_settings(settings), [JAN], prefix=settings.storage.lookups_table)
+    a, b = synthetic_requests(JAN, 2, seed=9)
+    t = dt.datetime(2032, 1, 28, tzinfo=dt.UTC)
+    # The same flight asked twice (other user keys), observed first as on time and later as delayed.
+    land(settings, [a, {**a, "user_key": "another"}, b, {"carrier": "??"}],
+         [0, 1, 0, 1], observed=[t, t + dt.timedelta(hours=2), t - dt.timedelta(days=1), t])
+    got = feedback_training_set(settings, [JAN], weight=1.0, max_rows=10_000)
+    assert got.summary["duplicates"] == 1 and got.summary["invalid_requests"] == 1 and got.rows == 2
+    by_flight = dict(zip(got.table["flight"].to_pylist(), got.table[CONTRACT.label].to_pylist(), strict=True))
+    assert by_flight[a["flight"]] == 1  # the later observation
+    capped = feedback_training_set(settings, [JAN], weight=1.0, max_rows=1)
+    assert capped.rows == 1 and capped.summary["capped"] == 1 and capped.table["flight"].to_pylist() == [a["flight"]]
+
+
+def test_no_feedback_or_no_lookups_is_an_empty_set_not_an_error(settings: Settings) -> None:
+    none = feedback_training_set(settings, [JAN], weight=1.0, max_rows=10)
+    assert none.rows == 0 and none.summary["note"] == "no labelled feedback yet"
+    land(settings, synthetic_requests(JAN, 3), [1, 0, 1])  # labelled, but January's lookups never published
+    lacking = feedback_training_set(settings, [JAN], weight=1.0, max_rows=10)
+    assert lacking.rows == 0 and lacking.summary["labelled_rows"] == 3 and "lookup tables" in lacking.summary["note"]
+
+
+def test_the_training_input_is_content_addressed_and_deterministic(settings: Settings, world: dict[str, Any], tmp_path: Any) -> None:
+    from tenfold.training.data import FEEDBACK_WEIGHT_COLUMN, read_feedback
+
+    assert WEIGHT_COLUMN == FEEDBACK_WEIGHT_COLUMN  # the writer's and the worker's names of one column
+    first = feedback_training_set(settings, [JAN, FEB], weight=1.0, max_rows=10_000)
+    again = feedback_training_set(settings, [JAN, FEB], weight=1.0, max_rows=10_000)
+    assert parquet_bytes(first.table) == parquet_bytes(again.table)
+    uri, sha = write_training_input(first.table, str(tmp_path))
+    assert write_training_input(again.table, str(tmp_path)) == (uri, sha) and len(list(tmp_path.iterdir())) == 1
+    assert read_feedback(uri, sha, CONTRACT).equals(first.table)
+    with pytest.raises(Exception, match="replaced after the plan"):
+        read_feedback(uri, "0" * 64, CONTRACT)
