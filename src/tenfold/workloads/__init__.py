@@ -120,8 +120,14 @@ class FeatureContract:
     # The lookup tables the workload's ``lookups`` builds for a month and ``build_features`` publishes
     # beside the features (as ``<settings.storage.lookups_table>_<name>``) for online assembly.
     lookup_tables: tuple[str, ...] = ()
+    # Features whose drift the monitor reports but never retrains on: they move with the season by nature
+    # (weather, the calendar); settings.monitoring.drift can override (docs/drift.md).
+    drift_report_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.drift_report_only) - set(self.categorical_columns + self.numeric_columns))
+        if unknown:
+            raise WorkloadError(f"drift_report_only names {unknown}, which are not feature columns of the contract")
         wanted = tuple(dict.fromkeys(self.key_columns + self.categorical_columns + self.numeric_columns
                                      + self.analysis_columns + (self.label,)))
         if tuple(self.column_types) != wanted:

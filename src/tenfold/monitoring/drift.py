@@ -1,0 +1,425 @@
+"""Drift between a model's reference profile and a new partition: measures, the decision, the report.
+
+Per feature of the workload's contract, and for the model's predictions (docs/drift.md):
+
+* the population stability index (:func:`psi`) over the reference's bins: the deciles for numerics (plus
+  a null bin), the categories for categoricals (plus a null bin), proportions floored at ``1e-4``;
+* a two-sample test from ``scipy.stats``: Kolmogorov-Smirnov against the profile's seeded sample of the
+  reference (numerics, nulls left out), chi-square of homogeneity over the category counts (categoricals).
+
+A feature has **drifted** when its PSI is at least ``settings.monitoring.drift.psi_drift`` (0.25) and
+its test rejects at ``alpha`` (0.01); it is **reported** from ``psi_report`` (0.1). Only features the
+:class:`DriftPolicy` says trigger (not the workload's report-only ones, e.g. weather) make the decision
+``retrain``; others drifting make it ``report``; nothing over ``psi_report``: ``ok``.
+
+:func:`measure` is pure (a profile and a table in, a :class:`DriftReport` out); :func:`write_report` saves
+a report as JSON and HTML (an inline SVG plot, reference against current, per drifted feature) under
+``<lake>/<drift.reports_prefix>/year=YYYY/month=M/``, and :func:`read_report` reads the JSON back:
+``read_report(settings, "2013-07").summary`` is what ``make demo`` prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import itertools
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from tenfold.data.partition import Partition
+from tenfold.monitoring.profile import (
+    PREDICTION,
+    CategoricalProfile,
+    NumericProfile,
+    ReferenceProfile,
+    category_values,
+    numeric_values,
+)
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
+    from tenfold.config.settings import DriftSettings
+    from tenfold.workloads import FeatureContract
+
+REPORT_FORMAT = 1
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+EPS = 1e-4  # proportions are floored here before the PSI's log (an empty bin would be infinite)
+
+Level = Literal["ok", "report", "drift"]
+Decision = Literal["ok", "report", "retrain", "no_profile", "no_model", "too_small"]
+
+
+class DriftError(ValueError):
+    """Drift cannot be measured as asked; the message says what is wrong and what to do."""
+
+
+# --- measures ---------------------------------------------------------------------------------------
+
+
+def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, eps: float = EPS) -> float:
+    """Population stability index of ``actual`` against ``expected`` (counts or proportions per bin).
+
+    ``sum((a - e) * ln(a / e))`` over the bins, each side normalised to proportions floored at ``eps``.
+    """
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.shape != a.shape:
+        raise DriftError(f"psi: {e.shape[0]} reference bins but {a.shape[0]} current ones")
+    if e.sum() <= 0 or a.sum() <= 0:
+        raise DriftError("psi: a side holds no rows")
+    e = np.maximum(e / e.sum(), eps)
+    a = np.maximum(a / a.sum(), eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def ks_test(reference_sample: Sequence[float] | np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and p-value (``scipy.stats.ks_2samp``)."""
+    from scipy import stats
+
+    ref = np.asarray(reference_sample, dtype=np.float64)
+    if ref.size == 0 or current.size == 0:
+        return math.nan, math.nan
+    result = stats.ks_2samp(ref, current)
+    return float(result.statistic), float(result.pvalue)
+
+
+def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[float, float]:
+    """Chi-square test of homogeneity of two category-count tables (``scipy.stats.chi2_contingency``)."""
+    from scipy import stats
+
+    keys = sorted(set(reference) | set(current))
+    table = np.array([[reference.get(k, 0) for k in keys], [current.get(k, 0) for k in keys]], dtype=np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0  # one category in all: nothing can differ
+    result = stats.chi2_contingency(table, correction=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """How one feature (or the predictions) moved: its PSI, its test, its level and whether it triggers."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    psi: float
+    test: Literal["ks", "chi2"]
+    statistic: float
+    p_value: float
+    level: Level
+    triggers: bool
+    rows: int
+    null_share_reference: float
+    null_share_current: float
+    mean_reference: float | None = None
+    mean_current: float | None = None
+    # What the plot draws: the bin (or category) labels and both sides' proportions.
+    bins: tuple[str, ...] = ()
+    reference: tuple[float, ...] = ()
+    current: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        body.update(bins=list(self.bins), reference=list(self.reference), current=list(self.current))
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in body.items()}
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> FeatureDrift:
+        nan = math.nan
+        return cls(**{**body, "statistic": nan if body["statistic"] is None else body["statistic"],
+                      "p_value": nan if body["p_value"] is None else body["p_value"],
+                      "bins": tuple(body["bins"]), "reference": tuple(body["reference"]),
+                      "current": tuple(body["current"])})
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """Which features trigger retraining, and the thresholds (from settings and the workload's contract)."""
+
+    psi_report: float = 0.1
+    psi_drift: float = 0.25
+    alpha: float = 0.01
+    min_rows: int = 200
+    report_only: frozenset[str] = frozenset()
+    predictions_trigger: bool = False
+
+    def triggers(self, name: str) -> bool:
+        if name == PREDICTION:
+            return self.predictions_trigger
+        return name not in self.report_only
+
+    def level(self, psi_value: float, p_value: float) -> Level:
+        significant = not math.isfinite(p_value) or p_value < self.alpha
+        if psi_value >= self.psi_drift and significant:
+            return "drift"
+        return "report" if psi_value >= self.psi_report else "ok"
+
+    @classmethod
+    def of(cls, drift: DriftSettings, contract: FeatureContract) -> DriftPolicy:
+        """Settings' thresholds; report-only = the contract's ``drift_report_only`` (or ``drift.report_only``
+        when set), minus ``drift.trigger``. Names that are no feature of the contract are refused."""
+        features = set(contract.feature_columns)
+        report_only = set(contract.drift_report_only if drift.report_only is None else drift.report_only)
+        for what, names in (("monitoring.drift.report_only", report_only), ("monitoring.drift.trigger", drift.trigger)):
+            unknown = sorted(set(names) - features)
+            if unknown:
+                raise DriftError(f"{what} names {unknown}, which are not features of the workload's contract "
+                                 f"(features: {', '.join(sorted(features))})")
+        return cls(psi_report=drift.psi_report, psi_drift=drift.psi_drift, alpha=drift.alpha, min_rows=drift.min_rows,
+                   report_only=frozenset(report_only - set(drift.trigger)), predictions_trigger=drift.predictions_trigger)
+
+
+def _edge_labels(edges: Sequence[float]) -> list[str]:
+    if not edges:
+        return ["all"]
+    cuts = [f"{e:.4g}" for e in edges]
+    return [f"<= {cuts[0]}", *[f"({a}, {b}]" for a, b in itertools.pairwise(cuts)], f"> {cuts[-1]}"]
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def measure_numeric(name: str, ref: NumericProfile, column: Any, policy: DriftPolicy) -> FeatureDrift:
+    values, nulls = numeric_values(column)
+    rows = int(values.size) + nulls
+    ref_counts = [*ref.counts, ref.nulls]
+    cur_counts = [*ref.bin_counts(values).tolist(), nulls]
+    labels = [*_edge_labels(ref.edges), "null"]
+    if ref.nulls == 0 and nulls == 0:  # no null bin on either side: leave it out of the PSI and the plot
+        ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
+    value = psi(ref_counts, cur_counts)
+    stat, p = ks_test(ref.sample, values)
+    ref_total, cur_total = sum(ref_counts), sum(cur_counts)
+    return FeatureDrift(
+        name=name, kind="numeric", psi=value, test="ks", statistic=stat, p_value=p, level=policy.level(value, p),
+        triggers=policy.triggers(name), rows=rows, null_share_reference=_share(ref.nulls, ref.rows),
+        null_share_current=_share(nulls, rows), mean_reference=ref.mean,
+        mean_current=float(values.mean()) if values.size else None, bins=tuple(labels),
+        reference=tuple(c / ref_total for c in ref_counts), current=tuple(c / cur_total for c in cur_counts),
+    )
+
+
+def measure_categorical(name: str, ref: CategoricalProfile, column: Any, policy: DriftPolicy) -> FeatureDrift:
+    present, nulls = category_values(column)
+    current = dict(Counter(present))
+    labels = sorted(set(ref.counts) | set(current))
+    ref_counts = [ref.counts.get(k, 0) for k in labels] + [ref.nulls]
+    cur_counts = [current.get(k, 0) for k in labels] + [nulls]
+    labels = [*labels, "null"]
+    if ref.nulls == 0 and nulls == 0:
+        ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
+    value = psi(ref_counts, cur_counts)
+    stat, p = chi2_test({**ref.counts, "\0null": ref.nulls}, {**current, "\0null": nulls})
+    ref_total, cur_total = sum(ref_counts), sum(cur_counts)
+    return FeatureDrift(
+        name=name, kind="categorical", psi=value, test="chi2", statistic=stat, p_value=p, level=policy.level(value, p),
+        triggers=policy.triggers(name), rows=len(present) + nulls, null_share_reference=_share(ref.nulls, ref.rows),
+        null_share_current=_share(nulls, len(present) + nulls), bins=tuple(labels),
+        reference=tuple(c / ref_total for c in ref_counts), current=tuple(c / cur_total for c in cur_counts),
+    )
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One partition measured against one model version's reference profile.
+
+    ``summary`` is what the demo and the alert read: the decision, the largest PSI over the triggering
+    features (and over all), the drifted features (triggering and report-only).
+    """
+
+    month: str
+    version: str | None
+    decision: Decision
+    rows: int
+    features: tuple[FeatureDrift, ...] = ()
+    reason: str = ""
+    reference_months: tuple[str, ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    format: int = REPORT_FORMAT
+
+    @property
+    def drifted(self) -> list[FeatureDrift]:
+        return [f for f in self.features if f.level == "drift"]
+
+    @property
+    def triggered(self) -> list[str]:
+        """The drifted features that trigger retraining."""
+        return [f.name for f in self.drifted if f.triggers]
+
+    @property
+    def retrain(self) -> bool:
+        return self.decision == "retrain"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        triggering = [f.psi for f in self.features if f.triggers]
+        return {
+            "month": self.month, "version": self.version, "decision": self.decision, "rows": self.rows,
+            "max_psi": round(max(triggering), 4) if triggering else None,
+            "max_psi_all": round(max(f.psi for f in self.features), 4) if self.features else None,
+            "triggered": self.triggered,
+            "drifted": [f.name for f in self.drifted],
+            "reported": [f.name for f in self.features if f.level == "report"],
+            "reason": self.reason,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "month": self.month, "version": self.version, "decision": self.decision,
+                "rows": self.rows, "reason": self.reason, "reference_months": list(self.reference_months),
+                "thresholds": dict(self.thresholds), "created_at": self.created_at, "summary": self.summary,
+                "features": [f.to_dict() for f in self.features]}
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> DriftReport:
+        return cls(month=body["month"], version=body.get("version"), decision=body["decision"], rows=int(body["rows"]),
+                   features=tuple(FeatureDrift.from_dict(f) for f in body.get("features", ())),
+                   reason=body.get("reason", ""), reference_months=tuple(body.get("reference_months", ())),
+                   thresholds=dict(body.get("thresholds", {})), created_at=body.get("created_at", ""),
+                   format=int(body.get("format", REPORT_FORMAT)))
+
+
+def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str | None, policy: DriftPolicy,
+            categorical: Sequence[str], numeric: Sequence[str], predictions: np.ndarray | None = None) -> DriftReport:
+    """Measure ``table`` (the partition's rows, an Arrow table) and the model's ``predictions`` on it
+    against ``profile``, for every feature of the contract the profile holds."""
+    thresholds = {"psi_report": policy.psi_report, "psi_drift": policy.psi_drift, "alpha": policy.alpha}
+    common = dict(month=month, version=version, rows=int(table.num_rows), reference_months=profile.months,
+                  thresholds=thresholds)
+    if table.num_rows < policy.min_rows:
+        return DriftReport(decision="too_small", reason=f"{table.num_rows} rows, fewer than monitoring.drift.min_rows "
+                           f"({policy.min_rows}): too few to judge", **common)  # type: ignore[arg-type]
+    missing = [c for c in (*categorical, *numeric) if c not in profile.features]
+    if missing:
+        raise DriftError(f"the reference profile of {version} has no {missing}: the model was trained on another "
+                         "feature contract; monitor with a model of this contract (retrain one)")
+    results = [measure_categorical(c, profile.features[c], table[c], policy) for c in categorical]  # type: ignore[arg-type]
+    results += [measure_numeric(c, profile.features[c], table[c], policy) for c in numeric]  # type: ignore[arg-type]
+    if predictions is not None and profile.prediction is not None:
+        results.append(measure_numeric(PREDICTION, profile.prediction, predictions, policy))
+    drifted = [f for f in results if f.level == "drift"]
+    triggered = [f.name for f in drifted if f.triggers]
+    if triggered:
+        decision: Decision = "retrain"
+        reason = f"drift on {', '.join(triggered)} (PSI >= {policy.psi_drift}, p < {policy.alpha})"
+    elif any(f.level != "ok" for f in results):
+        decision = "report"
+        names = [f.name for f in results if f.level != "ok"]
+        reason = f"reported only: {', '.join(names)}" + (" (drifted report-only features do not trigger)" if drifted else "")
+    else:
+        decision, reason = "ok", f"every PSI below {policy.psi_report}"
+    return DriftReport(decision=decision, features=tuple(results), reason=reason, **common)  # type: ignore[arg-type]
+
+
+def skipped(month: str, version: str | None, decision: Decision, reason: str) -> DriftReport:
+    """A report that measured nothing (no model, no profile): it says why."""
+    return DriftReport(month=month, version=version, decision=decision, rows=0, reason=reason)
+
+
+# --- where reports live ------------------------------------------------------------------------------
+
+
+def report_dir(settings: Settings, part: Partition | str) -> str:
+    """``<lake>/<drift.reports_prefix>/year=YYYY/month=M``: where a partition's drift report lives."""
+    p = Partition.parse(part) if isinstance(part, str) else part
+    prefix = settings.monitoring.drift.reports_prefix.strip("/")
+    return f"{settings.storage.lake_uri.rstrip('/')}/{prefix}/year={p.year}/month={p.month}"
+
+
+def _write(uri: str, data: bytes) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if uri.startswith("gs://"):  # one object write is atomic on GCS
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = f"{path}.tmp-{dt.datetime.now(dt.UTC):%H%M%S%f}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def write_report(settings: Settings, report: DriftReport) -> tuple[str, str]:
+    """Save the report as JSON and HTML (HTML first, so the JSON a reader finds always has its page)."""
+    base = report_dir(settings, report.month)
+    html_uri, json_uri = f"{base}/{REPORT_HTML}", f"{base}/{REPORT_JSON}"
+    _write(html_uri, render_html(report).encode())
+    _write(json_uri, json.dumps(report.to_dict(), indent=1, sort_keys=True).encode())
+    return json_uri, html_uri
+
+
+def read_report(settings: Settings, part: Partition | str) -> DriftReport:
+    """The drift report saved for ``part`` (``"2013-07"``); its ``summary`` has the decision and max PSI."""
+    import pyarrow.fs as pafs
+
+    uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_input_stream(path) as src:
+            body = json.loads(src.read())
+    except FileNotFoundError:
+        raise DriftError(f"no drift report at {uri}: run monitor_drift for {part} first "
+                         f"(`airflow dags trigger monitor_drift -c '{{\"month\": \"{part}\"}}'`)") from None
+    return DriftReport.from_dict(body)
+
+
+# --- HTML ---------------------------------------------------------------------------------------------
+
+
+def _bars(f: FeatureDrift) -> str:
+    """An inline SVG bar chart: reference (blue) against current (orange) share per bin."""
+    n = len(f.bins)
+    width, height, pad, label_h = max(320, min(900, 26 * n + 60)), 180, 30, 60
+    top = max([*f.reference, *f.current, 1e-9])
+    slot = (width - 2 * pad) / max(n, 1)
+    bar = slot * 0.4
+    shapes = []
+    for i, (label, r, c) in enumerate(zip(f.bins, f.reference, f.current, strict=True)):
+        x = pad + i * slot
+        for offset, value, colour in ((0.1, r, "#1c7ed6"), (0.5, c, "#d9480f")):
+            h = value / top * (height - 2 * pad)
+            shapes.append(f'<rect x="{x + offset * slot:.1f}" y="{height - pad - h:.1f}" width="{bar:.1f}" '
+                          f'height="{h:.1f}" fill="{colour}"><title>{html.escape(label)}: {value:.3%}</title></rect>')
+        shapes.append(f'<text x="{x + slot / 2:.1f}" y="{height - pad + 10}" font-size="9" text-anchor="end" '
+                      f'transform="rotate(-45 {x + slot / 2:.1f} {height - pad + 10})">{html.escape(label[:18])}</text>')
+    return (f"<svg width='{width}' height='{height + label_h}' role='img' aria-label='{html.escape(f.name)}'>"
+            f"<text x='2' y='12' font-size='10'>{top:.1%}</text>" + "".join(shapes) + "</svg>")
+
+
+def render_html(report: DriftReport) -> str:
+    """A self-contained page: the decision, a plot per drifted feature, and every feature's measures."""
+    s = report.summary
+    rows = "".join(
+        f"<tr class='{f.level}'><td>{html.escape(f.name)}</td><td>{f.kind}</td><td>{f.psi:.4f}</td><td>{f.test}</td>"
+        f"<td>{'' if math.isnan(f.statistic) else f'{f.statistic:.4g}'}</td>"
+        f"<td>{'' if math.isnan(f.p_value) else f'{f.p_value:.3g}'}</td><td>{f.level}</td>"
+        f"<td>{'yes' if f.triggers else 'report only'}</td><td>{f.null_share_reference:.1%} / {f.null_share_current:.1%}</td></tr>"
+        for f in sorted(report.features, key=lambda f: -f.psi))
+    plots = "".join(f"<h3>{html.escape(f.name)}: PSI {f.psi:.3f} ({'triggers' if f.triggers else 'report only'})</h3>{_bars(f)}"
+                    for f in sorted(report.drifted, key=lambda f: -f.psi))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift {html.escape(report.month)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px}}
+.drift{{color:#c92a2a;font-weight:bold}} .report{{color:#e67700}} .ok{{color:#2b8a3e}}</style></head><body>
+<h1>Drift of {html.escape(report.month)} against version {html.escape(str(report.version))}</h1>
+<p>Decision: <b id="decision">{html.escape(report.decision)}</b>: {html.escape(report.reason)}.
+{report.rows} rows; reference: {html.escape(', '.join(report.reference_months))}; max PSI over triggering features:
+<b id="max-psi">{s['max_psi']}</b>. Thresholds {html.escape(json.dumps(dict(report.thresholds)))}.</p>
+<p><span style="color:#1c7ed6">reference</span> against <span style="color:#d9480f">current</span>, share of rows per bin.</p>
+{plots or '<p>No feature drifted.</p>'}
+<h2>Every feature</h2><table><tr><th>feature</th><th>kind</th><th>PSI</th><th>test</th><th>statistic</th><th>p</th>
+<th>level</th><th>retrain</th><th>nulls ref / now</th></tr>{rows}</table>
+<p>Generated {html.escape(report.created_at)}.</p></body></html>
+"""

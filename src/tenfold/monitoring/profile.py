@@ -1,0 +1,256 @@
+"""The reference profile: what the drift monitor compares each new partition with, computed once at training.
+
+:func:`build_profile` summarises the training window of a model, per feature of the workload's contract:
+
+* numeric: the interior cut points of the reference deciles (``settings.monitoring.drift.bins``; ties
+  merge bins, so a feature with few values gets fewer), the count in each bin and of nulls, and a seeded
+  sample of the values (``ks_sample_rows``) for the KS test;
+* categorical: the count of each category and of nulls;
+
+and the same numeric summary of the model's predictions on (a seeded sample of) that window. The
+profile is saved as :data:`~tenfold.model_files.REFERENCE_PROFILE_FILE` in the model folder before it
+is registered, so it is one of the version's hash-verified files: monitoring a partition needs only the
+version and the partition, never the training data again.
+
+The JSON is deterministic (sorted keys, values rounded to 9 significant digits): registering the same
+model twice writes the same bytes, so a retried register finds the same content-addressed version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tenfold.fsio import atomic_write
+from tenfold.model_files import REFERENCE_PROFILE_FILE
+
+PROFILE_FORMAT = 1
+PREDICTION = "prediction"  # the name the prediction distribution goes by in profiles and reports
+_DIGITS = 9
+
+
+class ProfileError(ValueError):
+    """A profile cannot be built or read; the message says what is wrong and what to do."""
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{_DIGITS}g}")
+
+
+def numeric_values(column: Any) -> tuple[np.ndarray, int]:
+    """The non-null values of an Arrow column (or array-like) as float64, and how many were null (NaN counts as null)."""
+    raw = column.to_numpy(zero_copy_only=False) if hasattr(column, "to_numpy") else column
+    arr = np.asarray(raw, dtype=np.float64)  # Arrow nulls come back as NaN
+    nan = np.isnan(arr)
+    return arr[~nan], int(nan.sum())
+
+
+def category_values(column: Any) -> tuple[list[str], int]:
+    """The non-null values of a column as strings (categories compare as text), and the null count."""
+    values = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+    present = [str(v) for v in values if v is not None]
+    return present, len(values) - len(present)
+
+
+@dataclass(frozen=True)
+class NumericProfile:
+    """A numeric distribution: bins right-closed at ``edges`` (``len(edges) + 1`` bins), their counts, nulls."""
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    nulls: int
+    mean: float | None
+    std: float | None
+    sample: tuple[float, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts) + self.nulls
+
+    def bin_counts(self, values: np.ndarray) -> np.ndarray:
+        """How many of ``values`` (non-null) fall in each of this profile's bins."""
+        index = np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="left")
+        return np.bincount(index, minlength=len(self.edges) + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "numeric", "edges": list(self.edges), "counts": list(self.counts), "nulls": self.nulls,
+                "mean": self.mean, "std": self.std, "sample": list(self.sample)}
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> NumericProfile:
+        return cls(edges=tuple(float(e) for e in body["edges"]), counts=tuple(int(c) for c in body["counts"]),
+                   nulls=int(body["nulls"]), mean=body.get("mean"), std=body.get("std"),
+                   sample=tuple(float(v) for v in body.get("sample", ())))
+
+
+@dataclass(frozen=True)
+class CategoricalProfile:
+    """A categorical distribution: the count of each category (as text) and of nulls."""
+
+    counts: Mapping[str, int]
+    nulls: int
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values()) + self.nulls
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "categorical", "counts": dict(sorted(self.counts.items())), "nulls": self.nulls}
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> CategoricalProfile:
+        return cls(counts={str(k): int(v) for k, v in body["counts"].items()}, nulls=int(body["nulls"]))
+
+
+FeatureProfile = NumericProfile | CategoricalProfile
+
+
+def numeric_profile(values: Any, *, bins: int = 10, sample_rows: int = 1000, seed: int = 0) -> NumericProfile:
+    """Profile one numeric column: the decile cut points of its non-null values, bin counts, a KS sample."""
+    data, nulls = numeric_values(values)
+    if data.size == 0:
+        return NumericProfile(edges=(), counts=(0,), nulls=nulls, mean=None, std=None)
+    qs = np.quantile(data, np.linspace(0, 1, bins + 1)[1:-1], method="linear")
+    edges = tuple(dict.fromkeys(_round(q) for q in qs))  # ties (a discrete feature) merge bins
+    profile = NumericProfile(edges=edges, counts=(), nulls=nulls, mean=_round(float(data.mean())),
+                             std=_round(float(data.std())))
+    counts = tuple(int(c) for c in profile.bin_counts(data))
+    rng = np.random.default_rng(seed)
+    sample = data if data.size <= sample_rows else data[np.sort(rng.choice(data.size, sample_rows, replace=False))]
+    return NumericProfile(edges=edges, counts=counts, nulls=nulls, mean=profile.mean, std=profile.std,
+                          sample=tuple(_round(float(v)) for v in sample))
+
+
+def categorical_profile(values: Any) -> CategoricalProfile:
+    """Profile one categorical column: each category's count and the null count."""
+    present, nulls = category_values(values)
+    return CategoricalProfile(counts=dict(Counter(present)), nulls=nulls)
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """The reference distributions of one model version's training window (see the module docstring)."""
+
+    rows: int
+    months: tuple[str, ...]
+    features: Mapping[str, FeatureProfile]
+    prediction: NumericProfile | None = None
+    # The rows of the training window the prediction profile was scored on (a seeded sample).
+    prediction_rows: int = 0
+    bins: int = 10
+    format: int = PROFILE_FORMAT
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "rows": self.rows, "months": list(self.months), "bins": self.bins,
+            "features": {name: p.to_dict() for name, p in self.features.items()},
+            "prediction": self.prediction.to_dict() if self.prediction else None,
+            "prediction_rows": self.prediction_rows, "extra": dict(self.extra),
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> ReferenceProfile:
+        if body.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"reference profile format {body.get('format')!r} is not {PROFILE_FORMAT}: "
+                               "this code cannot read it; upgrade tenfold or retrain the model")
+        features: dict[str, FeatureProfile] = {}
+        for name, f in body["features"].items():
+            features[name] = NumericProfile.from_dict(f) if f["kind"] == "numeric" else CategoricalProfile.from_dict(f)
+        prediction = NumericProfile.from_dict(body["prediction"]) if body.get("prediction") else None
+        return cls(rows=int(body["rows"]), months=tuple(body["months"]), features=features, prediction=prediction,
+                   prediction_rows=int(body.get("prediction_rows", 0)), bins=int(body.get("bins", 10)),
+                   format=int(body["format"]), extra=dict(body.get("extra", {})))
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the profile into a model folder (atomically) as :data:`REFERENCE_PROFILE_FILE`."""
+        path = Path(model_dir) / REFERENCE_PROFILE_FILE
+        atomic_write(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ReferenceProfile | None:
+        """The profile saved in a model folder, or None when the folder has none (a version registered
+        before profiles existed)."""
+        path = Path(model_dir) / REFERENCE_PROFILE_FILE
+        if not path.is_file():
+            return None
+        try:
+            body = json.loads(path.read_bytes())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{path} is not valid JSON ({exc}): the model folder is corrupt") from exc
+        return cls.from_dict(body)
+
+
+def build_profile(table: Any, *, categorical: Sequence[str], numeric: Sequence[str], months: Iterable[str],
+                  predictions: np.ndarray | None = None, bins: int = 10, sample_rows: int = 1000,
+                  extra: Mapping[str, Any] | None = None) -> ReferenceProfile:
+    """The reference profile of ``table`` (an Arrow table holding the named columns) and the model's
+    ``predictions`` on (a sample of) it."""
+    missing = [c for c in (*categorical, *numeric) if c not in table.column_names]
+    if missing:
+        raise ProfileError(f"the training window lacks the contract's columns {missing}: rebuild its features")
+    features: dict[str, FeatureProfile] = {}
+    for name in categorical:
+        features[name] = categorical_profile(table[name])
+    for i, name in enumerate(numeric):
+        features[name] = numeric_profile(table[name], bins=bins, sample_rows=sample_rows, seed=i)
+    prediction = None
+    if predictions is not None:
+        prediction = numeric_profile(np.asarray(predictions, dtype=np.float64), bins=bins, sample_rows=sample_rows,
+                                     seed=len(numeric))
+    return ReferenceProfile(rows=int(table.num_rows), months=tuple(months), features=features, prediction=prediction,
+                            prediction_rows=0 if predictions is None else len(predictions), bins=bins,
+                            extra=dict(extra or {}))
+
+
+def sample_indices(rows: int, limit: int, seed: int = 0) -> np.ndarray:
+    """A seeded, sorted choice of at most ``limit`` of ``rows`` row indices (all of them when fewer)."""
+    if rows <= limit:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+
+
+
+def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], *, bins: int = 10,
+                            sample_rows: int = 1000, prediction_rows: int = 50_000) -> ReferenceProfile:
+    """The reference profile of the model in ``model_dir`` over its training window ``parts`` of ``table``.
+
+    Reads the window's feature columns once and scores a seeded sample of at most ``prediction_rows`` of
+    its rows with the model (the reference prediction distribution). Called at training time only.
+    """
+    from tenfold.model.io import load_model
+    from tenfold.training.data import read_features
+
+    loaded = load_model(model_dir)
+    contract = loaded.workload.contract
+    data = read_features(lake, list(parts), contract=contract, table=table, columns=contract.feature_columns)
+    scored = data.take(sample_indices(data.num_rows, prediction_rows)) if data.num_rows > prediction_rows else data
+    predictions = loaded.predict_proba(scored)
+    return build_profile(data, categorical=contract.categorical_columns, numeric=contract.numeric_columns,
+                         months=[p.label for p in parts], predictions=predictions, bins=bins, sample_rows=sample_rows,
+                         extra={"table": table, "workload": loaded.workload.name})
+
+
+def ensure_profile(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], drift: Any) -> ReferenceProfile:
+    """The profile in ``model_dir``, computed and saved there first when it has none (train_model's register).
+
+    A retried register finds the file its first attempt wrote and keeps those exact bytes, so the version's
+    content (and so its id) is the same whatever the retry. ``drift`` is ``settings.monitoring.drift``.
+    """
+    existing = ReferenceProfile.load(model_dir)
+    if existing is not None:
+        return existing
+    profile = profile_training_window(model_dir, lake, table, parts, bins=drift.bins, sample_rows=drift.ks_sample_rows,
+                                      prediction_rows=drift.prediction_rows)
+    profile.save(model_dir)
+    return profile
