@@ -40,6 +40,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.jsonable import plain_json
 from tenfold.model_files import META_FILE
+from tenfold.monitoring.profile import ensure_profile
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
@@ -402,6 +403,9 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
         feedback=feedback_lineage(p, t),
     )
     metrics = {**ev.challenger, "holdout": ev.holdout}
+    # The drift monitor's reference (tenfold.monitoring.profile): one of the version's files, so monitoring a
+    # month later needs only the version and that month, never this training window again.
+    ensure_profile(model_dir, lake, p.table, p.train_parts, settings.monitoring.drift)
     mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
     return Registered(version=mv.version, uri=mv.uri)
 

@@ -46,6 +46,8 @@ def gate_settings(make_settings: Callable[..., Settings], local_settings: Settin
 
     monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
     monkeypatch.setattr(pipeline, "_evaluate_challenger", evaluate_challenger)
+    # These folders are not loadable models, so no drift profile can score them (tests/unit/monitoring has it).
+    monkeypatch.setattr(pipeline, "ensure_profile", lambda *args, **kwargs: None)
     return s
 
 
