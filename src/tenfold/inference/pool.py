@@ -47,6 +47,7 @@ class WorkerPool:
         self.run_dir = settings.local.home / "run"
         self.records: dict[int, process.ProcessRecord] = {}
         self.restarts = 0
+        self.max_restarts = 5 * self.workers  # then a crashing worker stays down and the run fails naming the logs
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -82,13 +83,16 @@ class WorkerPool:
                 if self._stop.is_set():
                     return
                 for slot, record in list(self.records.items()):
-                    if not process.is_running(record) and self.restart:
+                    if not process.is_running(record) and self.restart and self.restarts < self.max_restarts:
                         log.warning("inference worker %d (pid %d) exited; restarting it; last log lines:\n%s",
                                     slot, record.pid, process.log_tail(record.log, 5))
                         self.restarts += 1
                         self._start_one(slot)
 
     def alive(self) -> int:
+        """Workers running, or about to be restarted (a pool that keeps crashing stops being restarted)."""
+        if self.restart and not self._stop.is_set() and self.restarts < self.max_restarts:
+            return self.workers
         return sum(process.is_running(r) for r in self.records.values())
 
     def stop(self) -> None:

@@ -1,0 +1,244 @@
+"""Offline inference through the real Pub/Sub emulator and the real client: poison messages, a worker
+SIGKILLed before its ack, lease extension for a slow batch, and a task retried after failing halfway.
+
+Each test runs on settings of its own (a fresh lake and registry, and request topics and subscriptions of
+its own on the session's emulator, with the shortest ack deadline Pub/Sub allows and no retry backoff), a
+small registered flights model, and synthetic features. Waits are on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.config import Settings
+from tenfold.config.settings import SubscriptionSettings
+from tenfold.data.lake import Lake, Partition
+from tenfold.inference.requests import REQUEST_ID, ROWS, RUN, request_id
+from tenfold.inference.runs import expected_ids, partition_rows, publish_requests, wait_accounted
+from tenfold.inference.store import RunStore
+from tenfold.inference.worker import Worker
+from tenfold.messaging import ensure_topology
+from tenfold.messaging.clients import publisher_client, topic_path
+
+pytestmark = pytest.mark.integration
+
+PART = Partition(2013, 3)
+MAX_ATTEMPTS = 5
+KEYS = ("year", "month", "day", "carrier", "flight", "origin", "time_hour")  # the flights contract's keys
+
+
+def register_small_model(settings: Settings, directory: Path) -> str:
+    """A small, untrained flights network registered in ``settings``' registry; returns its version."""
+    import torch
+
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.registry import Lineage, ModelRegistry, PartitionRef
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.contract import CONTRACT
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    pre = Preprocessor.fit(synthetic_features(PART, 300, seed=1), CONTRACT)
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
+    torch.manual_seed(0)
+    save_model(directory, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
+               workload=WORKLOAD.name)
+    ref = PartitionRef(partition=PART.label, data_dir="data-synthetic", rows=300, schema_hash="synthetic",
+                       run_id="inference-tests", manifest_sha256="0" * 64)
+    lineage = Lineage(feature_table=settings.storage.features_table, train_partitions=(ref,), holdout_partitions=(),
+                      training_config={"seed": 0}, run_id="inference-tests")
+    return ModelRegistry(settings).register(directory, lineage, metrics={"auc": 0.6, "log_loss": 0.69}).version
+
+
+class Setup:
+    def __init__(self, settings: Settings, version: str, rows: int) -> None:
+        self.settings, self.version, self.rows = settings, version, rows
+        self.lake = Lake.from_settings(settings)
+
+    def feature_rows(self) -> pa.Table:
+        from tenfold.workloads import get_workload
+
+        return partition_rows(self.lake, self.settings.storage.features_table, PART, get_workload(self.settings).contract)
+
+
+@pytest.fixture
+def make_setup(make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path) -> Callable[..., Setup]:
+    """Settings of the test's own (see the module docstring) with ``rows`` features rows published."""
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    def make(rows: int, **inference: Any) -> Setup:
+        uid = uuid.uuid4().hex[:8]
+        topic = f"t{uid}-requests"
+        sub = SubscriptionSettings(name=f"t{uid}-requests-workers", topic=topic, dead_letter_topic=f"t{uid}-requests-dl",
+                                   dead_letter_subscription=f"t{uid}-requests-dl-sub", ack_deadline_s=10,
+                                   max_delivery_attempts=MAX_ATTEMPTS, min_retry_backoff_s=0, max_retry_backoff_s=1)
+        messaging = local_settings.messaging.model_copy(update={"requests_topic": topic, "subscriptions": {"requests": sub}})
+        settings = make_settings(on=local_settings, messaging=messaging,
+                                 inference={"lease_extension_s": 10, "poll_interval_s": 0.2, "wait_timeout_s": 240,
+                                            **inference})
+        ensure_topology(settings)
+        publish_synthetic_features(Lake.from_settings(settings), [PART], rows, seed=3)
+        version = register_small_model(settings, tmp_path / f"model-{uid}")
+        return Setup(settings, version, rows)
+
+    return make
+
+
+@pytest.fixture
+def worker_thread() -> Iterator[Callable[[Settings], Worker]]:
+    """Start an in-process :class:`Worker` on its own thread (stopped after the test)."""
+    running: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(settings: Settings) -> Worker:
+        worker = Worker(settings)
+        stop, ready = threading.Event(), threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"ready": ready}, daemon=True)
+        thread.start()
+        assert ready.wait(30), "the worker did not start pulling"
+        running.append((stop, thread))
+        return worker
+
+    yield start
+    for stop, thread in running:
+        stop.set()
+        thread.join(timeout=90)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def result_rows(store: RunStore, rid: str) -> pa.Table:
+    data = store.result(rid)
+    assert data is not None, f"request {rid} has no result"
+    return pq.read_table(pa.BufferReader(data))
+
+
+def test_poison_message_is_dead_lettered_after_exactly_the_configured_attempts(make_setup, worker_thread) -> None:
+    setup = make_setup(199, rows_per_message=1)
+    s = setup.settings
+    run = f"poison-{uuid.uuid4().hex[:6]}"
+    rows = setup.feature_rows()
+    assert publish_requests(s, run, PART.label, setup.version, rows).requests == 199
+    poison_id = request_id(run, PART.label, 199)
+    publisher = publisher_client(s)
+    publisher.publish(topic_path(s, s.messaging.requests_topic), b"this is not an Arrow stream",
+                      **{RUN: run, REQUEST_ID: poison_id, "partition": PART.label, "model_version": setup.version,
+                         ROWS: "1"}).result(timeout=30)
+    publisher.stop()
+
+    worker_thread(s)
+    ids = expected_ids(run, PART.label, 200)
+    acc = wait_accounted(s, run, ids)
+
+    assert acc.dead_lettered == (poison_id,)
+    assert len(acc.scored) == 199
+    store = RunStore.of(s, run)
+    # Delivered exactly max_delivery_attempts times, each one recorded by the worker, then dead-lettered.
+    error = store.error(poison_id)
+    assert error is not None
+    assert [a["delivery_attempt"] for a in error["attempts"]] == list(range(1, MAX_ATTEMPTS + 1))
+    dead = store.dead_letter(poison_id)
+    assert dead is not None and dead["delivery_attempts"] == MAX_ATTEMPTS and "not an Arrow IPC stream" in dead["error"]
+    # The other 199: exactly one result row each, for their own row.
+    keys = list(KEYS)
+    for i, rid in enumerate(acc.scored):
+        got = result_rows(store, rid)
+        assert got.num_rows == 1
+        assert got.select(keys).to_pylist() == rows.slice(i, 1).select(keys).to_pylist()
+
+
+def test_worker_killed_after_scoring_before_ack_is_redelivered_without_duplicates(make_setup, tmp_path) -> None:
+    from tenfold.inference.pool import WorkerPool, worker_name
+    from tenfold.local import process
+
+    setup = make_setup(300, rows_per_message=15, workers=1)
+    s = setup.settings
+    run = f"crash-{uuid.uuid4().hex[:6]}"
+    rows = setup.feature_rows()
+    report = publish_requests(s, run, PART.label, setup.version, rows)
+    ready = tmp_path / "killed.json"
+    store = RunStore.of(s, run)
+    with WorkerPool(s, env={"TENFOLD_INFER_FAULT": f"at=before_ack,mode=kill,ready={ready}"}) as pool:
+        wait_for(ready.exists, 120, "the worker's kill after its write")
+        killed = json.loads(ready.read_text())
+        wait_for(lambda: not process.is_running(pool.records[0]) or pool.records[0].pid != killed["pid"], 30,
+                 "the SIGKILLed worker's exit")
+        # Its result was written before the kill, and is what the redelivery must find, not replace.
+        before = store.result(killed["what"])
+        assert before is not None
+        acc = wait_accounted(s, run, expected_ids(run, PART.label, report.requests), alive=pool.alive)
+        assert pool.restarts >= 1
+    assert len(acc.scored) == report.requests and not acc.dead_lettered
+    assert store.result(killed["what"]) == before
+    log = (s.local.home / "run" / f"{worker_name(0)}.log").read_text()
+    assert f"request {killed['what']} of run {run}: result already written" in log  # redelivered, found, acked
+    from tenfold.inference.runs import collect
+
+    scored = collect(store, acc)
+    assert scored.num_rows == rows.num_rows
+    assert scored.group_by(list(KEYS)).aggregate([]).num_rows == rows.num_rows  # no row scored twice
+
+
+def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(make_setup, worker_thread, tmp_path, monkeypatch) -> None:
+    setup = make_setup(10, rows_per_message=10)
+    s = setup.settings
+    assert s.messaging.subscriptions["requests"].ack_deadline_s == 10
+    run = f"lease-{uuid.uuid4().hex[:6]}"
+    # 20 s in the handler: twice the 10 s deadline, so only extended leases keep the message from coming back.
+    monkeypatch.setenv("TENFOLD_INFER_FAULT", f"at=score,mode=slow,seconds=20,ready={tmp_path / 'slow.json'}")
+    publish_requests(s, run, PART.label, setup.version, setup.feature_rows())
+    worker = worker_thread(s)
+    acc = wait_accounted(s, run, expected_ids(run, PART.label, 1))
+    assert (tmp_path / "slow.json").exists()  # the slow handler did run
+    wait_for(lambda: worker.stats.scored + worker.stats.duplicates >= 1, 30, "the handler's end")
+    assert len(acc.scored) == 1
+    assert worker.stats.received == 1, f"the message was redelivered while its handler ran: {worker.stats}"
+    assert worker.stats.duplicates == 0
+
+
+def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_does(make_setup, monkeypatch, tmp_path) -> None:
+    from tenfold.inference.faults import InjectedFault
+    from tenfold.pipelines import batch_inference as pipeline
+
+    setup = make_setup(400, rows_per_message=20, workers=2)
+    s = setup.settings
+    lake = setup.lake
+    conf = {"month": PART.label, "version": setup.version}
+
+    def published_bytes() -> list[bytes]:
+        return [lake.fs.open_input_file(p).readall() for p in lake.files(s.storage.scores_table, PART)]
+
+    clean = pipeline.run_all(s, conf, run_id="clean")
+    clean_bytes = published_bytes()
+    assert clean["rows_out"] == 400 and clean["requests_dead_lettered"] == 0
+
+    # The retried run: its publish task dies after 10 of its 20 requests, and is retried.
+    monkeypatch.setenv("TENFOLD_INFER_FAULT", f"at=publish,mode=raise,after=10,ready={tmp_path / 'failed.json'}")
+    planned = pipeline.plan(s, "retried", conf)
+    with pytest.raises(InjectedFault):
+        pipeline.publish(s, planned)
+    pipeline.publish(s, planned)  # the retry: the same 20 request ids again
+    scored = pipeline.score(s, planned)
+    retried = pipeline.publish_results(s, planned, scored)
+
+    assert retried["rows_out"] == 400 and retried["requests_scored"] == 20
+    assert published_bytes() == clean_bytes
+    table = lake.read_table(s.storage.scores_table, [PART])
+    assert table.num_rows == 400 and set(table.column("model_version").to_pylist()) == {setup.version}
+    assert os.environ.get("TENFOLD_INFER_FAULT")  # still armed: the retry ran past the fault because it fired once
