@@ -1,0 +1,323 @@
+"""Bulk re-scoring of a whole features partition with Spark: the offline-inference path for big partitions.
+
+:func:`score_partition` is what ``batch_inference`` calls when a partition holds more than
+``settings.inference.spark_threshold_rows`` rows (smaller ones go through Pub/Sub and the worker pool).
+It resolves the model reference (an alias such as ``champion``, or a version id) once, in the calling
+process, to a version and a verified local copy (:func:`tenfold.serving.loading.resolve_and_download`,
+the serving replicas' own cache), then launches ``spark_jobs/score_partition.py`` with ``spark-submit``
+exactly as the features job is launched (the settings' master, driver and block manager on
+``settings.local.bind_host``, no UI: :mod:`tenfold.features.submit`) and publishes what the job staged.
+
+The job (:func:`run`) reads the partition's published files (sizes checked against the manifest first,
+the feature definition's version checked against the model's workload), ships the model folder to the
+executors (``addFile``) and scores with ``mapInPandas``: each Python worker loads the folder once
+(:func:`tenfold.model.load_model`, cached per process for the worker's life) and calls the folder's own
+``LoadedModel.predict_proba`` through :func:`tenfold.inference.scoring.score_rows`, exactly as the Pub/Sub
+workers score (the preprocessing, network and calibration that evaluation and serving use too). The
+scores (narrow: the keys and two columns) come back to the driver as Arrow and are written as one file in
+a total order (keys, then probability and version) by pyarrow with the lake's fixed options, so a rerun
+writes the same bytes and :meth:`tenfold.data.lake.Lake.publish` leaves the visible partition untouched.
+
+The scores table (``settings.storage.scores_table``) is the Pub/Sub path's too
+(:func:`tenfold.inference.scoring.scores_schema`): the contract's key columns, ``probability`` (float64)
+and ``model_version`` (string), one row per features row, sorted by the keys; its manifest records the
+model version and the features partition scored (``extra``).
+
+Run the job by hand (``score_partition`` builds this argv)::
+
+    .venv/bin/spark-submit --master 'local[2,4]' spark_jobs/score_partition.py \\
+        --lake-uri "$(tenfold config get storage.lake_uri)" --month 2013-02 \\
+        --model-dir .tenfold/serving/models/<version> --model-version <version> \\
+        --output "$(tenfold config get storage.lake_uri)/_staging/scores/manual" --publish
+
+Exit codes: 0 ok, 2 bad or missing input (no published partition, another feature version, a model
+folder that does not load), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import posixpath
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
+from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.inference.scoring import MODEL_VERSION, PROBABILITY, score_rows, scores_schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+    from tenfold.config import Settings
+    from tenfold.model import LoadedModel
+    from tenfold.workloads import FeatureContract
+
+log = logging.getLogger("tenfold.inference.spark")
+
+JOB_FILE = Path("spark_jobs") / "score_partition.py"
+# Processes started without settings (the job) default to the settings' table names.
+SCORES_TABLE: str = StorageSettings.model_fields["scores_table"].default
+SCORES_FILE = "part-00000.parquet"
+# Test hook: each Python worker appends "<pid> <model dir>" to this file when it loads a model folder.
+LOAD_LOG_CONF = "spark.tenfold.modelLoadLog"
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class ScoringJobError(RuntimeError):
+    """The Spark scoring job cannot score the partition; the message names the cause and what to do."""
+
+
+def score_order(contract: FeatureContract) -> list[str]:
+    """The order scores are written in: the keys, then the score and the version (total even if keys repeat)."""
+    return [*contract.key_columns, PROBABILITY, MODEL_VERSION]
+
+
+# --- the launcher (runs in the calling process: the batch_inference task) -----------------------------
+
+def score_partition(
+    settings: Settings,
+    model_ref: str,
+    part: Partition,
+    *,
+    run_id: str | None = None,
+    timeout_s: float | None = None,
+) -> int:
+    """Score ``part`` of ``settings.storage.features_table`` with ``model_ref`` on Spark and publish the scores
+    partition (``settings.storage.scores_table``) atomically; returns the rows published.
+
+    Idempotent: a rerun with the same model version on the same features writes the same file, and the
+    publish then changes nothing. ``timeout_s`` bounds the job (default: the DAG's task timeout); on any
+    failure :class:`ScoringJobError` (or :class:`tenfold.serving.loading.ServingLoadError` for a model
+    that cannot be resolved) is raised and the visible scores partition is left as it was.
+    """
+    from tenfold.features.submit import SparkJobError, run_submit, submit_prefix
+    from tenfold.serving.loading import resolve_and_download
+
+    version, model_dir = resolve_and_download(settings, model_ref)
+    st = settings.storage
+    lake = Lake.from_settings(settings)
+    if not lake.has_manifest(st.features_table, part):
+        raise ScoringJobError(f"{st.features_table} {part.label} is not published under {lake.uri}: run build_features "
+                              f"for {part.label} before scoring it")
+    run_id = run_id or f"spark-{uuid.uuid4().hex[:12]}"
+    staged = lake.uri_of(lake.staging_path(st.scores_table, part, f"spark-{uuid.uuid4().hex[:12]}"))
+    cmd = [
+        *submit_prefix(settings),
+        str(_project_root() / JOB_FILE),
+        *job_args(settings, part, staged, model_dir=model_dir, version=version),
+    ]
+    # The same bound as the Pub/Sub path's wait for its results.
+    limit = float(settings.inference.wait_timeout_s) if timeout_s is None else timeout_s
+    started = time.monotonic()
+    try:
+        run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", bind_host=settings.local.bind_host,
+                   timeout_s=limit)
+        manifest = lake.publish(st.scores_table, part, staged, run_id=run_id,
+                                extra=manifest_extra(lake, st.features_table, part, version))
+    except SparkJobError as exc:
+        raise ScoringJobError(str(exc)) from exc
+    finally:
+        lake.discard(staged)
+    log.info("scored %s %s with %s on Spark: %d rows in %.1f s -> %s", st.features_table, part.label, version,
+             manifest.rows, time.monotonic() - started, lake.uri_of(lake.manifest_path(st.scores_table, part)))
+    return manifest.rows
+
+
+def _project_root() -> Path:
+    from tenfold.config import project_root
+
+    return project_root()
+
+
+def job_args(settings: Settings, part: Partition, output: str, *, model_dir: Path, version: str) -> list[str]:
+    """The job's own arguments: every input and output explicit (the job runs without settings)."""
+    st = settings.storage
+    return ["--lake-uri", st.lake_uri, "--month", part.label, "--output", output,
+            "--model-dir", str(model_dir), "--model-version", version, "--workload", settings.workload,
+            "--features-table", st.features_table, "--scores-table", st.scores_table]
+
+
+def manifest_extra(lake: Lake, features_table: str, part: Partition, version: str) -> dict[str, object]:
+    """What a scores manifest records: the model version and the features partition it scored (by its
+    content-addressed folder), so a rerun on the same inputs publishes the same manifest."""
+    features = lake.read_manifest(features_table, part)
+    return {MODEL_VERSION: version, "features_table": features_table, "features_data_dir": features.data_dir,
+            "scored_by": "spark"}
+
+
+# --- the job (runs in the spark-submit driver, and its functions in the executors' Python workers) ---------
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
+    p.add_argument("--month", required=True, type=Partition.parse, help="the features partition to score, YYYY-MM")
+    p.add_argument("--output", required=True, help="staging URI the scores file is written to (emptied first)")
+    p.add_argument("--model-dir", required=True, type=Path, help="a model folder (a registry version, downloaded)")
+    p.add_argument("--model-version", required=True, help="the registry version of --model-dir (written in every row)")
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD,
+                   help="the workload the model must belong to (default %(default)s)")
+    p.add_argument("--features-table", default=FEATURES_TABLE, help="the table to score (default %(default)s)")
+    p.add_argument("--scores-table", default=SCORES_TABLE, help="with --publish: the table (default %(default)s)")
+    p.add_argument("--publish", action="store_true", help="also publish the output as the scores partition")
+    p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
+    return p.parse_args(argv)
+
+
+_MODELS: dict[str, LoadedModel] = {}
+
+
+def cached_model(model_dir: str, load_log: str | None = None) -> LoadedModel:
+    """The model folder at ``model_dir``, loaded once per process (a Spark Python worker lives for many tasks)."""
+    loaded = _MODELS.get(model_dir)
+    if loaded is None:
+        from tenfold.model import load_model
+
+        loaded = _MODELS[model_dir] = load_model(model_dir)
+        if load_log:
+            with open(load_log, "a") as fh:  # one short line per write: appends from processes do not interleave
+                fh.write(f"{os.getpid()} {model_dir}\n")
+    return loaded
+
+
+def _scorer(model_file: str, version: str, columns: list[str], input_schema: pa.Schema,
+            load_log: str | None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The function each task runs (``mapInPandas``): score each batch with the worker's cached model."""
+
+    def score(batches):  # type: ignore[no-untyped-def]  # no hints: Spark must not infer a UDF type from them
+        import pyarrow as pa
+        from pyspark import SparkFiles
+
+        # Resolved through the imported module, not this closure's globals: cloudpickle ships a closure's
+        # globals with every task, and the cache must outlive the task.
+        from tenfold.inference import spark as this
+
+        model = this.cached_model(SparkFiles.get(model_file), load_log)
+        for frame in batches:
+            # The contract's Arrow types again (pandas turned nullable ints into floats): the model sees the
+            # same table a reader of the lake hands it in-process, and scores it as the Pub/Sub workers do.
+            table = pa.Table.from_pandas(frame[columns], schema=input_schema, preserve_index=False)
+            yield score_rows(model, table, version).to_pandas()
+
+    return score
+
+
+def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContract) -> tuple[list[str], int]:
+    """The partition's published files (sizes checked) and its rows; refuses another feature definition."""
+    from tenfold.features.job import input_uris as files_of
+    from tenfold.workloads import VERSION_KEY
+
+    manifest = lake.read_manifest(table, part)
+    built_with = manifest.extra.get(VERSION_KEY)
+    if built_with != contract.version:
+        raise LakeError(f"{table} {part.label} was built by feature definition version {built_with}, but the model's "
+                        f"workload reads version {contract.version}: rebuild {part.label} with build_features")
+    return files_of(lake, table, [part]), manifest.rows
+
+
+def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
+    """Score ``args.month`` into ``args.output`` (and publish it with ``args.publish``); returns facts for the log."""
+    import pyarrow.fs as pafs
+
+    from tenfold.data.parquet import write_sorted
+    from tenfold.model import load_model
+
+    part: Partition = args.month
+    model_dir = args.model_dir.resolve()
+    loaded = load_model(model_dir)  # on the driver too: refuse a bad folder before any task starts
+    workload = loaded.workload
+    if workload.name != args.workload:
+        raise ScoringJobError(f"model {args.model_version} belongs to workload {workload.name!r}, but the lake's "
+                              f"features are {args.workload!r}'s: score them with a model of {args.workload!r}")
+    contract = workload.contract
+    lake = Lake(args.lake_uri)
+    uris, expected_rows = input_uris(lake, args.features_table, part, contract)
+
+    keys = list(contract.key_columns)
+    pre = loaded.preprocessor
+    columns = list(dict.fromkeys([*keys, *pre.categorical_columns, *pre.numeric_columns]))
+    features = contract.arrow_schema()
+    input_schema = _schema_of(features, columns)
+    schema = scores_schema(contract)
+
+    spark.sparkContext.addFile(str(model_dir), recursive=True)
+    frame: DataFrame = spark.read.parquet(*uris).select(*columns)
+    ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in schema)
+    scorer = _scorer(model_dir.name, args.model_version, columns, input_schema,
+                     spark.conf.get(LOAD_LOG_CONF, None))
+    scores = frame.mapInPandas(scorer, ddl).toArrow()
+    if scores.num_rows != expected_rows:
+        raise ScoringJobError(f"scored {scores.num_rows} rows, but {args.features_table} {part.label} holds "
+                              f"{expected_rows}: nothing was written")
+
+    fs, root = pafs.FileSystem.from_uri(args.output)
+    fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
+    rows = write_sorted(scores, score_order(contract), schema, fs, posixpath.join(root, SCORES_FILE))
+    facts: dict[str, object] = {"month": part.label, "rows": rows, "model_version": args.model_version,
+                                "input_files": len(uris)}
+    if args.publish:
+        manifest = lake.publish(args.scores_table, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
+                                extra=manifest_extra(lake, args.features_table, part, args.model_version))
+        facts["manifest"] = lake.uri_of(lake.manifest_path(args.scores_table, manifest.partition))
+    return facts
+
+
+def _schema_of(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def _spark_type(arrow_type: pa.DataType) -> str:
+    """The Spark SQL type of an Arrow type of the contract (what ``column_types`` may name)."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    names = {pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double", pa.float32(): "float",
+             pa.string(): "string", pa.bool_(): "boolean", pa.int16(): "smallint", pa.int8(): "tinyint"}
+    if arrow_type not in names:
+        raise ScoringJobError(f"a key column of type {arrow_type} has no Spark type here: use one of "
+                              f"{', '.join(map(str, names))} or a timestamp")
+    return names[arrow_type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; returns the process exit code (0 ok, 2 bad or missing input, 1 any other failure)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from pyspark.sql import SparkSession
+
+    from tenfold.features.job import SESSION_CONF
+    from tenfold.model import ModelLoadError
+
+    builder = SparkSession.builder.appName(f"tenfold-score-{args.month.label}")
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    started = time.monotonic()
+    try:
+        facts = run(spark, args)
+    except (LakeError, ModelLoadError) as exc:
+        print(f"score_partition: bad input for {args.month.label}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ScoringJobError as exc:
+        print(f"score_partition: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"score_partition: failed for {args.month.label}: {first[:1000]}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        spark.stop()
+    log.info("scored %s in %.1f s", facts, time.monotonic() - started)
+    print(f"score_partition: ok {facts}")
+    return 0

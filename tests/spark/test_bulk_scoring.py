@@ -1,0 +1,143 @@
+"""The Spark bulk re-scoring path (tenfold.inference.spark): the same model, the same probabilities, published atomically.
+
+One small synthetic features partition is published in a lake of its own and a small flights network (with a
+non-identity calibration, so the folder's whole ``predict_proba`` is exercised) is registered as ``champion``
+in a registry of its own on the session's GCS emulator. :func:`score_partition` then runs the real
+``spark-submit`` of ``spark_jobs/score_partition.py`` (a JVM of its own, on loopback) and publishes the scores;
+the rerun goes through the job's own ``run`` on the session's Spark, with many small Arrow batches and a log
+of every model load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from pyspark.sql import SparkSession
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition, schema_hash
+from tenfold.inference import spark as bulk
+from tenfold.registry import CHAMPION, Lineage, ModelRegistry, PartitionRef
+from tenfold.workloads.flights.contract import CONTRACT
+from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+MONTH = Partition(2013, 5)
+ROWS = 3000
+
+
+def _register(settings: Settings, directory: Path) -> str:
+    import torch
+
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.model.calibration import Calibrator
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    pre = Preprocessor.fit(synthetic_features(MONTH.previous(), 500, seed=3), CONTRACT)
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
+    torch.manual_seed(7)
+    model = FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs)
+    save_model(directory, model, config, pre, workload=WORKLOAD.name,
+               calibration=Calibrator(method="temperature", temperature=1.7, offset=-0.3))
+    ref = PartitionRef(partition=MONTH.previous().label, data_dir="data-synthetic", rows=500, schema_hash="synthetic",
+                       run_id="bulk-scoring-tests", manifest_sha256="0" * 64)
+    lineage = Lineage(feature_table=settings.storage.features_table, train_partitions=(ref,), holdout_partitions=(),
+                      training_config={"seed": 7}, run_id="bulk-scoring-tests")
+    registry = ModelRegistry(settings)
+    version = registry.register(directory, lineage, metrics={"auc": 0.6, "log_loss": 0.69}).version
+    registry.set_alias(CHAMPION, version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def scoring(make_settings: Any, local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Settings with a lake and registry of their own, the partition published, ``champion`` registered, and
+    the first run of :func:`score_partition` (spark-submit)."""
+    settings = make_settings(on=local_settings)
+    lake = Lake.from_settings(settings)
+    publish_synthetic_features(lake, [MONTH], ROWS, seed=11, table=settings.storage.features_table)
+    version = _register(settings, tmp_path_factory.mktemp("model"))
+    rows = bulk.score_partition(settings, CHAMPION, MONTH, run_id="first", timeout_s=600)
+    return {"settings": settings, "lake": lake, "version": version, "rows": rows,
+            "manifest": lake.read_manifest(settings.storage.scores_table, MONTH)}
+
+
+def _in_process(settings: Settings, lake: Lake, version: str) -> pa.Table:
+    """The features partition as a lake reader gets it, scored by the model folder loaded in this process."""
+    from tenfold.model import load_model
+    from tenfold.serving.loading import model_cache_dir
+
+    features = lake.read_table(settings.storage.features_table, [MONTH])
+    probs = load_model(model_cache_dir(settings) / version).predict_proba(features)
+    keys = list(CONTRACT.key_columns)
+    return features.select(keys).append_column(bulk.PROBABILITY, pa.array(probs, pa.float64())).sort_by(
+        [(k, "ascending") for k in keys])
+
+
+def test_the_spark_path_scores_like_the_model_in_process_and_publishes_the_contract(scoring: dict[str, Any]) -> None:
+    settings, lake, version = scoring["settings"], scoring["lake"], scoring["version"]
+    assert scoring["rows"] == ROWS
+    manifest = scoring["manifest"]
+    assert manifest.rows == ROWS and manifest.run_id == "first"
+    features_manifest = lake.read_manifest(settings.storage.features_table, MONTH)
+    assert manifest.extra == {"model_version": version, "features_table": settings.storage.features_table,
+                              "features_data_dir": features_manifest.data_dir, "scored_by": "spark"}
+
+    scores = lake.read_table(settings.storage.scores_table, [MONTH])
+    expected_schema = pa.schema([*(CONTRACT.arrow_schema().field(k) for k in CONTRACT.key_columns),
+                                 pa.field("probability", pa.float64()), pa.field("model_version", pa.string())])
+    assert scores.schema.remove_metadata().equals(expected_schema), scores.schema
+    assert manifest.schema_hash == schema_hash(expected_schema)
+    assert scores.num_rows == ROWS
+    assert pc.unique(scores["model_version"]).to_pylist() == [version]
+    keys = list(CONTRACT.key_columns)
+    assert scores.select(keys).equals(scores.select(keys).sort_by([(k, "ascending") for k in keys])), \
+        "the published scores are not sorted by the key columns"
+
+    expected = _in_process(settings, lake, version)
+    assert scores.select(keys).equals(expected.select(keys)), "one score row per features row, same keys"
+    got, want = scores["probability"].to_numpy(), expected["probability"].to_numpy()
+    assert np.isfinite(got).all() and got.min() > 0.0 and got.max() < 1.0
+    assert float(np.max(np.abs(got - want))) <= 1e-9
+    assert np.std(got) > 1e-3, "the synthetic rows must get different scores, or equality would prove little"
+
+
+def test_a_rerun_publishes_nothing_new_and_each_worker_loads_the_model_once(
+    scoring: dict[str, Any], spark: SparkSession, tmp_path: Path
+) -> None:
+    from tenfold.serving.loading import model_cache_dir
+
+    settings, lake, version = scoring["settings"], scoring["lake"], scoring["version"]
+    st = settings.storage
+    staged = lake.uri_of(lake.staging_path(st.scores_table, MONTH, "rerun"))
+    args = bulk.parse_args(["--lake-uri", st.lake_uri, "--month", MONTH.label, "--output", staged,
+                            "--model-dir", str(model_cache_dir(settings) / version), "--model-version", version,
+                            "--features-table", st.features_table, "--scores-table", st.scores_table,
+                            "--publish", "--run-id", "rerun"])
+    load_log = tmp_path / "loads.txt"
+    spark.conf.set(bulk.LOAD_LOG_CONF, str(load_log))
+    # Many Arrow batches per task: a model loaded per batch (or per task) would log a pid twice.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "200")
+    try:
+        facts = bulk.run(spark, args)
+        facts_again = bulk.run(spark, args)
+    finally:
+        spark.conf.unset(bulk.LOAD_LOG_CONF)
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert facts["rows"] == facts_again["rows"] == ROWS
+    # The same bytes: publish found the visible partition identical and left the first run's manifest.
+    assert lake.read_manifest(st.scores_table, MONTH) == scoring["manifest"]
+    pids = [line.split()[0] for line in load_log.read_text().splitlines()]
+    assert pids, "the workers logged no model load: the hook is not wired"
+    assert len(pids) == len(set(pids)), f"a Python worker loaded the model more than once: {pids}"
+
+
+def test_an_unpublished_partition_is_refused_naming_build_features(scoring: dict[str, Any]) -> None:
+    with pytest.raises(bulk.ScoringJobError, match=r"not published.*run build_features for 2013-06"):
+        bulk.score_partition(scoring["settings"], CHAMPION, MONTH.next())
