@@ -64,7 +64,13 @@ def test_the_spark_job_file_exists_where_both_runners_point() -> None:
     assert (ROOT / "spark_jobs" / FEATURES_JOB).is_file()
 
 
+def test_the_bulk_scoring_job_file_exists() -> None:
+    from tenfold.inference.spark import JOB_FILE
+
+    assert (ROOT / JOB_FILE).is_file()
+
+
 def test_a_missing_module_would_be_caught() -> None:
     """The control: the same check on a name that does not exist fails."""
     with pytest.raises(ModuleNotFoundError):
-        importlib.import_module("tenfold.inference.worker")
+        importlib.import_module("tenfold.inference.no_such_worker")
