@@ -1,8 +1,9 @@
 """Train a challenger, score it against the champion and the baselines, register it, gate it.
 
-**Schedule:** every features Asset event (``build_features`` published new partitions) *and* weekly
-(``settings.training.retrain_cron``), whichever comes first; ``catchup=False``; one run at a time so
-two runs never race to move the champion.
+**Schedule:** every drift Asset event (``monitor_drift`` found drift on a feature that triggers retraining,
+docs/drift.md) *and* weekly (``settings.training.retrain_cron``, the baseline), whichever comes first;
+``catchup=False``; one run at a time so two runs never race to move the champion. A new features partition
+triggers ``monitor_drift``, not this DAG.
 
 **Tasks** (logic in ``tenfold.pipelines.train_model``; a bad run conf or an unpublished month fails at once,
 anything else is retried as ``settings.pipelines.train_model`` says; every failure alerts):
@@ -41,14 +42,14 @@ from tenfold.pipelines.common import default_args, run_step, task_timeout_s
 
 DAG_ID = "train_model"
 settings = get_settings()
-FEATURES = Asset(settings.assets.features)
+DRIFT = Asset(settings.assets.drift)
 CHALLENGER = Asset(settings.assets.challenger)
 
 
 @dag(
     dag_id=DAG_ID,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(settings.training.retrain_cron, timezone="UTC"), assets=FEATURES
+        timetable=CronTriggerTimetable(settings.training.retrain_cron, timezone="UTC"), assets=DRIFT
     ),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,

@@ -59,10 +59,10 @@ def dag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return body
 
 
-def test_schedule_is_the_features_asset_or_weekly(dag: dict[str, Any]) -> None:
+def test_schedule_is_the_drift_asset_or_weekly(dag: dict[str, Any]) -> None:
     settings = get_settings()
     assert dag["asset_or_time"] is True
-    assert dag["asset"] == settings.assets.features
+    assert dag["asset"] == settings.assets.drift  # monitor_drift's event, not every features event
     assert dag["cron"] == settings.training.retrain_cron
     assert dag["catchup"] is False and dag["max_active_runs"] == 1
     assert "champion" in dag["doc_md"]

@@ -1,0 +1,88 @@
+"""Measure each new features partition against the serving model's reference profile; retrain on drift.
+
+**Schedule:** every features Asset event (``build_features`` published a month); ``catchup=False``. Run
+it by hand for a month with the run conf ``{"month": "2013-07"}``, optionally ``"version"`` (an id or an
+alias; default the ``champion``).
+
+**Tasks** (logic in ``tenfold.pipelines.monitor_drift``; docs/drift.md):
+
+1. ``plan``: the months (the conf's, else the triggering events', else the newest published) and the version.
+2. ``measure``: per feature of the workload's contract and for the model's predictions, the PSI over the
+   reference deciles or categories and a KS or chi-square test, against the reference profile stored
+   with the version at training time. Only the month and the version are read, never the training data.
+3. ``report``: each month's report in the lake as JSON and HTML (a plot per drifted feature); the task
+   log names both addresses.
+4. ``decide``: when a feature that triggers retraining drifted (PSI >= ``monitoring.drift.psi_drift`` and
+   its test significant), an alert (log line and the webhook hook) and the drift Asset event, which
+   triggers ``train_model``; skipped otherwise. Weather, history aggregates and the weekday only report.
+
+Run locally: ``make up`` then trigger ``monitor_drift`` in the UI, or ``airflow dags test monitor_drift -c
+'{"month": "2013-07"}'``; without Airflow ``python -m tenfold.pipelines.monitor_drift --conf '{"month": "2013-07"}'``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, dag, task
+
+from tenfold.config import get_settings
+from tenfold.pipelines.common import default_args, run_step, task_timeout_s
+
+DAG_ID = "monitor_drift"
+settings = get_settings()
+FEATURES = Asset(settings.assets.features)
+DRIFT = Asset(settings.assets.drift)
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=FEATURES,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(settings, DAG_ID),
+    tags=["tenfold", "monitoring", "drift"],
+    doc_md=__doc__,
+)
+def monitor_drift() -> None:
+    # Each task imports its pipeline itself: the module pulls in pyarrow, too heavy for DAG parsing.
+    @task
+    def plan(**context: Any) -> dict[str, Any]:
+        from tenfold.pipelines import monitor_drift as pipeline
+
+        dag_run = context["dag_run"]
+        events = context.get("triggering_asset_events") or {}
+        months = [e.extra["month"] for e in events.get(FEATURES, []) if (e.extra or {}).get("month")]
+        return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}, months).to_xcom()
+
+    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)))
+    def measure(planned: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.pipelines import monitor_drift as pipeline
+
+        return run_step(pipeline.measure, get_settings(), planned).to_xcom()
+
+    @task
+    def report(planned: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+        from tenfold.pipelines import monitor_drift as pipeline
+
+        return run_step(pipeline.report, get_settings(), planned, measured).to_xcom()
+
+    @task(outlets=[DRIFT])
+    def decide(planned: dict[str, Any], reported: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tenfold.pipelines import monitor_drift as pipeline
+
+        decision = run_step(pipeline.decide, get_settings(), planned, reported)
+        if not decision["retrain"]:
+            raise AirflowSkipException(f"no retraining: {decision['decisions']}")
+        context["outlet_events"][DRIFT].extra = decision
+        return decision
+
+    planned = plan()
+    decide(planned, report(planned, measure(planned)))
+
+
+monitor_drift()

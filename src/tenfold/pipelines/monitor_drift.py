@@ -1,0 +1,237 @@
+"""The steps of ``dags/monitor_drift.py``: plan -> measure -> report -> decide.
+
+* :func:`plan`: which months (the run conf's ``month``, else the months of the features Asset events that
+  triggered the run, else the newest published one) against which model version (the conf's ``version``,
+  an id or an alias, default the ``champion``);
+* :func:`measure`: for each month, the version's stored reference profile (a file of the registered
+  version: :mod:`tenfold.monitoring.profile`) against the month's features and the model's predictions on
+  them (:mod:`tenfold.monitoring.drift`). Only the month and the version's files are read, never the
+  training data;
+* :func:`report`: each month's report saved in the lake as JSON and HTML, its address logged;
+* :func:`decide`: when a triggering feature drifted, an alert (``tenfold.monitoring.alerts.send_alert``)
+  and ``retrain: true``, on which the DAG emits the drift Asset event that triggers ``train_model``.
+
+A version registered before reference profiles existed has none: its report says so (decision
+``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
+With no model at all (the first months of a fresh platform) the report says ``no_model``.
+
+Every step is idempotent (a retry recomputes the same report and overwrites it atomically). Run every
+step in one process without Airflow: ``python -m tenfold.pipelines.monitor_drift --conf '{"month": "2013-07"}'``
+(that run cannot emit the Asset event; it prints the decision).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.monitoring.drift import DriftError, DriftPolicy, DriftReport, skipped, write_report
+from tenfold.monitoring.drift import measure as measure_drift
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+from tenfold.registry.errors import RegistryError
+from tenfold.registry.registry import CHAMPION, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "monitor_drift"
+CONF_KEYS = ("month", "version")
+
+
+@dataclass(frozen=True)
+class DriftRun(RunState):
+    """The plan of one run: the months to measure and the version (None: no model to measure against)."""
+
+    run_key: str
+    airflow_run_id: str
+    months: tuple[str, ...]
+    version: str | None
+    version_ref: str
+    work_dir: str
+
+
+@dataclass(frozen=True)
+class Measured(RunState):
+    reports: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Reported(RunState):
+    summaries: tuple[dict[str, Any], ...]
+    json_uris: tuple[str, ...]
+    html_uris: tuple[str, ...]
+
+
+def work_root(settings: Settings) -> Path:
+    import tempfile
+
+    if settings.is_local:
+        return settings.local.home / "runs" / DAG_ID
+    return Path(tempfile.gettempdir()) / "tenfold" / DAG_ID
+
+
+def _month(value: Any, where: str) -> Partition:
+    try:
+        return Partition.parse(str(value))
+    except ValueError as exc:
+        raise PipelineInputError(f"{where}: {exc}; give a month as YYYY-MM, e.g. {{\"month\": \"2013-07\"}}") from exc
+
+
+def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None,
+         event_months: Iterable[str] = ()) -> DriftRun:
+    """The months and the version to monitor; every month must be a published features partition."""
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(CONF_KEYS))
+    if unknown:
+        raise PipelineInputError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    lake = Lake.from_settings(settings)
+    table = settings.storage.features_table
+    if conf.get("month") is not None:
+        months = [_month(conf["month"], "run conf month")]
+    elif event_months:
+        months = sorted({_month(m, "the features Asset event's month") for m in event_months})
+    else:
+        published = lake.published_partitions(table)
+        if not published:
+            raise PipelineError(f"no features partition is published under {lake.uri}/{table}: run build_features first")
+        months = [max(published)]
+    missing = [p.label for p in months if not lake.has_manifest(table, p)]
+    if missing:
+        raise PipelineError(f"features partitions {missing} are not published (no _SUCCESS manifest under "
+                            f"{lake.uri}/{table}): run build_features for them first")
+    ref = str(conf.get("version") or CHAMPION)
+    registry = ModelRegistry(settings)
+    try:
+        version = registry.find(ref) if conf.get("version") else registry.resolve(CHAMPION)
+    except RegistryError as exc:  # an unknown id or alias: the registry's message names it
+        raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
+    key = run_key(airflow_run_id)
+    return DriftRun(run_key=key, airflow_run_id=airflow_run_id, months=tuple(p.label for p in months),
+                    version=version, version_ref=ref, work_dir=str(work_root(settings) / key))
+
+
+def policy(settings: Settings) -> DriftPolicy:
+    from tenfold.workloads import get_workload
+
+    try:
+        return DriftPolicy.of(settings.monitoring.drift, get_workload(settings).contract)
+    except DriftError as exc:
+        raise PipelineError(str(exc)) from exc
+
+
+def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
+    """Each month against the version's reference profile, features and predictions alike."""
+    from tenfold.monitoring.profile import ReferenceProfile
+
+    p = DriftRun.from_xcom(run)
+    if p.version is None:
+        why = (f"no model to monitor against: the registry has no {CHAMPION} yet (train_model makes the first)"
+               if p.version_ref == CHAMPION else f"{p.version_ref} resolves to no version")
+        return Measured(reports=tuple(skipped(m, None, "no_model", why).to_dict() for m in p.months))
+    rules = policy(settings)
+    model_dir = ModelRegistry(settings).download(p.version, work_root(settings) / "models" / p.version)
+    profile = ReferenceProfile.load(model_dir)
+    if profile is None:
+        why = (f"version {p.version} was registered before reference profiles existed: nothing measured; the next "
+               "train_model run registers a version with one (or monitor another version with the conf's version)")
+        log.warning("%s", why)
+        return Measured(reports=tuple(skipped(m, p.version, "no_profile", why).to_dict() for m in p.months))
+    from tenfold.model.io import load_model
+    from tenfold.training.data import read_features
+
+    loaded = load_model(model_dir)
+    contract = loaded.workload.contract
+    lake = Lake.from_settings(settings)
+    reports = []
+    for month in p.months:
+        data = read_features(lake, [Partition.parse(month)], contract=contract, table=settings.storage.features_table,
+                             columns=contract.feature_columns)
+        predictions = loaded.predict_proba(data) if data.num_rows else None
+        try:
+            report_ = measure_drift(profile, data, month=month, version=p.version, policy=rules,
+                                    categorical=contract.categorical_columns, numeric=contract.numeric_columns,
+                                    predictions=predictions)
+        except DriftError as exc:
+            raise PipelineError(f"{month}: {exc}") from exc
+        log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
+        reports.append(report_.to_dict())
+    return Measured(reports=tuple(reports))
+
+
+def report(settings: Settings, run: DriftRun | Mapping[str, Any], measured: Measured | Mapping[str, Any]) -> Reported:
+    """Save each month's report in the lake (JSON and HTML); logs where they are."""
+    DriftRun.from_xcom(run)
+    summaries, jsons, pages = [], [], []
+    for body in Measured.from_xcom(measured).reports:
+        r = DriftReport.from_dict(body)
+        json_uri, html_uri = write_report(settings, r)
+        log.info("drift report of %s: %s (JSON: %s)", r.month, html_uri, json_uri)
+        summaries.append(r.summary)
+        jsons.append(json_uri)
+        pages.append(html_uri)
+    return Reported(summaries=tuple(summaries), json_uris=tuple(jsons), html_uris=tuple(pages))
+
+
+def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any]) -> dict[str, Any]:
+    """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra."""
+    from tenfold.monitoring.alerts import send_alert
+
+    p, r = DriftRun.from_xcom(run), Reported.from_xcom(reported)
+    firing = [(s, page) for s, page in zip(r.summaries, r.html_uris, strict=True) if s["decision"] == "retrain"]
+    months: list[str] = [s["month"] for s, _ in firing] or list(p.months)
+    triggered: list[str] = sorted({name for s, _ in firing for name in s["triggered"]})
+    max_psi = max((s["max_psi"] for s in r.summaries if s["max_psi"] is not None), default=None)
+    if firing:
+        send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
+            "months": ", ".join(months), "version": p.version, "max_psi": max_psi, "features": ", ".join(triggered),
+            "report": ", ".join(page for _, page in firing), "run": p.airflow_run_id,
+        })
+    return {"retrain": bool(firing), "version": p.version, "months": months, "max_psi": max_psi, "triggered": triggered,
+            "decisions": {s["month"]: s["decision"] for s in r.summaries}}
+
+
+def monitor(settings: Settings, month: str, version: str | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+    """Every step for one month in this process (no Airflow, so no Asset event): the decision dict."""
+    import datetime as dt
+
+    rid = run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}"
+    planned = plan(settings, rid, {"month": month, **({"version": version} if version else {})})
+    return decide(settings, planned, report(settings, planned, measure(settings, planned)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
+    import argparse
+    import sys
+
+    from tenfold.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.monitor_drift", description=main.__doc__)
+    parser.add_argument("--conf", default="{}", help='JSON run conf, e.g. {"month": "2013-07", "version": "champion"}')
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"month\": \"2013-07\"}}'", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    import datetime as dt
+
+    try:
+        planned = plan(settings, f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}", conf)
+        decision = decide(settings, planned, report(settings, planned, measure(settings, planned)))
+    except PipelineError as exc:
+        print(f"monitor_drift: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(decision, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""The drift measures (PSI, KS, chi-square), the reference profile, the policy and the report, in memory.
+
+Synthetic flights months (tenfold.workloads.flights.synthetic) are the reference and the current data; a
+feature is shifted by several standard deviations to inject drift.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tenfold.config import Settings
+from tenfold.config.settings import DriftSettings
+from tenfold.data.partition import Partition
+from tenfold.monitoring.drift import (
+    DriftError,
+    DriftPolicy,
+    DriftReport,
+    chi2_test,
+    ks_test,
+    measure,
+    psi,
+    read_report,
+    write_report,
+)
+from tenfold.monitoring.profile import (
+    PREDICTION,
+    ReferenceProfile,
+    build_profile,
+    categorical_profile,
+    numeric_profile,
+)
+from tenfold.workloads import FeatureContract, WorkloadError, get_workload
+
+CONTRACT = get_workload("flights").contract
+
+
+def months(*labels: str, rows: int = 4000) -> pa.Table:
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    return pa.concat_tables([synthetic_features(Partition.parse(m), rows, seed=5) for m in labels])
+
+
+def shifted(table: pa.Table, column: str, sds: float) -> pa.Table:
+    values = table[column].to_numpy(zero_copy_only=False)
+    moved = values + sds * float(np.nanstd(values))
+    return table.set_column(table.schema.get_field_index(column), table.schema.field(column), pa.array(moved, pa.float64()))
+
+
+@pytest.fixture(scope="module")
+def profile() -> ReferenceProfile:
+    data = months("2013-01", "2013-02")
+    return build_profile(data, categorical=CONTRACT.categorical_columns, numeric=CONTRACT.numeric_columns,
+                         months=["2013-01", "2013-02"], predictions=np.linspace(0, 1, data.num_rows) ** 2)
+
+
+def run(profile: ReferenceProfile, table: pa.Table, policy: DriftPolicy | None = None,
+        predictions: np.ndarray | None = None) -> DriftReport:
+    return measure(profile, table, month="2013-03", version="v1", policy=policy or DriftPolicy.of(DriftSettings(), CONTRACT),
+                   categorical=CONTRACT.categorical_columns, numeric=CONTRACT.numeric_columns, predictions=predictions)
+
+
+# --- the measures ---------------------------------------------------------------------------------------
+
+
+def test_psi_is_zero_for_the_same_distribution_and_the_textbook_value_otherwise() -> None:
+    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
+    # (0.9 - 0.5) ln(0.9/0.5) + (0.1 - 0.5) ln(0.1/0.5)
+    assert psi([50, 50], [90, 10]) == pytest.approx(0.4 * math.log(1.8) + 0.4 * math.log(5))
+    # An empty bin on one side is floored (1e-4), not infinite.
+    assert math.isfinite(psi([50, 50], [100, 0])) and psi([50, 50], [100, 0]) > 3
+
+
+def test_psi_refuses_mismatched_or_empty_bins() -> None:
+    with pytest.raises(DriftError, match="3 reference bins but 2"):
+        psi([1, 2, 3], [1, 2])
+    with pytest.raises(DriftError, match="no rows"):
+        psi([0, 0], [1, 1])
+
+
+def test_ks_and_chi2_accept_the_same_distribution_and_reject_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, 1000)
+    same_stat, same_p = ks_test(ref, rng.normal(0, 1, 5000))
+    moved_stat, moved_p = ks_test(ref, rng.normal(1, 1, 5000))
+    assert same_p > 0.01 and moved_p < 1e-10 and moved_stat > same_stat
+    stat, p = chi2_test({"a": 500, "b": 500}, {"a": 250, "b": 250})
+    assert stat == pytest.approx(0.0) and p == pytest.approx(1.0)
+    _, p = chi2_test({"a": 500, "b": 500}, {"a": 400, "b": 100, "c": 50})
+    assert p < 1e-10
+
+
+# --- the profile ----------------------------------------------------------------------------------------
+
+
+def test_numeric_profile_has_decile_bins_nulls_and_a_sample() -> None:
+    p = numeric_profile(pa.array([float(i) for i in range(1000)] + [None] * 7), bins=4, sample_rows=50)
+    assert p.edges == (249.0, 499.0, 749.0) and p.counts == (250, 250, 250, 250) and p.nulls == 7 and p.rows == 1007
+    assert len(numeric_profile(np.arange(1000.0), bins=10).edges) == 9
+    assert len(p.sample) == 50 and set(p.sample) <= {float(i) for i in range(1000)}
+    discrete = numeric_profile(np.array([50.0] * 30 + [140.0] * 40 + [180.0] * 30), bins=10)
+    # Ties merge bins into one per observed value; the last (empty) bin holds values above the reference's max.
+    assert discrete.edges == (50.0, 140.0, 180.0) and discrete.counts == (30, 40, 30, 0)
+
+
+def test_categorical_profile_counts_categories_as_text() -> None:
+    p = categorical_profile(pa.array([1, 2, 2, None, 3, 3, 3], pa.int32()))
+    assert dict(p.counts) == {"1": 1, "2": 2, "3": 3} and p.nulls == 1
+
+
+def test_the_profile_is_deterministic_and_round_trips(profile: ReferenceProfile) -> None:
+    again = build_profile(months("2013-01", "2013-02"), categorical=CONTRACT.categorical_columns,
+                          numeric=CONTRACT.numeric_columns, months=["2013-01", "2013-02"],
+                          predictions=np.linspace(0, 1, 8000) ** 2)
+    assert again.to_json() == profile.to_json(), "a retried register must write the same bytes (same version)"
+    assert ReferenceProfile.from_dict(json.loads(profile.to_json())).to_json() == profile.to_json()
+    assert set(profile.features) == set(CONTRACT.feature_columns) and profile.prediction is not None
+
+
+def test_a_model_folder_without_a_profile_loads_none(tmp_path) -> None:
+    assert ReferenceProfile.load(tmp_path) is None
+
+
+# --- measure and the policy -----------------------------------------------------------------------------
+
+
+def test_an_undrifted_month_does_not_retrain(profile: ReferenceProfile) -> None:
+    report = run(profile, months("2013-03"))
+    assert report.decision in ("ok", "report") and report.triggered == []
+    distance = next(f for f in report.features if f.name == "distance")
+    assert distance.level == "ok" and distance.psi < 0.1 and distance.triggers
+
+
+def test_a_shifted_triggering_feature_retrains(profile: ReferenceProfile) -> None:
+    report = run(profile, shifted(months("2013-03"), "distance", 5.0))
+    assert report.decision == "retrain" and report.triggered == ["distance"]
+    assert report.summary["max_psi"] >= 0.25 and "distance" in report.summary["drifted"]
+    distance = next(f for f in report.features if f.name == "distance")
+    assert distance.test == "ks" and distance.p_value < 0.01 and distance.mean_current > distance.mean_reference
+
+
+def test_a_shifted_report_only_feature_reports_but_does_not_retrain(profile: ReferenceProfile) -> None:
+    assert "temp" in CONTRACT.drift_report_only
+    report = run(profile, shifted(months("2013-03"), "temp", 5.0))
+    assert report.decision == "report" and report.triggered == []
+    assert [f.name for f in report.drifted] == ["temp"] and report.summary["max_psi"] < 0.25
+
+
+def test_settings_override_the_workloads_policy(profile: ReferenceProfile) -> None:
+    policy = DriftPolicy.of(DriftSettings(trigger=("temp",)), CONTRACT)
+    assert run(profile, shifted(months("2013-03"), "temp", 5.0), policy).triggered == ["temp"]
+    policy = DriftPolicy.of(DriftSettings(report_only=("distance",)), CONTRACT)
+    assert run(profile, shifted(months("2013-03"), "distance", 5.0), policy).decision == "report"
+    with pytest.raises(DriftError, match=r"monitoring.drift.trigger names \['tempo'\]"):
+        DriftPolicy.of(DriftSettings(trigger=("tempo",)), CONTRACT)
+
+
+def test_a_shifted_category_mix_is_caught_by_chi_square(profile: ReferenceProfile) -> None:
+    table = months("2013-03")
+    carriers = ["AA"] * (table.num_rows // 2) + table["carrier"].to_pylist()[table.num_rows // 2:]
+    table = table.set_column(table.schema.get_field_index("carrier"), table.schema.field("carrier"), pa.array(carriers))
+    report = run(profile, table)
+    carrier = next(f for f in report.features if f.name == "carrier")
+    assert carrier.test == "chi2" and carrier.level == "drift" and report.triggered == ["carrier"]
+
+
+def test_predictions_are_measured_and_report_only_by_default(profile: ReferenceProfile) -> None:
+    report = run(profile, months("2013-03"), predictions=np.full(4000, 0.99))
+    prediction = next(f for f in report.features if f.name == PREDICTION)
+    assert prediction.level == "drift" and not prediction.triggers and report.decision == "report"
+    policy = DriftPolicy.of(DriftSettings(predictions_trigger=True), CONTRACT)
+    assert run(profile, months("2013-03"), policy, predictions=np.full(4000, 0.99)).triggered == [PREDICTION]
+
+
+def test_a_small_partition_or_a_psi_without_significance_never_fires(profile: ReferenceProfile) -> None:
+    small = shifted(months("2013-03", rows=100), "distance", 5.0)
+    assert run(profile, small).decision == "too_small"
+    # PSI over the threshold but a test that does not reject (p >= alpha): reported, not drifted.
+    assert DriftPolicy().level(0.5, 0.2) == "report" and DriftPolicy().level(0.5, 0.001) == "drift"
+
+
+def test_the_psi_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="psi_report"):
+        DriftSettings(psi_report=0.3, psi_drift=0.25)
+
+
+def test_the_contract_refuses_report_only_names_that_are_not_features() -> None:
+    with pytest.raises(WorkloadError, match="drift_report_only names"):
+        FeatureContract(key_columns=("k",), label="y", categorical_columns=("c",), numeric_columns=("n",),
+                        column_types={"k": "int32", "c": "string", "n": "float64", "y": "int32"},
+                        drift_report_only=("m",))
+
+
+# --- the report in the lake -----------------------------------------------------------------------------
+
+
+def test_the_report_is_saved_as_json_and_html_and_read_back(settings: Settings, profile: ReferenceProfile) -> None:
+    report = run(profile, shifted(months("2013-03"), "distance", 5.0))
+    json_uri, html_uri = write_report(settings, report)
+    assert json_uri.endswith("reports/drift/year=2013/month=3/report.json") and html_uri.endswith("report.html")
+    back = read_report(settings, "2013-03")
+    assert back.summary == report.summary and back.decision == "retrain"
+    page = (settings.storage.lake_uri.removeprefix("file://") + "/reports/drift/year=2013/month=3/report.html")
+    text = Path(page).read_text()
+    assert text.count("<svg") == len(report.drifted) >= 1 and 'id="decision">retrain' in text
+    with pytest.raises(DriftError, match="run monitor_drift for 2013-04 first"):
+        read_report(settings, "2013-04")
