@@ -260,7 +260,14 @@ class DriftReport:
 
     @property
     def retrain(self) -> bool:
+        """Whether a feature that triggers retraining drifted (the monitor then emits the drift event)."""
         return self.decision == "retrain"
+
+    @property
+    def score(self) -> float:
+        """The drift score: the largest PSI over the features that trigger retraining (NaN: nothing measured)."""
+        triggering = [f.psi for f in self.features if f.triggers]
+        return max(triggering) if triggering else math.nan
 
     @property
     def summary(self) -> dict[str, Any]:

@@ -139,7 +139,9 @@ def test_an_undrifted_month_does_not_retrain(profile: ReferenceProfile) -> None:
 def test_a_shifted_triggering_feature_retrains(profile: ReferenceProfile) -> None:
     report = run(profile, shifted(months("2013-03"), "distance", 5.0))
     assert report.decision == "retrain" and report.triggered == ["distance"]
-    assert report.summary["max_psi"] >= 0.25 and "distance" in report.summary["drifted"]
+    assert report.summary["max_psi"] >= 0.25 and "distance" in report.summary["drifted"] and report.retrain
+    assert report.score == max(f.psi for f in report.features if f.triggers) == next(
+        f.psi for f in report.features if f.name == "distance")
     distance = next(f for f in report.features if f.name == "distance")
     assert distance.test == "ks" and distance.p_value < 0.01 and distance.mean_current > distance.mean_reference
 
