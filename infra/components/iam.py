@@ -25,11 +25,25 @@ class AccountSpec:
     account_id: str
     project_roles: Sequence[str] = ()  # only roles GCP grants at project level alone (e.g. logging)
     bucket_roles: Sequence[tuple[str, str]] = ()  # (bucket name, role)
+    # (bucket name, role, object-name prefix): the role on the objects under that prefix only (an IAM
+    # condition; the buckets have uniform bucket-level access). Listing is a bucket-level call it never allows.
+    prefix_roles: Sequence[tuple[str, str, str]] = ()
     topic_roles: Sequence[tuple[str, str]] = ()  # (topic name, role)
     subscription_roles: Sequence[tuple[str, str]] = ()  # (subscription name, role)
     secret_roles: Sequence[tuple[str, str]] = ()  # (Secret Manager secret id, role): on that one secret
     act_as: Sequence[str] = ()  # components whose service account this one may run workloads as
     custom_roles: Sequence[str] = ()  # ids of CustomRoleSpec
+
+
+def object_prefix_condition(bucket: str, prefix: str) -> dict[str, str]:
+    """The IAM condition that limits a bucket grant to the objects whose names start with ``prefix``."""
+    folder = prefix.strip("/") + "/"
+    return {
+        "title": f"only {folder}"[:100],
+        "description": f"objects of {bucket} under {folder}",
+        "expression": (f'resource.type == "storage.googleapis.com/Object" && '
+                       f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{folder}")'),
+    }
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,10 @@ class Iam(Construct):
                 ProjectIamMember(self, f"{spec.component}-custom-{rid}", project=props.project, role=roles[rid].id, member=member)
             for bucket, role in spec.bucket_roles:
                 StorageBucketIamMember(self, f"{spec.component}-{bucket}-{role.split('/')[-1]}", bucket=bucket, role=role, member=member)
+            for bucket, role, prefix in spec.prefix_roles:
+                StorageBucketIamMember(
+                    self, f"{spec.component}-{bucket}-{prefix.strip('/').replace('/', '-')}-{role.split('/')[-1]}",
+                    bucket=bucket, role=role, member=member, condition=object_prefix_condition(bucket, prefix))
             for topic, role in spec.topic_roles:
                 PubsubTopicIamMember(self, f"{spec.component}-{topic}-{role.split('/')[-1]}", topic=topic, role=role, member=member)
             for sub, role in spec.subscription_roles:

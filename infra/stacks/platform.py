@@ -8,7 +8,7 @@ from cdktn_provider_google.data_google_project import DataGoogleProject
 from cdktn_provider_google.service_account_iam_member import ServiceAccountIamMember
 from constructs import Construct
 
-from infra.components.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling
+from infra.components.gpu_fleet import GpuFleet, GpuFleetProps, LbUtilizationScaling, PubsubBacklogScaling
 from infra.components.iam import AccountSpec, CustomRoleSpec, Iam, IamProps
 from infra.components.load_balancer import (
     LIVENESS_PROBE,
@@ -54,9 +54,13 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]),
         AccountSpec("training", sa.training, project_roles=observe,
                     bucket_roles=[(st.lake_bucket, VIEWER), (st.artifacts_bucket, USER), (st.models_bucket, VIEWER)]),
+        # The offline-inference workers (tenfold.inference.worker): pull the requests, read the model versions,
+        # and write each request's result and error record under the lake's work prefix; nothing else of the
+        # lake (the DAG publishes the scores table). Poison messages reach the dead-letter topic as Pub/Sub's own
+        # service agent (infra/components/messaging.py), so no dead-letter grant is theirs.
         AccountSpec("inference", sa.inference, project_roles=observe,
-                    bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, VIEWER)],
-                    topic_roles=[(m.predictions_topic, PUBLISHER)],
+                    bucket_roles=[(st.models_bucket, VIEWER)],
+                    prefix_roles=[(st.lake_bucket, USER, settings.inference.work_prefix)],
                     subscription_roles=[(subs["requests"].name, SUBSCRIBER)]),
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
                     bucket_roles=[(st.lake_bucket, USER), (st.dataproc_staging_bucket, ADMIN)]),
@@ -129,9 +133,11 @@ class PlatformStack(TerraformStack):
                             startup.serving_startup_script(s, sv.canary_fleet, "canary"), [serving_tag, ssh_tag], **serving_kw)
         self.training = fleet("training", s.training.fleet, "training", startup.training_startup_script(s), [ssh_tag],
                               target_size=0, externally_resized=True)
-        # The offline-inference fleet (settings.inference.fleet, autoscaled on the requests backlog with
-        # PubsubBacklogScaling) is deployed with its worker module, tenfold.inference.worker: a stack
-        # never launches code that does not exist (tests/unit/test_deployables.py).
+        # Offline-inference workers: as many as the requests subscription's backlog needs, inference.backlog_per_worker
+        # undelivered messages each, down to min_replicas (0: none while nothing waits).
+        self.inference = fleet("inference", s.inference.fleet, "inference", startup.inference_startup_script(s), [ssh_tag],
+                               autoscaling=PubsubBacklogScaling(s.messaging.subscriptions["requests"].name,
+                                                                s.inference.backlog_per_worker))
 
         self.lb = HttpLoadBalancer(self, "load-balancer", HttpLoadBalancerProps(
             address_name=lb.address, health_check_id=ready.check.id, port_name=PORT_NAME,

@@ -1,7 +1,7 @@
 """Startup scripts of the fleets' VMs: each runs one Tenfold module in the Tenfold image.
 
-Each capability names the module its fleet runs (training: :mod:`tenfold.training.node`; serving: the
-image's own CMD), and ``tests/unit/test_deployables.py`` imports every module named here. The instance
+Each capability names the module its fleet runs (training: :mod:`tenfold.training.node`; offline
+inference: :mod:`tenfold.inference.worker`; serving: the image's own CMD), and ``tests/unit/test_deployables.py`` imports every module named here. The instance
 templates (``infra/components/gpu_fleet.py``) carry these scripts; they run on
 Container-Optimized OS, install the GPU driver when the template has an accelerator, and run the one
 Tenfold image with the environment's settings (``TENFOLD_ENV``, ``TENFOLD_PROJECT_ID``), so a VM
@@ -32,8 +32,11 @@ SERVER_ENV_PREFIX = f"{SERVING_ENV_PREFIX}SERVER__"
 # The training node agent (tenfold.training.node): registers, rendezvouses and runs torchrun.
 TRAINING_MODULE = "tenfold.training.node"
 TRAINING_COMMAND: tuple[str, ...] = ("python", "-m", TRAINING_MODULE)
+# The offline-inference worker (tenfold.inference.worker): pulls scoring requests until SIGTERM.
+INFERENCE_MODULE = "tenfold.inference.worker"
+INFERENCE_COMMAND: tuple[str, ...] = ("python", "-m", INFERENCE_MODULE)
 # Every Tenfold module a fleet's startup script launches (the deployables test imports each).
-LAUNCHED_MODULES: tuple[str, ...] = (TRAINING_MODULE,)
+LAUNCHED_MODULES: tuple[str, ...] = (TRAINING_MODULE, INFERENCE_MODULE)
 
 # The image's user and TENFOLD_HOME (serving_image/Dockerfile; tests/unit/test_fleets.py holds the two together).
 IMAGE_UID = 10001
@@ -232,3 +235,13 @@ def serving_model_setup() -> tuple[list[str], list[str]]:
 def training_startup_script(settings: Settings) -> str:
     """Training nodes run :mod:`tenfold.training.node` once per boot; it exits when the run is over."""
     return startup_script(settings, settings.training.fleet, "training", TRAINING_COMMAND, detach=False)
+
+
+def inference_startup_script(settings: Settings) -> str:
+    """Offline-inference workers run :mod:`tenfold.inference.worker` for the VM's life.
+
+    Docker restarts the worker if it exits; a stop (a scale-in, a spot preemption) sends SIGTERM, and the
+    worker finishes the requests in hand. What it had not acknowledged Pub/Sub delivers again elsewhere, and
+    the result written once per request id makes that harmless (:mod:`tenfold.inference.store`).
+    """
+    return startup_script(settings, settings.inference.fleet, "inference", INFERENCE_COMMAND, detach=True)

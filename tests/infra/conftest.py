@@ -1,9 +1,10 @@
 """Synthesize every stack ONCE per test session (the Google provider import alone takes ~10 s).
 
 One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip),
-a dev with its lake folders, network tags and orchestrator role renamed in settings (``relaid-dev``),
-a prod with a domain (``tls-prod``), a prod whose replicas check IAP instead of a bearer token
-(``iap-prod``) and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
+a dev with its lake folders, network tags, orchestrator role and inference work prefix renamed in settings
+(``relaid-dev``), a prod with a domain (``tls-prod``), a prod whose replicas check IAP instead of a bearer
+token (``iap-prod``) and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized
+``cdk.tf.json``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def renamed_settings() -> Any:
 
 @pytest.fixture(scope="session")
 def relaid_settings() -> Any:
-    """dev with other lake layout folders, network tags and orchestrator role id, all set in settings."""
+    """dev with other lake layout folders, network tags, orchestrator role id and inference work prefix, all set in
+    settings."""
     from tenfold.config import build_settings
 
     s = build_settings("dev", prefix=RELAID_PREFIX)
@@ -61,6 +63,7 @@ def relaid_settings() -> Any:
         "storage": s.storage.model_copy(update={"lake_layout": layout}),
         "network": s.network.model_copy(update={"serving_tag": "relaid-web", "ssh_tag": "relaid-admin"}),
         "infra": s.infra.model_copy(update={"orchestrator_role_id": "relaid_conductor"}),
+        "inference": s.inference.model_copy(update={"work_prefix": "relaid-work"}),
     })
 
 
@@ -92,12 +95,10 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
     from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
-    bad, fleets = _load("bad_stack"), _load("fleet_stack")
+    bad = _load("bad_stack")
 
     def extra(app: Any) -> None:
         bad.BadStack(app, BAD_STACK)
-        for env in ("dev", "prod"):
-            fleets.InferenceFleetStack(app, get_settings(env))
 
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),

@@ -20,15 +20,6 @@ def _platform(synth: Synth, env: str) -> dict:
     return synth.stack(get_settings(env).infra.platform_stack)
 
 
-def _fleets(synth: Synth, env: str) -> dict:
-    """The platform stack's resources plus the inference fleet's (synthesized apart: see fleet_stack.py)."""
-    platform, inference = _platform(synth, env), synth.stack(f"{get_settings(env).prefix}-inference-fleet")
-    out = {**platform, "resource": dict(platform["resource"])}
-    for kind, body in inference["resource"].items():
-        out["resource"][kind] = {**out["resource"].get(kind, {}), **body}
-    return out
-
-
 def _data(synth: Synth, env: str) -> dict:
     return synth.stack(get_settings(env).infra.data_stack)
 
@@ -150,7 +141,7 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
 
 @pytest.mark.parametrize("env", ENVS)
 def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> None:
-    s, stack = get_settings(env), _fleets(synth, env)
+    s, stack = get_settings(env), _platform(synth, env)
     fleets = {f.instance_template: f for f in (s.serving.stable_fleet, s.serving.canary_fleet, s.training.fleet, s.inference.fleet)}
     templates = {t["name_prefix"].rstrip("-"): t for t in resources(stack, "google_compute_instance_template").values()}
     assert set(templates) == set(fleets)
@@ -186,7 +177,7 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
 
 @pytest.mark.parametrize("env", ENVS)
 def test_autoscalers_scale_serving_on_lb_and_workers_on_backlog(synth: Synth, env: str) -> None:
-    s, stack = get_settings(env), _fleets(synth, env)
+    s, stack = get_settings(env), _platform(synth, env)
     groups = {lid: g["name"] for lid, g in resources(stack, "google_compute_region_instance_group_manager").items()}
     by_group = {groups[a["target"].split(".")[1]]: a["autoscaling_policy"] for a in resources(stack, "google_compute_region_autoscaler").values()}
     assert s.training.fleet.instance_group not in by_group, "the training group is resized by the DAG, not autoscaled"

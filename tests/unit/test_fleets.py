@@ -264,3 +264,26 @@ def test_the_image_user_and_home_are_the_dockerfiles() -> None:
     assert f"USER {fleets.IMAGE_UID}:{fleets.IMAGE_UID}" in dockerfile
     assert f"TENFOLD_HOME={fleets.IMAGE_HOME}" in dockerfile
     assert str(fleets.image_token_file(get_settings("prod"))) == f"{fleets.IMAGE_HOME}/run/{TOKEN_FILE}"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env: str, tmp_path: Path) -> None:
+    s = get_settings(env)
+    gpu_script = fleets.inference_startup_script(s)
+    assert ("cos-extensions install gpu" in gpu_script) is bool(s.inference.fleet.accelerator_count)
+    assert "fetch_serving_token" not in gpu_script, "only serving reads the token"
+    # Run for real (CPU template, the image's home moved here): what docker is asked to do, in order.
+    cpu = s.inference.fleet.model_copy(update={"accelerator_type": None, "accelerator_count": 0})
+    local = s.model_copy(update={"inference": s.inference.model_copy(update={"fleet": cpu})})
+    script = fleets.inference_startup_script(local).replace(fleets.IMAGE_HOME, str(tmp_path / "home"))
+    proc, calls = _run_script(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr
+    registry = s.container_image.split("/", 1)[0]
+    assert [c.split(" [")[0] for c in calls] == [
+        f"docker-credential-gcr configure-docker --registries={registry}",
+        "docker rm -f tenfold-inference",
+        f"docker run -d --restart=always --name tenfold-inference --network host -e TENFOLD_ENV={env} "
+        f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference {s.container_image} "
+        f"python -m {fleets.INFERENCE_MODULE}",
+    ]
+    assert fleets.INFERENCE_MODULE in fleets.LAUNCHED_MODULES
