@@ -1,0 +1,96 @@
+"""The monitor_drift pipeline's steps against the real registry on the emulator, without Airflow.
+
+What a run does when it cannot measure (no model yet, a version registered before reference profiles) and
+how it refuses bad input; measuring itself is in test_drift.py and, through Airflow, tests/integration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, month_range
+from tenfold.model_files import REFERENCE_PROFILE_FILE
+from tenfold.monitoring.drift import read_report
+from tenfold.monitoring.profile import ensure_profile
+from tenfold.pipelines import monitor_drift as pipeline
+from tenfold.registry import ModelRegistry
+from tenfold.registry.lineage import Lineage, partition_refs
+
+MONTHS = month_range("2013-01", "2013-03")
+
+
+@pytest.fixture
+def drift_settings(make_settings: Callable[..., Settings], local_settings: Settings) -> Settings:
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), MONTHS, 400)
+    return s
+
+
+def register(settings: Settings, directory: Path, *, with_profile: bool) -> str:
+    import torch
+
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+
+    lake, table = Lake.from_settings(settings), settings.storage.features_table
+    pre = Preprocessor.fit(lake.read_table(table, MONTHS[:2]), WORKLOAD.contract)
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
+    torch.manual_seed(1)
+    save_model(directory, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
+               workload=WORKLOAD.name)
+    if with_profile:
+        ensure_profile(directory, lake, table, MONTHS[:2], settings.monitoring.drift)
+    lineage = Lineage(feature_table=table, train_partitions=tuple(partition_refs(lake, table, MONTHS[:2])),
+                      holdout_partitions=(), training_config={}, run_id="monitor-tests")
+    return ModelRegistry(settings).register(directory, lineage, metrics={"auc": 0.5, "log_loss": 0.69}).version
+
+
+def test_no_champion_reports_no_model_and_does_not_retrain(drift_settings: Settings) -> None:
+    decision = pipeline.monitor(drift_settings, "2013-03")
+    assert decision["retrain"] is False and decision["decisions"] == {"2013-03": "no_model"}
+    assert "the registry has no champion yet" in read_report(drift_settings, "2013-03").reason
+
+
+def test_a_version_without_a_profile_says_so_and_measures_nothing(drift_settings: Settings, tmp_path: Path) -> None:
+    version = register(drift_settings, tmp_path / "old", with_profile=False)
+    decision = pipeline.monitor(drift_settings, "2013-03", version)
+    report = read_report(drift_settings, "2013-03")
+    assert decision["retrain"] is False and report.decision == "no_profile" and report.features == ()
+    assert f"version {version} was registered before reference profiles" in report.reason
+
+
+def test_a_version_with_a_profile_is_measured_from_its_files(drift_settings: Settings, tmp_path: Path) -> None:
+    version = register(drift_settings, tmp_path / "new", with_profile=True)
+    stored = {f.path for f in ModelRegistry(drift_settings).get(version).files}
+    assert REFERENCE_PROFILE_FILE in stored, "the profile is one of the version's hash-verified files"
+    decision = pipeline.monitor(drift_settings, "2013-03", version)
+    report = read_report(drift_settings, "2013-03")
+    assert report.version == version and report.rows == 400 and decision["retrain"] is False
+    from tenfold.workloads import get_workload
+
+    assert {f.name for f in report.features} == {*get_workload("flights").contract.feature_columns, "prediction"}
+
+
+@pytest.mark.parametrize(("conf", "message"), [
+    ({"month": "2013-13"}, "give a month as YYYY-MM"),
+    ({"months": "2013-03"}, "unknown run conf keys ['months']"),
+    ({"month": "2014-05"}, "not published"),
+    ({"month": "2013-03", "version": "nosuchalias"}, "run conf version 'nosuchalias'"),
+])
+def test_plan_refuses_bad_input_naming_it(drift_settings: Settings, conf: dict[str, str], message: str) -> None:
+    with pytest.raises(pipeline.PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        pipeline.plan(drift_settings, "manual__x", conf)
+
+
+def test_plan_takes_the_months_of_the_triggering_events_else_the_newest(drift_settings: Settings) -> None:
+    assert pipeline.plan(drift_settings, "asset__1", {}, ["2013-02", "2013-01", "2013-02"]).months == ("2013-01", "2013-02")
+    assert pipeline.plan(drift_settings, "manual__1", {}).months == ("2013-03",)
+    assert json.loads(json.dumps(pipeline.plan(drift_settings, "manual__1", {}).to_xcom()))["version"] is None
