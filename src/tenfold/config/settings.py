@@ -292,7 +292,7 @@ class TrainingSettings(_Frozen):
     # How much worse than the champion's log loss a challenger's may be; an optional ceiling on holdout ECE.
     gate_max_log_loss_increase: float = Field(default=0.01, ge=0)
     gate_max_ece: float | None = Field(default=None, gt=0)
-    # Scheduled retraining (train_model also runs on every features Asset event): Mondays 03:00 UTC.
+    # Scheduled retraining, the baseline (train_model also runs on every drift Asset event): Mondays 03:00 UTC.
     retrain_cron: str = "0 3 * * 1"
     # Cloud runs (tenfold.training.fleet): torchrun's entry module on the training fleet, where each
     # run's completion marker lands in the artifacts bucket, and bounds on every wait.
