@@ -100,7 +100,7 @@ class WorkerPool:
         self._stop.set()
         with self._lock:
             for slot, record in self.records.items():
-                process.stop(record, timeout=30.0)
+                process.stop(record, timeout=25.0)  # the worker's own close is bounded at 15 s
                 process.remove_pid_file(self.run_dir, worker_name(slot))
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Worker:
         self.objects = objects or work_objects(settings)
         self.models = ModelCache(settings)
         self.stats = WorkerStats()
+        self.closed = True  # False when the last run's pull did not close in time
         self._lock = threading.Lock()
         sub = settings.messaging.subscriptions.get("requests")
         if sub is None:
@@ -161,15 +163,31 @@ class Worker:
                 if future.done():
                     future.result()  # the stream failed for good: raise its error
         finally:
-            future.cancel()
-            try:
-                future.result(timeout=60)
-            except Exception as exc:  # cancelled streams end with CancelledError on some versions
-                if not isinstance(exc, (TimeoutError,)) and "cancel" not in type(exc).__name__.lower():
-                    log.warning("pull ended: %s", exc)
-            subscriber.close()
-        log.info("worker stopped: %s", self.stats)
+            self.closed = _close_bounded(future, subscriber, SHUTDOWN_S)
+        log.info("worker stopped%s: %s", "" if self.closed else f" (the pull did not close within {SHUTDOWN_S:.0f} s)",
+                 self.stats)
         return self.stats
+
+
+# How long a stopping worker waits for the handlers in progress and the stream to close. Whatever it leaves
+# unacknowledged is redelivered (nothing is lost), so a stuck close is abandoned rather than waited for.
+SHUTDOWN_S = 15.0
+
+
+def _close_bounded(future: Any, subscriber: Any, timeout: float) -> bool:
+    def close() -> None:
+        future.cancel()  # with await_callbacks_on_shutdown: the handlers in progress finish (and ack) first
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:  # a cancelled stream ends with an error on some versions
+            if "cancel" not in type(exc).__name__.lower():
+                log.warning("pull ended: %s", exc)
+        subscriber.close()
+
+    closer = threading.Thread(target=close, name="tenfold-infer-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    return not closer.is_alive()
 
 
 def _parquet_bytes(table: Any) -> bytes:
@@ -208,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"error: the pull failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if not worker.closed:
+        # The client's threads would hold the interpreter's exit; what they hold is redelivered anyway.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
