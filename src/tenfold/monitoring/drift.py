@@ -329,6 +329,19 @@ def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str |
     return DriftReport(decision=decision, features=tuple(results), reason=reason, **common)  # type: ignore[arg-type]
 
 
+def measure_partition(loaded: Any, profile: ReferenceProfile, lake: Any, table: str, month: str, version: str | None,
+                      policy: DriftPolicy) -> DriftReport:
+    """One published month of ``table`` against ``profile``, with the predictions of ``loaded`` (a
+    :class:`tenfold.model.io.LoadedModel`) on it. Reads that month's feature columns and nothing else."""
+    from tenfold.training.data import read_features
+
+    contract = loaded.workload.contract
+    data = read_features(lake, [Partition.parse(month)], contract=contract, table=table, columns=contract.feature_columns)
+    predictions = loaded.predict_proba(data) if data.num_rows else None
+    return measure(profile, data, month=month, version=version, policy=policy, categorical=contract.categorical_columns,
+                   numeric=contract.numeric_columns, predictions=predictions)
+
+
 def skipped(month: str, version: str | None, decision: Decision, reason: str) -> DriftReport:
     """A report that measured nothing (no model, no profile): it says why."""
     return DriftReport(month=month, version=version, decision=decision, rows=0, reason=reason)

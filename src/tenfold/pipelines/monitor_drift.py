@@ -31,8 +31,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
-from tenfold.monitoring.drift import DriftError, DriftPolicy, DriftReport, skipped, write_report
-from tenfold.monitoring.drift import measure as measure_drift
+from tenfold.monitoring.drift import DriftError, DriftPolicy, DriftReport, measure_partition, skipped, write_report
 from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
 from tenfold.registry.errors import RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry
@@ -142,20 +141,13 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
         log.warning("%s", why)
         return Measured(reports=tuple(skipped(m, p.version, "no_profile", why).to_dict() for m in p.months))
     from tenfold.model.io import load_model
-    from tenfold.training.data import read_features
 
     loaded = load_model(model_dir)
-    contract = loaded.workload.contract
     lake = Lake.from_settings(settings)
     reports = []
     for month in p.months:
-        data = read_features(lake, [Partition.parse(month)], contract=contract, table=settings.storage.features_table,
-                             columns=contract.feature_columns)
-        predictions = loaded.predict_proba(data) if data.num_rows else None
         try:
-            report_ = measure_drift(profile, data, month=month, version=p.version, policy=rules,
-                                    categorical=contract.categorical_columns, numeric=contract.numeric_columns,
-                                    predictions=predictions)
+            report_ = measure_partition(loaded, profile, lake, settings.storage.features_table, month, p.version, rules)
         except DriftError as exc:
             raise PipelineError(f"{month}: {exc}") from exc
         log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
