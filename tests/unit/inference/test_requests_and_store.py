@@ -1,0 +1,103 @@
+"""Request ids, the request codec and the run store's create-if-absent results (file:// and gs:// on the
+session's GCS emulator through the real storage client)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tenfold.inference.requests import RequestError, ScoringRequest, decode, plan_batches, request_id
+from tenfold.inference.runs import Accounting, InferenceRunError, check_invariant
+from tenfold.inference.store import FileObjects, GcsObjects, RunStore
+
+
+def test_request_ids_are_deterministic_and_distinct() -> None:
+    assert request_id("run-a", "2013-07", 3) == request_id("run-a", "2013-07", 3)
+    ids = {request_id(r, p, i) for r in ("run-a", "run-b") for p in ("2013-07", "2013-08") for i in range(50)}
+    assert len(ids) == 200
+    assert all("/" not in i for i in ids)
+
+
+def test_batches_cover_every_row_once_and_round_trip() -> None:
+    rows = pa.table({"k": list(range(23)), "x": [float(i) for i in range(23)]})
+    batches = list(plan_batches(rows, run_key="r", partition="2013-07", model_version="v1", rows_per_message=5))
+    assert [b.rows.num_rows for b in batches] == [5, 5, 5, 5, 3]
+    again = [decode(b.encode(), b.attributes(), ["k", "x"]) for b in batches]
+    assert pa.concat_tables([b.rows for b in again]).equals(rows)
+    assert [b.request_id for b in again] == [request_id("r", "2013-07", i) for i in range(5)]
+
+
+@pytest.mark.parametrize(("body", "attributes", "message"), [
+    (b"junk", {}, "not an Arrow IPC stream"),
+    (None, {"run": ""}, r"attributes \['run'\] are missing"),
+    (None, {"rows": "7"}, "truncated"),
+    (None, {"rows": "x"}, "not a whole number"),
+])
+def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message) -> None:
+    good = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=pa.table({"k": [1, 2]}))
+    with pytest.raises(RequestError, match=message):
+        decode(good.encode() if body is None else body, {**good.attributes(), **attributes})
+    with pytest.raises(RequestError, match="lack the feature contract's columns"):
+        decode(good.encode(), good.attributes(), ["k", "missing"])
+
+
+_RACE = """
+import sys
+from pathlib import Path
+from tenfold.inference.store import FileObjects
+print(FileObjects(Path(sys.argv[1])).create("run/results/x.parquet", f"writer {sys.argv[2]}".encode()))
+"""
+
+
+def test_file_results_are_created_once_and_never_overwritten(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), str(n)], stdout=subprocess.PIPE, text=True)
+             for n in range(4)]
+    wins = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(wins) == ["False", "False", "False", "True"]
+    content = (tmp_path / "run/results/x.parquet").read_bytes()
+    assert content.startswith(b"writer ")
+    store = RunStore(FileObjects(tmp_path), "run")
+    assert store.put_result("x", b"later") is False and store.result("x") == content
+    assert store.result_ids() == ["x"] and not list((tmp_path / "run/results").glob(".*"))
+
+
+def test_gcs_results_are_created_once(gcs_emulator: str) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs_emulator})
+    bucket = f"inference-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(bucket)
+    store = RunStore(GcsObjects(client, bucket, "lake/_inference"), "run-1")
+    assert store.put_result("a", b"first") is True
+    assert store.put_result("a", b"second") is False  # if_generation_match=0 refused: the first stays
+    assert store.result("a") == b"first" and store.has_result("a") and not store.has_result("b")
+    store.put_error("b", {"attempts": [1]})
+    assert store.result_ids() == ["a"] and store.error("b") == {"attempts": [1]}
+
+
+def test_the_invariant_fails_the_run_naming_the_numbers() -> None:
+    acc = Accounting(requests=3, scored=("a", "b"), dead_lettered=("c",))
+    figures = check_invariant(requests_in=3, rows_in=30, acc=acc, rows_out=20, rows_dead=10, distinct_keys=20)
+    assert figures["rows_out"] == 20
+    with pytest.raises(InferenceRunError, match=r"rows: 30 in != 19 out \+ 10 dead-lettered"):
+        check_invariant(requests_in=3, rows_in=30, acc=acc, rows_out=19, rows_dead=10, distinct_keys=19)
+    with pytest.raises(InferenceRunError, match="requests: 4 in"):
+        check_invariant(requests_in=4, rows_in=30, acc=acc, rows_out=20, rows_dead=10, distinct_keys=20)
+    with pytest.raises(InferenceRunError, match="1 rows are scored more than once"):
+        check_invariant(requests_in=3, rows_in=30, acc=acc, rows_out=20, rows_dead=10, distinct_keys=19)
+
+
+def test_the_worker_module_answers_help_without_heavy_imports() -> None:
+    code = ("import sys, runpy; sys.argv=['w', '--help']\n"
+            "try:\n    runpy.run_module('tenfold.inference.worker', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\n"
+            "heavy = [m for m in ('torch', 'pyarrow', 'google.cloud.pubsub_v1') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "--settings-file" in out and "HEAVY []" in out
