@@ -141,3 +141,10 @@ def test_a_rerun_publishes_nothing_new_and_each_worker_loads_the_model_once(
 def test_an_unpublished_partition_is_refused_naming_build_features(scoring: dict[str, Any]) -> None:
     with pytest.raises(bulk.ScoringJobError, match=r"not published.*run build_features for 2013-06"):
         bulk.score_partition(scoring["settings"], CHAMPION, MONTH.next())
+
+
+def test_the_cloud_is_refused_before_anything_is_read() -> None:
+    from tenfold.config import build_settings
+
+    with pytest.raises(bulk.ScoringJobError, match=r"raise settings\.inference\.spark_threshold_rows"):
+        bulk.score_partition(build_settings("dev"), CHAMPION, MONTH)

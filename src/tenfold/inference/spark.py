@@ -97,11 +97,18 @@ def score_partition(
     Idempotent: a rerun with the same model version on the same features writes the same file, and the
     publish then changes nothing. ``timeout_s`` bounds the job (default: the DAG's task timeout); on any
     failure :class:`ScoringJobError` (or :class:`tenfold.serving.loading.ServingLoadError` for a model
-    that cannot be resolved) is raised and the visible scores partition is left as it was.
+    that cannot be resolved) is raised and the visible scores partition is left as it was. Local only: in dev
+    and prod it refuses, naming the setting that sends the partition through Pub/Sub instead.
     """
     from tenfold.features.submit import SparkJobError, run_submit, submit_prefix
     from tenfold.serving.loading import resolve_and_download
 
+    if not settings.is_local:
+        # Dataproc's runtimes have no torch: the batch would need a custom container image, not built yet.
+        raise ScoringJobError(
+            f"the Spark bulk path runs on this machine's Spark only; in {settings.env} a Dataproc batch would need a "
+            f"runtime image with torch, which Tenfold does not build yet. Score {part.label} through Pub/Sub and the "
+            "inference fleet: raise settings.inference.spark_threshold_rows above its row count")
     version, model_dir = resolve_and_download(settings, model_ref)
     st = settings.storage
     lake = Lake.from_settings(settings)
@@ -205,7 +212,8 @@ def _scorer(model_file: str, version: str, columns: list[str], input_schema: pa.
             # The contract's Arrow types again (pandas turned nullable ints into floats): the model sees the
             # same table a reader of the lake hands it in-process, and scores it as the Pub/Sub workers do.
             table = pa.Table.from_pandas(frame[columns], schema=input_schema, preserve_index=False)
-            yield score_rows(model, table, version).to_pandas()
+            # The version is one constant: the driver adds it, so it never crosses to the driver row by row.
+            yield score_rows(model, table, version).drop_columns([MODEL_VERSION]).to_pandas()
 
     return score
 
@@ -225,6 +233,7 @@ def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContrac
 
 def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     """Score ``args.month`` into ``args.output`` (and publish it with ``args.publish``); returns facts for the log."""
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
     from tenfold.data.parquet import write_sorted
@@ -250,10 +259,14 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
 
     spark.sparkContext.addFile(str(model_dir), recursive=True)
     frame: DataFrame = spark.read.parquet(*uris).select(*columns)
-    ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in schema)
+    ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in schema if f.name != MODEL_VERSION)
     scorer = _scorer(model_dir.name, args.model_version, columns, input_schema,
                      spark.conf.get(LOAD_LOG_CONF, None))
+    # Scores are narrow (the keys and one float): the driver holds a partition's (about 45 bytes a row for the
+    # flights keys, 5 million rows ~225 MB, under spark.driver.maxResultSize) and writes the one sorted file
+    # the Pub/Sub path writes too; a rerun's file is byte-identical, which a sampled range layout is not.
     scores = frame.mapInPandas(scorer, ddl).toArrow()
+    scores = scores.append_column(MODEL_VERSION, pa.array([args.model_version] * scores.num_rows, pa.string()))
     if scores.num_rows != expected_rows:
         raise ScoringJobError(f"scored {scores.num_rows} rows, but {args.features_table} {part.label} holds "
                               f"{expected_rows}: nothing was written")
