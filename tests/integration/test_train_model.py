@@ -102,3 +102,113 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     else:
         assert reg.resolve(CHALLENGER) != v2.version
         assert all(e.get("version") != v2.version for e in events)
+
+
+# --- retraining with feedback (docs/feedback.md) -----------------------------------------------------------
+
+FB_TRAIN, FB_HOLDOUT = ["2033-01", "2033-02"], ["2033-03", "2033-03"]
+
+
+def _land_feedback(settings: Settings, bodies: list[dict[str, object]], outcomes: list[int]) -> None:
+    """Served predictions of ``bodies`` and their outcomes in the feedback logs, joined into the labelled table."""
+    import datetime as dt
+    import uuid
+
+    import pyarrow as pa
+
+    from tenfold.data.lake import Partition
+    from tenfold.feedback.log import write_batch
+    from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row
+    from tenfold.feedback.upsert import join
+    from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+
+    lake, now = Lake.from_settings(settings), dt.datetime.now(dt.UTC)
+    ids = [uuid.uuid4().hex for _ in bodies]
+
+    def delivered(row: dict[str, object]) -> dict[str, object]:
+        return {**row, "message_id": uuid.uuid4().hex, "publish_time": now, "delivery_attempt": 1, "landed_at": now}
+
+    preds = [delivered(prediction_row(PredictionRecord(prediction_id=i, model_version="v0", arm="stable",
+                                                       probability=0.3, request=b, served_at=now)))
+             for i, b in zip(ids, bodies, strict=True)]
+    fbs = [delivered(feedback_row(FeedbackRecord(prediction_id=i, outcome=o, received_at=now)))
+           for i, o in zip(ids, outcomes, strict=True)]
+    write_batch(lake, settings.storage.predictions_table, Partition.from_date(now), pa.Table.from_pylist(preds, schema=PREDICTIONS_LOG))
+    write_batch(lake, settings.storage.feedback_table, Partition.from_date(now), pa.Table.from_pylist(fbs, schema=FEEDBACK_LOG))
+    join(settings)
+
+
+def _weights(model_ref: str) -> dict[str, object]:
+    import torch
+
+    from tenfold.model_files import WEIGHTS_FILE
+
+    state: dict[str, object] = torch.load(Path(model_ref) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return state
+
+
+def test_retraining_with_feedback_uses_the_windows_flights_and_weight_zero_is_the_run_without_it(
+    local_settings: Settings, make_settings: object
+) -> None:
+    from dataclasses import asdict
+
+    import torch
+
+    from tenfold.data.lake import Partition
+    from tenfold.pipelines import train_model as tm
+    from tenfold.workloads.flights.synthetic import (
+        publish_synthetic_features,
+        publish_synthetic_lookups,
+        synthetic_requests,
+    )
+
+    settings: Settings = make_settings(on=local_settings)  # type: ignore[operator]
+    lake = Lake.from_settings(settings)
+    months = month_range(FB_TRAIN[0], FB_HOLDOUT[1])
+    publish_synthetic_features(lake, months, 300, seed=4)
+    publish_synthetic_lookups(lake, months, prefix=settings.storage.lookups_table)
+    conf = {"train_months": FB_TRAIN, "holdout_months": FB_HOLDOUT, "epochs": 2, "max_steps": 16, "batch_size": 32,
+            "nproc": 1, "seed": 3}
+
+    # A run planned before any feedback exists: features rows only.
+    without = tm.plan(settings, "manual__no_feedback_yet", conf)
+    assert without.feedback["rows"] == 0 and without.train_config["feedback_uri"] is None
+
+    # Served flights of every month, the holdout's too, with observed outcomes (a rule the network can learn:
+    # evening flights are late), joined into the labelled table.
+    bodies = [b for p in months for b in synthetic_requests(p, 80, seed=6)]
+    _land_feedback(settings, bodies, [int(str(b["sched_dep"])[11:13] >= "17") for b in bodies])
+    in_window = sum(1 for b in bodies if str(b["sched_dep"])[:7] in FB_TRAIN)
+
+    zero = tm.plan(settings, "manual__feedback_weight_0", {**conf, "feedback_weight": 0})
+    assert zero.feedback == {} and zero.train_config == without.train_config
+    used = tm.plan(settings, "manual__feedback_weight_1", conf)
+    fb = used.feedback
+    assert fb["rows"] == in_window == 160 and fb["weight"] == 1.0
+    assert fb["outside_window_or_unassemblable"] == {"sched_dep": 80}  # March is the holdout: never trained on
+    assert used.train_config["feedback_sha256"] == fb["sha256"] and Path(fb["uri"]).is_file()
+    assert all(Partition.parse(m) in lake.published_partitions(settings.storage.labelled_table) for m in fb["labelled_partitions"])
+
+    trained = {name: tm.train(settings, p) for name, p in (("without", without), ("zero", zero), ("used", used))}
+    a, b, c = (_weights(trained[n].model_ref) for n in ("without", "zero", "used"))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "weight 0 must train exactly the model of a run without feedback"
+    assert not all(torch.equal(a[k], c[k]) for k in a), "feedback of weight 1 must change the model"
+    reported = trained["used"].train_result["feedback"]
+    # The newest 14 days of February are the validation slice: its days' feedback is left out too.
+    assert 0 < reported["rows"] < 160 and reported["rows"] + reported["in_validation_days"] == 160
+    assert trained["used"].train_result["rows"] == trained["used"].train_result["features_rows"] + reported["rows"]
+    assert trained["without"].train_result["feedback"] is None
+
+    # The lineage is register's part; evaluate's scores (tested above) are not what this test is about.
+    evaluation = tm.Evaluation(holdout=asdict(used.holdout), challenger={"auc": 0.6, "log_loss": 0.6, "brier": 0.2},
+                               baselines={})
+    registered = tm.register(settings, used, trained["used"], evaluation)
+    lineage = ModelRegistry(settings).get(registered.version).lineage
+    assert lineage is not None
+    recorded = lineage.feedback  # what `tenfold models show` prints under lineage.feedback
+    assert recorded["rows"] == 160 and recorded["weight"] == 1.0 and recorded["sha256"] == fb["sha256"]
+    assert recorded["trained_rows"] == reported["rows"]
+    ((_served_month, ref),) = recorded["labelled_partitions"].items()
+    assert ref["rows"] == 240 and ref["data_dir"] and ref["run_id"]
+    assert recorded["train_months"] == FB_TRAIN and "2033-03" not in recorded["lookup_months"]
