@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,12 +139,12 @@ def _land_feedback(settings: Settings, bodies: list[dict[str, object]], outcomes
     join(settings)
 
 
-def _weights(model_ref: str) -> dict[str, object]:
+def _weights(model_ref: str) -> dict[str, Any]:
     import torch
 
     from tenfold.model_files import WEIGHTS_FILE
 
-    state: dict[str, object] = torch.load(Path(model_ref) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = torch.load(Path(model_ref) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     return state
 
 
