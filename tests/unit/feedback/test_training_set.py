@@ -133,3 +133,20 @@ def test_the_training_input_is_content_addressed_and_deterministic(settings: Set
     assert read_feedback(uri, sha, CONTRACT).equals(first.table)
     with pytest.raises(Exception, match="replaced after the plan"):
         read_feedback(uri, "0" * 64, CONTRACT)
+
+
+def test_in_the_cloud_the_input_is_staged_create_only_beside_the_config(settings: Settings, world: dict[str, Any],
+                                                                        storage_client: Any) -> None:
+    from tenfold.config import get_settings
+    from tenfold.training.fleet import run_folder
+
+    dev = get_settings("dev")
+    chosen = feedback_training_set(settings, [JAN], weight=1.0, max_rows=10_000)
+    folder = f"gs://{dev.storage.artifacts_bucket}/{run_folder(dev, 'scheduled-2032-03-01-feedback')}/out"
+    uri, sha = write_training_input(chosen.table, folder, storage_client=storage_client)
+    assert uri.startswith(folder + "/feedback-") and uri.endswith(".parquet")
+    blob = storage_client.bucket(dev.storage.artifacts_bucket).get_blob(uri.split("/", 3)[3])
+    assert blob is not None and blob.download_as_bytes() == parquet_bytes(chosen.table)
+    generation = blob.generation
+    assert write_training_input(chosen.table, folder, storage_client=storage_client) == (uri, sha)  # a retried plan
+    assert storage_client.bucket(dev.storage.artifacts_bucket).get_blob(uri.split("/", 3)[3]).generation == generation
