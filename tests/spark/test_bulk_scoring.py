@@ -3,7 +3,8 @@
 One small synthetic features partition is published in a lake of its own and a small flights network (with a
 non-identity calibration, so the folder's whole ``predict_proba`` is exercised) is registered as ``champion``
 in a registry of its own on the session's GCS emulator. :func:`score_partition` then runs the real
-``spark-submit`` of ``spark_jobs/score_partition.py`` (a JVM of its own, on loopback) and publishes the scores;
+``spark-submit`` of ``spark_jobs/score_partition.py`` (a JVM of its own, on loopback) and publishes the scores,
+called as the ``batch_inference`` pipeline calls it when a partition is above its Spark threshold (0 here);
 the rerun goes through the job's own ``run`` on the session's Spark, with many small Arrow batches and a log
 of every model load.
 """
@@ -57,14 +58,17 @@ def _register(settings: Settings, directory: Path) -> str:
 
 @pytest.fixture(scope="module")
 def scoring(make_settings: Any, local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Settings with a lake and registry of their own, the partition published, ``champion`` registered, and
-    the first run of :func:`score_partition` (spark-submit)."""
-    settings = make_settings(on=local_settings)
+    """Settings with a lake and registry of their own and a Spark threshold of 0, the partition published,
+    ``champion`` registered, and the first scoring: the batch_inference pipeline's steps, which take the Spark
+    path and call :func:`score_partition` (spark-submit)."""
+    from tenfold.pipelines import batch_inference
+
+    settings = make_settings(on=local_settings, inference={"spark_threshold_rows": 0})
     lake = Lake.from_settings(settings)
     publish_synthetic_features(lake, [MONTH], ROWS, seed=11, table=settings.storage.features_table)
     version = _register(settings, tmp_path_factory.mktemp("model"))
-    rows = bulk.score_partition(settings, CHAMPION, MONTH, run_id="first", timeout_s=600)
-    return {"settings": settings, "lake": lake, "version": version, "rows": rows,
+    figures = batch_inference.run_all(settings, {"month": MONTH.label})
+    return {"settings": settings, "lake": lake, "version": version, "figures": figures,
             "manifest": lake.read_manifest(settings.storage.scores_table, MONTH)}
 
 
@@ -82,9 +86,10 @@ def _in_process(settings: Settings, lake: Lake, version: str) -> pa.Table:
 
 def test_the_spark_path_scores_like_the_model_in_process_and_publishes_the_contract(scoring: dict[str, Any]) -> None:
     settings, lake, version = scoring["settings"], scoring["lake"], scoring["version"]
-    assert scoring["rows"] == ROWS
+    figures = scoring["figures"]
+    assert (figures["path"], figures["rows_in"], figures["rows_out"], figures["model_version"]) == ("spark", ROWS, ROWS, version)
     manifest = scoring["manifest"]
-    assert manifest.rows == ROWS and manifest.run_id == "first"
+    assert manifest.rows == ROWS
     features_manifest = lake.read_manifest(settings.storage.features_table, MONTH)
     assert manifest.extra == {"model_version": version, "features_table": settings.storage.features_table,
                               "features_data_dir": features_manifest.data_dir, "scored_by": "spark"}
