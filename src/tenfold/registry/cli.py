@@ -89,6 +89,15 @@ def calibration_view(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def feedback_view(feedback: dict[str, Any]) -> dict[str, Any] | None:
+    """The feedback a version trained on, in brief: rows, weight, and rows per labelled partition read."""
+    if not feedback:
+        return None
+    return {"rows": feedback.get("rows"), "trained_rows": feedback.get("trained_rows"), "weight": feedback.get("weight"),
+            "train_months": feedback.get("train_months"),
+            "labelled_partitions": {m: ref.get("rows") for m, ref in (feedback.get("labelled_partitions") or {}).items()}}
+
+
 @app.command("show")
 def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or alias"), env: str | None = EnvOption) -> None:
     """One version as JSON: files, metrics, calibration, lineage, gate decisions; for an alias also its history."""
@@ -102,6 +111,8 @@ def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or 
             "version": mv.version, "digest": mv.digest, "created_at": mv.created_at, "uri": mv.uri,
             "metrics": mv.metrics, "calibration": calibration_view(mv.metrics), "files": [f.__dict__ for f in mv.files],
             "lineage": mv.lineage.to_dict() if mv.lineage else None,
+            # In brief (the whole record is lineage.feedback): what the run took from the feedback join.
+            "feedback": feedback_view(mv.lineage.feedback) if mv.lineage else None,
             "aliases": sorted(a for a, p in reg.aliases().items() if p.version == mv.version),
             "gate_decisions": {run: d.get("summary") for run, d in decisions.items()},
             "gate_checks": {run: d["checks"] for run, d in decisions.items() if isinstance(d.get("checks"), dict)},
