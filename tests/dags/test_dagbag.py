@@ -121,6 +121,12 @@ def test_build_features_wiring(dagbag):
         assert cloud["tasks"] == local["tasks"]
 
 
+def test_batch_inference_wiring(dagbag):
+    for env in dagbag["envs"]:  # the same graph everywhere: locally the score task runs the worker pool
+        d = dagbag["envs"][env]["dags"]["batch_inference"]
+        assert d["tasks"] == ["plan", "publish", "publish_results", "score"]
+
+
 # --- no resource name spelled outside settings ------------------------------------------------------
 
 DEPLOYABLES = ("dags", "spark_jobs", "infra", "serving_image")
