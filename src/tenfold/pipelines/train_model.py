@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.jsonable import plain_json
 from tenfold.model_files import META_FILE
 from tenfold.monitoring.profile import ensure_profile
@@ -224,6 +224,11 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
         chosen = feedback_training_set(settings, train, weight=weight, max_rows=settings.training.feedback_max_rows)
     except FeedbackError as exc:
         raise PipelineError(str(exc)) from exc
+    except LakeError as exc:
+        raise PipelineError(
+            f"the feedback join's labelled table cannot be read ({exc}): rebuild it (tenfold feedback join), or train "
+            "without feedback (run conf {\"feedback_weight\": 0})"
+        ) from exc
     summary = dict(chosen.summary)
     log.info("feedback for %s..%s: %d rows of weight %g (%s)", train[0].label, train[-1].label, chosen.rows, weight,
              {k: v for k, v in summary.items() if k not in ("labelled_partitions", "train_months")})
