@@ -150,3 +150,26 @@ def test_in_the_cloud_the_input_is_staged_create_only_beside_the_config(settings
     generation = blob.generation
     assert write_training_input(chosen.table, folder, storage_client=storage_client) == (uri, sha)  # a retried plan
     assert storage_client.bucket(dev.storage.artifacts_bucket).get_blob(uri.split("/", 3)[3]).generation == generation
+
+
+def test_train_model_plan_writes_the_windows_feedback_as_the_runs_extra_input(settings: Settings, world: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from tenfold.pipelines.common import PipelineError
+    from tenfold.pipelines.train_model import plan
+    from tenfold.training.config import TrainConfig
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    publish_synthetic_features(Lake.from_settings(settings), [JAN, FEB, MAR], 60)
+    conf = {"train_months": [JAN.label, FEB.label], "holdout_months": [MAR.label, MAR.label]}
+    run = plan(settings, "manual__with_feedback", {**conf, "feedback_weight": 2.5})
+    cfg = TrainConfig.from_dict(run.train_config)
+    assert run.feedback["rows"] == 60 and cfg.feedback_weight == 2.5 and cfg.feedback_sha256 == run.feedback["sha256"]
+    assert cfg.feedback_uri is not None and Path(cfg.feedback_uri).parent == Path(run.work_dir) / "feedback"
+    again = plan(settings, "manual__with_feedback", {**conf, "feedback_weight": 2.5})  # a retried plan task
+    assert again == run
+    off = plan(settings, "manual__without", {**conf, "feedback_weight": 0})
+    assert off.feedback == {} and TrainConfig.from_dict(off.train_config).feedback_uri is None
+    for bad in ("1", -1, 101, True):
+        with pytest.raises(PipelineError, match="feedback_weight"):
+            plan(settings, "manual__bad", {**conf, "feedback_weight": bad})
