@@ -6,7 +6,8 @@
     feedback topic    ─▶ FeedbackSink ─▶ lake/<feedback_table>     (append-only log, by received month)
                                    join ─▶ lake/<labelled_table>   (one row per prediction id, published)
                                               ├─▶ online_metrics()  per model version and arm (canary analysis)
-                                              └─▶ labelled_rows()   served requests with outcomes (retraining)
+                                              └─▶ labelled_rows()   served requests with outcomes (retraining:
+                                                    feedback.training turns them into weighted training rows)
 
 Run it with ``tenfold feedback sink``, ``tenfold feedback join`` and ``tenfold feedback metrics``
 (``--help`` on each); docs/feedback.md explains the guarantees. Heavy modules load on first use.

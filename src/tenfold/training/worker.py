@@ -22,6 +22,11 @@ decision: the best epoch's weights are kept (in the snapshot, so a resumed run c
 uninterrupted one), and training stops after ``patience`` epochs without improvement. Rank 0 saves the
 best epoch's weights with the calibration fitted on the slice (:mod:`tenfold.training.calibration`).
 
+Feedback (docs/feedback.md, "Retraining with feedback"): with ``cfg.feedback_uri`` the rows ``train_model``'s
+plan chose from the feedback join (SHA-256 checked) follow the features rows, each weighing
+``cfg.feedback_weight`` features rows in the loss (:func:`~tenfold.training.loss.weighted_bce`); those of the
+validation slice's days are left out. The preprocessing, the slice and the calibration's anchor stay features-only.
+
 The loop is a :class:`Trainer` (after pytorch/examples' minGPT-ddp): ``_load_snapshot`` on
 construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapshot`` writing a
 :class:`~tenfold.training.checkpoint.Snapshot`. The model is constructed only in :func:`build_model`.
