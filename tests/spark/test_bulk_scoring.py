@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
@@ -120,27 +121,36 @@ def test_a_rerun_publishes_nothing_new_and_each_worker_loads_the_model_once(
 
     settings, lake, version = scoring["settings"], scoring["lake"], scoring["version"]
     st = settings.storage
-    staged = lake.uri_of(lake.staging_path(st.scores_table, MONTH, "rerun"))
-    args = bulk.parse_args(["--lake-uri", st.lake_uri, "--month", MONTH.label, "--output", staged,
-                            "--model-dir", str(model_cache_dir(settings) / version), "--model-version", version,
-                            "--features-table", st.features_table, "--scores-table", st.scores_table,
-                            "--publish", "--run-id", "rerun"])
+
+    def args(output: str, *extra: str) -> Any:
+        return bulk.parse_args(["--lake-uri", st.lake_uri, "--month", MONTH.label, "--output", output,
+                                "--model-dir", str(model_cache_dir(settings) / version), "--model-version", version,
+                                "--features-table", st.features_table, "--scores-table", st.scores_table, *extra])
+
     load_log = tmp_path / "loads.txt"
     spark.conf.set(bulk.LOAD_LOG_CONF, str(load_log))
-    # Many Arrow batches per task: a model loaded per batch (or per task) would log a pid twice.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "200")
     try:
-        facts = bulk.run(spark, args)
-        facts_again = bulk.run(spark, args)
+        # 1. The rerun, as the job runs (the default Arrow batches): the same bytes, so publish found the visible
+        # partition identical and left the first run's manifest, run id and time included.
+        rerun = bulk.run(spark, args(lake.uri_of(lake.staging_path(st.scores_table, MONTH, "rerun")), "--publish",
+                                     "--run-id", "rerun"))
+        assert rerun["rows"] == ROWS
+        assert lake.read_manifest(st.scores_table, MONTH) == scoring["manifest"]
+        # 2. Many Arrow batches per task, in workers that already hold the model: a model loaded per batch, per
+        # task or per job would log a pid twice. The scores stay the published ones.
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "200")
+        staged = tmp_path / "small-batches"
+        bulk.run(spark, args(staged.as_uri()))
     finally:
         spark.conf.unset(bulk.LOAD_LOG_CONF)
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
-    assert facts["rows"] == facts_again["rows"] == ROWS
-    # The same bytes: publish found the visible partition identical and left the first run's manifest.
-    assert lake.read_manifest(st.scores_table, MONTH) == scoring["manifest"]
     pids = [line.split()[0] for line in load_log.read_text().splitlines()]
     assert pids, "the workers logged no model load: the hook is not wired"
     assert len(pids) == len(set(pids)), f"a Python worker loaded the model more than once: {pids}"
+    published = lake.read_table(st.scores_table, [MONTH])
+    small = pq.read_table(staged / bulk.SCORES_FILE)
+    assert small.select(list(CONTRACT.key_columns)).equals(published.select(list(CONTRACT.key_columns)))
+    assert float(np.max(np.abs(small["probability"].to_numpy() - published["probability"].to_numpy()))) <= 1e-9
 
 
 def test_an_unpublished_partition_is_refused_naming_build_features(scoring: dict[str, Any]) -> None:

@@ -182,12 +182,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 _MODELS: dict[str, LoadedModel] = {}
 
 
-def cached_model(model_dir: str, load_log: str | None = None) -> LoadedModel:
-    """The model folder at ``model_dir``, loaded once per process (a Spark Python worker lives for many tasks)."""
+def cached_model(model_dir: str, load_log: str | None = None, *, threads: int = 1) -> LoadedModel:
+    """The model folder at ``model_dir``, loaded once per process (a Spark Python worker lives for many tasks).
+
+    ``threads``: torch's intra-op threads, the cores Spark gives a task (``spark.task.cpus``); more would have
+    the workers of concurrent tasks fight over the same cores.
+    """
     loaded = _MODELS.get(model_dir)
     if loaded is None:
         from tenfold.model import load_model
+        from tenfold.serving.loading import configure_torch
 
+        configure_torch(threads)
         loaded = _MODELS[model_dir] = load_model(model_dir)
         if load_log:
             with open(load_log, "a") as fh:  # one short line per write: appends from processes do not interleave
@@ -201,13 +207,14 @@ def _scorer(model_file: str, version: str, columns: list[str], input_schema: pa.
 
     def score(batches):  # type: ignore[no-untyped-def]  # no hints: Spark must not infer a UDF type from them
         import pyarrow as pa
-        from pyspark import SparkFiles
+        from pyspark import SparkFiles, TaskContext
 
         # Resolved through the imported module, not this closure's globals: cloudpickle ships a closure's
         # globals with every task, and the cache must outlive the task.
         from tenfold.inference import spark as this
 
-        model = this.cached_model(SparkFiles.get(model_file), load_log)
+        task = TaskContext.get()
+        model = this.cached_model(SparkFiles.get(model_file), load_log, threads=task.cpus() if task else 1)
         for frame in batches:
             # The contract's Arrow types again (pandas turned nullable ints into floats): the model sees the
             # same table a reader of the lake hands it in-process, and scores it as the Pub/Sub workers do.
