@@ -95,7 +95,7 @@ def score_partition(
     partition (``settings.storage.scores_table``) atomically; returns the rows published.
 
     Idempotent: a rerun with the same model version on the same features writes the same file, and the
-    publish then changes nothing. ``timeout_s`` bounds the job (default: the DAG's task timeout); on any
+    publish then changes nothing. ``timeout_s`` bounds the job (default: ``settings.inference.wait_timeout_s``); on any
     failure :class:`ScoringJobError` (or :class:`tenfold.serving.loading.ServingLoadError` for a model
     that cannot be resolved) is raised and the visible scores partition is left as it was. Local only: in dev
     and prod it refuses, naming the setting that sends the partition through Pub/Sub instead.
@@ -116,6 +116,7 @@ def score_partition(
         raise ScoringJobError(f"{st.features_table} {part.label} is not published under {lake.uri}: run build_features "
                               f"for {part.label} before scoring it")
     run_id = run_id or f"spark-{uuid.uuid4().hex[:12]}"
+    extra = manifest_extra(lake, st.features_table, part, version)  # the features as the job will read them
     staged = lake.uri_of(lake.staging_path(st.scores_table, part, f"spark-{uuid.uuid4().hex[:12]}"))
     cmd = [
         *submit_prefix(settings),
@@ -128,8 +129,7 @@ def score_partition(
     try:
         run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", bind_host=settings.local.bind_host,
                    timeout_s=limit)
-        manifest = lake.publish(st.scores_table, part, staged, run_id=run_id,
-                                extra=manifest_extra(lake, st.features_table, part, version))
+        manifest = lake.publish(st.scores_table, part, staged, run_id=run_id, extra=extra)
     except SparkJobError as exc:
         raise ScoringJobError(str(exc)) from exc
     finally:
@@ -256,6 +256,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     contract = workload.contract
     lake = Lake(args.lake_uri)
     uris, expected_rows = input_uris(lake, args.features_table, part, contract)
+    extra = manifest_extra(lake, args.features_table, part, args.model_version)
 
     keys = list(contract.key_columns)
     pre = loaded.preprocessor
@@ -284,8 +285,8 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     facts: dict[str, object] = {"month": part.label, "rows": rows, "model_version": args.model_version,
                                 "input_files": len(uris)}
     if args.publish:
-        manifest = lake.publish(args.scores_table, part, args.output, run_id=args.run_id or f"spark-{uuid.uuid4().hex[:12]}",
-                                extra=manifest_extra(lake, args.features_table, part, args.model_version))
+        run_id = args.run_id or f"spark-{uuid.uuid4().hex[:12]}"
+        manifest = lake.publish(args.scores_table, part, args.output, run_id=run_id, extra=extra)
         facts["manifest"] = lake.uri_of(lake.manifest_path(args.scores_table, manifest.partition))
     return facts
 
