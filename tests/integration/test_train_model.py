@@ -17,6 +17,7 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, month_range
+from tenfold.model_files import REFERENCE_PROFILE_FILE
 from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
 from tenfold.registry.gate import Decision
 
@@ -75,6 +76,8 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
+    # The drift monitor's reference profile of the training window is one of the version's files.
+    assert REFERENCE_PROFILE_FILE in {f.path for f in v1.files}
     events = asset_events(airflow_env, local_settings.assets.challenger)
     if first_model or not d1["promote"]:  # no canary follows: announce_challenger skipped, no event names v1
         assert all(e.get("version") != v1.version for e in events)
