@@ -116,7 +116,8 @@ def numeric_profile(values: Any, *, bins: int = 10, sample_rows: int = 1000, see
     data, nulls = numeric_values(values)
     if data.size == 0:
         return NumericProfile(edges=(), counts=(0,), nulls=nulls, mean=None, std=None)
-    qs = np.quantile(data, np.linspace(0, 1, bins + 1)[1:-1], method="linear")
+    # Edges are observed values (not interpolated between them), so a discrete feature gets no empty bins.
+    qs = np.quantile(data, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
     edges = tuple(dict.fromkeys(_round(q) for q in qs))  # ties (a discrete feature) merge bins
     profile = NumericProfile(edges=edges, counts=(), nulls=nulls, mean=_round(float(data.mean())),
                              std=_round(float(data.std())))
