@@ -1,21 +1,24 @@
-"""``tenfold demo`` (``make demo``): the lifecycle on the embedded default, through the real scheduler.
+"""``tenfold demo`` (``make demo``): the whole lifecycle on the embedded default, through the real scheduler.
 
-1. ``tenfold up``: the GCS and Pub/Sub emulators and Airflow standalone on loopback.
-2. ``build_features`` is unpaused and backfilled over the demo months (one run per month, one at a
-   time): ingest -> Spark features -> Great Expectations gate -> atomic publish. Months already
-   published are not rebuilt, so a second ``make demo`` is quick.
-3. The first model (when there is no champion yet): ``train_model`` trains on the window up to three
-   months before the last, holds out the second-to-last month, and its gate promotes it by the floors
-   alone (torchrun training, evaluation against both baselines, registry).
-4. It prints where to look: the Airflow UI and its login, the lake, the Data Docs, the registry.
-5. Online serving: the champion is served by the local fleet (replicas behind HAProxy; a fleet from an
-   earlier demo is rolled to the champion one replica at a time), and the newest month's flights are
-   replayed through it as live traffic (user keys, each outcome as feedback) until the end.
-6. The second model, trained on a later window (holding out the last month), goes through the offline
-   gate; if it passes it becomes the challenger and its event starts ``rollout_model``: a canary through
-   5 -> 25 -> 50 -> 100 % of the users, checked against the champion on the live traffic. The demo prints
-   each step, each check with its values and the decision, then the final weights and the online
-   accuracy per model version and arm.
+2013 is replayed as if it were live:
+
+1. ``tenfold up``: the GCS and Pub/Sub emulators and Airflow's components on loopback.
+2. ``build_features`` is backfilled over the first champion's window (default 2013-01..06): ingest -> Spark
+   features -> Great Expectations gate -> atomic publish. Months already published are not rebuilt.
+3. The first champion (when there is none yet): ``train_model`` trains on the window but its last month and
+   holds that one out; its gate promotes it by the floors alone. The local fleet serves it behind HAProxy.
+4. Then the platform runs itself, one later month at a time (``--months``, default 6: July..December):
+   ``build_features`` publishes the month; its features event starts ``batch_inference`` (the month scored
+   through Pub/Sub by the worker pool) and ``monitor_drift`` (the month against the champion's reference
+   profile); the fleet is rolled to load the month's lookup tables and the month's flights are sent through
+   it as live traffic, with user keys and each flight's real outcome as feedback. Drift on a feature that
+   triggers retraining emits the drift event that starts ``train_model`` (on the newest months plus the
+   labelled feedback); a challenger that passes the offline gate starts ``rollout_model``, a canary checked
+   against the champion on that live traffic. The weekly retraining schedule is wall-clock time and does not
+   come due within a demo.
+5. A closing table: one row per month with the data validated, the drift score, the model serving, the AUC
+   of the serving model on that month (from the offline scores) and the AUC the first champion, never
+   retrained, would have had on the same month, and whether a retrain or a rollout happened.
 
 Everything runs as Airflow DAG runs, so the same runs are there to inspect (and re-run) in the UI.
 """
@@ -27,6 +30,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tenfold.config import Settings
@@ -36,12 +40,16 @@ from tenfold.local.airflow_api import AirflowApi, AirflowApiError
 from tenfold.workloads import VERSION_KEY, get_workload
 
 BUILD, TRAIN, ROLLOUT = "build_features", "train_model", "rollout_model"
+INFER, DRIFT = "batch_inference", "monitor_drift"
 FEATURE_TIMEOUT_S = 30 * 60  # per month, at worst, on a busy 2-core machine
 TRAIN_TIMEOUT_S = 45 * 60
 ROLLOUT_TIMEOUT_S = 30 * 60
 # The served replay: this many of the newest month's flights, replayed over and over during the rollout.
 DEMO_FLIGHTS = 3000
 FEEDBACK_TIMEOUT_S = 180
+# A month's offline scoring or drift run, at worst; an asset-triggered run appears within seconds.
+MONTH_TIMEOUT_S = 20 * 60
+NEW_RUN_TIMEOUT_S = 120
 
 
 class DemoError(RuntimeError):
@@ -64,7 +72,9 @@ def _current(settings: Settings, lake: Lake, part: Partition, served: set[Partit
         get_workload(settings).contract.version
 
 
-def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> None:
+def build_months(settings: Settings, api: AirflowApi, months: list[Partition], say: Callable[[str], object]) -> bool:
+    """Backfill ``build_features`` over the months not yet published by this feature definition; returns
+    whether anything was built (so its features events went out)."""
     lake = Lake.from_settings(settings)
     from tenfold.features.online import served_months
 
@@ -73,7 +83,7 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
     api.set_paused(BUILD, False)
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
-        return
+        return False
     # "completed": a month published by an older feature definition has a successful run to redo.
     say(f"backfilling {BUILD} for {todo[0].label}..{todo[-1].label} ({len(todo)} monthly runs)")
     api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="completed")
@@ -94,7 +104,7 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
                 raise DemoError(f"{BUILD} for {label} failed in {', '.join(failed) or 'a task'}: "
                                 f"open {airflow_url(settings)}/dags/{BUILD} for its logs")
         if all(seen.get(label) == "success" for label in wanted):
-            return
+            return True
         if time.monotonic() > deadline:
             raise DemoError(f"{BUILD} did not finish in time; see {airflow_url(settings)}/dags/{BUILD}")
         time.sleep(10)
@@ -243,8 +253,10 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
         time.sleep(3)
 
 
-def report_online(settings: Settings, since: dt.datetime, report: Any, say: Callable[[str], object]) -> None:
-    """Wait until the feedback sink has landed and joined the traffic's outcomes; print accuracy per version and arm."""
+def report_online(settings: Settings, since: dt.datetime, report: Any, say: Callable[[str], object], *,
+                  quiet: bool = False) -> None:
+    """Wait until the feedback sink has landed and joined the traffic's outcomes; print accuracy per version and
+    arm (``quiet``: one line per group, without the closing pointers)."""
     from tenfold.feedback import online_metrics
     from tenfold.serving import fleet
 
@@ -269,62 +281,243 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
         acc = f"{m.accuracy:.3f}" if m.accuracy is not None else "n/a"
         say(f"  {group.group['model_version']} {group.group['arm']:>6}: {group.served} served, {m.count} with outcomes, "
             f"accuracy {acc}, log loss {loss}, AUC {auc}")
+    if quiet:
+        return
     rep = fleet.report(settings)
     say(f"serving: {rep.url}{settings.serving.server.api_prefix}/predict (token: `tenfold status`); HAProxy metrics "
         f"{rep.metrics_url}; each replica's /metrics in `tenfold serve status`; `tenfold feedback metrics`")
 
 
-def run(settings: Settings, first: str, last: str, *, flights: int = DEMO_FLIGHTS,
-        say: Callable[[str], object] = print) -> None:
+@dataclass
+class MonthRow:
+    """One replayed month of the lifecycle, as the demo's closing table shows it."""
+
+    month: str
+    validated: str = "no"
+    drift: str = "-"
+    serving: str = "-"
+    auc_serving: float | None = None
+    auc_first: float | None = None
+    scored: str = "-"
+    retrain: str = "-"
+    rollout: str = "-"
+
+    def cells(self) -> list[str]:
+        def auc(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+
+        return [self.month, self.validated, self.drift, self.serving, auc(self.auc_serving), auc(self.auc_first),
+                self.scored, self.retrain, self.rollout]
+
+
+HEADERS = ["month", "validated", "drift (PSI)", "serving", "AUC serving", "AUC first champion", "offline scored",
+           "retrain", "rollout"]
+
+
+def table(rows: list[MonthRow]) -> str:
+    """The closing table: one row per replayed month."""
+    data = [r.cells() for r in rows]
+    widths = [max(len(h), *(len(d[i]) for d in data)) if data else len(h) for i, h in enumerate(HEADERS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(d, widths, strict=True)) for d in data]
+    return "\n".join(lines)
+
+
+def new_run(api: AirflowApi, dag_id: str, before: set[str], *, timeout_s: float) -> str | None:
+    """The id of a run of ``dag_id`` that is not in ``before`` (the scheduler creates asset-triggered runs
+    within seconds of the event); None if none appeared within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        new = sorted(str(r["dag_run_id"]) for r in api.runs(dag_id) if str(r["dag_run_id"]) not in before)
+        if new:
+            return new[0]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(2)
+
+
+def run_ids(api: AirflowApi, dag_id: str) -> set[str]:
+    return {str(r["dag_run_id"]) for r in api.runs(dag_id)}
+
+
+def follow(settings: Settings, api: AirflowApi, dag_id: str, run_id: str, say: Callable[[str], object], *,
+           timeout_s: float) -> str:
+    """Wait for the run to end, saying each state; returns the final state."""
+    states = api.wait_for_runs(dag_id, [run_id], timeout_s=timeout_s, poll_s=3,
+                               on_change=lambda r, s: say(f"  {dag_id} {r}: {s}"))
+    state = states[run_id]
+    if state != "success":
+        say(f"  {dag_id} {run_id} failed in {', '.join(api.failed_tasks(dag_id, run_id)) or 'a task'}: "
+            f"see {airflow_url(settings)}/dags/{dag_id}")
+    return state
+
+
+def month_auc(settings: Settings, part: Partition, scores_of: str | None, model_dir: Any) -> tuple[float | None, float | None]:
+    """(AUC of the scores offline inference published for ``part``, AUC of the model in ``model_dir`` on the same
+    month), both on the month's published features and their labels."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from tenfold.feedback.metrics import binary_metrics
+    from tenfold.training.evaluate import evaluate_model
+
+    lake = Lake.from_settings(settings)
+    contract = get_workload(settings).contract
+    serving: float | None = None
+    if scores_of is not None and part in set(lake.published_partitions(scores_of)):
+        keys = list(contract.key_columns)
+        features = lake.read_table(settings.storage.features_table, [part], columns=[*keys, contract.label])
+        scores = lake.read_table(scores_of, [part], columns=[*keys, "probability"])
+        joined = features.join(scores, keys, join_type="inner")
+        labels = pc.fill_null(joined[contract.label].cast("float64"), float("nan")).to_numpy()
+        known = ~np.isnan(labels)
+        serving = binary_metrics(labels[known], joined["probability"].to_numpy()[known]).auc
+    first = evaluate_model(model_dir, lake, [part], table=settings.storage.features_table) if model_dir else None
+    first_auc = getattr(first, "auc", None) if first is not None else None
+    return serving, first_auc
+
+
+def drift_cell(settings: Settings, part: Partition) -> str:
+    """The month's drift score as the monitor reported it: the largest PSI over the features that trigger
+    retraining, marked DRIFT when the monitor decided to retrain."""
+    import math
+
+    from tenfold.monitoring.drift import DriftError, read_report
+
+    try:
+        report = read_report(settings, part)
+    except DriftError as exc:
+        return f"n/a ({exc})"
+    if math.isnan(report.score):
+        return f"n/a ({report.reason or report.decision})"
+    return f"{report.score:.3f}" + (f" DRIFT ({', '.join(report.triggered)})" if report.retrain else "")
+
+
+def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_model: Any, flights: int,
+                 say: Callable[[str], object], *, scheduled_due: bool = False) -> MonthRow:
+    """One month as if it were live: features, serving, offline scoring, feedback, drift, retraining, rollout.
+
+    ``scheduled_due``: the baseline retraining schedule comes due this month (in replay time) if drift does not
+    start a retrain first."""
+    from tenfold.registry import CHAMPION, ModelRegistry
+
+    row = MonthRow(part.label)
+    registry = ModelRegistry(settings)
+    say("")
+    say(f"=== {part.label} ===")
+    before = {dag_id: run_ids(api, dag_id) for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT)}
+    if not build_months(settings, api, [part], say):
+        # Published by an earlier demo: no features event this time, so start the month's runs by hand.
+        for dag_id in (INFER, DRIFT):
+            api.trigger(dag_id, f"demo__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}", {"month": part.label})
+    row.validated = "yes"
+    # The replicas load the lookup tables when they start: rolling them (one at a time) serves the new month.
+    champion = ensure_serving(settings, say)
+    row.serving = champion or "-"
+    since = dt.datetime.now(dt.UTC)
+    with Traffic(settings, part, flights) as live:
+        say(f"serving {champion}: {len(live.items)} flights of {part.label} replayed as live traffic, with feedback")
+        for dag_id in (INFER, DRIFT):
+            found = new_run(api, dag_id, before[dag_id], timeout_s=NEW_RUN_TIMEOUT_S)
+            if found is None:
+                say(f"  {dag_id}: no run was started by the features event; see {airflow_url(settings)}/dags/{dag_id}")
+                continue
+            state = follow(settings, api, dag_id, found, say, timeout_s=MONTH_TIMEOUT_S)
+            if dag_id == INFER:
+                row.scored = "yes" if state == "success" else state
+            else:
+                row.drift = drift_cell(settings, part)
+        retrain = new_run(api, TRAIN, before[TRAIN], timeout_s=NEW_RUN_TIMEOUT_S if "DRIFT" in row.drift else 5)
+        why = "started by the drift event"
+        if retrain is None and scheduled_due:
+            # The weekly baseline in replay time: a month holds four weeks, so the schedule is due; the demo
+            # honours it every few months (``retrain_every``) to stay short.
+            retrain = f"demo__scheduled__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}"
+            api.trigger(TRAIN, retrain, {})
+            why = "the scheduled baseline, in replay time"
+        if retrain is not None:
+            say(f"{TRAIN}: run {retrain} ({why})")
+            if follow(settings, api, TRAIN, retrain, say, timeout_s=TRAIN_TIMEOUT_S) == "success":
+                decision = show_training(api, retrain, say)
+                row.retrain = str(xcom(api, TRAIN, retrain, "register")["version"])
+                if decision.get("canary"):
+                    row.rollout = follow_rollout(settings, api, before[ROLLOUT], row.retrain, say) or "no run"
+                else:
+                    row.rollout = "gate: no"
+            else:
+                row.retrain = "failed"
+    report_online(settings, since, live.report, say, quiet=True)
+    now = registry.resolve(CHAMPION)
+    if now and now != champion:
+        row.serving = f"{champion} -> {now}"
+    row.auc_serving, row.auc_first = month_auc(settings, part, getattr(settings.storage, "scores_table", None),
+                                               first_model)
+    return row
+
+
+def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-06", *, months: int = 6,
+        flights: int = DEMO_FLIGHTS, retrain_every: int = 3, say: Callable[[str], object] = print) -> list[MonthRow]:
+    """The whole lifecycle: the first champion on ``first..champion_until``, then ``months`` later months replayed
+    one at a time as if they were live. Retraining starts on drift, or when ``retrain_every`` replayed months
+    have passed since the last one (the weekly baseline schedule, honoured less often to keep the demo short;
+    0 = drift only). Returns the closing table's rows."""
     from tenfold.local.stack import describe, up
     from tenfold.quality.gate import data_docs_location
     from tenfold.registry import CHAMPION, ModelRegistry
-    from tenfold.rollout.haproxy import HaproxyRouter
+    from tenfold.serving.loading import resolve_and_download
 
-    months = month_range(first, last)
-    if len(months) < 3:
-        raise DemoError("the demo needs at least three months: the first model holds out the second-to-last, "
-                        "the second model (trained on a later window) the last")
+    initial = month_range(first, champion_until)
+    if len(initial) < 2:
+        raise DemoError("the first champion needs at least two months: it trains on all but the last and holds "
+                        f"that one out (got {first}..{champion_until})")
+    later: list[Partition] = []
+    for _ in range(months):
+        later.append((later[-1] if later else initial[-1]).next())
     statuses = up(settings, echo=say)
     api = _api(settings)
-    for dag_id in (BUILD, TRAIN, ROLLOUT):
+    for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):
         api.wait_for_dag(dag_id)
-    api.set_paused(TRAIN, True)  # no training on the features events of a half-built window
-    api.set_paused(ROLLOUT, True)
-    build_months(settings, api, months, say)
+    # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
+    for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
+        api.set_paused(dag_id, True)
+    build_months(settings, api, initial, say)
     registry = ModelRegistry(settings)
-    window = [months[0].label, months[-3].label]
     if registry.resolve(CHAMPION) is None:
-        say(f"the first model: trained on {window[0]}..{window[1]}, held out {months[-2].label}")
-        first_run = train(settings, api, say, {"train_months": window, "holdout_months": [months[-2].label] * 2}, "first")
+        say(f"the first champion: trained on {initial[0].label}..{initial[-2].label}, held out {initial[-1].label}")
+        first_run = train(settings, api, say, {"train_months": [initial[0].label, initial[-2].label],
+                                               "holdout_months": [initial[-1].label] * 2}, "first")
         show_training(api, first_run, say)
+        api.set_paused(TRAIN, True)
     say(describe(settings, statuses))
     say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
     say(f"Data Docs: {data_docs_location(settings)}/index.html")
     say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} (`tenfold models list`)")
+    first_version = registry.resolve(CHAMPION)
+    if first_version is None:
+        say("no champion: the gate promoted nothing, so there is nothing to serve or to monitor")
+        return []
+    _, first_model = resolve_and_download(settings, first_version)
+    if ensure_serving(settings, say) is None:
+        return []
+    # From here on the platform runs itself: each features event starts offline scoring and drift monitoring,
+    # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
+    for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
+        api.set_paused(dag_id, False)
+    rows: list[MonthRow] = []
+    since_training = 0
+    for part in later:
+        since_training += 1
+        due = retrain_every > 0 and since_training >= retrain_every
+        rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due))
+        if rows[-1].retrain != "-":
+            since_training = 0
     say("")
-    champion = ensure_serving(settings, say)
-    if champion is None:
-        return
-    router = HaproxyRouter.from_settings(settings)
-    since = dt.datetime.now(dt.UTC)
-    with Traffic(settings, months[-1], flights) as live:
-        say(f"serving: champion {champion}; replaying {len(live.items)} flights of {months[-1].label} through HAProxy "
-            "as live traffic (with each outcome as feedback) until the rollout ends")
-        api.set_paused(ROLLOUT, False)
-        before = {str(r["dag_run_id"]) for r in api.runs(ROLLOUT)}
-        later = [months[0].label, months[-2].label]
-        say(f"the second model: trained on the later window {later[0]}..{later[1]}, held out {months[-1].label}")
-        second = train(settings, api, say, {"train_months": later, "holdout_months": [months[-1].label] * 2,
-                                            "seed": int(time.time()) % 10_000}, "second")
-        decision = show_training(api, second, say)
-        if decision.get("canary"):
-            follow_rollout(settings, api, before, str(decision["challenger_version"]), say)
-        else:
-            say("no canary: the second model did not pass the offline gate, so the champion keeps serving")
-    percent = router.canary_percent()
-    say(f"final weights: stable {100 - percent} % / canary {percent} %; champion {registry.resolve(CHAMPION)}")
-    report_online(settings, since, live.report, say)
+    say(f"the lifecycle, month by month (first champion {first_version}, trained on "
+        f"{initial[0].label}..{initial[-2].label}):")
+    say(table(rows))
+    say(f"every run is in the Airflow UI: {airflow_url(settings)} (login: `tenfold status`)")
+    return rows
 
 
 __all__ = ["AirflowApiError", "DemoError", "run"]
