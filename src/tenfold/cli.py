@@ -74,16 +74,21 @@ _register_training(app)
 
 @app.command("demo")
 def demo(
-    first: str = typer.Option("2013-01", help="first month to build (YYYY-MM)"),
-    last: str = typer.Option("2013-06", help="last month to build: the second model holds it out, the first the month before"),
-    flights: int = typer.Option(3000, min=0, help="flights of the last month to replay through the serving fleet"),
+    first: str = typer.Option("2013-01", help="first month of the first champion's window (YYYY-MM)"),
+    champion_until: str = typer.Option("2013-06", help="last month of the first champion's window: it is held out, "
+                                                       "the months before it are trained on"),
+    months: int = typer.Option(6, min=1, max=60, help="later months to replay one at a time, as if live"),
+    flights: int = typer.Option(3000, min=0, help="flights of each replayed month sent through the serving fleet"),
+    retrain_every: int = typer.Option(3, min=0, help="replayed months after which the baseline schedule retrains "
+                                                    "without drift (0: only drift retrains)"),
 ) -> None:
     """Bring the local platform up and run the lifecycle through Airflow (what `make demo` runs)."""
     from tenfold import demo as _demo
     from tenfold.local.process import LocalPlatformError
 
     try:
-        _demo.run(get_settings(), first, last, flights=flights, say=typer.echo)
+        _demo.run(get_settings(), first, champion_until, months=months, flights=flights,
+                  retrain_every=retrain_every, say=typer.echo)
     except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
