@@ -23,6 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 FAULT_ENV = "TENFOLD_INFER_FAULT"
+# Benchmark-only: with this set, a worker scores nothing (every probability 0.5, no model loaded), so what
+# bench/offline.py measures is the queue's own cost: publish, pull, decode, write, ack.
+STUB_SCORING_ENV = "TENFOLD_INFER_STUB_SCORING"
 PLACES = ("score", "before_ack", "publish", "publish_results")
 MODES = ("kill", "slow", "raise")
 
@@ -32,6 +35,10 @@ _lock = threading.Lock()
 
 class InjectedFault(RuntimeError):
     """Raised by a ``mode=raise`` fault: the task fails as a real one would."""
+
+
+def stub_scoring() -> bool:
+    return bool(os.environ.get(STUB_SCORING_ENV))
 
 
 def fire(at: str, what: str = "") -> None:
