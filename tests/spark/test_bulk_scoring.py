@@ -11,10 +11,14 @@ of every model load.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -68,9 +72,39 @@ def scoring(make_settings: Any, local_settings: Settings, tmp_path_factory: pyte
     lake = Lake.from_settings(settings)
     publish_synthetic_features(lake, [MONTH], ROWS, seed=11, table=settings.storage.features_table)
     version = _register(settings, tmp_path_factory.mktemp("model"))
-    figures = batch_inference.run_all(settings, {"month": MONTH.label})
-    return {"settings": settings, "lake": lake, "version": version, "figures": figures,
+    with ListenerWatch() as watch:
+        figures = batch_inference.run_all(settings, {"month": MONTH.label})
+    return {"settings": settings, "lake": lake, "version": version, "figures": figures, "listeners": watch.seen,
             "manifest": lake.read_manifest(settings.storage.scores_table, MONTH)}
+
+
+class ListenerWatch:
+    """The listening sockets of this process's children (spark-submit, its JVM, its Python workers; the session's
+    emulators too), sampled in the background while the job runs."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    cmd, conns = " ".join(proc.cmdline()), proc.net_connections(kind="inet")
+                except psutil.Error:
+                    continue
+                self.seen |= {(c.laddr.ip, c.laddr.port, cmd) for c in conns
+                              if c.laddr and (c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr))}
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> ListenerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _in_process(settings: Settings, lake: Lake, version: str) -> pa.Table:
@@ -112,6 +146,21 @@ def test_the_spark_path_scores_like_the_model_in_process_and_publishes_the_contr
     assert np.isfinite(got).all() and got.min() > 0.0 and got.max() < 1.0
     assert float(np.max(np.abs(got - want))) <= 1e-9
     assert np.std(got) > 1e-3, "the synthetic rows must get different scores, or equality would prove little"
+
+
+def _on_loopback(address: str) -> bool:
+    addr = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:127.0.0.1, a v6 socket bound to v4 loopback
+    return str(addr) in ("127.0.0.1", "::1")
+
+
+def test_the_job_listens_on_loopback_only(scoring: dict[str, Any]) -> None:
+    seen = scoring["listeners"]
+    # The watch saw the job while it ran: the driver's JVM listens (its RPC and block manager).
+    assert any("org.apache.spark.deploy.SparkSubmit" in cmd for _, _, cmd in seen), {(port, cmd[:80]) for _, port, cmd in seen}
+    beyond = sorted((ip, port, cmd[:100]) for ip, port, cmd in seen if not _on_loopback(ip))
+    assert not beyond, f"listening beyond loopback: {beyond}"
 
 
 def test_a_rerun_publishes_nothing_new_and_each_worker_loads_the_model_once(
