@@ -58,7 +58,9 @@ class WorkerPool:
 
     def _start_one(self, slot: int) -> process.ProcessRecord:
         argv = [sys.executable, "-m", WORKER_MODULE, "--settings-file", str(self.settings_path)]
-        record = process.start(worker_name(slot), argv, run_dir=self.run_dir, port=0, env=self.env)
+        # Tied to this process: a killed task (or benchmark) takes its workers with it.
+        record = process.start(worker_name(slot), argv, run_dir=self.run_dir, port=0, env=self.env,
+                               tie_to_this_process=True)
         self.records[slot] = record
         return record
 

@@ -5,10 +5,11 @@ startup script does), or ``python -m tenfold.inference.worker --settings-file ru
 (what the local pool of ``batch_inference`` starts). It runs until SIGTERM or SIGINT, finishing the
 requests in hand first.
 
-It holds a streaming pull on ``settings.messaging.subscriptions["requests"]`` with flow control
-(``inference.max_messages`` / ``max_bytes`` outstanding), and the client extends the lease of every
-message in hand for up to ``inference.max_lease_s``, so a slow batch is not redelivered meanwhile. For each
-message (one request of many rows, :mod:`tenfold.inference.requests`):
+It pulls ``settings.messaging.subscriptions["requests"]`` with flow control (at most
+``inference.max_messages`` messages and ``max_bytes`` bytes in hand) and extends the lease of every message
+in hand for up to ``inference.max_lease_s``, so a slow batch is not redelivered meanwhile (:class:`_Puller`
+says why these are unary pulls and not a streaming pull). For each message (one request of many rows,
+:mod:`tenfold.inference.requests`):
 
 1. a request whose result already exists (a duplicate delivery: a redelivery after a crash, a retried
    publish, a replay) is acknowledged and nothing else;
@@ -141,56 +142,138 @@ class Worker:
         message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> WorkerStats:
-        """Pull and handle until ``stop`` is set; the requests in hand are finished first."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
-        from google.cloud.pubsub_v1.types import FlowControl
-
+        """Pull and handle until ``stop`` is set; the requests in hand are finished (or left to be redelivered)."""
         from tenfold.messaging.clients import subscriber_client, subscription_path
 
         inf = self.settings.inference
-        flow = FlowControl(max_messages=inf.max_messages, max_bytes=inf.max_bytes, max_lease_duration=inf.max_lease_s,
-                           max_duration_per_lease_extension=inf.lease_extension_s)
         path = subscription_path(self.settings, self.subscription.name)
-        executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
-        subscriber = subscriber_client(self.settings)
-        future = subscriber.subscribe(path, self.handle, flow_control=flow, scheduler=ThreadScheduler(executor),
-                                      await_callbacks_on_shutdown=True)
-        log.info("worker pulling %s (max %d messages in hand, leases extended up to %.0f s)", path, inf.max_messages,
-                 inf.max_lease_s)
+        client = subscriber_client(self.settings)
+        puller = _Puller(client, path, self, lease_s=inf.lease_extension_s or self.subscription.ack_deadline_s)
+        log.info("worker pulling %s (at most %d messages / %d bytes in hand, leases extended up to %.0f s)", path,
+                 inf.max_messages, inf.max_bytes, inf.max_lease_s)
         if ready is not None:
             ready.set()
         try:
-            while not stop.wait(0.2):
-                if future.done():
-                    future.result()  # the stream failed for good: raise its error
+            puller.run(stop)
         finally:
-            self.closed = _close_bounded(future, subscriber, SHUTDOWN_S)
-        log.info("worker stopped%s: %s", "" if self.closed else f" (the pull did not close within {SHUTDOWN_S:.0f} s)",
+            self.closed = puller.close(SHUTDOWN_S)
+            client.close()
+        log.info("worker stopped%s: %s", "" if self.closed else f" (handlers still busy after {SHUTDOWN_S:.0f} s)",
                  self.stats)
         return self.stats
 
 
-# How long a stopping worker waits for the handlers in progress and the stream to close. Whatever it leaves
-# unacknowledged is redelivered (nothing is lost), so a stuck close is abandoned rather than waited for.
+# How long a stopping worker waits for the handlers in progress. Whatever it leaves unacknowledged is
+# redelivered (nothing is lost), so a stuck handler is abandoned rather than waited for.
 SHUTDOWN_S = 15.0
 
 
-def _close_bounded(future: Any, subscriber: Any, timeout: float) -> bool:
-    def close() -> None:
-        future.cancel()  # with await_callbacks_on_shutdown: the handlers in progress finish (and ack) first
-        try:
-            future.result(timeout=timeout)
-        except Exception as exc:  # a cancelled stream ends with an error on some versions
-            if "cancel" not in type(exc).__name__.lower():
-                log.warning("pull ended: %s", exc)
-        subscriber.close()
+class _Delivery:
+    """One pulled message, with the ``ack``/``nack`` a handler calls (each settles its lease once)."""
 
-    closer = threading.Thread(target=close, name="tenfold-infer-close", daemon=True)
-    closer.start()
-    closer.join(timeout)
-    return not closer.is_alive()
+    def __init__(self, puller: _Puller, received: Any) -> None:
+        self._puller = puller
+        self.ack_id: str = received.ack_id
+        self.message_id: str = received.message.message_id
+        self.data: bytes = received.message.data
+        self.attributes = received.message.attributes
+        self.delivery_attempt: int = received.delivery_attempt
+        self.size = len(self.data)
+        self.received_at = time.monotonic()
+
+    def ack(self) -> None:
+        self._puller.settle(self, 0, ack=True)
+
+    def nack(self) -> None:
+        self._puller.settle(self, 0, ack=False)
+
+
+class _Puller:
+    """Flow-controlled pulls, a lease keeper and the handler threads of one worker.
+
+    Pulls are unary ``Pull`` calls that return at once (``return_immediately``) rather than a streaming pull:
+    the Pub/Sub emulator fails on a cancelled stream (``NoSuchMethodError`` in ``onRstStreamRead``) and keeps
+    delivering to it, so the messages a stopped worker's stream would get stay invisible until their deadline
+    and then wait out the retry backoff (up to ``max_retry_backoff_s``); a cut-short held pull strands its
+    messages the same way. Flow control is ours: no pull while ``inference.max_messages`` messages or
+    ``max_bytes`` bytes are in hand. The lease keeper extends every message in hand by ``lease_s`` each third
+    of it, for at most ``inference.max_lease_s``, so a batch slower than the ack deadline is not redelivered.
+    """
+
+    def __init__(self, client: Any, path: str, worker: Worker, *, lease_s: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        inf = worker.settings.inference
+        self.client, self.path, self.worker = client, path, worker
+        self.lease_s = max(10, lease_s)
+        self.max_messages, self.max_bytes, self.max_lease_s = inf.max_messages, inf.max_bytes, inf.max_lease_s
+        self.poll_s = min(0.2, inf.poll_interval_s)
+        self.in_hand: dict[str, _Delivery] = {}
+        self.cond = threading.Condition()
+        self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
+        self._stop_leases = threading.Event()
+        self.leaser = threading.Thread(target=self._keep_leases, name="tenfold-infer-lease", daemon=True)
+
+    def run(self, stop: threading.Event) -> None:
+        from google.api_core.exceptions import DeadlineExceeded, ServiceUnavailable
+
+        self.leaser.start()
+        while not stop.is_set():
+            with self.cond:
+                room = self.max_messages - len(self.in_hand)
+                full = room <= 0 or sum(d.size for d in self.in_hand.values()) >= self.max_bytes
+                if full:
+                    self.cond.wait(self.poll_s)
+                    continue
+            try:
+                resp = self.client.pull(request={"subscription": self.path, "max_messages": room,
+                                                 "return_immediately": True}, timeout=30, retry=None)
+            except (DeadlineExceeded, ServiceUnavailable) as exc:
+                log.warning("pull failed (%s); retrying", exc)
+                stop.wait(1.0)
+                continue
+            if not resp.received_messages:
+                stop.wait(self.poll_s)
+                continue
+            for received in resp.received_messages:
+                delivery = _Delivery(self, received)
+                with self.cond:
+                    self.in_hand[delivery.ack_id] = delivery
+                self.executor.submit(self.worker.handle, delivery)
+
+    def settle(self, delivery: _Delivery, _: int, *, ack: bool) -> None:
+        with self.cond:
+            if self.in_hand.pop(delivery.ack_id, None) is None:
+                return  # settled already
+            self.cond.notify_all()
+        if ack:
+            self.client.acknowledge(request={"subscription": self.path, "ack_ids": [delivery.ack_id]}, retry=None)
+        else:  # redeliver now: the delivery attempts are spent quickly and the dead-letter policy takes it
+            self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [delivery.ack_id],
+                                                     "ack_deadline_seconds": 0}, retry=None)
+
+    def _keep_leases(self) -> None:
+        while not self._stop_leases.wait(self.lease_s / 3):
+            now = time.monotonic()
+            with self.cond:
+                due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]
+            if due:
+                try:
+                    self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": due,
+                                                             "ack_deadline_seconds": self.lease_s}, retry=None)
+                except Exception as exc:  # an expired ack id, or Pub/Sub away for a moment: next round
+                    log.warning("lease extension of %d messages failed: %s", len(due), exc)
+
+    def close(self, timeout: float) -> bool:
+        """Let the handlers in progress finish (up to ``timeout``); True when they all did."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.in_hand and time.monotonic() < deadline:
+                self.cond.wait(0.2)
+            done = not self.in_hand
+        self._stop_leases.set()
+        self.executor.shutdown(wait=done, cancel_futures=True)
+        return done
 
 
 def _stub_scores(rows: Any, version: str) -> Any:
