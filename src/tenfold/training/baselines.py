@@ -28,12 +28,20 @@ class GradientBoostingBaseline:
     # several-fold, so one thread unless asked.
     threads: int = 1
 
+    # Columns with no value at all in the training window (e.g. history roll-ups of a window that starts
+    # the data): scikit-learn cannot bin them, so they are a constant 0, which carries the same nothing.
+    _empty: np.ndarray | None = None
+
     def _features(self, table: pa.Table) -> np.ndarray:
         cat = self.preprocessor.encode_categoricals(table).astype(np.float64)
         num = np.column_stack([
             table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in self.preprocessor.numeric_columns
         ])
-        return np.hstack([cat, num])
+        x = np.hstack([cat, num])
+        if self._empty is None:
+            self._empty = ~np.isfinite(x).any(axis=0)
+        x[:, self._empty] = 0.0
+        return x
 
     def fit(self, table: pa.Table) -> GradientBoostingBaseline:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -44,6 +52,7 @@ class GradientBoostingBaseline:
             max_iter=self.max_iter, learning_rate=0.1, categorical_features=mask, random_state=self.seed
         )
         y = table[self.label].to_numpy(zero_copy_only=False).astype(np.int64)
+        self._empty = None  # decided by the training window
         with threadpool_limits(self.threads):
             self.model.fit(self._features(table), y)
         return self

@@ -124,3 +124,20 @@ def test_model_and_both_baselines_on_the_same_holdout(lake: Lake, tmp_path: Path
     assert compare(report.all).count("\n") == 4
     report.save(tmp_path / "report.json")
     assert (tmp_path / "report.json").read_text().count('"auc"') == 3
+
+
+def test_the_gradient_boosting_baseline_fits_a_window_where_a_column_has_no_value(lake: Lake) -> None:
+    """A window that starts the data (January: no history before it) has all-null roll-ups; the baseline
+    must still fit and score, not fail in scikit-learn's binning."""
+    import pyarrow as pa
+
+    from tenfold.training.baselines import GradientBoostingBaseline
+
+    table = lake.read_table(FEATURES_TABLE, TRAIN)
+    empty = CONTRACT.numeric_columns[0]
+    index = table.schema.get_field_index(empty)
+    table = table.set_column(index, empty, pa.nulls(table.num_rows, pa.float64()))
+    preprocessor = Preprocessor.fit(table, CONTRACT)
+    baseline = GradientBoostingBaseline(preprocessor, CONTRACT.label, max_iter=10).fit(table)
+    scores = baseline.predict_proba(table)
+    assert scores.shape == (table.num_rows,) and ((scores > 0) & (scores < 1)).all()
