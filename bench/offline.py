@@ -1,0 +1,174 @@
+"""Benchmark: offline inference through Pub/Sub against scoring the same rows directly, in one run.
+
+Run::
+
+    .venv/bin/python bench/offline.py                      # 40,000 rows; writes bench/results/offline.md
+    .venv/bin/python bench/offline.py --rows 100000 --rows-per-message 2000
+
+What it measures, on its own GCS and Pub/Sub emulators (free ports, a temporary home), with one synthetic
+flights month and a flights network of the default size registered in the registry:
+
+* **direct**: the limit. The same rows, the same model version loaded by the same code
+  (``tenfold.inference.scoring.load_version``), scored by ``score_rows`` in this process, in batches of
+  ``--rows-per-message`` (what a request holds), no queue, with every core's threads;
+* **pubsub, 1 and 2 workers**: end to end through the path ``batch_inference`` takes: the requests
+  published (``publish_requests``), pulled by the local pool's worker processes (``WorkerPool``: streaming
+  pull, flow control, leases), scored, each result written create-if-absent and acknowledged, until
+  ``wait_accounted`` sees every request scored. The pool is started and warmed (model loaded) by a small
+  run first, so the figure is the steady state, not the processes' start;
+* **stubbed scoring**: messages/s through the same path with ``TENFOLD_INFER_STUB_SCORING`` set (the workers
+  load no model and score nothing): the queue's own cost per message.
+
+Target (issue 10 §6): the queue path reaches at least 50% of the direct limit on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "offline.md"
+
+
+def setup(home: Path, rows: int) -> tuple[Any, str]:
+    import torch
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.local import free_port, local_settings, start_service
+    from tenfold.local.stack import provision
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.registry import Lineage, ModelRegistry, PartitionRef
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.contract import CONTRACT
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features, synthetic_features
+
+    settings = local_settings(home, gcs_port=free_port(), pubsub_port=free_port())
+    for name in ("gcs", "pubsub"):
+        start_service(settings, name, tie_to_this_process=True)
+    provision(settings)
+    part = Partition(2013, 7)
+    publish_synthetic_features(Lake.from_settings(settings), [part], rows, seed=7)
+    pre = Preprocessor.fit(synthetic_features(part, 5000, seed=1), CONTRACT)
+    config = ModelConfig()
+    torch.manual_seed(0)
+    model_dir = home / "model"
+    save_model(model_dir, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
+               workload=WORKLOAD.name)
+    ref = PartitionRef(partition=part.label, data_dir="data-synthetic", rows=5000, schema_hash="synthetic",
+                       run_id="bench", manifest_sha256="0" * 64)
+    lineage = Lineage(feature_table=settings.storage.features_table, train_partitions=(ref,), holdout_partitions=(),
+                      training_config={}, run_id="bench-offline")
+    version = ModelRegistry(settings).register(model_dir, lineage, metrics={"auc": 0.6, "log_loss": 0.6}).version
+    return settings, version
+
+
+def direct(settings: Any, version: str, rows: Any, rows_per_message: int, repeat: int) -> float:
+    import torch
+
+    from tenfold.inference.scoring import load_version, score_rows
+
+    loaded = load_version(settings, version)
+    torch.set_num_threads(os.cpu_count() or 1)
+    score_rows(loaded, rows.slice(0, rows_per_message), version)  # warm
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for start in range(0, rows.num_rows, rows_per_message):
+            score_rows(loaded, rows.slice(start, rows_per_message), version)
+        best = min(best, time.perf_counter() - t0)
+    return rows.num_rows / best
+
+
+def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat: int, *,
+                   stub: bool = False) -> tuple[float, float]:
+    """(rows/s, messages/s), best of ``repeat`` runs on a warmed pool of ``workers`` processes."""
+    from tenfold.inference.pool import WorkerPool
+    from tenfold.inference.requests import batch_count
+    from tenfold.inference.runs import expected_ids, publish_requests, wait_accounted
+
+    label = "2013-07"
+    rpm = settings.inference.rows_per_message
+    env = {"TENFOLD_INFER_STUB_SCORING": "1"} if stub else {"TENFOLD_INFER_STUB_SCORING": ""}
+    best = float("inf")
+    with WorkerPool(settings, workers, env=env) as pool:
+        for _ in range(workers):  # warm-up: every worker imports, connects and loads the model
+            run = f"warm-{uuid.uuid4().hex[:6]}"
+            n = publish_requests(settings, run, label, version, rows.slice(0, rpm * 4)).requests
+            wait_accounted(settings, run, expected_ids(run, label, n), alive=pool.alive, say=lambda _: None)
+        for _ in range(repeat):
+            run = f"bench-{uuid.uuid4().hex[:6]}"
+            t0 = time.perf_counter()
+            n = publish_requests(settings, run, label, version, rows).requests
+            wait_accounted(settings, run, expected_ids(run, label, n), alive=pool.alive, say=lambda _: None)
+            best = min(best, time.perf_counter() - t0)
+    return rows.num_rows / best, batch_count(rows.num_rows, rpm) / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--rows-per-message", type=int, default=2000)
+    parser.add_argument("--stub-rows-per-message", type=int, default=100, help="smaller messages for the stub's msg/s")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.inference.runs import partition_rows
+    from tenfold.local import stop_service
+    from tenfold.workloads import get_workload
+
+    with tempfile.TemporaryDirectory(prefix="tenfold-bench-offline-") as tmp:
+        home = Path(tmp)
+        settings, version = setup(home, args.rows)
+        try:
+            tuned = settings.model_copy(update={"inference": settings.inference.model_copy(
+                update={"rows_per_message": args.rows_per_message, "poll_interval_s": 0.05})})
+            rows = partition_rows(Lake.from_settings(tuned), tuned.storage.features_table, Partition(2013, 7),
+                                  get_workload(tuned).contract)
+            load = os.getloadavg()
+            figures: dict[str, float] = {"direct": direct(tuned, version, rows, args.rows_per_message, args.repeat)}
+            print(f"direct: {figures['direct']:,.0f} rows/s", flush=True)
+            for w in (1, 2):
+                figures[f"pubsub{w}"], _ = through_pubsub(tuned, version, rows, w, args.repeat)
+                print(f"pubsub, {w} worker(s): {figures[f'pubsub{w}']:,.0f} rows/s "
+                      f"({figures[f'pubsub{w}'] / figures['direct']:.0%} of direct)", flush=True)
+            stub = tuned.model_copy(update={"inference": tuned.inference.model_copy(
+                update={"rows_per_message": args.stub_rows_per_message})})
+            for w in (1, 2):
+                _, figures[f"stub{w}"] = through_pubsub(stub, version, rows, w, args.repeat, stub=True)
+                print(f"stubbed scoring, {w} worker(s): {figures[f'stub{w}']:,.0f} messages/s", flush=True)
+            load_after = os.getloadavg()
+        finally:
+            for name in ("pubsub", "gcs"):
+                stop_service(settings, name)
+    ratio = figures["pubsub2"] / figures["direct"]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# Offline inference through Pub/Sub (issue 10 §6)", "",
+        f"`{' '.join(['.venv/bin/python', 'bench/offline.py', *(argv if argv is not None else sys.argv[1:])])}` — {stamp}, "
+        f"{os.cpu_count()} cores, load {load[0]:.1f} before / {load_after[0]:.1f} after; {args.rows:,} synthetic rows, "
+        f"{args.rows_per_message} rows per message, the default flights network, best of {args.repeat}.", "",
+        "| path | rows/s | vs direct |", "|---|---|---|",
+        f"| direct (same model, same process, no queue, {os.cpu_count()} threads) | {figures['direct']:,.0f} | 100% |",
+        f"| Pub/Sub, 1 worker | {figures['pubsub1']:,.0f} | {figures['pubsub1'] / figures['direct']:.0%} |",
+        f"| Pub/Sub, 2 workers | {figures['pubsub2']:,.0f} | {ratio:.0%} |", "",
+        f"Stubbed scoring ({args.stub_rows_per_message} rows per message): {figures['stub1']:,.0f} messages/s with 1 worker, "
+        f"{figures['stub2']:,.0f} with 2.", "",
+        f"Target: Pub/Sub with 2 workers >= 50% of direct: **{'met' if ratio >= 0.5 else 'not met'}** ({ratio:.0%}).",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
