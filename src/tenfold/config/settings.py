@@ -457,6 +457,8 @@ LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
 SERVING_ENV_PREFIX = "TENFOLD_SERVING__"
 SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "fleet": FleetSettings, "rollout": RolloutSettings}
 _LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
+TRAINING_ENV_PREFIX = "TENFOLD_TRAINING__"
+TRAINING_ENV_FIELDS = tuple(f for f in TrainingSettings.model_fields if f != "fleet")
 
 
 class _MappingEnvSource(EnvSettingsSource):
@@ -475,7 +477,8 @@ class EnvironSettings(BaseSettings):
 
     ``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID``, ``TENFOLD_WORKLOAD``, ``TENFOLD_ALERT_EMAIL``,
     ``TENFOLD_ALERT_WEBHOOK``, ``TENFOLD_ALERT_SMTP_HOST``, ``TENFOLD_ALERT_FILE``, ``TENFOLD_ROOT`` and
-    ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``). Empty values count as
+    ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``), ``TENFOLD_SERVING__<SECTION>__<FIELD>``
+    and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``). Empty values count as
     unset; other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
     """
 
@@ -494,6 +497,9 @@ class EnvironSettings(BaseSettings):
     # TENFOLD_SERVING__{SERVER,FLEET,ROLLOUT}__<FIELD>: the replica's, the local fleet's and the rollout's
     # settings, so a replica or fleet process started with settings_env() runs with its parent's.
     serving: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # TENFOLD_TRAINING__<FIELD>: any TrainingSettings field but its fleet (e.g. TENFOLD_TRAINING__GATE_MIN_AUC), so
+    # Airflow's tasks, started with settings_env(), train and gate as their parent's settings say.
+    training: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -534,6 +540,27 @@ class EnvironSettings(BaseSettings):
                     raise ValueError(f"TENFOLD_SERVING__{section.upper()}__{name.upper()} names no field of "
                                      f"{known.__name__}: use one of {', '.join(f.upper() for f in known.model_fields)}")
         return value
+
+
+    @field_validator("training")
+    @classmethod
+    def _known_training_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name not in TRAINING_ENV_FIELDS:
+                raise ValueError(f"{TRAINING_ENV_PREFIX}{name.upper()} names no training setting: use one of "
+                                 f"{', '.join(TRAINING_ENV_PREFIX + f.upper() for f in TRAINING_ENV_FIELDS)}")
+        return value
+
+
+def env_value(text: str) -> Any:
+    """A ``TENFOLD_TRAINING__*`` value as its field expects it: Python literals (``('rate',)``, ``None``,
+    ``0.5``) are decoded, anything else (``gloo``, a cron line) stays text for pydantic to check."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def local_env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -721,13 +748,14 @@ def build_settings(
             composer_enabled=prod,
             composer_environment=f"{prefix}-composer",
         ),
-        training=TrainingSettings(
-            backend="gloo" if is_local else "nccl",
-            nproc_per_node=2 if is_local else 1,
-            nnodes=1 if is_local else 2,
-            fleet=fleet("train", machine_type="g2-standard-8", min_replicas=0, max_replicas=2, spot=not prod,
-                        target_shape="ANY_SINGLE_ZONE", **gpu),
-        ),
+        training=TrainingSettings(**{  # type: ignore[arg-type]
+            "backend": "gloo" if is_local else "nccl",
+            "nproc_per_node": 2 if is_local else 1,
+            "nnodes": 1 if is_local else 2,
+            "fleet": fleet("train", machine_type="g2-standard-8", min_replicas=0, max_replicas=2, spot=not prod,
+                           target_shape="ANY_SINGLE_ZONE", **gpu),
+            **{k: env_value(v) for k, v in given.training.items()},
+        }),
         serving=ServingSettings(
             stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
                                max_replicas=20 if prod else 2, **gpu),

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import Settings, build_settings
-from tenfold.config.settings import LOCAL_ENV_PREFIX, SERVING_ENV_PREFIX, SERVING_ENV_SECTIONS, LocalSettings
+from tenfold.config.settings import (
+    LOCAL_ENV_PREFIX,
+    SERVING_ENV_PREFIX,
+    SERVING_ENV_SECTIONS,
+    TRAINING_ENV_FIELDS,
+    TRAINING_ENV_PREFIX,
+    LocalSettings,
+)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -40,6 +47,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for field in LocalSettings.model_fields:
         if field != "home":
             env[LOCAL_ENV_PREFIX + field.upper()] = str(getattr(settings.local, field))
+    for field in TRAINING_ENV_FIELDS:  # repr: tuples and None come back through env_value
+        value = getattr(settings.training, field)
+        env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
     for section in SERVING_ENV_SECTIONS:
         values = getattr(settings.serving, section)
         for field in type(values).model_fields:

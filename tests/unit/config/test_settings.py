@@ -260,3 +260,28 @@ def test_serving_sections_travel_to_a_child_process_through_its_environment(tmp_
 def test_a_wrong_serving_variable_is_refused_by_name(name, value, message):
     with pytest.raises(ValueError, match=message):
         build_settings("local", {name: value})
+
+
+def test_training_settings_travel_to_a_child_process_through_its_environment(tmp_path):
+    """Airflow's task processes (started with settings_env()) train and gate as their parent says: tuples,
+    None and numbers come back as they went, and the variables override the environment's defaults."""
+    from tenfold.local.env import settings_env, settings_from_env
+
+    base = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_TRAINING__GATE_BEAT_BASELINES": "()",
+                                    "TENFOLD_TRAINING__MAX_EPOCHS": "3",
+                                    "TENFOLD_TRAINING__EARLY_STOPPING_PATIENCE": "None"})
+    assert base.training.gate_beat_baselines == () and base.training.max_epochs == 3
+    assert base.training.early_stopping_patience is None and base.training.backend == "gloo"
+    training = base.training.model_copy(update={"train_months": ("2013-02", "2013-05"), "gate_max_ece": 0.05})
+    parent = base.model_copy(update={"training": training})
+    assert settings_from_env(settings_env(parent)).training == parent.training
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("TENFOLD_TRAINING__NOPE", "1", "TENFOLD_TRAINING__NOPE names no training setting"),
+    ("TENFOLD_TRAINING__FLEET", "x", "TENFOLD_TRAINING__FLEET names no training setting"),
+    ("TENFOLD_TRAINING__MAX_EPOCHS", "many", "max_epochs"),
+])
+def test_a_wrong_training_variable_is_refused_by_name(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_settings("local", {name: value})
