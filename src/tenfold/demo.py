@@ -412,9 +412,13 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
         for dag_id in (INFER, DRIFT):
             api.trigger(dag_id, f"demo__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}", {"month": part.label})
     row.validated = "yes"
-    # The replicas load the lookup tables when they start: rolling them (one at a time) serves the new month.
-    champion = ensure_serving(settings, say)
+    # The replicas load the lookup tables when they start: restarting them one at a time serves the new month.
+    from tenfold.serving import fleet
+
+    champion = registry.resolve(CHAMPION)
     row.serving = champion or "-"
+    say(f"serving: every replica reloads the lookup tables, one at a time, to serve {part.label} ...")
+    fleet.reload_lookups(settings, part.label)
     since = dt.datetime.now(dt.UTC)
     with Traffic(settings, part, flights) as live:
         say(f"serving {champion}: {len(live.items)} flights of {part.label} replayed as live traffic, with feedback")

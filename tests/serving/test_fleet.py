@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -491,3 +492,39 @@ def test_replayed_traffic_and_its_feedback_join_to_one_labelled_row_per_predicti
         outcomes = [item.outcome for item, a in zip(items, expected_arm, strict=True) if a == arm]
         assert metrics[arm].served == len(outcomes) and metrics[arm].metrics.count == len(outcomes)
         assert metrics[arm].metrics.positives == sum(outcomes)
+
+
+def _predict_status(fleet: Fleet, body: dict[str, Any]) -> tuple[int, str]:
+    req = urllib.request.Request(fleet.url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {fleet.token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def test_reloading_lookups_serves_a_newly_published_month_and_fails_no_request(fleet: Fleet) -> None:
+    """A month published while the fleet runs is served once every replica has reloaded the lookups (one at
+    a time, so the month already served never fails meanwhile)."""
+    from tenfold.data.lake import Lake
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    from .conftest import SERVED_MONTH, publish_synthetic_lookups
+
+    _pin(fleet)
+    new = SERVED_MONTH.next()
+    flight = {**fleet.flight(3), "sched_dep": f"{new.label}-01T05:15:00", "sched_arr": f"{new.label}-01T08:19:00"}
+    status, body = _predict_status(fleet, flight)
+    assert status == 422 and f"no features are served for {new.label}" in body
+    publish_synthetic_features(Lake.from_settings(fleet.settings), [new], 200, seed=6)
+    publish_synthetic_lookups(fleet.settings, new, seed=1)
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=2) as load:
+        load.wait_count(100)
+        st = fleet_mod.reload_lookups(fleet.settings, new.label)
+        load.wait_count(len(load.results) + 100)
+    failures = [r for r in load.results if not r.ok]
+    assert not failures, failures[:5]
+    assert all(r.lookups == new.label for p in st.pools.values() for r in p.replicas)
+    status, body = _predict_status(fleet, flight)
+    assert status == 200, body

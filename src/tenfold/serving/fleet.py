@@ -112,6 +112,13 @@ class PoolSpec:
     max: int
     # An injected fault (tenfold.serving.faults, canonical text; "" for none): game days and rollout tests.
     fault: str = ""
+    # The lookup tables the replicas must have loaded (a token, e.g. the newest served month): a replica
+    # loads the published lookups when it starts, so a new token rolls the pool to pick up new months.
+    lookups: str = ""
+
+    def wants(self) -> tuple[str, str, str]:
+        """What a replica must run to belong to this pool as it is now."""
+        return (self.version, self.fault, self.lookups)
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ class ReplicaStatus:
     in_flight: int
     log: str
     fault: str = ""
+    lookups: str = ""
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,7 @@ class _Replica:
     port: int
     record: ProcessRecord
     fault: str = ""
+    lookups: str = ""
     state: str = STARTING
     since: float = field(default_factory=time.monotonic)
     down_since: float | None = None
@@ -311,8 +320,9 @@ class Supervisor:
                 self.scalers[pool].set_bounds(ps.min, ps.max)
                 self.desired[pool] = max(ps.min, min(ps.max, self.desired[pool]))
                 self.say(f"{pool}: bounds {ps.min}..{ps.max}")
-            if (ps.version, ps.fault) != (old.version, old.fault):
-                self.say(f"{pool}: rolling to {ps.version}" + (f" with injected fault {ps.fault}" if ps.fault else ""))
+            if ps.wants() != old.wants():
+                self.say(f"{pool}: rolling to {ps.version}" + (f" with injected fault {ps.fault}" if ps.fault else "")
+                         + (f" (lookups {ps.lookups})" if ps.lookups != old.lookups else ""))
         self.spec = spec
 
     def pool_replicas(self, pool: str, *states: str) -> list[_Replica]:
@@ -349,7 +359,7 @@ class Supervisor:
         raise FleetError(f"no free port from {local.replica_base_port} to {local.replica_base_port + PORT_SPAN}: "
                          "set TENFOLD_LOCAL__REPLICA_BASE_PORT to a free range")
 
-    def start_replica(self, pool: str, version: str, fault: str = "") -> _Replica | None:
+    def start_replica(self, pool: str, version: str, fault: str = "", lookups: str = "") -> _Replica | None:
         if time.monotonic() < self.backoff[pool][1]:
             return None
         slot = self._free_slot(pool)
@@ -366,7 +376,7 @@ class Supervisor:
         except LocalPlatformError as exc:
             self._failed(pool, f"{name}: could not start: {exc}")
             return None
-        replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault)
+        replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault, lookups=lookups)
         self.replicas.append(replica)
         self.api.point(pool, replica.server, host, port)
         self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
@@ -469,11 +479,12 @@ class Supervisor:
             self.desired[pool] = wanted
 
     def _reconcile(self, pool: str) -> None:
-        version, fault, n = self.spec.pools[pool].version, self.spec.pools[pool].fault, self.desired[pool]
+        ps, n = self.spec.pools[pool], self.desired[pool]
+        version, fault, lookups = ps.wants()
         active = self.pool_replicas(pool, STARTING, SERVING)
-        # A replica of another version, or with another injected fault, is replaced like an old version.
-        old = [r for r in active if (r.version, r.fault) != (version, fault)]
-        current = [r for r in active if (r.version, r.fault) == (version, fault)]
+        # A replica of another version, with another injected fault or older lookups, is replaced like an old version.
+        old = [r for r in active if (r.version, r.fault, r.lookups) != ps.wants()]
+        current = [r for r in active if (r.version, r.fault, r.lookups) == ps.wants()]
         if old:
             # Rolling: one replica of the new version at a time, and an old one leaves only once the
             # pool holds more serving replicas than it needs.
@@ -485,11 +496,11 @@ class Supervisor:
             if old_serving and len(serving) > n:
                 self.drain(old_serving[0], f"replaced by {version}")
             if len(current) < n and not any(r.state == STARTING for r in current):
-                self.start_replica(pool, version, fault)
+                self.start_replica(pool, version, fault, lookups)
             return
         if len(active) < n:
             for _ in range(n - len(active)):
-                if self.start_replica(pool, version, fault) is None:
+                if self.start_replica(pool, version, fault, lookups) is None:
                     break
         elif len(active) > n:
             # Starting ones first (they serve nobody yet), then the youngest.
@@ -513,7 +524,7 @@ class Supervisor:
             replicas = [
                 ReplicaStatus(pool=r.pool, slot=r.slot, version=r.version, port=r.port, pid=r.record.pid, state=r.state,
                               lb_status=r.lb.status if r.lb else "?", in_flight=r.lb.in_flight if r.lb else 0, log=r.record.log,
-                              fault=r.fault)
+                              fault=r.fault, lookups=r.lookups)
                 for r in sorted(self.pool_replicas(pool), key=lambda r: r.slot)
             ]
             pools[pool] = PoolStatus(version=spec.version, min=spec.min, max=spec.max, desired=self.desired[pool],
@@ -740,6 +751,21 @@ def rollout(
 
     n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
     return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
+                    timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
+
+
+def reload_lookups(settings: Settings, token: str, *, timeout: float | None = None) -> FleetStatus:
+    """Restart every replica, one at a time per pool (no request is lost), so each loads the lookup tables
+    published now; ``token`` names them (e.g. the newest month served). Already loaded: returns at once."""
+    settings = running_settings(settings)
+    spec = update_spec(settings, lambda old: {pool: replace(ps, lookups=token) for pool, ps in old.pools.items()})
+
+    def reloaded(st: FleetStatus) -> bool:
+        return all(all(r.lookups == token for r in p.replicas) and len(p.serving(p.version)) >= max(p.desired, p.min)
+                   for p in st.pools.values())
+
+    n = max(1, max(len(p.replicas) for p in st.pools.values())) if (st := read_status(settings)) else 1
+    return wait_for(settings, reloaded, what=f"every replica to load the lookups of {token}", generation=spec.generation,
                     timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
 
 
