@@ -521,10 +521,12 @@ def test_reloading_lookups_serves_a_newly_published_month_and_fails_no_request(f
     publish_synthetic_lookups(fleet.settings, new, seed=1)
     with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=2) as load:
         load.wait_count(100)
-        st = fleet_mod.reload_lookups(fleet.settings, new.label)
+        said = serve(fleet, "reload")
         load.wait_count(len(load.results) + 100)
     failures = [r for r in load.results if not r.ok]
     assert not failures, failures[:5]
-    assert all(r.lookups == new.label for p in st.pools.values() for r in p.replicas)
+    token = re.search(r"reloaded the lookups \((\S+)\)", said)
+    assert token and token[1].startswith(f"{new.label}@"), said
+    assert all(r.lookups == token[1] for p in fleet.status().pools.values() for r in p.replicas)
     status, body = _predict_status(fleet, flight)
     assert status == 200, body

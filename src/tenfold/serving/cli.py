@@ -97,6 +97,27 @@ def rollout(
 
 
 @app.command()
+def reload() -> None:
+    """Restart every replica one at a time so each loads the lookup tables published now (a month that
+    build_features published after the fleet started is served afterwards)."""
+    from tenfold.features.online import served_months
+    from tenfold.serving import fleet
+
+    settings = get_settings()
+    import datetime as dt
+
+    months = served_months(settings)
+    # Always a new token: a month re-published under the same label is reloaded too.
+    token = f"{months[-1].label if months else 'none'}@{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    try:
+        st = fleet.reload_lookups(settings, token)
+    except LocalPlatformError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"every replica reloaded the lookups ({token}): "
+               + ", ".join(f"{pool} {len(p.serving())}" for pool, p in st.pools.items()))
+
+
+@app.command()
 def scale(
     pool: _Pool = STABLE,
     replicas: Annotated[int | None, typer.Option(help="a fixed count (sets both --min and --max)")] = None,
