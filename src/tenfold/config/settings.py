@@ -374,6 +374,8 @@ class InferenceSettings(_Frozen):
     progress_s: float = Field(default=10.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
     # The runs' working folder in the lake (results per request, errors, dead letters).
+    # Where a worker scores: "auto" = the GPU when torch sees one (the cloud fleet's L4), else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     work_prefix: str = "_inference"
 
 

@@ -74,13 +74,14 @@ def resolve(settings: Settings, ref: str) -> str:
 
 
 def load_version(settings: Settings, version: str) -> LoadedModel:
-    """A registered version, downloaded (verified) into the model cache and rebuilt on the CPU."""
-    from tenfold.model import ModelLoadError, load_model
-    from tenfold.serving.loading import ServingLoadError, configure_torch, resolve_and_download
+    """A registered version, downloaded (verified) into the model cache and rebuilt on
+    ``settings.inference.device`` (a GPU when the worker's VM has one, as serving does)."""
+    from tenfold.model import ModelLoadError
+    from tenfold.serving.loading import ServingLoadError, configure_torch, load_on_device, resolve_and_download
 
     configure_torch(settings.inference.torch_threads)
     try:
         _, path = resolve_and_download(settings, version)
-        return load_model(path)
+        return load_on_device(path, settings.inference.device)[0]
     except (ServingLoadError, ModelLoadError) as exc:
         raise ScoringError(f"model version {version} cannot be loaded: {exc}") from exc

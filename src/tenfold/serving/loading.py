@@ -133,22 +133,31 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
     return version, path
 
 
+def load_on_device(path: Path, choice: str) -> tuple[LoadedModel, torch.device]:
+    """The model folder at ``path`` on ``choice`` ("auto": CUDA when torch sees it, else the CPU), taking and
+    returning CPU tensors either way; what serving and offline inference both load. Raises ModelLoadError."""
+    from tenfold.model import load_model
+
+    device = _device(choice)
+    loaded = load_model(path, map_location=device)
+    if device.type != "cpu":
+        loaded = dataclasses.replace(loaded, model=_on_device(loaded.model, device))
+    return loaded, device
+
+
 def load_served_model(settings: Settings, ref: str) -> ServedModel:
     """Resolve ``ref`` in the registry, load that version and the online features (see the module docstring)."""
     from tenfold.features.online import load_online_features
-    from tenfold.model import ModelLoadError, load_model
+    from tenfold.model import ModelLoadError
     from tenfold.workloads import get_workload
 
     server = settings.serving.server
     configure_torch(server.torch_threads)
-    device = _device(server.device)
     version, path = resolve_and_download(settings, ref)
     try:
-        loaded = load_model(path, map_location=device)
+        loaded, device = load_on_device(path, server.device)
     except ModelLoadError as exc:
         raise ServingLoadError(f"model version {version} ({ref!r}) cannot be loaded: {exc}") from exc
-    if device.type != "cpu":
-        loaded = dataclasses.replace(loaded, model=_on_device(loaded.model, device))
     expected = get_workload(settings).name
     if loaded.workload.name != expected:
         raise ServingLoadError(f"model version {version} was trained for workload {loaded.workload.name!r}, but this "
