@@ -44,5 +44,8 @@ def subscriber_client(settings: Settings) -> SubscriberClient:
         return SubscriberClient()
     import grpc
 
-    transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(host), host=host)
+    # No 4 MiB cap on responses (the cloud client's own channel has none): a pull of several large
+    # messages would otherwise be refused after the emulator had handed them out, stranding them.
+    channel = grpc.insecure_channel(host, options=[("grpc.max_receive_message_length", -1)])
+    transport = SubscriberGrpcTransport(channel=channel, host=host)
     return SubscriberClient(transport=transport)
