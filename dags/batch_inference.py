@@ -57,11 +57,12 @@ def batch_inference() -> None:
         dag_run = context["dag_run"]
         conf = dict(dag_run.conf or {})
         if "month" not in conf:
-            # An Asset-triggered run scores the month that build_features just published.
-            for events in (context.get("triggering_asset_events") or {}).values():
-                for event in events:
-                    if (event.extra or {}).get("month"):
-                        conf["month"] = event.extra["month"]
+            # An Asset-triggered run scores the month that build_features just published: the newest one, since
+            # a DAG's first run also receives the events published before it was unpaused (in any order).
+            months = [str(event.extra["month"]) for events in (context.get("triggering_asset_events") or {}).values()
+                      for event in events if (event.extra or {}).get("month")]
+            if months:
+                conf["month"] = max(months)
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, conf).to_xcom()
 
     @task
