@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                 figures[f"pubsub{w}"], _ = through_pubsub(tuned, version, rows, w, args.repeat)
                 print(f"pubsub, {w} worker(s): {figures[f'pubsub{w}']:,.0f} rows/s "
                       f"({figures[f'pubsub{w}'] / figures['direct']:.0%} of direct)", flush=True)
+            # The direct limit again after the queue runs: this machine is shared, the best of both counts.
+            again = direct(tuned, version, rows, args.rows_per_message, args.repeat)
+            print(f"direct again: {again:,.0f} rows/s", flush=True)
+            figures["direct_first"], figures["direct"] = figures["direct"], max(figures["direct"], again)
+            figures["direct_again"] = again
             stub = tuned.model_copy(update={"inference": tuned.inference.model_copy(
                 update={"rows_per_message": args.stub_rows_per_message})})
             for w in (1, 2):
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores, load {load[0]:.1f} before / {load_after[0]:.1f} after; {args.rows:,} synthetic rows, "
         f"{args.rows_per_message} rows per message, the default flights network, best of {args.repeat}.", "",
         "| path | rows/s | vs direct |", "|---|---|---|",
-        f"| direct (same model, same process, no queue, {os.cpu_count()} threads) | {figures['direct']:,.0f} | 100% |",
+        f"| direct (same model, same process, no queue, {os.cpu_count()} threads; best of before and after the queue "
+        f"runs: {figures['direct_first']:,.0f} / {figures['direct_again']:,.0f}) | {figures['direct']:,.0f} | 100% |",
         f"| Pub/Sub, 1 worker | {figures['pubsub1']:,.0f} | {figures['pubsub1'] / figures['direct']:.0%} |",
         f"| Pub/Sub, 2 workers | {figures['pubsub2']:,.0f} | {ratio:.0%} |", "",
         f"Stubbed scoring ({args.stub_rows_per_message} rows per message): {figures['stub1']:,.0f} messages/s with 1 worker, "

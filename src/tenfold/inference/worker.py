@@ -166,6 +166,8 @@ class Worker:
 # How long a stopping worker waits for the handlers in progress. Whatever it leaves unacknowledged is
 # redelivered (nothing is lost), so a stuck handler is abandoned rather than waited for.
 SHUTDOWN_S = 15.0
+# What one pull asks for after a response was refused as too large (a channel with gRPC's 4 MiB limit).
+PULL_BYTES = 3 * 1024 * 1024
 
 
 class _Delivery:
@@ -209,13 +211,14 @@ class _Puller:
         self.max_messages, self.max_bytes, self.max_lease_s = inf.max_messages, inf.max_bytes, inf.max_lease_s
         self.poll_s = min(0.2, inf.poll_interval_s)
         self.in_hand: dict[str, _Delivery] = {}
+        self.largest = 1  # the largest message body seen (bytes): bounds how many one pull asks for
         self.cond = threading.Condition()
         self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
         self._stop_leases = threading.Event()
         self.leaser = threading.Thread(target=self._keep_leases, name="tenfold-infer-lease", daemon=True)
 
     def run(self, stop: threading.Event) -> None:
-        from google.api_core.exceptions import DeadlineExceeded, ServiceUnavailable
+        from google.api_core.exceptions import DeadlineExceeded, ResourceExhausted, ServiceUnavailable
 
         self.leaser.start()
         while not stop.is_set():
@@ -225,9 +228,19 @@ class _Puller:
                 if full:
                     self.cond.wait(self.poll_s)
                     continue
+            # Flow control in bytes too: ask for as many messages as fit in max_bytes at the sizes seen so far.
+            room = max(1, min(room, int(self.max_bytes // max(self.largest, 1))))
             try:
                 resp = self.client.pull(request={"subscription": self.path, "max_messages": room,
                                                  "return_immediately": True}, timeout=30, retry=None)
+            except ResourceExhausted as exc:
+                # Pull half as many next time; a single message over the limit cannot be pulled at all
+                # (keep rows_per_message well below it) and is retried slowly rather than crashing the worker.
+                self.largest = max(self.largest, PULL_BYTES // max(1, room // 2))
+                log.warning("a pull of %d messages exceeded the response limit (%s); pulling fewer", room, exc)
+                if room == 1:
+                    stop.wait(5.0)
+                continue
             except (DeadlineExceeded, ServiceUnavailable) as exc:
                 log.warning("pull failed (%s); retrying", exc)
                 stop.wait(1.0)
@@ -235,6 +248,7 @@ class _Puller:
             if not resp.received_messages:
                 stop.wait(self.poll_s)
                 continue
+            self.largest = max(self.largest, *(len(r.message.data) for r in resp.received_messages))
             for received in resp.received_messages:
                 delivery = _Delivery(self, received)
                 with self.cond:
