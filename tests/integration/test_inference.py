@@ -162,6 +162,24 @@ def test_poison_message_is_dead_lettered_after_exactly_the_configured_attempts(m
         assert got.num_rows == 1
         assert got.select(keys).to_pylist() == rows.slice(i, 1).select(keys).to_pylist()
 
+    # `tenfold dlq inspect` shows it with its error; `replay` re-publishes it (same request id), it fails its
+    # five deliveries again and comes back to the dead letters, marked as dead-lettered twice.
+    from tenfold.inference import dlq
+    from tenfold.inference.runs import drain_dead_letters
+
+    (shown,) = dlq.inspect(s, run=run)
+    assert shown["request_id"] == poison_id and shown["delivery_attempts"] == MAX_ATTEMPTS and not shown["replayed"]
+    assert [r["request_id"] for r in dlq.replay(s, run=run)] == [poison_id]
+    assert dlq.replay(s, run=run) == []  # marked replayed: not sent twice
+
+    def back_in_dead_letters() -> bool:
+        drain_dead_letters(s)
+        return (store.dead_letter(poison_id) or {}).get("times_dead_lettered") == 2
+
+    wait_for(back_in_dead_letters, 90, "the replayed poison message's return to the dead letters")
+    assert (store.dead_letter(poison_id) or {}).get("times_dead_lettered") == 2
+    assert len(store.result_ids()) == 199
+
 
 def test_worker_killed_after_scoring_before_ack_is_redelivered_without_duplicates(make_setup, tmp_path) -> None:
     from tenfold.inference.pool import WorkerPool, worker_name
