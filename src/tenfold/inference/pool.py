@@ -102,7 +102,7 @@ class WorkerPool:
         self._stop.set()
         with self._lock:
             for slot, record in self.records.items():
-                process.stop(record, timeout=25.0)  # the worker's own close is bounded at 15 s
+                process.stop(record, timeout=25.0)  # a worker's own stop is bounded at ~15 s (pull + close)
                 process.remove_pid_file(self.run_dir, worker_name(slot))
         if self._thread is not None:
             self._thread.join(timeout=5)

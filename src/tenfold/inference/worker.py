@@ -165,7 +165,8 @@ class Worker:
 
 # How long a stopping worker waits for the handlers in progress. Whatever it leaves unacknowledged is
 # redelivered (nothing is lost), so a stuck handler is abandoned rather than waited for.
-SHUTDOWN_S = 15.0
+SHUTDOWN_S = 10.0
+PULL_TIMEOUT_S = 5.0
 # What one pull asks for after a response was refused as too large (a channel with gRPC's 4 MiB limit).
 PULL_BYTES = 3 * 1024 * 1024
 
@@ -231,8 +232,10 @@ class _Puller:
             # Flow control in bytes too: ask for as many messages as fit in max_bytes at the sizes seen so far.
             room = max(1, min(room, int(self.max_bytes // max(self.largest, 1))))
             try:
+                # A short bound: the emulator sometimes holds even a return_immediately pull, and a stopping
+                # worker must not wait long on one (the pool SIGKILLs a worker that takes too long to stop).
                 resp = self.client.pull(request={"subscription": self.path, "max_messages": room,
-                                                 "return_immediately": True}, timeout=30, retry=None)
+                                                 "return_immediately": True}, timeout=PULL_TIMEOUT_S, retry=None)
             except ResourceExhausted as exc:
                 # Pull half as many next time; a single message over the limit cannot be pulled at all
                 # (keep rows_per_message well below it) and is retried slowly rather than crashing the worker.
@@ -241,7 +244,9 @@ class _Puller:
                 if room == 1:
                     stop.wait(5.0)
                 continue
-            except (DeadlineExceeded, ServiceUnavailable) as exc:
+            except DeadlineExceeded:
+                continue  # held and cut short: pull again (or stop)
+            except ServiceUnavailable as exc:
                 log.warning("pull failed (%s); retrying", exc)
                 stop.wait(1.0)
                 continue
@@ -310,6 +315,7 @@ def _parquet_bytes(table: Any) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """Score requests until SIGTERM/SIGINT (see the module docstring)."""
+    import faulthandler
     import signal
     import sys
 
@@ -328,8 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        # A stop is bounded whatever hangs: the threads' stacks go to the log, then the process exits (what
+        # it held unacknowledged is redelivered), before the pool would have to SIGKILL it.
+        faulthandler.dump_traceback_later(SHUTDOWN_S + PULL_TIMEOUT_S, exit=False)
+        timer = threading.Timer(SHUTDOWN_S + PULL_TIMEOUT_S + 2, lambda: os._exit(0))
+        timer.daemon = True
+        timer.start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         worker.run(stop)
     except Exception as exc:
