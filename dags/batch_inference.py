@@ -31,7 +31,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
 
 DAG_ID = "batch_inference"
 settings = get_settings()
@@ -56,13 +56,10 @@ def batch_inference() -> None:
 
         dag_run = context["dag_run"]
         conf = dict(dag_run.conf or {})
-        if "month" not in conf:
+        if "month" not in conf and (months := event_months(context, FEATURES.uri)):
             # An Asset-triggered run scores the month that build_features just published: the newest one, since
-            # a DAG's first run also receives the events published before it was unpaused (in any order).
-            months = [str(event.extra["month"]) for events in (context.get("triggering_asset_events") or {}).values()
-                      for event in events if (event.extra or {}).get("month")]
-            if months:
-                conf["month"] = max(months)
+            # a DAG's first run also receives the events published before it was unpaused.
+            conf["month"] = months[-1]
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, conf).to_xcom()
 
     @task

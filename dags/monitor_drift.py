@@ -28,7 +28,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
 
 DAG_ID = "monitor_drift"
 settings = get_settings()
@@ -53,8 +53,7 @@ def monitor_drift() -> None:
         from tenfold.pipelines import monitor_drift as pipeline
 
         dag_run = context["dag_run"]
-        events = context.get("triggering_asset_events") or {}
-        months = [e.extra["month"] for e in events.get(FEATURES, []) if (e.extra or {}).get("month")]
+        months = event_months(context, FEATURES.uri)
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}, months).to_xcom()
 
     @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)))

@@ -127,6 +127,16 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise AirflowFailException(str(exc)) from exc
 
 
+def event_months(context: Mapping[str, Any], uri: str) -> list[str]:
+    """The months (``"2013-07"``, ascending, once each) that the triggering events of the Asset at ``uri``
+    published (``build_features`` puts its month in each event's extra). A DAG's first run after it is
+    unpaused receives every earlier event of the Asset too, in no promised order."""
+    events = context.get("triggering_asset_events") or {}
+    months = {str(e.extra["month"]) for asset, found in events.items() if getattr(asset, "uri", asset) == uri
+              for e in found if (e.extra or {}).get("month")}
+    return sorted(months)
+
+
 def default_args(settings: Settings, dag_id: str) -> dict[str, Any]:
     """Every DAG's task defaults: retries and their delay from settings, and the same failure alert."""
     from tenfold.monitoring.alerts import airflow_failure_callback
