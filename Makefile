@@ -41,6 +41,8 @@ bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
 	@$(BIN)/python bench/training.py
 	@$(BIN)/python bench/synth.py
 	@$(BIN)/python bench/serving.py
+	@$(BIN)/python bench/offline.py
+	@$(BIN)/python bench/drift.py
 
 clean: down
 	rm -rf .tenfold infra/cdktf.out
