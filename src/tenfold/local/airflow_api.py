@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 TERMINAL = {"success", "failed"}
+TRANSIENT_HTTP = {502, 503, 504}
 
 
 class AirflowApiError(RuntimeError):
@@ -23,14 +24,17 @@ class AirflowApiError(RuntimeError):
 
 
 class AirflowApi:
-    def __init__(self, base_url: str, username: str, password: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, username: str, password: str, *, timeout_s: float = 30.0, retries: int = 4,
+                 retry_wait_s: float = 2.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        # GETs that time out or meet a 502/503/504 are tried again this many times (waiting 2, 4, 6... s).
+        self.retries, self.retry_wait_s = retries, retry_wait_s
         self._credentials = {"username": username, "password": password}
         self._token: str | None = None
 
     # --- transport ------------------------------------------------------------------------------
-    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True, attempt: int = 0) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -44,8 +48,21 @@ class AirflowApi:
             if exc.code == 401 and auth and self._token is not None:
                 self._token = None  # expired: log in again once
                 return self._send(method, path, body, auth=auth)
+            if exc.code in TRANSIENT_HTTP and method == "GET" and attempt < self.retries:
+                return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            # A busy API server (the scheduler, Spark and torchrun share two cores) can miss a deadline; reading
+            # is safe to repeat, a change is not: it is reported for the caller to look before trying again.
+            if method == "GET" and attempt < self.retries:
+                return self._retry(method, path, body, auth, attempt)
+            raise AirflowApiError(f"{method} {path}: the Airflow API at {self.base_url} did not answer ({exc}); "
+                                  "is it up? `tenfold status` shows it") from exc
         return json.loads(raw) if raw else None
+
+    def _retry(self, method: str, path: str, body: Any, auth: bool, attempt: int) -> Any:
+        time.sleep(self.retry_wait_s * (attempt + 1))
+        return self._send(method, path, body, auth=auth, attempt=attempt + 1)
 
     def _login(self) -> str:
         if self._token is None:

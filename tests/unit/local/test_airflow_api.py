@@ -1,0 +1,79 @@
+"""The Airflow REST client under a slow or failing API server (a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tenfold.local.airflow_api import AirflowApi, AirflowApiError
+
+
+class _Server:
+    """Answers each request with the next planned behaviour: "hang" (longer than the client waits), an HTTP
+    status, or "ok" (200 with a JSON body)."""
+
+    def __init__(self, plan: list[object]) -> None:
+        self.plan, self.seen = list(plan), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                server.seen.append((self.command, self.path))
+                step = server.plan.pop(0) if server.plan else "ok"
+                if step == "hang":
+                    time.sleep(1.5)
+                    return
+                code = 200 if step == "ok" else int(step)  # type: ignore[call-overload]
+                body = json.dumps({"answer": len(server.seen)}).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def server() -> Iterator[list[_Server]]:
+    made: list[_Server] = []
+    yield made
+    for s in made:
+        s.httpd.shutdown()
+
+
+def _api(server: list[_Server], plan: list[object]) -> tuple[AirflowApi, _Server]:
+    s = _Server(plan)
+    server.append(s)
+    return AirflowApi(s.url, "admin", "pw", timeout_s=0.5, retry_wait_s=0.01), s
+
+
+def test_a_read_that_times_out_or_meets_a_503_is_tried_again(server: list[_Server]) -> None:
+    api, s = _api(server, ["hang", 503, "ok"])
+    assert api._send("GET", "/api/v2/dags/x", auth=False) == {"answer": 3}
+    assert len(s.seen) == 3
+
+
+def test_a_change_is_never_repeated_and_a_silent_api_is_a_clear_error(server: list[_Server]) -> None:
+    api, s = _api(server, ["hang"])
+    with pytest.raises(AirflowApiError, match=r"did not answer .*`tenfold status`"):
+        api._send("POST", "/api/v2/dags/x/dagRuns", {"dag_run_id": "r"}, auth=False)
+    assert s.seen == [("POST", "/api/v2/dags/x/dagRuns")]
+
+
+def test_reads_give_up_after_their_retries_with_the_status(server: list[_Server]) -> None:
+    api, s = _api(server, [503] * 10)
+    with pytest.raises(AirflowApiError, match="HTTP 503"):
+        api._send("GET", "/api/v2/dags/x", auth=False)
+    assert len(s.seen) == api.retries + 1
