@@ -650,7 +650,29 @@ class ModelRegistry:
         """The events of one rollout, by key, in the order they were created."""
         prefix = self._name("rollouts", version, rollout_id) + "/"
         blobs = sorted(self.client.list_blobs(self.bucket_name, prefix=prefix), key=lambda b: (b.time_created, b.name))
-        return {b.name.rsplit("/", 1)[-1].removesuffix(".json"): json.loads(b.download_as_bytes()) for b in blobs}
+        events = {}
+        for blob in blobs:
+            body = self._read_event(blob)
+            if body is not None:
+                events[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = body
+        return events
+
+    def _read_event(self, blob: Any) -> dict[str, Any] | None:
+        """One event object; None when it is still being written (a local store can list an object before its
+        bytes are complete): a watcher sees it on its next read. Events are written whole, once."""
+        import time
+
+        from google.api_core.exceptions import NotFound
+
+        for attempt in range(3):
+            try:
+                return dict(json.loads(blob.download_as_bytes()))
+            except (ValueError, NotFound) as exc:
+                if attempt == 2:
+                    log.warning("rollout event %s is not readable yet (%s); it is skipped in this read", blob.name, exc)
+                    return None
+                time.sleep(0.2 * (attempt + 1))
+        return None
 
     def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
         """``(started, version, rollout_id)`` of every rollout (of ``version``), oldest first.

@@ -272,3 +272,19 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
     marker.upload_from_string(json.dumps(body))
     with pytest.raises(IntegrityError, match="tampered"):
         reg.get(mv.version)
+
+
+def test_a_rollout_event_still_being_written_is_skipped_not_an_error(registry_settings: Settings,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A local store can list an event object before its bytes are whole: a watcher (the demo, `tenfold rollout
+    status`) reading the record meanwhile gets the other events and sees that one on its next read."""
+    registry = ModelRegistry(registry_settings)
+    version, rollout_id = "0123456789abcdef0123", "r1"
+    assert registry.record_rollout_event(version, rollout_id, "start", {"at": "1"})
+    partial = registry.bucket.blob(registry._name("rollouts", version, rollout_id, "s01-set.json"))
+    partial.upload_from_string(b'{"step": 1, "perc')  # what a reader can meet mid-write
+    with caplog.at_level("WARNING"):
+        assert list(registry.rollout_events(version, rollout_id)) == ["start"]
+    assert "s01-set.json is not readable yet" in caplog.text
+    partial.upload_from_string(json.dumps({"step": 1, "percent": 5}))
+    assert registry.rollout_events(version, rollout_id)["s01-set"] == {"step": 1, "percent": 5}
