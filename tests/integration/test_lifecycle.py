@@ -24,6 +24,9 @@ from tenfold.local import down, free_port, local_settings
 from tenfold.local.stack import serving_down
 
 MONTHS = ("2013-03", "2013-04")
+# The whole lifecycle is one module fixture (four months of Spark features, two torchrun trainings, a fleet, a
+# canary): about 13 minutes on 2 busy cores, more than the suite's per-test limit.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @dataclass(frozen=True)
