@@ -27,7 +27,8 @@ from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workloa
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
-__all__ = ["LookupsUnavailable", "load_online_features", "lookup_table", "read_lookups", "served_months"]
+__all__ = ["LookupsUnavailable", "load_online_features", "lookup_table", "read_lookups", "read_month_lookups",
+           "served_months"]
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +78,31 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
             f"{lake.uri}: run build_features for the months to serve (python -m tenfold.pipelines.build_features "
             "YYYY-MM, or the build_features DAG)"
         )
-    out: dict[str, dict[str, pa.Table]] = {}
-    for part in months:
-        tables = {}
-        for name in contract.lookup_tables:
-            table = lookup_table(prefix, name)
-            try:
-                manifest = lake.read_manifest(table, part)
-                version = manifest.extra.get(VERSION_KEY)
-                if version != contract.version:
-                    raise LookupsUnavailable(
-                        f"{table} {part.label} was built with features version {version}, but the {workload.name} "
-                        f"workload now defines version {contract.version}: serving it would assemble features the "
-                        f"model never saw; rebuild the month (python -m tenfold.pipelines.build_features {part.label})"
-                    )
-                tables[name] = lake.read_table(table, [part])
-            except LakeError as exc:
-                raise LookupsUnavailable(f"cannot read {table} {part.label}: {exc}") from exc
-        out[part.label] = tables
-    return out
+    return {part.label: read_month_lookups(settings, workload, lake, part) for part in months}
+
+
+def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part: Partition) -> dict[str, pa.Table]:
+    """One month's lookup tables by name, each built by the workload's feature definition version.
+
+    Raises :class:`LookupsUnavailable` when a table cannot be read or was built by another version (features
+    assembled from it would be ones the model never saw)."""
+    contract = workload.contract
+    tables = {}
+    for name in contract.lookup_tables:
+        table = lookup_table(settings.storage.lookups_table, name)
+        try:
+            manifest = lake.read_manifest(table, part)
+            version = manifest.extra.get(VERSION_KEY)
+            if version != contract.version:
+                raise LookupsUnavailable(
+                    f"{table} {part.label} was built with features version {version}, but the {workload.name} "
+                    f"workload now defines version {contract.version}: serving it would assemble features the "
+                    f"model never saw; rebuild the month (python -m tenfold.pipelines.build_features {part.label})"
+                )
+            tables[name] = lake.read_table(table, [part])
+        except LakeError as exc:
+            raise LookupsUnavailable(f"cannot read {table} {part.label}: {exc}") from exc
+    return tables
 
 
 def load_online_features(settings: Settings) -> OnlineFeatures:

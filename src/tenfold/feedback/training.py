@@ -44,8 +44,9 @@ import pyarrow.parquet as pq
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
+from tenfold.features.online import LookupsUnavailable, read_month_lookups
 from tenfold.feedback.metrics import labelled_lineage, labelled_rows
-from tenfold.workloads import VERSION_KEY, RequestInvalid, Workload, get_workload, lookup_table
+from tenfold.workloads import RequestInvalid, Workload, get_workload, lookup_table
 
 __all__ = ["WEIGHT_COLUMN", "FeedbackError", "FeedbackSet", "feedback_training_set", "write_training_input"]
 
@@ -84,17 +85,10 @@ def _window_lookups(settings: Settings, workload: Workload, lake: Lake, months: 
             log.warning("feedback of %s cannot be featurized: its lookup tables are not published (rebuild the month "
                         "with build_features)", part.label)
             continue
-        tables = {}
-        for name, table in zip(contract.lookup_tables, names, strict=True):
-            version = lake.read_manifest(table, part).extra.get(VERSION_KEY)
-            if version != contract.version:
-                raise FeedbackError(
-                    f"{table} {part.label} was built with features version {version}, but the {workload.name} workload "
-                    f"defines version {contract.version}: rebuild the month (python -m tenfold.pipelines.build_features "
-                    f"{part.label}) or train with feedback_weight 0"
-                )
-            tables[name] = lake.read_table(table, [part])
-        out[part.label] = tables
+        try:
+            out[part.label] = read_month_lookups(settings, workload, lake, part)
+        except LookupsUnavailable as exc:
+            raise FeedbackError(f"{exc}; or train with feedback_weight 0") from exc
     return out
 
 
