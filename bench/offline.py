@@ -12,10 +12,11 @@ flights month and a flights network of the default size registered in the regist
   (``tenfold.inference.scoring.load_version``), scored by ``score_rows`` in this process, in batches of
   ``--rows-per-message`` (what a request holds), no queue, with every core's threads;
 * **pubsub, 1 and 2 workers**: end to end through the path ``batch_inference`` takes: the requests
-  published (``publish_requests``), pulled by the local pool's worker processes (``WorkerPool``: streaming
-  pull, flow control, leases), scored, each result written create-if-absent and acknowledged, until
-  ``wait_accounted`` sees every request scored. The pool is started and warmed (model loaded) by a small
-  run first, so the figure is the steady state, not the processes' start;
+  published (``publish_requests``, bodies compressed with ``--compression``), pulled by the local pool's worker
+  processes (``WorkerPool``: unary pulls, flow control, leases), scored, each result written create-if-absent and acknowledged, until
+  ``wait_accounted`` sees every request scored. The pool is started with the model preloaded (as
+  ``batch_inference`` starts it), waited on until every worker is pulling, and warmed by a small run, so the
+  figure is the steady state, not the processes' start;
 * **stubbed scoring**: messages/s through the same path with ``TENFOLD_INFER_STUB_SCORING`` set (the workers
   load no model and score nothing): the queue's own cost per message.
 
@@ -97,8 +98,10 @@ def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat:
     rpm = settings.inference.rows_per_message
     env = {"TENFOLD_INFER_STUB_SCORING": "1"} if stub else {"TENFOLD_INFER_STUB_SCORING": ""}
     best = float("inf")
-    with WorkerPool(settings, workers, env=env) as pool:
-        for _ in range(workers):  # warm-up: every worker imports, connects and loads the model
+    with WorkerPool(settings, workers, env=env, preload=None if stub else version) as pool:
+        if not pool.wait_ready(180):  # every worker has loaded the model (as batch_inference's pool does)
+            raise SystemExit(f"the {workers} inference workers were not ready within 180 s: see {pool.run_dir}")
+        for _ in range(workers):  # warm-up: the first requests through each worker and the emulator
             run = f"warm-{uuid.uuid4().hex[:6]}"
             n = publish_requests(settings, run, label, version, rows.slice(0, rpm * 4)).requests
             wait_accounted(settings, run, expected_ids(run, label, n), alive=pool.alive, say=lambda _: None)
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--rows-per-message", type=int, default=2000)
     parser.add_argument("--stub-rows-per-message", type=int, default=100, help="smaller messages for the stub's msg/s")
+    parser.add_argument("--compression", choices=["zstd", "lz4", "none"], default="zstd",
+                        help="inference.request_compression of the request bodies")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -130,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         settings, version = setup(home, args.rows)
         try:
             tuned = settings.model_copy(update={"inference": settings.inference.model_copy(
-                update={"rows_per_message": args.rows_per_message, "poll_interval_s": 0.05})})
+                update={"rows_per_message": args.rows_per_message, "poll_interval_s": 0.05,
+                        "request_compression": args.compression})})
             rows = partition_rows(Lake.from_settings(tuned), tuned.storage.features_table, Partition(2013, 7),
                                   get_workload(tuned).contract)
+            from tenfold.inference.requests import encode_rows
+
+            body = len(encode_rows(rows.slice(0, args.rows_per_message), args.compression))
             load = os.getloadavg()
             figures: dict[str, float] = {"direct": direct(tuned, version, rows, args.rows_per_message, args.repeat)}
             print(f"direct: {figures['direct']:,.0f} rows/s", flush=True)
@@ -160,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Offline inference through Pub/Sub (issue 10 §6)", "",
         f"`{' '.join(['.venv/bin/python', 'bench/offline.py', *(argv if argv is not None else sys.argv[1:])])}` — {stamp}, "
         f"{os.cpu_count()} cores, load {load[0]:.1f} before / {load_after[0]:.1f} after; {args.rows:,} synthetic rows, "
-        f"{args.rows_per_message} rows per message, the default flights network, best of {args.repeat}.", "",
+        f"{args.rows_per_message} rows per message ({args.compression}: {body / 1e6:.2f} MB a message), the default flights "
+        f"network, best of {args.repeat}.", "",
         "| path | rows/s | vs direct |", "|---|---|---|",
         f"| direct (same model, same process, no queue, {os.cpu_count()} threads; best of before and after the queue "
         f"runs: {figures['direct_first']:,.0f} / {figures['direct_again']:,.0f}) | {figures['direct']:,.0f} | 100% |",

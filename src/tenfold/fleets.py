@@ -244,4 +244,6 @@ def inference_startup_script(settings: Settings) -> str:
     worker finishes the requests in hand. What it had not acknowledged Pub/Sub delivers again elsewhere, and
     the result written once per request id makes that harmless (:mod:`tenfold.inference.store`).
     """
-    return startup_script(settings, settings.inference.fleet, "inference", INFERENCE_COMMAND, detach=True)
+    # A VM the autoscaler adds loads the model the runs score with before its first pull.
+    command = (*INFERENCE_COMMAND, "--preload", settings.inference.model_ref)
+    return startup_script(settings, settings.inference.fleet, "inference", command, detach=True)

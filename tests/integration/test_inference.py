@@ -260,3 +260,23 @@ def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_doe
     table = lake.read_table(s.storage.scores_table, [PART])
     assert table.num_rows == 400 and set(table.column("model_version").to_pylist()) == {setup.version}
     assert os.environ.get("TENFOLD_INFER_FAULT")  # still armed: the retry ran past the fault because it fired once
+
+
+def test_the_pool_preloads_the_run_model_and_reports_ready(make_setup) -> None:
+    """batch_inference's pool loads the run's version before the first pull; a version that cannot be
+    loaded is only logged (each request naming it is refused as before), and the worker still pulls."""
+    from tenfold.inference.pool import WorkerPool, worker_name
+
+    setup = make_setup(30, rows_per_message=15, workers=1)
+    s = setup.settings
+    log_path = s.local.home / "run" / f"{worker_name(0)}.log"
+    for ref, expected in ((setup.version, f"model {setup.version} loaded in"),
+                          ("no-such-version", "could not preload model no-such-version")):
+        log_path.unlink(missing_ok=True)
+        with WorkerPool(s, workers=1, preload=ref) as pool:
+            assert pool.wait_ready(120), "the worker never reported ready"
+            assert pool.ready() == 1
+            log = log_path.read_text()
+            assert expected in log, log[-2000:]
+            assert log.index(expected) < log.index("worker pulling"), "the model loads before the first pull"
+        assert pool.ready() == 0  # stopped: the ready marker is gone with the worker

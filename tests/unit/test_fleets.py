@@ -284,6 +284,6 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
         "docker rm -f tenfold-inference",
         f"docker run -d --restart=always --name tenfold-inference --network host -e TENFOLD_ENV={env} "
         f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference {s.container_image} "
-        f"python -m {fleets.INFERENCE_MODULE}",
+        f"python -m {fleets.INFERENCE_MODULE} --preload {s.inference.model_ref}",
     ]
     assert fleets.INFERENCE_MODULE in fleets.LAUNCHED_MODULES

@@ -39,8 +39,9 @@ class WorkerPool:
     """``workers`` worker processes (default ``settings.inference.workers``); see the module docstring."""
 
     def __init__(self, settings: Settings, workers: int | None = None, *, env: dict[str, str] | None = None,
-                 restart: bool = True) -> None:
+                 restart: bool = True, preload: str | None = None) -> None:
         self.settings = settings
+        self.preload = preload  # the model every worker loads before its first pull (the run's version)
         self.workers = workers or settings.inference.workers
         self.env = {**os.environ, **(env or {})}
         self.restart = restart
@@ -56,8 +57,15 @@ class WorkerPool:
     def settings_path(self) -> Path:
         return self.run_dir / SETTINGS_FILE
 
+    def ready_path(self, slot: int) -> Path:
+        return self.run_dir / f"{worker_name(slot)}.ready"
+
     def _start_one(self, slot: int) -> process.ProcessRecord:
-        argv = [sys.executable, "-m", WORKER_MODULE, "--settings-file", str(self.settings_path)]
+        self.ready_path(slot).unlink(missing_ok=True)
+        argv = [sys.executable, "-m", WORKER_MODULE, "--settings-file", str(self.settings_path),
+                "--ready-file", str(self.ready_path(slot))]
+        if self.preload:
+            argv += ["--preload", self.preload]
         # Tied to this process: a killed task (or benchmark) takes its workers with it.
         record = process.start(worker_name(slot), argv, run_dir=self.run_dir, port=0, env=self.env,
                                tie_to_this_process=True)
@@ -91,6 +99,21 @@ class WorkerPool:
                         self.restarts += 1
                         self._start_one(slot)
 
+    def ready(self) -> int:
+        """Workers that have loaded their model (``preload``) and are pulling."""
+        return sum(self.ready_path(slot).exists() and process.is_running(r) for slot, r in self.records.items())
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker is pulling (True), or ``timeout`` seconds (False: some are still loading)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.ready() < self.workers:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def alive(self) -> int:
         """Workers running, or about to be restarted (a pool that keeps crashing stops being restarted)."""
         if self.restart and not self._stop.is_set() and self.restarts < self.max_restarts:
@@ -104,6 +127,7 @@ class WorkerPool:
             for slot, record in self.records.items():
                 process.stop(record, timeout=25.0)  # a worker's own stop is bounded at ~15 s (pull + close)
                 process.remove_pid_file(self.run_dir, worker_name(slot))
+                self.ready_path(slot).unlink(missing_ok=True)
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often a waiting run pulls the dead-letter subscription. A message gets there only after
+# max_delivery_attempts deliveries, so a second is soon enough; pulling it every poll_interval_s cost the
+# emulator (on the same cores as the workers) a tenth of a core.
+DEAD_LETTER_POLL_S = 1.0
+
 # The attribute real Pub/Sub adds to a dead-lettered message: how often it was delivered.
 DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
@@ -91,7 +96,7 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
         for request in plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
                                     rows_per_message=inf.rows_per_message):
             faults.fire("publish", request.request_id)
-            futures.append(client.publish(topic, request.encode(), **request.attributes()))
+            futures.append(client.publish(topic, request.encode(inf.request_compression), **request.attributes()))
             count += 1
         for future in futures:
             future.result(timeout=120)
@@ -193,8 +198,11 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
     store = RunStore(objects, run_key)
     started = last_log = time.monotonic()
     deadline = started + inf.wait_timeout_s
+    drained = -DEAD_LETTER_POLL_S
     while True:
-        drain_dead_letters(settings, objects=objects)
+        if time.monotonic() - drained >= DEAD_LETTER_POLL_S:
+            drained = time.monotonic()
+            drain_dead_letters(settings, objects=objects)
         acc = account(store, ids)
         now = time.monotonic()
         if acc.accounted >= acc.requests:

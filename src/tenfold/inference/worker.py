@@ -141,7 +141,8 @@ class Worker:
         self._count(failed=1)
         message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
 
-    def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> WorkerStats:
+    def run(self, stop: threading.Event, *, ready: threading.Event | None = None,
+            ready_file: Path | None = None) -> WorkerStats:
         """Pull and handle until ``stop`` is set; the requests in hand are finished (or left to be redelivered)."""
         from tenfold.messaging.clients import subscriber_client, subscription_path
 
@@ -153,6 +154,9 @@ class Worker:
                  inf.max_messages, inf.max_bytes, inf.max_lease_s)
         if ready is not None:
             ready.set()
+        if ready_file is not None:  # what the local pool waits on: the model is loaded and pulling starts now
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.touch()
         try:
             puller.run(stop)
         finally:
@@ -295,6 +299,25 @@ class _Puller:
         return done
 
 
+def preload(worker: Worker, ref: str) -> None:
+    """Load ``ref``'s model into the worker's cache now (importing torch and loading take seconds, which the
+    first request would otherwise wait for while its lease runs). A model that cannot be loaded is only
+    logged: the requests that name it are refused one by one, with the reason, as they would be anyway."""
+    from tenfold.inference import faults
+    from tenfold.inference.scoring import ScoringError, resolve
+
+    if faults.stub_scoring():
+        return
+    started = time.monotonic()
+    try:
+        version = resolve(worker.settings, ref)
+        worker.models.get(version)
+    except ScoringError as exc:
+        log.warning("could not preload model %s (requests naming it will be refused): %s", ref, exc)
+        return
+    log.info("model %s loaded in %.1f s", version, time.monotonic() - started)
+
+
 def _stub_scores(rows: Any, version: str) -> Any:
     """The benchmark's stub: the shape of a result (the first column as the key), no model."""
     import pyarrow as pa
@@ -323,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Settings: --settings-file, else TENFOLD_ENV (local, dev or prod).")
     parser.add_argument("--settings-file", type=Path, default=None,
                         help="settings as JSON (the local pool writes them); default: get_settings()")
+    parser.add_argument("--preload", metavar="MODEL", default=None,
+                        help="load this model (a version, or an alias such as champion) before the first pull, so the "
+                             "first request does not wait for it (the local pool passes the run's version)")
+    parser.add_argument("--ready-file", type=Path, default=None,
+                        help="touch this file once the model is loaded and pulling starts (the local pool waits on it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from tenfold.config import Settings, get_settings
@@ -333,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.preload:
+        preload(worker, args.preload)
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -347,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        worker.run(stop)
+        worker.run(stop, ready_file=args.ready_file)
     except Exception as exc:
         print(f"error: the pull failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

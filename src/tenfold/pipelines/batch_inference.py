@@ -177,7 +177,7 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
         if settings.is_local:
             from tenfold.inference.pool import WorkerPool
 
-            with WorkerPool(settings, env=dict(pool_env or {})) as pool:
+            with WorkerPool(settings, env=dict(pool_env or {}), preload=r.model_version) as pool:
                 acc = wait_accounted(settings, r.run_key, ids, alive=pool.alive, say=say)
         else:
             acc = wait_accounted(settings, r.run_key, ids, say=say)

@@ -32,6 +32,20 @@ def test_batches_cover_every_row_once_and_round_trip() -> None:
     assert [b.request_id for b in again] == [request_id("r", "2013-07", i) for i in range(5)]
 
 
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "none"])
+def test_a_compressed_body_decodes_to_the_same_rows_without_options(compression: str) -> None:
+    # Repetitive columns, as a month of features is (a route's roll-ups repeat on every flight of it).
+    rows = pa.table({"k": list(range(5000)), "route": ["EWR-ORD", "JFK-LAX"] * 2500, "x": [0.25, 1.5] * 2500})
+    request = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=rows)
+    body = request.encode(compression)
+    assert decode(body, request.attributes(), ["k", "route", "x"]).rows.equals(rows)
+    plain = request.encode("none")
+    if compression == "none":
+        assert body == plain
+    else:  # compressed buffers really are smaller: the bytes Pub/Sub carries
+        assert len(body) < len(plain) / 2, (compression, len(body), len(plain))
+
+
 @pytest.mark.parametrize(("body", "attributes", "message"), [
     (b"junk", {}, "not an Arrow IPC stream"),
     (None, {"run": ""}, r"attributes \['run'\] are missing"),
