@@ -50,7 +50,7 @@ def test_the_inference_fleet_runs_the_worker_in_the_image_as_the_inference_accou
                    if t["name_prefix"] == f"{g.instance_template}-"]
     script = template["metadata"]["startup-script"]
     (run,) = [line for line in script.splitlines() if line.startswith("docker run")]
-    assert run.endswith(f"{s.container_image} python -m tenfold.inference.worker")
+    assert run.endswith(f"{s.container_image} python -m tenfold.inference.worker --preload {s.inference.model_ref}")
     assert "-d --restart=always --name tenfold-inference" in run, "the worker runs for the VM's life, restarted if it exits"
     assert f"-e TENFOLD_ENV={env}" in run and f"-e TENFOLD_PROJECT_ID={s.project_id}" in run
     assert script == fleets.inference_startup_script(s)

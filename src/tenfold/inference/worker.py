@@ -312,8 +312,9 @@ def preload(worker: Worker, ref: str) -> None:
     try:
         version = resolve(worker.settings, ref)
         worker.models.get(version)
-    except ScoringError as exc:
-        log.warning("could not preload model %s (requests naming it will be refused): %s", ref, exc)
+    except Exception as exc:  # ScoringError, or the registry out of reach: a preload never stops the worker
+        reason = str(exc) if isinstance(exc, ScoringError) else f"{type(exc).__name__}: {exc}"
+        log.warning("could not preload model %s (requests naming it are refused until it loads): %s", ref, reason)
         return
     log.info("model %s loaded in %.1f s", version, time.monotonic() - started)
 
