@@ -104,14 +104,13 @@ class WorkerPool:
         return sum(self.ready_path(slot).exists() and process.is_running(r) for slot, r in self.records.items())
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait until every worker is pulling (True), or ``timeout`` seconds (False: some are still loading)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while self.ready() < self.workers:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
+        """Wait until every worker is pulling (True), or ``timeout`` seconds (False: some are still loading).
+        A worker that dies meanwhile is the supervisor's to restart, so no process is watched here."""
+        try:
+            process.wait_until(lambda: self.ready() == self.workers, timeout=timeout,
+                               what=f"{self.workers} inference workers", interval=0.1)
+        except process.LocalPlatformError:
+            return False
         return True
 
     def alive(self) -> int:
