@@ -60,8 +60,12 @@ class Preprocessor:
         *,
         min_count: int = 1,
     ) -> Preprocessor:
-        """Fit the contract's feature columns on the training window only (holdout values map to OOV)."""
-        pre = cls(tuple(contract.categorical_columns), tuple(contract.numeric_columns))
+        """Fit the contract's model inputs on the training window only (holdout values map to OOV).
+
+        The inputs are the feature columns less ``contract.not_model_inputs``; the state records them, so
+        a model keeps the inputs it was trained on whatever the contract says later.
+        """
+        pre = cls(contract.model_categorical_columns, contract.model_numeric_columns)
         pre._require(table)
         if table.num_rows == 0:
             raise PreprocessingError("cannot fit preprocessing on an empty training window")

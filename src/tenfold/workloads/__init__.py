@@ -123,11 +123,15 @@ class FeatureContract:
     # Features whose drift the monitor reports but never retrains on: they move with the season by nature
     # (weather, the calendar); settings.monitoring.drift can override (docs/drift.md).
     drift_report_only: tuple[str, ...] = ()
+    # Feature columns the table keeps (online assembly builds them, the drift monitor profiles them) that
+    # models are not fed: a model's preprocessing is fit on ``model_*_columns`` only (docs/training.md).
+    not_model_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.drift_report_only) - set(self.categorical_columns + self.numeric_columns))
-        if unknown:
-            raise WorkloadError(f"drift_report_only names {unknown}, which are not feature columns of the contract")
+        for name in ("drift_report_only", "not_model_inputs"):
+            unknown = sorted(set(getattr(self, name)) - set(self.categorical_columns + self.numeric_columns))
+            if unknown:
+                raise WorkloadError(f"{name} names {unknown}, which are not feature columns of the contract")
         wanted = tuple(dict.fromkeys(self.key_columns + self.categorical_columns + self.numeric_columns
                                      + self.analysis_columns + (self.label,)))
         if tuple(self.column_types) != wanted:
@@ -143,6 +147,14 @@ class FeatureContract:
     @property
     def feature_columns(self) -> tuple[str, ...]:
         return self.categorical_columns + self.numeric_columns
+
+    @property
+    def model_categorical_columns(self) -> tuple[str, ...]:
+        return tuple(c for c in self.categorical_columns if c not in self.not_model_inputs)
+
+    @property
+    def model_numeric_columns(self) -> tuple[str, ...]:
+        return tuple(c for c in self.numeric_columns if c not in self.not_model_inputs)
 
     @property
     def online_columns(self) -> tuple[str, ...]:

@@ -93,6 +93,22 @@ def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preproces
     assert Preprocessor.from_json(pre.to_json()).to_dict() == pre.to_dict()
 
 
+def test_the_model_inputs_leave_out_the_contracts_not_model_inputs(table: pa.Table, pre: Preprocessor) -> None:
+    """Flights fits no temperature or dew point (seasonal levels, docs/training.md): the state lists the rest, a
+    table without the two still transforms, and a state saved with them keeps them (the model's own inputs)."""
+    assert set(CONTRACT.not_model_inputs) == {"temp", "dewp"}
+    assert pre.numeric_columns == tuple(c for c in CONTRACT.numeric_columns if c not in {"temp", "dewp"})
+    assert "humid" in pre.numeric_columns and pre.categorical_columns == CONTRACT.categorical_columns
+    assert pre.num_inputs == 2 * (len(CONTRACT.numeric_columns) - 2)
+    cat, num = pre.transform(table.drop_columns(["temp", "dewp"]))
+    assert num.shape == (table.num_rows, pre.num_inputs) and cat.shape[1] == len(CONTRACT.categorical_columns)
+    old = Preprocessor.from_dict({**pre.to_dict(), "numeric_columns": [*pre.numeric_columns, "temp"],
+                                  "means": {**pre.means, "temp": 40.0}, "stds": {**pre.stds, "temp": 10.0}})
+    assert old.transform(table)[1].shape == (table.num_rows, pre.num_inputs + 2)
+    with pytest.raises(PreprocessingError, match=r"lacks feature columns \['temp'\]"):
+        old.transform(table.drop_columns(["temp"]))
+
+
 def test_preprocessor_refuses_missing_columns(pre: Preprocessor) -> None:
     with pytest.raises(PreprocessingError, match=r"lacks feature columns \['carrier'"):
         pre.transform({"origin": ["JFK"]})

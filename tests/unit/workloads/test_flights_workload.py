@@ -124,6 +124,17 @@ def test_contract_refuses_columns_out_of_order() -> None:
                         column_types={"x": "float64", "k": "int32", "y": "int32"})
 
 
+def test_contract_refuses_not_model_inputs_that_are_not_features() -> None:
+    with pytest.raises(WorkloadError, match=r"not_model_inputs names \['k'\], which are not feature columns"):
+        FeatureContract(key_columns=("k",), label="y", categorical_columns=(), numeric_columns=("x",),
+                        column_types={"k": "int32", "x": "float64", "y": "int32"}, not_model_inputs=("k",))
+    ok = FeatureContract(key_columns=("k",), label="y", categorical_columns=("c",), numeric_columns=("x", "z"),
+                         column_types={"k": "int32", "c": "string", "x": "float64", "z": "float64", "y": "int32"},
+                         not_model_inputs=("z",))
+    assert ok.model_numeric_columns == ("x",) and ok.model_categorical_columns == ("c",)
+    assert ok.feature_columns == ("c", "x", "z")  # the table, online assembly and the drift monitor keep it
+
+
 def test_the_jobs_history_default_is_the_workloads() -> None:
     from tenfold.features.job import parse_args
 
