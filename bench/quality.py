@@ -42,7 +42,7 @@ RESULTS = Path(__file__).parent / "results" / "quality.md"
 WINDOWS = {"demo window": (("2013-01", "2013-03"), ("2013-04", "2013-04")),
            "full-year split": (("2013-01", "2013-09"), ("2013-10", "2013-12"))}
 # The reference model before issue 11: 3 epochs on the whole window, the last epoch kept, uncalibrated.
-BEFORE = dict(epochs=3, validation_days=0.0, patience=None, calibration="none",
+BEFORE = dict(epochs=3, validation_days=0.0, patience=None, calibration="none", average_epochs=0.0,
               model=ModelConfig(embedding_dim=8, hidden=(64, 32), dropout=0.1))
 
 
@@ -54,10 +54,11 @@ def _training_bench() -> Any:
     return module
 
 
-def targets(model: Metrics, hgb: Metrics, rate: Metrics) -> dict[str, bool]:
+def targets(model: Metrics, hgbs: list[Metrics], rate: Metrics) -> dict[str, bool]:
+    """Against the stronger HistGradientBoosting of each measure (on every feature, or on the network's inputs)."""
     return {
-        "AUC within 0.01 of HGB": model.auc >= hgb.auc - 0.01,
-        "log loss <= HGB": model.log_loss <= hgb.log_loss,
+        "AUC within 0.01 of HGB": model.auc >= max(h.auc for h in hgbs) - 0.01,
+        "log loss <= HGB": model.log_loss <= min(h.log_loss for h in hgbs),
         "beats rate on AUC": model.auc > rate.auc,
         "beats rate on log loss": model.log_loss < rate.log_loss,
         "beats rate on Brier": model.brier < rate.brier,
@@ -99,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                 report = evaluate_with_baselines(result.model_dir, lake, train, holdout, hgb_threads=2)
                 reports[seed] = (report, result.raw)
                 print(f"{window} seed {seed}\n{report.table()}", flush=True)
+            hgb_inputs = hgb_on_model_inputs(root / f"{window}-{args.seeds[0]}", lake, train, holdout)
             before = None
             if not args.no_before:
                 result = run_torchrun(settings, base.with_(**BEFORE), root / f"{window}-before")
                 before = evaluate_with_baselines(result.model_dir, lake, train, holdout, hgb_threads=2).model
-            sections.append(render(window, train, holdout, base, reports, before))
+            sections.append(render(window, train, holdout, base, reports, before, hgb_inputs))
             print(sections[-1], flush=True)
     load = os.getloadavg()[0]
     text = "\n".join([
@@ -121,8 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def hgb_on_model_inputs(out: Path, lake: Any, train: list[Any], holdout: list[Any]) -> Metrics:
+    """HistGradientBoosting on exactly the network's inputs (its preprocessing's columns), beside the peer on every
+    feature column that ``evaluate_with_baselines`` reports: leaving the temperature out helps it on a short window."""
+    from tenfold.model import load_model
+    from tenfold.training.baselines import GradientBoostingBaseline
+    from tenfold.training.data import read_features
+    from tenfold.training.metrics import score
+
+    loaded = load_model(out / "model")
+    label = loaded.workload.contract.label
+    baseline = GradientBoostingBaseline(loaded.preprocessor, label, threads=2).fit(read_features(lake, train))
+    held = read_features(lake, holdout)
+    return score("hgb, network inputs", held[label].to_numpy().astype("float64"), baseline.predict_proba(held))
+
+
 def render(window: str, train: list[Any], holdout: list[Any], base: TrainConfig,
-           reports: dict[int, tuple[EvaluationReport, dict[str, Any]]], before: Metrics | None) -> str:
+           reports: dict[int, tuple[EvaluationReport, dict[str, Any]]], before: Metrics | None,
+           hgb_inputs: Metrics) -> str:
     seeds = sorted(reports)
     first_report = reports[seeds[0]][0]
     rate, hgb = first_report.baselines["rate_baseline"], first_report.baselines["hgb_baseline"]
@@ -132,13 +150,13 @@ def render(window: str, train: list[Any], holdout: list[Any], base: TrainConfig,
         "",
         f"Config: {base.model.to_dict()}, lr {base.lr:g}, weight decay {base.weight_decay:g}, batch {base.batch_size} x 2, "
         f"at most {base.epochs} epochs, patience {base.patience}, validation slice: the newest {base.validation_days:g} days, "
-        f"calibration {base.calibration}.",
+        f"calibration {base.calibration}, weights averaged over {base.average_epochs:g} epochs.",
         "",
         "| model | AUC | log loss | Brier | ECE |",
         "|---|---|---|---|---|",
     ]
     if before is not None:
-        lines.append(row("torch before issue 11 (3 epochs, whole window, uncalibrated)", before))
+        lines.append(row("torch before issue 11 (3 epochs, whole window, uncalibrated, raw weights; today's inputs)", before))
     for seed in seeds:
         report, raw = reports[seed]
         v, cal = raw["validation"], raw.get("calibration") or {}
@@ -151,10 +169,11 @@ def render(window: str, train: list[Any], holdout: list[Any], base: TrainConfig,
         lines.append(row(f"**torch seed {seed}, calibrated** ({desc})", report.model))
     if len(seeds) > 1:
         lines.append(row(f"torch calibrated, mean of seeds {seeds}", mean_metrics("mean", [reports[s][0].model for s in seeds])))
-    lines += [row("route/carrier rate baseline", rate), row("HistGradientBoosting", hgb), ""]
+    lines += [row("route/carrier rate baseline", rate), row("HistGradientBoosting, every feature column", hgb),
+              row("HistGradientBoosting, the network's inputs", hgb_inputs), ""]
     for label, model in [(f"seed {seeds[0]}", first_report.model)] + (
             [("mean of seeds", mean_metrics("mean", [reports[s][0].model for s in seeds]))] if len(seeds) > 1 else []):
-        checks = targets(model, hgb, rate)
+        checks = targets(model, [hgb, hgb_inputs], rate)
         met = ", ".join(f"{k}: {'yes' if ok else '**no**'}" for k, ok in checks.items())
         lines.append(f"Targets ({label}): {met}.")
         lines.append("")

@@ -270,6 +270,9 @@ class TrainingSettings(_Frozen):
     validation_days: float = Field(default=14.0, ge=0)
     # tenfold.model.calibration.METHODS
     calibration: Literal["none", "temperature", "anchored_temperature", "isotonic"] = "anchored_temperature"
+    # The model scored on the slice, kept and saved is the exponential moving average of the trained weights
+    # over about this many epochs (torch.optim.swa_utils); 0 keeps the raw weights.
+    average_epochs: float = Field(default=1.0, ge=0, le=10)
     # Retraining with feedback (docs/feedback.md): the labelled set of the feedback join whose served flights
     # fall in the training window joins the features rows, each such row counting feedback_weight features
     # rows in the loss; 0 leaves feedback out (the run is then exactly one without it). At most

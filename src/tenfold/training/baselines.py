@@ -1,8 +1,9 @@
 """The baselines every model is judged next to, fit on the same training window.
 
 :class:`GradientBoostingBaseline` serves every workload: scikit-learn's ``HistGradientBoostingClassifier``
-on the same features as the network (categorical codes from the same fitted vocabularies, raw numerics
-with their nulls, which it handles natively). A workload adds its own (``Workload.baselines``; flights:
+on the columns of the preprocessing it is given (categorical codes from its fitted vocabularies, raw numerics
+with their nulls, which it handles natively); ``evaluate_with_baselines`` gives it every numeric feature
+column, the ones the network is not fed too. A workload adds its own (``Workload.baselines``; flights:
 the historical route/carrier delay rate).
 """
 

@@ -73,6 +73,8 @@ class Snapshot:
     rng: dict[int, dict[str, Any]]
     trajectory: str
     selection: dict[str, Any] = field(default_factory=dict)
+    # The moving average of the weights (AveragedModel's state), None when the run keeps the raw weights.
+    averaged: dict[str, Any] | None = None
 
     def to_payload(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every tensor of the model and optimizer states.
@@ -80,14 +82,14 @@ class Snapshot:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str = "checkpoint") -> Snapshot:
-        missing = [f.name for f in fields(cls) if f.name not in payload and f.name != "selection"]
+        missing = [f.name for f in fields(cls) if f.name not in payload and f.name not in ("selection", "averaged")]
         if missing:
             raise CheckpointError(f"{where}: not a training snapshot (missing {missing})")
         return cls(
             model=payload["model"], optimizer=payload["optimizer"], scheduler=payload["scheduler"],
             step=int(payload["step"]), epoch=int(payload["epoch"]), batch=int(payload["batch"]),
             world_size=int(payload["world_size"]), rng=dict(payload["rng"]), trajectory=str(payload["trajectory"]),
-            selection=dict(payload.get("selection") or {}),
+            selection=dict(payload.get("selection") or {}), averaged=payload.get("averaged"),
         )
 
 

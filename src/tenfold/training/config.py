@@ -25,7 +25,8 @@ class TrainConfig:
     the validation slice. The ranks never train on it; after every epoch it is scored, the best epoch's
     weights are kept (the ``epochs`` are a ceiling) and training stops after ``patience`` epochs without
     improvement (None: never stop early); rank 0 then fits ``calibration`` on it. ``0`` turns the
-    slice off: the last epoch is kept, uncalibrated. The defaults of ``lr``, ``weight_decay``,
+    slice off: the last epoch is kept, uncalibrated. With ``average_epochs`` the weights scored, kept and
+    saved are the moving average of the trained ones (docs/training.md). The defaults of ``lr``, ``weight_decay``,
     ``batch_size`` and the model config were chosen on validation slices only (bench/search.py).
     """
 
@@ -43,6 +44,9 @@ class TrainConfig:
     validation_days: float = 14.0
     patience: int | None = 2
     calibration: str = "anchored_temperature"  # a tenfold.model.calibration method
+    # The weights scored, chosen and saved are an exponential moving average of the trained ones, over about
+    # this many epochs (decay 1 - 1 / (average_epochs * steps_per_epoch) a step); 0 uses the raw weights.
+    average_epochs: float = 1.0
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     # None: settings.training.backend; "nccl" needs CUDA (the worker refuses it otherwise).
@@ -72,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"validation_days must be >= 0 (0: no validation slice), got {self.validation_days}")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be >= 1 (or None: no early stopping)")
+        if self.average_epochs < 0:
+            raise ValueError(f"average_epochs must be >= 0 (0: the raw weights), got {self.average_epochs}")
         from tenfold.model.calibration import METHODS
 
         if (self.feedback_uri is None) != (self.feedback_sha256 is None):
@@ -98,6 +104,7 @@ class TrainConfig:
             validation_days=t.validation_days,
             patience=t.early_stopping_patience,
             calibration=t.calibration,
+            average_epochs=t.average_epochs,
             checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints,
             backend=t.backend,

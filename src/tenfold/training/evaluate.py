@@ -29,6 +29,7 @@ from tenfold.config import Settings
 from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, Partition, month_range
 from tenfold.model.io import load_model
+from tenfold.model.preprocessing import Preprocessor
 from tenfold.training.baselines import GradientBoostingBaseline
 from tenfold.training.data import read_features
 from tenfold.training.metrics import Metrics, score
@@ -137,10 +138,13 @@ def evaluate_with_baselines(
     uncalibrated = None
     if not loaded.calibrator.is_identity:
         uncalibrated = score(UNCALIBRATED_NAME, y, loaded.predict_proba(holdout, calibrated=False))
-    baselines = {name: make(loaded.preprocessor, contract) for name, make in loaded.workload.baselines().items()}
-    # The same vocabularies the network was trained with, so both see identical categorical codes.
-    baselines["hgb"] = GradientBoostingBaseline(loaded.preprocessor, contract.label, max_iter=hgb_max_iter,
-                                                threads=hgb_threads)
+    pre = loaded.preprocessor
+    baselines = {name: make(pre, contract) for name, make in loaded.workload.baselines().items()}
+    # The peer sees every numeric feature column of the table, the ones the network is not fed too
+    # (contract.not_model_inputs): what an off-the-shelf learner makes of the features, whatever the network
+    # was given. Its categorical codes are the network's own vocabularies.
+    every = Preprocessor(pre.categorical_columns, contract.numeric_columns, vocabularies=pre.vocabularies)
+    baselines["hgb"] = GradientBoostingBaseline(every, contract.label, max_iter=hgb_max_iter, threads=hgb_threads)
     scores = {}
     for name, baseline in baselines.items():
         baseline.fit(train)

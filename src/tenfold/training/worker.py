@@ -9,7 +9,7 @@ interface; see ``launch.py`` for the exact flags).
 Each rank joins a process group built on ``PrefixStore(f"attempt_{TORCHELASTIC_RESTART_COUNT}",
 TCPStore(...))``: after a restart the new round's keys never collide with the dead round's
 (pytorch#167288). It resumes from the newest valid checkpoint in ``OUT/checkpoints`` (model,
-optimizer, scheduler, step, epoch, batch position, every rank's RNG), trains, checkpoints every
+optimizer, scheduler, the weights' moving average, step, epoch, batch position, every rank's RNG), trains, checkpoints every
 ``checkpoint_every`` steps and at each epoch end, and rank 0 writes ``OUT/model`` (save_model),
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
 so the launcher can name the failing rank and its error.
@@ -20,7 +20,9 @@ end rank 0 scores the slice and broadcasts the criterion (:func:`~tenfold.traini
 the slice's log loss once its own temperature and level are fitted), so every rank takes the same
 decision: the best epoch's weights are kept (in the snapshot, so a resumed run chooses exactly as an
 uninterrupted one), and training stops after ``patience`` epochs without improvement. Rank 0 saves the
-best epoch's weights with the calibration fitted on the slice (:mod:`tenfold.training.calibration`).
+best epoch's weights with the calibration fitted on the slice (:mod:`tenfold.training.calibration`). The weights
+scored, kept and saved are the exponential moving average of the trained ones over ``average_epochs``
+(``torch.optim.swa_utils.AveragedModel``), updated after every optimizer step; 0 uses the trained weights.
 
 Feedback (docs/feedback.md, "Retraining with feedback"): with ``cfg.feedback_uri`` the rows ``train_model``'s
 plan chose from the feedback join (SHA-256 checked) follow the features rows, each weighing
@@ -59,6 +61,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tenfold.data.lake import Lake
 from tenfold.model.calibration import Calibrator
@@ -213,6 +216,12 @@ class Trainer:
                                           "bad_epochs": 0, "stopped": False}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.calibrator: Calibrator | None = None
+        # The moving average of the weights (every rank keeps the same one: DDP keeps their weights equal);
+        # it is what the slice scores and what the run keeps and saves.
+        self.averaged: AveragedModel | None = None
+        if cfg.average_epochs > 0:
+            decay = 1.0 - 1.0 / max(1.0, cfg.average_epochs * self.steps_per_epoch)
+            self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay))
         self._load_snapshot()
         self._check_same_step()
         self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
@@ -265,6 +274,10 @@ class Trainer:
         self.model.load_state_dict(snap.model)
         self.optimizer.load_state_dict(snap.optimizer)
         self.scheduler.load_state_dict(snap.scheduler)
+        if self.averaged is not None:
+            if snap.averaged is None:
+                raise WorkerError(f"{info.path} holds no averaged weights; use a fresh output folder")
+            self.averaged.load_state_dict(snap.averaged)
         self.step, self.epoch, self.batch_pos, self.resumed_from = snap.step, snap.epoch, snap.batch, snap.step
         if snap.selection:
             self.selection = {k: v for k, v in snap.selection.items() if k != "best_state"}
@@ -298,6 +311,7 @@ class Trainer:
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=next_epoch, batch=next_batch, world_size=self.world, rng=dict(enumerate(states)),
             trajectory=trajectory_digest(self.cfg), selection={**self.selection, "best_state": self.best_state},
+            averaged=self.averaged.state_dict() if self.averaged is not None else None,
         )
 
     def _save_snapshot(self, next_epoch: int, next_batch: int) -> None:
@@ -326,6 +340,8 @@ class Trainer:
             faults.fire(fault)  # test-only: gradients all-reduced, this rank's weights not yet updated
         self.optimizer.step()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         reduced = loss.detach().clone()
         dist.all_reduce(reduced)
         return float(reduced.item()) / self.world
@@ -336,7 +352,7 @@ class Trainer:
         assert self.val is not None
         values = torch.zeros(2, dtype=torch.float64, device=self.device)
         if self.rank == 0:
-            logits = predict_logits(self.model, self.val.categorical, self.val.numeric).double().cpu().numpy()
+            logits = predict_logits(self.scored, self.val.categorical, self.val.numeric).double().cpu().numpy()
             labels = self.val.labels.double().cpu().numpy()
             values[0], values[1] = selection_loss(logits, labels), plain_log_loss(logits, labels)
         dist.broadcast(values, src=0)
@@ -354,7 +370,7 @@ class Trainer:
         if sel["best_loss"] is None or loss < sel["best_loss"]:
             sel.update(best_loss=loss, best_epoch=self.epoch, best_step=self.step, bad_epochs=0)
             if self.rank == 0:
-                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.scored.state_dict().items()}
         else:
             sel["bad_epochs"] += 1
             if self.cfg.patience is not None and sel["bad_epochs"] >= self.cfg.patience:
@@ -362,6 +378,11 @@ class Trainer:
         log.info("rank %d epoch %d step %d: validation criterion %.5f, log loss %.5f (best %.5f at epoch %s)%s", self.rank,
                  self.epoch, self.step, loss, plain, sel["best_loss"], sel["best_epoch"],
                  "; stopping early" if sel["stopped"] else "")
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights the slice scores and the run keeps: the moving average, or the trained ones."""
+        return self.averaged.module if self.averaged is not None else self.model
 
     @property
     def done(self) -> bool:
@@ -411,6 +432,8 @@ class Trainer:
     def _choose_and_calibrate(self) -> None:
         """Rank 0: load the best epoch's weights and fit the calibration on the slice."""
         if self.val is None:
+            if self.averaged is not None:  # no choice to make: the last averaged weights are the model
+                self.model.load_state_dict(self.averaged.module.state_dict())
             return
         if self.best_state is None:
             raise WorkerError("a validation slice was scored but no best weights were kept; the checkpoint is inconsistent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.model import Preprocessor, save_model
+from tenfold.model import Preprocessor, load_model, save_model
 from tenfold.training.data import (
     FeatureDataset,
     MissingFeaturesError,
@@ -108,9 +109,23 @@ def _train_in_process(lake: Lake, out: Path) -> Path:
     return out
 
 
-def test_model_and_both_baselines_on_the_same_holdout(lake: Lake, tmp_path: Path) -> None:
+def test_model_and_both_baselines_on_the_same_holdout(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenfold.training.baselines import GradientBoostingBaseline
+
     model_dir = _train_in_process(lake, tmp_path / "model")
+    fitted_on: list[tuple[str, ...]] = []
+    real_fit = GradientBoostingBaseline.fit
+
+    def recording_fit(self: GradientBoostingBaseline, table: Any) -> GradientBoostingBaseline:
+        fitted_on.append(self.preprocessor.numeric_columns)
+        return real_fit(self, table)
+
+    monkeypatch.setattr(GradientBoostingBaseline, "fit", recording_fit)
     report = evaluate_with_baselines(model_dir, lake, TRAIN, HOLDOUT, hgb_max_iter=30)
+    # The peer sees every numeric feature, the temperature and dew point the network is not fed too.
+    assert fitted_on == [CONTRACT.numeric_columns] and "temp" not in load_model(model_dir).preprocessor.numeric_columns
     names = [m.name for m in report.all]
     assert names == ["model", "rate baseline", "gradient boosting"]
     assert {m.rows for m in report.all} == {1500}

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake
 from tenfold.model import load_model
+from tenfold.training.checkpoint import Snapshot, list_checkpoints, load_checkpoint
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features, validation_split
 from tenfold.training.launch import TrainResult, run_torchrun
@@ -58,3 +60,28 @@ def test_training_stops_after_patience_epochs_without_gain_and_keeps_the_best(
     # The folder holds the best epoch's weights, not the last ones.
     assert _slice_log_loss(result, synthetic_lake, cfg, calibrated=False) == pytest.approx(
         v["history"][-3]["val_log_loss"], abs=1e-6)
+
+
+def test_the_kept_weights_are_the_moving_average_updated_every_step(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """average_epochs=2: after every step the averaged weights move (1 - d) of the way to the trained ones, with
+    d = 1 - 1 / (2 * steps_per_epoch), and the saved model (no slice here) is the last average, not the last step."""
+    cfg = small_config.with_(max_steps=12, checkpoint_every=1, keep_checkpoints=20, average_epochs=2.0,
+                             validation_days=0.0)
+    result = run_torchrun(train_settings, cfg, tmp_path, nproc=2, timeout_s=240)
+    snaps = {info.step: Snapshot.from_payload(load_checkpoint(info))
+             for info in list_checkpoints(Path(result.out_dir) / "checkpoints")}
+    assert sorted(snaps) == list(range(1, 13))
+    d = 1.0 - 1.0 / (2.0 * result.raw["steps_per_epoch"])
+    for k in (1, 6, 11):
+        before, after = snaps[k].averaged, snaps[k + 1].averaged
+        assert before is not None and after is not None and int(after["n_averaged"]) == k + 1
+        for name, trained in snaps[k + 1].model.items():
+            expected = d * before[f"module.{name}"] + (1 - d) * trained
+            assert torch.allclose(after[f"module.{name}"], expected, atol=1e-6), (k, name)
+    saved = load_model(result.model_dir).model.state_dict()
+    last = snaps[12]
+    assert last.averaged is not None
+    assert all(torch.equal(saved[n], last.averaged[f"module.{n}"]) for n in saved)
+    assert not all(torch.equal(saved[n], last.model[n]) for n in saved)  # the trained weights moved on
