@@ -50,9 +50,11 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     reg = ModelRegistry(local_settings)
     before = {v.version for v in reg.list_versions()}
     champion_before = reg.resolve(CHAMPION)  # the session's registry: another test may have made one
-    # ~100 steps: enough for the network to clear the gate's floors (AUC above the rate baseline) on this
-    # data; fewer makes the first promotion a coin toss. Start-up, not steps, dominates the time.
-    conf = {"train_months": TRAIN, "holdout_months": HOLDOUT, "epochs": 8, "batch_size": 32, "nproc": 2, "seed": 1}
+    # ~100 steps: enough for the network to clear the gate's floors (AUC above the rate baseline, log loss and
+    # Brier no worse than it) on this data; fewer makes the first promotion a coin toss. Seed 2's model beats
+    # the rate baseline's log loss on the 400-row holdout by 0.008; seed 1's ties it (0.5580 vs 0.5558), so
+    # seed 1 is the second run, which handles either decision. Start-up, not steps, dominates the time.
+    conf = {"train_months": TRAIN, "holdout_months": HOLDOUT, "epochs": 8, "batch_size": 32, "nproc": 2, "seed": 2}
 
     _dags_test(airflow_env, conf, "2031-04-01T00:00:00+00:00", tmp_path)
     first = [v for v in reg.list_versions() if v.version not in before]
@@ -73,7 +75,7 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert lineage is not None
     assert [p.partition for p in lineage.train_partitions] == ["2031-01", "2031-02"]
     assert [p.partition for p in lineage.holdout_partitions] == ["2031-03"]
-    assert lineage.training_config["seed"] == 1 and lineage.code["package_version"]
+    assert lineage.training_config["seed"] == 2 and lineage.code["package_version"]
     assert v1.metrics["holdout"]["partitions"] == ["2031-03"]
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
     # The drift monitor's reference profile of the training window is one of the version's files.
@@ -85,7 +87,7 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
         assert events[-1] == {"version": v1.version, "champion": champion_after_first}
 
     # Run 2: another seed on one rank (a different trajectory, so a different version), fewer steps.
-    _dags_test(airflow_env, {**conf, "seed": 2, "nproc": 1, "max_steps": 40}, "2031-04-02T00:00:00+00:00", tmp_path)
+    _dags_test(airflow_env, {**conf, "seed": 1, "nproc": 1, "max_steps": 40}, "2031-04-02T00:00:00+00:00", tmp_path)
     second = [v for v in reg.list_versions() if v.version not in before | {v1.version}]
     assert len(second) == 1, "a different seed gives different weights and so a new version"
     v2 = second[0]
