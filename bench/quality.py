@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_torchrun(settings, base.with_(seed=seed), root / f"{window}-{seed}")
                 report = evaluate_with_baselines(result.model_dir, lake, train, holdout, hgb_threads=2)
                 reports[seed] = (report, result.raw)
+                if seed == args.seeds[0]:
+                    first_model_dir = result.model_dir
                 print(f"{window} seed {seed}\n{report.table()}", flush=True)
-            hgb_inputs = hgb_on_model_inputs(root / f"{window}-{args.seeds[0]}", lake, train, holdout)
+            hgb_inputs = hgb_on_model_inputs(first_model_dir, lake, train, holdout)
             before = None
             if not args.no_before:
                 result = run_torchrun(settings, base.with_(**BEFORE), root / f"{window}-before")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def hgb_on_model_inputs(out: Path, lake: Any, train: list[Any], holdout: list[Any]) -> Metrics:
+def hgb_on_model_inputs(model_dir: Path | str, lake: Any, train: list[Any], holdout: list[Any]) -> Metrics:
     """HistGradientBoosting on exactly the network's inputs (its preprocessing's columns), beside the peer on every
     feature column that ``evaluate_with_baselines`` reports: leaving the temperature out helps it on a short window."""
     from tenfold.model import load_model
@@ -131,7 +133,7 @@ def hgb_on_model_inputs(out: Path, lake: Any, train: list[Any], holdout: list[An
     from tenfold.training.data import read_features
     from tenfold.training.metrics import score
 
-    loaded = load_model(out / "model")
+    loaded = load_model(model_dir)
     label = loaded.workload.contract.label
     baseline = GradientBoostingBaseline(loaded.preprocessor, label, threads=2).fit(read_features(lake, train))
     held = read_features(lake, holdout)
