@@ -121,17 +121,19 @@ def spark_session(extra: dict[str, str] | None = None):  # type: ignore[no-untyp
     return builder.getOrCreate()
 
 
-def _features(spark, paths: dict[str, str]):  # type: ignore[no-untyped-def]
+def _frames(spark, paths: dict[str, str]) -> list:  # type: ignore[no-untyped-def]
+    """The transform's inputs, in :func:`build_features`'s argument order: flights, weather, planes, airports."""
+    return [spark.read.parquet(paths[t]) for t in ("flights", "weather", "planes", "airports")]
+
+
+def _build(frames: list):  # type: ignore[no-untyped-def]
     from tenfold.workloads.flights.transform import build_features
 
-    return build_features(
-        spark.read.parquet(paths["flights"]),
-        spark.read.parquet(paths["weather"]),
-        spark.read.parquet(paths["planes"]),
-        spark.read.parquet(paths["airports"]),
-        MONTH,
-        history_months=HISTORY_MONTHS,
-    )
+    return build_features(*frames, MONTH, history_months=HISTORY_MONTHS)
+
+
+def _features(spark, paths: dict[str, str]):  # type: ignore[no-untyped-def]
+    return _build(_frames(spark, paths))
 
 
 def run_spark(spark, paths: dict[str, str], out: str) -> float:  # type: ignore[no-untyped-def]
@@ -278,8 +280,6 @@ def _rewrite_one_file(folder: str) -> None:
 def driver_cost(spark, paths: dict[str, str], repeat: int) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
     """Best wall seconds of the four reads and of building the transform's DataFrame (no task runs), and the
     py4j round trips the build makes: the fixed cost every month's job pays on the driver before Spark works."""
-    from tenfold.workloads.flights.transform import build_features
-
     client = spark.sparkContext._gateway._gateway_client
     send = client.send_command
     calls = 0
@@ -292,13 +292,13 @@ def driver_cost(spark, paths: dict[str, str], repeat: int) -> tuple[float, float
     read_best = build_best = math.inf
     for _ in range(repeat):
         started = time.perf_counter()
-        frames = [spark.read.parquet(paths[t]) for t in ("flights", "weather", "planes", "airports")]
+        frames = _frames(spark, paths)
         read_best = min(read_best, time.perf_counter() - started)
         calls = 0
         client.send_command = counting
         try:
             started = time.perf_counter()
-            build_features(*frames, MONTH, history_months=HISTORY_MONTHS)
+            _build(frames)
             build_best = min(build_best, time.perf_counter() - started)
         finally:
             client.send_command = send
