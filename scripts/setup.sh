@@ -50,7 +50,8 @@ fi
 FIND_LINKS=()
 [ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
 stamp=.venv/.tenfold-lock.sha
-want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+# "bytecode 1" in the stamp: a .venv synced before bytecode was compiled is synced (and compiled) once more.
+want=$( (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   uv venv -q --python "$PY" .venv
@@ -58,11 +59,17 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing pinned dependencies into .venv (requirements/lock.txt)"
   # torch==2.13.0+cpu comes from the local wheel folder (PIP_FIND_LINKS); never a CUDA build.
-  VIRTUAL_ENV=.venv uv pip sync -q "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
+  # --compile-bytecode: every process (each Airflow task, Spark's Python workers, torchrun's ranks, the replicas)
+  # imports from .pyc instead of compiling pandas, Great Expectations, Airflow and torch from source each time,
+  # which is what happens where PYTHONDONTWRITEBYTECODE is set or site-packages is read-only (a task's imports
+  # 9 -> 3.6 CPU s; see the README, Development).
+  VIRTUAL_ENV=.venv uv pip sync -q --compile-bytecode "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
     || die "could not install the pinned dependencies. torch==2.13.0 needs its CPU wheel: set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu, or use a machine with the PyTorch CPU index reachable."
-  VIRTUAL_ENV=.venv uv pip install -q --no-deps -e .
+  VIRTUAL_ENV=.venv uv pip install -q --no-deps --compile-bytecode -e .
   echo "$want" > "$stamp"
 fi
+# Tenfold's own modules too (only what changed since the last run is compiled again).
+.venv/bin/python -m compileall -q src dags spark_jobs >/dev/null || die "src/, dags/ or spark_jobs/ has a file Python cannot compile (run: .venv/bin/python -m compileall src dags spark_jobs)"
 # checkov pins libraries that Airflow 3 cannot share (cachetools<6): it gets its own venv.
 if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
   say "installing checkov into .tools/checkov"
