@@ -391,6 +391,10 @@ class Lake:
                 f"by re-running the pipeline that builds {table} for {part.label}")
 
     # --- writing ------------------------------------------------------------------------------------
+    def write_json(self, path: str, body: dict[str, Any]) -> None:
+        """Write a small JSON document under the lake atomically (readers see the old one or the new one)."""
+        self._write_atomic(path, json.dumps(body, indent=2, sort_keys=True, default=str).encode())
+
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         self.fs.create_dir(posixpath.dirname(path), recursive=True)

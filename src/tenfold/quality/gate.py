@@ -22,6 +22,8 @@ older PySpark, and a month is ~30k rows, which pandas validates in about a secon
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -39,7 +41,7 @@ import pyarrow.parquet as pq
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
 from tenfold.monitoring.alerts import send_alert
-from tenfold.quality.suites import load_suite, partition_parameters
+from tenfold.quality.suites import load_suite, load_suite_dict, partition_parameters
 from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
@@ -424,7 +426,8 @@ def validate_published(
     alert: bool = True,
     docs: bool = True,
 ) -> ValidationReport:
-    """Check a published partition: files intact (sizes match the manifest) and, with ``suite_name``, the suite.
+    """Check a published partition: files intact (sizes and checksums match the manifest) and, with ``suite_name``,
+    the suite. A content that passed the same suite before is not validated again (see :data:`VERDICT_VERSION`).
 
     On failure the partition is unpublished and moved to quarantine under ``key``, then Data Docs,
     alert and :class:`ValidationFailed` as in :func:`validate_partition`. A partition that was never
@@ -432,8 +435,16 @@ def validate_published(
     """
     settings, lake = _resolve(settings_or_lake, settings)
     batch_uri = lake.uri_of(lake.partition_path(table, part))
+    verdict: tuple[str, str] | None = None
     try:
         paths = lake.files(table, part, verify=True)
+        if suite_name is not None:
+            # Every file matched its checksum: the same bytes under the same suite get the verdict they got before.
+            verdict = _verdict_place(lake, settings, table, part, suite_name)
+            passed = _passed_before(lake, verdict, table, part, suite_name, batch_uri)
+            if passed is not None:
+                log.info("%s (this content passed this suite before: %s)", passed.summary(), lake.uri_of(verdict[0]))
+                return passed
         arrow = read_batch(lake, paths)
     except MissingManifestError:
         raise
@@ -446,9 +457,57 @@ def validate_published(
                            batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}")
     if report.success:
         log.info("%s", report.summary())
+        if verdict is not None:
+            _record_pass(lake, verdict, report)
         return report
     where = unpublish_to_quarantine(lake, table, part, key, report.to_dict())
     raise _fail(settings, _with(report, quarantine_uri=where), alert=alert)
+
+
+# A published partition never changes in place (a new publish is a new content-addressed folder and manifest), and
+# a suite's verdict depends only on the rows, the suite and its parameters for the month. So a pass is recorded
+# beside the partition under a digest of all of them, and validate_published, after verifying every file's
+# checksum, trusts it instead of running the suite again: a month read as history by each later month's job is
+# validated once, not once per later month. Any change (new data, an edited suite, new parameters, another GX or
+# this version) is a different digest, so the suite runs again. Bump when what a verdict covers changes.
+VERDICT_VERSION = 1
+VERDICTS_DIR = "_verdicts"
+
+
+def _verdict_place(lake: Lake, settings: Settings, table: str, part: Partition, suite_name: str) -> tuple[str, str]:
+    """(path, digest) of the pass record of ``suite_name`` over the partition's current content."""
+    from importlib.metadata import version
+
+    manifest = lake.read_manifest(table, part)
+    body = {
+        "verdict_version": VERDICT_VERSION,
+        "great_expectations": version("great_expectations"),
+        "content": {**manifest.content, "data_dir": manifest.data_dir},
+        "suite": load_suite_dict(suite_name, get_workload(settings).expectations_dir),
+        "parameters": partition_parameters(part),
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return posixpath.join(lake.partition_path(table, part), VERDICTS_DIR, f"{suite_name}-{digest[:32]}.json"), digest
+
+
+def _passed_before(lake: Lake, verdict: tuple[str, str], table: str, part: Partition, suite_name: str,
+                   batch_uri: str) -> ValidationReport | None:
+    path, digest = verdict
+    try:
+        with lake.fs.open_input_stream(path) as stream:
+            body = json.loads(stream.read())
+    except (FileNotFoundError, ValueError):  # none yet, or unreadable: the suite runs (and records afresh)
+        return None
+    if not isinstance(body, dict) or body.get("digest") != digest or not isinstance(body.get("evaluated"), int):
+        return None
+    return ValidationReport(table, part.label, suite_name, batch_uri, success=True, evaluated=body["evaluated"],
+                            outcomes=(), rows=body.get("rows"), data_docs=body.get("data_docs"))
+
+
+def _record_pass(lake: Lake, verdict: tuple[str, str], report: ValidationReport) -> None:
+    path, digest = verdict
+    lake.write_json(path, {"digest": digest, "suite": report.suite, "evaluated": report.evaluated, "rows": report.rows,
+                           "data_docs": report.data_docs, "validated_at": dt.datetime.now(dt.UTC).isoformat()})
 
 
 def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:

@@ -188,3 +188,57 @@ def test_a_truncated_published_file_is_caught_before_reading(settings, lake, jan
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k2", alert=False)
     assert caught.value.report.failed_expectations == [READ_CHECK]
     assert not lake.has_manifest("flights", jan)
+
+
+def test_a_pass_is_trusted_only_for_the_same_bytes_and_suite(settings, lake, alerts, january_flights, monkeypatch):
+    """A month that passed is not validated again (it is read as history by every later month's job), but only
+    while its files match their checksums and the suite and GX are those of the pass."""
+    from tenfold.quality import gate
+
+    jan = Partition(2013, 1)
+    publish_table(lake, "flights", jan, january_flights, run_id="r", source=WORKLOAD.sources.name)
+    first = validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v0", docs=False)
+    assert first.success and first.evaluated > 0 and first.rows == january_flights.num_rows
+
+    suites_run = []
+    real_run_suite = gate.run_suite
+
+    def counting(*args, **kwargs):
+        suites_run.append(kwargs["part"].label)
+        return real_run_suite(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "run_suite", counting)
+    again = validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v1", docs=False)
+    assert suites_run == [] and (again.success, again.evaluated, again.rows) == (True, first.evaluated, first.rows)
+
+    # An edited suite is a different verdict: it runs again.
+    real_load = gate.load_suite_dict
+
+    def edited(name, root):
+        body = real_load(name, root)
+        return {**body, "meta": {**body.get("meta", {}), "edited": True}}
+
+    monkeypatch.setattr(gate, "load_suite_dict", edited)
+    assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v2", docs=False).success
+    assert suites_run == ["2013-01"]
+    monkeypatch.setattr(gate, "load_suite_dict", real_load)
+
+    # Bytes changed in place at the same size: the checksum refuses them; the recorded pass is never consulted.
+    (path,) = lake.files("flights", jan)
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    with pytest.raises(ValidationFailed, match="CRC32C") as caught:
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v3", alert=False)
+    assert caught.value.report.failed_expectations == [READ_CHECK] and not lake.has_manifest("flights", jan)
+
+    # New content republished under the month: a verdict of its own, so the suite runs and refuses the bad rows.
+    bad = january_flights.to_pylist()
+    for row in bad[:10]:
+        row["carrier"] = None
+    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
+                  source=WORKLOAD.sources.name)
+    with pytest.raises(ValidationFailed) as caught:
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v4", alert=False)
+    assert caught.value.report.failed_expectations == ["expect_column_values_to_not_be_null(carrier)"]
+    assert suites_run == ["2013-01", "2013-01"]
