@@ -17,6 +17,9 @@ from typing import Any
 
 TERMINAL = {"success", "failed"}
 TRANSIENT_HTTP = {502, 503, 504}
+# Airflow's answer when SQLite was locked by another writer (the scheduler, a task) while it created something:
+# the transaction was rolled back, nothing was created, so even a change is safe to send again.
+ROLLED_BACK = "Database is locked"
 
 
 class AirflowApiError(RuntimeError):
@@ -28,7 +31,8 @@ class AirflowApi:
                  retry_wait_s: float = 2.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        # GETs that time out or meet a 502/503/504 are tried again this many times (waiting 2, 4, 6... s).
+        # GETs that time out or meet a 502/503/504 are tried again this many times (waiting 2, 4, 6... s), and so is
+        # any request refused because SQLite was locked (ROLLED_BACK).
         self.retries, self.retry_wait_s = retries, retry_wait_s
         self._credentials = {"username": username, "password": password}
         self._token: str | None = None
@@ -48,7 +52,7 @@ class AirflowApi:
             if exc.code == 401 and auth and self._token is not None:
                 self._token = None  # expired: log in again once
                 return self._send(method, path, body, auth=auth)
-            if exc.code in TRANSIENT_HTTP and method == "GET" and attempt < self.retries:
+            if exc.code in TRANSIENT_HTTP and (method == "GET" or ROLLED_BACK in detail) and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:

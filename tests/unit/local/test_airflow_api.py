@@ -28,8 +28,8 @@ class _Server:
                 if step == "hang":
                     time.sleep(1.5)
                     return
-                code = 200 if step == "ok" else int(step)  # type: ignore[call-overload]
-                body = json.dumps({"answer": len(server.seen)}).encode()
+                code, detail = step if isinstance(step, tuple) else (200 if step == "ok" else int(step), None)  # type: ignore[call-overload]
+                body = json.dumps({"answer": len(server.seen)} if detail is None else {"detail": detail}).encode()
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -77,3 +77,18 @@ def test_reads_give_up_after_their_retries_with_the_status(server: list[_Server]
     with pytest.raises(AirflowApiError, match="HTTP 503"):
         api._send("GET", "/api/v2/dags/x", auth=False)
     assert len(s.seen) == api.retries + 1
+
+
+LOCKED = "Database is locked. Backfill creation is not supported on SQLite under concurrent access. Please use PostgreSQL or MySQL."
+
+
+def test_a_change_refused_because_sqlite_was_locked_is_sent_again(server: list[_Server]) -> None:
+    # What Airflow 3 answers POST /backfills when the scheduler holds SQLite's lock: rolled back, safe to repeat.
+    api, s = _api(server, [(503, LOCKED), (503, LOCKED), "ok"])
+    assert api._send("POST", "/api/v2/backfills", {"dag_id": "x"}, auth=False) == {"answer": 3}
+    assert s.seen == [("POST", "/api/v2/backfills")] * 3
+    # Any other 503 on a change is reported, not repeated: it may have been carried out.
+    api, s = _api(server, [(503, "upstream busy")])
+    with pytest.raises(AirflowApiError, match="HTTP 503"):
+        api._send("POST", "/api/v2/backfills", {"dag_id": "x"}, auth=False)
+    assert len(s.seen) == 1
