@@ -236,7 +236,9 @@ def test_a_worse_canary_is_rolled_back_and_the_control_is_untouched(rollouts: Ro
     rollouts.traffic.feedback = False  # a failing metric fails a check while the accuracy has no data yet
     try:
         started = dt.datetime.now(dt.UTC)
-        run, result = rollouts.run(version, f"manual__bad-{int(fault.delay_ms)}", settings=settings)
+        # The id Airflow gives the run a challenger's event starts: its decision key is 69 characters long.
+        run_id = f"asset_triggered__2026-12-02T11:41:56.622020+00:00_bad{int(fault.delay_ms):05d}"
+        run, result = rollouts.run(version, run_id, settings=settings)
         done = pipeline.conclude(settings, run)
     finally:
         rollouts.traffic.feedback = True

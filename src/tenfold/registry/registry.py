@@ -80,6 +80,9 @@ FORMAT = 1
 _EXCLUDED_DIRS = frozenset({"checkpoints", "__pycache__", "logs"})
 _EXCLUDED_FILES = frozenset({VERSION_FILE, LINEAGE_FILE})
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# A decision's key names an object, not an alias: it may be as long as the run ids it carries (an asset-triggered
+# rollout's id alone is 60 characters).
+_DECISION_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _VERSION_RE = re.compile(rf"^[0-9a-f]{{{VERSION_ID_LEN}}}$")
 
 
@@ -611,8 +614,9 @@ class ModelRegistry:
         from google.api_core.exceptions import PreconditionFailed
 
         check_version_id(version)
-        if not _ALIAS_RE.match(key.replace("_", "-").replace(".", "-")):
-            raise ValueError(f"{key!r}: a decision key is lowercase letters, digits, '-', '_' or '.'")
+        if not _DECISION_KEY_RE.match(key):
+            raise ValueError(f"{key!r}: a decision key is 1 to 200 lowercase letters, digits, '-', '_' or '.', "
+                             "starting with a letter or digit")
         try:
             self.bucket.blob(self._name("decisions", version, f"{key}.json")).upload_from_string(
                 json.dumps(dict(body), indent=2, sort_keys=True, default=str), content_type="application/json",

@@ -288,3 +288,17 @@ def test_a_rollout_event_still_being_written_is_skipped_not_an_error(registry_se
     assert "s01-set.json is not readable yet" in caplog.text
     partial.upload_from_string(json.dumps({"step": 1, "percent": 5}))
     assert registry.rollout_events(version, rollout_id)["s01-set"] == {"step": 1, "percent": 5}
+
+
+def test_a_decision_keyed_by_a_long_run_id_is_kept_once_and_a_path_is_refused(
+        registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
+    reg = ModelRegistry(registry_settings)
+    version = reg.register(make_model_dir(70), lineage, metrics=METRICS).version
+    # What rollout_model records when it rolls back an asset-triggered run (longer than any alias may be).
+    key = "rollout-r-asset_triggered__2026-12-02t11-41-56.622020-00-00-d1118c6a"
+    assert reg.record_decision(version, key, {"rejected": True, "summary": "REJECTED"}) is True
+    assert reg.record_decision(version, key, {"rejected": False}) is False  # create-only
+    assert reg.decisions(version)[key]["rejected"] is True
+    for bad in ("../champion", "Rollout-1", "", "a/b"):
+        with pytest.raises(ValueError, match="a decision key is"):
+            reg.record_decision(version, bad, {})
