@@ -393,7 +393,7 @@ class Lake:
     # --- writing ------------------------------------------------------------------------------------
     def write_json(self, path: str, body: dict[str, Any]) -> None:
         """Write a small JSON document under the lake atomically (readers see the old one or the new one)."""
-        self._write_atomic(path, json.dumps(body, indent=2, sort_keys=True, default=str).encode())
+        self._write_atomic(path, json.dumps(body, indent=2, default=str).encode())
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -534,7 +534,7 @@ class Lake:
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             self._move_tree(staged, dest)
-        self._write_atomic(posixpath.join(dest, "_QUARANTINED.json"), json.dumps(reason, indent=2, default=str).encode())
+        self.write_json(posixpath.join(dest, "_QUARANTINED.json"), reason)
         return self.uri_of(dest)
 
     def _move_tree(self, source: str, dest: str) -> None:
