@@ -158,9 +158,11 @@ def digests(folder: str) -> list[str]:
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.parquet"))]
 
 
-def duckdb_sql(paths: dict[str, str], out: str) -> str:
-    """The same transform as :func:`tenfold.workloads.flights.transform.build_features`, in DuckDB SQL."""
-    target = MONTH.year * 12 + MONTH.month
+def duckdb_sql(paths: dict[str, str], out: str, month: Partition = MONTH) -> str:
+    """The same transform as :func:`tenfold.workloads.flights.transform.build_features`, in DuckDB SQL.
+
+    ``bench/offline.py`` uses it (at 1x, other months) for real feature rows without a Spark job."""
+    target = month.year * 12 + month.month
     late = f"CASE WHEN arr_delay IS NULL OR arr_delay >= {schema.DELAY_THRESHOLD_MIN} THEN 1 ELSE 0 END"
     rollups = []
     for prefix, keys in (("route", "origin, dest"), ("carrier", "carrier"), ("origin_hour", "origin, sched_dep_hour")):

@@ -44,7 +44,7 @@ def score_rows(loaded: LoadedModel, rows: pa.Table, version: str) -> pa.Table:
     probs = loaded.predict_proba(rows)
     schema = scores_schema(contract)
     columns: list[Any] = [rows.column(k).cast(schema.field(k).type) for k in contract.key_columns]
-    columns += [pa.array(probs, pa.float64()), pa.array([version] * rows.num_rows, pa.string())]
+    columns += [pa.array(probs, pa.float64()), pa.repeat(pa.scalar(version, pa.string()), rows.num_rows)]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
