@@ -178,6 +178,14 @@ class SparkSettings(_Frozen):
     master: str = "local[2,4]"  # 2 cores, 4 task attempts: plain local[N] never retries a task
     driver_memory: str = "2g"
     shuffle_partitions: int = 8
+    # The local driver JVM's options. C1 only (-XX:TieredStopAtLevel=1): a month's job in a fresh JVM spends
+    # about half the CPU (no C2 compilations) and finishes sooner, but a long job over much data runs ~25%
+    # slower (bench/RESULTS.md, features): drop the flag for big local jobs.
+    driver_java_options: str = "-XX:+UseSerialGC -Xss4m -XX:TieredStopAtLevel=1"
+    # Class-data sharing for the local driver JVM: the first job writes an archive of the classes it loaded
+    # (~190 MB, once per Java, Spark and options, beside the venv) and every later job maps it instead of
+    # loading and verifying them again (tenfold.features.submit.class_sharing).
+    class_sharing: bool = True
     # Dataproc Serverless runtime 3.0 ships Spark 4, the major version the jobs are written for.
     dataproc_runtime_version: str = "3.0"
     dataproc_batch_prefix: ResourceName

@@ -2,8 +2,9 @@
 
 ``spark_submit_features(settings, part, output_uri)`` is what the build_features DAG calls when
 ``settings.env == "local"``; in dev and prod the same job file runs as a Dataproc batch. The child gets
-the settings' master (``local[2,4]``: 2 cores, up to 4 attempts per task) and driver memory, a small
-JVM heap and quiet logs, the driver and its block manager bound to loopback with no UI
+the settings' master (``local[2,4]``: 2 cores, up to 4 attempts per task), driver memory and driver JVM
+options (``settings.spark.driver_java_options``), the driver's class-data-sharing archive
+(:func:`class_sharing`), quiet logs, the driver and its block manager bound to loopback with no UI
 (:func:`loopback_conf`), the settings' workload (``--workload``) and features table, and runs under a
 wall-clock limit; a failure raises :class:`SparkJobError` with the exit code and the tail of the job's
 output.
@@ -11,11 +12,16 @@ output.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from tenfold.config import Settings, project_root
@@ -45,6 +51,17 @@ def loopback_conf(host: str = "127.0.0.1") -> dict[str, str]:
     return {"spark.driver.bindAddress": host, "spark.driver.host": host, "spark.ui.enabled": "false"}
 
 
+JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+# Where the driver JVM's class-data-sharing archives live: beside the venv whose Spark they hold.
+CLASS_ARCHIVES = Path(sys.prefix) / "var" / "tenfold-spark-cds"
+# A writer's lock older than this is a writer that died (writing takes ~30 s).
+CLASS_ARCHIVE_LOCK_STALE_S = 1800.0
+# A job that failed while writing the archive (the JVM exits 1 when it cannot write it, a full disk) is
+# retried without writing one; the next attempt to write comes after this long.
+CLASS_ARCHIVE_RETRY_S = 3600.0
+CLASS_ARCHIVE_MIN_FREE = 2 * 1024**3  # an archive is ~190 MB; never write one on a nearly full disk
+
+
 def submit_prefix(settings: Settings, extra_conf: Mapping[str, str] | None = None) -> list[str]:
     """``spark-submit`` with the settings' master, driver memory and the local conf, up to the job file
     (every Tenfold job is launched with the same prefix)."""
@@ -52,7 +69,7 @@ def submit_prefix(settings: Settings, extra_conf: Mapping[str, str] | None = Non
         **loopback_conf(settings.local.bind_host),
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.log.level": "WARN",
-        "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -Xss4m",
+        JAVA_OPTIONS: settings.spark.driver_java_options,
         **(extra_conf or {}),
     }
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", settings.spark.master,
@@ -122,26 +139,31 @@ def spark_submit_features(
     cmd = spark_submit_command(
         settings, part, output_uri, publish=publish, extra_conf=extra_conf, run_id=run_id, lake_uri=lake_uri
     )
-    return run_submit(cmd, f"build_features for {part.label}", bind_host=settings.local.bind_host, timeout_s=timeout_s)
+    return run_submit(cmd, f"build_features for {part.label}", settings=settings, timeout_s=timeout_s)
 
 
-def run_submit(cmd: list[str], what: str, *, bind_host: str, timeout_s: float) -> str:
+def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: float) -> str:
     """Run a spark-submit ``cmd`` (``what`` names it in errors) under a wall-clock limit; returns its output.
 
-    Raises :class:`SparkJobError` with the last lines of the log on a non-zero exit (2: bad or missing
-    input) or a timeout, after killing the child's whole process group (the JVM is a grandchild).
+    The driver JVM maps the class-data-sharing archive (:func:`class_sharing`) when
+    ``settings.spark.class_sharing`` is on. Raises :class:`SparkJobError` with the last lines of the log on a
+    non-zero exit (2: bad or missing input) or a timeout, after killing the child's whole process group (the
+    JVM is a grandchild).
     """
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=spark_env(bind_host=bind_host),
-                                start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)  # the JVM is a grandchild: end the whole group we started
-            proc.wait()
-            code = None
-        log.seek(0)
-        text = log.read()
+    with class_sharing(cmd, enabled=settings.spark.class_sharing) as archive:
+        cmd = with_java_option(cmd, archive.option) if archive.option else cmd
+        with tempfile.TemporaryFile(mode="w+") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=spark_env(bind_host=settings.local.bind_host), start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)  # the JVM is a grandchild: end the whole group we started
+                proc.wait()
+                code = None
+            log.seek(0)
+            text = log.read()
+        archive.written = code == 0
     tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
     if code is None:
         raise SparkJobError(f"{what} ran past {timeout_s:.0f} s and was killed\n{tail}", None, tail)
@@ -149,3 +171,132 @@ def run_submit(cmd: list[str], what: str, *, bind_host: str, timeout_s: float) -
         kind = "bad or missing input" if code == 2 else "failed"
         raise SparkJobError(f"{what} {kind} (exit {code}):\n{tail}", code, tail)
     return text
+
+
+def with_java_option(cmd: list[str], option: str) -> list[str]:
+    """``cmd`` with ``option`` added to the driver's ``spark.driver.extraJavaOptions`` (or that conf added)."""
+    prefix = f"{JAVA_OPTIONS}="
+    for i, arg in enumerate(cmd):
+        if arg.startswith(prefix) and i > 0 and cmd[i - 1] == "--conf":
+            return [*cmd[:i], f"{arg} {option}", *cmd[i + 1:]]
+    return [cmd[0], "--conf", f"{prefix}{option}", *cmd[1:]]
+
+
+@dataclass
+class ClassArchive:
+    """What :func:`class_sharing` gives a job: the JVM option to add (empty: none) and, for the job that
+    writes the archive, ``written`` to set once it exited cleanly."""
+
+    option: str
+    written: bool = False
+
+
+def class_archive_key(java_options: str) -> str:
+    """What an archive is valid for: this Java binary, this venv's Spark and the driver's JVM options."""
+    import hashlib
+    from importlib.metadata import version
+
+    real = os.path.realpath(_java())
+    try:
+        st = os.stat(real)
+        java_id = f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        java_id = real
+    text = "\n".join([java_id, version("pyspark"), sys.prefix, java_options])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _java() -> str:
+    """The ``java`` spark-submit starts: ``$JAVA_HOME/bin/java``, else the one on ``PATH``."""
+    java_home = os.environ.get("JAVA_HOME")
+    return str(Path(java_home) / "bin" / "java") if java_home else (shutil.which("java") or "java")
+
+
+def _file_crc32c(path: Path) -> str:
+    import google_crc32c
+
+    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            crc.update(chunk)
+    return str(crc.hexdigest().decode())
+
+
+def _intact(archive: Path, record: Path) -> bool:
+    """Whether ``archive`` has the size and CRC32C its writer recorded (~0.1 s for 190 MB)."""
+    try:
+        want = json.loads(record.read_text())
+        return bool(archive.stat().st_size == want["size"] and _file_crc32c(archive) == want["crc32c"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@contextlib.contextmanager
+def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None = None,
+                  min_free_bytes: int = CLASS_ARCHIVE_MIN_FREE) -> Iterator[ClassArchive]:
+    """The driver JVM's class-data-sharing archive for a spark-submit ``cmd``.
+
+    A fresh JVM spends seconds of a month's job loading and verifying Spark's classes. The first job (for this
+    Java, Spark and set of JVM options) runs with ``-XX:ArchiveClassesAtExit`` into a temporary file, renamed
+    into place only when the job exited cleanly (writing it adds ~30 s to that one job), beside a record of its
+    size and CRC32C; every later job checks those and maps it with ``-XX:SharedArchiveFile``. A damaged archive
+    crashes the JVM that maps it (SIGBUS, ``-Xshare:auto`` or not), so one that does not match its record is
+    deleted and written again. One job writes at a time (an exclusive lock file; the others run without
+    the archive meanwhile), and only with ``min_free_bytes`` free. A JVM that cannot write the archive (a full
+    disk) deletes it and exits 1, failing its job: that job's retry, and every job for
+    ``CLASS_ARCHIVE_RETRY_S``, then runs without writing. An archive the JVM cannot use (another JDK build, a
+    changed classpath) is ignored by the JVM itself (``-Xshare:auto``), never an error. Archives of other keys
+    are removed when a new one lands.
+    """
+    if not enabled:
+        yield ClassArchive("")
+        return
+    prefix = f"{JAVA_OPTIONS}="
+    options = next((a.removeprefix(prefix) for a in cmd if a.startswith(prefix)), "")
+    folder = folder or CLASS_ARCHIVES
+    key = class_archive_key(options)
+    archive, record = folder / f"{key}.jsa", folder / f"{key}.json"
+    if archive.is_file():
+        if _intact(archive, record):
+            yield ClassArchive(f"-XX:SharedArchiveFile={archive}")
+            return
+        # A damaged archive crashes the JVM that maps it (SIGBUS, even under -Xshare:auto): write it again.
+        for damaged in (archive, record):
+            with contextlib.suppress(OSError):
+                damaged.unlink()
+    lock, failed = folder / f"{key}.lock", folder / f"{key}.failed"
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - failed.stat().st_mtime < CLASS_ARCHIVE_RETRY_S:
+            yield ClassArchive("")  # the last writer failed: its retry runs without writing
+            return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(folder).free < min_free_bytes:
+            raise OSError(f"less than {min_free_bytes} bytes free in {folder}")
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - lock.stat().st_mtime > CLASS_ARCHIVE_LOCK_STALE_S:
+                lock.unlink()
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except OSError:  # another job is writing it, the disk is short or the folder read-only: run without
+        yield ClassArchive("")
+        return
+    staged = folder / f"{key}.{os.getpid()}.tmp"
+    job = ClassArchive(f"-XX:ArchiveClassesAtExit={staged}")
+    try:
+        yield job
+    finally:
+        try:
+            if job.written and staged.is_file() and staged.stat().st_size > 0:
+                # The record first: an archive without a matching record is never mapped.
+                pending = record.with_suffix(f".{os.getpid()}.json.tmp")
+                pending.write_text(json.dumps({"size": staged.stat().st_size, "crc32c": _file_crc32c(staged)}))
+                os.replace(pending, record)
+                os.replace(staged, archive)
+                for old in [*folder.glob("*.jsa"), *folder.glob("*.json")]:
+                    if old not in (archive, record):
+                        old.unlink(missing_ok=True)
+        finally:
+            staged.unlink(missing_ok=True)
+            if not job.written:  # the job failed, perhaps because the JVM could not write the archive at exit
+                failed.touch()
+            lock.unlink(missing_ok=True)

@@ -127,8 +127,7 @@ def score_partition(
     limit = float(settings.inference.wait_timeout_s) if timeout_s is None else timeout_s
     started = time.monotonic()
     try:
-        run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", bind_host=settings.local.bind_host,
-                   timeout_s=limit)
+        run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", settings=settings, timeout_s=limit)
         manifest = lake.publish(st.scores_table, part, staged, run_id=run_id, extra=extra)
     except SparkJobError as exc:
         raise ScoringJobError(str(exc)) from exc
