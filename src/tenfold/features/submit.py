@@ -280,6 +280,8 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     except OSError:  # another job is writing it, the disk is short or the folder read-only: run without
         yield ClassArchive("")
         return
+    for left in folder.glob(f"{key}.*.tmp"):  # what a writer killed before its cleanup left (we hold the lock)
+        left.unlink(missing_ok=True)
     staged = folder / f"{key}.{os.getpid()}.tmp"
     job = ClassArchive(f"-XX:ArchiveClassesAtExit={staged}")
     try:

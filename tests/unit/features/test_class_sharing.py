@@ -99,13 +99,16 @@ def test_one_job_writes_at_a_time_and_a_dead_writers_lock_expires(tmp_path: Path
         assert writer.option.startswith("-XX:ArchiveClassesAtExit=")
         writer.written = True  # its job succeeded (no JVM ran here, so there is no archive to put in place)
     lock = tmp_path / f"{class_archive_key(OPTIONS)}.lock"
-    lock.touch()  # a writer that was SIGKILLed left its lock
+    lock.touch()  # a writer that was SIGKILLed left its lock and its half-written archive
+    left = tmp_path / f"{class_archive_key(OPTIONS)}.99999.tmp"
+    left.write_bytes(b"half an archive")
     with class_sharing(CMD, folder=tmp_path) as blocked:
         assert blocked.option == ""
     old = time.time() - CLASS_ARCHIVE_LOCK_STALE_S - 60
     os.utime(lock, (old, old))
     with class_sharing(CMD, folder=tmp_path) as taken_over:
         assert taken_over.option.startswith("-XX:ArchiveClassesAtExit=")
+        assert not left.exists(), "the next writer removes what the killed one left"
 
 
 def test_other_options_get_their_own_archive_and_replace_the_old_one(tmp_path: Path) -> None:
