@@ -163,7 +163,7 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
                 code = None
             log.seek(0)
             text = log.read()
-        archive.written = code == 0
+        archive.exit_code = code
     tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
     if code is None:
         raise SparkJobError(f"{what} ran past {timeout_s:.0f} s and was killed\n{tail}", None, tail)
@@ -184,11 +184,15 @@ def with_java_option(cmd: list[str], option: str) -> list[str]:
 
 @dataclass
 class ClassArchive:
-    """What :func:`class_sharing` gives a job: the JVM option to add (empty: none) and, for the job that
-    writes the archive, ``written`` to set once it exited cleanly."""
+    """What :func:`class_sharing` gives a job: the JVM option to add (empty: none), and the job's exit code to
+    set once it has run (the archive a writing job's JVM wrote is kept only after an exit code of 0)."""
 
     option: str
-    written: bool = False
+    exit_code: int | None = None  # None: the job did not finish (timed out, or never started)
+
+    @property
+    def written(self) -> bool:
+        return self.exit_code == 0
 
 
 def class_archive_key(java_options: str) -> str:
@@ -243,8 +247,8 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     crashes the JVM that maps it (SIGBUS, ``-Xshare:auto`` or not), so one that does not match its record is
     deleted and written again. One job writes at a time (an exclusive lock file; the others run without
     the archive meanwhile), and only with ``min_free_bytes`` free. A JVM that cannot write the archive (a full
-    disk) deletes it and exits 1, failing its job: that job's retry, and every job for
-    ``CLASS_ARCHIVE_RETRY_S``, then runs without writing. An archive the JVM cannot use (another JDK build, a
+    disk) deletes it and exits 1, failing its job: after a writing job exited 1, its retry, and every job for
+    ``CLASS_ARCHIVE_RETRY_S``, runs without writing (a bad input's exit 2 or a timeout is not the archive's). An archive the JVM cannot use (another JDK build, a
     changed classpath) is ignored by the JVM itself (``-Xshare:auto``), never an error. Archives of other keys
     are removed when a new one lands.
     """
@@ -299,6 +303,6 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
                         old.unlink(missing_ok=True)
         finally:
             staged.unlink(missing_ok=True)
-            if not job.written:  # the job failed, perhaps because the JVM could not write the archive at exit
+            if job.exit_code == 1:  # what a JVM that cannot write the archive (a full disk) exits with
                 failed.touch()
             lock.unlink(missing_ok=True)

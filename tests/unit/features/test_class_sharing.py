@@ -41,7 +41,7 @@ def test_the_first_job_writes_the_archive_and_the_next_maps_it(tmp_path: Path) -
         assert first.option.startswith("-XX:ArchiveClassesAtExit=")
         assert java(*OPTIONS.split(), first.option).returncode == 0
         assert not list(tmp_path.glob("*.jsa")), "nothing is visible before the job has exited cleanly"
-        first.written = True
+        first.exit_code = 0
     archive = tmp_path / f"{class_archive_key(OPTIONS)}.jsa"
     record = archive.with_suffix(".json")
     assert archive.is_file() and sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, record.name]), \
@@ -64,7 +64,7 @@ def test_a_job_that_failed_leaves_no_archive(tmp_path: Path) -> None:
 def test_a_damaged_archive_is_never_mapped_but_written_again(tmp_path: Path) -> None:
     with class_sharing(CMD, folder=tmp_path) as job:
         assert java(*OPTIONS.split(), job.option).returncode == 0
-        job.written = True
+        job.exit_code = 0
     archive = tmp_path / f"{class_archive_key(OPTIONS)}.jsa"
     archive.chmod(0o644)
     with archive.open("r+b") as f:  # a truncated copy: a JVM that maps it dies of SIGBUS
@@ -77,8 +77,12 @@ def test_a_damaged_archive_is_never_mapped_but_written_again(tmp_path: Path) -> 
 
 
 def test_a_failed_writer_is_retried_without_writing_and_a_short_disk_writes_none(tmp_path: Path) -> None:
+    with class_sharing(CMD, folder=tmp_path) as bad_input:
+        bad_input.exit_code = 2  # a bad input: not the archive's doing, the next job writes it
+    assert not list(tmp_path.iterdir())
     with class_sharing(CMD, folder=tmp_path) as job:
-        assert job.option.startswith("-XX:ArchiveClassesAtExit=")  # the job then fails (job.written stays False)
+        assert job.option.startswith("-XX:ArchiveClassesAtExit=")
+        job.exit_code = 1  # what a JVM that could not write the archive exits with
     failed = tmp_path / f"{class_archive_key(OPTIONS)}.failed"
     assert failed.is_file() and not list(tmp_path.glob("*.jsa"))
     with class_sharing(CMD, folder=tmp_path) as retry:
@@ -89,7 +93,7 @@ def test_a_failed_writer_is_retried_without_writing_and_a_short_disk_writes_none
         assert short.option == "", "no archive is written on a disk with less free space than asked for"
     with class_sharing(CMD, folder=tmp_path) as later:
         assert later.option.startswith("-XX:ArchiveClassesAtExit=")
-        later.written = True
+        later.exit_code = 0
 
 
 def test_one_job_writes_at_a_time_and_a_dead_writers_lock_expires(tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_one_job_writes_at_a_time_and_a_dead_writers_lock_expires(tmp_path: Path
         with class_sharing(CMD, folder=tmp_path) as other:
             assert other.option == "", "a second job runs without the archive while the first writes it"
         assert writer.option.startswith("-XX:ArchiveClassesAtExit=")
-        writer.written = True  # its job succeeded (no JVM ran here, so there is no archive to put in place)
+        writer.exit_code = 0  # its job succeeded (no JVM ran here, so there is no archive to put in place)
     lock = tmp_path / f"{class_archive_key(OPTIONS)}.lock"
     lock.touch()  # a writer that was SIGKILLed left its lock and its half-written archive
     left = tmp_path / f"{class_archive_key(OPTIONS)}.99999.tmp"
@@ -114,14 +118,14 @@ def test_one_job_writes_at_a_time_and_a_dead_writers_lock_expires(tmp_path: Path
 def test_other_options_get_their_own_archive_and_replace_the_old_one(tmp_path: Path) -> None:
     with class_sharing(CMD, folder=tmp_path) as job:
         assert java(*OPTIONS.split(), job.option).returncode == 0
-        job.written = True
+        job.exit_code = 0
     quick = OPTIONS + " -XX:TieredStopAtLevel=1"
     changed = with_java_option(CMD, "-XX:TieredStopAtLevel=1")
     assert class_archive_key(quick) != class_archive_key(OPTIONS)
     with class_sharing(changed, folder=tmp_path) as job:
         assert job.option.startswith("-XX:ArchiveClassesAtExit="), "an archive of other options is not used"
         assert java(*quick.split(), job.option).returncode == 0
-        job.written = True
+        job.exit_code = 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{class_archive_key(quick)}.jsa", f"{class_archive_key(quick)}.json"]
 
 
