@@ -173,13 +173,18 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
     return text
 
 
+def _java_options_at(cmd: list[str]) -> int | None:
+    """Where ``cmd`` sets ``--conf spark.driver.extraJavaOptions=...`` (None: it does not)."""
+    return next((i for i, arg in enumerate(cmd)
+                 if i > 0 and cmd[i - 1] == "--conf" and arg.startswith(f"{JAVA_OPTIONS}=")), None)
+
+
 def with_java_option(cmd: list[str], option: str) -> list[str]:
     """``cmd`` with ``option`` added to the driver's ``spark.driver.extraJavaOptions`` (or that conf added)."""
-    prefix = f"{JAVA_OPTIONS}="
-    for i, arg in enumerate(cmd):
-        if arg.startswith(prefix) and i > 0 and cmd[i - 1] == "--conf":
-            return [*cmd[:i], f"{arg} {option}", *cmd[i + 1:]]
-    return [cmd[0], "--conf", f"{prefix}{option}", *cmd[1:]]
+    i = _java_options_at(cmd)
+    if i is None:
+        return [cmd[0], "--conf", f"{JAVA_OPTIONS}={option}", *cmd[1:]]
+    return [*cmd[:i], f"{cmd[i]} {option}", *cmd[i + 1:]]
 
 
 @dataclass
@@ -248,15 +253,15 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     deleted and written again. One job writes at a time (an exclusive lock file; the others run without
     the archive meanwhile), and only with ``min_free_bytes`` free. A JVM that cannot write the archive (a full
     disk) deletes it and exits 1, failing its job: after a writing job exited 1, its retry, and every job for
-    ``CLASS_ARCHIVE_RETRY_S``, runs without writing (a bad input's exit 2 or a timeout is not the archive's). An archive the JVM cannot use (another JDK build, a
-    changed classpath) is ignored by the JVM itself (``-Xshare:auto``), never an error. Archives of other keys
-    are removed when a new one lands.
+    ``CLASS_ARCHIVE_RETRY_S``, runs without writing (a bad input's exit 2 or a timeout is not the archive's).
+    An archive the JVM cannot use (another JDK build, a changed classpath) is ignored by the JVM itself
+    (``-Xshare:auto``), never an error. Archives of other keys are removed when a new one lands.
     """
     if not enabled:
         yield ClassArchive("")
         return
-    prefix = f"{JAVA_OPTIONS}="
-    options = next((a.removeprefix(prefix) for a in cmd if a.startswith(prefix)), "")
+    at = _java_options_at(cmd)
+    options = "" if at is None else cmd[at].removeprefix(f"{JAVA_OPTIONS}=")
     folder = folder or CLASS_ARCHIVES
     key = class_archive_key(options)
     archive, record = folder / f"{key}.jsa", folder / f"{key}.json"
