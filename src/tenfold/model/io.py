@@ -17,10 +17,11 @@ existed has no ``calibration`` entry and predicts uncalibrated, exactly as befor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,20 +101,35 @@ def save_model(
     return meta
 
 
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then each module back in the mode it was in.
+
+    A model already all in eval mode (a served one) is left alone: ``train()``/``eval()`` walk every
+    module, which cost more than the forward pass of a serving micro-batch.
+    """
+    training = [m for m in model.modules() if m.training]
+    if not training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, categorical: torch.Tensor, numeric: torch.Tensor,
                   batch_size: int = 65536) -> torch.Tensor:
     """Probabilities (the sigmoid of the logits) in eval mode, in batches so a whole holdout never needs
     one huge activation; the module's training mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         out = [
             torch.sigmoid(model(categorical[i : i + batch_size], numeric[i : i + batch_size]))
             for i in range(0, categorical.shape[0], batch_size)
         ]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -121,13 +137,9 @@ def predict_proba(model: torch.nn.Module, categorical: torch.Tensor, numeric: to
 def predict_logits(model: torch.nn.Module, categorical: torch.Tensor, numeric: torch.Tensor,
                    batch_size: int = 65536) -> torch.Tensor:
     """Raw logits in eval mode, batched like :func:`predict_proba`; the module's training mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         out = [model(categorical[i : i + batch_size], numeric[i : i + batch_size])
                for i in range(0, categorical.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 

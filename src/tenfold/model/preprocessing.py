@@ -29,6 +29,8 @@ OOV_INDEX = 0
 # Standardised values are clipped here: a value far outside the training window's range (a new
 # aircraft type, a record storm) must not push an MLP into linear extrapolation.
 CLIP_Z = 5.0
+# Tables up to this many rows encode categoricals by dict look-ups in Python; larger ones with pc.index_in.
+DICT_LOOKUP_MAX_ROWS = 256
 
 
 
@@ -50,6 +52,9 @@ class Preprocessor:
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
     fit_rows: int = 0
+    # Built on first use from the fitted state above (which never changes after fit or load).
+    _code_maps: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _scale: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- fitting -------------------------------------------------------------------------------------
     @classmethod
@@ -103,35 +108,87 @@ class Preprocessor:
                 "(re-run the features job, or send every feature column)"
             )
 
+    def _codes(self, col: str) -> dict[str, int]:
+        """``value -> code`` of ``col``'s vocabulary (the first occurrence wins, as ``pc.index_in``), built once."""
+        codes = self._code_maps.get(col)
+        if codes is None:
+            codes = {}
+            for i, value in enumerate(self.vocabularies[col]):
+                codes.setdefault(value, i + 1)
+            self._code_maps[col] = codes
+        return codes
+
     def encode_categoricals(self, table: pa.Table) -> np.ndarray:
         """``[rows, n_categorical]`` int64 codes; unseen values and nulls map to the OOV index 0."""
         self._require(table)
-        out = np.zeros((table.num_rows, len(self.categorical_columns)), dtype=np.int64)
-        for j, col in enumerate(self.categorical_columns):
-            vocab = pa.array(self.vocabularies[col], type=pa.string())
-            idx = pc.index_in(pc.cast(table[col], pa.string()), value_set=vocab)
-            out[:, j] = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-        return out
+        return self._encode_categoricals(table)
 
     def encode_numerics(self, table: pa.Table) -> np.ndarray:
         """``[rows, 2 * n_numeric]`` float32: scaled values (nulls at the mean), then null indicators."""
         self._require(table)
-        n = len(self.numeric_columns)
-        out = np.zeros((table.num_rows, 2 * n), dtype=np.float32)
-        for j, col in enumerate(self.numeric_columns):
-            arr = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
-            missing = ~np.isfinite(arr)
-            with np.errstate(invalid="ignore"):
-                scaled = np.clip((arr - self.means[col]) / self.stds[col], -CLIP_Z, CLIP_Z)
-            scaled[missing] = 0.0
-            out[:, j] = scaled
-            out[:, n + j] = missing
-        return out
+        return self._encode_numerics(table)
 
     def transform(self, data: pa.Table | Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Categorical codes and numeric block for a table (or a column -> values mapping)."""
         table = _as_table(data)
-        return self.encode_categoricals(table), self.encode_numerics(table)
+        self._require(table)
+        return self._encode_categoricals(table), self._encode_numerics(table)
+
+    def _encode_categoricals(self, table: pa.Table) -> np.ndarray:
+        """A small table (a serving micro-batch) is looked up in a dict per column: ``pc.index_in`` hashes the
+        whole vocabulary on every call (~17 us a column), which would dominate a batch of a few rows. String
+        and integer columns only, whose text is the same in Python and in Arrow's cast; both paths give the
+        same codes (``tests/unit/model/test_preprocessing.py``)."""
+        out = np.zeros((table.num_rows, len(self.categorical_columns)), dtype=np.int64)
+        small = table.num_rows <= DICT_LOOKUP_MAX_ROWS
+        for j, col in enumerate(self.categorical_columns):
+            column = table.column(col)
+            kind = column.type
+            if small and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                codes = self._codes(col)
+                out[:, j] = [codes.get(v, 0) if v is not None else 0 for v in column.to_pylist()]
+            elif small and pa.types.is_integer(kind):
+                codes = self._codes(col)
+                out[:, j] = [codes.get(str(v), 0) if v is not None else 0 for v in column.to_pylist()]
+            else:
+                vocab = pa.array(self.vocabularies[col], type=pa.string())
+                idx = pc.index_in(pc.cast(column, pa.string()), value_set=vocab)
+                out[:, j] = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        return out
+
+    def _encode_numerics(self, table: pa.Table) -> np.ndarray:
+        """All numeric columns as one ``[rows, n]`` float64 block, scaled and clipped in one pass."""
+        n = len(self.numeric_columns)
+        raw = np.empty((table.num_rows, n), dtype=np.float64)
+        for j, col in enumerate(self.numeric_columns):
+            column = table.column(col)
+            if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+                # Nulls come out as NaN: the same values as a cast to float64, in a few us instead of ~12.
+                raw[:, j] = column.to_numpy()
+            else:
+                raw[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        scale = self._scale
+        if scale is None:
+            scale = self._scale = (np.array([self.means[c] for c in self.numeric_columns], dtype=np.float64),
+                                   np.array([self.stds[c] for c in self.numeric_columns], dtype=np.float64))
+        missing = ~np.isfinite(raw)
+        with np.errstate(invalid="ignore"):
+            scaled = np.clip((raw - scale[0]) / scale[1], -CLIP_Z, CLIP_Z)
+        scaled[missing] = 0.0
+        out = np.empty((table.num_rows, 2 * n), dtype=np.float32)
+        out[:, :n] = scaled
+        out[:, n:] = missing
+        return out
+
+    def _codes(self, col: str) -> dict[str, int]:
+        """``value -> code`` of ``col``'s vocabulary (the first occurrence wins, as ``pc.index_in``), built once."""
+        codes = self._code_maps.get(col)
+        if codes is None:
+            codes = {}
+            for i, value in enumerate(self.vocabularies[col]):
+                codes.setdefault(value, i + 1)
+            self._code_maps[col] = codes
+        return codes
 
     # --- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

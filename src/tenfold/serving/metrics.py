@@ -7,6 +7,8 @@ version is ``loading`` until the model is in memory.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -52,57 +54,64 @@ class ServerMetrics:
         self._breaker_open = Gauge("tenfold_pubsub_breaker_open", "1 while the Pub/Sub circuit breaker is open.",
                                    labels, registry=r)
         self._ready = Gauge("tenfold_ready", "1 while the replica is ready to serve.", labels, registry=r)
+        # Labelled children, bound once: ``labels()`` sorts and validates its arguments on every call.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def _l(self) -> dict[str, str]:
         return {"model_version": self.model_version, "arm": self.arm}
+
+    def _child(self, metric: Any, *extra: str) -> Any:
+        """``metric.labels(model_version, arm, *extra)``, cached (the version is part of the key)."""
+        key = (metric, self.model_version, *extra)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.model_version, self.arm, *extra)
+        return child
 
     def set_model_version(self, version: str) -> None:
         self.model_version = version
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
-        labels = self._l()
-        self._latency.labels(**labels, endpoint=endpoint).observe(seconds)
-        self._requests.labels(**labels, endpoint=endpoint, code=str(code)).inc()
+        status = str(code)
+        self._child(self._latency, endpoint).observe(seconds)
+        self._child(self._requests, endpoint, status).inc()
         if code >= 400:
-            self._errors.labels(**labels, endpoint=endpoint, code=str(code)).inc()
+            self._child(self._errors, endpoint, status).inc()
 
     def unhandled_error(self) -> None:
-        self._unhandled.labels(**self._l()).inc()
+        self._child(self._unhandled).inc()
 
     def model_call(self, rows: int) -> None:
-        labels = self._l()
-        self._model_calls.labels(**labels).inc()
-        self._batch_rows.labels(**labels).observe(rows)
+        self._child(self._model_calls).inc()
+        self._child(self._batch_rows).observe(rows)
 
     def predictions(self, rows: int) -> None:
-        self._predictions.labels(**self._l()).inc(rows)
+        self._child(self._predictions).inc(rows)
 
     def cache(self, hits: int, misses: int) -> None:
-        labels = self._l()
         if hits:
-            self._cache_hits.labels(**labels).inc(hits)
+            self._child(self._cache_hits).inc(hits)
         if misses:
-            self._cache_misses.labels(**labels).inc(misses)
+            self._child(self._cache_misses).inc(misses)
 
     def queue_depth(self, rows: int) -> None:
-        self._queue_depth.labels(**self._l()).set(rows)
+        self._child(self._queue_depth).set(rows)
 
-    def sample_published(self) -> None:
-        self._samples.labels(**self._l(), outcome="published").inc()
+    def sample_published(self, count: int = 1) -> None:
+        self._child(self._samples, "published").inc(count)
 
-    def sample_dropped(self, reason: str) -> None:
-        labels = self._l()
-        self._samples.labels(**labels, outcome="dropped").inc()
-        self._dropped.labels(**labels, reason=reason).inc()
+    def sample_dropped(self, reason: str, count: int = 1) -> None:
+        self._child(self._samples, "dropped").inc(count)
+        self._child(self._dropped, reason).inc(count)
 
     def feedback(self, result: str) -> None:
-        self._feedback.labels(**self._l(), result=result).inc()
+        self._child(self._feedback, result).inc()
 
     def breaker(self, is_open: bool) -> None:
-        self._breaker_open.labels(**self._l()).set(1 if is_open else 0)
+        self._child(self._breaker_open).set(1 if is_open else 0)
 
     def ready(self, is_ready: bool) -> None:
-        self._ready.labels(**self._l()).set(1 if is_ready else 0)
+        self._child(self._ready).set(1 if is_ready else 0)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent), e.g. ``value("tenfold_cache_hits_total")``; for tests and status."""

@@ -126,3 +126,64 @@ def test_the_folder_holds_exactly_the_named_files_meta_last(tmp_path: Path, pre:
     # The registry and the CLI read these names without loading torch.
     code = "import sys, tenfold.model_files, tenfold.registry.registry; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def _with_gaps(table: pa.Table, pre: Preprocessor) -> pa.Table:
+    """``table`` with nulls and never-seen values in every model input (every 7th row null, every 5th unseen)."""
+    rng = np.random.default_rng(3)
+    for col in (*pre.categorical_columns, *pre.numeric_columns):
+        values = table[col].to_pylist()
+        for i in range(0, len(values), 7):
+            values[i] = None
+        if col in pre.categorical_columns:
+            unseen = "ZZZ" if pa.types.is_string(table[col].type) else 9_999
+            for i in range(3, len(values), 5):
+                values[i] = unseen
+        elif pa.types.is_floating(table[col].type):
+            for i in range(2, len(values), 11):
+                values[i] = float(rng.choice([np.nan, np.inf]))
+        table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, table[col].type))
+    return table
+
+
+def test_small_batches_encode_exactly_as_large_ones(table: pa.Table, pre: Preprocessor) -> None:
+    """Serving's micro-batches (dict look-ups, at most DICT_LOOKUP_MAX_ROWS rows) and a whole month (pc.index_in)
+    give the same codes, and the numeric block matches the definition column by column (cast, scale, clip)."""
+    from tenfold.model.preprocessing import CLIP_Z, DICT_LOOKUP_MAX_ROWS
+
+    gappy = _with_gaps(table, pre)
+    assert gappy.num_rows > DICT_LOOKUP_MAX_ROWS  # the whole table takes the Arrow path
+    kinds = {str(gappy[c].type) for c in pre.categorical_columns}
+    assert {"string", "int32"} <= kinds, kinds  # both of the dict path's kinds are exercised
+    cat_all, num_all = pre.transform(gappy)
+    parts = [pre.transform(gappy.slice(i, size)) for i, size in ((0, 1), (1, 8), (9, 64), (73, 227))]
+    assert np.array_equal(np.vstack([c for c, _ in parts]), cat_all)
+    assert np.array_equal(np.vstack([n for _, n in parts]), num_all)
+    assert (cat_all[::7] == 0).all() and (cat_all[3::35] == 0).all()  # nulls and unseen values: OOV
+    assert (cat_all[1] > 0).all()
+    n = len(pre.numeric_columns)
+    for j, col in enumerate(pre.numeric_columns):
+        arr = pa.compute.cast(gappy[col], pa.float64()).to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(arr)
+        with np.errstate(invalid="ignore"):
+            want = np.where(bad, 0.0, np.clip((arr - pre.means[col]) / pre.stds[col], -CLIP_Z, CLIP_Z))
+        assert np.array_equal(num_all[:, j], want.astype(np.float32)), col
+        assert np.array_equal(num_all[:, n + j], bad.astype(np.float32)), col
+
+
+def test_scoring_leaves_the_modules_in_their_own_modes(pre: Preprocessor, table: pa.Table) -> None:
+    """predict_proba runs in eval mode and restores each module as it was (dropout is stochastic in training)."""
+    from tenfold.model.io import predict_proba
+
+    model = _model(pre, ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.5))
+    cat, num = (torch.from_numpy(a) for a in pre.transform(table))
+    model.train()
+    first = predict_proba(model, cat, num)
+    assert torch.equal(first, predict_proba(model, cat, num))  # eval mode inside: no dropout
+    assert all(m.training for m in model.modules())
+    model.eval()
+    model.mlp[2].train()  # one dropout module left training: scored in eval, then left as it was
+    assert torch.equal(first, predict_proba(model, cat, num))
+    assert [m.training for m in model.modules() if m.training] == [True]
+    model.eval()
+    assert torch.equal(first, predict_proba(model, cat, num)) and not any(m.training for m in model.modules())
