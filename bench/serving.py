@@ -5,6 +5,7 @@ Run::
     .venv/bin/python bench/serving.py                    # writes bench/results/serving.md (~8 min warm)
     .venv/bin/python bench/serving.py --duration 6 --rounds 1    # quicker, noisier
     .venv/bin/python bench/serving.py --only tenfold,litserve --no-profile --no-breakdown
+    .venv/bin/python bench/serving.py --baseline d0a66ad     # also the replica of that commit: before/after
     .venv/bin/python bench/serving.py --prepare-only     # only the cached setup (data, model, peers' venv)
 
 What it measures (every server up at once on this machine, but only one under load at a time):
@@ -19,8 +20,9 @@ What it measures (every server up at once on this machine, but only one under lo
   ``bench/serving_peers/``;
 * **floor**: a no-op endpoint on Tenfold's own stack (the real app of ``create_app``, the same uvicorn
   configuration, via ``bench/serving_peers/floor_app.py``): the HTTP ceiling of one replica process;
-* **tuned**: an experiment, not the product: the replica with the two one-line changes this benchmark
-  recommends applied at run time (``bench/serving_peers/tuned_replica.py``).
+* **baseline** (with ``--baseline REV``): the replica of git revision ``REV``, from a worktree of this
+  repository (``git worktree add``, removed afterwards) on ``PYTHONPATH``, with this checkout's venv and the
+  same bench home: a change to the server measured before and after in the same run, on the same load.
 
 Each gets closed-loop phases at fixed concurrency (req/s, p50, p99; ``--rounds`` rounds, round-robin over
 the servers, the best round counts) and an open-loop phase at 50% of its mean closed-loop throughput,
@@ -78,7 +80,7 @@ LOADGEN = BENCH / "loadgen.py"
 PEER_VENV = ROOT / ".tools" / "bench-serving"
 PEER_REQUIREMENTS = ROOT / "requirements" / "bench-serving.txt"
 DEFAULT_HOME = ROOT / ".tenfold" / "bench-serving"
-TARGETS = ("floor", "tenfold", "fleet", "litserve", "bentoml", "tuned")
+TARGETS = ("floor", "tenfold", "baseline", "fleet", "litserve", "bentoml")
 TRAIN_MONTH, HOLDOUT_MONTH = "2013-02", "2013-03"  # the model: train on Feb (history: Jan), hold out Mar
 # Requests: every flight of both months, whose lookups build_features publishes (about 57,000, so that no
 # server sees a flight twice in one run: a second sight would be a cache hit on Tenfold's replica).
@@ -651,6 +653,19 @@ def stage_breakdown(settings: Settings, version: str, bodies: Sequence[dict[str,
     return "\n".join(lines)
 
 
+def baseline_tree(rev: str, where: Path) -> Path:
+    """A detached worktree of this repository at ``rev`` in ``where`` (``--baseline``)."""
+    done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/serving.py: --baseline {rev}: cannot check it out: {done.stderr.strip()}")
+    return where
+
+
+def _remove_worktree(tree: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds over all servers (best one counts)")
     parser.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument("--baseline", metavar="REV", help="also load the replica of this git revision (a commit, tag or "
+                        "branch of this repository): the 'baseline' server, for before/after figures in one run")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the replica")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the predict path's steps in-process")
     parser.add_argument("--prepare-only", action="store_true", help="set up the bench home (data, model) and exit")
@@ -669,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     only = [t.strip() for t in args.only.split(",") if t.strip()]
     if bad := [t for t in only if t not in TARGETS]:
         parser.error(f"--only: unknown targets {bad}; choose among {', '.join(TARGETS)}")
+    if args.baseline is None:
+        only = [t for t in only if t != "baseline"]
+    elif "baseline" not in only:
+        parser.error("--baseline: add 'baseline' to --only, or leave --only out")
     started = time.perf_counter()
     load_before = os.getloadavg()
     peer_python = ensure_peer_venv() if {"litserve", "bentoml"} & set(only) else None
@@ -697,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         notes: dict[str, str] = {}
         extra: dict[str, Any] = {}
 
+        worktrees: list[Path] = []
+
         def server_for(name: str) -> Server:
             port = free_port()
             log = work / f"{name}.log"
@@ -707,11 +730,13 @@ def main(argv: list[str] | None = None) -> int:
                                      "--arm", "stable", "--model", home.version, "--log-level", "warning"],
                               home.env, f"{base}{prefix}/predict", f"{base}{server_settings.ready_path}", log,
                               bodies=flat, headers=auth)
-            if name == "tuned":
-                return Server(name, [sys.executable, str(PEERS / "tuned_replica.py"), "--host", "127.0.0.1", "--port", str(port),
+            if name == "baseline":
+                tree = baseline_tree(args.baseline, work / "baseline")
+                worktrees.append(tree)
+                return Server(name, [sys.executable, "-m", "tenfold.serving", "--host", "127.0.0.1", "--port", str(port),
                                      "--arm", "stable", "--model", home.version, "--log-level", "warning"],
-                              home.env, f"{base}{prefix}/predict", f"{base}{server_settings.ready_path}", log,
-                              bodies=flat, headers=auth)
+                              {**home.env, "PYTHONPATH": str(tree / "src")}, f"{base}{prefix}/predict",
+                              f"{base}{server_settings.ready_path}", log, bodies=flat, headers=auth)
             if name == "floor":
                 return Server(name, [sys.executable, str(PEERS / "floor_app.py"), "--port", str(port), "--model", home.version],
                               home.env, f"{base}/bench/noop", f"{base}{server_settings.ready_path}", log, bodies=flat)
@@ -842,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for srv in servers.values():
                 srv.stop()
+            for tree in worktrees:
+                _remove_worktree(tree)
 
         if "tenfold" in only and not args.no_breakdown:
             say("timing the predict path's steps in this process ...")
@@ -919,7 +946,7 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
     lines += [f"| {name} | {measured} | {'yes' if ok else ('**no**' if ok is False else 'not measured')} |"
               for name, measured, ok in verdicts]
     others = [(who, label) for who, label in (("fleet", "the fleet (2 replicas behind HAProxy)"),
-                                              ("tuned", "the tuned replica (an experiment, not the product)"))
+                                              ("baseline", f"the baseline replica ({args.baseline})"))
               if (who, "closed") in get]
     if others:
         lines += ["", "The same ratios for " + " and ".join(label for _, label in others) + ":", "",
@@ -927,6 +954,14 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
         for who, _ in others:
             v = targets(get, who)
             lines.append(f"| {who} | {v[0][1]} | {v[1][1]} |")
+    new, old = get.get(("tenfold", "closed")), get.get(("baseline", "closed"))
+    if new and old:
+        lines += ["", f"Against the baseline replica ({args.baseline}) in this run: throughput "
+                  f"{new.r['throughput'] / old.r['throughput']:.2f}x ({new.r['throughput']:,.0f} vs {old.r['throughput']:,.0f} "
+                  f"req/s, best rounds; the rounds: {', '.join(f'{x:,.0f}' for x in extra['rounds']['tenfold'])} vs "
+                  f"{', '.join(f'{x:,.0f}' for x in extra['rounds']['baseline'])}), server CPU per request "
+                  f"{new.cpu_ms_per_request / old.cpu_ms_per_request:.2f}x ({new.cpu_ms_per_request:.2f} vs "
+                  f"{old.cpu_ms_per_request:.2f} ms), p99 {new.r['p99_ms']:.1f} vs {old.r['p99_ms']:.1f} ms."]
     miss, hit = get.get(("tenfold", "miss")), get.get(("tenfold", "hit"))
     if miss and hit:
         mm, hm = extra.get("miss_metrics", {}), extra.get("hit_metrics", {})
@@ -978,9 +1013,9 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
               "its `max_latency_ms` is a shedding deadline, not a wait, so it stays at its 60 s default.",
               "- The floor is a no-op POST on the real replica app (create_app + one route, the same uvicorn "
               "configuration); it reads the body and returns a constant JSON object: no auth, no validation.",
-              "- `tuned` is not the product: the replica with `gc.freeze()` after loading and `Preprocessor._require` "
-              "building its set of column names once, patched in at run time by bench/serving_peers/tuned_replica.py "
-              "(see its docstring): what those two changes would give, measured in the same run.",
+              *([f"- `baseline` is the replica of {args.baseline} (a git worktree on PYTHONPATH, this checkout's venv), "
+                 "loaded in the same rounds as `tenfold`: the before of a change, measured on the same load."]
+                if args.baseline else []),
               "- The load generator (bench/loadgen.py) is a minimal keep-alive HTTP/1.1 client on asyncio and httptools "
               "in a process of its own: about 30 µs of CPU per request where aiohttp took ~90 µs and httpx ~3,000 µs; "
               "its share of a core is in the table (loadgen CPU).",
@@ -992,7 +1027,7 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
 
 
 def targets(get: dict[tuple[str, str], Phase], who: str = "tenfold") -> list[tuple[str, str, bool | None]]:
-    """The three targets of issue 8 for server ``who`` (the replica; the fleet and the tuned replica for comparison)."""
+    """The three targets of issue 8 for server ``who`` (the replica; the fleet and the baseline for comparison)."""
     out: list[tuple[str, str, bool | None]] = []
     t = get.get((who, "closed"))
     peers = [p for p in (get.get(("litserve", "closed")), get.get(("bentoml", "closed"))) if p is not None]
