@@ -108,16 +108,6 @@ class Preprocessor:
                 "(re-run the features job, or send every feature column)"
             )
 
-    def _codes(self, col: str) -> dict[str, int]:
-        """``value -> code`` of ``col``'s vocabulary (the first occurrence wins, as ``pc.index_in``), built once."""
-        codes = self._code_maps.get(col)
-        if codes is None:
-            codes = {}
-            for i, value in enumerate(self.vocabularies[col]):
-                codes.setdefault(value, i + 1)
-            self._code_maps[col] = codes
-        return codes
-
     def encode_categoricals(self, table: pa.Table) -> np.ndarray:
         """``[rows, n_categorical]`` int64 codes; unseen values and nulls map to the OOV index 0."""
         self._require(table)

@@ -29,7 +29,7 @@ def request_digest(request: BaseModel) -> str:
     ``1545.0``) hash the same. (pydantic's own serialiser: a fifth of the cost of ``json.dumps`` of a dump.)
     """
     routing = _routing_fields(type(request))
-    return hashlib.sha256(request.model_dump_json(exclude=routing or None).encode()).hexdigest()
+    return hashlib.sha256(request.model_dump_json(exclude=set(routing) or None).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
