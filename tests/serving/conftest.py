@@ -390,17 +390,17 @@ def subscribe(settings: Settings, topic: str) -> str:
     return path
 
 
-def pull(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -> list[bytes]:
-    """Up to ``n`` message bodies from ``subscription`` (acknowledged), waiting up to ``timeout`` seconds."""
+def pull_messages(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -> list[Any]:
+    """Up to ``n`` messages (body and attributes) from ``subscription`` (acknowledged), waiting up to ``timeout`` s."""
     from tenfold.messaging import subscriber_client
 
-    out: list[bytes] = []
+    out: list[Any] = []
     deadline = time.monotonic() + timeout
     with subscriber_client(settings) as sub:
         while len(out) < n and time.monotonic() < deadline:
             resp = sub.pull(request={"subscription": subscription, "max_messages": 100}, timeout=10)
             if resp.received_messages:
-                out += [m.message.data for m in resp.received_messages]
+                out += [m.message for m in resp.received_messages]
                 sub.acknowledge(request={"subscription": subscription,
                                          "ack_ids": [m.ack_id for m in resp.received_messages]})
             else:
@@ -408,17 +408,24 @@ def pull(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -
     return out
 
 
+def pull(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -> list[bytes]:
+    """Up to ``n`` message bodies from ``subscription`` (acknowledged), waiting up to ``timeout`` seconds."""
+    return [m.data for m in pull_messages(settings, subscription, n, timeout)]
+
+
 @dataclass(frozen=True)
 class PubSubTools:
-    """``subscribe(settings, topic)`` and ``pull(settings, subscription, n, timeout=20)`` as a fixture."""
+    """``subscribe(settings, topic)``, ``pull(settings, subscription, n, timeout=20)`` (bodies) and
+    ``pull_messages`` (the same, whole messages) as a fixture."""
 
     subscribe: Callable[[Settings, str], str]
     pull: Callable[..., list[bytes]]
+    pull_messages: Callable[..., list[Any]]
 
 
 @pytest.fixture(scope="session")
 def pubsub_tools() -> PubSubTools:
-    return PubSubTools(subscribe, pull)
+    return PubSubTools(subscribe, pull, pull_messages)
 
 
 def until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:

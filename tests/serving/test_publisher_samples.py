@@ -4,11 +4,9 @@ sample queued arrives exactly once with its body and attributes."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.messaging import subscriber_client
 from tenfold.messaging.records import PredictionRecord
 from tenfold.serving.metrics import ServerMetrics
 from tenfold.serving.publishing import SAMPLE_CHUNK, Publisher
@@ -17,19 +15,6 @@ from tenfold.serving.publishing import SAMPLE_CHUNK, Publisher
 def _record(i: int) -> PredictionRecord:
     return PredictionRecord(prediction_id=f"p{i:04d}", model_version="v1", arm="canary" if i % 3 == 0 else "stable",
                             probability=0.5, request={"flight": i}, served_at=dt.datetime(2026, 12, 2, tzinfo=dt.UTC))
-
-
-def _pull_all(settings: Settings, subscription: str, n: int, timeout: float = 30.0) -> list[Any]:
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    with subscriber_client(settings) as sub:
-        while len(got) < n and time.monotonic() < deadline:
-            resp = sub.pull(request={"subscription": subscription, "max_messages": 500}, timeout=10)
-            got += [m.message for m in resp.received_messages]
-            if resp.received_messages:
-                sub.acknowledge(request={"subscription": subscription,
-                                         "ack_ids": [m.ack_id for m in resp.received_messages]})
-    return got
 
 
 def test_a_burst_of_samples_shares_publish_requests_and_every_one_arrives_once(
@@ -57,7 +42,7 @@ def test_a_burst_of_samples_shares_publish_requests_and_every_one_arrives_once(
     assert len(sizes) < n / 10, sizes  # queued together, sent together (the old path: one publish per sample)
     assert metrics.value("tenfold_prediction_samples_total", outcome="published") == n
     assert metrics.value("tenfold_dropped_samples_total") == 0
-    messages = _pull_all(settings, subscription, n)
+    messages = pubsub_tools.pull_messages(settings, subscription, n, timeout=30)
     records = {PredictionRecord.from_message(m.data).prediction_id: m for m in messages}
     assert len(messages) == n and sorted(records) == [f"p{i:04d}" for i in range(n)]
     for pid, m in records.items():
