@@ -128,18 +128,19 @@ class Preprocessor:
         """A small table (a serving micro-batch) is looked up in a dict per column: ``pc.index_in`` hashes the
         whole vocabulary on every call (~17 us a column), which would dominate a batch of a few rows. String
         and integer columns only, whose text is the same in Python and in Arrow's cast; both paths give the
-        same codes (``tests/unit/model/test_preprocessing.py``)."""
+        same codes (``tests/unit/model/test_model_io.py``)."""
         out = np.zeros((table.num_rows, len(self.categorical_columns)), dtype=np.int64)
         small = table.num_rows <= DICT_LOOKUP_MAX_ROWS
         for j, col in enumerate(self.categorical_columns):
             column = table.column(col)
             kind = column.type
-            if small and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            if small and (text or pa.types.is_integer(kind)):
+                values = column.to_pylist()
+                if not text:  # an integer's decimal text, as Arrow casts it; a null stays None, never a key
+                    values = [None if v is None else str(v) for v in values]
                 codes = self._codes(col)
-                out[:, j] = [codes.get(v, 0) if v is not None else 0 for v in column.to_pylist()]
-            elif small and pa.types.is_integer(kind):
-                codes = self._codes(col)
-                out[:, j] = [codes.get(str(v), 0) if v is not None else 0 for v in column.to_pylist()]
+                out[:, j] = [codes.get(v, 0) for v in values]
             else:
                 vocab = pa.array(self.vocabularies[col], type=pa.string())
                 idx = pc.index_in(pc.cast(column, pa.string()), value_set=vocab)
