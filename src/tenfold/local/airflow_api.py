@@ -20,6 +20,11 @@ TRANSIENT_HTTP = {502, 503, 504}
 # Airflow's answer when SQLite was locked by another writer (the scheduler, a task) while it created something:
 # the transaction was rolled back, nothing was created, so even a change is safe to send again.
 ROLLED_BACK = "Database is locked"
+# Airflow's answer to a backfill while the DAG has one not yet marked complete. Its scheduler marks a backfill
+# complete on a 30 s timer after the last run ends, so a backfill asked for right after the previous one finished
+# meets this too.
+BACKFILL_OPEN = "already a running backfill"
+BACKFILL_WAIT_S = 150.0
 
 
 class AirflowApiError(RuntimeError):
@@ -117,10 +122,32 @@ class AirflowApi:
         return dict(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body))
 
     def backfill(self, dag_id: str, from_date: str, to_date: str, *, max_active_runs: int = 1,
-                 reprocess: str = "failed") -> dict[str, Any]:
+                 reprocess: str = "failed", wait_s: float = BACKFILL_WAIT_S, poll_s: float = 5.0) -> dict[str, Any]:
+        """Create a backfill. Airflow keeps one open backfill per DAG and marks one complete up to 30 s after its
+        last run ends; while the DAG has one open, this asks again every ``poll_s`` for up to ``wait_s`` (nothing
+        was created by the refusal), then names the open backfill and how to end it."""
         body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "run_backwards": False,
                 "dag_run_conf": {}, "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
-        return dict(self._send("POST", "/api/v2/backfills", body))
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return dict(self._send("POST", "/api/v2/backfills", body))
+            except AirflowApiError as exc:
+                if "HTTP 409" not in str(exc) or BACKFILL_OPEN not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    open_ = [b for b in self.backfills(dag_id) if not b.get("completed_at")]
+                    named = ", ".join(f"{b['id']} ({str(b['from_date'])[:10]}..{str(b['to_date'])[:10]})"
+                                      for b in open_) or "one"
+                    raise AirflowApiError(
+                        f"{dag_id} still has an open backfill after {wait_s:.0f} s: {named}. Wait for its runs to "
+                        f"end, or cancel it (the Airflow UI's Backfills, or POST /api/v2/backfills/<id>/cancel), "
+                        "then run this again") from exc
+            time.sleep(poll_s)
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({"dag_id": dag_id, "limit": 100, "order_by": "-id"})
+        return list(self._send("GET", f"/api/v2/backfills?{query}")["backfills"])
 
     def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"

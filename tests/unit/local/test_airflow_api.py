@@ -15,7 +15,7 @@ from tenfold.local.airflow_api import AirflowApi, AirflowApiError
 
 class _Server:
     """Answers each request with the next planned behaviour: "hang" (longer than the client waits), an HTTP
-    status, or "ok" (200 with a JSON body)."""
+    status, a (status, detail) pair, "ok" (200 with a JSON body) or a dict (200 with that body)."""
 
     def __init__(self, plan: list[object]) -> None:
         self.plan, self.seen = list(plan), []
@@ -28,8 +28,12 @@ class _Server:
                 if step == "hang":
                     time.sleep(1.5)
                     return
-                code, detail = step if isinstance(step, tuple) else (200 if step == "ok" else int(step), None)  # type: ignore[call-overload]
-                body = json.dumps({"answer": len(server.seen)} if detail is None else {"detail": detail}).encode()
+                if isinstance(step, dict):  # a 200 with this body
+                    code, payload = 200, step
+                else:
+                    code, detail = step if isinstance(step, tuple) else (200 if step == "ok" else int(step), None)  # type: ignore[call-overload]
+                    payload = {"answer": len(server.seen)} if detail is None else {"detail": detail}
+                body = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -91,4 +95,33 @@ def test_a_change_refused_because_sqlite_was_locked_is_sent_again(server: list[_
     api, s = _api(server, [(503, "upstream busy")])
     with pytest.raises(AirflowApiError, match="HTTP 503"):
         api._send("POST", "/api/v2/backfills", {"dag_id": "x"}, auth=False)
+    assert len(s.seen) == 1
+
+
+OPEN = (409, "There is already a running backfill for dag build_features")
+
+
+def test_a_backfill_refused_while_the_last_one_is_still_open_is_asked_for_again(server: list[_Server]) -> None:
+    # Airflow 3's scheduler marks a backfill complete on a 30 s timer after its runs end; one asked for in between
+    # is refused (nothing created), which the demo met on CI by backfilling the next month right away.
+    api, s = _api(server, [OPEN, OPEN, "ok"])
+    api._token = "t"
+    assert api.backfill("build_features", "2013-04-01", "2013-04-01", poll_s=0.01) == {"answer": 3}
+    assert s.seen == [("POST", "/api/v2/backfills")] * 3
+    # A backfill that stays open is named, with what to do, once the wait is over.
+    listing = {"backfills": [{"id": 7, "from_date": "2013-01-01T00:00:00Z", "to_date": "2013-03-01T00:00:00Z",
+                              "completed_at": None},
+                             {"id": 6, "from_date": "2012-12-01T00:00:00Z", "to_date": "2012-12-01T00:00:00Z",
+                              "completed_at": "2013-01-02T00:00:00Z"}], "total_entries": 2}
+    api, s = _api(server, [OPEN, listing])
+    api._token = "t"
+    with pytest.raises(AirflowApiError, match=r"open backfill after 0 s: 7 \(2013-01-01\.\.2013-03-01\)\. .*cancel"):
+        api.backfill("build_features", "2013-04-01", "2013-04-01", wait_s=0.0, poll_s=0.01)
+    assert s.seen[0] == ("POST", "/api/v2/backfills")
+    assert s.seen[1][1].startswith("/api/v2/backfills?dag_id=build_features")
+    # Any other conflict is reported at once.
+    api, s = _api(server, [(409, "a run with this id exists")])
+    api._token = "t"
+    with pytest.raises(AirflowApiError, match="HTTP 409"):
+        api.backfill("build_features", "2013-04-01", "2013-04-01", poll_s=0.01)
     assert len(s.seen) == 1
