@@ -92,18 +92,32 @@ def _is_log(name: str) -> bool:
     return name.startswith(LOG_PREFIX) and name.endswith(".parquet")
 
 
-def log_files(lake: Lake, table: str, part: Partition) -> list[pafs.FileInfo]:
-    """The log files of one month, oldest first (names start with their landing time)."""
+def landed_at(name: str) -> dt.datetime | None:
+    """When a log file landed, from its name (the sink's clock, UTC); None for a name that does not say."""
+    stamp = name[len(LOG_PREFIX):].split("-", 1)[0]
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%f").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def log_files(lake: Lake, table: str, part: Partition, *, landed_since: dt.datetime | None = None) -> list[pafs.FileInfo]:
+    """The log files of one month, oldest first (names start with their landing time); with ``landed_since``,
+    only those landed then or later (and any whose name gives no time)."""
     selector = pafs.FileSelector(lake.partition_path(table, part), allow_not_found=True)
     infos = [i for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.File and _is_log(i.base_name)]
+    if landed_since is not None:
+        infos = [i for i in infos if (at := landed_at(i.base_name)) is None or at >= landed_since]
     return sorted(infos, key=lambda i: i.base_name)
 
 
-def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Schema) -> pa.Table:
-    """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none."""
+def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Schema, *,
+             landed_since: dt.datetime | None = None) -> pa.Table:
+    """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none.
+    ``landed_since``: only the files landed then or later (:func:`log_files`)."""
     tables = [
         pq.read_table(info.path, filesystem=lake.fs, schema=schema)
         for part in parts
-        for info in log_files(lake, table, part)
+        for info in log_files(lake, table, part, landed_since=landed_since)
     ]
     return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -7,9 +7,10 @@
   include; :func:`flatten_requests` turns their ``request`` JSON back into columns, and
   :func:`labelled_lineage` names the published partitions they came from.
 
-Both read only what the join published (``Lake.read_table``, manifest-checked); run
+Both read what the join published (``Lake.read_table``, manifest-checked); run
 :func:`tenfold.feedback.upsert.join` first, or pass ``refresh=True``, to include what the sink landed
-since. No data is an empty answer, not an error: "no feedback yet" is a state the canary must see.
+since (over a window of ``served_at``, the canary's case, joined from the recent log files alone). No data
+is an empty answer, not an error: "no feedback yet" is a state the canary must see.
 """
 
 from __future__ import annotations
@@ -111,22 +112,33 @@ def labelled_rows(
     """Served predictions with their outcomes, one row per prediction id (schema :data:`LABELLED`).
 
     Window: ``since <= served_at < until`` (either may be None), or whole ``months``. Only rows with
-    an outcome unless ``include_unlabelled``. ``refresh`` runs the join first. Empty when there is none.
-    """
-    if refresh:
-        from tenfold.feedback.upsert import join
+    an outcome unless ``include_unlabelled``. Empty when there is none.
 
-        join(settings)
+    ``refresh`` includes what the sink landed since the last join. With ``since`` (the canary analysis,
+    every check), the window's rows are joined in memory from the log files landed since then
+    (:func:`~tenfold.feedback.upsert.join_window`: the join's rule, at the window's cost, nothing
+    published); otherwise the join runs first and publishes.
+    """
     lake = Lake.from_settings(settings)
-    table_name = settings.storage.labelled_table
-    if months is not None:
-        published = set(lake.published_partitions(table_name))
-        parts = sorted(p for p in months if p in published)
+    if refresh and since is not None and months is None:
+        from tenfold.feedback.upsert import join_window
+
+        end = until if until is not None else dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        table = join_window(settings, since, end, lake=lake)
     else:
-        parts = _window_months(lake, table_name, utc(since), utc(until))
-    if not parts:
-        return LABELLED.empty_table()
-    table = lake.read_table(table_name, parts).select(LABELLED.names).cast(LABELLED)
+        if refresh:
+            from tenfold.feedback.upsert import join
+
+            join(settings, lake=lake)
+        table_name = settings.storage.labelled_table
+        if months is not None:
+            published = set(lake.published_partitions(table_name))
+            parts = sorted(p for p in months if p in published)
+        else:
+            parts = _window_months(lake, table_name, utc(since), utc(until))
+        if not parts:
+            return LABELLED.empty_table()
+        table = lake.read_table(table_name, parts).select(LABELLED.names).cast(LABELLED)
     mask = pa.array(np.ones(table.num_rows, dtype=bool))
     if since is not None:
         mask = pc.and_(mask, pc.greater_equal(table["served_at"], pa.scalar(utc(since), LABELLED.field("served_at").type)))

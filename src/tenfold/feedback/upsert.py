@@ -42,10 +42,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.feedback.lock import join_lock
 from tenfold.feedback.log import log_files, log_months, read_log
-from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG
+from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG, utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
 JOIN_VERSION = 1
@@ -57,6 +57,8 @@ _FB_COLS = [f.name for f in FEEDBACK_FIELDS]
 @dataclass(frozen=True)
 class JoinOptions:
     feedback_horizon_months: int = 2  # feedback received up to this many months after the served month joins
+    # join_window: how far a log file's landing time (the sink's clock) may trail a served_at (a replica's)
+    landing_skew_s: float = 600.0
     lock_timeout_s: float = 60.0
 
 
@@ -108,10 +110,7 @@ def join(
         targets = served if months is None else sorted(set(months) & set(served))
         fb_months = set(log_months(lake, st.feedback_table))
         for month in targets:
-            window = [month.previous()]
-            while len(window) < options.feedback_horizon_months + 2:
-                window.append(window[-1].next())
-            window = [m for m in window if m in fb_months]
+            window = _feedback_months(month, options, fb_months)
             inputs = _fingerprint(lake, settings, month, window, options)
             if not force and _published_inputs(lake, st.labelled_table, month) == inputs:
                 report.months.append(MonthJoin(month.label, published=False))
@@ -124,6 +123,52 @@ def join(
             stats.month = month.label
             report.months.append(stats)
     return report
+
+
+def join_window(
+    settings: Settings,
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    options: JoinOptions | None = None,
+    lake: Lake | None = None,
+) -> pa.Table:
+    """Labelled rows (schema ``LABELLED``) that hold every prediction served in ``[since, until)``, joined in
+    memory from the log files landed since ``since`` minus ``options.landing_skew_s``: for those predictions,
+    the rows the join would publish, at the cost of the window rather than of whole months. The caller
+    filters on ``served_at`` (a late redelivery of an older prediction may come along). Publishes nothing.
+
+    A prediction served at ``t`` lands at ``t`` or later, and its feedback (sent after the answer) too, up
+    to the clock skew between the replicas, the clients' relay and the sink; older files cannot hold them.
+    """
+    options = options or JoinOptions()
+    lake = lake or Lake.from_settings(settings)
+    st = settings.storage
+    since, until = utc(since) or since, utc(until) or until  # naive: UTC, as the server writes them
+    landed_since = since - dt.timedelta(seconds=options.landing_skew_s)
+    served = set(log_months(lake, st.predictions_table))
+    fb_months = set(log_months(lake, st.feedback_table))
+    last = Partition.from_date(until - dt.timedelta(microseconds=1))
+    tables = []
+    for month in month_range(Partition.from_date(since), last) if since < until else []:
+        if month not in served:
+            continue
+        predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, landed_since=landed_since)
+        if not predictions.num_rows:
+            continue
+        feedback = read_log(lake, st.feedback_table, _feedback_months(month, options, fb_months), FEEDBACK_LOG,
+                            landed_since=landed_since)
+        tables.append(join_month(predictions, feedback)[0])
+    return pa.concat_tables(tables) if tables else LABELLED.empty_table()
+
+
+def _feedback_months(month: Partition, options: JoinOptions, fb_months: set[Partition]) -> list[Partition]:
+    """The feedback log months whose feedback may join ``month``'s predictions: one before it (clock skew)
+    to ``feedback_horizon_months`` after it, those that exist."""
+    window = [month.previous()]
+    while len(window) < options.feedback_horizon_months + 2:
+        window.append(window[-1].next())
+    return [m for m in window if m in fb_months]
 
 
 def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, MonthJoin]:

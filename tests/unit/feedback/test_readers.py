@@ -82,3 +82,44 @@ def test_refresh_runs_the_join_first(settings, logs):
     assert online_metrics(settings, T0, T0 + H) == []
     [g] = online_metrics(settings, T0, T0 + H, refresh=True)
     assert g.metrics.count == 1 and g.metrics.accuracy == 1.0
+
+
+def test_refresh_over_a_window_joins_the_recent_log_files_as_the_published_join_does(settings, logs):
+    # What the canary analysis reads every check: the window's rows, joined in memory from the files landed
+    # since the window opened, the same as the join publishes them (duplicates, corrections, late feedback).
+    logs.predictions(prediction("a", p=0.9), prediction("b", p=0.2, at=T0 + H), prediction("c", arm="canary", p=0.7),
+                     prediction("edge", p=0.6, at=T0 + 2 * H))  # served at `until`: outside the half-open window
+    logs.predictions(prediction("a", p=0.9))  # a redelivery, in a second file
+    logs.feedback(feedback("a", 0), feedback("b", 0), feedback("edge", 1))
+    logs.feedback(feedback("a", 1, observed=T0 + 4 * H), feedback("b", 0))  # a correction and a duplicate
+    logs.predictions(prediction("late", p=0.4, at=T0 + H))
+    logs.feedback(feedback("late", 1))
+    window = {"since": T0, "until": T0 + 2 * H, "include_unlabelled": True}
+    fresh = labelled_rows(settings, **window, refresh=True)
+    assert labelled_rows(settings, **window).num_rows == 0  # nothing was published by it
+    join(settings)
+    published = labelled_rows(settings, **window)
+    assert fresh.sort_by("prediction_id").equals(published.sort_by("prediction_id"))
+    assert fresh.sort_by("prediction_id")["prediction_id"].to_pylist() == ["a", "b", "c", "late"]
+    assert dict(zip(fresh["prediction_id"].to_pylist(), fresh["outcome"].to_pylist(), strict=True)) == \
+        {"a": 1, "b": 0, "c": None, "late": 1}
+
+
+def test_refresh_over_a_window_skips_files_that_landed_before_it(settings, logs):
+    from tenfold.feedback.log import landed_at, write_batch
+
+    from .conftest import prediction_log
+
+    logs.predictions(prediction("new", p=0.8))
+    logs.feedback(feedback("new", 1))
+    # A file whose name says it landed a day before the window (a probe: no real prediction served in the
+    # window lands before it) is not read by the window's join, and is by the full one.
+    lake = logs.lake
+    path = write_batch(lake, settings.storage.predictions_table, Partition(2026, 5),
+                       prediction_log([prediction("probe", p=0.1)]), now=T0 - dt.timedelta(days=1))
+    assert landed_at(path.rsplit("/", 1)[1]) == T0 - dt.timedelta(days=1)
+    assert landed_at("log-notatime-1234.parquet") is None
+    window = {"since": T0, "until": T0 + H, "include_unlabelled": True}
+    assert labelled_rows(settings, **window, refresh=True)["prediction_id"].to_pylist() == ["new"]
+    join(settings)
+    assert sorted(labelled_rows(settings, **window)["prediction_id"].to_pylist()) == ["new", "probe"]
