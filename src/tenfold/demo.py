@@ -257,7 +257,7 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
                   quiet: bool = False) -> None:
     """Wait until the feedback sink has landed and joined the traffic's outcomes; print accuracy per version and
     arm (``quiet``: one line per group, without the closing pointers)."""
-    from tenfold.feedback import online_metrics
+    from tenfold.feedback import join, online_metrics
     from tenfold.serving import fleet
 
     say(f"traffic: {report.summary()}")
@@ -265,7 +265,7 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
         say(f"  error: {error}")
     accepted = report.feedback.get(202, 0)
     deadline = time.monotonic() + FEEDBACK_TIMEOUT_S
-    while True:  # the platform's feedback sink lands it; the join is refreshed on each look
+    while True:  # the platform's feedback sink lands it; each look joins the window from what landed since
         groups = online_metrics(settings, since, by=("model_version", "arm"), refresh=True)
         if sum(g.metrics.count for g in groups) >= accepted and sum(g.served for g in groups) >= report.ok:
             break
@@ -273,6 +273,7 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
             raise DemoError(f"the feedback sink did not land the demo's {accepted} outcomes within {FEEDBACK_TIMEOUT_S} s; "
                             "see its log in `tenfold status`")
         time.sleep(2)
+    join(settings)  # publish it now for the next retraining (the sink's idle join would, a little later)
     say("online accuracy by model version and arm (predictions joined to their feedback):")
     for group in groups:
         m = group.metrics

@@ -155,7 +155,7 @@ def metrics_command(
     until: Annotated[str | None, typer.Option(help="window end, exclusive; default now")] = None,
     last: Annotated[str | None, typer.Option(help="window of this length up to --until, e.g. 30m, 1h, 7d")] = None,
     by: Annotated[list[str] | None, typer.Option(help="group column (repeatable); default model_version and arm")] = None,
-    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh", help="run the join first")] = True,
+    refresh: Annotated[bool, typer.Option("--refresh/--no-refresh", help="include what the sink landed since the last join (with a window start: joined from the recent log files, nothing published; without: the join runs first)")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     env: EnvOption = None,
 ) -> None:
