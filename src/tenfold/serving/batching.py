@@ -9,9 +9,14 @@ the event loop, and one thread keeps torch's own threading predictable). The rul
    the batch starts the next one).
 2. If the batch is still below ``max_batch_size`` *and* other requests are on their way (accepted by the
    server, still being read or validated), wait for them, at most ``max_batch_wait_ms`` after the batch
-   started, and stop waiting as soon as none are on their way. A lone request on an idle replica
-   therefore never waits, and under load batches form by themselves: requests that arrive while the
-   model is busy are all taken by the next call.
+   started, and stop waiting as soon as none are on their way. Before closing a batch that nothing is
+   on its way to, give the event loop ``SETTLE_TURNS`` turns (within the same bound): requests already
+   in the sockets' buffers, and the answers of the last batch (whose clients send the next requests),
+   are handled in those turns and join this batch instead of each costing a model call of its own
+   (closed loop, 32 connections: +25% throughput, a fifth less CPU per request; ``bench/RESULTS.md``).
+   A lone request on an idle replica therefore waits only those few turns (microseconds), and under
+   load batches form by themselves: requests that arrive while the model is busy are all taken by the
+   next call.
 3. A model call that fails for a batch of several requests is retried request by request, so one bad
    request fails alone and never takes the others down with it.
 """
@@ -31,6 +36,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Event-loop turns a batch that nothing is on its way to gives the loop before it closes (rule 2).
+SETTLE_TURNS = 4
 
 
 @dataclass
@@ -127,8 +135,13 @@ class MicroBatcher(Generic[T, R]):
         batch, rows = [first], len(first.items)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
+        turns = 0
         while rows < self.max_batch_size:
             queued = bool(self._carry) or not self._queue.empty()
+            if not queued and self._arriving == 0 and turns < SETTLE_TURNS and loop.time() < deadline:
+                turns += 1
+                await asyncio.sleep(0)  # one turn of the loop: read what the sockets hold, send what is answered
+                continue
             if not queued and (self._arriving == 0 or loop.time() >= deadline):
                 break
             nxt = await self._next(0 if queued else deadline - loop.time())

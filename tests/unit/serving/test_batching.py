@@ -81,6 +81,29 @@ def test_requests_on_their_way_are_waited_for_up_to_the_bound() -> None:
     assert model.calls == [[1, 2, 3]]  # one call: the first request waited for the two on their way
 
 
+def test_requests_the_loop_gets_to_within_a_few_turns_join_the_batch() -> None:
+    # Under load, requests whose bytes are already in the sockets (and the next requests of the clients the
+    # last batch answered) reach submit() a loop turn or two after the queue ran dry, before anything marks
+    # them as on their way: closing the batch at once would give each of them a model call of its own.
+    model = Recorder()
+
+    async def main() -> list[list[int]]:
+        b = _batcher(model, size=64, wait_s=1.0)
+        b.start()
+
+        async def after(value: int, turns: int) -> list[int]:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await b.submit([value])
+
+        results = await asyncio.gather(b.submit([1]), after(2, 1), after(3, 2))
+        await b.stop()
+        return results
+
+    assert asyncio.run(main()) == [[2], [4], [6]]
+    assert model.calls == [[1, 2, 3]]
+
+
 def test_the_wait_is_bounded_by_max_wait() -> None:
     model = Recorder()
 
