@@ -43,6 +43,7 @@ bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
 	@$(BIN)/python bench/serving.py
 	@$(BIN)/python bench/offline.py
 	@$(BIN)/python bench/drift.py
+	@$(BIN)/python bench/feedback_window.py
 
 clean: down
 	rm -rf .tenfold infra/cdktf.out
