@@ -36,22 +36,27 @@ from tenfold.config import build_settings
 from tenfold.data.lake import Lake, Partition
 
 RESULTS = Path(__file__).parent / "results" / "feedback_window.md"
-REQUEST = '{"carrier":"UA","dest":"IAH","flight":1545,"origin":"EWR","sched_dep":"2013-01-01T05:15:00"}'
+REQUEST = {"carrier": "UA", "dest": "IAH", "flight": 1545, "origin": "EWR", "sched_dep": "2013-01-01T05:15:00"}
 
 
 def _land(lake: Lake, settings, served: list[tuple[str, str, float, dt.datetime]], at: dt.datetime) -> None:
-    """One predictions file and one feedback file, both landed at ``at``."""
+    """One predictions file and one feedback file, both landed at ``at``: the records as the server publishes
+    them, in the logs' rows as the sink writes them (``prediction_row``/``feedback_row`` plus the delivery)."""
     from tenfold.feedback.log import write_batch
-    from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG
+    from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row
+    from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 
     st = settings.storage
-    common = {"publish_time": at, "delivery_attempt": 1, "landed_at": at}
-    preds = [{"prediction_id": pid, "model_version": version, "arm": arm, "user_key": f"u-{pid[:8]}",
-              "bucket": int(pid[:2], 16) % 100, "probability": p, "request": REQUEST, "latency_ms": 3.0,
-              "served_at": t, "schema_version": 1, "message_id": uuid.uuid4().hex, **common}
-             for pid, arm, p, t in served for version in ["v2" if arm == "canary" else "v1"]]
-    fb = [{"prediction_id": pid, "outcome": int(p > 0.5) if i % 4 else int(p <= 0.5), "observed_at": None,
-           "received_at": at, "schema_version": 1, "message_id": uuid.uuid4().hex, **common}
+
+    def delivered(row: dict) -> dict:
+        return {**row, "message_id": uuid.uuid4().hex, "publish_time": at, "delivery_attempt": 1, "landed_at": at}
+
+    preds = [delivered(prediction_row(PredictionRecord(
+        prediction_id=pid, model_version="v2" if arm == "canary" else "v1", arm=arm, user_key=f"u-{pid[:8]}",
+        bucket=int(pid[:2], 16) % 100, probability=p, request=REQUEST, latency_ms=3.0, served_at=t)))
+        for pid, arm, p, t in served]
+    fb = [delivered(feedback_row(FeedbackRecord(prediction_id=pid, outcome=int(p > 0.5) if i % 4 else int(p <= 0.5),
+                                                received_at=at)))
           for i, (pid, _arm, p, _t) in enumerate(served)]
     part = Partition.from_date(served[0][3])
     write_batch(lake, st.predictions_table, part, pa.Table.from_pylist(preds, schema=PREDICTIONS_LOG), now=at)
