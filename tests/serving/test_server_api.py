@@ -3,6 +3,7 @@ every endpoint, every bad input with its exact status and field, auth, the cache
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -166,6 +167,13 @@ def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, 
     ({"prediction_id": "abc", "outcome": 2}, "outcome"),
     ({"prediction_id": "abc", "outcome": "yes"}, "outcome"),
     ({"prediction_id": "abc", "outcome": 1, "observed_at": "yesterday"}, "observed_at"),
+    # Times the feedback log could not hold (before year 1 in UTC) or no outcome was observed at, and a number
+    # (which pydantic would otherwise read as seconds or milliseconds since 1970).
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": "0001-01-01T00:00:00+14:00"}, "observed_at"),
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": "9999-12-31T23:59:59-14:00"}, "observed_at"),
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": "1969-12-31T23:59:59Z"}, "observed_at"),
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": "2999-01-01T00:00:00Z"}, "observed_at"),
+    ({"prediction_id": "abc", "outcome": 1, "observed_at": 253402300800}, "observed_at"),
     ({"prediction_id": "a b", "outcome": 1}, "prediction_id"),
     ({"prediction_id": "abc", "outcome": 1, "note": "x"}, "note"),
     (["abc", 1], "body"),
@@ -245,12 +253,13 @@ def test_feedback_is_202_once_published_and_samples_reach_the_predictions_topic(
     samples_sub = pubsub_tools.subscribe(serving_settings, msg.predictions_topic)
     served = client.post(PREDICT, json=_flight(), headers=auth).json()
     r = client.post(FEEDBACK, json={"prediction_id": served["prediction_id"], "outcome": 1,
-                                    "observed_at": "2013-01-01T09:02:00Z"}, headers=auth)
+                                    "observed_at": "2013-01-01T04:02:00-05:00"}, headers=auth)
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "accepted" and r.json()["message_id"]
     [raw] = pubsub_tools.pull(serving_settings, feedback_sub, 1)
     record = FeedbackRecord.from_message(raw)
     assert (record.prediction_id, record.outcome) == (served["prediction_id"], 1)
+    assert record.observed_at == dt.datetime(2013, 1, 1, 9, 2, tzinfo=dt.UTC) and record.observed_at.utcoffset() == dt.timedelta(0)
     samples = [PredictionRecord.from_message(m) for m in pubsub_tools.pull(serving_settings, samples_sub, 1)]
     assert [s.prediction_id for s in samples] == [served["prediction_id"]]
     sample = samples[0]

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
-from tenfold.feedback.schema import LABELLED, utc
+from tenfold.feedback.schema import LABELLED
+from tenfold.messaging.records import utc
 
 GROUP_COLUMNS = ("model_version", "arm", "user_key", "bucket")
 LOG_LOSS_EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps], as scikit-learn does

@@ -13,13 +13,12 @@ publish time and delivery attempt for tracing; the labelled table is exact (see 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
 import pyarrow as pa
 
-from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord, utc
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -70,11 +69,6 @@ LABELLED = pa.schema(
 )
 
 
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """An aware UTC datetime; a naive one is taken to be UTC already (what the server writes)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def canonical_json(value: Any) -> str:

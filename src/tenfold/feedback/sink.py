@@ -36,9 +36,9 @@ from pydantic import ValidationError
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
 from tenfold.feedback import log as landing
-from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row, utc
+from tenfold.feedback.schema import FEEDBACK_LOG, PREDICTIONS_LOG, feedback_row, prediction_row
 from tenfold.messaging.clients import subscriber_client, subscription_path
-from tenfold.messaging.records import FeedbackRecord, PredictionRecord
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord, utc
 
 if TYPE_CHECKING:
     from google.cloud.pubsub_v1 import SubscriberClient
@@ -180,31 +180,39 @@ class FeedbackSink:
         st = self.stats[stream]
         st.pulled += len(received)
         good: list[dict[str, Any]] = []
-        good_ids: list[str] = []
-        poison_ids: list[str] = []
+        good_rms: list[Any] = []
+        poison: list[tuple[Any, Exception]] = []
         landed_at = dt.datetime.now(dt.UTC)
         for rm in received:
             msg = rm.message
             if rm.delivery_attempt > 1:
                 st.redelivered += 1
             try:
-                record = parse(msg.data)
+                row = to_row(parse(msg.data))
             except (ValidationError, ValueError, UnicodeDecodeError) as exc:
-                st.poison += 1
-                st.poison_ids.add(msg.message_id)
-                poison_ids.append(rm.ack_id)
-                sub = self._subs[stream]
-                fate = ("goes to the dead-letter topic " + sub.dead_letter_topic
-                        if rm.delivery_attempt >= sub.max_delivery_attempts else "will be redelivered")
-                log.warning("%s: message %s is not a valid record (delivery %d of %d; it %s): %s; body starts %r",
-                            sub.name, msg.message_id, rm.delivery_attempt, sub.max_delivery_attempts, fate,
-                            _first_error(exc), bytes(msg.data[:120]))
+                poison.append((rm, exc))
                 continue
-            row = to_row(record)
             row.update(message_id=msg.message_id, publish_time=utc(msg.publish_time), delivery_attempt=rm.delivery_attempt,
                        landed_at=landed_at)
             good.append(row)
-            good_ids.append(rm.ack_id)
+            good_rms.append(rm)
+        # A record that validated but that the log's schema cannot hold (should the two ever disagree) is
+        # poison too: found here, by itself, rather than failing the batch's write every time it is redelivered.
+        for i, error in reversed(_unwritable(good, schema)):
+            poison.append((good_rms[i], error))
+            del good[i], good_rms[i]
+        good_ids = [rm.ack_id for rm in good_rms]
+        poison_ids: list[str] = []
+        for rm, why in poison:
+            st.poison += 1
+            st.poison_ids.add(rm.message.message_id)
+            poison_ids.append(rm.ack_id)
+            sub = self._subs[stream]
+            fate = ("goes to the dead-letter topic " + sub.dead_letter_topic
+                    if rm.delivery_attempt >= sub.max_delivery_attempts else "will be redelivered")
+            log.warning("%s: message %s is not a valid record (delivery %d of %d; it %s): %s; body starts %r",
+                        sub.name, rm.message.message_id, rm.delivery_attempt, sub.max_delivery_attempts, fate,
+                        _first_error(why), bytes(rm.message.data[:120]))
         if poison_ids:
             # Nack now so the delivery attempts are spent quickly and the dead-letter policy takes it.
             self._lease(stream, poison_ids, 0)
@@ -317,6 +325,26 @@ class FeedbackSink:
                                     "local platform up (`tenfold up`) or are your cloud credentials set?") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+_ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError, UnicodeError)
+
+
+def _unwritable(rows: list[dict[str, Any]], schema: pa.Schema) -> list[tuple[int, Exception]]:
+    """The rows (index, error) that Arrow cannot convert to ``schema``: one conversion of the batch, and
+    one per row only when that fails."""
+    try:
+        pa.Table.from_pylist(rows, schema=schema)
+        return []
+    except _ARROW_ERRORS:
+        pass
+    bad: list[tuple[int, Exception]] = []
+    for i, row in enumerate(rows):
+        try:
+            pa.Table.from_pylist([row], schema=schema)
+        except _ARROW_ERRORS as exc:
+            bad.append((i, exc))
+    return bad
 
 
 def _first_error(exc: Exception) -> str:

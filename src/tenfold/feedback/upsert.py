@@ -45,7 +45,8 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.feedback.lock import join_lock
 from tenfold.feedback.log import log_files, log_months, read_log
-from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG, utc
+from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG
+from tenfold.messaging.records import utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
 JOIN_VERSION = 1

@@ -10,15 +10,38 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
+# The log's schema_version column is int16 (tenfold.feedback.schema).
+_MAX_SCHEMA_VERSION = 2**15 - 1
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` as an aware UTC datetime (a naive one is taken to be UTC already: what the server writes).
+
+    Raises ``ValueError`` for a time that has no UTC equivalent (``0001-01-01T00:00+14:00`` is before year 1
+    in UTC), so that a record holding one is refused as malformed when it is parsed, never later.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the range of times in UTC") from None
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=_MAX_SCHEMA_VERSION)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _times_in_utc(cls, value: Any) -> Any:
+        return utc(value) if isinstance(value, dt.datetime) else value
 
     def to_message(self) -> bytes:
         return self.model_dump_json().encode()

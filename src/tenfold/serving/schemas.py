@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from tenfold.messaging.records import utc
 
 Arm = Literal["stable", "canary"]
 
@@ -35,12 +37,36 @@ class BatchPrediction(_Body):
     arm: Arm
 
 
+EARLIEST_OBSERVATION = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+OBSERVATION_SKEW = dt.timedelta(days=1)  # the client's clock may run ahead of the server's
+
+
 class FeedbackRequest(_Body):
     """The observed outcome of a prediction."""
 
     prediction_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     outcome: Literal[0, 1] = Field(description="1: delayed 15+ minutes or cancelled; 0: on time.")
-    observed_at: dt.datetime | None = Field(default=None, description="When the outcome was observed (ISO 8601).")
+    observed_at: dt.datetime | None = Field(
+        default=None,
+        description="When the outcome was observed: ISO 8601 with a UTC offset (without one, UTC), from 1970 to "
+                    "at most a day after the server's clock.")
+
+    @field_validator("observed_at", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        # A number is refused rather than read as seconds (or milliseconds) since 1970, which pydantic would do.
+        if isinstance(value, int | float):
+            raise ValueError("send the time as ISO 8601 text, e.g. 2013-01-01T09:02:00Z, not a number")
+        return value
+
+    @field_validator("observed_at")
+    @classmethod
+    def _plausible(cls, value: dt.datetime | None) -> dt.datetime | None:
+        at = utc(value)
+        if at is not None and not EARLIEST_OBSERVATION <= at <= dt.datetime.now(dt.UTC) + OBSERVATION_SKEW:
+            raise ValueError(f"{at.isoformat()} is not a time the outcome can have been observed at: send a time "
+                             "from 1970 to now (UTC), or leave observed_at out")
+        return at
 
 
 class FeedbackAccepted(_Body):
