@@ -143,15 +143,16 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                     store = RunStore(objects, "unknown-run")
                 error = store.error(rid) or {}
                 before = store.dead_letter(rid) or {}
-                attempts = max(int(attrs.get(DEAD_LETTER_COUNT, "0") or 0), int(error.get("delivery_attempt", 0) or 0))
+                # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
+                attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
                 store.put_dead_letter(rid, {
                     "request_id": rid, "run": store.run, "partition": attrs.get(PARTITION),
-                    "model_version": attrs.get(MODEL_VERSION), "rows": int(attrs.get(ROWS, "0") or 0),
+                    "model_version": attrs.get(MODEL_VERSION), "rows": _whole(attrs.get(ROWS)),
                     "message_id": msg.message_id, "attributes": attrs,
                     "data_base64": base64.b64encode(bytes(msg.data)).decode(),
                     "delivery_attempts": attempts, "max_delivery_attempts": sub.max_delivery_attempts,
                     "error": error.get("error"), "dead_lettered_at": time.time(),
-                    "times_dead_lettered": int(before.get("times_dead_lettered", 0)) + 1,
+                    "times_dead_lettered": (_whole(before.get("times_dead_lettered")) or 0) + 1,
                     "replays": before.get("replays", []), "replayed": False,
                 })
                 seen.append((store.run, rid))
@@ -175,6 +176,14 @@ class Accounting:
     @property
     def accounted(self) -> int:
         return len(self.scored) + len(self.dead_lettered)
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as a whole number, or None when it is missing or is not one (an attribute of a malformed message)."""
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def account(store: RunStore, ids: Iterable[str]) -> Accounting:
@@ -240,7 +249,7 @@ def collect(store: RunStore, acc: Accounting) -> pa.Table:
 
 
 def dead_rows(store: RunStore, acc: Accounting) -> int:
-    return sum(int((store.dead_letter(rid) or {}).get("rows", 0)) for rid in acc.dead_lettered)
+    return sum(_whole((store.dead_letter(rid) or {}).get("rows")) or 0 for rid in acc.dead_lettered)
 
 
 def check_invariant(*, requests_in: int, rows_in: int, acc: Accounting, rows_out: int, rows_dead: int,
