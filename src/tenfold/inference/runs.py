@@ -92,6 +92,13 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     topic = topic_path(settings, settings.messaging.requests_topic)
     futures = []
     count = 0
+    # A run published again (its task retried, its DAG run cleared) re-sends requests that were dead-lettered:
+    # they are in flight again, not accounted for, until they are scored or dead-lettered anew.
+    resent = resend_dead_letters(RunStore(work_objects(settings), run_key),
+                                 expected_ids(run_key, partition, batch_count(rows.num_rows, inf.rows_per_message)),
+                                 by="publish")
+    if resent:
+        log.info("run %s: %d dead-lettered request(s) sent again with the run's requests", run_key, len(resent))
     try:
         for request in plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
                                     rows_per_message=inf.rows_per_message):
@@ -187,13 +194,33 @@ def _whole(value: Any) -> int | None:
 
 
 def account(store: RunStore, ids: Iterable[str]) -> Accounting:
-    """Which of ``ids`` are scored, and which dead-lettered (and not scored since, e.g. after a replay)."""
+    """Which of ``ids`` are scored, and which dead-lettered and not sent again since.
+
+    A dead letter marked ``replayed`` (by ``tenfold dlq replay``, or by a new publication of the run's
+    requests) is in flight again: it is accounted once it is scored, or once it is dead-lettered again
+    (which records it afresh, unmarked).
+    """
     wanted = list(ids)
     results = set(store.result_ids())
     dead = set(store.dead_letter_ids())
     scored = tuple(i for i in wanted if i in results)
-    dl = tuple(i for i in wanted if i in dead and i not in results)
+    dl = tuple(i for i in wanted if i in dead and i not in results and not (store.dead_letter(i) or {}).get("replayed"))
     return Accounting(requests=len(wanted), scored=scored, dead_lettered=dl)
+
+
+def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> list[str]:
+    """Mark the dead letters among ``ids`` as replayed (sent again ``by`` whom), before they are re-published."""
+    dead = set(store.dead_letter_ids())
+    marked = []
+    for rid in ids:
+        record = store.dead_letter(rid) if rid in dead else None
+        if record is None or record.get("replayed"):
+            continue
+        record["replays"] = [*record.get("replays", []), {"at": time.time(), "by": by}]
+        record["replayed"] = True
+        store.put_dead_letter(rid, record)
+        marked.append(rid)
+    return marked
 
 
 def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: Callable[[], int] | None = None,

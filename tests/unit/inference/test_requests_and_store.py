@@ -115,3 +115,23 @@ def test_the_worker_module_answers_help_without_heavy_imports() -> None:
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "--settings-file" in out and "HEAVY []" in out
+
+
+def test_a_dead_letter_sent_again_is_not_accounted_until_it_is_scored_or_dead_lettered_anew(tmp_path: Path) -> None:
+    from tenfold.inference.runs import account, resend_dead_letters
+
+    store = RunStore(FileObjects(tmp_path), "run")
+    store.put_result("a", b"scored")
+    for rid in ("b", "c"):
+        store.put_dead_letter(rid, {"request_id": rid, "replayed": False, "replays": []})
+    assert account(store, ["a", "b", "c"]).dead_lettered == ("b", "c")
+
+    # A new publication of the run re-sends b (and a, which has its result: nothing to mark).
+    assert resend_dead_letters(store, ["a", "b"], by="publish") == ["b"]
+    assert resend_dead_letters(store, ["b"], by="publish") == []  # marked once
+    acc = account(store, ["a", "b", "c"])
+    assert (acc.scored, acc.dead_lettered, acc.accounted) == (("a",), ("c",), 2)  # b is in flight again
+    assert (store.dead_letter("b") or {})["replays"][0]["by"] == "publish"
+
+    store.put_dead_letter("b", {"request_id": "b", "replayed": False, "replays": []})  # dead-lettered again
+    assert account(store, ["a", "b", "c"]).dead_lettered == ("b", "c")
