@@ -528,9 +528,17 @@ class Lake:
         return self.quarantine(table, part, source, key, {**reason, "manifest": text})
 
     def quarantine(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any]) -> str:
-        """Move a staged batch aside with the reason it was refused; returns the quarantine URI."""
+        """Move a staged batch aside with the reason it was refused; returns the quarantine URI.
+
+        Under ``attempt``, or ``attempt-2``, ``-3``... when that is taken (the same run refused again after
+        its DAG run was cleared): an earlier batch and its reason are kept, never merged with or moved into.
+        """
         staged = self._path(staged_dir)
         dest = self.quarantine_path(table, part, attempt)
+        n = 1
+        while self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
+            n += 1
+            dest = self.quarantine_path(table, part, f"{attempt}-{n}")
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             self._move_tree(staged, dest)

@@ -528,8 +528,8 @@ def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, r
     if not data_dirs:
         return lake.quarantine(table, part, lake.partition_path(table, part) + "/.none", key, reason)
     where = ""
-    for n, data_dir in enumerate(sorted(data_dirs)):
-        where = lake.quarantine(table, part, data_dir, key if n == 0 else f"{key}-{n}", reason)
+    for data_dir in sorted(data_dirs):
+        where = lake.quarantine(table, part, data_dir, key, reason)  # key, then key-2, ... (see Lake.quarantine)
     return where
 
 

@@ -1,0 +1,62 @@
+"""A quarantine key used again (a refused run cleared and re-run) keeps both refusals side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tenfold.data.lake import Lake, Partition
+from tenfold.quality.gate import unpublish_to_quarantine
+
+PART = Partition(2013, 5)
+TABLE = "events"
+
+
+def _publish(lake: Lake, ids: list[int], run_id: str) -> None:
+    staged = lake.staging_path(TABLE, PART, run_id)
+    lake.fs.create_dir(staged, recursive=True)
+    with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), out)
+    lake.publish(TABLE, PART, lake.uri_of(staged), run_id=run_id)
+    lake.discard(staged)
+
+
+def _quarantined(lake: Lake, uri: str) -> tuple[list[int], dict]:
+    path = lake._path(uri)
+    with lake.fs.open_input_stream(f"{path}/_QUARANTINED.json") as stream:
+        reason = json.loads(stream.read())
+    (data,) = [i.path for i in lake.fs.get_file_info(pafs.FileSelector(path, recursive=True))
+               if i.path.endswith(".parquet")]
+    with lake.fs.open_input_stream(data) as stream:
+        return pq.read_table(pa.BufferReader(stream.read())).column("id").to_pylist(), reason
+
+
+def test_withdrawing_twice_under_one_key_keeps_both_batches_and_reasons(lake: Lake) -> None:
+    _publish(lake, [1, 2, 3], "r1")
+    first = unpublish_to_quarantine(lake, TABLE, PART, "run-key", {"why": "first"})
+    assert not lake.has_manifest(TABLE, PART)
+
+    _publish(lake, [4, 5], "r2")  # the month re-run, refused again under the same key
+    second = unpublish_to_quarantine(lake, TABLE, PART, "run-key", {"why": "second"})
+    assert not lake.has_manifest(TABLE, PART)
+
+    assert first == lake.uri_of(lake.quarantine_path(TABLE, PART, "run-key"))
+    assert second == lake.uri_of(lake.quarantine_path(TABLE, PART, "run-key-2"))
+    ids1, reason1 = _quarantined(lake, first)
+    ids2, reason2 = _quarantined(lake, second)
+    assert (ids1, reason1["why"], json.loads(reason1["manifest"])["run_id"]) == ([1, 2, 3], "first", "r1")
+    assert (ids2, reason2["why"], json.loads(reason2["manifest"])["run_id"]) == ([4, 5], "second", "r2")
+
+
+def test_a_staged_batch_refused_twice_under_one_attempt_is_kept_twice(lake: Lake) -> None:
+    for n, ids in enumerate(([1], [2, 2])):
+        staged = lake.staging_path(TABLE, PART, "attempt-1")
+        lake.fs.create_dir(staged, recursive=True)
+        with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+            pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), out)
+        where = lake.quarantine(TABLE, PART, staged, "attempt-1", {"n": n})
+        assert _quarantined(lake, where) == (ids, {"n": n})
+        assert lake.fs.get_file_info(staged).type == pafs.FileType.NotFound  # moved, not copied
