@@ -176,11 +176,13 @@ class DriftPolicy:
                    report_only=frozenset(report_only - set(drift.trigger)), predictions_trigger=drift.predictions_trigger)
 
 
-def _edge_labels(edges: Sequence[float]) -> list[str]:
+def _edge_labels(edges: Sequence[float], low: float | None = None) -> list[str]:
+    below = [] if low is None else [f"< {low:.4g}"]
     if not edges:
-        return ["all"]
+        return [*below, "all" if low is None else f">= {low:.4g}"]
     cuts = [f"{e:.4g}" for e in edges]
-    return [f"<= {cuts[0]}", *[f"({a}, {b}]" for a, b in itertools.pairwise(cuts)], f"> {cuts[-1]}"]
+    first = f"<= {cuts[0]}" if low is None else f"[{low:.4g}, {cuts[0]}]"
+    return [*below, first, *[f"({a}, {b}]" for a, b in itertools.pairwise(cuts)], f"> {cuts[-1]}"]
 
 
 def _share(part: int, whole: int) -> float:
@@ -192,7 +194,7 @@ def measure_numeric(name: str, ref: NumericProfile, column: Any, policy: DriftPo
     rows = int(values.size) + nulls
     ref_counts = [*ref.counts, ref.nulls]
     cur_counts = [*ref.bin_counts(values).tolist(), nulls]
-    labels = [*_edge_labels(ref.edges), "null"]
+    labels = [*_edge_labels(ref.edges, ref.low), "null"]
     if ref.nulls == 0 and nulls == 0:  # no null bin on either side: leave it out of the PSI and the plot
         ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
     value = psi(ref_counts, cur_counts)

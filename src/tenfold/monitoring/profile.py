@@ -3,8 +3,10 @@
 :func:`build_profile` summarises the training window of a model, per feature of the workload's contract:
 
 * numeric: the interior cut points of the reference deciles (``settings.monitoring.drift.bins``; ties
-  merge bins, so a feature with few values gets fewer), the count in each bin and of nulls, and a seeded
-  sample of the values (``ks_sample_rows``) for the KS test;
+  merge bins, so a feature with few values gets fewer), plus a bin below the reference's minimum (empty
+  in the reference: values moving below everything seen in training land there, where the lowest decile
+  would otherwise absorb them), the count in each bin and of nulls, and a seeded sample of the values
+  (``ks_sample_rows``) for the KS test;
 * categorical: the count of each category and of nulls;
 
 and the same numeric summary of the model's predictions on (a seeded sample of) that window. The
@@ -30,7 +32,8 @@ import numpy as np
 from tenfold.fsio import atomic_write
 from tenfold.model_files import REFERENCE_PROFILE_FILE
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2  # 2: numeric profiles have the bin below the reference's minimum (``low``)
+_READABLE_FORMATS = (1, PROFILE_FORMAT)
 PREDICTION = "prediction"  # the name the prediction distribution goes by in profiles and reports
 _DIGITS = 9
 
@@ -60,7 +63,11 @@ def category_values(column: Any) -> tuple[list[str], int]:
 
 @dataclass(frozen=True)
 class NumericProfile:
-    """A numeric distribution: bins right-closed at ``edges`` (``len(edges) + 1`` bins), their counts, nulls."""
+    """A numeric distribution: bins right-closed at ``edges`` (``len(edges) + 1`` bins), their counts, nulls.
+
+    With ``low`` (the reference's minimum), values below it have a bin of their own, first: then ``counts``
+    has ``len(edges) + 2`` entries. Profiles of format 1 have no ``low``.
+    """
 
     edges: tuple[float, ...]
     counts: tuple[int, ...]
@@ -68,6 +75,7 @@ class NumericProfile:
     mean: float | None
     std: float | None
     sample: tuple[float, ...] = ()
+    low: float | None = None
 
     @property
     def rows(self) -> int:
@@ -76,17 +84,20 @@ class NumericProfile:
     def bin_counts(self, values: np.ndarray) -> np.ndarray:
         """How many of ``values`` (non-null) fall in each of this profile's bins."""
         index = np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="left")
-        return np.bincount(index, minlength=len(self.edges) + 1)
+        if self.low is None:
+            return np.bincount(index, minlength=len(self.edges) + 1)
+        return np.bincount(np.where(values < self.low, 0, index + 1), minlength=len(self.edges) + 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "numeric", "edges": list(self.edges), "counts": list(self.counts), "nulls": self.nulls,
-                "mean": self.mean, "std": self.std, "sample": list(self.sample)}
+                "mean": self.mean, "std": self.std, "sample": list(self.sample), "low": self.low}
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> NumericProfile:
         return cls(edges=tuple(float(e) for e in body["edges"]), counts=tuple(int(c) for c in body["counts"]),
                    nulls=int(body["nulls"]), mean=body.get("mean"), std=body.get("std"),
-                   sample=tuple(float(v) for v in body.get("sample", ())))
+                   sample=tuple(float(v) for v in body.get("sample", ())),
+                   low=None if body.get("low") is None else float(body["low"]))
 
 
 @dataclass(frozen=True)
@@ -120,12 +131,12 @@ def numeric_profile(values: Any, *, bins: int = 10, sample_rows: int = 1000, see
     qs = np.quantile(data, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
     edges = tuple(dict.fromkeys(_round(q) for q in qs))  # ties (a discrete feature) merge bins
     profile = NumericProfile(edges=edges, counts=(), nulls=nulls, mean=_round(float(data.mean())),
-                             std=_round(float(data.std())))
+                             std=_round(float(data.std())), low=_round(float(data.min())))
     counts = tuple(int(c) for c in profile.bin_counts(data))
     rng = np.random.default_rng(seed)
     sample = data if data.size <= sample_rows else data[np.sort(rng.choice(data.size, sample_rows, replace=False))]
     return NumericProfile(edges=edges, counts=counts, nulls=nulls, mean=profile.mean, std=profile.std,
-                          sample=tuple(_round(float(v)) for v in sample))
+                          sample=tuple(_round(float(v)) for v in sample), low=profile.low)
 
 
 def categorical_profile(values: Any) -> CategoricalProfile:
@@ -161,8 +172,8 @@ class ReferenceProfile:
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> ReferenceProfile:
-        if body.get("format") != PROFILE_FORMAT:
-            raise ProfileError(f"reference profile format {body.get('format')!r} is not {PROFILE_FORMAT}: "
+        if body.get("format") not in _READABLE_FORMATS:
+            raise ProfileError(f"reference profile format {body.get('format')!r} is not one of {_READABLE_FORMATS}: "
                                "this code cannot read it; upgrade tenfold or retrain the model")
         features: dict[str, FeatureProfile] = {}
         for name, f in body["features"].items():

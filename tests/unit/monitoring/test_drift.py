@@ -24,12 +24,14 @@ from tenfold.monitoring.drift import (
     chi2_test,
     ks_test,
     measure,
+    measure_numeric,
     psi,
     read_report,
     write_report,
 )
 from tenfold.monitoring.profile import (
     PREDICTION,
+    NumericProfile,
     ReferenceProfile,
     build_profile,
     categorical_profile,
@@ -100,12 +102,36 @@ def test_ks_and_chi2_accept_the_same_distribution_and_reject_a_shift() -> None:
 
 def test_numeric_profile_has_decile_bins_nulls_and_a_sample() -> None:
     p = numeric_profile(pa.array([float(i) for i in range(1000)] + [None] * 7), bins=4, sample_rows=50)
-    assert p.edges == (249.0, 499.0, 749.0) and p.counts == (250, 250, 250, 250) and p.nulls == 7 and p.rows == 1007
+    # The first bin holds values below the reference's minimum (``low``): none in the reference itself.
+    assert p.edges == (249.0, 499.0, 749.0) and p.low == 0.0 and p.counts == (0, 250, 250, 250, 250)
+    assert p.nulls == 7 and p.rows == 1007
     assert len(numeric_profile(np.arange(1000.0), bins=10).edges) == 9
     assert len(p.sample) == 50 and set(p.sample) <= {float(i) for i in range(1000)}
     discrete = numeric_profile(np.array([50.0] * 30 + [140.0] * 40 + [180.0] * 30), bins=10)
     # Ties merge bins into one per observed value; the last (empty) bin holds values above the reference's max.
-    assert discrete.edges == (50.0, 140.0, 180.0) and discrete.counts == (30, 40, 30, 0)
+    assert discrete.edges == (50.0, 140.0, 180.0) and discrete.low == 50.0 and discrete.counts == (0, 30, 40, 30, 0)
+
+
+@pytest.mark.parametrize(("reference", "current"), [
+    (np.full(2000, 5.0), np.full(2000, 4.0)),  # a feature constant in training moves down
+    # most rows at the minimum (e.g. zero delay): those move below everything seen in training
+    (np.concatenate([np.zeros(1200), np.linspace(1, 100, 800)]), np.concatenate([np.full(1200, -30.0), np.linspace(1, 100, 800)])),
+])
+def test_values_moving_below_the_reference_minimum_are_drift(reference: np.ndarray, current: np.ndarray) -> None:
+    policy = DriftPolicy.of(DriftSettings(), CONTRACT)
+    ref = numeric_profile(reference)
+    moved = measure_numeric("x", ref, pa.array(current), policy)
+    assert moved.level == "drift" and moved.psi >= policy.psi_drift and moved.bins[0].startswith("< ")
+    assert moved.current[0] == pytest.approx(0.6 if reference[0] == 0 else 1.0) and moved.reference[0] == 0.0
+    assert measure_numeric("x", ref, pa.array(reference), policy).psi == 0.0  # the same values: no drift
+
+
+def test_a_profile_of_format_1_still_reads_and_bins_without_the_low_bin() -> None:
+    body = numeric_profile(np.arange(100.0), bins=4).to_dict()
+    del body["low"]
+    body["counts"] = body["counts"][1:]
+    old = NumericProfile.from_dict(body)
+    assert old.low is None and old.bin_counts(np.array([-5.0, 10.0, 99.0])).tolist() == [2, 0, 0, 1]
 
 
 def test_categorical_profile_counts_categories_as_text() -> None:
