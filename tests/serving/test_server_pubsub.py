@@ -55,7 +55,8 @@ def test_pubsub_down_predictions_answer_feedback_is_refused_then_accepted_and_no
     waits.until(lambda: metrics.value("tenfold_prediction_samples_total", outcome="dropped") >= 9, 20)
     assert metrics.value("tenfold_dropped_samples_total") == metrics.value("tenfold_prediction_samples_total",
                                                                            outcome="dropped")
-    assert metrics.value("tenfold_pubsub_breaker_open") == 1
+    assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 1
+    assert metrics.value("tenfold_pubsub_breaker_open", topic="predictions") == 1
     assert metrics.value("tenfold_feedback_total", result="unavailable") == 3
 
     # Back (the emulator restarts empty: the topology is provisioned again, and a new subscription).
@@ -76,5 +77,5 @@ def test_pubsub_down_predictions_answer_feedback_is_refused_then_accepted_and_no
     accepted += after
     got = [FeedbackRecord.from_message(m).prediction_id for m in pubsub_tools.pull(settings, subscription, len(accepted))]
     assert sorted(set(got)) == sorted(accepted)  # every 202 is in the topic
-    assert metrics.value("tenfold_pubsub_breaker_open") == 0
+    assert metrics.value("tenfold_pubsub_breaker_open") == 0  # both topics
     waits.until(lambda: metrics.value("tenfold_prediction_samples_total", outcome="published") >= 6, 20)

@@ -51,8 +51,9 @@ class ServerMetrics:
                                 (*labels, "reason"), registry=r)
         self._feedback = Counter("tenfold_feedback_total", "Feedback requests by result (accepted, unavailable).",
                                  (*labels, "result"), registry=r)
-        self._breaker_open = Gauge("tenfold_pubsub_breaker_open", "1 while the Pub/Sub circuit breaker is open.",
-                                   labels, registry=r)
+        self._breaker_open = Gauge("tenfold_pubsub_breaker_open",
+                                   "1 while the circuit breaker of a Pub/Sub topic (predictions, feedback) is open.",
+                                   (*labels, "topic"), registry=r)
         self._ready = Gauge("tenfold_ready", "1 while the replica is ready to serve.", labels, registry=r)
         # Labelled children, bound once: ``labels()`` sorts and validates its arguments on every call.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -107,8 +108,8 @@ class ServerMetrics:
     def feedback(self, result: str) -> None:
         self._child(self._feedback, result).inc()
 
-    def breaker(self, is_open: bool) -> None:
-        self._child(self._breaker_open).set(1 if is_open else 0)
+    def breaker(self, topic: str, is_open: bool) -> None:
+        self._child(self._breaker_open, topic).set(1 if is_open else 0)
 
     def ready(self, is_ready: bool) -> None:
         self._child(self._ready).set(1 if is_ready else 0)

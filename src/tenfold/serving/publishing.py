@@ -17,13 +17,16 @@ Two kinds of message, two promises:
   retry then publishes it again, and the feedback sink's upsert on ``prediction_id`` makes that harmless.
   So feedback is delivered at least once and never acknowledged and then lost.
 
-The breaker opens after ``breaker_failures`` consecutive failed publishes (of either kind) and lets one
-trial publish through after ``breaker_reset_s``; the trial's success closes it.
+Each topic has its own circuit breaker: it opens after ``breaker_failures`` consecutive failed publishes to
+that topic and lets one trial publish through after ``breaker_reset_s``; the trial's success closes it. So
+a predictions topic that fails alone (deleted, or its permission revoked) costs monitoring samples, never
+feedback, whose own topic may be healthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -60,8 +63,8 @@ class CircuitBreaker:
     """
 
     def __init__(self, failures: int, reset_s: float, *, clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[bool], None] | None = None) -> None:
-        self.failures, self.reset_s = failures, reset_s
+                 on_change: Callable[[bool], None] | None = None, name: str = "Pub/Sub") -> None:
+        self.failures, self.reset_s, self.name = failures, reset_s, name
         self._clock = clock
         self._on_change = on_change or (lambda is_open: None)
         self._lock = threading.Lock()
@@ -101,7 +104,7 @@ class CircuitBreaker:
             was_open = self._opened_at is not None
             self._consecutive, self._opened_at, self._trial_since = 0, None, None
         if was_open:
-            log.warning("Pub/Sub circuit breaker closed: publishing again")
+            log.warning("circuit breaker of %s closed: publishing again", self.name)
             self._on_change(False)
 
     def failure(self, count: int = 1) -> None:
@@ -115,8 +118,8 @@ class CircuitBreaker:
             elif opening:
                 self._opened_at = now
         if opening:
-            log.warning("Pub/Sub circuit breaker open after %d failed publishes: samples are dropped and "
-                        "feedback is refused (503) for %.1f s", self.failures, self.reset_s)
+            log.warning("circuit breaker of %s open after %d failed publishes: nothing is published to it (samples "
+                        "are dropped, feedback is refused with 503) for %.1f s", self.name, self.failures, self.reset_s)
             self._on_change(True)
 
 
@@ -133,7 +136,11 @@ class Publisher:
         self.timeout_s = server.feedback_publish_timeout_s
         self.retry_after_s = server.retry_after_s
         self.buffer = server.publish_buffer
-        self.breaker = CircuitBreaker(server.breaker_failures, server.breaker_reset_s, on_change=metrics.breaker)
+        self.breakers = {
+            kind: CircuitBreaker(server.breaker_failures, server.breaker_reset_s, name=f"the {kind} topic",
+                                 on_change=functools.partial(metrics.breaker, kind))
+            for kind in ("predictions", "feedback")
+        }
         self._predictions_topic = topic_path(settings, settings.messaging.predictions_topic)
         self._feedback_topic = topic_path(settings, settings.messaging.feedback_topic)
         self._lock = threading.Lock()
@@ -169,16 +176,16 @@ class Publisher:
     def _publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> Any:
         return self.client.publish(topic, data, retry=self._retry, timeout=self.timeout_s, **attributes)
 
-    def _track(self, future: Any, on_done: Callable[[BaseException | None], None]) -> None:
+    def _track(self, future: Any, breaker: CircuitBreaker, on_done: Callable[[BaseException | None], None]) -> None:
         def done(f: Any) -> None:
             try:
                 exc = f.exception()
             except BaseException as cancelled:  # cancelled futures raise here
                 exc = cancelled
             if exc is None:
-                self.breaker.success()
+                breaker.success()
             else:
-                self.breaker.failure()
+                breaker.failure()
             try:
                 on_done(exc)
             finally:
@@ -242,7 +249,8 @@ class Publisher:
 
     def _send_samples(self, chunk: list[Callable[[], PredictionRecord]]) -> None:
         """One publish request for ``chunk`` (on the sampler thread; counts every sample's fate)."""
-        if not self.breaker.allow():
+        breaker = self.breakers["predictions"]
+        if not breaker.allow():
             self._metrics.sample_dropped("breaker_open", len(chunk))
             return
         from google.pubsub_v1.types import PublishRequest, PubsubMessage
@@ -262,10 +270,10 @@ class Publisher:
             self._publish_request(PublishRequest.pb()(topic=self._predictions_topic, messages=messages))
         except Exception as exc:
             log.debug("%d prediction samples not published: %s", len(messages), exc)
-            self.breaker.failure(len(messages))
+            breaker.failure(len(messages))
             self._metrics.sample_dropped("publish_failed", len(messages))
             return
-        self.breaker.success()
+        breaker.success()
         self._metrics.sample_published(len(messages))
 
     def _publish_request(self, request: Any) -> None:
@@ -284,8 +292,9 @@ class Publisher:
     # --- feedback -----------------------------------------------------------------------------------
     async def publish_feedback(self, record: FeedbackRecord) -> str:
         """Publish and wait for Pub/Sub's acknowledgement; the message id, or :class:`PublishUnavailable`."""
-        if not self.breaker.allow():
-            wait = max(self.retry_after_s, round(self.breaker.retry_after_s() + 0.5))
+        breaker = self.breakers["feedback"]
+        if not breaker.allow():
+            wait = max(self.retry_after_s, round(breaker.retry_after_s() + 0.5))
             raise PublishUnavailable("Pub/Sub is unavailable (circuit breaker open): the feedback was not recorded; "
                                      f"retry in {wait} s", wait)
         with self._lock:
@@ -293,11 +302,11 @@ class Publisher:
         try:
             future = self._publish(self._feedback_topic, record.to_message(), record.attributes())
         except Exception as exc:
-            self.breaker.failure()
+            breaker.failure()
             self._release()
             raise PublishUnavailable(f"Pub/Sub refused the feedback ({exc}); retry in {self.retry_after_s} s",
                                      self.retry_after_s) from exc
-        self._track(future, lambda exc: None)
+        self._track(future, breaker, lambda exc: None)
         try:
             # The publish's own retry gives up after timeout_s; the margin covers the batch's latency.
             message_id = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s + 1.0)
