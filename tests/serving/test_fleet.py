@@ -326,6 +326,34 @@ def test_split_is_sticky_and_within_the_binomial_interval(fleet: Fleet) -> None:
     assert sum(a == CANARY for a in moved.values()) > sum(first[k] == CANARY for k in moved)
 
 
+def test_a_user_key_with_commas_sent_twice_is_read_whole_and_last_by_haproxy_and_the_replica(fleet: Fleet) -> None:
+    """HAProxy's ``req.hdr`` would hash only the part after a key's last comma; ``req.fhdr`` and the replica both
+    take the last occurrence of the header, whole, so the arm chosen and the bucket reported are the key's."""
+    import http.client
+
+    _pin(fleet, percent=50)
+    header = fleet.settings.serving.server.user_key_header
+    url = urlsplit(fleet.url)
+    _, body = fleet.request(None)(0)
+    wrong = []
+    for i in range(200):
+        key = f"team-{i},user-{i}"
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+        try:
+            conn.putrequest("POST", "/v1/predict")
+            for name, value in (("Authorization", f"Bearer {fleet.token}"), ("Content-Type", "application/json"),
+                                (header, f"decoy-{i}"), (header, key), ("Content-Length", str(len(body)))):
+                conn.putheader(name, value)
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            got = json.loads(resp.read())
+        finally:
+            conn.close()
+        if resp.status != 200 or got["bucket"] != bucket_of(key) or got["arm"] != arm_of(bucket_of(key), 50):
+            wrong.append((key, resp.status, got))
+    assert not wrong, wrong[:3]
+
+
 def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
     _pin(fleet, percent=30)
     n = 1_000

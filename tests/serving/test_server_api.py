@@ -67,6 +67,17 @@ def test_the_user_key_header_decides_the_bucket(client: Any, auth: dict[str, str
     assert r.json()["bucket"] == bucket_of("someone-else") != bucket_of("u-123")
 
 
+def test_the_user_key_header_is_read_whole_and_last_and_checked(client: Any, auth: dict[str, str]) -> None:
+    # As HAProxy's req.fhdr reads it: the last occurrence, commas included.
+    headers = [*auth.items(), ("X-User-Key", "decoy"), ("X-User-Key", "team-1,user-1")]
+    r = client.post(PREDICT, json=_flight(user_key=None), headers=headers)
+    assert r.status_code == 200 and r.json()["bucket"] == bucket_of("team-1,user-1")
+    assert client.post(PREDICT, json=_flight(user_key=None), headers={**auth, "X-User-Key": ""}).json()["bucket"] is None
+    for bad in ("café".encode(), b"two words", b"k" * 129):  # not what a body's user_key may be either
+        r = client.post(PREDICT, json=_flight(), headers={**auth, "X-User-Key": bad})
+        assert r.status_code == 422 and r.json()["field"] == "X-User-Key", (bad, r.text)
+
+
 def test_a_canary_replica_says_so(make_client: Any, auth: dict[str, str], served_versions: Any) -> None:
     client = make_client(arm="canary", model=served_versions.challenger)
     body = client.post(PREDICT, json=_flight(), headers=auth).json()

@@ -1,6 +1,6 @@
 """The sticky A/B split: which of 100 buckets a user key falls in, and which arm a bucket goes to.
 
-HAProxy computes the same bucket in its frontend (``req.hdr(<user key header>),xxh32,mod(100)``), so
+HAProxy computes the same bucket in its frontend (``req.fhdr(<user key header>),xxh32,mod(100)``), so
 the Python side (the server attributing a prediction, the feedback join, the canary analysis) and the
 load balancer always agree. A bucket goes to the canary when it is below the canary percentage: raising
 the percentage only ever moves users from stable to canary, never back and forth.

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[["Settings", str], ServedModel]
 BATCH_KEY = "flights"
+# What a user key may be, in a header as in a body (the workload's user_key): printable ASCII, no spaces.
+_USER_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 class _DirectRoute(APIRoute):
@@ -389,6 +392,20 @@ def create_app(
                  metrics_path: "metrics"}
     user_key_header = server.user_key_header.lower()
 
+    def user_key_of(request: Request) -> str | None:
+        """The user key of the header, read as HAProxy hashes it (``req.fhdr``: the last occurrence, whole,
+        commas included), so the bucket reported is the one the request was routed by. None when absent or
+        empty; 422 unless it is what a body's ``user_key`` may be (printable ASCII, no spaces, 1-128)."""
+        values = request.headers.getlist(user_key_header)
+        if not values or not values[-1]:
+            return None
+        key = values[-1]
+        if len(key) > 128 or not _USER_KEY.fullmatch(key):
+            message = "must be 1 to 128 printable ASCII characters without spaces (the A/B assignment key)"
+            raise ApiError(422, "invalid_request", f"header {server.user_key_header}: {message}",
+                           field=server.user_key_header, errors=[(server.user_key_header, message)])
+        return key
+
     def authorise(request: Request) -> None:
         try:
             auth.check(request.headers)
@@ -450,6 +467,7 @@ def create_app(
         if fault is not None and fault.active and await fault.strikes():
             raise ApiError(500, "injected_fault", f"this replica fails on purpose ({fault}): clear it with "
                            "`tenfold serve fault --pool <pool> --clear`")
+        header_key = user_key_of(request)
         with batcher.arriving():
             body, non_finite = await read_json(request, server.max_body_bytes)
             requests, batch = parse_predict(body, non_finite)
@@ -459,7 +477,6 @@ def create_app(
                 except RequestInvalid as exc:
                     raise _refuse_invalid(exc, i, batch) from None
         probabilities = await _score(served, requests, batch)
-        header_key = request.headers.get(user_key_header)
         now = dt.datetime.now(dt.UTC)
         latency_ms = (time.perf_counter() - started) * 1000.0
         rows = []

@@ -3,7 +3,7 @@
 The configuration is generated from settings into ``<settings.local.home>/run/haproxy.cfg``:
 
 * a frontend on ``settings.local.bind_host:settings.local.lb_port`` that computes the user's bucket
-  exactly as :func:`tenfold.rollout.split.bucket_of` does (``req.hdr(<user key header>),xxh32,mod(100)``)
+  exactly as :func:`tenfold.rollout.split.bucket_of` does (``req.fhdr(<user key header>),xxh32,mod(100)``)
   and sends buckets below the canary percentage to the ``canary`` backend, everything else to
   ``stable``. The percentage is an entry of a map file (``split.map``) that the runtime API changes
   (``set map``) with no reload; a request without a user key draws a random bucket, so the pools
@@ -140,8 +140,10 @@ def render_config(settings: Settings) -> str:
         "    no option dontlog-normal",
         f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %HP"',
         f"    http-request set-var(txn.pct) str({SPLIT_KEY}),map_str_int({paths.split_map},0)",
-        f"    http-request set-var(txn.bucket) req.hdr({header}),xxh32,mod({BUCKETS}) if {{ req.hdr({header}) -m found }}",
-        f"    http-request set-var(txn.bucket) rand({BUCKETS}) unless {{ req.hdr({header}) -m found }}",
+        # req.fhdr: the last occurrence, whole (req.hdr would split it at commas); the replica reads it the same way.
+        f"    acl user_key req.fhdr({header}),length gt 0",
+        f"    http-request set-var(txn.bucket) req.fhdr({header}),xxh32,mod({BUCKETS}) if user_key",
+        f"    http-request set-var(txn.bucket) rand({BUCKETS}) unless user_key",
         f"    use_backend {CANARY} if {{ var(txn.bucket),sub(txn.pct) -m int lt 0 }} {{ nbsrv({CANARY}) gt 0 }}",
         f"    default_backend {STABLE}",
         "",
