@@ -53,7 +53,7 @@ def test_config_comes_from_settings(lb_settings: Settings) -> None:
     assert f"bind 127.0.0.1:{local.lb_port}\n" in text and f"bind 127.0.0.1:{fleet.lb_metrics_port}\n" in text
     assert re.findall(r"^\s*bind (\S+)", text, re.M) == [f"127.0.0.1:{local.lb_port}", f"127.0.0.1:{fleet.lb_metrics_port}"]
     # The bucket as tenfold.rollout.split computes it, on the header the settings name.
-    assert f"req.hdr(X-Cohort-Key),xxh32,mod({BUCKETS})" in text
+    assert f"req.fhdr(X-Cohort-Key),xxh32,mod({BUCKETS})" in text
     assert text.count("option httpchk GET /ready-now") == 2
     assert text.count("default-server inter 300ms fall 3 rise 4") == 2
     assert f"server-template s 1-{slot_count(lb_settings, 'stable')} 127.0.0.1:1 disabled check" in text
