@@ -29,12 +29,13 @@ CRC32C (version 1) still read: their files are verified by the sha256 every mani
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -56,6 +57,11 @@ MANIFEST = "_SUCCESS"
 # 2: file entries carry crc32c. Version 1 manifests (sha256 only) are still read.
 MANIFEST_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
+# A partition's writer lock (Lake.exclusive): how long a writer waits for another, and after how long a
+# gs:// lock whose holder never released it (killed) is taken over. A publish takes seconds.
+PUBLISH_LOCK = "_publish.lock"
+PUBLISH_LOCK_TIMEOUT_S = 600.0
+PUBLISH_LOCK_STALE_S = 900.0
 
 
 class LakeError(RuntimeError):
@@ -72,6 +78,18 @@ class CorruptManifestError(LakeError):
 
 class CorruptFileError(CorruptManifestError):
     """A data file is missing, or its size or content checksum differs from what its manifest recorded."""
+
+
+class PartitionLocked(LakeError):
+    """Another writer held the partition's lock for longer than this one would wait."""
+
+
+def _environment_gcs_client() -> Any:
+    """The GCS client of the settings this process's environment gives (a lake built from a bare URI)."""
+    from tenfold.config import get_settings
+    from tenfold.storage import gcs_client
+
+    return gcs_client(get_settings())
 
 
 class _Republished(Exception):  # a signal inside read_table, never raised to its callers
@@ -185,9 +203,14 @@ class Lake:
         layout: LakeLayout = LakeLayout(),  # noqa: B008 (frozen, shared default)
         *,
         filesystem: pafs.FileSystem | None = None,
+        gcs_client: Callable[[], Any] | None = None,
     ) -> None:
-        """``filesystem`` replaces the one the URI implies (a ``gs://`` lake on the GCS emulator)."""
+        """``filesystem`` replaces the one the URI implies (a ``gs://`` lake on the GCS emulator);
+        ``gcs_client`` makes the ``google.cloud.storage`` client that a ``gs://`` lake's locks need
+        (:meth:`exclusive`), by default the one of the settings the environment gives."""
         self.uri = uri.rstrip("/")
+        self._gcs_client_factory = gcs_client
+        self._gcs_client: Any = None
         self.layout = layout
         parsed = urlparse(self.uri)
         if parsed.scheme not in ("file", "gs", ""):
@@ -210,7 +233,35 @@ class Lake:
         if uri.startswith("gs://") and emulator:
             scheme, _, host = emulator.partition("://")
             filesystem = pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=host)
-        return cls(uri, settings.storage.lake_layout, filesystem=filesystem)
+
+        def client() -> Any:
+            from tenfold.storage import gcs_client
+
+            return gcs_client(settings)
+
+        return cls(uri, settings.storage.lake_layout, filesystem=filesystem, gcs_client=client)
+
+    @contextlib.contextmanager
+    def exclusive(self, table: str, part: Partition, *, timeout_s: float = PUBLISH_LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the partition's writer lock (``<partition>/_publish.lock``): what publishes, withdraws and
+        quarantines it takes first, so that two writers never remove each other's data folder or temporary
+        files. Raises :class:`PartitionLocked` after ``timeout_s`` (see :mod:`tenfold.data.locks`)."""
+        from tenfold.data.locks import LockTimeout, file_lock, gcs_lock
+
+        path = posixpath.join(self.partition_path(table, part), PUBLISH_LOCK)
+        what = f"{table} partition {part.label} (one writer at a time)"
+        try:
+            if not self._gcs:
+                with file_lock(path, timeout_s=timeout_s, what=what):
+                    yield
+                return
+            if self._gcs_client is None:
+                self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
+            bucket, _, name = path.partition("/")
+            with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=PUBLISH_LOCK_STALE_S, what=what):
+                yield
+        except LockTimeout as exc:
+            raise PartitionLocked(str(exc)) from None
 
     # --- layout -------------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -416,7 +467,9 @@ class Lake:
         Idempotent: the same files give the same data folder and the same manifest content; when the
         visible partition already holds exactly these files (and ``extra``), nothing is written at all.
         Order is what makes it atomic: every data file lands whole (and verified) in a new folder first,
-        the manifest is replaced last, and only then are older folders removed.
+        the manifest is replaced last, and only then are older folders removed. All of it holds the
+        partition's writer lock (:meth:`exclusive`): a second writer (a zombie task beside its retry, a CLI
+        run beside the DAG's) waits rather than removing this one's folder before its manifest names it.
         """
         staged = self._path(staged_dir)
         infos = sorted(
@@ -435,6 +488,11 @@ class Lake:
         if len(schemas) != 1:
             raise LakeError(f"{self.uri_of(staged)}: files disagree on the schema; refusing to publish a mix")
         data_dir = self._data_dir_name(table, part, entries)
+        with self.exclusive(table, part):
+            return self._publish_locked(table, part, data_dir, entries, infos, schemas.pop(), run_id, extra)
+
+    def _publish_locked(self, table: str, part: Partition, data_dir: str, entries: list[FileEntry],
+                        infos: list[pafs.FileInfo], schema: str, run_id: str, extra: dict[str, Any] | None) -> Manifest:
         current = self._current_manifest(table, part)
         if current is not None and current.data_dir == data_dir and current.files == tuple(entries) \
                 and current.extra == (extra or {}):
@@ -447,7 +505,7 @@ class Lake:
             partition=part,
             data_dir=data_dir,
             rows=sum(e.rows for e in entries),
-            schema_hash=schemas.pop(),
+            schema_hash=schema,
             files=tuple(entries),
             run_id=run_id,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -510,6 +568,11 @@ class Lake:
         quarantine reason. With ``data_dir``, only a manifest that still names that folder is withdrawn
         (``None`` is returned when a publish replaced it meanwhile). Returns the quarantine URI.
         """
+        with self.exclusive(table, part):
+            return self._withdraw_locked(table, part, key, reason, data_dir)
+
+    def _withdraw_locked(self, table: str, part: Partition, key: str, reason: dict[str, Any],
+                         data_dir: str | None) -> str | None:
         path = self.manifest_path(table, part)
         try:
             with self.fs.open_input_stream(path) as stream:

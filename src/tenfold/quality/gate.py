@@ -347,7 +347,7 @@ def _resolve(settings_or_lake: Settings | Lake, settings: Settings | None) -> tu
 
             settings = get_settings()
         return settings, settings_or_lake
-    return settings_or_lake, Lake(settings_or_lake.storage.lake_uri)
+    return settings_or_lake, Lake.from_settings(settings_or_lake)
 
 
 def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> ValidationFailed:
@@ -434,6 +434,28 @@ def validate_published(
     published raises :class:`~tenfold.data.lake.MissingManifestError` (nothing to quarantine).
     """
     settings, lake = _resolve(settings_or_lake, settings)
+    for _ in range(3):
+        # What the manifest named when this validation started: a failure withdraws that content only. A publish
+        # that lands meanwhile removes the folder being read; its own content is then validated instead.
+        try:
+            started_from: str | None = lake.read_manifest(table, part).data_dir
+        except MissingManifestError:
+            raise  # never published: nothing to validate or withdraw
+        except LakeError:
+            started_from = None  # an unreadable manifest: _check_published refuses it, and it is withdrawn
+        report = _check_published(settings, lake, table, part, suite_name, key=key, docs=docs)
+        if report.success:
+            return report
+        where = unpublish_to_quarantine(lake, table, part, key, report.to_dict(), data_dir=started_from)
+        if where is not None:
+            raise _fail(settings, _with(report, quarantine_uri=where), alert=alert)
+        log.info("%s %s was re-published while it was validated: validating the new content", table, part.label)
+    raise LakeError(f"{table} {part.label} was re-published during each of 3 validations; run the validation again "
+                    "once its writers are done")
+
+
+def _check_published(settings: Settings, lake: Lake, table: str, part: Partition, suite_name: str | None, *,
+                     key: str, docs: bool) -> ValidationReport:
     batch_uri = lake.uri_of(lake.partition_path(table, part))
     verdict: tuple[str, str] | None = None
     try:
@@ -459,9 +481,7 @@ def validate_published(
         log.info("%s", report.summary())
         if verdict is not None:
             _record_pass(lake, verdict, report)
-        return report
-    where = unpublish_to_quarantine(lake, table, part, key, report.to_dict())
-    raise _fail(settings, _with(report, quarantine_uri=where), alert=alert)
+    return report
 
 
 # A published partition never changes in place (a new publish is a new content-addressed folder and manifest), and
@@ -510,12 +530,26 @@ def _record_pass(lake: Lake, verdict: tuple[str, str], report: ValidationReport)
                            "data_docs": report.data_docs, "validated_at": dt.datetime.now(dt.UTC).isoformat()})
 
 
-def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:
+def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any], *,
+                            data_dir: str | None = None) -> str | None:
     """Withdraw a published partition: remove its manifest, then move its data folders to quarantine.
 
     The manifest goes first, so from that instant no reader sees the batch; what it said is kept in
-    the quarantine reason. Returns the quarantine URI.
+    the quarantine reason. Returns the quarantine URI. With ``data_dir``, only a partition whose manifest
+    still names that folder is withdrawn: None when a publish replaced it meanwhile (nothing is moved).
+    Holds the partition's writer lock throughout.
     """
+    with lake.exclusive(table, part):
+        if data_dir is not None:
+            try:
+                if lake.read_manifest(table, part).data_dir != data_dir:
+                    return None
+            except LakeError:  # withdrawn, or replaced by an unreadable manifest: not the content checked
+                return None
+        return _unpublish(lake, table, part, key, reason)
+
+
+def _unpublish(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:
     manifest_path = lake.manifest_path(table, part)
     try:
         with lake.fs.open_input_stream(manifest_path) as stream:

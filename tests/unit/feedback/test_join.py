@@ -122,7 +122,7 @@ def test_a_second_join_waits_for_the_first_and_times_out_clearly(settings):
     t.start()
     try:
         assert held.wait(10)
-        with pytest.raises(LockTimeout, match="another feedback join holds"):
+        with pytest.raises(LockTimeout, match="the lock of the feedback join"):
             join(settings, options=JoinOptions(lock_timeout_s=0.3))
     finally:
         release.set()
@@ -133,17 +133,20 @@ def test_a_second_join_waits_for_the_first_and_times_out_clearly(settings):
 @pytest.mark.integration
 def test_the_lock_on_a_gcs_lake_is_exclusive_and_a_dead_holders_lock_is_taken_over(local_settings):
     # A gs:// lake's lock is a create-only object: exercised on the GCS emulator, which enforces preconditions.
-    from tenfold.feedback.lock import _gcs_lock
+    from tenfold.data.locks import gcs_lock
     from tenfold.storage import gcs_client
 
-    uri = f"gs://{local_settings.storage.lake_bucket}/locktest-{uuid.uuid4().hex[:8]}/_join.lock"
-    with _gcs_lock(local_settings, uri, timeout_s=5, stale_s=600):
-        with pytest.raises(LockTimeout, match="another feedback join holds"), \
-                _gcs_lock(local_settings, uri, timeout_s=0.5, stale_s=600):
+    client = gcs_client(local_settings)
+    bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_join.lock"
+
+    def lock(timeout_s: float, stale_s: float = 600):
+        return gcs_lock(client, bucket, name, timeout_s=timeout_s, stale_s=stale_s, what="the feedback join")
+
+    with lock(5):
+        with pytest.raises(LockTimeout, match="the lock of the feedback join"), lock(0.5):
             pass
-        with _gcs_lock(local_settings, uri, timeout_s=5, stale_s=0):  # the holder looks dead: taken over
+        with lock(5, stale_s=0):  # the holder looks dead: taken over
             pass
-    with _gcs_lock(local_settings, uri, timeout_s=0.5, stale_s=600):  # released: free at once
+    with lock(0.5):  # released: free at once
         pass
-    bucket, name = uri[5:].split("/", 1)
-    assert gcs_client(local_settings).bucket(bucket).get_blob(name) is None
+    assert client.bucket(bucket).get_blob(name) is None

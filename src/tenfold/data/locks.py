@@ -1,0 +1,76 @@
+"""Exclusive locks on a lake's objects, between processes and machines: one writer of a thing at a time.
+
+* On a local lake, an ``flock`` on a lock file (released by the kernel when its holder dies).
+* On GCS, a create-only object (an upload with a generation-0 precondition, which GCS grants to one
+  caller), deleted on release and taken over once older than ``stale_s``, so that a killed holder cannot
+  block the others forever.
+
+Neither is re-entrant: a holder that asks again waits for itself (and times out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+class LockTimeout(RuntimeError):
+    """Another holder kept the lock for longer than the caller was willing to wait."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[None]:
+    """Hold an ``flock`` on ``path`` (created, with its folder); :class:`LockTimeout` after ``timeout_s``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"another process holds {path}, the lock of {what} (waited "
+                                      f"{timeout_s:.0f} s); let it finish and run again") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float, what: str) -> Iterator[None]:
+    """Hold the create-only object ``gs://bucket/name``; :class:`LockTimeout` after ``timeout_s``."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    uri = f"gs://{bucket}/{name}"
+    blob = client.bucket(bucket).blob(name)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            blob.upload_from_string(owner, if_generation_match=0)
+            break
+        except PreconditionFailed:
+            with contextlib.suppress(NotFound, PreconditionFailed):
+                blob.reload()
+                age = time.time() - blob.updated.timestamp() if blob.updated else 0.0
+                if age > stale_s:  # its holder died without releasing: take it over, once
+                    blob.delete(if_generation_match=blob.generation)
+                    continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"another process holds {uri}, the lock of {what} (waited {timeout_s:.0f} s); "
+                                  "let it finish and run again, or delete the object if nothing holds it") from None
+            time.sleep(0.5)
+    generation = blob.generation
+    try:
+        yield
+    finally:
+        with contextlib.suppress(NotFound, PreconditionFailed):
+            blob.delete(if_generation_match=generation)

@@ -1,0 +1,53 @@
+"""Two writers of one partition at once (a zombie task beside its retry, a CLI run beside the DAG's): each
+publish holds the partition's writer lock, so neither removes the other's data folder or temporary files,
+every publish succeeds, and what is left is one writer's complete content. (What a reader sees while a
+publish lands is tests/unit/data/test_lake_faults.py's.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from tenfold.data.lake import PUBLISH_LOCK, Lake, Partition
+
+PART = Partition(2013, 5)
+TABLE = "events"
+ROWS = 2_000
+
+_WRITER = """
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+from tenfold.data.lake import Lake, Partition
+lake, part, me, times = Lake(sys.argv[1]), Partition(2013, 5), int(sys.argv[2]), int(sys.argv[3])
+for n in range(times):
+    staged = lake.staging_path("events", part, f"w{me}-{n}")
+    lake.fs.create_dir(staged, recursive=True)
+    for f in range(3):
+        with lake.fs.open_output_stream(f"{staged}/part-{f:05d}.parquet") as out:
+            pq.write_table(pa.table({"writer": [me] * 2000, "n": [n] * 2000, "f": [f] * 2000}), out)
+    lake.publish("events", part, lake.uri_of(staged), run_id=f"w{me}-{n}")
+    lake.discard(staged)
+print("done", flush=True)
+"""
+
+
+def test_two_writers_of_one_partition_never_break_each_other(tmp_path: Path) -> None:
+    uri = (tmp_path / "lake").as_uri()
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, uri, str(me), "40"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for me in (1, 2)]
+    outcomes = [w.communicate(timeout=120) for w in writers]
+    for w, (out, err) in zip(writers, outcomes, strict=True):
+        assert w.returncode == 0 and out.strip() == "done", err[-2000:]
+    lake = Lake(uri)
+    final = lake.read_table(TABLE, [PART])
+    assert final.num_rows == 3 * ROWS and lake.files(TABLE, PART, verify=True)
+    assert len(set(zip(final["writer"].to_pylist(), final["n"].to_pylist(), strict=True))) == 1  # one publish's rows
+    # Only the manifest's folder is left, and the lock file; no temporary file of either writer.
+    left = lake.fs.get_file_info(pafs.FileSelector(lake.partition_path(TABLE, PART), recursive=True))
+    names = {i.base_name for i in left if i.type == pafs.FileType.File}
+    assert not any(".tmp-" in n for n in names) and PUBLISH_LOCK in names
+    folders = [i for i in left if i.type == pafs.FileType.Directory]
+    assert [f.base_name for f in folders] == [lake.read_manifest(TABLE, PART).data_dir]
