@@ -9,7 +9,8 @@ the event loop, and one thread keeps torch's own threading predictable). The rul
    the batch starts the next one).
 2. If the batch is still below ``max_batch_size`` *and* other requests are on their way (accepted by the
    server, still being read or validated), wait for them, at most ``max_batch_wait_ms`` after the batch
-   started, and stop waiting as soon as none are on their way. Before closing a batch that nothing is
+   started, and stop waiting as soon as none are on their way (a request that leaves without
+   submitting, refused or answered from the cache, wakes the batch at once). Before closing a batch that nothing is
    on its way to, give the event loop ``SETTLE_TURNS`` turns (within the same bound): requests already
    in the sockets' buffers, and the answers of the last batch (whose clients send the next requests),
    are handled in those turns and join this batch instead of each costing a model call of its own
@@ -70,7 +71,9 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch or (lambda rows: None)
         self._on_depth = on_depth or (lambda rows: None)
-        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        # None in the queue is a wake-up: the last request on its way left without submitting (see arriving).
+        self._queue: asyncio.Queue[_Pending[T, R] | None] = asyncio.Queue()
+        self._waiting_for_arrivals = False
         self._carry: deque[_Pending[T, R]] = deque()
         self._queued_rows = 0
         self._arriving = 0
@@ -85,6 +88,11 @@ class MicroBatcher(Generic[T, R]):
             yield
         finally:
             self._arriving -= 1
+            if self._arriving == 0 and self._waiting_for_arrivals:
+                # A forming batch waits for requests on their way: stop waiting now if this one does not submit
+                # (refused, or served from the cache). One that does submits before the batcher runs again.
+                self._waiting_for_arrivals = False
+                self._queue.put_nowait(None)
 
     async def submit(self, items: list[T]) -> list[R]:
         """The results for ``items``, computed in whatever batch they join."""
@@ -109,7 +117,7 @@ class MicroBatcher(Generic[T, R]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for pending in [*self._carry, *_drain(self._queue)]:
+        for pending in [*self._carry, *(p for p in _drain(self._queue) if p is not None)]:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the server is shutting down"))
         self._carry.clear()
@@ -118,7 +126,9 @@ class MicroBatcher(Generic[T, R]):
         if self._carry:
             return self._carry.popleft()
         if timeout is None:
-            return await self._queue.get()
+            while (first := await self._queue.get()) is None:
+                pass
+            return first
         if timeout <= 0:
             try:
                 return self._queue.get_nowait()
@@ -144,9 +154,13 @@ class MicroBatcher(Generic[T, R]):
                 continue
             if not queued and (self._arriving == 0 or loop.time() >= deadline):
                 break
-            nxt = await self._next(0 if queued else deadline - loop.time())
+            self._waiting_for_arrivals = not queued
+            try:
+                nxt = await self._next(0 if queued else deadline - loop.time())
+            finally:
+                self._waiting_for_arrivals = False
             if nxt is None:
-                continue  # waited until the deadline: the loop condition ends the batch
+                continue  # the deadline, or nothing on its way any more: the loop condition ends the batch
             if rows + len(nxt.items) > self.max_batch_size:
                 self._carry.appendleft(nxt)  # first in the next batch
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,29 @@ def test_requests_on_their_way_are_waited_for_up_to_the_bound() -> None:
 
     assert asyncio.run(main()) == [[2], [4], [6]]
     assert model.calls == [[1, 2, 3]]  # one call: the first request waited for the two on their way
+
+
+def test_a_batch_stops_waiting_when_the_request_on_its_way_leaves_without_submitting() -> None:
+    model = Recorder()
+
+    async def main() -> float:
+        b = _batcher(model, size=64, wait_s=2.0)
+        b.start()
+
+        async def refused() -> None:
+            with contextlib.suppress(ValueError), b.arriving():  # read, then refused (a 4xx): never submits
+                await asyncio.sleep(0.02)
+                raise ValueError("invalid request")
+
+        started = time.perf_counter()
+        results = await asyncio.gather(b.submit([1]), refused())
+        elapsed = time.perf_counter() - started
+        assert results[0] == [2]
+        await b.stop()
+        return elapsed
+
+    assert asyncio.run(main()) < 0.5  # not the 2 s it would wait for a request that is no longer coming
+    assert model.calls == [[1]]
 
 
 def test_requests_the_loop_gets_to_within_a_few_turns_join_the_batch() -> None:
