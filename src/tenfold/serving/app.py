@@ -410,7 +410,8 @@ def create_app(
         try:
             auth.check(request.headers)
         except AuthError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 and auth.mode == "bearer" else {}
+            headers = ({"WWW-Authenticate": "Bearer"} if exc.status == 401 and auth.mode == "bearer"
+                       else {"Retry-After": str(server.retry_after_s)} if exc.status == 503 else {})
             raise ApiError(exc.status, "unauthorized" if exc.status == 401 else "unavailable", exc.message,
                            headers=headers) from None
 

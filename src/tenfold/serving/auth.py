@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
 
 TOKEN_FILE = "serving.token"
 # Google's keys for IAP's signed headers, and the issuer it signs with
@@ -128,11 +133,18 @@ class Authenticator:
         self.mode = server.auth_mode
         self._audience = server.iap_audience
         self._tokens: list[bytes] = []
-        self._http_request = http_request
+        self._keys: _CachedKeys | None = None
         if self.mode == "bearer":
             if settings.is_local:
                 ensure_token(settings)
             self._tokens = [t.encode() for t in accepted_tokens(settings)]
+        else:
+            if http_request is None:
+                import google.auth.transport.requests
+
+                http_request = google.auth.transport.requests.Request()
+            self._keys = _CachedKeys(http_request)
+            self._keys.prefetch(IAP_CERTS_URL)
 
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller of a request with ``headers`` (lower-case names, as Starlette gives them)."""
@@ -162,12 +174,8 @@ class Authenticator:
         from google.auth import exceptions as auth_exceptions
         from google.oauth2 import id_token
 
-        if self._http_request is None:
-            import google.auth.transport.requests
-
-            self._http_request = _CachedKeys(google.auth.transport.requests.Request())
         try:
-            claims = id_token.verify_token(assertion, self._http_request, audience=self._audience,  # type: ignore[arg-type]
+            claims = id_token.verify_token(assertion, self._keys, audience=self._audience,  # type: ignore[arg-type]
                                            certs_url=IAP_CERTS_URL)
         except auth_exceptions.TransportError as exc:
             raise AuthError(f"cannot fetch Google's IAP keys to verify the caller ({exc}); retry shortly", 503) from None
@@ -182,19 +190,65 @@ class Authenticator:
 
 
 class _CachedKeys:
-    """Wraps a google-auth HTTP transport so Google's IAP keys are fetched once an hour, not per request."""
+    """Google's IAP keys for the verifier, fetched off the request path whenever keys are already held.
 
-    def __init__(self, request: HttpRequest, ttl_s: float = 3600.0) -> None:
-        self._request, self._ttl = request, ttl_s
+    A request never waits on Google once keys are held: keys older than ``ttl_s`` are still served while
+    one background thread refreshes them (and kept if the refresh fails: IAP's keys rotate slowly). Only
+    before the first keys does a request fetch them itself, at most ``timeout_s``, and at most once per
+    ``retry_s`` after a failure (the others are refused with 503 at once). The replica fetches them when
+    it starts (:meth:`prefetch`), so that first fetch is normally done before it is ready.
+    """
+
+    def __init__(self, request: HttpRequest, ttl_s: float = 3600.0, timeout_s: float = 5.0,
+                 retry_s: float = 10.0) -> None:
+        self._request, self._ttl, self._timeout, self._retry = request, ttl_s, timeout_s, retry_s
         self._cached: tuple[float, Any] | None = None
+        self._failed_at: float | None = None
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    def prefetch(self, url: str) -> None:
+        self._refresh_in_background(url)
 
     def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
-        import time
-
         now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < self._ttl:
-            return self._cached[1]
-        response = self._request(url, method=method, **kwargs)
+        cached = self._cached
+        if cached is not None:
+            if now - cached[0] >= self._ttl:
+                self._refresh_in_background(url)
+            return cached[1]
+        if self._failed_at is not None and now - self._failed_at < self._retry:
+            from google.auth import exceptions as auth_exceptions
+
+            raise auth_exceptions.TransportError(  # type: ignore[no-untyped-call]
+                f"fetching {url} failed {now - self._failed_at:.0f} s ago; it is tried again every {self._retry:.0f} s")
+        return self._fetch(url)
+
+    def _fetch(self, url: str) -> Any:
+        try:
+            response = self._request(url, method="GET", timeout=self._timeout)
+        except Exception:
+            self._failed_at = time.monotonic()
+            raise
         if response.status == 200:
-            self._cached = (now, response)
+            self._cached, self._failed_at = (time.monotonic(), response), None
+        else:
+            self._failed_at = time.monotonic()
         return response
+
+    def _refresh_in_background(self, url: str) -> None:
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def refresh() -> None:
+            try:
+                self._fetch(url)
+            except Exception as exc:  # keep the keys held; the next request after retry_s tries again
+                log.warning("refreshing Google's IAP keys from %s failed (%s); the keys held stay in use", url, exc)
+            finally:
+                with self._lock:
+                    self._refreshing = False
+
+        threading.Thread(target=refresh, name="tenfold-iap-keys", daemon=True).start()

@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ def test_the_token_is_generated_once_0600_under_the_home(settings: Any) -> None:
 
 _RACE = """
 import sys
+import threading
 from tenfold.config import build_settings
 from tenfold.serving.auth import ensure_token
 settings = build_settings("local", {"TENFOLD_HOME": sys.argv[1]})
@@ -191,3 +193,53 @@ def test_iap_keys_that_cannot_be_fetched_are_a_503(settings: Any, es256: tuple[A
     with pytest.raises(AuthError) as err:
         auth.check({"x-goog-iap-jwt-assertion": _assertion(key)})
     assert err.value.status == 503
+
+
+class SlowKeyServer(KeyServer):
+    """A key URL that answers only once ``release`` is set (Google unreachable until then)."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        super().__init__(keys)
+        self.release = threading.Event()
+        self.timeouts: list[float] = []
+
+    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+        self.timeouts.append(kwargs["timeout"])
+        if not self.release.wait(10):
+            raise RuntimeError("unreachable")
+        return super().__call__(url, method)
+
+
+def test_iap_keys_are_refreshed_off_the_request_path_and_held_keys_serve_meanwhile(es256: tuple[Any, str]) -> None:
+    from tenfold.serving.auth import _CachedKeys
+
+    _key, public = es256
+    server = SlowKeyServer({"k1": public})
+    server.release.set()
+    keys = _CachedKeys(server, ttl_s=0.2, timeout_s=5.0)
+    assert keys(IAP_CERTS_URL).status == 200 and server.fetches == 1 and server.timeouts == [5.0]
+    server.release.clear()  # Google stops answering
+    time.sleep(0.25)  # the keys are now older than their TTL
+    started = time.monotonic()
+    for _ in range(20):  # every request is answered from the held keys at once, one refresh in the background
+        assert keys(IAP_CERTS_URL).status == 200
+    assert time.monotonic() - started < 0.5 and len(server.timeouts) == 2
+    server.release.set()
+    deadline = time.monotonic() + 10
+    while server.fetches < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_before_any_iap_keys_a_failed_fetch_is_not_repeated_by_every_request() -> None:
+    from google.auth import exceptions as auth_exceptions
+
+    from tenfold.serving.auth import _CachedKeys
+
+    server = KeyServer({}, status=500)
+    keys = _CachedKeys(server, retry_s=60.0)
+    assert keys(IAP_CERTS_URL).status == 500 and server.fetches == 1
+    for _ in range(5):
+        with pytest.raises(auth_exceptions.TransportError, match="tried again every 60 s"):
+            keys(IAP_CERTS_URL)
+    assert server.fetches == 1
