@@ -380,6 +380,9 @@ class InferenceSettings(_Frozen):
     # The longest single lease extension (seconds, 10-600; 0: the client's own choice).
     lease_extension_s: int = Field(default=0, ge=0, le=600)
     handler_threads: int = Field(default=2, ge=1)  # messages one worker handles at once
+    # How long a worker retries loading a model while the object store or its disk fails (the message's lease
+    # is kept meanwhile) before it gives the delivery back: an outage must not dead-letter the requests.
+    transient_retry_s: float = Field(default=300.0, ge=0)
     torch_threads: int = Field(default=1, ge=1)  # intra-op threads per worker process
     # Above this many rows a partition is scored by the Spark bulk path (tenfold.inference.spark).
     spark_threshold_rows: int = Field(default=5_000_000, ge=0)

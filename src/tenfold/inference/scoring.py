@@ -24,7 +24,14 @@ MODEL_VERSION = "model_version"
 
 
 class ScoringError(RuntimeError):
-    """A batch cannot be scored (the model cannot be loaded, the rows do not fit it); the text says why."""
+    """A batch cannot be scored (the model cannot be loaded, the rows do not fit it); the text says why.
+
+    ``transient``: the object store or the disk failed while loading the model, not the request.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def scores_schema(contract: FeatureContract) -> pa.Schema:
@@ -84,4 +91,5 @@ def load_version(settings: Settings, version: str) -> LoadedModel:
         _, path = resolve_and_download(settings, version)
         return load_on_device(path, settings.inference.device)[0]
     except (ServingLoadError, ModelLoadError) as exc:
-        raise ScoringError(f"model version {version} cannot be loaded: {exc}") from exc
+        raise ScoringError(f"model version {version} cannot be loaded: {exc}",
+                           transient=getattr(exc, "transient", False)) from exc

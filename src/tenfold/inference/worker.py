@@ -102,7 +102,7 @@ class Worker:
                 if faults.stub_scoring():
                     result = _stub_scores(request.rows, request.model_version)
                 else:
-                    model = self.models.get(request.model_version)
+                    model = self._model(request.model_version, rid)
                     request.require(model.workload.contract.feature_columns)
                     faults.fire("score", rid)
                     result = score_rows(model, request.rows, request.model_version)
@@ -118,9 +118,26 @@ class Worker:
                 self._count(scored=1, rows=request.rows.num_rows)
             faults.fire("before_ack", rid)
             message.ack()  # only now: the result is durable (create returned after fsync / the upload)
-        except Exception as exc:  # the store or Pub/Sub: redeliver later rather than lose the request
+        except Exception as exc:  # the store, Pub/Sub, or a crash of the scoring: redeliver later, never lose it
             log.exception("request %s of run %s: %s; nacking (it will be redelivered)", rid, run, exc)
+            self._record(store, rid, message, attempt, exc)  # so a dead letter says why, should it become one
             message.nack()
+
+    def _model(self, version: str, rid: str) -> Any:
+        """The model ``version``, retried for ``inference.transient_retry_s`` while the store or the disk fails."""
+        from tenfold.inference.scoring import ScoringError
+
+        deadline = time.monotonic() + self.settings.inference.transient_retry_s
+        delay = FIRST_RETRY_S
+        while True:
+            try:
+                return self.models.get(version)
+            except ScoringError as exc:
+                if not exc.transient or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("request %s: %s; trying again in %.0f s (its lease is kept)", rid, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     def _fail(self, store: Any, rid: str, message: Any, attempt: int, exc: Exception) -> None:
         sub = self.subscription
@@ -128,6 +145,13 @@ class Worker:
                 else "will be redelivered")
         log.warning("request %s (message %s) cannot be scored (delivery %d of %d; it %s): %s", rid, message.message_id,
                     attempt, sub.max_delivery_attempts, fate, exc)
+        self._record(store, rid, message, attempt, exc)
+        self._count(failed=1)
+        message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
+
+    def _record(self, store: Any, rid: str, message: Any, attempt: int, exc: Exception) -> None:
+        """Add this delivery's error to the request's record in the run's ``errors/`` (best effort)."""
+        sub = self.subscription
         try:
             record = store.error(rid) or {"request_id": rid, "run": store.run, "attempts": []}
             record["attempts"] = [*record.get("attempts", []),
@@ -138,8 +162,6 @@ class Worker:
             store.put_error(rid, record)
         except Exception:
             log.exception("could not record the error of request %s", rid)
-        self._count(failed=1)
-        message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None,
             ready_file: Path | None = None) -> WorkerStats:
@@ -170,6 +192,7 @@ class Worker:
 # How long a stopping worker waits for the handlers in progress. Whatever it leaves unacknowledged is
 # redelivered (nothing is lost), so a stuck handler is abandoned rather than waited for.
 SHUTDOWN_S = 10.0
+FIRST_RETRY_S = 1.0  # the first wait before loading a model again after the store or the disk failed (doubling)
 PULL_TIMEOUT_S = 5.0
 # What one pull asks for after a response was refused as too large (a channel with gRPC's 4 MiB limit).
 PULL_BYTES = 3 * 1024 * 1024

@@ -32,7 +32,14 @@ log = logging.getLogger(__name__)
 
 
 class ServingLoadError(RuntimeError):
-    """The replica cannot load what it should serve; the message names the cause and what to do."""
+    """The replica cannot load what it should serve; the message names the cause and what to do.
+
+    ``transient``: the object store or the local disk failed, not the model (asking again later may work).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def model_cache_dir(settings: Settings) -> Path:
@@ -118,7 +125,8 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
         raise ServingLoadError(f"model {ref!r} cannot be resolved in the registry: {exc}") from exc
     except Exception as exc:  # the store itself: unreachable emulator, missing bucket, credentials
         raise ServingLoadError(f"the model registry at {settings.storage.models_bucket} cannot be read to resolve "
-                               f"{ref!r} ({type(exc).__name__}: {exc}); is the object store up (`tenfold status`)?") from exc
+                               f"{ref!r} ({type(exc).__name__}: {exc}); is the object store up (`tenfold status`)?",
+                               transient=True) from exc
     root = model_cache_dir(settings)
     # Replicas on one machine start together: the lock makes the second one reuse the first one's copy
     # instead of replacing the folder the first one is loading from.
@@ -129,7 +137,8 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
             raise ServingLoadError(f"model version {version} cannot be downloaded: {exc}") from exc
         except Exception as exc:  # the store or the local disk
             raise ServingLoadError(f"model version {version} cannot be downloaded into {root} "
-                                   f"({type(exc).__name__}: {exc}); check the object store and free disk space") from exc
+                                   f"({type(exc).__name__}: {exc}); check the object store and free disk space",
+                                   transient=True) from exc
     return version, path
 
 

@@ -1,0 +1,104 @@
+"""How the inference worker sorts what goes wrong: a store outage while loading the model is waited out
+(the request is not spent toward the dead-letter topic), a bad model or request is a failed delivery, and a
+crash is redelivered with its reason recorded, so that a dead letter always says why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from tenfold.config import Settings
+from tenfold.inference import worker as worker_mod
+from tenfold.inference.requests import ScoringRequest
+from tenfold.inference.scoring import ScoringError, load_version
+from tenfold.inference.store import RunStore
+from tenfold.inference.worker import Worker
+
+
+class Message:
+    def __init__(self, request: ScoringRequest, attempt: int = 1) -> None:
+        self.data, self.attributes = request.encode(), request.attributes()
+        self.delivery_attempt, self.message_id = attempt, "m-1"
+        self.fate: list[str] = []
+
+    def ack(self) -> None:
+        self.fate.append("ack")
+
+    def nack(self) -> None:
+        self.fate.append("nack")
+
+
+def _request() -> ScoringRequest:
+    return ScoringRequest(run="r1", request_id="r1-000000", partition="2013-01", model_version="v1",
+                          rows=pa.table({"k": [1, 2]}))
+
+
+def test_a_store_that_cannot_be_reached_makes_a_transient_load_error_and_a_bad_ref_does_not(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenfold.registry import ModelRegistry, RegistryError
+
+    def unreachable(self: Any, ref: str) -> str:
+        raise ConnectionError("GCS 503: service unavailable")
+
+    monkeypatch.setattr(ModelRegistry, "find", unreachable)
+    with pytest.raises(ScoringError) as err:
+        load_version(settings, "v1")
+    assert err.value.transient and "is the object store up" in str(err.value)
+
+    def unknown(self: Any, ref: str) -> str:
+        raise RegistryError(f"no version {ref}")
+
+    monkeypatch.setattr(ModelRegistry, "find", unknown)
+    with pytest.raises(ScoringError) as err:
+        load_version(settings, "v1")
+    assert not err.value.transient
+
+
+def test_a_store_outage_while_loading_is_waited_out_then_a_real_failure_is_recorded(
+        make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(inference={"transient_retry_s": 5.0})
+    monkeypatch.setattr(worker_mod, "FIRST_RETRY_S", 0.01)
+    w = Worker(settings)
+    calls: list[str] = []
+
+    def get(version: str) -> Any:
+        calls.append(version)
+        if len(calls) < 3:
+            raise ScoringError("the registry cannot be read (ConnectionError)", transient=True)
+        raise ScoringError("model version v1 cannot be loaded: its weights do not match meta.json")
+
+    monkeypatch.setattr(w.models, "get", get)
+    message = Message(_request())
+    w.handle(message)
+    assert calls == ["v1"] * 3  # two outages waited out within the same delivery, then the model itself failed
+    assert message.fate == ["nack"] and w.stats.failed == 1
+    error = RunStore(w.objects, "r1").error("r1-000000")
+    assert error is not None and [a["delivery_attempt"] for a in error["attempts"]] == [1]
+    assert "weights do not match" in error["error"]
+
+
+def test_an_outage_longer_than_the_retry_is_a_failed_delivery(make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(inference={"transient_retry_s": 0.0})
+    w = Worker(settings)
+    monkeypatch.setattr(w.models, "get", lambda version: (_ for _ in ()).throw(
+        ScoringError("the registry cannot be read", transient=True)))
+    message = Message(_request())
+    w.handle(message)
+    assert message.fate == ["nack"] and w.stats.failed == 1
+
+
+def test_a_crash_while_scoring_is_redelivered_with_its_reason_recorded(settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    w = Worker(settings)
+
+    def oom(version: str) -> Any:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(w.models, "get", oom)
+    message = Message(_request(), attempt=5)
+    w.handle(message)
+    assert message.fate == ["nack"] and w.stats.failed == 0  # not the request's fault: redelivered
+    error = RunStore(w.objects, "r1").error("r1-000000")
+    assert error is not None and "CUDA out of memory" in error["error"] and error["delivery_attempt"] == 5
