@@ -118,10 +118,13 @@ class RunState:
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a pipeline step from an Airflow task: a :class:`PipelineError` fails the task without retries."""
+    """Call a pipeline step from an Airflow task: a :class:`PipelineError`, or an error whose class says
+    ``retryable = False`` (a malformed suite, a stale alias move, a gate refusal), fails the task without retries."""
     try:
         return step(*args, **kwargs)
-    except PipelineError as exc:
+    except Exception as exc:
+        if not isinstance(exc, PipelineError) and getattr(exc, "retryable", True) is not False:
+            raise
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(str(exc)) from exc

@@ -57,6 +57,12 @@ READ_CHECK = "parquet_is_readable"  # the pseudo-expectation a batch fails when 
 _MAX_EXAMPLES = 5
 
 
+class AlreadyRefused(LakeError):
+    """A refused batch was validated again: the first verdict stands; its job must stage the batch again."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class ExpectationOutcome:
     """The result of one expectation, reduced to what a person needs to act on it."""
@@ -396,7 +402,7 @@ def validate_partition(
     earlier = lake.quarantine_path(table, part, attempt)
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
-        raise LakeError(
+        raise AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was already refused and quarantined at "
             f"{lake.uri_of(earlier)} (see its _QUARANTINED.json); re-run the job that stages it"
         )

@@ -42,6 +42,8 @@ TZ_MARGIN = dt.timedelta(hours=6)
 class SuiteError(ValueError):
     """A suite file is missing or malformed; the message names the file and the fix."""
 
+    retryable = False  # a pipeline step fails at once on it (tenfold.pipelines.common.run_step)
+
 
 def suite_path(name: str, root: Path) -> Path:
     return root / f"{name}.json"

@@ -25,6 +25,8 @@ class IntegrityError(RegistryError):
 class AliasConflict(RegistryError):
     """An alias moved under us (compare-and-swap lost), or it did not point where the caller expected."""
 
+    retryable = False  # the comparison it was based on is stale: a new run must decide again
+
 
 class PreconditionsNotEnforced(RegistryError):
     """The object store ignores generation preconditions, so alias moves could silently lose a race."""

@@ -43,6 +43,8 @@ BASELINE_PREFIX = "baseline:"
 class GateError(ValueError):
     """The gate was called with inputs that cannot give a trustworthy decision."""
 
+    retryable = False  # the same inputs give the same refusal
+
 
 class SelfComparisonError(GateError):
     """The challenger was about to be compared with itself."""

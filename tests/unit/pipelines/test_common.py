@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from airflow.sdk import Asset
 
 from tenfold.pipelines.common import event_months
@@ -23,3 +24,25 @@ def test_event_months_are_the_features_events_months_ascending_once_each() -> No
     }}
     assert event_months(context, features.uri) == ["2013-01", "2013-03"]
     assert event_months({}, features.uri) == []
+
+
+def test_run_step_fails_at_once_on_what_a_retry_cannot_fix_and_leaves_the_rest_to_retries() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.pipelines.common import PipelineError, run_step
+    from tenfold.quality.gate import AlreadyRefused
+    from tenfold.quality.suites import SuiteError
+    from tenfold.registry.errors import AliasConflict
+    from tenfold.registry.gate import SelfComparisonError
+
+    def raising(exc: Exception) -> None:
+        raise exc
+
+    for final in (PipelineError("bad conf"), SuiteError("suite x.json is malformed"),
+                  AliasConflict("champion moved: trigger a new run"), SelfComparisonError("same model"),
+                  AlreadyRefused("already refused and quarantined")):
+        with pytest.raises(AirflowFailException, match=str(final)):
+            run_step(raising, final)
+    for passing in (ConnectionError("reset by peer"), OSError("disk full"), ValueError("boom")):
+        with pytest.raises(type(passing)):
+            run_step(raising, passing)
