@@ -324,6 +324,24 @@ def test_abort_at_25_percent_leaves_0_100_and_moves_no_alias(rollouts: Rollouts,
     assert not any(k.startswith("rollout-") for k in rollouts.registry.decisions(version))
 
 
+def test_a_rollout_whose_champion_moved_meanwhile_promotes_nothing_and_leaves_stable_serving(rollouts: Rollouts) -> None:
+    settings = rollouts.settings
+    version, other = rollouts.register(61), rollouts.register(62)
+    before = rollouts.registry.resolve(CHAMPION)
+    run = pipeline.deploy(settings, pipeline.plan(settings, "manual__moved", {"version": version}))
+    stable_before = {r.version for r in fleet_mod.read_status(settings).pools[STABLE].serving()}  # type: ignore[union-attr]
+    pipeline._end(pipeline.places(settings), run, pipeline.PROMOTED, [])  # every step passed...
+    rollouts.registry.promote(other, reason="another rollout promoted its version meanwhile")  # ...but this landed
+    try:
+        with pytest.raises(pipeline.PipelineError, match=f"the champion moved to {other} during rollout"):
+            pipeline.conclude(settings, run)
+        assert rollouts.registry.resolve(CHAMPION) == other and rollouts.router.canary_percent() == 0
+        st = fleet_mod.read_status(settings)
+        assert st is not None and {r.version for r in st.pools[STABLE].serving()} == stable_before != {version}
+    finally:
+        rollouts.registry.promote(before, reason="the tests after this one expect the champion they had")
+
+
 _CHILD = """
 import json, sys
 from tenfold.config import get_settings

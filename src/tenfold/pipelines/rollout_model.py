@@ -342,6 +342,15 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
     reg = p.registry
     if outcome == PROMOTED:
+        current = reg.resolve(CHAMPION)
+        if current not in (run.champion, run.version):
+            # Another promotion landed during this rollout: the verdict compared the canary with a control that
+            # is no longer the champion. Serving stays on stable and no alias moves (promote would refuse anyway,
+            # but only after the stable pool had been rolled to this version).
+            p.router.set_canary_percent(0)
+            raise PipelineError(f"the champion moved to {current} during rollout {run.rollout_id} (it was {run.champion} "
+                                f"when the rollout started): {run.version} is not promoted and the stable pool keeps "
+                                "serving; trigger a new rollout to compare it with the new champion")
         p.router.set_canary_percent(100)  # whatever a retry finds, users stay on the new version while stable rolls
         p.deployer.deploy(STABLE, run.version)
         p.router.set_canary_percent(0)
