@@ -94,6 +94,46 @@ def test_a_model_that_cannot_be_loaded_exits_1_saying_why(serving_env: dict[str,
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_replica_stopped_while_it_loads_exits_at_once(serving_env: dict[str, str], serving_settings: Any,
+                                                         served_versions: Any) -> None:
+    """SIGTERM while the model is still loading (here: waiting on the model cache's lock, as behind a slow
+    download): the replica exits promptly rather than when the load ends (the fleet SIGKILLs it after its
+    drain timeout)."""
+    import urllib.request
+
+    from tenfold.fsio import file_lock
+    from tenfold.serving.loading import model_cache_dir
+
+    version = served_versions.champion
+    port = free_port()
+    with file_lock(model_cache_dir(serving_settings) / f".{version}.lock"):  # the load cannot finish while held
+        proc = subprocess.Popen([sys.executable, "-m", "tenfold.serving", "--host", "127.0.0.1", "--port", str(port),
+                                 "--model", version], env=serving_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # alive (healthz answers while loading) and not ready
+                assert proc.poll() is None and time.monotonic() < deadline, "the replica never came up"
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            with pytest.raises(urllib.error.HTTPError) as loading:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            assert loading.value.code == 503
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert time.monotonic() - stopped < 10, "the replica waited for its load to end"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
 def test_bad_flags_exit_2(serving_env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--arm", "blue"], env=serving_env,
                           capture_output=True, text=True, timeout=60)

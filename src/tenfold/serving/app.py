@@ -282,6 +282,31 @@ class _RandomIds:
 new_id = _RandomIds()
 
 
+async def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a daemon thread of its own: a replica told to stop while it is still loading (a slow
+    download, a wait on the model cache's lock) exits at once instead of waiting for the load at interpreter exit,
+    which joins an executor's threads (and the fleet would SIGKILL it after its drain timeout)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not done.done():
+            (done.set_result if ok else done.set_exception)(value)
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+                loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=work, name="tenfold-load-model", daemon=True).start()
+    return await done
+
+
 def _refuse_invalid(exc: RequestInvalid, index: int | None, batch: bool) -> ApiError:
     where = exc.within(f"{BATCH_KEY}[{index}]") if batch and index is not None else exc
     return ApiError(422, "invalid_request", f"{where.field}: {where.message}", field=where.field,
@@ -333,7 +358,7 @@ def create_app(
 
     async def load() -> None:
         try:
-            served = await asyncio.get_running_loop().run_in_executor(executor, loader, settings, ref)
+            served = await _in_daemon_thread(loader, settings, ref)
         except asyncio.CancelledError:
             raise
         except ServingLoadError as exc:
