@@ -135,7 +135,13 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], *
     atomic_write(path, data)
     body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name}
     atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+    # Checkpoints of later steps than this one are of an abandoned trajectory (a run resumes from the newest
+    # *valid* checkpoint, so a later one is corrupt, or from a run with other settings): they go first, so that
+    # they never count among the ``keep`` newest and push this valid one out.
+    present = list_checkpoints(folder)
+    abandoned = [c for c in present if c.step > step]
+    kept = [c for c in present if c.step <= step]
+    for old in [*abandoned, *(kept[:-keep] if keep > 0 else [])]:
         for f in (old.path, old.sidecar):
             f.unlink(missing_ok=True)
     # Temporary files of a writer that was killed (rank 0 is the only writer, so none is being written now).

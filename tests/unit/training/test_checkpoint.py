@@ -128,3 +128,16 @@ def test_the_worker_builds_its_model_in_one_function() -> None:
     model = build_model(cfg, pre)
     assert isinstance(model, FlightDelayModel)
     assert list(model.vocab_sizes) == list(pre.vocab_sizes.values()) and model.num_inputs == pre.num_inputs
+
+
+def test_a_corrupt_later_checkpoint_never_pushes_out_the_one_just_written(tmp_path: Path) -> None:
+    # A run resumed from step 10 because step 30 was corrupt (or of other settings), with keep=1.
+    for step in (10, 30):
+        _save(tmp_path, step)
+    newest = ckpt.checkpoint_path(tmp_path, 30)
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert ckpt.latest_valid_checkpoint(tmp_path)[0].step == 10  # type: ignore[index]
+    _save(tmp_path, 20, keep=1)
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [20]
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 20
