@@ -242,23 +242,33 @@ class Lake:
         return cls(uri, settings.storage.lake_layout, filesystem=filesystem, gcs_client=client)
 
     @contextlib.contextmanager
+    def lock(self, path: str, *, what: str, timeout_s: float, stale_s: float) -> Iterator[None]:
+        """Hold the exclusive lock at ``path`` (a filesystem path in this lake) for ``what``: an ``flock`` on a
+        local lake, a create-only object on GCS taken over after ``stale_s`` (:mod:`tenfold.data.locks`).
+        Raises :class:`~tenfold.data.locks.LockTimeout` after ``timeout_s``."""
+        from tenfold.data.locks import file_lock, gcs_lock
+
+        if not self._gcs:
+            with file_lock(path, timeout_s=timeout_s, what=what):
+                yield
+            return
+        if self._gcs_client is None:
+            self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
+        bucket, _, name = path.partition("/")
+        with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=stale_s, what=what):
+            yield
+
+    @contextlib.contextmanager
     def exclusive(self, table: str, part: Partition, *, timeout_s: float = PUBLISH_LOCK_TIMEOUT_S) -> Iterator[None]:
         """Hold the partition's writer lock (``<partition>/_publish.lock``): what publishes, withdraws and
         quarantines it takes first, so that two writers never remove each other's data folder or temporary
-        files. Raises :class:`PartitionLocked` after ``timeout_s`` (see :mod:`tenfold.data.locks`)."""
-        from tenfold.data.locks import LockTimeout, file_lock, gcs_lock
+        files. Raises :class:`PartitionLocked` after ``timeout_s``."""
+        from tenfold.data.locks import LockTimeout
 
         path = posixpath.join(self.partition_path(table, part), PUBLISH_LOCK)
-        what = f"{table} partition {part.label} (one writer at a time)"
         try:
-            if not self._gcs:
-                with file_lock(path, timeout_s=timeout_s, what=what):
-                    yield
-                return
-            if self._gcs_client is None:
-                self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
-            bucket, _, name = path.partition("/")
-            with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=PUBLISH_LOCK_STALE_S, what=what):
+            with self.lock(path, what=f"{table} partition {part.label} (one writer at a time)", timeout_s=timeout_s,
+                           stale_s=PUBLISH_LOCK_STALE_S):
                 yield
         except LockTimeout as exc:
             raise PartitionLocked(str(exc)) from None
