@@ -15,11 +15,10 @@ results make harmless.
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tenfold.inference.runs import drain_dead_letters
+from tenfold.inference.runs import drain_dead_letters, mark_replayed
 from tenfold.inference.store import RunStore, run_keys, work_objects
 
 if TYPE_CHECKING:
@@ -61,9 +60,7 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
                          if not k.startswith("CloudPubSub")}
                 attrs["replay"] = str(len(record.get("replays", [])) + 1)
                 message_id = publisher.publish(topic, base64.b64decode(record["data_base64"]), **attrs).result(timeout=60)
-                record["replays"] = [*record.get("replays", []), {"at": time.time(), "message_id": message_id}]
-                record["replayed"] = True
-                store.put_dead_letter(rid, record)
+                mark_replayed(store, rid, record, message_id=message_id)
                 sent.append({"run": key, "request_id": rid, "message_id": message_id})
     finally:
         publisher.stop()

@@ -208,6 +208,13 @@ def account(store: RunStore, ids: Iterable[str]) -> Accounting:
     return Accounting(requests=len(wanted), scored=scored, dead_lettered=dl)
 
 
+def mark_replayed(store: RunStore, rid: str, record: dict[str, Any], **how: Any) -> None:
+    """Record that dead letter ``rid`` was sent again (``how``: by whom, its new message id): it is in flight."""
+    record["replays"] = [*record.get("replays", []), {"at": time.time(), **how}]
+    record["replayed"] = True
+    store.put_dead_letter(rid, record)
+
+
 def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> list[str]:
     """Mark the dead letters among ``ids`` as replayed (sent again ``by`` whom), before they are re-published."""
     dead = set(store.dead_letter_ids())
@@ -216,9 +223,7 @@ def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> list
         record = store.dead_letter(rid) if rid in dead else None
         if record is None or record.get("replayed"):
             continue
-        record["replays"] = [*record.get("replays", []), {"at": time.time(), "by": by}]
-        record["replayed"] = True
-        store.put_dead_letter(rid, record)
+        mark_replayed(store, rid, record, by=by)
         marked.append(rid)
     return marked
 
