@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tenfold.messaging.records import FeedbackRecord, PredictionRecord, utc
+from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -69,12 +69,11 @@ LABELLED = pa.schema(
 )
 
 
-
-
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# A record's times are aware UTC already (messaging.records converts them when it is built or parsed).
 def prediction_row(rec: PredictionRecord) -> dict[str, Any]:
     return {
         "prediction_id": rec.prediction_id,
@@ -85,7 +84,7 @@ def prediction_row(rec: PredictionRecord) -> dict[str, Any]:
         "probability": rec.probability,
         "request": canonical_json(rec.request),
         "latency_ms": rec.latency_ms,
-        "served_at": utc(rec.served_at),
+        "served_at": rec.served_at,
         "schema_version": rec.schema_version,
     }
 
@@ -94,7 +93,7 @@ def feedback_row(rec: FeedbackRecord) -> dict[str, Any]:
     return {
         "prediction_id": rec.prediction_id,
         "outcome": rec.outcome,
-        "observed_at": utc(rec.observed_at),
-        "received_at": utc(rec.received_at),
+        "observed_at": rec.observed_at,
+        "received_at": rec.received_at,
         "schema_version": rec.schema_version,
     }
