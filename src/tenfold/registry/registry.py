@@ -591,7 +591,8 @@ class ModelRegistry:
         """Move ``alias`` back to an earlier version from its history.
 
         Without ``to``: the newest version it held before the current one, skipping versions it was
-        already rolled back from, so repeated rollbacks walk further back (A, B, C: C -> B -> A).
+        rolled back from since they last held it, so repeated rollbacks walk further back (A, B, C:
+        C -> B -> A), while a version promoted again after a rollback is a candidate again.
         """
         history = self.alias_history(alias)
         current = self._read_pointer(alias)
@@ -601,7 +602,11 @@ class ModelRegistry:
             if to not in {h.version for h in history}:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
         else:
-            rolled_away = {h.previous for h in history if h.action == "rollback" and h.previous}
+            rolled_away: set[str] = set()
+            for h in history:  # oldest first: a version set again after it was rolled back from is good again
+                rolled_away.discard(h.version)
+                if h.action == "rollback" and h.previous:
+                    rolled_away.add(h.previous)
             candidates = [h.version for h in reversed(history) if h.version != current.version and h.version not in rolled_away]
             if not candidates:
                 raise RegistryError(f"{alias} has no earlier version to roll back to (history: {[h.version for h in history]})")

@@ -245,6 +245,21 @@ def test_rollback_walks_back_through_history(registry_settings: Settings, make_m
     assert actions == [(a, "promote"), (b, "promote"), (c, "promote"), (b, "rollback"), (a, "rollback"), (c, "rollback")]
 
 
+def test_rollback_after_a_version_is_promoted_again_goes_back_to_it(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """A version rolled back from once and promoted again later is the champion before the next one, not skipped."""
+    reg = ModelRegistry(registry_settings)
+    v1, v2, v3 = (reg.register(make_model_dir(70 + i), lineage, metrics=METRICS).version for i in range(3))
+    reg.promote(v1)
+    reg.promote(v2)
+    assert reg.rollback(CHAMPION).version == v1  # v2 had an incident
+    reg.promote(v2, reason="fixed, re-validated")
+    reg.promote(v3)
+    assert reg.rollback(CHAMPION, reason="v3 is bad").version == v2
+    assert reg.rollback(CHAMPION).version == v1  # and v2 is skipped again once rolled back from again
+
+
 def test_download_is_verified_and_a_tampered_object_is_detected(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
 ) -> None:
