@@ -25,6 +25,7 @@ from tenfold import fleets as startup
 from tenfold.config import Settings
 from tenfold.config.settings import GpuGroupSettings
 from tenfold.rollout.cloud import REQUIRED_PERMISSIONS as ROLLOUT_PERMISSIONS
+from tenfold.workloads import get_workload, lookup_table
 
 PORT_NAME = "http"
 LOG_WRITER, METRIC_WRITER = "roles/logging.logWriter", "roles/monitoring.metricWriter"
@@ -41,13 +42,24 @@ ORCHESTRATOR_PERMISSIONS = tuple(dict.fromkeys((
 )))
 
 
+def served_tables(settings: Settings) -> list[str]:
+    """The lake tables a serving replica reads: the features (which months are served) and each lookup table."""
+    st = settings.storage
+    return [st.features_table,
+            *(lookup_table(st.lookups_table, name) for name in get_workload(settings).contract.lookup_tables)]
+
+
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
     observe = (LOG_WRITER, METRIC_WRITER)
     return [
+        # A replica loads its model from the registry and the lookup tables its online features are assembled
+        # from (tenfold.features.online: it lists the published months of the features and lookup tables and
+        # reads their manifests and files); nothing else of the lake.
         AccountSpec("serving", sa.serving, project_roles=observe,
                     bucket_roles=[(st.models_bucket, VIEWER)],
+                    folder_readers=[(st.lake_bucket, served_tables(settings))],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
                     subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)],
                     # The bearer token its startup script fetches: this one secret (of the data stack), nothing else.

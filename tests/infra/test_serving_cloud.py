@@ -4,6 +4,7 @@ balancer routes on readiness, autohealing acts on liveness (one synth per sessio
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from infra.stacks.synthesized import Synthesized as Synth
 from infra.stacks.synthesized import by_name, resources
 from tenfold import fleets
 from tenfold.config import get_settings
+from tenfold.workloads import get_workload, lookup_table
 
 ENVS = ("dev", "prod")
 ACCESSOR = "roles/secretmanager.secretAccessor"
@@ -158,3 +160,36 @@ def test_iap_mode_puts_iap_on_both_backends_and_tells_the_replicas(synth: Synth,
     for env in ENVS:  # bearer, the default: no IAP in front
         _, bearer = _stacks(synth, env)
         assert all("iap" not in b for b in resources(bearer, "google_compute_backend_service").values())
+
+
+def _condition_allows(expression: str, *, obj: str | None = None, list_prefix: str | None = None) -> bool:
+    """Evaluate the folder-read condition's two shapes (object name prefixes, list-call prefixes) for one call."""
+    objects = re.findall(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
+    listed = re.findall(r'objectListPrefix", ""\)\.startsWith\("([^"]+)"\)', expression)
+    if obj is not None:
+        return any(obj.startswith(p) for p in objects)
+    return list_prefix is not None and any(list_prefix.startswith(p) for p in listed)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_serving_account_reads_the_served_tables_of_the_lake_and_nothing_else(synth: Synth, env: str) -> None:
+    """A replica lists and reads the features and lookup tables (tenfold.features.online) at start: without a lake
+    grant it never becomes ready in the cloud. Nothing else of the lake (raw data, feedback logs) is readable."""
+    s = get_settings(env)
+    platform = synth.stack(s.infra.platform_stack)
+    member = _ref("google_service_account", _serving_account(platform, env), "member")
+    lake = [g for g in resources(platform, "google_storage_bucket_iam_member").values()
+            if g["member"] == member and g["bucket"] == s.storage.lake_bucket]
+    assert [g["role"] for g in lake] == ["roles/storage.objectViewer"]
+    expression = lake[0]["condition"]["expression"]
+    tables = [s.storage.features_table,
+              *(lookup_table(s.storage.lookups_table, n) for n in get_workload(s).contract.lookup_tables)]
+    assert len(tables) > 1
+    objects = f"projects/_/buckets/{s.storage.lake_bucket}/objects/"
+    for table in tables:
+        assert _condition_allows(expression, obj=f"{objects}{table}/year=2013/month=02/_SUCCESS"), table
+        assert _condition_allows(expression, list_prefix=f"{table}/"), table
+    for other in (s.storage.predictions_table, s.storage.feedback_table, "raw_flights", s.inference.work_prefix):
+        assert not _condition_allows(expression, obj=f"{objects}{other}/year=2013/month=02/x.parquet"), other
+        assert not _condition_allows(expression, list_prefix=f"{other}/"), other
+    assert not _condition_allows(expression, list_prefix=""), "listing the whole lake"
