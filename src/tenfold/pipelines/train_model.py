@@ -369,12 +369,19 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     if champion_version is not None:
         # The champion is scored from its own registered, hash-verified files, never from what this
         # run produced: this is what keeps the gate from comparing the challenger with itself.
+        from tenfold.model.io import ModelLoadError
+        from tenfold.training.data import StaleFeaturesError
+
         champion_dir = registry.download(champion_version, work / "champion" / champion_version)
         try:
             champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:  # a load or data error, not a crash
+        except (StaleFeaturesError, ModelLoadError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             # E.g. the feature contract changed and the champion cannot read the new holdout. The run goes on
             # to register the challenger so a person can compare and promote it by hand; the gate fails loudly.
+            # A lake that cannot be read now (a lock, an outage, a corrupt file) is no such verdict: it is
+            # raised, and the task retries.
+            if isinstance(exc, LakeError) and not isinstance(exc, StaleFeaturesError):
+                raise
             log.exception("champion %s cannot be scored on %s", champion_version, list(p.holdout_months))
             champion = {"version": champion_version, "metrics": None, "error": f"{type(exc).__name__}: {exc}"}
     log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
@@ -437,14 +444,28 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     def result(body: Mapping[str, Any], *, canary: bool = False) -> dict[str, Any]:
         return {**body, "champion_now": reg.resolve(CHAMPION), "challenger_now": reg.resolve(CHALLENGER), "canary": canary}
 
+    holdout = HoldoutRef.from_dict(ev.holdout)
+    challenger = Scored.of(version, holdout, ev.challenger)
+    baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
+    policy = GatePolicy.from_settings(settings)
     if evaluated and evaluated.get("metrics") is None:
+        # No comparison with the champion; the floors and the baselines still decide whether the version may
+        # be the challenger a rollout takes by default.
+        alone = decide(challenger, None, baselines, policy)
         body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
+                "checks": plain_json(alone.to_dict()).get("checks"),
                 "summary": f"NO COMPARISON: champion {evaluated_version} could not be scored ({evaluated.get('error')})"}
-        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
         reg.record_decision(version, p.run_key, body)
+        if not alone.promote:
+            raise PipelineError(
+                f"{body['summary']}, and the challenger {version} fails the gate on its own ({alone.summary}): it is "
+                "registered, not marked challenger and not promoted"
+            )
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
         raise PipelineError(
-            f"{body['summary']}: the challenger {version} is registered and marked challenger but was not promoted. "
-            f"Compare them by hand (`tenfold models show {version}`) and run `tenfold models promote {version}` if it is better"
+            f"{body['summary']}: the challenger {version} passes the floors and baselines, is registered and marked "
+            f"challenger but was not promoted. Compare them by hand (`tenfold models show {version}`) and run "
+            f"`tenfold models promote {version}` if it is better"
         )
     recorded = reg.decisions(version).get(p.run_key)
     first = evaluated_version is None
@@ -465,11 +486,8 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         reg.record_decision(version, p.run_key, body)
         return result(body)
 
-    holdout = HoldoutRef.from_dict(ev.holdout)
-    challenger = Scored.of(version, holdout, ev.challenger)
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
-    baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
-    decision: Decision = decide(challenger, champion, baselines, GatePolicy.from_settings(settings))
+    decision: Decision = decide(challenger, champion, baselines, policy)
     body = plain_json(decision.to_dict())
     if decision.promote and not first:
         body["summary"] = f"{body['summary']} -> challenger: the canary rollout (rollout_model) decides on champion"

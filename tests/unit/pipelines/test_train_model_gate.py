@@ -161,3 +161,33 @@ def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(gate_s
             pipeline.gate(gate_settings, planned, evaluation, registered)
     assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered.version
     assert "champion" not in pipeline.comparison_table(evaluation)
+
+    # A challenger that fails the floors on its own is not marked challenger (rollout_model takes that alias
+    # by default): the champion could not be compared, but the floors and baselines still could.
+    planned = pipeline.plan(gate_settings, "manual__bad", CONF)
+    trained = model(tmp_path, 0.45)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    bad = pipeline.register(gate_settings, planned, trained, evaluation)
+    with pytest.raises(pipeline.PipelineError, match="fails the gate on its own"):
+        pipeline.gate(gate_settings, planned, evaluation, bad)
+    assert reg.resolve(CHALLENGER) == registered.version and reg.resolve(CHAMPION) == broken.version
+
+
+def test_a_champion_the_lake_cannot_serve_now_is_retried_not_judged(
+    gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lake error while scoring the champion (a lock, an outage) fails the task for a retry; it is not a verdict
+    that the champion cannot be scored (which would let the gate mark the challenger without comparing)."""
+    from tenfold.data.lake import PartitionLocked
+
+    run(gate_settings, "manual__old", model(tmp_path, 0.70))
+    scored_challenger = pipeline._evaluate_challenger
+
+    def locked(*args: Any) -> dict[str, Any]:
+        raise PartitionLocked("features 2013-03 is being published by another writer")
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", locked)
+    monkeypatch.setattr(pipeline, "_evaluate_challenger", scored_challenger)
+    planned = pipeline.plan(gate_settings, "manual__new", CONF)
+    with pytest.raises(PartitionLocked):
+        pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
