@@ -25,6 +25,13 @@ class TrainedModel:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def training_key(run_key: str, cfg: TrainConfig) -> str:
+    """The training folder and cloud run id of ``cfg`` in run ``run_key``: a retried task resumes its checkpoints,
+    while a plan run again with another config (a cleared run whose split moved) trains afresh instead of
+    resuming, or returning, what the first plan trained (<= 59 characters, a valid run id)."""
+    return f"{run_key[:46].rstrip('-._')}-{cfg.digest[:12]}"
+
+
 class TrainingJob(Protocol):
     """Trains ``cfg`` for the run ``run_key`` and returns when the model folder is complete."""
 
@@ -40,14 +47,14 @@ class LocalTorchrunJob:
     def run(self, cfg: TrainConfig, run_key: str, work_dir: Path, *, nproc: int | None = None) -> TrainedModel:
         from tenfold.training.launch import run_torchrun
 
-        result = run_torchrun(self.settings, cfg, work_dir / "train", nproc=nproc)
+        result = run_torchrun(self.settings, cfg, work_dir / training_key("train", cfg), nproc=nproc)
         return TrainedModel(model_ref=str(result.model_dir), result=plain_json(result.to_dict()))
 
 
 class FleetTrainingJob:
     """The GPU training group (:func:`tenfold.training.fleet.run_training`), staged in the artifacts bucket.
 
-    The config and the preprocessing (fit here, once) are staged in ``gs://<artifacts>/<runs_prefix>/<run>/out``
+    The config and the preprocessing (fit here, once) are staged in ``gs://<artifacts>/<runs_prefix>/<run>-<config digest>/out`` (:func:`training_key`)
     create-only, so a retried task keeps what its first attempt's checkpoints were trained with; the nodes
     write the model to ``.../out/model``. ``igm_client``, ``markers`` and ``storage_client`` are the Google
     clients (tests pass fakes or emulator clients at that boundary).
@@ -67,7 +74,8 @@ class FleetTrainingJob:
         settings = self.settings
         client = self.storage_client or gcs_client(settings)
         bucket = settings.storage.artifacts_bucket
-        out = f"{run_folder(settings, run_key)}/out"
+        job_key = training_key(run_key, cfg)
+        out = f"{run_folder(settings, job_key)}/out"
         staged = {CONFIG_FILE: cfg.to_json()}
         if client.bucket(bucket).get_blob(f"{out}/{PREPROCESSING_FILE}") is None:
             staged[PREPROCESSING_FILE] = fit_preprocessing(cfg).to_json()
@@ -75,7 +83,7 @@ class FleetTrainingJob:
             with contextlib.suppress(PreconditionFailed):  # staged by an earlier attempt of this run
                 client.bucket(bucket).blob(f"{out}/{name}").upload_from_string(body, if_generation_match=0)
         args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
-        run = run_training(settings, run_key, args=args, client=self.igm_client,
+        run = run_training(settings, job_key, args=args, client=self.igm_client,
                            markers=self.markers if self.markers is not None else GcsMarkerStore(client))
         return TrainedModel(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", result=plain_json({
             "run_id": run.run_id, "status": run.status, "marker": run.marker, "elapsed_s": run.elapsed_s}))

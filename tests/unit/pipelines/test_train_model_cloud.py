@@ -84,8 +84,16 @@ def dev_settings(make_settings: Callable[..., Settings], gcs_emulator: str) -> S
     return settings
 
 
-def _plan(settings: Settings, name: str) -> dict[str, Any]:
-    return pipeline.plan(settings, f"manual__{name}", CONF)
+def _plan(settings: Settings, name: str, conf: dict[str, Any] = CONF) -> Any:
+    return pipeline.plan(settings, f"manual__{name}", conf)
+
+
+def _job(planned: Any) -> str:
+    """The training run id of a plan: its run key and its config's digest."""
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.jobs import training_key
+
+    return training_key(planned.run_key, TrainConfig.from_dict(planned.train_config))
 
 
 def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings) -> None:
@@ -100,7 +108,7 @@ def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings)
     assert group.calls[-1][1]["instance_group_manager"] == dev_settings.training.fleet.instance_group
     # The step staged the run's inputs: the config and the preprocessing fit here, once.
     bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
-    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{planned.run_key}/out/"))
+    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{_job(planned)}/out/"))
     assert staged == ["preprocessing.json", "train_config.json"]
 
 
@@ -117,7 +125,7 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
     trained = pipeline.train(dev_settings, planned, igm_client=group)
     assert group.resizes == [dev_settings.training.nnodes, 0]
     assert trained.model_ref == (
-        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{planned.run_key}/out/model"
+        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{_job(planned)}/out/model"
     )
     assert trained.train_result["status"] == "succeeded"
     local = pipeline.materialize(dev_settings, trained.model_ref, tmp_path / "model")
@@ -126,3 +134,21 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
     again = FakeTrainingGroup(dev_settings, "succeeded")
     assert pipeline.train(dev_settings, planned, igm_client=again).model_ref == trained.model_ref
     assert again.resizes == []
+
+
+def test_a_plan_run_again_with_another_split_trains_it_instead_of_returning_the_first(dev_settings: Settings) -> None:
+    """A cleared DAG run whose plan moved (another training window) trains the new config on the group; it neither
+    returns the model of the first plan (its succeeded marker) nor trains the first plan's staged config."""
+    first = FakeTrainingGroup(dev_settings, "succeeded")
+    planned = _plan(dev_settings, "replanned")
+    trained = pipeline.train(dev_settings, planned, igm_client=first)
+    again = _plan(dev_settings, "replanned", {**CONF, "train_months": ["2013-01", "2013-01"]})
+    assert again.run_key == planned.run_key and again.train_config != planned.train_config
+    second = FakeTrainingGroup(dev_settings, "succeeded")
+    retrained = pipeline.train(dev_settings, again, igm_client=second)
+    assert second.resizes == [dev_settings.training.nnodes, 0], "the new plan was never trained"
+    assert retrained.model_ref != trained.model_ref
+    bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
+    staged = json.loads(bucket.blob(f"{dev_settings.training.runs_prefix}/{_job(again)}/out/train_config.json")
+                        .download_as_bytes())
+    assert staged["train_months"] == ["2013-01"]
