@@ -271,6 +271,14 @@ class Trainer:
         info, snap = found
         if snap.trajectory != trajectory_digest(self.cfg):
             raise WorkerError(f"{info.path} was written by a different training config; use a fresh output folder")
+        if snap.world_size != self.world:
+            # Its position counts global batches of batch_size x its world, and its learning-rate schedule spans
+            # that world's steps: under another world it would train rows twice and restart the schedule.
+            raise WorkerError(
+                f"{info.path} was written by {snap.world_size} training processes and this run has {self.world}: "
+                f"resume with the same number (--nproc {snap.world_size} per node, the same nodes) or use a fresh "
+                "output folder"
+            )
         self.model.load_state_dict(snap.model)
         self.optimizer.load_state_dict(snap.optimizer)
         self.scheduler.load_state_dict(snap.scheduler)
@@ -283,9 +291,9 @@ class Trainer:
             self.selection = {k: v for k, v in snap.selection.items() if k != "best_state"}
             if self.rank == 0:
                 self.best_state = snap.selection.get("best_state")
-        if snap.world_size == self.world and self.rank in snap.rng:
+        if self.rank in snap.rng:
             ckpt.set_rng_state(snap.rng[self.rank])
-        else:  # a different world size cannot continue the old per-rank streams: start fresh ones
+        else:  # a snapshot without this rank's streams: start fresh ones
             seed_everything(self.cfg.seed * 1000 + 7919 * (self.step + 1) + self.rank)
         log.info("rank %d resumed from %s (step %d, epoch %d, batch %d)", self.rank, info.path.name, self.step,
                  self.epoch, self.batch_pos)

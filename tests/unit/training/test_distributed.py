@@ -66,6 +66,19 @@ def test_corrupt_newest_checkpoint_is_skipped_on_resume(
     _assert_same_weights(_weights(resumed), _weights(reference_run))
 
 
+def test_resuming_under_another_number_of_processes_is_refused(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """A snapshot's position counts batches of its own world and its schedule spans that world's steps: resumed
+    by one process where two wrote it, rows would be trained twice and the learning rate restart its cosine."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run.out_dir, out)
+    shutil.rmtree(out / "model")
+    with pytest.raises(TrainingFailed, match=r"written by 2 training processes and this run has 1.*--nproc 2"):
+        run_torchrun(train_settings, small_config, out, nproc=1, timeout_s=240)
+    assert not (out / "model").exists()
+
+
 def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
     train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
