@@ -205,7 +205,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]
         num_inputs = int(meta["num_inputs"])
         expected_sha = meta["weights_sha256"]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a section that is not a mapping
         raise ModelLoadError(f"{where / META_FILE} lacks or garbles {exc}; re-save the model") from exc
 
     weights_path = where / meta.get("weights_file", WEIGHTS_FILE)

@@ -74,9 +74,8 @@ def evaluate_command(
     report: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
 ) -> None:
     """Score a model on the time-based holdout, side by side with the baselines."""
-    from tenfold.data.lake import Lake, month_range
+    from tenfold.data.lake import Lake, LakeError, month_range
     from tenfold.model.io import ModelLoadError
-    from tenfold.training.data import MissingFeaturesError
     from tenfold.training.evaluate import (
         EvaluationReport,
         calibration_text,
@@ -87,16 +86,16 @@ def evaluate_command(
     )
 
     settings = get_settings(env)
-    train = month_range(*_months(train_months, settings.training.train_months))
-    holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
-    lake = Lake.from_settings(settings)
     try:
+        train = month_range(*_months(train_months, settings.training.train_months))
+        holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
+        lake = Lake.from_settings(settings)
         check_time_split(train, holdout)
         if baselines:
             result = evaluate_with_baselines(model, lake, train, holdout)
         else:
             result = EvaluationReport([p.label for p in train], [p.label for p in holdout], evaluate_model(model, lake, holdout))
-    except (MissingFeaturesError, ModelLoadError, ValueError) as exc:
+    except (LakeError, ModelLoadError, ValueError) as exc:  # LakeError: missing, stale or unreadable features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(result.table() if baselines else compare([result.model]))

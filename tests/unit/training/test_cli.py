@@ -36,3 +36,18 @@ def test_evaluate_a_folder_that_is_not_a_model(home: Path) -> None:
 def test_evaluate_refuses_a_holdout_inside_the_training_window(home: Path) -> None:
     out = CliRunner().invoke(app, ["evaluate", "--model", str(home), "--holdout-months", "2013-03:2013-04"])
     assert out.exit_code == 2 and "does not come after the training window" in out.output
+
+
+def test_evaluate_refuses_a_month_that_is_not_one(home: Path) -> None:
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(home), "--holdout-months", "2013-1x"])
+    assert out.exit_code == 2 and "'2013-1x' is not a month" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_evaluate_refuses_a_model_whose_config_is_not_a_mapping(home: Path) -> None:
+    model = home / "model"
+    model.mkdir()
+    (model / "meta.json").write_text('{"version": 1, "config": null, "vocab_sizes": {}, "categorical_columns": [], "num_inputs": 1, '
+                                     '"weights_sha256": "0"}')
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(model)])
+    assert out.exit_code == 2 and "meta.json lacks or garbles" in out.output, out.output
