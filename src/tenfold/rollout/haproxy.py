@@ -77,6 +77,10 @@ class HaproxyObserver:
     lines: accept time, backend = arm, status, active time) to its log in the fleet's run directory. Both
     arms are measured at the same place the same way, and a request that no replica answered (HAProxy's
     own 503) counts as the arm's error too, as the cloud load balancer's logs would show it.
+
+    A request counts in the window in which it ended (accept time plus active time): HAProxy logs it only
+    then, so one still running when a window is read (a slow answer, a timeout's 504) counts in the next
+    window instead of in none.
     """
 
     def __init__(self, log_path: Path, path: str = "/v1/predict") -> None:
@@ -106,7 +110,7 @@ class HaproxyObserver:
                         at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
                     except ValueError:
                         continue
-                    if lo <= at < hi:
+                    if lo <= at + max(active_ms, 0.0) / 1000 < hi:  # when it ended
                         statuses, latencies = seen[parts[2].decode()]
                         statuses.append(status)
                         latencies.append(max(active_ms, 0.0))

@@ -120,3 +120,28 @@ def test_runtime_api_errors_are_clear(lb_settings: Settings, haproxy: HaproxyPat
     router = HaproxyRouter.from_settings(lb_settings.model_copy(update={"local": lb_settings.local.model_copy(update={"home": tmp_path})}))
     with pytest.raises(HaproxyError, match="is the fleet up"):
         router.canary_percent()
+
+
+def test_the_observer_counts_a_request_in_the_window_it_ended_in(tmp_path: Any) -> None:
+    """HAProxy logs a request when it ends, stamped with when it arrived: a slow request or a timeout (504) still
+    running when a window is read must count in the next window, not fall between the two."""
+    import datetime as dt
+
+    from tenfold.rollout.haproxy import HaproxyObserver
+    from tenfold.serving.haproxy import REQUEST_LOG_MARKER
+
+    t0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+    at = t0.timestamp()
+    log = tmp_path / "haproxy.log"
+    log.write_text("".join(f"{REQUEST_LOG_MARKER} {a:.3f} {arm} {status} {ms} /v1/predict\n" for a, arm, status, ms in [
+        (at + 1, "canary", 200, 12),       # window 1
+        (at + 25, "canary", 504, 30000),   # arrived in window 1, timed out in window 2
+        (at + 29.9, "stable", 200, 500),   # arrived in window 1, answered in window 2
+        (at + 31, "stable", 200, 8),       # window 2
+    ]))
+    observer = HaproxyObserver(log)
+    w1 = observer.traffic(t0, t0 + dt.timedelta(seconds=30))
+    w2 = observer.traffic(t0 + dt.timedelta(seconds=30), t0 + dt.timedelta(seconds=60))
+    assert (w1["canary"].requests, w1["canary"].errors, w1["stable"].requests) == (1, 0, 0)
+    assert (w2["canary"].requests, w2["canary"].errors, w2["stable"].requests) == (1, 1, 2)
+    assert w2["canary"].latencies_ms == (30000.0,)
