@@ -127,8 +127,10 @@ class RolloutSettings(_Frozen):
     min_requests: int = Field(default=50, ge=1)
     min_feedback: int = Field(default=20, ge=0)
     no_data_deadline_s: float = Field(default=300.0, gt=0)
-    # Fail when the canary's error rate (5xx and unanswered, at the load balancer) exceeds the control's by more.
+    # Fail when the canary's error rate (5xx and unanswered, at the load balancer) exceeds the control's by more,
+    # beyond chance at this significance (a one-sided lower confidence bound of the difference).
     max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    error_alpha: float = Field(default=0.01, gt=0, lt=1)
     # Fail when the canary's latencies are greater than the control's plus this tolerance, at this significance.
     latency_tolerance_ms: float = Field(default=25.0, ge=0)
     latency_alpha: float = Field(default=0.01, gt=0, lt=1)

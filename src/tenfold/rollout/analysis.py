@@ -5,8 +5,10 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
 ``pass``, ``fail`` (with the reasons) or ``no_data``. Every value that drove the verdict is in
 :attr:`Check.values`, so the decision can be logged, recorded and plotted as it was made.
 
-* **Error rate:** the canary's share of 5xx (and unanswered) requests may exceed the control's by at most
-  ``max_error_rate_increase``.
+* **Error rate:** the check fails when the canary's share of 5xx (and unanswered) requests exceeds the
+  control's by more than ``max_error_rate_increase`` beyond chance: the one-sided lower confidence bound
+  (at ``error_alpha``; Newcombe's hybrid score interval, sound with zero errors and small windows) of the
+  difference is above the margin. One error in a window of 50 is not a failure; 5 % errors in 400 is.
 * **Latency:** a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the canary's latency
   samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
   slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
@@ -83,6 +85,26 @@ def _worse_by_more_than(canary: Accuracy, control: Accuracy, margin: float) -> f
     return float(norm.sf(gap / se))
 
 
+def _wilson(errors: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score bounds of the proportion ``errors / n`` at normal quantile ``z``."""
+    p = errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def error_increase_lower_bound(canary: ArmTraffic, control: ArmTraffic, alpha: float) -> float:
+    """The one-sided ``1 - alpha`` lower confidence bound of the canary's error rate less the control's
+    (Newcombe's hybrid score interval from each arm's Wilson bounds)."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(alpha))
+    p1, p2 = canary.errors / canary.requests, control.errors / control.requests
+    low1, _ = _wilson(canary.errors, canary.requests, z)
+    _, high2 = _wilson(control.errors, control.requests, z)
+    return p1 - p2 - float(np.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2))
+
+
 def _p99(samples: np.ndarray) -> float | None:
     return float(np.percentile(samples, 99)) if samples.size else None
 
@@ -109,10 +131,12 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
     else:
         assert canary.error_rate is not None and control.error_rate is not None
         increase = canary.error_rate - control.error_rate
-        values["error_rate_increase"] = increase
-        if increase > policy.max_error_rate_increase:
+        bound = error_increase_lower_bound(canary, control, policy.error_alpha)
+        values["error_rate_increase"], values["error_rate_increase_low"] = increase, bound
+        if bound > policy.max_error_rate_increase:
             failed.append(f"error rate {canary.error_rate:.2%} is {increase:.2%} above the control's "
-                          f"{control.error_rate:.2%} (at most {policy.max_error_rate_increase:.2%} allowed)")
+                          f"{control.error_rate:.2%}, at least {bound:.2%} beyond chance (at most "
+                          f"{policy.max_error_rate_increase:.2%} allowed; {1 - policy.error_alpha:.0%} lower bound)")
         can = np.asarray(canary.latencies_ms, dtype=np.float64)
         ctl = np.asarray(control.latencies_ms, dtype=np.float64)
         values["canary_p99_ms"], values["control_p99_ms"] = _p99(can), _p99(ctl)

@@ -33,6 +33,21 @@ def test_five_percent_errors_fail_and_name_the_rates() -> None:
     assert any("error rate 5.00%" in r and "control's 0.00%" in r for r in got.reasons)
 
 
+def test_an_error_rate_like_the_controls_rarely_fails_a_small_window() -> None:
+    """Both arms at 1 % errors, 50 canary requests a window: a raw difference above 1 point happens in about a
+    quarter of windows (one error in 50 is 2 %); the check may fail only about ``error_alpha`` of them."""
+    rng = np.random.default_rng(11)
+    lat = tuple(RNG.gamma(4.0, 5.0, 50))
+    failed = raw = 0
+    for _ in range(2000):
+        canary = ArmTraffic(50, int(rng.binomial(50, 0.01)), lat)
+        control = ArmTraffic(950, int(rng.binomial(950, 0.01)), lat)
+        raw += canary.errors / 50 - control.errors / 950 > POLICY.max_error_rate_increase
+        failed += check(canary, control, GOOD, GOOD, POLICY).verdict == FAIL
+    assert raw > 400  # the old rule (raw difference above the margin) failed these
+    assert failed <= 2000 * 2 * POLICY.error_alpha, failed
+
+
 def test_two_hundred_ms_more_fails_the_mann_whitney_test_but_a_shift_within_tolerance_does_not() -> None:
     slow = check(arm(shift_ms=200), arm(), GOOD, GOOD, POLICY)
     assert slow.verdict == FAIL and slow.values["latency_p_value"] < 1e-6
