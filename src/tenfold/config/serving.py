@@ -134,6 +134,8 @@ class RolloutSettings(_Frozen):
     # Fail when the canary's latencies are greater than the control's plus this tolerance, at this significance.
     latency_tolerance_ms: float = Field(default=25.0, ge=0)
     latency_alpha: float = Field(default=0.01, gt=0, lt=1)
+    # ... and when more of its requests than the control's take longer than the control's p99 plus this (the tail).
+    latency_tail_tolerance_ms: float = Field(default=100.0, ge=0)
     # Fail when the canary's online accuracy (at 0.5) is lower than the control's by more than this, at this
     # significance (a one-sided two-proportion z-test: a small sample's chance dip is not a failure).
     max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)

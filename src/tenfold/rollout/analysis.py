@@ -13,6 +13,10 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
   samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
   slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
   fail a canary and a shift of the whole distribution does; the p99 of both is reported beside it.
+* **Latency tail:** a shift of the whole distribution is not the only way to be slower: a canary whose
+  requests are slow now and then (a lock, a cold path, a share of them timing out) keeps its median. The
+  check also fails when more of the canary's requests than of the control's take longer than the
+  control's p99 plus ``latency_tail_tolerance_ms``, by a one-sided Fisher exact test at ``latency_alpha``.
 * **Online accuracy:** accuracy at 0.5 of the predictions that have feedback; the check fails when a
   one-sided two-proportion z-test says the canary trails the control by more than ``max_accuracy_drop``
   at significance ``accuracy_alpha`` (a small sample's chance dip is not a failure).
@@ -109,6 +113,24 @@ def _p99(samples: np.ndarray) -> float | None:
     return float(np.percentile(samples, 99)) if samples.size else None
 
 
+def _tail(can: np.ndarray, ctl: np.ndarray, values: dict[str, Any], policy: RolloutSettings) -> list[str]:
+    """The latency-tail check: more canary than control requests above the control's p99 plus the tail
+    tolerance, beyond chance (one-sided Fisher exact test). Records its values; returns its failure, if any."""
+    from scipy.stats import fisher_exact
+
+    slow_at = float(np.percentile(ctl, 99)) + policy.latency_tail_tolerance_ms
+    slow_canary, slow_control = int((can > slow_at).sum()), int((ctl > slow_at).sum())
+    table = [[slow_canary, can.size - slow_canary], [slow_control, ctl.size - slow_control]]
+    p_value = float(fisher_exact(table, alternative="greater").pvalue)
+    values.update(latency_tail_ms=slow_at, canary_tail_share=slow_canary / can.size,
+                  control_tail_share=slow_control / ctl.size, latency_tail_p_value=p_value)
+    if p_value >= policy.latency_alpha:
+        return []
+    return [f"latency tail: {slow_canary / can.size:.1%} of the canary's requests took longer than {slow_at:.0f} ms "
+            f"(the control's p99 + {policy.latency_tail_tolerance_ms:g} ms), against {slow_control / ctl.size:.1%} of "
+            f"the control's (Fisher exact p={p_value:.3g} < {policy.latency_alpha:g})"]
+
+
 def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control_acc: Accuracy,
           policy: RolloutSettings) -> Check:
     """Compare the canary with the control over one window (see the module docstring)."""
@@ -147,6 +169,7 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
                 failed.append(f"latency: the canary is slower than the control by more than {policy.latency_tolerance_ms:g} ms "
                               f"(Mann-Whitney U p={p_value:.3g} < {policy.latency_alpha:g}; p99 "
                               f"{values['canary_p99_ms']:.1f} vs {values['control_p99_ms']:.1f} ms)")
+            failed.extend(_tail(can, ctl, values, policy))
         else:
             missing.append("no latency samples")
 

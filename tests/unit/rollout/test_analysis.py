@@ -57,6 +57,26 @@ def test_two_hundred_ms_more_fails_the_mann_whitney_test_but_a_shift_within_tole
     assert within.verdict == PASS, within.reasons
 
 
+def test_a_slow_share_of_requests_fails_the_tail_check_though_the_median_holds() -> None:
+    """A fifth of the canary's requests 2 s slower: the Mann-Whitney test of the whole distribution (less the
+    tolerance) does not see it, the tail check does."""
+    base = arm()
+    slow = ArmTraffic(base.requests, 0, tuple(x + (2000.0 if i % 5 == 0 else 0.0) for i, x in enumerate(base.latencies_ms)))
+    got = check(slow, arm(), GOOD, GOOD, POLICY)
+    assert got.values["latency_p_value"] > POLICY.latency_alpha  # the location test alone passes it
+    assert got.verdict == FAIL and any(r.startswith("latency tail: 20.0% of the canary's") for r in got.reasons), got.reasons
+    assert got.values["latency_tail_p_value"] < 1e-10
+
+
+def test_an_identical_canary_rarely_fails_the_tail_check() -> None:
+    rng = np.random.default_rng(5)
+    failed = sum(
+        check(ArmTraffic(60, 0, tuple(rng.gamma(4.0, 5.0, 60))), ArmTraffic(300, 0, tuple(rng.gamma(4.0, 5.0, 300))),
+              GOOD, GOOD, POLICY.model_copy(update={"latency_tail_tolerance_ms": 0.0})).verdict == FAIL
+        for _ in range(500))
+    assert failed <= 500 * 2 * POLICY.latency_alpha, failed
+
+
 def test_one_slow_outlier_does_not_fail_a_canary() -> None:
     base = arm()
     outlier = ArmTraffic(base.requests, 0, (*base.latencies_ms[:-1], 5000.0))
