@@ -11,16 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o666) -> None:
     """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
 
     ``durable`` (the default) also fsyncs the file and then the folder, so the rename itself is on disk
     before anything that refers to the file is written; state that is rewritten several times a second
-    and rebuilt after a crash anyway (a status file) passes ``durable=False``.
+    and rebuilt after a crash anyway (a status file) passes ``durable=False``. ``mode`` (less the umask) is
+    the file's from its creation: a secret is never readable by others, not even for a moment.
     """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import stat
 import threading
 import time
 import urllib.error
@@ -293,6 +294,13 @@ def test_everything_listens_on_loopback_only(fleet: Fleet) -> None:
     assert {fleet.settings.local.lb_port, fleet.settings.serving.fleet.lb_metrics_port} <= ports
     assert {r.port for p in st.pools.values() for r in p.replicas} <= ports
     assert {addr.ip for _, addr in listening} == {"127.0.0.1"}, listening
+
+
+def test_the_settings_the_supervisor_reads_are_private(fleet: Fleet) -> None:
+    """They hold secrets (the alert webhook), like the token: readable by this user only."""
+    path = fleet_mod.run_dir(fleet.settings) / fleet_mod.SETTINGS_FILE
+    assert "alert_webhook_url" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_split_is_sticky_and_within_the_binomial_interval(fleet: Fleet) -> None:

@@ -53,6 +53,7 @@ def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
     (("split", "150"), 2, "from 0 to 100"),
     (("split", "--", "-5"), 2, "from 0 to 100"),
     (("split",), 1, "is the fleet up"),
+    (("split", "10"), 1, "is the fleet up"),  # before the fleet ever ran: no run folder, no map file written
     (("scale",), 2, "nothing to change"),
     (("scale", "--pool", "blue", "--replicas", "2"), 2, "unknown pool 'blue'"),
     (("scale", "--replicas", "2", "--min", "1"), 2, "either --replicas or --min/--max"),

@@ -64,6 +64,7 @@ class HaproxyRouter:
     def set_canary_percent(self, percent: int) -> None:
         """Send ``percent`` of the buckets (and of keyless requests) to the canary pool, at once."""
         percent = check_percent(percent)
+        self.canary_percent()  # HAProxy answers (the fleet runs) before its map file is touched
         write_split_map(self.split_map, percent)
         self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
         if (now := self.canary_percent()) != percent:

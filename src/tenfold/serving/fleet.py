@@ -687,7 +687,8 @@ def _up(
     )
     with _spec_lock(settings):
         _write_atomic(rd / SPEC_FILE, spec.to_json())
-    _write_atomic(rd / SETTINGS_FILE, settings.model_dump_json())
+    # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the token is.
+    atomic_write(rd / SETTINGS_FILE, settings.model_dump_json().encode(), durable=False, mode=0o600)
     (rd / STATUS_FILE).unlink(missing_ok=True)
     write_config(settings, canary_percent=fleet.canary_percent)  # a fresh fleet starts at the settings' split
     argv = [sys.executable, "-m", "tenfold.serving.fleet", "--settings-file", str(rd / SETTINGS_FILE)]
