@@ -78,6 +78,9 @@ STATUS_FILE = "fleet-status.json"
 REPLICA_MODULE = "tenfold.serving"
 # How far above replica_base_port replica ports may go.
 PORT_SPAN = 1000
+# A replica that dies within this long of entering rotation counts as one that failed to come up (its pool backs
+# off before the next start); one that served this long resets its pool's back-off.
+SETTLED_S = 60.0
 
 # Replica states in the supervisor.
 STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stopping"
@@ -285,6 +288,7 @@ class Supervisor:
         self.samples: dict[str, list[int]] = {pool: [] for pool in POOLS}
         self.util: dict[str, float] = {pool: 0.0 for pool in POOLS}
         self.backoff: dict[str, tuple[int, float]] = {pool: (0, 0.0) for pool in POOLS}
+        self.haproxy_backoff: tuple[int, float] = (0, 0.0)
         self.events: list[str] = []
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
@@ -334,16 +338,29 @@ class Supervisor:
         process.wait_until(self.api.alive, timeout=10, what="HAProxy", record=self.haproxy, interval=0.05)
         self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
 
-    def _ensure_haproxy(self) -> None:
+    def _ensure_haproxy(self) -> bool:
+        """True when HAProxy runs (restarting it if it died); False while a failed restart waits out its back-off."""
         if self.haproxy is not None and process.is_running(self.haproxy):
-            return
+            return True
+        failures, retry_at = self.haproxy_backoff
+        if time.monotonic() < retry_at:
+            return False
         self.say("haproxy: not running, restarting it; replicas re-enter after their health checks")
         process.remove_pid_file(self.run_dir, HAPROXY)
-        self.start_haproxy()
+        try:
+            self.start_haproxy()
+        except LocalPlatformError as exc:
+            self.haproxy = None
+            delay = min(30.0, 0.5 * 2**failures)
+            self.haproxy_backoff = (failures + 1, time.monotonic() + delay)
+            self.say(f"haproxy: could not restart ({exc}); retrying in {delay:.1f} s")
+            return False
+        self.haproxy_backoff = (0, 0.0)
         for r in self.replicas:
             if r.state in (STARTING, SERVING):
                 self.api.point(r.pool, r.server, self.settings.local.bind_host, r.port)
                 r.enter(STARTING)
+        return True
 
     # -- replicas
     def _free_slot(self, pool: str) -> int | None:
@@ -383,7 +400,8 @@ class Supervisor:
         return replica
 
     def _failed(self, pool: str, message: str) -> None:
-        """A replica failed to come up: retry later, waiting longer each time (a bad model must not spin)."""
+        """A replica failed to come up, or died soon after it did: retry later, waiting longer each time (a bad
+        model must not spin). The back-off resets once a replica of the pool has served :data:`SETTLED_S`."""
         failures, _ = self.backoff[pool]
         delay = min(30.0, 0.5 * 2**failures)
         self.backoff[pool] = (failures + 1, time.monotonic() + delay)
@@ -436,6 +454,9 @@ class Supervisor:
                 self._forget(r)
                 if r.state == STARTING:
                     self._failed(r.pool, f"{name}: exited while starting{code}")
+                elif r.state == SERVING and now - r.since < SETTLED_S:
+                    self._failed(r.pool, f"{name}: process {r.record.pid} died {now - r.since:.0f} s after it "
+                                         f"entered rotation; last log lines:\n{process.log_tail(r.record.log, 8)}")
                 else:
                     self.say(f"{name}: process {r.record.pid} is gone ({r.state}); replacing it")
                 continue
@@ -444,12 +465,13 @@ class Supervisor:
                     self.api.admit(r.pool, r.server)
                     r.enter(SERVING)
                     r.lb = None  # HAProxy's view changed; the next look fills it in
-                    self.backoff[r.pool] = (0, 0.0)
                     self.say(f"{name}: in rotation (HAProxy health check passed)")
                 elif now - r.since > self.fleet.replica_start_timeout_s:
                     self._stop(r, f"not healthy within {self.fleet.replica_start_timeout_s:.0f} s")
                     self._failed(r.pool, f"{name}: did not become ready; see {r.record.log}")
             elif r.state == SERVING:
+                if now - r.since >= SETTLED_S and self.backoff[r.pool][0]:
+                    self.backoff[r.pool] = (0, 0.0)  # it served a while: the pool's failures are behind it
                 down = r.lb is not None and r.lb.status.startswith("DOWN")
                 r.down_since = (r.down_since or now) if down else None
                 if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
@@ -510,12 +532,12 @@ class Supervisor:
 
     def tick(self) -> None:
         self._reload_spec()
-        self._ensure_haproxy()
-        self._observe()
-        self._autoscale()
-        for pool in POOLS:
-            self._reconcile(pool)
-        self.write_status()
+        if self._ensure_haproxy():  # else HAProxy waits out a failed restart's back-off: nothing to observe
+            self._observe()
+            self._autoscale()
+            for pool in POOLS:
+                self._reconcile(pool)
+        self.write_status()  # even then, so `tenfold serve status` shows HAProxy down
 
     def status(self) -> FleetStatus:
         pools = {}

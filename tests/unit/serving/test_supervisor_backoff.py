@@ -1,0 +1,104 @@
+"""The fleet supervisor backs off from what keeps failing: a replica that dies soon after it entered rotation (a
+model that loads but crashes on its first requests) and a HAProxy that cannot restart are not retried as fast as
+the supervisor ticks.
+
+Real supervisor ticks and real replica processes (a stub module that exits shortly after start); HAProxy's runtime
+API is replaced by one that reports every pointed slot healthy, so the stub is admitted at once (the fleet tests
+under tests/serving run the real HAProxy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold.config import build_settings
+from tenfold.local.process import LocalPlatformError
+from tenfold.serving import fleet
+from tenfold.serving.haproxy import ServerStat
+
+
+class HealthyApi:
+    """HAProxy's runtime API as the supervisor uses it, every pointed slot UP."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[str, str], str] = {}
+
+    def point(self, pool: str, server: str, host: str, port: int) -> None:
+        self.slots[(pool, server)] = "UP"
+
+    def admit(self, pool: str, server: str) -> None:
+        pass
+
+    def drain(self, pool: str, server: str) -> None:
+        self.slots[(pool, server)] = "DRAIN"
+
+    def maintain(self, pool: str, server: str) -> None:
+        self.slots.pop((pool, server), None)
+
+    def alive(self) -> bool:
+        return True
+
+    def all_servers(self) -> dict[str, dict[str, ServerStat]]:
+        out: dict[str, dict[str, ServerStat]] = {}
+        for (pool, server), status in self.slots.items():
+            out.setdefault(pool, {})[server] = ServerStat(pool, server, status, "L7OK", 0, 0, 0, None)
+        return out
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    rd = fleet.run_dir(settings)
+    rd.mkdir(parents=True)
+    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 1, 1), "canary": fleet.PoolSpec("v1", 0, 0)})
+    (rd / fleet.SPEC_FILE).write_text(spec.to_json())
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "short_lived_replica.py").write_text("import time\ntime.sleep(0.4)\n")  # loads, serves, dies
+    monkeypatch.setattr(fleet, "REPLICA_MODULE", "short_lived_replica")
+    lines: list[str] = []
+    sup = fleet.Supervisor(settings, say=lines.append)
+    sup.api = HealthyApi()
+    sup.env["PYTHONPATH"] = str(stubs)
+    sup.lines = lines
+    yield sup
+    sup.shutdown()
+
+
+def _tick_for(sup: Any, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        with contextlib.suppress(LocalPlatformError):  # what the supervisor's loop does with a failed tick: go on
+            sup.tick()
+        time.sleep(0.05)
+
+
+def test_a_replica_that_dies_soon_after_admission_is_restarted_with_back_off(supervisor: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "_ensure_haproxy", lambda: True)
+    _tick_for(supervisor, 8.0)
+    starts = [line for line in supervisor.lines if ": started " in line]
+    # Dying 0.4 s after each start, an unthrottled pool starts ~15 replicas in 8 s; backing off 0.5, 1, 2, 4 s: ~5.
+    assert 2 <= len(starts) <= 6, supervisor.lines
+    assert any("after it entered rotation" in line and "retrying in" in line for line in supervisor.lines)
+
+
+def test_a_haproxy_that_cannot_restart_is_retried_with_back_off_and_the_status_says_so(
+    supervisor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[float] = []
+
+    def cannot_start() -> None:
+        attempts.append(time.monotonic())
+        raise LocalPlatformError("port 8000 is in use")
+
+    monkeypatch.setattr(supervisor, "start_haproxy", cannot_start)
+    _tick_for(supervisor, 3.0)
+    assert 2 <= len(attempts) <= 4, len(attempts)  # 0, 0.5, 1.5 s (then 3.5): not every 50 ms
+    status = fleet.read_status(supervisor.settings)
+    assert status is not None and status.haproxy_pid is None and not status.ready
