@@ -313,6 +313,12 @@ class Lake:
             raise CorruptManifestError(f"manifest {self.uri_of(path)} describes {manifest.table} {manifest.partition}")
         return manifest
 
+    def content_digest(self, table: str, parts: Iterable[Partition]) -> str:
+        """The identity of what ``parts`` of ``table`` hold now: a digest of each one's manifest content (rows,
+        schema, each file's checksums), not of the run that published it, so the same data republished keeps it."""
+        body = [[p.label, self.read_manifest(table, p).content] for p in parts]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
     def has_manifest(self, table: str, part: Partition) -> bool:
         return self.fs.get_file_info(self.manifest_path(table, part)).type == pafs.FileType.File
 

@@ -25,7 +25,6 @@ model is read back from ``.../out/model``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -112,8 +111,7 @@ class Registered(RunState):
 
 def holdout_ref(lake: Lake, table: str, parts: list[Partition]) -> HoldoutRef:
     """Identity of the holdout data: a digest of each partition's manifest content (not its run id)."""
-    body = [[p.label, lake.read_manifest(table, p).content] for p in parts]
-    return HoldoutRef(partitions=tuple(p.label for p in parts), digest=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+    return HoldoutRef(partitions=tuple(p.label for p in parts), digest=lake.content_digest(table, parts))
 
 
 def _window(value: Any, name: str) -> list[Partition]:
@@ -194,7 +192,10 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
         raise PipelineError(f"run conf feedback_weight={weight!r}: give a number from 0 (no feedback) to 100")
     overrides = {k: conf[k] for k in ("epochs", "max_steps", "batch_size", "seed") if conf.get(k) is not None}
-    cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train), **overrides)
+    # The training window's content is pinned here, as the holdout's is: the ranks refuse other data, and
+    # evaluate and register refuse a window re-published since (lineage would name data the model never saw).
+    cfg = TrainConfig.from_settings(settings, train_months=tuple(p.label for p in train),
+                                    data_digest=lake.content_digest(table, train), **overrides)
     key = run_key(airflow_run_id)
     work_dir = work_root(settings) / key
     feedback: dict[str, Any] = {}
@@ -358,6 +359,7 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
             f"holdout partitions {list(p.holdout_months)} were re-published since this run planned its split: "
             "scores would not be comparable; trigger a new run"
         )
+    _check_training_window(lake, p)
     work = Path(p.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir = materialize(settings, t.model_ref, work / "challenger")
@@ -389,6 +391,16 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     return Evaluation(holdout=asdict(p.holdout), challenger=challenger, champion=champion, baselines=baselines)
 
 
+def _check_training_window(lake: Lake, p: TrainRun) -> None:
+    """Refuse when a training month was re-published since the plan pinned the window's content."""
+    pinned = p.train_config.get("data_digest")
+    if pinned is not None and lake.content_digest(p.table, p.train_parts) != pinned:
+        raise PipelineError(
+            f"training partitions {list(p.train_months)} were re-published since this run planned its split: the "
+            "model was trained on what they held then, which lineage could no longer name; trigger a new run"
+        )
+
+
 def _brief(m: Mapping[str, Any]) -> str:
     return f"auc={m['auc']:.4f} log_loss={m['log_loss']:.4f}"
 
@@ -401,6 +413,7 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     """Register the challenger with its metrics and lineage; returns its version id."""
     p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
+    _check_training_window(lake, p)
     model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, p.table, p.train_parts)
     holdout_refs = partition_refs(lake, p.table, p.holdout_parts)

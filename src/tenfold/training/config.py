@@ -60,6 +60,9 @@ class TrainConfig:
     feedback_uri: str | None = None
     feedback_sha256: str | None = None
     feedback_weight: float = 0.0
+    # The content of the training window as planned (Lake.content_digest of train_months): the ranks and the
+    # preprocessing fit refuse the window if a month was re-published since. None (the CLI): whatever is published.
+    data_digest: str | None = None
 
     def __post_init__(self) -> None:
         if self.model is None:

@@ -60,6 +60,10 @@ class StaleFeaturesError(LakeError):
     """A feature partition was built by another version of the feature definitions."""
 
 
+class RepublishedFeaturesError(LakeError):
+    """The feature partitions hold other content than the run pinned (a month was re-published since)."""
+
+
 def read_features(
     lake: Lake,
     parts: Sequence[Partition],
@@ -67,11 +71,13 @@ def read_features(
     contract: FeatureContract | None = None,
     table: str = FEATURES_TABLE,
     columns: Sequence[str] | None = None,
+    digest: str | None = None,
 ) -> pa.Table:
     """Read published partitions of the features table, refusing any without a manifest.
 
     With the workload's ``contract``, partitions built by another version of its feature definitions
-    are refused too (their manifests record the version).
+    are refused too (their manifests record the version); with ``digest`` (:meth:`Lake.content_digest`),
+    partitions that hold other content than that.
     """
     if not parts:
         raise MissingFeaturesError(f"no {table} partitions were asked for: give at least one month")
@@ -91,6 +97,11 @@ def read_features(
                 f"another feature definition than this code's version {contract.version}: rebuild them with "
                 "build_features (e.g. `airflow backfill create --dag-id build_features --reprocess-behavior completed`)"
             )
+    if digest is not None and lake.content_digest(table, parts) != digest:
+        raise RepublishedFeaturesError(
+            f"{table} partitions {', '.join(p.label for p in parts)} were re-published since this training run was "
+            "planned: they no longer hold the data it pinned; start a new run (trigger train_model again)"
+        )
     try:
         return lake.read_table(table, parts, columns=list(columns) if columns else None)
     except MissingManifestError as exc:  # published between the check and the read, then removed

@@ -68,7 +68,7 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     """Fit vocabularies and scaling of the workload's feature columns on the training window only."""
     contract = get_workload(cfg.workload).contract
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
-                          columns=contract.feature_columns)
+                          columns=contract.feature_columns, digest=cfg.data_digest)
     return Preprocessor.fit(table, contract)
 
 

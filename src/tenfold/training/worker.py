@@ -187,7 +187,8 @@ class Trainer:
         when = time_column(contract)
         columns = list(dict.fromkeys((*pre.categorical_columns, *pre.numeric_columns, contract.label,
                                       *([when] if when else []))))
-        table = read_features(self.lake, cfg.partitions, contract=contract, table=cfg.table, columns=columns)
+        table = read_features(self.lake, cfg.partitions, contract=contract, table=cfg.table, columns=columns,
+                              digest=cfg.data_digest)
         # Every rank cuts the same slice: the split depends on the rows' times only.
         self.split = validation_split(table, contract, cfg.validation_days)
         self.data = FeatureDataset.from_table(table.take(self.split.train), pre, contract.label).to(self.device)

@@ -191,3 +191,28 @@ def test_a_champion_the_lake_cannot_serve_now_is_retried_not_judged(
     planned = pipeline.plan(gate_settings, "manual__new", CONF)
     with pytest.raises(PartitionLocked):
         pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
+
+
+def test_a_training_month_republished_after_the_plan_is_refused_before_lineage_names_it(
+    gate_settings: Settings, tmp_path: Path
+) -> None:
+    """The plan pins the training window's content (as the holdout's): evaluate refuses a window re-published
+    since, so no registered version's lineage names data its model never saw; the ranks refuse it too."""
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.data import RepublishedFeaturesError, read_features
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake = Lake.from_settings(gate_settings)
+    planned = pipeline.plan(gate_settings, "manual__republished", CONF)
+    cfg = TrainConfig.from_dict(planned.train_config)
+    assert cfg.data_digest == lake.content_digest(gate_settings.storage.features_table, cfg.partitions)
+    read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)  # what it planned: read
+    publish_synthetic_features(lake, [Partition.parse("2013-01")], 80, seed=7)  # build_features ran again
+    with pytest.raises(RepublishedFeaturesError, match="re-published since this training run was planned"):
+        read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)
+    with pytest.raises(pipeline.PipelineError, match=r"training partitions \['2013-01', '2013-02'\] were re-published"):
+        pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
+    with pytest.raises(pipeline.PipelineError, match="training partitions"):
+        pipeline.register(gate_settings, planned, model(tmp_path, 0.8), {
+            "holdout": {}, "challenger": {}, "baselines": {}})
+    assert ModelRegistry(gate_settings).resolve(CHALLENGER) is None
