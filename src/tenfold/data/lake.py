@@ -61,7 +61,7 @@ _READABLE_VERSIONS = (1, 2)
 # gs:// lock whose holder never released it (killed) is taken over. A publish takes seconds.
 PUBLISH_LOCK = "_publish.lock"
 PUBLISH_LOCK_TIMEOUT_S = 600.0
-PUBLISH_LOCK_STALE_S = 900.0
+PUBLISH_LOCK_STALE_S = 120.0  # a live holder refreshes it every 40 s; a waiter outwaits a killed one's
 
 
 class LakeError(RuntimeError):

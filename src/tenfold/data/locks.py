@@ -3,7 +3,10 @@
 * On a local lake, an ``flock`` on a lock file (released by the kernel when its holder dies).
 * On GCS, a create-only object (an upload with a generation-0 precondition, which GCS grants to one
   caller), deleted on release and taken over once older than ``stale_s``, so that a killed holder cannot
-  block the others forever.
+  block the others forever. A live holder rewrites it every ``stale_s / 3`` (a heartbeat, conditional on
+  its own generation), so however long the work takes, only a holder that stopped beating loses it; one
+  that finds it was taken over (it stalled for longer than ``stale_s``) raises :class:`LockLost` when
+  its work ends, so its task fails and is retried rather than reported done.
 
 Neither is re-entrant: a holder that asks again waits for itself (and times out).
 """
@@ -12,15 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 class LockTimeout(RuntimeError):
     """Another holder kept the lock for longer than the caller was willing to wait."""
+
+
+class LockLost(RuntimeError):
+    """The lock was taken over while its holder worked (it stopped refreshing it for longer than ``stale_s``)."""
 
 
 @contextlib.contextmanager
@@ -68,9 +79,30 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
                 raise LockTimeout(f"another process holds {uri}, the lock of {what} (waited {timeout_s:.0f} s); "
                                   "let it finish and run again, or delete the object if nothing holds it") from None
             time.sleep(0.5)
-    generation = blob.generation
+    held = {"generation": blob.generation, "lost": ""}
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        beat = client.bucket(bucket).blob(name)
+        while not stop.wait(max(0.5, stale_s / 3)):
+            try:
+                beat.upload_from_string(owner, if_generation_match=held["generation"])
+                held["generation"] = beat.generation
+            except (PreconditionFailed, NotFound):
+                held["lost"] = f"{uri} was taken over (or removed) while {owner} held it for {what}"
+                log.error("%s", held["lost"])
+                return
+            except Exception as exc:  # a transient failure: the next beat tries again
+                log.warning("could not refresh the lock %s (%s); retrying", uri, exc)
+
+    beating = threading.Thread(target=heartbeat, name=f"lock heartbeat {name}", daemon=True)
+    beating.start()
     try:
         yield
     finally:
+        stop.set()
+        beating.join()
         with contextlib.suppress(NotFound, PreconditionFailed):
-            blob.delete(if_generation_match=generation)
+            blob.delete(if_generation_match=held["generation"])
+    if held["lost"]:
+        raise LockLost(f"{held['lost']}: another writer may have worked meanwhile; run it again")

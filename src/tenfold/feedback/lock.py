@@ -3,7 +3,7 @@ them back), so two joins would interleave their months; each partition's publish
 (:meth:`tenfold.data.lake.Lake.exclusive`).
 
 The lock is ``<lake>/<labelled table>/_join.lock`` (:meth:`tenfold.data.lake.Lake.lock`: an ``flock`` locally,
-a create-only object on GCS taken over when older than ``stale_s``).
+a create-only object on GCS, refreshed while held and taken over when older than ``stale_s``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["LOCK_NAME", "LockTimeout", "join_lock"]
 
 
 @contextlib.contextmanager
-def join_lock(settings: Settings, lake: Lake, *, timeout_s: float = 60.0, stale_s: float = 600.0) -> Iterator[None]:
+def join_lock(settings: Settings, lake: Lake, *, timeout_s: float = 60.0, stale_s: float = 120.0) -> Iterator[None]:
     """Hold the feedback join's lock of ``lake``; raises :class:`LockTimeout` after ``timeout_s``."""
     path = posixpath.join(lake.table_path(settings.storage.labelled_table), LOCK_NAME)
     with lake.lock(path, what="the feedback join", timeout_s=timeout_s, stale_s=stale_s):

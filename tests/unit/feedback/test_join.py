@@ -150,3 +150,48 @@ def test_the_lock_on_a_gcs_lake_is_exclusive_and_a_dead_holders_lock_is_taken_ov
     with lock(0.5):  # released: free at once
         pass
     assert client.bucket(bucket).get_blob(name) is None
+
+
+@pytest.mark.integration
+def test_a_gcs_lock_held_past_its_stale_age_by_a_live_holder_is_not_taken_over(local_settings):
+    """A live holder refreshes its lock: however long its work takes (a join of a large log, a slow publish),
+    a waiter takes it over only from a holder that stopped refreshing it (killed), never from one working."""
+    import threading
+    import time
+
+    from tenfold.data.locks import gcs_lock
+    from tenfold.storage import gcs_client
+
+    client = gcs_client(local_settings)
+    bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_publish.lock"
+    released_at: list[float] = []
+    acquired_at: list[float] = []
+
+    def waiter() -> None:
+        with gcs_lock(client, bucket, name, timeout_s=20, stale_s=2, what="a partition"):
+            acquired_at.append(time.monotonic())
+
+    with gcs_lock(client, bucket, name, timeout_s=5, stale_s=2, what="a partition"):
+        second = threading.Thread(target=waiter)
+        second.start()
+        time.sleep(6)  # three times the stale age, working
+        released_at.append(time.monotonic())
+    second.join(timeout=30)
+    assert acquired_at and acquired_at[0] >= released_at[0], "taken over from a live holder"
+
+
+@pytest.mark.integration
+def test_a_holder_whose_gcs_lock_was_taken_over_fails_instead_of_reporting_done(local_settings):
+    """A holder that stalled past the stale age lost its lock to another writer: its heartbeat finds the object
+    is no longer its own, and the holder raises LockLost when its work ends (its task fails and is retried)."""
+    import time
+
+    from tenfold.data.locks import LockLost, gcs_lock
+    from tenfold.storage import gcs_client
+
+    client = gcs_client(local_settings)
+    bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_publish.lock"
+    first = gcs_lock(client, bucket, name, timeout_s=5, stale_s=1.5, what="a partition")
+    second = gcs_lock(client, bucket, name, timeout_s=5, stale_s=0, what="a partition")  # sees it stale: takes it
+    with pytest.raises(LockLost, match="was taken over"), first, second:
+        time.sleep(1.5)  # while the first holder's heartbeat comes round
