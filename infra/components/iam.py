@@ -28,9 +28,9 @@ class AccountSpec:
     # (bucket name, role, object-name prefix): the role on the objects under that prefix only (an IAM
     # condition; the buckets have uniform bucket-level access). Listing is a bucket-level call it never allows.
     prefix_roles: Sequence[tuple[str, str, str]] = ()
-    # (bucket name, folders): read the objects under those folders and list them, nothing else of the bucket
-    # (objectViewer with a condition on the object name, and on the prefix of a list call).
-    folder_readers: Sequence[tuple[str, Sequence[str]]] = ()
+    # (bucket name, role, folders): the role on the objects under those folders and on list calls within them,
+    # nothing else of the bucket (a condition on the object name, and on the prefix of a list call).
+    folder_roles: Sequence[tuple[str, str, Sequence[str]]] = ()
     topic_roles: Sequence[tuple[str, str]] = ()  # (topic name, role)
     subscription_roles: Sequence[tuple[str, str]] = ()  # (subscription name, role)
     secret_roles: Sequence[tuple[str, str]] = ()  # (Secret Manager secret id, role): on that one secret
@@ -49,17 +49,17 @@ def object_prefix_condition(bucket: str, prefix: str) -> dict[str, str]:
     }
 
 
-def folders_read_condition(bucket: str, folders: Sequence[str]) -> dict[str, str]:
-    """The IAM condition that limits ``roles/storage.objectViewer`` on ``bucket`` to the objects under ``folders``
-    and to list calls whose prefix is within one of them (``objects.list`` is checked on the bucket, with the
-    call's prefix as ``storage.googleapis.com/objectListPrefix``)."""
+def folders_condition(bucket: str, folders: Sequence[str]) -> dict[str, str]:
+    """The IAM condition that limits an object role on ``bucket`` to the objects under ``folders`` and to list
+    calls whose prefix is within one of them (``objects.list`` is checked on the bucket, with the call's prefix
+    as ``storage.googleapis.com/objectListPrefix``)."""
     names = [f.strip("/") + "/" for f in folders]
     objects = " || ".join(f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{n}")' for n in names)
     listed = " || ".join(
         f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{n}")' for n in names)
     return {
-        "title": f"read {', '.join(names)}"[:100],
-        "description": f"read and list the objects of {bucket} under {', '.join(names)}"[:256],
+        "title": f"only {', '.join(names)}"[:100],
+        "description": f"the objects of {bucket} under {', '.join(names)}, and listing them"[:256],
         "expression": (f'(resource.type == "storage.googleapis.com/Object" && ({objects})) || '
                        f'(resource.type == "storage.googleapis.com/Bucket" && ({listed}))'),
     }
@@ -106,10 +106,10 @@ class Iam(Construct):
                 StorageBucketIamMember(
                     self, f"{spec.component}-{bucket}-{prefix.strip('/').replace('/', '-')}-{role.split('/')[-1]}",
                     bucket=bucket, role=role, member=member, condition=object_prefix_condition(bucket, prefix))
-            for bucket, folders in spec.folder_readers:
+            for bucket, role, folders in spec.folder_roles:
                 StorageBucketIamMember(
-                    self, f"{spec.component}-{bucket}-folders-objectViewer", bucket=bucket,
-                    role="roles/storage.objectViewer", member=member, condition=folders_read_condition(bucket, folders))
+                    self, f"{spec.component}-{bucket}-folders-{role.split('/')[-1]}", bucket=bucket,
+                    role=role, member=member, condition=folders_condition(bucket, folders))
             for topic, role in spec.topic_roles:
                 PubsubTopicIamMember(self, f"{spec.component}-{topic}-{role.split('/')[-1]}", topic=topic, role=role, member=member)
             for sub, role in spec.subscription_roles:

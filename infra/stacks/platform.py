@@ -49,6 +49,13 @@ def served_tables(settings: Settings) -> list[str]:
             *(lookup_table(st.lookups_table, name) for name in get_workload(settings).contract.lookup_tables)]
 
 
+def sink_folders(settings: Settings) -> list[str]:
+    """The lake folders the feedback sink writes: its two logs, the labelled table and that table's staging."""
+    st = settings.storage
+    return [st.predictions_table, st.feedback_table, st.labelled_table,
+            st.lake_layout.staging_dir(st.labelled_table)]
+
+
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
@@ -59,7 +66,7 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         # reads their manifests and files); nothing else of the lake.
         AccountSpec("serving", sa.serving, project_roles=observe,
                     bucket_roles=[(st.models_bucket, VIEWER)],
-                    folder_readers=[(st.lake_bucket, served_tables(settings))],
+                    folder_roles=[(st.lake_bucket, VIEWER, served_tables(settings))],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
                     subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)],
                     # The bearer token its startup script fetches: this one secret (of the data stack), nothing else.
@@ -74,6 +81,12 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     prefix_roles=[(st.lake_bucket, USER, settings.inference.work_prefix)],
                     subscription_roles=[(subs["requests"].name, SUBSCRIBER)]),
+        # The feedback sink (tenfold.feedback): pulls the two sink subscriptions, appends to the predictions and
+        # feedback logs, and publishes the labelled table through its staging folder (with their locks); nothing
+        # else of the lake.
+        AccountSpec("feedback", sa.feedback, project_roles=observe,
+                    folder_roles=[(st.lake_bucket, USER, sink_folders(settings))],
+                    subscription_roles=[(subs["predictions"].name, SUBSCRIBER), (subs["feedback"].name, SUBSCRIBER)]),
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
                     bucket_roles=[(st.lake_bucket, USER), (st.dataproc_staging_bucket, ADMIN)]),
         AccountSpec("composer", sa.composer, project_roles=("roles/composer.worker", *observe),
@@ -113,7 +126,7 @@ class PlatformStack(TerraformStack):
             accounts=accounts(s, role_id),
             custom_roles=[CustomRoleSpec(role_id, f"Tenfold orchestrator ({s.prefix})", ORCHESTRATOR_PERMISSIONS)],
         ))
-        for component in ("serving", "training", "inference"):
+        for component in ("serving", "training", "inference", "feedback"):
             ArtifactRegistryRepositoryIamMember(
                 self, f"{component}-image-reader", repository=s.infra.artifact_repository, location=s.region,
                 role="roles/artifactregistry.reader", member=self.iam.accounts[component].member)
@@ -150,6 +163,11 @@ class PlatformStack(TerraformStack):
         self.inference = fleet("inference", s.inference.fleet, "inference", startup.inference_startup_script(s), [ssh_tag],
                                autoscaling=PubsubBacklogScaling(s.messaging.subscriptions["requests"].name,
                                                                 s.inference.backlog_per_worker))
+
+        # The feedback sink: without it nothing lands predictions and feedback in the lake, and a canary's
+        # accuracy check (and retraining with feedback) never gets a labelled prediction.
+        self.feedback = fleet("feedback", s.feedback.fleet, "feedback", startup.feedback_startup_script(s), [ssh_tag],
+                              target_size=s.feedback.fleet.min_replicas)
 
         self.lb = HttpLoadBalancer(self, "load-balancer", HttpLoadBalancerProps(
             address_name=lb.address, health_check_id=ready.check.id, port_name=PORT_NAME,

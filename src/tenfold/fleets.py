@@ -35,8 +35,12 @@ TRAINING_COMMAND: tuple[str, ...] = ("python", "-m", TRAINING_MODULE)
 # The offline-inference worker (tenfold.inference.worker): pulls scoring requests until SIGTERM.
 INFERENCE_MODULE = "tenfold.inference.worker"
 INFERENCE_COMMAND: tuple[str, ...] = ("python", "-m", INFERENCE_MODULE)
+# The feedback sink (tenfold.feedback.sink through the CLI): lands predictions and feedback until SIGTERM, joining
+# them whenever it is idle.
+FEEDBACK_MODULE = "tenfold.cli"
+FEEDBACK_COMMAND: tuple[str, ...] = ("python", "-m", FEEDBACK_MODULE, "feedback", "sink")
 # Every Tenfold module a fleet's startup script launches (the deployables test imports each).
-LAUNCHED_MODULES: tuple[str, ...] = (TRAINING_MODULE, INFERENCE_MODULE)
+LAUNCHED_MODULES: tuple[str, ...] = (TRAINING_MODULE, INFERENCE_MODULE, FEEDBACK_MODULE)
 
 # The image's user and TENFOLD_HOME (serving_image/Dockerfile; tests/unit/test_fleets.py holds the two together).
 IMAGE_UID = 10001
@@ -247,3 +251,14 @@ def inference_startup_script(settings: Settings) -> str:
     # A VM the autoscaler adds loads the model the runs score with before its first pull.
     command = (*INFERENCE_COMMAND, "--preload", settings.inference.model_ref)
     return startup_script(settings, settings.inference.fleet, "inference", command, detach=True)
+
+
+def feedback_startup_script(settings: Settings) -> str:
+    """The feedback sink runs ``tenfold feedback sink`` for the VM's life.
+
+    It pulls the predictions and feedback subscriptions into the lake's logs and joins them when idle (the
+    labelled table the canary's accuracy check and retraining read). Docker restarts it if it exits; a stop
+    sends SIGTERM and it lands what it holds; what it had not acknowledged Pub/Sub delivers again, and the
+    join's upsert on the prediction id makes a duplicate harmless.
+    """
+    return startup_script(settings, settings.feedback.fleet, "feedback", FEEDBACK_COMMAND, detach=True)

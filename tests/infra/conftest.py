@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,18 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
         [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings, relaid_settings, iap_settings],
         extra=extra,
     )
+
+
+def _condition_allows(expression: str, *, obj: str | None = None, list_prefix: str | None = None) -> bool:
+    """Whether a folder condition (infra.components.iam.folders_condition) allows reading the object ``obj``
+    (a full resource name) or a list call with prefix ``list_prefix``: it evaluates the condition's two shapes."""
+    objects = re.findall(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
+    listed = re.findall(r'objectListPrefix", ""\)\.startsWith\("([^"]+)"\)', expression)
+    if obj is not None:
+        return any(obj.startswith(p) for p in objects)
+    return list_prefix is not None and any(list_prefix.startswith(p) for p in listed)
+
+
+@pytest.fixture
+def condition_allows() -> Any:
+    return _condition_allows

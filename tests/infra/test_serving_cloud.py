@@ -4,7 +4,7 @@ balancer routes on readiness, autohealing acts on liveness (one synth per sessio
 from __future__ import annotations
 
 import json
-import re
+from typing import Any
 
 import pytest
 
@@ -162,17 +162,9 @@ def test_iap_mode_puts_iap_on_both_backends_and_tells_the_replicas(synth: Synth,
         assert all("iap" not in b for b in resources(bearer, "google_compute_backend_service").values())
 
 
-def _condition_allows(expression: str, *, obj: str | None = None, list_prefix: str | None = None) -> bool:
-    """Evaluate the folder-read condition's two shapes (object name prefixes, list-call prefixes) for one call."""
-    objects = re.findall(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
-    listed = re.findall(r'objectListPrefix", ""\)\.startsWith\("([^"]+)"\)', expression)
-    if obj is not None:
-        return any(obj.startswith(p) for p in objects)
-    return list_prefix is not None and any(list_prefix.startswith(p) for p in listed)
-
-
 @pytest.mark.parametrize("env", ENVS)
-def test_the_serving_account_reads_the_served_tables_of_the_lake_and_nothing_else(synth: Synth, env: str) -> None:
+def test_the_serving_account_reads_the_served_tables_of_the_lake_and_nothing_else(synth: Synth, env: str,
+                                                                                  condition_allows: Any) -> None:
     """A replica lists and reads the features and lookup tables (tenfold.features.online) at start: without a lake
     grant it never becomes ready in the cloud. Nothing else of the lake (raw data, feedback logs) is readable."""
     s = get_settings(env)
@@ -187,9 +179,9 @@ def test_the_serving_account_reads_the_served_tables_of_the_lake_and_nothing_els
     assert len(tables) > 1
     objects = f"projects/_/buckets/{s.storage.lake_bucket}/objects/"
     for table in tables:
-        assert _condition_allows(expression, obj=f"{objects}{table}/year=2013/month=02/_SUCCESS"), table
-        assert _condition_allows(expression, list_prefix=f"{table}/"), table
+        assert condition_allows(expression, obj=f"{objects}{table}/year=2013/month=02/_SUCCESS"), table
+        assert condition_allows(expression, list_prefix=f"{table}/"), table
     for other in (s.storage.predictions_table, s.storage.feedback_table, "raw_flights", s.inference.work_prefix):
-        assert not _condition_allows(expression, obj=f"{objects}{other}/year=2013/month=02/x.parquet"), other
-        assert not _condition_allows(expression, list_prefix=f"{other}/"), other
-    assert not _condition_allows(expression, list_prefix=""), "listing the whole lake"
+        assert not condition_allows(expression, obj=f"{objects}{other}/year=2013/month=02/x.parquet"), other
+        assert not condition_allows(expression, list_prefix=f"{other}/"), other
+    assert not condition_allows(expression, list_prefix=""), "listing the whole lake"

@@ -142,7 +142,8 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
 @pytest.mark.parametrize("env", ENVS)
 def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> None:
     s, stack = get_settings(env), _platform(synth, env)
-    fleets = {f.instance_template: f for f in (s.serving.stable_fleet, s.serving.canary_fleet, s.training.fleet, s.inference.fleet)}
+    fleets = {f.instance_template: f for f in (s.serving.stable_fleet, s.serving.canary_fleet, s.training.fleet,
+                                               s.inference.fleet, s.feedback.fleet)}
     templates = {t["name_prefix"].rstrip("-"): t for t in resources(stack, "google_compute_instance_template").values()}
     assert set(templates) == set(fleets)
     for name, t in templates.items():
@@ -151,7 +152,8 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
         assert t["metadata"]["enable-oslogin"] == "TRUE" and t["metadata"]["block-project-ssh-keys"] == "true"
         assert t["scheduling"]["on_host_maintenance"] == "TERMINATE"
         assert t["machine_type"] == f.machine_type
-        assert t["guest_accelerator"] == [{"count": f.accelerator_count, "type": f.accelerator_type}]
+        assert t.get("guest_accelerator") == (
+            [{"count": f.accelerator_count, "type": f.accelerator_type}] if f.accelerator_count else None)
         assert t["scheduling"]["preemptible"] is f.spot
         assert "developer.gserviceaccount.com" not in t["service_account"]["email"]
         assert t["service_account"]["email"].startswith("${google_service_account.")

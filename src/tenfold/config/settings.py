@@ -170,6 +170,7 @@ class ServiceAccounts(_Frozen):
     serving: ServiceAccountId
     training: ServiceAccountId
     inference: ServiceAccountId
+    feedback: ServiceAccountId
     dataproc: ServiceAccountId
     composer: ServiceAccountId
 
@@ -394,6 +395,13 @@ class InferenceSettings(_Frozen):
     # Where a worker scores: "auto" = the GPU when torch sees one (the cloud fleet's L4), else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     work_prefix: str = "_inference"
+
+
+class FeedbackSettings(_Frozen):
+    """The feedback sink (tenfold.feedback, docs/feedback.md): in the cloud, ``fleet`` runs ``tenfold feedback sink``
+    for the VM's life (locally it runs beside the serving fleet)."""
+
+    fleet: GpuGroupSettings
 
 
 class DriftSettings(_Frozen):
@@ -621,6 +629,7 @@ class Settings(_Frozen):
     training: TrainingSettings
     serving: ServingSettings
     inference: InferenceSettings
+    feedback: FeedbackSettings
     monitoring: MonitoringSettings
     infra: InfraSettings
     local: LocalSettings
@@ -759,6 +768,7 @@ def build_settings(
             serving=f"{prefix}-serving",
             training=f"{prefix}-training",
             inference=f"{prefix}-inference",
+            feedback=f"{prefix}-feedback",
             dataproc=f"{prefix}-dataproc",
             composer=f"{prefix}-composer",
         ),
@@ -802,6 +812,10 @@ def build_settings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
                         target_shape="ANY", **gpu),
         ),
+        # One sink: it lands both subscriptions' messages in the lake logs and joins them when idle (one join at a
+        # time per lake, tenfold.feedback.lock); a CPU VM is plenty.
+        feedback=FeedbackSettings(fleet=fleet("feedback", machine_type="e2-standard-2", min_replicas=1, max_replicas=1,
+                                              disk_size_gb=30)),
         monitoring=MonitoringSettings(
             notification_email=given.alert_email or f"ml-oncall+{env}@example.com",
             alert_webhook_url=given.alert_webhook,

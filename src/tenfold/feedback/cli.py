@@ -55,7 +55,7 @@ def sink_command(
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
     from tenfold.data.lake import LakeError
-    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
     from tenfold.feedback.upsert import join
 
@@ -75,14 +75,14 @@ def sink_command(
             out["sink"] = sink.stats.to_dict()
         if do_join and (once or until_idle):
             out["join"] = join(settings).to_dict()
-    except (SinkError, LockTimeout, LakeError, OSError) as exc:
+    except (SinkError, LockTimeout, LockLost, LakeError, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     _echo_json(out)
 
 
 def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -> None:
     from tenfold.data.lake import LakeError
-    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.upsert import join
 
     stop = threading.Event()
@@ -97,7 +97,7 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
             landed = sink.stats.landed
             try:
                 report = join(settings)
-            except (LakeError, LockTimeout, OSError) as exc:
+            except (LakeError, LockTimeout, LockLost, OSError) as exc:
                 # Landing goes on; the logs keep everything and the next idle moment joins it.
                 typer.echo(f"warning: join failed, retrying when idle: {exc}", err=True)
                 return
@@ -120,7 +120,7 @@ def join_command(
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
     from tenfold.data.lake import LakeError, Partition
-    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.upsert import JoinOptions, join
 
     try:
@@ -129,7 +129,7 @@ def join_command(
         raise _fail(str(exc), 2) from exc
     try:
         report = join(get_settings(env), months, options=JoinOptions(feedback_horizon_months=horizon), force=force)
-    except (LakeError, LockTimeout, OSError) as exc:
+    except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     _echo_json(report.to_dict())
 
@@ -161,7 +161,7 @@ def metrics_command(
 ) -> None:
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
     from tenfold.data.lake import LakeError
-    from tenfold.feedback.lock import LockTimeout
+    from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.metrics import format_metrics, online_metrics
 
     start, end = _parse_time(since, "since"), _parse_time(until, "until")
@@ -177,7 +177,7 @@ def metrics_command(
         rows = online_metrics(get_settings(env), start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
-    except (LakeError, LockTimeout, OSError) as exc:
+    except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     if as_json:
         _echo_json({"since": start, "until": end, "groups": [r.to_dict() for r in rows]})

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake
-from tenfold.data.locks import LockTimeout
+from tenfold.data.locks import LockLost, LockTimeout
 
 LOCK_NAME = "_join.lock"
-__all__ = ["LOCK_NAME", "LockTimeout", "join_lock"]
+__all__ = ["LOCK_NAME", "LockLost", "LockTimeout", "join_lock"]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,76 @@
+"""The feedback sink in the platform stack: what its VM runs, as whom, and what that account may touch.
+
+Without it nothing lands predictions and feedback in the cloud lake: the canary's accuracy check would see no
+labelled prediction (every rollout fails safe) and retraining would get no feedback rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infra.stacks.synthesized import Synthesized as Synth
+from infra.stacks.synthesized import resources
+from tenfold import fleets
+from tenfold.config import get_settings
+
+ENVS = ("dev", "prod")
+
+
+def _account(stack: dict, account_id: str) -> str:
+    (lid,) = [lid for lid, a in resources(stack, "google_service_account").items() if a["account_id"] == account_id]
+    return lid
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_one_vm_runs_the_sink_in_the_image_as_the_feedback_account(synth: Synth, env: str) -> None:
+    s = get_settings(env)
+    stack = synth.stack(s.infra.platform_stack)
+    g = s.feedback.fleet
+    (template,) = [t for t in resources(stack, "google_compute_instance_template").values()
+                   if t["name_prefix"] == f"{g.instance_template}-"]
+    script = template["metadata"]["startup-script"]
+    (run,) = [line for line in script.splitlines() if line.startswith("docker run")]
+    assert run.endswith(f"{s.container_image} python -m tenfold.cli feedback sink")
+    assert "-d --restart=always --name tenfold-feedback" in run and f"-e TENFOLD_ENV={env}" in run
+    assert script == fleets.feedback_startup_script(s) and "tenfold.cli" in fleets.LAUNCHED_MODULES
+    assert "guest_accelerator" not in template and "nvidia" not in script
+    lid = _account(stack, s.service_accounts.feedback)
+    assert template["service_account"]["email"] == f"${{google_service_account.{lid}.email}}"
+    (group,) = [m for m in resources(stack, "google_compute_region_instance_group_manager").values()
+                if m["name"] == g.instance_group]
+    assert group["target_size"] == 1
+    assert not [a for a in resources(stack, "google_compute_region_autoscaler").values() if g.instance_group in str(a)]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_feedback_account_writes_only_the_sinks_folders_and_pulls_only_its_subscriptions(
+    synth: Synth, env: str, condition_allows: Any
+) -> None:
+    s = get_settings(env)
+    st, subs = s.storage, s.messaging.subscriptions
+    stack = synth.stack(s.infra.platform_stack)
+    member = f"${{google_service_account.{_account(stack, s.service_accounts.feedback)}.member}}"
+    grants = {rtype: [g for g in resources(stack, rtype).values() if g["member"] == member]
+              for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
+                            "google_pubsub_subscription_iam_member", "google_secret_manager_secret_iam_member")}
+    assert sorted(g["role"] for g in grants["google_project_iam_member"]) == [
+        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert sorted((g["subscription"], g["role"]) for g in grants["google_pubsub_subscription_iam_member"]) == sorted(
+        [(subs["predictions"].name, "roles/pubsub.subscriber"), (subs["feedback"].name, "roles/pubsub.subscriber")])
+    assert grants["google_pubsub_topic_iam_member"] == [] and grants["google_secret_manager_secret_iam_member"] == []
+    (lake,) = grants["google_storage_bucket_iam_member"]
+    assert (lake["bucket"], lake["role"]) == (st.lake_bucket, "roles/storage.objectUser")
+    expression, objects = lake["condition"]["expression"], f"projects/_/buckets/{st.lake_bucket}/objects/"
+    staging = st.lake_layout.staging_dir(st.labelled_table, "year=2013", "month=02", "feedback-join-x")
+    for name in (f"{st.predictions_table}/year=2013/month=02/part-1.parquet",
+                 f"{st.feedback_table}/year=2013/month=02/part-1.parquet",
+                 f"{st.labelled_table}/year=2013/month=02/_SUCCESS", f"{st.labelled_table}/_join.lock",
+                 f"{staging}/part-00000.parquet"):
+        assert condition_allows(expression, obj=objects + name), name
+    for prefix in (f"{st.predictions_table}/", f"{st.feedback_table}/year=2013/", f"{st.labelled_table}/"):
+        assert condition_allows(expression, list_prefix=prefix), prefix
+    for other in (st.features_table, "raw_flights", s.inference.work_prefix, st.lake_layout.quarantine):
+        assert not condition_allows(expression, obj=f"{objects}{other}/year=2013/month=02/x.parquet"), other
+        assert not condition_allows(expression, list_prefix=f"{other}/"), other
