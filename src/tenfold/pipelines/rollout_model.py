@@ -301,11 +301,15 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
         # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
         canary_acc = control_acc = Accuracy(0, None, None)
     else:
-        canary_acc, control_acc = p.accuracy(since, until, run.version)
+        # Accuracy over every labelled prediction since the rollout began, not this window's alone: the version
+        # is the same throughout, so its labels add up and each check can see a smaller drop than the last
+        # (a window's 20 labels could not tell 0.6 from 0.8).
+        canary_acc, control_acc = p.accuracy(start, until, run.version)
         if percent >= 100:
             _, control_acc = p.accuracy(start, since, run.version)
     result = check(canary, control, canary_acc, control_acc, policy)
     result.values["control_window"] = "before this step" if percent >= 100 else "same window"
+    result.values["accuracy_since"] = _iso(start)
     return result
 
 
