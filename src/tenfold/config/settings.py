@@ -804,8 +804,9 @@ def build_settings(
             ),
             server=ServerSettings(**given.serving.get("server", {})),  # type: ignore[arg-type]
             fleet=FleetSettings(**given.serving.get("fleet", {})),  # type: ignore[arg-type]
-            # The load balancer's logs reach Cloud Logging up to a minute late: longer windows in the cloud.
-            rollout=RolloutSettings(**{**({} if is_local else {"interval_s": 120.0}),  # type: ignore[arg-type]
+            # The load balancer's logs reach Cloud Logging up to a minute late: longer windows in the cloud, each
+            # read 90 s after it ends (a minute of delay and the backend's 30 s timeout).
+            rollout=RolloutSettings(**{**({} if is_local else {"interval_s": 120.0, "traffic_lag_s": 90.0}),  # type: ignore[arg-type]
                                        **given.serving.get("rollout", {})}),
         ),
         inference=InferenceSettings(

@@ -292,11 +292,12 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the start of
     the rollout until this step began (the same replicas, the same load balancer, just earlier)."""
     policy = run.rollout_policy
-    seen = p.observer.traffic(since, until)
+    lag = dt.timedelta(seconds=policy.traffic_lag_s)  # the log's own delay: windows shifted back, none missed
+    seen = p.observer.traffic(since - lag, until - lag)
     canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
     start = _parse(run.started_at)
     if percent >= 100:
-        control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
+        control = p.observer.traffic(start - lag, since - lag).get(STABLE, ArmTraffic(0, 0, ()))
     if min(canary.requests, control.requests) < policy.min_requests:
         # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
         canary_acc = control_acc = Accuracy(0, None, None)

@@ -21,7 +21,11 @@ RNG = np.random.default_rng(3)
 
 
 class Observer:
+    def __init__(self) -> None:
+        self.asked: list[tuple[dt.datetime, dt.datetime]] = []
+
     def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        self.asked.append((since, until))
         lat = tuple(RNG.gamma(4.0, 5.0, 400))
         return {"canary": ArmTraffic(400, 0, lat), "stable": ArmTraffic(400, 0, lat)}
 
@@ -32,15 +36,17 @@ def _labels(since: dt.datetime, until: dt.datetime) -> tuple[Accuracy, Accuracy]
     return Accuracy(n, 0.60, 0.7), Accuracy(n, 0.80, 0.5)
 
 
-def _analyse(asked: list[tuple[dt.datetime, dt.datetime]], since: dt.datetime, until: dt.datetime) -> Any:
+def _analyse(asked: list[tuple[dt.datetime, dt.datetime]], since: dt.datetime, until: dt.datetime,
+             observer: Observer | None = None, lag_s: float = 0.0) -> Any:
     def accuracy(a: dt.datetime, b: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
         asked.append((a, b))
         return _labels(a, b)
 
-    policy = RolloutSettings(min_requests=50, min_feedback=20, max_accuracy_drop=0.02)
+    policy = RolloutSettings(min_requests=50, min_feedback=20, max_accuracy_drop=0.02, traffic_lag_s=lag_s)
     run = pipeline.RolloutRun(rollout_id="r1", airflow_run_id="manual__x", version="v2", champion="v1",
                               started_at=T0.isoformat(), policy=policy.model_dump(mode="json"))
-    places = pipeline.Places(router=None, deployer=None, observer=Observer(), registry=None,  # type: ignore[arg-type]
+    places = pipeline.Places(router=None, deployer=None, observer=observer or Observer(),  # type: ignore[arg-type]
+                             registry=None,  # type: ignore[arg-type]
                              accuracy=accuracy)
     return pipeline.analyse(places, run, 25, since, until)
 
@@ -58,3 +64,15 @@ def test_accuracy_adds_up_labels_since_the_rollout_began() -> None:
     assert asked == [(T0, until)]
     assert result.verdict == FAIL and any("online accuracy 0.600" in r for r in result.reasons), result.reasons
     assert result.values["canary_labelled"] == 80 and result.values["accuracy_since"] == T0.isoformat()
+
+
+def test_traffic_windows_are_read_shifted_back_by_the_logs_delay() -> None:
+    """In the cloud the load balancer's log arrives up to a minute late: consecutive checks read consecutive windows
+    shifted back by ``traffic_lag_s``, so a request logged late counts in the next check instead of in none."""
+    observer = Observer()
+    for k in range(2):
+        since, until = T0 + dt.timedelta(minutes=2 * k), T0 + dt.timedelta(minutes=2 * k + 2)
+        _analyse([], since, until, observer, lag_s=90)
+    lag = dt.timedelta(seconds=90)
+    assert observer.asked == [(T0 - lag, T0 + dt.timedelta(minutes=2) - lag),
+                              (T0 + dt.timedelta(minutes=2) - lag, T0 + dt.timedelta(minutes=4) - lag)]
