@@ -22,6 +22,8 @@ class ServerSettings(_Frozen):
 
     # The registry reference a replica loads when started without one: an alias or a version id.
     model_ref: str = "champion"
+    # The API's path prefix ("/v1"): every endpoint and whatever names one (the load balancer's log queries,
+    # the traffic replay, `tenfold status`) is "<api_prefix>/<name>". Written without a trailing "/".
     api_prefix: str = "/v1"
     ready_path: str = "/readyz"
     metrics_path: str = "/metrics"
@@ -55,6 +57,13 @@ class ServerSettings(_Frozen):
     # (a replica per core scales better than threads per replica); "auto" uses CUDA when there is one.
     torch_threads: int = Field(default=1, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value) or "//" in value:
+            raise ValueError(f"api_prefix {value!r}: a path such as /v1 (starting with '/', no spaces)")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _iap_needs_audience(self) -> ServerSettings:

@@ -31,7 +31,9 @@ def ingest(
         months = month_range(month, to or month)
         settings = get_settings()
         workload = get_workload(settings)
-        lake = Lake(lake_uri or settings.storage.lake_uri)
+        # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
+        # bucket's lifecycle rules expect them.
+        lake = Lake(lake_uri, settings.storage.lake_layout) if lake_uri else Lake.from_settings(settings)
         rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
         for part in months:
             manifests = ingest_month(lake, part, run_id=rid, workload=workload)

@@ -899,6 +899,7 @@ class FleetReport:
     token_path: str
     token: str | None
     log: str
+    predict_path: str = "/v1/predict"  # settings.serving.server.api_prefix + /predict
 
     @property
     def healthy(self) -> bool:
@@ -950,6 +951,7 @@ def report(settings: Settings) -> FleetReport:
         url=f"http://{host}:{settings.local.lb_port}", metrics_url=f"http://{host}:{settings.serving.fleet.lb_metrics_port}/metrics",
         canary_percent=percent, versions={k: v.version for k, v in st.pools.items()} if st else {},
         replicas=replicas, token_path=str(tpath), token=token, log=str(process.log_file(rd, SUPERVISOR)),
+        predict_path=f"{settings.serving.server.api_prefix}/predict",
     )
 
 
@@ -959,7 +961,7 @@ def describe(rep: FleetReport) -> str:
     if not rep.running and not rep.haproxy_alive:
         return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token else "")
     state = "healthy" if rep.healthy else "running, not healthy"
-    lines = [f"serving  {state:22} {rep.url}/v1/predict  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
+    lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")
                  + f"  metrics {rep.metrics_url}  canary {rep.canary_percent if rep.canary_percent is not None else '?'} %")
     for pool, version in rep.versions.items():

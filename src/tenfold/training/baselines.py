@@ -17,6 +17,9 @@ from threadpoolctl import threadpool_limits
 
 from tenfold.model.preprocessing import Preprocessor
 
+# The most values scikit-learn's HistGradientBoostingClassifier bins as one categorical feature (max_bins).
+MAX_CATEGORIES = 255
+
 
 @dataclass
 class GradientBoostingBaseline:
@@ -35,7 +38,7 @@ class GradientBoostingBaseline:
 
     def _features(self, table: pa.Table) -> np.ndarray:
         cat = self.preprocessor.encode_categoricals(table).astype(np.float64)
-        num = np.column_stack([
+        num = np.empty((table.num_rows, 0)) if not self.preprocessor.numeric_columns else np.column_stack([
             table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in self.preprocessor.numeric_columns
         ])
         x = np.hstack([cat, num])
@@ -47,8 +50,11 @@ class GradientBoostingBaseline:
     def fit(self, table: pa.Table) -> GradientBoostingBaseline:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        n_cat = len(self.preprocessor.categorical_columns)
-        mask = [True] * n_cat + [False] * len(self.preprocessor.numeric_columns)
+        # scikit-learn bins a categorical feature of at most MAX_CATEGORIES values (its codes, OOV 0 included);
+        # a wider one (user or product ids) goes in as its code, an ordinal the trees still split on.
+        pre = self.preprocessor
+        mask = [pre.vocab_sizes[c] <= MAX_CATEGORIES for c in pre.categorical_columns]
+        mask += [False] * len(pre.numeric_columns)
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=0.1, categorical_features=mask, random_state=self.seed
         )

@@ -91,10 +91,12 @@ def evaluate_command(
         holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
         lake = Lake.from_settings(settings)
         check_time_split(train, holdout)
+        table = settings.storage.features_table
         if baselines:
-            result = evaluate_with_baselines(model, lake, train, holdout)
+            result = evaluate_with_baselines(model, lake, train, holdout, table=table)
         else:
-            result = EvaluationReport([p.label for p in train], [p.label for p in holdout], evaluate_model(model, lake, holdout))
+            result = EvaluationReport([p.label for p in train], [p.label for p in holdout],
+                                      evaluate_model(model, lake, holdout, table=table))
     except (LakeError, ModelLoadError, ValueError) as exc:  # LakeError: missing, stale or unreadable features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -285,3 +287,19 @@ def test_training_settings_travel_to_a_child_process_through_its_environment(tmp
 def test_a_wrong_training_variable_is_refused_by_name(name, value, message):
     with pytest.raises(ValueError, match=message):
         build_settings("local", {name: value})
+
+
+def test_the_api_prefix_is_one_spelling_everywhere(tmp_path: Path) -> None:
+    """A trailing '/' would make the app serve /v1/predict while the canary observer, the traffic replay and
+    `tenfold status` said /v1//predict: it is dropped once, here; a prefix that is not a path is refused."""
+    from tenfold.config.serving import ServerSettings
+    from tenfold.serving import fleet
+
+    assert ServerSettings(api_prefix="/v2/").api_prefix == "/v2"
+    with pytest.raises(ValueError, match="a path such as /v1"):
+        ServerSettings(api_prefix="v1")
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__SERVER__API_PREFIX": "/v2/"})
+    rep = fleet.report(s)
+    assert rep.predict_path == "/v2/predict"
+    running = dataclasses.replace(rep, running=True, haproxy_alive=True)
+    assert f"{rep.url}/v2/predict " in fleet.describe(running)
