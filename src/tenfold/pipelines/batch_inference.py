@@ -32,7 +32,14 @@ from typing import Any, Literal
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
-from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+from tenfold.pipelines.common import (
+    PipelineError,
+    PipelineInputError,
+    RunState,
+    configure_logging,
+    digest_key,
+    run_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +123,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineError(f"{exc}: train and register a model first (train_model), or pass an existing version") from exc
     inf = settings.inference
     path: Literal["pubsub", "spark"] = "spark" if manifest.rows > inf.spark_threshold_rows else "pubsub"
+    # The run's requests and results are keyed by what they score with: a cleared run that plans another model
+    # version or re-published features starts afresh instead of taking the first plan's results as its own.
+    key = f"{run_key(airflow_run_id)[:46].rstrip('-._')}-{digest_key(version, manifest.data_dir)}"
     run = InferenceRun(
-        run_key=run_key(airflow_run_id), airflow_run_id=airflow_run_id, month=part.label, model_version=version,
+        run_key=key, airflow_run_id=airflow_run_id, month=part.label, model_version=version,
         rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,
         rows_per_message=inf.rows_per_message, path=path, features_data_dir=manifest.data_dir,
     )
@@ -223,6 +233,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
                                   rows_dead=dead_rows(store, acc), distinct_keys=distinct)
     except InferenceRunError as exc:
         raise PipelineError(str(exc)) from exc
+    if scores.num_rows and (others := set(scores["model_version"].unique().to_pylist()) - {r.model_version}):
+        raise PipelineError(f"the results of run {r.run_key} hold scores of model {sorted(others)}, not of "
+                            f"{r.model_version} this run planned: trigger a new run")
     if scores.num_rows == 0:
         raise PipelineError(f"every request of {r.month} was dead-lettered: nothing to publish; see "
                             f"`tenfold dlq inspect --run {r.run_key}`")

@@ -1,0 +1,67 @@
+"""A cleared batch_inference run that plans another model (champion moved) or other features (re-published) must
+not take its first plan's results as its own: its requests and results are keyed by what they score with."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.inference.requests import plan_batches
+from tenfold.inference.runs import partition_rows
+from tenfold.inference.store import RunStore
+from tenfold.pipelines import batch_inference as pipeline
+from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+RUN_ID = "asset_triggered__2026-01-05T00:00:00+00:00"
+PART = Partition(2013, 6)
+
+
+def _score(settings: Settings, run: pipeline.InferenceRun) -> int:
+    """What a worker does per request (tenfold.inference.worker): skip one whose result exists, else score it.
+    Returns how many it scored."""
+    store = RunStore.of(settings, run.run_key)
+    contract = pipeline._contract(settings)
+    rows = partition_rows(Lake.from_settings(settings), settings.storage.features_table, PART, contract)
+    scored = 0
+    for req in plan_batches(rows, run_key=run.run_key, partition=run.month, model_version=run.model_version,
+                            rows_per_message=run.rows_per_message):
+        if store.has_result(req.request_id):
+            continue
+        keys = req.rows.select(list(contract.key_columns))
+        out = keys.append_column("probability", pa.array([0.25] * keys.num_rows, pa.float64())).append_column(
+            "model_version", pa.array([req.model_version] * keys.num_rows))
+        buf = io.BytesIO()
+        pq.write_table(out, buf)
+        store.put_result(req.request_id, buf.getvalue())
+        scored += 1
+    return scored
+
+
+def test_a_cleared_run_with_a_new_champion_scores_again_and_publishes_its_own_scores(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-old")
+    first = pipeline.plan(s, RUN_ID, {"month": PART.label})
+    assert _score(s, first) == first.requests
+    assert pipeline.publish_results(s, first)["model_version"] == "v-old"
+    assert pipeline.plan(s, RUN_ID, {"month": PART.label}).run_key == first.run_key  # a retry: the same work
+
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-new")  # champion moved; the run is cleared
+    again = pipeline.plan(s, RUN_ID, {"month": PART.label})
+    assert again.run_key != first.run_key and len(again.run_key) <= 59
+    assert _score(s, again) == again.requests, "the first plan's results were taken as this plan's"
+    pipeline.publish_results(s, again)
+    lake = Lake.from_settings(s)
+    scores = lake.read_table(s.storage.scores_table, [PART], columns=["model_version"])
+    assert set(scores["model_version"].to_pylist()) == {"v-new"}
+    assert lake.read_manifest(s.storage.scores_table, PART).extra.get("model_version") == "v-new"
