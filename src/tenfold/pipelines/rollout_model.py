@@ -35,7 +35,8 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
 from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
-from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tenfold.registry.errors import RegistryError
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import Rollout, check_key, is_check, ordered, set_key, write_report
@@ -157,7 +158,8 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     ref = conf.get("version") or CHALLENGER
     try:
         version = reg.find(str(ref))
-    except Exception as exc:  # RegistryError: unknown alias or version
+    except (RegistryError, ValueError) as exc:  # an unknown alias or version, or not a version id at all; a registry
+        # the storage cannot reach now is raised as it is, and Airflow retries
         raise PipelineInputError(f"nothing to roll out: {exc}. Train a challenger (train_model) or pass "
                                  "{\"version\": \"<id>\"} in the run conf") from None
     recorded = reg.rollout_events(version, rollout_id).get("start")
@@ -171,7 +173,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     if champion == version:
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
     if not conf.get("retry_rejected"):
-        rejected = [d for k, d in reg.decisions(version).items() if k.startswith("rollout-") and d.get("rejected")]
+        rejected = [d for k, d in reg.decisions(version).items() if k.startswith(ROLLOUT_DECISION_PREFIX) and d.get("rejected")]
         if rejected:
             raise PipelineInputError(f"a canary already rejected {version} ({rejected[-1].get('summary')}); "
                                      "pass {\"retry_rejected\": true} in the run conf to roll it out again")
@@ -366,7 +368,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         p.router.set_canary_percent(0)
         if outcome == ROLLED_BACK:
             summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
-            reg.record_decision(run.version, f"rollout-{run.rollout_id}",
+            reg.record_decision(run.version, f"{ROLLOUT_DECISION_PREFIX}{run.rollout_id}",
                                 {"rejected": True, "rollout": run.rollout_id, "reasons": reasons, "summary": summary[:2000]})
     report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,

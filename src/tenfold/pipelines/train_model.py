@@ -44,7 +44,7 @@ from tenfold.pipelines.common import PipelineError, RunState, configure_logging,
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
-from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -484,9 +484,20 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     first = evaluated_version is None
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
-        if recorded["promote"]:
-            reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}")
-        return result(recorded, canary=bool(recorded["promote"]) and not first)
+        if not recorded["promote"]:
+            return result(recorded)
+        # A retry after the decision was recorded moves the alias it may not have moved yet; a run cleared later
+        # neither takes the alias back from a newer challenger nor announces a version whose canary already ran.
+        if any(key.startswith(ROLLOUT_DECISION_PREFIX) for key in reg.decisions(version)):
+            log.info("%s already went through a canary: not announced again", version)
+            return result(recorded)
+        moved_on = reg.resolve(CHALLENGER) != version and any(
+            h.version == version and h.details.get("run") == p.airflow_run_id for h in reg.alias_history(CHALLENGER))
+        if moved_on:
+            log.info("challenger moved on from %s since this run set it: left as it is", version)
+            return result(recorded)
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
+        return result(recorded, canary=not first)
     if current != evaluated_version:
         raise AliasConflict(
             f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "

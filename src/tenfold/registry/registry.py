@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The key prefix of a rollout's decision about a version (rollout_model records "rollout-<rollout id>").
+ROLLOUT_DECISION_PREFIX = "rollout-"
 METRICS_FILE = "metrics.json"
 VERSION_FILE = "VERSION.json"
 LINEAGE_FILE = "lineage.json"

@@ -67,6 +67,12 @@ def run(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[dict[
     return evaluation, registered, pipeline.gate(settings, planned, evaluation, registered)
 
 
+def _evaluated(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[Any, Any]:
+    planned = pipeline.plan(settings, run_id, CONF)
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    return evaluation, pipeline.register(settings, planned, trained, evaluation)
+
+
 def test_champion_is_scored_from_its_own_registered_files(gate_settings: Settings, tmp_path: Path) -> None:
     reg = ModelRegistry(gate_settings)
     ev1, r1, d1 = run(gate_settings, "manual__1", model(tmp_path, 0.70))
@@ -216,3 +222,28 @@ def test_a_training_month_republished_after_the_plan_is_refused_before_lineage_n
         pipeline.register(gate_settings, planned, model(tmp_path, 0.8), {
             "holdout": {}, "challenger": {}, "baselines": {}})
     assert ModelRegistry(gate_settings).resolve(CHALLENGER) is None
+
+
+def test_a_cleared_run_neither_takes_the_challenger_back_nor_announces_a_version_again(
+    gate_settings: Settings, tmp_path: Path
+) -> None:
+    """Clearing a train_model run re-runs its gate: a retry may still have to move the alias it recorded, but a
+    newer challenger stays, and a version whose canary already ran (rejected here) is not announced again."""
+    reg = ModelRegistry(gate_settings)
+    run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
+    trained_a = model(tmp_path, 0.75)
+    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
+    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    assert pipeline.gate(gate_settings, planned_a, ev_a, r_a)["canary"]
+    _, r_b, d_b = run(gate_settings, "manual__b", model(tmp_path, 0.76))  # a newer challenger
+    assert d_b["canary"] and reg.resolve(CHALLENGER) == r_b.version
+
+    again = pipeline.gate(gate_settings, planned_a, ev_a, r_a)  # run a cleared
+    assert reg.resolve(CHALLENGER) == r_b.version and not again["canary"]
+
+    reg.record_decision(r_b.version, "rollout-r-1", {"rejected": True, "summary": "REJECTED by its canary"})
+    reg.set_alias(CHALLENGER, r_b.version, reason="as it was")
+    cleared = pipeline.gate(gate_settings, pipeline.plan(gate_settings, "manual__b", CONF), *_evaluated(
+        gate_settings, "manual__b", model(tmp_path, 0.76)))
+    assert not cleared["canary"], "a version whose canary already ran was announced again"

@@ -1,0 +1,37 @@
+"""rollout_model's plan: what is bad input (refused at once, no retry) and what is an outage (retried)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.api_core.exceptions import ServiceUnavailable
+
+from tenfold.config import Settings, build_settings
+from tenfold.pipelines import rollout_model as pipeline
+from tenfold.pipelines.common import PipelineInputError
+from tenfold.registry.errors import UnknownVersion
+
+
+class Registry:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def find(self, ref: str) -> str:
+        raise self.error
+
+
+def _plan(settings: Settings, error: Exception) -> Any:
+    places = pipeline.Places(router=None, deployer=None, observer=None, registry=Registry(error),  # type: ignore[arg-type]
+                             accuracy=None)  # type: ignore[arg-type]
+    return pipeline.plan(settings, "asset_triggered__x", {}, p=places)
+
+
+def test_an_unknown_challenger_is_refused_and_an_unreachable_registry_is_retried(tmp_path: Any) -> None:
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    with pytest.raises(PipelineInputError, match="nothing to roll out"):
+        _plan(settings, UnknownVersion("challenger is not set"))
+    # A 503 from the object store is no verdict on the input: raised as it is, so Airflow retries the task
+    # (wrapped as bad input it failed at once, the asset event used up and the challenger never rolled out).
+    with pytest.raises(ServiceUnavailable):
+        _plan(settings, ServiceUnavailable("GET .../aliases/challenger"))
