@@ -40,6 +40,11 @@ class DataprocJobFailed(RuntimeError):
     """The Dataproc batch ended in a state other than SUCCEEDED; the message names the batch."""
 
 
+# A batch in one of these states may still write; how long a cancelled one may take to stop.
+_RUNNING = ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED")
+CANCEL_WAIT_S = 600.0
+
+
 class DataprocBatchJob:
     """A Dataproc Serverless batch per attempt (a failed batch cannot be re-run under its id).
 
@@ -47,8 +52,8 @@ class DataprocBatchJob:
     boundary). A retried attempt whose batch already exists waits for it instead of starting another.
     """
 
-    def __init__(self, settings: Settings, client: Any = None, *, timeout_s: float) -> None:
-        self.settings, self.timeout_s = settings, timeout_s
+    def __init__(self, settings: Settings, client: Any = None, *, timeout_s: float, poll_s: float = 15.0) -> None:
+        self.settings, self.timeout_s, self.poll_s = settings, timeout_s, poll_s
         self._client = client
 
     @property
@@ -68,10 +73,18 @@ class DataprocBatchJob:
         s = self.settings
         parent = f"projects/{s.project_id}/locations/{s.region}"
         bid = f"{batch_id(s, part, key)}-{attempt}"
+        # An earlier try that Airflow timed out or killed may have left its batch running, writing to the same
+        # staging folder: it is cancelled (and gone) before this try's batch starts.
+        for earlier in range(1, attempt):
+            self._cancel(f"{parent}/batches/{batch_id(s, part, key)}-{earlier}")
         try:
             operation = self.client.create_batch(
                 request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})
-            batch = operation.result(timeout=self.timeout_s)
+            try:
+                batch = operation.result(timeout=self.timeout_s)
+            except Exception:
+                self._cancel(f"{parent}/batches/{bid}")  # timed out, or the wait failed: never left running
+                raise
         except AlreadyExists:
             log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)
             batch = self._wait(f"{parent}/batches/{bid}")
@@ -79,17 +92,41 @@ class DataprocBatchJob:
         if state != "SUCCEEDED":
             raise DataprocJobFailed(f"Dataproc batch {bid} for {part.label} ended {state}: {getattr(batch, 'state_message', '')}")
 
+    def _cancel(self, name: str) -> None:
+        """Cancel batch ``name`` if it still runs and wait until it stopped; nothing if it ended or never existed."""
+        import time
+
+        from google.api_core.exceptions import NotFound
+
+        try:
+            batch = self.client.get_batch(name=name)
+        except NotFound:
+            return
+        if getattr(batch.state, "name", str(batch.state)) not in _RUNNING:
+            return
+        log.warning("cancelling Dataproc batch %s (%s): a try that is over must not go on writing", name,
+                    getattr(batch.state, "name", batch.state))
+        if getattr(batch.state, "name", "") != "CANCELLING":
+            self.client.cancel_operation(request={"name": batch.operation})
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while getattr(self.client.get_batch(name=name).state, "name", "") in _RUNNING:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Dataproc batch {name} did not stop within {CANCEL_WAIT_S:.0f} s of its "
+                                   "cancellation: cancel it (`gcloud dataproc batches cancel`) and retry")
+            time.sleep(self.poll_s)
+
     def _wait(self, name: str) -> Any:
         import time
 
         deadline = time.monotonic() + self.timeout_s
         while True:
             batch = self.client.get_batch(name=name)
-            if getattr(batch.state, "name", str(batch.state)) not in ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED"):
+            if getattr(batch.state, "name", str(batch.state)) not in _RUNNING:
                 return batch
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s")
-            time.sleep(15)
+                self._cancel(name)
+                raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s (cancelled)")
+            time.sleep(self.poll_s)
 
 
 def feature_job(settings: Settings, *, timeout_s: float, client: Any = None) -> FeatureJob:

@@ -221,6 +221,9 @@ def _refuse_source(settings: Settings, part: Partition, month: Partition, exc: E
     return SourceRefused(exc, alerted=True)
 
 
+JOB_WAIT_MARGIN_S = 120.0
+
+
 def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any = None) -> FeaturesRun:
     """Run the Spark job for the month into this run's staging folder (spark-submit here, Dataproc in the cloud)."""
     from tenfold.features.runners import feature_job
@@ -232,7 +235,9 @@ def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any
         lake = Lake.from_settings(settings)
         lake.discard(run.staging_uri)
         lake.discard(lookups_staging_uri(run.staging_uri))
-    job = feature_job(settings, timeout_s=task_timeout_s(settings, DAG_ID), client=client)
+    # The job's own wait ends before Airflow's execution_timeout kills the task, so a batch that overruns is
+    # cancelled by the task rather than left running.
+    job = feature_job(settings, timeout_s=max(60.0, task_timeout_s(settings, DAG_ID) - JOB_WAIT_MARGIN_S), client=client)
     job.run(run.partition, run.staging_uri, key=run.staging_key, attempt=attempt)
     return run
 

@@ -136,18 +136,42 @@ def test_lookups_are_published_before_the_features_and_never_without_them(settin
 
 
 class FakeBatches:
-    """google.cloud.dataproc_v1.BatchControllerClient at its transport boundary: records each request."""
+    """google.cloud.dataproc_v1.BatchControllerClient at its transport boundary: records each request and keeps each
+    batch's state (``hang``: a batch runs until cancelled, and waiting for it times out)."""
 
-    def __init__(self, final_state: str = "SUCCEEDED") -> None:
+    def __init__(self, final_state: str = "SUCCEEDED", *, hang: bool = False) -> None:
         self.requests: list[dict] = []
-        self.final_state = final_state
+        self.final_state, self.hang = final_state, hang
+        self.states: dict[str, str] = {}
+        self.cancelled: list[str] = []
 
     def create_batch(self, request: dict):
         from types import SimpleNamespace
 
         self.requests.append(request)
+        name = f"{request['parent']}/batches/{request['batch_id']}"
+        self.states[name] = "RUNNING" if self.hang else self.final_state
         batch = SimpleNamespace(state=SimpleNamespace(name=self.final_state), state_message="driver exited 1")
-        return SimpleNamespace(result=lambda timeout: batch)
+
+        def result(timeout: float):
+            if self.hang:
+                raise TimeoutError(f"operation did not finish in {timeout} s")
+            return batch
+        return SimpleNamespace(result=result)
+
+    def get_batch(self, name: str):
+        from types import SimpleNamespace
+
+        from google.api_core.exceptions import NotFound
+
+        if name not in self.states:
+            raise NotFound(name)
+        return SimpleNamespace(state=SimpleNamespace(name=self.states[name]), operation=f"operations/{name}")
+
+    def cancel_operation(self, request: dict) -> None:
+        name = request["name"].removeprefix("operations/")
+        self.cancelled.append(name)
+        self.states[name] = "CANCELLED"
 
 
 def test_the_cloud_build_writes_to_the_same_staging_the_gate_reads():
@@ -177,3 +201,36 @@ def test_a_failed_cloud_build_names_the_batch():
     run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
     with pytest.raises(DataprocJobFailed, match=r"batch .*-3 for 2013-02 ended FAILED"):
         pipeline.build(dev, run, attempt=3, client=FakeBatches("FAILED"))
+
+
+def test_a_cloud_try_never_leaves_its_batch_running_beside_the_next(monkeypatch: pytest.MonkeyPatch):
+    """A batch that outlives its try (the wait timed out, or Airflow killed the task) is cancelled, by the try
+    itself or by the next one before it starts its own: two batches never write one staging folder."""
+    from tenfold.config import get_settings
+    from tenfold.features import runners
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    waits: list[float] = []
+    make_job = runners.feature_job
+
+    def recording(settings, *, timeout_s, client=None):  # type: ignore[no-untyped-def]
+        waits.append(timeout_s)
+        return make_job(settings, timeout_s=timeout_s, client=client)
+
+    monkeypatch.setattr(runners, "feature_job", recording)
+    hung = FakeBatches(hang=True)
+    with pytest.raises(TimeoutError):
+        pipeline.build(dev, run, attempt=1, client=hung)
+    (first,) = hung.states
+    assert hung.cancelled == [first] and hung.states[first] == "CANCELLED"
+    # The job's wait ends before Airflow's execution_timeout would kill the task (and leave the batch running).
+    assert pipeline.task_timeout_s(dev, "build_features") - waits[0] >= 60
+
+    # A try killed by Airflow cancels nothing itself: its batch still runs when the retry starts.
+    killed = FakeBatches()
+    killed.states[first] = "RUNNING"
+    runners.DataprocBatchJob(dev, killed, timeout_s=60, poll_s=0).run(run.partition, run.staging_uri,
+                                                                      key=run.staging_key, attempt=2)
+    assert killed.cancelled == [first]
+    assert [r["batch_id"] for r in killed.requests] == [first.rsplit("/", 1)[-1].removesuffix("-1") + "-2"]
