@@ -149,9 +149,9 @@ class RolloutSettings(_Frozen):
     # significance (a one-sided two-proportion z-test: a small sample's chance dip is not a failure).
     max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)
     accuracy_alpha: float = Field(default=0.01, gt=0, lt=1)
-    # Each check reads the load balancer's log over its window shifted back by this much: requests whose log
-    # entries arrive late (Cloud Logging takes up to a minute; a request is logged when it ends, a timeout 30 s
-    # after it began) are counted in the next check instead of in none. 0 locally: HAProxy logs at once.
+    # Each check reads its window of the load balancer's log this long after the window ends: entries arrive late
+    # in the cloud (Cloud Logging takes up to a minute; a request is logged when it ends, a timeout 30 s after it
+    # began), and a window read early would miss them for good. 0 locally: HAProxy logs at once.
     traffic_lag_s: float = Field(default=0.0, ge=0)
     # How often a waiting step looks for an abort and for new data.
     poll_s: float = Field(default=1.0, gt=0)

@@ -259,17 +259,20 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             p.router.set_canary_percent(0)
             return ROLLED_BACK
         decisive = [e for _, e in mine if e["verdict"] != NO_DATA]
-        # A decisive check closes its window; "no data" keeps it open and looks again an interval later.
+        # A decisive check closes its window; "no data" keeps it open and looks again an interval later. Each
+        # window is read traffic_lag_s after it ends (the load balancer's log arrives late in the cloud), so the
+        # windows stay the step's own and contiguous, and none of its requests is read before it is logged.
         since = _parse(decisive[-1]["until"]) if decisive else step_start
         last = _parse(mine[-1][1]["until"]) if mine else step_start
-        due = max(since, last) + dt.timedelta(seconds=policy.interval_s)
+        lag = dt.timedelta(seconds=policy.traffic_lag_s)
+        due = max(since, last) + dt.timedelta(seconds=policy.interval_s) + lag
         while p.now() < due and not _aborted(p, run):
             p.sleep(min(policy.poll_s, max(0.0, (due - p.now()).total_seconds())))
         if _aborted(p, run):
             p.router.set_canary_percent(0)
             _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
             return ABORTED
-        until = p.now()
+        until = p.now() - lag
         result = analyse(p, run, percent, since, until)
         n = len(mine) + 1
         waited = (until - since).total_seconds()
@@ -294,12 +297,11 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the start of
     the rollout until this step began (the same replicas, the same load balancer, just earlier)."""
     policy = run.rollout_policy
-    lag = dt.timedelta(seconds=policy.traffic_lag_s)  # the log's own delay: windows shifted back, none missed
-    seen = p.observer.traffic(since - lag, until - lag)
+    seen = p.observer.traffic(since, until)
     canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
     start = _parse(run.started_at)
     if percent >= 100:
-        control = p.observer.traffic(start - lag, since - lag).get(STABLE, ArmTraffic(0, 0, ()))
+        control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
     if min(canary.requests, control.requests) < policy.min_requests:
         # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
         canary_acc = control_acc = Accuracy(0, None, None)

@@ -439,8 +439,8 @@ class LoadBalancerLogObserver:
     ``[since, until)``. A request counts as an error when the load balancer logged a 5xx or no status at all
     (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
     The load balancer writes its logs with a delay of seconds to a minute: the rollout reads each window
-    ``rollout.traffic_lag_s`` after it ends (its windows are shifted back by that much), so no request falls
-    between two checks. At most ``max_entries`` requests are read per arm.
+    ``rollout.traffic_lag_s`` after it ends, so no request falls between two checks. At most ``max_entries``
+    requests are read per arm.
     """
 
     def __init__(self, settings: Settings, client: Any, *, max_entries: int = MAX_ENTRIES_PER_ARM) -> None:

@@ -66,13 +66,60 @@ def test_accuracy_adds_up_labels_since_the_rollout_began() -> None:
     assert result.values["canary_labelled"] == 80 and result.values["accuracy_since"] == T0.isoformat()
 
 
-def test_traffic_windows_are_read_shifted_back_by_the_logs_delay() -> None:
-    """In the cloud the load balancer's log arrives up to a minute late: consecutive checks read consecutive windows
-    shifted back by ``traffic_lag_s``, so a request logged late counts in the next check instead of in none."""
-    observer = Observer()
-    for k in range(2):
-        since, until = T0 + dt.timedelta(minutes=2 * k), T0 + dt.timedelta(minutes=2 * k + 2)
-        _analyse([], since, until, observer, lag_s=90)
-    lag = dt.timedelta(seconds=90)
-    assert observer.asked == [(T0 - lag, T0 + dt.timedelta(minutes=2) - lag),
-                              (T0 + dt.timedelta(minutes=2) - lag, T0 + dt.timedelta(minutes=4) - lag)]
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def now(self) -> dt.datetime:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += dt.timedelta(seconds=max(seconds, 0.001))
+
+
+class Registry:
+    """The registry's rollout record as step() uses it: create-only events."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}
+
+    def rollout_events(self, version: str, rollout_id: str) -> dict[str, dict[str, Any]]:
+        return dict(self.events)
+
+    def record_rollout_event(self, version: str, rollout_id: str, key: str, body: dict[str, Any]) -> bool:
+        if key in self.events:
+            return False
+        self.events[key] = dict(body)
+        return True
+
+
+class Router:
+    def set_canary_percent(self, percent: int) -> None:
+        self.percent = percent
+
+
+def test_each_window_is_the_steps_own_and_read_only_after_the_logs_delay() -> None:
+    """In the cloud the load balancer's log arrives up to a minute late: a step's checks read its own contiguous
+    windows, each ``traffic_lag_s`` after it ends (not earlier, when its last requests are not logged yet; not
+    shifted back into the step before, which would judge a step on the previous one's split)."""
+    clock, registry = Clock(), Registry()
+    registry.events["deployed"] = {"at": T0.isoformat()}
+
+    class Timed(Observer):
+        def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+            self.read_at = [*getattr(self, "read_at", []), clock.now()]
+            return super().traffic(since, until)
+
+    observer = Timed()
+    policy = RolloutSettings(min_requests=50, min_feedback=0, interval_s=120, traffic_lag_s=90, checks_per_step=2,
+                             poll_s=5)
+    run = pipeline.RolloutRun(rollout_id="r1", airflow_run_id="manual__x", version="v2", champion="v1",
+                              started_at=T0.isoformat(), policy=policy.model_dump(mode="json"))
+    places = pipeline.Places(router=Router(), deployer=None, observer=observer, registry=registry,  # type: ignore[arg-type]
+                             accuracy=lambda a, b, v: (Accuracy(0, None), Accuracy(0, None)), now=clock.now,
+                             sleep=clock.sleep)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]
+    start = dt.datetime.fromisoformat(registry.events["s01-set"]["at"])
+    two, lag = dt.timedelta(seconds=120), dt.timedelta(seconds=90)
+    assert observer.asked == [(start, start + two), (start + two, start + 2 * two)]
+    assert [at - until for at, (_, until) in zip(observer.read_at, observer.asked, strict=True)] == [lag, lag]
