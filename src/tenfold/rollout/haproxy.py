@@ -64,7 +64,11 @@ class HaproxyRouter:
     def set_canary_percent(self, percent: int) -> None:
         """Send ``percent`` of the buckets (and of keyless requests) to the canary pool, at once."""
         percent = check_percent(percent)
-        self.canary_percent()  # HAProxy answers (the fleet runs) before its map file is touched
+        if not self.split_map.parent.is_dir():  # no fleet ever ran here: nothing to set, no folder to write into
+            raise HaproxyError(f"no serving fleet has run under {self.split_map.parent}: is the fleet up? "
+                               "(`tenfold serve up`)")
+        # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
+        # during its restart) still holds once it is back, even though the runtime API below fails now.
         write_split_map(self.split_map, percent)
         self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
         if (now := self.canary_percent()) != percent:

@@ -350,6 +350,9 @@ class Supervisor:
         try:
             self.start_haproxy()
         except LocalPlatformError as exc:
+            if self.haproxy is not None:  # started but never answered: stopped, not left running unrecorded
+                process.stop(self.haproxy, timeout=5)
+                process.remove_pid_file(self.run_dir, HAPROXY)
             self.haproxy = None
             delay = min(30.0, 0.5 * 2**failures)
             self.haproxy_backoff = (failures + 1, time.monotonic() + delay)

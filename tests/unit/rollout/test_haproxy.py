@@ -145,3 +145,21 @@ def test_the_observer_counts_a_request_in_the_window_it_ended_in(tmp_path: Any) 
     assert (w1["canary"].requests, w1["canary"].errors, w1["stable"].requests) == (1, 0, 0)
     assert (w2["canary"].requests, w2["canary"].errors, w2["stable"].requests) == (1, 1, 2)
     assert w2["canary"].latencies_ms == (30000.0,)
+
+
+def test_a_split_set_while_haproxy_is_down_holds_when_it_comes_back(tmp_path: Any) -> None:
+    """A rollback sets the canary to 0 % while HAProxy restarts: the runtime API refuses, but the map file HAProxy
+    loads at start already says 0, so the rejected canary does not get its share back."""
+    from tenfold.rollout.haproxy import HaproxyRouter
+    from tenfold.serving.haproxy import HaproxyError, read_split_map, write_split_map
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_split_map(run / "split.map", 50)
+    router = HaproxyRouter(run / "haproxy.sock", run / "split.map")
+    with pytest.raises(HaproxyError):
+        router.set_canary_percent(0)
+    assert read_split_map(run / "split.map") == 0
+    with pytest.raises(HaproxyError, match="is the fleet up"):  # no fleet ever ran: nothing written
+        HaproxyRouter(tmp_path / "none" / "haproxy.sock", tmp_path / "none" / "split.map").set_canary_percent(5)
+    assert not (tmp_path / "none").exists()

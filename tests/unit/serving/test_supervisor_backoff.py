@@ -102,3 +102,25 @@ def test_a_haproxy_that_cannot_restart_is_retried_with_back_off_and_the_status_s
     assert 2 <= len(attempts) <= 4, len(attempts)  # 0, 0.5, 1.5 s (then 3.5): not every 50 ms
     status = fleet.read_status(supervisor.settings)
     assert status is not None and status.haproxy_pid is None and not status.ready
+
+
+def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(supervisor: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart whose process starts but never answers its runtime API is stopped before the next try: left
+    running, and forgotten, it would hold the port (every later restart failing) and outlive `serve down`."""
+    import sys
+
+    from tenfold.local import process
+
+    started: list[Any] = []
+
+    def never_answers() -> None:
+        supervisor.haproxy = process.start(fleet.HAPROXY, [sys.executable, "-c", "import time; time.sleep(60)"],
+                                           run_dir=supervisor.run_dir, port=supervisor.settings.local.lb_port)
+        started.append(supervisor.haproxy)
+        raise LocalPlatformError("HAProxy did not answer its runtime API within 10 s")
+
+    monkeypatch.setattr(supervisor, "start_haproxy", never_answers)
+    _tick_for(supervisor, 1.0)
+    assert started and not any(process.is_running(r) for r in started)
+    assert process.read_record(supervisor.run_dir, fleet.HAPROXY) is None
