@@ -474,7 +474,8 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
                 f"{body['summary']}, and the challenger {version} fails the gate on its own ({alone.summary}): it is "
                 "registered, not marked challenger and not promoted"
             )
-        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
+        if _may_mark_challenger(reg, version, p):
+            reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
         raise PipelineError(
             f"{body['summary']}: the challenger {version} passes the floors and baselines, is registered and marked "
             f"challenger but was not promoted. Compare them by hand (`tenfold models show {version}`) and run "
@@ -484,17 +485,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     first = evaluated_version is None
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
-        if not recorded["promote"]:
-            return result(recorded)
-        # A retry after the decision was recorded moves the alias it may not have moved yet; a run cleared later
-        # neither takes the alias back from a newer challenger nor announces a version whose canary already ran.
-        if any(key.startswith(ROLLOUT_DECISION_PREFIX) for key in reg.decisions(version)):
-            log.info("%s already went through a canary: not announced again", version)
-            return result(recorded)
-        moved_on = reg.resolve(CHALLENGER) != version and any(
-            h.version == version and h.details.get("run") == p.airflow_run_id for h in reg.alias_history(CHALLENGER))
-        if moved_on:
-            log.info("challenger moved on from %s since this run set it: left as it is", version)
+        if not recorded["promote"] or not _may_mark_challenger(reg, version, p):
             return result(recorded)
         reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
         return result(recorded, canary=not first)
@@ -524,6 +515,22 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             reg.promote(version, expected=None, reason=decision.summary[:500],
                         details={"run": p.airflow_run_id, "checks": decision.checks})
     return result(body, canary=decision.promote and not first)
+
+
+def _may_mark_challenger(reg: ModelRegistry, version: str, p: TrainRun) -> bool:
+    """Whether a gate that runs again (a retry, or its run cleared) may still mark ``version`` challenger.
+
+    A retry after the decision was recorded moves the alias it may not have moved yet; a run cleared later
+    neither takes the alias back from a newer challenger nor marks (and announces) a version a canary rejected.
+    """
+    if any(key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("rejected") for key, d in reg.decisions(version).items()):
+        log.info("a canary already rejected %s: not marked challenger again", version)
+        return False
+    if reg.resolve(CHALLENGER) != version and any(
+            h.version == version and h.details.get("run") == p.airflow_run_id for h in reg.alias_history(CHALLENGER)):
+        log.info("challenger moved on from %s since this run set it: left as it is", version)
+        return False
+    return True
 
 
 def comparison_table(evaluation: Evaluation | Mapping[str, Any], version: str | None = None) -> str:
