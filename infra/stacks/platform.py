@@ -36,7 +36,7 @@ SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 # training group, and roll out (the URL map, the serving groups' templates: tenfold.rollout.cloud).
 ORCHESTRATOR_PERMISSIONS = tuple(dict.fromkeys((
     "dataproc.batches.create", "dataproc.batches.get", "dataproc.batches.list", "dataproc.batches.cancel",
-    "dataproc.operations.get",
+    "dataproc.operations.get", "dataproc.operations.cancel",  # a try cancels a batch it no longer waits for
     "compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update", "compute.regionOperations.get",
     *ROLLOUT_PERMISSIONS,
 )))

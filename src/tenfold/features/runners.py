@@ -7,6 +7,7 @@ return only when the job is over, so the ``build_features`` DAG has the same gra
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol
 
 from tenfold.config import Settings
@@ -40,9 +41,8 @@ class DataprocJobFailed(RuntimeError):
     """The Dataproc batch ended in a state other than SUCCEEDED; the message names the batch."""
 
 
-# A batch in one of these states may still write; how long a cancelled one may take to stop.
+# A batch in one of these states may still write.
 _RUNNING = ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED")
-CANCEL_WAIT_S = 600.0
 
 
 class DataprocBatchJob:
@@ -52,8 +52,11 @@ class DataprocBatchJob:
     boundary). A retried attempt whose batch already exists waits for it instead of starting another.
     """
 
-    def __init__(self, settings: Settings, client: Any = None, *, timeout_s: float, poll_s: float = 15.0) -> None:
-        self.settings, self.timeout_s, self.poll_s = settings, timeout_s, poll_s
+    def __init__(self, settings: Settings, client: Any = None, *, timeout_s: float, poll_s: float = 15.0,
+                 cancel_wait_s: float = 90.0) -> None:
+        # cancel_wait_s: how long a try waits for its own batch to stop once cancelled; within the margin its task
+        # keeps before Airflow's execution_timeout (tenfold.pipelines.build_features.JOB_WAIT_MARGIN_S).
+        self.settings, self.timeout_s, self.poll_s, self.cancel_wait_s = settings, timeout_s, poll_s, cancel_wait_s
         self._client = client
 
     @property
@@ -73,29 +76,32 @@ class DataprocBatchJob:
         s = self.settings
         parent = f"projects/{s.project_id}/locations/{s.region}"
         bid = f"{batch_id(s, part, key)}-{attempt}"
+        deadline = time.monotonic() + self.timeout_s  # one budget for this try, whatever it spends it on
         # An earlier try that Airflow timed out or killed may have left its batch running, writing to the same
         # staging folder: it is cancelled (and gone) before this try's batch starts.
         for earlier in range(1, attempt):
-            self._cancel(f"{parent}/batches/{batch_id(s, part, key)}-{earlier}")
+            self._cancel(f"{parent}/batches/{batch_id(s, part, key)}-{earlier}", deadline)
         try:
             operation = self.client.create_batch(
                 request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})
             try:
-                batch = operation.result(timeout=self.timeout_s)
+                batch = operation.result(timeout=max(1.0, deadline - time.monotonic()))
             except Exception:
-                self._cancel(f"{parent}/batches/{bid}")  # timed out, or the wait failed: never left running
+                try:  # timed out, or the wait failed: never left running
+                    self._cancel(f"{parent}/batches/{bid}", time.monotonic() + self.cancel_wait_s)
+                except Exception:
+                    log.exception("could not cancel Dataproc batch %s; the next try cancels it", bid)
                 raise
         except AlreadyExists:
             log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)
-            batch = self._wait(f"{parent}/batches/{bid}")
+            batch = self._wait(f"{parent}/batches/{bid}", deadline)
         state = getattr(batch.state, "name", str(batch.state))
         if state != "SUCCEEDED":
             raise DataprocJobFailed(f"Dataproc batch {bid} for {part.label} ended {state}: {getattr(batch, 'state_message', '')}")
 
-    def _cancel(self, name: str) -> None:
-        """Cancel batch ``name`` if it still runs and wait until it stopped; nothing if it ended or never existed."""
-        import time
-
+    def _cancel(self, name: str, deadline: float) -> None:
+        """Cancel batch ``name`` if it still runs and wait (until ``deadline``) until it stopped; nothing if it
+        ended or never existed."""
         from google.api_core.exceptions import NotFound
 
         try:
@@ -108,23 +114,19 @@ class DataprocBatchJob:
                     getattr(batch.state, "name", batch.state))
         if getattr(batch.state, "name", "") != "CANCELLING":
             self.client.cancel_operation(request={"name": batch.operation})
-        deadline = time.monotonic() + CANCEL_WAIT_S
         while getattr(self.client.get_batch(name=name).state, "name", "") in _RUNNING:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Dataproc batch {name} did not stop within {CANCEL_WAIT_S:.0f} s of its "
-                                   "cancellation: cancel it (`gcloud dataproc batches cancel`) and retry")
+                raise TimeoutError(f"Dataproc batch {name} did not stop in time after its cancellation: cancel it "
+                                   "(`gcloud dataproc batches cancel`) and retry")
             time.sleep(self.poll_s)
 
-    def _wait(self, name: str) -> Any:
-        import time
-
-        deadline = time.monotonic() + self.timeout_s
+    def _wait(self, name: str, deadline: float) -> Any:
         while True:
             batch = self.client.get_batch(name=name)
             if getattr(batch.state, "name", str(batch.state)) not in _RUNNING:
                 return batch
             if time.monotonic() > deadline:
-                self._cancel(name)
+                self._cancel(name, time.monotonic() + self.cancel_wait_s)
                 raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s (cancelled)")
             time.sleep(self.poll_s)
 
