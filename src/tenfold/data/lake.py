@@ -80,6 +80,11 @@ class CorruptFileError(CorruptManifestError):
     """A data file is missing, or its size or content checksum differs from what its manifest recorded."""
 
 
+class PartitionLockLost(LakeError):
+    """The partition's writer lock was taken over while this writer worked (it stalled past the stale age): another
+    writer may have published meanwhile; running it again is safe (publishing is idempotent)."""
+
+
 class PartitionLocked(LakeError):
     """Another writer held the partition's lock for longer than this one would wait."""
 
@@ -263,7 +268,7 @@ class Lake:
         """Hold the partition's writer lock (``<partition>/_publish.lock``): what publishes, withdraws and
         quarantines it takes first, so that two writers never remove each other's data folder or temporary
         files. Raises :class:`PartitionLocked` after ``timeout_s``."""
-        from tenfold.data.locks import LockTimeout
+        from tenfold.data.locks import LockLost, LockTimeout
 
         path = posixpath.join(self.partition_path(table, part), PUBLISH_LOCK)
         try:
@@ -272,6 +277,8 @@ class Lake:
                 yield
         except LockTimeout as exc:
             raise PartitionLocked(str(exc)) from None
+        except LockLost as exc:
+            raise PartitionLockLost(str(exc)) from None
 
     # --- layout -------------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:

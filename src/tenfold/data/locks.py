@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,7 +63,9 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
 
     uri = f"gs://{bucket}/{name}"
     blob = client.bucket(bucket).blob(name)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Who holds it, unique to this acquisition: a heartbeat whose write landed though its answer was lost (its
+    # retry then fails the generation check) recognises the object as still its own.
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -82,13 +85,29 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     held = {"generation": blob.generation, "lost": ""}
     stop = threading.Event()
 
+    def still_mine(beat: Any) -> bool:
+        """After a failed conditional write: is the object still this acquisition's (and at which generation)?"""
+        try:
+            beat.reload()
+            if beat.download_as_text(if_generation_match=beat.generation) == owner:
+                held["generation"] = beat.generation
+                return True
+        except (PreconditionFailed, NotFound):
+            pass
+        return False
+
     def heartbeat() -> None:
         beat = client.bucket(bucket).blob(name)
-        while not stop.wait(max(0.5, stale_s / 3)):
+        period = max(0.5, stale_s / 3)
+        while not stop.wait(period):
             try:
-                beat.upload_from_string(owner, if_generation_match=held["generation"])
+                # One quick try per beat (no library retry that could outlast the stale age): the next beat,
+                # a third of the stale age later, is the retry.
+                beat.upload_from_string(owner, if_generation_match=held["generation"], timeout=period, retry=None)
                 held["generation"] = beat.generation
             except (PreconditionFailed, NotFound):
+                if still_mine(beat):
+                    continue
                 held["lost"] = f"{uri} was taken over (or removed) while {owner} held it for {what}"
                 log.error("%s", held["lost"])
                 return

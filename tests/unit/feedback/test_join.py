@@ -195,3 +195,21 @@ def test_a_holder_whose_gcs_lock_was_taken_over_fails_instead_of_reporting_done(
     second = gcs_lock(client, bucket, name, timeout_s=5, stale_s=0, what="a partition")  # sees it stale: takes it
     with pytest.raises(LockLost, match="was taken over"), first, second:
         time.sleep(1.5)  # while the first holder's heartbeat comes round
+
+
+@pytest.mark.integration
+def test_a_heartbeat_whose_write_landed_unanswered_keeps_its_lock(local_settings):
+    """A heartbeat write that landed though its answer was lost looks, to the retry, like a taken-over lock (the
+    generation moved): the holder checks the object is still its own and keeps it instead of failing its work."""
+    import time
+
+    from tenfold.data.locks import gcs_lock
+    from tenfold.storage import gcs_client
+
+    client = gcs_client(local_settings)
+    bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_publish.lock"
+    with gcs_lock(client, bucket, name, timeout_s=5, stale_s=1.5, what="a partition"):
+        blob = client.bucket(bucket).blob(name)
+        blob.upload_from_string(blob.download_as_bytes())  # the same content, a new generation
+        time.sleep(1.5)  # a heartbeat comes round and finds the generation moved
+    assert client.bucket(bucket).get_blob(name) is None  # released: it deleted its own object
