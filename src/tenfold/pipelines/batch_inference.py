@@ -125,7 +125,8 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     path: Literal["pubsub", "spark"] = "spark" if manifest.rows > inf.spark_threshold_rows else "pubsub"
     # The run's requests and results are keyed by what they score with: a cleared run that plans another model
     # version or re-published features starts afresh instead of taking the first plan's results as its own.
-    key = f"{run_key(airflow_run_id)[:46].rstrip('-._')}-{digest_key(version, manifest.data_dir)}"
+    slug = run_key(airflow_run_id)
+    key = f"{slug[:46].rstrip('-._')}-{digest_key(slug, version, manifest.data_dir)}"
     run = InferenceRun(
         run_key=key, airflow_run_id=airflow_run_id, month=part.label, model_version=version,
         rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,

@@ -152,3 +152,17 @@ def test_a_plan_run_again_with_another_split_trains_it_instead_of_returning_the_
     staged = json.loads(bucket.blob(f"{dev_settings.training.runs_prefix}/{_job(again)}/out/train_config.json")
                         .download_as_bytes())
     assert staged["train_months"] == ["2013-01"]
+
+
+def test_training_keys_of_two_runs_never_meet() -> None:
+    """Long run ids that share their first 46 characters still get their own training folders and run ids."""
+    from tenfold.pipelines.common import run_key
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.fleet import check_run_id
+    from tenfold.training.jobs import training_key
+
+    cfg = TrainConfig(lake_uri="file:///lake", train_months=("2013-01",))
+    a, b = (run_key(f"asset_triggered__2026-12-03T05:00:19.111719+00:00_{s}") for s in ("K0hzZOpC", "Zq81Lm2x"))
+    assert a[:46] == b[:46]
+    assert training_key(a, cfg) != training_key(b, cfg)
+    assert check_run_id(training_key(a, cfg)) and training_key(a, cfg) == training_key(a, cfg)
