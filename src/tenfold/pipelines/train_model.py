@@ -17,10 +17,11 @@ expects the very version that was evaluated, so a champion promoted by someone e
 the step fail instead of silently replacing a model nobody compared against.
 
 Local (``TENFOLD_ENV=local``): training runs torchrun on this machine in
-``<local.home>/runs/train_model/<run>``. Dev/prod: :func:`train` stages the config and preprocessing
-in ``gs://<artifacts>/<training.runs_prefix>/<run>/out`` and runs the job on the training instance
-group through :func:`tenfold.training.fleet.run_training` (resized up, then always back to zero); the
-model is read back from ``.../out/model``.
+``<local.home>/runs/train_model/<run>/train-<digest>``. Dev/prod: :func:`train` stages the config and
+preprocessing in ``gs://<artifacts>/<training.runs_prefix>/<run>-<digest>/out`` and runs the job on the
+training instance group through :func:`tenfold.training.fleet.run_training` (resized up, then always back
+to zero); the model is read back from ``.../out/model``. ``<digest>`` is the training config's
+(:func:`tenfold.training.jobs.training_key`): a re-planned run trains in a folder of its own.
 """
 
 from __future__ import annotations
@@ -214,9 +215,10 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
 def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Partition], weight: float) -> dict[str, Any]:
     """Select the feedback of the training window's flights and write it as the run's extra training input.
 
-    Locally the file goes in the run's work dir; in dev/prod it is staged beside the config and preprocessing
-    (``gs://<artifacts>/<runs_prefix>/<run>/out``), where the training group's workers read it. A plan retried
-    with the same labelled partitions finds its file (content-addressed) and plans the same run.
+    Locally the file goes in the run's work dir; in dev/prod in the run's folder of the artifacts bucket
+    (``gs://<artifacts>/<runs_prefix>/<run>/out``; the config names it by URI, and the training group's workers
+    read it from there). A plan retried with the same labelled partitions finds its file (content-addressed)
+    and plans the same run.
     """
     from tenfold.feedback.training import FeedbackError, feedback_training_set, write_training_input
     from tenfold.training.fleet import run_folder

@@ -83,7 +83,7 @@ class HaproxyObserver:
     arms are measured at the same place the same way, and a request that no replica answered (HAProxy's
     own 503) counts as the arm's error too, as the cloud load balancer's logs would show it.
 
-    A request counts in the window in which it ended (accept time plus active time): HAProxy logs it only
+    A request counts in the window in which it ended (accept date plus total time): HAProxy logs it only
     then, so one still running when a window is read (a slow answer, a timeout's 504) counts in the next
     window instead of in none.
     """
@@ -109,13 +109,16 @@ class HaproxyObserver:
                     if not line.startswith(_MARKER):
                         continue
                     parts = line.split()
-                    if len(parts) != 6 or parts[5] != self.path or parts[2].decode() not in seen:
+                    if len(parts) not in (6, 7) or parts[-1] != self.path or parts[2].decode() not in seen:
                         continue
                     try:
                         at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
+                        # %Tt: from the accept date to the end, idle time on a kept-alive connection included
+                        # (%Ta leaves it out); a line of an older format (6 fields) has only %Ta.
+                        total_ms = float(parts[5]) if len(parts) == 7 else active_ms
                     except ValueError:
                         continue
-                    if lo <= at + max(active_ms, 0.0) / 1000 < hi:  # when it ended
+                    if lo <= at + max(total_ms, active_ms, 0.0) / 1000 < hi:  # when it ended
                         statuses, latencies = seen[parts[2].decode()]
                         statuses.append(status)
                         latencies.append(max(active_ms, 0.0))

@@ -138,7 +138,8 @@ def render_config(settings: Settings) -> str:
         f"    bind {host}:{local.lb_port}",
         # Every request, one line each, for the canary analysis (tenfold.rollout.haproxy.HaproxyObserver).
         "    no option dontlog-normal",
-        f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %HP"',
+        # accept date, arm, status, active time (the latency), total time (the end: accept date + %Tt), path
+        f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %Tt %HP"',
         f"    http-request set-var(txn.pct) str({SPLIT_KEY}),map_str_int({paths.split_map},0)",
         # req.fhdr: the last occurrence, whole (req.hdr would split it at commas); the replica reads it the same way.
         f"    acl user_key req.fhdr({header}),length gt 0",

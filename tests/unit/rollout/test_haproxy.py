@@ -133,17 +133,20 @@ def test_the_observer_counts_a_request_in_the_window_it_ended_in(tmp_path: Any) 
     t0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
     at = t0.timestamp()
     log = tmp_path / "haproxy.log"
-    log.write_text("".join(f"{REQUEST_LOG_MARKER} {a:.3f} {arm} {status} {ms} /v1/predict\n" for a, arm, status, ms in [
-        (at + 1, "canary", 200, 12),       # window 1
-        (at + 25, "canary", 504, 30000),   # arrived in window 1, timed out in window 2
-        (at + 29.9, "stable", 200, 500),   # arrived in window 1, answered in window 2
-        (at + 31, "stable", 200, 8),       # window 2
+    log.write_text("".join(f"{REQUEST_LOG_MARKER} {a:.3f} {arm} {status} {ms} {total} /v1/predict\n"
+                           for a, arm, status, ms, total in [
+        (at + 1, "canary", 200, 12, 12),           # window 1
+        (at + 25, "canary", 504, 30000, 30000),    # arrived in window 1, timed out in window 2
+        (at + 29.9, "stable", 200, 500, 500),      # arrived in window 1, answered in window 2
+        (at + 31, "stable", 200, 8, 8),            # window 2
+        # kept alive: its accept date is the previous request's end, and it waited idle 5 s before it came
+        (at + 27, "stable", 200, 10, 5010),
     ]))
     observer = HaproxyObserver(log)
     w1 = observer.traffic(t0, t0 + dt.timedelta(seconds=30))
     w2 = observer.traffic(t0 + dt.timedelta(seconds=30), t0 + dt.timedelta(seconds=60))
     assert (w1["canary"].requests, w1["canary"].errors, w1["stable"].requests) == (1, 0, 0)
-    assert (w2["canary"].requests, w2["canary"].errors, w2["stable"].requests) == (1, 1, 2)
+    assert (w2["canary"].requests, w2["canary"].errors, w2["stable"].requests) == (1, 1, 3)
     assert w2["canary"].latencies_ms == (30000.0,)
 
 
