@@ -54,9 +54,15 @@ def folders_condition(bucket: str, folders: Sequence[str]) -> dict[str, str]:
     calls whose prefix is within one of them (``objects.list`` is checked on the bucket, with the call's prefix
     as ``storage.googleapis.com/objectListPrefix``)."""
     names = [f.strip("/") + "/" for f in folders]
-    objects = " || ".join(f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{n}")' for n in names)
+    # The folder's own name without its '/' too (an object of that exact name, a list call with that prefix):
+    # clients probe a directory that way (pyarrow's GCS filesystem), and a 403 there reads as an error, not as
+    # "not found"; no other object of the bucket starts with it unless it is in the folder or is its name.
+    objects = " || ".join(
+        f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{n}") || '
+        f'resource.name == "projects/_/buckets/{bucket}/objects/{n[:-1]}"' for n in names)
     listed = " || ".join(
-        f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{n}")' for n in names)
+        f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{n}") || '
+        f'api.getAttribute("storage.googleapis.com/objectListPrefix", "") == "{n[:-1]}"' for n in names)
     return {
         "title": f"only {', '.join(names)}"[:100],
         "description": f"the objects of {bucket} under {', '.join(names)}, and listing them"[:256],

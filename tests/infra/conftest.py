@@ -112,10 +112,12 @@ def _condition_allows(expression: str, *, obj: str | None = None, list_prefix: s
     """Whether a folder condition (infra.components.iam.folders_condition) allows reading the object ``obj``
     (a full resource name) or a list call with prefix ``list_prefix``: it evaluates the condition's two shapes."""
     objects = re.findall(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
+    exact_objects = re.findall(r'resource\.name == "([^"]+)"', expression)
     listed = re.findall(r'objectListPrefix", ""\)\.startsWith\("([^"]+)"\)', expression)
+    exact_listed = re.findall(r'objectListPrefix", ""\) == "([^"]+)"', expression)
     if obj is not None:
-        return any(obj.startswith(p) for p in objects)
-    return list_prefix is not None and any(list_prefix.startswith(p) for p in listed)
+        return any(obj.startswith(p) for p in objects) or obj in exact_objects
+    return list_prefix is not None and (any(list_prefix.startswith(p) for p in listed) or list_prefix in exact_listed)
 
 
 @pytest.fixture

@@ -181,6 +181,11 @@ def test_the_serving_account_reads_the_served_tables_of_the_lake_and_nothing_els
     for table in tables:
         assert condition_allows(expression, obj=f"{objects}{table}/year=2013/month=02/_SUCCESS"), table
         assert condition_allows(expression, list_prefix=f"{table}/"), table
+        # a client's probe of the folder itself answers "not found", not 403; a sibling that shares the prefix is no
+        # part of it
+        assert condition_allows(expression, obj=f"{objects}{table}") and condition_allows(expression, list_prefix=table)
+        assert not condition_allows(expression, obj=f"{objects}{table}_old/x.parquet")
+        assert not condition_allows(expression, list_prefix=f"{table}_old/")
     for other in (s.storage.predictions_table, s.storage.feedback_table, "raw_flights", s.inference.work_prefix):
         assert not condition_allows(expression, obj=f"{objects}{other}/year=2013/month=02/x.parquet"), other
         assert not condition_allows(expression, list_prefix=f"{other}/"), other
