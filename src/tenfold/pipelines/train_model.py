@@ -39,7 +39,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.jsonable import plain_json
-from tenfold.model_files import META_FILE
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 from tenfold.monitoring.profile import ensure_profile
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
@@ -502,6 +502,15 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
                 "summary": f"UNCHANGED: the challenger {version} is the champion (identical content)"}
         reg.record_decision(version, p.run_key, body)
         return result(body)
+    if evaluated_version is not None and _same_model(reg, version, evaluated_version):
+        # The same weights and preprocessing under another version id (its meta.json names this run's config):
+        # the retrain reproduced the champion (same data, same seed); its scores are the champion's, which the
+        # gate would otherwise read as the champion scored with the challenger's model.
+        body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
+                "summary": f"UNCHANGED: the challenger {version} has the champion {evaluated_version}'s weights and "
+                           "preprocessing (the retrain reproduced it)"}
+        reg.record_decision(version, p.run_key, body)
+        return result(body)
 
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
     decision: Decision = decide(challenger, champion, baselines, policy)
@@ -517,6 +526,16 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             reg.promote(version, expected=None, reason=decision.summary[:500],
                         details={"run": p.airflow_run_id, "checks": decision.checks})
     return result(body, canary=decision.promote and not first)
+
+
+def _same_model(reg: ModelRegistry, a: str, b: str) -> bool:
+    """Whether versions ``a`` and ``b`` hold the same weights and preprocessing (by their files' SHA-256)."""
+    def files(version: str) -> dict[str, str]:
+        return {f.path: f.sha256 for f in reg.get(version, with_lineage=False).files
+                if f.path in (WEIGHTS_FILE, PREPROCESSING_FILE)}
+
+    ours = files(a)
+    return len(ours) == 2 and ours == files(b)
 
 
 def _may_mark_challenger(reg: ModelRegistry, version: str, p: TrainRun) -> bool:

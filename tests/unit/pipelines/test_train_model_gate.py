@@ -247,3 +247,22 @@ def test_a_cleared_run_neither_takes_the_challenger_back_nor_announces_a_version
     cleared = pipeline.gate(gate_settings, pipeline.plan(gate_settings, "manual__b", CONF), *_evaluated(
         gate_settings, "manual__b", model(tmp_path, 0.76)))
     assert not cleared["canary"], "a version whose canary already ran was announced again"
+
+
+def test_a_retrain_that_reproduced_the_champions_weights_is_unchanged_not_a_failed_comparison(
+    gate_settings: Settings, tmp_path: Path
+) -> None:
+    """The same data and seed give the same weights; the run's own config in meta.json gives another version id.
+    Its scores equal the champion's, which the gate would read as "the champion scored with the challenger's
+    model": it is reported unchanged instead, and no alias moves."""
+    reg = ModelRegistry(gate_settings)
+    _, r1, _ = run(gate_settings, "manual__first", model(tmp_path, 0.70, name="first"))
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("weights.pt", "preprocessing.json"):
+        (again / name).write_bytes((tmp_path / "first" / name).read_bytes())
+    (again / "meta.json").write_text(json.dumps({"quality": 0.70, "run": "manual__again"}))
+    _, r2, decision = run(gate_settings, "manual__again", {"model_ref": str(again), "train_result": {"steps": 1}})
+    assert r2.version != r1.version
+    assert decision["summary"].startswith("UNCHANGED") and not decision["promote"] and not decision["canary"]
+    assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
