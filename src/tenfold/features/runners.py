@@ -45,6 +45,11 @@ class DataprocJobFailed(RuntimeError):
 _RUNNING = ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED")
 
 
+def _state(batch: Any) -> str:
+    """A Dataproc batch's state by name (the client's enum, or a plain value)."""
+    return str(getattr(batch.state, "name", batch.state))
+
+
 class DataprocBatchJob:
     """A Dataproc Serverless batch per attempt (a failed batch cannot be re-run under its id).
 
@@ -95,7 +100,7 @@ class DataprocBatchJob:
         except AlreadyExists:
             log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)
             batch = self._wait(f"{parent}/batches/{bid}", deadline)
-        state = getattr(batch.state, "name", str(batch.state))
+        state = _state(batch)
         if state != "SUCCEEDED":
             raise DataprocJobFailed(f"Dataproc batch {bid} for {part.label} ended {state}: {getattr(batch, 'state_message', '')}")
 
@@ -108,27 +113,29 @@ class DataprocBatchJob:
             batch = self.client.get_batch(name=name)
         except NotFound:
             return
-        if getattr(batch.state, "name", str(batch.state)) not in _RUNNING:
+        if _state(batch) not in _RUNNING:
             return
-        log.warning("cancelling Dataproc batch %s (%s): a try that is over must not go on writing", name,
-                    getattr(batch.state, "name", batch.state))
-        if getattr(batch.state, "name", "") != "CANCELLING":
+        log.warning("cancelling Dataproc batch %s (%s): a try that is over must not go on writing", name, _state(batch))
+        if _state(batch) != "CANCELLING":
             self.client.cancel_operation(request={"name": batch.operation})
-        while getattr(self.client.get_batch(name=name).state, "name", "") in _RUNNING:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Dataproc batch {name} did not stop in time after its cancellation: cancel it "
-                                   "(`gcloud dataproc batches cancel`) and retry")
-            time.sleep(self.poll_s)
+        if self._stopped(name, deadline) is None:
+            raise TimeoutError(f"Dataproc batch {name} did not stop in time after its cancellation: cancel it "
+                               "(`gcloud dataproc batches cancel`) and retry")
 
     def _wait(self, name: str, deadline: float) -> Any:
-        while True:
-            batch = self.client.get_batch(name=name)
-            if getattr(batch.state, "name", str(batch.state)) not in _RUNNING:
-                return batch
+        batch = self._stopped(name, deadline)
+        if batch is None:
+            self._cancel(name, time.monotonic() + self.cancel_wait_s)
+            raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s (cancelled)")
+        return batch
+
+    def _stopped(self, name: str, deadline: float) -> Any:
+        """Batch ``name`` once it no longer runs, or None if it still does at ``deadline``."""
+        while _state(batch := self.client.get_batch(name=name)) in _RUNNING:
             if time.monotonic() > deadline:
-                self._cancel(name, time.monotonic() + self.cancel_wait_s)
-                raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s (cancelled)")
+                return None
             time.sleep(self.poll_s)
+        return batch
 
 
 def feature_job(settings: Settings, *, timeout_s: float, client: Any = None) -> FeatureJob:
