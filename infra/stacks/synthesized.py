@@ -33,6 +33,21 @@ def by_name(stack: dict[str, Any], rtype: str) -> dict[str, tuple[str, dict[str,
     return {r["name"]: (lid, r) for lid, r in resources(stack, rtype).items() if isinstance(r.get("name"), str)}
 
 
+def account_lid(stack: dict[str, Any], account_id: str) -> str:
+    """The logical id of the service account ``account_id``."""
+    (lid,) = [lid for lid, a in resources(stack, "google_service_account").items() if a["account_id"] == account_id]
+    return lid
+
+
+def startup_command(stack: dict[str, Any], template_prefix: str) -> tuple[dict[str, Any], str, str]:
+    """The instance template named ``<template_prefix>-...``, its startup script and the script's ``docker run`` line."""
+    (template,) = [t for t in resources(stack, "google_compute_instance_template").values()
+                   if t["name_prefix"] == f"{template_prefix}-"]
+    script = template["metadata"]["startup-script"]
+    (run,) = [line for line in script.splitlines() if line.startswith("docker run")]
+    return template, script, run
+
+
 def synthesize(outdir: Path, settings: Iterable[Settings], extra: Callable[[Any], None] | None = None) -> Synthesized:
     """Synthesize every environment in ``settings`` (plus ``extra(app)``) in one app; read the results back."""
     from cdktn import App

@@ -11,16 +11,11 @@ from typing import Any
 import pytest
 
 from infra.stacks.synthesized import Synthesized as Synth
-from infra.stacks.synthesized import resources
+from infra.stacks.synthesized import account_lid, resources, startup_command
 from tenfold import fleets
 from tenfold.config import get_settings
 
 ENVS = ("dev", "prod")
-
-
-def _account(stack: dict, account_id: str) -> str:
-    (lid,) = [lid for lid, a in resources(stack, "google_service_account").items() if a["account_id"] == account_id]
-    return lid
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -28,15 +23,12 @@ def test_one_vm_runs_the_sink_in_the_image_as_the_feedback_account(synth: Synth,
     s = get_settings(env)
     stack = synth.stack(s.infra.platform_stack)
     g = s.feedback.fleet
-    (template,) = [t for t in resources(stack, "google_compute_instance_template").values()
-                   if t["name_prefix"] == f"{g.instance_template}-"]
-    script = template["metadata"]["startup-script"]
-    (run,) = [line for line in script.splitlines() if line.startswith("docker run")]
+    template, script, run = startup_command(stack, g.instance_template)
     assert run.endswith(f"{s.container_image} python -m tenfold.cli feedback sink")
     assert "-d --restart=always --name tenfold-feedback" in run and f"-e TENFOLD_ENV={env}" in run
     assert script == fleets.feedback_startup_script(s) and "tenfold.cli" in fleets.LAUNCHED_MODULES
     assert "guest_accelerator" not in template and "nvidia" not in script
-    lid = _account(stack, s.service_accounts.feedback)
+    lid = account_lid(stack, s.service_accounts.feedback)
     assert template["service_account"]["email"] == f"${{google_service_account.{lid}.email}}"
     (group,) = [m for m in resources(stack, "google_compute_region_instance_group_manager").values()
                 if m["name"] == g.instance_group]
@@ -51,7 +43,7 @@ def test_the_feedback_account_writes_only_the_sinks_folders_and_pulls_only_its_s
     s = get_settings(env)
     st, subs = s.storage, s.messaging.subscriptions
     stack = synth.stack(s.infra.platform_stack)
-    member = f"${{google_service_account.{_account(stack, s.service_accounts.feedback)}.member}}"
+    member = f"${{google_service_account.{account_lid(stack, s.service_accounts.feedback)}.member}}"
     grants = {rtype: [g for g in resources(stack, rtype).values() if g["member"] == member]
               for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
                             "google_pubsub_subscription_iam_member", "google_secret_manager_secret_iam_member")}

@@ -9,17 +9,12 @@ from __future__ import annotations
 import pytest
 
 from infra.stacks.synthesized import Synthesized as Synth
-from infra.stacks.synthesized import by_name, resources
+from infra.stacks.synthesized import account_lid, by_name, resources, startup_command
 from tenfold import fleets
 from tenfold.config import Settings, get_settings
 
 ENVS = ("dev", "prod")
 BACKLOG_METRIC = "pubsub.googleapis.com/subscription/num_undelivered_messages"
-
-
-def _account_lid(stack: dict, account_id: str) -> str:
-    (lid,) = [lid for lid, a in resources(stack, "google_service_account").items() if a["account_id"] == account_id]
-    return lid
 
 
 def _grants_of(stack: dict, lid: str) -> set[tuple]:
@@ -46,16 +41,13 @@ def test_the_inference_fleet_runs_the_worker_in_the_image_as_the_inference_accou
     s = get_settings(env)
     stack = synth.stack(s.infra.platform_stack)
     g = s.inference.fleet
-    (template,) = [t for t in resources(stack, "google_compute_instance_template").values()
-                   if t["name_prefix"] == f"{g.instance_template}-"]
-    script = template["metadata"]["startup-script"]
-    (run,) = [line for line in script.splitlines() if line.startswith("docker run")]
+    template, script, run = startup_command(stack, g.instance_template)
     assert run.endswith(f"{s.container_image} python -m tenfold.inference.worker --preload {s.inference.model_ref}")
     assert "-d --restart=always --name tenfold-inference" in run, "the worker runs for the VM's life, restarted if it exits"
     assert f"-e TENFOLD_ENV={env}" in run and f"-e TENFOLD_PROJECT_ID={s.project_id}" in run
     assert script == fleets.inference_startup_script(s)
     assert "tenfold.inference.worker" in fleets.LAUNCHED_MODULES  # so tests/unit/test_deployables.py imports it
-    lid = _account_lid(stack, s.service_accounts.inference)
+    lid = account_lid(stack, s.service_accounts.inference)
     assert template["service_account"]["email"] == f"${{google_service_account.{lid}.email}}"
     assert template["machine_type"] == g.machine_type and template["scheduling"]["preemptible"] is g.spot
     assert template["tags"] == [s.network.ssh_tag], "no serving tag: nothing reaches a worker; it only pulls"
@@ -97,7 +89,7 @@ def test_the_inference_group_scales_on_the_requests_subscriptions_backlog(synth:
 def test_the_inference_account_holds_only_what_the_worker_does(synth: Synth, env: str) -> None:
     s = get_settings(env)
     stack = synth.stack(s.infra.platform_stack)
-    grants = _grants_of(stack, _account_lid(stack, s.service_accounts.inference))
+    grants = _grants_of(stack, account_lid(stack, s.service_accounts.inference))
     assert grants == {
         ("project", s.project_id, "roles/logging.logWriter", None),
         ("project", s.project_id, "roles/monitoring.metricWriter", None),
@@ -115,6 +107,6 @@ def test_the_lake_grant_follows_the_work_prefix_in_settings(synth: Synth, relaid
     s = relaid_settings
     assert s.inference.work_prefix != get_settings("dev").inference.work_prefix
     stack = synth.stack(s.infra.platform_stack)
-    conditions = {c for kind, _name, _role, c in _grants_of(stack, _account_lid(stack, s.service_accounts.inference))
+    conditions = {c for kind, _name, _role, c in _grants_of(stack, account_lid(stack, s.service_accounts.inference))
                   if kind == "bucket" and c}
     assert conditions == {_work_condition(s)}
