@@ -263,6 +263,11 @@ class _Replica:
         self.state, self.since = state, time.monotonic()
 
 
+def _backed_off(failures: int) -> tuple[int, float]:
+    """The back-off after one more failure: (failures, when to try again), 0.5 s doubling up to 30 s."""
+    return failures + 1, time.monotonic() + min(30.0, 0.5 * 2**failures)
+
+
 class Supervisor:
     """Keeps HAProxy and the replicas of both pools at the spec; ``run()`` until SIGTERM, then stops all."""
 
@@ -354,9 +359,8 @@ class Supervisor:
                 process.stop(self.haproxy, timeout=5)
                 process.remove_pid_file(self.run_dir, HAPROXY)
             self.haproxy = None
-            delay = min(30.0, 0.5 * 2**failures)
-            self.haproxy_backoff = (failures + 1, time.monotonic() + delay)
-            self.say(f"haproxy: could not restart ({exc}); retrying in {delay:.1f} s")
+            self.haproxy_backoff = _backed_off(failures)
+            self.say(f"haproxy: could not restart ({exc}); retrying in {self.haproxy_backoff[1] - time.monotonic():.1f} s")
             return False
         self.haproxy_backoff = (0, 0.0)
         for r in self.replicas:
@@ -405,10 +409,8 @@ class Supervisor:
     def _failed(self, pool: str, message: str) -> None:
         """A replica failed to come up, or died soon after it did: retry later, waiting longer each time (a bad
         model must not spin). The back-off resets once a replica of the pool has served :data:`SETTLED_S`."""
-        failures, _ = self.backoff[pool]
-        delay = min(30.0, 0.5 * 2**failures)
-        self.backoff[pool] = (failures + 1, time.monotonic() + delay)
-        self.say(f"{message}; retrying in {delay:.1f} s")
+        self.backoff[pool] = _backed_off(self.backoff[pool][0])
+        self.say(f"{message}; retrying in {self.backoff[pool][1] - time.monotonic():.1f} s")
 
     def drain(self, replica: _Replica, why: str) -> None:
         name = replica_name(replica.pool, replica.slot)
