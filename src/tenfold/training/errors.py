@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -20,3 +21,21 @@ class TrainingFailed(RuntimeError):
 
 class TrainingTimeout(TrainingFailed, TimeoutError):
     """A bounded wait ran out: the job past its wall-clock bound (then killed), or a fleet wait."""
+
+
+class PeerLost(RuntimeError):
+    """A worker's collective failed because another process of the job stopped; that process's failure is the cause.
+
+    torchrun's "first observed failure" orders failures by whole seconds, so a rank whose all-reduce broke
+    when its peer died is often named in place of the peer. A worker raises this instead of the transport's
+    error, and :func:`tenfold.training.launch.parse_failure` names another failure before one of these.
+    """
+
+
+# gloo: the peer's socket went away; NCCL: the communicator saw the remote process exit.
+_PEER_GONE = re.compile(r"Connection (?:closed|reset) by peer|Broken pipe|remote process exited", re.I)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the job stopped (not its own fault)."""
+    return isinstance(exc, RuntimeError) and not isinstance(exc, PeerLost) and bool(_PEER_GONE.search(str(exc)))

@@ -33,7 +33,7 @@ from tenfold.model.preprocessing import Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
-from tenfold.training.errors import TrainingFailed, TrainingTimeout
+from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
 from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, RESULT_FILE
 from tenfold.workloads import get_workload
@@ -119,24 +119,57 @@ def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, m
 
 
 _ROOT = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:={20,}|\Z)", re.S)
+_OTHERS = re.compile(r"Failures:(.*?)(?:Root Cause \(first observed failure\):|\Z)", re.S)
+_ENTRY = re.compile(r"^\s*\[\d+\]:\s*$", re.M)
 
 
-def parse_failure(log_text: str) -> tuple[int | None, str]:
-    """First failing rank and its error from torchrun's failure summary (empty error when none)."""
-    match = _ROOT.search(log_text)
-    section = match.group(1) if match else log_text[-4000:]
+@dataclass(frozen=True)
+class _Failure:
+    rank: int | None
+    error: str
+    recorded: bool  # a Python error was recorded (not a bare exit code)
+    exitcode: int | None
+
+    @property
+    def secondary(self) -> bool:
+        """Caused by another failure: a collective broken by a stopped peer, or SIGTERMed by torchrun (no error)."""
+        return PeerLost.__name__ in self.error or (not self.recorded and self.exitcode == -signal.SIGTERM)
+
+
+def _read_failure(section: str) -> _Failure:
     rank_m = re.search(r"rank\s*:\s*(\d+)", section)
-    rank = int(rank_m.group(1)) if rank_m else None
+    code_m = re.search(r"exitcode\s*:\s*(-?\d+)", section)
+    code = int(code_m.group(1)) if code_m else None
     error = ""
     tb = re.search(r"traceback\s*:\s*(.*)", section, re.S)
     if tb:
-        lines = [ln.strip() for ln in tb.group(1).strip().splitlines() if ln.strip() and not ln.strip().startswith("=")]
-        # The last line of a traceback is the exception; torchrun says "To enable traceback..." when there is none.
-        error = lines[-1] if lines else ""
-    if not error or error.startswith("To enable traceback"):
-        code = re.search(r"exitcode\s*:\s*(-?\d+)", section)
-        error = f"exit code {code.group(1)}, no Python error recorded (killed or os._exit)" if code else "unknown error"
-    return rank, error
+        lines = [ln.strip() for ln in tb.group(1).strip().splitlines()
+                 if ln.strip() and not re.fullmatch(r"[-=]{20,}", ln.strip())]  # not the summary's rules
+        error = lines[-1] if lines else ""  # the last line of a traceback is the exception
+    # torchrun says "To enable traceback..." when nothing was recorded, "Signal 9 (SIGKILL) received..." for a signal.
+    killed = re.match(r"Signal \d+ \((\w+)\) received", error)
+    recorded = bool(error) and not killed and not error.startswith("To enable traceback")
+    if killed:
+        error = f"killed by {killed.group(1)} (exit code {code}), no Python error recorded"
+    elif not recorded:
+        error = f"exit code {code}, no Python error recorded (killed or os._exit)" if code is not None else "unknown error"
+    return _Failure(int(rank_m.group(1)) if rank_m else None, error, recorded, code)
+
+
+def parse_failure(log_text: str) -> tuple[int | None, str]:
+    """The failing rank and its error from torchrun's failure summary ("unknown error" when none is recorded).
+
+    torchrun's root cause is the failure with the earliest timestamp, in whole seconds: a rank whose collective
+    broke because its peer died (:class:`PeerLost`), or that torchrun stopped with SIGTERM, ties with the peer
+    and is often named instead. Such a root cause gives way to the first listed failure that is not one.
+    """
+    match = _ROOT.search(log_text)
+    root = _read_failure(match.group(1) if match else log_text[-4000:])
+    if root.secondary:
+        others = _OTHERS.search(log_text)
+        sections = _ENTRY.split(others.group(1))[1:] if others else []
+        root = next((f for f in map(_read_failure, sections) if not f.secondary), root)
+    return root.rank, root.error
 
 
 def run_torchrun(

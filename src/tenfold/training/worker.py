@@ -85,6 +85,7 @@ from tenfold.training.data import (
     time_column,
     validation_split,
 )
+from tenfold.training.errors import PeerLost, peer_lost
 from tenfold.training.loss import weighted_bce
 from tenfold.training.remote import RemoteDir, is_remote, read_text
 from tenfold.workloads import get_workload
@@ -523,8 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     select_device(cfg.backend or "gloo", local_rank)  # refuse nccl without CUDA before joining any group
     init_distributed(cfg.backend or "gloo", rank, world, cfg.collective_timeout_s)
     try:
-        result = Trainer(cfg, out, rank, world, local_rank, mirror).train()
-        dist.barrier()
+        try:
+            result = Trainer(cfg, out, rank, world, local_rank, mirror).train()
+            dist.barrier()
+        except RuntimeError as exc:
+            if peer_lost(exc):
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise PeerLost(f"rank {rank}: a collective failed because another process of the job stopped; "
+                               f"that process's failure is the cause ({first})") from exc
+            raise
         if result is not None:
             body = json.dumps(result, indent=2, sort_keys=True)
             if mirror is not None:

@@ -28,7 +28,7 @@ from tenfold.config import Settings
 from tenfold.training import checkpoint as ckpt
 from tenfold.training.config import TrainConfig
 from tenfold.training.faults import FAULT_ENV
-from tenfold.training.launch import TrainResult, run_torchrun
+from tenfold.training.launch import TrainingFailed, TrainResult, run_torchrun
 
 from .conftest import read_losses
 
@@ -148,6 +148,24 @@ def test_rank1_killed_mid_step_resumes_from_the_newest_valid_checkpoint_bit_for_
     assert result.steps == reference_run.steps == 50
     _assert_same_weights(_weights(result), _weights(reference_run))
     assert read_losses(Path(result.out_dir)) == read_losses(reference_run.out_dir)
+
+
+def test_a_killed_rank_is_named_as_the_cause_not_the_rank_whose_all_reduce_it_broke(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """Rank 1 SIGKILLed mid-step, no restarts: rank 0's all-reduce then fails, in the same second. torchrun's
+    summary may name rank 0's broken connection as the first failure; the job's error names rank 1's kill."""
+    out, ready = tmp_path / "run", tmp_path / "ready.json"
+    killer = Killer(ready, out / "checkpoints")
+    with pytest.raises(TrainingFailed) as info:
+        run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0,
+                     env={FAULT_ENV: f"rank=1,step=10,at=step,mode=pause,ready={ready}"})
+    assert killer.result()["rank"] == 1
+    assert info.value.rank == 1, str(info.value)
+    assert "killed by SIGKILL" in info.value.error and "rank 1" in str(info.value)
+    # Rank 0 either recorded its broken collective as a consequence (PeerLost) or was stopped by torchrun.
+    log = (out / "torchrun.log").read_text()
+    assert "Connection closed by peer" not in log or "PeerLost: rank 0" in log
 
 
 def test_a_partly_written_newer_checkpoint_is_never_the_newest_valid(tmp_path: Path) -> None:

@@ -66,3 +66,59 @@ def test_root_cause_rank_and_error_are_extracted() -> None:
 
 def test_unparseable_logs_still_give_an_answer() -> None:
     assert parse_failure("torchrun: error: unrecognized arguments") == (None, "unknown error")
+
+
+# A failing job as torchrun 2.13 sums it up: both failures stamped in the same second, and the root cause
+# (the earliest stamp, ties broken by rank) is the rank whose all-reduce broke when its peer stopped.
+PEER_SUMMARY = """
+============================================================
+tenfold.training.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-03_07:23:42
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 29207){signal}
+  error_file: {error_file}
+  traceback : {traceback}
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-03_07:23:42
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 29206)
+  error_file: /tmp/torchelastic_x/attempt_0/0/error.json
+  traceback : Traceback (most recent call last):
+    File "/work/main/src/tenfold/training/worker.py", line 355, in _run_batch
+      dist.all_reduce(reduced)
+  RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:14734.
+
+  The above exception was the direct cause of the following exception:
+
+  Traceback (most recent call last):
+    File "/work/main/src/tenfold/training/worker.py", line 530, in main
+      raise PeerLost(
+  tenfold.training.errors.PeerLost: rank 0: a collective failed because another process of the job stopped
+============================================================
+"""
+NO_TRACEBACK = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
+
+
+def test_a_rank_whose_collective_broke_because_its_peer_stopped_is_not_named_as_the_cause() -> None:
+    raised = PEER_SUMMARY.format(code=1, signal="", error_file="/tmp/torchelastic_x/attempt_0/1/error.json",
+                                 traceback="Traceback (most recent call last):\n    File \"w.py\", line 3\n"
+                                           "  RuntimeError: injected fault on rank 1")
+    assert parse_failure(raised) == (1, "RuntimeError: injected fault on rank 1")
+    killed = PEER_SUMMARY.format(code=-9, signal="  (SIGKILL)", error_file="<N/A>",
+                                 traceback="Signal 9 (SIGKILL) received by PID 29207")
+    assert parse_failure(killed) == (1, "killed by SIGKILL (exit code -9), no Python error recorded")
+    exited = PEER_SUMMARY.format(code=3, signal="", error_file="<N/A>", traceback=NO_TRACEBACK)
+    rank, error = parse_failure(exited)
+    assert rank == 1 and "exit code 3" in error
+    # Stopped by torchrun itself (SIGTERM, nothing recorded) is no cause either: the peer's error stays named.
+    stopped = PEER_SUMMARY.format(code=-15, signal="  (SIGTERM)", error_file="<N/A>",
+                                  traceback="Signal 15 (SIGTERM) received by PID 29207")
+    rank, error = parse_failure(stopped)
+    assert rank == 0 and "PeerLost" in error
