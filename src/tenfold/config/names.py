@@ -6,6 +6,7 @@ load time with a message a person can act on, not at ``cdktn deploy`` time.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated
 
@@ -80,3 +81,14 @@ PubSubName = Annotated[str, AfterValidator(check_pubsub_name)]
 ServiceAccountId = Annotated[str, AfterValidator(check_service_account_id)]
 ProjectId = Annotated[str, AfterValidator(check_project_id)]
 RoleId = Annotated[str, AfterValidator(check_role_id)]
+
+
+def scoped_key(run_key: str, *scope: str) -> str:
+    """``run_key`` narrowed to what a unit of work depends on (a training config's digest; a model version and
+    its input): a readable prefix of the run key and a digest of the whole key and the scope.
+
+    The key stays a valid folder, GCS prefix and cloud run id (``[a-z0-9_.-]``, <= 59 characters when
+    ``run_key`` is), and the digest covers the whole run key because the prefix may cut off what made it unique.
+    """
+    digest = hashlib.sha256("\0".join((run_key, *scope)).encode()).hexdigest()[:12]
+    return f"{run_key[:46].rstrip('-._')}-{digest}"

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tenfold.config import Settings
+from tenfold.config.names import scoped_key
 from tenfold.data.lake import Lake, Partition
 from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
     configure_logging,
-    digest_key,
     run_key,
 )
 
@@ -125,8 +125,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     path: Literal["pubsub", "spark"] = "spark" if manifest.rows > inf.spark_threshold_rows else "pubsub"
     # The run's requests and results are keyed by what they score with: a cleared run that plans another model
     # version or re-published features starts afresh instead of taking the first plan's results as its own.
-    slug = run_key(airflow_run_id)
-    key = f"{slug[:46].rstrip('-._')}-{digest_key(slug, version, manifest.data_dir)}"
+    key = scoped_key(run_key(airflow_run_id), version, manifest.data_dir)
     run = InferenceRun(
         run_key=key, airflow_run_id=airflow_run_id, month=part.label, model_version=version,
         rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,

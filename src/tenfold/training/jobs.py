@@ -8,12 +8,12 @@ so the ``train_model`` DAG's ``train`` task is the same in every environment.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tenfold.config import Settings
+from tenfold.config.names import scoped_key
 from tenfold.jsonable import plain_json
 from tenfold.training.config import TrainConfig
 
@@ -30,8 +30,7 @@ def training_key(run_key: str, cfg: TrainConfig) -> str:
     """The training folder and cloud run id of ``cfg`` in run ``run_key``: a retried task resumes its checkpoints,
     while a plan run again with another config (a cleared run whose split moved) trains afresh instead of
     resuming, or returning, what the first plan trained (<= 59 characters, a valid run id)."""
-    # The digest covers the whole run key too: the readable prefix may cut off the suffix that makes keys unique.
-    return f"{run_key[:46].rstrip('-._')}-{hashlib.sha256(f'{run_key}/{cfg.digest}'.encode()).hexdigest()[:12]}"
+    return scoped_key(run_key, cfg.digest)
 
 
 class TrainingJob(Protocol):
