@@ -200,7 +200,15 @@ class ReferenceProfile:
             body = json.loads(path.read_bytes())
         except json.JSONDecodeError as exc:
             raise ProfileError(f"{path} is not valid JSON ({exc}): the model folder is corrupt") from exc
-        return cls.from_dict(body)
+        try:
+            return cls.from_dict(body)
+        except ProfileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field missing or of the wrong type
+            raise ProfileError(
+                f"{path} is not a readable reference profile ({type(exc).__name__}: {exc}): the model folder is "
+                "corrupt; register a retrained model, or monitor another version (the run conf's version)"
+            ) from exc
 
 
 def build_profile(table: Any, *, categorical: Sequence[str], numeric: Sequence[str], months: Iterable[str],

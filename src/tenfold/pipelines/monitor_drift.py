@@ -132,9 +132,16 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
         why = (f"no model to monitor against: the registry has no {CHAMPION} yet (train_model makes the first)"
                if p.version_ref == CHAMPION else f"{p.version_ref} resolves to no version")
         return Measured(reports=tuple(skipped(m, None, "no_model", why).to_dict() for m in p.months))
+    from tenfold.monitoring.profile import ProfileError
+    from tenfold.registry.errors import IntegrityError
+    from tenfold.training.data import StaleFeaturesError
+
     rules = policy(settings)
-    model_dir = ModelRegistry(settings).download(p.version, work_root(settings) / "models" / p.version)
-    profile = ReferenceProfile.load(model_dir)
+    try:
+        model_dir = ModelRegistry(settings).download(p.version, work_root(settings) / "models" / p.version)
+        profile = ReferenceProfile.load(model_dir)
+    except (IntegrityError, ProfileError) as exc:  # the stored version itself is bad: a retry reads the same bytes
+        raise PipelineError(f"cannot monitor against version {p.version}: {exc}") from exc
     if profile is None:
         why = (f"version {p.version} was registered before reference profiles existed: nothing measured; the next "
                "train_model run registers a version with one (or monitor another version with the conf's version)")
@@ -148,7 +155,7 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
     for month in p.months:
         try:
             report_ = measure_partition(loaded, profile, lake, settings.storage.features_table, month, p.version, rules)
-        except DriftError as exc:
+        except (DriftError, StaleFeaturesError) as exc:
             raise PipelineError(f"{month}: {exc}") from exc
         log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
         reports.append(report_.to_dict())

@@ -94,3 +94,39 @@ def test_plan_takes_the_months_of_the_triggering_events_else_the_newest(drift_se
     assert pipeline.plan(drift_settings, "asset__1", {}, ["2013-02", "2013-01", "2013-02"]).months == ("2013-01", "2013-02")
     assert pipeline.plan(drift_settings, "manual__1", {}).months == ("2013-03",)
     assert json.loads(json.dumps(pipeline.plan(drift_settings, "manual__1", {}).to_xcom()))["version"] is None
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"format": 2, "rows": 10, "months": ["2013-01"]}, r"is not a readable reference profile \(KeyError: 'features'\)"),
+    ({"format": 3}, r"reference profile format 3 is not one of .*upgrade tenfold"),
+])
+def test_a_profile_that_cannot_be_read_fails_the_run_naming_the_version_and_what_to_do(
+    drift_settings: Settings, tmp_path: Path, body: dict[str, object], message: str
+) -> None:
+    # Stored as the version's own file (its hash matches): every retry would download the same bytes.
+    directory = tmp_path / "broken"
+    register(drift_settings, directory, with_profile=True)
+    (directory / REFERENCE_PROFILE_FILE).write_text(json.dumps(body))
+    version = register(drift_settings, directory, with_profile=False)
+    with pytest.raises(pipeline.PipelineError, match=f"cannot monitor against version {version}: .*{message}"):
+        pipeline.monitor(drift_settings, "2013-03", version)
+
+
+def test_a_month_built_by_other_feature_definitions_fails_the_run_saying_to_rebuild_it(
+    drift_settings: Settings, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from tenfold.data.lake import Partition
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    version = register(drift_settings, tmp_path / "new", with_profile=True)
+    month, staged = Partition(2013, 3), tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(synthetic_features(month, 400), staged / "part-00000.parquet")
+    Lake.from_settings(drift_settings).publish(drift_settings.storage.features_table, month, str(staged), run_id="old",
+                                               extra={VERSION_KEY: WORKLOAD.contract.version - 1})
+    with pytest.raises(pipeline.PipelineError, match=r"2013-03: .*rebuild"):
+        pipeline.monitor(drift_settings, "2013-03", version)
