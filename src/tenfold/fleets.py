@@ -256,7 +256,7 @@ def inference_startup_script(settings: Settings) -> str:
 def feedback_startup_script(settings: Settings) -> str:
     """The feedback sink runs ``tenfold feedback sink`` for the VM's life.
 
-    It pulls the predictions and feedback subscriptions into the lake's logs and joins them when idle (the
+    It pulls the predictions and feedback subscriptions into the lake's logs and joins them every 30 s while anything lands (the
     labelled table the canary's accuracy check and retraining read). Docker restarts it if it exits; a stop
     sends SIGTERM and it lands what it holds; what it had not acknowledged Pub/Sub delivers again, and the
     join's upsert on the prediction id makes a duplicate harmless.

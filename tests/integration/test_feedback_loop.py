@@ -287,7 +287,7 @@ RUNNING_SINK = textwrap.dedent("""
 
     settings = Settings.model_validate_json(pathlib.Path(sys.argv[1]).read_text())
     cli.get_settings = lambda env=None: settings
-    cli.app(["sink", "--join-every-s", "0", "--pull-wait-s", "1"])
+    cli.app(["sink", "--join-every-s", sys.argv[2] if len(sys.argv) > 2 else "0", "--pull-wait-s", "1"])
 """)
 
 
@@ -315,3 +315,45 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
     assert proc.returncode == 0, stderr
     landed = json.loads(stdout)["sink"]["predictions"]
     assert landed["acked"] == 6 and landed["files"] <= 2, landed
+
+
+def test_the_running_sink_joins_a_steady_stream_that_is_never_idle(fb_settings, tmp_path):
+    """A prediction every 0.1 s from one publisher (the pull waits up to 1 s): no round of pulls comes back empty,
+    yet the sink joins what landed every --join-every-s, so feedback reaches the labelled table mid-stream."""
+    s = fb_settings
+    (tmp_path / "settings.json").write_text(s.model_dump_json())
+    stop, sent = threading.Event(), []
+
+    def stream() -> None:
+        pub = publisher_client(s)
+        try:
+            while not stop.is_set():
+                record = _prediction(f"s{len(sent) + 1}", 0.4)
+                pub.publish(topic_path(s, s.messaging.predictions_topic), record.to_message(),
+                            **record.attributes()).result(timeout=30)
+                sent.append(record.prediction_id)
+                stop.wait(0.1)
+        finally:
+            pub.transport.close()
+
+    _publish(s, s.messaging.predictions_topic, _prediction("s0", 0.7))
+    _publish(s, s.messaging.feedback_topic, _feedback("s0", 1))
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    proc = subprocess.Popen([sys.executable, "-c", RUNNING_SINK, str(tmp_path / "settings.json"), "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and _labelled(s).get("s0", {}).get("outcome") != 1 and proc.poll() is None:
+            time.sleep(0.3)
+        assert streamer.is_alive(), "the stream stopped early"
+        assert proc.poll() is None, proc.communicate()[1]
+        assert _labelled(s).get("s0", {}).get("outcome") == 1, f"no join in 40 s of a steady stream ({len(sent)} sent)"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        stop.set()
+        streamer.join(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

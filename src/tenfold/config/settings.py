@@ -813,8 +813,8 @@ def build_settings(
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
                         target_shape="ANY", **gpu),
         ),
-        # One sink: it lands both subscriptions' messages in the lake logs and joins them when idle (one join at a
-        # time per lake, tenfold.feedback.lock); a CPU VM is plenty.
+        # One sink: it lands both subscriptions' messages in the lake logs and joins them every 30 s while anything
+        # lands (one join at a time per lake, tenfold.feedback.lock); a CPU VM is plenty.
         feedback=FeedbackSettings(fleet=fleet("feedback", machine_type="e2-standard-2", min_replicas=1, max_replicas=1,
                                               disk_size_gb=30)),
         monitoring=MonitoringSettings(

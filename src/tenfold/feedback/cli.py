@@ -47,7 +47,7 @@ def sink_command(
     until_idle: Annotated[bool, typer.Option("--until-idle", help="drain both subscriptions, then exit")] = False,
     idle_s: Annotated[float, typer.Option(min=0.0, help="--until-idle: seconds with nothing to pull that end it")] = 2.0,
     max_messages: Annotated[int, typer.Option(min=1, max=1000, help="messages per pull and subscription")] = 500,
-    do_join: Annotated[bool, typer.Option("--join/--no-join", help="run the join after draining, or when idle")] = True,
+    do_join: Annotated[bool, typer.Option("--join/--no-join", help="run the join after draining, or while running")] = True,
     join_every_s: Annotated[float, typer.Option(min=0.0, help="run mode: at most one join per this many seconds")] = 30.0,
     pull_wait_s: Annotated[float, typer.Option(min=0.5, help="run mode: how long one pull waits for messages")] = 5.0,
     pubsub_retry_s: Annotated[float, typer.Option(min=0.0, help="give up after Pub/Sub is unreachable this long")] = 60.0,
@@ -90,23 +90,23 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
         signal.signal(sig, lambda *_: stop.set())
     state = {"landed": 0, "at": 0.0}
 
-    def on_idle() -> None:
-        # Join only when something landed since the last join, and not more often than join_every_s.
+    def maybe_join() -> None:
+        # Join when something landed since the last join, at most once per join_every_s, busy or quiet.
         if do_join and sink.stats.landed > state["landed"] and time.monotonic() - state["at"] >= join_every_s:
             state["at"] = time.monotonic()
             landed = sink.stats.landed
             try:
                 report = join(settings)
             except (LakeError, LockTimeout, LockLost, OSError) as exc:
-                # Landing goes on; the logs keep everything and the next idle moment joins it.
-                typer.echo(f"warning: join failed, retrying when idle: {exc}", err=True)
+                # Landing goes on; the logs keep everything and the next try joins it.
+                typer.echo(f"warning: join failed, trying again in {join_every_s:.0f} s: {exc}", err=True)
                 return
             state["landed"] = landed
             typer.echo(json.dumps({"join": report.published}), err=True)
 
     subs = settings.messaging.subscriptions
     typer.echo(f"feedback sink: pulling {subs['predictions'].name} and {subs['feedback'].name} until SIGTERM", err=True)
-    sink.run(stop, on_idle=on_idle)
+    sink.run(stop, after_round=maybe_join)
     if do_join and sink.stats.landed > state["landed"]:
         join(settings)
 

@@ -163,12 +163,14 @@ class FeedbackSink:
                 time.sleep(self.options.poll_interval_s)
         return self.stats
 
-    def run(self, stop: threading.Event, *, on_idle: Callable[[], object] | None = None) -> SinkStats:
+    def run(self, stop: threading.Event, *, after_round: Callable[[], object] | None = None) -> SinkStats:
         """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
-        finished first. ``on_idle`` runs whenever a round of pulls found nothing new (e.g. the join)."""
+        finished first. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
+        paces itself): a steady stream is never quiet, so work kept for quiet moments would never run."""
         while not stop.is_set():
-            if not self.poll_once(wait=True) and on_idle is not None:
-                on_idle()
+            self.poll_once(wait=True)
+            if after_round is not None:
+                after_round()
         return self.stats
 
     # --- one batch --------------------------------------------------------------------------------

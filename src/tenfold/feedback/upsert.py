@@ -1,6 +1,6 @@
 """The join: outcomes to predictions by prediction id, an upsert published month by month.
 
-Run it with ``tenfold feedback join`` (the sink also runs it when idle); in code, ``join(settings)``.
+Run it with ``tenfold feedback join`` (the running sink also runs it, at most every ``--join-every-s``); in code, ``join(settings)``.
 
 For every month of served predictions, the labelled table's partition is rebuilt from the two landing
 logs (:mod:`tenfold.feedback.log`) and published atomically with ``Lake.publish``, so a reader sees the
