@@ -22,6 +22,7 @@ message naming what is wrong (the worker records it and nacks: the dead-letter p
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +46,18 @@ def request_id(run_key: str, partition: str, index: int) -> str:
     """The deterministic id of batch ``index`` of ``partition`` in run ``run_key`` (safe as a file name)."""
     digest = hashlib.sha256(f"{run_key}\0{partition}".encode()).hexdigest()[:12]
     return f"{digest}-{index:06d}"
+
+
+# What a run folder may name a record by: request ids (``request_id``) and ``message-<Pub/Sub message id>``.
+RECORD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+def record_id(attributes: Mapping[str, str], message_id: str) -> str:
+    """The name under which a delivery's result, error or dead letter is kept: its request id, or
+    ``message-<message id>`` when it has none or one that cannot name a file (too long, ``/``, ``..``): a
+    message is often a dead letter *because* its attributes are wrong, and must still be recorded."""
+    rid = attributes.get(REQUEST_ID) or ""
+    return rid if RECORD_NAME.match(rid) else f"message-{message_id}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,9 @@ def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = 
         raise RequestError(f"attribute rows={attributes[ROWS]!r} is not a whole number") from None
     if rows.num_rows != expected:
         raise RequestError(f"the body holds {rows.num_rows} rows but attribute rows says {expected}: a truncated message")
+    if not RECORD_NAME.match(attributes[REQUEST_ID]):
+        raise RequestError(f"attribute request_id={attributes[REQUEST_ID][:80]!r} is not a request id (letters, digits, "
+                           "'_', '-', '.', at most 128): publish requests with tenfold.inference.publish")
     request = ScoringRequest(run=attributes[RUN], request_id=attributes[REQUEST_ID], partition=attributes[PARTITION],
                              model_version=attributes[MODEL_VERSION], rows=rows)
     request.require(columns)

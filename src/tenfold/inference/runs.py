@@ -30,11 +30,11 @@ from tenfold.inference import faults
 from tenfold.inference.requests import (
     MODEL_VERSION,
     PARTITION,
-    REQUEST_ID,
     ROWS,
     RUN,
     batch_count,
     plan_batches,
+    record_id,
     request_id,
 )
 from tenfold.inference.store import RunStore, work_objects
@@ -82,12 +82,17 @@ class PublishReport:
 
 
 def publish_requests(settings: Settings, run_key: str, partition: str, model_version: str, rows: pa.Table, *,
-                     publisher: Any = None) -> PublishReport:
-    """Publish the partition's requests (waiting until Pub/Sub has every one); see the module docstring."""
+                     rows_per_message: int | None = None, publisher: Any = None) -> PublishReport:
+    """Publish the partition's requests (waiting until Pub/Sub has every one); see the module docstring.
+
+    ``rows_per_message`` is the run's plan (``settings.inference.rows_per_message`` when it planned): the
+    request ids the run waits for are counted with it, so a setting changed since must not re-cut them.
+    """
     from tenfold.messaging.clients import publisher_client, topic_path
 
     started = time.monotonic()
     inf = settings.inference
+    per_message = rows_per_message or inf.rows_per_message
     client = publisher or publisher_client(settings)
     topic = topic_path(settings, settings.messaging.requests_topic)
     futures = []
@@ -95,13 +100,13 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     # A run published again (its task retried, its DAG run cleared) re-sends requests that were dead-lettered:
     # they are in flight again, not accounted for, until they are scored or dead-lettered anew.
     resent = resend_dead_letters(RunStore(work_objects(settings), run_key),
-                                 expected_ids(run_key, partition, batch_count(rows.num_rows, inf.rows_per_message)),
+                                 expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
                                  by="publish")
     if resent:
         log.info("run %s: %d dead-lettered request(s) sent again with the run's requests", run_key, len(resent))
     try:
         for request in plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
-                                    rows_per_message=inf.rows_per_message):
+                                    rows_per_message=per_message):
             faults.fire("publish", request.request_id)
             futures.append(client.publish(topic, request.encode(inf.request_compression), **request.attributes()))
             count += 1
@@ -110,7 +115,7 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     finally:
         if publisher is None:
             client.stop()
-    assert count == batch_count(rows.num_rows, inf.rows_per_message)
+    assert count == batch_count(rows.num_rows, per_message)
     return PublishReport(requests=count, rows=rows.num_rows, seconds=time.monotonic() - started)
 
 
@@ -142,7 +147,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
             for rm in resp.received_messages:
                 msg = rm.message
                 attrs = dict(msg.attributes)
-                rid = attrs.get(REQUEST_ID) or f"message-{msg.message_id}"
+                rid = record_id(attrs, msg.message_id)
                 run = attrs.get(RUN) or "unknown-run"
                 try:
                     store = RunStore(objects, run)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
+from tenfold.inference.requests import RECORD_NAME
+
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
@@ -172,6 +174,8 @@ class RunStore:
         return cls(work_objects(settings, client=client), run)
 
     def _n(self, kind: str, name: str = "") -> str:
+        if name and not RECORD_NAME.match(name.rsplit(".", 1)[0]):  # never a path out of the run's folder
+            raise ValueError(f"{name[:80]!r} cannot name a record of run {self.run} (see requests.record_id)")
         return posixpath.join(self.run, kind, name) if name else posixpath.join(self.run, kind)
 
     # results

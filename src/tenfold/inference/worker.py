@@ -78,13 +78,13 @@ class Worker:
     def handle(self, message: Any) -> None:
         """One delivery (a ``pubsub_v1`` message): see the module docstring. Acks or nacks, never raises."""
         from tenfold.inference import faults
-        from tenfold.inference.requests import REQUEST_ID, RUN, RequestError, decode
+        from tenfold.inference.requests import REQUEST_ID, RUN, RequestError, decode, record_id
         from tenfold.inference.scoring import ScoringError, score_rows
         from tenfold.inference.store import RunStore
 
         attempt = int(message.delivery_attempt or 1)
         attrs = dict(message.attributes)
-        rid = attrs.get(REQUEST_ID) or f"message-{message.message_id}"
+        rid = record_id(attrs, message.message_id)
         run = attrs.get(RUN) or "unknown-run"
         self._count(received=1)
         try:

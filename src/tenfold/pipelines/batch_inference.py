@@ -122,10 +122,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     except ScoringError as exc:
         raise PipelineError(f"{exc}: train and register a model first (train_model), or pass an existing version") from exc
     inf = settings.inference
-    path: Literal["pubsub", "spark"] = "spark" if manifest.rows > inf.spark_threshold_rows else "pubsub"
-    # The run's requests and results are keyed by what they score with: a cleared run that plans another model
-    # version or re-published features starts afresh instead of taking the first plan's results as its own.
-    key = scoped_key(run_key(airflow_run_id), version, manifest.data_dir)
+    path = scoring_path(settings, manifest.rows)
+    # The run's requests and results are keyed by what they score with and how they are cut: a cleared run that
+    # plans another model version, re-published features or another rows_per_message starts afresh instead of
+    # taking the first plan's results (or request ids) as its own.
+    key = scoped_key(run_key(airflow_run_id), version, manifest.data_dir, str(inf.rows_per_message))
     run = InferenceRun(
         run_key=key, airflow_run_id=airflow_run_id, month=part.label, model_version=version,
         rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,
@@ -134,6 +135,13 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     log.info("batch_inference %s: %s (%d rows, %d requests) with model %s (%s) by the %s path", run.run_key, part.label,
              run.rows, run.requests, version, ref, path)
     return run
+
+
+def scoring_path(settings: Settings, rows: int) -> Literal["pubsub", "spark"]:
+    """Spark above ``inference.spark_threshold_rows`` rows on this machine; Pub/Sub otherwise, and always in dev
+    and prod, where the bulk path has no runtime (Dataproc's images have no torch) and the GPU inference fleet
+    scales with the requests' backlog instead."""
+    return "spark" if settings.is_local and rows > settings.inference.spark_threshold_rows else "pubsub"
 
 
 def _check_unchanged(settings: Settings, run: InferenceRun) -> Lake:
@@ -162,7 +170,8 @@ def publish(settings: Settings, run: InferenceRun | Mapping[str, Any]) -> Publis
     rows = partition_rows(lake, settings.storage.features_table, r.partition, _contract(settings))
     if rows.num_rows != r.rows:
         raise PipelineError(f"features partition {r.month} holds {rows.num_rows} rows, its manifest {r.rows}: re-run build_features")
-    report = publish_requests(settings, r.run_key, r.month, r.model_version, rows)
+    report = publish_requests(settings, r.run_key, r.month, r.model_version, rows,
+                              rows_per_message=r.rows_per_message)
     log.info("published %d requests (%d rows) in %.1f s", report.requests, report.rows, report.seconds)
     return Published(requests=report.requests, rows=report.rows, seconds=report.seconds)
 

@@ -51,6 +51,8 @@ def test_a_compressed_body_decodes_to_the_same_rows_without_options(compression:
     (None, {"run": ""}, r"attributes \['run'\] are missing"),
     (None, {"rows": "7"}, "truncated"),
     (None, {"rows": "x"}, "not a whole number"),
+    (None, {"request_id": "../../escape"}, "is not a request id"),
+    (None, {"request_id": "x" * 300}, "is not a request id"),
 ])
 def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message) -> None:
     good = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=pa.table({"k": [1, 2]}))
@@ -135,3 +137,46 @@ def test_a_dead_letter_sent_again_is_not_accounted_until_it_is_scored_or_dead_le
 
     store.put_dead_letter("b", {"request_id": "b", "replayed": False, "replays": []})  # dead-lettered again
     assert account(store, ["a", "b", "c"]).dead_lettered == ("b", "c")
+
+
+def test_no_record_name_leaves_the_run_folder(tmp_path: Path) -> None:
+    store = RunStore(FileObjects(tmp_path / "work"), "run")
+    for bad in ("../../escape", "x" * 300, "a/b", ".."):
+        with pytest.raises(ValueError, match="cannot name a record of run run"):
+            store.put_dead_letter(bad, {"request_id": bad})
+    assert not (tmp_path / "escape.json").exists() and not (tmp_path / "work").exists()
+
+
+def test_a_dead_letter_whose_request_id_cannot_name_a_file_is_recorded_and_acked_with_the_rest(tmp_path: Path) -> None:
+    """Attributes are whatever the publisher set: a 300-character request id (OSError: File name too long) used
+    to fail every drain, with the good dead letter pulled beside it never acknowledged."""
+    from types import SimpleNamespace
+
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import drain_dead_letters
+
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    odd = {**good.attributes(), "request_id": "x" * 300}
+
+    def delivery(attrs: dict[str, str], message_id: str, ack_id: str) -> SimpleNamespace:
+        return SimpleNamespace(ack_id=ack_id, message=SimpleNamespace(attributes=attrs, data=good.encode(),
+                                                                      message_id=message_id))
+
+    class Subscriber:
+        def __init__(self) -> None:
+            self.batches = [[delivery(good.attributes(), "101", "ack-good"), delivery(odd, "102", "ack-odd")]]
+            self.acked: list[str] = []
+
+        def pull(self, request: dict[str, object], **_: object) -> SimpleNamespace:
+            return SimpleNamespace(received_messages=self.batches.pop(0) if self.batches else [])
+
+        def acknowledge(self, request: dict[str, list[str]], **_: object) -> None:
+            self.acked += request["ack_ids"]
+
+    subscriber, objects = Subscriber(), FileObjects(tmp_path)
+    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    assert set(seen) == {("run-1", "message-102"), ("run-1", good.request_id)}
+    assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
+    record = RunStore(objects, "run-1").dead_letter("message-102")
+    assert record is not None and record["attributes"]["request_id"] == "x" * 300  # what it said is kept

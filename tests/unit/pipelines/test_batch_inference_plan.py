@@ -65,3 +65,33 @@ def test_a_cleared_run_with_a_new_champion_scores_again_and_publishes_its_own_sc
     scores = lake.read_table(s.storage.scores_table, [PART], columns=["model_version"])
     assert set(scores["model_version"].to_pylist()) == {"v-new"}
     assert lake.read_manifest(s.storage.scores_table, PART).extra.get("model_version") == "v-new"
+
+
+def test_a_cleared_run_after_rows_per_message_changed_plans_its_own_requests(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results are kept per request id, and ids count batches: a run re-planned under another rows_per_message
+    must not take the first cut's results (50 rows in, 30 out), nor wait for ids nobody publishes."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 10})
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    first = pipeline.plan(s, RUN_ID, {"month": PART.label})
+    assert first.requests == 5 and _score(s, first) == 5
+    wider = s.model_copy(update={"inference": s.inference.model_copy(update={"rows_per_message": 20})})  # same lake
+    again = pipeline.plan(wider, RUN_ID, {"month": PART.label})
+    assert again.run_key != first.run_key and again.requests == 3
+    assert _score(wider, again) == 3
+    published = pipeline.publish_results(wider, again)
+    assert published["rows_in"] == published["rows_out"] == 50
+
+
+def test_the_bulk_spark_path_is_chosen_on_this_machine_only() -> None:
+    from tenfold.config import build_settings
+
+    local, dev = build_settings("local"), build_settings("dev")
+    big = local.inference.spark_threshold_rows + 1
+    assert pipeline.scoring_path(local, big) == "spark" and pipeline.scoring_path(local, big - 1) == "pubsub"
+    # dev and prod have no Spark runtime with torch: a big month goes to the inference fleet, never to a refusal.
+    assert pipeline.scoring_path(dev, dev.inference.spark_threshold_rows * 10) == "pubsub"
