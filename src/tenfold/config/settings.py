@@ -387,6 +387,9 @@ class InferenceSettings(_Frozen):
     torch_threads: int = Field(default=1, ge=1)  # intra-op threads per worker process
     # Above this many rows a partition is scored by the Spark bulk path (tenfold.inference.spark).
     spark_threshold_rows: int = Field(default=5_000_000, ge=0)
+    # The share of a month's requests that may end dead-lettered with its other scores still published. 0: a month
+    # with any dead letter publishes nothing (its scores partition keeps what it had) until they are replayed.
+    max_dead_lettered_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     # A run waits this long for every request to be scored or dead-lettered, logging every progress_s.
     wait_timeout_s: int = Field(default=3600, gt=0)
     progress_s: float = Field(default=10.0, gt=0)

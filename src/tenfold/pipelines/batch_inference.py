@@ -245,9 +245,15 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     if scores.num_rows and (others := set(scores["model_version"].unique().to_pylist()) - {r.model_version}):
         raise PipelineError(f"the results of run {r.run_key} hold scores of model {sorted(others)}, not of "
                             f"{r.model_version} this run planned: trigger a new run")
-    if scores.num_rows == 0:
-        raise PipelineError(f"every request of {r.month} was dead-lettered: nothing to publish; see "
-                            f"`tenfold dlq inspect --run {r.run_key}`")
+    limit = settings.inference.max_dead_lettered_fraction
+    if acc.dead_lettered and (scores.num_rows == 0 or len(acc.dead_lettered) > limit * r.requests):
+        # A partial month would replace a complete one (an earlier run's) with fewer rows: publish nothing.
+        raise PipelineError(
+            f"{len(acc.dead_lettered)} of {r.requests} requests of {r.month} ({figures['rows_dead_lettered']} rows) were "
+            f"dead-lettered, above settings.inference.max_dead_lettered_fraction={limit:g}: nothing was published and "
+            f"the scores partition keeps what it had. See why with `tenfold dlq inspect --run {r.run_key}`; once fixed, "
+            f"`tenfold dlq replay --run {r.run_key}` and clear this run's publish_results task (it counts the replayed "
+            "results), or raise the setting to publish the month without them")
     manifest = publish_scores(lake, table, r.partition, scores, scores_schema(contract), keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})

@@ -22,16 +22,21 @@ RUN_ID = "asset_triggered__2026-01-05T00:00:00+00:00"
 PART = Partition(2013, 6)
 
 
-def _score(settings: Settings, run: pipeline.InferenceRun) -> int:
-    """What a worker does per request (tenfold.inference.worker): skip one whose result exists, else score it.
-    Returns how many it scored."""
+def _score(settings: Settings, run: pipeline.InferenceRun, *, dead: int = 0) -> int:
+    """What a worker does per request (tenfold.inference.worker): skip one whose result exists, else score it;
+    the first ``dead`` requests are dead-lettered instead (as drain_dead_letters records them). Returns how many
+    it scored."""
     store = RunStore.of(settings, run.run_key)
     contract = pipeline._contract(settings)
     rows = partition_rows(Lake.from_settings(settings), settings.storage.features_table, PART, contract)
     scored = 0
-    for req in plan_batches(rows, run_key=run.run_key, partition=run.month, model_version=run.model_version,
-                            rows_per_message=run.rows_per_message):
+    for i, req in enumerate(plan_batches(rows, run_key=run.run_key, partition=run.month,
+                                         model_version=run.model_version, rows_per_message=run.rows_per_message)):
         if store.has_result(req.request_id):
+            continue
+        if i < dead:
+            store.put_dead_letter(req.request_id, {"request_id": req.request_id, "rows": req.rows.num_rows,
+                                                   "replayed": False, "replays": []})
             continue
         keys = req.rows.select(list(contract.key_columns))
         out = keys.append_column("probability", pa.array([0.25] * keys.num_rows, pa.float64())).append_column(
@@ -95,3 +100,30 @@ def test_the_bulk_spark_path_is_chosen_on_this_machine_only() -> None:
     assert pipeline.scoring_path(local, big) == "spark" and pipeline.scoring_path(local, big - 1) == "pubsub"
     # dev and prod have no Spark runtime with torch: a big month goes to the inference fleet, never to a refusal.
     assert pipeline.scoring_path(dev, dev.inference.spark_threshold_rows * 10) == "pubsub"
+
+
+def test_a_month_with_dead_letters_publishes_nothing_over_a_complete_one_unless_a_share_is_allowed(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 10})
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    complete = pipeline.plan(s, "first", {"month": PART.label})
+    _score(s, complete)
+    pipeline.publish_results(s, complete)
+    before = lake.read_manifest(table, PART)
+
+    partial = pipeline.plan(s, "second", {"month": PART.label})
+    assert _score(s, partial, dead=1) == 4
+    with pytest.raises(pipeline.PipelineError, match=r"1 of 5 requests of 2013-06 \(10 rows\) were dead-lettered.*"
+                                                     r"nothing was published.*tenfold dlq replay --run"):
+        pipeline.publish_results(s, partial)
+    assert lake.read_manifest(table, PART) == before and lake.read_table(table, [PART]).num_rows == 50
+
+    allowed = s.model_copy(update={"inference": s.inference.model_copy(update={"max_dead_lettered_fraction": 0.2})})
+    figures = pipeline.publish_results(allowed, partial)
+    assert (figures["rows_out"], figures["rows_dead_lettered"]) == (40, 10)
+    assert lake.read_manifest(table, PART).extra["dead_lettered_requests"] == 1
