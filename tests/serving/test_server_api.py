@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -318,6 +319,42 @@ def test_a_model_that_cannot_be_loaded_is_never_served(make_client: Any, auth: d
     assert client.get("/healthz").status_code == 503
     r = client.post(PREDICT, json=_flight(), headers=auth)
     assert r.status_code == 503 and "failed to load" in r.json()["message"]
+
+
+def test_a_hung_model_call_answers_503_and_takes_the_replica_out_of_rotation_until_it_returns(
+    make_client: Any, auth: dict[str, str], waits: Any
+) -> None:
+    """A forward pass that never returns (a stuck kernel): its request gets 503 after model_call_timeout_s instead
+    of hanging, readiness fails while the call runs (HAProxy sends traffic elsewhere) and liveness after 3x."""
+    release, entered = threading.Event(), threading.Event()
+
+    class Hanging(ServedModel):
+        def predict(self, requests: Any) -> list[float]:
+            if not release.is_set():
+                entered.set()
+                release.wait(60)
+            return super().predict(requests)
+
+    def loader(settings: Any, ref: str) -> ServedModel:
+        good = load_served_model(settings, ref)
+        return Hanging(good.version, good.loaded, good.features, good.device)
+
+    client = make_client(app_kwargs={"loader": loader}, model_call_timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        r = client.post(PREDICT, json=_flight(), headers=auth)
+        assert entered.is_set() and r.status_code == 503, r.text
+        assert r.json()["error"] == "model_timeout" and r.headers["retry-after"] == "5"
+        assert time.monotonic() - started < 5
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "stalled", r.json()
+        waits.until(lambda: client.get("/healthz").status_code == 503, 10)
+        assert client.get("/healthz").json() == {"status": "stalled"}
+    finally:
+        release.set()
+    waits.until(lambda: client.get("/readyz").status_code == 200, 10)
+    assert client.get("/healthz").status_code == 200
+    assert client.post(PREDICT, json=_flight(flight=99), headers=auth).status_code == 200
 
 
 def test_draining_turns_readiness_false_but_still_answers(client: Any, auth: dict[str, str]) -> None:

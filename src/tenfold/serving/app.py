@@ -528,7 +528,11 @@ def create_app(
         metrics.cache(len(requests) - len(missing), len(missing))
         if missing:
             try:
-                fresh = await batcher.submit([requests[i] for i in missing])
+                fresh = await asyncio.wait_for(batcher.submit([requests[i] for i in missing]), server.model_call_timeout_s)
+            except TimeoutError:
+                raise ApiError(503, "model_timeout", f"the model did not answer within {server.model_call_timeout_s:g} s "
+                               "(this replica is marked not ready while its call runs); retry",
+                               headers={"Retry-After": str(server.retry_after_s)}) from None
             except RequestInvalid as exc:  # check() let it through but assembly refused it
                 index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None
                 raise _refuse_invalid(exc, index, batch) from None
@@ -566,11 +570,17 @@ def create_app(
     async def healthz() -> Response:
         if state.status == "failed":
             return JSONResponse({"status": "failed"}, status_code=503)
+        if batcher.call_running_s() > 3 * server.model_call_timeout_s:  # hung for good: have it replaced
+            return JSONResponse({"status": "stalled"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get(ready_path, response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
     async def readyz() -> Response:
         body = state.readiness()
+        running = batcher.call_running_s()
+        if body.ready and running > server.model_call_timeout_s:
+            body = body.model_copy(update={"ready": False, "status": "stalled",
+                                           "detail": f"a model call has run for {running:.0f} s"})
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
 
     @app.get(metrics_path, summary="Prometheus metrics", response_class=Response,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -78,6 +79,12 @@ class MicroBatcher(Generic[T, R]):
         self._queued_rows = 0
         self._arriving = 0
         self._task: asyncio.Task[None] | None = None
+        self._call_started: float | None = None  # time.monotonic() when the running model call began
+
+    def call_running_s(self) -> float:
+        """How long the model call now running has taken (0 when none runs): a watchdog's reading."""
+        started = self._call_started
+        return 0.0 if started is None else time.monotonic() - started
 
     # --- the request side ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -189,7 +196,11 @@ class MicroBatcher(Generic[T, R]):
 
     async def _call(self, items: list[T]) -> Sequence[R]:
         self._on_batch(len(items))
-        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+        self._call_started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+        finally:
+            self._call_started = None
         if len(results) != len(items):
             raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
         return results

@@ -95,7 +95,7 @@ class Health(_Body):
 
 class Readiness(_Body):
     ready: bool
-    status: Literal["loading", "ready", "draining", "failed"]
+    status: Literal["loading", "ready", "draining", "failed", "stalled"]
     arm: Arm
     model_ref: str
     model_version: str | None = None
