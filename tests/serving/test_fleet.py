@@ -370,6 +370,29 @@ def test_requests_without_a_user_key_split_by_weight(fleet: Fleet) -> None:
     canary = sum(r.body["arm"] == CANARY for r in results if r.body)
     low, high = _binomial_99(n, 0.30)
     assert all(r.ok for r in results) and low <= canary <= high, (canary, low, high)
+    # Each answer reports the bucket HAProxy drew for it, the one its arm came from (feedback and the arms'
+    # metrics are grouped by it), not "no bucket".
+    assert all(r.body["bucket"] is not None and arm_of(r.body["bucket"], 30) == r.body["arm"] for r in results), \
+        [r.body for r in results if r.body["bucket"] is None or arm_of(r.body["bucket"], 30) != r.body["arm"]][:3]
+
+
+def test_a_body_user_key_is_not_what_routed_the_request_and_the_bucket_reported_is_the_routed_one(fleet: Fleet) -> None:
+    """HAProxy never reads the body: a request whose user key is only in the body is split by weight, and the
+    replica reports the bucket HAProxy drew (it sets the bucket header), not the body key's (a stable bucket on a
+    canary answer), whatever bucket header the client sent."""
+    _pin(fleet, percent=50)
+    bucket_header = fleet.settings.serving.load_balancer.bucket_header
+    wrong = []
+    for i in range(100):
+        body = json.dumps({**fleet.flight(0), "user_key": f"body-{i}"}).encode()
+        req = urllib.request.Request(fleet.url, data=body, method="POST", headers={
+            "Authorization": f"Bearer {fleet.token}", "Content-Type": "application/json",
+            bucket_header: "99"})  # a forged bucket: HAProxy's replaces it
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, got = resp.status, json.loads(resp.read())
+        if status != 200 or got["bucket"] is None or arm_of(got["bucket"], 50) != got["arm"]:
+            wrong.append((status, got))
+    assert not wrong, wrong[:3]
 
 
 def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) -> None:

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from tenfold.messaging.records import FeedbackRecord, PredictionRecord
-from tenfold.rollout.split import ARMS, bucket_of
+from tenfold.rollout.split import ARMS, BUCKETS, bucket_of
 from tenfold.serving.auth import Authenticator, AuthError
 from tenfold.serving.batching import MicroBatcher
 from tenfold.serving.cache import PredictionCache
@@ -416,6 +416,15 @@ def create_app(
     endpoints = {predict_path: "predict", feedback_path: "feedback", health_path: "healthz", ready_path: "readyz",
                  metrics_path: "metrics"}
     user_key_header = server.user_key_header.lower()
+    bucket_header = settings.serving.load_balancer.bucket_header.lower()
+
+    def routed_bucket(request: Request) -> int | None:
+        """The bucket the request was routed by: HAProxy sets it from its hash of the user key header (a random one
+        without), and the cloud's URL map routes on the same header. None without one (a client calling the replica
+        directly): the user key's own bucket is reported then."""
+        values = request.headers.getlist(bucket_header)
+        value = values[-1].strip() if values else ""
+        return int(value) if value.isdigit() and int(value) < BUCKETS else None
 
     def user_key_of(request: Request) -> str | None:
         """The user key of the header, read as HAProxy hashes it (``req.fhdr``: the last occurrence, whole,
@@ -507,9 +516,10 @@ def create_app(
         latency_ms = (time.perf_counter() - started) * 1000.0
         rows = []
         rate = server.prediction_sample_rate
+        routed = routed_bucket(request)
         for item, probability in zip(requests, probabilities, strict=True):
             user_key = header_key or getattr(item, "user_key", None)
-            bucket = bucket_of(user_key) if user_key else None
+            bucket = routed if routed is not None else bucket_of(user_key) if user_key else None
             prediction_id = new_id()
             rows.append({"prediction_id": prediction_id, "probability": probability, "model_version": served.version,
                          "arm": arm, "bucket": bucket})

@@ -145,6 +145,8 @@ def render_config(settings: Settings) -> str:
         f"    acl user_key req.fhdr({header}),length gt 0",
         f"    http-request set-var(txn.bucket) req.fhdr({header}),xxh32,mod({BUCKETS}) if user_key",
         f"    http-request set-var(txn.bucket) rand({BUCKETS}) unless user_key",
+        # The bucket routed by, to the replica (which reports it with each prediction), whatever the client sent.
+        f"    http-request set-header {settings.serving.load_balancer.bucket_header} %[var(txn.bucket)]",
         f"    use_backend {CANARY} if {{ var(txn.bucket),sub(txn.pct) -m int lt 0 }} {{ nbsrv({CANARY}) gt 0 }}",
         f"    default_backend {STABLE}",
         "",
