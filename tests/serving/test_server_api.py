@@ -139,6 +139,17 @@ def test_bad_utf8_is_422(client: Any, auth: dict[str, str]) -> None:
     assert (r.status_code, r.json()["field"]) == (422, "body")
 
 
+def test_a_compressed_body_is_415_naming_the_encoding_not_a_json_error(client: Any, auth: dict[str, str]) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps(_flight()).encode())
+    r = client.post(PREDICT, content=body, headers={**auth, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 415, r.text
+    assert r.json()["field"] == "content-encoding" and "send it uncompressed" in r.json()["message"]
+    plain = {**auth, "Content-Type": "application/json", "Content-Encoding": "identity"}
+    assert client.post(PREDICT, content=json.dumps(_flight()).encode(), headers=plain).status_code == 200
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None])
 def test_a_body_that_is_not_json_is_415(client: Any, auth: dict[str, str], content_type: str | None) -> None:
     headers = dict(auth)

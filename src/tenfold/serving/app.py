@@ -169,6 +169,11 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
         raise ApiError(415, "unsupported_media_type",
                        f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r})",
                        field="content-type")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "unsupported_media_type", f"the body is sent with 'Content-Encoding: {encoding}', which "
+                       "this API does not decode: send it uncompressed (at most max_body_bytes)",
+                       field="content-encoding")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "body_too_large", f"the body is {int(declared)} bytes; at most {max_bytes} are accepted: "
