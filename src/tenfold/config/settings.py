@@ -405,6 +405,9 @@ class FeedbackSettings(_Frozen):
     for the VM's life (locally it runs beside the serving fleet)."""
 
     fleet: GpuGroupSettings
+    # Feedback received up to this many months after its prediction's month joins it. Every join (the sink's, the
+    # CLI's, the canary's window, the metrics) uses this one value: a join with another would be undone by the next.
+    horizon_months: int = Field(default=2, ge=0, le=24)
 
 
 class DriftSettings(_Frozen):

@@ -115,7 +115,8 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
 def join_command(
     month: Annotated[list[str] | None, typer.Option(help="served month YYYY-MM to rebuild (repeatable); default all")] = None,
     force: Annotated[bool, typer.Option(help="rebuild months whose logs did not change")] = False,
-    horizon: Annotated[int, typer.Option(min=0, max=24, help="months after the served month to look for feedback")] = 2,
+    horizon: Annotated[int | None, typer.Option(min=0, max=24, help="months after the served month to look for "
+                       "feedback (default: settings.feedback.horizon_months, which every other join uses too)")] = None,
     env: EnvOption = None,
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
@@ -128,7 +129,9 @@ def join_command(
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
     try:
-        report = join(get_settings(env), months, options=JoinOptions(feedback_horizon_months=horizon), force=force)
+        settings = get_settings(env)
+        options = JoinOptions.of(settings) if horizon is None else JoinOptions(feedback_horizon_months=horizon)
+        report = join(settings, months, options=options, force=force)
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     _echo_json(report.to_dict())

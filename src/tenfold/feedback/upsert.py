@@ -62,6 +62,11 @@ class JoinOptions:
     landing_skew_s: float = 600.0
     lock_timeout_s: float = 60.0
 
+    @classmethod
+    def of(cls, settings: Settings) -> JoinOptions:
+        """The options every join uses unless told otherwise: the horizon of ``settings.feedback``."""
+        return cls(feedback_horizon_months=settings.feedback.horizon_months)
+
 
 @dataclass
 class MonthJoin:
@@ -102,7 +107,7 @@ def join(
 
     ``force`` rebuilds months whose inputs did not change. Holds the join lock (:mod:`.lock`).
     """
-    options = options or JoinOptions()
+    options = options or JoinOptions.of(settings)
     lake = lake or Lake.from_settings(settings)
     st = settings.storage
     report = JoinReport()
@@ -142,7 +147,7 @@ def join_window(
     A prediction served at ``t`` lands at ``t`` or later, and its feedback (sent after the answer) too, up
     to the clock skew between the replicas, the clients' relay and the sink; older files cannot hold them.
     """
-    options = options or JoinOptions()
+    options = options or JoinOptions.of(settings)
     lake = lake or Lake.from_settings(settings)
     st = settings.storage
     since, until = utc(since) or since, utc(until) or until  # naive: UTC, as the server writes them

@@ -74,6 +74,21 @@ def test_feedback_beyond_the_horizon_stays_unjoined(settings, logs):
     assert (rows["a"]["outcome"], rows["b"]["outcome"]) == (1, None)
 
 
+def test_every_default_join_uses_the_horizon_of_settings_so_a_longer_one_is_not_undone(settings, logs):
+    """The sink's join, metrics and the canary window all join with the default options: they take the horizon
+    from settings.feedback, so setting it there keeps late feedback joined (a --horizon run alone was undone by
+    the sink's next join, which rebuilt every month with 2)."""
+    longer = settings.model_copy(update={"feedback": settings.feedback.model_copy(update={"horizon_months": 4})})
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1, received=dt.datetime(2026, 9, 1, tzinfo=dt.UTC)))  # May + 4 months
+    join(longer)
+    logs.predictions(prediction("b"))  # something new lands: the next default join rebuilds May
+    assert join(longer).published == ["2026-05"]
+    rows, _ = _labelled(longer)
+    assert rows["a"]["outcome"] == 1 and rows["b"]["outcome"] is None
+    assert JoinOptions.of(longer).feedback_horizon_months == 4
+
+
 def test_a_rerun_skips_unchanged_months_and_a_redelivery_publishes_the_same_bytes(settings, logs):
     # May and July: July looks for feedback from June on, so May's feedback is not one of its inputs.
     logs.predictions(prediction("a"), prediction("x", at=T0 + dt.timedelta(days=60)))
