@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import uuid
@@ -29,6 +30,10 @@ import pyarrow.parquet as pq
 from tenfold.data.lake import Lake, Partition
 
 LOG_PREFIX = "log-"
+# Where a log file that cannot be read as its table is moved (beside the months, never read by a join).
+QUARANTINE_DIR = "_quarantine"
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(path: str) -> None:
@@ -115,9 +120,32 @@ def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Sche
              landed_since: dt.datetime | None = None) -> pa.Table:
     """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none.
     ``landed_since``: only the files landed then or later (:func:`log_files`)."""
-    tables = [
-        pq.read_table(info.path, filesystem=lake.fs, schema=schema)
-        for part in parts
-        for info in log_files(lake, table, part, landed_since=landed_since)
-    ]
+    tables = []
+    for part in parts:
+        for info in log_files(lake, table, part, landed_since=landed_since):
+            read = _read_file(lake, table, part, info.path, schema)
+            if read is not None:
+                tables.append(read)
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema) -> pa.Table | None:
+    """One log file as ``schema``; None when its content cannot be (it is quarantined: one bad file, copied in
+    by hand or by another tool, must not stop every join, the canary's checks and the sink with it). An error
+    reading the store itself is raised: the next join reads the file again."""
+    try:
+        return pq.read_table(path, filesystem=lake.fs, schema=schema)
+    except (pa.ArrowException, OSError) as exc:
+        try:
+            with lake.fs.open_input_file(path) as f:
+                f.readall()  # the bytes can be read: it is the content that is bad
+        except OSError:
+            raise exc from None
+        rel = posixpath.relpath(path, lake.table_path(table))
+        target = posixpath.join(lake.table_path(table), QUARANTINE_DIR, rel)
+        lake.fs.create_dir(posixpath.dirname(target), recursive=True)
+        lake.fs.move(path, target)
+        log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s: %s): moved to %s; no join "
+                    "reads it again", posixpath.basename(path), table, part.label, table, type(exc).__name__, exc,
+                    target)
+        return None

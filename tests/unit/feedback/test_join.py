@@ -89,6 +89,30 @@ def test_every_default_join_uses_the_horizon_of_settings_so_a_longer_one_is_not_
     assert JoinOptions.of(longer).feedback_horizon_months == 4
 
 
+def test_a_log_file_that_cannot_be_read_is_quarantined_and_the_join_goes_on(settings, logs):
+    """A truncated file in a month's log (copied in by hand, another tool) failed every join with ArrowInvalid,
+    and with it the running sink and every canary accuracy check."""
+    from pathlib import Path
+
+    from tenfold.feedback.log import QUARANTINE_DIR, log_files
+
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1))
+    lake, table = Lake.from_settings(settings), settings.storage.feedback_table
+    good = Path(log_files(lake, table, MAY)[0].path)
+    torn = good.with_name("log-20260514T120000000000-torn.parquet")
+    torn.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert join(settings).published == ["2026-05"]
+    rows, _ = _labelled(settings)
+    assert (rows["a"]["outcome"], rows["b"]["outcome"]) == (1, None)
+    assert not torn.exists() and [Path(i.path).name for i in log_files(lake, table, MAY)] == [good.name]
+    kept = Path(lake.table_path(table)) / QUARANTINE_DIR / Path(lake.partition_path(table, MAY)).relative_to(
+        lake.table_path(table)) / torn.name
+    assert kept.exists(), "the bad file is kept for inspection, out of every join's way"
+    join(settings)  # the month's inputs changed when the file moved: rebuilt once, with the same rows
+    assert _labelled(settings)[0] == rows and join(settings).published == []
+
+
 def test_a_rerun_skips_unchanged_months_and_a_redelivery_publishes_the_same_bytes(settings, logs):
     # May and July: July looks for feedback from June on, so May's feedback is not one of its inputs.
     logs.predictions(prediction("a"), prediction("x", at=T0 + dt.timedelta(days=60)))
