@@ -8,7 +8,8 @@ Per feature of the workload's contract, and for the model's predictions (docs/dr
   reference (numerics, nulls left out), chi-square of homogeneity over the category counts (categoricals).
 
 A feature has **drifted** when its PSI is at least ``settings.monitoring.drift.psi_drift`` (0.25) and
-its test rejects at ``alpha`` (0.01); it is **reported** from ``psi_report`` (0.1). Only features the
+its test rejects at ``alpha`` (0.01) divided by the number of tests that can trigger a retrain (Bonferroni:
+``alpha`` bounds a month's chance of a false retrain); it is **reported** from ``psi_report`` (0.1). Only features the
 :class:`DriftPolicy` says trigger (not the workload's report-only ones, e.g. weather) make the decision
 ``retrain``; others drifting make it ``report``; nothing over ``psi_report``: ``ok``.
 
@@ -90,8 +91,17 @@ def ks_test(reference_sample: Sequence[float] | np.ndarray, current: np.ndarray)
     return float(result.statistic), float(result.pvalue)
 
 
+# Cochran's rule: the chi-square approximation needs an expected count of about 5 in every cell.
+MIN_EXPECTED = 5.0
+
+
 def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[float, float]:
-    """Chi-square test of homogeneity of two category-count tables (``scipy.stats.chi2_contingency``)."""
+    """Chi-square test of homogeneity of two category-count tables (``scipy.stats.chi2_contingency``).
+
+    Categories whose expected count in ``current`` is below :data:`MIN_EXPECTED` are pooled into one, rarest
+    first, until the pool reaches it: a hundred sparse destinations in a month of 200 rows made the test
+    reject a month drawn from the reference itself 3-4 times as often as its level.
+    """
     from scipy import stats
 
     keys = sorted(set(reference) | set(current))
@@ -99,8 +109,30 @@ def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0  # one category in all: nothing can differ
+    table = _pool_sparse(table)
+    if table.shape[1] < 2:
+        return 0.0, 1.0  # too few rows to tell categories apart
     result = stats.chi2_contingency(table, correction=False)
     return float(result.statistic), float(result.pvalue)
+
+
+def _pool_sparse(table: np.ndarray) -> np.ndarray:
+    """``table`` (reference and current counts per category) with its sparsest columns summed into one."""
+    share = table[1].sum() / table.sum()  # the current row's expected count is a column's total times this
+    expected = table.sum(axis=0) * share
+    order = np.argsort(expected, kind="stable")
+    pooled, taken = np.zeros(2), 0
+
+    def sparse(column: int) -> bool:  # still below the rule alone, or the pool so far is
+        return bool(expected[column] < MIN_EXPECTED or (pooled.sum() > 0 and pooled.sum() * share < MIN_EXPECTED))
+
+    while taken < len(order) and sparse(order[taken]):
+        pooled += table[:, order[taken]]
+        taken += 1
+    if taken <= 1:
+        return table  # nothing sparse, or one column alone: nothing to pool it with
+    rest = table[:, order[taken:]]
+    return np.column_stack([rest, pooled]) if rest.size else pooled.reshape(2, 1)
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,9 @@ class DriftPolicy:
     min_rows: int = 200
     report_only: frozenset[str] = frozenset()
     predictions_trigger: bool = False
+    # How many tests can trigger a retrain each month (the triggering features, the predictions if they trigger):
+    # each is run at alpha / tests (Bonferroni), so alpha bounds a month's false retrain, not each feature's.
+    tests: int = 1
 
     def triggers(self, name: str) -> bool:
         if name == PREDICTION:
@@ -156,7 +191,7 @@ class DriftPolicy:
         return name not in self.report_only
 
     def level(self, psi_value: float, p_value: float) -> Level:
-        significant = not math.isfinite(p_value) or p_value < self.alpha
+        significant = not math.isfinite(p_value) or p_value < self.alpha / max(1, self.tests)
         if psi_value >= self.psi_drift and significant:
             return "drift"
         return "report" if psi_value >= self.psi_report else "ok"
@@ -172,8 +207,10 @@ class DriftPolicy:
             if unknown:
                 raise DriftError(f"{what} names {unknown}, which are not features of the workload's contract "
                                  f"(features: {', '.join(sorted(features))})")
+        report_only -= set(drift.trigger)
+        tests = len(features - report_only) + (1 if drift.predictions_trigger else 0)
         return cls(psi_report=drift.psi_report, psi_drift=drift.psi_drift, alpha=drift.alpha, min_rows=drift.min_rows,
-                   report_only=frozenset(report_only - set(drift.trigger)), predictions_trigger=drift.predictions_trigger)
+                   report_only=frozenset(report_only), predictions_trigger=drift.predictions_trigger, tests=tests)
 
 
 def _edge_labels(edges: Sequence[float], low: float | None = None) -> list[str]:
@@ -321,7 +358,8 @@ def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str |
     triggered = [f.name for f in drifted if f.triggers]
     if triggered:
         decision: Decision = "retrain"
-        reason = f"drift on {', '.join(triggered)} (PSI >= {policy.psi_drift}, p < {policy.alpha})"
+        reason = (f"drift on {', '.join(triggered)} (PSI >= {policy.psi_drift}, p < {policy.alpha:g} / "
+                  f"{policy.tests} tests)")
     elif any(f.level != "ok" for f in results):
         decision = "report"
         names = [f.name for f in results if f.level != "ok"]
