@@ -40,6 +40,7 @@ from tenfold.pipelines.common import (
     configure_logging,
     run_key,
 )
+from tenfold.workloads import VERSION_KEY
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineError(f"features partition {part.label} is not published under {lake.uri}/{table} (published: "
                             f"{published}): run build_features for {part.label} first")
     manifest = lake.read_manifest(table, part)
+    built_by, contract = manifest.extra.get(VERSION_KEY), _contract(settings)
+    if built_by != contract.version:  # found now, not as a raw error in publish after two retries
+        raise PipelineError(f"features partition {part.label} was built by feature definitions version {built_by}, "
+                            f"and this code's are version {contract.version}: rebuild it with build_features "
+                            f"(conf {{\"month\": \"{part.label}\"}}) first")
     ref = str(conf.get("version") or settings.inference.model_ref)
     try:
         version = resolve(settings, ref)
@@ -188,6 +194,7 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
     if r.path == "spark":
         from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
 
+        _check_unchanged(settings, r)  # as the Pub/Sub path does: never score other features than were planned
         written = spark.score_partition(settings, r.model_version, r.partition)
         return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
     ids = expected_ids(r.run_key, r.month, r.requests)

@@ -127,3 +127,23 @@ def test_a_month_with_dead_letters_publishes_nothing_over_a_complete_one_unless_
     figures = pipeline.publish_results(allowed, partial)
     assert (figures["rows_out"], figures["rows_dead_lettered"]) == (40, 10)
     assert lake.read_manifest(table, PART).extra["dead_lettered_requests"] == 1
+
+
+def test_a_month_built_by_other_feature_definitions_is_refused_at_plan(
+    make_settings: Callable[..., Settings], local_settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tenfold.inference.scoring as scoring
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    s = make_settings(on=local_settings)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(synthetic_features(PART, 50), staged / "part-00000.parquet")
+    Lake.from_settings(s).publish(s.storage.features_table, PART, str(staged), run_id="old",
+                                  extra={VERSION_KEY: WORKLOAD.contract.version - 1})
+    with pytest.raises(pipeline.PipelineError, match=rf"2013-06 was built by feature definitions version "
+                                                     rf"{WORKLOAD.contract.version - 1}.*rebuild it with build_features"):
+        pipeline.plan(s, RUN_ID, {"month": PART.label})
