@@ -46,3 +46,43 @@ def test_run_step_fails_at_once_on_what_a_retry_cannot_fix_and_leaves_the_rest_t
     for passing in (ConnectionError("reset by peer"), OSError("disk full"), ValueError("boom")):
         with pytest.raises(type(passing)):
             run_step(raising, passing)
+
+
+def test_a_run_scores_every_month_whose_event_came_since_the_last_success_and_a_first_run_the_newest() -> None:
+    """Events held back while a run was active (max_active_runs=1) all come to the next run: each month is
+    scored, none silently dropped. A first run also receives every event from before the DAG was unpaused:
+    only the newest month is taken then, not the whole history."""
+    import datetime as dt
+
+    from tenfold.pipelines.common import months_to_score
+
+    features = Asset("file:///lake/features")
+    t0 = dt.datetime(2026, 12, 3, 8, tzinfo=dt.UTC)
+
+    def at(month: str, minutes: int) -> SimpleNamespace:
+        return SimpleNamespace(extra={"month": month}, timestamp=t0 + dt.timedelta(minutes=minutes))
+
+    held_back = {"triggering_asset_events": {features: [at("2013-07", -30), at("2013-08", 5), at("2013-09", 6)]},
+                 "prev_start_date_success": t0}
+    assert months_to_score(held_back, features.uri) == ["2013-08", "2013-09"]
+    first = {"triggering_asset_events": {features: [at("2013-01", -90), at("2013-06", -60), at("2013-07", -1)]},
+             "prev_start_date_success": None}
+    assert months_to_score(first, features.uri) == ["2013-07"]
+    assert months_to_score({"prev_start_date_success": t0}, features.uri) == []  # a manual run: plan's default
+
+
+def test_each_runs_every_item_and_then_raises_the_first_failure() -> None:
+    from tenfold.pipelines.common import each
+
+    done: list[int] = []
+
+    def step(i: int) -> int:
+        if i == 2:
+            raise ValueError("month 2 failed")
+        done.append(i)
+        return i * 10
+
+    assert each([1, 3], step) == [10, 30]
+    with pytest.raises(ValueError, match="month 2 failed"):
+        each([1, 2, 3], step)
+    assert done == [1, 3, 1, 3], "the months after the failing one still ran"
