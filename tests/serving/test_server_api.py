@@ -368,6 +368,35 @@ def test_a_hung_model_call_answers_503_and_takes_the_replica_out_of_rotation_unt
     assert client.post(PREDICT, json=_flight(flight=99), headers=auth).status_code == 200
 
 
+def test_an_iap_replica_is_not_ready_until_it_holds_googles_keys(make_client: Any, serving_settings: Any,
+                                                                 waits: Any) -> None:
+    """No request could be authorised before the keys are fetched: the replica stays out of rotation meanwhile."""
+    import json as json_
+
+    from tenfold.serving.auth import Authenticator
+
+    release = threading.Event()
+
+    def google(url: str, method: str = "GET", **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        if not release.wait(10):
+            raise RuntimeError("unreachable")
+        return SimpleNamespace(status=200, data=json_.dumps({}).encode(), headers={})
+
+    audience = "/projects/1/global/backendServices/2"
+    iap = serving_settings.model_copy(update={"serving": serving_settings.serving.model_copy(update={
+        "server": serving_settings.serving.server.model_copy(update={"auth_mode": "iap", "iap_audience": audience})})})
+    client = make_client(iap, ready=False, app_kwargs={"authenticator": Authenticator(iap, http_request=google)})
+    try:
+        waits.until(lambda: client.get("/readyz").json().get("detail") is not None, 60)  # the model is loaded
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "IAP keys are not fetched yet" in r.json()["detail"], r.json()
+    finally:
+        release.set()
+    waits.until(lambda: client.get("/readyz").status_code == 200, 20)
+
+
 def test_draining_turns_readiness_false_but_still_answers(client: Any, auth: dict[str, str]) -> None:
     client.app.state.replica.begin_drain()
     r = client.get("/readyz")

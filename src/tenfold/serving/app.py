@@ -596,6 +596,8 @@ def create_app(
         if body.ready and running > server.model_call_timeout_s:
             body = body.model_copy(update={"ready": False, "status": "stalled",
                                            "detail": f"a model call has run for {running:.0f} s"})
+        elif body.ready and (why := auth.not_ready()):  # no request could be authorised: not in rotation yet
+            body = body.model_copy(update={"ready": False, "status": "loading", "detail": why})
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
 
     @app.get(metrics_path, summary="Prometheus metrics", response_class=Response,

@@ -146,6 +146,12 @@ class Authenticator:
             self._keys = _CachedKeys(http_request)
             self._keys.prefetch(IAP_CERTS_URL)
 
+    def not_ready(self) -> str | None:
+        """Why requests cannot be authorised yet (IAP: no keys fetched), or None: readiness waits for it."""
+        if self._keys is not None and not self._keys.held:
+            return "Google's IAP keys are not fetched yet; they are retried in the background"
+        return None
+
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller of a request with ``headers`` (lower-case names, as Starlette gives them)."""
         if self.mode == "iap":
@@ -192,11 +198,12 @@ class Authenticator:
 class _CachedKeys:
     """Google's IAP keys for the verifier, fetched off the request path whenever keys are already held.
 
-    A request never waits on Google once keys are held: keys older than ``ttl_s`` are still served while
-    one background thread refreshes them (and kept if the refresh fails: IAP's keys rotate slowly). Only
-    before the first keys does a request fetch them itself, at most ``timeout_s``, and at most once per
-    ``retry_s`` after a failure (the others are refused with 503 at once). The replica fetches them when
-    it starts (:meth:`prefetch`), so that first fetch is normally done before it is ready.
+    A request never waits on Google: keys older than ``ttl_s`` are still served while one background thread
+    refreshes them (and kept if the refresh fails: IAP's keys rotate slowly). Before the first keys, a
+    request is refused with 503 at once and starts a background fetch (at most once per ``retry_s`` after a
+    failure): fetching on the request path blocked the replica's event loop, health checks included, for up to
+    ``timeout_s``. The replica fetches them when it starts (:meth:`prefetch`) and is not ready until it
+    holds them (:attr:`held`).
     """
 
     def __init__(self, request: HttpRequest, ttl_s: float = 3600.0, timeout_s: float = 5.0,
@@ -217,12 +224,18 @@ class _CachedKeys:
             if now - cached[0] >= self._ttl:
                 self._refresh_in_background(url)
             return cached[1]
-        if self._failed_at is not None and now - self._failed_at < self._retry:
-            from google.auth import exceptions as auth_exceptions
+        from google.auth import exceptions as auth_exceptions
 
+        if self._failed_at is not None and now - self._failed_at < self._retry:
             raise auth_exceptions.TransportError(  # type: ignore[no-untyped-call]
                 f"fetching {url} failed {now - self._failed_at:.0f} s ago; it is tried again every {self._retry:.0f} s")
-        return self._fetch(url)
+        self._refresh_in_background(url)
+        raise auth_exceptions.TransportError(  # type: ignore[no-untyped-call]
+            f"the keys at {url} are being fetched (in the background)")
+
+    @property
+    def held(self) -> bool:
+        return self._cached is not None
 
     def _fetch(self, url: str) -> Any:
         try:

@@ -130,6 +130,20 @@ class KeyServer:
         return SimpleNamespace(status=self.status, data=json.dumps(self.keys).encode(), headers={})
 
 
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _iap(settings: Any, keys: Any) -> Authenticator:
+    """An IAP authenticator that has fetched its keys (in the background, as a replica does at start)."""
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=keys)
+    _until(lambda: auth.not_ready() is None)
+    return auth
+
+
 @pytest.fixture(scope="module")
 def es256() -> tuple[Any, str]:
     from cryptography.hazmat.primitives import serialization
@@ -151,8 +165,7 @@ def _assertion(key: Any, kid: str = "k1", **claims: Any) -> str:
 
 def test_iap_accepts_a_valid_assertion_and_names_the_caller(settings: Any, es256: tuple[Any, str]) -> None:
     key, public = es256
-    keys = KeyServer({"k1": public})
-    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=keys)
+    auth = _iap(settings, KeyServer({"k1": public}))
     assert auth.check({"x-goog-iap-jwt-assertion": _assertion(key)}).identity == "ana@example.com"
     assert not token_path(settings).exists()  # IAP mode needs no token
 
@@ -165,8 +178,7 @@ def test_iap_accepts_a_valid_assertion_and_names_the_caller(settings: Any, es256
 ])
 def test_iap_refuses_assertions_for_others_or_expired(settings: Any, es256: tuple[Any, str], claims: dict[str, Any]) -> None:
     key, public = es256
-    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
-                         http_request=KeyServer({"k1": public}))
+    auth = _iap(settings, KeyServer({"k1": public}))
     with pytest.raises(AuthError) as err:
         auth.check({"x-goog-iap-jwt-assertion": _assertion(key, **claims)})
     assert err.value.status == 401
@@ -176,8 +188,7 @@ def test_iap_refuses_a_forged_signature_and_a_bare_email_header(settings: Any, e
     from cryptography.hazmat.primitives.asymmetric import ec
 
     _key, public = es256
-    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
-                         http_request=KeyServer({"k1": public}))
+    auth = _iap(settings, KeyServer({"k1": public}))
     forged = _assertion(ec.generate_private_key(ec.SECP256R1()))
     for headers in ({"x-goog-iap-jwt-assertion": forged},
                     {"x-goog-authenticated-user-email": "accounts.google.com:ana@example.com"}):
@@ -217,6 +228,8 @@ def test_iap_keys_are_refreshed_off_the_request_path_and_held_keys_serve_meanwhi
     server = SlowKeyServer({"k1": public})
     server.release.set()
     keys = _CachedKeys(server, ttl_s=0.2, timeout_s=5.0)
+    keys.prefetch(IAP_CERTS_URL)
+    _until(lambda: keys.held)
     assert keys(IAP_CERTS_URL).status == 200 and server.fetches == 1 and server.timeouts == [5.0]
     server.release.clear()  # Google stops answering
     time.sleep(0.25)  # the keys are now older than their TTL
@@ -238,8 +251,30 @@ def test_before_any_iap_keys_a_failed_fetch_is_not_repeated_by_every_request() -
 
     server = KeyServer({}, status=500)
     keys = _CachedKeys(server, retry_s=60.0)
-    assert keys(IAP_CERTS_URL).status == 500 and server.fetches == 1
+    with pytest.raises(auth_exceptions.TransportError, match="being fetched"):
+        keys(IAP_CERTS_URL)  # starts the fetch in the background, answers at once
+    _until(lambda: server.fetches == 1 and keys._failed_at is not None)
     for _ in range(5):
         with pytest.raises(auth_exceptions.TransportError, match="tried again every 60 s"):
             keys(IAP_CERTS_URL)
     assert server.fetches == 1
+
+
+def test_a_request_before_the_first_iap_keys_never_waits_on_google_and_the_replica_is_not_ready(
+    settings: Any, es256: tuple[Any, str]
+) -> None:
+    """The first keys were fetched on the request path: with Google unreachable, every request (and the event
+    loop with it, health checks included) waited up to 5 s once per retry window."""
+    key, public = es256
+    server = SlowKeyServer({"k1": public})  # unreachable until released
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=server)
+    assert auth.not_ready() is not None
+    started = time.monotonic()
+    for _ in range(5):
+        with pytest.raises(AuthError) as err:
+            auth.check({"x-goog-iap-jwt-assertion": _assertion(key)})
+        assert err.value.status == 503
+    assert time.monotonic() - started < 0.5
+    server.release.set()
+    _until(lambda: auth.not_ready() is None)
+    assert auth.check({"x-goog-iap-jwt-assertion": _assertion(key)}).identity == "ana@example.com"
