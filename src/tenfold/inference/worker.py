@@ -110,7 +110,7 @@ class Worker:
             except (RequestError, ScoringError, ValueError, TypeError, KeyError) as exc:
                 self._fail(store, rid, message, attempt, exc)
                 return
-            created = store.put_result(rid, data)
+            created = self._write(store, rid, data)
             if not created:
                 log.info("request %s of run %s: another delivery wrote its result first; acknowledging", rid, run)
                 self._count(duplicates=1)
@@ -122,6 +122,26 @@ class Worker:
             log.exception("request %s of run %s: %s; nacking (it will be redelivered)", rid, run, exc)
             self._record(store, rid, message, attempt, exc)  # so a dead letter says why, should it become one
             message.nack()
+
+    def _write(self, store: Any, rid: str, data: bytes) -> bool:
+        """Create the result, retried for ``inference.transient_retry_s`` while the store is away (its lease is kept):
+        a nack counts as a delivery attempt, so a storage blip of a few minutes dead-lettered requests already
+        scored. What the store refuses for good (permissions, a bad name) is raised at once."""
+        from google.api_core import exceptions as gexc
+
+        deadline = time.monotonic() + self.settings.inference.transient_retry_s
+        delay = FIRST_RETRY_S
+        while True:
+            try:
+                return bool(store.put_result(rid, data))
+            except (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError) as exc:
+                if isinstance(exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)) or (
+                        time.monotonic() + delay > deadline):
+                    raise
+                log.warning("request %s: writing its result failed (%s); trying again in %.1f s (its lease is kept)",
+                            rid, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     def _model(self, version: str, rid: str) -> Any:
         """The model ``version``, retried for ``inference.transient_retry_s`` while the store or the disk fails."""

@@ -102,3 +102,39 @@ def test_a_crash_while_scoring_is_redelivered_with_its_reason_recorded(settings:
     assert message.fate == ["nack"] and w.stats.failed == 0  # not the request's fault: redelivered
     error = RunStore(w.objects, "r1").error("r1-000000")
     assert error is not None and "CUDA out of memory" in error["error"] and error["delivery_attempt"] == 5
+
+
+def test_a_result_write_that_fails_for_a_while_is_retried_within_the_delivery_and_then_acked(
+        make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nack counts as a delivery attempt: a store away for a few minutes dead-lettered requests already scored.
+    The write is retried with the lease kept; a store away longer than transient_retry_s is still a nack."""
+    settings = make_settings(inference={"transient_retry_s": 5.0})
+    monkeypatch.setattr(worker_mod, "FIRST_RETRY_S", 0.01)
+    w = Worker(settings)
+    monkeypatch.setattr(w.models, "get", lambda version: (_ for _ in ()).throw(AssertionError("not loaded")))
+    from tenfold.inference import faults
+
+    monkeypatch.setattr(faults, "stub_scoring", lambda: True)
+    real = RunStore.put_result
+    failures = {"left": 3}
+
+    def flaky(self: RunStore, rid: str, data: bytes) -> bool:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error (the lake's disk went away)")
+        return real(self, rid, data)
+
+    monkeypatch.setattr(RunStore, "put_result", flaky)
+    message = Message(_request())
+    w.handle(message)
+    assert message.fate == ["ack"] and failures["left"] == 0 and w.stats.scored == 1
+    assert RunStore(w.objects, "r1").has_result("r1-000000")
+
+    failures["left"] = 10_000  # longer than the retry: given back, with its reason recorded
+    short = Worker(make_settings(inference={"transient_retry_s": 0.05}))
+    again = Message(ScoringRequest(run="r2", request_id="r2-000000", partition="2013-01", model_version="v1",
+                                   rows=pa.table({"k": [1]})))
+    short.handle(again)
+    assert again.fate == ["nack"]
+    error = RunStore(short.objects, "r2").error("r2-000000")
+    assert error is not None and "Input/output error" in error["error"]
