@@ -1,11 +1,7 @@
 """Score a features partition offline through Pub/Sub (or Spark for a big one) and publish its scores.
 
-**Schedule:** every features Asset event (``build_features`` published a month): the run scores the months
-the events name (their ``extra["month"]``): every month whose event arrived since the last successful run
-started (events held back while a run was active all come to the next one), or on a first run (which also
-receives the events from before the DAG was unpaused) the newest; ``catchup=False``; one run at a time. Each
-task works month by month: a month that fails fails the task once the others are done, and a retry (or a clear)
-redoes them all, which is idempotent (the same request ids, results written once, the same published bytes).
+**Schedule:** every features Asset event (``build_features`` published a month): the run scores the month
+the event names (its ``extra["month"]``), or the newest published one; ``catchup=False``; one run at a time.
 
 **Tasks** (logic in ``tenfold.pipelines.batch_inference``; a bad run conf or an unpublished month fails at
 once, anything else is retried as ``settings.pipelines.batch_inference`` says; every failure alerts):
@@ -35,7 +31,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, each, months_to_score, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
 
 DAG_ID = "batch_inference"
 settings = get_settings()
@@ -55,36 +51,40 @@ FEATURES = Asset(settings.assets.features)
 def batch_inference() -> None:
     # Each task imports its pipeline itself: the module pulls in pyarrow, too heavy for DAG parsing.
     @task
-    def plan(**context: Any) -> list[dict[str, Any]]:
+    def plan(**context: Any) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 
         dag_run = context["dag_run"]
         conf = dict(dag_run.conf or {})
-        months = [conf.get("month")] if "month" in conf else months_to_score(context, FEATURES.uri) or [None]
-        print(f"months to score: {', '.join(m or 'the newest published' for m in months)}")
-        return each(months, lambda month: run_step(pipeline.plan, get_settings(), dag_run.run_id,
-                                                   {**conf, **({"month": month} if month else {})}).to_xcom())
+        if "month" not in conf and (months := event_months(context, FEATURES.uri)):
+            # An Asset-triggered run scores the month that build_features just published: the newest one, since
+            # a DAG's first run also receives the events published before it was unpaused. Events held back while
+            # a run was active (max_active_runs=1) come to one run too: name the months it does not score.
+            conf["month"] = months[-1]
+            if len(months) > 1:
+                print(f"WARNING: this run received the features events of {', '.join(months)} and scores only the "
+                      f"newest, {months[-1]}; to score another month trigger batch_inference with the run conf "
+                      '{"month": "YYYY-MM"}')
+        return run_step(pipeline.plan, get_settings(), dag_run.run_id, conf).to_xcom()
 
     @task
-    def publish(planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def publish(planned: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 
-        return each(planned, lambda run: run_step(pipeline.publish, get_settings(), run).to_xcom())
+        return run_step(pipeline.publish, get_settings(), planned).to_xcom()
 
     @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)))
-    def score(planned: list[dict[str, Any]], published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def score(planned: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 
-        return each(planned, lambda run: run_step(pipeline.score, get_settings(), run, say=print).to_xcom())
+        return run_step(pipeline.score, get_settings(), planned, say=print).to_xcom()
 
     @task
-    def publish_results(planned: list[dict[str, Any]], scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def publish_results(planned: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 
-        figures = each(list(zip(planned, scored, strict=True)),
-                       lambda pair: run_step(pipeline.publish_results, get_settings(), *pair))
-        for f in figures:
-            print(f)
+        figures = run_step(pipeline.publish_results, get_settings(), planned, scored)
+        print(figures)
         return figures
 
     planned = plan()

@@ -30,7 +30,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
 from tenfold.config import Settings
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound="RunState")
 T = TypeVar("T")
-_In = TypeVar("_In")
-_Out = TypeVar("_Out")
 
 
 class PipelineError(RuntimeError):
@@ -132,48 +130,14 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise AirflowFailException(str(exc)) from exc
 
 
-def event_months(context: Mapping[str, Any], uri: str, *, since: dt.datetime | None = None) -> list[str]:
+def event_months(context: Mapping[str, Any], uri: str) -> list[str]:
     """The months (``"2013-07"``, ascending, once each) that the triggering events of the Asset at ``uri``
     published (``build_features`` puts its month in each event's extra). A DAG's first run after it is
-    unpaused receives every earlier event of the Asset too, in no promised order. ``since``: only events
-    stamped then or later (an event without a timestamp counts)."""
+    unpaused receives every earlier event of the Asset too, in no promised order."""
     events = context.get("triggering_asset_events") or {}
     months = {str(e.extra["month"]) for asset, found in events.items() if getattr(asset, "uri", asset) == uri
-              for e in found if (e.extra or {}).get("month")
-              and (since is None or getattr(e, "timestamp", None) is None or e.timestamp >= since)}
+              for e in found if (e.extra or {}).get("month")}
     return sorted(months)
-
-
-def each(items: Sequence[_In], step: Callable[[_In], _Out]) -> list[_Out]:
-    """``step`` of every item (a task's months, one after another): an item that fails does not stop the others;
-    then the first failure is raised (an AirflowFailException from :func:`run_step` only when every failure is
-    one, so a retry still comes for a failure a retry can fix), naming how many failed."""
-    out: list[_Out] = []
-    failures: list[BaseException] = []
-    for item in items:
-        try:
-            out.append(step(item))
-        except Exception as exc:
-            log.error("%s", exc)
-            failures.append(exc)
-    if failures:
-        retryable = [f for f in failures if type(f).__name__ != "AirflowFailException"]
-        first = retryable[0] if retryable else failures[0]
-        if len(items) > 1:
-            log.error("%d of %d failed; the first: %s", len(failures), len(items), first)
-        raise first
-    return out
-
-
-def months_to_score(context: Mapping[str, Any], uri: str) -> list[str]:
-    """The months an Asset-triggered run of a per-month DAG takes on: every month whose event arrived since the
-    DAG's last successful run started (events held back while a run was active, ``max_active_runs=1``, all come
-    to the next run), or, on a first run, which also receives the events from before the DAG was unpaused, the
-    newest month alone."""
-    every = event_months(context, uri)
-    since = context.get("prev_start_date_success")
-    new = event_months(context, uri, since=since) if since is not None else []
-    return new or every[-1:]
 
 
 def default_args(settings: Settings, dag_id: str) -> dict[str, Any]:
