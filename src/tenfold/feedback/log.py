@@ -117,35 +117,45 @@ def log_files(lake: Lake, table: str, part: Partition, *, landed_since: dt.datet
 
 
 def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Schema, *,
-             landed_since: dt.datetime | None = None) -> pa.Table:
+             landed_since: dt.datetime | None = None, quarantine: bool = False) -> pa.Table:
     """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none.
-    ``landed_since``: only the files landed then or later (:func:`log_files`)."""
+    ``landed_since``: only the files landed then or later (:func:`log_files`). A file whose content cannot be
+    read as ``schema`` is skipped with a warning, and with ``quarantine`` (the join, which holds the join lock)
+    moved out of every join's way."""
     tables = []
     for part in parts:
         for info in log_files(lake, table, part, landed_since=landed_since):
-            read = _read_file(lake, table, part, info.path, schema)
+            read = _read_file(lake, table, part, info.path, schema, quarantine=quarantine)
             if read is not None:
                 tables.append(read)
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema) -> pa.Table | None:
-    """One log file as ``schema``; None when its content cannot be (it is quarantined: one bad file, copied in
-    by hand or by another tool, must not stop every join, the canary's checks and the sink with it). An error
-    reading the store itself is raised: the next join reads the file again."""
+def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema, *,
+               quarantine: bool) -> pa.Table | None:
+    """One log file as ``schema``; None when its content cannot be (one bad file, copied in by hand or by another
+    tool, must not stop every join, the canary's checks and the sink with it). An error reading the store
+    itself is raised: the next join reads the file again."""
     try:
         return pq.read_table(path, filesystem=lake.fs, schema=schema)
     except (pa.ArrowException, OSError) as exc:
         try:
             with lake.fs.open_input_file(path) as f:
-                f.readall()  # the bytes can be read: it is the content that is bad
+                data = f.readall()
         except OSError:
-            raise exc from None
-        rel = posixpath.relpath(path, lake.table_path(table))
-        target = posixpath.join(lake.table_path(table), QUARANTINE_DIR, rel)
-        lake.fs.create_dir(posixpath.dirname(target), recursive=True)
-        lake.fs.move(path, target)
-        log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s: %s): moved to %s; no join "
-                    "reads it again", posixpath.basename(path), table, part.label, table, type(exc).__name__, exc,
-                    target)
+            raise exc from None  # the store, not the file
+        try:
+            return pq.read_table(pa.BufferReader(data), schema=schema)  # the first read's error was the store's
+        except (pa.ArrowException, OSError) as bad:  # in memory: the bytes themselves are not the table
+            error = f"{type(bad).__name__}: {bad}"
+    if not quarantine:
+        log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): left out", path, table,
+                    part.label, table, error)
         return None
+    rel = posixpath.relpath(path, lake.table_path(table))
+    target = posixpath.join(lake.table_path(table), QUARANTINE_DIR, rel)
+    lake.fs.create_dir(posixpath.dirname(target), recursive=True)
+    lake.fs.move(path, target)
+    log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): moved to %s; no join reads it "
+                "again", posixpath.basename(path), table, part.label, table, error, target)
+    return None

@@ -121,8 +121,8 @@ def join(
             if not force and _published_inputs(lake, st.labelled_table, month) == inputs:
                 report.months.append(MonthJoin(month.label, published=False))
                 continue
-            predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG)
-            feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG)
+            predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
+            feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
             table, stats = join_month(predictions, feedback)
             _publish(lake, st.labelled_table, month, table, extra={"inputs": inputs, "rows": stats.predictions,
                                                                  "labelled": stats.labelled})

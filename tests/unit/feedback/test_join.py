@@ -113,6 +113,32 @@ def test_a_log_file_that_cannot_be_read_is_quarantined_and_the_join_goes_on(sett
     assert _labelled(settings)[0] == rows and join(settings).published == []
 
 
+def test_a_read_that_fails_once_in_the_store_quarantines_nothing(settings, logs, monkeypatch):
+    """An I/O error of the store (a GCS hiccup is an OSError too) is no proof the file is bad: its bytes are read
+    again and parsed in memory; a good file is used, never moved."""
+    import tenfold.feedback.log as log_mod
+
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1))
+    real, failed = log_mod.pq.read_table, []
+
+    def flaky(source, *args, **kwargs):
+        if isinstance(source, str) and not failed:
+            failed.append(source)
+            raise OSError("GCS 503: backend error")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(log_mod.pq, "read_table", flaky)
+    assert join(settings).published == ["2026-05"] and failed
+    rows, _ = _labelled(settings)
+    assert rows["a"]["outcome"] == 1
+    lake = Lake.from_settings(settings)
+    from pathlib import Path
+
+    assert not (Path(lake.table_path(settings.storage.predictions_table)) / log_mod.QUARANTINE_DIR).exists()
+    assert not (Path(lake.table_path(settings.storage.feedback_table)) / log_mod.QUARANTINE_DIR).exists()
+
+
 def test_a_rerun_skips_unchanged_months_and_a_redelivery_publishes_the_same_bytes(settings, logs):
     # May and July: July looks for feedback from June on, so May's feedback is not one of its inputs.
     logs.predictions(prediction("a"), prediction("x", at=T0 + dt.timedelta(days=60)))
