@@ -109,7 +109,12 @@ def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0  # one category in all: nothing can differ
-    table = _pool_sparse(table)
+    # Categories the reference never saw are pooled apart from the rare ones it did: mixed in with them, a new
+    # destination at 5% of a 300-row month went unseen (p 0.06 against 7e-269). The PSI threshold keeps a lone
+    # new row from counting as drift.
+    novel = table[0] == 0
+    seen = _pool_sparse(table[:, ~novel]) if (~novel).any() else table[:, :0]
+    table = np.column_stack([seen, table[:, novel].sum(axis=1)]) if novel.any() else seen
     if table.shape[1] < 2:
         return 0.0, 1.0  # too few rows to tell categories apart
     result = stats.chi2_contingency(table, correction=False)

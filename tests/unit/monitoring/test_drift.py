@@ -232,6 +232,9 @@ def test_chi_square_holds_its_level_on_a_small_month_of_many_sparse_categories()
     shifted_mix = p.copy()
     shifted_mix[0] /= 2  # the busiest destination's share halved
     assert rejections(shifted_mix / shifted_mix.sum(), 500, 300) >= 0.75  # 0.55 unpooled
+    # A category the reference never saw, at 5% of a 300-row month: pooled with the rare ones it would vanish.
+    month = {str(i): int(c) for i, c in enumerate(np.bincount(rng.choice(105, 285, p=p), minlength=105)) if c}
+    assert chi2_test(reference, {**month, "NEW": 15})[1] < 1e-6
 
 
 def test_alpha_bounds_a_months_false_retrain_across_the_triggering_features() -> None:
