@@ -545,8 +545,8 @@ def create_app(
             try:
                 fresh = await asyncio.wait_for(batcher.submit([requests[i] for i in missing]), server.model_call_timeout_s)
             except TimeoutError:
-                raise ApiError(503, "model_timeout", f"the model did not answer within {server.model_call_timeout_s:g} s "
-                               "(this replica is marked not ready while its call runs); retry",
+                raise ApiError(503, "model_timeout", f"no prediction within {server.model_call_timeout_s:g} s (queued and "
+                               "scored; a replica whose model call hangs leaves the rotation); retry",
                                headers={"Retry-After": str(server.retry_after_s)}) from None
             except RequestInvalid as exc:  # check() let it through but assembly refused it
                 index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None

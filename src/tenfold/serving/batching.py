@@ -130,6 +130,16 @@ class MicroBatcher(Generic[T, R]):
         self._carry.clear()
 
     async def _next(self, timeout: float | None) -> _Pending[T, R] | None:
+        """The next request still waited for (a client that timed out or went away cancelled its future: it is
+        dropped here instead of being run through the model, e.g. the retries piled up behind a hung call)."""
+        while True:
+            pending = await self._next_queued(timeout)
+            if pending is None or not pending.future.done():
+                return pending
+            self._queued_rows -= len(pending.items)
+            self._on_depth(self._queued_rows)
+
+    async def _next_queued(self, timeout: float | None) -> _Pending[T, R] | None:
         if self._carry:
             return self._carry.popleft()
         if timeout is None:

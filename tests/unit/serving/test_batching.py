@@ -176,6 +176,33 @@ def test_what_queues_while_the_model_is_busy_goes_in_the_next_call_within_the_si
     assert model.calls == [[0], [1, 1, 2, 2], [3, 3]]
 
 
+def test_requests_given_up_while_the_model_hung_are_not_run_when_it_recovers() -> None:
+    """A client that timed out (the server's model_call_timeout_s) cancelled its future: once the hung call
+    returns, its rows are dropped, not scored for nobody while live requests wait behind them."""
+    model = Recorder()
+
+    async def main() -> list[int]:
+        depths: list[int] = []
+        b = _batcher(model, size=4, wait_s=0.0, on_depth=depths.append)
+        b.start()
+        model.gate.clear()
+        first = asyncio.create_task(b.submit([0]))
+        await _until(model.entered.is_set)  # hung
+        for i in (1, 2, 3):  # three clients give up while it hangs
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(b.submit([i]), 0.01)
+        live = asyncio.create_task(b.submit([9]))
+        await _until(lambda: depths[-1] == 4)
+        model.gate.set()
+        out = [*(await first), *(await live)]
+        await _until(lambda: depths[-1] == 0)
+        await b.stop()
+        return out
+
+    assert asyncio.run(main()) == [0, 18]
+    assert model.calls == [[0], [9]], "the requests given up were run through the model"
+
+
 def test_a_request_larger_than_the_batch_runs_alone() -> None:
     model = Recorder()
 
