@@ -7,7 +7,7 @@ the event names (its ``extra["month"]``), or the newest published one; ``catchup
 once, anything else is retried as ``settings.pipelines.batch_inference`` says; every failure alerts):
 
 1. ``plan``: resolves the model (``champion``, or the run conf's ``version``) to one registry version and
-   picks the path: above ``settings.inference.spark_threshold_rows`` rows the Spark bulk path.
+   picks the path: above ``settings.inference.spark_threshold_rows`` rows the Spark bulk path (locally only).
 2. ``publish``: the partition's rows as requests of ``inference.rows_per_message`` rows, each with a
    deterministic request id (a retry republishes the same ids; results are written once per id).
 3. ``score``: waits until every request is scored or dead-lettered, logging progress. Locally it runs the

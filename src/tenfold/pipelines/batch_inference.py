@@ -5,7 +5,7 @@ partition of the scores table (``settings.storage.scores_table``): the contract'
 ``probability`` and ``model_version``, one row per features row, sorted by the keys (byte-identical on a
 rerun). See docs/inference.md.
 
-Two paths, chosen by :func:`plan` from the partition's size:
+Two paths, chosen by :func:`plan` from the partition's size (:func:`scoring_path`; dev and prod always Pub/Sub):
 
 * up to ``settings.inference.spark_threshold_rows`` rows, **Pub/Sub**: :func:`publish` sends the rows as
   requests of ``inference.rows_per_message`` rows with deterministic request ids; :func:`score` waits until
