@@ -17,6 +17,7 @@ replica starts, and autohealing retries with a fresh VM until an operator adds a
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -196,6 +197,9 @@ def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: st
     before_run, run_flags = serving_host_setup()
     model_lines, model_flags = serving_model_setup()
     before_run, run_flags = before_run + model_lines, run_flags + model_flags
+    # docker stop waits 10 s before SIGKILL by default: the replica's drain (requests in flight finish, pending
+    # samples are flushed) needs drain_timeout_s and the publisher's bounded close after it.
+    run_flags += ["--stop-timeout", str(serving_stop_timeout_s(settings))]
     if server.auth_mode == "iap":
         env[f"{SERVER_ENV_PREFIX}IAP_AUDIENCE"] = server.iap_audience or ""
     else:
@@ -203,6 +207,12 @@ def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: st
         before_run, run_flags = before_run + token_lines, run_flags + token_flags
     return startup_script(settings, fleet, role, SERVING_COMMAND, detach=True, extra_env=env,
                           before_run=before_run, run_flags=run_flags)
+
+
+def serving_stop_timeout_s(settings: Settings) -> int:
+    """How long ``docker stop`` lets a replica drain before SIGKILL: its drain, then its publisher's close."""
+    server = settings.serving.server
+    return math.ceil(server.drain_timeout_s + server.feedback_publish_timeout_s + 10)
 
 
 def serving_host_setup() -> tuple[list[str], list[str]]:

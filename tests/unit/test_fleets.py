@@ -244,6 +244,9 @@ def test_serving_scripts_fetch_this_environments_secret_before_the_replica_start
         remove = next(i for i, line in enumerate(lines) if line.startswith(f"docker rm -f tenfold-{role}"))
         assert remove < lines.index(f"rm -f {token}") < fetch < run
         assert f"--volume {token}:{token}:ro" in lines[run] and lines[run].endswith(s.container_image)
+        # docker stop's default 10 s would SIGKILL a replica still draining its requests and samples
+        stop = int(lines[run].split("--stop-timeout ", 1)[1].split()[0])
+        assert stop > s.serving.server.drain_timeout_s + s.serving.server.feedback_publish_timeout_s
         assert lines[2] == "set -euo pipefail", "a failed fetch stops the script"
     assert "fetch_serving_token" not in fleets.training_startup_script(s), "only serving reads the token"
 
