@@ -144,6 +144,7 @@ class Publisher:
         self._predictions_topic = topic_path(settings, settings.messaging.predictions_topic)
         self._feedback_topic = topic_path(settings, settings.messaging.feedback_topic)
         self._lock = threading.Lock()
+        self._client_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self._closed = False
@@ -162,10 +163,14 @@ class Publisher:
 
     @property
     def client(self) -> Any:
+        """The Pub/Sub publisher, made on first use, once: the sampler thread and the first feedback may both
+        get here first (two clients would each hold batches and threads, one never closed)."""
         if self._client is None:
-            from tenfold.messaging.clients import publisher_client
+            with self._client_lock:
+                if self._client is None:
+                    from tenfold.messaging.clients import publisher_client
 
-            self._client = publisher_client(self._settings)
+                    self._client = publisher_client(self._settings)
         return self._client
 
     @property

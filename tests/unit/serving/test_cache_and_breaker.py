@@ -132,3 +132,35 @@ def test_a_failing_predictions_topic_does_not_stop_feedback(settings) -> None:  
     assert asyncio.run(publisher.publish_feedback(feedback)) == "m-1"
     assert not publisher.breakers["feedback"].is_open
     assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 0
+
+
+def test_the_publisher_client_is_made_once_when_the_sampler_and_a_feedback_race_for_it(settings, monkeypatch) -> None:
+    import threading
+    import time
+
+    import tenfold.messaging.clients as clients
+    from tenfold.serving.metrics import ServerMetrics
+    from tenfold.serving.publishing import Publisher
+
+    made: list[object] = []
+
+    def slow_client(settings: object) -> object:
+        time.sleep(0.05)  # a credential lookup
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr(clients, "publisher_client", slow_client)
+    publisher = Publisher(settings, ServerMetrics("stable"))
+    start = threading.Barrier(8)
+    seen: list[object] = []
+
+    def use() -> None:
+        start.wait()
+        seen.append(publisher.client)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(made) == 1 and all(c is made[0] for c in seen), f"{len(made)} clients made"
