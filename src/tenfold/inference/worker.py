@@ -31,15 +31,17 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
     from tenfold.inference.store import Objects
 
 log = logging.getLogger("tenfold.inference.worker")
+T = TypeVar("T")
 
 
 @dataclass
@@ -124,38 +126,38 @@ class Worker:
             message.nack()
 
     def _write(self, store: Any, rid: str, data: bytes) -> bool:
-        """Create the result, retried for ``inference.transient_retry_s`` while the store is away (its lease is kept):
-        a nack counts as a delivery attempt, so a storage blip of a few minutes dead-lettered requests already
-        scored. What the store refuses for good (permissions, a bad name) is raised at once."""
+        """Create the result, retried while the store is away (:meth:`_retried`): a nack counts as a delivery
+        attempt, so a storage blip of a few minutes dead-lettered requests already scored. What the store refuses
+        for good (permissions, a bad name) is raised at once."""
         from google.api_core import exceptions as gexc
 
-        deadline = time.monotonic() + self.settings.inference.transient_retry_s
-        delay = FIRST_RETRY_S
-        while True:
-            try:
-                return bool(store.put_result(rid, data))
-            except (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError) as exc:
-                if isinstance(exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)) or (
-                        time.monotonic() + delay > deadline):
-                    raise
-                log.warning("request %s: writing its result failed (%s); trying again in %.1f s (its lease is kept)",
-                            rid, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        def transient(exc: Exception) -> bool:
+            return isinstance(exc, (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError)) and not isinstance(
+                exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+        return bool(self._retried(rid, "writing its result", lambda: store.put_result(rid, data), transient))
 
     def _model(self, version: str, rid: str) -> Any:
-        """The model ``version``, retried for ``inference.transient_retry_s`` while the store or the disk fails."""
+        """The model ``version``, retried while the store or the disk fails (:meth:`_retried`)."""
         from tenfold.inference.scoring import ScoringError
 
+        return self._retried(rid, f"loading model {version}", lambda: self.models.get(version),
+                             lambda exc: isinstance(exc, ScoringError) and exc.transient)
+
+    def _retried(self, rid: str, what: str, call: Callable[[], T], transient: Callable[[Exception], bool]) -> T:
+        """``call()``, tried again for ``inference.transient_retry_s`` (waits doubling from :data:`FIRST_RETRY_S` to
+        15 s) while it fails with an error ``transient`` accepts; the delivery's lease is kept meanwhile, so an
+        outage does not spend the request's delivery attempts. Any other error, or one past the time, is raised."""
         deadline = time.monotonic() + self.settings.inference.transient_retry_s
         delay = FIRST_RETRY_S
         while True:
             try:
-                return self.models.get(version)
-            except ScoringError as exc:
-                if not exc.transient or time.monotonic() + delay > deadline:
+                return call()
+            except Exception as exc:
+                if not transient(exc) or time.monotonic() + delay > deadline:
                     raise
-                log.warning("request %s: %s; trying again in %.0f s (its lease is kept)", rid, exc, delay)
+                log.warning("request %s: %s failed (%s); trying again in %.1f s (its lease is kept)", rid, what, exc,
+                            delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)
 
