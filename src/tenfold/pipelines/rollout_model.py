@@ -173,7 +173,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     if champion == version:
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
     if not conf.get("retry_rejected"):
-        rejected = [d for k, d in reg.decisions(version).items() if k.startswith(ROLLOUT_DECISION_PREFIX) and d.get("rejected")]
+        rejected = reg.canary_rejections(version)
         if rejected:
             raise PipelineInputError(f"a canary already rejected {version} ({rejected[-1].get('summary')}); "
                                      "pass {\"retry_rejected\": true} in the run conf to roll it out again")

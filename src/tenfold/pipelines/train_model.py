@@ -45,7 +45,7 @@ from tenfold.pipelines.common import PipelineError, RunState, configure_logging,
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
-from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ def _may_mark_challenger(reg: ModelRegistry, version: str, p: TrainRun) -> bool:
     A retry after the decision was recorded moves the alias it may not have moved yet; a run cleared later
     neither takes the alias back from a newer challenger nor marks (and announces) a version a canary rejected.
     """
-    if any(key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("rejected") for key, d in reg.decisions(version).items()):
+    if reg.canary_rejections(version):
         log.info("a canary already rejected %s: not marked challenger again", version)
         return False
     if reg.resolve(CHALLENGER) != version and any(

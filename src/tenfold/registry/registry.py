@@ -639,6 +639,11 @@ class ModelRegistry:
             out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = json.loads(blob.download_as_bytes())
         return out
 
+    def canary_rejections(self, version: str) -> list[dict[str, Any]]:
+        """The decisions of canary rollouts that rejected ``version`` (recorded as ``rollout-<rollout id>``)."""
+        return [d for key, d in self.decisions(version).items()
+                if key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("rejected")]
+
     # --- rollouts (audit, and the state a resumed rollout continues from) -----------------------------
     def record_rollout_event(self, version: str, rollout_id: str, key: str, body: Mapping[str, Any]) -> bool:
         """Append event ``key`` to rollout ``rollout_id`` of ``version``; create-only, so False when ``key``
