@@ -131,9 +131,12 @@ class MicroBatcher(Generic[T, R]):
 
     async def _next(self, timeout: float | None) -> _Pending[T, R] | None:
         """The next request still waited for (a client that timed out or went away cancelled its future: it is
-        dropped here instead of being run through the model, e.g. the retries piled up behind a hung call)."""
+        dropped here instead of being run through the model, e.g. the retries piled up behind a hung call).
+        ``timeout`` bounds the whole call, however many dropped requests it skips on the way."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
         while True:
-            pending = await self._next_queued(timeout)
+            pending = await self._next_queued(None if until is None else max(0.0, until - loop.time()))
             if pending is None or not pending.future.done():
                 return pending
             self._queued_rows -= len(pending.items)

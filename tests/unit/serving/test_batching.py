@@ -203,6 +203,37 @@ def test_requests_given_up_while_the_model_hung_are_not_run_when_it_recovers() -
     assert model.calls == [[0], [9]], "the requests given up were run through the model"
 
 
+def test_requests_given_up_while_a_batch_waits_do_not_stretch_its_wait() -> None:
+    """A batch waits at most max_wait_s for requests on their way. Requests whose clients gave up are skipped
+    while it waits, and each used to restart the wait: a stream of them held a live request for as long as the
+    stream lasted."""
+    model = Recorder()
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        b = _batcher(model, size=64, wait_s=0.3)
+        b.start()
+        with b.arriving():  # a request on its way: the batch of `live` waits for it, up to wait_s
+            started = loop.time()
+            live = asyncio.create_task(b.submit([1]))
+            answered: list[float] = []
+            live.add_done_callback(lambda _: answered.append(loop.time() - started))
+            for _ in range(20):  # 2 s of clients that submit and give up at once, every 0.1 s
+                await asyncio.sleep(0.1)
+                gone = asyncio.create_task(b.submit([0]))
+                await asyncio.sleep(0)
+                gone.cancel()
+            stream_s = loop.time() - started
+        await live
+        await b.stop()
+        return answered[0], stream_s
+
+    waited, stream_s = asyncio.run(main())
+    assert stream_s >= 2.0
+    assert waited < 1.2, f"the live request waited {waited:.2f} s behind a 0.3 s batch wait"
+    assert model.calls == [[1]]
+
+
 def test_a_request_larger_than_the_batch_runs_alone() -> None:
     model = Recorder()
 
