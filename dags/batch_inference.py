@@ -1,20 +1,26 @@
-"""Score a features partition offline through Pub/Sub (or Spark for a big one) and publish its scores.
+"""Score features partitions offline through Pub/Sub (or Spark for a big one) and publish their scores.
 
-**Schedule:** every features Asset event (``build_features`` published a month): the run scores the month
-the event names (its ``extra["month"]``), or the newest published one; ``catchup=False``; one run at a time.
+**Schedule:** every features Asset event (``build_features`` published a month); ``catchup=False``; one run
+at a time.
 
 **Tasks** (logic in ``tenfold.pipelines.batch_inference``; a bad run conf or an unpublished month fails at
 once, anything else is retried as ``settings.pipelines.batch_inference`` says; every failure alerts):
 
-1. ``plan``: resolves the model (``champion``, or the run conf's ``version``) to one registry version and
-   picks the path: above ``settings.inference.spark_threshold_rows`` rows the Spark bulk path (locally only).
-2. ``publish``: the partition's rows as requests of ``inference.rows_per_message`` rows, each with a
-   deterministic request id (a retry republishes the same ids; results are written once per id).
-3. ``score``: waits until every request is scored or dead-lettered, logging progress. Locally it runs the
-   worker pool (``inference.workers`` processes) for the wait and stops it whatever happens; in the cloud
-   the inference instance group, autoscaled on the backlog, scores. The Spark path scores here.
-4. ``publish_results``: checks "count in = count out + dead-letter count" (the run fails when it does not
-   hold) and publishes the scores partition atomically. Dead letters: ``tenfold dlq inspect``.
+1. ``months``: the months to score. The run conf's ``month``; else the months the triggering events name
+   (``months_to_score``): the newest, and every other one without scores from its current features. Events
+   that arrived while a run was active all come to the next run, and it scores each of them. A first run's
+   backlog (nothing scored yet) is the exception: only the newest, and the log names the others.
+2. ``score_month``, a task group mapped over those months, one month after another locally:
+
+   1. ``plan``: resolves the model (``champion``, or the run conf's ``version``) to one registry version and
+      picks the path: above ``settings.inference.spark_threshold_rows`` rows the Spark bulk path (locally only).
+   2. ``publish``: the partition's rows as requests of ``inference.rows_per_message`` rows, each with a
+      deterministic request id (a retry republishes the same ids; results are written once per id).
+   3. ``score``: waits until every request is scored or dead-lettered, logging progress. Locally it runs the
+      worker pool (``inference.workers`` processes) for the wait and stops it whatever happens; in the cloud
+      the inference instance group, autoscaled on the backlog, scores. The Spark path scores here.
+   4. ``publish_results``: checks "count in = count out + dead-letter count" (the month fails when it does
+      not hold) and publishes the scores partition atomically. Dead letters: ``tenfold dlq inspect``.
 
 **Run conf** (optional): ``month`` (``YYYY-MM``), ``version`` (a registry version or alias), e.g.
 ``airflow dags test batch_inference -c '{"month": "2013-07"}'``.
@@ -28,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, dag, task, task_group
 
 from tenfold.config import get_settings
 from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
@@ -51,21 +57,23 @@ FEATURES = Asset(settings.assets.features)
 def batch_inference() -> None:
     # Each task imports its pipeline itself: the module pulls in pyarrow, too heavy for DAG parsing.
     @task
-    def plan(**context: Any) -> dict[str, Any]:
+    def months(**context: Any) -> list[dict[str, Any]]:
+        """One run conf per month to score: the run conf's month, else the months of the triggering events."""
+        conf = dict(context["dag_run"].conf or {})
+        if "month" in conf or not (events := event_months(context, FEATURES.uri)):
+            return [conf]  # plan checks it (and without a month scores the newest published)
         from tenfold.pipelines import batch_inference as pipeline
 
-        dag_run = context["dag_run"]
-        conf = dict(dag_run.conf or {})
-        if "month" not in conf and (months := event_months(context, FEATURES.uri)):
-            # An Asset-triggered run scores the month that build_features just published: the newest one, since
-            # a DAG's first run also receives the events published before it was unpaused. Events held back while
-            # a run was active (max_active_runs=1) come to one run too: name the months it does not score.
-            conf["month"] = months[-1]
-            if len(months) > 1:
-                print(f"WARNING: this run received the features events of {', '.join(months)} and scores only the "
-                      f"newest, {months[-1]}; to score another month trigger batch_inference with the run conf "
-                      '{"month": "YYYY-MM"}')
-        return run_step(pipeline.plan, get_settings(), dag_run.run_id, conf).to_xcom()
+        chosen = run_step(pipeline.months_to_score, get_settings(), events)
+        for month, why in chosen.skipped.items():
+            print(f"WARNING: not scoring {month}, whose features event this run received: {why}")
+        return [{**conf, "month": month} for month in chosen.score]
+
+    @task
+    def plan(run_conf: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from tenfold.pipelines import batch_inference as pipeline
+
+        return run_step(pipeline.plan, get_settings(), context["dag_run"].run_id, run_conf).to_xcom()
 
     @task
     def publish(planned: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +81,9 @@ def batch_inference() -> None:
 
         return run_step(pipeline.publish, get_settings(), planned).to_xcom()
 
-    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)))
+    # Locally each score task runs its own worker pool: one month at a time, so two pools never share the cores.
+    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)),
+          max_active_tis_per_dagrun=1 if settings.is_local else None)
     def score(planned: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 
@@ -87,8 +97,13 @@ def batch_inference() -> None:
         print(figures)
         return figures
 
-    planned = plan()
-    publish_results(planned, score(planned, publish(planned)))
+    @task_group
+    def score_month(run_conf: dict[str, Any]) -> None:
+        """plan -> publish -> score -> publish_results for one month (one mapped instance per month)."""
+        planned = plan(run_conf)
+        publish_results(planned, score(planned, publish(planned)))
+
+    score_month.expand(run_conf=months())
 
 
 batch_inference()

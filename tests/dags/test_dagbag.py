@@ -48,6 +48,9 @@ for env in sys.argv[2:]:
                                 for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
                                            else [t.on_failure_callback])}),
             "tasks": sorted(t.task_id for t in dag.tasks),
+            "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+            "mapped": sorted(t.task_id for t in dag.tasks if t.get_closest_mapped_task_group() is not None),
+            "max_active_tis_per_dagrun": {t.task_id: t.max_active_tis_per_dagrun for t in dag.tasks},
         }
     out[env] = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}
 heavy = [m for m in ("torch", "pyspark", "great_expectations", "sklearn") if m in sys.modules]
@@ -124,7 +127,14 @@ def test_build_features_wiring(dagbag):
 def test_batch_inference_wiring(dagbag):
     for env in dagbag["envs"]:  # the same graph everywhere: locally the score task runs the worker pool
         d = dagbag["envs"][env]["dags"]["batch_inference"]
-        assert d["tasks"] == ["plan", "publish", "publish_results", "score"]
+        month = ["score_month.plan", "score_month.publish", "score_month.publish_results", "score_month.score"]
+        assert d["tasks"] == ["months", *month]
+        # One mapped instance of the group per month the run scores (held-back events bring several).
+        assert d["mapped"] == month
+        assert d["upstream"]["score_month.plan"] == ["months"]
+        assert d["upstream"]["score_month.publish_results"] == ["score_month.plan", "score_month.score"]
+        # Locally each score task runs a worker pool: the months are scored one after another.
+        assert d["max_active_tis_per_dagrun"]["score_month.score"] == (1 if env == "local" else None)
 
 
 # --- no resource name spelled outside settings ------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,6 +98,44 @@ def default_month(settings: Settings) -> Partition:
         raise PipelineError(f"no features partition is published under {settings.storage.table_uri(settings.storage.features_table)}: "
                             "run build_features first")
     return max(published)
+
+
+@dataclass(frozen=True)
+class EventMonths:
+    """Which months of a run's features events it scores (ascending) and why it skips the others."""
+
+    score: list[str]
+    skipped: dict[str, str]
+
+
+def months_to_score(settings: Settings, event_months: Sequence[str]) -> EventMonths:
+    """The months an Asset-triggered run scores, from the months its features events name.
+
+    The newest always. Another month is scored when it has no scores yet, or scores made from other features
+    (re-published since). Such events were held back while an earlier run was active (``max_active_runs=1``
+    gives the next run all of them). One exception: while the scores table is still empty, the older months are
+    a first run's backlog (a DAG's first run receives every earlier event), and only the newest is scored.
+    """
+    months = sorted({_month(m).label for m in event_months})
+    if not months:
+        raise PipelineInputError("no features event names a month: trigger with the run conf {\"month\": \"YYYY-MM\"}")
+    lake = Lake.from_settings(settings)
+    features, scores = settings.storage.features_table, settings.storage.scores_table
+    first_run = not lake.published_partitions(scores)
+    hint = 'trigger batch_inference with the run conf {"month": "%s"} to score it'
+    chosen, skipped = [], {}
+    for label in months[:-1]:
+        part = Partition.parse(label)
+        if first_run:
+            skipped[label] = f"nothing is scored yet, so this is a first run's backlog: {hint % label}"
+        elif not lake.has_manifest(features, part):
+            skipped[label] = "its features partition is no longer published: rebuild it with build_features first"
+        elif lake.has_manifest(scores, part) and (lake.read_manifest(scores, part).extra.get("features_data_dir")
+                                                  == lake.read_manifest(features, part).data_dir):
+            skipped[label] = f"its scores were made from these features already: {hint % label} again"
+        else:
+            chosen.append(label)
+    return EventMonths(score=[*chosen, months[-1]], skipped=skipped)
 
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:
@@ -259,7 +297,7 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"{len(acc.dead_lettered)} of {r.requests} requests of {r.month} ({figures['rows_dead_lettered']} rows) were "
             f"dead-lettered, above settings.inference.max_dead_lettered_fraction={limit:g}: nothing was published and "
             f"the scores partition keeps what it had. See why with `tenfold dlq inspect --run {r.run_key}`; once fixed, "
-            f"`tenfold dlq replay --run {r.run_key}` and clear this run's publish_results task (it counts the replayed "
+            f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.publish_results task of {r.month} (it counts the replayed "
             "results), or raise the setting to publish the month without them")
     manifest = publish_scores(lake, table, r.partition, scores, scores_schema(contract), keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,

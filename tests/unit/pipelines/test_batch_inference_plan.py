@@ -28,7 +28,7 @@ def _score(settings: Settings, run: pipeline.InferenceRun, *, dead: int = 0) -> 
     it scored."""
     store = RunStore.of(settings, run.run_key)
     contract = pipeline._contract(settings)
-    rows = partition_rows(Lake.from_settings(settings), settings.storage.features_table, PART, contract)
+    rows = partition_rows(Lake.from_settings(settings), settings.storage.features_table, run.partition, contract)
     scored = 0
     for i, req in enumerate(plan_batches(rows, run_key=run.run_key, partition=run.month,
                                          model_version=run.model_version, rows_per_message=run.rows_per_message)):
@@ -147,3 +147,34 @@ def test_a_month_built_by_other_feature_definitions_is_refused_at_plan(
     with pytest.raises(pipeline.PipelineError, match=rf"2013-06 was built by feature definitions version "
                                                      rf"{WORKLOAD.contract.version - 1}.*rebuild it with build_features"):
         pipeline.plan(s, RUN_ID, {"month": PART.label})
+
+
+def test_an_event_triggered_run_scores_every_held_back_month_but_not_a_first_runs_backlog(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that arrive while a run is active all come to the next run: it scores each month without scores
+    from its current features. A DAG's first run receives every earlier event too: nothing scored yet means a
+    backlog, and only the newest is scored."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 25})
+    lake = Lake.from_settings(s)
+    publish_synthetic_features(lake, [Partition(2013, m) for m in (5, 6, 7, 8)], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+
+    first = pipeline.months_to_score(s, ["2013-07", "2013-05", "2013-06", "2013-07"])  # in no promised order
+    assert first.score == ["2013-07"]
+    assert sorted(first.skipped) == ["2013-05", "2013-06"]
+    assert 'first run\'s backlog: trigger batch_inference with the run conf {"month": "2013-05"}' in first.skipped["2013-05"]
+
+    run = pipeline.plan(s, "first", {"month": "2013-07"})
+    _score(s, run)
+    pipeline.publish_results(s, run)
+    held = pipeline.months_to_score(s, ["2013-08", "2013-06", "2013-07"])
+    assert held.score == ["2013-06", "2013-08"], "a held-back month without scores was not scored"
+    assert "scores were made from these features already" in held.skipped["2013-07"]
+
+    publish_synthetic_features(lake, [Partition(2013, 7)], 60, seed=1)  # re-published since it was scored
+    assert pipeline.months_to_score(s, ["2013-07", "2013-08"]).score == ["2013-07", "2013-08"]
+    with pytest.raises(pipeline.PipelineInputError, match="YYYY-MM"):
+        pipeline.months_to_score(s, ["2013-13", "2013-08"])

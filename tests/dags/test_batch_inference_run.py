@@ -1,0 +1,104 @@
+"""``batch_inference`` run by Airflow itself (``dag.test()`` on a migrated SQLite database): features events that
+name several months give one mapped ``score_month`` group per month to score, and each month's steps receive
+that month's plan and results, not another month's.
+
+The DAG's own code runs (the ``months`` task, the mapped group, XCom between the tasks); the pipeline's steps
+record their calls instead of scoring, since tests/unit/pipelines/test_batch_inference_plan.py and
+tests/integration/test_inference.py run them for real, and the lifecycle test runs this DAG under the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tenfold.config.settings import project_root
+
+ROOT = project_root()
+
+_PROBE = r"""
+import importlib.util, json, sys
+from types import SimpleNamespace
+
+import tenfold.pipelines.batch_inference as pipeline
+
+calls = []
+
+
+class Step(dict):
+    def to_xcom(self):
+        return dict(self)
+
+
+def months_to_score(settings, events):
+    calls.append(["months_to_score", sorted(events)])
+    return SimpleNamespace(score=["2013-06", "2013-08"], skipped={"2013-07": "scored already"})
+
+
+pipeline.months_to_score = months_to_score
+pipeline.plan = lambda s, run_id, conf: (calls.append(["plan", conf]), Step(month=conf["month"]))[1]
+pipeline.publish = lambda s, planned: (calls.append(["publish", planned["month"]]), Step(month=planned["month"]))[1]
+pipeline.score = lambda s, planned, say=None: (calls.append(["score", planned["month"]]),
+                                              Step(month=planned["month"], scored=planned["month"]))[1]
+pipeline.publish_results = lambda s, planned, scored: (calls.append(["publish_results", planned["month"],
+                                                                     scored["scored"]]), {})[1]
+
+spec = importlib.util.spec_from_file_location("batch_inference_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+events = json.loads(sys.argv[2])
+module.event_months = lambda context, uri: events  # what the triggering features events name
+run = module.batch_inference().test(run_conf=json.loads(sys.argv[3]))
+print("PROBE-JSON" + json.dumps({"state": str(run.state), "calls": calls}))
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("batch-inference-dag")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "TENFOLD_HOME": str(tmp / "tenfold"),
+           "TENFOLD_ENV": "local"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    return env
+
+
+def _run(env: dict[str, str], events: list[str], conf: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT / "dags" / "batch_inference.py"),
+                           json.dumps(events), json.dumps(conf)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("PROBE-JSON")]
+    result = json.loads(line.removeprefix("PROBE-JSON"))
+    result["log"] = out
+    return result
+
+
+def test_held_back_features_events_score_each_chosen_month_through_its_own_steps(env: dict[str, str]) -> None:
+    run = _run(env, ["2013-06", "2013-07", "2013-08"], {})
+    assert run["state"] == "success", run["log"][-6000:]
+    calls = run["calls"]
+    assert calls[0] == ["months_to_score", ["2013-06", "2013-07", "2013-08"]]
+    assert sorted(c[1]["month"] for c in calls if c[0] == "plan") == ["2013-06", "2013-08"]
+    for step in ("publish", "score"):
+        assert sorted(c[1] for c in calls if c[0] == step) == ["2013-06", "2013-08"], f"{step}: {calls}"
+    # Each month's publish_results gets its own month's score, not the other mapped instance's.
+    assert sorted((c[1], c[2]) for c in calls if c[0] == "publish_results") == [("2013-06", "2013-06"),
+                                                                                ("2013-08", "2013-08")]
+    assert "WARNING: not scoring 2013-07, whose features event this run received: scored already" in run["log"]
+
+
+def test_a_run_conf_month_is_the_one_month_scored_whatever_the_events(env: dict[str, str]) -> None:
+    conf = {"month": "2013-05", "version": "v3"}
+    run = _run(env, ["2013-06", "2013-08"], conf)
+    assert run["state"] == "success", run["log"][-6000:]
+    assert [c for c in run["calls"] if c[0] in ("months_to_score", "plan")] == [["plan", conf]]
+    assert [c[1:] for c in run["calls"] if c[0] == "publish_results"] == [["2013-05", "2013-05"]]
