@@ -161,6 +161,14 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
                 os.killpg(proc.pid, 9)  # the JVM is a grandchild: end the whole group we started
                 proc.wait()
                 code = None
+            except BaseException:
+                # Interrupted while waiting (Airflow's task timeout or termination raised in the task, Ctrl-C):
+                # the job runs in a session of its own and would go on writing into the staging folder a retry
+                # rebuilds.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                proc.wait()
+                raise
             log.seek(0)
             text = log.read()
         archive.exit_code = code

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import psutil
 
+# How long stop() gives the processes a stopped group left behind (descendants in groups of their own) after
+# SIGTERM before SIGKILL: an Airflow task only runs its on_kill on SIGTERM and then carries on.
+STRAY_TIMEOUT_S = 5.0
+
 
 class LocalPlatformError(RuntimeError):
     """A service could not be started, checked or stopped; the message says what to do."""
@@ -254,7 +258,8 @@ def is_group_running(record: ProcessRecord) -> bool:
 
 
 def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
-    """Stop the process group of ``record`` if it is still ours; True if anything of it was running."""
+    """Stop the process group of ``record`` if it is still ours, and every descendant of it that left the
+    group; True if anything of it was running."""
     proc = _process_of(record)
     if proc is not None:
         try:
@@ -267,11 +272,20 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
     else:
         members = _orphans(record)
         group = record.pid if members else None
+    # Descendants that left the group (Airflow runs each task in a group of its own; spark-submit and torchrun
+    # run in sessions of their own) are collected now, while the parent links still lead to them.
+    strays = [p for p in _descendants(members) if p.pid not in {m.pid for m in members}]
     if members:
         _signal(group, members, signal.SIGTERM)
         alive = _wait_gone(members, timeout)
         if alive:
             _signal(group, alive, signal.SIGKILL)
+            _wait_gone(alive, 5.0)
+    # The group had its chance to stop them (a supervisor drains its children); what it left is stopped here.
+    if strays := [p for p in strays if _alive(p)]:
+        _signal(None, strays, signal.SIGTERM)
+        if alive := _wait_gone(strays, STRAY_TIMEOUT_S):
+            _signal(None, alive, signal.SIGKILL)
             _wait_gone(alive, 5.0)
     for popen in list(_reapers):
         if popen.pid == record.pid:
@@ -279,6 +293,15 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
                 popen.wait(timeout=1)
             _reapers.remove(popen)
     return bool(members)
+
+
+def _descendants(procs: list[psutil.Process]) -> list[psutil.Process]:
+    found: dict[int, psutil.Process] = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for child in p.children(recursive=True):
+                found.setdefault(child.pid, child)
+    return list(found.values())
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
@@ -311,8 +334,7 @@ def _signal(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals) 
     if pgid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-    # Children that left the group (setsid) were collected beforehand: signal them directly.
-    for p in procs:
+    for p in procs:  # and each one directly: those outside the group were collected beforehand (stop)
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
 

@@ -247,6 +247,12 @@ def run_torchrun(
                 f"training ran past its {timeout:.0f} s bound and was killed; see {log_path}",
                 rank=None, error="timeout", exitcode=-1, log_path=log_path,
             ) from None
+        except BaseException:
+            # Interrupted while waiting (Airflow's task timeout or termination raised in the task, Ctrl-C): the
+            # job runs in a session of its own, so nothing else would stop it writing into the run's folders.
+            _terminate(proc)
+            rendezvous_file(job_id).unlink(missing_ok=True)
+            raise
     wall = time.monotonic() - started
     rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -148,3 +149,25 @@ def test_a_clock_step_does_not_make_a_running_process_look_gone(tmp_path, monkey
         monkeypatch.undo()
     finally:
         assert process.stop(record, timeout=5) is True
+
+
+def test_stop_takes_down_descendants_that_left_the_group(tmp_path):
+    """Airflow runs each task in a process group of its own, and the task starts spark-submit or torchrun in a
+    session of its own: stopping the component must not leave them running, untracked, on the lake."""
+    script = (
+        "import os, subprocess, sys, time\n"
+        "a = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # a session of its own, like spark-submit
+        "b = subprocess.Popen(['sleep', '301'], process_group=0)\n"  # a group of its own, like an Airflow task
+        "open('children', 'w').write(f'{a.pid} {b.pid}')\n"
+        "time.sleep(300)\n"
+    )
+    record = process.start("svc", [sys.executable, "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "children").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = [psutil.Process(int(pid)) for pid in (tmp_path / "children").read_text().split()]
+    assert all(os.getpgid(c.pid) != record.pid for c in children)
+
+    assert process.stop(record, timeout=5) is True
+    left = [c.cmdline() for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"still running after stop: {left}"

@@ -96,15 +96,12 @@ def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
 
 
 
-def test_a_job_past_its_bound_is_killed_with_all_its_processes(
-    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
-) -> None:
-    import psutil
+class _Interrupted(Exception):
+    pass
 
-    started = time.monotonic()
-    with pytest.raises(TrainingTimeout, match="ran past its 3 s bound"):
-        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=3)
-    assert time.monotonic() - started < 30
+
+def _assert_no_process_left(tmp_path: Path, within_s: float = 30) -> None:
+    import psutil
 
     def leftovers() -> list[int]:
         found = []
@@ -118,7 +115,39 @@ def test_a_job_past_its_bound_is_killed_with_all_its_processes(
         return found
 
     # Killed workers take a moment to be gone: wait for that (a deadline, not a guessed sleep).
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + within_s
     while (left := leftovers()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert left == [], f"processes of the killed job still run 30 s after it was killed: {left}"
+    assert left == [], f"processes of the killed job still run {within_s:.0f} s after it was killed: {left}"
+
+
+def test_a_job_past_its_bound_is_killed_with_all_its_processes(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(TrainingTimeout, match="ran past its 3 s bound"):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=3)
+    assert time.monotonic() - started < 30
+    _assert_no_process_left(tmp_path)
+
+
+def test_a_launch_interrupted_while_it_waits_kills_the_job(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """Airflow's task timeout (and a termination) is an exception raised in the waiting task: the job, in a session
+    of its own, must not go on training into the run's folders behind the retry."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted("the task was interrupted")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(3)
+    try:
+        with pytest.raises(_Interrupted):
+            run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=300)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    _assert_no_process_left(tmp_path, within_s=12)  # the grace torchrun's SIGTERM gets, and a margin
+    assert not (tmp_path / "model").exists()
