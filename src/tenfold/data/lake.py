@@ -476,6 +476,24 @@ class Lake:
             out.write(data)
         self.fs.move(tmp, path)
 
+    def _staged_files(self, staged: str) -> list[pafs.FileInfo]:
+        return sorted(
+            (i for i in self.fs.get_file_info(pafs.FileSelector(staged, allow_not_found=True))
+             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")),
+            key=lambda i: i.base_name,
+        )
+
+    def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any]) -> bool:
+        """True when the partition's manifest already carries ``extra`` and every data file left in ``staged_dir``
+        (none counts too) is one of its files, by content: what a publish leaves when it is cut short while it
+        drops its staging folder (file by file). Publishing that remainder again would replace the month with
+        part of itself; a staging folder with any other file is new data."""
+        current = self._current_manifest(table, part)
+        if current is None or current.extra != extra:
+            return False
+        published = {f.sha256 for f in current.files}
+        return all(_digests(self.fs, i.path)[0] in published for i in self._staged_files(self._path(staged_dir)))
+
     def publish(
         self,
         table: str,
@@ -495,11 +513,7 @@ class Lake:
         run beside the DAG's) waits rather than removing this one's folder before its manifest names it.
         """
         staged = self._path(staged_dir)
-        infos = sorted(
-            (i for i in self.fs.get_file_info(pafs.FileSelector(staged, allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")),
-            key=lambda i: i.base_name,
-        )
+        infos = self._staged_files(staged)
         if not infos:
             raise LakeError(f"nothing to publish: {self.uri_of(staged)} holds no .parquet files")
         entries, schemas = [], set()

@@ -282,8 +282,14 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
                             "re-run build_features (the job writes them with the features)")
     publish_lookups(lake, settings.storage.lookups_table, part, lookups, workload.contract, run_id=run.run_id,
                     extra={"features_table": table})
-    manifest = lake.publish(table, part, staged, run_id=run.run_id,
-                            extra=workload.contract.manifest_extra(validated_by=workload.features_suite))
+    extra = workload.contract.manifest_extra(validated_by=workload.features_suite)
+    if lake.published_already(table, part, staged, extra):
+        # A retry after a publish that succeeded but was killed while it dropped the staging (file by file):
+        # what is left is part of the published month, not a month to publish.
+        manifest = lake.read_manifest(table, part)
+        log.info("staging already published (its drop was cut short): %s", manifest.content)
+    else:
+        manifest = lake.publish(table, part, staged, run_id=run.run_id, extra=extra)
     lake.discard(staged)
     lake.discard(lookups)
     return {"month": part.label, "manifest": manifest_uri, **manifest.content}

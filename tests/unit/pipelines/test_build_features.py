@@ -4,8 +4,13 @@ idempotent publish. Spark is not run here (tests/integration/test_build_features
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -234,3 +239,54 @@ def test_a_cloud_try_never_leaves_its_batch_running_beside_the_next(monkeypatch:
                                                                       key=run.staging_key, attempt=2)
     assert killed.cancelled == [first]
     assert [r["batch_id"] for r in killed.requests] == [first.rsplit("/", 1)[-1].removesuffix("-1") + "-2"]
+
+
+_KILLED_WHILE_DROPPING = r"""
+import os, signal, sys
+import pyarrow.fs as pafs
+from tenfold.config import get_settings
+from tenfold.data.lake import Lake
+from tenfold.pipelines import build_features as pipeline
+
+deleted = []
+
+
+def delete_tree(self, path):
+    # As on GCS, the staging goes object by object: SIGKILLed after two of them.
+    for info in sorted(self.fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
+        if info.type.name == "File":
+            self.fs.delete_file(info.path)
+            deleted.append(info.path)
+            if len(deleted) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+Lake._delete_tree = delete_tree
+run = pipeline.plan(get_settings(), dag_id="d", run_id="r1", logical_date=None, month=sys.argv[1])
+pipeline.publish(get_settings(), run)
+"""
+
+
+def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_rows(settings, lake, stage, tmp_path):
+    """The publish succeeded and was SIGKILLed while it dropped the staging folder, file by file: its retry must
+    not take the files left there for a month to publish (that replaced the month with part of itself)."""
+    from tenfold.local.env import settings_env
+
+    table = synthetic_features(FEB, 2_000, seed=7)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, run.staging_key)
+    staged = lake._path(run.staging_uri)
+    for i in (1, 2, 3):
+        pq.write_table(table.slice(500 * i, 500), f"{staged}/part-{i:05d}.parquet", filesystem=lake.fs)
+    stage_lookups(lake, run)
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
+                           env={**os.environ, **settings_env(settings)}, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000
+    left = [i for i in lake.fs.get_file_info(pafs.FileSelector(staged)) if i.type.name == "File"]
+    assert len(left) == 2, "the kill did not leave part of the staging behind"
+
+    retried = pipeline.publish(settings, run)
+    assert retried["rows"] == 2_000 and len(retried["files"]) == 4
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000, "the retry published part of the month"
+    assert lake.fs.get_file_info(staged).type.name == "NotFound"
