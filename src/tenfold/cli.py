@@ -17,6 +17,25 @@ config_app = typer.Typer(help="Read the settings of the current environment (TEN
 app.add_typer(config_app, name="config")
 
 
+@app.callback()
+def _check_settings() -> None:
+    """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
+    error naming the field and the value, not a validation traceback from the first command that reads them."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                           for e in exc.errors())
+        typer.echo(f"error: invalid settings: {fields}. Fix the TENFOLD_* environment variable that sets it "
+                   "(`env | grep TENFOLD_`)", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # e.g. an unknown TENFOLD_ENV
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @config_app.command("get")
 def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
@@ -89,7 +108,8 @@ def demo(
     try:
         _demo.run(get_settings(), first, champion_until, months=months, flights=flights,
                   retrain_every=retrain_every, say=typer.echo)
-    except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError) as exc:
+    except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError, RuntimeError) as exc:
+        # RuntimeError: what `tenfold up` reports the same way (a failed migration, provisioning, a bad token file)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

@@ -271,6 +271,9 @@ def test_status_prints_the_airflow_login_that_works(stack):
         s.airflow.admin_user
     ]
     assert f"Airflow UI: {url}  user: {s.airflow.admin_user}  password: {password}" in result.stdout
+    # `tenfold status` is the one place that prints it: `up`'s output (CI logs, scrollback) never holds it.
+    assert password not in stack.up.stdout + stack.up.stderr
+    assert "password: `tenfold status` shows it" in stack.up.stdout
     status, token = _get(
         f"{url}/auth/token",
         data=json.dumps({"username": s.airflow.admin_user, "password": password}).encode(),

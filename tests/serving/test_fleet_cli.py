@@ -97,8 +97,10 @@ def test_tenfold_up_skips_serving_cleanly_without_a_champion(make_settings: Any,
     assert fleet.supervisor_record(settings) is None
     # The token exists already (clients can be configured before the first model), and status prints it.
     token = read_token(settings)
-    out = fleet.describe(fleet.report(settings))
+    out = fleet.describe(fleet.report(settings), secrets=True)
     assert out.startswith("serving  stopped") and f"token   {token}  (file {token_path(settings)}" in out
+    # What `tenfold up` and `tenfold serve up` print: where to read it, never the token itself.
+    assert token not in fleet.describe(fleet.report(settings))
 
 
 def test_settings_reach_the_supervisor_whole(make_settings: Any, tmp_path: Path) -> None:

@@ -224,9 +224,11 @@ def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None
     marker = _migrated_marker(env)
     airflow_version = version("apache-airflow")
     stamp = json.dumps({"db": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"), "airflow": airflow_version})
-    if marker.exists() and marker.read_text() == stamp:
-        return
     db, template = _sqlite_path(env), _template_db(airflow_version)
+    # The marker vouches for the database beside it: a deleted database (the usual way to reset Airflow) is
+    # migrated again, not handed to the components empty.
+    if marker.exists() and marker.read_text() == stamp and (db is None or db.exists()):
+        return
     if db is not None and not db.exists() and template.is_file():
         _atomic_copy(template, db)
         marker.write_text(stamp)

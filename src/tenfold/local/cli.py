@@ -47,11 +47,11 @@ def up(service: _ServiceOpt = None) -> None:
     except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    failed: LocalPlatformError | None = None
+    failed: RuntimeError | None = None
     if set(SERVING_NEEDS) <= set(chosen):
         try:
             serving_up(settings, say=typer.echo)
-        except LocalPlatformError as exc:  # the platform stays up: it is healthy, only serving is not
+        except RuntimeError as exc:  # the platform stays up: it is healthy, only serving is not (or its token file)
             failed = exc
     typer.echo(describe(settings, statuses))
     _describe_serving(settings)
@@ -60,13 +60,13 @@ def up(service: _ServiceOpt = None) -> None:
         raise typer.Exit(1)
 
 
-def _describe_serving(settings: Settings) -> bool:
-    """Print the serving fleet's report; False when it runs but is not healthy."""
+def _describe_serving(settings: Settings, *, secrets: bool = False) -> bool:
+    """Print the serving fleet's report (its token only with ``secrets``); False when it runs but is not healthy."""
     from tenfold.local.stack import FEEDBACK_SINK, feedback_sink_record
     from tenfold.serving import fleet
 
     rep = fleet.report(settings)
-    typer.echo(fleet.describe(rep))
+    typer.echo(fleet.describe(rep, secrets=secrets))
     sink = feedback_sink_record(settings)
     # Not a health condition: without the sink no feedback is lost (Pub/Sub keeps it), it only waits.
     typer.echo(f"{FEEDBACK_SINK}: " + (f"running (pid {sink.pid}, log {sink.log})" if sink
@@ -82,8 +82,8 @@ def status(service: _ServiceOpt = None) -> None:
 
     settings = get_settings()
     statuses = _status(settings, _services(service))
-    typer.echo(describe(settings, statuses))
-    serving_ok = _describe_serving(settings)
+    typer.echo(describe(settings, statuses, secrets=True))
+    serving_ok = _describe_serving(settings, secrets=True)
     if not all(s.healthy for s in statuses) or not serving_ok:
         raise typer.Exit(3)
 

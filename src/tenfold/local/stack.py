@@ -157,16 +157,17 @@ def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component
 
 
 @contextlib.contextmanager
-def _exclusive(settings: Settings, say: Callable[[str], object]) -> Iterator[None]:
-    """One ``up``/``down`` at a time per home: two racing would both see a service missing and both start it."""
+def _exclusive(settings: Settings, say: Callable[[str], object], what: str = "") -> Iterator[None]:
+    """One ``up``/``down`` at a time per home (``what``: one start or stop of that process instead): two racing
+    would both see a service missing and both start it."""
     import fcntl
 
     run_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(run_dir(settings) / ".lock", "w") as lock:
+    with open(run_dir(settings) / (f".{what}.lock" if what else ".lock"), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for another `tenfold up/down` on {settings.local.home} to finish ...")
+            say(f"waiting for another `tenfold up/down` on {settings.local.home} to finish {what} ...")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -325,8 +326,9 @@ def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[
     return out
 
 
-def describe(settings: Settings, statuses: list[ServiceStatus]) -> str:
-    """Human-readable status: each component, where it is, and the Airflow login."""
+def describe(settings: Settings, statuses: list[ServiceStatus], *, secrets: bool = False) -> str:
+    """Human-readable status: each component, where it is, and the Airflow login (its password only with
+    ``secrets``: ``tenfold status`` is the one place that prints it, so `up` and `demo` logs never hold it)."""
     width = max([len(st.name) for st in statuses] + [8])
     lines = []
     for st in statuses:
@@ -337,7 +339,7 @@ def describe(settings: Settings, statuses: list[ServiceStatus]) -> str:
             where += f"  (pid {st.pid} exited: `tenfold up` restarts it; log {st.log})"
         lines.append(f"{st.name:{width}} {st.state:22}{where}".rstrip())
         if st.name == "airflow-api-server" and st.running:
-            password = admin_password(settings)
+            password = admin_password(settings) if secrets else "`tenfold status` shows it"
             lines.append(f"{'':{width}} Airflow UI: {st.url}  user: {settings.airflow.admin_user}  "
                          f"password: {password or '(not generated yet)'}")
     lines.append(f"{'lake:':{width}} {settings.storage.lake_uri}")
@@ -388,13 +390,17 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
 
     from tenfold.local.env import settings_env
 
-    if (record := feedback_sink_record(settings)) is not None:
-        return record
-    process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
-    record = process.start(
-        FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings), port=0,
-        env={**os.environ, **settings_env(settings)}, cwd=settings.local.home, tie_to_this_process=tie_to_this_process,
-    )
+    # Under its own lock: `up` and the demo's ensure_serving reach this at the same moment, and both would start
+    # a sink, one of them untracked (it would outlive `tenfold down`, pulling the subscriptions).
+    with _exclusive(settings, say, FEEDBACK_SINK):
+        if (record := feedback_sink_record(settings)) is not None:
+            return record
+        process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
+        record = process.start(
+            FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings),
+            port=0, env={**os.environ, **settings_env(settings)}, cwd=settings.local.home,
+            tie_to_this_process=tie_to_this_process,
+        )
     say(f"{FEEDBACK_SINK}: landing predictions and feedback in the lake (pid {record.pid}, log {record.log})")
     return record
 
@@ -405,6 +411,7 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
 
     stopped = fleet.down(settings, say=say)
     say("serving: stopped" if stopped else "serving: not running")
-    if stop_service(settings, FEEDBACK_SINK):  # after the replicas: it lands what they published last
-        say(f"{FEEDBACK_SINK}: stopped")
+    with _exclusive(settings, say, FEEDBACK_SINK):  # never beside a start of it
+        if stop_service(settings, FEEDBACK_SINK):  # after the replicas: it lands what they published last
+            say(f"{FEEDBACK_SINK}: stopped")
     return stopped

@@ -75,7 +75,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the repor
     from tenfold.serving import fleet
 
     rep = fleet.report(get_settings())
-    typer.echo(json.dumps(asdict(rep), indent=2) if as_json else fleet.describe(rep))
+    typer.echo(json.dumps(asdict(rep), indent=2) if as_json else fleet.describe(rep, secrets=True))
     if not rep.healthy:
         raise typer.Exit(3)
 

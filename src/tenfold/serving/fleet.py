@@ -960,9 +960,10 @@ def report(settings: Settings) -> FleetReport:
     )
 
 
-def describe(rep: FleetReport) -> str:
-    """Human-readable lines for ``tenfold status`` / ``tenfold serve status``."""
-    token_line = f"  token   {rep.token or '(not generated yet)'}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
+def describe(rep: FleetReport, *, secrets: bool = False) -> str:
+    """Human-readable lines for ``tenfold status`` / ``tenfold serve status`` (the token only with ``secrets``)."""
+    token = (rep.token or "(not generated yet)") if secrets else "`tenfold status` shows it"
+    token_line = f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
     if not rep.running and not rep.haproxy_alive:
         return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token else "")
     state = "healthy" if rep.healthy else "running, not healthy"

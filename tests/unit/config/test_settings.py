@@ -93,6 +93,16 @@ def test_cli_config_get():
     assert bad.returncode == 2 and "unknown settings key" in bad.stderr
 
 
+def test_an_invalid_setting_is_one_clear_error_naming_it_not_a_traceback(tmp_path):
+    import os
+
+    env = {**os.environ, "TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__AIRFLOW_PORT": "eighty"}
+    out = subprocess.run([sys.executable, "-m", "tenfold.cli", "status"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "error: invalid settings: LocalSettings.airflow_port: Input should be a valid integer" in out.stderr
+    assert "(got 'eighty')" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_config_package_is_light():
     code = "import sys, tenfold.config; heavy={'torch','pyspark','pandas','airflow','google.cloud.storage'}; print(sorted(heavy & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

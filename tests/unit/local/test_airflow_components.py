@@ -143,3 +143,21 @@ def test_a_heartbeat_counts_only_for_the_live_process_that_sent_it(tmp_path):
         time.sleep(0.05)
     assert not _beats_since_start(report(started_at + timedelta(seconds=5)), "scheduler", tmp_path, "airflow-scheduler")
     process.stop(record, timeout=5)
+
+
+def test_a_deleted_airflow_database_is_migrated_again(tmp_path):
+    """Deleting airflow.db is the usual way to reset Airflow: the next `tenfold up` must migrate a new one, not
+    hand the components an empty file because the migration marker is still there."""
+    import sqlite3
+
+    from tenfold.local import ensure_airflow_db
+
+    env = airflow_env(local_settings(tmp_path))
+    db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    ensure_airflow_db(env)
+    os.unlink(db)
+    ensure_airflow_db(env)
+    assert os.path.exists(db), "the deleted database was not migrated again"
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"dag", "dag_run", "task_instance", "alembic_version"} <= tables

@@ -161,3 +161,39 @@ def test_up_refuses_while_an_old_airflow_standalone_runs_and_down_stops_it(tmp_p
         assert not proc.is_running(legacy) and not pid_file(run_dir(s), "airflow").exists()
     finally:
         proc.stop(legacy, timeout=5)
+
+
+def test_two_starts_of_the_feedback_sink_at_once_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold up` and the demo's ensure_serving reach feedback_sink_up at the same moment: both saw no sink and
+    both started one, and the untracked one outlived `tenfold down`, pulling the subscriptions."""
+    import threading
+    import time
+
+    from tenfold.local import process, stack
+
+    settings = local_settings(tmp_path)
+    real_start, started = process.start, []
+
+    def slow_start(name, argv, **kwargs):  # the sink's own command needs the emulators: a stand-in process
+        started.append(name)
+        time.sleep(0.3)  # the time a real start takes, which two racing callers both fit in
+        return real_start(name, ["sleep", "60"], **kwargs)
+
+    monkeypatch.setattr(process, "start", slow_start)
+    barrier, records = threading.Barrier(2), []
+
+    def call() -> None:
+        barrier.wait()
+        records.append(stack.feedback_sink_up(settings, say=lambda line: None))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert started == [stack.FEEDBACK_SINK], f"started {len(started)} sinks"
+        assert records[0] == records[1] == stack.feedback_sink_record(settings)
+    finally:
+        for record in {r.pid: r for r in records}.values():
+            process.stop(record, timeout=5)
