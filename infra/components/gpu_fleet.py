@@ -116,11 +116,14 @@ class GpuFleet(Construct):
                 if props.health_check_id else None
             ),
             update_policy={
-                "type": "PROACTIVE",
+                # A group a DAG resizes runs a job (training): a deploy that changes its template must not replace
+                # its VMs mid-run, nor move them between zones; the new template applies to the next job's VMs.
+                "type": "OPPORTUNISTIC" if props.externally_resized else "PROACTIVE",
                 "minimal_action": "REPLACE",
                 "most_disruptive_allowed_action": "REPLACE",
                 # Only an EVEN group may move instances between zones; the other shapes require NONE.
-                "instance_redistribution_type": "PROACTIVE" if props.target_shape == "EVEN" else "NONE",
+                "instance_redistribution_type": ("PROACTIVE" if props.target_shape == "EVEN" and not props.externally_resized
+                                                 else "NONE"),
                 "max_surge_fixed": max(len(props.zones), 3),  # fixed surge: 0 or at least one per zone
                 "max_unavailable_fixed": 0,
                 "replacement_method": "SUBSTITUTE",

@@ -49,6 +49,16 @@ def object_prefix_condition(bucket: str, prefix: str) -> dict[str, str]:
     }
 
 
+# IAM's limits on conditions: logical operators (&&, ||) in one expression, and bindings of one role and member
+# that differ only by their condition (https://cloud.google.com/iam/docs/conditions-overview#limitations).
+MAX_CONDITION_OPERATORS = 12
+MAX_CONDITIONAL_BINDINGS = 20
+
+
+def logical_operators(expression: str) -> int:
+    return expression.count("&&") + expression.count("||")
+
+
 def folders_condition(bucket: str, folders: Sequence[str]) -> dict[str, str]:
     """The IAM condition that limits an object role on ``bucket`` to the objects under ``folders`` and to list
     calls whose prefix is within one of them (``objects.list`` is checked on the bucket, with the call's prefix
@@ -63,11 +73,15 @@ def folders_condition(bucket: str, folders: Sequence[str]) -> dict[str, str]:
     listed = " || ".join(
         f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{n}") || '
         f'api.getAttribute("storage.googleapis.com/objectListPrefix", "") == "{n[:-1]}"' for n in names)
+    expression = (f'(resource.type == "storage.googleapis.com/Object" && ({objects})) || '
+                  f'(resource.type == "storage.googleapis.com/Bucket" && ({listed}))')
+    if logical_operators(expression) > MAX_CONDITION_OPERATORS:
+        raise ValueError(f"the condition on {bucket} for {', '.join(names)} has {logical_operators(expression)} "
+                         f"logical operators, more than IAM's {MAX_CONDITION_OPERATORS}: grant one folder per binding")
     return {
         "title": f"only {', '.join(names)}"[:100],
         "description": f"the objects of {bucket} under {', '.join(names)}, and listing them"[:256],
-        "expression": (f'(resource.type == "storage.googleapis.com/Object" && ({objects})) || '
-                       f'(resource.type == "storage.googleapis.com/Bucket" && ({listed}))'),
+        "expression": expression,
     }
 
 
@@ -113,9 +127,16 @@ class Iam(Construct):
                     self, f"{spec.component}-{bucket}-{prefix.strip('/').replace('/', '-')}-{role.split('/')[-1]}",
                     bucket=bucket, role=role, member=member, condition=object_prefix_condition(bucket, prefix))
             for bucket, role, folders in spec.folder_roles:
-                StorageBucketIamMember(
-                    self, f"{spec.component}-{bucket}-folders-{role.split('/')[-1]}", bucket=bucket,
-                    role=role, member=member, condition=folders_condition(bucket, folders))
+                # One binding per folder: IAM refuses a condition with more than 12 logical operators, and one
+                # condition over every folder had 37 (the serving account's 9 tables); 20 bindings of one role and
+                # member is IAM's other bound.
+                if len(folders) > MAX_CONDITIONAL_BINDINGS:
+                    raise ValueError(f"{spec.component}: {len(folders)} folders of {bucket}, more than IAM's "
+                                     f"{MAX_CONDITIONAL_BINDINGS} conditional bindings of one role and member")
+                for folder in folders:
+                    StorageBucketIamMember(
+                        self, f"{spec.component}-{bucket}-{folder.strip('/').replace('/', '-')}-{role.split('/')[-1]}",
+                        bucket=bucket, role=role, member=member, condition=folders_condition(bucket, [folder]))
             for topic, role in spec.topic_roles:
                 PubsubTopicIamMember(self, f"{spec.component}-{topic}-{role.split('/')[-1]}", topic=topic, role=role, member=member)
             for sub, role in spec.subscription_roles:

@@ -109,6 +109,31 @@ def test_service_accounts_least_privilege(synth: Synth, env: str) -> None:
             assert "allUsers" not in grant["member"] and "allAuthenticatedUsers" not in grant["member"]
 
 
+def test_every_iam_condition_is_within_iams_limits(synth: Synth) -> None:
+    """IAM refuses a condition with more than 12 logical operators, and more than 20 bindings of one role and member
+    that differ by their condition: `terraform apply` would fail on the lake's policy. Every synthesized stack."""
+    from collections import Counter
+
+    from infra.components.iam import MAX_CONDITION_OPERATORS, MAX_CONDITIONAL_BINDINGS, logical_operators
+
+    checked, per_binding = 0, Counter()
+    for name, stack in synth.stacks.items():
+        for rtype, found in stack.get("resource", {}).items():
+            if not rtype.endswith("_iam_member"):
+                continue
+            for lid, grant in found.items():
+                if not (condition := grant.get("condition")):
+                    continue
+                checked += 1
+                ops = logical_operators(condition["expression"])
+                assert ops <= MAX_CONDITION_OPERATORS, f"{name} {rtype}.{lid}: {ops} logical operators"
+                target = json.dumps({k: v for k, v in grant.items() if k not in ("condition", "//")}, sort_keys=True)
+                per_binding[(name, rtype, target)] += 1
+    assert checked >= 10, "no conditional grants were found to check"
+    worst = max(per_binding.values())
+    assert worst <= MAX_CONDITIONAL_BINDINGS, f"{worst} conditional bindings of one role and member"
+
+
 PROJECT_ROLE_ALLOWLIST = {
     "roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/dataproc.worker", "roles/composer.worker",
 }
@@ -163,7 +188,11 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
         assert g["distribution_policy_zones"] == [f"{s.region}-{z}" for z in f.zone_suffixes]
         assert g["distribution_policy_target_shape"] == f.target_shape
         assert g["update_policy"]["max_surge_fixed"] >= len(f.zone_suffixes)
-        assert (g["update_policy"]["instance_redistribution_type"] == "PROACTIVE") is (f.target_shape == "EVEN")
+        resized = f is s.training.fleet  # the DAG resizes it
+        assert (g["update_policy"]["instance_redistribution_type"] == "PROACTIVE") is (f.target_shape == "EVEN"
+                                                                                       and not resized)
+        # A deploy that changes the training template must not replace its VMs in the middle of a job.
+        assert g["update_policy"]["type"] == ("OPPORTUNISTIC" if resized else "PROACTIVE")
     assert groups[s.training.fleet.instance_group][1]["distribution_policy_target_shape"] == "ANY_SINGLE_ZONE"
     assert groups[s.training.fleet.instance_group][1]["target_size"] == 0
     assert "target_size" in groups[s.training.fleet.instance_group][1]["lifecycle"]["ignore_changes"]
