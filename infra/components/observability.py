@@ -52,10 +52,13 @@ class Observability(Construct):
         window = f"{p.window_s}s"
         lb = f'resource.type = "https_lb_rule" AND resource.labels.url_map_name = "{p.url_map_name}"'
 
-        # The drift metric is written by Tenfold's monitor; declaring it lets the policy exist before the first point.
+        # monitor_drift writes one point per run (tenfold.monitoring.cloud_metrics); declaring the metric lets the
+        # policy exist before the first point. Its type carries the environment's prefix: a descriptor is one per
+        # project, and dev and prod may share one.
         self.drift_descriptor = MonitoringMetricDescriptor(
             self, "drift-metric", type=p.drift_metric, metric_kind="GAUGE", value_type="DOUBLE",
-            display_name=f"{p.name_prefix} feature drift (PSI)", description="Population stability index of the features",
+            display_name=f"{p.name_prefix} feature drift (PSI)",
+            description="The largest population stability index of the features that trigger retraining, per monitor_drift run",
         )
 
         def policy(cid: str, name: str, condition: dict[str, object], doc: str, after: list[object] | None = None) -> MonitoringAlertPolicy:
@@ -97,6 +100,7 @@ class Observability(Construct):
                 "filter": f'metric.type = "{p.drift_metric}" AND resource.type = "global"',
                 "comparison": "COMPARISON_GT", "threshold_value": p.drift_threshold, "duration": "0s",
                 "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_MAX"}]),
-            }, "Feature drift (PSI) is above threshold: the retrain DAG is triggered; review the drift report.",
+            }, "A feature that triggers retraining has a PSI above the monitor's threshold: open the month's drift "
+               "report (monitor_drift's log links it). The monitor retrains when its statistical test rejects too.",
                 [self.drift_descriptor]),
         ]

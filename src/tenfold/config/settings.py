@@ -450,7 +450,8 @@ class MonitoringSettings(_Frozen):
     dead_letter_backlog: int = 1
     oldest_unacked_age_s: int = 900
     drift: DriftSettings = DriftSettings()
-    # Custom metric the drift monitor writes; the drift alert policy watches it (threshold: drift_psi).
+    # Custom metric the drift monitor writes in dev and prod (tenfold.monitoring.cloud_metrics); the drift alert
+    # policy watches it (threshold: drift_psi). Per environment (its prefix): one descriptor per project.
     drift_metric: str = "custom.googleapis.com/tenfold/feature_psi"
     # Alert hooks besides the log (tenfold.monitoring.alerts); none by default, set from the
     # environment because a webhook URL is a secret: TENFOLD_ALERT_WEBHOOK (Slack-compatible),
@@ -825,6 +826,7 @@ def build_settings(
                                               disk_size_gb=30)),
         monitoring=MonitoringSettings(
             notification_email=given.alert_email or f"ml-oncall+{env}@example.com",
+            drift_metric=f"custom.googleapis.com/{prefix}/feature_psi",
             alert_webhook_url=given.alert_webhook,
             alert_smtp_host=given.alert_smtp_host,
             alert_file=given.alert_file,

@@ -179,12 +179,16 @@ def report(settings: Settings, run: DriftRun | Mapping[str, Any], measured: Meas
 def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any]) -> dict[str, Any]:
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra."""
     from tenfold.monitoring.alerts import send_alert
+    from tenfold.monitoring.cloud_metrics import write_drift_score
 
     p, r = DriftRun.from_xcom(run), Reported.from_xcom(reported)
     firing = [(s, page) for s, page in zip(r.summaries, r.html_uris, strict=True) if s["decision"] == "retrain"]
     months: list[str] = [s["month"] for s, _ in firing] or list(p.months)
     triggered: list[str] = sorted({name for s, _ in firing for name in s["triggered"]})
     max_psi = max((s["max_psi"] for s in r.summaries if s["max_psi"] is not None), default=None)
+    # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). Written before the
+    # alert, so a retry after a failed write never alerts twice.
+    write_drift_score(settings, max_psi)
     if firing:
         send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
             "months": ", ".join(months), "version": p.version, "max_psi": max_psi, "features": ", ".join(triggered),

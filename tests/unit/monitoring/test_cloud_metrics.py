@@ -1,0 +1,123 @@
+"""The drift score reaches Cloud Monitoring, which the cloud's drift alert policy watches.
+
+There is no Cloud Monitoring emulator, and ``google-cloud-monitoring`` speaks gRPC only, so :class:`FakeMonitoring`
+is a real gRPC server on loopback serving ``google.monitoring.v3.MetricService/CreateTimeSeries``: the real client
+builds, sends and parses the real protobuf messages, and the fake records each request (or refuses it with the
+status codes Cloud Monitoring uses).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.cloud import monitoring_v3
+from google.protobuf import empty_pb2
+
+from tenfold.config import build_settings
+from tenfold.monitoring.cloud_metrics import MetricWriteError, write_drift_score
+
+
+class FakeMonitoring:
+    def __init__(self) -> None:
+        self.requests: list[monitoring_v3.CreateTimeSeriesRequest] = []
+        self.refuse: tuple[grpc.StatusCode, str] | None = None
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._create, request_deserializer=monitoring_v3.CreateTimeSeriesRequest.deserialize,
+            response_serializer=empty_pb2.Empty.SerializeToString)
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("google.monitoring.v3.MetricService", {"CreateTimeSeries": handler})])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _create(self, request: monitoring_v3.CreateTimeSeriesRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        if self.refuse is not None:
+            context.abort(*self.refuse)
+        self.requests.append(request)
+        return empty_pb2.Empty()
+
+    def client(self) -> monitoring_v3.MetricServiceClient:
+        from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
+
+
+@pytest.fixture
+def monitoring() -> Iterator[FakeMonitoring]:
+    fake = FakeMonitoring()
+    yield fake
+    fake.server.stop(0)
+
+
+def test_a_cloud_run_writes_its_drift_score_to_the_environments_metric(monitoring: FakeMonitoring) -> None:
+    dev = build_settings("dev")
+    at = dt.datetime(2026, 12, 3, 10, 0, 5, 250000, tzinfo=dt.UTC)
+    assert write_drift_score(dev, 0.31, client=monitoring.client(), at=at) is True
+    (request,) = monitoring.requests
+    assert request.name == f"projects/{dev.project_id}"
+    (series,) = request.time_series
+    assert series.metric.type == dev.monitoring.drift_metric == "custom.googleapis.com/tenfold-dev/feature_psi"
+    assert series.resource.type == "global" and dict(series.resource.labels) == {"project_id": dev.project_id}
+    (point,) = series.points
+    assert point.value.double_value == pytest.approx(0.31)
+    assert point.interval.end_time == at
+    # prod writes its own metric: the descriptor is one per project, and dev and prod may share a project
+    assert build_settings("prod").monitoring.drift_metric != dev.monitoring.drift_metric
+
+
+def test_nothing_is_written_locally_or_without_a_score(monitoring: FakeMonitoring) -> None:
+    assert write_drift_score(build_settings("local"), 0.5, client=monitoring.client()) is False
+    assert write_drift_score(build_settings("dev"), None, client=monitoring.client()) is False
+    assert write_drift_score(build_settings("dev"), float("nan"), client=monitoring.client()) is False
+    assert monitoring.requests == []
+
+
+def test_a_refusal_is_a_clear_error_without_retries_and_an_outage_is_left_to_the_retries(
+    monitoring: FakeMonitoring
+) -> None:
+    from google.api_core.exceptions import ServiceUnavailable
+
+    dev = build_settings("dev")
+    monitoring.refuse = (grpc.StatusCode.PERMISSION_DENIED, "Permission monitoring.timeSeries.create denied")
+    with pytest.raises(MetricWriteError, match=r"refused the drift score for custom.googleapis.com/tenfold-dev/"
+                                               r"feature_psi.*Permission monitoring.timeSeries.create denied.*"
+                                               r"Deploy the platform stack") as refused:
+        write_drift_score(dev, 0.4, client=monitoring.client())
+    assert refused.value.retryable is False
+    monitoring.refuse = (grpc.StatusCode.UNAVAILABLE, "The service is currently unavailable")
+    with pytest.raises(ServiceUnavailable):
+        write_drift_score(dev, 0.4, client=monitoring.client())
+
+
+def test_the_monitor_writes_its_runs_largest_psi_before_it_alerts(monitoring: FakeMonitoring,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide(): the score of the run (the largest PSI over the features that trigger retraining, across its months)
+    goes to the metric the cloud alert watches, and a failed write fails the step before any alert is sent."""
+    from tenfold.monitoring import alerts
+    from tenfold.pipelines import monitor_drift as pipeline
+
+    dev = build_settings("dev")
+    client = monitoring.client()
+    monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
+    sent: list[Any] = []
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details: sent.append(title))
+    run = {"run_key": "r", "airflow_run_id": "r", "months": ["2013-07", "2013-08"], "version": "v1",
+           "version_ref": "champion", "work_dir": "/tmp/unused"}
+    summaries = ({"month": "2013-07", "decision": "ok", "max_psi": 0.12, "triggered": []},
+                 {"month": "2013-08", "decision": "retrain", "max_psi": 0.41, "triggered": ["distance"]})
+    reported = {"summaries": summaries, "json_uris": ("a", "b"), "html_uris": ("a.html", "b.html")}
+    decision = pipeline.decide(dev, run, reported)
+    assert decision["retrain"] is True and decision["max_psi"] == 0.41 and len(sent) == 1
+    (request,) = monitoring.requests
+    assert request.time_series[0].points[0].value.double_value == pytest.approx(0.41)
+
+    monitoring.refuse = (grpc.StatusCode.NOT_FOUND, "Project not found")
+    with pytest.raises(MetricWriteError):
+        pipeline.decide(dev, run, reported)
+    assert len(sent) == 1, "alerted although the step failed (its retry would alert again)"
