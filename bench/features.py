@@ -164,6 +164,12 @@ def duckdb_sql(paths: dict[str, str], out: str, month: Partition = MONTH) -> str
     ``bench/offline.py`` uses it (at 1x, other months) for real feature rows without a Spark job."""
     target = month.year * 12 + month.month
     late = f"CASE WHEN arr_delay IS NULL OR arr_delay >= {schema.DELAY_THRESHOLD_MIN} THEN 1 ELSE 0 END"
+    departure = "(epoch(cur.time_hour) + cur.minute * 60)"
+
+    def arrival(days: int) -> str:  # the scheduled arrival's wall clock at the destination, ``days`` after departure
+        return (f"epoch(timezone(a.tzone, make_timestamp(cur.year, cur.month, cur.day, 0, 0, 0) + INTERVAL {days} DAY"
+                " + to_minutes(CAST(floor(sched_arr_time / 100) * 60 + sched_arr_time % 100 AS BIGINT))))")
+
     rollups = []
     for prefix, keys in (("route", "origin, dest"), ("carrier", "carrier"), ("origin_hour", "origin, sched_dep_hour")):
         rollups.append(f"""{prefix} AS (
@@ -198,9 +204,7 @@ def duckdb_sql(paths: dict[str, str], out: str, month: Partition = MONTH) -> str
             coalesce((('0x' || substr(md5(cur.tailnum), 1, 8))::BIGINT % {schema.TAILNUM_BUCKETS})::INTEGER,
                      {schema.UNKNOWN_TAILNUM_BUCKET}) AS tailnum_bucket,
             CASE WHEN a.tzone IS NOT NULL THEN
-                (((epoch(timezone(a.tzone, make_timestamp(cur.year, cur.month, cur.day, 0, 0, 0)
-                    + to_minutes(CAST(floor(sched_arr_time / 100) * 60 + sched_arr_time % 100 AS BIGINT))))
-                  - (epoch(cur.time_hour) + cur.minute * 60)) / 60) % 1440 + 1440) % 1440
+                (CASE WHEN {arrival(0)} >= {departure} THEN {arrival(0)} ELSE {arrival(1)} END - {departure}) / 60
             END AS sched_block_minutes,
             (cur.year - p.year)::DOUBLE AS plane_age, p.seats::DOUBLE AS plane_seats,
             w.temp, w.dewp, w.humid, w.wind_speed, w.wind_gust, w.precip, w.pressure, w.visib,

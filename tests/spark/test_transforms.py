@@ -102,10 +102,16 @@ def test_block_minutes_cross_time_zones_midnight_and_dst(spark: SparkSession) ->
         flight(flight=3, month=7, day=1, sched_dep_time=1000, sched_arr_time=1200, dest="PHX"),
         # destination not in airports: unknown time zone
         flight(flight=4, sched_dep_time=1000, sched_arr_time=1400, dest="SJU"),
+        # Overnight on the nights the clocks change (JetBlue 2002 and 112 to BUF in 2013): the arrival's own offset.
+        # 2013-11-03 22:50 EST (03:50 UTC) -> 00:08 EST the next day (05:08 UTC): 78 min, not 18
+        flight(flight=5, month=11, day=3, sched_dep_time=2250, sched_arr_time=8, dest="BUF"),
+        # 2013-03-10 23:00 EDT (03:00 UTC) -> 00:21 EDT the next day (04:21 UTC): 81 min, not 141
+        flight(flight=6, month=3, day=10, sched_dep_time=2300, sched_arr_time=21, dest="BUF"),
     ]
-    got = transforms.with_block_minutes(frame(spark, "flights", rows), frame(spark, "airports", AIRPORTS))
+    airports = [*AIRPORTS, {**AIRPORTS[0], "faa": "BUF", "name": "BUF", "tzone": "America/New_York"}]
+    got = transforms.with_block_minutes(frame(spark, "flights", rows), frame(spark, "airports", airports))
     expected = spark.createDataFrame(
-        [(1, 390.0), (2, 390.0), (3, 300.0), (4, None)], "flight int, sched_block_minutes double"
+        [(1, 390.0), (2, 390.0), (3, 300.0), (4, None), (5, 78.0), (6, 81.0)], "flight int, sched_block_minutes double"
     )
     assertDataFrameEqual(got.select("flight", "sched_block_minutes"), expected, checkRowOrder=False)
 

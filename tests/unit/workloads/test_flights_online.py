@@ -37,6 +37,20 @@ def online(lookups: dict[str, dict[str, pa.Table]]) -> OnlineFeatures:
     return WORKLOAD.online_features(lookups)
 
 
+def test_an_overnight_flight_on_a_night_the_clocks_change_takes_the_arrivals_offset(online: OnlineFeatures) -> None:
+    """As with_block_minutes: an arrival that reads earlier than the departure is the next day's wall clock."""
+    spring, dated, ordinary = online.assemble([
+        # 2013-03-10 23:00 EDT (03:00 UTC) -> 00:21 EDT (04:21 UTC): 81 min, not 141 (the fall night: test_transforms)
+        request(sched_dep="2013-03-10T23:00", sched_arr="2013-03-10T00:21", dest="BOS"),
+        # a client that dates the arrival itself gets the same
+        request(sched_dep="2013-03-10T23:00", sched_arr="2013-03-11T00:21", dest="BOS"),
+        # a night without a change: as before
+        request(sched_dep="2013-03-12T23:00", sched_arr="2013-03-12T00:21", dest="BOS"),
+    ]).to_pylist()
+    assert spring["sched_block_minutes"] == dated["sched_block_minutes"] == 81.0
+    assert ordinary["sched_block_minutes"] == 81.0
+
+
 @pytest.mark.parametrize(("change", "field", "says"), [
     ({"flight": "1545"}, "flight", "valid integer"),
     ({"flight": 15.5}, "flight", "valid integer"),

