@@ -63,7 +63,8 @@ class HttpLoadBalancerProps:
     canary_backend_name: str
     stable_group: str  # instance group URL of the stable fleet
     canary_group: str
-    max_utilization: float
+    # Requests per second per VM: the RATE capacity the autoscaler's load-balancing utilisation is a share of.
+    max_rate_per_instance: float
     url_map_name: str
     proxy_name: str
     forwarding_rule_name: str
@@ -110,8 +111,10 @@ class HttpLoadBalancer(Construct):
                 log_config={"enable": True, "sample_rate": props.log_sample_rate},
                 security_policy=self.armor.id if self.armor else None,
                 iap={"enabled": True} if props.iap else None,
-                backend=structs([{"group": group, "balancing_mode": "UTILIZATION", "max_utilization": props.max_utilization,
-                          "capacity_scaler": 1.0}]),
+                # RATE, not UTILIZATION: UTILIZATION measures the VMs' CPU, which a GPU replica barely uses, so its
+                # group never looked full and never scaled out under load.
+                backend=structs([{"group": group, "balancing_mode": "RATE",
+                                  "max_rate_per_instance": props.max_rate_per_instance, "capacity_scaler": 1.0}]),
             )
 
         self.stable = backend("stable-backend", props.stable_backend_name, props.stable_group)

@@ -173,7 +173,7 @@ class PlatformStack(TerraformStack):
             address_name=lb.address, health_check_id=ready.check.id, port_name=PORT_NAME,
             stable_backend_name=lb.stable_backend, canary_backend_name=lb.canary_backend,
             stable_group=self.stable.group.instance_group, canary_group=self.canary.group.instance_group,
-            max_utilization=sv.target_utilization, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
+            max_rate_per_instance=sv.replica_max_rate, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
             bucket_header=lb.bucket_header,
             forwarding_rule_name=lb.forwarding_rule, domain=lb.domain, armor_policy_name=lb.cloud_armor_policy,
             iap=sv.server.auth_mode == "iap",

@@ -216,6 +216,13 @@ def test_autoscalers_scale_serving_on_lb_and_workers_on_backlog(synth: Synth, en
         p = by_group[fleet.instance_group]
         assert p["load_balancing_utilization"] == {"target": s.serving.target_utilization}
         assert (p["min_replicas"], p["max_replicas"]) == (fleet.min_replicas, fleet.max_replicas)
+    # The utilisation it targets is a share of each backend's RATE capacity (requests per second per VM), not of the
+    # VMs' CPU, which a GPU replica barely uses (UTILIZATION mode never saw the group full).
+    backends = [b for svc in resources(stack, "google_compute_backend_service").values() for b in svc["backend"]]
+    assert len(backends) == 2
+    for b in backends:
+        assert (b["balancing_mode"], b["max_rate_per_instance"]) == ("RATE", s.serving.replica_max_rate)
+        assert "max_utilization" not in b
     p = by_group[s.inference.fleet.instance_group]
     (metric,) = p["metric"]
     assert metric["name"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
