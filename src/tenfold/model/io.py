@@ -180,7 +180,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path} is missing: {directory} is not a saved model (save it with save_model)") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a flipped high bit is not UTF-8 before it is bad JSON
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); the model folder is corrupt") from exc
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         raise ModelLoadError(f"{path}: unsupported meta version {meta.get('version') if isinstance(meta, dict) else meta!r}")
@@ -223,13 +223,15 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     pre_path = where / meta.get("preprocessing_file", PREPROCESSING_FILE)
     try:
         pre_bytes = pre_path.read_bytes()
-        preprocessor = Preprocessor.from_json(pre_bytes.decode())
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{pre_path} is missing; the model folder is incomplete") from exc
-    except PreprocessingError as exc:
-        raise ModelLoadError(f"{pre_path}: {exc}") from exc
+    # The checksum first: corrupt bytes are named as corrupt, not as whatever their parse trips on.
     if "preprocessing_sha256" in meta and hashlib.sha256(pre_bytes).hexdigest() != meta["preprocessing_sha256"]:
         raise ModelLoadError(f"{pre_path} does not match {META_FILE} (checksum); restore the folder from the registry")
+    try:
+        preprocessor = Preprocessor.from_json(pre_bytes.decode())
+    except (PreprocessingError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{pre_path}: {exc}") from exc
     if [preprocessor.vocab_sizes[c] for c in meta["categorical_columns"]] != vocab_sizes or preprocessor.num_inputs != num_inputs:
         raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
 

@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,9 @@ MARKER = "_COMPLETE"
 # it; the node agent (tenfold.training.node) reads them on every node.
 RUN_ID_KEY = "tenfold-run-id"
 TRAIN_ARGS_KEY = "tenfold-train-args"
+# Which start of the run the nodes belong to: each start registers its nodes apart, so a retry's nodes never take a
+# VM of an earlier start (gone, under another name) for a peer or the rendezvous host.
+ATTEMPT_KEY = "tenfold-train-attempt"
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -117,9 +121,15 @@ def marker_uri(settings: Settings, run_id: str) -> str:
     return f"gs://{settings.storage.artifacts_bucket}/{marker_name(settings, run_id)}"
 
 
-def run_metadata(run_id: str, args: Sequence[str]) -> dict[str, str]:
-    """Instance metadata that tells the nodes which run to do (read by :mod:`tenfold.training.node`)."""
-    return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args))}
+def run_metadata(run_id: str, args: Sequence[str], attempt: str) -> dict[str, str]:
+    """Instance metadata that tells the nodes which run to do, and which start of it (read by
+    :mod:`tenfold.training.node`)."""
+    return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args)), ATTEMPT_KEY: attempt}
+
+
+def nodes_prefix(settings: Settings, run_id: str, attempt: str | None) -> str:
+    """Where the nodes of one start of the run register (``nodes/`` alone for nodes booted without an attempt)."""
+    return f"{run_folder(settings, run_id)}/nodes/" + (f"{attempt}/" if attempt else "")
 
 
 def _done(op: Any, timeout: float) -> None:
@@ -212,10 +222,12 @@ def run_training(
     if previous is not None:
         markers.delete(bucket, name)  # a failed attempt's marker; this attempt resumes from checkpoints
 
+    attempt = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
     marker: dict[str, Any] | None = None
     try:
         _done(
-            client.patch(**_group(settings), instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args))),
+            client.patch(**_group(settings),
+                         instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args, attempt))),
             t.stable_timeout_s,
         )
         _done(client.resize(**_group(settings), size=t.nnodes), t.stable_timeout_s)

@@ -235,6 +235,7 @@ def run_torchrun(
     log_path = out / LOG_FILE
     started = time.monotonic()
     with open(log_path, "ab") as log:
+        this_run = log.tell()  # the log keeps earlier launches into the same folder: a failure is read from here on
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
@@ -256,7 +257,9 @@ def run_torchrun(
     wall = time.monotonic() - started
     rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:
-        rank, error = parse_failure(log_path.read_text(errors="replace"))
+        with open(log_path, "rb") as log:
+            log.seek(this_run)
+            rank, error = parse_failure(log.read().decode(errors="replace"))
         where = f"rank {rank}" if rank is not None else "a worker"
         raise TrainingFailed(
             f"training failed after {restarts} restart(s): {where} failed with {error} (exit {rc}); see {log_path}",

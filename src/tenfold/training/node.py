@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tenfold.config import Settings, get_settings
-from tenfold.training.fleet import RUN_ID_KEY, TRAIN_ARGS_KEY, marker_name, run_folder
+from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, TRAIN_ARGS_KEY, marker_name, nodes_prefix
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,17 @@ def run_node(
     run: Callable[[list[str]], int] = lambda argv: subprocess.call(argv),
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    attempt: str | None = None,
 ) -> int:
-    """Register, rendezvous, train; returns torchrun's exit code (the marker is written by the host)."""
+    """Register, rendezvous, train; returns torchrun's exit code (the marker is written by the host).
+
+    ``attempt``: the start of the run this node belongs to (metadata); only its nodes count as peers."""
     bucket = storage.bucket(settings.storage.artifacts_bucket)
-    nodes_prefix = f"{run_folder(settings, run_id)}/nodes/"
-    bucket.blob(nodes_prefix + hostname).upload_from_string(hostname)
+    prefix = nodes_prefix(settings, run_id, attempt)
+    bucket.blob(prefix + hostname).upload_from_string(hostname)
     deadline = clock() + settings.training.stable_timeout_s
     while True:
-        hosts = [b.name[len(nodes_prefix):] for b in storage.list_blobs(bucket, prefix=nodes_prefix)]
+        hosts = [name for b in storage.list_blobs(bucket, prefix=prefix) if "/" not in (name := b.name[len(prefix):])]
         if len(hosts) >= settings.training.nnodes:
             break
         if clock() >= deadline:
@@ -103,7 +106,8 @@ def main() -> int:
     settings = get_settings()
     from tenfold.storage import gcs_client
 
-    return run_node(settings, run_id, args, storage=gcs_client(settings), hostname=socket.gethostname())
+    return run_node(settings, run_id, args, storage=gcs_client(settings), hostname=socket.gethostname(),
+                    attempt=metadata_attribute(ATTEMPT_KEY))
 
 
 if __name__ == "__main__":

@@ -266,7 +266,9 @@ class Trainer:
 
     def _load_snapshot(self) -> None:
         """Continue from the newest valid snapshot (older ones stand in for corrupt newer ones), or seed afresh."""
-        found = ckpt.latest_valid_snapshot(self.ckpt_dir, map_location=self.device)
+        # Loaded on the CPU: the RNG states must be CPU tensors (on cuda:N, set_rng_state failed on every resume);
+        # load_state_dict copies the weights and the optimizer state to the parameters' device itself.
+        found = ckpt.latest_valid_snapshot(self.ckpt_dir, map_location="cpu")
         if found is None:
             seed_everything(self.cfg.seed * 1000 + self.rank + 1)  # per-rank streams (dropout)
             return

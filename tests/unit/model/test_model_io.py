@@ -56,6 +56,20 @@ def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor)
         load_model(tmp_path / "a")
 
 
+@pytest.mark.parametrize(("name", "says"), [("meta.json", r"meta\.json is not valid JSON.*corrupt"),
+                                             ("preprocessing.json", r"preprocessing\.json does not match meta\.json")])
+def test_a_flipped_bit_in_a_json_file_is_refused_as_corrupt(tmp_path: Path, pre: Preprocessor, name: str,
+                                                            says: str) -> None:
+    """A flipped high bit makes the bytes invalid UTF-8 before they are bad JSON: still a ModelLoadError."""
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    data = bytearray((tmp_path / name).read_bytes())
+    data[10] ^= 0x80
+    (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=says):
+        load_model(tmp_path)
+
+
 def test_meta_describing_another_architecture_is_refused(tmp_path: Path, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,))
     save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)

@@ -179,6 +179,37 @@ def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(gate_s
     assert reg.resolve(CHALLENGER) == registered.version and reg.resolve(CHAMPION) == broken.version
 
 
+def test_a_champion_trained_on_the_holdout_is_not_compared_on_it(gate_settings: Settings, tmp_path: Path) -> None:
+    """Scored on months it learnt from, a champion looks better than it is and a fair challenger is kept out: the
+    gate records no comparison instead, and says why."""
+    import dataclasses
+
+    reg = ModelRegistry(gate_settings)
+    _, r1, _ = run(gate_settings, "manual__old", model(tmp_path, 0.70))
+    lineage = reg.get(r1.version).lineage
+    assert lineage is not None
+    wide = dataclasses.replace(lineage, train_partitions=lineage.train_partitions + lineage.holdout_partitions[:1])
+    trained_on_march = reg.register(Path(model(tmp_path, 0.99, "wide")["model_ref"]), wide,
+                                    metrics={"auc": 0.99, "log_loss": 0.1, "brier": 0.1})
+    reg.promote(trained_on_march.version)
+    planned = pipeline.plan(gate_settings, "manual__new", CONF)
+    evaluation = pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
+    assert evaluation.champion["metrics"] is None, "the champion was scored on a month it was trained on"
+    assert "trained on the holdout month(s) 2013-03" in evaluation.champion["error"]
+
+
+def test_a_champion_whose_stored_files_are_corrupt_does_not_block_every_training_run(gate_settings: Settings,
+                                                                                    tmp_path: Path) -> None:
+    """Its files fail their checksums on every download: the run registers the challenger and records no comparison
+    (the gate then fails loudly), instead of failing evaluate on every run so no replacement is ever registered."""
+    reg = ModelRegistry(gate_settings)
+    _, r1, _ = run(gate_settings, "manual__old", model(tmp_path, 0.70))
+    reg.bucket.blob(reg._name("versions", r1.version, "files", "weights.pt")).upload_from_string(b"bit rot")
+    planned = pipeline.plan(gate_settings, "manual__new", CONF)
+    evaluation = pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
+    assert evaluation.champion["metrics"] is None and "IntegrityError" in evaluation.champion["error"]
+
+
 def test_a_champion_the_lake_cannot_serve_now_is_retried_not_judged(
     gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,6 +82,11 @@ def test_resuming_under_another_number_of_processes_is_refused(
 def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
     train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
+    from .test_launch import SUMMARY
+
+    # An earlier launch into the same folder failed otherwise: its summary stays in the log, which is appended to.
+    earlier = SUMMARY.format(rank=0, code=1, traceback="Traceback (most recent call last):\n  RuntimeError: CUDA out of memory")
+    (tmp_path / "torchrun.log").write_text(earlier)
     started = time.monotonic()
     with pytest.raises(TrainingFailed) as info:
         run_torchrun(
@@ -89,7 +94,7 @@ def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
             env={FAULT_ENV: "rank=1,step=2,mode=raise"},
         )
     assert time.monotonic() - started < 180
-    assert info.value.rank == 1
+    assert info.value.rank == 1, f"named the earlier launch's failure: {info.value.error}"
     assert "injected fault on rank 1" in info.value.error
     assert "rank 1" in str(info.value) and info.value.exitcode != 0
     assert not (tmp_path / "model").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from tenfold.config import get_settings
 from tenfold.training import fleet as compute
-from tenfold.training.fleet import RUN_ID_KEY, TRAIN_ARGS_KEY
+from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, TRAIN_ARGS_KEY
 
 
 class FakeOp:
@@ -96,7 +96,10 @@ def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client
                                markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
     assert run.status == "succeeded" and run.marker["exit_code"] == 0
     kinds = [c[0] for c in igm.calls]
-    assert kinds[0] == "patch" and igm.calls[0][1] == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])}
+    assert kinds[0] == "patch"
+    metadata = dict(igm.calls[0][1])
+    attempt = metadata.pop(ATTEMPT_KEY)
+    assert metadata == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])} and attempt
     assert igm.calls[1] == ("resize", s.training.nnodes)
     assert igm.calls[-1] == ("resize", 0) and igm.size == 0
     assert all(c[1] == (s.project_id, s.region, s.training.fleet.instance_group) for c in igm.calls if c[0] == "get")

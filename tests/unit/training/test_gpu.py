@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from tenfold.config import Settings
 from tenfold.model import load_model
+from tenfold.training.checkpoint import list_checkpoints
 from tenfold.training.config import TrainConfig
 from tenfold.training.launch import run_torchrun
 
@@ -24,3 +26,20 @@ def test_nccl_training_on_cuda(train_settings: Settings, small_config: TrainConf
     assert result.steps == 50
     assert load_model(result.model_dir).predict_proba is not None
 
+
+
+def test_a_run_on_cuda_resumes_from_its_checkpoint_bit_for_bit(train_settings: Settings, small_config: TrainConfig,
+                                                               tmp_path: Path) -> None:
+    """Every resume on a GPU used to fail: the snapshot was loaded to cuda, and the RNG states with it."""
+    config = small_config.with_(backend="nccl")
+    clean = run_torchrun(train_settings, config, tmp_path / "clean", nproc=1, timeout_s=300)
+    out = tmp_path / "resumed"
+    shutil.copytree(clean.out_dir, out)
+    shutil.rmtree(out / "model")
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    newest.path.write_bytes(newest.path.read_bytes()[: newest.path.stat().st_size // 2])  # the newest is torn
+    resumed = run_torchrun(train_settings, config, out, nproc=1, timeout_s=300)
+    assert resumed.resumed_from_step is not None and resumed.resumed_from_step < clean.steps
+    a = torch.load(clean.model_dir / "weights.pt", weights_only=True)
+    b = torch.load(resumed.model_dir / "weights.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -65,6 +65,30 @@ def test_other_nodes_do_not_write_the_marker_and_waits_are_bounded(storage_clien
                         run=lambda _a: 0, sleep=sleep, clock=lambda: t["now"])
 
 
+def test_a_retrys_nodes_never_take_an_earlier_starts_vm_for_a_peer(storage_client: Any) -> None:
+    """The first start's VMs (gone now, resized to 0) stay registered: the retry's first node used to count them as
+    its peers at once and rendezvous with a dead host, and the run waited out its whole bound."""
+    s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
+    bucket = storage_client.bucket(s.storage.artifacts_bucket)
+    for old in ("tenfold-train-k2xq", "tenfold-train-p7aa"):
+        bucket.blob(compute.nodes_prefix(s, run_id, "1-first") + old).upload_from_string(old)
+    t = {"now": 0.0}
+
+    def sleep(sec: float) -> None:
+        t["now"] += sec
+
+    launched: list[list[str]] = []
+    with pytest.raises(TimeoutError, match="1 of 2 nodes"):
+        worker.run_node(s, run_id, [], storage=storage_client, hostname="tenfold-train-zz01", attempt="2-retry",
+                        run=lambda argv: launched.append(argv) or 0, sleep=sleep, clock=lambda: t["now"])
+    assert launched == []
+    # its peer of the same start registers: the two rendezvous on the smaller name of the two
+    bucket.blob(compute.nodes_prefix(s, run_id, "2-retry") + "tenfold-train-zz00").upload_from_string("x")
+    worker.run_node(s, run_id, [], storage=storage_client, hostname="tenfold-train-zz01", attempt="2-retry",
+                    run=lambda argv: launched.append(argv) or 0, sleep=sleep, clock=lambda: t["now"])
+    assert f"--rdzv-endpoint=tenfold-train-zz00:{s.training.rdzv_port}" in launched[0]
+
+
 def test_startup_scripts_run_the_image_with_the_environment() -> None:
     s = get_settings("prod")
     serving = startup.serving_startup_script(s, s.serving.stable_fleet, "stable")
