@@ -257,9 +257,9 @@ def run_torchrun(
     wall = time.monotonic() - started
     rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:
-        with open(log_path, "rb") as log:
-            log.seek(this_run)
-            rank, error = parse_failure(log.read().decode(errors="replace"))
+        with open(log_path, "rb") as written:
+            written.seek(this_run)
+            rank, error = parse_failure(written.read().decode(errors="replace"))
         where = f"rank {rank}" if rank is not None else "a worker"
         raise TrainingFailed(
             f"training failed after {restarts} restart(s): {where} failed with {error} (exit {rc}); see {log_path}",
