@@ -7,9 +7,10 @@ at a time.
 once, anything else is retried as ``settings.pipelines.batch_inference`` says; every failure alerts):
 
 1. ``months``: the months to score. The run conf's ``month``; else the months the triggering events name
-   (``months_to_score``): the newest, and every other one without scores from its current features. Events
+   (``months_to_score``): the newest, and every other one later than the newest month already scored. Events
    that arrived while a run was active all come to the next run, and it scores each of them. A first run's
-   backlog (nothing scored yet) is the exception: only the newest, and the log names the others.
+   backlog (nothing scored yet) and rebuilt or backfilled older months are not scored: the log names them
+   with the run conf that does.
 2. ``score_month``, a task group mapped over those months, one month after another locally:
 
    1. ``plan``: resolves the model (``champion``, or the run conf's ``version``) to one registry version and

@@ -18,11 +18,14 @@ app.add_typer(config_app, name="config")
 
 
 @app.callback()
-def _check_settings() -> None:
+def _check_settings(ctx: typer.Context) -> None:
     """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
-    error naming the field and the value, not a validation traceback from the first command that reads them."""
+    error naming the field and the value, not a validation traceback from the first command that reads them.
+    ``tenfold config`` reads the environment its --env names instead, and reports on its own."""
     from pydantic import ValidationError
 
+    if ctx.invoked_subcommand == "config":
+        return
     try:
         get_settings()
     except ValidationError as exc:
@@ -55,7 +58,12 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
 @config_app.command("show")
 def config_show(env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print every settings value as JSON."""
-    typer.echo(json.dumps(get_settings(env).model_dump(mode="json"), indent=2))
+    try:
+        settings = get_settings(env)
+    except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 
 # --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---

@@ -30,6 +30,7 @@ raises is refused too, with what its message says (a lost connection is not: a r
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import io
@@ -266,9 +267,9 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
     if not raw.strip():
         raise SourceUnreadable(table, f"the file is empty ({len(raw)} bytes)",
                                fix="replace it with the complete file (a header line and the rows)")
-    header = _fields(next(_lines(raw))[2])
-    if header:  # a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name (pyarrow skips it too)
-        header[0] = header[0].removeprefix("\ufeff")
+    # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name, quoted or not (pyarrow skips
+    # it too); only the header is read without it, so the offsets named later still count the file's bytes.
+    header = _fields(next(_lines(raw.removeprefix(codecs.BOM_UTF8)))[2])
     missing = [c for c in schema.names if c not in header]
     if missing:
         raise SourceUnreadable(

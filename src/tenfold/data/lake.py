@@ -483,16 +483,23 @@ class Lake:
             key=lambda i: i.base_name,
         )
 
-    def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any]) -> bool:
-        """True when the partition's manifest already carries ``extra`` and every data file left in ``staged_dir``
-        (none counts too) is one of its files, by content: what a publish leaves when it is cut short while it
-        drops its staging folder (file by file). Publishing that remainder again would replace the month with
-        part of itself; a staging folder with any other file is new data."""
+    def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any], *,
+                          staged_rows: int | None = None) -> bool:
+        """True when ``staged_dir`` is what a publish leaves when it is cut short while it drops its staging folder
+        (file by file): the partition's manifest carries ``extra``, every data file left (none counts too) is one
+        of its files by content, and they hold fewer than ``staged_rows`` (the rows the batch was validated with),
+        or fewer files than published. Publishing that remainder again would replace the month with part of
+        itself; a staging folder with any other file, or all the rows it was validated with, is a batch."""
         current = self._current_manifest(table, part)
         if current is None or current.extra != extra:
             return False
+        left = self._staged_files(self._path(staged_dir))
         published = {f.sha256 for f in current.files}
-        return all(_digests(self.fs, i.path)[0] in published for i in self._staged_files(self._path(staged_dir)))
+        if not all(_digests(self.fs, i.path)[0] in published for i in left):
+            return False
+        if staged_rows is None:
+            return len(left) < len(current.files)
+        return sum(pq.read_metadata(i.path, filesystem=self.fs).num_rows for i in left) < staged_rows
 
     def publish(
         self,

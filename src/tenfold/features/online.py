@@ -38,6 +38,10 @@ class LookupsUnavailable(RuntimeError):
     says which and how to rebuild it."""
 
 
+class StaleLookups(LookupsUnavailable):
+    """A month's lookup table was built by another feature definition version than the workload's."""
+
+
 def served_months(settings: Settings, workload: Workload | None = None, lake: Lake | None = None) -> list[Partition]:
     """The months whose features and every lookup table are published (ascending).
 
@@ -61,8 +65,10 @@ def served_months(settings: Settings, workload: Workload | None = None, lake: La
 def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[str, dict[str, pa.Table]]:
     """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
 
-    Raises :class:`LookupsUnavailable` when no month is served or a table's manifest records another
-    feature definition version than the workload's contract.
+    A month whose tables were built by another feature definition version than the workload's contract is left
+    out with a warning (its requests are refused as a month not served, saying to rebuild it), as a month without
+    its lookups is: one stale month does not take the others offline. Raises :class:`LookupsUnavailable` when no
+    month can be served.
     """
     workload = workload or get_workload(settings)
     contract = workload.contract
@@ -78,7 +84,20 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
             f"{lake.uri}: run build_features for the months to serve (python -m tenfold.pipelines.build_features "
             "YYYY-MM, or the build_features DAG)"
         )
-    return {part.label: read_month_lookups(settings, workload, lake, part) for part in months}
+    served, stale = {}, {}
+    for part in months:
+        try:
+            served[part.label] = read_month_lookups(settings, workload, lake, part)
+        except StaleLookups as exc:  # a month left to rebuild (after a definition change) is left out, not fatal
+            stale[part.label] = str(exc)
+    if stale and not served:
+        raise LookupsUnavailable(f"no month can be served: {next(iter(stale.values()))}"
+                                 + (f" (and {len(stale) - 1} more months alike)" if len(stale) > 1 else ""))
+    if stale:
+        log.warning("months %s were built by another feature definition and are not served until rebuilt (python -m "
+                    "tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale), next(iter(stale.values())))
+    return served
+
 
 
 def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part: Partition) -> dict[str, pa.Table]:
@@ -94,7 +113,7 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
             manifest = lake.read_manifest(table, part)
             version = manifest.extra.get(VERSION_KEY)
             if version != contract.version:
-                raise LookupsUnavailable(
+                raise StaleLookups(
                     f"{table} {part.label} was built with features version {version}, but the {workload.name} "
                     f"workload now defines version {contract.version}: serving it would assemble features the "
                     f"model never saw; rebuild the month (python -m tenfold.pipelines.build_features {part.label})"

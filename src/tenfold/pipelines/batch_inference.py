@@ -111,29 +111,33 @@ class EventMonths:
 def months_to_score(settings: Settings, event_months: Sequence[str]) -> EventMonths:
     """The months an Asset-triggered run scores, from the months its features events name.
 
-    The newest always. Another month is scored when it has no scores yet, or scores made from other features
-    (re-published since). Such events were held back while an earlier run was active (``max_active_runs=1``
-    gives the next run all of them). One exception: while the scores table is still empty, the older months are
-    a first run's backlog (a DAG's first run receives every earlier event), and only the newest is scored.
+    The newest always. Another month is scored when it is later than the newest month with published scores (so
+    it has none): events held back while an earlier run was active
+    (``max_active_runs=1`` gives the next run all of them), which come in month order as a replay or live data
+    does. The rest are skipped and named with the run conf that scores them: a first run's backlog (nothing
+    scored yet: a DAG's first run receives every earlier event), and months at or before the newest scored one
+    (rebuilt or backfilled months, which Airflow also hands to the next run when they were published while the
+    DAG was paused; rescoring a whole rebuilt history is a choice to make by hand, not a side effect).
     """
     months = sorted({_month(m).label for m in event_months})
     if not months:
         raise PipelineInputError("no features event names a month: trigger with the run conf {\"month\": \"YYYY-MM\"}")
     lake = Lake.from_settings(settings)
     features, scores = settings.storage.features_table, settings.storage.scores_table
-    first_run = not lake.published_partitions(scores)
+    scored = lake.published_partitions(scores)
+    newest_scored = max(scored) if scored else None
     hint = 'trigger batch_inference with the run conf {"month": "%s"} to score it'
     chosen, skipped = [], {}
     for label in months[:-1]:
         part = Partition.parse(label)
-        if first_run:
+        if newest_scored is None:
             skipped[label] = f"nothing is scored yet, so this is a first run's backlog: {hint % label}"
+        elif part <= newest_scored:
+            skipped[label] = (f"it is not later than {newest_scored.label}, the newest month scored (a rebuilt or "
+                              f"backfilled month): {hint % label}")
         elif not lake.has_manifest(features, part):
             skipped[label] = "its features partition is no longer published: rebuild it with build_features first"
-        elif lake.has_manifest(scores, part) and (lake.read_manifest(scores, part).extra.get("features_data_dir")
-                                                  == lake.read_manifest(features, part).data_dir):
-            skipped[label] = f"its scores were made from these features already: {hint % label} again"
-        else:
+        else:  # later than every scored month, so without scores
             chosen.append(label)
     return EventMonths(score=[*chosen, months[-1]], skipped=skipped)
 

@@ -283,7 +283,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     publish_lookups(lake, settings.storage.lookups_table, part, lookups, workload.contract, run_id=run.run_id,
                     extra={"features_table": table})
     extra = workload.contract.manifest_extra(validated_by=workload.features_suite)
-    if lake.published_already(table, part, staged, extra):
+    if lake.published_already(table, part, staged, extra, staged_rows=run.rows):
         # A retry after a publish that succeeded but was killed while it dropped the staging (file by file):
         # what is left is part of the published month, not a month to publish.
         manifest = lake.read_manifest(table, part)

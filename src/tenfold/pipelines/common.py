@@ -132,8 +132,9 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def event_months(context: Mapping[str, Any], uri: str) -> list[str]:
     """The months (``"2013-07"``, ascending, once each) that the triggering events of the Asset at ``uri``
-    published (``build_features`` puts its month in each event's extra). A DAG's first run after it is
-    unpaused receives every earlier event of the Asset too, in no promised order."""
+    published (``build_features`` puts its month in each event's extra). A run receives every event since the
+    DAG's previous Asset-triggered run (those published while it was paused or busy included), in no promised
+    order."""
     events = context.get("triggering_asset_events") or {}
     months = {str(e.extra["month"]) for asset, found in events.items() if getattr(asset, "uri", asset) == uri
               for e in found if (e.extra or {}).get("month")}

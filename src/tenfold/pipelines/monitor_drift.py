@@ -186,13 +186,20 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     months: list[str] = [s["month"] for s, _ in firing] or list(p.months)
     triggered: list[str] = sorted({name for s, _ in firing for name in s["triggered"]})
     max_psi = max((s["max_psi"] for s in r.summaries if s["max_psi"] is not None), default=None)
-    # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). Written before the
-    # alert, so a retry after a failed write never alerts twice.
-    write_drift_score(settings, max_psi)
+    # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). It is the second
+    # alert path, never a gate: a metric that cannot be written is logged (and named in this alert), and the
+    # decision and the drift event that starts retraining go out all the same.
+    unwritten = None
+    try:
+        write_drift_score(settings, max_psi)
+    except Exception as exc:  # a refusal (MetricWriteError) or an outage of Cloud Monitoring alike
+        unwritten = f"{type(exc).__name__}: {exc}"
+        log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
     if firing:
         send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
             "months": ", ".join(months), "version": p.version, "max_psi": max_psi, "features": ", ".join(triggered),
             "report": ", ".join(page for _, page in firing), "run": p.airflow_run_id,
+            **({"cloud_metric_not_written": unwritten} if unwritten else {}),
         })
     return {"retrain": bool(firing), "version": p.version, "months": months, "max_psi": max_psi, "triggered": triggered,
             "decisions": {s["month"]: s["decision"] for s in r.summaries}}

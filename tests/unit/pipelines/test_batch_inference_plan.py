@@ -152,14 +152,14 @@ def test_a_month_built_by_other_feature_definitions_is_refused_at_plan(
 def test_an_event_triggered_run_scores_every_held_back_month_but_not_a_first_runs_backlog(
     make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Events that arrive while a run is active all come to the next run: it scores each month without scores
-    from its current features. A DAG's first run receives every earlier event too: nothing scored yet means a
-    backlog, and only the newest is scored."""
+    """Events that arrive while a run is active all come to the next run: it scores each later month without scores
+    from its current features. A DAG's first run receives every earlier event too (nothing scored yet: a backlog),
+    and Airflow hands a run the events of months rebuilt while the DAG was paused: only the newest is scored then."""
     import tenfold.inference.scoring as scoring
 
     s = make_settings(on=local_settings, inference={"rows_per_message": 25})
     lake = Lake.from_settings(s)
-    publish_synthetic_features(lake, [Partition(2013, m) for m in (5, 6, 7, 8)], 50)
+    publish_synthetic_features(lake, [Partition(2013, m) for m in (5, 6, 7, 8, 9)], 50)
     monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
 
     first = pipeline.months_to_score(s, ["2013-07", "2013-05", "2013-06", "2013-07"])  # in no promised order
@@ -170,11 +170,20 @@ def test_an_event_triggered_run_scores_every_held_back_month_but_not_a_first_run
     run = pipeline.plan(s, "first", {"month": "2013-07"})
     _score(s, run)
     pipeline.publish_results(s, run)
-    held = pipeline.months_to_score(s, ["2013-08", "2013-06", "2013-07"])
-    assert held.score == ["2013-06", "2013-08"], "a held-back month without scores was not scored"
-    assert "scores were made from these features already" in held.skipped["2013-07"]
+    held = pipeline.months_to_score(s, ["2013-09", "2013-06", "2013-08", "2013-07"])
+    assert held.score == ["2013-08", "2013-09"], "a held-back month without scores was not scored"
+    assert "not later than 2013-07, the newest month scored (a rebuilt or backfilled month)" in held.skipped["2013-06"]
+    assert "not later than 2013-07" in held.skipped["2013-07"]
 
-    publish_synthetic_features(lake, [Partition(2013, 7)], 60, seed=1)  # re-published since it was scored
-    assert pipeline.months_to_score(s, ["2013-07", "2013-08"]).score == ["2013-07", "2013-08"]
+    run = pipeline.plan(s, "second", {"month": "2013-08"})
+    _score(s, run)
+    pipeline.publish_results(s, run)
+    publish_synthetic_features(lake, [Partition(2013, 9)], 50, seed=3)
+    run = pipeline.plan(s, "third", {"month": "2013-09"})
+    _score(s, run)
+    pipeline.publish_results(s, run)
+    # 2013-08 re-published after 09 was scored: a rebuild, not a held-back month
+    publish_synthetic_features(lake, [Partition(2013, 8)], 60, seed=1)
+    assert pipeline.months_to_score(s, ["2013-08", "2013-09"]).score == ["2013-09"]
     with pytest.raises(pipeline.PipelineInputError, match="YYYY-MM"):
         pipeline.months_to_score(s, ["2013-13", "2013-08"])

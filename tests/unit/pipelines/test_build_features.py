@@ -286,7 +286,32 @@ def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_r
     left = [i for i in lake.fs.get_file_info(pafs.FileSelector(staged)) if i.type.name == "File"]
     assert len(left) == 2, "the kill did not leave part of the staging behind"
 
-    retried = pipeline.publish(settings, run)
+    from dataclasses import replace
+
+    retried = pipeline.publish(settings, replace(run, rows=2_000))  # what validate recorded before the first try
     assert retried["rows"] == 2_000 and len(retried["files"]) == 4
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000, "the retry published part of the month"
     assert lake.fs.get_file_info(staged).type.name == "NotFound"
+
+
+def test_a_smaller_rebuild_whose_files_were_all_published_before_is_published(settings, lake, stage):
+    """A whole new batch (all the rows it was validated with) is published even when each of its files is one the
+    month already holds: only a remainder with fewer rows than validated is taken for a cut-short drop."""
+    from dataclasses import replace
+
+    table = synthetic_features(FEB, 2_000, seed=7)
+    first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, first.staging_key)
+    for i in (1, 2, 3):
+        pq.write_table(table.slice(500 * i, 500), f"{lake._path(first.staging_uri)}/part-{i:05d}.parquet",
+                       filesystem=lake.fs)
+    stage_lookups(lake, first)
+    assert pipeline.publish(settings, replace(first, rows=2_000))["rows"] == 2_000
+    second = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, second.staging_key)  # the same bytes as the first file, and only them
+    for i in (1, 2):
+        pq.write_table(table.slice(500 * i, 500), f"{lake._path(second.staging_uri)}/part-{i:05d}.parquet",
+                       filesystem=lake.fs)
+    stage_lookups(lake, second)
+    assert pipeline.publish(settings, replace(second, rows=1_500))["rows"] == 1_500
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 1_500

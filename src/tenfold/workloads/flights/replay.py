@@ -2,8 +2,8 @@
 
 The one translation from a raw ``flights`` row to a :class:`~tenfold.workloads.flights.request.FlightRequest`
 body, used by ``make demo``, the serving benchmark and the skew test: local times as naive ISO strings,
-the scheduled arrival as the feature job reads ``sched_arr_time`` (HHMM on the departure date; the
-transform takes the block time modulo a day, so an overnight arrival needs no date of its own).
+the scheduled arrival as the feature job reads ``sched_arr_time`` (HHMM on the departure date; an arrival that
+reads earlier than the departure is the next day's, online as in the transform, so it needs no date of its own).
 """
 
 from __future__ import annotations
