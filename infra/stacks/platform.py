@@ -94,8 +94,9 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
                                   (st.dataproc_staging_bucket, USER)],
                     topic_roles=[(m.requests_topic, PUBLISHER), (m.model_updates_topic, PUBLISHER)],
-                    subscription_roles=[(subs["feedback"].name, SUBSCRIBER), (subs["predictions"].name, SUBSCRIBER),
-                                        *((sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values())],
+                    # The dead letters only (tenfold dlq): the live sink subscriptions are the feedback sink's alone,
+                    # since a second puller would take half their messages away from it.
+                    subscription_roles=[(sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values()],
                     act_as=["dataproc", "serving"]),  # serving: the templates a rollout derives run as it
     ]
 

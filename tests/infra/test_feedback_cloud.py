@@ -52,6 +52,10 @@ def test_the_feedback_account_writes_only_the_sinks_folders_and_pulls_only_its_s
     assert sorted((g["subscription"], g["role"]) for g in grants["google_pubsub_subscription_iam_member"]) == sorted(
         [(subs["predictions"].name, "roles/pubsub.subscriber"), (subs["feedback"].name, "roles/pubsub.subscriber")])
     assert grants["google_pubsub_topic_iam_member"] == [] and grants["google_secret_manager_secret_iam_member"] == []
+    # No one else pulls the sink's subscriptions: a second puller takes messages away from the sink.
+    pullers = {(g["subscription"], g["member"]) for g in resources(stack, "google_pubsub_subscription_iam_member").values()
+               if g["subscription"] in (subs["predictions"].name, subs["feedback"].name)}
+    assert pullers == {(subs["predictions"].name, member), (subs["feedback"].name, member)}
     lake = grants["google_storage_bucket_iam_member"]
     assert {(g["bucket"], g["role"]) for g in lake} == {(st.lake_bucket, "roles/storage.objectUser")}
     # One binding per folder (IAM's 12 logical operators per condition): allowed if any binding allows it.
