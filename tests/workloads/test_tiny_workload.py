@@ -42,8 +42,7 @@ def tiny_settings(make_settings: Callable[..., Settings], local_settings: Settin
         workload=TINY,
         storage={"features_table": "tiny_features"},
         pipelines=PipelineSettings(build_features=DagSettings(first_month=MONTHS[0], last_month=MONTHS[1])),
-        # The workload's own baseline is "prior" (the positive rate); the gate must beat it.
-        training={"gate_beat_baselines": ("prior",)},
+        # No gate setting: the workload's own baseline, "prior" (the positive rate), is what the gate must beat.
     )
 
 
@@ -94,6 +93,7 @@ def test_a_second_workload_runs_through_the_same_pipelines_gate_and_registry(tin
     registered = tm.register(s, planned, trained, evaluation)
     decision = tm.gate(s, planned, evaluation, registered)
     assert decision["promote"] and decision["champion_now"] == registered.version
+    assert decision["checks"]["beats_prior"] is True, "the gate did not hold the challenger to the workload's baseline"
 
     registry = ModelRegistry(s)
     assert registry.resolve(CHAMPION) == registered.version
@@ -103,3 +103,14 @@ def test_a_second_workload_runs_through_the_same_pipelines_gate_and_registry(tin
     assert type(champion.model).__name__ == "TinyModel"
     probabilities = champion.predict_proba(table.slice(0, 10))
     assert probabilities.shape == (10,) and ((probabilities > 0) & (probabilities < 1)).all()
+
+
+def test_the_bulk_scoring_job_accepts_a_model_of_a_workload_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job gets the settings' spec ("tiny_workload:WORKLOAD") and a loaded model reports its name ("tiny"): it
+    refused every model of a workload of its own, and must still refuse another workload's."""
+    from tenfold.inference.spark import ScoringJobError, check_workload
+
+    monkeypatch.syspath_prepend(str(HERE))
+    check_workload(get_workload(TINY), TINY, "v1")
+    with pytest.raises(ScoringJobError, match="belongs to workload 'flights'.*with a model of 'tiny'"):
+        check_workload(get_workload("flights"), TINY, "v1")

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
-from tenfold.config.pipelines import PipelineSettings
+from tenfold.config.pipelines import DagSettings, PipelineSettings
 from tenfold.config.serving import FleetSettings, RolloutSettings, ServerSettings
 
 Env = Literal["local", "dev", "prod"]
@@ -296,7 +296,9 @@ class TrainingSettings(_Frozen):
     # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
     gate_min_auc: float = 0.55
     gate_max_log_loss: float | None = None
-    gate_beat_baselines: tuple[str, ...] = ("rate",)
+    # The baselines a challenger must beat; None: every baseline the workload defines itself (the flights workload:
+    # "rate"), so a workload of its own needs no setting; () beats none (the platform's "hgb" is only reported).
+    gate_beat_baselines: tuple[str, ...] | None = None
     # Probabilities, not only ranking: against each gate_beat_baselines baseline the challenger's log loss
     # and Brier score may exceed the baseline's by at most these margins (0: no worse).
     gate_baseline_log_loss_margin: float = Field(default=0.0, ge=0)
@@ -497,6 +499,10 @@ SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "f
 _LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
 TRAINING_ENV_PREFIX = "TENFOLD_TRAINING__"
 TRAINING_ENV_FIELDS = tuple(f for f in TrainingSettings.model_fields if f != "fleet")
+PIPELINES_ENV_PREFIX = "TENFOLD_PIPELINES__"
+STORAGE_ENV_PREFIX = "TENFOLD_STORAGE__"
+# The lake's table names: a workload of its own may name its tables (the buckets follow from the prefix).
+STORAGE_ENV_FIELDS = tuple(f for f in StorageSettings.model_fields if f.endswith("_table"))
 
 
 class _MappingEnvSource(EnvSettingsSource):
@@ -538,6 +544,11 @@ class EnvironSettings(BaseSettings):
     # TENFOLD_TRAINING__<FIELD>: any TrainingSettings field but its fleet (e.g. TENFOLD_TRAINING__GATE_MIN_AUC), so
     # Airflow's tasks, started with settings_env(), train and gate as their parent's settings say.
     training: dict[str, str] = Field(default_factory=dict)
+    # TENFOLD_PIPELINES__<DAG>__<FIELD> (e.g. TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH=2020-01) and
+    # TENFOLD_STORAGE__<TABLE> (the table names, e.g. TENFOLD_STORAGE__FEATURES_TABLE): what a workload of its own
+    # sets (docs/workloads.md), reaching Airflow's tasks and the replicas through settings_env() too.
+    pipelines: dict[str, dict[str, str]] = Field(default_factory=dict)
+    storage: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -587,6 +598,29 @@ class EnvironSettings(BaseSettings):
             if name not in TRAINING_ENV_FIELDS:
                 raise ValueError(f"{TRAINING_ENV_PREFIX}{name.upper()} names no training setting: use one of "
                                  f"{', '.join(TRAINING_ENV_PREFIX + f.upper() for f in TRAINING_ENV_FIELDS)}")
+        return value
+
+
+    @field_validator("pipelines")
+    @classmethod
+    def _known_pipeline_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for dag_id, fields in value.items():
+            if dag_id not in PipelineSettings.model_fields:
+                raise ValueError(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__* names no DAG: use one of "
+                                 f"{', '.join(d.upper() for d in PipelineSettings.model_fields)}")
+            for name in fields:
+                if name not in DagSettings.model_fields:
+                    raise ValueError(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{name.upper()} names no DAG setting: use "
+                                     f"one of {', '.join(f.upper() for f in DagSettings.model_fields)}")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name not in STORAGE_ENV_FIELDS:
+                raise ValueError(f"{STORAGE_ENV_PREFIX}{name.upper()} names no table setting: use one of "
+                                 f"{', '.join(STORAGE_ENV_PREFIX + f.upper() for f in STORAGE_ENV_FIELDS)}")
         return value
 
 
@@ -842,6 +876,13 @@ def build_settings(
     )
     if given.workload:
         values["workload"] = given.workload
+    if given.storage:
+        values["storage"] = values["storage"].model_copy(update=given.storage)
+    if given.pipelines:
+        base = PipelineSettings()
+        values["pipelines"] = base.model_copy(update={
+            dag_id: DagSettings(**{**getattr(base, dag_id).model_dump(), **{k: env_value(v) for k, v in fields.items()}})
+            for dag_id, fields in given.pipelines.items()})
     values.update(overrides)
     return Settings(**values)
 

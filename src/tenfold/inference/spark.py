@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
     from tenfold.config import Settings
     from tenfold.model import LoadedModel
-    from tenfold.workloads import FeatureContract
+    from tenfold.workloads import FeatureContract, Workload
 
 log = logging.getLogger("tenfold.inference.spark")
 
@@ -237,6 +237,17 @@ def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContrac
     return files_of(lake, table, [part]), manifest.rows
 
 
+def check_workload(workload: Workload, spec: str, model_version: str) -> None:
+    """Refuse a model of another workload than ``spec``, the settings' workload (``flights``, or a user's
+    ``package.module:attribute``, whose ``name`` is what a loaded model reports)."""
+    from tenfold.workloads import get_workload
+
+    expected = get_workload(spec).name
+    if workload.name != expected:
+        raise ScoringJobError(f"model {model_version} belongs to workload {workload.name!r}, but the lake's "
+                              f"features are {expected!r}'s: score them with a model of {expected!r}")
+
+
 def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     """Score ``args.month`` into ``args.output`` (and publish it with ``args.publish``); returns facts for the log."""
     import pyarrow as pa
@@ -249,9 +260,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     model_dir = args.model_dir.resolve()
     loaded = load_model(model_dir)  # on the driver too: refuse a bad folder before any task starts
     workload = loaded.workload
-    if workload.name != args.workload:
-        raise ScoringJobError(f"model {args.model_version} belongs to workload {workload.name!r}, but the lake's "
-                              f"features are {args.workload!r}'s: score them with a model of {args.workload!r}")
+    check_workload(workload, args.workload, args.model_version)
     contract = workload.contract
     lake = Lake(args.lake_uri)
     uris, expected_rows = input_uris(lake, args.features_table, part, contract)

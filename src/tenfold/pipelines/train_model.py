@@ -469,7 +469,9 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     holdout = HoldoutRef.from_dict(ev.holdout)
     challenger = Scored.of(version, holdout, ev.challenger)
     baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
-    policy = GatePolicy.from_settings(settings)
+    from tenfold.workloads import get_workload
+
+    policy = GatePolicy.from_settings(settings, workload_baselines=tuple(get_workload(settings).baselines()))
     if evaluated and evaluated.get("metrics") is None:
         # No comparison with the champion; the floors and the baselines still decide whether the version may
         # be the challenger a rollout takes by default.

