@@ -112,5 +112,5 @@ def test_the_bulk_scoring_job_accepts_a_model_of_a_workload_of_its_own(monkeypat
 
     monkeypatch.syspath_prepend(str(HERE))
     check_workload(get_workload(TINY), TINY, "v1")
-    with pytest.raises(ScoringJobError, match="belongs to workload 'flights'.*with a model of 'tiny'"):
+    with pytest.raises(ScoringJobError, match=r"belongs to workload 'flights'.*with a model of 'tiny'"):
         check_workload(get_workload("flights"), TINY, "v1")
