@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["CorruptFileError", "Lake", "Manifest", "Partition", "crc32c_of", "month_range", "schema_hash"]
 
 MANIFEST = "_SUCCESS"
+# Written into a staged batch before it is moved to quarantine (Lake.quarantine): a remainder left by a move cut
+# short says it was refused (Lake.resume_quarantine) instead of looking like a batch to validate.
+REFUSING = "_REFUSING.json"
 # 2: file entries carry crc32c. Version 1 manifests (sha256 only) are still read.
 MANIFEST_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
@@ -648,18 +651,47 @@ class Lake:
             dest = self.quarantine_path(table, part, f"{attempt}-{n}")
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
+            # On GCS the move goes object by object: the verdict goes first, into the batch itself, so a move cut
+            # short leaves a remainder that says it was refused (resume_quarantine), never one that looks staged.
+            self.write_json(posixpath.join(staged, REFUSING), {"quarantine": dest, "reason": reason})
             self._move_tree(staged, dest)
+        return self._quarantined(dest, reason)
+
+    def _quarantined(self, dest: str, reason: dict[str, Any]) -> str:
         self.write_json(posixpath.join(dest, "_QUARANTINED.json"), reason)
+        with contextlib.suppress(FileNotFoundError):  # moved along with the batch: the reason file says it all now
+            self.fs.delete_file(posixpath.join(dest, REFUSING))
         return self.uri_of(dest)
+
+    def resume_quarantine(self, staged_dir: str) -> tuple[str, dict[str, Any]] | None:
+        """Finish a :meth:`quarantine` that was cut short (the process killed while it moved the batch): what is
+        left of the batch goes where the rest went, with its reason. Returns (the quarantine's URI, the reason),
+        or None when ``staged_dir`` holds no refused batch."""
+        staged = self._path(staged_dir)
+        marker = posixpath.join(staged, REFUSING)
+        if self.fs.get_file_info(marker).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(marker) as stream:
+            body = json.loads(stream.read().decode())
+        dest, reason = str(body["quarantine"]), dict(body["reason"])
+        self._move_tree(staged, dest)
+        return self._quarantined(dest, reason), reason
 
     def _move_tree(self, source: str, dest: str) -> None:
         if not self._gcs:
-            self.fs.move(source, dest)
-            return
-        # GCS has no folders to rename (pyarrow refuses to move one): move each object under the prefix.
-        for info in self.fs.get_file_info(pafs.FileSelector(source, recursive=True)):
-            if info.type == pafs.FileType.File:
-                self.fs.move(info.path, posixpath.join(dest, posixpath.relpath(info.path, source)))
+            if self.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+                self.fs.move(source, dest)
+                return
+        # GCS has no folders to rename (pyarrow refuses to move one): move each object under the prefix, the
+        # refusal marker last (so whatever is left is still marked). Locally: the rest of a move cut short.
+        infos = [i for i in self.fs.get_file_info(pafs.FileSelector(source, recursive=True))
+                 if i.type == pafs.FileType.File]
+        for info in sorted(infos, key=lambda i: i.base_name == REFUSING):
+            target = posixpath.join(dest, posixpath.relpath(info.path, source))
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            self.fs.move(info.path, target)
+        if not self._gcs:
+            self.fs.delete_dir(source)
 
     def _delete_tree(self, path: str) -> None:
         if not self._gcs:

@@ -400,6 +400,18 @@ def validate_partition(
     batch_uri = lake.uri_of(staged)
     attempt = attempt or posixpath.basename(staged.rstrip("/"))
     earlier = lake.quarantine_path(table, part, attempt)
+    if (resumed := lake.resume_quarantine(staged)) is not None:
+        # A refusal whose move to quarantine was cut short (the task killed meanwhile, before it alerted): what
+        # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
+        where, reason = resumed
+        failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
+        send_alert(settings, f"Quality gate refused {table} {part.label}", {
+            "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
+            "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"})
+        raise AlreadyRefused(
+            f"{table} {part.label}: the batch {batch_uri} was refused ({failed}); its move to quarantine was cut short "
+            f"and is now finished at {where} (see its _QUARANTINED.json); fix the input and re-run the job that stages it"
+        )
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
         raise AlreadyRefused(

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from tenfold.data.ingest import publish_table
@@ -242,3 +244,69 @@ def test_a_pass_is_trusted_only_for_the_same_bytes_and_suite(settings, lake, ale
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v4", alert=False)
     assert caught.value.report.failed_expectations == ["expect_column_values_to_not_be_null(carrier)"]
     assert suites_run == ["2013-01", "2013-01"]
+
+
+_KILLED_WHILE_QUARANTINING = r"""
+import os, posixpath, signal, sys
+import pyarrow.fs as pafs
+from tenfold.config import get_settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.quality.gate import validate_partition
+
+moved = []
+
+
+def move_tree(self, source, dest):
+    # As on GCS, a refused batch moves object by object: SIGKILLed after the first file.
+    for info in sorted(self.fs.get_file_info(pafs.FileSelector(source)), key=lambda i: i.path):
+        if info.base_name.endswith(".parquet"):
+            self.fs.create_dir(dest, recursive=True)
+            self.fs.move(info.path, posixpath.join(dest, info.base_name))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+Lake._move_tree = move_tree
+table, month, uri, suite = sys.argv[1:5]
+validate_partition(get_settings(), table, Partition.parse(month), uri, suite)
+"""
+
+
+def test_a_refusal_killed_while_it_quarantines_is_finished_by_the_retry_never_validated_again(
+    settings, lake, stage, alerts
+):
+    """On GCS a refused batch moves to quarantine file by file. A task killed midway left the rest staged, and the
+    retry validated that remainder (the bad rows had gone with the first file) and passed it on to publish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tenfold.local.env import settings_env
+    from tenfold.quality.gate import AlreadyRefused
+
+    table = synthetic_features(MARCH, 28_000, seed=7)
+    distance = table["distance"].to_numpy().copy()
+    distance[:40] = -500.0  # out of range, all in the first file
+    bad = with_column(table, "distance", distance)
+    uri = stage(bad.slice(0, 7_000), MARCH, "killed1")
+    for i in (1, 2, 3):
+        pq.write_table(bad.slice(7_000 * i, 7_000), f"{lake._path(uri)}/part-{i:05d}.parquet", filesystem=lake.fs)
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_QUARANTINING, FEATURES_TABLE, MARCH.label, uri,
+                            FEATURES_SUITE], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **settings_env(settings)})
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    left = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(lake._path(uri))))
+    assert "part-00000.parquet" not in left and len([n for n in left if n.endswith(".parquet")]) == 3
+    assert alerts() == []  # killed before it alerted
+
+    with pytest.raises(AlreadyRefused, match=r"expect_column_values_to_be_between\(distance\).*cut short and is now "
+                                             r"finished at"):
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    quarantine = lake.quarantine_path(FEATURES_TABLE, MARCH, "killed1")
+    held = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(quarantine)))
+    assert held == ["_QUARANTINED.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+                    "part-00003.parquet"]
+    assert "expect_column_values_to_be_between(distance)" in _quarantine_reason(lake, FEATURES_TABLE, MARCH,
+                                                                                 "killed1")["failed_expectations"]
+    assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"
+    assert [a["title"] for a in alerts()] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
