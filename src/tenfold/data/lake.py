@@ -678,10 +678,9 @@ class Lake:
         return self._quarantined(dest, reason), reason
 
     def _move_tree(self, source: str, dest: str) -> None:
-        if not self._gcs:
-            if self.fs.get_file_info(dest).type == pafs.FileType.NotFound:
-                self.fs.move(source, dest)
-                return
+        if not self._gcs and self.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+            self.fs.move(source, dest)
+            return
         # GCS has no folders to rename (pyarrow refuses to move one): move each object under the prefix, the
         # refusal marker last (so whatever is left is still marked). Locally: the rest of a move cut short.
         infos = [i for i in self.fs.get_file_info(pafs.FileSelector(source, recursive=True))

@@ -38,6 +38,7 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -305,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     settings = get_settings()
     try:
-        run = plan(settings, dag_id=DAG_ID, run_id=f"manual-{args.month}", logical_date=None, month=args.month)
+        # A run id of its own (so a staging folder of its own): two runs of one month at once never share one.
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        run = plan(settings, dag_id=DAG_ID, run_id=f"manual-{args.month}-{stamp}-{uuid.uuid4().hex[:6]}",
+                   logical_date=None, month=args.month)
         run = ingest(settings, run)
         run = validate(settings, build(settings, run))
         print(publish(settings, run))

@@ -452,13 +452,20 @@ def validate_published(
     published raises :class:`~tenfold.data.lake.MissingManifestError` (nothing to quarantine).
     """
     settings, lake = _resolve(settings_or_lake, settings)
-    for _ in range(3):
+    for round_ in range(3):
         # What the manifest named when this validation started: a failure withdraws that content only. A publish
         # that lands meanwhile removes the folder being read; its own content is then validated instead.
         try:
             started_from: str | None = lake.read_manifest(table, part).data_dir
         except MissingManifestError:
-            raise  # never published: nothing to validate or withdraw
+            if round_ == 0:
+                raise  # never published: nothing to validate or withdraw
+            # This validation refused it too, and another one (the same month's run beside it) withdrew it first:
+            # that one quarantined and alerted; re-ingesting would only publish the refused bytes again.
+            raise AlreadyRefused(
+                f"{table} {part.label} failed validation and was withdrawn meanwhile by another validation of the same "
+                f"month, which quarantined it (under {lake.uri_of(lake.quarantine_path(table, part, ''))}); fix the "
+                "input and run the month again") from None
         except LakeError:
             started_from = None  # an unreadable manifest: _check_published refuses it, and it is withdrawn
         report = _check_published(settings, lake, table, part, suite_name, key=key, docs=docs)

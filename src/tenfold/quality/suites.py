@@ -57,14 +57,30 @@ def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         available = sorted(p.stem for p in path.parent.glob("*.json"))
         raise SuiteError(f"no suite {name!r}: {path} does not exist (suites here: {', '.join(available) or 'none'})") from exc
-    except json.JSONDecodeError as exc:
-        raise SuiteError(f"{path} is not valid JSON ({exc}); fix the file") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{path} is not valid JSON in UTF-8 ({exc}); fix the file") from exc
     if not isinstance(body, dict) or body.get("name") != name or not isinstance(body.get("expectations"), list):
         raise SuiteError(f"{path}: a suite needs \"name\": {name!r} and a list of \"expectations\"")
+    known = sorted(partition_parameters(Partition(2000, 1)))
     for n, exp in enumerate(body["expectations"]):
         if not isinstance(exp, dict) or not str(exp.get("type", "")).startswith("expect_") or not isinstance(exp.get("kwargs"), dict):
             raise SuiteError(f"{path}: expectation #{n} needs a \"type\" (expect_...) and \"kwargs\"")
+        # A $PARAMETER no month fills would fail every validation inside GX, as a raw error retried for nothing.
+        for used in _parameters(exp["kwargs"]):
+            if used not in known:
+                raise SuiteError(f"{path}: expectation #{n} ({exp['type']}) uses {{\"$PARAMETER\": {used!r}}}, which no "
+                                 f"month fills: use one of {', '.join(known)}")
     return body
+
+
+def _parameters(value: Any) -> list[str]:
+    """The ``$PARAMETER`` names used anywhere in an expectation's kwargs."""
+    if isinstance(value, dict):
+        found = [str(value["$PARAMETER"])] if "$PARAMETER" in value else []
+        return found + [p for v in value.values() for p in _parameters(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _parameters(v)]
+    return []
 
 
 def load_suite(name: str, root: Path) -> ExpectationSuite:

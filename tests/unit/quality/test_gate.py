@@ -310,3 +310,30 @@ def test_a_refusal_killed_while_it_quarantines_is_finished_by_the_retry_never_va
                                                                                  "killed1")["failed_expectations"]
     assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"
     assert [a["title"] for a in alerts()] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
+
+
+def test_a_month_refused_by_two_validations_at_once_is_withdrawn_once_and_alerted_once(
+    settings, lake, alerts, january_flights, monkeypatch
+):
+    """Two runs of the same month refuse it together: the first withdraws it; the second used to fail with 'never
+    published, run the pipeline first' (retryable), and its retry re-ingested and re-published the refused bytes."""
+    from tenfold.quality import gate
+    from tenfold.quality.gate import AlreadyRefused, unpublish_to_quarantine
+
+    jan = Partition(2013, 1)
+    bad = january_flights.to_pylist()
+    for row in bad[:25]:
+        row["carrier"] = None
+    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
+                  source=WORKLOAD.sources.name)
+    checked = gate._check_published
+
+    def and_the_other_run_withdraws_it(*args, **kwargs):
+        report = checked(*args, **kwargs)
+        unpublish_to_quarantine(lake, "flights", jan, "other-run", report.to_dict())  # the other run got there first
+        return report
+
+    monkeypatch.setattr(gate, "_check_published", and_the_other_run_withdraws_it)
+    with pytest.raises(AlreadyRefused, match="withdrawn meanwhile by another validation of the same month"):
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="this-run", docs=False)
+    assert not lake.has_manifest("flights", jan) and alerts() == []  # the other run alerts for it

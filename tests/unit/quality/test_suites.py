@@ -63,6 +63,31 @@ def test_a_missing_or_broken_suite_is_named(tmp_path):
     (tmp_path / "odd.json").write_text(json.dumps({"name": "odd", "expectations": [{"type": "expect_nothing_real", "kwargs": {}}]}))
     with pytest.raises(SuiteError, match="rejects the suite"):
         load_suite("odd", root=tmp_path)
+    # A $PARAMETER no month fills failed every validation inside GX (a raw error, retried); now the file is named.
+    typo = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "year", "value_set": {"$PARAMETER": "yeras"}}}
+    (tmp_path / "typo.json").write_text(json.dumps({"name": "typo", "expectations": [typo]}))
+    with pytest.raises(SuiteError, match=r"typo\.json: expectation #0 .*uses \{\"\$PARAMETER\": 'yeras'\}.*one of .*years"):
+        load_suite_dict("typo", root=tmp_path)
+    (tmp_path / "latin.json").write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(SuiteError, match=r"latin\.json is not valid JSON in UTF-8"):
+        load_suite_dict("latin", root=tmp_path)
+
+
+def test_the_features_suite_accepts_every_value_the_raw_suites_accept():
+    """A feature copied from a raw column (the weather, a plane's seats) or derived from one (a plane's age) may hold
+    what the raw suite let through: a tighter bound refused a legal month after Spark had built it."""
+    between = "expect_column_values_to_be_between"
+    features = _by_type(load_suite_dict("features", SUITES), between)
+    weather = _by_type(load_suite_dict("raw_weather", SUITES), between)
+    planes = _by_type(load_suite_dict("raw_planes", SUITES), between)
+    pairs = {name: weather[name] for name in ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip",
+                                              "pressure", "visib")}
+    pairs["plane_seats"] = planes["seats"]
+    for name, raw in pairs.items():
+        feat = features[name]
+        assert feat["min_value"] <= raw["min_value"] and feat["max_value"] >= raw["max_value"], (name, feat, raw)
+    # age = the flight's year minus the year built, which the raw suite lets be as old as 1903
+    assert features["plane_age"]["min_value"] <= 0 and features["plane_age"]["max_value"] >= 2013 - planes["year"]["min_value"]
 
 
 def test_partition_parameters_cover_the_month_and_its_end():
