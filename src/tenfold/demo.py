@@ -188,6 +188,9 @@ class Traffic:
         from tenfold.serving import traffic
 
         chunk = 500
+        if not self.items:  # nothing to send (--flights 0): wait for the stop instead of spinning on an empty list
+            self._stop.wait()
+            return
         while not self._stop.is_set():
             for start in range(0, len(self.items), chunk):
                 if self._stop.is_set():
@@ -247,7 +250,9 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
             if state == "failed":
                 say(f"{ROLLOUT} run {run_id} failed in {', '.join(api.failed_tasks(ROLLOUT, run_id)) or 'a task'}: "
                     f"see {airflow_url(settings)}/dags/{ROLLOUT}")
-            return str(found[1]["end"]["outcome"]) if found and "end" in found[1] else None
+            if found and "end" in found[1]:
+                return str(found[1]["end"]["outcome"])
+            return "failed" if state == "failed" else "no decision"  # it ran: never "no run" in the table
         if time.monotonic() > deadline:
             raise DemoError(f"{ROLLOUT} did not finish in time; see {airflow_url(settings)}/dags/{ROLLOUT}")
         time.sleep(3)
@@ -302,12 +307,15 @@ class MonthRow:
     scored: str = "-"
     retrain: str = "-"
     rollout: str = "-"
+    first_trained_on_it: bool = False  # the first champion's AUC on this month is in-sample (the table marks it)
 
     def cells(self) -> list[str]:
         def auc(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.4f}"
 
-        return [self.month, self.validated, self.drift, self.serving, auc(self.auc_serving), auc(self.auc_first),
+        first = auc(self.auc_first) + (" (trained on it)" if self.first_trained_on_it and self.auc_first is not None
+                                       else "")
+        return [self.month, self.validated, self.drift, self.serving, auc(self.auc_serving), first,
                 self.scored, self.retrain, self.rollout]
 
 
@@ -396,14 +404,15 @@ def drift_cell(settings: Settings, part: Partition) -> str:
 
 
 def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_model: Any, flights: int,
-                 say: Callable[[str], object], *, scheduled_due: bool = False, clock: str = "") -> MonthRow:
+                 say: Callable[[str], object], *, scheduled_due: bool = False, clock: str = "",
+                 first_trained_on: frozenset[str] = frozenset()) -> MonthRow:
     """One month as if it were live: features, serving, offline scoring, feedback, drift, retraining, rollout.
 
     ``scheduled_due``: the baseline retraining schedule comes due this month (in replay time) if drift does not
     start a retrain first."""
     from tenfold.registry import CHAMPION, ModelRegistry
 
-    row = MonthRow(part.label)
+    row = MonthRow(part.label, first_trained_on_it=part.label in first_trained_on)
     registry = ModelRegistry(settings)
     say("")
     say(f"=== {part.label} ===" + (f" ({clock})" if clock else ""))
@@ -457,8 +466,9 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     now = registry.resolve(CHAMPION)
     if now and now != champion:
         row.serving = f"{champion} -> {now}"
-    row.auc_serving, row.auc_first = month_auc(settings, part, getattr(settings.storage, "scores_table", None),
-                                               first_model)
+    # The serving AUC comes from this month's offline scores only when this demo's scoring run published them.
+    scores = getattr(settings.storage, "scores_table", None) if row.scored == "yes" else None
+    row.auc_serving, row.auc_first = month_auc(settings, part, scores, first_model)
     return row
 
 
@@ -515,6 +525,8 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
         say("no champion: the gate promoted nothing, so there is nothing to serve or to monitor")
         return []
     _, first_model = resolve_and_download(settings, first_version)
+    lineage = registry.get(first_version).lineage
+    trained_on = frozenset(r.partition for r in lineage.train_partitions) if lineage else frozenset()
     if ensure_serving(settings, say) is None:
         return []
     # From here on the platform runs itself: each features event starts offline scoring and drift monitoring,
@@ -527,12 +539,15 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
         since_training += 1
         due = retrain_every > 0 and since_training >= retrain_every
         clock = f"{(time.monotonic() - started) / 60:.1f} min since the demo started"
-        rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock))
+        rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
+                                 first_trained_on=trained_on))
         if rows[-1].retrain != "-":
             since_training = 0
     say("")
-    say(f"the lifecycle, month by month (first champion {first_version}, trained on "
-        f"{initial[0].label}..{initial[-2].label}):")
+    # What that model was really trained on, from its lineage: on a demo run again over an earlier one's home, the
+    # champion found is a later model, trained on later months than this run's first window.
+    window = f"{min(trained_on)}..{max(trained_on)}" if trained_on else "months its lineage does not name"
+    say(f"the lifecycle, month by month (first champion {first_version}, trained on {window}):")
     say(table(rows))
     say(f"the demo took {(time.monotonic() - started) / 60:.1f} min")
     say(f"every run is in the Airflow UI: {airflow_url(settings)} (login: `tenfold status`)")
