@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -568,60 +568,52 @@ class EnvironSettings(BaseSettings):
     @field_validator("local")
     @classmethod
     def _known_local_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if name not in _LOCAL_OVERRIDABLE:
-                raise ValueError(
-                    f"{LOCAL_ENV_PREFIX}{name.upper()} names no local setting: use one of "
-                    f"{', '.join(LOCAL_ENV_PREFIX + f.upper() for f in _LOCAL_OVERRIDABLE)}"
-                )
-        return value
-
-    @field_validator("serving")
-    @classmethod
-    def _known_serving_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for section, fields in value.items():
-            known = SERVING_ENV_SECTIONS.get(section)
-            if known is None:
-                raise ValueError(f"TENFOLD_SERVING__{section.upper()}__* names no serving section: use "
-                                 f"{' or '.join('TENFOLD_SERVING__' + s.upper() + '__<FIELD>' for s in SERVING_ENV_SECTIONS)}")
-            for name in fields:
-                if name not in known.model_fields:
-                    raise ValueError(f"TENFOLD_SERVING__{section.upper()}__{name.upper()} names no field of "
-                                     f"{known.__name__}: use one of {', '.join(f.upper() for f in known.model_fields)}")
-        return value
-
+        return _known_fields(value, LOCAL_ENV_PREFIX, _LOCAL_OVERRIDABLE, "local setting")
 
     @field_validator("training")
     @classmethod
     def _known_training_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if name not in TRAINING_ENV_FIELDS:
-                raise ValueError(f"{TRAINING_ENV_PREFIX}{name.upper()} names no training setting: use one of "
-                                 f"{', '.join(TRAINING_ENV_PREFIX + f.upper() for f in TRAINING_ENV_FIELDS)}")
-        return value
-
-
-    @field_validator("pipelines")
-    @classmethod
-    def _known_pipeline_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for dag_id, fields in value.items():
-            if dag_id not in PipelineSettings.model_fields:
-                raise ValueError(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__* names no DAG: use one of "
-                                 f"{', '.join(d.upper() for d in PipelineSettings.model_fields)}")
-            for name in fields:
-                if name not in DagSettings.model_fields:
-                    raise ValueError(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{name.upper()} names no DAG setting: use "
-                                     f"one of {', '.join(f.upper() for f in DagSettings.model_fields)}")
-        return value
+        return _known_fields(value, TRAINING_ENV_PREFIX, TRAINING_ENV_FIELDS, "training setting")
 
     @field_validator("storage")
     @classmethod
     def _known_storage_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if name not in STORAGE_ENV_FIELDS:
-                raise ValueError(f"{STORAGE_ENV_PREFIX}{name.upper()} names no table setting: use one of "
-                                 f"{', '.join(STORAGE_ENV_PREFIX + f.upper() for f in STORAGE_ENV_FIELDS)}")
-        return value
+        return _known_fields(value, STORAGE_ENV_PREFIX, STORAGE_ENV_FIELDS, "table setting")
+
+    @field_validator("serving")
+    @classmethod
+    def _known_serving_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        return _known_sections(value, SERVING_ENV_PREFIX, SERVING_ENV_SECTIONS, "serving section")
+
+    @field_validator("pipelines")
+    @classmethod
+    def _known_pipeline_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        return _known_sections(value, PIPELINES_ENV_PREFIX, dict.fromkeys(PipelineSettings.model_fields, DagSettings),
+                               "DAG")
+
+
+def _known_fields(value: dict[str, str], prefix: str, fields: Sequence[str], what: str) -> dict[str, str]:
+    """``<prefix><FIELD>`` variables must name one of ``fields``: a typo is an error naming the right ones."""
+    for name in value:
+        if name not in fields:
+            raise ValueError(f"{prefix}{name.upper()} names no {what}: use one of "
+                             f"{', '.join(prefix + f.upper() for f in fields)}")
+    return value
+
+
+def _known_sections(value: dict[str, dict[str, str]], prefix: str, sections: Mapping[str, type[BaseModel]],
+                    what: str) -> dict[str, dict[str, str]]:
+    """``<prefix><SECTION>__<FIELD>`` variables must name a section and one of its model's fields."""
+    for section, fields in value.items():
+        known = sections.get(section)
+        if known is None:
+            raise ValueError(f"{prefix}{section.upper()}__* names no {what}: use one of "
+                             f"{', '.join(prefix + s.upper() + '__<FIELD>' for s in sections)}")
+        for name in fields:
+            if name not in known.model_fields:
+                raise ValueError(f"{prefix}{section.upper()}__{name.upper()} names no field of {known.__name__}: use "
+                                 f"one of {', '.join(f.upper() for f in known.model_fields)}")
+    return value
 
 
 def env_value(text: str) -> Any:

@@ -106,7 +106,7 @@ def test_a_workload_of_its_own_sets_its_months_and_table_from_the_environment_an
     assert s.storage.features_table == "tiny" and s.assets.features.endswith("/tiny")
     assert build_settings("local", settings_env(s)) == s
     for bad, says in ((("TENFOLD_PIPELINES__BUILD_FEATURE__FIRST_MONTH", "2020-01"), "names no DAG"),
-                      (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no DAG setting"),
+                      (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no field of DagSettings"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-1"), "use YYYY-MM"),
                       (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table setting")):
         with pytest.raises(ValueError, match=says):
