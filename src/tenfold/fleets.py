@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
-from tenfold.config.settings import SERVING_ENV_PREFIX, GpuGroupSettings
+from tenfold.config.settings import SERVING_ENV_PREFIX, GpuGroupSettings, deployed_env
 from tenfold.serving.auth import token_path
 
 # Serving runs the image's own CMD (serving_image/ defines it); the other roles name their module.
@@ -163,7 +163,8 @@ def startup_script(
     ``docker run`` flags.
     """
     registry = settings.container_image.split("/", 1)[0]
-    env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role}
+    env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role,
+           **deployed_env(settings)}  # the workload, tables and DAG settings the stacks were synthesized with
     env.update(extra_env or {})
     env_flags = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
     run_mode = "-d --restart=always" if detach else "--rm"

@@ -290,3 +290,24 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
         f"python -m {fleets.INFERENCE_MODULE} --preload {s.inference.model_ref}",
     ]
     assert fleets.INFERENCE_MODULE in fleets.LAUNCHED_MODULES
+
+
+def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> None:
+    """A workload of its own names its tables and months by TENFOLD_* variables at synth (the lake grants name those
+    tables): every VM's container must run with the same, or it reads tables it has no grant for."""
+    from tenfold.config import build_settings
+    from tenfold.config.settings import deployed_env
+
+    overrides = {"TENFOLD_WORKLOAD": "tiny_workload:WORKLOAD", "TENFOLD_STORAGE__FEATURES_TABLE": "tiny_features",
+                 "TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH": "2020-01",
+                 "TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH": "2020-03"}
+    custom = build_settings("dev", overrides)
+    assert deployed_env(custom) == overrides
+    assert deployed_env(build_settings("dev")) == {}  # nothing set: the scripts are as before
+    # the container rebuilds exactly the settings the stacks were made from
+    assert build_settings("dev", deployed_env(custom)) == custom
+    for script in (fleets.serving_startup_script(custom, custom.serving.stable_fleet, "stable"),
+                   fleets.training_startup_script(custom), fleets.feedback_startup_script(custom)):
+        run = next(line for line in script.splitlines() if line.startswith("docker run"))
+        for key, value in overrides.items():
+            assert f"-e {key}={value}" in run, (key, run[:200])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +89,9 @@ class LakeLayout(_Frozen):
         return {f"{self.staging}/": self.staging_retention_days, f"{self.quarantine}/": self.quarantine_retention_days}
 
 
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 class StorageSettings(_Frozen):
     lake_bucket: BucketName
     models_bucket: BucketName
@@ -113,6 +117,20 @@ class StorageSettings(_Frozen):
     scores_table: str = "scores"
     lake_layout: LakeLayout = LakeLayout()
     kms: KmsSettings
+
+    @model_validator(mode="after")
+    def _tables(self) -> StorageSettings:
+        """Each table a folder of the lake of its own: one path segment, distinct, never a layout folder."""
+        names = {f: getattr(self, f) for f in type(self).model_fields if f.endswith("_table")}
+        for field, name in names.items():
+            if not _TABLE_NAME.match(name):
+                raise ValueError(f"storage.{field}={name!r}: a table is one lowercase name ([a-z][a-z0-9_]*), e.g. "
+                                 "tiny_features")
+        taken = {*names.values()}
+        if len(taken) < len(names) or taken & {self.lake_layout.staging, self.lake_layout.quarantine}:
+            raise ValueError(f"storage tables {sorted(names.values())} must differ from each other and from the lake's "
+                             f"{self.lake_layout.staging!r} and {self.lake_layout.quarantine!r} folders")
+        return self
 
     def table_uri(self, table: str) -> str:
         """The URI of a lake table, e.g. ``gs://<lake bucket>/features``."""
@@ -868,8 +886,8 @@ def build_settings(
     )
     if given.workload:
         values["workload"] = given.workload
-    if given.storage:
-        values["storage"] = values["storage"].model_copy(update=given.storage)
+    if given.storage:  # validated like the rest (model_copy would not)
+        values["storage"] = StorageSettings.model_validate({**values["storage"].model_dump(), **given.storage})
     if given.pipelines:
         base = PipelineSettings()
         values["pipelines"] = base.model_copy(update={
@@ -877,6 +895,26 @@ def build_settings(
             for dag_id, fields in given.pipelines.items()})
     values.update(overrides)
     return Settings(**values)
+
+
+def deployed_env(settings: Settings) -> dict[str, str]:
+    """The ``TENFOLD_*`` variables that carry what ``settings`` set beyond its environment's defaults to the cloud's
+    own processes: the workload (``TENFOLD_WORKLOAD``), its table names (``TENFOLD_STORAGE__<X>_TABLE``) and the
+    DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``). The stacks are synthesized with them (the grants name
+    the tables), so the VMs' containers and Composer get them too, and run with what was deployed."""
+    base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
+    env: dict[str, str] = {}
+    if settings.workload != base.workload:
+        env["TENFOLD_WORKLOAD"] = settings.workload
+    for field in STORAGE_ENV_FIELDS:
+        if (value := getattr(settings.storage, field)) != getattr(base.storage, field):
+            env[STORAGE_ENV_PREFIX + field.upper()] = value
+    for dag_id in PipelineSettings.model_fields:
+        ours, theirs = getattr(settings.pipelines, dag_id), getattr(base.pipelines, dag_id)
+        for field in DagSettings.model_fields:
+            if (value := getattr(ours, field)) != getattr(theirs, field):
+                env[f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{field.upper()}"] = repr(value) if value is None else str(value)
+    return env
 
 
 @functools.lru_cache(maxsize=8)

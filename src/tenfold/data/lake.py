@@ -663,18 +663,23 @@ class Lake:
             self.fs.delete_file(posixpath.join(dest, REFUSING))
         return self.uri_of(dest)
 
-    def resume_quarantine(self, staged_dir: str) -> tuple[str, dict[str, Any]] | None:
+    def resume_quarantine(self, staged_dir: str, quarantined: str | None = None) -> tuple[str, dict[str, Any]] | None:
         """Finish a :meth:`quarantine` that was cut short (the process killed while it moved the batch): what is
-        left of the batch goes where the rest went, with its reason. Returns (the quarantine's URI, the reason),
-        or None when ``staged_dir`` holds no refused batch."""
+        left of the batch goes where the rest went, with its reason; a batch moved whole whose reason file was not
+        written yet (its marker, moved last, is in ``quarantined``) gets it. Returns (the quarantine's URI, the
+        reason), or None when neither holds a refusal left unfinished."""
         staged = self._path(staged_dir)
-        marker = posixpath.join(staged, REFUSING)
-        if self.fs.get_file_info(marker).type != pafs.FileType.File:
+        for folder in (staged, *([self._path(quarantined)] if quarantined else [])):
+            marker = posixpath.join(folder, REFUSING)
+            if self.fs.get_file_info(marker).type == pafs.FileType.File:
+                break
+        else:
             return None
         with self.fs.open_input_stream(marker) as stream:
             body = json.loads(stream.read().decode())
         dest, reason = str(body["quarantine"]), dict(body["reason"])
-        self._move_tree(staged, dest)
+        if folder == staged:
+            self._move_tree(staged, dest)
         return self._quarantined(dest, reason), reason
 
     def _move_tree(self, source: str, dest: str) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import MANIFEST, Lake, Partition, month_range
+from tenfold.data.lake import MANIFEST, Lake, MissingManifestError, Partition, month_range
 from tenfold.monitoring.alerts import send_alert
 from tenfold.pipelines.common import (
     PipelineError,
@@ -191,6 +191,11 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
                 checked.append(report.summary())
         except ValidationFailed as exc:
             refused.append(exc.report)
+        except MissingManifestError as exc:
+            # Published when this run looked (ingested above, or listed in the history window): another run withdrew
+            # it meanwhile (refused or found corrupt, and quarantined). A retry would only publish it again.
+            raise PipelineError(f"{table} {month.label} was withdrawn by another run while this one validated it "
+                                f"(see its quarantine): {exc}; fix the input, then run {part.label} again") from exc
     if refused:
         send_alert(
             settings,

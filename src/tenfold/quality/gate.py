@@ -61,6 +61,7 @@ class AlreadyRefused(LakeError):
     """A refused batch was validated again: the first verdict stands; its job must stage the batch again."""
 
     retryable = False
+    alerted = False  # True when this refusal sent its own alert
 
 
 @dataclass(frozen=True)
@@ -400,18 +401,21 @@ def validate_partition(
     batch_uri = lake.uri_of(staged)
     attempt = attempt or posixpath.basename(staged.rstrip("/"))
     earlier = lake.quarantine_path(table, part, attempt)
-    if (resumed := lake.resume_quarantine(staged)) is not None:
+    if (resumed := lake.resume_quarantine(staged, earlier)) is not None:
         # A refusal whose move to quarantine was cut short (the task killed meanwhile, before it alerted): what
         # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
         where, reason = resumed
         failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
-        send_alert(settings, f"Quality gate refused {table} {part.label}", {
-            "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
-            "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"})
-        raise AlreadyRefused(
+        if alert:
+            send_alert(settings, f"Quality gate refused {table} {part.label}", {
+                "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
+                "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"})
+        refused = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was refused ({failed}); its move to quarantine was cut short "
             f"and is now finished at {where} (see its _QUARANTINED.json); fix the input and re-run the job that stages it"
         )
+        refused.alerted = alert  # the task's failure callback does not alert a second time
+        raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
         raise AlreadyRefused(
@@ -463,9 +467,9 @@ def validate_published(
             # This validation refused it too, and another one (the same month's run beside it) withdrew it first:
             # that one quarantined and alerted; re-ingesting would only publish the refused bytes again.
             raise AlreadyRefused(
-                f"{table} {part.label} failed validation and was withdrawn meanwhile by another validation of the same "
-                f"month, which quarantined it (under {lake.uri_of(lake.quarantine_path(table, part, ''))}); fix the "
-                "input and run the month again") from None
+                f"{table} {part.label} failed validation and was withdrawn meanwhile by another run (a validation of the "
+                f"same month, or a reader that found a file corrupt), which quarantined it (under "
+                f"{lake.uri_of(lake.quarantine_path(table, part, ''))}); fix the input and run the month again") from None
         except LakeError:
             started_from = None  # an unreadable manifest: _check_published refuses it, and it is withdrawn
         report = _check_published(settings, lake, table, part, suite_name, key=key, docs=docs)

@@ -108,7 +108,9 @@ def test_a_workload_of_its_own_sets_its_months_and_table_from_the_environment_an
     for bad, says in ((("TENFOLD_PIPELINES__BUILD_FEATURE__FIRST_MONTH", "2020-01"), "names no DAG"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no field of DagSettings"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-1"), "use YYYY-MM"),
-                      (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table setting")):
+                      (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table setting"),
+                      (("TENFOLD_STORAGE__FEATURES_TABLE", "../x"), "a table is one lowercase name"),
+                      (("TENFOLD_STORAGE__FEATURES_TABLE", "scores"), "must differ from each other")):
         with pytest.raises(ValueError, match=says):
             build_settings("local", dict([bad]))
 

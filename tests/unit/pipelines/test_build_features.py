@@ -77,6 +77,27 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
+def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries(settings, lake, monkeypatch):
+    """Another run of the month refused (or found corrupt) and withdrew an input between this run's publish and its
+    validation: a retry would only publish it again, so the run fails at once, saying so."""
+    from tenfold.data.lake import MissingManifestError
+    from tenfold.pipelines.common import PipelineError
+
+    checked = pipeline.validate_published
+
+    def withdrawn_meanwhile(lake_, table, month, *args, **kwargs):
+        if table == "weather":
+            lake_.fs.delete_file(lake_.manifest_path(table, month))  # what the other run's withdrawal does first
+        return checked(lake_, table, month, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validate_published", withdrawn_meanwhile)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-01")
+    with pytest.raises(PipelineError, match=r"weather 2013-01 was withdrawn by another run while this one validated it"
+                                            r".*then run 2013-01 again") as caught:
+        pipeline.ingest(settings, run)
+    assert isinstance(caught.value.__cause__, MissingManifestError)
+
+
 def stage_lookups(lake, run, names=CONTRACT.lookup_tables):
     """What the feature job stages beside the features: one folder per lookup table."""
     for name, table in synthetic_lookups(run.partition).items():

@@ -300,8 +300,9 @@ def test_a_refusal_killed_while_it_quarantines_is_finished_by_the_retry_never_va
     assert alerts() == []  # killed before it alerted
 
     with pytest.raises(AlreadyRefused, match=r"expect_column_values_to_be_between\(distance\).*cut short and is now "
-                                             r"finished at"):
+                                             r"finished at") as caught:
         validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert caught.value.alerted, "the task's failure callback would alert a second time"
     quarantine = lake.quarantine_path(FEATURES_TABLE, MARCH, "killed1")
     held = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(quarantine)))
     assert held == ["_QUARANTINED.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
@@ -334,6 +335,6 @@ def test_a_month_refused_by_two_validations_at_once_is_withdrawn_once_and_alerte
         return report
 
     monkeypatch.setattr(gate, "_check_published", and_the_other_run_withdraws_it)
-    with pytest.raises(AlreadyRefused, match="withdrawn meanwhile by another validation of the same month"):
+    with pytest.raises(AlreadyRefused, match="withdrawn meanwhile by another run \\(a validation of the same month"):
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="this-run", docs=False)
     assert not lake.has_manifest("flights", jan) and alerts() == []  # the other run alerts for it
