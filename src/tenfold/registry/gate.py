@@ -132,7 +132,7 @@ class GatePolicy:
             raise ValueError(f"the champion margin {self.margin} is out of range: from -0.05 (a tolerated AUC loss) to 0.2")
 
     @classmethod
-    def from_settings(cls, settings: Settings, workload_baselines: Sequence[str] = ()) -> GatePolicy:
+    def from_settings(cls, settings: Settings, workload_baselines: Sequence[str]) -> GatePolicy:
         """The policy of ``settings.training``; ``workload_baselines`` (the workload's own baselines) are those to
         beat when ``gate_beat_baselines`` is None."""
         t = settings.training
