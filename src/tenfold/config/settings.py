@@ -903,16 +903,25 @@ def deployed_env(settings: Settings) -> dict[str, str]:
     DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``). The stacks are synthesized with them (the grants name
     the tables), so the VMs' containers and Composer get them too, and run with what was deployed."""
     base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
-    env: dict[str, str] = {}
+    env = tables_and_pipelines_env(settings, base)
     if settings.workload != base.workload:
         env["TENFOLD_WORKLOAD"] = settings.workload
+    return env
+
+
+def tables_and_pipelines_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:
+    """``TENFOLD_STORAGE__<X>_TABLE`` and ``TENFOLD_PIPELINES__<DAG>__<FIELD>`` for ``settings``: every one, or
+    with ``base`` those whose value differs from it (None as ``repr``, which :func:`env_value` reads back)."""
+    env: dict[str, str] = {}
     for field in STORAGE_ENV_FIELDS:
-        if (value := getattr(settings.storage, field)) != getattr(base.storage, field):
-            env[STORAGE_ENV_PREFIX + field.upper()] = value
+        table = getattr(settings.storage, field)
+        if base is None or table != getattr(base.storage, field):
+            env[STORAGE_ENV_PREFIX + field.upper()] = table
     for dag_id in PipelineSettings.model_fields:
-        ours, theirs = getattr(settings.pipelines, dag_id), getattr(base.pipelines, dag_id)
+        ours = getattr(settings.pipelines, dag_id)
         for field in DagSettings.model_fields:
-            if (value := getattr(ours, field)) != getattr(theirs, field):
+            value = getattr(ours, field)
+            if base is None or value != getattr(getattr(base.pipelines, dag_id), field):
                 env[f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{field.upper()}"] = repr(value) if value is None else str(value)
     return env
 

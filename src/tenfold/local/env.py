@@ -19,14 +19,12 @@ from typing import Any
 from tenfold.config import Settings, build_settings
 from tenfold.config.settings import (
     LOCAL_ENV_PREFIX,
-    PIPELINES_ENV_PREFIX,
     SERVING_ENV_PREFIX,
     SERVING_ENV_SECTIONS,
-    STORAGE_ENV_FIELDS,
-    STORAGE_ENV_PREFIX,
     TRAINING_ENV_FIELDS,
     TRAINING_ENV_PREFIX,
     LocalSettings,
+    tables_and_pipelines_env,
 )
 
 
@@ -53,11 +51,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for field in TRAINING_ENV_FIELDS:  # repr: tuples and None come back through env_value
         value = getattr(settings.training, field)
         env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
-    for dag_id in type(settings.pipelines).model_fields:  # repr: None comes back through env_value
-        for field, value in getattr(settings.pipelines, dag_id).model_dump().items():
-            env[f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{field.upper()}"] = repr(value) if value is None else str(value)
-    for field in STORAGE_ENV_FIELDS:
-        env[STORAGE_ENV_PREFIX + field.upper()] = getattr(settings.storage, field)
+    env.update(tables_and_pipelines_env(settings))
     for section in SERVING_ENV_SECTIONS:
         values = getattr(settings.serving, section)
         for field in type(values).model_fields:
