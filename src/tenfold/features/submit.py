@@ -157,18 +157,16 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
                                     env=spark_env(bind_host=settings.local.bind_host), start_new_session=True)
             try:
                 code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)  # the JVM is a grandchild: end the whole group we started
-                proc.wait()
-                code = None
-            except BaseException:
-                # Interrupted while waiting (Airflow's task timeout or termination raised in the task, Ctrl-C):
-                # the job runs in a session of its own and would go on writing into the staging folder a retry
-                # rebuilds.
+            except BaseException as exc:
+                # Past its bound, or interrupted while waiting (Airflow's task timeout or termination raised in the
+                # task, Ctrl-C): the job runs in a session of its own and would go on writing into the staging folder
+                # a retry rebuilds. The JVM is a grandchild: end the whole group we started.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 proc.wait()
-                raise
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
+                code = None
             log.seek(0)
             text = log.read()
         archive.exit_code = code

@@ -241,19 +241,18 @@ def run_torchrun(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:
+            # Past its bound, or interrupted while waiting (Airflow's task timeout or termination raised in the task,
+            # Ctrl-C): the job runs in a session of its own, so nothing else would stop it writing into the run's
+            # folders.
             _terminate(proc)
             rendezvous_file(job_id).unlink(missing_ok=True)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
             raise TrainingTimeout(
                 f"training ran past its {timeout:.0f} s bound and was killed; see {log_path}",
                 rank=None, error="timeout", exitcode=-1, log_path=log_path,
             ) from None
-        except BaseException:
-            # Interrupted while waiting (Airflow's task timeout or termination raised in the task, Ctrl-C): the
-            # job runs in a session of its own, so nothing else would stop it writing into the run's folders.
-            _terminate(proc)
-            rendezvous_file(job_id).unlink(missing_ok=True)
-            raise
     wall = time.monotonic() - started
     rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:
