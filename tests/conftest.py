@@ -15,6 +15,9 @@ the end of the session. They never touch a running ``make up`` (other home, othe
   local_settings)`` keeps that session's emulator endpoints with a fresh home, lake and registry
   prefix; keyword arguments replace fields or update sections (``storage={"features_table": "x"}``).
   ``settings`` is ``make_settings()`` for one test.
+* ``interrupted_after`` -> ``with interrupted_after(seconds): <wait>``: the wait is interrupted by an exception raised
+  in the main thread after ``seconds`` (SIGALRM), as Airflow's task timeout or termination interrupts a waiting task;
+  the block fails unless that exception came through it.
 * ``airflow_env`` -> the environment for ``airflow dags test`` subprocesses: temp AIRFLOW_HOME with a
   migrated SQLite DB, the project's dags/, the emulators, and TENFOLD_* variables under which
   ``get_settings()`` in the subprocess equals ``local_settings``.
@@ -22,7 +25,9 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -183,3 +188,26 @@ def airflow_env(local_settings: Settings) -> dict[str, str]:
     env = build_env(local_settings)
     ensure_airflow_db(env)
     return env
+
+
+class _TaskInterrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def interrupted_after() -> Callable[[float], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def interrupted(seconds: float) -> Iterator[None]:
+        def interrupt(signum: int, frame: object) -> None:
+            raise _TaskInterrupted("the task was interrupted")
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            with pytest.raises(_TaskInterrupted):
+                yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return interrupted

@@ -4,38 +4,24 @@ staging folder that the retry rebuilds."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
-import pytest
 
 from tenfold.config import Settings
 from tenfold.features.submit import run_submit
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def test_an_interrupted_job_is_killed_with_its_whole_group(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_an_interrupted_job_is_killed_with_its_whole_group(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                           interrupted_after: Any) -> None:
     settings = make_settings(spark={"class_sharing": False})
     pid_file = tmp_path / "child.pid"
     job = ["sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]  # a grandchild, like the driver's JVM
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise _Interrupted("the task was interrupted")
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(2)
-    try:
-        with pytest.raises(_Interrupted):
-            run_submit(job, "a test job", settings=settings, timeout_s=300)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with interrupted_after(2):
+        run_submit(job, "a test job", settings=settings, timeout_s=300)
     child = psutil.Process(int(pid_file.read_text()))
     deadline = time.monotonic() + 5
     while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -101,10 +102,6 @@ def test_a_worker_that_always_fails_ends_the_job_naming_rank_and_error(
 
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def _assert_no_process_left(tmp_path: Path, within_s: float = 30) -> None:
     import psutil
 
@@ -137,22 +134,11 @@ def test_a_job_past_its_bound_is_killed_with_all_its_processes(
 
 
 def test_a_launch_interrupted_while_it_waits_kills_the_job(
-    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path, interrupted_after: Any
 ) -> None:
     """Airflow's task timeout (and a termination) is an exception raised in the waiting task: the job, in a session
     of its own, must not go on training into the run's folders behind the retry."""
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise _Interrupted("the task was interrupted")
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(3)
-    try:
-        with pytest.raises(_Interrupted):
-            run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=300)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with interrupted_after(3):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=300)
     _assert_no_process_left(tmp_path, within_s=12)  # the grace torchrun's SIGTERM gets, and a margin
     assert not (tmp_path / "model").exists()
