@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -227,10 +228,32 @@ def test_a_lake_that_cannot_be_written_holds_the_batch_until_it_can(fb_settings)
     blocker = lake_root / s.storage.predictions_table
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the table's folder must go: every write fails")
-    threading.Timer(2.5, blocker.unlink).start()  # the lake comes back
 
-    with FeedbackSink(s, SinkOptions(idle_s=1.0, poll_interval_s=0.1, write_retry_s=30)) as sink:
-        sink.drain()
+    class LakeComesBack(logging.Handler):
+        """Unblocks the lake on the sink's second failed write, having checked nothing was acknowledged yet."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.failures: list[str] = []
+            self.acked_meanwhile: list[int] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("lake write of"):
+                self.failures.append(record.getMessage())
+                self.acked_meanwhile.append(sink.stats["predictions"].acked)
+                if len(self.failures) == 2:
+                    blocker.unlink()
+
+    watcher = LakeComesBack()
+    sink_log = logging.getLogger("tenfold.feedback.sink")
+    sink_log.addHandler(watcher)
+    try:
+        with FeedbackSink(s, SinkOptions(idle_s=1.0, poll_interval_s=0.1, write_retry_s=30)) as sink:
+            sink.drain()
+    finally:
+        sink_log.removeHandler(watcher)
+    assert len(watcher.failures) == 2, watcher.failures  # the writes failed, and were retried, before it landed
+    assert watcher.acked_meanwhile == [0, 0]  # held, not acknowledged, while the lake was away
     assert sink.stats["predictions"].landed == 5 and sink.stats["predictions"].acked == 5
     assert sorted(_log(s, "predictions")["prediction_id"].to_pylist()) == [f"w{i}" for i in range(5)]
     assert _pull_all(s, s.messaging.subscriptions["predictions"].name) == []

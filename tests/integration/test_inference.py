@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -233,8 +237,7 @@ def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(make_setup, work
     assert worker.stats.duplicates == 0
 
 
-def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_does(make_setup, monkeypatch, tmp_path) -> None:
-    from tenfold.inference.faults import InjectedFault
+def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_does(make_setup, tmp_path) -> None:
     from tenfold.pipelines import batch_inference as pipeline
 
     setup = make_setup(400, rows_per_message=20, workers=2)
@@ -249,11 +252,24 @@ def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_doe
     clean_bytes = published_bytes()
     assert clean["rows_out"] == 400 and clean["requests_dead_lettered"] == 0
 
-    # The retried run: its publish task dies after 10 of its 20 requests, and is retried.
-    monkeypatch.setenv("TENFOLD_INFER_FAULT", f"at=publish,mode=raise,after=10,ready={tmp_path / 'failed.json'}")
+    # The retried run: its publish task is SIGKILLed after 10 of its 20 requests (no cleanup runs, so what
+    # the client had batched but not sent is lost), and is retried.
     planned = pipeline.plan(s, "retried", conf)
-    with pytest.raises(InjectedFault):
-        pipeline.publish(s, planned)
+    (tmp_path / "settings.json").write_text(s.model_dump_json())
+    (tmp_path / "run.json").write_text(json.dumps(planned.to_xcom()))
+    killed = tmp_path / "killed.json"
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import json, sys
+            from tenfold.config import Settings
+            from tenfold.pipelines import batch_inference as pipeline
+            settings = Settings.model_validate_json(open(sys.argv[1]).read())
+            pipeline.publish(settings, json.load(open(sys.argv[2])))
+        """), str(tmp_path / "settings.json"), str(tmp_path / "run.json")],
+        env={**os.environ, "TENFOLD_INFER_FAULT": f"at=publish,mode=kill,after=10,ready={killed}"},
+        capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert json.loads(killed.read_text())["at"] == "publish"
     pipeline.publish(s, planned)  # the retry: the same 20 request ids again
     scored = pipeline.score(s, planned)
     retried = pipeline.publish_results(s, planned, scored)
@@ -262,7 +278,6 @@ def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_doe
     assert published_bytes() == clean_bytes
     table = lake.read_table(s.storage.scores_table, [PART])
     assert table.num_rows == 400 and set(table.column("model_version").to_pylist()) == {setup.version}
-    assert os.environ.get("TENFOLD_INFER_FAULT")  # still armed: the retry ran past the fault because it fired once
 
 
 def test_the_pool_preloads_the_run_model_and_reports_ready(make_setup) -> None:

@@ -106,10 +106,21 @@ def test_tenfold_up_skips_serving_cleanly_without_a_champion(make_settings: Any,
 def test_settings_reach_the_supervisor_whole(make_settings: Any, tmp_path: Path) -> None:
     # The supervisor rebuilds the settings from the file `up` writes (fleet and server sections are
     # not environment variables); what it reads back equals what was written.
-    settings = make_settings(serving={"target_utilization": 0.42})
-    path = tmp_path / "fleet-settings.json"
-    path.write_text(settings.model_dump_json())
-    assert Settings.model_validate_json(path.read_text()) == settings
+    # Values that no default holds, nested ones included: a writer that left any out fails here.
+    base = make_settings()
+    serving = base.serving.model_copy(update={
+        "target_utilization": 0.42,
+        "fleet": base.serving.fleet.model_copy(update={"stabilization_s": 7.5}),
+        "server": base.serving.server.model_copy(update={"max_batch_wait_ms": 3.0}),
+    })
+    monitoring = base.monitoring.model_copy(update={"alert_webhook_url": "https://hooks.example.com/x"})
+    settings = base.model_copy(update={"serving": serving, "monitoring": monitoring})
+    fleet.run_dir(settings).mkdir(parents=True, exist_ok=True)
+    path = fleet.write_settings_file(settings)
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds the webhook URL
+    assert fleet.read_settings_file(path) == settings
+    # A later `tenfold serve ...`, built from the environment alone, gets the running fleet's settings back.
+    assert base != settings and fleet.running_settings(base) == settings
     assert settings_env(settings)["TENFOLD_HOME"] == str(settings.local.home)
 
 

@@ -63,13 +63,14 @@ def airflow(browser: Any, platform: Any, offline: Any) -> Iterator[Any]:
     """A browser context logged in to the platform's Airflow (through its login page)."""
     context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id="UTC")
     context.set_default_timeout(ACTION_MS)
-    offline(context)  # the UI is served from loopback: nothing of it may come from the internet
+    refused = offline(context)  # the UI is served from loopback: nothing of it may come from the internet
     page = context.new_page()
     with platform.failure_shot(page, "login"):
         log_in(page, platform)
     page.close()
     yield context
     context.close()
+    assert refused == [], f"the Airflow UI asked for resources off this machine: {refused}"
 
 
 def test_logs_in_with_the_generated_login_and_lists_the_dags_with_their_tags(airflow, platform):

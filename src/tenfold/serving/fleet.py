@@ -629,11 +629,23 @@ def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
 def running_settings(settings: Settings) -> Settings:
     """The settings the running fleet was started with (its fleet and server sections are not
     environment variables, so a later ``tenfold serve ...`` reads them from ``fleet-settings.json``)."""
-    path = run_dir(settings) / SETTINGS_FILE
     try:
-        return Settings.model_validate_json(path.read_text())
+        return read_settings_file(run_dir(settings) / SETTINGS_FILE)
     except (FileNotFoundError, ValueError):
         return settings
+
+
+def write_settings_file(settings: Settings) -> Path:
+    """``fleet-settings.json``: the settings whole, for the supervisor and later ``tenfold serve`` commands."""
+    path = run_dir(settings) / SETTINGS_FILE
+    # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the token is.
+    atomic_write(path, settings.model_dump_json().encode(), durable=False, mode=0o600)
+    return path
+
+
+def read_settings_file(path: Path) -> Settings:
+    """What :func:`write_settings_file` wrote."""
+    return Settings.model_validate_json(path.read_text())
 
 
 def resolve_version(settings: Settings, ref: str) -> str:
@@ -714,11 +726,10 @@ def _up(
     )
     with _spec_lock(settings):
         _write_atomic(rd / SPEC_FILE, spec.to_json())
-    # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the token is.
-    atomic_write(rd / SETTINGS_FILE, settings.model_dump_json().encode(), durable=False, mode=0o600)
+    settings_file = write_settings_file(settings)
     (rd / STATUS_FILE).unlink(missing_ok=True)
     write_config(settings, canary_percent=fleet.canary_percent)  # a fresh fleet starts at the settings' split
-    argv = [sys.executable, "-m", "tenfold.serving.fleet", "--settings-file", str(rd / SETTINGS_FILE)]
+    argv = [sys.executable, "-m", "tenfold.serving.fleet", "--settings-file", str(settings_file)]
     env = {**os.environ, **settings_env(settings)}
     say(f"fleet: starting HAProxy on {settings.local.bind_host}:{settings.local.lb_port} and replicas of "
         f"{stable_version} (stable) and {canary_version} (canary) ...")
@@ -987,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenfold.serving.fleet", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--settings-file", required=True, type=Path, help="the settings `tenfold serve up` wrote")
     args = parser.parse_args(argv)
-    settings = Settings.model_validate_json(args.settings_file.read_text())
+    settings = read_settings_file(args.settings_file)
     try:
         Supervisor(settings, say=lambda line: print(line, flush=True)).run()
     except LocalPlatformError as exc:

@@ -199,11 +199,17 @@ def test_iap_refuses_a_forged_signature_and_a_bare_email_header(settings: Any, e
 
 def test_iap_keys_that_cannot_be_fetched_are_a_503(settings: Any, es256: tuple[Any, str]) -> None:
     key, _public = es256
-    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE),
-                         http_request=KeyServer({}, status=500))
+    server = KeyServer({}, status=500)
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=server)
+    # The fetch at start has failed (not merely begun): the refusal is the failed fetch's, not "being fetched".
+    assert auth._keys is not None
+    _until(lambda: server.fetches == 1 and auth._keys is not None and auth._keys._failed_at is not None)
+    assert auth.not_ready() is not None
     with pytest.raises(AuthError) as err:
         auth.check({"x-goog-iap-jwt-assertion": _assertion(key)})
     assert err.value.status == 503
+    assert "failed" in str(err.value) and "tried again" in str(err.value)
+    assert server.fetches == 1  # within retry_s, a request does not fetch again
 
 
 class SlowKeyServer(KeyServer):

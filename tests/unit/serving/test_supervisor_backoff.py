@@ -10,6 +10,8 @@ under tests/serving run the real HAProxy).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,11 @@ def _tick_for(sup: Any, seconds: float) -> None:
         time.sleep(0.05)
 
 
+def _delays(lines: list[str], what: str) -> list[float]:
+    """The back-off delays the supervisor announced ("...; retrying in 1.0 s") on its lines about ``what``."""
+    return [float(m.group(1)) for line in lines if what in line and (m := re.search(r"retrying in ([0-9.]+) s", line))]
+
+
 def test_a_replica_that_dies_soon_after_admission_is_restarted_with_back_off(supervisor: Any,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supervisor, "_ensure_haproxy", lambda: True)
@@ -85,22 +92,39 @@ def test_a_replica_that_dies_soon_after_admission_is_restarted_with_back_off(sup
     starts = [line for line in supervisor.lines if ": started " in line]
     # Dying 0.4 s after each start, an unthrottled pool starts ~15 replicas in 8 s; backing off 0.5, 1, 2, 4 s: ~5.
     assert 2 <= len(starts) <= 6, supervisor.lines
-    assert any("after it entered rotation" in line and "retrying in" in line for line in supervisor.lines)
+    # The delays the supervisor announced double from 0.5 s (the count above alone would also hold for an
+    # unthrottled pool on a machine slow enough to start a Python process only every 1.5 s).
+    delays = _delays(supervisor.lines, "after it entered rotation")
+    assert len(delays) >= 2, supervisor.lines
+    assert delays[0] == pytest.approx(0.5, abs=0.1), delays
+    for before, after in itertools.pairwise(delays):
+        assert after == pytest.approx(2 * before, abs=0.1), delays
 
 
 def test_a_haproxy_that_cannot_restart_is_retried_with_back_off_and_the_status_says_so(
     supervisor: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    attempts: list[float] = []
+    """The real HAProxy, whose port another process holds: it exits at start, and is tried again after 0.5, 1, 2 s."""
+    import socket
 
-    def cannot_start() -> None:
-        attempts.append(time.monotonic())
-        raise LocalPlatformError("port 8000 is in use")
+    from tenfold.serving.haproxy import RuntimeApi, write_config
 
-    monkeypatch.setattr(supervisor, "start_haproxy", cannot_start)
-    _tick_for(supervisor, 3.0)
-    assert 2 <= len(attempts) <= 4, len(attempts)  # 0, 0.5, 1.5 s (then 3.5): not every 50 ms
-    status = fleet.read_status(supervisor.settings)
+    settings = supervisor.settings
+    write_config(settings, canary_percent=0)
+    supervisor.api.alive = RuntimeApi(supervisor.paths.socket).alive  # the real runtime API says whether it came up
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((settings.local.bind_host, settings.local.lb_port))
+    holder.listen()
+    try:
+        _tick_for(supervisor, 3.0)
+    finally:
+        holder.close()
+    tries = [line for line in supervisor.lines if "haproxy: not running, restarting it" in line]
+    assert 2 <= len(tries) <= 4, supervisor.lines  # at 0, 0.5, 1.5 s (then 3.5): not every 50 ms
+    delays = _delays(supervisor.lines, "haproxy: could not restart")
+    assert delays[:2] == [pytest.approx(0.5, abs=0.1), pytest.approx(1.0, abs=0.1)], supervisor.lines
+    assert supervisor.haproxy is None
+    status = fleet.read_status(settings)
     assert status is not None and status.haproxy_pid is None and not status.ready
 
 
