@@ -176,6 +176,12 @@ def test_poison_message_is_dead_lettered_after_exactly_the_configured_attempts(m
 
     (shown,) = dlq.inspect(s, run=run)
     assert shown["request_id"] == poison_id and shown["delivery_attempts"] == MAX_ATTEMPTS and not shown["replayed"]
+    # A mistyped run key or request id is refused before anything is sent (it said "0 re-published" and exited 0).
+    with pytest.raises(dlq.DlqError, match="has no dead letters recorded"):
+        dlq.replay(s, run=run + "-typo")
+    with pytest.raises(dlq.DlqError, match=f"no dead letter has request id {poison_id}x in run"):
+        dlq.replay(s, run=run, request_ids=[poison_id + "x"])
+    assert not (store.dead_letter(poison_id) or {}).get("replayed")
     assert [r["request_id"] for r in dlq.replay(s, run=run)] == [poison_id]
     assert dlq.replay(s, run=run) == []  # marked replayed: not sent twice
 

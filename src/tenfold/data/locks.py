@@ -35,6 +35,11 @@ class LockLost(RuntimeError):
     """The lock was taken over while its holder worked (it stopped refreshing it for longer than ``stale_s``)."""
 
 
+class LockUnavailable(LockTimeout):
+    """The lock could not be taken because its store refused or failed the request (GCS: a 403, a 5xx
+    past the client's own retries): like a timeout, the work did not start and may be tried again."""
+
+
 @contextlib.contextmanager
 def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[None]:
     """Hold an ``flock`` on ``path`` (created, with its folder); :class:`LockTimeout` after ``timeout_s``."""
@@ -59,7 +64,7 @@ def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[None]:
 @contextlib.contextmanager
 def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float, what: str) -> Iterator[None]:
     """Hold the create-only object ``gs://bucket/name``; :class:`LockTimeout` after ``timeout_s``."""
-    from google.api_core.exceptions import NotFound, PreconditionFailed
+    from google.api_core.exceptions import GoogleAPICallError, NotFound, PreconditionFailed
 
     uri = f"gs://{bucket}/{name}"
     blob = client.bucket(bucket).blob(name)
@@ -67,21 +72,26 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     # retry then fails the generation check) recognises the object as still its own.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            blob.upload_from_string(owner, if_generation_match=0)
-            break
-        except PreconditionFailed:
-            with contextlib.suppress(NotFound, PreconditionFailed):
-                blob.reload()
-                age = time.time() - blob.updated.timestamp() if blob.updated else 0.0
-                if age > stale_s:  # its holder died without releasing: take it over, once
-                    blob.delete(if_generation_match=blob.generation)
-                    continue
-            if time.monotonic() > deadline:
-                raise LockTimeout(f"another process holds {uri}, the lock of {what} (waited {timeout_s:.0f} s); "
-                                  "let it finish and run again, or delete the object if nothing holds it") from None
-            time.sleep(0.5)
+    try:
+        while True:
+            try:
+                blob.upload_from_string(owner, if_generation_match=0)
+                break
+            except PreconditionFailed:
+                with contextlib.suppress(NotFound, PreconditionFailed):
+                    blob.reload()
+                    age = time.time() - blob.updated.timestamp() if blob.updated else 0.0
+                    if age > stale_s:  # its holder died without releasing: take it over, once
+                        blob.delete(if_generation_match=blob.generation)
+                        continue
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"another process holds {uri}, the lock of {what} (waited {timeout_s:.0f} s); "
+                                      "let it finish and run again, or delete the object if nothing holds it") from None
+                time.sleep(0.5)
+    except GoogleAPICallError as exc:  # a 403, or a 5xx the client's retries did not get past: nothing started
+        raise LockUnavailable(f"cannot take {uri}, the lock of {what}: GCS answered {exc.code} ({exc.message}); "
+                              "check that this service account may create and delete objects there, then run "
+                              "again") from exc
     held = {"generation": blob.generation, "lost": ""}
     stop = threading.Event()
 
@@ -121,7 +131,11 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     finally:
         stop.set()
         beating.join()
-        with contextlib.suppress(NotFound, PreconditionFailed):
+        try:
             blob.delete(if_generation_match=held["generation"])
+        except (NotFound, PreconditionFailed):
+            pass
+        except GoogleAPICallError as exc:  # left behind, it goes stale and the next holder takes it over
+            log.warning("could not release the lock %s (%s); it is taken over once older than %.0f s", uri, exc, stale_s)
     if held["lost"]:
         raise LockLost(f"{held['lost']}: another writer may have worked meanwhile; run it again")

@@ -37,6 +37,14 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _settings(env: str | None) -> Any:
+    """The settings of ``--env`` (default ``TENFOLD_ENV``); an unknown environment or bad value exits 2."""
+    try:
+        return get_settings(env)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+
+
 def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
@@ -61,7 +69,7 @@ def sink_command(
 
     if once and until_idle:
         raise _fail("--once and --until-idle are alternatives: pass one of them (or neither, to run until SIGTERM)", 2)
-    settings = get_settings(env)
+    settings = _settings(env)
     out: dict[str, Any] = {}
     try:
         with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s, pull_wait_s=pull_wait_s,
@@ -128,8 +136,8 @@ def join_command(
         months = [Partition.parse(m) for m in month] if month else None
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
+    settings = _settings(env)
     try:
-        settings = get_settings(env)
         options = JoinOptions.of(settings) if horizon is None else JoinOptions(feedback_horizon_months=horizon)
         report = join(settings, months, options=options, force=force)
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
@@ -177,7 +185,7 @@ def metrics_command(
         end = end or dt.datetime.now(dt.UTC)
         start = end - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
     try:
-        rows = online_metrics(get_settings(env), start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
+        rows = online_metrics(_settings(env), start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
     except (LakeError, LockTimeout, LockLost, OSError) as exc:

@@ -156,12 +156,13 @@ class FeedbackSink:
         """Land everything there is, until neither subscription yields a message for ``idle_s``."""
         idle_s = self.options.idle_s if idle_s is None else idle_s
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle_s:
+        while True:  # polls at least once: idle_s=0 drains what is there and stops at the first empty pull
             if self.poll_once():
                 quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= idle_s:
+                return self.stats
             else:
                 time.sleep(self.options.poll_interval_s)
-        return self.stats
 
     def run(self, stop: threading.Event, *, after_round: Callable[[], object] | None = None) -> SinkStats:
         """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
@@ -306,7 +307,9 @@ class FeedbackSink:
             DeadlineExceeded,
             InternalServerError,
             NotFound,
+            PermissionDenied,
             ServiceUnavailable,
+            Unauthenticated,
             Unknown,
         )
 
@@ -320,6 +323,10 @@ class FeedbackSink:
             except NotFound as exc:
                 raise SinkError(f"{exc.message}: provision the Pub/Sub topology first (`tenfold up` locally, the "
                                 "platform stack in the cloud)") from exc
+            except (PermissionDenied, Unauthenticated) as exc:
+                raise SinkError(f"Pub/Sub refused the sink ({exc.message}): its credentials need roles/pubsub.subscriber "
+                                "on the predictions and feedback subscriptions (the platform stack grants them to the "
+                                "feedback service account)") from exc
             except (ServiceUnavailable, InternalServerError, Aborted, Unknown) as exc:
                 if time.monotonic() - started > self.options.pubsub_retry_s:
                     where = self.settings.messaging.emulator_host or "Pub/Sub"

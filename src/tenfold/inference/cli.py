@@ -6,6 +6,7 @@ Examples::
     tenfold dlq inspect --run <run> --json
     tenfold dlq replay --run <run>          # re-publish that run's dead letters to the requests topic
     tenfold dlq replay --request-id <id>    # one of them (repeatable)
+    tenfold dlq replay --all                # every run's dead letters not replayed yet
 
 The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``; the local platform must be up:
 ``tenfold up``). Exit codes: 0 done, 1 Pub/Sub or the lake failed, 2 bad arguments. See docs/inference.md.
@@ -63,13 +64,21 @@ def replay_command(
     run: RunOption = None,
     request_id: Annotated[list[str] | None, typer.Option("--request-id", help="only these (repeatable)")] = None,
     again: Annotated[bool, typer.Option("--again", help="also those replayed before")] = False,
+    every_run: Annotated[bool, typer.Option("--all", help="the dead letters of every run")] = False,
     env: EnvOption = None,
 ) -> None:
     """Re-publish dead-lettered requests to the requests topic (same request ids; marked replayed)."""
-    from tenfold.inference.dlq import replay
+    from tenfold.inference.dlq import DlqError, replay
 
+    if not (run or request_id or every_run):
+        typer.echo("error: say what to replay: --run <run>, --request-id <id> or --all (every run's dead letters)",
+                   err=True)
+        raise typer.Exit(2)
     try:
         sent = replay(get_settings(env), run=run, request_ids=request_id or (), include_replayed=again)
+    except DlqError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except Exception as exc:
         typer.echo(f"error: replay failed ({type(exc).__name__}: {exc}); what was sent is marked, re-run it",
                    err=True)

@@ -38,19 +38,34 @@ def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any
     return out
 
 
+class DlqError(ValueError):
+    """What to replay names no recorded dead letter (a mistyped run key or request id)."""
+
+
 def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[str] = (),
            include_replayed: bool = False) -> list[dict[str, Any]]:
-    """Re-publish dead letters (of ``run``, or only ``request_ids``) to the requests topic; returns what was sent."""
+    """Re-publish dead letters (of ``run``, or only ``request_ids``) to the requests topic; returns what was sent.
+
+    Raises :class:`DlqError` before sending anything when ``run`` has no dead letters recorded or a request id
+    is not among them: a typo is refused, not answered with "0 re-published".
+    """
     from tenfold.messaging.clients import publisher_client, topic_path
 
     objects = work_objects(settings)
     drain_dead_letters(settings, objects=objects)
-    topic = topic_path(settings, settings.messaging.requests_topic)
     wanted = set(request_ids)
+    runs = [run] if run else run_keys(objects)
+    recorded = {rid for key in runs for rid in RunStore(objects, key).dead_letter_ids()}
+    if run and not recorded:
+        raise DlqError(f"run {run!r} has no dead letters recorded: `tenfold dlq inspect` lists the runs that do")
+    if unknown := sorted(wanted - recorded):
+        raise DlqError(f"no dead letter has request id {', '.join(unknown)}" + (f" in run {run}" if run else "")
+                       + ": `tenfold dlq inspect` lists them")
+    topic = topic_path(settings, settings.messaging.requests_topic)
     sent = []
     publisher = publisher_client(settings)
     try:
-        for key in [run] if run else run_keys(objects):
+        for key in runs:
             store = RunStore(objects, key)
             for rid in store.dead_letter_ids():
                 record = store.dead_letter(rid)

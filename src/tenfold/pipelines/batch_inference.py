@@ -286,6 +286,13 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     scores = collect(store, acc)
     keys = list(contract.key_columns)
     distinct = scores.group_by(keys).aggregate([]).num_rows if scores.num_rows else 0
+    if (pending := acc.requests - acc.accounted) > 0:
+        # Requests sent again (`tenfold dlq replay`) are in flight until scored or dead-lettered anew: this task
+        # counts, it does not wait; `score` waits for them (locally it runs the workers that score them).
+        raise PipelineError(
+            f"{pending} of {r.requests} requests of {r.month} are neither scored nor dead-lettered yet (sent again by "
+            f"`tenfold dlq replay`, or still in flight): nothing was published. Clear this run's score_month.score task "
+            f"of {r.month} with its downstream tasks; it waits for them, then publish_results counts them")
     try:
         figures = check_invariant(requests_in=r.requests, rows_in=r.rows, acc=acc, rows_out=scores.num_rows,
                                   rows_dead=dead_rows(store, acc), distinct_keys=distinct)
@@ -301,8 +308,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"{len(acc.dead_lettered)} of {r.requests} requests of {r.month} ({figures['rows_dead_lettered']} rows) were "
             f"dead-lettered, above settings.inference.max_dead_lettered_fraction={limit:g}: nothing was published and "
             f"the scores partition keeps what it had. See why with `tenfold dlq inspect --run {r.run_key}`; once fixed, "
-            f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.publish_results task of {r.month} (it counts the replayed "
-            "results), or raise the setting to publish the month without them")
+            f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.score task of {r.month} with its downstream "
+            "tasks (score waits for the replayed requests, publish_results counts them), or raise the setting to publish the "
+            "month without them")
     manifest = publish_scores(lake, table, r.partition, scores, scores_schema(contract), keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})

@@ -25,7 +25,7 @@ def test_an_unreachable_pubsub_is_exit_1_naming_it_after_the_retry_budget(run):
     result = run("sink", "--until-idle", "--pubsub-retry-s", "1")
     assert result.exit_code == 1
     assert "cannot reach 127.0.0.1:" in result.output and "is the local platform up" in result.output
-    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # an error line and exit 1, not an exception escaping
 
 
 def test_join_and_metrics_work_without_pubsub(run, logs):
@@ -38,3 +38,12 @@ def test_join_and_metrics_work_without_pubsub(run, logs):
     header, row = result.output.strip().splitlines()
     assert header.split()[:4] == ["model_version", "arm", "served", "count"]
     assert row.split()[:4] == ["v1", "stable", "1", "1"] and "1.0000" in row
+
+
+@pytest.mark.parametrize("command", [["sink", "--once"], ["join"], ["metrics", "--last", "1h"]])
+def test_an_unknown_env_is_exit_2_naming_it(command):
+    """``--env`` is read by each command (the top-level check sees only TENFOLD_ENV): a typo was a traceback."""
+    result = CliRunner().invoke(feedback_cli.app, [*command, "--env", "nope"])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "nope" in result.output

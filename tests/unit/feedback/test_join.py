@@ -218,6 +218,21 @@ def test_the_lock_on_a_gcs_lake_is_exclusive_and_a_dead_holders_lock_is_taken_ov
 
 
 @pytest.mark.integration
+def test_a_gcs_lock_that_gcs_refuses_is_a_clear_lock_error_not_a_raw_api_error(local_settings):
+    """GCS answering the lock's create with an error (here a 404: no such bucket; a 403 alike) is LockUnavailable,
+    a LockTimeout, which the sink's join and every CLI handle: it was a raw GoogleAPICallError that killed the sink."""
+    from tenfold.data.locks import LockUnavailable, gcs_lock
+    from tenfold.storage import gcs_client
+
+    client = gcs_client(local_settings)
+    with pytest.raises(LockUnavailable, match=r"cannot take gs://no-such-bucket-.*GCS answered 404"),\
+            gcs_lock(client, f"no-such-bucket-{uuid.uuid4().hex[:8]}", "t/_join.lock", timeout_s=5, stale_s=60,
+                     what="the feedback join"):
+        pytest.fail("the lock was taken in a bucket that does not exist")
+    assert issubclass(LockUnavailable, LockTimeout)
+
+
+@pytest.mark.integration
 def test_a_gcs_lock_held_past_its_stale_age_by_a_live_holder_is_not_taken_over(local_settings):
     """A live holder refreshes its lock: however long its work takes (a join of a large log, a slow publish),
     a waiter takes it over only from a holder that stopped refreshing it (killed), never from one working."""
