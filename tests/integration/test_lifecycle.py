@@ -46,6 +46,11 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
         # A first champion trained on January alone (no history before it) cannot beat the route/carrier
         # rate; this test is about the lifecycle's mechanics, so the gate keeps only its AUC floor here.
         "TENFOLD_TRAINING__GATE_BEAT_BASELINES": "()",
+        # And a retrain passes the gate against the champion unless its AUC is 0.05 worse, whatever its log
+        # loss: the retrain's challenger must reach the canary (kept out by the gate, no canary would run and
+        # the rollout would go untested).
+        "TENFOLD_TRAINING__PROMOTE_MARGIN": "-0.05",
+        "TENFOLD_TRAINING__GATE_MAX_LOG_LOSS_INCREASE": "10.0",
         "TENFOLD_TRAINING__MAX_EPOCHS": "3",
         # HAProxy's metrics port is the fleet's, not the platform's: a free one too.
         "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": str(free_port()),
@@ -68,8 +73,10 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
 
 def test_every_replayed_month_is_validated_scored_served_and_monitored(lifecycle: Lifecycle) -> None:
     assert [r.month for r in lifecycle.rows] == list(MONTHS)
+    lake = Lake.from_settings(lifecycle.settings)
     for row in lifecycle.rows:
         assert row.validated == "yes", row
+        assert lake.has_manifest(lifecycle.settings.storage.features_table, Partition.parse(row.month)), row
         assert row.scored == "yes", row
         assert row.drift.split()[0].replace(".", "", 1).isdigit(), f"no drift score for {row.month}: {row.drift}"
         assert row.auc_serving is not None and 0.55 < row.auc_serving < 1, row
@@ -97,10 +104,23 @@ def test_drift_starts_a_retrain_and_the_schedule_the_rest_and_each_challenger_me
     assert MONTHS[-1] in retrained  # retrain_every=2: due in the second month at the latest
     triggered = [r for r in api.runs(demo.TRAIN) if r.get("run_type") == "asset_triggered"]
     assert len(triggered) == len(drifted), [r["dag_run_id"] for r in triggered]
+    from tenfold.registry import CHAMPION, ModelRegistry
+    from tenfold.rollout.record import latest
+
+    registry = ModelRegistry(lifecycle.settings)
+    rolled: list[demo.MonthRow] = []
     for row in lifecycle.rows:
         if row.retrain != "-":
             assert row.retrain != "failed", row
-            assert row.rollout in ("promoted", "rolled_back", "gate: no"), row
+            # The challenger met the canary, and the table says what the registry recorded of it.
+            assert row.rollout in ("promoted", "rolled_back"), row
+            found = latest(registry, row.retrain)
+            assert found is not None and found[1]["end"]["outcome"] == row.rollout, row
+            assert "done" in found[1], "conclude ran"
+            rolled.append(row)
+    assert rolled, "no retrain reached the canary"
+    # The newest rollout decided the champion: its version is champion exactly when it was promoted.
+    assert (registry.resolve(CHAMPION) == rolled[-1].retrain) == (rolled[-1].rollout == "promoted")
 
 
 def test_the_served_flights_came_back_as_labelled_feedback(lifecycle: Lifecycle) -> None:

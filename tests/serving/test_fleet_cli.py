@@ -58,6 +58,11 @@ def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
     (("scale", "--pool", "blue", "--replicas", "2"), 2, "unknown pool 'blue'"),
     (("scale", "--replicas", "2", "--min", "1"), 2, "either --replicas or --min/--max"),
     (("scale", "--replicas", "2"), 1, "not up: run `tenfold serve up`"),
+    # Checked before the model is resolved: resolving against a stopped platform took two minutes of the
+    # storage client's retries, then a traceback.
+    (("rollout", "--model", "v9"), 1, "not up: run `tenfold serve up`"),
+    (("fault", "--clear"), 1, "not up: run `tenfold serve up`"),
+    (("up",), 1, "where the model registry's GCS emulator should be; start the platform with `tenfold up`"),
     (("rollout", "--model", "v9", "--pool", "green"), 2, "unknown pool 'green'"),
     (("down",), 0, "serving: not running"),
 ])

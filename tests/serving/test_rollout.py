@@ -274,11 +274,13 @@ def test_a_canary_that_gets_no_traffic_is_never_promoted(rollouts: Rollouts) -> 
         done = pipeline.conclude(settings, run)
     finally:
         rollouts.traffic.keys = None
-    assert result == pipeline.ROLLED_BACK and done["outcome"] == pipeline.ROLLED_BACK
+    assert result == pipeline.FAILED and done["outcome"] == pipeline.FAILED and done["canary_percent"] == 0
     checks = _checks(rollouts.record(run))
     assert checks[-1]["values"]["canary_requests"] == 0
     assert any("failing safe" in r and "no data" in r for r in checks[-1]["reasons"])
     assert rollouts.registry.resolve(CHAMPION) == champion
+    # Nothing was measured against it: not rejected, so it may be rolled out again without retry_rejected.
+    assert not any(k.startswith("rollout-") for k in rollouts.registry.decisions(version))
     assert [k for k in rollouts.record(run) if k.endswith("-set")] == ["s01-set"]  # never went past step 1
 
 
@@ -335,7 +337,7 @@ def test_a_rollout_whose_champion_moved_meanwhile_promotes_nothing_and_leaves_st
     rollouts.registry.promote(other, reason="another rollout promoted its version meanwhile")  # ...but this landed
     try:
         with pytest.raises(pipeline.PipelineError, match=f"the champion moved to {other} during rollout"):
-            pipeline.conclude(settings, run)
+            pipeline.conclude(settings, run)  # recorded promoted before the champion moved: refused, every retry
         assert rollouts.registry.resolve(CHAMPION) == other and rollouts.router.canary_percent() == 0
         st = fleet_mod.read_status(settings)
         assert st is not None and {r.version for r in st.pools[STABLE].serving()} == stable_before != {version}

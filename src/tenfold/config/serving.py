@@ -110,6 +110,9 @@ class FleetSettings(_Frozen):
     replica_start_timeout_s: float = Field(default=180.0, gt=0)
     # A replica HAProxy has seen DOWN this long while its process lives is hung: it gets replaced.
     replica_down_restart_s: float = Field(default=30.0, gt=0)
+    # A rolling change counts a new replica as ready only once it has served this long (Kubernetes'
+    # minReadySeconds): one that passes its health check and then crashes does not take an old one's place.
+    min_ready_s: float = Field(default=3.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetSettings:

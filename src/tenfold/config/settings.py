@@ -496,6 +496,8 @@ class LocalSettings(_Frozen):
     """Ports and paths of the embedded services; all bind to loopback only."""
 
     home: Path
+    # A loopback IP address (HAProxy's runtime API takes addresses, not names; anything else would expose
+    # the unauthenticated stats page and emulators beyond this machine).
     bind_host: str = "127.0.0.1"
     airflow_port: int = 8080
     # Airflow's scheduler and triggerer each serve task logs on a port of their own.
@@ -505,10 +507,25 @@ class LocalSettings(_Frozen):
     gcs_port: int = 4443
     lb_port: int = 8000
     replica_base_port: int = 8101
-    replicas: int = 2
     # fake-gcs-server enforces generation preconditions (atomic alias moves need them);
     # gcp-storage-emulator is pure Python but ignores them. See tenfold.local.services.
     gcs_emulator: Literal["fake-gcs-server", "gcp-storage-emulator"] = "fake-gcs-server"
+
+    @field_validator("bind_host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"local.bind_host {value!r} is not an IP address: use a loopback address such as "
+                             "127.0.0.1 (HAProxy's runtime API takes addresses, not host names)") from None
+        if not (address.version == 4 and address.is_loopback):  # IPv4: the services' URLs are host:port
+            raise ValueError(f"local.bind_host {value!r} is not an IPv4 loopback address (127.x.x.x): the embedded "
+                             "services (the emulators, HAProxy's stats page) have no authentication, so they listen on "
+                             "loopback only")
+        return value
 
 
 LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"

@@ -4,8 +4,9 @@ A canary rollout of the ``challenger`` (or of a version given by hand) against t
 style of Flagger: traffic moves to the canary in ``settings.serving.rollout.steps``; at each step, every
 ``interval_s``, :func:`tenfold.rollout.analysis.check` compares the canary with the control over the same
 window (error rate and latency from the load balancer, online accuracy from the feedback join). After
-``max_failed_checks`` failed checks, or when a step saw no data for ``no_data_deadline_s``, the rollout
-rolls back: canary weight 0, the challenger rejected with its reasons, ``champion`` untouched. After the
+``max_failed_checks`` failed checks the rollout rolls back: canary weight 0, the challenger rejected with
+its reasons, ``champion`` untouched. A step that saw no data for ``no_data_deadline_s`` fails safe (weight
+0, outcome ``failed``, the version not rejected: nothing was measured against it). After the
 last step it promotes: the stable pool moves to the new version, the canary weight goes to 0 and
 ``champion`` moves (compare-and-swap on the champion the rollout started from).
 
@@ -224,13 +225,16 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
     percent = run.steps[index - 1]
     record = events(p, run)
     if "end" in record:
-        return str(record["end"]["outcome"])
-    if "deployed" not in record:
-        raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
+        outcome = str(record["end"]["outcome"])
+        if outcome != PROMOTED:  # a retry after the weight could not be set: the ended canary gets no traffic
+            p.router.set_canary_percent(0)
+        return outcome
     if "abort" in record:
         p.router.set_canary_percent(0)
         _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')} before step {index}"])
         return ABORTED
+    if "deployed" not in record:
+        raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
     prev = [k for k in record if k.endswith("-set") and k != set_key(index)]
     if len(prev) != index - 1:
         raise PipelineError(f"rollout {run.rollout_id}: step {index} cannot start, steps applied so far: {prev}")
@@ -255,8 +259,8 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             return PASS
         if failed_total >= policy.max_failed_checks:
             reasons = [r for _, e in record.items() if e.get("verdict") == FAIL for r in e["reasons"]]
+            p.router.set_canary_percent(0)  # first: an end recorded before a weight that failed to move stays served
             _end(p, run, ROLLED_BACK, reasons)
-            p.router.set_canary_percent(0)
             return ROLLED_BACK
         decisive = [e for _, e in mine if e["verdict"] != NO_DATA]
         # A decisive check closes its window; "no data" keeps it open and looks again an interval later. Each
@@ -277,14 +281,18 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         n = len(mine) + 1
         waited = (until - since).total_seconds()
         if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
+            # Failing safe, a rollout never promotes blind; but nothing was measured against the version (no
+            # traffic reached the canary, or its labels had not come in), so it ends FAILED, not rolled back:
+            # the version is not marked rejected, and a new rollout of it needs no retry_rejected.
             result = Check(FAIL, (*result.reasons, f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): "
-                                  "failing safe, a rollout never promotes blind"), result.values)
+                                  "failing safe, a rollout never promotes blind; the version is not rejected"),
+                           result.values)
             body = _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                                          "until": _iso(until), **result.to_dict()})
             log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
-            _end(p, run, ROLLED_BACK, list(body["reasons"]))
             p.router.set_canary_percent(0)
-            return ROLLED_BACK
+            _end(p, run, FAILED, list(body["reasons"]))
+            return FAILED
         _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                               "until": _iso(until), **result.to_dict()})
         say = log.warning if result.verdict == FAIL else log.info
@@ -327,7 +335,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     * every step passed: the stable pool serves the version, canary weight 0, ``champion`` moves;
     * rolled back: canary weight 0, the version is marked rejected with the reasons, ``champion`` untouched;
     * aborted: canary weight 0, no alias moves;
-    * a step task failed for another reason (its retries exhausted): canary weight 0, no alias moves.
+    * failed (no data by the deadline, the champion moved meanwhile, or a step task's retries exhausted):
+      canary weight 0, no alias moves, the version not rejected.
 
     Writes the HTML report to the lake and returns the ``done`` event.
     """
@@ -340,9 +349,18 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         return record["done"]
     if "end" not in record:
         applied = [k for k in record if k.endswith("-set")]
+        passed = len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy)
+                                                        for i in range(1, len(run.steps) + 1))
+        current = p.registry.resolve(CHAMPION)
         if "abort" in record:
             _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')}"])
-        elif len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy) for i in range(1, len(run.steps) + 1)):
+        elif passed and current not in (run.champion, run.version):
+            # Another promotion landed during this rollout: the verdict compared the canary with a control that
+            # is no longer the champion. It ends failed (not rejected: it may be rolled out against the new one).
+            _end(p, run, FAILED, [f"every step passed, but the champion moved to {current} during the rollout (it was "
+                                  f"{run.champion} when it started): {run.version} is not promoted; trigger a new "
+                                  "rollout to compare it with the new champion"])
+        elif passed:
             _end(p, run, PROMOTED, [])
         else:
             _end(p, run, FAILED, [f"the rollout stopped after {len(applied)} of {len(run.steps)} steps without a verdict "

@@ -3,7 +3,8 @@
 * ``tenfold rollout status [--version V] [--json]``: the newest rollout (of ``V``): each step, each check
   with the values that drove it, the outcome, the canary's share now, and the report's address;
 * ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
-  to 0 at once, the DAG's running step stops at its next poll and no alias moves.
+  to 0 at once, the DAG's running step stops at its next poll and no alias moves. On a rollout that ended
+  without a promotion it sets the canary weight to 0 again.
 """
 
 from __future__ import annotations
@@ -70,8 +71,18 @@ def abort(version: _Version = None) -> None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
     rollout, record = found
     if "end" in record:
-        raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({record['end']['outcome']}): "
-                    "nothing to abort", 3)
+        outcome = record["end"]["outcome"]
+        if outcome == "promoted":
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended (promoted): nothing to abort", 3)
+        # Ended without a promotion: its canary must get nothing. Set it again (the DAG sets it too, but a
+        # router call that kept failing, or a conclude that never ran, could have left the share behind).
+        try:
+            router(settings).set_canary_percent(0)
+        except Exception as exc:
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({outcome}), and setting the canary "
+                        f"weight to 0 failed ({exc}): is the serving fleet (or the URL map) reachable?") from exc
+        typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}); canary set to 0 %")
+        return
     try:
         first = request_abort(registry, router(settings), rollout, by=getpass.getuser())
     except Exception as exc:

@@ -254,6 +254,7 @@ class _Replica:
     down_since: float | None = None
     stop: Future[bool] | None = None
     lb: ServerStat | None = None
+    admitted: bool = False  # it has been in rotation (HAProxy re-checks it after a restart of HAProxy)
 
     @property
     def server(self) -> str:
@@ -469,6 +470,7 @@ class Supervisor:
                 if r.lb is not None and r.lb.checked_up:
                     self.api.admit(r.pool, r.server)
                     r.enter(SERVING)
+                    r.admitted = True
                     r.lb = None  # HAProxy's view changed; the next look fills it in
                     self.say(f"{name}: in rotation (HAProxy health check passed)")
                 elif now - r.since > self.fleet.replica_start_timeout_s:
@@ -514,13 +516,18 @@ class Supervisor:
         current = [r for r in active if (r.version, r.fault, r.lookups) == ps.wants()]
         if old:
             # Rolling: one replica of the new version at a time, and an old one leaves only once the
-            # pool holds more serving replicas than it needs.
+            # pool holds more ready replicas than it needs. A new replica is ready once it has served
+            # min_ready_s, and none is while the pool backs off from one that died soon after entering
+            # rotation: a version that passes its health check and then crashes never drains the old ones.
             for r in old:
-                if r.state == STARTING:
+                if r.state == STARTING and not r.admitted:  # admitted ones re-check after an HAProxy restart
                     self._stop(r, f"superseded by {version}")
-            serving = [r for r in active if r.state == SERVING]
+            now = time.monotonic()
+            settled = not self.backoff[pool][0]
+            ready = [r for r in old if r.state == SERVING] + [
+                r for r in current if r.state == SERVING and settled and now - r.since >= self.fleet.min_ready_s]
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
-            if old_serving and len(serving) > n:
+            if old_serving and len(ready) > n:
                 self.drain(old_serving[0], f"replaced by {version}")
             if len(current) < n and not any(r.state == STARTING for r in current):
                 self.start_replica(pool, version, fault, lookups)
@@ -649,13 +656,29 @@ def read_settings_file(path: Path) -> Settings:
 
 
 def resolve_version(settings: Settings, ref: str) -> str:
-    """A model version id from an alias or a version (prefix), via the registry; a clear error if none."""
+    """A model version id from an alias or a version (prefix), via the registry; a clear error if none, or if the
+    registry's store cannot be read (at once when the local GCS emulator is not running: the client's own retries
+    would wait two minutes on a refused connection)."""
     from tenfold.registry import ModelRegistry, RegistryError
 
+    local = settings.local
+    if settings.is_local and settings.storage.emulator_host and not process.port_in_use(local.bind_host, local.gcs_port):
+        raise FleetError(f"cannot resolve {ref!r}: nothing listens on {local.bind_host}:{local.gcs_port}, where the "
+                         "model registry's GCS emulator should be; start the platform with `tenfold up`")
     try:
         return ModelRegistry(settings).find(ref)
     except RegistryError as exc:
         raise FleetError(f"cannot serve {ref!r}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("google", "requests", "urllib3")):
+            raise FleetError(f"cannot read the model registry in {settings.storage.models_bucket} to resolve {ref!r} "
+                             f"({type(exc).__name__}: {exc}); is the platform up (`tenfold status`)?") from exc
+        raise
+
+
+def _require_up(settings: Settings) -> None:
+    if supervisor_record(settings) is None:
+        raise FleetError("the serving fleet is not up: run `tenfold serve up`")
 
 
 def _busy_ports(settings: Settings) -> list[str]:
@@ -781,6 +804,7 @@ def rollout(
     if pool not in POOLS:
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
     settings = running_settings(settings)
+    _require_up(settings)  # before resolving: a stopped platform's registry answers only after minutes of retries
     version = resolve(settings, model)
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
 
@@ -815,6 +839,7 @@ def set_fault(settings: Settings, pool: str, fault: Fault, *, model: str | None 
     if pool not in POOLS:
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
     settings = running_settings(settings)
+    _require_up(settings)
     text = str(fault)
     chosen = resolve(settings, model) if model else None
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(

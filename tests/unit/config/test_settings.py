@@ -40,6 +40,19 @@ def test_local_uses_emulators_and_loopback():
     assert get_settings("dev").storage.lake_uri.startswith("gs://")
 
 
+@pytest.mark.parametrize(("host", "message"), [
+    ("0.0.0.0", "not an IPv4 loopback address"),  # every interface: the emulators and HAProxy's stats page exposed
+    ("192.168.1.5", "not an IPv4 loopback address"),
+    ("::1", "not an IPv4 loopback address"),  # the services' URLs are host:port
+    ("localhost", "is not an IP address"),  # HAProxy's runtime API refuses a name: replicas never entered rotation
+])
+def test_the_local_bind_host_must_be_an_ipv4_loopback_address(host, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__BIND_HOST": host})
+    other = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__BIND_HOST": "127.0.0.2"})
+    assert other.messaging.emulator_host == f"127.0.0.2:{other.local.pubsub_port}"
+
+
 def test_unknown_env_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TENFOLD_ENV", "staging")
     get_settings.cache_clear()

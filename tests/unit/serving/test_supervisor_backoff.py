@@ -148,3 +148,72 @@ def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(s
     _tick_for(supervisor, 1.0)
     assert started and not any(process.is_running(r) for r in started)
     assert process.read_record(supervisor.run_dir, fleet.HAPROXY) is None
+
+
+@pytest.fixture
+def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die 2 s after they
+    start: a version that loads, passes its health check, then crashes under its first requests."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    rd = fleet.run_dir(settings)
+    rd.mkdir(parents=True)
+    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 2, 2), "canary": fleet.PoolSpec("v1", 0, 0)})
+    (rd / fleet.SPEC_FILE).write_text(spec.to_json())
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "versioned_replica.py").write_text(
+        "import sys, time\ntime.sleep(2.0 if sys.argv[sys.argv.index('--model') + 1] == 'v2' else 600)\n")
+    monkeypatch.setattr(fleet, "REPLICA_MODULE", "versioned_replica")
+    sup = fleet.Supervisor(settings, say=lambda line: None)
+    sup.api = HealthyApi()
+    sup.env["PYTHONPATH"] = str(stubs)
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    yield sup
+    sup.shutdown()
+
+
+def _roll_to(sup: Any, version: str) -> None:
+    spec = fleet.FleetSpec(sup.spec.generation + 1, {**sup.spec.pools, "stable": fleet.PoolSpec(version, 2, 2)})
+    (sup.run_dir / fleet.SPEC_FILE).write_text(spec.to_json())
+    sup._spec_mtime = 0.0  # the next tick reads it (the mtime may not have moved within the same second)
+
+
+def _old_serving(sup: Any) -> int:
+    return len([r for r in sup.pool_replicas("stable", fleet.SERVING) if r.version == "v1"])
+
+
+def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas_serving(rolling: Any) -> None:
+    until = time.monotonic() + 15
+    while _old_serving(rolling) < 2:
+        assert time.monotonic() < until, "the v1 pool never came up"
+        rolling.tick()
+        time.sleep(0.05)
+    _roll_to(rolling, "v2")
+    fewest, until = 2, time.monotonic() + 12
+    while time.monotonic() < until:  # v2 replicas start, enter rotation, die 2 s later, again and again
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        fewest = min(fewest, _old_serving(rolling))
+        time.sleep(0.05)
+    # Drained for replicas that then died, the pool ran out of v1 (and of everything): at most the one old
+    # replica a new one that served min_ready_s replaced may go.
+    assert fewest >= 1, "the roll drained every old replica for new ones that crashed"
+    assert _old_serving(rolling) >= 1
+
+
+def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling: Any) -> None:
+    """After HAProxy restarts, every replica re-enters through its health check (STARTING again); the roll
+    stopped old ones in that state as if they had never served ("superseded"), all at once."""
+    until = time.monotonic() + 15
+    while _old_serving(rolling) < 2:
+        assert time.monotonic() < until, "the v1 pool never came up"
+        rolling.tick()
+        time.sleep(0.05)
+    _roll_to(rolling, "v3")  # a version whose replicas live: a normal roll
+    rolling.tick()
+    for r in rolling.pool_replicas("stable"):  # what _ensure_haproxy does to each replica after a restart
+        r.enter(fleet.STARTING)
+    rolling.api.slots.clear()  # HAProxy has not checked them yet
+    rolling.tick()
+    stopped = [r for r in rolling.replicas if r.version == "v1" and r.state == fleet.STOPPING]
+    assert stopped == [], [(r.version, r.state) for r in rolling.replicas]

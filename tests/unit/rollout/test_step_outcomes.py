@@ -1,0 +1,136 @@
+"""What a step and conclude do at the edges, on fake adapters (the real ones run in tests/serving/test_rollout.py):
+a router call that fails as a rollback sets the weight, no data until the deadline, an abort before deploy,
+and a champion that moved while every step passed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from tenfold.config.serving import RolloutSettings
+from tenfold.pipelines import rollout_model as pipeline
+from tenfold.registry.registry import CHAMPION
+from tenfold.rollout import ArmTraffic
+from tenfold.rollout.analysis import Accuracy
+
+from .test_analyse_windows import T0, Clock, Registry
+
+
+class Router:
+    """The split as the rollout sets it; ``fail_on_zero`` calls setting 0 raise first (a socket hiccup, a URL
+    map changed under it), as a real router's call can."""
+
+    def __init__(self, fail_on_zero: int = 0) -> None:
+        self.percent, self.fail_on_zero, self.calls = 0, fail_on_zero, []
+
+    def set_canary_percent(self, percent: int) -> None:
+        self.calls.append(percent)
+        if percent == 0 and self.fail_on_zero:
+            self.fail_on_zero -= 1
+            raise ConnectionError("the router did not answer")
+        self.percent = percent
+
+    def canary_percent(self) -> int:
+        return self.percent
+
+
+class Observer:
+    def __init__(self, canary_errors: int = 0, canary_requests: int = 400) -> None:
+        self.canary_errors, self.canary_requests = canary_errors, canary_requests
+
+    def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        lat = tuple(float(x % 40 + 10) for x in range(400))
+        return {"canary": ArmTraffic(self.canary_requests, self.canary_errors, lat[: self.canary_requests]),
+                "stable": ArmTraffic(400, 0, lat)}
+
+
+class FullRegistry(Registry):
+    def __init__(self, champion: str = "v1") -> None:
+        super().__init__()
+        self.champion, self.decisions, self.promoted = champion, {}, []
+
+    def resolve(self, alias: str) -> str | None:
+        assert alias == CHAMPION
+        return self.champion
+
+    def record_decision(self, version: str, key: str, body: dict[str, Any]) -> None:
+        self.decisions[key] = body
+
+    def promote(self, version: str, **kwargs: Any) -> None:
+        self.promoted.append(version)
+        self.champion = version
+
+
+def _setup(router: Router, observer: Observer, registry: FullRegistry | None = None, **policy: Any) -> tuple[Any, Any, Any]:
+    clock, registry = Clock(), registry or FullRegistry()
+    registry.events["deployed"] = {"at": T0.isoformat()}
+    rules = RolloutSettings(**{"min_requests": 50, "min_feedback": 0, "interval_s": 60, "traffic_lag_s": 0,
+                               "checks_per_step": 2, "max_failed_checks": 1, "poll_s": 5, **policy})
+    run = pipeline.RolloutRun(rollout_id="r1", airflow_run_id="manual__x", version="v2", champion="v1",
+                              started_at=T0.isoformat(), policy=rules.model_dump(mode="json"))
+    places = pipeline.Places(router=router, deployer=None, observer=observer, registry=registry,  # type: ignore[arg-type]
+                             accuracy=lambda a, b, v: (Accuracy(0, None), Accuracy(0, None)), now=clock.now,
+                             sleep=clock.sleep)
+    return run, places, registry
+
+
+def test_a_rollback_whose_weight_could_not_be_set_sets_it_on_the_retry() -> None:
+    """The weight goes to 0 before the outcome is recorded: a failed call fails the task with nothing recorded,
+    and its retry rolls back again. (Recorded first, the retry found the end and left the canary its 25 %.)"""
+    router = Router(fail_on_zero=1)
+    run, places, registry = _setup(router, Observer(canary_errors=200))
+    with pytest.raises(ConnectionError):
+        pipeline.step(None, run, 1, p=places)  # type: ignore[arg-type]
+    assert router.percent == 5 and "end" not in registry.events
+    assert pipeline.step(None, run, 1, p=places) == pipeline.ROLLED_BACK  # type: ignore[arg-type]
+    assert router.percent == 0 and registry.events["end"]["outcome"] == pipeline.ROLLED_BACK
+
+
+def test_a_retried_step_that_finds_an_ended_rollout_takes_the_canarys_share_away() -> None:
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    registry.events["s01-set"] = {"at": T0.isoformat(), "step": 1, "percent": 5}
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["errors"]}
+    router.percent = 5  # what an earlier attempt, or code before this rule, left behind
+    assert pipeline.step(None, run, 2, p=places) == pipeline.ROLLED_BACK  # type: ignore[arg-type]
+    assert router.percent == 0
+
+
+def test_no_data_until_the_deadline_fails_safe_without_rejecting_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = Router()
+    run, places, registry = _setup(router, Observer(canary_requests=0), no_data_deadline_s=300)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.FAILED  # type: ignore[arg-type]
+    assert router.percent == 0
+    assert any("no data for" in r and "not rejected" in r for r in registry.events["end"]["reasons"])
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and done["canary_percent"] == 0
+    assert registry.decisions == {}  # not marked rejected: a later rollout of it needs no retry_rejected
+    assert registry.champion == "v1" and registry.promoted == []
+
+
+def test_an_abort_before_the_canary_was_deployed_ends_the_rollout_aborted() -> None:
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    del registry.events["deployed"]
+    registry.events["abort"] = {"at": T0.isoformat(), "by": "ana"}
+    assert pipeline.step(None, run, 1, p=places) == pipeline.ABORTED  # type: ignore[arg-type]
+    assert registry.events["end"]["outcome"] == pipeline.ABORTED and router.percent == 0
+
+
+def test_every_step_passed_but_the_champion_moved_ends_failed_with_a_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded as promoted and then refused, the rollout said "promoted" forever and never wrote its report."""
+    router = Router()
+    run, places, registry = _setup(router, Observer(), FullRegistry(champion="v9"))
+    for i in range(1, len(run.steps) + 1):
+        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
+        for c in (1, 2):
+            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and done["report"] == "file:///report.html"
+    assert any("the champion moved to v9" in r for r in done["reasons"])
+    assert registry.promoted == [] and registry.champion == "v9" and router.percent == 0
+    assert registry.decisions == {}
