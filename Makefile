@@ -37,11 +37,11 @@ synth: setup ## synthesize every stack of dev and prod (no cloud needed)
 	@$(BIN)/python -m infra.main
 
 bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
-	@$(BIN)/python bench/features.py
+	@$(BIN)/python bench/features.py --repeat 2
 	@$(BIN)/python bench/training.py
 	@$(BIN)/python bench/synth.py
 	@$(BIN)/python bench/serving.py
-	@$(BIN)/python bench/offline.py
+	@$(BIN)/python bench/offline.py --rows 200000 --rows-per-message 10000 --repeat 3
 	@$(BIN)/python bench/drift.py
 	@$(BIN)/python bench/feedback_window.py
 

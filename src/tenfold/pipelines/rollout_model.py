@@ -276,6 +276,11 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             p.router.set_canary_percent(0)
             _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
             return ABORTED
+        if (changed := _not_under_test(p, run, percent)) is not None:
+            # Judged now, the check would compare whatever serves with the control: never a verdict on the version.
+            p.router.set_canary_percent(0)
+            _end(p, run, FAILED, [changed])
+            return FAILED
         until = p.now() - lag
         result = analyse(p, run, percent, since, until)
         n = len(mine) + 1
@@ -297,6 +302,20 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
                                               "until": _iso(until), **result.to_dict()})
         say = log.warning if result.verdict == FAIL else log.info
         say("rollout %s: step %d (%d %%) check %d over %.0f s: %s", run.rollout_id, index, percent, n, waited, result.summary())
+
+
+def _not_under_test(p: Places, run: RolloutRun, percent: int) -> str | None:
+    """Why the traffic is no longer the test's (a fleet restarted or redeployed under the rollout, a split set by
+    hand), or None. A pool between versions (None from the deployer) is not a change: it is looked at again."""
+    serving = p.deployer.pool_version(CANARY)
+    if serving is not None and serving != run.version:
+        return (f"the canary pool serves {serving}, not {run.version} under test (the fleet was restarted or redeployed "
+                "during the rollout): no verdict on the version; trigger the rollout again")
+    share = p.router.canary_percent()
+    if share != percent:
+        return (f"the canary's share is {share} %, not this step's {percent} % (set outside the rollout: a restarted "
+                "fleet, or `tenfold serve split`): no verdict on the version; trigger the rollout again")
+    return None
 
 
 def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime) -> Check:

@@ -45,6 +45,7 @@ PATH_MATCHER = "serving"
 ALL_HOSTS = "*"
 # Route rules are tried from the lowest number up; the gaps leave room for rules of one's own.
 CANARY_BUCKETS_PRIORITY, STABLE_BUCKETS_PRIORITY, ROUTE_PRIORITY = 10, 20, 100
+TENFOLD_PRIORITIES = frozenset({CANARY_BUCKETS_PRIORITY, STABLE_BUCKETS_PRIORITY, ROUTE_PRIORITY})
 # A concurrent change to the URL map (412 on the fingerprint) is re-read and re-applied this many times.
 MAX_PATCH_ATTEMPTS = 5
 
@@ -132,13 +133,19 @@ def patched_url_map(current: Mapping[str, Any], settings: Settings, canary_perce
     if not current.get("fingerprint"):
         raise CloudRolloutError(f"URL map {current.get('name')!r} came without a fingerprint: cannot patch it safely")
     body = weighted_route_patch(settings, canary_percent, fingerprint=str(current["fingerprint"]))
+    if current.get("defaultService"):  # the map's own default (hosts no host rule matches) is not Tenfold's to move
+        body["defaultService"] = current["defaultService"]
     (ours,) = body["pathMatchers"]
     matchers = [dict(m) for m in current.get("pathMatchers", [])]
     at = next((i for i, m in enumerate(matchers) if m.get("name") == PATH_MATCHER), None)
     if at is None:
         matchers.append(ours)
     else:
-        matchers[at] = ours
+        # Only Tenfold's three route rules change: rules of one's own at other priorities (the gaps are for
+        # them), and every other field of the matcher, stay.
+        theirs = [r for r in matchers[at].get("routeRules", []) if r.get("priority") not in TENFOLD_PRIORITIES]
+        matchers[at] = {**matchers[at], **ours,
+                        "routeRules": sorted([*ours["routeRules"], *theirs], key=lambda r: int(r.get("priority", 0)))}
     body["pathMatchers"] = matchers
     hosts = [dict(h) for h in current.get("hostRules", [])]
     if not any(h.get("pathMatcher") == PATH_MATCHER for h in hosts):
@@ -173,6 +180,8 @@ def canary_percent_of(url_map: Mapping[str, Any], settings: Settings) -> int:
     weights: dict[str, int] = {}
     ranges: list[tuple[int, int, str]] = []
     for rule in matcher.get("routeRules", []):
+        if rule.get("priority") not in TENFOLD_PRIORITIES:  # a rule of one's own in the gaps: not the split
+            continue
         for wb in rule.get("routeAction", {}).get("weightedBackendServices", []):
             weights[_name(wb["backendService"])] = int(wb.get("weight", 0))
         for match in rule.get("matchRules", []):

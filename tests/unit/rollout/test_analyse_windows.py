@@ -97,6 +97,19 @@ class Router:
     def set_canary_percent(self, percent: int) -> None:
         self.percent = percent
 
+    def canary_percent(self) -> int:
+        return self.percent
+
+
+class Deployer:
+    """The canary pool serving ``version`` (the version under test, unless a test changes it)."""
+
+    def __init__(self, version: str | None = "v2") -> None:
+        self.version: str | None = version
+
+    def pool_version(self, pool: str) -> str | None:
+        return self.version
+
 
 def test_each_window_is_the_steps_own_and_read_only_after_the_logs_delay() -> None:
     """In the cloud the load balancer's log arrives up to a minute late: a step's checks read its own contiguous
@@ -115,7 +128,7 @@ def test_each_window_is_the_steps_own_and_read_only_after_the_logs_delay() -> No
                              poll_s=5)
     run = pipeline.RolloutRun(rollout_id="r1", airflow_run_id="manual__x", version="v2", champion="v1",
                               started_at=T0.isoformat(), policy=policy.model_dump(mode="json"))
-    places = pipeline.Places(router=Router(), deployer=None, observer=observer, registry=registry,  # type: ignore[arg-type]
+    places = pipeline.Places(router=Router(), deployer=Deployer(), observer=observer, registry=registry,  # type: ignore[arg-type]
                              accuracy=lambda a, b, v: (Accuracy(0, None), Accuracy(0, None)), now=clock.now,
                              sleep=clock.sleep)
     assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from tenfold.registry.registry import CHAMPION
 from tenfold.rollout import ArmTraffic
 from tenfold.rollout.analysis import Accuracy
 
-from .test_analyse_windows import T0, Clock, Registry
+from .test_analyse_windows import T0, Clock, Deployer, Registry
 
 
 class Router:
@@ -63,14 +63,16 @@ class FullRegistry(Registry):
         self.champion = version
 
 
-def _setup(router: Router, observer: Observer, registry: FullRegistry | None = None, **policy: Any) -> tuple[Any, Any, Any]:
+def _setup(router: Router, observer: Observer, registry: FullRegistry | None = None, deployer: Deployer | None = None,
+           **policy: Any) -> tuple[Any, Any, Any]:
     clock, registry = Clock(), registry or FullRegistry()
     registry.events["deployed"] = {"at": T0.isoformat()}
     rules = RolloutSettings(**{"min_requests": 50, "min_feedback": 0, "interval_s": 60, "traffic_lag_s": 0,
                                "checks_per_step": 2, "max_failed_checks": 1, "poll_s": 5, **policy})
     run = pipeline.RolloutRun(rollout_id="r1", airflow_run_id="manual__x", version="v2", champion="v1",
                               started_at=T0.isoformat(), policy=rules.model_dump(mode="json"))
-    places = pipeline.Places(router=router, deployer=None, observer=observer, registry=registry,  # type: ignore[arg-type]
+    places = pipeline.Places(router=router, deployer=deployer or Deployer(), observer=observer,  # type: ignore[arg-type]
+                             registry=registry,  # type: ignore[arg-type]
                              accuracy=lambda a, b, v: (Accuracy(0, None), Accuracy(0, None)), now=clock.now,
                              sleep=clock.sleep)
     return run, places, registry
@@ -134,3 +136,28 @@ def test_every_step_passed_but_the_champion_moved_ends_failed_with_a_report(monk
     assert any("the champion moved to v9" in r for r in done["reasons"])
     assert registry.promoted == [] and registry.champion == "v9" and router.percent == 0
     assert registry.decisions == {}
+
+
+@pytest.mark.parametrize("what", ["another version", "another share"])
+def test_a_canary_no_longer_under_test_ends_failed_not_judged(what: str) -> None:
+    """A fleet restarted under the rollout serves the champion in the canary pool at the settings' split: checks
+    would compare champion with champion (and pass). The step ends failed, the version not judged either way."""
+    router, deployer = Router(), Deployer()
+    run, places, registry = _setup(router, Observer(), deployer=deployer)
+    registry.events["s01-set"] = {"at": T0.isoformat(), "step": 1, "percent": 5}
+    router.percent = 5
+    if what == "another version":
+        deployer.version = "v1"
+    else:
+        router.percent = 0
+    assert pipeline.step(None, run, 1, p=places) == pipeline.FAILED  # type: ignore[arg-type]
+    assert router.percent == 0
+    (reason,) = registry.events["end"]["reasons"]
+    assert ("serves v1, not v2" if what == "another version" else "share is 0 %, not this step's 5 %") in reason
+    assert not any(k.startswith("s01-c") for k in registry.events)  # no check was judged on it
+
+
+def test_a_pool_between_versions_is_looked_at_again_not_failed() -> None:
+    router, deployer = Router(), Deployer(version=None)
+    run, places, _registry = _setup(router, Observer(), deployer=deployer)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]

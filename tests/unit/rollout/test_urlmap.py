@@ -151,6 +151,27 @@ def test_the_patch_keeps_what_others_added_to_the_url_map() -> None:
     assert body["pathMatchers"][1] == urlmap.weighted_route_patch(S, 25)["pathMatchers"][0]
 
 
+def test_the_patch_keeps_route_rules_of_ones_own_in_tenfolds_matcher() -> None:
+    """The priority gaps are "room for rules of one's own": a rule there, and the map's own default service,
+    survive every patch (the whole matcher was replaced, deleting them)."""
+    current = fc.recorded("urlMaps.get")
+    current["defaultService"] = "https://www.googleapis.com/compute/v1/projects/p/global/backendServices/maintenance"
+    (matcher,) = [m for m in current["pathMatchers"] if m["name"] == urlmap.PATH_MATCHER]
+    mine = {"priority": 50, "matchRules": [{"prefixMatch": "/v1/admin"}],
+            "service": "https://www.googleapis.com/compute/v1/projects/p/global/backendServices/admin"}
+    matcher["routeRules"].append(mine)
+    body = urlmap.patched_url_map(current, S, 25)
+    (patched,) = [m for m in body["pathMatchers"] if m["name"] == urlmap.PATH_MATCHER]
+    assert [r["priority"] for r in patched["routeRules"]] == [10, 20, 50, 100]
+    assert patched["routeRules"][2] == mine
+    ours = urlmap.weighted_route_patch(S, 25)["pathMatchers"][0]["routeRules"]
+    assert [r for r in patched["routeRules"] if r["priority"] != 50] == ours
+    assert body["defaultService"] == current["defaultService"]
+    # Read back, the split is Tenfold's rules' alone, whatever a rule of one's own routes.
+    mine["routeAction"] = {"weightedBackendServices": [{"backendService": "backendServices/admin", "weight": 100}]}
+    assert urlmap.canary_percent_of(body, S) == 25
+
+
 # -- the router over the real REST clients ----------------------------------------------------------------
 
 @pytest.fixture
