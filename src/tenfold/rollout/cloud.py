@@ -412,8 +412,10 @@ class InstanceGroupDeployer:
 
 # The load balancer's request log entries (https://cloud.google.com/load-balancing/docs/https/https-logging-monitoring).
 LB_LOG_RESOURCE = "http_load_balancer"
-# At most this many entries are read per arm and window (the oldest first): Cloud Logging pages 1000 entries a
-# call and limits reads per minute, and a few thousand requests are plenty for the error rate and a rank test.
+# At most this many entries are read per arm and window: Cloud Logging pages 1000 entries a call and limits reads
+# per minute, and a few thousand requests are plenty for the error rate and a rank test. An arm with more in the
+# window is read again as a sample spread over all of it (Logging's ``sample(insertId, fraction)``, the fraction
+# from how soon the first read reached the cap): the oldest 5,000 of a busy window are its first seconds only.
 MAX_ENTRIES_PER_ARM = 5000
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
@@ -440,7 +442,7 @@ class LoadBalancerLogObserver:
     (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
     The load balancer writes its logs with a delay of seconds to a minute: the rollout reads each window
     ``rollout.traffic_lag_s`` after it ends, so no request falls between two checks. At most ``max_entries``
-    requests are read per arm.
+    requests are read per arm: a busier window is read as a sample spread over all of it.
     """
 
     def __init__(self, settings: Settings, client: Any, *, max_entries: int = MAX_ENTRIES_PER_ARM) -> None:
@@ -470,8 +472,6 @@ class LoadBalancerLogObserver:
         ])
 
     def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
-        from google.cloud.logging import ASCENDING
-
         for at, name in ((since, "since"), (until, "until")):
             _utc(at, name)  # a naive datetime is refused before it is compared
         if until <= since:
@@ -479,22 +479,44 @@ class LoadBalancerLogObserver:
         lb = self.settings.serving.load_balancer
         result: dict[str, ArmTraffic] = {}
         for arm, backend in ((STABLE, lb.stable_backend), (CANARY, lb.canary_backend)):
-            requests = errors = 0
-            latencies: list[float] = []
-            entries = self.client.list_entries(
-                resource_names=[f"projects/{self.settings.project_id}"], filter_=self.log_filter(backend, since, until),
-                order_by=ASCENDING, page_size=min(1000, self.max_entries), max_results=self.max_entries)
-            for entry in entries:
-                http = entry.http_request or {}
-                try:
-                    status = int(http.get("status") or 0)
-                except (TypeError, ValueError):
-                    status = 0
-                requests += 1
-                errors += status >= 500 or status < 100
-                if (ms := _latency_ms(http.get("latency"))) is not None:
-                    latencies.append(ms)
-            if requests >= self.max_entries:
-                log.warning("%s: read the first %d requests of [%s, %s) only", backend, requests, since, until)
-            result[arm] = ArmTraffic(requests=requests, errors=errors, latencies_ms=tuple(latencies))
+            statuses, latencies, last = self._read(backend, since, until, self.max_entries)
+            if len(statuses) >= self.max_entries and last is not None and last > since:
+                # The cap was reached at ``last``: at that rate the window holds ~expected; read a sample of
+                # 80 % of the cap's worth, spread evenly over the whole window.
+                expected = len(statuses) * (until - since) / (last - since)
+                fraction = min(1.0, 0.8 * self.max_entries / expected)
+                statuses, latencies, _ = self._read(backend, since, until, self.max_entries, sample=fraction)
+                log.info("%s: about %.0f requests in [%s, %s): read a sample of %.4f of them (%d)", backend, expected,
+                         since, until, fraction, len(statuses))
+            result[arm] = ArmTraffic(requests=len(statuses), errors=sum(1 for c in statuses if c >= 500 or c < 100),
+                                     latencies_ms=tuple(latencies))
         return result
+
+    def _read(self, backend: str, since: dt.datetime, until: dt.datetime, cap: int, *,
+              sample: float | None = None) -> tuple[list[int], list[float], dt.datetime | None]:
+        """The statuses (0: no answer) and latencies of at most ``cap`` of the arm's requests in ``[since, until)``,
+        the oldest first (of a ``sample`` fraction of them, if given), and the time of the last one read."""
+        from google.cloud.logging import ASCENDING
+
+        query = self.log_filter(backend, since, until)
+        if sample is not None:
+            query += f" AND sample(insertId, {sample:.6f})"
+        statuses: list[int] = []
+        latencies: list[float] = []
+        last: dt.datetime | None = None
+        entries = self.client.list_entries(resource_names=[f"projects/{self.settings.project_id}"], filter_=query,
+                                           order_by=ASCENDING, page_size=min(1000, cap), max_results=cap)
+        for entry in entries:
+            http = entry.http_request or {}
+            try:
+                status = int(http.get("status") or 0)
+            except (TypeError, ValueError):
+                status = 0
+            statuses.append(status)
+            if (ms := _latency_ms(http.get("latency"))) is not None:
+                latencies.append(ms)
+            last = entry.timestamp if isinstance(entry.timestamp, dt.datetime) else last
+        if sample is not None and len(statuses) >= cap:
+            log.warning("%s: the sample of [%s, %s) reached %d requests too (a burst late in the window): it is the "
+                        "oldest of the sample", backend, since, until, cap)
+        return statuses, latencies, last

@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,12 @@ class FakeLogging(BaseAdapter):
         body = json.loads(request.body or b"{}")
         self.calls.append(body)
         backend = re.search(r'resource\.labels\.backend_service_name="([^"]+)"', body["filter"])
-        entries = self.entries.get(backend.group(1), []) if backend else []
+        lo, hi = (re.search(rf'timestamp{op}"([^"]+)"', body["filter"]) for op in (">=", "<"))
+        assert lo and hi, body["filter"]
+        sample = re.search(r"sample\(insertId, ([0-9.]+)\)", body["filter"])
+        entries = [e for e in (self.entries.get(backend.group(1), []) if backend else [])
+                   if _at(lo.group(1)) <= _at(e["timestamp"]) < _at(hi.group(1))
+                   and (sample is None or zlib.crc32(e["insertId"].encode()) % 1_000_000 < float(sample.group(1)) * 1e6)]
         start = int(body.get("pageToken") or 0)
         end = start + min(int(body["pageSize"]), self.page)
         payload: dict[str, Any] = {"entries": entries[start:end]}
@@ -55,9 +61,17 @@ class FakeLogging(BaseAdapter):
         return None
 
 
-def _entry(template: dict[str, Any], backend: str, latency_ms: float | None = None) -> dict[str, Any]:
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _entry(template: dict[str, Any], backend: str, latency_ms: float | None = None,
+           at: dt.datetime | None = None) -> dict[str, Any]:
     entry = copy.deepcopy(template)
     entry["resource"]["labels"]["backend_service_name"] = backend
+    if at is not None:
+        entry["timestamp"] = at.isoformat().replace("+00:00", "Z")
+        entry["insertId"] = f"{backend}-{at.timestamp():.6f}"
     if latency_ms is not None:
         entry["httpRequest"]["latency"] = f"{latency_ms / 1000:.6f}s"
     return entry
@@ -105,8 +119,25 @@ def test_pages_are_followed_and_the_read_is_capped_per_arm() -> None:
     assert seen["stable"].requests == 250 and seen["canary"] == ArmTraffic(0, 0, ())
     assert [c.get("pageToken") for c in fake.calls] == [None, "100", "200", None]
     capped = FakeLogging({LB.stable_backend: stable})
-    assert _observer(capped, max_entries=120).traffic(SINCE, UNTIL)["stable"].requests == 120
+    assert _observer(capped, max_entries=120).traffic(SINCE, UNTIL)["stable"].requests <= 120
     assert capped.calls[0]["pageSize"] == 120
+
+
+def test_a_busy_window_is_sampled_across_all_of_it_not_its_first_seconds() -> None:
+    """10,000 requests over the 30 s window, the canary's errors all in its last 5 s: read oldest first up to the
+    cap, the check saw the first 3 s only (not one error); read again as a sample of the whole window, it sees
+    them at their rate (1 in 6)."""
+    n = 10_000
+    at = [SINCE + dt.timedelta(seconds=30 * i / n) for i in range(n)]
+    stable = [_entry(OK, LB.stable_backend, 12.0, t) for t in at]
+    canary = [_entry(BACKEND_502 if t >= UNTIL - dt.timedelta(seconds=5) else OK, LB.canary_backend, 12.0, t) for t in at]
+    fake = FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary})
+    seen = _observer(fake, max_entries=1000).traffic(SINCE, UNTIL)
+    for arm in ("stable", "canary"):
+        assert 600 <= seen[arm].requests < 1000, seen[arm].requests  # ~80 % of the cap, spread over the window
+    assert 0.12 < seen["canary"].errors / seen["canary"].requests < 0.22, (seen["canary"].errors, seen["canary"].requests)
+    sampled = [c for c in fake.calls if "sample(insertId, " in c["filter"]]
+    assert len(sampled) == 2 and all("sample(insertId, 0.07" in c["filter"] for c in sampled), [c["filter"] for c in sampled]
 
 
 def test_bad_windows_are_refused() -> None:
