@@ -221,6 +221,29 @@ def test_a_sink_killed_after_writing_but_before_acking_loses_nothing_and_duplica
     assert all(r["feedback_records"] == 1 for r in rows.values())
 
 
+def test_dead_lettered_messages_are_shown_left_in_place_and_replayed_to_their_topic(fb_settings, cli):
+    """What the sink refused stays in the dead-letter subscription: `feedback dead-letters` shows each with why,
+    twice over (nothing is consumed by looking), and `--replay` puts it back on the stream's topic."""
+    s = fb_settings
+    spec = s.messaging.subscriptions["feedback"]
+    newer = b'{"prediction_id": "n1", "outcome": 1, "received_at": "2013-01-01T00:00:00Z", "confidence": 0.9}'
+    _publish(s, s.messaging.feedback_topic, newer)  # a field this sink does not know (a newer server's record)
+    with FeedbackSink(s, FAST) as sink:
+        sink.drain(idle_s=2.5)  # five refused deliveries, then the dead-letter topic
+    assert sink.stats["feedback"].acked == 0
+
+    for _ in range(2):
+        result = cli("dead-letters", "--stream", "feedback", "--json")
+        assert result.exit_code == 0, result.output
+        (shown,) = json.loads(result.output)
+        assert shown["body"] == newer.decode() and "confidence" in shown["error"], shown
+    result = cli("dead-letters", "--stream", "feedback", "--replay")
+    assert result.exit_code == 0 and "1 feedback message(s) re-published" in result.output, result.output
+    assert _pull_all(s, spec.dead_letter_subscription) == []
+    assert _pull_all(s, spec.name) == [newer]  # back on the feedback topic, for an upgraded sink
+    assert cli("dead-letters", "--stream", "clicks").exit_code == 2
+
+
 def test_a_lake_that_cannot_be_written_holds_the_batch_until_it_can(fb_settings):
     s = fb_settings
     _publish(s, s.messaging.predictions_topic, *(_prediction(f"w{i}", 0.5) for i in range(5)))

@@ -7,6 +7,7 @@ Examples::
     tenfold feedback sink --once --no-join   # one batch from each subscription
     tenfold feedback join [--month 2026-05] [--force]
     tenfold feedback metrics --last 1h       # per model version and arm; --since/--until ISO times, --json
+    tenfold feedback dead-letters --stream feedback [--replay]   # what the sink refused; send it back
 
 The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``; the local platform must be up:
 ``tenfold up``). Exit codes: 0 done, 1 the lake or Pub/Sub failed, 2 bad arguments.
@@ -194,3 +195,36 @@ def metrics_command(
         _echo_json({"since": start, "until": end, "groups": [r.to_dict() for r in rows]})
     else:
         typer.echo(format_metrics(rows))
+
+
+@app.command("dead-letters")
+def dead_letters_command(
+    stream: Annotated[str, typer.Option(help="predictions or feedback")],
+    do_replay: Annotated[bool, typer.Option("--replay", help="publish them to the stream's topic again")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="at most this many")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    env: EnvOption = None,
+) -> None:
+    """The stream's dead-lettered messages, with why the sink refuses each now; --replay sends them back."""
+    from tenfold.feedback.dead_letters import STREAMS, peek, replay
+
+    if stream not in STREAMS:
+        raise _fail(f"unknown stream {stream!r}: use one of {', '.join(STREAMS)}", 2)
+    settings = _settings(env)
+    try:
+        letters = (replay if do_replay else peek)(settings, stream, limit=limit)
+    except Exception as exc:
+        if type(exc).__module__.startswith(("google", "grpc")):
+            raise _fail(f"cannot reach Pub/Sub ({type(exc).__name__}: {exc}); is the platform up (`tenfold up`)?",
+                        1) from exc
+        raise
+    if as_json:
+        _echo_json([letter.to_dict() for letter in letters])
+        return
+    for letter in letters:
+        body = letter.body.decode("utf-8", "replace")
+        typer.echo(f"{letter.message_id}  published {letter.published_at}  "
+                   f"{'parses now' if letter.error is None else 'refused: ' + letter.error}")
+        typer.echo(f"    {body[:200]}{'...' if len(body) > 200 else ''}")
+    verb = "re-published to the stream's topic" if do_replay else "dead-lettered (left in place)"
+    typer.echo(f"{len(letters)} {stream} message(s) {verb}")

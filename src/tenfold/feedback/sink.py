@@ -13,7 +13,8 @@ For each of the two subscriptions (``settings.messaging.subscriptions["predictio
   join deduplicates by prediction id, so the labelled table never shows it;
 * a message that is not a valid record (a poison message) is counted, logged and nacked at once, never
   acknowledged: after the subscription's ``max_delivery_attempts`` Pub/Sub moves it to the
-  subscription's dead-letter topic, where ``tenfold dlq`` can inspect and replay it;
+  subscription's dead-letter topic, where ``tenfold feedback dead-letters`` shows and replays it
+  (:mod:`tenfold.feedback.dead_letters`);
 * when the lake cannot be written, the batch is retried in place with backoff while its leases are
   extended (a nack would spend delivery attempts and dead-letter good messages); after
   ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back.
