@@ -485,6 +485,20 @@ def test_rolling_version_change_fails_no_request_and_serves_no_stale_prediction(
     assert st.version == new and {r.version for r in st.replicas} == {new} and len(st.serving()) == 2
 
 
+def test_a_rollout_to_a_canary_pool_that_keeps_no_replica_is_refused(fleet: Fleet) -> None:
+    """With min 0 the canary pool's users go to stable while it has no replica, so the autoscaler never sees load
+    to start one: a rollout to it would wait for nothing (or, counted vacuously, "succeed" with 0 replicas)."""
+    _old, new = fleet.versions
+    before = fleet.status().pools[CANARY]
+    fleet_mod.scale(fleet.settings, CANARY, low=0)
+    try:
+        with pytest.raises(fleet_mod.FleetError, match=r"the canary pool keeps no replica \(min 0\)"):
+            fleet_mod.rollout(fleet.settings, new, pool=CANARY, resolve=lambda s, ref: pytest.fail("resolved"))
+    finally:
+        fleet_mod.scale(fleet.settings, CANARY, low=before.min)
+    assert fleet.status().pools[CANARY].version == before.version
+
+
 def test_autoscaling_scales_out_under_load_and_back_in_without_failures(fleet: Fleet) -> None:
     _pin(fleet, stable=(1, 2))
     # Idle: the pool shrinks to its minimum once the stabilisation window has passed.

@@ -805,12 +805,17 @@ def rollout(
         raise FleetError(f"unknown pool {pool!r}: choose {' or '.join(POOLS)}")
     settings = running_settings(settings)
     _require_up(settings)  # before resolving: a stopped platform's registry answers only after minutes of retries
+    if (spec_now := read_spec(settings)) is not None and spec_now.pools[pool].min == 0:
+        # Its users go to the stable pool while it has no replica, so the autoscaler never sees load to start one.
+        raise FleetError(f"the {pool} pool keeps no replica (min 0): nothing would serve {model}; keep one first "
+                         f"(`tenfold serve scale --pool {pool} --min 1`)")
     version = resolve(settings, model)
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
 
     def rolled(st: FleetStatus) -> bool:
         p = st.pools[pool]
-        return all(r.version == version for r in p.replicas) and len(p.serving(version)) >= max(p.desired, p.min)
+        # At least one: a pool autoscaled to 0 serves nothing, which is not "serving the version".
+        return all(r.version == version for r in p.replicas) and len(p.serving(version)) >= max(p.desired, p.min, 1)
 
     n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
     return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
