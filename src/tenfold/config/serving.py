@@ -112,7 +112,7 @@ class FleetSettings(_Frozen):
     replica_down_restart_s: float = Field(default=30.0, gt=0)
     # A rolling change counts a new replica as ready only once it has served this long (Kubernetes'
     # minReadySeconds): one that passes its health check and then crashes does not take an old one's place.
-    min_ready_s: float = Field(default=3.0, ge=0)
+    min_ready_s: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetSettings:

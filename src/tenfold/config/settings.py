@@ -511,6 +511,15 @@ class LocalSettings(_Frozen):
     # gcp-storage-emulator is pure Python but ignores them. See tenfold.local.services.
     gcs_emulator: Literal["fake-gcs-server", "gcp-storage-emulator"] = "fake-gcs-server"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        # ``replicas`` was never read (the fleet's pools have their own bounds) and is gone; a settings file a
+        # running fleet or inference pool wrote before may still hold it.
+        if isinstance(data, dict) and "replicas" in data:
+            data = {k: v for k, v in data.items() if k != "replicas"}
+        return data
+
     @field_validator("bind_host")
     @classmethod
     def _loopback(cls, value: str) -> str:

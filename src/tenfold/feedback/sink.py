@@ -340,6 +340,20 @@ class FeedbackSink:
 _ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError, UnicodeError)
 
 
+def refusal(stream: Stream, data: bytes) -> str | None:
+    """Why the sink refuses a message body now (the same parse, row and log-schema checks a batch gets), or
+    None when it would land it."""
+    parse, to_row, schema, _ = _PARSERS[stream]
+    try:
+        row = to_row(parse(data))
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        return _first_error(exc)
+    now = dt.datetime.now(dt.UTC)
+    row.update(message_id="-", publish_time=now, delivery_attempt=1, landed_at=now)
+    bad = _unwritable([row], schema)
+    return _first_error(bad[0][1]) if bad else None
+
+
 def _unwritable(rows: list[dict[str, Any]], schema: pa.Schema) -> list[tuple[int, Exception]]:
     """The rows (index, error) that Arrow cannot convert to ``schema``: one conversion of the batch, and
     one per row only when that fails."""

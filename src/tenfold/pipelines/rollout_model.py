@@ -226,7 +226,9 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
     record = events(p, run)
     if "end" in record:
         outcome = str(record["end"]["outcome"])
-        if outcome != PROMOTED:  # a retry after the weight could not be set: the ended canary gets no traffic
+        # A retry after the weight could not be set: the ended canary gets no traffic (unless a newer rollout,
+        # whose canary the weight is now, has started since: a cleared task of an old run must not touch it).
+        if outcome != PROMOTED and _newest(p, run):
             p.router.set_canary_percent(0)
         return outcome
     if "abort" in record:
@@ -276,13 +278,19 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             p.router.set_canary_percent(0)
             _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
             return ABORTED
-        if (changed := _not_under_test(p, run, percent)) is not None:
+        changed, between = _not_under_test(p, run, percent)
+        if changed is not None:
             # Judged now, the check would compare whatever serves with the control: never a verdict on the version.
+            if _aborted(p, run):  # the abort that just set the share to 0 is what changed it
+                p.router.set_canary_percent(0)
+                _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
+                return ABORTED
+            _end(p, run, FAILED, [changed])  # first: a retry that finds the end sets the weight again
             p.router.set_canary_percent(0)
-            _end(p, run, FAILED, [changed])
             return FAILED
         until = p.now() - lag
-        result = analyse(p, run, percent, since, until)
+        # Replicas of several versions, or none serving: this window is not judged (no data; looked at again).
+        result = Check(NO_DATA, (between,), {}) if between is not None else analyse(p, run, percent, since, until)
         n = len(mine) + 1
         waited = (until - since).total_seconds()
         if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
@@ -292,11 +300,13 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             result = Check(FAIL, (*result.reasons, f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): "
                                   "failing safe, a rollout never promotes blind; the version is not rejected"),
                            result.values)
-            body = _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
-                                                         "until": _iso(until), **result.to_dict()})
+            # The end first: killed or failing after it, a retry finds the end (and sets the weight again); a
+            # deadline check recorded without its end would count as an ordinary failed check on the retry.
+            _end(p, run, FAILED, list(result.reasons))
+            _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
+                                                  "until": _iso(until), **result.to_dict()})
             log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
             p.router.set_canary_percent(0)
-            _end(p, run, FAILED, list(body["reasons"]))
             return FAILED
         _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                               "until": _iso(until), **result.to_dict()})
@@ -304,18 +314,29 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         say("rollout %s: step %d (%d %%) check %d over %.0f s: %s", run.rollout_id, index, percent, n, waited, result.summary())
 
 
-def _not_under_test(p: Places, run: RolloutRun, percent: int) -> str | None:
-    """Why the traffic is no longer the test's (a fleet restarted or redeployed under the rollout, a split set by
-    hand), or None. A pool between versions (None from the deployer) is not a change: it is looked at again."""
+def _not_under_test(p: Places, run: RolloutRun, percent: int) -> tuple[str | None, str | None]:
+    """``(changed, between)``: why the traffic is no longer the test's (a fleet restarted or redeployed under the
+    rollout, a split set by hand), and why this window cannot be judged yet (the canary pool between versions:
+    replicas of several, or none serving; it is looked at again an interval later)."""
     serving = p.deployer.pool_version(CANARY)
     if serving is not None and serving != run.version:
         return (f"the canary pool serves {serving}, not {run.version} under test (the fleet was restarted or redeployed "
-                "during the rollout): no verdict on the version; trigger the rollout again")
+                "during the rollout): no verdict on the version; trigger the rollout again"), None
     share = p.router.canary_percent()
     if share != percent:
         return (f"the canary's share is {share} %, not this step's {percent} % (set outside the rollout: a restarted "
-                "fleet, or `tenfold serve split`): no verdict on the version; trigger the rollout again")
-    return None
+                "fleet, or `tenfold serve split`): no verdict on the version; trigger the rollout again"), None
+    if serving is None:
+        return None, f"the canary pool is between versions (replicas of several, or none serving): {run.version} not judged"
+    return None, None
+
+
+def _newest(p: Places, run: RolloutRun) -> bool:
+    """Whether ``run`` is the newest rollout of any version (whose canary the router's weight is)."""
+    from tenfold.rollout.record import latest
+
+    found = latest(p.registry)
+    return found is None or found[0].rollout_id == run.rollout_id
 
 
 def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime) -> Check:

@@ -4,7 +4,7 @@
   with the values that drove it, the outcome, the canary's share now, and the report's address;
 * ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
   to 0 at once, the DAG's running step stops at its next poll and no alias moves. On a rollout that ended
-  without a promotion it sets the canary weight to 0 again.
+  without a promotion, and still the newest, it sets the canary weight to 0 again.
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ def abort(version: _Version = None) -> None:
     rollout, record = found
     if "end" in record:
         outcome = record["end"]["outcome"]
-        if outcome == "promoted":
-            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended (promoted): nothing to abort", 3)
+        newest = latest(registry)
+        if outcome == "promoted" or (newest is not None and newest[0].rollout_id != rollout.rollout_id):
+            # Promoted, or a newer rollout started since: the canary's weight is not this rollout's to set.
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}): nothing to abort"
+                        + (f" (the canary is rollout {newest[0].rollout_id}'s now)" if newest and outcome != "promoted"
+                           else ""), 3)
         # Ended without a promotion: its canary must get nothing. Set it again (the DAG sets it too, but a
         # router call that kept failing, or a conclude that never ran, could have left the share behind).
         try:

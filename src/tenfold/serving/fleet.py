@@ -294,6 +294,7 @@ class Supervisor:
         self.samples: dict[str, list[int]] = {pool: [] for pool in POOLS}
         self.util: dict[str, float] = {pool: 0.0 for pool in POOLS}
         self.backoff: dict[str, tuple[int, float]] = {pool: (0, 0.0) for pool in POOLS}
+        self.failed_at: dict[str, float] = {pool: 0.0 for pool in POOLS}  # the pool's last failure (monotonic)
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
         self.events: list[str] = []
         self.stopping = threading.Event()
@@ -411,6 +412,7 @@ class Supervisor:
         """A replica failed to come up, or died soon after it did: retry later, waiting longer each time (a bad
         model must not spin). The back-off resets once a replica of the pool has served :data:`SETTLED_S`."""
         self.backoff[pool] = _backed_off(self.backoff[pool][0])
+        self.failed_at[pool] = time.monotonic()
         self.say(f"{message}; retrying in {self.backoff[pool][1] - time.monotonic():.1f} s")
 
     def drain(self, replica: _Replica, why: str) -> None:
@@ -477,8 +479,10 @@ class Supervisor:
                     self._stop(r, f"not healthy within {self.fleet.replica_start_timeout_s:.0f} s")
                     self._failed(r.pool, f"{name}: did not become ready; see {r.record.log}")
             elif r.state == SERVING:
-                if now - r.since >= SETTLED_S and self.backoff[r.pool][0]:
-                    self.backoff[r.pool] = (0, 0.0)  # it served a while: the pool's failures are behind it
+                if now - r.since >= SETTLED_S and self.backoff[r.pool][0] and r.since >= self.failed_at[r.pool]:
+                    # One that entered rotation after the last failure has served a while: the failures are behind
+                    # the pool. (One serving since before them says nothing about what keeps failing.)
+                    self.backoff[r.pool] = (0, 0.0)
                 down = r.lb is not None and r.lb.status.startswith("DOWN")
                 r.down_since = (r.down_since or now) if down else None
                 if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
@@ -524,12 +528,13 @@ class Supervisor:
                     self._stop(r, f"superseded by {version}")
             now = time.monotonic()
             settled = not self.backoff[pool][0]
-            ready = [r for r in old if r.state == SERVING] + [
-                r for r in current if r.state == SERVING and settled and now - r.since >= self.fleet.min_ready_s]
+            new_ready = [r for r in current if r.state == SERVING and settled and now - r.since >= self.fleet.min_ready_s]
+            ready = [r for r in old if r.state == SERVING] + new_ready
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
             if old_serving and len(ready) > n:
                 self.drain(old_serving[0], f"replaced by {version}")
-            if len(current) < n and not any(r.state == STARTING for r in current):
+            # The next new replica once every new one is ready (one extra at a time), or none is left to wait for.
+            if len(current) < n and (not current or len(new_ready) == len(current)):
                 self.start_replica(pool, version, fault, lookups)
             return
         if len(active) < n:

@@ -348,3 +348,18 @@ def test_the_api_prefix_is_one_spelling_everywhere(tmp_path: Path) -> None:
     assert rep.predict_path == "/v2/predict"
     running = dataclasses.replace(rep, running=True, haproxy_alive=True)
     assert f"{rep.url}/v2/predict " in fleet.describe(running)
+
+
+def test_a_settings_file_written_before_local_replicas_was_removed_still_loads(tmp_path):
+    """A running fleet or inference pool wrote its settings whole; the unused ``local.replicas`` was removed
+    since, and the models forbid unknown fields: without the legacy rule such a file no longer loaded."""
+    import json
+
+    from tenfold.config import Settings
+
+    written = json.loads(build_settings("local", {"TENFOLD_HOME": str(tmp_path)}).model_dump_json())
+    written["local"]["replicas"] = 2
+    assert Settings.model_validate_json(json.dumps(written)).local.home == tmp_path
+    written["local"]["replica"] = 2  # any other unknown field is still refused
+    with pytest.raises(ValueError, match="replica"):
+        Settings.model_validate_json(json.dumps(written))

@@ -39,3 +39,19 @@ def test_unwritable_names_exactly_the_rows_arrow_cannot_convert() -> None:
     rows = [good, {**good, "schema_version": 70000}, good, {**good, "outcome": "yes"}]
     assert [i for i, _ in _unwritable(rows, FEEDBACK_LOG)] == [1, 3]
     assert _unwritable([good, good], FEEDBACK_LOG) == []
+
+
+def test_the_sinks_verdict_on_a_body_is_the_one_a_batch_gets() -> None:
+    """``tenfold feedback dead-letters`` shows why the sink refuses each message: the parse, the row, and the
+    log schema, as a batch is checked (a record that validates but that the log cannot hold is refused too)."""
+    from tenfold.feedback.sink import refusal
+
+    from .conftest import feedback, prediction
+
+    assert refusal("predictions", prediction("a").model_dump_json().encode()) is None
+    assert refusal("feedback", feedback("a", 1).model_dump_json().encode()) is None
+    assert "outcome" in (refusal("feedback", b'{"prediction_id": "p9", "outcome": 7}') or "")
+    assert refusal("predictions", b"not json at all") is not None
+    # Validates as a record; the log's int16 column cannot hold the schema version.
+    unholdable = b'{"schema_version": 70000, "prediction_id": "p9", "outcome": 1, "received_at": "2013-01-01T00:00:00Z"}'
+    assert refusal("feedback", unholdable) is not None

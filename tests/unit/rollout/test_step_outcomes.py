@@ -62,6 +62,16 @@ class FullRegistry(Registry):
         self.promoted.append(version)
         self.champion = version
 
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        return [("1", "v2", "r1"), *((("2", "v3", "r2"),) if self.newer else ())]
+
+    newer: dict[str, Any] | None = None  # the start event of a newer rollout (of v3), if one began since
+
+    def rollout_events(self, version: str, rollout_id: str) -> dict[str, dict[str, Any]]:
+        if rollout_id == "r2":
+            return {"start": self.newer} if self.newer else {}
+        return super().rollout_events(version, rollout_id)
+
 
 def _setup(router: Router, observer: Observer, registry: FullRegistry | None = None, deployer: Deployer | None = None,
            **policy: Any) -> tuple[Any, Any, Any]:
@@ -157,7 +167,61 @@ def test_a_canary_no_longer_under_test_ends_failed_not_judged(what: str) -> None
     assert not any(k.startswith("s01-c") for k in registry.events)  # no check was judged on it
 
 
-def test_a_pool_between_versions_is_looked_at_again_not_failed() -> None:
-    router, deployer = Router(), Deployer(version=None)
-    run, places, _registry = _setup(router, Observer(), deployer=deployer)
+def test_a_pool_between_versions_is_not_judged_until_it_serves_the_version() -> None:
+    class Rolling(Deployer):
+        """Between versions for the first two looks, then serving the version under test."""
+
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.looks = 0
+
+        def pool_version(self, pool: str) -> str | None:
+            self.looks += 1
+            return "v2" if self.looks > 2 else None
+
+    router = Router()
+    run, places, registry = _setup(router, Observer(), deployer=Rolling())
     assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]
+    verdicts = [(e["verdict"], e["reasons"]) for k, e in registry.events.items() if k.startswith("s01-c")]
+    assert [v for v, _ in verdicts] == ["no_data", "no_data", "pass", "pass"]
+    assert all("between versions" in r[0] for v, r in verdicts if v == "no_data")
+
+
+def test_a_cleared_step_of_an_ended_rollout_leaves_a_newer_rollouts_weight_alone() -> None:
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.FAILED, "reasons": ["no data"]}
+    newer = pipeline.RolloutRun(rollout_id="r2", airflow_run_id="manual__y", version="v3", champion="v1",
+                                started_at=T0.isoformat(), policy=run.policy)
+    registry.newer = {"at": T0.isoformat(), "run": newer.to_xcom()}
+    router.percent = 25  # the newer rollout's canary, at its step 2
+    assert pipeline.step(None, run, 1, p=places) == pipeline.FAILED  # type: ignore[arg-type]
+    assert router.percent == 25
+
+
+def test_a_no_data_deadline_whose_weight_call_fails_is_still_failed_on_the_retry() -> None:
+    """The end is recorded before the weight: a failing router call leaves the end, and the retry sets the
+    weight. (Recorded after it, the retry took the deadline check for an ordinary failed check: it carried on
+    toward promotion, or with max_failed_checks 1 rejected the version.)"""
+    router = Router(fail_on_zero=1)
+    run, places, registry = _setup(router, Observer(canary_requests=0), no_data_deadline_s=300, max_failed_checks=2)
+    with pytest.raises(ConnectionError):
+        pipeline.step(None, run, 1, p=places)  # type: ignore[arg-type]
+    assert registry.events["end"]["outcome"] == pipeline.FAILED
+    assert pipeline.step(None, run, 1, p=places) == pipeline.FAILED  # type: ignore[arg-type]
+    assert router.percent == 0
+
+
+def test_an_abort_that_lands_before_the_share_is_read_ends_aborted_not_failed() -> None:
+    class AbortingRouter(Router):
+        """The CLI's abort: recorded, then the weight set to 0, between the step's abort check and its read."""
+
+        def canary_percent(self) -> int:
+            registry.events.setdefault("abort", {"at": T0.isoformat(), "by": "ana"})
+            self.percent = 0
+            return 0
+
+    router = AbortingRouter()
+    run, places, registry = _setup(router, Observer())
+    assert pipeline.step(None, run, 1, p=places) == pipeline.ABORTED  # type: ignore[arg-type]
+    assert registry.events["end"]["outcome"] == pipeline.ABORTED

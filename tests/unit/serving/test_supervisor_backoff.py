@@ -123,6 +123,8 @@ def test_a_haproxy_that_cannot_restart_is_retried_with_back_off_and_the_status_s
     assert 2 <= len(tries) <= 4, supervisor.lines  # at 0, 0.5, 1.5 s (then 3.5): not every 50 ms
     delays = _delays(supervisor.lines, "haproxy: could not restart")
     assert delays[:2] == [pytest.approx(0.5, abs=0.1), pytest.approx(1.0, abs=0.1)], supervisor.lines
+    # It failed on the port (not, say, on a missing binary, which would fail the same way for another reason).
+    assert any("could not restart" in line and "failed to start their listeners" in line for line in supervisor.lines)
     assert supervisor.haproxy is None
     status = fleet.read_status(settings)
     assert status is not None and status.haproxy_pid is None and not status.ready
@@ -162,11 +164,15 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "versioned_replica.py").write_text(
-        "import sys, time\ntime.sleep(2.0 if sys.argv[sys.argv.index('--model') + 1] == 'v2' else 600)\n")
+        "import os, sys, time\n"
+        "time.sleep(float(os.environ['V2_LIFETIME']) if sys.argv[sys.argv.index('--model') + 1] == 'v2' else 600)\n")
     monkeypatch.setattr(fleet, "REPLICA_MODULE", "versioned_replica")
-    sup = fleet.Supervisor(settings, say=lambda line: None)
+    lines: list[str] = []
+    sup = fleet.Supervisor(settings, say=lines.append)
+    sup.lines = lines
     sup.api = HealthyApi()
     sup.env["PYTHONPATH"] = str(stubs)
+    sup.env["V2_LIFETIME"] = "2.0"
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     yield sup
     sup.shutdown()
@@ -182,22 +188,37 @@ def _old_serving(sup: Any) -> int:
     return len([r for r in sup.pool_replicas("stable", fleet.SERVING) if r.version == "v1"])
 
 
-def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas_serving(rolling: Any) -> None:
+@pytest.mark.parametrize(("lifetime", "settled_s"), [
+    (1.0, 60.0),  # dies before it has served min_ready_s (2 s)
+    # dies after it has (so one old replica goes), before the next one has, and the old replicas have served long
+    # enough to count as settled: they must not reset the back-off of what keeps failing (they did, and every
+    # old one was drained). A version that dies only after n * min_ready_s is beyond this protection.
+    (2.5, 6.0),
+])
+def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas_serving(
+        rolling: Any, monkeypatch: pytest.MonkeyPatch, lifetime: float, settled_s: float) -> None:
+    rolling.env["V2_LIFETIME"] = str(lifetime)
+    monkeypatch.setattr(fleet, "SETTLED_S", settled_s)
     until = time.monotonic() + 15
     while _old_serving(rolling) < 2:
         assert time.monotonic() < until, "the v1 pool never came up"
         rolling.tick()
         time.sleep(0.05)
+    if settled_s < 60:  # the old ones have served settled_s (the v2 ones die sooner after entering rotation)
+        time.sleep(settled_s)
+        rolling.tick()
     _roll_to(rolling, "v2")
-    fewest, until = 2, time.monotonic() + 12
-    while time.monotonic() < until:  # v2 replicas start, enter rotation, die 2 s later, again and again
+    fewest, most, until = 2, 0, time.monotonic() + 14
+    while time.monotonic() < until:  # v2 replicas start, enter rotation, die, again and again
         with contextlib.suppress(LocalPlatformError):
             rolling.tick()
         fewest = min(fewest, _old_serving(rolling))
+        most = max(most, len([r for r in rolling.replicas if r.state in (fleet.STARTING, fleet.SERVING)]))
         time.sleep(0.05)
+    assert most <= 3, "more than one extra replica during the roll"
     # Drained for replicas that then died, the pool ran out of v1 (and of everything): at most the one old
     # replica a new one that served min_ready_s replaced may go.
-    assert fewest >= 1, "the roll drained every old replica for new ones that crashed"
+    assert fewest >= 1, "the roll drained every old replica for new ones that crashed:\n" + "\n".join(rolling.lines)
     assert _old_serving(rolling) >= 1
 
 
