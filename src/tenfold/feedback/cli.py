@@ -206,13 +206,15 @@ def dead_letters_command(
     env: EnvOption = None,
 ) -> None:
     """The stream's dead-lettered messages, with why the sink refuses each now; --replay sends them back."""
-    from tenfold.feedback.dead_letters import STREAMS, peek, replay
+    from tenfold.feedback.dead_letters import STREAMS, ReplayError, peek, replay
 
     if stream not in STREAMS:
         raise _fail(f"unknown stream {stream!r}: use one of {', '.join(STREAMS)}", 2)
     settings = _settings(env)
     try:
         letters = (replay if do_replay else peek)(settings, stream, limit=limit)
+    except ReplayError as exc:
+        raise _fail(str(exc), 1) from exc
     except Exception as exc:
         if type(exc).__module__.startswith(("google", "grpc")):
             raise _fail(f"cannot reach Pub/Sub ({type(exc).__name__}: {exc}); is the platform up (`tenfold up`)?",

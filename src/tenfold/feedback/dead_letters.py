@@ -29,6 +29,10 @@ STREAMS: tuple[Stream, ...] = ("predictions", "feedback")
 REPLAY_BATCH = 100
 
 
+class ReplayError(RuntimeError):
+    """Some dead letters could not be published again; the message says how many were."""
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     stream: str
@@ -50,14 +54,24 @@ def _subscription(settings: Settings, stream: str) -> Any:
     return subs[stream]
 
 
-def _pull(client: Any, path: str, n: int) -> list[Any]:
+def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
+    """Up to ``n`` messages; [] when there are none. The first pull may wait a while; a later one (after others
+    returned messages) only briefly, since the emulator holds an empty pull until its timeout."""
     from google.api_core.exceptions import DeadlineExceeded
 
     try:
-        resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": True}, timeout=30)
+        resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": True},
+                           timeout=30 if first else 5)
     except DeadlineExceeded:  # an empty pull the emulator held: nothing more
         return []
     return list(resp.received_messages)
+
+
+def _give_back(client: Any, path: str, ack_ids: list[str]) -> None:
+    """Leases returned at once (deadline 0): the messages stay, deliverable again; a page per request."""
+    for i in range(0, len(ack_ids), REPLAY_BATCH):
+        client.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
+                                            "ack_ids": ack_ids[i:i + REPLAY_BATCH]})
 
 
 @contextmanager
@@ -84,21 +98,20 @@ def peek(settings: Settings, stream: Stream, *, limit: int = 100) -> list[DeadLe
     with _client(settings, stream) as (client, path):
         try:
             while len(received) < limit:
-                fresh = [m for m in _pull(client, path, min(100, limit - len(received)))
+                fresh = [m for m in _pull(client, path, min(100, limit - len(received)), first=not received)
                          if m.message.message_id not in received]
                 if not fresh:
                     break
                 received.update((m.message.message_id, m) for m in fresh)
         finally:
-            if received:
-                client.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
-                                                    "ack_ids": [m.ack_id for m in received.values()]})
+            _give_back(client, path, [m.ack_id for m in received.values()])
     return [_letter(stream, m) for m in received.values()]
 
 
 def replay(settings: Settings, stream: Stream, *, limit: int = 100) -> list[DeadLetter]:
-    """Publish up to ``limit`` dead letters of ``stream`` to its topic again, acknowledging each batch of
-    :data:`REPLAY_BATCH` once every message of it is published."""
+    """Publish up to ``limit`` dead letters of ``stream`` to its topic again, in batches of :data:`REPLAY_BATCH`:
+    each message is acknowledged once it is published; one whose publish failed is given back (it stays), and
+    the error, raised after the batch, says how many were sent before it."""
     from tenfold.messaging import publisher_client, topic_path
 
     topic = topic_path(settings, _subscription(settings, stream).topic)
@@ -107,20 +120,27 @@ def replay(settings: Settings, stream: Stream, *, limit: int = 100) -> list[Dead
     try:
         with _client(settings, stream) as (client, path):
             while len(sent) < limit:
-                batch = _pull(client, path, min(REPLAY_BATCH, limit - len(sent)))
+                batch = _pull(client, path, min(REPLAY_BATCH, limit - len(sent)), first=not sent)
                 if not batch:
                     break
-                try:
-                    futures = [publisher.publish(topic, bytes(m.message.data), **{
-                        k: v for k, v in m.message.attributes.items() if not k.startswith("googclient_")}) for m in batch]
-                    for future in futures:
+                futures = [publisher.publish(topic, bytes(m.message.data), **{
+                    k: v for k, v in m.message.attributes.items() if not k.startswith("googclient_")}) for m in batch]
+                done, failed, error = [], [], None
+                for m, future in zip(batch, futures, strict=True):
+                    try:
                         future.result(timeout=60)
-                except Exception:
-                    client.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
-                                                        "ack_ids": [m.ack_id for m in batch]})
-                    raise
-                client.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in batch]})
-                sent += [_letter(stream, m) for m in batch]
+                        done.append(m)
+                    except Exception as exc:  # this one stays a dead letter; the others are sent
+                        failed.append(m)
+                        error = error or exc
+                if done:
+                    client.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in done]})
+                    sent += [_letter(stream, m) for m in done]
+                if failed:
+                    _give_back(client, path, [m.ack_id for m in failed])
+                    raise ReplayError(f"{len(sent)} {stream} message(s) were re-published; publishing {len(failed)} "
+                                      f"more failed ({type(error).__name__}: {error}): they stay dead letters, "
+                                      "replay again") from error
     finally:
         publisher.stop()
     return sent

@@ -30,6 +30,8 @@ class FleetDeployer:
         if st is None or pool not in st.pools:
             return None
         versions = {r.version for r in st.pools[pool].serving()}
+        if not versions:  # nothing serving this moment (a replica replaced): what the pool is set to serve
+            return st.pools[pool].version
         return versions.pop() if len(versions) == 1 else None
 
 

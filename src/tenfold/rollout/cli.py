@@ -70,14 +70,14 @@ def abort(version: _Version = None) -> None:
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
     rollout, record = found
+    newest = latest(registry)  # the rollout whose canary the router's weight is
+    newer = newest[0].rollout_id if newest is not None and newest[0].rollout_id != rollout.rollout_id else None
     if "end" in record:
         outcome = record["end"]["outcome"]
-        newest = latest(registry)
-        if outcome == "promoted" or (newest is not None and newest[0].rollout_id != rollout.rollout_id):
+        if outcome == "promoted" or newer:
             # Promoted, or a newer rollout started since: the canary's weight is not this rollout's to set.
             raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}): nothing to abort"
-                        + (f" (the canary is rollout {newest[0].rollout_id}'s now)" if newest and outcome != "promoted"
-                           else ""), 3)
+                        + (f" (the canary is rollout {newer}'s now)" if newer and outcome != "promoted" else ""), 3)
         # Ended without a promotion: its canary must get nothing. Set it again (the DAG sets it too, but a
         # router call that kept failing, or a conclude that never ran, could have left the share behind).
         try:
@@ -86,6 +86,13 @@ def abort(version: _Version = None) -> None:
             raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({outcome}), and setting the canary "
                         f"weight to 0 failed ({exc}): is the serving fleet (or the URL map) reachable?") from exc
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}); canary set to 0 %")
+        return
+    if newer:
+        # An older rollout that never ended (its conclude failed): record the abort, but the canary's weight is
+        # the newer rollout's now.
+        request_abort(registry, None, rollout, by=getpass.getuser())
+        typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: abort recorded; the canary weight is rollout "
+                   f"{newer}'s now and was left alone")
         return
     try:
         first = request_abort(registry, router(settings), rollout, by=getpass.getuser())

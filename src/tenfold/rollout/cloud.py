@@ -280,13 +280,16 @@ class InstanceGroupDeployer:
         log.info("pool %s serves model %s: every VM of %s runs %s and passes readiness", pool, version, res.group, name)
 
     def pool_version(self, pool: str) -> str | None:
-        """The version the pool's template names, or None while the group is between templates or names none."""
+        """The version the pool's template names, or None while the group is between templates. A template that
+        names none (the synthesized one, whose VMs resolve an alias: what a platform apply puts back) is named as
+        such, so a rollout sees at once that its canary group no longer serves the version under test."""
         res = pool_resources(self.settings, pool)
         group = self._group(res)
         templates = {resource_path(t) for t in _group_templates(group)}
         if len(templates) != 1 or not group.status.version_target.is_reached:
             return None
-        return template_version(self._template(res.project, templates.pop().rsplit("/", 1)[-1]) or {})
+        name = templates.pop().rsplit("/", 1)[-1]
+        return template_version(self._template(res.project, name) or {}) or f"template {name} (no pinned model version)"
 
     # -- steps -----------------------------------------------------------------------------------------
 

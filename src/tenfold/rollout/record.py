@@ -65,13 +65,15 @@ def latest(registry: ModelRegistry, version: str | None = None) -> tuple[Rollout
     return None
 
 
-def request_abort(registry: ModelRegistry, router: TrafficRouter, rollout: Rollout, *, by: str) -> bool:
-    """Record an abort and take the canary's traffic away now; the running step stops at its next poll.
+def request_abort(registry: ModelRegistry, router: TrafficRouter | None, rollout: Rollout, *, by: str) -> bool:
+    """Record an abort and take the canary's traffic away now (``router``; None leaves the weight alone, for a
+    rollout whose canary is no longer the router's); the running step stops at its next poll.
 
     False when the rollout was already aborted. The weight goes to 0 either way."""
     first = registry.record_rollout_event(rollout.version, rollout.rollout_id, "abort",
                                           {"at": dt.datetime.now(dt.UTC).isoformat(), "by": by})
-    router.set_canary_percent(0)
+    if router is not None:
+        router.set_canary_percent(0)
     return first
 
 

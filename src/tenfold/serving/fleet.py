@@ -528,13 +528,15 @@ class Supervisor:
                     self._stop(r, f"superseded by {version}")
             now = time.monotonic()
             settled = not self.backoff[pool][0]
-            new_ready = [r for r in current if r.state == SERVING and settled and now - r.since >= self.fleet.min_ready_s]
-            ready = [r for r in old if r.state == SERVING] + new_ready
+            aged = [r for r in current if r.state == SERVING and now - r.since >= self.fleet.min_ready_s]
+            ready = [r for r in old if r.state == SERVING] + (aged if settled else [])
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
             if old_serving and len(ready) > n:
                 self.drain(old_serving[0], f"replaced by {version}")
-            # The next new replica once every new one is ready (one extra at a time), or none is left to wait for.
-            if len(current) < n and (not current or len(new_ready) == len(current)):
+            # The next new replica once the last one has served min_ready_s (back-off or not: a failure must not
+            # stop the roll for good), and never more than one beyond the pool's size.
+            live = [r for r in active if r.state in (STARTING, SERVING)]  # not one drained just now
+            if len(current) < n and len(aged) == len(current) and len(live) <= n:
                 self.start_replica(pool, version, fault, lookups)
             return
         if len(active) < n:

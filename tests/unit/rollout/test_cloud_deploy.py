@@ -69,7 +69,9 @@ def _paths(fake: Any) -> list[tuple[str, str]]:
 def test_deploy_creates_the_versions_template_rolls_with_surge_and_waits_until_every_vm_serves(
         fake: Any, clock: Any, deployer: InstanceGroupDeployer) -> None:
     typed: Deployer = deployer
-    assert typed.pool_version("canary") is None, "the synthesized template pins no version"
+    # The synthesized template pins no version: named as such (not None, "between templates"), so a rollout
+    # sees at once that a group put back on it by a platform apply no longer serves the version under test.
+    assert typed.pool_version("canary") == "template tenfold-prod-serve-canary-tmpl-20261130161002476800000001 (no pinned model version)"
     fake.calls.clear()
     typed.deploy("canary", V1)
     new = RES.template_name(V1)
@@ -129,7 +131,7 @@ def test_a_deploy_that_stopped_after_the_template_resumes_with_the_rolling_updat
     fake.fail_next["regionInstanceGroupManagers.patch"] = {"code": "RESOURCE_NOT_READY", "message": "try again"}
     with pytest.raises(CloudRolloutError, match=f"starting the rolling update of {RES.group} failed"):
         deployer.deploy("canary", V1)
-    assert deployer.pool_version("canary") is None
+    assert deployer.pool_version("canary") == "template tenfold-prod-serve-canary-tmpl-20261130161002476800000001 (no pinned model version)"  # not rolled yet
     fake.calls.clear()
     deployer.deploy("canary", V1)
     assert "instanceTemplates.insert" not in fake.apis() and fake.apis().count("regionInstanceGroupManagers.patch") == 1

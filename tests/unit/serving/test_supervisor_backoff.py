@@ -154,9 +154,11 @@ def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(s
 
 @pytest.fixture
 def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die 2 s after they
-    start: a version that loads, passes its health check, then crashes under its first requests."""
-    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die V2_LIFETIME s
+    after they start (a version that loads, passes its health check, then crashes under its first requests), or,
+    with V2_FAIL_ONCE, whose second v2 replica exits at once (a transient failure) and the others live."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_SERVING__FLEET__MIN_READY_S": "2.0"})
+    assert settings.serving.fleet.min_ready_s == 2.0
     rd = fleet.run_dir(settings)
     rd.mkdir(parents=True)
     spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 2, 2), "canary": fleet.PoolSpec("v1", 0, 0)})
@@ -165,7 +167,16 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     stubs.mkdir()
     (stubs / "versioned_replica.py").write_text(
         "import os, sys, time\n"
-        "time.sleep(float(os.environ['V2_LIFETIME']) if sys.argv[sys.argv.index('--model') + 1] == 'v2' else 600)\n")
+        "v2 = sys.argv[sys.argv.index('--model') + 1] == 'v2'\n"
+        "if v2 and os.environ.get('V2_FAIL_ONCE'):\n"
+        "    count = os.environ['V2_FAIL_ONCE']\n"
+        "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
+        "    open(count, 'w').write(str(n))\n"
+        "    sys.exit(1 if n == 2 else time.sleep(600))\n"
+        "if not v2 and os.path.exists(os.environ['V1_DIES']):\n"
+        "    time.sleep(0.5)\n"
+        "    sys.exit(1)\n"
+        "time.sleep(float(os.environ['V2_LIFETIME']) if v2 else 600)\n")
     monkeypatch.setattr(fleet, "REPLICA_MODULE", "versioned_replica")
     lines: list[str] = []
     sup = fleet.Supervisor(settings, say=lines.append)
@@ -173,6 +184,7 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     sup.api = HealthyApi()
     sup.env["PYTHONPATH"] = str(stubs)
     sup.env["V2_LIFETIME"] = "2.0"
+    sup.env["V1_DIES"] = str(tmp_path / "v1-dies")  # once this file exists, a v1 replica that starts dies
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     yield sup
     sup.shutdown()
@@ -220,6 +232,57 @@ def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas
     # replica a new one that served min_ready_s replaced may go.
     assert fewest >= 1, "the roll drained every old replica for new ones that crashed:\n" + "\n".join(rolling.lines)
     assert _old_serving(rolling) >= 1
+
+
+def test_a_roll_whose_new_replica_fails_once_still_completes(rolling: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    """One transient failure of a new replica (a slow load that timed out, an exit) backs the pool off; the roll
+    goes on once a replica started after it has served a while (it stopped for good: no new replica was started
+    while one that entered rotation before the failure could not count)."""
+    monkeypatch.setattr(fleet, "SETTLED_S", 3.0)
+    rolling.env["V2_FAIL_ONCE"] = str(tmp_path / "v2-starts")
+    until = time.monotonic() + 15
+    while _old_serving(rolling) < 2:
+        assert time.monotonic() < until, "the v1 pool never came up"
+        rolling.tick()
+        time.sleep(0.05)
+    _roll_to(rolling, "v2")
+    until = time.monotonic() + 30
+    while not (all(r.version == "v2" for r in rolling.pool_replicas("stable"))
+               and len(rolling.pool_replicas("stable", fleet.SERVING)) == 2):
+        assert time.monotonic() < until, "the roll never completed:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    assert any("exited while starting" in line for line in rolling.lines), "the second v2 replica never failed"
+
+
+def test_a_crash_looping_replica_beside_a_long_serving_one_backs_off(rolling: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """A replica serving since before the failures does not reset the pool's back-off: with the old rule the
+    healthy replica reset it every tick, and the failing slot was restarted every half second for ever."""
+    import os
+    import signal
+
+    monkeypatch.setattr(fleet, "SETTLED_S", 1.0)
+    until = time.monotonic() + 15
+    while _old_serving(rolling) < 2:
+        assert time.monotonic() < until, "the v1 pool never came up"
+        rolling.tick()
+        time.sleep(0.05)
+    time.sleep(1.5)  # both have served SETTLED_S
+    rolling.tick()
+    (tmp_path / "v1-dies").write_text("")  # from now on a v1 replica that starts dies 0.5 s in
+    os.kill(rolling.pool_replicas("stable", fleet.SERVING)[1].record.pid, signal.SIGKILL)
+    until = time.monotonic() + 9
+    while time.monotonic() < until:
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    delays = _delays(rolling.lines, "after it entered rotation")
+    assert len(delays) >= 3, "\n".join(rolling.lines)
+    assert delays[:3] == [pytest.approx(0.5, abs=0.1), pytest.approx(1.0, abs=0.1), pytest.approx(2.0, abs=0.1)], delays
+    assert _old_serving(rolling) == 1  # the long-serving one, all along
 
 
 def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling: Any) -> None:
