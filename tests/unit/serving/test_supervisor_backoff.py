@@ -52,22 +52,31 @@ class HealthyApi:
         return out
 
 
-@pytest.fixture
-def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+def _stub_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, stable: int, module: str, code: str,
+                     environ: dict[str, str] | None = None) -> Any:
+    """A real Supervisor of a ``stable``-replica pool on v1 whose replicas run the stub ``module`` (``code``), with
+    the runtime API :class:`HealthyApi`; its announcements are in ``sup.lines``."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), **(environ or {})})
     rd = fleet.run_dir(settings)
     rd.mkdir(parents=True)
-    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 1, 1), "canary": fleet.PoolSpec("v1", 0, 0)})
+    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", stable, stable), "canary": fleet.PoolSpec("v1", 0, 0)})
     (rd / fleet.SPEC_FILE).write_text(spec.to_json())
     stubs = tmp_path / "stubs"
     stubs.mkdir()
-    (stubs / "short_lived_replica.py").write_text("import time\ntime.sleep(0.4)\n")  # loads, serves, dies
-    monkeypatch.setattr(fleet, "REPLICA_MODULE", "short_lived_replica")
+    (stubs / f"{module}.py").write_text(code)
+    monkeypatch.setattr(fleet, "REPLICA_MODULE", module)
     lines: list[str] = []
     sup = fleet.Supervisor(settings, say=lines.append)
     sup.api = HealthyApi()
     sup.env["PYTHONPATH"] = str(stubs)
     sup.lines = lines
+    return sup
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="short_lived_replica",
+                           code="import time\ntime.sleep(0.4)\n")  # loads, serves, dies
     yield sup
     sup.shutdown()
 
@@ -157,32 +166,20 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die V2_LIFETIME s
     after they start (a version that loads, passes its health check, then crashes under its first requests), or,
     with V2_FAIL_ONCE, whose second v2 replica exits at once (a transient failure) and the others live."""
-    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_SERVING__FLEET__MIN_READY_S": "2.0"})
-    assert settings.serving.fleet.min_ready_s == 2.0
-    rd = fleet.run_dir(settings)
-    rd.mkdir(parents=True)
-    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 2, 2), "canary": fleet.PoolSpec("v1", 0, 0)})
-    (rd / fleet.SPEC_FILE).write_text(spec.to_json())
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / "versioned_replica.py").write_text(
-        "import os, sys, time\n"
-        "v2 = sys.argv[sys.argv.index('--model') + 1] == 'v2'\n"
-        "if v2 and os.environ.get('V2_FAIL_ONCE'):\n"
-        "    count = os.environ['V2_FAIL_ONCE']\n"
-        "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
-        "    open(count, 'w').write(str(n))\n"
-        "    sys.exit(1 if n == 2 else time.sleep(600))\n"
-        "if not v2 and os.path.exists(os.environ['V1_DIES']):\n"
-        "    time.sleep(0.5)\n"
-        "    sys.exit(1)\n"
-        "time.sleep(float(os.environ['V2_LIFETIME']) if v2 else 600)\n")
-    monkeypatch.setattr(fleet, "REPLICA_MODULE", "versioned_replica")
-    lines: list[str] = []
-    sup = fleet.Supervisor(settings, say=lines.append)
-    sup.lines = lines
-    sup.api = HealthyApi()
-    sup.env["PYTHONPATH"] = str(stubs)
+    code = ("import os, sys, time\n"
+            "v2 = sys.argv[sys.argv.index('--model') + 1] == 'v2'\n"
+            "if v2 and os.environ.get('V2_FAIL_ONCE'):\n"
+            "    count = os.environ['V2_FAIL_ONCE']\n"
+            "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
+            "    open(count, 'w').write(str(n))\n"
+            "    sys.exit(1 if n == 2 else time.sleep(600))\n"
+            "if not v2 and os.path.exists(os.environ['V1_DIES']):\n"
+            "    time.sleep(0.5)\n"
+            "    sys.exit(1)\n"
+            "time.sleep(float(os.environ['V2_LIFETIME']) if v2 else 600)\n")
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="versioned_replica", code=code,
+                           environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "2.0"})
+    assert sup.settings.serving.fleet.min_ready_s == 2.0
     sup.env["V2_LIFETIME"] = "2.0"
     sup.env["V1_DIES"] = str(tmp_path / "v1-dies")  # once this file exists, a v1 replica that starts dies
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
