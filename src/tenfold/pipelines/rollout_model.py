@@ -209,6 +209,13 @@ def _aborted(p: Places, run: RolloutRun) -> bool:
     return p.registry.rollout_events(run.version, run.rollout_id).get("abort") is not None
 
 
+def _abort_now(p: Places, run: RolloutRun, why: str) -> str:
+    """An abort wins: canary weight 0, then the end recorded as aborted; returns the outcome."""
+    p.router.set_canary_percent(0)
+    _end(p, run, ABORTED, [why])
+    return ABORTED
+
+
 def _end(p: Places, run: RolloutRun, outcome: str, reasons: list[str]) -> None:
     body = _record(p, run, "end", {"outcome": outcome, "reasons": reasons})
     log.warning("rollout %s: %s (%s)", run.rollout_id, body["outcome"].upper().replace("_", " "), "; ".join(body["reasons"]) or "all checks passed")
@@ -232,9 +239,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             p.router.set_canary_percent(0)
         return outcome
     if "abort" in record:
-        p.router.set_canary_percent(0)
-        _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')} before step {index}"])
-        return ABORTED
+        return _abort_now(p, run, f"aborted by {record['abort'].get('by', 'an operator')} before step {index}")
     if "deployed" not in record:
         raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
     prev = [k for k in record if k.endswith("-set") and k != set_key(index)]
@@ -245,9 +250,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
     if key not in record:
         p.router.set_canary_percent(percent)
         if _aborted(p, run):  # an abort that landed while we set the weight must win
-            p.router.set_canary_percent(0)
-            _end(p, run, ABORTED, [f"aborted during step {index}"])
-            return ABORTED
+            return _abort_now(p, run, f"aborted during step {index}")
         record[key] = _record(p, run, key, {"step": index, "percent": percent})
         log.info("rollout %s: step %d/%d, canary at %d %%", run.rollout_id, index, len(run.steps), percent)
     step_start = _parse(record[key]["at"])
@@ -275,16 +278,12 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         while p.now() < due and not _aborted(p, run):
             p.sleep(min(policy.poll_s, max(0.0, (due - p.now()).total_seconds())))
         if _aborted(p, run):
-            p.router.set_canary_percent(0)
-            _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
-            return ABORTED
+            return _abort_now(p, run, f"aborted during step {index} at {percent} %")
         changed, between = _not_under_test(p, run, percent)
         if changed is not None:
             # Judged now, the check would compare whatever serves with the control: never a verdict on the version.
             if _aborted(p, run):  # the abort that just set the share to 0 is what changed it
-                p.router.set_canary_percent(0)
-                _end(p, run, ABORTED, [f"aborted during step {index} at {percent} %"])
-                return ABORTED
+                return _abort_now(p, run, f"aborted during step {index} at {percent} %")
             _end(p, run, FAILED, [changed])  # first: a retry that finds the end sets the weight again
             p.router.set_canary_percent(0)
             return FAILED
@@ -333,10 +332,9 @@ def _not_under_test(p: Places, run: RolloutRun, percent: int) -> tuple[str | Non
 
 def _newest(p: Places, run: RolloutRun) -> bool:
     """Whether ``run`` is the newest rollout of any version (whose canary the router's weight is)."""
-    from tenfold.rollout.record import latest
+    from tenfold.rollout.record import newer_rollout
 
-    found = latest(p.registry)
-    return found is None or found[0].rollout_id == run.rollout_id
+    return newer_rollout(p.registry, run.rollout_id) is None
 
 
 def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime) -> Check:

@@ -62,7 +62,7 @@ def abort(version: _Version = None) -> None:
     """Stop the newest rollout that has not ended: canary weight 0 now, no alias moves."""
     from tenfold.registry import ModelRegistry
     from tenfold.rollout.adapters import router
-    from tenfold.rollout.record import latest, request_abort
+    from tenfold.rollout.record import latest, newer_rollout, request_abort
 
     settings = get_settings()
     registry = ModelRegistry(settings)
@@ -70,8 +70,7 @@ def abort(version: _Version = None) -> None:
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
     rollout, record = found
-    newest = latest(registry)  # the rollout whose canary the router's weight is
-    newer = newest[0].rollout_id if newest is not None and newest[0].rollout_id != rollout.rollout_id else None
+    newer = newer_rollout(registry, rollout.rollout_id)  # a newer rollout's canary is what the router's weight is
     if "end" in record:
         outcome = record["end"]["outcome"]
         if outcome == "promoted" or newer:

@@ -65,6 +65,13 @@ def latest(registry: ModelRegistry, version: str | None = None) -> tuple[Rollout
     return None
 
 
+def newer_rollout(registry: ModelRegistry, rollout_id: str) -> str | None:
+    """The id of the newest rollout of any version when it is not ``rollout_id`` (the router's canary weight is
+    that rollout's), else None."""
+    found = latest(registry)
+    return found[0].rollout_id if found is not None and found[0].rollout_id != rollout_id else None
+
+
 def request_abort(registry: ModelRegistry, router: TrafficRouter | None, rollout: Rollout, *, by: str) -> bool:
     """Record an abort and take the canary's traffic away now (``router``; None leaves the weight alone, for a
     rollout whose canary is no longer the router's); the running step stops at its next poll.
