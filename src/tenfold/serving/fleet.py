@@ -254,7 +254,13 @@ class _Replica:
     down_since: float | None = None
     stop: Future[bool] | None = None
     lb: ServerStat | None = None
-    admitted: bool = False  # it has been in rotation (HAProxy re-checks it after a restart of HAProxy)
+    # When it first entered rotation: an HAProxy restart re-checks it (STARTING again, ``since`` anew), but how long
+    # it has served, for telling a crash soon after admission from a replica that had served for long, counts from here.
+    admitted_at: float | None = None
+
+    @property
+    def wants(self) -> tuple[str, str, str]:
+        return self.version, self.fault, self.lookups
 
     @property
     def server(self) -> str:
@@ -295,6 +301,9 @@ class Supervisor:
         self.util: dict[str, float] = {pool: 0.0 for pool in POOLS}
         self.backoff: dict[str, tuple[int, float]] = {pool: (0, 0.0) for pool in POOLS}
         self.failed_at: dict[str, float] = {pool: 0.0 for pool in POOLS}  # the pool's last failure (monotonic)
+        # What failed since the pool's back-off last reset (version, fault, lookups): a roll holds back only the
+        # replicas of what keeps failing, not a new version after a failure of the one it replaces.
+        self.failed: dict[str, set[tuple[str, str, str]]] = {pool: set() for pool in POOLS}
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
         self.events: list[str] = []
         self.stopping = threading.Event()
@@ -332,6 +341,7 @@ class Supervisor:
                 self.desired[pool] = max(ps.min, min(ps.max, self.desired[pool]))
                 self.say(f"{pool}: bounds {ps.min}..{ps.max}")
             if ps.wants() != old.wants():
+                self._settled(pool)  # the back-off was earned by what the pool ran; the new version starts afresh
                 self.say(f"{pool}: rolling to {ps.version}" + (f" with injected fault {ps.fault}" if ps.fault else "")
                          + (f" (lookups {ps.lookups})" if ps.lookups != old.lookups else ""))
         self.spec = spec
@@ -400,7 +410,7 @@ class Supervisor:
         try:
             record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
         except LocalPlatformError as exc:
-            self._failed(pool, f"{name}: could not start: {exc}")
+            self._failed(pool, (version, fault, lookups), f"{name}: could not start: {exc}")
             return None
         replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault, lookups=lookups)
         self.replicas.append(replica)
@@ -408,12 +418,18 @@ class Supervisor:
         self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
         return replica
 
-    def _failed(self, pool: str, message: str) -> None:
-        """A replica failed to come up, or died soon after it did: retry later, waiting longer each time (a bad
-        model must not spin). The back-off resets once a replica of the pool has served :data:`SETTLED_S`."""
+    def _failed(self, pool: str, wants: tuple[str, str, str], message: str) -> None:
+        """A replica of ``wants`` failed to come up, or died soon after it did: retry later, waiting longer each
+        time (a bad model must not spin). The back-off resets once a replica of the pool that entered rotation
+        after the failure has served :data:`SETTLED_S`, or when the pool is set to run something else."""
         self.backoff[pool] = _backed_off(self.backoff[pool][0])
         self.failed_at[pool] = time.monotonic()
+        self.failed[pool].add(wants)
         self.say(f"{message}; retrying in {self.backoff[pool][1] - time.monotonic():.1f} s")
+
+    def _settled(self, pool: str) -> None:
+        self.backoff[pool] = (0, 0.0)
+        self.failed[pool].clear()
 
     def drain(self, replica: _Replica, why: str) -> None:
         name = replica_name(replica.pool, replica.slot)
@@ -460,11 +476,12 @@ class Supervisor:
             if not process.is_running(r.record):
                 code = "" if r.state != STARTING else f"; last log lines:\n{process.log_tail(r.record.log, 8)}"
                 self._forget(r)
-                if r.state == STARTING:
-                    self._failed(r.pool, f"{name}: exited while starting{code}")
-                elif r.state == SERVING and now - r.since < SETTLED_S:
-                    self._failed(r.pool, f"{name}: process {r.record.pid} died {now - r.since:.0f} s after it "
-                                         f"entered rotation; last log lines:\n{process.log_tail(r.record.log, 8)}")
+                served = now - r.admitted_at if r.admitted_at is not None else None
+                if r.state == STARTING and served is None:
+                    self._failed(r.pool, r.wants, f"{name}: exited while starting{code}")
+                elif r.state in (STARTING, SERVING) and served is not None and served < SETTLED_S:
+                    self._failed(r.pool, r.wants, f"{name}: process {r.record.pid} died {served:.0f} s after it "
+                                                  f"entered rotation; last log lines:\n{process.log_tail(r.record.log, 8)}")
                 else:
                     self.say(f"{name}: process {r.record.pid} is gone ({r.state}); replacing it")
                 continue
@@ -472,17 +489,18 @@ class Supervisor:
                 if r.lb is not None and r.lb.checked_up:
                     self.api.admit(r.pool, r.server)
                     r.enter(SERVING)
-                    r.admitted = True
+                    r.admitted_at = r.since if r.admitted_at is None else r.admitted_at
                     r.lb = None  # HAProxy's view changed; the next look fills it in
                     self.say(f"{name}: in rotation (HAProxy health check passed)")
                 elif now - r.since > self.fleet.replica_start_timeout_s:
                     self._stop(r, f"not healthy within {self.fleet.replica_start_timeout_s:.0f} s")
-                    self._failed(r.pool, f"{name}: did not become ready; see {r.record.log}")
+                    self._failed(r.pool, r.wants, f"{name}: did not become ready; see {r.record.log}")
             elif r.state == SERVING:
-                if now - r.since >= SETTLED_S and self.backoff[r.pool][0] and r.since >= self.failed_at[r.pool]:
+                admitted = r.admitted_at if r.admitted_at is not None else r.since
+                if now - admitted >= SETTLED_S and self.backoff[r.pool][0] and admitted >= self.failed_at[r.pool]:
                     # One that entered rotation after the last failure has served a while: the failures are behind
                     # the pool. (One serving since before them says nothing about what keeps failing.)
-                    self.backoff[r.pool] = (0, 0.0)
+                    self._settled(r.pool)
                 down = r.lb is not None and r.lb.status.startswith("DOWN")
                 r.down_since = (r.down_since or now) if down else None
                 if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
@@ -521,13 +539,13 @@ class Supervisor:
         if old:
             # Rolling: one replica of the new version at a time, and an old one leaves only once the
             # pool holds more ready replicas than it needs. A new replica is ready once it has served
-            # min_ready_s, and none is while the pool backs off from one that died soon after entering
-            # rotation: a version that passes its health check and then crashes never drains the old ones.
+            # min_ready_s, and none is while the pool backs off from one of the same version that died soon after
+            # entering rotation: a version that passes its health check and then crashes never drains the old ones.
             for r in old:
-                if r.state == STARTING and not r.admitted:  # admitted ones re-check after an HAProxy restart
+                if r.state == STARTING and r.admitted_at is None:  # admitted ones re-check after an HAProxy restart
                     self._stop(r, f"superseded by {version}")
             now = time.monotonic()
-            settled = not self.backoff[pool][0]
+            settled = ps.wants() not in self.failed[pool]  # an old version's failure says nothing of the new one
             aged = [r for r in current if r.state == SERVING and now - r.since >= self.fleet.min_ready_s]
             ready = [r for r in old if r.state == SERVING] + (aged if settled else [])
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)

@@ -167,13 +167,14 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     after they start (a version that loads, passes its health check, then crashes under its first requests), or,
     with V2_FAIL_ONCE, whose second v2 replica exits at once (a transient failure) and the others live."""
     code = ("import os, sys, time\n"
-            "v2 = sys.argv[sys.argv.index('--model') + 1] == 'v2'\n"
+            "version = sys.argv[sys.argv.index('--model') + 1]\n"
+            "v2 = version == 'v2'\n"
             "if v2 and os.environ.get('V2_FAIL_ONCE'):\n"
             "    count = os.environ['V2_FAIL_ONCE']\n"
             "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
             "    open(count, 'w').write(str(n))\n"
             "    sys.exit(1 if n == 2 else time.sleep(600))\n"
-            "if not v2 and os.path.exists(os.environ['V1_DIES']):\n"
+            "if version == 'v1' and os.path.exists(os.environ['V1_DIES']):\n"
             "    time.sleep(0.5)\n"
             "    sys.exit(1)\n"
             "time.sleep(float(os.environ['V2_LIFETIME']) if v2 else 600)\n")
@@ -251,7 +252,10 @@ def test_a_roll_whose_new_replica_fails_once_still_completes(rolling: Any, monke
         with contextlib.suppress(LocalPlatformError):
             rolling.tick()
         time.sleep(0.05)
-    assert any("exited while starting" in line for line in rolling.lines), "the second v2 replica never failed"
+    # The second v2 replica exited (while starting, or just after the stub API admitted it: either is a failure the
+    # pool backs off from), so the roll took a third start.
+    assert int((tmp_path / "v2-starts").read_text()) >= 3, "\n".join(rolling.lines)
+    assert _delays(rolling.lines, "replica-stable"), "the failure was not backed off:\n" + "\n".join(rolling.lines)
 
 
 def test_a_crash_looping_replica_beside_a_long_serving_one_backs_off(rolling: Any, monkeypatch: pytest.MonkeyPatch,
@@ -298,3 +302,67 @@ def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling
     rolling.tick()
     stopped = [r for r in rolling.replicas if r.version == "v1" and r.state == fleet.STOPPING]
     assert stopped == [], [(r.version, r.state) for r in rolling.replicas]
+
+
+def _pool_up(sup: Any) -> None:
+    until = time.monotonic() + 15
+    while _old_serving(sup) < 2:
+        assert time.monotonic() < until, "the v1 pool never came up"
+        sup.tick()
+        time.sleep(0.05)
+
+
+def test_a_replica_killed_long_after_admission_is_no_failure_even_after_an_haproxy_restart_rechecked_it(
+        rolling: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HAProxy restart re-checks every replica (STARTING, then SERVING anew); how long one has served still
+    counts from its first admission. It counted from the re-check: a replica of hours killed a second after an
+    HAProxy restart was a "crash soon after admission", and the pool's next roll waited SETTLED_S to drain."""
+    import os
+    import signal
+
+    monkeypatch.setattr(fleet, "SETTLED_S", 2.0)
+    _pool_up(rolling)
+    time.sleep(2.5)  # both have served SETTLED_S
+    for r in rolling.pool_replicas("stable"):  # what _ensure_haproxy does to each replica after a restart
+        rolling.api.point(r.pool, r.server, "127.0.0.1", r.port)
+        r.enter(fleet.STARTING)
+    rolling.tick()
+    assert _old_serving(rolling) == 2  # re-admitted
+    os.kill(rolling.pool_replicas("stable", fleet.SERVING)[0].record.pid, signal.SIGKILL)
+    _tick_for(rolling, 1.0)
+    assert any("is gone (serving); replacing it" in line for line in rolling.lines), "\n".join(rolling.lines)
+    assert not _delays(rolling.lines, "after it entered rotation"), "\n".join(rolling.lines)
+    assert rolling.backoff["stable"][0] == 0
+
+
+def test_a_roll_after_the_old_version_failed_does_not_wait_for_the_failure_to_settle(
+        rolling: Any, tmp_path: Path) -> None:
+    """A failure of the version being replaced (here a v1 replica that dies 0.5 s after it starts, in rotation as
+    the roll begins) backs the pool off, but says nothing about the new version: its replicas count as ready after
+    min_ready_s and the roll completes. It waited until a replica admitted after the failure had served SETTLED_S
+    (60 s)."""
+    import os
+    import signal
+
+    _pool_up(rolling)
+    (tmp_path / "v1-dies").write_text("")  # from now on a v1 replica that starts dies 0.5 s in
+    os.kill(rolling.pool_replicas("stable", fleet.SERVING)[1].record.pid, signal.SIGKILL)
+    until = time.monotonic() + 10
+    while not any("after it entered rotation" in line for line in rolling.lines):
+        assert time.monotonic() < until, "the v1 replacement never failed:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    while _old_serving(rolling) < 2:  # the next doomed v1 replacement is in rotation: roll now
+        assert time.monotonic() < until, "the v1 replacement never came back:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    _roll_to(rolling, "v3")  # a version whose replicas live
+    until = time.monotonic() + 20
+    while not (all(r.version == "v3" for r in rolling.pool_replicas("stable"))
+               and len(rolling.pool_replicas("stable", fleet.SERVING)) == 2):
+        assert time.monotonic() < until, "the roll never completed:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
