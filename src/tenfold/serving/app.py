@@ -175,7 +175,7 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
                        "this API does not decode: send it uncompressed (at most max_body_bytes)",
                        field="content-encoding")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "body_too_large", f"the body is {int(declared)} bytes; at most {max_bytes} are accepted: "
                        "send fewer flights per request")
     chunks: list[bytes] = []
@@ -199,8 +199,14 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
         non_finite = True
         return float(name)  # "NaN", "Infinity", "-Infinity"
 
+    def number(text: str) -> float:
+        nonlocal non_finite
+        value = float(text)
+        non_finite = non_finite or not math.isfinite(value)  # 1e999 overflows to inf
+        return value
+
     try:
-        return json.loads(raw, parse_constant=constant), non_finite
+        return json.loads(raw, parse_constant=constant, parse_float=number), non_finite
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column "
                        f"{exc.colno}", field="body") from None
@@ -429,7 +435,8 @@ def create_app(
         directly): the user key's own bucket is reported then."""
         values = request.headers.getlist(bucket_header)
         value = values[-1].strip() if values else ""
-        return int(value) if value.isdigit() and int(value) < BUCKETS else None
+        # isascii: "²" is a digit to isdigit() but not to int() (a 500 for a header any client may send)
+        return int(value) if value.isascii() and value.isdigit() and int(value) < BUCKETS else None
 
     def user_key_of(request: Request) -> str | None:
         """The user key of the header, read as HAProxy hashes it (``req.fhdr``: the last occurrence, whole,

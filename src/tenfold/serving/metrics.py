@@ -57,6 +57,10 @@ class ServerMetrics:
         self._ready = Gauge("tenfold_ready", "1 while the replica is ready to serve.", labels, registry=r)
         # Labelled children, bound once: ``labels()`` sorts and validates its arguments on every call.
         self._children: dict[tuple[Any, ...], Any] = {}
+        # The gauges that hold a state (ready, queue depth, breaker open), by (gauge, *extra labels): a version change
+        # moves each to the new version's series and removes the old one, which would otherwise keep its last value
+        # for ever (a breaker that opened while loading stayed "open" under model_version="loading").
+        self._state: dict[tuple[Any, ...], float] = {}
 
     def _l(self) -> dict[str, str]:
         return {"model_version": self.model_version, "arm": self.arm}
@@ -70,7 +74,17 @@ class ServerMetrics:
         return child
 
     def set_model_version(self, version: str) -> None:
-        self.model_version = version
+        old, self.model_version = self.model_version, version
+        if version == old:
+            return
+        for (gauge, *extra), value in list(self._state.items()):  # the batcher may set one meanwhile
+            gauge.remove(old, self.arm, *extra)
+            self._children.pop((gauge, old, *extra), None)
+            self._child(gauge, *extra).set(value)
+
+    def _set_state(self, gauge: Any, value: float, *extra: str) -> None:
+        self._state[(gauge, *extra)] = value
+        self._child(gauge, *extra).set(value)
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         status = str(code)
@@ -96,7 +110,7 @@ class ServerMetrics:
             self._child(self._cache_misses).inc(misses)
 
     def queue_depth(self, rows: int) -> None:
-        self._child(self._queue_depth).set(rows)
+        self._set_state(self._queue_depth, rows)
 
     def sample_published(self, count: int = 1) -> None:
         self._child(self._samples, "published").inc(count)
@@ -109,10 +123,10 @@ class ServerMetrics:
         self._child(self._feedback, result).inc()
 
     def breaker(self, topic: str, is_open: bool) -> None:
-        self._child(self._breaker_open, topic).set(1 if is_open else 0)
+        self._set_state(self._breaker_open, 1 if is_open else 0, topic)
 
     def ready(self, is_ready: bool) -> None:
-        self._child(self._ready).set(1 if is_ready else 0)
+        self._set_state(self._ready, 1 if is_ready else 0)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent), e.g. ``value("tenfold_cache_hits_total")``; for tests and status."""

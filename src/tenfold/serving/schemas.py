@@ -51,6 +51,14 @@ class FeedbackRequest(_Body):
         description="When the outcome was observed: ISO 8601 with a UTC offset (without one, UTC), from 1970 to "
                     "at most a day after the server's clock.")
 
+    @field_validator("outcome", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        # Only the JSON integers 0 and 1: lax mode read true, 1.0 (and "1") as 1, which a flight number refuses too.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("send the outcome as the integer 0 (on time) or 1 (delayed 15+ minutes or cancelled)")
+        return value
+
     @field_validator("observed_at", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:

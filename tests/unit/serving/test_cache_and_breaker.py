@@ -164,3 +164,32 @@ def test_the_publisher_client_is_made_once_when_the_sampler_and_a_feedback_race_
     for t in threads:
         t.join(10)
     assert len(made) == 1 and all(c is made[0] for c in seen), f"{len(made)} clients made"
+
+
+def test_a_state_set_while_loading_moves_to_the_model_version_and_leaves_no_stale_series() -> None:
+    """Gauges that hold a state (breaker open, ready, queue depth) set before the model loaded: after the version
+    change the state is under the model's version, and no ``model_version="loading"`` series is left behind. (A
+    feedback breaker that opened while loading and closed after kept ``{model_version="loading"} 1`` for ever: an
+    alert on ``max(tenfold_pubsub_breaker_open) > 0`` would never clear.)"""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tenfold.serving.metrics import LOADING, ServerMetrics
+
+    metrics = ServerMetrics("stable")
+    metrics.breaker("feedback", True)
+    metrics.queue_depth(3)
+    metrics.ready(False)
+    metrics.set_model_version("v1")
+    assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 1  # still open, now under v1
+    metrics.breaker("feedback", False)
+    metrics.ready(True)
+
+    def series(name: str) -> dict[str, float]:
+        return {s.labels["model_version"]: s.value
+                for family in text_string_to_metric_families(metrics.exposition().decode())
+                for s in family.samples if s.name == name}
+
+    assert series("tenfold_pubsub_breaker_open") == {"v1": 0}
+    assert series("tenfold_ready") == {"v1": 1}
+    assert series("tenfold_queue_depth") == {"v1": 3}
+    assert LOADING not in metrics.exposition().decode()
