@@ -76,7 +76,9 @@ def monitor_drift() -> None:
 
         decision = run_step(pipeline.decide, get_settings(), planned, reported)
         if not decision["retrain"]:
-            raise AirflowSkipException(f"no retraining: {decision['decisions']}")
+            earlier = decision.get("already_triggered")
+            raise AirflowSkipException(f"no retraining: {decision['decisions']}"
+                                       + (f"; already triggered by {earlier}" if earlier else ""))
         context["outlet_events"][DRIFT].extra = decision
         return decision
 

@@ -1,13 +1,24 @@
-"""The one place that builds a Google Cloud Storage client.
+"""The one place that builds a Google Cloud Storage client, and named objects under a lake prefix.
 
 Locally the client talks to the GCS emulator through ``STORAGE_EMULATOR_HOST`` semantics (an
 explicit ``api_endpoint`` and anonymous credentials); in the cloud it uses Application Default
 Credentials. Callers never branch on the environment themselves.
+
+:func:`lake_objects` gives the few operations a record store needs (create if absent, put, get, list) on a
+``file://`` or ``gs://`` lake alike. ``create`` is *create-if-absent*: on ``gs://`` an upload with
+``if_generation_match=0`` (GCS refuses it when the object exists), on ``file://`` a hard link of a fully written
+and fsynced temporary file to the final name (``link`` fails when the name exists, and never replaces it).
+``put`` replaces an object whole (a rename, or one object write).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
 
 from tenfold.config import Settings
 
@@ -26,3 +37,125 @@ def gcs_client(settings: Settings) -> storage.Client:
             client_options={"api_endpoint": settings.storage.emulator_host},
         )
     return storage.Client(project=settings.project_id)
+
+
+class Objects(Protocol):
+    """Named blobs under one root: the little a run store needs from a file system or a bucket."""
+
+    def create(self, name: str, data: bytes) -> bool: ...  # False: it already existed (left as it was)
+
+    def put(self, name: str, data: bytes) -> None: ...
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def names(self, prefix: str) -> list[str]: ...  # names under prefix/ (relative to it), sorted
+
+
+class FileObjects:
+    """Objects as files under a local folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _tmp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    def _sync_dir(self, folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def create(self, name: str, data: bytes) -> bool:
+        path = self.root / name
+        tmp = self._tmp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing name: never overwrites a result
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._sync_dir(path.parent)  # the result's name is on disk before the message is acknowledged
+        return True
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        tmp = self._tmp(path, data)
+        os.replace(tmp, path)
+        self._sync_dir(path.parent)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def names(self, prefix: str) -> list[str]:
+        folder = self.root / prefix
+        try:
+            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+
+class GcsObjects:
+    """Objects in a bucket under a prefix, through the real storage client."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.bucket = client.bucket(bucket)
+        self.prefix = prefix.strip("/")
+
+    def _name(self, name: str) -> str:
+        return posixpath.join(self.prefix, name) if self.prefix else name
+
+    def create(self, name: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self.bucket.blob(self._name(name)).upload_from_string(data, if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def put(self, name: str, data: bytes) -> None:
+        self.bucket.blob(self._name(name)).upload_from_string(data)
+
+    def get(self, name: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return bytes(self.bucket.blob(self._name(name)).download_as_bytes())
+        except NotFound:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return bool(self.bucket.blob(self._name(name)).exists())
+
+    def names(self, prefix: str) -> list[str]:
+        full = self._name(prefix).rstrip("/") + "/"
+        return sorted(b.name[len(full):] for b in self.bucket.client.list_blobs(self.bucket, prefix=full)
+                      if "/" not in b.name[len(full):])
+
+
+def lake_objects(settings: Settings, prefix: str, *, client: Any = None) -> Objects:
+    """The objects under ``<lake>/<prefix>`` (``storage.lake_uri``, file:// or gs://)."""
+    uri = settings.storage.lake_uri.rstrip("/")
+    parsed = urlparse(uri)
+    prefix = prefix.strip("/")
+    if parsed.scheme == "gs":
+        return GcsObjects(client or gcs_client(settings), parsed.netloc, posixpath.join(parsed.path.strip("/"), prefix))
+    if parsed.scheme not in ("file", ""):
+        raise ValueError(f"storage.lake_uri {uri!r}: records are kept on file:// and gs:// lakes only")
+    return FileObjects(Path(parsed.path if parsed.scheme else uri) / prefix)

@@ -127,3 +127,9 @@ def test_injected_drift_fires_the_detector_and_triggers_train_model_an_unchanged
     assert "distance" in alert["details"]["features"] and "report.html" in alert["details"]["report"]
     page = (Path(urlparse(report_dir(local_settings, DRIFTED)).path) / "report.html").read_text()
     assert "<svg" in page and "distance: PSI" in page
+
+    # Another run on the same content (a re-publish of the month starts one): the drift has triggered already.
+    out = _dags_test(env, {"month": DRIFTED.label, "version": version}, "2032-05-03T00:00:00+00:00", tmp_path)
+    assert len(asset_events(airflow_env, drift_uri)) == before + 1, "the same drift triggered retraining twice"
+    assert len([line for line in alerts.read_text().splitlines() if "drift:" in line]) == 1
+    assert "already triggered by" in out, out[-3000:]

@@ -17,14 +17,11 @@ whole (a rename, or one object write).
 from __future__ import annotations
 
 import contextlib
-import os
 import posixpath
-import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 from tenfold.inference.requests import RECORD_NAME
+from tenfold.storage import FileObjects, GcsObjects, Objects, lake_objects
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -34,130 +31,9 @@ ERRORS = "errors"
 DEAD_LETTERS = "dead_letters"
 
 
-class Objects(Protocol):
-    """Named blobs under one root: the little a run store needs from a file system or a bucket."""
-
-    def create(self, name: str, data: bytes) -> bool: ...  # False: it already existed (left as it was)
-
-    def put(self, name: str, data: bytes) -> None: ...
-
-    def get(self, name: str) -> bytes | None: ...
-
-    def exists(self, name: str) -> bool: ...
-
-    def names(self, prefix: str) -> list[str]: ...  # names under prefix/ (relative to it), sorted
-
-
-class FileObjects:
-    """Objects as files under a local folder."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _tmp(self, path: Path, data: bytes) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return tmp
-
-    def _sync_dir(self, folder: Path) -> None:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def create(self, name: str, data: bytes) -> bool:
-        path = self.root / name
-        tmp = self._tmp(path, data)
-        try:
-            os.link(tmp, path)  # atomic, and refuses an existing name: never overwrites a result
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._sync_dir(path.parent)  # the result's name is on disk before the message is acknowledged
-        return True
-
-    def put(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        tmp = self._tmp(path, data)
-        os.replace(tmp, path)
-        self._sync_dir(path.parent)
-
-    def get(self, name: str) -> bytes | None:
-        try:
-            return (self.root / name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def exists(self, name: str) -> bool:
-        return (self.root / name).is_file()
-
-    def names(self, prefix: str) -> list[str]:
-        folder = self.root / prefix
-        try:
-            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        except FileNotFoundError:
-            return []
-
-
-class GcsObjects:
-    """Objects in a bucket under a prefix, through the real storage client."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
-        self.bucket = client.bucket(bucket)
-        self.prefix = prefix.strip("/")
-
-    def _name(self, name: str) -> str:
-        return posixpath.join(self.prefix, name) if self.prefix else name
-
-    def create(self, name: str, data: bytes) -> bool:
-        from google.api_core.exceptions import PreconditionFailed
-
-        try:
-            self.bucket.blob(self._name(name)).upload_from_string(data, if_generation_match=0)
-        except PreconditionFailed:
-            return False
-        return True
-
-    def put(self, name: str, data: bytes) -> None:
-        self.bucket.blob(self._name(name)).upload_from_string(data)
-
-    def get(self, name: str) -> bytes | None:
-        from google.api_core.exceptions import NotFound
-
-        try:
-            return bytes(self.bucket.blob(self._name(name)).download_as_bytes())
-        except NotFound:
-            return None
-
-    def exists(self, name: str) -> bool:
-        return bool(self.bucket.blob(self._name(name)).exists())
-
-    def names(self, prefix: str) -> list[str]:
-        full = self._name(prefix).rstrip("/") + "/"
-        return sorted(b.name[len(full):] for b in self.bucket.client.list_blobs(self.bucket, prefix=full)
-                      if "/" not in b.name[len(full):])
-
-
 def work_objects(settings: Settings, *, client: Any = None) -> Objects:
     """The objects under ``<lake>/<inference.work_prefix>``: every run's folder."""
-    uri = settings.storage.lake_uri.rstrip("/")
-    parsed = urlparse(uri)
-    prefix = settings.inference.work_prefix.strip("/")
-    if parsed.scheme == "gs":
-        if client is None:
-            from tenfold.storage import gcs_client
-
-            client = gcs_client(settings)
-        return GcsObjects(client, parsed.netloc, posixpath.join(parsed.path.strip("/"), prefix))
-    if parsed.scheme not in ("file", ""):
-        raise ValueError(f"storage.lake_uri {uri!r}: offline inference works on file:// and gs:// lakes")
-    return FileObjects(Path(parsed.path if parsed.scheme else uri) / prefix)
+    return lake_objects(settings, settings.inference.work_prefix, client=client)
 
 
 class RunStore:

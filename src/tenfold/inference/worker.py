@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
-    from tenfold.inference.store import Objects
+    from tenfold.storage import Objects
 
 log = logging.getLogger("tenfold.inference.worker")
 T = TypeVar("T")

@@ -9,7 +9,12 @@
   training data;
 * :func:`report`: each month's report saved in the lake as JSON and HTML, its address logged;
 * :func:`decide`: when a triggering feature drifted, an alert (``tenfold.monitoring.alerts.send_alert``)
-  and ``retrain: true``, on which the DAG emits the drift Asset event that triggers ``train_model``.
+  and ``retrain: true``, on which the DAG emits the drift Asset event that triggers ``train_model``. Each
+  drift triggers once: a month's drift against a version, on the month's published content, is recorded
+  (``<reports>/year=YYYY/month=M/triggered-<version>-<content>.json``, created if absent), and another run
+  that finds it (a re-publish of the same month, a manual rerun) alerts and retrains no more. A retry, or a
+  clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
+  recorded the event) without a second alert.
 
 A version registered before reference profiles existed has none: its report says so (decision
 ``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
@@ -52,6 +57,7 @@ class DriftRun(RunState):
     version: str | None
     version_ref: str
     work_dir: str
+    contents: tuple[str, ...] = ()  # each month's published content (Lake.content_digest), as planned
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,8 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
     key = run_key(airflow_run_id)
     return DriftRun(run_key=key, airflow_run_id=airflow_run_id, months=tuple(p.label for p in months),
-                    version=version, version_ref=ref, work_dir=str(work_root(settings) / key))
+                    version=version, version_ref=ref, work_dir=str(work_root(settings) / key),
+                    contents=tuple(lake.content_digest(table, [p]) for p in months))
 
 
 def policy(settings: Settings) -> DriftPolicy:
@@ -176,16 +183,51 @@ def report(settings: Settings, run: DriftRun | Mapping[str, Any], measured: Meas
     return Reported(summaries=tuple(summaries), json_uris=tuple(jsons), html_uris=tuple(pages))
 
 
+def _trigger_name(month: str, version: str | None, content: str) -> str:
+    part = Partition.parse(month)
+    return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16] or 'unplanned'}.json"
+
+
+def _triggered_by(objects: Any, name: str) -> str | None:
+    """The Airflow run that recorded this drift's trigger (None: none did)."""
+    body = objects.get(name)
+    if body is None:
+        return None
+    try:
+        return str(json.loads(body)["run"])
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable record"  # a trigger all the same: retraining once is the point
+
+
 def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any]) -> dict[str, Any]:
-    """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra."""
+    """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
+
+    A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
+    left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs)."""
     from tenfold.monitoring.alerts import send_alert
     from tenfold.monitoring.cloud_metrics import write_drift_score
+    from tenfold.storage import lake_objects
 
     p, r = DriftRun.from_xcom(run), Reported.from_xcom(reported)
+    contents = dict(zip(p.months, p.contents, strict=False))
     firing = [(s, page) for s, page in zip(r.summaries, r.html_uris, strict=True) if s["decision"] == "retrain"]
+    triggers = lake_objects(settings, settings.monitoring.drift.reports_prefix) if firing else None
+    earlier: dict[str, str] = {}  # month -> the other run that triggered on it
+    alerted: set[str] = set()  # months whose trigger this run recorded on an earlier attempt
+    for s, _ in firing:
+        by = _triggered_by(triggers, _trigger_name(s["month"], p.version, contents.get(s["month"], "")))
+        if by == p.airflow_run_id:
+            alerted.add(s["month"])
+        elif by is not None:
+            earlier[s["month"]] = by
+    firing = [(s, page) for s, page in firing if s["month"] not in earlier]
+    fresh = [(s, page) for s, page in firing if s["month"] not in alerted]
     months: list[str] = [s["month"] for s, _ in firing] or list(p.months)
     triggered: list[str] = sorted({name for s, _ in firing for name in s["triggered"]})
-    max_psi = max((s["max_psi"] for s in r.summaries if s["max_psi"] is not None), default=None)
+    # The score of what triggers retraining (0 when nothing does): a small month whose PSI is high by chance, which
+    # the test does not call drift, must not page while the monitor does not retrain.
+    max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
+                  default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
     # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). It is the second
     # alert path, never a gate: a metric that cannot be written is logged (and named in this alert), and the
     # decision and the drift event that starts retraining go out all the same.
@@ -195,14 +237,24 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     except Exception as exc:  # a refusal (MetricWriteError) or an outage of Cloud Monitoring alike
         unwritten = f"{type(exc).__name__}: {exc}"
         log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
-    if firing:
+    if fresh:
         send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
-            "months": ", ".join(months), "version": p.version, "max_psi": max_psi, "features": ", ".join(triggered),
-            "report": ", ".join(page for _, page in firing), "run": p.airflow_run_id,
+            "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
+            "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
         })
+        for s, _ in fresh:  # after the alert: an attempt that dies before recording it alerts again on retry
+            month = s["month"]
+            record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month,
+                                 "content": contents.get(month, ""), "features": s["triggered"]}).encode()
+            assert triggers is not None
+            name = _trigger_name(month, p.version, contents.get(month, ""))
+            if not triggers.create(name, record) and (by := _triggered_by(triggers, name)) != p.airflow_run_id:
+                log.warning("%s: another run (%s) recorded the same drift meanwhile; both retrain", month, by)
+    if earlier:
+        log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
     return {"retrain": bool(firing), "version": p.version, "months": months, "max_psi": max_psi, "triggered": triggered,
-            "decisions": {s["month"]: s["decision"] for s in r.summaries}}
+            "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier}
 
 
 def monitor(settings: Settings, month: str, version: str | None = None, *, run_id: str | None = None) -> dict[str, Any]:

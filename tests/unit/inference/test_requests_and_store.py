@@ -13,7 +13,8 @@ import pytest
 
 from tenfold.inference.requests import RequestError, ScoringRequest, decode, plan_batches, request_id
 from tenfold.inference.runs import Accounting, InferenceRunError, check_invariant
-from tenfold.inference.store import FileObjects, GcsObjects, RunStore
+from tenfold.inference.store import RunStore
+from tenfold.storage import FileObjects, GcsObjects
 
 
 def test_request_ids_are_deterministic_and_distinct() -> None:
@@ -65,7 +66,7 @@ def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message
 _RACE = """
 import sys
 from pathlib import Path
-from tenfold.inference.store import FileObjects
+from tenfold.storage import FileObjects
 print(FileObjects(Path(sys.argv[1])).create("run/results/x.parquet", f"writer {sys.argv[2]}".encode()))
 """
 

@@ -96,15 +96,18 @@ def test_a_refusal_is_a_clear_error_without_retries_and_an_outage_is_left_to_the
 
 
 def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_back_the_retrain(
-    monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch
+    monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     """decide(): the score of the run (the largest PSI over the features that trigger retraining, across its months)
     goes to the metric the cloud alert watches. The metric is the second alert path: when it cannot be written, the
     decision (whose drift event starts retraining) and the alert, which names the failure, go out all the same."""
+    import tenfold.storage
     from tenfold.monitoring import alerts
     from tenfold.pipelines import monitor_drift as pipeline
 
     dev = build_settings("dev")
+    # The drift triggers it records, in a folder (the dev lake is a bucket this test has no access to).
+    monkeypatch.setattr(tenfold.storage, "lake_objects", lambda settings, prefix: tenfold.storage.FileObjects(tmp_path))
     client = monitoring.client()
     monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
     sent: list[Any] = []
@@ -119,9 +122,10 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     (request,) = monitoring.requests
     assert request.time_series[0].points[0].value.double_value == pytest.approx(0.41)
 
-    for status in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+    for i, status in enumerate((grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)):
         monitoring.refuse = (status, "Project not found" if status == grpc.StatusCode.NOT_FOUND else "unavailable")
-        again = pipeline.decide(dev, run, reported)
+        # Another run on newly published content (the same drift triggers once: its own test is in test_monitor_pipeline)
+        again = pipeline.decide(dev, {**run, "airflow_run_id": f"r{i}", "contents": [f"a{i}", f"b{i}"]}, reported)
         assert again["retrain"] is True, "a metric that could not be written held back the retrain"
         assert "cloud_metric_not_written" in sent[-1][1]
     assert len(sent) == 3
