@@ -109,15 +109,21 @@ def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0  # one category in all: nothing can differ
-    # Categories the reference never saw are pooled apart from the rare ones it did: mixed in with them, a new
-    # destination at 5% of a 300-row month went unseen (p 0.06 against 7e-269). The PSI threshold keeps a lone
-    # new row from counting as drift.
+    # Categories the reference never saw have an expected count of about 0 in the month, so under the chi-square
+    # approximation a single row of them is "impossible": one new row in a 200-row month against 300,000 reference
+    # rows gave p ~ 0 and, a small month's PSI being over 0.25 by noise alone, a retrain. They get a cell of their
+    # own only once they hold MIN_EXPECTED of the month's rows (the floor Cochran's rule sets on every cell), so a
+    # new category is not averaged away (mixed in with the rare ones, one at 5% of a 300-row month went unseen:
+    # p 0.06 against 7e-269); below that they are sparse cells like any other, pooled with the rarest.
     novel = table[0] == 0
-    seen = _pool_sparse(table[:, ~novel]) if (~novel).any() else table[:, :0]
-    table = np.column_stack([seen, table[:, novel].sum(axis=1)]) if novel.any() else seen
-    if table.shape[1] < 2:
+    few_novel = table[1, novel].sum() < MIN_EXPECTED
+    if few_novel:
+        pooled = _pool_sparse(table)
+    else:
+        pooled = np.column_stack([_pool_sparse(table[:, ~novel]), table[:, novel].sum(axis=1)])
+    if pooled.shape[1] < 2:
         return 0.0, 1.0  # too few rows to tell categories apart
-    result = stats.chi2_contingency(table, correction=False)
+    result = stats.chi2_contingency(pooled, correction=False)
     return float(result.statistic), float(result.pvalue)
 
 

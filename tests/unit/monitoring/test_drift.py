@@ -24,6 +24,7 @@ from tenfold.monitoring.drift import (
     chi2_test,
     ks_test,
     measure,
+    measure_categorical,
     measure_numeric,
     psi,
     read_report,
@@ -31,6 +32,7 @@ from tenfold.monitoring.drift import (
 )
 from tenfold.monitoring.profile import (
     PREDICTION,
+    CategoricalProfile,
     NumericProfile,
     ReferenceProfile,
     build_profile,
@@ -235,6 +237,23 @@ def test_chi_square_holds_its_level_on_a_small_month_of_many_sparse_categories()
     # A category the reference never saw, at 5% of a 300-row month: pooled with the rare ones it would vanish.
     month = {str(i): int(c) for i, c in enumerate(np.bincount(rng.choice(105, 285, p=p), minlength=105)) if c}
     assert chi2_test(reference, {**month, "NEW": 15})[1] < 1e-6
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_new_category_row_in_a_small_month_drawn_from_the_reference_does_not_drift(seed: int) -> None:
+    """105 Zipf destinations, 300,000 reference rows; a 200-row month drawn from them plus one row of a destination
+    the reference never saw. Kept as a cell of its own (expected count ~0.0007), that one row made chi-square reject
+    at p ~ 0 and, a 200-row month's PSI being over 0.25 by noise alone, every such month retrained."""
+    rng = np.random.default_rng(seed)
+    p = 1 / np.arange(1, 106) ** 1.1
+    p /= p.sum()
+    reference = CategoricalProfile(counts={str(i): int(c) for i, c in enumerate(
+        np.bincount(rng.choice(105, 300_000, p=p), minlength=105))}, nulls=0)
+    policy = DriftPolicy(tests=15)
+    month = [str(i) for i in rng.choice(105, 200, p=p)] + ["NEW"]
+    dest = measure_categorical("dest", reference, pa.array(month), policy)
+    assert dest.psi >= policy.psi_drift  # the PSI does not save a month this small
+    assert dest.level != "drift" and dest.p_value > policy.alpha / policy.tests
 
 
 def test_alpha_bounds_a_months_false_retrain_across_the_triggering_features() -> None:
