@@ -98,9 +98,9 @@ MIN_EXPECTED = 5.0
 def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[float, float]:
     """Chi-square test of homogeneity of two category-count tables (``scipy.stats.chi2_contingency``).
 
-    Categories whose expected count in ``current`` is below :data:`MIN_EXPECTED` are pooled into one, rarest
-    first, until the pool reaches it: a hundred sparse destinations in a month of 200 rows made the test
-    reject a month drawn from the reference itself 3-4 times as often as its level.
+    Categories whose expected count in ``current`` is below :data:`MIN_EXPECTED` are pooled, rarest first, each
+    pool closed once it reaches it: a hundred sparse destinations in a month of 200 rows made the test reject a
+    month drawn from the reference itself 3-4 times as often as its level.
     """
     from scipy import stats
 
@@ -122,28 +122,69 @@ def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple
     else:
         pooled = np.column_stack([_pool_sparse(table[:, ~novel]), table[:, novel].sum(axis=1)])
     if pooled.shape[1] < 2:
-        return 0.0, 1.0  # too few rows to tell categories apart
+        # The sparse categories together expect fewer than MIN_EXPECTED rows and the pool took the one that holds the
+        # rest: an exact test instead, without the new categories under the floor (no evidence alone, as above).
+        return _exact_test(table[:, ~novel] if few_novel else table)
     result = stats.chi2_contingency(pooled, correction=False)
     return float(result.statistic), float(result.pvalue)
 
 
 def _pool_sparse(table: np.ndarray) -> np.ndarray:
-    """``table`` (reference and current counts per category) with its sparsest columns summed into one."""
+    """``table`` (reference and current counts per category) with its sparse columns summed into pools.
+
+    Rarest first, each pool is closed once its expected count reaches :data:`MIN_EXPECTED` and the next starts:
+    one pool of every sparse column could swallow a whole feature (64 equal tail-number buckets, none of them at 5
+    in a 250-row month, made one column, and a month all in one bucket, PSI 9, "could not differ"). The last pool,
+    if the columns run out before it reaches the rule, joins the one before it.
+    """
     share = table[1].sum() / table.sum()  # the current row's expected count is a column's total times this
     expected = table.sum(axis=0) * share
     order = np.argsort(expected, kind="stable")
-    pooled, taken = np.zeros(2), 0
-
-    def sparse(column: int) -> bool:  # still below the rule alone, or the pool so far is
-        return bool(expected[column] < MIN_EXPECTED or (pooled.sum() > 0 and pooled.sum() * share < MIN_EXPECTED))
-
-    while taken < len(order) and sparse(order[taken]):
-        pooled += table[:, order[taken]]
+    pools: list[np.ndarray] = []
+    pool, taken = np.zeros(2), 0
+    while taken < len(order) and (expected[order[taken]] < MIN_EXPECTED or pool.sum() > 0):
+        pool = pool + table[:, order[taken]]
         taken += 1
+        if pool.sum() * share >= MIN_EXPECTED:
+            pools.append(pool)
+            pool = np.zeros(2)
+    if pool.sum() > 0:
+        if pools:
+            pools[-1] = pools[-1] + pool
+        else:
+            pools.append(pool)
     if taken <= 1:
         return table  # nothing sparse, or one column alone: nothing to pool it with
-    rest = table[:, order[taken:]]
-    return np.column_stack([rest, pooled]) if rest.size else pooled.reshape(2, 1)
+    return np.column_stack([table[:, order[taken:]], *pools])
+
+
+EXACT_RESAMPLES = 9999
+
+
+def _exact_test(table: np.ndarray, resamples: int = EXACT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The chi-square statistic of ``table`` (unpooled) and its Monte Carlo permutation p-value.
+
+    For when pooling leaves fewer than two cells (one category holds all but a handful of the month's expected
+    rows): the approximation cannot be used, but "nothing can differ" (p 1) is false, e.g. a category the month
+    moves into from almost nothing. Each resample deals the pooled rows of both sides back at random with the
+    column totals kept (the multivariate hypergeometric, the null of homogeneity); seeded, so a month's report
+    is the same on a retry. The p-value is at least ``1 / (resamples + 1)``.
+    """
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0  # one category in all: nothing can differ
+    totals = table.sum(axis=0).astype(np.int64)
+    rows = int(table[1].sum())
+    expected = totals * (rows / totals.sum())  # the current row's; the reference row's is totals - expected
+    weight = 1 / expected + 1 / (totals - expected)  # both rows' deviations are equal and opposite
+
+    def statistic(current: np.ndarray) -> np.ndarray:
+        return np.sum((current - expected) ** 2 * weight, axis=-1)
+
+    observed = float(statistic(table[1]))
+    draws = np.random.default_rng(seed).multivariate_hypergeometric(totals, rows, size=resamples)
+    hits = int(np.sum(statistic(draws) >= observed * (1 - 1e-9)))  # a draw equal to the table, up to rounding, counts
+    return observed, (hits + 1) / (resamples + 1)
 
 
 @dataclass(frozen=True)

@@ -233,10 +233,35 @@ def test_chi_square_holds_its_level_on_a_small_month_of_many_sparse_categories()
     assert rejections(p, 200, 600) <= 0.015  # 0.028 unpooled with this seed
     shifted_mix = p.copy()
     shifted_mix[0] /= 2  # the busiest destination's share halved
-    assert rejections(shifted_mix / shifted_mix.sum(), 500, 300) >= 0.75  # 0.55 unpooled
+    # 0.55 unpooled; 0.91 with one pool of every sparse category (fewer cells, but it could swallow a whole feature:
+    # test_a_month_all_in_one_of_many_equal_categories_drifts), 0.74 with pools closed at 5 expected rows.
+    assert rejections(shifted_mix / shifted_mix.sum(), 500, 300) >= 0.7
     # A category the reference never saw, at 5% of a 300-row month: pooled with the rare ones it would vanish.
     month = {str(i): int(c) for i, c in enumerate(np.bincount(rng.choice(105, 285, p=p), minlength=105)) if c}
     assert chi2_test(reference, {**month, "NEW": 15})[1] < 1e-6
+
+
+def test_a_month_all_in_one_of_many_equal_categories_drifts() -> None:
+    """64 equal tail-number buckets: in a 250-row month none expects 5 rows, and one pool of every sparse category
+    made them a single column, "nothing can differ" (p 1), so a month all in one bucket (PSI 9) was only reported."""
+    reference = CategoricalProfile(counts={str(i): 1562 for i in range(64)}, nulls=0)
+    policy = DriftPolicy.of(DriftSettings(), CONTRACT)
+    bucket = measure_categorical("tailnum_bucket", reference, pa.array(["0"] * 250), policy)
+    assert bucket.psi > 9 and bucket.p_value < 1e-10 and bucket.level == "drift"
+    same = measure_categorical("tailnum_bucket", reference, pa.array([str(i % 64) for i in range(250)]), policy)
+    assert same.level != "drift" and same.p_value > 0.5
+
+
+def test_a_month_that_pools_to_one_cell_gets_an_exact_test_not_p_1() -> None:
+    """One category holds all but a handful of the month's expected rows, so pooling leaves one cell: a permutation
+    test of the table instead (it used to be p 1, whatever the month)."""
+    # A category at 0.001% of the reference holds half the month.
+    stat, p = chi2_test({"A": 300_000, "B": 3}, {"A": 100, "B": 100})
+    assert stat > 1000 and p == pytest.approx(1 / 10_000)
+    # Drawn from the reference: nothing to see.
+    assert chi2_test({"A": 300_000, "B": 3}, {"A": 200})[1] == 1.0
+    # A new category under the floor is no evidence here either (as when it is pooled).
+    assert chi2_test({"A": 300_000}, {"A": 199, "NEW": 1}) == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("seed", range(5))
