@@ -402,6 +402,14 @@ def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str |
     if missing:
         raise DriftError(f"the reference profile of {version} has no {missing}: the model was trained on another "
                          "feature contract; monitor with a model of this contract (retrain one)")
+    # A column whose kind changed (numeric in the profile, categorical in the contract, or back) cannot be measured
+    # against it: without this, a raw AttributeError from deep in the measure.
+    changed = [f"{c} is {kind} in the contract but not in the profile"
+               for kind, names, want in (("categorical", categorical, CategoricalProfile), ("numeric", numeric, NumericProfile))
+               for c in names if not isinstance(profile.features[c], want)]
+    if changed:
+        raise DriftError(f"the reference profile of {version} does not fit: {'; '.join(changed)}. The model was trained "
+                         "on another feature contract; monitor with a model of this contract (retrain one)")
     results = [measure_categorical(c, profile.features[c], table[c], policy) for c in categorical]  # type: ignore[arg-type]
     results += [measure_numeric(c, profile.features[c], table[c], policy) for c in numeric]  # type: ignore[arg-type]
     if predictions is not None and profile.prediction is not None:
@@ -479,13 +487,16 @@ def read_report(settings: Settings, part: Partition | str) -> DriftReport:
 
     uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
     fs, path = pafs.FileSystem.from_uri(uri)
+    trigger = f"`airflow dags trigger monitor_drift -c '{{\"month\": \"{part}\"}}'`"
     try:
         with fs.open_input_stream(path) as src:
             body = json.loads(src.read())
+        return DriftReport.from_dict(body)
     except FileNotFoundError:
-        raise DriftError(f"no drift report at {uri}: run monitor_drift for {part} first "
-                         f"(`airflow dags trigger monitor_drift -c '{{\"month\": \"{part}\"}}'`)") from None
-    return DriftReport.from_dict(body)
+        raise DriftError(f"no drift report at {uri}: run monitor_drift for {part} first ({trigger})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated or corrupt JSON, a field missing
+        raise DriftError(f"{uri} is not a readable drift report ({type(exc).__name__}: {exc}): it is truncated or "
+                         f"corrupt; run monitor_drift for {part} again, which rewrites it ({trigger})") from exc
 
 
 # --- HTML ---------------------------------------------------------------------------------------------

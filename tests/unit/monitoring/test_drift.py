@@ -318,3 +318,26 @@ def test_the_report_is_saved_as_json_and_html_and_read_back(settings: Settings, 
     assert text.count("<svg") == len(report.drifted) >= 1 and 'id="decision">retrain' in text
     with pytest.raises(DriftError, match="run monitor_drift for 2013-04 first"):
         read_report(settings, "2013-04")
+
+
+@pytest.mark.parametrize("body", [b'{"month": "2013-05", "decis', b"[1, 2]", b'{"month": "2013-05"}', b"\xff\xfe"])
+def test_a_corrupt_report_is_refused_naming_the_file_and_what_to_do(settings: Settings, body: bytes) -> None:
+    """A truncated or corrupt report.json raised a raw JSONDecodeError, TypeError or KeyError."""
+    path = Path(settings.storage.lake_uri.removeprefix("file://") + "/reports/drift/year=2013/month=5/report.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    with pytest.raises(DriftError, match=r"month=5/report.json is not a readable drift report .*run monitor_drift for "
+                                         r"2013-05 again"):
+        read_report(settings, "2013-05")
+
+
+def test_a_column_whose_kind_changed_since_the_profile_is_refused_naming_it(profile: ReferenceProfile) -> None:
+    """A column numeric in the profile and categorical in the contract (or back) reached the measure of the other
+    kind and raised a raw TypeError or AttributeError."""
+    numeric = CONTRACT.numeric_columns[0]
+    swapped = ReferenceProfile(rows=profile.rows, months=profile.months, features={
+        **profile.features, numeric: categorical_profile(pa.array(["a", "b"])),
+        "carrier": numeric_profile(np.arange(100.0))})
+    with pytest.raises(DriftError, match=rf"carrier is categorical in the contract but not in the profile; {numeric} is "
+                                         r"numeric in the contract .*retrain one"):
+        run(swapped, months("2013-03"))
