@@ -42,6 +42,7 @@ from tenfold.monitoring.profile import (
     category_values,
     numeric_values,
 )
+from tenfold.workloads import VERSION_KEY
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -389,15 +390,27 @@ class DriftReport:
 
 
 def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str | None, policy: DriftPolicy,
-            categorical: Sequence[str], numeric: Sequence[str], predictions: np.ndarray | None = None) -> DriftReport:
+            categorical: Sequence[str], numeric: Sequence[str], predictions: np.ndarray | None = None,
+            features_version: int | None = None) -> DriftReport:
     """Measure ``table`` (the partition's rows, an Arrow table) and the model's ``predictions`` on it
-    against ``profile``, for every feature of the contract the profile holds."""
+    against ``profile``, for every feature of the contract the profile holds.
+
+    ``features_version`` is the feature definitions' version the month was built by: a profile that records
+    another (its training window's) is refused, since a column whose meaning changed would show as drift.
+    Profiles written before they recorded it are measured.
+    """
     thresholds = {"psi_report": policy.psi_report, "psi_drift": policy.psi_drift, "alpha": policy.alpha}
     common = dict(month=month, version=version, rows=int(table.num_rows), reference_months=profile.months,
                   thresholds=thresholds)
     if table.num_rows < policy.min_rows:
         return DriftReport(decision="too_small", reason=f"{table.num_rows} rows, fewer than monitoring.drift.min_rows "
                            f"({policy.min_rows}): too few to judge", **common)  # type: ignore[arg-type]
+    trained_on = profile.extra.get(VERSION_KEY)
+    if trained_on is not None and features_version is not None and trained_on != features_version:
+        raise DriftError(f"version {version} was trained on features version {trained_on} and {month} was built by "
+                         f"version {features_version}: the month cannot be compared with its reference profile (a "
+                         "column whose meaning changed would show as drift); retrain (train_model) on features of "
+                         f"version {features_version}, or monitor a version trained on them (the run conf's version)")
     missing = [c for c in (*categorical, *numeric) if c not in profile.features]
     if missing:
         raise DriftError(f"the reference profile of {version} has no {missing}: the model was trained on another "
@@ -439,7 +452,8 @@ def measure_partition(loaded: Any, profile: ReferenceProfile, lake: Any, table: 
     data = read_features(lake, [Partition.parse(month)], contract=contract, table=table, columns=contract.feature_columns)
     predictions = loaded.predict_proba(data) if data.num_rows else None
     return measure(profile, data, month=month, version=version, policy=policy, categorical=contract.categorical_columns,
-                   numeric=contract.numeric_columns, predictions=predictions)
+                   numeric=contract.numeric_columns, predictions=predictions,
+                   features_version=contract.version)  # read_features refused a month of another version
 
 
 def skipped(month: str, version: str | None, decision: Decision, reason: str) -> DriftReport:

@@ -246,10 +246,13 @@ def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts:
     """The reference profile of the model in ``model_dir`` over its training window ``parts`` of ``table``.
 
     Reads the window's feature columns once and scores a seeded sample of at most ``prediction_rows`` of
-    its rows with the model (the reference prediction distribution). Called at training time only.
+    its rows with the model (the reference prediction distribution). Called at training time only. The
+    ``extra`` records the feature definitions' version (``features_version``, which ``read_features`` checked
+    the window was built by): after a bump, a month of the new definition is not compared with this profile.
     """
     from tenfold.model.io import load_model
     from tenfold.training.data import read_features
+    from tenfold.workloads import VERSION_KEY
 
     loaded = load_model(model_dir)
     contract = loaded.workload.contract
@@ -258,7 +261,7 @@ def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts:
     predictions = loaded.predict_proba(scored)
     return build_profile(data, categorical=contract.categorical_columns, numeric=contract.numeric_columns,
                          months=[p.label for p in parts], predictions=predictions, bins=bins, sample_rows=sample_rows,
-                         extra={"table": table, "workload": loaded.workload.name})
+                         extra={"table": table, "workload": loaded.workload.name, VERSION_KEY: contract.version})
 
 
 def ensure_profile(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], drift: Any) -> ReferenceProfile:

@@ -341,3 +341,26 @@ def test_a_column_whose_kind_changed_since_the_profile_is_refused_naming_it(prof
     with pytest.raises(DriftError, match=rf"carrier is categorical in the contract but not in the profile; {numeric} is "
                                          r"numeric in the contract .*retrain one"):
         run(swapped, months("2013-03"))
+
+
+def test_a_profile_of_other_feature_definitions_is_refused_and_one_without_a_version_is_measured(
+    profile: ReferenceProfile,
+) -> None:
+    """After a features version bump the champion's profile (old definitions) was compared with a month of the new
+    ones, so a column whose meaning changed showed as drift. Profiles written before the version was recorded
+    have none: they are measured as before."""
+    from dataclasses import replace
+
+    from tenfold.workloads import VERSION_KEY
+
+    old = replace(profile, extra={VERSION_KEY: CONTRACT.version - 1})
+    with pytest.raises(DriftError, match=rf"v1 was trained on features version {CONTRACT.version - 1} and 2013-03 was "
+                                         rf"built by version {CONTRACT.version}: .*retrain"):
+        measure(old, months("2013-03"), month="2013-03", version="v1", policy=DriftPolicy.of(DriftSettings(), CONTRACT),
+                categorical=CONTRACT.categorical_columns, numeric=CONTRACT.numeric_columns,
+                features_version=CONTRACT.version)
+    for fitting in (profile, replace(profile, extra={VERSION_KEY: CONTRACT.version})):
+        report = measure(fitting, months("2013-03"), month="2013-03", version="v1",
+                         policy=DriftPolicy.of(DriftSettings(), CONTRACT), categorical=CONTRACT.categorical_columns,
+                         numeric=CONTRACT.numeric_columns, features_version=CONTRACT.version)
+        assert report.decision in ("ok", "report") and len(report.features) == len(CONTRACT.feature_columns)

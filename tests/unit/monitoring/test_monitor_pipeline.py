@@ -130,3 +130,30 @@ def test_a_month_built_by_other_feature_definitions_fails_the_run_saying_to_rebu
                                                extra={VERSION_KEY: WORKLOAD.contract.version - 1})
     with pytest.raises(pipeline.PipelineError, match=r"2013-03: .*rebuild"):
         pipeline.monitor(drift_settings, "2013-03", version)
+
+
+def test_the_profile_records_the_feature_definitions_and_a_profile_of_others_fails_the_run(
+    drift_settings: Settings, tmp_path: Path
+) -> None:
+    """After a features version bump, the champion's profile (built from the old definitions) was compared with a
+    month of the new ones: a column whose meaning changed showed as drift and retrained. A profile written before
+    the version was recorded has none, and is measured as before."""
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+
+    directory = tmp_path / "model"
+    register(drift_settings, directory, with_profile=True)
+    body = json.loads((directory / REFERENCE_PROFILE_FILE).read_bytes())
+    assert body["extra"][VERSION_KEY] == WORKLOAD.contract.version
+    body["extra"][VERSION_KEY] = WORKLOAD.contract.version - 1  # stored as the version's own file, hash and all
+    (directory / REFERENCE_PROFILE_FILE).write_text(json.dumps(body))
+    version = register(drift_settings, directory, with_profile=False)
+    with pytest.raises(pipeline.PipelineError, match=rf"2013-03: version {version} was trained on features version "
+                                                     rf"{WORKLOAD.contract.version - 1} .*retrain"):
+        pipeline.monitor(drift_settings, "2013-03", version)
+    del body["extra"][VERSION_KEY]  # a profile written before the version was recorded
+    (directory / REFERENCE_PROFILE_FILE).write_text(json.dumps(body))
+    version = register(drift_settings, directory, with_profile=False)
+    pipeline.monitor(drift_settings, "2013-03", version)
+    report = read_report(drift_settings, "2013-03")
+    assert report.version == version and len(report.features) == len(WORKLOAD.contract.feature_columns) + 1
