@@ -374,19 +374,20 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
         # The champion is scored from its own registered, hash-verified files, never from what this
         # run produced: this is what keeps the gate from comparing the challenger with itself.
         from tenfold.model.io import ModelLoadError
-        from tenfold.registry.errors import IntegrityError
+        from tenfold.registry.errors import RegistryError
         from tenfold.training.data import StaleFeaturesError
 
-        lineage = registry.get(champion_version).lineage
-        trained_on = sorted({r.partition for r in lineage.train_partitions} & set(p.holdout_months)) if lineage else []
         try:
+            lineage = registry.get(champion_version).lineage
+            trained_on = sorted({r.partition for r in lineage.train_partitions} & set(p.holdout_months)) if lineage else []
             if trained_on:  # scored on what it learnt, it would look better than it is: no fair comparison
                 raise ValueError(f"it was trained on the holdout month(s) {', '.join(trained_on)}; compare the two on "
                                  "a later holdout (the run conf's holdout_months)")
             champion_dir = registry.download(champion_version, work / "champion" / champion_version)
             champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
-        except (StaleFeaturesError, ModelLoadError, IntegrityError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            # IntegrityError: the champion's stored files fail their checksums, which a retry reads again.
+        except (StaleFeaturesError, ModelLoadError, RegistryError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            # RegistryError: the champion's stored version is damaged (a file changed or missing, its VERSION.json or
+            # lineage unreadable), which a retry reads again; an unreachable store raises no RegistryError and retries.
             # E.g. the feature contract changed and the champion cannot read the new holdout. The run goes on
             # to register the challenger so a person can compare and promote it by hand; the gate fails loudly.
             # A lake that cannot be read now (a lock, an outage, a corrupt file) is no such verdict: it is

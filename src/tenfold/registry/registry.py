@@ -379,9 +379,15 @@ class ModelRegistry:
         if with_lineage:
             try:
                 lineage_raw = self.bucket.blob(self._name("versions", version, LINEAGE_FILE)).download_as_bytes()
-                mv = ModelVersion(**{**mv.__dict__, "lineage": Lineage.from_dict(json.loads(lineage_raw))})
             except NotFound:
-                pass
+                return mv
+            # Lineage is outside the digest, but a version whose lineage cannot be read is as damaged as one whose
+            # marker cannot: a registry error naming the file, not a parse error from deep inside a caller.
+            try:
+                mv = ModelVersion(**{**mv.__dict__, "lineage": Lineage.from_dict(json.loads(lineage_raw))})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IntegrityError(f"{self.version_uri(version)}/{LINEAGE_FILE} is unreadable ({type(exc).__name__}: "
+                                     f"{exc}); restore it from a backup of the registry") from exc
         return mv
 
     def get(self, version: str, *, with_lineage: bool = True) -> ModelVersion:
@@ -438,11 +444,21 @@ class ModelRegistry:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        from google.api_core.exceptions import NotFound
+
         try:
             for record in mv.files:
                 target = tmp / record.path
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.bucket.blob(self._name("versions", version, "files", record.path)).download_to_filename(str(target))
+                name = self._name("versions", version, "files", record.path)
+                try:
+                    self.bucket.blob(name).download_to_filename(str(target))
+                except NotFound:
+                    # A committed version's object is gone: as permanent as a changed one (every read finds it
+                    # missing), so the same IntegrityError, which callers treat as a verdict and never retry.
+                    raise IntegrityError(f"file {record.path} of committed version {version} is missing from the store "
+                                         f"(gs://{self.bucket_name}/{name}); restore it or register the model again"
+                                         ) from None
             problem = self._verify_local(tmp, mv)
             if problem:
                 raise IntegrityError(f"version {version} failed verification on download: {problem}; the stored copy "

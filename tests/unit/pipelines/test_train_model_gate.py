@@ -198,16 +198,37 @@ def test_a_champion_trained_on_the_holdout_is_not_compared_on_it(gate_settings: 
     assert "trained on the holdout month(s) 2013-03" in evaluation.champion["error"]
 
 
+# How a stored champion can be damaged, and a word its error must name.
+CHAMPION_DAMAGE: dict[str, tuple[Callable[[ModelRegistry, str], None], str]] = {
+    "changed-weights": (lambda reg, v: reg.bucket.blob(reg._name("versions", v, "files", "weights.pt")).upload_from_string(
+        b"bit rot"), "weights.pt"),
+    "deleted-weights": (lambda reg, v: reg.bucket.blob(reg._name("versions", v, "files", "weights.pt")).delete(),
+                        "weights.pt"),
+    "garbled-version-file": (lambda reg, v: reg.bucket.blob(reg._name("versions", v, "VERSION.json")).upload_from_string(
+        b"\x00 not json"), "VERSION.json"),
+    "garbled-lineage": (lambda reg, v: reg.bucket.blob(reg._name("versions", v, "lineage.json")).upload_from_string(
+        b"{ truncated"), "lineage.json"),
+    "empty-lineage": (lambda reg, v: reg.bucket.blob(reg._name("versions", v, "lineage.json")).upload_from_string(
+        b"{}"), "lineage.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CHAMPION_DAMAGE))
 def test_a_champion_whose_stored_files_are_corrupt_does_not_block_every_training_run(gate_settings: Settings,
-                                                                                    tmp_path: Path) -> None:
-    """Its files fail their checksums on every download: the run registers the challenger and records no comparison
-    (the gate then fails loudly), instead of failing evaluate on every run so no replacement is ever registered."""
+                                                                                    tmp_path: Path, damage: str) -> None:
+    """Its stored files are changed, missing or unreadable on every read: the run registers the challenger and records
+    no comparison (the gate then fails loudly), instead of failing evaluate on every run so no replacement is ever
+    registered."""
     reg = ModelRegistry(gate_settings)
     _, r1, _ = run(gate_settings, "manual__old", model(tmp_path, 0.70))
-    reg.bucket.blob(reg._name("versions", r1.version, "files", "weights.pt")).upload_from_string(b"bit rot")
+    harm, named = CHAMPION_DAMAGE[damage]
+    harm(reg, r1.version)
     planned = pipeline.plan(gate_settings, "manual__new", CONF)
-    evaluation = pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
-    assert evaluation.champion["metrics"] is None and "IntegrityError" in evaluation.champion["error"]
+    trained = model(tmp_path, 0.8)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    assert evaluation.champion["version"] == r1.version and evaluation.champion["metrics"] is None
+    assert "IntegrityError" in evaluation.champion["error"] and named in evaluation.champion["error"]
+    assert pipeline.register(gate_settings, planned, trained, evaluation).version != r1.version
 
 
 def test_a_champion_the_lake_cannot_serve_now_is_retried_not_judged(

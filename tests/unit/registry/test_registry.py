@@ -289,6 +289,40 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
         reg.get(mv.version)
 
 
+def test_a_missing_object_or_an_unreadable_lineage_is_an_integrity_error(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
+) -> None:
+    """Both are permanent damage to a committed version: a RegistryError naming the file (which callers treat as a
+    verdict), never the store's NotFound or a JSON parse error (which callers would retry or crash on)."""
+    reg = ModelRegistry(registry_settings)
+    mv = reg.register(make_model_dir(75), lineage, metrics=METRICS)
+    reg.bucket.blob(reg._name("versions", mv.version, "files", "preprocessing.json")).delete()
+    with pytest.raises(IntegrityError, match=rf"file preprocessing\.json of committed version {mv.version} is missing"):
+        reg.download(mv.version, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    lineage_blob = reg.bucket.blob(reg._name("versions", mv.version, "lineage.json"))
+    for garbage in (b"{ truncated", b"{}", b"[]"):
+        lineage_blob.upload_from_string(garbage)
+        with pytest.raises(IntegrityError, match=r"lineage\.json is unreadable"):
+            reg.get(mv.version)
+    assert reg.get(mv.version, with_lineage=False).version == mv.version  # what serving reads is not affected
+
+
+def test_a_replica_does_not_retry_a_version_whose_object_is_missing(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """Serving classes a store error as transient (retried with back-off) and a RegistryError as permanent: a missing
+    object of a committed version is the latter, or replicas would retry a version that can never load."""
+    from tenfold.serving.loading import ServingLoadError, resolve_and_download
+
+    reg = ModelRegistry(registry_settings)
+    mv = reg.register(make_model_dir(76), lineage, metrics=METRICS)
+    reg.bucket.blob(reg._name("versions", mv.version, "files", "meta.json")).delete()
+    with pytest.raises(ServingLoadError, match=r"meta\.json of committed version .* is missing") as caught:
+        resolve_and_download(registry_settings, mv.version, registry=reg)
+    assert caught.value.transient is False
+
+
 def test_a_rollout_event_still_being_written_is_skipped_not_an_error(registry_settings: Settings,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A local store can list an event object before its bytes are whole: a watcher (the demo, `tenfold rollout
