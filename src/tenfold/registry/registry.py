@@ -562,15 +562,17 @@ class ModelRegistry:
         for _attempt in range(self.cas_retries):
             current = self._read_pointer(alias)
             current_version = current.version if current else None
+            # Already there is checked before ``expected``: a retried move whose first request landed finds the
+            # alias where it asked, and must get the no-op, not a conflict with its own earlier success.
+            if current is not None and current.version == version:
+                self._append_history(current)
+                return current
             if expected is not ANY and current_version != expected:
                 raise AliasConflict(
                     f"{alias} points to {current_version or 'nothing'}, not {expected or 'nothing'} as expected"
                     + (f" (moved by {current.actor} at {current.updated_at}: {current.action} {current.reason!r})" if current else "")
                     + "; re-read it and decide again"
                 )
-            if current is not None and current.version == version:
-                self._append_history(current)
-                return current
             if current is not None:
                 self._append_history(current)  # backfill if its mover died before recording it
             new = AliasPointer(

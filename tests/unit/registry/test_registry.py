@@ -142,6 +142,24 @@ def test_alias_moves(registry_settings: Settings, make_model_dir: ModelDirFactor
         reg.set_alias("Champion!", a)
 
 
+def test_a_retried_move_that_already_landed_is_a_no_op_not_a_conflict(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """A mover whose first request landed but whose reply was lost retries with the same ``expected``: the alias
+    already points where it asked, which is the idempotent no-op, not a lost compare-and-swap."""
+    reg = ModelRegistry(registry_settings)
+    a = reg.register(make_model_dir(12), lineage, metrics=METRICS).version
+    b = reg.register(make_model_dir(13), lineage, metrics=METRICS).version
+    first = reg.promote(a, expected=None)
+    assert reg.promote(a, expected=None) == first  # the first set, retried
+    moved = reg.promote(b, expected=a)
+    again = reg.promote(b, expected=a)  # the same request again
+    assert (again.seq, again.version, again.generation) == (moved.seq, b, moved.generation)
+    assert [h.version for h in reg.alias_history(CHAMPION)] == [a, b]
+    with pytest.raises(AliasConflict, match=f"not {a} as expected"):
+        reg.set_alias(CHAMPION, a, expected=a)  # a move based on a stale read is still refused
+
+
 @pytest.mark.parametrize("lockstep", [True, False], ids=["all-read-then-all-write", "free-running"])
 def test_concurrent_promote_race_has_exactly_one_winner(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch,
