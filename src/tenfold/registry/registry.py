@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenfold.model_files import META_FILE
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 from tenfold.registry.errors import (
     AliasConflict,
     IntegrityError,
@@ -302,9 +302,32 @@ class ModelRegistry:
             metrics_body = json.loads(json.dumps(dict(metrics), default=float))
             blob = json.dumps(metrics_body, indent=2, sort_keys=True).encode()
             entries.append((FileRecord(METRICS_FILE, hashlib.sha256(blob).hexdigest(), len(blob)), blob))
-        if len(entries) < 3:
-            raise InvalidModelDir(f"{model_dir} holds only {sorted(names)}: a model needs weights and its preprocessing state too")
+        self._check_model_files(model_dir, {e[0].path: e[0] for e in entries})
         return sorted(entries, key=lambda e: e[0].path), metrics_body
+
+    @staticmethod
+    def _check_model_files(model_dir: Path, records: Mapping[str, FileRecord]) -> None:
+        """Refuse a folder that could never load: its weights or preprocessing state missing, or not the bytes its
+        ``meta.json`` records (a copy in progress, a mixed-up folder). The same names and hashes the loader
+        (``tenfold.model.io``) checks, read here without importing torch."""
+        try:
+            meta = json.loads((model_dir / META_FILE).read_bytes())
+        except ValueError as exc:
+            raise InvalidModelDir(f"{model_dir / META_FILE} is not JSON ({exc}): it is not a saved model") from exc
+        if not isinstance(meta, dict):
+            raise InvalidModelDir(f"{model_dir / META_FILE} is not a JSON object: it is not a saved model")
+        for what, name_key, sha_key, default in (("weights", "weights_file", "weights_sha256", WEIGHTS_FILE),
+                                                 ("preprocessing state", "preprocessing_file", "preprocessing_sha256",
+                                                  PREPROCESSING_FILE)):
+            name = str(meta.get(name_key, default))
+            record = records.get(name)
+            if record is None:
+                raise InvalidModelDir(f"{model_dir} has no {name} (the model's {what}): a model needs its weights and "
+                                      "its preprocessing state; save it with tenfold.model")
+            if sha_key in meta and meta[sha_key] != record.sha256:
+                raise InvalidModelDir(f"{model_dir / name} does not match {META_FILE} (sha256 {record.sha256[:12]}, "
+                                      f"recorded {str(meta[sha_key])[:12]}): the folder is mixed up or still being "
+                                      "written; save the model again")
 
     def register(self, model_dir: str | Path, lineage: Lineage, *, metrics: Mapping[str, Any] | None = None) -> ModelVersion:
         """Store the model in ``model_dir`` as an immutable version; the same content gives the same version.

@@ -33,7 +33,7 @@ def make_model_dir(tmp_path: Path) -> ModelDirFactory:
     def make(seed: int = 0, *, name: str | None = None, metrics: dict[str, float] | None = None) -> Path:
         d = tmp_path / (name or f"model-{seed}-{uuid.uuid4().hex[:6]}")
         d.mkdir()
-        (d / "model.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
+        (d / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
         (d / "meta.json").write_text(json.dumps({"format": 1, "seed": seed, "hidden": [32, 16]}))
         (d / "preprocessing.json").write_text(json.dumps({"vocab": {"carrier": ["AA", "B6"]}, "seed": seed}))
         (d / "checkpoints").mkdir()

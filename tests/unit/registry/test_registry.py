@@ -31,7 +31,7 @@ def test_register_get_list_and_lineage(registry_settings: Settings, make_model_d
     reg = ModelRegistry(registry_settings)
     mv = reg.register(make_model_dir(1), lineage, metrics=METRICS)
     assert len(mv.version) == 20 and mv.digest.startswith(mv.version)
-    assert {f.path for f in mv.files} == {"meta.json", "metrics.json", "model.pt", "preprocessing.json"}  # no checkpoints
+    assert {f.path for f in mv.files} == {"meta.json", "metrics.json", "weights.pt", "preprocessing.json"}  # no checkpoints
     got = reg.get(mv.version)
     assert got.metrics == METRICS
     assert got.lineage is not None and got.lineage.train_partitions[0].run_id == "r1"
@@ -72,12 +72,12 @@ def test_different_content_under_an_existing_id_is_impossible(
         reg.register(make_model_dir(4), lineage, metrics=METRICS)
     monkeypatch.undo()
     # And a direct write over a stored file is refused by the store, not just by the registry's checks.
-    name = reg._name("versions", original.version, "files", "model.pt")
+    name = reg._name("versions", original.version, "files", "weights.pt")
     with pytest.raises(VersionConflict, match="immutable"):
         reg._create(name, data=b"evil", sha256="0" * 64)
     assert reg.get(original.version) == original
-    assert reg.download(original.version, registry_settings.local.home / "dl-3").joinpath("model.pt").read_bytes() == (
-        make_model_dir(3).joinpath("model.pt").read_bytes()
+    assert reg.download(original.version, registry_settings.local.home / "dl-3").joinpath("weights.pt").read_bytes() == (
+        make_model_dir(3).joinpath("weights.pt").read_bytes()
     )
 
 
@@ -108,12 +108,37 @@ def test_bad_model_dirs_are_refused(registry_settings: Settings, tmp_path: Path,
     with pytest.raises(InvalidModelDir, match="does not exist"):
         reg.register(tmp_path / "nope", lineage, metrics=METRICS)
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "model.pt").write_bytes(b"x")
+    (tmp_path / "m" / "weights.pt").write_bytes(b"x")
     with pytest.raises(InvalidModelDir, match=r"meta\.json"):
         reg.register(tmp_path / "m", lineage, metrics=METRICS)
     (tmp_path / "m" / "meta.json").write_text("{}")
     with pytest.raises(InvalidModelDir, match="metrics"):
         reg.register(tmp_path / "m", lineage)
+
+
+def test_a_folder_without_the_models_weights_or_preprocessing_state_is_refused(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """Three files were enough before (any three): a version that could never load was committed. The names and
+    hashes are those meta.json records, checked as the loader checks them."""
+    import hashlib
+
+    reg = ModelRegistry(registry_settings)
+    for missing in ("weights.pt", "preprocessing.json"):
+        d = make_model_dir(80)
+        (d / missing).rename(d / "other.bin")  # still three files besides metrics
+        with pytest.raises(InvalidModelDir, match=rf"has no {missing.replace('.', '[.]')}"):
+            reg.register(d, lineage, metrics=METRICS)
+    d = make_model_dir(81)
+    meta = json.loads((d / "meta.json").read_text())
+    meta.update(weights_sha256=hashlib.sha256((d / "weights.pt").read_bytes()).hexdigest(),
+                preprocessing_sha256=hashlib.sha256(b"what was saved").hexdigest())
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidModelDir, match=r"preprocessing\.json does not match meta\.json"):
+        reg.register(d, lineage, metrics=METRICS)
+    (d / "preprocessing.json").write_bytes(b"what was saved")
+    assert reg.register(d, lineage, metrics=METRICS).version  # the recorded hashes match: registered
+    assert reg.list_versions() != []
 
 
 def test_alias_moves(registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
@@ -285,15 +310,15 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
     src = make_model_dir(70)
     mv = reg.register(src, lineage, metrics=METRICS)
     out = reg.download(mv.version, tmp_path / "copy")
-    for name in ("model.pt", "meta.json", "preprocessing.json"):
+    for name in ("weights.pt", "meta.json", "preprocessing.json"):
         assert (out / name).read_bytes() == (src / name).read_bytes()
     assert json.loads((out / "metrics.json").read_text()) == METRICS
     assert reg.download(mv.version, tmp_path / "copy") == out  # a verified copy is reused
 
     # Tamper with the stored weights behind the registry's back (a plain overwrite, no precondition).
-    blob = reg.bucket.blob(reg._name("versions", mv.version, "files", "model.pt"))
+    blob = reg.bucket.blob(reg._name("versions", mv.version, "files", "weights.pt"))
     blob.upload_from_string(b"tampered weights")
-    with pytest.raises(IntegrityError, match=r"model\.pt"):
+    with pytest.raises(IntegrityError, match=r"weights\.pt"):
         reg.download(mv.version, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()  # nothing half-written
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fresh")] == []

@@ -30,7 +30,7 @@ def unsafe_settings(tmp_path: Path) -> Iterator[Settings]:
 
 def _model(d: Path) -> Path:
     d.mkdir(parents=True)
-    (d / "model.pt").write_bytes(b"w" * 64)
+    (d / "weights.pt").write_bytes(b"w" * 64)
     (d / "meta.json").write_text("{}")
     (d / "preprocessing.json").write_text("{}")
     return d
