@@ -425,12 +425,17 @@ class ModelRegistry:
         return bool(_VERSION_RE.match(version)) and self._read_version(version, with_lineage=False) is not None
 
     def list_versions(self) -> list[ModelVersion]:
-        """Committed versions, oldest first."""
+        """Committed versions, oldest first; one whose VERSION.json fails verification is left out with a warning
+        (``get`` of it raises the IntegrityError that says what is wrong)."""
         out = []
         for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("versions") + "/"):
             parts = blob.name[len(self.prefix) + 1:].split("/")
             if len(parts) == 3 and parts[2] == VERSION_FILE:
-                mv = self._read_version(parts[1], with_lineage=False)
+                try:
+                    mv = self._read_version(parts[1], with_lineage=False)
+                except IntegrityError as exc:  # one damaged version must not hide every other one
+                    log.warning("version %s is left out of the list: %s", parts[1], exc)
+                    continue
                 if mv is not None:
                     out.append(mv)
         return sorted(out, key=lambda v: (v.created_at, v.version))

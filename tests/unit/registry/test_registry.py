@@ -366,6 +366,19 @@ def test_a_replica_does_not_retry_a_version_whose_object_is_missing(
     assert caught.value.transient is False
 
 
+def test_one_corrupt_version_does_not_hide_the_others(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    good, bad = (reg.register(make_model_dir(95 + i), lineage, metrics=METRICS).version for i in range(2))
+    reg.bucket.blob(reg._name("versions", bad, "VERSION.json")).upload_from_string(b"\x00garbage")
+    with caplog.at_level("WARNING", logger=registry_module.__name__):
+        assert [v.version for v in reg.list_versions()] == [good]
+    assert any(bad in r.getMessage() and "VERSION.json is unreadable" in r.getMessage() for r in caplog.records)
+    with pytest.raises(IntegrityError, match="unreadable"):
+        reg.get(bad)  # still named as damaged where it is asked for
+
+
 def test_a_rollout_event_still_being_written_is_skipped_not_an_error(registry_settings: Settings,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A local store can list an event object before its bytes are whole: a watcher (the demo, `tenfold rollout
