@@ -12,8 +12,9 @@ Immutability. ``<id>`` is the first 20 hex digits of a SHA-256 over the files (p
 hash of each), so the same content always gets the same id and different content a different id.
 Every object is created with ``if_generation_match=0``: the store refuses to overwrite it, so even a
 buggy or malicious writer cannot change a version in place. ``VERSION.json`` is written last; a
-version without it was never committed and is invisible. Registering the same content again finds
-the committed version and returns it (idempotent); a crashed register is finished by the next one.
+version without it was never committed and is invisible. Its copy of the metrics is checked against
+``metrics.json``'s recorded hash on every read. Registering the same content again finds the committed
+version and returns it (idempotent); a crashed register is finished by the next one.
 
 Aliases. An alias is moved by compare-and-swap: read the pointer and its generation, write the new
 pointer with ``if_generation_match=<that generation>`` (0 when creating it). Of any number of
@@ -399,6 +400,9 @@ class ModelRegistry:
             raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} is unreadable ({exc})") from exc
         if mv.version != version or content_digest(files) != mv.digest or not mv.digest.startswith(version):
             raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} does not match its own id: the registry was tampered with")
+        if not self._metrics_match(mv):
+            raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} holds metrics that do not match the "
+                                 f"version's {METRICS_FILE}: the registry was tampered with")
         if with_lineage:
             try:
                 lineage_raw = self.bucket.blob(self._name("versions", version, LINEAGE_FILE)).download_as_bytes()
@@ -412,6 +416,31 @@ class ModelRegistry:
                 raise IntegrityError(f"{self.version_uri(version)}/{LINEAGE_FILE} is unreadable ({type(exc).__name__}: "
                                      f"{exc}); restore it from a backup of the registry") from exc
         return mv
+
+    def _metrics_match(self, mv: ModelVersion) -> bool:
+        """Whether VERSION.json's ``metrics`` (what the gate and ``tenfold models`` read) are the version's
+        ``metrics.json``, which the digest covers; the copy in VERSION.json is not covered by it.
+
+        ``register`` writes given metrics as canonical JSON, so their recorded sha256 is checked without a
+        download; a ``metrics.json`` taken as written in the model folder is downloaded and compared."""
+        from google.api_core.exceptions import NotFound
+
+        record = next((f for f in mv.files if f.path == METRICS_FILE), None)
+        if record is None:
+            return not mv.metrics
+        canonical = json.dumps(mv.metrics, indent=2, sort_keys=True).encode()
+        if hashlib.sha256(canonical).hexdigest() == record.sha256:
+            return True
+        try:
+            stored = self.bucket.blob(self._name("versions", mv.version, "files", METRICS_FILE)).download_as_bytes()
+        except NotFound:
+            return False
+        if hashlib.sha256(stored).hexdigest() != record.sha256:
+            return False
+        try:
+            return json.dumps(json.loads(stored), sort_keys=True) == json.dumps(mv.metrics, sort_keys=True)
+        except ValueError:
+            return False
 
     def get(self, version: str, *, with_lineage: bool = True) -> ModelVersion:
         """A committed version; :class:`UnknownVersion` if there is none with that id."""

@@ -366,6 +366,26 @@ def test_a_replica_does_not_retry_a_version_whose_object_is_missing(
     assert caught.value.transient is False
 
 
+def test_metrics_in_the_commit_marker_are_verified(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """VERSION.json's metrics (what the gate compares and `tenfold models` shows) must be the version's metrics.json,
+    which the digest covers: a raised AUC in VERSION.json alone is tampering, not a better model."""
+    reg = ModelRegistry(registry_settings)
+    given = reg.register(make_model_dir(90), lineage, metrics=METRICS)
+    folder = make_model_dir(91)
+    (folder / "metrics.json").write_text(json.dumps(METRICS))  # as the folder wrote it (not the registry's form)
+    own = reg.register(folder, lineage)
+    assert (reg.get(given.version).metrics, reg.get(own.version).metrics) == (METRICS, METRICS)
+    for mv in (given, own):
+        marker = reg.bucket.blob(reg._name("versions", mv.version, "VERSION.json"))
+        body = json.loads(marker.download_as_bytes())
+        body["metrics"]["auc"] = 0.99
+        marker.upload_from_string(json.dumps(body))
+        with pytest.raises(IntegrityError, match=r"metrics that do not match the version's metrics\.json"):
+            reg.get(mv.version)
+
+
 def test_one_corrupt_version_does_not_hide_the_others(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, caplog: pytest.LogCaptureFixture
 ) -> None:
