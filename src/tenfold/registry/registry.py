@@ -14,7 +14,9 @@ Every object is created with ``if_generation_match=0``: the store refuses to ove
 buggy or malicious writer cannot change a version in place. ``VERSION.json`` is written last; a
 version without it was never committed and is invisible. Its copy of the metrics is checked against
 ``metrics.json``'s recorded hash on every read. Registering the same content again finds the committed
-version and returns it (idempotent); a crashed register is finished by the next one.
+version and returns it (idempotent); a crashed register is finished by the next one, and a stored file
+found missing is created again from the folder. What is uploaded is the bytes that were hashed: a file
+that changes while it is registered is refused.
 
 Aliases. An alias is moved by compare-and-swap: read the pointer and its generation, write the new
 pointer with ``if_generation_match=<that generation>`` (0 when creating it). Of any number of
@@ -256,18 +258,13 @@ class ModelRegistry:
         return bool(enforced)
 
     # --- immutable objects --------------------------------------------------------------------------
-    def _create(self, name: str, *, data: bytes | None = None, path: Path | None = None, sha256: str,
-                content_type: str = "application/octet-stream") -> bool:
+    def _create(self, name: str, *, data: bytes, sha256: str, content_type: str = "application/octet-stream") -> bool:
         """Create ``name`` once; returns False if it already held the same content, raises if different."""
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self.bucket.blob(name)
         try:
-            if data is not None:
-                blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
-            else:
-                assert path is not None
-                blob.upload_from_filename(str(path), content_type=content_type, if_generation_match=0)
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
             return True
         except PreconditionFailed:
             existing = hashlib.sha256(self.bucket.blob(name).download_as_bytes()).hexdigest()
@@ -305,6 +302,20 @@ class ModelRegistry:
             entries.append((FileRecord(METRICS_FILE, hashlib.sha256(blob).hexdigest(), len(blob)), blob))
         self._check_model_files(model_dir, {e[0].path: e[0] for e in entries})
         return sorted(entries, key=lambda e: e[0].path), metrics_body
+
+    @staticmethod
+    def _hashed_bytes(record: FileRecord, source: Path | bytes) -> bytes:
+        """The bytes of ``source`` as scanned: what is uploaded is what was hashed. A file rewritten since the
+        scan (a trainer still writing, a copy in progress) is refused, or VERSION.json would record a hash its
+        stored object does not have and the committed version would fail every download."""
+        if isinstance(source, bytes):
+            return source
+        data = source.read_bytes()
+        now = hashlib.sha256(data).hexdigest()
+        if now != record.sha256:
+            raise InvalidModelDir(f"{source} changed while it was being registered (sha256 {record.sha256[:12]} when "
+                                  f"scanned, {now[:12]} now): register the folder again once nothing writes to it")
+        return data
 
     @staticmethod
     def _check_model_files(model_dir: Path, records: Mapping[str, FileRecord]) -> None:
@@ -347,15 +358,13 @@ class ModelRegistry:
                 raise VersionConflict(
                     f"version {version} exists with other content ({existing.digest[:16]}...): versions are immutable"
                 )
+            self._restore_missing(version, entries)
             log.info("version %s is already registered (same content): nothing to do", version)
             return self.get(version)
         self.ensure_preconditions_enforced()
         for record, source in entries:
-            name = self._name("versions", version, "files", record.path)
-            if isinstance(source, bytes):
-                self._create(name, data=source, sha256=record.sha256)
-            else:
-                self._create(name, path=source, sha256=record.sha256)
+            self._create(self._name("versions", version, "files", record.path), data=self._hashed_bytes(record, source),
+                         sha256=record.sha256)
         lineage_body = json.dumps(lineage.to_dict(), indent=2, sort_keys=True, default=str).encode()
         from google.api_core.exceptions import PreconditionFailed
 
@@ -382,6 +391,20 @@ class ModelRegistry:
                 raise VersionConflict(f"version {version} was committed concurrently with different content") from None
         log.info("registered version %s (%d files) at %s", version, len(files), self.version_uri(version))
         return self.get(version)
+
+    def _restore_missing(self, version: str, entries: list[tuple[FileRecord, Path | bytes]]) -> None:
+        """Registering a committed version's content again confirms its stored files exist (a metadata read each)
+        and creates any missing one again from this folder, whose bytes match the recorded hashes: what
+        ``download``'s "file ... is missing" asks for. Objects are still created only where none exists."""
+        missing = [(record, source) for record, source in entries
+                   if not self.bucket.blob(self._name("versions", version, "files", record.path)).exists()]
+        if missing:
+            self.ensure_preconditions_enforced()
+        for record, source in missing:
+            log.warning("version %s had lost its stored %s: restoring it from the folder being registered", version,
+                        record.path)
+            self._create(self._name("versions", version, "files", record.path), data=self._hashed_bytes(record, source),
+                         sha256=record.sha256)
 
     # --- reading versions ---------------------------------------------------------------------------
     def _read_version(self, version: str, *, with_lineage: bool) -> ModelVersion | None:

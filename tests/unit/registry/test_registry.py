@@ -103,6 +103,45 @@ def test_an_interrupted_register_is_invisible_and_finished_by_the_next(
     assert [v.version for v in reg.list_versions()] == [mv.version]
 
 
+def test_a_file_changed_while_it_is_registered_is_refused_not_committed(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights are rewritten between the scan that hashed them and their upload (a trainer still writing): the
+    stored object would not match VERSION.json and the committed version would fail every download."""
+    reg = ModelRegistry(registry_settings)
+    d = make_model_dir(6)
+    scan = ModelRegistry._scan
+
+    def rewritten_after_the_scan(self: ModelRegistry, *args: object, **kwargs: object) -> object:
+        scanned = scan(self, *args, **kwargs)  # type: ignore[arg-type]
+        (d / "weights.pt").write_bytes(b"the next epoch's weights")
+        return scanned
+
+    monkeypatch.setattr(ModelRegistry, "_scan", rewritten_after_the_scan)
+    with pytest.raises(InvalidModelDir, match=r"weights\.pt changed while it was being registered"):
+        reg.register(d, lineage, metrics=METRICS)
+    monkeypatch.undo()
+    assert reg.list_versions() == []
+    mv = reg.register(d, lineage, metrics=METRICS)  # the folder as it is now
+    assert reg.download(mv.version, registry_settings.local.home / "dl-6").joinpath("weights.pt").read_bytes() == (
+        b"the next epoch's weights")
+
+
+def test_registering_again_restores_a_missing_stored_file(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
+) -> None:
+    """A retried register finds the version committed: it confirms the version's objects exist and creates a lost
+    one again from the folder (what download's "missing" error asks for), instead of returning a broken version."""
+    reg = ModelRegistry(registry_settings)
+    d = make_model_dir(7)
+    mv = reg.register(d, lineage, metrics=METRICS)
+    reg.bucket.blob(reg._name("versions", mv.version, "files", "weights.pt")).delete()
+    with pytest.raises(IntegrityError, match="missing"):
+        reg.download(mv.version, tmp_path / "before")
+    assert reg.register(d, lineage, metrics=METRICS) == mv
+    assert (reg.download(mv.version, tmp_path / "after") / "weights.pt").read_bytes() == (d / "weights.pt").read_bytes()
+
+
 def test_bad_model_dirs_are_refused(registry_settings: Settings, tmp_path: Path, lineage: Lineage) -> None:
     reg = ModelRegistry(registry_settings)
     with pytest.raises(InvalidModelDir, match="does not exist"):
