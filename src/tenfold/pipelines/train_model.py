@@ -530,11 +530,15 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     reg.record_decision(version, p.run_key, body)
     log.info("%s", body["summary"])
     if decision.promote:
-        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}: passed the offline gate",
-                      details={"run": p.airflow_run_id})
-        if first:  # nothing to compare a canary with: the floors alone promote the first model
+        if first:
+            # Nothing to compare a canary with: the floors alone promote the first model. Champion before challenger:
+            # of two first runs racing, the one whose compare-and-set loses (AliasConflict) must not leave its
+            # version, never compared with the winner, as the challenger a rollout takes by default. (A retry
+            # after a death between the two finds the decision and the champion, and marks the challenger.)
             reg.promote(version, expected=None, reason=decision.summary[:500],
                         details={"run": p.airflow_run_id, "checks": decision.checks})
+        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}: passed the offline gate",
+                      details={"run": p.airflow_run_id})
     return result(body, canary=decision.promote and not first)
 
 

@@ -318,3 +318,35 @@ def test_a_retrain_that_reproduced_the_champions_weights_is_unchanged_not_a_fail
     assert r2.version != r1.version
     assert decision["summary"].startswith("UNCHANGED") and not decision["promote"] and not decision["canary"]
     assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
+
+
+def test_of_two_first_runs_the_one_that_loses_the_champion_race_is_not_left_challenger(
+        gate_settings: Settings, tmp_path: Path) -> None:
+    """Both evaluated with no champion, and both gates read "no champion"; the second to move aliases loses the
+    compare-and-set on champion. It set the challenger first, so its version, never compared with the winner,
+    stayed the challenger a rollout takes."""
+    planned_a, planned_b = (pipeline.plan(gate_settings, f"manual__{r}", CONF) for r in ("a", "b"))
+    trained_a, trained_b = model(tmp_path, 0.70), model(tmp_path, 0.75)
+    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
+    ev_b = pipeline.evaluate(gate_settings, planned_b, trained_b)
+    reg_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    reg_b = pipeline.register(gate_settings, planned_b, trained_b, ev_b)
+
+    class Racing(ModelRegistry):
+        """B's gate reads the champion (none yet); run A's whole gate completes right after that read."""
+        raced = False
+
+        def resolve(self, alias: str) -> str | None:
+            value = super().resolve(alias)
+            if alias == CHAMPION and not self.raced:
+                self.raced = True
+                assert pipeline.gate(gate_settings, planned_a, ev_a, reg_a)["promote"]
+            return value
+
+    racing = Racing(gate_settings)
+    with pytest.raises(AliasConflict):
+        pipeline.gate(gate_settings, planned_b, ev_b, reg_b, registry=racing)
+    assert racing.raced
+    reg = ModelRegistry(gate_settings)
+    assert reg.resolve(CHAMPION) == reg_a.version
+    assert reg.resolve(CHALLENGER) == reg_a.version, "the loser of the race was left challenger"
