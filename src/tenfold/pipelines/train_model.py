@@ -39,7 +39,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.jsonable import plain_json
-from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, REFERENCE_PROFILE_FILE, WEIGHTS_FILE
 from tenfold.monitoring.profile import ensure_profile
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
@@ -441,8 +441,34 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     # The drift monitor's reference (tenfold.monitoring.profile): one of the version's files, so monitoring a
     # month later needs only the version and that month, never this training window again.
     ensure_profile(model_dir, lake, p.table, p.train_parts, settings.monitoring.drift)
+    if t.model_ref.startswith("gs://"):
+        _keep_profile(settings, t.model_ref, model_dir)
     mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
     return Registered(version=mv.version, uri=mv.uri)
+
+
+def _keep_profile(settings: Settings, model_ref: str, model_dir: Path, *, storage_client: Any = None) -> None:
+    """Keep the profile beside the trained model in the bucket (created only if absent), so a retried register,
+    which materializes the model afresh on whatever worker, finds these bytes instead of computing it again: a
+    profile computed again (predictions over a sample, on another CPU) may differ in its last digits, and so would
+    the version's content id, registering the same model twice. An attempt that lost a race to write it takes the
+    one written."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    from tenfold.storage import gcs_client
+
+    client = storage_client or gcs_client(settings)
+    bucket, _, prefix = model_ref[len("gs://"):].partition("/")
+    blob = client.bucket(bucket).blob(f"{prefix.rstrip('/')}/{REFERENCE_PROFILE_FILE}")
+    local = model_dir / REFERENCE_PROFILE_FILE
+    try:
+        blob.upload_from_filename(str(local), if_generation_match=0)
+    except PreconditionFailed:
+        stored = blob.download_as_bytes()
+        if stored != local.read_bytes():
+            tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(stored)
+            tmp.replace(local)
 
 
 # --- gate ---------------------------------------------------------------------------------------

@@ -350,3 +350,33 @@ def test_of_two_first_runs_the_one_that_loses_the_champion_race_is_not_left_chal
     reg = ModelRegistry(gate_settings)
     assert reg.resolve(CHAMPION) == reg_a.version
     assert reg.resolve(CHALLENGER) == reg_a.version, "the loser of the race was left challenger"
+
+
+def test_a_retried_register_of_a_model_in_a_bucket_keeps_the_first_attempts_profile(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In dev and prod the trained model is a gs:// prefix, and each register attempt materializes it afresh; the
+    profile the first attempt computed was in its work folder only, so a retry (on another worker) computed it
+    again, and a profile that differs in a last digit is another content id: the same model registered twice."""
+    import uuid
+
+    from tenfold.model_files import REFERENCE_PROFILE_FILE
+    from tenfold.storage import gcs_client
+
+    def computed_again(model_dir: Path, *args: Any) -> None:  # what a recompute elsewhere may give: other bytes
+        if not (model_dir / REFERENCE_PROFILE_FILE).exists():
+            (model_dir / REFERENCE_PROFILE_FILE).write_text(json.dumps({"computed": uuid.uuid4().hex}))
+
+    monkeypatch.setattr(pipeline, "ensure_profile", computed_again)
+    reg = ModelRegistry(gate_settings)
+    local = Path(model(tmp_path, 0.7)["model_ref"])
+    bucket = gcs_client(gate_settings).bucket(reg.bucket_name)
+    for f in local.iterdir():
+        bucket.blob(f"trained/run-x/{f.name}").upload_from_filename(str(f))
+    trained = {"model_ref": f"gs://{reg.bucket_name}/trained/run-x", "train_result": {"steps": 1}}
+    planned = pipeline.plan(gate_settings, "manual__bucket", CONF)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    first = pipeline.register(gate_settings, planned, trained, evaluation)
+    retried = pipeline.register(gate_settings, planned, trained, evaluation)  # the task retried, its work folder gone
+    assert retried.version == first.version
+    assert len(reg.list_versions()) == 1
+    assert bucket.blob(f"trained/run-x/{REFERENCE_PROFILE_FILE}").exists()
