@@ -355,12 +355,7 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     p, t = TrainRun.from_xcom(run), Trained.from_xcom(trained)
     lake = Lake.from_settings(settings)
     table = p.table
-    now = holdout_ref(lake, table, p.holdout_parts)
-    if now != p.holdout:
-        raise PipelineError(
-            f"holdout partitions {list(p.holdout_months)} were re-published since this run planned its split: "
-            "scores would not be comparable; trigger a new run"
-        )
+    _check_holdout(lake, p)
     _check_training_window(lake, p)
     work = Path(p.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -396,9 +391,20 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
                 raise
             log.exception("champion %s cannot be scored on %s", champion_version, list(p.holdout_months))
             champion = {"version": champion_version, "metrics": None, "error": f"{type(exc).__name__}: {exc}"}
+    _check_holdout(lake, p)  # again: re-published while the models were scored, they were scored on different data
     log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
              _brief(champion["metrics"]) if champion and champion["metrics"] else "", {k: _brief(v) for k, v in baselines.items()})
     return Evaluation(holdout=asdict(p.holdout), challenger=challenger, champion=champion, baselines=baselines)
+
+
+def _check_holdout(lake: Lake, p: TrainRun) -> None:
+    """Refuse when a holdout month was re-published since the plan pinned it: the scores recorded under the plan's
+    holdout digest would be of other data, and lineage would name manifests the metrics were not measured on."""
+    if holdout_ref(lake, p.table, p.holdout_parts) != p.holdout:
+        raise PipelineError(
+            f"holdout partitions {list(p.holdout_months)} were re-published since this run planned its split: "
+            "scores would not be comparable; trigger a new run"
+        )
 
 
 def _check_training_window(lake: Lake, p: TrainRun) -> None:
@@ -423,6 +429,7 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     """Register the challenger with its metrics and lineage; returns its version id."""
     p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
+    _check_holdout(lake, p)
     _check_training_window(lake, p)
     model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, p.table, p.train_parts)

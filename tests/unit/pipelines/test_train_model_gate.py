@@ -380,3 +380,34 @@ def test_a_retried_register_of_a_model_in_a_bucket_keeps_the_first_attempts_prof
     assert retried.version == first.version
     assert len(reg.list_versions()) == 1
     assert bucket.blob(f"trained/run-x/{REFERENCE_PROFILE_FILE}").exists()
+
+
+def test_a_holdout_republished_while_the_models_are_scored_or_before_register_is_refused(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holdout digest was checked once, before scoring: a re-publish while the champion was being scored gave
+    the two models' scores on different data under one holdout identity, and register named the new manifests in
+    lineage beside metrics measured on the old ones."""
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake = Lake.from_settings(gate_settings)
+    run(gate_settings, "manual__first", model(tmp_path, 0.70))  # a champion to score
+    planned = pipeline.plan(gate_settings, "manual__moving", CONF)
+    scored = pipeline._evaluate_model
+
+    def republished_meanwhile(model_dir: Path, *args: Any) -> dict[str, Any]:
+        metrics = scored(model_dir, *args)
+        publish_synthetic_features(lake, [Partition.parse("2013-03")], 70, seed=11)  # build_features ran again
+        return metrics
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", republished_meanwhile)
+    with pytest.raises(pipeline.PipelineError, match=r"holdout partitions \['2013-03'\] were re-published"):
+        pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", scored)
+    planned = pipeline.plan(gate_settings, "manual__later", CONF)
+    trained = model(tmp_path, 0.8)
+    evaluation = pipeline.evaluate(gate_settings, planned, trained)
+    publish_synthetic_features(lake, [Partition.parse("2013-03")], 60, seed=12)
+    with pytest.raises(pipeline.PipelineError, match="holdout partitions"):
+        pipeline.register(gate_settings, planned, trained, evaluation)
+    assert len(ModelRegistry(gate_settings).list_versions()) == 1  # the first run's only
