@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import BinaryIO
 
 from tenfold.config import Settings
 from tenfold.rollout import ArmTraffic
@@ -105,27 +106,76 @@ class HaproxyObserver:
         seen: dict[str, tuple[list[int], list[float]]] = {arm: ([], []) for arm in ARMS}
         try:
             with open(self.log_path, "rb") as log:
+                # The log only grows (every request of the fleet's life): start near the window, not at the top.
+                log.seek(_offset_before(log, lo - _DISORDER_S))
                 for line in log:
-                    if not line.startswith(_MARKER):
+                    entry = _entry(line)
+                    if entry is None:
                         continue
-                    parts = line.split()
-                    if len(parts) not in (6, 7) or parts[-1] != self.path or parts[2].decode() not in seen:
-                        continue
-                    try:
-                        at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
-                        # %Tt: from the accept date to the end, idle time on a kept-alive connection included
-                        # (%Ta leaves it out); a line of an older format (6 fields) has only %Ta.
-                        total_ms = float(parts[5]) if len(parts) == 7 else active_ms
-                    except ValueError:
-                        continue
-                    if lo <= at + max(total_ms, active_ms, 0.0) / 1000 < hi:  # when it ended
-                        statuses, latencies = seen[parts[2].decode()]
+                    arm, status, active_ms, ended, path = entry
+                    if ended >= hi + _DISORDER_S:
+                        break  # lines are written as requests end: nothing further ends in the window
+                    if path == self.path and arm in seen and lo <= ended < hi:
+                        statuses, latencies = seen[arm]
                         statuses.append(status)
                         latencies.append(max(active_ms, 0.0))
         except FileNotFoundError:
             pass
         return {arm: ArmTraffic(requests=len(st), errors=sum(1 for c in st if c >= 500 or c < 100), latencies_ms=tuple(lat))
                 for arm, (st, lat) in seen.items()}
+
+
+# HAProxy writes a request's line when the request ends, so the log is in order of end time up to the threads'
+# interleaving: a line may follow one that ended up to this much later (generous: it only costs lines read).
+_DISORDER_S = 60.0
+_SCAN_BYTES = 64 * 1024  # below this the search reads on line by line
+
+
+def _entry(line: bytes) -> tuple[str, int, float, float, bytes] | None:
+    """A request line's (arm, status, active ms, unix time it ended, path); None for any other line."""
+    if not line.startswith(_MARKER):
+        return None
+    parts = line.split()
+    if len(parts) not in (6, 7):
+        return None
+    try:
+        at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
+        # %Tt: from the accept date to the end, idle time on a kept-alive connection included (%Ta leaves it
+        # out); a line of an older format (6 fields) has only %Ta.
+        total_ms = float(parts[5]) if len(parts) == 7 else active_ms
+        arm = parts[2].decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return arm, status, active_ms, at + max(total_ms, active_ms, 0.0) / 1000, parts[-1]
+
+
+def _first_end_from(log: BinaryIO, offset: int) -> float | None:
+    """When the first request line that starts at or after ``offset`` ended (None: none does)."""
+    log.seek(offset)
+    if offset:
+        log.readline()  # the rest of the line ``offset`` falls in
+    for line in log:
+        entry = _entry(line)
+        if entry is not None:
+            return entry[3]
+    return None
+
+
+def _offset_before(log: BinaryIO, t: float) -> int:
+    """An offset at a line's start before every request line that ended at ``t`` or later (bisection: the lines
+    are in order of end time), so a reader starting there misses none of them."""
+    lo, hi = 0, log.seek(0, 2)
+    while hi - lo > _SCAN_BYTES:  # invariant: the first request line after lo ended before t (or lo is 0)
+        mid = (lo + hi) // 2
+        ended = _first_end_from(log, mid)
+        if ended is None or ended >= t:
+            hi = mid
+        else:
+            lo = mid
+    log.seek(lo)
+    if lo:
+        log.readline()
+    return log.tell()
 
 
 _MARKER = REQUEST_LOG_MARKER.encode() + b" "

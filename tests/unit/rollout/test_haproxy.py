@@ -166,3 +166,57 @@ def test_a_split_set_while_haproxy_is_down_holds_when_it_comes_back(tmp_path: An
     with pytest.raises(HaproxyError, match="is the fleet up"):  # no fleet ever ran: nothing written
         HaproxyRouter(tmp_path / "none" / "haproxy.sock", tmp_path / "none" / "split.map").set_canary_percent(5)
     assert not (tmp_path / "none").exists()
+
+
+def test_the_observer_reads_near_the_window_of_a_long_log_and_counts_what_a_whole_read_counts(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log holds every request of the fleet's life (hours of traffic, GBs at production rates); each check of a
+    rollout read it whole. It now bisects to the window (the lines are in order of end time, up to the threads'
+    interleaving) and reads on only to a little past it: the same counts, a small part of the lines."""
+    import datetime as dt
+    import random
+
+    from tenfold.rollout import haproxy as observer_mod
+    from tenfold.rollout.haproxy import HaproxyObserver
+    from tenfold.serving.haproxy import REQUEST_LOG_MARKER
+
+    rng = random.Random(7)
+    t0 = dt.datetime(2026, 12, 3, 0, 0, tzinfo=dt.UTC).timestamp()
+    lines, ends = [], []
+    for i in range(60_000):  # 5 requests a second for 3 h 20 min, some slow, with HAProxy's own lines between
+        at = t0 + i / 5 + rng.uniform(0, 0.2)
+        total = rng.choice([5, 12, 40, 900, 30_000]) if i % 97 else 5_010
+        lines.append((at + total / 1000,
+                      f"{REQUEST_LOG_MARKER} {at:.3f} {rng.choice(['stable', 'canary'])} "
+                      f"{rng.choice([200, 200, 200, 503])} {min(total, 900)} {total} "
+                      f"{rng.choice(['/v1/predict', '/v1/feedback'])}\n"))
+        if i % 5000 == 0:
+            lines.append((at, "[WARNING] (1) : Server stable/replica-1 is DOWN.\n"))
+    jitter = {id(e): rng.uniform(0, 2.0) for e in lines}
+    lines.sort(key=lambda e: e[0] + jitter[id(e)])  # written as each request ends, threads interleaving by up to 2 s
+    log = tmp_path / "haproxy.log"
+    log.write_text("".join(text for _, text in lines))
+    ends = [e for e, text in lines if text.startswith(REQUEST_LOG_MARKER)]
+
+    parsed = 0
+    entry = observer_mod._entry
+
+    def counted(line: bytes) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return entry(line)
+
+    monkeypatch.setattr(observer_mod, "_entry", counted)
+    observer = HaproxyObserver(log)
+    for start in (t0 - 100, t0 + 30, t0 + 5_000.5, t0 + 11_990, t0 + 12_100):
+        since, until = dt.datetime.fromtimestamp(start, dt.UTC), dt.datetime.fromtimestamp(start + 30, dt.UTC)
+        parsed = 0
+        got = observer.traffic(since, until)
+        assert parsed < 3_000, f"read {parsed} of {len(lines)} lines for a 30 s window"
+        whole = {"stable": 0, "canary": 0}
+        for e, text in lines:
+            parts = text.split()
+            if text.startswith(REQUEST_LOG_MARKER) and parts[-1] == "/v1/predict" and start <= e < start + 30:
+                whole[parts[2]] += 1
+        assert {arm: got[arm].requests for arm in whole} == whole, (start - t0, whole)
+    assert sum(1 for e in ends if t0 + 5_000.5 <= e < t0 + 5_030.5) > 100  # the windows held traffic to count
