@@ -74,7 +74,7 @@ def monitor_drift() -> None:
 
         from tenfold.pipelines import monitor_drift as pipeline
 
-        decision = run_step(pipeline.decide, get_settings(), planned, reported)
+        decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True)
         if not decision["retrain"]:
             earlier = decision.get("already_triggered")
             raise AirflowSkipException(f"no retraining: {decision['decisions']}"

@@ -443,13 +443,15 @@ def measure(profile: ReferenceProfile, table: Any, *, month: str, version: str |
 
 
 def measure_partition(loaded: Any, profile: ReferenceProfile, lake: Any, table: str, month: str, version: str | None,
-                      policy: DriftPolicy) -> DriftReport:
+                      policy: DriftPolicy, *, digest: str | None = None) -> DriftReport:
     """One published month of ``table`` against ``profile``, with the predictions of ``loaded`` (a
-    :class:`tenfold.model.io.LoadedModel`) on it. Reads that month's feature columns and nothing else."""
+    :class:`tenfold.model.io.LoadedModel`) on it. Reads that month's feature columns and nothing else; with
+    ``digest`` (:meth:`Lake.content_digest`), only that content (a month re-published since is refused)."""
     from tenfold.training.data import read_features
 
     contract = loaded.workload.contract
-    data = read_features(lake, [Partition.parse(month)], contract=contract, table=table, columns=contract.feature_columns)
+    data = read_features(lake, [Partition.parse(month)], contract=contract, table=table, columns=contract.feature_columns,
+                         digest=digest)
     predictions = loaded.predict_proba(data) if data.num_rows else None
     return measure(profile, data, month=month, version=version, policy=policy, categorical=contract.categorical_columns,
                    numeric=contract.numeric_columns, predictions=predictions,

@@ -10,11 +10,11 @@
 * :func:`report`: each month's report saved in the lake as JSON and HTML, its address logged;
 * :func:`decide`: when a triggering feature drifted, an alert (``tenfold.monitoring.alerts.send_alert``)
   and ``retrain: true``, on which the DAG emits the drift Asset event that triggers ``train_model``. Each
-  drift triggers once: a month's drift against a version, on the month's published content, is recorded
+  drift triggers once: the DAG's decide records a month's drift against a version, on the content measured
   (``<reports>/year=YYYY/month=M/triggered-<version>-<content>.json``, created if absent), and another run
-  that finds it (a re-publish of the same month, a manual rerun) alerts and retrains no more. A retry, or a
+  that finds it (a re-publish of the same content, a manual rerun) alerts and retrains no more. A retry, or a
   clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
-  recorded the event) without a second alert.
+  recorded the event) without a second alert. A run outside Airflow, which emits no event, records nothing.
 
 A version registered before reference profiles existed has none: its report says so (decision
 ``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
@@ -57,12 +57,12 @@ class DriftRun(RunState):
     version: str | None
     version_ref: str
     work_dir: str
-    contents: tuple[str, ...] = ()  # each month's published content (Lake.content_digest), as planned
 
 
 @dataclass(frozen=True)
 class Measured(RunState):
     reports: tuple[dict[str, Any], ...]
+    contents: tuple[str, ...] = ()  # each month's content as measured (Lake.content_digest); () when nothing was
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Reported(RunState):
     summaries: tuple[dict[str, Any], ...]
     json_uris: tuple[str, ...]
     html_uris: tuple[str, ...]
+    contents: tuple[str, ...] = ()  # Measured's
 
 
 def work_root(settings: Settings) -> Path:
@@ -117,8 +118,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
     key = run_key(airflow_run_id)
     return DriftRun(run_key=key, airflow_run_id=airflow_run_id, months=tuple(p.label for p in months),
-                    version=version, version_ref=ref, work_dir=str(work_root(settings) / key),
-                    contents=tuple(lake.content_digest(table, [p]) for p in months))
+                    version=version, version_ref=ref, work_dir=str(work_root(settings) / key))
 
 
 def policy(settings: Settings) -> DriftPolicy:
@@ -158,34 +158,40 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
 
     loaded = load_model(model_dir)
     lake = Lake.from_settings(settings)
-    reports = []
+    table = settings.storage.features_table
+    reports, contents = [], []
     for month in p.months:
+        # The content measured, pinned for the read (a re-publish meanwhile is a retried read of the new one): what
+        # a trigger is recorded against.
+        content = lake.content_digest(table, [Partition.parse(month)])
         try:
-            report_ = measure_partition(loaded, profile, lake, settings.storage.features_table, month, p.version, rules)
+            report_ = measure_partition(loaded, profile, lake, table, month, p.version, rules, digest=content)
         except (DriftError, StaleFeaturesError) as exc:
             raise PipelineError(f"{month}: {exc}") from exc
         log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
         reports.append(report_.to_dict())
-    return Measured(reports=tuple(reports))
+        contents.append(content)
+    return Measured(reports=tuple(reports), contents=tuple(contents))
 
 
 def report(settings: Settings, run: DriftRun | Mapping[str, Any], measured: Measured | Mapping[str, Any]) -> Reported:
     """Save each month's report in the lake (JSON and HTML); logs where they are."""
     DriftRun.from_xcom(run)
+    m = Measured.from_xcom(measured)
     summaries, jsons, pages = [], [], []
-    for body in Measured.from_xcom(measured).reports:
+    for body in m.reports:
         r = DriftReport.from_dict(body)
         json_uri, html_uri = write_report(settings, r)
         log.info("drift report of %s: %s (JSON: %s)", r.month, html_uri, json_uri)
         summaries.append(r.summary)
         jsons.append(json_uri)
         pages.append(html_uri)
-    return Reported(summaries=tuple(summaries), json_uris=tuple(jsons), html_uris=tuple(pages))
+    return Reported(summaries=tuple(summaries), json_uris=tuple(jsons), html_uris=tuple(pages), contents=m.contents)
 
 
 def _trigger_name(month: str, version: str | None, content: str) -> str:
     part = Partition.parse(month)
-    return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16] or 'unplanned'}.json"
+    return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16]}.json"
 
 
 def _triggered_by(objects: Any, name: str) -> str | None:
@@ -199,31 +205,40 @@ def _triggered_by(objects: Any, name: str) -> str | None:
         return "an unreadable record"  # a trigger all the same: retraining once is the point
 
 
-def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any]) -> dict[str, Any]:
+def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any], *,
+           emits: bool = False) -> dict[str, Any]:
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
 
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
-    left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs)."""
+    left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs).
+    Only a caller that emits the drift event (``emits``: the DAG's task) records a trigger: one recorded by a run
+    that started no retraining would hold every later one back."""
     from tenfold.monitoring.alerts import send_alert
     from tenfold.monitoring.cloud_metrics import write_drift_score
     from tenfold.storage import lake_objects
 
     p, r = DriftRun.from_xcom(run), Reported.from_xcom(reported)
-    contents = dict(zip(p.months, p.contents, strict=False))
+    # The content each month was measured on (none from a run of before this was recorded: such a month is
+    # neither looked up nor recorded, so nothing is held back wrongly).
+    contents = {s["month"]: c for s, c in zip(r.summaries, r.contents, strict=False)}
     firing = [(s, page) for s, page in zip(r.summaries, r.html_uris, strict=True) if s["decision"] == "retrain"]
     triggers = lake_objects(settings, settings.monitoring.drift.reports_prefix) if firing else None
+
+    def name(month: str) -> str:
+        return _trigger_name(month, p.version, contents[month])
+
     earlier: dict[str, str] = {}  # month -> the other run that triggered on it
     alerted: set[str] = set()  # months whose trigger this run recorded on an earlier attempt
     for s, _ in firing:
-        by = _triggered_by(triggers, _trigger_name(s["month"], p.version, contents.get(s["month"], "")))
-        if by == p.airflow_run_id:
-            alerted.add(s["month"])
-        elif by is not None:
-            earlier[s["month"]] = by
+        if s["month"] in contents:
+            by = _triggered_by(triggers, name(s["month"]))
+            if by == p.airflow_run_id:
+                alerted.add(s["month"])
+            elif by is not None:
+                earlier[s["month"]] = by
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
     fresh = [(s, page) for s, page in firing if s["month"] not in alerted]
-    months: list[str] = [s["month"] for s, _ in firing] or list(p.months)
-    triggered: list[str] = sorted({name for s, _ in firing for name in s["triggered"]})
+    triggered: list[str] = sorted({f for s, _ in firing for f in s["triggered"]})
     # The score of what triggers retraining (0 when nothing does): a small month whose PSI is high by chance, which
     # the test does not call drift, must not page while the monitor does not retrain.
     max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
@@ -243,17 +258,20 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
         })
-        for s, _ in fresh:  # after the alert: an attempt that dies before recording it alerts again on retry
-            month = s["month"]
-            record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month,
-                                 "content": contents.get(month, ""), "features": s["triggered"]}).encode()
-            assert triggers is not None
-            name = _trigger_name(month, p.version, contents.get(month, ""))
-            if not triggers.create(name, record) and (by := _triggered_by(triggers, name)) != p.airflow_run_id:
-                log.warning("%s: another run (%s) recorded the same drift meanwhile; both retrain", month, by)
+    for s, _ in fresh if emits else []:  # after the alert: an attempt that dies before recording it alerts again
+        month = s["month"]
+        if month not in contents:
+            continue
+        assert triggers is not None
+        record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month,
+                             "content": contents[month], "features": s["triggered"]}).encode()
+        if not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:
+            earlier[month] = str(by)  # another run recorded it meanwhile: that one retrains
+    firing = [(s, page) for s, page in firing if s["month"] not in earlier]
     if earlier:
         log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
-    return {"retrain": bool(firing), "version": p.version, "months": months, "max_psi": max_psi, "triggered": triggered,
+    return {"retrain": bool(firing), "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),
+            "max_psi": max_psi, "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
             "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier}
 
 

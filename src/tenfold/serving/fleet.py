@@ -259,8 +259,9 @@ class _Replica:
     admitted_at: float | None = None
 
     @property
-    def wants(self) -> tuple[str, str, str]:
-        return self.version, self.fault, self.lookups
+    def model(self) -> tuple[str, str]:
+        """What a failure is held against: the version and its injected fault (not the lookups it serves)."""
+        return self.version, self.fault
 
     @property
     def server(self) -> str:
@@ -301,9 +302,9 @@ class Supervisor:
         self.util: dict[str, float] = {pool: 0.0 for pool in POOLS}
         self.backoff: dict[str, tuple[int, float]] = {pool: (0, 0.0) for pool in POOLS}
         self.failed_at: dict[str, float] = {pool: 0.0 for pool in POOLS}  # the pool's last failure (monotonic)
-        # What failed since the pool's back-off last reset (version, fault, lookups): a roll holds back only the
-        # replicas of what keeps failing, not a new version after a failure of the one it replaces.
-        self.failed: dict[str, set[tuple[str, str, str]]] = {pool: set() for pool in POOLS}
+        # What failed since the pool's back-off last reset (version, fault): a roll holds back only the replicas of
+        # what keeps failing, not a new version after a failure of the one it replaces.
+        self.failed: dict[str, set[tuple[str, str]]] = {pool: set() for pool in POOLS}
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
         self.events: list[str] = []
         self.stopping = threading.Event()
@@ -341,7 +342,8 @@ class Supervisor:
                 self.desired[pool] = max(ps.min, min(ps.max, self.desired[pool]))
                 self.say(f"{pool}: bounds {ps.min}..{ps.max}")
             if ps.wants() != old.wants():
-                self._settled(pool)  # the back-off was earned by what the pool ran; the new version starts afresh
+                if (ps.version, ps.fault) != (old.version, old.fault):
+                    self._settled(pool)  # the back-off was earned by what the pool ran; a new version starts afresh
                 self.say(f"{pool}: rolling to {ps.version}" + (f" with injected fault {ps.fault}" if ps.fault else "")
                          + (f" (lookups {ps.lookups})" if ps.lookups != old.lookups else ""))
         self.spec = spec
@@ -410,7 +412,7 @@ class Supervisor:
         try:
             record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
         except LocalPlatformError as exc:
-            self._failed(pool, (version, fault, lookups), f"{name}: could not start: {exc}")
+            self._failed(pool, (version, fault), f"{name}: could not start: {exc}")
             return None
         replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault, lookups=lookups)
         self.replicas.append(replica)
@@ -418,13 +420,13 @@ class Supervisor:
         self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
         return replica
 
-    def _failed(self, pool: str, wants: tuple[str, str, str], message: str) -> None:
-        """A replica of ``wants`` failed to come up, or died soon after it did: retry later, waiting longer each
+    def _failed(self, pool: str, model: tuple[str, str], message: str) -> None:
+        """A replica of ``model`` (version, fault) failed to come up, or died soon after it did: retry later, waiting longer each
         time (a bad model must not spin). The back-off resets once a replica of the pool that entered rotation
         after the failure has served :data:`SETTLED_S`, or when the pool is set to run something else."""
         self.backoff[pool] = _backed_off(self.backoff[pool][0])
         self.failed_at[pool] = time.monotonic()
-        self.failed[pool].add(wants)
+        self.failed[pool].add(model)
         self.say(f"{message}; retrying in {self.backoff[pool][1] - time.monotonic():.1f} s")
 
     def _settled(self, pool: str) -> None:
@@ -478,9 +480,9 @@ class Supervisor:
                 self._forget(r)
                 served = now - r.admitted_at if r.admitted_at is not None else None
                 if r.state == STARTING and served is None:
-                    self._failed(r.pool, r.wants, f"{name}: exited while starting{code}")
+                    self._failed(r.pool, r.model, f"{name}: exited while starting{code}")
                 elif r.state in (STARTING, SERVING) and served is not None and served < SETTLED_S:
-                    self._failed(r.pool, r.wants, f"{name}: process {r.record.pid} died {served:.0f} s after it "
+                    self._failed(r.pool, r.model, f"{name}: process {r.record.pid} died {served:.0f} s after it "
                                                   f"entered rotation; last log lines:\n{process.log_tail(r.record.log, 8)}")
                 else:
                     self.say(f"{name}: process {r.record.pid} is gone ({r.state}); replacing it")
@@ -494,7 +496,7 @@ class Supervisor:
                     self.say(f"{name}: in rotation (HAProxy health check passed)")
                 elif now - r.since > self.fleet.replica_start_timeout_s:
                     self._stop(r, f"not healthy within {self.fleet.replica_start_timeout_s:.0f} s")
-                    self._failed(r.pool, r.wants, f"{name}: did not become ready; see {r.record.log}")
+                    self._failed(r.pool, r.model, f"{name}: did not become ready; see {r.record.log}")
             elif r.state == SERVING:
                 admitted = r.admitted_at if r.admitted_at is not None else r.since
                 if now - admitted >= SETTLED_S and self.backoff[r.pool][0] and admitted >= self.failed_at[r.pool]:
@@ -545,9 +547,13 @@ class Supervisor:
                 if r.state == STARTING and r.admitted_at is None:  # admitted ones re-check after an HAProxy restart
                     self._stop(r, f"superseded by {version}")
             now = time.monotonic()
-            settled = ps.wants() not in self.failed[pool]  # an old version's failure says nothing of the new one
+            failing = self.failed[pool]
+            settled = (version, fault) not in failing  # an old version's failure says nothing of the new one
             aged = [r for r in current if r.state == SERVING and now - r.since >= self.fleet.min_ready_s]
-            ready = [r for r in old if r.state == SERVING] + (aged if settled else [])
+            # Nor do replicas of what keeps failing count among the old ones (the version rolled to, on older lookups:
+            # a lookups reload during a held roll drained the last replicas of the version that works).
+            ready = [r for r in old if r.state == SERVING and not (r.version == version and r.model in failing)]
+            ready += aged if settled else []
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
             if old_serving and len(ready) > n:
                 self.drain(old_serving[0], f"replaced by {version}")

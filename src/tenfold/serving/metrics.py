@@ -7,6 +7,7 @@ version is ``loading`` until the model is in memory.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,6 +62,7 @@ class ServerMetrics:
         # moves each to the new version's series and removes the old one, which would otherwise keep its last value
         # for ever (a breaker that opened while loading stayed "open" under model_version="loading").
         self._state: dict[tuple[Any, ...], float] = {}
+        self._state_lock = threading.Lock()  # the publisher's threads set the breaker while the version changes
 
     def _l(self) -> dict[str, str]:
         return {"model_version": self.model_version, "arm": self.arm}
@@ -74,17 +76,19 @@ class ServerMetrics:
         return child
 
     def set_model_version(self, version: str) -> None:
-        old, self.model_version = self.model_version, version
-        if version == old:
-            return
-        for (gauge, *extra), value in list(self._state.items()):  # the batcher may set one meanwhile
-            gauge.remove(old, self.arm, *extra)
-            self._children.pop((gauge, old, *extra), None)
-            self._child(gauge, *extra).set(value)
+        with self._state_lock:
+            old, self.model_version = self.model_version, version
+            if version == old:
+                return
+            for (gauge, *extra), value in self._state.items():
+                gauge.remove(old, self.arm, *extra)
+                self._children.pop((gauge, old, *extra), None)
+                self._child(gauge, *extra).set(value)
 
     def _set_state(self, gauge: Any, value: float, *extra: str) -> None:
-        self._state[(gauge, *extra)] = value
-        self._child(gauge, *extra).set(value)
+        with self._state_lock:  # else a value set meanwhile could be overwritten, or land on the old version's series
+            self._state[(gauge, *extra)] = value
+            self._child(gauge, *extra).set(value)
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         status = str(code)

@@ -125,7 +125,8 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     for i, status in enumerate((grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)):
         monitoring.refuse = (status, "Project not found" if status == grpc.StatusCode.NOT_FOUND else "unavailable")
         # Another run on newly published content (the same drift triggers once: its own test is in test_monitor_pipeline)
-        again = pipeline.decide(dev, {**run, "airflow_run_id": f"r{i}", "contents": [f"a{i}", f"b{i}"]}, reported)
+        again = pipeline.decide(dev, {**run, "airflow_run_id": f"r{i}"}, {**reported, "contents": [f"a{i}", f"b{i}"]},
+                                emits=True)
         assert again["retrain"] is True, "a metric that could not be written held back the retrain"
         assert "cloud_metric_not_written" in sent[-1][1]
     assert len(sent) == 3

@@ -1,5 +1,5 @@
-"""A drift triggers retraining once: decide() records each month's trigger (against a version, on the month's
-published content) in the lake, and another run that finds it neither alerts nor retrains again, while a retry of
+"""A drift triggers retraining once: the DAG's decide() records each month's trigger (against a version, on the
+content measured) in the lake, and another run that finds it neither alerts nor retrains again, while a retry of
 the run that recorded it still emits its event (without a second alert). Every features publish of a month, a
 re-publish of the same content included, starts monitor_drift, and each run alerted and retrained again."""
 
@@ -16,12 +16,16 @@ from tenfold.pipelines import monitor_drift as pipeline
 
 SUMMARIES = ({"month": "2013-07", "decision": "ok", "max_psi": 0.12, "triggered": []},
              {"month": "2013-08", "decision": "retrain", "max_psi": 0.41, "triggered": ["distance"]})
-REPORTED = {"summaries": SUMMARIES, "json_uris": ("a", "b"), "html_uris": ("a.html", "b.html")}
+REPORTED = {"summaries": SUMMARIES, "json_uris": ("a", "b"), "html_uris": ("a.html", "b.html"), "contents": ("c07", "c08")}
 
 
-def _run(run_id: str, contents: tuple[str, str] = ("c07", "c08"), version: str = "v1") -> dict[str, Any]:
+def _run(run_id: str, version: str = "v1") -> dict[str, Any]:
     return {"run_key": run_id, "airflow_run_id": run_id, "months": ["2013-07", "2013-08"], "version": version,
-            "version_ref": "champion", "work_dir": "/tmp/unused", "contents": list(contents)}
+            "version_ref": "champion", "work_dir": "/tmp/unused"}
+
+
+def _measured_on(*contents: str) -> dict[str, Any]:
+    return {**REPORTED, "contents": contents}
 
 
 @pytest.fixture
@@ -34,24 +38,34 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path, sent: list[Any]) -> None:
     settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
 
-    first = pipeline.decide(settings, _run("run-a"), REPORTED)
+    # A run outside Airflow (python -m tenfold.pipelines.monitor_drift) emits no event: it alerts, records nothing.
+    manual = pipeline.decide(settings, _run("manual"), REPORTED)
+    assert manual["retrain"] is True and len(sent) == 1
+    assert not list((tmp_path / "home").rglob("triggered-*.json")), "a run that started no retraining held it back"
+    sent.clear()
+
+    first = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
     assert first["retrain"] is True and first["months"] == ["2013-08"] and len(sent) == 1
     assert sent[0][1]["months"] == "2013-08"
 
     # The same run again (a retry after its first attempt died, or a clear): the event again, no second alert.
-    retry = pipeline.decide(settings, _run("run-a"), REPORTED)
+    retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
     assert retry["retrain"] is True and len(sent) == 1
 
     # Another run on the same content (a re-publish of the month, a manual rerun): no alert, no retrain.
-    other = pipeline.decide(settings, _run("run-b"), REPORTED)
+    other = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True)
     assert other["retrain"] is False and len(sent) == 1
     assert other["already_triggered"] == {"2013-08": "run-a"}
     assert other["max_psi"] == 0.0  # nothing triggers: the cloud's drift alert must not page for it
 
     # Newly published content of the month, or another version, drifting: a new trigger.
-    republished = pipeline.decide(settings, _run("run-c", contents=("c07", "c08-new")), REPORTED)
+    republished = pipeline.decide(settings, _run("run-c"), _measured_on("c07", "c08-new"), emits=True)
     assert republished["retrain"] is True and len(sent) == 2
-    assert pipeline.decide(settings, _run("run-d", version="v2"), REPORTED)["retrain"] is True and len(sent) == 3
+    assert pipeline.decide(settings, _run("run-d", version="v2"), REPORTED, emits=True)["retrain"] is True
+    assert len(sent) == 3
+    # A run measured before the content was recorded (its XCom has none) is neither held back nor recorded.
+    legacy = {k: v for k, v in REPORTED.items() if k != "contents"}
+    assert pipeline.decide(settings, _run("run-e"), legacy, emits=True)["retrain"] is True and len(sent) == 4
 
     recorded = sorted(p.name for p in (tmp_path / "home").rglob("triggered-*.json"))
     assert recorded == ["triggered-v1-c08-new.json", "triggered-v1-c08.json", "triggered-v2-c08.json"], recorded
@@ -70,5 +84,34 @@ def test_the_score_written_is_that_of_what_triggers(tmp_path: Path, sent: list[A
              {"month": "2013-08", "decision": "ok", "max_psi": 0.05, "triggered": []})
     decision = pipeline.decide(settings, _run("run-a"), {**REPORTED, "summaries": noisy})
     assert decision["retrain"] is False and written == [0.0] and not sent
-    pipeline.decide(settings, _run("run-b"), {**REPORTED, "summaries": (noisy[0], SUMMARIES[1])})
+    pipeline.decide(settings, _run("run-b"), {**REPORTED, "summaries": (noisy[0], SUMMARIES[1])}, emits=True)
     assert written[-1] == 0.41
+
+
+def test_of_two_runs_recording_the_same_drift_at_once_only_one_retrains(tmp_path: Path, sent: list[Any],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both looked and found no record; the one whose create-if-absent loses does not retrain (it alerted)."""
+    import tenfold.storage
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    real = tenfold.storage.lake_objects
+
+    class RacedBy:
+        """The lake's objects, where run-a records the same trigger right after this run looked."""
+
+        def __init__(self, objects: Any) -> None:
+            self.objects, self.looked = objects, False
+
+        def get(self, name: str) -> bytes | None:
+            found = self.objects.get(name)
+            if not self.looked:
+                self.looked = True
+                self.objects.create(name, b'{"run": "run-a"}')
+            return found
+
+        def create(self, name: str, data: bytes) -> bool:
+            return bool(self.objects.create(name, data))
+
+    monkeypatch.setattr(tenfold.storage, "lake_objects", lambda s, prefix: RacedBy(real(s, prefix)))
+    decision = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True)
+    assert decision["retrain"] is False and decision["already_triggered"] == {"2013-08": "run-a"}

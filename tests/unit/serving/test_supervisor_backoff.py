@@ -165,7 +165,8 @@ def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(s
 def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die V2_LIFETIME s
     after they start (a version that loads, passes its health check, then crashes under its first requests), or,
-    with V2_FAIL_ONCE, whose second v2 replica exits at once (a transient failure) and the others live."""
+    with V2_FAIL_ONCE, whose second v2 replica exits at once (a transient failure) and the others live, or with
+    V2_FIRST_DIES, whose first v2 replica dies V2_LIFETIME s after it starts and the others live."""
     code = ("import os, sys, time\n"
             "version = sys.argv[sys.argv.index('--model') + 1]\n"
             "v2 = version == 'v2'\n"
@@ -174,6 +175,11 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
             "    open(count, 'w').write(str(n))\n"
             "    sys.exit(1 if n == 2 else time.sleep(600))\n"
+            "if v2 and os.environ.get('V2_FIRST_DIES'):\n"
+            "    count = os.environ['V2_FIRST_DIES']\n"
+            "    n = int(open(count).read()) + 1 if os.path.exists(count) else 1\n"
+            "    open(count, 'w').write(str(n))\n"
+            "    os.environ['V2_LIFETIME'] = os.environ['V2_LIFETIME'] if n == 1 else '600'\n"
             "if version == 'v1' and os.path.exists(os.environ['V1_DIES']):\n"
             "    time.sleep(0.5)\n"
             "    sys.exit(1)\n"
@@ -366,3 +372,39 @@ def test_a_roll_after_the_old_version_failed_does_not_wait_for_the_failure_to_se
         with contextlib.suppress(LocalPlatformError):
             rolling.tick()
         time.sleep(0.05)
+
+
+def test_a_lookups_reload_during_a_held_roll_keeps_the_working_version_serving(rolling: Any, tmp_path: Path) -> None:
+    """A roll to v2 is held (the first v2 dies 3.5 s after it starts: after min_ready_s, so it replaced one v1
+    replica, and then failed); the lookups change (the demo reloads them every month) while v2 replicas on the older
+    lookups serve. Those were counted as old replicas ready to serve, the back-off was reset by the change, and the
+    last v1 replica was drained at once, for a version that failed."""
+    rolling.env["V2_LIFETIME"] = "3.5"
+    rolling.env["V2_FIRST_DIES"] = str(tmp_path / "v2-starts")
+    _pool_up(rolling)
+    _roll_to(rolling, "v2")
+    until = time.monotonic() + 20
+    while not any("after it entered rotation" in line for line in rolling.lines):
+        assert time.monotonic() < until, "v2 never failed:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    failed_at = time.monotonic()
+    while not any(r.version == "v2" and r.admitted_at is not None and r.admitted_at > failed_at
+                  for r in rolling.pool_replicas("stable", fleet.SERVING)):
+        assert time.monotonic() < until, "v2 was never admitted again:\n" + "\n".join(rolling.lines)
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        time.sleep(0.05)
+    assert _old_serving(rolling) >= 1
+    spec = fleet.FleetSpec(rolling.spec.generation + 1,
+                           {**rolling.spec.pools, "stable": fleet.PoolSpec("v2", 2, 2, lookups="2013-08")})
+    (rolling.run_dir / fleet.SPEC_FILE).write_text(spec.to_json())
+    rolling._spec_mtime = 0.0
+    fewest, until = 2, time.monotonic() + 12
+    while time.monotonic() < until:
+        with contextlib.suppress(LocalPlatformError):
+            rolling.tick()
+        fewest = min(fewest, _old_serving(rolling))
+        time.sleep(0.05)
+    assert fewest >= 1, "the lookups reload drained every v1 replica:\n" + "\n".join(rolling.lines)
