@@ -434,6 +434,10 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, p.table, p.train_parts)
     holdout_refs = partition_refs(lake, p.table, p.holdout_parts)
+    # Again after the manifests lineage names were read (the download above can be long): a re-publish before the
+    # read is refused here, and one after it leaves lineage naming what was planned.
+    _check_holdout(lake, p)
+    _check_training_window(lake, p)
     lineage = Lineage(
         feature_table=p.table,
         train_partitions=tuple(train_refs),
@@ -532,8 +536,17 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
         if not recorded["promote"] or not _may_mark_challenger(reg, version, p):
             return result(recorded)
+        if first:
+            # Promoted, then died before marking it challenger: a run since may have evaluated against it and set
+            # its own challenger, which this retry must not take back (with none set, it marks its own).
+            try:
+                reg.set_alias(CHALLENGER, version, expected=None, reason=f"run {p.airflow_run_id}",
+                              details={"run": p.airflow_run_id})
+            except AliasConflict:
+                log.info("challenger is %s's since: left as it is", reg.resolve(CHALLENGER))
+            return result(recorded)
         reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
-        return result(recorded, canary=not first)
+        return result(recorded, canary=True)
     if current != evaluated_version:
         raise AliasConflict(
             f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "

@@ -411,3 +411,33 @@ def test_a_holdout_republished_while_the_models_are_scored_or_before_register_is
     with pytest.raises(pipeline.PipelineError, match="holdout partitions"):
         pipeline.register(gate_settings, planned, trained, evaluation)
     assert len(ModelRegistry(gate_settings).list_versions()) == 1  # the first run's only
+
+
+def test_a_first_run_retried_after_dying_between_promote_and_challenger_leaves_a_later_challenger_alone(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run A promotes the first model and dies before marking it challenger; run B then evaluates against it,
+    passes and becomes challenger; A's gate is retried. It must not take the challenger back from B (its version
+    is the champion already)."""
+    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
+    trained_a = model(tmp_path, 0.70)
+    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
+    reg_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    real = ModelRegistry.set_alias
+
+    def dies_before_challenger(self: ModelRegistry, alias: str, version: str, **kwargs: Any) -> Any:
+        if alias == CHALLENGER:
+            raise RuntimeError("the worker died")
+        return real(self, alias, version, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "set_alias", dies_before_challenger)
+    with pytest.raises(RuntimeError, match="died"):
+        pipeline.gate(gate_settings, planned_a, ev_a, reg_a)
+    monkeypatch.setattr(ModelRegistry, "set_alias", real)
+    reg = ModelRegistry(gate_settings)
+    assert reg.resolve(CHAMPION) == reg_a.version and reg.resolve(CHALLENGER) is None
+
+    _, reg_b, decision_b = run(gate_settings, "manual__b", model(tmp_path, 0.80))
+    assert decision_b["promote"] and reg.resolve(CHALLENGER) == reg_b.version
+    pipeline.gate(gate_settings, planned_a, ev_a, reg_a)  # A's task retried
+    assert reg.resolve(CHALLENGER) == reg_b.version, "the retry took the challenger back from a later run"
+    assert reg.resolve(CHAMPION) == reg_a.version
