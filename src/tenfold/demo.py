@@ -148,10 +148,16 @@ def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
 
 
 def task_state(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> str | None:
+    """The task's state in that run (None when Airflow cannot say: the caller goes on as if unknown)."""
     import urllib.parse
 
+    from tenfold.local.airflow_api import AirflowApiError
+
     path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-    state = api._send("GET", path).get("state")
+    try:
+        state = (api._send("GET", path) or {}).get("state")
+    except AirflowApiError:
+        return None
     return str(state) if state is not None else None
 
 
