@@ -89,6 +89,25 @@ def _tick_for(sup: Any, seconds: float) -> None:
         time.sleep(0.05)
 
 
+def _tick_until(sup: Any, done: Any, seconds: float, what: str) -> None:
+    """Tick (as the supervisor's loop does: a failed tick goes on) until ``done()``; fail naming ``what``."""
+    until = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < until, f"{what}:\n" + "\n".join(sup.lines)
+        with contextlib.suppress(LocalPlatformError):
+            sup.tick()
+        time.sleep(0.05)
+
+
+def _rolled(sup: Any, version: str) -> bool:
+    return (all(r.version == version for r in sup.pool_replicas("stable"))
+            and len(sup.pool_replicas("stable", fleet.SERVING)) == 2)
+
+
+def _pool_up(sup: Any) -> None:
+    _tick_until(sup, lambda: _old_serving(sup) >= 2, 15, "the v1 pool never came up")
+
+
 def _delays(lines: list[str], what: str) -> list[float]:
     """The back-off delays the supervisor announced ("...; retrying in 1.0 s") on its lines about ``what``."""
     return [float(m.group(1)) for line in lines if what in line and (m := re.search(r"retrying in ([0-9.]+) s", line))]
@@ -215,11 +234,7 @@ def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas
         rolling: Any, monkeypatch: pytest.MonkeyPatch, lifetime: float, settled_s: float) -> None:
     rolling.env["V2_LIFETIME"] = str(lifetime)
     monkeypatch.setattr(fleet, "SETTLED_S", settled_s)
-    until = time.monotonic() + 15
-    while _old_serving(rolling) < 2:
-        assert time.monotonic() < until, "the v1 pool never came up"
-        rolling.tick()
-        time.sleep(0.05)
+    _pool_up(rolling)
     if settled_s < 60:  # the old ones have served settled_s (the v2 ones die sooner after entering rotation)
         time.sleep(settled_s)
         rolling.tick()
@@ -245,19 +260,9 @@ def test_a_roll_whose_new_replica_fails_once_still_completes(rolling: Any, monke
     while one that entered rotation before the failure could not count)."""
     monkeypatch.setattr(fleet, "SETTLED_S", 3.0)
     rolling.env["V2_FAIL_ONCE"] = str(tmp_path / "v2-starts")
-    until = time.monotonic() + 15
-    while _old_serving(rolling) < 2:
-        assert time.monotonic() < until, "the v1 pool never came up"
-        rolling.tick()
-        time.sleep(0.05)
+    _pool_up(rolling)
     _roll_to(rolling, "v2")
-    until = time.monotonic() + 30
-    while not (all(r.version == "v2" for r in rolling.pool_replicas("stable"))
-               and len(rolling.pool_replicas("stable", fleet.SERVING)) == 2):
-        assert time.monotonic() < until, "the roll never completed:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
+    _tick_until(rolling, lambda: _rolled(rolling, "v2"), 30, "the roll never completed")
     # The second v2 replica exited (while starting, or just after the stub API admitted it: either is a failure the
     # pool backs off from), so the roll took a third start.
     assert int((tmp_path / "v2-starts").read_text()) >= 3, "\n".join(rolling.lines)
@@ -272,11 +277,7 @@ def test_a_crash_looping_replica_beside_a_long_serving_one_backs_off(rolling: An
     import signal
 
     monkeypatch.setattr(fleet, "SETTLED_S", 1.0)
-    until = time.monotonic() + 15
-    while _old_serving(rolling) < 2:
-        assert time.monotonic() < until, "the v1 pool never came up"
-        rolling.tick()
-        time.sleep(0.05)
+    _pool_up(rolling)
     time.sleep(1.5)  # both have served SETTLED_S
     rolling.tick()
     (tmp_path / "v1-dies").write_text("")  # from now on a v1 replica that starts dies 0.5 s in
@@ -295,11 +296,7 @@ def test_a_crash_looping_replica_beside_a_long_serving_one_backs_off(rolling: An
 def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling: Any) -> None:
     """After HAProxy restarts, every replica re-enters through its health check (STARTING again); the roll
     stopped old ones in that state as if they had never served ("superseded"), all at once."""
-    until = time.monotonic() + 15
-    while _old_serving(rolling) < 2:
-        assert time.monotonic() < until, "the v1 pool never came up"
-        rolling.tick()
-        time.sleep(0.05)
+    _pool_up(rolling)
     _roll_to(rolling, "v3")  # a version whose replicas live: a normal roll
     rolling.tick()
     for r in rolling.pool_replicas("stable"):  # what _ensure_haproxy does to each replica after a restart
@@ -308,14 +305,6 @@ def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling
     rolling.tick()
     stopped = [r for r in rolling.replicas if r.version == "v1" and r.state == fleet.STOPPING]
     assert stopped == [], [(r.version, r.state) for r in rolling.replicas]
-
-
-def _pool_up(sup: Any) -> None:
-    until = time.monotonic() + 15
-    while _old_serving(sup) < 2:
-        assert time.monotonic() < until, "the v1 pool never came up"
-        sup.tick()
-        time.sleep(0.05)
 
 
 def test_a_replica_killed_long_after_admission_is_no_failure_even_after_an_haproxy_restart_rechecked_it(
@@ -353,25 +342,12 @@ def test_a_roll_after_the_old_version_failed_does_not_wait_for_the_failure_to_se
     _pool_up(rolling)
     (tmp_path / "v1-dies").write_text("")  # from now on a v1 replica that starts dies 0.5 s in
     os.kill(rolling.pool_replicas("stable", fleet.SERVING)[1].record.pid, signal.SIGKILL)
-    until = time.monotonic() + 10
-    while not any("after it entered rotation" in line for line in rolling.lines):
-        assert time.monotonic() < until, "the v1 replacement never failed:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
-    while _old_serving(rolling) < 2:  # the next doomed v1 replacement is in rotation: roll now
-        assert time.monotonic() < until, "the v1 replacement never came back:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
+    _tick_until(rolling, lambda: any("after it entered rotation" in line for line in rolling.lines), 10,
+                "the v1 replacement never failed")
+    # The next doomed v1 replacement is in rotation: roll now.
+    _tick_until(rolling, lambda: _old_serving(rolling) >= 2, 10, "the v1 replacement never came back")
     _roll_to(rolling, "v3")  # a version whose replicas live
-    until = time.monotonic() + 20
-    while not (all(r.version == "v3" for r in rolling.pool_replicas("stable"))
-               and len(rolling.pool_replicas("stable", fleet.SERVING)) == 2):
-        assert time.monotonic() < until, "the roll never completed:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
+    _tick_until(rolling, lambda: _rolled(rolling, "v3"), 20, "the roll never completed")
 
 
 def test_a_lookups_reload_during_a_held_roll_keeps_the_working_version_serving(rolling: Any, tmp_path: Path) -> None:
@@ -383,19 +359,12 @@ def test_a_lookups_reload_during_a_held_roll_keeps_the_working_version_serving(r
     rolling.env["V2_FIRST_DIES"] = str(tmp_path / "v2-starts")
     _pool_up(rolling)
     _roll_to(rolling, "v2")
-    until = time.monotonic() + 20
-    while not any("after it entered rotation" in line for line in rolling.lines):
-        assert time.monotonic() < until, "v2 never failed:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
+    _tick_until(rolling, lambda: any("after it entered rotation" in line for line in rolling.lines), 20,
+                "v2 never failed")
     failed_at = time.monotonic()
-    while not any(r.version == "v2" and r.admitted_at is not None and r.admitted_at > failed_at
-                  for r in rolling.pool_replicas("stable", fleet.SERVING)):
-        assert time.monotonic() < until, "v2 was never admitted again:\n" + "\n".join(rolling.lines)
-        with contextlib.suppress(LocalPlatformError):
-            rolling.tick()
-        time.sleep(0.05)
+    _tick_until(rolling, lambda: any(r.version == "v2" and r.admitted_at is not None and r.admitted_at > failed_at
+                                     for r in rolling.pool_replicas("stable", fleet.SERVING)), 20,
+                "v2 was never admitted again")
     assert _old_serving(rolling) >= 1
     spec = fleet.FleetSpec(rolling.spec.generation + 1,
                            {**rolling.spec.pools, "stable": fleet.PoolSpec("v2", 2, 2, lookups="2013-08")})
