@@ -429,13 +429,11 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     """Register the challenger with its metrics and lineage; returns its version id."""
     p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
-    _check_holdout(lake, p)
-    _check_training_window(lake, p)
     model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
     train_refs = partition_refs(lake, p.table, p.train_parts)
     holdout_refs = partition_refs(lake, p.table, p.holdout_parts)
-    # Again after the manifests lineage names were read (the download above can be long): a re-publish before the
-    # read is refused here, and one after it leaves lineage naming what was planned.
+    # After the manifests lineage names were read (not before the download, which can be long): a re-publish before
+    # the read is refused here, and one after it leaves lineage naming what was planned.
     _check_holdout(lake, p)
     _check_training_window(lake, p)
     lineage = Lineage(
