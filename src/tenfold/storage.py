@@ -39,6 +39,14 @@ def gcs_client(settings: Settings) -> storage.Client:
     return storage.Client(project=settings.project_id)
 
 
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b/`` as ``("bucket", "a/b")``: the bucket and the object prefix, without surrounding slashes."""
+    if not uri.startswith("gs://"):
+        raise ValueError(f"{uri!r} is not a gs:// URI")
+    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
 class Objects(Protocol):
     """Named blobs under one root: the little a run store needs from a file system or a bucket."""
 

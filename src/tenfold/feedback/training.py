@@ -199,8 +199,10 @@ def write_training_input(table: pa.Table, folder: str, *, storage_client: Any = 
 
         if storage_client is None:
             raise FeedbackError("writing the feedback training input to gs:// needs a storage client")
-        bucket, _, prefix = folder[len("gs://"):].partition("/")
-        blob_name = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+        from tenfold.storage import split_gs_uri
+
+        bucket, prefix = split_gs_uri(folder)
+        blob_name = f"{prefix}/{name}" if prefix else name
         with contextlib.suppress(PreconditionFailed):  # written by an earlier attempt: same name, same bytes
             storage_client.bucket(bucket).blob(blob_name).upload_from_string(body, if_generation_match=0)
         return f"gs://{bucket}/{blob_name}", digest

@@ -285,14 +285,14 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
         if not (path / META_FILE).is_file():
             raise PipelineError(f"{path} holds no trained model (no {META_FILE}): the train step did not finish; re-run it")
         return path
-    from tenfold.storage import gcs_client
+    from tenfold.storage import gcs_client, split_gs_uri
 
     client = storage_client or gcs_client(settings)
-    bucket, _, prefix = model_ref[len("gs://"):].partition("/")
+    bucket, prefix = split_gs_uri(model_ref)
     tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     count = 0
-    for blob in client.list_blobs(bucket, prefix=prefix.rstrip("/") + "/"):
-        target = tmp / blob.name[len(prefix.rstrip("/")) + 1:]
+    for blob in client.list_blobs(bucket, prefix=f"{prefix}/"):
+        target = tmp / blob.name[len(prefix) + 1:]
         target.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(target))
         count += 1
@@ -464,11 +464,11 @@ def _keep_profile(settings: Settings, model_ref: str, model_dir: Path, *, storag
     one written."""
     from google.api_core.exceptions import PreconditionFailed
 
-    from tenfold.storage import gcs_client
+    from tenfold.storage import gcs_client, split_gs_uri
 
     client = storage_client or gcs_client(settings)
-    bucket, _, prefix = model_ref[len("gs://"):].partition("/")
-    blob = client.bucket(bucket).blob(f"{prefix.rstrip('/')}/{REFERENCE_PROFILE_FILE}")
+    bucket, prefix = split_gs_uri(model_ref)
+    blob = client.bucket(bucket).blob(f"{prefix}/{REFERENCE_PROFILE_FILE}")
     local = model_dir / REFERENCE_PROFILE_FILE
     try:
         blob.upload_from_filename(str(local), if_generation_match=0)
