@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,11 @@ class ProcessRecord:
     cmdline: list[str]
     port: int
     log: str
+    # Which boot of the machine it was started in (a pid file outlives a reboot or a container restart), and the
+    # value of MARKER_ENV its process group inherited: what tells its orphans from a stranger's group that took its
+    # recycled pid as group id. Empty in records written before either was kept.
+    boot_id: str = ""
+    marker: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -69,6 +75,22 @@ def started(proc: psutil.Process) -> float:
     # The fields after it start at field 3 (state); field 22 is the start time in clock ticks.
     fields = stat[stat.rindex(b")") + 2:].split()
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+# Every process start() starts, and all it forks, carries a marker of its own in this environment variable.
+MARKER_ENV = "TENFOLD_PROCESS_MARKER"
+
+
+def boot_id() -> str:
+    """This boot of the machine (Linux; empty elsewhere)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _other_boot(record: ProcessRecord) -> bool:
+    return bool(record.boot_id) and record.boot_id != boot_id()
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -116,6 +138,8 @@ def read_record(run_dir: Path, name: str) -> ProcessRecord | None:
 
 def _process_of(record: ProcessRecord) -> psutil.Process | None:
     """The live process the record describes, or None when it exited or the pid was recycled."""
+    if _other_boot(record):
+        return None  # its start time counts from another boot: a process of this one may match it by chance
     try:
         proc = psutil.Process(record.pid)
         if abs(started(proc) - record.create_time) > 0.005:
@@ -150,6 +174,7 @@ def start(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_file(run_dir, name)
+    marker = uuid.uuid4().hex
     with open(log_path, "ab") as log:
         try:
             popen = subprocess.Popen(
@@ -157,7 +182,7 @@ def start(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
+                env={**(os.environ if env is None else env), MARKER_ENV: marker},
                 cwd=cwd,
                 start_new_session=True,  # its own process group: stop() kills children with it
             )
@@ -166,7 +191,8 @@ def start(
     try:
         proc = psutil.Process(popen.pid)
         record = ProcessRecord(
-            name=name, pid=popen.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port, log=str(log_path)
+            name=name, pid=popen.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port, log=str(log_path),
+            boot_id=boot_id(), marker=marker,
         )
     except psutil.NoSuchProcess as exc:  # zombies included: it exited before we could look at it
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -230,19 +256,36 @@ def _start_watchdog(record: ProcessRecord) -> None:
 _reapers: list[subprocess.Popen[bytes]] = []
 
 
-def _orphans(record: ProcessRecord) -> list[psutil.Process]:
+def _orphans(record: ProcessRecord) -> tuple[list[psutil.Process], bool]:
     """Live members of the group ``record`` led, once its leader is gone (e.g. Airflow's scheduler after
-    the standalone process crashed). The kernel never reuses a pid while a group still carries it as
-    its id, so members of a group whose id is our dead leader's pid can only be ours."""
+    the standalone process crashed), and whether they are the whole group.
+
+    The kernel never reuses a pid while a group still carries it as its id; but once our group is empty, the
+    pid can be recycled, and a stranger's launcher can make it the id of a group that outlives the launcher
+    (``setsid``, then exit). So a member counts as ours only when it carries our marker in its environment
+    (records from before markers: any member), and nothing of a record from another boot is ours."""
+    if _other_boot(record):
+        return [], False
     try:
         leader = psutil.Process(record.pid)
         if abs(started(leader) - record.create_time) > 0.005:
-            return []  # the pid now names another process: not our group
+            return [], False  # the pid now names another process: not our group
     except psutil.NoSuchProcess:
         pass
     except psutil.AccessDenied:
-        return []
-    return [p for p in _group_members(record.pid) if p.pid != record.pid and _alive(p)]
+        return [], False
+    everyone = [p for p in _group_members(record.pid) if p.pid != record.pid and _alive(p)]
+    ours = [p for p in everyone if _carries(p, record.marker)]
+    return ours, len(ours) == len(everyone)
+
+
+def _carries(p: psutil.Process, marker: str) -> bool:
+    if not marker:
+        return True
+    try:
+        return p.environ().get(MARKER_ENV) == marker
+    except psutil.Error:
+        return False
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -254,7 +297,7 @@ def _alive(p: psutil.Process) -> bool:
 
 def is_group_running(record: ProcessRecord) -> bool:
     """True while the recorded process, or any process left in its group, is alive."""
-    return is_running(record) or bool(_orphans(record))
+    return is_running(record) or bool(_orphans(record)[0])
 
 
 def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
@@ -270,8 +313,8 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
         group = pgid if pgid == proc.pid else None
         members = _group_members(proc.pid) if group is not None else [proc]
     else:
-        members = _orphans(record)
-        group = record.pid if members else None
+        members, whole = _orphans(record)
+        group = record.pid if members and whole else None  # a group with a stranger in it gets no killpg
     # Descendants that left the group (Airflow runs each task in a group of its own; spark-submit and torchrun
     # run in sessions of their own) are collected now, while the parent links still lead to them.
     strays = [p for p in _descendants(members) if p.pid not in {m.pid for m in members}]
@@ -373,8 +416,14 @@ def wait_until(
 
 
 def log_tail(path: str | Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log (read from its end: a log can be large)."""
     try:
-        text = Path(path).read_text(errors="replace")
+        with open(path, "rb") as log:
+            start = max(0, log.seek(0, os.SEEK_END) - 256 * lines - 4096)
+            log.seek(start)
+            if start:
+                log.readline()  # the rest of a line that began before the part read
+            text = log.read().decode(errors="replace")
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])

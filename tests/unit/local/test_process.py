@@ -134,6 +134,37 @@ def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path
     assert not process.is_group_running(record)
 
 
+def test_a_stale_pid_file_never_adopts_a_strangers_group_that_took_the_recycled_pid(tmp_path):
+    """A pid file outlives its service (a reboot, a container restart, a crash of its whole group). Its pid can
+    then be recycled by a launcher that makes itself a group leader, starts a daemon and exits (``setsid``): the
+    daemon's group id is the recorded pid. `up` and `down` must see nothing of ours there, and kill nothing."""
+    # The launcher leads a session of its own, starts the daemon in it and exits; reaped here, its pid is free.
+    launcher = subprocess.Popen(["sh", "-c", f"sleep 300 & echo $! > {tmp_path}/daemon.pid; exit 0"],
+                                start_new_session=True)
+    launcher.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "daemon.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    daemon = psutil.Process(int((tmp_path / "daemon.pid").read_text()))
+    try:
+        group = os.getpgid(daemon.pid)
+        assert group == launcher.pid and not psutil.pid_exists(group)
+        ours = process.start("svc", ["sleep", "300"], run_dir=tmp_path / "run", port=1)
+        process.stop(ours, timeout=5)
+        # What `svc.pid` said when the service ran under that pid, in this boot or in an earlier one.
+        stale = dataclasses.replace(ours, pid=group, create_time=ours.create_time - 1)
+
+        def adopts_nothing(record: process.ProcessRecord) -> None:
+            assert not process.is_group_running(record)
+            assert process.stop(record, timeout=2) is False
+            assert daemon.is_running() and daemon.status() != psutil.STATUS_ZOMBIE
+
+        adopts_nothing(stale)
+        adopts_nothing(dataclasses.replace(stale, marker="", boot_id="an-earlier-boot"))
+    finally:
+        daemon.kill()
+
+
 def test_a_clock_step_does_not_make_a_running_process_look_gone(tmp_path, monkeypatch):
     """psutil's create time on Linux is boot time + ticks, and the boot time of /proc/stat moves when the
     wall clock is stepped (NTP): identity must not depend on it, or a starting service "exits"."""
@@ -171,3 +202,14 @@ def test_stop_takes_down_descendants_that_left_the_group(tmp_path):
     assert process.stop(record, timeout=5) is True
     left = [c.cmdline() for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"still running after stop: {left}"
+
+
+def test_log_tail_reads_the_end_of_a_large_log_whole_lines_only(tmp_path):
+    """A failing service's message quotes its log's last lines; a log of hours is read from its end."""
+    log = tmp_path / "svc.log"
+    log.write_text("".join(f"line {i} {'x' * (i % 300)}\n" for i in range(50_000)))
+    expected = log.read_text().splitlines()[-8:]
+    assert process.log_tail(log, 8).splitlines() == expected
+    assert process.log_tail(log, 400).splitlines()[-8:] == expected
+    assert all(line.startswith("line ") for line in process.log_tail(log, 400).splitlines())
+    assert process.log_tail(tmp_path / "absent.log") == "(no log)"
