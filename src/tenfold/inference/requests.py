@@ -126,6 +126,9 @@ def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = 
     if not RECORD_NAME.match(attributes[REQUEST_ID]):
         raise RequestError(f"attribute request_id={attributes[REQUEST_ID][:80]!r} is not a request id (letters, digits, "
                            "'_', '-', '.', at most 128): publish requests with tenfold.inference.publish")
+    if not RECORD_NAME.match(attributes[RUN]):
+        raise RequestError(f"attribute run={attributes[RUN][:80]!r} is not a run key (letters, digits, '_', '-', '.', "
+                           "at most 128): publish requests with tenfold.inference.publish")
     request = ScoringRequest(run=attributes[RUN], request_id=attributes[REQUEST_ID], partition=attributes[PARTITION],
                              model_version=attributes[MODEL_VERSION], rows=rows)
     request.require(columns)

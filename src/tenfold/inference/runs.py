@@ -31,13 +31,12 @@ from tenfold.inference.requests import (
     MODEL_VERSION,
     PARTITION,
     ROWS,
-    RUN,
     batch_count,
     plan_batches,
     record_id,
     request_id,
 )
-from tenfold.inference.store import RunStore, work_objects
+from tenfold.inference.store import UNKNOWN_RUN, RunStore, message_store, work_objects
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -144,32 +143,25 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
             if not resp.received_messages:
                 break
             acks = []
-            for rm in resp.received_messages:
-                msg = rm.message
-                attrs = dict(msg.attributes)
-                rid = record_id(attrs, msg.message_id)
-                run = attrs.get(RUN) or "unknown-run"
-                try:
-                    store = RunStore(objects, run)
-                except ValueError:
-                    store = RunStore(objects, "unknown-run")
-                error = store.error(rid) or {}
-                before = store.dead_letter(rid) or {}
-                # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
-                attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
-                store.put_dead_letter(rid, {
-                    "request_id": rid, "run": store.run, "partition": attrs.get(PARTITION),
-                    "model_version": attrs.get(MODEL_VERSION), "rows": _whole(attrs.get(ROWS)),
-                    "message_id": msg.message_id, "attributes": attrs,
-                    "data_base64": base64.b64encode(bytes(msg.data)).decode(),
-                    "delivery_attempts": attempts, "max_delivery_attempts": sub.max_delivery_attempts,
-                    "error": error.get("error"), "dead_lettered_at": time.time(),
-                    "times_dead_lettered": (_whole(before.get("times_dead_lettered")) or 0) + 1,
-                    "replays": before.get("replays", []), "replayed": False,
-                })
-                seen.append((store.run, rid))
-                acks.append(rm.ack_id)
-            client.acknowledge(request={"subscription": path, "ack_ids": acks}, retry=None)
+            try:
+                for rm in resp.received_messages:
+                    msg = rm.message
+                    attrs = dict(msg.attributes)
+                    rid = record_id(attrs, msg.message_id)
+                    store = message_store(objects, attrs)  # unknown-run's folder when attribute run cannot name one
+                    try:
+                        _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)
+                    except Exception as exc:  # this message's record only: kept under a name that is always safe
+                        log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
+                                      rid, store.run, msg.message_id, UNKNOWN_RUN)
+                        store, rid = RunStore(objects, UNKNOWN_RUN), f"message-{msg.message_id}"
+                        _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts,
+                                            recording_error=f"{type(exc).__name__}: {exc}")
+                    seen.append((store.run, rid))
+                    acks.append(rm.ack_id)
+            finally:  # what was recorded is acknowledged, even when a later message could not be (it comes again)
+                if acks:
+                    client.acknowledge(request={"subscription": path, "ack_ids": acks}, retry=None)
     finally:
         if subscriber is None:
             client.close()
@@ -177,6 +169,25 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
         log.warning("request %s of run %s was dead-lettered after %d deliveries: see `tenfold dlq inspect --run %s`",
                     rid, run, sub.max_delivery_attempts, run)
     return seen
+
+
+def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, str], max_delivery_attempts: int,
+                        **extra: Any) -> None:
+    """Write the dead-letter record of ``msg`` (see :func:`drain_dead_letters`) as ``rid`` of ``store``'s run."""
+    error = store.error(rid) or {}
+    before = store.dead_letter(rid) or {}
+    # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
+    attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
+    store.put_dead_letter(rid, {
+        "request_id": rid, "run": store.run, "partition": attrs.get(PARTITION),
+        "model_version": attrs.get(MODEL_VERSION), "rows": _whole(attrs.get(ROWS)),
+        "message_id": msg.message_id, "attributes": attrs,
+        "data_base64": base64.b64encode(bytes(msg.data)).decode(),
+        "delivery_attempts": attempts, "max_delivery_attempts": max_delivery_attempts,
+        "error": error.get("error"), "dead_lettered_at": time.time(),
+        "times_dead_lettered": (_whole(before.get("times_dead_lettered")) or 0) + 1,
+        "replays": before.get("replays", []), "replayed": False, **extra,
+    })
 
 
 @dataclass(frozen=True)

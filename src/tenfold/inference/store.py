@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tenfold.inference.requests import RECORD_NAME
+from tenfold.inference.requests import RECORD_NAME, RUN
 from tenfold.storage import FileObjects, GcsObjects, Objects, lake_objects
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 RESULTS = "results"
 ERRORS = "errors"
 DEAD_LETTERS = "dead_letters"
+# Where a delivery whose ``run`` attribute names no usable folder is recorded (see :func:`message_store`).
+UNKNOWN_RUN = "unknown-run"
 
 
 def work_objects(settings: Settings, *, client: Any = None) -> Objects:
@@ -83,6 +86,15 @@ class RunStore:
 
     def dead_letter_ids(self) -> list[str]:
         return [n.removesuffix(".json") for n in self.objects.names(self._n(DEAD_LETTERS)) if n.endswith(".json")]
+
+
+def message_store(objects: Objects, attributes: Mapping[str, str]) -> RunStore:
+    """The folder of the run a delivery's ``run`` attribute names, or :data:`UNKNOWN_RUN`'s when it names none or
+    one that cannot name a folder (too long, ``/``, ``..``, characters a file or object name cannot hold), as
+    :func:`~tenfold.inference.requests.record_id` does for request ids: a message is often a dead letter *because*
+    its attributes are wrong, and must still be recorded (its attributes are kept in the record)."""
+    run = attributes.get(RUN) or ""
+    return RunStore(objects, run if RECORD_NAME.match(run) else UNKNOWN_RUN)
 
 
 def run_keys(objects: Objects) -> list[str]:

@@ -82,17 +82,14 @@ class Worker:
         from tenfold.inference import faults
         from tenfold.inference.requests import REQUEST_ID, RUN, RequestError, decode, record_id
         from tenfold.inference.scoring import ScoringError, score_rows
-        from tenfold.inference.store import RunStore
+        from tenfold.inference.store import message_store
 
         attempt = int(message.delivery_attempt or 1)
         attrs = dict(message.attributes)
         rid = record_id(attrs, message.message_id)
-        run = attrs.get(RUN) or "unknown-run"
         self._count(received=1)
-        try:
-            store = RunStore(self.objects, run)
-        except ValueError:
-            store = RunStore(self.objects, "unknown-run")
+        store = message_store(self.objects, attrs)  # unknown-run's folder when attribute run cannot name one
+        run = store.run
         try:
             if attrs.get(REQUEST_ID) and attrs.get(RUN) and store.has_result(rid):
                 log.info("request %s of run %s: result already written (delivery %d); acknowledging", rid, run, attempt)

@@ -54,6 +54,8 @@ def test_a_compressed_body_decodes_to_the_same_rows_without_options(compression:
     (None, {"rows": "x"}, "not a whole number"),
     (None, {"request_id": "../../escape"}, "is not a request id"),
     (None, {"request_id": "x" * 300}, "is not a request id"),
+    (None, {"run": "x" * 300}, "is not a run key"),
+    (None, {"run": "../escape"}, "is not a run key"),
 ])
 def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message) -> None:
     good = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=pa.table({"k": [1, 2]}))
@@ -181,3 +183,64 @@ def test_a_dead_letter_whose_request_id_cannot_name_a_file_is_recorded_and_acked
     assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
     record = RunStore(objects, "run-1").dead_letter("message-102")
     assert record is not None and record["attributes"]["request_id"] == "x" * 300  # what it said is kept
+
+
+class _DeadLetterSubscriber:
+    """The dead-letter subscription's client: one batch of ``messages`` (attributes, message id, ack id), then none."""
+
+    def __init__(self, data: bytes, *messages: tuple[dict[str, str], str, str]) -> None:
+        from types import SimpleNamespace
+
+        self.batches = [[SimpleNamespace(ack_id=ack, message=SimpleNamespace(attributes=attrs, data=data, message_id=mid))
+                         for attrs, mid, ack in messages]]
+        self.acked: list[str] = []
+
+    def pull(self, request: dict[str, object], **_: object) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(received_messages=self.batches.pop(0) if self.batches else [])
+
+    def acknowledge(self, request: dict[str, list[str]], **_: object) -> None:
+        self.acked += request["ack_ids"]
+
+
+@pytest.mark.parametrize("run", ["x" * 300, "run\x00nul"])
+def test_a_dead_letter_whose_run_cannot_name_a_folder_is_recorded_as_unknown_run_and_acked_with_the_rest(
+        tmp_path: Path, run: str) -> None:
+    """A 300-character run (OSError: File name too long) or one no file can be named by failed every drain before
+    its ack, and so every later one (each run's score task drains first): the good dead letter beside it was never
+    acknowledged."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import drain_dead_letters
+
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    odd = {**good.attributes(), "run": run, "request_id": request_id("other", "2013-07", 0)}
+    subscriber = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack-good"), (odd, "102", "ack-odd"))
+    objects = FileObjects(tmp_path)
+    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    assert set(seen) == {("run-1", good.request_id), ("unknown-run", odd["request_id"])}
+    assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
+    record = RunStore(objects, "unknown-run").dead_letter(odd["request_id"])
+    assert record is not None and record["run"] == "unknown-run" and record["attributes"]["run"] == run
+    assert RunStore(objects, "run-1").dead_letter(good.request_id) is not None
+
+
+def test_a_dead_letter_that_cannot_be_recorded_in_its_run_is_kept_under_unknown_run_and_the_batch_acked(
+        tmp_path: Path) -> None:
+    """One message's record failing (here its error record is corrupt) must not keep the batch unacknowledged."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import drain_dead_letters
+
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    bad = {**good.attributes(), "request_id": request_id("run-1", "2013-07", 1)}
+    objects = FileObjects(tmp_path)
+    objects.put(f"run-1/errors/{bad['request_id']}.json", b"{not json")
+    subscriber = _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad"), (good.attributes(), "202", "ack-good"))
+    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    assert set(seen) == {("unknown-run", "message-201"), ("run-1", good.request_id)}
+    assert sorted(subscriber.acked) == ["ack-bad", "ack-good"]
+    record = RunStore(objects, "unknown-run").dead_letter("message-201")
+    assert record is not None and record["attributes"]["request_id"] == bad["request_id"]
+    assert record["recording_error"].startswith("JSONDecodeError")

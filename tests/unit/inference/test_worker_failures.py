@@ -138,3 +138,16 @@ def test_a_result_write_that_fails_for_a_while_is_retried_within_the_delivery_an
     assert again.fate == ["nack"]
     error = RunStore(short.objects, "r2").error("r2-000000")
     assert error is not None and "Input/output error" in error["error"]
+
+
+@pytest.mark.parametrize("run", ["x" * 300, "run\x00nul"])
+def test_a_request_whose_run_cannot_name_a_folder_is_refused_and_recorded_under_unknown_run(
+        settings: Settings, run: str) -> None:
+    """Its error used to go nowhere (File name too long) and it was nacked as a crash, with no reason to show."""
+    w = Worker(settings)
+    message = Message(_request(), attempt=2)
+    message.attributes = {**message.attributes, "run": run}
+    w.handle(message)
+    assert message.fate == ["nack"] and w.stats.failed == 1
+    error = RunStore(w.objects, "unknown-run").error("r1-000000")
+    assert error is not None and "is not a run key" in error["error"] and error["delivery_attempt"] == 2
