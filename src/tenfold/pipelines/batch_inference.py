@@ -283,7 +283,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     contract = _contract(settings)
     store = RunStore.of(settings, r.run_key)
     acc = account(store, expected_ids(r.run_key, r.month, r.requests))
-    scores = collect(store, acc)
+    schema = scores_schema(contract)
+    # No result at all (a month without rows: no requests) gives no columns either: publish the empty scores table.
+    scores = collect(store, acc) if acc.scored else schema.empty_table()
     keys = list(contract.key_columns)
     distinct = scores.group_by(keys).aggregate([]).num_rows if scores.num_rows else 0
     if (pending := acc.requests - acc.accounted) > 0:
@@ -311,7 +313,7 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.score task of {r.month} with its downstream "
             "tasks (score waits for the replayed requests, publish_results counts them), or raise the setting to publish the "
             "month without them")
-    manifest = publish_scores(lake, table, r.partition, scores, scores_schema(contract), keys, run_id=r.airflow_run_id,
+    manifest = publish_scores(lake, table, r.partition, scores, schema, keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})
     if acc.dead_lettered:

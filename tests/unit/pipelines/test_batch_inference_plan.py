@@ -142,6 +142,26 @@ def test_a_month_with_dead_letters_publishes_nothing_over_a_complete_one_unless_
     assert pipeline.publish_results(s, partial)["rows_out"] == 50
 
 
+def test_a_month_without_rows_publishes_an_empty_scores_partition(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request, so no result: the scores had no columns and write_sorted raised a raw ArrowInvalid (retried)."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 0)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    run = pipeline.plan(s, RUN_ID, {"month": PART.label})
+    assert (run.rows, run.requests, run.path) == (0, 0, "pubsub")
+    figures = pipeline.publish_results(s, run)
+    assert (figures["rows_in"], figures["rows_out"], figures["requests_in"]) == (0, 0, 0)
+    assert lake.read_manifest(table, PART).rows == 0
+    scores, expected = lake.read_table(table, [PART]), scoring.scores_schema(pipeline._contract(s))
+    assert scores.num_rows == 0 and scores.schema.names == expected.names
+    assert [f.type for f in scores.schema] == [f.type for f in expected]
+
+
 def test_a_month_built_by_other_feature_definitions_is_refused_at_plan(
     make_settings: Callable[..., Settings], local_settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
