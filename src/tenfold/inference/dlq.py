@@ -6,10 +6,11 @@ dead-letter topic. Both commands first record whatever waits on its dead-letter 
 the lake beside its run, with its body, its attributes, how often it was delivered and the error the worker
 recorded, and stays inspectable after the message itself is gone.
 
-Replay re-publishes each not yet replayed dead letter to the requests topic with its original attributes
-(so the same request id: a request that was scored meanwhile is only acknowledged) and then marks it
-replayed. A replay killed between the two publishes it again next time, which the workers' create-if-absent
-results make harmless.
+Replay marks each not yet replayed dead letter replayed and then re-publishes it to the requests topic with
+its original attributes (so the same request id: a request that was scored meanwhile is only acknowledged).
+A send that fails takes its mark back (the dead letter is not in flight), so the next replay sends it again,
+which the workers' create-if-absent results make harmless; one killed between the two leaves it marked, and
+``--again`` sends it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tenfold.inference.runs import drain_dead_letters, mark_replayed
+from tenfold.inference.runs import drain_dead_letters, mark_replayed, unmark_replayed
 from tenfold.inference.store import RunStore, run_keys, work_objects
 
 if TYPE_CHECKING:
@@ -74,8 +75,17 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
                 attrs = {k: str(v) for k, v in dict(record.get("attributes", {})).items()
                          if not k.startswith("CloudPubSub")}
                 attrs["replay"] = str(len(record.get("replays", [])) + 1)
-                message_id = publisher.publish(topic, base64.b64decode(record["data_base64"]), **attrs).result(timeout=60)
-                mark_replayed(store, rid, record, message_id=message_id)
+                # Marked before it is sent, with the record as just read (as a run's publish marks what it resends):
+                # a drain that records it dead-lettered anew once it is sent then has the last word. Marked after
+                # the send, it overwrote such a newer record with this older copy.
+                was = bool(record.get("replayed"))
+                mark_replayed(store, rid, record, by="replay", replay=int(attrs["replay"]))
+                try:
+                    message_id = publisher.publish(topic, base64.b64decode(record["data_base64"]),
+                                                   **attrs).result(timeout=60)
+                except BaseException:
+                    unmark_replayed(store, rid, record["replays"][-1], replayed=was)  # not sent: not in flight
+                    raise
                 sent.append({"run": key, "request_id": rid, "message_id": message_id})
     finally:
         publisher.stop()

@@ -231,6 +231,18 @@ def mark_replayed(store: RunStore, rid: str, record: dict[str, Any], **how: Any)
     store.put_dead_letter(rid, record)
 
 
+def unmark_replayed(store: RunStore, rid: str, mark: dict[str, Any], *, replayed: bool = False) -> bool:
+    """Take back ``mark`` (the replay :func:`mark_replayed` added) when the send it announced failed, ``replayed``
+    as it was before; False when the record has changed since (a drain recorded it afresh: that one stands)."""
+    record = store.dead_letter(rid)
+    if record is None or not record.get("replayed") or not record.get("replays") or record["replays"][-1] != mark:
+        return False
+    record["replays"] = record["replays"][:-1]
+    record["replayed"] = replayed
+    store.put_dead_letter(rid, record)
+    return True
+
+
 def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> list[str]:
     """Mark the dead letters among ``ids`` as replayed (sent again ``by`` whom), before they are re-published."""
     dead = set(store.dead_letter_ids())

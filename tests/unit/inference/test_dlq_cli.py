@@ -1,11 +1,19 @@
 """``tenfold dlq replay`` says what it will replay: with no run, request id or ``--all`` it refuses (it replayed
-every run's dead letters ever recorded)."""
+every run's dead letters ever recorded); it marks what it sends before sending it, so a drain's newer record
+stands, and takes the mark back when the send fails."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 from typer.testing import CliRunner
 
-from tenfold.inference import cli
+from tenfold.config import Settings
+from tenfold.inference import cli, dlq
+from tenfold.inference.store import RunStore, work_objects
 
 
 def test_replay_without_a_run_a_request_id_or_all_is_refused_before_reading_anything(monkeypatch) -> None:
@@ -14,3 +22,70 @@ def test_replay_without_a_run_a_request_id_or_all_is_refused_before_reading_anyt
     assert result.exit_code == 2, result.output
     assert result.exception is not None and isinstance(result.exception, SystemExit)
     assert "--run <run>, --request-id <id> or --all" in result.output
+
+
+class _Publisher:
+    """A publisher whose sends run ``meanwhile`` (what a concurrent drain does) and then succeed or fail."""
+
+    def __init__(self, meanwhile: Callable[[], None] = lambda: None, fail: bool = False) -> None:
+        self.meanwhile, self.fail, self.sent = meanwhile, fail, 0
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> Any:
+        publisher = self
+
+        class Future:
+            def result(self, timeout: float) -> str:
+                publisher.meanwhile()
+                if publisher.fail:
+                    raise TimeoutError("publish did not complete in 60 s")
+                publisher.sent += 1
+                return f"m-{publisher.sent}"
+
+        return Future()
+
+    def stop(self) -> None:
+        pass
+
+
+def _dead_letter(settings: Settings, monkeypatch: pytest.MonkeyPatch, publisher: _Publisher) -> RunStore:
+    from tenfold.messaging import clients
+
+    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None: [])
+    monkeypatch.setattr(clients, "publisher_client", lambda settings: publisher)
+    store = RunStore(work_objects(settings), "run-1")
+    store.put_dead_letter("req-1", {"request_id": "req-1", "run": "run-1", "attributes": {"request_id": "req-1"},
+                                    "data_base64": base64.b64encode(b"rows").decode(), "times_dead_lettered": 1,
+                                    "error": "old", "replays": [], "replayed": False})
+    return store
+
+
+def test_a_dead_letter_recorded_anew_while_its_replay_is_sent_is_not_overwritten(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay marked the copy it read before the send: a drain's newer record (dead-lettered again) was
+    overwritten and looked in flight, so the run waited for a request that had already failed again."""
+    def drained_again() -> None:
+        store.put_dead_letter("req-1", {**(store.dead_letter("req-1") or {}), "times_dead_lettered": 2, "error": "new",
+                                        "replayed": False})
+
+    store = _dead_letter(settings, monkeypatch, _Publisher(drained_again))
+    assert dlq.replay(settings, run="run-1") == [{"run": "run-1", "request_id": "req-1", "message_id": "m-1"}]
+    record = store.dead_letter("req-1") or {}
+    assert (record["times_dead_lettered"], record["error"], record["replayed"]) == (2, "new", False)
+    assert [r["by"] for r in record["replays"]] == ["replay"]
+
+
+def test_a_replay_whose_send_fails_is_not_left_in_flight_and_is_sent_by_the_next(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    during: list[bool] = []
+    store = _dead_letter(settings, monkeypatch, _Publisher(lambda: during.append(
+        bool((store.dead_letter("req-1") or {}).get("replayed"))), fail=True))
+    with pytest.raises(TimeoutError):
+        dlq.replay(settings, run="run-1")
+    assert during == [True]  # marked in flight while it was being sent...
+    record = store.dead_letter("req-1") or {}  # ...and the mark taken back when the send failed
+    assert (record["replayed"], record["replays"], record["times_dead_lettered"]) == (False, [], 1)
+
+    monkeypatch.setattr("tenfold.messaging.clients.publisher_client", lambda settings: _Publisher())
+    assert [s["request_id"] for s in dlq.replay(settings, run="run-1")] == ["req-1"]
+    record = store.dead_letter("req-1") or {}
+    assert record["replayed"] is True and len(record["replays"]) == 1
