@@ -73,7 +73,15 @@ EXIT_FAILED = 1
 
 
 class ScoringJobError(RuntimeError):
-    """The Spark scoring job cannot score the partition; the message names the cause and what to do."""
+    """The Spark scoring job cannot score the partition; the message names the cause and what to do.
+
+    ``retryable`` is False for a refusal of the input (a retry gets the same answer, so the task fails at once:
+    :func:`tenfold.pipelines.common.run_step`), True for a job that crashed or ran out of time.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def score_order(contract: FeatureContract) -> list[str]:
@@ -129,8 +137,8 @@ def score_partition(
     try:
         run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", settings=settings, timeout_s=limit)
         manifest = lake.publish(st.scores_table, part, staged, run_id=run_id, extra=extra)
-    except SparkJobError as exc:
-        raise ScoringJobError(str(exc)) from exc
+    except SparkJobError as exc:  # exit 2: the job refused its input (see main); anything else may pass on a retry
+        raise ScoringJobError(str(exc), retryable=exc.returncode != EXIT_BAD_INPUT) from exc
     finally:
         lake.discard(staged)
     log.info("scored %s %s with %s on Spark: %d rows in %.1f s -> %s", st.features_table, part.label, version,

@@ -1,0 +1,48 @@
+"""The Spark bulk path's refusals fail the batch_inference task at once (a retry gets the same answer), while a
+job that crashed or ran out of time is left to the task's retries. No Spark here: spark-submit is a stand-in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from tenfold.config import Settings, build_settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.features import submit
+from tenfold.inference import spark
+from tenfold.pipelines.common import run_step
+from tenfold.serving import loading
+from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+PART = Partition(2013, 6)
+
+
+@pytest.fixture
+def scoring(settings: Settings, lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    publish_synthetic_features(lake, [PART], 10)
+    monkeypatch.setattr(loading, "resolve_and_download", lambda settings, ref: ("v1", tmp_path / "v1"))
+    return settings
+
+
+@pytest.mark.parametrize(("code", "kind"), [(2, "bad or missing input"), (1, "failed"), (None, "ran past")])
+def test_a_job_that_refused_its_input_fails_the_task_at_once_and_a_crash_is_retried(
+        scoring: Settings, monkeypatch: pytest.MonkeyPatch, code: int | None, kind: str) -> None:
+    def spark_submit(cmd: list[str], what: str, **_: object) -> str:
+        text = f"{what} {kind} (exit {code}):\nscore_partition: model v1 belongs to workload 'tiny'"
+        raise submit.SparkJobError(text, code, "tail")
+
+    monkeypatch.setattr(submit, "run_submit", spark_submit)
+    with pytest.raises(spark.ScoringJobError, match=kind) as raised:
+        spark.score_partition(scoring, "v1", PART)
+    assert raised.value.retryable is (code != spark.EXIT_BAD_INPUT)
+    with pytest.raises(AirflowFailException if code == spark.EXIT_BAD_INPUT else spark.ScoringJobError, match=kind):
+        run_step(spark.score_partition, scoring, "v1", PART)
+
+
+def test_an_unpublished_partition_and_the_cloud_are_refused_without_retries(scoring: Settings) -> None:
+    with pytest.raises(AirflowFailException, match=r"not published.*run build_features for 2013-07"):
+        run_step(spark.score_partition, scoring, "v1", PART.next())
+    with pytest.raises(AirflowFailException, match=r"raise settings\.inference\.spark_threshold_rows"):
+        run_step(spark.score_partition, build_settings("dev"), "v1", PART)
