@@ -55,13 +55,15 @@ def airflow_url(settings: Settings) -> str:
 def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every variable an Airflow process needs to run Tenfold's DAGs against the local services.
 
-    ``base`` (default ``os.environ``) supplies the rest of the environment. Its ``AIRFLOW__*`` and
-    ``AIRFLOW_CONN_*`` variables are dropped and every variable that places the settings (home,
-    project, all local ports) is set from ``settings``, so an outer configuration (a running
-    ``make up``, another test session) never leaks in; other ``TENFOLD_*`` variables pass through.
+    ``base`` (default ``os.environ``) supplies the rest of the environment. Its ``AIRFLOW_*`` variables
+    (``AIRFLOW__*`` options, ``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``, ``AIRFLOW_HOME``, ``AIRFLOW_CONFIG``) are
+    dropped and every variable that places the settings (home, project, all local ports) is set from
+    ``settings``, so an outer configuration (a running ``make up``, another test session, another
+    project's ``airflow.cfg``) never leaks in; other ``TENFOLD_*`` variables pass through.
     """
     base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+    # AIRFLOW_CONFIG above all: Airflow would read (or write, with fresh keys) that file instead of the home's.
+    env = {k: v for k, v in base.items() if not k.startswith("AIRFLOW_")}
     home = airflow_home(settings)
     url = airflow_url(settings)
     conn = {
@@ -74,6 +76,7 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         {
             "PATH": os.pathsep.join([str(venv_bin()), env.get("PATH", os.defpath)]),
             "AIRFLOW_HOME": str(home),
+            "AIRFLOW_CONFIG": str(home / CONFIG_FILE),  # the one ensure_airflow_config writes the shared keys to
             "AIRFLOW__CORE__DAGS_FOLDER": str(project_root() / "dags"),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -56,9 +56,13 @@ def test_settings_env_round_trips_and_does_not_leak(tmp_path):
 
 def test_airflow_env_is_complete_and_isolated(tmp_path):
     s = local_settings(tmp_path, airflow_port=18080, pubsub_port=18085, gcs_port=14443)
-    outer = {"PATH": "/usr/bin", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "TENFOLD_LOCAL__GCS_PORT": "1", "HOME": "/root"}
+    outer = {"PATH": "/usr/bin", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "TENFOLD_LOCAL__GCS_PORT": "1", "HOME": "/root",
+             # another project's Airflow in the user's shell: its config file (and keys), home and variables
+             "AIRFLOW_CONFIG": "/elsewhere/airflow.cfg", "AIRFLOW_HOME": "/elsewhere", "AIRFLOW_VAR_LAKE": "gs://theirs"}
     env = airflow_env(s, base=outer)
     assert env["AIRFLOW_HOME"] == str(tmp_path.resolve() / "airflow")
+    assert env["AIRFLOW_CONFIG"] == str(tmp_path.resolve() / "airflow" / "airflow.cfg")  # where the shared keys are
+    assert "AIRFLOW_VAR_LAKE" not in env
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the outer value did not leak in
     assert env["TENFOLD_LOCAL__GCS_PORT"] == "14443"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
