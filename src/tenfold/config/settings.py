@@ -499,14 +499,15 @@ class LocalSettings(_Frozen):
     # A loopback IP address (HAProxy's runtime API takes addresses, not names; anything else would expose
     # the unauthenticated stats page and emulators beyond this machine).
     bind_host: str = "127.0.0.1"
-    airflow_port: int = 8080
+    # TCP ports (1-65535): one out of range is a clear settings error, not an OverflowError from the first socket.
+    airflow_port: int = Field(default=8080, ge=1, le=65535)
     # Airflow's scheduler and triggerer each serve task logs on a port of their own.
-    airflow_log_port: int = 8793
-    airflow_trigger_log_port: int = 8794
-    pubsub_port: int = 8085
-    gcs_port: int = 4443
-    lb_port: int = 8000
-    replica_base_port: int = 8101
+    airflow_log_port: int = Field(default=8793, ge=1, le=65535)
+    airflow_trigger_log_port: int = Field(default=8794, ge=1, le=65535)
+    pubsub_port: int = Field(default=8085, ge=1, le=65535)
+    gcs_port: int = Field(default=4443, ge=1, le=65535)
+    lb_port: int = Field(default=8000, ge=1, le=65535)
+    replica_base_port: int = Field(default=8101, ge=1, le=65535)
     # fake-gcs-server enforces generation preconditions (atomic alias moves need them);
     # gcp-storage-emulator is pure Python but ignores them. See tenfold.local.services.
     gcs_emulator: Literal["fake-gcs-server", "gcp-storage-emulator"] = "fake-gcs-server"

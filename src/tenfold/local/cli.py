@@ -11,6 +11,10 @@ them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` an
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,6 +38,30 @@ def _services(names: list[str] | None) -> list[str]:
     return chosen
 
 
+@contextlib.contextmanager
+def _refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
+    """What the system refuses (a TENFOLD_HOME under a file or not writable, a full disk, a command that hangs) ends
+    ``tenfold <command>`` with one error line naming the path or command and what to do, never a traceback."""
+    home = settings.local.home
+    try:
+        yield
+    except subprocess.TimeoutExpired as exc:
+        cmd = " ".join(map(str, exc.cmd)) if isinstance(exc.cmd, (list, tuple)) else str(exc.cmd)
+        typer.echo(f"error: `{cmd}` did not finish within {exc.timeout:g} s and was stopped: run `tenfold {command}` "
+                   "again; if it hangs again, run that command yourself to see what it waits for", err=True)
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        path = exc.filename
+        what = f"{exc.strerror or exc}: {path}" if path else str(exc)
+        if path is not None and Path(str(path)).is_relative_to(home):
+            todo = (f"TENFOLD_HOME ({home}) must be a directory this user can write: fix that path (or its "
+                    "permissions, or free space), or choose another TENFOLD_HOME")
+        else:
+            todo = "fix that (its permissions, or free space), then run the command again"
+        typer.echo(f"error: `tenfold {command}` cannot go on: {what}; {todo}", err=True)
+        raise typer.Exit(1) from exc
+
+
 def up(service: _ServiceOpt = None) -> None:
     """Start the local services (or restart a component that died), wait until healthy, create
     buckets/topics/subscriptions; then serve the champion."""
@@ -42,19 +70,20 @@ def up(service: _ServiceOpt = None) -> None:
 
     settings = get_settings()
     chosen = _services(service)
-    try:
-        statuses = _up(settings, chosen, echo=typer.echo)
-    except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    failed: RuntimeError | None = None
-    if set(SERVING_NEEDS) <= set(chosen):
+    with _refusing_os_errors(settings, "up"):
         try:
-            serving_up(settings, say=typer.echo)
-        except RuntimeError as exc:  # the platform stays up: it is healthy, only serving is not (or its token file)
-            failed = exc
-    typer.echo(describe(settings, statuses))
-    _describe_serving(settings)
+            statuses = _up(settings, chosen, echo=typer.echo)
+        except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        failed: RuntimeError | None = None
+        if set(SERVING_NEEDS) <= set(chosen):
+            try:
+                serving_up(settings, say=typer.echo)
+            except RuntimeError as exc:  # the platform stays up: it is healthy, only serving is not (or its token file)
+                failed = exc
+        typer.echo(describe(settings, statuses))
+        _describe_serving(settings)
     if failed is not None:
         typer.echo(f"error: the platform is up, but the serving fleet did not start: {failed}", err=True)
         raise typer.Exit(1)
@@ -81,9 +110,11 @@ def status(service: _ServiceOpt = None) -> None:
     from tenfold.local.stack import status as _status
 
     settings = get_settings()
-    statuses = _status(settings, _services(service))
-    typer.echo(describe(settings, statuses, secrets=True))
-    serving_ok = _describe_serving(settings, secrets=True)
+    chosen = _services(service)
+    with _refusing_os_errors(settings, "status"):
+        statuses = _status(settings, chosen)
+        typer.echo(describe(settings, statuses, secrets=True))
+        serving_ok = _describe_serving(settings, secrets=True)
     if not all(s.healthy for s in statuses) or not serving_ok:
         raise typer.Exit(3)
 
@@ -95,6 +126,7 @@ def down(service: _ServiceOpt = None) -> None:
 
     settings = get_settings()
     chosen = _services(service)
-    if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
-        serving_down(settings, say=typer.echo)
-    _down(settings, chosen, echo=typer.echo)
+    with _refusing_os_errors(settings, "down"):
+        if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
+            serving_down(settings, say=typer.echo)
+        _down(settings, chosen, echo=typer.echo)

@@ -38,3 +38,46 @@ def test_demo_reports_a_platform_refusal_like_up_does(monkeypatch: pytest.Monkey
     out = runner.invoke(app, ["demo"])
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), repr(out.exception)
     assert "error: `airflow db migrate` failed (AIRFLOW_HOME=/x): disk full" in out.output
+
+
+@pytest.mark.parametrize("command", [["up", "-s", "gcs"], ["down"], ["status"]])
+def test_a_home_under_a_regular_file_is_one_error_naming_it_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    settings = local_settings(tmp_path / "file" / "home")  # TENFOLD_HOME=<a path under a regular file>
+    monkeypatch.setattr(local_cli, "get_settings", lambda env=None: settings)
+    out = runner.invoke(app, command)
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), repr(out.exception)
+    assert f"error: `tenfold {command[0]}` cannot go on: Not a directory: {settings.local.home / 'run'}" in out.output
+    assert f"TENFOLD_HOME ({settings.local.home}) must be a directory this user can write" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_a_command_that_hangs_is_one_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def hang(settings: object, services: object, echo: object) -> None:
+        raise subprocess.TimeoutExpired(["airflow", "db", "migrate"], 300)
+
+    settings = local_settings(tmp_path)
+    monkeypatch.setattr(local_cli, "get_settings", lambda env=None: settings)
+    monkeypatch.setattr(stack, "up", hang)
+    out = runner.invoke(app, ["up"])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), repr(out.exception)
+    assert "error: `airflow db migrate` did not finish within 300 s and was stopped: run `tenfold up` again" in out.output
+
+
+def test_a_port_out_of_range_is_a_settings_error_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenfold.config import get_settings
+
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv("TENFOLD_LOCAL__GCS_PORT", "70000")
+    get_settings.cache_clear()
+    try:
+        out = runner.invoke(app, ["up", "-s", "gcs"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), repr(out.exception)
+    assert "error: invalid settings: LocalSettings.gcs_port: Input should be less than or equal to 65535" in out.output
+    assert "Traceback" not in out.output
