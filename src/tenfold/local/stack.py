@@ -187,6 +187,7 @@ class _Plan:
     svc: Service
     start: list[Component]  # not running: start (after clearing what a dead one left)
     restart: bool  # some components of the service run: only the dead ones start
+    left: list[Component]  # of ``start``, those whose dead leader left processes behind (on its ports, likely)
 
 
 def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[ServiceStatus]:
@@ -219,11 +220,17 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
         if alive:
             say(f"{name}: {', '.join(c.name for c in dead)} not running; restarting "
                 f"{'it' if len(dead) == 1 else 'them'} (the rest are left alone)")
-        for comp in dead:
-            _clear(settings, comp.name)  # a dead leader's children still hold its ports and its work
+        # A dead leader's children still hold its ports and its work: they are stopped only once nothing else
+        # refuses (a refused `up` stops nothing), and their component's ports are checked after that.
+        left = [c for c in dead if running_record(settings, c.name) is not None]
         problems += [f"{name}: {p}" for p in svc.prerequisites]
-        problems += _busy_ports(settings, svc, dead)
-        plans.append(_Plan(svc, dead, restart=bool(alive)))
+        problems += _busy_ports(settings, svc, [c for c in dead if c not in left])
+        plans.append(_Plan(svc, dead, restart=bool(alive), left=left))
+    if not problems:
+        for plan in plans:
+            for comp in plan.start:
+                _clear(settings, comp.name)
+        problems += [p for plan in plans for p in _busy_ports(settings, plan.svc, plan.left)]
     if problems:
         # Checked before anything starts, so a missing prerequisite never leaves a partial stack.
         raise LocalPlatformError("cannot bring the local platform up:\n  - " + "\n  - ".join(problems))

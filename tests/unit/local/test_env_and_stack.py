@@ -201,3 +201,71 @@ def test_two_starts_of_the_feedback_sink_at_once_start_one(tmp_path: Path, monke
     finally:
         for record in {r.pid: r for r in records}.values():
             process.stop(record, timeout=5)
+
+
+def _dead_leader_with_a_survivor(s, name: str, tmp_path: Path, child: str):
+    """Component ``name`` as a crash leaves it: its pid file's process (the group's leader) is gone, ``child`` (a
+    shell command) still runs in its process group. Returns the record and the survivor."""
+    import time
+
+    import psutil
+
+    from tenfold.local import process
+
+    record = process.start(name, ["sh", "-c", f"{child} & echo $! > {tmp_path / 'child.pid'}; wait"],
+                           run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivor = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    psutil.Process(record.pid).kill()
+    psutil.Process(record.pid).wait(timeout=5)
+    assert not process.is_running(record) and process.is_group_running(record)
+    return record, survivor
+
+
+def test_a_refused_up_leaves_what_a_dead_component_left_running(tmp_path):
+    """`up` stops a dead component's leftovers before restarting it, but only once nothing refuses."""
+    import psutil
+
+    from tenfold.local import process
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        s = _fresh_settings(tmp_path, pubsub_port=sock.getsockname()[1])  # another program holds pubsub's port
+        record, survivor = _dead_leader_with_a_survivor(s, "gcs", tmp_path, "sleep 300")
+        try:
+            with pytest.raises(LocalPlatformError, match=r"cannot bring the local platform up(.|\n)*\(pubsub\) is already in use"):
+                up(s, ["gcs", "pubsub"], echo=lambda _m: None)
+            assert survivor.is_running() and survivor.status() != psutil.STATUS_ZOMBIE, "the refused up stopped it"
+            assert process.read_record(run_dir(s), "gcs") == record
+        finally:
+            process.stop(record, timeout=5)
+
+
+def test_up_restarts_a_dead_component_whose_leftovers_hold_its_port(tmp_path):
+    """The leftovers hold the component's own port: not "another program"; `up` stops them and starts it again."""
+    import sys
+    import time
+
+    import psutil
+
+    from tenfold.local import down, process
+
+    s = _fresh_settings(tmp_path)
+    listen = (f"{sys.executable} -c 'import socket, time; s = socket.socket(); "
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+              f"s.bind((\"127.0.0.1\", {s.local.gcs_port})); s.listen(); time.sleep(300)'")
+    record, survivor = _dead_leader_with_a_survivor(s, "gcs", tmp_path, listen)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_in_use("127.0.0.1", s.local.gcs_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port_in_use("127.0.0.1", s.local.gcs_port)
+        statuses = up(s, ["gcs"], echo=lambda _m: None)
+        assert [st.healthy for st in statuses] == [True]
+        assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
+    finally:
+        process.stop(record, timeout=5)
+        down(s, ["gcs"], echo=lambda _m: None)
