@@ -65,12 +65,13 @@ def _refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
 def up(service: _ServiceOpt = None) -> None:
     """Start the local services (or restart a component that died), wait until healthy, create
     buckets/topics/subscriptions; then serve the champion."""
-    from tenfold.local.stack import SERVING_NEEDS, describe, serving_up
+    from tenfold.local.stack import SERVING_NEEDS, describe, exclusive, serving_up
     from tenfold.local.stack import up as _up
 
     settings = get_settings()
     chosen = _services(service)
-    with _refusing_os_errors(settings, "up"):
+    # One lock across the platform and the fleet: a `tenfold down` between the two would leave the fleet running.
+    with _refusing_os_errors(settings, "up"), exclusive(settings, echo=typer.echo):
         try:
             statuses = _up(settings, chosen, echo=typer.echo)
         except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
@@ -121,12 +122,12 @@ def status(service: _ServiceOpt = None) -> None:
 
 def down(service: _ServiceOpt = None) -> None:
     """Stop the serving fleet and the local services that `tenfold up` started (nothing else)."""
-    from tenfold.local.stack import SERVING_NEEDS, serving_down
+    from tenfold.local.stack import SERVING_NEEDS, exclusive, serving_down
     from tenfold.local.stack import down as _down
 
     settings = get_settings()
     chosen = _services(service)
-    with _refusing_os_errors(settings, "down"):
+    with _refusing_os_errors(settings, "down"), exclusive(settings, echo=typer.echo):  # as `up` holds it
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
             serving_down(settings, say=typer.echo)
         _down(settings, chosen, echo=typer.echo)

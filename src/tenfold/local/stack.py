@@ -156,23 +156,42 @@ def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component
     ]
 
 
+# The locks this process holds, each with the thread holding it: taken again in that thread, one is held already.
+_held: set[tuple[Path, int]] = set()
+
+
 @contextlib.contextmanager
 def _exclusive(settings: Settings, say: Callable[[str], object], what: str = "") -> Iterator[None]:
     """One ``up``/``down`` at a time per home (``what``: one start or stop of that process instead): two racing
-    would both see a service missing and both start it."""
+    would both see a service missing and both start it. Reentrant in one thread (see :func:`exclusive`)."""
     import fcntl
+    import threading
 
+    path = run_dir(settings) / (f".{what}.lock" if what else ".lock")
+    key = (path, threading.get_ident())
+    if key in _held:
+        yield
+        return
     run_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(run_dir(settings) / (f".{what}.lock" if what else ".lock"), "w") as lock:
+    with open(path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             say(f"waiting for another `tenfold up/down` on {settings.local.home} to finish {what} ...")
             fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.add(key)
         try:
             yield
         finally:
+            _held.discard(key)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def exclusive(settings: Settings, *, echo: Callable[[str], object] = print) -> contextlib.AbstractContextManager[None]:
+    """The lock :func:`up` and :func:`down` take, held across more than one step: ``tenfold up`` holds it while it
+    brings the platform and then the serving fleet up, ``tenfold down`` while it stops both, so neither runs in
+    between the other's steps (a fleet left running on a stopped platform). ``up``/``down`` inside take it again."""
+    return _exclusive(settings, echo)
 
 
 def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[ServiceStatus]:

@@ -269,3 +269,53 @@ def test_up_restarts_a_dead_component_whose_leftovers_hold_its_port(tmp_path):
     finally:
         process.stop(record, timeout=5)
         down(s, ["gcs"], echo=lambda _m: None)
+
+
+def _locked_by_another(s) -> bool:
+    """Whether another `tenfold up/down` (another open of the lock file, as another process makes) would wait."""
+    import fcntl
+
+    with open(run_dir(s) / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def test_cli_up_and_down_hold_the_up_down_lock_across_the_platform_and_serving(tmp_path, monkeypatch):
+    """A `tenfold down` between `tenfold up`'s platform and its serving fleet would leave the fleet running on a stopped
+    platform (and `down` stopping serving before it took the lock, the same the other way round)."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.local import cli as local_cli
+    from tenfold.local import stack
+    from tenfold.serving import fleet
+
+    s = _fresh_settings(tmp_path)
+    monkeypatch.setattr(local_cli, "get_settings", lambda env=None: s)
+    seen: dict[str, bool] = {}
+    monkeypatch.setattr(stack, "_up", lambda settings, services, say: [])  # stack.up itself (its lock) is real
+    monkeypatch.setattr(stack, "serving_up", lambda settings, say: seen.setdefault("serving up", _locked_by_another(s)))
+    real_fleet_down = fleet.down
+
+    def fleet_down(settings, say):
+        seen["serving down"] = _locked_by_another(s)
+        return real_fleet_down(settings, say=say)
+
+    monkeypatch.setattr(fleet, "down", fleet_down)
+    results = []
+    # In a thread: a lock taken twice in one command would hang it, not the test session.
+    worker = threading.Thread(target=lambda: results.extend(CliRunner().invoke(app, c) for c in (["up"], ["down"])),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the CLI waited for its own lock"
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    assert "airflow: not running" in results[1].output  # stack.down ran, under the lock the CLI held
+    assert seen == {"serving up": True, "serving down": True}
+    assert not _locked_by_another(s)  # and released it
