@@ -22,6 +22,16 @@ def _listener() -> socket.socket:
     return sock
 
 
+def _written_pid(path):
+    """The pid a shell wrote with ``echo $! > path``: the file can exist before the number is in it."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(path.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"nothing wrote a pid to {path} within 5 s")
+
+
 def test_port_in_use_sees_a_listener_and_a_free_port():
     with _listener() as sock:
         port = sock.getsockname()[1]
@@ -35,10 +45,7 @@ def test_start_writes_pid_file_and_stop_kills_the_whole_group(tmp_path):
     script = "sleep 300 & echo $! > child.pid; echo started; wait"
     record = process.start("svc", ["sh", "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
     assert process.read_record(tmp_path / "run", "svc") == record
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    child = psutil.Process(_written_pid(tmp_path / "child.pid"))
     assert process.is_running(record) and child.is_running()
 
     assert process.stop(record, timeout=5) is True
@@ -121,10 +128,7 @@ def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
 def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path):
     """Like Airflow's components after the standalone process crashed: still ours, still stopped."""
     record = process.start("svc", ["sh", "-c", "sleep 300 & echo $! > child.pid; wait"], run_dir=tmp_path, port=1, cwd=tmp_path)
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    child = psutil.Process(_written_pid(tmp_path / "child.pid"))
     psutil.Process(record.pid).kill()
     psutil.Process(record.pid).wait(timeout=5)
     assert not process.is_running(record)
@@ -142,10 +146,7 @@ def test_a_stale_pid_file_never_adopts_a_strangers_group_that_took_the_recycled_
     launcher = subprocess.Popen(["sh", "-c", f"sleep 300 & echo $! > {tmp_path}/daemon.pid; exit 0"],
                                 start_new_session=True)
     launcher.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "daemon.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    daemon = psutil.Process(int((tmp_path / "daemon.pid").read_text()))
+    daemon = psutil.Process(_written_pid(tmp_path / "daemon.pid"))
     try:
         group = os.getpgid(daemon.pid)
         assert group == launcher.pid and not psutil.pid_exists(group)
