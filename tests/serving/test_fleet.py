@@ -8,9 +8,11 @@ tests do not depend on their order. Load comes from :class:`Load`, which keeps o
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import threading
@@ -27,10 +29,11 @@ import pytest
 
 from tenfold.config import Settings, get_settings
 from tenfold.local import free_port, settings_env
-from tenfold.rollout.haproxy import HaproxyRouter
+from tenfold.rollout.haproxy import HaproxyObserver, HaproxyRouter
 from tenfold.rollout.split import CANARY, STABLE, arm_of, bucket_of
 from tenfold.serving import fleet as fleet_mod
 from tenfold.serving.haproxy import HaproxyPaths, RuntimeApi
+from tenfold.serving.requestlog import rotated
 
 pytestmark = pytest.mark.slow
 
@@ -214,6 +217,7 @@ def _fleet_settings(serving_settings: Settings) -> Settings:
         "replica_capacity": 1, "scale_interval_s": 0.5, "stabilization_s": 3.0,
         "health_interval_ms": 200, "health_fall": 2, "health_rise": 2,
         "replica_start_timeout_s": 120.0, "replica_down_restart_s": 15.0,
+        "request_log_max_kb": 16,  # the request log starts a new file every ~230 requests
     })
     serving = serving_settings.serving.model_copy(update={"fleet": fleet, "target_utilization": 0.5})
     return serving_settings.model_copy(update={"local": local, "serving": serving})
@@ -332,6 +336,39 @@ def test_split_is_sticky_and_within_the_binomial_interval(fleet: Fleet) -> None:
         moved = {r.headers[header]: r.body["arm"] for r in raised.wait(60) if r.body}
     assert all(moved[k] == CANARY for k, arm in first.items() if arm == CANARY and k in moved)
     assert sum(a == CANARY for a in moved.values()) > sum(first[k] == CANARY for k in moved)
+
+
+def test_the_request_log_is_rotated_under_load_and_the_observer_counts_across_it(fleet: Fleet, tmp_path: Any) -> None:
+    """HAProxy logs a line per request into a ring that the supervisor streams to the request log, which starts a
+    new file past serving.fleet.request_log_max_kb; the rollout's observer reads the older file too."""
+    _pin(fleet, percent=10)
+    log = HaproxyPaths.of(fleet.settings).request_log
+    older = rotated(log)
+    older.unlink(missing_ok=True)
+    since = dt.datetime.now(dt.UTC)
+    n = 3_000
+    with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=n) as load:
+        results = load.wait(120)
+    assert len(results) == n and all(r.ok for r in results)
+    deadline = time.monotonic() + 15
+    while not older.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    limit = fleet.settings.serving.fleet.request_log_max_kb * 1024
+    assert older.exists(), "3,000 requests (~200 KB of log) and the request log never started a new file"
+    # The observer reads a copy of the two files, so that it and the count below see the same lines.
+    shutil.copy(older, rotated(tmp_path / log.name))
+    shutil.copy(log, tmp_path / log.name)
+    log, older = tmp_path / log.name, rotated(tmp_path / log.name)
+    assert older.stat().st_size <= limit + 64 * 1024 and log.stat().st_size <= limit + 64 * 1024  # + one read
+    seen = HaproxyObserver(log).traffic(since, dt.datetime.now(dt.UTC))
+
+    def lines(path: Any) -> int:
+        return sum(1 for line in path.read_bytes().splitlines() if line.endswith(b" /v1/predict")
+                   and float(line.split()[1]) >= since.timestamp())
+
+    # Older lines of this load are gone by design; the observer counts exactly the ones in the two files.
+    in_older, in_log = lines(older), lines(log)
+    assert in_older > 0 and seen[STABLE].requests + seen[CANARY].requests == in_older + in_log < n
 
 
 def test_a_user_key_with_commas_sent_twice_is_read_whole_and_last_by_haproxy_and_the_replica(fleet: Fleet) -> None:

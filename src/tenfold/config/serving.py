@@ -113,6 +113,9 @@ class FleetSettings(_Frozen):
     # A rolling change counts a new replica as ready only once it has served this long (Kubernetes'
     # minReadySeconds): one that passes its health check and then crashes does not take an old one's place.
     min_ready_s: float = Field(default=2.0, ge=0)
+    # HAProxy's request log (a line per request: ~5 GB a day at 1,000 req/s) starts a new file past this size,
+    # keeping one older file (tenfold.serving.requestlog).
+    request_log_max_kb: int = Field(default=256 * 1024, ge=16)
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetSettings:

@@ -29,6 +29,7 @@ from tenfold.serving.haproxy import (
     RuntimeApi,
     write_split_map,
 )
+from tenfold.serving.requestlog import rotated
 
 
 def check_percent(percent: object) -> int:
@@ -80,7 +81,8 @@ class HaproxyObserver:
     """The local :class:`~tenfold.rollout.TrafficObserver`: the fleet's HAProxy request log.
 
     HAProxy logs every request of the ``fleet`` frontend (:data:`tenfold.serving.haproxy.REQUEST_LOG_MARKER`
-    lines: accept time, backend = arm, status, active time) to its log in the fleet's run directory. Both
+    lines: accept time, backend = arm, status, active time) into a ring that the supervisor streams to the request
+    log in the fleet's run directory (:mod:`tenfold.serving.requestlog`). Both
     arms are measured at the same place the same way, and a request that no replica answered (HAProxy's
     own 503) counts as the arm's error too, as the cloud load balancer's logs would show it.
 
@@ -94,33 +96,32 @@ class HaproxyObserver:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HaproxyObserver:
-        """The fleet's HAProxy log, counting the predict endpoint only (feedback posts carry no user key,
+        """The fleet's request log, counting the predict endpoint only (feedback posts carry no user key,
         so they land on either arm by chance and say nothing about the model)."""
-        from tenfold.local import process
-        from tenfold.serving.fleet import HAPROXY, run_dir
-
-        return cls(process.log_file(run_dir(settings), HAPROXY), f"{settings.serving.server.api_prefix}/predict")
+        return cls(HaproxyPaths.of(settings).request_log, f"{settings.serving.server.api_prefix}/predict")
 
     def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
         lo, hi = since.timestamp(), until.timestamp()
         seen: dict[str, tuple[list[int], list[float]]] = {arm: ([], []) for arm in ARMS}
-        try:
-            with open(self.log_path, "rb") as log:
-                # The log only grows (every request of the fleet's life): start near the window, not at the top.
-                log.seek(_offset_before(log, lo - _DISORDER_S))
-                for line in log:
-                    entry = _entry(line)
-                    if entry is None:
-                        continue
-                    arm, status, active_ms, ended, path = entry
-                    if ended >= hi + _DISORDER_S:
-                        break  # lines are written as requests end: nothing further ends in the window
-                    if path == self.path and arm in seen and lo <= ended < hi:
-                        statuses, latencies = seen[arm]
-                        statuses.append(status)
-                        latencies.append(max(active_ms, 0.0))
-        except FileNotFoundError:
-            pass
+        # The older file first: the log starts a new one past serving.fleet.request_log_max_kb.
+        for log_path in (rotated(self.log_path), self.log_path):
+            try:
+                with open(log_path, "rb") as log:
+                    # A log holds hours of requests: start near the window, not at the top.
+                    log.seek(_offset_before(log, lo - _DISORDER_S))
+                    for line in log:
+                        entry = _entry(line)
+                        if entry is None:
+                            continue
+                        arm, status, active_ms, ended, path = entry
+                        if ended >= hi + _DISORDER_S:
+                            break  # lines are written as requests end: nothing further ends in the window
+                        if path == self.path and arm in seen and lo <= ended < hi:
+                            statuses, latencies = seen[arm]
+                            statuses.append(status)
+                            latencies.append(max(active_ms, 0.0))
+            except FileNotFoundError:
+                continue
         return {arm: ArmTraffic(requests=len(st), errors=sum(1 for c in st if c >= 500 or c < 100), latencies_ms=tuple(lat))
                 for arm, (st, lat) in seen.items()}
 
@@ -136,13 +137,13 @@ def _entry(line: bytes) -> tuple[str, int, float, float, bytes] | None:
     if not line.startswith(_MARKER):
         return None
     parts = line.split()
-    if len(parts) not in (6, 7):
+    if len(parts) not in (6, 7, 8):
         return None
     try:
         at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
         # %Tt: from the accept date to the end, idle time on a kept-alive connection included (%Ta leaves it
         # out); a line of an older format (6 fields) has only %Ta.
-        total_ms = float(parts[5]) if len(parts) == 7 else active_ms
+        total_ms = float(parts[5]) if len(parts) >= 7 else active_ms
         arm = parts[2].decode()
     except (ValueError, UnicodeDecodeError):
         return None

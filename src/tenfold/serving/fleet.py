@@ -69,6 +69,7 @@ from tenfold.serving.haproxy import (
     slot_name,
     write_config,
 )
+from tenfold.serving.requestlog import RequestLog
 
 SUPERVISOR = "fleet"
 HAPROXY = "haproxy"
@@ -290,6 +291,8 @@ class Supervisor:
         self._spec_mtime = 0.0
         self.replicas: list[_Replica] = []
         self.haproxy: ProcessRecord | None = None
+        # HAProxy's request lines, from its ring to the rotated request log (read by the rollout's observer).
+        self.request_log = RequestLog(self.paths.socket, self.paths.request_log, self.fleet.request_log_max_kb * 1024)
         self.scalers = {
             pool: Autoscaler(
                 low=spec.min, high=spec.max, capacity=self.fleet.replica_capacity,
@@ -607,6 +610,7 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         period = min(0.2, self.fleet.health_interval_ms / 2000)
         try:
+            self.request_log.start()
             self.start_haproxy()
             last_error = ""
             while not self.stopping.is_set():
@@ -629,6 +633,8 @@ class Supervisor:
         if self.haproxy is not None:
             process.stop(self.haproxy, timeout=5)
             process.remove_pid_file(self.run_dir, HAPROXY)
+        if self.request_log.is_alive():
+            self.request_log.stop()
         timeout = self.settings.serving.server.drain_timeout_s + 5
         pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout)) for r in self.replicas]
         for r, fut in pending:

@@ -67,6 +67,11 @@ class HaproxyPaths:
     def split_map(self) -> Path:
         return self.run_dir / "split.map"
 
+    @property
+    def request_log(self) -> Path:
+        """The fleet frontend's request log (tenfold.serving.requestlog writes it from HAProxy's ring)."""
+        return self.run_dir / "requests.log"
+
     @classmethod
     def of(cls, settings: Settings) -> HaproxyPaths:
         return cls(settings.local.home / "run")
@@ -93,8 +98,18 @@ def haproxy_binary() -> str:
     return found
 
 
-# The request log's lines: "<marker> <unix time of accept>.<ms> <backend (arm)> <status> <active time ms> <path>".
+# The request log's lines: "<marker> <unix time of accept>.<ms> <backend (arm)> <status> <active time ms>
+# <total time ms> <request counter> <path>": accept date, arm, status, active time (the latency), total time (the
+# end: accept date + %Tt), HAProxy's own count of its requests (one line per request: what a reader that reconnects
+# skips) and the path.
 REQUEST_LOG_MARKER = "tenfold-request"
+REQUEST_LOG_FORMAT = f"{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %Tt %rt %HP"
+# HAProxy keeps the request lines in this ring buffer, which tenfold.serving.requestlog streams to the request log
+# through the runtime API: HAProxy itself writes no file, and a log on its stderr could never be rotated (it drops
+# the O_APPEND of its stderr, so a truncated log refills at the old offset behind a hole).
+REQUEST_RING = "requests"
+# Lines the ring holds while its reader is held up (~20 s of 3,000 req/s).
+REQUEST_RING_BYTES = 4 * 1024 * 1024
 
 
 def render_config(settings: Settings) -> str:
@@ -117,6 +132,11 @@ def render_config(settings: Settings) -> str:
         "    log stderr format raw local0 info",
         "    nbthread 2",
         "",
+        f"ring {REQUEST_RING}",
+        "    format raw",
+        "    maxlen 1024",
+        f"    size {REQUEST_RING_BYTES}",
+        "",
         "defaults",
         "    mode http",
         "    log global",
@@ -136,10 +156,12 @@ def render_config(settings: Settings) -> str:
         "",
         "frontend fleet",
         f"    bind {host}:{local.lb_port}",
-        # Every request, one line each, for the canary analysis (tenfold.rollout.haproxy.HaproxyObserver).
+        # Every request, one line each, for the canary analysis (tenfold.rollout.haproxy.HaproxyObserver), into the
+        # ring that the supervisor streams to the request log.
+        "    no log",
+        f"    log ring@{REQUEST_RING} local0 info",
         "    no option dontlog-normal",
-        # accept date, arm, status, active time (the latency), total time (the end: accept date + %Tt), path
-        f'    log-format "{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %Tt %HP"',
+        f'    log-format "{REQUEST_LOG_FORMAT}"',
         f"    http-request set-var(txn.pct) str({SPLIT_KEY}),map_str_int({paths.split_map},0)",
         # req.fhdr: the last occurrence, whole (req.hdr would split it at commas); the replica reads it the same way.
         f"    acl user_key req.fhdr({header}),length gt 0",

@@ -1,0 +1,131 @@
+"""The local fleet's request log: HAProxy's request ring, streamed to a file that is rotated by size.
+
+HAProxy logs a line per request of the ``fleet`` frontend (``tenfold.serving.haproxy.REQUEST_LOG_MARKER``) into a
+ring buffer in its memory (``ring@requests``). :class:`RequestLog`, a thread of the fleet supervisor, reads that
+ring through the runtime API (``show events requests -w``: what the ring holds, then each new line as it comes)
+and appends whole lines to ``<run>/requests.log``. Past ``serving.fleet.request_log_max_kb`` it renames the file
+to ``requests.log.1`` (replacing the older one) and starts a new one, so the log of a fleet that serves for weeks
+takes at most about twice that on disk. :class:`~tenfold.rollout.haproxy.HaproxyObserver` reads both files.
+
+A stream that ends (HAProxy closes an idle one after its ``stats timeout``, a connection breaks) is opened again
+and reads the ring whole; the lines already written, known by HAProxy's request counter (``%rt``), are skipped. A
+HAProxy that restarted (another pid or start time) has a new ring and a new counter. A line is lost only when the
+reader is held up longer than the ring holds (``REQUEST_RING_BYTES``), or when HAProxy dies with lines not yet read.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from tenfold.serving.haproxy import REQUEST_RING, REQUEST_RING_BYTES, HaproxyError, RuntimeApi
+
+log = logging.getLogger(__name__)
+
+
+# As many lines as the ring holds (REQUEST_RING_BYTES over the shortest line, ~60 bytes).
+_REMEMBERED = REQUEST_RING_BYTES // 60
+
+
+def rotated(path: Path) -> Path:
+    """Where the request log's older lines are (one file: the previous one is replaced)."""
+    return path.with_name(f"{path.name}.1")
+
+
+class RequestLog(threading.Thread):
+    """Streams HAProxy's request ring (runtime API socket ``socket_path``) into ``path``, rotated past ``max_bytes``."""
+
+    def __init__(self, socket_path: Path, path: Path, max_bytes: int, *, retry_s: float = 0.2) -> None:
+        super().__init__(name="request-log", daemon=True)
+        self.socket_path, self.path, self.max_bytes, self.retry_s = Path(socket_path), Path(path), max_bytes, retry_s
+        self.stopping = threading.Event()
+        self._sock: socket.socket | None = None
+        self._out: BinaryIO | None = None
+        # The request counters of the last lines written from this HAProxy: as many as its ring can hold.
+        self._written: set[int] = set()
+        self._order: collections.deque[int] = collections.deque()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        if (sock := self._sock) is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.join(timeout)
+
+    def run(self) -> None:
+        read: str | None = None  # the HAProxy (pid and start) whose lines self._written holds
+        failed = ""
+        self._out = open(self.path, "ab")  # noqa: SIM115 (replaced on each rotation)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if (haproxy := self._which()) != read:
+                        self._written.clear()
+                        self._order.clear()
+                        read = haproxy
+                    self._stream()
+                except (OSError, HaproxyError):
+                    pass  # HAProxy restarting, or not up yet: try again
+                except Exception as exc:  # the log must outlive any one surprise: logged (once), then tried again
+                    if repr(exc) != failed:
+                        log.exception("request log: reading HAProxy's ring failed; retrying")
+                    failed = repr(exc)
+                self.stopping.wait(self.retry_s)
+        finally:
+            self._out.close()
+
+    def _which(self) -> str:
+        """The HAProxy that answers now: its pid and when it started (a restart is another one)."""
+        info = RuntimeApi(self.socket_path, timeout=2).execute("show info")
+        fields = dict(line.split(": ", 1) for line in info.splitlines() if ": " in line)
+        return f"{fields.get('Pid')}/{fields.get('Start_time_sec')}"
+
+    def _stream(self) -> None:
+        """Until HAProxy closes the stream: append what it sends and was not written yet, whole lines only."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.socket_path))
+            self._sock = sock
+            try:
+                sock.sendall(f"show events {REQUEST_RING} -w\n".encode())
+                pending = b""
+                while chunk := sock.recv(1 << 16):
+                    pending += chunk
+                    cut = pending.rfind(b"\n") + 1
+                    if cut:
+                        self._write(pending[:cut])
+                        pending = pending[cut:]
+            finally:
+                self._sock = None
+
+    def _new(self, line: bytes) -> bool:
+        parts = line.split()
+        if len(parts) != 8:
+            return bool(parts)  # HAProxy ends a stream with an empty line
+        try:
+            counter = int(parts[6])
+        except ValueError:
+            return True
+        if counter in self._written:
+            return False
+        self._written.add(counter)
+        self._order.append(counter)
+        if len(self._order) > _REMEMBERED:
+            self._written.discard(self._order.popleft())
+        return True
+
+    def _write(self, lines: bytes) -> None:
+        lines = b"".join(line + b"\n" for line in lines.split(b"\n") if self._new(line))
+        if not lines or self._out is None:
+            return
+        if self._out.tell() and self._out.tell() + len(lines) > self.max_bytes:
+            self._out.close()
+            os.replace(self.path, rotated(self.path))
+            self._out = open(self.path, "ab")  # noqa: SIM115
+        self._out.write(lines)
+        self._out.flush()
