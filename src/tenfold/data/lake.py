@@ -452,7 +452,9 @@ class Lake:
                   "expected_bytes": entry.bytes}
         try:
             where = self.withdraw(table, part, f"corrupt-{uuid.uuid4().hex[:12]}", reason, data_dir=manifest.data_dir)
-        except (OSError, pa.ArrowException) as exc:  # e.g. a reader allowed to read but not to move objects
+        except (OSError, pa.ArrowException, LakeError) as exc:
+            # e.g. a reader allowed to read but not to move objects, or to take the partition's writer lock (GCS
+            # answers 403: PartitionLocked): the checksum refusal stands, with the withdrawal that did not happen.
             raise CorruptFileError(
                 f"{what}; quarantining it failed ({exc}): delete {self.uri_of(self.manifest_path(table, part))} if it "
                 "is still there, so that no reader uses the partition until it is re-published") from exc

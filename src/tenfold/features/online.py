@@ -65,10 +65,11 @@ def served_months(settings: Settings, workload: Workload | None = None, lake: La
 def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[str, dict[str, pa.Table]]:
     """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
 
-    A month whose tables were built by another feature definition version than the workload's contract is left
-    out with a warning (its requests are refused as a month not served, saying to rebuild it), as a month without
-    its lookups is: one stale month does not take the others offline. Raises :class:`LookupsUnavailable` when no
-    month can be served.
+    A month whose tables were built by another feature definition version than the workload's contract, or cannot
+    be read (a corrupt file: the read withdraws the month to quarantine when it may), is left out with a warning
+    (its requests are refused as a month not served, saying to rebuild it), as a month without its lookups is: one
+    stale or corrupt month does not take the others offline. Raises :class:`LookupsUnavailable` when no month can
+    be served.
     """
     workload = workload or get_workload(settings)
     contract = workload.contract
@@ -84,18 +85,27 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
             f"{lake.uri}: run build_features for the months to serve (python -m tenfold.pipelines.build_features "
             "YYYY-MM, or the build_features DAG)"
         )
-    served, stale = {}, {}
+    served: dict[str, dict[str, pa.Table]] = {}
+    stale: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
     for part in months:
         try:
             served[part.label] = read_month_lookups(settings, workload, lake, part)
         except StaleLookups as exc:  # a month left to rebuild (after a definition change) is left out, not fatal
             stale[part.label] = str(exc)
-    if stale and not served:
-        raise LookupsUnavailable(f"no month can be served: {next(iter(stale.values()))}"
-                                 + (f" (and {len(stale) - 1} more months alike)" if len(stale) > 1 else ""))
+        except LookupsUnavailable as exc:  # a corrupt or unreadable file takes its month offline, not the others
+            unreadable[part.label] = str(exc)
+    if not served:
+        left_out = {**stale, **unreadable}
+        raise LookupsUnavailable(f"no month can be served: {next(iter(left_out.values()))}"
+                                 + (f" (and {len(left_out) - 1} more months alike)" if len(left_out) > 1 else ""))
     if stale:
         log.warning("months %s were built by another feature definition and are not served until rebuilt (python -m "
                     "tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale), next(iter(stale.values())))
+    if unreadable:
+        log.warning("months %s have lookup tables that cannot be read and are not served until rebuilt (python -m "
+                    "tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(unreadable),
+                    next(iter(unreadable.values())))
     return served
 
 

@@ -3,10 +3,11 @@ named, and quarantined, on a ``file://`` lake and on a ``gs://`` lake on the GCS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -171,3 +172,30 @@ def test_a_manifest_of_a_newer_version_is_refused_naming_the_fix(lake: Lake) -> 
     _overwrite(lake, path, _read_bytes(lake, path).replace(b'"version": 2', b'"version": 3'))
     with pytest.raises(CorruptManifestError, match=r"unsupported manifest version 3 .*upgrade tenfold"):
         lake.read_manifest(TABLE, PART)
+
+
+def test_a_corrupt_file_whose_withdrawal_is_refused_the_lock_is_still_refused_as_corrupt(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving reads the lake with objectViewer only: it cannot take the partition's writer lock (GCS answers 403,
+    LockUnavailable, raised as PartitionLocked). The refusal is still the checksum's, saying the quarantine failed."""
+    from tenfold.data.locks import LockUnavailable
+
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    _overwrite(lake, path, _corrupted(_read_bytes(lake, path)))
+
+    @contextlib.contextmanager
+    def forbidden(lock_path: str, *, what: str, timeout_s: float, stale_s: float) -> Iterator[None]:
+        raise LockUnavailable(f"cannot take {lock_path}, the lock of {what}: GCS answered 403 (Forbidden)")
+        yield
+
+    monkeypatch.setattr(lake, "lock", forbidden)
+    with pytest.raises(CorruptFileError) as refused:
+        lake.read_table(TABLE, [PART])
+    message = str(refused.value)
+    entry = lake.read_manifest(TABLE, PART).files[0]
+    for needed in (lake.uri_of(path), "is corrupt: its CRC32C is", entry.crc32c, "quarantining it failed",
+                   "GCS answered 403", f"delete {lake.uri_of(lake.manifest_path(TABLE, PART))}"):
+        assert needed in message, f"{needed!r} missing from: {message}"
+    assert lake.has_manifest(TABLE, PART)  # nothing was moved

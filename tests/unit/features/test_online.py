@@ -12,7 +12,7 @@ import pytest
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
 from tenfold.features.online import LookupsUnavailable, load_online_features, read_lookups, served_months
-from tenfold.workloads import VERSION_KEY, lookup_table
+from tenfold.workloads import VERSION_KEY, RequestInvalid, lookup_table
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights.contract import CONTRACT
 from tenfold.workloads.flights.synthetic import (
@@ -98,3 +98,30 @@ def test_the_lookups_table_names_come_from_settings(make_settings, tmp_path: Pat
     publish_month(renamed, lake, JAN)
     assert lake.published_partitions("serving_lookups_planes") == [JAN]
     assert load_online_features(renamed).months == ("2013-01",)
+
+
+def test_a_month_with_a_corrupt_lookups_file_is_left_out_and_the_others_served_on_the_first_load(
+    settings: Settings, lake: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One byte flipped in January's planes lookups: the first load (the one that withdraws it, or cannot when serving
+    may only read the lake) serves February, and a request for January is refused as a month not served."""
+    publish_month(settings, lake, JAN)
+    publish_month(settings, lake, FEB)
+    planes = lookup_table(settings.storage.lookups_table, "planes")
+    (path,) = lake.files(planes, JAN)
+    with lake.fs.open_input_stream(path) as stream:
+        data = bytearray(stream.read())
+    data[len(data) // 2] ^= 0xFF
+    with lake.fs.open_output_stream(path) as out:
+        out.write(bytes(data))
+
+    with caplog.at_level(logging.WARNING, logger="tenfold.features.online"):
+        online = load_online_features(settings)
+    assert online.months == ("2013-02",)
+    assert "months 2013-01 have lookup tables that cannot be read" in caplog.text
+    assert f"{lake.uri_of(path)} is corrupt: its CRC32C is" in caplog.text
+    [feb] = synthetic_requests(FEB, 1)
+    online.check(WORKLOAD.request_model.model_validate(feb))
+    [jan] = synthetic_requests(JAN, 1)
+    with pytest.raises(RequestInvalid, match=r"no features are served for 2013-01: this server's lookups cover 2013-02"):
+        online.check(WORKLOAD.request_model.model_validate(jan))
