@@ -166,9 +166,9 @@ class Manifest:
         return json.dumps(body, indent=2, sort_keys=True, default=str)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> Manifest:
+    def from_json(cls, text: str | bytes, where: str) -> Manifest:
         try:
-            body = json.loads(text)
+            body = json.loads(text.decode() if isinstance(text, bytes) else text)  # not UTF-8: a ValueError too
             if body.get("version") not in _READABLE_VERSIONS:
                 raise ValueError(f"unsupported manifest version {body.get('version')!r} (this code reads "
                                  f"{', '.join(map(str, _READABLE_VERSIONS))}; upgrade tenfold)")
@@ -312,7 +312,7 @@ class Lake:
         path = self.manifest_path(table, part)
         try:
             with self.fs.open_input_stream(path) as stream:
-                text = stream.read().decode()
+                text = bytes(stream.read())  # decoded by from_json, which refuses bytes that are not UTF-8
         except FileNotFoundError as exc:
             raise MissingManifestError(
                 f"{table} partition {part.label} has no {MANIFEST} manifest at {self.uri_of(path)}: it was never "

@@ -199,3 +199,17 @@ def test_a_corrupt_file_whose_withdrawal_is_refused_the_lock_is_still_refused_as
                    "GCS answered 403", f"delete {lake.uri_of(lake.manifest_path(TABLE, PART))}"):
         assert needed in message, f"{needed!r} missing from: {message}"
     assert lake.has_manifest(TABLE, PART)  # nothing was moved
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_as_corrupt_and_a_republish_heals_it(lake: Lake) -> None:
+    _publish(lake, _table())
+    path = lake.manifest_path(TABLE, PART)
+    good = _read_bytes(lake, path)
+    _overwrite(lake, path, b"\xff\xfe" + good[2:])  # bit rot in the first bytes: not UTF-8 any more
+    with pytest.raises(CorruptManifestError, match=rf"manifest {lake.uri_of(path)} is unreadable .*utf-8.*re-publish"):
+        lake.read_table(TABLE, [PART])
+    with pytest.raises(CorruptManifestError):
+        lake.content_digest(TABLE, [PART])
+    _publish(lake, _table(), run_id="r2")  # the damaged manifest is not taken for a valid one: this publish replaces it
+    assert lake.read_manifest(TABLE, PART).run_id == "r2"
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
