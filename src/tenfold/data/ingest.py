@@ -224,7 +224,8 @@ def _fields(line: bytes) -> list[str]:
     return next(csv.reader([line.decode("utf-8", errors="replace")]), [])
 
 
-_CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): invalid value '(.*)'", re.S)
+_CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): "
+                         r"(?:invalid value '(.*)'|expected a zone offset in '(?P<zoneless>[^']*)')", re.S)
 _UTF8 = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to \S+: invalid UTF8 data")
 _COUNT = re.compile(r"CSV parse error: (?:Row #(\d+): )?Expected (\d+) columns, got (\d+)")
 
@@ -232,13 +233,16 @@ _COUNT = re.compile(r"CSV parse error: (?:Row #(\d+): )?Expected (\d+) columns, 
 def _locate_csv(raw: bytes, header: list[str], message: str) -> tuple[str, str, dict[str, Any]]:
     """(problem, fix, where) for a pyarrow CSV error ``message`` over ``raw``: the first line that has it."""
     if m := _CONVERSION.search(message):
-        index, _row, to_type, value = int(m[1]), m[2], m[3], m[4]
+        index, _row, to_type, value = int(m[1]), m[2], m[3], m[4] if m["zoneless"] is None else m["zoneless"]
         column = header[index] if index < len(header) else f"#{index}"
+        problem = (f"the value {value!r} in column {column!r} is not a valid {to_type}" if m["zoneless"] is None else
+                   f"the time {value!r} in column {column!r} has no zone offset, which a {to_type} needs (written "
+                   "with one, e.g. 2013-01-01T06:00:00Z)")
         for number, offset, line in _lines(raw):
             if number > 1 and (fields := _fields(line)) and index < len(fields) and fields[index] == value:
-                return (f"the value {value!r} in column {column!r} is not a valid {to_type}",
-                        f"correct or remove line {number:,}", dict(column=column, line=number, offset=offset, value=value))
-        return f"the value {value!r} in column {column!r} is not a valid {to_type}", "correct that value", dict(column=column, value=value)
+                return problem, f"correct or remove line {number:,}", dict(column=column, line=number, offset=offset,
+                                                                             value=value)
+        return problem, "correct that value", dict(column=column, value=value)
     if m := _UTF8.search(message):
         index = int(m[1])
         column = header[index] if index < len(header) else f"#{index}"
@@ -283,6 +287,10 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         problem, fix, where = _locate_csv(raw, header, str(exc))
         raise SourceUnreadable(table, problem, fix=fix, **where) from exc
+    if parsed.num_rows == 0:
+        raise SourceUnreadable(table, f"the file has its header line but no rows ({len(raw):,} bytes: delivered empty "
+                               "or cut short after its header)", offset=len(raw),
+                               fix="replace it with the complete file (a header line and the rows)")
     return parsed.select(schema.names).cast(schema)
 
 
@@ -318,6 +326,9 @@ def read_parquet(location: str | Path, schema: pa.Schema, *, table: str, remedy:
                                            if tail != b"PAR1" else f"corrupt ({exc})")
             raise SourceUnreadable(table, f"the Parquet file is {kind}, {len(raw):,} bytes long", offset=len(raw),
                                    file=location, fix="replace it with a complete copy") from exc
+        if data.num_rows == 0:
+            raise SourceUnreadable(table, f"the Parquet file holds no rows ({len(raw):,} bytes)", file=location,
+                                   fix="replace it with a complete copy")
         missing = [c for c in schema.names if c not in data.column_names]
         if missing:
             raise SourceUnreadable(table, f"the file lacks the column(s) {', '.join(missing)} "
@@ -388,6 +399,9 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
     if not isinstance(data, pa.Table):
         raise SourceUnreadable(table, f"its reader returned a {type(data).__name__}, not a pyarrow.Table",
                                fix="make the workload's Sources.read return a pyarrow.Table")
+    if data.num_rows == 0:  # no month has rows: the source is empty, not a month it does not cover
+        raise SourceUnreadable(table, "its reader returned no rows at all (the source is empty or was cut short)",
+                               data=data, fix="replace the source with a complete copy")
     return data
 
 

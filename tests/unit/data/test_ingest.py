@@ -185,6 +185,16 @@ def test_a_reader_returning_year_as_text_is_refused_before_the_month_is_cut(tmp_
     assert pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet")).num_rows == flights.num_rows
 
 
+def test_a_reader_returning_no_rows_at_all_is_refused_not_taken_for_a_month_it_lacks(tmp_path, cached_reader):
+    lake = Lake((tmp_path / "lake").as_uri())
+    with pytest.raises(SourceUnreadable, match="nycflights13 weather for 2013-01 cannot be ingested: its reader returned "
+                                               "no rows at all") as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD,
+                     reader=lambda t: cached_reader[t].slice(0, 0) if t == "weather" else cached_reader[t])
+    assert "pick a month" not in str(caught.value) and caught.value.quarantine_uri
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
 def test_a_lost_connection_is_not_a_refusal(tmp_path, cached_reader):
     lake = Lake((tmp_path / "lake").as_uri())
 

@@ -183,6 +183,30 @@ def test_an_empty_file_is_refused(settings, lake, alerts, upstream):
                                 phrases=["the file is empty (0 bytes)"])
 
 
+def test_a_file_with_only_its_header_line_is_refused_naming_it_not_taken_for_a_month_it_lacks(
+        settings, lake, alerts, upstream):
+    weather = (INSTALLED / "weather.csv").read_bytes()
+    header = weather[: weather.index(b"\n") + 1]  # cut short at the end of its first line
+    path = deliver(upstream, "weather.csv", header)
+    refused, run = refuse(settings)
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+        "the file has its header line but no rows", f"byte offset {len(header):,}",
+        "replace it with the complete file"])
+    assert "pick a month" not in str(refused) and reason["copied"] == "weather.csv"
+
+
+def test_a_time_without_its_zone_offset_names_column_line_and_offset(settings, lake, alerts, upstream):
+    weather = (INSTALLED / "weather.csv").read_bytes()
+    data, offset = replace_line(weather, 1_200, lambda line: line[:-len("2013-01-01T06:00:00Z")] + b"2013-02-20 09:00:00")
+    path = deliver(upstream, "weather.csv", data)
+    refused, run = refuse(settings)
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+        "the time '2013-02-20 09:00:00' in column 'time_hour' has no zone offset", "line 1,200",
+        f"byte offset {offset:,}", "correct or remove line 1,200"])
+    assert (reason["column"], reason["line"], reason["byte_offset"]) == ("time_hour", 1_200, offset)
+    assert "assume_timezone" not in str(refused)  # not pyarrow's own advice, about its API
+
+
 def test_a_folder_where_the_file_should_be_is_refused(settings, lake, alerts, upstream):
     path = upstream / "planes.csv"
     path.unlink()
