@@ -366,9 +366,23 @@ def staged_summary(output: str) -> tuple[int, str]:
     return sum(m.num_rows for m in metas), digests.pop()
 
 
-def _is_bad_input(exc: BaseException) -> bool:
+# Spark's error classes of a file it could not read (CANNOT_READ_FILE_FOOTER too): the job reads only its inputs.
+_READ_ERRORS = ("FAILED_READ_FILE", "CANNOT_READ_FILE", "PATH_NOT_FOUND")
+
+
+def _is_bad_input(exc: BaseException, inputs: Inputs) -> bool:
+    """Whether ``exc`` is Spark failing to read one of ``inputs`` (exit 2: re-ingest the month). The job's own output
+    (a :class:`ContractError`, an OSError or Arrow error writing or reading back what it wrote) never is, whatever
+    file it names: the inputs are read by Spark only, the output written and read back by pyarrow."""
+    import pyarrow as pa
+
+    if isinstance(exc, ContractError | OSError | pa.ArrowException):
+        return False
     text = str(exc)
-    return any(s in text for s in ("Parquet", "parquet", "FAILED_READ_FILE", "CANNOT_READ_FILE", "PATH_NOT_FOUND"))
+    if any(s in text for s in _READ_ERRORS):
+        return True
+    # A failure that names an input file (Spark writes file:/x for file:///x, so the path is compared without scheme).
+    return any(uri.split("://", 1)[-1].lstrip("/") in text for uris in inputs.tables.values() for uri in uris)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -400,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if _is_bad_input(exc):
+        if _is_bad_input(exc, inputs):
             print(
                 f"build_features: an input file of {args.month.label} under {args.lake_uri} cannot be read "
                 f"({first[:500]}); re-ingest that month (tenfold ingest --month {args.month.label})",

@@ -1,0 +1,67 @@
+"""The build-features job's exit code: 2 ("an input cannot be read; re-ingest the month") only for a failure to read
+one of its inputs, never for a failure of its own output that happens to name a Parquet file."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tenfold.data.lake import Partition
+from tenfold.features import job
+
+FEB = Partition(2013, 2)
+LAKE = "file:///srv/lake"
+OUTPUT = "file:///srv/lake/_staging/features/year=2013/month=2/run-1"
+INPUT = f"{LAKE}/flights/year=2013/month=2/data-0123456789abcdef/part-00000.parquet"
+
+
+class SparkException(Exception):
+    """A stand-in for what pyspark raises from the JVM (its own classes need a running JVM to be built)."""
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> int:
+    from pyspark.sql import SparkSession
+
+    session = SimpleNamespace(stop=lambda: None)
+    builder = SimpleNamespace(config=lambda *_: builder, appName=lambda _: builder, getOrCreate=lambda: session)
+    monkeypatch.setattr(SparkSession, "builder", builder)
+    monkeypatch.setattr(job, "resolve_inputs", lambda *_: job.Inputs(history=(), tables={"flights": (INPUT,)}))
+
+    def run(*_: object) -> dict[str, object]:
+        raise failure
+
+    monkeypatch.setattr(job, "run", run)
+    return job.main(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT])
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        job.ContractError(f"the job wrote no Parquet file under {OUTPUT}"),
+        OSError(28, "No space left on device", f"{OUTPUT}/part-00001.parquet.tmp-1a2b3c4d"),
+        SparkException("An exception was thrown from the Python worker: OSError: [Errno 28] No space left on device: "
+                       f"'{OUTPUT.removeprefix('file://')}/part-00001.parquet.tmp-1a2b3c4d'"),
+    ],
+    ids=["no-output-contract", "disk-full-driver", "disk-full-task"],
+)
+def test_a_failure_of_the_jobs_own_output_is_not_taken_for_a_bad_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], failure: BaseException
+) -> None:
+    assert _main(monkeypatch, failure) == job.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith(f"build_features: failed for 2013-02: {str(failure)[:80]}"), err
+    assert "cannot be read" not in err and "re-ingest" not in err
+
+
+def test_a_spark_read_of_an_input_file_that_fails_is_a_bad_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failure = SparkException("[FAILED_READ_FILE.NO_HINT] Encountered error while reading file "
+                             f"file:/{INPUT.removeprefix('file:///')}. SQLSTATE: KD001")
+    assert _main(monkeypatch, failure) == job.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"an input file of 2013-02 under {LAKE} cannot be read" in err and "tenfold ingest --month 2013-02" in err
+    # Any failure naming an input file is one too (Spark writes file:/x for file:///x), without a read error class.
+    assert job._is_bad_input(SparkException(f"Could not read footer for file file:/{INPUT.removeprefix('file:///')}"),
+                             job.Inputs(history=(), tables={"flights": (INPUT,)}))
