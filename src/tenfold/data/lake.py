@@ -183,7 +183,7 @@ class Manifest:
                 created_at=body["created_at"],
                 extra=body.get("extra", {}),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON but not an object
             raise CorruptManifestError(f"manifest {where} is unreadable ({exc}); re-publish the partition") from exc
 
     @property

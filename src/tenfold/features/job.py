@@ -409,9 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         facts = run(spark, args, inputs, workload)
-    except LakeError as exc:
-        print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except LakeError as exc:  # in run, only publishing uses the lake (the inputs were resolved above): retryable
+        print(f"build_features: publishing {args.month.label} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_bad_input(exc, inputs):

@@ -213,3 +213,14 @@ def test_a_manifest_that_is_not_utf8_is_refused_as_corrupt_and_a_republish_heals
     _publish(lake, _table(), run_id="r2")  # the damaged manifest is not taken for a valid one: this publish replaces it
     assert lake.read_manifest(TABLE, PART).run_id == "r2"
     assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"a string"', b"42"], ids=["list", "string", "number"])
+def test_a_manifest_that_is_json_but_not_an_object_is_refused_as_corrupt(lake: Lake, body: bytes) -> None:
+    _publish(lake, _table())
+    path = lake.manifest_path(TABLE, PART)
+    _overwrite(lake, path, body)
+    with pytest.raises(CorruptManifestError, match=rf"manifest {lake.uri_of(path)} is unreadable"):
+        lake.read_table(TABLE, [PART])
+    _publish(lake, _table(), run_id="r2")
+    assert lake.read_manifest(TABLE, PART).run_id == "r2"

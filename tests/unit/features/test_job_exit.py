@@ -65,3 +65,17 @@ def test_a_spark_read_of_an_input_file_that_fails_is_a_bad_input(
     # Any failure naming an input file is one too (Spark writes file:/x for file:///x), without a read error class.
     assert job._is_bad_input(SparkException(f"Could not read footer for file file:/{INPUT.removeprefix('file:///')}"),
                              job.Inputs(history=(), tables={"flights": (INPUT,)}))
+
+
+def test_a_failure_to_publish_is_not_taken_for_a_bad_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In the job, the lake is used only to resolve the inputs (before Spark) and to publish: a publish that fails
+    (another writer holds the partition's lock) is worth a retry, and no reason to re-ingest the month."""
+    from tenfold.data.lake import PartitionLocked
+
+    failure = PartitionLocked("features partition 2013-02 is being published by another run (lock held)")
+    assert _main(monkeypatch, failure) == job.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("build_features: publishing 2013-02 failed: features partition 2013-02 is being published")
+    assert "bad input" not in err and "re-ingest" not in err
