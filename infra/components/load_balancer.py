@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cdktn import Annotations
 from cdktn_provider_google.compute_backend_service import ComputeBackendService
 from cdktn_provider_google.compute_global_address import ComputeGlobalAddress
 from cdktn_provider_google.compute_global_forwarding_rule import ComputeGlobalForwardingRule
@@ -20,6 +21,11 @@ from infra.components._jsii import structs
 from tenfold.rollout.urlmap import ALL_HOSTS, PATH_MATCHER, route_rules
 
 HTTP_PORT, HTTPS_PORT = 80, 443
+PLAIN_HTTP_WARNING = (
+    "serving.load_balancer.domain is not set: the load balancer serves plain HTTP on port 80, and the bearer token "
+    "of every request crosses the internet unencrypted. Set TENFOLD_SERVING__LOAD_BALANCER__DOMAIN=<your domain> "
+    "before anything but test traffic uses it: the stack then serves HTTPS only (docs/deploy.md)"
+)
 LB_SCHEME = "EXTERNAL_MANAGED"  # the global external ALB: weighted routes need it (classic has none)
 
 
@@ -146,6 +152,8 @@ class HttpLoadBalancer(Construct):
         else:
             proxy_id = ComputeTargetHttpProxy(self, "http-proxy", name=props.proxy_name, url_map=self.url_map.id).id
             port = HTTP_PORT
+            # Shown by `cdktn synth`/`deploy` and kept in the manifest (tests/infra/test_stacks.py reads it there).
+            Annotations.of(self).add_warning(PLAIN_HTTP_WARNING)
         self.forwarding_rule = ComputeGlobalForwardingRule(
             self, "forwarding-rule",
             name=props.forwarding_rule_name,

@@ -345,6 +345,24 @@ def test_https_with_managed_certificate_when_a_domain_is_set(synth: Synth, tls_s
     assert rule["port_range"] == "443" and "target_https_proxy" in rule["target"]
 
 
+def test_a_load_balancer_without_a_domain_is_synthesized_with_a_warning_that_it_serves_plain_http(
+        synth: Synth, tls_settings) -> None:
+    """Bearer tokens would cross the internet unencrypted: `cdktn synth` and `deploy` say so, and how to fix it."""
+    import json
+
+    from infra.components.load_balancer import PLAIN_HTTP_WARNING
+
+    stacks = json.loads((synth.outdir / "manifest.json").read_text())["stacks"]
+
+    def warnings(stack: str) -> list[str]:
+        return [a["message"] for a in stacks[stack].get("annotations", []) if a["level"].endswith("warn")]
+
+    for env in ("dev", "prod"):
+        assert warnings(get_settings(env).infra.platform_stack) == [PLAIN_HTTP_WARNING]
+    assert "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN" in PLAIN_HTTP_WARNING
+    assert warnings(tls_settings.infra.platform_stack) == []
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_cloud_armor_follows_settings(synth: Synth, env: str) -> None:
     s, stack = get_settings(env), _platform(synth, env)
