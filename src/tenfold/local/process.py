@@ -280,12 +280,19 @@ def _orphans(record: ProcessRecord) -> tuple[list[psutil.Process], bool]:
 
 
 def _carries(p: psutil.Process, marker: str) -> bool:
+    """Whether ``p`` can be ours: it carries ``marker``, or its environment cannot be read. A process that sets its
+    title (``setproctitle``: Airflow's scheduler, executor workers and log server do) writes over the memory the
+    kernel shows as its environment, which then reads empty: such a member counts as ours, as every member did
+    before markers. One whose environment shows another marker or none is a stranger's."""
     if not marker:
         return True
     try:
-        return p.environ().get(MARKER_ENV) == marker
+        environ = p.environ()
+    except psutil.AccessDenied:
+        return True
     except psutil.Error:
         return False
+    return not environ or environ.get(MARKER_ENV) == marker
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -416,14 +423,16 @@ def wait_until(
 
 
 def log_tail(path: str | Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log (read from its end: a log can be large)."""
+    """The last ``lines`` lines of a log (read backwards from its end, a block at a time: a log can be large)."""
     try:
         with open(path, "rb") as log:
-            start = max(0, log.seek(0, os.SEEK_END) - 256 * lines - 4096)
-            log.seek(start)
-            if start:
-                log.readline()  # the rest of a line that began before the part read
-            text = log.read().decode(errors="replace")
+            start = log.seek(0, os.SEEK_END)
+            tail = b""
+            while start > 0 and tail.count(b"\n") <= lines:
+                block = min(start, 64 * 1024)
+                start -= block
+                log.seek(start)
+                tail = log.read(block) + tail
     except FileNotFoundError:
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(tail.decode(errors="replace").splitlines()[-lines:])

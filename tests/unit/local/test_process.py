@@ -138,6 +138,30 @@ def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path
     assert not process.is_group_running(record)
 
 
+def test_an_orphan_that_set_its_title_is_still_ours(tmp_path):
+    """Airflow's executor workers and log server call setproctitle, which writes over the memory the kernel shows
+    as their environment (it reads empty): left behind by their dead leader, they are still stopped."""
+    script = ("import os, sys, time\n"
+              "if os.fork() == 0:\n"
+              "    import setproctitle\n"
+              "    setproctitle.setproctitle('airflow worker -- LocalExecutor: <idle>')\n"
+              "    open('child.pid', 'w').write(str(os.getpid()))\n"
+              "    time.sleep(300)\n"
+              "else:\n"
+              "    time.sleep(300)\n")
+    record = process.start("svc", [sys.executable, "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    child = psutil.Process(_written_pid(tmp_path / "child.pid"))
+    deadline = time.monotonic() + 5
+    while child.environ() and time.monotonic() < deadline:  # the title is set just before the pid is written
+        time.sleep(0.05)
+    assert child.environ() == {}, "setproctitle left the environment readable: this test no longer tests that"
+    psutil.Process(record.pid).kill()
+    psutil.Process(record.pid).wait(timeout=5)
+    assert process.is_group_running(record)
+    assert process.stop(record, timeout=5) is True
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_stale_pid_file_never_adopts_a_strangers_group_that_took_the_recycled_pid(tmp_path):
     """A pid file outlives its service (a reboot, a container restart, a crash of its whole group). Its pid can
     then be recycled by a launcher that makes itself a group leader, starts a daemon and exits (``setsid``): the
@@ -214,3 +238,6 @@ def test_log_tail_reads_the_end_of_a_large_log_whole_lines_only(tmp_path):
     assert process.log_tail(log, 400).splitlines()[-8:] == expected
     assert all(line.startswith("line ") for line in process.log_tail(log, 400).splitlines())
     assert process.log_tail(tmp_path / "absent.log") == "(no log)"
+    long = tmp_path / "java.log"  # a JVM's traceback lines can be long
+    long.write_text("".join(f"{i} {'y' * 1500}\n" for i in range(200)))
+    assert process.log_tail(long, 20).splitlines() == long.read_text().splitlines()[-20:]
