@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition
 from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workload, lookup_table
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ def served_months(settings: Settings, workload: Workload | None = None, lake: La
 def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[str, dict[str, pa.Table]]:
     """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
 
-    A month whose tables were built by another feature definition version than the workload's contract, or cannot
-    be read (a corrupt file: the read withdraws the month to quarantine when it may), is left out with a warning
+    A month whose tables were built by another feature definition version than the workload's contract, or are
+    corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
     (its requests are refused as a month not served, saying to rebuild it), as a month without its lookups is: one
     stale or corrupt month does not take the others offline. Raises :class:`LookupsUnavailable` when no month can
     be served.
@@ -93,7 +93,11 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
             served[part.label] = read_month_lookups(settings, workload, lake, part)
         except StaleLookups as exc:  # a month left to rebuild (after a definition change) is left out, not fatal
             stale[part.label] = str(exc)
-        except LookupsUnavailable as exc:  # a corrupt or unreadable file takes its month offline, not the others
+        except LookupsUnavailable as exc:
+            # A corrupt file or manifest takes its month offline, not the others. Anything else (the month being
+            # re-published, a lock) fails the load, as before: tried again whole, not served without the month.
+            if not isinstance(exc.__cause__, CorruptManifestError):
+                raise
             unreadable[part.label] = str(exc)
     if not served:
         left_out = {**stale, **unreadable}

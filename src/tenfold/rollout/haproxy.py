@@ -14,7 +14,9 @@ The map file on disk is rewritten first, so a restarted HAProxy comes back with 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,27 +105,42 @@ class HaproxyObserver:
     def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
         lo, hi = since.timestamp(), until.timestamp()
         seen: dict[str, tuple[list[int], list[float]]] = {arm: ([], []) for arm in ARMS}
-        # The older file first: the log starts a new one past serving.fleet.request_log_max_kb.
-        for log_path in (rotated(self.log_path), self.log_path):
-            try:
-                with open(log_path, "rb") as log:
-                    # A log holds hours of requests: start near the window, not at the top.
-                    log.seek(_offset_before(log, lo - _DISORDER_S))
-                    for line in log:
-                        entry = _entry(line)
-                        if entry is None:
-                            continue
-                        arm, status, active_ms, ended, path = entry
-                        if ended >= hi + _DISORDER_S:
-                            break  # lines are written as requests end: nothing further ends in the window
-                        if path == self.path and arm in seen and lo <= ended < hi:
-                            statuses, latencies = seen[arm]
-                            statuses.append(status)
-                            latencies.append(max(active_ms, 0.0))
-            except FileNotFoundError:
-                continue
+        with contextlib.ExitStack() as files:
+            for log in _both(self.log_path, files):  # the older file first
+                # A log holds hours of requests: start near the window, not at the top.
+                log.seek(_offset_before(log, lo - _DISORDER_S))
+                for line in log:
+                    entry = _entry(line)
+                    if entry is None:
+                        continue
+                    arm, status, active_ms, ended, path = entry
+                    if ended >= hi + _DISORDER_S:
+                        break  # lines are written as requests end: nothing further ends in the window
+                    if path == self.path and arm in seen and lo <= ended < hi:
+                        statuses, latencies = seen[arm]
+                        statuses.append(status)
+                        latencies.append(max(active_ms, 0.0))
         return {arm: ArmTraffic(requests=len(st), errors=sum(1 for c in st if c >= 500 or c < 100), latencies_ms=tuple(lat))
                 for arm, (st, lat) in seen.items()}
+
+
+def _both(log_path: Path, files: contextlib.ExitStack) -> list[BinaryIO]:
+    """The request log's older file and the log, both opened before either is read: the log starts a new file past
+    serving.fleet.request_log_max_kb (tenfold.serving.requestlog), and lines that moved to the older file between
+    two reads would be in neither. The log is opened first; found as the older file next (it rotated in between),
+    it is read once, as the older file, and the new log after it."""
+
+    def opened(path: Path) -> BinaryIO | None:
+        try:
+            return files.enter_context(open(path, "rb"))
+        except FileNotFoundError:
+            return None
+
+    current = opened(log_path)
+    older = opened(rotated(log_path))
+    if current is not None and older is not None and os.fstat(current.fileno()).st_ino == os.fstat(older.fileno()).st_ino:
+        current = opened(log_path)
+    return [f for f in (older, current) if f is not None]
 
 
 # HAProxy writes a request's line when the request ends, so the log is in order of end time up to the threads'

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,8 +30,9 @@ from tenfold.serving.haproxy import REQUEST_RING, REQUEST_RING_BYTES, HaproxyErr
 log = logging.getLogger(__name__)
 
 
-# As many lines as the ring holds (REQUEST_RING_BYTES over the shortest line, ~60 bytes).
-_REMEMBERED = REQUEST_RING_BYTES // 60
+# More lines than the ring can hold (REQUEST_RING_BYTES over a shorter line than the shortest request line, ~44 bytes).
+_REMEMBERED = REQUEST_RING_BYTES // 40
+ROTATE_RETRY_S = 60
 
 
 def rotated(path: Path) -> Path:
@@ -47,6 +49,7 @@ class RequestLog(threading.Thread):
         self.stopping = threading.Event()
         self._sock: socket.socket | None = None
         self._out: BinaryIO | None = None
+        self._rotate_after = 0.0  # monotonic time before which a failed rotation is not tried again
         # The request counters of the last lines written from this HAProxy: as many as its ring can hold.
         self._written: set[int] = set()
         self._order: collections.deque[int] = collections.deque()
@@ -61,7 +64,6 @@ class RequestLog(threading.Thread):
     def run(self) -> None:
         read: str | None = None  # the HAProxy (pid and start) whose lines self._written holds
         failed = ""
-        self._out = open(self.path, "ab")  # noqa: SIM115 (replaced on each rotation)
         try:
             while not self.stopping.is_set():
                 try:
@@ -70,15 +72,17 @@ class RequestLog(threading.Thread):
                         self._order.clear()
                         read = haproxy
                     self._stream()
-                except (OSError, HaproxyError):
+                    failed = ""
+                except (HaproxyError, ConnectionError, FileNotFoundError):
                     pass  # HAProxy restarting, or not up yet: try again
-                except Exception as exc:  # the log must outlive any one surprise: logged (once), then tried again
+                except Exception as exc:  # the log must outlive any one surprise (a full disk): logged once, tried again
                     if repr(exc) != failed:
                         log.exception("request log: reading HAProxy's ring failed; retrying")
                     failed = repr(exc)
                 self.stopping.wait(self.retry_s)
         finally:
-            self._out.close()
+            if self._out is not None:
+                self._out.close()
 
     def _which(self) -> str:
         """The HAProxy that answers now: its pid and when it started (a restart is another one)."""
@@ -103,29 +107,55 @@ class RequestLog(threading.Thread):
             finally:
                 self._sock = None
 
-    def _new(self, line: bytes) -> bool:
-        parts = line.split()
-        if len(parts) != 8:
-            return bool(parts)  # HAProxy ends a stream with an empty line
-        try:
-            counter = int(parts[6])
-        except ValueError:
-            return True
-        if counter in self._written:
-            return False
-        self._written.add(counter)
-        self._order.append(counter)
-        if len(self._order) > _REMEMBERED:
-            self._written.discard(self._order.popleft())
-        return True
-
-    def _write(self, lines: bytes) -> None:
-        lines = b"".join(line + b"\n" for line in lines.split(b"\n") if self._new(line))
-        if not lines or self._out is None:
+    def _write(self, data: bytes) -> None:
+        """Append the lines of ``data`` not written yet; their counters count as written once they are flushed, so
+        a write that fails (a full disk) is tried again from the ring on the next stream."""
+        keep, counters = [], set()
+        for line in data.split(b"\n"):
+            parts = line.split()
+            if not parts:
+                continue  # HAProxy ends a stream with an empty line
+            counter = _counter(parts)
+            if counter is not None:
+                if counter in self._written or counter in counters:
+                    continue
+                counters.add(counter)
+            keep.append(line + b"\n")
+        if not keep:
             return
-        if self._out.tell() and self._out.tell() + len(lines) > self.max_bytes:
-            self._out.close()
-            os.replace(self.path, rotated(self.path))
-            self._out = open(self.path, "ab")  # noqa: SIM115
-        self._out.write(lines)
-        self._out.flush()
+        body = b"".join(keep)
+        out = self._file(len(body))
+        out.write(body)
+        out.flush()
+        for counter in counters:
+            self._written.add(counter)
+            self._order.append(counter)
+        while len(self._order) > _REMEMBERED:
+            self._written.discard(self._order.popleft())
+
+    def _file(self, size: int) -> BinaryIO:
+        """The file to append ``size`` bytes to: a new one once the log would pass its size (the old one becomes the
+        older file), and a reopened one after a failure left it closed."""
+        out = self._out
+        if out is not None and not out.closed:
+            if not out.tell() or out.tell() + size <= self.max_bytes or time.monotonic() < self._rotate_after:
+                return out
+            out.close()
+            try:
+                os.replace(self.path, rotated(self.path))
+            except OSError as exc:  # the log goes on growing rather than stop: rotation is tried again in a minute
+                log.warning("request log: cannot move %s to %s (%s); writing on, trying again in %d s",
+                            self.path, rotated(self.path), exc, ROTATE_RETRY_S)
+                self._rotate_after = time.monotonic() + ROTATE_RETRY_S
+        self._out = open(self.path, "ab")  # noqa: SIM115 (replaced on each rotation)
+        return self._out
+
+
+def _counter(parts: list[bytes]) -> int | None:
+    """HAProxy's request counter of a request line (REQUEST_LOG_FORMAT: its 7th field), None for another line."""
+    if len(parts) != 8:
+        return None
+    try:
+        return int(parts[6])
+    except ValueError:
+        return None

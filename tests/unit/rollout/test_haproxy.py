@@ -220,3 +220,44 @@ def test_the_observer_reads_near_the_window_of_a_long_log_and_counts_what_a_whol
                 whole[parts[2]] += 1
         assert {arm: got[arm].requests for arm in whole} == whole, (start - t0, whole)
     assert sum(1 for e in ends if t0 + 5_000.5 <= e < t0 + 5_030.5) > 100  # the windows held traffic to count
+
+
+def test_the_observer_reads_a_window_across_the_rotation_of_the_request_log_even_one_between_its_two_opens(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request log starts a new file past its size (tenfold.serving.requestlog): a window counts the lines of
+    the older file and of the log, and lines that move to the older file while the observer opens the two are
+    counted once, not lost."""
+    import builtins
+    import datetime as dt
+    import os
+
+    from tenfold.rollout import haproxy as observer_mod
+    from tenfold.rollout.haproxy import HaproxyObserver
+    from tenfold.serving.haproxy import REQUEST_LOG_MARKER
+    from tenfold.serving.requestlog import rotated
+
+    t0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+    log = tmp_path / "requests.log"
+
+    def lines(seconds: range, arm: str) -> str:
+        return "".join(f"{REQUEST_LOG_MARKER} {t0.timestamp() + s:.3f} {arm} 200 5 5 {s} /v1/predict\n" for s in seconds)
+
+    rotated(log).write_text(lines(range(0, 20), "stable"))
+    log.write_text(lines(range(20, 50), "canary"))
+    window = (t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=60))
+    got = HaproxyObserver(log).traffic(*window)
+    assert (got["stable"].requests, got["canary"].requests) == (10, 30)
+
+    real_open, rotations = builtins.open, []
+
+    def open_then_rotate(path: Any, *args: Any, **kwargs: Any) -> Any:
+        f = real_open(path, *args, **kwargs)
+        if str(path) == str(log) and not rotations:  # the log rotates right after the observer opened it
+            os.replace(log, rotated(log))
+            log.write_text(lines(range(50, 55), "stable"))
+            rotations.append(1)
+        return f
+
+    monkeypatch.setattr(observer_mod, "open", open_then_rotate, raising=False)
+    got = HaproxyObserver(log).traffic(*window)
+    assert rotations and (got["stable"].requests, got["canary"].requests) == (5, 30)

@@ -82,7 +82,7 @@ def haproxy(tmp_path: Path) -> Iterator[Haproxy]:
 
 
 def _numbers(path: Path) -> list[int]:
-    if not path.exists():
+    if not path.is_file():
         return []
     lines = path.read_bytes().splitlines()
     assert all(line.startswith(REQUEST_LOG_MARKER.encode()) and line.split()[-1].startswith(b"/r/") for line in lines)
@@ -141,5 +141,32 @@ def test_every_request_line_arrives_once_across_a_broken_stream_an_idle_close_an
         haproxy.start()
         haproxy.send(80, 30)
         assert _wait_for(log, 109) == list(range(110)), "a line was lost or read twice across the HAProxy restart"
+    finally:
+        writer.stop()
+
+
+def test_a_rotation_that_fails_leaves_the_log_writing_on_and_is_tried_again(
+        haproxy: Haproxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The older file's name is taken by a folder (the rename fails for real): the log grows past its size rather
+    than lose lines, and rotates once the name is free again."""
+    from tenfold.serving import requestlog
+
+    monkeypatch.setattr(requestlog, "ROTATE_RETRY_S", 0.3)
+    log = haproxy.run / "requests.log"
+    blocker = rotated(log)
+    blocker.mkdir()
+    (blocker / "keep").write_text("not empty")
+    writer = RequestLog(haproxy.run / "haproxy.sock", log, 1024, retry_s=0.05)
+    writer.start()
+    try:
+        haproxy.send(0, 60)
+        assert _wait_for(log, 59) == list(range(60))  # all in the log, past its size
+        assert log.stat().st_size > 1024
+        (blocker / "keep").unlink()
+        blocker.rmdir()
+        time.sleep(0.3)  # the retry delay set above
+        haproxy.send(60, 20)
+        seen = _wait_for(log, 79)
+        assert rotated(log).is_file() and seen == list(range(seen[0], 80))
     finally:
         writer.stop()
