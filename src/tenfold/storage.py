@@ -163,7 +163,8 @@ def lake_objects(settings: Settings, prefix: str, *, client: Any = None) -> Obje
     parsed = urlparse(uri)
     prefix = prefix.strip("/")
     if parsed.scheme == "gs":
-        return GcsObjects(client or gcs_client(settings), parsed.netloc, posixpath.join(parsed.path.strip("/"), prefix))
+        bucket, root = split_gs_uri(uri)
+        return GcsObjects(client or gcs_client(settings), bucket, posixpath.join(root, prefix))
     if parsed.scheme not in ("file", ""):
         raise ValueError(f"storage.lake_uri {uri!r}: records are kept on file:// and gs:// lakes only")
     return FileObjects(Path(parsed.path if parsed.scheme else uri) / prefix)
