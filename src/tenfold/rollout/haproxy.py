@@ -24,11 +24,12 @@ from tenfold.config import Settings
 from tenfold.rollout import ArmTraffic
 from tenfold.rollout.split import ARMS
 from tenfold.serving.haproxy import (
-    REQUEST_LOG_MARKER,
     SPLIT_KEY,
     HaproxyError,
     HaproxyPaths,
+    RequestLine,
     RuntimeApi,
+    parse_request_line,
     write_split_map,
 )
 from tenfold.serving.requestlog import rotated
@@ -113,13 +114,13 @@ class HaproxyObserver:
                     entry = _entry(line)
                     if entry is None:
                         continue
-                    arm, status, active_ms, ended, path = entry
+                    ended = entry.ended
                     if ended >= hi + _DISORDER_S:
                         break  # lines are written as requests end: nothing further ends in the window
-                    if path == self.path and arm in seen and lo <= ended < hi:
-                        statuses, latencies = seen[arm]
-                        statuses.append(status)
-                        latencies.append(max(active_ms, 0.0))
+                    if entry.path == self.path and entry.arm in seen and lo <= ended < hi:
+                        statuses, latencies = seen[entry.arm]
+                        statuses.append(entry.status)
+                        latencies.append(max(entry.active_ms, 0.0))
         return {arm: ArmTraffic(requests=len(st), errors=sum(1 for c in st if c >= 500 or c < 100), latencies_ms=tuple(lat))
                 for arm, (st, lat) in seen.items()}
 
@@ -149,22 +150,9 @@ _DISORDER_S = 60.0
 _SCAN_BYTES = 64 * 1024  # below this the search reads on line by line
 
 
-def _entry(line: bytes) -> tuple[str, int, float, float, bytes] | None:
-    """A request line's (arm, status, active ms, unix time it ended, path); None for any other line."""
-    if not line.startswith(_MARKER):
-        return None
-    parts = line.split()
-    if len(parts) not in (6, 7, 8):
-        return None
-    try:
-        at, status, active_ms = float(parts[1]), int(parts[3]), float(parts[4])
-        # %Tt: from the accept date to the end, idle time on a kept-alive connection included (%Ta leaves it
-        # out); a line of an older format (6 fields) has only %Ta.
-        total_ms = float(parts[5]) if len(parts) >= 7 else active_ms
-        arm = parts[2].decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return arm, status, active_ms, at + max(total_ms, active_ms, 0.0) / 1000, parts[-1]
+def _entry(line: bytes) -> RequestLine | None:
+    """A request line of the log (the one parser of its format, beside the format in tenfold.serving.haproxy)."""
+    return parse_request_line(line)
 
 
 def _first_end_from(log: BinaryIO, offset: int) -> float | None:
@@ -175,7 +163,7 @@ def _first_end_from(log: BinaryIO, offset: int) -> float | None:
     for line in log:
         entry = _entry(line)
         if entry is not None:
-            return entry[3]
+            return entry.ended
     return None
 
 
@@ -196,4 +184,3 @@ def _offset_before(log: BinaryIO, t: float) -> int:
     return log.tell()
 
 
-_MARKER = REQUEST_LOG_MARKER.encode() + b" "

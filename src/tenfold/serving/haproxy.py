@@ -32,6 +32,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tenfold.config import Settings
 from tenfold.fsio import atomic_write
@@ -104,6 +105,41 @@ def haproxy_binary() -> str:
 # skips) and the path.
 REQUEST_LOG_MARKER = "tenfold-request"
 REQUEST_LOG_FORMAT = f"{REQUEST_LOG_MARKER} %Ts.%ms %b %ST %Ta %Tt %rt %HP"
+_REQUEST_MARKER = REQUEST_LOG_MARKER.encode() + b" "
+
+
+class RequestLine(NamedTuple):
+    """One request line of the request log (REQUEST_LOG_FORMAT), parsed."""
+
+    accepted: float  # unix time the request was accepted
+    arm: str  # the backend
+    status: int
+    active_ms: float  # %Ta: the request's latency
+    total_ms: float  # %Tt: from the accept date to the end, idle time on a kept-alive connection included
+    counter: int | None  # %rt: HAProxy's count of its requests (None on a line of an older format)
+    path: bytes
+
+    @property
+    def ended(self) -> float:
+        """The unix time the request ended."""
+        return self.accepted + max(self.total_ms, self.active_ms, 0.0) / 1000
+
+
+def parse_request_line(line: bytes) -> RequestLine | None:
+    """A request line of the request log, parsed; None for any other line. Lines of the two older formats (6
+    fields: no %Tt and no %rt; 7 fields: no %rt) still parse, so a log written before an upgrade is read."""
+    if not line.startswith(_REQUEST_MARKER):
+        return None
+    parts = line.split()
+    if len(parts) not in (6, 7, 8):
+        return None
+    try:
+        accepted, arm, status, active_ms = float(parts[1]), parts[2].decode(), int(parts[3]), float(parts[4])
+        total_ms = float(parts[5]) if len(parts) >= 7 else active_ms
+        counter = int(parts[6]) if len(parts) == 8 else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return RequestLine(accepted, arm, status, active_ms, total_ms, counter, parts[-1])
 # HAProxy keeps the request lines in this ring buffer, which tenfold.serving.requestlog streams to the request log
 # through the runtime API: HAProxy itself writes no file, and a log on its stderr could never be rotated (it drops
 # the O_APPEND of its stderr, so a truncated log refills at the old offset behind a hole).

@@ -25,7 +25,13 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from tenfold.serving.haproxy import REQUEST_RING, REQUEST_RING_BYTES, HaproxyError, RuntimeApi
+from tenfold.serving.haproxy import (
+    REQUEST_RING,
+    REQUEST_RING_BYTES,
+    HaproxyError,
+    RuntimeApi,
+    parse_request_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +118,10 @@ class RequestLog(threading.Thread):
         a write that fails (a full disk) is tried again from the ring on the next stream."""
         keep, counters = [], set()
         for line in data.split(b"\n"):
-            parts = line.split()
-            if not parts:
+            if not line.strip():
                 continue  # HAProxy ends a stream with an empty line
-            counter = _counter(parts)
+            request = parse_request_line(line)
+            counter = request.counter if request is not None else None
             if counter is not None:
                 if counter in self._written or counter in counters:
                     continue
@@ -149,13 +155,3 @@ class RequestLog(threading.Thread):
                 self._rotate_after = time.monotonic() + ROTATE_RETRY_S
         self._out = open(self.path, "ab")  # noqa: SIM115 (replaced on each rotation)
         return self._out
-
-
-def _counter(parts: list[bytes]) -> int | None:
-    """HAProxy's request counter of a request line (REQUEST_LOG_FORMAT: its 7th field), None for another line."""
-    if len(parts) != 8:
-        return None
-    try:
-        return int(parts[6])
-    except ValueError:
-        return None

@@ -24,7 +24,9 @@ from tenfold.serving.haproxy import (
     REQUEST_LOG_MARKER,
     REQUEST_RING,
     REQUEST_RING_BYTES,
+    RequestLine,
     haproxy_binary,
+    parse_request_line,
 )
 from tenfold.serving.requestlog import RequestLog, rotated
 
@@ -170,3 +172,25 @@ def test_a_rotation_that_fails_leaves_the_log_writing_on_and_is_tried_again(
         assert rotated(log).is_file() and seen == list(range(seen[0], 80))
     finally:
         writer.stop()
+
+
+def test_the_one_parser_reads_every_field_of_the_format_and_the_older_formats() -> None:
+    # A line as REQUEST_LOG_FORMAT renders it, field by field: the parser must read each at its place, so a change
+    # of the format that the parser does not follow fails here (the rollout observer and this log both use it).
+    values = {"%Ts.%ms": "1733280000.250", "%b": "canary", "%ST": "503", "%Ta": "12", "%Tt": "1500", "%rt": "41",
+              "%HP": "/v1/predict"}
+    line = REQUEST_LOG_FORMAT
+    for field, value in values.items():
+        line = line.replace(field, value)
+    assert "%" not in line, f"a field of the format is not in this test: {line}"
+    got = parse_request_line(line.encode() + b"\n")
+    assert got == RequestLine(1733280000.25, "canary", 503, 12.0, 1500.0, 41, b"/v1/predict")
+    assert got is not None and got.ended == pytest.approx(1733280001.75)
+
+    older = f"{REQUEST_LOG_MARKER} 1733280000.250 stable 200 12 1500 /v1/predict".encode()  # no %rt
+    oldest = f"{REQUEST_LOG_MARKER} 1733280000.250 stable 200 12 /v1/predict".encode()  # no %Tt either
+    assert parse_request_line(older) == RequestLine(1733280000.25, "stable", 200, 12.0, 1500.0, None, b"/v1/predict")
+    assert parse_request_line(oldest) == RequestLine(1733280000.25, "stable", 200, 12.0, 12.0, None, b"/v1/predict")
+    for other in (b"[NOTICE] haproxy started", b"", f"{REQUEST_LOG_MARKER} x stable 200 12 1500 41 /p".encode(),
+                  f"{REQUEST_LOG_MARKER} 1.0 stable 200 12 1500 41 /p extra".encode()):
+        assert parse_request_line(other) is None, other
