@@ -200,15 +200,37 @@ def start(
         raise LocalPlatformError(
             f"{name} exited before it became healthy (exit code {popen.returncode}); last log lines:\n{log_tail(log_path)}"
         ) from exc
-    tmp = pid_file(run_dir, name).with_suffix(".pid.tmp")
-    tmp.write_text(record.to_json())
-    tmp.replace(pid_file(run_dir, name))
+    except BaseException:
+        _abandon(popen)  # Ctrl-C (or anything else) before the pid file: nothing would ever find it again
+        raise
+    try:
+        tmp = pid_file(run_dir, name).with_suffix(".pid.tmp")
+        tmp.write_text(record.to_json())
+        tmp.replace(pid_file(run_dir, name))
+    except BaseException as exc:
+        _abandon(popen)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise LocalPlatformError(
+                f"{name}: cannot write its pid file in {run_dir} ({exc.strerror or exc}); it was stopped again: "
+                "free the disk or fix the folder's permissions, then run it again"
+            ) from exc
+        raise
     # Popen's handle is dropped on purpose: the service outlives this process (``tenfold up`` exits).
     # Reap it in the background if it dies while we are still alive, so it never lingers as a zombie.
     _reapers.append(popen)
     if tie_to_this_process:
         _start_watchdog(record)
     return record
+
+
+def _abandon(popen: subprocess.Popen[bytes]) -> None:
+    """Stop the process group just started, before a pid file names it."""
+    with contextlib.suppress(OSError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=5)
 
 
 # Runs detached from us; polls our pid and, once we are gone, stops the group we started (only if its

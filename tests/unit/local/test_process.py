@@ -100,6 +100,21 @@ def test_start_of_a_missing_program_is_a_clear_error(tmp_path):
         process.start("x", ["/nonexistent/prog"], run_dir=tmp_path, port=1)
 
 
+def test_a_pid_file_that_cannot_be_written_stops_the_process_it_would_have_named(tmp_path):
+    # The pid file's temporary name taken by a folder: a real failed write, as a full disk would give. Nothing
+    # would ever find the started process again (no pid file), so it must not outlive the refusal.
+    run = tmp_path / "run"
+    (run / "svc.pid.tmp").mkdir(parents=True)
+    token = f"tenfold-test-{os.getpid()}-{time.monotonic_ns()}"
+    argv = [sys.executable, "-c", "import time; time.sleep(300)", token]
+    with pytest.raises(LocalPlatformError, match=r"svc: cannot write its pid file in .*it was stopped again"):
+        process.start("svc", argv, run_dir=run, port=1)
+    assert not process.pid_file(run, "svc").exists()
+    left = [p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if token in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert left == [], f"the service whose pid file could not be written is still running: {left}"
+
+
 def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
     """Fixtures tie emulators to the test process: a killed test run leaves no emulator behind."""
     owner_code = (
