@@ -508,6 +508,14 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     from tenfold.workloads import get_workload
 
     policy = GatePolicy.from_settings(settings, workload_baselines=tuple(get_workload(settings).baselines()))
+    # A decision holds only against the champion it was made against: a run cleared from ``evaluate`` after the
+    # champion moved decides again, kept under a key that names the new champion (a retry then finds it there).
+    decisions = reg.decisions(version)
+    key = p.run_key
+    recorded = decisions.get(key)
+    if recorded is not None and recorded.get("champion_version") != evaluated_version:
+        key = f"{p.run_key}.vs-{evaluated_version or 'none'}"
+        recorded = decisions.get(key)
     if evaluated and evaluated.get("metrics") is None:
         # No comparison with the champion; the floors and the baselines still decide whether the version may
         # be the challenger a rollout takes by default.
@@ -515,7 +523,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
                 "checks": plain_json(alone.to_dict()).get("checks"),
                 "summary": f"NO COMPARISON: champion {evaluated_version} could not be scored ({evaluated.get('error')})"}
-        reg.record_decision(version, p.run_key, body)
+        reg.record_decision(version, key, body)
         if not alone.promote:
             raise PipelineError(
                 f"{body['summary']}, and the challenger {version} fails the gate on its own ({alone.summary}): it is "
@@ -528,7 +536,6 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             f"challenger but was not promoted. Compare them by hand (`tenfold models show {version}`) and run "
             f"`tenfold models promote {version}` if it is better"
         )
-    recorded = reg.decisions(version).get(p.run_key)
     first = evaluated_version is None
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
@@ -554,7 +561,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         # Retraining reproduced the champion byte for byte: nothing to compare, nothing to move.
         body = {"promote": False, "challenger_version": version, "champion_version": version,
                 "summary": f"UNCHANGED: the challenger {version} is the champion (identical content)"}
-        reg.record_decision(version, p.run_key, body)
+        reg.record_decision(version, key, body)
         return result(body)
     if evaluated_version is not None and _same_model(reg, version, evaluated_version):
         # The same weights and preprocessing under another version id (its meta.json names this run's config):
@@ -563,7 +570,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
                 "summary": f"UNCHANGED: the challenger {version} has the champion {evaluated_version}'s weights and "
                            "preprocessing (the retrain reproduced it)"}
-        reg.record_decision(version, p.run_key, body)
+        reg.record_decision(version, key, body)
         return result(body)
 
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
@@ -571,7 +578,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     body = plain_json(decision.to_dict())
     if decision.promote and not first:
         body["summary"] = f"{body['summary']} -> challenger: the canary rollout (rollout_model) decides on champion"
-    reg.record_decision(version, p.run_key, body)
+    reg.record_decision(version, key, body)
     log.info("%s", body["summary"])
     if decision.promote:
         if first:

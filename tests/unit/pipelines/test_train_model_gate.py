@@ -117,6 +117,34 @@ def test_a_champion_moved_after_evaluation_makes_the_gate_fail(gate_settings: Se
     assert reg.resolve(CHAMPION) == other.version
 
 
+def test_a_run_cleared_from_evaluate_after_the_champion_moved_decides_again_against_the_new_champion(
+        gate_settings: Settings, tmp_path: Path) -> None:
+    """The run passed against champion A and was announced for a canary; the champion then moved to B and the run was
+    cleared from evaluate. Its gate returned the old PROMOTE against A (and announced a canary again) instead of
+    comparing with B, which the challenger does not beat."""
+    reg = ModelRegistry(gate_settings)
+    _, r_a, _ = run(gate_settings, "manual__a", model(tmp_path, 0.70))
+    planned = pipeline.plan(gate_settings, "manual__c", CONF)
+    trained = model(tmp_path, 0.75)
+    ev1 = pipeline.evaluate(gate_settings, planned, trained)
+    registered = pipeline.register(gate_settings, planned, trained, ev1)
+    d1 = pipeline.gate(gate_settings, planned, ev1, registered)
+    assert d1["promote"] and d1["canary"] and d1["champion_version"] == r_a.version
+    b = reg.register(Path(model(tmp_path, 0.80)["model_ref"]), reg.get(r_a.version).lineage,  # type: ignore[arg-type]
+                     metrics={"auc": 0.80, "log_loss": 0.2, "brier": 0.2})
+    reg.promote(b.version, reason="a manual promotion, meanwhile")
+
+    ev2 = pipeline.evaluate(gate_settings, planned, trained)  # the run cleared from evaluate
+    assert ev2.champion["version"] == b.version
+    for _attempt in range(2):  # and its gate retried: the same decision
+        d2 = pipeline.gate(gate_settings, planned, ev2, pipeline.register(gate_settings, planned, trained, ev2))
+        assert d2["champion_version"] == b.version and d2["champion"]["auc"] == 0.80
+        assert not d2["promote"] and not d2["canary"] and d2["summary"].startswith("KEEP CHAMPION")
+    assert reg.resolve(CHAMPION) == b.version
+    kept = reg.decisions(registered.version)
+    assert {d["champion_version"] for d in kept.values()} == {r_a.version, b.version} and len(kept) == 2
+
+
 def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(gate_settings: Settings, tmp_path: Path) -> None:
     reg = ModelRegistry(gate_settings)
     planned = pipeline.plan(gate_settings, "manual__x", CONF)
