@@ -14,3 +14,15 @@ WRITE_ORDER = (WEIGHTS_FILE, PREPROCESSING_FILE, META_FILE)
 # The drift monitor's reference profile of the training window (tenfold.monitoring.profile): not read to
 # load a model, but one of the version's hash-verified files so monitoring never rereads training data.
 REFERENCE_PROFILE_FILE = "reference_profile.json"
+
+
+def unsafe_relative_path(path: str) -> str | None:
+    """Why ``path`` (a file's path inside a model folder, POSIX separators, as a store records it) could name a file
+    outside the folder it is copied into, or None when it is a plain relative path."""
+    if not path:
+        return "it is empty"
+    if path.startswith("/") or "\\" in path or (len(path) > 1 and path[1] == ":"):
+        return "it is absolute or uses '\\\\'"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "it has an empty, '.' or '..' part"
+    return None

@@ -39,7 +39,13 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.jsonable import plain_json
-from tenfold.model_files import META_FILE, PREPROCESSING_FILE, REFERENCE_PROFILE_FILE, WEIGHTS_FILE
+from tenfold.model_files import (
+    META_FILE,
+    PREPROCESSING_FILE,
+    REFERENCE_PROFILE_FILE,
+    WEIGHTS_FILE,
+    unsafe_relative_path,
+)
 from tenfold.monitoring.profile import ensure_profile
 from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
 from tenfold.registry.errors import AliasConflict
@@ -292,7 +298,16 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
     tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     count = 0
     for blob in client.list_blobs(bucket, prefix=f"{prefix}/"):
-        target = tmp / blob.name[len(prefix) + 1:]
+        name = blob.name[len(prefix) + 1:]
+        if name.endswith("/") and not blob.size:  # a folder placeholder (a console's "create folder"): no file
+            continue
+        target = tmp / name
+        why = unsafe_relative_path(name)
+        if why is not None or not target.resolve().is_relative_to(tmp.resolve()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PipelineError(f"{model_ref} holds an object gs://{bucket}/{blob.name} whose name leads outside the "
+                                f"model folder ({why or 'it resolves outside'}): the folder was tampered with; remove that object and re-run "
+                                "the step")
         target.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(target))
         count += 1

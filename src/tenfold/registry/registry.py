@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE, unsafe_relative_path
 from tenfold.registry.errors import (
     AliasConflict,
     IntegrityError,
@@ -421,6 +421,11 @@ class ModelRegistry:
                               created_at=body["created_at"], uri=self.version_uri(version))
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} is unreadable ({exc})") from exc
+        for record in files:
+            if (why := unsafe_relative_path(record.path)) is not None:
+                raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} names a file {record.path!r} outside "
+                                     f"the version's folder ({why}): the registry was tampered with; delete the version "
+                                     "and register the model again")
         if mv.version != version or content_digest(files) != mv.digest or not mv.digest.startswith(version):
             raise IntegrityError(f"{self.version_uri(version)}/{VERSION_FILE} does not match its own id: the registry was tampered with")
         if not self._metrics_match(mv):
@@ -529,6 +534,9 @@ class ModelRegistry:
         try:
             for record in mv.files:
                 target = tmp / record.path
+                if unsafe_relative_path(record.path) is not None or not target.resolve().is_relative_to(tmp.resolve()):
+                    raise IntegrityError(f"version {version} names a file {record.path!r} outside its folder: the "
+                                         "registry was tampered with; delete the version and register the model again")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 name = self._name("versions", version, "files", record.path)
                 try:

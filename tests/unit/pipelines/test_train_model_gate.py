@@ -469,3 +469,46 @@ def test_a_first_run_retried_after_dying_between_promote_and_challenger_leaves_a
     pipeline.gate(gate_settings, planned_a, ev_a, reg_a)  # A's task retried
     assert reg.resolve(CHALLENGER) == reg_b.version, "the retry took the challenger back from a later run"
     assert reg.resolve(CHAMPION) == reg_a.version
+
+
+class _ListsAnEscapingName:
+    """The storage client with one more listed object whose name leads out of the prefix. Real GCS stores such names
+    ("a/../../x", "a//x"); the emulator normalizes them on upload, so the listing is where a test can add one."""
+
+    def __init__(self, real: Any, extra: str) -> None:
+        self.real, self.extra = real, extra
+
+    def list_blobs(self, bucket: str, prefix: str) -> list[Any]:
+        from types import SimpleNamespace
+
+        def download_to_filename(path: str) -> None:
+            Path(path).write_bytes(b"not part of the model")
+
+        return [*self.real.list_blobs(bucket, prefix=prefix),
+                SimpleNamespace(name=f"{prefix}{self.extra}", size=21, download_to_filename=download_to_filename)]
+
+
+@pytest.mark.parametrize("extra", ["../../escaped.txt", "/ABS/escaped.txt"])
+def test_a_trained_model_object_named_outside_its_folder_is_refused_not_written_there(
+        local_settings: Settings, tmp_path: Path, extra: str) -> None:
+    """materialize joined each object's name under the model's gs:// prefix to the local folder as given: an object
+    named "<prefix>/../../x" (or "<prefix>//abs/x") was written outside the folder."""
+    import uuid
+
+    from tenfold.storage import gcs_client
+
+    bucket_name = local_settings.storage.models_bucket
+    prefix = f"trained/run-{uuid.uuid4().hex[:8]}"
+    bucket = gcs_client(local_settings).bucket(bucket_name)
+    for f in Path(model(tmp_path, 0.7)["model_ref"]).iterdir():
+        bucket.blob(f"{prefix}/{f.name}").upload_from_filename(str(f))
+    client = _ListsAnEscapingName(gcs_client(local_settings), extra.replace("/ABS", str(tmp_path)))
+    (tmp_path / "w" / "a").mkdir(parents=True)
+    with pytest.raises(pipeline.PipelineError, match=r"escaped\.txt whose name leads outside the model folder"):
+        pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", tmp_path / "w" / "a" / "model",
+                             storage_client=client)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "w" / "escaped.txt").exists()
+    assert list((tmp_path / "w" / "a").iterdir()) == []  # nothing half-written
+    # The same listing without the extra object materializes the model.
+    assert (pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", tmp_path / "w" / "a" / "model")
+            / "meta.json").is_file()

@@ -466,3 +466,33 @@ def test_a_decision_keyed_by_a_long_run_id_is_kept_once_and_a_path_is_refused(
     for bad in ("../champion", "Rollout-1", "", "a/b"):
         with pytest.raises(ValueError, match="a decision key is"):
             reg.record_decision(version, bad, {})
+
+
+@pytest.mark.parametrize("escape", ["../../escaped.txt", "/ABS/escaped.txt"])
+def test_a_version_file_path_leading_outside_its_folder_is_refused_not_written_there(
+        registry_settings: Settings, tmp_path: Path, escape: str) -> None:
+    """VERSION.json's file paths were joined to the download folder as given: a tampered version whose digest was
+    computed over "../../x" (or an absolute path) wrote that file outside the folder on every replica."""
+    import hashlib
+
+    from tenfold.registry.registry import VERSION_ID_LEN, FileRecord, content_digest
+
+    reg = ModelRegistry(registry_settings)
+    outside = tmp_path / "escaped.txt"
+    path = escape.replace("/ABS", str(tmp_path))
+    evil = b"not part of any model\n"
+    files = [FileRecord("meta.json", hashlib.sha256(b"{}").hexdigest(), 2),
+             FileRecord(path, hashlib.sha256(evil).hexdigest(), len(evil))]
+    digest = content_digest(files)
+    version = digest[:VERSION_ID_LEN]
+    reg.bucket.blob(reg._name("versions", version, "files", "meta.json")).upload_from_string(b"{}")
+    reg.bucket.blob(reg._name("versions", version, "files", path)).upload_from_string(evil)
+    reg.bucket.blob(reg._name("versions", version, "VERSION.json")).upload_from_string(json.dumps(
+        {"format": 1, "version": version, "digest": digest, "created_at": "2026-01-01T00:00:00Z", "metrics": {},
+         "files": [f.__dict__ for f in files]}))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(IntegrityError, match=rf"{version}.*names a file '{path}' outside"):
+        reg.download(version, tmp_path / "a" / "b" / "copy")
+    assert not outside.exists()
+    assert not (tmp_path / "a" / "b" / "copy").exists()
+    assert [v.version for v in reg.list_versions()] == []  # left out of the list, with a warning
