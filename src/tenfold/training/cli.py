@@ -41,9 +41,8 @@ def train_command(
     timeout_s: Annotated[float | None, typer.Option(help="wall-clock bound; default settings.training.job_timeout_s")] = None,
 ) -> None:
     """Train the flight-delay model with torchrun (DDP); a re-run with the same --out resumes."""
-    from tenfold.data.lake import month_range
+    from tenfold.data.lake import LakeError, month_range
     from tenfold.training.config import TrainConfig
-    from tenfold.training.data import MissingFeaturesError
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
     settings = get_settings(env)
@@ -55,7 +54,7 @@ def train_command(
             max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}),
         )
         result = run_torchrun(settings, cfg, out, nproc=nproc, timeout_s=timeout_s)
-    except (MissingFeaturesError, ValueError) as exc:
+    except (LakeError, ValueError) as exc:  # LakeError: missing, stale, re-published or corrupt features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except TrainingFailed as exc:

@@ -51,3 +51,20 @@ def test_evaluate_refuses_a_model_whose_config_is_not_a_mapping(home: Path) -> N
                                      '"weights_sha256": "0"}')
     out = CliRunner().invoke(app, ["evaluate", "--model", str(model)])
     assert out.exit_code == 2 and "meta.json lacks or garbles" in out.output, out.output
+
+
+def test_train_on_a_corrupt_features_file_is_a_one_line_refusal(home: Path) -> None:
+    """Only MissingFeaturesError and ValueError were caught: a corrupt (or stale, or re-published) partition, another
+    LakeError, ended `tenfold train` in a traceback instead of the lake's message."""
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake = Lake.from_settings(get_settings())
+    publish_synthetic_features(lake, month_range("2013-01", "2013-02"), 50, seed=1)
+    data = sorted((home / "lake").rglob("*.parquet"))
+    assert data, "no features file was published"
+    data[0].write_bytes(data[0].read_bytes()[: len(data[0].read_bytes()) // 2])  # bit rot: half the file is gone
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "run")])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("error: ") and "is corrupt" in out.output and "re-publish the partition" in out.output
+    assert "Traceback" not in out.output and not (home / "run" / "model").exists()
