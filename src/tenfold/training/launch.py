@@ -15,6 +15,7 @@ exit code and its error (from torchelastic's error file / summary), with the log
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -29,14 +30,17 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake
-from tenfold.model.preprocessing import Preprocessor
+from tenfold.fsio import atomic_write
+from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
 from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
-from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, RESULT_FILE
+from tenfold.training.worker import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, RESULT_FILE
 from tenfold.workloads import get_workload
+
+log = logging.getLogger(__name__)
 
 LOG_FILE = "torchrun.log"
 
@@ -70,6 +74,26 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
                           columns=contract.feature_columns, digest=cfg.data_digest)
     return Preprocessor.fit(table, contract)
+
+
+def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
+    """Whether the launcher fits the preprocessing state (again) before starting the ranks.
+
+    Never refit on a resumed run whose data may have moved: its checkpoints were trained against the state it
+    holds. A state that cannot be read is derived, though: it is fitted again where nothing was trained against it
+    yet, or where the run pins its data's content (the same rows fit the same state); otherwise it is refused.
+    """
+    if text is None:
+        return True
+    try:
+        Preprocessor.from_json(text)
+        return False
+    except PreprocessingError as exc:
+        if has_checkpoints and cfg.data_digest is None:
+            raise ValueError(f"{target}/{PREPROCESSING_FILE} is unreadable ({exc}) and the checkpoints there were "
+                             f"trained against it: delete the output folder {target} or use a fresh one") from exc
+        log.warning("%s/%s is unreadable (%s): fitting it again", target, PREPROCESSING_FILE, exc)
+        return True
 
 
 def rendezvous_file(job_id: str) -> Path:
@@ -209,17 +233,20 @@ def run_torchrun(
         if remote:
             remote.write_bytes(name, text.encode())
         else:
-            tmp = out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, out / name)
+            atomic_write(out / name, text.encode())  # fsynced: a crash leaves the old file or the new, never an empty one
 
     previous_config = read(CONFIG_FILE)
     if previous_config is not None:
-        previous = TrainConfig.from_dict(json.loads(previous_config)).to_dict()
+        try:
+            previous = TrainConfig.from_dict(json.loads(previous_config)).to_dict()
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{target}/{CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc}): delete the output "
+                             f"folder {target} or use a fresh one") from exc
         if previous != train_config.to_dict():
             changed = sorted(k for k in previous if previous[k] != train_config.to_dict().get(k))
             raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
-    if read(PREPROCESSING_FILE) is None:  # never refit on a resumed run: the checkpoints were trained against this state
+    if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
+            remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())
     write(CONFIG_FILE, train_config.to_json())
     if remote:

@@ -64,9 +64,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tenfold.data.lake import Lake
+from tenfold.fsio import atomic_write
 from tenfold.model.calibration import Calibrator
 from tenfold.model.io import predict_logits, save_model
-from tenfold.model.preprocessing import Preprocessor
+from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.model_files import WRITE_ORDER as MODEL_WRITE_ORDER
 from tenfold.training import checkpoint as ckpt
@@ -181,7 +182,13 @@ class Trainer:
         pre_path = out / PREPROCESSING_FILE
         if not pre_path.exists():
             raise WorkerError(f"{pre_path} is missing: launch through tenfold.training.launch.run_torchrun, which fits it once")
-        self.preprocessor = Preprocessor.from_json(pre_path.read_text())
+        try:
+            self.preprocessor = Preprocessor.from_json(pre_path.read_text())
+        except PreprocessingError as exc:
+            where = mirror.uri if mirror else str(out)
+            raise WorkerError(f"{where}/{PREPROCESSING_FILE} is unreadable ({exc}): launch again through "
+                              "tenfold.training.launch.run_torchrun, which fits it again where it may, or delete the "
+                              f"output folder {where} or use a fresh one") from exc
         self.lake = Lake(cfg.lake_uri)
         pre = self.preprocessor
         contract = get_workload(cfg.workload).contract
@@ -540,9 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mirror is not None:
                 mirror.write_bytes(RESULT_FILE, body.encode())
             else:
-                tmp = out / f".{RESULT_FILE}.tmp"
-                tmp.write_text(body)
-                os.replace(tmp, out / RESULT_FILE)
+                atomic_write(out / RESULT_FILE, body.encode())
     finally:
         dist.destroy_process_group()
         if mirror is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tenfold.config import build_settings
-from tenfold.training.launch import parse_failure, torchrun_command
+from tenfold.config import Settings, build_settings
+from tenfold.training.config import TrainConfig
+from tenfold.training.launch import parse_failure, run_torchrun, torchrun_command
 
 
 def test_local_runs_are_one_node_on_loopback_with_restarts_from_settings() -> None:
@@ -122,3 +125,41 @@ def test_a_rank_whose_collective_broke_because_its_peer_stopped_is_not_named_as_
                                   traceback="Signal 15 (SIGTERM) received by PID 29207")
     rank, error = parse_failure(stopped)
     assert rank == 0 and "PeerLost" in error
+
+
+def test_an_unreadable_train_config_in_the_output_folder_is_named_with_what_to_do(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """An empty train_config.json (a crash mid-write) gave "Expecting value: line 1 column 1", naming no file."""
+    (tmp_path / "train_config.json").write_text("")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train_config\.json is unreadable .*delete the output folder "
+                                         rf"{tmp_path} or use a fresh one"):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
+    assert not (tmp_path / "preprocessing.json").exists() and (tmp_path / "train_config.json").read_text() == ""
+
+
+def test_an_unreadable_preprocessing_state_with_checkpoints_trained_on_it_is_refused_naming_the_folder(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """The workers said "re-train the model" on every retry, which reused the same folder and failed the same way.
+    Its data not pinned, the state cannot be fitted again to what the checkpoints were trained against."""
+    assert small_config.data_digest is None
+    (tmp_path / "preprocessing.json").write_text("")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step-00000008.pt").write_bytes(b"a snapshot")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/preprocessing\.json is unreadable .*delete the output folder "
+                                         rf"{tmp_path} or use a fresh one"):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
+    assert (tmp_path / "preprocessing.json").read_text() == ""  # left as it was: the refusal changes nothing
+
+
+def test_an_unreadable_preprocessing_state_nothing_was_trained_on_is_fitted_again(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """It is derived state: with no checkpoint trained against it, the launcher fits it again and the run trains."""
+    import dataclasses
+
+    from tenfold.model.preprocessing import Preprocessor
+
+    (tmp_path / "preprocessing.json").write_text("")
+    result = run_torchrun(train_settings, dataclasses.replace(small_config, max_steps=2), tmp_path, nproc=1,
+                          timeout_s=180)
+    assert result.steps == 2 and (result.model_dir / "meta.json").is_file()
+    assert Preprocessor.from_json((tmp_path / "preprocessing.json").read_text()).fit_rows > 0
