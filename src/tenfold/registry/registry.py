@@ -153,6 +153,8 @@ class AliasPointer:
     def from_json(cls, text: str | bytes, generation: int, where: str) -> AliasPointer:
         try:
             body = json.loads(text)
+            if not isinstance(body, dict):
+                raise TypeError(f"it holds a JSON {type(body).__name__}, not an object")
             return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
         except (ValueError, TypeError) as exc:
             raise RegistryError(f"alias pointer {where} is unreadable ({exc}); set the alias again with `tenfold models promote`") from exc
@@ -742,7 +744,15 @@ class ModelRegistry:
         """Every gate decision recorded about ``version``, by key."""
         out = {}
         for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("decisions", version) + "/"):
-            out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = json.loads(blob.download_as_bytes())
+            try:
+                body = json.loads(blob.download_as_bytes())
+            except ValueError as exc:
+                body = exc
+            if not isinstance(body, dict):
+                why = body if isinstance(body, ValueError) else f"a JSON {type(body).__name__}, not an object"
+                raise IntegrityError(f"gate decision gs://{self.bucket_name}/{blob.name} is unreadable ({why}): "
+                                     "restore it from a backup of the registry (deleting it loses that decision)")
+            out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = body
         return out
 
     def canary_rejections(self, version: str) -> list[dict[str, Any]]:

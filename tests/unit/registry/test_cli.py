@@ -51,3 +51,27 @@ def test_models_commands(registry_settings: Settings, make_model_dir: Callable[.
 
     out = runner.invoke(app, ["models", "show", "deadbeef"])
     assert out.exit_code == 2 and "tenfold models list" in out.output
+
+
+@pytest.mark.parametrize("damage", ["pointer", "decision"])
+def test_a_damaged_alias_pointer_or_decision_is_a_one_line_error_naming_the_object(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """A pointer holding valid JSON that is not an object ('[]') ended `tenfold models show` in an AttributeError
+    traceback; a damaged decision object gave "Expecting value: line 1 column 1", naming neither."""
+    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    version = reg.register(make_model_dir(5), lineage, metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version
+    reg.promote(version)
+    reg.record_decision(version, "manual__1", {"promote": True, "summary": "PROMOTE"})
+    if damage == "pointer":
+        name = reg._name("aliases", "champion")
+        reg.bucket.blob(name).upload_from_string(b"[]")
+    else:
+        name = reg._name("decisions", version, "manual__1.json")
+        reg.bucket.blob(name).upload_from_string(b'{"promote": tr')
+    out = runner.invoke(app, ["models", "show", version if damage == "decision" else "champion"])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("error: ") and f"gs://{reg.bucket_name}/{name}" in out.output, out.output
+    assert ("tenfold models promote" if damage == "pointer" else "restore it") in out.output
+    assert "Traceback" not in out.output
