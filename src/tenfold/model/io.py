@@ -187,6 +187,15 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _file_field(where: Path, meta: Mapping[str, Any], field: str, default: str) -> str:
+    """The file name ``meta[field]`` gives, which must be a plain name of a file in the folder (no path)."""
+    name = meta.get(field, default)
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ModelLoadError(f"{where / META_FILE}: its field {field!r} is {name!r}, not a file name in the model "
+                             f"folder (e.g. {default!r}); re-save the model or restore the folder from the registry")
+    return name
+
+
 def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it."""
     where = Path(directory)
@@ -196,6 +205,8 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
 
     # Folders saved before workloads were named hold the reference workload's model.
     name = meta.get("workload", DEFAULT_WORKLOAD)
+    if not isinstance(name, str):
+        raise ModelLoadError(f"{where / META_FILE}: its field 'workload' is {name!r}, not a workload name; re-save the model")
     try:
         workload = get_workload(name)
     except WorkloadError as exc:
@@ -208,11 +219,13 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a section that is not a mapping
         raise ModelLoadError(f"{where / META_FILE} lacks or garbles {exc}; re-save the model") from exc
 
-    weights_path = where / meta.get("weights_file", WEIGHTS_FILE)
+    weights_path = where / _file_field(where, meta, "weights_file", WEIGHTS_FILE)
     try:
         weights = weights_path.read_bytes()
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{weights_path} is missing; the model folder is incomplete") from exc
+    except OSError as exc:  # a folder of that name, a file it may not read
+        raise ModelLoadError(f"{weights_path} cannot be read ({exc}); restore the folder from the registry") from exc
     actual_sha = hashlib.sha256(weights).hexdigest()
     if actual_sha != expected_sha:
         raise ModelLoadError(
@@ -220,11 +233,13 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
             "the weights were replaced or corrupted — restore the folder from the registry"
         )
 
-    pre_path = where / meta.get("preprocessing_file", PREPROCESSING_FILE)
+    pre_path = where / _file_field(where, meta, "preprocessing_file", PREPROCESSING_FILE)
     try:
         pre_bytes = pre_path.read_bytes()
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{pre_path} is missing; the model folder is incomplete") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{pre_path} cannot be read ({exc}); restore the folder from the registry") from exc
     # The checksum first: corrupt bytes are named as corrupt, not as whatever their parse trips on.
     if "preprocessing_sha256" in meta and hashlib.sha256(pre_bytes).hexdigest() != meta["preprocessing_sha256"]:
         raise ModelLoadError(f"{pre_path} does not match {META_FILE} (checksum); restore the folder from the registry")
@@ -242,7 +257,11 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         raise ModelLoadError(f"{weights_path} cannot be read by torch ({exc}); restore the folder") from exc
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
-    declared = {k: tuple(v) for k, v in meta.get("parameters", {}).items()}
+    try:
+        declared = {str(k): tuple(int(d) for d in v) for k, v in meta.get("parameters", {}).items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{where / META_FILE}: its field 'parameters' is not a mapping of parameter name to shape "
+                             f"({exc}); re-save the model") from exc
     if got != expected or (declared and declared != expected):
         missing = sorted(set(expected) - set(got))
         unexpected = sorted(set(got) - set(expected))

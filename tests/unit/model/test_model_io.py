@@ -201,3 +201,26 @@ def test_scoring_leaves_the_modules_in_their_own_modes(pre: Preprocessor, table:
     assert [m.training for m in model.modules() if m.training] == [True]
     model.eval()
     assert torch.equal(first, predict_proba(model, cat, num)) and not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("workload", 5, r"'workload' is 5, not a workload name"),
+    ("workload", [], r"'workload' is \[\], not a workload name"),
+    ("parameters", [], r"'parameters' is not a mapping of parameter name to shape"),
+    ("parameters", {"x": 5}, r"'parameters' is not a mapping of parameter name to shape"),
+    ("weights_file", ".", r"'weights_file' is '\.', not a file name in the model folder"),
+    ("weights_file", "../weights.pt", r"'weights_file' is '\.\./weights\.pt', not a file name"),
+    ("preprocessing_file", "/etc/passwd", r"'preprocessing_file' is '/etc/passwd', not a file name"),
+    ("preprocessing_file", 3, r"'preprocessing_file' is 3, not a file name"),
+])
+def test_a_meta_field_of_the_wrong_kind_is_a_load_error_naming_the_field(
+        tmp_path: Path, pre: Preprocessor, field: str, value: object, says: str) -> None:
+    """These ended in AttributeError, TypeError or IsADirectoryError from deep inside load_model (a traceback where
+    callers catch ModelLoadError), or read a file outside the folder."""
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta[field] = value
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=rf"meta\.json.*{says}"):
+        load_model(tmp_path)
