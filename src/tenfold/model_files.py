@@ -22,7 +22,7 @@ def unsafe_relative_path(path: str) -> str | None:
     if not path:
         return "it is empty"
     if path.startswith("/") or "\\" in path or (len(path) > 1 and path[1] == ":"):
-        return "it is absolute or uses '\\\\'"
+        return "it is absolute or uses a backslash"
     if any(part in ("", ".", "..") for part in path.split("/")):
         return "it has an empty, '.' or '..' part"
     return None
