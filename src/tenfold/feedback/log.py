@@ -131,13 +131,39 @@ def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Sche
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` (a log file's own columns) as ``schema``: columns in its order, cast to its types, a nullable
+    column the file lacks (written before the column was added) as nulls. ValueError naming the columns when it
+    cannot be: a required column missing or holding nulls, or a column of a type that does not convert (another
+    table's file, say), which would otherwise fail every join of its month."""
+    have = set(table.column_names)
+    missing = [f.name for f in schema if not f.nullable and f.name not in have]
+    if missing:
+        raise ValueError(f"it lacks the required column(s) {', '.join(missing)}")
+    columns = []
+    for f in schema:
+        if f.name not in have:
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
+        column = table[f.name]
+        try:
+            column = column.cast(f.type)
+        except pa.ArrowException as exc:
+            raise ValueError(f"its column {f.name} is {column.type}, which does not convert to {f.type} ({exc})") from exc
+        if not f.nullable and column.null_count:
+            raise ValueError(f"its required column {f.name} holds {column.null_count} null(s)")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema, *,
                quarantine: bool) -> pa.Table | None:
-    """One log file as ``schema``; None when its content cannot be (one bad file, copied in by hand or by another
-    tool, must not stop every join, the canary's checks and the sink with it). An error reading the store
-    itself is raised: the next join reads the file again."""
+    """One log file as ``schema``; None when its content cannot be (one bad file, torn or another table's, copied in
+    by hand or by another tool, must not stop every join, the canary's checks and the sink with it). An error
+    reading the store itself is raised: the next join reads the file again."""
+    raw: pa.Table | None
     try:
-        return pq.read_table(path, filesystem=lake.fs, schema=schema)
+        raw = pq.read_table(path, filesystem=lake.fs)
     except (pa.ArrowException, OSError) as exc:
         try:
             with lake.fs.open_input_file(path) as f:
@@ -145,9 +171,14 @@ def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Sc
         except OSError:
             raise exc from None  # the store, not the file
         try:
-            return pq.read_table(pa.BufferReader(data), schema=schema)  # the first read's error was the store's
+            raw = pq.read_table(pa.BufferReader(data))  # the first read's error was the store's
         except (pa.ArrowException, OSError) as bad:  # in memory: the bytes themselves are not the table
-            error = f"{type(bad).__name__}: {bad}"
+            raw, error = None, f"{type(bad).__name__}: {bad}"
+    if raw is not None:
+        try:
+            return conform(raw, schema)
+        except ValueError as wrong:
+            error = str(wrong)
     if not quarantine:
         log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): left out", path, table,
                     part.label, table, error)

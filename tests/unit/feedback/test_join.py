@@ -113,6 +113,60 @@ def test_a_log_file_that_cannot_be_read_is_quarantined_and_the_join_goes_on(sett
     assert _labelled(settings)[0] == rows and join(settings).published == []
 
 
+def test_another_tables_log_file_in_a_month_is_quarantined_naming_its_missing_columns(settings, logs, caplog):
+    """A feedback-log file copied into the predictions log's month was read with the missing columns as nulls:
+    nothing was quarantined and every join (the CLI's, the running sink's, the canary's window) failed casting
+    a null model_version. Now the file is checked against its own schema, left out and moved aside."""
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from tenfold.feedback.log import QUARANTINE_DIR, log_files
+    from tenfold.feedback.upsert import join_window
+
+    logs.predictions(prediction("a", p=0.8))
+    logs.feedback(feedback("a", 1))
+    logs.feedback(feedback("z", 0))  # feedback for a prediction this log does not hold
+    lake, table = Lake.from_settings(settings), settings.storage.predictions_table
+    stray = Path(lake.partition_path(table, MAY)) / "log-20260514T130000000000-copied.parquet"
+    shutil.copy(log_files(lake, settings.storage.feedback_table, MAY)[-1].path, stray)
+
+    caplog.set_level(logging.WARNING, logger="tenfold.feedback.log")
+    window = join_window(settings, T0 - H, T0 + H)  # the canary's refresh: reads, never moves
+    assert window["prediction_id"].to_pylist() == ["a"] and window["outcome"].to_pylist() == [1]
+    assert stray.exists()
+    assert join(settings).published == ["2026-05"]
+    rows, _ = _labelled(settings)
+    assert list(rows) == ["a"] and rows["a"]["model_version"] == "v1" and rows["a"]["outcome"] == 1
+    assert not stray.exists()
+    assert (Path(lake.table_path(table)) / QUARANTINE_DIR / "year=2026" / "month=5" / stray.name).exists()
+    moved = [r.getMessage() for r in caplog.records if "moved to" in r.getMessage()]
+    assert len(moved) == 1 and stray.name in moved[0]
+    assert "lacks the required column(s) model_version, arm, probability, request, served_at" in moved[0]
+
+
+def test_a_log_file_whose_column_does_not_convert_or_holds_nulls_is_left_out(settings, logs):
+    """Another tool's file with every column, but an outcome that is text or a required id that is null."""
+    import pyarrow as pa
+
+    from tenfold.feedback.log import log_files, read_log
+    from tenfold.feedback.schema import FEEDBACK_LOG
+
+    from .conftest import feedback_log
+
+    logs.feedback(feedback("a", 1))
+    lake, table = Lake.from_settings(settings), settings.storage.feedback_table
+    good = feedback_log([feedback("b", 0)])
+    text = good.set_column(good.schema.get_field_index("outcome"), "outcome", pa.array(["yes"]))
+    nulls = good.set_column(0, pa.field("prediction_id", pa.string()), pa.array([None], pa.string()))
+    for i, bad in enumerate([text, nulls]):
+        pq.write_table(bad, f"{lake.partition_path(table, MAY)}/log-20260514T13000{i}000000-other.parquet")
+    assert read_log(lake, table, [MAY], FEEDBACK_LOG)["prediction_id"].to_pylist() == ["a"]
+    assert len(log_files(lake, table, MAY)) == 3, "read without quarantine: left in place"
+    assert read_log(lake, table, [MAY], FEEDBACK_LOG, quarantine=True)["prediction_id"].to_pylist() == ["a"]
+    assert len(log_files(lake, table, MAY)) == 1
+
+
 def test_a_read_that_fails_once_in_the_store_quarantines_nothing(settings, logs, monkeypatch):
     """An I/O error of the store (a GCS hiccup is an OSError too) is no proof the file is bad: its bytes are read
     again and parsed in memory; a good file is used, never moved."""
