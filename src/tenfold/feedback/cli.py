@@ -172,10 +172,16 @@ def metrics_command(
     env: EnvOption = None,
 ) -> None:
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
+    import pyarrow as pa
+
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
-    from tenfold.feedback.metrics import format_metrics, online_metrics
+    from tenfold.feedback.metrics import check_grouping, format_metrics, online_metrics
 
+    try:
+        check_grouping(by or ())
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
     start, end = _parse_time(since, "since"), _parse_time(until, "until")
     if last is not None:
         if since is not None:
@@ -185,12 +191,15 @@ def metrics_command(
             raise _fail(f"--last {last!r} is not a duration: use a number and s, m, h or d, e.g. 1h", 2)
         end = end or dt.datetime.now(dt.UTC)
         start = end - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    settings = _settings(env)
     try:
-        rows = online_metrics(_settings(env), start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
+        rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
+    except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
+        raise _fail(f"cannot compute online metrics from the {settings.storage.labelled_table} table of "
+                    f"{settings.storage.lake_uri} ({type(exc).__name__}: {exc}); rebuild it with "
+                    "`tenfold feedback join --force`", 1) from exc
     if as_json:
         _echo_json({"since": start, "until": end, "groups": [r.to_dict() for r in rows]})
     else:

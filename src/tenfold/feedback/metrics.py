@@ -150,6 +150,13 @@ def labelled_rows(
     return table.filter(mask)
 
 
+def check_grouping(by: Sequence[str]) -> None:
+    """ValueError naming the columns of ``by`` that online metrics cannot group by."""
+    unknown = [c for c in by if c not in GROUP_COLUMNS]
+    if unknown:
+        raise ValueError(f"cannot group online metrics by {', '.join(unknown)}: use any of {', '.join(GROUP_COLUMNS)}")
+
+
 def online_metrics(
     settings: Settings,
     since: dt.datetime | None = None,
@@ -164,9 +171,7 @@ def online_metrics(
     feedback (``count`` 0). An empty list means nothing was served in the window (or nothing joined yet:
     ``refresh=True`` runs the join first).
     """
-    unknown = [c for c in by if c not in GROUP_COLUMNS]
-    if unknown:
-        raise ValueError(f"cannot group online metrics by {', '.join(unknown)}: use any of {', '.join(GROUP_COLUMNS)}")
+    check_grouping(by)
     table = labelled_rows(settings, since=since, until=until, include_unlabelled=True, refresh=refresh)
     keys = [tuple(row[c] for c in by) for row in table.select(list(by)).to_pylist()] if by else [()] * table.num_rows
     outcome = pc.fill_null(table["outcome"].cast(pa.float64()), float("nan")).to_numpy()

@@ -123,7 +123,7 @@ def join(
                 continue
             predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
             feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
-            table, stats = join_month(predictions, feedback)
+            table, stats = _join_logs(lake, settings, month, window, predictions, feedback)
             _publish(lake, st.labelled_table, month, table, extra={"inputs": inputs, "rows": stats.predictions,
                                                                  "labelled": stats.labelled})
             stats.month = month.label
@@ -162,9 +162,9 @@ def join_window(
         predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, landed_since=landed_since)
         if not predictions.num_rows:
             continue
-        feedback = read_log(lake, st.feedback_table, _feedback_months(month, options, fb_months), FEEDBACK_LOG,
-                            landed_since=landed_since)
-        tables.append(join_month(predictions, feedback)[0])
+        window = _feedback_months(month, options, fb_months)
+        feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, landed_since=landed_since)
+        tables.append(_join_logs(lake, settings, month, window, predictions, feedback)[0])
     return pa.concat_tables(tables) if tables else LABELLED.empty_table()
 
 
@@ -175,6 +175,26 @@ def _feedback_months(month: Partition, options: JoinOptions, fb_months: set[Part
     while len(window) < options.feedback_horizon_months + 2:
         window.append(window[-1].next())
     return [m for m in window if m in fb_months]
+
+
+class JoinError(LakeError):
+    """A month's logs cannot be joined (rows that passed the log's checks still do not fit the labelled table);
+    the message names the month, the log folders and what to do."""
+
+
+def _join_logs(lake: Lake, settings: Settings, month: Partition, window: list[Partition], predictions: pa.Table,
+               feedback: pa.Table) -> tuple[pa.Table, MonthJoin]:
+    """:func:`join_month`, its failure a :class:`JoinError` naming where the rows came from: every reader of the
+    labelled table (the sink's join, the canary's checks, ``tenfold feedback``) reports it, none dies on it."""
+    try:
+        return join_month(predictions, feedback)
+    except (ValueError, pa.ArrowException) as exc:
+        st = settings.storage
+        folders = [lake.partition_path(st.predictions_table, month),
+                   *(lake.partition_path(st.feedback_table, m) for m in window)]
+        raise JoinError(f"cannot join the predictions served in {month.label} ({type(exc).__name__}: {exc}); a log "
+                        f"file in {', '.join(folders)} holds rows that do not fit the labelled table: move it out "
+                        "(the other files are kept) and run the join again") from exc
 
 
 def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, MonthJoin]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from typer.testing import CliRunner
 
@@ -47,3 +49,49 @@ def test_an_unknown_env_is_exit_2_naming_it(command):
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)
     assert "nope" in result.output
+
+
+def test_another_tables_log_file_is_set_aside_and_join_and_metrics_go_on(run, logs, settings):
+    """A feedback-log file copied into the predictions log's month made `join` a traceback and `metrics` exit 2
+    ("bad arguments") on every run, until someone found the file by hand."""
+    import shutil
+    from pathlib import Path
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.feedback.log import log_files
+
+    logs.predictions(prediction("a", p=0.8))
+    logs.feedback(feedback("a", 1), feedback("z", 0))
+    lake, may = Lake.from_settings(settings), Partition(2026, 5)
+    stray = Path(lake.partition_path(settings.storage.predictions_table, may)) / "log-20260514T130000000000-x.parquet"
+    shutil.copy(log_files(lake, settings.storage.feedback_table, may)[-1].path, stray)
+    metrics = run("metrics", "--since", "2026-05-14T00:00", "--until", "2026-05-15")  # a window: reads, moves nothing
+    assert metrics.exit_code == 0, metrics.output
+    assert metrics.output.strip().splitlines()[1].split()[:4] == ["v1", "stable", "1", "1"]
+    joined = run("join")
+    assert joined.exit_code == 0, joined.output
+    assert '"predictions": 1' in joined.output and '"labelled": 1' in joined.output and not stray.exists()
+
+
+def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argument(run, settings):
+    """A published labelled month holding a null model_version (written by another tool) was reported as exit 2,
+    the code for bad arguments, though the arguments were fine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.feedback.schema import LABELLED
+
+    lake, may, table = Lake.from_settings(settings), Partition(2026, 5), settings.storage.labelled_table
+    loose = pa.schema([f.with_nullable(True) for f in LABELLED])
+    row = {"prediction_id": "a", "model_version": None, "arm": "stable", "probability": 0.5, "request": "{}",
+           "served_at": dt.datetime(2026, 5, 14, tzinfo=dt.UTC), "outcome": 1, "feedback_records": 1}
+    staged = lake.staging_path(table, may, "by-hand")
+    lake.fs.create_dir(staged, recursive=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=loose), f"{staged}/part-00000.parquet", filesystem=lake.fs)
+    lake.publish(table, may, staged, run_id="by-hand")
+    result = run("metrics", "--since", "2026-05-14T00:00", "--until", "2026-05-15", "--no-refresh")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"cannot compute online metrics from the {table} table of" in result.output
+    assert "model_version" in result.output and "tenfold feedback join --force" in result.output
