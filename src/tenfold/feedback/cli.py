@@ -63,6 +63,8 @@ def sink_command(
     env: EnvOption = None,
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
@@ -86,6 +88,9 @@ def sink_command(
             out["join"] = join(settings).to_dict()
     except (SinkError, LockTimeout, LockLost, LakeError, OSError) as exc:
         raise _fail(str(exc), 1) from exc
+    except GoogleAPICallError as exc:  # one the sink does not retry (a bad request, say): what Pub/Sub said
+        raise _fail(f"Pub/Sub refused the sink ({type(exc).__name__}: {exc}); unacknowledged messages are "
+                    "redelivered, so nothing is lost: fix what it names and start the sink again", 1) from exc
     _echo_json(out)
 
 

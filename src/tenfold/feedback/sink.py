@@ -259,12 +259,15 @@ class FeedbackSink:
     def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
         """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now)."""
         request = {"subscription": self.path(stream), "ack_ids": ack_ids, "ack_deadline_seconds": seconds}
-        self._call(lambda: self.client.modify_ack_deadline(request=request, retry=None))
+        self._call(lambda: self.client.modify_ack_deadline(request=request, retry=None),
+                   f"{'nack' if seconds == 0 else 'extend the lease of'} {len(ack_ids)} {stream} message(s)")
 
     def _ack(self, stream: Stream, ack_ids: list[str]) -> None:
         """Acknowledge a batch whose rows are durably in the lake (the one place acks happen)."""
         self._call(lambda: self.client.acknowledge(
-            request={"subscription": self.path(stream), "ack_ids": ack_ids}, retry=None))
+            request={"subscription": self.path(stream), "ack_ids": ack_ids}, retry=None),
+            f"acknowledge {len(ack_ids)} {stream} message(s) already written to the lake (they will be redelivered "
+            "and the join drops the duplicates)")
 
     def _gather(self, stream: Stream, *, wait: bool) -> list[Any]:
         """One batch: the first pull, topped up for ``batch_wait_s`` (run) or while a backlog lasts (drain),
@@ -292,13 +295,17 @@ class FeedbackSink:
             # throughput, which drain() does not need (run() uses held pulls).
             request["return_immediately"] = True
         try:
-            resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s, retry=None))
-        except DeadlineExceeded:
+            resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s, retry=None),
+                              f"pull {stream}", empty_on_deadline=True)
+        except DeadlineExceeded:  # a held pull that ran out its wait: nothing to pull, the only call where it means so
             return []
         return list(resp.received_messages)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        """``fn`` against Pub/Sub, retried while the service is unavailable, up to ``pubsub_retry_s``.
+    def _call(self, fn: Callable[[], Any], what: str, *, empty_on_deadline: bool = False) -> Any:
+        """``fn`` (which does ``what``) against Pub/Sub, retried while the service is unavailable, timed out or
+        out of quota, up to ``pubsub_retry_s``; then :class:`SinkError`. ``empty_on_deadline``: a pull's
+        DeadlineExceeded is raised at once (its wait ran out with nothing to pull); on an acknowledgement or a
+        lease it is a failed call like any other.
 
         The client's own retries are off (``retry=None`` on every call): they would wait a minute
         before failing, whatever this sink's options say.
@@ -309,6 +316,7 @@ class FeedbackSink:
             InternalServerError,
             NotFound,
             PermissionDenied,
+            ResourceExhausted,
             ServiceUnavailable,
             Unauthenticated,
             Unknown,
@@ -319,8 +327,10 @@ class FeedbackSink:
         while True:
             try:
                 return fn()
-            except DeadlineExceeded:
-                raise
+            except DeadlineExceeded as exc:
+                if empty_on_deadline:
+                    raise
+                error: Exception = exc
             except NotFound as exc:
                 raise SinkError(f"{exc.message}: provision the Pub/Sub topology first (`tenfold up` locally, the "
                                 "platform stack in the cloud)") from exc
@@ -328,13 +338,17 @@ class FeedbackSink:
                 raise SinkError(f"Pub/Sub refused the sink ({exc.message}): its credentials need roles/pubsub.subscriber "
                                 "on the predictions and feedback subscriptions (the platform stack grants them to the "
                                 "feedback service account)") from exc
-            except (ServiceUnavailable, InternalServerError, Aborted, Unknown) as exc:
-                if time.monotonic() - started > self.options.pubsub_retry_s:
-                    where = self.settings.messaging.emulator_host or "Pub/Sub"
-                    raise SinkError(f"cannot reach {where} for {self.options.pubsub_retry_s:.0f} s ({exc}); is the "
-                                    "local platform up (`tenfold up`) or are your cloud credentials set?") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except (ServiceUnavailable, InternalServerError, Aborted, Unknown, ResourceExhausted) as exc:
+                error = exc
+            if time.monotonic() - started > self.options.pubsub_retry_s:
+                where = self.settings.messaging.emulator_host or "Pub/Sub"
+                raise SinkError(f"cannot reach {where} for {self.options.pubsub_retry_s:.0f} s to {what} "
+                                f"({type(error).__name__}: {error}); is the local platform up (`tenfold up`) or are "
+                                "your cloud credentials set? (If so, Pub/Sub is overloaded or out of quota: restart "
+                                "the sink later)") from error
+            log.warning("Pub/Sub could not %s (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 _ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError, UnicodeError)

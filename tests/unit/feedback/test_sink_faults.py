@@ -1,0 +1,121 @@
+"""The sink against a Pub/Sub that times out, throttles or refuses an acknowledgement.
+
+The emulator never does, so :class:`FakeSubscriber` is a real gRPC server on loopback serving
+``google.pubsub.v1.Subscriber`` (Pull, Acknowledge, ModifyAckDeadline), as ``test_cloud_metrics`` fakes Cloud
+Monitoring: the sink's real client builds, sends and parses the real protobuf messages, and the fake answers
+an acknowledgement with the status codes Pub/Sub uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from google.pubsub_v1 import types
+from typer.testing import CliRunner
+
+from tenfold.data.lake import Lake, Partition
+from tenfold.feedback import cli as feedback_cli
+from tenfold.feedback.log import read_log
+from tenfold.feedback.schema import PREDICTIONS_LOG
+
+from .conftest import T0, prediction
+
+
+class FakeSubscriber:
+    def __init__(self) -> None:
+        self.queued: dict[str, list[types.ReceivedMessage]] = {}
+        self.ack_refusals: list[grpc.StatusCode] = []  # the next acknowledgements' answers, then OK
+        self.ack_always: grpc.StatusCode | None = None
+        self.acked: list[str] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handlers = {
+            "Pull": grpc.unary_unary_rpc_method_handler(
+                self._pull, request_deserializer=types.PullRequest.deserialize,
+                response_serializer=types.PullResponse.serialize),
+            "Acknowledge": grpc.unary_unary_rpc_method_handler(
+                self._ack, request_deserializer=types.AcknowledgeRequest.deserialize,
+                response_serializer=empty_pb2.Empty.SerializeToString),
+            "ModifyAckDeadline": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: empty_pb2.Empty(),
+                request_deserializer=types.ModifyAckDeadlineRequest.deserialize,
+                response_serializer=empty_pb2.Empty.SerializeToString),
+        }
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("google.pubsub.v1.Subscriber", handlers)])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def publish(self, subscription: str, data: bytes) -> None:
+        n = sum(len(q) for q in self.queued.values()) + 1
+        message = types.PubsubMessage(data=data, message_id=f"m{n}", publish_time=dt.datetime.now(dt.UTC))
+        self.queued.setdefault(subscription, []).append(
+            types.ReceivedMessage(ack_id=f"ack-{n}", message=message, delivery_attempt=1))
+
+    def _pull(self, request: types.PullRequest, context: grpc.ServicerContext) -> types.PullResponse:
+        batch = self.queued.pop(request.subscription, [])
+        return types.PullResponse(received_messages=batch)
+
+    def _ack(self, request: types.AcknowledgeRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        refusal = self.ack_always or (self.ack_refusals.pop(0) if self.ack_refusals else None)
+        if refusal is not None:
+            context.abort(refusal, f"acknowledge: {refusal.name}")
+        self.acked += request.ack_ids
+        return empty_pb2.Empty()
+
+
+@pytest.fixture
+def pubsub(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSubscriber, Any]]:
+    fake = FakeSubscriber()
+    faked = settings.model_copy(update={"messaging": settings.messaging.model_copy(
+        update={"emulator_host": f"127.0.0.1:{fake.port}"})})
+    monkeypatch.setattr(feedback_cli, "get_settings", lambda env=None: faked)
+    sub = f"projects/{faked.project_id}/subscriptions/{faked.messaging.subscriptions['predictions'].name}"
+    fake.publish(sub, prediction("a", at=T0).to_message())
+    yield fake, faked
+    fake.server.stop(0)
+
+
+def _sink(*args: str) -> Any:
+    return CliRunner().invoke(feedback_cli.app, ["sink", "--once", "--no-join", *args])
+
+
+def _landed(settings: Any) -> list[str]:
+    lake = Lake.from_settings(settings)
+    return read_log(lake, settings.storage.predictions_table, [Partition(2026, 5)], PREDICTIONS_LOG)[
+        "prediction_id"].to_pylist()
+
+
+def test_an_acknowledgement_that_times_out_or_is_throttled_is_retried(pubsub):
+    """A timed-out acknowledge crashed the sink with a raw DeadlineExceeded (only a pull's timeout meant
+    anything), and ResourceExhausted was not retried at all."""
+    fake, settings = pubsub
+    fake.ack_refusals = [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    result = _sink("--pubsub-retry-s", "30")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert fake.acked == ["ack-1"] and fake.ack_refusals == []
+    assert _landed(settings) == ["a"]
+
+
+def test_an_acknowledgement_that_keeps_timing_out_is_exit_1_naming_it_and_the_batch_is_kept(pubsub):
+    fake, settings = pubsub
+    fake.ack_always = grpc.StatusCode.DEADLINE_EXCEEDED
+    result = _sink("--pubsub-retry-s", "1")
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # an error line, not a traceback
+    assert f"cannot reach 127.0.0.1:{fake.port} for 1 s to acknowledge 1 predictions message(s)" in result.output
+    assert "DeadlineExceeded" in result.output
+    assert fake.acked == [] and _landed(settings) == ["a"], "written before the ack: redelivered, never lost"
+
+
+def test_an_error_pubsub_gives_that_the_sink_does_not_retry_is_exit_1_with_what_it_said(pubsub):
+    fake, _ = pubsub
+    fake.ack_always = grpc.StatusCode.INVALID_ARGUMENT
+    result = _sink()
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "Pub/Sub refused the sink (InvalidArgument" in result.output and "acknowledge: INVALID_ARGUMENT" in result.output
