@@ -41,6 +41,7 @@ from tenfold.monitoring.profile import (
     ReferenceProfile,
     category_values,
     numeric_values,
+    round_as_stored,
 )
 from tenfold.workloads import VERSION_KEY
 
@@ -281,7 +282,7 @@ def measure_numeric(name: str, ref: NumericProfile, column: Any, policy: DriftPo
     if ref.nulls == 0 and nulls == 0:  # no null bin on either side: leave it out of the PSI and the plot
         ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
     value = psi(ref_counts, cur_counts)
-    stat, p = ks_test(ref.sample, values)
+    stat, p = ks_test(ref.sample, round_as_stored(values))  # the sample is stored rounded: compare like with like
     ref_total, cur_total = sum(ref_counts), sum(cur_counts)
     return FeatureDrift(
         name=name, kind="numeric", psi=value, test="ks", statistic=stat, p_value=p, level=policy.level(value, p),

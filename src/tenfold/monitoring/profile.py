@@ -46,6 +46,16 @@ def _round(x: float) -> float:
     return float(f"{x:.{_DIGITS}g}")
 
 
+def round_as_stored(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded as a profile stores its numbers (``_DIGITS`` significant digits): compare a month's raw
+    values with a profile's KS sample only after this, or a repeated value that 9 digits cannot hold (1/3, a
+    per-group rate) sits on one side of its own stored copy and an unchanged distribution reads as drift."""
+    if values.size == 0:
+        return values.astype(np.float64)
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.array([_round(float(v)) for v in distinct], dtype=np.float64)[inverse.reshape(values.shape)]
+
+
 def numeric_values(column: Any) -> tuple[np.ndarray, int]:
     """The non-null values of an Arrow column (or array-like) as float64, and how many were null (NaN counts as null)."""
     raw = column.to_numpy(zero_copy_only=False) if hasattr(column, "to_numpy") else column

@@ -292,6 +292,23 @@ def test_alpha_bounds_a_months_false_retrain_across_the_triggering_features() ->
     assert with_predictions.tests == policy.tests + 1
 
 
+def test_a_month_drawn_from_the_reference_with_repeated_unrepresentable_values_passes_ks() -> None:
+    """The profile stores its KS sample to 9 significant digits; the month's raw 1/3 sat above the stored
+    0.333333333, so every repeated value landed on the other side of its own copy and an unchanged month gave
+    KS p ~ 1e-31 (a false retrain). The month is now rounded the same way before the test."""
+    rng = np.random.default_rng(1)
+    atoms, weights = np.array([1 / 3, 2 / 3, 1 / 7, 0.1, 0.9]), [0.3, 0.3, 0.2, 0.1, 0.1]
+    ref = numeric_profile(rng.choice(atoms, 300_000, p=weights), sample_rows=1000)
+    assert 1 / 3 not in ref.sample  # the stored copy differs from the value itself
+    policy = DriftPolicy(tests=1)
+    months = [measure_numeric("rate", ref, pa.array(rng.choice(atoms, 400, p=weights)), policy) for _ in range(20)]
+    significant = [m.p_value for m in months if m.p_value < policy.alpha]
+    assert len(significant) <= 2, significant  # about alpha of them by chance, not every month
+    assert all(m.level != "drift" for m in months)
+    shifted = measure_numeric("rate", ref, pa.array(rng.choice(atoms, 400, p=weights[::-1])), policy)
+    assert shifted.p_value < 1e-6  # still catches a real change of the mix
+
+
 def test_the_psi_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="psi_report"):
         DriftSettings(psi_report=0.3, psi_drift=0.25)
