@@ -216,6 +216,12 @@ def test_autoscalers_scale_serving_on_lb_and_workers_on_backlog(synth: Synth, en
         p = by_group[fleet.instance_group]
         assert p["load_balancing_utilization"] == {"target": s.serving.target_utilization}
         assert (p["min_replicas"], p["max_replicas"]) == (fleet.min_replicas, fleet.max_replicas)
+    # The last rollout step sends every user to the canary group, and weighted backend services never spill one
+    # service's load onto the other: the canary group must be able to grow as large as the stable group.
+    canary, stable = by_group[s.serving.canary_fleet.instance_group], by_group[s.serving.stable_fleet.instance_group]
+    assert canary["max_replicas"] >= stable["max_replicas"], (
+        f"{env}: the canary group stops at {canary['max_replicas']} VMs, the stable group at {stable['max_replicas']}: "
+        "the 100 % step would overload it")
     # The utilisation it targets is a share of each backend's RATE capacity (requests per second per VM), not of the
     # VMs' CPU, which a GPU replica barely uses (UTILIZATION mode never saw the group full).
     backends = [b for svc in resources(stack, "google_compute_backend_service").values() for b in svc["backend"]]

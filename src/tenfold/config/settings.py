@@ -870,8 +870,10 @@ def build_settings(
         serving=ServingSettings(
             stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
                                max_replicas=20 if prod else 2, **gpu),
+            # As large as stable can grow: the last rollout step sends every user to the canary group, and
+            # weighted backend services never spill one service's load onto the other (docs/rollout-cloud.md).
             canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
-                               max_replicas=4 if prod else 1, **gpu),
+                               max_replicas=20 if prod else 2, **gpu),
             token_secret=f"{prefix}-serving-token",
             load_balancer=LoadBalancerSettings(
                 address=f"{prefix}-lb-ip",
