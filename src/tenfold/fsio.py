@@ -1,5 +1,6 @@
-"""Local-disk primitives: atomic writes (a reader sees the old file or the new one, never a torn one) and
-an exclusive lock on a lock file (one holder per path across processes)."""
+"""Local-disk primitives: atomic writes (a reader sees the old file or the new one, never a torn one),
+an exclusive lock on a lock file (one holder per path across processes), and :func:`make_dirs`, the one way
+code that writes through a pyarrow filesystem makes a folder (only where folders exist)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+# pyarrow filesystems that are object stores: a name is just a key, no folder has to exist above it.
+_OBJECT_STORES = frozenset({"gcs", "s3"})
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o666) -> None:
@@ -48,3 +56,21 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def make_dirs(fs: pafs.FileSystem, path: str) -> None:
+    """Make the folder ``path`` (and its parents) on ``fs`` where the filesystem has folders; on an object store
+    (GCS, S3, or a sub-tree of one) do nothing: an object can be written under any name.
+
+    pyarrow's ``create_dir(recursive=True)`` on GCS writes folder-marker objects and, where no marker exists above
+    ``path``, reads the bucket's metadata first (``storage.buckets.get``): a permission that the object roles the
+    platform's service accounts hold (``roles/storage.objectUser`` / ``objectViewer`` on a folder) do not include,
+    so on a fresh project it failed with PERMISSION_DENIED before anything was written. Any other filesystem (the
+    local disk, a wrapper of one) gets its folders made as before.
+    """
+    base = fs
+    while base.type_name == "subtree":
+        base = base.base_fs  # type: ignore[attr-defined]
+    if base.type_name in _OBJECT_STORES:
+        return
+    fs.create_dir(path, recursive=True)

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
+from tenfold.fsio import make_dirs
 from tenfold.workloads import SourceMissing, Workload
 
 # The pseudo-expectation a refused source fails, in its _QUARANTINED.json (as the gate's parquet_is_readable).
@@ -433,7 +434,7 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
     staged = lake.staging_path(table, part, f"{key}-source")
     lake.discard(staged)
     reason = refusal.details() | {"refused_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    lake.fs.create_dir(staged, recursive=True)
+    make_dirs(lake.fs, staged)
     if refusal.file:
         name = posixpath.basename(refusal.file.rstrip("/")) or "source"
         try:

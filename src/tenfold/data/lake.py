@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from tenfold.config.settings import LakeLayout
 from tenfold.data.partition import Partition, month_range
+from tenfold.fsio import make_dirs
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -476,7 +477,7 @@ class Lake:
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        make_dirs(self.fs, posixpath.dirname(path))
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
         self.fs.move(tmp, path)
@@ -576,7 +577,7 @@ class Lake:
         if existing.type == pafs.FileType.File and existing.size == entry.bytes \
                 and self.stored_crc32c(dest) == entry.crc32c:
             return  # a retry after a partial publish: this file already landed whole
-        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        make_dirs(self.fs, posixpath.dirname(dest))
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
         self.fs.copy_file(source, tmp)
         self.fs.move(tmp, dest)
@@ -653,7 +654,7 @@ class Lake:
         while self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             n += 1
             dest = self.quarantine_path(table, part, f"{attempt}-{n}")
-        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        make_dirs(self.fs, posixpath.dirname(dest))
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             # On GCS the move goes object by object: the verdict goes first, into the batch itself, so a move cut
             # short leaves a remainder that says it was refused (resume_quarantine), never one that looks staged.
@@ -696,7 +697,7 @@ class Lake:
                  if i.type == pafs.FileType.File]
         for info in sorted(infos, key=lambda i: i.base_name == REFUSING):
             target = posixpath.join(dest, posixpath.relpath(info.path, source))
-            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            make_dirs(self.fs, posixpath.dirname(target))
             self.fs.move(info.path, target)
         if not self._gcs:
             self.fs.delete_dir(source)

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tenfold.fsio import make_dirs
+
 ROW_GROUP_ROWS = 1 << 20
 WRITE_OPTIONS: dict[str, object] = {
     "compression": "zstd",
@@ -51,7 +53,7 @@ def write_table(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
 
 def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fs: pafs.FileSystem, path: str) -> None:
     schema = schema.remove_metadata()
-    fs.create_dir(posixpath.dirname(path), recursive=True)
+    make_dirs(fs, posixpath.dirname(path))
     with pq.ParquetWriter(path, schema, filesystem=fs, **WRITE_OPTIONS) as writer:  # type: ignore[arg-type]
         for chunk in _fixed_chunks((b.replace_schema_metadata(None) for b in batches), schema, ROW_GROUP_ROWS):
             writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)

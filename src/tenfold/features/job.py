@@ -48,6 +48,7 @@ from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSet
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import write_sorted, write_table
 from tenfold.features.online import lookup_table
+from tenfold.fsio import make_dirs
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def write_features(features: DataFrame, contract: FeatureContract, output: str, 
         raise ValueError(f"--output-files must be at least 1, not {files}")
     fs, root = pafs.FileSystem.from_uri(output)
     fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
-    fs.create_dir(root, recursive=True)
+    make_dirs(fs, root)
     schema = contract.arrow_schema()
     keys = list(contract.key_columns)
     tagged = features.withColumn(_FILE_COLUMN, F.pmod(F.hash(*keys), F.lit(files)))

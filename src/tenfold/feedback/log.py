@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Partition
+from tenfold.fsio import make_dirs
 
 LOG_PREFIX = "log-"
 # Where a log file that cannot be read as its table is moved (beside the months, never read by a join).
@@ -185,7 +186,7 @@ def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Sc
         return None
     rel = posixpath.relpath(path, lake.table_path(table))
     target = posixpath.join(lake.table_path(table), QUARANTINE_DIR, rel)
-    lake.fs.create_dir(posixpath.dirname(target), recursive=True)
+    make_dirs(lake.fs, posixpath.dirname(target))
     lake.fs.move(path, target)
     log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): moved to %s; no join reads it "
                 "again", posixpath.basename(path), table, part.label, table, error, target)

@@ -46,6 +46,7 @@ from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.feedback.lock import join_lock
 from tenfold.feedback.log import log_files, log_months, read_log
 from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG
+from tenfold.fsio import make_dirs
 from tenfold.messaging.records import utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
@@ -270,7 +271,7 @@ def _published_inputs(lake: Lake, table: str, month: Partition) -> str | None:
 def _publish(lake: Lake, table: str, month: Partition, rows: pa.Table, *, extra: dict[str, Any]) -> None:
     run_id = f"feedback-join-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     staged = lake.staging_path(table, month, run_id)
-    lake.fs.create_dir(staged, recursive=True)
+    make_dirs(lake.fs, staged)
     try:
         pq.write_table(rows, f"{staged}/part-00000.parquet", filesystem=lake.fs)
         lake.publish(table, month, staged, run_id=run_id, extra=extra)

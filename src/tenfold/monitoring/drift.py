@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tenfold.data.partition import Partition
+from tenfold.fsio import make_dirs
 from tenfold.monitoring.profile import (
     PREDICTION,
     CategoricalProfile,
@@ -471,7 +472,7 @@ def _write(uri: str, data: bytes) -> None:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    make_dirs(fs, path.rsplit("/", 1)[0])
     if uri.startswith("gs://"):  # one object write is atomic on GCS
         with fs.open_output_stream(path) as out:
             out.write(data)

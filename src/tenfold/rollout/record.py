@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenfold.config import Settings
+from tenfold.fsio import make_dirs
 from tenfold.registry.registry import ModelRegistry
 from tenfold.rollout import TrafficRouter
 from tenfold.rollout.analysis import Check
@@ -112,7 +113,7 @@ def write_report(settings: Settings, rollout: Rollout, record: Mapping[str, Mapp
 
     uri = report_uri(settings, rollout)
     fs, path = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    make_dirs(fs, path.rsplit("/", 1)[0])
     tmp = f"{path}.tmp-{dt.datetime.now(dt.UTC):%H%M%S%f}"
     with fs.open_output_stream(tmp) as out:
         out.write(render_report(rollout, record).encode())

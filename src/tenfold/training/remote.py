@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from tenfold.fsio import make_dirs
+
 
 def is_remote(location: str) -> bool:
     return "://" in location
@@ -39,7 +41,7 @@ class RemoteDir:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        make_dirs(self.fs, posixpath.dirname(path))
         target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if self._local else path
         with self.fs.open_output_stream(target) as out:
             out.write(data)
