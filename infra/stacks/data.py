@@ -71,8 +71,7 @@ class DataStack(TerraformStack):
             ],
         ), depends_on=grants[:1])
 
-        topics = {"requests": m.requests_topic, "predictions": m.predictions_topic, "feedback": m.feedback_topic,
-                  "model-updates": m.model_updates_topic}
+        topics = {"requests": m.requests_topic, "predictions": m.predictions_topic, "feedback": m.feedback_topic}
         topics.update({f"{key}-dead-letter": sub.dead_letter_topic for key, sub in m.subscriptions.items()})
         self.messaging = Messaging(self, "messaging", MessagingProps(
             topics=topics,

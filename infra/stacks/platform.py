@@ -68,7 +68,6 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     folder_roles=[(st.lake_bucket, VIEWER, served_tables(settings))],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
-                    subscription_roles=[(subs["model_updates"].name, SUBSCRIBER)],
                     # The bearer token its startup script fetches: this one secret (of the data stack), nothing else.
                     secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]),
         AccountSpec("training", sa.training, project_roles=observe,
@@ -93,7 +92,7 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     custom_roles=[orchestrator_role],
                     bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
                                   (st.dataproc_staging_bucket, USER)],
-                    topic_roles=[(m.requests_topic, PUBLISHER), (m.model_updates_topic, PUBLISHER)],
+                    topic_roles=[(m.requests_topic, PUBLISHER)],
                     # The dead letters only (tenfold dlq): the live sink subscriptions are the feedback sink's alone,
                     # since a second puller would take half their messages away from it.
                     subscription_roles=[(sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values()],

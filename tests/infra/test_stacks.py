@@ -165,6 +165,29 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_pubsub_grants_are_exactly_those_of_the_code_that_publishes_or_pulls(synth: Synth, env: str) -> None:
+    """Serving publishes predictions and feedback; the DAGs publish requests and drain the dead letters; the
+    inference workers and the feedback sink pull theirs. No one holds a topic or subscription nothing uses."""
+    s, stack = get_settings(env), _platform(synth, env)
+    m, sa = s.messaging, s.service_accounts
+    subs = m.subscriptions
+    accounts = {lid: a["account_id"] for lid, a in resources(stack, "google_service_account").items()}
+
+    def grants(rtype: str, key: str) -> list[tuple[str, str, str]]:
+        return sorted((accounts[g["member"].split(".")[1]], g[key], g["role"]) for g in resources(stack, rtype).values())
+
+    pub, sub = "roles/pubsub.publisher", "roles/pubsub.subscriber"
+    assert grants("google_pubsub_topic_iam_member", "topic") == sorted([
+        (sa.serving, m.predictions_topic, pub), (sa.serving, m.feedback_topic, pub), (sa.composer, m.requests_topic, pub)])
+    assert grants("google_pubsub_subscription_iam_member", "subscription") == sorted([
+        (sa.inference, subs["requests"].name, sub),
+        (sa.feedback, subs["predictions"].name, sub), (sa.feedback, subs["feedback"].name, sub),
+        *((sa.composer, subs[k].dead_letter_subscription, sub) for k in ("requests", "predictions", "feedback")),
+    ])
+    assert set(subs) == {"requests", "predictions", "feedback"}
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> None:
     s, stack = get_settings(env), _platform(synth, env)
     fleets = {f.instance_template: f for f in (s.serving.stable_fleet, s.serving.canary_fleet, s.training.fleet,
@@ -245,6 +268,11 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
         "serving p99 latency", "serving 5xx rate", "dead-letter backlog", "oldest unacked message age", "feature drift"}
     (channel,) = resources(stack, "google_monitoring_notification_channel").values()
     assert channel["labels"]["email_address"] == s.monitoring.notification_email
+    # The age alert watches the subscriptions something drains (a subscription no one pulls would fire forever).
+    oldest = policies[f"{s.prefix} oldest unacked message age"]["conditions"][0]["condition_threshold"]["filter"]
+    subs = s.messaging.subscriptions
+    assert sorted(re.findall(r'subscription_id = "([^"]+)"', oldest)) == sorted(
+        subs[k].name for k in ("requests", "predictions", "feedback"))
     drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
     assert s.monitoring.drift_metric in drift["filter"] and drift["threshold_value"] == s.monitoring.drift_psi
 
@@ -287,7 +315,7 @@ def test_stateful_construct_ids_are_fixed(synth: Synth, env: str, renamed_settin
     for rtype, ids in STATEFUL_IDS.items():
         assert set(resources(stack, rtype)) == ids, rtype
     topic_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_topic")}
-    assert topic_ids == {"topic-requests", "topic-predictions", "topic-feedback", "topic-model-updates",
+    assert topic_ids == {"topic-requests", "topic-predictions", "topic-feedback",
                          *(f"topic-{k}-dead-letter" for k in get_settings(env).messaging.subscriptions)}
     keys = get_settings(env).messaging.subscriptions
     sub_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_subscription")}

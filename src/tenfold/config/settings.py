@@ -160,14 +160,13 @@ class MessagingSettings(_Frozen):
     requests_topic: PubSubName
     predictions_topic: PubSubName
     feedback_topic: PubSubName
-    model_updates_topic: PubSubName
     subscriptions: dict[str, SubscriptionSettings]
     emulator_host: str | None = None  # host:port, local only
 
     @property
     def topics(self) -> list[str]:
         """Every topic, dead-letter topics included, in a stable order."""
-        names = [self.requests_topic, self.predictions_topic, self.feedback_topic, self.model_updates_topic]
+        names = [self.requests_topic, self.predictions_topic, self.feedback_topic]
         for sub in self.subscriptions.values():
             names.append(sub.dead_letter_topic)
         return list(dict.fromkeys(names))
@@ -805,12 +804,11 @@ def build_settings(
     topic = functools.partial(str.format, prefix + "-{}")
 
     requests_topic, predictions_topic = topic("requests"), topic("predictions")
-    feedback_topic, updates_topic = topic("feedback"), topic("model-updates")
+    feedback_topic = topic("feedback")
     subs = {
         "requests": _subscription(prefix, "requests-workers", requests_topic, ack_deadline_s=120),
         "predictions": _subscription(prefix, "predictions-sink", predictions_topic),
         "feedback": _subscription(prefix, "feedback-sink", feedback_topic),
-        "model_updates": _subscription(prefix, "model-updates-serving", updates_topic),
     }
 
     def fleet(role: str, **kw: Any) -> GpuGroupSettings:
@@ -838,7 +836,6 @@ def build_settings(
             requests_topic=requests_topic,
             predictions_topic=predictions_topic,
             feedback_topic=feedback_topic,
-            model_updates_topic=updates_topic,
             subscriptions=subs,
             emulator_host=f"{local.bind_host}:{local.pubsub_port}" if is_local else None,
         ),
