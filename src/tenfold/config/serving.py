@@ -80,8 +80,14 @@ class ServerSettings(_Frozen):
 class FleetSettings(_Frozen):
     """The local fleet: replica processes in a stable and a canary pool behind HAProxy (``tenfold serve``).
 
-    The cloud fleet's sizes are ``serving.stable_fleet``/``canary_fleet``; the autoscaling signal and
-    target are the same in both places (load-balancer utilisation per replica, ``serving.target_utilization``).
+    The cloud fleet's sizes are ``serving.stable_fleet``/``canary_fleet``. Both autoscalers keep
+    ``serving.target_utilization`` of a replica in use, but they measure it differently: here, the requests
+    HAProxy holds for the pool (in flight plus queued) per ready replica over ``replica_capacity``; in the
+    cloud, the load balancer's request rate per VM over ``serving.replica_max_rate`` (RATE balancing mode).
+    By Little's law (in flight = rate x latency) the two agree when ``replica_capacity`` equals
+    ``replica_max_rate`` times the replica's mean latency at that load (the defaults, 8 and 1,000 req/s,
+    assume 8 ms). ``replica_max_rate`` defaults from a CPU benchmark: measure it on the GPU machine type the
+    serving groups run before relying on the cloud autoscaler.
     """
 
     stable_min: int = Field(default=2, ge=1)

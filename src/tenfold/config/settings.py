@@ -374,7 +374,8 @@ class ServingSettings(_Frozen):
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     # Requests per second one serving VM is sized for: the cloud load balancer's RATE capacity per instance, of
     # which the autoscaler keeps target_utilization in use (CPU utilisation, the other mode, barely moves on a GPU
-    # replica; bench/RESULTS.md: one CPU replica answers ~3,000 req/s at p99 17 ms).
+    # replica). The default is from a CPU benchmark (bench/RESULTS.md: one CPU replica answers ~3,000 req/s at p99
+    # 17 ms): measure it on the serving groups' GPU machine type before relying on the autoscaler (docs/serving.md).
     replica_max_rate: float = Field(default=1000.0, gt=0)
     load_balancer: LoadBalancerSettings
     server: ServerSettings = ServerSettings()
