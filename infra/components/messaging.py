@@ -31,6 +31,7 @@ class MessagingProps:
     subscriptions: Sequence[SubscriptionSpec]
     kms_key_id: str
     pubsub_service_agent: str  # service-<number>@gcp-sa-pubsub.iam.gserviceaccount.com
+    region: str  # where messages are stored: the region of the (regional) KMS key that encrypts them
     message_retention: str = "604800s"  # 7 days: time to replay after an incident
 
 
@@ -39,9 +40,13 @@ class Messaging(Construct):
         super().__init__(scope, id_)
         agent = f"serviceAccount:{props.pubsub_service_agent}"
         # Construct ids name the role, not the resource: a rename replaces the topic, never reshuffles ids.
+        # Messages are stored in the region of the regional key that encrypts them, and only there: without a
+        # storage policy Pub/Sub keeps a message in the region nearest its publisher (an operator's workstation
+        # abroad, say), outside the key's region.
         self.topics: dict[str, PubsubTopic] = {
             name: PubsubTopic(self, f"topic-{cid}", name=name, kms_key_name=props.kms_key_id,
                               message_retention_duration=props.message_retention,
+                              message_storage_policy={"allowed_persistence_regions": [props.region]},
                               depends_on=list(depends_on))  # type: ignore[arg-type]
             for cid, name in props.topics.items()
         }

@@ -84,6 +84,7 @@ class DataStack(TerraformStack):
             ],
             kms_key_id=kms.keys["pubsub"].id,
             pubsub_service_agent=pubsub_agent,
+            region=s.region,
         ), depends_on=[pubsub_grant])
 
         self.registry = ArtifactRegistryRepository(

@@ -165,6 +165,18 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_every_topic_stores_messages_only_in_the_region_of_its_regional_key(synth: Synth, env: str) -> None:
+    s, stack = get_settings(env), _data(synth, env)
+    (ring,) = resources(stack, "google_kms_key_ring").values()
+    assert ring["location"] == s.region
+    topics = resources(stack, "google_pubsub_topic")
+    assert len(topics) == len(s.messaging.topics)
+    for topic in topics.values():
+        assert topic["kms_key_name"].startswith("${google_kms_crypto_key."), topic["name"]
+        assert topic["message_storage_policy"]["allowed_persistence_regions"] == [s.region], topic["name"]
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_pubsub_grants_are_exactly_those_of_the_code_that_publishes_or_pulls(synth: Synth, env: str) -> None:
     """Serving publishes predictions and feedback; the DAGs publish requests and drain the dead letters; the
     inference workers and the feedback sink pull theirs. No one holds a topic or subscription nothing uses."""
