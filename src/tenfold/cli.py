@@ -39,6 +39,37 @@ def _check_settings(ctx: typer.Context) -> None:
         raise typer.Exit(2) from None
 
 
+# Settings that are secrets: ``tenfold config`` shows where they point, never the secret part (``tenfold status``
+# is the one place that prints secrets).
+_SECRET_KEYS = ("monitoring.alert_webhook_url",)
+
+
+def _masked_url(url: str) -> str:
+    """``https://hooks.slack.com/***``: the scheme and host of a secret URL, the rest (its secret) masked."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}/***" if parts.scheme and host else "***"
+
+
+def _mask_secrets(key: str, value: object) -> object:
+    """``value`` of settings key ``key`` (a section's ``model_dump(mode="json")`` or a plain value) with every
+    secret in it masked."""
+    for secret in _SECRET_KEYS:
+        if key == secret:
+            return _masked_url(value) if isinstance(value, str) else value
+        if not key or secret.startswith(f"{key}."):
+            rest = secret[len(key) + 1:] if key else secret
+            node = value
+            *path, last = rest.split(".")
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and isinstance(node.get(last), str):
+                node[last] = _masked_url(node[last])
+    return value
+
+
 @config_app.command("get")
 def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
@@ -48,11 +79,11 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if hasattr(value, "model_dump"):
-        typer.echo(json.dumps(value.model_dump(mode="json"), indent=2))
+        typer.echo(json.dumps(_mask_secrets(key, value.model_dump(mode="json")), indent=2))
     elif isinstance(value, (dict, list, tuple)):
         typer.echo(json.dumps(value, default=str))
     else:
-        typer.echo("" if value is None else str(value))
+        typer.echo("" if value is None else str(_mask_secrets(key, value)))
 
 
 @config_app.command("show")
@@ -63,7 +94,7 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
     except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    typer.echo(json.dumps(_mask_secrets("", settings.model_dump(mode="json")), indent=2))
 
 
 # --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---

@@ -76,7 +76,8 @@ class WorkerPool:
         from tenfold.fsio import atomic_write
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.settings_path, self.settings.model_dump_json().encode())
+        # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the fleet's copy is.
+        atomic_write(self.settings_path, self.settings.model_dump_json().encode(), mode=0o600)
         for slot in range(self.workers):
             stale = process.read_record(self.run_dir, worker_name(slot))
             if stale is not None:

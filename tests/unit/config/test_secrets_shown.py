@@ -1,0 +1,47 @@
+"""The alert webhook URL is a secret: ``tenfold config`` never prints it, and the inference pool's settings file
+(which holds it) is readable by this user only, as the serving fleet's is."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.cli import app
+from tenfold.config.settings import build_settings
+
+SECRET = "https://hooks.slack.com/services/T000/B000/SECRETXYZ"
+runner = CliRunner()
+
+
+@pytest.fixture
+def webhook_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENFOLD_ENV", "local")
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv("TENFOLD_ALERT_WEBHOOK", SECRET)
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["config", "get", "monitoring"],
+                                     ["config", "get", "monitoring.alert_webhook_url"]])
+def test_config_masks_the_alert_webhook(webhook_env: None, command: list[str]) -> None:
+    out = runner.invoke(app, command)
+    assert out.exit_code == 0, out.output
+    assert "SECRETXYZ" not in out.output and "/services/" not in out.output
+    assert "https://hooks.slack.com/***" in out.output
+
+
+def test_the_inference_pool_writes_its_settings_for_this_user_only(tmp_path: Path) -> None:
+    from tenfold.inference.pool import WorkerPool
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_ALERT_WEBHOOK": SECRET})
+    pool = WorkerPool(settings, workers=1, restart=False)
+    try:
+        pool.start()
+        path = pool.settings_path
+        assert "SECRETXYZ" in path.read_text()  # the workers need it ...
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # ... and no one else may read it
+    finally:
+        pool.stop()
