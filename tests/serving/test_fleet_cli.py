@@ -62,7 +62,7 @@ def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
     # storage client's retries, then a traceback.
     (("rollout", "--model", "v9"), 1, "not up: run `tenfold serve up`"),
     (("fault", "--clear"), 1, "not up: run `tenfold serve up`"),
-    (("up",), 1, "where the model registry's GCS emulator should be; start the platform with `tenfold up`"),
+    (("up",), 1, "where the GCS emulator (the model registry's store) should be: run `tenfold up`"),
     (("rollout", "--model", "v9", "--pool", "green"), 2, "unknown pool 'green'"),
     (("down",), 0, "serving: not running"),
 ])

@@ -20,8 +20,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from tenfold.config import Settings
 
 # How long stop() gives the processes a stopped group left behind (descendants in groups of their own) after
 # SIGTERM before SIGKILL: an Airflow task only runs its on_kill on SIGTERM and then carries on.
@@ -116,6 +120,17 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def require_local_storage(settings: Settings) -> None:
+    """Raise :class:`LocalPlatformError` at once when ``settings`` are local and nothing listens where their GCS
+    emulator (the lake's and the model registry's store) should be: the storage client's own retries would wait
+    two minutes on a refused connection before failing. Cloud settings pass unchecked."""
+    local = settings.local
+    if settings.is_local and settings.storage.emulator_host and not port_in_use(local.bind_host, local.gcs_port):
+        raise LocalPlatformError(
+            f"the local platform is not up: nothing listens on {local.bind_host}:{local.gcs_port}, where the GCS "
+            "emulator (the model registry's store) should be: run `tenfold up`")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

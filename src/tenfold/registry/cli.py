@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import Settings, get_settings
+from tenfold.local.process import LocalPlatformError, require_local_storage
 from tenfold.registry.errors import RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry
 
@@ -25,14 +26,21 @@ EnvOption = typer.Option(None, "--env", help="local, dev or prod; default TENFOL
 
 
 def _registry(env: str | None) -> ModelRegistry:
-    return ModelRegistry(get_settings(env))
+    return run_guarded(lambda: registry_of(get_settings(env)))
 
 
-def _run(fn: Callable[[], T]) -> T:
+def registry_of(settings: Settings) -> ModelRegistry:
+    """The registry of ``settings``; locally, a clear error at once when the platform is not up (not after the
+    storage client's two minutes of retries)."""
+    require_local_storage(settings)
+    return ModelRegistry(settings)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
     """Turn registry and connection errors into a message and exit code 2, not a traceback."""
     try:
         return fn()
-    except (RegistryError, ValueError, KeyError) as exc:
+    except (RegistryError, LocalPlatformError, ValueError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
@@ -51,7 +59,7 @@ def _fmt(value: Any) -> str:
 def list_versions(env: str | None = EnvOption, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Every committed version, oldest first, with its headline metrics and the aliases pointing at it."""
     reg = _registry(env)
-    versions, aliases = _run(lambda: (reg.list_versions(), reg.aliases()))
+    versions, aliases = run_guarded(lambda: (reg.list_versions(), reg.aliases()))
     by_version: dict[str, list[str]] = {}
     for name, pointer in sorted(aliases.items()):
         by_version.setdefault(pointer.version, []).append(name)
@@ -121,7 +129,7 @@ def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or 
             body["alias_history"] = [json.loads(h.to_json()) for h in reg.alias_history(ref)]
         return body
 
-    typer.echo(json.dumps(_run(gather), indent=2, default=str))
+    typer.echo(json.dumps(run_guarded(gather), indent=2, default=str))
 
 
 @app.command("promote")
@@ -140,7 +148,7 @@ def promote(
         pointer = reg.promote(version, expected=expected, reason=reason or "manual promotion")
         return f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
 
-    typer.echo(_run(act))
+    typer.echo(run_guarded(act))
 
 
 @app.command("rollback")
@@ -158,4 +166,4 @@ def rollback(
         pointer = reg.rollback(alias, to=target, reason=reason or "manual rollback")
         return f"{alias}: {pointer.previous} -> {pointer.version} (seq {pointer.seq})"
 
-    typer.echo(_run(act))
+    typer.echo(run_guarded(act))

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from tenfold.config import Settings, get_settings
+from tenfold.registry.cli import registry_of, run_guarded
 
 app = typer.Typer(help="Canary rollouts: their status, and a safe abort.", no_args_is_help=True)
 
@@ -39,11 +40,14 @@ def _router_percent(settings: Settings) -> int | None:
 @app.command()
 def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """The newest rollout: steps, checks with their values, the outcome and the canary's share now."""
-    from tenfold.registry import ModelRegistry
+    run_guarded(lambda: _status(version, as_json))
+
+
+def _status(version: str | None, as_json: bool) -> None:
     from tenfold.rollout.record import describe, latest, report_uri
 
     settings = get_settings()
-    found = latest(ModelRegistry(settings), version)
+    found = latest(registry_of(settings), version)
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") +
                     ": the rollout_model DAG starts one for each new challenger", 3)
@@ -60,12 +64,15 @@ def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--js
 @app.command()
 def abort(version: _Version = None) -> None:
     """Stop the newest rollout that has not ended: canary weight 0 now, no alias moves."""
-    from tenfold.registry import ModelRegistry
+    run_guarded(lambda: _abort(version))
+
+
+def _abort(version: str | None) -> None:
     from tenfold.rollout.adapters import router
     from tenfold.rollout.record import latest, newer_rollout, request_abort
 
     settings = get_settings()
-    registry = ModelRegistry(settings)
+    registry = registry_of(settings)
     found = latest(registry, version)
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)

@@ -698,10 +698,10 @@ def resolve_version(settings: Settings, ref: str) -> str:
     would wait two minutes on a refused connection)."""
     from tenfold.registry import ModelRegistry, RegistryError
 
-    local = settings.local
-    if settings.is_local and settings.storage.emulator_host and not process.port_in_use(local.bind_host, local.gcs_port):
-        raise FleetError(f"cannot resolve {ref!r}: nothing listens on {local.bind_host}:{local.gcs_port}, where the "
-                         "model registry's GCS emulator should be; start the platform with `tenfold up`")
+    try:
+        process.require_local_storage(settings)
+    except process.LocalPlatformError as exc:
+        raise FleetError(f"cannot resolve {ref!r}: {exc}") from None
     try:
         return ModelRegistry(settings).find(ref)
     except RegistryError as exc:

@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tenfold.cli import app
-from tenfold.config.settings import build_settings
+from tenfold.config.settings import build_settings, get_settings
 
 SECRET = "https://hooks.slack.com/services/T000/B000/SECRETXYZ"
 runner = CliRunner()
 
 
 @pytest.fixture
-def webhook_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def webhook_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TENFOLD_ENV", "local")
     monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
     monkeypatch.setenv("TENFOLD_ALERT_WEBHOOK", SECRET)
+    get_settings.cache_clear()  # the settings of this environment, not those an earlier test cached
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("command", [["config", "show"], ["config", "get", "monitoring"],
