@@ -12,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
+def check_months(first_name: str, first: str | None, last_name: str, last: str | None) -> None:
+    """Raise ValueError naming the field unless each given month is YYYY-MM and ``last`` is not before ``first``."""
+    for name, value in ((first_name, first), (last_name, last)):
+        if value is not None and not _MONTH.match(value):
+            raise ValueError(f"{name}={value!r}: use YYYY-MM, e.g. 2013-01")
+    if first and last and last < first:
+        raise ValueError(f"{last_name} {last} is before {first_name} {first}")
+
+
 class DagSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -25,12 +34,7 @@ class DagSettings(BaseModel):
 
     @model_validator(mode="after")
     def _months(self) -> DagSettings:
-        for name in ("first_month", "last_month"):
-            value = getattr(self, name)
-            if value is not None and not _MONTH.match(value):
-                raise ValueError(f"{name}={value!r}: use YYYY-MM, e.g. 2013-01")
-        if self.first_month and self.last_month and self.last_month < self.first_month:
-            raise ValueError(f"last_month {self.last_month} is before first_month {self.first_month}")
+        check_months("first_month", self.first_month, "last_month", self.last_month)
         return self
 
 

@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
-from tenfold.config.pipelines import DagSettings, PipelineSettings
+from tenfold.config.pipelines import DagSettings, PipelineSettings, check_months
 from tenfold.config.serving import FleetSettings, RolloutSettings, ServerSettings
 
 Env = Literal["local", "dev", "prod"]
@@ -269,14 +269,14 @@ class GpuGroupSettings(_Frozen):
 
 class TrainingSettings(_Frozen):
     backend: Literal["gloo", "nccl"] = "gloo"
-    nproc_per_node: int = 2
-    nnodes: int = 1
-    rdzv_port: int = 29400
+    nproc_per_node: int = Field(default=2, ge=1)
+    nnodes: int = Field(default=1, ge=1)
+    rdzv_port: int = Field(default=29400, ge=1, le=65535)
     # Multi-node c10d rendezvous host (the first training VM); None with nnodes == 1 (--standalone).
     rdzv_host: str | None = None
-    max_restarts: int = 1
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
+    max_restarts: int = Field(default=1, ge=0)
+    checkpoint_every: int = Field(default=50, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=0)
     # Bounds so a training job never hangs: the whole torchrun job, and each collective/store wait.
     job_timeout_s: int = Field(default=3600, ge=10)
     collective_timeout_s: int = Field(default=120, ge=5)
@@ -311,7 +311,7 @@ class TrainingSettings(_Frozen):
     # offline by more than this. Positive: it must beat the champion.
     promote_margin: float = Field(default=-0.005, ge=-0.05, le=0.2)
     # Absolute floors of the promotion gate (tenfold.registry.gate), champion or not.
-    gate_min_auc: float = 0.55
+    gate_min_auc: float = Field(default=0.55, ge=0, le=1)
     gate_max_log_loss: float | None = None
     # The baselines a challenger must beat; None: every baseline the workload defines itself (the flights workload:
     # "rate"), so a workload of its own needs no setting; () beats none (the platform's "hgb" is only reported).
@@ -332,6 +332,13 @@ class TrainingSettings(_Frozen):
     stable_timeout_s: int = Field(default=1800, gt=0)
     run_timeout_s: int = Field(default=6 * 3600, gt=0)
     poll_interval_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _months(self) -> TrainingSettings:
+        for name in ("train_months", "holdout_months"):
+            first, last = getattr(self, name)
+            check_months(f"{name}[0]", first, f"{name}[1]", last)
+        return self
 
 
 class LoadBalancerSettings(_Frozen):

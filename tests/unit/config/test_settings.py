@@ -328,6 +328,16 @@ def test_training_settings_travel_to_a_child_process_through_its_environment(tmp
     ("TENFOLD_TRAINING__NOPE", "1", "TENFOLD_TRAINING__NOPE names no training setting"),
     ("TENFOLD_TRAINING__FLEET", "x", "TENFOLD_TRAINING__FLEET names no training setting"),
     ("TENFOLD_TRAINING__MAX_EPOCHS", "many", "max_epochs"),
+    # Out of range: each would fail later, deep in a run (nproc_per_node=0 divided by zero in the launcher).
+    ("TENFOLD_TRAINING__NPROC_PER_NODE", "0", r"nproc_per_node\n.*greater than or equal to 1"),
+    ("TENFOLD_TRAINING__NNODES", "0", r"nnodes\n.*greater than or equal to 1"),
+    ("TENFOLD_TRAINING__MAX_RESTARTS", "-1", r"max_restarts\n.*greater than or equal to 0"),
+    ("TENFOLD_TRAINING__KEEP_CHECKPOINTS", "-1", r"keep_checkpoints\n.*greater than or equal to 0"),
+    ("TENFOLD_TRAINING__RDZV_PORT", "70000", r"rdzv_port\n.*less than or equal to 65535"),
+    ("TENFOLD_TRAINING__GATE_MIN_AUC", "1.7", r"gate_min_auc\n.*less than or equal to 1"),
+    ("TENFOLD_TRAINING__HOLDOUT_MONTHS", "('2013-13', '2013-12')", r"holdout_months\[0\]='2013-13': use YYYY-MM"),
+    ("TENFOLD_TRAINING__HOLDOUT_MONTHS", "('2013-10', 'banana')", r"holdout_months\[1\]='banana': use YYYY-MM"),
+    ("TENFOLD_TRAINING__TRAIN_MONTHS", "('2013-09', '2013-01')", r"train_months\[1\] 2013-01 is before train_months\[0\] 2013-09"),
 ])
 def test_a_wrong_training_variable_is_refused_by_name(name, value, message):
     with pytest.raises(ValueError, match=message):

@@ -68,3 +68,13 @@ def test_train_on_a_corrupt_features_file_is_a_one_line_refusal(home: Path) -> N
     assert out.exit_code == 2, out.output
     assert out.output.startswith("error: ") and "is corrupt" in out.output and "re-publish the partition" in out.output
     assert "Traceback" not in out.output and not (home / "run" / "model").exists()
+
+
+def test_train_with_zero_workers_per_node_is_refused_before_any_run_folder(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nproc_per_node=0 was accepted: `tenfold train` divided by zero in the launcher after creating the run folder."""
+    monkeypatch.setenv("TENFOLD_TRAINING__NPROC_PER_NODE", "0")
+    out = CliRunner().invoke(app, ["train", "--out", str(home / "run")])
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert out.output.startswith("error: invalid settings: TrainingSettings.nproc_per_node: Input should be greater "
+                                 "than or equal to 1 (got 0). Fix the TENFOLD_* environment variable")
+    assert not (home / "run").exists()
