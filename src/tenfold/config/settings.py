@@ -962,11 +962,13 @@ def tables_and_pipelines_env(settings: Settings, base: Settings | None = None) -
 
 @functools.lru_cache(maxsize=8)
 def get_settings(env: str | None = None) -> Settings:
-    """The settings of ``env``, or of ``TENFOLD_ENV`` (default ``local``), under this process's environment.
+    """The settings of ``env`` (a command's ``--env``), or of ``TENFOLD_ENV`` (default ``local``), under this
+    process's environment; an unknown environment is a ValueError naming where it came from.
 
     The one place in Tenfold that reads ``os.environ`` for settings; cached per ``env``.
     """
     chosen = env or os.environ.get("TENFOLD_ENV", "local")
     if chosen not in ENVIRONMENTS:
-        raise ValueError(f"TENFOLD_ENV={chosen!r} is not an environment: choose one of {', '.join(ENVIRONMENTS)}")
+        given = f"--env {chosen}" if env else f"TENFOLD_ENV={chosen!r}"
+        raise ValueError(f"{given} is not an environment: choose one of {', '.join(ENVIRONMENTS)}")
     return build_settings(chosen, os.environ)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """``tenfold quality``: check a published partition against its suite, and find the Data Docs.
 
-* ``tenfold quality check flights --month 2013-01``: the table's suite comes from the workload
-  (``settings.workload``: for flights, ``raw_flights``; the features table uses ``features``); runs it on the published partition and writes its Data Docs page. Read-only: unlike the DAG's
-  gate it never quarantines or alerts. Exit code 1 when an expectation fails.
+* ``tenfold quality check <table> --month 2013-01``: the table's suite comes from the workload
+  (``settings.workload``: for flights, table ``flights`` uses suite ``raw_flights``; the features table uses
+  ``features``); runs it on the published partition and writes its Data Docs page. Read-only: unlike the
+  DAG's gate it never quarantines or alerts. Exit code 1 when an expectation fails.
 * ``tenfold quality docs``: where the Data Docs of this environment are (open ``index.html``).
 """
 
@@ -25,7 +26,8 @@ def default_suites(settings: Settings) -> dict[str, str]:
 
 @app.command("check")
 def check(
-    table: str = typer.Argument(..., help="flights or features"),
+    table: str = typer.Argument(..., help="a table the workload checks: one of its raw tables (flights for the flights "
+                                          "workload) or the features table"),
     month: str = typer.Option(..., help="the partition, YYYY-MM"),
     suite: str | None = typer.Option(None, help="suite name in the workload's suite folder; default: the table's suite"),
 ) -> None:

@@ -40,15 +40,15 @@ def train_command(
     seed: Annotated[int, typer.Option()] = 0,
     timeout_s: Annotated[float | None, typer.Option(help="wall-clock bound; default settings.training.job_timeout_s")] = None,
 ) -> None:
-    """Train the flight-delay model with torchrun (DDP); a re-run with the same --out resumes."""
+    """Train the workload's model with torchrun (DDP); a re-run with the same --out resumes."""
     from tenfold.data.lake import LakeError, month_range
     from tenfold.training.config import TrainConfig
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
-    settings = get_settings(env)
-    first, last = _months(train_months, settings.training.train_months)
-    out = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     try:
+        settings = get_settings(env)
+        first, last = _months(train_months, settings.training.train_months)
+        out = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         cfg = TrainConfig.from_settings(
             settings, train_months=tuple(p.label for p in month_range(first, last)), batch_size=batch_size,
             max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}),
@@ -84,8 +84,8 @@ def evaluate_command(
         evaluate_with_baselines,
     )
 
-    settings = get_settings(env)
     try:
+        settings = get_settings(env)
         train = month_range(*_months(train_months, settings.training.train_months))
         holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
         lake = Lake.from_settings(settings)

@@ -78,3 +78,20 @@ def test_train_with_zero_workers_per_node_is_refused_before_any_run_folder(home:
     assert out.output.startswith("error: invalid settings: TrainingSettings.nproc_per_node: Input should be greater "
                                  "than or equal to 1 (got 0). Fix the TENFOLD_* environment variable")
     assert not (home / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "--model", "m"]])
+def test_an_unknown_env_option_is_one_line_naming_the_option(home: Path, command: list[str]) -> None:
+    """`tenfold train --env staging` read the settings outside the command's error handling: a traceback that blamed
+    TENFOLD_ENV, which the user never set."""
+    out = CliRunner().invoke(app, [*command, "--env", "staging"])
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert out.output == "error: --env staging is not an environment: choose one of local, dev, prod\n"
+
+
+@pytest.mark.parametrize("command", [["train", "--help"], ["quality", "check", "--help"]])
+def test_the_help_does_not_assume_the_flights_workload(command: list[str]) -> None:
+    out = CliRunner().invoke(app, command, terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "flight-delay" not in out.output and "flights or features" not in out.output
+    assert "workload" in out.output
