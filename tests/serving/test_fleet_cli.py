@@ -162,3 +162,15 @@ def test_the_feedback_sink_runs_as_a_platform_process_until_serving_stops(make_s
         serving_down(settings, say=said.append)
     assert f"{FEEDBACK_SINK}: stopped" in said and feedback_sink_record(settings) is None
     assert not psutil.pid_exists(record.pid) or psutil.Process(record.pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("corrupt", ['{"generation": 2, "pools": {"stable": {"vers', "{}"])
+@pytest.mark.parametrize("args", [("scale", "--replicas", "2"), ("reload",)])
+def test_a_corrupt_spec_file_is_one_line_naming_it(env: dict[str, str], corrupt: str, args: tuple[str, ...]) -> None:
+    spec = Path(env["TENFOLD_HOME"]) / "run" / fleet.SPEC_FILE
+    spec.parent.mkdir(parents=True)
+    spec.write_text(corrupt)
+    result = _run(env, *args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (repr(result.exception), result.output)
+    assert f"{spec} is corrupt" in result.output and "run `tenfold serve down` then `tenfold serve up`" in result.output
+    assert "Traceback" not in result.output

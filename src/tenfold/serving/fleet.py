@@ -145,10 +145,16 @@ class FleetSpec:
 
 
 def read_spec(settings: Settings) -> FleetSpec | None:
+    """The desired state; None when the fleet never ran. A file that does not parse (truncated by a full disk, edited
+    by hand) is a FleetError naming it and what to do."""
+    path = run_dir(settings) / SPEC_FILE
     try:
-        return FleetSpec.from_json((run_dir(settings) / SPEC_FILE).read_text())
+        return FleetSpec.from_json(path.read_text())
     except FileNotFoundError:
         return None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise FleetError(f"{path} is corrupt ({type(exc).__name__}: {exc}): run `tenfold serve down` then "
+                         "`tenfold serve up`") from None
 
 
 def _spec_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
@@ -335,7 +341,11 @@ class Supervisor:
         if mtime == self._spec_mtime:
             return
         self._spec_mtime = mtime
-        spec = self._load_spec()
+        try:
+            spec = self._load_spec()
+        except FleetError as exc:  # said once per change of the file; the fleet keeps to the last good spec
+            self.say(f"{exc}; keeping the last good spec (generation {self.spec.generation})")
+            return
         if spec.generation == self.spec.generation:
             return
         for pool, ps in spec.pools.items():

@@ -377,3 +377,29 @@ def test_a_lookups_reload_during_a_held_roll_keeps_the_working_version_serving(r
         fewest = min(fewest, _old_serving(rolling))
         time.sleep(0.05)
     assert fewest >= 1, "the lookups reload drained every v1 replica:\n" + "\n".join(rolling.lines)
+
+
+@pytest.mark.parametrize("corrupt", ['{"generation": 2, "pools": {"stable": {"vers', "{}", "[]"])
+def test_a_corrupt_spec_is_announced_and_the_last_good_one_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                corrupt: str) -> None:
+    """A truncated (or emptied) fleet-spec.json raised JSONDecodeError/KeyError out of the supervisor's tick; now the
+    tick says which file is corrupt and what to do, keeps the spec it had, and takes the next good one."""
+    import os
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=0, module="unused_replica", code="")
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: False)
+    try:
+        path = sup.run_dir / fleet.SPEC_FILE
+        path.write_text(corrupt)
+        os.utime(path, (1, 1))
+        sup.tick()
+        assert sup.spec.generation == 1
+        assert [line for line in sup.lines if f"{path} is corrupt" in line and "`tenfold serve down` then `tenfold serve up`" in line
+                and "keeping the last good spec (generation 1)" in line], sup.lines
+        good = fleet.FleetSpec(2, {"stable": fleet.PoolSpec("v1", 0, 1), "canary": fleet.PoolSpec("v1", 0, 0)})
+        path.write_text(good.to_json())
+        os.utime(path, (2, 2))
+        sup.tick()
+        assert sup.spec.generation == 2
+    finally:
+        sup.shutdown()
