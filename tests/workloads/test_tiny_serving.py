@@ -83,6 +83,90 @@ def test_the_traffic_replay_serves_a_workload_whose_requests_have_no_user_key(ti
     assert dict(report.statuses) == {200: len(items)}, report.errors[:3]
 
 
+def _tiny_app(tiny: Settings) -> Any:
+    import tiny_workload as tw  # type: ignore[import-not-found]
+    import torch
+
+    from tenfold.serving.app import create_app
+    from tenfold.serving.loading import ServedModel
+
+    features = get_workload(tiny).online_features({"2020-03": {"devices": tw.read("devices")}})
+
+    class Loaded:
+        def predict_proba(self, table: pa.Table) -> np.ndarray:
+            return np.linspace(0.1, 0.9, table.num_rows)
+
+    class Publisher:
+        def publish_sample(self, *args: Any) -> None:
+            pass
+
+        def close(self, *args: Any) -> None:
+            pass
+
+    return create_app(tiny, publisher=Publisher(),  # type: ignore[arg-type]
+                      loader=lambda s, ref: ServedModel(version="v1", loaded=Loaded(), features=features,  # type: ignore[arg-type]
+                                                        device=torch.device("cpu")))
+
+
+def test_a_workload_without_a_batch_key_of_its_own_takes_batches_under_requests(tiny: Settings) -> None:
+    """The batch envelope is the workload's (flights: {"flights": [...]}), "requests" where it names none: a tiny
+    workload's batch under "requests" is answered request by request, and under "flights" it is a 422."""
+    from tenfold.serving.auth import ensure_token
+
+    app, token = _tiny_app(tiny), ensure_token(tiny)
+    bodies = [item.request for item in get_workload(tiny).replay(Partition(2020, 3))[:3]]
+    predict = f"{tiny.serving.server.api_prefix}/predict"
+
+    async def post(*bodies: Any) -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            for _ in range(200):
+                if app.state.replica.ready:
+                    break
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
+                return [await client.post(predict, json=body, headers={"Authorization": f"Bearer {token}"})
+                        for body in bodies]
+
+    answer, refused = asyncio.run(post({"requests": bodies}, {"flights": bodies}))
+    assert answer.status_code == 200, answer.text
+    assert [round(p["probability"], 3) for p in answer.json()["predictions"]] == [0.1, 0.5, 0.9]
+    # Read as one request of the tiny model, which has no such field.
+    assert refused.status_code == 422, refused.text
+    assert {"field": "flights", "message": "Extra inputs are not permitted"} in refused.json()["errors"], refused.text
+    schema = app.openapi()["components"]["schemas"]["BatchPredictRequest"]
+    assert list(schema["properties"]) == ["requests"]
+
+
+def test_a_request_field_named_like_the_batch_key_is_refused_when_the_server_starts(tiny: Settings) -> None:
+    """A single request with a "requests" field would read as a batch: the workload is refused, naming the field
+    and the way out, before anything is served."""
+    import dataclasses
+    import types
+
+    from pydantic import BaseModel, ConfigDict
+
+    from tenfold.serving.app import create_app
+    from tenfold.workloads import WorkloadError, batch_key
+
+    workload = get_workload(tiny)
+
+    class Clashing(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        requests: int
+
+    clashing = dataclasses.replace(workload, request_model=Clashing)  # type: ignore[type-var]
+    with pytest.raises(WorkloadError, match=r"has a field 'requests', the key a batch .* set the workload's batch_key"):
+        batch_key(clashing)
+    renamed = types.SimpleNamespace(name=workload.name, request_model=Clashing, batch_key="items")
+    assert batch_key(renamed) == "items"  # type: ignore[arg-type]
+    from tenfold import workloads
+
+    with pytest.MonkeyPatch.context() as mp:  # the clashing workload is the one the settings name
+        mp.setitem(workloads._LOADED, tiny.workload, clashing)
+        with pytest.raises(WorkloadError, match="has a field 'requests'"):
+            create_app(tiny)
+
+
 def _table(n: int, categories: int, numeric: bool) -> pa.Table:
     rng = np.random.default_rng(0)
     cols: dict[str, Any] = {"segment": [f"s{i % categories}" for i in range(n)],

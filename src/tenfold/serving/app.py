@@ -2,7 +2,7 @@
 
 Endpoints (``P`` is ``settings.serving.server.api_prefix``, ``/v1``; the OpenAPI schema is at ``/openapi.json``):
 
-* ``POST P/predict``: one request of the workload's schema, or ``{"flights": [...]}``; answers the
+* ``POST P/predict``: one request of the workload's schema, or a batch ``{"<batch key>": [...]}``; answers the
   probability, the model version, the arm, a prediction id and the user key's bucket. Bearer token (or IAP).
 * ``POST P/feedback``: ``{"prediction_id", "outcome", "observed_at"?}``; 202 once Pub/Sub acknowledged it,
   503 with ``Retry-After`` when it cannot be recorded now. Bearer token (or IAP).
@@ -64,7 +64,7 @@ from tenfold.serving.schemas import (
     Readiness,
     batch_model,
 )
-from tenfold.workloads import RequestInvalid, get_workload
+from tenfold.workloads import RequestInvalid, batch_key, get_workload
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Loader = Callable[["Settings", str], ServedModel]
-BATCH_KEY = "flights"
 # What a user key may be, in a header as in a body (the workload's user_key): printable ASCII, no spaces.
 _USER_KEY = re.compile(r"[\x21-\x7e]+")
 
@@ -177,14 +176,14 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "body_too_large", f"the body is {int(declared)} bytes; at most {max_bytes} are accepted: "
-                       "send fewer flights per request")
+                       "send fewer requests per batch")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer flights per request")
+                raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer requests per batch")
             chunks.append(chunk)
     except ClientDisconnect:
         # Nobody will read the answer; 499 (nginx's "client closed request") keeps it out of the 5xx counts.
@@ -215,7 +214,7 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
 
 
 def field_path(loc: Sequence[Any]) -> str:
-    """``("flights", 3, "origin")`` -> ``flights[3].origin``; the empty location is the whole ``body``."""
+    """``("flights", 3, "origin")`` -> ``flights[3].origin`` (a batch's key, the index, the field); the empty location is the whole ``body``."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -318,8 +317,9 @@ async def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await done
 
 
-def _refuse_invalid(exc: RequestInvalid, index: int | None, batch: bool) -> ApiError:
-    where = exc.within(f"{BATCH_KEY}[{index}]") if batch and index is not None else exc
+def _refuse_invalid(exc: RequestInvalid, index: int | None, batch: str | None) -> ApiError:
+    """A workload's refusal of one request; ``batch``: the batch key when the request came in a batch."""
+    where = exc.within(f"{batch}[{index}]") if batch and index is not None else exc
     return ApiError(422, "invalid_request", f"{where.field}: {where.message}", field=where.field,
                     errors=[(where.field, where.message)])
 
@@ -350,7 +350,8 @@ def create_app(
     ref = model_ref or server.model_ref
     workload = get_workload(settings)
     request_model: type[BaseModel] = workload.request_model
-    batch_request = batch_model(request_model, server.max_batch_rows)
+    batch_key_ = batch_key(workload)  # {"flights": [...]} for the flights workload
+    batch_request = batch_model(request_model, server.max_batch_rows, batch_key_)
     metrics = ServerMetrics(arm)
     state = ReplicaState(arm, ref, metrics)
     auth = authenticator or Authenticator(settings)
@@ -462,17 +463,17 @@ def create_app(
                            headers=headers) from None
 
     def parse_predict(body: Any, non_finite: bool) -> tuple[list[BaseModel], bool]:
-        if isinstance(body, dict) and BATCH_KEY in body:
-            flights = body[BATCH_KEY]
-            if isinstance(flights, list) and len(flights) > server.max_batch_rows:
-                raise ApiError(413, "batch_too_large", f"the batch holds {len(flights)} flights; at most "
-                               f"{server.max_batch_rows} per request: split it", field=BATCH_KEY)
+        if isinstance(body, dict) and batch_key_ in body:
+            items = body[batch_key_]
+            if isinstance(items, list) and len(items) > server.max_batch_rows:
+                raise ApiError(413, "batch_too_large", f"the batch holds {len(items)} requests; at most "
+                               f"{server.max_batch_rows} per request: split it", field=batch_key_)
             model: type[BaseModel] = batch_request
             batch = True
         elif isinstance(body, dict):
             model, batch = request_model, False
         else:
-            raise ApiError(422, "invalid_request", f"the body must be a JSON object (one flight, or {{\"{BATCH_KEY}\": "
+            raise ApiError(422, "invalid_request", f"the body must be a JSON object (one request, or {{\"{batch_key_}\": "
                            f"[...]}}), not {type(body).__name__}", field="body", errors=[("body", "not an object")])
         if non_finite and (bad := _non_finite(body, ())) is not None:  # only then: the walk costs every request
             where = field_path(bad)
@@ -482,7 +483,7 @@ def create_app(
             parsed = model.model_validate(body)
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        requests = list(getattr(parsed, BATCH_KEY)) if batch else [parsed]
+        requests = list(getattr(parsed, batch_key_)) if batch else [parsed]
         return requests, batch
 
     def not_ready() -> ApiError:
@@ -522,7 +523,7 @@ def create_app(
                 try:
                     served.check(item)
                 except RequestInvalid as exc:
-                    raise _refuse_invalid(exc, i, batch) from None
+                    raise _refuse_invalid(exc, i, batch_key_ if batch else None) from None
         probabilities = await _score(served, requests, batch)
         now = dt.datetime.now(dt.UTC)
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -557,7 +558,7 @@ def create_app(
                                headers={"Retry-After": str(server.retry_after_s)}) from None
             except RequestInvalid as exc:  # check() let it through but assembly refused it
                 index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None
-                raise _refuse_invalid(exc, index, batch) from None
+                raise _refuse_invalid(exc, index, batch_key_ if batch else None) from None
             for i, p in zip(missing, fresh, strict=True):
                 out[i] = p
                 predictions_cache.put(keys[i], p)

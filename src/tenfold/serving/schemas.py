@@ -1,7 +1,7 @@
 """The API's bodies besides the workload's request: responses, feedback, errors, health.
 
 The request of one prediction is the workload's (``Workload.request_model``); :func:`batch_model` wraps
-it as ``{"flights": [...]}``. Responses are plain pydantic models so the OpenAPI schema describes them.
+it as ``{"<the workload's batch key>": [...]}`` (``{"flights": [...]}`` for the flights workload). Responses are plain pydantic models so the OpenAPI schema describes them.
 """
 
 from __future__ import annotations
@@ -110,11 +110,8 @@ class Readiness(_Body):
     detail: str | None = None
 
 
-def batch_model(request_model: type[BaseModel], max_rows: int) -> type[BaseModel]:
-    """``{"flights": [<request>, ...]}``: 1 to ``max_rows`` requests of ``request_model``."""
-    model: Any = create_model(
-        "BatchPredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        flights=(list[request_model], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
-    )
+def batch_model(request_model: type[BaseModel], max_rows: int, key: str) -> type[BaseModel]:
+    """``{key: [<request>, ...]}``: 1 to ``max_rows`` requests of ``request_model``."""
+    fields: dict[str, Any] = {key: (list[request_model], Field(min_length=1, max_length=max_rows))}  # type: ignore[valid-type]
+    model: Any = create_model("BatchPredictRequest", __config__=ConfigDict(extra="forbid"), **fields)
     return model  # type: ignore[no-any-return]

@@ -277,6 +277,27 @@ class Workload(Protocol):
         ...
 
 
+# The key of a batch of predictions (``{"<key>": [<request>, ...]}``) where a workload names none of its own
+# (an optional ``batch_key`` attribute: the flights workload's is "flights").
+DEFAULT_BATCH_KEY = "requests"
+
+
+def batch_key(workload: Workload) -> str:
+    """The key a batch of ``workload``'s prediction requests comes under; refused when it is also a field of one
+    request (a single request holding that field would read as a batch)."""
+    key = getattr(workload, "batch_key", None) or DEFAULT_BATCH_KEY
+    if not isinstance(key, str) or not key.isidentifier():
+        raise WorkloadError(f"workload {workload.name!r}: batch_key {key!r} is not a JSON field name: use letters, "
+                            "digits and underscores")
+    fields = set(workload.request_model.model_fields) | {
+        info.alias for info in workload.request_model.model_fields.values() if info.alias}
+    if key in fields:
+        raise WorkloadError(f"workload {workload.name!r}: its request model has a field {key!r}, the key a batch "
+                            f"of requests comes under, so a single request would read as a batch: rename the field "
+                            "or set the workload's batch_key to another name (docs/workloads.md)")
+    return key
+
+
 @dataclass(frozen=True)
 class Replayed:
     """One source record replayed as a request (a JSON body of the workload's request model) and its outcome."""

@@ -76,6 +76,8 @@ class FlightsWorkload:
         {"flights": "raw_flights", "weather": "raw_weather", "planes": "raw_planes", "airlines": "raw_airlines",
          "airports": "raw_airports"}))
     features_suite: str = "features"
+    # A batch of predictions is {"flights": [...]} (tenfold.workloads.batch_key).
+    batch_key: str = "flights"
 
     @property
     def model_config_type(self) -> type:
