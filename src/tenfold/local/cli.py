@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from tenfold.config import Settings, get_settings
+from tenfold.local.env import home_advice
 from tenfold.local.process import LocalPlatformError
 from tenfold.local.services import SERVICE_ORDER
 
@@ -54,8 +55,7 @@ def _refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
         path = exc.filename
         what = f"{exc.strerror or exc}: {path}" if path else str(exc)
         if path is not None and Path(str(path)).is_relative_to(home):
-            todo = (f"TENFOLD_HOME ({home}) must be a directory this user can write: fix that path (or its "
-                    "permissions, or free space), or choose another TENFOLD_HOME")
+            todo = home_advice(home)
         else:
             todo = "fix that (its permissions, or free space), then run the command again"
         typer.echo(f"error: `tenfold {command}` cannot go on: {what}; {todo}", err=True)

@@ -81,3 +81,25 @@ def test_a_port_out_of_range_is_a_settings_error_not_a_traceback(tmp_path: Path,
     assert out.exit_code == 2 and isinstance(out.exception, SystemExit), repr(out.exception)
     assert "error: invalid settings: LocalSettings.gcs_port: Input should be less than or equal to 65535" in out.output
     assert "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("command", [["ingest", "--month", "2013-01"], ["serve", "status"], ["models", "list"],
+                                     ["feedback", "metrics"]])
+@pytest.mark.parametrize("kind", ["a regular file", "under a regular file"])
+def test_every_local_command_refuses_an_unusable_home_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], kind: str
+) -> None:
+    # Through the environment, as a user sets it: the check runs before any command touches the home.
+    from tenfold.config import get_settings
+
+    (tmp_path / "file").write_text("")
+    home = tmp_path / "file" if kind == "a regular file" else tmp_path / "file" / "home"
+    monkeypatch.setenv("TENFOLD_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        out = runner.invoke(app, command)
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert f"error: {tmp_path / 'file'} is not a directory; TENFOLD_HOME ({home}) must be a directory" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, out.output
