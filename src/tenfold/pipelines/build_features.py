@@ -18,7 +18,8 @@ the same lake (same manifest content):
 * :func:`build` runs the Spark job (:mod:`tenfold.features.runners`: spark-submit locally, a Dataproc
   batch in dev and prod, the same graph everywhere);
 * :func:`validate` gates the staged features through ``expectations/features.json``; a refused batch
-  is quarantined, alerted and never published;
+  is quarantined, alerted and never published; cleared after :func:`publish`, it finds the month published
+  and passes without validating anything;
 * :func:`publish` publishes the workload's lookup tables the job staged beside the features (as
   ``<settings.storage.lookups_table>_<name>``, the feature definition's version in each manifest), then
   the staged features, each atomically (content-addressed, ``_SUCCESS`` last), and removes the staging
@@ -43,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import MANIFEST, Lake, MissingManifestError, Partition, month_range
+from tenfold.data.lake import MANIFEST, Lake, Manifest, MissingManifestError, Partition, month_range
 from tenfold.monitoring.alerts import send_alert
 from tenfold.pipelines.common import (
     PipelineError,
@@ -248,8 +249,34 @@ def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any
     return run
 
 
+def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | None:
+    """The month's manifest when this run's staging folder is gone and the month is published: what
+    :func:`publish` leaves (it drops the staging only once the manifest is in place). None otherwise."""
+    if lake.fs.get_file_info(lake._path(run.staging_uri)).type.name != "NotFound":
+        return None
+    return lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
+
+
 def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
-    """Gate the staged features; a refusal is quarantined, documented and alerted, then fails the run."""
+    """Gate the staged features; a refusal is quarantined, documented and alerted, then fails the run.
+
+    Run again (cleared) after :func:`publish` dropped the staging folder, it finds the month published and
+    returns the run as it is; a staging folder that is gone without a publish (nor a quarantine) fails
+    without retries: only the run's build stages it again.
+    """
+    lake = Lake.from_settings(settings)
+    table = settings.storage.features_table
+    staged = lake._path(run.staging_uri)
+    quarantined = lake.quarantine_path(table, run.partition, run.staging_key)
+    if lake.fs.get_file_info(staged).type.name == "NotFound" \
+            and lake.fs.get_file_info(quarantined).type.name == "NotFound":
+        # A refused batch (quarantined) keeps its verdict in validate_partition below.
+        if (manifest := _published_earlier(lake, table, run)) is not None:
+            log.info("%s %s was already validated and published by this run's publish (its staging %s is gone): "
+                     "nothing to validate; %s", table, run.month, run.staging_uri, manifest.content)
+            return run
+        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month is not "
+                            "published; clear the whole run from its first task (plan) so that build stages it again")
     try:
         report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,
                                     get_workload(settings).features_suite, attempt=run.staging_key)
@@ -273,8 +300,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     manifest_uri = lake.uri_of(lake.manifest_path(table, part))
     if lake.fs.get_file_info(staged).type.name == "NotFound":
         # A retry after a publish that succeeded but whose task died before reporting it.
-        if lake.has_manifest(table, part):
-            manifest = lake.read_manifest(table, part)
+        if (manifest := _published_earlier(lake, table, run)) is not None:
             lake.discard(lookups_staging_uri(run.staging_uri))  # a publish killed before dropping it
             log.info("staging already published: %s", manifest.content)
             return {"month": part.label, "manifest": manifest_uri, **manifest.content}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -336,3 +337,43 @@ def test_a_smaller_rebuild_whose_files_were_all_published_before_is_published(se
     stage_lookups(lake, second)
     assert pipeline.publish(settings, replace(second, rows=1_500))["rows"] == 1_500
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 1_500
+
+
+def test_validate_cleared_after_publish_passes_without_refusing_the_published_month(settings, lake, stage, alerts):
+    from tenfold.pipelines.common import PipelineError
+
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 24_000, seed=7), FEB, run.staging_key)
+    stage_lookups(lake, run)
+    validated = pipeline.validate(settings, run)
+    published = pipeline.publish(settings, validated)
+    # the user clears validate (and publish after it): the staging folder is gone, the month is published
+    assert pipeline.validate(settings, validated) == validated
+    assert pipeline.publish(settings, validated) == published
+    assert alerts() == []  # no "Quality gate refused"
+    quarantine = lake.quarantine_path(FEATURES_TABLE, FEB, run.staging_key)
+    assert lake.fs.get_file_info(quarantine).type == pafs.FileType.NotFound
+    assert lake.read_manifest(FEATURES_TABLE, FEB).content == {k: published[k] for k in published
+                                                                 if k not in ("month", "manifest")}
+    # another run of the month whose batch is refused, then cleared: the month is published (by r1), but this
+    # run's verdict stands (its batch is in quarantine), never a green validate
+    from tenfold.quality.gate import AlreadyRefused
+
+    refused = pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-02")
+    bad = synthetic_features(FEB, 24_000, seed=7)
+    bad = bad.set_column(bad.schema.get_field_index("distance"), "distance",
+                         pa.array([-500.0] * bad.num_rows, bad.schema.field("distance").type))
+    stage(bad, FEB, refused.staging_key)
+    with pytest.raises(PipelineError, match="Nothing was published"):
+        pipeline.validate(settings, refused)
+    assert len(alerts()) == 1
+    with pytest.raises(AlreadyRefused, match="already refused"):
+        pipeline.validate(settings, refused)
+    assert len(alerts()) == 1
+    # a staging folder gone without a publish: one line saying to clear the whole run, nothing quarantined
+    lost = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-03")
+    with pytest.raises(PipelineError, match=r"staging .* is gone and the month is not published; clear the whole run"):
+        pipeline.validate(settings, lost)
+    assert len(alerts()) == 1
+    assert lake.fs.get_file_info(lake.quarantine_path(FEATURES_TABLE, lost.partition, lost.staging_key)).type \
+        == pafs.FileType.NotFound
