@@ -14,10 +14,12 @@ drove it, and recorded in the registry: ``tenfold rollout status``):
    share, then every ``interval_s`` compare canary and control over the same window (error rate, p99
    latency by a Mann-Whitney U test, online accuracy from the feedback join). "No data" waits, up to a
    deadline, then fails safe. ``max_failed_checks`` failed checks roll back.
-4. ``conclude`` (runs whatever happened before it): promotion (the stable pool moves to the version, the
+4. ``conclude`` (runs whatever happened after ``plan`` planned a rollout; skipped when ``plan`` refused): promotion (the stable pool moves to the version, the
    canary weight goes to 0, ``champion`` moves), or rollback (weight 0, the version rejected with its
    reasons, ``champion`` untouched), or abort (weight 0, no alias moves). Saves an HTML report with both
    arms' metrics over the steps in the lake and logs its address.
+5. ``steps_done`` does nothing; it keeps the run failed when ``plan``, ``deploy`` or a step failed (``conclude``
+   alone, skipped or successful, would mark the run successful).
 
 ``tenfold rollout abort`` stops a rollout at any step: the canary weight goes to 0 at once and the running
 step ends at its next poll; no alias moves. A retried task or a restarted scheduler resumes from the
@@ -81,10 +83,21 @@ def rollout_model() -> None:
         from tenfold.pipelines import rollout_model as pipeline
 
         run = context["ti"].xcom_pull(task_ids="deploy") or context["ti"].xcom_pull(task_ids="plan")
+        if run is None:
+            # plan refused the run (or failed): nothing was deployed and no weight moved, so there is nothing to
+            # undo, and plan's own failure already said why (failing here too alerted a second time).
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no rollout was planned (see the plan task's error): nothing to conclude")
         done = run_step(pipeline.conclude, get_settings(), run)
         print(f"rollout {done['outcome']}: champion {done['champion']}, canary at {done['canary_percent']} %; "
               f"report: {done['report']}")
         return done
+
+    @task(doc_md="Does nothing: a leaf that is upstream_failed when plan, deploy or a step failed, so the DAG run "
+                 "is failed then (conclude, skipped when nothing was planned, would leave it green).")
+    def steps_done() -> None:
+        return None
 
     planned = plan()
     last: Any = deploy(planned)
@@ -93,6 +106,7 @@ def rollout_model() -> None:
         last >> current
         last = current
     last >> conclude()
+    last >> steps_done()
 
 
 rollout_model()

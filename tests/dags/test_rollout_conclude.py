@@ -1,0 +1,99 @@
+"""``rollout_model``'s ``conclude`` run by Airflow itself (``dag.test()`` against the GCS emulator's registry, real
+steps): when ``plan`` refuses, nothing was deployed and ``conclude`` is skipped (one red task, one alert); when a
+rollout was planned and a later task failed, ``conclude`` still runs and ends the rollout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenfold.config import Settings, build_settings
+from tenfold.registry import CHALLENGER, CHAMPION, Lineage, ModelRegistry, PartitionRef
+
+_PROBE = r"""
+import importlib.util, json, sys
+
+spec = importlib.util.spec_from_file_location("rollout_model_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+run = module.rollout_model().test(run_conf={})
+states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+print("PROBE-JSON" + json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": states}))
+"""
+
+
+@pytest.fixture
+def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
+    """A home and a project of its own on the session's emulator: its own buckets, so its own registry (empty)."""
+    from tenfold.local import airflow_env, ensure_airflow_db, provision
+    from tenfold.local.env import settings_env
+
+    home = tmp_path_factory.mktemp("rollout-conclude")
+    settings = build_settings("local", {**settings_env(local_settings), "TENFOLD_HOME": str(home),
+                                        "TENFOLD_ALERT_FILE": str(home / "alerts.jsonl"),
+                                        "TENFOLD_PROJECT_ID": f"tenfold-rc-{uuid.uuid4().hex[:8]}"})
+    provision(settings, ["gcs"])
+    env = {**airflow_env(settings), "TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "0"}
+    ensure_airflow_db(env)
+    return settings, env
+
+
+def _run(env: dict[str, str]) -> dict[str, Any]:
+    from tenfold.config.settings import project_root
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(project_root() / "dags" / "rollout_model.py")], env=env,
+                          capture_output=True, text=True, timeout=400, cwd=project_root())
+    out = proc.stdout + proc.stderr
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("PROBE-JSON")]
+    assert proc.returncode == 0 and len(lines) == 1, out[-6000:]
+    return {**json.loads(lines[0].removeprefix("PROBE-JSON")), "log": out}
+
+
+def _alerts(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.monitoring.alert_file
+    assert path is not None
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _register(settings: Settings, where: Path, seed: int) -> str:
+    where.mkdir()
+    (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
+    (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
+    (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
+    ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
+                       manifest_sha256="m" * 64)
+    lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(), training_config={},
+                      run_id="test-run")
+    return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
+
+
+def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path) -> None:
+    settings, environ = env
+    refused = _run(environ)  # no challenger: plan refuses
+    assert refused["tasks"]["plan"] == "failed", refused["log"][-4000:]
+    assert refused["tasks"]["conclude"] == "skipped", refused["log"][-4000:]
+    assert refused["tasks"]["deploy"] == "upstream_failed"
+    assert refused["state"] == "failed"  # the run stays red: plan refused it
+    assert "no rollout was planned" in refused["log"]
+    assert [a["title"] for a in _alerts(settings)] == ["Airflow task rollout_model.plan failed"]  # one alert, plan's
+
+    # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it.
+    registry = ModelRegistry(settings)
+    champion, challenger = _register(settings, tmp_path / "a", 1), _register(settings, tmp_path / "b", 2)
+    registry.set_alias(CHAMPION, champion, reason="test")
+    registry.set_alias(CHALLENGER, challenger, reason="test")
+    planned = _run(environ)
+    assert planned["tasks"]["plan"] == "success", planned["log"][planned["log"].find("Task failed with exception"):][:3000]
+    assert planned["tasks"]["deploy"] == "failed", planned["log"][-4000:]
+    assert planned["tasks"]["conclude"] not in ("skipped", "upstream_failed", "None"), planned["log"][-4000:]
+    from tenfold.pipelines.common import run_key
+
+    assert planned["state"] == "failed"
+    ended = registry.rollout_events(challenger, f"r-{run_key(planned['run_id'])}")
+    assert ended["end"]["outcome"] == "failed", ended
