@@ -148,12 +148,16 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
 
     Refuses (no retry): an unknown conf key, no challenger, no champion (the first model is promoted by
     ``train_model``'s offline gate), a challenger that is the champion, or one a rollout already rejected
-    (unless ``conf["retry_rejected"]``). A retried plan returns the rollout it recorded.
+    (unless ``conf["retry_rejected"]`` is ``true``; any non-boolean is refused). A retried plan returns the rollout it recorded.
     """
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(CONF_KEYS))
     if unknown:
         raise PipelineInputError(f"unknown run conf keys {unknown}: use any of {list(CONF_KEYS)}, e.g. {{\"version\": \"<id>\"}}")
+    retry_rejected = conf.get("retry_rejected", False)
+    if not isinstance(retry_rejected, bool):  # "false" (a string) would read as true and re-roll a rejected version
+        raise PipelineInputError(f"run conf key \"retry_rejected\" must be the JSON boolean true or false, not "
+                                 f"{retry_rejected!r}")
     reg = p.registry if p else ModelRegistry(settings)
     rollout_id = f"r-{run_key(run_id)}"
     ref = conf.get("version") or CHALLENGER
@@ -173,7 +177,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
                                  "train_model's offline gate, not by a canary")
     if champion == version:
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
-    if not conf.get("retry_rejected"):
+    if not retry_rejected:
         rejected = reg.canary_rejections(version)
         if rejected:
             raise PipelineInputError(f"a canary already rejected {version} ({rejected[-1].get('summary')}); "

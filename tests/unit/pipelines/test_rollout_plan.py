@@ -21,10 +21,10 @@ class Registry:
         raise self.error
 
 
-def _plan(settings: Settings, error: Exception) -> Any:
+def _plan(settings: Settings, error: Exception, conf: dict[str, Any] | None = None) -> Any:
     places = pipeline.Places(router=None, deployer=None, observer=None, registry=Registry(error),  # type: ignore[arg-type]
                              accuracy=None)  # type: ignore[arg-type]
-    return pipeline.plan(settings, "asset_triggered__x", {}, p=places)
+    return pipeline.plan(settings, "asset_triggered__x", conf or {}, p=places)
 
 
 def test_an_unknown_challenger_is_refused_and_an_unreachable_registry_is_retried(tmp_path: Any) -> None:
@@ -35,3 +35,13 @@ def test_an_unknown_challenger_is_refused_and_an_unreachable_registry_is_retried
     # (wrapped as bad input it failed at once, the asset event used up and the challenger never rolled out).
     with pytest.raises(ServiceUnavailable):
         _plan(settings, ServiceUnavailable("GET .../aliases/challenger"))
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_retry_rejected_must_be_a_real_boolean(tmp_path: Any, value: Any) -> None:
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    # {"retry_rejected": "false"} read as truthy re-rolled a version a canary had rejected
+    with pytest.raises(PipelineInputError, match=r'"retry_rejected" must be the JSON boolean true or false, not '):
+        _plan(settings, UnknownVersion("never reached"), {"retry_rejected": value})
+    with pytest.raises(PipelineInputError, match="nothing to roll out"):  # a boolean passes on to the registry
+        _plan(settings, UnknownVersion("challenger is not set"), {"retry_rejected": False})
