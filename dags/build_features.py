@@ -56,7 +56,8 @@ TASK_TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
-    params={"month": Param(None, type=["null", "string"], description="YYYY-MM; default: the logical date's month")},
+    params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+                           description="YYYY-MM, e.g. 2013-02; default: the logical date's month")},
     tags=["tenfold", "features", "data-quality"],
     doc_md=__doc__,
 )

@@ -51,6 +51,7 @@ for env in sys.argv[2:]:
             "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
             "mapped": sorted(t.task_id for t in dag.tasks if t.get_closest_mapped_task_group() is not None),
             "max_active_tis_per_dagrun": {t.task_id: t.max_active_tis_per_dagrun for t in dag.tasks},
+            "params": {k: dag.params.get_param(k).schema for k in dag.params},
         }
     out[env] = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}
 heavy = [m for m in ("torch", "pyspark", "great_expectations", "sklearn") if m in sys.modules]
@@ -122,6 +123,21 @@ def test_build_features_wiring(dagbag):
     for env in ("dev", "prod"):  # the same graph everywhere: the build task runs spark-submit or a Dataproc batch
         cloud = dagbag["envs"][env]["dags"]["build_features"]
         assert cloud["tasks"] == local["tasks"]
+
+
+def test_a_month_param_accepts_only_yyyy_mm(dagbag):
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    months = [(env, dag_id, d["params"]["month"]) for env, dag_id, d in _dags(dagbag) if "month" in d["params"]]
+    assert {dag_id for _, dag_id, _ in months} >= {"build_features"}
+    for env, dag_id, schema in months:
+        param = Param(None, **schema)
+        assert [param.resolve(v) for v in (None, "2013-02", "2013-12")] == [None, "2013-02", "2013-12"]
+        for bad in ("2013-13", "2013-00", "2013-2", "13-02", "2013-02-01", "Feb 2013"):
+            with pytest.raises(ParamValidationError):  # refused in the trigger form, before any task runs
+                param.resolve(bad)
+                pytest.fail(f"{env}:{dag_id}: the month param accepts {bad!r}")
 
 
 def test_batch_inference_wiring(dagbag):
