@@ -7,6 +7,7 @@ alias; default the ``champion``).
 **Tasks** (logic in ``tenfold.pipelines.monitor_drift``; docs/drift.md):
 
 1. ``plan``: the months (the conf's, else the triggering events', else the newest published) and the version.
+   A first run (no drift report stored yet) measures only the newest event month and logs the backlog.
 2. ``measure``: per feature of the workload's contract and for the model's predictions, the PSI over the
    reference deciles or categories and a KS or chi-square test, against the reference profile stored
    with the version at training time. Only the month and the version are read, never the training data.

@@ -513,6 +513,8 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):
         api.wait_for_dag(dag_id)
     # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
+    # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are unpaused;
+    # each takes only that run's newest month and logs the backlog (with the run conf that does each month).
     for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
         api.set_paused(dag_id, True)
     build_months(settings, api, initial, say)

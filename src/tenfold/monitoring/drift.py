@@ -468,6 +468,22 @@ def report_dir(settings: Settings, part: Partition | str) -> str:
     return f"{settings.storage.lake_uri.rstrip('/')}/{prefix}/year={p.year}/month={p.month}"
 
 
+def reported_months(settings: Settings) -> list[str]:
+    """The months (``"2013-07"``, ascending) that have a drift report saved (:func:`write_report`)."""
+    import pyarrow.fs as pafs
+
+    prefix = settings.monitoring.drift.reports_prefix.strip("/")
+    fs, root = pafs.FileSystem.from_uri(f"{settings.storage.lake_uri.rstrip('/')}/{prefix}")
+    found = set()
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        parts = info.path.rstrip("/").split("/")
+        if info.type == pafs.FileType.File and parts[-1] == REPORT_JSON and len(parts) >= 3:
+            year, month = parts[-3].removeprefix("year="), parts[-2].removeprefix("month=")
+            if year.isdigit() and month.isdigit():
+                found.add(Partition(int(year), int(month)))
+    return [p.label for p in sorted(found)]
+
+
 def _write(uri: str, data: bytes) -> None:
     import pyarrow.fs as pafs
 

@@ -39,6 +39,7 @@ from tenfold.pipelines.common import (
     RunState,
     configure_logging,
     run_key,
+    split_event_months,
 )
 from tenfold.workloads import VERSION_KEY
 
@@ -127,19 +128,19 @@ def months_to_score(settings: Settings, event_months: Sequence[str]) -> EventMon
     scored = lake.published_partitions(scores)
     newest_scored = max(scored) if scored else None
     hint = 'trigger batch_inference with the run conf {"month": "%s"} to score it'
-    chosen, skipped = [], {}
-    for label in months[:-1]:
+
+    def left_out(label: str) -> str | None:
         part = Partition.parse(label)
-        if newest_scored is None:
-            skipped[label] = f"nothing is scored yet, so this is a first run's backlog: {hint % label}"
-        elif part <= newest_scored:
-            skipped[label] = (f"it is not later than {newest_scored.label}, the newest month scored (a rebuilt or "
-                              f"backfilled month): {hint % label}")
-        elif not lake.has_manifest(features, part):
-            skipped[label] = "its features partition is no longer published: rebuild it with build_features first"
-        else:  # later than every scored month, so without scores
-            chosen.append(label)
-    return EventMonths(score=[*chosen, months[-1]], skipped=skipped)
+        if newest_scored is not None and part <= newest_scored:
+            return (f"it is not later than {newest_scored.label}, the newest month scored (a rebuilt or "
+                    f"backfilled month): {hint % label}")
+        if not lake.has_manifest(features, part):
+            return "its features partition is no longer published: rebuild it with build_features first"
+        return None  # later than every scored month, so without scores
+
+    score, skipped = split_event_months(months, nothing_done=None if scored else "nothing is scored yet", hint=hint,
+                                        left_out=left_out)
+    return EventMonths(score=score, skipped=skipped)
 
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:

@@ -30,7 +30,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, get_args, get_origin
 
 from tenfold.config import Settings
@@ -139,6 +139,28 @@ def event_months(context: Mapping[str, Any], uri: str) -> list[str]:
     months = {str(e.extra["month"]) for asset, found in events.items() if getattr(asset, "uri", asset) == uri
               for e in found if (e.extra or {}).get("month")}
     return sorted(months)
+
+
+def split_event_months(months: Sequence[str], *, nothing_done: str | None, hint: str,
+                       left_out: Callable[[str], str | None] = lambda month: None) -> tuple[list[str], dict[str, str]]:
+    """Which of the months a run's Asset events name (``"2013-07"`` labels, ascending) it works on, and why it leaves
+    the others (``{month: why}``), for an Asset-triggered DAG that keeps its own record of the months it has done.
+
+    The newest month always. With ``nothing_done`` (why the DAG's record is empty: its first run) every other month is
+    that first run's backlog (a DAG's first Asset-triggered run receives every event since it was scheduled on the
+    Asset), left with ``hint % month`` (how to do that month by hand). Otherwise each other month is done unless
+    ``left_out(month)`` says why not."""
+    if not months:
+        raise ValueError("split_event_months needs at least one month")
+    chosen, skipped = [], {}
+    for month in months[:-1]:
+        if nothing_done is not None:
+            skipped[month] = f"{nothing_done}, so this is a first run's backlog: {hint % month}"
+        elif (why := left_out(month)) is not None:
+            skipped[month] = why
+        else:
+            chosen.append(month)
+    return [*chosen, months[-1]], skipped
 
 
 def default_args(settings: Settings, dag_id: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 * :func:`plan`: which months (the run conf's ``month``, else the months of the features Asset events that
   triggered the run, else the newest published one) against which model version (the conf's ``version``,
-  an id or an alias, default the ``champion``);
+  an id or an alias, default the ``champion``). With no drift report stored yet, only the newest event month:
+  the DAG's first run receives every features event since it was scheduled on the Asset, and that backlog is
+  logged with the run conf that measures each month (the rule of batch_inference's ``months_to_score``);
 * :func:`measure`: for each month, the version's stored reference profile (a file of the registered
   version: :mod:`tenfold.monitoring.profile`) against the month's features and the model's predictions on
   them (:mod:`tenfold.monitoring.drift`). Only the month and the version's files are read, never the
@@ -37,7 +39,14 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
 from tenfold.monitoring.drift import DriftError, DriftPolicy, DriftReport, measure_partition, skipped, write_report
-from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+from tenfold.pipelines.common import (
+    PipelineError,
+    PipelineInputError,
+    RunState,
+    configure_logging,
+    run_key,
+    split_event_months,
+)
 from tenfold.registry.errors import RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry
 
@@ -100,7 +109,15 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if conf.get("month") is not None:
         months = [_month(conf["month"], "run conf month")]
     elif event_months:
-        months = sorted({_month(m, "the features Asset event's month") for m in event_months})
+        from tenfold.monitoring.drift import reported_months
+
+        labels = sorted({_month(m, "the features Asset event's month").label for m in event_months})
+        measured, backlog = split_event_months(
+            labels, nothing_done=None if reported_months(settings) else "no drift report is stored yet",
+            hint='trigger monitor_drift with the run conf {"month": "%s"} to measure it')
+        for label, why in backlog.items():
+            log.warning("not measuring %s: %s", label, why)
+        months = [Partition.parse(m) for m in measured]
     else:
         published = lake.published_partitions(table)
         if not published:

@@ -90,7 +90,17 @@ def test_plan_refuses_bad_input_naming_it(drift_settings: Settings, conf: dict[s
         pipeline.plan(drift_settings, "manual__x", conf)
 
 
-def test_plan_takes_the_months_of_the_triggering_events_else_the_newest(drift_settings: Settings) -> None:
+def test_plan_takes_the_months_of_the_triggering_events_else_the_newest(drift_settings: Settings,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # The first run (no drift report stored) receives every earlier features event: it measures the newest month and
+    # names the backlog with the run conf that measures each month, never measuring a whole history in one task.
+    with caplog.at_level("WARNING", logger=pipeline.__name__):
+        first = pipeline.plan(drift_settings, "asset__0", {}, ["2013-03", "2013-01", "2013-02", "2013-03"])
+    assert first.months == ("2013-03",)
+    for month in ("2013-01", "2013-02"):
+        assert (f"not measuring {month}: no drift report is stored yet, so this is a first run's backlog: trigger "
+                f'monitor_drift with the run conf {{"month": "{month}"}}') in caplog.text
+    pipeline.monitor(drift_settings, "2013-03")  # a report stored: later runs measure every month their events name
     assert pipeline.plan(drift_settings, "asset__1", {}, ["2013-02", "2013-01", "2013-02"]).months == ("2013-01", "2013-02")
     assert pipeline.plan(drift_settings, "manual__1", {}).months == ("2013-03",)
     assert json.loads(json.dumps(pipeline.plan(drift_settings, "manual__1", {}).to_xcom()))["version"] is None
