@@ -27,7 +27,7 @@ def _check_settings(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand == "config":
         return
     try:
-        settings = get_settings()
+        get_settings()
     except ValidationError as exc:
         fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
                            for e in exc.errors())
@@ -37,13 +37,6 @@ def _check_settings(ctx: typer.Context) -> None:
     except ValueError as exc:  # e.g. an unknown TENFOLD_ENV
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if settings.is_local:  # every local command keeps state under the home: an unusable one is refused up front
-        from tenfold.local.env import home_advice, home_problem
-
-        problem = home_problem(settings.local.home)
-        if problem is not None:
-            typer.echo(f"error: {problem}; {home_advice(settings.local.home)}", err=True)
-            raise typer.Exit(2)
 
 
 # Settings that are secrets: ``tenfold config`` shows where they point, never the secret part (``tenfold status``

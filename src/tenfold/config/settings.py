@@ -163,6 +163,17 @@ class MessagingSettings(_Frozen):
     subscriptions: dict[str, SubscriptionSettings]
     emulator_host: str | None = None  # host:port, local only
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        """Settings files written before the model-updates topic was retired (a running fleet's
+        ``fleet-settings.json``) still read: the topic and its subscription are dropped, not refused."""
+        if isinstance(data, dict) and "model_updates_topic" in data:
+            data = {k: v for k, v in data.items() if k != "model_updates_topic"}
+            if isinstance(data.get("subscriptions"), dict):
+                data["subscriptions"] = {k: v for k, v in data["subscriptions"].items() if k != "model_updates"}
+        return data
+
     @property
     def topics(self) -> list[str]:
         """Every topic, dead-letter topics included, in a stable order."""

@@ -40,7 +40,7 @@ def _services(names: list[str] | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
+def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
     """What the system refuses (a TENFOLD_HOME under a file or not writable, a full disk, a command that hangs) ends
     ``tenfold <command>`` with one error line naming the path or command and what to do, never a traceback."""
     home = settings.local.home
@@ -54,7 +54,8 @@ def _refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
     except OSError as exc:
         path = exc.filename
         what = f"{exc.strerror or exc}: {path}" if path else str(exc)
-        if path is not None and Path(str(path)).is_relative_to(home):
+        # pyarrow's errors name the path in their text only.
+        if Path(str(path)).is_relative_to(home) if path is not None else str(home) in str(exc):
             todo = home_advice(home)
         else:
             todo = "fix that (its permissions, or free space), then run the command again"
@@ -71,7 +72,7 @@ def up(service: _ServiceOpt = None) -> None:
     settings = get_settings()
     chosen = _services(service)
     # One lock across the platform and the fleet: a `tenfold down` between the two would leave the fleet running.
-    with _refusing_os_errors(settings, "up"), exclusive(settings, echo=typer.echo):
+    with refusing_os_errors(settings, "up"), exclusive(settings, echo=typer.echo):
         try:
             statuses = _up(settings, chosen, echo=typer.echo)
         except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
@@ -112,7 +113,7 @@ def status(service: _ServiceOpt = None) -> None:
 
     settings = get_settings()
     chosen = _services(service)
-    with _refusing_os_errors(settings, "status"):
+    with refusing_os_errors(settings, "status"):
         statuses = _status(settings, chosen)
         typer.echo(describe(settings, statuses, secrets=True))
         serving_ok = _describe_serving(settings, secrets=True)
@@ -127,7 +128,7 @@ def down(service: _ServiceOpt = None) -> None:
 
     settings = get_settings()
     chosen = _services(service)
-    with _refusing_os_errors(settings, "down"), exclusive(settings, echo=typer.echo):  # as `up` holds it
+    with refusing_os_errors(settings, "down"), exclusive(settings, echo=typer.echo):  # as `up` holds it
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
             serving_down(settings, say=typer.echo)
         _down(settings, chosen, echo=typer.echo)

@@ -12,7 +12,6 @@ from an explicit mapping; neither reads nor changes this process's environment.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,17 +88,3 @@ def home_advice(home: Path) -> str:
     """What to do about a TENFOLD_HOME that cannot hold the platform's state (one wording for every command)."""
     return (f"TENFOLD_HOME ({home}) must be a directory this user can write: fix that path (or its permissions, or "
             "free space), or choose another TENFOLD_HOME")
-
-
-def home_problem(home: Path) -> str | None:
-    """Why ``home`` cannot be (made) a folder this user writes into, None when it can: it, or the nearest part of
-    it that exists, is not a directory, or that directory is not writable."""
-    probe = home
-    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user"
-    return None
-

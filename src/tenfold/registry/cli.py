@@ -46,7 +46,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
     except Exception as exc:
         if type(exc).__module__.startswith(("google", "requests", "urllib3")):
             typer.echo(f"error: cannot reach the model registry ({type(exc).__name__}: {exc}); is the local "
-                       "platform up (`make up`) or are your cloud credentials set?", err=True)
+                       "platform up (`tenfold up`) or are your cloud credentials set?", err=True)
             raise typer.Exit(2) from exc
         raise
 

@@ -21,15 +21,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from tenfold.config import get_settings
 from tenfold.local.process import LocalPlatformError
 from tenfold.rollout.split import ARMS, STABLE
 
-app = typer.Typer(help="The local serving fleet: replicas in a stable and a canary pool behind HAProxy.", no_args_is_help=True)
+
+class _ServeGroup(TyperGroup):
+    """Every ``tenfold serve`` command keeps its state under TENFOLD_HOME: what the system refuses there (a home
+    under a regular file, not writable, a full disk) is one error line naming the path and what to do."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        from tenfold.local.cli import refusing_os_errors
+
+        with refusing_os_errors(get_settings(), "serve"):
+            return super().invoke(ctx)
+
+
+app = typer.Typer(help="The local serving fleet: replicas in a stable and a canary pool behind HAProxy.",
+                  no_args_is_help=True, cls=_ServeGroup)
 
 _Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS)}")]
 

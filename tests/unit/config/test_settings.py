@@ -373,3 +373,18 @@ def test_a_settings_file_written_before_local_replicas_was_removed_still_loads(t
     written["local"]["replica"] = 2  # any other unknown field is still refused
     with pytest.raises(ValueError, match="replica"):
         Settings.model_validate_json(json.dumps(written))
+
+
+def test_a_settings_file_written_before_the_model_updates_topic_was_retired_still_reads() -> None:
+    # A fleet started before the upgrade keeps its fleet-settings.json; `tenfold serve ...` must read it, not
+    # fall back to the environment's defaults because of a field that no longer exists.
+    from tenfold.config import Settings
+
+    settings = build_settings("local", {"TENFOLD_PROJECT_ID": "tenfold-demo"})
+    body = settings.model_dump(mode="json")
+    body["serving"]["fleet"]["replica_capacity"] = 32  # a setting only the file holds
+    body["messaging"]["model_updates_topic"] = "tenfold-local-model-updates"
+    body["messaging"]["subscriptions"]["model_updates"] = dict(body["messaging"]["subscriptions"]["feedback"])
+    read = Settings.model_validate(body)
+    assert read.serving.fleet.replica_capacity == 32
+    assert read.messaging == settings.messaging

@@ -83,13 +83,12 @@ def test_a_port_out_of_range_is_a_settings_error_not_a_traceback(tmp_path: Path,
     assert "Traceback" not in out.output
 
 
-@pytest.mark.parametrize("command", [["ingest", "--month", "2013-01"], ["serve", "status"], ["models", "list"],
-                                     ["feedback", "metrics"]])
+@pytest.mark.parametrize("command", [["ingest", "--month", "2013-01"], ["serve", "status"], ["serve", "down"]])
 @pytest.mark.parametrize("kind", ["a regular file", "under a regular file"])
-def test_every_local_command_refuses_an_unusable_home_in_one_line(
+def test_ingest_and_serve_refuse_an_unusable_home_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], kind: str
 ) -> None:
-    # Through the environment, as a user sets it: the check runs before any command touches the home.
+    # Through the environment, as a user sets it.
     from tenfold.config import get_settings
 
     (tmp_path / "file").write_text("")
@@ -98,8 +97,14 @@ def test_every_local_command_refuses_an_unusable_home_in_one_line(
     get_settings.cache_clear()
     try:
         out = runner.invoke(app, command)
+        names = [w for w in command if not w.startswith("-") and not w[:1].isdigit()]  # the command, no options
+        helped = runner.invoke(app, [*names, "--help"])  # --help never touches the home
+        cloud = runner.invoke(app, ["models", "list", "--env", "dev"])  # nor does a cloud command
     finally:
         get_settings.cache_clear()
-    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
-    assert f"error: {tmp_path / 'file'} is not a directory; TENFOLD_HOME ({home}) must be a directory" in out.output
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert f"error: `tenfold {command[0]}` cannot go on: " in out.output, out.output
+    assert f"TENFOLD_HOME ({home}) must be a directory this user can write" in out.output
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, out.output
+    assert helped.exit_code == 0 and "Usage:" in helped.output, helped.output
+    assert "TENFOLD_HOME" not in cloud.output, cloud.output
