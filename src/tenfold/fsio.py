@@ -74,3 +74,18 @@ def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     if base.type_name in _OBJECT_STORES:
         return
     fs.create_dir(path, recursive=True)
+
+
+def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
+    """The one line ``tenfold <command>`` ends with when the system refuses it ``exc`` (a TENFOLD_HOME under a file
+    or not writable, a full disk): what was refused, on which path, and what to do."""
+    path = exc.filename
+    what = f"{exc.strerror or exc}: {path}" if path else str(exc)
+    # pyarrow's errors name the path in their text only.
+    if Path(str(path)).is_relative_to(home) if path is not None else str(home) in str(exc):
+        todo = (f"TENFOLD_HOME ({home}) must be a directory this user can write: fix that path (or its permissions, "
+                "or free space), or choose another TENFOLD_HOME")
+    else:
+        todo = "fix that (its permissions, or free space), then run the command again"
+    return f"error: `tenfold {command}` cannot go on: {what}; {todo}"
+

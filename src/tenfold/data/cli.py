@@ -9,7 +9,6 @@ file, table, month and where in the file, and its raw input is copied to the lak
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import typer
@@ -26,25 +25,27 @@ def ingest(
     """Publish the monthly raw tables of each month, and a snapshot of the reference tables."""
     from tenfold.data.ingest import IngestError, ingest_month
     from tenfold.data.lake import Lake, LakeError, month_range
-    from tenfold.local.cli import refusing_os_errors
     from tenfold.workloads import SourceMissing, get_workload
 
     settings = get_settings()
-    # A local lake lives under TENFOLD_HOME: what the system refuses there is one line naming the path.
-    with refusing_os_errors(settings, "ingest") if settings.is_local else contextlib.nullcontext():
-        try:
-            months = month_range(month, to or month)
-            if not months:
-                raise ValueError(f"--month {month} is after --to {to}: give the first month first")
-            workload = get_workload(settings)
-            # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
-            # bucket's lifecycle rules expect them.
-            lake = Lake(lake_uri, settings.storage.lake_layout) if lake_uri else Lake.from_settings(settings)
-            rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
-            for part in months:
-                manifests = ingest_month(lake, part, run_id=rid, workload=workload)
-                rows = ", ".join(f"{t}={m.rows}" for t, m in manifests.items())
-                typer.echo(f"{part.label}: {rows} -> {lake.uri}")
-        except (ValueError, IngestError, LakeError, SourceMissing) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+    try:
+        months = month_range(month, to or month)
+        if not months:
+            raise ValueError(f"--month {month} is after --to {to}: give the first month first")
+        workload = get_workload(settings)
+        # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
+        # bucket's lifecycle rules expect them.
+        lake = Lake(lake_uri, settings.storage.lake_layout) if lake_uri else Lake.from_settings(settings)
+        rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
+        for part in months:
+            manifests = ingest_month(lake, part, run_id=rid, workload=workload)
+            rows = ", ".join(f"{t}={m.rows}" for t, m in manifests.items())
+            typer.echo(f"{part.label}: {rows} -> {lake.uri}")
+    except (ValueError, IngestError, LakeError, SourceMissing) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # what the system refuses (a local lake under TENFOLD_HOME): one line naming the path
+        from tenfold.fsio import os_error_refusal
+
+        typer.echo(os_error_refusal(exc, "ingest", settings.local.home), err=True)
+        raise typer.Exit(1) from exc

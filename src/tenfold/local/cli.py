@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tenfold.config import Settings, get_settings
-from tenfold.local.env import home_advice
+from tenfold.fsio import os_error_refusal
 from tenfold.local.process import LocalPlatformError
 from tenfold.local.services import SERVICE_ORDER
 
@@ -43,7 +42,6 @@ def _services(names: list[str] | None) -> list[str]:
 def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
     """What the system refuses (a TENFOLD_HOME under a file or not writable, a full disk, a command that hangs) ends
     ``tenfold <command>`` with one error line naming the path or command and what to do, never a traceback."""
-    home = settings.local.home
     try:
         yield
     except subprocess.TimeoutExpired as exc:
@@ -52,14 +50,7 @@ def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
                    "again; if it hangs again, run that command yourself to see what it waits for", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:
-        path = exc.filename
-        what = f"{exc.strerror or exc}: {path}" if path else str(exc)
-        # pyarrow's errors name the path in their text only.
-        if Path(str(path)).is_relative_to(home) if path is not None else str(home) in str(exc):
-            todo = home_advice(home)
-        else:
-            todo = "fix that (its permissions, or free space), then run the command again"
-        typer.echo(f"error: `tenfold {command}` cannot go on: {what}; {todo}", err=True)
+        typer.echo(os_error_refusal(exc, command, settings.local.home), err=True)
         raise typer.Exit(1) from exc
 
 

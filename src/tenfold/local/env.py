@@ -82,9 +82,3 @@ def local_settings(
         values["TENFOLD_PROJECT_ID"] = project_id
     values.update({LOCAL_ENV_PREFIX + k.upper(): str(v) for k, v in local_fields.items()})
     return settings_from_env(values)
-
-
-def home_advice(home: Path) -> str:
-    """What to do about a TENFOLD_HOME that cannot hold the platform's state (one wording for every command)."""
-    return (f"TENFOLD_HOME ({home}) must be a directory this user can write: fix that path (or its permissions, or "
-            "free space), or choose another TENFOLD_HOME")
