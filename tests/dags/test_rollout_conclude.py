@@ -30,7 +30,8 @@ print("PROBE-JSON" + json.dumps({"state": str(run.state), "run_id": run.run_id, 
 
 @pytest.fixture
 def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
-    """A home and a project of its own on the session's emulator: its own buckets, so its own registry (empty)."""
+    """A home and a project of its own on the session's emulator (its Airflow database, its alerts). The buckets, and
+    so the registry, are the session's: local bucket names do not depend on the project."""
     from tenfold.local import airflow_env, ensure_airflow_db, provision
     from tenfold.local.env import settings_env
 
@@ -83,7 +84,22 @@ def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, t
     assert "no rollout was planned" in refused["log"]
     assert [a["title"] for a in _alerts(settings)] == ["Airflow task rollout_model.plan failed"]  # one alert, plan's
 
-    # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it.
+    # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it. The
+    # registry's bucket is the session's (local bucket names do not depend on the project), so the aliases this
+    # sets are put back afterwards: later tests evaluate against the session's champion.
+    registry = ModelRegistry(settings)
+    aliases_before = {alias: registry.resolve(alias) for alias in (CHAMPION, CHALLENGER)}
+    try:
+        _planned_rollout_is_concluded(settings, environ, tmp_path)
+    finally:
+        for alias, version in aliases_before.items():
+            if version is not None:
+                registry.set_alias(alias, version, reason="test cleanup")
+            else:
+                registry.bucket.delete_blob(registry._name("aliases", alias))
+
+
+def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], tmp_path: Path) -> None:
     registry = ModelRegistry(settings)
     champion, challenger = _register(settings, tmp_path / "a", 1), _register(settings, tmp_path / "b", 2)
     registry.set_alias(CHAMPION, champion, reason="test")
