@@ -147,7 +147,8 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     """Choose the version (``conf["version"]``, else the ``challenger`` alias) and the champion it goes against.
 
     Refuses (no retry): an unknown conf key, no challenger, no champion (the first model is promoted by
-    ``train_model``'s offline gate), a challenger that is the champion, or one a rollout already rejected
+    ``train_model``'s offline gate), a challenger that is the champion, the default challenger when a gate run
+    since compared it with the current champion and kept it out, or one a rollout already rejected
     (unless ``conf["retry_rejected"]`` is ``true``; any non-boolean is refused). A retried plan returns the rollout it recorded.
     """
     conf = dict(conf or {})
@@ -177,6 +178,8 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
                                  "train_model's offline gate, not by a canary")
     if champion == version:
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
+    if ref == CHALLENGER:
+        _refuse_a_challenger_the_gate_kept_out(reg, version, champion)
     if not retry_rejected:
         rejected = reg.canary_rejections(version)
         if rejected:
@@ -189,6 +192,21 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         return RolloutRun.from_xcom(reg.rollout_events(version, rollout_id)["start"]["run"])
     log.info("rollout %s: %s against champion %s through steps %s %%", rollout_id, version, champion, list(run.steps))
     return run
+
+
+def _refuse_a_challenger_the_gate_kept_out(reg: ModelRegistry, version: str, champion: str) -> None:
+    """The ``challenger`` alias names the version that last passed the offline gate, against the champion of
+    its day. A run cleared after the champion moved decides again against the new one (``train_model.gate``)
+    and may keep it out, but moves no alias: rolled out by default, that version would go live against a
+    champion it was scored below. A version named in the run conf is the operator's choice and is not refused."""
+    against = [d for key, d in reg.decisions(version).items()  # the gate's own, compared with this champion
+               if not key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("champion_version") == champion
+               and isinstance(d.get("champion"), Mapping)]
+    if against and not any(d.get("promote") for d in against):
+        raise PipelineInputError(
+            f"the challenger {version} was compared with the champion {champion} since it passed the offline gate, "
+            f"and kept out ({against[-1].get('summary')}): train a new challenger, or pass "
+            f'{{"version": "{version}"}} in the run conf to roll it out anyway')
 
 
 def deploy(settings: Settings, run: RolloutRun | Mapping[str, Any], *, p: Places | None = None) -> RolloutRun:

@@ -17,7 +17,9 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.pipelines import rollout_model
 from tenfold.pipelines import train_model as pipeline
+from tenfold.pipelines.common import PipelineInputError
 from tenfold.registry import CHALLENGER, CHAMPION, AliasConflict, ModelRegistry
 
 CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
@@ -143,6 +145,13 @@ def test_a_run_cleared_from_evaluate_after_the_champion_moved_decides_again_agai
     assert reg.resolve(CHAMPION) == b.version
     kept = reg.decisions(registered.version)
     assert {d["champion_version"] for d in kept.values()} == {r_a.version, b.version} and len(kept) == 2
+    # The alias still names it (no alias moves on a KEEP), but the rollout that takes the challenger by default
+    # refuses it: it was scored below the champion it would go live against. Named in the conf, it is the
+    # operator's choice.
+    assert reg.resolve(CHALLENGER) == registered.version
+    with pytest.raises(PipelineInputError, match=f"kept out .*KEEP CHAMPION.*\"version\": \"{registered.version}\""):
+        rollout_model.plan(gate_settings, "manual__rollout", {})
+    assert rollout_model.plan(gate_settings, "manual__rollout", {"version": registered.version}).champion == b.version
 
 
 def test_gate_is_idempotent_and_an_identical_retrain_changes_nothing(gate_settings: Settings, tmp_path: Path) -> None:
