@@ -7,16 +7,23 @@ group, a pid file naming pid and start time, output in ``<home>/run/inference-wo
 touches only the very processes this pool started. A supervisor thread restarts a worker that died (a
 crash loses nothing: its unacknowledged messages are redelivered to the others).
 
+One pool runs in a home at a time: it holds ``<home>/run/inference-pool.lock`` (``flock``, released by the
+kernel when its process dies) from before it reads the pid files until its workers are stopped. A second
+pool (the CLI's run beside the DAG's, a benchmark) waits for it: the pid files, ready files and settings file
+are the pool's, and a second pool that took them over stopped the first pool's live workers as stale ones.
+
     with WorkerPool(settings) as pool:   # or pool.start() ... pool.stop()
         ...
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WORKER_MODULE = "tenfold.inference.worker"
 SETTINGS_FILE = "inference-settings.json"
+LOCK_FILE = "inference-pool.lock"
 
 
 def worker_name(slot: int) -> str:
@@ -52,6 +60,7 @@ class WorkerPool:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._held: int | None = None  # the lock file's descriptor while this pool holds it
 
     @property
     def settings_path(self) -> Path:
@@ -60,22 +69,61 @@ class WorkerPool:
     def ready_path(self, slot: int) -> Path:
         return self.run_dir / f"{worker_name(slot)}.ready"
 
-    def _start_one(self, slot: int) -> process.ProcessRecord:
-        self.ready_path(slot).unlink(missing_ok=True)
+    def worker_argv(self, slot: int) -> list[str]:
         argv = [sys.executable, "-m", WORKER_MODULE, "--settings-file", str(self.settings_path),
                 "--ready-file", str(self.ready_path(slot))]
-        if self.preload:
-            argv += ["--preload", self.preload]
+        return [*argv, "--preload", self.preload] if self.preload else argv
+
+    def _start_one(self, slot: int) -> process.ProcessRecord:
+        self.ready_path(slot).unlink(missing_ok=True)
+        argv = self.worker_argv(slot)
         # Tied to this process: a killed task (or benchmark) takes its workers with it.
         record = process.start(worker_name(slot), argv, run_dir=self.run_dir, port=0, env=self.env,
                                tie_to_this_process=True)
         self.records[slot] = record
         return record
 
+    def _take_pool_lock(self, report_every_s: float = 30.0) -> None:
+        """Hold the home's pool lock, waiting (and saying so) while another pool holds it."""
+        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        waited, said = time.monotonic(), float("-inf")
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - said >= report_every_s:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                        log.info("another inference pool (pid %s) runs in %s: waiting for it to stop (%.0f s so far)",
+                                 holder, self.run_dir, time.monotonic() - waited)
+                        said = time.monotonic()
+                    time.sleep(0.2)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._held = fd
+
+    def _release_pool_lock(self) -> None:
+        if self._held is not None:
+            fd, self._held = self._held, None
+            os.close(fd)  # closing the last descriptor releases the flock
+
     def start(self) -> WorkerPool:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._take_pool_lock()
+        try:
+            self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_all(self) -> None:
         from tenfold.fsio import atomic_write
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the fleet's copy is.
         atomic_write(self.settings_path, self.settings.model_dump_json().encode(), mode=0o600)
         for slot in range(self.workers):
@@ -86,7 +134,6 @@ class WorkerPool:
         log.info("started %d inference workers (logs %s/%s.log)", self.workers, self.run_dir, worker_name(0).replace("0", "<i>"))
         self._thread = threading.Thread(target=self._supervise, name="tenfold-infer-pool", daemon=True)
         self._thread.start()
-        return self
 
     def _supervise(self) -> None:
         while not self._stop.wait(1.0):
@@ -130,6 +177,7 @@ class WorkerPool:
                 self.ready_path(slot).unlink(missing_ok=True)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._release_pool_lock()
 
     def __enter__(self) -> WorkerPool:
         return self.start()
