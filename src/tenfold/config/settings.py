@@ -402,6 +402,16 @@ class ServingSettings(_Frozen):
     # The canary analysis of the rollout_model DAG (local and cloud alike).
     rollout: RolloutSettings = RolloutSettings()
 
+    @model_validator(mode="after")
+    def _canary_can_take_stables_load(self) -> ServingSettings:
+        if self.canary_fleet.max_replicas < self.stable_fleet.max_replicas:
+            raise ValueError(
+                f"serving.canary_fleet.max_replicas ({self.canary_fleet.max_replicas}) is below "
+                f"serving.stable_fleet.max_replicas ({self.stable_fleet.max_replicas}): a rollout's last step sends "
+                "every user to the canary group, so it must be able to grow as large (docs/rollout-cloud.md); set "
+                "TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS too")
+        return self
+
 
 class InferenceSettings(_Frozen):
     """Offline inference over Pub/Sub (tenfold.inference, docs/inference.md)."""
@@ -558,7 +568,29 @@ class LocalSettings(_Frozen):
 
 LOCAL_ENV_PREFIX = "TENFOLD_LOCAL__"
 SERVING_ENV_PREFIX = "TENFOLD_SERVING__"
-SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"server": ServerSettings, "fleet": FleetSettings, "rollout": RolloutSettings}
+
+
+class CloudGroupEnv(BaseModel):
+    """What ``TENFOLD_SERVING__{STABLE,CANARY}_FLEET__<FIELD>`` sets of a cloud serving group: its sizing."""
+
+    machine_type: str | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    spot: bool | None = None
+    disk_size_gb: int | None = None
+
+
+class LoadBalancerEnv(BaseModel):
+    """What ``TENFOLD_SERVING__LOAD_BALANCER__<FIELD>`` sets of the cloud load balancer: the deployment's domain."""
+
+    domain: str | None = None
+
+
+# Each section's model names the fields its variables may set (settings_env passes them on to child processes).
+SERVING_ENV_SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerSettings, "fleet": FleetSettings, "rollout": RolloutSettings,
+    "stable_fleet": CloudGroupEnv, "canary_fleet": CloudGroupEnv, "load_balancer": LoadBalancerEnv,
+}
 _LOCAL_OVERRIDABLE = tuple(sorted(set(LocalSettings.model_fields) - {"home"}))
 TRAINING_ENV_PREFIX = "TENFOLD_TRAINING__"
 TRAINING_ENV_FIELDS = tuple(f for f in TrainingSettings.model_fields if f != "fleet")
@@ -602,7 +634,8 @@ class EnvironSettings(BaseSettings):
     root: Path | None = None
     local: dict[str, str] = Field(default_factory=dict)
     # TENFOLD_SERVING__{SERVER,FLEET,ROLLOUT}__<FIELD>: the replica's, the local fleet's and the rollout's
-    # settings, so a replica or fleet process started with settings_env() runs with its parent's.
+    # settings, so a replica or fleet process started with settings_env() runs with its parent's; and the cloud's
+    # TENFOLD_SERVING__{STABLE_FLEET,CANARY_FLEET}__<FIELD> (their sizing) and TENFOLD_SERVING__LOAD_BALANCER__DOMAIN.
     serving: dict[str, dict[str, str]] = Field(default_factory=dict)
     # TENFOLD_TRAINING__<FIELD>: any TrainingSettings field but its fleet (e.g. TENFOLD_TRAINING__GATE_MIN_AUC), so
     # Airflow's tasks, started with settings_env(), train and gate as their parent's settings say.
@@ -833,6 +866,9 @@ def build_settings(
     def fleet(role: str, **kw: Any) -> GpuGroupSettings:
         return GpuGroupSettings(instance_group=f"{prefix}-{role}-mig", instance_template=f"{prefix}-{role}-tmpl", **kw)
 
+    def serving_group(section: str, **kw: Any) -> GpuGroupSettings:
+        return fleet(f"serve-{section.removesuffix('_fleet')}", **{**kw, **given.serving.get(section, {})})
+
     gpu = {"accelerator_type": "nvidia-l4", "accelerator_count": 1}
     values: dict[str, Any] = dict(
         env=env,
@@ -884,12 +920,12 @@ def build_settings(
             **{k: env_value(v) for k, v in given.training.items()},
         }),
         serving=ServingSettings(
-            stable_fleet=fleet("serve-stable", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
-                               max_replicas=20 if prod else 2, **gpu),
+            stable_fleet=serving_group("stable_fleet", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
+                                       max_replicas=20 if prod else 2, **gpu),
             # As large as stable can grow: the last rollout step sends every user to the canary group, and
             # weighted backend services never spill one service's load onto the other (docs/rollout-cloud.md).
-            canary_fleet=fleet("serve-canary", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
-                               max_replicas=20 if prod else 2, **gpu),
+            canary_fleet=serving_group("canary_fleet", machine_type="g2-standard-4", min_replicas=1 if prod else 0,
+                                       max_replicas=20 if prod else 2, **gpu),
             token_secret=f"{prefix}-serving-token",
             load_balancer=LoadBalancerSettings(
                 address=f"{prefix}-lb-ip",
@@ -901,6 +937,7 @@ def build_settings(
                 http_proxy=f"{prefix}-proxy",
                 forwarding_rule=f"{prefix}-fwd",
                 cloud_armor_policy=f"{prefix}-armor" if prod else None,
+                **given.serving.get("load_balancer", {}),  # type: ignore[arg-type]
             ),
             server=ServerSettings(**given.serving.get("server", {})),  # type: ignore[arg-type]
             fleet=FleetSettings(**given.serving.get("fleet", {})),  # type: ignore[arg-type]

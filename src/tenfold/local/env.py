@@ -52,9 +52,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings.training, field)
         env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
     env.update(tables_and_pipelines_env(settings))
-    for section in SERVING_ENV_SECTIONS:
+    for section, fields in SERVING_ENV_SECTIONS.items():
         values = getattr(settings.serving, section)
-        for field in type(values).model_fields:
+        for field in fields.model_fields:
             value = getattr(values, field)
             env[f"{SERVING_ENV_PREFIX}{section.upper()}__{field.upper()}"] = "" if value is None else str(value)
     if settings.storage.emulator_host:

@@ -299,10 +299,31 @@ def test_serving_sections_travel_to_a_child_process_through_its_environment(tmp_
     assert child.serving == parent.serving and child.serving.server.max_batch_wait_ms == 7.5
 
 
+def test_a_deployment_sets_its_domain_and_serving_group_sizes_by_environment_variable(tmp_path):
+    """docs/deploy.md and the load balancer's plain-HTTP warning tell an operator to set the domain this way, and
+    docs/rollout-cloud.md to raise the canary group's minimum: both were refused as "names no serving section"."""
+    from tenfold.local.env import settings_env, settings_from_env
+
+    s = build_settings("prod", {"TENFOLD_PROJECT_ID": "tenfold-test1", "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.example.com",
+                                "TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS": "0",
+                                "TENFOLD_SERVING__STABLE_FLEET__MAX_REPLICAS": "40",
+                                "TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS": "40"})
+    assert s.serving.load_balancer.domain == "ml.example.com"
+    assert (s.serving.canary_fleet.min_replicas, s.serving.canary_fleet.max_replicas) == (0, 40)
+    assert s.serving.stable_fleet.max_replicas == 40 and s.serving.stable_fleet.min_replicas == 1
+    assert s.serving.canary_fleet.instance_group == "tenfold-prod-serve-canary-mig"  # the names stay derived
+    local = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS": "1"})
+    assert settings_from_env(settings_env(local)).serving == local.serving
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("TENFOLD_SERVING__SERVER__NOPE", "1", "TENFOLD_SERVING__SERVER__NOPE names no field of ServerSettings"),
     ("TENFOLD_SERVING__GATEWAY__PORT", "1", "TENFOLD_SERVING__GATEWAY__\\* names no serving section"),
     ("TENFOLD_SERVING__SERVER__MAX_BATCH_SIZE", "0", "max_batch_size"),
+    # Only a group's sizing is set this way (its names and zones follow from the environment)
+    ("TENFOLD_SERVING__STABLE_FLEET__INSTANCE_GROUP", "x", "STABLE_FLEET__INSTANCE_GROUP names no field of CloudGroupEnv"),
+    ("TENFOLD_SERVING__STABLE_FLEET__MAX_REPLICAS", "5", r"canary_fleet.max_replicas \(2\) is below .*stable_fleet.max_replicas \(5\)"),
+    ("TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS", "3", "min_replicas exceeds max_replicas"),
 ])
 def test_a_wrong_serving_variable_is_refused_by_name(name, value, message):
     with pytest.raises(ValueError, match=message):
