@@ -47,6 +47,7 @@ from great_expectations.data_context.store.html_site_store import HtmlSiteStore
 from great_expectations.render.renderer.site_builder import SiteBuilder
 
 from tenfold.config import Settings, project_root
+from tenfold.model_files import unsafe_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,10 @@ class BucketSite(DocsSite):
         bucket, prefix = self._bucket()
         for blob in bucket.client.list_blobs(bucket, prefix=prefix + "/"):
             rel = blob.name[len(prefix) + 1:]
+            why = unsafe_relative_path(rel)
+            if why is not None:  # GCS allows '..' in a name: downloaded, it would land outside the working folder
+                log.warning("Data Docs: gs://%s/%s is not pulled: its name %s", bucket.name, blob.name, why)
+                continue
             self.remote[rel] = int(blob.size or 0)
             local = self.root / rel
             if rel.startswith(RESULTS_FOLDER + "/"):

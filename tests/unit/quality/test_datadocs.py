@@ -151,3 +151,49 @@ def test_the_cloud_site_is_built_from_the_bucket_and_pushed_back(gcs_emulator, s
     assert len([n for n in blobs if f"/{datadocs.RESULTS_FOLDER}/" in n and "ge_store_backend_id" not in n]) == 2
     # GX's static files were not sent again by the second build
     assert {n: b.generation for n, b in blobs.items() if n in generations} == generations
+
+
+def test_a_bucket_object_named_outside_the_site_is_not_pulled_there(gcs_emulator, storage_client, tmp_path, caplog,
+                                                                    monkeypatch):
+    """GCS allows '..' in an object's name: whoever may write the artifacts bucket could plant
+    ``<prefix>/_validation_results/../../<path>`` and have the quality gate's worker write that file anywhere.
+
+    fake-gcs-server cleans such a name on upload, so the listing (the client's one call) adds the object GCS
+    would list; its download is a real request to the emulator."""
+    from google.cloud import storage
+
+    from tenfold.config import get_settings
+
+    dev = get_settings("dev")
+    settings = dev.model_copy(update={
+        "storage": dev.storage.model_copy(update={"emulator_host": gcs_emulator}),
+        "monitoring": dev.monitoring.model_copy(update={"data_docs_prefix": f"docs-{uuid.uuid4().hex[:8]}"}),
+    })
+    bucket = storage_client.bucket(settings.storage.artifacts_bucket)
+    if not bucket.exists():
+        bucket.create()
+    prefix = settings.monitoring.data_docs_prefix
+    good = f"{datadocs.RESULTS_FOLDER}/suite/run/result.json"
+    bucket.blob(f"{prefix}/{good}").upload_from_string(b"{}")
+    escaped = f"escaped-{uuid.uuid4().hex[:8]}.txt"
+    planted = f"{prefix}/{datadocs.RESULTS_FOLDER}/../../{escaped}"
+    bucket.blob(planted).upload_from_string(b"planted")  # the emulator keeps it as <escaped> at the bucket's root
+    real_list = storage.Client.list_blobs
+
+    def list_blobs(self, bucket_or_name, *args, **kwargs):
+        listed = list(real_list(self, bucket_or_name, *args, **kwargs))
+        return [*listed, self.bucket(settings.storage.artifacts_bucket).blob(planted)]
+
+    monkeypatch.setattr(storage.Client, "list_blobs", list_blobs)
+    site = datadocs.BucketSite(tmp_path / "work" / "site", f"gs://{bucket.name}/{prefix}", settings=settings)
+    site.root.mkdir(parents=True)
+    try:
+        with caplog.at_level("WARNING", logger=datadocs.__name__):
+            site.pull()
+    finally:
+        for name in (escaped, f"{prefix}/{good}"):
+            bucket.blob(name).delete()
+    assert not (tmp_path / "work" / escaped).exists() and not list(tmp_path.rglob(escaped))
+    assert (site.root / good).read_bytes() == b"{}"  # the site's own files are pulled as before
+    assert set(site.remote) == {good}
+    assert f"{escaped} is not pulled: its name it has an empty, '.' or '..' part" in caplog.text
