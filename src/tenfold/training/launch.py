@@ -14,16 +14,19 @@ exit code and its error (from torchelastic's error file / summary), with the log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,9 +99,17 @@ def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has
         return True
 
 
-def rendezvous_file(job_id: str) -> Path:
-    """The file a one-machine job's ranks rendezvous through (removed by :func:`run_torchrun` after the job)."""
-    return Path(tempfile.gettempdir()) / f"tenfold-rdzv-{job_id}"
+RENDEZVOUS_FILE = "rendezvous"
+
+
+def rendezvous_dir() -> Path:
+    """A new folder only this user may enter (``mkdtemp``: mode 0700) for the file a one-machine job's ranks
+    rendezvous through; :func:`run_torchrun` removes it after the job.
+
+    torch's rendezvous agent unpickles what that file holds, so it must not sit at a name another local user can
+    guess and create first: ``/tmp/tenfold-rdzv-<job id>`` (the job id is on the command line) was such a name.
+    """
+    return Path(tempfile.mkdtemp(prefix="tenfold-rdzv-"))
 
 
 def loopback_env(settings: Settings) -> dict[str, str]:
@@ -120,14 +131,17 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int) -> list[str]:
-    """torchrun's argv for the worker writing to ``out`` (a folder or a URI); run it with :func:`loopback_env`
-    when ``settings.training.nnodes`` is 1."""
+def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int,
+                     rendezvous: Path | None = None) -> list[str]:
+    """torchrun's argv for the worker writing to ``out`` (a folder or a URI). When ``settings.training.nnodes``
+    is 1, run it with :func:`loopback_env`; its ranks rendezvous in ``rendezvous`` (:func:`rendezvous_dir`)."""
     t = settings.training
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if t.nnodes == 1:
+        if rendezvous is None:
+            raise ValueError("a one-machine job's ranks rendezvous through a file: pass rendezvous=rendezvous_dir()")
         cmd += ["--nnodes=1", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={rendezvous_file(job_id)}", "--rdzv-conf=store_type=file", f"--rdzv-id={job_id}",
+                f"--rdzv-endpoint={rendezvous / RENDEZVOUS_FILE}", "--rdzv-conf=store_type=file", f"--rdzv-id={job_id}",
                 f"--local-addr={settings.local.bind_host}"]
     else:
         if not t.rdzv_host:
@@ -255,13 +269,14 @@ def run_torchrun(
         (out / RESULT_FILE).unlink(missing_ok=True)
 
     job_id = f"tenfold-{uuid.uuid4().hex[:8]}"
-    cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts)
+    rendezvous = rendezvous_dir() if settings.training.nnodes == 1 else None
+    cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
     threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
     run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     log_path = out / LOG_FILE
     started = time.monotonic()
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, _removed_after(rendezvous):
         this_run = log.tell()  # the log keeps earlier launches into the same folder: a failure is read from here on
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
@@ -273,7 +288,6 @@ def run_torchrun(
             # Ctrl-C): the job runs in a session of its own, so nothing else would stop it writing into the run's
             # folders.
             _terminate(proc)
-            rendezvous_file(job_id).unlink(missing_ok=True)
             if not isinstance(exc, subprocess.TimeoutExpired):
                 raise
             raise TrainingTimeout(
@@ -281,7 +295,6 @@ def run_torchrun(
                 rank=None, error="timeout", exitcode=-1, log_path=log_path,
             ) from None
     wall = time.monotonic() - started
-    rendezvous_file(job_id).unlink(missing_ok=True)
     if rc != 0:
         with open(log_path, "rb") as written:
             written.seek(this_run)
@@ -303,6 +316,15 @@ def run_torchrun(
         final_loss=raw["final_loss"], restart_count=raw["restart_count"], resumed_from_step=raw["resumed_from_step"],
         manifests=raw["manifests"], config=train_config.to_dict(), raw=raw,
     )
+
+
+@contextlib.contextmanager
+def _removed_after(folder: Path | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _local_path(uri: str) -> Path | str:

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import getpass
+import stat
 from pathlib import Path
 
 import pytest
 
 from tenfold.config import Settings, build_settings
 from tenfold.training.config import TrainConfig
-from tenfold.training.launch import parse_failure, run_torchrun, torchrun_command
+from tenfold.training.launch import parse_failure, rendezvous_dir, run_torchrun, torchrun_command
 
 
 def test_local_runs_are_one_node_on_loopback_with_restarts_from_settings() -> None:
     settings = build_settings("local")
-    cmd = torchrun_command(settings, "/tmp/out", nproc=2, job_id="j", max_restarts=settings.training.max_restarts)
+    with pytest.raises(ValueError, match="rendezvous through a file"):
+        torchrun_command(settings, "/tmp/out", nproc=2, job_id="j", max_restarts=1)
+    rendezvous = rendezvous_dir()
+    try:
+        # torch's agent unpickles the rendezvous file: it lives in a folder only this user may enter, at a name no
+        # one else can create first (not /tmp/tenfold-rdzv-<job id>, guessable from the job's command line).
+        assert stat.S_IMODE(rendezvous.stat().st_mode) == 0o700 and rendezvous.owner() == getpass.getuser()
+        cmd = torchrun_command(settings, "/tmp/out", nproc=2, job_id="j", max_restarts=settings.training.max_restarts,
+                               rendezvous=rendezvous)
+    finally:
+        rendezvous.rmdir()
+    assert f"--rdzv-endpoint={rendezvous}/rendezvous" in cmd
     # Not --standalone: its TCP stores listen on every interface; a file rendezvous and stores on loopback.
     assert "--standalone" not in cmd and "--nnodes=1" in cmd and "--nproc-per-node=2" in cmd
     assert "--rdzv-conf=store_type=file" in cmd and f"--local-addr={settings.local.bind_host}" in cmd
