@@ -68,8 +68,10 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     folder_roles=[(st.lake_bucket, VIEWER, served_tables(settings))],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
-                    # The bearer token its startup script fetches: this one secret (of the data stack), nothing else.
-                    secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]),
+                    # The bearer token its startup script fetches: this one secret (of the data stack), nothing else;
+                    # behind IAP (auth_mode "iap") the replicas fetch no token, so none.
+                    secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]
+                    if settings.serving.server.auth_mode == "bearer" else []),
         AccountSpec("training", sa.training, project_roles=observe,
                     bucket_roles=[(st.lake_bucket, VIEWER), (st.artifacts_bucket, USER), (st.models_bucket, VIEWER)]),
         # The offline-inference workers (tenfold.inference.worker): pull the requests, read the model versions,

@@ -157,6 +157,9 @@ def test_iap_mode_puts_iap_on_both_backends_and_tells_the_replicas(synth: Synth,
         assert "-e TENFOLD_SERVING__SERVER__AUTH_MODE=iap" in script
         assert f"-e TENFOLD_SERVING__SERVER__IAP_AUDIENCE={s.serving.server.iap_audience}" in script
         assert "fetch_serving_token" not in script, "no bearer token to fetch"
+    # ... and so no account may read the token secret: the serving account's grant is the bearer mode's alone
+    assert not [g for rtype, items in platform["resource"].items() if rtype.startswith("google_secret_manager_secret_iam")
+                for g in items.values()]
     for env in ENVS:  # bearer, the default: no IAP in front
         _, bearer = _stacks(synth, env)
         assert all("iap" not in b for b in resources(bearer, "google_compute_backend_service").values())
