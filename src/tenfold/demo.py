@@ -305,7 +305,8 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
         return
     rep = fleet.report(settings)
     say(f"serving: {rep.url}{settings.serving.server.api_prefix}/predict (token: `tenfold status`); HAProxy metrics "
-        f"{rep.metrics_url}; each replica's /metrics in `tenfold serve status`; `tenfold feedback metrics`")
+        f"{rep.metrics_url} (user tenfold, the token as password); each replica's /metrics in `tenfold serve status`; "
+        "`tenfold feedback metrics`")
 
 
 @dataclass

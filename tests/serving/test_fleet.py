@@ -8,6 +8,7 @@ tests do not depend on their order. Load comes from :class:`Load`, which keeps o
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -454,7 +455,9 @@ def test_status_reports_each_part_by_its_own_health_and_the_token(fleet: Fleet) 
     out = invoke(fleet, platform, "--service", "gcs")
     assert "gcs      healthy" in out and "serving  healthy" in out and fleet.token in out
     # HAProxy's own Prometheus endpoint, on the port the fleet settings name.
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{fleet.settings.serving.fleet.lb_metrics_port}/metrics", timeout=5).read().decode()
+    scrape = urllib.request.Request(f"http://127.0.0.1:{fleet.settings.serving.fleet.lb_metrics_port}/metrics", headers={
+        "Authorization": "Basic " + base64.b64encode(f"tenfold:{fleet.token}".encode()).decode()})  # its login
+    metrics = urllib.request.urlopen(scrape, timeout=5).read().decode()
     assert re.search(r'haproxy_backend_active_servers\{proxy="stable"\} 2', metrics), metrics[:500]
 
 

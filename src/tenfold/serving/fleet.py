@@ -59,6 +59,7 @@ from tenfold.serving.autoscale import Autoscaler, utilization
 from tenfold.serving.faults import Fault
 from tenfold.serving.haproxy import (
     POOLS,
+    STATS_USER,
     HaproxyError,
     HaproxyPaths,
     RuntimeApi,
@@ -1057,7 +1058,8 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
     state = "healthy" if rep.healthy else "running, not healthy"
     lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")
-                 + f"  metrics {rep.metrics_url}  canary {rep.canary_percent if rep.canary_percent is not None else '?'} %")
+                 + f"  metrics {rep.metrics_url} (login {STATS_USER} / the token)  canary "
+                 + f"{rep.canary_percent if rep.canary_percent is not None else '?'} %")
     for pool, version in rep.versions.items():
         lines.append(f"  {pool:7} {version}")
         for r in (r for r in rep.replicas if r.pool == pool):

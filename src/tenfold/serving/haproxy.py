@@ -15,7 +15,9 @@ The configuration is generated from settings into ``<settings.local.home>/run/ha
 * HTTP health checks on the server's readiness path at the fleet's interval, fall and rise; on a
   connection failure a request is retried ``lb_retries`` times and redispatched to another replica;
 * a second frontend on ``settings.serving.fleet.lb_metrics_port`` with HAProxy's own Prometheus
-  exporter (``/metrics``) and stats page (``/stats``);
+  exporter (``/metrics``) and stats page (``/stats``), behind HTTP basic auth: user ``tenfold``
+  (:data:`STATS_USER`), the serving token (``tenfold status``) as its password, so the configuration file,
+  which holds it, is written for this user only (0600);
 * the stats socket ``haproxy.sock`` at ``level admin`` (mode 600), the runtime API :class:`RuntimeApi` talks to.
 
 Only POSTs that never reached a replica are retried: a prediction is not idempotent (a retried one
@@ -146,6 +148,9 @@ def parse_request_line(line: bytes) -> RequestLine | None:
 REQUEST_RING = "requests"
 # Lines the ring holds while its reader is held up (~20 s of 3,000 req/s).
 REQUEST_RING_BYTES = 4 * 1024 * 1024
+# The metrics frontend's basic-auth user; its password is the serving token.
+STATS_USER = "tenfold"
+_STATS_USERLIST = "tenfold_stats"
 
 
 def render_config(settings: Settings) -> str:
@@ -156,6 +161,12 @@ def render_config(settings: Settings) -> str:
             f"the runtime API socket path {paths.socket} is longer than a unix socket allows "
             f"({_MAX_SOCKET_PATH} characters): use a shorter TENFOLD_HOME"
         )
+    from tenfold.serving.auth import ensure_token
+
+    token = ensure_token(settings)
+    if not token or any(c in token for c in ' \t\n"\'\\#'):
+        raise HaproxyError(f"the serving token in {paths.run_dir} has a space, quote, backslash or '#', which HAProxy's "
+                           "configuration cannot hold: delete the token file and run `tenfold serve up` for a new one")
     fleet, server, local = settings.serving.fleet, settings.serving.server, settings.local
     host = local.bind_host
     header = server.user_key_header
@@ -208,9 +219,14 @@ def render_config(settings: Settings) -> str:
         f"    use_backend {CANARY} if {{ var(txn.bucket),sub(txn.pct) -m int lt 0 }} {{ nbsrv({CANARY}) gt 0 }}",
         f"    default_backend {STABLE}",
         "",
+        f"userlist {_STATS_USERLIST}",
+        f'    user {STATS_USER} insecure-password "{token}"',
+        "",
         "frontend lb_metrics",
         f"    bind {host}:{fleet.lb_metrics_port}",
         "    no log",
+        # The stats page and the exporter show the fleet's replicas and traffic to whoever asks: a login first.
+        f"    http-request auth realm tenfold unless {{ http_auth({_STATS_USERLIST}) }}",
         "    http-request use-service prometheus-exporter if { path /metrics }",
         "    stats enable",
         "    stats uri /stats",
@@ -255,7 +271,9 @@ def write_config(settings: Settings, *, canary_percent: int | None = None) -> Ha
     if canary_percent is not None or read_split_map(paths.split_map) is None:
         write_split_map(paths.split_map, settings.serving.fleet.canary_percent if canary_percent is None else canary_percent)
     tmp = paths.config.with_name(paths.config.name + ".tmp")
-    tmp.write_text(render_config(settings))
+    tmp.unlink(missing_ok=True)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:  # it holds the serving token
+        fh.write(render_config(settings))
     check = subprocess.run([haproxy_binary(), "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         raise HaproxyError(f"HAProxy refused the generated configuration {tmp}:\n{check.stdout}{check.stderr}")

@@ -63,6 +63,39 @@ def test_config_comes_from_settings(lb_settings: Settings) -> None:
     assert "prometheus-exporter" in text
 
 
+@pytest.mark.parametrize("path", ["/stats", "/metrics", "/stats;csv"])
+def test_the_stats_page_and_the_exporter_ask_for_the_login(lb_settings: Settings, haproxy: HaproxyPaths, path: str) -> None:
+    """HAProxy's stats page is a UI and its exporter an API: user ``tenfold`` with the serving token, nothing less."""
+    import base64
+    import stat
+    import urllib.error
+    import urllib.request
+
+    from tenfold.serving.auth import read_token
+    from tenfold.serving.haproxy import STATS_USER
+
+    url = f"http://127.0.0.1:{lb_settings.serving.fleet.lb_metrics_port}{path}"
+
+    def get(user: str | None, password: str = "") -> int:
+        request = urllib.request.Request(url)
+        if user is not None:
+            login = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {login}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    token = read_token(lb_settings)
+    assert get(None) == 401
+    assert get(STATS_USER, token + "x") == 401
+    assert get("admin", token) == 401
+    assert get(STATS_USER, token) == 200
+    # the configuration holds the token: this user's alone
+    assert stat.S_IMODE(haproxy.config.stat().st_mode) == 0o600
+
+
 def test_write_config_validates_with_haproxy_and_seeds_the_split(lb_settings: Settings) -> None:
     paths = write_config(lb_settings)
     assert paths.config.read_text() == render_config(lb_settings)
