@@ -278,6 +278,24 @@ def test_the_right_token_in_any_scheme_case_is_accepted_and_health_is_open(clien
         assert client.get(path).status_code == 200, path
 
 
+def test_in_the_cloud_the_schema_docs_and_metrics_ask_for_the_login_too(make_client: Any, serving_settings: Any,
+                                                                        auth: dict[str, str]) -> None:
+    """Behind the cloud's public load balancer every path reaches a replica: only the health checks stay open."""
+    cloud = make_client(serving_settings.model_copy(update={"env": "dev"}))
+    for path in ("/metrics", "/openapi.json"):
+        r = cloud.get(path)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
+        assert cloud.get(path, headers=auth).status_code == 200, path
+    assert cloud.get("/openapi.json", headers=auth).json()["paths"].keys() >= {PREDICT, FEEDBACK}
+    assert cloud.get("/docs", headers=auth).status_code == 404 and cloud.get("/redoc").status_code == 404
+    assert "see /openapi.json" in cloud.get("/v2/predict").json()["message"]
+    for path in ("/healthz", "/readyz"):
+        assert cloud.get(path).status_code == 200, path
+    local = make_client()
+    for path in ("/metrics", "/openapi.json", "/docs"):  # on loopback, for `tenfold serve status` and a browser
+        assert local.get(path).status_code == 200, path
+
+
 def test_auth_is_checked_before_the_body_is_read(client: Any) -> None:
     r = client.post(PREDICT, content=b"not json", headers={"Content-Type": "text/plain"})
     assert r.status_code == 401

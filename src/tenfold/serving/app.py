@@ -407,6 +407,9 @@ def create_app(
             await asyncio.get_running_loop().run_in_executor(None, pub.close)
             executor.shutdown(wait=False, cancel_futures=True)
 
+    # In the cloud every path reaches the replicas through the public load balancer: the schema, the docs page and
+    # the metrics ask for the API's login there (locally they stay open on loopback, for `tenfold serve status`).
+    open_extras = settings.is_local
     app = FastAPI(
         title="Tenfold model server",
         version="1",
@@ -414,6 +417,8 @@ def create_app(
                      "Predict and feedback need 'Authorization: Bearer <token>' (`tenfold status` prints it) or, in the "
                      "cloud, the load balancer's IAP identity."),
         lifespan=lifespan,
+        docs_url="/docs" if open_extras else None, redoc_url="/redoc" if open_extras else None,
+        openapi_url="/openapi.json" if open_extras else None,
     )
     app.router.route_class = _DirectRoute  # the routes declared below (and the bench floor's)
     app.state.replica = state
@@ -610,8 +615,16 @@ def create_app(
 
     @app.get(metrics_path, summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}})
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        if not open_extras:
+            authorise(request)
         return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    if not open_extras:
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_schema(request: Request) -> Response:
+            authorise(request)
+            return JSONResponse(app.openapi())
 
     # --- errors -------------------------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -621,7 +634,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         what = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        hint = f"; the API is under {prefix}/ (see /docs)" if exc.status_code in (404, 405) else ""
+        hint = (f"; the API is under {prefix}/ (see /{'docs' if open_extras else 'openapi.json'})"
+                if exc.status_code in (404, 405) else "")
         return ApiError(exc.status_code, what, f"{exc.detail}{hint}", headers=dict(exc.headers or {})).response()
 
     app.add_middleware(_Observe, metrics=metrics, endpoints=endpoints)  # type: ignore[arg-type]
