@@ -682,8 +682,8 @@ def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
 
 
 def running_settings(settings: Settings) -> Settings:
-    """The settings the running fleet was started with (its fleet and server sections are not
-    environment variables, so a later ``tenfold serve ...`` reads them from ``fleet-settings.json``)."""
+    """The settings the running fleet was started with, read from ``fleet-settings.json``: a later
+    ``tenfold serve ...`` acts on the running fleet, whatever ``TENFOLD_SERVING__*`` its own environment sets."""
     try:
         return read_settings_file(run_dir(settings) / SETTINGS_FILE)
     except (FileNotFoundError, ValueError):
