@@ -18,7 +18,11 @@ anything else is retried as ``settings.pipelines.build_features`` says):
 3. ``validate``: Great Expectations (``expectations/features.json``) on the staged Parquet. On failure
    the batch is quarantined, Data Docs are written, an alert is raised, and nothing downstream runs.
 4. ``publish``: atomic, content-addressed publish with a ``_SUCCESS`` manifest; emits the features Asset
-   event that ``train_model`` consumes.
+   event that starts ``batch_inference`` and ``monitor_drift``.
+
+The ``airflow`` commands below need Airflow's environment: locally, the one Tenfold starts Airflow with
+(``tenfold.local.airflow.airflow_env``); a shell's own ``airflow`` has another home, database and DAGs
+folder. Use the UI (Trigger, Backfill) or the REST API otherwise (README.md).
 
 **Run one month:** ``airflow dags test build_features 2013-02-01`` (or trigger it in the UI).
 

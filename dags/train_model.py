@@ -12,7 +12,7 @@ anything else is retried as ``settings.pipelines.train_model`` says; every failu
    the newest published months are the holdout (``settings.training.holdout_window``) and up to
    ``train_window`` months before them are trained on, so a scheduled retrain always learns from the
    newest data. Every month must be published (``_SUCCESS`` manifest) or the run stops naming them.
-2. ``train``: locally ``torchrun --standalone`` (gloo); in dev/prod the job runs on the training GPU
+2. ``train``: locally ``torchrun --nnodes=1`` with a file rendezvous on loopback (gloo); in dev/prod the job runs on the training GPU
    instance group, which is resized up for the run and back to zero whatever happens.
 3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and
    hash-verified) and the baselines, all on the same holdout.

@@ -3,10 +3,12 @@
 :func:`run_torchrun` fits the preprocessing once on the training window (the only place it is ever
 fit), writes the worker's config, and runs::
 
-    python -m torch.distributed.run --standalone --nproc-per-node=N --max-restarts=R \\
-        -m tenfold.training.worker --config OUT/train_config.json --out OUT
+    python -m torch.distributed.run --nnodes=1 --nproc-per-node=N --rdzv-backend=c10d \\
+        --rdzv-endpoint=$TMPDIR/tenfold-rdzv-ID --rdzv-conf=store_type=file --rdzv-id=ID --local-addr=HOST \\
+        --max-restarts=R --monitor-interval=0.5 -m tenfold.training.worker --config OUT/train_config.json --out OUT
 
-(multi-node: ``--nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=ID`` from settings).
+(one machine: a file rendezvous and every socket on loopback, see :func:`torchrun_command`; multi-node:
+``--nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=ID`` from settings).
 The whole job runs under a wall-clock bound; on expiry its process group is terminated, then killed.
 A job that fails after its restarts raises :class:`TrainingFailed` naming the first failing rank, its
 exit code and its error (from torchelastic's error file / summary), with the log path.
