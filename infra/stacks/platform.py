@@ -72,8 +72,13 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     # behind IAP (auth_mode "iap") the replicas fetch no token, so none.
                     secret_roles=[(settings.serving.token_secret, SECRET_ACCESSOR)]
                     if settings.serving.server.auth_mode == "bearer" else []),
+        # The training group's nodes (tenfold.training.node, .worker): read the features table, and register,
+        # checkpoint and write the model, result and marker under the runs' folder of the artifacts bucket (where
+        # train_model also stages the config, the preprocessing and the feedback rows); nothing else of either
+        # bucket, and not the registry (train_model registers the model as the orchestrator).
         AccountSpec("training", sa.training, project_roles=observe,
-                    bucket_roles=[(st.lake_bucket, VIEWER), (st.artifacts_bucket, USER), (st.models_bucket, VIEWER)]),
+                    folder_roles=[(st.lake_bucket, VIEWER, [st.features_table]),
+                                  (st.artifacts_bucket, USER, [settings.training.runs_prefix])]),
         # The offline-inference workers (tenfold.inference.worker): pull the requests, read the model versions,
         # and write each request's result and error record under the lake's work prefix; nothing else of the
         # lake (the DAG publishes the scores table). Poison messages reach the dead-letter topic as Pub/Sub's own

@@ -183,3 +183,31 @@ def test_offline_inference_topics_exist(synth: Any, env: str) -> None:
     subs = by_name(data, "google_pubsub_subscription")
     assert s.messaging.requests_topic in topics and s.messaging.predictions_topic in topics
     assert s.messaging.subscriptions["requests"].name in subs
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_training_account_reads_the_features_and_writes_only_the_runs_folder(synth: Any, env: str,
+                                                                                condition_allows: Any) -> None:
+    """The nodes read the features table and write under the runs' folder of the artifacts bucket (node
+    registration, checkpoints, the model, the result, the marker); not the rest of the lake (the prediction and
+    feedback logs), not the artifacts bucket's Data Docs (which the quality gate pulls and builds), not the registry."""
+    s = get_settings(env)
+    st = s.storage
+    _, platform = _stacks(synth, env)
+    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
+                  if a["account_id"] == s.service_accounts.training)
+    grants = [g for g in resources(platform, "google_storage_bucket_iam_member").values()
+              if f"google_service_account.{sa_lid}." in g["member"]]
+    assert sorted((g["bucket"], g["role"]) for g in grants) == sorted(
+        [(st.lake_bucket, "roles/storage.objectViewer"), (st.artifacts_bucket, "roles/storage.objectUser")])
+    condition = {g["bucket"]: g["condition"]["expression"] for g in grants}
+    lake, artifacts = (f"projects/_/buckets/{b}/objects/" for b in (st.lake_bucket, st.artifacts_bucket))
+    run = compute.marker_uri(s, "run-1").split("/", 3)[3]
+    assert condition_allows(condition[st.lake_bucket], obj=f"{lake}{st.features_table}/year=2013/month=01/_SUCCESS")
+    assert condition_allows(condition[st.lake_bucket], list_prefix=f"{st.features_table}/year=2013/")
+    for name in (run, f"{s.training.runs_prefix}/run-1/nodes/a/host-0", f"{s.training.runs_prefix}/run-1/out/model/weights.pt"):
+        assert condition_allows(condition[st.artifacts_bucket], obj=artifacts + name), name
+    assert condition_allows(condition[st.artifacts_bucket], list_prefix=f"{s.training.runs_prefix}/run-1/nodes/")
+    for other in (st.predictions_table, st.feedback_table, st.labelled_table, "raw_flights"):
+        assert not condition_allows(condition[st.lake_bucket], obj=f"{lake}{other}/year=2013/month=01/x.parquet"), other
+    assert not condition_allows(condition[st.artifacts_bucket], obj=f"{artifacts}{s.monitoring.data_docs_prefix}/index.html")
