@@ -356,10 +356,34 @@ def test_feedback_is_202_once_published_and_samples_reach_the_predictions_topic(
     assert sample.probability == served["probability"] and sample.request["origin"] == "EWR"
 
 
-def test_no_samples_at_rate_zero(make_client: Any, auth: dict[str, str]) -> None:
+def _count_samples(client: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every sample the app hands its publisher, recorded as it is queued (the queue is drained and counted on
+    a background thread later, so the metric alone cannot tell "none queued" from "not counted yet")."""
+    publisher = client.app.state.publisher
+    queued: list[Any] = []
+    real = publisher.publish_sample
+
+    def spy(record: Any) -> bool:
+        queued.append(record)
+        return bool(real(record))
+
+    monkeypatch.setattr(publisher, "publish_sample", spy)
+    return queued
+
+
+def test_no_samples_at_rate_zero(make_client: Any, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                 waits: Any) -> None:
     client = make_client(prediction_sample_rate=0.0)
+    queued = _count_samples(client, monkeypatch)
     assert client.post(PREDICT, json=_flight(), headers=auth).status_code == 200
+    assert queued == []
     assert _metric(client, "tenfold_prediction_samples_total") == 0
+    # the control: the same request at rate 1 queues one sample, which the sampler thread then counts
+    control = make_client(prediction_sample_rate=1.0)
+    control_queued = _count_samples(control, monkeypatch)
+    assert control.post(PREDICT, json=_flight(), headers=auth).status_code == 200
+    assert len(control_queued) == 1
+    waits.until(lambda: _metric(control, "tenfold_prediction_samples_total") == 1, 30)
 
 
 # --- readiness, loading, failure, drain -------------------------------------------------------------------
