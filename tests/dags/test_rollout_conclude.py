@@ -17,8 +17,23 @@ from tenfold.config import Settings, build_settings
 from tenfold.registry import CHALLENGER, CHAMPION, Lineage, ModelRegistry, PartitionRef
 
 _PROBE = r"""
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 
+import tenfold.config.settings as config
+
+# A registry of its own: registry_prefix cannot travel by environment (only the *_table storage fields do), and
+# dag.test() runs every task in this process, so every get_settings() here gets the test's prefix.
+_build = config.build_settings
+
+
+def _own_registry(*args, **kwargs):
+    built = _build(*args, **kwargs)
+    return built.model_copy(update={"storage": built.storage.model_copy(
+        update={"registry_prefix": os.environ["TENFOLD_TEST_REGISTRY_PREFIX"]})})
+
+
+config.build_settings = _own_registry
+config.get_settings.cache_clear()
 spec = importlib.util.spec_from_file_location("rollout_model_dag", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -30,8 +45,10 @@ print("PROBE-JSON" + json.dumps({"state": str(run.state), "run_id": run.run_id, 
 
 @pytest.fixture
 def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
-    """A home and a project of its own on the session's emulator (its Airflow database, its alerts). The buckets, and
-    so the registry, are the session's: local bucket names do not depend on the project."""
+    """A home and a project of its own on the session's emulator (its Airflow database, its alerts) and a registry of
+    its own: the buckets are the session's (local bucket names do not depend on the project), so the registry gets
+    a prefix of its own, which the probe gives every task's settings (an empty registry: no challenger, no aliases
+    or alias history the session's registry would keep)."""
     from tenfold.local import airflow_env, ensure_airflow_db, provision
     from tenfold.local.env import settings_env
 
@@ -39,8 +56,11 @@ def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> t
     settings = build_settings("local", {**settings_env(local_settings), "TENFOLD_HOME": str(home),
                                         "TENFOLD_ALERT_FILE": str(home / "alerts.jsonl"),
                                         "TENFOLD_PROJECT_ID": f"tenfold-rc-{uuid.uuid4().hex[:8]}"})
+    prefix = f"registry-rc-{uuid.uuid4().hex[:10]}"
+    settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"registry_prefix": prefix})})
     provision(settings, ["gcs"])
-    env = {**airflow_env(settings), "TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "0"}
+    env = {**airflow_env(settings), "TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "0",
+           "TENFOLD_TEST_REGISTRY_PREFIX": prefix}
     ensure_airflow_db(env)
     return settings, env
 
@@ -74,8 +94,13 @@ def _register(settings: Settings, where: Path, seed: int) -> str:
     return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
 
 
-def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path) -> None:
+def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path,
+                                                                          local_settings: Settings) -> None:
     settings, environ = env
+    session = ModelRegistry(local_settings)
+    session_aliases = {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)}
+    registry = ModelRegistry(settings)
+    assert registry.resolve(CHALLENGER) is None  # the test's own, empty registry
     refused = _run(environ)  # no challenger: plan refuses
     assert refused["tasks"]["plan"] == "failed", refused["log"][-4000:]
     assert refused["tasks"]["conclude"] == "skipped", refused["log"][-4000:]
@@ -84,19 +109,10 @@ def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, t
     assert "no rollout was planned" in refused["log"]
     assert [a["title"] for a in _alerts(settings)] == ["Airflow task rollout_model.plan failed"]  # one alert, plan's
 
-    # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it. The
-    # registry's bucket is the session's (local bucket names do not depend on the project), so the aliases this
-    # sets are put back afterwards: later tests evaluate against the session's champion.
-    registry = ModelRegistry(settings)
-    aliases_before = {alias: registry.resolve(alias) for alias in (CHAMPION, CHALLENGER)}
-    try:
-        _planned_rollout_is_concluded(settings, environ, tmp_path)
-    finally:
-        for alias, version in aliases_before.items():
-            if version is not None:
-                registry.set_alias(alias, version, reason="test cleanup")
-            else:
-                registry.bucket.delete_blob(registry._name("aliases", alias))
+    # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it. The aliases
+    # this sets are in the test's own registry: the session's champion and challenger are never touched.
+    _planned_rollout_is_concluded(settings, environ, tmp_path)
+    assert {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)} == session_aliases
 
 
 def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], tmp_path: Path) -> None:
