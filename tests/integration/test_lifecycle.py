@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,11 +121,26 @@ def test_drift_starts_a_retrain_and_the_schedule_the_rest_and_each_challenger_me
             assert row.rollout in ("promoted", "rolled_back") or (
                 row.rollout == "failed" and any("no data for" in r for r in reasons)
                 and not any("between versions" in r for r in reasons)), found[1]["end"]
+            if row.rollout == "failed":  # the labels were late, not the traffic: the canary was served
+                canary_requests = _deadline_canary_requests(found[1])
+                min_requests = lifecycle.settings.serving.rollout.min_requests
+                assert canary_requests >= min_requests, (canary_requests, min_requests, found[1])
             assert "done" in found[1], "conclude ran"
             rolled.append(row)
     assert rolled, "no retrain reached the canary"
     # The newest rollout decided the champion: its version is champion exactly when it was promoted.
     assert (registry.resolve(CHAMPION) == rolled[-1].retrain) == (rolled[-1].rollout == "promoted")
+
+
+def _deadline_canary_requests(record: dict[str, dict[str, Any]]) -> int:
+    """The canary's requests in the check that ended a rollout at the no-data deadline (the window from the last
+    decisive check to the deadline): below min_requests, no traffic reached the canary, which is not what a
+    FAILED for late feedback means."""
+    from tenfold.rollout.record import is_check
+
+    (deadline,) = [e for k, e in record.items()
+                   if is_check(k, e) and e["verdict"] == "fail" and any("no data for" in r for r in e["reasons"])]
+    return int(deadline["values"].get("canary_requests", 0))
 
 
 def test_the_served_flights_came_back_as_labelled_feedback(lifecycle: Lifecycle) -> None:
