@@ -24,6 +24,7 @@ ROOT = project_root()
 _PROBE = r"""
 import importlib.util, json, sys
 from types import SimpleNamespace
+from unittest import mock
 
 import tenfold.pipelines.batch_inference as pipeline
 
@@ -40,19 +41,37 @@ def months_to_score(settings, events):
     return SimpleNamespace(score=["2013-06", "2013-08"], skipped={"2013-07": "scored already"})
 
 
-pipeline.months_to_score = months_to_score
-pipeline.plan = lambda s, run_id, conf: (calls.append(["plan", conf]), Step(month=conf["month"]))[1]
-pipeline.publish = lambda s, planned: (calls.append(["publish", planned["month"]]), Step(month=planned["month"]))[1]
-pipeline.score = lambda s, planned, say=None: (calls.append(["score", planned["month"]]),
-                                              Step(month=planned["month"], scored=planned["month"]))[1]
-pipeline.publish_results = lambda s, planned, scored: (calls.append(["publish_results", planned["month"],
-                                                                     scored["scored"]]), {})[1]
+def plan(settings, run_id, conf):
+    calls.append(["plan", conf])
+    return Step(month=conf["month"])
+
+
+def publish(settings, planned):
+    calls.append(["publish", planned["month"]])
+    return Step(month=planned["month"])
+
+
+def score(settings, planned, say=None):
+    calls.append(["score", planned["month"]])
+    return Step(month=planned["month"], scored=planned["month"])
+
+
+def publish_results(settings, planned, scored):
+    calls.append(["publish_results", planned["month"], scored["scored"]])
+    return {}
+
+
+# autospec: each stub stands in for a step that exists under that name, and every call the DAG makes is checked
+# against the real step's signature (a renamed step or parameter fails the run instead of reaching the stub).
+for stub in (months_to_score, plan, publish, score, publish_results):
+    mock.patch.object(pipeline, stub.__name__, autospec=True, side_effect=stub).start()
 
 spec = importlib.util.spec_from_file_location("batch_inference_dag", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 events = json.loads(sys.argv[2])
-module.event_months = lambda context, uri: events  # what the triggering features events name
+# what the triggering features events name
+mock.patch.object(module, "event_months", autospec=True, side_effect=lambda context, uri: events).start()
 run = module.batch_inference().test(run_conf=json.loads(sys.argv[3]))
 print("PROBE-JSON" + json.dumps({"state": str(run.state), "calls": calls}))
 """
