@@ -1,7 +1,8 @@
-"""`cdktn synth` and `cdktf synth` both synthesize the app from infra/cdktf.json (skipped without the CLIs).
+"""`cdktn synth` and `cdktf synth` both synthesize the app from infra/cdktf.json.
 
-Install them with ``npm install --prefix .tools/cdk cdktn-cli@0.24.0 cdktf-cli@0.21.0``; cdktn-cli needs
-Node >= 22.19 (``npm install --prefix .tools/node22 node@22`` if the system Node is older).
+``make setup`` (scripts/setup.sh) installs both CLIs into .tools/cdk, and a Node 22 into .tools/node22 where the
+system Node is older than cdktn-cli needs (>= 22.19), on every machine: a missing one fails the test (a broken
+setup), it is not skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _cli(name: str) -> tuple[str, dict[str, str]] | None:
     if name == "cdktn" and _node_major(shutil.which("node") or "node") < 22:
         node22 = TOOLS / "node22" / "node_modules" / ".bin"
         if not (node22 / "node").exists():
-            pytest.skip("cdktn-cli needs Node >= 22.19: npm install --prefix .tools/node22 node@22")
+            pytest.fail("cdktn-cli needs Node >= 22.19 and .tools/node22 has none: run `make setup` (it installs "
+                        "Node 22 there when the system Node is older)")
         env["PATH"] = f"{node22}:{env['PATH']}"
     return path, env
 
@@ -44,7 +46,7 @@ def _cli(name: str) -> tuple[str, dict[str, str]] | None:
 def test_cli_synthesizes_every_stack(cli: str, tmp_path: Path) -> None:
     found = _cli(cli)
     if found is None:
-        pytest.skip(f"the {cli} CLI is not installed (npm install --prefix .tools/cdk {cli}-cli); `make synth` runs infra.main directly")
+        pytest.fail(f"the {cli} CLI is not installed in .tools/cdk: run `make setup` (it installs {cli}-cli there)")
     exe, env = found
     proc = subprocess.run([exe, "synth", "--output", str(tmp_path)], cwd=ROOT / "infra", env=env,
                           capture_output=True, text=True, timeout=300, check=False)

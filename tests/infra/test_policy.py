@@ -34,7 +34,8 @@ IAP_PLATFORM = "iap-prod-platform"  # prod with IAP on the backend services (con
 def scan(synth: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """One checkov run over dev, prod and the known-bad stack; {stack: {"passed"/"failed": [check, ...]}}."""
     if not CHECKOV.exists():
-        pytest.skip(f"checkov is not installed at {CHECKOV}: run `make setup`")
+        # scripts/setup.sh installs checkov into .tools/checkov on every machine: missing, the setup is broken.
+        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make setup` (it installs checkov there)")
     root = tmp_path_factory.mktemp("scan")
     for name in [*_stacks(), TLS_PLATFORM, IAP_PLATFORM, BAD_STACK]:
         shutil.copytree(synth.stack_dir(name), root / name, ignore=shutil.ignore_patterns(".terraform*"))
