@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tenfold.config import Settings
+from tenfold.data.lake import Lake
 from tenfold.model import load_model
 from tenfold.training.checkpoint import list_checkpoints
 from tenfold.training.config import TrainConfig
+from tenfold.training.data import read_features
 from tenfold.training.launch import run_torchrun
 
 pytestmark = [
@@ -20,12 +23,16 @@ pytestmark = [
 ]
 
 
-def test_nccl_training_on_cuda(train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+def test_nccl_training_on_cuda(train_settings: Settings, small_config: TrainConfig, synthetic_lake: Lake,
+                               tmp_path: Path) -> None:
     result = run_torchrun(train_settings, small_config.with_(backend="nccl"), tmp_path, nproc=1, timeout_s=300)
     assert result.raw["device"].startswith("cuda") and result.raw["backend"] == "nccl"
     assert result.steps == 50
-    assert load_model(result.model_dir).predict_proba is not None
-
+    # The model the GPU run saved scores rows: one finite probability strictly between 0 and 1 for each.
+    rows = read_features(synthetic_lake, small_config.partitions).slice(0, 8)
+    probabilities = load_model(result.model_dir).predict_proba(rows)
+    assert probabilities.shape == (8,), probabilities
+    assert np.isfinite(probabilities).all() and ((probabilities > 0) & (probabilities < 1)).all(), probabilities
 
 
 def test_a_run_on_cuda_resumes_from_its_checkpoint_bit_for_bit(train_settings: Settings, small_config: TrainConfig,
