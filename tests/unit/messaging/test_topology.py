@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -37,27 +38,45 @@ def test_topology_matches_settings_and_is_idempotent(local_settings):
             assert dl.topic == topic_path(local_settings, spec.dead_letter_topic)
 
 
-def test_missing_pieces_are_recreated_and_drift_is_repaired(local_settings):
-    feedback = local_settings.messaging.subscriptions["feedback"]
-    predictions = local_settings.messaging.subscriptions["predictions"]
-    with subscriber_client(local_settings) as sub:
-        sub.delete_subscription(request={"subscription": subscription_path(local_settings, feedback.dead_letter_subscription)})
-        sub.delete_subscription(request={"subscription": subscription_path(local_settings, predictions.name)})
+@pytest.fixture
+def own_topology(make_settings, local_settings):
+    """The session's topology (every topic and subscription, as configured) under names of this test's own, provisioned:
+    what the test deletes and changes is never the session's predictions or feedback subscriptions."""
+    tag = f"topo-{uuid.uuid4().hex[:8]}"
+    msg = local_settings.messaging
+    subs = {kind: spec.model_copy(update={field: f"{tag}-{getattr(spec, field)}" for field in
+                                          ("name", "topic", "dead_letter_topic", "dead_letter_subscription")})
+            for kind, spec in msg.subscriptions.items()}
+    settings = make_settings(on=local_settings, messaging={
+        "requests_topic": f"{tag}-{msg.requests_topic}", "predictions_topic": f"{tag}-{msg.predictions_topic}",
+        "feedback_topic": f"{tag}-{msg.feedback_topic}", "subscriptions": subs})
+    assert set(settings.messaging.topics).isdisjoint(msg.topics)
+    assert sorted(ensure_topology(settings).topics_created) == sorted(settings.messaging.topics)
+    return settings
+
+
+def test_missing_pieces_are_recreated_and_drift_is_repaired(own_topology):
+    settings = own_topology
+    feedback = settings.messaging.subscriptions["feedback"]
+    predictions = settings.messaging.subscriptions["predictions"]
+    with subscriber_client(settings) as sub:
+        sub.delete_subscription(request={"subscription": subscription_path(settings, feedback.dead_letter_subscription)})
+        sub.delete_subscription(request={"subscription": subscription_path(settings, predictions.name)})
         sub.update_subscription(
             request={
-                "subscription": {"name": subscription_path(local_settings, feedback.name), "ack_deadline_seconds": 42},
+                "subscription": {"name": subscription_path(settings, feedback.name), "ack_deadline_seconds": 42},
                 "update_mask": {"paths": ["ack_deadline_seconds"]},
             }
         )
-        result = ensure_topology(local_settings)
+        result = ensure_topology(settings)
         assert sorted(result.subscriptions_created) == sorted([feedback.dead_letter_subscription, predictions.name])
         assert result.subscriptions_updated == [feedback.name]
         assert not result.topics_created
-        got = sub.get_subscription(request={"subscription": subscription_path(local_settings, feedback.name)})
+        got = sub.get_subscription(request={"subscription": subscription_path(settings, feedback.name)})
         assert got.ack_deadline_seconds == feedback.ack_deadline_s
-        got = sub.get_subscription(request={"subscription": subscription_path(local_settings, predictions.name)})
+        got = sub.get_subscription(request={"subscription": subscription_path(settings, predictions.name)})
         assert got.dead_letter_policy.max_delivery_attempts == predictions.max_delivery_attempts
-    assert not ensure_topology(local_settings).changed
+    assert not ensure_topology(settings).changed
 
 
 def test_a_subscription_whose_topic_was_deleted_is_a_clear_error(local_settings):
