@@ -17,23 +17,8 @@ from tenfold.config import Settings, build_settings
 from tenfold.registry import CHALLENGER, CHAMPION, Lineage, ModelRegistry, PartitionRef
 
 _PROBE = r"""
-import importlib.util, json, os, sys
+import importlib.util, json, sys
 
-import tenfold.config.settings as config
-
-# A registry of its own: registry_prefix cannot travel by environment (only the *_table storage fields do), and
-# dag.test() runs every task in this process, so every get_settings() here gets the test's prefix.
-_build = config.build_settings
-
-
-def _own_registry(*args, **kwargs):
-    built = _build(*args, **kwargs)
-    return built.model_copy(update={"storage": built.storage.model_copy(
-        update={"registry_prefix": os.environ["TENFOLD_TEST_REGISTRY_PREFIX"]})})
-
-
-config.build_settings = _own_registry
-config.get_settings.cache_clear()
 spec = importlib.util.spec_from_file_location("rollout_model_dag", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -47,8 +32,8 @@ print("PROBE-JSON" + json.dumps({"state": str(run.state), "run_id": run.run_id, 
 def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
     """A home and a project of its own on the session's emulator (its Airflow database, its alerts) and a registry of
     its own: the buckets are the session's (local bucket names do not depend on the project), so the registry gets
-    a prefix of its own, which the probe gives every task's settings (an empty registry: no challenger, no aliases
-    or alias history the session's registry would keep)."""
+    a prefix of its own (TENFOLD_STORAGE__REGISTRY_PREFIX, which every task's settings read: an empty registry, no
+    challenger, no aliases or alias history the session's registry would keep)."""
     from tenfold.local import airflow_env, ensure_airflow_db, provision
     from tenfold.local.env import settings_env
 
@@ -56,11 +41,11 @@ def env(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> t
     settings = build_settings("local", {**settings_env(local_settings), "TENFOLD_HOME": str(home),
                                         "TENFOLD_ALERT_FILE": str(home / "alerts.jsonl"),
                                         "TENFOLD_PROJECT_ID": f"tenfold-rc-{uuid.uuid4().hex[:8]}"})
-    prefix = f"registry-rc-{uuid.uuid4().hex[:10]}"
-    settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"registry_prefix": prefix})})
+    settings = build_settings("local", {**settings_env(settings),
+                                        "TENFOLD_STORAGE__REGISTRY_PREFIX": f"registry-rc-{uuid.uuid4().hex[:10]}"})
     provision(settings, ["gcs"])
-    env = {**airflow_env(settings), "TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "0",
-           "TENFOLD_TEST_REGISTRY_PREFIX": prefix}
+    env = {**airflow_env(settings), "TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "0"}
+    assert env["TENFOLD_STORAGE__REGISTRY_PREFIX"] == settings.storage.registry_prefix  # every task's registry
     ensure_airflow_db(env)
     return settings, env
 

@@ -103,7 +103,8 @@ class StorageSettings(_Frozen):
     lake_uri: str
     # GCS endpoint override; set only for the local emulator.
     emulator_host: str | None = None
-    registry_prefix: str = "registry"
+    # The registry's folder in the models bucket (TENFOLD_STORAGE__REGISTRY_PREFIX): lowercase path parts, no dots.
+    registry_prefix: str = Field(default="registry", pattern=r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$")
     # The feature table every workload publishes to (the platform's, not a workload's, name).
     features_table: str = FEATURES_TABLE
     # What build_features publishes beside the features for online assembly (one table per lookup:
@@ -596,8 +597,9 @@ TRAINING_ENV_PREFIX = "TENFOLD_TRAINING__"
 TRAINING_ENV_FIELDS = tuple(f for f in TrainingSettings.model_fields if f != "fleet")
 PIPELINES_ENV_PREFIX = "TENFOLD_PIPELINES__"
 STORAGE_ENV_PREFIX = "TENFOLD_STORAGE__"
-# The lake's table names: a workload of its own may name its tables (the buckets follow from the prefix).
-STORAGE_ENV_FIELDS = tuple(f for f in StorageSettings.model_fields if f.endswith("_table"))
+# The lake's table names: a workload of its own may name its tables (the buckets follow from the prefix); and the
+# registry's folder in the models bucket, so a second registry (a staging one, a test's) shares the bucket.
+STORAGE_ENV_FIELDS = (*(f for f in StorageSettings.model_fields if f.endswith("_table")), "registry_prefix")
 
 
 class _MappingEnvSource(EnvSettingsSource):
@@ -674,7 +676,7 @@ class EnvironSettings(BaseSettings):
     @field_validator("storage")
     @classmethod
     def _known_storage_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        return _known_fields(value, STORAGE_ENV_PREFIX, STORAGE_ENV_FIELDS, "table setting")
+        return _known_fields(value, STORAGE_ENV_PREFIX, STORAGE_ENV_FIELDS, "table or registry setting")
 
     @field_validator("serving")
     @classmethod
@@ -992,7 +994,8 @@ def deployed_env(settings: Settings) -> dict[str, str]:
 
 
 def tables_and_pipelines_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:
-    """``TENFOLD_STORAGE__<X>_TABLE`` and ``TENFOLD_PIPELINES__<DAG>__<FIELD>`` for ``settings``: every one, or
+    """``TENFOLD_STORAGE__<X>_TABLE`` (and ``__REGISTRY_PREFIX``) and ``TENFOLD_PIPELINES__<DAG>__<FIELD>`` for
+    ``settings``: every one, or
     with ``base`` those whose value differs from it (None as ``repr``, which :func:`env_value` reads back)."""
     env: dict[str, str] = {}
     for field in STORAGE_ENV_FIELDS:

@@ -121,7 +121,7 @@ def test_a_workload_of_its_own_sets_its_months_and_table_from_the_environment_an
     for bad, says in ((("TENFOLD_PIPELINES__BUILD_FEATURE__FIRST_MONTH", "2020-01"), "names no DAG"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no field of DagSettings"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-1"), "use YYYY-MM"),
-                      (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table setting"),
+                      (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table or registry setting"),
                       (("TENFOLD_STORAGE__FEATURES_TABLE", "../x"), "a table is one lowercase name"),
                       (("TENFOLD_STORAGE__FEATURES_TABLE", "scores"), "must differ from each other")):
         with pytest.raises(ValueError, match=says):
@@ -409,3 +409,15 @@ def test_a_settings_file_written_before_the_model_updates_topic_was_retired_stil
     read = Settings.model_validate(body)
     assert read.serving.fleet.replica_capacity == 32
     assert read.messaging == settings.messaging
+
+
+def test_a_registry_of_its_own_is_named_by_environment_variable_and_travels_to_child_processes(tmp_path):
+    """A second registry in the same models bucket (a staging one, a test's): every task's settings read it."""
+    from tenfold.local.env import settings_env, settings_from_env
+
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_STORAGE__REGISTRY_PREFIX": "staging/registry-2"})
+    assert s.storage.registry_object("aliases", "champion") == "staging/registry-2/aliases/champion"
+    assert settings_from_env(settings_env(s)).storage.registry_prefix == "staging/registry-2"
+    for bad in ("../models", "registry/../x", "/abs", "Registry"):
+        with pytest.raises(ValueError, match="registry_prefix"):
+            build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_STORAGE__REGISTRY_PREFIX": bad})
