@@ -142,11 +142,14 @@ def demo(
 ) -> None:
     """Bring the local platform up and run the lifecycle through Airflow (what `make demo` runs)."""
     from tenfold import demo as _demo
+    from tenfold.local.cli import refusing_os_errors
     from tenfold.local.process import LocalPlatformError
 
+    settings = get_settings()
     try:
-        _demo.run(get_settings(), first, champion_until, months=months, flights=flights,
-                  retrain_every=retrain_every, say=typer.echo)
+        with refusing_os_errors(settings, "demo"):  # a TENFOLD_HOME under a file or not writable, a full disk
+            _demo.run(settings, first, champion_until, months=months, flights=flights,
+                      retrain_every=retrain_every, say=typer.echo)
     except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError, RuntimeError) as exc:
         # RuntimeError: what `tenfold up` reports the same way (a failed migration, provisioning, a bad token file)
         typer.echo(f"error: {exc}", err=True)

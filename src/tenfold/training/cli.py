@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from tenfold.config import get_settings
+from tenfold.fsio import os_error_refusal
 
 
 def _months(value: str | None, default: tuple[str, str]) -> tuple[str, str]:
@@ -59,6 +60,9 @@ def train_command(
         raise typer.Exit(2) from exc
     except TrainingFailed as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OSError as exc:  # --out under a file or not writable, a full disk
+        typer.echo(os_error_refusal(exc, "train", get_settings(env).local.home), err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("manifests", "config")}, indent=2))
     typer.echo(f"model saved in {result.model_dir}")
@@ -105,7 +109,11 @@ def evaluate_command(
         typer.echo(f"calibration: {result.calibration['description']} (fitted on the validation slice)")
     typer.echo(calibration_text(result.model))
     if report:
-        result.save(report)
+        try:
+            result.save(report)
+        except OSError as exc:  # --report under a file or not writable, a full disk
+            typer.echo(os_error_refusal(exc, "evaluate", get_settings(env).local.home), err=True)
+            raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")
 
 

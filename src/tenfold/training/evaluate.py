@@ -17,7 +17,6 @@ calibration error before and after.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,11 +103,11 @@ class EvaluationReport:
         )
 
     def save(self, path: str | Path) -> None:
+        from tenfold.fsio import atomic_write
+
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        os.replace(tmp, out)
+        atomic_write(out, json.dumps(self.to_dict(), indent=2, sort_keys=True).encode())
 
     def table(self) -> str:
         return compare(self.all, title=f"holdout {self.holdout_months[0]}..{self.holdout_months[-1]} "

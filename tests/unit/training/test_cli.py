@@ -95,3 +95,27 @@ def test_the_help_does_not_assume_the_flights_workload(command: list[str]) -> No
     assert out.exit_code == 0, out.output
     assert "flight-delay" not in out.output and "flights or features" not in out.output
     assert "workload" in out.output
+
+
+def test_an_out_folder_the_system_refuses_is_one_line_naming_it(home: Path) -> None:
+    """--out under a regular file (as a full disk or a read-only folder would): an OSError from the launch ended
+    `tenfold train` in a traceback."""
+    (home / "afile").write_text("not a folder")
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "afile" / "run")])
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith("error: `tenfold train` cannot go on: ") and f"{home / 'afile'}" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_the_demo_on_a_home_the_system_refuses_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "afile" / "home"))
+    monkeypatch.setenv("TENFOLD_ENV", "local")
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(app, ["demo"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 1, out.output
+    assert "error: `tenfold demo` cannot go on: " in out.output and "TENFOLD_HOME" in out.output
+    assert "Traceback" not in out.output
