@@ -145,8 +145,8 @@ def demo(
     from tenfold.local.cli import refusing_os_errors
     from tenfold.local.process import LocalPlatformError
 
-    settings = get_settings()
     try:
+        settings = get_settings()
         with refusing_os_errors(settings, "demo"):  # a TENFOLD_HOME under a file or not writable, a full disk
             _demo.run(settings, first, champion_until, months=months, flights=flights,
                       retrain_every=retrain_every, say=typer.echo)

@@ -131,8 +131,19 @@ class RequestLog(threading.Thread):
             return
         body = b"".join(keep)
         out = self._file(len(body))
-        out.write(body)
-        out.flush()
+        start = out.tell()
+        try:
+            out.write(body)
+            out.flush()
+        except OSError:
+            # A full disk: the lines that reached the file are not counted as written, so the next stream sends
+            # them again; cut the file back to where this write began, or the analysis counts them twice.
+            self._out = None
+            with contextlib.suppress(OSError):
+                out.close()
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, start)
+            raise
         for counter in counters:
             self._written.add(counter)
             self._order.append(counter)
