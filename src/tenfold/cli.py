@@ -150,6 +150,8 @@ def demo(
         with refusing_os_errors(settings, "demo"):  # a TENFOLD_HOME under a file or not writable, a full disk
             _demo.run(settings, first, champion_until, months=months, flights=flights,
                       retrain_every=retrain_every, say=typer.echo)
+    except typer.Exit:  # already said (refusing_os_errors): typer.Exit is a RuntimeError too
+        raise
     except (_demo.DemoError, _demo.AirflowApiError, LocalPlatformError, ValueError, RuntimeError) as exc:
         # RuntimeError: what `tenfold up` reports the same way (a failed migration, provisioning, a bad token file)
         typer.echo(f"error: {exc}", err=True)

@@ -300,7 +300,12 @@ def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> N
 
     overrides = {"TENFOLD_WORKLOAD": "tiny_workload:WORKLOAD", "TENFOLD_STORAGE__FEATURES_TABLE": "tiny_features",
                  "TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH": "2020-01",
-                 "TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH": "2020-03"}
+                 "TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH": "2020-03",
+                 # the training account's grant names the runs' folder; the groups' sizing and the domain, what the
+                 # rollout's plan reads of them, are what was synthesized too
+                 "TENFOLD_TRAINING__RUNS_PREFIX": "tiny/runs", "TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS": "1",
+                 "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.example.com",
+                 "TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "90.0"}
     custom = build_settings("dev", overrides)
     assert deployed_env(custom) == overrides
     assert deployed_env(build_settings("dev")) == {}  # nothing set: the scripts are as before

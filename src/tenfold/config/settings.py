@@ -284,7 +284,7 @@ class TrainingSettings(_Frozen):
     nproc_per_node: int = Field(default=2, ge=1)
     nnodes: int = Field(default=1, ge=1)
     rdzv_port: int = Field(default=29400, ge=1, le=65535)
-    # Multi-node c10d rendezvous host (the first training VM); None with nnodes == 1 (--standalone).
+    # Multi-node c10d rendezvous host (the first training VM); None with nnodes == 1 (a file rendezvous on the machine).
     rdzv_host: str | None = None
     max_restarts: int = Field(default=1, ge=0)
     checkpoint_every: int = Field(default=50, ge=1)
@@ -983,13 +983,25 @@ def build_settings(
 
 def deployed_env(settings: Settings) -> dict[str, str]:
     """The ``TENFOLD_*`` variables that carry what ``settings`` set beyond its environment's defaults to the cloud's
-    own processes: the workload (``TENFOLD_WORKLOAD``), its table names (``TENFOLD_STORAGE__<X>_TABLE``) and the
-    DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``). The stacks are synthesized with them (the grants name
-    the tables), so the VMs' containers and Composer get them too, and run with what was deployed."""
+    own processes: the workload (``TENFOLD_WORKLOAD``), its table names and registry (``TENFOLD_STORAGE__*``), the
+    DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``), the training settings (``TENFOLD_TRAINING__<FIELD>``:
+    the training account's grant names ``runs_prefix``) and the serving sections (``TENFOLD_SERVING__<SECTION>__*``).
+    The stacks are synthesized with them, so the VMs' containers and Composer get them too, and run with what was
+    deployed."""
     base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
     env = tables_and_pipelines_env(settings, base)
     if settings.workload != base.workload:
         env["TENFOLD_WORKLOAD"] = settings.workload
+    for field in TRAINING_ENV_FIELDS:  # encoded as settings_env does (repr: tuples and None come back)
+        value = getattr(settings.training, field)
+        if value != getattr(base.training, field):
+            env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
+    for section, fields in SERVING_ENV_SECTIONS.items():
+        ours, theirs = getattr(settings.serving, section), getattr(base.serving, section)
+        for field in fields.model_fields:
+            value = getattr(ours, field)
+            if value != getattr(theirs, field):
+                env[f"{SERVING_ENV_PREFIX}{section.upper()}__{field.upper()}"] = "" if value is None else str(value)
     return env
 
 

@@ -93,6 +93,9 @@ class WorkerPool:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if self._stop.is_set():  # stopped while it waited: it never starts
+                        raise process.LocalPlatformError("the inference pool was stopped while it waited for "
+                                                         f"{self.run_dir / LOCK_FILE}") from None
                     if time.monotonic() - said >= report_every_s:
                         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                         log.info("another inference pool (pid %s) runs in %s: waiting for it to stop (%.0f s so far)",

@@ -514,7 +514,7 @@ def read_report(settings: Settings, part: Partition | str) -> DriftReport:
 
     uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
     fs, path = pafs.FileSystem.from_uri(uri)
-    trigger = f"`airflow dags trigger monitor_drift -c '{{\"month\": \"{part}\"}}'`"
+    trigger = f"the Airflow UI's Trigger button, with the run conf {{\"month\": \"{part}\"}}"
     try:
         with fs.open_input_stream(path) as src:
             body = json.loads(src.read())

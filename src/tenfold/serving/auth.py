@@ -15,7 +15,8 @@
   assertion proves the request came through IAP. IAP must be enabled on the backend service for this
   mode (see docs/serving.md).
 
-Health, readiness and metrics are open in both modes (the load balancer's health checks carry no identity).
+Health and readiness are open in both modes (the load balancer's health checks carry no identity); metrics are open
+locally, on loopback, and ask for the same login as predict in the cloud (tenfold.serving.app).
 """
 
 from __future__ import annotations

@@ -164,8 +164,8 @@ def render_config(settings: Settings) -> str:
     from tenfold.serving.auth import ensure_token
 
     token = ensure_token(settings)
-    if not token or any(c in token for c in ' \t\n"\'\\#'):
-        raise HaproxyError(f"the serving token in {paths.run_dir} has a space, quote, backslash or '#', which HAProxy's "
+    if not token or any(c in token for c in ' \t\n"\'\\#$'):  # HAProxy expands $NAME inside double quotes
+        raise HaproxyError(f"the serving token in {paths.run_dir} has a space, quote, backslash, '#' or '$', which HAProxy's "
                            "configuration cannot hold: delete the token file and run `tenfold serve up` for a new one")
     fleet, server, local = settings.serving.fleet, settings.serving.server, settings.local
     host = local.bind_host

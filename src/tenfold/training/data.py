@@ -95,7 +95,7 @@ def read_features(
             raise StaleFeaturesError(
                 f"{table} partitions {', '.join(f'{m} (version {v})' for m, v in stale.items())} were built by "
                 f"another feature definition than this code's version {contract.version}: rebuild them with "
-                "build_features (e.g. `airflow backfill create --dag-id build_features --reprocess-behavior completed`)"
+                "build_features (a backfill of it with 'reprocess completed runs', in the Airflow UI or its REST API: README)"
             )
     if digest is not None and lake.content_digest(table, parts) != digest:
         raise RepublishedFeaturesError(

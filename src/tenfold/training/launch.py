@@ -278,7 +278,7 @@ def run_torchrun(
                **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     log_path = out / LOG_FILE
     started = time.monotonic()
-    with open(log_path, "ab") as log, _removed_after(rendezvous):
+    with _removed_after(rendezvous), open(log_path, "ab") as log:
         this_run = log.tell()  # the log keeps earlier launches into the same folder: a failure is read from here on
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()

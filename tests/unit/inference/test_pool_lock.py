@@ -81,3 +81,37 @@ def test_the_lock_of_a_killed_pool_is_free(tmp_path: Path) -> None:
         assert process.is_running(pool.records[0])
     finally:
         pool.stop()
+
+
+def test_a_pool_stopped_while_it_waits_never_starts(tmp_path: Path) -> None:
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    first = SleepingPool(settings, workers=1, restart=False).start()
+    second = SleepingPool(settings, workers=1, restart=False)
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            second.start()
+        except BaseException as exc:  # what the waiting start ends with is the assertion
+            raised.append(exc)
+
+    waiter = threading.Thread(target=start, daemon=True)
+    try:
+        waiter.start()
+        assert not second.records
+        second.stop()  # the task was killed or timed out while it waited
+        waiter.join(10)
+        assert not waiter.is_alive() and len(raised) == 1, raised
+        assert isinstance(raised[0], process.LocalPlatformError) and "stopped while it waited" in str(raised[0])
+        assert second.records == {}
+    finally:
+        first.stop()
+        second.stop()
+    # the lock is free again: a third pool starts at once
+    third = SleepingPool(settings, workers=1, restart=False)
+    done = threading.Event()
+    threading.Thread(target=lambda: (third.start(), done.set()), daemon=True).start()
+    try:
+        assert done.wait(30.0)
+    finally:
+        third.stop()

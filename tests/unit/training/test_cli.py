@@ -117,5 +117,5 @@ def test_the_demo_on_a_home_the_system_refuses_is_one_line(tmp_path: Path, monke
     finally:
         get_settings.cache_clear()
     assert out.exit_code == 1, out.output
-    assert "error: `tenfold demo` cannot go on: " in out.output and "TENFOLD_HOME" in out.output
-    assert "Traceback" not in out.output
+    assert out.output.startswith("error: `tenfold demo` cannot go on: ") and "TENFOLD_HOME" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, out.output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
+import os
 import stat
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def test_local_runs_are_one_node_on_loopback_with_restarts_from_settings() -> No
     try:
         # torch's agent unpickles the rendezvous file: it lives in a folder only this user may enter, at a name no
         # one else can create first (not /tmp/tenfold-rdzv-<job id>, guessable from the job's command line).
-        assert stat.S_IMODE(rendezvous.stat().st_mode) == 0o700 and rendezvous.owner() == getpass.getuser()
+        assert stat.S_IMODE(rendezvous.stat().st_mode) == 0o700 and rendezvous.stat().st_uid == os.getuid()
         cmd = torchrun_command(settings, "/tmp/out", nproc=2, job_id="j", max_restarts=settings.training.max_restarts,
                                rendezvous=rendezvous)
     finally:
