@@ -21,13 +21,17 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 * ``airflow_env`` -> the environment for ``airflow dags test`` subprocesses: temp AIRFLOW_HOME with a
   migrated SQLite DB, the project's dags/, the emulators, and TENFOLD_* variables under which
   ``get_settings()`` in the subprocess equals ``local_settings``.
+* ``small_disk`` -> a :class:`SmallDisk`: a 256 KiB tmpfs mounted for one test (root only; skipped otherwise), where
+  writes fail with ENOSPC for real. ``fill(leave=n)`` leaves ``n`` bytes free, ``free()`` gives the space back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -211,3 +215,43 @@ def interrupted_after() -> Callable[[float], contextlib.AbstractContextManager[N
             signal.signal(signal.SIGALRM, previous)
 
     return interrupted
+
+
+class SmallDisk:
+    """A small tmpfs mounted at ``path``: a real full disk (writes fail with ENOSPC, not a raised stand-in)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        """Take the free space but ``leave`` bytes (rounded down to whole pages by tmpfs)."""
+        with open(self._filler, "ab") as out:
+            want = self.free_bytes() - leave
+            if want > 0:
+                with contextlib.suppress(OSError):  # ENOSPC: as full as it gets
+                    out.write(b"\0" * want)
+                    out.flush()
+        assert self.free_bytes() <= max(leave, 0) + 4096, (self.free_bytes(), leave)
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 256 KiB tmpfs for this test, unmounted at teardown (lazily if still busy), even when the test fails."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield SmallDisk(mount_point)
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False, capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
