@@ -70,10 +70,14 @@ class FileObjects:
     def _tmp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no tmp: each retry would leak another
+            raise
         return tmp
 
     def _sync_dir(self, folder: Path) -> None:
@@ -98,7 +102,11 @@ class FileObjects:
     def put(self, name: str, data: bytes) -> None:
         path = self.root / name
         tmp = self._tmp(path, data)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._sync_dir(path.parent)
 
     def get(self, name: str) -> bytes | None:

@@ -14,6 +14,7 @@ These tables carry no ``_SUCCESS`` manifest: read them with :func:`read_log`, no
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -54,11 +55,17 @@ def _write_local(path: str, data: bytes) -> None:
         probe = os.path.dirname(probe)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (a full disk) leaves no hidden tmp behind: the sink retries, and each leak would fill it more.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     # The rename, and any folder this write created, are durable only once their parents are synced.
     for created in [folder, *(os.path.dirname(m) for m in missing)]:
         _fsync_dir(created)

@@ -1,0 +1,58 @@
+"""Writes that fail on a real full disk (a small tmpfs, :func:`small_disk`) leave nothing behind: no hidden tmp,
+no partial folder, no torn record; a retry once space is back succeeds and readers see exactly one result."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+
+def _everything(folder: Path) -> list[str]:
+    """Every name under ``folder`` (hidden ones too), but the disk's filler."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != "filler")
+
+
+def _rows(n_bytes: int) -> pa.Table:
+    return pa.table({"prediction_id": [f"p{i}" for i in range(4)], "blob": [os.urandom(n_bytes // 4) for _ in range(4)]})
+
+
+def test_a_feedback_log_batch_that_fails_on_a_full_disk_leaves_no_tmp_and_its_retry_lands_once(
+        small_disk: Any) -> None:
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.feedback.log import log_files, read_log, write_batch
+
+    lake, part, rows = Lake(small_disk.path.as_uri()), Partition(2026, 5), _rows(64 * 1024)
+    (small_disk.path / "predictions" / "year=2026" / "month=5").mkdir(parents=True)
+    small_disk.fill(leave=16 * 1024)
+    for _ in range(3):  # the sink retries for write_retry_s: no attempt may leave a tmp behind
+        with pytest.raises(OSError) as failed:
+            write_batch(lake, "predictions", part, rows)
+        assert failed.value.errno == 28  # ENOSPC, for real
+    assert _everything(small_disk.path / "predictions") == ["year=2026", "year=2026/month=5"]
+    small_disk.free()
+    write_batch(lake, "predictions", part, rows)
+    assert len(log_files(lake, "predictions", part)) == 1
+    assert len(_everything(small_disk.path / "predictions" / "year=2026" / "month=5")) == 1
+    assert read_log(lake, "predictions", [part], rows.schema).num_rows == 4
+
+
+@pytest.mark.parametrize("op", ["create", "put"])
+def test_a_record_that_fails_on_a_full_disk_leaves_no_tmp_and_its_retry_lands_once(small_disk: Any, op: str) -> None:
+    from tenfold.storage import FileObjects
+
+    objects, data = FileObjects(small_disk.path / "results"), os.urandom(64 * 1024)
+    (small_disk.path / "results" / "r").mkdir(parents=True)
+    small_disk.fill(leave=16 * 1024)
+    for _ in range(3):  # the inference worker retries for transient_retry_s
+        with pytest.raises(OSError) as failed:
+            getattr(objects, op)("r/r.json", data)
+        assert failed.value.errno == 28
+    assert _everything(small_disk.path / "results") == ["r"]
+    small_disk.free()
+    getattr(objects, op)("r/r.json", data)
+    assert objects.names("r") == ["r.json"] and _everything(small_disk.path / "results") == ["r", "r/r.json"]
+    assert objects.get("r/r.json") == data
