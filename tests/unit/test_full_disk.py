@@ -56,3 +56,28 @@ def test_a_record_that_fails_on_a_full_disk_leaves_no_tmp_and_its_retry_lands_on
     getattr(objects, op)("r/r.json", data)
     assert objects.names("r") == ["r.json"] and _everything(small_disk.path / "results") == ["r", "r/r.json"]
     assert objects.get("r/r.json") == data
+
+
+def test_a_model_download_that_fails_on_a_full_disk_leaves_no_partial_folder(local_settings: Any, small_disk: Any) -> None:
+    """materialize downloads a trained model from the bucket (the real GCS emulator) into a partial folder; a download
+    that failed there (the run's work dir on a full disk) left `.model.partial-<uuid>/`, one more per retry."""
+    import uuid
+
+    from tenfold.pipelines import train_model as pipeline
+    from tenfold.storage import gcs_client
+
+    bucket_name, prefix = local_settings.storage.models_bucket, f"trained/run-{uuid.uuid4().hex[:8]}"
+    bucket = gcs_client(local_settings).bucket(bucket_name)
+    bucket.blob(f"{prefix}/meta.json").upload_from_string(b"{}")
+    weights = os.urandom(96 * 1024)
+    bucket.blob(f"{prefix}/weights.pt").upload_from_string(weights)
+    work = small_disk.path / "work"
+    work.mkdir()
+    small_disk.fill(leave=32 * 1024)
+    for _ in range(3):  # each retry of the step downloads again
+        with pytest.raises(OSError):
+            pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", work / "model")
+    assert _everything(work) == []
+    small_disk.free()
+    model = pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", work / "model")
+    assert (model / "weights.pt").read_bytes() == weights and _everything(work) == ["model", "model/meta.json", "model/weights.pt"]

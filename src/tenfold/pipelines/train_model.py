@@ -296,28 +296,30 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
     client = storage_client or gcs_client(settings)
     bucket, prefix = split_gs_uri(model_ref)
     tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
-    count = 0
-    for blob in client.list_blobs(bucket, prefix=f"{prefix}/"):
-        name = blob.name[len(prefix) + 1:]
-        if name.endswith("/") and not blob.size:  # a folder placeholder (a console's "create folder"): no file
-            continue
-        target = tmp / name
-        why = unsafe_relative_path(name)
-        if why is not None or not target.resolve().is_relative_to(tmp.resolve()):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise PipelineError(f"{model_ref} holds an object gs://{bucket}/{blob.name} whose name leads outside the "
-                                f"model folder ({why or 'it resolves outside'}): the folder was tampered with; remove that object and re-run "
-                                "the step")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blob.download_to_filename(str(target))
-        count += 1
-    if count == 0 or not (tmp / META_FILE).is_file():
+    try:
+        count = 0
+        for blob in client.list_blobs(bucket, prefix=f"{prefix}/"):
+            name = blob.name[len(prefix) + 1:]
+            if name.endswith("/") and not blob.size:  # a folder placeholder (a console's "create folder"): no file
+                continue
+            target = tmp / name
+            why = unsafe_relative_path(name)
+            if why is not None or not target.resolve().is_relative_to(tmp.resolve()):
+                raise PipelineError(f"{model_ref} holds an object gs://{bucket}/{blob.name} whose name leads outside the "
+                                    f"model folder ({why or 'it resolves outside'}): the folder was tampered with; remove that object and re-run "
+                                    "the step")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(target))
+            count += 1
+        if count == 0 or not (tmp / META_FILE).is_file():
+            raise PipelineError(f"{model_ref} holds no trained model (no {META_FILE}): did the training run finish?")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return dest
+    finally:
+        # A download that failed (a full disk, a lost connection) leaves no partial folder: each retry would leak one.
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PipelineError(f"{model_ref} holds no trained model (no {META_FILE}): did the training run finish?")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
 
 
 # --- evaluate ---------------------------------------------------------------------------------------
