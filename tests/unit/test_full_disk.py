@@ -81,3 +81,22 @@ def test_a_model_download_that_fails_on_a_full_disk_leaves_no_partial_folder(loc
     small_disk.free()
     model = pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", work / "model")
     assert (model / "weights.pt").read_bytes() == weights and _everything(work) == ["model", "model/meta.json", "model/weights.pt"]
+
+
+def test_an_airflow_db_copy_that_fails_on_a_full_disk_leaves_no_tmp(tmp_path: Path, small_disk: Any) -> None:
+    """The migrated-SQLite template is copied into a new AIRFLOW_HOME (and back into the cache); a copy that failed
+    on a full disk left `.airflow.db.<pid>.tmp` beside the database."""
+    from tenfold.local.airflow import _atomic_copy
+
+    template = tmp_path / "template.sqlite"
+    template.write_bytes(os.urandom(96 * 1024))
+    home = small_disk.path / "airflow"
+    home.mkdir()
+    small_disk.fill(leave=32 * 1024)
+    with pytest.raises(OSError) as failed:
+        _atomic_copy(template, home / "airflow.db")
+    assert failed.value.errno == 28
+    assert _everything(home) == []
+    small_disk.free()
+    _atomic_copy(template, home / "airflow.db")
+    assert _everything(home) == ["airflow.db"] and (home / "airflow.db").read_bytes() == template.read_bytes()

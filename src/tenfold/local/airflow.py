@@ -208,8 +208,17 @@ def _sqlite_path(env: Mapping[str, str]) -> Path | None:
 def _atomic_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the copy's bytes are on disk before its name replaces dst
+        finally:
+            os.close(fd)
+        tmp.replace(dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a copy that failed (a full disk) leaves no tmp to fill it further
+        raise
 
 
 def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None:
