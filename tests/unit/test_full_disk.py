@@ -100,3 +100,31 @@ def test_an_airflow_db_copy_that_fails_on_a_full_disk_leaves_no_tmp(tmp_path: Pa
     small_disk.free()
     _atomic_copy(template, home / "airflow.db")
     assert _everything(home) == ["airflow.db"] and (home / "airflow.db").read_bytes() == template.read_bytes()
+
+
+def test_a_class_archive_that_cannot_be_kept_on_a_full_disk_does_not_fail_the_job_nor_leave_its_tmps(
+        small_disk: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """After a Spark job exited 0, class_sharing's bookkeeping writes the archive's record; on a full disk that write
+    raised ENOSPC out of the `with` (the successful job became an error) and left `<key>.<pid>.json.tmp` behind.
+    The JVM is not needed here: the staged archive is what the context hands the job to write at its exit."""
+    from tenfold.features.submit import JAVA_OPTIONS, class_sharing
+
+    cmd = ["spark-submit", "--conf", f"{JAVA_OPTIONS}=-XX:+UseSerialGC", "job.py"]
+    folder = small_disk.path / "cds"
+    with class_sharing(cmd, folder=folder, min_free_bytes=0) as job:
+        staged = Path(job.option.removeprefix("-XX:ArchiveClassesAtExit="))
+        assert job.option.startswith("-XX:ArchiveClassesAtExit=") and staged.parent == folder
+        staged.write_bytes(os.urandom(64 * 1024))  # what the JVM wrote at its exit
+        small_disk.fill(leave=0)
+        assert small_disk.free_bytes() == 0
+        job.exit_code = 0  # the job succeeded
+        result = "the job's output"
+    assert result == "the job's output"
+    assert _everything(folder) == []  # no archive without its record, no staged archive, no pending record, no lock
+    assert "was not kept" in caplog.text
+    # With space back, the next job keeps its archive.
+    small_disk.free()
+    with class_sharing(cmd, folder=folder, min_free_bytes=0) as job:
+        Path(job.option.removeprefix("-XX:ArchiveClassesAtExit=")).write_bytes(os.urandom(64 * 1024))
+        job.exit_code = 0
+    assert sorted(p.rsplit(".", 1)[1] for p in _everything(folder)) == ["jsa", "json"]

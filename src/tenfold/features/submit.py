@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from tenfold.config import Settings, project_root
 from tenfold.data.lake import Partition
+
+log = logging.getLogger(__name__)
 
 JOB_FILE = Path("spark_jobs") / "build_features.py"
 LOG_TAIL_LINES = 40
@@ -302,18 +305,25 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     try:
         yield job
     finally:
+        pending = record.with_suffix(f".{os.getpid()}.json.tmp")
         try:
             if job.written and staged.is_file() and staged.stat().st_size > 0:
                 # The record first: an archive without a matching record is never mapped.
-                pending = record.with_suffix(f".{os.getpid()}.json.tmp")
                 pending.write_text(json.dumps({"size": staged.stat().st_size, "crc32c": _file_crc32c(staged)}))
                 os.replace(pending, record)
                 os.replace(staged, archive)
                 for old in [*folder.glob("*.jsa"), *folder.glob("*.json")]:
                     if old not in (archive, record):
                         old.unlink(missing_ok=True)
+        except OSError as exc:
+            # The archive is only a cache: failing to keep it (a full disk) must not turn the job's result into an
+            # error, nor leave its staged archive or record behind. A later job writes it again.
+            log.warning("the class-data-sharing archive %s was not kept (%s); later jobs run without it until one "
+                        "keeps it", archive, exc)
+            pending.unlink(missing_ok=True)
         finally:
             staged.unlink(missing_ok=True)
             if job.exit_code == 1:  # what a JVM that cannot write the archive (a full disk) exits with
-                failed.touch()
+                with contextlib.suppress(OSError):  # only bookkeeping of the cache, as above
+                    failed.touch()
             lock.unlink(missing_ok=True)
