@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -44,6 +44,32 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def open_lines_for_append(path: Path, *, buffering: int = -1) -> TextIO:
+    """``path`` opened to append text lines (a JSON-lines log), made to end with a newline first.
+
+    A write cut short (a full disk, a kill) leaves a torn last line; appended as it is, the next line would be glued
+    to it and a reader parsing line by line would lose both. Reading the last byte is cheap: when it is not a newline,
+    one is written before anything else, so the torn line stays alone and every later line parses.
+    """
+    out = open(path, "a", encoding="utf-8", buffering=buffering)  # noqa: SIM115 (the caller closes it)
+    try:
+        if _ends_torn(path):
+            out.write("\n")
+            out.flush()
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def _ends_torn(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
 
 
 @contextlib.contextmanager

@@ -128,3 +128,48 @@ def test_a_class_archive_that_cannot_be_kept_on_a_full_disk_does_not_fail_the_jo
         Path(job.option.removeprefix("-XX:ArchiveClassesAtExit=")).write_bytes(os.urandom(64 * 1024))
         job.exit_code = 0
     assert sorted(p.rsplit(".", 1)[1] for p in _everything(folder)) == ["jsa", "json"]
+
+
+def _tear_the_last_line(small_disk: Any, append: Any) -> None:
+    """Fill the disk but the slack of the file's last page, then append a line longer than that slack: the kernel
+    writes what fits (a short write) and the rest fails with ENOSPC, leaving a torn last line for real."""
+    small_disk.fill(leave=0)
+    with pytest.raises(OSError) as failed:
+        append("x" * 6000)
+    assert failed.value.errno == 28
+    small_disk.free()
+
+
+def test_an_alert_appended_after_one_torn_by_a_full_disk_is_a_line_of_its_own(make_settings: Any, small_disk: Any) -> None:
+    import json
+
+    from tenfold.monitoring.alerts import Alert, _file_hook
+
+    settings = make_settings(monitoring={"alert_file": small_disk.path / "alerts.jsonl"})
+    _file_hook(settings, Alert("first", {}, "local"))
+    _tear_the_last_line(small_disk, lambda text: _file_hook(settings, Alert("torn", {"text": text}, "local")))
+    lines = (small_disk.path / "alerts.jsonl").read_text().split("\n")
+    assert len(lines) == 2 and lines[1].startswith("{") and not lines[1].endswith("}")  # the torn line is there
+    _file_hook(settings, Alert("after", {}, "local"))
+    lines = (small_disk.path / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert [json.loads(lines[0])["title"], json.loads(lines[2])["title"]] == ["first", "after"]
+
+
+def test_a_loss_appended_after_one_torn_by_a_full_disk_is_a_line_of_its_own(small_disk: Any) -> None:
+    """The training worker's losses.jsonl (reopened to append after a restart) is opened with open_lines_for_append."""
+    import json
+
+    from tenfold.fsio import open_lines_for_append
+
+    path = small_disk.path / "losses.jsonl"
+
+    def append(loss: Any) -> None:
+        with open_lines_for_append(path, buffering=1) as out:
+            out.write(json.dumps({"step": 1, "loss": loss}) + "\n")
+
+    append(0.5)
+    _tear_the_last_line(small_disk, append)
+    append(0.25)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and [json.loads(lines[0])["loss"], json.loads(lines[2])["loss"]] == [0.5, 0.25]

@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from tenfold.config import Settings
+from tenfold.fsio import open_lines_for_append
 
 log = logging.getLogger("tenfold.alerts")
 
@@ -65,8 +66,9 @@ def _file_hook(settings: Settings, alert: Alert) -> None:
     path = settings.monitoring.alert_file
     assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
-    # One write of one line: appends from concurrent task processes do not interleave.
-    with path.open("a", encoding="utf-8") as out:
+    # One write of one line: appends from concurrent task processes do not interleave. A torn last line (a write cut
+    # short by a full disk) is ended first, so this one is not glued to it.
+    with open_lines_for_append(path) as out:
         out.write(json.dumps(asdict(alert), default=str, sort_keys=True) + "\n")
 
 

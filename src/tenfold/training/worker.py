@@ -64,7 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tenfold.data.lake import Lake
-from tenfold.fsio import atomic_write
+from tenfold.fsio import atomic_write, open_lines_for_append
 from tenfold.model.calibration import Calibrator
 from tenfold.model.io import predict_logits, save_model
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
@@ -427,7 +427,8 @@ class Trainer:
 
     def train(self) -> dict[str, Any] | None:
         """Train to ``total_steps``; rank 0 saves the model and returns the result body."""
-        self._losses = open(self.out / LOSSES_FILE, "a", buffering=1) if self.rank == 0 else None  # noqa: SIM115
+        # A torn last line (a write cut short by a full disk before a restart) is ended first: the next is not glued to it.
+        self._losses = open_lines_for_append(self.out / LOSSES_FILE, buffering=1) if self.rank == 0 else None
         self._synchronize()
         started = time.perf_counter()
         self.ddp.train()
