@@ -102,6 +102,31 @@ def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def write_file_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on a pyarrow filesystem so a reader sees the old file or the new one, never a torn one.
+
+    On an object store one object write is atomic. Elsewhere the bytes go to a unique hidden name beside ``path``,
+    moved over it once whole; a write that failed (a full disk) removes that tmp, so retries leave no litter.
+    """
+    base = fs
+    while base.type_name == "subtree":
+        base = base.base_fs  # type: ignore[attr-defined]
+    if base.type_name in _OBJECT_STORES:
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    folder, _, name = path.rpartition("/")
+    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if folder else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+
+
 def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
     """The one line ``tenfold <command>`` ends with when the system refuses it ``exc`` (a TENFOLD_HOME under a file
     or not writable, a full disk): what was refused, on which path, and what to do."""

@@ -173,3 +173,20 @@ def test_a_loss_appended_after_one_torn_by_a_full_disk_is_a_line_of_its_own(smal
     append(0.25)
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and [json.loads(lines[0])["loss"], json.loads(lines[2])["loss"]] == [0.5, 0.25]
+
+
+def test_a_drift_report_that_fails_on_a_full_disk_leaves_no_tmp_and_its_retry_lands_once(small_disk: Any) -> None:
+    """Reports (drift, rollout) went through a timestamp-named tmp that a failed write left behind."""
+    from tenfold.monitoring.drift import _write
+
+    uri, data = (small_disk.path / "reports" / "2026-05" / "report.json").as_uri(), os.urandom(96 * 1024)
+    (small_disk.path / "reports" / "2026-05").mkdir(parents=True)
+    small_disk.fill(leave=32 * 1024)
+    for _ in range(3):
+        with pytest.raises(OSError):
+            _write(uri, data)
+    assert _everything(small_disk.path / "reports") == ["2026-05"]
+    small_disk.free()
+    _write(uri, data)
+    assert _everything(small_disk.path / "reports") == ["2026-05", "2026-05/report.json"]
+    assert (small_disk.path / "reports" / "2026-05" / "report.json").read_bytes() == data

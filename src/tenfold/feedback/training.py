@@ -29,9 +29,7 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.features.online import LookupsUnavailable, read_month_lookups
 from tenfold.feedback.metrics import labelled_lineage, labelled_rows
+from tenfold.fsio import atomic_write
 from tenfold.workloads import RequestInvalid, Workload, get_workload, lookup_table
 
 __all__ = ["WEIGHT_COLUMN", "FeedbackError", "FeedbackSet", "feedback_training_set", "write_training_input"]
@@ -209,9 +208,7 @@ def write_training_input(table: pa.Table, folder: str, *, storage_client: Any = 
     path = Path(folder) / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(body)
-        os.replace(tmp, path)
+        atomic_write(path, body)  # a write that failed (a full disk) leaves no tmp behind
     return str(path), digest
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tenfold.data.partition import Partition
-from tenfold.fsio import make_dirs
+from tenfold.fsio import make_dirs, write_file_atomically
 from tenfold.monitoring.profile import (
     PREDICTION,
     CategoricalProfile,
@@ -489,14 +489,7 @@ def _write(uri: str, data: bytes) -> None:
 
     fs, path = pafs.FileSystem.from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])
-    if uri.startswith("gs://"):  # one object write is atomic on GCS
-        with fs.open_output_stream(path) as out:
-            out.write(data)
-        return
-    tmp = f"{path}.tmp-{dt.datetime.now(dt.UTC):%H%M%S%f}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    write_file_atomically(fs, path, data)  # a unique tmp, removed if the write fails (a full disk)
 
 
 def write_report(settings: Settings, report: DriftReport) -> tuple[str, str]:

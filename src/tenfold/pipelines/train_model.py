@@ -38,6 +38,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
+from tenfold.fsio import atomic_write
 from tenfold.jsonable import plain_json
 from tenfold.model_files import (
     META_FILE,
@@ -492,9 +493,7 @@ def _keep_profile(settings: Settings, model_ref: str, model_dir: Path, *, storag
     except PreconditionFailed:
         stored = blob.download_as_bytes()
         if stored != local.read_bytes():
-            tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(stored)
-            tmp.replace(local)
+            atomic_write(local, stored)  # a write that failed (a full disk) leaves no tmp behind
 
 
 # --- gate ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.fsio import make_dirs
+from tenfold.fsio import make_dirs, write_file_atomically
 from tenfold.registry.registry import ModelRegistry
 from tenfold.rollout import TrafficRouter
 from tenfold.rollout.analysis import Check
@@ -114,10 +114,7 @@ def write_report(settings: Settings, rollout: Rollout, record: Mapping[str, Mapp
     uri = report_uri(settings, rollout)
     fs, path = pafs.FileSystem.from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])
-    tmp = f"{path}.tmp-{dt.datetime.now(dt.UTC):%H%M%S%f}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(render_report(rollout, record).encode())
-    fs.move(tmp, path)
+    write_file_atomically(fs, path, render_report(rollout, record).encode())  # a unique tmp, removed on failure
     return uri
 
 
