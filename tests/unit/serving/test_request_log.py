@@ -194,3 +194,26 @@ def test_the_one_parser_reads_every_field_of_the_format_and_the_older_formats() 
     for other in (b"[NOTICE] haproxy started", b"", f"{REQUEST_LOG_MARKER} x stable 200 12 1500 41 /p".encode(),
                   f"{REQUEST_LOG_MARKER} 1.0 stable 200 12 1500 41 /p extra".encode()):
         assert parse_request_line(other) is None, other
+
+
+def test_a_full_disk_loses_no_line_and_counts_none_twice(haproxy: Haproxy, small_disk, caplog) -> None:
+    """The log on a disk that fills up mid-write (a real ENOSPC): the lines of the failed write that reached the file
+    were not counted as written, so the next stream sent them again and the canary analysis counted them twice.
+    Once there is room again every request is in the log exactly once, and no line is torn."""
+    log = small_disk.path / "requests.log"
+    writer = RequestLog(haproxy.run / "haproxy.sock", log, 1 << 30, retry_s=0.1)
+    writer.start()
+    try:
+        haproxy.send(0, 10)
+        assert _wait_for(log, 9) == list(range(10))
+        small_disk.fill(leave=1500)  # ~20 of the next lines fit
+        with caplog.at_level("ERROR", logger="tenfold.serving.requestlog"):
+            haproxy.send(10, 120)
+            deadline = time.monotonic() + 15
+            while "reading HAProxy's ring failed" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "reading HAProxy's ring failed" in caplog.text and "No space left on device" in caplog.text
+        small_disk.free()
+        assert _wait_for(log, 129) == list(range(130))  # _wait_for refuses a line read twice; _numbers a torn one
+    finally:
+        writer.stop()
