@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,11 +67,16 @@ def open_lines_for_append(path: Path, *, buffering: int = -1) -> TextIO:
 
 
 def _ends_torn(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        if fh.seek(0, os.SEEK_END) == 0:
-            return False
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) != b"\n"
+    try:
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # /dev/stdout, a pipe, a FIFO: nothing to mend
+                return False
+            if fh.seek(0, os.SEEK_END) == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except (OSError, io.UnsupportedOperation):
+        return False
 
 
 @contextlib.contextmanager

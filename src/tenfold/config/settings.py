@@ -714,6 +714,13 @@ def _known_sections(value: dict[str, dict[str, str]], prefix: str, sections: Map
     return value
 
 
+def env_text(value: Any) -> str:
+    """A ``TENFOLD_TRAINING__*`` value as text :func:`env_value` reads back as ``value``: plain text when it reads back
+    the same (``gloo``, a cron line), else its ``repr`` (tuples, None, numbers, and text such as ``'2024'`` or
+    ``'None'`` that would read back as another type)."""
+    return value if isinstance(value, str) and env_value(value) == value else repr(value)
+
+
 def env_value(text: str) -> Any:
     """A ``TENFOLD_TRAINING__*`` value as its field expects it: Python literals (``('rate',)``, ``None``,
     ``0.5``) are decoded, anything else (``gloo``, a cron line) stays text for pydantic to check."""
@@ -995,7 +1002,7 @@ def deployed_env(settings: Settings) -> dict[str, str]:
     for field in TRAINING_ENV_FIELDS:  # encoded as settings_env does (repr: tuples and None come back)
         value = getattr(settings.training, field)
         if value != getattr(base.training, field):
-            env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
+            env[TRAINING_ENV_PREFIX + field.upper()] = env_text(value)
     for section, fields in SERVING_ENV_SECTIONS.items():
         ours, theirs = getattr(settings.serving, section), getattr(base.serving, section)
         for field in fields.model_fields:

@@ -118,7 +118,10 @@ class WorkerPool:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._take_pool_lock()
         try:
-            self._start_all()
+            with self._lock:  # a stop() from another thread waits for the workers started here, then stops them
+                if self._stop.is_set():
+                    raise process.LocalPlatformError("the inference pool was stopped before it started")
+                self._start_all()
         except BaseException:
             self.stop()
             raise

@@ -27,6 +27,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def _sqlite_path(env: Mapping[str, str]) -> Path | None:
 
 def _atomic_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # one per writer
     try:
         shutil.copyfile(src, tmp)
         fd = os.open(tmp, os.O_RDONLY)

@@ -24,6 +24,7 @@ from tenfold.config.settings import (
     TRAINING_ENV_FIELDS,
     TRAINING_ENV_PREFIX,
     LocalSettings,
+    env_text,
     tables_and_pipelines_env,
 )
 
@@ -50,7 +51,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[LOCAL_ENV_PREFIX + field.upper()] = str(getattr(settings.local, field))
     for field in TRAINING_ENV_FIELDS:  # repr: tuples and None come back through env_value
         value = getattr(settings.training, field)
-        env[TRAINING_ENV_PREFIX + field.upper()] = value if isinstance(value, str) else repr(value)
+        env[TRAINING_ENV_PREFIX + field.upper()] = env_text(value)
     env.update(tables_and_pipelines_env(settings))
     for section, fields in SERVING_ENV_SECTIONS.items():
         values = getattr(settings.serving, section)

@@ -272,10 +272,14 @@ def run_torchrun(
 
     job_id = f"tenfold-{uuid.uuid4().hex[:8]}"
     rendezvous = rendezvous_dir() if settings.training.nnodes == 1 else None
-    cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
-    threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
-    run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-               **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
+    try:
+        cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
+        threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
+        run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+                   **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
+    except BaseException:
+        with _removed_after(rendezvous):  # no job will use it (the launch below removes it once it has run)
+            raise
     log_path = out / LOG_FILE
     started = time.monotonic()
     with _removed_after(rendezvous), open(log_path, "ab") as log:
