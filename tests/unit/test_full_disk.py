@@ -190,3 +190,18 @@ def test_a_drift_report_that_fails_on_a_full_disk_leaves_no_tmp_and_its_retry_la
     _write(uri, data)
     assert _everything(small_disk.path / "reports") == ["2026-05", "2026-05/report.json"]
     assert (small_disk.path / "reports" / "2026-05" / "report.json").read_bytes() == data
+
+
+def test_lines_append_to_a_pipe_as_to_a_file() -> None:
+    """TENFOLD_ALERT_FILE=/dev/stdout in a container is a pipe: it cannot be read back for a torn last line, and an
+    append to it must still work (it raised, and every alert was dropped)."""
+    from tenfold.fsio import open_lines_for_append
+
+    read_end, write_end = os.pipe()
+    try:
+        with open_lines_for_append(Path(f"/proc/self/fd/{write_end}")) as out:
+            out.write('{"title": "x"}\n')
+        assert os.read(read_end, 100) == b'{"title": "x"}\n'
+    finally:
+        os.close(read_end)
+        os.close(write_end)

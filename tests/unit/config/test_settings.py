@@ -421,3 +421,17 @@ def test_a_registry_of_its_own_is_named_by_environment_variable_and_travels_to_c
     for bad in ("../models", "registry/../x", "/abs", "Registry"):
         with pytest.raises(ValueError, match="registry_prefix"):
             build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_STORAGE__REGISTRY_PREFIX": bad})
+
+
+def test_a_text_setting_that_reads_as_a_literal_travels_as_text():
+    """'2024' is text to runs_prefix but a number to the literal reader the variables go through: it went to child
+    processes and the cloud as 2024, which settings then refused, so every DAG and VM failed to start."""
+    from tenfold.config.settings import deployed_env
+    from tenfold.local.env import settings_env, settings_from_env
+
+    cloud = build_settings("dev", {"TENFOLD_TRAINING__RUNS_PREFIX": "'2024'"})
+    assert cloud.training.runs_prefix == "2024"
+    assert build_settings("dev", deployed_env(cloud)) == cloud
+    local = build_settings("local", {"TENFOLD_TRAINING__RUNS_PREFIX": "'None'"})
+    assert local.training.runs_prefix == "None"
+    assert settings_from_env(settings_env(local)).training == local.training
