@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from tenfold.config import Settings
+from tenfold.fsio import atomic_write
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -101,13 +102,8 @@ class FileObjects:
 
     def put(self, name: str, data: bytes) -> None:
         path = self.root / name
-        tmp = self._tmp(path, data)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._sync_dir(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)  # fsyncs the file and the folder; a failed write leaves no tmp
 
     def get(self, name: str) -> bytes | None:
         try:

@@ -14,7 +14,6 @@ These tables carry no ``_SUCCESS`` manifest: read them with :func:`read_log`, no
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -23,13 +22,14 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Partition
-from tenfold.fsio import make_dirs
+from tenfold.fsio import atomic_write, make_dirs
 
 LOG_PREFIX = "log-"
 # Where a log file that cannot be read as its table is moved (beside the months, never read by a join).
@@ -54,21 +54,11 @@ def _write_local(path: str, data: bytes) -> None:
         missing.append(probe)
         probe = os.path.dirname(probe)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # A failed write (a full disk) leaves no hidden tmp behind: the sink retries, and each leak would fill it more.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename, and any folder this write created, are durable only once their parents are synced.
-    for created in [folder, *(os.path.dirname(m) for m in missing)]:
-        _fsync_dir(created)
+    # Durable, and a failed write (a full disk) leaves no hidden tmp behind (the sink retries: each leak would fill
+    # it more); atomic_write syncs the folder, and any folder this write created is durable once its parent is.
+    atomic_write(Path(path), data)
+    for created in missing:
+        _fsync_dir(os.path.dirname(created))
 
 
 def write_batch(lake: Lake, table: str, part: Partition, rows: pa.Table, *, now: dt.datetime | None = None) -> str:
