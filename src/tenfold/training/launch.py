@@ -4,7 +4,7 @@
 fit), writes the worker's config, and runs::
 
     python -m torch.distributed.run --nnodes=1 --nproc-per-node=N --rdzv-backend=c10d \\
-        --rdzv-endpoint=$TMPDIR/tenfold-rdzv-ID --rdzv-conf=store_type=file --rdzv-id=ID --local-addr=HOST \\
+        --rdzv-endpoint=$TMPDIR/tenfold-rdzv-XXXX/rendezvous --rdzv-conf=store_type=file --rdzv-id=ID --local-addr=HOST \\
         --max-restarts=R --monitor-interval=0.5 -m tenfold.training.worker --config OUT/train_config.json --out OUT
 
 (one machine: a file rendezvous and every socket on loopback, see :func:`torchrun_command`; multi-node:
@@ -277,9 +277,10 @@ def run_torchrun(
         threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
         run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                    **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
-    except BaseException:
-        with _removed_after(rendezvous):  # no job will use it (the launch below removes it once it has run)
-            raise
+    except BaseException:  # no job will use it (the launch below removes it once it has run)
+        if rendezvous is not None:
+            shutil.rmtree(rendezvous, ignore_errors=True)
+        raise
     log_path = out / LOG_FILE
     started = time.monotonic()
     with _removed_after(rendezvous), open(log_path, "ab") as log:
