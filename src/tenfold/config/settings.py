@@ -999,15 +999,24 @@ def deployed_env(settings: Settings) -> dict[str, str]:
     env = tables_and_pipelines_env(settings, base)
     if settings.workload != base.workload:
         env["TENFOLD_WORKLOAD"] = settings.workload
-    for field in TRAINING_ENV_FIELDS:  # encoded as settings_env does (repr: tuples and None come back)
+    env.update(training_and_serving_env(settings, base))
+    return env
+
+
+def training_and_serving_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:
+    """``TENFOLD_TRAINING__<FIELD>`` and ``TENFOLD_SERVING__<SECTION>__<FIELD>`` for ``settings``: every one, or
+    with ``base`` those whose value differs from it (training values as :func:`env_text` writes them, so tuples,
+    None and literal-looking text come back as they went; an unset serving value as empty, which reads as unset)."""
+    env: dict[str, str] = {}
+    for field in TRAINING_ENV_FIELDS:
         value = getattr(settings.training, field)
-        if value != getattr(base.training, field):
+        if base is None or value != getattr(base.training, field):
             env[TRAINING_ENV_PREFIX + field.upper()] = env_text(value)
     for section, fields in SERVING_ENV_SECTIONS.items():
-        ours, theirs = getattr(settings.serving, section), getattr(base.serving, section)
+        ours = getattr(settings.serving, section)
         for field in fields.model_fields:
             value = getattr(ours, field)
-            if value != getattr(theirs, field):
+            if base is None or value != getattr(getattr(base.serving, section), field):
                 env[f"{SERVING_ENV_PREFIX}{section.upper()}__{field.upper()}"] = "" if value is None else str(value)
     return env
 

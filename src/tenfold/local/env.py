@@ -19,13 +19,9 @@ from typing import Any
 from tenfold.config import Settings, build_settings
 from tenfold.config.settings import (
     LOCAL_ENV_PREFIX,
-    SERVING_ENV_PREFIX,
-    SERVING_ENV_SECTIONS,
-    TRAINING_ENV_FIELDS,
-    TRAINING_ENV_PREFIX,
     LocalSettings,
-    env_text,
     tables_and_pipelines_env,
+    training_and_serving_env,
 )
 
 
@@ -49,15 +45,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for field in LocalSettings.model_fields:
         if field != "home":
             env[LOCAL_ENV_PREFIX + field.upper()] = str(getattr(settings.local, field))
-    for field in TRAINING_ENV_FIELDS:  # repr: tuples and None come back through env_value
-        value = getattr(settings.training, field)
-        env[TRAINING_ENV_PREFIX + field.upper()] = env_text(value)
+    env.update(training_and_serving_env(settings))
     env.update(tables_and_pipelines_env(settings))
-    for section, fields in SERVING_ENV_SECTIONS.items():
-        values = getattr(settings.serving, section)
-        for field in fields.model_fields:
-            value = getattr(values, field)
-            env[f"{SERVING_ENV_PREFIX}{section.upper()}__{field.upper()}"] = "" if value is None else str(value)
     if settings.storage.emulator_host:
         env["STORAGE_EMULATOR_HOST"] = settings.storage.emulator_host
     if settings.messaging.emulator_host:
