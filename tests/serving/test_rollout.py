@@ -81,13 +81,28 @@ class Traffic:
         self.feedback = True  # off: twice the predictions on two busy cores, where no test needs accuracy
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._batches = threading.Condition()
+        self._started = 0  # batches begun, each with the keys and feedback of its start
         rng = random.Random(3)
         self.items = [Replayed(_flight(i), rng.randint(0, 1)) for i in range(40)]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            replay(self.settings, self.items, token=self.token, concurrency=3, keys=self.keys, report=self.report,
-                   send_feedback=self.feedback)
+            with self._batches:
+                keys, feedback = self.keys, self.feedback
+                self._started += 1
+                self._batches.notify_all()
+            replay(self.settings, self.items, token=self.token, concurrency=3, keys=keys, report=self.report,
+                   send_feedback=feedback)
+
+    def use(self, *, keys: list[str] | None, feedback: bool) -> None:
+        """From now on, ``keys`` and ``feedback``: returns once the batch in flight, begun with the old ones, has
+        ended (a keyless request of it still being sent after the switch lands in any bucket)."""
+        with self._batches:
+            self.keys, self.feedback = keys, feedback
+            begun = self._started
+            if not self._batches.wait_for(lambda: self._started > begun or self._stop.is_set(), timeout=60):
+                raise TimeoutError("the traffic's batch in flight did not end within 60 s")
 
     def start(self) -> Traffic:
         self._thread.start()
@@ -235,7 +250,7 @@ def test_a_worse_canary_is_rolled_back_and_the_control_is_untouched(rollouts: Ro
     version = rollouts.register(30 + int(fault.delay_ms))
     champion = rollouts.registry.resolve(CHAMPION)
     rollouts.canary(version, fault)
-    rollouts.traffic.feedback = False  # a failing metric fails a check while the accuracy has no data yet
+    rollouts.traffic.use(keys=None, feedback=False)  # a failing metric fails a check while accuracy has no data yet
     try:
         started = dt.datetime.now(dt.UTC)
         # The id Airflow gives the run a challenger's event starts: its decision key is 69 characters long.
@@ -243,7 +258,7 @@ def test_a_worse_canary_is_rolled_back_and_the_control_is_untouched(rollouts: Ro
         run, result = rollouts.run(version, run_id, settings=settings)
         done = pipeline.conclude(settings, run)
     finally:
-        rollouts.traffic.feedback = True
+        rollouts.traffic.use(keys=None, feedback=True)
     assert result == pipeline.ROLLED_BACK and done["outcome"] == pipeline.ROLLED_BACK
     record = rollouts.record(run)
     verdicts = [c["verdict"] for c in _checks(record) if c["verdict"] != "no_data"]
@@ -269,12 +284,12 @@ def test_a_canary_that_gets_no_traffic_is_never_promoted(rollouts: Rollouts) -> 
     champion = rollouts.registry.resolve(CHAMPION)
     rollouts.canary(version)
     # Only users whose bucket is 60 or more: a canary at 25 % (buckets 0-24) receives nothing.
-    rollouts.traffic.keys = [k for k in (f"late-{i}" for i in range(400)) if bucket_of(k) >= 60][:50]
+    rollouts.traffic.use(keys=[k for k in (f"late-{i}" for i in range(400)) if bucket_of(k) >= 60][:50], feedback=True)
     try:
         run, result = rollouts.run(version, "manual__nodata", settings=settings)
         done = pipeline.conclude(settings, run)
     finally:
-        rollouts.traffic.keys = None
+        rollouts.traffic.use(keys=None, feedback=True)
     assert result == pipeline.FAILED and done["outcome"] == pipeline.FAILED and done["canary_percent"] == 0
     checks = _checks(rollouts.record(run))
     assert checks[-1]["values"]["canary_requests"] == 0
@@ -414,11 +429,11 @@ def test_the_dag_promotes_a_good_challenger_and_rolls_back_a_bad_one(rollouts: R
     bad = rollouts.register(72)
     rollouts.canary(bad, Fault(delay_ms=200))
     env = airflow_env(rollouts.with_policy(min_requests=40))
-    rollouts.traffic.feedback = False
+    rollouts.traffic.use(keys=None, feedback=False)
     try:
         out = _dags_test(env, {"version": bad}, "2031-05-02T00:00:00+00:00", tmp_path / "bad.log")
     finally:
-        rollouts.traffic.feedback = True
+        rollouts.traffic.use(keys=None, feedback=True)
     assert "rollout rolled_back" in out and "Mann-Whitney" in out
     assert rollouts.registry.resolve(CHAMPION) == good and rollouts.router.canary_percent() == 0
     from tenfold.rollout.record import latest
