@@ -21,7 +21,7 @@ from tenfold import demo
 from tenfold.config import Settings
 from tenfold.config.settings import LocalSettings
 from tenfold.data.lake import Lake, Partition
-from tenfold.local import down, free_port, local_settings
+from tenfold.local import down, free_ports, local_settings
 from tenfold.local.stack import serving_down
 
 MONTHS = ("2013-03", "2013-04")
@@ -40,7 +40,9 @@ class Lifecycle:
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
     home: Path = tmp_path_factory.mktemp("lifecycle")
-    ports = {name: free_port() for name in LocalSettings.model_fields if name.endswith("_port")}
+    names = [name for name in LocalSettings.model_fields if name.endswith("_port")]
+    *free, metrics_port = free_ports(len(names) + 1)
+    ports = dict(zip(names, free, strict=True))
     environ = {
         # Short canary windows: the analysis is the same, each step just waits 10 s instead of 30 s.
         "TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "10",
@@ -54,7 +56,7 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
         "TENFOLD_TRAINING__GATE_MAX_LOG_LOSS_INCREASE": "10.0",
         "TENFOLD_TRAINING__MAX_EPOCHS": "3",
         # HAProxy's metrics port is the fleet's, not the platform's: a free one too.
-        "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": str(free_port()),
+        "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": str(metrics_port),
     }
     settings = local_settings(home, environ=environ, **ports)
     said: list[str] = []

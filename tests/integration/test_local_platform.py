@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from tenfold.config import Settings
-from tenfold.local import free_port, port_in_use, settings_env
+from tenfold.local import free_ports, port_in_use, settings_env
 from tenfold.local import local_settings as make_settings
 from tenfold.local.process import ProcessRecord, read_record
 from tenfold.local.services import AIRFLOW_COMPONENTS
@@ -55,7 +55,8 @@ def _env_for(settings: Settings) -> dict[str, str]:
 
 
 def _settings(home: Path, **ports: int) -> Settings:
-    fields = {f: free_port() for f in ("gcs_port", "pubsub_port", "airflow_port", "airflow_log_port", "airflow_trigger_log_port")}
+    names = ("gcs_port", "pubsub_port", "airflow_port", "airflow_log_port", "airflow_trigger_log_port")
+    fields = dict(zip(names, free_ports(len(names)), strict=True))
     fields.update(ports)
     return make_settings(home, **fields)
 

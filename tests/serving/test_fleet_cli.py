@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tenfold.config import Settings, get_settings
-from tenfold.local import free_port, settings_env
+from tenfold.local import free_port, free_ports, settings_env
 from tenfold.local.stack import serving_up
 from tenfold.serving import fleet
 from tenfold.serving.auth import read_token, token_path
@@ -36,8 +36,9 @@ def _fresh_settings() -> Iterator[None]:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A home where nothing runs, on ports nothing uses."""
-    return {"TENFOLD_ENV": "local", "TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_LOCAL__LB_PORT": str(free_port()),
-            "TENFOLD_LOCAL__GCS_PORT": str(free_port()), "TENFOLD_LOCAL__PUBSUB_PORT": str(free_port())}
+    lb, gcs, pubsub = free_ports(3)
+    return {"TENFOLD_ENV": "local", "TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_LOCAL__LB_PORT": str(lb),
+            "TENFOLD_LOCAL__GCS_PORT": str(gcs), "TENFOLD_LOCAL__PUBSUB_PORT": str(pubsub)}
 
 
 def _run(env: dict[str, str], *args: str) -> Any:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tenfold.config import Settings
-from tenfold.local import free_port, settings_env
+from tenfold.local import free_ports, settings_env
 from tenfold.pipelines import rollout_model as pipeline
 from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
 from tenfold.rollout.haproxy import HaproxyObserver, HaproxyRouter
@@ -56,9 +56,10 @@ POLICY = {
 
 
 def _settings(serving_settings: Settings) -> Settings:
-    local = serving_settings.local.model_copy(update={"lb_port": free_port(), "replica_base_port": free_port()})
+    lb, replicas, metrics = free_ports(3)
+    local = serving_settings.local.model_copy(update={"lb_port": lb, "replica_base_port": replicas})
     fleet = serving_settings.serving.fleet.model_copy(update={
-        "stable_min": 1, "stable_max": 1, "canary_min": 1, "canary_max": 1, "lb_metrics_port": free_port(),
+        "stable_min": 1, "stable_max": 1, "canary_min": 1, "canary_max": 1, "lb_metrics_port": metrics,
         "health_interval_ms": 200, "health_fall": 2, "health_rise": 2, "replica_start_timeout_s": 120.0,
     })
     rollout = serving_settings.serving.rollout.model_copy(update=POLICY)

@@ -30,7 +30,7 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.config.settings import LocalSettings
-from tenfold.local import down, free_port, local_settings, settings_env, up
+from tenfold.local import down, free_ports, local_settings, settings_env, up
 from tenfold.local.airflow_api import AirflowApi
 
 # Debian's chromium package: /usr/bin/chromium is a shell wrapper around the real binary.
@@ -114,7 +114,8 @@ def _env(settings: Settings) -> dict[str, str]:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("ui-platform")
     # Every port the platform may open, free ones: never the ports of a `make up` on this machine.
-    ports = {name: free_port() for name in LocalSettings.model_fields if name.endswith("_port")}
+    names = [name for name in LocalSettings.model_fields if name.endswith("_port")]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     settings = local_settings(home, **ports)
     try:
         up(settings, echo=print)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tenfold.local.airflow import admin_password, airflow_env, airflow_url, ensure_admin_password, ensure_airflow_db
 from tenfold.local.env import local_settings, settings_env, settings_from_env
-from tenfold.local.process import LocalPlatformError, free_port, port_in_use
+from tenfold.local.process import LocalPlatformError, free_port, free_ports, port_in_use
 from tenfold.local.stack import down, ensure_buckets, provision, start_service, status, stop_service, up
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ensure_airflow_db",
     "ensure_buckets",
     "free_port",
+    "free_ports",
     "local_settings",
     "port_in_use",
     "provision",

@@ -135,9 +135,17 @@ def require_local_storage(settings: Settings) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel says is free now (a later bind can still race; callers check health)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` different ports the kernel says are free now: all bound at once, so that no two are the same (two
+    calls of :func:`free_port` can be given the same port, once the first one's socket is closed)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def read_record(run_dir: Path, name: str) -> ProcessRecord | None:

@@ -136,7 +136,9 @@ def test_open_loop_charges_a_stall_to_every_request_due_during_it(server: _Stall
     assert opened.p99_ms >= STALL_S * 1000 * 0.8
     assert opened.p90_ms >= 50
     assert opened.throughput == pytest.approx(rate)
-    assert opened.send_lag_p99_ms < 20  # the generator itself kept to its schedule
+    # The generator itself kept to its schedule: its lag stays far below the stall it measured (a bound of
+    # 20 ms failed 7 runs in 25 beside a CI run, from pauses of this process, not of the generator's design).
+    assert opened.send_lag_p99_ms < STALL_S * 1000 / 3
     assert opened.bodies_used == 200
 
 

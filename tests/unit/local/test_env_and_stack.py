@@ -13,7 +13,7 @@ from tenfold.config.settings import local_env_overrides
 from tenfold.local import (
     LocalPlatformError,
     airflow_env,
-    free_port,
+    free_ports,
     local_settings,
     port_in_use,
     settings_env,
@@ -79,7 +79,8 @@ def test_airflow_env_is_complete_and_isolated(tmp_path):
 
 
 def _fresh_settings(tmp_path: Path, **ports: int):
-    fields = {f: free_port() for f in ("gcs_port", "pubsub_port", "airflow_port", "airflow_log_port", "airflow_trigger_log_port")}
+    names = ("gcs_port", "pubsub_port", "airflow_port", "airflow_log_port", "airflow_trigger_log_port")
+    fields = dict(zip(names, free_ports(len(names)), strict=True))
     fields.update(ports)
     return local_settings(tmp_path / "home", **fields)
 

@@ -40,6 +40,14 @@ def test_port_in_use_sees_a_listener_and_a_free_port():
     assert not process.port_in_use("127.0.0.1", port)
 
 
+def test_free_ports_are_all_different_and_free():
+    # One at a time, the kernel may hand out a port twice (a few in 100,000 pairs): a test's platform then
+    # starts two services on one port. Bound all at once, 200 ports are 200 different ones.
+    ports = process.free_ports(200)
+    assert len(set(ports)) == 200
+    assert not any(process.port_in_use("127.0.0.1", p) for p in ports)
+
+
 def test_start_writes_pid_file_and_stop_kills_the_whole_group(tmp_path):
     # The shell forks a grandchild, like gcloud forks the JVM: stop must take it down too.
     script = "sleep 300 & echo $! > child.pid; echo started; wait"

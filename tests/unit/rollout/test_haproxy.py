@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tenfold.config import Settings
-from tenfold.local import free_port, process
+from tenfold.local import free_port, free_ports, process
 from tenfold.rollout import TrafficRouter
 from tenfold.rollout.haproxy import HaproxyRouter
 from tenfold.rollout.split import BUCKETS
@@ -28,8 +28,9 @@ from tenfold.serving.haproxy import (
 @pytest.fixture
 def lb_settings(make_settings: Any) -> Settings:
     base = make_settings()
-    local = base.local.model_copy(update={"lb_port": free_port(), "replica_base_port": free_port()})
-    fleet = base.serving.fleet.model_copy(update={"lb_metrics_port": free_port(), "canary_percent": 5,
+    lb, replicas, metrics = free_ports(3)
+    local = base.local.model_copy(update={"lb_port": lb, "replica_base_port": replicas})
+    fleet = base.serving.fleet.model_copy(update={"lb_metrics_port": metrics, "canary_percent": 5,
                                                   "health_interval_ms": 300, "health_fall": 3, "health_rise": 4})
     server = base.serving.server.model_copy(update={"user_key_header": "X-Cohort-Key", "ready_path": "/ready-now"})
     return base.model_copy(update={"local": local, "serving": base.serving.model_copy(update={"fleet": fleet, "server": server})})
