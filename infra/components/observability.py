@@ -1,7 +1,9 @@
-"""Alert policies (serving latency and errors, dead letters, stuck subscriptions, drift) and where they go."""
+"""Alert policies (serving latency and errors, dead letters, stuck subscriptions, drift, the Airflow tasks' own
+alerts) and where they go."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,22 @@ LB_LATENCY = "loadbalancing.googleapis.com/https/total_latencies"
 LB_REQUESTS = "loadbalancing.googleapis.com/https/request_count"
 UNDELIVERED = "pubsub.googleapis.com/subscription/num_undelivered_messages"
 OLDEST_UNACKED = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+# The monitored resource of every log line of a Composer environment (its tasks', callbacks' and DAG processor's).
+COMPOSER_RESOURCE = "cloud_composer_environment"
+# Where a line's text lands in a log entry: plain text (Airflow 2's formatter), or a structured payload (Airflow 3's
+# JSON task log keeps the message under "event"; Google's logging agents and libraries under "message").
+MESSAGE_FIELDS = ("textPayload", "jsonPayload.message", "jsonPayload.event")
+# Google's floor for a log-match policy: at most one notification per 5 minutes (and 20 a day) per policy.
+LOG_ALERT_RATE_LIMIT_S = 300
+
+
+@dataclass(frozen=True)
+class LogAlertProps:
+    """Page on every log line of the Composer environment ``composer_environment`` that holds ``marker`` (Tenfold's
+    alert line: tenfold.monitoring.alerts.log_marker)."""
+
+    composer_environment: str
+    marker: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,16 @@ class ObservabilityProps:
     drift_metric: str
     drift_threshold: float
     window_s: int = 300
+    # None where no Composer runs the DAGs (their alerts then never reach Cloud Logging: docs/deploy.md)
+    airflow_alerts: LogAlertProps | None = None
+
+
+def composer_log_filter(environment: str, marker: str) -> str:
+    """The Logging query of the lines of Composer environment ``environment`` whose text holds ``marker`` (``:`` is a
+    case-insensitive substring test; no severity restriction, since the marker alone tells an alert line)."""
+    text = " OR ".join(f"{field}:{json.dumps(marker)}" for field in MESSAGE_FIELDS)
+    return (f'resource.type = "{COMPOSER_RESOURCE}" AND resource.labels.environment_name = {json.dumps(environment)}'
+            f" AND ({text})")
 
 
 def _subscription_filter(metric: str, names: Sequence[str]) -> str:
@@ -104,3 +132,25 @@ class Observability(Construct):
                "report (monitor_drift's log links it). The monitor retrains when its statistical test rejects too.",
                 [self.drift_descriptor]),
         ]
+
+        # Every tenfold.monitoring.alerts.send_alert in Composer (quality gate and source refusals, failed tasks, drift
+        # retraining) logs one line starting with the marker; without this policy nobody would see it. A log-match
+        # condition needs no metric, and Google requires it a notification rate limit.
+        self.airflow_alerts: MonitoringAlertPolicy | None = None
+        if p.airflow_alerts is not None:
+            a = p.airflow_alerts
+            self.airflow_alerts = MonitoringAlertPolicy(
+                self, "airflow-alerts", display_name=f"{p.name_prefix} airflow alerts", combiner="OR",
+                conditions=structs([{"display_name": "airflow alerts", "condition_matched_log": {
+                    "filter": composer_log_filter(a.composer_environment, a.marker)}}]),
+                notification_channels=channels,
+                documentation={"content": (
+                    f"A Tenfold task in Composer environment `{a.composer_environment}` sent an alert (a quality gate or "
+                    f"source refusal, a failed task, a drift retrain). Its log line starts with `{a.marker}` and names "
+                    "the title; the lines under it in the task's log hold the details. Google sends at most one "
+                    "notification per 5 minutes and 20 a day per log-match policy: search the environment's logs for "
+                    "the marker to see every alert."), "mime_type": "text/markdown"},
+                alert_strategy={"auto_close": "1800s",
+                                "notification_rate_limit": {"period": f"{LOG_ALERT_RATE_LIMIT_S}s"}},
+            )
+            self.policies.append(self.airflow_alerts)

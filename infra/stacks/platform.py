@@ -18,12 +18,13 @@ from infra.components.load_balancer import (
     ServingHealthCheck,
 )
 from infra.components.network import Network, NetworkProps
-from infra.components.observability import Observability, ObservabilityProps
+from infra.components.observability import LogAlertProps, Observability, ObservabilityProps
 from infra.components.orchestration import Orchestration, OrchestrationProps
 from infra.stacks.common import configure
 from tenfold import fleets as startup
 from tenfold.config import Settings
 from tenfold.config.settings import GpuGroupSettings, deployed_env
+from tenfold.monitoring.alerts import log_marker
 from tenfold.rollout.cloud import REQUIRED_PERMISSIONS as ROLLOUT_PERMISSIONS
 from tenfold.workloads import get_workload, lookup_table
 
@@ -208,6 +209,9 @@ class PlatformStack(TerraformStack):
             dead_letter_subscriptions=[sub.dead_letter_subscription for sub in subs.values()],
             dead_letter_backlog=mo.dead_letter_backlog, work_subscriptions=[sub.name for sub in subs.values()],
             oldest_unacked_age_s=mo.oldest_unacked_age_s, drift_metric=mo.drift_metric, drift_threshold=mo.drift_psi,
+            # The DAGs' alerts are log lines; in Composer they reach Cloud Logging, and this policy pages on them.
+            airflow_alerts=LogAlertProps(s.airflow.composer_environment, log_marker(s.env))
+            if self.orchestration.composer is not None else None,
         ))
 
         TerraformOutput(self, "lb-address", value=self.lb.address.address)

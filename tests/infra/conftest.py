@@ -27,6 +27,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 RENAMED_PREFIX = "acme-dev"
 RELAID_PREFIX = "relaid-dev"
 BAD_STACK = "known-bad"
+ONCALL = "ml-oncall@acme.test"
 
 
 def _load(stem: str) -> Any:
@@ -70,10 +71,11 @@ def relaid_settings() -> Any:
 
 @pytest.fixture(scope="session")
 def tls_settings() -> Any:
-    """prod with a domain: the load balancer gets an HTTPS proxy and a managed certificate."""
+    """prod with a domain (the load balancer gets an HTTPS proxy and a managed certificate) and an on-call address
+    (TENFOLD_ALERT_EMAIL at synth)."""
     from tenfold.config import build_settings
 
-    s = build_settings("prod", prefix="tls-prod")
+    s = build_settings("prod", {"TENFOLD_ALERT_EMAIL": ONCALL}, prefix="tls-prod")
     lb = s.serving.load_balancer.model_copy(update={"domain": "ml.example.com"})
     return s.model_copy(update={"serving": s.serving.model_copy(update={"load_balancer": lb})})
 

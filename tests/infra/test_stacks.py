@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from infra.stacks.synthesized import Synthesized as Synth
 from infra.stacks.synthesized import by_name as _by_name
 from infra.stacks.synthesized import resources
-from tenfold.config import get_settings
+from tenfold.config import build_settings, get_settings
 from tenfold.rollout.urlmap import PATH_MATCHER
 
 ENVS = ("dev", "prod")
@@ -277,7 +278,8 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
     s, stack = get_settings(env), _platform(synth, env)
     policies = {p["display_name"]: p for p in resources(stack, "google_monitoring_alert_policy").values()}
     assert {n.removeprefix(s.prefix + " ") for n in policies} == {
-        "serving p99 latency", "serving 5xx rate", "dead-letter backlog", "oldest unacked message age", "feature drift"}
+        "serving p99 latency", "serving 5xx rate", "dead-letter backlog", "oldest unacked message age", "feature drift",
+        *(["airflow alerts"] if s.airflow.composer_enabled else [])}
     (channel,) = resources(stack, "google_monitoring_notification_channel").values()
     assert channel["labels"]["email_address"] == s.monitoring.notification_email
     # The age alert watches the subscriptions something drains (a subscription no one pulls would fire forever).
@@ -287,6 +289,177 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
         subs[k].name for k in ("requests", "predictions", "feedback"))
     drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
     assert s.monitoring.drift_metric in drift["filter"] and drift["threshold_value"] == s.monitoring.drift_psi
+
+
+# The Logging query language, as far as the alert policies use it: comparisons `field = "text"` (equality) and
+# `field:"text"` (holds the text, case-insensitively), NOT, OR and AND (OR binds tighter than AND) and parentheses.
+# Anything else is a SyntaxError, so a filter in a form this test cannot judge fails it rather than passing unread.
+_QUERY_TOKEN = re.compile(r'\s*(?:(?P<text>"(?:[^"\\]|\\.)*")|(?P<op>[=:()])|(?P<word>[A-Za-z_][\w.]*))')
+
+
+def _log_query_matches(query: str, entry: dict) -> bool:
+    tokens: list[tuple[str, str]] = []
+    at = 0
+    while query[at:].strip():
+        m = _QUERY_TOKEN.match(query, at)
+        if not m:
+            raise SyntaxError(f"cannot read the filter from {query[at:]!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, json.loads(m[kind]) if kind == "text" else m[kind]))
+        at = m.end()
+    tokens.append(("end", ""))
+    pos = 0
+
+    def take(kind: str, value: str | None = None) -> str:
+        nonlocal pos
+        got_kind, got = tokens[pos]
+        if got_kind != kind or (value is not None and got != value):
+            raise SyntaxError(f"expected {value or kind}, found {got!r} in {query!r}")
+        pos += 1
+        return got
+
+    def peek(value: str) -> bool:
+        return tokens[pos][1] == value and tokens[pos][0] in ("word", "op")
+
+    def field(path: str) -> object:
+        value: object = entry
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def unary() -> bool:
+        if peek("NOT"):
+            take("word", "NOT")
+            return not unary()
+        if peek("("):
+            take("op", "(")
+            inner = conjunction()
+            take("op", ")")
+            return inner
+        value, op, text = field(take("word")), take("op"), take("text")
+        if op == "=":
+            return value == text
+        if op == ":":
+            return isinstance(value, str) and text.lower() in value.lower()
+        raise SyntaxError(f"no comparison {op!r}")
+
+    def disjunction() -> bool:
+        results = [unary()]
+        while peek("OR"):
+            take("word", "OR")
+            results.append(unary())
+        return any(results)
+
+    def conjunction() -> bool:
+        results = [disjunction()]
+        while peek("AND"):
+            take("word", "AND")
+            results.append(disjunction())
+        return all(results)
+
+    matched = conjunction()
+    take("end")
+    return matched
+
+
+def _composer_entry(environment: str, line: str, *, structured: bool = False) -> dict:
+    """A log entry of a Composer environment's task log as Cloud Logging stores it: the line as text (Airflow 2's
+    formatter), or as Airflow 3's JSON task log line, whose message is its "event"."""
+    entry: dict = {"resource": {"type": "cloud_composer_environment",
+                                "labels": {"environment_name": environment, "location": "us-central1"}},
+                   "labels": {"workflow": "build_features", "task-id": "validate"}}
+    if structured:
+        entry["jsonPayload"] = {"event": line, "level": "error", "logger": "tenfold.alerts"}
+    else:
+        entry["textPayload"] = f"[2026-01-05T03:00:12.345+0000] {{alerts.py:132}} ERROR - {line}"
+    return entry
+
+
+def _logged_lines(settings, caplog, *, alert_title: str) -> tuple[str, list[str]]:
+    """What tenfold.monitoring.alerts really logs: an alert's line, and the lines around alerts that are none (a hook
+    that failed, a task that failed after its own alert)."""
+    from types import SimpleNamespace
+
+    from tenfold.monitoring import alerts
+
+    quiet = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(
+        update={"alert_webhook_url": None, "alert_smtp_host": None, "alert_file": None})})
+
+    def broken(_settings, _alert) -> None:
+        raise RuntimeError("relay down")
+
+    refused = RuntimeError("refused")
+    refused.alerted = True  # type: ignore[attr-defined]
+    alerts.register_hook(broken)
+    try:
+        with caplog.at_level(logging.INFO, logger=alerts.LOGGER_NAME):
+            caplog.clear()
+            alerts.send_alert(quiet, alert_title, {"table": "features", "month": "2013-02"})
+            alerts.airflow_failure_callback({"exception": refused, "run_id": "r1",
+                                             "task_instance": SimpleNamespace(dag_id="build_features", task_id="validate")})
+    finally:
+        alerts.unregister_hook(broken)
+    lines = [r.getMessage() for r in caplog.records if r.name == alerts.LOGGER_NAME]
+    (alert_line,) = [line for line in lines if line.startswith(alerts.LOG_PREFIX)]
+    others = [line for line in lines if line != alert_line]
+    assert len(others) == 2, others  # the hook's failure and the callback's "not alerting twice"
+    return alert_line, others
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_airflow_alerts_page_the_on_call_channel(synth: Synth, env: str, tls_settings, iap_settings, caplog) -> None:
+    """Every send_alert in Composer (quality gate and source refusals, failed tasks, the drift retrain) only logged an
+    ERROR line in the task's log: nothing in the cloud watched it, so no alert reached anyone. A log-match policy on
+    the line's marker now mails the on-call channel; its filter matches what alerts.py really logs, and nothing else."""
+    from tenfold.monitoring.alerts import log_marker
+
+    for s in (get_settings(env), *((tls_settings, iap_settings) if env == "prod" else ())):
+        stack = synth.stack(s.infra.platform_stack)
+        matched = [p for p in resources(stack, "google_monitoring_alert_policy").values()
+                   if any("condition_matched_log" in c for c in p["conditions"])]
+        if not s.airflow.composer_enabled:
+            assert matched == [], "without Composer no Airflow log reaches Cloud Logging"
+            continue
+        (policy,) = matched
+        assert policy["display_name"] == f"{s.prefix} airflow alerts"
+        (channel_id,) = resources(stack, "google_monitoring_notification_channel")
+        assert policy["notification_channels"] == [f"${{google_monitoring_notification_channel.{channel_id}.id}}"]
+        assert policy["alert_strategy"]["notification_rate_limit"]["period"] == "300s"  # Google requires one
+        (condition,) = policy["conditions"]
+        query = condition["condition_matched_log"]["filter"]
+        assert log_marker(s.env) in query  # from the one place alerts.py takes it
+
+        name = s.airflow.composer_environment
+        line, others = _logged_lines(s, caplog, alert_title="Quality gate refused features 2013-02")
+        assert line.startswith(log_marker(s.env))
+        first_line = line.splitlines()[0]
+        for entry in (_composer_entry(name, line), _composer_entry(name, first_line),
+                      _composer_entry(name, line, structured=True)):
+            assert _log_query_matches(query, entry), entry
+        for other in others:  # ERROR and INFO lines of the same logger that are no alert
+            assert not _log_query_matches(query, _composer_entry(name, other))
+        assert not _log_query_matches(query, _composer_entry(name + "-other", line))  # another environment's
+        dev_line = line.replace(log_marker(s.env), log_marker("dev"))
+        assert not _log_query_matches(query, _composer_entry(name, dev_line))  # another Tenfold environment's
+        vm = _composer_entry(name, line) | {"resource": {"type": "gce_instance", "labels": {}}}
+        assert not _log_query_matches(query, vm)
+
+
+def test_the_on_call_address_reaches_composer_and_no_alert_secret_does(synth: Synth, tls_settings) -> None:
+    """The stacks mail the on-call address they were synthesized with; Composer's tasks get the same address (not the
+    example.com placeholder), and never a webhook URL: a secret has no place in Terraform state."""
+    stack = synth.stack(tls_settings.infra.platform_stack)
+    oncall = tls_settings.monitoring.notification_email  # TENFOLD_ALERT_EMAIL at synth (conftest)
+    assert oncall != build_settings("prod").monitoring.notification_email  # not the placeholder
+    (channel,) = resources(stack, "google_monitoring_notification_channel").values()
+    assert channel["labels"]["email_address"] == oncall
+    (composer,) = resources(stack, "google_composer_environment").values()
+    variables = composer["config"]["software_config"]["env_variables"]
+    assert variables["TENFOLD_ALERT_EMAIL"] == oncall
+    for stack_settings in (tls_settings, get_settings("prod")):
+        for c in resources(synth.stack(stack_settings.infra.platform_stack), "google_composer_environment").values():
+            names = set(c["config"]["software_config"]["env_variables"])
+            assert not names & {"TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE"}
 
 
 def test_composer_follows_its_settings_flag(synth: Synth) -> None:

@@ -1,6 +1,8 @@
 """Alerts: one call, :func:`send_alert`, that every failure path uses.
 
-An alert is always logged (at ERROR, on the ``tenfold.alerts`` logger, one line starting ``ALERT``).
+An alert is always logged (at ERROR, on the ``tenfold.alerts`` logger, one line starting ``ALERT [tenfold <env>]``:
+:func:`log_marker`). In the cloud that line is what pages: Composer's task logs reach Cloud Logging, and the platform
+stack's log-match alert policy on :func:`log_marker` mails the on-call channel (infra/components/observability.py).
 Besides the log, hooks deliver it; none is configured by default:
 
 * ``TENFOLD_ALERT_WEBHOOK`` -> ``settings.monitoring.alert_webhook_url``: POST ``{"text": ...}`` as JSON
@@ -31,7 +33,20 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.fsio import open_lines_for_append
 
-log = logging.getLogger("tenfold.alerts")
+LOGGER_NAME = "tenfold.alerts"
+LOG_PREFIX = "ALERT"
+log = logging.getLogger(LOGGER_NAME)
+
+
+def env_tag(env: str) -> str:
+    """``[tenfold <env>]``: the head of every alert's text (its log line, webhook text and e-mail subject)."""
+    return f"[tenfold {env}]"
+
+
+def log_marker(env: str) -> str:
+    """The text every alert's log line in ``env`` starts with, and no other Tenfold line holds: the cloud's
+    log-based alert policy matches it (infra/components/observability.py)."""
+    return f"{LOG_PREFIX} {env_tag(env)}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Alert:
     at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def text(self) -> str:
-        lines = [f"[tenfold {self.env}] {self.title}"]
+        lines = [f"{env_tag(self.env)} {self.title}"]
         lines += [f"  {key}: {value}" for key, value in self.details.items()]
         return "\n".join(lines)
 
@@ -87,7 +102,7 @@ def _email_hook(settings: Settings, alert: Alert) -> None:
     assert relay is not None
     host, _, port = relay.partition(":")
     message = EmailMessage()
-    message["Subject"] = f"[tenfold {alert.env}] {alert.title}"
+    message["Subject"] = f"{env_tag(alert.env)} {alert.title}"
     message["From"] = settings.monitoring.notification_email
     message["To"] = settings.monitoring.notification_email
     message.set_content(alert.text())
@@ -115,7 +130,7 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
     hide the first.
     """
     alert = Alert(title=title, details=dict(details or {}), env=settings.env)
-    log.error("ALERT %s", alert.text())
+    log.error("%s %s", LOG_PREFIX, alert.text())  # starts with log_marker(settings.env)
     for name, hook in configured_hooks(settings):
         try:
             hook(settings, alert)
