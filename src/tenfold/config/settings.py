@@ -508,7 +508,8 @@ class MonitoringSettings(_Frozen):
     drift_metric: str = "custom.googleapis.com/tenfold/feature_psi"
     # Alert hooks besides the log (tenfold.monitoring.alerts); none by default, set from the
     # environment because a webhook URL is a secret: TENFOLD_ALERT_WEBHOOK (Slack-compatible),
-    # TENFOLD_ALERT_SMTP_HOST (e-mail to notification_email), TENFOLD_ALERT_FILE (JSON lines).
+    # TENFOLD_ALERT_SMTP_HOST (e-mail to notification_email), TENFOLD_ALERT_FILE (JSON lines; a relative path is
+    # taken from the working directory of the process that builds the settings and kept absolute).
     alert_webhook_url: str | None = None
     alert_smtp_host: str | None = None
     alert_file: Path | None = None
@@ -968,7 +969,9 @@ def build_settings(
             drift_metric=f"custom.googleapis.com/{prefix}/feature_psi",
             alert_webhook_url=given.alert_webhook,
             alert_smtp_host=given.alert_smtp_host,
-            alert_file=given.alert_file,
+            # Relative to this process's working directory, like TENFOLD_HOME: made absolute here, so the children
+            # started with settings_env() (Airflow's tasks run in the home folder) append to the same file.
+            alert_file=None if given.alert_file is None else Path(os.path.abspath(given.alert_file)),
         ),
         infra=InfraSettings(data_stack=f"{prefix}-data", platform_stack=f"{prefix}-platform", state_prefix=f"terraform/{prefix}",
                             artifact_repository=f"{prefix}-images",

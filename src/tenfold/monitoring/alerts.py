@@ -10,7 +10,8 @@ Besides the log, hooks deliver it; none is configured by default:
 * ``TENFOLD_ALERT_SMTP_HOST`` -> ``settings.monitoring.alert_smtp_host`` (``host`` or ``host:port``):
   an e-mail to ``settings.monitoring.notification_email``;
 * ``TENFOLD_ALERT_FILE`` -> ``settings.monitoring.alert_file``: one JSON object per line, appended
-  (what the tests and ``make demo`` read back);
+  (what the tests read back); a relative path is made absolute against the working directory of the process
+  that builds the settings, so Airflow's tasks (which run in ``TENFOLD_HOME``) append to the same file;
 * :func:`register_hook`: any callable, for code that embeds Tenfold.
 
 A hook that fails is logged and never hides the alert from the other hooks, nor the original error

@@ -177,6 +177,21 @@ def test_build_settings_reads_only_the_mapping_it_is_given(monkeypatch, tmp_path
     assert build_settings("dev").workload == "flights"
 
 
+def test_a_relative_alert_file_is_made_absolute_so_airflows_tasks_write_the_same_file(monkeypatch, tmp_path):
+    """Airflow's tasks run in the home folder: a relative TENFOLD_ALERT_FILE handed to them as it was given sent their
+    alerts to <home>/alerts.jsonl and the CLI's to ./alerts.jsonl."""
+    from tenfold.local.env import settings_env, settings_from_env
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_ALERT_FILE": "alerts.jsonl"})
+    expected = Path.cwd() / "alerts.jsonl"
+    assert s.monitoring.alert_file == expected and s.monitoring.alert_file.is_absolute()
+    monkeypatch.chdir(tmp_path / "home")  # where the task runs
+    assert settings_from_env(settings_env(s)).monitoring.alert_file == expected
+
+
 def test_get_settings_is_built_from_the_process_environment(monkeypatch):
     monkeypatch.setenv("TENFOLD_PROJECT_ID", "from-the-process-env")
     get_settings.cache_clear()
