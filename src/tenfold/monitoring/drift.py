@@ -98,12 +98,15 @@ def ks_test(reference_sample: Sequence[float] | np.ndarray, current: np.ndarray)
 MIN_EXPECTED = 5.0
 
 
-def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[float, float]:
+def chi2_test(reference: Mapping[str, int], current: Mapping[str, int], *,
+              level: float | None = None) -> tuple[float, float]:
     """Chi-square test of homogeneity of two category-count tables (``scipy.stats.chi2_contingency``).
 
     Categories whose expected count in ``current`` is below :data:`MIN_EXPECTED` are pooled, rarest first, each
     pool closed once it reaches it: a hundred sparse destinations in a month of 200 rows made the test reject a
-    month drawn from the reference itself 3-4 times as often as its level.
+    month drawn from the reference itself 3-4 times as often as its level. ``level`` is the significance the
+    p-value will be compared with (``alpha / tests``): the exact test's Monte Carlo resampling is sized for it
+    (:func:`exact_resamples`).
     """
     from scipy import stats
 
@@ -127,7 +130,7 @@ def chi2_test(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple
     if pooled.shape[1] < 2:
         # The sparse categories together expect fewer than MIN_EXPECTED rows and the pool took the one that holds the
         # rest: an exact test instead, without the new categories under the floor (no evidence alone, as above).
-        return _exact_test(table[:, ~novel] if few_novel else table)
+        return _exact_test(table[:, ~novel] if few_novel else table, exact_resamples(level))
     result = stats.chi2_contingency(pooled, correction=False)
     return float(result.statistic), float(result.pvalue)
 
@@ -161,23 +164,39 @@ def _pool_sparse(table: np.ndarray) -> np.ndarray:
     return np.column_stack([table[:, order[taken:]], *pools])
 
 
-EXACT_RESAMPLES = 9999
+EXACT_RESAMPLES = 9999  # the fewest; more when the level the p-value is read at needs them (exact_resamples)
+EXACT_MAX_RESAMPLES = 999_999  # the most: ~10 s for 60 categories; a level under 2e-5 then loses some power
+
+
+def exact_resamples(level: float | None) -> int:
+    """How many Monte Carlo tables the exact test deals to be read at ``level`` (None: :data:`EXACT_RESAMPLES`).
+
+    Its p-value is at least ``1 / (resamples + 1)``: 9,999 tables could never reject at ``alpha / tests`` below
+    1e-4 (``alpha`` 0.01 over 100 triggering tests, or 0.001 over 10), whatever the month. Enough for the smallest
+    p-value to be a twentieth of ``level``, between :data:`EXACT_RESAMPLES` and :data:`EXACT_MAX_RESAMPLES`.
+    """
+    if level is None or not level > 0:
+        return EXACT_RESAMPLES
+    return int(min(EXACT_MAX_RESAMPLES, max(EXACT_RESAMPLES, math.ceil(20 / level) - 1)))
 
 
 def _exact_test(table: np.ndarray, resamples: int = EXACT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """The chi-square statistic of ``table`` (unpooled) and its Monte Carlo permutation p-value.
+    """The chi-square statistic of ``table`` (unpooled) and its exact p-value.
 
     For when pooling leaves fewer than two cells (one category holds all but a handful of the month's expected
     rows): the approximation cannot be used, but "nothing can differ" (p 1) is false, e.g. a category the month
-    moves into from almost nothing. ``scipy.stats.chi2_contingency`` with a ``MonteCarloMethod`` deals random
-    tables with the margins kept (the null of homogeneity); seeded, so a month's report is the same on a retry.
-    The p-value is at least ``1 / (resamples + 1)``.
+    moves into from almost nothing. Two categories: Fisher's exact test (``scipy.stats.fisher_exact``), whose
+    p-value is exact however small. More: ``scipy.stats.chi2_contingency`` with a ``MonteCarloMethod`` deals
+    ``resamples`` random tables with the margins kept (the null of homogeneity); seeded, so a month's report is the
+    same on a retry. That p-value is at least ``1 / (resamples + 1)``.
     """
     from scipy import stats
 
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0  # one category in all: nothing can differ
+    if table.shape[1] == 2:
+        return float(stats.chi2_contingency(table, correction=False).statistic), float(stats.fisher_exact(table).pvalue)
     result = stats.chi2_contingency(table, correction=False, method=stats.MonteCarloMethod(
         n_resamples=resamples, rng=np.random.default_rng(seed)))
     return float(result.statistic), float(result.pvalue)
@@ -238,8 +257,13 @@ class DriftPolicy:
             return self.predictions_trigger
         return name not in self.report_only
 
+    @property
+    def significance(self) -> float:
+        """What each test's p-value must be under: ``alpha / tests`` (Bonferroni)."""
+        return self.alpha / max(1, self.tests)
+
     def level(self, psi_value: float, p_value: float) -> Level:
-        significant = not math.isfinite(p_value) or p_value < self.alpha / max(1, self.tests)
+        significant = not math.isfinite(p_value) or p_value < self.significance
         if psi_value >= self.psi_drift and significant:
             return "drift"
         return "report" if psi_value >= self.psi_report else "ok"
@@ -304,7 +328,7 @@ def measure_categorical(name: str, ref: CategoricalProfile, column: Any, policy:
     if ref.nulls == 0 and nulls == 0:
         ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
     value = psi(ref_counts, cur_counts)
-    stat, p = chi2_test({**ref.counts, "\0null": ref.nulls}, {**current, "\0null": nulls})
+    stat, p = chi2_test({**ref.counts, "\0null": ref.nulls}, {**current, "\0null": nulls}, level=policy.significance)
     ref_total, cur_total = sum(ref_counts), sum(cur_counts)
     return FeatureDrift(
         name=name, kind="categorical", psi=value, test="chi2", statistic=stat, p_value=p, level=policy.level(value, p),

@@ -253,15 +253,30 @@ def test_a_month_all_in_one_of_many_equal_categories_drifts() -> None:
 
 
 def test_a_month_that_pools_to_one_cell_gets_an_exact_test_not_p_1() -> None:
-    """One category holds all but a handful of the month's expected rows, so pooling leaves one cell: a permutation
-    test of the table instead (it used to be p 1, whatever the month)."""
-    # A category at 0.001% of the reference holds half the month.
+    """One category holds all but a handful of the month's expected rows, so pooling leaves one cell: an exact test
+    of the table instead (it used to be p 1, whatever the month)."""
+    # A category at 0.001% of the reference holds half the month (two categories: Fisher's exact test).
     stat, p = chi2_test({"A": 300_000, "B": 3}, {"A": 100, "B": 100})
-    assert stat > 1000 and p == pytest.approx(1 / 10_000)
+    assert stat > 1000 and p < 1e-100
     # Drawn from the reference: nothing to see.
     assert chi2_test({"A": 300_000, "B": 3}, {"A": 200})[1] == 1.0
     # A new category under the floor is no evidence here either (as when it is pooled).
     assert chi2_test({"A": 300_000}, {"A": 199, "NEW": 1}) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("reference", [{"A": 300_000, "B": 3}, {"A": 300_000, "B": 3, "C": 3}])
+def test_the_exact_test_can_reject_at_the_level_of_many_tests(reference: dict[str, int]) -> None:
+    """The exact test's p-value was a 9,999-table Monte Carlo one, never under 1e-4: with 150 triggering tests
+    (alpha / tests = 6.7e-5) a month moving half its rows into categories the reference barely has could not
+    drift. Two categories: Fisher's exact p; more: enough tables for the level."""
+    policy = DriftPolicy(tests=150)
+    rare = sorted(reference)[1:]
+    month = ["A"] * 100 + [rare[i % len(rare)] for i in range(100)]
+    moved = measure_categorical("tailnum_bucket", CategoricalProfile(counts=reference, nulls=0), pa.array(month), policy)
+    assert moved.psi > policy.psi_drift and moved.p_value < policy.alpha / policy.tests and moved.level == "drift"
+    same = measure_categorical("tailnum_bucket", CategoricalProfile(counts=reference, nulls=0), pa.array(["A"] * 200),
+                               policy)
+    assert same.level == "ok"
 
 
 @pytest.mark.parametrize("seed", range(5))
