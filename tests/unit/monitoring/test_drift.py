@@ -324,6 +324,27 @@ def test_a_month_drawn_from_the_reference_with_repeated_unrepresentable_values_p
     assert shifted.p_value < 1e-6  # still catches a real change of the mix
 
 
+def test_a_numeric_feature_whose_null_share_jumps_drifts_and_one_whose_share_holds_does_not() -> None:
+    """KS compares the values only, and the PSI counts the null bin: 0% -> 50% nulls had a PSI of 4.6 but KS p 0.4,
+    so it was only reported (90%, 99% alike), while 100% nulls (KS p NaN) drifted. The null share is tested too."""
+    rng = np.random.default_rng(1)
+    policy = DriftPolicy(tests=10)
+
+    def month(share: float, rows: int = 27_000) -> pa.Array:
+        nulls = int(rows * share)
+        return pa.array([*rng.normal(0, 1, rows - nulls), *[None] * nulls], pa.float64())
+
+    ref = numeric_profile(pa.array(rng.normal(0, 1, 30_000)))
+    for share in (0.5, 0.9, 0.99, 1.0):
+        moved = measure_numeric("x", ref, month(share), policy)
+        assert moved.level == "drift" and moved.p_value < policy.significance, (share, moved)
+    assert measure_numeric("x", ref, month(0.0), policy).level == "ok"
+    # A reference half null, and a month with the same share: nothing moved.
+    half = numeric_profile(month(0.5, 30_000))
+    same = measure_numeric("x", half, month(0.5), policy)
+    assert same.level == "ok" and same.p_value > policy.significance and same.null_share_current == 0.5
+
+
 def test_the_psi_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="psi_report"):
         DriftSettings(psi_report=0.3, psi_drift=0.25)
