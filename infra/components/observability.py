@@ -4,6 +4,7 @@ alerts) and where they go."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ class ObservabilityProps:
     work_subscriptions: Sequence[str]
     oldest_unacked_age_s: int
     drift_metric: str
-    drift_threshold: float
+    drift_threshold: float  # the drift alert fires at or above it
     window_s: int = 300
     # None where no Composer runs the DAGs (their alerts then never reach Cloud Logging: docs/deploy.md)
     airflow_alerts: LogAlertProps | None = None
@@ -124,9 +125,13 @@ class Observability(Construct):
                 "comparison": "COMPARISON_GT", "threshold_value": p.oldest_unacked_age_s, "duration": window,
                 "aggregations": structs([{"alignment_period": "60s", "per_series_aligner": "ALIGN_MAX"}]),
             }, "A subscription is not being drained: check its workers and autoscaler."),
+            # Pages at or above drift_threshold, as the monitor retrains at psi >= psi_drift: Cloud Monitoring's
+            # threshold conditions compare strictly (COMPARISON_GT or _LT only), so the threshold is the largest double
+            # below it (a PSI of exactly 0.25 retrained but did not page).
             policy("drift", "feature drift", {
                 "filter": f'metric.type = "{p.drift_metric}" AND resource.type = "global"',
-                "comparison": "COMPARISON_GT", "threshold_value": p.drift_threshold, "duration": "0s",
+                "comparison": "COMPARISON_GT", "threshold_value": math.nextafter(p.drift_threshold, -math.inf),
+                "duration": "0s",
                 "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_MAX"}]),
             }, "A feature that triggers retraining has a PSI above the monitor's threshold: open the month's drift "
                "report (monitor_drift's log links it). The monitor retrains when its statistical test rejects too.",

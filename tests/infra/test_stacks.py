@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 
 import pytest
@@ -288,7 +289,9 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
     assert sorted(re.findall(r'subscription_id = "([^"]+)"', oldest)) == sorted(
         subs[k].name for k in ("requests", "predictions", "feedback"))
     drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
-    assert s.monitoring.drift_metric in drift["filter"] and drift["threshold_value"] == s.monitoring.drift_psi
+    # It pages at or above the monitor's psi_drift, as the monitor retrains: Cloud Monitoring compares strictly.
+    assert s.monitoring.drift_metric in drift["filter"] and drift["comparison"] == "COMPARISON_GT"
+    assert drift["threshold_value"] < s.monitoring.drift_psi == math.nextafter(drift["threshold_value"], math.inf)
 
 
 # The Logging query language, as far as the alert policies use it: comparisons `field = "text"` (equality) and

@@ -3,8 +3,8 @@
 ``monitor_drift`` writes one point per run in dev and prod: the run's drift score (the largest PSI over the
 features that trigger retraining, :attr:`tenfold.monitoring.drift.DriftReport.score`) to
 ``settings.monitoring.drift_metric`` (a ``GAUGE`` of ``DOUBLE`` on the ``global`` resource, declared by the
-platform stack's observability component). The alert fires when it is above ``monitoring.drift_psi``, the
-monitor's own threshold, so the page and the retrain agree. Locally there is no Cloud Monitoring: the alert
+platform stack's observability component). The alert fires when it is at or above ``monitoring.drift_psi``, the
+monitor's own threshold, and the score is written unrounded, so the page and the retrain agree. Locally there is no Cloud Monitoring: the alert
 hooks of :mod:`tenfold.monitoring.alerts` are the alerts.
 """
 

@@ -404,7 +404,9 @@ class DriftReport:
         triggering = [f.psi for f in self.features if f.triggers]
         return {
             "month": self.month, "version": self.version, "decision": self.decision, "rows": self.rows,
-            "max_psi": round(max(triggering), 4) if triggering else None,
+            # Unrounded: the drift score decide() writes to the metric the cloud alert compares with psi_drift, and
+            # rounded, a PSI of 0.250004 that retrains was written as 0.25, which a threshold of 0.25 does not page.
+            "max_psi": max(triggering) if triggering else None,
             "max_psi_all": round(max(f.psi for f in self.features), 4) if self.features else None,
             "triggered": self.triggered,
             "drifted": [f.name for f in self.drifted],

@@ -21,6 +21,7 @@ from tenfold.monitoring.drift import (
     DriftError,
     DriftPolicy,
     DriftReport,
+    FeatureDrift,
     chi2_test,
     ks_test,
     measure,
@@ -358,6 +359,16 @@ def test_the_contract_refuses_report_only_names_that_are_not_features() -> None:
 
 
 # --- the report in the lake -----------------------------------------------------------------------------
+
+
+def test_the_drift_score_in_the_summary_is_the_monitors_own_unrounded() -> None:
+    """decide() writes the summary's max_psi to the metric the cloud alert compares with psi_drift: rounded to 4
+    places, a PSI of 0.250004 that retrains was written as 0.25, which the alert's strict comparison let pass."""
+    drifted = FeatureDrift(name="distance", kind="numeric", psi=0.250004, test="ks", statistic=0.2, p_value=1e-9,
+                           level="drift", triggers=True, rows=1000, null_share_reference=0.0, null_share_current=0.0)
+    report = DriftReport(month="2013-07", version="v1", decision="retrain", rows=1000, features=(drifted,))
+    assert report.summary["max_psi"] == report.score == 0.250004
+    assert DriftReport.from_dict(json.loads(json.dumps(report.to_dict()))).summary["max_psi"] == 0.250004
 
 
 def test_the_report_is_saved_as_json_and_html_and_read_back(settings: Settings, profile: ReferenceProfile) -> None:
