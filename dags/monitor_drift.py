@@ -75,7 +75,11 @@ def monitor_drift() -> None:
 
         from tenfold.pipelines import monitor_drift as pipeline
 
-        decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True)
+        ti = context["ti"]
+        # While tries are left, an alert a hook did not deliver fails the try (the next one sends it again); the
+        # last try emits regardless.
+        last_try = ti.try_number > getattr(ti, "max_tries", 0)
+        decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True, last_try=last_try)
         if not decision["retrain"]:
             earlier = decision.get("already_triggered")
             raise AirflowSkipException(f"no retraining: {decision['decisions']}"

@@ -21,6 +21,9 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 * ``airflow_env`` -> the environment for ``airflow dags test`` subprocesses: temp AIRFLOW_HOME with a
   migrated SQLite DB, the project's dags/, the emulators, and TENFOLD_* variables under which
   ``get_settings()`` in the subprocess equals ``local_settings``.
+* ``flaky_webhook`` -> a :class:`FlakyWebhook`: a real alert webhook on loopback (``http.server`` in a thread) that
+  answers the first ``failures`` POSTs with ``status`` (503) and 200 after; the alert hooks' pauses between tries
+  are recorded in ``pauses`` instead of slept.
 * ``small_disk`` -> a :class:`SmallDisk`: a 256 KiB tmpfs mounted for one test (root only; skipped otherwise), where
   writes fail with ENOSPC for real. ``fill(leave=n)`` leaves ``n`` bytes free, ``free()`` gives the space back.
 """
@@ -215,6 +218,56 @@ def interrupted_after() -> Callable[[float], contextlib.AbstractContextManager[N
             signal.signal(signal.SIGALRM, previous)
 
     return interrupted
+
+
+class FlakyWebhook:
+    """An alert webhook on 127.0.0.1 that fails the first ``failures`` POSTs with ``status``, then answers 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.failures, self.status = 0, 503
+        self.tries = 0  # every POST, failed or not
+        self.received: list[dict[str, Any]] = []  # the bodies answered 200
+        self.pauses: list[float] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.tries += 1
+                failing = hook.failures > 0
+                if failing:
+                    hook.failures -= 1
+                else:
+                    hook.received.append(body)
+                self.send_response(hook.status if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def on(self, settings: Settings) -> Settings:
+        """``settings`` with this webhook as its alert webhook."""
+        return settings.model_copy(update={"monitoring": settings.monitoring.model_copy(
+            update={"alert_webhook_url": self.url})})
+
+
+@pytest.fixture
+def flaky_webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyWebhook]:
+    from tenfold.monitoring import alerts
+
+    hook = FlakyWebhook()
+    monkeypatch.setattr(alerts, "_sleep", hook.pauses.append, raising=False)  # (the pauses asserted)
+    yield hook
+    hook.server.shutdown()
+    hook.server.server_close()
 
 
 class SmallDisk:

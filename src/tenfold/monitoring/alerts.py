@@ -14,9 +14,13 @@ Besides the log, hooks deliver it; none is configured by default:
   that builds the settings, so Airflow's tasks (which run in ``TENFOLD_HOME``) append to the same file;
 * :func:`register_hook`: any callable, for code that embeds Tenfold.
 
-A hook that fails is logged and never hides the alert from the other hooks, nor the original error
-from the caller. In Airflow, :func:`airflow_failure_callback` is the ``on_failure_callback`` of every
-Tenfold DAG task: it alerts with the DAG, task, run and the exception.
+The webhook and the e-mail are tried again when they fail in a way that may pass (refused or timed out, HTTP 5xx
+or 429, SMTP 4xx): :data:`RETRY_DELAYS_S` (1 and 2 s) between 3 tries, each bounded by :data:`TIMEOUT_S`. A hook
+that still fails is logged and never hides the alert from the other hooks, nor the original error from the caller;
+:func:`send_alert` returns which hooks failed (:attr:`Sent.delivered`), so a caller that records "alerted" (a
+gate refusal's ``alerted``, monitor_drift's trigger record) records it only when every hook took the alert, and
+the task's retry or the failure callback sends it again. In Airflow, :func:`airflow_failure_callback` is the
+``on_failure_callback`` of every Tenfold DAG task: it alerts with the DAG, task, run and the exception.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import datetime as dt
 import json
 import logging
 import smtplib
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -63,8 +69,27 @@ class Alert:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What :func:`send_alert` sent, and the configured hooks that failed to deliver it (after their retries)."""
+
+    alert: Alert
+    failed: tuple[str, ...] = ()
+
+    @property
+    def delivered(self) -> bool:
+        """Whether every configured hook took the alert (True with none configured: the log line is the alert)."""
+        return not self.failed
+
+
 AlertHook = Callable[[Settings, Alert], None]
 _extra_hooks: list[AlertHook] = []
+
+# The pauses between the tries of the webhook and the e-mail when they fail in a way that may pass: 3 tries, at worst
+# 3 * TIMEOUT_S + 3 s. Module attributes, so tests can shorten them.
+RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0)
+TIMEOUT_S = 10.0
+_sleep = time.sleep
 
 
 def register_hook(hook: AlertHook) -> None:
@@ -88,14 +113,49 @@ def _file_hook(settings: Settings, alert: Alert) -> None:
         out.write(json.dumps(asdict(alert), default=str, sort_keys=True) + "\n")
 
 
+def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[Exception], bool]) -> None:
+    """``attempt()``, tried again after each of :data:`RETRY_DELAYS_S` while it fails with a ``transient`` error."""
+    for pause in (*RETRY_DELAYS_S, None):
+        try:
+            attempt()
+            return
+        except Exception as exc:
+            if pause is None or not transient(exc):
+                raise
+            log.warning("alert hook %s failed (%s: %s); trying again in %g s", name, type(exc).__name__, exc, pause)
+            _sleep(pause)
+
+
+def _webhook_transient(exc: Exception) -> bool:
+    """A 5xx or 429 answer, or no answer (refused, reset, timed out): worth another try; another 4xx is not."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code == 429
+    return isinstance(exc, OSError)  # URLError (refused, unresolved), TimeoutError, ConnectionResetError
+
+
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
     url = settings.monitoring.alert_webhook_url
     assert url is not None
     body = json.dumps({"text": alert.text()}).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        if response.status >= 300:
-            raise RuntimeError(f"webhook answered HTTP {response.status}")
+
+    def post() -> None:
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"webhook answered HTTP {response.status}")
+
+    _with_retries("webhook", post, _webhook_transient)
+
+
+def _smtp_transient(exc: Exception) -> bool:
+    """An SMTP 4xx (the relay's "try again later"), a dropped connection, or none at all: worth another try."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(400 <= code < 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)  # refused, timed out
 
 
 def _email_hook(settings: Settings, alert: Alert) -> None:
@@ -107,8 +167,12 @@ def _email_hook(settings: Settings, alert: Alert) -> None:
     message["From"] = settings.monitoring.notification_email
     message["To"] = settings.monitoring.notification_email
     message.set_content(alert.text())
-    with smtplib.SMTP(host, int(port or 25), timeout=10) as smtp:
-        smtp.send_message(message)
+
+    def send() -> None:
+        with smtplib.SMTP(host, int(port or 25), timeout=TIMEOUT_S) as smtp:
+            smtp.send_message(message)
+
+    _with_retries("email", send, _smtp_transient)
 
 
 def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
@@ -124,20 +188,22 @@ def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
     return hooks
 
 
-def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None) -> Alert:
-    """Log an alert and deliver it to every configured hook; returns what was sent.
+def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None) -> Sent:
+    """Log an alert and deliver it to every configured hook; returns what was sent and the hooks that failed.
 
     Never raises because of a hook: an alert is sent from failure paths, where a second error would
-    hide the first.
+    hide the first. A caller that records the alert as sent checks :attr:`Sent.delivered` first.
     """
     alert = Alert(title=title, details=dict(details or {}), env=settings.env)
     log.error("%s %s", LOG_PREFIX, alert.text())  # starts with log_marker(settings.env)
+    failed = []
     for name, hook in configured_hooks(settings):
         try:
             hook(settings, alert)
         except Exception:
             log.exception("alert hook %s failed; the alert above was still logged", name)
-    return alert
+            failed.append(name)
+    return Sent(alert, tuple(failed))
 
 
 def already_alerted(exc: BaseException | None) -> bool:

@@ -198,7 +198,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             raise PipelineError(f"{table} {month.label} was withdrawn by another run while this one validated it "
                                 f"(see its quarantine): {exc}; fix the input, then run {part.label} again") from exc
     if refused:
-        send_alert(
+        sent = send_alert(
             settings,
             f"build_features {part.label}: {len(refused)} raw input(s) refused before Spark",
             {
@@ -208,7 +208,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             }
             | {"what_to_do": "re-run the DAG for that month: it re-ingests every input that was quarantined"},
         )
-        raise InputsRefused(refused, alerted=True)
+        raise InputsRefused(refused, alerted=sent.delivered)  # undelivered: the failure callback alerts instead
     return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
 
 
@@ -224,8 +224,7 @@ def _refuse_source(settings: Settings, part: Partition, month: Partition, exc: E
         details = {"month": month.label, "error": str(exc),
                    "what_to_do": "install or fix the source (see the error), then re-run the DAG for that month"}
     log.error("%s: %s", title, exc)
-    send_alert(settings, title, details)
-    return SourceRefused(exc, alerted=True)
+    return SourceRefused(exc, alerted=send_alert(settings, title, details).delivered)
 
 
 JOB_WAIT_MARGIN_S = 120.0

@@ -16,7 +16,10 @@
   (``<reports>/year=YYYY/month=M/triggered-<version>-<content>.json``, created if absent), and another run
   that finds it (a re-publish of the same content, a manual rerun) alerts and retrains no more. A retry, or a
   clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
-  recorded the event) without a second alert. A run outside Airflow, which emits no event, records nothing.
+  recorded the event) without a second alert. An alert that a hook (the webhook, the e-mail) did not deliver,
+  after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
+  task's next try sends it again before it emits; its last try emits regardless. A run outside Airflow, which
+  emits no event, records nothing.
 
 A version registered before reference profiles existed has none: its report says so (decision
 ``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
@@ -211,25 +214,43 @@ def _trigger_name(month: str, version: str | None, content: str) -> str:
     return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16]}.json"
 
 
-def _triggered_by(objects: Any, name: str) -> str | None:
-    """The Airflow run that recorded this drift's trigger (None: none did)."""
+def _trigger(objects: Any, name: str) -> tuple[str, bool] | None:
+    """The Airflow run that recorded this drift's trigger and whether its alert was delivered (None: none did)."""
     body = objects.get(name)
     if body is None:
         return None
     try:
-        return str(json.loads(body)["run"])
-    except (ValueError, KeyError, TypeError):
-        return "an unreadable record"  # a trigger all the same: retraining once is the point
+        record = json.loads(body)
+        return str(record["run"]), record.get("alerted", True) is not False  # records of before it was kept: sent
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "an unreadable record", True  # a trigger all the same: retraining once is the point
+
+
+def _triggered_by(objects: Any, name: str) -> str | None:
+    """The Airflow run that recorded this drift's trigger (None: none did)."""
+    found = _trigger(objects, name)
+    return None if found is None else found[0]
+
+
+class AlertNotDelivered(RuntimeError):
+    """The drift alert did not reach every hook: this try fails so that the task's next one sends it again."""
+
+    retryable = True
 
 
 def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any], *,
-           emits: bool = False) -> dict[str, Any]:
+           emits: bool = False, last_try: bool = False) -> dict[str, Any]:
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
 
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
     left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs).
     Only a caller that emits the drift event (``emits``: the DAG's task) records a trigger: one recorded by a run
-    that started no retraining would hold every later one back."""
+    that started no retraining would hold every later one back.
+
+    An alert that a hook failed to deliver (after the hook's own retries) is recorded as such, and a caller that
+    emits raises :class:`AlertNotDelivered` so that the task's next try sends it again (once: its record says
+    whether it was delivered); on its ``last_try`` the decision goes out regardless, since an alert never holds
+    back the retrain."""
     from tenfold.monitoring.alerts import send_alert
     from tenfold.monitoring.cloud_metrics import write_drift_score
     from tenfold.storage import lake_objects
@@ -245,14 +266,17 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         return _trigger_name(month, p.version, contents[month])
 
     earlier: dict[str, str] = {}  # month -> the other run that triggered on it
-    alerted: set[str] = set()  # months whose trigger this run recorded on an earlier attempt
+    alerted: set[str] = set()  # months whose trigger this run recorded, and whose alert it delivered, on an earlier try
+    mine: set[str] = set()  # months whose trigger this run recorded on an earlier try (alerted or not)
     for s, _ in firing:
         if s["month"] in contents:
-            by = _triggered_by(triggers, name(s["month"]))
-            if by == p.airflow_run_id:
-                alerted.add(s["month"])
-            elif by is not None:
-                earlier[s["month"]] = by
+            found = _trigger(triggers, name(s["month"]))
+            if found is not None and found[0] == p.airflow_run_id:
+                mine.add(s["month"])
+                if found[1]:
+                    alerted.add(s["month"])
+            elif found is not None:
+                earlier[s["month"]] = found[0]
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
     fresh = [(s, page) for s, page in firing if s["month"] not in alerted]
     triggered: list[str] = sorted({f for s, _ in firing for f in s["triggered"]})
@@ -269,22 +293,31 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     except Exception as exc:  # a refusal (MetricWriteError) or an outage of Cloud Monitoring alike
         unwritten = f"{type(exc).__name__}: {exc}"
         log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
+    failed: tuple[str, ...] = ()  # the alert hooks that did not take this try's alert
     if fresh:
-        send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
+        failed = send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
-        })
+        }).failed
     for s, _ in fresh if emits else []:  # after the alert: an attempt that dies before recording it alerts again
         month = s["month"]
         if month not in contents:
             continue
         assert triggers is not None
-        record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month,
-                             "content": contents[month], "features": s["triggered"]}).encode()
-        if not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:
+        record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month, "content": contents[month],
+                             "features": s["triggered"], "alerted": not failed}).encode()
+        if month in mine:
+            triggers.put(name(month), record)  # this run's own record, of a try whose alert was not delivered
+        elif not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:
             earlier[month] = str(by)  # another run recorded it meanwhile: that one retrains
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
+    if failed and emits and not last_try and any(s["month"] not in earlier for s, _ in fresh):
+        # Recorded (other runs leave the drift to this one), not delivered: the next try alerts again, then emits.
+        raise AlertNotDelivered(f"the drift alert was not delivered by {', '.join(failed)} (see the log): failing this "
+                                "try so that the task's next one sends it again and then emits the drift event")
+    if failed:
+        log.warning("the drift alert was not delivered by %s; the decision goes out all the same", ", ".join(failed))
     if earlier:
         log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
     return {"retrain": bool(firing), "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),

@@ -61,7 +61,7 @@ class AlreadyRefused(LakeError):
     """A refused batch was validated again: the first verdict stands; its job must stage the batch again."""
 
     retryable = False
-    alerted = False  # True when this refusal sent its own alert
+    alerted = False  # True when this refusal sent its own alert, and every alert hook took it
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class ValidationFailed(RuntimeError):
 
     def __init__(self, report: ValidationReport, *, alerted: bool = False) -> None:
         self.report = report
-        self.alerted = alerted  # read by the Airflow failure callback, so one failure alerts once
+        self.alerted = alerted  # read by the Airflow failure callback, so one failure alerts once (once delivered)
         where = f" The batch was quarantined at {report.quarantine_uri}." if report.quarantine_uri else ""
         docs = f" Data Docs: {report.data_docs}." if report.data_docs else ""
         super().__init__(
@@ -359,8 +359,9 @@ def _resolve(settings_or_lake: Settings | Lake, settings: Settings | None) -> tu
 
 def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> ValidationFailed:
     log.error("%s", report.summary())
+    delivered = False
     if alert:
-        send_alert(
+        delivered = send_alert(
             settings,
             f"Quality gate refused {report.table} {report.partition}",
             {
@@ -370,8 +371,9 @@ def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> Valid
                 "quarantined_at": report.quarantine_uri,
                 "data_docs": report.data_docs,
             },
-        )
-    return ValidationFailed(report, alerted=alert)
+        ).delivered
+    # Not delivered (a hook failed after its retries): the task's failure callback alerts, with the error, instead.
+    return ValidationFailed(report, alerted=delivered)
 
 
 # --- the two gates ---------------------------------------------------------------------------------
@@ -406,15 +408,15 @@ def validate_partition(
         # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
         where, reason = resumed
         failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
-        if alert:
-            send_alert(settings, f"Quality gate refused {table} {part.label}", {
-                "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
-                "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"})
+        delivered = alert and send_alert(settings, f"Quality gate refused {table} {part.label}", {
+            "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
+            "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"},
+        ).delivered
         refused = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was refused ({failed}); its move to quarantine was cut short "
             f"and is now finished at {where} (see its _QUARANTINED.json); fix the input and re-run the job that stages it"
         )
-        refused.alerted = alert  # the task's failure callback does not alert a second time
+        refused.alerted = delivered  # the task's failure callback does not alert a second time (unless undelivered)
         raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".

@@ -1,4 +1,5 @@
-"""Alerts: always logged, delivered to every configured hook (file, a real HTTP webhook, custom), never raising."""
+"""Alerts: always logged, delivered to every configured hook (file, a real HTTP webhook, custom), never raising; the
+webhook and the e-mail tried again when they fail in a way that may pass, and what was not delivered said."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import http.server
 import json
 import logging
 import os
+import socketserver
 import threading
 from types import SimpleNamespace
 
@@ -56,7 +58,8 @@ def test_an_alert_is_logged_and_delivered_to_every_hook(tmp_path, monkeypatch, w
     finally:
         alerts.unregister_hook(broken)
         alerts.unregister_hook(custom)
-    assert sent.env == "local"
+    assert sent.alert.env == "local"
+    assert sent.failed == ("broken",) and not sent.delivered
     assert "ALERT [tenfold local] gate refused features 2013-02" in caplog.text
     assert "alert hook broken failed" in caplog.text  # logged, not raised, and later hooks still ran
     (line,) = (tmp_path / "alerts.jsonl").read_text().splitlines()
@@ -88,3 +91,80 @@ def test_the_airflow_callback_alerts_once_per_failure(tmp_path, monkeypatch):
     except ValueError as wrapped:
         alerts.airflow_failure_callback({"task_instance": ti, "exception": wrapped})
     assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_webhook_that_answers_503_is_tried_again_and_what_it_never_took_is_said(make_settings, flaky_webhook, caplog):
+    """One POST with no retry: a webhook that answered 503 once lost the page for good, and send_alert said nothing
+    of it, so the callers recorded it as alerted (the gate's refusal, monitor_drift's trigger)."""
+    settings = flaky_webhook.on(make_settings())
+    flaky_webhook.failures = 2
+    sent = alerts.send_alert(settings, "drift: retraining v1", {"months": "2013-08"})
+    assert flaky_webhook.tries == 3 and flaky_webhook.pauses == [1.0, 2.0]
+    (body,) = flaky_webhook.received
+    assert "drift: retraining v1" in body["text"] and sent.delivered
+
+    flaky_webhook.failures, flaky_webhook.tries, flaky_webhook.pauses[:] = 3, 0, []
+    with caplog.at_level(logging.ERROR, logger="tenfold.alerts"):
+        sent = alerts.send_alert(settings, "drift: retraining v2", {})
+    assert not sent.delivered and sent.failed == ("webhook",) and flaky_webhook.tries == 3  # 3 tries in all
+    assert "ALERT [tenfold local] drift: retraining v2" in caplog.text  # logged all the same
+    assert [json.loads(x)["title"] for x in settings.monitoring.alert_file.read_text().splitlines()] == [
+        "drift: retraining v1", "drift: retraining v2"]  # and in the file, once each
+
+    for status, tries in ((429, 2), (400, 1)):  # too many requests is worth another try; a bad request is not
+        flaky_webhook.failures, flaky_webhook.status, flaky_webhook.tries = 1, status, 0
+        assert alerts.send_alert(settings, "again", {}).delivered is (status == 429) and flaky_webhook.tries == tries
+
+    flaky_webhook.server.shutdown()
+    flaky_webhook.server.server_close()
+    flaky_webhook.pauses[:] = []
+    assert alerts.send_alert(settings, "nobody listens", {}).failed == ("webhook",)
+    assert flaky_webhook.pauses == [1.0, 2.0]  # refused: tried again too
+
+
+class FlakySmtp(socketserver.ThreadingTCPServer):
+    """A mail relay on 127.0.0.1 that greets the first ``busy`` connections with 421 ("try again later")."""
+
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.messages = busy, []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(handler) -> None:
+                def say(line: str) -> None:
+                    handler.wfile.write(line.encode() + b"\r\n")
+
+                if self.busy > 0:
+                    self.busy -= 1
+                    return say("421 busy, try again later")
+                say("220 relay")
+                while line := handler.rfile.readline().decode().strip():
+                    verb = line.split()[0].upper()
+                    if verb == "DATA":
+                        say("354 go on")
+                        self.messages.append(b"".join(iter(lambda: handler.rfile.readline(), b".\r\n")).decode())
+                        say("250 queued")
+                    elif verb == "QUIT":
+                        return say("221 bye")
+                    else:
+                        say("250 ok")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_an_email_relay_that_says_try_again_later_is_tried_again(make_settings, monkeypatch):
+    pauses: list[float] = []
+    monkeypatch.setattr(alerts, "_sleep", pauses.append, raising=False)
+    relay = FlakySmtp(busy=2)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(monitoring={"alert_smtp_host": f"127.0.0.1:{relay.server_address[1]}"})
+        sent = alerts.send_alert(settings, "gate refused features 2013-02", {})
+        (message,) = relay.messages
+        assert "gate refused features 2013-02" in message and pauses == [1.0, 2.0] and sent.delivered
+        relay.busy = 3
+        assert alerts.send_alert(settings, "again", {}).failed == ("email",) and len(relay.messages) == 1
+    finally:
+        relay.shutdown()
+        relay.server_close()

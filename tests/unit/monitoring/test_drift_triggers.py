@@ -31,7 +31,8 @@ def _measured_on(*contents: str) -> dict[str, Any]:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details: out.append((title, details)))
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details: (
+        out.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
     return out
 
 
@@ -115,3 +116,30 @@ def test_of_two_runs_recording_the_same_drift_at_once_only_one_retrains(tmp_path
     monkeypatch.setattr(tenfold.storage, "lake_objects", lambda s, prefix: RacedBy(real(s, prefix)))
     decision = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True)
     assert decision["retrain"] is False and decision["already_triggered"] == {"2013-08": "run-a"}
+
+
+def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once(tmp_path: Path, flaky_webhook: Any) -> None:
+    """decide() recorded the trigger right after send_alert, which swallowed a webhook that failed: the record made
+    every retry skip the alert, so one webhook outage lost the page for good. Now the record says whether the
+    alert was delivered, and an undelivered one fails the try (the task's next one alerts again, then emits), except
+    on the last try, which emits regardless: the alert never holds back the retrain."""
+    settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
+    flaky_webhook.failures = 3  # the webhook's three tries of this try
+    with pytest.raises(RuntimeError, match="not delivered by webhook") as undelivered:
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert isinstance(undelivered.value, pipeline.AlertNotDelivered)  # retryable: the task's next try runs
+    assert flaky_webhook.tries == 3 and not flaky_webhook.received
+    # Recorded: another run on the same content leaves the drift to run-a (no alert, no retrain).
+    other = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True)
+    assert other["retrain"] is False and other["already_triggered"] == {"2013-08": "run-a"} and flaky_webhook.tries == 3
+
+    retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # the task's next try: the webhook is back
+    assert retry["retrain"] is True
+    (page,) = flaky_webhook.received
+    assert "drift: retraining v1" in page["text"]
+    again = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # delivered and recorded: not twice
+    assert again["retrain"] is True and len(flaky_webhook.received) == 1
+
+    flaky_webhook.failures = 3  # new content, and the webhook down through the task's last try
+    last = pipeline.decide(settings, _run("run-c"), _measured_on("c07", "c08-new"), emits=True, last_try=True)
+    assert last["retrain"] is True and len(flaky_webhook.received) == 1

@@ -145,6 +145,31 @@ def test_a_truncated_staged_file_is_refused(settings, lake, stage, alerts):
     assert len(alerts()) == 1
 
 
+def test_a_refusal_whose_alert_was_not_delivered_is_alerted_by_the_failure_callback(
+    settings, lake, stage, alerts, flaky_webhook, monkeypatch
+):
+    """The refusal said alerted=True whatever its webhook did, so the task's failure callback stayed quiet and a
+    webhook down for the gate's three tries lost the page."""
+    from types import SimpleNamespace
+
+    from tenfold.monitoring.alerts import airflow_failure_callback
+
+    paged = flaky_webhook.on(settings)
+    uri = stage(synthetic_features(MARCH, 2_000, seed=7), MARCH, "undelivered")
+    path = lake._path(uri) + "/part-00000.parquet"
+    Path(path).write_bytes(Path(path).read_bytes()[:100])
+    flaky_webhook.failures = 3
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(paged, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert flaky_webhook.tries == 3 and not flaky_webhook.received and len(alerts()) == 1
+    assert not caught.value.alerted
+    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: paged)
+    ti = SimpleNamespace(dag_id="build_features", task_id="validate", run_id="r", try_number=1)
+    airflow_failure_callback({"task_instance": ti, "exception": caught.value})
+    (page,) = flaky_webhook.received
+    assert "build_features.validate failed" in page["text"] and READ_CHECK in page["text"]
+
+
 @pytest.fixture(scope="module")
 def january_flights() -> pa.Table:
     flights = read_source("flights")
