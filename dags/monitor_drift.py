@@ -76,8 +76,8 @@ def monitor_drift() -> None:
         from tenfold.pipelines import monitor_drift as pipeline
 
         ti = context["ti"]
-        # While tries are left, an alert a hook did not deliver fails the try (the next one sends it again); the
-        # last try emits regardless.
+        # While tries are left, an alert a hook did not deliver, or an outage of Cloud Monitoring writing the drift
+        # score, fails the try (the next one sends or writes it again); the last try emits regardless.
         last_try = ti.try_number > getattr(ti, "max_tries", 0)
         decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True, last_try=last_try)
         if not decision["retrain"]:

@@ -4,7 +4,9 @@
 features that trigger retraining, :attr:`tenfold.monitoring.drift.DriftReport.score`) to
 ``settings.monitoring.drift_metric`` (a ``GAUGE`` of ``DOUBLE`` on the ``global`` resource, declared by the
 platform stack's observability component). The alert fires when it is at or above ``monitoring.drift_psi``, the
-monitor's own threshold, and the score is written unrounded, so the page and the retrain agree. Locally there is no Cloud Monitoring: the alert
+monitor's own threshold, and the score is written unrounded, so the page and the retrain agree. A transient error
+fails ``decide``'s try while its task has tries left (the next writes the score); a :class:`MetricWriteError`, or
+an outage on the last try, is logged and named in the drift alert. Locally there is no Cloud Monitoring: the alert
 hooks of :mod:`tenfold.monitoring.alerts` are the alerts.
 """
 

@@ -18,8 +18,9 @@
   clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
   recorded the event) without a second alert. An alert that a hook (the webhook, the e-mail) did not deliver,
   after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
-  task's next try sends it again before it emits; its last try emits regardless. A run outside Airflow, which
-  emits no event, records nothing.
+  task's next try sends it again before it emits; an outage of Cloud Monitoring writing the drift score fails the
+  try too, before it alerts; its last try emits regardless. A run outside Airflow, which emits no event, records
+  nothing.
 
 A version registered before reference profiles existed has none: its report says so (decision
 ``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
@@ -249,8 +250,8 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
 
     An alert that a hook failed to deliver (after the hook's own retries) is recorded as such, and a caller that
     emits raises :class:`AlertNotDelivered` so that the task's next try sends it again (once: its record says
-    whether it was delivered); on its ``last_try`` the decision goes out regardless, since an alert never holds
-    back the retrain."""
+    whether it was delivered); a transient error writing the drift score to Cloud Monitoring propagates, before
+    any alert. On its ``last_try`` the decision goes out regardless, since neither holds back the retrain."""
     from tenfold.monitoring.alerts import send_alert
     from tenfold.monitoring.cloud_metrics import write_drift_score
     from tenfold.storage import lake_objects
@@ -284,13 +285,19 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # the test does not call drift, must not page while the monitor does not retrain.
     max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
                   default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
-    # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). It is the second
-    # alert path, never a gate: a metric that cannot be written is logged (and named in this alert), and the
-    # decision and the drift event that starts retraining go out all the same.
+    # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). An outage
+    # (unavailable, deadline, quota) fails the try of a task with tries left, before it alerts or records anything,
+    # so the next try writes the score (and alerts once: the trigger record). It never holds back the retrain: a
+    # refusal a retry would meet again (MetricWriteError), or an outage on the last try, is logged and named in the
+    # alert, and the decision and the drift event go out all the same.
+    from tenfold.monitoring.cloud_metrics import MetricWriteError
+
     unwritten = None
     try:
         write_drift_score(settings, max_psi)
-    except Exception as exc:  # a refusal (MetricWriteError) or an outage of Cloud Monitoring alike
+    except Exception as exc:
+        if emits and not last_try and not isinstance(exc, MetricWriteError):
+            raise
         unwritten = f"{type(exc).__name__}: {exc}"
         log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
     failed: tuple[str, ...] = ()  # the alert hooks that did not take this try's alert

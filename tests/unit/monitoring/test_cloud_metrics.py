@@ -99,8 +99,9 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     """decide(): the score of the run (the largest PSI over the features that trigger retraining, across its months)
-    goes to the metric the cloud alert watches. The metric is the second alert path: when it cannot be written, the
-    decision (whose drift event starts retraining) and the alert, which names the failure, go out all the same."""
+    goes to the metric the cloud alert watches. When it cannot be written for good (a refusal), or through the task's
+    last try (an outage; earlier tries fail for the retries), the decision (whose drift event starts retraining) and
+    the alert, which names the failure, go out all the same."""
     import tenfold.storage
     from tenfold.monitoring import alerts
     from tenfold.pipelines import monitor_drift as pipeline
@@ -127,7 +128,12 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
         monitoring.refuse = (status, "Project not found" if status == grpc.StatusCode.NOT_FOUND else "unavailable")
         # Another run on newly published content (the same drift triggers once: its own test is in test_monitor_pipeline)
         again = pipeline.decide(dev, {**run, "airflow_run_id": f"r{i}"}, {**reported, "contents": [f"a{i}", f"b{i}"]},
-                                emits=True)
+                                emits=True, last_try=status == grpc.StatusCode.UNAVAILABLE)
         assert again["retrain"] is True, "a metric that could not be written held back the retrain"
         assert "cloud_metric_not_written" in sent[-1][1]
+    assert len(sent) == 3
+    from google.api_core.exceptions import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable):  # an outage with tries left: the task's next try writes it, then alerts
+        pipeline.decide(dev, {**run, "airflow_run_id": "r9"}, {**reported, "contents": ["a9", "b9"]}, emits=True)
     assert len(sent) == 3

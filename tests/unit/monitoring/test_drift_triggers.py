@@ -143,3 +143,46 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
     flaky_webhook.failures = 3  # new content, and the webhook down through the task's last try
     last = pipeline.decide(settings, _run("run-c"), _measured_on("c07", "c08-new"), emits=True, last_try=True)
     assert last["retrain"] is True and len(flaky_webhook.received) == 1
+
+
+def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(tmp_path: Path, sent: list[Any],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide() caught every error writing the drift score, an outage included, so the point the cloud's drift alert
+    watches was lost on a blip; write_drift_score leaves transient errors to the task's retries. Now they fail the try
+    before any alert or record, and the retry (whose trigger record says it alerted) does not alert twice; a refusal
+    (MetricWriteError), or an outage on the last try, never holds back the retrain."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from tenfold.monitoring import cloud_metrics
+
+    failing: list[Exception] = []
+    written: list[float | None] = []
+
+    def write(settings: Any, score: float | None) -> bool:
+        if failing:
+            raise failing.pop(0)
+        written.append(score)
+        return True
+
+    monkeypatch.setattr(cloud_metrics, "write_drift_score", write)
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    failing.append(ServiceUnavailable("The service is currently unavailable"))
+    with pytest.raises(ServiceUnavailable):
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert not sent and not list((tmp_path / "home").rglob("triggered-*.json"))  # nothing alerted nor recorded yet
+
+    first = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # the retry: written, alerted, recorded
+    assert first["retrain"] is True and written == [0.41] and len(sent) == 1
+    failing.append(ServiceUnavailable("unavailable again"))  # a later try of the same run (it died before emitting)
+    with pytest.raises(ServiceUnavailable):
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)["retrain"] is True
+    assert len(sent) == 1 and written == [0.41, 0.41]  # no second alert
+
+    refused = cloud_metrics.MetricWriteError("Cloud Monitoring refused the drift score: Permission denied")
+    for conf, error, last_try in (("c08-refused", refused, False), ("c08-last", ServiceUnavailable("down"), True)):
+        failing.append(error)
+        decision = pipeline.decide(settings, _run(f"run-{conf}"), _measured_on("c07", conf), emits=True,
+                                   last_try=last_try)
+        assert decision["retrain"] is True and type(error).__name__ in sent[-1][1]["cloud_metric_not_written"]
+    assert len(sent) == 3
