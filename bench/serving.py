@@ -858,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
                 phases.append(opened)
             # Cache hits in the closed and open phases, server by server (each request is meant to be a miss).
             extra["phase_hits"] = {name: cache_hits(servers[name]) - before for name, before in hits0.items()}
+            extra["phase_sent"] = dict(offsets)
             if "tenfold" in servers and "tenfold" not in notes:
                 srv = servers["tenfold"]
                 m1 = scrape(tenfold_url)
@@ -1018,7 +1019,7 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
                   f"prediction samples published to Pub/Sub, {tm.get('tenfold_dropped_samples_total', 0):,.0f} dropped."]
     phase_hits = extra.get("phase_hits")
     if phase_hits:
-        used = extra.get("bodies_used", {})
+        used = extra.get("phase_sent", {})
         hit = [name for name, n in phase_hits.items() if n > 0]
         lines += ["", "## Cache hits during the closed and open phases", "",
                   f"Each request is meant to be a miss, as at the peers (no cache). The {n_bodies:,} request bodies are "
