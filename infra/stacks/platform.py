@@ -23,7 +23,7 @@ from infra.components.orchestration import Orchestration, OrchestrationProps
 from infra.stacks.common import configure
 from tenfold import fleets as startup
 from tenfold.config import Settings
-from tenfold.config.settings import GpuGroupSettings, deployed_env
+from tenfold.config.settings import GpuGroupSettings, composer_env
 from tenfold.monitoring.alerts import log_marker
 from tenfold.rollout.cloud import REQUIRED_PERMISSIONS as ROLLOUT_PERMISSIONS
 from tenfold.workloads import get_workload, lookup_table
@@ -190,7 +190,7 @@ class PlatformStack(TerraformStack):
         self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(
             enabled=s.airflow.composer_enabled, environment_name=s.airflow.composer_environment, region=s.region,
             image_version=s.airflow.composer_image_version, service_account_email=s.service_account_email(s.service_accounts.composer),
-            env_variables={"TENFOLD_ENV": s.env, "TENFOLD_PROJECT_ID": s.project_id, **deployed_env(s)},
+            env_variables=composer_env(s),
         ))
         if self.orchestration.composer is not None:
             # Composer's service agent must be able to act for the environment's account (Composer 2/3).

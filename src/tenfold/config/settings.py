@@ -995,18 +995,27 @@ def deployed_env(settings: Settings) -> dict[str, str]:
     """The ``TENFOLD_*`` variables that carry what ``settings`` set beyond its environment's defaults to the cloud's
     own processes: the workload (``TENFOLD_WORKLOAD``), its table names and registry (``TENFOLD_STORAGE__*``), the
     DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``), the training settings (``TENFOLD_TRAINING__<FIELD>``:
-    the training account's grant names ``runs_prefix``), the serving sections (``TENFOLD_SERVING__<SECTION>__*``)
-    and the on-call address (``TENFOLD_ALERT_EMAIL``: the stacks' alert channel mails it, and an e-mail hook set up in
-    Composer sends to it, not to the ``example.com`` placeholder). The stacks are synthesized with them, so the VMs'
-    containers and Composer get them too, and run with what was deployed. The other alert hooks never travel: a
-    webhook URL is a secret (never in Terraform state), and a relay or file of the synthesizing shell is its own."""
+    the training account's grant names ``runs_prefix``) and the serving sections (``TENFOLD_SERVING__<SECTION>__*``).
+    The stacks are synthesized with them, so the VMs' containers and Composer get them too, and run with what was
+    deployed. No alert setting is among them (Composer's own variables add the on-call address: :func:`composer_env`):
+    a change of one would make new instance templates and replace every VM for nothing."""
     base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
     env = tables_and_pipelines_env(settings, base)
     if settings.workload != base.workload:
         env["TENFOLD_WORKLOAD"] = settings.workload
+    env.update(training_and_serving_env(settings, base))
+    return env
+
+
+def composer_env(settings: Settings) -> dict[str, str]:
+    """Composer's ``TENFOLD_*`` variables: the environment, the project, :func:`deployed_env`, and the on-call address
+    (``TENFOLD_ALERT_EMAIL``, where it is not the ``example.com`` placeholder: the stacks' alert channel mails it, and
+    an e-mail hook set up in Composer sends to it). The other alert hooks never travel: a webhook URL is a secret
+    (never in Terraform state), and a relay or file of the synthesizing shell is its own."""
+    env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, **deployed_env(settings)}
+    base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
     if settings.monitoring.notification_email != base.monitoring.notification_email:
         env["TENFOLD_ALERT_EMAIL"] = settings.monitoring.notification_email
-    env.update(training_and_serving_env(settings, base))
     return env
 
 

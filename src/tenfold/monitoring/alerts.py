@@ -32,7 +32,7 @@ import smtplib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -188,8 +188,11 @@ def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
     return hooks
 
 
-def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None) -> Sent:
-    """Log an alert and deliver it to every configured hook; returns what was sent and the hooks that failed.
+def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None, *,
+               only: Collection[str] | None = None) -> Sent:
+    """Log an alert and deliver it to every configured hook (``only``: to those of these names, the ones that
+    failed an earlier send of the same alert, so that the hooks that took it are not sent it again); returns what
+    was sent and the hooks that failed.
 
     Never raises because of a hook: an alert is sent from failure paths, where a second error would
     hide the first. A caller that records the alert as sent checks :attr:`Sent.delivered` first.
@@ -198,6 +201,8 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
     log.error("%s %s", LOG_PREFIX, alert.text())  # starts with log_marker(settings.env)
     failed = []
     for name, hook in configured_hooks(settings):
+        if only is not None and name not in only:
+            continue
         try:
             hook(settings, alert)
         except Exception:

@@ -215,16 +215,17 @@ def _trigger_name(month: str, version: str | None, content: str) -> str:
     return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16]}.json"
 
 
-def _trigger(objects: Any, name: str) -> tuple[str, bool] | None:
-    """The Airflow run that recorded this drift's trigger and whether its alert was delivered (None: none did)."""
+def _trigger(objects: Any, name: str) -> tuple[str, tuple[str, ...]] | None:
+    """The Airflow run that recorded this drift's trigger, and the alert hooks that have not yet taken its alert
+    (empty: delivered; None: no run recorded it)."""
     body = objects.get(name)
     if body is None:
         return None
     try:
         record = json.loads(body)
-        return str(record["run"]), record.get("alerted", True) is not False  # records of before it was kept: sent
+        return str(record["run"]), tuple(str(h) for h in record.get("undelivered", ()))  # before it was kept: sent
     except (ValueError, KeyError, TypeError, AttributeError):
-        return "an unreadable record", True  # a trigger all the same: retraining once is the point
+        return "an unreadable record", ()  # a trigger all the same: retraining once is the point
 
 
 def _triggered_by(objects: Any, name: str) -> str | None:
@@ -268,16 +269,17 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
 
     earlier: dict[str, str] = {}  # month -> the other run that triggered on it
     alerted: set[str] = set()  # months whose trigger this run recorded, and whose alert it delivered, on an earlier try
-    mine: set[str] = set()  # months whose trigger this run recorded on an earlier try (alerted or not)
+    owed: dict[str, tuple[str, ...]] = {}  # months this run recorded on an earlier try -> the hooks not yet sent to
     for s, _ in firing:
         if s["month"] in contents:
             found = _trigger(triggers, name(s["month"]))
             if found is not None and found[0] == p.airflow_run_id:
-                mine.add(s["month"])
-                if found[1]:
+                owed[s["month"]] = found[1]
+                if not found[1]:
                     alerted.add(s["month"])
             elif found is not None:
                 earlier[s["month"]] = found[0]
+    mine = set(owed)
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
     fresh = [(s, page) for s, page in firing if s["month"] not in alerted]
     triggered: list[str] = sorted({f for s, _ in firing for f in s["triggered"]})
@@ -290,30 +292,32 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # so the next try writes the score (and alerts once: the trigger record). It never holds back the retrain: a
     # refusal a retry would meet again (MetricWriteError), or an outage on the last try, is logged and named in the
     # alert, and the decision and the drift event go out all the same.
-    from tenfold.monitoring.cloud_metrics import MetricWriteError
+    from tenfold.monitoring.cloud_metrics import MetricWriteError, transient
 
     unwritten = None
     try:
         write_drift_score(settings, max_psi)
     except Exception as exc:
-        if emits and not last_try and not isinstance(exc, MetricWriteError):
-            raise
+        if emits and not last_try and not isinstance(exc, MetricWriteError) and transient(exc):
+            raise  # an outage: the next try writes it (a refusal, a missing credential or a fault would not)
         unwritten = f"{type(exc).__name__}: {exc}"
         log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
     failed: tuple[str, ...] = ()  # the alert hooks that did not take this try's alert
     if fresh:
+        # An earlier try of this run sent it and some hooks failed: those alone are sent it again (the others have it).
+        retry = all(s["month"] in owed for s, _ in fresh)
         failed = send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
-        }).failed
+        }, only={h for s, _ in fresh for h in owed[s["month"]]} if retry else None).failed
     for s, _ in fresh if emits else []:  # after the alert: an attempt that dies before recording it alerts again
         month = s["month"]
         if month not in contents:
             continue
         assert triggers is not None
         record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month, "content": contents[month],
-                             "features": s["triggered"], "alerted": not failed}).encode()
+                             "features": s["triggered"], "alerted": not failed, "undelivered": list(failed)}).encode()
         if month in mine:
             triggers.put(name(month), record)  # this run's own record, of a try whose alert was not delivered
         elif not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:

@@ -438,18 +438,21 @@ def test_a_registry_of_its_own_is_named_by_environment_variable_and_travels_to_c
             build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_STORAGE__REGISTRY_PREFIX": bad})
 
 
-def test_the_on_call_address_travels_to_the_cloud_and_no_other_alert_hook_does(tmp_path):
+def test_the_on_call_address_travels_to_composer_and_no_other_alert_hook_does(tmp_path):
     """Composer ran with the example.com placeholder as its on-call address whatever TENFOLD_ALERT_EMAIL the stacks
-    were synthesized with. The address travels now; a webhook URL (a secret: Terraform state is no place for it), a
-    relay or a file of the synthesizing shell never do."""
-    from tenfold.config.settings import deployed_env
+    were synthesized with. The address travels to Composer now; a webhook URL (a secret: Terraform state is no place
+    for it), a relay or a file of the synthesizing shell never do. Nor does the address reach the VMs' startup
+    scripts (deployed_env): a change of it would make new instance templates and replace every VM."""
+    from tenfold.config.settings import composer_env, deployed_env
 
     given = {"TENFOLD_ALERT_EMAIL": "oncall@acme.test", "TENFOLD_ALERT_WEBHOOK": "https://hooks.acme.test/T0/secret",
              "TENFOLD_ALERT_SMTP_HOST": "localhost:1025", "TENFOLD_ALERT_FILE": str(tmp_path / "alerts.jsonl")}
     cloud = build_settings("prod", given)
-    assert deployed_env(cloud) == {"TENFOLD_ALERT_EMAIL": "oncall@acme.test"}
-    assert build_settings("prod", deployed_env(cloud)).monitoring.notification_email == "oncall@acme.test"
-    assert "TENFOLD_ALERT_EMAIL" not in deployed_env(build_settings("prod"))  # the placeholder is the default there too
+    assert deployed_env(cloud) == {} == deployed_env(build_settings("prod"))
+    env = composer_env(cloud)
+    assert env == {"TENFOLD_ENV": "prod", "TENFOLD_PROJECT_ID": cloud.project_id, "TENFOLD_ALERT_EMAIL": "oncall@acme.test"}
+    assert build_settings("prod", env).monitoring.notification_email == "oncall@acme.test"
+    assert "TENFOLD_ALERT_EMAIL" not in composer_env(build_settings("prod"))  # the placeholder is the default there too
 
 
 def test_a_text_setting_that_reads_as_a_literal_travels_as_text():

@@ -31,7 +31,7 @@ def _measured_on(*contents: str) -> dict[str, Any]:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details: (
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None: (
         out.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
     return out
 
@@ -145,6 +145,28 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
     assert last["retrain"] is True and len(flaky_webhook.received) == 1
 
 
+def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Path, flaky_webhook: Any) -> None:
+    """Two hooks, the webhook down for the first try: the retry sent the alert to every hook again, so the one that
+    had taken it got it twice (and once more per try while the webhook stayed down)."""
+    settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
+    taken: list[str] = []
+
+    def recording(settings: Any, alert: alerts.Alert) -> None:
+        taken.append(alert.title)
+
+    alerts.register_hook(recording)
+    try:
+        flaky_webhook.failures = 3  # the webhook's three tries of the first try
+        with pytest.raises(pipeline.AlertNotDelivered):
+            pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+        assert len(taken) == 1 and not flaky_webhook.received
+        retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+        assert retry["retrain"] is True
+        assert len(flaky_webhook.received) == 1 and len(taken) == 1  # the webhook got it; the other hook not again
+    finally:
+        alerts.unregister_hook(recording)
+
+
 def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(tmp_path: Path, sent: list[Any],
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """decide() caught every error writing the drift score, an outage included, so the point the cloud's drift alert
@@ -179,10 +201,15 @@ def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(t
     assert pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)["retrain"] is True
     assert len(sent) == 1 and written == [0.41, 0.41]  # no second alert
 
+    from google.api_core.exceptions import Unauthenticated
+
     refused = cloud_metrics.MetricWriteError("Cloud Monitoring refused the drift score: Permission denied")
-    for conf, error, last_try in (("c08-refused", refused, False), ("c08-last", ServiceUnavailable("down"), True)):
+    # Not outages: a retry would meet them again, so they are named in the alert at once (not held to the last try).
+    unauthenticated, fault = Unauthenticated("no credentials"), ImportError("No module named 'google.cloud.monitoring'")
+    for conf, error, last_try in (("c08-refused", refused, False), ("c08-last", ServiceUnavailable("down"), True),
+                                  ("c08-unauth", unauthenticated, False), ("c08-fault", fault, False)):
         failing.append(error)
         decision = pipeline.decide(settings, _run(f"run-{conf}"), _measured_on("c07", conf), emits=True,
                                    last_try=last_try)
         assert decision["retrain"] is True and type(error).__name__ in sent[-1][1]["cloud_metric_not_written"]
-    assert len(sent) == 3
+    assert len(sent) == 5
