@@ -6,10 +6,10 @@ Run (on a machine with CUDA; elsewhere it says so and exits 0)::
 
 Synthetic flights feature rows (9 months of 27,000, about the real Jan-Sep window's size) in a temporary lake, the
 default flights network, no validation slice, no early stopping and no periodic checkpoint, so each timed loop is
-training steps only (the last step's snapshot aside). Peers in the same run: one CPU process with every core's
-threads at the GPU's batch (8192), and 2 gloo processes of one thread at the CPU default (512 a rank). The GPU is
-run twice, 25 and 200 steps, to show how much of a short run its start-up takes; its utilisation is sampled with
-nvidia-smi (bench/training.py's gpu_figures).
+training steps only (an epoch's end and the last step take a snapshot). Peers in the same run, 200 steps each: one
+CPU process with every core's threads at the GPU's batch (8192), and 2 gloo processes of one thread at the CPU
+default (512 a rank). The GPU runs 25, 200 (the peers' length: the ratio) and 1,000 steps (enough nvidia-smi
+samples, every 200 ms, for its utilisation); bench/training.py's gpu_run.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ def main() -> int:
     cpu: dict[str, float] = {}
     for label, cfg, n in [
         ("cpu gloo 2 x 1 thread, batch 512 a rank", base.with_(batch_size=512, max_steps=200, threads=1), 2),
-        (f"cpu 1 process x {cores} threads, batch 8192", base.with_(batch_size=8192, max_steps=20, threads=cores), 1),
+        (f"cpu 1 process x {cores} threads, batch 8192", base.with_(batch_size=8192, max_steps=200, threads=cores), 1),
     ]:
         r = run_torchrun(settings, cfg, root / f"cpu{n}", nproc=n)
         cpu[label] = r.samples_per_s
         print(f"{label}: {r.samples_per_s:,.0f} samples/s ({r.steps} steps, device {r.raw['device']})", flush=True)
     best = max(cpu, key=lambda k: cpu[k])
-    for steps in (25, 200):
+    for steps in (25, 200, 1000):  # 200: as long as the CPU peers; 1000: enough nvidia-smi samples
         rate, util, busy = gpu_run(settings, base.with_(max_steps=steps), root / f"gpu{steps}")
         print(f"GPU ({torch.cuda.get_device_name(0)}), batch 8192, {steps} steps: {rate:,.0f} samples/s, "
               f"{rate / cpu[best]:.2f}x the best CPU peer ({best}), mean utilisation {util:.0f}% over {busy} busy "

@@ -18,7 +18,7 @@
   clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
   recorded the event) without a second alert. An alert that a hook (the webhook, the e-mail) did not deliver,
   after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
-  task's next try sends it again before it emits; an outage of Cloud Monitoring writing the drift score fails the
+  task's next try sends it again, to the hooks that failed alone, before it emits; an outage of Cloud Monitoring writing the drift score fails the
   try too, before it alerts; its last try emits regardless. A run outside Airflow, which emits no event, records
   nothing.
 
@@ -288,10 +288,11 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
                   default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
     # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). An outage
-    # (unavailable, deadline, quota) fails the try of a task with tries left, before it alerts or records anything,
-    # so the next try writes the score (and alerts once: the trigger record). It never holds back the retrain: a
-    # refusal a retry would meet again (MetricWriteError), or an outage on the last try, is logged and named in the
-    # alert, and the decision and the drift event go out all the same.
+    # (cloud_metrics.transient: unavailable, deadline, quota, internal, aborted, retries run out) fails the try of a
+    # task with tries left, before it alerts or records anything, so the next try writes the score (and alerts once:
+    # the trigger record). It never holds back the retrain: any other error (a refusal a retry would meet again,
+    # MetricWriteError; no credentials; a fault), or an outage on the last try, is logged and named in the alert, and
+    # the decision and the drift event go out all the same.
     from tenfold.monitoring.cloud_metrics import MetricWriteError, transient
 
     unwritten = None
