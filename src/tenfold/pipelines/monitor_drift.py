@@ -279,7 +279,6 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
                     alerted.add(s["month"])
             elif found is not None:
                 earlier[s["month"]] = found[0]
-    mine = set(owed)
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
     fresh = [(s, page) for s, page in firing if s["month"] not in alerted]
     triggered: list[str] = sorted({f for s, _ in firing for f in s["triggered"]})
@@ -319,7 +318,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         assert triggers is not None
         record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month, "content": contents[month],
                              "features": s["triggered"], "alerted": not failed, "undelivered": list(failed)}).encode()
-        if month in mine:
+        if month in owed:
             triggers.put(name(month), record)  # this run's own record, of a try whose alert was not delivered
         elif not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:
             earlier[month] = str(by)  # another run recorded it meanwhile: that one retrains
