@@ -194,7 +194,9 @@ class ShardedBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
         """``(batch_index, row indices)`` for ``epoch`` from ``start_batch`` on."""
         self.sampler.set_epoch(epoch)
-        indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        # On the data's device once per epoch: a batch is then a slice there, with no host-to-device copy per step
+        # (a copy from pageable memory waits for the device: a GPU would idle between steps).
+        indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long).to(self.dataset.labels.device)
         for b in range(start_batch, self.steps_per_epoch):
             yield b, indices[b * self.batch_size : (b + 1) * self.batch_size]
 

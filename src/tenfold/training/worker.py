@@ -236,6 +236,7 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
         self.steps_run, self.last_loss = 0, float("nan")
         self._losses: TextIO | None = None
+        self._pending: tuple[int, int, torch.Tensor] | None = None  # (step, epoch, loss) not yet read
 
     def _add_feedback(self, contract: Any, when: str | None) -> dict[str, Any] | None:
         """Append the feedback rows (``cfg.feedback_uri``) after the features rows, weighted; features rows weigh 1.
@@ -349,8 +350,9 @@ class Trainer:
             if name not in kept:
                 self.mirror.delete(f"{CHECKPOINT_DIR}/{name}")
 
-    def _run_batch(self, index: torch.Tensor) -> float:
-        """One optimizer step on this rank's rows ``index``; the loss averaged over all ranks."""
+    def _run_batch(self, index: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on this rank's rows ``index``; the loss summed over all ranks, still on the device
+        (reading it waits for the step to finish: :meth:`_run_epoch` reads it after queuing the next step)."""
         cat, num, y = self.data.batch(index)
         self.optimizer.zero_grad(set_to_none=True)
         loss = weighted_bce(self.ddp(cat, num), y, self.data.batch_weights(index))
@@ -363,7 +365,7 @@ class Trainer:
             self.averaged.update_parameters(self.model)
         reduced = loss.detach().clone()
         dist.all_reduce(reduced)
-        return float(reduced.item()) / self.world
+        return reduced
 
     def _validation_loss(self) -> tuple[float, float]:
         """(criterion, plain log loss) of the slice under the current weights; collective: rank 0 scores the
@@ -407,23 +409,45 @@ class Trainer:
     def done(self) -> bool:
         return self.step >= self.total_steps or bool(self.selection["stopped"])
 
+    def _log_loss(self) -> None:
+        """Read the last step's loss (waiting for that step) and write its row; a no-op when it was read."""
+        if self._pending is None:
+            return
+        step, epoch, reduced = self._pending
+        self._pending = None
+        self.last_loss = float(reduced.item()) / self.world
+        if self._losses is not None:
+            row = {"step": step, "epoch": epoch, "loss": self.last_loss, "attempt": self.restart}
+            self._losses.write(json.dumps(row) + "\n")
+
     def _run_epoch(self) -> None:
-        """Run ``self.epoch`` from the sampler position; it advances to the next epoch only if it finished."""
+        """Run ``self.epoch`` from the sampler position; it advances to the next epoch only if it finished.
+
+        A step's loss is read after the next step is queued, so a GPU has that step to run while the host waits
+        (reading it at once would leave the device idle while the host prepares every step). The rows are the
+        same; every one before a snapshot is written before the snapshot, and the last when the loop ends (a step that
+        raised leaves the row before it unwritten: that step is after the last snapshot, so a restart replays it).
+        """
+        finished = True
         for b, index in self.batches.epoch(self.epoch, self.batch_pos):
             if self.step >= self.total_steps:
-                return
-            self.last_loss = self._run_batch(index)
+                finished = False
+                break
+            reduced = self._run_batch(index)
+            self._log_loss()
+            self._pending = (self.step + 1, self.epoch, reduced)
             self.step += 1
             self.steps_run += 1
-            if self._losses is not None:
-                row = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss, "attempt": self.restart}
-                self._losses.write(json.dumps(row) + "\n")
             if b + 1 == self.steps_per_epoch:
+                self._log_loss()
                 self._select()  # before the snapshot, which carries the choice
                 self._save_snapshot(self.epoch + 1, 0)
             elif self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                self._log_loss()
                 self._save_snapshot(self.epoch, b + 1)
-        self.epoch, self.batch_pos = self.epoch + 1, 0
+        self._log_loss()
+        if finished:
+            self.epoch, self.batch_pos = self.epoch + 1, 0
 
     def train(self) -> dict[str, Any] | None:
         """Train to ``total_steps``; rank 0 saves the model and returns the result body."""

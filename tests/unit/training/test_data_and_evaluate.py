@@ -81,6 +81,17 @@ def test_ranks_together_see_the_single_process_batch(lake: Lake) -> None:
     assert [i.tolist() for _, i in two[1].epoch(2, start_batch=5)] == [i.tolist() for _, i in list(two[1].epoch(2))[5:]]
 
 
+def test_an_epochs_batches_are_on_the_datas_device(lake: Lake) -> None:
+    """A batch is a slice of the epoch's indices on the data's device: no host-to-device copy per step, which
+    on a GPU waits for the device (bench/RESULTS.md, the GPU row). The meta device stands in for CUDA here."""
+    table = read_features(lake, TRAIN)
+    data = FeatureDataset.from_table(table, Preprocessor.fit(table, CONTRACT), CONTRACT.label)
+    on_meta = ShardedBatches(data.to("meta"), 64, world_size=1, rank=0, seed=4)
+    on_cpu = ShardedBatches(data, 64, world_size=1, rank=0, seed=4)
+    batches = list(on_meta.epoch(1))
+    assert batches and all(index.device.type == "meta" for _, index in batches)
+    assert [(b, i.shape) for b, i in batches] == [(b, i.shape) for b, i in on_cpu.epoch(1)]
+
 def test_the_split_is_by_time() -> None:
     from tenfold.config import build_settings
 
