@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import psutil
@@ -204,6 +205,9 @@ class Fleet:
         return make
 
 
+WEBHOOK = "http://127.0.0.1:9/hooks/tenfold-fleet-test-secret"
+
+
 def _fleet_settings(serving_settings: Settings) -> Settings:
     """The serving tests' settings (registry, lake, topics, token) with the fleet on free ports and quick to react.
 
@@ -222,7 +226,9 @@ def _fleet_settings(serving_settings: Settings) -> Settings:
         "request_log_max_kb": 16,  # the request log starts a new file every ~230 requests
     })
     serving = serving_settings.serving.model_copy(update={"fleet": fleet, "target_utilization": 0.5})
-    return serving_settings.model_copy(update={"local": local, "serving": serving})
+    # An alert webhook, which no process of the fleet may get (test_no_process_of_the_fleet_holds_the_alert_webhook).
+    monitoring = serving_settings.monitoring.model_copy(update={"alert_webhook_url": WEBHOOK})
+    return serving_settings.model_copy(update={"local": local, "serving": serving, "monitoring": monitoring})
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +237,9 @@ def fleet(serving_settings: Settings, served_versions: Any, serving_token: str) 
     for attempt in range(3):
         settings = _fleet_settings(serving_settings)
         try:
-            fleet_mod.up(settings, served_versions.champion, tie_to_this_process=True, say=print)
+            # The starter's environment names the webhook too, as a user's shell would.
+            with mock.patch.dict(os.environ, {"TENFOLD_ALERT_WEBHOOK": WEBHOOK}):
+                fleet_mod.up(settings, served_versions.champion, tie_to_this_process=True, say=print)
             break
         except fleet_mod.FleetError as exc:
             # A free port can be taken between choosing and binding it (other tests run beside these): new ports.
@@ -307,10 +315,22 @@ def test_everything_listens_on_loopback_only(fleet: Fleet) -> None:
     assert {addr.ip for _, addr in listening} == {"127.0.0.1"}, listening
 
 
-def test_the_settings_the_supervisor_reads_are_private(fleet: Fleet) -> None:
-    """They hold secrets (the alert webhook), like the token: readable by this user only."""
+def test_no_process_of_the_fleet_holds_the_alert_webhook(fleet: Fleet) -> None:
+    """The fleet never alerts, so the webhook URL (a secret), which its starter's settings and environment name,
+    reaches neither the environment of any of its processes nor the settings file the supervisor and `tenfold serve`
+    read; that file is readable by this user only all the same."""
+    assert fleet.settings.monitoring.alert_webhook_url == WEBHOOK
+    st = fleet.status()
+    pids = [st.supervisor_pid, st.haproxy_pid] + [r.pid for p in st.pools.values() for r in p.replicas]
+    assert all(pids) and len(pids) >= 5, pids
+    for pid in pids:
+        environ = psutil.Process(pid).environ()
+        assert "TENFOLD_HOME" in environ, (pid, sorted(environ))  # the environment was read
+        leaked = sorted(k for k, v in environ.items() if WEBHOOK in v)
+        assert not leaked and not environ.get("TENFOLD_ALERT_WEBHOOK"), (pid, leaked)
     path = fleet_mod.run_dir(fleet.settings) / fleet_mod.SETTINGS_FILE
-    assert "alert_webhook_url" in path.read_text()
+    text = path.read_text()
+    assert "alert_webhook_url" in text and WEBHOOK not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 

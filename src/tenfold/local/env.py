@@ -25,6 +25,14 @@ from tenfold.config.settings import (
 )
 
 
+def without_alert_hooks(settings: Settings) -> Settings:
+    """``settings`` with no alert hook (webhook, SMTP relay, alert file): for the processes that never alert (the
+    serving fleet, the feedback sink), so that a webhook URL, which is a secret, is neither in their environment
+    (``settings_env`` then blanks the hooks, overriding the parent's variables) nor in a file they read."""
+    mo = settings.monitoring.model_copy(update={"alert_webhook_url": None, "alert_smtp_host": None, "alert_file": None})
+    return settings.model_copy(update={"monitoring": mo})
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make ``get_settings()`` in a subprocess equal ``settings``."""
     if not settings.is_local:

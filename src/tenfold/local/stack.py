@@ -414,7 +414,7 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
     import os
     import sys
 
-    from tenfold.local.env import settings_env
+    from tenfold.local.env import settings_env, without_alert_hooks
 
     # Under its own lock: `up` and the demo's ensure_serving reach this at the same moment, and both would start
     # a sink, one of them untracked (it would outlive `tenfold down`, pulling the subscriptions).
@@ -424,7 +424,7 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
         process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
         record = process.start(
             FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings),
-            port=0, env={**os.environ, **settings_env(settings)}, cwd=settings.local.home,
+            port=0, env={**os.environ, **settings_env(without_alert_hooks(settings))}, cwd=settings.local.home,
             tie_to_this_process=tie_to_this_process,
         )
     say(f"{FEEDBACK_SINK}: landing predictions and feedback in the lake (pid {record.pid}, log {record.log})")

@@ -52,7 +52,7 @@ from pathlib import Path
 from tenfold.config import Settings
 from tenfold.fsio import atomic_write, file_lock
 from tenfold.local import process
-from tenfold.local.env import settings_env
+from tenfold.local.env import settings_env, without_alert_hooks
 from tenfold.local.process import LocalPlatformError, ProcessRecord
 from tenfold.rollout.split import CANARY, STABLE
 from tenfold.serving.autoscale import Autoscaler, utilization
@@ -693,7 +693,8 @@ def running_settings(settings: Settings) -> Settings:
 def write_settings_file(settings: Settings) -> Path:
     """``fleet-settings.json``: the settings whole, for the supervisor and later ``tenfold serve`` commands."""
     path = run_dir(settings) / SETTINGS_FILE
-    # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the token is.
+    # Readable by this user only, as the token is: the fleet's settings carry no alert hook (_up), but a workload's
+    # own settings may hold what its owner keeps private.
     atomic_write(path, settings.model_dump_json().encode(), durable=False, mode=0o600)
     return path
 
@@ -774,6 +775,8 @@ def _up(
 ) -> FleetStatus:
     if not settings.is_local:
         raise FleetError(f"the local fleet runs in the local environment; TENFOLD_ENV is {settings.env!r}")
+    # No process of the fleet alerts: none of them gets the hooks (a webhook URL is a secret).
+    settings = without_alert_hooks(settings)
     if (running := supervisor_record(settings)) is not None:
         say(f"fleet: already running (supervisor pid {running.pid}); `tenfold serve down` to stop it")
         return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve", record=running,
