@@ -158,7 +158,7 @@ def digests(folder: str) -> list[str]:
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.parquet"))]
 
 
-def duckdb_sql(paths: dict[str, str], out: str, month: Partition = MONTH) -> str:
+def duckdb_sql(paths: dict[str, str], out: str, month: Partition) -> str:
     """The same transform as :func:`tenfold.workloads.flights.transform.build_features`, in DuckDB SQL.
 
     ``bench/offline.py`` uses it (at 1x, other months) for real feature rows without a Spark job."""
@@ -230,7 +230,7 @@ def duckdb_sql(paths: dict[str, str], out: str, month: Partition = MONTH) -> str
 
 def run_duckdb(con, paths: dict[str, str], out: str) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    con.execute(duckdb_sql(paths, out))
+    con.execute(duckdb_sql(paths, out, MONTH))
     return time.perf_counter() - started
 
 

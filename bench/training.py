@@ -73,10 +73,14 @@ def publish_real_features(lake: Lake, root: Path) -> int:
     con.execute("SET threads = 2")
     rows = 0
     for part in month_range("2013-01", "2013-12"):
-        feats.MONTH = part  # the SQL builder reads the module's target month
         staged = root / "staged" / part.label
         staged.mkdir(parents=True)
-        con.execute(feats.duckdb_sql(paths, str(staged / "part-00000.parquet")))
+        con.execute(feats.duckdb_sql(paths, str(staged / "part-00000.parquet"), part))
+        # Each partition holds its own month's flights (until 2026-12-04 every one held December's: the SQL builder's
+        # month was a default bound once, and setting the module's MONTH changed nothing).
+        found = pq.read_table(staged, columns=["year", "month"]).group_by(["year", "month"]).aggregate([]).to_pylist()
+        if found != [{"year": part.year, "month": part.month}]:
+            raise SystemExit(f"bench/training.py: the DuckDB features for {part.label} hold the rows of {found}")
         rows += lake.publish(FEATURES_TABLE, part, str(staged), run_id="bench-duckdb", extra=CONTRACT.manifest_extra(source="duckdb")).rows
     return rows
 
