@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdktn_provider_google.compute_firewall import ComputeFirewall
@@ -32,6 +33,8 @@ class NetworkProps:
     serving_port: int
     serving_tag: str  # VMs with this network tag receive load-balancer traffic on serving_port
     ssh_tag: str  # VMs with this tag accept SSH through IAP only
+    # Each of these accepts any port from VMs of its own tag only: training nodes, and Dataproc's batch VMs.
+    peer_tags: Sequence[str]
 
 
 class Network(Construct):
@@ -81,14 +84,20 @@ class Network(Construct):
             allow=structs([{"protocol": "tcp", "ports": [str(SSH_PORT)]}]),
             log_config=log,
         )
-        # Inside the subnet only: torchrun rendezvous + NCCL between training nodes, and Dataproc
-        # Serverless executors, which must reach each other on all ports.
-        self.allow_internal = ComputeFirewall(
-            self, "allow-internal",
-            name=f"{props.network_name}-allow-internal",
-            network=self.network.id,
-            direction="INGRESS",
-            source_ranges=[props.subnet_cidr],
-            allow=structs([{"protocol": "tcp"}, {"protocol": "udp"}, {"protocol": "icmp"}]),
-            log_config=log,
-        )
+        # Peers only: torchrun's rendezvous and NCCL between training nodes, and Dataproc Serverless's driver and
+        # executors, which must reach each other on all ports; each kind only from VMs of its own tag. No rule
+        # admits the subnet as a whole: a serving replica (internet-facing) reaches no training node, and no VM of
+        # the subnet reaches a replica except through the load balancer (allow-lb).
+        self.allow_peers = [
+            ComputeFirewall(
+                self, f"allow-peers-{i}",
+                name=f"{props.network_name}-allow-{tag}",
+                network=self.network.id,
+                direction="INGRESS",
+                source_tags=[tag],
+                target_tags=[tag],
+                allow=structs([{"protocol": "tcp"}, {"protocol": "udp"}, {"protocol": "icmp"}]),
+                log_config=log,
+            )
+            for i, tag in enumerate(props.peer_tags)
+        ]

@@ -96,7 +96,12 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     subscription_roles=[(subs["predictions"].name, SUBSCRIBER), (subs["feedback"].name, SUBSCRIBER)]),
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
                     bucket_roles=[(st.lake_bucket, USER), (st.dataproc_staging_bucket, ADMIN)]),
-        AccountSpec("composer", sa.composer, project_roles=("roles/composer.worker", *observe),
+        # roles/composer.worker: Composer requires it on its environment's account, and it is project-wide (every
+        # bucket's objects, every topic and subscription, the image repository): granted only where Composer runs.
+        # Without Composer (dev by default) this account is the identity an operator's own Airflow impersonates
+        # (docs/deploy.md), which needs the grants below and nothing of Composer's.
+        AccountSpec("composer", sa.composer, project_roles=(
+                        *(["roles/composer.worker"] if settings.airflow.composer_enabled else []), *observe),
                     custom_roles=[orchestrator_role],
                     bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
                                   (st.dataproc_staging_bucket, USER)],
@@ -144,6 +149,7 @@ class PlatformStack(TerraformStack):
             network_name=s.network.network, subnet_name=s.network.subnet, subnet_cidr=s.network.subnet_cidr,
             region=s.region, router_name=s.network.router, nat_name=s.network.nat,
             serving_port=sv.port, serving_tag=serving_tag, ssh_tag=ssh_tag,
+            peer_tags=[s.network.training_tag, s.network.dataproc_tag],
         ))
         # Two checks on the replicas' port. The load balancer routes on readiness (false while a replica
         # loads its model or drains); autohealing recreates a VM only when liveness fails. The readiness
@@ -164,7 +170,7 @@ class PlatformStack(TerraformStack):
                             startup.serving_startup_script(s, sv.stable_fleet, "stable"), [serving_tag, ssh_tag], **serving_kw)
         self.canary = fleet("serve-canary", sv.canary_fleet, "serving",
                             startup.serving_startup_script(s, sv.canary_fleet, "canary"), [serving_tag, ssh_tag], **serving_kw)
-        self.training = fleet("training", s.training.fleet, "training", startup.training_startup_script(s), [ssh_tag],
+        self.training = fleet("training", s.training.fleet, "training", startup.training_startup_script(s), [s.network.training_tag, ssh_tag],
                               target_size=0, externally_resized=True)
         # Offline-inference workers: as many as the requests subscription's backlog needs, inference.backlog_per_worker
         # undelivered messages each, down to min_replicas (0: none while nothing waits).

@@ -63,7 +63,8 @@ def relaid_settings() -> Any:
     layout = s.storage.lake_layout.model_copy(update={"staging": "incoming", "quarantine": "held-back"})
     return s.model_copy(update={
         "storage": s.storage.model_copy(update={"lake_layout": layout}),
-        "network": s.network.model_copy(update={"serving_tag": "relaid-web", "ssh_tag": "relaid-admin"}),
+        "network": s.network.model_copy(update={"serving_tag": "relaid-web", "ssh_tag": "relaid-admin",
+                                                "training_tag": "relaid-train", "dataproc_tag": "relaid-spark"}),
         "infra": s.infra.model_copy(update={"orchestrator_role_id": "relaid_conductor"}),
         "inference": s.inference.model_copy(update={"work_prefix": "relaid-work"}),
     })

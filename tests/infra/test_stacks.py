@@ -91,7 +91,7 @@ def test_nothing_is_open_to_the_internet(synth: Synth, env: str) -> None:
     assert rules
     for rule in rules:
         assert "0.0.0.0/0" not in rule.get("source_ranges", []), rule["name"]
-        assert rule["source_ranges"], f"{rule['name']} must name its sources"
+        assert rule.get("source_ranges") or rule.get("source_tags"), f"{rule['name']} must name its sources"
     for tmpl in resources(stack, "google_compute_instance_template").values():
         assert all("access_config" not in nic for nic in tmpl["network_interface"]), "VMs get no external IP"
 
@@ -156,6 +156,10 @@ def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
         owner = accounts[grant["member"].split(".")[1]]
         if role == "roles/composer.worker":
             assert owner == get_settings(env).service_accounts.composer
+    # Composer's project-wide role (every bucket's objects, every topic, the image repository) only where Composer
+    # runs: without it the account is what an operator's own Airflow impersonates (docs/deploy.md).
+    roles = {g["role"] for g in resources(stack, "google_project_iam_member").values()}
+    assert ("roles/composer.worker" in roles) == get_settings(env).airflow.composer_enabled, (env, sorted(roles))
     sa_grants = list(resources(stack, "google_service_account_iam_member").values())
     act_as = [g for g in sa_grants if g["role"] == "roles/iam.serviceAccountUser"]
     # only the orchestrator acts as others: Dataproc's account (its batches) and serving's (the templates a rollout derives)
@@ -640,9 +644,9 @@ def test_network_tags_and_the_orchestrator_role_come_from_settings(synth: Synth,
     s = relaid_settings
     stack = synth.stack(s.infra.platform_stack)
     firewall_tags = {t for r in resources(stack, "google_compute_firewall").values() for t in r.get("target_tags", [])}
-    assert firewall_tags == {"relaid-web", "relaid-admin"}
+    assert firewall_tags == {"relaid-web", "relaid-admin", "relaid-train", "relaid-spark"}
     template_tags = {t for r in resources(stack, "google_compute_instance_template").values() for t in r.get("tags", [])}
-    assert template_tags == {"relaid-web", "relaid-admin"}
+    assert template_tags == {"relaid-web", "relaid-admin", "relaid-train"}  # the Dataproc tag is on its batches
     (role,) = resources(stack, "google_project_iam_custom_role").values()
     assert role["role_id"] == "relaid_conductor"
     members = [g for g in resources(stack, "google_project_iam_member").values() if "relaid_conductor" in g["role"]]
@@ -653,3 +657,30 @@ def test_network_tags_and_the_orchestrator_role_come_from_settings(synth: Synth,
     prod = get_settings("prod")
     (composer,) = resources(synth.stack(prod.infra.platform_stack), "google_composer_environment").values()
     assert composer["config"]["node_config"]["service_account"] == prod.service_account_email(prod.service_accounts.composer)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_no_firewall_rule_admits_the_subnet_as_a_whole(synth: Synth, env: str) -> None:
+    """Every ingress rule names the VMs it admits to; VMs reach each other only as peers of one kind (training
+    nodes, Dataproc's batch VMs), so a serving replica, which faces the internet, reaches no training node, and no
+    VM of the subnet reaches a replica except through the load balancer's ranges."""
+    from infra.components.network import GOOGLE_LB_AND_HEALTH_CHECK_RANGES
+    from tenfold.features.dataproc import features_batch
+
+    s = get_settings(env)
+    net = s.network
+    stack = _platform(synth, env)
+    rules = resources(stack, "google_compute_firewall")
+    for lid, rule in rules.items():
+        assert rule.get("target_tags"), f"{lid} applies to every VM of the network"
+        assert net.subnet_cidr not in rule.get("source_ranges", []), f"{lid} admits the whole subnet"
+    peers = {tuple(r["target_tags"]): r["source_tags"] for r in rules.values() if r.get("source_tags")}
+    assert peers == {(net.training_tag,): [net.training_tag], (net.dataproc_tag,): [net.dataproc_tag]}
+    to_serving = [r for r in rules.values() if net.serving_tag in r["target_tags"]]
+    assert len(to_serving) == 1 and set(to_serving[0]["source_ranges"]) == set(GOOGLE_LB_AND_HEALTH_CHECK_RANGES)
+    templates = {t["name_prefix"].rstrip("-"): t["tags"] for t in resources(stack, "google_compute_instance_template").values()}
+    assert net.training_tag in templates[s.training.fleet.instance_template]
+    assert [name for name, tags in templates.items() if net.training_tag in tags] == [s.training.fleet.instance_template]
+    # A features batch's VMs carry the Dataproc tag, without which they could not reach each other.
+    batch = features_batch(s, "2013-01", 1)
+    assert batch["environment_config"]["execution_config"]["network_tags"] == [net.dataproc_tag]

@@ -190,9 +190,13 @@ class NetworkSettings(_Frozen):
     subnet_cidr: str = "10.10.0.0/20"
     router: ResourceName
     nat: ResourceName
-    # Instance network tags the firewall rules target: serving VMs (health checks, LB) and SSH via IAP.
+    # Instance network tags the firewall rules target: serving VMs (health checks, LB), SSH via IAP, and the two
+    # kinds of VM that reach each other inside the subnet: training nodes (torchrun's rendezvous, NCCL) among
+    # themselves, and Dataproc Serverless's driver and executors among themselves (the batch's network_tags).
     serving_tag: ResourceName
     ssh_tag: ResourceName
+    training_tag: ResourceName
+    dataproc_tag: ResourceName
 
 
 class ServiceAccounts(_Frozen):
@@ -906,7 +910,8 @@ def build_settings(
         ),
         network=NetworkSettings(
             network=f"{prefix}-vpc", subnet=f"{prefix}-subnet", router=f"{prefix}-router", nat=f"{prefix}-nat",
-            serving_tag=f"{prefix}-serving", ssh_tag=f"{prefix}-ssh",
+            serving_tag=f"{prefix}-serving", ssh_tag=f"{prefix}-ssh", training_tag=f"{prefix}-training",
+            dataproc_tag=f"{prefix}-dataproc",
         ),
         service_accounts=ServiceAccounts(
             serving=f"{prefix}-serving",

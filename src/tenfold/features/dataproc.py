@@ -114,6 +114,8 @@ def features_batch(
             "execution_config": {
                 "service_account": settings.service_account_email(settings.service_accounts.dataproc),
                 "subnetwork_uri": subnetwork_uri(settings),
+                # The firewall admits the batch's VMs to each other by this tag only (infra: allow-<dataproc tag>).
+                "network_tags": [settings.network.dataproc_tag],
                 "staging_bucket": settings.storage.dataproc_staging_bucket,
             },
         },
