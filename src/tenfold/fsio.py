@@ -21,6 +21,28 @@ if TYPE_CHECKING:
 _OBJECT_STORES = frozenset({"gcs", "s3"})
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a file renamed or linked into it, a folder created in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs_durable(folder: Path) -> None:
+    """``folder`` and any missing folders above it, each one on disk when this returns (the entry in its parent
+    fsynced): a file made durable in ``folder`` is then still reachable after a power loss, not only a crash."""
+    missing = []
+    probe = folder
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        fsync_dir(created.parent)
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o666) -> None:
     """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
 
@@ -39,13 +61,8 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    if not durable:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def open_lines_for_append(path: Path, *, buffering: int = -1) -> TextIO:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from tenfold.config import Settings
-from tenfold.fsio import atomic_write
+from tenfold.fsio import atomic_write, fsync_dir, make_dirs_durable
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -69,7 +69,9 @@ class FileObjects:
         self.root = root
 
     def _tmp(self, path: Path, data: bytes) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A folder this creates (a run's results/) is on disk too before the message is acknowledged: a result
+        # durable in a folder whose own entry was lost to a power cut would be lost with it.
+        make_dirs_durable(path.parent)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as fh:
@@ -81,13 +83,6 @@ class FileObjects:
             raise
         return tmp
 
-    def _sync_dir(self, folder: Path) -> None:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def create(self, name: str, data: bytes) -> bool:
         path = self.root / name
         tmp = self._tmp(path, data)
@@ -97,12 +92,12 @@ class FileObjects:
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        self._sync_dir(path.parent)  # the result's name is on disk before the message is acknowledged
+        fsync_dir(path.parent)  # the result's name is on disk before the message is acknowledged
         return True
 
     def put(self, name: str, data: bytes) -> None:
         path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs_durable(path.parent)
         atomic_write(path, data)  # fsyncs the file and the folder; a failed write leaves no tmp
 
     def get(self, name: str) -> bytes | None:

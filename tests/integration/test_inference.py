@@ -194,6 +194,33 @@ def test_poison_message_is_dead_lettered_after_exactly_the_configured_attempts(m
     assert len(store.result_ids()) == 199
 
 
+def test_a_dead_letter_without_a_request_id_says_why_it_was_refused(make_setup, worker_thread) -> None:
+    """Pub/Sub gives a dead-lettered message a new message id: the dead letter of a message without a request id,
+    once named by that id, missed the error the worker had recorded under the first one (`tenfold dlq inspect`:
+    "(none recorded)"), and every replay of it that failed again left another record."""
+    from tenfold.inference.runs import drain_dead_letters
+
+    setup = make_setup(1, rows_per_message=1)
+    s = setup.settings
+    run = f"noid-{uuid.uuid4().hex[:6]}"
+    publisher = publisher_client(s)
+    publisher.publish(topic_path(s, s.messaging.requests_topic), b"garbage", **{RUN: run}).result(timeout=30)
+    publisher.stop()
+    worker_thread(s)
+    store = RunStore.of(s, run)
+
+    def drained() -> bool:
+        drain_dead_letters(s)
+        return bool(store.dead_letter_ids())
+
+    wait_for(drained, 180, "the dead letter")
+    (rid,) = store.dead_letter_ids()
+    dead, error = store.dead_letter(rid), store.error(rid)
+    assert dead is not None and dead["error"] is not None, f"the dead letter has no reason: {dead}"
+    assert error is not None and dead["error"] == error["error"] and "are missing" in dead["error"]
+    assert [a["delivery_attempt"] for a in error["attempts"]] == list(range(1, MAX_ATTEMPTS + 1))
+
+
 def test_worker_killed_after_scoring_before_ack_is_redelivered_without_duplicates(make_setup, tmp_path) -> None:
     from tenfold.inference.pool import WorkerPool, worker_name
     from tenfold.local import process
@@ -226,9 +253,14 @@ def test_worker_killed_after_scoring_before_ack_is_redelivered_without_duplicate
     assert scored.group_by(list(KEYS)).aggregate([]).num_rows == rows.num_rows  # no row scored twice
 
 
-def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(make_setup, worker_thread, tmp_path, monkeypatch) -> None:
-    setup = make_setup(10, rows_per_message=10)
+@pytest.mark.parametrize("lease_s", [10, 60], ids=["lease-the-deadline", "lease-longer-than-the-deadline"])
+def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(make_setup, worker_thread, tmp_path, monkeypatch,
+                                                                lease_s) -> None:
+    """Extended leases longer than the deadline (60 s against 10) still reach the message within its first 10 s:
+    paced by the lease, the first extension came 20 s after the keeper's start, and the message came back."""
+    setup = make_setup(10, rows_per_message=10, lease_extension_s=lease_s)
     s = setup.settings
+    assert s.inference.lease_extension_s == lease_s
     assert s.messaging.subscriptions["requests"].ack_deadline_s == 10
     run = f"lease-{uuid.uuid4().hex[:6]}"
     # 20 s in the handler: twice the 10 s deadline, so only extended leases keep the message from coming back.

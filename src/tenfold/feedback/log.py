@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import os
 import posixpath
 import uuid
 from collections.abc import Iterable
@@ -29,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Partition
-from tenfold.fsio import atomic_write, make_dirs
+from tenfold.fsio import atomic_write, make_dirs, make_dirs_durable
 
 LOG_PREFIX = "log-"
 # Where a log file that cannot be read as its table is moved (beside the months, never read by a join).
@@ -38,27 +37,11 @@ QUARANTINE_DIR = "_quarantine"
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_local(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    missing = []
-    probe = folder
-    while not os.path.isdir(probe):
-        missing.append(probe)
-        probe = os.path.dirname(probe)
-    os.makedirs(folder, exist_ok=True)
     # Durable, and a failed write (a full disk) leaves no hidden tmp behind (the sink retries: each leak would fill
-    # it more); atomic_write syncs the folder, and any folder this write created is durable once its parent is.
+    # it more); atomic_write syncs the folder, and make_dirs_durable any folder this write created.
+    make_dirs_durable(Path(path).parent)
     atomic_write(Path(path), data)
-    for created in missing:
-        _fsync_dir(os.path.dirname(created))
 
 
 def write_batch(lake: Lake, table: str, part: Partition, rows: pa.Table, *, now: dt.datetime | None = None) -> str:

@@ -48,16 +48,25 @@ def request_id(run_key: str, partition: str, index: int) -> str:
     return f"{digest}-{index:06d}"
 
 
-# What a run folder may name a record by: request ids (``request_id``) and ``message-<Pub/Sub message id>``.
+# What a run folder may name a record by: request ids (``request_id``) and ``message-<digest of the message>``.
 RECORD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+# The attributes Pub/Sub adds to a dead-lettered message (its source subscription, its delivery count, ...).
+_PUBSUB_ADDED = "CloudPubSub"
 
 
-def record_id(attributes: Mapping[str, str], message_id: str) -> str:
+def record_id(attributes: Mapping[str, str], data: bytes) -> str:
     """The name under which a delivery's result, error or dead letter is kept: its request id, or
-    ``message-<message id>`` when it has none or one that cannot name a file (too long, ``/``, ``..``): a
-    message is often a dead letter *because* its attributes are wrong, and must still be recorded."""
+    ``message-<digest>`` when it has none or one that cannot name a file (too long, ``/``, ``..``): a message is
+    often a dead letter *because* its attributes are wrong, and must still be recorded. The digest is of the
+    message's body and its publisher's attributes, not its message id: Pub/Sub gives the dead-lettered copy a
+    new id, and its record must find the error the worker kept for the original."""
     rid = attributes.get(REQUEST_ID) or ""
-    return rid if RECORD_NAME.match(rid) else f"message-{message_id}"
+    if RECORD_NAME.match(rid):
+        return rid
+    digest = hashlib.sha256(bytes(data))
+    for key in sorted(k for k in attributes if not k.startswith(_PUBSUB_ADDED)):
+        digest.update(f"\0{key}\0{attributes[key]}".encode())
+    return f"message-{digest.hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                 for rm in resp.received_messages:
                     msg = rm.message
                     attrs = dict(msg.attributes)
-                    rid = record_id(attrs, msg.message_id)
+                    rid = record_id(attrs, msg.data)
                     store = message_store(objects, attrs)  # unknown-run's folder when attribute run cannot name one
                     try:
                         _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)

@@ -86,12 +86,13 @@ class Worker:
 
         attempt = int(message.delivery_attempt or 1)
         attrs = dict(message.attributes)
-        rid = record_id(attrs, message.message_id)
+        rid = record_id(attrs, message.data)
         self._count(received=1)
         store = message_store(self.objects, attrs)  # unknown-run's folder when attribute run cannot name one
         run = store.run
         try:
-            if attrs.get(REQUEST_ID) and attrs.get(RUN) and store.has_result(rid):
+            if attrs.get(REQUEST_ID) and attrs.get(RUN) and self._retried(
+                    rid, "checking for its result", lambda: store.has_result(rid), _store_transient):
                 log.info("request %s of run %s: result already written (delivery %d); acknowledging", rid, run, attempt)
                 self._count(duplicates=1)
                 message.ack()
@@ -126,13 +127,7 @@ class Worker:
         """Create the result, retried while the store is away (:meth:`_retried`): a nack counts as a delivery
         attempt, so a storage blip of a few minutes dead-lettered requests already scored. What the store refuses
         for good (permissions, a bad name) is raised at once."""
-        from google.api_core import exceptions as gexc
-
-        def transient(exc: Exception) -> bool:
-            return isinstance(exc, (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError)) and not isinstance(
-                exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError))
-
-        return bool(self._retried(rid, "writing its result", lambda: store.put_result(rid, data), transient))
+        return bool(self._retried(rid, "writing its result", lambda: store.put_result(rid, data), _store_transient))
 
     def _model(self, version: str, rid: str) -> Any:
         """The model ``version``, retried while the store or the disk fails (:meth:`_retried`)."""
@@ -190,7 +185,8 @@ class Worker:
         inf = self.settings.inference
         path = subscription_path(self.settings, self.subscription.name)
         client = subscriber_client(self.settings)
-        puller = _Puller(client, path, self, lease_s=inf.lease_extension_s or self.subscription.ack_deadline_s)
+        puller = _Puller(client, path, self, lease_s=inf.lease_extension_s or self.subscription.ack_deadline_s,
+                         deadline_s=self.subscription.ack_deadline_s)
         log.info("worker pulling %s (at most %d messages / %d bytes in hand, leases extended up to %.0f s)", path,
                  inf.max_messages, inf.max_bytes, inf.max_lease_s)
         if ready is not None:
@@ -237,6 +233,15 @@ class _Delivery:
         self._puller.settle(self, 0, ack=False)
 
 
+def _store_transient(exc: Exception) -> bool:
+    """An error of the work store worth another try within the delivery (a disk or GCS away, a 5xx, a 429), not
+    one it would meet again (permissions, a bad name)."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError)) and not isinstance(
+        exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+
 class _Puller:
     """Flow-controlled pulls, a lease keeper and the handler threads of one worker.
 
@@ -245,16 +250,21 @@ class _Puller:
     delivering to it, so the messages a stopped worker's stream would get stay invisible until their deadline
     and then wait out the retry backoff (up to ``max_retry_backoff_s``); a cut-short held pull strands its
     messages the same way. Flow control is ours: no pull while ``inference.max_messages`` messages or
-    ``max_bytes`` bytes are in hand. The lease keeper extends every message in hand by ``lease_s`` each third
-    of it, for at most ``inference.max_lease_s``, so a batch slower than the ack deadline is not redelivered.
+    ``max_bytes`` bytes are in hand. The lease keeper extends every message in hand by ``lease_s`` each third of
+    the shorter of that and the ack deadline, for at most ``inference.max_lease_s``, so a batch slower than the ack
+    deadline is not redelivered.
     """
 
-    def __init__(self, client: Any, path: str, worker: Worker, *, lease_s: int) -> None:
+    def __init__(self, client: Any, path: str, worker: Worker, *, lease_s: int, deadline_s: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         inf = worker.settings.inference
         self.client, self.path, self.worker = client, path, worker
         self.lease_s = max(10, lease_s)
+        # A message comes with the subscription's ack deadline (deadline_s), not our lease: the keeper must reach a
+        # new one within that, however long the extensions it gives. Paced by the lease alone (60 s against a 10 s
+        # deadline), a message pulled just after a round expired before the next and was delivered twice.
+        self.tick_s = min(self.lease_s, max(1, deadline_s)) / 3
         self.max_messages, self.max_bytes, self.max_lease_s = inf.max_messages, inf.max_bytes, inf.max_lease_s
         self.poll_s = min(0.2, inf.poll_interval_s)
         self.in_hand: dict[str, _Delivery] = {}
@@ -318,7 +328,7 @@ class _Puller:
                                                      "ack_deadline_seconds": 0}, retry=None)
 
     def _keep_leases(self) -> None:
-        while not self._stop_leases.wait(self.lease_s / 3):
+        while not self._stop_leases.wait(self.tick_s):
             now = time.monotonic()
             with self.cond:
                 due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tenfold.inference.requests import RequestError, ScoringRequest, decode, plan_batches, request_id
+from tenfold.inference.requests import RequestError, ScoringRequest, decode, plan_batches, record_id, request_id
 from tenfold.inference.runs import Accounting, InferenceRunError, check_invariant
 from tenfold.inference.store import RunStore
 from tenfold.storage import FileObjects, GcsObjects
@@ -179,9 +179,12 @@ def test_a_dead_letter_whose_request_id_cannot_name_a_file_is_recorded_and_acked
 
     subscriber, objects = Subscriber(), FileObjects(tmp_path)
     seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
-    assert set(seen) == {("run-1", "message-102"), ("run-1", good.request_id)}
+    named = record_id(odd, good.encode())
+    assert named.startswith("message-") and named == record_id({**odd, "CloudPubSubDeadLetterSourceDeliveryCount": "5"},
+                                                                good.encode())  # what Pub/Sub adds changes nothing
+    assert set(seen) == {("run-1", named), ("run-1", good.request_id)}
     assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
-    record = RunStore(objects, "run-1").dead_letter("message-102")
+    record = RunStore(objects, "run-1").dead_letter(named)
     assert record is not None and record["attributes"]["request_id"] == "x" * 300  # what it said is kept
 
 
@@ -244,3 +247,37 @@ def test_a_dead_letter_that_cannot_be_recorded_in_its_run_is_kept_under_unknown_
     record = RunStore(objects, "unknown-run").dead_letter("message-201")
     assert record is not None and record["attributes"]["request_id"] == bad["request_id"]
     assert record["recording_error"].startswith("JSONDecodeError")
+
+
+def _fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths ``os.fsync`` is called on from now (this test's record of what reached the disk)."""
+    import os
+
+    synced: list[Path] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+def test_a_result_and_a_dead_letter_are_durable_with_every_folder_they_created(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's first result creates its folders; the message is acked once the result is durable, so each new
+    folder's entry must be on disk too (a power cut could otherwise lose the acked result with its folder). Only
+    the result's own folder was synced."""
+    from tenfold.feedback.log import _write_local
+
+    synced = _fsynced_paths(monkeypatch)
+    root = tmp_path / "work"
+    assert FileObjects(root).create("run1/results/r.parquet", b"x")
+    assert {tmp_path, root, root / "run1", root / "run1" / "results"} <= set(synced), synced
+    synced.clear()
+    FileObjects(root).put("run2/dead_letters/m.json", b"{}")
+    assert {root, root / "run2", root / "run2" / "dead_letters"} <= set(synced), synced
+    synced.clear()
+    _write_local(str(tmp_path / "lake" / "feedback" / "year=2013" / "f.parquet"), b"x")  # the sink's logs, the same
+    assert {tmp_path, tmp_path / "lake", tmp_path / "lake" / "feedback"} <= set(synced), synced

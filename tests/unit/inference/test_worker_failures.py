@@ -140,6 +140,33 @@ def test_a_result_write_that_fails_for_a_while_is_retried_within_the_delivery_an
     assert error is not None and "Input/output error" in error["error"]
 
 
+def test_a_store_away_while_a_redelivery_checks_for_its_result_keeps_the_delivery(
+        make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every delivery first asks whether its result exists (a redelivery after a SIGKILL acks at once); that
+    check, like the write, is retried with the lease kept: it was nacked, so a store away for a few minutes spent
+    the delivery attempts of every request in flight and dead-lettered whole runs."""
+    settings = make_settings(inference={"transient_retry_s": 5.0})
+    monkeypatch.setattr(worker_mod, "FIRST_RETRY_S", 0.01)
+    w = Worker(settings)
+    from tenfold.inference import faults
+
+    monkeypatch.setattr(faults, "stub_scoring", lambda: True)
+    real = RunStore.has_result
+    failures = {"left": 3}
+
+    def flaky(self: RunStore, rid: str) -> bool:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error (the lake's disk went away)")
+        return real(self, rid)
+
+    monkeypatch.setattr(RunStore, "has_result", flaky)
+    message = Message(_request())
+    w.handle(message)
+    assert message.fate == ["ack"] and failures["left"] == 0 and w.stats.scored == 1
+    assert real(RunStore(w.objects, "r1"), "r1-000000")
+
+
 @pytest.mark.parametrize("run", ["x" * 300, "run\x00nul"])
 def test_a_request_whose_run_cannot_name_a_folder_is_refused_and_recorded_under_unknown_run(
         settings: Settings, run: str) -> None:
