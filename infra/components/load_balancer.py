@@ -79,11 +79,21 @@ class HttpLoadBalancerProps:
     canary_percent: int = 0
     domain: str | None = None
     armor_policy_name: str | None = None
+    rate_limit_per_ip_per_minute: int = 0  # with the policy: 429 past this many requests a minute from one address
     draining_timeout_s: int = 60
     log_sample_rate: float = 1.0
     # Identity-Aware Proxy on both backend services (Google-managed OAuth client): the replicas then check
     # IAP's signed header instead of a bearer token (serving.server.auth_mode "iap").
     iap: bool = False
+
+
+def throttle_rule(per_minute: int) -> dict[str, object]:
+    """Cloud Armor's per-client rate limit: an address past ``per_minute`` requests in a minute gets 429 until its
+    rate falls back. First (priority 900): a flood is cut before it reaches a replica or the autoscaler's signal."""
+    return {"action": "throttle", "priority": 900, "description": f"at most {per_minute} requests a minute per client",
+            "match": {"versioned_expr": "SRC_IPS_V1", "config": {"src_ip_ranges": ["*"]}},
+            "rate_limit_options": {"conform_action": "allow", "exceed_action": "deny(429)", "enforce_on_key": "IP",
+                                   "rate_limit_threshold": {"count": per_minute, "interval_sec": 60}}}
 
 
 class HttpLoadBalancer(Construct):
@@ -96,6 +106,7 @@ class HttpLoadBalancer(Construct):
                 self, "armor",
                 name=props.armor_policy_name,
                 rule=structs([
+                    *([throttle_rule(props.rate_limit_per_ip_per_minute)] if props.rate_limit_per_ip_per_minute else []),
                     # Google's preconfigured WAF rule for CVE-2021-44228 (Log4Shell) and its variants.
                     {"action": "deny(403)", "priority": 1000, "description": "block Log4j exploit attempts",
                      "match": {"expr": {"expression": "evaluatePreconfiguredWaf('cve-canary', {'sensitivity': 1})"}}},

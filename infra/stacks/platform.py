@@ -190,6 +190,7 @@ class PlatformStack(TerraformStack):
             max_rate_per_instance=sv.replica_max_rate, url_map_name=lb.url_map, proxy_name=lb.http_proxy,
             bucket_header=lb.bucket_header,
             forwarding_rule_name=lb.forwarding_rule, domain=lb.domain, armor_policy_name=lb.cloud_armor_policy,
+            rate_limit_per_ip_per_minute=lb.rate_limit_per_ip_per_minute,
             iap=sv.server.auth_mode == "iap",
         ))
 

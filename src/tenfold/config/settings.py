@@ -371,6 +371,10 @@ class LoadBalancerSettings(_Frozen):
     forwarding_rule: ResourceName
     domain: str | None = None
     cloud_armor_policy: ResourceName | None = None
+    # With a Cloud Armor policy: requests a minute one client address may send before it gets 429 (0: no limit).
+    # The token is checked in the replica, so without it a flood of unauthenticated requests still counts toward
+    # the backends' rate and scales the GPU groups out to their maximum.
+    rate_limit_per_ip_per_minute: int = Field(default=6000, ge=0)
     # The sticky split in the cloud (docs/rollout-cloud.md): a client that sends its bucket
     # (tenfold.rollout.split.bucket_of of its user key, 0-99) in this header stays on one arm; the URL map
     # matches it with rangeMatch. Requests without it get the weighted (not sticky) split.
