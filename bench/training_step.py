@@ -35,6 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def child(backend: str, batch: int, steps: int, port: int) -> dict[str, float]:
+    """One measurement in this process, its synthetic lake and home in a temporary folder removed after."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with tempfile.TemporaryDirectory(prefix="bench-training-step-") as tmp:
+        return _measure_in(Path(tmp), backend, batch, steps)
+
+
+def _measure_in(root: Path, backend: str, batch: int, steps: int) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
@@ -46,8 +53,6 @@ def child(backend: str, batch: int, steps: int, port: int) -> dict[str, float]:
     from tenfold.training.worker import Trainer, init_distributed
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    root = Path(tempfile.mkdtemp(prefix="bench-training-step-"))
     settings = build_settings("local", {"TENFOLD_HOME": str(root / "home")})
     lake = Lake((root / "lake").as_uri())
     months = month_range("2013-01", "2013-03")

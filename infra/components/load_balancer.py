@@ -88,9 +88,11 @@ class HttpLoadBalancerProps:
 
 
 def throttle_rule(per_minute: int) -> dict[str, object]:
-    """Cloud Armor's per-client rate limit: an address past ``per_minute`` requests in a minute gets 429 until its
-    rate falls back. First (priority 900): a flood is cut before it reaches a replica or the autoscaler's signal."""
-    return {"action": "throttle", "priority": 900, "description": f"at most {per_minute} requests a minute per client",
+    """Cloud Armor's per-client rate limit: an address past ``per_minute`` requests in a minute (on each backend
+    service) gets 429 until its rate falls back. After the deny rules (priority 1100): the first rule a request
+    matches decides, and a request under the limit matches this one with "allow", so a WAF rule placed after it
+    would never be evaluated. Before the default allow: a flood is cut before it reaches the autoscaler's signal."""
+    return {"action": "throttle", "priority": 1100, "description": f"at most {per_minute} requests a minute per client",
             "match": {"versioned_expr": "SRC_IPS_V1", "config": {"src_ip_ranges": ["*"]}},
             "rate_limit_options": {"conform_action": "allow", "exceed_action": "deny(429)", "enforce_on_key": "IP",
                                    "rate_limit_threshold": {"count": per_minute, "interval_sec": 60}}}
@@ -106,10 +108,10 @@ class HttpLoadBalancer(Construct):
                 self, "armor",
                 name=props.armor_policy_name,
                 rule=structs([
-                    *([throttle_rule(props.rate_limit_per_ip_per_minute)] if props.rate_limit_per_ip_per_minute else []),
                     # Google's preconfigured WAF rule for CVE-2021-44228 (Log4Shell) and its variants.
                     {"action": "deny(403)", "priority": 1000, "description": "block Log4j exploit attempts",
                      "match": {"expr": {"expression": "evaluatePreconfiguredWaf('cve-canary', {'sensitivity': 1})"}}},
+                    *([throttle_rule(props.rate_limit_per_ip_per_minute)] if props.rate_limit_per_ip_per_minute else []),
                     {"action": "allow", "priority": 2147483647, "description": "default allow",
                      "match": {"versioned_expr": "SRC_IPS_V1", "config": {"src_ip_ranges": ["*"]}}},
                 ]),

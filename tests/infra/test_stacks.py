@@ -600,13 +600,19 @@ def test_cloud_armor_follows_settings(synth: Synth, env: str) -> None:
     ((lid, policy),) = policies.items()
     assert policy["name"] == s.serving.load_balancer.cloud_armor_policy
     assert all(b["security_policy"] == f"${{google_compute_security_policy.{lid}.id}}" for b in backends)
-    # A per-client rate limit comes first: an unauthenticated flood gets 429 at the edge instead of scaling the
-    # GPU groups out (the token is checked only in the replica).
-    first = min(policy["rule"], key=lambda r: r["priority"])
+    # A per-client rate limit: an unauthenticated flood gets 429 at the edge instead of scaling the GPU groups out
+    # (the token is checked only in the replica). The first rule a request matches decides, and one under the limit
+    # matches the throttle with "allow": so it comes after every deny rule (the WAF's would never run) and before
+    # the default allow (which would take every request first).
+    rules = sorted(policy["rule"], key=lambda r: r["priority"])
+    actions = [r["action"] for r in rules]
+    assert actions.count("throttle") == 1 and actions[-1] == "allow", actions
+    throttle = actions.index("throttle")
+    assert "deny(403)" in actions[:throttle] and all(a.startswith("deny") for a in actions[:throttle]), actions
     limit = s.serving.load_balancer.rate_limit_per_ip_per_minute
-    assert limit > 0 and first["action"] == "throttle", first
-    assert first["rate_limit_options"] == {"conform_action": "allow", "exceed_action": "deny(429)", "enforce_on_key": "IP",
-                                           "rate_limit_threshold": {"count": limit, "interval_sec": 60}}
+    assert limit > 0 and rules[throttle]["rate_limit_options"] == {
+        "conform_action": "allow", "exceed_action": "deny(429)", "enforce_on_key": "IP",
+        "rate_limit_threshold": {"count": limit, "interval_sec": 60}}
 
 
 @pytest.mark.parametrize("env", ENVS)

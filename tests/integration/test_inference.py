@@ -220,6 +220,21 @@ def test_a_dead_letter_without_a_request_id_says_why_it_was_refused(make_setup, 
     assert error is not None and dead["error"] == error["error"] and "are missing" in dead["error"]
     assert [a["delivery_attempt"] for a in error["attempts"]] == list(range(1, MAX_ATTEMPTS + 1))
 
+    # Replayed (`tenfold dlq replay` adds its own attribute) and refused again: the same record, dead-lettered twice.
+    from tenfold.inference.dlq import replay
+
+    assert [sent["request_id"] for sent in replay(s, run=run)] == [rid]
+
+    def again() -> bool:
+        drain_dead_letters(s)
+        record = store.dead_letter(rid)
+        return record is not None and record.get("times_dead_lettered") == 2
+
+    wait_for(again, 180, "the replay's dead letter")
+    assert store.dead_letter_ids() == [rid]
+    error = store.error(rid)
+    assert error is not None and len(error["attempts"]) == 2 * MAX_ATTEMPTS
+
 
 def test_worker_killed_after_scoring_before_ack_is_redelivered_without_duplicates(make_setup, tmp_path) -> None:
     from tenfold.inference.pool import WorkerPool, worker_name

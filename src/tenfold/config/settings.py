@@ -371,7 +371,8 @@ class LoadBalancerSettings(_Frozen):
     forwarding_rule: ResourceName
     domain: str | None = None
     cloud_armor_policy: ResourceName | None = None
-    # With a Cloud Armor policy: requests a minute one client address may send before it gets 429 (0: no limit).
+    # With a Cloud Armor policy: requests a minute one client address may send (counted on each backend service)
+    # before it gets 429 (0: no limit).
     # The token is checked in the replica, so without it a flood of unauthenticated requests still counts toward
     # the backends' rate and scales the GPU groups out to their maximum.
     rate_limit_per_ip_per_minute: int = Field(default=6000, ge=0)

@@ -19,6 +19,7 @@ import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tenfold.inference.requests import REPLAY
 from tenfold.inference.runs import drain_dead_letters, mark_replayed, unmark_replayed
 from tenfold.inference.store import RunStore, run_keys, work_objects
 
@@ -74,12 +75,12 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
                     continue
                 attrs = {k: str(v) for k, v in dict(record.get("attributes", {})).items()
                          if not k.startswith("CloudPubSub")}
-                attrs["replay"] = str(len(record.get("replays", [])) + 1)
+                attrs[REPLAY] = str(len(record.get("replays", [])) + 1)
                 # Marked before it is sent, with the record as just read (as a run's publish marks what it resends):
                 # a drain that records it dead-lettered anew once it is sent then has the last word. Marked after
                 # the send, it overwrote such a newer record with this older copy.
                 was = bool(record.get("replayed"))
-                mark_replayed(store, rid, record, by="replay", replay=int(attrs["replay"]))
+                mark_replayed(store, rid, record, by="replay", replay=int(attrs[REPLAY]))
                 try:
                     message_id = publisher.publish(topic, base64.b64decode(record["data_base64"]),
                                                    **attrs).result(timeout=60)

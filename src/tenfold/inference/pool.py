@@ -130,7 +130,7 @@ class WorkerPool:
     def _start_all(self) -> None:
         from tenfold.fsio import atomic_write
 
-        # The settings hold secrets (monitoring.alert_webhook_url): readable by this user only, as the fleet's copy is.
+        # The settings may hold secrets (monitoring.alert_webhook_url): readable by this user only.
         atomic_write(self.settings_path, self.settings.model_dump_json().encode(), mode=0o600)
         for slot in range(self.workers):
             stale = process.read_record(self.run_dir, worker_name(slot))

@@ -50,8 +50,10 @@ def request_id(run_key: str, partition: str, index: int) -> str:
 
 # What a run folder may name a record by: request ids (``request_id``) and ``message-<digest of the message>``.
 RECORD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
-# The attributes Pub/Sub adds to a dead-lettered message (its source subscription, its delivery count, ...).
+# The attributes Pub/Sub adds to a dead-lettered message (its source subscription, its delivery count, ...), and
+# the one `tenfold dlq replay` adds (the replay's number): none of them is the publisher's.
 _PUBSUB_ADDED = "CloudPubSub"
+REPLAY = "replay"
 
 
 def record_id(attributes: Mapping[str, str], data: bytes) -> str:
@@ -59,12 +61,12 @@ def record_id(attributes: Mapping[str, str], data: bytes) -> str:
     ``message-<digest>`` when it has none or one that cannot name a file (too long, ``/``, ``..``): a message is
     often a dead letter *because* its attributes are wrong, and must still be recorded. The digest is of the
     message's body and its publisher's attributes, not its message id: Pub/Sub gives the dead-lettered copy a
-    new id, and its record must find the error the worker kept for the original."""
+    new id, and its record must find the error the worker kept for the original (a replay's copy too)."""
     rid = attributes.get(REQUEST_ID) or ""
     if RECORD_NAME.match(rid):
         return rid
     digest = hashlib.sha256(bytes(data))
-    for key in sorted(k for k in attributes if not k.startswith(_PUBSUB_ADDED)):
+    for key in sorted(k for k in attributes if not k.startswith(_PUBSUB_ADDED) and k != REPLAY):
         digest.update(f"\0{key}\0{attributes[key]}".encode())
     return f"message-{digest.hexdigest()[:16]}"
 
