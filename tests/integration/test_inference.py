@@ -20,7 +20,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -337,16 +339,23 @@ def test_the_pool_preloads_the_run_model_and_reports_ready(make_setup) -> None:
     """batch_inference's pool loads the run's version before the first pull; a version that cannot be
     loaded is only logged (each request naming it is refused as before), and the worker still pulls."""
     from tenfold.inference.pool import WorkerPool, worker_name
+    from tenfold.local import process
 
     setup = make_setup(30, rows_per_message=15, workers=1)
-    s = setup.settings
+    hook = "http://127.0.0.1:9/hooks/tenfold-pool-test-secret"
+    # The task's settings and environment name an alert webhook, which a worker (it never alerts) must not get.
+    s = setup.settings.model_copy(update={"monitoring": setup.settings.monitoring.model_copy(
+        update={"alert_webhook_url": hook})})
     log_path = s.local.home / "run" / f"{worker_name(0)}.log"
     for ref, expected in ((setup.version, f"model {setup.version} loaded in"),
                           ("no-such-version", "could not preload model no-such-version")):
         log_path.unlink(missing_ok=True)
-        with WorkerPool(s, workers=1, preload=ref) as pool:
+        with mock.patch.dict(os.environ, {"TENFOLD_ALERT_WEBHOOK": hook}), WorkerPool(s, workers=1, preload=ref) as pool:
             assert pool.wait_ready(120), "the worker never reported ready"
             assert pool.ready() == 1
+            environ = psutil.Process(pool.records[0].pid).environ()
+            assert process.MARKER_ENV in environ and not [k for k, v in environ.items() if hook in v], sorted(environ)
+            assert hook not in pool.settings_path.read_text()
             log = log_path.read_text()
             assert expected in log, log[-2000:]
             assert log.index(expected) < log.index("worker pulling"), "the model loads before the first pull"

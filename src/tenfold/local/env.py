@@ -24,10 +24,13 @@ from tenfold.config.settings import (
     training_and_serving_env,
 )
 
+# The alert hooks' variables (settings_env writes them; an empty one reads as unset).
+ALERT_HOOK_ENV = ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE")
+
 
 def without_alert_hooks(settings: Settings) -> Settings:
     """``settings`` with no alert hook (webhook, SMTP relay, alert file): for the processes that never alert (the
-    serving fleet, the feedback sink), so that a webhook URL, which is a secret, is neither in their environment
+    serving fleet, the feedback sink, the inference workers), so that a webhook URL, which is a secret, is neither in their environment
     (``settings_env`` then blanks the hooks, overriding the parent's variables) nor in a file they read."""
     mo = settings.monitoring.model_copy(update={"alert_webhook_url": None, "alert_smtp_host": None, "alert_file": None})
     return settings.model_copy(update={"monitoring": mo})
