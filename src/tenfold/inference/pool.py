@@ -134,7 +134,8 @@ class WorkerPool:
     def _start_all(self) -> None:
         from tenfold.fsio import atomic_write
 
-        # The settings may hold secrets (monitoring.alert_webhook_url): readable by this user only.
+        # Readable by this user only: the alert hooks are not in it (__init__), but a workload's own settings may
+        # hold what its owner keeps private.
         atomic_write(self.settings_path, self.settings.model_dump_json().encode(), mode=0o600)
         for slot in range(self.workers):
             stale = process.read_record(self.run_dir, worker_name(slot))
