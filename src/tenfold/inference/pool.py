@@ -48,14 +48,14 @@ class WorkerPool:
 
     def __init__(self, settings: Settings, workers: int | None = None, *, env: dict[str, str] | None = None,
                  restart: bool = True, preload: str | None = None) -> None:
-        from tenfold.local.env import ALERT_HOOK_ENV, without_alert_hooks
+        from tenfold.local.env import alert_hook_env, without_alert_hooks
 
         # A worker never alerts: neither its settings file nor its environment carries the hooks (a webhook URL is
         # a secret), whatever the task's own settings and environment hold.
         self.settings = without_alert_hooks(settings)
         self.preload = preload  # the model every worker loads before its first pull (the run's version)
         self.workers = workers or settings.inference.workers
-        self.env = {**os.environ, **(env or {}), **dict.fromkeys(ALERT_HOOK_ENV, "")}
+        self.env = {**os.environ, **(env or {}), **alert_hook_env(self.settings)}  # each hook blank
         self.restart = restart
         self.run_dir = settings.local.home / "run"
         self.records: dict[int, process.ProcessRecord] = {}

@@ -24,8 +24,16 @@ from tenfold.config.settings import (
     training_and_serving_env,
 )
 
-# The alert hooks' variables (settings_env writes them; an empty one reads as unset).
-ALERT_HOOK_ENV = ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE")
+
+def alert_hook_env(settings: Settings) -> dict[str, str]:
+    """The alert hooks' variables for ``settings`` (part of :func:`settings_env`). Empty means unset (build_settings
+    ignores empty values): set over a parent's environment, an outer hook never leaks into the child."""
+    mo = settings.monitoring
+    return {
+        "TENFOLD_ALERT_WEBHOOK": mo.alert_webhook_url or "",
+        "TENFOLD_ALERT_SMTP_HOST": mo.alert_smtp_host or "",
+        "TENFOLD_ALERT_FILE": str(mo.alert_file) if mo.alert_file else "",
+    }
 
 
 def without_alert_hooks(settings: Settings) -> Settings:
@@ -40,18 +48,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make ``get_settings()`` in a subprocess equal ``settings``."""
     if not settings.is_local:
         raise ValueError(f"settings_env is for the local environment, not {settings.env!r}")
-    mo = settings.monitoring
     env = {
         "TENFOLD_ENV": settings.env,
         "TENFOLD_HOME": str(settings.local.home),
         "TENFOLD_PROJECT_ID": settings.project_id,
         "GOOGLE_CLOUD_PROJECT": settings.project_id,
         "TENFOLD_WORKLOAD": settings.workload,
-        "TENFOLD_ALERT_EMAIL": mo.notification_email,
-        # Empty means unset (build_settings ignores empty values): an outer hook never leaks into the child.
-        "TENFOLD_ALERT_WEBHOOK": mo.alert_webhook_url or "",
-        "TENFOLD_ALERT_SMTP_HOST": mo.alert_smtp_host or "",
-        "TENFOLD_ALERT_FILE": str(mo.alert_file) if mo.alert_file else "",
+        "TENFOLD_ALERT_EMAIL": settings.monitoring.notification_email,
+        **alert_hook_env(settings),
     }
     for field in LocalSettings.model_fields:
         if field != "home":
