@@ -1001,15 +1001,16 @@ def build_settings(
     return Settings(**values)
 
 
-def deployed_env(settings: Settings) -> dict[str, str]:
+def deployed_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:
     """The ``TENFOLD_*`` variables that carry what ``settings`` set beyond its environment's defaults to the cloud's
     own processes: the workload (``TENFOLD_WORKLOAD``), its table names and registry (``TENFOLD_STORAGE__*``), the
     DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``), the training settings (``TENFOLD_TRAINING__<FIELD>``:
     the training account's grant names ``runs_prefix``) and the serving sections (``TENFOLD_SERVING__<SECTION>__*``).
     The stacks are synthesized with them, so the VMs' containers and Composer get them too, and run with what was
     deployed. No alert setting is among them (Composer's own variables add the on-call address: :func:`composer_env`):
-    a change of one would make new instance templates and replace every VM for nothing."""
-    base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
+    a change of one would make new instance templates and replace every VM for nothing. ``base``: the environment's
+    defaults, when the caller has built them already."""
+    base = base or build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
     env = tables_and_pipelines_env(settings, base)
     if settings.workload != base.workload:
         env["TENFOLD_WORKLOAD"] = settings.workload
@@ -1022,8 +1023,8 @@ def composer_env(settings: Settings) -> dict[str, str]:
     (``TENFOLD_ALERT_EMAIL``, where it is not the ``example.com`` placeholder: the stacks' alert channel mails it, and
     an e-mail hook set up in Composer sends to it). The other alert hooks never travel: a webhook URL is a secret
     (never in Terraform state), and a relay or file of the synthesizing shell is its own."""
-    env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, **deployed_env(settings)}
     base = build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
+    env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, **deployed_env(settings, base)}
     if settings.monitoring.notification_email != base.monitoring.notification_email:
         env["TENFOLD_ALERT_EMAIL"] = settings.monitoring.notification_email
     return env
