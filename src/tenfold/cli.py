@@ -10,7 +10,7 @@ import json
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import get_settings, settings_refusal
 
 app = typer.Typer(help="Tenfold: the ML lifecycle on one machine or on Google Cloud.", no_args_is_help=True)
 config_app = typer.Typer(help="Read the settings of the current environment (TENFOLD_ENV).", no_args_is_help=True)
@@ -22,20 +22,12 @@ def _check_settings(ctx: typer.Context) -> None:
     """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
     error naming the field and the value, not a validation traceback from the first command that reads them.
     ``tenfold config`` reads the environment its --env names instead, and reports on its own."""
-    from pydantic import ValidationError
-
     if ctx.invoked_subcommand == "config":
         return
     try:
         get_settings()
-    except ValidationError as exc:
-        fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                           for e in exc.errors())
-        typer.echo(f"error: invalid settings: {fields}. Fix the TENFOLD_* environment variable that sets it "
-                   "(`env | grep TENFOLD_`)", err=True)
-        raise typer.Exit(2) from None
-    except ValueError as exc:  # e.g. an unknown TENFOLD_ENV
-        typer.echo(f"error: {exc}", err=True)
+    except ValueError as exc:  # a pydantic ValidationError (a TENFOLD_* value), or an unknown TENFOLD_ENV
+        typer.echo(settings_refusal(exc), err=True)
         raise typer.Exit(2) from None
 
 

@@ -152,8 +152,9 @@ def write_file_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
-    """The one line ``tenfold <command>`` ends with when the system refuses it ``exc`` (a TENFOLD_HOME under a file
-    or not writable, a full disk): what was refused, on which path, and what to do."""
+    """The one line ``command`` (``tenfold up``, ``python -m tenfold.pipelines.train_model``) ends with when the
+    system refuses it ``exc`` (a TENFOLD_HOME under a file or not writable, a full disk): what was refused, on which
+    path, and what to do."""
     path = exc.filename
     what = f"{exc.strerror or exc}: {path}" if path else str(exc)
     # pyarrow's errors name the path in their text only.
@@ -162,5 +163,5 @@ def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
                 "or free space), or choose another TENFOLD_HOME")
     else:
         todo = "fix that (its permissions, or free space), then run the command again"
-    return f"error: `tenfold {command}` cannot go on: {what}; {todo}"
+    return f"error: `{command}` cannot go on: {what}; {todo}"
 

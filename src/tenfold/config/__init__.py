@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from tenfold.config.settings import ENVIRONMENTS, Env, Settings, build_settings, get_settings, project_root
+from tenfold.config.settings import (
+    ENVIRONMENTS,
+    Env,
+    Settings,
+    build_settings,
+    get_settings,
+    project_root,
+    settings_refusal,
+)
 
-__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "get_settings", "project_root"]
+__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "get_settings", "project_root", "settings_refusal"]

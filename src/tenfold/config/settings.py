@@ -1078,3 +1078,17 @@ def get_settings(env: str | None = None) -> Settings:
         given = f"--env {chosen}" if env else f"TENFOLD_ENV={chosen!r}"
         raise ValueError(f"{given} is not an environment: choose one of {', '.join(ENVIRONMENTS)}")
     return build_settings(chosen, os.environ)  # type: ignore[arg-type]
+
+
+def settings_refusal(exc: ValueError) -> str:
+    """The one line a command ends with when :func:`get_settings` refuses this process's environment: each invalid
+    field with the value it got (a TENFOLD_* variable that does not parse or names no setting) and what to do, or
+    the error itself (an unknown TENFOLD_ENV); never pydantic's traceback."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return f"error: {exc}"
+    fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                       for e in exc.errors())
+    return (f"error: invalid settings: {fields}. Fix the TENFOLD_* environment variable that sets it "
+            "(`env | grep TENFOLD_`)")

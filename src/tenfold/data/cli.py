@@ -47,5 +47,5 @@ def ingest(
     except OSError as exc:  # what the system refuses (a local lake under TENFOLD_HOME): one line naming the path
         from tenfold.fsio import os_error_refusal
 
-        typer.echo(os_error_refusal(exc, "ingest", settings.local.home), err=True)
+        typer.echo(os_error_refusal(exc, "tenfold ingest", settings.local.home), err=True)
         raise typer.Exit(1) from exc

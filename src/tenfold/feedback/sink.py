@@ -310,17 +310,9 @@ class FeedbackSink:
         The client's own retries are off (``retry=None`` on every call): they would wait a minute
         before failing, whatever this sink's options say.
         """
-        from google.api_core.exceptions import (
-            Aborted,
-            DeadlineExceeded,
-            InternalServerError,
-            NotFound,
-            PermissionDenied,
-            ResourceExhausted,
-            ServiceUnavailable,
-            Unauthenticated,
-            Unknown,
-        )
+        from google.api_core.exceptions import DeadlineExceeded, NotFound, PermissionDenied, Unauthenticated
+
+        from tenfold.outages import outage_types
 
         started = time.monotonic()
         delay = 0.5
@@ -338,7 +330,7 @@ class FeedbackSink:
                 raise SinkError(f"Pub/Sub refused the sink ({exc.message}): its credentials need roles/pubsub.subscriber "
                                 "on the predictions and feedback subscriptions (the platform stack grants them to the "
                                 "feedback service account)") from exc
-            except (ServiceUnavailable, InternalServerError, Aborted, Unknown, ResourceExhausted) as exc:
+            except outage_types() as exc:
                 error = exc
             if time.monotonic() - started > self.options.pubsub_retry_s:
                 where = self.settings.messaging.emulator_host or "Pub/Sub"

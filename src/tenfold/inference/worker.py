@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tenfold.outages import is_store_outage
+
 if TYPE_CHECKING:
     from tenfold.config import Settings
     from tenfold.storage import Objects
@@ -92,7 +94,7 @@ class Worker:
         run = store.run
         try:
             if attrs.get(REQUEST_ID) and attrs.get(RUN) and self._retried(
-                    rid, "checking for its result", lambda: store.has_result(rid), _store_transient):
+                    rid, "checking for its result", lambda: store.has_result(rid), is_store_outage):
                 log.info("request %s of run %s: result already written (delivery %d); acknowledging", rid, run, attempt)
                 self._count(duplicates=1)
                 message.ack()
@@ -127,7 +129,7 @@ class Worker:
         """Create the result, retried while the store is away (:meth:`_retried`): a nack counts as a delivery
         attempt, so a storage blip of a few minutes dead-lettered requests already scored. What the store refuses
         for good (permissions, a bad name) is raised at once."""
-        return bool(self._retried(rid, "writing its result", lambda: store.put_result(rid, data), _store_transient))
+        return bool(self._retried(rid, "writing its result", lambda: store.put_result(rid, data), is_store_outage))
 
     def _model(self, version: str, rid: str) -> Any:
         """The model ``version``, retried while the store or the disk fails (:meth:`_retried`)."""
@@ -231,15 +233,6 @@ class _Delivery:
 
     def nack(self) -> None:
         self._puller.settle(self, 0, ack=False)
-
-
-def _store_transient(exc: Exception) -> bool:
-    """An error of the work store worth another try within the delivery (a disk or GCS away, a 5xx, a 429), not
-    one it would meet again (permissions, a bad name)."""
-    from google.api_core import exceptions as gexc
-
-    return isinstance(exc, (OSError, gexc.ServerError, gexc.TooManyRequests, gexc.RetryError)) and not isinstance(
-        exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError))
 
 
 class _Puller:

@@ -50,7 +50,7 @@ def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
                    "again; if it hangs again, run that command yourself to see what it waits for", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:
-        typer.echo(os_error_refusal(exc, command, settings.local.home), err=True)
+        typer.echo(os_error_refusal(exc, f"tenfold {command}", settings.local.home), err=True)
         raise typer.Exit(1) from exc
 
 

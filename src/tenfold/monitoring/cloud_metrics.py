@@ -25,16 +25,6 @@ class MetricWriteError(RuntimeError):
     retryable = False
 
 
-def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage a later try may not meet (unavailable, deadline, quota, an internal error, an
-    aborted call, retries run out), not a refusal or a fault that a retry would meet again."""
-    from google.api_core import exceptions as gexc
-    from google.api_core.exceptions import RetryError
-
-    return isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.ResourceExhausted
-                      | gexc.InternalServerError | gexc.Aborted | RetryError)
-
-
 def drift_series(settings: Settings, score: float, at: dt.datetime) -> Any:
     """The one-point ``TimeSeries`` of ``score`` at ``at``."""
     from google.cloud import monitoring_v3

@@ -24,6 +24,7 @@ Run every step in one process without Airflow: ``python -m tenfold.pipelines.bat
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -37,8 +38,8 @@ from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
-    configure_logging,
     run_key,
+    run_main,
     split_event_months,
 )
 from tenfold.workloads import VERSION_KEY
@@ -337,29 +338,15 @@ def run_all(settings: Settings, conf: Mapping[str, Any] | None = None, *, run_id
 
 def main(argv: list[str] | None = None) -> int:
     """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
-    import argparse
-    import sys
-
-    from tenfold.config import get_settings
-
     parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.batch_inference", description=main.__doc__)
     parser.add_argument("--conf", default="{}", help=f"JSON run conf with any of {', '.join(CONF_KEYS)}")
     parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        conf = json.loads(args.conf)
-    except json.JSONDecodeError as exc:
-        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"month\": \"2013-07\"}}'", file=sys.stderr)
-        return 2
-    try:
-        figures = run_all(get_settings(), conf, run_id=args.run_id)
-    except PipelineError as exc:
-        print(f"batch_inference: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(figures, indent=2))
-    return 0
 
+    def body(settings: Settings, args: argparse.Namespace) -> int:
+        print(json.dumps(run_all(settings, args.conf, run_id=args.run_id), indent=2))
+        return 0
+
+    return run_main(parser, argv, body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

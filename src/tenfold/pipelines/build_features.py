@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import sys
 import uuid
@@ -50,9 +51,9 @@ from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
-    configure_logging,
     digest_key,
     run_key,
+    run_main,
     task_timeout_s,
 )
 from tenfold.quality.gate import ValidationFailed, ValidationReport, validate_partition, validate_published
@@ -328,26 +329,20 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Every step for one month in this process, without Airflow."""
-    from tenfold.config import get_settings
-
     parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.build_features", description=main.__doc__)
     parser.add_argument("month", help="the month to build, YYYY-MM (within settings.pipelines.build_features)")
-    args = parser.parse_args(argv)
-    configure_logging()
-    settings = get_settings()
-    try:
+
+    def body(settings: Settings, args: argparse.Namespace) -> int:
         # A run id of its own (so a staging folder of its own): two runs of one month at once never share one.
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         run = plan(settings, dag_id=DAG_ID, run_id=f"manual-{args.month}-{stamp}-{uuid.uuid4().hex[:6]}",
                    logical_date=None, month=args.month)
         run = ingest(settings, run)
         run = validate(settings, build(settings, run))
-        print(publish(settings, run))
-    except PipelineError as exc:
-        print(f"build_features {args.month}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        print(json.dumps(publish(settings, run), indent=1))
+        return 0
 
+    return run_main(parser, argv, body)
 
 if __name__ == "__main__":
     sys.exit(main())

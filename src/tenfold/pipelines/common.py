@@ -22,9 +22,11 @@ Light on purpose: the DAG files import this module while being parsed.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 import sys
@@ -206,6 +208,65 @@ def date_range(settings: Settings, dag_id: str) -> tuple[dt.datetime | None, dt.
     return start, end
 
 
-def configure_logging() -> None:
+def configure_logging(level: int = logging.INFO) -> None:
     """Logging for ``python -m tenfold.pipelines.<dag_id>`` runs (Airflow configures its own)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+             body: Callable[[Settings, argparse.Namespace], int]) -> int:
+    """``python -m tenfold.pipelines.<dag_id>``: parse ``argv``, read the settings and run ``body`` (every step of the
+    DAG in this process), ending with the one line that says what went wrong and what to do, never a traceback.
+
+    Exit codes: ``body``'s own; 2 for a malformed ``--conf`` (it arrives as a dict) or invalid settings; 1 for a
+    step's refusal (a :class:`PipelineError`, or an error whose class says ``retryable = False``), a service that
+    cannot be reached (an outage of GCS, Pub/Sub or Cloud Monitoring, a refused connection), or what the system
+    refused (a full disk, a path that cannot be written); 130 on Ctrl-C. Anything else is a fault in the code: one
+    line naming it, and its traceback with ``--debug``.
+    """
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG, and print the traceback of a fault")
+    args = parser.parse_args(argv)
+    configure_logging(logging.DEBUG if args.debug else logging.INFO)
+    command = parser.prog
+
+    def say(line: str) -> None:
+        print(line if line.startswith("error: ") else f"error: `{command}`: {line}", file=sys.stderr)
+
+    if isinstance(getattr(args, "conf", None), str):
+        try:
+            args.conf = json.loads(args.conf)
+        except json.JSONDecodeError as exc:
+            say(f"--conf is not JSON ({exc}): e.g. --conf '{{\"month\": \"2013-07\"}}'")
+            return 2
+        if not isinstance(args.conf, dict):
+            say(f"--conf must be a JSON object of run conf keys, not {type(args.conf).__name__}: "
+                "e.g. --conf '{\"month\": \"2013-07\"}'")
+            return 2
+    from tenfold.config import get_settings, settings_refusal
+    from tenfold.fsio import os_error_refusal
+    from tenfold.outages import is_unreachable
+
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # a TENFOLD_* value that does not parse, an unknown TENFOLD_ENV
+        say(settings_refusal(exc))
+        return 2
+    try:
+        return body(settings, args)
+    except KeyboardInterrupt:
+        say("interrupted. Every step is idempotent: run the command again to start a new run")
+        return 130
+    except Exception as exc:
+        if isinstance(exc, PipelineError) or getattr(exc, "retryable", True) is False:
+            say(str(exc))
+        elif is_unreachable(exc):
+            say(f"cannot reach a service it needs ({type(exc).__name__}: {exc}). Locally, `tenfold status` shows what "
+                "is down and `tenfold up` starts it; in the cloud, check the service and this process's credentials; "
+                "then run the command again")
+        elif isinstance(exc, OSError):
+            say(os_error_refusal(exc, command, settings.local.home))
+        else:
+            log.debug("the fault's traceback", exc_info=True)
+            say(f"failed on a fault in the code ({type(exc).__name__}: {exc}); run it again with --debug for the "
+                "traceback, and report it")
+        return 1

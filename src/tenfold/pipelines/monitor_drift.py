@@ -47,8 +47,8 @@ from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
-    configure_logging,
     run_key,
+    run_main,
     split_event_months,
 )
 from tenfold.registry.errors import RegistryError
@@ -287,18 +287,19 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
                   default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
     # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). An outage
-    # (cloud_metrics.transient: unavailable, deadline, quota, internal, aborted, retries run out) fails the try of a
+    # (tenfold.outages: unavailable, deadline, quota, internal, aborted, retries run out) fails the try of a
     # task with tries left, before it alerts or records anything, so the next try writes the score (and alerts once:
     # the trigger record). It never holds back the retrain: any other error (a refusal a retry would meet again,
     # MetricWriteError; no credentials; a fault), or an outage on the last try, is logged and named in the alert, and
     # the decision and the drift event go out all the same.
-    from tenfold.monitoring.cloud_metrics import MetricWriteError, transient
+    from tenfold.monitoring.cloud_metrics import MetricWriteError
+    from tenfold.outages import is_outage
 
     unwritten = None
     try:
         write_drift_score(settings, max_psi)
     except Exception as exc:
-        if emits and not last_try and not isinstance(exc, MetricWriteError) and transient(exc):
+        if emits and not last_try and not isinstance(exc, MetricWriteError) and is_outage(exc):
             raise  # an outage: the next try writes it (a refusal, a missing credential or a fault would not)
         unwritten = f"{type(exc).__name__}: {exc}"
         log.warning("the drift score was not written to Cloud Monitoring (%s); the log alert still stands", unwritten)
@@ -348,31 +349,18 @@ def monitor(settings: Settings, month: str, version: str | None = None, *, run_i
 def main(argv: list[str] | None = None) -> int:
     """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
     import argparse
-    import sys
-
-    from tenfold.config import get_settings
 
     parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.monitor_drift", description=main.__doc__)
     parser.add_argument("--conf", default="{}", help='JSON run conf, e.g. {"month": "2013-07", "version": "champion"}')
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        conf = json.loads(args.conf)
-    except json.JSONDecodeError as exc:
-        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"month\": \"2013-07\"}}'", file=sys.stderr)
-        return 2
-    settings = get_settings()
-    import datetime as dt
 
-    try:
-        planned = plan(settings, f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}", conf)
-        decision = decide(settings, planned, report(settings, planned, measure(settings, planned)))
-    except PipelineError as exc:
-        print(f"monitor_drift: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(decision, indent=1))
-    return 0
+    def body(settings: Settings, args: argparse.Namespace) -> int:
+        import datetime as dt
 
+        planned = plan(settings, f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}", args.conf)
+        print(json.dumps(decide(settings, planned, report(settings, planned, measure(settings, planned))), indent=1))
+        return 0
+
+    return run_main(parser, argv, body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -35,7 +35,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
-from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, configure_logging, run_key
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_key, run_main
 from tenfold.registry.errors import RegistryError
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
@@ -465,30 +465,23 @@ def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: Ro
 def main(argv: list[str] | None = None) -> int:
     """Every step in this process, without Airflow (``--version`` as the run conf's ``version``)."""
     import argparse
-    import sys
-
-    from tenfold.config import get_settings
 
     parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.rollout_model", description=main.__doc__)
     parser.add_argument("--version", default=None, help="version or alias to roll out (default: the challenger)")
     parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
-    args = parser.parse_args(argv)
-    configure_logging()
-    settings = get_settings()
-    run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
-    try:
+
+    def body(settings: Settings, args: argparse.Namespace) -> int:
+        run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
         run = plan(settings, run_id, {"version": args.version} if args.version else {})
         run = deploy(settings, run)
         for i in range(1, len(run.steps) + 1):
             if step(settings, run, i) != PASS:
                 break
         done = conclude(settings, run)
-    except PipelineError as exc:
-        print(f"rollout_model: {exc}", file=sys.stderr)
-        return 1
-    print(f"rollout {run.rollout_id}: {done['outcome']}; champion {done['champion']}; report {done['report']}")
-    return 0 if done["outcome"] == PROMOTED else 3
+        print(f"rollout {run.rollout_id}: {done['outcome']}; champion {done['champion']}; report {done['report']}")
+        return 0 if done["outcome"] == PROMOTED else 3
 
+    return run_main(parser, argv, body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

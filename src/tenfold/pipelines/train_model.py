@@ -26,7 +26,6 @@ to zero); the model is read back from ``.../out/model``. ``<digest>`` is the tra
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -48,7 +47,7 @@ from tenfold.model_files import (
     unsafe_relative_path,
 )
 from tenfold.monitoring.profile import ensure_profile
-from tenfold.pipelines.common import PipelineError, RunState, configure_logging, run_key
+from tenfold.pipelines.common import PipelineError, RunState, run_key, run_main
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -656,37 +655,25 @@ def comparison_table(evaluation: Evaluation | Mapping[str, Any], version: str | 
 def main(argv: list[str] | None = None) -> int:
     """Every step in this process, without Airflow (the run conf as the DAG takes it)."""
     import argparse
-    import sys
-
-    from tenfold.config import get_settings
 
     parser = argparse.ArgumentParser(prog="python -m tenfold.pipelines.train_model", description=main.__doc__)
     parser.add_argument("--conf", default="{}", help=f"JSON run conf with any of {', '.join(CONF_KEYS)}")
     parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
-    args = parser.parse_args(argv)
-    configure_logging()
-    settings = get_settings()
-    try:
-        conf = json.loads(args.conf)
-    except json.JSONDecodeError as exc:
-        print(f"--conf is not JSON ({exc}): e.g. --conf '{{\"epochs\": 1}}'", file=sys.stderr)
-        return 2
-    import datetime as dt
 
-    run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
-    try:
-        planned = plan(settings, run_id, conf)
+    def body(settings: Settings, args: argparse.Namespace) -> int:
+        import datetime as dt
+
+        run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
+        planned = plan(settings, run_id, args.conf)
         trained = train(settings, planned)
         evaluation = evaluate(settings, planned, trained)
         registered = register(settings, planned, trained, evaluation)
         decision = gate(settings, planned, evaluation, registered)
-    except PipelineError as exc:
-        print(f"train_model: {exc}", file=sys.stderr)
-        return 1
-    print(comparison_table(evaluation, registered.version))
-    print(decision["summary"])
-    return 0
+        print(comparison_table(evaluation, registered.version))
+        print(decision["summary"])
+        return 0
 
+    return run_main(parser, argv, body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -150,15 +150,15 @@ class Publisher:
         self._closed = False
         self._samples: queue.SimpleQueue[Callable[[], PredictionRecord] | None] = queue.SimpleQueue()
         self._sampler: threading.Thread | None = None
-        from google.api_core import exceptions as core
         from google.api_core import retry as retries
+
+        from tenfold.outages import outage_types
 
         # Bounded: a publish to an unreachable Pub/Sub fails within timeout_s instead of retrying for
         # the client library's default minute, so the breaker learns of an outage quickly.
         self._retry = retries.Retry(
             initial=0.1, maximum=1.0, multiplier=2.0, timeout=self.timeout_s,
-            predicate=retries.if_exception_type(core.Aborted, core.DeadlineExceeded, core.InternalServerError,
-                                                core.ResourceExhausted, core.ServiceUnavailable, core.Unknown),
+            predicate=retries.if_exception_type(*outage_types()),
         )
 
     @property

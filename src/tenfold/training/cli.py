@@ -62,7 +62,7 @@ def train_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:  # --out under a file or not writable, a full disk
-        typer.echo(os_error_refusal(exc, "train", get_settings(env).local.home), err=True)
+        typer.echo(os_error_refusal(exc, "tenfold train", get_settings(env).local.home), err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("manifests", "config")}, indent=2))
     typer.echo(f"model saved in {result.model_dir}")
@@ -112,7 +112,7 @@ def evaluate_command(
         try:
             result.save(report)
         except OSError as exc:  # --report under a file or not writable, a full disk
-            typer.echo(os_error_refusal(exc, "evaluate", get_settings(env).local.home), err=True)
+            typer.echo(os_error_refusal(exc, "tenfold evaluate", get_settings(env).local.home), err=True)
             raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")
 

@@ -1,0 +1,54 @@
+"""Which errors of Google's client libraries are an outage, which a later try may not meet, and which a retry would
+meet again.
+
+One list for every caller that retries (the publisher's retry predicate, the feedback sink, the inference worker's
+store calls, the drift metric's writer) and for the one-line message a command ends with: a service that is away,
+overloaded, out of quota or timed out is an outage; a refusal (permissions, a missing topic or bucket, a bad request,
+an unimplemented method, data loss) is not.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+
+@cache
+def outage_types() -> tuple[type[Exception], ...]:
+    """The google-api-core classes of an outage, for a ``Retry`` predicate or an ``except`` clause.
+
+    gRPC (Pub/Sub, Cloud Monitoring) and HTTP (GCS) alike: ``Aborted``; ``DeadlineExceeded`` and HTTP 504;
+    ``InternalServerError``, ``Unknown`` and HTTP 502; ``ResourceExhausted`` and HTTP 429; ``ServiceUnavailable``;
+    and ``RetryError``, a client's own retries run out on one of these or on a lost connection.
+    """
+    from google.api_core import exceptions as gexc
+
+    return (gexc.Aborted, gexc.GatewayTimeout, gexc.BadGateway, gexc.InternalServerError, gexc.Unknown,
+            gexc.TooManyRequests, gexc.ServiceUnavailable, gexc.RetryError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage of a Google service (see :func:`outage_types`)."""
+    return isinstance(exc, outage_types())
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """Whether ``exc``, from a file or GCS store, is worth another try: an outage, or an ``OSError`` of a disk or a
+    connection away or full (``requests``' connection errors are ``OSError`` too), not one it would meet again
+    (permissions, a name that is taken or is the wrong kind)."""
+    if isinstance(exc, (FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    return isinstance(exc, OSError) or is_outage(exc)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage (:func:`is_outage`) or a connection that could not be made or was lost (refused,
+    reset, timed out, a name that does not resolve), from the standard library or ``requests`` (GCS's transport)."""
+    import socket
+
+    if is_outage(exc) or isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - google-cloud-storage depends on it
+        return False
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))

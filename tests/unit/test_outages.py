@@ -1,0 +1,40 @@
+"""tenfold.outages: the one list of Google client errors worth another try."""
+
+from __future__ import annotations
+
+import errno
+
+from google.api_core import exceptions as gexc
+
+from tenfold.outages import is_outage, is_store_outage, is_unreachable
+
+
+def test_an_outage_is_retried_and_a_refusal_is_not() -> None:
+    for outage in (gexc.ServiceUnavailable("down"), gexc.DeadlineExceeded("slow"), gexc.GatewayTimeout("504"),
+                   gexc.InternalServerError("500"), gexc.Unknown("?"), gexc.BadGateway("502"),
+                   gexc.ResourceExhausted("quota"), gexc.TooManyRequests("429"), gexc.Aborted("contention"),
+                   gexc.RetryError("retries ran out", None)):
+        assert is_outage(outage) and is_store_outage(outage) and is_unreachable(outage), outage
+    for refusal in (gexc.PermissionDenied("no"), gexc.NotFound("topic"), gexc.InvalidArgument("bad"),
+                    gexc.MethodNotImplemented("501"), gexc.DataLoss("lost"), gexc.Unauthenticated("who"),
+                    ValueError("bad")):
+        assert not is_outage(refusal) and not is_store_outage(refusal) and not is_unreachable(refusal), refusal
+
+
+def test_a_store_retries_a_disk_or_a_connection_away_not_a_name_or_a_permission() -> None:
+    import requests
+
+    assert is_store_outage(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_store_outage(requests.ConnectionError("refused"))
+    for final in (PermissionError(errno.EACCES, "denied"), FileExistsError(errno.EEXIST, "exists"),
+                  IsADirectoryError(errno.EISDIR, "dir"), NotADirectoryError(errno.ENOTDIR, "file")):
+        assert not is_store_outage(final), final
+
+
+def test_unreachable_is_a_connection_not_a_full_disk() -> None:
+    import requests
+
+    for away in (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), TimeoutError("timed out"),
+                 requests.ConnectionError("refused"), requests.Timeout("slow")):
+        assert is_unreachable(away), away
+    assert not is_unreachable(OSError(errno.ENOSPC, "No space left on device"))
