@@ -26,6 +26,7 @@ to zero); the model is read back from ``.../out/model``. ``<digest>`` is the tra
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import tempfile
@@ -51,7 +52,7 @@ from tenfold.pipelines.common import PipelineError, RunState, run_key, run_main
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
-from tenfold.registry.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tenfold.registry.registry import CHALLENGER, CHAMPION, AliasPointer, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +514,9 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     evaluated = ev.champion or None
     evaluated_version = evaluated["version"] if evaluated else None
     current = reg.resolve(CHAMPION)
+    # What a passing version displaces: a gate moves the challenger only from the one it read here (another run's
+    # gate that moved it meanwhile wins, and this run says so).
+    prior_challenger = reg.alias(CHALLENGER)
 
     def result(body: Mapping[str, Any], *, canary: bool = False) -> dict[str, Any]:
         return {**body, "champion_now": reg.resolve(CHAMPION), "challenger_now": reg.resolve(CHALLENGER), "canary": canary}
@@ -565,8 +569,13 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             except AliasConflict:
                 log.info("challenger is %s's since: left as it is", reg.resolve(CHALLENGER))
             return result(recorded)
-        reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
-        return result(recorded, canary=True)
+        # Recorded, then died before marking it: a challenger another run set since this decision stays.
+        decided_at = recorded.get("decided_at")  # absent from decisions recorded before it was kept
+        if (prior_challenger is not None and prior_challenger.version != version and decided_at is not None
+                and str(decided_at) < prior_challenger.updated_at):
+            log.info("challenger %s was set after this run decided: left as it is", prior_challenger.version)
+            return result(recorded)
+        return result(recorded, canary=_mark_challenger(reg, version, p, prior_challenger))
     if current != evaluated_version:
         raise AliasConflict(
             f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "
@@ -591,21 +600,51 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
     decision: Decision = decide(challenger, champion, baselines, policy)
     body = plain_json(decision.to_dict())
-    if decision.promote and not first:
+    body["decided_at"] = _utc_now()
+    rejected = decision.promote and not first and bool(reg.canary_rejections(version))
+    if rejected:
+        # The same data and seed reproduce a version byte for byte: its canary already ran, and rejected it.
+        body["summary"] = (f"{body['summary']} -> not marked challenger: a canary rollout already rejected {version} "
+                           f"(`tenfold models show {version}`); a rollout needs a different model")
+    elif decision.promote and not first:
         body["summary"] = f"{body['summary']} -> challenger: the canary rollout (rollout_model) decides on champion"
     reg.record_decision(version, key, body)
     log.info("%s", body["summary"])
-    if decision.promote:
-        if first:
-            # Nothing to compare a canary with: the floors alone promote the first model. Champion before challenger:
-            # of two first runs racing, the one whose compare-and-set loses (AliasConflict) must not leave its
-            # version, never compared with the winner, as the challenger a rollout takes by default. (A retry
-            # after a death between the two finds the decision and the champion, and marks the challenger.)
-            reg.promote(version, expected=None, reason=decision.summary[:500],
-                        details={"run": p.airflow_run_id, "checks": decision.checks})
+    if decision.promote and first:
+        # Nothing to compare a canary with: the floors alone promote the first model. Champion before challenger:
+        # of two first runs racing, the one whose compare-and-set loses (AliasConflict) must not leave its
+        # version, never compared with the winner, as the challenger a rollout takes by default. (A retry
+        # after a death between the two finds the decision and the champion, and marks the challenger.)
+        reg.promote(version, expected=None, reason=decision.summary[:500],
+                    details={"run": p.airflow_run_id, "checks": decision.checks})
         reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}: passed the offline gate",
                       details={"run": p.airflow_run_id})
-    return result(body, canary=decision.promote and not first)
+        return result(body)
+    marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
+    return result(body, canary=marked)
+
+
+def _utc_now() -> str:
+    """Now, as the registry stamps an alias move (``AliasPointer.updated_at``), so the two compare as text."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: AliasPointer | None) -> bool:
+    """Move ``challenger`` to ``version`` from ``prior`` (the pointer the gate read first), unless
+    :func:`_may_mark_challenger` says no or another run's gate moved it meanwhile; whether it moved (a rollout
+    should follow)."""
+    if not _may_mark_challenger(reg, version, p):
+        return False
+    if prior is not None and prior.version == version:
+        return True  # marked by an earlier try of this decision
+    try:
+        reg.set_alias(CHALLENGER, version, expected=prior.version if prior else None,
+                      reason=f"run {p.airflow_run_id}: passed the offline gate", details={"run": p.airflow_run_id})
+    except AliasConflict:
+        log.info("challenger moved to %s while this run decided (another run's gate): left as it is",
+                 reg.resolve(CHALLENGER))
+        return False
+    return True
 
 
 def _same_model(reg: ModelRegistry, a: str, b: str) -> bool:
@@ -661,8 +700,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="default: manual__<UTC time>")
 
     def body(settings: Settings, args: argparse.Namespace) -> int:
-        import datetime as dt
-
         run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
         planned = plan(settings, run_id, args.conf)
         trained = train(settings, planned)

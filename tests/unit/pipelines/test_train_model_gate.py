@@ -521,3 +521,78 @@ def test_a_trained_model_object_named_outside_its_folder_is_refused_not_written_
     # The same listing without the extra object materializes the model.
     assert (pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", tmp_path / "w" / "a" / "model")
             / "meta.json").is_file()
+
+
+def test_a_new_run_that_reproduces_a_version_its_canary_rejected_does_not_mark_or_announce_it(
+        gate_settings: Settings, tmp_path: Path) -> None:
+    """Same data, same seed: a weekly run registers the very version a canary rejected. Its fresh decision passes the
+    offline gate, but the version is not marked challenger again and no rollout is announced for it (the rollout
+    would refuse it)."""
+    reg = ModelRegistry(gate_settings)
+    _, r_champion, _ = run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    _, r_a, d_a = run(gate_settings, "manual__a", model(tmp_path, 0.75, name="a"))
+    assert d_a["canary"] and reg.resolve(CHALLENGER) == r_a.version
+    reg.record_decision(r_a.version, "rollout-r-1", {"rejected": True, "summary": "REJECTED by its canary"})
+    reg.set_alias(CHALLENGER, r_champion.version, action="rollback", reason="its canary rejected it")
+
+    _, r_again, d_again = run(gate_settings, "manual__weekly", model(tmp_path, 0.75, name="a"))
+    assert r_again.version == r_a.version  # the same content, the same version
+    assert d_again["promote"] and not d_again["canary"]
+    assert "a canary rollout already rejected" in d_again["summary"]
+    assert reg.resolve(CHALLENGER) == r_champion.version
+
+
+def test_a_gate_retried_after_dying_before_the_alias_leaves_a_challenger_set_since_alone(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run A's gate records PROMOTE and dies before moving challenger; run B then passes and becomes challenger; A's
+    gate is retried. The newer challenger stays, and A announces no rollout."""
+    reg = ModelRegistry(gate_settings)
+    run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
+    trained_a = model(tmp_path, 0.75)
+    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
+    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    real = ModelRegistry.set_alias
+
+    def dies_before_challenger(self: ModelRegistry, alias: str, version: str, **kwargs: Any) -> Any:
+        if alias == CHALLENGER:
+            raise RuntimeError("the worker died")
+        return real(self, alias, version, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "set_alias", dies_before_challenger)
+    with pytest.raises(RuntimeError, match="died"):
+        pipeline.gate(gate_settings, planned_a, ev_a, r_a)
+    monkeypatch.setattr(ModelRegistry, "set_alias", real)
+    _, r_b, d_b = run(gate_settings, "manual__b", model(tmp_path, 0.76))
+    assert d_b["canary"] and reg.resolve(CHALLENGER) == r_b.version
+
+    again = pipeline.gate(gate_settings, planned_a, ev_a, r_a)  # A's task retried
+    assert reg.resolve(CHALLENGER) == r_b.version, "the retry took the challenger back from a later run"
+    assert not again["canary"]
+
+
+def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_not_take_it(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs read the same challenger; B moves it while A decides. A's move is a compare-and-swap from what it
+    read: it loses, leaves B's challenger, and announces no rollout."""
+    reg = ModelRegistry(gate_settings)
+    run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
+    trained_a = model(tmp_path, 0.75)
+    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
+    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    planned_b = pipeline.plan(gate_settings, "manual__b", CONF)
+    trained_b = model(tmp_path, 0.76)
+    ev_b = pipeline.evaluate(gate_settings, planned_b, trained_b)
+    r_b = pipeline.register(gate_settings, planned_b, trained_b, ev_b)
+    real = ModelRegistry.record_decision
+
+    def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
+        recorded = real(self, version, key, body)
+        if version == r_a.version:
+            assert pipeline.gate(gate_settings, planned_b, ev_b, r_b)["canary"]
+        return recorded
+
+    monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
+    decided = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
+    assert reg.resolve(CHALLENGER) == r_b.version and decided["promote"] and not decided["canary"]
