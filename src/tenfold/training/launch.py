@@ -234,6 +234,14 @@ def run_torchrun(
     remote = RemoteDir(str(out_dir)) if is_remote(str(out_dir)) else None
     out = Path(tempfile.mkdtemp(prefix="tenfold-launch-")) if remote else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with _sole_launch(out) as lock:
+        return _launch(settings, train_config, out, remote, lock, nproc=nproc, timeout_s=timeout_s,
+                       max_restarts=max_restarts, env=env)
+
+
+def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,
+            nproc: int | None, timeout_s: float | None, max_restarts: int | None,
+            env: dict[str, str] | None) -> TrainResult:
     target = remote.uri if remote else str(out)
     nproc = nproc or settings.training.nproc_per_node
     restarts = settings.training.max_restarts if max_restarts is None else max_restarts
@@ -287,7 +295,11 @@ def run_torchrun(
         this_run = log.tell()  # the log keeps earlier launches into the same folder: a failure is read from here on
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
+        # The job holds the folder's lock as long as it lives (it inherits it), and its process group is recorded:
+        # a launcher killed now leaves a job that the next launch into the folder finds and stops (_sole_launch).
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True,
+                                pass_fds=(lock.fileno,))
+        lock.record(job_pgid=proc.pid)
         try:
             rc = proc.wait(timeout=timeout)
         except BaseException as exc:
@@ -341,6 +353,103 @@ def _local_path(uri: str) -> Path | str:
 
 def _join(base: Path | str, name: str) -> Path | str:
     return base / name if isinstance(base, Path) else f"{base}/{name}"
+
+
+JOB_LOCK = ".job.lock"  # in the output folder: held by the launch and by its job (torchrun inherits it)
+JOB_HOLDER = ".job.json"  # who holds it: the launcher (pid and start time) and the job's process group
+
+
+@dataclass
+class _JobLock:
+    """The output folder's lock, held: :meth:`record` says who holds it, for the next launch to read."""
+
+    folder: Path
+    fileno: int
+
+    def record(self, *, job_pgid: int | None) -> None:
+        import psutil
+
+        from tenfold.local.process import started
+
+        me = psutil.Process()
+        atomic_write(self.folder / JOB_HOLDER, json.dumps(
+            {"launcher_pid": me.pid, "launcher_started": started(me), "job_pgid": job_pgid}).encode())
+
+
+def _locked(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _sole_launch(out: Path, grace_s: float = 10.0) -> Iterator[_JobLock]:
+    """One job at a time writes ``out``: its checkpoints, model and result assume a single writer (a second job's
+    snapshot deletes the first's newer ones as abandoned).
+
+    The launch holds ``out/.job.lock`` and its job inherits it, so it stays held while the job lives, even after the
+    launcher is killed (an Airflow task SIGKILLed: the job runs in a session of its own). A launch that finds it
+    held reads ``.job.json``: when that launcher is still running, the launch is refused (two launches into one
+    folder); when it is gone, its job is an orphan, and the launch stops that job's process group (SIGTERM, then
+    SIGKILL after ``grace_s``) and resumes from the folder's checkpoints.
+    """
+    import psutil
+
+    from tenfold.local.process import started
+
+    fd = os.open(out / JOB_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if not _locked(fd):
+            try:
+                holder = json.loads((out / JOB_HOLDER).read_text())
+            except (OSError, ValueError):
+                holder = {}
+            pid, job = holder.get("launcher_pid"), holder.get("job_pgid")
+            try:
+                alive = pid is not None and started(psutil.Process(pid)) == holder.get("launcher_started")
+            except psutil.Error:
+                alive = False
+            if alive:
+                raise TrainingFailed(
+                    f"another launch (pid {pid}) is training into {out}: two jobs must not write one folder's "
+                    "checkpoints. Wait for it to end, or stop it, then launch again", error="folder in use")
+            if isinstance(job, int):
+                log.warning("a killed launcher left its job (process group %d) training into %s: stopping it, then "
+                            "resuming from the folder's checkpoints", job, out)
+                _stop_group(job, grace_s)
+            deadline = time.monotonic() + grace_s + 5
+            while not _locked(fd):
+                if time.monotonic() > deadline:
+                    raise TrainingFailed(
+                        f"{out / JOB_LOCK} is held by processes that did not stop (`fuser {out / JOB_LOCK}` names "
+                        "them): stop them, then launch again", error="folder in use")
+                time.sleep(0.1)
+        lock = _JobLock(out, fd)
+        lock.record(job_pgid=None)
+        yield lock
+    finally:
+        os.close(fd)
+
+
+def _stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM process group ``pgid``, then SIGKILL it if any of it is left after ``grace_s``."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:

@@ -10,6 +10,7 @@ new workers resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -187,3 +188,63 @@ def test_a_fault_spec_that_cannot_work_is_refused() -> None:
         Fault.parse("rank=0,step=3,at=checkpoint")
     with pytest.raises(ValueError, match="at must be one of"):
         Fault.parse("rank=0,step=3,at=epoch,mode=raise")
+
+
+_LAUNCHER = """
+import pickle, sys
+from tenfold.training.launch import run_torchrun
+settings, config, out, env = pickle.load(open(sys.argv[1], "rb"))
+run_torchrun(settings, config, out, nproc=2, timeout_s=300, max_restarts=0, env=env)
+"""
+
+
+def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses_while_that_launcher_lives(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """An Airflow task SIGKILLed mid-training leaves its torchrun job running (a session of its own), and the retry
+    launches into the same folder: two jobs would write one folder's checkpoints (a snapshot of the second deletes
+    the first's newer ones as abandoned). Launcher A is a real process whose job is held mid-step; a launch while A
+    lives is refused; once A is SIGKILLed, the next launch stops A's orphaned job first, resumes from the folder's
+    checkpoints, and ends with the uninterrupted run's weights."""
+    import pickle
+    import subprocess
+    import sys
+
+    out, ready = tmp_path / "run", tmp_path / "ready.json"
+    args = tmp_path / "args.pkl"
+    args.write_bytes(pickle.dumps((train_settings, small_config, out,
+                                   {FAULT_ENV: f"rank=1,step=20,at=step,mode=pause,ready={ready}"})))
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(args)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists():
+            assert launcher.poll() is None, f"launcher A exited {launcher.returncode} before its job reached step 20"
+            assert time.monotonic() < deadline, "A's job never reached step 20"
+            time.sleep(0.05)
+        paused = psutil.Process(json.loads(ready.read_text())["pid"])
+
+        with pytest.raises(TrainingFailed, match=rf"another launch \(pid {launcher.pid}\) is training into"):
+            run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0)
+        assert paused.is_running(), "the refused launch stopped the live launcher's job"
+
+        job = psutil.Process(json.loads((out / ".job.json").read_text())["job_pgid"])
+        assert "torch.distributed.run" in " ".join(job.cmdline())
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher dies; its job does not
+        launcher.wait(30)
+        assert job.is_running() and paused.is_running()
+
+        result = run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0)
+        assert not job.is_running() and not paused.is_running(), "the orphaned job was left running"
+        assert result.resumed_from_step == 16  # the newest checkpoint before step 20 (every 8)
+        assert result.steps == reference_run.steps == 50
+        _assert_same_weights(_weights(result), _weights(reference_run))
+        assert read_losses(out) == read_losses(reference_run.out_dir)
+    finally:  # nothing of A outlives the test, whatever failed
+        holder = json.loads((out / ".job.json").read_text()) if (out / ".job.json").exists() else {}
+        for pgid in (launcher.pid, holder.get("job_pgid")):
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.killpg(pgid, signal.SIGKILL)
+        if ready.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(json.loads(ready.read_text())["pid"], signal.SIGKILL)
+        launcher.wait(30)
