@@ -202,10 +202,14 @@ class ShardedBatches:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA); ranks pass ``base_seed + rank`` where streams must differ."""
+    """Seed python, numpy and torch (CPU and CUDA); ranks pass ``base_seed + rank`` where streams must differ.
+
+    Any whole number >= 0 (a run conf's seed, times 1000 plus a step's offset): numpy takes it modulo 2**32 and torch
+    modulo 2**63, past which ``manual_seed`` overflows (every rank failed on a seed of 10**17); a smaller seed is
+    passed as it is."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**63)
 
 
 def time_column(contract: FeatureContract) -> str | None:

@@ -167,3 +167,18 @@ def test_the_gradient_boosting_baseline_fits_a_window_where_a_column_has_no_valu
     baseline = GradientBoostingBaseline(preprocessor, CONTRACT.label, max_iter=10).fit(table)
     scores = baseline.predict_proba(table)
     assert scores.shape == (table.num_rows,) and ((scores > 0) & (scores < 1)).all()
+
+
+def test_any_run_conf_seed_seeds_every_stream_and_a_small_one_is_used_as_it_is() -> None:
+    """The workers seed with ``seed * 1000 + rank + 1`` (and more, per step): a run conf seed of 10**17 passed the
+    plan and then failed every rank in torch's manual_seed (an overflow past 64 bits)."""
+    from tenfold.training.data import seed_everything
+
+    for big in (10**17 * 1000 + 1, 2**64 + 5):
+        seed_everything(big)
+        assert torch.initial_seed() == big % 2**63
+    seed_everything(11 * 1000 + 2)
+    assert torch.initial_seed() == 11_002
+    first = torch.rand(3)
+    seed_everything(11_002)
+    assert torch.equal(torch.rand(3), first)
