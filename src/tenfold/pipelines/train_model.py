@@ -196,6 +196,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         value = conf.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1)):
             raise PipelineError(f"run conf {key}={value!r}: give a whole number{' >= 0' if key == 'seed' else ' >= 1'}")
+    if not settings.is_local and conf.get("nproc") not in (None, t.nproc_per_node):
+        raise PipelineError(
+            f"run conf nproc={conf['nproc']}: in {settings.env} every node of the training group runs "
+            f"settings.training.nproc_per_node ({t.nproc_per_node}) processes, one per accelerator of its machine "
+            "type; leave nproc out, or change that setting (and the group's machine type) and deploy")
     weight = conf.get("feedback_weight", t.feedback_weight)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
         raise PipelineError(f"run conf feedback_weight={weight!r}: give a number from 0 (no feedback) to 100")
@@ -301,7 +306,8 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
         count = 0
         for blob in client.list_blobs(bucket, prefix=f"{prefix}/"):
             name = blob.name[len(prefix) + 1:]
-            if name.endswith("/") and not blob.size:  # a folder placeholder (a console's "create folder"): no file
+            # A folder placeholder (a console's "create folder", the model folder's own included: name ""): no file.
+            if (name == "" or name.endswith("/")) and not blob.size:
                 continue
             target = tmp / name
             why = unsafe_relative_path(name)

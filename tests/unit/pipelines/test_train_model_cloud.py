@@ -166,3 +166,13 @@ def test_training_keys_of_two_runs_never_meet() -> None:
     assert a[:46] == b[:46]
     assert training_key(a, cfg) != training_key(b, cfg)
     assert check_run_id(training_key(a, cfg)) and training_key(a, cfg) == training_key(a, cfg)
+
+
+def test_a_run_conf_nproc_the_training_group_cannot_run_is_refused_not_ignored(dev_settings: Settings) -> None:
+    """Each node of the group runs settings.training.nproc_per_node processes whatever the run conf said: a run that
+    asked for 4 trained with another world size (so another global batch) than asked, with no word of it."""
+    per_node = dev_settings.training.nproc_per_node
+    with pytest.raises(pipeline.PipelineError, match=rf"run conf nproc={per_node + 3}: in dev every node of the "
+                                                     rf"training group runs settings.training.nproc_per_node \({per_node}\)"):
+        _plan(dev_settings, "nproc", {**CONF, "nproc": per_node + 3})
+    assert _plan(dev_settings, "nproc-same", {**CONF, "nproc": per_node}).nproc == per_node

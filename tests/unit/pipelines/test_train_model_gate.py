@@ -596,3 +596,29 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
     decided = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
     assert reg.resolve(CHALLENGER) == r_b.version and decided["promote"] and not decided["canary"]
+
+
+def test_folder_placeholders_in_a_trained_models_prefix_are_skipped_the_models_own_included(
+        local_settings: Settings, tmp_path: Path) -> None:
+    """A console's "create folder" leaves an empty object named like the folder: the model folder's own
+    ("<prefix>/", whose name under the prefix is empty) was refused as an escaping name."""
+    import uuid
+    from types import SimpleNamespace
+
+    from tenfold.storage import gcs_client
+
+    bucket_name = local_settings.storage.models_bucket
+    prefix = f"trained/run-{uuid.uuid4().hex[:8]}"
+    bucket = gcs_client(local_settings).bucket(bucket_name)
+    for f in Path(model(tmp_path, 0.7)["model_ref"]).iterdir():
+        bucket.blob(f"{prefix}/{f.name}").upload_from_filename(str(f))
+    real = gcs_client(local_settings)
+
+    class WithPlaceholders:
+        def list_blobs(self, bucket: str, prefix: str) -> list[Any]:
+            return [SimpleNamespace(name=prefix, size=0), SimpleNamespace(name=f"{prefix}sub/", size=0),
+                    *real.list_blobs(bucket, prefix=prefix)]
+
+    got = pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", tmp_path / "out" / "model",
+                               storage_client=WithPlaceholders())
+    assert sorted(p.name for p in got.iterdir()) == ["meta.json", "preprocessing.json", "weights.pt"]
