@@ -6,13 +6,43 @@ mounted here; this file only composes them.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from tenfold.config import get_settings, settings_refusal
 
-app = typer.Typer(help="Tenfold: the ML lifecycle on one machine or on Google Cloud.", no_args_is_help=True)
+
+class _Guarded(typer.Typer):
+    """The root command. A sub-command turns what it expects into its own message; anything else that escapes one
+    (a corrupt file it did not foresee, a service away, a fault in the code) ends with one line
+    (:func:`tenfold.outages.ending`), never a traceback. ``TENFOLD_DEBUG=1`` shows the traceback instead."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # click's own exits (usage errors, typer.Exit) are SystemExit: not caught here
+            if os.environ.get("TENFOLD_DEBUG"):
+                raise
+            from tenfold.outages import ending
+
+            words = list(itertools.takewhile(lambda a: a.isidentifier() or ("-" in a and a[0] != "-"),
+                                             sys.argv[1:3]))
+            try:
+                home = get_settings().local.home
+            except ValueError:
+                home = Path(".tenfold")
+            typer.echo(ending(exc, " ".join(["tenfold", *words]), home, debug_hint="with TENFOLD_DEBUG=1"),
+                       err=True)
+            sys.exit(1)
+
+
+app = _Guarded(help="Tenfold: the ML lifecycle on one machine or on Google Cloud.", no_args_is_help=True)
 config_app = typer.Typer(help="Read the settings of the current environment (TENFOLD_ENV).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

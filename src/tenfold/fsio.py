@@ -165,3 +165,23 @@ def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
         todo = "fix that (its permissions, or free space), then run the command again"
     return f"error: `{command}` cannot go on: {what}; {todo}"
 
+
+
+# How long pyarrow's GCS client retries a failing call (an outage, no credentials, no network) before it raises: its
+# own default is 15 minutes, so a command run without cloud credentials hung silently for that long. A task that
+# meets a longer outage fails and is retried by Airflow.
+GCS_RETRY_LIMIT_S = 60
+
+
+def filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``pyarrow.fs.FileSystem.from_uri``, the one way Tenfold opens a ``file://`` or ``gs://`` URI with pyarrow: a
+    ``gs://`` one retries for :data:`GCS_RETRY_LIMIT_S` at most (unless its query sets ``retry_limit_seconds``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import pyarrow.fs as pafs
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("gs", "gcs") and "retry_limit_seconds" not in parse_qs(parts.query):
+        uri = f"{uri}{'&' if parts.query else '?'}retry_limit_seconds={GCS_RETRY_LIMIT_S}"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path

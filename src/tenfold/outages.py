@@ -10,6 +10,7 @@ an unimplemented method, data loss) is not.
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -52,3 +53,22 @@ def is_unreachable(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - google-cloud-storage depends on it
         return False
     return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> str:
+    """The one line a command (``tenfold status``, ``python -m tenfold.pipelines.train_model``) ends with when
+    ``exc`` escaped it: a refusal (an error whose class says ``retryable = False``) as it is; a service that cannot
+    be reached, with where to look; what the system refused (:func:`tenfold.fsio.os_error_refusal`); anything else
+    as a fault in the code, with ``debug_hint`` (how to see its traceback). Never the traceback itself."""
+    from tenfold.fsio import os_error_refusal
+
+    if getattr(exc, "retryable", True) is False:
+        return f"error: `{command}`: {exc}"
+    if is_unreachable(exc):
+        return (f"error: `{command}` cannot reach a service it needs ({type(exc).__name__}: {exc}). Locally, "
+                "`tenfold status` shows what is down and `tenfold up` starts it; in the cloud, check the service and "
+                "this process's credentials; then run the command again")
+    if isinstance(exc, OSError):
+        return os_error_refusal(exc, command, home)
+    return (f"error: `{command}` failed on a fault in the code ({type(exc).__name__}: {exc}); run it again "
+            f"{debug_hint} for the traceback, and report it")

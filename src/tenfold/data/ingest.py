@@ -45,12 +45,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
-from tenfold.fsio import make_dirs
+from tenfold.fsio import filesystem_from_uri, make_dirs
 from tenfold.workloads import SourceMissing, Workload
 
 # The pseudo-expectation a refused source fails, in its _QUARANTINED.json (as the gate's parquet_is_readable).
@@ -167,7 +166,7 @@ def _describe_os_error(exc: OSError, location: str) -> tuple[str, str]:
 
 def _read_location(location: str) -> bytes:
     if "://" in location:
-        fs, path = pafs.FileSystem.from_uri(location)
+        fs, path = filesystem_from_uri(location)
         with fs.open_input_stream(path) as stream:
             data: bytes = stream.read()
         return data

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tenfold.config.settings import LakeLayout
 from tenfold.data.partition import Partition, month_range
-from tenfold.fsio import make_dirs
+from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri, make_dirs
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -227,7 +227,7 @@ class Lake:
         if filesystem is not None:
             self.fs, self.root = filesystem, self._path(self.uri)
         else:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
+            self.fs, self.root = filesystem_from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
         self._gcs = self.fs.type_name == "gcs"
 
     @classmethod
@@ -241,7 +241,8 @@ class Lake:
         filesystem = None
         if uri.startswith("gs://") and emulator:
             scheme, _, host = emulator.partition("://")
-            filesystem = pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=host)
+            filesystem = pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=host,
+                                            retry_time_limit=dt.timedelta(seconds=GCS_RETRY_LIMIT_S))
 
         def client() -> Any:
             from tenfold.storage import gcs_client
@@ -721,6 +722,6 @@ class Lake:
             # Parsed by hand: pyarrow's from_uri would build a GCS client (and look for credentials) just to do it.
             return path_or_uri[len("gs://"):].rstrip("/")
         if "://" in path_or_uri:
-            _, path = pafs.FileSystem.from_uri(path_or_uri)
+            _, path = filesystem_from_uri(path_or_uri)
             return path
         return path_or_uri

@@ -48,7 +48,7 @@ from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSet
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import write_sorted, write_table
 from tenfold.features.online import lookup_table
-from tenfold.fsio import make_dirs
+from tenfold.fsio import filesystem_from_uri, make_dirs
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
 if TYPE_CHECKING:
@@ -142,13 +142,12 @@ def write_lookups(frames: Mapping[str, DataFrame], lookups_output: str, contract
             f"the workload's lookups returned {tuple(frames)}, but its contract names {contract.lookup_tables}: "
             "make lookups() return exactly contract.lookup_tables, in that order"
         )
-    import pyarrow.fs as pafs
 
     rows = {}
     for name, frame in frames.items():
         table = frame.toArrow()
         table = table.sort_by([(c, "ascending") for c in table.column_names])
-        fs, root = pafs.FileSystem.from_uri(lookup_staging_uri(lookups_output, name))
+        fs, root = filesystem_from_uri(lookup_staging_uri(lookups_output, name))
         fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
         write_table(table, fs, posixpath.join(root, "part-00000.parquet"))
         rows[name] = table.num_rows
@@ -244,10 +243,9 @@ def _file_writer(output: str, order: list[str], schema: pa.Schema):  # type: ign
     def write(batches):  # type: ignore[no-untyped-def]  # no hints: Spark must not infer a UDF type from them
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.fs as pafs
         from pyspark import TaskContext
 
-        fs, root = pafs.FileSystem.from_uri(output)
+        fs, root = filesystem_from_uri(output)
         collected = list(batches)
         names, rows = [], []
         if collected:
@@ -274,12 +272,11 @@ def write_features(features: DataFrame, contract: FeatureContract, output: str, 
     Returns each file's name and rows. A month without rows is written as one empty file, so its schema
     is still checked and published.
     """
-    import pyarrow.fs as pafs
     from pyspark.sql import functions as F
 
     if files < 1:
         raise ValueError(f"--output-files must be at least 1, not {files}")
-    fs, root = pafs.FileSystem.from_uri(output)
+    fs, root = filesystem_from_uri(output)
     fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
     make_dirs(fs, root)
     schema = contract.arrow_schema()
@@ -353,7 +350,7 @@ def staged_summary(output: str) -> tuple[int, str]:
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    fs, root = pafs.FileSystem.from_uri(output)
+    fs, root = filesystem_from_uri(output)
     files = sorted(
         i.path for i in fs.get_file_info(pafs.FileSelector(root))
         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")

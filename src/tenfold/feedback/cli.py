@@ -195,7 +195,11 @@ def metrics_command(
         if not match:
             raise _fail(f"--last {last!r} is not a duration: use a number and s, m, h or d, e.g. 1h", 2)
         end = end or dt.datetime.now(dt.UTC)
-        start = end - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        try:
+            start = end - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        except OverflowError:
+            raise _fail(f"--last {last!r} reaches before the year 1 (the window ends {end:%Y-%m-%d}): give a shorter "
+                        "duration, or --since", 2) from None
     settings = _settings(env)
     try:
         rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tenfold.data.lake import Lake, Partition
+from tenfold.data.lake import Lake, LakeError, Partition
 from tenfold.fsio import atomic_write, make_dirs, make_dirs_durable
 
 LOG_PREFIX = "log-"
@@ -70,7 +70,11 @@ def log_months(lake: Lake, table: str) -> list[Partition]:
             continue
         rel = posixpath.relpath(posixpath.dirname(info.path), lake.table_path(table)).split("/")
         if len(rel) == 2 and rel[0].startswith("year=") and rel[1].startswith("month="):
-            found.add(Partition(int(rel[0][5:]), int(rel[1][6:])))
+            try:
+                found.add(Partition(int(rel[0][5:]), int(rel[1][6:])))
+            except ValueError as exc:  # year=x, month=13: not a folder the sink writes
+                raise LakeError(f"{lake.uri}/{table}/{rel[0]}/{rel[1]} is not a month's folder ({exc}): the sink "
+                                "writes year=YYYY/month=M only; move that folder out of the table") from None
     return sorted(found)
 
 

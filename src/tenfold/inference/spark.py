@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.fsio import filesystem_from_uri
 from tenfold.inference.scoring import MODEL_VERSION, PROBABILITY, score_rows, scores_schema
 
 if TYPE_CHECKING:
@@ -259,7 +260,6 @@ def check_workload(workload: Workload, spec: str, model_version: str) -> None:
 def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     """Score ``args.month`` into ``args.output`` (and publish it with ``args.publish``); returns facts for the log."""
     import pyarrow as pa
-    import pyarrow.fs as pafs
 
     from tenfold.data.parquet import write_sorted
     from tenfold.model import load_model
@@ -295,7 +295,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
         raise ScoringJobError(f"scored {scores.num_rows} rows, but {args.features_table} {part.label} holds "
                               f"{expected_rows}: nothing was written")
 
-    fs, root = pafs.FileSystem.from_uri(args.output)
+    fs, root = filesystem_from_uri(args.output)
     fs.delete_dir_contents(root, missing_dir_ok=True)  # a retry starts from an empty folder
     rows = write_sorted(scores, score_order(contract), schema, fs, posixpath.join(root, SCORES_FILE))
     facts: dict[str, object] = {"month": part.label, "rows": rows, "model_version": args.model_version,

@@ -96,6 +96,15 @@ def _describe_serving(settings: Settings, *, secrets: bool = False) -> bool:
     return rep.healthy or not (rep.running or rep.haproxy_alive)
 
 
+def _local_only(settings: Settings, command: str) -> None:
+    """``tenfold <command>`` manages the local platform: under another TENFOLD_ENV, one line saying so (it used to
+    end in a ValueError's traceback from deep in the status of the first service)."""
+    if not settings.is_local:
+        typer.echo(f"error: `tenfold {command}` manages the local platform; TENFOLD_ENV is {settings.env!r}: unset it "
+                   "(or set it to local). The cloud's services are the platform stack's (docs/deploy.md)", err=True)
+        raise typer.Exit(2)
+
+
 def status(service: _ServiceOpt = None) -> None:
     """Show each local component (state, URL, pid, log), the Airflow login, the lake and the serving fleet (its
     token included); exit 3 if any is down or dead (the fleet counts once it was started)."""
@@ -103,6 +112,7 @@ def status(service: _ServiceOpt = None) -> None:
     from tenfold.local.stack import status as _status
 
     settings = get_settings()
+    _local_only(settings, "status")
     chosen = _services(service)
     with refusing_os_errors(settings, "status"):
         statuses = _status(settings, chosen)
@@ -118,6 +128,7 @@ def down(service: _ServiceOpt = None) -> None:
     from tenfold.local.stack import down as _down
 
     settings = get_settings()
+    _local_only(settings, "down")
     chosen = _services(service)
     with refusing_os_errors(settings, "down"), exclusive(settings, echo=typer.echo):  # as `up` holds it
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first

@@ -182,6 +182,9 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path} is missing: {directory} is not a saved model (save it with save_model)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a flipped high bit is not UTF-8 before it is bad JSON
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); the model folder is corrupt") from exc
+    except OSError as exc:  # a file given for the folder, a folder named meta.json, no permission to read it
+        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}): {directory} must be a saved model's folder "
+                             "(save_model writes one) whose files this user can read") from exc
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         raise ModelLoadError(f"{path}: unsupported meta version {meta.get('version') if isinstance(meta, dict) else meta!r}")
     return meta

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tenfold.data.partition import Partition
-from tenfold.fsio import make_dirs, write_file_atomically
+from tenfold.fsio import filesystem_from_uri, make_dirs, write_file_atomically
 from tenfold.monitoring.profile import (
     PREDICTION,
     CategoricalProfile,
@@ -518,7 +518,7 @@ def reported_months(settings: Settings) -> list[str]:
     import pyarrow.fs as pafs
 
     prefix = settings.monitoring.drift.reports_prefix.strip("/")
-    fs, root = pafs.FileSystem.from_uri(f"{settings.storage.lake_uri.rstrip('/')}/{prefix}")
+    fs, root = filesystem_from_uri(f"{settings.storage.lake_uri.rstrip('/')}/{prefix}")
     found = set()
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
         parts = info.path.rstrip("/").split("/")
@@ -530,9 +530,8 @@ def reported_months(settings: Settings) -> list[str]:
 
 
 def _write(uri: str, data: bytes) -> None:
-    import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = filesystem_from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])
     write_file_atomically(fs, path, data)  # a unique tmp, removed if the write fails (a full disk)
 
@@ -548,10 +547,9 @@ def write_report(settings: Settings, report: DriftReport) -> tuple[str, str]:
 
 def read_report(settings: Settings, part: Partition | str) -> DriftReport:
     """The drift report saved for ``part`` (``"2013-07"``); its ``summary`` has the decision and max PSI."""
-    import pyarrow.fs as pafs
 
     uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = filesystem_from_uri(uri)
     trigger = f"the Airflow UI's Trigger button, with the run conf {{\"month\": \"{part}\"}}"
     try:
         with fs.open_input_stream(path) as src:

@@ -243,8 +243,7 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                 "e.g. --conf '{\"month\": \"2013-07\"}'")
             return 2
     from tenfold.config import get_settings, settings_refusal
-    from tenfold.fsio import os_error_refusal
-    from tenfold.outages import is_unreachable
+    from tenfold.outages import ending
 
     try:
         settings = get_settings()
@@ -256,17 +255,10 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     except KeyboardInterrupt:
         say("interrupted. Every step is idempotent: run the command again to start a new run")
         return 130
+    except PipelineError as exc:
+        say(str(exc))
+        return 1
     except Exception as exc:
-        if isinstance(exc, PipelineError) or getattr(exc, "retryable", True) is False:
-            say(str(exc))
-        elif is_unreachable(exc):
-            say(f"cannot reach a service it needs ({type(exc).__name__}: {exc}). Locally, `tenfold status` shows what "
-                "is down and `tenfold up` starts it; in the cloud, check the service and this process's credentials; "
-                "then run the command again")
-        elif isinstance(exc, OSError):
-            say(os_error_refusal(exc, command, settings.local.home))
-        else:
-            log.debug("the fault's traceback", exc_info=True)
-            say(f"failed on a fault in the code ({type(exc).__name__}: {exc}); run it again with --debug for the "
-                "traceback, and report it")
+        log.debug("the traceback", exc_info=True)
+        say(ending(exc, command, settings.local.home, debug_hint="with --debug"))
         return 1

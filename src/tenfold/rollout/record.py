@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.fsio import make_dirs, write_file_atomically
+from tenfold.fsio import filesystem_from_uri, make_dirs, write_file_atomically
 from tenfold.registry.registry import ModelRegistry
 from tenfold.rollout import TrafficRouter
 from tenfold.rollout.analysis import Check
@@ -109,10 +109,9 @@ def report_uri(settings: Settings, rollout: Rollout) -> str:
 
 def write_report(settings: Settings, rollout: Rollout, record: Mapping[str, Mapping[str, Any]]) -> str:
     """Save the HTML report (:func:`render_report`) in the lake, atomically; returns its URI."""
-    import pyarrow.fs as pafs
 
     uri = report_uri(settings, rollout)
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = filesystem_from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])
     write_file_atomically(fs, path, render_report(rollout, record).encode())  # a unique tmp, removed on failure
     return uri

@@ -74,6 +74,10 @@ def accepted_tokens(settings: Settings) -> list[str]:
     path = token_path(settings)
     try:
         tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:  # never replaced silently: clients may hold the token it was
+        raise TokenMissing(
+            f"the serving token file {path} is not text ({exc.reason} at byte {exc.start}): delete it and run "
+            "`tenfold up` to generate a new one; clients then need the new token (`tenfold status`)") from None
     except FileNotFoundError:
         raise TokenMissing(
             f"no serving token at {path}: run `tenfold up` (or `tenfold serve`) to generate one, "

@@ -996,6 +996,7 @@ class FleetReport:
     token_path: str
     token: str | None
     log: str
+    token_error: str | None = None  # the token file is there but empty or unreadable: what to do
     predict_path: str = "/v1/predict"  # settings.serving.server.api_prefix + /predict
 
     @property
@@ -1017,7 +1018,7 @@ def _alive(url: str) -> bool:
 def report(settings: Settings) -> FleetReport:
     """Check the supervisor (pid file), HAProxy (runtime API) and each replica (its own ``/healthz``)."""
     from tenfold.rollout.haproxy import HaproxyRouter
-    from tenfold.serving.auth import token_path
+    from tenfold.serving.auth import TokenMissing, accepted_tokens, token_path
 
     record = supervisor_record(settings)
     if record is not None:
@@ -1038,26 +1039,31 @@ def report(settings: Settings) -> FleetReport:
         for p in (st.pools.values() if st else []) for r in p.replicas
     ]
     tpath = token_path(settings)
+    token: str | None = None
+    token_error: str | None = None
     try:
-        token: str | None = tpath.read_text().strip() or None
-    except FileNotFoundError:
-        token = None
+        token = "\n".join(accepted_tokens(settings))
+    except TokenMissing as exc:  # none yet is no error; an empty or corrupt file is
+        token_error = str(exc) if tpath.exists() else None
     return FleetReport(
         running=record is not None, supervisor_pid=record.pid if record else None, haproxy_alive=haproxy_alive,
         haproxy_pid=haproxy.pid if haproxy is not None and haproxy_alive else None,
         url=f"http://{host}:{settings.local.lb_port}", metrics_url=f"http://{host}:{settings.serving.fleet.lb_metrics_port}/metrics",
         canary_percent=percent, versions={k: v.version for k, v in st.pools.items()} if st else {},
-        replicas=replicas, token_path=str(tpath), token=token, log=str(process.log_file(rd, SUPERVISOR)),
+        replicas=replicas, token_path=str(tpath), token=token, token_error=token_error, log=str(process.log_file(rd, SUPERVISOR)),
         predict_path=f"{settings.serving.server.api_prefix}/predict",
     )
 
 
 def describe(rep: FleetReport, *, secrets: bool = False) -> str:
     """Human-readable lines for ``tenfold status`` / ``tenfold serve status`` (the token only with ``secrets``)."""
-    token = (rep.token or "(not generated yet)") if secrets else "`tenfold status` shows it"
+    if rep.token_error:  # not a secret: what is wrong with the file
+        token = f"(unusable: {rep.token_error})"
+    else:
+        token = (rep.token or "(not generated yet)") if secrets else "`tenfold status` shows it"
     token_line = f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
     if not rep.running and not rep.haproxy_alive:
-        return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token else "")
+        return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token or rep.token_error else "")
     state = "healthy" if rep.healthy else "running, not healthy"
     lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")

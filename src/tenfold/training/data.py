@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from tenfold.config.settings import FEATURES_TABLE
 from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition
+from tenfold.fsio import filesystem_from_uri
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.workloads import VERSION_KEY, FeatureContract
 
@@ -293,9 +294,8 @@ def read_feedback(location: str, sha256: str, contract: FeatureContract) -> pa.T
     from tenfold.training.remote import is_remote
 
     if is_remote(location):
-        import pyarrow.fs as pafs
 
-        fs, path = pafs.FileSystem.from_uri(location)
+        fs, path = filesystem_from_uri(location)
         try:
             with fs.open_input_stream(path) as stream:
                 body = bytes(stream.read())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from tenfold.fsio import make_dirs
+from tenfold.fsio import filesystem_from_uri, make_dirs
 
 
 def is_remote(location: str) -> bool:
@@ -26,7 +26,7 @@ def is_remote(location: str) -> bool:
 class RemoteDir:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        self.fs, self.root = filesystem_from_uri(self.uri)
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def _path(self, name: str) -> str:
@@ -75,6 +75,6 @@ def read_text(location: str) -> str:
     """A file's text from a local path or a URI."""
     if not is_remote(location):
         return Path(location).read_text()
-    fs, path = pafs.FileSystem.from_uri(location)
+    fs, path = filesystem_from_uri(location)
     with fs.open_input_stream(path) as stream:
         return bytes(stream.read()).decode()

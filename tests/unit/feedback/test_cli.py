@@ -95,3 +95,33 @@ def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argu
     assert isinstance(result.exception, SystemExit)
     assert f"cannot compute online metrics from the {table} table of" in result.output
     assert "model_version" in result.output and "tenfold feedback join --force" in result.output
+
+
+@pytest.mark.parametrize("window", [["--last", "99999999999d"], ["--last", "1000000d"],
+                                    ["--last", "1h", "--until", "0001-01-01"]])
+def test_a_window_reaching_before_the_year_1_is_exit_2_naming_it(run, window):
+    result = run("metrics", *window)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert f"--last {window[1]!r} reaches before the year 1" in result.output
+
+
+@pytest.mark.parametrize("folder", ["year=2026/month=x", "year=2026/month=13"])
+def test_a_folder_that_is_not_a_month_in_a_log_is_exit_1_naming_it(run, logs, settings, folder):
+    """A log file under year=2026/month=x made `join` a ValueError traceback, and `metrics` pointed at `join --force`."""
+    import shutil
+    from pathlib import Path
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.feedback.log import log_files
+
+    logs.predictions(prediction("a", p=0.8))
+    lake, table = Lake.from_settings(settings), settings.storage.predictions_table
+    odd = Path(lake.table_path(table)) / folder
+    odd.mkdir(parents=True)
+    shutil.copy(log_files(lake, table, Partition(2026, 5))[-1].path, odd / "log-20260514T130000000000-x.parquet")
+    result = run("join")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert f"{lake.uri}/{table}/{folder} is not a month's folder" in result.output
+    assert "move that folder out of the table" in result.output

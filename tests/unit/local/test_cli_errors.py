@@ -3,6 +3,9 @@ traceback: the same refusals through both commands."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,75 @@ def test_ingest_and_serve_refuse_an_unusable_home_in_one_line(
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, out.output
     assert helped.exit_code == 0 and "Usage:" in helped.output, helped.output
     assert "TENFOLD_HOME" not in cloud.output, cloud.output
+
+
+def _tenfold(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `tenfold` command, as a user runs it (the root command's guard is in its __call__)."""
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    return subprocess.run([sys.executable, "-c", "from tenfold.cli import app; app()", *args], capture_output=True,
+                          text=True, timeout=120, env={**base, "TENFOLD_HOME": str(home), **env})
+
+
+@pytest.mark.parametrize("command", ["status", "down"])
+def test_status_and_down_under_a_cloud_environment_say_they_manage_the_local_platform(
+        tmp_path: Path, command: str) -> None:
+    """`TENFOLD_ENV=dev tenfold status` ended in a ValueError's traceback from deep in the first service's status."""
+    done = _tenfold(tmp_path / "home", command, TENFOLD_ENV="dev")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"error: `tenfold {command}` manages the local platform; TENFOLD_ENV is 'dev': unset "
+                                   "it (or set it to local). The cloud's services are the platform stack's "
+                                   "(docs/deploy.md)")
+
+
+def test_a_serving_token_file_that_is_not_text_is_named_by_status_not_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "run").mkdir(parents=True)
+    token = home / "run" / "serving.token"
+    token.write_bytes(b"\x8f\xe3\x00garbage\xff")
+    done = _tenfold(home, "serve", "status")
+    assert "Traceback" not in done.stderr and "UnicodeDecodeError" not in done.stderr
+    assert f"the serving token file {token} is not text" in done.stdout + done.stderr
+    assert "delete it and run `tenfold up` to generate a new one" in done.stdout + done.stderr
+
+
+def test_an_error_no_command_foresaw_ends_with_one_line_and_debug_shows_the_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The root command's guard: a refused connection (a real socket) is a service away; any other error is a fault,
+    one line that says how to see its traceback."""
+    import socket
+
+    from tenfold.cli import _Guarded
+    from tenfold.local import free_ports
+
+    (port,) = free_ports(1)
+    guarded = _Guarded()
+
+    @guarded.command()
+    def away() -> None:
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    @guarded.command()
+    def fault() -> None:
+        raise KeyError("pools")
+
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    monkeypatch.setattr("sys.argv", ["tenfold", "away"])
+    with pytest.raises(SystemExit) as info:
+        guarded(["away"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: `tenfold away` cannot reach a service it needs (ConnectionRefusedError: ")
+    assert "`tenfold status` shows what is down" in err and "\n" not in err
+
+    monkeypatch.setattr("sys.argv", ["tenfold", "fault"])
+    with pytest.raises(SystemExit):
+        guarded(["fault"])
+    assert capsys.readouterr().err.strip() == ("error: `tenfold fault` failed on a fault in the code (KeyError: "
+                                               "'pools'); run it again with TENFOLD_DEBUG=1 for the traceback, and "
+                                               "report it")
+    monkeypatch.setenv("TENFOLD_DEBUG", "1")
+    with pytest.raises(KeyError):
+        guarded(["fault"])

@@ -224,3 +224,19 @@ def test_a_meta_field_of_the_wrong_kind_is_a_load_error_naming_the_field(
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=rf"meta\.json.*{says}"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("given", ["a file", "meta.json a folder"])
+def test_a_model_folder_that_cannot_be_read_is_a_load_error_naming_it(tmp_path: Path, given: str) -> None:
+    """`tenfold evaluate --model <a file>` ended in a NotADirectoryError traceback (IsADirectoryError for a folder
+    named meta.json, PermissionError for one this user cannot read)."""
+    from tenfold.model.io import ModelLoadError, read_meta
+
+    where = tmp_path / "model"
+    if given == "a file":
+        where.write_text("not a folder")
+    else:
+        (where / "meta.json").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=rf"{where}/meta.json cannot be read \(.+\): {where} must be a saved "
+                                             r"model's folder"):
+        read_meta(where)

@@ -111,7 +111,7 @@ def test_a_storage_service_that_cannot_be_reached_is_named_with_what_to_do(
 
     assert _main(tmp_path, monkeypatch, body) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: `python -m tenfold.pipelines.demo_dag`: cannot reach a service it needs "
+    assert err[-1].startswith("error: `python -m tenfold.pipelines.demo_dag` cannot reach a service it needs "
                               "(RetryError: ")
     assert "`tenfold status` shows what is down and `tenfold up` starts it" in err[-1]
     assert not any("Traceback" in line for line in err)
@@ -141,5 +141,5 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
 
     assert _main(tmp_path, monkeypatch, fault) == 1
     err = capsys.readouterr().err.strip()
-    assert err == ("error: `python -m tenfold.pipelines.demo_dag`: failed on a fault in the code (KeyError: 'missing');"
+    assert err == ("error: `python -m tenfold.pipelines.demo_dag` failed on a fault in the code (KeyError: 'missing');"
                    " run it again with --debug for the traceback, and report it")

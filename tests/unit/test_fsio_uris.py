@@ -1,0 +1,41 @@
+"""tenfold.fsio.filesystem_from_uri: the one way a file:// or gs:// URI is opened with pyarrow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri
+
+
+def test_a_local_uri_opens_as_before(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    fs, path = filesystem_from_uri((tmp_path / "a.txt").as_uri())
+    assert fs.type_name == "local" and path == str(tmp_path / "a.txt")
+    assert fs.get_file_info(path).size == 1
+
+
+def test_a_gs_uri_without_credentials_fails_within_the_bound_instead_of_hanging_for_15_minutes(tmp_path: Path) -> None:
+    """No cloud credentials and no network (this machine): pyarrow's GCS client retried for its default 15 minutes,
+    so `TENFOLD_ENV=dev tenfold ingest` printed nothing for that long. Opened through filesystem_from_uri, the call
+    fails with an OSError within the bound (2 s here, GCS_RETRY_LIMIT_S in use)."""
+    assert 10 <= GCS_RETRY_LIMIT_S <= 300
+    script = ("import tenfold.fsio as f; f.GCS_RETRY_LIMIT_S = 2\n"
+              "fs, path = f.filesystem_from_uri('gs://tenfold-no-such-bucket-7f3a/lake/features')\n"
+              "assert path == 'tenfold-no-such-bucket-7f3a/lake/features', path\n"
+              "try:\n    fs.get_file_info(path)\nexcept OSError as exc:\n    print('refused:', str(exc)[:200])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))}
+    env["HOME"] = str(tmp_path)  # no gcloud application-default credentials either
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: "), done.stdout
+    assert time.monotonic() - started < 45
+
+
+def test_a_retry_limit_in_the_uri_is_kept() -> None:
+    fs, path = filesystem_from_uri("gs://bucket/x?retry_limit_seconds=7")
+    assert fs.type_name == "gcs" and path == "bucket/x"
