@@ -291,7 +291,31 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
         raise SourceUnreadable(table, f"the file has its header line but no rows ({len(raw):,} bytes: delivered empty "
                                "or cut short after its header)", offset=len(raw),
                                fix="replace it with the complete file (a header line and the rows)")
-    return parsed.select(schema.names).cast(schema)
+    return refuse_non_finite(parsed.select(schema.names).cast(schema), table=table, first_line=2)
+
+
+def refuse_non_finite(data: pa.Table, *, table: str, first_line: int | None = None, file: str | None = None) -> pa.Table:
+    """``data`` when no floating-point column holds NaN or an infinity; else a :class:`SourceUnreadable` naming the
+    column, the row (the line, for a CSV whose first row is ``first_line``) and the value.
+
+    A missing value is a null (``NA`` in a CSV). A NaN is not: the suites' checks skip it as missing, and one NaN in
+    a month's delays made every history mean over that month NaN, for a year of features."""
+    import pyarrow.compute as pc
+
+    for name in data.column_names:
+        column = data[name]
+        if not pa.types.is_floating(column.type):
+            continue
+        bad = pc.invert(pc.fill_null(pc.is_finite(column), True))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            value = column[row].as_py()
+            where = dict(line=first_line + row) if first_line is not None else {}
+            raise SourceUnreadable(
+                table, f"column {name!r} holds {value} in row {row + 1:,}: a missing value must be empty or NA, and "
+                "a measurement is finite", column=name, value=str(value),
+                fix=f"deliver {name!r} with missing values as NA and without infinities", file=file, **where)
+    return data
 
 
 def read_csv(location: str | Path, schema: pa.Schema, *, table: str, null_values: tuple[str, ...] = ("NA", ""),
@@ -344,7 +368,7 @@ def read_parquet(location: str | Path, schema: pa.Schema, *, table: str, remedy:
                     table, f"column {name!r} is {data.schema.field(name).type}, which does not convert to "
                     f"{schema.field(name).type} ({exc})", column=name, file=location,
                     fix=f"deliver {name!r} as {schema.field(name).type}") from exc
-        return data
+        return refuse_non_finite(data, table=table, file=location)
     except SourceUnreadable as exc:
         raise exc.with_(remedy=remedy) from exc.__cause__
 
@@ -402,7 +426,10 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
     if data.num_rows == 0:  # no month has rows: the source is empty, not a month it does not cover
         raise SourceUnreadable(table, "its reader returned no rows at all (the source is empty or was cut short)",
                                data=data, fix="replace the source with a complete copy")
-    return data
+    try:  # whatever the workload's reader is (read_csv and read_parquet check it too, naming the line)
+        return refuse_non_finite(data, table=table)
+    except SourceUnreadable as exc:
+        raise exc.with_(data=data) from None
 
 
 def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:

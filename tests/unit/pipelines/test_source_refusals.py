@@ -147,6 +147,25 @@ def test_a_value_that_does_not_convert_names_column_line_and_offset(settings, la
     assert (reason["column"], reason["line"], reason["byte_offset"], reason["value"]) == ("flight", 20_001, offset, "15a5")
 
 
+@pytest.mark.parametrize("value", [b"NaN", b"inf", b"-Infinity"])
+def test_a_delay_that_is_not_a_number_is_refused_naming_column_and_line(settings, lake, alerts, upstream, value):
+    """A delivery that writes a missing delay as NaN (not NA) passed every check: pyarrow reads it as a float NaN, the
+    suites skip NaN as missing, and Spark's sums over the month made nearly every history mean NaN for a year."""
+    def nan(line: bytes) -> bytes:  # arr_delay is the 9th field
+        fields = line.split(b",")
+        fields[8] = value
+        return b",".join(fields)
+
+    data, _ = replace_line(flights_csv(), 12_345, nan)
+    path = deliver(upstream, "flights.csv.zip", rezip(data))
+    refused, run = refuse(settings)
+    shown = value.decode().lower().replace("infinity", "inf")
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+        f"column 'arr_delay' holds {shown} in row 12,344", "line 12,345",
+        "a missing value must be empty or NA", "deliver 'arr_delay' with missing values as NA"])
+    assert (reason["column"], reason["line"]) == ("arr_delay", 12_345)
+
+
 def test_a_row_with_a_field_too_many_names_its_line(settings, lake, alerts, upstream):
     weather = (INSTALLED / "weather.csv").read_bytes()
     data, offset = replace_line(weather, 1_500, lambda line: line + b",9")
