@@ -528,6 +528,22 @@ class Lake:
         partition's writer lock (:meth:`exclusive`): a second writer (a zombie task beside its retry, a CLI
         run beside the DAG's) waits rather than removing this one's folder before its manifest names it.
         """
+        entries, infos, schema = self._staged_entries(staged_dir)
+        data_dir = self._data_dir_name(table, part, entries)
+        with self.exclusive(table, part):
+            return self._publish_locked(table, part, data_dir, entries, infos, schema, run_id, extra)
+
+    def would_replace(self, table: str, part: Partition, staged_dir: str) -> bool:
+        """Whether publishing ``staged_dir`` would replace a valid published ``part`` with other content (a publish
+        removes the replaced data: a caller that must not lose a good month checks the new content first)."""
+        current = self._current_manifest(table, part)
+        if current is None:
+            return False
+        entries, _, _ = self._staged_entries(staged_dir)
+        return current.data_dir != self._data_dir_name(table, part, entries) or current.files != tuple(entries)
+
+    def _staged_entries(self, staged_dir: str) -> tuple[list[FileEntry], list[pafs.FileInfo], str]:
+        """The manifest entries, files and schema hash of a staged batch (its files read and hashed)."""
         staged = self._path(staged_dir)
         infos = self._staged_files(staged)
         if not infos:
@@ -540,9 +556,7 @@ class Lake:
             entries.append(FileEntry(f"part-{n:05d}.parquet", meta.num_rows, info.size, sha, crc))
         if len(schemas) != 1:
             raise LakeError(f"{self.uri_of(staged)}: files disagree on the schema; refusing to publish a mix")
-        data_dir = self._data_dir_name(table, part, entries)
-        with self.exclusive(table, part):
-            return self._publish_locked(table, part, data_dir, entries, infos, schemas.pop(), run_id, extra)
+        return entries, infos, schemas.pop()
 
     def _publish_locked(self, table: str, part: Partition, data_dir: str, entries: list[FileEntry],
                         infos: list[pafs.FileInfo], schema: str, run_id: str, extra: dict[str, Any] | None) -> Manifest:

@@ -41,6 +41,7 @@ import json
 import logging
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -168,23 +169,38 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             "trigger the DAG with a logical date in that range, or with the param month=YYYY-MM"
         )
     ingested = []
+    refused: list[ValidationReport] = []
+
+    def before_replacing(month: Partition) -> Callable[[str, str], None]:
+        def check(table: str, staged: str) -> None:
+            # A delivery that differs from the month already published is validated before it replaces it: a
+            # publish removes the replaced data, and a refused delivery must leave the good month as it was.
+            suite = workload.raw_suites.get(table)
+            if suite is not None and lake.would_replace(table, month, staged):
+                validate_partition(lake, table, month, staged, suite, settings=settings, attempt=run.staging_key,
+                                   alert=False)
+        return check
+
     for month in month_range(first, part):
         # Earlier months only when not published (never ingested, or withdrawn to quarantine by an
         # earlier run): a published month is left as it is, so the gate below sees what the job reads.
         if month == part or not all(lake.has_manifest(t, month) for t in inputs):
             try:
-                ingest_month(lake, month, run_id=run.run_id, workload=workload, quarantine_key=run.staging_key)
+                ingest_month(lake, month, run_id=run.run_id, workload=workload, quarantine_key=run.staging_key,
+                             check_staged=before_replacing(month))
             except (IngestError, SourceMissing) as exc:
                 # Reading the same bytes again gives the same error: refuse now, once, like a failed suite.
                 raise _refuse_source(settings, part, month, exc) from exc
+            except ValidationFailed as exc:  # the published month stays; the delivery is quarantined
+                refused.append(exc.report)
+                break
             ingested.append(month.label)
-    refused: list[ValidationReport] = []
     checked = []
     # Every file the job will read is checked intact; tables with a raw suite are validated too, over
     # the history window as well as the month (a corrupt history month would poison the aggregates).
     history = history_window(workload, lake, part)
     to_check = [(t, m) for t in inputs for m in ([*history, part] if t == workload.sources.history_table else [part])]
-    for table, month in to_check:
+    for table, month in [] if refused else to_check:
         suite = workload.raw_suites.get(table)
         try:
             report = validate_published(lake, table, month, suite, settings=settings, key=run.staging_key, alert=False,

@@ -78,6 +78,41 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
+def test_a_refused_delivery_of_a_published_month_leaves_the_good_month_published(settings, lake, alerts, monkeypatch):
+    """2013-02 is published and passed its checks; the upstream then delivers it again, changed so that it parses
+    but fails its suite. The new bytes used to replace the old (whose folder a publish deletes) before the gate
+    withdrew them: the month ended unpublished, the good copy nowhere. Now the delivery is validated before it may
+    replace the month: refused and quarantined, and the month stays as it was."""
+    import pyarrow.compute as pc
+
+    from tenfold.workloads.flights import sources as nycflights13
+
+    good = pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"))
+    assert "2013-02" in good.ingested and alerts() == []
+    before = lake.read_manifest("flights", FEB)
+    real = nycflights13.read
+
+    def changed(table: str) -> pa.Table:
+        data = real(table)
+        if table != "flights":
+            return data
+        i = data.schema.get_field_index("arr_delay")
+        return data.set_column(i, "arr_delay", pc.multiply(data["arr_delay"], 100.0))  # minutes become nonsense
+
+    monkeypatch.setattr(nycflights13, "read", changed)
+    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest(settings, run)
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-02")]
+    (alert,) = alerts()
+    assert "raw input(s) refused before Spark" in alert["title"]
+    after = lake.read_manifest("flights", FEB)  # still published, the very same content
+    assert (after.data_dir, after.files) == (before.data_dir, before.files)
+    assert lake.files("flights", FEB, verify=True)
+    quarantined = lake.quarantine_path("flights", FEB, run.staging_key)
+    assert any(i.base_name.endswith(".parquet") for i in lake.fs.get_file_info(pafs.FileSelector(quarantined)))
+
+
 def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries(settings, lake, monkeypatch):
     """Another run of the month refused (or found corrupt) and withdrew an input between this run's publish and its
     validation: a retry would only publish it again, so the run fails at once, saying so."""
