@@ -36,7 +36,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
 from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_key, run_main
-from tenfold.registry.errors import RegistryError
+from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
@@ -412,8 +412,13 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         passed = len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy)
                                                         for i in range(1, len(run.steps) + 1))
         current = p.registry.resolve(CHAMPION)
+        failed = [e for k, e in record.items() if is_check(k, e) and e["verdict"] == FAIL]
         if "abort" in record:
             _end(p, run, ABORTED, [f"aborted by {record['abort'].get('by', 'an operator')}"])
+        elif len(failed) >= run.rollout_policy.max_failed_checks:
+            # The verdict was reached, but the step could not take the canary's share away (its router call failed
+            # on every try) and so never recorded its end: it is a rollback all the same, and the version is rejected.
+            _end(p, run, ROLLED_BACK, [r for e in failed for r in e["reasons"]])
         elif passed and current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. It ends failed (not rejected: it may be rolled out against the new one).
@@ -439,11 +444,21 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                                 f"when the rollout started): {run.version} is not promoted and the stable pool keeps "
                                 "serving; trigger a new rollout to compare it with the new champion")
         p.router.set_canary_percent(100)  # whatever a retry finds, users stay on the new version while stable rolls
+        if current != run.version:
+            # The alias first, by compare-and-swap from the champion the rollout was judged against: a promotion or
+            # rollback by hand during the stable pool's roll (minutes) made the swap fail after the pool had been
+            # rolled, leaving it on a version that was never promoted. Moved now, a retry finds it and rolls the pool.
+            try:
+                reg.promote(run.version, expected=run.champion, reason=f"canary rollout {run.rollout_id} passed every "
+                            "step", details={"rollout": run.rollout_id, "steps": list(run.steps)})
+            except AliasConflict as exc:
+                p.router.set_canary_percent(0)
+                raise PipelineError(f"the champion moved to {reg.resolve(CHAMPION)} during rollout {run.rollout_id} "
+                                    f"(it was {run.champion} when the rollout started): {run.version} is not promoted "
+                                    "and the stable pool keeps serving; trigger a new rollout to compare it with the "
+                                    "new champion") from exc
         p.deployer.deploy(STABLE, run.version)
         p.router.set_canary_percent(0)
-        if reg.resolve(CHAMPION) != run.version:
-            reg.promote(run.version, expected=run.champion, reason=f"canary rollout {run.rollout_id} passed every step",
-                        details={"rollout": run.rollout_id, "steps": list(run.steps)})
     else:
         p.router.set_canary_percent(0)
         if outcome == ROLLED_BACK:

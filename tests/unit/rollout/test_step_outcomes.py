@@ -225,3 +225,68 @@ def test_an_abort_that_lands_before_the_share_is_read_ends_aborted_not_failed() 
     run, places, registry = _setup(router, Observer())
     assert pipeline.step(None, run, 1, p=places) == pipeline.ABORTED  # type: ignore[arg-type]
     assert registry.events["end"]["outcome"] == pipeline.ABORTED
+
+
+def test_a_rollback_whose_weight_call_failed_on_every_try_still_rejects_the_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed check is recorded, but each try of the step fails to take the canary's share away (HAProxy
+    restarting, a URL map operation timing out), so no end is recorded. conclude used to end it FAILED "without a
+    verdict", and the version, never marked rejected, could be rolled out again without retry_rejected."""
+    router = Router(fail_on_zero=3)
+    run, places, registry = _setup(router, Observer(canary_errors=200))
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            pipeline.step(None, run, 1, p=places)  # type: ignore[arg-type]
+    assert "end" not in registry.events
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.ROLLED_BACK and router.percent == 0
+    (decision,) = registry.decisions.values()
+    assert decision["rejected"] and decision["reasons"] == done["reasons"] and done["reasons"]
+
+
+def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step passed. The alias moves by compare-and-swap before the stable pool rolls: a champion moved by hand
+    meanwhile makes the swap fail, and the pool (which took minutes to roll) was never touched. It used to roll the
+    pool first and fail the swap after, leaving the pool on a version that was never promoted."""
+    from tenfold.registry.errors import AliasConflict
+
+    class Swapping(FullRegistry):
+        def promote(self, version: str, **kwargs: Any) -> None:
+            if kwargs.get("expected") != self.champion:
+                raise AliasConflict(f"champion is {self.champion}, not {kwargs.get('expected')}")
+            super().promote(version, **kwargs)
+
+    class MovesChampion(Router):
+        moved = False
+
+        def set_canary_percent(self, percent: int) -> None:
+            super().set_canary_percent(percent)
+            if percent == 100 and not self.moved:  # an operator's `tenfold models promote v7`, between the check
+                registry.champion, self.moved = "v7", True  # and the swap
+
+    class Rolls(Deployer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rolled: list[tuple[str, str]] = []
+
+        def deploy(self, pool: str, version: str) -> None:
+            self.rolled.append((pool, version))
+
+    router, deployer = MovesChampion(), Rolls()
+    run, places, registry = _setup(router, Observer(), Swapping(), deployer)
+    for i in range(1, len(run.steps) + 1):
+        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
+        for c in (1, 2):
+            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    with pytest.raises(pipeline.PipelineError, match="the champion moved to v7 during rollout r1"):
+        pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert deployer.rolled == [], "the stable pool was rolled to a version that was never promoted"
+    assert registry.champion == "v7" and router.percent == 0
+
+    registry.champion = "v1"  # as it was: the promotion goes through, then the pool rolls
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.PROMOTED and registry.champion == "v2"
+    assert deployer.rolled == [("stable", "v2")] and router.percent == 0
