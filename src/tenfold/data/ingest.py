@@ -34,6 +34,8 @@ import codecs
 import csv
 import datetime as dt
 import io
+import itertools
+import json
 import posixpath
 import re
 import zipfile
@@ -45,6 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Manifest, Partition
@@ -273,7 +276,13 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
                                fix="replace it with the complete file (a header line and the rows)")
     # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name, quoted or not (pyarrow skips
     # it too); only the header is read without it, so the offsets named later still count the file's bytes.
-    header = _fields(next(_lines(raw.removeprefix(codecs.BOM_UTF8)))[2])
+    try:
+        header = _fields(next(_lines(raw.removeprefix(codecs.BOM_UTF8)))[2])
+    except csv.Error as exc:  # e.g. a newline inside an unquoted field: CR-only line endings, one "line" long
+        raise SourceUnreadable(
+            table, f"its header line is not CSV ({exc}): line endings are LF or CRLF in a CSV, and a file with "
+            "CR-only ones (classic Mac, some spreadsheet exports) reads as one line", line=1, offset=0,
+            fix="convert the line endings to LF (e.g. `tr '\\r' '\\n' < in.csv > out.csv`) and deliver it again") from exc
     missing = [c for c in schema.names if c not in header]
     if missing:
         raise SourceUnreadable(
@@ -300,8 +309,6 @@ def refuse_non_finite(data: pa.Table, *, table: str, first_line: int | None = No
 
     A missing value is a null (``NA`` in a CSV). A NaN is not: the suites' checks skip it as missing, and one NaN in
     a month's delays made every history mean over that month NaN, for a year of features."""
-    import pyarrow.compute as pc
-
     for name in data.column_names:
         column = data[name]
         if not pa.types.is_floating(column.type):
@@ -383,13 +390,18 @@ def publish_table(
 
     ``source`` (the workload's ``sources.name``) is recorded in the manifest.
     """
-    staged = lake.staging_path(table, part)
+    staged = stage_table(lake, table, part, data)
     try:
-        write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
-        return lake.publish(table, part, staged, run_id=run_id,
-                            extra={"source": source})
+        return lake.publish(table, part, staged, run_id=run_id, extra={"source": source})
     finally:
         lake.discard(staged)
+
+
+def stage_table(lake: Lake, table: str, part: Partition, data: pa.Table) -> str:
+    """``data`` as one Parquet file in a staging folder of its own (written reproducibly); the folder's path."""
+    staged = lake.staging_path(table, part)
+    write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
+    return staged
 
 
 def _month_rows(data: pa.Table, part: Partition) -> pa.Table:
@@ -447,6 +459,16 @@ def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:
     return _month_rows(data, part)
 
 
+def _source_refusal_at(lake: Lake, folder: str) -> bool:
+    """Whether ``folder`` holds a source refusal's quarantine (its reason's one failed check is :data:`READ_CHECK`)."""
+    try:
+        with lake.fs.open_input_stream(posixpath.join(folder, QUARANTINE_REASON)) as stream:
+            reason = json.loads(stream.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(reason, dict) and reason.get("failed_expectations") == [READ_CHECK]
+
+
 def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, key: str) -> str:
     """Copy the refused raw input (its file, or what its reader returned) to the lake's quarantine under ``key``,
     beside a ``_QUARANTINED.json`` with the refusal; returns the quarantine URI.
@@ -455,8 +477,15 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
     A file that cannot even be read (permission denied) is named in the reason, not copied.
     """
     table = refusal.table
-    dest = lake.quarantine_path(table, part, key)
-    lake.discard(dest)  # the same key refused again: the newer verdict replaces the older
+    # A source refusal under this key already (a retry) is replaced by the newer verdict; an earlier batch withdrawn
+    # under the key (the quality gate's) is kept, and this one goes beside it (key-2, ...: see Lake.quarantine).
+    for n in itertools.count(1):
+        dest = lake.quarantine_path(table, part, key if n == 1 else f"{key}-{n}")
+        if lake.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+            break
+        if _source_refusal_at(lake, dest):
+            lake.discard(dest)
+            break
     staged = lake.staging_path(table, part, f"{key}-source")
     lake.discard(staged)
     reason = refusal.details() | {"refused_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -484,6 +513,7 @@ def ingest_month(
     workload: Workload,
     reader: Callable[[str], pa.Table] | None = None,
     quarantine_key: str | None = None,
+    check_staged: Callable[[str, str], None] | None = None,
 ) -> dict[str, Manifest]:
     """Publish the workload's monthly tables of ``part`` and a snapshot of its reference tables.
 
@@ -495,6 +525,10 @@ def ingest_month(
     :class:`SourceUnreadable` after its raw input was quarantined under ``quarantine_key`` (default:
     ``run_id``); a month the source does not cover raises :class:`IngestError`. Either way nothing of
     the month was published.
+
+    ``check_staged(table, staged_path)`` sees each table staged before any is published; what it raises
+    propagates, and nothing of the month is published (the quality gate validates a batch that would replace a
+    published month this way: a refused delivery must not delete the month it would have replaced).
     """
     sources = workload.sources
     read = reader or sources.read
@@ -513,5 +547,15 @@ def ingest_month(
             span = (f"it covers {sources.first_month} to {sources.last_month}; pick a month in that range"
                     if sources.first_month and sources.last_month else "pick a month it covers")
             raise IngestError(f"{sources.name} has no {table} rows for {part.label}: {span}")
-    return {table: publish_table(lake, table, part, data, run_id=run_id, source=sources.name)
-            for table, data in tables.items()}
+    staged: dict[str, str] = {}
+    try:
+        for table, data in tables.items():
+            staged[table] = stage_table(lake, table, part, data)
+        if check_staged is not None:  # every table checked before any is published: all of the month or none
+            for table, path in staged.items():
+                check_staged(table, path)
+        return {table: lake.publish(table, part, path, run_id=run_id, extra={"source": sources.name})
+                for table, path in staged.items()}
+    finally:
+        for path in staged.values():
+            lake.discard(path)

