@@ -96,10 +96,15 @@ def _mask_secrets(key: str, value: object) -> object:
 def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
     try:
-        value = get_settings(env).get(key)
+        settings = get_settings(env)
+    except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
+        typer.echo(settings_refusal(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        value = settings.get(key)
     except (KeyError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        typer.echo(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", err=True)
+        raise typer.Exit(2) from None
     if hasattr(value, "model_dump"):
         typer.echo(json.dumps(_mask_secrets(key, value.model_dump(mode="json")), indent=2))
     elif isinstance(value, (dict, list, tuple)):
@@ -114,8 +119,8 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
     try:
         settings = get_settings(env)
     except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        typer.echo(settings_refusal(exc), err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(_mask_secrets("", settings.model_dump(mode="json")), indent=2))
 
 

@@ -62,6 +62,10 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
     as a fault in the code, with ``debug_hint`` (how to see its traceback). Never the traceback itself."""
     from tenfold.fsio import os_error_refusal
 
+    if _no_credentials(exc):
+        return (f"error: `{command}` found no Google Cloud credentials ({type(exc).__name__}): run `gcloud auth "
+                "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on "
+                "the local platform")
     if getattr(exc, "retryable", True) is False:
         return f"error: `{command}`: {exc}"
     if is_unreachable(exc):
@@ -72,3 +76,11 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
         return os_error_refusal(exc, command, home)
     return (f"error: `{command}` failed on a fault in the code ({type(exc).__name__}: {exc}); run it again "
             f"{debug_hint} for the traceback, and report it")
+
+
+def _no_credentials(exc: BaseException) -> bool:
+    try:
+        from google.auth.exceptions import DefaultCredentialsError
+    except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
+        return False
+    return isinstance(exc, DefaultCredentialsError)

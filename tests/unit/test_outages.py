@@ -38,3 +38,26 @@ def test_unreachable_is_a_connection_not_a_full_disk() -> None:
                  requests.ConnectionError("refused"), requests.Timeout("slow")):
         assert is_unreachable(away), away
     assert not is_unreachable(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_no_cloud_credentials_is_named_with_how_to_get_them(tmp_path, monkeypatch) -> None:
+    """The real error google-auth raises on this machine (no credentials, no metadata server), as the feedback
+    commands met it under TENFOLD_ENV=dev: one line saying how to log in, not a "fault in the code"."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from tenfold.outages import ending
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud application-default credentials
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # and no metadata server
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    try:
+        google.auth.default()
+    except DefaultCredentialsError as exc:
+        line = ending(exc, "tenfold feedback join", tmp_path, debug_hint="with TENFOLD_DEBUG=1")
+    else:
+        raise AssertionError("this machine has Google Cloud credentials: the case cannot be shown here")
+    assert line == ("error: `tenfold feedback join` found no Google Cloud credentials (DefaultCredentialsError): run "
+                    "`gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset "
+                    "TENFOLD_ENV to work on the local platform")

@@ -51,3 +51,19 @@ def test_the_inference_pool_writes_its_settings_for_this_user_only(tmp_path: Pat
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     finally:
         pool.stop()
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["config", "get", "storage.lake_uri"]])
+def test_config_under_an_invalid_variable_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                command: list[str]) -> None:
+    """`tenfold config` reads the environment itself: it printed pydantic's multi-line error, not the one line every
+    other command gives."""
+    monkeypatch.setenv("TENFOLD_TRAINING__EPOCHS", "x")
+    get_settings.cache_clear()
+    try:
+        out = runner.invoke(app, command)
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), repr(out.exception)
+    (line,) = out.output.strip().splitlines()
+    assert line.startswith("error: invalid settings: ") and "TENFOLD_TRAINING__EPOCHS names no training setting" in line
