@@ -161,6 +161,12 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
                                  f"{retry_rejected!r}")
     reg = p.registry if p else ModelRegistry(settings)
     rollout_id = f"r-{run_key(run_id)}"
+    # A retried plan resumes the rollout this run planned, whichever version that was: the challenger may have moved
+    # since (a train_model gate), and a second rollout under the same id would leave the first in progress forever.
+    for _, planned_version, rid in reg.rollouts():
+        if rid == rollout_id and (recorded := reg.rollout_events(planned_version, rollout_id).get("start")):
+            log.info("rollout %s of %s already planned at %s: resuming it", rollout_id, planned_version, recorded["at"])
+            return RolloutRun.from_xcom(recorded["run"])
     ref = conf.get("version") or CHALLENGER
     try:
         version = reg.find(str(ref))
@@ -434,6 +440,12 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
     reg = p.registry
     if outcome == PROMOTED:
+        if not _newest(p, run):
+            # The canary pool and the weight are a newer rollout's now: carrying this promotion out would send
+            # everyone to that rollout's canary while the stable pool rolls.
+            raise PipelineError(f"rollout {run.rollout_id} ended promoted but a newer rollout has started since: its "
+                                f"promotion is not carried out over the newer one; promote {run.version} by hand "
+                                f"(`tenfold models promote {run.version}`) once that rollout has ended, if it should be")
         current = reg.resolve(CHAMPION)
         if current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
@@ -460,7 +472,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         p.deployer.deploy(STABLE, run.version)
         p.router.set_canary_percent(0)
     else:
-        p.router.set_canary_percent(0)
+        if _newest(p, run):  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
+            p.router.set_canary_percent(0)
         if outcome == ROLLED_BACK:
             summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
             reg.record_decision(run.version, f"{ROLLOUT_DECISION_PREFIX}{run.rollout_id}",

@@ -290,3 +290,25 @@ def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.PROMOTED and registry.champion == "v2"
     assert deployer.rolled == [("stable", "v2")] and router.percent == 0
+
+
+@pytest.mark.parametrize("outcome", [pipeline.ROLLED_BACK, pipeline.PROMOTED])
+def test_a_rerun_conclude_of_an_older_rollout_leaves_a_newer_rollouts_split_alone(
+        monkeypatch: pytest.MonkeyPatch, outcome: str) -> None:
+    """`step` had this guard and `conclude` did not: a re-run of an old run's conclude set the weight to 0 (or to
+    100, then 0, while the stable pool rolled) under a newer rollout whose canary the weight now is."""
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": outcome, "reasons": ["errors"]}
+    newer = pipeline.RolloutRun(rollout_id="r2", airflow_run_id="manual__y", version="v3", champion="v1",
+                                started_at=T0.isoformat(), policy=run.policy)
+    registry.newer = {"at": T0.isoformat(), "run": newer.to_xcom()}
+    router.percent = 25  # the newer rollout's canary, at its step 2
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    if outcome == pipeline.PROMOTED:
+        with pytest.raises(pipeline.PipelineError, match="a newer rollout has started since"):
+            pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+        assert registry.promoted == []
+    else:
+        assert pipeline.conclude(None, run, p=places)["outcome"] == outcome  # type: ignore[arg-type]
+    assert router.calls == [] and router.percent == 25
