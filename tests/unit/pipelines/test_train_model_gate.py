@@ -450,15 +450,14 @@ def test_a_holdout_republished_while_the_models_are_scored_or_before_register_is
     assert len(ModelRegistry(gate_settings).list_versions()) == 1  # the first run's only
 
 
-def test_a_first_run_retried_after_dying_between_promote_and_challenger_leaves_a_later_challenger_alone(
-        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run A promotes the first model and dies before marking it challenger; run B then evaluates against it,
-    passes and becomes challenger; A's gate is retried. It must not take the challenger back from B (its version
-    is the champion already)."""
-    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
-    trained_a = model(tmp_path, 0.70)
-    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
-    reg_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+def _gate_dies_before_the_challenger(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     quality: float) -> tuple[Any, Any, Any]:
+    """Run A trains, evaluates and registers; its gate records its decision and dies before moving challenger.
+    Returns A's plan, evaluation and registration, for its gate's retry."""
+    planned = pipeline.plan(settings, "manual__a", CONF)
+    trained = model(tmp_path, quality)
+    evaluation = pipeline.evaluate(settings, planned, trained)
+    registered = pipeline.register(settings, planned, trained, evaluation)
     real = ModelRegistry.set_alias
 
     def dies_before_challenger(self: ModelRegistry, alias: str, version: str, **kwargs: Any) -> Any:
@@ -468,8 +467,17 @@ def test_a_first_run_retried_after_dying_between_promote_and_challenger_leaves_a
 
     monkeypatch.setattr(ModelRegistry, "set_alias", dies_before_challenger)
     with pytest.raises(RuntimeError, match="died"):
-        pipeline.gate(gate_settings, planned_a, ev_a, reg_a)
+        pipeline.gate(settings, planned, evaluation, registered)
     monkeypatch.setattr(ModelRegistry, "set_alias", real)
+    return planned, evaluation, registered
+
+
+def test_a_first_run_retried_after_dying_between_promote_and_challenger_leaves_a_later_challenger_alone(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run A promotes the first model and dies before marking it challenger; run B then evaluates against it,
+    passes and becomes challenger; A's gate is retried. It must not take the challenger back from B (its version
+    is the champion already)."""
+    planned_a, ev_a, reg_a = _gate_dies_before_the_challenger(gate_settings, tmp_path, monkeypatch, 0.70)
     reg = ModelRegistry(gate_settings)
     assert reg.resolve(CHAMPION) == reg_a.version and reg.resolve(CHALLENGER) is None
 
@@ -548,21 +556,7 @@ def test_a_gate_retried_after_dying_before_the_alias_leaves_a_challenger_set_sin
     gate is retried. The newer challenger stays, and A announces no rollout."""
     reg = ModelRegistry(gate_settings)
     run(gate_settings, "manual__champion", model(tmp_path, 0.70))
-    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
-    trained_a = model(tmp_path, 0.75)
-    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
-    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
-    real = ModelRegistry.set_alias
-
-    def dies_before_challenger(self: ModelRegistry, alias: str, version: str, **kwargs: Any) -> Any:
-        if alias == CHALLENGER:
-            raise RuntimeError("the worker died")
-        return real(self, alias, version, **kwargs)
-
-    monkeypatch.setattr(ModelRegistry, "set_alias", dies_before_challenger)
-    with pytest.raises(RuntimeError, match="died"):
-        pipeline.gate(gate_settings, planned_a, ev_a, r_a)
-    monkeypatch.setattr(ModelRegistry, "set_alias", real)
+    planned_a, ev_a, r_a = _gate_dies_before_the_challenger(gate_settings, tmp_path, monkeypatch, 0.75)
     _, r_b, d_b = run(gate_settings, "manual__b", model(tmp_path, 0.76))
     assert d_b["canary"] and reg.resolve(CHALLENGER) == r_b.version
 
