@@ -70,9 +70,14 @@ def run(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[dict[
 
 
 def _evaluated(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[Any, Any]:
+    return _registered(settings, run_id, trained)[1:]
+
+
+def _registered(settings: Settings, run_id: str, trained: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A run's plan, evaluation and registration, its gate not run yet."""
     planned = pipeline.plan(settings, run_id, CONF)
     evaluation = pipeline.evaluate(settings, planned, trained)
-    return evaluation, pipeline.register(settings, planned, trained, evaluation)
+    return planned, evaluation, pipeline.register(settings, planned, trained, evaluation)
 
 
 def test_champion_is_scored_from_its_own_registered_files(gate_settings: Settings, tmp_path: Path) -> None:
@@ -320,10 +325,7 @@ def test_a_cleared_run_neither_takes_the_challenger_back_nor_announces_a_version
     newer challenger stays, and a version whose canary already ran (rejected here) is not announced again."""
     reg = ModelRegistry(gate_settings)
     run(gate_settings, "manual__champion", model(tmp_path, 0.70))
-    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
-    trained_a = model(tmp_path, 0.75)
-    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
-    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
+    planned_a, ev_a, r_a = _registered(gate_settings, "manual__a", model(tmp_path, 0.75))
     assert pipeline.gate(gate_settings, planned_a, ev_a, r_a)["canary"]
     _, r_b, d_b = run(gate_settings, "manual__b", model(tmp_path, 0.76))  # a newer challenger
     assert d_b["canary"] and reg.resolve(CHALLENGER) == r_b.version
@@ -454,10 +456,7 @@ def _gate_dies_before_the_challenger(settings: Settings, tmp_path: Path, monkeyp
                                      quality: float) -> tuple[Any, Any, Any]:
     """Run A trains, evaluates and registers; its gate records its decision and dies before moving challenger.
     Returns A's plan, evaluation and registration, for its gate's retry."""
-    planned = pipeline.plan(settings, "manual__a", CONF)
-    trained = model(tmp_path, quality)
-    evaluation = pipeline.evaluate(settings, planned, trained)
-    registered = pipeline.register(settings, planned, trained, evaluation)
+    planned, evaluation, registered = _registered(settings, "manual__a", model(tmp_path, quality))
     real = ModelRegistry.set_alias
 
     def dies_before_challenger(self: ModelRegistry, alias: str, version: str, **kwargs: Any) -> Any:
@@ -571,14 +570,8 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     read: it loses, leaves B's challenger, and announces no rollout."""
     reg = ModelRegistry(gate_settings)
     run(gate_settings, "manual__champion", model(tmp_path, 0.70))
-    planned_a = pipeline.plan(gate_settings, "manual__a", CONF)
-    trained_a = model(tmp_path, 0.75)
-    ev_a = pipeline.evaluate(gate_settings, planned_a, trained_a)
-    r_a = pipeline.register(gate_settings, planned_a, trained_a, ev_a)
-    planned_b = pipeline.plan(gate_settings, "manual__b", CONF)
-    trained_b = model(tmp_path, 0.76)
-    ev_b = pipeline.evaluate(gate_settings, planned_b, trained_b)
-    r_b = pipeline.register(gate_settings, planned_b, trained_b, ev_b)
+    planned_a, ev_a, r_a = _registered(gate_settings, "manual__a", model(tmp_path, 0.75))
+    planned_b, ev_b, r_b = _registered(gate_settings, "manual__b", model(tmp_path, 0.76))
     real = ModelRegistry.record_decision
 
     def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
