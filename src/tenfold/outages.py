@@ -48,6 +48,9 @@ def is_unreachable(exc: BaseException) -> bool:
 
     if is_outage(exc) or isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return True
+    if isinstance(exc, OSError) and any(f"google::cloud::Status({code}" in str(exc)
+                                        for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")):
+        return True  # pyarrow's GCS client, its retries run out (fsio.GCS_RETRY_LIMIT_S)
     try:
         import requests
     except ImportError:  # pragma: no cover - google-cloud-storage depends on it
@@ -83,4 +86,6 @@ def _no_credentials(exc: BaseException) -> bool:
         from google.auth.exceptions import DefaultCredentialsError
     except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
         return False
-    return isinstance(exc, DefaultCredentialsError)
+    # pyarrow's GCS client says it in its status text (an OSError) once its retries run out.
+    return isinstance(exc, DefaultCredentialsError) or (
+        isinstance(exc, OSError) and "Could not create a OAuth2 access token" in str(exc))

@@ -26,16 +26,37 @@ def test_a_gs_uri_without_credentials_fails_within_the_bound_instead_of_hanging_
     script = ("import tenfold.fsio as f; f.GCS_RETRY_LIMIT_S = 2\n"
               "fs, path = f.filesystem_from_uri('gs://tenfold-no-such-bucket-7f3a/lake/features')\n"
               "assert path == 'tenfold-no-such-bucket-7f3a/lake/features', path\n"
-              "try:\n    fs.get_file_info(path)\nexcept OSError as exc:\n    print('refused:', str(exc)[:200])\n")
+              "from pathlib import Path\nfrom tenfold.outages import ending\n"
+              "try:\n    fs.get_file_info(path)\nexcept OSError as exc:\n"
+              "    print(ending(exc, 'tenfold ingest', Path('.'), debug_hint='with TENFOLD_DEBUG=1'))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))}
     env["HOME"] = str(tmp_path)  # no gcloud application-default credentials either
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("refused: "), done.stdout
+    # the line the command ends with says what to do: log in (not "fix its permissions, or free space")
+    assert done.stdout.strip() == ("error: `tenfold ingest` found no Google Cloud credentials (OSError): run `gcloud auth "
+                                   "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset "
+                                   "TENFOLD_ENV to work on the local platform"), done.stdout
     assert time.monotonic() - started < 45
 
 
-def test_a_retry_limit_in_the_uri_is_kept() -> None:
-    fs, path = filesystem_from_uri("gs://bucket/x?retry_limit_seconds=7")
-    assert fs.type_name == "gcs" and path == "bucket/x"
+def test_a_gs_uri_gets_the_bound_and_one_that_sets_its_own_keeps_it(monkeypatch) -> None:
+    import pyarrow.fs as pafs
+
+    seen: list[str] = []
+    real = pafs.FileSystem
+
+    class Spy:
+        @staticmethod
+        def from_uri(uri: str):  # type: ignore[no-untyped-def]
+            seen.append(uri)
+            return real.from_uri(uri)
+
+    monkeypatch.setattr(pafs, "FileSystem", Spy)
+    assert filesystem_from_uri("gs://bucket/x")[1] == "bucket/x"
+    assert filesystem_from_uri("gs://bucket/x?scheme=http&endpoint_override=127.0.0.1:1")[1] == "bucket/x"
+    assert filesystem_from_uri("gs://bucket/x?retry_limit_seconds=7")[1] == "bucket/x"
+    assert seen == [f"gs://bucket/x?retry_limit_seconds={GCS_RETRY_LIMIT_S}",
+                    f"gs://bucket/x?scheme=http&endpoint_override=127.0.0.1:1&retry_limit_seconds={GCS_RETRY_LIMIT_S}",
+                    "gs://bucket/x?retry_limit_seconds=7"]

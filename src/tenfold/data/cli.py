@@ -44,8 +44,8 @@ def ingest(
     except (ValueError, IngestError, LakeError, SourceMissing) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except OSError as exc:  # what the system refuses (a local lake under TENFOLD_HOME): one line naming the path
-        from tenfold.fsio import os_error_refusal
+    except OSError as exc:  # what the system refuses (a local lake under TENFOLD_HOME), a lake that cannot be reached
+        from tenfold.outages import ending
 
-        typer.echo(os_error_refusal(exc, "tenfold ingest", settings.local.home), err=True)
+        typer.echo(ending(exc, "tenfold ingest", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"), err=True)
         raise typer.Exit(1) from exc

@@ -443,9 +443,13 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         if not _newest(p, run):
             # The canary pool and the weight are a newer rollout's now: carrying this promotion out would send
             # everyone to that rollout's canary while the stable pool rolls.
+            todo = (f"{run.version} is the champion already, but the stable pool may not serve it yet: once that "
+                    "rollout has ended, roll the stable pool to the champion (`tenfold serve rollout --model champion`"
+                    " locally)" if reg.resolve(CHAMPION) == run.version else
+                    f"promote {run.version} by hand (`tenfold models promote {run.version}`) once that rollout has "
+                    "ended, if it should be")
             raise PipelineError(f"rollout {run.rollout_id} ended promoted but a newer rollout has started since: its "
-                                f"promotion is not carried out over the newer one; promote {run.version} by hand "
-                                f"(`tenfold models promote {run.version}`) once that rollout has ended, if it should be")
+                                f"promotion is not carried out over the newer one; {todo}")
         current = reg.resolve(CHAMPION)
         if current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that

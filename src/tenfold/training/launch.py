@@ -299,8 +299,8 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         # a launcher killed now leaves a job that the next launch into the folder finds and stops (_sole_launch).
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True,
                                 pass_fds=(lock.fileno,))
-        lock.record(job_pgid=proc.pid)
         try:
+            lock.record(job_pgid=proc.pid)  # inside: a failure here (a full disk) still stops the job
             rc = proc.wait(timeout=timeout)
         except BaseException as exc:
             # Past its bound, or interrupted while waiting (Airflow's task timeout or termination raised in the task,
@@ -372,8 +372,13 @@ class _JobLock:
         from tenfold.local.process import started
 
         me = psutil.Process()
-        atomic_write(self.folder / JOB_HOLDER, json.dumps(
-            {"launcher_pid": me.pid, "launcher_started": started(me), "job_pgid": job_pgid}).encode())
+        try:
+            job_started = started(psutil.Process(job_pgid)) if job_pgid is not None else None
+        except psutil.Error:  # the job is gone already: nothing a later launch could stop
+            job_started = None
+        atomic_write(self.folder / JOB_HOLDER, json.dumps({
+            "launcher_pid": me.pid, "launcher_started": started(me), "job_pgid": job_pgid,
+            "job_started": job_started}).encode())
 
 
 def _locked(fd: int) -> bool:
@@ -387,7 +392,7 @@ def _locked(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def _sole_launch(out: Path, grace_s: float = 10.0) -> Iterator[_JobLock]:
+def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
     """One job at a time writes ``out``: its checkpoints, model and result assume a single writer (a second job's
     snapshot deletes the first's newer ones as abandoned).
 
@@ -395,11 +400,11 @@ def _sole_launch(out: Path, grace_s: float = 10.0) -> Iterator[_JobLock]:
     launcher is killed (an Airflow task SIGKILLed: the job runs in a session of its own). A launch that finds it
     held reads ``.job.json``: when that launcher is still running, the launch is refused (two launches into one
     folder); when it is gone, its job is an orphan, and the launch stops that job's process group (SIGTERM, then
-    SIGKILL after ``grace_s``) and resumes from the folder's checkpoints.
+    SIGKILL after ``grace_s``: torchrun waits up to 30 s for its workers, which it stops itself, as they run in
+    sessions of their own) and resumes from the folder's checkpoints. A job is signalled only while its pid is
+    still the process recorded (its start time), never a process group that reused the pid.
     """
-    import psutil
 
-    from tenfold.local.process import started
 
     fd = os.open(out / JOB_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -409,10 +414,9 @@ def _sole_launch(out: Path, grace_s: float = 10.0) -> Iterator[_JobLock]:
             except (OSError, ValueError):
                 holder = {}
             pid, job = holder.get("launcher_pid"), holder.get("job_pgid")
-            try:
-                alive = pid is not None and started(psutil.Process(pid)) == holder.get("launcher_started")
-            except psutil.Error:
-                alive = False
+            alive = _is(pid, holder.get("launcher_started"))
+            if not _is(job, holder.get("job_started")):
+                job = None  # gone, or its pid reused since: never signal a process group that is not the job's
             if alive:
                 raise TrainingFailed(
                     f"another launch (pid {pid}) is training into {out}: two jobs must not write one folder's "
@@ -429,10 +433,27 @@ def _sole_launch(out: Path, grace_s: float = 10.0) -> Iterator[_JobLock]:
                         "them): stop them, then launch again", error="folder in use")
                 time.sleep(0.1)
         lock = _JobLock(out, fd)
-        lock.record(job_pgid=None)
-        yield lock
+        try:
+            lock.record(job_pgid=None)
+            yield lock
+        finally:  # the job ended or was stopped: a later launch finds no holder to stop (the lock is still ours)
+            (out / JOB_HOLDER).unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def _is(pid: object, started_at: object) -> bool:
+    """Whether ``pid`` is still the process that started at ``started_at`` (``tenfold.local.process.started``)."""
+    import psutil
+
+    from tenfold.local.process import started
+
+    if not isinstance(pid, int) or started_at is None:
+        return False
+    try:
+        return bool(started(psutil.Process(pid)) == started_at)
+    except psutil.Error:
+        return False
 
 
 def _stop_group(pgid: int, grace_s: float) -> None:
@@ -453,7 +474,8 @@ def _stop_group(pgid: int, grace_s: float) -> None:
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the job's whole process group (agent and workers), then SIGKILL what is left."""
+    """SIGTERM the job's process group (torchrun, which stops its workers: they run in sessions of their own),
+    then SIGKILL what is left."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
