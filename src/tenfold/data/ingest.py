@@ -34,7 +34,6 @@ import codecs
 import csv
 import datetime as dt
 import io
-import itertools
 import json
 import posixpath
 import re
@@ -479,8 +478,7 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
     table = refusal.table
     # A source refusal under this key already (a retry) is replaced by the newer verdict; an earlier batch withdrawn
     # under the key (the quality gate's) is kept, and this one goes beside it (key-2, ...: see Lake.quarantine).
-    for n in itertools.count(1):
-        dest = lake.quarantine_path(table, part, key if n == 1 else f"{key}-{n}")
+    for dest in lake.quarantine_paths(table, part, key):
         if lake.fs.get_file_info(dest).type == pafs.FileType.NotFound:
             break
         if _source_refusal_at(lake, dest):

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import posixpath
 import uuid
@@ -308,6 +309,13 @@ class Lake:
 
     def quarantine_path(self, table: str, part: Partition, attempt: str) -> str:
         return self._join(self.layout.quarantine_dir(table, part.path, attempt))
+
+    def quarantine_paths(self, table: str, part: Partition, attempt: str) -> Iterator[str]:
+        """The quarantine folders of ``attempt`` in the order :meth:`quarantine` takes them (``attempt``, then
+        ``attempt-2``, ``-3``...; endless)."""
+        yield self.quarantine_path(table, part, attempt)
+        for n in itertools.count(2):
+            yield self.quarantine_path(table, part, f"{attempt}-{n}")
 
     # --- reading ------------------------------------------------------------------------------------
     def read_manifest(self, table: str, part: Partition) -> Manifest:
@@ -664,11 +672,8 @@ class Lake:
         its DAG run was cleared): an earlier batch and its reason are kept, never merged with or moved into.
         """
         staged = self._path(staged_dir)
-        dest = self.quarantine_path(table, part, attempt)
-        n = 1
-        while self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
-            n += 1
-            dest = self.quarantine_path(table, part, f"{attempt}-{n}")
+        dest = next(d for d in self.quarantine_paths(table, part, attempt)
+                    if self.fs.get_file_info(d).type == pafs.FileType.NotFound)
         make_dirs(self.fs, posixpath.dirname(dest))
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             # On GCS the move goes object by object: the verdict goes first, into the batch itself, so a move cut

@@ -52,7 +52,7 @@ from tenfold.pipelines.common import PipelineError, RunState, run_key, run_main
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
-from tenfold.registry.registry import CHALLENGER, CHAMPION, AliasPointer, ModelRegistry
+from tenfold.registry.registry import CHALLENGER, CHAMPION, AliasPointer, ModelRegistry, utc_stamp
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     champion = Scored.of(evaluated_version, holdout, evaluated["metrics"]) if evaluated and evaluated_version else None
     decision: Decision = decide(challenger, champion, baselines, policy)
     body = plain_json(decision.to_dict())
-    body["decided_at"] = _utc_now()
+    body["decided_at"] = utc_stamp()  # compared with AliasPointer.updated_at
     rejected = decision.promote and not first and bool(reg.canary_rejections(version))
     if rejected:
         # The same data and seed reproduce a version byte for byte: its canary already ran, and rejected it.
@@ -628,11 +628,6 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         return result(body)
     marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
     return result(body, canary=marked)
-
-
-def _utc_now() -> str:
-    """Now, as the registry stamps an alias move (``AliasPointer.updated_at``), so the two compare as text."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: AliasPointer | None) -> bool:
@@ -717,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_main(parser, argv, body)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -168,7 +168,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _now() -> str:
+def utc_stamp() -> str:
+    """Now, as the registry stamps what it records (``created_at``, ``AliasPointer.updated_at``): ISO UTC to the
+    millisecond, so stamps compare as text."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
@@ -379,7 +381,7 @@ class ModelRegistry:
             "format": FORMAT,
             "version": version,
             "digest": digest,
-            "created_at": _now(),
+            "created_at": utc_stamp(),
             "files": [asdict(f) for f in files],
             "metrics": metrics_body,
         }
@@ -667,7 +669,7 @@ class ModelRegistry:
                 self._append_history(current)  # backfill if its mover died before recording it
             new = AliasPointer(
                 alias=alias, version=version, seq=(current.seq + 1) if current else 1, previous=current_version,
-                action=action, updated_at=_now(), actor=actor or _actor(), reason=reason,
+                action=action, updated_at=utc_stamp(), actor=actor or _actor(), reason=reason,
                 details=dict(details or {}), nonce=uuid.uuid4().hex,
             )
             blob = self.bucket.blob(self._name("aliases", alias))
