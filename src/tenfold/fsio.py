@@ -166,7 +166,6 @@ def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
     return f"error: `{command}` cannot go on: {what}; {todo}"
 
 
-
 # How long pyarrow's GCS client retries a failing call (an outage, no credentials, no network) before it raises: its
 # own default is 15 minutes, so a command run without cloud credentials hung silently for that long. A task that
 # meets a longer outage fails and is retried by Airflow.

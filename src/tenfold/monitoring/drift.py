@@ -530,7 +530,6 @@ def reported_months(settings: Settings) -> list[str]:
 
 
 def _write(uri: str, data: bytes) -> None:
-
     fs, path = filesystem_from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])
     write_file_atomically(fs, path, data)  # a unique tmp, removed if the write fails (a full disk)
@@ -547,7 +546,6 @@ def write_report(settings: Settings, report: DriftReport) -> tuple[str, str]:
 
 def read_report(settings: Settings, part: Partition | str) -> DriftReport:
     """The drift report saved for ``part`` (``"2013-07"``); its ``summary`` has the decision and max PSI."""
-
     uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
     fs, path = filesystem_from_uri(uri)
     trigger = f"the Airflow UI's Trigger button, with the run conf {{\"month\": \"{part}\"}}"

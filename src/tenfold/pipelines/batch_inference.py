@@ -348,5 +348,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_main(parser, argv, body)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

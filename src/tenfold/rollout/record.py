@@ -109,7 +109,6 @@ def report_uri(settings: Settings, rollout: Rollout) -> str:
 
 def write_report(settings: Settings, rollout: Rollout, record: Mapping[str, Mapping[str, Any]]) -> str:
     """Save the HTML report (:func:`render_report`) in the lake, atomically; returns its URI."""
-
     uri = report_uri(settings, rollout)
     fs, path = filesystem_from_uri(uri)
     make_dirs(fs, path.rsplit("/", 1)[0])

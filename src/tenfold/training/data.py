@@ -294,7 +294,6 @@ def read_feedback(location: str, sha256: str, contract: FeatureContract) -> pa.T
     from tenfold.training.remote import is_remote
 
     if is_remote(location):
-
         fs, path = filesystem_from_uri(location)
         try:
             with fs.open_input_stream(path) as stream:
