@@ -212,11 +212,7 @@ def start(
         except FileNotFoundError as exc:
             raise LocalPlatformError(f"{name}: cannot run {argv[0]!r} ({exc.strerror})") from exc
     try:
-        proc = psutil.Process(popen.pid)
-        record = ProcessRecord(
-            name=name, pid=popen.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port, log=str(log_path),
-            boot_id=boot_id(), marker=marker,
-        )
+        record = record_of(psutil.Process(popen.pid), name, port=port, log=str(log_path), marker=marker)
     except psutil.NoSuchProcess as exc:  # zombies included: it exited before we could look at it
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=2)
@@ -246,6 +242,13 @@ def start(
     if tie_to_this_process:
         _start_watchdog(record)
     return record
+
+
+def record_of(proc: psutil.Process, name: str, *, port: int = 0, log: str = "", marker: str = "") -> ProcessRecord:
+    """The record that identifies ``proc`` (its pid and start time, in this boot) for :func:`is_running` and
+    :func:`stop`; ``marker``, the :data:`MARKER_ENV` its group was started with, tells its orphans from strangers."""
+    return ProcessRecord(name=name, pid=proc.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port,
+                         log=log, boot_id=boot_id(), marker=marker)
 
 
 def _abandon(popen: subprocess.Popen[bytes]) -> None:

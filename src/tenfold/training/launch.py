@@ -29,7 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,8 @@ def run_torchrun(
 def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,
             nproc: int | None, timeout_s: float | None, max_restarts: int | None,
             env: dict[str, str] | None) -> TrainResult:
+    from tenfold.local.process import MARKER_ENV
+
     target = remote.uri if remote else str(out)
     nproc = nproc or settings.training.nproc_per_node
     restarts = settings.training.max_restarts if max_restarts is None else max_restarts
@@ -283,7 +285,7 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
     try:
         cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
         threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
-        run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+        run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", MARKER_ENV: lock.marker,
                    **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     except BaseException:  # no job will use it (the launch below removes it once it has run)
         if rendezvous is not None:
@@ -361,24 +363,26 @@ JOB_HOLDER = ".job.json"  # who holds it: the launcher (pid and start time) and 
 
 @dataclass
 class _JobLock:
-    """The output folder's lock, held: :meth:`record` says who holds it, for the next launch to read."""
+    """The output folder's lock, held: :meth:`record` says who holds it, for the next launch to read. ``marker`` goes
+    into the job's environment (``tenfold.local.process.MARKER_ENV``), so that what it leaves is known as its own."""
 
     folder: Path
     fileno: int
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def record(self, *, job_pgid: int | None) -> None:
+        """Write ``.job.json``: this launcher and the job (torchrun, leader of its process group), each as a
+        ``tenfold.local.process.ProcessRecord`` (pid and start time: a reused pid is never taken for it)."""
         import psutil
 
-        from tenfold.local.process import started
+        from tenfold.local.process import record_of
 
-        me = psutil.Process()
         try:
-            job_started = started(psutil.Process(job_pgid)) if job_pgid is not None else None
+            job = asdict(record_of(psutil.Process(job_pgid), "torchrun", marker=self.marker)) if job_pgid else None
         except psutil.Error:  # the job is gone already: nothing a later launch could stop
-            job_started = None
-        atomic_write(self.folder / JOB_HOLDER, json.dumps({
-            "launcher_pid": me.pid, "launcher_started": started(me), "job_pgid": job_pgid,
-            "job_started": job_started}).encode())
+            job = None
+        atomic_write(self.folder / JOB_HOLDER, json.dumps(
+            {"launcher": asdict(record_of(psutil.Process(), "launcher")), "job": job}).encode())
 
 
 def _locked(fd: int) -> bool:
@@ -399,32 +403,32 @@ def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
     The launch holds ``out/.job.lock`` and its job inherits it, so it stays held while the job lives, even after the
     launcher is killed (an Airflow task SIGKILLed: the job runs in a session of its own). A launch that finds it
     held reads ``.job.json``: when that launcher is still running, the launch is refused (two launches into one
-    folder); when it is gone, its job is an orphan, and the launch stops that job's process group (SIGTERM, then
-    SIGKILL after ``grace_s``: torchrun waits up to 30 s for its workers, which it stops itself, as they run in
-    sessions of their own) and resumes from the folder's checkpoints. A job is signalled only while its pid is
-    still the process recorded (its start time), never a process group that reused the pid.
+    folder); when it is gone, its job is an orphan, and the launch stops it with ``tenfold.local.process.stop``
+    (its process group, SIGTERM then SIGKILL after ``grace_s``: torchrun waits up to 30 s for its workers; then the
+    workers themselves, which run in sessions of their own) and resumes from the folder's checkpoints. Processes
+    are recognised by pid and start time, never a process group that reused the pid.
     """
-
+    from tenfold.local.process import ProcessRecord, is_group_running, is_running, stop
 
     fd = os.open(out / JOB_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if not _locked(fd):
+            launcher: ProcessRecord | None
+            job: ProcessRecord | None
             try:
                 holder = json.loads((out / JOB_HOLDER).read_text())
-            except (OSError, ValueError):
-                holder = {}
-            pid, job = holder.get("launcher_pid"), holder.get("job_pgid")
-            alive = _is(pid, holder.get("launcher_started"))
-            if not _is(job, holder.get("job_started")):
-                job = None  # gone, or its pid reused since: never signal a process group that is not the job's
-            if alive:
+                launcher = ProcessRecord(**holder["launcher"])
+                job = ProcessRecord(**holder["job"]) if holder.get("job") else None
+            except (OSError, ValueError, TypeError, KeyError):  # none yet (the holder is about to write it), unreadable
+                launcher = job = None
+            if launcher is not None and is_running(launcher):
                 raise TrainingFailed(
-                    f"another launch (pid {pid}) is training into {out}: two jobs must not write one folder's "
+                    f"another launch (pid {launcher.pid}) is training into {out}: two jobs must not write one folder's "
                     "checkpoints. Wait for it to end, or stop it, then launch again", error="folder in use")
-            if isinstance(job, int):
-                log.warning("a killed launcher left its job (process group %d) training into %s: stopping it, then "
-                            "resuming from the folder's checkpoints", job, out)
-                _stop_group(job, grace_s)
+            if job is not None and is_group_running(job):
+                log.warning("a killed launcher left its job (pid %d) training into %s: stopping it, then resuming "
+                            "from the folder's checkpoints", job.pid, out)
+                stop(job, timeout=grace_s)
             deadline = time.monotonic() + grace_s + 5
             while not _locked(fd):
                 if time.monotonic() > deadline:
@@ -440,37 +444,6 @@ def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
             (out / JOB_HOLDER).unlink(missing_ok=True)
     finally:
         os.close(fd)
-
-
-def _is(pid: object, started_at: object) -> bool:
-    """Whether ``pid`` is still the process that started at ``started_at`` (``tenfold.local.process.started``)."""
-    import psutil
-
-    from tenfold.local.process import started
-
-    if not isinstance(pid, int) or started_at is None:
-        return False
-    try:
-        return bool(started(psutil.Process(pid)) == started_at)
-    except psutil.Error:
-        return False
-
-
-def _stop_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM process group ``pgid``, then SIGKILL it if any of it is left after ``grace_s``."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:

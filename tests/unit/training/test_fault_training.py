@@ -227,7 +227,7 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
             run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0)
         assert paused.is_running(), "the refused launch stopped the live launcher's job"
 
-        job = psutil.Process(json.loads((out / ".job.json").read_text())["job_pgid"])
+        job = psutil.Process(json.loads((out / ".job.json").read_text())["job"]["pid"])
         assert "torch.distributed.run" in " ".join(job.cmdline())
         os.kill(launcher.pid, signal.SIGKILL)  # the launcher dies; its job does not
         launcher.wait(30)
@@ -241,7 +241,7 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
         assert read_losses(out) == read_losses(reference_run.out_dir)
     finally:  # nothing of A outlives the test, whatever failed
         holder = json.loads((out / ".job.json").read_text()) if (out / ".job.json").exists() else {}
-        for pgid in (launcher.pid, holder.get("job_pgid")):
+        for pgid in (launcher.pid, (holder.get("job") or {}).get("pid")):
             with contextlib.suppress(ProcessLookupError, TypeError):
                 os.killpg(pgid, signal.SIGKILL)
         if ready.exists():
