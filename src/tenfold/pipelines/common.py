@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import types
@@ -230,7 +231,15 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     command = parser.prog
 
     def say(line: str) -> None:
-        print(line if line.startswith("error: ") else f"error: `{command}`: {line}", file=sys.stderr)
+        # The ending is the last line, whole: google-cloud-storage's own background thread (bucket metadata) went on
+        # logging its retries after it, even into the middle of it. Its records go nowhere from here on (a record
+        # already past its level check waits on the handler's lock, which setStream takes, and then goes there too).
+        logging.disable(logging.CRITICAL)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the rest of this process
+        sys.stderr.write((line if line.startswith("error: ") else f"error: `{command}`: {line}") + "\n")
+        sys.stderr.flush()
 
     if isinstance(getattr(args, "conf", None), str):
         try:
