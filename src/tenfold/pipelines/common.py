@@ -34,7 +34,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, TextIO, TypeVar, get_args, get_origin
 
 from tenfold.config import Settings
 from tenfold.jsonable import plain_json
@@ -209,9 +209,14 @@ def date_range(settings: Settings, dag_id: str) -> tuple[dt.datetime | None, dt.
     return start, end
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Logging for ``python -m tenfold.pipelines.<dag_id>`` runs (Airflow configures its own)."""
+def configure_logging(level: int = logging.INFO) -> logging.StreamHandler[TextIO] | None:
+    """Logging for ``python -m tenfold.pipelines.<dag_id>`` runs (Airflow configures its own): the handler it added
+    to the root logger, or None when the root logger had handlers already (``logging.basicConfig``'s rule)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    added = [h for h in root.handlers if h not in before]
+    return added[0] if added and isinstance(added[0], logging.StreamHandler) else None
 
 
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -227,17 +232,15 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     """
     parser.add_argument("--debug", action="store_true", help="log at DEBUG, and print the traceback of a fault")
     args = parser.parse_args(argv)
-    configure_logging(logging.DEBUG if args.debug else logging.INFO)
+    ours = configure_logging(logging.DEBUG if args.debug else logging.INFO)
     command = parser.prog
 
     def say(line: str) -> None:
         # The ending is the last line, whole: google-cloud-storage's own background thread (bucket metadata) went on
-        # logging its retries after it, even into the middle of it. Its records go nowhere from here on (a record
-        # already past its level check waits on the handler's lock, which setStream takes, and then goes there too).
-        logging.disable(logging.CRITICAL)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the rest of this process
+        # logging its retries after it, even into the middle of it. What this run logs goes nowhere from here on (a
+        # record already past its level check waits on the handler's lock, which setStream takes, and goes there too).
+        if ours is not None:
+            ours.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the rest of this process
         sys.stderr.write((line if line.startswith("error: ") else f"error: `{command}`: {line}") + "\n")
         sys.stderr.flush()
 
