@@ -15,7 +15,8 @@ costs one environment lookup.
 and before the optimizer updates this rank's weights. ``at=checkpoint``: rank 0 writing the checkpoint
 of step ``step``, with half of the file in its temporary name (see
 :func:`tenfold.training.checkpoint.save_checkpoint`). ``mode=pause`` waits to be killed;
-``mode=raise`` raises an error (a worker that fails). With ``ready``, a hook fires once: not while the
+``mode=raise`` raises an error (a worker that fails); ``mode=deaf`` pauses with SIGTERM ignored (a worker that
+does not stop when asked: torchrun's own shutdown waits 30 s for it, the launch's timeout path must not). With ``ready``, a hook fires once: not while the
 ready file exists, so the restarted worker runs past it.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import Any
 
 FAULT_ENV = "TENFOLD_TRAIN_FAULT"
 PLACES = ("step", "checkpoint")
+MODES = ("pause", "raise", "deaf")
 # A paused worker that nobody kills (its test died) gives up after this and exits, so a job never hangs.
 PAUSE_LIMIT_S = 600.0
 
@@ -48,10 +51,10 @@ class Fault:
         opts = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
         fault = cls(rank=int(opts.get("rank", -1)), step=int(opts.get("step", -1)), at=opts.get("at", "step"),
                     mode=opts.get("mode", "pause"), ready=Path(opts["ready"]) if opts.get("ready") else None)
-        if fault.at not in PLACES or fault.mode not in ("pause", "raise"):
-            raise ValueError(f"{FAULT_ENV}={spec!r}: at must be one of {PLACES}, mode pause or raise")
-        if fault.mode == "pause" and fault.ready is None:
-            raise ValueError(f"{FAULT_ENV}={spec!r}: mode=pause needs ready=<file> (the test waits on it)")
+        if fault.at not in PLACES or fault.mode not in MODES:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: at must be one of {PLACES}, mode one of {MODES}")
+        if fault.mode != "raise" and fault.ready is None:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: mode={fault.mode} needs ready=<file> (the test waits on it)")
         return fault
 
 
@@ -71,6 +74,8 @@ def armed(rank: int, step: int, at: str) -> Fault | None:
 def fire(fault: Fault, **detail: Any) -> None:
     """Raise, or announce this process in the ready file and wait to be killed (never returns then)."""
     where = f"rank {fault.rank} at step {fault.step} ({fault.at})"
+    if fault.mode == "deaf":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # before the ready file: the test's stop must find it deaf
     if fault.ready is not None:
         body = {"pid": os.getpid(), "rank": fault.rank, "step": fault.step, "at": fault.at, **detail}
         tmp = fault.ready.with_name(f".{fault.ready.name}.tmp-{os.getpid()}")

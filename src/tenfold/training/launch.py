@@ -308,7 +308,7 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
             # Past its bound, or interrupted while waiting (Airflow's task timeout or termination raised in the task,
             # Ctrl-C): the job runs in a session of its own, so nothing else would stop it writing into the run's
             # folders.
-            _terminate(proc)
+            _terminate(proc, lock.marker)
             if not isinstance(exc, subprocess.TimeoutExpired):
                 raise
             raise TrainingTimeout(
@@ -446,14 +446,15 @@ def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
         os.close(fd)
 
 
-def _terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the job's process group (torchrun, which stops its workers: they run in sessions of their own),
-    then SIGKILL what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+def _terminate(proc: subprocess.Popen[bytes], marker: str, grace_s: float = 10.0) -> None:
+    """Stop the job: SIGTERM its process group (torchrun, which stops its workers), SIGKILL what is left after
+    ``grace_s``, then the workers that outlived torchrun (they run in sessions of their own, so the group's kill
+    misses them: a worker deaf to SIGTERM would go on holding the folder's lock and writing its checkpoints).
+    ``tenfold.local.process.stop`` does all of it, collecting the workers before the first signal."""
+    import psutil
+
+    from tenfold.local.process import record_of, stop
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        stop(record_of(psutil.Process(proc.pid), "torchrun", marker=marker), timeout=grace_s)
+    proc.wait()

@@ -142,3 +142,40 @@ def test_a_launch_interrupted_while_it_waits_kills_the_job(
         run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=300)
     _assert_no_process_left(tmp_path, within_s=12)  # the grace torchrun's SIGTERM gets, and a margin
     assert not (tmp_path / "model").exists()
+
+
+def test_an_interrupted_launch_kills_a_worker_that_ignores_sigterm(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """A worker deaf to SIGTERM outlives torchrun's shutdown (torchrun waits 30 s for it, the launch only 10 s before
+    it SIGKILLs torchrun's group): the workers run in sessions of their own, so what the group kill misses must be
+    stopped by the launch itself, or it goes on holding the folder's lock and writing its checkpoints."""
+    import os
+    import signal
+    import threading
+
+    class Interrupted(Exception):
+        pass
+
+    ready = tmp_path / "deaf.json"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    def watch() -> None:  # the task is interrupted once the deaf worker is in place
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGALRM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(Interrupted):
+            run_torchrun(train_settings, small_config, tmp_path / "out", nproc=2, timeout_s=300,
+                         env={FAULT_ENV: f"rank=1,step=2,mode=deaf,ready={ready}"})
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert ready.exists(), "the deaf worker never reached its step"
+    _assert_no_process_left(tmp_path, within_s=5)
