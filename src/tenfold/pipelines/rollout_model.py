@@ -37,7 +37,7 @@ from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
 from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_key, run_main
 from tenfold.registry.errors import AliasConflict, RegistryError
-from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry
+from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry, is_version_id
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import Rollout, check_key, is_check, ordered, set_key, write_report
@@ -186,6 +186,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
     if ref == CHALLENGER:
         _refuse_a_challenger_the_gate_kept_out(reg, version, champion)
+    _refuse_while_stable_is_not_the_champion(p.deployer if p else _deployer(settings), champion)
     if not retry_rejected:
         rejected = reg.canary_rejections(version)
         if rejected:
@@ -198,6 +199,27 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         return RolloutRun.from_xcom(reg.rollout_events(version, rollout_id)["start"]["run"])
     log.info("rollout %s: %s against champion %s through steps %s %%", rollout_id, version, champion, list(run.steps))
     return run
+
+
+def _deployer(settings: Settings) -> Deployer:
+    from tenfold.rollout.adapters import deployer
+
+    return deployer(settings)
+
+
+def _refuse_while_stable_is_not_the_champion(deployer: Deployer, champion: str) -> None:
+    """The canary is judged against the stable pool as the champion's control. A promotion whose stable roll failed
+    for good (or a pool rolled by hand) leaves the stable pool on another version: a rollout then would compare the
+    canary with a model that is not the champion, and its deploy would move the canary pool, which was serving the
+    champion to every user, off it. A pool between versions (None) or serving an alias (the cloud's unpinned
+    template) is not refused: the deploy waits for it."""
+    serving = deployer.pool_version(STABLE)
+    if serving is not None and is_version_id(serving) and serving != champion:
+        raise PipelineInputError(
+            f"the {STABLE} pool serves {serving}, not the champion {champion} (a promotion whose {STABLE} roll did not "
+            f"finish, or a pool rolled by hand): a canary would be judged against the wrong control. Roll the {STABLE} "
+            f"pool to the champion first (`tenfold serve rollout --model champion --pool {STABLE}` locally; in the cloud "
+            "clear the promoting rollout's conclude task), then trigger this rollout again")
 
 
 def _refuse_a_challenger_the_gate_kept_out(reg: ModelRegistry, version: str, champion: str) -> None:

@@ -188,8 +188,12 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+def is_version_id(text: str) -> bool:
+    return bool(_VERSION_RE.match(text))
+
+
 def check_version_id(version: str) -> str:
-    if not _VERSION_RE.match(version):
+    if not is_version_id(version):
         raise UnknownVersion(f"{version!r} is not a version id ({VERSION_ID_LEN} hex digits); list them with `tenfold models list`")
     return version
 

@@ -76,3 +76,64 @@ def test_a_retried_plan_resumes_its_rollout_after_the_challenger_moved(tmp_path:
                              accuracy=None)  # type: ignore[arg-type]
     again = pipeline.plan(settings, "asset_triggered__x", {}, p=places)
     assert again == first
+
+
+class _Stable:
+    def __init__(self, serving: str | None) -> None:
+        self.serving = serving
+
+    def pool_version(self, pool: str) -> str | None:
+        assert pool == "stable"
+        return self.serving
+
+
+class _Registry:
+    """A challenger vB against the champion vA, no rollout yet."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def find(self, ref: str) -> str:
+        return "b" * 20
+
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        return []
+
+    def rollout_events(self, version: str, rid: str) -> dict[str, Any]:
+        return {}
+
+    def resolve(self, alias: str) -> str:
+        return "a" * 20
+
+    def canary_rejections(self, version: str) -> list[dict[str, Any]]:
+        return []
+
+    def record_rollout_event(self, version: str, rid: str, key: str, body: dict[str, Any]) -> bool:
+        self.started.append(version)
+        return True
+
+
+@pytest.mark.parametrize(("serving", "refused"), [
+    ("d" * 20, True),  # a promotion's stable roll failed for good: the pool is on the version before the champion
+    ("a" * 20, False),  # the champion
+    (None, False),  # between versions: the deploy waits for it
+    ("template tenfold-prod-serve-stable-tmpl (no pinned model version)", False),  # the cloud's alias template
+])
+def test_a_rollout_is_refused_while_the_stable_pool_serves_another_version_than_the_champion(
+        tmp_path: Any, serving: str | None, refused: bool) -> None:
+    """The stable pool is the champion's control, and a canary deploy moves the canary pool off whatever it serves:
+    after a promotion whose stable roll failed (users on the champion through the canary pool at 100 %), a new
+    rollout set the canary to 0 %, sending everyone to the old version, and judged the challenger against it."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    registry = _Registry()
+    places = pipeline.Places(router=None, deployer=_Stable(serving), observer=None,  # type: ignore[arg-type]
+                             registry=registry, accuracy=None)  # type: ignore[arg-type]
+    conf = {"version": "b" * 20}
+    if refused:
+        with pytest.raises(PipelineInputError, match=rf"the stable pool serves {'d' * 20}, not the champion {'a' * 20}"
+                                                     r".*tenfold serve rollout --model champion --pool stable"):
+            pipeline.plan(settings, "manual__x", conf, p=places)
+        assert registry.started == []  # nothing recorded: no rollout left in progress
+    else:
+        assert pipeline.plan(settings, "manual__x", conf, p=places).version == "b" * 20
+        assert registry.started == ["b" * 20]
