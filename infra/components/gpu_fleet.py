@@ -65,8 +65,9 @@ class GpuFleet(Construct):
         if (props.autoscaling is None) == (props.target_size is None):
             raise ValueError(f"{props.group_name}: give either an autoscaler or a fixed target_size")
         scheduling: dict[str, object] = {
-            # GPUs cannot live-migrate: the VM must stop for host maintenance.
-            "on_host_maintenance": "TERMINATE",
+            # GPUs cannot live-migrate, nor can spot VMs: they must stop for host maintenance. A CPU-only VM (the
+            # feedback sink, always on) migrates live instead of pausing its ingestion and expiring its messages' leases.
+            "on_host_maintenance": "TERMINATE" if props.accelerator_type or props.spot else "MIGRATE",
             "automatic_restart": not props.spot,
             "preemptible": props.spot,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from cdktn import Annotations
@@ -155,8 +156,13 @@ class HttpLoadBalancer(Construct):
             lifecycle={"ignore_changes": ["path_matcher"]},
         )
         if props.domain:
-            cert = ComputeManagedSslCertificate(self, "certificate", name=f"{props.proxy_name}-cert",
-                                                managed={"domains": [props.domain]})
+            # Every field of a managed certificate is immutable: a new domain is a new certificate. Named after its
+            # domain and created before the old one is destroyed, the proxy moves to it in place (a fixed name
+            # failed the apply: the old one deleted while the proxy used it, or a 409 on the name).
+            digest = hashlib.sha256(props.domain.encode()).hexdigest()[:8]
+            cert = ComputeManagedSslCertificate(self, "certificate", name=f"{props.proxy_name}-cert-{digest}",
+                                                managed={"domains": [props.domain]},
+                                                lifecycle={"create_before_destroy": True})
             # TLS 1.2+ with the MODERN cipher profile only.
             tls = ComputeSslPolicy(self, "ssl-policy", name=f"{props.proxy_name}-tls", profile="MODERN", min_tls_version="TLS_1_2")
             proxy_id = ComputeTargetHttpsProxy(self, "https-proxy", name=props.proxy_name, url_map=self.url_map.id,

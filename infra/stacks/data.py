@@ -102,6 +102,9 @@ class DataStack(TerraformStack):
         self.serving_token = SecretManagerSecret(
             self, "serving-token", secret_id=s.serving.token_secret, project=s.project_id,
             labels={"role": "serving-token"},
+            # Its id and replication force a replacement, which would delete every token version: each serving VM's
+            # startup then stops before its container starts. Terraform refuses that, as it does for the KMS keys.
+            deletion_protection=True,
             replication=SecretManagerSecretReplication(user_managed=SecretManagerSecretReplicationUserManaged(replicas=[
                 SecretManagerSecretReplicationUserManagedReplicas(
                     location=s.region,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -212,11 +213,13 @@ def test_fleets_are_hardened_and_sized_from_settings(synth: Synth, env: str) -> 
                                                s.inference.fleet, s.feedback.fleet)}
     templates = {t["name_prefix"].rstrip("-"): t for t in resources(stack, "google_compute_instance_template").values()}
     assert set(templates) == set(fleets)
+    assert not s.feedback.fleet.accelerator_count and not s.feedback.fleet.spot  # so one template migrates
     for name, t in templates.items():
         f = fleets[name]
         assert t["shielded_instance_config"] == {"enable_integrity_monitoring": True, "enable_secure_boot": True, "enable_vtpm": True}
         assert t["metadata"]["enable-oslogin"] == "TRUE" and t["metadata"]["block-project-ssh-keys"] == "true"
-        assert t["scheduling"]["on_host_maintenance"] == "TERMINATE"
+        # GPUs and spot VMs stop for host maintenance; a CPU VM (the always-on feedback sink) migrates live
+        assert t["scheduling"]["on_host_maintenance"] == ("TERMINATE" if f.accelerator_count or f.spot else "MIGRATE")
         assert t["machine_type"] == f.machine_type
         assert t.get("guest_accelerator") == (
             [{"count": f.accelerator_count, "type": f.accelerator_type}] if f.accelerator_count else None)
@@ -506,6 +509,10 @@ def test_stateful_construct_ids_are_fixed(synth: Synth, env: str, renamed_settin
     stack = _data(synth, env)
     for rtype, ids in STATEFUL_IDS.items():
         assert set(resources(stack, rtype)) == ids, rtype
+    # A rename of the secret (or a change of its region) forces a replacement: Terraform must refuse it, as it
+    # refuses to destroy the keys, instead of deleting every token version and leaving the replicas without one.
+    assert [r.get("deletion_protection") for r in resources(stack, "google_secret_manager_secret").values()] == [True]
+    assert all(k["lifecycle"]["prevent_destroy"] for k in resources(stack, "google_kms_crypto_key").values())
     topic_ids = {lid.split("_", 1)[1].rsplit("_", 1)[0] for lid in resources(stack, "google_pubsub_topic")}
     assert topic_ids == {"topic-requests", "topic-predictions", "topic-feedback",
                          *(f"topic-{k}-dead-letter" for k in get_settings(env).messaging.subscriptions)}
@@ -564,6 +571,11 @@ def test_https_with_managed_certificate_when_a_domain_is_set(synth: Synth, tls_s
     stack = synth.stack(s.infra.platform_stack)
     (cert,) = resources(stack, "google_compute_managed_ssl_certificate").values()
     assert cert["managed"]["domains"] == [s.serving.load_balancer.domain]
+    # A managed certificate cannot change: another domain is another certificate, created (under another name)
+    # before the one the proxy uses is destroyed. With one fixed name, changing the domain failed the apply.
+    digest = hashlib.sha256(s.serving.load_balancer.domain.encode()).hexdigest()[:8]
+    assert cert["name"] == f"{s.serving.load_balancer.http_proxy}-cert-{digest}" and len(cert["name"]) <= 63
+    assert cert["lifecycle"]["create_before_destroy"] is True
     (proxy,) = resources(stack, "google_compute_target_https_proxy").values()
     assert proxy["name"] == s.serving.load_balancer.http_proxy
     assert not resources(stack, "google_compute_target_http_proxy")
