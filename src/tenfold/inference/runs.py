@@ -37,6 +37,7 @@ from tenfold.inference.requests import (
     request_id,
 )
 from tenfold.inference.store import UNKNOWN_RUN, RunStore, message_store, work_objects
+from tenfold.outages import outage_types
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -271,7 +272,11 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
     while True:
         if time.monotonic() - drained >= DEAD_LETTER_POLL_S:
             drained = time.monotonic()
-            drain_dead_letters(settings, objects=objects)
+            try:
+                drain_dead_letters(settings, objects=objects)
+            except outage_types() as exc:  # Pub/Sub away for a moment: drained on a later round (the deadline bounds
+                # the wait); raised, it failed the whole score try and restarted the pool
+                log.warning("could not drain the dead letters now (%s); trying again in %.0f s", exc, DEAD_LETTER_POLL_S)
         acc = account(store, ids)
         now = time.monotonic()
         if acc.accounted >= acc.requests:

@@ -268,7 +268,9 @@ class _Puller:
         self.leaser = threading.Thread(target=self._keep_leases, name="tenfold-infer-lease", daemon=True)
 
     def run(self, stop: threading.Event) -> None:
-        from google.api_core.exceptions import DeadlineExceeded, ResourceExhausted, ServiceUnavailable
+        from google.api_core.exceptions import DeadlineExceeded, ResourceExhausted
+
+        from tenfold.outages import outage_types
 
         self.leaser.start()
         while not stop.is_set():
@@ -295,7 +297,8 @@ class _Puller:
                 continue
             except DeadlineExceeded:
                 continue  # held and cut short: pull again (or stop)
-            except ServiceUnavailable as exc:
+            except outage_types() as exc:  # Pub/Sub away for a moment (a 500, an abort, ...): a crash would hand back
+                # the messages in hand, each delivery spent, and the pool stops restarting crashed workers after a few
                 log.warning("pull failed (%s); retrying", exc)
                 stop.wait(1.0)
                 continue

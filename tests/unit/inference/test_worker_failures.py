@@ -178,3 +178,56 @@ def test_a_request_whose_run_cannot_name_a_folder_is_refused_and_recorded_under_
     assert message.fate == ["nack"] and w.stats.failed == 1
     error = RunStore(w.objects, "unknown-run").error("r1-000000")
     assert error is not None and "is not a run key" in error["error"] and error["delivery_attempt"] == 2
+
+
+@pytest.mark.parametrize("error", ["InternalServerError", "Unknown", "Aborted", "ServiceUnavailable"])
+def test_a_pull_that_meets_a_pubsub_outage_pulls_again_instead_of_crashing_the_worker(
+        settings: Settings, error: str) -> None:
+    """Only ServiceUnavailable was waited out: a 500, an Unknown or an Aborted pull crashed the worker, handing back
+    the messages in hand (a delivery attempt each, toward the dead-letter topic), and the local pool gives up
+    restarting crashed workers after a few."""
+    import threading
+
+    from google.api_core import exceptions as gexc
+
+    stop = threading.Event()
+
+    class Client:
+        pulls = 0
+
+        def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
+            self.pulls += 1
+            if self.pulls <= 2:
+                raise getattr(gexc, error)("the service did not answer")
+            stop.set()
+            return type("Response", (), {"received_messages": []})()
+
+    client = Client()
+    puller = worker_mod._Puller(client, "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
+    try:
+        puller.run(stop)
+    finally:
+        puller.close(timeout=1)
+    assert client.pulls == 3
+
+
+def test_a_dead_letter_drain_that_meets_an_outage_keeps_the_run_waiting(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain runs inside the wait for a run's results: an outage there failed the whole score try."""
+    from google.api_core.exceptions import InternalServerError
+
+    from tenfold.inference import runs
+
+    calls: list[int] = []
+
+    def drain(settings: Settings, **kwargs: Any) -> list[tuple[str, str]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise InternalServerError("Pub/Sub answered 500")
+        return []
+
+    monkeypatch.setattr(runs, "drain_dead_letters", drain)
+    monkeypatch.setattr(runs, "DEAD_LETTER_POLL_S", 0.0)
+    RunStore(runs.work_objects(settings), "k1").put_result("r1-000000", b"scored")
+    acc = runs.wait_accounted(settings, "k1", ["r1-000000"])
+    assert acc.accounted == 1 and calls == [1]
