@@ -391,10 +391,12 @@ class Supervisor:
             self.say(f"haproxy: could not restart ({exc}); retrying in {self.haproxy_backoff[1] - time.monotonic():.1f} s")
             return False
         self.haproxy_backoff = (0, 0.0)
-        for r in self.replicas:
-            if r.state in (STARTING, SERVING):
+        back = [r for r in self.replicas if r.state in (STARTING, SERVING)]
+        for r in back:  # all of them first: a slot a failed call leaves in maintenance is aimed again by _observe
+            r.enter(STARTING)
+        for r in back:
+            with contextlib.suppress(HaproxyError):
                 self.api.point(r.pool, r.server, self.settings.local.bind_host, r.port)
-                r.enter(STARTING)
         return True
 
     # -- replicas
@@ -430,7 +432,8 @@ class Supervisor:
             return None
         replica = _Replica(pool=pool, slot=slot, version=version, port=port, record=record, fault=fault, lookups=lookups)
         self.replicas.append(replica)
-        self.api.point(pool, replica.server, host, port)
+        with contextlib.suppress(HaproxyError):  # the slot stays in maintenance: _observe aims it again
+            self.api.point(pool, replica.server, host, port)
         self.say(f"{name}: started {version} on port {port} (pid {record.pid})")
         return replica
 
@@ -500,6 +503,21 @@ class Supervisor:
                                                   f"entered rotation; last log lines:\n{process.log_tail(r.record.log, 8)}")
                 else:
                     self.say(f"{name}: process {r.record.pid} is gone ({r.state}); replacing it")
+                continue
+            if r.state in (STARTING, SERVING) and r.lb is not None and (
+                    r.lb.status == "MAINT" or (r.lb.port is not None and r.lb.port != r.port)):
+                # Its slot is not aimed at it: a runtime API call that failed (a timeout, HAProxy restarted meanwhile)
+                # left the slot in maintenance or on an older replica's port. HAProxy would never check it, so it
+                # would never enter rotation, or stay "serving" here while HAProxy sends it nothing.
+                try:
+                    self.api.point(r.pool, r.server, self.settings.local.bind_host, r.port)
+                except HaproxyError:
+                    continue
+                if r.state == SERVING:
+                    r.enter(STARTING)
+                    self.say(f"{name}: its HAProxy slot was {r.lb.status} on port {r.lb.port}: aimed again, it re-enters "
+                             "rotation after its health checks")
+                r.lb = None
                 continue
             if r.state == STARTING:
                 if r.lb is not None and r.lb.checked_up:

@@ -21,7 +21,7 @@ import pytest
 from tenfold.config import build_settings
 from tenfold.local.process import LocalPlatformError
 from tenfold.serving import fleet
-from tenfold.serving.haproxy import ServerStat
+from tenfold.serving.haproxy import HaproxyError, ServerStat
 
 
 class HealthyApi:
@@ -401,5 +401,62 @@ def test_a_corrupt_spec_is_announced_and_the_last_good_one_kept(tmp_path: Path, 
         os.utime(path, (2, 2))
         sup.tick()
         assert sup.spec.generation == 2
+    finally:
+        sup.shutdown()
+
+
+class RestartingApi(HealthyApi):
+    """A runtime API whose HAProxy restarts with every slot in maintenance (its configuration's template) and
+    reports them MAINT; ``fail_points`` next ``point`` calls time out. A pointed slot is checked healthy (DRAIN) and
+    goes UP once admitted, as the real one does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_points = 0
+
+    def point(self, pool: str, server: str, host: str, port: int) -> None:
+        if self.fail_points:
+            self.fail_points -= 1
+            raise HaproxyError("HAProxy's runtime API did not answer within 5 s")
+        self.slots[(pool, server)] = "DRAIN"
+
+    def admit(self, pool: str, server: str) -> None:
+        self.slots[(pool, server)] = "UP"
+
+    def maintain(self, pool: str, server: str) -> None:
+        self.slots[(pool, server)] = "MAINT"
+
+    def restarted(self) -> None:
+        for key in self.slots:
+            self.slots[key] = "MAINT"
+
+
+@pytest.mark.parametrize("failed_points", [1, 2])
+def test_replicas_whose_slot_a_failed_call_left_in_maintenance_reenter_rotation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failed_points: int) -> None:
+    """After an HAProxy restart the supervisor aims every slot at its replica again. One runtime API call that
+    failed stopped that loop, and nothing ever aimed the rest: they stayed "serving" in the supervisor (and in
+    `tenfold serve status`) while HAProxy kept their slots in maintenance, and the pool answered 503."""
+    from tenfold.local import process
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="long_replica", code="import time\ntime.sleep(120)\n")
+    api = sup.api = RestartingApi()
+
+    def start_haproxy() -> None:
+        sup.haproxy = process.start("haproxy", ["sleep", "120"], run_dir=fleet.run_dir(sup.settings), port=0)
+        api.restarted()
+
+    monkeypatch.setattr(sup, "start_haproxy", start_haproxy)
+    try:
+        start_haproxy()
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 2, 15, "the pool never came up")
+        first = sup.haproxy
+        api.fail_points = failed_points  # aiming the slots fails this many times...
+        process.stop(first, timeout=5)  # ...once HAProxy died and the supervisor restarted it
+        _tick_until(sup, lambda: sup.haproxy is not None and sup.haproxy.pid != first.pid, 15, "HAProxy not restarted")
+        _tick_until(sup, lambda: sorted(api.slots.values()) == ["UP", "UP"]
+                    and len(sup.pool_replicas("stable", fleet.SERVING)) == 2, 15,
+                    f"slots {api.slots} never all back in rotation")
+        assert api.fail_points == 0
     finally:
         sup.shutdown()
