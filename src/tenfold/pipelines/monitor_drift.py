@@ -122,6 +122,15 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         for label, why in backlog.items():
             log.warning("not measuring %s: %s", label, why)
         months = [Partition.parse(m) for m in measured]
+        # A month withdrawn since its event (a failed re-validation, a corrupt file found on read) is left with a
+        # warning; failing the run for it left the other months' events spent and their drift never measured.
+        withdrawn = [p for p in months if not lake.has_manifest(table, p)]
+        if withdrawn and len(withdrawn) < len(months):
+            for p in withdrawn:
+                log.warning("not measuring %s: its features partition was withdrawn since its event (no _SUCCESS "
+                            "manifest under %s/%s); rebuild it, then trigger monitor_drift with the run conf "
+                            '{"month": "%s"}', p.label, lake.uri, table, p.label)
+            months = [p for p in months if p not in withdrawn]
     else:
         published = lake.published_partitions(table)
         if not published:
@@ -160,9 +169,10 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
         why = (f"no model to monitor against: the registry has no {CHAMPION} yet (train_model makes the first)"
                if p.version_ref == CHAMPION else f"{p.version_ref} resolves to no version")
         return Measured(reports=tuple(skipped(m, None, "no_model", why).to_dict() for m in p.months))
+    from tenfold.data.lake import CorruptManifestError, MissingManifestError
     from tenfold.monitoring.profile import ProfileError
     from tenfold.registry.errors import IntegrityError
-    from tenfold.training.data import StaleFeaturesError
+    from tenfold.training.data import MissingFeaturesError, StaleFeaturesError
 
     rules = policy(settings)
     try:
@@ -184,11 +194,15 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
     for month in p.months:
         # The content measured, pinned for the read (a re-publish meanwhile is a retried read of the new one): what
         # a trigger is recorded against.
-        content = lake.content_digest(table, [Partition.parse(month)])
         try:
+            content = lake.content_digest(table, [Partition.parse(month)])
             report_ = measure_partition(loaded, profile, lake, table, month, p.version, rules, digest=content)
         except (DriftError, StaleFeaturesError) as exc:
             raise PipelineError(f"{month}: {exc}") from exc
+        except (MissingManifestError, MissingFeaturesError, CorruptManifestError) as exc:
+            # Withdrawn since plan, or a file that fails its checksum: every retry would meet the same.
+            raise PipelineError(f"{table} {month} cannot be read ({exc}): rebuild it with build_features, then trigger "
+                                f'monitor_drift with the run conf {{"month": "{month}"}}') from exc
         log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
         reports.append(report_.to_dict())
         contents.append(content)

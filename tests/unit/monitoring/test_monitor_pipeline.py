@@ -167,3 +167,35 @@ def test_the_profile_records_the_feature_definitions_and_a_profile_of_others_fai
     pipeline.monitor(drift_settings, "2013-03", version)
     report = read_report(drift_settings, "2013-03")
     assert report.version == version and len(report.features) == len(WORKLOAD.contract.feature_columns) + 1
+
+
+def test_a_month_withdrawn_since_its_event_is_left_with_a_warning_and_the_others_are_measured(
+        drift_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Events name 2013-02 and 2013-03, and 2013-02 failed a re-validation since. The run failed naming 02, and
+    03's event was spent with it: 03's drift, and any retrain it called for, was never measured."""
+    from tenfold.data.lake import Partition
+
+    pipeline.monitor(drift_settings, "2013-01")  # a report stored: not a first run's backlog
+    lake, table = Lake.from_settings(drift_settings), drift_settings.storage.features_table
+    lake.withdraw(table, Partition(2013, 2), "revalidation", {"why": "failed its suite"})
+    with caplog.at_level("WARNING", logger=pipeline.__name__):
+        planned = pipeline.plan(drift_settings, "asset__2", {}, ["2013-02", "2013-03"])
+    assert planned.months == ("2013-03",)
+    assert ("not measuring 2013-02: its features partition was withdrawn since its event" in caplog.text
+            and 'trigger monitor_drift with the run conf {"month": "2013-02"}' in caplog.text)
+    lake.withdraw(table, Partition(2013, 3), "revalidation", {"why": "failed its suite"})
+    with pytest.raises(pipeline.PipelineError, match=r"\['2013-02', '2013-03'\] are not published"):
+        pipeline.plan(drift_settings, "asset__3", {}, ["2013-02", "2013-03"])  # nothing left to measure
+
+
+def test_a_month_withdrawn_after_plan_fails_measure_without_retries_saying_what_to_do(
+        drift_settings: Settings, tmp_path: Path) -> None:
+    """A lake error is no PipelineError: every Airflow retry met the same missing manifest, then a raw message."""
+    from tenfold.data.lake import Partition
+
+    version = register(drift_settings, tmp_path / "new", with_profile=True)
+    planned = pipeline.plan(drift_settings, "manual__w", {"month": "2013-03", "version": version})
+    Lake.from_settings(drift_settings).withdraw(drift_settings.storage.features_table, Partition(2013, 3), "w", {})
+    with pytest.raises(pipeline.PipelineError, match=r"2013-03 cannot be read .*rebuild it with build_features, then "
+                                                     r'trigger monitor_drift with the run conf \{"month": "2013-03"\}'):
+        pipeline.measure(drift_settings, planned)
