@@ -226,7 +226,9 @@ class _CachedKeys:
         now = time.monotonic()
         cached = self._cached
         if cached is not None:
-            if now - cached[0] >= self._ttl:
+            # Stale keys are refreshed at most once per retry_s after a failed refresh: a refresh that fails fast
+            # (egress blocked, a 5xx) otherwise started a fetch, a thread and a warning on every request.
+            if now - cached[0] >= self._ttl and (self._failed_at is None or now - self._failed_at >= self._retry):
                 self._refresh_in_background(url)
             return cached[1]
         from google.auth import exceptions as auth_exceptions

@@ -286,3 +286,24 @@ def test_a_request_before_the_first_iap_keys_never_waits_on_google_and_the_repli
     server.release.set()
     _until(lambda: auth.not_ready() is None)
     assert auth.check({"x-goog-iap-jwt-assertion": _assertion(key)}).identity == "ana@example.com"
+
+
+def test_stale_iap_keys_whose_refresh_fails_are_refreshed_once_per_retry_window_not_per_request(
+        es256: tuple[Any, str]) -> None:
+    """Past the keys' TTL, a refresh that failed fast (a 500, egress blocked) was started again by every request:
+    a fetch, a thread and a warning each, at the request rate."""
+    from tenfold.serving.auth import _CachedKeys
+
+    _key, public = es256
+    server = KeyServer({"k1": public})
+    keys = _CachedKeys(server, ttl_s=0.05, retry_s=60.0)
+    keys.prefetch(IAP_CERTS_URL)
+    _until(lambda: keys.held)
+    server.status = 500  # Google's key URL fails from now on
+    time.sleep(0.06)  # the held keys are stale
+    assert keys(IAP_CERTS_URL).status == 200  # held keys serve, one refresh starts
+    _until(lambda: server.fetches == 2 and keys._failed_at is not None and not keys._refreshing)
+    for _ in range(200):
+        assert keys(IAP_CERTS_URL).status == 200
+    time.sleep(0.1)  # any refresh those requests started would have reached the server by now
+    assert server.fetches == 2
