@@ -291,7 +291,13 @@ def test_in_the_cloud_the_schema_docs_and_metrics_ask_for_the_login_too(make_cli
     assert "see /openapi.json" in cloud.get("/v2/predict").json()["message"]
     for path in ("/healthz", "/readyz"):
         assert cloud.get(path).status_code == 200, path
+    # Open to the probes, and so to anyone behind the public load balancer: the served version and a failed load's
+    # error (bucket URIs, account names) only with the login.
+    assert cloud.get("/readyz").json() == {"ready": True, "status": "ready"}
+    full = cloud.get("/readyz", headers=auth).json()
+    assert full["ready"] is True and full["model_version"] and full["arm"] and full["model_ref"]
     local = make_client()
+    assert local.get("/readyz").json()["model_version"] == full["model_version"]  # loopback only: all of it
     for path in ("/metrics", "/openapi.json", "/docs"):  # on loopback, for `tenfold serve status` and a browser
         assert local.get(path).status_code == 200, path
 

@@ -603,7 +603,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     @app.get(ready_path, response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         body = state.readiness()
         running = batcher.call_running_s()
         if body.ready and running > server.model_call_timeout_s:
@@ -611,7 +611,13 @@ def create_app(
                                            "detail": f"a model call has run for {running:.0f} s"})
         elif body.ready and (why := auth.not_ready()):  # no request could be authorised: not in rotation yet
             body = body.model_copy(update={"ready": False, "status": "loading", "detail": why})
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+        shown = body.model_dump(mode="json")
+        if not open_extras and not auth.allows(request.headers):
+            # Open for the load balancer's probes, which read only the code. Behind a public load balancer anyone
+            # reaches it: the version served, and a failed load's error (bucket URIs, account names), are for callers
+            # with the login.
+            shown = {k: shown[k] for k in ("ready", "status")}
+        return JSONResponse(shown, status_code=200 if body.ready else 503)
 
     @app.get(metrics_path, summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}})

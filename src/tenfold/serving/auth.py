@@ -157,6 +157,14 @@ class Authenticator:
             return "Google's IAP keys are not fetched yet; they are retried in the background"
         return None
 
+    def allows(self, headers: Mapping[str, str]) -> bool:
+        """Whether a request with ``headers`` is authorised (:meth:`check` without the refusal)."""
+        try:
+            self.check(headers)
+        except AuthError:
+            return False
+        return True
+
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller of a request with ``headers`` (lower-case names, as Starlette gives them)."""
         if self.mode == "iap":

@@ -102,10 +102,12 @@ class Health(_Body):
 
 
 class Readiness(_Body):
+    """In the cloud, a caller without the login gets ``ready`` and ``status`` only."""
+
     ready: bool
     status: Literal["loading", "ready", "draining", "failed", "stalled"]
-    arm: Arm
-    model_ref: str
+    arm: Arm | None = None
+    model_ref: str | None = None
     model_version: str | None = None
     detail: str | None = None
 
