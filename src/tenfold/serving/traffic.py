@@ -12,7 +12,9 @@ gives the latency percentiles the client saw, the throughput, and each arm's sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +24,13 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.workloads import Replayed
 
+LATENCIES_KEPT = 100_000
+ERRORS_KEPT = 100
+# Feedback answered 503 (Pub/Sub away: the API says retry after Retry-After) or lost in transport is posted again,
+# this many times in all; the sink upserts by prediction id, so a repeat of one that did get through is harmless.
+FEEDBACK_TRIES = 4
+FEEDBACK_WAIT_CAP_S = 5.0
+
 
 @dataclass
 class TrafficReport:
@@ -30,11 +39,25 @@ class TrafficReport:
     statuses: Counter[int] = field(default_factory=Counter)
     arms: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
+    # A uniform sample of the answered requests' latencies (at most LATENCIES_KEPT): the demo's load runs for up to
+    # half an hour, and every list here grew with every request.
     latencies_ms: list[float] = field(default_factory=list)
-    feedback: Counter[int] = field(default_factory=Counter)
-    # prediction id -> arm, for the answered predictions (what the feedback was posted for).
-    predictions: dict[str, str] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    answered: int = 0  # requests answered 200: what the latency sample is drawn from
+    feedback: Counter[int] = field(default_factory=Counter)  # each outcome's final answer, after its retries
+    errors: list[str] = field(default_factory=list)  # the first ERRORS_KEPT; statuses and feedback count them all
+    _sampler: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+
+    def latency(self, ms: float) -> None:
+        """Record one answered request's latency (reservoir sampling: every answer equally likely to be kept)."""
+        self.answered += 1
+        if len(self.latencies_ms) < LATENCIES_KEPT:
+            self.latencies_ms.append(ms)
+        elif (slot := self._sampler.randrange(self.answered)) < LATENCIES_KEPT:
+            self.latencies_ms[slot] = ms
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < ERRORS_KEPT:
+            self.errors.append(text)
 
     @property
     def ok(self) -> int:
@@ -101,31 +124,49 @@ async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: st
                 response = await client.post(predict_url, json=body, headers={**auth, server.user_key_header: key})
             except httpx.HTTPError as exc:
                 report.statuses[0] += 1
-                report.errors.append(f"predict: {type(exc).__name__}: {exc}")
+                report.error(f"predict: {type(exc).__name__}: {exc}")
                 continue
             report.statuses[response.status_code] += 1
             if response.status_code != 200:
-                report.errors.append(f"predict {response.status_code}: {response.text[:200]}")
+                report.error(f"predict {response.status_code}: {response.text[:200]}")
                 continue
-            report.latencies_ms.append((time.perf_counter() - started) * 1000)
+            report.latency((time.perf_counter() - started) * 1000)
             answer = response.json()
             report.arms[answer["arm"]] += 1
             report.versions[answer["model_version"]] += 1
-            report.predictions[answer["prediction_id"]] = answer["arm"]
             if send_feedback:
-                try:
-                    fb = await client.post(feedback_url, headers=auth,
-                                           json={"prediction_id": answer["prediction_id"], "outcome": item.outcome})
-                    report.feedback[fb.status_code] += 1
-                except httpx.HTTPError as exc:
-                    report.feedback[0] += 1
-                    report.errors.append(f"feedback: {type(exc).__name__}: {exc}")
+                report.feedback[await _post_feedback(client, feedback_url, auth, answer["prediction_id"],
+                                                     item.outcome, report)] += 1
 
     started = time.perf_counter()
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     report.seconds = time.perf_counter() - started
     report.sent += len(items)
+
+
+async def _post_feedback(client: Any, url: str, auth: dict[str, str], prediction_id: str, outcome: Any,
+                         report: TrafficReport) -> int:
+    """Post one outcome, again after a 503 (waiting its ``Retry-After``) or a transport error; the final status
+    (0: no answer). Posted once, an outcome was lost whenever Pub/Sub blinked, and the rollout saw fewer labels."""
+    import httpx
+
+    status = 0
+    for attempt in range(1, FEEDBACK_TRIES + 1):
+        wait = 0.5 * attempt
+        try:
+            fb = await client.post(url, headers=auth, json={"prediction_id": prediction_id, "outcome": outcome})
+            status = fb.status_code
+            if status != 503:
+                return status
+            with contextlib.suppress(ValueError):
+                wait = float(fb.headers.get("retry-after", wait))
+        except httpx.HTTPError as exc:
+            status = 0
+            report.error(f"feedback (try {attempt}): {type(exc).__name__}: {exc}")
+        if attempt < FEEDBACK_TRIES:
+            await asyncio.sleep(min(max(wait, 0.0), FEEDBACK_WAIT_CAP_S))
+    return status
 
 
 def replay(settings: Settings, items: Sequence[Replayed], *, token: str, base_url: str | None = None,
