@@ -65,7 +65,8 @@ def train_model() -> None:
         from tenfold.pipelines import train_model as pipeline
 
         dag_run = context["dag_run"]
-        return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}).to_xcom()
+        return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {},
+                        drifted=pipeline.drifted_months(context, DRIFT.uri)).to_xcom()
 
     @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)), retries=1)
     def train(planned: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,23 @@ def work_root(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / "tenfold" / "train_model"
 
 
-def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> TrainRun:
-    """Choose the time-based split and the training config; every month of both windows must be published."""
+def drifted_months(context: Mapping[str, Any], uri: str) -> list[str]:
+    """The months (ascending, once each) whose drift started this run: the retraining decisions among the run's
+    triggering events of the drift Asset at ``uri`` (``monitor_drift``'s decide puts them in the event's extra)."""
+    events = context.get("triggering_asset_events") or {}
+    return sorted({str(m) for asset, found in events.items() if getattr(asset, "uri", asset) == uri
+                   for e in found if (e.extra or {}).get("retrain") for m in (e.extra or {}).get("months") or ()})
+
+
+def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None, *,
+         drifted: Sequence[str] = ()) -> TrainRun:
+    """Choose the time-based split and the training config; every month of both windows must be published.
+
+    A run that drift started (``drifted``: the months that drifted) holds out only the newest month: the default
+    holdout of ``holdout_window`` (3) months kept the drifted month, and the two before it, out of training, so a
+    retrain learned nothing of what had changed, its reference profile did not either, and the next months drifted
+    again against it. With one month held out, the new version trains up to the month before the newest (the
+    drifted one, when it is the newest) and the gate judges it, against the champion, on that month."""
     from tenfold.training.config import TrainConfig
 
     conf = dict(conf or {})
@@ -177,7 +192,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
-        train, holdout = rolling_split(lake.published_partitions(table), t.train_window, t.holdout_window)
+        holdout_window = 1 if drifted else t.holdout_window
+        train, holdout = rolling_split(lake.published_partitions(table), t.train_window, holdout_window)
+        if drifted:
+            log.info("started by drift in %s: holding out only the newest month (%s) and training up to %s",
+                     ", ".join(drifted), holdout[-1].label, train[-1].label)
     if not train or not holdout:
         raise PipelineError("train_months and holdout_months must each cover at least one month (first <= last)")
     if max(train) >= min(holdout):
