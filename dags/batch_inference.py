@@ -65,7 +65,7 @@ def batch_inference() -> None:
             return [conf]  # plan checks it (and without a month scores the newest published)
         from tenfold.pipelines import batch_inference as pipeline
 
-        chosen = run_step(pipeline.months_to_score, get_settings(), events)
+        chosen = run_step(pipeline.months_to_score, get_settings(), events, context["dag_run"].run_id)
         for month, why in chosen.skipped.items():
             print(f"WARNING: not scoring {month}, whose features event this run received: {why}")
         return [{**conf, "month": month} for month in chosen.score]

@@ -36,7 +36,7 @@ class Step(dict):
         return dict(self)
 
 
-def months_to_score(settings, events):
+def months_to_score(settings, events, run_id):
     calls.append(["months_to_score", sorted(events)])
     return SimpleNamespace(score=["2013-06", "2013-08"], skipped={"2013-07": "scored already"})
 

@@ -332,7 +332,8 @@ def check_invariant(*, requests_in: int, rows_in: int, acc: Accounting, rows_out
     if problems:
         raise InferenceRunError("the run's invariant (count in = count out + dead-letter count) does not hold: "
                                 + "; ".join(problems) + ". Nothing was published; inspect the run's folder "
-                                "and `tenfold dlq inspect`, then re-run the DAG")
+                                "and `tenfold dlq inspect`, then clear the month's tasks from score on (or trigger batch_inference with the "
+                                "run conf {\"month\": \"YYYY-MM\"})")
     return figures
 
 

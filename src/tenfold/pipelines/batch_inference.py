@@ -47,6 +47,7 @@ from tenfold.workloads import VERSION_KEY
 log = logging.getLogger(__name__)
 
 DAG_ID = "batch_inference"
+CHOSEN_MONTHS = "event-months"  # under <lake>/<inference.work_prefix>: each Asset-triggered run's choice of months
 CONF_KEYS = ("month", "version")
 
 
@@ -110,8 +111,12 @@ class EventMonths:
     skipped: dict[str, str]
 
 
-def months_to_score(settings: Settings, event_months: Sequence[str]) -> EventMonths:
+def months_to_score(settings: Settings, event_months: Sequence[str], airflow_run_id: str | None = None) -> EventMonths:
     """The months an Asset-triggered run scores, from the months its features events name.
+
+    With ``airflow_run_id``, the first choice of the run is kept (``<work>/event-months/<run key>.json``, created
+    if absent) and a re-run of the task (a cleared run) returns it: chosen again, a month whose publish had failed
+    was skipped as "not later than" a month the same run had published meanwhile, and the run ended green without it.
 
     The newest always. Another month is scored when it is later than the newest month with published scores (so
     it has none): events held back while an earlier run was active
@@ -124,6 +129,22 @@ def months_to_score(settings: Settings, event_months: Sequence[str]) -> EventMon
     months = sorted({_month(m).label for m in event_months})
     if not months:
         raise PipelineInputError("no features event names a month: trigger with the run conf {\"month\": \"YYYY-MM\"}")
+    if airflow_run_id is None:
+        return _choose_months(settings, months)
+    from tenfold.inference.store import work_objects
+
+    objects, name = work_objects(settings), f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
+    if (kept := objects.get(name)) is None:
+        chosen = _choose_months(settings, months)
+        if objects.create(name, json.dumps({"score": chosen.score, "skipped": chosen.skipped}).encode()):
+            return chosen
+        kept = objects.get(name) or b"{}"  # another try of the task chose first
+    body = json.loads(kept)
+    log.info("this run chose its months on an earlier try: scoring %s", ", ".join(body["score"]))
+    return EventMonths(score=list(body["score"]), skipped=dict(body["skipped"]))
+
+
+def _choose_months(settings: Settings, months: list[str]) -> EventMonths:
     lake = Lake.from_settings(settings)
     features, scores = settings.storage.features_table, settings.storage.scores_table
     scored = lake.published_partitions(scores)
@@ -279,7 +300,8 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
         manifest = lake.read_manifest(table, r.partition)
         if manifest.rows != r.rows or (s is not None and s.rows_written != r.rows):
             raise PipelineError(f"the Spark path scored {manifest.rows} rows of {r.month}, the partition holds {r.rows}: "
-                                "the invariant (count in = count out) does not hold; re-run the DAG")
+                                "the invariant (count in = count out) does not hold; clear this month's publish_results task, or "
+                                f'trigger batch_inference with the run conf {{"month": "{r.month}"}}')
         return {"month": r.month, "path": "spark", "rows_in": r.rows, "rows_out": manifest.rows, "requests_dead_lettered": 0,
                 "model_version": r.model_version, "scores": lake.uri_of(lake.partition_path(table, r.partition))}
     contract = _contract(settings)

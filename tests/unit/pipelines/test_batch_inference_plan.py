@@ -220,3 +220,28 @@ def test_an_event_triggered_run_scores_every_held_back_month_but_not_a_first_run
     assert pipeline.months_to_score(s, ["2013-08", "2013-09"]).score == ["2013-09"]
     with pytest.raises(pipeline.PipelineInputError, match="YYYY-MM"):
         pipeline.months_to_score(s, ["2013-13", "2013-08"])
+
+
+def test_a_cleared_run_scores_the_months_it_chose_first_even_after_publishing_a_later_one(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run chose 07 and 08; 08 published, 07's publish failed; the operator cleared the run. Chosen again, 07 was
+    "not later than 2013-08, the newest month scored" and skipped: the run ended green without it."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 25})
+    lake = Lake.from_settings(s)
+    publish_synthetic_features(lake, [Partition(2013, m) for m in (6, 7, 8)], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    run = pipeline.plan(s, "before", {"month": "2013-06"})  # something scored: not a first run's backlog
+    _score(s, run)
+    pipeline.publish_results(s, run)
+
+    first = pipeline.months_to_score(s, ["2013-08", "2013-07"], "asset_triggered__x")
+    assert first.score == ["2013-07", "2013-08"]
+    run = pipeline.plan(s, "asset_triggered__x", {"month": "2013-08"})
+    _score(s, run)
+    pipeline.publish_results(s, run)  # 08 is published; 07's publish failed
+    assert pipeline.months_to_score(s, ["2013-08", "2013-07"]).score == ["2013-08"]  # chosen afresh, 07 is left
+    again = pipeline.months_to_score(s, ["2013-08", "2013-07"], "asset_triggered__x")  # the cleared run
+    assert again.score == ["2013-07", "2013-08"] and again.skipped == first.skipped
