@@ -185,6 +185,19 @@ def wait_until_stable(
         sleep(poll_s)
 
 
+def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock: Callable[[], float],
+                    sleep: Callable[[float], None]) -> None:
+    """Resize the training group to 0 and wait until it is, unless it is at 0 already."""
+    t = settings.training
+    if client.get(**_group(settings)).target_size == 0:
+        return
+    log.warning("training group %s is not at 0 (an earlier try left it running): scaling it to 0 first",
+                t.fleet.instance_group)
+    _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
+    wait_until_stable(settings, client, 0, timeout_s=t.stable_timeout_s, poll_s=t.poll_interval_s, clock=clock,
+                      sleep=sleep)
+
+
 def run_training(
     settings: Settings,
     run_id: str,
@@ -218,6 +231,9 @@ def run_training(
     previous = markers.read(bucket, name)
     if previous is not None and previous.get("status") == "succeeded":
         log.info("run %s already succeeded (%s); not starting the group", run_id, marker_uri(settings, run_id))
+        # The try that saw it succeed may have failed to scale the group back (its task failed for that): a retry
+        # that returned at once left the GPUs running, the DAG green.
+        _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
         return TrainingRun(run_id, "succeeded", previous, 0.0)
     if previous is not None:
         markers.delete(bucket, name)  # a failed attempt's marker; this attempt resumes from checkpoints
@@ -225,6 +241,10 @@ def run_training(
     attempt = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
     marker: dict[str, Any] | None = None
     try:
+        # From 0: VMs an earlier try left (its scale-down failed, or it was killed mid-run) keep their old metadata
+        # (the group's update policy is opportunistic), so they would never run this attempt, and the wait below
+        # would hold them for run_timeout_s for a marker that never comes. This attempt resumes from checkpoints.
+        _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
         _done(
             client.patch(**_group(settings),
                          instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args, attempt))),

@@ -96,11 +96,11 @@ def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client
                                markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
     assert run.status == "succeeded" and run.marker["exit_code"] == 0
     kinds = [c[0] for c in igm.calls]
-    assert kinds[0] == "patch"
-    metadata = dict(igm.calls[0][1])
+    assert kinds[:2] == ["get", "patch"]  # the group is at 0: nothing to scale down first
+    metadata = dict(igm.calls[1][1])
     attempt = metadata.pop(ATTEMPT_KEY)
     assert metadata == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])} and attempt
-    assert igm.calls[1] == ("resize", s.training.nnodes)
+    assert igm.calls[2] == ("resize", s.training.nnodes)
     assert igm.calls[-1] == ("resize", 0) and igm.size == 0
     assert all(c[1] == (s.project_id, s.region, s.training.fleet.instance_group) for c in igm.calls if c[0] == "get")
 
@@ -150,7 +150,7 @@ def test_retry_after_success_does_not_start_the_group_and_failed_marker_is_clear
     blob.upload_from_string(json.dumps({"status": "succeeded", "exit_code": 0}))
     igm = FakeInstanceGroupManagers()
     run = compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client))
-    assert run.status == "succeeded" and igm.calls == []
+    assert run.status == "succeeded" and [c[0] for c in igm.calls] == ["get"]  # at 0 already: nothing started
 
     run_id2, clock = _run_id(), Clock()
     storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id2)).upload_from_string(
@@ -180,3 +180,34 @@ def test_broken_marker_names_the_object(storage_client: Any) -> None:
     storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(b"{not json")
     with pytest.raises(compute.TrainingFailed, match=compute.MARKER):
         compute.GcsMarkerStore(storage_client).read(s.storage.artifacts_bucket, compute.marker_name(s, run_id))
+
+
+def test_a_retry_after_a_success_whose_scale_down_failed_scales_the_group_down(storage_client: Any) -> None:
+    """The try that saw the run succeed failed to resize the group to 0 (its task failed for it); the retry found
+    the succeeded marker and returned at once, leaving the GPU VMs running with the DAG green."""
+    s, run_id = get_settings("dev"), _run_id()
+    storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(
+        json.dumps({"status": "succeeded", "exit_code": 0}))
+    igm, clock = FakeInstanceGroupManagers(), Clock()
+    igm.size = s.training.nnodes  # what the first try left
+    run = compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                               sleep=clock.sleep)
+    assert run.status == "succeeded" and igm.size == 0
+    assert ("resize", 0) in igm.calls and ("resize", s.training.nnodes) not in igm.calls
+
+
+def test_a_retry_starts_from_an_empty_group_so_that_every_node_runs_this_attempt(storage_client: Any) -> None:
+    """An earlier try's VMs (its scale-down failed, or it was killed mid-run) keep their old metadata under the
+    group's opportunistic update policy: resized to nnodes they are already there, the new attempt never runs on
+    them, and the wait held them for run_timeout_s. The group goes to 0 before the metadata patch."""
+    s, run_id, clock = get_settings("dev"), _run_id(), Clock()
+    storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id)).upload_from_string(
+        json.dumps({"status": "failed", "exit_code": 1}))
+    igm = FakeInstanceGroupManagers()
+    igm.size = s.training.nnodes
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "succeeded", after_sleeps=2))
+    assert compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                                sleep=clock.sleep).status == "succeeded"
+    sizing = [c for c in igm.calls if c[0] in ("resize", "patch")]
+    assert [c[0] if c[0] == "patch" else c for c in sizing] == [("resize", 0), "patch", ("resize", s.training.nnodes),
+                                                                ("resize", 0)]
