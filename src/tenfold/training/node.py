@@ -13,12 +13,14 @@ resized without the DAG).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,13 +33,40 @@ log = logging.getLogger(__name__)
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
 
 
-def metadata_attribute(key: str) -> str | None:
+METADATA_TRIES = 5
+
+
+def metadata_attribute(key: str, *, sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """The instance metadata attribute ``key``, or None when it is not set (404). Any other failure (a timeout, a
+    5xx) is tried again, then raised: read as "not set", a node of a real run said "nothing to train" and exited 0,
+    and the run waited out its whole bound for a marker."""
     req = urllib.request.Request(METADATA_URL + key, headers={"Metadata-Flavor": "Google"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return str(resp.read().decode())
-    except OSError:
-        return None
+    last: OSError | None = None
+    for attempt in range(METADATA_TRIES):
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return str(resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            last = exc
+        except OSError as exc:
+            last = exc
+        if attempt + 1 < METADATA_TRIES:
+            sleep(1.0 + attempt)
+    raise RuntimeError(f"the metadata server did not answer for {key!r} after {METADATA_TRIES} tries: {last}")
+
+
+def write_failure(settings: Settings, storage: Any, run_id: str, hostname: str, reason: str) -> None:
+    """Write the run's marker as failed, unless a marker is there already (a result, or another node's failure):
+    a node that fails before torchrun (its peers never registered, an error) would otherwise leave the DAG waiting
+    ``training.run_timeout_s`` for a marker that never comes."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    body = {"status": "failed", "exit_code": None, "host": hostname, "reason": reason[:2000]}
+    with contextlib.suppress(PreconditionFailed):
+        storage.bucket(settings.storage.artifacts_bucket).blob(marker_name(settings, run_id)).upload_from_string(
+            json.dumps(body), content_type="application/json", if_generation_match=0)
 
 
 def rendezvous_host(hosts: Sequence[str]) -> str:
@@ -86,7 +115,9 @@ def run_node(
         if len(hosts) >= settings.training.nnodes:
             break
         if clock() >= deadline:
-            raise TimeoutError(f"only {len(hosts)} of {settings.training.nnodes} nodes registered for run {run_id}")
+            why = f"only {len(hosts)} of {settings.training.nnodes} nodes registered for run {run_id}"
+            write_failure(settings, storage, run_id, hostname, f"{why} within {settings.training.stable_timeout_s} s")
+            raise TimeoutError(why)
         sleep(settings.training.poll_interval_s)
     host = rendezvous_host(hosts)
     code = run(torchrun_argv(settings, run_id, host, args))
@@ -106,8 +137,14 @@ def main() -> int:
     settings = get_settings()
     from tenfold.storage import gcs_client
 
-    return run_node(settings, run_id, args, storage=gcs_client(settings), hostname=socket.gethostname(),
-                    attempt=metadata_attribute(ATTEMPT_KEY))
+    storage, hostname = gcs_client(settings), socket.gethostname()
+    try:
+        return run_node(settings, run_id, args, storage=storage, hostname=hostname,
+                        attempt=metadata_attribute(ATTEMPT_KEY))
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # the storage itself may be what failed
+            write_failure(settings, storage, run_id, hostname, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 if __name__ == "__main__":

@@ -60,9 +60,16 @@ def test_other_nodes_do_not_write_the_marker_and_waits_are_bounded(storage_clien
     def sleep(sec: float) -> None:
         t["now"] += sec
 
+    alone = f"run-{uuid.uuid4().hex[:8]}"
     with pytest.raises(TimeoutError, match="1 of 2 nodes"):
-        worker.run_node(s, f"run-{uuid.uuid4().hex[:8]}", [], storage=storage_client, hostname="alone",
+        worker.run_node(s, alone, [], storage=storage_client, hostname="alone",
                         run=lambda _a: 0, sleep=sleep, clock=lambda: t["now"])
+    # ...and says so in the run's marker: without it the DAG waited run_timeout_s (6 h) on two GPU VMs
+    marker = json.loads(bucket.blob(compute.marker_name(s, alone)).download_as_bytes())
+    assert marker["status"] == "failed" and "only 1 of 2 nodes registered" in marker["reason"]
+    # a marker already there (a result) is never replaced by a node's failure
+    worker.write_failure(s, storage_client, alone, "late", "another failure")
+    assert json.loads(bucket.blob(compute.marker_name(s, alone)).download_as_bytes())["host"] == "alone"
 
 
 def test_a_retrys_nodes_never_take_an_earlier_starts_vm_for_a_peer(storage_client: Any) -> None:
@@ -108,3 +115,37 @@ def test_worker_main_without_a_run_id_exits_cleanly(monkeypatch: pytest.MonkeyPa
     assert worker.main() == 0
     monkeypatch.setattr(worker, "metadata_attribute", lambda key: json.dumps([]) if key != compute.RUN_ID_KEY else None)
     assert worker.main() == 0
+
+
+def test_a_metadata_server_error_is_retried_and_never_read_as_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any failure read as "not set": a node of a real run met one 503 reading the run id, said "nothing to train",
+    exited 0, and the run waited out its whole bound. Only a 404 means not set."""
+    import http.server
+    import threading
+
+    answers = {"run": [503, 200], "gone": [404], "down": [500] * 10}
+    served: list[str] = []
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            key = self.path.rsplit("/", 1)[-1]
+            served.append(key)
+            code = answers[key].pop(0)
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"run-1" if code == 200 else b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(worker, "METADATA_URL", f"http://127.0.0.1:{server.server_address[1]}/attributes/")
+    try:
+        assert worker.metadata_attribute("run", sleep=lambda _s: None) == "run-1"
+        assert worker.metadata_attribute("gone", sleep=lambda _s: None) is None
+        with pytest.raises(RuntimeError, match=r"did not answer for 'down' after 5 tries"):
+            worker.metadata_attribute("down", sleep=lambda _s: None)
+    finally:
+        server.shutdown()
+    assert served.count("run") == 2 and served.count("down") == worker.METADATA_TRIES
