@@ -61,17 +61,17 @@ def features_staging_uri(settings: Settings, part: Partition | str, attempt: int
     return f"{st.lake_uri.rstrip('/')}/{rel}"
 
 
-def batch_id(settings: Settings, part: Partition | str, attempt: int | str) -> str:
-    """A Dataproc batch id unique per month and attempt, e.g. ``tenfold-dev-features-2013-01-a1``.
+def batch_id(settings: Settings, part: Partition | str, attempt: int | str, try_number: int | None = None) -> str:
+    """A Dataproc batch id unique per month and attempt, e.g. ``tenfold-dev-features-2013-01-a1``, and per try of
+    it with ``try_number`` (``...-a<attempt>-<try>``).
 
     A retried task gets a new id (a failed batch cannot be rerun under its id); the same attempt
     gets the same id, so the provider's operator re-attaches to a batch that is already running.
     """
-    value = f"{settings.spark.dataproc_batch_prefix}-{_part(part).label}-a{_attempt(attempt)}"
-    if len(value) > 63:
-        # Keep the distinguishing tail (month and attempt); the prefix is what can grow.
-        tail = f"-{_part(part).label}-a{_attempt(attempt)}"
-        value = settings.spark.dataproc_batch_prefix[: 63 - len(tail)].rstrip("-") + tail
+    tail = f"-{_part(part).label}-a{_attempt(attempt)}" + (f"-{int(try_number)}" if try_number is not None else "")
+    # Keep the distinguishing tail (month, attempt, try) within Dataproc's 63: the prefix is what can grow. (The
+    # try used to be added after this cut, so a long prefix made every create_batch an InvalidArgument.)
+    value = settings.spark.dataproc_batch_prefix[: 63 - len(tail)].rstrip("-") + tail
     if not _BATCH_ID.match(value):
         raise ValueError(
             f"batch id {value!r} breaks Dataproc's rules (4-63 of a-z, 0-9, '-', starting with a letter): "

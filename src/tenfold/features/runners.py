@@ -80,12 +80,12 @@ class DataprocBatchJob:
 
         s = self.settings
         parent = f"projects/{s.project_id}/locations/{s.region}"
-        bid = f"{batch_id(s, part, key)}-{attempt}"
+        bid = batch_id(s, part, key, attempt)
         deadline = time.monotonic() + self.timeout_s  # one budget for this try, whatever it spends it on
         # An earlier try that Airflow timed out or killed may have left its batch running, writing to the same
         # staging folder: it is cancelled (and gone) before this try's batch starts.
         for earlier in range(1, attempt):
-            self._cancel(f"{parent}/batches/{batch_id(s, part, key)}-{earlier}", deadline)
+            self._cancel(f"{parent}/batches/{batch_id(s, part, key, earlier)}", deadline)
         try:
             operation = self.client.create_batch(
                 request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})

@@ -253,6 +253,12 @@ def test_the_cloud_build_writes_to_the_same_staging_the_gate_reads():
         assert args[args.index("--month") + 1] == "2013-02"
         assert request["parent"] == f"projects/{dev.project_id}/locations/{dev.region}"
         assert re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", request["batch_id"]) and request["batch_id"].endswith(f"-{try_number}")
+    # A long prefix: the try was added after the id was cut to 63, so every create_batch was an InvalidArgument.
+    long = dev.model_copy(update={"spark": dev.spark.model_copy(update={"dataproc_batch_prefix": "acme-" + "x" * 50})})
+    batches = FakeBatches()
+    pipeline.build(long, run, attempt=12, client=batches)
+    (request,) = batches.requests
+    assert len(request["batch_id"]) <= 63 and request["batch_id"].endswith("-2013-02-a0123456789ab-12")
 
 
 def test_a_failed_cloud_build_names_the_batch():
