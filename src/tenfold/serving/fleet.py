@@ -265,6 +265,7 @@ class _Replica:
     # When it first entered rotation: an HAProxy restart re-checks it (STARTING again, ``since`` anew), but how long
     # it has served, for telling a crash soon after admission from a replica that had served for long, counts from here.
     admitted_at: float | None = None
+    repoint_failed: bool = False  # aiming its slot failed (said once)
 
     @property
     def model(self) -> tuple[str, str]:
@@ -509,16 +510,17 @@ class Supervisor:
                 # Its slot is not aimed at it: a runtime API call that failed (a timeout, HAProxy restarted meanwhile)
                 # left the slot in maintenance or on an older replica's port. HAProxy would never check it, so it
                 # would never enter rotation, or stay "serving" here while HAProxy sends it nothing.
+                if r.state == SERVING:  # whether or not aiming it works now: not serving, and timed out as a start
+                    r.enter(STARTING)
+                    self.say(f"{name}: its HAProxy slot was {r.lb.status} on port {r.lb.port}: aiming it again, it "
+                             "re-enters rotation after its health checks")
                 try:
                     self.api.point(r.pool, r.server, self.settings.local.bind_host, r.port)
-                except HaproxyError:
-                    continue
-                if r.state == SERVING:
-                    r.enter(STARTING)
-                    self.say(f"{name}: its HAProxy slot was {r.lb.status} on port {r.lb.port}: aimed again, it re-enters "
-                             "rotation after its health checks")
-                r.lb = None
-                continue
+                    r.lb, r.repoint_failed = None, False
+                except HaproxyError as exc:  # tried again next tick; a start that never gets there times out below
+                    if not r.repoint_failed:
+                        self.say(f"{name}: could not aim its HAProxy slot at it ({exc}); trying again")
+                    r.repoint_failed = True
             if r.state == STARTING:
                 if r.lb is not None and r.lb.checked_up:
                     self.api.admit(r.pool, r.server)

@@ -460,3 +460,27 @@ def test_replicas_whose_slot_a_failed_call_left_in_maintenance_reenter_rotation(
         assert api.fail_points == 0
     finally:
         sup.shutdown()
+
+
+def test_a_slot_that_cannot_be_aimed_again_is_said_once_and_its_replica_replaced_after_the_start_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-point that keeps failing while `show stat` answers must not leave the replica "serving" (or starting for
+    ever, re-pointed every tick in silence): it is taken out of serving at once and replaced once it times out."""
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n",
+                           environ={"TENFOLD_SERVING__FLEET__REPLICA_START_TIMEOUT_S": "1.5"})
+    api = sup.api = RestartingApi()
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    try:
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 1, 15, "the pool never came up")
+        (first,) = sup.pool_replicas("stable", fleet.SERVING)
+        api.restarted()  # the slot is in maintenance...
+        api.fail_points = 10**6  # ...and aiming it fails from now on
+        sup.tick()
+        assert first.state == fleet.STARTING, "a replica whose slot is in maintenance was still reported serving"
+        _tick_until(sup, lambda: first.state in (fleet.STOPPING,) or first not in sup.replicas, 15,
+                    "the replica whose slot could not be aimed was never replaced")
+        said = [line for line in sup.lines if "could not aim its HAProxy slot" in line]
+        assert len(said) == 1, "\n".join(sup.lines)
+    finally:
+        sup.shutdown()
