@@ -30,6 +30,7 @@ ERRORS_KEPT = 100
 # this many times in all; the sink upserts by prediction id, so a repeat of one that did get through is harmless.
 FEEDBACK_TRIES = 4
 FEEDBACK_WAIT_CAP_S = 5.0
+FEEDBACK_IN_FLIGHT_PER_WORKER = 8
 
 
 @dataclass
@@ -108,6 +109,17 @@ async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: st
     for i, item in enumerate(items):
         queue.put_nowait((i, item))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Feedback is posted beside the predictions, not in their way: its retries (a Pub/Sub outage: seconds each) held
+    # the worker that sent the prediction, and the load on both arms nearly stopped (a canary window with no data).
+    # At most this many outcomes are in flight; past it, a worker waits (the load slows rather than piling up).
+    feedback_slots = asyncio.Semaphore(concurrency * FEEDBACK_IN_FLIGHT_PER_WORKER)
+    posting: set[asyncio.Task[None]] = set()
+
+    async def feedback(client: httpx.AsyncClient, prediction_id: str, outcome: Any) -> None:
+        try:
+            report.feedback[await _post_feedback(client, feedback_url, auth, prediction_id, outcome, report)] += 1
+        finally:
+            feedback_slots.release()
 
     async def worker(client: httpx.AsyncClient) -> None:
         while True:
@@ -135,12 +147,15 @@ async def _replay(settings: Settings, items: Sequence[Replayed], *, base_url: st
             report.arms[answer["arm"]] += 1
             report.versions[answer["model_version"]] += 1
             if send_feedback:
-                report.feedback[await _post_feedback(client, feedback_url, auth, answer["prediction_id"],
-                                                     item.outcome, report)] += 1
+                await feedback_slots.acquire()
+                task = asyncio.create_task(feedback(client, answer["prediction_id"], item.outcome))
+                posting.add(task)
+                task.add_done_callback(posting.discard)
 
     started = time.perf_counter()
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(*list(posting))
     report.seconds = time.perf_counter() - started
     report.sent += len(items)
 

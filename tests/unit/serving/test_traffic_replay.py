@@ -77,3 +77,38 @@ def test_a_long_replay_keeps_a_bounded_latency_sample_and_error_list(monkeypatch
     assert len(report.latencies_ms) == 50 and report.answered == 1000
     assert max(report.latencies_ms) > 500  # a sample of the whole run, not its first 50
     assert report.errors == [f"e{i}" for i in range(5)]
+
+
+def test_feedback_retries_do_not_hold_up_the_predictions(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker that sent a prediction waited out its outcome's retries: during a Pub/Sub outage the load on both
+    arms nearly stopped, and a canary analysis window could see no traffic at all."""
+    monkeypatch.setattr(traffic, "FEEDBACK_WAIT_CAP_S", 0.2)
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    events: list[str] = []
+    n = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/predict"):
+            events.append("predict")
+            return _predicted(request, n)
+        if json.loads(request.content)["prediction_id"] == "p1":
+            events.append("p1 feedback")
+            return httpx.Response(503, headers={"Retry-After": "1"}, json={"error": "feedback_unavailable"})
+        return httpx.Response(202, json={"status": "accepted"})
+
+    init = httpx.AsyncClient.__init__
+
+    def mocked(self: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("limits", None)
+        init(self, *args, transport=httpx.MockTransport(handler), **kwargs)
+
+    items = [Replayed(request={"x": i}, outcome=1) for i in range(30)]
+    report = traffic.TrafficReport()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(httpx.AsyncClient, "__init__", mocked)
+        asyncio.run(traffic._replay(settings, items, base_url="http://lb", token="t", concurrency=1, users=10,
+                                    send_feedback=True, report=report))
+    last_predict = max(i for i, e in enumerate(events) if e == "predict")
+    last_p1 = max(i for i, e in enumerate(events) if e == "p1 feedback")
+    assert last_predict < last_p1, "the predictions waited for p1's feedback retries"
+    assert events.count("p1 feedback") == traffic.FEEDBACK_TRIES and report.feedback == {202: 29, 503: 1}
