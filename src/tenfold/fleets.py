@@ -264,6 +264,9 @@ def inference_startup_script(settings: Settings) -> str:
     return startup_script(settings, settings.inference.fleet, "inference", command, detach=True)
 
 
+FEEDBACK_STOP_TIMEOUT_S = 90  # a held pull (5 s), the batch in hand and a last join of the months it touched
+
+
 def feedback_startup_script(settings: Settings) -> str:
     """The feedback sink runs ``tenfold feedback sink`` for the VM's life.
 
@@ -272,4 +275,7 @@ def feedback_startup_script(settings: Settings) -> str:
     sends SIGTERM and it lands what it holds; what it had not acknowledged Pub/Sub delivers again, and the
     join's upsert on the prediction id makes a duplicate harmless.
     """
-    return startup_script(settings, settings.feedback.fleet, "feedback", FEEDBACK_COMMAND, detach=True)
+    # docker stop's default 10 s SIGKILLed the sink mid-way through its last join (after a held pull cut short and
+    # the batch in hand), leaving the join's locks behind until they went stale.
+    return startup_script(settings, settings.feedback.fleet, "feedback", FEEDBACK_COMMAND, detach=True,
+                          run_flags=["--stop-timeout", str(FEEDBACK_STOP_TIMEOUT_S)])

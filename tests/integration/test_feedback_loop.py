@@ -149,7 +149,7 @@ def test_duplicate_late_and_poison_messages_leave_one_labelled_row_per_predictio
     # The poison messages were delivered max_delivery_attempts times, never acknowledged, and dead-lettered.
     for stream, bodies in (("predictions", [b"not json at all"]), ("feedback", list(FEEDBACK_POISON))):
         spec = msg.subscriptions[stream]
-        assert len(stats[stream].poison_ids) == len(bodies)
+        assert stats[stream].poison_messages == len(bodies)
         assert stats[stream].poison == spec.max_delivery_attempts * len(bodies)
         assert sorted(_pull_all(s, spec.dead_letter_subscription)) == sorted(bodies)
         assert _pull_all(s, spec.name) == []  # nothing else left behind
@@ -413,3 +413,22 @@ def test_the_running_sink_joins_a_steady_stream_that_is_never_idle(fb_settings, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_running_sink_keeps_up_with_a_backlog_while_the_feedback_subscription_is_quiet(fb_settings):
+    """Every round held a pull on each subscription: the empty feedback one held for pull_wait_s (5 s) while the
+    predictions one landed one batch of 500, about 100 messages a second, far below what one replica publishes
+    (a backlog that grew without bound, and a canary's join that saw no data)."""
+    s, n = fb_settings, 3000
+    _publish(s, s.messaging.predictions_topic, *(_prediction(f"b{i}", 0.5) for i in range(n)))
+    stop = threading.Event()
+    with FeedbackSink(s, SinkOptions(pull_wait_s=5.0, poll_interval_s=0.1)) as sink:
+        runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+        started = time.monotonic()
+        runner.start()
+        while sink.stats["predictions"].acked < n and time.monotonic() - started < 12 and runner.is_alive():
+            time.sleep(0.2)
+        landed = sink.stats["predictions"].acked
+        stop.set()
+        runner.join(timeout=30)
+    assert landed == n, f"the running sink landed {landed} of {n} backlogged predictions in 12 s"

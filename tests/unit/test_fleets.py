@@ -316,3 +316,10 @@ def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> N
         run = next(line for line in script.splitlines() if line.startswith("docker run"))
         for key, value in overrides.items():
             assert f"-e {key}={value}" in run, (key, run[:200])
+
+
+def test_the_feedback_sink_gets_time_to_land_and_join_on_a_stop() -> None:
+    """docker stop's default 10 s SIGKILLed the sink in its last join (its locks left to go stale)."""
+    script = fleets.feedback_startup_script(get_settings("prod"))
+    run = next(line for line in script.splitlines() if line.startswith("docker run"))
+    assert int(run.split("--stop-timeout ", 1)[1].split()[0]) >= 60

@@ -76,8 +76,24 @@ class StreamStats:
     acked: int = 0
     redelivered: int = 0  # deliveries with delivery_attempt > 1
     poison: int = 0  # deliveries that were not a valid record (each was nacked)
-    poison_ids: set[str] = field(default_factory=set)  # distinct poison message ids seen
     files: int = 0
+    # Distinct poison messages: those still to be redelivered, by id, and a count of those at their last delivery
+    # (dead-lettered). A set of every id ever seen grew for the life of the process (gigabytes a day under a
+    # steady stream of refused samples, ending in an out-of-memory kill).
+    _poison_open: set[str] = field(default_factory=set, repr=False)
+    _poison_done: int = 0
+
+    @property
+    def poison_messages(self) -> int:
+        return len(self._poison_open) + self._poison_done
+
+    def saw_poison(self, message_id: str, *, last: bool) -> None:
+        self.poison += 1
+        if not last:
+            self._poison_open.add(message_id)
+            return
+        self._poison_open.discard(message_id)
+        self._poison_done += 1
 
 
 @dataclass
@@ -101,7 +117,7 @@ class SinkStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
-            **{name: {**{k: v for k, v in asdict(s).items() if k != "poison_ids"}, "poison_messages": len(s.poison_ids)}
+            **{name: {**{k: v for k, v in asdict(s).items() if not k.startswith("_")}, "poison_messages": s.poison_messages}
                for name, s in self.streams.items()},
         }
 
@@ -149,9 +165,18 @@ class FeedbackSink:
         return subscription_path(self.settings, self._subs[stream].name)
 
     # --- the three ways to run -----------------------------------------------------------------------
-    def poll_once(self, *, wait: bool = False) -> int:
-        """Pull, land and acknowledge at most one batch per subscription; returns the deliveries pulled."""
-        return sum(self._step(stream, wait=wait) for stream in STREAMS)
+    def poll_once(self, *, wait: bool = False, fill: bool | None = None, stop: threading.Event | None = None) -> int:
+        """Pull, land and acknowledge at most one batch per subscription; returns the deliveries pulled.
+
+        ``wait``: hold each first pull up to ``pull_wait_s`` for a message; ``fill`` (default ``wait``): top a
+        batch up for ``batch_wait_s``; ``stop``: no further subscription once it is set."""
+        fill = wait if fill is None else fill
+        pulled = 0
+        for stream in STREAMS:
+            if stop is not None and stop.is_set():
+                break
+            pulled += self._step(stream, wait=wait, fill=fill)
+        return pulled
 
     def drain(self, *, idle_s: float | None = None) -> SinkStats:
         """Land everything there is, until neither subscription yields a message for ``idle_s``."""
@@ -169,15 +194,19 @@ class FeedbackSink:
         """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
         finished first. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
         paces itself): a steady stream is never quiet, so work kept for quiet moments would never run."""
+        busy = False
         while not stop.is_set():
-            self.poll_once(wait=True)
+            # A held pull only after a quiet round: held on every round, the quiet subscription's pull (feedback is
+            # sparse) held each round for pull_wait_s while the busy one landed one batch, about 100 messages a
+            # second in all, far below what one replica publishes.
+            busy = self.poll_once(wait=not busy, fill=True, stop=stop) > 0
             if after_round is not None:
                 after_round()
         return self.stats
 
     # --- one batch --------------------------------------------------------------------------------
-    def _step(self, stream: Stream, *, wait: bool) -> int:
-        received = self._gather(stream, wait=wait)
+    def _step(self, stream: Stream, *, wait: bool, fill: bool) -> int:
+        received = self._gather(stream, wait=wait, fill=fill)
         if not received:
             return 0
         parse, to_row, schema, time_field = _PARSERS[stream]
@@ -208,12 +237,11 @@ class FeedbackSink:
         good_ids = [rm.ack_id for rm in good_rms]
         poison_ids: list[str] = []
         for rm, why in poison:
-            st.poison += 1
-            st.poison_ids.add(rm.message.message_id)
-            poison_ids.append(rm.ack_id)
             sub = self._subs[stream]
-            fate = ("goes to the dead-letter topic " + sub.dead_letter_topic
-                    if rm.delivery_attempt >= sub.max_delivery_attempts else "will be redelivered")
+            last = rm.delivery_attempt >= sub.max_delivery_attempts
+            st.saw_poison(rm.message.message_id, last=last)
+            poison_ids.append(rm.ack_id)
+            fate = "goes to the dead-letter topic " + sub.dead_letter_topic if last else "will be redelivered"
             log.warning("%s: message %s is not a valid record (delivery %d of %d; it %s): %s; body starts %r",
                         sub.name, rm.message.message_id, rm.delivery_attempt, sub.max_delivery_attempts, fate,
                         _first_error(why), bytes(rm.message.data[:120]))
@@ -269,9 +297,10 @@ class FeedbackSink:
             f"acknowledge {len(ack_ids)} {stream} message(s) already written to the lake (they will be redelivered "
             "and the join drops the duplicates)")
 
-    def _gather(self, stream: Stream, *, wait: bool) -> list[Any]:
-        """One batch: the first pull, topped up for ``batch_wait_s`` (run) or while a backlog lasts (drain),
-        so that a trickle of messages still makes files of many rows, not one file per message."""
+    def _gather(self, stream: Stream, *, wait: bool, fill: bool) -> list[Any]:
+        """One batch: the first pull (held with ``wait``), topped up for ``batch_wait_s`` (``fill``: run) or while
+        a backlog lasts (drain), so that a trickle of messages still makes files of many rows, not one file per
+        message."""
         received = self._pull(stream, wait=wait)
         if not received:
             return received
@@ -280,7 +309,7 @@ class FeedbackSink:
             more = self._pull(stream, wait=False, limit=self.options.max_messages - len(received))
             if more:
                 received += more
-            elif not wait:
+            elif not fill:
                 break  # draining: the backlog is empty for now
             else:
                 time.sleep(self.options.poll_interval_s)
