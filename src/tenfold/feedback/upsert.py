@@ -153,29 +153,27 @@ def join_window(
     st = settings.storage
     since, until = utc(since) or since, utc(until) or until  # naive: UTC, as the server writes them
     landed_since = since - dt.timedelta(seconds=options.landing_skew_s)
-    served = set(log_months(lake, st.predictions_table))
-    fb_months = set(log_months(lake, st.feedback_table))
     last = Partition.from_date(until - dt.timedelta(microseconds=1))
     tables = []
+    # Only the window's months are listed (a month without a log folder reads empty): listing both logs whole, as
+    # the month join does, cost every canary check the time of all history (3.4 s at 192,000 files).
     for month in month_range(Partition.from_date(since), last) if since < until else []:
-        if month not in served:
-            continue
         predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, landed_since=landed_since)
         if not predictions.num_rows:
             continue
-        window = _feedback_months(month, options, fb_months)
+        window = _feedback_months(month, options)
         feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, landed_since=landed_since)
         tables.append(_join_logs(lake, settings, month, window, predictions, feedback)[0])
     return pa.concat_tables(tables) if tables else LABELLED.empty_table()
 
 
-def _feedback_months(month: Partition, options: JoinOptions, fb_months: set[Partition]) -> list[Partition]:
+def _feedback_months(month: Partition, options: JoinOptions, fb_months: set[Partition] | None = None) -> list[Partition]:
     """The feedback log months whose feedback may join ``month``'s predictions: one before it (clock skew)
-    to ``feedback_horizon_months`` after it, those that exist."""
+    to ``feedback_horizon_months`` after it (with ``fb_months``, those of them that exist)."""
     window = [month.previous()]
     while len(window) < options.feedback_horizon_months + 2:
         window.append(window[-1].next())
-    return [m for m in window if m in fb_months]
+    return [m for m in window if fb_months is None or m in fb_months]
 
 
 class JoinError(LakeError):
