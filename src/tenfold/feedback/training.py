@@ -57,6 +57,9 @@ WEIGHT_COLUMN = "sample_weight"
 _CHUNK = 20_000
 
 
+LINEAGE_TRIES = 3
+
+
 class FeedbackError(ValueError):
     """The feedback cannot be turned into training rows; the message says what to fix."""
 
@@ -103,12 +106,22 @@ def feedback_training_set(settings: Settings, months: Sequence[Partition], *, we
     contract = workload.contract
     lake = Lake.from_settings(settings)
     labelled_parts = lake.published_partitions(settings.storage.labelled_table)
+    # The lineage must name the versions the rows came from: the running sink re-publishes the current month as
+    # feedback lands (a publish deletes the folder it replaces), so the manifests are read again after the rows,
+    # and the read is repeated while they moved.
+    for _ in range(LINEAGE_TRIES):
+        lineage = labelled_lineage(settings, labelled_parts)
+        rows = labelled_rows(settings, months=labelled_parts) if labelled_parts else None
+        if labelled_lineage(settings, labelled_parts) == lineage:
+            break
+    else:
+        raise FeedbackError(f"the labelled table {settings.storage.labelled_table} was re-published during each of "
+                            f"{LINEAGE_TRIES} reads: retry (or train with feedback_weight 0)")
     summary: dict[str, Any] = {
         "weight": weight, "train_months": [p.label for p in months], "labelled_table": settings.storage.labelled_table,
-        "labelled_partitions": labelled_lineage(settings, labelled_parts),
+        "labelled_partitions": lineage,
     }
     empty = FeedbackSet(_empty(contract), {**summary, "rows": 0})
-    rows = labelled_rows(settings, months=labelled_parts) if labelled_parts else None
     if rows is None or rows.num_rows == 0:
         return FeedbackSet(empty.table, {**empty.summary, "labelled_rows": 0, "note": "no labelled feedback yet"})
     lookups = _window_lookups(settings, workload, lake, months)

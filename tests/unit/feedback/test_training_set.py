@@ -173,3 +173,27 @@ def test_train_model_plan_writes_the_windows_feedback_as_the_runs_extra_input(se
     for bad in ("1", -1, 101, True):
         with pytest.raises(PipelineError, match="feedback_weight"):
             plan(settings, "manual__bad", {**conf, "feedback_weight": bad})
+
+
+def test_the_lineage_names_the_labelled_version_the_rows_were_read_from(settings: Settings, world: dict[str, Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running sink re-published the month between the lineage's read of the manifests and the rows' read: the
+    model's lineage named a version (a data folder since deleted) it never trained on."""
+    from tenfold.feedback import training
+
+    real = training.labelled_rows
+    republished: list[bool] = []
+
+    def rows_after_a_republish(*args: Any, **kwargs: Any) -> Any:
+        if not republished:  # the sink lands more feedback and joins, once
+            republished.append(True)
+            land(settings, synthetic_requests(JAN, 3, seed=9), [1, 0, 1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "labelled_rows", rows_after_a_republish)
+    chosen = feedback_training_set(settings, [JAN, FEB, MAR], weight=1.0, max_rows=10_000)
+    lake = Lake.from_settings(settings)
+    table = settings.storage.labelled_table
+    for label, named in chosen.summary["labelled_partitions"].items():
+        assert named["data_dir"] == lake.read_manifest(table, Partition.parse(label)).data_dir
+    assert chosen.summary["labelled_rows"] == sum(n["labelled"] for n in chosen.summary["labelled_partitions"].values())
