@@ -427,6 +427,38 @@ def test_a_model_that_cannot_be_loaded_is_never_served(make_client: Any, auth: d
     assert r.status_code == 503 and "failed to load" in r.json()["message"]
 
 
+def test_a_model_that_fails_every_call_answers_503_and_leaves_the_rotation(make_client: Any, auth: dict[str, str]) -> None:
+    """A broken device or model state fails every call: each request got a 500 ("a bug") while /readyz and /healthz
+    kept answering 200, so the replica kept its whole share of traffic and failed all of it."""
+    from tenfold.serving.app import MODEL_FAILURES_OUT
+
+    broken = threading.Event()
+
+    class Breaking(ServedModel):
+        def predict(self, requests: Any) -> list[float]:
+            if broken.is_set():
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().predict(requests)
+
+    def loader(settings: Any, ref: str) -> ServedModel:
+        good = load_served_model(settings, ref)
+        return Breaking(good.version, good.loaded, good.features, good.device)
+
+    client = make_client(app_kwargs={"loader": loader})
+    assert client.post(PREDICT, json=_flight(flight=1), headers=auth).status_code == 200
+    broken.set()
+    for i in range(MODEL_FAILURES_OUT):
+        r = client.post(PREDICT, json=_flight(flight=100 + i), headers=auth)
+        assert r.status_code == 503 and r.json()["error"] == "model_error" and r.headers["retry-after"], r.text
+        assert "RuntimeError" in r.json()["message"]
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "failing", r.json()
+    assert client.get("/healthz").status_code == 503  # out of rotation nothing clears it: replaced
+    broken.clear()  # (a request that still reaches it and succeeds puts it back)
+    assert client.post(PREDICT, json=_flight(flight=200), headers=auth).status_code == 200
+    assert client.get("/readyz").status_code == 200 and client.get("/healthz").status_code == 200
+
+
 def test_a_hung_model_call_answers_503_and_takes_the_replica_out_of_rotation_until_it_returns(
     make_client: Any, auth: dict[str, str], waits: Any
 ) -> None:
@@ -502,8 +534,8 @@ def test_draining_turns_readiness_false_but_still_answers(client: Any, auth: dic
 # --- unexpected errors and metrics ------------------------------------------------------------------------
 
 def test_an_unexpected_error_is_a_json_500_without_traceback_and_counted(make_client: Any, auth: dict[str, str]) -> None:
-    class Broken(ServedModel):
-        def predict(self, requests: Any) -> list[float]:
+    class Broken(ServedModel):  # a bug in the handler's own path (the model's failures are 503s, tested above)
+        def check(self, request: Any) -> None:
             raise RuntimeError("secret internals /etc/passwd")
 
     def loader(settings: Any, ref: str) -> ServedModel:

@@ -73,6 +73,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Model calls failing in a row (not a request's own refusal) that take a replica out of the rotation (/readyz 503)
+# and have it replaced (/healthz 503): a broken device or model state fails every request, 500s while still ready.
+MODEL_FAILURES_OUT = 5
+
 Loader = Callable[["Settings", str], ServedModel]
 # What a user key may be, in a header as in a body (the workload's user_key): printable ASCII, no spaces.
 _USER_KEY = re.compile(r"[\x21-\x7e]+")
@@ -366,6 +370,7 @@ def create_app(
     batcher: MicroBatcher[BaseModel, float] = MicroBatcher(
         run_model, executor=executor, max_batch_size=server.max_batch_size,
         max_wait_s=server.max_batch_wait_ms / 1000.0, on_batch=metrics.model_call, on_depth=metrics.queue_depth,
+        is_model_failure=lambda exc: not isinstance(exc, RequestInvalid),
     )
 
     async def load() -> None:
@@ -564,6 +569,11 @@ def create_app(
             except RequestInvalid as exc:  # check() let it through but assembly refused it
                 index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None
                 raise _refuse_invalid(exc, index, batch_key_ if batch else None) from None
+            except Exception as exc:  # the model failed (a broken device, memory): the replica's state, not the request's
+                log.error("model call failed (%d in a row): %s: %s", batcher.failed_in_a_row, type(exc).__name__, exc)
+                raise ApiError(503, "model_error", f"the model failed on this request ({type(exc).__name__}); retry: "
+                               f"a replica whose model fails {MODEL_FAILURES_OUT} times in a row leaves the rotation",
+                               headers={"Retry-After": str(server.retry_after_s)}) from None
             for i, p in zip(missing, fresh, strict=True):
                 out[i] = p
                 predictions_cache.put(keys[i], p)
@@ -598,6 +608,8 @@ def create_app(
     async def healthz() -> Response:
         if state.status == "failed":
             return JSONResponse({"status": "failed"}, status_code=503)
+        if batcher.failed_in_a_row >= MODEL_FAILURES_OUT:  # out of rotation, so nothing would clear it: replace it
+            return JSONResponse({"status": "failing"}, status_code=503)
         if batcher.call_running_s() > 3 * server.model_call_timeout_s:  # hung for good: have it replaced
             return JSONResponse({"status": "stalled"}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -609,6 +621,9 @@ def create_app(
         if body.ready and running > server.model_call_timeout_s:
             body = body.model_copy(update={"ready": False, "status": "stalled",
                                            "detail": f"a model call has run for {running:.0f} s"})
+        elif body.ready and batcher.failed_in_a_row >= MODEL_FAILURES_OUT:
+            body = body.model_copy(update={"ready": False, "status": "failing",
+                                           "detail": f"the last {batcher.failed_in_a_row} model calls failed"})
         elif body.ready and (why := auth.not_ready()):  # no request could be authorised: not in rotation yet
             body = body.model_copy(update={"ready": False, "status": "loading", "detail": why})
         shown = body.model_dump(mode="json")

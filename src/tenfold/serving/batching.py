@@ -65,8 +65,13 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        is_model_failure: Callable[[BaseException], bool] = lambda exc: True,
     ) -> None:
         self._run = run
+        # Model calls that failed in a row, for a watchdog (readiness); ``is_model_failure`` tells the model's own
+        # failures from a request's (one bad request alone must not count against the replica).
+        self.failed_in_a_row = 0
+        self._is_model_failure = is_model_failure
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -212,10 +217,15 @@ class MicroBatcher(Generic[T, R]):
         self._call_started = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
+        except Exception as exc:
+            if self._is_model_failure(exc):
+                self.failed_in_a_row += 1
+            raise
         finally:
             self._call_started = None
-        if len(results) != len(items):
-            raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
+        self.failed_in_a_row = 0
         return results
 
     async def _execute(self, batch: list[_Pending[T, R]]) -> None:

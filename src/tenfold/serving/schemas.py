@@ -105,7 +105,7 @@ class Readiness(_Body):
     """In the cloud, a caller without the login gets ``ready`` and ``status`` only."""
 
     ready: bool
-    status: Literal["loading", "ready", "draining", "failed", "stalled"]
+    status: Literal["loading", "ready", "draining", "failed", "stalled", "failing"]
     arm: Arm | None = None
     model_ref: str | None = None
     model_version: str | None = None
