@@ -179,3 +179,80 @@ def _dockerfile_cmd() -> list[str]:
         if line.startswith("CMD "):
             return list(json.loads(line[4:]))
     raise AssertionError("serving_image/Dockerfile has no CMD")
+
+
+_HANGING_REPLICA = """
+import signal, sys, threading, tempfile
+from pathlib import Path
+import uvicorn
+from tenfold.config import build_settings
+from tenfold.serving import replica
+from tenfold.serving.app import create_app
+
+home = Path(tempfile.mkdtemp())
+s = build_settings("local", {"TENFOLD_HOME": str(home), "TENFOLD_SERVING__SERVER__DRAIN_TIMEOUT_S": "2",
+                             "TENFOLD_SERVING__SERVER__MODEL_CALL_TIMEOUT_S": "1",
+                             "TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE": "0"})
+
+class Served:  # loads at once; its forward pass never returns (a stuck kernel)
+    version = "v-hung"
+    def check(self, request): pass
+    def predict(self, requests): threading.Event().wait()
+
+class Publisher:
+    def publish_sample(self, *args): return True
+    async def publish_feedback(self, record): return "1"
+    def close(self, timeout_s=5.0): return 0
+
+class Open:
+    mode = "bearer"
+    def check(self, headers): return None
+    def not_ready(self): return None
+    def allows(self, headers): return True
+
+app = create_app(s, loader=lambda settings, ref: Served(), publisher=Publisher(), authenticator=Open())
+server = replica._DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), lifespan="on",
+                                                timeout_graceful_shutdown=2, log_level="warning"), app.state.replica)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, replica._ignore)
+server.run()
+print("drained", flush=True)
+"""
+
+
+def test_a_replica_whose_model_call_hangs_still_exits_after_its_drain() -> None:
+    """The model's thread was a ThreadPoolExecutor's, which the interpreter joins at exit whatever shutdown() was
+    told: a drained replica with a hung forward pass never exited, and a second SIGTERM did nothing either (the
+    fleet and docker had to SIGKILL it; a runner that does not escalate waited for ever)."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _HANGING_REPLICA, str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the replica never became ready"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        body = json.dumps({"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH",
+                           "sched_dep": "2013-01-01T05:15:00"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as hung:
+            urllib.request.urlopen(request, timeout=10)
+        assert hung.value.code == 503 and json.loads(hung.value.read())["error"] == "model_timeout"
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert time.monotonic() - stopped < 12 and proc.returncode == 0
+        assert "drained" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)

@@ -34,7 +34,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -48,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 from tenfold.rollout.split import ARMS, BUCKETS, bucket_of
 from tenfold.serving.auth import Authenticator, AuthError
-from tenfold.serving.batching import MicroBatcher
+from tenfold.serving.batching import DaemonThreadExecutor, MicroBatcher
 from tenfold.serving.cache import PredictionCache
 from tenfold.serving.faults import Fault
 from tenfold.serving.loading import ServedModel, ServingLoadError, load_served_model
@@ -361,7 +360,7 @@ def create_app(
     auth = authenticator or Authenticator(settings)
     pub = publisher or Publisher(settings, metrics)
     predictions_cache = cache if cache is not None else PredictionCache(server.cache_entries)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenfold-model")
+    executor = DaemonThreadExecutor("tenfold-model")  # a hung call must not hold the process at exit
 
     def run_model(requests: list[BaseModel]) -> list[float]:
         assert state.served is not None

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -253,6 +256,50 @@ class MicroBatcher(Generic[T, R]):
             if not p.future.done():  # a client that went away cancelled its future
                 p.future.set_result(list(results[start:end]))
             start = end
+
+
+class DaemonThreadExecutor(Executor):
+    """One worker thread, a daemon: the model's calls run on it. A ``ThreadPoolExecutor``'s threads are joined at
+    interpreter exit whatever ``shutdown(wait=False)`` was told, so a model call that hung for good (a stuck kernel)
+    kept a drained replica from ever exiting, and a second SIGTERM did nothing: only SIGKILL ended it."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            future: Future[Any] = Future()
+            self._calls.put((future, functools.partial(fn, **kwargs) if kwargs else fn, args))
+            return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+        if cancel_futures:
+            with contextlib.suppress(queue.Empty):
+                while (call := self._calls.get_nowait()) is not None:
+                    call[0].cancel()
+        self._calls.put(None)
+        if wait:
+            self._thread.join()
 
 
 def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
