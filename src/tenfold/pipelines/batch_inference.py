@@ -273,8 +273,16 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
         else:
             acc = wait_accounted(settings, r.run_key, ids, say=say)
     except InferenceRunError as exc:
-        raise PipelineError(str(exc)) from exc
+        raise WaitIncomplete(str(exc)) from exc
     return Scored(scored=len(acc.scored), dead_lettered=len(acc.dead_lettered), seconds=time.monotonic() - started)
+
+
+class WaitIncomplete(PipelineError):
+    """The wait for a run's results ran out, or the local worker pool is gone: a retry resumes it (it counts what
+    the result store holds; request ids are deterministic), so Airflow retries it (failed at once, the month's
+    scores were left unpublished while the message itself said to retry)."""
+
+    retryable = True
 
 
 def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],

@@ -52,6 +52,8 @@ class PipelineError(RuntimeError):
     does not alert twice).
     """
 
+    retryable = False  # run_step fails the task at once; a subclass for a wait a retry resumes says True
+
     def __init__(self, message: str, *, alerted: bool = False) -> None:
         super().__init__(message)
         self.alerted = alerted
@@ -121,12 +123,13 @@ class RunState:
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a pipeline step from an Airflow task: a :class:`PipelineError`, or an error whose class says
-    ``retryable = False`` (a malformed suite, a stale alias move, a gate refusal), fails the task without retries."""
+    """Call a pipeline step from an Airflow task: a :class:`PipelineError` (unless its class says ``retryable =
+    True``), or another error whose class says ``retryable = False`` (a malformed suite, a stale alias move, a gate
+    refusal), fails the task without retries."""
     try:
         return step(*args, **kwargs)
     except Exception as exc:
-        if not isinstance(exc, PipelineError) and getattr(exc, "retryable", True) is not False:
+        if getattr(exc, "retryable", True) is not False:
             raise
         from airflow.sdk.exceptions import AirflowFailException
 

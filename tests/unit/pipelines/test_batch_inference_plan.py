@@ -245,3 +245,33 @@ def test_a_cleared_run_scores_the_months_it_chose_first_even_after_publishing_a_
     assert pipeline.months_to_score(s, ["2013-08", "2013-07"]).score == ["2013-08"]  # chosen afresh, 07 is left
     again = pipeline.months_to_score(s, ["2013-08", "2013-07"], "asset_triggered__x")  # the cleared run
     assert again.score == ["2013-07", "2013-08"] and again.skipped == first.skipped
+
+
+def test_a_wait_that_ran_out_is_retried_by_airflow_not_failed_at_once(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score turned every InferenceRunError into a PipelineError, which run_step fails without retries: a wait that
+    ran past its bound (whose message says "retry the task to keep waiting") left the month unscored for good."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    import tenfold.inference.scoring as scoring
+    from tenfold.inference import runs
+    from tenfold.pipelines.common import run_step
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 25})
+    publish_synthetic_features(Lake.from_settings(s), [Partition(2013, 5)], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    run = pipeline.plan(s, "waits", {"month": "2013-05"})
+
+    def ran_out(*args: object, **kwargs: object) -> None:
+        raise runs.InferenceRunError("2 of 2 requests of run x were neither scored nor dead-lettered within 60 s: "
+                                     "Retry the task to keep waiting")
+
+    monkeypatch.setattr(runs, "wait_accounted", ran_out)
+    assert run.path == "pubsub"
+    cloud = s.model_copy(update={"env": "dev"})  # the wait alone (locally score also runs the worker pool)
+    assert not cloud.is_local
+    with pytest.raises(pipeline.WaitIncomplete, match="Retry the task"):
+        run_step(pipeline.score, cloud, run)
+    with pytest.raises(AirflowFailException):  # a refusal still fails at once
+        run_step(pipeline.plan, s, "waits", {"month": "2013-13"})
