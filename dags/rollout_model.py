@@ -92,6 +92,12 @@ def rollout_model() -> None:
         done = run_step(pipeline.conclude, get_settings(), run)
         print(f"rollout {done['outcome']}: champion {done['champion']}, canary at {done['canary_percent']} %; "
               f"report: {done['report']}")
+        if done["outcome"] == pipeline.FAILED:  # no verdict (no data, a step that gave up): the run is not green
+            from airflow.sdk.exceptions import AirflowFailException
+
+            why = (f"rollout failed without a verdict ({'; '.join(done['reasons'])}); nothing was promoted or rejected; "
+                   f"see {done['report']}")
+            raise AirflowFailException(why) from pipeline.PipelineError(why, alerted=True)  # conclude alerted
         return done
 
     @task(doc_md="Does nothing: a leaf that is upstream_failed when plan, deploy or a step failed, so the DAG run "

@@ -90,14 +90,18 @@ class Places:
     accuracy: Callable[[dt.datetime, dt.datetime, str], tuple[Accuracy, Accuracy]]
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     sleep: Callable[[float], None] = time.sleep
+    # How an outcome that needs a person (failed: no verdict; rolled back: the version was rejected) is announced.
+    alert: Callable[[str, dict[str, Any]], object] = field(default=lambda title, details: None)
 
 
 def places(settings: Settings) -> Places:
     """The real adapters for ``settings`` (local fleet or cloud)."""
+    from tenfold.monitoring.alerts import send_alert
     from tenfold.rollout.adapters import deployer, observer, router
 
     return Places(router=router(settings), deployer=deployer(settings), observer=observer(settings),
-                  registry=ModelRegistry(settings), accuracy=lambda since, until, version: online_accuracy(settings, since, until, version))
+                  registry=ModelRegistry(settings), accuracy=lambda since, until, version: online_accuracy(settings, since, until, version),
+                  alert=lambda title, details: send_alert(settings, title, details))
 
 
 def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
@@ -507,6 +511,10 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
+    if outcome in (FAILED, ROLLED_BACK):  # a green run said nothing: a canary that got no data, a rejected version
+        p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
+            "version": run.version, "champion": done["champion"], "reasons": "; ".join(reasons)[:2000],
+            "report": report, "run": run.airflow_run_id})
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return done

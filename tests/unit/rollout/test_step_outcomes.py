@@ -117,10 +117,17 @@ def test_no_data_until_the_deadline_fails_safe_without_rejecting_the_version(mon
     assert router.percent == 0
     assert any("no data for" in r and "not rejected" in r for r in registry.events["end"]["reasons"])
     monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    alerts: list[tuple[str, dict[str, Any]]] = []
+    places.alert = lambda title, details: alerts.append((title, details))
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.FAILED and done["canary_percent"] == 0
     assert registry.decisions == {}  # not marked rejected: a later rollout of it needs no retry_rejected
     assert registry.champion == "v1" and registry.promoted == []
+    # A canary that got no data said nothing (the run was green): one alert, naming why and the report
+    ((title, details),) = alerts
+    assert title == "rollout r1 of v2: failed" and "no data for" in details["reasons"]
+    assert details["report"] == "file:///report.html"
+    assert pipeline.conclude(None, run, p=places) == done and len(alerts) == 1  # a re-run: no second alert
 
 
 def test_an_abort_before_the_canary_was_deployed_ends_the_rollout_aborted() -> None:
