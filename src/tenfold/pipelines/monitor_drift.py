@@ -101,6 +101,33 @@ def _month(value: Any, where: str) -> Partition:
         raise PipelineInputError(f"{where}: {exc}; give a month as YYYY-MM, e.g. {{\"month\": \"2013-07\"}}") from exc
 
 
+CHOSEN_MONTHS = "event-months"  # under the drift reports prefix: each Asset-triggered run's first choice
+
+
+def _event_choice(settings: Settings, airflow_run_id: str, labels: list[str]) -> list[str]:
+    """The months of ``labels`` (the run's features events) this run measures, chosen once per run: a first run's
+    backlog is left (named with the run conf that measures each). Kept under the run key, so that the run cleared
+    after its report was written chooses the same months (chosen again, that report made it no first run, and it
+    measured, alerted and retrained on the whole backlog it had left out)."""
+    from tenfold.monitoring.drift import reported_months
+    from tenfold.storage import lake_objects
+
+    objects = lake_objects(settings, settings.monitoring.drift.reports_prefix)
+    name = f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
+    if (kept := objects.get(name)) is None:
+        measured, backlog = split_event_months(
+            labels, nothing_done=None if reported_months(settings) else "no drift report is stored yet",
+            hint='trigger monitor_drift with the run conf {"month": "%s"} to measure it')
+        for label, why in backlog.items():
+            log.warning("not measuring %s: %s", label, why)
+        if objects.create(name, json.dumps(measured).encode()):
+            return measured
+        kept = objects.get(name) or b"[]"  # another try of the task chose first
+    chosen = [str(m) for m in json.loads(kept)]
+    log.info("this run chose its months on an earlier try: measuring %s", ", ".join(chosen))
+    return chosen
+
+
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None,
          event_months: Iterable[str] = ()) -> DriftRun:
     """The months and the version to monitor; every month must be a published features partition."""
@@ -113,15 +140,8 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if conf.get("month") is not None:
         months = [_month(conf["month"], "run conf month")]
     elif event_months:
-        from tenfold.monitoring.drift import reported_months
-
         labels = sorted({_month(m, "the features Asset event's month").label for m in event_months})
-        measured, backlog = split_event_months(
-            labels, nothing_done=None if reported_months(settings) else "no drift report is stored yet",
-            hint='trigger monitor_drift with the run conf {"month": "%s"} to measure it')
-        for label, why in backlog.items():
-            log.warning("not measuring %s: %s", label, why)
-        months = [Partition.parse(m) for m in measured]
+        months = [Partition.parse(m) for m in _event_choice(settings, airflow_run_id, labels)]
         # A month withdrawn since its event (a failed re-validation, a corrupt file found on read) is left with a
         # warning; failing the run for it left the other months' events spent and their drift never measured.
         withdrawn = [p for p in months if not lake.has_manifest(table, p)]

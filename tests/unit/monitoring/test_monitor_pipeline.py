@@ -199,3 +199,15 @@ def test_a_month_withdrawn_after_plan_fails_measure_without_retries_saying_what_
     with pytest.raises(pipeline.PipelineError, match=r"2013-03 cannot be read .*rebuild it with build_features, then "
                                                      r'trigger monitor_drift with the run conf \{"month": "2013-03"\}'):
         pipeline.measure(drift_settings, planned)
+
+
+def test_a_cleared_first_run_measures_the_months_it_chose_not_the_backlog_it_left(drift_settings: Settings) -> None:
+    """A first run measured only the newest month and wrote its report, then failed in decide; cleared, its plan found
+    that report, no longer took the run for a first one, and measured (alerted, retrained on) the whole backlog."""
+    first = pipeline.plan(drift_settings, "asset__first", {}, ["2013-01", "2013-02", "2013-03"])
+    assert first.months == ("2013-03",)
+    pipeline.monitor(drift_settings, "2013-03")  # its report is written; then the run is cleared
+    again = pipeline.plan(drift_settings, "asset__first", {}, ["2013-01", "2013-02", "2013-03"])
+    assert again.months == ("2013-03",)
+    other = pipeline.plan(drift_settings, "asset__next", {}, ["2013-01", "2013-02"])  # another run: its own choice
+    assert other.months == ("2013-01", "2013-02")
