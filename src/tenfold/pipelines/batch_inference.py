@@ -38,6 +38,7 @@ from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
+    chosen_once,
     run_key,
     run_main,
     split_event_months,
@@ -47,7 +48,6 @@ from tenfold.workloads import VERSION_KEY
 log = logging.getLogger(__name__)
 
 DAG_ID = "batch_inference"
-CHOSEN_MONTHS = "event-months"  # under <lake>/<inference.work_prefix>: each Asset-triggered run's choice of months
 CONF_KEYS = ("month", "version")
 
 
@@ -114,8 +114,8 @@ class EventMonths:
 def months_to_score(settings: Settings, event_months: Sequence[str], airflow_run_id: str | None = None) -> EventMonths:
     """The months an Asset-triggered run scores, from the months its features events name.
 
-    With ``airflow_run_id``, the first choice of the run is kept (``<work>/event-months/<run key>.json``, created
-    if absent) and a re-run of the task (a cleared run) returns it: chosen again, a month whose publish had failed
+    With ``airflow_run_id``, the first choice of the run is kept (``<work>/event-months/<run key>.json``:
+    :func:`~tenfold.pipelines.common.chosen_once`) and a re-run of the task (a cleared run) returns it: chosen again, a month whose publish had failed
     was skipped as "not later than" a month the same run had published meanwhile, and the run ended green without it.
 
     The newest always. Another month is scored when it is later than the newest month with published scores (so
@@ -133,14 +133,11 @@ def months_to_score(settings: Settings, event_months: Sequence[str], airflow_run
         return _choose_months(settings, months)
     from tenfold.inference.store import work_objects
 
-    objects, name = work_objects(settings), f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
-    if (kept := objects.get(name)) is None:
+    def choose() -> dict[str, Any]:
         chosen = _choose_months(settings, months)
-        if objects.create(name, json.dumps({"score": chosen.score, "skipped": chosen.skipped}).encode()):
-            return chosen
-        kept = objects.get(name) or b"{}"  # another try of the task chose first
-    body = json.loads(kept)
-    log.info("this run chose its months on an earlier try: scoring %s", ", ".join(body["score"]))
+        return {"score": chosen.score, "skipped": chosen.skipped}
+
+    body = chosen_once(work_objects(settings), airflow_run_id, choose)
     return EventMonths(score=list(body["score"]), skipped=dict(body["skipped"]))
 
 

@@ -136,6 +136,24 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise AirflowFailException(str(exc)) from exc
 
 
+CHOSEN_MONTHS = "event-months"  # the folder of each Asset-triggered run's first choice of months (chosen_once)
+
+
+def chosen_once(objects: Any, airflow_run_id: str, choose: Callable[[], Any]) -> Any:
+    """A run's first choice: the JSON value kept as ``event-months/<run key>.json`` in ``objects``
+    (:class:`tenfold.storage.Objects`), else ``choose()`` kept there (created if absent: a concurrent try's choice
+    wins). A cleared run that chose again would see what its own earlier try did (a month it published, a report it
+    wrote) and choose otherwise."""
+    name = f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
+    if (kept := objects.get(name)) is None:
+        value = choose()
+        if objects.create(name, json.dumps(value).encode()):
+            return value
+        kept = objects.get(name)
+    log.info("run %s chose on an earlier try: %s", airflow_run_id, kept.decode()[:500])
+    return json.loads(kept)
+
+
 def event_months(context: Mapping[str, Any], uri: str) -> list[str]:
     """The months (``"2013-07"``, ascending, once each) that the triggering events of the Asset at ``uri``
     published (``build_features`` puts its month in each event's extra). A run receives every event since the

@@ -47,6 +47,7 @@ from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
     RunState,
+    chosen_once,
     run_key,
     run_main,
     split_event_months,
@@ -101,31 +102,24 @@ def _month(value: Any, where: str) -> Partition:
         raise PipelineInputError(f"{where}: {exc}; give a month as YYYY-MM, e.g. {{\"month\": \"2013-07\"}}") from exc
 
 
-CHOSEN_MONTHS = "event-months"  # under the drift reports prefix: each Asset-triggered run's first choice
-
-
 def _event_choice(settings: Settings, airflow_run_id: str, labels: list[str]) -> list[str]:
     """The months of ``labels`` (the run's features events) this run measures, chosen once per run: a first run's
     backlog is left (named with the run conf that measures each). Kept under the run key, so that the run cleared
     after its report was written chooses the same months (chosen again, that report made it no first run, and it
-    measured, alerted and retrained on the whole backlog it had left out)."""
+    measured, alerted and retrained on the whole backlog it had left out): :func:`~tenfold.pipelines.common.chosen_once`."""
     from tenfold.monitoring.drift import reported_months
     from tenfold.storage import lake_objects
 
-    objects = lake_objects(settings, settings.monitoring.drift.reports_prefix)
-    name = f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
-    if (kept := objects.get(name)) is None:
+    def choose() -> list[str]:
         measured, backlog = split_event_months(
             labels, nothing_done=None if reported_months(settings) else "no drift report is stored yet",
             hint='trigger monitor_drift with the run conf {"month": "%s"} to measure it')
         for label, why in backlog.items():
             log.warning("not measuring %s: %s", label, why)
-        if objects.create(name, json.dumps(measured).encode()):
-            return measured
-        kept = objects.get(name) or b"[]"  # another try of the task chose first
-    chosen = [str(m) for m in json.loads(kept)]
-    log.info("this run chose its months on an earlier try: measuring %s", ", ".join(chosen))
-    return chosen
+        return measured
+
+    return [str(m) for m in chosen_once(lake_objects(settings, settings.monitoring.drift.reports_prefix),
+                                        airflow_run_id, choose)]
 
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None,
