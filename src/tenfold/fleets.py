@@ -212,8 +212,7 @@ def serving_startup_script(settings: Settings, fleet: GpuGroupSettings, role: st
 
 def serving_stop_timeout_s(settings: Settings) -> int:
     """How long ``docker stop`` lets a replica drain before SIGKILL: its drain, then its publisher's close."""
-    server = settings.serving.server
-    return math.ceil(server.drain_timeout_s + server.feedback_publish_timeout_s + 10)
+    return math.ceil(settings.serving.server.stop_timeout_s)
 
 
 def serving_host_setup() -> tuple[list[str], list[str]]:
@@ -264,9 +263,6 @@ def inference_startup_script(settings: Settings) -> str:
     return startup_script(settings, settings.inference.fleet, "inference", command, detach=True)
 
 
-FEEDBACK_STOP_TIMEOUT_S = 90  # a held pull (5 s), the batch in hand and a last join of the months it touched
-
-
 def feedback_startup_script(settings: Settings) -> str:
     """The feedback sink runs ``tenfold feedback sink`` for the VM's life.
 
@@ -275,7 +271,7 @@ def feedback_startup_script(settings: Settings) -> str:
     sends SIGTERM and it lands what it holds; what it had not acknowledged Pub/Sub delivers again, and the
     join's upsert on the prediction id makes a duplicate harmless.
     """
-    # docker stop's default 10 s SIGKILLed the sink mid-way through its last join (after a held pull cut short and
-    # the batch in hand), leaving the join's locks behind until they went stale.
+    from tenfold.feedback.sink import STOP_TIMEOUT_S  # docker stop's default 10 s killed its last join
+
     return startup_script(settings, settings.feedback.fleet, "feedback", FEEDBACK_COMMAND, detach=True,
-                          run_flags=["--stop-timeout", str(FEEDBACK_STOP_TIMEOUT_S)])
+                          run_flags=["--stop-timeout", str(STOP_TIMEOUT_S)])

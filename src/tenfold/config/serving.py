@@ -76,6 +76,12 @@ class ServerSettings(_Frozen):
                              "(/projects/<project number>/global/backendServices/<backend service id>)")
         return self
 
+    @property
+    def stop_timeout_s(self) -> float:
+        """How long a stop lets a replica drain before SIGKILL: its drain, then its publisher's close (a sample
+        flush and the feedback publishes in flight, up to ~10 s): ``docker stop`` in the cloud, the fleet locally."""
+        return self.drain_timeout_s + self.feedback_publish_timeout_s + 10
+
 
 class FleetSettings(_Frozen):
     """The local fleet: replica processes in a stable and a canary pool behind HAProxy (``tenfold serve``).

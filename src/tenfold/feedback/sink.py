@@ -69,6 +69,12 @@ class SinkOptions:
     pubsub_retry_s: float = 60.0  # how long Pub/Sub may stay unreachable before giving up
 
 
+# How long a stop gives the running sink before SIGKILL: a held pull cut short (5 s), the batch in hand, a last join
+# of the months it touched (which may first wait for the join lock). Shorter, the kill came mid-join and left the
+# join's locks behind until they went stale (docker's default 10 s in the cloud, 20 s for `tenfold down`).
+STOP_TIMEOUT_S = 90
+
+
 @dataclass
 class StreamStats:
     pulled: int = 0  # deliveries received, redeliveries included

@@ -43,7 +43,8 @@ class AirflowApi:
         self._token: str | None = None
 
     # --- transport ------------------------------------------------------------------------------
-    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True, attempt: int = 0) -> Any:
+    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True, attempt: int = 0,
+              relogged: bool = False) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -54,9 +55,9 @@ class AirflowApi:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            if exc.code == 401 and auth and self._token is not None:
-                self._token = None  # expired: log in again once
-                return self._send(method, path, body, auth=auth)
+            if exc.code == 401 and auth and self._token is not None and not relogged:
+                self._token = None  # expired: log in again, once (a server refusing every token recursed for ever)
+                return self._send(method, path, body, auth=auth, attempt=attempt, relogged=True)
             if exc.code in TRANSIENT_HTTP and (method == "GET" or ROLLED_BACK in detail) and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc

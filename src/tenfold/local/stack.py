@@ -72,10 +72,11 @@ def _live_record(settings: Settings, name: str) -> ProcessRecord | None:
     return record if record is not None and process.is_running(record) else None
 
 
-def _clear(settings: Settings, name: str) -> bool:
-    """Stop whatever is left of component ``name`` (a dead leader's children included), drop its pid file."""
+def _clear(settings: Settings, name: str, timeout: float = 20.0) -> bool:
+    """Stop whatever is left of component ``name`` (a dead leader's children included; SIGKILL after ``timeout``),
+    drop its pid file."""
     record = process.read_record(run_dir(settings), name)
-    stopped = process.stop(record) if record is not None else False
+    stopped = process.stop(record, timeout=timeout) if record is not None else False
     process.remove_pid_file(run_dir(settings), name)
     return stopped
 
@@ -137,6 +138,10 @@ def stop_service(settings: Settings, name: str) -> bool:
     """Stop every component of service ``name`` (or the one process of that name the platform started, e.g.
     the feedback sink) whose pid file names a live process; True when something was stopped."""
     if name not in SERVICE_ORDER:
+        if name == FEEDBACK_SINK:  # it lands the batch in hand and runs a last join: 20 s killed it mid-join
+            from tenfold.feedback.sink import STOP_TIMEOUT_S
+
+            return _clear(settings, name, timeout=STOP_TIMEOUT_S)
         return _clear(settings, name)
     names = [c.name for c in service(settings, name).components]
     if name == "airflow":

@@ -465,7 +465,7 @@ class Supervisor:
         """Out of HAProxy, then SIGTERM (the server drains what it still holds), SIGKILL after the drain timeout."""
         with contextlib.suppress(HaproxyError):
             self.api.maintain(replica.pool, replica.server)
-        timeout = self.settings.serving.server.drain_timeout_s + 5
+        timeout = self.settings.serving.server.stop_timeout_s
         replica.stop = self.executor.submit(process.stop, replica.record, timeout=timeout)
         replica.enter(STOPPING)
         self.say(f"{replica_name(replica.pool, replica.slot)}: stopping ({why})")
@@ -666,7 +666,7 @@ class Supervisor:
             process.remove_pid_file(self.run_dir, HAPROXY)
         if self.request_log.is_alive():
             self.request_log.stop()
-        timeout = self.settings.serving.server.drain_timeout_s + 5
+        timeout = self.settings.serving.server.stop_timeout_s
         pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout)) for r in self.replicas]
         for r, fut in pending:
             with contextlib.suppress(Exception):
@@ -696,7 +696,7 @@ def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
     """Stop what a supervisor that died left running (only processes our pid files still identify)."""
     for name in _leftovers(settings):
         record = process.read_record(run_dir(settings), name)
-        if record is not None and process.stop(record, timeout=settings.serving.server.drain_timeout_s + 5):
+        if record is not None and process.stop(record, timeout=settings.serving.server.stop_timeout_s):
             say(f"{name}: stopped (left by a fleet supervisor that is gone)")
         process.remove_pid_file(run_dir(settings), name)
 

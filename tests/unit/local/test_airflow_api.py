@@ -125,3 +125,15 @@ def test_a_backfill_refused_while_the_last_one_is_still_open_is_asked_for_again(
     with pytest.raises(AirflowApiError, match="HTTP 409"):
         api.backfill("build_features", "2013-04-01", "2013-04-01", poll_s=0.01)
     assert len(s.seen) == 1
+
+
+def test_an_expired_token_is_renewed_once_and_a_refused_new_one_is_a_clear_error(server: list[_Server]) -> None:
+    """A 401 logged in again and resent; a server that refused every token it had just issued made that recurse
+    (977 logins, then RecursionError) instead of saying so."""
+    token = {"access_token": "t"}
+    api, _ = _api(server, [token, 401, token, "ok"])  # the token expired once: renewed, then the read goes through
+    assert api._send("GET", "/api/v2/dags/x") == {"answer": 4}
+    api2, s2 = _api(server, [token, 401, token, 401, token, 401])
+    with pytest.raises(AirflowApiError, match="HTTP 401"):
+        api2._send("GET", "/api/v2/dags/x")
+    assert [path for _, path in s2.seen].count("/auth/token") == 2  # the first login and one renewal

@@ -320,3 +320,31 @@ def test_cli_up_and_down_hold_the_up_down_lock_across_the_platform_and_serving(t
     assert "airflow: not running" in results[1].output  # stack.down ran, under the lock the CLI held
     assert seen == {"serving up": True, "serving down": True}
     assert not _locked_by_another(s)  # and released it
+
+
+def test_down_gives_the_feedback_sink_time_for_its_last_join(tmp_path):
+    """`tenfold down` stopped the sink like any process (SIGKILL after 20 s), mid-way through the last join it runs
+    on SIGTERM, leaving the join's locks behind until they went stale. A real process that takes 22 s to stop."""
+    import sys
+    import time
+
+    from tenfold.local import process
+    from tenfold.local.stack import FEEDBACK_SINK, stop_service
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    run_dir(settings).mkdir(parents=True)
+    slow = ("import signal, sys, time\n"  # its last join: 22 s (stop signals the group and the process: once)
+            "signal.signal(signal.SIGTERM, lambda *a: (signal.signal(signal.SIGTERM, signal.SIG_IGN), time.sleep(22),"
+            " sys.exit(0)))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n")
+    record = process.start(FEEDBACK_SINK, [sys.executable, "-u", "-c", slow], run_dir=run_dir(settings), port=0)
+    log = Path(record.log)
+    deadline = time.monotonic() + 30
+    while "ready" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert stop_service(settings, FEEDBACK_SINK)
+    took = time.monotonic() - started
+    assert 21 < took < 60, f"stopped after {took:.0f} s: killed before it finished" if took <= 21 else took
+    assert not process.is_running(record)
