@@ -84,9 +84,17 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
         return False
-    # "completed": a month published by an older feature definition has a successful run to redo.
-    say(f"backfilling {BUILD} for {todo[0].label}..{todo[-1].label} ({len(todo)} monthly runs)")
-    api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="completed")
+    # An earlier demo stopped with Ctrl-C left its backfill running: followed, not asked for again (Airflow keeps
+    # one open backfill per DAG, so asking again was refused until it ended, and the demo gave up after 150 s).
+    earlier = [b for b in api.backfills(BUILD) if not b.get("completed_at")
+               and str(b["from_date"])[:7] <= todo[0].label and str(b["to_date"])[:7] >= todo[-1].label]
+    if earlier:
+        say(f"following {BUILD} backfill {earlier[0]['id']} ({str(earlier[0]['from_date'])[:7]}.."
+            f"{str(earlier[0]['to_date'])[:7]}), which an earlier demo started, for {len(todo)} monthly runs")
+    else:
+        # "completed": a month published by an older feature definition has a successful run to redo.
+        say(f"backfilling {BUILD} for {todo[0].label}..{todo[-1].label} ({len(todo)} monthly runs)")
+        api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="completed")
     wanted = {m.label for m in todo}
     deadline = time.monotonic() + FEATURE_TIMEOUT_S * len(todo)
     seen: dict[str, str] = {}
@@ -108,6 +116,28 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         if time.monotonic() > deadline:
             raise DemoError(f"{BUILD} did not finish in time; see {airflow_url(settings)}/dags/{BUILD}")
         time.sleep(3)
+
+
+def first_champion_run(settings: Settings, api: AirflowApi, initial: list[Partition], say: Callable[[str], object]) -> str:
+    """The ``train_model`` run that makes the first champion, followed to its end; returns its id.
+
+    Unpausing train_model starts its weekly schedule's latest run at once (catchup=False still runs the newest due
+    one), on the newest published months: on a fresh platform that run is the first champion's. A run an earlier
+    demo left queued or running (stopped with Ctrl-C) is that run: followed, not trained again beside it (a second
+    run queued behind it, training the first champion twice and stretching the wait past its bound)."""
+    before = run_ids(api, TRAIN)
+    going = sorted(str(r["dag_run_id"]) for r in api.runs(TRAIN) if str(r.get("state")) in ("queued", "running"))
+    api.set_paused(TRAIN, False)
+    first_run = going[0] if going else new_run(api, TRAIN, before, timeout_s=60)
+    if first_run is None:  # this week's scheduled run happened on an earlier demo: start one by hand
+        say(f"the first champion: trained on {initial[0].label}..{initial[-2].label}, held out {initial[-1].label}")
+        return train(settings, api, say, {"train_months": [initial[0].label, initial[-2].label],
+                                          "holdout_months": [initial[-1].label] * 2}, "first")
+    say(f"the first champion: {TRAIN} run {first_run}" + (" (an earlier demo's, still going)" if going else
+                                                          " (the weekly schedule's, on the newest published months)"))
+    if follow(settings, api, TRAIN, first_run, say, timeout_s=TRAIN_TIMEOUT_S) != "success":
+        raise DemoError(f"{TRAIN} run {first_run} failed: open {airflow_url(settings)}/dags/{TRAIN} for its logs")
+    return first_run
 
 
 def train(settings: Settings, api: AirflowApi, say: Callable[[str], object], conf: dict[str, Any], name: str) -> str:
@@ -521,20 +551,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     build_months(settings, api, initial, say)
     registry = ModelRegistry(settings)
     if registry.resolve(CHAMPION) is None:
-        # Unpausing train_model starts its weekly schedule's latest run at once (catchup=False still runs the
-        # newest due one), on the newest published months: on a fresh platform that run is the first champion's.
-        before = run_ids(api, TRAIN)
-        api.set_paused(TRAIN, False)
-        first_run = new_run(api, TRAIN, before, timeout_s=60)
-        if first_run is None:  # this week's scheduled run happened on an earlier demo: start one by hand
-            say(f"the first champion: trained on {initial[0].label}..{initial[-2].label}, held out {initial[-1].label}")
-            first_run = train(settings, api, say, {"train_months": [initial[0].label, initial[-2].label],
-                                                   "holdout_months": [initial[-1].label] * 2}, "first")
-        else:
-            say(f"the first champion: {TRAIN} run {first_run} (the weekly schedule's, on the newest published months)")
-            if follow(settings, api, TRAIN, first_run, say, timeout_s=TRAIN_TIMEOUT_S) != "success":
-                raise DemoError(f"{TRAIN} run {first_run} failed: open {airflow_url(settings)}/dags/{TRAIN} for its logs")
-        show_training(api, first_run, say)
+        show_training(api, first_champion_run(settings, api, initial, say), say)
         api.set_paused(TRAIN, True)
     say(describe(settings, statuses))
     say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")

@@ -50,3 +50,62 @@ def test_no_flights_to_send_leaves_the_traffic_thread_idle(make_settings: Callab
         time.sleep(1.0)
         used = sum(me.cpu_times()[:2]) - before
     assert live.items == [] and used < 0.5, f"{used:.2f} CPU s in 1 s with nothing to send"
+
+
+class _Api:
+    """The demo's Airflow client at its method boundary: records what the demo asks for."""
+
+    def __init__(self, runs: list[dict[str, str]] | None = None, backfills: list[dict[str, object]] | None = None) -> None:
+        self._runs, self._backfills = runs or [], backfills or []
+        self.triggered: list[str] = []
+        self.backfilled: list[tuple[str, str]] = []
+        self.paused: list[tuple[str, bool]] = []
+
+    def runs(self, dag_id: str, *, limit: int = 100) -> list[dict[str, str]]:
+        return list(self._runs)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.paused.append((dag_id, paused))
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict[str, object] | None = None) -> dict[str, str]:
+        self.triggered.append(run_id)
+        return {"dag_run_id": run_id}
+
+    def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
+        return {r: "success" for r in run_ids}
+
+    def backfills(self, dag_id: str) -> list[dict[str, object]]:
+        return list(self._backfills)
+
+    def backfill(self, dag_id: str, from_date: str, to_date: str, **kwargs: object) -> dict[str, object]:
+        self.backfilled.append((from_date, to_date))
+        return {"id": 9}
+
+
+def test_a_rerun_demo_follows_the_first_champions_run_an_earlier_demo_left_going(
+        make_settings: Callable[..., Settings]) -> None:
+    """Ctrl-C while the first champion trained, then `make demo` again: this week's run already existed, so no new
+    one appeared and the demo trained a second one by hand, queued behind the first (trained twice)."""
+    api = _Api(runs=[{"dag_run_id": "scheduled__2026-11-30", "state": "running"}])
+    months = [Partition(2013, 1), Partition(2013, 2)]
+    said: list[str] = []
+    assert demo.first_champion_run(make_settings(), api, months, said.append) == "scheduled__2026-11-30"  # type: ignore[arg-type]
+    assert api.triggered == [] and ("train_model", False) in api.paused
+    assert any("an earlier demo's, still going" in line for line in said)
+
+
+def test_a_rerun_demo_follows_the_feature_backfill_an_earlier_demo_left_running(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the features backfill, then `make demo` again: asking for a new backfill was refused while the
+    old one ran (Airflow keeps one open per DAG) and the demo gave up after 150 s."""
+    months = [Partition(2013, m) for m in (1, 2, 3)]
+    api = _Api(runs=[{"dag_run_id": f"backfill__{m.label}", "state": "success", "logical_date": f"{m.label}-01T00:00:00Z"}
+                     for m in months],
+               backfills=[{"id": 4, "from_date": "2013-01-01T00:00:00Z", "to_date": "2013-03-01T00:00:00Z",
+                           "completed_at": None}])
+    said: list[str] = []
+    assert demo.build_months(make_settings(), api, months, said.append) is True  # type: ignore[arg-type]
+    assert api.backfilled == [] and any("following build_features backfill 4" in line for line in said)
+    done = _Api(runs=api._runs, backfills=[{**api._backfills[0], "completed_at": "2026-12-04T10:00:00Z"}])
+    demo.build_months(make_settings(), done, months, said.append)  # type: ignore[arg-type]
+    assert done.backfilled == [("2013-01-01T00:00:00Z", "2013-03-01T00:00:00Z")]  # an ended one is not followed
