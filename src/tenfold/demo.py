@@ -86,7 +86,8 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         return False
     # An earlier demo stopped with Ctrl-C left its backfill running: followed, not asked for again (Airflow keeps
     # one open backfill per DAG, so asking again was refused until it ended, and the demo gave up after 150 s).
-    earlier = [b for b in api.backfills(BUILD) if not b.get("completed_at")
+    earlier = [b for b in api.backfills(BUILD) if not b.get("completed_at") and not b.get("is_paused")
+               and b.get("reprocess_behavior") == "completed"  # as the demo asks: it redoes months of older features
                and str(b["from_date"])[:7] <= todo[0].label and str(b["to_date"])[:7] >= todo[-1].label]
     if earlier:
         say(f"following {BUILD} backfill {earlier[0]['id']} ({str(earlier[0]['from_date'])[:7]}.."

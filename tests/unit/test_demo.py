@@ -102,7 +102,7 @@ def test_a_rerun_demo_follows_the_feature_backfill_an_earlier_demo_left_running(
     api = _Api(runs=[{"dag_run_id": f"backfill__{m.label}", "state": "success", "logical_date": f"{m.label}-01T00:00:00Z"}
                      for m in months],
                backfills=[{"id": 4, "from_date": "2013-01-01T00:00:00Z", "to_date": "2013-03-01T00:00:00Z",
-                           "completed_at": None}])
+                           "completed_at": None, "is_paused": False, "reprocess_behavior": "completed"}])
     said: list[str] = []
     assert demo.build_months(make_settings(), api, months, said.append) is True  # type: ignore[arg-type]
     assert api.backfilled == [] and any("following build_features backfill 4" in line for line in said)

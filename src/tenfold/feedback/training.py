@@ -107,16 +107,23 @@ def feedback_training_set(settings: Settings, months: Sequence[Partition], *, we
     lake = Lake.from_settings(settings)
     labelled_parts = lake.published_partitions(settings.storage.labelled_table)
     # The lineage must name the versions the rows came from: the running sink re-publishes the current month as
-    # feedback lands (a publish deletes the folder it replaces), so the manifests are read again after the rows,
-    # and the read is repeated while they moved.
-    for _ in range(LINEAGE_TRIES):
-        lineage = labelled_lineage(settings, labelled_parts)
-        rows = labelled_rows(settings, months=labelled_parts) if labelled_parts else None
-        if labelled_lineage(settings, labelled_parts) == lineage:
-            break
-    else:
-        raise FeedbackError(f"the labelled table {settings.storage.labelled_table} was re-published during each of "
-                            f"{LINEAGE_TRIES} reads: retry (or train with feedback_weight 0)")
+    # feedback lands (a publish deletes the folder it replaces), so each month's manifest is read again after its
+    # rows, and that month's read is repeated while it moved (month by month: a read of all history could take
+    # longer than the sink's joins are apart, and never see a quiet moment).
+    lineage: dict[str, dict[str, Any]] = {}
+    parts_rows: list[pa.Table] = []
+    for part in labelled_parts:
+        for _ in range(LINEAGE_TRIES):
+            named = labelled_lineage(settings, [part])
+            got = labelled_rows(settings, months=[part])
+            if labelled_lineage(settings, [part]) == named:
+                break
+        else:
+            raise FeedbackError(f"{settings.storage.labelled_table} {part.label} was re-published during each of "
+                                f"{LINEAGE_TRIES} reads: retry (or train with feedback_weight 0)")
+        lineage.update(named)
+        parts_rows.append(got)
+    rows = pa.concat_tables(parts_rows) if parts_rows else None
     summary: dict[str, Any] = {
         "weight": weight, "train_months": [p.label for p in months], "labelled_table": settings.storage.labelled_table,
         "labelled_partitions": lineage,

@@ -461,7 +461,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             _end(p, run, PROMOTED, [])
         else:
             _end(p, run, FAILED, [f"the rollout stopped after {len(applied)} of {len(run.steps)} steps without a verdict "
-                                  "(a step task failed): failing safe"])
+                                  f"({STEP_TASK_FAILED}): failing safe"])
         record = events(p, run)
     outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
     reg = p.registry
@@ -511,13 +511,18 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
-    if outcome in (FAILED, ROLLED_BACK):  # a green run said nothing: a canary that got no data, a rejected version
+    # A green run said nothing: a canary that got no data, a rejected version. (A step task that failed was alerted
+    # by Airflow's failure callback already.)
+    if outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r for r in reasons)):
         p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
             "version": run.version, "champion": done["champion"], "reasons": "; ".join(reasons)[:2000],
             "report": report, "run": run.airflow_run_id})
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return done
+
+
+STEP_TASK_FAILED = "a step task failed"
 
 
 def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: RolloutSettings) -> bool:

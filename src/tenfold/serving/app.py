@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from tenfold.messaging.records import FeedbackRecord, PredictionRecord
 from tenfold.rollout.split import ARMS, BUCKETS, bucket_of
 from tenfold.serving.auth import Authenticator, AuthError
-from tenfold.serving.batching import DaemonThreadExecutor, MicroBatcher
+from tenfold.serving.batching import BatcherStopped, DaemonThreadExecutor, MicroBatcher
 from tenfold.serving.cache import PredictionCache
 from tenfold.serving.faults import Fault
 from tenfold.serving.loading import ServedModel, ServingLoadError, load_served_model
@@ -568,6 +568,8 @@ def create_app(
             except RequestInvalid as exc:  # check() let it through but assembly refused it
                 index = missing[exc.index] if exc.index is not None and exc.index < len(missing) else None
                 raise _refuse_invalid(exc, index, batch_key_ if batch else None) from None
+            except BatcherStopped:  # shutting down (or not started): no model call was made
+                raise not_ready() from None
             except Exception as exc:  # the model failed (a broken device, memory): the replica's state, not the request's
                 log.error("model call failed (%d in a row): %s: %s", batcher.failed_in_a_row, type(exc).__name__, exc)
                 raise ApiError(503, "model_error", f"the model failed on this request ({type(exc).__name__}); retry: "

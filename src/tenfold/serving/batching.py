@@ -46,6 +46,10 @@ R = TypeVar("R")
 SETTLE_TURNS = 4
 
 
+class BatcherStopped(RuntimeError):
+    """The batcher is not running (not started, or stopped for the server's shutdown): no model call was made."""
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     items: list[T]
@@ -114,7 +118,7 @@ class MicroBatcher(Generic[T, R]):
         if not items:
             return []
         if self._task is None or self._task.done():
-            raise RuntimeError("the micro-batcher is not running (start() it in the app's lifespan)")
+            raise BatcherStopped("the micro-batcher is not running (start() it in the app's lifespan)")
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         self._queued_rows += len(items)
         self._on_depth(self._queued_rows)
@@ -134,7 +138,7 @@ class MicroBatcher(Generic[T, R]):
                 await task
         for pending in [*self._carry, *(p for p in _drain(self._queue) if p is not None)]:
             if not pending.future.done():
-                pending.future.set_exception(RuntimeError("the server is shutting down"))
+                pending.future.set_exception(BatcherStopped("the server is shutting down"))
         self._carry.clear()
 
     async def _next(self, timeout: float | None) -> _Pending[T, R] | None:
@@ -207,7 +211,7 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.CancelledError:
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(RuntimeError("the server is shutting down"))
+                        p.future.set_exception(BatcherStopped("the server is shutting down"))
                 raise
             except Exception as exc:  # never let one batch stop the consumer: fail it, go on
                 log.exception("micro-batch of %d rows failed", rows)
@@ -220,18 +224,15 @@ class MicroBatcher(Generic[T, R]):
         self._call_started = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
-            if len(results) != len(items):
-                raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
-        except Exception as exc:
-            if self._is_model_failure(exc):
-                self.failed_in_a_row += 1
-            raise
         finally:
             self._call_started = None
-        self.failed_in_a_row = 0
+        if len(results) != len(items):
+            raise RuntimeError(f"the model returned {len(results)} results for {len(items)} rows")
         return results
 
     async def _execute(self, batch: list[_Pending[T, R]]) -> None:
+        """One batch: its model call, or on failure each request alone. ``failed_in_a_row`` counts the batch once:
+        one failure when no call of it succeeded (its requests' own refusals aside), zero again when one did."""
         items = [item for p in batch for item in p.items]
         try:
             results = await self._call(items)
@@ -239,23 +240,35 @@ class MicroBatcher(Generic[T, R]):
             if len(batch) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
+                self._count([exc], succeeded=False)
                 return
+            failures: list[BaseException] = []
             for p in batch:  # isolate the request that failed: each alone
                 try:
                     mine = await self._call(p.items)
                 except Exception as own:
+                    failures.append(own)
                     if not p.future.done():
                         p.future.set_exception(own)
                 else:
                     if not p.future.done():
                         p.future.set_result(list(mine))
+            self._count(failures, succeeded=len(failures) < len(batch))
             return
+        self.failed_in_a_row = 0
         start = 0
         for p in batch:
             end = start + len(p.items)
             if not p.future.done():  # a client that went away cancelled its future
                 p.future.set_result(list(results[start:end]))
             start = end
+
+
+    def _count(self, failures: list[BaseException], *, succeeded: bool) -> None:
+        if succeeded:
+            self.failed_in_a_row = 0
+        elif any(self._is_model_failure(exc) for exc in failures):
+            self.failed_in_a_row += 1
 
 
 class DaemonThreadExecutor(Executor):

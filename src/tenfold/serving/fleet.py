@@ -973,8 +973,8 @@ def _down(settings: Settings, *, say: Callable[[str], object]) -> bool:
     record = process.read_record(rd, SUPERVISOR)
     stopped = False
     if record is not None:
-        # The supervisor drains and stops its replicas before it exits: give it their drain timeout.
-        stopped = process.stop(record, timeout=settings.serving.server.drain_timeout_s + 20)
+        # The supervisor drains and stops its replicas before it exits: give it their stop timeout, and a margin.
+        stopped = process.stop(record, timeout=settings.serving.server.stop_timeout_s + 20)
         process.remove_pid_file(rd, SUPERVISOR)
     left = _leftovers(settings)
     _stop_leftovers(settings, say)

@@ -319,3 +319,14 @@ def test_a_rerun_conclude_of_an_older_rollout_leaves_a_newer_rollouts_split_alon
     else:
         assert pipeline.conclude(None, run, p=places)["outcome"] == outcome  # type: ignore[arg-type]
     assert router.calls == [] and router.percent == 25
+
+
+def test_a_rollout_stopped_by_a_failed_step_task_is_not_alerted_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's failure callback alerted the step task that gave up; conclude then alerted the same failure again."""
+    run, places, _ = _setup(Router(), Observer())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    alerts: list[str] = []
+    places.alert = lambda title, details: alerts.append(title)
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and pipeline.STEP_TASK_FAILED in done["reasons"][0]
+    assert alerts == []

@@ -300,3 +300,28 @@ def test_queue_depth_and_batch_sizes_are_reported() -> None:
     asyncio.run(main())
     assert sizes == [1, 2]
     assert max(depths) == 2 and depths[-1] == 0
+
+
+def test_a_failed_batch_counts_once_toward_the_replicas_failures_and_a_success_clears_them() -> None:
+    """Every model call counted, the isolation retries of one failed batch included: one batch of 4 bad requests
+    took the replica out of rotation at once (5 calls)."""
+
+    async def scenario() -> None:
+        model = Recorder()
+        batcher = _batcher(model, size=8, wait_s=0.05)
+        batcher.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await _until(model.entered.is_set)  # the model is busy: the next four queue into one batch
+        bad = [asyncio.ensure_future(batcher.submit([-i])) for i in range(1, 5)]
+        await asyncio.sleep(0.1)
+        model.gate.set()
+        assert await first == [2]
+        for f in bad:
+            with pytest.raises(ValueError):
+                await f
+        assert batcher.failed_in_a_row == 1, "one failed batch (and its four retries alone) is one failure"
+        assert await batcher.submit([3]) == [6] and batcher.failed_in_a_row == 0
+        await batcher.stop()
+
+    asyncio.run(scenario())
