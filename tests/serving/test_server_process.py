@@ -24,6 +24,21 @@ ROOT = project_root()
 IMAGE = ROOT / "serving_image"
 
 
+def _until_200(proc: subprocess.Popen[str], url: str, timeout_s: float) -> None:
+    """Wait (a deadline, the process alive) until ``url`` answers 200."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, f"{url} never answered 200"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+
+
 def _refused(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):
@@ -112,15 +127,7 @@ def test_a_replica_stopped_while_it_loads_exits_at_once(serving_env: dict[str, s
                                  "--model", version], env=serving_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         try:
-            deadline = time.monotonic() + 120
-            while True:  # alive (healthz answers while loading) and not ready
-                assert proc.poll() is None and time.monotonic() < deadline, "the replica never came up"
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
+            _until_200(proc, f"http://127.0.0.1:{port}/healthz", 120)  # alive (healthz answers while loading)...
             with pytest.raises(urllib.error.HTTPError) as loading:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
             assert loading.value.code == 503
@@ -231,15 +238,7 @@ def test_a_replica_whose_model_call_hangs_still_exits_after_its_drain() -> None:
     proc = subprocess.Popen([sys.executable, "-c", _HANGING_REPLICA, str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the replica never became ready"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
+        _until_200(proc, f"http://127.0.0.1:{port}/readyz", 60)
         body = json.dumps({"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH",
                            "sched_dep": "2013-01-01T05:15:00"}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
