@@ -87,6 +87,10 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow.admin_user}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / PASSWORDS_FILE),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # SQLite lets one writer in at a time; its default 5 s wait for the lock failed writes under load (the UI's
+            # "unpause on trigger" answered 500 while the scheduler wrote, and the run it triggered stayed queued).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS_ASYNC",
             "AIRFLOW__API__HOST": settings.local.bind_host,
             "AIRFLOW__API__PORT": str(settings.local.airflow_port),
             "AIRFLOW__API__BASE_URL": url,
@@ -199,6 +203,12 @@ def _template_db(airflow_version: str) -> Path:
     """A freshly migrated, empty SQLite database per Airflow version, shared by every home on the machine."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "tenfold" / f"airflow-{airflow_version}-empty.sqlite"
+
+
+# How long an Airflow process waits for SQLite's write lock (sqlite3's ``timeout``), in the connect arguments the two
+# settings above name. Two dicts: Airflow adds its own keys to the sync one.
+SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 30.0}
+SQLITE_CONNECT_ARGS_ASYNC: dict[str, object] = {"timeout": 30.0}
 
 
 def _sqlite_path(env: Mapping[str, str]) -> Path | None:

@@ -348,3 +348,17 @@ def test_down_gives_the_feedback_sink_time_for_its_last_join(tmp_path):
     took = time.monotonic() - started
     assert 21 < took < 60, f"stopped after {took:.0f} s: killed before it finished" if took <= 21 else took
     assert not process.is_running(record)
+
+
+def test_airflow_waits_for_sqlites_write_lock_instead_of_failing_within_5_s(tmp_path):
+    """sqlite3's default 5 s wait for the write lock failed Airflow's writes under load: the UI's "unpause on trigger"
+    answered 500 while the scheduler wrote (CI run 57), and the run it had triggered stayed queued on a paused DAG."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **airflow_env(build_settings("local", {"TENFOLD_HOME": str(tmp_path)}))}
+    code = ("from airflow import settings; settings.configure_orm(); "
+            "print(settings.engine.raw_connection().driver_connection.execute('pragma busy_timeout').fetchone()[0]); "
+            "print(settings._get_connect_args('async')['timeout'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["30000", "30.0"], out.stderr[-2000:]
