@@ -171,12 +171,11 @@ class FeedbackSink:
         return subscription_path(self.settings, self._subs[stream].name)
 
     # --- the three ways to run -----------------------------------------------------------------------
-    def poll_once(self, *, wait: bool = False, fill: bool | None = None, stop: threading.Event | None = None) -> int:
+    def poll_once(self, *, wait: bool = False, fill: bool = False, stop: threading.Event | None = None) -> int:
         """Pull, land and acknowledge at most one batch per subscription; returns the deliveries pulled.
 
-        ``wait``: hold each first pull up to ``pull_wait_s`` for a message; ``fill`` (default ``wait``): top a
-        batch up for ``batch_wait_s``; ``stop``: no further subscription once it is set."""
-        fill = wait if fill is None else fill
+        ``wait``: hold each first pull up to ``pull_wait_s`` for a message; ``fill``: top a batch up for
+        ``batch_wait_s`` (else only while a backlog lasts); ``stop``: no further subscription once it is set."""
         pulled = 0
         for stream in STREAMS:
             if stop is not None and stop.is_set():

@@ -263,7 +263,6 @@ class MicroBatcher(Generic[T, R]):
                 p.future.set_result(list(results[start:end]))
             start = end
 
-
     def _count(self, failures: list[BaseException], *, succeeded: bool) -> None:
         if succeeded:
             self.failed_in_a_row = 0

@@ -449,7 +449,8 @@ def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
 def _terminate(proc: subprocess.Popen[bytes], marker: str, grace_s: float = 10.0) -> None:
     """Stop the job: SIGTERM its process group (torchrun, which stops its workers), SIGKILL what is left after
     ``grace_s``, then the workers that outlived torchrun (they run in sessions of their own, so the group's kill
-    misses them: a worker deaf to SIGTERM would go on holding the folder's lock and writing its checkpoints).
+    misses them: a worker deaf to SIGTERM would go on writing the folder's checkpoints after the launch released
+    its lock, beside the next launch's job).
     ``tenfold.local.process.stop`` does all of it, collecting the workers before the first signal."""
     import psutil
 
