@@ -38,7 +38,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task, task_group
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, event_months, run_step
 
 DAG_ID = "batch_inference"
 settings = get_settings()
@@ -83,8 +83,7 @@ def batch_inference() -> None:
         return run_step(pipeline.publish, get_settings(), planned).to_xcom()
 
     # Locally each score task runs its own worker pool: one month at a time, so two pools never share the cores.
-    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)),
-          max_active_tis_per_dagrun=1 if settings.is_local else None)
+    @task(max_active_tis_per_dagrun=1 if settings.is_local else None)
     def score(planned: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import batch_inference as pipeline
 

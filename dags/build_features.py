@@ -37,19 +37,17 @@ and ``TENFOLD_ALERT_FILE`` (see ``tenfold.monitoring.alerts``).
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from airflow.sdk import Asset, Param, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import date_range, default_args, run_step, task_timeout_s
+from tenfold.pipelines.common import date_range, default_args, run_step
 
 DAG_ID = "build_features"
 settings = get_settings()
 FEATURES = Asset(settings.assets.features)
 START, END = date_range(settings, DAG_ID)
-TASK_TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
 
 
 @dag(
@@ -67,7 +65,7 @@ TASK_TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
 )
 def build_features() -> None:
     # Each task imports its pipeline itself: the module pulls in pyarrow, too heavy for DAG parsing.
-    @task(execution_timeout=TASK_TIMEOUT)
+    @task
     def ingest(**context: Any) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 
@@ -75,7 +73,7 @@ def build_features() -> None:
                        logical_date=context.get("logical_date"), month=context["params"].get("month"))
         return run_step(pipeline.ingest, get_settings(), run).to_xcom()
 
-    @task(task_id="build_features", execution_timeout=TASK_TIMEOUT)
+    @task(task_id="build_features")
     def build(run: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 

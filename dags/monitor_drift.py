@@ -29,7 +29,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, event_months, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, event_months, run_step
 
 DAG_ID = "monitor_drift"
 settings = get_settings()
@@ -57,7 +57,7 @@ def monitor_drift() -> None:
         months = event_months(context, FEATURES.uri)
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}, months).to_xcom()
 
-    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)))
+    @task
     def measure(planned: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import monitor_drift as pipeline
 

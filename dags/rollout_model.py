@@ -36,12 +36,11 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import default_args, run_step, task_timeout_s
+from tenfold.pipelines.common import default_args, run_step
 
 DAG_ID = "rollout_model"
 settings = get_settings()
 CHALLENGER = Asset(settings.assets.challenger)
-TIMEOUT = dt.timedelta(seconds=task_timeout_s(settings, DAG_ID))
 
 
 @dag(
@@ -63,14 +62,14 @@ def rollout_model() -> None:
         dag_run = context["dag_run"]
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {}).to_xcom()
 
-    @task(execution_timeout=TIMEOUT)
+    @task
     def deploy(run: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import rollout_model as pipeline
 
         return run_step(pipeline.deploy, get_settings(), run).to_xcom()
 
     def step_task(index: int, percent: int) -> Any:
-        @task(task_id=f"step_{index}", execution_timeout=TIMEOUT, doc_md=f"Step {index}: the canary at {percent} %.")
+        @task(task_id=f"step_{index}", doc_md=f"Step {index}: the canary at {percent} %.")
         def step(run: dict[str, Any]) -> str:
             from tenfold.pipelines import rollout_model as pipeline
 
@@ -78,7 +77,7 @@ def rollout_model() -> None:
 
         return step
 
-    @task(trigger_rule="all_done", execution_timeout=TIMEOUT)
+    @task(trigger_rule="all_done")
     def conclude(**context: Any) -> dict[str, Any]:
         from tenfold.pipelines import rollout_model as pipeline
 

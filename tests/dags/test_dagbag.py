@@ -44,6 +44,8 @@ for env in sys.argv[2:]:
             "has_schedule": dag.timetable is not None,
             "start_date": str(dag.start_date) if dag.start_date else None,
             "task_retries": {t.task_id: t.retries for t in dag.tasks},
+            "timeouts": {t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout else None
+                         for t in dag.tasks},
             "alerting": sorted({getattr(cb, "__qualname__", str(cb)) for t in dag.tasks
                                 for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
                                            else [t.on_failure_callback])}),
@@ -110,7 +112,21 @@ def test_every_dag_follows_the_house_rules(dagbag):
         no_retry = sorted(t for t, r in d["task_retries"].items() if not r or r < 1)
         if no_retry:
             problems.append(f"{where}: tasks without retries: {no_retry}")
+        unbounded = sorted(t for t, s in d["timeouts"].items() if not s)
+        if unbounded:  # a hung task would hold the DAG's one active run for ever
+            problems.append(f"{where}: tasks without execution_timeout: {unbounded}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_task_is_bound_by_its_settings(dagbag):
+    from tenfold.pipelines.common import task_timeout_s
+
+    for env, dag_id, d in _dags(dagbag):
+        settings = get_settings(env)
+        expected = {t: float(settings.pipelines.dag(dag_id).task_timeout_s) for t in d["timeouts"]}
+        if dag_id == "train_model":  # the train task follows the training bounds (torchrun's, the group's)
+            expected["train"] = float(task_timeout_s(settings, dag_id))
+        assert d["timeouts"] == expected, f"{env}:{dag_id}"
 
 
 def test_parsing_dags_imports_nothing_heavy(dagbag):

@@ -26,7 +26,8 @@ class DagSettings(BaseModel):
 
     retries: int = Field(default=2, ge=0)
     retry_delay_s: int = Field(default=60, ge=0)
-    # Bound of the DAG's heavy task (the Spark job); train_model derives its own from training settings.
+    # Bound of each of the DAG's tasks (Airflow's execution_timeout); train_model's train task derives its own
+    # from the training settings.
     task_timeout_s: int = Field(default=20 * 60, gt=0)
     # The months a monthly DAG covers (YYYY-MM, inclusive); last_month None: up to now.
     first_month: str | None = None

@@ -188,19 +188,24 @@ def split_event_months(months: Sequence[str], *, nothing_done: str | None, hint:
 
 
 def default_args(settings: Settings, dag_id: str) -> dict[str, Any]:
-    """Every DAG's task defaults: retries and their delay from settings, and the same failure alert."""
+    """Every DAG's task defaults: retries and their delay from settings, the same failure alert, and a bound.
+
+    The bound, ``settings.pipelines.<dag>.task_timeout_s``, holds every task that sets none of its own: a
+    hung read or write then fails and retries instead of holding the DAG's one active run for ever.
+    """
     from tenfold.monitoring.alerts import airflow_failure_callback
 
     dag = settings.pipelines.dag(dag_id)
     return {
         "retries": dag.retries,
         "retry_delay": dt.timedelta(seconds=dag.retry_delay_s),
+        "execution_timeout": dt.timedelta(seconds=dag.task_timeout_s),
         "on_failure_callback": airflow_failure_callback,
     }
 
 
 def task_timeout_s(settings: Settings, dag_id: str) -> int:
-    """The bound of a DAG's heavy task, in seconds.
+    """The bound of a DAG's heavy task, in seconds (every other task's is ``default_args``').
 
     ``train_model``'s follows the training bounds: torchrun's own bound locally, the instance-group
     waits (three resize waits and the run) in the cloud. Other DAGs take ``settings.pipelines``'.
