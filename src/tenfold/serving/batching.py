@@ -174,7 +174,16 @@ class MicroBatcher(Generic[T, R]):
     async def _form_batch(self) -> list[_Pending[T, R]]:
         first = await self._next(None)
         assert first is not None
-        batch, rows = [first], len(first.items)
+        batch: list[_Pending[T, R]] = [first]
+        try:
+            return await self._grow(batch)
+        except asyncio.CancelledError:  # stop() while the batch waited: back in line, so stop() fails them
+            self._carry.extendleft(reversed(batch))
+            raise
+
+    async def _grow(self, batch: list[_Pending[T, R]]) -> list[_Pending[T, R]]:
+        """Add to ``batch`` (its first request taken) what rule 2 lets join it."""
+        rows = len(batch[0].items)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         turns = 0

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tenfold.serving.batching import MicroBatcher
+from tenfold.serving.batching import BatcherStopped, MicroBatcher
 
 
 class Recorder:
@@ -278,6 +278,25 @@ def test_submit_needs_a_running_batcher() -> None:
             await b.submit([1])
 
     asyncio.run(main())
+
+
+def test_stop_fails_the_requests_of_a_batch_still_forming() -> None:
+    model = Recorder()
+
+    async def main() -> None:
+        b = _batcher(model, size=64, wait_s=30.0)
+        b.start()
+        on_its_way = b.arriving()
+        on_its_way.__enter__()  # a request being read: the batch waits for it (up to 30 s)
+        waiting = asyncio.ensure_future(b.submit([1]))
+        await _until(lambda: b._waiting_for_arrivals)
+        await b.stop()  # the server's shutdown
+        with pytest.raises(BatcherStopped, match="shutting down"):
+            await asyncio.wait_for(waiting, 5)  # answered at once, not left waiting for ever
+        on_its_way.__exit__(None, None, None)
+
+    asyncio.run(main())
+    assert model.calls == []
 
 
 def test_queue_depth_and_batch_sizes_are_reported() -> None:
