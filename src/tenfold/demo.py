@@ -194,8 +194,10 @@ def task_state(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> str |
 
 def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | None:
     """The local fleet serves the champion in both pools (started, or rolled one replica at a time); the
-    canary gets no traffic until a rollout gives it some. Returns the champion (None: nothing to serve)."""
-    from tenfold.local.stack import feedback_sink_up, serving_up
+    canary gets no traffic until a rollout gives it some. Returns the champion (None: nothing to serve).
+    Under the ``up``/``down`` lock, as ``tenfold up`` serves: a ``tenfold down`` meanwhile would stop the platform
+    under a fleet this then starts or rolls."""
+    from tenfold.local.stack import exclusive, feedback_sink_up, serving_up
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.rollout.haproxy import HaproxyRouter
     from tenfold.serving import fleet
@@ -204,14 +206,15 @@ def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | No
     if champion is None:
         say("serving: no champion yet (the gate promoted nothing), so there is nothing to serve")
         return None
-    if fleet.supervisor_record(settings) is None:
-        serving_up(settings, say=say)
-    else:  # a fleet from an earlier demo: move both pools to the champion, one replica at a time
-        say(f"serving: rolling the running fleet to champion {champion} ...")
-        for pool in ("stable", "canary"):
-            fleet.rollout(settings, champion, pool=pool)
-        feedback_sink_up(settings, say=say)
-    HaproxyRouter.from_settings(settings).set_canary_percent(0)
+    with exclusive(settings, echo=say):
+        if fleet.supervisor_record(settings) is None:
+            serving_up(settings, say=say)
+        else:  # a fleet from an earlier demo: move both pools to the champion, one replica at a time
+            say(f"serving: rolling the running fleet to champion {champion} ...")
+            for pool in ("stable", "canary"):
+                fleet.rollout(settings, champion, pool=pool)
+            feedback_sink_up(settings, say=say)
+        HaproxyRouter.from_settings(settings).set_canary_percent(0)
     return champion
 
 

@@ -387,21 +387,25 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
 
     With no model registered yet it says so and returns False: a fresh platform has nothing to serve.
     Already running: nothing changes. Raises :class:`LocalPlatformError` when the fleet cannot start.
+    Under the ``up``/``down`` lock (see :func:`exclusive`): a ``tenfold down`` meanwhile would leave the fleet
+    running on a stopped platform.
     """
     from tenfold.registry import ModelRegistry, UnknownVersion
     from tenfold.serving import fleet
     from tenfold.serving.auth import ensure_token
 
-    ensure_token(settings)  # generated with the platform, so clients can be set up before the first model
-    ref = settings.serving.server.model_ref
-    try:
-        ModelRegistry(settings).find(ref)
-    except UnknownVersion:
-        say(f"serving: skipped, no model is registered as {ref!r} yet (run `make demo` to train one, then `tenfold serve up`)")
-        return False
-    fleet.up(settings, ref, say=say)
-    feedback_sink_up(settings, say=say)
-    return True
+    with _exclusive(settings, say):
+        ensure_token(settings)  # generated with the platform, so clients can be set up before the first model
+        ref = settings.serving.server.model_ref
+        try:
+            ModelRegistry(settings).find(ref)
+        except UnknownVersion:
+            say(f"serving: skipped, no model is registered as {ref!r} yet (run `make demo` to train one, "
+                "then `tenfold serve up`)")
+            return False
+        fleet.up(settings, ref, say=say)
+        feedback_sink_up(settings, say=say)
+        return True
 
 
 # The feedback sink (``tenfold feedback sink``) runs beside the fleet: it lands the sampled predictions and

@@ -362,3 +362,43 @@ def test_airflow_waits_for_sqlites_write_lock_instead_of_failing_within_5_s(tmp_
             "print(settings._get_connect_args('async')['timeout'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["30000", "30.0"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("fleet_running", [False, True], ids=["fleet-started", "fleet-rolled"])
+def test_the_demo_starts_or_rolls_the_fleet_under_the_up_down_lock(tmp_path, monkeypatch, fleet_running):
+    """The demo's ensure_serving (and serving_up, which it and `tenfold up` call) started or rolled the fleet without
+    the lock `tenfold down` takes: a `tenfold down` meanwhile stopped the platform under a fleet then started."""
+    import tenfold.registry
+    from tenfold import demo
+    from tenfold.local import stack
+    from tenfold.rollout import haproxy
+    from tenfold.serving import fleet
+
+    s = _fresh_settings(tmp_path)
+    seen: list[tuple[str, bool]] = []
+
+    class Registry:  # one champion registered (the registry's own reads are tested with it)
+        def __init__(self, settings):
+            pass
+
+        def resolve(self, alias):
+            return "v-champion"
+
+        def find(self, ref):
+            return "v-champion"
+
+    class Router:
+        def set_canary_percent(self, percent):
+            seen.append((f"canary {percent}", _locked_by_another(s)))
+
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", Registry)
+    monkeypatch.setattr(fleet, "supervisor_record", lambda settings: object() if fleet_running else None)
+    monkeypatch.setattr(fleet, "up", lambda settings, ref, say: seen.append(("fleet up", _locked_by_another(s))))
+    monkeypatch.setattr(fleet, "rollout", lambda settings, v, pool: seen.append((f"rollout {pool}", _locked_by_another(s))))
+    monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, say: seen.append(("sink", _locked_by_another(s))))
+    monkeypatch.setattr(haproxy.HaproxyRouter, "from_settings", classmethod(lambda cls, settings: Router()))
+
+    assert demo.ensure_serving(s, say=lambda line: None) == "v-champion"
+    steps = ["rollout stable", "rollout canary"] if fleet_running else ["fleet up"]
+    assert seen == [(step, True) for step in [*steps, "sink", "canary 0"]]
+    assert not _locked_by_another(s)  # and released
