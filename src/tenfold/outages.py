@@ -65,7 +65,7 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
     as a fault in the code, with ``debug_hint`` (how to see its traceback). Never the traceback itself."""
     from tenfold.fsio import os_error_refusal
 
-    if _no_credentials(exc):
+    if no_credentials(exc):
         return (f"error: `{command}` found no Google Cloud credentials ({type(exc).__name__}): run `gcloud auth "
                 "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on "
                 "the local platform")
@@ -81,7 +81,8 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
             f"{debug_hint} for the traceback, and report it")
 
 
-def _no_credentials(exc: BaseException) -> bool:
+def no_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` says this process has no Google Cloud credentials (google-auth's, or pyarrow's GCS client's)."""
     try:
         from google.auth.exceptions import DefaultCredentialsError
     except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses

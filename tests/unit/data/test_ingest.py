@@ -227,3 +227,26 @@ def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> No
     out = CliRunner().invoke(app, ["ingest", "--month", "2013-05", "--to", "2013-03", "--lake-uri", tmp_path.as_uri()])
     assert out.exit_code == 2, out.output
     assert "--month 2013-05 is after --to 2013-03" in out.output
+
+
+@pytest.mark.parametrize("credentials", [True, False], ids=["service-away", "no-credentials"])
+def test_a_gcs_store_that_cannot_be_reached_is_not_a_refusal_of_the_source(monkeypatch, credentials):
+    """pyarrow's GCS client reports a service away, or missing credentials, as a plain OSError once its retries run
+    out: that was taken for an unreadable file, so the task quarantined nothing, alerted, and failed without a retry."""
+    import datetime as dt
+
+    import pyarrow.fs as pafs
+
+    from tenfold.data import ingest
+    from tenfold.outages import is_unreachable, no_credentials
+
+    closed = "127.0.0.1:9"  # the discard port: nothing listens on it here, so every connection is refused
+    fs = (pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=closed,
+                             retry_time_limit=dt.timedelta(seconds=1)) if credentials
+          else pafs.GcsFileSystem(scheme="http", endpoint_override=closed, retry_time_limit=dt.timedelta(seconds=1)))
+    monkeypatch.setattr(ingest, "filesystem_from_uri", lambda uri: (fs, uri.removeprefix("gs://")))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    with pytest.raises(OSError) as raised:
+        ingest.read_source_bytes("gs://deliveries/flights.csv", table="flights")
+    assert not isinstance(raised.value, SourceUnreadable)
+    assert (is_unreachable if credentials else no_credentials)(raised.value), raised.value
