@@ -17,7 +17,7 @@ import typer
 from tenfold.config import Settings, get_settings
 from tenfold.local.process import LocalPlatformError, require_local_storage
 from tenfold.registry.errors import RegistryError
-from tenfold.registry.registry import CHAMPION, ModelRegistry
+from tenfold.registry.registry import CHAMPION, ModelRegistry, is_alias_name
 
 app = typer.Typer(help="Model registry: list, inspect, promote and roll back versions.", no_args_is_help=True)
 
@@ -125,7 +125,7 @@ def show(ref: str = typer.Argument(CHAMPION, help="version id, unique prefix or 
             "gate_decisions": {run: d.get("summary") for run, d in decisions.items()},
             "gate_checks": {run: d["checks"] for run, d in decisions.items() if isinstance(d.get("checks"), dict)},
         }
-        if ref != version and reg.alias(ref) is not None:
+        if ref != version and is_alias_name(ref) and reg.alias(ref) is not None:  # not a prefix (may start with a digit)
             body["alias_history"] = [json.loads(h.to_json()) for h in reg.alias_history(ref)]
         return body
 

@@ -188,6 +188,10 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+def is_alias_name(text: str) -> bool:
+    return bool(_ALIAS_RE.match(text))
+
+
 def is_version_id(text: str) -> bool:
     return bool(_VERSION_RE.match(text))
 
@@ -738,6 +742,7 @@ class ModelRegistry:
         if not _DECISION_KEY_RE.match(key):
             raise ValueError(f"{key!r}: a decision key is 1 to 200 lowercase letters, digits, '-', '_' or '.', "
                              "starting with a letter or digit")
+        self.ensure_preconditions_enforced()  # create-only: a store that ignores it would overwrite the decision
         try:
             self.bucket.blob(self._name("decisions", version, f"{key}.json")).upload_from_string(
                 json.dumps(dict(body), indent=2, sort_keys=True, default=str), content_type="application/json",
@@ -776,6 +781,7 @@ class ModelRegistry:
         for part, what in ((rollout_id, "rollout id"), (key, "rollout event key")):
             if not _ALIAS_RE.match(part.replace("_", "-").replace(".", "-")):
                 raise ValueError(f"{part!r}: a {what} is lowercase letters, digits, '-', '_' or '.'")
+        self.ensure_preconditions_enforced()  # create-only: a retried step must find its own event, not replace it
         try:
             self.bucket.blob(self._name("rollouts", version, rollout_id, f"{key}.json")).upload_from_string(
                 json.dumps(dict(body), indent=2, sort_keys=True, default=str), content_type="application/json",

@@ -53,6 +53,22 @@ def test_models_commands(registry_settings: Settings, make_model_dir: Callable[.
     assert out.exit_code == 2 and "tenfold models list" in out.output
 
 
+def test_models_show_takes_a_prefix_that_starts_with_a_digit(registry_settings: Settings,
+                                                            make_model_dir: Callable[..., Path], lineage: Lineage,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix was also looked up as an alias, whose names start with a letter: `models show 957fd2` ended
+    "'957fd2' is not an alias name" (exit 2) for 10 versions in 16."""
+    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    seed, version = 0, "x"
+    while not version[0].isdigit():  # the id is the content's digest: register until one starts with a digit
+        seed += 1
+        version = reg.register(make_model_dir(seed), lineage, metrics={"auc": 0.6}).version
+    out = runner.invoke(app, ["models", "show", version[:6]])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["version"] == version
+
+
 @pytest.mark.parametrize("damage", ["pointer", "decision"])
 def test_a_damaged_alias_pointer_or_decision_is_a_one_line_error_naming_the_object(
         registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,

@@ -50,3 +50,16 @@ def test_registry_refuses_a_store_that_ignores_preconditions(unsafe_settings: Se
     with pytest.warns(RuntimeWarning):
         unsafe.promote(mv.version, expected=None)
     assert json.loads(unsafe.bucket.blob(unsafe._name("aliases", "champion")).download_as_bytes())["version"] == mv.version
+
+
+def test_audit_records_are_refused_on_a_store_that_ignores_preconditions(unsafe_settings: Settings) -> None:
+    """A gate decision and a rollout event are create-only (a retried rollout step finds its own earlier event and
+    does not act twice): on such a store the second write replaced the first and both returned True."""
+    reg = ModelRegistry(unsafe_settings)
+    version = "0" * 20  # a version id (nothing is read about it)
+    with pytest.raises(PreconditionsNotEnforced):
+        reg.record_decision(version, "run-1", {"promote": True})
+    with pytest.raises(PreconditionsNotEnforced):
+        reg.record_rollout_event(version, "r-run1", "start", {"percent": 10})
+    assert list(reg.client.list_blobs(reg.bucket_name, prefix=reg._name("decisions"))) == []
+    assert list(reg.client.list_blobs(reg.bucket_name, prefix=reg._name("rollouts"))) == []
