@@ -219,7 +219,8 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]
         num_inputs = int(meta["num_inputs"])
         expected_sha = meta["weights_sha256"]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a section that is not a mapping
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        # AttributeError: a section that is not a mapping; OverflowError: an infinite number (1e999)
         raise ModelLoadError(f"{where / META_FILE} lacks or garbles {exc}; re-save the model") from exc
 
     weights_path = where / _file_field(where, meta, "weights_file", WEIGHTS_FILE)
@@ -250,7 +251,8 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         preprocessor = Preprocessor.from_json(pre_bytes.decode())
     except (PreprocessingError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{pre_path}: {exc}") from exc
-    if [preprocessor.vocab_sizes[c] for c in meta["categorical_columns"]] != vocab_sizes or preprocessor.num_inputs != num_inputs:
+    if [preprocessor.vocab_sizes.get(c) for c in meta["categorical_columns"]] != vocab_sizes \
+            or preprocessor.num_inputs != num_inputs:
         raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
 
     model = workload.build_model(config, vocab_sizes, num_inputs)
@@ -262,7 +264,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     try:
         declared = {str(k): tuple(int(d) for d in v) for k, v in meta.get("parameters", {}).items()}
-    except (AttributeError, TypeError, ValueError) as exc:
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         raise ModelLoadError(f"{where / META_FILE}: its field 'parameters' is not a mapping of parameter name to shape "
                              f"({exc}); re-save the model") from exc
     if got != expected or (declared and declared != expected):

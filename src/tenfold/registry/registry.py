@@ -429,6 +429,8 @@ class ModelRegistry:
         try:
             body = json.loads(raw)
             files = tuple(FileRecord(**f) for f in body["files"])
+            if not all(isinstance(f.path, str) and isinstance(f.sha256, str) and type(f.bytes) is int for f in files):
+                raise TypeError("a file record's path and sha256 are not text, or its bytes not an integer")
             mv = ModelVersion(version=body["version"], digest=body["digest"], files=files, metrics=body.get("metrics", {}),
                               created_at=body["created_at"], uri=self.version_uri(version))
         except (ValueError, KeyError, TypeError) as exc:

@@ -92,6 +92,32 @@ def test_missing_or_garbled_files_are_refused(tmp_path: Path, pre: Preprocessor)
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("edit", ["infinite width", "infinite shape", "column the state lacks"])
+def test_a_meta_json_edited_by_hand_is_refused_not_a_crash(tmp_path: Path, pre: Preprocessor, edit: str) -> None:
+    """An infinite number (1e999) ended load_model in OverflowError, and a categorical column the preprocessing state
+    lacks (without a preprocessing checksum to catch it first) in KeyError: serving, which turns only ModelLoadError
+    into a clear refusal, crashed with a traceback."""
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    text = (tmp_path / "meta.json").read_text()
+    meta = json.loads(text)
+    if edit == "infinite width":
+        text = text.replace(f'"num_inputs": {meta["num_inputs"]}', '"num_inputs": 1e999')
+    elif edit == "infinite shape":
+        name = next(iter(meta["parameters"]))
+        meta["parameters"][name] = [1e999]
+        text = json.dumps(meta).replace("Infinity", "1e999")
+    else:
+        meta.pop("preprocessing_sha256", None)
+        meta["categorical_columns"] = [*meta["categorical_columns"], "wheels"]
+        meta["vocab_sizes"]["wheels"] = 3
+        text = json.dumps(meta)
+    assert text != (tmp_path / "meta.json").read_text()
+    (tmp_path / "meta.json").write_text(text)
+    with pytest.raises(ModelLoadError, match=r"meta\.json"):
+        load_model(tmp_path)
+
+
 def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preprocessor) -> None:
     n = len(pre.numeric_columns)
     row = {c: [pre.vocabularies[c][0]] for c in pre.categorical_columns}

@@ -390,6 +390,23 @@ def test_a_missing_object_or_an_unreadable_lineage_is_an_integrity_error(
     assert reg.get(mv.version, with_lineage=False).version == mv.version  # what serving reads is not affected
 
 
+def test_a_marker_with_a_file_record_of_the_wrong_type_is_left_out_of_the_list(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """A VERSION.json whose file path was a number ended `list_versions` (and `tenfold models list`) in an
+    AttributeError: one damaged version hid every other one."""
+    reg = ModelRegistry(registry_settings)
+    good = reg.register(make_model_dir(77), lineage, metrics=METRICS)
+    bad = reg.register(make_model_dir(78), lineage, metrics=METRICS)
+    marker = reg.bucket.blob(reg._name("versions", bad.version, "VERSION.json"))
+    body = json.loads(marker.download_as_bytes())
+    body["files"][0]["path"] = 5
+    marker.upload_from_string(json.dumps(body))
+    assert [v.version for v in reg.list_versions()] == [good.version]
+    with pytest.raises(IntegrityError, match=r"VERSION\.json is unreadable .*not text"):
+        reg.get(bad.version)
+
+
 def test_a_replica_does_not_retry_a_version_whose_object_is_missing(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
 ) -> None:
