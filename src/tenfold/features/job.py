@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import write_sorted, write_table
-from tenfold.features.online import lookup_table
+from tenfold.features.online import LOOKUPS_KEY, lookup_table
 from tenfold.fsio import filesystem_from_uri, make_dirs
 from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
 
@@ -155,16 +155,16 @@ def write_lookups(frames: Mapping[str, DataFrame], lookups_output: str, contract
 
 
 def publish_lookups(lake: Lake, prefix: str, part: Partition, lookups_output: str, contract: FeatureContract,
-                    *, run_id: str, extra: Mapping[str, object] | None = None) -> list[str]:
+                    *, run_id: str, extra: Mapping[str, object] | None = None) -> dict[str, str]:
     """Publish each staged lookup as ``<prefix>_<name>``'s ``part`` (idempotent), with the feature definition's
-    version in its manifest; call it before publishing the features. Returns the tables published."""
-    tables = []
+    version in its manifest; call it before publishing the features. Returns each lookup's published data folder
+    (content-addressed), which the features manifest records under ``LOOKUPS_KEY``: the build it belongs to."""
+    published = {}
     for name in contract.lookup_tables:
-        table = lookup_table(prefix, name)
-        lake.publish(table, part, lookup_staging_uri(lookups_output, name), run_id=run_id,
-                     extra=contract.manifest_extra(**(extra or {})))
-        tables.append(table)
-    return tables
+        manifest = lake.publish(lookup_table(prefix, name), part, lookup_staging_uri(lookups_output, name),
+                                run_id=run_id, extra=contract.manifest_extra(**(extra or {})))
+        published[name] = manifest.data_dir
+    return published
 
 
 def input_uris(lake: Lake, table: str, parts: Sequence[Partition]) -> list[str]:
@@ -335,11 +335,11 @@ def run(
     if args.publish:
         run_id = args.run_id or f"spark-{uuid.uuid4().hex[:12]}"
         # Lookups first: the features manifest is the month's commit marker for online serving.
-        publish_lookups(lake, args.lookups_table, part, args.lookups_output, contract, run_id=run_id,
-                        extra={"features_table": table_name})
+        built = publish_lookups(lake, args.lookups_table, part, args.lookups_output, contract, run_id=run_id,
+                                extra={"features_table": table_name})
         lake.publish(
             table_name, part, args.output, run_id=run_id,
-            extra=contract.manifest_extra(history_months=facts["history_months"]),
+            extra=contract.manifest_extra(history_months=facts["history_months"], **{LOOKUPS_KEY: built}),
         )
         facts["manifest"] = lake.uri_of(lake.manifest_path(table_name, part))
     return facts

@@ -4,7 +4,8 @@
 (``contract.lookup_tables``) as lake tables named ``<settings.storage.lookups_table>_<name>``, one
 partition per month, each manifest recording the feature definition's version. It publishes them
 *before* the month's features manifest, so the features manifest is the month's commit marker: a month
-whose features are visible has all its lookups.
+whose features are visible has all its lookups. The features manifest names its lookups' data folders
+(``LOOKUPS_KEY``): lookups of a later build whose publish did not finish are not served with them.
 
 :func:`load_online_features` reads every such month with pyarrow (no Spark, no JVM) and hands them to
 the workload's ``online_features``; it refuses lookups of another feature definition version, since a
@@ -27,7 +28,7 @@ from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workloa
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
-__all__ = ["LookupsUnavailable", "load_online_features", "lookup_table", "read_lookups", "read_month_lookups",
+__all__ = ["LOOKUPS_KEY", "LookupsUnavailable", "MismatchedLookups", "load_online_features", "lookup_table", "read_lookups", "read_month_lookups",
            "served_months"]
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ class LookupsUnavailable(RuntimeError):
 
 class StaleLookups(LookupsUnavailable):
     """A month's lookup table was built by another feature definition version than the workload's."""
+
+
+class MismatchedLookups(LookupsUnavailable):
+    """A month's lookup table is of another build than its published features (a publish that failed after the
+    lookups, before the features): features assembled from it would differ from the ones batch scoring reads."""
+
+
+# In a features manifest's extra: each lookup table's published data folder (content-addressed), so a reader can
+# tell the lookups of the build the features belong to from those of a later build whose publish did not finish.
+LOOKUPS_KEY = "lookups"
 
 
 def served_months(settings: Settings, workload: Workload | None = None, lake: Lake | None = None) -> list[Partition]:
@@ -65,8 +76,8 @@ def served_months(settings: Settings, workload: Workload | None = None, lake: La
 def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[str, dict[str, pa.Table]]:
     """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
 
-    A month whose tables were built by another feature definition version than the workload's contract, or are
-    corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
+    A month whose tables were built by another feature definition version than the workload's contract, or by
+    another build than its published features (:class:`MismatchedLookups`), or are corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
     (its requests are refused as a month not served, saying to rebuild it), as a month without its lookups is: one
     stale or corrupt month does not take the others offline. Raises :class:`LookupsUnavailable` when no month can
     be served.
@@ -91,7 +102,7 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     for part in months:
         try:
             served[part.label] = read_month_lookups(settings, workload, lake, part)
-        except StaleLookups as exc:  # a month left to rebuild (after a definition change) is left out, not fatal
+        except (StaleLookups, MismatchedLookups) as exc:  # a month left to rebuild is left out, not fatal
             stale[part.label] = str(exc)
         except LookupsUnavailable as exc:
             # A corrupt file or manifest takes its month offline, not the others. Anything else (the month being
@@ -104,8 +115,9 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
         raise LookupsUnavailable(f"no month can be served: {next(iter(left_out.values()))}"
                                  + (f" (and {len(left_out) - 1} more months alike)" if len(left_out) > 1 else ""))
     if stale:
-        log.warning("months %s were built by another feature definition and are not served until rebuilt (python -m "
-                    "tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale), next(iter(stale.values())))
+        log.warning("months %s have lookups of another feature definition or build and are not served until rebuilt "
+                    "(python -m tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale),
+                    next(iter(stale.values())))
     if unreadable:
         log.warning("months %s have lookup tables that cannot be read and are not served until rebuilt (python -m "
                     "tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(unreadable),
@@ -118,13 +130,26 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
     """One month's lookup tables by name, each built by the workload's feature definition version.
 
     Raises :class:`LookupsUnavailable` when a table cannot be read or was built by another version (features
-    assembled from it would be ones the model never saw)."""
+    assembled from it would be ones the model never saw), :class:`MismatchedLookups` when it is of another build
+    than the month's published features (recorded in their manifest since the lookups were; older ones are not
+    checked)."""
     contract = workload.contract
+    features = settings.storage.features_table
+    try:
+        built = lake.read_manifest(features, part).extra.get(LOOKUPS_KEY) if lake.has_manifest(features, part) else None
+    except LakeError as exc:
+        raise LookupsUnavailable(f"cannot read {features} {part.label}: {exc}") from exc
     tables = {}
     for name in contract.lookup_tables:
         table = lookup_table(settings.storage.lookups_table, name)
         try:
             manifest = lake.read_manifest(table, part)
+            if isinstance(built, dict) and built.get(name) != manifest.data_dir:
+                raise MismatchedLookups(
+                    f"{table} {part.label} is of another build ({manifest.data_dir}) than the month's published "
+                    f"{features} (built with {built.get(name)}): its publish did not finish; run build_features "
+                    f"for the month again (python -m tenfold.pipelines.build_features {part.label})"
+                )
             version = manifest.extra.get(VERSION_KEY)
             if version != contract.version:
                 raise StaleLookups(

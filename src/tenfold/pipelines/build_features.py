@@ -297,6 +297,9 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,
                                     get_workload(settings).features_suite, attempt=run.staging_key)
     except ValidationFailed as exc:
+        from tenfold.features.job import lookups_staging_uri
+
+        lake.discard(lookups_staging_uri(run.staging_uri))  # the refused build's lookups: never published
         raise PipelineError(str(exc), alerted=exc.alerted) from exc
     return replace(run, rows=report.rows, expectations=report.evaluated, data_docs=report.data_docs)
 
@@ -307,6 +310,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     Returns the manifest's content with the month and the manifest's URI (the Asset event's extra).
     """
     from tenfold.features.job import lookup_staging_uri, lookups_staging_uri, publish_lookups
+    from tenfold.features.online import LOOKUPS_KEY
 
     lake = Lake.from_settings(settings)
     workload = get_workload(settings)
@@ -328,9 +332,11 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     if absent:
         raise PipelineError(f"the build of {part.label} staged no lookup tables {absent} beside {run.staging_uri}; "
                             "re-run build_features (the job writes them with the features)")
-    publish_lookups(lake, settings.storage.lookups_table, part, lookups, workload.contract, run_id=run.run_id,
-                    extra={"features_table": table})
-    extra = workload.contract.manifest_extra(validated_by=workload.features_suite)
+    built = publish_lookups(lake, settings.storage.lookups_table, part, lookups, workload.contract, run_id=run.run_id,
+                            extra={"features_table": table})
+    # The lookups' folders name the build they belong to: until this manifest is replaced, a month whose lookups
+    # are of another build (this publish failed after them) is not served (features.online.read_month_lookups).
+    extra = workload.contract.manifest_extra(validated_by=workload.features_suite, **{LOOKUPS_KEY: built})
     if lake.published_already(table, part, staged, extra, staged_rows=run.rows):
         # A retry after a publish that succeeded but was killed while it dropped the staging (file by file):
         # what is left is part of the published month, not a month to publish.

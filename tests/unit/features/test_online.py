@@ -89,7 +89,7 @@ def test_a_month_built_by_another_feature_version_is_left_out_not_fatal(
         lake.publish(weather, JAN, tmp, run_id="old", extra={VERSION_KEY: CONTRACT.version - 1})
     with caplog.at_level(logging.WARNING, logger="tenfold.features.online"):
         assert load_online_features(settings).months == ("2013-02",)
-    assert "months 2013-01 were built by another feature definition" in caplog.text
+    assert "months 2013-01 have lookups of another feature definition" in caplog.text
 
 
 def test_the_lookups_table_names_come_from_settings(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

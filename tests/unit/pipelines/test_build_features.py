@@ -405,9 +405,12 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
     bad = bad.set_column(bad.schema.get_field_index("distance"), "distance",
                          pa.array([-500.0] * bad.num_rows, bad.schema.field("distance").type))
     stage(bad, FEB, refused.staging_key)
+    stage_lookups(lake, refused)
     with pytest.raises(PipelineError, match="Nothing was published"):
         pipeline.validate(settings, refused)
     assert len(alerts()) == 1
+    # the refused build's staged lookups go too (they were left for good: nothing publishes a refused build)
+    assert lake.fs.get_file_info(lake._path(lookups_staging_uri(refused.staging_uri))).type == pafs.FileType.NotFound
     with pytest.raises(AlreadyRefused, match="already refused"):
         pipeline.validate(settings, refused)
     assert len(alerts()) == 1
@@ -418,3 +421,39 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
     assert len(alerts()) == 1
     assert lake.fs.get_file_info(lake.quarantine_path(FEATURES_TABLE, lost.partition, lost.staging_key)).type \
         == pafs.FileType.NotFound
+
+
+def test_a_month_whose_publish_failed_after_its_lookups_is_not_served_with_them(settings, lake, stage):
+    """A rebuild publishes the month's lookups, then its features: a publish that failed in between left the new
+    build's lookups beside the old build's features, and the server assembled features from them that batch scoring
+    and drift (reading the published features) never saw. The features manifest names its lookups' folders."""
+    from tenfold.features.online import LookupsUnavailable, MismatchedLookups, read_lookups, read_month_lookups
+    from tenfold.workloads import get_workload
+
+    first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 500, seed=7), FEB, first.staging_key)
+    stage_lookups(lake, first)
+    pipeline.publish(settings, first)
+    assert list(read_lookups(settings)) == ["2013-02"]
+
+    rebuild = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 400, seed=8), FEB, rebuild.staging_key)
+    stage_lookups(lake, rebuild)
+    weather = lake._path(lookup_staging_uri(lookups_staging_uri(rebuild.staging_uri), "weather"))
+    staged = pq.read_table(f"{weather}/part-00000.parquet", filesystem=lake.fs)
+    pq.write_table(staged.slice(1), f"{weather}/part-00000.parquet", filesystem=lake.fs)  # another build's weather
+    broken = lake._path(rebuild.staging_uri)
+    pq.write_table(synthetic_features(FEB, 10).select(["year"]), f"{broken}/part-00001.parquet", filesystem=lake.fs)
+    with pytest.raises(Exception, match="files disagree on the schema"):
+        pipeline.publish(settings, rebuild)  # the lookups went first; the features did not follow
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 500  # the first build's features are still published
+
+    with pytest.raises(MismatchedLookups, match=r"weather 2013-02 is of another build.*build_features 2013-02"):
+        read_month_lookups(settings, get_workload(settings), lake, FEB)
+    with pytest.raises(LookupsUnavailable, match=r"no month can be served.*another build"):
+        read_lookups(settings)  # its only month: not served with the other build's lookups
+
+    lake.fs.delete_file(f"{broken}/part-00001.parquet")
+    pipeline.publish(settings, rebuild)  # the retry completes the rebuild: served again, with its own lookups
+    served = read_lookups(settings)
+    assert served["2013-02"]["weather"].num_rows == staged.num_rows - 1
