@@ -152,12 +152,17 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
     ``settings.spark.class_sharing`` is on. Raises :class:`SparkJobError` with the last lines of the log on a
     non-zero exit (2: bad or missing input) or a timeout, after killing the child's whole process group (the
     JVM is a grandchild).
+
+    Spark's scratch (``SPARK_LOCAL_DIRS``: shuffle blocks, ``spark-*`` folders) and the job's temporary files go
+    to a folder of this call's own, removed when it returns: a killed JVM runs no shutdown hook, and left its
+    shuffle data in ``/tmp`` on every timeout.
     """
-    with class_sharing(cmd, enabled=settings.spark.class_sharing) as archive:
+    with class_sharing(cmd, enabled=settings.spark.class_sharing) as archive, \
+            tempfile.TemporaryDirectory(prefix="tenfold-spark-", ignore_cleanup_errors=True) as scratch:
         cmd = with_java_option(cmd, archive.option) if archive.option else cmd
+        env = {**spark_env(bind_host=settings.local.bind_host), "SPARK_LOCAL_DIRS": scratch, "TMPDIR": scratch}
         with tempfile.TemporaryFile(mode="w+") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    env=spark_env(bind_host=settings.local.bind_host), start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
                 code = proc.wait(timeout=timeout_s)
             except BaseException as exc:
@@ -167,6 +172,7 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 proc.wait()
+                _until_group_gone(proc.pid)  # before its scratch is removed: a dying JVM may still write there
                 if not isinstance(exc, subprocess.TimeoutExpired):
                     raise
                 code = None
@@ -180,6 +186,19 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
         kind = "bad or missing input" if code == 2 else "failed"
         raise SparkJobError(f"{what} {kind} (exit {code}):\n{tail}", code, tail)
     return text
+
+
+def _until_group_gone(pgid: int, timeout_s: float = 10.0) -> None:
+    """Wait (bounded) until no process of group ``pgid`` is left (SIGKILLed, they go within milliseconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def _java_options_at(cmd: list[str]) -> int | None:
