@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -57,7 +58,16 @@ class ProcessRecord:
 
     @classmethod
     def from_json(cls, text: str) -> ProcessRecord:
-        return cls(**json.loads(text))
+        """The record ``text`` holds; ValueError when a field has the wrong type, or the pid could not be one Tenfold
+        started (0, 1 or negative: as a process group those are the caller's own group, init, or every process)."""
+        record = cls(**json.loads(text))
+        if type(record.pid) is not int or record.pid < 2:
+            raise ValueError(f"pid {record.pid!r} is not a process Tenfold started")
+        if type(record.create_time) not in (int, float) or not math.isfinite(record.create_time):
+            raise ValueError(f"create_time {record.create_time!r} is not a time")
+        if type(record.port) is not int or not isinstance(record.cmdline, list):
+            raise ValueError("port is not an integer, or cmdline not a list")
+        return record
 
 
 def started(proc: psutil.Process) -> float:
@@ -429,7 +439,7 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 
 def _signal(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals) -> None:
-    if pgid is not None:
+    if pgid is not None and pgid > 1 and pgid != os.getpgrp():  # never this process's own group, init or everyone
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
     for p in procs:  # and each one directly: those outside the group were collected beforehand (stop)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -88,6 +89,37 @@ def test_unreadable_pid_file_identifies_nothing(tmp_path):
     (tmp_path / "svc.pid").write_text("{not json")
     assert process.read_record(tmp_path, "svc") is None
     assert process.read_record(tmp_path, "absent") is None
+
+
+@pytest.mark.parametrize("pid", [0, 1, -1, "12", 1e30, True])
+def test_a_pid_file_naming_no_process_tenfold_could_start_identifies_nothing(tmp_path, pid):
+    record = process.ProcessRecord(name="gcs", pid=12, create_time=1.0, cmdline=["x"], port=1, log="l")
+    (tmp_path / "gcs.pid").write_text(json.dumps({**dataclasses.asdict(record), "pid": pid}))
+    assert process.read_record(tmp_path, "gcs") is None
+
+
+_STOP_A_ZERO_PID = r"""
+import dataclasses, json, os, signal, sys
+from pathlib import Path
+from tenfold.local import process
+run = Path(sys.argv[1])
+record = process.ProcessRecord(name="gcs", pid=0, create_time=1.0, cmdline=["x"], port=1, log="l")
+(run / "gcs.pid").write_text(json.dumps(dataclasses.asdict(record)))
+found = process.read_record(run, "gcs")
+if found is not None:
+    process.stop(found, timeout=2)
+process._signal(0, [], signal.SIGTERM)  # and the group guard itself: 0 and its own group are the caller's group
+process._signal(os.getpgrp(), [], signal.SIGTERM)
+print("still alive")
+"""
+
+
+def test_stopping_a_pid_file_that_says_pid_0_does_not_signal_the_callers_own_group(tmp_path):
+    """A pid file holding pid 0 made `tenfold down` SIGTERM its own process group (killpg(0)): the command killed
+    itself, and `make down`'s shells with it. Run in a session of its own, so only it can be hit."""
+    proc = subprocess.run([sys.executable, "-c", _STOP_A_ZERO_PID, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, start_new_session=True, check=False)
+    assert proc.returncode == 0 and "still alive" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
 def test_wait_until_reports_a_dead_process_with_its_log(tmp_path):
