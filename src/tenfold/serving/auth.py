@@ -102,7 +102,9 @@ def ensure_token(settings: Settings) -> str:
     """
     path = token_path(settings)
     with contextlib.suppress(TokenMissing):
-        return read_token(settings)
+        token = read_token(settings)
+        _keep_private(path)  # one placed by hand (which TokenMissing invites) may be readable by others
+        return token
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -116,6 +118,19 @@ def ensure_token(settings: Settings) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return read_token(settings)
+
+
+def _keep_private(path: Path) -> None:
+    """Make the token file 0600 when others may read it (a warning when this process may not change its mode)."""
+    import stat
+
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(0o600)
+            log.warning("the serving token file %s was readable by others: made it 0600", path)
+    except OSError as exc:
+        log.warning("the serving token file %s is readable by others and its mode cannot be changed (%s): "
+                    "chmod 600 it", path, exc)
 
 
 @dataclass(frozen=True)

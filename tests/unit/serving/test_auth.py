@@ -45,6 +45,16 @@ def test_the_token_is_generated_once_0600_under_the_home(settings: Any) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["serving.token"]  # no temporary files left
 
 
+def test_a_token_placed_by_hand_readable_by_others_is_made_0600(settings: Any) -> None:
+    """The refusal for a missing token invites placing one by hand; one placed 0644 stayed readable by every user."""
+    path = token_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("a-token-placed-by-hand-" + "x" * 30 + "\n")
+    path.chmod(0o644)
+    assert ensure_token(settings) == "a-token-placed-by-hand-" + "x" * 30
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 _RACE = """
 import sys
 import threading
