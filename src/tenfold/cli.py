@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from tenfold.config import get_settings, settings_refusal
+from tenfold.config import command_settings, get_settings, settings_refusal
 
 
 class _Guarded(typer.Typer):
@@ -95,11 +95,7 @@ def _mask_secrets(key: str, value: object) -> object:
 @config_app.command("get")
 def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
-    try:
-        settings = get_settings(env)
-    except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
-        typer.echo(settings_refusal(exc), err=True)
-        raise typer.Exit(2) from None
+    settings = command_settings(env)
     try:
         value = settings.get(key)
     except (KeyError, ValueError) as exc:
@@ -116,11 +112,7 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
 @config_app.command("show")
 def config_show(env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print every settings value as JSON."""
-    try:
-        settings = get_settings(env)
-    except ValueError as exc:  # an unknown environment, or a TENFOLD_* value that does not parse
-        typer.echo(settings_refusal(exc), err=True)
-        raise typer.Exit(2) from None
+    settings = command_settings(env)
     typer.echo(json.dumps(_mask_secrets("", settings.model_dump(mode="json")), indent=2))
 
 

@@ -285,7 +285,7 @@ def test_a_lake_that_cannot_be_written_holds_the_batch_until_it_can(fb_settings)
 @pytest.fixture
 def cli(fb_settings, monkeypatch):
     # The CLI reads settings from the environment; these tests' topics exist only in fb_settings.
-    monkeypatch.setattr(feedback_cli, "get_settings", lambda env=None: fb_settings)
+    monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: fb_settings)
     runner = CliRunner()
     return lambda *args: runner.invoke(feedback_cli.app, list(args))
 
@@ -342,7 +342,7 @@ RUNNING_SINK = textwrap.dedent("""
     from tenfold.feedback import cli
 
     settings = Settings.model_validate_json(pathlib.Path(sys.argv[1]).read_text())
-    cli.get_settings = lambda env=None: settings
+    cli.command_settings = lambda env=None: settings
     cli.app(["sink", "--join-every-s", sys.argv[2] if len(sys.argv) > 2 else "0", "--pull-wait-s", "1"])
 """)
 

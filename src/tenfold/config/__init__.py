@@ -7,9 +7,11 @@ from tenfold.config.settings import (
     Env,
     Settings,
     build_settings,
+    command_settings,
     get_settings,
     project_root,
     settings_refusal,
 )
 
-__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "get_settings", "project_root", "settings_refusal"]
+__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "command_settings", "get_settings", "project_root",
+           "settings_refusal"]

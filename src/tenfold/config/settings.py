@@ -1080,6 +1080,18 @@ def get_settings(env: str | None = None) -> Settings:
     return build_settings(chosen, os.environ)  # type: ignore[arg-type]
 
 
+def command_settings(env: str | None = None) -> Settings:
+    """:func:`get_settings` for a command's ``--env``: an unknown environment or a TENFOLD_* value that does not parse
+    ends the command with :func:`settings_refusal`'s line and exit code 2 (bad usage), never as an outage."""
+    try:
+        return get_settings(env)
+    except ValueError as exc:
+        import typer
+
+        typer.echo(settings_refusal(exc), err=True)
+        raise typer.Exit(2) from None
+
+
 def settings_refusal(exc: ValueError) -> str:
     """The one line a command ends with when :func:`get_settings` refuses this process's environment: each invalid
     field with the value it got (a TENFOLD_* variable that does not parse or names no setting) and what to do, or

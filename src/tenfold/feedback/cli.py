@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import command_settings
 
 app = typer.Typer(help="The feedback loop: land predictions and feedback, join them, online accuracy.",
                   no_args_is_help=True)
@@ -36,14 +36,6 @@ EnvOption = Annotated[str | None, typer.Option("--env", help="local, dev or prod
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-
-def _settings(env: str | None) -> Any:
-    """The settings of ``--env`` (default ``TENFOLD_ENV``); an unknown environment or bad value exits 2."""
-    try:
-        return get_settings(env)
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
 
 
 def _echo_json(value: Any) -> None:
@@ -72,7 +64,7 @@ def sink_command(
 
     if once and until_idle:
         raise _fail("--once and --until-idle are alternatives: pass one of them (or neither, to run until SIGTERM)", 2)
-    settings = _settings(env)
+    settings = command_settings(env)
     out: dict[str, Any] = {}
     try:
         with FeedbackSink(settings, SinkOptions(max_messages=max_messages, idle_s=idle_s, pull_wait_s=pull_wait_s,
@@ -142,7 +134,7 @@ def join_command(
         months = [Partition.parse(m) for m in month] if month else None
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
-    settings = _settings(env)
+    settings = command_settings(env)
     try:
         options = JoinOptions.of(settings) if horizon is None else JoinOptions(feedback_horizon_months=horizon)
         report = join(settings, months, options=options, force=force)
@@ -200,7 +192,7 @@ def metrics_command(
         except OverflowError:
             raise _fail(f"--last {last!r} reaches before the year 1 (the window ends {end:%Y-%m-%d}): give a shorter "
                         "duration, or --since", 2) from None
-    settings = _settings(env)
+    settings = command_settings(env)
     try:
         rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
@@ -228,7 +220,7 @@ def dead_letters_command(
 
     if stream not in STREAMS:
         raise _fail(f"unknown stream {stream!r}: use one of {', '.join(STREAMS)}", 2)
-    settings = _settings(env)
+    settings = command_settings(env)
     try:
         letters = (replay if do_replay else peek)(settings, stream, limit=limit)
     except ReplayError as exc:

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import command_settings
 
 app = typer.Typer(help="Dead-lettered scoring requests of offline inference: inspect and replay them.",
                   no_args_is_help=True)
@@ -39,8 +39,9 @@ def inspect_command(run: RunOption = None, as_json: Annotated[bool, typer.Option
     """Show dead-lettered requests with their run, delivery attempts and the error the worker recorded."""
     from tenfold.inference.dlq import inspect
 
+    settings = command_settings(env)
     try:
-        records = inspect(get_settings(env), run=run)
+        records = inspect(settings, run=run)
     except Exception as exc:
         typer.echo(f"error: cannot read the dead letters ({type(exc).__name__}: {exc}); is the platform up "
                    "(`tenfold up`)?", err=True)
@@ -74,8 +75,9 @@ def replay_command(
         typer.echo("error: say what to replay: --run <run>, --request-id <id> or --all (every run's dead letters)",
                    err=True)
         raise typer.Exit(2)
+    settings = command_settings(env)
     try:
-        sent = replay(get_settings(env), run=run, request_ids=request_id or (), include_replayed=again)
+        sent = replay(settings, run=run, request_ids=request_id or (), include_replayed=again)
     except DlqError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

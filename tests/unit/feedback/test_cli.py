@@ -18,7 +18,7 @@ def run(settings, monkeypatch):
     # Pub/Sub at a loopback port where nothing listens: every call is refused, as with a stopped emulator.
     dead = settings.model_copy(update={"messaging": settings.messaging.model_copy(
         update={"emulator_host": f"127.0.0.1:{free_port()}"})})
-    monkeypatch.setattr(feedback_cli, "get_settings", lambda env=None: dead)
+    monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: dead)
     runner = CliRunner()
     return lambda *args: runner.invoke(feedback_cli.app, list(args))
 

@@ -73,7 +73,7 @@ def pubsub(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fak
     fake = FakeSubscriber()
     faked = settings.model_copy(update={"messaging": settings.messaging.model_copy(
         update={"emulator_host": f"127.0.0.1:{fake.port}"})})
-    monkeypatch.setattr(feedback_cli, "get_settings", lambda env=None: faked)
+    monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: faked)
     sub = f"projects/{faked.project_id}/subscriptions/{faked.messaging.subscriptions['predictions'].name}"
     fake.publish(sub, prediction("a", at=T0).to_message())
     yield fake, faked

@@ -17,7 +17,7 @@ from tenfold.inference.store import RunStore, work_objects
 
 
 def test_replay_without_a_run_a_request_id_or_all_is_refused_before_reading_anything(monkeypatch) -> None:
-    monkeypatch.setattr(cli, "get_settings", lambda env=None: (_ for _ in ()).throw(AssertionError("read settings")))
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: (_ for _ in ()).throw(AssertionError("read settings")))
     result = CliRunner().invoke(cli.app, ["replay"])
     assert result.exit_code == 2, result.output
     assert result.exception is not None and isinstance(result.exception, SystemExit)
@@ -89,3 +89,12 @@ def test_a_replay_whose_send_fails_is_not_left_in_flight_and_is_sent_by_the_next
     assert [s["request_id"] for s in dlq.replay(settings, run="run-1")] == ["req-1"]
     record = store.dead_letter("req-1") or {}
     assert record["replayed"] is True and len(record["replays"]) == 1
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["replay", "--all"]])
+def test_an_unknown_env_is_bad_usage_not_an_outage(command: list[str]) -> None:
+    """`tenfold dlq ... --env bogus` said "cannot read the dead letters ... is the platform up?" or "replay failed ...
+    what was sent is marked, re-run it" (exit 1): nothing was tried, the environment is misspelt."""
+    result = CliRunner().invoke(cli.app, [*command, "--env", "bogus"])
+    assert result.exit_code == 2, result.output
+    assert "bogus" in result.output and "platform up" not in result.output and "replay failed" not in result.output
