@@ -33,13 +33,15 @@ def train_command(
     out: Annotated[Path | None, typer.Option(help="output folder (model/, checkpoints/); default <home>/runs/<time>")] = None,
     env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
     train_months: Annotated[str | None, typer.Option(help="FIRST:LAST months, e.g. 2013-01:2013-09; default settings")] = None,
-    nproc: Annotated[int | None, typer.Option(help="workers on this node; default settings.training.nproc_per_node")] = None,
+    nproc: Annotated[int | None, typer.Option(min=1, help="workers on this node; default "
+                                                "settings.training.nproc_per_node")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="ceiling; default settings.training.max_epochs "
                                                  "(early stopping on the validation slice picks the epoch)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="per worker")] = 512,
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    timeout_s: Annotated[float | None, typer.Option(help="wall-clock bound; default settings.training.job_timeout_s")] = None,
+    timeout_s: Annotated[float | None, typer.Option(min=1, help="wall-clock bound in seconds; default "
+                                                    "settings.training.job_timeout_s")] = None,
 ) -> None:
     """Train the workload's model with torchrun (DDP); a re-run with the same --out resumes."""
     from tenfold.data.lake import LakeError, month_range

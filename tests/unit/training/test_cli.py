@@ -80,6 +80,17 @@ def test_train_with_zero_workers_per_node_is_refused_before_any_run_folder(home:
     assert not (home / "run").exists()
 
 
+@pytest.mark.parametrize("option", [["--nproc", "0"], ["--nproc", "-2"], ["--timeout-s", "0"], ["--timeout-s", "-5"]])
+def test_train_refuses_no_workers_or_no_time_before_any_run_folder(home: Path, option: list[str]) -> None:
+    """--nproc 0 fell back to the settings' workers in silence (-2 reached torchrun), and --timeout-s 0 or -5 killed
+    the job as soon as it started ("ran past its -5 s bound")."""
+    out = CliRunner().invoke(app, ["train", "--out", str(home / "run"), *option])
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    said = " ".join(out.output.replace("│", " ").split())  # typer's error box, its lines joined
+    assert f"Invalid value for '{option[0]}'" in said and "greater than or equal to 1" in said, said
+    assert not (home / "run").exists()
+
+
 @pytest.mark.parametrize("command", [["train"], ["evaluate", "--model", "m"]])
 def test_an_unknown_env_option_is_one_line_naming_the_option(home: Path, command: list[str]) -> None:
     """`tenfold train --env staging` read the settings outside the command's error handling: a traceback that blamed
