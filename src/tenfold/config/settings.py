@@ -788,6 +788,25 @@ class Settings(_Frozen):
     # The DAGs: the months each covers, task bounds and retries (tenfold.pipelines.common.default_args).
     pipelines: PipelineSettings = PipelineSettings()
 
+    @model_validator(mode="after")
+    def _one_port_each(self) -> Settings:
+        """Every listening service of the local platform on a port of its own: two sharing one validated, and the
+        second failed to bind only when it started (or a health check reached the other service)."""
+        if not self.is_local:
+            return self
+        ports = {f"local.{k}": v for k, v in self.local.model_dump().items() if k.endswith("_port")
+                 and k != "replica_base_port"}  # replicas take free ports from there upward
+        ports |= {"serving.fleet.lb_metrics_port": self.serving.fleet.lb_metrics_port,
+                  "training.rdzv_port": self.training.rdzv_port}
+        by_port: dict[int, list[str]] = {}
+        for name, port in ports.items():
+            by_port.setdefault(port, []).append(name)
+        if clashes := [names for names in by_port.values() if len(names) > 1]:
+            raise ValueError("two local services on one port: " + "; ".join(
+                f"{' and '.join(names)} share port {ports[names[0]]}" for names in clashes)
+                + ": give each a port of its own (TENFOLD_LOCAL__<NAME>_PORT)")
+        return self
+
     @property
     def is_local(self) -> bool:
         return self.env == "local"
@@ -1100,7 +1119,8 @@ def settings_refusal(exc: ValueError) -> str:
 
     if not isinstance(exc, ValidationError):
         return f"error: {exc}"
-    fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                       for e in exc.errors())
+    # A field's error shows the value it got; a check across fields (no loc) would show every setting: not that.
+    fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" if e["loc"]
+                       else f"{exc.title}: {e['msg']}" for e in exc.errors())
     return (f"error: invalid settings: {fields}. Fix the TENFOLD_* environment variable that sets it "
             "(`env | grep TENFOLD_`)")

@@ -53,6 +53,24 @@ def test_the_local_bind_host_must_be_an_ipv4_loopback_address(host, message, tmp
     assert other.messaging.emulator_host == f"127.0.0.2:{other.local.pubsub_port}"
 
 
+@pytest.mark.parametrize(("variable", "port", "names"), [
+    ("TENFOLD_LOCAL__PUBSUB_PORT", "4443", "local.pubsub_port and local.gcs_port share port 4443"),
+    ("TENFOLD_LOCAL__LB_PORT", "8793", "local.airflow_log_port and local.lb_port share port 8793"),
+    ("TENFOLD_SERVING__FLEET__LB_METRICS_PORT", "8080", "local.airflow_port and serving.fleet.lb_metrics_port"),
+])
+def test_two_local_services_on_one_port_are_refused_naming_both(variable, port, names, tmp_path):
+    """They validated: the second service failed to bind only when it started, or a health check reached the other."""
+    from pydantic import ValidationError
+
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValidationError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), variable: port})
+    said = settings_refusal(refused.value)
+    assert names in said and "TENFOLD_LOCAL__<NAME>_PORT" in said
+    assert "lake_uri" not in said  # one line about the clash, not every setting's value
+
+
 def test_unknown_env_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TENFOLD_ENV", "staging")
     get_settings.cache_clear()
