@@ -253,24 +253,26 @@ class Lake:
         return cls(uri, settings.storage.lake_layout, filesystem=filesystem, gcs_client=client)
 
     @contextlib.contextmanager
-    def lock(self, path: str, *, what: str, timeout_s: float, stale_s: float) -> Iterator[None]:
+    def lock(self, path: str, *, what: str, timeout_s: float, stale_s: float) -> Iterator[Callable[[], None]]:
         """Hold the exclusive lock at ``path`` (a filesystem path in this lake) for ``what``: an ``flock`` on a
         local lake, a create-only object on GCS taken over after ``stale_s`` (:mod:`tenfold.data.locks`).
-        Raises :class:`~tenfold.data.locks.LockTimeout` after ``timeout_s``."""
+        Raises :class:`~tenfold.data.locks.LockTimeout` after ``timeout_s``. Yields ``still_held`` (see
+        :mod:`tenfold.data.locks`): call it right before a step another writer must never overlap."""
         from tenfold.data.locks import file_lock, gcs_lock
 
         if not self._gcs:
-            with file_lock(path, timeout_s=timeout_s, what=what):
-                yield
+            with file_lock(path, timeout_s=timeout_s, what=what) as still_held:
+                yield still_held
             return
         if self._gcs_client is None:
             self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
         bucket, _, name = path.partition("/")
-        with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=stale_s, what=what):
-            yield
+        with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=stale_s, what=what) as still_held:
+            yield still_held
 
     @contextlib.contextmanager
-    def exclusive(self, table: str, part: Partition, *, timeout_s: float = PUBLISH_LOCK_TIMEOUT_S) -> Iterator[None]:
+    def exclusive(self, table: str, part: Partition, *,
+                  timeout_s: float = PUBLISH_LOCK_TIMEOUT_S) -> Iterator[Callable[[], None]]:
         """Hold the partition's writer lock (``<partition>/_publish.lock``): what publishes, withdraws and
         quarantines it takes first, so that two writers never remove each other's data folder or temporary
         files. Raises :class:`PartitionLocked` after ``timeout_s``."""
@@ -279,8 +281,8 @@ class Lake:
         path = posixpath.join(self.partition_path(table, part), PUBLISH_LOCK)
         try:
             with self.lock(path, what=f"{table} partition {part.label} (one writer at a time)", timeout_s=timeout_s,
-                           stale_s=PUBLISH_LOCK_STALE_S):
-                yield
+                           stale_s=PUBLISH_LOCK_STALE_S) as still_held:
+                yield still_held
         except LockTimeout as exc:
             raise PartitionLocked(str(exc)) from None
         except LockLost as exc:
@@ -538,8 +540,8 @@ class Lake:
         """
         entries, infos, schema = self._staged_entries(staged_dir)
         data_dir = self._data_dir_name(table, part, entries)
-        with self.exclusive(table, part):
-            return self._publish_locked(table, part, data_dir, entries, infos, schema, run_id, extra)
+        with self.exclusive(table, part) as still_held:
+            return self._publish_locked(table, part, data_dir, entries, infos, schema, run_id, extra, still_held)
 
     def would_replace(self, table: str, part: Partition, staged_dir: str) -> bool:
         """Whether publishing ``staged_dir`` would replace a valid published ``part`` with other content (a publish
@@ -567,7 +569,8 @@ class Lake:
         return entries, infos, schemas.pop()
 
     def _publish_locked(self, table: str, part: Partition, data_dir: str, entries: list[FileEntry],
-                        infos: list[pafs.FileInfo], schema: str, run_id: str, extra: dict[str, Any] | None) -> Manifest:
+                        infos: list[pafs.FileInfo], schema: str, run_id: str, extra: dict[str, Any] | None,
+                        still_held: Callable[[], None]) -> Manifest:
         current = self._current_manifest(table, part)
         if current is not None and current.data_dir == data_dir and current.files == tuple(entries) \
                 and current.extra == (extra or {}):
@@ -586,7 +589,9 @@ class Lake:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             extra=extra or {},
         )
+        still_held()  # a writer whose lock was taken over must not commit: the other's cleanup removes its folder
         self._commit(manifest)
+        still_held()  # nor remove folders: the other writer's data may be among them
         self._collect_garbage(table, part, keep=data_dir)
         return manifest
 
@@ -643,11 +648,11 @@ class Lake:
         quarantine reason. With ``data_dir``, only a manifest that still names that folder is withdrawn
         (``None`` is returned when a publish replaced it meanwhile). Returns the quarantine URI.
         """
-        with self.exclusive(table, part):
-            return self._withdraw_locked(table, part, key, reason, data_dir)
+        with self.exclusive(table, part) as still_held:
+            return self._withdraw_locked(table, part, key, reason, data_dir, still_held)
 
     def _withdraw_locked(self, table: str, part: Partition, key: str, reason: dict[str, Any],
-                         data_dir: str | None) -> str | None:
+                         data_dir: str | None, still_held: Callable[[], None]) -> str | None:
         path = self.manifest_path(table, part)
         try:
             with self.fs.open_input_stream(path) as stream:
@@ -660,6 +665,7 @@ class Lake:
                     return None
             except CorruptManifestError:
                 return None
+        still_held()
         if text:
             self.fs.delete_file(path)
         source = self._join(table, part.path, data_dir) if data_dir else self.partition_path(table, part) + "/.none"

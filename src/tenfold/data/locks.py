@@ -8,6 +8,12 @@
   that finds it was taken over (it stalled for longer than ``stale_s``) raises :class:`LockLost` when
   its work ends, so its task fails and is retried rather than reported done.
 
+Each lock yields ``still_held``, a check a holder calls right before a step that must not happen once another
+writer may work (committing a manifest, deleting what the old one named): on GCS it reads the lock object and
+raises :class:`LockLost` when it is no longer this holder's (taken over between two heartbeats, say after the
+process stalled); a local ``flock`` cannot be lost, so there it does nothing. A lock found taken over when it
+is released raises :class:`LockLost` too.
+
 Neither is re-entrant: a holder that asks again waits for itself (and times out).
 """
 
@@ -21,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,8 +46,12 @@ class LockUnavailable(LockTimeout):
     past the client's own retries): like a timeout, the work did not start and may be tried again."""
 
 
+def _held_for_good() -> None:
+    """``still_held`` of a lock that cannot be lost (an ``flock`` lasts as long as its holder)."""
+
+
 @contextlib.contextmanager
-def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[None]:
+def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[Callable[[], None]]:
     """Hold an ``flock`` on ``path`` (created, with its folder); :class:`LockTimeout` after ``timeout_s``."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a+") as handle:
@@ -56,13 +66,14 @@ def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[None]:
                                       f"{timeout_s:.0f} s); let it finish and run again") from None
                 time.sleep(0.05)
         try:
-            yield
+            yield _held_for_good
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
-def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float, what: str) -> Iterator[None]:
+def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float,
+             what: str) -> Iterator[Callable[[], None]]:
     """Hold the create-only object ``gs://bucket/name``; :class:`LockTimeout` after ``timeout_s``."""
     from google.api_core.exceptions import GoogleAPICallError, NotFound, PreconditionFailed
 
@@ -124,17 +135,38 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
             except Exception as exc:  # a transient failure: the next beat tries again
                 log.warning("could not refresh the lock %s (%s); retrying", uri, exc)
 
+    def still_held() -> None:
+        """Raise :class:`LockLost` unless the lock object is still this acquisition's."""
+        if not held["lost"]:
+            probe = client.bucket(bucket).blob(name)
+            try:
+                probe.reload()
+                mine = probe.generation == held["generation"] or still_mine(probe)
+            except NotFound:
+                mine = False
+            if not mine:
+                held["lost"] = f"{uri} was taken over (or removed) while {owner} held it for {what}"
+        if held["lost"]:
+            raise LockLost(f"{held['lost']}: another writer may be working; nothing more was done, run it again")
+
     beating = threading.Thread(target=heartbeat, name=f"lock heartbeat {name}", daemon=True)
     beating.start()
     try:
-        yield
+        yield still_held
     finally:
         stop.set()
         beating.join()
+        # Whose it is now, first: a holder taken over between two beats learns it here (a store that ignores the
+        # delete's generation precondition, as fake-gcs-server does, would otherwise delete the other's lock).
+        with contextlib.suppress(LockLost, GoogleAPICallError):
+            still_held()
         try:
-            blob.delete(if_generation_match=held["generation"])
-        except (NotFound, PreconditionFailed):
+            if not held["lost"]:
+                blob.delete(if_generation_match=held["generation"])
+        except NotFound:
             pass
+        except PreconditionFailed:  # taken over between the check and the delete
+            held["lost"] = f"{uri} was taken over while {owner} held it for {what}"
         except GoogleAPICallError as exc:  # left behind, it goes stale and the next holder takes it over
             log.warning("could not release the lock %s (%s); it is taken over once older than %.0f s", uri, exc, stale_s)
     if held["lost"]:

@@ -570,13 +570,14 @@ def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, r
     still names that folder is withdrawn: None when a publish replaced it meanwhile (nothing is moved).
     Holds the partition's writer lock throughout.
     """
-    with lake.exclusive(table, part):
+    with lake.exclusive(table, part) as still_held:
         if data_dir is not None:
             try:
                 if lake.read_manifest(table, part).data_dir != data_dir:
                     return None
             except LakeError:  # withdrawn, or replaced by an unreadable manifest: not the content checked
                 return None
+        still_held()  # a writer that lost the lock meanwhile must not remove what another published
         return _unpublish(lake, table, part, key, reason)
 
 

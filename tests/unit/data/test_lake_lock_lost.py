@@ -1,0 +1,85 @@
+"""A writer of a ``gs://`` lake whose partition lock was taken over (it stalled past the stale age, and another
+writer took the lock) learned it only from its heartbeat, a third of the stale age later: a publish of a few
+seconds committed its manifest and removed the folders "of earlier publishes" (the other writer's among them),
+and its release swallowed the failed delete. It now checks the lock right before each such step, and a lock
+found taken over at release fails the work. On the GCS emulator, which enforces generation preconditions."""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import PUBLISH_LOCK, Lake, Partition, PartitionLockLost
+from tenfold.data.locks import LockLost, gcs_lock
+
+PART = Partition(2013, 5)
+TABLE = "events"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lake(make_settings: Callable[..., Settings], local_settings: Settings) -> Lake:
+    bucket = local_settings.storage.lake_bucket
+    return Lake.from_settings(make_settings(on=local_settings,
+                                            storage={"lake_uri": f"gs://{bucket}/lake-{uuid.uuid4().hex[:8]}"}))
+
+
+@pytest.fixture
+def client(local_settings: Settings) -> Any:
+    from tenfold.storage import gcs_client
+
+    return gcs_client(local_settings)
+
+
+def _stage(lake: Lake, values: list[int]) -> str:
+    staged = lake.staging_path(TABLE, PART)
+    lake.fs.create_dir(staged, recursive=True)
+    pq.write_table(pa.table({"id": pa.array(values, pa.int64())}), f"{staged}/part-00000.parquet", filesystem=lake.fs)
+    return staged
+
+
+def _lock_object(lake: Lake) -> tuple[str, str]:
+    bucket, _, name = posixpath.join(lake.partition_path(TABLE, PART), PUBLISH_LOCK).partition("/")
+    return bucket, name
+
+
+def _take_over(lake: Lake, client: Any) -> contextlib.AbstractContextManager[Callable[[], None]]:
+    """Another writer takes the partition's lock, as one does from a holder that stopped beating (stale_s=0)."""
+    bucket, name = _lock_object(lake)
+    return gcs_lock(client, bucket, name, timeout_s=10, stale_s=0, what="the other writer")
+
+
+def test_a_publish_whose_lock_was_taken_over_commits_nothing_and_removes_nothing(lake: Lake, client: Any) -> None:
+    lake.publish(TABLE, PART, _stage(lake, [1, 2, 3]), run_id="first")
+    before = lake.read_manifest(TABLE, PART)
+    with contextlib.ExitStack() as other:
+        real_land = lake._land
+
+        def land_after_a_stall(source: str, dest: str, entry: object) -> None:
+            if not other._exit_callbacks:  # the writer stalls here, past the stale age: the other takes the lock
+                other.enter_context(_take_over(lake, client))
+            real_land(source, dest, entry)  # type: ignore[arg-type]
+
+        lake._land = land_after_a_stall  # type: ignore[method-assign]
+        with pytest.raises(PartitionLockLost, match="taken over"):
+            lake.publish(TABLE, PART, _stage(lake, [4, 5, 6, 7]), run_id="second")
+    assert lake.read_manifest(TABLE, PART) == before  # not committed: the first publish is what readers see
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [1, 2, 3]  # and its data is still there
+
+
+def test_a_holder_that_finds_its_lock_taken_over_at_release_fails(lake: Lake, client: Any) -> None:
+    """No heartbeat came round (a long stale age): the release's failed conditional delete is the only sign."""
+    bucket, name = _lock_object(lake)
+    with contextlib.ExitStack() as other, pytest.raises(LockLost, match="taken over"), \
+                gcs_lock(client, bucket, name, timeout_s=10, stale_s=600, what="a partition"):
+        other.enter_context(_take_over(lake, client))  # holds it when the first holder releases
+    assert client.bucket(bucket).get_blob(name) is None  # the other writer released its own
