@@ -106,6 +106,23 @@ class FileRecord:
     bytes: int
 
 
+# A download's temporary folder untouched for this long was abandoned (its process killed): removed by the next one.
+ABANDONED_DOWNLOAD_S = 3600
+
+
+def _remove_abandoned(dest: Path) -> None:
+    """Remove what killed downloads to ``dest`` left beside it (``.<name>.partial-*``, ``.<name>.old-*``), once
+    untouched for :data:`ABANDONED_DOWNLOAD_S`: younger ones may be another download's, still running."""
+    import time
+
+    for left in [*dest.parent.glob(f".{dest.name}.partial-*"), *dest.parent.glob(f".{dest.name}.old-*")]:
+        try:
+            if time.time() - left.stat().st_mtime > ABANDONED_DOWNLOAD_S:
+                shutil.rmtree(left, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
 def content_digest(files: list[FileRecord] | tuple[FileRecord, ...]) -> str:
     """SHA-256 over each file's path and content hash, in path order."""
     canon = "\n".join(f"{f.path}\0{f.sha256}" for f in sorted(files, key=lambda f: f.path))
@@ -536,11 +553,13 @@ class ModelRegistry:
         marker = dest / VERSION_FILE
         if marker.is_file():
             try:
-                if json.loads(marker.read_text()).get("digest") == mv.digest and self._verify_local(dest, mv) is None:
+                body = json.loads(marker.read_text())
+                if isinstance(body, dict) and body.get("digest") == mv.digest and self._verify_local(dest, mv) is None:
                     return dest
-            except ValueError:
+            except ValueError:  # a marker that is not JSON (or not an object, above): no verified copy, fetch it
                 pass
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(dest)
         tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         from google.api_core.exceptions import NotFound

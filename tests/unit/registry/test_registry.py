@@ -371,6 +371,30 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
         reg.get(mv.version)
 
 
+def test_a_download_over_a_damaged_marker_or_beside_abandoned_ones_fetches_a_clean_copy(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
+) -> None:
+    """A local copy's marker holding JSON that is not an object ('null') ended download in AttributeError, which
+    serving took for a store outage and retried for ever; the temporary folders of killed downloads were never
+    removed (a model's size each)."""
+    import os
+    import time
+
+    reg = ModelRegistry(registry_settings)
+    mv = reg.register(make_model_dir(71), lineage, metrics=METRICS)
+    out = reg.download(mv.version, tmp_path / "copy")
+    (out / "VERSION.json").write_text("null")
+    abandoned, running = tmp_path / ".copy.partial-dead0001", tmp_path / ".copy.partial-live0002"
+    for folder in (abandoned, running):
+        folder.mkdir()
+        (folder / "weights.pt").write_bytes(b"half a model")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    assert reg.download(mv.version, tmp_path / "copy") == out
+    assert json.loads((out / "VERSION.json").read_text())["digest"] == mv.digest  # fetched again, verified
+    assert not abandoned.exists() and running.exists()  # a younger one may be another download's, still running
+
+
 def test_a_missing_object_or_an_unreadable_lineage_is_an_integrity_error(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
 ) -> None:
