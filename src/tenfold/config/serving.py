@@ -185,7 +185,12 @@ class RolloutSettings(_Frozen):
     def _steps_from_text(cls, value: Any) -> Any:
         # TENFOLD_SERVING__ROLLOUT__STEPS="5,25,50,100" (or the tuple's own repr, as settings_env writes it)
         if isinstance(value, str):
-            return tuple(int(v) for v in re.findall(r"-?\d+", value))
+            parts = [p.strip() for p in value.strip().strip("()[]").split(",")]
+            parts = parts[:-1] if len(parts) > 1 and parts[-1] == "" else parts  # a 1-tuple's repr: "(100,)"
+            if not all(re.fullmatch(r"-?\d+", p) for p in parts):
+                raise ValueError(f"serving.rollout.steps {value!r}: give whole percentages separated by commas, "
+                                 "e.g. 5,25,50,100")
+            return tuple(int(p) for p in parts)
         return value
 
     @field_validator("steps")

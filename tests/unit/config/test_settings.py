@@ -485,3 +485,17 @@ def test_a_text_setting_that_reads_as_a_literal_travels_as_text():
     local = build_settings("local", {"TENFOLD_TRAINING__RUNS_PREFIX": "'None'"})
     assert local.training.runs_prefix == "None"
     assert settings_from_env(settings_env(local)).training == local.training
+
+
+@pytest.mark.parametrize(("text", "steps"), [("5,25,50,100", (5, 25, 50, 100)), ("(5, 25, 50, 100)", (5, 25, 50, 100)),
+                                             ("(100,)", (100,)), ("[10, 100]", (10, 100))])
+def test_rollout_steps_read_from_the_environment(text, steps, tmp_path):
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__ROLLOUT__STEPS": text})
+    assert settings.serving.rollout.steps == steps
+
+
+@pytest.mark.parametrize("text", ["5, 50, banana 100", "5 25 100", "5,25.5,100", "5;100"])
+def test_rollout_steps_that_are_not_whole_percentages_are_refused_not_read_in_part(text, tmp_path):
+    """Text that was not a number was dropped in silence: '5, 50, banana 100' ran a rollout of 5, 50, 100 %."""
+    with pytest.raises(ValueError, match="give whole percentages separated by commas"):
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__ROLLOUT__STEPS": text})
