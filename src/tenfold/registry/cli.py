@@ -4,6 +4,10 @@ Run ``tenfold models list``, ``tenfold models show champion``, ``tenfold models 
 ``tenfold models rollback`` (``--help`` on each). Versions may be named by a full id, a unique id
 prefix (4+ digits) or an alias. The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``;
 the local platform must be up: ``make up``).
+
+Exit codes: 0 done; 1 the registry's store cannot be reached (the local platform down, no cloud credentials, an
+outage): run it again once it is back; 2 a refusal (bad arguments or settings, an unknown version or alias, an
+alias that moved meanwhile, a damaged record).
 """
 
 from __future__ import annotations
@@ -37,17 +41,21 @@ def registry_of(settings: Settings) -> ModelRegistry:
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
-    """Turn registry and connection errors into a message and exit code 2, not a traceback."""
+    """Turn registry errors into a message and exit code 2, a store that cannot be reached into one and exit code 1
+    (the module's exit codes), never a traceback."""
     try:
         return fn()
-    except (RegistryError, LocalPlatformError, ValueError, KeyError) as exc:
+    except LocalPlatformError as exc:  # the platform is down: an outage, not a refusal
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (RegistryError, ValueError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
         if type(exc).__module__.startswith(("google", "requests", "urllib3")):
             typer.echo(f"error: cannot reach the model registry ({type(exc).__name__}: {exc}); is the local "
                        "platform up (`tenfold up`) or are your cloud credentials set?", err=True)
-            raise typer.Exit(2) from exc
+            raise typer.Exit(1) from exc
         raise
 
 

@@ -5,6 +5,9 @@
 * ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
   to 0 at once, the DAG's running step stops at its next poll and no alias moves. On a rollout that ended
   without a promotion, and still the newest, it sets the canary weight to 0 again.
+
+Exit codes as ``tenfold models`` (:mod:`tenfold.registry.cli`): 1 the registry cannot be reached, 2 a refusal;
+and 3 when no rollout is recorded (of ``V``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def test_a_stopped_platform_is_one_line_naming_the_port_and_tenfold_up(
     out = runner.invoke(app, command)
     took = time.monotonic() - started
     get_settings.cache_clear()
-    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
     assert out.output.strip() == (f"error: the local platform is not up: nothing listens on 127.0.0.1:{port}, where "
                                   "the GCS emulator (the model registry's store) should be: run `tenfold up`")
     assert took < 5, f"took {took:.1f} s"
