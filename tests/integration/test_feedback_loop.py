@@ -329,6 +329,7 @@ def test_the_cli_drains_joins_and_prints_metrics(fb_settings, cli):
     (["metrics", "--since", "May 5"], "is not an ISO time"),
     (["metrics", "--by", "color"], "cannot group online metrics by color"),
     (["join", "--month", "2026/05"], "is not a month: use YYYY-MM"),
+    (["metrics", "--since", "2026-05-01", "--until", "2026-04-01"], "the window is empty"),  # was 0 rows, exit 0
 ])
 def test_bad_arguments_exit_2_with_a_message(cli, args, message):
     result = cli(*args)

@@ -192,6 +192,9 @@ def metrics_command(
         except OverflowError:
             raise _fail(f"--last {last!r} reaches before the year 1 (the window ends {end:%Y-%m-%d}): give a shorter "
                         "duration, or --since", 2) from None
+    if start is not None and end is not None and start >= end:
+        raise _fail(f"the window is empty: its start {start.isoformat()} is not before its end {end.isoformat()} "
+                    "(--until is exclusive); give a start before the end", 2)
     settings = command_settings(env)
     try:
         rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
