@@ -488,31 +488,45 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
     A file that cannot even be read (permission denied) is named in the reason, not copied.
     """
     table = refusal.table
-    # A source refusal under this key already (a retry) is replaced by the newer verdict; an earlier batch withdrawn
-    # under the key (the quality gate's) is kept, and this one goes beside it (key-2, ...: see Lake.quarantine).
-    for dest in lake.quarantine_paths(table, part, key):
-        if lake.fs.get_file_info(dest).type == pafs.FileType.NotFound:
-            break
-        if _source_refusal_at(lake, dest):
-            lake.discard(dest)
-            break
     staged = lake.staging_path(table, part, f"{key}-source")
     lake.discard(staged)
     reason = refusal.details() | {"refused_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     make_dirs(lake.fs, staged)
+    copy: str | None = None
     if refusal.file:
         name = posixpath.basename(refusal.file.rstrip("/")) or "source"
         try:
             raw = _read_location(refusal.file)
             with lake.fs.open_output_stream(posixpath.join(staged, name)) as out:
                 out.write(raw)
-            reason["copied"] = name
+            reason["copied"], copy = name, name
         except (OSError, pa.ArrowException) as exc:
             reason["not_copied"] = f"{type(exc).__name__}: {exc}"
     elif refusal.data is not None:
-        write_table(refusal.data, lake.fs, posixpath.join(staged, "returned.parquet"))
+        copy = "returned.parquet"
+        write_table(refusal.data, lake.fs, posixpath.join(staged, copy))
         reason["copied"] = "returned.parquet (what the reader returned)"
+    # The same refusal under this key already (a retry: the same bytes) is replaced by the newer verdict, instead of
+    # piling up copies. Anything else there is kept, and this one goes beside it (key-2, ...: see Lake.quarantine):
+    # a batch the quality gate withdrew under the key, or another delivery's bytes (maybe the only copy left).
+    for dest in lake.quarantine_paths(table, part, key):
+        if lake.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+            break
+        if _source_refusal_at(lake, dest) and _same_copy(lake, staged, dest, copy):
+            lake.discard(dest)
+            break
     return lake.quarantine(table, part, staged, key, reason)
+
+
+def _same_copy(lake: Lake, staged: str, quarantined: str, name: str | None) -> bool:
+    """Whether ``quarantined`` holds the same copy of the source as ``staged`` (file ``name``; None: no copy)."""
+    if name is None:
+        return not any(i.type == pafs.FileType.File and not i.base_name.startswith("_")
+                       for i in lake.fs.get_file_info(pafs.FileSelector(quarantined, allow_not_found=True)))
+    there = posixpath.join(quarantined, name)
+    if lake.fs.get_file_info(there).type != pafs.FileType.File:
+        return False
+    return lake.stored_crc32c(there) == lake.stored_crc32c(posixpath.join(staged, name))
 
 
 def ingest_month(

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tenfold.data.lake import Lake, Partition
@@ -338,3 +339,12 @@ def test_a_source_refusal_keeps_the_batch_the_gate_withdrew_under_the_same_key(s
     assert list(kept.rglob("*.parquet")), "the withdrawn batch's data is gone"
     # A retry of the same source refusal replaces its own quarantine instead of piling up copies.
     assert quarantine_source(lake, refusal, feb, key) == again
+    # Another delivery refused under the same key (the run cleared after upstream re-delivered) goes beside it:
+    # the first delivery's bytes (maybe the only copy left for triage) are kept.
+    other = SourceUnreadable("flights", "the archive is truncated", fix="replace it", month="2013-02",
+                             data=pa.table({"year": [2012]}))
+    beside = quarantine_source(lake, other, feb, key)
+    assert beside not in (again, withdrawn)
+    first_copy = pq.read_table(Path(lake._path(again)) / "returned.parquet")
+    assert first_copy.column("year").to_pylist() == [2013]
+    assert pq.read_table(Path(lake._path(beside)) / "returned.parquet").column("year").to_pylist() == [2012]
