@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -486,12 +487,30 @@ class Lake:
         """Write a small JSON document under the lake atomically (readers see the old one or the new one)."""
         self._write_atomic(path, json.dumps(body, indent=2, default=str).encode())
 
-    def _write_atomic(self, path: str, data: bytes) -> None:
+    def _write_atomic(self, path: str, data: bytes, *, durable: bool = False) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         make_dirs(self.fs, posixpath.dirname(path))
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
+        if durable:
+            self._on_disk(tmp)
         self.fs.move(tmp, path)
+        if durable:
+            self._on_disk(posixpath.dirname(path))
+
+    def _on_disk(self, path: str) -> None:
+        """On a local lake, flush a file's bytes, or a folder's entries, to disk (GCS commits each object whole).
+
+        A publish flushes every data file and its folder before the manifest names them, and the manifest's rename
+        after: a power loss (not only a crash) then never leaves a manifest naming files that never reached the
+        disk, with the month they replaced already removed."""
+        if self._gcs or not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _staged_files(self, staged: str) -> list[pafs.FileInfo]:
         return sorted(
@@ -605,17 +624,25 @@ class Lake:
         if existing.type == pafs.FileType.File and existing.size == entry.bytes \
                 and self.stored_crc32c(dest) == entry.crc32c:
             return  # a retry after a partial publish: this file already landed whole
-        make_dirs(self.fs, posixpath.dirname(dest))
+        folder = posixpath.dirname(dest)
+        created = self.fs.get_file_info(folder).type == pafs.FileType.NotFound
+        make_dirs(self.fs, folder)
+        if created:
+            self._on_disk(posixpath.dirname(folder))  # the data folder's own entry in the partition's folder
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
         self.fs.copy_file(source, tmp)
+        self._on_disk(tmp)
         self.fs.move(tmp, dest)
+        self._on_disk(folder)
         if (stored := self.stored_crc32c(dest)) != entry.crc32c:
             raise LakeError(f"{self.uri_of(dest)}: stored CRC32C {stored} differs from the staged file's "
                             f"{entry.crc32c} (the copy was damaged); nothing was published: retry the task")
 
     def _commit(self, manifest: Manifest) -> None:
-        """Replace the partition's manifest: the single step that makes the new data visible."""
-        self._write_atomic(self.manifest_path(manifest.table, manifest.partition), manifest.to_json().encode())
+        """Replace the partition's manifest: the single step that makes the new data visible (on disk when it
+        returns, after the data it names)."""
+        self._write_atomic(self.manifest_path(manifest.table, manifest.partition), manifest.to_json().encode(),
+                           durable=True)
 
     def _current_manifest(self, table: str, part: Partition) -> Manifest | None:
         try:

@@ -384,6 +384,31 @@ def test_a_reader_racing_a_publish_reads_one_whole_partition(tmp_path: Path) -> 
     assert reader.raced
 
 
+def test_a_publish_flushes_its_data_to_disk_before_the_manifest_names_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing was fsynced: after a power loss (not only a crash) the renamed manifest could reach the disk before
+    the new files it names (zero-length), with the month they replaced already removed."""
+    lake = Lake((tmp_path / "lake").as_uri())
+    lake.publish(TABLE, PART, str(_stage(tmp_path / "staged-old", 1)), run_id="old")
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    manifest = lake.publish(TABLE, PART, str(_stage(tmp_path / "staged-new", 2)), run_id="new")
+    part = Path(lake.partition_path(TABLE, PART))
+    data = [str(part / manifest.data_dir / f.name) for f in manifest.files]
+    manifest_write = next(i for i, p in enumerate(flushed) if Path(p).name.startswith("_SUCCESS.tmp-"))
+    for i, path in enumerate(flushed[:manifest_write]):  # data files fsynced under their temporary names
+        flushed[i] = next((d for d in data if path.startswith(f"{d}.tmp-")), path)
+    assert set(data) <= set(flushed[:manifest_write]), flushed  # every file on disk before the manifest
+    assert str(part / manifest.data_dir) in flushed[:manifest_write]  # and its folder's entries (the renames)
+    assert flushed[-1] == str(part)  # the manifest's rename, last
+
+
 @pytest.fixture(scope="module")
 def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     z = Zygote(tmp_path_factory.mktemp("zygote") / "zygote.log")
