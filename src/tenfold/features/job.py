@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
@@ -86,8 +86,19 @@ class InjectedFault(RuntimeError):
     """Raised once by the fault-injection hook; never outside tests."""
 
 
+class JobArgumentParser(argparse.ArgumentParser):
+    """A Spark job's parser: arguments it refuses exit ``EXIT_FAILED`` saying so, not argparse's 2, which a job's
+    caller reads as ``EXIT_BAD_INPUT`` (bad data: re-ingest it) when the cause is the job's own code or its
+    deployment (a job file older than the DAG that passes it a newer flag)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILED, f"{self.prog}: bad arguments (the job and its caller disagree, or a bad value): "
+                               f"{message}\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="build_features", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = JobArgumentParser(prog="build_features", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
     p.add_argument("--month", required=True, type=Partition.parse, help="the month to build, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI to write the Parquet file to (overwritten)")

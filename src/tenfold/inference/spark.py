@@ -172,7 +172,9 @@ def manifest_extra(lake: Lake, features_table: str, part: Partition, version: st
 # --- the job (runs in the spark-submit driver, and its functions in the executors' Python workers) ---------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    from tenfold.features.job import JobArgumentParser
+
+    p = JobArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
     p.add_argument("--month", required=True, type=Partition.parse, help="the features partition to score, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI the scores file is written to (emptied first)")

@@ -79,3 +79,20 @@ def test_a_failure_to_publish_is_not_taken_for_a_bad_input(
     err = capsys.readouterr().err
     assert err.startswith("build_features: publishing 2013-02 failed: features partition 2013-02 is being published")
     assert "bad input" not in err and "re-ingest" not in err
+
+
+@pytest.mark.parametrize("argv", [["--lake-uri", LAKE, "--month", "2013-13", "--output", OUTPUT],
+                                  ["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT, "--newer-flag", "x"]])
+def test_arguments_the_job_refuses_are_not_taken_for_a_bad_input(argv: list[str],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse exits 2, the job's EXIT_BAD_INPUT: a job file older than the DAG that passes it a newer flag was
+    reported as "bad or missing input", pointing the operator at the data instead of the deployment."""
+    from tenfold.inference import spark as scoring
+
+    with pytest.raises(SystemExit) as ended:
+        job.main(argv)
+    assert ended.value.code == job.EXIT_FAILED
+    assert "build_features: bad arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:
+        scoring.parse_args(["--lake-uri", LAKE, "--month", "2013-13"])
+    assert ended.value.code == scoring.EXIT_FAILED
