@@ -61,6 +61,7 @@ def up(service: _ServiceOpt = None) -> None:
     from tenfold.local.stack import up as _up
 
     settings = get_settings()
+    _local_only(settings, "up")  # before the lock and the run folder: nothing of a local platform is made in dev
     chosen = _services(service)
     # One lock across the platform and the fleet: a `tenfold down` between the two would leave the fleet running.
     with refusing_os_errors(settings, "up"), exclusive(settings, echo=typer.echo):

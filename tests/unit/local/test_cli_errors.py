@@ -121,16 +121,18 @@ def _tenfold(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
                           text=True, timeout=120, env={**base, "TENFOLD_HOME": str(home), **env})
 
 
-@pytest.mark.parametrize("command", ["status", "down"])
-def test_status_and_down_under_a_cloud_environment_say_they_manage_the_local_platform(
+@pytest.mark.parametrize("command", ["status", "down", "up"])
+def test_status_down_and_up_under_a_cloud_environment_say_they_manage_the_local_platform(
         tmp_path: Path, command: str) -> None:
-    """`TENFOLD_ENV=dev tenfold status` ended in a ValueError's traceback from deep in the first service's status."""
+    """`TENFOLD_ENV=dev tenfold status` ended in a ValueError's traceback from deep in the first service's status;
+    `tenfold up` took the local lock and made the run folder, then exited 1 (an outage's code) saying much the same."""
     done = _tenfold(tmp_path / "home", command, TENFOLD_ENV="dev")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"error: `tenfold {command}` manages the local platform; TENFOLD_ENV is 'dev': unset "
                                    "it (or set it to local). The cloud's services are the platform stack's "
                                    "(docs/deploy.md)")
+    assert not (tmp_path / "home").exists()  # nothing of a local platform made
 
 
 def test_a_serving_token_file_that_is_not_text_is_named_by_status_not_a_traceback(tmp_path: Path) -> None:
