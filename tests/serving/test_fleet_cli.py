@@ -59,6 +59,9 @@ def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
     (("scale", "--pool", "blue", "--replicas", "2"), 2, "unknown pool 'blue'"),
     (("scale", "--replicas", "2", "--min", "1"), 2, "either --replicas or --min/--max"),
     (("scale", "--replicas", "2"), 1, "not up: run `tenfold serve up`"),
+    # Bounds that can never be valid are bad usage, said before the fleet is asked (it said "not up", exit 1).
+    (("scale", "--min", "5", "--max", "2"), 2, "--min 5 is above --max 2"),
+    (("scale", "--max", "-1"), 2, "Invalid value for '--max'"),
     # Checked before the model is resolved: resolving against a stopped platform took two minutes of the
     # storage client's retries, then a traceback.
     (("rollout", "--model", "v9"), 1, "not up: run `tenfold serve up`"),

@@ -134,9 +134,9 @@ def reload() -> None:
 @app.command()
 def scale(
     pool: _Pool = STABLE,
-    replicas: Annotated[int | None, typer.Option(help="a fixed count (sets both --min and --max)")] = None,
-    low: Annotated[int | None, typer.Option("--min", help="fewest replicas the autoscaler keeps")] = None,
-    high: Annotated[int | None, typer.Option("--max", help="most replicas the autoscaler starts")] = None,
+    replicas: Annotated[int | None, typer.Option(min=0, help="a fixed count (sets both --min and --max)")] = None,
+    low: Annotated[int | None, typer.Option("--min", min=0, help="fewest replicas the autoscaler keeps")] = None,
+    high: Annotated[int | None, typer.Option("--max", min=0, help="most replicas the autoscaler starts")] = None,
 ) -> None:
     """Set a pool's replica bounds; the autoscaler moves within them. Waits until the pool is within."""
     from tenfold.serving import fleet
@@ -147,6 +147,8 @@ def scale(
         low = high = replicas
     if low is None and high is None:
         raise _fail(ValueError("nothing to change: give --replicas N, or --min and/or --max"), 2)
+    if low is not None and high is not None and low > high:  # refused before the fleet is asked (up or not)
+        raise _fail(ValueError(f"--min {low} is above --max {high}: give min <= max"), 2)
     settings = get_settings()
     try:
         st = fleet.scale(settings, _check_pool(pool), low=low, high=high)
