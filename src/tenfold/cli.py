@@ -165,6 +165,11 @@ def demo(
     from tenfold.local.process import LocalPlatformError
 
     try:
+        _demo.demo_months(first, champion_until, months)  # bad usage (exit 2), said before anything starts
+    except (_demo.DemoError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         settings = get_settings()
         with refusing_os_errors(settings, "demo"):  # a TENFOLD_HOME under a file or not writable, a full disk
             _demo.run(settings, first, champion_until, months=months, flights=flights,

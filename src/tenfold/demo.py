@@ -524,6 +524,19 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     return row
 
 
+def demo_months(first: str, champion_until: str, months: int) -> tuple[list[Partition], list[Partition]]:
+    """The first champion's window (``first..champion_until``) and the ``months`` replayed after it. Raises
+    ValueError for a month that is not ``YYYY-MM``, :class:`DemoError` for a window shorter than two months."""
+    initial = month_range(first, champion_until)
+    if len(initial) < 2:
+        raise DemoError("the first champion needs at least two months: it trains on all but the last and holds "
+                        f"that one out (got {first}..{champion_until})")
+    later: list[Partition] = []
+    for _ in range(months):
+        later.append((later[-1] if later else initial[-1]).next())
+    return initial, later
+
+
 def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-06", *, months: int = 6,
         flights: int = DEMO_FLIGHTS, retrain_every: int = 3, say: Callable[[str], object] = print) -> list[MonthRow]:
     """The whole lifecycle: the first champion on ``first..champion_until``, then ``months`` later months replayed
@@ -536,13 +549,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     from tenfold.serving.loading import resolve_and_download
 
     started = time.monotonic()
-    initial = month_range(first, champion_until)
-    if len(initial) < 2:
-        raise DemoError("the first champion needs at least two months: it trains on all but the last and holds "
-                        f"that one out (got {first}..{champion_until})")
-    later: list[Partition] = []
-    for _ in range(months):
-        later.append((later[-1] if later else initial[-1]).next())
+    initial, later = demo_months(first, champion_until, months)
     statuses = up(settings, echo=say)
     api = _api(settings)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):

@@ -43,6 +43,21 @@ def test_demo_reports_a_platform_refusal_like_up_does(monkeypatch: pytest.Monkey
     assert "error: `airflow db migrate` failed (AIRFLOW_HOME=/x): disk full" in out.output
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--first", "garbage"], "'garbage' is not a month: use YYYY-MM"),
+    (["--first", "2013-06", "--champion-until", "2013-06"], "the first champion needs at least two months"),
+])
+def test_demo_refuses_months_it_cannot_run_before_starting_anything(monkeypatch: pytest.MonkeyPatch,
+                                                                     args: list[str], message: str) -> None:
+    """Bad usage exited 1 (an outage's code), after the demo had started (the window is checked in run)."""
+    from tenfold import demo
+
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("the demo started"))
+    out = runner.invoke(app, ["demo", *args])
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert message in out.output
+
+
 @pytest.mark.parametrize("command", [["up", "-s", "gcs"], ["down"], ["status"]])
 def test_a_home_under_a_regular_file_is_one_error_naming_it_and_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
