@@ -39,6 +39,7 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -220,6 +221,8 @@ class Lake:
         ``gcs_client`` makes the ``google.cloud.storage`` client that a ``gs://`` lake's locks need
         (:meth:`exclusive`), by default the one of the settings the environment gives."""
         self.uri = uri.rstrip("/")
+        if "://" not in self.uri and not self.uri.startswith("/"):  # a relative path: from the working folder
+            self.uri = str(Path(self.uri).resolve())
         self._gcs_client_factory = gcs_client
         self._gcs_client: Any = None
         self.layout = layout

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
 
 from tenfold.data.lake import PUBLISH_LOCK, Lake, Partition
 
@@ -51,3 +52,21 @@ def test_two_writers_of_one_partition_never_break_each_other(tmp_path: Path) -> 
     assert not any(".tmp-" in n for n in names) and PUBLISH_LOCK in names
     folders = [i for i in left if i.type == pafs.FileType.Directory]
     assert [f.base_name for f in folders] == [lake.read_manifest(TABLE, PART).data_dir]
+
+
+def test_a_lake_given_as_a_relative_path_is_the_folder_under_the_working_one(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold ingest --lake-uri relative/dir` ended in pyarrow's "Unsupported hostname in non-Windows local URI:
+    'file://relative/dir'" (the path was read as a URI's host)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    lake = Lake("relative/lake")
+    assert lake.uri == str(tmp_path / "relative" / "lake")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), staged / "part-0.parquet")
+    lake.publish("t", Partition(2013, 1), str(staged), run_id="r")
+    assert (tmp_path / "relative" / "lake" / "t").is_dir()
+    assert Lake(str(tmp_path / "relative" / "lake")).read_table("t", [Partition(2013, 1)]).num_rows == 2
