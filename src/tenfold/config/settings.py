@@ -1116,7 +1116,13 @@ def settings_refusal(exc: ValueError) -> str:
     field with the value it got (a TENFOLD_* variable that does not parse or names no setting) and what to do, or
     the error itself (an unknown TENFOLD_ENV); never pydantic's traceback."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
+    if isinstance(exc, SettingsError) and (section := re.search(r'field "(\w+)"', str(exc))):
+        # A section's variable itself (TENFOLD_LOCAL=x) is read as JSON: pydantic-settings names only its source.
+        name = f"TENFOLD_{section[1].upper()}"
+        return (f"error: invalid settings: {name} is set, and a section's variable must hold its fields as a JSON "
+                f"object: unset it and set each field as {name}__<FIELD> (`env | grep {name}`)")
     if not isinstance(exc, ValidationError):
         return f"error: {exc}"
     # A field's error shows the value it got; a check across fields (no loc) would show every setting: not that.

@@ -499,3 +499,15 @@ def test_rollout_steps_that_are_not_whole_percentages_are_refused_not_read_in_pa
     """Text that was not a number was dropped in silence: '5, 50, banana 100' ran a rollout of 5, 50, 100 %."""
     with pytest.raises(ValueError, match="give whole percentages separated by commas"):
         build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__ROLLOUT__STEPS": text})
+
+
+@pytest.mark.parametrize("section", ["LOCAL", "SERVING"])
+def test_a_sections_own_variable_that_is_not_json_is_named_with_what_to_do(section, tmp_path):
+    """TENFOLD_LOCAL=x said 'error parsing value for field "local" from source "_MappingEnvSource"': neither the
+    variable nor the fix."""
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), f"TENFOLD_{section}": "x"})
+    said = settings_refusal(refused.value)
+    assert f"TENFOLD_{section} is set" in said and f"TENFOLD_{section}__<FIELD>" in said
