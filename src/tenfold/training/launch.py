@@ -123,14 +123,23 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     ``MASTER_ADDR`` (``--local-addr``; :func:`tenfold.training.worker.init_distributed`), and gloo uses the
     loopback interface instead of whatever the host name resolves to.
     """
+    import ipaddress
+    import socket
+
     import psutil
 
-    env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    host = settings.local.bind_host
-    iface = next((n for n, addrs in psutil.net_if_addrs().items() if any(a.address == host for a in addrs)), None)
-    if iface is not None:
-        env["GLOO_SOCKET_IFNAME"] = iface
-    return env
+    host = ipaddress.ip_address(settings.local.bind_host)
+
+    def holds(addr: Any) -> bool:  # the interface's network holds the address (lo: 127.0.0.1/8 holds 127.0.0.2)
+        if addr.family != socket.AF_INET or not addr.netmask:
+            return False
+        return host in ipaddress.ip_network(f"{addr.address}/{addr.netmask}", strict=False)
+
+    iface = next((n for n, addrs in psutil.net_if_addrs().items() if any(holds(a) for a in addrs)), None)
+    if iface is None:  # without it gloo listens where the host name resolves: beyond loopback
+        raise ValueError(f"no network interface holds local.bind_host {host} (`ip addr` lists them): gloo would "
+                         "listen on the address the host name resolves to; set TENFOLD_LOCAL__BIND_HOST=127.0.0.1")
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "GLOO_SOCKET_IFNAME": iface}
 
 
 def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int,

@@ -35,6 +35,16 @@ def test_local_runs_are_one_node_on_loopback_with_restarts_from_settings() -> No
                                         "--out", "/tmp/out"]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+def test_gloo_stays_on_the_loopback_interface_for_any_loopback_bind_host(host: str, tmp_path: Path) -> None:
+    """Only an interface listing bind_host itself was chosen: lo lists 127.0.0.1, so with 127.0.0.2 (a valid setting)
+    GLOO_SOCKET_IFNAME was left unset and the ranks listened where the host name resolves, beyond loopback."""
+    from tenfold.training.launch import loopback_env
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__BIND_HOST": host})
+    assert loopback_env(settings)["GLOO_SOCKET_IFNAME"] == "lo"
+
+
 def test_multi_node_uses_c10d_at_the_endpoint_from_settings() -> None:
     base = build_settings("dev")
     with pytest.raises(ValueError, match=r"needs settings\.training\.rdzv_host"):
