@@ -304,6 +304,9 @@ def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: 
     from tenfold.training.jobs import training_job
 
     p = TrainRun.from_xcom(run)
+    # A window re-published since the plan is refused at once (every rank would refuse it, after the group scaled
+    # up, on every try): the same check evaluate and register make.
+    _check_training_window(Lake.from_settings(settings), p)
     job = training_job(settings, igm_client=igm_client, markers=markers, storage_client=storage_client)
     model = job.run(TrainConfig.from_dict(p.train_config), p.run_key, Path(p.work_dir), nproc=p.nproc)
     return Trained(model_ref=model.model_ref, train_result=model.result)

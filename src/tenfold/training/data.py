@@ -56,13 +56,19 @@ FEEDBACK_WEIGHT_COLUMN = "sample_weight"
 class MissingFeaturesError(LakeError):
     """A feature partition the run needs is not published."""
 
+    retryable = False  # a task retry reads the same lake (tenfold.pipelines.common.run_step)
+
 
 class StaleFeaturesError(LakeError):
     """A feature partition was built by another version of the feature definitions."""
 
+    retryable = False
+
 
 class RepublishedFeaturesError(LakeError):
     """The feature partitions hold other content than the run pinned (a month was re-published since)."""
+
+    retryable = False
 
 
 def read_features(

@@ -308,8 +308,14 @@ def test_a_training_month_republished_after_the_plan_is_refused_before_lineage_n
     assert cfg.data_digest == lake.content_digest(gate_settings.storage.features_table, cfg.partitions)
     read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)  # what it planned: read
     publish_synthetic_features(lake, [Partition.parse("2013-01")], 80, seed=7)  # build_features ran again
-    with pytest.raises(RepublishedFeaturesError, match="re-published since this training run was planned"):
+    with pytest.raises(RepublishedFeaturesError, match="re-published since this training run was planned") as met:
         read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)
+    assert met.value.retryable is False  # a task retry would read the same lake: it fails at once (run_step)
+    # The train step refuses before it launches anything (the ranks refused it, after the group scaled up, each try).
+    launched: list[object] = []
+    with pytest.raises(pipeline.PipelineError, match=r"training partitions \['2013-01', '2013-02'\] were re-published"):
+        pipeline.train(gate_settings, planned, igm_client=launched, markers=launched, storage_client=launched)
+    assert launched == []
     with pytest.raises(pipeline.PipelineError, match=r"training partitions \['2013-01', '2013-02'\] were re-published"):
         pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))
     with pytest.raises(pipeline.PipelineError, match="training partitions"):
