@@ -127,6 +127,18 @@ def run_metadata(run_id: str, args: Sequence[str], attempt: str) -> dict[str, st
     return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args)), ATTEMPT_KEY: attempt}
 
 
+def _clear_run_metadata(settings: Settings, client: Any) -> None:
+    """Take the run out of the group's instance metadata once it is at 0: a VM the group starts later (scaled up by
+    hand, or by an autoscaler) then finds no run id and exits (tenfold.training.node), instead of running the last
+    run again and overwriting its marker. A failure is only logged: the next run sets its own metadata."""
+    try:
+        _done(client.patch(**_group(settings), instance_group_manager_resource=_all_instances_patch(
+            {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})), settings.training.stable_timeout_s)
+    except Exception:
+        log.exception("could not clear the run from %s's instance metadata (a VM it starts would run it again)",
+                      settings.training.fleet.instance_group)
+
+
 def nodes_prefix(settings: Settings, run_id: str, attempt: str | None) -> str:
     """Where the nodes of one start of the run register (``nodes/`` alone for nodes booted without an attempt)."""
     return f"{run_folder(settings, run_id)}/nodes/" + (f"{attempt}/" if attempt else "")
@@ -269,6 +281,8 @@ def run_training(
             log.exception("could not resize %s to 0: resize it by hand to stop paying for GPUs", t.fleet.instance_group)
             if marker is not None:
                 raise
+        else:
+            _clear_run_metadata(settings, client)
     status = str(marker.get("status"))
     if status != "succeeded":
         raise TrainingFailed(f"run {run_id} failed on the training group (marker {marker_uri(settings, run_id)}: {marker})")

@@ -104,8 +104,10 @@ def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings)
     with pytest.raises(TrainingFailed, match="failed on the training group"):
         pipeline.train(dev_settings, planned, igm_client=group)
     assert group.resizes == [dev_settings.training.nnodes, 0]
-    assert group.calls[-1][0] == "resize" and group.calls[-1][1]["size"] == 0
-    assert group.calls[-1][1]["instance_group_manager"] == dev_settings.training.fleet.instance_group
+    last_resize = [c for c in group.calls if c[0] == "resize"][-1]
+    assert last_resize[1]["size"] == 0
+    assert last_resize[1]["instance_group_manager"] == dev_settings.training.fleet.instance_group
+    assert group.calls[-1][0] == "patch"  # then the run is taken out of the instance metadata
     # The step staged the run's inputs: the config and the preprocessing fit here, once.
     bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
     staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{_job(planned)}/out/"))
