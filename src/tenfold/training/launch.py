@@ -244,8 +244,11 @@ def run_torchrun(
     out = Path(tempfile.mkdtemp(prefix="tenfold-launch-")) if remote else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with _sole_launch(out) as lock:
-        return _launch(settings, train_config, out, remote, lock, nproc=nproc, timeout_s=timeout_s,
-                       max_restarts=max_restarts, env=env)
+        result = _launch(settings, train_config, out, remote, lock, nproc=nproc, timeout_s=timeout_s,
+                         max_restarts=max_restarts, env=env)
+    if remote:  # the run is in the URI: its local folder (torchrun.log) was left behind by every run
+        shutil.rmtree(out, ignore_errors=True)  # (kept on failure: TrainingFailed.log_path is there)
+    return result
 
 
 def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,

@@ -179,3 +179,20 @@ def test_an_interrupted_launch_kills_a_worker_that_ignores_sigterm(
         signal.signal(signal.SIGALRM, previous)
     assert ready.exists(), "the deaf worker never reached its step"
     _assert_no_process_left(tmp_path, within_s=5)
+
+
+def test_a_run_into_a_uri_leaves_no_local_folder_behind(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose output is a URI (as on the cloud training group) trains in local scratch folders: the launcher's
+    (torchrun.log) was never removed, one more in the temporary folder for every run."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the launcher's and its workers' temporary folders
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = (tmp_path / "bucket").as_uri() + "/run"
+    result = run_torchrun(train_settings, small_config.with_(max_steps=8), out, nproc=1, timeout_s=240)
+    assert result.steps == 8 and (tmp_path / "bucket" / "run" / "model").is_dir()
+    assert sorted(p.name for p in scratch.iterdir() if p.name.startswith("tenfold-")) == []
