@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from tenfold.config import get_settings
-from tenfold.fsio import os_error_refusal
+from tenfold.outages import ending
 
 
 def _months(value: str | None, default: tuple[str, str]) -> tuple[str, str]:
@@ -30,7 +30,8 @@ def _months(value: str | None, default: tuple[str, str]) -> tuple[str, str]:
 
 
 def train_command(
-    out: Annotated[Path | None, typer.Option(help="output folder (model/, checkpoints/); default <home>/runs/<time>")] = None,
+    out: Annotated[str | None, typer.Option(help="output folder or URI (gs://..., file://...) for model/ and "
+                                            "checkpoints/; default <home>/runs/<time>")] = None,
     env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
     train_months: Annotated[str | None, typer.Option(help="FIRST:LAST months, e.g. 2013-01:2013-09; default settings")] = None,
     nproc: Annotated[int | None, typer.Option(min=1, help="workers on this node; default "
@@ -51,12 +52,13 @@ def train_command(
     try:
         settings = get_settings(env)
         first, last = _months(train_months, settings.training.train_months)
-        out = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        # A URI as given (a Path would make gs://b/run a local folder gs:/b/run), a folder from here.
+        target: str | Path = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         cfg = TrainConfig.from_settings(
             settings, train_months=tuple(p.label for p in month_range(first, last)), batch_size=batch_size,
             max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}),
         )
-        result = run_torchrun(settings, cfg, out, nproc=nproc, timeout_s=timeout_s)
+        result = run_torchrun(settings, cfg, target, nproc=nproc, timeout_s=timeout_s)
     except (LakeError, ValueError) as exc:  # LakeError: missing, stale, re-published or corrupt features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -64,7 +66,8 @@ def train_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:  # --out under a file or not writable, a full disk
-        typer.echo(os_error_refusal(exc, "tenfold train", get_settings(env).local.home), err=True)
+        typer.echo(ending(exc, "tenfold train", get_settings(env).local.home, debug_hint="with TENFOLD_DEBUG=1"),
+                   err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("manifests", "config")}, indent=2))
     typer.echo(f"model saved in {result.model_dir}")
@@ -114,7 +117,8 @@ def evaluate_command(
         try:
             result.save(report)
         except OSError as exc:  # --report under a file or not writable, a full disk
-            typer.echo(os_error_refusal(exc, "tenfold evaluate", get_settings(env).local.home), err=True)
+            typer.echo(ending(exc, "tenfold evaluate", get_settings(env).local.home,
+                              debug_hint="with TENFOLD_DEBUG=1"), err=True)
             raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")
 

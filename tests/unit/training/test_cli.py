@@ -130,3 +130,20 @@ def test_the_demo_on_a_home_the_system_refuses_is_one_line(tmp_path: Path, monke
     assert out.exit_code == 1, out.output
     assert out.output.startswith("error: `tenfold demo` cannot go on: ") and "TENFOLD_HOME" in out.output
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_train_into_a_uri_writes_there_not_into_a_local_folder_named_after_it(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out went through Path: gs://b/run became the local folder gs:/b/run (file:///x/run the folder file:/x/run),
+    so the run trained into the working folder instead of the bucket."""
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    publish_synthetic_features(Lake.from_settings(get_settings()), month_range("2013-01", "2013-02"), 300, seed=3)
+    monkeypatch.chdir(tmp_path)
+    bucket = tmp_path / "bucket"
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", f"{bucket.as_uri()}/run",
+                                   "--nproc", "1", "--max-steps", "4", "--epochs", "1", "--batch-size", "32"])
+    assert out.exit_code == 0, out.output
+    assert (bucket / "run" / "model").is_dir()
+    assert not (tmp_path / "file:").exists()
