@@ -796,15 +796,19 @@ class Settings(_Frozen):
             return self
         ports = {f"local.{k}": v for k, v in self.local.model_dump().items() if k.endswith("_port")
                  and k != "replica_base_port"}  # replicas take free ports from there upward
-        ports |= {"serving.fleet.lb_metrics_port": self.serving.fleet.lb_metrics_port,
-                  "training.rdzv_port": self.training.rdzv_port}
+        ports["serving.fleet.lb_metrics_port"] = self.serving.fleet.lb_metrics_port
+        if self.training.nnodes > 1:  # one node meets through a file rendezvous: nothing listens on rdzv_port
+            ports["training.rdzv_port"] = self.training.rdzv_port
         by_port: dict[int, list[str]] = {}
         for name, port in ports.items():
             by_port.setdefault(port, []).append(name)
         if clashes := [names for names in by_port.values() if len(names) > 1]:
+            def variable(name: str) -> str:
+                return "TENFOLD_" + name.upper().replace(".", "__")
+
             raise ValueError("two local services on one port: " + "; ".join(
                 f"{' and '.join(names)} share port {ports[names[0]]}" for names in clashes)
-                + ": give each a port of its own (TENFOLD_LOCAL__<NAME>_PORT)")
+                + ": give each a port of its own (" + ", ".join(variable(n) for names in clashes for n in names) + ")")
         return self
 
     @property

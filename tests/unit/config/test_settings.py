@@ -67,8 +67,16 @@ def test_two_local_services_on_one_port_are_refused_naming_both(variable, port, 
     with pytest.raises(ValidationError) as refused:
         build_settings("local", {"TENFOLD_HOME": str(tmp_path), variable: port})
     said = settings_refusal(refused.value)
-    assert names in said and "TENFOLD_LOCAL__<NAME>_PORT" in said
+    assert names in said and variable in said  # the variable to change is among those named
     assert "lake_uri" not in said  # one line about the clash, not every setting's value
+
+
+def test_the_rendezvous_port_clashes_only_where_a_job_listens_on_it(tmp_path):
+    """One node meets through a file rendezvous: nothing listens on training.rdzv_port, so it may be any port."""
+    home = {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__LB_PORT": "29400"}
+    assert build_settings("local", home).local.lb_port == 29400
+    with pytest.raises(ValueError, match=r"local\.lb_port and training\.rdzv_port share port 29400"):
+        build_settings("local", {**home, "TENFOLD_TRAINING__NNODES": "2"})
 
 
 def test_unknown_env_is_a_clear_error(monkeypatch):
