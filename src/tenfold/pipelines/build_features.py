@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import MANIFEST, Lake, Manifest, MissingManifestError, Partition, month_range
+from tenfold.data.lake import MANIFEST, Lake, LakeError, Manifest, MissingManifestError, Partition, month_range
 from tenfold.monitoring.alerts import send_alert
 from tenfold.pipelines.common import (
     PipelineError,
@@ -337,7 +337,10 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     # The lookups' folders name the build they belong to: until this manifest is replaced, a month whose lookups
     # are of another build (this publish failed after them) is not served (features.online.read_month_lookups).
     extra = workload.contract.manifest_extra(validated_by=workload.features_suite, **{LOOKUPS_KEY: built})
-    if lake.published_already(table, part, staged, extra, staged_rows=run.rows):
+    # A month published before manifests named their lookups lacks the key: its remainder is still recognised
+    # (a retry across an upgrade would publish what was left of the staging as the month).
+    published = _published_extra(lake, table, part, extra)
+    if lake.published_already(table, part, staged, published, staged_rows=run.rows):
         # A retry after a publish that succeeded but was killed while it dropped the staging (file by file):
         # what is left is part of the published month, not a month to publish.
         manifest = lake.read_manifest(table, part)
@@ -347,6 +350,20 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     lake.discard(staged)
     lake.discard(lookups)
     return {"month": part.label, "manifest": manifest_uri, **manifest.content}
+
+
+def _published_extra(lake: Lake, table: str, part: Partition, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` as the month's current manifest would hold it: without the lookups' folders when it does not name
+    them (published before they were recorded); as it is otherwise, or when there is no readable manifest."""
+    from tenfold.features.online import LOOKUPS_KEY
+
+    try:
+        current = lake.read_manifest(table, part) if lake.has_manifest(table, part) else None
+    except LakeError:
+        current = None
+    if current is not None and LOOKUPS_KEY not in current.extra:
+        return {k: v for k, v in extra.items() if k != LOOKUPS_KEY}
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ idempotent publish. Spark is not run here (tests/integration/test_build_features
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -330,9 +331,13 @@ pipeline.publish(get_settings(), run)
 """
 
 
-def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_rows(settings, lake, stage, tmp_path):
+@pytest.mark.parametrize("before_an_upgrade", [False, True], ids=["same-version", "retried-after-an-upgrade"])
+def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_rows(settings, lake, stage, tmp_path,
+                                                                                   before_an_upgrade):
     """The publish succeeded and was SIGKILLed while it dropped the staging folder, file by file: its retry must
-    not take the files left there for a month to publish (that replaced the month with part of itself)."""
+    not take the files left there for a month to publish (that replaced the month with part of itself). Also when
+    the kill was before an upgrade whose manifests name their lookups: the retry's extra then differs."""
+    from tenfold.features.online import LOOKUPS_KEY
     from tenfold.local.env import settings_env
 
     table = synthetic_features(FEB, 2_000, seed=7)
@@ -348,6 +353,11 @@ def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_r
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000
     left = [i for i in lake.fs.get_file_info(pafs.FileSelector(staged)) if i.type.name == "File"]
     assert len(left) == 2, "the kill did not leave part of the staging behind"
+    if before_an_upgrade:  # the manifest as the version before LOOKUPS_KEY wrote it
+        path = Path(lake.manifest_path(FEATURES_TABLE, FEB))
+        body = json.loads(path.read_text())
+        assert body["extra"].pop(LOOKUPS_KEY)
+        path.write_text(json.dumps(body))
 
     from dataclasses import replace
 
