@@ -157,10 +157,13 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
     to a folder of this call's own, removed when it returns: a killed JVM runs no shutdown hook, and left its
     shuffle data in ``/tmp`` on every timeout.
     """
+    base = spark_env(bind_host=settings.local.bind_host)
+    # Inside the disk the user chose for Spark's scratch (SPARK_LOCAL_DIRS, its first folder), if any.
+    where = next((d for d in base.get("SPARK_LOCAL_DIRS", "").split(",") if d and os.path.isdir(d)), None)
     with class_sharing(cmd, enabled=settings.spark.class_sharing) as archive, \
-            tempfile.TemporaryDirectory(prefix="tenfold-spark-", ignore_cleanup_errors=True) as scratch:
+            tempfile.TemporaryDirectory(prefix="tenfold-spark-", dir=where, ignore_cleanup_errors=True) as scratch:
         cmd = with_java_option(cmd, archive.option) if archive.option else cmd
-        env = {**spark_env(bind_host=settings.local.bind_host), "SPARK_LOCAL_DIRS": scratch, "TMPDIR": scratch}
+        env = {**base, "SPARK_LOCAL_DIRS": scratch, "TMPDIR": scratch}
         with tempfile.TemporaryFile(mode="w+") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:

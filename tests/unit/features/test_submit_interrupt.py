@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tenfold.config import Settings
 from tenfold.features.submit import run_submit
@@ -32,14 +33,18 @@ def test_an_interrupted_job_is_killed_with_its_whole_group(make_settings: Callab
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the job's process outlived its task"
 
 
+@pytest.mark.parametrize("chosen_disk", [False, True], ids=["default", "spark-local-dirs-set"])
 def test_a_job_killed_past_its_bound_leaves_no_scratch_behind(make_settings: Callable[..., Settings],
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              chosen_disk: bool) -> None:
     """A SIGKILLed JVM runs no shutdown hook: its spark-* and blockmgr-* folders (shuffle data) stayed in /tmp after
     every timeout. The job's scratch is a folder of the call's own, removed once the job's group is gone."""
-    import pytest
-
     from tenfold.features.submit import SparkJobError
 
+    big_disk = tmp_path / "big-disk"
+    if chosen_disk:  # the user's SPARK_LOCAL_DIRS (a large disk) keeps being where the scratch goes
+        big_disk.mkdir()
+        monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{big_disk},/elsewhere")
     settings = make_settings(spark={"class_sharing": False})
     seen = tmp_path / "scratch"
     # Like the driver: shuffle blocks under SPARK_LOCAL_DIRS, a temporary file under TMPDIR, by a grandchild.
@@ -49,4 +54,5 @@ def test_a_job_killed_past_its_bound_leaves_no_scratch_behind(make_settings: Cal
         run_submit(job, "a test job", settings=settings, timeout_s=2)
     local_dirs, tmp = seen.read_text().split()
     assert local_dirs == tmp and Path(local_dirs).name.startswith("tenfold-spark-")
+    assert (Path(local_dirs).parent == big_disk) is chosen_disk
     assert not Path(local_dirs).exists(), "the killed job's scratch was left behind"
