@@ -21,7 +21,6 @@ older PySpark, and a month is ~30k rows, which pandas validates in about a secon
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -290,14 +289,26 @@ def run_suite(
     docs: bool = True,
     run_name: str | None = None,
 ) -> ValidationReport:
-    """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else."""
+    """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else.
+
+    Data Docs are best effort: when they cannot be written (their bucket refuses or is away, the page fails to
+    render) the suite runs again without them (``data_docs`` None), so the verdict, and with it a refusal's
+    quarantine and alert, never depends on them: a Data Docs error used to escape as the task's error, the
+    refused batch left staged and unalerted.
+    """
     from tenfold.quality.datadocs import docs_site
 
-    with contextlib.ExitStack() as stack:
-        # Locally the site itself; in the cloud a working copy of the bucket's, pushed back when the block ends.
-        site = stack.enter_context(docs_site(settings)) if docs else None
-        return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
-                          site=site, run_name=run_name)
+    if docs:
+        try:
+            # Locally the site itself; in the cloud a working copy of the bucket's, pushed back when the block ends.
+            with docs_site(settings) as site:
+                return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name,
+                                  batch_uri=batch_uri, site=site, run_name=run_name)
+        except Exception as exc:  # a fault of the suite itself meets the run below again, and is raised there
+            log.warning("the Data Docs of %s %s could not be written (%s: %s): validating without them", table,
+                        part.label, type(exc).__name__, str(exc)[:300])
+    return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
+                      site=None, run_name=run_name)
 
 
 def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Partition, suite_name: str,

@@ -95,6 +95,29 @@ def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stag
     assert sorted(_quarantine_reason(lake, FEATURES_TABLE, MARCH, "drift1")["failed_expectations"]) == sorted(report.failed_expectations)
 
 
+def test_a_refusal_whose_data_docs_cannot_be_written_is_still_quarantined_and_alerted(settings, lake, stage, alerts):
+    """A Data Docs error (its folder unwritable here; in the cloud its bucket refusing or away) escaped as the task's
+    error: the refused batch stayed staged, nothing was alerted, and the retry met the same error."""
+    from tenfold.quality.gate import data_docs_location
+
+    docs = Path(data_docs_location(settings))
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text("a file where the Data Docs folder goes")  # a real fault: mkdir and every write fail
+    bad = synthetic_features(MARCH, 24_000, seed=7)
+    distance = bad["distance"].to_numpy().copy()
+    distance[:40] = -500.0
+    uri = stage(with_column(bad, "distance", distance), MARCH, "nodocs")
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert caught.value.report.failed_expectations == ["expect_column_values_to_be_between(distance)"]
+    assert caught.value.report.data_docs is None
+    assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"  # quarantined
+    assert _quarantine_reason(lake, FEATURES_TABLE, MARCH, "nodocs")["failed_expectations"] == [
+        "expect_column_values_to_be_between(distance)"]
+    (alert,) = alerts()
+    assert caught.value.alerted and "features 2013-03" in alert["title"]
+
+
 def test_a_stale_or_short_month_fails_freshness(settings, stage):
     table = synthetic_features(MARCH, 24_000, seed=7)
     # the batch stops on the 28th, and a few rows are stamped a month late
