@@ -40,15 +40,24 @@ from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry, is_version_id
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
-from tenfold.rollout.record import Rollout, check_key, is_check, ordered, set_key, write_report
+from tenfold.rollout.record import (
+    ABORTED,
+    FAILED,
+    PROMOTED,
+    ROLLED_BACK,
+    Rollout,
+    check_key,
+    is_check,
+    ordered,
+    set_key,
+    write_report,
+)
 from tenfold.rollout.split import CANARY, STABLE
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "rollout_model"
 CONF_KEYS = ("version", "retry_rejected")
-# Outcomes of a rollout (the ``end`` event).
-PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"
 
 
 @dataclass(frozen=True)

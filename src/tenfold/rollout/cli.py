@@ -72,7 +72,7 @@ def abort(version: _Version = None) -> None:
 
 def _abort(version: str | None) -> None:
     from tenfold.rollout.adapters import router
-    from tenfold.rollout.record import latest, newer_rollout, request_abort
+    from tenfold.rollout.record import PROMOTED, latest, newer_rollout, record_abort
 
     settings = get_settings()
     registry = registry_of(settings)
@@ -96,17 +96,30 @@ def _abort(version: str | None) -> None:
                         f"weight to 0 failed ({exc}): is the serving fleet (or the URL map) reachable?") from exc
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}); canary set to 0 %")
         return
+    # Recorded first (a registry error is the registry's message, never "recorded"): the router is reached after.
+    first, outcome = record_abort(registry, rollout, by=_operator())
+    if outcome == PROMOTED:  # conclude recorded the promotion before this abort landed
+        raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} was promoted before the abort landed: nothing "
+                    "to abort; `tenfold models rollback` moves the champion back", 3)
     if newer:
-        # An older rollout that never ended (its conclude failed): record the abort, but the canary's weight is
-        # the newer rollout's now.
-        request_abort(registry, None, rollout, by=getpass.getuser())
+        # An older rollout that never ended (its conclude failed): the canary's weight is the newer rollout's now.
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: abort recorded; the canary weight is rollout "
                    f"{newer}'s now and was left alone")
         return
     try:
-        first = request_abort(registry, router(settings), rollout, by=getpass.getuser())
+        router(settings).set_canary_percent(0)
     except Exception as exc:
         raise _fail(f"the abort is recorded, but the canary weight could not be set to 0 ({exc}): "
                     "set it by hand (`tenfold serve split 0`)") from exc
     typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: {'abort requested' if first else 'already aborted'}; "
                "canary at 0 %; the DAG stops at its next poll and moves no alias")
+
+
+def _operator() -> str:
+    """Who aborts, for the record: the login name, or the uid where it has none (a container's user)."""
+    import os
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"

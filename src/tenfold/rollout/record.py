@@ -18,8 +18,10 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.fsio import filesystem_from_uri, make_dirs, write_file_atomically
 from tenfold.registry.registry import ModelRegistry
-from tenfold.rollout import TrafficRouter
 from tenfold.rollout.analysis import Check
+
+# Outcomes of a rollout (its ``end`` event).
+PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"
 
 Record = dict[str, dict[str, Any]]
 
@@ -73,16 +75,16 @@ def newer_rollout(registry: ModelRegistry, rollout_id: str) -> str | None:
     return found[0].rollout_id if found is not None and found[0].rollout_id != rollout_id else None
 
 
-def request_abort(registry: ModelRegistry, router: TrafficRouter | None, rollout: Rollout, *, by: str) -> bool:
-    """Record an abort and take the canary's traffic away now (``router``; None leaves the weight alone, for a
-    rollout whose canary is no longer the router's); the running step stops at its next poll.
-
-    False when the rollout was already aborted. The weight goes to 0 either way."""
-    first = registry.record_rollout_event(rollout.version, rollout.rollout_id, "abort",
-                                          {"at": dt.datetime.now(dt.UTC).isoformat(), "by": by})
-    if router is not None:
-        router.set_canary_percent(0)
-    return first
+def record_abort(registry: ModelRegistry, rollout: Rollout, *, by: str) -> tuple[bool, str]:
+    """Record an abort (the running step stops at its next poll), and the rollout's end as aborted unless it ended
+    first. The end is the one create-only event the DAG's ``conclude`` records too: whichever is first decides, so
+    an abort that lands while ``conclude`` decides is never carried out as a promotion. Returns (whether this is the
+    first abort, the outcome the end records); the caller takes the canary's traffic away unless it is promoted."""
+    at = dt.datetime.now(dt.UTC).isoformat()
+    first = registry.record_rollout_event(rollout.version, rollout.rollout_id, "abort", {"at": at, "by": by})
+    registry.record_rollout_event(rollout.version, rollout.rollout_id, "end",
+                                  {"at": at, "outcome": ABORTED, "reasons": [f"aborted by {by}"]})
+    return first, str(registry.rollout_events(rollout.version, rollout.rollout_id)["end"]["outcome"])
 
 
 def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_percent: int | None = None) -> str:

@@ -330,3 +330,74 @@ def test_a_rollout_stopped_by_a_failed_step_task_is_not_alerted_twice(monkeypatc
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.FAILED and pipeline.STEP_TASK_FAILED in done["reasons"][0]
     assert alerts == []
+
+
+def test_an_abort_that_lands_while_conclude_decides_wins_over_the_promotion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude read the record (no abort), then `tenfold rollout abort` recorded its abort and set the weight to 0,
+    then conclude recorded promoted: the canary went back to 100 % and the champion moved, though the CLI had said
+    "moves no alias". The end is the one create-only event both record: the first decides."""
+    from tenfold.rollout.record import record_abort
+
+    class AbortedMidway(FullRegistry):
+        landed = False
+
+        def resolve(self, alias: str) -> str | None:
+            if not self.landed:  # the CLI's abort, between conclude's read of the record and its decision
+                self.landed = True
+                assert record_abort(self, run.rollout, by="oncall") == (True, pipeline.ABORTED)
+            return super().resolve(alias)
+
+    router = Router()
+    run, places, registry = _setup(router, Observer(), AbortedMidway())
+    for i in range(1, len(run.steps) + 1):
+        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
+        for c in (1, 2):
+            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.ABORTED and registry.events["end"]["reasons"] == ["aborted by oncall"]
+    assert registry.promoted == [] and registry.champion == "v1"
+    assert 100 not in router.calls and router.percent == 0
+
+
+def test_an_abort_after_the_promotion_was_recorded_says_so_and_changes_nothing() -> None:
+    from tenfold.rollout.record import record_abort
+
+    run, places, registry = _setup(Router(), Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.PROMOTED, "reasons": []}
+    assert record_abort(registry, run.rollout, by="oncall") == (True, pipeline.PROMOTED)
+    assert registry.events["end"]["outcome"] == pipeline.PROMOTED
+
+
+@pytest.mark.parametrize("fault", ["no-login-name", "router-unreachable"])
+def test_the_abort_command_says_recorded_only_when_it_is(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """The router was built and the user looked up before the abort was recorded, under one `except`: a container
+    user with no passwd entry (getpass's KeyError) or a router that could not be built printed "the abort is
+    recorded" when nothing was, and the DAG went on stepping."""
+    import getpass
+    import os
+
+    from typer.testing import CliRunner
+
+    from tenfold.rollout import adapters, record
+    from tenfold.rollout import cli as rollout_cli
+
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    router.percent = 25
+    monkeypatch.setattr(rollout_cli, "get_settings", lambda: None)
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(record, "latest", lambda reg, version: (run.rollout, dict(registry.events)))
+    monkeypatch.setattr(record, "newer_rollout", lambda reg, rollout_id: None)
+    if fault == "no-login-name":
+        monkeypatch.setattr(getpass, "getuser", lambda: (_ for _ in ()).throw(KeyError("getpwuid(): uid not found")))
+        monkeypatch.setattr(adapters, "router", lambda settings: router)
+    else:
+        monkeypatch.setattr(adapters, "router", lambda settings: (_ for _ in ()).throw(RuntimeError("no credentials")))
+    result = CliRunner().invoke(rollout_cli.app, ["abort"])
+    assert "abort" in registry.events and registry.events["end"]["outcome"] == pipeline.ABORTED
+    if fault == "no-login-name":
+        assert result.exit_code == 0, result.output
+        assert registry.events["abort"]["by"] == f"uid {os.getuid()}" and router.percent == 0
+    else:
+        assert result.exit_code == 1 and "the abort is recorded, but the canary weight could not be set" in result.output
