@@ -31,6 +31,7 @@ import logging
 import smtplib
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
@@ -113,7 +114,18 @@ def _file_hook(settings: Settings, alert: Alert) -> None:
         out.write(json.dumps(asdict(alert), default=str, sort_keys=True) + "\n")
 
 
-def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[Exception], bool]) -> None:
+def scrubbed(settings: Settings, text: str) -> str:
+    """``text`` without the webhook URL's secret part (its path and query), wherever it quotes it."""
+    url = settings.monitoring.alert_webhook_url
+    if not url:
+        return text
+    parts = urllib.parse.urlsplit(url)
+    secret = url[len(f"{parts.scheme}://{parts.netloc}"):] if parts.scheme and parts.netloc else url
+    return text.replace(url, "<webhook URL>").replace(secret, "/***") if secret else text
+
+
+def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[Exception], bool],
+                  settings: Settings | None = None) -> None:
     """``attempt()``, tried again after each of :data:`RETRY_DELAYS_S` while it fails with a ``transient`` error."""
     for pause in (*RETRY_DELAYS_S, None):
         try:
@@ -122,7 +134,8 @@ def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[E
         except Exception as exc:
             if pause is None or not transient(exc):
                 raise
-            log.warning("alert hook %s failed (%s: %s); trying again in %g s", name, type(exc).__name__, exc, pause)
+            said = scrubbed(settings, str(exc)) if settings is not None else str(exc)
+            log.warning("alert hook %s failed (%s: %s); trying again in %g s", name, type(exc).__name__, said, pause)
             _sleep(pause)
 
 
@@ -136,6 +149,11 @@ def _webhook_transient(exc: Exception) -> bool:
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
     url = settings.monitoring.alert_webhook_url
     assert url is not None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
+        raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, or a space): "
+                         "fix the variable; alerts still go to the log")
     body = json.dumps({"text": alert.text()}).encode()
 
     def post() -> None:
@@ -144,7 +162,7 @@ def _webhook_hook(settings: Settings, alert: Alert) -> None:
             if response.status >= 300:
                 raise RuntimeError(f"webhook answered HTTP {response.status}")
 
-    _with_retries("webhook", post, _webhook_transient)
+    _with_retries("webhook", post, _webhook_transient, settings)
 
 
 def _smtp_transient(exc: Exception) -> bool:
@@ -205,8 +223,9 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
             continue
         try:
             hook(settings, alert)
-        except Exception:
-            log.exception("alert hook %s failed; the alert above was still logged", name)
+        except Exception as exc:  # no traceback: its frames and messages may quote a secret (the webhook's URL)
+            log.error("alert hook %s failed (%s: %s); the alert above was still logged", name, type(exc).__name__,
+                      scrubbed(settings, str(exc)))
             failed.append(name)
     return Sent(alert, tuple(failed))
 

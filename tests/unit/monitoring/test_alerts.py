@@ -145,3 +145,31 @@ def test_an_email_relay_that_says_try_again_later_is_tried_again(make_settings, 
     finally:
         relay.shutdown()
         relay.server_close()
+
+
+def test_a_malformed_webhook_url_never_reaches_the_log(make_settings, caplog):
+    """A webhook URL is a secret: pasted without its scheme, urllib's "unknown url type: '<the URL>'" went to the
+    log with its traceback on every alert."""
+    secret = "/services/T0/B0/SECRETTOKEN"
+    for url in (f"hooks.example.com{secret}", f"https://hooks.example.com{secret} "):
+        settings = make_settings(monitoring={"alert_webhook_url": url})
+        with caplog.at_level(logging.DEBUG):
+            sent = alerts.send_alert(settings, "gate refused", {})
+        assert sent.failed == ("webhook",)
+        assert "not an http(s) URL" in caplog.text and "SECRETTOKEN" not in caplog.text
+        caplog.clear()
+
+
+def test_an_error_quoting_the_webhook_url_is_logged_without_its_secret(make_settings, caplog):
+    def quoting(settings, alert):  # as urllib's InvalidURL and ValueError do
+        raise ValueError(f"unknown url type: {settings.monitoring.alert_webhook_url!r}")
+
+    settings = make_settings(monitoring={"alert_webhook_url": "https://hooks.example.com/services/SECRETTOKEN"})
+    alerts.register_hook(quoting)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            assert alerts.send_alert(settings, "gate refused", {}).failed[-1] == "quoting"
+    finally:
+        alerts.unregister_hook(quoting)
+    assert "alert hook quoting failed (ValueError: unknown url type: '<webhook URL>')" in caplog.text
+    assert "SECRETTOKEN" not in caplog.text
