@@ -363,7 +363,7 @@ def test_an_abort_that_lands_while_conclude_decides_wins_over_the_promotion(monk
 def test_an_abort_after_the_promotion_was_recorded_says_so_and_changes_nothing() -> None:
     from tenfold.rollout.record import record_abort
 
-    run, places, registry = _setup(Router(), Observer())
+    run, _places, registry = _setup(Router(), Observer())
     registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.PROMOTED, "reasons": []}
     assert record_abort(registry, run.rollout, by="oncall") == (True, pipeline.PROMOTED)
     assert registry.events["end"]["outcome"] == pipeline.PROMOTED
@@ -383,7 +383,7 @@ def test_the_abort_command_says_recorded_only_when_it_is(monkeypatch: pytest.Mon
     from tenfold.rollout import cli as rollout_cli
 
     router = Router()
-    run, places, registry = _setup(router, Observer())
+    run, _places, registry = _setup(router, Observer())
     router.percent = 25
     monkeypatch.setattr(rollout_cli, "get_settings", lambda: None)
     monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
