@@ -207,7 +207,7 @@ def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
 
 
 def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None = None, *,
-               only: Collection[str] | None = None) -> Sent:
+               only: Collection[str] | None = None, log_line: bool = True) -> Sent:
     """Log an alert and deliver it to every configured hook (``only``: to those of these names, the ones that
     failed an earlier send of the same alert, so that the hooks that took it are not sent it again); returns what
     was sent and the hooks that failed.
@@ -216,7 +216,10 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
     hide the first. A caller that records the alert as sent checks :attr:`Sent.delivered` first.
     """
     alert = Alert(title=title, details=dict(details or {}), env=settings.env)
-    log.error("%s %s", LOG_PREFIX, alert.text())  # starts with log_marker(settings.env)
+    if log_line:  # (the cloud's alert policy pages on this line: a re-send to the hooks that failed it says less)
+        log.error("%s %s", LOG_PREFIX, alert.text())  # starts with log_marker(settings.env)
+    else:
+        log.warning("sending the alert %r again, to %s", title, ", ".join(sorted(only or ())) or "every hook")
     failed = []
     for name, hook in configured_hooks(settings):
         if only is not None and name not in only:
@@ -228,6 +231,18 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
                       scrubbed(settings, str(exc)))
             failed.append(name)
     return Sent(alert, tuple(failed))
+
+
+def undelivered(exc: BaseException | None) -> tuple[str, ...]:
+    """The hooks that did not take the alert ``exc`` (or an exception it was raised from) sent itself: ``()`` when
+    it sent none, or every hook took it."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if failed := tuple(getattr(exc, "undelivered", ()) or ()):
+            return failed
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return ()
 
 
 def already_alerted(exc: BaseException | None) -> bool:
@@ -257,6 +272,7 @@ def airflow_failure_callback(context: Mapping[str, Any]) -> None:
     if already_alerted(exc):
         log.info("%s.%s failed after its own alert; not alerting twice", dag_id, task_id)
         return
+    missed = undelivered(exc)  # its own alert reached the log and the other hooks: those are not sent it twice
     send_alert(
         get_settings(),
         f"Airflow task {dag_id}.{task_id} failed",
@@ -267,4 +283,5 @@ def airflow_failure_callback(context: Mapping[str, Any]) -> None:
             "try_number": getattr(ti, "try_number", "?"),
             "error": f"{type(exc).__name__}: {exc}" if exc is not None else "unknown (no exception in the context)",
         },
+        only=missed or None, log_line=not missed,
     )

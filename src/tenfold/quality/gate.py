@@ -129,9 +129,10 @@ class ValidationReport:
 class ValidationFailed(RuntimeError):
     """A batch failed its suite: it was quarantined, not published; the message says what to do."""
 
-    def __init__(self, report: ValidationReport, *, alerted: bool = False) -> None:
+    def __init__(self, report: ValidationReport, *, alerted: bool = False, undelivered: tuple[str, ...] = ()) -> None:
         self.report = report
         self.alerted = alerted  # read by the Airflow failure callback, so one failure alerts once (once delivered)
+        self.undelivered = undelivered  # the hooks that did not take the alert: the callback sends to those alone
         where = f" The batch was quarantined at {report.quarantine_uri}." if report.quarantine_uri else ""
         docs = f" Data Docs: {report.data_docs}." if report.data_docs else ""
         super().__init__(
@@ -370,9 +371,9 @@ def _resolve(settings_or_lake: Settings | Lake, settings: Settings | None) -> tu
 
 def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> ValidationFailed:
     log.error("%s", report.summary())
-    delivered = False
-    if alert:
-        delivered = send_alert(
+    if not alert:
+        return ValidationFailed(report)
+    sent = send_alert(
             settings,
             f"Quality gate refused {report.table} {report.partition}",
             {
@@ -382,9 +383,9 @@ def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> Valid
                 "quarantined_at": report.quarantine_uri,
                 "data_docs": report.data_docs,
             },
-        ).delivered
-    # Not delivered (a hook failed after its retries): the task's failure callback alerts, with the error, instead.
-    return ValidationFailed(report, alerted=delivered)
+        )
+    # Not delivered (a hook failed after its retries): the task's failure callback sends it to that hook alone.
+    return ValidationFailed(report, alerted=sent.delivered, undelivered=sent.failed)
 
 
 # --- the two gates ---------------------------------------------------------------------------------

@@ -191,6 +191,9 @@ def test_a_refusal_whose_alert_was_not_delivered_is_alerted_by_the_failure_callb
     airflow_failure_callback({"task_instance": ti, "exception": caught.value})
     (page,) = flaky_webhook.received
     assert "build_features.validate failed" in page["text"] and READ_CHECK in page["text"]
+    # Only the hook that missed it: the file (and the log, which pages in the cloud) took the refusal's own alert,
+    # and the callback sent it to every hook again.
+    assert caught.value.undelivered == ("webhook",) and len(alerts()) == 1
 
 
 @pytest.fixture(scope="module")
