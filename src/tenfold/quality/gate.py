@@ -432,10 +432,12 @@ def validate_partition(
         raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
-        raise AlreadyRefused(
+        again = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was already refused and quarantined at "
             f"{lake.uri_of(earlier)} (see its _QUARANTINED.json); re-run the job that stages it"
         )
+        again.alerted = True  # the first verdict alerted (or its task's failure callback did): a clear is not paged
+        raise again
     try:
         frame = to_frame(read_batch(lake, _parquet_files(lake, staged)))
     except (OSError, pa.ArrowException, LakeError) as exc:
@@ -480,10 +482,12 @@ def validate_published(
                 raise  # never published: nothing to validate or withdraw
             # This validation refused it too, and another one (the same month's run beside it) withdrew it first:
             # that one quarantined and alerted; re-ingesting would only publish the refused bytes again.
-            raise AlreadyRefused(
+            withdrawn = AlreadyRefused(
                 f"{table} {part.label} failed validation and was withdrawn meanwhile by another run (a validation of the "
                 f"same month, or a reader that found a file corrupt), which quarantined it (under "
-                f"{lake.uri_of(lake.quarantine_path(table, part, ''))}); fix the input and run the month again") from None
+                f"{lake.uri_of(lake.quarantine_path(table, part, ''))}); fix the input and run the month again")
+            withdrawn.alerted = True  # that run alerted it
+            raise withdrawn from None
         except LakeError:
             started_from = None  # an unreadable manifest: _check_published refuses it, and it is withdrawn
         report = _check_published(settings, lake, table, part, suite_name, key=key, docs=docs)

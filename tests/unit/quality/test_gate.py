@@ -52,7 +52,7 @@ def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
     assert alerts() == []
 
 
-def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts):
+def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts, monkeypatch):
     table = synthetic_features(MARCH, 24_000, seed=7)
     rng = np.random.default_rng(1)
     late = (rng.random(table.num_rows) < 0.9).astype(np.int32)
@@ -90,8 +90,17 @@ def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stag
     assert "features 2013-03" in alert["title"] and "expect_column_mean_to_be_between(label)" in alert["details"]["failed"]
     assert caught.value.alerted
     # validating the refused batch again keeps the first verdict instead of quarantining "nothing"
-    with pytest.raises(LakeError, match="already refused"):
+    with pytest.raises(LakeError, match="already refused") as again:
         validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    # ... and the cleared task's failure is not alerted a second time (its first verdict was)
+    from types import SimpleNamespace
+
+    from tenfold.monitoring.alerts import airflow_failure_callback
+
+    ti = SimpleNamespace(dag_id="build_features", task_id="validate", run_id="r", try_number=2)
+    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: settings)
+    airflow_failure_callback({"task_instance": ti, "exception": again.value})
+    assert len(alerts()) == 1
     assert sorted(_quarantine_reason(lake, FEATURES_TABLE, MARCH, "drift1")["failed_expectations"]) == sorted(report.failed_expectations)
 
 
