@@ -89,9 +89,13 @@ def test_flights_rows_that_read_fine_but_cannot_be_right_are_refused(settings, s
     broken = with_values(broken, "arr_delay", departed[:30], None)  # arrivals without a delay: the label reads them as late
     broken = with_values(broken, "arr_time", cancelled[:3], 1200)  # a cancelled flight that arrived
     broken = with_values(broken, "carrier", [5], "ZZ")  # not an airline of airlines.csv
+    broken = with_values(broken, "dep_time", departed[40:41], 1275)  # an actual time that is no clock time either
+    broken = with_values(broken, "arr_time", departed[41:42], 1299)  # (only 1..2400 was checked: both passed)
     report = validate(settings, "flights", broken, part)
     assert sorted(report.failed_expectations) == [
+        "expect_column_values_to_be_in_set(arr_time)",
         "expect_column_values_to_be_in_set(carrier)",
+        "expect_column_values_to_be_in_set(dep_time)",
         "expect_column_values_to_be_in_set(sched_dep_time)",
         "expect_column_values_to_be_null(arr_time)",
         "expect_column_values_to_not_be_null(arr_delay)",
