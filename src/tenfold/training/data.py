@@ -66,9 +66,10 @@ class StaleFeaturesError(LakeError):
 
 
 class RepublishedFeaturesError(LakeError):
-    """The feature partitions hold other content than the run pinned (a month was re-published since)."""
+    """The feature partitions hold other content than the run pinned (a month was re-published since).
 
-    retryable = False
+    Retryable as a class: a reader that pinned the content a moment before (monitor_drift's measure) reads the new
+    one on a retry; a run that pinned it in its plan refuses it first, as a PipelineError (train_model)."""
 
 
 def read_features(

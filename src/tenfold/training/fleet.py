@@ -244,8 +244,9 @@ def run_training(
     if previous is not None and previous.get("status") == "succeeded":
         log.info("run %s already succeeded (%s); not starting the group", run_id, marker_uri(settings, run_id))
         # The try that saw it succeed may have failed to scale the group back (its task failed for that): a retry
-        # that returned at once left the GPUs running, the DAG green.
+        # that returned at once left the GPUs running, the DAG green; and the run in the metadata (cleared below).
         _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
+        _clear_run_metadata(settings, client)
         return TrainingRun(run_id, "succeeded", previous, 0.0)
     if previous is not None:
         markers.delete(bucket, name)  # a failed attempt's marker; this attempt resumes from checkpoints

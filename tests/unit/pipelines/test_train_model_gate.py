@@ -294,7 +294,7 @@ def test_a_champion_the_lake_cannot_serve_now_is_retried_not_judged(
 
 
 def test_a_training_month_republished_after_the_plan_is_refused_before_lineage_names_it(
-    gate_settings: Settings, tmp_path: Path
+    gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The plan pins the training window's content (as the holdout's): evaluate refuses a window re-published
     since, so no registered version's lineage names data its model never saw; the ranks refuse it too."""
@@ -308,13 +308,16 @@ def test_a_training_month_republished_after_the_plan_is_refused_before_lineage_n
     assert cfg.data_digest == lake.content_digest(gate_settings.storage.features_table, cfg.partitions)
     read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)  # what it planned: read
     publish_synthetic_features(lake, [Partition.parse("2013-01")], 80, seed=7)  # build_features ran again
-    with pytest.raises(RepublishedFeaturesError, match="re-published since this training run was planned") as met:
+    with pytest.raises(RepublishedFeaturesError, match="re-published since this training run was planned"):
         read_features(lake, cfg.partitions, table=cfg.table, digest=cfg.data_digest)
-    assert met.value.retryable is False  # a task retry would read the same lake: it fails at once (run_step)
-    # The train step refuses before it launches anything (the ranks refused it, after the group scaled up, each try).
+    # The train step refuses (no retry) before it launches anything: the ranks refused it, after the group scaled
+    # up, on every restart and task retry.
+    import tenfold.training.jobs
+
     launched: list[object] = []
+    monkeypatch.setattr(tenfold.training.jobs, "training_job", lambda *a, **k: launched.append(a) or pytest.fail("launched"))
     with pytest.raises(pipeline.PipelineError, match=r"training partitions \['2013-01', '2013-02'\] were re-published"):
-        pipeline.train(gate_settings, planned, igm_client=launched, markers=launched, storage_client=launched)
+        pipeline.train(gate_settings, planned)
     assert launched == []
     with pytest.raises(pipeline.PipelineError, match=r"training partitions \['2013-01', '2013-02'\] were re-published"):
         pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.8))

@@ -156,7 +156,9 @@ def test_retry_after_success_does_not_start_the_group_and_failed_marker_is_clear
     blob.upload_from_string(json.dumps({"status": "succeeded", "exit_code": 0}))
     igm = FakeInstanceGroupManagers()
     run = compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client))
-    assert run.status == "succeeded" and [c[0] for c in igm.calls] == ["get"]  # at 0 already: nothing started
+    assert run.status == "succeeded" and [c[0] for c in igm.calls] == ["get", "patch"]  # at 0 already: nothing started
+    # ... and the run is out of the metadata (the try that saw it succeed may have failed before it cleared it)
+    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})
 
     run_id2, clock = _run_id(), Clock()
     storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id2)).upload_from_string(
