@@ -220,9 +220,11 @@ class Lake:
         """``filesystem`` replaces the one the URI implies (a ``gs://`` lake on the GCS emulator);
         ``gcs_client`` makes the ``google.cloud.storage`` client that a ``gs://`` lake's locks need
         (:meth:`exclusive`), by default the one of the settings the environment gives."""
+        if not uri.strip():
+            raise LakeError("the lake URI is empty: give a file:// or gs:// URI, or a folder")
         self.uri = uri.rstrip("/")
-        if "://" not in self.uri and not self.uri.startswith("/"):  # a relative path: from the working folder
-            self.uri = str(Path(self.uri).resolve())
+        if not urlparse(self.uri).scheme and not self.uri.startswith("/"):  # a folder: ~ and relative ones resolved
+            self.uri = str(Path(self.uri).expanduser().resolve())
         self._gcs_client_factory = gcs_client
         self._gcs_client: Any = None
         self.layout = layout

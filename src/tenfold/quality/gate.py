@@ -306,8 +306,8 @@ def run_suite(
                 return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name,
                                   batch_uri=batch_uri, site=site, run_name=run_name)
         except Exception as exc:  # a fault of the suite itself meets the run below again, and is raised there
-            log.warning("the Data Docs of %s %s could not be written (%s: %s): validating without them", table,
-                        part.label, type(exc).__name__, str(exc)[:300])
+            log.warning("validating %s %s with Data Docs failed (%s: %s): validating it again without them (a fault "
+                        "of the suite itself is raised then)", table, part.label, type(exc).__name__, str(exc)[:300])
     return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
                       site=None, run_name=run_name)
 

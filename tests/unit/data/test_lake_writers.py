@@ -70,3 +70,15 @@ def test_a_lake_given_as_a_relative_path_is_the_folder_under_the_working_one(tmp
     lake.publish("t", Partition(2013, 1), str(staged), run_id="r")
     assert (tmp_path / "relative" / "lake" / "t").is_dir()
     assert Lake(str(tmp_path / "relative" / "lake")).read_table("t", [Partition(2013, 1)]).num_rows == 2
+
+
+def test_uris_with_a_scheme_are_not_taken_for_relative_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenfold.data.lake import LakeError
+
+    monkeypatch.chdir(tmp_path)
+    assert Lake(f"file:{tmp_path}/lake").root == str(tmp_path / "lake")  # the single-slash form Spark prints
+    with pytest.raises(LakeError, match="empty"):
+        Lake("")
+    with pytest.raises(Exception, match="bucket"):
+        Lake("gs:/typo")  # refused, not a local folder named gs:
+    assert not list(tmp_path.iterdir())
