@@ -74,7 +74,13 @@ def test_one_month_runs_end_to_end_and_publishes(asset_events, runner: Runner, f
     lake = runner.lake
     manifest = lake.read_manifest(FEATURES_TABLE, FEB)
     assert manifest.rows == FEB_FLIGHTS
-    assert manifest.extra == CONTRACT.manifest_extra(validated_by="features")
+    # the lookups' published folders name the build the features belong to (features.online.LOOKUPS_KEY)
+    from tenfold.features.online import LOOKUPS_KEY, lookup_table
+
+    built = manifest.extra[LOOKUPS_KEY]
+    assert {k: v for k, v in manifest.extra.items() if k != LOOKUPS_KEY} == CONTRACT.manifest_extra(validated_by="features")
+    assert built == {name: lake.read_manifest(lookup_table(runner.settings.storage.lookups_table, name), FEB).data_dir
+                     for name in CONTRACT.lookup_tables}
     paths = lake.files(FEATURES_TABLE, FEB, verify=True)  # the job's fixed set of files, in manifest order
     assert paths and len(paths) == len(manifest.files)
     table = pa.concat_tables([pq.read_table(p) for p in paths])
