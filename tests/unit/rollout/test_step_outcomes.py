@@ -88,6 +88,14 @@ def _setup(router: Router, observer: Observer, registry: FullRegistry | None = N
     return run, places, registry
 
 
+def _every_step_passed(registry: FullRegistry, run: Any) -> None:
+    """Record every step set and passed (two passing checks each, as ``_setup``'s policy asks)."""
+    for i in range(1, len(run.steps) + 1):
+        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
+        for c in (1, 2):
+            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+
+
 def test_a_rollback_whose_weight_could_not_be_set_sets_it_on_the_retry() -> None:
     """The weight goes to 0 before the outcome is recorded: a failed call fails the task with nothing recorded,
     and its retry rolls back again. (Recorded first, the retry found the end and left the canary its 25 %.)"""
@@ -143,10 +151,7 @@ def test_every_step_passed_but_the_champion_moved_ends_failed_with_a_report(monk
     """Recorded as promoted and then refused, the rollout said "promoted" forever and never wrote its report."""
     router = Router()
     run, places, registry = _setup(router, Observer(), FullRegistry(champion="v9"))
-    for i in range(1, len(run.steps) + 1):
-        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
-        for c in (1, 2):
-            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    _every_step_passed(registry, run)
     monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.FAILED and done["report"] == "file:///report.html"
@@ -283,10 +288,7 @@ def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone
 
     router, deployer = MovesChampion(), Rolls()
     run, places, registry = _setup(router, Observer(), Swapping(), deployer)
-    for i in range(1, len(run.steps) + 1):
-        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
-        for c in (1, 2):
-            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    _every_step_passed(registry, run)
     monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
     with pytest.raises(pipeline.PipelineError, match="the champion moved to v7 during rollout r1"):
         pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
@@ -349,10 +351,7 @@ def test_an_abort_that_lands_while_conclude_decides_wins_over_the_promotion(monk
 
     router = Router()
     run, places, registry = _setup(router, Observer(), AbortedMidway())
-    for i in range(1, len(run.steps) + 1):
-        registry.events[f"s{i:02d}-set"] = {"at": T0.isoformat(), "step": i, "percent": run.steps[i - 1]}
-        for c in (1, 2):
-            registry.events[f"s{i:02d}-c{c:03d}"] = {"at": T0.isoformat(), "verdict": "pass", "reasons": [], "values": {}}
+    _every_step_passed(registry, run)
     monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.ABORTED and registry.events["end"]["reasons"] == ["aborted by oncall"]
