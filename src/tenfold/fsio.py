@@ -22,7 +22,8 @@ _OBJECT_STORES = frozenset({"gcs", "s3"})
 
 
 def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries (a file renamed or linked into it, a folder created in it) to disk."""
+    """Flush a folder's entries (a file renamed or linked into it, a folder created in it) to disk; given a file,
+    its bytes (it is opened read-only the same way)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -34,7 +34,6 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -50,7 +49,7 @@ import pyarrow.parquet as pq
 
 from tenfold.config.settings import LakeLayout
 from tenfold.data.partition import Partition, month_range
-from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri, make_dirs
+from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri, fsync_dir, make_dirs
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -509,13 +508,8 @@ class Lake:
         A publish flushes every data file and its folder before the manifest names them, and the manifest's rename
         after: a power loss (not only a crash) then never leaves a manifest naming files that never reached the
         disk, with the month they replaced already removed."""
-        if self._gcs or not isinstance(self.fs, pafs.LocalFileSystem):
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if not self._gcs and isinstance(self.fs, pafs.LocalFileSystem):
+            fsync_dir(path)
 
     def _staged_files(self, staged: str) -> list[pafs.FileInfo]:
         return sorted(
