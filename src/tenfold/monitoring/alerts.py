@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -233,27 +233,24 @@ def send_alert(settings: Settings, title: str, details: Mapping[str, Any] | None
     return Sent(alert, tuple(failed))
 
 
+def _raised_from(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (causes, then contexts), at most ten."""
+    seen = 0
+    while exc is not None and seen < 10:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+
+
 def undelivered(exc: BaseException | None) -> tuple[str, ...]:
     """The hooks that did not take the alert ``exc`` (or an exception it was raised from) sent itself: ``()`` when
     it sent none, or every hook took it."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if failed := tuple(getattr(exc, "undelivered", ()) or ()):
-            return failed
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return ()
+    return next((failed for e in _raised_from(exc) if (failed := tuple(getattr(e, "undelivered", ()) or ()))), ())
 
 
 def already_alerted(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an exception it was raised from) already sent its own, richer alert."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if getattr(exc, "alerted", False):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    return any(getattr(e, "alerted", False) for e in _raised_from(exc))
 
 
 def airflow_failure_callback(context: Mapping[str, Any]) -> None:
