@@ -191,12 +191,16 @@ def utc_stamp() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _actor() -> str:
+def login_name() -> str | None:
+    """This process's login name; None where its uid has none (a container's user without a passwd entry)."""
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+        return None
+
+
+def _actor() -> str:
+    return f"{login_name() or 'unknown'}@{socket.gethostname()}"
 
 
 def check_alias(alias: str) -> str:

@@ -12,7 +12,6 @@ and 3 when no rollout is recorded (of ``V``).
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Annotated
 
@@ -119,7 +118,6 @@ def _operator() -> str:
     """Who aborts, for the record: the login name, or the uid where it has none (a container's user)."""
     import os
 
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+    from tenfold.registry.registry import login_name
+
+    return login_name() or f"uid {os.getuid()}"
