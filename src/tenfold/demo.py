@@ -261,7 +261,7 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
     then the outcome; returns the outcome (None if no run started)."""
     from tenfold.registry import ModelRegistry
     from tenfold.rollout.analysis import Check
-    from tenfold.rollout.record import is_check, latest
+    from tenfold.rollout.record import PROMOTION_REFUSED, is_check, latest, outcome
 
     run_id = None
     deadline = time.monotonic() + 120
@@ -291,6 +291,8 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
                     say(f"    check {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
                 elif key == "end":
                     say(f"  decision: {e['outcome'].replace('_', ' ').upper()}" + (f" ({'; '.join(e['reasons'])})" if e["reasons"] else ""))
+                elif key == PROMOTION_REFUSED:
+                    say(f"  promotion refused: {'; '.join(e['reasons'])}")
                 elif key == "done":
                     say(f"  report: {e['report']}")
         state = str(api.run(ROLLOUT, run_id)["state"])
@@ -298,8 +300,8 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
             if state == "failed":
                 say(f"{ROLLOUT} run {run_id} failed in {', '.join(api.failed_tasks(ROLLOUT, run_id)) or 'a task'}: "
                     f"see {airflow_url(settings)}/dags/{ROLLOUT}")
-            if found and "end" in found[1]:
-                return str(found[1]["end"]["outcome"])
+            if found and (came_to := outcome(found[1])) is not None:
+                return came_to
             return "failed" if state == "failed" else "no decision"  # it ran: never "no run" in the table
         if time.monotonic() > deadline:
             raise DemoError(f"{ROLLOUT} did not finish in time; see {airflow_url(settings)}/dags/{ROLLOUT}")

@@ -354,8 +354,9 @@ def test_a_rollout_whose_champion_moved_meanwhile_promotes_nothing_and_leaves_st
     pipeline._end(pipeline.places(settings), run, pipeline.PROMOTED, [])  # every step passed...
     rollouts.registry.promote(other, reason="another rollout promoted its version meanwhile")  # ...but this landed
     try:
-        with pytest.raises(pipeline.PipelineError, match=f"the champion moved to {other} during rollout"):
-            pipeline.conclude(settings, run)  # recorded promoted before the champion moved: refused, every retry
+        done = pipeline.conclude(settings, run)  # recorded promoted before the champion moved: refused, and failed
+        assert done["outcome"] == pipeline.FAILED and f"the champion moved to {other} during rollout" in done["reasons"][0]
+        assert "Outcome: <b id=\"outcome\">failed</b>" in Path(done["report"].removeprefix("file://")).read_text()
         assert rollouts.registry.resolve(CHAMPION) == other and rollouts.router.canary_percent() == 0
         st = fleet_mod.read_status(settings)
         assert st is not None and {r.version for r in st.pools[STABLE].serving()} == stable_before != {version}

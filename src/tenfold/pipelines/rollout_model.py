@@ -12,7 +12,7 @@ last step it promotes: the stable pool moves to the new version, the canary weig
 
 **The record is the state.** Every action and every check is an event in the registry
 (:meth:`~tenfold.registry.registry.ModelRegistry.record_rollout_event`, create-only, under a deterministic
-key: ``start``, ``deployed``, ``s01-set``, ``s01-c001``, ..., ``end``, ``done``). A step first looks at
+key: ``start``, ``deployed``, ``s01-set``, ``s01-c001``, ..., ``end``, ``promotion_refused``, ``done``). A step first looks at
 the record: a retried task or a restarted scheduler continues from the recorded step, never applies a
 step twice (the weight is set, then ``sNN-set`` is created once) and never skips a check. An ``abort``
 event (``tenfold rollout abort``) stops the rollout at the next poll: weight 0, no alias moves.
@@ -44,6 +44,7 @@ from tenfold.rollout.record import (
     ABORTED,
     FAILED,
     PROMOTED,
+    PROMOTION_REFUSED,
     ROLLED_BACK,
     Rollout,
     check_key,
@@ -258,6 +259,8 @@ def deploy(settings: Settings, run: RolloutRun | Mapping[str, Any], *, p: Places
         return run
     if _aborted(p, run):
         return run
+    if _superseded(p, run):
+        return run
     p.router.set_canary_percent(0)  # nothing reaches the canary pool while its replicas change
     p.deployer.deploy(CANARY, run.version)
     _record(p, run, "deployed", {"pool": CANARY, "version": run.version})
@@ -274,9 +277,29 @@ def _aborted(p: Places, run: RolloutRun) -> bool:
 
 def _abort_now(p: Places, run: RolloutRun, why: str) -> str:
     """An abort wins: canary weight 0, then the end recorded as aborted; returns the outcome."""
-    p.router.set_canary_percent(0)
+    _no_canary_traffic(p, run)
     _end(p, run, ABORTED, [why])
     return ABORTED
+
+
+def _no_canary_traffic(p: Places, run: RolloutRun) -> None:
+    """Canary weight 0, unless a newer rollout has started since: the weight is that rollout's canary's then."""
+    if _newest(p, run):
+        p.router.set_canary_percent(0)
+
+
+def _superseded(p: Places, run: RolloutRun) -> bool:
+    """Whether a newer rollout has started since this one (which never ended: its run failed, and a task of it was
+    cleared). The canary pool and the weight are the newer one's: this one ends failed, and touches neither."""
+    from tenfold.rollout.record import newer_rollout
+
+    newer = newer_rollout(p.registry, run.rollout_id)
+    if newer is None:
+        return False
+    _end(p, run, FAILED, [f"rollout {newer} started after this one, which had not ended: the canary pool and its "
+                          "weight are that rollout's, and this one stopped without a verdict (trigger it again once "
+                          "that rollout has ended)"])
+    return True
 
 
 def _end(p: Places, run: RolloutRun, outcome: str, reasons: list[str]) -> None:
@@ -298,11 +321,13 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         outcome = str(record["end"]["outcome"])
         # A retry after the weight could not be set: the ended canary gets no traffic (unless a newer rollout,
         # whose canary the weight is now, has started since: a cleared task of an old run must not touch it).
-        if outcome != PROMOTED and _newest(p, run):
-            p.router.set_canary_percent(0)
+        if outcome != PROMOTED:
+            _no_canary_traffic(p, run)
         return outcome
     if "abort" in record:
         return _abort_now(p, run, f"aborted by {record['abort'].get('by', 'an operator')} before step {index}")
+    if _superseded(p, run):  # a cleared step of an older run must not set the newer rollout's canary weight
+        return str(events(p, run)["end"]["outcome"])
     if "deployed" not in record:
         raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
     prev = [k for k in record if k.endswith("-set") and k != set_key(index)]
@@ -327,7 +352,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             return PASS
         if failed_total >= policy.max_failed_checks:
             reasons = [r for _, e in record.items() if e.get("verdict") == FAIL for r in e["reasons"]]
-            p.router.set_canary_percent(0)  # first: an end recorded before a weight that failed to move stays served
+            _no_canary_traffic(p, run)  # first: an end recorded before a weight that failed to move stays served
             _end(p, run, ROLLED_BACK, reasons)
             return ROLLED_BACK
         decisive = [e for _, e in mine if e["verdict"] != NO_DATA]
@@ -348,7 +373,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             if _aborted(p, run):  # the abort that just set the share to 0 is what changed it
                 return _abort_now(p, run, f"aborted during step {index} at {percent} %")
             _end(p, run, FAILED, [changed])  # first: a retry that finds the end sets the weight again
-            p.router.set_canary_percent(0)
+            _no_canary_traffic(p, run)
             return FAILED
         until = p.now() - lag
         # Replicas of several versions, or none serving: this window is not judged (no data; looked at again).
@@ -368,7 +393,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                                   "until": _iso(until), **result.to_dict()})
             log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
-            p.router.set_canary_percent(0)
+            _no_canary_traffic(p, run)
             return FAILED
         _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                               "until": _iso(until), **result.to_dict()})
@@ -437,7 +462,10 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     * rolled back: canary weight 0, the version is marked rejected with the reasons, ``champion`` untouched;
     * aborted: canary weight 0, no alias moves;
     * failed (no data by the deadline, the champion moved meanwhile, or a step task's retries exhausted):
-      canary weight 0, no alias moves, the version not rejected.
+      canary weight 0, no alias moves, the version not rejected. A promotion the champion moved under (after the
+      end was recorded, before the compare-and-swap) is recorded as ``promotion_refused`` and ends the same way.
+
+    A rollout that a newer one has superseded never touches the canary weight (it is the newer one's).
 
     Writes the HTML report to the lake and returns the ``done`` event.
     """
@@ -474,7 +502,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         record = events(p, run)
     outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
     reg = p.registry
-    if outcome == PROMOTED:
+    # A promotion refused once stays refused: a champion moved back since would not make the verdict current.
+    refused = record.get(PROMOTION_REFUSED)
+    if outcome == PROMOTED and refused is None:
         if not _newest(p, run):
             # The canary pool and the weight are a newer rollout's now: carrying this promotion out would send
             # everyone to that rollout's canary while the stable pool rolls.
@@ -490,29 +520,29 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. Serving stays on stable and no alias moves (promote would refuse anyway,
             # but only after the stable pool had been rolled to this version).
+            refused = _refuse_promotion(p, run, current)
+        if refused is None:
+            p.router.set_canary_percent(100)  # whatever a retry finds, users stay on the new version while stable rolls
+            if current != run.version:
+                # The alias first, by compare-and-swap from the champion the rollout was judged against: a promotion
+                # or rollback by hand during the stable pool's roll (minutes) made the swap fail after the pool had
+                # been rolled, leaving it on a version that was never promoted. Moved now, a retry finds it and
+                # rolls the pool.
+                try:
+                    reg.promote(run.version, expected=run.champion, reason=f"canary rollout {run.rollout_id} passed "
+                                "every step", details={"rollout": run.rollout_id, "steps": list(run.steps)})
+                except AliasConflict:
+                    refused = _refuse_promotion(p, run, reg.resolve(CHAMPION))
+        if refused is None:
+            p.deployer.deploy(STABLE, run.version)
             p.router.set_canary_percent(0)
-            raise PipelineError(f"the champion moved to {current} during rollout {run.rollout_id} (it was {run.champion} "
-                                f"when the rollout started): {run.version} is not promoted and the stable pool keeps "
-                                "serving; trigger a new rollout to compare it with the new champion")
-        p.router.set_canary_percent(100)  # whatever a retry finds, users stay on the new version while stable rolls
-        if current != run.version:
-            # The alias first, by compare-and-swap from the champion the rollout was judged against: a promotion or
-            # rollback by hand during the stable pool's roll (minutes) made the swap fail after the pool had been
-            # rolled, leaving it on a version that was never promoted. Moved now, a retry finds it and rolls the pool.
-            try:
-                reg.promote(run.version, expected=run.champion, reason=f"canary rollout {run.rollout_id} passed every "
-                            "step", details={"rollout": run.rollout_id, "steps": list(run.steps)})
-            except AliasConflict as exc:
-                p.router.set_canary_percent(0)
-                raise PipelineError(f"the champion moved to {reg.resolve(CHAMPION)} during rollout {run.rollout_id} "
-                                    f"(it was {run.champion} when the rollout started): {run.version} is not promoted "
-                                    "and the stable pool keeps serving; trigger a new rollout to compare it with the "
-                                    "new champion") from exc
-        p.deployer.deploy(STABLE, run.version)
-        p.router.set_canary_percent(0)
-    else:
-        if _newest(p, run):  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
-            p.router.set_canary_percent(0)
+    if refused is not None:
+        # Carried out like any failed rollout: weight 0, a report, an alert, and a ``done`` that says failed (the
+        # ``end`` alone said "promoted" for ever, with no report).
+        outcome, reasons = FAILED, list(refused["reasons"])
+        _no_canary_traffic(p, run)
+    elif outcome != PROMOTED:
+        _no_canary_traffic(p, run)  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
         if outcome == ROLLED_BACK:
             summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
             reg.record_decision(run.version, f"{ROLLOUT_DECISION_PREFIX}{run.rollout_id}",
@@ -532,6 +562,15 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 
 
 STEP_TASK_FAILED = "a step task failed"
+
+
+def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None) -> dict[str, Any]:
+    """Record that the promotion the rollout ended with is not carried out: the champion is no longer the one the
+    canary was judged against. Returns the recorded event (a retry finds it and does not promote)."""
+    return _record(p, run, PROMOTION_REFUSED, {"outcome": FAILED, "reasons": [
+        f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
+        f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; trigger "
+        "a new rollout to compare it with the new champion"]})
 
 
 def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: RolloutSettings) -> bool:

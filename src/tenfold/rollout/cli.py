@@ -71,7 +71,7 @@ def abort(version: _Version = None) -> None:
 
 def _abort(version: str | None) -> None:
     from tenfold.rollout.adapters import router
-    from tenfold.rollout.record import PROMOTED, latest, newer_rollout, record_abort
+    from tenfold.rollout.record import PROMOTED, latest, newer_rollout, outcome, record_abort
 
     settings = get_settings()
     registry = registry_of(settings)
@@ -80,24 +80,24 @@ def _abort(version: str | None) -> None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
     rollout, record = found
     newer = newer_rollout(registry, rollout.rollout_id)  # a newer rollout's canary is what the router's weight is
-    if "end" in record:
-        outcome = record["end"]["outcome"]
-        if outcome == "promoted" or newer:
+    ended = outcome(record)
+    if ended is not None:
+        if ended == PROMOTED or newer:
             # Promoted, or a newer rollout started since: the canary's weight is not this rollout's to set.
-            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}): nothing to abort"
-                        + (f" (the canary is rollout {newer}'s now)" if newer and outcome != "promoted" else ""), 3)
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({ended}): nothing to abort"
+                        + (f" (the canary is rollout {newer}'s now)" if newer and ended != PROMOTED else ""), 3)
         # Ended without a promotion: its canary must get nothing. Set it again (the DAG sets it too, but a
         # router call that kept failing, or a conclude that never ran, could have left the share behind).
         try:
             router(settings).set_canary_percent(0)
         except Exception as exc:
-            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({outcome}), and setting the canary "
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({ended}), and setting the canary "
                         f"weight to 0 failed ({exc}): is the serving fleet (or the URL map) reachable?") from exc
-        typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({outcome}); canary set to 0 %")
+        typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({ended}); canary set to 0 %")
         return
     # Recorded first (a registry error is the registry's message, never "recorded"): the router is reached after.
-    first, outcome = record_abort(registry, rollout, by=_operator())
-    if outcome == PROMOTED:  # conclude recorded the promotion before this abort landed
+    first, ended = record_abort(registry, rollout, by=_operator())
+    if ended == PROMOTED:  # conclude recorded the promotion before this abort landed
         raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} was promoted before the abort landed: nothing "
                     "to abort; `tenfold models rollback` moves the champion back", 3)
     if newer:

@@ -1,7 +1,7 @@
 """A rollout's record in the registry: reading it, describing it, aborting it, and its HTML report.
 
 The ``rollout_model`` pipeline writes the record (create-only events under deterministic keys: ``start``,
-``deployed``, ``s01-set``, ``s01-c001``, ..., ``abort``, ``end``, ``done``; see
+``deployed``, ``s01-set``, ``s01-c001``, ..., ``abort``, ``end``, ``promotion_refused``, ``done``; see
 :mod:`tenfold.pipelines.rollout_model`); ``tenfold rollout status`` and ``tenfold rollout abort`` read and
 add to it through this module, which needs no pipeline.
 """
@@ -22,6 +22,9 @@ from tenfold.rollout.analysis import Check
 
 # Outcomes of a rollout (its ``end`` event).
 PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"
+# The event of a rollout that ended promoted but whose promotion ``conclude`` could not carry out (the champion
+# moved under it): its outcome is FAILED, whatever ``end`` says.
+PROMOTION_REFUSED = "promotion_refused"
 
 Record = dict[str, dict[str, Any]]
 
@@ -68,6 +71,14 @@ def latest(registry: ModelRegistry, version: str | None = None) -> tuple[Rollout
     return None
 
 
+def outcome(record: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """What the rollout came to: the ``end`` event's outcome, FAILED where the promotion it decided was refused,
+    None while it is in progress."""
+    if PROMOTION_REFUSED in record:
+        return FAILED
+    return str(record["end"]["outcome"]) if "end" in record else None
+
+
 def newer_rollout(registry: ModelRegistry, rollout_id: str) -> str | None:
     """The id of the newest rollout of any version when it is not ``rollout_id`` (the router's canary weight is
     that rollout's), else None."""
@@ -84,7 +95,7 @@ def record_abort(registry: ModelRegistry, rollout: Rollout, *, by: str) -> tuple
     first = registry.record_rollout_event(rollout.version, rollout.rollout_id, "abort", {"at": at, "by": by})
     registry.record_rollout_event(rollout.version, rollout.rollout_id, "end",
                                   {"at": at, "outcome": ABORTED, "reasons": [f"aborted by {by}"]})
-    return first, str(registry.rollout_events(rollout.version, rollout.rollout_id)["end"]["outcome"])
+    return first, str(outcome(registry.rollout_events(rollout.version, rollout.rollout_id)))
 
 
 def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_percent: int | None = None) -> str:
@@ -96,10 +107,10 @@ def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_p
             lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
         elif is_check(key, e):
             lines.append(f"  {e['at']}    {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
-        elif key in ("deployed", "abort", "end", "done"):
+        elif key in ("deployed", "abort", "end", PROMOTION_REFUSED, "done"):
             detail = {k: v for k, v in e.items() if k not in ("at", "run")}
             lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
-    state = record["end"]["outcome"] if "end" in record else "in progress"
+    state = outcome(record) or "in progress"
     lines.append(f"state: {state}" + (f"; canary at {canary_percent} % now" if canary_percent is not None else ""))
     return "\n".join(lines)
 
@@ -147,18 +158,18 @@ def _plot(title: str, checks: list[Mapping[str, Any]], metric: str, scale: float
 def render_report(rollout: Rollout, record: Mapping[str, Mapping[str, Any]]) -> str:
     """A small self-contained HTML page: the outcome, both arms' metrics over the checks as plots, every check."""
     checks = [e for k, e in record.items() if is_check(k, e)]
-    end = record.get("end", {})
+    end = record.get(PROMOTION_REFUSED) or record.get("end", {})
     rows = "".join(
         f"<tr><td>{html.escape(c['at'])}</td><td>{c['step']}</td><td>{c['percent']} %</td>"
         f"<td class='{c['verdict']}'>{c['verdict']}</td>"
         f"<td>{html.escape(Check(c['verdict'], tuple(c['reasons']), c['values']).summary())}</td></tr>" for c in checks)
-    outcome = html.escape(str(end.get("outcome", "in progress")))
+    came_to = html.escape(outcome(record) or "in progress")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Rollout {html.escape(rollout.rollout_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd;font-size:13px}}
 .pass{{color:#2b8a3e}} .fail{{color:#c92a2a}} .no_data{{color:#868e96}}</style></head><body>
 <h1>Rollout {html.escape(rollout.rollout_id)}</h1>
 <p>Version <b>{html.escape(rollout.version)}</b> against champion <b>{html.escape(rollout.champion)}</b>,
-steps {list(rollout.steps)} %, started {html.escape(rollout.started_at)}. Outcome: <b id="outcome">{outcome}</b>
+steps {list(rollout.steps)} %, started {html.escape(rollout.started_at)}. Outcome: <b id="outcome">{came_to}</b>
 {html.escape('; '.join(end.get('reasons', [])))}</p>
 <p><span style="color:#d9480f">canary</span> and <span style="color:#1c7ed6">control</span>, one point per check.</p>
 {_plot("error rate (%)", checks, "error_rate", 100.0, "%")}

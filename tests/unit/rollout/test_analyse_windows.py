@@ -92,6 +92,9 @@ class Registry:
         self.events[key] = dict(body)
         return True
 
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        return []  # no other rollout: this one is the newest
+
 
 class Router:
     def set_canary_percent(self, percent: int) -> None:

@@ -261,8 +261,11 @@ def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every step passed. The alias moves by compare-and-swap before the stable pool rolls: a champion moved by hand
     meanwhile makes the swap fail, and the pool (which took minutes to roll) was never touched. It used to roll the
-    pool first and fail the swap after, leaving the pool on a version that was never promoted."""
+    pool first and fail the swap after, leaving it on a version that was never promoted. The refusal is recorded
+    and the rollout ends failed, with its report and an alert: it used to raise, and the record said "promoted"
+    for ever with no report."""
     from tenfold.registry.errors import AliasConflict
+    from tenfold.rollout.record import describe, outcome
 
     class Swapping(FullRegistry):
         def promote(self, version: str, **kwargs: Any) -> None:
@@ -289,16 +292,96 @@ def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone
     router, deployer = MovesChampion(), Rolls()
     run, places, registry = _setup(router, Observer(), Swapping(), deployer)
     _every_step_passed(registry, run)
-    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
-    with pytest.raises(pipeline.PipelineError, match="the champion moved to v7 during rollout r1"):
-        pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
-    assert deployer.rolled == [], "the stable pool was rolled to a version that was never promoted"
-    assert registry.champion == "v7" and router.percent == 0
-
-    registry.champion = "v1"  # as it was: the promotion goes through, then the pool rolls
+    reports: list[str | None] = []
+    monkeypatch.setattr(pipeline, "write_report",
+                        lambda settings, rollout, record: reports.append(outcome(record)) or "file:///report.html")
+    alerts: list[str] = []
+    places.alert = lambda title, details: alerts.append(title)
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
-    assert done["outcome"] == pipeline.PROMOTED and registry.champion == "v2"
-    assert deployer.rolled == [("stable", "v2")] and router.percent == 0
+    assert done["outcome"] == pipeline.FAILED and done["report"] == "file:///report.html"
+    assert any("the champion moved to v7 during rollout r1" in r for r in done["reasons"])
+    assert deployer.rolled == [], "the stable pool was rolled to a version that was never promoted"
+    assert registry.champion == "v7" and registry.promoted == [] and router.percent == 0
+    assert registry.events["end"]["outcome"] == pipeline.PROMOTED  # decided before the swap failed
+    assert outcome(registry.events) == pipeline.FAILED and reports == [pipeline.FAILED]
+    assert describe(run.rollout, registry.events).endswith("state: failed")
+    assert alerts == ["rollout r1 of v2: failed"]
+
+    registry.champion = "v1"  # moved back: the verdict is still not current, and a re-run does not promote
+    assert pipeline.conclude(None, run, p=places) == done  # type: ignore[arg-type]
+    assert registry.promoted == [] and deployer.rolled == [] and len(alerts) == 1
+
+
+def test_a_refused_promotion_is_not_carried_out_by_a_retry_after_the_champion_moved_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude recorded the refusal and died before its ``done`` (the report's write failed); the champion was
+    moved back meanwhile. The retry must not promote on a verdict against a control that was not the champion."""
+    router = Router()
+    run, places, registry = _setup(router, Observer(), FullRegistry(champion="v9"))
+    _every_step_passed(registry, run)
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.PROMOTED, "reasons": []}
+
+    def lost(settings: Any, rollout: Any, record: Any) -> str:
+        raise OSError("the lake did not answer")
+
+    monkeypatch.setattr(pipeline, "write_report", lost)
+    with pytest.raises(OSError):
+        pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert "promotion_refused" in registry.events and "done" not in registry.events
+    registry.champion = "v1"
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and registry.promoted == [] and router.percent == 0
+    assert 100 not in router.calls
+
+
+def _superseded_by_a_newer_rollout(registry: FullRegistry, run: Any) -> None:
+    newer = pipeline.RolloutRun(rollout_id="r2", airflow_run_id="manual__y", version="v3", champion="v1",
+                                started_at=T0.isoformat(), policy=run.policy)
+    registry.newer = {"at": T0.isoformat(), "run": newer.to_xcom()}
+
+
+def test_a_cleared_step_of_an_older_rollout_that_never_ended_leaves_a_newer_rollouts_weight_alone() -> None:
+    """An older run failed without its end (conclude never ran); a newer rollout began. A step of the old run
+    cleared now used to set its step's share on the newer rollout's canary pool (serving another version)."""
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    _superseded_by_a_newer_rollout(registry, run)
+    router.percent = 25  # the newer rollout's canary, at its step 2
+    assert pipeline.step(None, run, 1, p=places) == pipeline.FAILED  # type: ignore[arg-type]
+    assert router.calls == [] and router.percent == 25
+    (reason,) = registry.events["end"]["reasons"]
+    assert "rollout r2 started after this one" in reason
+    assert not any(k.startswith("s01-") for k in registry.events)
+
+
+def test_a_cleared_deploy_of_an_older_rollout_leaves_the_newer_rollouts_canary_pool_alone() -> None:
+    class Rolls(Deployer):
+        def __init__(self) -> None:
+            super().__init__("v3")
+            self.rolled: list[tuple[str, str]] = []
+
+        def deploy(self, pool: str, version: str) -> None:
+            self.rolled.append((pool, version))
+
+    router, deployer = Router(), Rolls()
+    run, places, registry = _setup(router, Observer(), deployer=deployer)
+    del registry.events["deployed"]
+    _superseded_by_a_newer_rollout(registry, run)
+    router.percent = 25
+    pipeline.deploy(None, run, p=places)  # type: ignore[arg-type]
+    assert deployer.rolled == [] and router.calls == []
+    assert registry.events["end"]["outcome"] == pipeline.FAILED and "deployed" not in registry.events
+
+
+def test_an_aborted_older_rollout_leaves_a_newer_rollouts_weight_alone() -> None:
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    registry.events["abort"] = {"at": T0.isoformat(), "by": "ana"}
+    _superseded_by_a_newer_rollout(registry, run)
+    router.percent = 25
+    assert pipeline.step(None, run, 1, p=places) == pipeline.ABORTED  # type: ignore[arg-type]
+    assert router.calls == [] and router.percent == 25
 
 
 @pytest.mark.parametrize("outcome", [pipeline.ROLLED_BACK, pipeline.PROMOTED])
