@@ -255,3 +255,36 @@ def test_a_replica_whose_model_call_hangs_still_exits_after_its_drain() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
+
+
+_SIGNAL_UNDER_A_METRICS_LOCK = """
+import asyncio, signal
+import uvicorn
+from tenfold.serving import replica
+from tenfold.serving.app import ReplicaState
+from tenfold.serving.metrics import ServerMetrics
+
+metrics = ServerMetrics("stable")
+state = ReplicaState("stable", "champion", metrics)
+server = replica._DrainingServer(uvicorn.Config(lambda *a: None), state)
+
+async def main():
+    metrics.ready(True)
+    with metrics._state_lock:  # the loop's thread inside a metrics update (every predict sets the queue depth)...
+        server.handle_exit(signal.SIGTERM, None)  # ...when the stop signal's handler runs on it
+        print("handler returned", state.status, flush=True)
+    await asyncio.sleep(0.05)
+    print("gauge", metrics.value("tenfold_ready"), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_stop_signal_that_lands_during_a_metrics_update_drains_instead_of_hanging() -> None:
+    """uvicorn's handler runs on the event loop's thread, between two bytecodes: it set the ready gauge under the
+    metrics lock that thread may hold (prometheus_client's locks are not re-entrant either), and the replica hung
+    for good, deaf to every later signal: only SIGKILL ended it."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_UNDER_A_METRICS_LOCK], capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["handler returned draining", "gauge 0.0"]

@@ -143,10 +143,15 @@ class ReplicaState:
         self.status, self.detail = "failed", detail
         self._metrics.ready(False)
 
-    def begin_drain(self) -> None:
-        """Readiness goes false at once; requests already accepted still complete."""
+    def mark_draining(self) -> None:
+        """Readiness goes false (``/readyz`` reads it); the gauge is not touched. Safe in a signal handler, which
+        may run while its thread holds a metrics lock (prometheus_client's are not re-entrant)."""
         if self.status != "failed":
             self.status = "draining"
+
+    def begin_drain(self) -> None:
+        """Readiness goes false at once; requests already accepted still complete."""
+        self.mark_draining()
         self._metrics.ready(False)
 
     def readiness(self) -> Readiness:
@@ -446,7 +451,8 @@ def create_app(
         values = request.headers.getlist(bucket_header)
         value = values[-1].strip() if values else ""
         # isascii: "²" is a digit to isdigit() but not to int() (a 500 for a header any client may send)
-        return int(value) if value.isascii() and value.isdigit() and int(value) < BUCKETS else None
+        # len: int() refuses more than 4,300 digits (a 500, after the model had run)
+        return int(value) if len(value) <= 2 and value.isascii() and value.isdigit() and int(value) < BUCKETS else None
 
     def user_key_of(request: Request) -> str | None:
         """The user key of the header, read as HAProxy hashes it (``req.fhdr``: the last occurrence, whole,

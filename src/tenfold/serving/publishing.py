@@ -103,9 +103,10 @@ class CircuitBreaker:
         with self._lock:
             was_open = self._opened_at is not None
             self._consecutive, self._opened_at, self._trial_since = 0, None, None
+            if was_open:  # reported under the lock: else a failure that opened it just before could report last
+                self._on_change(False)
         if was_open:
             log.warning("circuit breaker of %s closed: publishing again", self.name)
-            self._on_change(False)
 
     def failure(self, count: int = 1) -> None:
         """``count`` failed calls (a publish request of several messages fails for each of them)."""
@@ -117,10 +118,10 @@ class CircuitBreaker:
                 self._opened_at, self._trial_since = now, None  # a failed trial: stay open another reset_s
             elif opening:
                 self._opened_at = now
+                self._on_change(True)  # under the lock, as in success(): the gauge is the breaker's state
         if opening:
             log.warning("circuit breaker of %s open after %d failed publishes: nothing is published to it (samples "
                         "are dropped, feedback is refused with 503) for %.1f s", self.name, self.failures, self.reset_s)
-            self._on_change(True)
 
 
 class Publisher:

@@ -21,6 +21,7 @@ message says why; the replica never serves), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -144,5 +145,12 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             log.info("signal %d: draining (readiness false, finishing requests in flight)", sig)
-        self._state.begin_drain()
+        # The handler runs between two bytecodes of the event loop's thread, which may be inside a metrics update
+        # holding its lock (every predict sets the queue depth): setting the ready gauge here waited for that lock
+        # for ever, and the replica hung. Readiness goes false now; the loop sets the gauge.
+        self._state.mark_draining()
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(self._state.begin_drain)
+        except RuntimeError:  # no loop runs yet (nothing holds a metrics lock)
+            self._state.begin_drain()
         super().handle_exit(sig, frame)

@@ -72,6 +72,36 @@ def test_the_breaker_opens_after_consecutive_failures_and_closes_after_a_good_tr
     assert not b.is_open and b.allow() and changes == [True, False]
 
 
+def test_the_breaker_gauge_ends_as_the_breaker_is_when_a_close_races_an_open() -> None:
+    """Pub/Sub flapping: one callback thread opens the breaker and is preempted before it reports; another's
+    success closes it and reports 0; the first then reported 1. The gauge said "open" while publishing was healthy
+    (a false alert) until the next cycle."""
+    import threading
+
+    from tenfold.serving.metrics import ServerMetrics
+
+    metrics, reporting, go = ServerMetrics("stable"), threading.Event(), threading.Event()
+
+    def on_change(is_open: bool) -> None:
+        if is_open:
+            reporting.set()
+            go.wait(5)  # the opening thread, preempted between deciding and reporting
+        metrics.breaker("feedback", is_open)
+
+    b = CircuitBreaker(1, 60.0, on_change=on_change)
+    opener = threading.Thread(target=b.failure)
+    opener.start()
+    assert reporting.wait(5)
+    closer = threading.Thread(target=b.success)
+    closer.start()
+    closer.join(0.5)  # reported under the breaker's lock, the close waits for the open's report
+    go.set()
+    opener.join(5)
+    closer.join(5)
+    assert not b.is_open
+    assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 0.0
+
+
 def test_a_failed_trial_keeps_it_open_another_period() -> None:
     clock = Clock()
     b = CircuitBreaker(1, 2.0, clock=clock)
