@@ -37,11 +37,14 @@ def _when(ts: object) -> str:
 def inspect_command(run: RunOption = None, as_json: Annotated[bool, typer.Option("--json")] = False,
                     env: EnvOption = None) -> None:
     """Show dead-lettered requests with their run, delivery attempts and the error the worker recorded."""
-    from tenfold.inference.dlq import inspect
+    from tenfold.inference.dlq import DlqError, inspect
 
     settings = command_settings(env)
     try:
         records = inspect(settings, run=run)
+    except DlqError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except Exception as exc:
         typer.echo(f"error: cannot read the dead letters ({type(exc).__name__}: {exc}); is the platform up "
                    "(`tenfold up`)?", err=True)

@@ -19,7 +19,7 @@ import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tenfold.inference.requests import REPLAY
+from tenfold.inference.requests import RECORD_NAME, REPLAY
 from tenfold.inference.runs import drain_dead_letters, mark_replayed, unmark_replayed
 from tenfold.inference.store import RunStore, run_keys, work_objects
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any]]:
     """Every recorded dead letter (of ``run`` only, if given), newest runs first; bodies left out."""
+    _check_run(run)
     objects = work_objects(settings)
     drain_dead_letters(settings, objects=objects)
     out = []
@@ -44,6 +45,13 @@ class DlqError(ValueError):
     """What to replay names no recorded dead letter (a mistyped run key or request id)."""
 
 
+def _check_run(run: str | None) -> None:
+    """A run key that cannot name a run's folder (a path pasted in) is refused before anything is drained."""
+    if run is not None and not RECORD_NAME.match(run):
+        raise DlqError(f"{run[:80]!r} is not a run key (letters, digits, '_', '.' and '-'; no '/'): "
+                       "`tenfold dlq inspect` lists the runs")
+
+
 def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[str] = (),
            include_replayed: bool = False) -> list[dict[str, Any]]:
     """Re-publish dead letters (of ``run``, or only ``request_ids``) to the requests topic; returns what was sent.
@@ -53,6 +61,7 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
     """
     from tenfold.messaging.clients import publisher_client, topic_path
 
+    _check_run(run)
     objects = work_objects(settings)
     drain_dead_letters(settings, objects=objects)
     wanted = set(request_ids)

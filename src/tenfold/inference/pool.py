@@ -156,7 +156,12 @@ class WorkerPool:
                         log.warning("inference worker %d (pid %d) exited; restarting it; last log lines:\n%s",
                                     slot, record.pid, process.log_tail(record.log, 5))
                         self.restarts += 1
-                        self._start_one(slot)
+                        try:
+                            self._start_one(slot)
+                        except Exception as exc:  # (its interpreter gone, the disk full): tried again next round,
+                            # up to max_restarts. Escaping, it ended this thread while alive() went on counting
+                            # the workers as about to be restarted: the run waited out its whole timeout.
+                            log.warning("inference worker %d could not be restarted: %s", slot, exc)
 
     def ready(self) -> int:
         """Workers that have loaded their model (``preload``) and are pulling."""
@@ -174,7 +179,8 @@ class WorkerPool:
 
     def alive(self) -> int:
         """Workers running, or about to be restarted (a pool that keeps crashing stops being restarted)."""
-        if self.restart and not self._stop.is_set() and self.restarts < self.max_restarts:
+        supervised = self._thread is not None and self._thread.is_alive()
+        if self.restart and supervised and not self._stop.is_set() and self.restarts < self.max_restarts:
             return self.workers
         return sum(process.is_running(r) for r in self.records.values())
 

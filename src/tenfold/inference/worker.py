@@ -273,6 +273,7 @@ class _Puller:
         from tenfold.outages import outage_types
 
         self.leaser.start()
+        exhausted = 0  # ResourceExhausted refusals in a row
         while not stop.is_set():
             with self.cond:
                 room = self.max_messages - len(self.in_hand)
@@ -280,20 +281,24 @@ class _Puller:
                 if full:
                     self.cond.wait(self.poll_s)
                     continue
-            # Flow control in bytes too: ask for as many messages as fit in max_bytes at the sizes seen so far.
-            room = max(1, min(room, int(self.max_bytes // max(self.largest, 1))))
+            # Flow control in bytes too: ask for as many messages as fit in max_bytes, and in one response
+            # (PULL_BYTES), at the sizes seen so far.
+            room = max(1, min(room, int(min(self.max_bytes, PULL_BYTES) // max(self.largest, 1))))
             try:
                 # A short bound: the emulator sometimes holds even a return_immediately pull, and a stopping
                 # worker must not wait long on one (the pool SIGKILLs a worker that takes too long to stop).
                 resp = self.client.pull(request={"subscription": self.path, "max_messages": room,
                                                  "return_immediately": True}, timeout=PULL_TIMEOUT_S, retry=None)
             except ResourceExhausted as exc:
-                # Pull half as many next time; a single message over the limit cannot be pulled at all
-                # (keep rows_per_message well below it) and is retried slowly rather than crashing the worker.
+                # A response over the limit: pull half as many next time; a single message over it cannot be pulled
+                # at all (keep rows_per_message well below it) and is retried slowly rather than crashing the worker.
+                # A quota exceeded reads the same: each try waits twice as long as the last (it pulled in a tight
+                # loop, hundreds of calls a second, against the quota it had exhausted).
                 self.largest = max(self.largest, PULL_BYTES // max(1, room // 2))
-                log.warning("a pull of %d messages exceeded the response limit (%s); pulling fewer", room, exc)
-                if room == 1:
-                    stop.wait(5.0)
+                exhausted += 1
+                log.warning("a pull of %d messages was refused as too large or over quota (%s); pulling fewer, "
+                            "more slowly", room, exc)
+                stop.wait(5.0 if room == 1 else min(5.0, 0.1 * 2 ** (exhausted - 1)))
                 continue
             except DeadlineExceeded:
                 continue  # held and cut short: pull again (or stop)
@@ -302,6 +307,7 @@ class _Puller:
                 log.warning("pull failed (%s); retrying", exc)
                 stop.wait(1.0)
                 continue
+            exhausted = 0
             if not resp.received_messages:
                 stop.wait(self.poll_s)
                 continue

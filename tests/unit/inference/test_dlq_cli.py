@@ -98,3 +98,17 @@ def test_an_unknown_env_is_bad_usage_not_an_outage(command: list[str]) -> None:
     result = CliRunner().invoke(cli.app, [*command, "--env", "bogus"])
     assert result.exit_code == 2, result.output
     assert "bogus" in result.output and "platform up" not in result.output and "replay failed" not in result.output
+
+
+@pytest.mark.parametrize("command", ["inspect", "replay"])
+def test_a_run_key_that_cannot_name_a_run_is_bad_usage_before_anything_is_drained(
+        command: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--run a/b` (a path pasted in) said "replay failed ...; re-run it" or "is the platform up?" (exit 1), and
+    every re-run failed the same way."""
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: settings)
+    monkeypatch.setattr(dlq, "drain_dead_letters",
+                        lambda settings, objects=None: (_ for _ in ()).throw(AssertionError("drained")))
+    result = CliRunner().invoke(cli.app, [command, "--run", "runs/k1"])
+    assert result.exit_code == 2, result.output
+    assert "'runs/k1' is not a run key" in result.output
+    assert "re-run it" not in result.output and "platform up" not in result.output

@@ -115,3 +115,29 @@ def test_a_pool_stopped_while_it_waits_never_starts(tmp_path: Path) -> None:
         assert done.wait(30.0)
     finally:
         third.stop()
+
+
+def test_a_worker_that_cannot_be_restarted_ends_the_pool_instead_of_passing_for_alive(tmp_path: Path) -> None:
+    """A worker died and its restart failed (here its interpreter is gone: a venv rebuilt under the run). The error
+    ended the supervisor's thread, and alive() went on counting the worker as about to be restarted: the run waited
+    out its whole timeout (an hour) with no worker, instead of failing at once naming the logs."""
+    import os
+    import signal
+
+    python = tmp_path / "python"
+    python.symlink_to(sys.executable)
+
+    class VanishingPython(WorkerPool):
+        def worker_argv(self, slot: int) -> list[str]:
+            return [str(python), "-c", "import time; time.sleep(300)"]
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    pool = VanishingPython(settings, workers=1).start()
+    try:
+        assert pool.alive() == 1
+        python.unlink()
+        os.kill(pool.records[0].pid, signal.SIGKILL)
+        process.wait_until(lambda: pool.alive() == 0, timeout=20, what="the pool to give its worker up", interval=0.2)
+        assert pool.restarts == pool.max_restarts
+    finally:
+        pool.stop()

@@ -211,6 +211,38 @@ def test_a_pull_that_meets_a_pubsub_outage_pulls_again_instead_of_crashing_the_w
     assert client.pulls == 3
 
 
+def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(settings: Settings) -> None:
+    """A response over the limit (or a quota exceeded) was answered by "pulling fewer", but the next pull asked for
+    as many (the bound was max_bytes, 64 MiB, not the response limit) and came at once: hundreds of thousands of
+    pulls a second, forever, against the quota that was exhausted."""
+    import threading
+    import time
+
+    from google.api_core.exceptions import ResourceExhausted
+
+    stop = threading.Event()
+    asked: list[int] = []
+
+    class Client:
+        def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
+            asked.append(request["max_messages"])
+            raise ResourceExhausted("Received message larger than max")
+
+    puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
+    runner = threading.Thread(target=puller.run, args=(stop,))
+    started = time.monotonic()
+    runner.start()
+    try:
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        runner.join(10)
+        puller.close(timeout=1)
+    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert settings.inference.max_messages == 8
+    assert asked == [8, 4, 2, 1], f"{len(asked)} pulls in 1 s, asking for {sorted(set(asked))} messages"
+
+
 def test_a_dead_letter_drain_that_meets_an_outage_keeps_the_run_waiting(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The drain runs inside the wait for a run's results: an outage there failed the whole score try."""
