@@ -108,7 +108,7 @@ def test_drift_starts_a_retrain_and_the_schedule_the_rest_and_each_challenger_me
     triggered = [r for r in api.runs(demo.TRAIN) if r.get("run_type") == "asset_triggered"]
     assert len(triggered) == len(drifted), [r["dag_run_id"] for r in triggered]
     from tenfold.registry import CHAMPION, ModelRegistry
-    from tenfold.rollout.record import latest
+    from tenfold.rollout.record import latest, outcome
 
     registry = ModelRegistry(lifecycle.settings)
     rolled: list[demo.MonthRow] = []
@@ -118,7 +118,7 @@ def test_drift_starts_a_retrain_and_the_schedule_the_rest_and_each_challenger_me
             # The challenger met the canary, and the table says what the registry recorded of it. "failed" only
             # for a canary whose feedback did not come in by the no-data deadline (judged neither way, safe).
             found = latest(registry, row.retrain)
-            assert found is not None and found[1]["end"]["outcome"] == row.rollout, row
+            assert found is not None and outcome(found[1]) == row.rollout, row
             reasons = found[1]["end"]["reasons"]
             assert row.rollout in ("promoted", "rolled_back") or (
                 row.rollout == "failed" and any("no data for" in r for r in reasons)

@@ -75,7 +75,9 @@ def test_a_batch_gives_what_single_requests_give(make_client: Any, auth: dict[st
     (b"\xb9\xb2", None),
     (b"100", None),
     (b"-1", None),
-    (b"0" * 4301, None),  # more digits than int() converts (a 500 after the model had run)
+    (b"1" * 4301, None),  # more digits than int() converts (a 500 after the model had run)
+    (b"0" * 4300 + b"7", 7),  # zero-padded: its number
+    (b"00", 0),
 ])
 def test_the_routed_bucket_header_is_read_only_when_it_is_a_bucket(client: Any, auth: dict[str, str],
                                                                     serving_settings: Any, value: bytes,

@@ -262,6 +262,7 @@ class _Puller:
         self.poll_s = min(0.2, inf.poll_interval_s)
         self.in_hand: dict[str, _Delivery] = {}
         self.largest = 1  # the largest message body seen (bytes): bounds how many one pull asks for
+        self.pull_cap = self.max_messages  # halved by each refused pull, doubled back by each answered one
         self.cond = threading.Condition()
         self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
         self._stop_leases = threading.Event()
@@ -283,7 +284,7 @@ class _Puller:
                     continue
             # Flow control in bytes too: ask for as many messages as fit in max_bytes, and in one response
             # (PULL_BYTES), at the sizes seen so far.
-            room = max(1, min(room, int(min(self.max_bytes, PULL_BYTES) // max(self.largest, 1))))
+            room = max(1, min(room, self.pull_cap, int(min(self.max_bytes, PULL_BYTES) // max(self.largest, 1))))
             try:
                 # A short bound: the emulator sometimes holds even a return_immediately pull, and a stopping
                 # worker must not wait long on one (the pool SIGKILLs a worker that takes too long to stop).
@@ -294,7 +295,7 @@ class _Puller:
                 # at all (keep rows_per_message well below it) and is retried slowly rather than crashing the worker.
                 # A quota exceeded reads the same: each try waits twice as long as the last (it pulled in a tight
                 # loop, hundreds of calls a second, against the quota it had exhausted).
-                self.largest = max(self.largest, PULL_BYTES // max(1, room // 2))
+                self.pull_cap = max(1, room // 2)
                 exhausted += 1
                 log.warning("a pull of %d messages was refused as too large or over quota (%s); pulling fewer, "
                             "more slowly", room, exc)
@@ -307,7 +308,8 @@ class _Puller:
                 log.warning("pull failed (%s); retrying", exc)
                 stop.wait(1.0)
                 continue
-            exhausted = 0
+            # Answered: the cap grows back (a quota hit passes; messages too large for more keep ``largest`` high).
+            exhausted, self.pull_cap = 0, min(self.max_messages, self.pull_cap * 2)
             if not resp.received_messages:
                 stop.wait(self.poll_s)
                 continue

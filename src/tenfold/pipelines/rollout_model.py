@@ -488,6 +488,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             # The verdict was reached, but the step could not take the canary's share away (its router call failed
             # on every try) and so never recorded its end: it is a rollback all the same, and the version is rejected.
             _end(p, run, ROLLED_BACK, [r for e in failed for r in e["reasons"]])
+        elif _superseded(p, run):  # ends it failed: a newer rollout started while this one had not ended (recorded
+            pass  # promoted, it raised on every try: "promoted" for ever, with no report)
         elif passed and current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. It ends failed (not rejected: it may be rolled out against the new one).

@@ -451,8 +451,10 @@ def create_app(
         values = request.headers.getlist(bucket_header)
         value = values[-1].strip() if values else ""
         # isascii: "²" is a digit to isdigit() but not to int() (a 500 for a header any client may send)
-        # len: int() refuses more than 4,300 digits (a 500, after the model had run)
-        return int(value) if len(value) <= 2 and value.isascii() and value.isdigit() and int(value) < BUCKETS else None
+        # Zero-padded reads as its number (as the URL map's range match does); int() refuses more than 4,300
+        # digits (a 500, after the model had run), so a longer number is none.
+        digits = value.lstrip("0") or ("0" if value else "")
+        return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 2 and int(digits) < BUCKETS else None
 
     def user_key_of(request: Request) -> str | None:
         """The user key of the header, read as HAProxy hashes it (``req.fhdr``: the last occurrence, whole,

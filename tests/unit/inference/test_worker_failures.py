@@ -211,7 +211,9 @@ def test_a_pull_that_meets_a_pubsub_outage_pulls_again_instead_of_crashing_the_w
     assert client.pulls == 3
 
 
-def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(settings: Settings) -> None:
+@pytest.mark.parametrize("refused", [None, 3])
+def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(settings: Settings,
+                                                                           refused: int | None) -> None:
     """A response over the limit (or a quota exceeded) was answered by "pulling fewer", but the next pull asked for
     as many (the bound was max_bytes, 64 MiB, not the response limit) and came at once: hundreds of thousands of
     pulls a second, forever, against the quota that was exhausted."""
@@ -226,21 +228,28 @@ def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(setti
     class Client:
         def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
             asked.append(request["max_messages"])
-            raise ResourceExhausted("Received message larger than max")
+            if refused is None or len(asked) <= refused:
+                raise ResourceExhausted("Received message larger than max")
+            if len(asked) >= 8:
+                stop.set()
+            return type("Response", (), {"received_messages": []})()
 
     puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
     runner = threading.Thread(target=puller.run, args=(stop,))
     started = time.monotonic()
     runner.start()
     try:
-        time.sleep(1.0)
+        stop.wait(1.0 if refused is None else 10.0)  # always refused: a second of it; else until its 8th pull
     finally:
         stop.set()
         runner.join(10)
         puller.close(timeout=1)
-    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert not runner.is_alive() and time.monotonic() - started < 8
     assert settings.inference.max_messages == 8
-    assert asked == [8, 4, 2, 1], f"{len(asked)} pulls in 1 s, asking for {sorted(set(asked))} messages"
+    if refused is None:
+        assert asked == [8, 4, 2, 1], f"{len(asked)} pulls in 1 s, asking for {sorted(set(asked))} messages"
+    else:  # the refusals passed (a quota hit): it asks for as many as before again, not one at a time for good
+        assert asked == [8, 4, 2, 1, 2, 4, 8, 8]
 
 
 def test_a_dead_letter_drain_that_meets_an_outage_keeps_the_run_waiting(

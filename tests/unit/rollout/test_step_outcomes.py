@@ -374,6 +374,25 @@ def test_a_cleared_deploy_of_an_older_rollout_leaves_the_newer_rollouts_canary_p
     assert registry.events["end"]["outcome"] == pipeline.FAILED and "deployed" not in registry.events
 
 
+def test_a_cleared_conclude_of_an_older_rollout_that_never_ended_ends_it_failed_with_a_report(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step passed, but its conclude gave up before recording the end; a newer rollout began. Cleared now, the
+    conclude recorded "promoted" and then refused to carry it out over the newer rollout, on every try: the record
+    said promoted for ever, with no report, and `tenfold rollout abort` refused it as promoted."""
+    from tenfold.rollout.record import outcome
+
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    _every_step_passed(registry, run)
+    _superseded_by_a_newer_rollout(registry, run)
+    router.percent = 25
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and "rollout r2 started after this one" in done["reasons"][0]
+    assert outcome(registry.events) == pipeline.FAILED and done["report"] == "file:///report.html"
+    assert registry.promoted == [] and router.calls == [] and router.percent == 25
+
+
 def test_an_aborted_older_rollout_leaves_a_newer_rollouts_weight_alone() -> None:
     router = Router()
     run, places, registry = _setup(router, Observer())
