@@ -69,6 +69,8 @@ def save_model(
     ``extra`` (training config, lineage hints) is stored under ``meta["extra"]``; ``calibration`` (fitted
     on the validation slice) under ``meta["calibration"]``, which :func:`load_model` applies.
     """
+    from tenfold.workloads import VERSION_KEY, get_workload
+
     shaped: Any = model  # a workload's module keeps vocab_sizes and num_inputs (Workload.build_model)
     if tuple(shaped.vocab_sizes) != tuple(preprocessing.vocab_sizes.values()) or shaped.num_inputs != preprocessing.num_inputs:
         raise ValueError("model input shapes do not match the preprocessing it is saved with")
@@ -81,6 +83,9 @@ def save_model(
     meta = {
         "version": META_VERSION,
         "workload": workload,
+        # The feature definitions it learnt from (training reads only partitions of the code's version): a model
+        # of another version is refused on load, never fed features that no longer mean what it learnt.
+        VERSION_KEY: get_workload(workload).contract.version,
         "model_class": type(model).__name__,
         "config": config.to_dict(),
         "categorical_columns": list(preprocessing.categorical_columns),
@@ -204,7 +209,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     where = Path(directory)
     meta = read_meta(where)
     from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.workloads import WorkloadError, get_workload
+    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
 
     # Folders saved before workloads were named hold the reference workload's model.
     name = meta.get("workload", DEFAULT_WORKLOAD)
@@ -214,6 +219,13 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         workload = get_workload(name)
     except WorkloadError as exc:
         raise ModelLoadError(f"{where / META_FILE} names workload {name!r}, which cannot be loaded here: {exc}") from exc
+    # Folders saved before the version was recorded are read as they always were.
+    trained_on, builds = meta.get(VERSION_KEY), workload.contract.version
+    if trained_on is not None and trained_on != builds:
+        raise ModelLoadError(
+            f"{where / META_FILE}: the model learnt from version {trained_on} of workload {name}'s feature definitions, "
+            f"and this code builds version {builds}: fed today's features, its predictions would mean nothing. Train "
+            "a model on the rebuilt features (train_model) and promote it")
     try:
         config = workload.model_config_type.from_dict(meta["config"])
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]

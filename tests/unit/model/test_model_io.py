@@ -47,6 +47,26 @@ def test_round_trip_rebuilds_the_same_predictions(tmp_path: Path, table: pa.Tabl
     assert ((expected > 0) & (expected < 1)).all()
 
 
+def test_a_model_of_another_feature_definition_version_is_refused(tmp_path: Path, pre: Preprocessor,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A champion trained before the feature definitions changed (FEATURES_VERSION 2 -> 3 changed what
+    sched_block_minutes means) loaded and predicted on the new features, through its old scaling, with no error:
+    served skewed, and scored so by the gate against its challenger."""
+    import dataclasses
+
+    from tenfold import workloads
+
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    meta = save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    assert meta["features_version"] == CONTRACT.version
+    load_model(tmp_path)  # the version it was trained on
+    upgraded = dataclasses.replace(WORKLOAD, contract=dataclasses.replace(CONTRACT, version=CONTRACT.version + 1))
+    monkeypatch.setitem(workloads._LOADED, WORKLOAD.name, upgraded)  # the code now builds the next version
+    with pytest.raises(ModelLoadError, match=f"learnt from version {CONTRACT.version} of workload flights.*builds "
+                                             f"version {CONTRACT.version + 1}.*train_model"):
+        load_model(tmp_path)
+
+
 def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,))
     save_model(tmp_path / "a", _model(pre, config, 0), config, pre, workload=WORKLOAD.name)
