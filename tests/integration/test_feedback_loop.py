@@ -248,9 +248,10 @@ def test_a_lake_that_cannot_be_written_holds_the_batch_until_it_can(fb_settings)
     s = fb_settings
     _publish(s, s.messaging.predictions_topic, *(_prediction(f"w{i}", 0.5) for i in range(5)))
     lake_root = Path(Lake.from_settings(s).root)
-    blocker = lake_root / s.storage.predictions_table
+    # The month's folder, not the table's: the table takes the sink's probe, so the batch is pulled, then held.
+    blocker = lake_root / s.storage.predictions_table / f"year={T0.year}"
     blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("a file where the table's folder must go: every write fails")
+    blocker.write_text("a file where the month's folder must go: every write of the batch fails")
 
     class LakeComesBack(logging.Handler):
         """Unblocks the lake on the sink's second failed write, having checked nothing was acknowledged yet."""

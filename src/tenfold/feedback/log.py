@@ -52,13 +52,28 @@ def write_batch(lake: Lake, table: str, part: Partition, rows: pa.Table, *, now:
     data = buf.getvalue()
     name = f"{LOG_PREFIX}{now:%Y%m%dT%H%M%S%f}-{hashlib.sha256(data).hexdigest()[:8]}{uuid.uuid4().hex[:4]}.parquet"
     path = posixpath.join(lake.partition_path(table, part), name)
+    _write(lake, path, data)
+    return path
+
+
+def _write(lake: Lake, path: str, data: bytes) -> None:
     if isinstance(lake.fs, pafs.LocalFileSystem):
         _write_local(path, data)
     else:
         # An object store: the upload is atomic and durable when close() returns.
         with lake.fs.open_output_stream(path) as out:
             out.write(data)
-    return path
+
+
+PROBE_PREFIX = "_probe-"
+
+
+def probe(lake: Lake, table: str) -> None:
+    """Write a small file under ``table`` (a name no reader lists) as :func:`write_batch` writes, and remove it:
+    OSError when the lake cannot take a log file now (a full disk, a folder in the way, a bucket that refuses)."""
+    path = posixpath.join(lake.table_path(table), f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    _write(lake, path, b"probe")
+    lake.fs.delete_file(path)
 
 
 def log_months(lake: Lake, table: str) -> list[Partition]:

@@ -17,7 +17,11 @@ For each of the two subscriptions (``settings.messaging.subscriptions["predictio
   (:mod:`tenfold.feedback.dead_letters`);
 * when the lake cannot be written, the batch is retried in place with backoff while its leases are
   extended (a nack would spend delivery attempts and dead-letter good messages); after
-  ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back.
+  ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back;
+* before its first pull of a subscription the sink writes a small probe file to the log's folder (retried
+  likewise): while the lake refuses, nothing is pulled. A sink restarted while the lake stays away would
+  otherwise pull the batch, hold it and hand it back on every restart, each time spending a delivery
+  attempt, until good messages were dead-lettered.
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ class FeedbackSink:
         self._subs = {s: subs[s] for s in STREAMS}
         self._tables = {"predictions": settings.storage.predictions_table, "feedback": settings.storage.feedback_table}
         self._client: SubscriberClient | None = None
+        self._writable: set[str] = set()  # the streams whose log folder took a probe since the last failed write
 
     # --- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> FeedbackSink:
@@ -211,6 +216,8 @@ class FeedbackSink:
 
     # --- one batch --------------------------------------------------------------------------------
     def _step(self, stream: Stream, *, wait: bool, fill: bool) -> int:
+        if stream not in self._writable:
+            self._probe(stream)
         received = self._gather(stream, wait=wait, fill=fill)
         if not received:
             return 0
@@ -278,6 +285,7 @@ class FeedbackSink:
                 continue
             except OSError as exc:
                 if time.monotonic() - started > self.options.write_retry_s:
+                    self._writable.discard(stream)
                     raise SinkError(
                         f"cannot write the {stream} log to the lake at {self.lake.uri} for "
                         f"{self.options.write_retry_s:.0f} s ({exc}); the batch was not acknowledged and will be "
@@ -288,6 +296,27 @@ class FeedbackSink:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
         return len(by_month)
+
+    def _probe(self, stream: Stream) -> None:
+        """Wait, pulling nothing, until the lake takes a file in ``stream``'s log folder; SinkError after
+        ``write_retry_s`` (no message was leased, so none spent a delivery attempt)."""
+        started, delay = time.monotonic(), 0.5
+        while True:
+            try:
+                landing.probe(self.lake, self._tables[stream])
+            except OSError as exc:
+                if time.monotonic() - started > self.options.write_retry_s:
+                    raise SinkError(
+                        f"cannot write the {stream} log to the lake at {self.lake.uri} for "
+                        f"{self.options.write_retry_s:.0f} s ({exc}); nothing was pulled, so no message spent a "
+                        "delivery attempt; check the lake's disk or bucket and restart the sink") from exc
+                log.warning("lake write of a probe file to the %s log failed (%s); nothing pulled; retrying in %.1f s",
+                            stream, exc, delay)
+            else:
+                self._writable.add(stream)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
         """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now)."""

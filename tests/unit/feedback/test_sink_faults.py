@@ -119,3 +119,28 @@ def test_an_error_pubsub_gives_that_the_sink_does_not_retry_is_exit_1_with_what_
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit)
     assert "Pub/Sub refused the sink (InvalidArgument" in result.output and "acknowledge: INVALID_ARGUMENT" in result.output
+
+
+def test_a_lake_that_cannot_be_written_is_found_before_anything_is_pulled(pubsub):
+    """A sink restarted while the lake stayed away (a full disk, a bucket that refuses it) pulled the batch, held it
+    for write_retry_s, gave up and handed it back: every restart spent a delivery attempt of each message, and after
+    five, good predictions went to the dead-letter topic (on the emulator, nowhere)."""
+    from pathlib import Path
+
+    from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
+
+    fake, settings = pubsub
+    blocker = Path(Lake.from_settings(settings).root) / settings.storage.predictions_table
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the table's folder must go: every write fails")
+    for _ in range(3):  # three restarts
+        with FeedbackSink(settings, SinkOptions(write_retry_s=0.5)) as sink, \
+                pytest.raises(SinkError, match="nothing was pulled, so no message spent a delivery attempt"):
+            sink.poll_once()
+    assert sum(len(q) for q in fake.queued.values()) == 1, "the sink pulled while it could not write"
+    assert fake.acked == []
+    blocker.unlink()
+    with FeedbackSink(settings, SinkOptions(write_retry_s=0.5)) as sink:
+        assert sink.poll_once() == 1
+    assert fake.acked == ["ack-1"] and _landed(settings) == ["a"]
+    assert not [p.name for p in blocker.iterdir() if p.name.startswith("_probe-")]  # the probes removed
