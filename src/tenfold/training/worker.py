@@ -156,7 +156,18 @@ def _manifests(lake: Lake, cfg: TrainConfig) -> dict[str, Any]:
 def build_model(cfg: TrainConfig, preprocessor: Preprocessor) -> torch.nn.Module:
     """The untrained module of a run, built by the run's workload: the one place the worker constructs a model."""
     workload = get_workload(cfg.workload)
-    return workload.build_model(cfg.model, list(preprocessor.vocab_sizes.values()), preprocessor.num_inputs)
+    vocab_sizes, num_inputs = list(preprocessor.vocab_sizes.values()), preprocessor.num_inputs
+    model = workload.build_model(cfg.model, vocab_sizes, num_inputs)
+    # Checked now, not when the trained model is saved: a module without them trained through every epoch and
+    # then failed on an AttributeError, on every restart from its checkpoint.
+    sizes = getattr(model, "vocab_sizes", None)
+    got = (list(sizes) if isinstance(sizes, (list, tuple)) else sizes, getattr(model, "num_inputs", None))
+    if not isinstance(model, torch.nn.Module) or got != (vocab_sizes, num_inputs):
+        raise WorkerError(
+            f"workload {workload.name}'s build_model returned {type(model).__name__} with vocab_sizes={got[0]} and "
+            f"num_inputs={got[1]}, not a torch module with vocab_sizes={vocab_sizes} and num_inputs={num_inputs}: "
+            "keep the sizes it was given as those attributes (tenfold.workloads.Workload.build_model)")
+    return model
 
 
 class Trainer:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tenfold.training import checkpoint as ckpt
@@ -128,6 +129,27 @@ def test_the_worker_builds_its_model_in_one_function() -> None:
     model = build_model(cfg, pre)
     assert isinstance(model, FlightDelayModel)
     assert list(model.vocab_sizes) == list(pre.vocab_sizes.values()) and model.num_inputs == pre.num_inputs
+
+
+def test_a_workload_model_without_its_input_sizes_is_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's build_model returning a plain module trained through every epoch, then failed saving it with an
+    AttributeError ('Net' object has no attribute 'vocab_sizes'), again on every restart from its checkpoint."""
+    from types import SimpleNamespace
+
+    from tenfold import workloads
+    from tenfold.model import Preprocessor
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.worker import WorkerError, build_model
+    from tenfold.workloads.flights.model import ModelConfig
+
+    own = SimpleNamespace(name="flights", build_model=lambda config, vocab_sizes, num_inputs: torch.nn.Linear(num_inputs, 1))
+    monkeypatch.setitem(workloads._LOADED, "flights", own)
+    pre = Preprocessor(categorical_columns=("a",), numeric_columns=("x", "y"), vocabularies={"a": ["p", "q"]},
+                       means={"x": 0.0, "y": 0.0}, stds={"x": 1.0, "y": 1.0})
+    cfg = TrainConfig(lake_uri="file:///nowhere", train_months=("2013-01",), model=ModelConfig(embedding_dim=2, hidden=(4,)))
+    with pytest.raises(WorkerError, match=r"flights's build_model returned Linear with vocab_sizes=None .* "
+                                          rf"vocab_sizes=\[3\] and num_inputs={pre.num_inputs}"):
+        build_model(cfg, pre)
 
 
 def test_a_corrupt_later_checkpoint_never_pushes_out_the_one_just_written(tmp_path: Path) -> None:
