@@ -328,6 +328,9 @@ def test_the_cli_drains_joins_and_prints_metrics(fb_settings, cli):
     (["sink", "--once", "--until-idle"], "--once and --until-idle are alternatives"),
     (["metrics", "--last", "yesterday"], "is not a duration: use a number and s, m, h or d"),
     (["metrics", "--since", "May 5"], "is not an ISO time"),
+    (["metrics", "--since", "0001-01-01T00:00"], "at the very edge of the calendar"),  # a raw OverflowError
+    (["metrics", "--until", "0001-01-01T00:00"], "at the very edge of the calendar"),
+    (["metrics", "--since", "9999-12-31T23:00-05:00"], "at the very edge of the calendar"),  # "rebuild the table"
     (["metrics", "--by", "color"], "cannot group online metrics by color"),
     (["join", "--month", "2026/05"], "is not a month: use YYYY-MM"),
     (["metrics", "--since", "2026-05-01", "--until", "2026-04-01"], "the window is empty"),  # was 0 rows, exit 0

@@ -155,7 +155,13 @@ def _parse_time(value: str | None, name: str) -> dt.datetime | None:
     except ValueError as exc:
         raise _fail(f"--{name} {value!r} is not an ISO time: use e.g. 2026-05-14T10:00 (UTC unless it has an offset)",
                     2) from exc
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+    try:  # in UTC, with a day to spare: the window is widened by the landing skew and read up to 1 µs before its end
+        at = parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        _ = (at - dt.timedelta(days=1), at + dt.timedelta(days=1))  # only whether they overflow
+    except OverflowError:  # 0001-01-01, or 9999-12-31T23:00-05:00 (no UTC time): it was a raw OverflowError
+        raise _fail(f"--{name} {value!r} is at the very edge of the calendar (year 1 or 9999): give a time within it",
+                    2) from None
+    return at
 
 
 @app.command("metrics")
