@@ -57,6 +57,15 @@ def sink_folders(settings: Settings) -> list[str]:
             st.lake_layout.staging_dir(st.labelled_table)]
 
 
+def feature_job_folders(settings: Settings) -> tuple[list[str], list[str]]:
+    """(read, written): the lake folders the features job reads on Dataproc (the workload's source tables for a
+    month, and its history table) and writes (the features' staging folder, its lookups staged beside them; the
+    DAG validates and publishes from there as the orchestrator)."""
+    sources, st = get_workload(settings).sources, settings.storage
+    read = list(dict.fromkeys((*sources.month_inputs, *filter(None, [sources.history_table]))))
+    return read, [st.lake_layout.staging_dir(st.features_table)]
+
+
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
@@ -94,8 +103,13 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         AccountSpec("feedback", sa.feedback, project_roles=observe,
                     folder_roles=[(st.lake_bucket, USER, sink_folders(settings))],
                     subscription_roles=[(subs["predictions"].name, SUBSCRIBER), (subs["feedback"].name, SUBSCRIBER)]),
+        # The features job on Dataproc (tenfold.features.job, without --publish): reads the month's source tables
+        # and writes its staging folder; nothing else of the lake (it could overwrite or delete every published
+        # table, the logs and the scores with the whole bucket's objectUser).
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
-                    bucket_roles=[(st.lake_bucket, USER), (st.dataproc_staging_bucket, ADMIN)]),
+                    bucket_roles=[(st.dataproc_staging_bucket, ADMIN)],
+                    folder_roles=[(st.lake_bucket, VIEWER, feature_job_folders(settings)[0]),
+                                  (st.lake_bucket, USER, feature_job_folders(settings)[1])]),
         # roles/composer.worker: Composer requires it on its environment's account, and it is project-wide (every
         # bucket's objects, every topic and subscription, the image repository): granted only where Composer runs.
         # Without Composer (dev by default) this account is the identity an operator's own Airflow impersonates

@@ -211,3 +211,37 @@ def test_the_training_account_reads_the_features_and_writes_only_the_runs_folder
     for other in (st.predictions_table, st.feedback_table, st.labelled_table, "raw_flights"):
         assert not condition_allows(condition[st.lake_bucket], obj=f"{lake}{other}/year=2013/month=01/x.parquet"), other
     assert not condition_allows(condition[st.artifacts_bucket], obj=f"{artifacts}{s.monitoring.data_docs_prefix}/index.html")
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_dataproc_account_reads_the_sources_and_writes_only_the_features_staging(synth: Any, env: str,
+                                                                                    condition_allows: Any) -> None:
+    """The features job reads the month's source tables and writes the features' staging folder (lookups beside
+    it); the DAG publishes as the orchestrator. It held objectUser on the whole lake: it could overwrite or delete
+    the published features, the scores, the prediction and feedback logs and the labelled table."""
+    from tenfold.features.dataproc import features_staging_uri
+    from tenfold.features.job import lookups_staging_uri
+
+    s = get_settings(env)
+    st = s.storage
+    _, platform = _stacks(synth, env)
+    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
+                  if a["account_id"] == s.service_accounts.dataproc)
+    grants = [g for g in resources(platform, "google_storage_bucket_iam_member").values()
+              if f"google_service_account.{sa_lid}." in g["member"] and g["bucket"] == st.lake_bucket]
+    assert grants and all("condition" in g for g in grants), "an unconditional grant on the lake"
+    lake = f"projects/_/buckets/{st.lake_bucket}/objects/"
+
+    def allowed(role: str, **kw: str) -> bool:
+        return any(condition_allows(g["condition"]["expression"], **kw) for g in grants if g["role"] == role)
+
+    staged = features_staging_uri(s, "2013-01", 1).split("/", 3)[3]
+    for name in (f"{staged}/part-00000.parquet", f"{lookups_staging_uri(staged)}/weather/part-00000.parquet"):
+        assert allowed("roles/storage.objectUser", obj=lake + name), name
+    for table in ("flights", "weather", "planes", "airports", "airlines"):
+        assert allowed("roles/storage.objectViewer", obj=f"{lake}{table}/year=2013/month=1/_SUCCESS"), table
+        assert allowed("roles/storage.objectViewer", list_prefix=f"{table}/year=2013/"), table
+        assert not allowed("roles/storage.objectUser", obj=f"{lake}{table}/year=2013/month=1/_SUCCESS"), table
+    for other in (st.features_table, st.predictions_table, st.feedback_table, st.labelled_table, st.scores_table):
+        for role in ("roles/storage.objectViewer", "roles/storage.objectUser"):
+            assert not allowed(role, obj=f"{lake}{other}/year=2013/month=1/x.parquet"), (other, role)
