@@ -119,9 +119,13 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
                     custom_roles=[orchestrator_role],
                     bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
                                   (st.dataproc_staging_bucket, USER)],
-                    topic_roles=[(m.requests_topic, PUBLISHER)],
-                    # The dead letters only (tenfold dlq): the live sink subscriptions are the feedback sink's alone,
-                    # since a second puller would take half their messages away from it.
+                    # The predictions and feedback topics for `tenfold feedback dead-letters --replay`, which sends the
+                    # sink's dead letters back to their stream's topic (pulled below, they could not be replayed, and
+                    # were lost with the subscription's retention).
+                    topic_roles=[(m.requests_topic, PUBLISHER), (m.predictions_topic, PUBLISHER),
+                                 (m.feedback_topic, PUBLISHER)],
+                    # The dead letters only (tenfold dlq, tenfold feedback dead-letters): the live sink subscriptions
+                    # are the feedback sink's alone, since a second puller would take half their messages away from it.
                     subscription_roles=[(sub.dead_letter_subscription, SUBSCRIBER) for sub in subs.values()],
                     act_as=["dataproc", "serving"]),  # serving: the templates a rollout derives run as it
     ]

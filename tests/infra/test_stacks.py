@@ -186,7 +186,9 @@ def test_every_topic_stores_messages_only_in_the_region_of_its_regional_key(synt
 @pytest.mark.parametrize("env", ENVS)
 def test_pubsub_grants_are_exactly_those_of_the_code_that_publishes_or_pulls(synth: Synth, env: str) -> None:
     """Serving publishes predictions and feedback; the DAGs publish requests and drain the dead letters; the
-    inference workers and the feedback sink pull theirs. No one holds a topic or subscription nothing uses."""
+    inference workers and the feedback sink pull theirs. No one holds a topic or subscription nothing uses. Whoever
+    may pull a stream's dead letters may send them back to its topic (`tenfold dlq replay`, `tenfold feedback
+    dead-letters --replay`): the orchestrator's identity could read the sink's but its replay was refused."""
     s, stack = get_settings(env), _platform(synth, env)
     m, sa = s.messaging, s.service_accounts
     subs = m.subscriptions
@@ -197,7 +199,8 @@ def test_pubsub_grants_are_exactly_those_of_the_code_that_publishes_or_pulls(syn
 
     pub, sub = "roles/pubsub.publisher", "roles/pubsub.subscriber"
     assert grants("google_pubsub_topic_iam_member", "topic") == sorted([
-        (sa.serving, m.predictions_topic, pub), (sa.serving, m.feedback_topic, pub), (sa.composer, m.requests_topic, pub)])
+        (sa.serving, m.predictions_topic, pub), (sa.serving, m.feedback_topic, pub), (sa.composer, m.requests_topic, pub),
+        (sa.composer, m.predictions_topic, pub), (sa.composer, m.feedback_topic, pub)])
     assert grants("google_pubsub_subscription_iam_member", "subscription") == sorted([
         (sa.inference, subs["requests"].name, sub),
         (sa.feedback, subs["predictions"].name, sub), (sa.feedback, subs["feedback"].name, sub),
