@@ -156,6 +156,29 @@ def rolling_split(published: list[Partition], train_window: int, holdout_window:
     return train, holdout
 
 
+def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partition], window: int) -> int:
+    """The default holdout window, shortened to the published months after the champion's last training month (at
+    least one): the gate scores the champion on months it never learnt. A champion from a drift-started run trains
+    up to the month before the newest; the next scheduled run held out three months it had learnt, could not score
+    it, and failed its gate (and moved the challenger to an uncompared version) every week until newer months came."""
+    from tenfold.registry.errors import RegistryError
+
+    reg = ModelRegistry(settings)
+    try:
+        champion = reg.resolve(CHAMPION)
+        lineage = reg.get(champion).lineage if champion is not None else None
+    except RegistryError:  # a damaged champion: evaluate says so, in the gate's comparison
+        return window
+    learnt = [r.partition for r in lineage.train_partitions] if lineage else []
+    if not learnt:
+        return window
+    after = sum(1 for p in published if p.label > max(learnt))
+    if after < window:
+        log.info("the champion %s learnt up to %s: holding out the %d month(s) after it, not %d", champion,
+                 max(learnt), max(1, after), window)
+    return max(1, min(window, after))
+
+
 def work_root(settings: Settings) -> Path:
     if settings.is_local:
         return settings.local.home / "runs" / "train_model"
@@ -192,8 +215,9 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
-        holdout_window = 1 if drifted else t.holdout_window
-        train, holdout = rolling_split(lake.published_partitions(table), t.train_window, holdout_window)
+        months = lake.published_partitions(table)
+        holdout_window = 1 if drifted else _holdout_beside_the_champion(settings, months, t.holdout_window)
+        train, holdout = rolling_split(months, t.train_window, holdout_window)
         if drifted:
             log.info("started by drift in %s: holding out only the newest month (%s) and training up to %s",
                      ", ".join(drifted), holdout[-1].label, train[-1].label)

@@ -618,3 +618,34 @@ def test_folder_placeholders_in_a_trained_models_prefix_are_skipped_the_models_o
     got = pipeline.materialize(local_settings, f"gs://{bucket_name}/{prefix}", tmp_path / "out" / "model",
                                storage_client=WithPlaceholders())
     assert sorted(p.name for p in got.iterdir()) == ["meta.json", "preprocessing.json", "weights.pt"]
+
+
+def test_the_scheduled_run_after_a_drift_started_champion_holds_out_only_what_the_champion_never_learnt(
+        make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A drift-started run holds out only the newest month, and its version became champion. The next scheduled run
+    held out the three newest months, two of which the champion had learnt: it could not be scored, and every weekly
+    run failed its gate (moving the challenger to an uncompared version) until newer months were published."""
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), month_range("2013-01", "2013-12"), 30)
+
+    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
+        quality = json.loads((model_dir / "meta.json").read_text())["quality"]
+        return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
+    monkeypatch.setattr(pipeline, "_evaluate_challenger", lambda model_dir, lake, table, train, holdout: (
+        evaluate_model(model_dir, lake, table, holdout), {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}}))
+    monkeypatch.setattr(pipeline, "ensure_profile", lambda *args, **kwargs: None)
+    drift = pipeline.plan(s, "asset_triggered__drift", {}, drifted=["2013-12"])
+    assert drift.holdout_months == ("2013-12",) and drift.train_months[-1] == "2013-11"
+    trained = model(tmp_path, 0.8, "drift")
+    registered = pipeline.register(s, drift, trained, pipeline.evaluate(s, drift, trained))
+    ModelRegistry(s).promote(registered.version)  # as its canary would
+
+    weekly = pipeline.plan(s, "scheduled__monday", {})
+    assert weekly.holdout_months == ("2013-12",)  # not 2013-10..12, two of which the champion learnt
+    evaluation = pipeline.evaluate(s, weekly, model(tmp_path, 0.81, "weekly"))
+    assert evaluation.champion["metrics"] is not None, evaluation.champion
