@@ -72,12 +72,17 @@ class HaproxyRouter:
         if not self.split_map.parent.is_dir():  # no fleet ever ran here: nothing to set, no folder to write into
             raise HaproxyError(f"no serving fleet has run under {self.split_map.parent}: is the fleet up? "
                                "(`tenfold serve up`)")
-        # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
-        # during its restart) still holds once it is back, even though the runtime API below fails now.
-        write_split_map(self.split_map, percent)
-        self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
-        if (now := self.canary_percent()) != percent:
-            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")
+        from tenfold.fsio import file_lock
+
+        # One setter at a time (`tenfold serve split` beside a rollout's step): interleaved, the file and HAProxy
+        # could be left at different splits, both calls succeeding, and HAProxy's next restart brought the file's back.
+        with file_lock(self.split_map.with_name(".split.lock")):
+            # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
+            # during its restart) still holds once it is back, even though the runtime API below fails now.
+            write_split_map(self.split_map, percent)
+            self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
+            if (now := self.canary_percent()) != percent:
+                raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")
 
 
 class HaproxyObserver:

@@ -66,6 +66,7 @@ from tenfold.serving.haproxy import (
     ServerStat,
     haproxy_argv,
     haproxy_binary,
+    read_split_map,
     slot_count,
     slot_name,
     write_config,
@@ -278,6 +279,11 @@ class _Replica:
 
     def enter(self, state: str) -> None:
         self.state, self.since = state, time.monotonic()
+
+
+def _lb_up(r: _Replica) -> bool:
+    """Whether HAProxy's last look saw the replica UP (None right after a change of its slot: not yet)."""
+    return r.lb is not None and r.lb.up
 
 
 def _backed_off(failures: int) -> tuple[int, float]:
@@ -541,6 +547,9 @@ class Supervisor:
                 r.down_since = (r.down_since or now) if down else None
                 if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
                     self._stop(r, f"HAProxy saw it DOWN for {self.fleet.replica_down_restart_s:.0f} s")
+                    if now - admitted < SETTLED_S:  # down soon after it entered rotation: as one that died then
+                        self._failed(r.pool, r.model, f"{name}: went DOWN in HAProxy soon after entering rotation; "
+                                                      f"see {r.record.log}")
             elif r.state == DRAINING:
                 idle = r.lb is None or r.lb.in_flight == 0
                 if idle or now - r.since > self.settings.serving.server.drain_timeout_s:
@@ -560,10 +569,18 @@ class Supervisor:
             self.util[pool] = utilization(mean, ready, self.fleet.replica_capacity)
             # The size the pool is set at, not the replicas counted now (a rolling change has one extra).
             wanted = self.scalers[pool].decide(now, mean, self.desired[pool])
+            if pool == CANARY and wanted == 0 < self.spec.pools[pool].max and self._canary_share() > 0:
+                # Users are routed to the canary: at none, HAProxy sends its buckets to stable, the in-flight signal
+                # stays 0, and the pool never scaled out again (the split said 25 %, the canary got nothing).
+                wanted = 1
             if wanted != self.desired[pool]:
                 self.say(f"{pool}: {wanted} replicas (in flight {mean:.1f} on {ready} ready, utilisation "
                          f"{self.util[pool]:.2f}, target {self.settings.serving.target_utilization})")
             self.desired[pool] = wanted
+
+    def _canary_share(self) -> int:
+        """The canary percent the split map file holds (what HAProxy applies, or loads when it restarts)."""
+        return read_split_map(HaproxyPaths.of(self.settings).split_map) or 0
 
     def _reconcile(self, pool: str) -> None:
         ps, n = self.spec.pools[pool], self.desired[pool]
@@ -583,10 +600,14 @@ class Supervisor:
             now = time.monotonic()
             failing = self.failed[pool]
             settled = (version, fault) not in failing  # an old version's failure says nothing of the new one
-            aged = [r for r in current if r.state == SERVING and now - r.since >= self.fleet.min_ready_s]
+            # Ready is also UP in HAProxy now: a new version that passed its health check and then went DOWN (every
+            # model call failing, readiness 503) while staying alive drained the old replicas one by one for it, until
+            # nothing in the pool was UP.
+            aged = [r for r in current if r.state == SERVING and now - r.since >= self.fleet.min_ready_s and _lb_up(r)]
             # Nor do replicas of what keeps failing count among the old ones (the version rolled to, on older lookups:
             # a lookups reload during a held roll drained the last replicas of the version that works).
-            ready = [r for r in old if r.state == SERVING and not (r.version == version and r.model in failing)]
+            ready = [r for r in old if r.state == SERVING and not (r.version == version and r.model in failing)
+                     and _lb_up(r)]
             ready += aged if settled else []
             old_serving = sorted((r for r in old if r.state == SERVING), key=lambda r: r.record.create_time)
             if old_serving and len(ready) > n:

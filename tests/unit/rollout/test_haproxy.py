@@ -60,7 +60,7 @@ def test_config_comes_from_settings(lb_settings: Settings) -> None:
     assert f"server-template s 1-{slot_count(lb_settings, 'stable')} 127.0.0.1:1 disabled check" in text
     assert f"server-template s 1-{fleet.canary_max + 2} " in text
     assert "option redispatch 1" in text and f"retries {fleet.lb_retries}" in text
-    assert f"stats socket {HaproxyPaths.of(lb_settings).socket} mode 600 level admin" in text
+    assert f"stats socket '{HaproxyPaths.of(lb_settings).socket}' mode 600 level admin" in text
     assert "prometheus-exporter" in text
 
 
@@ -295,3 +295,69 @@ def test_the_observer_reads_a_window_across_the_rotation_of_the_request_log_even
     monkeypatch.setattr(observer_mod, "open", open_then_rotate, raising=False)
     got = HaproxyObserver(log).traffic(*window)
     assert rotations and (got["stable"].requests, got["canary"].requests) == (5, 30)
+
+
+def test_a_home_with_a_space_runs_haproxy_and_its_split_changes_at_run_time(lb_settings: Settings, tmp_path: Any) -> None:
+    """A checkout under "My Projects": HAProxy refused the configuration (the socket and map paths unquoted), and the
+    refusal said nothing (its check ran with -q); the runtime API read the map's path as two arguments."""
+    home = tmp_path / "My Projects" / "home"
+    settings = lb_settings.model_copy(update={"local": lb_settings.local.model_copy(update={"home": home})})
+    paths = write_config(settings)
+    assert " " in str(paths.socket)
+    record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=settings.local.lb_port,
+                           tie_to_this_process=True)
+    try:
+        process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
+        router = HaproxyRouter(paths.socket, paths.split_map)
+        assert router.canary_percent() == 5
+        router.set_canary_percent(25)
+        assert router.canary_percent() == 25 and read_split_map(paths.split_map) == 25
+    finally:
+        process.stop(record)
+
+
+def test_a_configuration_haproxy_refuses_says_why(lb_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check ran with -q, which kept HAProxy's reason out of the refusal: it named the file and nothing else."""
+    from tenfold.serving import haproxy as module
+
+    rendered = module.render_config
+    monkeypatch.setattr(module, "render_config", lambda settings: rendered(settings) + "    frobnicate yes\n")
+    with pytest.raises(HaproxyError, match=r"(?s)HAProxy refused the generated configuration .*frobnicate"):
+        write_config(lb_settings)
+
+
+def test_two_split_changes_at_once_leave_haproxy_and_the_map_file_agreeing(tmp_path: Any) -> None:
+    """`tenfold serve split 0` while a rollout step sets 25: the operator's runtime call, slower, landed after the
+    step's whole call. Both succeeded; HAProxy served 0 % and the map file said 25 %, which HAProxy's next restart
+    brought back to the canary."""
+    import threading
+
+    live = {"value": "5"}
+    operator_sending, step_done = threading.Event(), threading.Event()
+
+    class Api:
+        def set_map(self, map_file: Any, key: str, value: str) -> None:
+            if value == "0":
+                operator_sending.set()
+                step_done.wait(1.0)  # the operator's `set map` is slower than the step's whole call
+            live["value"] = value
+
+        def get_map(self, map_file: Any, key: str) -> str:
+            return live["value"]
+
+    (tmp_path / "run").mkdir()
+
+    def router() -> HaproxyRouter:
+        r = HaproxyRouter(tmp_path / "run" / "haproxy.sock", tmp_path / "run" / "split.map")
+        r.api = Api()  # type: ignore[assignment]
+        return r
+
+    operator = threading.Thread(target=lambda: router().set_canary_percent(0))
+    operator.start()
+
+    assert operator_sending.wait(5)
+    step = threading.Thread(target=lambda: (router().set_canary_percent(25), step_done.set()))
+    step.start()
+    operator.join(10)
+    step.join(10)
+    assert read_split_map(tmp_path / "run" / "split.map") == int(live["value"])

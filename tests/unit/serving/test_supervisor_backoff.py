@@ -484,3 +484,85 @@ def test_a_slot_that_cannot_be_aimed_again_is_said_once_and_its_replica_replaced
         assert len(said) == 1, "\n".join(sup.lines)
     finally:
         sup.shutdown()
+
+
+def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_old_replica_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New replicas that pass their health check, enter rotation, then go DOWN in HAProxy (readiness 503: every model
+    call failing) while staying alive: readiness was the supervisor's SERVING alone, and the roll drained both old
+    replicas for them, leaving nothing UP in the stable backend (every request a 503)."""
+    from tenfold.serving.haproxy import ServerStat
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n",
+                           environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "1.0"})
+
+    class DownAfterAdmission:
+        """HAProxy as the supervisor sees it: a v2 replica's slot reports DOWN 0.5 s after it is admitted."""
+
+        def __init__(self) -> None:
+            self.slots: dict[tuple[str, str], str] = {}
+            self.admitted: dict[tuple[str, str], float] = {}
+
+        def point(self, pool: str, server: str, host: str, port: int) -> None:
+            self.slots[(pool, server)] = "UP"
+
+        def admit(self, pool: str, server: str) -> None:
+            self.admitted[(pool, server)] = time.monotonic()
+
+        def drain(self, pool: str, server: str) -> None:
+            self.slots[(pool, server)] = "DRAIN"
+
+        def maintain(self, pool: str, server: str) -> None:
+            self.slots.pop((pool, server), None)
+            self.admitted.pop((pool, server), None)
+
+        def alive(self) -> bool:
+            return True
+
+        def all_servers(self) -> dict[str, dict[str, ServerStat]]:
+            out: dict[str, dict[str, ServerStat]] = {}
+            for (pool, server), status in self.slots.items():
+                r = next((r for r in sup.replicas if r.pool == pool and r.server == server), None)
+                at = self.admitted.get((pool, server))
+                if r is not None and r.version == "v2" and status == "UP" and at and time.monotonic() - at > 0.5:
+                    status = "DOWN"
+                out.setdefault(pool, {})[server] = ServerStat(pool, server, status, "L7STS", 0, 0, 0, None)
+            return out
+
+    sup.api = DownAfterAdmission()
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    try:
+        _tick_until(sup, lambda: _old_serving(sup) >= 2, 15, "the v1 pool up")
+        _roll_to(sup, "v2")
+        fewest_up, until = 2, time.monotonic() + 8
+        while time.monotonic() < until:
+            with contextlib.suppress(LocalPlatformError):
+                sup.tick()
+            up = [s for s in sup.api.all_servers().get("stable", {}).values() if s.status == "UP"]
+            fewest_up = min(fewest_up, len(up))
+            time.sleep(0.05)
+        assert fewest_up >= 1, "no stable replica UP in HAProxy:\n" + "\n".join(sup.lines)
+        assert _old_serving(sup) >= 1
+    finally:
+        sup.shutdown()
+
+
+@pytest.mark.parametrize("share", [25, 0])
+def test_a_canary_pool_with_users_routed_to_it_keeps_a_replica_at_min_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       share: int) -> None:
+    """At min 0 and no load the autoscaler took the canary pool to none; HAProxy then sent its buckets to stable, the
+    signal stayed 0, and it never scaled out again: the split said 25 %, the canary got nothing, and a rollout saw
+    "no data" until its deadline. With no share routed to it, it may go to none."""
+    from tenfold.serving.haproxy import HaproxyPaths, write_split_map
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="idle_replica", code="import time\ntime.sleep(600)\n")
+    try:
+        sup.spec = fleet.FleetSpec(2, {**sup.spec.pools, "canary": fleet.PoolSpec("v1", 0, 2)})
+        sup.desired["canary"] = 1
+        write_split_map(HaproxyPaths.of(sup.settings).split_map, share)
+        monkeypatch.setattr(sup.scalers["canary"], "decide", lambda now, mean, current: 0)  # no load for the window
+        sup._last_scale = float("-inf")
+        sup._autoscale()
+        assert sup.desired["canary"] == (1 if share else 0)
+    finally:
+        sup.shutdown()
