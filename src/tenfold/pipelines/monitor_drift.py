@@ -199,9 +199,12 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
                "train_model run registers a version with one (or monitor another version with the conf's version)")
         log.warning("%s", why)
         return Measured(reports=tuple(skipped(m, p.version, "no_profile", why).to_dict() for m in p.months))
-    from tenfold.model.io import load_model
+    from tenfold.model.io import ModelLoadError, load_model
 
-    loaded = load_model(model_dir)
+    try:
+        loaded = load_model(model_dir)
+    except ModelLoadError as exc:  # (another feature definitions' version, a damaged folder): a retry reads the same
+        raise PipelineError(f"cannot monitor against version {p.version}: {exc}") from exc
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
     reports, contents = [], []

@@ -160,8 +160,12 @@ def build_model(cfg: TrainConfig, preprocessor: Preprocessor) -> torch.nn.Module
     model = workload.build_model(cfg.model, vocab_sizes, num_inputs)
     # Checked now, not when the trained model is saved: a module without them trained through every epoch and
     # then failed on an AttributeError, on every restart from its checkpoint.
-    sizes = getattr(model, "vocab_sizes", None)
-    got = (list(sizes) if isinstance(sizes, (list, tuple)) else sizes, getattr(model, "num_inputs", None))
+    sizes: Any = getattr(model, "vocab_sizes", None)
+    width: Any = getattr(model, "num_inputs", None)
+    try:  # any sequence of whole numbers (a tuple, a numpy array) will do
+        got: tuple[Any, Any] = ([int(v) for v in sizes], int(width))
+    except (TypeError, ValueError):
+        got = (sizes, width)
     if not isinstance(model, torch.nn.Module) or got != (vocab_sizes, num_inputs):
         raise WorkerError(
             f"workload {workload.name}'s build_model returned {type(model).__name__} with vocab_sizes={got[0]} and "

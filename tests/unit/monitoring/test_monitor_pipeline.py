@@ -211,3 +211,21 @@ def test_a_cleared_first_run_measures_the_months_it_chose_not_the_backlog_it_lef
     assert again.months == ("2013-03",)
     other = pipeline.plan(drift_settings, "asset__next", {}, ["2013-01", "2013-02"])  # another run: its own choice
     assert other.months == ("2013-01", "2013-02")
+
+
+def test_a_version_of_other_feature_definitions_fails_the_run_without_retries(
+        drift_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A champion trained before a features version bump cannot be loaded (its meta.json names the old version): that
+    escaped as a raw ModelLoadError, which Airflow retried and the CLI called a fault in the code."""
+    import dataclasses
+
+    from tenfold import workloads
+    from tenfold.workloads.flights import WORKLOAD
+
+    version = register(drift_settings, tmp_path / "model", with_profile=True)
+    bumped = dataclasses.replace(WORKLOAD, contract=dataclasses.replace(WORKLOAD.contract,
+                                                                        version=WORKLOAD.contract.version + 1))
+    monkeypatch.setitem(workloads._LOADED, WORKLOAD.name, bumped)
+    with pytest.raises(pipeline.PipelineError, match=rf"cannot monitor against version {version}: .*learnt from "
+                                                     rf"version {WORKLOAD.contract.version} "):
+        pipeline.monitor(drift_settings, "2013-03", version)

@@ -151,6 +151,15 @@ def test_a_workload_model_without_its_input_sizes_is_refused_before_training(mon
                                           rf"vocab_sizes=\[3\] and num_inputs={pre.num_inputs}"):
         build_model(cfg, pre)
 
+    class Sized(torch.nn.Linear):  # its sizes as a numpy array: as good as a tuple
+        def __init__(self, num_inputs: int, vocab_sizes: list[int]) -> None:
+            super().__init__(num_inputs, 1)
+            self.num_inputs, self.vocab_sizes = num_inputs, np.array(vocab_sizes)
+
+    monkeypatch.setitem(workloads._LOADED, "flights", SimpleNamespace(
+        name="flights", build_model=lambda config, vocab_sizes, num_inputs: Sized(num_inputs, vocab_sizes)))
+    assert isinstance(build_model(cfg, pre), Sized)
+
 
 def test_a_corrupt_later_checkpoint_never_pushes_out_the_one_just_written(tmp_path: Path) -> None:
     # A run resumed from step 10 because step 30 was corrupt (or of other settings), with keep=1.
