@@ -318,6 +318,21 @@ def feedback_lineage(run: TrainRun, trained: Trained) -> dict[str, Any]:
 # --- train ------------------------------------------------------------------------------------------
 
 
+def release_training_group(settings: Settings, *, igm_client: Any = None) -> bool:
+    """After ``train`` has ended for good, however: the cloud training group back at 0 (``train`` scales it down
+    itself, but not when the worker process running it was killed: its GPUs then ran until the next run, a week
+    for the weekly schedule). Whether it had to be; locally there is no group."""
+    if settings.is_local:
+        return False
+    from tenfold.training.fleet import release_group
+
+    released = release_group(settings, client=igm_client)
+    if released:
+        log.warning("the training group %s was left running by the run's train task: scaled to 0",
+                    settings.training.fleet.instance_group)
+    return released
+
+
 def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
           storage_client: Any = None) -> Trained:
     """Train the challenger (:mod:`tenfold.training.jobs`: torchrun here, the training instance group in dev/prod).

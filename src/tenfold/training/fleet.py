@@ -210,6 +210,22 @@ def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock:
                       sleep=sleep)
 
 
+def release_group(settings: Settings, *, client: InstanceGroupManagers | None = None,
+                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """The training group back at 0 with no run in its metadata, unless it is at 0 already; whether it had to be.
+    For after a run's task has ended for good: :func:`run_training` scales down in its ``finally``, which a task
+    whose worker process was killed never reaches (the group's GPUs then ran until the next run)."""
+    if client is None:
+        from google.cloud import compute_v1
+
+        client = _as_igm(compute_v1.RegionInstanceGroupManagersClient())
+    if client.get(**_group(settings)).target_size == 0:
+        return False
+    _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
+    _clear_run_metadata(settings, client)
+    return True
+
+
 def run_training(
     settings: Settings,
     run_id: str,

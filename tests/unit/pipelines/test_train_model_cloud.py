@@ -178,3 +178,20 @@ def test_a_run_conf_nproc_the_training_group_cannot_run_is_refused_not_ignored(d
                                                      rf"training group runs settings.training.nproc_per_node \({per_node}\)"):
         _plan(dev_settings, "nproc", {**CONF, "nproc": per_node + 3})
     assert _plan(dev_settings, "nproc-same", {**CONF, "nproc": per_node}).nproc == per_node
+
+
+def test_a_group_a_killed_train_task_left_running_is_released_after_it(dev_settings: Settings) -> None:
+    """train scales the group down in its finally, which a killed worker process never reaches: the GPUs ran until
+    the next run (a week, on the weekly schedule). The DAG's release task, run once train has ended however, does."""
+    from tenfold.training.fleet import RUN_ID_KEY
+
+    group = FakeTrainingGroup(dev_settings, "silent")
+    group.size, group.run_id = dev_settings.training.nnodes, "r-killed"  # what the killed try left behind
+    assert pipeline.release_training_group(dev_settings, igm_client=group) is True
+    assert group.resizes == [0] and group.size == 0
+    assert group.run_id == "" and group.calls[-1][0] == "patch", RUN_ID_KEY  # its run out of the metadata
+    calls = len(group.calls)
+    assert pipeline.release_training_group(dev_settings, igm_client=group) is False  # at 0: one look, nothing else
+    assert [c[0] for c in group.calls[calls:]] == ["get"]
+    local = build_settings("local")
+    assert pipeline.release_training_group(local, igm_client=group) is False and len(group.calls) == calls + 1
