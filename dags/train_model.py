@@ -22,8 +22,8 @@ anything else is retried as ``settings.pipelines.train_model`` says; every failu
    rollout. The first model ever (no champion to compare with) is promoted by the floors alone.
 6. ``announce_challenger``: emits the ``challenger`` Asset event that triggers ``rollout_model``, only when
    a new challenger awaits its canary (skipped otherwise, so no rollout starts for nothing).
-7. ``release_training_group``: once ``train`` has ended for good (succeeded, failed, or skipped by a failed
-   ``plan``), the cloud training group is at 0: ``train`` scales it down itself, but not when the worker process
+7. ``release_training_group``: once ``train`` has ended for good (succeeded, failed, or upstream_failed by a
+   failed ``plan``), the cloud training group is at 0: ``train`` scales it down itself, but not when the worker process
    running it is killed. Locally it does nothing.
 
 **Run conf** (optional, e.g. ``airflow dags test train_model -c '{"train_months": ["2013-01", "2013-02"],

@@ -1,4 +1,4 @@
-"""The steps of ``dags/train_model.py``: plan -> train -> evaluate -> register -> gate.
+"""The steps of ``dags/train_model.py``: plan -> train -> evaluate -> register -> gate (-> announce_challenger), and release_training_group once train has ended.
 
 Each step takes settings and the frozen run states of the steps before it (:class:`TrainRun`,
 :class:`Trained`, :class:`Evaluation`, :class:`Registered`; each goes to XCom with ``to_xcom`` and
@@ -328,7 +328,7 @@ def release_training_group(settings: Settings, *, igm_client: Any = None) -> boo
 
     released = release_group(settings, client=igm_client)
     if released:
-        log.warning("the training group %s was left running by the run's train task: scaled to 0",
+        log.warning("the training group %s was not at 0 once the run's train task had ended: scaled to 0",
                     settings.training.fleet.instance_group)
     return released
 

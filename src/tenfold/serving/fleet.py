@@ -445,7 +445,7 @@ class Supervisor:
         return replica
 
     def _failed(self, pool: str, model: tuple[str, str], message: str) -> None:
-        """A replica of ``model`` (version, fault) failed to come up, or died soon after it did: retry later, waiting longer each
+        """A replica of ``model`` (version, fault) failed to come up, or died (or went DOWN) soon after it did: retry later, waiting longer each
         time (a bad model must not spin). The back-off resets once a replica of the pool that entered rotation
         after the failure has served :data:`SETTLED_S`, or when the pool is set to run something else."""
         self.backoff[pool] = _backed_off(self.backoff[pool][0])
@@ -547,7 +547,9 @@ class Supervisor:
                 r.down_since = (r.down_since or now) if down else None
                 if r.down_since is not None and now - r.down_since > self.fleet.replica_down_restart_s:
                     self._stop(r, f"HAProxy saw it DOWN for {self.fleet.replica_down_restart_s:.0f} s")
-                    if now - admitted < SETTLED_S:  # down soon after it entered rotation: as one that died then
+                    if r.down_since - admitted < SETTLED_S:  # went down soon after it entered rotation: as one
+                        # that died then (counted from when it went down: a restart window of SETTLED_S or more
+                        # would otherwise never count it)
                         self._failed(r.pool, r.model, f"{name}: went DOWN in HAProxy soon after entering rotation; "
                                                       f"see {r.record.log}")
             elif r.state == DRAINING:

@@ -212,18 +212,22 @@ def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock:
 
 def release_group(settings: Settings, *, client: InstanceGroupManagers | None = None,
                   clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """The training group back at 0 with no run in its metadata, unless it is at 0 already; whether it had to be.
-    For after a run's task has ended for good: :func:`run_training` scales down in its ``finally``, which a task
-    whose worker process was killed never reaches (the group's GPUs then ran until the next run)."""
+    """The training group at 0 with no run in its metadata; whether it had to be scaled down. For after a run's task
+    has ended for good: :func:`run_training` scales down in its ``finally``, which a task whose worker process was
+    killed never reaches (the group's GPUs then ran until the next run). The metadata is cleared at 0 too: a try
+    killed between its resize and that left the run there, for a VM started later to run again."""
     if client is None:
         from google.cloud import compute_v1
 
         client = _as_igm(compute_v1.RegionInstanceGroupManagersClient())
-    if client.get(**_group(settings)).target_size == 0:
-        return False
-    _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
+    t = settings.training
+    released = client.get(**_group(settings)).target_size != 0
+    if released:
+        _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
+        wait_until_stable(settings, client, 0, timeout_s=t.stable_timeout_s, poll_s=t.poll_interval_s, clock=clock,
+                          sleep=sleep)
     _clear_run_metadata(settings, client)
-    return True
+    return released
 
 
 def run_training(
