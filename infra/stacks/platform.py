@@ -69,6 +69,7 @@ def feature_job_folders(settings: Settings) -> tuple[list[str], list[str]]:
 def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
+    job_reads, job_writes = feature_job_folders(settings)
     observe = (LOG_WRITER, METRIC_WRITER)
     return [
         # A replica loads its model from the registry and the lookup tables its online features are assembled
@@ -108,8 +109,7 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         # table, the logs and the scores with the whole bucket's objectUser).
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
                     bucket_roles=[(st.dataproc_staging_bucket, ADMIN)],
-                    folder_roles=[(st.lake_bucket, VIEWER, feature_job_folders(settings)[0]),
-                                  (st.lake_bucket, USER, feature_job_folders(settings)[1])]),
+                    folder_roles=[(st.lake_bucket, VIEWER, job_reads), (st.lake_bucket, USER, job_writes)]),
         # roles/composer.worker: Composer requires it on its environment's account, and it is project-wide (every
         # bucket's objects, every topic and subscription, the image repository): granted only where Composer runs.
         # Without Composer (dev by default) this account is the identity an operator's own Airflow impersonates

@@ -326,11 +326,7 @@ def release_training_group(settings: Settings, *, igm_client: Any = None) -> boo
         return False
     from tenfold.training.fleet import release_group
 
-    released = release_group(settings, client=igm_client)
-    if released:
-        log.warning("the training group %s was not at 0 once the run's train task had ended: scaled to 0",
-                    settings.training.fleet.instance_group)
-    return released
+    return release_group(settings, client=igm_client)  # it says when the group was not at 0
 
 
 def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,

@@ -198,16 +198,18 @@ def wait_until_stable(
 
 
 def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock: Callable[[], float],
-                    sleep: Callable[[float], None]) -> None:
-    """Resize the training group to 0 and wait until it is, unless it is at 0 already."""
+                    sleep: Callable[[float], None],
+                    why: str = "an earlier try left it running): scaling it to 0 first") -> bool:
+    """Resize the training group to 0 and wait until it is, unless it is at 0 already; whether it had to be.
+    ``why`` ends the warning that says so (after "is not at 0 (")."""
     t = settings.training
     if client.get(**_group(settings)).target_size == 0:
-        return
-    log.warning("training group %s is not at 0 (an earlier try left it running): scaling it to 0 first",
-                t.fleet.instance_group)
+        return False
+    log.warning("training group %s is not at 0 (%s", t.fleet.instance_group, why)
     _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
     wait_until_stable(settings, client, 0, timeout_s=t.stable_timeout_s, poll_s=t.poll_interval_s, clock=clock,
                       sleep=sleep)
+    return True
 
 
 def release_group(settings: Settings, *, client: InstanceGroupManagers | None = None,
@@ -220,12 +222,8 @@ def release_group(settings: Settings, *, client: InstanceGroupManagers | None = 
         from google.cloud import compute_v1
 
         client = _as_igm(compute_v1.RegionInstanceGroupManagersClient())
-    t = settings.training
-    released = client.get(**_group(settings)).target_size != 0
-    if released:
-        _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
-        wait_until_stable(settings, client, 0, timeout_s=t.stable_timeout_s, poll_s=t.poll_interval_s, clock=clock,
-                          sleep=sleep)
+    released = _scaled_to_zero(settings, client, clock=clock, sleep=sleep,
+                               why="once the run's train task had ended): scaling it to 0")
     _clear_run_metadata(settings, client)
     return released
 
