@@ -23,6 +23,13 @@ def _stacks(synth: Any, env: str) -> tuple[dict, dict]:
     return synth.stack(s.infra.data_stack), synth.stack(s.infra.platform_stack)
 
 
+def _bucket_grants(platform: Any, account_id: str) -> list[dict[str, Any]]:
+    """The bucket grants of the service account ``account_id`` in the synthesized platform stack."""
+    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items() if a["account_id"] == account_id)
+    return [g for g in resources(platform, "google_storage_bucket_iam_member").values()
+            if f"google_service_account.{sa_lid}." in g["member"]]
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_dataproc_batch_names_exist(synth: Any, env: str) -> None:
     s = get_settings(env)
@@ -40,10 +47,7 @@ def test_dataproc_batch_names_exist(synth: Any, env: str) -> None:
     (subnet,) = resources(platform, "google_compute_subnetwork").values()
     assert subnet["private_ip_google_access"] is True, "Dataproc Serverless needs Private Google Access"
     # the Dataproc service account may write the lake and the staging bucket it is given
-    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
-                  if a["account_id"] == s.service_accounts.dataproc)
-    grants = {(g["bucket"], g["role"]) for g in resources(platform, "google_storage_bucket_iam_member").values()
-              if f"google_service_account.{sa_lid}." in g["member"]}
+    grants = {(g["bucket"], g["role"]) for g in _bucket_grants(platform, s.service_accounts.dataproc)}
     assert (ex["staging_bucket"], "roles/storage.objectAdmin") in grants
     assert (lake.removeprefix("gs://"), "roles/storage.objectUser") in grants
 
@@ -152,10 +156,7 @@ def test_training_group_and_markers_exist(synth: Any, env: str) -> None:
     assert " ".join(startup.TRAINING_COMMAND) in script
     assert f"TENFOLD_ENV={env}" in script and s.container_image in script
     # the training SA can write markers and checkpoints to that bucket
-    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
-                  if a["account_id"] == s.service_accounts.training)
-    grants = {(g["bucket"], g["role"]) for g in resources(platform, "google_storage_bucket_iam_member").values()
-              if f"google_service_account.{sa_lid}." in g["member"]}
+    grants = {(g["bucket"], g["role"]) for g in _bucket_grants(platform, s.service_accounts.training)}
     assert (bucket, "roles/storage.objectUser") in grants
 
 
@@ -194,10 +195,7 @@ def test_the_training_account_reads_the_features_and_writes_only_the_runs_folder
     s = get_settings(env)
     st = s.storage
     _, platform = _stacks(synth, env)
-    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
-                  if a["account_id"] == s.service_accounts.training)
-    grants = [g for g in resources(platform, "google_storage_bucket_iam_member").values()
-              if f"google_service_account.{sa_lid}." in g["member"]]
+    grants = _bucket_grants(platform, s.service_accounts.training)
     assert sorted((g["bucket"], g["role"]) for g in grants) == sorted(
         [(st.lake_bucket, "roles/storage.objectViewer"), (st.artifacts_bucket, "roles/storage.objectUser")])
     condition = {g["bucket"]: g["condition"]["expression"] for g in grants}
@@ -225,10 +223,7 @@ def test_the_dataproc_account_reads_the_sources_and_writes_only_the_features_sta
     s = get_settings(env)
     st = s.storage
     _, platform = _stacks(synth, env)
-    sa_lid = next(lid for lid, a in resources(platform, "google_service_account").items()
-                  if a["account_id"] == s.service_accounts.dataproc)
-    grants = [g for g in resources(platform, "google_storage_bucket_iam_member").values()
-              if f"google_service_account.{sa_lid}." in g["member"] and g["bucket"] == st.lake_bucket]
+    grants = [g for g in _bucket_grants(platform, s.service_accounts.dataproc) if g["bucket"] == st.lake_bucket]
     assert grants and all("condition" in g for g in grants), "an unconditional grant on the lake"
     lake = f"projects/_/buckets/{st.lake_bucket}/objects/"
 

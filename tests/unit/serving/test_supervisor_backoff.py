@@ -491,42 +491,30 @@ def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_
     """New replicas that pass their health check, enter rotation, then go DOWN in HAProxy (readiness 503: every model
     call failing) while staying alive: readiness was the supervisor's SERVING alone, and the roll drained both old
     replicas for them, leaving nothing UP in the stable backend (every request a 503)."""
-    from tenfold.serving.haproxy import ServerStat
-
     sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n",
                            environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "1.0"})
 
-    class DownAfterAdmission:
+    class DownAfterAdmission(HealthyApi):
         """HAProxy as the supervisor sees it: a v2 replica's slot reports DOWN 0.5 s after it is admitted."""
 
         def __init__(self) -> None:
-            self.slots: dict[tuple[str, str], str] = {}
+            super().__init__()
             self.admitted: dict[tuple[str, str], float] = {}
-
-        def point(self, pool: str, server: str, host: str, port: int) -> None:
-            self.slots[(pool, server)] = "UP"
 
         def admit(self, pool: str, server: str) -> None:
             self.admitted[(pool, server)] = time.monotonic()
 
-        def drain(self, pool: str, server: str) -> None:
-            self.slots[(pool, server)] = "DRAIN"
-
         def maintain(self, pool: str, server: str) -> None:
-            self.slots.pop((pool, server), None)
+            super().maintain(pool, server)
             self.admitted.pop((pool, server), None)
 
-        def alive(self) -> bool:
-            return True
-
         def all_servers(self) -> dict[str, dict[str, ServerStat]]:
-            out: dict[str, dict[str, ServerStat]] = {}
-            for (pool, server), status in self.slots.items():
+            out = super().all_servers()
+            for (pool, server), at in self.admitted.items():
                 r = next((r for r in sup.replicas if r.pool == pool and r.server == server), None)
-                at = self.admitted.get((pool, server))
-                if r is not None and r.version == "v2" and status == "UP" and at and time.monotonic() - at > 0.5:
-                    status = "DOWN"
-                out.setdefault(pool, {})[server] = ServerStat(pool, server, status, "L7STS", 0, 0, 0, None)
+                if (r is not None and r.version == "v2" and out[pool][server].status == "UP"
+                        and time.monotonic() - at > 0.5):
+                    out[pool][server] = ServerStat(pool, server, "DOWN", "L7STS", 0, 0, 0, None)
             return out
 
     sup.api = DownAfterAdmission()
