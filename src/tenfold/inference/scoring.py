@@ -80,6 +80,18 @@ def resolve(settings: Settings, ref: str) -> str:
         raise ScoringError(f"model {ref!r} cannot be resolved in the registry: {exc}") from exc
 
 
+def trained_features_version(settings: Settings, version: str) -> Any:
+    """The feature definitions' version a registered model learnt from (its ``meta.json``), or None for a
+    model saved before it was recorded; read without downloading the weights."""
+    from tenfold.registry import ModelRegistry, RegistryError
+    from tenfold.workloads import VERSION_KEY
+
+    try:
+        return ModelRegistry(settings).meta(version).get(VERSION_KEY)
+    except RegistryError as exc:
+        raise ScoringError(f"model version {version} cannot be read from the registry: {exc}") from exc
+
+
 def load_version(settings: Settings, version: str) -> LoadedModel:
     """A registered version, downloaded (verified) into the model cache and rebuilt on
     ``settings.inference.device`` (a GPU when the worker's VM has one, as serving does)."""

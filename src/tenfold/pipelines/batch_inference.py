@@ -165,7 +165,7 @@ def _choose_months(settings: Settings, months: list[str]) -> EventMonths:
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:
     """Resolve the model once (so every worker scores with the same version) and pick the path by size."""
     from tenfold.inference.requests import batch_count
-    from tenfold.inference.scoring import ScoringError, resolve
+    from tenfold.inference.scoring import ScoringError, resolve, trained_features_version
 
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(CONF_KEYS))
@@ -189,6 +189,16 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         version = resolve(settings, ref)
     except ScoringError as exc:
         raise PipelineError(f"{exc}: train and register a model first (train_model), or pass an existing version") from exc
+    try:
+        trained_on = trained_features_version(settings, version)
+    except ScoringError as exc:
+        raise PipelineError(f"{exc}: pass another version in the run conf") from exc
+    # Found now, not as a dead letter per request when every worker's load_model refuses the model.
+    if trained_on is not None and trained_on != contract.version:
+        raise PipelineError(f"model {version} ({ref}) learnt from version {trained_on} of the feature definitions, and "
+                            f"features partition {part.label} holds version {contract.version}: its scores would mean "
+                            "nothing. Train a model on the rebuilt features (train_model) and promote it, or pass the "
+                            "version of one trained on them (conf {\"version\": ...})")
     inf = settings.inference
     path = scoring_path(settings, manifest.rows)
     # The run's requests and results are keyed by what they score with and how they are cut: a cleared run that

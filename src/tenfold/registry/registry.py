@@ -321,6 +321,11 @@ class ModelRegistry:
                 continue  # an interrupted atomic write, or editor/OS litter
             if rel.as_posix() == METRICS_FILE and metrics is not None:
                 continue  # the metrics passed in are the ones registered
+            if (why := unsafe_relative_path(rel.as_posix())) is not None:
+                # A name Linux allows (a backslash, "a:b") that readers refuse as a way out of the folder: committed,
+                # the version could never be read back, and registering it again would meet it every time.
+                raise InvalidModelDir(f"{path} cannot go into the registry: its name is read as a path outside the "
+                                      f"model folder ({why}); rename or remove it, then register again")
             entries.append((FileRecord(rel.as_posix(), _sha256_file(path), path.stat().st_size), path))
         names = {e[0].path for e in entries}
         if META_FILE not in names:
@@ -544,6 +549,34 @@ class ModelRegistry:
         raise UnknownVersion(
             f"{ref!r} names no alias and {'several' if matches else 'no'} versions; use a full id from `tenfold models list`"
         )
+
+    def meta(self, version: str) -> dict[str, Any]:
+        """The version's ``meta.json`` (what it learnt from, how to rebuild it), verified against its recorded
+        sha256, without downloading the weights."""
+        from google.api_core.exceptions import NotFound
+
+        mv = self.get(version, with_lineage=False)
+        record = next((f for f in mv.files if f.path == META_FILE), None)
+        name = self._name("versions", version, "files", META_FILE)
+        missing = IntegrityError(f"version {version} has no {META_FILE} in the store (gs://{self.bucket_name}/{name}); "
+                                 "restore it or register the model again")
+        if record is None:
+            raise missing
+        try:
+            raw = self.bucket.blob(name).download_as_bytes()
+        except NotFound:
+            raise missing from None
+        if hashlib.sha256(raw).hexdigest() != record.sha256:
+            raise IntegrityError(f"{META_FILE} of version {version} does not match its recorded sha256 "
+                                 f"{record.sha256[:12]}: the stored copy was tampered with or corrupted; restore it or "
+                                 "register the model again")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:  # registered only after the same check, so never without tampering
+            raise IntegrityError(f"{META_FILE} of version {version} is not JSON ({exc})") from exc
+        if not isinstance(body, dict):
+            raise IntegrityError(f"{META_FILE} of version {version} is not a JSON object")
+        return body
 
     # --- downloading --------------------------------------------------------------------------------
     def download(self, version: str, dest: str | Path) -> Path:

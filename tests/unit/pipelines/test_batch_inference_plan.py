@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,12 +15,23 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
 from tenfold.inference.requests import plan_batches
 from tenfold.inference.runs import mark_replayed, partition_rows
+from tenfold.inference.scoring import trained_features_version as REAL_TRAINED_FEATURES_VERSION
 from tenfold.inference.store import RunStore
 from tenfold.pipelines import batch_inference as pipeline
 from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
 RUN_ID = "asset_triggered__2026-01-05T00:00:00+00:00"
 PART = Partition(2013, 6)
+
+
+@pytest.fixture(autouse=True)
+def _models_trained_on_these_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests stand in made-up version ids for ``resolve``, which no registry holds: each learnt from the
+    code's feature definitions. The tests of the check itself put the real reader back and register versions."""
+    import tenfold.inference.scoring as scoring
+    from tenfold.workloads.flights import WORKLOAD
+
+    monkeypatch.setattr(scoring, "trained_features_version", lambda settings, version: WORKLOAD.contract.version)
 
 
 def _score(settings: Settings, run: pipeline.InferenceRun, *, dead: int = 0) -> int:
@@ -275,3 +287,64 @@ def test_a_wait_that_ran_out_is_retried_by_airflow_not_failed_at_once(
         run_step(pipeline.score, cloud, run)
     with pytest.raises(AirflowFailException):  # a refusal still fails at once
         run_step(pipeline.plan, s, "waits", {"month": "2013-13"})
+
+
+def _register(s: Settings, folder: Path, meta: dict[str, object]) -> str:
+    import json
+
+    from tenfold.registry import Lineage, ModelRegistry, PartitionRef
+
+    folder.mkdir()
+    (folder / "weights.pt").write_bytes(b"w" * 64)
+    (folder / "preprocessing.json").write_text("{}")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    ref = PartitionRef(partition="2013-01", data_dir="d", rows=1, schema_hash="s", run_id="r", manifest_sha256="m" * 64)
+    lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(), training_config={},
+                      run_id="r")
+    return ModelRegistry(s).register(folder, lineage, metrics={"auc": 0.7}).version
+
+
+@pytest.mark.parametrize("trained_on", ["other", "same", "unrecorded"])
+def test_a_model_trained_on_other_feature_definitions_is_refused_at_plan(
+    make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trained_on: str,
+) -> None:
+    """Every worker's load_model refuses such a model, so each request was dead-lettered one by one and the run
+    failed at the end; plan refuses it first, naming it. A model saved before the version was recorded is scored,
+    as load_model loads it."""
+    import tenfold.inference.scoring as scoring
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+
+    monkeypatch.setattr(scoring, "trained_features_version", REAL_TRAINED_FEATURES_VERSION)
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    meta: dict[str, object] = {"version": 1, "workload": "flights"}
+    if trained_on != "unrecorded":
+        meta[VERSION_KEY] = WORKLOAD.contract.version + (1 if trained_on == "other" else 0)
+    version = _register(s, tmp_path / "model", meta)
+    if trained_on != "other":
+        run = pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+        assert run.model_version == version and run.requests > 0
+        return
+    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) learnt from version "
+                                                     rf"{WORKLOAD.contract.version + 1} of the feature definitions.*"
+                                                     r"Train a model on the rebuilt features"):
+        pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+
+
+def test_a_tampered_meta_json_is_refused_at_plan_naming_the_version(
+    make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tenfold.inference.scoring as scoring
+    from tenfold.registry import ModelRegistry
+
+    monkeypatch.setattr(scoring, "trained_features_version", REAL_TRAINED_FEATURES_VERSION)
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    version = _register(s, tmp_path / "model", {"version": 1, "workload": "flights"})
+    registry = ModelRegistry(s)
+    registry.bucket.blob(registry._name("versions", version, "files", "meta.json")).upload_from_string(b'{"version": 2}')
+    with pytest.raises(pipeline.PipelineError, match=rf"model version {version} cannot be read from the registry: "
+                                                     r"meta.json of version .* does not match its recorded sha256"):
+        pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})

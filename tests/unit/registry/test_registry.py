@@ -155,6 +155,22 @@ def test_bad_model_dirs_are_refused(registry_settings: Settings, tmp_path: Path,
         reg.register(tmp_path / "m", lineage)
 
 
+@pytest.mark.parametrize("name", ["notes\\v2.txt", "a:b.txt"])
+def test_a_file_whose_name_readers_take_for_a_path_out_of_the_folder_is_refused_before_anything_is_committed(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, name: str
+) -> None:
+    """Linux allows these names; every reader refuses them as a way out of the folder. The version was committed,
+    then register's own read-back called the registry tampered with, and the version was hidden for good."""
+    reg = ModelRegistry(registry_settings)
+    d = make_model_dir(82)
+    (d / name).write_text("notes")
+    with pytest.raises(InvalidModelDir, match=r"its name is read as a path outside the model folder.*rename or remove"):
+        reg.register(d, lineage, metrics=METRICS)
+    assert not [b.name for b in reg.client.list_blobs(reg.bucket_name, prefix=reg._name("versions") + "/")]
+    (d / name).unlink()
+    assert reg.register(d, lineage, metrics=METRICS).version in {v.version for v in reg.list_versions()}
+
+
 def test_a_folder_without_the_models_weights_or_preprocessing_state_is_refused(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
 ) -> None:
