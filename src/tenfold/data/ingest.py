@@ -141,7 +141,8 @@ class SourceUnreadable(IngestError):
         where = self.location()
         text = f"{head}: {self.problem}" + (f" [{where}]" if where else "") + ". Nothing was published."
         if self.quarantine_uri:
-            text += f" The raw input was quarantined at {self.quarantine_uri} (see its {QUARANTINE_REASON})."
+            # (a copy of the raw input beside it when there was one to copy: a folder, an unreadable file is not)
+            text += f" The refusal was quarantined at {self.quarantine_uri} (see its {QUARANTINE_REASON})."
         return f"{text} What to do: {self.what_to_do()}."
 
     def details(self) -> dict[str, Any]:
@@ -219,6 +220,11 @@ def read_source_bytes(location: str, *, table: str) -> tuple[bytes, str | None]:
             f"{info.compress_size:,} compressed bytes at offset {info.header_offset:,}, the file has {len(raw):,}",
             file=location, member=members[0], offset=info.header_offset,
             fix="replace it with a complete, uncorrupted copy") from exc
+    except (RuntimeError, NotImplementedError) as exc:  # a password, or a method zipfile lacks (Deflate64, ...)
+        raise SourceUnreadable(
+            table, f"the member cannot be extracted ({exc}): it is encrypted, or compressed by a method that cannot "
+            f"be read here (method {info.compress_type})", file=location, member=members[0],
+            fix="deliver it as a zip archive without a password, compressed with Deflate (zip's default)") from exc
     return data, members[0]
 
 
@@ -280,7 +286,7 @@ def _locate_csv(raw: bytes, header: list[str], message: str) -> tuple[str, str, 
 def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[str, ...] = ("NA", "")) -> pa.Table:
     """Parse CSV bytes (with a header) into ``schema``'s columns and types; a failure is a
     :class:`SourceUnreadable` naming the column, line and byte offset (``file`` is left to the caller)."""
-    if not raw.strip():
+    if not raw.removeprefix(codecs.BOM_UTF8).strip():  # an empty "CSV UTF-8" export is its byte-order mark alone
         raise SourceUnreadable(table, f"the file is empty ({len(raw)} bytes)",
                                fix="replace it with the complete file (a header line and the rows)")
     # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name, quoted or not (pyarrow skips
@@ -440,6 +446,8 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
         problem, fix = _describe_os_error(exc, getattr(exc, "filename", None) or "the file")
         raise SourceUnreadable(table, problem, file=getattr(exc, "filename", None), fix=fix) from exc
     except Exception as exc:  # any other reader failure is a refusal too: a retry would read the same bytes
+        if is_unreachable(exc) or no_credentials(exc):
+            raise  # a reader of a service (BigQuery, GCS by its client) that is away, or no login: not the source's
         first = (str(exc).strip().splitlines() or [""])[0][:500]
         raise SourceUnreadable(table, f"its reader failed: {type(exc).__name__}: {first}",
                                fix="correct the source file (or the workload's reader)") from exc

@@ -88,18 +88,18 @@ class FeaturesRun(RunState):
 class InputsRefused(PipelineError):
     """One or more raw inputs failed the gate; each was quarantined and one alert listed them all."""
 
-    def __init__(self, reports: list[ValidationReport], *, alerted: bool) -> None:
+    def __init__(self, reports: list[ValidationReport], *, alerted: bool, undelivered: tuple[str, ...] = ()) -> None:
         self.reports = reports
-        super().__init__("\n".join(str(ValidationFailed(r)) for r in reports), alerted=alerted)
+        super().__init__("\n".join(str(ValidationFailed(r)) for r in reports), alerted=alerted, undelivered=undelivered)
 
 
 class SourceRefused(PipelineError):
     """A raw source could not be read (or does not cover the month): nothing of that month was published, its raw
     input (when there was one) was quarantined and one alert was sent. ``error`` is the ingest's own error."""
 
-    def __init__(self, error: Exception, *, alerted: bool) -> None:
+    def __init__(self, error: Exception, *, alerted: bool, undelivered: tuple[str, ...] = ()) -> None:
         self.error = error
-        super().__init__(str(error), alerted=alerted)
+        super().__init__(str(error), alerted=alerted, undelivered=undelivered)
 
 
 def partition_for(logical_date: dt.datetime | dt.date | None, month: str | None = None) -> Partition:
@@ -225,7 +225,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             }
             | {"what_to_do": "re-run the DAG for that month: it re-ingests every input that was quarantined"},
         )
-        raise InputsRefused(refused, alerted=sent.delivered)  # undelivered: the failure callback alerts instead
+        raise InputsRefused(refused, alerted=sent.delivered, undelivered=sent.failed)  # the callback sends to those
     return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
 
 
@@ -241,7 +241,8 @@ def _refuse_source(settings: Settings, part: Partition, month: Partition, exc: E
         details = {"month": month.label, "error": str(exc),
                    "what_to_do": "install or fix the source (see the error), then re-run the DAG for that month"}
     log.error("%s: %s", title, exc)
-    return SourceRefused(exc, alerted=send_alert(settings, title, details).delivered)
+    sent = send_alert(settings, title, details)
+    return SourceRefused(exc, alerted=sent.delivered, undelivered=sent.failed)  # the failure callback sends to those
 
 
 JOB_WAIT_MARGIN_S = 120.0

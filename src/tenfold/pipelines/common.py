@@ -49,14 +49,16 @@ class PipelineError(RuntimeError):
     """A step cannot go on and a retry would not help; the message names what is wrong and what to do.
 
     ``alerted`` is true when the step already sent its own, richer alert (the failure callback then
-    does not alert twice).
+    does not alert twice); ``undelivered`` names the hooks that did not take it (the callback sends to those alone,
+    without a second log line).
     """
 
     retryable = False  # run_step fails the task at once; a subclass for a wait a retry resumes says True
 
-    def __init__(self, message: str, *, alerted: bool = False) -> None:
+    def __init__(self, message: str, *, alerted: bool = False, undelivered: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.alerted = alerted
+        self.undelivered = undelivered  # the hooks that did not take its own alert: the callback sends to those alone
 
 
 class PipelineInputError(PipelineError, ValueError):

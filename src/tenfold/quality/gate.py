@@ -61,6 +61,7 @@ class AlreadyRefused(LakeError):
 
     retryable = False
     alerted = False  # True when this refusal sent its own alert, and every alert hook took it
+    undelivered: tuple[str, ...] = ()  # the hooks that did not take its own alert
 
 
 @dataclass(frozen=True)
@@ -420,15 +421,16 @@ def validate_partition(
         # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
         where, reason = resumed
         failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
-        delivered = alert and send_alert(settings, f"Quality gate refused {table} {part.label}", {
+        sent = send_alert(settings, f"Quality gate refused {table} {part.label}", {
             "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
             "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"},
-        ).delivered
+        ) if alert else None
         refused = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was refused ({failed}); its move to quarantine was cut short "
             f"and is now finished at {where} (see its _QUARANTINED.json); fix the input and re-run the job that stages it"
         )
-        refused.alerted = delivered  # the task's failure callback does not alert a second time (unless undelivered)
+        # The task's failure callback does not alert a second time, but sends to the hooks that missed this alert.
+        refused.alerted, refused.undelivered = (sent.delivered, sent.failed) if sent else (False, ())
         raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".

@@ -297,15 +297,82 @@ def test_a_month_the_source_does_not_hold_is_refused_once_without_retries(settin
     assert lake.published_partitions("flights") == []
 
 
-def test_a_lost_connection_is_left_to_the_retries(settings, lake, alerts, monkeypatch):
+def _outage() -> Exception:
+    from google.api_core.exceptions import ServiceUnavailable
+
+    return ServiceUnavailable("the source's service is away")
+
+
+def _no_login() -> Exception:
+    from google.auth.exceptions import DefaultCredentialsError
+
+    return DefaultCredentialsError("Your default credentials were not found")
+
+
+@pytest.mark.parametrize("error", [lambda: ConnectionResetError("connection reset by peer while reading the source"),
+                                   _outage, _no_login], ids=["reset", "outage", "no-credentials"])
+def test_a_lost_connection_is_left_to_the_retries(settings, lake, alerts, monkeypatch, error):
+    """A reader of a service (BigQuery, GCS by its client) that is away, or has no login, is not the source's fault:
+    an outage was refused for good, quarantined and paged, though the same read succeeds once it is back."""
+    raised = error()
+
     def reader(table: str):
-        raise ConnectionResetError("connection reset by peer while reading the source")
+        raise raised
 
     monkeypatch.setattr(nycflights13, "read", reader)
     run = pipeline.plan(settings, dag_id="build_features", run_id="manual__flaky", logical_date=None, month="2013-01")
-    with pytest.raises(ConnectionResetError):  # not a PipelineError: Airflow retries it
+    with pytest.raises(type(raised)):  # not a PipelineError: Airflow retries it
         pipeline.ingest(settings, run)
     assert alerts() == [] and not Path(lake.root, "quarantine").exists()
+
+
+def test_an_empty_utf8_export_holding_only_its_byte_order_mark_is_refused_as_empty(settings, lake, alerts, upstream):
+    """Excel's "CSV UTF-8" of an empty sheet: the header read raised StopIteration, refused without the file's name."""
+    import codecs
+
+    path = deliver(upstream, "airlines.csv", codecs.BOM_UTF8)
+    refused, run = refuse(settings)
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="airlines", file=path,
+                                         phrases=["the file is empty (3 bytes)"])
+    assert reason["copied"] == "airlines.csv"
+
+
+def test_an_archive_whose_member_has_a_password_is_refused_naming_the_member(settings, lake, alerts, upstream):
+    """zipfile raises RuntimeError for it (NotImplementedError for Deflate64): refused without the file's name, and
+    with the reader blamed."""
+    import struct
+
+    archive = bytearray(rezip(b"year,month\n2013,1\n"))
+    local, central = archive.index(b"PK\x03\x04"), archive.index(b"PK\x01\x02")
+    for flags_at in (local + 6, central + 8):  # the general-purpose flag's bit 0: encrypted
+        archive[flags_at:flags_at + 2] = struct.pack("<H", struct.unpack("<H", archive[flags_at:flags_at + 2])[0] | 1)
+    path = deliver(upstream, "flights.csv.zip", bytes(archive))
+    refused, run = refuse(settings)
+    assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+        "(member flights.csv)", "the member cannot be extracted", "it is encrypted",
+        "deliver it as a zip archive without a password"])
+
+
+def test_a_source_refusal_that_one_hook_missed_is_sent_to_that_hook_alone_by_the_failure_callback(
+        settings, lake, alerts, upstream, flaky_webhook, monkeypatch):
+    """Its own alert reached the log (which pages in the cloud) and the file hook; the failure callback sent a second,
+    generic alert to every hook and logged it again, paging twice."""
+    from types import SimpleNamespace
+
+    from tenfold.monitoring.alerts import airflow_failure_callback
+
+    paged = flaky_webhook.on(settings)
+    deliver(upstream, "airlines.csv", b"")
+    flaky_webhook.failures = 3
+    refused, _ = refuse(paged)
+    assert flaky_webhook.tries == 3 and not flaky_webhook.received and len(alerts()) == 1
+    assert not refused.alerted and refused.undelivered == ("webhook",)
+    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: paged)
+    ti = SimpleNamespace(dag_id="build_features", task_id="ingest", run_id="r", try_number=1)
+    airflow_failure_callback({"task_instance": ti, "exception": refused})
+    (page,) = flaky_webhook.received
+    assert "build_features.ingest failed" in page["text"]
+    assert len(alerts()) == 1, "the hook that took the refusal's own alert was sent it again"
 
 
 def test_a_file_with_cr_only_line_endings_names_the_file_and_is_quarantined(settings, lake, alerts, upstream):
