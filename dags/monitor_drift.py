@@ -15,7 +15,8 @@ alias; default the ``champion``).
    log names both addresses.
 4. ``decide``: when a feature that triggers retraining drifted (PSI >= ``monitoring.drift.psi_drift`` and
    its test significant), an alert (log line and the webhook hook) and the drift Asset event, which
-   triggers ``train_model``; skipped otherwise. Weather, history aggregates and the weekday only report.
+   triggers ``train_model``; skipped otherwise, and when this run emitted the same event before (a cleared run
+   that finished). Weather, history aggregates and the weekday only report.
 
 Run locally: ``make up`` then trigger ``monitor_drift`` in the UI, or ``airflow dags test monitor_drift -c
 '{"month": "2013-07"}'``; without Airflow ``python -m tenfold.pipelines.monitor_drift --conf '{"month": "2013-07"}'``.
@@ -69,7 +70,7 @@ def monitor_drift() -> None:
 
         return run_step(pipeline.report, get_settings(), planned, measured).to_xcom()
 
-    @task(outlets=[DRIFT])
+    @task(inlets=[DRIFT], outlets=[DRIFT])  # inlet: to read back this run's own drift event (a cleared run)
     def decide(planned: dict[str, Any], reported: dict[str, Any], **context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -84,6 +85,11 @@ def monitor_drift() -> None:
             earlier = decision.get("already_triggered")
             raise AirflowSkipException(f"no retraining: {decision['decisions']}"
                                        + (f"; already triggered by {earlier}" if earlier else ""))
+        # A cleared run that finished decides the same: its trigger record is its own, so nothing held it back.
+        recent = context["inlet_events"][DRIFT].ascending(False).limit(100)
+        if (prior := pipeline.emitted_already(recent, DAG_ID, context["dag_run"].run_id, decision)) is not None:
+            raise AirflowSkipException(f"this run emitted the drift event of {decision['months']} already (at "
+                                       f"{prior.timestamp}): retraining is not started twice")
         context["outlet_events"][DRIFT].extra = decision
         return decision
 

@@ -80,6 +80,33 @@ def _dags_test(env: dict[str, str], conf: dict[str, str], logical_date: str, tmp
     return out
 
 
+_SAME_RUN = r"""
+import datetime as dt, importlib.util, json, sys
+
+spec = importlib.util.spec_from_file_location("monitor_drift_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+when = dt.datetime.fromisoformat(sys.argv[2])
+run = module.monitor_drift().test(run_after=when, logical_date=when, run_conf=json.loads(sys.argv[3]))
+print("RUN", run.run_id, run.state)
+"""
+
+
+def _run_as(env: dict[str, str], conf: dict[str, str], when: str, tmp: Path, name: str) -> str:
+    """The DAG run of ``when`` (``dag.test`` with the run id ``manual__<when>``): run again, it replaces the run of
+    that id, as a clear resets it, and the run's tasks run again under the same run id."""
+    import sys
+
+    from tenfold.config.settings import project_root
+
+    proc = subprocess.run([sys.executable, "-c", _SAME_RUN, str(project_root() / "dags" / "monitor_drift.py"), when,
+                           json.dumps(conf)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    (tmp / f"dag-test-{name}.log").write_text(out)
+    assert proc.returncode == 0 and f"RUN manual__{when} success" in out, out[-6000:]
+    return out
+
+
 def _scheduled_on(env: dict[str, str], uri: str) -> list[str]:
     """The DAGs Airflow's metadata database says an Asset event of ``uri`` triggers."""
     db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
@@ -113,7 +140,7 @@ def test_injected_drift_fires_the_detector_and_triggers_train_model_an_unchanged
     assert not alerts.exists() or "drift:" not in alerts.read_text()
     assert f"{local_settings.monitoring.drift.reports_prefix}/year=2032/month=3/report.html" in out, "the log links the report"
 
-    _dags_test(env, {"month": DRIFTED.label, "version": version}, "2032-05-02T00:00:00+00:00", tmp_path)
+    _run_as(env, {"month": DRIFTED.label, "version": version}, "2032-05-02T00:00:00+00:00", tmp_path, "drifted")
     drifted = read_report(local_settings, DRIFTED)
     assert drifted.decision == "retrain" and "distance" in drifted.triggered, drifted.summary
     assert drifted.summary["max_psi"] >= local_settings.monitoring.drift.psi_drift
@@ -133,3 +160,10 @@ def test_injected_drift_fires_the_detector_and_triggers_train_model_an_unchanged
     assert len(asset_events(airflow_env, drift_uri)) == before + 1, "the same drift triggered retraining twice"
     assert len([line for line in alerts.read_text().splitlines() if "drift:" in line]) == 1
     assert "already triggered by" in out, out[-3000:]
+
+    # The drifted month's run cleared, after it finished: its trigger record is its own, so it decides to retrain
+    # again, and finds that Airflow recorded its event already.
+    out = _run_as(env, {"month": DRIFTED.label, "version": version}, "2032-05-02T00:00:00+00:00", tmp_path, "cleared")
+    assert len(asset_events(airflow_env, drift_uri)) == before + 1, "a cleared run started retraining twice"
+    assert "emitted the drift event of ['2032-04'] already" in out, out[-3000:]
+    assert len([line for line in alerts.read_text().splitlines() if "drift:" in line]) == 1

@@ -15,8 +15,8 @@
   drift triggers once: the DAG's decide records a month's drift against a version, on the content measured
   (``<reports>/year=YYYY/month=M/triggered-<version>-<content>.json``, created if absent), and another run
   that finds it (a re-publish of the same content, a manual rerun) alerts and retrains no more. A retry, or a
-  clear, of the run that recorded it emits the event again (its first attempt may have died before Airflow
-  recorded the event) without a second alert. An alert that a hook (the webhook, the e-mail) did not deliver,
+  clear, of the run that recorded it emits the event again without a second alert when Airflow recorded no event of
+  it (its first attempt may have died before that), and not when it did (:func:`emitted_already`). An alert that a hook (the webhook, the e-mail) did not deliver,
   after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
   task's next try sends it again, to the hooks that failed alone, before it emits; an outage of Cloud Monitoring writing the drift score fails the
   try too, before it alerts; its last try emits regardless. A run outside Airflow, which emits no event, records
@@ -338,11 +338,15 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     if fresh:
         # An earlier try of this run sent it and some hooks failed: those alone are sent it again (the others have it).
         retry = all(s["month"] in owed for s, _ in fresh)
-        failed = send_alert(settings, f"drift: retraining {p.version} ({', '.join(triggered)})", {
+        # A run outside Airflow emits no event: nothing retrains on its alert (the DAG's run of the month will).
+        what = f"{p.version} ({', '.join(triggered)})"
+        title = f"drift: retraining {what}" if emits else f"drift: {what}; a run outside Airflow starts no retraining"
+        failed = send_alert(settings, title, {
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
-        }, only={h for s, _ in fresh for h in owed[s["month"]]} if retry else None).failed
+        }, only={h for s, _ in fresh for h in owed[s["month"]]} if retry else None,
+            log_line=not retry).failed  # the log line (which pages in the cloud) went out with the first try's
     for s, _ in fresh if emits else []:  # after the alert: an attempt that dies before recording it alerts again
         month = s["month"]
         if month not in contents:
@@ -365,7 +369,27 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
     return {"retrain": bool(firing), "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),
             "max_psi": max_psi, "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
-            "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier}
+            "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier,
+            "contents": {s["month"]: contents[s["month"]] for s, _ in firing if s["month"] in contents}}
+
+
+def emitted_already(events: Iterable[Any], dag_id: str, airflow_run_id: str, decision: Mapping[str, Any]) -> Any | None:
+    """This run's drift event of the same decision (the version, and each month's measured content), when Airflow
+    recorded one before: a cleared run that finished decides the same again, and emitting it once more would start
+    a second retraining. ``events``: the drift Asset's recent events (Airflow's ``inlet_events``), newest first.
+
+    A run that recorded its trigger and died before Airflow recorded its event finds none and emits; so does a
+    cleared run whose months were re-published meanwhile (another content: a drift no event has reported)."""
+    want = decision.get("contents") or {}
+    if not want:
+        return None  # a decision of before contents were recorded: emitted as it always was
+    for event in events:
+        extra = event.extra or {}
+        if (event.source_dag_id == dag_id and event.source_run_id == airflow_run_id
+                and extra.get("version") == decision.get("version")
+                and all((extra.get("contents") or {}).get(m) == c for m, c in want.items())):
+            return event
+    return None
 
 
 def monitor(settings: Settings, month: str, version: str | None = None, *, run_id: str | None = None) -> dict[str, Any]:

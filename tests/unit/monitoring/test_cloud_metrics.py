@@ -112,7 +112,7 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     client = monitoring.client()
     monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
     sent: list[Any] = []
-    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None: (
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None, log_line=True: (
         sent.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
     run = {"run_key": "r", "airflow_run_id": "r", "months": ["2013-07", "2013-08"], "version": "v1",
            "version_ref": "champion", "work_dir": "/tmp/unused"}

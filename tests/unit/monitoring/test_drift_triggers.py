@@ -31,7 +31,7 @@ def _measured_on(*contents: str) -> dict[str, Any]:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None: (
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None, log_line=True: (
         out.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
     return out
 
@@ -42,6 +42,7 @@ def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path
     # A run outside Airflow (python -m tenfold.pipelines.monitor_drift) emits no event: it alerts, records nothing.
     manual = pipeline.decide(settings, _run("manual"), REPORTED)
     assert manual["retrain"] is True and len(sent) == 1
+    assert not sent[0][0].startswith("drift: retraining") and "starts no retraining" in sent[0][0]
     assert not list((tmp_path / "home").rglob("triggered-*.json")), "a run that started no retraining held it back"
     sent.clear()
 
@@ -145,9 +146,11 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
     assert last["retrain"] is True and len(flaky_webhook.received) == 1
 
 
-def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Path, flaky_webhook: Any) -> None:
+def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Path, flaky_webhook: Any,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """Two hooks, the webhook down for the first try: the retry sent the alert to every hook again, so the one that
-    had taken it got it twice (and once more per try while the webhook stayed down)."""
+    had taken it got it twice (and once more per try while the webhook stayed down); it also logged the ALERT line
+    again, which pages in the cloud."""
     settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
     taken: list[str] = []
 
@@ -163,6 +166,7 @@ def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Pa
         retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
         assert retry["retrain"] is True
         assert len(flaky_webhook.received) == 1 and len(taken) == 1  # the webhook got it; the other hook not again
+        assert caplog.text.count("ALERT [tenfold local] drift: retraining v1") == 1
     finally:
         alerts.unregister_hook(recording)
 
@@ -213,3 +217,32 @@ def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(t
                                    last_try=last_try)
         assert decision["retrain"] is True and type(error).__name__ in sent[-1][1]["cloud_metric_not_written"]
     assert len(sent) == 5
+
+
+def test_a_cleared_run_finds_its_own_recorded_event_but_not_another_runs_or_one_of_other_content(
+    tmp_path: Path, sent: list[Any]
+) -> None:
+    """The DAG's decide skips the emit when Airflow holds this run's event of the same decision (a cleared run that
+    finished): its trigger record is its own, so decide() says retrain again."""
+    from types import SimpleNamespace
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    decision = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert decision["contents"] == {"2013-08": "c08"}
+
+    def event(run_id: str, extra: dict[str, Any], dag_id: str = pipeline.DAG_ID) -> SimpleNamespace:
+        return SimpleNamespace(source_dag_id=dag_id, source_run_id=run_id, extra=extra, timestamp="t")
+
+    recorded = event("run-a", decision)
+    assert pipeline.emitted_already([event("run-b", decision), recorded], pipeline.DAG_ID, "run-a", decision) is recorded
+    again = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # the clear decides the same
+    assert again["retrain"] is True and pipeline.emitted_already([recorded], pipeline.DAG_ID, "run-a", again) is recorded
+
+    # Not this run's, another DAG's, or one of before the month was re-published (other content): emit.
+    assert pipeline.emitted_already([event("run-b", decision)], pipeline.DAG_ID, "run-a", decision) is None
+    assert pipeline.emitted_already([event("run-a", decision, "other_dag")], pipeline.DAG_ID, "run-a", decision) is None
+    republished = pipeline.decide(settings, _run("run-a"), _measured_on("c07", "c08-new"), emits=True)
+    assert republished["retrain"] is True
+    assert pipeline.emitted_already([recorded], pipeline.DAG_ID, "run-a", republished) is None
+    assert pipeline.emitted_already([event("run-a", {**decision, "version": "v2"})], pipeline.DAG_ID, "run-a",
+                                    decision) is None
