@@ -26,6 +26,9 @@ status:
 test: setup lint ## the whole suite, as CI runs it
 	@$(BIN)/pytest
 
+test-fast: setup ## the suite without the slow and integration tests (no local platform needed)
+	@$(BIN)/pytest -m "not slow and not integration"
+
 lint: setup
 	@$(BIN)/ruff check src dags spark_jobs infra tests bench scripts
 	@$(BIN)/mypy
