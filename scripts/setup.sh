@@ -43,9 +43,21 @@ fi
 command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs"
 
 # --- Python environment --------------------------------------------------------------------------
-if ! command -v uv >/dev/null; then
-  say "installing uv"
-  "$PY" -m pip install -q "uv==0.13.8"
+# uv from PATH, else a pinned copy in a venv of its own under .tools/uv: Debian's and Ubuntu's system Python refuses
+# `pip install` (externally managed), and a --user install lands where PATH may not look.
+UV_PIN="uv==0.13.8"
+if command -v uv >/dev/null; then
+  UV=uv
+else
+  UV=.tools/uv/bin/uv
+  if [ ! -x "$UV" ]; then
+    say "installing $UV_PIN into .tools/uv"
+    rm -rf .tools/uv
+    "$PY" -m venv .tools/uv >/dev/null 2>&1 \
+      || die "cannot create a venv for uv with $PY: install python3.11-venv (apt-get install python3.11-venv), or install $UV_PIN on PATH (pipx install $UV_PIN)"
+    .tools/uv/bin/python -m pip install -q "$UV_PIN" \
+      || die "cannot install $UV_PIN into .tools/uv (no package index reachable?): install it on PATH (pipx install $UV_PIN), or set PIP_FIND_LINKS to a folder holding its wheel"
+  fi
 fi
 FIND_LINKS=()
 [ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
@@ -54,7 +66,7 @@ stamp=.venv/.tenfold-lock.sha
 want=$( (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
-  uv venv -q --python "$PY" .venv
+  "$UV" venv -q --python "$PY" .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing pinned dependencies into .venv (requirements/lock.txt)"
@@ -63,9 +75,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # imports from .pyc instead of compiling pandas, Great Expectations, Airflow and torch from source each time,
   # which is what happens where PYTHONDONTWRITEBYTECODE is set or site-packages is read-only (a task's imports
   # 9 -> 3.6 CPU s; see the README, Development).
-  VIRTUAL_ENV=.venv uv pip sync -q --compile-bytecode "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
+  VIRTUAL_ENV=.venv "$UV" pip sync -q --compile-bytecode "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
     || die "could not install the pinned dependencies. torch==2.13.0 needs its CPU wheel: set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu, or use a machine with the PyTorch CPU index reachable."
-  VIRTUAL_ENV=.venv uv pip install -q --no-deps --compile-bytecode -e .
+  VIRTUAL_ENV=.venv "$UV" pip install -q --no-deps --compile-bytecode -e .
   echo "$want" > "$stamp"
 fi
 # Tenfold's own modules too (only what changed since the last run is compiled again).
@@ -73,8 +85,8 @@ fi
 # checkov pins libraries that Airflow 3 cannot share (cachetools<6): it gets its own venv.
 if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
   say "installing checkov into .tools/checkov"
-  [ -x .tools/checkov/bin/python ] || uv venv -q --python "$PY" .tools/checkov
-  VIRTUAL_ENV=.tools/checkov uv pip sync -q requirements/checkov.txt
+  [ -x .tools/checkov/bin/python ] || "$UV" venv -q --python "$PY" .tools/checkov
+  VIRTUAL_ENV=.tools/checkov "$UV" pip sync -q requirements/checkov.txt
   sha256sum < requirements/checkov.txt > .tools/checkov/.stamp
 fi
 # The CDK Terrain / CDKTF CLIs (`cdktn synth`, `cdktf synth` on infra/), pinned by package-lock.json.
