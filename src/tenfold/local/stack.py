@@ -239,7 +239,10 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
                     f"{name} is running (pid file {process.pid_file(run_dir(settings), comp.name)}) but not healthy: "
                     f"run `tenfold down`, then `tenfold up`; log: {process.log_file(run_dir(settings), comp.name)}"
                 )
-            # else: Airflow's components may still be starting from an earlier, interrupted `up`: waited for below.
+            else:  # Airflow's components may still be starting from an earlier, interrupted `up`: waited for below
+                unhealthy = [c.name for c in svc.components if not _healthy(c.healthy)]
+                say(f"{name}: {', '.join(unhealthy)} running but not healthy yet; waiting up to "
+                    f"{svc.start_timeout:.0f} s")
             continue
         if alive:
             say(f"{name}: {', '.join(c.name for c in dead)} not running; restarting "
@@ -279,7 +282,10 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
                     f"{', '.join(gone)} stopped while the platform was coming up; see "
                     + ", ".join(str(process.log_file(run_dir(settings), g)) for g in gone)
                 )
-            _wait_healthy(svc, svc.components, [r for r in records if r is not None])
+            try:
+                _wait_healthy(svc, svc.components, [r for r in records if r is not None])
+            except LocalPlatformError as exc:  # running and never healthy: hung, not starting
+                raise LocalPlatformError(f"{exc}\nRestart it: `tenfold down -s {name}`, then `tenfold up`") from exc
         provision(settings, services=names)
     except BaseException:
         for comp_name in reversed(started):

@@ -402,3 +402,28 @@ def test_the_demo_starts_or_rolls_the_fleet_under_the_up_down_lock(tmp_path, mon
     steps = ["rollout stable", "rollout canary"] if fleet_running else ["fleet up"]
     assert seen == [(step, True) for step in [*steps, "sink", "canary 0"]]
     assert not _locked_by_another(s)  # and released
+
+
+def test_up_names_a_hung_component_and_how_to_restart_it(tmp_path, monkeypatch):
+    """Every Airflow component alive, one never healthy (a wedged API server): `up` said nothing, waited out the
+    start timeout and failed without a remedy; a one-component service in that state is told at once."""
+    from tenfold.local import process, stack
+    from tenfold.local.services import Component, Service
+
+    s = _fresh_settings(tmp_path)
+    records = [process.start(name, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
+               for name in ("fine", "wedged")]
+    fake = Service("airflow", [Component("fine", "fine", ["sleep", "300"], healthy=lambda: True),
+                               Component("wedged", "wedged", ["sleep", "300"], healthy=lambda: False)],
+                   env=None, start_timeout=1.0, url="http://127.0.0.1:1")
+    monkeypatch.setattr(stack, "service", lambda settings, name: fake)
+    messages: list[str] = []
+    try:
+        with pytest.raises(LocalPlatformError, match=r"wedged .*not healthy within 1 s(.|\n)*Restart it: "
+                                                     r"`tenfold down -s airflow`, then `tenfold up`"):
+            up(s, ["airflow"], echo=messages.append)
+        assert "airflow: wedged running but not healthy yet; waiting up to 1 s" in messages, messages
+        assert all(process.is_running(r) for r in records), "a refused up stopped what it did not start"
+    finally:
+        for r in records:
+            process.stop(r, timeout=5)
