@@ -592,7 +592,11 @@ class Lake:
         current = self._current_manifest(table, part)
         if current is not None and current.data_dir == data_dir and current.files == tuple(entries) \
                 and current.extra == (extra or {}):
-            return current  # same content already visible: leave the manifest (and its run id) as it is
+            # Same content already visible: leave the manifest (and its run id) as it is. A publish killed after
+            # its commit left the replaced folder behind: this retry removes it, as that publish would have.
+            still_held()
+            self._collect_garbage(table, part, keep=data_dir)
+            return current
         target = self._join(table, part.path, data_dir)
         for entry, info in zip(entries, infos, strict=True):
             self._land(info.path, posixpath.join(target, entry.name), entry)

@@ -21,6 +21,7 @@ older PySpark, and a month is ~30k rows, which pandas validates in about a secon
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -601,9 +602,13 @@ def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, r
 
 def _unpublish(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:
     manifest_path = lake.manifest_path(table, part)
+    named = None  # the data folder the withdrawn manifest named: the refused content
     try:
         with lake.fs.open_input_stream(manifest_path) as stream:
-            reason = {**reason, "manifest": stream.read().decode(errors="replace")}
+            text = stream.read().decode(errors="replace")
+        reason = {**reason, "manifest": text}
+        with contextlib.suppress(ValueError, AttributeError):
+            named = json.loads(text).get("data_dir")
         lake.fs.delete_file(manifest_path)
     except FileNotFoundError:
         pass
@@ -611,9 +616,15 @@ def _unpublish(lake: Lake, table: str, part: Partition, key: str, reason: dict[s
     data_dirs = [i.path for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.Directory and i.base_name.startswith("data-")]
     if not data_dirs:
         return lake.quarantine(table, part, lake.partition_path(table, part) + "/.none", key, reason)
+    refused = [d for d in data_dirs if posixpath.basename(d) == named] or sorted(data_dirs)
     where = ""
-    for data_dir in sorted(data_dirs):
+    for data_dir in refused:
         where = lake.quarantine(table, part, data_dir, key, reason)  # key, then key-2, ... (see Lake.quarantine)
+    # A folder an earlier publish left behind (killed before its cleanup): not the refused content, and said so.
+    left = {**reason, "left_behind": "a data folder of an earlier publish of this partition, not the one refused "
+                                     f"(that one is at {where})"}
+    for data_dir in sorted(set(data_dirs) - set(refused)):
+        lake.quarantine(table, part, data_dir, key, left)
     return where
 
 

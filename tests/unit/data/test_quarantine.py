@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
 from tenfold.data.lake import Lake, Partition
 from tenfold.quality.gate import unpublish_to_quarantine
@@ -60,3 +61,49 @@ def test_a_staged_batch_refused_twice_under_one_attempt_is_kept_twice(lake: Lake
         where = lake.quarantine(TABLE, PART, staged, "attempt-1", {"n": n})
         assert _quarantined(lake, where) == (ids, {"n": n})
         assert lake.fs.get_file_info(staged).type == pafs.FileType.NotFound  # moved, not copied
+
+
+def _data_dirs(lake: Lake) -> list[str]:
+    selector = pafs.FileSelector(lake.partition_path(TABLE, PART), allow_not_found=True)
+    return sorted(i.base_name for i in lake.fs.get_file_info(selector)
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("data-"))
+
+
+def test_a_publish_killed_before_its_cleanup_is_finished_by_its_retry_and_a_withdrawal_names_the_refused_data(
+    lake: Lake, monkeypatch
+) -> None:
+    """The retry found its content visible and returned before removing the replaced folder, which stayed for good;
+    a later withdrawal then quarantined both folders as refused and named whichever sorted last."""
+    _publish(lake, [1, 2, 3], "good")
+    real = Lake._collect_garbage
+
+    def killed(self: Lake, table: str, part: Partition, keep: str) -> None:
+        raise KeyboardInterrupt("killed after the commit, before the cleanup")
+
+    monkeypatch.setattr(Lake, "_collect_garbage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _publish(lake, [4, 5], "new")
+    monkeypatch.setattr(Lake, "_collect_garbage", real)
+    assert len(_data_dirs(lake)) == 2 and lake.read_manifest(TABLE, PART).run_id == "new"
+    left_behind = next(d for d in _data_dirs(lake) if d != lake.read_manifest(TABLE, PART).data_dir)
+
+    # A withdrawal while the old folder is still there: the refused (named) content is the one reported.
+    where = unpublish_to_quarantine(lake, TABLE, PART, "run-key", {"why": "refused"})
+    ids, reason = _quarantined(lake, where)
+    assert ids == [4, 5] and reason["why"] == "refused" and "left_behind" not in reason
+    (other,) = [u for u in (lake.uri_of(lake.quarantine_path(TABLE, PART, k)) for k in ("run-key", "run-key-2"))
+                if u != where]
+    ids, reason = _quarantined(lake, other)
+    assert ids == [1, 2, 3] and "not the one refused" in reason["left_behind"]
+    assert left_behind not in _data_dirs(lake)
+
+    # The same kill, then the retry of the same publish: it removes what the killed one left.
+    _publish(lake, [1, 2, 3], "good")
+    monkeypatch.setattr(Lake, "_collect_garbage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _publish(lake, [4, 5], "new")
+    monkeypatch.setattr(Lake, "_collect_garbage", real)
+    assert len(_data_dirs(lake)) == 2
+    _publish(lake, [4, 5], "new-retry")
+    assert _data_dirs(lake) == [lake.read_manifest(TABLE, PART).data_dir]
+    assert lake.read_manifest(TABLE, PART).run_id == "new"  # the visible content kept its manifest
