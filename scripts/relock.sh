@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 exec 9>.venv/.relock.lock
 flock 9
+# uv from PATH, else the copy `make setup` installed where PATH had none
+UV=$(command -v uv || echo .tools/uv/bin/uv)
+[ -x "$UV" ] || { echo "relock: uv is not on PATH and not in .tools/uv: run make setup first" >&2; exit 1; }
 FIND_LINKS=()
 [ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
-uv pip compile -q pyproject.toml --all-extras --python-version 3.11 "${FIND_LINKS[@]}" \
+"$UV" pip compile -q pyproject.toml --all-extras --python-version 3.11 "${FIND_LINKS[@]}" \
   --index-strategy unsafe-best-match --no-header -o requirements/lock.txt
-VIRTUAL_ENV=.venv uv pip sync -q "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt
-VIRTUAL_ENV=.venv uv pip install -q --no-deps -e .
+VIRTUAL_ENV=.venv "$UV" pip sync -q "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt
+VIRTUAL_ENV=.venv "$UV" pip install -q --no-deps -e .
