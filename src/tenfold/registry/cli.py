@@ -154,6 +154,8 @@ def promote(
         version = reg.find(ref)
         expected = reg.find(expect) if expect else reg.resolve(CHAMPION)
         pointer = reg.promote(version, expected=expected, reason=reason or "manual promotion")
+        if expected == version:
+            return f"champion already is {version} (seq {pointer.seq}): nothing moved"
         return f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
 
     typer.echo(run_guarded(act))
@@ -163,6 +165,8 @@ def promote(
 def rollback(
     alias: str = typer.Argument(CHAMPION, help="the alias to move back"),
     to: str | None = typer.Option(None, help="a version it held before (default: the one before the current)"),
+    from_: str | None = typer.Option(None, "--from", help="the version to roll back from (default: the current); "
+                                     "run again with it after an error, it moves nothing more if the rollback landed"),
     reason: str = typer.Option("", help="why, recorded in the alias history"),
     env: str | None = EnvOption,
 ) -> None:
@@ -171,7 +175,19 @@ def rollback(
 
     def act() -> str:
         target = reg.find(to) if to else None
-        pointer = reg.rollback(alias, to=target, reason=reason or "manual rollback")
+        now = reg.resolve(alias)
+        origin = reg.find(from_) if from_ else now
+        try:
+            pointer = reg.rollback(alias, to=target, from_version=origin, reason=reason or "manual rollback")
+        except Exception as exc:
+            if origin and not isinstance(exc, (RegistryError, ValueError, KeyError)):
+                # Without --from, running it again would roll back one version further if this one had landed.
+                again = f"tenfold models rollback {alias} --from {origin}" + (f" --to {target}" if target else "")
+                typer.echo(f"note: the rollback from {origin} may have landed before this error; once the registry "
+                           f"is back, run `{again}`: it moves nothing more if it did", err=True)
+            raise
+        if now != origin:  # --from names a version it was already rolled back from
+            return f"{alias} was already rolled back from {origin} to {pointer.version} (seq {pointer.seq}): nothing moved"
         return f"{alias}: {pointer.previous} -> {pointer.version} (seq {pointer.seq})"
 
     typer.echo(run_guarded(act))

@@ -765,17 +765,28 @@ class ModelRegistry:
         """Make ``version`` the champion (see :meth:`set_alias` for ``expected``)."""
         return self.set_alias(CHAMPION, version, expected=expected, action="promote", reason=reason, details=details, actor=actor)
 
-    def rollback(self, alias: str = CHAMPION, *, to: str | None = None, reason: str = "", actor: str | None = None) -> AliasPointer:
+    def rollback(self, alias: str = CHAMPION, *, to: str | None = None, from_version: str | None = None,
+                 reason: str = "", actor: str | None = None) -> AliasPointer:
         """Move ``alias`` back to an earlier version from its history.
 
         Without ``to``: the newest version it held before the current one, skipping versions it was
         rolled back from since they last held it, so repeated rollbacks walk further back (A, B, C:
         C -> B -> A), while a version promoted again after a rollback is a candidate again.
+
+        ``from_version``: the version to roll back from. When the alias was already rolled back from it (the last
+        move is that rollback: a rerun after an error that came once the move had landed), that move is returned
+        and nothing moves again; when it points elsewhere, :class:`AliasConflict`.
         """
         history = self.alias_history(alias)
         current = self._read_pointer(alias)
         if current is None:
             raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+        if from_version is not None and current.version != from_version:
+            if current.action == "rollback" and current.previous == from_version and to in (None, current.version):
+                self._append_history(current)  # the entry its first run may not have recorded
+                return current
+            raise AliasConflict(f"{alias} is {current.version}, not {from_version} (moved by {current.actor} at "
+                                f"{current.updated_at}: {current.action} {current.reason!r}); re-read it and decide again")
         if to is not None:
             if to not in {h.version for h in history}:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")

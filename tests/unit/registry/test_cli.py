@@ -91,3 +91,43 @@ def test_a_damaged_alias_pointer_or_decision_is_a_one_line_error_naming_the_obje
     assert out.output.startswith("error: ") and f"gs://{reg.bucket_name}/{name}" in out.output, out.output
     assert ("tenfold models promote" if damage == "pointer" else "restore it") in out.output
     assert "Traceback" not in out.output
+
+
+def test_a_rollback_run_again_after_an_error_that_came_once_it_landed_moves_nothing_more(
+    registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer moved, then recording its history failed (an outage): exit 1, "run it again once it is back".
+    Run again, the rollback went one version further back (C -> B, then B -> A). With --from, which the error now
+    names, the second run finds the rollback landed and moves nothing; the history gets the entry it missed."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(n), lineage, metrics={"auc": 0.6 + n / 100}).version for n in (11, 12, 13))
+    for v in (a, b, c):
+        reg.promote(v)
+    real = ModelRegistry._append_history
+    failures = [ServiceUnavailable("the store went away after the pointer landed")]
+
+    def flaky(self: ModelRegistry, pointer: object) -> None:
+        if getattr(pointer, "action", None) == "rollback" and failures:
+            raise failures.pop()
+        real(self, pointer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelRegistry, "_append_history", flaky)
+    out = runner.invoke(app, ["models", "rollback"])
+    assert out.exit_code == 1 and reg.resolve("champion") == b, out.output
+    assert f"tenfold models rollback champion --from {c}" in out.output
+
+    out = runner.invoke(app, ["models", "rollback", "--from", c])
+    assert out.exit_code == 0, out.output
+    assert reg.resolve("champion") == b, "the rerun rolled back one version further"
+    assert f"already rolled back from {c} to {b}" in out.output and "nothing moved" in out.output
+    assert [(h.version, h.action) for h in reg.alias_history("champion")][-1] == (b, "rollback")
+
+    out = runner.invoke(app, ["models", "rollback", "--from", a])  # the alias is not a, and was never rolled back from it
+    assert out.exit_code == 2 and f"champion is {b}, not {a}" in out.output
+    assert reg.resolve("champion") == b
+
+    out = runner.invoke(app, ["models", "promote", b])
+    assert out.exit_code == 0 and f"champion already is {b}" in out.output and "nothing moved" in out.output
