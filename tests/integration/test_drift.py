@@ -151,8 +151,11 @@ def test_injected_drift_fires_the_detector_and_triggers_train_model_an_unchanged
     # The event is what train_model runs on (with the weekly baseline), as Airflow itself records it.
     assert "train_model" in _scheduled_on(airflow_env, drift_uri)
     (alert,) = [json.loads(line) for line in alerts.read_text().splitlines() if "drift:" in line]
-    assert "distance" in alert["details"]["features"] and "report.html" in alert["details"]["report"]
-    page = (Path(urlparse(report_dir(local_settings, DRIFTED)).path) / "report.html").read_text()
+    assert "distance" in alert["details"]["features"]
+    # The alert links the page pinned to what was measured (a later run on the month rewrites report.html only).
+    assert alert["details"]["report"].startswith(f"{report_dir(local_settings, DRIFTED)}/report-{version}-")
+    page = Path(urlparse(alert["details"]["report"]).path).read_text()
+    assert page == (Path(urlparse(report_dir(local_settings, DRIFTED)).path) / "report.html").read_text()
     assert "<svg" in page and "distance: PSI" in page
 
     # Another run on the same content (a re-publish of the month starts one): the drift has triggered already.

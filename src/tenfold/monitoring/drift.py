@@ -28,6 +28,7 @@ import html
 import itertools
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -535,13 +536,25 @@ def _write(uri: str, data: bytes) -> None:
     write_file_atomically(fs, path, data)  # a unique tmp, removed if the write fails (a full disk)
 
 
-def write_report(settings: Settings, report: DriftReport) -> tuple[str, str]:
-    """Save the report as JSON and HTML (HTML first, so the JSON a reader finds always has its page)."""
+def write_report(settings: Settings, report: DriftReport, *, pinned: str | None = None) -> tuple[str, str]:
+    """Save the report as JSON and HTML (HTML first, so the JSON a reader finds always has its page): the month's
+    latest report, which :func:`read_report` reads. Returns their URIs.
+
+    With ``pinned`` (what was measured: the version and the content), also a copy named by it,
+    ``report-<pinned>.{html,json}``, whose URIs are returned instead: the page an alert links, which a later
+    measurement of the month (against another version, or of re-published content) does not overwrite."""
     base = report_dir(settings, report.month)
-    html_uri, json_uri = f"{base}/{REPORT_HTML}", f"{base}/{REPORT_JSON}"
-    _write(html_uri, render_html(report).encode())
-    _write(json_uri, json.dumps(report.to_dict(), indent=1, sort_keys=True).encode())
-    return json_uri, html_uri
+    page, body = render_html(report).encode(), json.dumps(report.to_dict(), indent=1, sort_keys=True).encode()
+    names = [(REPORT_HTML, REPORT_JSON)]
+    if pinned:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", pinned):
+            raise ValueError(f"a pinned report's name {pinned!r} is not letters, digits, '_', '.' or '-'")
+        names.append((f"report-{pinned}.html", f"report-{pinned}.json"))
+    for html_name, json_name in names:
+        _write(f"{base}/{html_name}", page)
+        _write(f"{base}/{json_name}", body)
+    html_name, json_name = names[-1]
+    return f"{base}/{json_name}", f"{base}/{html_name}"
 
 
 def read_report(settings: Settings, part: Partition | str) -> DriftReport:

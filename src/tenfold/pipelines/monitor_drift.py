@@ -42,7 +42,15 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
-from tenfold.monitoring.drift import DriftError, DriftPolicy, DriftReport, measure_partition, skipped, write_report
+from tenfold.monitoring.drift import (
+    DriftError,
+    DriftPolicy,
+    DriftReport,
+    measure_partition,
+    report_dir,
+    skipped,
+    write_report,
+)
 from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
@@ -231,10 +239,14 @@ def report(settings: Settings, run: DriftRun | Mapping[str, Any], measured: Meas
     DriftRun.from_xcom(run)
     m = Measured.from_xcom(measured)
     summaries, jsons, pages = [], [], []
-    for body in m.reports:
+    for n, body in enumerate(m.reports):
         r = DriftReport.from_dict(body)
-        json_uri, html_uri = write_report(settings, r)
-        log.info("drift report of %s: %s (JSON: %s)", r.month, html_uri, json_uri)
+        content = m.contents[n] if n < len(m.contents) else ""
+        # The page the alert links is pinned to the version and the content measured: a later run on the month
+        # (another champion, a re-publish) rewrites the month's latest report, not the evidence of this one.
+        json_uri, html_uri = write_report(settings, r, pinned=f"{r.version}-{content[:16]}" if content else None)
+        log.info("drift report of %s: %s (JSON: %s; the month's latest: %s)", r.month, html_uri, json_uri,
+                 report_dir(settings, r.month) + "/report.html")
         summaries.append(r.summary)
         jsons.append(json_uri)
         pages.append(html_uri)

@@ -384,6 +384,34 @@ def test_the_report_is_saved_as_json_and_html_and_read_back(settings: Settings, 
         read_report(settings, "2013-04")
 
 
+def test_the_page_an_alert_links_survives_a_later_measurement_of_the_month(settings: Settings,
+                                                                          profile: ReferenceProfile) -> None:
+    """The alert linked <month>/report.html, which the next run on the month (another champion, a re-publish)
+    rewrote: the drift the alert was about was gone from the page it names. The pipeline's report step pins the
+    page to the version and the content measured; the month's latest report is still what read_report reads."""
+    from dataclasses import replace
+
+    from tenfold.pipelines import monitor_drift as pipeline
+
+    drifted = run(profile, shifted(months("2013-03"), "distance", 5.0))
+    calm = replace(run(profile, months("2013-03")), version="v2")
+    assert drifted.decision == "retrain" and calm.decision != "retrain"
+
+    def report(r, content: str):
+        return pipeline.report(settings, {"run_key": "k", "airflow_run_id": "r", "months": ["2013-03"],
+                                          "version": r.version, "version_ref": "champion", "work_dir": "/tmp/unused"},
+                               {"reports": [r.to_dict()], "contents": [content]})
+
+    first = report(drifted, "c" * 64)
+    later = report(calm, "d" * 64)
+    (alerted,) = first.html_uris
+    assert alerted.endswith(f"month=3/report-{drifted.version}-{'c' * 16}.html") and alerted != later.html_uris[0]
+    assert 'id="decision">retrain' in Path(alerted.removeprefix("file://")).read_text()
+    assert read_report(settings, "2013-03").version == "v2"  # the latest
+    with pytest.raises(ValueError, match="pinned report's name"):
+        write_report(settings, drifted, pinned="../escape")
+
+
 @pytest.mark.parametrize("body", [b'{"month": "2013-05", "decis', b"[1, 2]", b'{"month": "2013-05"}', b"\xff\xfe"])
 def test_a_corrupt_report_is_refused_naming_the_file_and_what_to_do(settings: Settings, body: bytes) -> None:
     """A truncated or corrupt report.json raised a raw JSONDecodeError, TypeError or KeyError."""
