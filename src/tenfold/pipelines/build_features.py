@@ -274,6 +274,27 @@ def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | N
     return lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
 
 
+def _published_marker(lake: Lake, run: FeaturesRun) -> str:
+    """Beside this run's staging folder: written by :func:`publish` once the month is published and before it drops
+    the staging (file by file on GCS), removed once both staging folders are gone."""
+    return lake._path(run.staging_uri).rstrip("/") + ".published.json"
+
+
+def _finish_cut_drop(lake: Lake, run: FeaturesRun) -> None:
+    """Finish the drop of this run's staging that a publish began and did not end (killed while it deleted the
+    files one by one): what is left of it is part of the published month, never a batch to validate or publish.
+    Validated again, the remainder was taken for the run's batch, and published over the whole month."""
+    from tenfold.features.job import lookups_staging_uri
+
+    marker = _published_marker(lake, run)
+    if lake.fs.get_file_info(marker).type.name == "NotFound":
+        return
+    log.info("finishing the drop of %s, which the publish of this run began (the month is published)", run.staging_uri)
+    lake.discard(run.staging_uri)
+    lake.discard(lookups_staging_uri(run.staging_uri))
+    lake.fs.delete_file(marker)
+
+
 def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """Gate the staged features; a refusal is quarantined, documented and alerted, then fails the run.
 
@@ -283,6 +304,7 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
+    _finish_cut_drop(lake, run)
     staged = lake._path(run.staging_uri)
     quarantined = lake.quarantine_path(table, run.partition, run.staging_key)
     if lake.fs.get_file_info(staged).type.name == "NotFound" \
@@ -317,6 +339,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     workload = get_workload(settings)
     table = settings.storage.features_table
     part = run.partition
+    _finish_cut_drop(lake, run)
     staged = lake._path(run.staging_uri)
     manifest_uri = lake.uri_of(lake.manifest_path(table, part))
     if lake.fs.get_file_info(staged).type.name == "NotFound":
@@ -348,8 +371,11 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
         log.info("staging already published (its drop was cut short): %s", manifest.content)
     else:
         manifest = lake.publish(table, part, staged, run_id=run.run_id, extra=extra)
+    marker = _published_marker(lake, run)
+    lake.write_json(marker, {"run_id": run.run_id, "data_dir": manifest.data_dir})
     lake.discard(staged)
     lake.discard(lookups)
+    lake.fs.delete_file(marker)
     return {"month": part.label, "manifest": manifest_uri, **manifest.content}
 
 
