@@ -280,18 +280,24 @@ def _published_marker(lake: Lake, run: FeaturesRun) -> str:
     return lake._path(run.staging_uri).rstrip("/") + ".published.json"
 
 
-def _finish_cut_drop(lake: Lake, run: FeaturesRun) -> None:
+def _finish_cut_drop(lake: Lake, table: str, run: FeaturesRun) -> None:
     """Finish the drop of this run's staging that a publish began and did not end (killed while it deleted the
     files one by one): what is left of it is part of the published month, never a batch to validate or publish.
-    Validated again, the remainder was taken for the run's batch, and published over the whole month."""
+    Validated again, the remainder was taken for the run's batch, and published over the whole month.
+
+    Only a remainder (every file left is one of the month's published files, fewer than it holds) is dropped: a
+    batch the run built again since (cleared from its start: the same staging) is validated as ever."""
     from tenfold.features.job import lookups_staging_uri
 
     marker = _published_marker(lake, run)
     if lake.fs.get_file_info(marker).type.name == "NotFound":
         return
-    log.info("finishing the drop of %s, which the publish of this run began (the month is published)", run.staging_uri)
-    lake.discard(run.staging_uri)
-    lake.discard(lookups_staging_uri(run.staging_uri))
+    current = lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
+    if current is not None and lake.published_already(table, run.partition, run.staging_uri, current.extra):
+        log.info("finishing the drop of %s, which the publish of this run began (the month is published)",
+                 run.staging_uri)
+        lake.discard(run.staging_uri)
+        lake.discard(lookups_staging_uri(run.staging_uri))
     lake.fs.delete_file(marker)
 
 
@@ -304,7 +310,7 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
-    _finish_cut_drop(lake, run)
+    _finish_cut_drop(lake, table, run)
     staged = lake._path(run.staging_uri)
     quarantined = lake.quarantine_path(table, run.partition, run.staging_key)
     if lake.fs.get_file_info(staged).type.name == "NotFound" \
@@ -339,7 +345,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     workload = get_workload(settings)
     table = settings.storage.features_table
     part = run.partition
-    _finish_cut_drop(lake, run)
+    _finish_cut_drop(lake, table, run)
     staged = lake._path(run.staging_uri)
     manifest_uri = lake.uri_of(lake.manifest_path(table, part))
     if lake.fs.get_file_info(staged).type.name == "NotFound":

@@ -373,6 +373,31 @@ def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_r
     assert lake.fs.get_file_info(staged).type.name == "NotFound"
 
 
+def test_a_run_rebuilt_after_its_publish_was_killed_while_dropping_validates_and_publishes_its_new_batch(
+        settings, lake, stage, alerts):
+    """The marker a killed drop leaves makes validate finish that drop; a batch the run built again since (cleared
+    from its start: the same staging folder) is not that remainder and must not be dropped as one."""
+    from tenfold.local.env import settings_env
+
+    table = synthetic_features(FEB, 2_000, seed=7)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, run.staging_key)
+    for i in (1, 2, 3):
+        pq.write_table(table.slice(500 * i, 500), f"{lake._path(run.staging_uri)}/part-{i:05d}.parquet",
+                       filesystem=lake.fs)
+    stage_lookups(lake, run)
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
+                           env={**os.environ, **settings_env(settings)}, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    lake.discard(run.staging_uri)  # what the local build does first
+    stage(synthetic_features(FEB, 24_000, seed=9), FEB, run.staging_key)
+    stage_lookups(lake, run)
+    validated = pipeline.validate(settings, run)
+    assert validated.rows == 24_000 and alerts() == []
+    pipeline.publish(settings, validated)
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 24_000
+
+
 def test_a_smaller_rebuild_whose_files_were_all_published_before_is_published(settings, lake, stage):
     """A whole new batch (all the rows it was validated with) is published even when each of its files is one the
     month already holds: only a remainder with fewer rows than validated is taken for a cut-short drop."""
