@@ -45,10 +45,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
-from tenfold.data.lake import Lake, LakeError, Partition
+from tenfold.data.lake import Lake, LakeError, Manifest, Partition
 from tenfold.fsio import filesystem_from_uri
 from tenfold.inference.scoring import MODEL_VERSION, PROBABILITY, score_rows, scores_schema
 
@@ -303,10 +303,24 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     facts: dict[str, object] = {"month": part.label, "rows": rows, "model_version": args.model_version,
                                 "input_files": len(uris)}
     if args.publish:
-        run_id = args.run_id or f"spark-{uuid.uuid4().hex[:12]}"
-        manifest = lake.publish(args.scores_table, part, args.output, run_id=run_id, extra=extra)
+        manifest = publish_scores(lake, args.scores_table, part, args.output, args.run_id, extra)
         facts["manifest"] = lake.uri_of(lake.manifest_path(args.scores_table, manifest.partition))
     return facts
+
+
+class PublishFailed(RuntimeError):
+    """The scores were written, their publish failed (a lock held, a damaged copy): a retry may succeed."""
+
+
+def publish_scores(lake: Lake, table: str, part: Partition, output: str, run_id: str | None,
+                   extra: dict[str, Any]) -> Manifest:
+    """Publish the written scores; a lake error here is the job's own (another writer holds the month, the copy was
+    damaged, nothing was written), never the input's: :class:`PublishFailed`, exit 1, not 2 ("bad input")."""
+    try:
+        return lake.publish(table, part, output, run_id=run_id or f"spark-{uuid.uuid4().hex[:12]}", extra=extra)
+    except LakeError as exc:
+        raise PublishFailed(f"the scores of {part.label} in {output} were not published ({exc}); run it "
+                            "again") from exc
 
 
 def _schema_of(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
@@ -345,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         facts = run(spark, args)
+    except PublishFailed as exc:
+        print(f"score_partition: publishing failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (LakeError, ModelLoadError) as exc:
         print(f"score_partition: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

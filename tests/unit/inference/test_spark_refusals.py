@@ -46,3 +46,30 @@ def test_an_unpublished_partition_and_the_cloud_are_refused_without_retries(scor
         run_step(spark.score_partition, scoring, "v1", PART.next())
     with pytest.raises(AirflowFailException, match=r"raise settings\.inference\.spark_threshold_rows"):
         run_step(spark.score_partition, build_settings("dev"), "v1", PART)
+
+
+def test_a_publish_of_the_jobs_own_scores_that_fails_is_not_taken_for_a_bad_input(
+        lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lake error while publishing (another writer holds the month, a damaged copy, nothing written) was caught with
+    the input's lake errors: exit 2, "bad input", which the task fails at once and the user reads as the data's."""
+    from types import SimpleNamespace
+
+    from pyspark.sql import SparkSession
+
+    empty = tmp_path / "scores"
+    empty.mkdir()
+    with pytest.raises(spark.PublishFailed, match=r"2013-06 .* were not published \(nothing to publish.*run it again"):
+        spark.publish_scores(lake, "scores", PART, str(empty), None, {})
+
+    session = SimpleNamespace(stop=lambda: None)
+    builder = SimpleNamespace(config=lambda *_: builder, appName=lambda _: builder, getOrCreate=lambda: session)
+    monkeypatch.setattr(SparkSession, "builder", builder)
+
+    def run(_spark: object, args: object) -> dict[str, object]:
+        return {"manifest": spark.publish_scores(lake, "scores", PART, str(empty), None, {})}
+
+    monkeypatch.setattr(spark, "run", run)
+    code = spark.main(["--lake-uri", lake.uri, "--month", PART.label, "--model-dir", str(tmp_path),
+                       "--model-version", "v1", "--output", str(empty), "--publish"])
+    err = capsys.readouterr().err
+    assert code == spark.EXIT_FAILED and "publishing failed" in err and "bad input" not in err, err
