@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import posixpath
+import re
 import sys
 import time
 import uuid
@@ -388,10 +389,33 @@ def _is_bad_input(exc: BaseException, inputs: Inputs) -> bool:
     if isinstance(exc, ContractError | OSError | pa.ArrowException):
         return False
     text = str(exc)
-    if any(s in text for s in _READ_ERRORS):
-        return True
-    # A failure that names an input file (Spark writes file:/x for file:///x, so the path is compared without scheme).
-    return any(uri.split("://", 1)[-1].lstrip("/") in text for uris in inputs.tables.values() for uri in uris)
+    return any(s in text for s in _READ_ERRORS) or _named_input(text, inputs) is not None
+
+
+def _named_input(text: str, inputs: Inputs) -> tuple[str, str] | None:
+    """The table and month (``YYYY-MM``) of the input file ``text`` names, if it names one (Spark writes file:/x for
+    file:///x, so the path is compared without scheme)."""
+    for table, uris in inputs.tables.items():
+        for uri in uris:
+            if uri.split("://", 1)[-1].lstrip("/") in text:
+                found = re.search(r"year=(\d{4})/month=(\d{1,2})/", uri)
+                return table, (Partition(int(found[1]), int(found[2])).label if found else "")
+    return None
+
+
+def _bad_input_message(exc: BaseException, inputs: Inputs, args: argparse.Namespace) -> tuple[str, bool]:
+    """What to do about an input Spark could not read: the month of the file it names (a history month, often, not
+    the one built), and for a file that is gone, a build run again (a publish replaced it while the job read it: a
+    retry reads the new one, so that is no bad input). Also whether it is gone."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    table, month = _named_input(text, inputs) or ("", "")
+    month = month or args.month.label
+    what = f"an input file of {f'{table} ' if table else ''}{month} under {args.lake_uri} cannot be read ({first[:500]})"
+    if "FILE_NOT_EXIST" in text or "FileNotFoundException" in text:
+        return (f"{what}; it is gone: a publish of {month} replaced it while the job read it, so run the build of "
+                f"{args.month.label} again (if it persists, re-ingest {month}: tenfold ingest --month {month})"), True
+    return f"{what}; re-ingest that month (tenfold ingest --month {month})", False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,12 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_bad_input(exc, inputs):
-            print(
-                f"build_features: an input file of {args.month.label} under {args.lake_uri} cannot be read "
-                f"({first[:500]}); re-ingest that month (tenfold ingest --month {args.month.label})",
-                file=sys.stderr,
-            )
-            return EXIT_BAD_INPUT
+            message, gone = _bad_input_message(exc, inputs, args)
+            print(f"build_features: {message}", file=sys.stderr)
+            return EXIT_FAILED if gone else EXIT_BAD_INPUT  # a file replaced meanwhile: the retry reads the new one
         print(f"build_features: failed for {args.month.label}: {first[:1000]}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -61,10 +61,43 @@ def test_a_spark_read_of_an_input_file_that_fails_is_a_bad_input(
                              f"file:/{INPUT.removeprefix('file:///')}. SQLSTATE: KD001")
     assert _main(monkeypatch, failure) == job.EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert f"an input file of 2013-02 under {LAKE} cannot be read" in err and "tenfold ingest --month 2013-02" in err
+    assert f"an input file of flights 2013-02 under {LAKE} cannot be read" in err and "tenfold ingest --month 2013-02" in err
     # Any failure naming an input file is one too (Spark writes file:/x for file:///x), without a read error class.
     assert job._is_bad_input(SparkException(f"Could not read footer for file file:/{INPUT.removeprefix('file:///')}"),
                              job.Inputs(history=(), tables={"flights": (INPUT,)}))
+
+
+HISTORY = f"{LAKE}/flights/year=2013/month=1/data-fedcba9876543210/part-00000.parquet"
+
+
+@pytest.mark.parametrize(("error", "gone"), [("[FAILED_READ_FILE.NO_HINT] Encountered error while reading file", False),
+                                             ("[FAILED_READ_FILE.FILE_NOT_EXIST] File does not exist", True)])
+def test_an_unreadable_history_month_is_named_not_the_month_built(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: str, gone: bool
+) -> None:
+    """The message named the month built (re-ingest 2013-02) for any input file: re-ingesting February changes
+    nothing when January's file is the one that cannot be read. A file that is gone (a publish of January replaced
+    it while the job read it) is no bad input at all: the task's retry reads the new one."""
+    failure = SparkException(f"{error} file:/{HISTORY.removeprefix('file:///')}. SQLSTATE: KD001")
+    from pyspark.sql import SparkSession
+
+    session = SimpleNamespace(stop=lambda: None)
+    builder = SimpleNamespace(config=lambda *_: builder, appName=lambda _: builder, getOrCreate=lambda: session)
+    monkeypatch.setattr(SparkSession, "builder", builder)
+    monkeypatch.setattr(job, "resolve_inputs", lambda *_: job.Inputs(history=(Partition(2013, 1),),
+                                                                     tables={"flights": (HISTORY, INPUT)}))
+
+    def run(*_: object) -> dict[str, object]:
+        raise failure
+
+    monkeypatch.setattr(job, "run", run)
+    code = job.main(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT])
+    err = capsys.readouterr().err
+    assert "an input file of flights 2013-01" in err and "--month 2013-02" not in err, err
+    if gone:
+        assert code == job.EXIT_FAILED and "run the build of 2013-02 again" in err
+    else:
+        assert code == job.EXIT_BAD_INPUT and "re-ingest that month (tenfold ingest --month 2013-01)" in err
 
 
 def test_a_failure_to_publish_is_not_taken_for_a_bad_input(
