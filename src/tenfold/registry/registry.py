@@ -174,7 +174,9 @@ class AliasPointer:
                 raise TypeError(f"it holds a JSON {type(body).__name__}, not an object")
             return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
         except (ValueError, TypeError) as exc:
-            raise RegistryError(f"alias pointer {where} is unreadable ({exc}); set the alias again with `tenfold models promote`") from exc
+            raise RegistryError(
+                f"alias pointer {where} is unreadable ({exc}): delete it (`gcloud storage rm {where}`), then set the "
+                "alias again with `tenfold models promote <version>`; its history is kept") from exc
 
 
 def _sha256_file(path: Path) -> str:
@@ -691,12 +693,24 @@ class ModelRegistry:
             self.bucket.blob(self._history_name(pointer.alias, pointer.seq)).upload_from_string(
                 pointer.to_json(), content_type="application/json", if_generation_match=0)
 
+    def _last_history_entry(self, alias: str) -> tuple[int, str] | None:
+        """The highest seq in ``alias``'s history and the name of its entry (None: no history)."""
+        prefix = self._name("alias-history", alias) + "/"
+        seqs = [(int(b.name[len(prefix):].removesuffix(".json")), b.name)
+                for b in self.client.list_blobs(self.bucket_name, prefix=prefix)
+                if b.name[len(prefix):].removesuffix(".json").isdigit()]
+        return max(seqs) if seqs else None
+
     def alias_history(self, alias: str) -> list[AliasPointer]:
         """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending)."""
         check_alias(alias)
         entries: dict[int, AliasPointer] = {}
         for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("alias-history", alias) + "/"):
-            pointer = AliasPointer.from_json(blob.download_as_bytes(), 0, blob.name)
+            try:
+                pointer = AliasPointer.from_json(blob.download_as_bytes(), 0, f"gs://{self.bucket_name}/{blob.name}")
+            except RegistryError as exc:  # one damaged entry must not hide the others, nor block a rollback
+                log.warning("alias history entry left out: %s", exc)
+                continue
             entries[pointer.seq] = pointer
         current = self._read_pointer(alias)
         if current is not None:
@@ -733,8 +747,12 @@ class ModelRegistry:
                 )
             if current is not None:
                 self._append_history(current)  # backfill if its mover died before recording it
+            # A pointer set again after it was deleted (a damaged one is repaired so) goes on after its history:
+            # starting at 1 again, each move landed on a seq the history held, and was never recorded.
+            last = None if current is not None else self._last_history_entry(alias)
+            seq = current.seq + 1 if current else (last[0] + 1 if last else 1)
             new = AliasPointer(
-                alias=alias, version=version, seq=(current.seq + 1) if current else 1, previous=current_version,
+                alias=alias, version=version, seq=seq, previous=current_version,
                 action=action, updated_at=utc_stamp(), actor=actor or _actor(), reason=reason,
                 details=dict(details or {}), nonce=uuid.uuid4().hex,
             )

@@ -553,3 +553,28 @@ def test_a_version_file_path_leading_outside_its_folder_is_refused_not_written_t
     assert not outside.exists()
     assert not (tmp_path / "a" / "b" / "copy").exists()
     assert [v.version for v in reg.list_versions()] == []  # left out of the list, with a warning
+
+
+def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_on_after_it(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """The message said "set the alias again with promote", which read the damaged pointer first and failed the
+    same way. Deleting it (what the message now says) let promote set it, but at seq 1 again: the history already
+    held that seq, so the move was never recorded, nor any after it, and a rollback walked a history of the past."""
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(90 + i), lineage, metrics=METRICS).version for i in range(3))
+    reg.promote(a)
+    reg.promote(b)
+    pointer = reg.bucket.blob(reg._name("aliases", "champion"))
+    pointer.upload_from_string(b"[]")
+    with pytest.raises(RegistryError, match=r"unreadable .*delete it \(`gcloud storage rm gs://.*/aliases/champion`\), "
+                                            r"then set the alias again with `tenfold models promote <version>`"):
+        reg.promote(c)
+    pointer.delete()
+    assert reg.promote(c).seq == 3
+    assert [(h.seq, h.version) for h in reg.alias_history("champion")] == [(1, a), (2, b), (3, c)]
+    assert reg.rollback().version == b
+
+    # A damaged history entry is left out (with a warning), not an error for every reader of the history.
+    reg.bucket.blob(reg._history_name("champion", 1)).upload_from_string(b"not json")
+    assert [h.version for h in reg.alias_history("champion")] == [b, c, b]
