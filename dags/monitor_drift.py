@@ -77,16 +77,23 @@ def monitor_drift() -> None:
         from tenfold.pipelines import monitor_drift as pipeline
 
         ti = context["ti"]
+        # The drift Asset's recent events (newest first; drift is rare, so 1000 reach back a long way): whether a
+        # run that recorded a trigger emitted it, and whether this run did (a clear of a run that finished).
+        recent = list(context["inlet_events"][DRIFT].ascending(False).limit(1000))
+
+        def emitted_by(run_id: str) -> bool:
+            return any(e.source_dag_id == DAG_ID and e.source_run_id == run_id for e in recent)
+
         # While tries are left, an alert a hook did not deliver, or an outage of Cloud Monitoring writing the drift
         # score, fails the try (the next one sends or writes it again); the last try emits regardless.
         last_try = ti.try_number > getattr(ti, "max_tries", 0)
-        decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True, last_try=last_try)
+        decision = run_step(pipeline.decide, get_settings(), planned, reported, emits=True, last_try=last_try,
+                            emitted_by=emitted_by)
         if not decision["retrain"]:
             earlier = decision.get("already_triggered")
             raise AirflowSkipException(f"no retraining: {decision['decisions']}"
                                        + (f"; already triggered by {earlier}" if earlier else ""))
         # A cleared run that finished decides the same: its trigger record is its own, so nothing held it back.
-        recent = context["inlet_events"][DRIFT].ascending(False).limit(100)
         if (prior := pipeline.emitted_already(recent, DAG_ID, context["dag_run"].run_id, decision)) is not None:
             raise AirflowSkipException(f"this run emitted the drift event of {decision['months']} already (at "
                                        f"{prior.timestamp}): retraining is not started twice")

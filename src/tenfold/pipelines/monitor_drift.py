@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,13 +284,16 @@ class AlertNotDelivered(RuntimeError):
 
 
 def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Reported | Mapping[str, Any], *,
-           emits: bool = False, last_try: bool = False) -> dict[str, Any]:
+           emits: bool = False, last_try: bool = False,
+           emitted_by: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
 
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
     left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs).
     Only a caller that emits the drift event (``emits``: the DAG's task) records a trigger: one recorded by a run
-    that started no retraining would hold every later one back.
+    that started no retraining would hold every later one back. ``emitted_by(run_id)`` (the DAG's: whether Airflow
+    holds a drift event of that run) tells such a record from one whose run emitted: a run that failed after
+    recording (its last try, a store error) is taken over, alerted and emitted by this one.
 
     An alert that a hook failed to deliver (after the hook's own retries) is recorded as such, and a caller that
     emits raises :class:`AlertNotDelivered` so that the task's next try sends it again (once: its record says
@@ -313,6 +316,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     earlier: dict[str, str] = {}  # month -> the other run that triggered on it
     alerted: set[str] = set()  # months whose trigger this run recorded, and whose alert it delivered, on an earlier try
     owed: dict[str, tuple[str, ...]] = {}  # months this run recorded on an earlier try -> the hooks not yet sent to
+    taken_over: set[str] = set()  # months another run recorded without starting a retraining (``emitted_by``)
     for s, _ in firing:
         if s["month"] in contents:
             found = _trigger(triggers, name(s["month"]))
@@ -320,6 +324,12 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
                 owed[s["month"]] = found[1]
                 if not found[1]:
                     alerted.add(s["month"])
+            elif found is not None and emitted_by is not None and not emitted_by(found[0]):
+                # Recorded by a run Airflow holds no drift event of (it failed after recording, on its last try):
+                # it started no retraining, so this run takes the trigger over instead of leaving the drift be.
+                log.warning("%s: the trigger recorded by run %s started no retraining (Airflow holds no drift event "
+                            "of it): this run takes it over", s["month"], found[0])
+                taken_over.add(s["month"])
             elif found is not None:
                 earlier[s["month"]] = found[0]
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]
@@ -366,8 +376,9 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         assert triggers is not None
         record = json.dumps({"run": p.airflow_run_id, "version": p.version, "month": month, "content": contents[month],
                              "features": s["triggered"], "alerted": not failed, "undelivered": list(failed)}).encode()
-        if month in owed:
-            triggers.put(name(month), record)  # this run's own record, of a try whose alert was not delivered
+        if month in owed or month in taken_over:
+            triggers.put(name(month), record)  # this run's own record (a try whose alert was not delivered), or one
+            # it took over
         elif not triggers.create(name(month), record) and (by := _triggered_by(triggers, name(month))) != p.airflow_run_id:
             earlier[month] = str(by)  # another run recorded it meanwhile: that one retrains
     firing = [(s, page) for s, page in firing if s["month"] not in earlier]

@@ -246,3 +246,27 @@ def test_a_cleared_run_finds_its_own_recorded_event_but_not_another_runs_or_one_
     assert pipeline.emitted_already([recorded], pipeline.DAG_ID, "run-a", republished) is None
     assert pipeline.emitted_already([event("run-a", {**decision, "version": "v2"})], pipeline.DAG_ID, "run-a",
                                     decision) is None
+
+
+def test_a_trigger_recorded_by_a_run_that_emitted_nothing_is_taken_over_by_the_next_run(
+    tmp_path: Path, sent: list[Any]
+) -> None:
+    """run-a recorded the month's trigger and failed before Airflow recorded its event (its last try: a store error
+    after the record): every later run on that content said "already triggered by run-a", so the drift never
+    retrained. The DAG tells decide() which runs Airflow holds a drift event of."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # recorded, alerted; its event never went out
+    assert len(sent) == 1
+
+    held_back = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True, emitted_by=lambda run_id: True)
+    assert held_back["retrain"] is False and held_back["already_triggered"] == {"2013-08": "run-a"}
+    assert len(sent) == 1
+
+    taken = pipeline.decide(settings, _run("run-c"), REPORTED, emits=True,
+                            emitted_by=lambda run_id: run_id != "run-a")
+    assert taken["retrain"] is True and taken["months"] == ["2013-08"] and taken["already_triggered"] == {}
+    assert len(sent) == 2  # the retrain it now starts is alerted
+    # run-c's record now: a later run (run-c emitted) is held back by it, and run-c's own retry owes nothing
+    later = pipeline.decide(settings, _run("run-d"), REPORTED, emits=True, emitted_by=lambda run_id: run_id == "run-c")
+    assert later["retrain"] is False and later["already_triggered"] == {"2013-08": "run-c"}
+    assert pipeline.decide(settings, _run("run-c"), REPORTED, emits=True)["retrain"] is True and len(sent) == 2
