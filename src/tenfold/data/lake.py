@@ -36,7 +36,7 @@ import itertools
 import json
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -724,13 +724,15 @@ class Lake:
             self.fs.delete_file(posixpath.join(dest, REFUSING))
         return self.uri_of(dest)
 
-    def resume_quarantine(self, staged_dir: str, quarantined: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    def resume_quarantine(self, staged_dir: str, quarantined: str | Sequence[str] | None = None
+                          ) -> tuple[str, dict[str, Any]] | None:
         """Finish a :meth:`quarantine` that was cut short (the process killed while it moved the batch): what is
         left of the batch goes where the rest went, with its reason; a batch moved whole whose reason file was not
-        written yet (its marker, moved last, is in ``quarantined``) gets it. Returns (the quarantine's URI, the
-        reason), or None when neither holds a refusal left unfinished."""
+        written yet (its marker, moved last, is in one of ``quarantined``: ``attempt``, ``attempt-2``...) gets it.
+        Returns (the quarantine's URI, the reason), or None when none holds a refusal left unfinished."""
         staged = self._path(staged_dir)
-        for folder in (staged, *([self._path(quarantined)] if quarantined else [])):
+        folders = [quarantined] if isinstance(quarantined, str) else list(quarantined or ())
+        for folder in (staged, *(self._path(f) for f in folders)):
             marker = posixpath.join(folder, REFUSING)
             if self.fs.get_file_info(marker).type == pafs.FileType.File:
                 break

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -417,7 +418,11 @@ def validate_partition(
     batch_uri = lake.uri_of(staged)
     attempt = attempt or posixpath.basename(staged.rstrip("/"))
     earlier = lake.quarantine_path(table, part, attempt)
-    if (resumed := lake.resume_quarantine(staged, earlier)) is not None:
+    # Every refusal under this attempt so far (attempt, attempt-2...: a cleared run refused again): the one whose
+    # move was cut short may be any of them.
+    taken = list(itertools.takewhile(lambda d: lake.fs.get_file_info(d).type != pafs.FileType.NotFound,
+                                     lake.quarantine_paths(table, part, attempt)))
+    if (resumed := lake.resume_quarantine(staged, taken)) is not None:
         # A refusal whose move to quarantine was cut short (the task killed meanwhile, before it alerted): what
         # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
         where, reason = resumed

@@ -398,3 +398,27 @@ def test_a_month_refused_by_two_validations_at_once_is_withdrawn_once_and_alerte
     with pytest.raises(AlreadyRefused, match="withdrawn meanwhile by another run \\(a validation of the same month"):
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="this-run", docs=False)
     assert not lake.has_manifest("flights", jan) and alerts() == []  # the other run alerts for it
+
+
+def test_a_second_refusal_under_the_same_attempt_killed_before_its_reason_is_finished_by_the_retry(
+    settings, lake, stage, alerts
+):
+    """A cleared run refused again goes to <attempt>-2. Killed after the move and before the reason was written, the
+    retry looked for the unfinished refusal in <attempt> only: it said "already refused" there (the first verdict,
+    not alerted again), and the second refusal was never finished nor alerted."""
+    from tenfold.data.lake import REFUSING
+    from tenfold.quality.gate import AlreadyRefused
+
+    first = stage(synthetic_features(MARCH, 100, seed=1), MARCH, "twice")
+    lake.quarantine(FEATURES_TABLE, MARCH, first, "twice", {"failed_expectations": ["first verdict"]})
+    second = stage(synthetic_features(MARCH, 100, seed=2), MARCH, "twice")
+    dest = lake.quarantine_path(FEATURES_TABLE, MARCH, "twice-2")
+    lake.write_json(f"{lake._path(second)}/{REFUSING}",
+                    {"quarantine": dest, "reason": {"failed_expectations": ["second verdict"], "suite": "features"}})
+    lake._move_tree(lake._path(second), dest)  # moved whole, the task killed before the reason file
+    assert alerts() == []
+
+    with pytest.raises(AlreadyRefused, match=r"\(second verdict\).*cut short and is now finished at .*twice-2"):
+        validate_partition(settings, FEATURES_TABLE, MARCH, second, FEATURES_SUITE)
+    assert _quarantine_reason(lake, FEATURES_TABLE, MARCH, "twice-2")["failed_expectations"] == ["second verdict"]
+    assert [a["title"] for a in alerts()] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
