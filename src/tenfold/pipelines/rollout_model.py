@@ -44,6 +44,7 @@ from tenfold.rollout.record import (
     ABORTED,
     FAILED,
     PROMOTED,
+    PROMOTED_ALIAS,
     PROMOTION_REFUSED,
     ROLLED_BACK,
     Rollout,
@@ -518,7 +519,11 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             raise PipelineError(f"rollout {run.rollout_id} ended promoted but a newer rollout has started since: its "
                                 f"promotion is not carried out over the newer one; {todo}")
         current = reg.resolve(CHAMPION)
-        if current not in (run.champion, run.version):
+        if PROMOTED_ALIAS in record and current != run.version:
+            # This rollout promoted it, then the champion was moved away by hand (`tenfold models rollback`, which
+            # `tenfold rollout abort` points to) before the stable pool served it: a retry must not promote again.
+            refused = _refuse_promotion(p, run, current, after_promoting=True)
+        elif current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. Serving stays on stable and no alias moves (promote would refuse anyway,
             # but only after the stable pool had been rolled to this version).
@@ -535,6 +540,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                                 "every step", details={"rollout": run.rollout_id, "steps": list(run.steps)})
                 except AliasConflict:
                     refused = _refuse_promotion(p, run, reg.resolve(CHAMPION))
+            if refused is None:
+                _record(p, run, PROMOTED_ALIAS, {"champion": run.version})  # a retry tells a rollback by hand by it
         if refused is None:
             p.deployer.deploy(STABLE, run.version)
             p.router.set_canary_percent(0)
@@ -566,13 +573,21 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 STEP_TASK_FAILED = "a step task failed"
 
 
-def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None) -> dict[str, Any]:
+def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after_promoting: bool = False
+                      ) -> dict[str, Any]:
     """Record that the promotion the rollout ended with is not carried out: the champion is no longer the one the
-    canary was judged against. Returns the recorded event (a retry finds it and does not promote)."""
-    return _record(p, run, PROMOTION_REFUSED, {"outcome": FAILED, "reasons": [
-        f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
-        f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; trigger "
-        "a new rollout to compare it with the new champion"]})
+    canary was judged against, or (``after_promoting``) it was moved away from this version after this rollout
+    promoted it. Returns the recorded event (a retry finds it and does not promote)."""
+    if after_promoting:
+        why = (f"rollout {run.rollout_id} promoted {run.version}, then the champion was moved to {champion} by hand "
+               f"before the stable pool served {run.version}: it is not promoted again and the canary's share goes to "
+               f"the stable pool; roll the stable pool to the champion if it serves another version (`tenfold serve "
+               f"rollout --model champion` locally)")
+    else:
+        why = (f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
+               f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; "
+               "trigger a new rollout to compare it with the new champion")
+    return _record(p, run, PROMOTION_REFUSED, {"outcome": FAILED, "reasons": [why]})
 
 
 def _step_passed(record: Mapping[str, Mapping[str, Any]], index: int, policy: RolloutSettings) -> bool:

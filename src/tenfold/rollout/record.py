@@ -25,6 +25,9 @@ PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "
 # The event of a rollout that ended promoted but whose promotion ``conclude`` could not carry out (the champion
 # moved under it): its outcome is FAILED, whatever ``end`` says.
 PROMOTION_REFUSED = "promotion_refused"
+# The event conclude records once it moved the champion to the rollout's version: a retry that finds the champion
+# moved away since (a rollback by hand) does not promote again.
+PROMOTED_ALIAS = "promoted_alias"
 
 Record = dict[str, dict[str, Any]]
 
@@ -107,7 +110,7 @@ def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_p
             lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
         elif is_check(key, e):
             lines.append(f"  {e['at']}    {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
-        elif key in ("deployed", "abort", "end", PROMOTION_REFUSED, "done"):
+        elif key in ("deployed", "abort", "end", PROMOTED_ALIAS, PROMOTION_REFUSED, "done"):
             detail = {k: v for k, v in e.items() if k not in ("at", "run")}
             lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
     state = outcome(record) or "in progress"

@@ -502,3 +502,43 @@ def test_the_abort_command_says_recorded_only_when_it_is(monkeypatch: pytest.Mon
         assert registry.events["abort"]["by"] == f"uid {os.getuid()}" and router.percent == 0
     else:
         assert result.exit_code == 1 and "the abort is recorded, but the canary weight could not be set" in result.output
+
+
+def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude promoted v2 and the stable pool's roll failed; the operator rolled the champion back to v1 (what
+    `tenfold rollout abort` points to). The retry found the champion where the rollout started, promoted v2 again,
+    rolled the stable pool to it and recorded "promoted"."""
+    class FailsOnce(Deployer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rolled: list[tuple[str, str]] = []
+
+        def deploy(self, pool: str, version: str) -> None:
+            if not self.rolled:
+                self.rolled.append(("failed", version))
+                raise TimeoutError("the stable group did not become healthy")
+            self.rolled.append((pool, version))
+
+    router, deployer = Router(), FailsOnce()
+    run, places, registry = _setup(router, Observer(), FullRegistry(), deployer)
+    _every_step_passed(registry, run)
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: None
+    with pytest.raises(TimeoutError):
+        pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert registry.promoted == ["v2"] and registry.champion == "v2" and "promoted_alias" in registry.events
+
+    registry.champion = "v1"  # `tenfold models rollback`
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert registry.promoted == ["v2"] and registry.champion == "v1", "the retry promoted again over the rollback"
+    assert deployer.rolled == [("failed", "v2")] and router.percent == 0
+    assert done["outcome"] == pipeline.FAILED and "moved to v1 by hand" in done["reasons"][0]
+
+    # Without the rollback, the retry carries the promotion out: the stable pool rolls to v2.
+    run2, places2, registry2 = _setup(Router(), Observer(), FullRegistry(), FailsOnce())
+    _every_step_passed(registry2, run2)
+    places2.alert = lambda title, details: None
+    with pytest.raises(TimeoutError):
+        pipeline.conclude(None, run2, p=places2)  # type: ignore[arg-type]
+    assert pipeline.conclude(None, run2, p=places2)["outcome"] == pipeline.PROMOTED  # type: ignore[arg-type]
+    assert places2.deployer.rolled[-1] == ("stable", "v2") and places2.router.percent == 0
