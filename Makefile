@@ -26,7 +26,7 @@ status:
 test: setup lint ## the whole suite, as CI runs it
 	@$(BIN)/pytest
 
-test-fast: setup ## the suite without the slow and integration tests (no local platform needed)
+test-fast: setup ## the suite without the slow and integration tests (the platform, the lifecycle, fleets, browser)
 	@$(BIN)/pytest -m "not slow and not integration"
 
 lint: setup

@@ -79,7 +79,10 @@ def monitor_drift() -> None:
         ti = context["ti"]
         # The drift Asset's recent events (newest first; drift is rare, so 1000 reach back a long way): whether a
         # run that recorded a trigger emitted it, and whether this run did (a clear of a run that finished).
-        recent = list(context["inlet_events"][DRIFT].ascending(False).limit(1000))
+        events = context["inlet_events"][DRIFT]
+        if hasattr(events, "ascending"):  # Task SDKs before Airflow 3.1's filters list them all (order is not relied on)
+            events = events.ascending(False).limit(1000)
+        recent = list(events)
 
         def emitted_by(run_id: str) -> bool:
             return any(e.source_dag_id == DAG_ID and e.source_run_id == run_id for e in recent)

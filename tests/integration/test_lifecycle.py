@@ -27,7 +27,7 @@ from tenfold.local.stack import serving_down
 MONTHS = ("2013-03", "2013-04")
 # The whole lifecycle is one module fixture (four months of Spark features, two torchrun trainings, a fleet, a
 # canary): about 13 minutes on 2 busy cores, more than the suite's per-test limit.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @dataclass(frozen=True)

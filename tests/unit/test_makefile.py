@@ -19,6 +19,13 @@ def test_every_phony_target_has_a_recipe() -> None:
         assert "Nothing to be done" not in dry.stdout + dry.stderr, f"`make {target}` runs nothing"
 
 
+def test_every_integration_module_is_marked_so_the_fast_suite_leaves_it_out() -> None:
+    """The lifecycle test (the whole platform, about 13 minutes) carried only a timeout marker: `make test-fast` ran it."""
+    for module in sorted((project_root() / "tests" / "integration").glob("test_*.py")):
+        marks = re.search(r"^pytestmark = (.*)$", module.read_text(), flags=re.MULTILINE)
+        assert marks and "pytest.mark.integration" in marks[1], f"{module.name} is not marked integration"
+
+
 def test_the_fast_suite_leaves_out_the_slow_and_integration_tests() -> None:
     dry = subprocess.run(["make", "-n", "test-fast"], cwd=project_root(), capture_output=True, text=True, timeout=60,
                          check=True)
