@@ -36,7 +36,7 @@ import itertools
 import json
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -517,6 +517,13 @@ class Lake:
              if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")),
             key=lambda i: i.base_name,
         )
+
+    def remainder_of(self, staged_dir: str, published: Collection[str], files: int) -> bool:
+        """Whether ``staged_dir`` holds only part of a batch that was published as ``files`` files with the sha256
+        digests ``published`` (a publish cut short while it dropped its staging, file by file): fewer files, each
+        one of them by content. None left counts too; any other file makes it a batch of its own."""
+        left = self._staged_files(self._path(staged_dir))
+        return len(left) < files and all(_digests(self.fs, i.path)[0] in published for i in left)
 
     def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any], *,
                           staged_rows: int | None = None) -> bool:

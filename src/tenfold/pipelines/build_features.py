@@ -285,17 +285,23 @@ def _finish_cut_drop(lake: Lake, table: str, run: FeaturesRun) -> None:
     files one by one): what is left of it is part of the published month, never a batch to validate or publish.
     Validated again, the remainder was taken for the run's batch, and published over the whole month.
 
-    Only a remainder (every file left is one of the month's published files, fewer than it holds) is dropped: a
-    batch the run built again since (cleared from its start: the same staging) is validated as ever."""
+    Only a remainder of what that publish published (the marker lists its files: every file left is one of them,
+    fewer than it held), whatever the month holds now (another run may have published since), is dropped: a batch
+    the run built again since (cleared from its start: the same staging) is validated as ever."""
     from tenfold.features.job import lookups_staging_uri
 
     marker = _published_marker(lake, run)
-    if lake.fs.get_file_info(marker).type.name == "NotFound":
+    try:
+        with lake.fs.open_input_stream(marker) as stream:
+            body = json.loads(stream.read())
+    except FileNotFoundError:
         return
-    current = lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
-    if current is not None and lake.published_already(table, run.partition, run.staging_uri, current.extra):
-        log.info("finishing the drop of %s, which the publish of this run began (the month is published)",
-                 run.staging_uri)
+    except ValueError:  # torn: a write is atomic, so only by hand; what is left is validated, never dropped blind
+        body = {}
+    published = body.get("files") if isinstance(body, dict) else None
+    if isinstance(published, list) and lake.remainder_of(run.staging_uri, set(published), len(published)):
+        log.info("finishing the drop of %s, which the publish of this run began (%s published it)", run.staging_uri,
+                 body.get("data_dir"))
         lake.discard(run.staging_uri)
         lake.discard(lookups_staging_uri(run.staging_uri))
     lake.fs.delete_file(marker)
@@ -378,7 +384,8 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     else:
         manifest = lake.publish(table, part, staged, run_id=run.run_id, extra=extra)
     marker = _published_marker(lake, run)
-    lake.write_json(marker, {"run_id": run.run_id, "data_dir": manifest.data_dir})
+    lake.write_json(marker, {"run_id": run.run_id, "data_dir": manifest.data_dir,
+                             "files": [f.sha256 for f in manifest.files]})
     lake.discard(staged)
     lake.discard(lookups)
     lake.fs.delete_file(marker)

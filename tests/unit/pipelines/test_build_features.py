@@ -398,6 +398,34 @@ def test_a_run_rebuilt_after_its_publish_was_killed_while_dropping_validates_and
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 24_000
 
 
+def test_a_killed_drop_whose_month_another_run_published_since_is_not_published_over_it(settings, lake, stage, alerts):
+    """The marker was read against the month's current manifest: once another run had published the month, what the
+    killed drop left matched none of its files, so the retry published that remainder over the other run's month."""
+    from dataclasses import replace
+
+    from tenfold.local.env import settings_env
+
+    table = synthetic_features(FEB, 2_000, seed=7)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, run.staging_key)
+    for i in (1, 2, 3):
+        pq.write_table(table.slice(500 * i, 500), f"{lake._path(run.staging_uri)}/part-{i:05d}.parquet",
+                       filesystem=lake.fs)
+    stage_lookups(lake, run)
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
+                           env={**os.environ, **settings_env(settings)}, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    other = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month=FEB.label)
+    stage(synthetic_features(FEB, 3_000, seed=11), FEB, other.staging_key)
+    stage_lookups(lake, other)
+    pipeline.publish(settings, replace(other, rows=3_000))
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 3_000
+
+    pipeline.publish(settings, replace(run, rows=2_000))  # the killed publish's retry
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 3_000, "the remainder was published over the month"
+    assert lake.fs.get_file_info(lake._path(run.staging_uri)).type.name == "NotFound" and alerts() == []
+
+
 def test_a_smaller_rebuild_whose_files_were_all_published_before_is_published(settings, lake, stage):
     """A whole new batch (all the rows it was validated with) is published even when each of its files is one the
     month already holds: only a remainder with fewer rows than validated is taken for a cut-short drop."""
