@@ -106,7 +106,8 @@ def ensure_peer_venv() -> Path:
     stamp = PEER_VENV / ".stamp"
     if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
         return python
-    uv = shutil.which("uv")
+    setup_uv = ROOT / ".tools" / "uv" / "bin" / "uv"  # where `make setup` installs uv when PATH has none
+    uv = shutil.which("uv") or (str(setup_uv) if os.access(setup_uv, os.X_OK) else None)
     if uv is None:
         raise SystemExit("bench/serving.py: `uv` is needed to build the peers' venv (.tools/bench-serving): run `make setup`")
     say(f"creating the peers' venv {PEER_VENV.relative_to(ROOT)} (LitServe, BentoML; requirements/bench-serving.txt) ...")

@@ -403,19 +403,19 @@ def _named_input(text: str, inputs: Inputs) -> tuple[str, str] | None:
     return None
 
 
-def _bad_input_message(exc: BaseException, inputs: Inputs, args: argparse.Namespace) -> tuple[str, bool]:
+def _bad_input_message(exc: BaseException, inputs: Inputs, args: argparse.Namespace) -> str:
     """What to do about an input Spark could not read: the month of the file it names (a history month, often, not
     the one built), and for a file that is gone, a build run again (a publish replaced it while the job read it: a
-    retry reads the new one, so that is no bad input). Also whether it is gone."""
+    retry reads the new one)."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     table, month = _named_input(text, inputs) or ("", "")
     month = month or args.month.label
     what = f"an input file of {f'{table} ' if table else ''}{month} under {args.lake_uri} cannot be read ({first[:500]})"
-    if "FILE_NOT_EXIST" in text or "FileNotFoundException" in text:
+    if any(gone in text for gone in ("FILE_NOT_EXIST", "PATH_NOT_FOUND", "FileNotFoundException")):
         return (f"{what}; it is gone: a publish of {month} replaced it while the job read it, so run the build of "
-                f"{args.month.label} again (if it persists, re-ingest {month}: tenfold ingest --month {month})"), True
-    return f"{what}; re-ingest that month (tenfold ingest --month {month})", False
+                f"{args.month.label} again (if it persists, re-ingest {month}: tenfold ingest --month {month})")
+    return f"{what}; re-ingest that month (tenfold ingest --month {month})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -448,9 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_bad_input(exc, inputs):
-            message, gone = _bad_input_message(exc, inputs, args)
-            print(f"build_features: {message}", file=sys.stderr)
-            return EXIT_FAILED if gone else EXIT_BAD_INPUT  # a file replaced meanwhile: the retry reads the new one
+            # Exit 2 for a file gone too: 1 is what a JVM that cannot write the class archive exits with, which
+            # turns the archive off for an hour (tenfold.features.submit.class_sharing); the task retries either.
+            print(f"build_features: {_bad_input_message(exc, inputs, args)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"build_features: failed for {args.month.label}: {first[:1000]}", file=sys.stderr)
         return EXIT_FAILED
     finally:
