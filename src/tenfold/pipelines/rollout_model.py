@@ -378,7 +378,9 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             return FAILED
         until = p.now() - lag
         # Replicas of several versions, or none serving: this window is not judged (no data; looked at again).
-        result = Check(NO_DATA, (between,), {}) if between is not None else analyse(p, run, percent, since, until)
+        first = record.get(set_key(1))  # when the canary first served (the weight of step 1)
+        result = Check(NO_DATA, (between,), {}) if between is not None else analyse(
+            p, run, percent, since, until, served_from=_parse(first["at"]) if first else None)
         n = len(mine) + 1
         waited = (until - since).total_seconds()
         if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
@@ -426,15 +428,21 @@ def _newest(p: Places, run: RolloutRun) -> bool:
     return newer_rollout(p.registry, run.rollout_id) is None
 
 
-def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime) -> Check:
+def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime, *,
+            served_from: dt.datetime | None = None) -> Check:
     """One check of the canary against the control over ``[since, until)``.
 
     At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the start of
-    the rollout until this step began (the same replicas, the same load balancer, just earlier)."""
+    the rollout until this step began (the same replicas, the same load balancer, just earlier).
+
+    ``served_from``: when the canary first got traffic (its first step set the weight); both arms' accuracy, and
+    the control at 100 %, count from then. From the plan's time instead, the control's labels included those of the
+    canary's deploy (minutes on GPUs), when the canary served nobody: a drift in accuracy over time was charged to
+    the canary."""
     policy = run.rollout_policy
     seen = p.observer.traffic(since, until)
     canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
-    start = _parse(run.started_at)
+    start = served_from or _parse(run.started_at)
     if percent >= 100:
         control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
     if min(canary.requests, control.requests) < policy.min_requests:

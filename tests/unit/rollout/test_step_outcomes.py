@@ -542,3 +542,35 @@ def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monke
         pipeline.conclude(None, run2, p=places2)  # type: ignore[arg-type]
     assert pipeline.conclude(None, run2, p=places2)["outcome"] == pipeline.PROMOTED  # type: ignore[arg-type]
     assert places2.deployer.rolled[-1] == ("stable", "v2") and places2.router.percent == 0
+
+
+def test_both_arms_accuracy_counts_from_when_the_canary_first_served() -> None:
+    """It counted from the plan's time, before the canary's deploy (minutes on GPUs), when only the stable arm
+    served: the control's accuracy then held labels of a time the canary never saw, and a drift over time was
+    charged to the canary, check after check (the counts are cumulative), until it was rolled back."""
+    import dataclasses
+
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    served = T0 + dt.timedelta(minutes=15)
+    registry.events["s01-set"] = {"at": served.isoformat(), "step": 1, "percent": 5}
+    asked: list[dt.datetime] = []
+
+    def accuracy(since: dt.datetime, until: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
+        asked.append(since)
+        return Accuracy(0, None), Accuracy(0, None)
+
+    router.percent = 5  # what step 1 set
+    clock = [served]
+
+    def now() -> dt.datetime:
+        return clock[0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += dt.timedelta(seconds=max(seconds, 0.001))
+
+    places = dataclasses.replace(places, accuracy=accuracy, now=now, sleep=sleep)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]
+    assert asked and set(asked) == {served}
+    check = next(e for k, e in registry.events.items() if k.startswith("s01-c"))
+    assert check["values"]["accuracy_since"] == served.isoformat()
