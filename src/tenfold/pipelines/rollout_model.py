@@ -256,7 +256,12 @@ def deploy(settings: Settings, run: RolloutRun | Mapping[str, Any], *, p: Places
     """The canary pool serves the version, with no traffic yet (idempotent)."""
     run = RolloutRun.from_xcom(run)
     p = p or places(settings)
-    if "deployed" in events(p, run):
+    record = events(p, run)
+    if "deployed" in record:
+        return run
+    if "end" in record:  # a deploy cleared after its rollout ended (conclude ran): its steps would not run
+        log.warning("rollout %s has ended (%s): its canary is not deployed; trigger the rollout again", run.rollout_id,
+                    record["end"]["outcome"])
         return run
     if _aborted(p, run):
         return run
@@ -507,6 +512,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                                   "rollout to compare it with the new champion"])
         elif passed:
             _end(p, run, PROMOTED, [])
+        elif "deployed" not in record:
+            _end(p, run, FAILED, [f"the canary pool was never deployed ({DEPLOY_TASK_FAILED}): no step ran; trigger the "
+                                  "rollout again once the deploy's cause is fixed"])
         else:
             _end(p, run, FAILED, [f"the rollout stopped after {len(applied)} of {len(run.steps)} steps without a verdict "
                                   f"({STEP_TASK_FAILED}): failing safe"])
@@ -569,7 +577,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
     # A green run said nothing: a canary that got no data, a rejected version. (A step task that failed was alerted
     # by Airflow's failure callback already.)
-    if outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r for r in reasons)):
+    if outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r
+                                                                for r in reasons)):
         p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
             "version": run.version, "champion": done["champion"], "reasons": "; ".join(reasons)[:2000],
             "report": report, "run": run.airflow_run_id})
@@ -579,6 +588,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 
 
 STEP_TASK_FAILED = "a step task failed"
+DEPLOY_TASK_FAILED = "the deploy task failed"
 
 
 def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after_promoting: bool = False

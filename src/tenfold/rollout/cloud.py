@@ -406,8 +406,9 @@ class InstanceGroupDeployer:
                     f"the {res.pool} pool's instance group {res.group} ({res.project}/{res.region}) does not serve "
                     f"template {name} after {sv.deploy_timeout_s}s: {missing}. Look at `gcloud compute instance-groups "
                     f"managed list-instances {res.group} --region {res.region}` and `... list-errors` (GPU quota or "
-                    "capacity, a startup script that stops: the VMs' serial port output), fix it, then run the deploy "
-                    "again (it resumes) or roll back (`tenfold rollout abort`)"
+                    "capacity, a startup script that stops: the VMs' serial port output), fix it, then run the task "
+                    "again while the rollout has not ended (it resumes; `tenfold rollout status`), or trigger the "
+                    "rollout again once it has; or roll back (`tenfold rollout abort`)"
                 )
             log.info("waiting for %s to serve %s: %s", res.group, url.rsplit("/", 1)[-1], missing)
             self.sleep(sv.deploy_poll_s)

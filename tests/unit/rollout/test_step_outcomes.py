@@ -574,3 +574,28 @@ def test_both_arms_accuracy_counts_from_when_the_canary_first_served() -> None:
     assert asked and set(asked) == {served}
     check = next(e for k, e in registry.events.items() if k.startswith("s01-c"))
     assert check["values"]["accuracy_since"] == served.isoformat()
+
+
+def test_a_deploy_cleared_after_its_rollout_ended_deploys_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canary's deploy gave up; conclude (all_done) ended the rollout failed, saying "a step task failed". The
+    operator, told to run the deploy again, cleared it: it rolled the canary group (GPU VMs, minutes) for a rollout
+    whose steps return at once."""
+    class Rolls(Deployer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rolled: list[tuple[str, str]] = []
+
+        def deploy(self, pool: str, version: str) -> None:
+            self.rolled.append((pool, version))
+
+    deployer = Rolls()
+    run, places, registry = _setup(Router(), Observer(), deployer=deployer)
+    del registry.events["deployed"]  # the deploy never finished
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    alerts: list[str] = []
+    places.alert = lambda title, details: alerts.append(title)
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and pipeline.DEPLOY_TASK_FAILED in done["reasons"][0]
+    assert alerts == []  # the deploy task's own failure was alerted by Airflow's callback
+    assert pipeline.deploy(None, run, p=places) == run  # type: ignore[arg-type]
+    assert deployer.rolled == [] and "deployed" not in registry.events
