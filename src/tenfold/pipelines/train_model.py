@@ -759,8 +759,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(settings: Settings, args: argparse.Namespace) -> int:
         run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
+        from tenfold.training.errors import TrainingFailed
+
         planned = plan(settings, run_id, args.conf)
-        trained = train(settings, planned)
+        try:
+            trained = train(settings, planned)
+        except (TrainingFailed, ValueError) as exc:  # a timeout is a TimeoutError, a rank's failure no code fault:
+            raise PipelineError(str(exc)) from exc  # said as they are (with the log), not as an outage or a bug
         evaluation = evaluate(settings, planned, trained)
         registered = register(settings, planned, trained, evaluation)
         decision = gate(settings, planned, evaluation, registered)

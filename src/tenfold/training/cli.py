@@ -45,7 +45,7 @@ def train_command(
                                                     "settings.training.job_timeout_s")] = None,
 ) -> None:
     """Train the workload's model with torchrun (DDP); a re-run with the same --out resumes."""
-    from tenfold.data.lake import LakeError, month_range
+    from tenfold.data.lake import Lake, LakeError, month_range
     from tenfold.training.config import TrainConfig
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
@@ -54,9 +54,15 @@ def train_command(
         first, last = _months(train_months, settings.training.train_months)
         # A URI as given (a Path would make gs://b/run a local folder gs:/b/run), a folder from here.
         target: str | Path = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        window = month_range(first, last)
+        # The window's content pinned, as train_model pins it: the ranks refuse other rows, and a re-run with the same
+        # --out after a month was re-published is refused (it resumed silently on the new rows, mid-permutation).
+        lake, table = Lake.from_settings(settings), settings.storage.features_table
+        # (a month never published is refused by the launch itself, naming every one of them)
+        digest = lake.content_digest(table, window) if all(lake.has_manifest(table, p) for p in window) else None
         cfg = TrainConfig.from_settings(
-            settings, train_months=tuple(p.label for p in month_range(first, last)), batch_size=batch_size,
-            max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}),
+            settings, train_months=tuple(p.label for p in window), batch_size=batch_size,
+            max_steps=max_steps, seed=seed, data_digest=digest, **({"epochs": epochs} if epochs else {}),
         )
         result = run_torchrun(settings, cfg, target, nproc=nproc, timeout_s=timeout_s)
     except (LakeError, ValueError) as exc:  # LakeError: missing, stale, re-published or corrupt features

@@ -143,3 +143,27 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
     err = capsys.readouterr().err.strip()
     assert err == ("error: `python -m tenfold.pipelines.demo_dag` failed on a fault in the code (KeyError: 'missing');"
                    " run it again with --debug for the traceback, and report it")
+
+
+@pytest.mark.parametrize("kind", ["timeout", "failed", "config"])
+def test_a_training_that_failed_is_said_as_it_is_not_as_an_outage_or_a_code_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A timeout (a TimeoutError) ended "cannot reach a service it needs ... tenfold status shows what is down"; a
+    rank's failure, or an output folder holding a run of another config, "failed on a fault in the code"."""
+    from tenfold.pipelines import train_model as pipeline
+    from tenfold.training.errors import TrainingFailed, TrainingTimeout
+
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    error = {"timeout": TrainingTimeout("training ran past its 3600 s bound; its log: /x/train.log"),
+             "failed": TrainingFailed("rank 1 failed: a null label in flights 2013-03; its log: /x/train.log"),
+             "config": ValueError("/x/run holds a run with a different config (changed: ['data_digest'])")}[kind]
+
+    def train(settings: Settings, planned: object) -> object:
+        raise error
+
+    monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: object())
+    monkeypatch.setattr(pipeline, "train", train)
+    assert pipeline.main([]) != 0
+    err = capsys.readouterr().err
+    assert str(error) in err and "cannot reach" not in err and "fault in the code" not in err, err

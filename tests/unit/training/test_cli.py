@@ -147,3 +147,28 @@ def test_train_into_a_uri_writes_there_not_into_a_local_folder_named_after_it(
     assert out.exit_code == 0, out.output
     assert (bucket / "run" / "model").is_dir()
     assert not (tmp_path / "file:").exists()
+
+
+def test_train_pins_the_windows_content_so_a_rerun_after_a_republish_is_refused(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run without a digest, a re-run with the same --out after a month was re-published resumed silently on the new
+    rows, its (epoch, batch) position pointing into another permutation, with the old vocabularies."""
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.training import launch
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake = Lake.from_settings(get_settings())
+    window = month_range("2013-01", "2013-02")
+    publish_synthetic_features(lake, window, 50, seed=1)
+    seen = []
+
+    def run_torchrun(settings, cfg, target, **kwargs):
+        seen.append(cfg)
+        raise launch.TrainingFailed("stopped here")
+
+    monkeypatch.setattr(launch, "run_torchrun", run_torchrun)
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "run")])
+    assert out.exit_code == 1 and "stopped here" in out.output
+    (cfg,) = seen
+    assert cfg.data_digest == lake.content_digest(get_settings().storage.features_table, window)
