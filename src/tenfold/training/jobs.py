@@ -8,6 +8,8 @@ so the ``train_model`` DAG's ``train`` task is the same in every environment.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,8 @@ from tenfold.config import Settings
 from tenfold.config.names import scoped_key
 from tenfold.jsonable import plain_json
 from tenfold.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class FleetTrainingJob:
         from tenfold.storage import gcs_client
         from tenfold.training.fleet import GcsMarkerStore, run_folder, run_training
         from tenfold.training.launch import fit_preprocessing
-        from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE
+        from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
 
         settings = self.settings
         client = self.storage_client or gcs_client(settings)
@@ -86,8 +90,20 @@ class FleetTrainingJob:
         args = ["--config", f"gs://{bucket}/{out}/{CONFIG_FILE}", "--out", f"gs://{bucket}/{out}"]
         run = run_training(settings, job_key, args=args, client=self.igm_client,
                            markers=self.markers if self.markers is not None else GcsMarkerStore(client))
+        # The worker's report, as the local launch returns it: steps, the epoch chosen, calibration, the manifests
+        # and the feedback rows trained on, which the version's lineage records (it recorded none in the cloud).
+        reported = client.bucket(bucket).get_blob(f"{out}/{RESULT_FILE}")
+        try:
+            report: Any = json.loads(reported.download_as_bytes()) if reported is not None else {}
+        except ValueError:
+            report = {}
+        if not isinstance(report, dict):
+            report = {}
+        if not report:
+            log.warning("the training run %s reported no readable %s in gs://%s/%s: the version's lineage lacks its "
+                        "figures", run.run_id, RESULT_FILE, bucket, out)
         return TrainedModel(model_ref=f"gs://{bucket}/{out}/{MODEL_DIR}", result=plain_json({
-            "run_id": run.run_id, "status": run.status, "marker": run.marker, "elapsed_s": run.elapsed_s}))
+            **report, "run_id": run.run_id, "status": run.status, "marker": run.marker, "elapsed_s": run.elapsed_s}))
 
 
 def training_job(settings: Settings, **clients: Any) -> TrainingJob:

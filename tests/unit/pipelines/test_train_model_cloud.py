@@ -64,6 +64,9 @@ class FakeTrainingGroup:
         if self.outcome == "succeeded":
             for name in ("meta.json", "weights.pt", "preprocessing.json"):
                 bucket.blob(f"{run_folder(self.settings, run_id)}/out/model/{name}").upload_from_string(f"{name} bytes")
+            # what the worker's rank 0 writes beside the model (tenfold.training.worker)
+            bucket.blob(f"{run_folder(self.settings, run_id)}/out/train_result.json").upload_from_string(json.dumps(
+                {"steps": 12, "best_epoch": 1, "feedback": {"rows": 150, "in_validation_days": 20}}))
         bucket.blob(marker_name(self.settings, run_id)).upload_from_string(
             json.dumps({"status": self.outcome, "exit_code": 0 if self.outcome == "succeeded" else 1}))
 
@@ -130,6 +133,10 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
         f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{_job(planned)}/out/model"
     )
     assert trained.train_result["status"] == "succeeded"
+    # The worker's report, which the version's lineage records (it recorded none in the cloud).
+    assert trained.train_result["steps"] == 12 and trained.train_result["best_epoch"] == 1
+    planned_with_feedback = type(planned)(**{**planned.__dict__, "feedback": {"rows": 200, "weight": 10}})
+    assert pipeline.feedback_lineage(planned_with_feedback, trained)["trained_rows"] == 150
     local = pipeline.materialize(dev_settings, trained.model_ref, tmp_path / "model")
     assert sorted(p.name for p in local.iterdir()) == ["meta.json", "preprocessing.json", "weights.pt"]
     # A retried task finds the succeeded marker and does not start the group again.
