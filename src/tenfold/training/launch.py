@@ -17,6 +17,7 @@ exit code and its error (from torchelastic's error file / summary), with the log
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -241,7 +242,7 @@ def run_torchrun(
     ``losses.jsonl`` and ``torchrun.log``. Raises :class:`TrainingFailed` / :class:`TrainingTimeout`.
     """
     remote = RemoteDir(str(out_dir)) if is_remote(str(out_dir)) else None
-    out = Path(tempfile.mkdtemp(prefix="tenfold-launch-")) if remote else Path(out_dir).resolve()
+    out = launch_folder(settings, str(out_dir)) if remote else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with _sole_launch(out) as lock:
         result = _launch(settings, train_config, out, remote, lock, nproc=nproc, timeout_s=timeout_s,
@@ -249,6 +250,17 @@ def run_torchrun(
     if remote:  # the run is in the URI: its local folder (torchrun.log) was left behind by every run
         shutil.rmtree(out, ignore_errors=True)  # (kept on failure: TrainingFailed.log_path is there)
     return result
+
+
+def launch_folder(settings: Settings, uri: str) -> Path:
+    """The local folder of a launch into ``uri`` (its lock, its job's record, torchrun.log): the same for every
+    launch into that URI, so that a launch finds the job a killed launcher left training into it, stops it, and
+    refuses while that launcher lives, as for a local folder. (A new temporary folder each time hid the orphan,
+    which went on writing the URI's checkpoints and model beside the next job.)"""
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    folder = settings.local.home / "launches" / key
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
 
 
 def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,

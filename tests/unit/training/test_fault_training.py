@@ -248,3 +248,39 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
             with contextlib.suppress(ProcessLookupError):
                 os.kill(json.loads(ready.read_text())["pid"], signal.SIGKILL)
         launcher.wait(30)
+
+
+_HOLDER = """
+import pickle, sys, time
+from tenfold.training.launch import _sole_launch, launch_folder
+settings = pickle.load(open(sys.argv[1], "rb"))
+with _sole_launch(launch_folder(settings, sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_launch_into_a_uri_another_launch_trains_into_is_refused(
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """A launch into a URI took its lock in a new temporary folder each time: a second launch never saw the first
+    (or the job a killed launcher left), and two jobs wrote the URI's checkpoints and model."""
+    import pickle
+    import subprocess
+    import sys
+
+    uri = (tmp_path / "bucket").as_uri() + "/run"
+    args = tmp_path / "settings.pkl"
+    args.write_bytes(pickle.dumps(train_settings))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(args), uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingFailed, match=rf"another launch \(pid {holder.pid}\) is training into"):
+            run_torchrun(train_settings, small_config, uri, nproc=2, timeout_s=300, max_restarts=0)
+        from tenfold.training.launch import launch_folder
+
+        assert launch_folder(train_settings, uri) == launch_folder(train_settings, uri + "/")
+        assert launch_folder(train_settings, uri) != launch_folder(train_settings, uri + "-other")
+    finally:
+        holder.kill()
+        holder.wait(30)
