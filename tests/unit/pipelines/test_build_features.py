@@ -331,6 +331,24 @@ pipeline.publish(get_settings(), run)
 """
 
 
+def _publish_killed_while_dropping(settings, lake, stage) -> pipeline.FeaturesRun:
+    """Run r1 stages February's 2,000 rows in four files with its lookups, and a real process publishes them and is
+    SIGKILLed after deleting two staged files (the rest is left, with the publish's marker)."""
+    from tenfold.local.env import settings_env
+
+    table = synthetic_features(FEB, 2_000, seed=7)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
+    stage(table.slice(0, 500), FEB, run.staging_key)
+    for i in (1, 2, 3):
+        pq.write_table(table.slice(500 * i, 500), f"{lake._path(run.staging_uri)}/part-{i:05d}.parquet",
+                       filesystem=lake.fs)
+    stage_lookups(lake, run)
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
+                           env={**os.environ, **settings_env(settings)}, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    return run
+
+
 @pytest.mark.parametrize("before_an_upgrade", [False, True], ids=["same-version", "retried-after-an-upgrade"])
 def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_rows(settings, lake, stage, tmp_path,
                                                                                    alerts, before_an_upgrade):
@@ -338,18 +356,9 @@ def test_a_publish_killed_while_it_drops_its_staging_is_retried_without_losing_r
     not take the files left there for a month to publish (that replaced the month with part of itself). Also when
     the kill was before an upgrade whose manifests name their lookups: the retry's extra then differs."""
     from tenfold.features.online import LOOKUPS_KEY
-    from tenfold.local.env import settings_env
 
-    table = synthetic_features(FEB, 2_000, seed=7)
-    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
-    stage(table.slice(0, 500), FEB, run.staging_key)
+    run = _publish_killed_while_dropping(settings, lake, stage)
     staged = lake._path(run.staging_uri)
-    for i in (1, 2, 3):
-        pq.write_table(table.slice(500 * i, 500), f"{staged}/part-{i:05d}.parquet", filesystem=lake.fs)
-    stage_lookups(lake, run)
-    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
-                           env={**os.environ, **settings_env(settings)}, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000
     left = [i for i in lake.fs.get_file_info(pafs.FileSelector(staged)) if i.type.name == "File"]
     assert len(left) == 2, "the kill did not leave part of the staging behind"
@@ -377,18 +386,7 @@ def test_a_run_rebuilt_after_its_publish_was_killed_while_dropping_validates_and
         settings, lake, stage, alerts):
     """The marker a killed drop leaves makes validate finish that drop; a batch the run built again since (cleared
     from its start: the same staging folder) is not that remainder and must not be dropped as one."""
-    from tenfold.local.env import settings_env
-
-    table = synthetic_features(FEB, 2_000, seed=7)
-    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
-    stage(table.slice(0, 500), FEB, run.staging_key)
-    for i in (1, 2, 3):
-        pq.write_table(table.slice(500 * i, 500), f"{lake._path(run.staging_uri)}/part-{i:05d}.parquet",
-                       filesystem=lake.fs)
-    stage_lookups(lake, run)
-    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
-                           env={**os.environ, **settings_env(settings)}, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    run = _publish_killed_while_dropping(settings, lake, stage)
     lake.discard(run.staging_uri)  # what the local build does first
     stage(synthetic_features(FEB, 24_000, seed=9), FEB, run.staging_key)
     stage_lookups(lake, run)
@@ -403,18 +401,7 @@ def test_a_killed_drop_whose_month_another_run_published_since_is_not_published_
     killed drop left matched none of its files, so the retry published that remainder over the other run's month."""
     from dataclasses import replace
 
-    from tenfold.local.env import settings_env
-
-    table = synthetic_features(FEB, 2_000, seed=7)
-    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month=FEB.label)
-    stage(table.slice(0, 500), FEB, run.staging_key)
-    for i in (1, 2, 3):
-        pq.write_table(table.slice(500 * i, 500), f"{lake._path(run.staging_uri)}/part-{i:05d}.parquet",
-                       filesystem=lake.fs)
-    stage_lookups(lake, run)
-    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DROPPING, FEB.label], capture_output=True, text=True,
-                           env={**os.environ, **settings_env(settings)}, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    run = _publish_killed_while_dropping(settings, lake, stage)
     other = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month=FEB.label)
     stage(synthetic_features(FEB, 3_000, seed=11), FEB, other.staging_key)
     stage_lookups(lake, other)

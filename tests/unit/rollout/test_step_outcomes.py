@@ -46,6 +46,17 @@ class Observer:
                 "stable": ArmTraffic(400, 0, lat)}
 
 
+class Rolls(Deployer):
+    """A deployer that records each roll (pool, version) it is asked for."""
+
+    def __init__(self, serving: str | None = None) -> None:
+        super().__init__(*((serving,) if serving else ()))
+        self.rolled: list[tuple[str, str]] = []
+
+    def deploy(self, pool: str, version: str) -> None:
+        self.rolled.append((pool, version))
+
+
 class FullRegistry(Registry):
     def __init__(self, champion: str = "v1") -> None:
         super().__init__()
@@ -281,14 +292,6 @@ def test_a_champion_moved_just_before_the_promotion_leaves_the_stable_pool_alone
             if percent == 100 and not self.moved:  # an operator's `tenfold models promote v7`, between the check
                 registry.champion, self.moved = "v7", True  # and the swap
 
-    class Rolls(Deployer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rolled: list[tuple[str, str]] = []
-
-        def deploy(self, pool: str, version: str) -> None:
-            self.rolled.append((pool, version))
-
     router, deployer = MovesChampion(), Rolls()
     run, places, registry = _setup(router, Observer(), Swapping(), deployer)
     _every_step_passed(registry, run)
@@ -356,15 +359,7 @@ def test_a_cleared_step_of_an_older_rollout_that_never_ended_leaves_a_newer_roll
 
 
 def test_a_cleared_deploy_of_an_older_rollout_leaves_the_newer_rollouts_canary_pool_alone() -> None:
-    class Rolls(Deployer):
-        def __init__(self) -> None:
-            super().__init__("v3")
-            self.rolled: list[tuple[str, str]] = []
-
-        def deploy(self, pool: str, version: str) -> None:
-            self.rolled.append((pool, version))
-
-    router, deployer = Router(), Rolls()
+    router, deployer = Router(), Rolls("v3")
     run, places, registry = _setup(router, Observer(), deployer=deployer)
     del registry.events["deployed"]
     _superseded_by_a_newer_rollout(registry, run)
@@ -508,16 +503,12 @@ def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monke
     """conclude promoted v2 and the stable pool's roll failed; the operator rolled the champion back to v1 (what
     `tenfold rollout abort` points to). The retry found the champion where the rollout started, promoted v2 again,
     rolled the stable pool to it and recorded "promoted"."""
-    class FailsOnce(Deployer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rolled: list[tuple[str, str]] = []
-
+    class FailsOnce(Rolls):
         def deploy(self, pool: str, version: str) -> None:
             if not self.rolled:
                 self.rolled.append(("failed", version))
                 raise TimeoutError("the stable group did not become healthy")
-            self.rolled.append((pool, version))
+            super().deploy(pool, version)
 
     router, deployer = Router(), FailsOnce()
     run, places, registry = _setup(router, Observer(), FullRegistry(), deployer)
@@ -580,14 +571,6 @@ def test_a_deploy_cleared_after_its_rollout_ended_deploys_nothing(monkeypatch: p
     """The canary's deploy gave up; conclude (all_done) ended the rollout failed, saying "a step task failed". The
     operator, told to run the deploy again, cleared it: it rolled the canary group (GPU VMs, minutes) for a rollout
     whose steps return at once."""
-    class Rolls(Deployer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rolled: list[tuple[str, str]] = []
-
-        def deploy(self, pool: str, version: str) -> None:
-            self.rolled.append((pool, version))
-
     deployer = Rolls()
     run, places, registry = _setup(Router(), Observer(), deployer=deployer)
     del registry.events["deployed"]  # the deploy never finished
