@@ -15,7 +15,10 @@ byte-identical files: :meth:`Lake.publish` then finds the same content digest an
 partition (and its manifest) as it was. Nothing is ever appended, so nothing is duplicated.
 
 **A source that cannot be read is refused, not crashed on.** Every table is read (and checked to be
-ingestible) before anything is published, so a month is published whole or not at all. Whatever goes
+ingestible) before anything is published, so a refused source publishes nothing of the month. Each table is
+then published atomically, one after the other: a publish that fails between two of them (a full disk, another
+writer holding a partition) leaves the tables published so far at the new delivery and the rest at the old one
+until the task's retry, which publishes them all (a table already holding the delivery is left as it is). Whatever goes
 wrong while reading (an unparseable CSV or Parquet file, a truncated or non-zip archive, a missing
 column, a value that does not convert, bytes that are not UTF-8, an empty or unreadable file, a
 reader that raises or returns something else) becomes :class:`SourceUnreadable`: its message names
