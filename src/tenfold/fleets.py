@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
-from tenfold.config.settings import SERVING_ENV_PREFIX, GpuGroupSettings, deployed_env
+from tenfold.config.settings import SERVING_ENV_PREFIX, TRAINING_ENV_PREFIX, GpuGroupSettings, deployed_env
 from tenfold.serving.auth import token_path
 
 # Serving runs the image's own CMD (serving_image/ defines it); the other roles name their module.
@@ -145,6 +145,21 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
     return lines, ["--volume", f"{file}:{file}:ro"]
 
 
+# What no VM's process reads: the groups' sizes, the load balancer's domain, the rollout's policy and the local
+# fleet's (Composer and the stacks read them). In a VM's startup script, a change of one made new instance templates
+# and replaced every VM of every group (an autoscaler's minimum raised before a rollout, as the docs ask).
+_NOT_FOR_VMS = tuple(f"{SERVING_ENV_PREFIX}{section}__" for section in
+                     ("STABLE_FLEET", "CANARY_FLEET", "LOAD_BALANCER", "ROLLOUT", "FLEET"))
+SERVING_ROLES = ("stable", "canary")
+
+
+def vm_env(settings: Settings, role: str) -> dict[str, str]:
+    """:func:`deployed_env` as a VM of ``role`` needs it: without what no VM reads, and for a serving replica without
+    the training settings (a gate threshold changed replaced every serving VM)."""
+    return {k: v for k, v in deployed_env(settings).items()
+            if not k.startswith(_NOT_FOR_VMS) and not (role in SERVING_ROLES and k.startswith(TRAINING_ENV_PREFIX))}
+
+
 def startup_script(
     settings: Settings,
     fleet: GpuGroupSettings,
@@ -164,7 +179,7 @@ def startup_script(
     """
     registry = settings.container_image.split("/", 1)[0]
     env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role,
-           **deployed_env(settings)}  # the workload, tables and DAG settings the stacks were synthesized with
+           **vm_env(settings, role)}  # the workload, tables and DAG settings the stacks were synthesized with
     env.update(extra_env or {})
     env_flags = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
     run_mode = "-d --restart=always" if detach else "--rm"

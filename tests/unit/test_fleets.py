@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tenfold import fleets
-from tenfold.config import get_settings
+from tenfold.config import build_settings, get_settings
 from tenfold.config.settings import project_root
 from tenfold.serving.auth import TOKEN_FILE
 
@@ -295,7 +295,6 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
 def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> None:
     """A workload of its own names its tables and months by TENFOLD_* variables at synth (the lake grants name those
     tables): every VM's container must run with the same, or it reads tables it has no grant for."""
-    from tenfold.config import build_settings
     from tenfold.config.settings import deployed_env
 
     overrides = {"TENFOLD_WORKLOAD": "tiny_workload:WORKLOAD", "TENFOLD_STORAGE__FEATURES_TABLE": "tiny_features",
@@ -311,11 +310,35 @@ def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> N
     assert deployed_env(build_settings("dev")) == {}  # nothing set: the scripts are as before
     # the container rebuilds exactly the settings the stacks were made from
     assert build_settings("dev", deployed_env(custom)) == custom
-    for script in (fleets.serving_startup_script(custom, custom.serving.stable_fleet, "stable"),
-                   fleets.training_startup_script(custom), fleets.feedback_startup_script(custom)):
+    # No VM's process reads the groups' sizing, the domain or the rollout's policy (Composer does: composer_env), and
+    # a serving replica reads no training setting: those stay out of the VMs' scripts.
+    not_for_vms = ("TENFOLD_SERVING__CANARY_FLEET__", "TENFOLD_SERVING__LOAD_BALANCER__", "TENFOLD_SERVING__ROLLOUT__")
+    for role, script in (("stable", fleets.serving_startup_script(custom, custom.serving.stable_fleet, "stable")),
+                         ("training", fleets.training_startup_script(custom)),
+                         ("feedback", fleets.feedback_startup_script(custom))):
         run = next(line for line in script.splitlines() if line.startswith("docker run"))
         for key, value in overrides.items():
-            assert f"-e {key}={value}" in run, (key, run[:200])
+            left_out = key.startswith(not_for_vms) or (role == "stable" and key.startswith("TENFOLD_TRAINING__"))
+            assert (f"-e {key}={value}" in run) is not left_out, (role, key, run[:200])
+
+
+def test_a_change_only_composer_or_the_stacks_read_leaves_every_vms_startup_script_as_it_was() -> None:
+    """Raising a group's autoscaler minimum before a rollout (as docs/rollout-cloud.md asks) changed the startup script
+    of every group, so the apply made new instance templates and replaced every GPU VM; a training gate threshold
+    replaced the serving VMs."""
+    base = build_settings("prod")
+    for change in ({"TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS": "3"}, {"TENFOLD_SERVING__STABLE_FLEET__MAX_REPLICAS": "9",
+                                                                          "TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS": "9"},
+                   {"TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "90.0"}, {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.x.com"}):
+        changed = build_settings("prod", change)
+        for make in (lambda s: fleets.serving_startup_script(s, s.serving.stable_fleet, "stable"),
+                     lambda s: fleets.serving_startup_script(s, s.serving.canary_fleet, "canary"),
+                     fleets.training_startup_script, fleets.inference_startup_script, fleets.feedback_startup_script):
+            assert make(changed) == make(base), change
+    gate = build_settings("prod", {"TENFOLD_TRAINING__GATE_MIN_AUC": "0.7"})
+    assert fleets.serving_startup_script(gate, gate.serving.stable_fleet, "stable") == \
+        fleets.serving_startup_script(base, base.serving.stable_fleet, "stable")
+    assert fleets.training_startup_script(gate) != fleets.training_startup_script(base)  # the training VM reads it
 
 
 def test_the_feedback_sink_gets_time_to_land_and_join_on_a_stop() -> None:
