@@ -12,7 +12,8 @@ last step it promotes: the stable pool moves to the new version, the canary weig
 
 **The record is the state.** Every action and every check is an event in the registry
 (:meth:`~tenfold.registry.registry.ModelRegistry.record_rollout_event`, create-only, under a deterministic
-key: ``start``, ``deployed``, ``s01-set``, ``s01-c001``, ..., ``end``, ``promotion_refused``, ``done``). A step first looks at
+key: ``start``, ``deployed``, ``s01-set``, ``s01-c001``, ..., ``end``, ``promoted_alias``, ``promotion_refused``, ``done``).
+A step first looks at
 the record: a retried task or a restarted scheduler continues from the recorded step, never applies a
 step twice (the weight is set, then ``sNN-set`` is created once) and never skips a check. An ``abort``
 event (``tenfold rollout abort``) stops the rollout at the next poll: weight 0, no alias moves.
@@ -383,7 +384,9 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             return FAILED
         until = p.now() - lag
         # Replicas of several versions, or none serving: this window is not judged (no data; looked at again).
-        first = record.get(set_key(1))  # when the canary first served (the weight of step 1)
+        # When the canary first served (the weight of step 1); a rollout whose one step is 100 % has no control after
+        # it, only before: its window reaches back to the plan.
+        first = record.get(set_key(1)) if run.steps[0] < 100 else None
         result = Check(NO_DATA, (between,), {}) if between is not None else analyse(
             p, run, percent, since, until, served_from=_parse(first["at"]) if first else None)
         n = len(mine) + 1
@@ -437,8 +440,8 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
             served_from: dt.datetime | None = None) -> Check:
     """One check of the canary against the control over ``[since, until)``.
 
-    At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the start of
-    the rollout until this step began (the same replicas, the same load balancer, just earlier).
+    At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the first step
+    until this step began (the same replicas, the same load balancer, just earlier).
 
     ``served_from``: when the canary first got traffic (its first step set the weight); both arms' accuracy, and
     the control at 100 %, count from then. From the plan's time instead, the control's labels included those of the
@@ -454,7 +457,7 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
         # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
         canary_acc = control_acc = Accuracy(0, None, None)
     else:
-        # Accuracy over every labelled prediction since the rollout began, not this window's alone: the version
+        # Accuracy over every labelled prediction since the canary first served, not this window's alone: the version
         # is the same throughout, so its labels add up and each check can see a smaller drop than the last
         # (a window's 20 labels could not tell 0.6 from 0.8).
         canary_acc, control_acc = p.accuracy(start, until, run.version)
@@ -535,7 +538,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             raise PipelineError(f"rollout {run.rollout_id} ended promoted but a newer rollout has started since: its "
                                 f"promotion is not carried out over the newer one; {todo}")
         current = reg.resolve(CHAMPION)
-        if PROMOTED_ALIAS in record and current != run.version:
+        if current != run.version and (PROMOTED_ALIAS in record or _promoted_by(reg, run)):
             # This rollout promoted it, then the champion was moved away by hand (`tenfold models rollback`, which
             # `tenfold rollout abort` points to) before the stable pool served it: a retry must not promote again.
             refused = _refuse_promotion(p, run, current, after_promoting=True)
@@ -591,6 +594,13 @@ STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
 
 
+def _promoted_by(reg: Any, run: RolloutRun) -> bool:
+    """Whether the champion's history holds this rollout's promotion (``promote`` records the rollout's id): what
+    tells a retry that it promoted when the ``promoted_alias`` event was never recorded (the try died between)."""
+    return any(h.version == run.version and h.details.get("rollout") == run.rollout_id
+               for h in reg.alias_history(CHAMPION))
+
+
 def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after_promoting: bool = False
                       ) -> dict[str, Any]:
     """Record that the promotion the rollout ended with is not carried out: the champion is no longer the one the
@@ -598,9 +608,9 @@ def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after
     promoted it. Returns the recorded event (a retry finds it and does not promote)."""
     if after_promoting:
         why = (f"rollout {run.rollout_id} promoted {run.version}, then the champion was moved to {champion} by hand "
-               f"before the stable pool served {run.version}: it is not promoted again and the canary's share goes to "
-               f"the stable pool; roll the stable pool to the champion if it serves another version (`tenfold serve "
-               f"rollout --model champion` locally)")
+               f"before the promotion was carried out: it is not promoted again and the canary's share goes to the "
+               f"stable pool, which may serve {run.version} already: roll it to the champion (`tenfold serve rollout "
+               f"--model champion` locally, a rollout of the champion in the cloud)")
     else:
         why = (f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
                f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; "

@@ -1,7 +1,7 @@
 """A rollout's record in the registry: reading it, describing it, aborting it, and its HTML report.
 
 The ``rollout_model`` pipeline writes the record (create-only events under deterministic keys: ``start``,
-``deployed``, ``s01-set``, ``s01-c001``, ..., ``abort``, ``end``, ``promotion_refused``, ``done``; see
+``deployed``, ``s01-set``, ``s01-c001``, ..., ``abort``, ``end``, ``promoted_alias``, ``promotion_refused``, ``done``; see
 :mod:`tenfold.pipelines.rollout_model`); ``tenfold rollout status`` and ``tenfold rollout abort`` read and
 add to it through this module, which needs no pipeline.
 """

@@ -5,6 +5,7 @@ and a champion that moved while every step passed."""
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -61,6 +62,7 @@ class FullRegistry(Registry):
     def __init__(self, champion: str = "v1") -> None:
         super().__init__()
         self.champion, self.decisions, self.promoted = champion, {}, []
+        self.history: list[Any] = []  # the champion's moves by promote, as the registry keeps them
 
     def resolve(self, alias: str) -> str | None:
         assert alias == CHAMPION
@@ -72,6 +74,11 @@ class FullRegistry(Registry):
     def promote(self, version: str, **kwargs: Any) -> None:
         self.promoted.append(version)
         self.champion = version
+        self.history.append(SimpleNamespace(version=version, details=dict(kwargs.get("details") or {})))
+
+    def alias_history(self, alias: str) -> list[Any]:
+        assert alias == CHAMPION
+        return list(self.history)
 
     def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
         return [("1", "v2", "r1"), *((("2", "v3", "r2"),) if self.newer else ())]
@@ -582,3 +589,57 @@ def test_a_deploy_cleared_after_its_rollout_ended_deploys_nothing(monkeypatch: p
     assert alerts == []  # the deploy task's own failure was alerted by Airflow's callback
     assert pipeline.deploy(None, run, p=places) == run  # type: ignore[arg-type]
     assert deployer.rolled == [] and "deployed" not in registry.events
+
+
+def test_a_rollout_of_one_step_at_100_percent_has_a_control_before_it() -> None:
+    """With the windows counted from the first step, a lone 100 % step had a control window [start, start): empty, so
+    every check was "no data" and the rollout failed at the deadline, whatever the canary did."""
+    import dataclasses
+
+    router = Router()
+    run, places, registry = _setup(router, Observer(), steps=(100,))
+    served = T0 + dt.timedelta(minutes=15)
+    registry.events["s01-set"] = {"at": served.isoformat(), "step": 1, "percent": 100}
+    router.percent = 100
+    asked: list[tuple[dt.datetime, dt.datetime]] = []
+
+    class Seen(Observer):
+        def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+            asked.append((since, until))
+            return super().traffic(since, until)
+
+    clock = [served]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += dt.timedelta(seconds=max(seconds, 0.001))
+
+    places = dataclasses.replace(places, observer=Seen(), now=lambda: clock[0], sleep=sleep)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.PASS  # type: ignore[arg-type]
+    assert (T0, served) in asked  # the control: what stable served from the plan until the step began
+
+
+def test_a_retry_that_finds_no_promoted_event_still_knows_its_promotion_from_the_champions_history(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """promote landed, then recording ``promoted_alias`` failed (the try died between); the operator rolled the
+    champion back. The retry found no event and the champion where the rollout started: it promoted again."""
+    router = Router()
+    run, places, registry = _setup(router, Observer(), FullRegistry(), Rolls())
+    _every_step_passed(registry, run)
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: None
+    real = pipeline._record
+
+    def dies_after_promoting(p: Any, r: Any, key: str, body: Any) -> Any:
+        if key == "promoted_alias":
+            raise ConnectionError("the store went away")
+        return real(p, r, key, body)
+
+    monkeypatch.setattr(pipeline, "_record", dies_after_promoting)
+    with pytest.raises(ConnectionError):
+        pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    monkeypatch.setattr(pipeline, "_record", real)
+    assert registry.promoted == ["v2"] and "promoted_alias" not in registry.events
+    registry.champion = "v1"  # `tenfold models rollback`
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert registry.promoted == ["v2"] and registry.champion == "v1" and done["outcome"] == pipeline.FAILED
+    assert places.deployer.rolled == [] and router.percent == 0
