@@ -85,7 +85,11 @@ def monitor_drift() -> None:
         recent = list(events)
 
         def emitted_by(run_id: str) -> bool:
-            return any(e.source_dag_id == DAG_ID and e.source_run_id == run_id for e in recent)
+            """False only when Airflow holds no drift event of that run and knows it failed: a run it no longer
+            knows (the metadata database's cleanup deletes old runs and events) is taken to have emitted."""
+            if any(e.source_dag_id == DAG_ID and e.source_run_id == run_id for e in recent):
+                return True
+            return ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id], states=["failed"]) == 0
 
         # While tries are left, an alert a hook did not deliver, or an outage of Cloud Monitoring writing the drift
         # score, fails the try (the next one sends or writes it again); the last try emits regardless.

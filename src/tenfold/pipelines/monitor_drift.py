@@ -291,9 +291,10 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
     left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs).
     Only a caller that emits the drift event (``emits``: the DAG's task) records a trigger: one recorded by a run
-    that started no retraining would hold every later one back. ``emitted_by(run_id)`` (the DAG's: whether Airflow
-    holds a drift event of that run) tells such a record from one whose run emitted: a run that failed after
-    recording (its last try, a store error) is taken over, alerted and emitted by this one.
+    that started no retraining would hold every later one back. ``emitted_by(run_id)`` (the DAG's: False only when
+    Airflow holds no drift event of that run and knows the run failed) tells such a record from one whose run
+    emitted: a run that failed after recording (its last try, a store error) is taken over, alerted and emitted by
+    this one; a run Airflow no longer knows (its database's cleanup) is not.
 
     An alert that a hook failed to deliver (after the hook's own retries) is recorded as such, and a caller that
     emits raises :class:`AlertNotDelivered` so that the task's next try sends it again (once: its record says
