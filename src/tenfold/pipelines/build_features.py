@@ -296,10 +296,17 @@ def _finish_cut_drop(lake: Lake, table: str, run: FeaturesRun) -> None:
             body = json.loads(stream.read())
     except FileNotFoundError:
         return
-    except ValueError:  # torn: a write is atomic, so only by hand; what is left is validated, never dropped blind
+    except ValueError:  # torn (a write is atomic, so by hand): judged against the month as it stands, below
         body = {}
-    published = body.get("files") if isinstance(body, dict) else None
-    if isinstance(published, list) and lake.remainder_of(run.staging_uri, set(published), len(published)):
+    body = body if isinstance(body, dict) else {}
+    published = body.get("files")
+    if isinstance(published, list):
+        remainder = lake.remainder_of(run.staging_uri, set(published), len(published))
+    else:  # a marker without the list (torn by hand): what is left is a remainder of the month as it stands, if any
+        current = lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
+        remainder = current is not None and lake.remainder_of(
+            run.staging_uri, {f.sha256 for f in current.files}, len(current.files))
+    if remainder:
         log.info("finishing the drop of %s, which the publish of this run began (%s published it)", run.staging_uri,
                  body.get("data_dir"))
         lake.discard(run.staging_uri)

@@ -439,10 +439,11 @@ def validate_partition(
         refused.alerted, refused.undelivered = (sent.delivered, sent.failed) if sent else (False, ())
         raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
-        # A re-run of a refused validation: keep the first verdict rather than quarantine "nothing".
+        # A re-run of a refused validation: keep the verdict rather than quarantine "nothing" (the newest of the
+        # attempt's: a cleared run refused again has its own at attempt-2...).
         again = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was already refused and quarantined at "
-            f"{lake.uri_of(earlier)} (see its _QUARANTINED.json); re-run the job that stages it"
+            f"{lake.uri_of(taken[-1])} (see its _QUARANTINED.json); re-run the job that stages it"
         )
         again.alerted = True  # the first verdict alerted (or its task's failure callback did): a clear is not paged
         raise again

@@ -167,13 +167,16 @@ class AliasPointer:
         return json.dumps(body, indent=2, sort_keys=True, default=str)
 
     @classmethod
-    def from_json(cls, text: str | bytes, generation: int, where: str) -> AliasPointer:
+    def from_json(cls, text: str | bytes, generation: int, where: str, *, history: bool = False) -> AliasPointer:
         try:
             body = json.loads(text)
             if not isinstance(body, dict):
                 raise TypeError(f"it holds a JSON {type(body).__name__}, not an object")
             return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
         except (ValueError, TypeError) as exc:
+            if history:
+                raise RegistryError(f"alias history entry {where} is unreadable ({exc}): restore it from a backup of "
+                                    "the registry; until then a rollback names its version (--to)") from exc
             raise RegistryError(
                 f"alias pointer {where} is unreadable ({exc}): delete it (`gcloud storage rm {where}`), then set the "
                 "alias again with `tenfold models promote <version>`; its history is kept") from exc
@@ -702,20 +705,28 @@ class ModelRegistry:
         return max(seqs) if seqs else None
 
     def alias_history(self, alias: str) -> list[AliasPointer]:
-        """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending)."""
+        """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending); an
+        entry that cannot be read is left out, with a warning (one damaged entry must not hide the others)."""
+        return self._history(alias)[0]
+
+    def _history(self, alias: str) -> tuple[list[AliasPointer], list[str]]:
+        """:meth:`alias_history`, and the refusals of the entries left out."""
         check_alias(alias)
         entries: dict[int, AliasPointer] = {}
+        damaged: list[str] = []
         for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("alias-history", alias) + "/"):
             try:
-                pointer = AliasPointer.from_json(blob.download_as_bytes(), 0, f"gs://{self.bucket_name}/{blob.name}")
-            except RegistryError as exc:  # one damaged entry must not hide the others, nor block a rollback
-                log.warning("alias history entry left out: %s", exc)
+                pointer = AliasPointer.from_json(blob.download_as_bytes(), 0, f"gs://{self.bucket_name}/{blob.name}",
+                                                 history=True)
+            except RegistryError as exc:
+                log.warning("left out of %s's history: %s", alias, exc)
+                damaged.append(str(exc))
                 continue
             entries[pointer.seq] = pointer
         current = self._read_pointer(alias)
         if current is not None:
             entries.setdefault(current.seq, current)
-        return [entries[k] for k in sorted(entries)]
+        return [entries[k] for k in sorted(entries)], damaged
 
     def set_alias(self, alias: str, version: str, *, expected: str | _Any | None = ANY, action: str = "set",
                   reason: str = "", actor: str | None = None, details: Mapping[str, Any] | None = None) -> AliasPointer:
@@ -795,10 +806,13 @@ class ModelRegistry:
         move is that rollback: a rerun after an error that came once the move had landed), that move is returned
         and nothing moves again; when it points elsewhere, :class:`AliasConflict`.
         """
-        history = self.alias_history(alias)
+        history, damaged = self._history(alias)
         current = self._read_pointer(alias)
         if current is None:
             raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+        if damaged and to is None:  # a rollback left out might have ruled a candidate out: never guess the target
+            raise RegistryError(f"{alias}'s history cannot be read whole ({damaged[0]}): the version to roll back to "
+                                "cannot be chosen; name it (`tenfold models rollback --to <version>`)")
         if from_version is not None and current.version != from_version:
             if current.action == "rollback" and current.previous == from_version and to in (None, current.version):
                 self._append_history(current)  # the entry its first run may not have recorded

@@ -513,3 +513,17 @@ def test_a_month_whose_publish_failed_after_its_lookups_is_not_served_with_them(
     pipeline.publish(settings, rebuild)  # the retry completes the rebuild: served again, with its own lookups
     served = read_lookups(settings)
     assert served["2013-02"]["weather"].num_rows == staged.num_rows - 1
+
+
+@pytest.mark.parametrize("marker", [b"{not json", b"[]", b'{"run_id": "r1"}'])
+def test_a_killed_drop_whose_marker_lost_its_file_list_is_judged_against_the_month(settings, lake, stage, alerts,
+                                                                                  marker):
+    """A marker without the list of the published files (torn by hand) dropped nothing and was deleted: validate then
+    took what was left for the run's batch and publish put it over the month (rows lost)."""
+    from dataclasses import replace
+
+    run = _publish_killed_while_dropping(settings, lake, stage)
+    Path(lake._path(run.staging_uri).rstrip("/") + ".published.json").write_bytes(marker)
+    assert pipeline.validate(settings, run) == run and alerts() == []
+    pipeline.publish(settings, replace(run, rows=1_000))
+    assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000

@@ -422,3 +422,6 @@ def test_a_second_refusal_under_the_same_attempt_killed_before_its_reason_is_fin
         validate_partition(settings, FEATURES_TABLE, MARCH, second, FEATURES_SUITE)
     assert _quarantine_reason(lake, FEATURES_TABLE, MARCH, "twice-2")["failed_expectations"] == ["second verdict"]
     assert [a["title"] for a in alerts()] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
+    # Cleared again: "already refused", pointing at that second verdict, not the first
+    with pytest.raises(AlreadyRefused, match=r"already refused and quarantined at .*/twice-2 \(see"):
+        validate_partition(settings, FEATURES_TABLE, MARCH, second, FEATURES_SUITE)

@@ -575,6 +575,11 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     assert [(h.seq, h.version) for h in reg.alias_history("champion")] == [(1, a), (2, b), (3, c)]
     assert reg.rollback().version == b
 
-    # A damaged history entry is left out (with a warning), not an error for every reader of the history.
+    # A damaged history entry is left out (with a warning), not an error for every reader of the history; a rollback
+    # without --to refuses (a rollback left out could rule a candidate out), and one with --to goes ahead.
     reg.bucket.blob(reg._history_name("champion", 1)).upload_from_string(b"not json")
     assert [h.version for h in reg.alias_history("champion")] == [b, c, b]
+    with pytest.raises(RegistryError, match=r"history cannot be read whole \(alias history entry .* is unreadable .*"
+                                            r"restore it from a backup.*name it \(`tenfold models rollback --to"):
+        reg.rollback()
+    assert reg.rollback(to=c).version == c
