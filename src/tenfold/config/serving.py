@@ -67,6 +67,8 @@ class ServerSettings(_Frozen):
     def _prefix(cls, value: str) -> str:
         if not value.startswith("/") or any(c.isspace() for c in value) or "//" in value:
             raise ValueError(f"api_prefix {value!r}: a path such as /v1 (starting with '/', no spaces)")
+        if value.rstrip("/") == "":  # passed on as "" to child processes and VMs, which read it as unset (/v1)
+            raise ValueError(f"api_prefix {value!r}: the API cannot be served at the root; give a path such as /v1")
         return value.rstrip("/")
 
     @model_validator(mode="after")

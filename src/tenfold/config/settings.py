@@ -369,7 +369,17 @@ class LoadBalancerSettings(_Frozen):
     url_map: ResourceName
     http_proxy: ResourceName
     forwarding_rule: ResourceName
-    domain: str | None = None
+    domain: str | None = None  # a DNS name (api.example.com): the managed certificate's
+
+    @field_validator("domain")
+    @classmethod
+    def _dns_name(cls, value: str | None) -> str | None:
+        """A URL or a name with a port went into the managed certificate, and failed only at ``cdktn deploy``."""
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        if value is not None and not re.fullmatch(rf"({label}\.)+{label}", value):
+            raise ValueError(f"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN {value!r}: give a lowercase DNS name such as "
+                             "api.example.com (no scheme, path or port)")
+        return value
     cloud_armor_policy: ResourceName | None = None
     # With a Cloud Armor policy: requests a minute one client address may send (counted on each backend service)
     # before it gets 429 (0: no limit).
@@ -529,6 +539,20 @@ class MonitoringSettings(_Frozen):
     def drift_psi(self) -> float:
         """The cloud drift alert's PSI threshold: the monitor's own ``drift.psi_drift``, so both agree."""
         return self.drift.psi_drift
+
+    @field_validator("alert_smtp_host")
+    @classmethod
+    def _relay(cls, value: str | None) -> str | None:
+        """``host`` or ``host:port`` (1 to 65535): a port that is not one made every alert's e-mail fail, and the drift
+        monitor fail its tries for an undelivered alert, instead of one error here."""
+        if value is None:
+            return None
+        host, colon, port = value.partition(":")
+        if not host or any(c.isspace() or c in "/@" for c in host) or (
+                colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise ValueError(f"TENFOLD_ALERT_SMTP_HOST {value!r}: give the mail relay as host or host:port (a port "
+                             "from 1 to 65535), e.g. smtp.example.com:587")
+        return value
 
 
 class LocalSettings(_Frozen):
@@ -809,6 +833,16 @@ class Settings(_Frozen):
             raise ValueError("two local services on one port: " + "; ".join(
                 f"{' and '.join(names)} share port {ports[names[0]]}" for names in clashes)
                 + ": give each a port of its own (" + ", ".join(variable(n) for names in clashes for n in names) + ")")
+        return self
+
+    @model_validator(mode="after")
+    def _iap_only_behind_the_cloud_load_balancer(self) -> Settings:
+        """IAP vouches for callers at the cloud load balancer; HAProxy sends no IAP header, so every local request
+        got 401 (and offline the replicas never became ready, fetching Google's keys)."""
+        if self.is_local and self.serving.server.auth_mode == "iap":
+            raise ValueError("serving.server.auth_mode 'iap' works behind the cloud load balancer only; the local "
+                             "fleet takes the bearer token: unset TENFOLD_SERVING__SERVER__AUTH_MODE for the local "
+                             "platform (set it when you synthesize dev or prod)")
         return self
 
     @property

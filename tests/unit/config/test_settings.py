@@ -415,6 +415,9 @@ def test_the_api_prefix_is_one_spelling_everywhere(tmp_path: Path) -> None:
     assert ServerSettings(api_prefix="/v2/").api_prefix == "/v2"
     with pytest.raises(ValueError, match="a path such as /v1"):
         ServerSettings(api_prefix="v1")
+    # "/" became "", which every child process and VM read as unset (/v1) while this shell posted to /predict: 404
+    with pytest.raises(ValueError, match="cannot be served at the root"):
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__SERVER__API_PREFIX": "/"})
     s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__SERVER__API_PREFIX": "/v2/"})
     rep = fleet.report(s)
     assert rep.predict_path == "/v2/predict"
@@ -519,3 +522,29 @@ def test_a_sections_own_variable_that_is_not_json_is_named_with_what_to_do(secti
         build_settings("local", {"TENFOLD_HOME": str(tmp_path), f"TENFOLD_{section}": "x"})
     said = settings_refusal(refused.value)
     assert f"TENFOLD_{section} is set" in said and f"TENFOLD_{section}__<FIELD>" in said
+
+
+@pytest.mark.parametrize(("env", "overrides", "message"), [
+    # every alert's e-mail failed (int("submission")), and the drift monitor failed its tries for an undelivered alert
+    ("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:submission"}, "give the mail relay as host or host:port"),
+    ("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:70000"}, "a port from 1 to 65535"),
+    # a URL went into the managed certificate and failed only at `cdktn deploy`
+    ("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "https://api.example.com/"}, "give a lowercase DNS name"),
+    # HAProxy sends no IAP header: every local request got 401, and offline no replica became ready
+    ("local", {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+               "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/global/backendServices/2"},
+     "works behind the cloud load balancer only"),
+])
+def test_settings_that_can_only_fail_later_are_refused_when_built(tmp_path: Path, env: str, overrides: dict[str, str],
+                                                                  message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_settings(env, {"TENFOLD_HOME": str(tmp_path), **overrides})
+
+
+def test_the_settings_those_checks_accept(tmp_path: Path) -> None:
+    assert build_settings("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:587"}).monitoring.alert_smtp_host \
+        == "smtp.example.com:587"
+    assert build_settings("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.example.com"}) \
+        .serving.load_balancer.domain == "ml.example.com"
+    iap = {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap", "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/x"}
+    assert build_settings("prod", iap).serving.server.auth_mode == "iap"
