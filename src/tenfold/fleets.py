@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
-from tenfold.config.settings import SERVING_ENV_PREFIX, TRAINING_ENV_PREFIX, GpuGroupSettings, deployed_env
+from tenfold.config.settings import (
+    PIPELINES_ENV_PREFIX,
+    SERVING_ENV_PREFIX,
+    TRAINING_ENV_PREFIX,
+    GpuGroupSettings,
+    deployed_env,
+)
 from tenfold.serving.auth import token_path
 
 # Serving runs the image's own CMD (serving_image/ defines it); the other roles name their module.
@@ -145,19 +151,28 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
     return lines, ["--volume", f"{file}:{file}:ro"]
 
 
-# What no VM's process reads: the groups' sizes, the load balancer's domain, the rollout's policy and the local
-# fleet's (Composer and the stacks read them). In a VM's startup script, a change of one made new instance templates
-# and replaced every VM of every group (an autoscaler's minimum raised before a rollout, as the docs ask).
-_NOT_FOR_VMS = tuple(f"{SERVING_ENV_PREFIX}{section}__" for section in
-                     ("STABLE_FLEET", "CANARY_FLEET", "LOAD_BALANCER", "ROLLOUT", "FLEET"))
+# A VM's startup script carries only the deployed settings its process reads: a change of any other one made new
+# instance templates and replaced the VMs for nothing (an autoscaler's minimum raised before a rollout, as the docs
+# ask, replaced every GPU VM of every group). No VM reads the DAGs' settings, the groups' sizes, the load balancer's
+# domain, the rollout's policy or the local fleet's (Composer and the stacks do); only a serving replica reads the
+# server's, and only a training node the training settings.
 SERVING_ROLES = ("stable", "canary")
+_SERVER = f"{SERVING_ENV_PREFIX}SERVER__"
 
 
 def vm_env(settings: Settings, role: str) -> dict[str, str]:
-    """:func:`deployed_env` as a VM of ``role`` needs it: without what no VM reads, and for a serving replica without
-    the training settings (a gate threshold changed replaced every serving VM)."""
-    return {k: v for k, v in deployed_env(settings).items()
-            if not k.startswith(_NOT_FOR_VMS) and not (role in SERVING_ROLES and k.startswith(TRAINING_ENV_PREFIX))}
+    """:func:`deployed_env` as a VM of ``role`` reads it: the workload and its tables, the server's settings on a
+    serving replica, the training settings on a training node."""
+    def read_by(key: str) -> bool:
+        if key.startswith(PIPELINES_ENV_PREFIX):
+            return False
+        if key.startswith(SERVING_ENV_PREFIX):
+            return role in SERVING_ROLES and key.startswith(_SERVER)
+        if key.startswith(TRAINING_ENV_PREFIX):
+            return role == "training"
+        return True
+
+    return {k: v for k, v in deployed_env(settings).items() if read_by(k)}
 
 
 def startup_script(

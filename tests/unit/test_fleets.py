@@ -310,16 +310,23 @@ def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> N
     assert deployed_env(build_settings("dev")) == {}  # nothing set: the scripts are as before
     # the container rebuilds exactly the settings the stacks were made from
     assert build_settings("dev", deployed_env(custom)) == custom
-    # No VM's process reads the groups' sizing, the domain or the rollout's policy (Composer does: composer_env), and
-    # a serving replica reads no training setting: those stay out of the VMs' scripts.
-    not_for_vms = ("TENFOLD_SERVING__CANARY_FLEET__", "TENFOLD_SERVING__LOAD_BALANCER__", "TENFOLD_SERVING__ROLLOUT__")
+    # A VM gets what its process reads: the workload and its tables; a serving replica the server's settings, a
+    # training node the training ones. The DAGs' settings, the groups' sizing, the domain and the rollout's policy are
+    # Composer's and the stacks' (composer_env).
+    def read_by(role: str, key: str) -> bool:
+        if key.startswith(("TENFOLD_PIPELINES__", "TENFOLD_SERVING__")):
+            return role == "stable" and key.startswith("TENFOLD_SERVING__SERVER__")
+        return role == "training" if key.startswith("TENFOLD_TRAINING__") else True
+
+    overrides["TENFOLD_SERVING__SERVER__CACHE_ENTRIES"] = "100"
+    custom = build_settings("dev", overrides)
     for role, script in (("stable", fleets.serving_startup_script(custom, custom.serving.stable_fleet, "stable")),
                          ("training", fleets.training_startup_script(custom)),
-                         ("feedback", fleets.feedback_startup_script(custom))):
+                         ("feedback", fleets.feedback_startup_script(custom)),
+                         ("inference", fleets.inference_startup_script(custom))):
         run = next(line for line in script.splitlines() if line.startswith("docker run"))
         for key, value in overrides.items():
-            left_out = key.startswith(not_for_vms) or (role == "stable" and key.startswith("TENFOLD_TRAINING__"))
-            assert (f"-e {key}={value}" in run) is not left_out, (role, key, run[:200])
+            assert (f"-e {key}={value}" in run) is read_by(role, key), (role, key, run[:200])
 
 
 def test_a_change_only_composer_or_the_stacks_read_leaves_every_vms_startup_script_as_it_was() -> None:
@@ -329,16 +336,22 @@ def test_a_change_only_composer_or_the_stacks_read_leaves_every_vms_startup_scri
     base = build_settings("prod")
     for change in ({"TENFOLD_SERVING__CANARY_FLEET__MIN_REPLICAS": "3"}, {"TENFOLD_SERVING__STABLE_FLEET__MAX_REPLICAS": "9",
                                                                           "TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS": "9"},
-                   {"TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "90.0"}, {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.x.com"}):
+                   {"TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "90.0"}, {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.x.com"},
+                   {"TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "5"}):
         changed = build_settings("prod", change)
         for make in (lambda s: fleets.serving_startup_script(s, s.serving.stable_fleet, "stable"),
                      lambda s: fleets.serving_startup_script(s, s.serving.canary_fleet, "canary"),
                      fleets.training_startup_script, fleets.inference_startup_script, fleets.feedback_startup_script):
             assert make(changed) == make(base), change
     gate = build_settings("prod", {"TENFOLD_TRAINING__GATE_MIN_AUC": "0.7"})
-    assert fleets.serving_startup_script(gate, gate.serving.stable_fleet, "stable") == \
-        fleets.serving_startup_script(base, base.serving.stable_fleet, "stable")
+    for make in (lambda s: fleets.serving_startup_script(s, s.serving.stable_fleet, "stable"),
+                 fleets.inference_startup_script, fleets.feedback_startup_script):
+        assert make(gate) == make(base)
     assert fleets.training_startup_script(gate) != fleets.training_startup_script(base)  # the training VM reads it
+    server = build_settings("prod", {"TENFOLD_SERVING__SERVER__CACHE_ENTRIES": "100"})
+    assert fleets.training_startup_script(server) == fleets.training_startup_script(base)
+    assert fleets.serving_startup_script(server, server.serving.stable_fleet, "stable") != \
+        fleets.serving_startup_script(base, base.serving.stable_fleet, "stable")
 
 
 def test_the_feedback_sink_gets_time_to_land_and_join_on_a_stop() -> None:

@@ -835,16 +835,6 @@ class Settings(_Frozen):
                 + ": give each a port of its own (" + ", ".join(variable(n) for names in clashes for n in names) + ")")
         return self
 
-    @model_validator(mode="after")
-    def _iap_only_behind_the_cloud_load_balancer(self) -> Settings:
-        """IAP vouches for callers at the cloud load balancer; HAProxy sends no IAP header, so every local request
-        got 401 (and offline the replicas never became ready, fetching Google's keys)."""
-        if self.is_local and self.serving.server.auth_mode == "iap":
-            raise ValueError("serving.server.auth_mode 'iap' works behind the cloud load balancer only; the local "
-                             "fleet takes the bearer token: unset TENFOLD_SERVING__SERVER__AUTH_MODE for the local "
-                             "platform (set it when you synthesize dev or prod)")
-        return self
-
     @property
     def is_local(self) -> bool:
         return self.env == "local"

@@ -328,8 +328,8 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
             elif found is not None and emitted_by is not None and not emitted_by(found[0]):
                 # Recorded by a run Airflow holds no drift event of (it failed after recording, on its last try):
                 # it started no retraining, so this run takes the trigger over instead of leaving the drift be.
-                log.warning("%s: the trigger recorded by run %s started no retraining (Airflow holds no drift event "
-                            "of it): this run takes it over", s["month"], found[0])
+                log.warning("%s: the trigger recorded by run %s started no retraining (its run failed, and Airflow "
+                            "holds no drift event of it): this run takes it over", s["month"], found[0])
                 taken_over.add(s["month"])
             elif found is not None:
                 earlier[s["month"]] = found[0]

@@ -444,7 +444,8 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     until this step began (the same replicas, the same load balancer, just earlier).
 
     ``served_from``: when the canary first got traffic (its first step set the weight); both arms' accuracy, and
-    the control at 100 %, count from then. From the plan's time instead, the control's labels included those of the
+    the control at 100 %, count from then (a rollout whose one step is 100 % passes none: its control is what the
+    stable arm served from the plan until that step). From the plan's time instead, the control's labels included those of the
     canary's deploy (minutes on GPUs), when the canary served nobody: a drift in accuracy over time was charged to
     the canary."""
     policy = run.rollout_policy

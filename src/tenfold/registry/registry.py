@@ -810,9 +810,6 @@ class ModelRegistry:
         current = self._read_pointer(alias)
         if current is None:
             raise RegistryError(f"{alias} was never set: there is nothing to roll back")
-        if damaged and to is None:  # a rollback left out might have ruled a candidate out: never guess the target
-            raise RegistryError(f"{alias}'s history cannot be read whole ({damaged[0]}): the version to roll back to "
-                                "cannot be chosen; name it (`tenfold models rollback --to <version>`)")
         if from_version is not None and current.version != from_version:
             if current.action == "rollback" and current.previous == from_version and to in (None, current.version):
                 self._append_history(current)  # the entry its first run may not have recorded
@@ -823,6 +820,10 @@ class ModelRegistry:
             if to not in {h.version for h in history}:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
         else:
+            if damaged:  # a rollback left out might have ruled a candidate out: never guess the target
+                again = f" --from {from_version}" if from_version else ""
+                raise RegistryError(f"{alias}'s history cannot be read whole ({damaged[0]}): the version to roll back "
+                                    f"to cannot be chosen; name it (`tenfold models rollback{again} --to <version>`)")
             rolled_away: set[str] = set()
             for h in history:  # oldest first: a version set again after it was rolled back from is good again
                 rolled_away.discard(h.version)

@@ -818,6 +818,13 @@ def _up(
 ) -> FleetStatus:
     if not settings.is_local:
         raise FleetError(f"the local fleet runs in the local environment; TENFOLD_ENV is {settings.env!r}")
+    if settings.serving.server.auth_mode == "iap":
+        # IAP vouches for callers at the cloud load balancer; HAProxy sends no IAP header, so every request got 401
+        # (and offline no replica became ready, fetching Google's keys). Refused here, not in the settings: the same
+        # shell synthesizes and operates dev and prod with it (docs/deploy.md).
+        raise FleetError("serving.server.auth_mode 'iap' works behind the cloud load balancer only; the local fleet "
+                         "takes the bearer token: unset TENFOLD_SERVING__SERVER__AUTH_MODE (and its audience) for "
+                         "`tenfold serve` and `make up`, and set it when you synthesize dev or prod")
     # No process of the fleet alerts: none of them gets the hooks (a webhook URL is a secret).
     settings = without_alert_hooks(settings)
     if (running := supervisor_record(settings)) is not None:

@@ -236,7 +236,7 @@ def run_torchrun(
 
     ``out_dir`` may be a URI (``gs://...``, ``file://...``): the workers then train in local scratch
     folders and mirror checkpoints, the model and the result there, as on the cloud training group;
-    ``torchrun.log`` then stays in a local temporary folder (``TrainingFailed.log_path``).
+    ``torchrun.log`` then stays in the URI's local launch folder (:func:`launch_folder`; ``TrainingFailed.log_path``).
 
     Writes ``out_dir/model`` (load it with :func:`tenfold.model.load_model`), ``train_result.json``,
     ``losses.jsonl`` and ``torchrun.log``. Raises :class:`TrainingFailed` / :class:`TrainingTimeout`.
@@ -244,11 +244,13 @@ def run_torchrun(
     remote = RemoteDir(str(out_dir)) if is_remote(str(out_dir)) else None
     out = launch_folder(settings, str(out_dir)) if remote else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    with _sole_launch(out) as lock:
+    with _sole_launch(out, shown=str(out_dir)) as lock:
         result = _launch(settings, train_config, out, remote, lock, nproc=nproc, timeout_s=timeout_s,
                          max_restarts=max_restarts, env=env)
-    if remote:  # the run is in the URI: its local folder (torchrun.log) was left behind by every run
-        shutil.rmtree(out, ignore_errors=True)  # (kept on failure: TrainingFailed.log_path is there)
+        if remote:  # the run is in the URI: what it left here (its log) goes, kept on failure (TrainingFailed.log_path),
+            for left in out.iterdir():  # but the folder and its lock stay, cleared while held: removed after the
+                if left.name not in (JOB_LOCK, JOB_HOLDER):  # lock went, a launch that took it meanwhile lost it,
+                    shutil.rmtree(left) if left.is_dir() else left.unlink()  # and the next ran beside that one
     return result
 
 
@@ -420,7 +422,7 @@ def _locked(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
+def _sole_launch(out: Path, grace_s: float = 35.0, *, shown: str | None = None) -> Iterator[_JobLock]:
     """One job at a time writes ``out``: its checkpoints, model and result assume a single writer (a second job's
     snapshot deletes the first's newer ones as abandoned).
 
@@ -447,8 +449,8 @@ def _sole_launch(out: Path, grace_s: float = 35.0) -> Iterator[_JobLock]:
                 launcher = job = None
             if launcher is not None and is_running(launcher):
                 raise TrainingFailed(
-                    f"another launch (pid {launcher.pid}) is training into {out}: two jobs must not write one folder's "
-                    "checkpoints. Wait for it to end, or stop it, then launch again", error="folder in use")
+                    f"another launch (pid {launcher.pid}) is training into {shown or out}: two jobs must not write one "
+                    "folder's checkpoints. Wait for it to end, or stop it, then launch again", error="folder in use")
             if job is not None and is_group_running(job):
                 log.warning("a killed launcher left its job (pid %d) training into %s: stopping it, then resuming "
                             "from the folder's checkpoints", job.pid, out)

@@ -530,10 +530,6 @@ def test_a_sections_own_variable_that_is_not_json_is_named_with_what_to_do(secti
     ("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:70000"}, "a port from 1 to 65535"),
     # a URL went into the managed certificate and failed only at `cdktn deploy`
     ("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "https://api.example.com/"}, "give a lowercase DNS name"),
-    # HAProxy sends no IAP header: every local request got 401, and offline no replica became ready
-    ("local", {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
-               "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/global/backendServices/2"},
-     "works behind the cloud load balancer only"),
 ])
 def test_settings_that_can_only_fail_later_are_refused_when_built(tmp_path: Path, env: str, overrides: dict[str, str],
                                                                   message: str) -> None:
@@ -548,3 +544,17 @@ def test_the_settings_those_checks_accept(tmp_path: Path) -> None:
         .serving.load_balancer.domain == "ml.example.com"
     iap = {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap", "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/x"}
     assert build_settings("prod", iap).serving.server.auth_mode == "iap"
+    # the shell docs/deploy.md sets up for IAP builds local settings too (every command's check): the local fleet
+    # refuses IAP when it starts, not the settings
+    assert build_settings("local", {"TENFOLD_HOME": str(tmp_path), **iap}).serving.server.auth_mode == "iap"
+
+
+def test_the_local_fleet_refuses_iap_which_haproxy_cannot_carry(tmp_path: Path) -> None:
+    """HAProxy sends no IAP header: every local request got 401, and offline no replica became ready."""
+    from tenfold.serving import fleet
+
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+                                 "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/global/backendServices/2"})
+    with pytest.raises(fleet.FleetError, match="works behind the cloud load balancer only"):
+        fleet.up(s, "v1", resolve=lambda settings, ref: ref, say=lambda m: None)
+    assert fleet.supervisor_record(s) is None  # nothing started

@@ -162,8 +162,14 @@ def test_a_training_that_failed_is_said_as_it_is_not_as_an_outage_or_a_code_faul
     def train(settings: Settings, planned: object) -> object:
         raise error
 
+    from tenfold.config import get_settings
+
     monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: object())
     monkeypatch.setattr(pipeline, "train", train)
-    assert pipeline.main([]) != 0
+    get_settings.cache_clear()  # settings of this test's home, never left cached for the next test
+    try:
+        assert pipeline.main([]) != 0
+    finally:
+        get_settings.cache_clear()
     err = capsys.readouterr().err
     assert str(error) in err and "cannot reach" not in err and "fault in the code" not in err, err

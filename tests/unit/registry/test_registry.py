@@ -583,3 +583,5 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
                                             r"restore it from a backup.*name it \(`tenfold models rollback --to"):
         reg.rollback()
     assert reg.rollback(to=c).version == c
+    # the re-run the CLI prints after an error (--from, no --to) finds its rollback landed, whatever the history holds
+    assert reg.rollback(from_version=b).version == c

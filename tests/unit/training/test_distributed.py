@@ -185,7 +185,8 @@ def test_a_run_into_a_uri_leaves_no_local_folder_behind(
     train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run whose output is a URI (as on the cloud training group) trains in local scratch folders: the launcher's
-    (torchrun.log) was never removed, one more in the temporary folder for every run."""
+    (torchrun.log) was never removed, one more in the temporary folder for every run. (Its launch folder under the
+    platform home stays, holding its lock alone.)"""
     import tempfile
 
     scratch = tmp_path / "tmp"
@@ -196,3 +197,7 @@ def test_a_run_into_a_uri_leaves_no_local_folder_behind(
     result = run_torchrun(train_settings, small_config.with_(max_steps=8), out, nproc=1, timeout_s=240)
     assert result.steps == 8 and (tmp_path / "bucket" / "run" / "model").is_dir()
     assert sorted(p.name for p in scratch.iterdir() if p.name.startswith("tenfold-")) == []
+    # The URI's launch folder keeps only its lock (removed, a launch that took it meanwhile lost it)
+    from tenfold.training.launch import launch_folder
+
+    assert sorted(p.name for p in launch_folder(train_settings, out).iterdir()) == [".job.lock"]
