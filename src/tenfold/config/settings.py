@@ -1054,8 +1054,8 @@ def deployed_env(settings: Settings, base: Settings | None = None) -> dict[str, 
     DAGs' settings (``TENFOLD_PIPELINES__<DAG>__<FIELD>``), the training settings (``TENFOLD_TRAINING__<FIELD>``:
     the training account's grant names ``runs_prefix``) and the serving sections (``TENFOLD_SERVING__<SECTION>__*``).
     The stacks are synthesized with them, so Composer gets them too, and the VMs' containers what they read of them
-    (:func:`tenfold.fleets.vm_env`: not the groups' sizing, the domain or the rollout's policy), and run with what
-    was deployed. No alert setting is among them (Composer's own variables add the on-call address: :func:`composer_env`):
+    (:func:`tenfold.fleets.vm_env`: the workload and tables, and only their role's serving or training settings), and
+    run with what was deployed. No alert setting is among them (Composer's own variables add the on-call address: :func:`composer_env`):
     a change of one would make new instance templates and replace every VM for nothing. ``base``: the environment's
     defaults, when the caller has built them already."""
     base = base or build_settings(settings.env, project_id=settings.project_id, prefix=settings.prefix)
