@@ -541,7 +541,11 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         current = reg.resolve(CHAMPION)
         if current != run.version and (PROMOTED_ALIAS in record or _promoted_by(reg, run)):
             # This rollout promoted it, then the champion was moved away by hand (`tenfold models rollback`, which
-            # `tenfold rollout abort` points to) before the stable pool served it: a retry must not promote again.
+            # `tenfold rollout abort` points to) before the promotion was carried out: a retry must not promote
+            # again. The stable pool, which may serve the version already, goes back to the champion first (no later
+            # rollout could: it is refused while stable does not serve the champion); then the refusal.
+            if current is not None:
+                p.deployer.deploy(STABLE, current)
             refused = _refuse_promotion(p, run, current, after_promoting=True)
         elif current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
@@ -609,9 +613,8 @@ def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after
     promoted it. Returns the recorded event (a retry finds it and does not promote)."""
     if after_promoting:
         why = (f"rollout {run.rollout_id} promoted {run.version}, then the champion was moved to {champion} by hand "
-               f"before the promotion was carried out: it is not promoted again and the canary's share goes to the "
-               f"stable pool, which may serve {run.version} already: roll it to the champion (`tenfold serve rollout "
-               f"--model champion` locally, a rollout of the champion in the cloud)")
+               f"before the promotion was carried out: it is not promoted again, the stable pool was rolled back to "
+               f"{champion}, and the canary's share goes to it")
     else:
         why = (f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
                f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; "

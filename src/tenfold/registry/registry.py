@@ -178,8 +178,9 @@ class AliasPointer:
                 raise RegistryError(f"alias history entry {where} is unreadable ({exc}): restore it from a backup of "
                                     "the registry; until then a rollback names its version (--to)") from exc
             raise RegistryError(
-                f"alias pointer {where} is unreadable ({exc}): delete it (`gcloud storage rm {where}`), then set the "
-                "alias again with `tenfold models promote <version>`; its history is kept") from exc
+                f"alias pointer {where} is unreadable ({exc}): delete that object (in the cloud: `gcloud storage rm "
+                f"{where}`; locally, from the GCS emulator's bucket), then set the alias again (champion: `tenfold "
+                "models promote <version>`; challenger: the next train_model run sets it); its history is kept") from exc
 
 
 def _sha256_file(path: Path) -> str:
@@ -823,7 +824,8 @@ class ModelRegistry:
             if damaged:  # a rollback left out might have ruled a candidate out: never guess the target
                 again = f" --from {from_version}" if from_version else ""
                 raise RegistryError(f"{alias}'s history cannot be read whole ({damaged[0]}): the version to roll back "
-                                    f"to cannot be chosen; name it (`tenfold models rollback{again} --to <version>`)")
+                                    f"to cannot be chosen; name it (`tenfold models rollback {alias}{again} --to "
+                                    "<version>`)")
             rolled_away: set[str] = set()
             for h in history:  # oldest first: a version set again after it was rolled back from is good again
                 rolled_away.discard(h.version)

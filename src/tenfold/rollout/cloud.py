@@ -234,6 +234,16 @@ def _count(items: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(items.items())) or "none"
 
 
+def after_a_timeout(pool: str) -> str:
+    """What to do once a pool's roll timed out and its cause is fixed. The stable pool rolls in ``conclude``, after the
+    promotion: clearing ``conclude`` resumes it (the rollout has ended promoted, so neither a new rollout nor an abort
+    would); the canary's rolls in ``deploy``."""
+    if pool == "stable":
+        return "then clear this rollout's conclude task: it resumes the promotion's roll of the stable pool"
+    return ("then run the deploy task again while the rollout has not ended (it resumes; `tenfold rollout status`), or "
+            "trigger the rollout again once it has; or roll back (`tenfold rollout abort`)")
+
+
 class InstanceGroupDeployer:
     """The cloud :class:`~tenfold.rollout.Deployer`: a new instance template on the pool's instance group."""
 
@@ -402,13 +412,12 @@ class InstanceGroupDeployer:
         while (missing := self._serving_state(res, url)) is not None:
             if self.clock() >= deadline:
                 name = url.rsplit("/", 1)[-1]
+                then = after_a_timeout(res.pool)
                 raise CloudRolloutError(
                     f"the {res.pool} pool's instance group {res.group} ({res.project}/{res.region}) does not serve "
                     f"template {name} after {sv.deploy_timeout_s}s: {missing}. Look at `gcloud compute instance-groups "
                     f"managed list-instances {res.group} --region {res.region}` and `... list-errors` (GPU quota or "
-                    "capacity, a startup script that stops: the VMs' serial port output), fix it, then run the task "
-                    "again while the rollout has not ended (it resumes; `tenfold rollout status`), or trigger the "
-                    "rollout again once it has; or roll back (`tenfold rollout abort`)"
+                    f"capacity, a startup script that stops: the VMs' serial port output), fix it, {then}"
                 )
             log.info("waiting for %s to serve %s: %s", res.group, url.rsplit("/", 1)[-1], missing)
             self.sleep(sv.deploy_poll_s)

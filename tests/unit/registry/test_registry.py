@@ -567,8 +567,9 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     reg.promote(b)
     pointer = reg.bucket.blob(reg._name("aliases", "champion"))
     pointer.upload_from_string(b"[]")
-    with pytest.raises(RegistryError, match=r"unreadable .*delete it \(`gcloud storage rm gs://.*/aliases/champion`\), "
-                                            r"then set the alias again with `tenfold models promote <version>`"):
+    with pytest.raises(RegistryError, match=r"unreadable .*delete that object \(in the cloud: `gcloud storage rm "
+                                            r"gs://.*/aliases/champion`.*champion: `tenfold models promote <version>`; "
+                                            r"challenger: the next train_model run sets it"):
         reg.promote(c)
     pointer.delete()
     assert reg.promote(c).seq == 3
@@ -580,7 +581,7 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     reg.bucket.blob(reg._history_name("champion", 1)).upload_from_string(b"not json")
     assert [h.version for h in reg.alias_history("champion")] == [b, c, b]
     with pytest.raises(RegistryError, match=r"history cannot be read whole \(alias history entry .* is unreadable .*"
-                                            r"restore it from a backup.*name it \(`tenfold models rollback --to"):
+                                            r"restore it from a backup.*name it \(`tenfold models rollback champion --to"):
         reg.rollback()
     assert reg.rollback(to=c).version == c
     # the re-run the CLI prints after an error (--from, no --to) finds its rollback landed, whatever the history holds

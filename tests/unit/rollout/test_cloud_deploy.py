@@ -178,7 +178,14 @@ def test_a_group_that_never_becomes_stable_times_out_naming_it_and_what_to_do(
            f"{RES.template_name(V1)} after {sv.deploy_timeout_s}s" in message
     assert "VMs: 1 new template PROVISIONING (CREATING), 2 old template RUNNING" in message
     assert f"gcloud compute instance-groups managed list-instances {RES.group} --region {S.region}" in message
-    assert "run the task again while the rollout has not ended" in message and "trigger the rollout again" in message
+    assert "run the deploy task again while the rollout has not ended" in message
+    assert "trigger the rollout again" in message
+    # The stable pool rolls in conclude, after the promotion: a new rollout (of the champion) and an abort (of an
+    # ended rollout) are both refused, so its remedy is conclude cleared.
+    from tenfold.rollout.cloud import after_a_timeout
+
+    assert "clear this rollout's conclude task" in after_a_timeout("stable")
+    assert "trigger the rollout again" not in after_a_timeout("stable")
     assert clock.now >= sv.deploy_timeout_s and len(clock.sleeps) == math.ceil(sv.deploy_timeout_s / sv.deploy_poll_s)
     assert "backendServices.getHealth" not in fake.apis()
 

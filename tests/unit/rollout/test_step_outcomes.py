@@ -529,7 +529,8 @@ def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monke
     registry.champion = "v1"  # `tenfold models rollback`
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert registry.promoted == ["v2"] and registry.champion == "v1", "the retry promoted again over the rollback"
-    assert deployer.rolled == [("failed", "v2")] and router.percent == 0
+    # The stable pool (which may serve v2 already) goes back to the champion before the canary's share goes to it
+    assert deployer.rolled == [("failed", "v2"), ("stable", "v1")] and router.percent == 0
     assert done["outcome"] == pipeline.FAILED and "moved to v1 by hand" in done["reasons"][0]
 
     # Without the rollback, the retry carries the promotion out: the stable pool rolls to v2.
@@ -642,4 +643,4 @@ def test_a_retry_that_finds_no_promoted_event_still_knows_its_promotion_from_the
     registry.champion = "v1"  # `tenfold models rollback`
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert registry.promoted == ["v2"] and registry.champion == "v1" and done["outcome"] == pipeline.FAILED
-    assert places.deployer.rolled == [] and router.percent == 0
+    assert places.deployer.rolled == [("stable", "v1")] and router.percent == 0

@@ -275,7 +275,7 @@ def test_a_launch_into_a_uri_another_launch_trains_into_is_refused(
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(args), uri], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(TrainingFailed, match=rf"another launch \(pid {holder.pid}\) is training into"):
+        with pytest.raises(TrainingFailed, match=rf"another launch \(pid {holder.pid}\) is training into {uri}:"):
             run_torchrun(train_settings, small_config, uri, nproc=2, timeout_s=300, max_restarts=0)
         from tenfold.training.launch import launch_folder
 
