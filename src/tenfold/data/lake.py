@@ -518,12 +518,18 @@ class Lake:
             key=lambda i: i.base_name,
         )
 
-    def remainder_of(self, staged_dir: str, published: Collection[str], files: int) -> bool:
+    def remainder_of(self, staged_dir: str, published: Collection[str], files: int, *,
+                     staged_rows: int | None = None) -> bool:
         """Whether ``staged_dir`` holds only part of a batch that was published as ``files`` files with the sha256
-        digests ``published`` (a publish cut short while it dropped its staging, file by file): fewer files, each
-        one of them by content. None left counts too; any other file makes it a batch of its own."""
+        digests ``published`` (a publish cut short while it dropped its staging, file by file): fewer files (with
+        ``staged_rows``, the rows the batch was validated with: fewer rows), each one of them by content. None left
+        counts too; any other file makes it a batch of its own."""
         left = self._staged_files(self._path(staged_dir))
-        return len(left) < files and all(_digests(self.fs, i.path)[0] in published for i in left)
+        # A whole batch first, from the files' metadata: a full staging (the usual case) is never read through here,
+        # since publish reads and hashes it next anyway.
+        whole = (len(left) >= files if staged_rows is None
+                 else sum(pq.read_metadata(i.path, filesystem=self.fs).num_rows for i in left) >= staged_rows)
+        return not whole and all(_digests(self.fs, i.path)[0] in published for i in left)
 
     def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any], *,
                           staged_rows: int | None = None) -> bool:
@@ -535,15 +541,8 @@ class Lake:
         current = self._current_manifest(table, part)
         if current is None or current.extra != extra:
             return False
-        left = self._staged_files(self._path(staged_dir))
-        # A whole batch first, from the files' metadata: a full staging (the usual case) is never read through here,
-        # since publish reads and hashes it next anyway.
-        whole = (len(left) >= len(current.files) if staged_rows is None
-                 else sum(pq.read_metadata(i.path, filesystem=self.fs).num_rows for i in left) >= staged_rows)
-        if whole:
-            return False
-        published = {f.sha256 for f in current.files}
-        return all(_digests(self.fs, i.path)[0] in published for i in left)
+        return self.remainder_of(staged_dir, {f.sha256 for f in current.files}, len(current.files),
+                                 staged_rows=staged_rows)
 
     def publish(
         self,

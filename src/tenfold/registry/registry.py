@@ -697,13 +697,11 @@ class ModelRegistry:
             self.bucket.blob(self._history_name(pointer.alias, pointer.seq)).upload_from_string(
                 pointer.to_json(), content_type="application/json", if_generation_match=0)
 
-    def _last_history_entry(self, alias: str) -> tuple[int, str] | None:
-        """The highest seq in ``alias``'s history and the name of its entry (None: no history)."""
+    def _last_history_seq(self, alias: str) -> int:
+        """The highest seq in ``alias``'s history (0: none)."""
         prefix = self._name("alias-history", alias) + "/"
-        seqs = [(int(b.name[len(prefix):].removesuffix(".json")), b.name)
-                for b in self.client.list_blobs(self.bucket_name, prefix=prefix)
-                if b.name[len(prefix):].removesuffix(".json").isdigit()]
-        return max(seqs) if seqs else None
+        names = (b.name[len(prefix):].removesuffix(".json") for b in self.client.list_blobs(self.bucket_name, prefix=prefix))
+        return max((int(n) for n in names if n.isdigit()), default=0)
 
     def alias_history(self, alias: str) -> list[AliasPointer]:
         """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending); an
@@ -761,8 +759,7 @@ class ModelRegistry:
                 self._append_history(current)  # backfill if its mover died before recording it
             # A pointer set again after it was deleted (a damaged one is repaired so) goes on after its history:
             # starting at 1 again, each move landed on a seq the history held, and was never recorded.
-            last = None if current is not None else self._last_history_entry(alias)
-            seq = current.seq + 1 if current else (last[0] + 1 if last else 1)
+            seq = (current.seq if current else self._last_history_seq(alias)) + 1
             new = AliasPointer(
                 alias=alias, version=version, seq=seq, previous=current_version,
                 action=action, updated_at=utc_stamp(), actor=actor or _actor(), reason=reason,
