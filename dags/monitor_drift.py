@@ -87,7 +87,7 @@ def monitor_drift() -> None:
         def emitted_by(run_id: str) -> bool:
             """False only when Airflow holds no drift event of that run and knows it failed: a run it no longer
             knows (the metadata database's cleanup deletes old runs and events) is taken to have emitted."""
-            if any(e.source_dag_id == DAG_ID and e.source_run_id == run_id for e in recent):
+            if next(pipeline.events_of(recent, DAG_ID, run_id), None) is not None:
                 return True
             return ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id], states=["failed"]) == 0
 

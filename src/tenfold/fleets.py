@@ -194,7 +194,7 @@ def startup_script(
     """
     registry = settings.container_image.split("/", 1)[0]
     env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role,
-           **vm_env(settings, role)}  # the workload, tables and DAG settings the stacks were synthesized with
+           **vm_env(settings, role)}  # what of the settings the stacks were synthesized with this role reads
     env.update(extra_env or {})
     env_flags = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
     run_mode = "-d --restart=always" if detach else "--rm"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,11 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
             "contents": {s["month"]: contents[s["month"]] for s, _ in firing if s["month"] in contents}}
 
 
+def events_of(events: Iterable[Any], dag_id: str, airflow_run_id: str) -> Iterator[Any]:
+    """The Asset events among ``events`` that DAG ``dag_id``'s run ``airflow_run_id`` emitted."""
+    return (e for e in events if e.source_dag_id == dag_id and e.source_run_id == airflow_run_id)
+
+
 def emitted_already(events: Iterable[Any], dag_id: str, airflow_run_id: str, decision: Mapping[str, Any]) -> Any | None:
     """This run's drift event of the same decision (the version, and each month's measured content), when Airflow
     recorded one before: a cleared run that finished decides the same again, and emitting it once more would start
@@ -407,11 +412,10 @@ def emitted_already(events: Iterable[Any], dag_id: str, airflow_run_id: str, dec
     want = decision.get("contents") or {}
     if not want:
         return None  # a decision of before contents were recorded: emitted as it always was
-    for event in events:
+    for event in events_of(events, dag_id, airflow_run_id):
         extra = event.extra or {}
-        if (event.source_dag_id == dag_id and event.source_run_id == airflow_run_id
-                and extra.get("version") == decision.get("version")
-                and all((extra.get("contents") or {}).get(m) == c for m, c in want.items())):
+        if extra.get("version") == decision.get("version") and all(
+                (extra.get("contents") or {}).get(m) == c for m, c in want.items()):
             return event
     return None
 
