@@ -37,7 +37,7 @@ from tenfold.inference.requests import (
     request_id,
 )
 from tenfold.inference.store import UNKNOWN_RUN, RunStore, message_store, work_objects
-from tenfold.outages import outage_types
+from tenfold.outages import is_store_outage, outage_types
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -152,7 +152,14 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                     store = message_store(objects, attrs)  # unknown-run's folder when attribute run cannot name one
                     try:
                         _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)
-                    except Exception as exc:  # this message's record only: kept under a name that is always safe
+                    except Exception as exc:
+                        if is_store_outage(exc):  # the store away for a moment: not acked, so it comes again to a
+                            # later drain, which files it in its run (under unknown-run, acked, the run never counted it)
+                            log.warning("could not record dead letter %s of run %s now (%s: %s); it is left on the "
+                                        "dead-letter subscription for the next drain", rid, store.run,
+                                        type(exc).__name__, exc)
+                            continue
+                        # this message's record only: kept under a name that is always safe
                         log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
                                       rid, store.run, msg.message_id, UNKNOWN_RUN)
                         store, rid = RunStore(objects, UNKNOWN_RUN), f"message-{msg.message_id}"
@@ -175,8 +182,16 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
 def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, str], max_delivery_attempts: int,
                         **extra: Any) -> None:
     """Write the dead-letter record of ``msg`` (see :func:`drain_dead_letters`) as ``rid`` of ``store``'s run."""
-    error = store.error(rid) or {}
-    before = store.dead_letter(rid) or {}
+    # A record that cannot be read (a torn or foreign file) is not a reason to file the dead letter outside its run,
+    # where the run never counts it: it is recorded without what that file said.
+    try:
+        error = store.error(rid) or {}
+    except ValueError as exc:
+        error = {"error": f"(the worker's error record of this request could not be read: {exc})"}
+    try:
+        before = store.dead_letter(rid) or {}
+    except ValueError:
+        before = {}
     # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
     attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
     store.put_dead_letter(rid, {

@@ -229,24 +229,87 @@ def test_a_dead_letter_whose_run_cannot_name_a_folder_is_recorded_as_unknown_run
     assert RunStore(objects, "run-1").dead_letter(good.request_id) is not None
 
 
-def test_a_dead_letter_that_cannot_be_recorded_in_its_run_is_kept_under_unknown_run_and_the_batch_acked(
-        tmp_path: Path) -> None:
-    """One message's record failing (here its error record is corrupt) must not keep the batch unacknowledged."""
-    from tenfold.config import build_settings
-    from tenfold.inference.runs import drain_dead_letters
-
+def _two_dead_letters() -> tuple[ScoringRequest, dict[str, str], _DeadLetterSubscriber]:
+    """A good dead letter of run-1 and a second one of the same run (message ids 201 and 202)."""
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     bad = {**good.attributes(), "request_id": request_id("run-1", "2013-07", 1)}
+    return good, bad, _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad"), (good.attributes(), "202", "ack-good"))
+
+
+def test_a_dead_letter_whose_error_record_is_unreadable_is_still_filed_in_its_run_and_counted(tmp_path: Path) -> None:
+    """A corrupt error record sent the dead letter to unknown-run, acked: its run never counted the request, and
+    waited out its hour on every retry."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import account, drain_dead_letters
+
+    good, bad, subscriber = _two_dead_letters()
     objects = FileObjects(tmp_path)
     objects.put(f"run-1/errors/{bad['request_id']}.json", b"{not json")
-    subscriber = _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad"), (good.attributes(), "202", "ack-good"))
+    objects.put(f"run-1/dead_letters/{good.request_id}.json", b"\xff torn")  # an earlier record, unreadable
+    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    assert set(seen) == {("run-1", bad["request_id"]), ("run-1", good.request_id)}
+    assert sorted(subscriber.acked) == ["ack-bad", "ack-good"]
+    store = RunStore(objects, "run-1")
+    assert account(store, [bad["request_id"], good.request_id]).dead_lettered == (bad["request_id"], good.request_id)
+    record = store.dead_letter(bad["request_id"])
+    assert record is not None and "error record of this request could not be read" in record["error"]
+    assert RunStore(objects, "unknown-run").dead_letter_ids() == []
+
+
+def test_a_dead_letter_the_store_cannot_take_now_is_left_for_the_next_drain(tmp_path: Path) -> None:
+    """A GCS blip on one record filed it under unknown-run and acked it: gone from the subscription, and never
+    counted by its run."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import account, drain_dead_letters
+
+    good, bad, subscriber = _two_dead_letters()
+    objects = FileObjects(tmp_path)
+    real_put = objects.put
+
+    def blip_once(name: str, data: bytes) -> None:
+        if bad["request_id"] in name and not getattr(blip_once, "done", False):
+            blip_once.done = True  # type: ignore[attr-defined]
+            raise ServiceUnavailable("backend error")
+        real_put(name, data)
+
+    objects.put = blip_once  # type: ignore[method-assign]
+    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    assert seen == [("run-1", good.request_id)]
+    assert subscriber.acked == ["ack-good"]  # the other one comes again
+    assert RunStore(objects, "unknown-run").dead_letter_ids() == []
+    again = _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad-2"))
+    assert drain_dead_letters(build_settings("local"), subscriber=again, objects=objects) == [("run-1", bad["request_id"])]
+    assert again.acked == ["ack-bad-2"]
+    store = RunStore(objects, "run-1")
+    assert account(store, [bad["request_id"], good.request_id]).accounted == 2
+
+
+def test_a_dead_letter_that_cannot_be_recorded_in_its_run_is_kept_under_unknown_run_and_the_batch_acked(
+        tmp_path: Path) -> None:
+    """One message's record failing for good (here the run's folder refuses it) must not keep the batch
+    unacknowledged: it is kept under unknown-run, with the reason."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import drain_dead_letters
+
+    good, bad, subscriber = _two_dead_letters()
+    objects = FileObjects(tmp_path)
+    real_put = objects.put
+
+    def refuse(name: str, data: bytes) -> None:
+        if bad["request_id"] in name:
+            raise PermissionError(13, "Permission denied", name)
+        real_put(name, data)
+
+    objects.put = refuse  # type: ignore[method-assign]
     seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
     assert set(seen) == {("unknown-run", "message-201"), ("run-1", good.request_id)}
     assert sorted(subscriber.acked) == ["ack-bad", "ack-good"]
     record = RunStore(objects, "unknown-run").dead_letter("message-201")
     assert record is not None and record["attributes"]["request_id"] == bad["request_id"]
-    assert record["recording_error"].startswith("JSONDecodeError")
+    assert record["recording_error"].startswith("PermissionError")
 
 
 def _fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
