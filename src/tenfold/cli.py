@@ -163,14 +163,19 @@ def demo(
     from tenfold import demo as _demo
     from tenfold.local.cli import refusing_os_errors
     from tenfold.local.process import LocalPlatformError
+    from tenfold.pipelines.common import PipelineError
 
     try:
-        _demo.demo_months(first, champion_until, months)  # bad usage (exit 2), said before anything starts
-    except (_demo.DemoError, ValueError) as exc:
+        settings = get_settings()
+    except ValueError as exc:  # a setting an environment variable gives that is not valid
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:  # bad usage (exit 2), said before anything starts: months that are not YYYY-MM, or outside the DAGs' months
+        _demo.demo_months(first, champion_until, months, settings)
+    except (_demo.DemoError, PipelineError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        settings = get_settings()
         with refusing_os_errors(settings, "demo"):  # a TENFOLD_HOME under a file or not writable, a full disk
             _demo.run(settings, first, champion_until, months=months, flights=flights,
                       retrain_every=retrain_every, say=typer.echo)

@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tenfold.config import Settings
@@ -256,9 +256,10 @@ class Traffic:
 
 
 def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], version: str,
-                   say: Callable[[str], object]) -> str | None:
+                   say: Callable[[str], object], *, failed: list[str] | None = None) -> str | None:
     """Follow the ``rollout_model`` run the challenger event started: print each decision as it is recorded,
-    then the outcome; returns the outcome (None if no run started)."""
+    then the outcome; returns the outcome (None if no run started). ``failed`` gets the run when it failed or
+    never started."""
     from tenfold.registry import ModelRegistry
     from tenfold.rollout.analysis import Check
     from tenfold.rollout.record import PROMOTION_REFUSED, is_check, latest, outcome
@@ -271,6 +272,8 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
             run_id = str(new[0]["dag_run_id"])
         elif time.monotonic() > deadline:
             say(f"{ROLLOUT}: no run was started by the challenger event; see {airflow_url(settings)}/dags/{ROLLOUT}")
+            if failed is not None:
+                failed.append(f"{ROLLOUT}: no run started by the challenger event")
             return None
         else:
             time.sleep(3)
@@ -300,6 +303,8 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
             if state == "failed":
                 say(f"{ROLLOUT} run {run_id} failed in {', '.join(api.failed_tasks(ROLLOUT, run_id)) or 'a task'}: "
                     f"see {airflow_url(settings)}/dags/{ROLLOUT}")
+                if failed is not None:
+                    failed.append(f"{ROLLOUT} run {run_id} failed")
             if found and (came_to := outcome(found[1])) is not None:
                 return came_to
             return "failed" if state == "failed" else "no decision"  # it ran: never "no run" in the table
@@ -359,6 +364,7 @@ class MonthRow:
     retrain: str = "-"
     rollout: str = "-"
     first_trained_on_it: bool = False  # the first champion's AUC on this month is in-sample (the table marks it)
+    failed_runs: list[str] = field(default_factory=list)  # the month's runs that failed or never started
 
     def cells(self) -> list[str]:
         def auc(v: float | None) -> str:
@@ -487,10 +493,15 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
             found = new_run(api, dag_id, before[dag_id], timeout_s=NEW_RUN_TIMEOUT_S)
             if found is None:
                 say(f"  {dag_id}: no run was started by the features event; see {airflow_url(settings)}/dags/{dag_id}")
+                row.failed_runs.append(f"{dag_id}: no run started by the features event")
                 continue
             state = follow(settings, api, dag_id, found, say, timeout_s=MONTH_TIMEOUT_S)
+            if state != "success":
+                row.failed_runs.append(f"{dag_id} run {found} {state}")
             if dag_id == INFER:
                 row.scored = "yes" if state == "success" else state
+            elif state != "success":  # the report read would be an earlier run's (a demo run again): not shown
+                row.drift = state
             else:
                 row.drift = drift_cell(settings, part)
                 if "DRIFT" in row.drift and task_state(api, DRIFT, found, "decide") == "skipped":
@@ -511,11 +522,13 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
                 decision = show_training(api, retrain, say)
                 row.retrain = str(xcom(api, TRAIN, retrain, "register")["version"])
                 if decision.get("canary"):
-                    row.rollout = follow_rollout(settings, api, before[ROLLOUT], row.retrain, say) or "no run"
+                    row.rollout = follow_rollout(settings, api, before[ROLLOUT], row.retrain, say,
+                                                 failed=row.failed_runs) or "no run"
                 else:
                     row.rollout = "gate: no"
             else:
                 row.retrain = "failed"
+                row.failed_runs.append(f"{TRAIN} run {retrain} failed")
     report_online(settings, since, live.report, say, quiet=True)
     now = registry.resolve(CHAMPION)
     if now and now != champion:
@@ -526,9 +539,12 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     return row
 
 
-def demo_months(first: str, champion_until: str, months: int) -> tuple[list[Partition], list[Partition]]:
+def demo_months(first: str, champion_until: str, months: int,
+                settings: Settings | None = None) -> tuple[list[Partition], list[Partition]]:
     """The first champion's window (``first..champion_until``) and the ``months`` replayed after it. Raises
-    ValueError for a month that is not ``YYYY-MM``, :class:`DemoError` for a window shorter than two months."""
+    ValueError for a month that is not ``YYYY-MM``, :class:`DemoError` for a window shorter than two months or,
+    given ``settings``, one reaching outside the months ``build_features`` covers (its ingest refuses such a
+    month: the demo failed there, after replaying every month before it)."""
     initial = month_range(first, champion_until)
     if len(initial) < 2:
         raise DemoError("the first champion needs at least two months: it trains on all but the last and holds "
@@ -536,7 +552,23 @@ def demo_months(first: str, champion_until: str, months: int) -> tuple[list[Part
     later: list[Partition] = []
     for _ in range(months):
         later.append((later[-1] if later else initial[-1]).next())
+    if settings is not None:
+        from tenfold.pipelines.build_features import months as dag_months
+
+        lo, hi = dag_months(settings)
+        end = (later or initial)[-1]
+        if initial[0] < lo or (hi is not None and end > hi):
+            raise DemoError(f"the demo's months {initial[0].label}..{end.label} reach outside the months {BUILD} "
+                            f"covers ({lo.label}..{hi.label if hi else 'now'}): choose --first, --champion-until "
+                            "and --months within them")
     return initial, later
+
+
+def failures(rows: list[MonthRow]) -> list[str]:
+    """The DAG runs of the replayed months that failed or never started, one ``<month>: <run>`` each (empty: every
+    run the demo followed succeeded). A rollout that rolled back or ended FAILED for want of data, or a gate that
+    said no, is an outcome its run reached, not a failure of the run."""
+    return [f"{row.month}: {what}" for row in rows for what in row.failed_runs]
 
 
 def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-06", *, months: int = 6,
@@ -551,7 +583,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     from tenfold.serving.loading import resolve_and_download
 
     started = time.monotonic()
-    initial, later = demo_months(first, champion_until, months)
+    initial, later = demo_months(first, champion_until, months, settings)
     statuses = up(settings, echo=say)
     api = _api(settings)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):
@@ -572,13 +604,13 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} (`tenfold models list`)")
     first_version = registry.resolve(CHAMPION)
     if first_version is None:
-        say("no champion: the gate promoted nothing, so there is nothing to serve or to monitor")
-        return []
+        raise DemoError(f"no champion: the gate promoted no model of the first window (its comparison is above), so "
+                        f"there is nothing to serve or to monitor; see {airflow_url(settings)}/dags/{TRAIN}. "
+                        f"{TRAIN}, {ROLLOUT}, {INFER} and {DRIFT} are left paused")
     _, first_model = resolve_and_download(settings, first_version)
     lineage = registry.get(first_version).lineage
     trained_on = frozenset(r.partition for r in lineage.train_partitions) if lineage else frozenset()
-    if ensure_serving(settings, say) is None:
-        return []
+    ensure_serving(settings, say)
     # From here on the platform runs itself: each features event starts offline scoring and drift monitoring,
     # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
     for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
@@ -601,6 +633,9 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     say(table(rows))
     say(f"the demo took {(time.monotonic() - started) / 60:.1f} min")
     say(f"every run is in the Airflow UI: {airflow_url(settings)} (login: `tenfold status`)")
+    if failed := failures(rows):
+        raise DemoError(f"{len(failed)} step(s) of the replayed months failed ({'; '.join(failed)}): their runs' logs "
+                        f"are in the Airflow UI, {airflow_url(settings)}")
     return rows
 
 

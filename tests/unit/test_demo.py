@@ -109,3 +109,59 @@ def test_a_rerun_demo_follows_the_feature_backfill_an_earlier_demo_left_running(
     done = _Api(runs=api._runs, backfills=[{**api._backfills[0], "completed_at": "2026-12-04T10:00:00Z"}])
     demo.build_months(make_settings(), done, months, said.append)  # type: ignore[arg-type]
     assert done.backfilled == [("2013-01-01T00:00:00Z", "2013-03-01T00:00:00Z")]  # an ended one is not followed
+
+
+def test_a_month_whose_runs_failed_shows_them_failed_and_fails_the_demo(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed monitor_drift run showed the drift report an earlier demo left for the month (even "DRIFT"), and a
+    demo whose runs failed exited 0: `make demo` said the lifecycle ran."""
+    import tenfold.registry
+    import tenfold.serving.fleet
+
+    class Api(_Api):
+        def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
+            return {r: "failed" if dag_id == demo.DRIFT else "success" for r in run_ids}
+
+        def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+            return ["measure"]
+
+    class Traffic:
+        def __init__(self, *args: object) -> None:
+            self.items: list[object] = []
+            self.report = None
+
+        def __enter__(self) -> Traffic:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(demo, "build_months", lambda *a: True)
+    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
+    monkeypatch.setattr(demo, "Traffic", Traffic)
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
+                        else f"{dag_id}__run")
+    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: pytest.fail("an earlier run's report was read"))
+    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
+    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+    row = demo.replay_month(make_settings(), Api(), Partition(2013, 7), None, 0, lambda line: None)  # type: ignore[arg-type]
+    assert row.scored == "yes" and row.drift == "failed"
+    assert demo.failures([row, demo.MonthRow("2013-08")]) == ["2013-07: monitor_drift run monitor_drift__run failed"]
+
+
+def test_a_rollout_that_ended_failed_for_want_of_data_is_an_outcome_not_a_failed_run(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    import tenfold.registry
+    import tenfold.rollout.record
+
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: object())
+    ended = {"end": {"outcome": "failed", "reasons": ["no data for the canary by the deadline"]}}
+    monkeypatch.setattr(tenfold.rollout.record, "latest", lambda registry, version: ("r1", ended))
+    failed: list[str] = []
+    for state, expected in (("success", []), ("failed", ["rollout_model run r1 failed"])):
+        api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id, s=state: {"state": s},
+                              failed_tasks=lambda dag_id, run_id: ["conclude"])
+        assert demo.follow_rollout(make_settings(), api, set(), "v2", lambda line: None, failed=failed) == "failed"  # type: ignore[arg-type]
+        assert failed == expected

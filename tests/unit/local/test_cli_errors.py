@@ -46,6 +46,10 @@ def test_demo_reports_a_platform_refusal_like_up_does(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("args", "message"), [
     (["--first", "garbage"], "'garbage' is not a month: use YYYY-MM"),
     (["--first", "2013-06", "--champion-until", "2013-06"], "the first champion needs at least two months"),
+    # Outside the months build_features covers: the demo failed in that month's ingest, after replaying the rest.
+    (["--months", "7"], "the demo's months 2013-01..2014-01 reach outside the months build_features covers "
+                        "(2013-01..2013-12)"),
+    (["--first", "2012-11"], "reach outside the months build_features covers"),
 ])
 def test_demo_refuses_months_it_cannot_run_before_starting_anything(monkeypatch: pytest.MonkeyPatch,
                                                                      args: list[str], message: str) -> None:
