@@ -7,6 +7,7 @@ it as ``{"<the workload's batch key>": [...]}`` (``{"flights": [...]}`` for the 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -38,6 +39,7 @@ class BatchPrediction(_Body):
 
 
 EARLIEST_OBSERVATION = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DASHED_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")  # then pydantic's own ISO 8601 parsing
 OBSERVATION_SKEW = dt.timedelta(days=1)  # the client's clock may run ahead of the server's
 
 
@@ -62,9 +64,12 @@ class FeedbackRequest(_Body):
     @field_validator("observed_at", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
-        # A number is refused rather than read as seconds (or milliseconds) since 1970, which pydantic would do.
-        if isinstance(value, int | float):
-            raise ValueError("send the time as ISO 8601 text, e.g. 2013-01-01T09:02:00Z, not a number")
+        # A number is refused rather than read as seconds (or milliseconds) since 1970, which pydantic would do, and so
+        # is text of digits alone, which it reads the same way: "20240315" (ISO 8601's basic date) was 1970-08-23,
+        # and an upsert keeping the latest observation let the outcome it corrected win.
+        if isinstance(value, int | float) or (isinstance(value, str) and not _DASHED_DATE.match(value)):
+            raise ValueError("send the time as ISO 8601 text with a dashed date, e.g. 2013-01-01T09:02:00Z, not a "
+                             "number or digits alone")
         return value
 
     @field_validator("observed_at")
