@@ -12,8 +12,8 @@ command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Ins
 
 # --- system packages: installed with apt only where missing -----------------------------------
 # chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
-# download is never used (nothing downloads at test time).
-APT_PACKAGES=(haproxy chromium)
+# download is never used (nothing downloads at test time). curl: the cloud VMs' startup script, which the tests run.
+APT_PACKAGES=(haproxy chromium curl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -110,7 +110,8 @@ def test_every_flight_of_a_month_assembles_online_exactly_as_spark_built_it(
 
 
 def test_the_models_probabilities_are_equal_too(built: dict[str, Any], online: dict[str, Any], tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tenfold.model.io import load_model, save_model
     from tenfold.model.preprocessing import Preprocessor
 

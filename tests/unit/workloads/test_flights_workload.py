@@ -50,7 +50,6 @@ def test_flights_sources_read_the_installed_package() -> None:
 
 
 def test_flights_model_hooks_delegate_to_the_model_package() -> None:
-    pytest.importorskip("torch")
     from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
 
     assert WORKLOAD.model_config_type is ModelConfig
