@@ -18,9 +18,10 @@ up: setup ## start the local services (Airflow, Pub/Sub and GCS emulators)
 	@$(TENFOLD) up
 
 down: ## stop what `make up` started
-	@$(TENFOLD) down
+	@if [ -x $(TENFOLD) ]; then $(TENFOLD) down; else echo "nothing to stop: $(TENFOLD) is not installed (make setup)"; fi
 
 status:
+	@[ -x $(TENFOLD) ] || { echo "error: $(TENFOLD) is not installed: run make setup (or make up)" >&2; exit 1; }
 	@$(TENFOLD) status
 
 test: setup lint ## the whole suite, as CI runs it

@@ -40,7 +40,12 @@ fi
 if ! gcloud beta emulators pubsub env-init --help >/dev/null 2>&1; then
   die "the Pub/Sub emulator is missing. Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
 fi
-command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs"
+command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs npm"
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+[ "${node_major:-0}" -ge 18 ] 2>/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found $(node --version)). Install a newer one (apt-get install nodejs npm)"
+# npm installs the CDK CLIs, Node 22 and the Data Docs assets below: checked now, not after minutes of syncing .venv
+# (Debian's nodejs only suggests npm).
+command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
 
 # --- Python environment --------------------------------------------------------------------------
 # uv from PATH, else a pinned copy in a venv of its own under .tools/uv: Debian's and Ubuntu's system Python refuses
@@ -104,7 +109,6 @@ npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME wh
   echo "$want" > "$dst/.stamp"
 }
 npm_tool cdk
-node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
 [ "$node_major" -lt 22 ] && npm_tool node22
 # Data Docs offline: the bootstrap, jQuery, bootstrap-table, font-awesome and vega files GX's pages load from
 # CDNs, at the versions its templates name; tenfold.quality.datadocs copies them into every Data Docs site.

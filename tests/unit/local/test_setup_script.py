@@ -35,3 +35,38 @@ def test_without_uv_a_python_that_cannot_make_a_venv_is_named_with_what_to_insta
     assert "pipx install uv==0.13.8" in proc.stderr
     assert "-m pip install" not in calls.read_text(), "the system Python was asked to pip-install uv"
     assert not (tmp_path / ".venv").exists()
+
+
+def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path: Path) -> None:
+    """Debian's nodejs only suggests npm: setup synced .venv for minutes, then failed on `npm: command not found`
+    and "is the npm registry reachable?". The tools it checks first are kept (links to everything on PATH but npm)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not folder or not Path(folder).is_dir():
+            continue
+        for tool in Path(folder).iterdir():
+            link = bin_dir / tool.name
+            if tool.name != "npm" and not link.exists() and os.access(tool, os.X_OK) and tool.is_file():
+                link.symlink_to(tool.resolve())
+    assert shutil.which("npm", path=str(bin_dir)) is None and shutil.which("node", path=str(bin_dir))
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[setup] error:" in proc.stderr and "npm is required" in proc.stderr and "apt-get install npm" in proc.stderr, proc.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
+def test_make_down_and_clean_work_without_a_venv_and_status_says_to_set_up(tmp_path: Path) -> None:
+    """A setup that failed part-way (the `tenfold` entry point comes last) or a deleted .venv: `make down` failed
+    with Error 127, so `make clean`, which runs it first, never removed .tenfold/."""
+    shutil.copy(project_root() / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".tenfold" / "run").mkdir(parents=True)
+    clean = subprocess.run(["make", "-s", "clean"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "nothing to stop" in clean.stdout and not (tmp_path / ".tenfold").exists()
+    status = subprocess.run(["make", "-s", "status"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert status.returncode != 0 and "run make setup" in status.stderr, status.stdout + status.stderr
