@@ -212,8 +212,14 @@ class Preprocessor:
             if col not in pre.vocabularies:
                 raise PreprocessingError(f"preprocessing state has no vocabulary for {col!r}; re-train the model")
         for col in pre.numeric_columns:
-            if col not in pre.means or col not in pre.stds or not math.isfinite(pre.stds[col]):
+            if col not in pre.means or col not in pre.stds:
                 raise PreprocessingError(f"preprocessing state has no statistics for {col!r}; re-train the model")
+            # fit never writes these: a NaN mean, or a std of 0 (0/0 on a value at the mean), made every
+            # probability NaN without an error, and a negative std flipped the feature's sign.
+            if not math.isfinite(pre.means[col]) or not (math.isfinite(pre.stds[col]) and pre.stds[col] > 0):
+                raise PreprocessingError(
+                    f"preprocessing state's statistics for {col!r} are not usable (mean {pre.means[col]}, std "
+                    f"{pre.stds[col]}: a finite mean and a positive std are needed); re-train the model")
         return pre
 
     def to_json(self) -> str:

@@ -169,6 +169,16 @@ def test_the_model_inputs_leave_out_the_contracts_not_model_inputs(table: pa.Tab
         old.transform(table.drop_columns(["temp"]))
 
 
+@pytest.mark.parametrize(("field", "value"), [("stds", 0.0), ("stds", -2.0), ("means", float("nan"))])
+def test_statistics_fit_never_writes_are_refused_on_load(pre: Preprocessor, field: str, value: float) -> None:
+    """A std of 0 (0/0 on a value at the mean) or a NaN mean made every probability NaN without an error; a negative
+    std flipped the feature's sign. A folder without the preprocessing checksum (an older one, or edited) loads it."""
+    body = json.loads(pre.to_json())
+    body[field]["distance"] = value
+    with pytest.raises(PreprocessingError, match="statistics for 'distance' are not usable"):
+        Preprocessor.from_json(json.dumps(body))
+
+
 def test_preprocessor_refuses_missing_columns(pre: Preprocessor) -> None:
     with pytest.raises(PreprocessingError, match=r"lacks feature columns \['carrier'"):
         pre.transform({"origin": ["JFK"]})
