@@ -70,12 +70,17 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
     st, m, sa = settings.storage, settings.messaging, settings.service_accounts
     subs = m.subscriptions
     job_reads, job_writes = feature_job_folders(settings)
+    # The VMs (serving, training, inference, feedback) write logs only: no agent or code on them writes Cloud
+    # Monitoring points (a replica's /metrics is scraped, not pushed), and a metric writer there could write the
+    # drift metric (custom.googleapis.com/<prefix>/feature_psi) and page for drift that is not there. The
+    # orchestrator writes that metric (tenfold.monitoring.cloud_metrics) and Dataproc its batches' metrics.
     observe = (LOG_WRITER, METRIC_WRITER)
+    vm = (LOG_WRITER,)
     return [
         # A replica loads its model from the registry and the lookup tables its online features are assembled
         # from (tenfold.features.online: it lists the published months of the features and lookup tables and
         # reads their manifests and files); nothing else of the lake.
-        AccountSpec("serving", sa.serving, project_roles=observe,
+        AccountSpec("serving", sa.serving, project_roles=vm,
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     folder_roles=[(st.lake_bucket, VIEWER, served_tables(settings))],
                     topic_roles=[(m.predictions_topic, PUBLISHER), (m.feedback_topic, PUBLISHER)],
@@ -87,21 +92,21 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         # checkpoint and write the model, result and marker under the runs' folder of the artifacts bucket (where
         # train_model also stages the config, the preprocessing and the feedback rows); nothing else of either
         # bucket, and not the registry (train_model registers the model as the orchestrator).
-        AccountSpec("training", sa.training, project_roles=observe,
+        AccountSpec("training", sa.training, project_roles=vm,
                     folder_roles=[(st.lake_bucket, VIEWER, [st.features_table]),
                                   (st.artifacts_bucket, USER, [settings.training.runs_prefix])]),
         # The offline-inference workers (tenfold.inference.worker): pull the requests, read the model versions,
         # and write each request's result and error record under the lake's work prefix; nothing else of the
         # lake (the DAG publishes the scores table). Poison messages reach the dead-letter topic as Pub/Sub's own
         # service agent (infra/components/messaging.py), so no dead-letter grant is theirs.
-        AccountSpec("inference", sa.inference, project_roles=observe,
+        AccountSpec("inference", sa.inference, project_roles=vm,
                     bucket_roles=[(st.models_bucket, VIEWER)],
                     prefix_roles=[(st.lake_bucket, USER, settings.inference.work_prefix)],
                     subscription_roles=[(subs["requests"].name, SUBSCRIBER)]),
         # The feedback sink (tenfold.feedback): pulls the two sink subscriptions, appends to the predictions and
         # feedback logs, and publishes the labelled table through its staging folder (with their locks); nothing
         # else of the lake.
-        AccountSpec("feedback", sa.feedback, project_roles=observe,
+        AccountSpec("feedback", sa.feedback, project_roles=vm,
                     folder_roles=[(st.lake_bucket, USER, sink_folders(settings))],
                     subscription_roles=[(subs["predictions"].name, SUBSCRIBER), (subs["feedback"].name, SUBSCRIBER)]),
         # The features job on Dataproc (tenfold.features.job, without --publish): reads the month's source tables

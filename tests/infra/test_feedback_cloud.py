@@ -47,8 +47,7 @@ def test_the_feedback_account_writes_only_the_sinks_folders_and_pulls_only_its_s
     grants = {rtype: [g for g in resources(stack, rtype).values() if g["member"] == member]
               for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
                             "google_pubsub_subscription_iam_member", "google_secret_manager_secret_iam_member")}
-    assert sorted(g["role"] for g in grants["google_project_iam_member"]) == [
-        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert sorted(g["role"] for g in grants["google_project_iam_member"]) == ["roles/logging.logWriter"]
     assert sorted((g["subscription"], g["role"]) for g in grants["google_pubsub_subscription_iam_member"]) == sorted(
         [(subs["predictions"].name, "roles/pubsub.subscriber"), (subs["feedback"].name, "roles/pubsub.subscriber")])
     assert grants["google_pubsub_topic_iam_member"] == [] and grants["google_secret_manager_secret_iam_member"] == []

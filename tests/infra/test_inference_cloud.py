@@ -92,7 +92,6 @@ def test_the_inference_account_holds_only_what_the_worker_does(synth: Synth, env
     grants = _grants_of(stack, account_lid(stack, s.service_accounts.inference))
     assert grants == {
         ("project", s.project_id, "roles/logging.logWriter", None),
-        ("project", s.project_id, "roles/monitoring.metricWriter", None),
         ("repository", s.infra.artifact_repository, "roles/artifactregistry.reader", None),  # the image
         ("bucket", s.storage.models_bucket, "roles/storage.objectViewer", None),  # the model versions it scores with
         # results and error records (create-if-absent, get, replace) under the work prefix, no other object of the lake
