@@ -1048,11 +1048,20 @@ class FleetReport:
     log: str
     token_error: str | None = None  # the token file is there but empty or unreadable: what to do
     predict_path: str = "/v1/predict"  # settings.serving.server.api_prefix + /predict
+    minimums: dict[str, int] = field(default_factory=dict)  # each pool's minimum of replicas
+
+    def serving(self, pool: str) -> int:
+        """The pool's replicas that serve and answer their own health check."""
+        return sum(1 for r in self.replicas if r.pool == pool and r.state == SERVING and r.alive)
 
     @property
     def healthy(self) -> bool:
+        """The supervisor and HAProxy are up, every serving replica answers, and every pool with a minimum has one
+        serving: a stable pool whose replicas died (forgotten, their restarts backing off) while a canary at 0 %
+        lived on was "healthy" while every request got a 503."""
         return self.running and self.haproxy_alive and bool(self.replicas) and all(
-            r.alive for r in self.replicas if r.state == SERVING)
+            r.alive for r in self.replicas if r.state == SERVING) and all(
+            self.serving(pool) > 0 for pool, least in self.minimums.items() if least > 0)
 
 
 def _alive(url: str) -> bool:
@@ -1102,6 +1111,7 @@ def report(settings: Settings) -> FleetReport:
         canary_percent=percent, versions={k: v.version for k, v in st.pools.items()} if st else {},
         replicas=replicas, token_path=str(tpath), token=token, token_error=token_error, log=str(process.log_file(rd, SUPERVISOR)),
         predict_path=f"{settings.serving.server.api_prefix}/predict",
+        minimums={k: v.min for k, v in st.pools.items()} if st else {},
     )
 
 
@@ -1120,7 +1130,8 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
                  + f"  metrics {rep.metrics_url} (login {STATS_USER} / the token)  canary "
                  + f"{rep.canary_percent if rep.canary_percent is not None else '?'} %")
     for pool, version in rep.versions.items():
-        lines.append(f"  {pool:7} {version}")
+        least = rep.minimums.get(pool, 0)
+        lines.append(f"  {pool:7} {version}" + (f"  {rep.serving(pool)} serving (min {least})" if least else ""))
         for r in (r for r in rep.replicas if r.pool == pool):
             alive = "alive" if r.alive else "NOT ANSWERING"
             lines.append(f"    {replica_name(r.pool, r.slot):18} {r.state:9} haproxy {r.lb_status:9} {alive:13} {r.url} pid {r.pid}")
