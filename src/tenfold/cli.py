@@ -152,8 +152,9 @@ _register_training(app)
 @app.command("demo")
 def demo(
     first: str = typer.Option("2013-01", help="first month of the first champion's window (YYYY-MM)"),
-    champion_until: str = typer.Option("2013-06", help="last month of the first champion's window: it is held out, "
-                                                       "the months before it are trained on"),
+    champion_until: str = typer.Option("2013-06", help="last month of the first champion's window: its newest "
+                                                       "months (one, up to a quarter of a longer window) are held out, "
+                                                       "the months before them trained on"),
     months: int = typer.Option(6, min=1, max=60, help="later months to replay one at a time, as if live"),
     flights: int = typer.Option(3000, min=0, help="flights of each replayed month sent through the serving fleet"),
     retrain_every: int = typer.Option(3, min=0, help="replayed months after which the baseline schedule retrains "

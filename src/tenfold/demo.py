@@ -5,8 +5,9 @@
 1. ``tenfold up``: the GCS and Pub/Sub emulators and Airflow's components on loopback.
 2. ``build_features`` is backfilled over the first champion's window (default 2013-01..06): ingest -> Spark
    features -> Great Expectations gate -> atomic publish. Months already published are not rebuilt.
-3. The first champion (when there is none yet): ``train_model`` trains on the window but its last month and
-   holds that one out; its gate promotes it by the floors alone. The local fleet serves it behind HAProxy.
+3. The first champion (when there is none yet): ``train_model`` trains on the window but its newest months
+   (one; up to a quarter of a window of eight months or more) and holds those out; its gate promotes it by the
+   floors alone. The local fleet serves it behind HAProxy.
 4. Then the platform runs itself, one later month at a time (``--months``, default 6: July..December):
    ``build_features`` publishes the month; its features event starts ``batch_inference`` (the month scored
    through Pub/Sub by the worker pool) and ``monitor_drift`` (the month against the champion's reference
@@ -130,10 +131,15 @@ def first_champion_run(settings: Settings, api: AirflowApi, initial: list[Partit
     going = sorted(str(r["dag_run_id"]) for r in api.runs(TRAIN) if str(r.get("state")) in ("queued", "running"))
     api.set_paused(TRAIN, False)
     first_run = going[0] if going else new_run(api, TRAIN, before, timeout_s=60)
-    if first_run is None:  # this week's scheduled run happened on an earlier demo: start one by hand
-        say(f"the first champion: trained on {initial[0].label}..{initial[-2].label}, held out {initial[-1].label}")
-        return train(settings, api, say, {"train_months": [initial[0].label, initial[-2].label],
-                                          "holdout_months": [initial[-1].label] * 2}, "first")
+    if first_run is None:  # this week's scheduled run happened on an earlier demo: start one by hand, on the
+        # window split as that scheduled run splits it on a fresh home (its newest months held out, a quarter at most)
+        from tenfold.pipelines.train_model import rolling_split
+
+        trained, held = rolling_split(initial, settings.training.train_window, settings.training.holdout_window)
+        say(f"the first champion: trained on {trained[0].label}..{trained[-1].label}, held out "
+            f"{held[0].label}..{held[-1].label}")
+        return train(settings, api, say, {"train_months": [trained[0].label, trained[-1].label],
+                                          "holdout_months": [held[0].label, held[-1].label]}, "first")
     say(f"the first champion: {TRAIN} run {first_run}" + (" (an earlier demo's, still going)" if going else
                                                           " (the weekly schedule's, on the newest published months)"))
     if follow(settings, api, TRAIN, first_run, say, timeout_s=TRAIN_TIMEOUT_S) != "success":

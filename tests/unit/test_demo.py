@@ -58,6 +58,7 @@ class _Api:
     def __init__(self, runs: list[dict[str, str]] | None = None, backfills: list[dict[str, object]] | None = None) -> None:
         self._runs, self._backfills = runs or [], backfills or []
         self.triggered: list[str] = []
+        self.conf: dict[str, dict[str, object] | None] = {}
         self.backfilled: list[tuple[str, str]] = []
         self.paused: list[tuple[str, bool]] = []
 
@@ -69,6 +70,7 @@ class _Api:
 
     def trigger(self, dag_id: str, run_id: str, conf: dict[str, object] | None = None) -> dict[str, str]:
         self.triggered.append(run_id)
+        self.conf[run_id] = conf
         return {"dag_run_id": run_id}
 
     def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
@@ -165,3 +167,20 @@ def test_a_rollout_that_ended_failed_for_want_of_data_is_an_outcome_not_a_failed
                               failed_tasks=lambda dag_id, run_id: ["conclude"])
         assert demo.follow_rollout(make_settings(), api, set(), "v2", lambda line: None, failed=failed) == "failed"  # type: ignore[arg-type]
         assert failed == expected
+
+
+def test_a_first_champion_trained_by_hand_is_split_as_the_scheduled_run_splits_it(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fresh home the weekly run holds out the newest two of eight months; trained by hand (its week's run
+    done on an earlier demo) the same window held out only the last month: the split depended on the home's state."""
+    from tenfold.pipelines.train_model import rolling_split
+
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None)  # this week's run is done
+    settings = make_settings()
+    months = [Partition(2013, m) for m in range(1, 9)]
+    api = _Api()
+    demo.first_champion_run(settings, api, months, lambda line: None)  # type: ignore[arg-type]
+    (run_id,) = api.triggered
+    trained, held = rolling_split(months, settings.training.train_window, settings.training.holdout_window)
+    assert [p.label for p in held] == ["2013-07", "2013-08"]
+    assert api.conf[run_id] == {"train_months": [trained[0].label, "2013-06"], "holdout_months": ["2013-07", "2013-08"]}
