@@ -313,7 +313,10 @@ def test_stale_iap_keys_whose_refresh_fails_are_refreshed_once_per_retry_window_
     time.sleep(0.06)  # the held keys are stale
     assert keys(IAP_CERTS_URL).status == 200  # held keys serve, one refresh starts
     _until(lambda: server.fetches == 2 and keys._failed_at is not None and not keys._refreshing)
+    started: list[str] = []  # every refresh a request starts, counted when it starts (no wait for its thread)
+    real_refresh = keys._refresh_in_background
+    keys._refresh_in_background = lambda url: (started.append(url), real_refresh(url))[1]  # type: ignore[method-assign]
     for _ in range(200):
         assert keys(IAP_CERTS_URL).status == 200
-    time.sleep(0.1)  # any refresh those requests started would have reached the server by now
+    assert started == [] and not keys._refreshing
     assert server.fetches == 2
