@@ -309,7 +309,7 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
             if state == "failed":
                 say(f"{ROLLOUT} run {run_id} failed in {', '.join(api.failed_tasks(ROLLOUT, run_id)) or 'a task'}: "
                     f"see {airflow_url(settings)}/dags/{ROLLOUT}")
-                if failed is not None:
+                if failed is not None and not _concluded_safely(found[1] if found else None):
                     failed.append(f"{ROLLOUT} run {run_id} failed")
             if found and (came_to := outcome(found[1])) is not None:
                 return came_to
@@ -317,6 +317,18 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
         if time.monotonic() > deadline:
             raise DemoError(f"{ROLLOUT} did not finish in time; see {airflow_url(settings)}/dags/{ROLLOUT}")
         time.sleep(3)
+
+
+def _concluded_safely(record: dict[str, Any] | None) -> bool:
+    """Whether a failed rollout run concluded on its own terms: conclude ended it FAILED for want of data (its
+    canary judged neither way, rolled back, alerted) and failed the run on purpose. A run whose conclude never
+    finished, or whose deploy or a step task failed, is a failed run."""
+    from tenfold.pipelines.rollout_model import DEPLOY_TASK_FAILED, STEP_TASK_FAILED
+
+    if not record or "done" not in record:
+        return False
+    reasons = record["done"].get("reasons") or []
+    return not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r for r in reasons)
 
 
 def report_online(settings: Settings, since: dt.datetime, report: Any, say: Callable[[str], object], *,
@@ -553,8 +565,8 @@ def demo_months(first: str, champion_until: str, months: int,
     month: the demo failed there, after replaying every month before it)."""
     initial = month_range(first, champion_until)
     if len(initial) < 2:
-        raise DemoError("the first champion needs at least two months: it trains on all but the last and holds "
-                        f"that one out (got {first}..{champion_until})")
+        raise DemoError("the first champion needs at least two months: it trains on the older ones and holds the "
+                        f"newest out (got {first}..{champion_until})")
     later: list[Partition] = []
     for _ in range(months):
         later.append((later[-1] if later else initial[-1]).next())

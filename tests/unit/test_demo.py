@@ -155,18 +155,30 @@ def test_a_month_whose_runs_failed_shows_them_failed_and_fails_the_demo(
 
 def test_a_rollout_that_ended_failed_for_want_of_data_is_an_outcome_not_a_failed_run(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude ends a canary that got no labels FAILED and fails its run on purpose (judged neither way, rolled back,
+    alerted): an outcome the table shows. A run whose conclude never finished, or whose step task failed, failed."""
     import tenfold.registry
     import tenfold.rollout.record
+    from tenfold.pipelines.rollout_model import STEP_TASK_FAILED
 
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: object())
-    ended = {"end": {"outcome": "failed", "reasons": ["no data for the canary by the deadline"]}}
-    monkeypatch.setattr(tenfold.rollout.record, "latest", lambda registry, version: ("r1", ended))
-    failed: list[str] = []
-    for state, expected in (("success", []), ("failed", ["rollout_model run r1 failed"])):
-        api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id, s=state: {"state": s},
-                              failed_tasks=lambda dag_id, run_id: ["conclude"])
+    no_data = ["no data for the canary by the deadline"]
+    records = {
+        "no data": {"end": {"outcome": "failed", "reasons": no_data}, "done": {"outcome": "failed", "reasons": no_data, "report": "r.html"}},
+        "conclude died": {"end": {"outcome": "failed", "reasons": no_data}},
+        "a step failed": {"end": {"outcome": "failed", "reasons": [STEP_TASK_FAILED]},
+                          "done": {"outcome": "failed", "reasons": [f"{STEP_TASK_FAILED}: step_2"], "report": "r.html"}},
+    }
+    api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id: {"state": "failed"},
+                          failed_tasks=lambda dag_id, run_id: ["conclude"])
+    seen = {}
+    for case, record in records.items():
+        monkeypatch.setattr(tenfold.rollout.record, "latest", lambda registry, version, r=record: ("r1", r))
+        failed: list[str] = []
         assert demo.follow_rollout(make_settings(), api, set(), "v2", lambda line: None, failed=failed) == "failed"  # type: ignore[arg-type]
-        assert failed == expected
+        seen[case] = failed
+    assert seen == {"no data": [], "conclude died": ["rollout_model run r1 failed"],
+                    "a step failed": ["rollout_model run r1 failed"]}
 
 
 def test_a_first_champion_trained_by_hand_is_split_as_the_scheduled_run_splits_it(

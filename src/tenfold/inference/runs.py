@@ -153,12 +153,14 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                     try:
                         _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)
                     except Exception as exc:
-                        if is_store_outage(exc):  # the store away for a moment: not acked, so it comes again to a
-                            # later drain, which files it in its run (under unknown-run, acked, the run never counted it)
-                            log.warning("could not record dead letter %s of run %s now (%s: %s); it is left on the "
-                                        "dead-letter subscription for the next drain", rid, store.run,
-                                        type(exc).__name__, exc)
-                            continue
+                        if is_store_outage(exc):  # the store is away: this message and the rest of the batch are
+                            # left unacked for a later drain, which files them in their runs (under unknown-run,
+                            # acked, the run never counted it). The drain ends here: each further record would
+                            # wait out the client's own retries, past the batch's ack deadline, without end.
+                            log.warning("could not record dead letter %s of run %s now (%s: %s); it and the rest of "
+                                        "the batch are left on the dead-letter subscription for the next drain", rid,
+                                        store.run, type(exc).__name__, exc)
+                            raise
                         # this message's record only: kept under a name that is always safe
                         log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
                                       rid, store.run, msg.message_id, UNKNOWN_RUN)
@@ -289,8 +291,10 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
             drained = time.monotonic()
             try:
                 drain_dead_letters(settings, objects=objects)
-            except outage_types() as exc:  # Pub/Sub away for a moment: drained on a later round (the deadline bounds
-                # the wait); raised, it failed the whole score try and restarted the pool
+            except Exception as exc:  # Pub/Sub or the store away for a moment: drained on a later round (the deadline
+                # bounds the wait); raised, it failed the whole score try and restarted the pool
+                if not (isinstance(exc, outage_types()) or is_store_outage(exc)):
+                    raise
                 log.warning("could not drain the dead letters now (%s); trying again in %.0f s", exc, DEAD_LETTER_POLL_S)
         acc = account(store, ids)
         now = time.monotonic()
