@@ -27,6 +27,9 @@ BACKFILL_OPEN = "already a running backfill"
 BACKFILL_WAIT_S = 150.0
 
 
+TOKEN_PATH = "/auth/token"
+
+
 class AirflowApiError(RuntimeError):
     """The Airflow API refused a request or a DAG run ended badly; the message says which."""
 
@@ -58,17 +61,25 @@ class AirflowApi:
             if exc.code == 401 and auth and self._token is not None and not relogged:
                 self._token = None  # expired: log in again, once (a server refusing every token recursed for ever)
                 return self._send(method, path, body, auth=auth, attempt=attempt, relogged=True)
-            if exc.code in TRANSIENT_HTTP and (method == "GET" or ROLLED_BACK in detail) and attempt < self.retries:
+            if exc.code in TRANSIENT_HTTP and (self._repeatable(method, path) or ROLLED_BACK in detail) \
+                    and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             # A busy API server (the scheduler, Spark and torchrun share two cores) can miss a deadline; reading
             # is safe to repeat, a change is not: it is reported for the caller to look before trying again.
-            if method == "GET" and attempt < self.retries:
+            if self._repeatable(method, path) and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: the Airflow API at {self.base_url} did not answer ({exc}); "
                                   "is it up? `tenfold status` shows it") from exc
         return json.loads(raw) if raw else None
+
+    @staticmethod
+    def _repeatable(method: str, path: str) -> bool:
+        """A read, or the login: asking for a token changes nothing on the server. (The login is sent at the first
+        request, when the API server is busiest parsing the DAGs: a timeout there ended the demo, the read that
+        asked for it never retried.)"""
+        return method == "GET" or path == TOKEN_PATH
 
     def _retry(self, method: str, path: str, body: Any, auth: bool, attempt: int) -> Any:
         time.sleep(self.retry_wait_s * (attempt + 1))
@@ -76,7 +87,7 @@ class AirflowApi:
 
     def _login(self) -> str:
         if self._token is None:
-            reply = self._send("POST", "/auth/token", self._credentials, auth=False)
+            reply = self._send("POST", TOKEN_PATH, self._credentials, auth=False)
             self._token = str(reply["access_token"])
         return self._token
 

@@ -137,3 +137,12 @@ def test_an_expired_token_is_renewed_once_and_a_refused_new_one_is_a_clear_error
     with pytest.raises(AirflowApiError, match="HTTP 401"):
         api2._send("GET", "/api/v2/dags/x")
     assert [path for _, path in s2.seen].count("/auth/token") == 2  # the first login and one renewal
+
+
+@pytest.mark.parametrize("miss", ["hang", 503])
+def test_a_login_that_times_out_or_meets_a_503_is_tried_again(server: list[_Server], miss: object) -> None:
+    """The first request logs in while the API server is busiest (parsing every DAG on two cores): a login that
+    missed its deadline ended the demo, though asking for a token changes nothing and the read itself retries."""
+    api, s = _api(server, [miss, {"access_token": "t"}, "ok"])
+    assert api._send("GET", "/api/v2/dags/x") == {"answer": 3}
+    assert s.seen == [("POST", "/auth/token"), ("POST", "/auth/token"), ("GET", "/api/v2/dags/x")]
