@@ -90,6 +90,9 @@ class PhaseResult:
     send_lag_p99_ms: float = 0.0  # open loop: how late the generator itself sent (its own health)
     bodies_used: int = 0  # bodies consumed, warm-up included (the next phase's offset advances by this)
     first_error: str = ""
+    # 2xx answers over the whole run, warm-up and the requests in flight at the window's end included: what the
+    # server's CPU over the whole load-generator process (bench/serving.py measures it so) is divided by.
+    answered: int = 0
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -268,11 +271,11 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
     latencies: list[float] = []
     tally = _Tally()
     counter = iter(range(sys.maxsize))
-    ok = 0
+    ok = answered = 0
     cpu_mark: list[float] = []
 
     async def worker() -> None:
-        nonlocal ok
+        nonlocal ok, answered
         conn = await client.connect()
         while True:
             sent = now()
@@ -290,6 +293,7 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
                 err = exc
                 conn.closed = True
             done = now()
+            answered += err is None and status is not None and 200 <= status < 300
             # Completions inside the window count (whenever they were sent): the throughput of the
             # window, with no edge effect of the warm-up or of the requests still in flight at its end.
             if measure_from <= done <= end:
@@ -315,7 +319,7 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
         mode="closed", url=spec.url, duration_s=window, sent=sum(tally.statuses.values()), ok=ok,
         errors=sum(tally.statuses.values()) - ok, statuses=dict(tally.statuses), throughput=ok / window,
         **latency_summary(latencies), cpu_s=cpu, cpu_share=cpu / window, concurrency=spec.concurrency,
-        connections=client.opened, bodies_used=next(counter), first_error=tally.first_error,
+        connections=client.opened, bodies_used=next(counter), first_error=tally.first_error, answered=answered,
     )
 
 
@@ -372,7 +376,7 @@ async def _open(spec: Spec, client: _Client) -> PhaseResult:
         mode="open", url=spec.url, duration_s=window, sent=n, ok=ok, errors=n - ok, statuses=dict(tally.statuses),
         throughput=ok / window, **latency_summary(latencies), cpu_s=cpu, cpu_share=cpu / window, rate=spec.rate,
         connections=client.opened, send_lag_p99_ms=percentile(lag, 99) * 1000.0, bodies_used=n,
-        first_error=tally.first_error,
+        first_error=tally.first_error, answered=ok,
     )
 
 

@@ -148,3 +148,14 @@ def test_a_refused_connection_is_an_error_not_a_latency() -> None:
         loadgen.Spec(url=url, mode="open", duration_s=0.2, rate=50.0), [b"{}"]))
     assert result.ok == 0 and result.errors == result.sent == 10
     assert "ConnectionRefusedError" in result.first_error
+
+
+def test_a_closed_loop_counts_every_answer_of_its_run_for_the_servers_cpu(server: _StallingServer) -> None:
+    """bench/serving.py measures the server's CPU over the whole load-generator run, warm-up included: divided by
+    the measured window's answers alone, each closed-loop figure was about (warm-up + window) / window too high."""
+    url = f"http://127.0.0.1:{server.port}/v1/predict"
+    spec = loadgen.Spec(url=url, mode="closed", duration_s=0.5, warmup_s=0.5, concurrency=2)
+    phase = asyncio.run(loadgen.run_phase(spec, [b'{"flight": %d}' % i for i in range(50)]))
+    assert phase.errors == 0 and phase.ok > 50
+    assert phase.answered == server.requests  # every request the server answered, warm-up and tail included
+    assert phase.answered > 1.5 * phase.ok  # the warm-up's answers as well as the window's
