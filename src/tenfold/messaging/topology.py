@@ -55,6 +55,21 @@ def _subscription_spec(settings: Settings, sub: SubscriptionSettings) -> dict[st
     }
 
 
+def _check_attached(current: Any, name: str, topic: str, wanted_path: str) -> None:
+    """Refuse an existing subscription that is not on the topic settings name for it: detached from a deleted topic,
+    or on another one (a subscription cannot move topics)."""
+    if current.topic == "_deleted-topic_":
+        raise RuntimeError(
+            f"subscription {name} is detached: its topic {topic} was deleted. Delete the subscription "
+            "(its backlog is lost) and re-run; it will be recreated on the new topic"
+        )
+    if current.topic != wanted_path:
+        raise RuntimeError(
+            f"subscription {name} exists on topic {current.topic}, but settings say {wanted_path}: "
+            "a subscription cannot move topics; delete it (messages on it are lost) and re-run"
+        )
+
+
 def ensure_topology(settings: Settings, *, timeout: float = 30.0) -> Topology:
     """Create what is missing; returns what exists and what changed. Safe to run any number of times."""
     result = Topology()
@@ -93,16 +108,7 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
             except AlreadyExists:
                 current = subscriber.get_subscription(request={"subscription": spec["name"]}, timeout=timeout)
                 wanted = Subscription(**spec)
-                if current.topic == "_deleted-topic_":
-                    raise RuntimeError(
-                        f"subscription {sub.name} is detached: its topic {sub.topic} was deleted. Delete the subscription "
-                        "(its backlog is lost) and re-run; it will be recreated on the new topic"
-                    ) from None
-                if current.topic != wanted.topic:
-                    raise RuntimeError(
-                        f"subscription {sub.name} exists on topic {current.topic}, but settings say {wanted.topic}: "
-                        "a subscription cannot move topics; delete it (messages on it are lost) and re-run"
-                    ) from None
+                _check_attached(current, sub.name, sub.topic, wanted.topic)
                 drift = [
                     f
                     for f in ("ack_deadline_seconds", "dead_letter_policy", "retry_policy")
@@ -126,8 +132,12 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
                     timeout=timeout,
                 )
                 result.subscriptions_created.append(sub.dead_letter_subscription)
-            except AlreadyExists:
-                pass
+            except AlreadyExists:  # on the dead-letter topic still? Detached (the topic deleted and created again by
+                # this run), the policy's dead letters reached a topic without a subscription and were dropped
+                dl_path = subscription_path(settings, sub.dead_letter_subscription)
+                current = subscriber.get_subscription(request={"subscription": dl_path}, timeout=timeout)
+                _check_attached(current, sub.dead_letter_subscription, sub.dead_letter_topic,
+                                topic_path(settings, sub.dead_letter_topic))
             except NotFound as exc:  # the topic vanished between the two calls
                 raise RuntimeError(f"dead-letter topic {sub.dead_letter_topic} disappeared while provisioning") from exc
             result.subscriptions.append(sub.dead_letter_subscription)

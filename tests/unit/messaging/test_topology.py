@@ -94,6 +94,25 @@ def test_a_subscription_whose_topic_was_deleted_is_a_clear_error(local_settings)
         ensure_topology(settings)
 
 
+def test_a_dead_letter_subscription_whose_topic_was_deleted_is_a_clear_error(local_settings):
+    """Its topic deleted (to empty the dead letters), the next provisioning created the topic again and passed the
+    old subscription over, still detached: the dead letters reached a topic without a subscription and were
+    dropped, and every drain reported none."""
+    spec = SubscriptionSettings(
+        name="orphan2-sub", topic="orphan2", dead_letter_topic="orphan2-dl", dead_letter_subscription="orphan2-dl-sub"
+    )
+    settings = local_settings.model_copy(
+        update={"messaging": local_settings.messaging.model_copy(update={"subscriptions": {"o": spec}})}
+    )
+    ensure_topology(settings)
+    assert not ensure_topology(settings).changed  # provisioned: idempotent
+    pub = publisher_client(settings)
+    pub.delete_topic(request={"topic": topic_path(settings, "orphan2-dl")})
+    pub.transport.close()
+    with pytest.raises(RuntimeError, match="orphan2-dl-sub is detached: its topic orphan2-dl was deleted"):
+        ensure_topology(settings)
+
+
 def test_a_message_nacked_max_delivery_attempts_times_is_dead_lettered(local_settings):
     # A subscription of its own (zero backoff keeps the test fast); everything else as in settings.
     base = local_settings.messaging.subscriptions["requests"]
