@@ -146,19 +146,33 @@ def _webhook_transient(exc: Exception) -> bool:
     return isinstance(exc, OSError)  # URLError (refused, unresolved), TimeoutError, ConnectionResetError
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirected POST is refused: urllib follows a 301/302/303 with a GET without the body, and a 2xx answer to
+    that GET counted the alert as delivered when nothing was posted (an http:// URL on a host that redirects to
+    https://). The new address is not said: it may hold the secret too."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise RuntimeError(f"webhook answered HTTP {code} (a redirect): the alert was not posted; set "
+                           "TENFOLD_ALERT_WEBHOOK to the address it redirects to (often its https:// form)")
+
+
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
     url = settings.monitoring.alert_webhook_url
     assert url is not None
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+    # A space or a control character: http.client refuses it quoting the path escaped (repr), which scrubbed() could
+    # not find, so the secret went to the log on every alert.
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
-        raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, or a space): "
-                         "fix the variable; alerts still go to the log")
+        raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a "
+                         "control character): fix the variable; alerts still go to the log")
     body = json.dumps({"text": alert.text()}).encode()
+    opener = urllib.request.build_opener(_RefuseRedirects)
 
     def post() -> None:
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        with opener.open(request, timeout=TIMEOUT_S) as response:
             if response.status >= 300:
                 raise RuntimeError(f"webhook answered HTTP {response.status}")
 
@@ -187,8 +201,18 @@ def _email_hook(settings: Settings, alert: Alert) -> None:
     message.set_content(alert.text())
 
     def send() -> None:
-        with smtplib.SMTP(host, int(port or 25), timeout=TIMEOUT_S) as smtp:
+        smtp = smtplib.SMTP(host, int(port or 25), timeout=TIMEOUT_S)
+        try:
             smtp.send_message(message)
+        except BaseException:
+            smtp.close()
+            raise
+        # Accepted: a relay that then answers QUIT with a 4xx (raised by SMTP's own context manager) had the mail
+        # sent again, up to three times, or marked the hook failed and the alert sent again by the caller's retry.
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
 
     _with_retries("email", send, _smtp_transient)
 

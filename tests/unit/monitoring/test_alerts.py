@@ -104,7 +104,7 @@ class FlakySmtp(socketserver.ThreadingTCPServer):
 
     daemon_threads = allow_reuse_address = True
 
-    def __init__(self, busy: int) -> None:
+    def __init__(self, busy: int, quit_reply: str = "221 bye") -> None:
         self.busy, self.messages = busy, []
 
         class Handler(socketserver.StreamRequestHandler):
@@ -123,7 +123,7 @@ class FlakySmtp(socketserver.ThreadingTCPServer):
                         self.messages.append(b"".join(iter(lambda: handler.rfile.readline(), b".\r\n")).decode())
                         say("250 queued")
                     elif verb == "QUIT":
-                        return say("221 bye")
+                        return say(quit_reply)
                     else:
                         say("250 ok")
 
@@ -151,7 +151,9 @@ def test_a_malformed_webhook_url_never_reaches_the_log(make_settings, caplog):
     """A webhook URL is a secret: pasted without its scheme, urllib's "unknown url type: '<the URL>'" went to the
     log with its traceback on every alert."""
     secret = "/services/T0/B0/SECRETTOKEN"
-    for url in (f"hooks.example.com{secret}", f"https://hooks.example.com{secret} "):
+    # A control character: http.client refused it quoting the path escaped, which the scrubbing could not find.
+    for url in (f"hooks.example.com{secret}", f"https://hooks.example.com{secret} ",
+                f"https://hooks.example.com{secret}\x7f", f"https://hooks.example.com{secret}\x01"):
         settings = make_settings(monitoring={"alert_webhook_url": url})
         with caplog.at_level(logging.DEBUG):
             sent = alerts.send_alert(settings, "gate refused", {})
@@ -173,3 +175,53 @@ def test_an_error_quoting_the_webhook_url_is_logged_without_its_secret(make_sett
         alerts.unregister_hook(quoting)
     assert "alert hook quoting failed (ValueError: unknown url type: '<webhook URL>')" in caplog.text
     assert "SECRETTOKEN" not in caplog.text
+
+
+def test_a_mail_the_relay_accepted_is_not_sent_again_when_it_answers_quit_badly(make_settings, monkeypatch):
+    """SMTP's context manager raises when QUIT's answer is not 221: a 421 there had the accepted mail sent three
+    times, and a 5xx marked the hook failed (so the caller's retry sent it again)."""
+    monkeypatch.setattr(alerts, "_sleep", lambda pause: None, raising=False)
+    for reply in ("421 closing", "554 no"):
+        relay = FlakySmtp(busy=0, quit_reply=reply)
+        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        try:
+            settings = make_settings(monitoring={"alert_smtp_host": f"127.0.0.1:{relay.server_address[1]}"})
+            sent = alerts.send_alert(settings, "gate refused features 2013-03", {})
+            assert len(relay.messages) == 1 and sent.delivered and sent.failed == (), (reply, sent)
+        finally:
+            relay.shutdown()
+            relay.server_close()
+
+
+def test_a_webhook_that_redirects_is_not_counted_as_delivered(make_settings):
+    """urllib follows a 301 with a GET without the body: a 200 to it counted the alert delivered, nothing posted."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append("POST")
+            self.send_response(301)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/moved/SECRETTOKEN")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(monitoring={"alert_webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook"})
+        sent = alerts.send_alert(settings, "drift: retraining v3", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not sent.delivered and sent.failed == ("webhook",)
+    assert seen == ["POST"]  # not followed (and not tried again: a redirect is not an outage)
