@@ -361,15 +361,16 @@ class Lake:
                 found.append(Partition(int(rel[0][5:]), int(rel[1][6:])))
         return sorted(found)
 
-    def files(self, table: str, part: Partition, *, verify: bool = False) -> list[str]:
-        """The data files a partition's manifest lists, as filesystem paths.
+    def files(self, table: str, part: Partition, *, verify: bool = False, manifest: Manifest | None = None) -> list[str]:
+        """The data files a partition's manifest lists (``manifest``: one read already, so the files are of the build
+        it names, not of one published since), as filesystem paths.
 
         ``verify`` checks each file's size and content checksum against the manifest (CRC32C: GCS's own
         value for the stored object on ``gs://``, computed over the bytes on ``file://``) and raises
         :class:`CorruptFileError` naming the file; it moves nothing (the quality gate, which owns the
         alert, quarantines the partition).
         """
-        manifest = self.read_manifest(table, part)
+        manifest = manifest or self.read_manifest(table, part)
         paths = self._data_paths(table, part, manifest)
         if verify:
             for entry, path in zip(manifest.files, paths, strict=True):

@@ -99,6 +99,7 @@ def score_partition(
     *,
     run_id: str | None = None,
     timeout_s: float | None = None,
+    features_data_dir: str | None = None,
 ) -> int:
     """Score ``part`` of ``settings.storage.features_table`` with ``model_ref`` on Spark and publish the scores
     partition (``settings.storage.scores_table``) atomically; returns the rows published.
@@ -108,6 +109,9 @@ def score_partition(
     failure :class:`ScoringJobError` (or :class:`tenfold.serving.loading.ServingLoadError` for a model
     that cannot be resolved) is raised and the visible scores partition is left as it was. Local only: in dev
     and prod it refuses, naming the setting that sends the partition through Pub/Sub instead.
+
+    ``features_data_dir``: the features build the run planned (its content-addressed folder); the job scores that
+    build or refuses, never a build published again meanwhile (scored, and recorded as the planned one).
     """
     from tenfold.features.submit import SparkJobError, run_submit, submit_prefix
     from tenfold.serving.loading import resolve_and_download
@@ -126,11 +130,15 @@ def score_partition(
                               f"for {part.label} before scoring it")
     run_id = run_id or f"spark-{uuid.uuid4().hex[:12]}"
     extra = manifest_extra(lake, st.features_table, part, version)  # the features as the job will read them
+    if features_data_dir is not None and extra["features_data_dir"] != features_data_dir:
+        raise ScoringJobError(republished(st.features_table, part, features_data_dir, str(extra["features_data_dir"])),
+                              retryable=False)
     staged = lake.uri_of(lake.staging_path(st.scores_table, part, f"spark-{uuid.uuid4().hex[:12]}"))
     cmd = [
         *submit_prefix(settings),
         str(_project_root() / JOB_FILE),
         *job_args(settings, part, staged, model_dir=model_dir, version=version),
+        *(["--features-data-dir", features_data_dir] if features_data_dir is not None else []),
     ]
     # The same bound as the Pub/Sub path's wait for its results.
     limit = float(settings.inference.wait_timeout_s) if timeout_s is None else timeout_s
@@ -186,6 +194,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scores-table", default=SCORES_TABLE, help="with --publish: the table (default %(default)s)")
     p.add_argument("--publish", action="store_true", help="also publish the output as the scores partition")
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
+    p.add_argument("--features-data-dir", default=None,
+                   help="score this build of the partition (its manifest's data folder) or refuse (exit 2)")
     return p.parse_args(argv)
 
 
@@ -235,9 +245,15 @@ def _scorer(model_file: str, version: str, columns: list[str], input_schema: pa.
     return score
 
 
-def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContract) -> tuple[list[str], int]:
-    """The partition's published files (sizes checked) and its rows; refuses another feature definition."""
-    from tenfold.features.job import input_uris as files_of
+def republished(table: str, part: Partition, planned: str, now: str) -> str:
+    return (f"{table} {part.label} was re-published since this run planned (data {planned} -> {now}): trigger a new "
+            "batch_inference run for the month")
+
+
+def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContract,
+               data_dir: str | None = None) -> tuple[list[str], int]:
+    """The partition's published files (checked) and its rows, all of one manifest read once; refuses another
+    feature definition, and a build other than ``data_dir`` when given (the one the run planned)."""
     from tenfold.workloads import VERSION_KEY
 
     manifest = lake.read_manifest(table, part)
@@ -245,7 +261,10 @@ def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContrac
     if built_with != contract.version:
         raise LakeError(f"{table} {part.label} was built by feature definition version {built_with}, but the model's "
                         f"workload reads version {contract.version}: rebuild {part.label} with build_features")
-    return files_of(lake, table, [part]), manifest.rows
+    if data_dir is not None and manifest.data_dir != data_dir:
+        raise LakeError(republished(table, part, data_dir, manifest.data_dir))
+    paths = lake.files(table, part, verify=True, manifest=manifest)  # that build's files, not a newer one's
+    return [lake.uri_of(path) for path in paths], manifest.rows
 
 
 def check_workload(workload: Workload, spec: str, model_version: str) -> None:
@@ -273,7 +292,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     check_workload(workload, args.workload, args.model_version)
     contract = workload.contract
     lake = Lake(args.lake_uri)
-    uris, expected_rows = input_uris(lake, args.features_table, part, contract)
+    uris, expected_rows = input_uris(lake, args.features_table, part, contract, args.features_data_dir)
     extra = manifest_extra(lake, args.features_table, part, args.model_version)
 
     keys = list(contract.key_columns)

@@ -267,7 +267,7 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
         from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
 
         _check_unchanged(settings, r)  # as the Pub/Sub path does: never score other features than were planned
-        written = spark.score_partition(settings, r.model_version, r.partition)
+        written = spark.score_partition(settings, r.model_version, r.partition, features_data_dir=r.features_data_dir)
         return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
     ids = expected_ids(r.run_key, r.month, r.requests)
     say = say or log.info
@@ -313,6 +313,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     if r.path == "spark":
         s = Scored.from_xcom(scored) if scored is not None else None
         manifest = lake.read_manifest(table, r.partition)
+        if (made_from := manifest.extra.get("features_data_dir")) != r.features_data_dir:
+            raise PipelineError(f"the scores of {r.month} were made from features {made_from}, but this run planned "
+                                f"{r.features_data_dir}: trigger a new batch_inference run for the month")
         if manifest.rows != r.rows or (s is not None and s.rows_written != r.rows):
             raise PipelineError(f"the Spark path scored {manifest.rows} rows of {r.month}, the partition holds {r.rows}: "
                                 "the invariant (count in = count out) does not hold; clear this month's publish_results task, or "

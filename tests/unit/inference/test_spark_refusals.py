@@ -41,6 +41,34 @@ def test_a_job_that_refused_its_input_fails_the_task_at_once_and_a_crash_is_retr
         run_step(spark.score_partition, scoring, "v1", PART)
 
 
+def test_a_features_build_published_again_since_the_run_planned_is_never_scored(
+        scoring: Settings, lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job read the manifest again and scored whatever build was published then, and the launcher recorded the
+    planned one: scores of other features, labelled as the planned ones. The planned build is passed and pinned."""
+    from tenfold.workloads.flights.contract import CONTRACT
+
+    planned = lake.read_manifest(scoring.storage.features_table, PART).data_dir
+    sent: list[list[str]] = []
+
+    def spark_submit(cmd: list[str], what: str, **_: object) -> str:  # records the job's command, runs none
+        sent.append(cmd)
+        raise submit.SparkJobError(f"{what} failed (exit 1)", 1, "")
+
+    monkeypatch.setattr(submit, "run_submit", spark_submit)
+    with pytest.raises(spark.ScoringJobError, match="failed"):
+        spark.score_partition(scoring, "v1", PART, features_data_dir=planned)
+    assert sent[0][sent[0].index("--features-data-dir") + 1] == planned  # the job scores that build or refuses
+    uris, rows = spark.input_uris(lake, scoring.storage.features_table, PART, CONTRACT, planned)
+    assert rows == 10 and all(f"/{planned}/" in uri for uri in uris)
+
+    publish_synthetic_features(lake, [PART], 12)  # the month published again, another build
+    with pytest.raises(spark.LakeError, match="re-published since this run planned"):
+        spark.input_uris(lake, scoring.storage.features_table, PART, CONTRACT, planned)
+    with pytest.raises(spark.ScoringJobError, match="re-published since this run planned") as raised:
+        spark.score_partition(scoring, "v1", PART, features_data_dir=planned)
+    assert raised.value.retryable is False and len(sent) == 1  # refused before any job ran
+
+
 def test_an_unpublished_partition_and_the_cloud_are_refused_without_retries(scoring: Settings) -> None:
     with pytest.raises(AirflowFailException, match=r"not published.*run build_features for 2013-07"):
         run_step(spark.score_partition, scoring, "v1", PART.next())
