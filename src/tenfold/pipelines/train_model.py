@@ -48,7 +48,7 @@ from tenfold.model_files import (
     unsafe_relative_path,
 )
 from tenfold.monitoring.profile import ensure_profile
-from tenfold.pipelines.common import PipelineError, RunState, run_key, run_main
+from tenfold.pipelines.common import PipelineError, RunState, run_conf, run_key, run_main
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -204,10 +204,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     drifted one, when it is the newest) and the gate judges it, against the champion, on that month."""
     from tenfold.training.config import TrainConfig
 
-    conf = dict(conf or {})
-    unknown = sorted(set(conf) - set(CONF_KEYS))
-    if unknown:
-        raise PipelineError(f"unknown run conf keys {unknown}: use {', '.join(CONF_KEYS)}")
+    conf = run_conf(conf, CONF_KEYS)
     t = settings.training
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table

@@ -10,7 +10,7 @@ from tenfold.pipelines.common import PipelineError, PipelineInputError
 
 
 def test_unknown_conf_keys_and_bad_months_are_refused(settings) -> None:
-    with pytest.raises(PipelineInputError, match=r"unknown run conf keys \['monht'\]: use month, version"):
+    with pytest.raises(PipelineInputError, match=r"unknown run conf keys \['monht'\]: use any of \['month', 'version'\]"):
         pipeline.plan(settings, "r1", {"monht": "2013-07"})
     with pytest.raises(PipelineInputError, match="run conf month"):
         pipeline.plan(settings, "r1", {"month": "2013-13"})

@@ -49,6 +49,18 @@ def test_staging_is_keyed_on_run_and_month(settings):
     assert ":" not in a.staging_uri.removeprefix("file://")  # Hadoop paths reject ':'
 
 
+def test_a_run_conf_key_other_than_month_is_refused(settings):
+    """{"moth": "2013-05"} on a run at logical date 2013-02-01 built February and ended green: the only key read was
+    the param month, and Airflow merges unknown conf keys into the params without a word."""
+    from tenfold.pipelines.common import PipelineInputError
+
+    with pytest.raises(PipelineInputError, match=r"unknown run conf keys \['moth'\]: use any of \['month'\]"):
+        pipeline.plan(settings, dag_id="d", run_id="r", logical_date=dt.datetime(2013, 2, 1, tzinfo=dt.UTC), month=None,
+                      conf={"moth": "2013-05"})
+    run = pipeline.plan(settings, dag_id="d", run_id="r", logical_date=None, month="2013-05", conf={"month": "2013-05"})
+    assert run.month == "2013-05"
+
+
 def test_a_month_outside_the_pipeline_is_refused_before_any_work(settings, lake):
     run = pipeline.plan(settings, dag_id="d", run_id="r", logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), month=None)
     with pytest.raises(ValueError, match=r"2026-11 is outside this pipeline's months \(2013-01 to 2013-12\)"):
