@@ -72,3 +72,13 @@ def test_new_bounds_apply_at_once() -> None:
     assert scaler.decide(1.0, 8.0, 4) == 2
     with pytest.raises(ValueError, match="at least its min"):
         scaler.set_bounds(3, 2)
+
+
+def test_a_max_lowered_then_raised_does_not_scale_out_without_load() -> None:
+    """The window still held the old peak: with the max raised again, 'scaling in' to that peak grew an idle pool
+    from 2 back to 4."""
+    scaler = _scaler(window=60.0)
+    assert scaler.decide(0.0, 8.0, 1) == 4
+    scaler.set_bounds(1, 2)
+    scaler.set_bounds(1, 4)
+    assert scaler.decide(2.0, 0.0, 2) == 2  # idle: stays, never more than it is

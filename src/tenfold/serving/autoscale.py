@@ -65,5 +65,6 @@ class Autoscaler:
             self._history.popleft()
         if raw >= current:
             return raw  # out (or steady) at once
-        # In only to the peak of the window: the load must have stayed low for all of it.
-        return max(self.low, min(self.high, max(n for _, n in self._history)))
+        # In only to the peak of the window: the load must have stayed low for all of it. Never above ``current``:
+        # a peak from before a lowered max would otherwise grow an idle pool once the max is raised again.
+        return max(self.low, min(self.high, current, max(n for _, n in self._history)))

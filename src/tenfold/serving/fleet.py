@@ -625,8 +625,10 @@ class Supervisor:
                 if self.start_replica(pool, version, fault, lookups) is None:
                     break
         elif len(active) > n:
-            # Starting ones first (they serve nobody yet), then the youngest.
-            surplus = sorted(active, key=lambda r: (r.state != STARTING, -r.record.create_time))[: len(active) - n]
+            # Starting ones first (they serve nobody yet), then those HAProxy has not UP (the youngest went first,
+            # whatever HAProxy said: the only replica UP was drained, beside one DOWN), then the youngest.
+            surplus = sorted(active, key=lambda r: (r.state != STARTING, _lb_up(r), -r.record.create_time))[
+                : len(active) - n]
             for r in surplus:
                 self.drain(r, f"scaling in to {n}")
 

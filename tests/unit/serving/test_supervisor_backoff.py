@@ -554,3 +554,25 @@ def test_a_canary_pool_with_users_routed_to_it_keeps_a_replica_at_min_0(tmp_path
         assert sup.desired["canary"] == (1 if share else 0)
     finally:
         sup.shutdown()
+
+
+def test_scaling_in_drains_a_replica_haproxy_has_down_before_one_that_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The youngest went first, whatever HAProxy said: with the older replica DOWN (a stalled model call: readiness
+    503, still SERVING until its restart is due), scaling in to one drained the only replica UP, and the pool served
+    nobody until the DOWN one was restarted and loaded again."""
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    try:
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 2, 15, "the pool up")
+        # The one age alone would drain (the youngest; the first of a tie) serves; the other is DOWN.
+        younger, older = sorted(sup.pool_replicas("stable", fleet.SERVING), key=lambda r: -r.record.create_time)
+        sup.api.slots[("stable", older.server)] = "DOWN"
+        spec = fleet.FleetSpec(sup.spec.generation + 1, {**sup.spec.pools, "stable": fleet.PoolSpec("v1", 1, 1)})
+        (sup.run_dir / fleet.SPEC_FILE).write_text(spec.to_json())
+        sup._spec_mtime = 0.0
+        sup.tick()
+        assert younger.state == fleet.SERVING and sup.api.slots[("stable", younger.server)] == "UP"
+        assert older.state != fleet.SERVING, "\n".join(sup.lines)
+    finally:
+        sup.shutdown()
