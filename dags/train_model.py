@@ -6,7 +6,8 @@ docs/drift.md) *and* weekly (``settings.training.retrain_cron``, the baseline), 
 triggers ``monitor_drift``, not this DAG.
 
 **Tasks** (logic in ``tenfold.pipelines.train_model``; a bad run conf or an unpublished month fails at once,
-anything else is retried as ``settings.pipelines.train_model`` says; every failure alerts):
+anything else is retried as ``settings.pipelines.train_model`` says, the ``train`` task as
+``settings.training.task_retries`` says (once: a try can take hours); every failure alerts):
 
 1. ``plan``: the time-based split and the training config. By default the split rolls with the data:
    the newest published months are the holdout (``settings.training.holdout_window``) and up to
@@ -71,7 +72,7 @@ def train_model() -> None:
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {},
                         drifted=pipeline.drifted_months(context, DRIFT.uri)).to_xcom()
 
-    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)), retries=1)
+    @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)), retries=settings.training.task_retries)
     def train(planned: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import train_model as pipeline
 

@@ -73,6 +73,9 @@ print("DAGBAG-JSON" + json.dumps({"envs": out, "heavy_modules": heavy}))
 """
 
 
+TRAIN_TASK_RETRIES = 3
+
+
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("airflow-home")
@@ -82,6 +85,8 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "TENFOLD_HOME": str(home / "tenfold"),
+        # Not the default (1): the train task's retries must come from this setting (they were a literal 1).
+        "TENFOLD_TRAINING__TASK_RETRIES": str(TRAIN_TASK_RETRIES),
     }
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(DAGS), *ENVIRONMENTS],
@@ -139,6 +144,10 @@ def test_every_task_is_bound_by_its_settings(dagbag):
         if dag_id == "train_model":  # the train task follows the training bounds (torchrun's, the group's)
             expected["train"] = float(task_timeout_s(settings, dag_id))
         assert d["timeouts"] == expected, f"{env}:{dag_id}"
+        retries = {t: settings.pipelines.dag(dag_id).retries for t in d["task_retries"]}
+        if dag_id == "train_model":  # a try can take hours: its own setting
+            retries["train"] = TRAIN_TASK_RETRIES
+        assert d["task_retries"] == retries, f"{env}:{dag_id}"
 
 
 def test_parsing_dags_imports_nothing_heavy(dagbag):

@@ -291,6 +291,9 @@ class TrainingSettings(_Frozen):
     # Multi-node c10d rendezvous host (the first training VM); None with nnodes == 1 (a file rendezvous on the machine).
     rdzv_host: str | None = None
     max_restarts: int = Field(default=1, ge=0)
+    # train_model's train task's own Airflow retries (not settings.pipelines.train_model.retries: one try can take up
+    # to the job's bound on the GPU group); a retry resumes from the newest checkpoint.
+    task_retries: int = Field(default=1, ge=0)
     checkpoint_every: int = Field(default=50, ge=1)
     keep_checkpoints: int = Field(default=3, ge=0)
     # Bounds so a training job never hangs: the whole torchrun job, and each collective/store wait.
