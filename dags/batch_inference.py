@@ -9,8 +9,9 @@ once, anything else is retried as ``settings.pipelines.batch_inference`` says; e
 1. ``months``: the months to score. The run conf's ``month``; else the months the triggering events name
    (``months_to_score``): the newest, and every other one later than the newest month already scored. Events
    that arrived while a run was active all come to the next run, and it scores each of them. A first run's
-   backlog (nothing scored yet) and rebuilt or backfilled older months are not scored: the log names them
-   with the run conf that does.
+   backlog (nothing scored yet), rebuilt or backfilled older months, and a month whose event came again with
+   the build its scores were made from by the same model version are not scored: the log names them with the
+   run conf that does.
 2. ``score_month``, a task group mapped over those months, one month after another locally:
 
    1. ``plan``: resolves the model (``champion``, or the run conf's ``version``) to one registry version and

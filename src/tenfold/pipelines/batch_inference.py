@@ -119,7 +119,8 @@ def months_to_score(settings: Settings, event_months: Sequence[str], airflow_run
     :func:`~tenfold.pipelines.common.chosen_once`) and a re-run of the task (a cleared run) returns it: chosen again, a month whose publish had failed
     was skipped as "not later than" a month the same run had published meanwhile, and the run ended green without it.
 
-    The newest always. Another month is scored when it is later than the newest month with published scores (so
+    The newest, unless its complete scores are of the features build published now by the model version the run
+    resolves (its event came again: a cleared or re-backfilled build_features run). Another month is scored when it is later than the newest month with published scores (so
     it has none): events held back while an earlier run was active
     (``max_active_runs=1`` gives the next run all of them), which come in month order as a replay or live data
     does. The rest are skipped and named with the run conf that scores them: a first run's backlog (nothing
@@ -160,7 +161,32 @@ def _choose_months(settings: Settings, months: list[str]) -> EventMonths:
 
     score, skipped = split_event_months(months, nothing_done=None if scored else "nothing is scored yet", hint=hint,
                                         left_out=left_out)
+    newest = score[-1]
+    if (why := _scored_already(settings, lake, Partition.parse(newest))) is not None:
+        score.pop()
+        skipped[newest] = f"{why}: {hint % newest}"
     return EventMonths(score=score, skipped=skipped)
+
+
+def _scored_already(settings: Settings, lake: Lake, part: Partition) -> str | None:
+    """Why ``part`` needs no scoring, or None: its scores, complete, are of the features build published now, by the
+    model version the run would resolve. A month's features event comes again with the same build (a cleared or
+    re-backfilled build_features run publishes identical manifests): scoring it again was a whole Pub/Sub round, and
+    its scores were replaced all the same."""
+    from tenfold.inference.scoring import ScoringError, resolve
+
+    features, scores = settings.storage.features_table, settings.storage.scores_table
+    if not (lake.has_manifest(scores, part) and lake.has_manifest(features, part)):
+        return None
+    made = lake.read_manifest(scores, part).extra
+    try:
+        version = resolve(settings, settings.inference.model_ref)
+    except ScoringError:  # plan says what is wrong
+        return None
+    if (made.get("features_data_dir") == lake.read_manifest(features, part).data_dir
+            and made.get("model_version") == version and not made.get("dead_lettered_requests")):
+        return f"its scores are of the features published now, by {version} (its features event came again)"
+    return None
 
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:

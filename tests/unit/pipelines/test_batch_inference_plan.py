@@ -227,9 +227,16 @@ def test_an_event_triggered_run_scores_every_held_back_month_but_not_a_first_run
     run = pipeline.plan(s, "third", {"month": "2013-09"})
     _score(s, run)
     pipeline.publish_results(s, run)
-    # 2013-08 re-published after 09 was scored: a rebuild, not a held-back month
+    # 2013-08 re-published after 09 was scored: a rebuild, not a held-back month; 09's event again (the same build,
+    # scored by the same model version: a cleared or re-backfilled build_features run) is not scored again
     publish_synthetic_features(lake, [Partition(2013, 8)], 60, seed=1)
+    again = pipeline.months_to_score(s, ["2013-08", "2013-09"])
+    assert again.score == [] and "its scores are of the features published now, by v1" in again.skipped["2013-09"]
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v2")  # a new champion: scored again
     assert pipeline.months_to_score(s, ["2013-08", "2013-09"]).score == ["2013-09"]
+    publish_synthetic_features(lake, [Partition(2013, 9)], 40, seed=4)  # or a new build of the month
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    assert pipeline.months_to_score(s, ["2013-09"]).score == ["2013-09"]
     with pytest.raises(pipeline.PipelineInputError, match="YYYY-MM"):
         pipeline.months_to_score(s, ["2013-13", "2013-08"])
 
@@ -254,7 +261,8 @@ def test_a_cleared_run_scores_the_months_it_chose_first_even_after_publishing_a_
     run = pipeline.plan(s, "asset_triggered__x", {"month": "2013-08"})
     _score(s, run)
     pipeline.publish_results(s, run)  # 08 is published; 07's publish failed
-    assert pipeline.months_to_score(s, ["2013-08", "2013-07"]).score == ["2013-08"]  # chosen afresh, 07 is left
+    afresh = pipeline.months_to_score(s, ["2013-08", "2013-07"])  # chosen afresh: 07 is left, 08 scored already
+    assert afresh.score == [] and "not later than 2013-08" in afresh.skipped["2013-07"]
     again = pipeline.months_to_score(s, ["2013-08", "2013-07"], "asset_triggered__x")  # the cleared run
     assert again.score == ["2013-07", "2013-08"] and again.skipped == first.skipped
 
