@@ -38,7 +38,7 @@ class Step(dict):
 
 def months_to_score(settings, events, run_id):
     calls.append(["months_to_score", sorted(events)])
-    return SimpleNamespace(score=["2013-06", "2013-08"], skipped={"2013-07": "scored already"})
+    return SimpleNamespace(score=json.loads(sys.argv[4]), skipped={"2013-07": "scored already"})
 
 
 def plan(settings, run_id, conf):
@@ -89,9 +89,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-def _run(env: dict[str, str], events: list[str], conf: dict[str, str]) -> dict:
+def _run(env: dict[str, str], events: list[str], conf: dict[str, str],
+         score: tuple[str, ...] = ("2013-06", "2013-08")) -> dict:
+    """The DAG run on ``events`` with run conf ``conf``, where months_to_score chooses ``score``."""
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT / "dags" / "batch_inference.py"),
-                           json.dumps(events), json.dumps(conf)], env=env, capture_output=True, text=True,
+                           json.dumps(events), json.dumps(conf), json.dumps(list(score))], env=env,
+                          capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -121,3 +124,12 @@ def test_a_run_conf_month_is_the_one_month_scored_whatever_the_events(env: dict[
     assert run["state"] == "success", run["log"][-6000:]
     assert [c for c in run["calls"] if c[0] in ("months_to_score", "plan")] == [["plan", conf]]
     assert [c[1:] for c in run["calls"] if c[0] == "publish_results"] == [["2013-05", "2013-05"]]
+
+
+def test_a_run_whose_events_name_only_months_scored_already_ends_green_scoring_nothing(env: dict[str, str]) -> None:
+    """A features event that came again with a build scored already: no month to score, and the run is not a
+    failure (its mapped group has nothing to map over)."""
+    run = _run(env, ["2013-07"], {}, score=())
+    assert run["state"] == "success", run["log"][-6000:]
+    assert [c[0] for c in run["calls"]] == ["months_to_score"]
+    assert "WARNING: not scoring 2013-07, whose features event this run received: scored already" in run["log"]
