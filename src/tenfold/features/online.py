@@ -140,10 +140,12 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
     except LakeError as exc:
         raise LookupsUnavailable(f"cannot read {features} {part.label}: {exc}") from exc
     tables = {}
+    checked: dict[str, str] = {}  # each table's build, as checked against the features' record
     for name in contract.lookup_tables:
         table = lookup_table(settings.storage.lookups_table, name)
         try:
             manifest = lake.read_manifest(table, part)
+            checked[table] = manifest.data_dir
             if isinstance(built, dict) and built.get(name) != manifest.data_dir:
                 raise MismatchedLookups(
                     f"{table} {part.label} is of another build ({manifest.data_dir}) than the month's published "
@@ -160,6 +162,17 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
             tables[name] = lake.read_table(table, [part])
         except LakeError as exc:
             raise LookupsUnavailable(f"cannot read {table} {part.label}: {exc}") from exc
+    # Each read follows a publish that lands meanwhile (it reads the manifest again): a month being published read
+    # one table of the new build beside another of the old one, features matching neither build, for the replica's
+    # life. Read again, every build must be the one checked; if not, the load fails and is tried again whole.
+    try:
+        moved = [table for table, data_dir in checked.items() if lake.read_manifest(table, part).data_dir != data_dir]
+        again = lake.read_manifest(features, part).extra.get(LOOKUPS_KEY) if lake.has_manifest(features, part) else None
+    except LakeError as exc:
+        raise LookupsUnavailable(f"cannot read {part.label}'s manifests again: {exc}") from exc
+    if moved or again != built:
+        raise LookupsUnavailable(f"{part.label} was published again while its lookup tables were read "
+                                 f"({', '.join(moved) or features}): the load is tried again")
     return tables
 
 

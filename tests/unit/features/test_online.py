@@ -125,3 +125,29 @@ def test_a_month_with_a_corrupt_lookups_file_is_left_out_and_the_others_served_o
     [jan] = synthetic_requests(JAN, 1)
     with pytest.raises(RequestInvalid, match=r"no features are served for 2013-01: this server's lookups cover 2013-02"):
         online.check(WORKLOAD.request_model.model_validate(jan))
+
+
+def test_a_month_published_again_while_its_lookups_are_read_fails_the_load_not_a_mix_of_builds(
+        settings: Settings, lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each table's read followed a publish that landed meanwhile: a replica starting then served one table of the
+    new build beside another of the old, features matching neither, for its whole life."""
+    from tenfold.features import online
+
+    publish_month(settings, lake, JAN)
+    real_read = Lake.read_table
+    republished: list[str] = []
+
+    def read_during_a_publish(self: Lake, table: str, parts: list[Partition], **kwargs: object):  # type: ignore[no-untyped-def]
+        if not republished and table.endswith("_weather"):  # published again as the weather table is read
+            republished.append(table)
+            publish_synthetic_lookups(lake, [JAN], seed=7, prefix=settings.storage.lookups_table)
+        return real_read(self, table, parts, **kwargs)
+
+    monkeypatch.setattr(Lake, "read_table", read_during_a_publish)
+    with pytest.raises(LookupsUnavailable, match="2013-01 was published again while its lookup tables were read"):
+        online.read_month_lookups(settings, WORKLOAD, lake, JAN)
+    monkeypatch.setattr(Lake, "read_table", real_read)
+    again = online.read_month_lookups(settings, WORKLOAD, lake, JAN)  # tried again: one build, the new one
+    assert set(again) == set(CONTRACT.lookup_tables)
+    for name, table in again.items():
+        assert table.equals(real_read(lake, lookup_table(settings.storage.lookups_table, name), [JAN]))
