@@ -40,7 +40,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+
+try:  # the Task SDK exports the timetables from Airflow 3.2; Composer images of 3.1 have them in core only
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[assignment]
 
 from tenfold.config import get_settings
 from tenfold.pipelines.common import date_range, default_args, run_step

@@ -39,7 +39,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import Asset, dag, task
+
+try:  # the Task SDK exports the timetables from Airflow 3.2; Composer images of 3.1 have them in core only
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.timetables.assets import AssetOrTimeSchedule  # type: ignore[assignment]
+    from airflow.timetables.trigger import CronTriggerTimetable  # type: ignore[assignment]
 
 from tenfold.config import get_settings
 from tenfold.pipelines.common import default_args, run_step, task_timeout_s

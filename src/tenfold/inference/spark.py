@@ -169,10 +169,12 @@ def job_args(settings: Settings, part: Partition, output: str, *, model_dir: Pat
             "--features-table", st.features_table, "--scores-table", st.scores_table]
 
 
-def manifest_extra(lake: Lake, features_table: str, part: Partition, version: str) -> dict[str, object]:
+def manifest_extra(lake: Lake, features_table: str, part: Partition, version: str,
+                   features: Manifest | None = None) -> dict[str, object]:
     """What a scores manifest records: the model version and the features partition it scored (by its
-    content-addressed folder), so a rerun on the same inputs publishes the same manifest."""
-    features = lake.read_manifest(features_table, part)
+    content-addressed folder: ``features``, the manifest the scores were read by, else the one published now),
+    so a rerun on the same inputs publishes the same manifest."""
+    features = features or lake.read_manifest(features_table, part)
     return {MODEL_VERSION: version, "features_table": features_table, "features_data_dir": features.data_dir,
             "scored_by": "spark"}
 
@@ -251,8 +253,8 @@ def republished(table: str, part: Partition, planned: str, now: str) -> str:
 
 
 def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContract,
-               data_dir: str | None = None) -> tuple[list[str], int]:
-    """The partition's published files (checked) and its rows, all of one manifest read once; refuses another
+               data_dir: str | None = None) -> tuple[list[str], Manifest]:
+    """The partition's published files (checked) and the one manifest they are of, read once; refuses another
     feature definition, and a build other than ``data_dir`` when given (the one the run planned)."""
     from tenfold.workloads import VERSION_KEY
 
@@ -264,7 +266,7 @@ def input_uris(lake: Lake, table: str, part: Partition, contract: FeatureContrac
     if data_dir is not None and manifest.data_dir != data_dir:
         raise LakeError(republished(table, part, data_dir, manifest.data_dir))
     paths = lake.files(table, part, verify=True, manifest=manifest)  # that build's files, not a newer one's
-    return [lake.uri_of(path) for path in paths], manifest.rows
+    return [lake.uri_of(path) for path in paths], manifest
 
 
 def check_workload(workload: Workload, spec: str, model_version: str) -> None:
@@ -292,8 +294,10 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     check_workload(workload, args.workload, args.model_version)
     contract = workload.contract
     lake = Lake(args.lake_uri)
-    uris, expected_rows = input_uris(lake, args.features_table, part, contract, args.features_data_dir)
-    extra = manifest_extra(lake, args.features_table, part, args.model_version)
+    uris, read = input_uris(lake, args.features_table, part, contract, args.features_data_dir)
+    expected_rows = read.rows
+    # The build the files are of (read again, a build published meanwhile would be recorded for these scores).
+    extra = manifest_extra(lake, args.features_table, part, args.model_version, read)
 
     keys = list(contract.key_columns)
     pre = loaded.preprocessor

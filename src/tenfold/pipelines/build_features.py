@@ -107,8 +107,9 @@ class SourceRefused(PipelineError):
 def partition_for(logical_date: dt.datetime | dt.date | None, month: str | None = None) -> Partition:
     """The month a run builds: the ``month`` param (``YYYY-MM``) when given, else the logical date's month.
 
-    The DAG runs on the first of each month, so the run at logical date ``2013-02-01`` (``airflow dags
-    test build_features 2013-02-01``, or a backfill from 2013-01-01) builds February.
+    A month's scheduled run has the month's first day as its logical date (its data interval; the run is due once
+    the month is over), so the run at logical date ``2013-02-01`` (``airflow dags test build_features
+    2013-02-01``, a backfill from 2013-01-01, or a trigger at that logical date) builds February.
     """
     if month:
         try:

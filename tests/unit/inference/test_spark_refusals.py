@@ -58,8 +58,8 @@ def test_a_features_build_published_again_since_the_run_planned_is_never_scored(
     with pytest.raises(spark.ScoringJobError, match="failed"):
         spark.score_partition(scoring, "v1", PART, features_data_dir=planned)
     assert sent[0][sent[0].index("--features-data-dir") + 1] == planned  # the job scores that build or refuses
-    uris, rows = spark.input_uris(lake, scoring.storage.features_table, PART, CONTRACT, planned)
-    assert rows == 10 and all(f"/{planned}/" in uri for uri in uris)
+    uris, read = spark.input_uris(lake, scoring.storage.features_table, PART, CONTRACT, planned)
+    assert read.rows == 10 and read.data_dir == planned and all(f"/{planned}/" in uri for uri in uris)
 
     publish_synthetic_features(lake, [PART], 12)  # the month published again, another build
     with pytest.raises(spark.LakeError, match="re-published since this run planned"):
