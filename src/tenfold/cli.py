@@ -27,7 +27,7 @@ class _Guarded(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except Exception as exc:  # click's own exits (usage errors, typer.Exit) are SystemExit: not caught here
-            if os.environ.get("TENFOLD_DEBUG"):
+            if os.environ.get("TENFOLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):  # not "0"
                 raise
             from tenfold.outages import ending
 

@@ -98,10 +98,18 @@ class JobArgumentParser(argparse.ArgumentParser):
                                f"{message}\n")
 
 
+def month_arg(text: str) -> Partition:
+    """A job's ``--month``: argparse said only "invalid parse value" of :meth:`Partition.parse`'s own reason."""
+    try:
+        return Partition.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = JobArgumentParser(prog="build_features", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
-    p.add_argument("--month", required=True, type=Partition.parse, help="the month to build, YYYY-MM")
+    p.add_argument("--month", required=True, type=month_arg, help="the month to build, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI to write the Parquet file to (overwritten)")
     p.add_argument("--publish", action="store_true", help="also publish the output as the features partition")
     p.add_argument("--workload", default=DEFAULT_WORKLOAD,
@@ -432,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LakeError as exc:
         print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # the lake itself cannot be read (not a folder, no permission, no credentials)
+        print(f"build_features: cannot read the lake {args.lake_uri}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
     from pyspark.sql import SparkSession
 

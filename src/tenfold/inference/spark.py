@@ -182,11 +182,11 @@ def manifest_extra(lake: Lake, features_table: str, part: Partition, version: st
 # --- the job (runs in the spark-submit driver, and its functions in the executors' Python workers) ---------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from tenfold.features.job import JobArgumentParser
+    from tenfold.features.job import JobArgumentParser, month_arg
 
     p = JobArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
-    p.add_argument("--month", required=True, type=Partition.parse, help="the features partition to score, YYYY-MM")
+    p.add_argument("--month", required=True, type=month_arg, help="the features partition to score, YYYY-MM")
     p.add_argument("--output", required=True, help="staging URI the scores file is written to (emptied first)")
     p.add_argument("--model-dir", required=True, type=Path, help="a model folder (a registry version, downloaded)")
     p.add_argument("--model-version", required=True, help="the registry version of --model-dir (written in every row)")

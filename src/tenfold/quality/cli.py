@@ -31,7 +31,9 @@ def check(
     month: str = typer.Option(..., help="the partition, YYYY-MM"),
     suite: str | None = typer.Option(None, help="suite name in the workload's suite folder; default: the table's suite"),
 ) -> None:
-    """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs."""
+    """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs.
+
+    Exit 0: the suite passed; 1: it failed, or the check could not run (the last line says which); 2: bad usage."""
     from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.quality.gate import read_batch, run_suite, to_frame
     from tenfold.quality.suites import SuiteError
@@ -49,9 +51,11 @@ def check(
     except KeyError as exc:
         typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(suites)})", err=True)
         raise typer.Exit(2) from exc
-    except (ValueError, LakeError, SuiteError, OSError) as exc:
+    except (ValueError, LakeError, SuiteError) as exc:  # bad usage, or a partition that is not there or intact
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # An OSError (a TENFOLD_HOME under a file, a full disk, no permission) is no usage error: it ends as every
+    # command's does (exit 1, one line naming what the system refused and what to do).
     typer.echo(report.summary())
     typer.echo(f"Data Docs: {report.data_docs}")
     if not report.success:

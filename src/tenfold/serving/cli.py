@@ -5,7 +5,7 @@ Run ``tenfold serve --help``. The commands:
 * ``tenfold serve up [--model champion] [--canary-model REF]``: HAProxy on ``settings.local.lb_port``
   and each pool's minimum of replicas, supervised (dead ones replaced, pools autoscaled);
 * ``tenfold serve status [--json]``: the supervisor, HAProxy and each replica by its own health check,
-  the split and the bearer token; exit 3 when something is not healthy;
+  the split and where the bearer token is (`tenfold status` prints it); exit 3 when something is not healthy;
 * ``tenfold serve rollout --model REF [--pool stable|canary]``: restart a pool's replicas one at a
   time on another version, with no failed request;
 * ``tenfold serve scale --pool stable|canary (--replicas N | --min N --max M)``: the autoscaler's bounds;
@@ -85,11 +85,15 @@ def down() -> None:
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False) -> None:
-    """Each part of the fleet by its own health check, the split and the token; exit 3 unless healthy."""
+    """Each part of the fleet by its own health check, the split, and where the token is; exit 3 unless healthy.
+
+    The token itself is not printed: `tenfold status` is the one command that shows the secrets."""
     from tenfold.serving import fleet
 
     rep = fleet.report(get_settings())
-    typer.echo(json.dumps(asdict(rep), indent=2) if as_json else fleet.describe(rep, secrets=True))
+    body = asdict(rep)
+    body.pop("token")  # only whether it is usable (token_error) and where it is (token_path)
+    typer.echo(json.dumps(body, indent=2) if as_json else fleet.describe(rep))
     if not rep.healthy:
         raise typer.Exit(3)
 

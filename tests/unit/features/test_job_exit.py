@@ -3,6 +3,7 @@ one of its inputs, never for a failure of its own output that happens to name a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -131,3 +132,21 @@ def test_arguments_the_job_refuses_are_not_taken_for_a_bad_input(argv: list[str]
     with pytest.raises(SystemExit) as ended:
         scoring.parse_args(["--lake-uri", LAKE, "--month", "2013-13"])
     assert ended.value.code == scoring.EXIT_FAILED
+
+
+def test_a_bad_month_argument_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse put "invalid parse value: '2013-13'" in place of Partition.parse's own reason."""
+    with pytest.raises(SystemExit):
+        job.main(["--lake-uri", LAKE, "--month", "2013-13", "--output", OUTPUT])
+    assert "'2013-13' is not a month: use YYYY-MM" in capsys.readouterr().err
+
+
+def test_a_lake_that_cannot_be_read_is_one_line_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lake URI under a regular file (or without permission, or credentials) raised NotADirectoryError through
+    main: a raw traceback, where only LakeError was caught."""
+    (tmp_path / "file").write_text("x")
+    code = job.main(["--lake-uri", str(tmp_path / "file"), "--month", FEB.label, "--output", OUTPUT])
+    err = capsys.readouterr().err
+    assert code == job.EXIT_FAILED and f"build_features: cannot read the lake {tmp_path / 'file'}" in err
+    assert "Traceback" not in err

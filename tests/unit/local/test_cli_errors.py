@@ -201,6 +201,10 @@ def test_an_error_no_command_foresaw_ends_with_one_line_and_debug_shows_the_trac
     assert capsys.readouterr().err.strip() == ("error: `tenfold fault` failed on a fault in the code (KeyError: "
                                                "'pools'); run it again with TENFOLD_DEBUG=1 for the traceback, and "
                                                "report it")
+    monkeypatch.setenv("TENFOLD_DEBUG", "0")  # off, as it reads: it turned the tracebacks on
+    with pytest.raises(SystemExit):
+        guarded(["fault"])
+    assert "failed on a fault in the code" in capsys.readouterr().err
     monkeypatch.setenv("TENFOLD_DEBUG", "1")
     with pytest.raises(KeyError):
         guarded(["fault"])

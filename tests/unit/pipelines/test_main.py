@@ -15,7 +15,7 @@ import pytest
 
 from tenfold.config import Settings, build_settings
 from tenfold.local import free_ports
-from tenfold.pipelines.common import PipelineError, run_main
+from tenfold.pipelines.common import PipelineError, run_conf, run_main
 
 PIPELINES = ("build_features", "train_model", "batch_inference", "monitor_drift", "rollout_model")
 
@@ -125,6 +125,13 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
     assert _main(tmp_path, monkeypatch, refused) == 1
     assert capsys.readouterr().err.strip() == ("error: `python -m tenfold.pipelines.demo_dag`: features partition "
                                                "2013-07 is not published: run build_features first")
+
+    def asked_wrongly(settings: Settings, args: argparse.Namespace) -> int:  # a conf key or month the DAG refuses
+        run_conf({"moth": "2013-07"}, ("month",))
+        return 0
+
+    assert _main(tmp_path, monkeypatch, asked_wrongly) == 2  # bad usage, as a malformed --conf (it exited 1)
+    assert capsys.readouterr().err.strip().endswith("unknown run conf keys ['moth']: use any of ['month']")
 
     def unwritable(settings: Settings, args: argparse.Namespace) -> int:
         (tmp_path / "file").write_text("x")

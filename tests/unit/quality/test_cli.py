@@ -37,3 +37,21 @@ def test_check_reports_without_side_effects(settings, lake, stage, alerts, monke
     docs = runner.invoke(app, ["quality", "docs"])
     assert docs.output.strip() == f"{settings.local.home / 'data_docs'}/index.html"
 
+
+
+def test_a_home_that_cannot_be_read_is_not_bad_usage(tmp_path):
+    """TENFOLD_HOME under a regular file: exit 2 ("bad usage") with the raw OSError text, where every other command
+    says what the system refused and to choose another TENFOLD_HOME (exit 1)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "file").write_text("x")
+    env = {**os.environ, "TENFOLD_HOME": str(tmp_path / "file" / "home"), "TENFOLD_ENV": "local"}
+    env.pop("TENFOLD_DEBUG", None)
+    tenfold = str(Path(sys.executable).with_name("tenfold"))
+    proc = subprocess.run([tenfold, "quality", "check", "flights", "--month", "2013-01"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "TENFOLD_HOME" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
