@@ -61,6 +61,8 @@ def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
         raise SuiteError(f"{path} is not valid JSON in UTF-8 ({exc}); fix the file") from exc
     if not isinstance(body, dict) or body.get("name") != name or not isinstance(body.get("expectations"), list):
         raise SuiteError(f"{path}: a suite needs \"name\": {name!r} and a list of \"expectations\"")
+    if not body["expectations"]:  # GX passes every batch against none ("all 0 expectations passed"): a gate of nothing
+        raise SuiteError(f"{path}: the suite has no expectations, so it would pass every batch; restore them")
     known = sorted(partition_parameters(Partition(2000, 1)))
     for n, exp in enumerate(body["expectations"]):
         if not isinstance(exp, dict) or not str(exp.get("type", "")).startswith("expect_") or not isinstance(exp.get("kwargs"), dict):

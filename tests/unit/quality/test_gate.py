@@ -52,6 +52,29 @@ def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
     assert alerts() == []
 
 
+@pytest.mark.parametrize("column", ["distance", "sched_block_minutes", "plane_age", "dewp", "pressure"])
+def test_a_numeric_feature_a_broken_join_left_all_null_is_refused(settings, stage, alerts, column):
+    """GX counts a check over no values as passed: a column left all null (a join that matched nothing, e.g. the
+    airports' time zones for sched_block_minutes) passed every expectation, and the month was published."""
+    table = synthetic_features(MARCH, 24_000, seed=7)
+    broken = with_column(table, column, pa.nulls(table.num_rows, pa.float64()))
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, stage(broken, MARCH, f"null-{column}"), FEATURES_SUITE)
+    assert f"expect_column_values_to_not_be_null({column})" in caught.value.report.failed_expectations
+
+
+def test_a_negative_block_time_is_refused(settings, stage, alerts):
+    """Arrival minus departure, an overnight arrival wrapped to the next day, is never negative: a transform that
+    lost the wrap passed the range of -1440..1440."""
+    table = synthetic_features(MARCH, 24_000, seed=7)
+    block = table["sched_block_minutes"].to_numpy(zero_copy_only=False).copy()
+    block[:30] = -block[:30] - 1
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, stage(with_column(table, "sched_block_minutes", block),
+                                                                  MARCH, "negative-block"), FEATURES_SUITE)
+    assert "expect_column_values_to_be_between(sched_block_minutes)" in caught.value.report.failed_expectations
+
+
 def test_a_drifted_batch_is_refused_naming_the_expectations(settings, lake, stage, alerts, monkeypatch):
     table = synthetic_features(MARCH, 24_000, seed=7)
     rng = np.random.default_rng(1)

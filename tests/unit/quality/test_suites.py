@@ -68,6 +68,10 @@ def test_a_missing_or_broken_suite_is_named(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({"name": "typo", "expectations": [typo]}))
     with pytest.raises(SuiteError, match=r"typo\.json: expectation #0 .*uses \{\"\$PARAMETER\": 'yeras'\}.*one of .*years"):
         load_suite_dict("typo", root=tmp_path)
+    # No expectations: GX passes every batch against none ("all 0 expectations passed"), a gate of nothing.
+    (tmp_path / "empty.json").write_text(json.dumps({"name": "empty", "expectations": []}))
+    with pytest.raises(SuiteError, match=r"empty\.json: the suite has no expectations"):
+        load_suite_dict("empty", root=tmp_path)
     (tmp_path / "latin.json").write_bytes(b'{"name": "caf\xe9"}')
     with pytest.raises(SuiteError, match=r"latin\.json is not valid JSON in UTF-8"):
         load_suite_dict("latin", root=tmp_path)
