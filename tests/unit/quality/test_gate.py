@@ -448,3 +448,42 @@ def test_a_second_refusal_under_the_same_attempt_killed_before_its_reason_is_fin
     # Cleared again: "already refused", pointing at that second verdict, not the first
     with pytest.raises(AlreadyRefused, match=r"already refused and quarantined at .*/twice-2 \(see"):
         validate_partition(settings, FEATURES_TABLE, MARCH, second, FEATURES_SUITE)
+
+
+def test_a_pass_is_recorded_for_the_content_validated_not_one_published_meanwhile(
+        settings, lake, alerts, january_flights, monkeypatch):
+    """The files were read by one manifest read and the pass recorded by another: a publish in between had the old
+    rows' pass saved under the new content, which the next validation then trusted: the new rows were never
+    checked."""
+    from tenfold.data.lake import Lake
+    from tenfold.quality import gate
+
+    jan = Partition(2013, 1)
+    old, new = january_flights, january_flights.slice(1)  # both a whole month; other bytes
+    publish_table(lake, "flights", jan, old, run_id="old", source=WORKLOAD.sources.name)
+    real_files = Lake.files
+    published: list[str] = []
+
+    def files_then_a_publish(self, table, part, **kwargs):  # type: ignore[no-untyped-def]
+        paths = real_files(self, table, part, **kwargs)
+        if not published:
+            published.append("new")
+            publish_table(lake, "flights", jan, new, run_id="new", source=WORKLOAD.sources.name)
+        return paths
+
+    monkeypatch.setattr(Lake, "files", files_then_a_publish)
+    # The replaced folder stays readable a while (on GCS, until its objects are deleted one by one): kept here.
+    monkeypatch.setattr(Lake, "_collect_garbage", lambda self, table, part, keep: None)
+    rows_checked: list[int] = []
+    real_run_suite = gate.run_suite
+
+    def counting(settings, frame, **kwargs):  # type: ignore[no-untyped-def]
+        rows_checked.append(len(frame))
+        return real_run_suite(settings, frame, **kwargs)
+
+    monkeypatch.setattr(gate, "run_suite", counting)
+    assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v0", docs=False).success
+    assert rows_checked == [old.num_rows]  # the content it read
+    monkeypatch.setattr(Lake, "files", real_files)
+    validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v1", docs=False)
+    assert rows_checked == [old.num_rows, new.num_rows], "the new rows were trusted on the old rows' pass"
