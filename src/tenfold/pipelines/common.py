@@ -262,8 +262,8 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     """``python -m tenfold.pipelines.<dag_id>``: parse ``argv``, read the settings and run ``body`` (every step of the
     DAG in this process), ending with the one line that says what went wrong and what to do, never a traceback.
 
-    Exit codes: ``body``'s own; 2 for a malformed ``--conf`` (it arrives as a dict), a run conf or month the DAG
-    refuses (:class:`PipelineInputError`) or invalid settings; 1 for a step's refusal (a :class:`PipelineError`, or an error whose class says ``retryable = False``), a service that
+    Exit codes: ``body``'s own; 2 for a ``--conf`` that is not a JSON object (it arrives as a dict) or invalid
+    settings; 1 for a step's refusal (of a run conf key or value too: the same refusal a triggered run gets) (a :class:`PipelineError`, or an error whose class says ``retryable = False``), a service that
     cannot be reached (an outage of GCS, Pub/Sub or Cloud Monitoring, a refused connection), or what the system
     refused (a full disk, a path that cannot be written); 130 on Ctrl-C. Anything else is a fault in the code: one
     line naming it, and its traceback with ``--debug``.
@@ -305,10 +305,7 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     except KeyboardInterrupt:
         say("interrupted. Every step is idempotent: run the command again to start a new run")
         return 130
-    except PipelineInputError as exc:  # what the run was asked for (a month, a conf key): bad usage, as a bad --conf
-        say(str(exc))
-        return 2
-    except PipelineError as exc:
+    except PipelineError as exc:  # a refusal: of the state it found, or of what it was asked for (a conf key, a month)
         say(str(exc))
         return 1
     except Exception as exc:

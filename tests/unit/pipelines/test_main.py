@@ -130,7 +130,7 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
         run_conf({"moth": "2013-07"}, ("month",))
         return 0
 
-    assert _main(tmp_path, monkeypatch, asked_wrongly) == 2  # bad usage, as a malformed --conf (it exited 1)
+    assert _main(tmp_path, monkeypatch, asked_wrongly) == 1  # a refusal, as a triggered run's (2: not JSON at all)
     assert capsys.readouterr().err.strip().endswith("unknown run conf keys ['moth']: use any of ['month']")
 
     def unwritable(settings: Settings, args: argparse.Namespace) -> int:
