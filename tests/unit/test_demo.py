@@ -169,16 +169,24 @@ def test_a_rollout_that_ended_failed_for_want_of_data_is_an_outcome_not_a_failed
         "a step failed": {"end": {"outcome": "failed", "reasons": [STEP_TASK_FAILED]},
                           "done": {"outcome": "failed", "reasons": [f"{STEP_TASK_FAILED}: step_2"], "report": "r.html"}},
     }
-    api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id: {"state": "failed"},
-                          failed_tasks=lambda dag_id, run_id: ["conclude"])
     seen = {}
     for case, record in records.items():
+        api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id: {"state": "failed"},
+                              failed_tasks=lambda dag_id, run_id: ["conclude"])
         monkeypatch.setattr(tenfold.rollout.record, "latest", lambda registry, version, r=record: ("r1", r))
         failed: list[str] = []
         assert demo.follow_rollout(make_settings(), api, set(), "v2", lambda line: None, failed=failed) == "failed"  # type: ignore[arg-type]
         seen[case] = failed
     assert seen == {"no data": [], "conclude died": ["rollout_model run r1 failed"],
                     "a step failed": ["rollout_model run r1 failed"]}
+    # A step task that failed after its checks had decided (its router call): conclude rolled back and recorded no
+    # mark of it, but the run failed in the step, not on purpose.
+    api = SimpleNamespace(runs=lambda dag_id: [{"dag_run_id": "r1"}], run=lambda dag_id, run_id: {"state": "failed"},
+                          failed_tasks=lambda dag_id, run_id: ["step_2", "steps_done"])
+    monkeypatch.setattr(tenfold.rollout.record, "latest", lambda registry, version: ("r1", records["no data"]))
+    failed = []
+    demo.follow_rollout(make_settings(), api, set(), "v2", lambda line: None, failed=failed)  # type: ignore[arg-type]
+    assert failed == ["rollout_model run r1 failed"]
 
 
 def test_a_first_champion_trained_by_hand_is_split_as_the_scheduled_run_splits_it(
