@@ -310,7 +310,7 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
                 tasks = api.failed_tasks(ROLLOUT, run_id)
                 say(f"{ROLLOUT} run {run_id} failed in {', '.join(tasks) or 'a task'}: "
                     f"see {airflow_url(settings)}/dags/{ROLLOUT}")
-                if failed is not None and not (tasks == ["conclude"] and _concluded_safely(found[1] if found else None)):
+                if failed is not None and not _concluded_safely(tasks, found[1] if found else None):
                     failed.append(f"{ROLLOUT} run {run_id} failed")
             if found and (came_to := outcome(found[1])) is not None:
                 return came_to
@@ -320,14 +320,14 @@ def follow_rollout(settings: Settings, api: AirflowApi, before: set[str], versio
         time.sleep(3)
 
 
-def _concluded_safely(record: dict[str, Any] | None) -> bool:
-    """Whether the record of a rollout run whose conclude task alone failed says conclude ended it on its own terms:
-    FAILED for want of data (its canary judged neither way, rolled back, alerted), failing the run on purpose. A run
-    whose conclude never finished, or whose deploy or a step task failed (the caller checks the tasks too: a step
-    that failed after its checks had decided leaves no mark in the record), is a failed run."""
+def _concluded_safely(failed_tasks: list[str], record: dict[str, Any] | None) -> bool:
+    """Whether a failed rollout run ended on conclude's own terms: conclude the one task failed (a step that failed
+    after its checks had decided leaves no mark in the record), its record done, FAILED for want of data (the
+    canary judged neither way, rolled back, alerted) and the run failed on purpose. A run whose conclude never
+    finished, or whose deploy or a step task failed, is a failed run."""
     from tenfold.pipelines.rollout_model import DEPLOY_TASK_FAILED, STEP_TASK_FAILED
 
-    if not record or "done" not in record:
+    if failed_tasks != ["conclude"] or not record or "done" not in record:
         return False
     reasons = record["done"].get("reasons") or []
     return not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r for r in reasons)

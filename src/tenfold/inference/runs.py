@@ -37,7 +37,7 @@ from tenfold.inference.requests import (
     request_id,
 )
 from tenfold.inference.store import UNKNOWN_RUN, RunStore, message_store, work_objects
-from tenfold.outages import is_store_outage, outage_types
+from tenfold.outages import is_store_outage
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -293,7 +293,7 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
                 drain_dead_letters(settings, objects=objects)
             except Exception as exc:  # Pub/Sub or the store away for a moment: drained on a later round (the deadline
                 # bounds the wait); raised, it failed the whole score try and restarted the pool
-                if not (isinstance(exc, outage_types()) or is_store_outage(exc)):
+                if not is_store_outage(exc):  # a Google service's outage, Pub/Sub's included, or the store's
                     raise
                 log.warning("could not drain the dead letters now (%s); trying again in %.0f s", exc, DEAD_LETTER_POLL_S)
         acc = account(store, ids)

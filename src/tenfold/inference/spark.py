@@ -248,6 +248,8 @@ def _scorer(model_file: str, version: str, columns: list[str], input_schema: pa.
 
 
 def republished(table: str, part: Partition, planned: str, now: str) -> str:
+    """The refusal of a run whose features were published again since it planned (the launcher's, the job's and
+    batch_inference's publish and score steps)."""
     return (f"{table} {part.label} was re-published since this run planned (data {planned} -> {now}): trigger a new "
             "batch_inference run for the month")
 

@@ -247,11 +247,13 @@ def scoring_path(settings: Settings, rows: int) -> Literal["pubsub", "spark"]:
 
 
 def _check_unchanged(settings: Settings, run: InferenceRun) -> Lake:
+    from tenfold.inference.spark import republished  # the Spark job's own refusal of the same case (no pyspark)
+
     lake = Lake.from_settings(settings)
-    now = lake.read_manifest(settings.storage.features_table, run.partition)
+    table = settings.storage.features_table
+    now = lake.read_manifest(table, run.partition)
     if now.data_dir != run.features_data_dir:
-        raise PipelineError(f"features partition {run.month} was re-published since this run planned (data "
-                            f"{run.features_data_dir} -> {now.data_dir}): trigger a new run")
+        raise PipelineError(republished(table, run.partition, run.features_data_dir, now.data_dir))
     return lake
 
 

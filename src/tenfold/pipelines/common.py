@@ -263,9 +263,10 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     DAG in this process), ending with the one line that says what went wrong and what to do, never a traceback.
 
     Exit codes: ``body``'s own; 2 for a ``--conf`` that is not a JSON object (it arrives as a dict) or invalid
-    settings; 1 for a step's refusal (of a run conf key or value too: the same refusal a triggered run gets) (a :class:`PipelineError`, or an error whose class says ``retryable = False``), a service that
-    cannot be reached (an outage of GCS, Pub/Sub or Cloud Monitoring, a refused connection), or what the system
-    refused (a full disk, a path that cannot be written); 130 on Ctrl-C. Anything else is a fault in the code: one
+    settings; 1 for a step's refusal (a :class:`PipelineError`, a refused run conf key or value included, as a
+    triggered run gets it; or an error whose class says ``retryable = False``), a service that cannot be reached
+    (an outage of GCS, Pub/Sub or Cloud Monitoring, a refused connection), or what the system refused (a full
+    disk, a path that cannot be written); 130 on Ctrl-C. Anything else is a fault in the code: one
     line naming it, and its traceback with ``--debug``.
     """
     parser.add_argument("--debug", action="store_true", help="log at DEBUG, and print the traceback of a fault")
