@@ -24,6 +24,8 @@ the end of the session. They never touch a running ``make up`` (other home, othe
 * ``flaky_webhook`` -> a :class:`FlakyWebhook`: a real alert webhook on loopback (``http.server`` in a thread) that
   answers the first ``failures`` POSTs with ``status`` (503) and 200 after; the alert hooks' pauses between tries
   are recorded in ``pauses`` instead of slept.
+* ``stable_pool_serves`` -> ``stable_pool_serves(settings, version)``: the fleet status a supervisor that has died
+  leaves behind, its stable pool serving ``version`` (what a rollout's plan checks; its deploy then finds no fleet).
 * ``small_disk`` -> a :class:`SmallDisk`: a 256 KiB tmpfs mounted for one test (root only; skipped otherwise), where
   writes fail with ENOSPC for real. ``fill(leave=n)`` leaves ``n`` bytes free, ``free()`` gives the space back.
 """
@@ -314,3 +316,20 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False, capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def stable_pool_serves() -> Callable[..., None]:
+    def write(settings: Any, version: str) -> None:
+        from tenfold.serving import fleet
+
+        replica = fleet.ReplicaStatus(pool=fleet.STABLE, slot=0, version=version, port=1, pid=0, state=fleet.SERVING,
+                                      lb_status="UP", in_flight=0, log="")
+        status = fleet.FleetStatus(generation=1, updated_at=0.0, supervisor_pid=0, haproxy_pid=None, pools={
+            fleet.STABLE: fleet.PoolStatus(version=version, min=1, max=1, desired=1, utilization=0.0,
+                                           replicas=[replica])})
+        path = fleet.run_dir(settings) / fleet.STATUS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(status.to_json())
+
+    return write

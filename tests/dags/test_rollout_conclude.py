@@ -79,8 +79,8 @@ def _register(settings: Settings, where: Path, seed: int) -> str:
     return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
 
 
-def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path,
-                                                                          local_settings: Settings) -> None:
+def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path, local_settings: Settings,
+                                                                          stable_pool_serves: Any) -> None:
     settings, environ = env
     session = ModelRegistry(local_settings)
     session_aliases = {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)}
@@ -96,15 +96,17 @@ def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, t
 
     # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it. The aliases
     # this sets are in the test's own registry: the session's champion and challenger are never touched.
-    _planned_rollout_is_concluded(settings, environ, tmp_path)
+    _planned_rollout_is_concluded(settings, environ, tmp_path, stable_pool_serves)
     assert {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)} == session_aliases
 
 
-def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], tmp_path: Path) -> None:
+def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], tmp_path: Path,
+                                  stable_pool_serves: Any) -> None:
     registry = ModelRegistry(settings)
     champion, challenger = _register(settings, tmp_path / "a", 1), _register(settings, tmp_path / "b", 2)
     registry.set_alias(CHAMPION, champion, reason="test")
     registry.set_alias(CHALLENGER, challenger, reason="test")
+    stable_pool_serves(settings, champion)  # what plan checks: the fleet's supervisor is gone, so deploy fails
     planned = _run(environ)
     assert planned["tasks"]["plan"] == "success", planned["log"][planned["log"].find("Task failed with exception"):][:3000]
     assert planned["tasks"]["deploy"] == "failed", planned["log"][-4000:]

@@ -27,6 +27,7 @@ Run every step in one process without Airflow: ``python -m tenfold.pipelines.rol
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -224,10 +225,19 @@ def _refuse_while_stable_is_not_the_champion(deployer: Deployer, champion: str) 
     """The canary is judged against the stable pool as the champion's control. A promotion whose stable roll failed
     for good (or a pool rolled by hand) leaves the stable pool on another version: a rollout then would compare the
     canary with a model that is not the champion, and its deploy would move the canary pool, which was serving the
-    champion to every user, off it. A pool between versions (None) or serving an alias (the cloud's unpinned
-    template) is not refused: the deploy waits for it."""
+    champion to every user, off it. A pool between versions (None: a roll of it unfinished or stuck, such as a cloud
+    group that cannot create its new VMs, or no fleet running) is refused too: the deploy moves only the canary pool,
+    so nothing would wait for the stable one, whose replicas may still serve the version before the champion. A pool
+    serving an alias (the cloud's unpinned template) is not refused."""
     serving = deployer.pool_version(STABLE)
-    if serving is not None and is_version_id(serving) and serving != champion:
+    if serving is None:
+        raise PipelineInputError(
+            f"the {STABLE} pool serves no one version now: a roll of it has not finished (or is stuck), or no fleet is "
+            f"running. A canary needs the champion {champion} in the {STABLE} pool as its control. Check the pool "
+            f"(`tenfold serve status` locally; in the cloud the {STABLE} instance group's update), let the roll finish "
+            f"or roll it to the champion (`tenfold serve rollout --model champion --pool {STABLE}` locally; in the cloud "
+            "clear the promoting rollout's conclude task), then trigger this rollout again")
+    if is_version_id(serving) and serving != champion:
         raise PipelineInputError(
             f"the {STABLE} pool serves {serving}, not the champion {champion} (a promotion whose {STABLE} roll did not "
             f"finish, or a pool rolled by hand): a canary would be judged against the wrong control. Roll the {STABLE} "
@@ -334,6 +344,8 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         return str(events(p, run)["end"]["outcome"])
     if "deployed" not in record:
         raise PipelineError(f"rollout {run.rollout_id}: step {index} before the canary was deployed")
+    if _step_passed(record, index, policy):  # cleared or re-run after it passed: the later steps may have started
+        return PASS
     prev = [k for k in record if k.endswith("-set") and k != set_key(index)]
     if len(prev) != index - 1:
         raise PipelineError(f"rollout {run.rollout_id}: step {index} cannot start, steps applied so far: {prev}")
@@ -634,10 +646,17 @@ def main(argv: list[str] | None = None) -> int:
     def body(settings: Settings, args: argparse.Namespace) -> int:
         run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
         run = plan(settings, run_id, {"version": args.version} if args.version else {})
-        run = deploy(settings, run)
-        for i in range(1, len(run.steps) + 1):
-            if step(settings, run, i) != PASS:
-                break
+        try:
+            run = deploy(settings, run)
+            for i in range(1, len(run.steps) + 1):
+                if step(settings, run, i) != PASS:
+                    break
+        except BaseException:
+            # As the DAG's conclude runs when a step task failed: the canary's share is taken away and the rollout
+            # ends FAILED with its report, where it kept its share with nobody watching (a rerun starts a new one).
+            with contextlib.suppress(Exception):
+                conclude(settings, run)
+            raise
         done = conclude(settings, run)
         print(f"rollout {run.rollout_id}: {done['outcome']}; champion {done['champion']}; report {done['report']}")
         return 0 if done["outcome"] == PROMOTED else 3

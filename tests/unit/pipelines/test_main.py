@@ -180,3 +180,35 @@ def test_a_training_that_failed_is_said_as_it_is_not_as_an_outage_or_a_code_faul
         get_settings.cache_clear()
     err = capsys.readouterr().err
     assert str(error) in err and "cannot reach" not in err and "fault in the code" not in err, err
+
+
+@pytest.mark.parametrize("fault", [ConnectionError("the HAProxy runtime socket did not answer"), KeyboardInterrupt()])
+def test_the_one_process_rollout_concludes_a_rollout_whose_step_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: BaseException
+) -> None:
+    """Without Airflow, a step that raised (a router hiccup, Ctrl-C) left the canary its share with nobody watching:
+    nothing ran conclude, and running the command again started a new rollout, so the old one never ended."""
+    from tenfold.config import get_settings
+    from tenfold.pipelines import rollout_model as pipeline
+
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    concluded: list[object] = []
+
+    def step(settings: Settings, run: object, index: int) -> str:
+        if index == 2:
+            raise fault
+        return pipeline.PASS
+
+    from types import SimpleNamespace
+
+    planned = SimpleNamespace(steps=(5, 25, 100))
+    monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: planned)
+    monkeypatch.setattr(pipeline, "deploy", lambda settings, run: run)
+    monkeypatch.setattr(pipeline, "step", step)
+    monkeypatch.setattr(pipeline, "conclude", lambda settings, run: concluded.append(run) or {})
+    get_settings.cache_clear()
+    try:
+        assert pipeline.main([]) == (130 if isinstance(fault, KeyboardInterrupt) else 1)
+    finally:
+        get_settings.cache_clear()
+    assert concluded == [planned]

@@ -116,7 +116,7 @@ class _Registry:
 @pytest.mark.parametrize(("serving", "refused"), [
     ("d" * 20, True),  # a promotion's stable roll failed for good: the pool is on the version before the champion
     ("a" * 20, False),  # the champion
-    (None, False),  # between versions: the deploy waits for it
+    (None, True),  # between versions (a stuck roll, or no fleet): nothing would wait for it
     ("template tenfold-prod-serve-stable-tmpl (no pinned model version)", False),  # the cloud's alias template
 ])
 def test_a_rollout_is_refused_while_the_stable_pool_serves_another_version_than_the_champion(
@@ -130,7 +130,9 @@ def test_a_rollout_is_refused_while_the_stable_pool_serves_another_version_than_
                              registry=registry, accuracy=None)  # type: ignore[arg-type]
     conf = {"version": "b" * 20}
     if refused:
-        with pytest.raises(PipelineInputError, match=rf"the stable pool serves {'d' * 20}, not the champion {'a' * 20}"
+        why = (rf"serves {'d' * 20}, not the champion {'a' * 20}" if serving else
+               rf"serves no one version now: a roll of it has not finished .*the champion {'a' * 20}")
+        with pytest.raises(PipelineInputError, match=rf"the stable pool {why}"
                                                      r".*tenfold serve rollout --model champion --pool stable"):
             pipeline.plan(settings, "manual__x", conf, p=places)
         assert registry.started == []  # nothing recorded: no rollout left in progress

@@ -125,7 +125,7 @@ def test_a_champion_moved_after_evaluation_makes_the_gate_fail(gate_settings: Se
 
 
 def test_a_run_cleared_from_evaluate_after_the_champion_moved_decides_again_against_the_new_champion(
-        gate_settings: Settings, tmp_path: Path) -> None:
+        gate_settings: Settings, tmp_path: Path, stable_pool_serves: Callable[..., None]) -> None:
     """The run passed against champion A and was announced for a canary; the champion then moved to B and the run was
     cleared from evaluate. Its gate returned the old PROMOTE against A (and announced a canary again) instead of
     comparing with B, which the challenger does not beat."""
@@ -154,6 +154,7 @@ def test_a_run_cleared_from_evaluate_after_the_champion_moved_decides_again_agai
     # refuses it: it was scored below the champion it would go live against. Named in the conf, it is the
     # operator's choice.
     assert reg.resolve(CHALLENGER) == registered.version
+    stable_pool_serves(gate_settings, b.version)  # the champion's control, as a rollout's plan requires
     with pytest.raises(PipelineInputError, match=f"kept out .*KEEP CHAMPION.*\"version\": \"{registered.version}\""):
         rollout_model.plan(gate_settings, "manual__rollout", {})
     assert rollout_model.plan(gate_settings, "manual__rollout", {"version": registered.version}).champion == b.version

@@ -644,3 +644,17 @@ def test_a_retry_that_finds_no_promoted_event_still_knows_its_promotion_from_the
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert registry.promoted == ["v2"] and registry.champion == "v1" and done["outcome"] == pipeline.FAILED
     assert places.deployer.rolled == [("stable", "v1")] and router.percent == 0
+
+
+def test_a_passed_step_run_again_after_the_next_step_started_passes_and_leaves_the_split_alone() -> None:
+    """A DAG run cleared after step 3 and conclude failed (the registry down): step 1, which had passed, found the
+    later steps' weights recorded and refused ("step 1 cannot start"), and conclude then ended a healthy rollout
+    FAILED with the canary at 0 %."""
+    router = Router()
+    run, places, registry = _setup(router, Observer())
+    _every_step_passed(registry, run)
+    del registry.events[f"s{len(run.steps):02d}-c001"], registry.events[f"s{len(run.steps):02d}-c002"]
+    router.percent = run.steps[-1]  # the last step's share, set before its checks
+    for i in range(1, len(run.steps)):
+        assert pipeline.step(None, run, i, p=places) == pipeline.PASS  # type: ignore[arg-type]
+    assert router.calls == [] and router.percent == run.steps[-1] and "end" not in registry.events
