@@ -205,3 +205,29 @@ def test_lines_append_to_a_pipe_as_to_a_file() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_publish_that_fails_on_a_full_disk_leaves_no_partial_copy_and_its_retry_publishes(
+        tmp_path: Path, small_disk: Any) -> None:
+    """Each failed attempt (an Airflow retry) left a partial ``part-*.parquet.tmp-*`` in the new data folder, holding
+    whatever space had been freed since, until a publish of the month succeeded."""
+    import pyarrow.parquet as pq
+
+    from tenfold.data.lake import Lake, Partition
+
+    lake, part = Lake(small_disk.path.as_uri()), Partition(2013, 2)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(_rows(96 * 1024), staged / "part-00000.parquet", compression="none")
+    (small_disk.path / "flights").mkdir()
+    small_disk.fill(leave=48 * 1024)
+    for _ in range(3):
+        with pytest.raises(OSError) as failed:
+            lake.publish("flights", part, staged.as_uri(), run_id="r")
+        assert failed.value.errno == 28  # ENOSPC, for real
+    assert [p for p in _everything(small_disk.path) if ".tmp-" in p] == []
+    assert not lake.has_manifest("flights", part)
+    small_disk.free()
+    lake.publish("flights", part, staged.as_uri(), run_id="r")
+    assert lake.read_table("flights", [part]).num_rows == 4
+    assert [p for p in _everything(small_disk.path) if ".tmp-" in p] == []

@@ -495,13 +495,26 @@ class Lake:
     def _write_atomic(self, path: str, data: bytes, *, durable: bool = False) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         make_dirs(self.fs, posixpath.dirname(path))
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        if durable:
-            self._on_disk(tmp)
-        self.fs.move(tmp, path)
+        with self._removed_on_failure(tmp):
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            if durable:
+                self._on_disk(tmp)
+            self.fs.move(tmp, path)
         if durable:
             self._on_disk(posixpath.dirname(path))
+
+    @contextlib.contextmanager
+    def _removed_on_failure(self, tmp: str) -> Iterator[None]:
+        """A write through ``tmp`` that fails (a full disk: ENOSPC, EFBIG) removes what it left there, so each retry
+        does not leave another partial copy, holding the space freed since, until a publish of the month succeeds."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if self.fs.get_file_info(tmp).type == pafs.FileType.File:
+                    self.fs.delete_file(tmp)
+            raise
 
     def _on_disk(self, path: str) -> None:
         """On a local lake, flush a file's bytes, or a folder's entries, to disk (GCS commits each object whole).
@@ -640,9 +653,10 @@ class Lake:
         if created:
             self._on_disk(posixpath.dirname(folder))  # the data folder's own entry in the partition's folder
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.copy_file(source, tmp)
-        self._on_disk(tmp)
-        self.fs.move(tmp, dest)
+        with self._removed_on_failure(tmp):
+            self.fs.copy_file(source, tmp)
+            self._on_disk(tmp)
+            self.fs.move(tmp, dest)
         self._on_disk(folder)
         if (stored := self.stored_crc32c(dest)) != entry.crc32c:
             raise LakeError(f"{self.uri_of(dest)}: stored CRC32C {stored} differs from the staged file's "
