@@ -213,7 +213,7 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
         raise PipelineError(f"cannot monitor against version {p.version}: {exc}") from exc
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
-    reports, contents = [], []
+    reports, contents, unreadable = [], [], []
     for month in p.months:
         # The content measured, pinned for the read (a re-publish meanwhile is a retried read of the new one): what
         # a trigger is recorded against.
@@ -223,12 +223,22 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
         except (DriftError, StaleFeaturesError) as exc:
             raise PipelineError(f"{month}: {exc}") from exc
         except (MissingManifestError, MissingFeaturesError, CorruptManifestError) as exc:
-            # Withdrawn since plan, or a file that fails its checksum: every retry would meet the same.
-            raise PipelineError(f"{table} {month} cannot be read ({exc}): rebuild it with build_features, then trigger "
-                                f'monitor_drift with the run conf {{"month": "{month}"}}') from exc
+            # Withdrawn since plan, or a file that fails its checksum: every retry would meet the same. As plan
+            # does for a month withdrawn since its event, it is left with a warning while other months are measured:
+            # failing the run for it spent their events, and their drift was never measured.
+            unreadable.append((month, exc))
+            continue
         log.info("%s against %s: %s (%s)", month, p.version, report_.decision, report_.reason)
         reports.append(report_.to_dict())
         contents.append(content)
+    if unreadable and len(unreadable) == len(p.months):
+        raise PipelineError("; ".join(f"{table} {m} cannot be read ({e})" for m, e in unreadable)
+                            + f": rebuild {'it' if len(unreadable) == 1 else 'each'} with build_features, then "
+                            "trigger monitor_drift with the run conf "
+                            + ", ".join(f'{{"month": "{m}"}}' for m, _ in unreadable))
+    for month, error in unreadable:
+        log.warning("not measuring %s: %s cannot be read (%s): rebuild it with build_features, then trigger "
+                    'monitor_drift with the run conf {"month": "%s"}', month, f"{table} {month}", error, month)
     return Measured(reports=tuple(reports), contents=tuple(contents))
 
 

@@ -229,3 +229,21 @@ def test_a_version_of_other_feature_definitions_fails_the_run_without_retries(
     with pytest.raises(pipeline.PipelineError, match=rf"cannot monitor against version {version}: .*learnt from "
                                                      rf"version {WORKLOAD.contract.version} "):
         pipeline.monitor(drift_settings, "2013-03", version)
+
+
+def test_a_month_withdrawn_after_plan_is_left_with_a_warning_and_the_others_are_measured(
+        drift_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Events name 2013-02 and 2013-03, and 2013-02 is withdrawn between plan and measure (a file found corrupt): the
+    run failed naming 2013-02 alone, and 2013-03's event was spent with it, its drift never measured."""
+    from tenfold.data.lake import Partition
+
+    version = register(drift_settings, tmp_path / "new", with_profile=True)
+    pipeline.monitor(drift_settings, "2013-01", version)  # a report stored: not a first run's backlog
+    planned = pipeline.plan(drift_settings, "asset__w", {"version": version}, ["2013-02", "2013-03"])
+    assert planned.months == ("2013-02", "2013-03")
+    Lake.from_settings(drift_settings).withdraw(drift_settings.storage.features_table, Partition(2013, 2), "w", {})
+    with caplog.at_level("WARNING", logger=pipeline.__name__):
+        measured = pipeline.measure(drift_settings, planned)
+    assert [r["month"] for r in measured.reports] == ["2013-03"] and len(measured.contents) == 1
+    assert ("not measuring " in caplog.text and "2013-02 cannot be read" in caplog.text
+            and 'trigger monitor_drift with the run conf {"month": "2013-02"}' in caplog.text)
