@@ -313,6 +313,13 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     from tenfold.storage import lake_objects
 
     p, r = DriftRun.from_xcom(run), Reported.from_xcom(reported)
+    # Drift of another version than the champion (a run conf naming an old version or the challenger, as several
+    # refusals advise) is reported and alerted, but retrains nothing: retraining replaces the serving model, which is
+    # not the one measured. Nor is its trigger recorded, which would hold back the champion's on the same month.
+    if emits and p.version_ref != CHAMPION and p.version != ModelRegistry(settings).resolve(CHAMPION):
+        emits, not_serving = False, True
+    else:
+        not_serving = False
     # The content each month was measured on (none from a run of before this was recorded: such a month is
     # neither looked up nor recorded, so nothing is held back wrongly).
     contents = {s["month"]: c for s, c in zip(r.summaries, r.contents, strict=False)}
@@ -371,7 +378,9 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         retry = all(s["month"] in owed for s, _ in fresh)
         # A run outside Airflow emits no event: nothing retrains on its alert (the DAG's run of the month will).
         what = f"{p.version} ({', '.join(triggered)})"
-        title = f"drift: retraining {what}" if emits else f"drift: {what}; a run outside Airflow starts no retraining"
+        title = (f"drift: retraining {what}" if emits else
+                 f"drift: {what}; {p.version} is not the champion: no retraining" if not_serving else
+                 f"drift: {what}; a run outside Airflow starts no retraining")
         failed = send_alert(settings, title, {
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
@@ -399,7 +408,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         log.warning("the drift alert was not delivered by %s; the decision goes out all the same", ", ".join(failed))
     if earlier:
         log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
-    return {"retrain": bool(firing), "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),
+    return {"retrain": bool(firing) and not not_serving, "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),
             "max_psi": max_psi, "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
             "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier,
             "contents": {s["month"]: contents[s["month"]] for s, _ in firing if s["month"] in contents}}

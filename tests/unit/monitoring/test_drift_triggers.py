@@ -270,3 +270,21 @@ def test_a_trigger_recorded_by_a_run_that_emitted_nothing_is_taken_over_by_the_n
     later = pipeline.decide(settings, _run("run-d"), REPORTED, emits=True, emitted_by=lambda run_id: run_id == "run-c")
     assert later["retrain"] is False and later["already_triggered"] == {"2013-08": "run-c"}
     assert pipeline.decide(settings, _run("run-c"), REPORTED, emits=True)["retrain"] is True and len(sent) == 2
+
+
+def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains_nor_holds_the_champions_back(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run conf naming another version (several refusals advise "monitor another version with the conf's version")
+    paged "drift: retraining <version>", recorded a trigger under it and emitted the drift event: train_model retrained
+    and rolled out a replacement for the serving model, which was not the one measured."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    champion = {"now": "v1"}
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: champion["now"])})())
+    old = {**_run("run-old", version="v0"), "version_ref": "v0"}
+    decision = pipeline.decide(settings, old, REPORTED, emits=True)
+    assert decision["retrain"] is False and len(sent) == 1
+    assert "v0 is not the champion: no retraining" in sent[0][0] and not sent[0][0].startswith("drift: retraining")
+    assert not list((tmp_path / "home").rglob("triggered-*.json")), "a trigger of a version not serving was recorded"
+    # The champion named by its id is the champion: it retrains.
+    assert pipeline.decide(settings, {**_run("run-v1"), "version_ref": "v1"}, REPORTED, emits=True)["retrain"] is True
