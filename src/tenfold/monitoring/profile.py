@@ -252,11 +252,14 @@ def sample_indices(rows: int, limit: int, seed: int = 0) -> np.ndarray:
 
 
 def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], *, bins: int = 10,
-                            sample_rows: int = 1000, prediction_rows: int = 50_000) -> ReferenceProfile:
+                            sample_rows: int = 1000, prediction_rows: int = 50_000,
+                            digest: str | None = None) -> ReferenceProfile:
     """The reference profile of the model in ``model_dir`` over its training window ``parts`` of ``table``.
 
     Reads the window's feature columns once and scores a seeded sample of at most ``prediction_rows`` of
-    its rows with the model (the reference prediction distribution). Called at training time only. The
+    its rows with the model (the reference prediction distribution); with ``digest`` (the content the model was
+    trained on, ``Lake.content_digest``) a window re-published since is refused, not profiled. Called at training
+    time only. The
     ``extra`` records the feature definitions' version (``features_version``, which ``read_features`` checked
     the window was built by): after a bump, a month of the new definition is not compared with this profile.
     """
@@ -266,7 +269,8 @@ def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts:
 
     loaded = load_model(model_dir)
     contract = loaded.workload.contract
-    data = read_features(lake, list(parts), contract=contract, table=table, columns=contract.feature_columns)
+    data = read_features(lake, list(parts), contract=contract, table=table, columns=contract.feature_columns,
+                         digest=digest)
     scored = data.take(sample_indices(data.num_rows, prediction_rows)) if data.num_rows > prediction_rows else data
     predictions = loaded.predict_proba(scored)
     return build_profile(data, categorical=contract.categorical_columns, numeric=contract.numeric_columns,
@@ -274,7 +278,8 @@ def profile_training_window(model_dir: str | Path, lake: Any, table: str, parts:
                          extra={"table": table, "workload": loaded.workload.name, VERSION_KEY: contract.version})
 
 
-def ensure_profile(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], drift: Any) -> ReferenceProfile:
+def ensure_profile(model_dir: str | Path, lake: Any, table: str, parts: Sequence[Any], drift: Any, *,
+                   digest: str | None = None) -> ReferenceProfile:
     """The profile in ``model_dir``, computed and saved there first when it has none (train_model's register).
 
     A retried register finds the file its first attempt wrote and keeps those exact bytes, so the version's
@@ -284,6 +289,6 @@ def ensure_profile(model_dir: str | Path, lake: Any, table: str, parts: Sequence
     if existing is not None:
         return existing
     profile = profile_training_window(model_dir, lake, table, parts, bins=drift.bins, sample_rows=drift.ks_sample_rows,
-                                      prediction_rows=drift.prediction_rows)
+                                      prediction_rows=drift.prediction_rows, digest=digest)
     profile.save(model_dir)
     return profile

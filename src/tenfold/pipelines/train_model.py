@@ -527,7 +527,9 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     metrics = {**ev.challenger, "holdout": ev.holdout}
     # The drift monitor's reference (tenfold.monitoring.profile): one of the version's files, so monitoring a
     # month later needs only the version and that month, never this training window again.
-    ensure_profile(model_dir, lake, p.table, p.train_parts, settings.monitoring.drift)
+    # Pinned to the content the model was trained on: a month re-published since the check above is refused.
+    ensure_profile(model_dir, lake, p.table, p.train_parts, settings.monitoring.drift,
+                   digest=p.train_config.get("data_digest"))
     if t.model_ref.startswith("gs://"):
         _keep_profile(settings, t.model_ref, model_dir)
     mv = ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)

@@ -16,7 +16,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, month_range
 from tenfold.model_files import REFERENCE_PROFILE_FILE
 from tenfold.monitoring.drift import read_report
-from tenfold.monitoring.profile import ensure_profile
+from tenfold.monitoring.profile import ReferenceProfile, ensure_profile
 from tenfold.pipelines import monitor_drift as pipeline
 from tenfold.registry import ModelRegistry
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -247,3 +247,31 @@ def test_a_month_withdrawn_after_plan_is_left_with_a_warning_and_the_others_are_
     assert [r["month"] for r in measured.reports] == ["2013-03"] and len(measured.contents) == 1
     assert ("not measuring " in caplog.text and "2013-02 cannot be read" in caplog.text
             and 'trigger monitor_drift with the run conf {"month": "2013-02"}' in caplog.text)
+
+
+def test_a_reference_profile_of_a_window_re_published_since_training_is_refused(
+        drift_settings: Settings, tmp_path: Path) -> None:
+    """register checks the training window's content, then reads it again for the profile: a month re-published in
+    between was profiled as the model's reference, though the model never saw it and its lineage does not name it."""
+    import torch
+
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.training.data import RepublishedFeaturesError
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake, table = Lake.from_settings(drift_settings), drift_settings.storage.features_table
+    pre = Preprocessor.fit(lake.read_table(table, MONTHS[:2]), WORKLOAD.contract)
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
+    torch.manual_seed(1)
+    save_model(tmp_path, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
+               workload=WORKLOAD.name)
+    trained_on = lake.content_digest(table, MONTHS[:2])
+    publish_synthetic_features(lake, MONTHS[1:2], 399)  # a re-publish with other content
+    with pytest.raises(RepublishedFeaturesError):
+        ensure_profile(tmp_path, lake, table, MONTHS[:2], drift_settings.monitoring.drift, digest=trained_on)
+    assert ReferenceProfile.load(tmp_path) is None
+    ensure_profile(tmp_path, lake, table, MONTHS[:2], drift_settings.monitoring.drift,
+                   digest=lake.content_digest(table, MONTHS[:2]))
+    assert ReferenceProfile.load(tmp_path) is not None

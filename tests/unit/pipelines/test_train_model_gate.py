@@ -411,7 +411,10 @@ def test_a_retried_register_of_a_model_in_a_bucket_keeps_the_first_attempts_prof
     from tenfold.model_files import REFERENCE_PROFILE_FILE
     from tenfold.storage import gcs_client
 
-    def computed_again(model_dir: Path, *args: Any) -> None:  # what a recompute elsewhere may give: other bytes
+    pinned: list[str | None] = []
+
+    def computed_again(model_dir: Path, *args: Any, digest: str | None = None) -> None:  # a recompute: other bytes
+        pinned.append(digest)
         if not (model_dir / REFERENCE_PROFILE_FILE).exists():
             (model_dir / REFERENCE_PROFILE_FILE).write_text(json.dumps({"computed": uuid.uuid4().hex}))
 
@@ -428,6 +431,8 @@ def test_a_retried_register_of_a_model_in_a_bucket_keeps_the_first_attempts_prof
     retried = pipeline.register(gate_settings, planned, trained, evaluation)  # the task retried, its work folder gone
     assert retried.version == first.version
     assert len(reg.list_versions()) == 1
+    # The profile is read pinned to the content the model was trained on (a month re-published since is refused).
+    assert pinned and set(pinned) == {planned.train_config["data_digest"]} and pinned[0] is not None
     assert bucket.blob(f"trained/run-x/{REFERENCE_PROFILE_FILE}").exists()
 
 
