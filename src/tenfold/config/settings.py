@@ -313,6 +313,10 @@ class TrainingSettings(_Frozen):
     max_epochs: int = Field(default=10, ge=1)
     early_stopping_patience: int | None = Field(default=2, ge=1)
     validation_days: float = Field(default=14.0, ge=0)
+    # A categorical value seen in fewer rows of the training window than this is fit as the out-of-vocabulary
+    # value (docs/training.md): the OOV embedding is then trained (on rare values) for the values a model meets
+    # only later, a new destination or carrier, which otherwise get its untrained random initial row.
+    vocabulary_min_count: int = Field(default=20, ge=1)
     # tenfold.model.calibration.METHODS
     calibration: Literal["none", "temperature", "anchored_temperature", "isotonic"] = "anchored_temperature"
     # The model scored on the slice, kept and saved is the exponential moving average of the trained weights

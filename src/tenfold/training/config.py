@@ -44,6 +44,8 @@ class TrainConfig:
     validation_days: float = 14.0
     patience: int | None = 2
     calibration: str = "anchored_temperature"  # a tenfold.model.calibration method
+    # Categorical values in fewer rows of the window than this are fit as the OOV value, which trains its row.
+    vocabulary_min_count: int = 20
     # The weights scored, chosen and saved are an exponential moving average of the trained ones, over about
     # this many epochs (decay 1 - 1 / (average_epochs * steps_per_epoch) a step); 0 uses the raw weights.
     average_epochs: float = 1.0
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"validation_days must be >= 0 (0: no validation slice), got {self.validation_days}")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be >= 1 (or None: no early stopping)")
+        if self.vocabulary_min_count < 1:
+            raise ValueError(f"vocabulary_min_count must be >= 1 (1: every value seen), got {self.vocabulary_min_count}")
         if self.average_epochs < 0:
             raise ValueError(f"average_epochs must be >= 0 (0: the raw weights), got {self.average_epochs}")
         from tenfold.model.calibration import METHODS
@@ -108,6 +112,7 @@ class TrainConfig:
             patience=t.early_stopping_patience,
             calibration=t.calibration,
             average_epochs=t.average_epochs,
+            vocabulary_min_count=t.vocabulary_min_count,
             checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints,
             backend=t.backend,

@@ -79,7 +79,7 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     contract = get_workload(cfg.workload).contract
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
                           columns=contract.feature_columns, digest=cfg.data_digest)
-    return Preprocessor.fit(table, contract)
+    return Preprocessor.fit(table, contract, min_count=cfg.vocabulary_min_count)
 
 
 def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
