@@ -20,7 +20,7 @@ import typer
 
 from tenfold.config import Settings, get_settings
 from tenfold.local.process import LocalPlatformError, require_local_storage
-from tenfold.registry.errors import RegistryError
+from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry, is_alias_name
 
 app = typer.Typer(help="Model registry: list, inspect, promote and roll back versions.", no_args_is_help=True)
@@ -152,9 +152,19 @@ def promote(
 
     def act() -> str:
         version = reg.find(ref)
-        expected = reg.find(expect) if expect else reg.resolve(CHAMPION)
+        before = reg.alias(CHAMPION)
+        expected = reg.find(expect) if expect else (before.version if before else None)
+        if before is not None and before.version == version:
+            # Already there. With --expect naming another version, this is this command's own earlier try that
+            # landed (its answer lost) only if the champion moved there from the expected one: otherwise someone
+            # else moved it, and "fail unless the champion is this version now" holds.
+            if expect and expected != version and before.previous != expected:
+                raise AliasConflict(
+                    f"the champion already is {version}, moved there from {before.previous or 'nothing'} by "
+                    f"{before.actor} at {before.updated_at}, not from {expected} as --expect says: nothing moved")
+            return f"champion already is {version} (seq {before.seq}): nothing moved"
         pointer = reg.promote(version, expected=expected, reason=reason or "manual promotion")
-        if expected == version:
+        if before is not None and pointer.seq == before.seq:  # pragma: no cover - set to it meanwhile
             return f"champion already is {version} (seq {pointer.seq}): nothing moved"
         return f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
 
@@ -188,6 +198,8 @@ def rollback(
             raise
         if now != origin:  # --from names a version it was already rolled back from
             return f"{alias} was already rolled back from {origin} to {pointer.version} (seq {pointer.seq}): nothing moved"
+        if pointer.version == now:  # --to names the version it holds
+            return f"{alias} already is {now} (seq {pointer.seq}): nothing moved"
         return f"{alias}: {pointer.previous} -> {pointer.version} (seq {pointer.seq})"
 
     typer.echo(run_guarded(act))

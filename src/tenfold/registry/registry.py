@@ -547,6 +547,11 @@ class ModelRegistry:
         """A version id from an alias name, a full id, or a unique id prefix (for people)."""
         if _ALIAS_RE.match(ref) and (pointer := self.alias(ref)) is not None:
             return pointer.version
+        if ref in (CHAMPION, CHALLENGER):  # the platform's own aliases, not set yet (a fresh platform)
+            raise UnknownVersion(
+                f"no {ref} yet: train_model sets the challenger when a version passes its gate, and promotes the "
+                f"first one champion; or set it by hand (`tenfold models promote <version>`, ids from "
+                "`tenfold models list`)")
         if _VERSION_RE.match(ref):
             return self.get(ref, with_lineage=False).version
         matches = [v.version for v in self.list_versions() if v.version.startswith(ref)] if len(ref) >= 4 else []
@@ -574,8 +579,9 @@ class ModelRegistry:
             raise missing from None
         if hashlib.sha256(raw).hexdigest() != record.sha256:
             raise IntegrityError(f"{META_FILE} of version {version} does not match its recorded sha256 "
-                                 f"{record.sha256[:12]}: the stored copy was tampered with or corrupted; restore it or "
-                                 "register the model again")
+                                 f"{record.sha256[:12]}: the stored copy was tampered with or corrupted. Stored files "
+                                 f"are never overwritten: delete gs://{self.bucket_name}/{name}, then register the "
+                                 "model again (it restores a missing file), or restore it from a backup")
         try:
             body = json.loads(raw)
         except ValueError as exc:  # registered only after the same check, so never without tampering
@@ -626,7 +632,10 @@ class ModelRegistry:
             problem = self._verify_local(tmp, mv)
             if problem:
                 raise IntegrityError(f"version {version} failed verification on download: {problem}; the stored copy "
-                                     "was tampered with or corrupted; restore it or register the model again")
+                                     "was tampered with or corrupted. Stored files are never overwritten: delete that "
+                                     f"file under gs://{self.bucket_name}/{self._name('versions', version, 'files')}/, "
+                                     "then register the model again (it restores a missing file), or restore it from "
+                                     "a backup")
             (tmp / VERSION_FILE).write_text(json.dumps({"version": mv.version, "digest": mv.digest}))
             if dest.exists():
                 old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
@@ -815,7 +824,10 @@ class ModelRegistry:
             raise AliasConflict(f"{alias} is {current.version}, not {from_version} (moved by {current.actor} at "
                                 f"{current.updated_at}: {current.action} {current.reason!r}); re-read it and decide again")
         if to is not None:
-            if to not in {h.version for h in history}:
+            # What a readable entry records it held: its version, and the one it moved from (an unreadable entry's
+            # version is its successor's ``previous``: the target the refusal over damaged history points to).
+            held = {h.version for h in history} | {h.previous for h in (*history, current) if h.previous}
+            if to not in held:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
         else:
             if damaged:  # a rollback left out might have ruled a candidate out: never guess the target

@@ -131,3 +131,28 @@ def test_a_rollback_run_again_after_an_error_that_came_once_it_landed_moves_noth
 
     out = runner.invoke(app, ["models", "promote", b])
     assert out.exit_code == 0 and f"champion already is {b}" in out.output and "nothing moved" in out.output
+
+
+def test_moves_that_move_nothing_say_so_and_an_unset_champion_is_named_as_such(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promote b --expect c` with b already champion (moved there from a by someone else) exited 0 printing
+    "champion: a -> b", a move that never happened; `rollback --to <the champion>` printed one too; and `models show
+    champion` on a fresh platform said "'champion' names no alias ... use a full id", steering the operator to serve
+    a version no gate passed."""
+    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(i), lineage, metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version
+               for i in (1, 2, 3))
+    out = runner.invoke(app, ["models", "show", "champion"])
+    assert out.exit_code == 2 and "no champion yet" in out.output and "names no alias" not in out.output, out.output
+
+    reg.promote(a, expected=None)
+    reg.promote(b, expected=a)
+    out = runner.invoke(app, ["models", "promote", b, "--expect", c])  # someone else moved it there, from a
+    assert out.exit_code == 2 and f"already is {b}, moved there from {a}" in out.output and "nothing moved" in out.output
+    out = runner.invoke(app, ["models", "promote", b, "--expect", a])  # this command's own try, landed: no error
+    assert out.exit_code == 0 and f"champion already is {b}" in out.output and "->" not in out.output, out.output
+    out = runner.invoke(app, ["models", "rollback", "--to", b])
+    assert out.exit_code == 0 and f"champion already is {b}" in out.output and "->" not in out.output, out.output
+    assert reg.resolve("champion") == b and [h.version for h in reg.alias_history("champion")] == [a, b]

@@ -373,10 +373,21 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
     # Tamper with the stored weights behind the registry's back (a plain overwrite, no precondition).
     blob = reg.bucket.blob(reg._name("versions", mv.version, "files", "weights.pt"))
     blob.upload_from_string(b"tampered weights")
-    with pytest.raises(IntegrityError, match=r"weights\.pt"):
+    with pytest.raises(IntegrityError, match=r"weights\.pt") as refused:
         reg.download(mv.version, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()  # nothing half-written
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fresh")] == []
+    # Its advice works: "register the model again" alone found the version committed and changed nothing (stored
+    # files are create-only), so the next download failed the same way; deleting the named file first repairs it.
+    files = f"gs://{reg.bucket_name}/{reg._name('versions', mv.version, 'files')}/"
+    assert f"delete that file under {files}, then register the model again" in str(refused.value)
+    reg.register(src, lineage, metrics=METRICS)
+    with pytest.raises(IntegrityError, match=r"weights\.pt"):
+        reg.download(mv.version, tmp_path / "fresh")
+    blob.delete()
+    assert reg.register(src, lineage, metrics=METRICS).version == mv.version
+    assert (reg.download(mv.version, tmp_path / "fresh") / "weights.pt").read_bytes() == (src / "weights.pt").read_bytes()
+    blob.upload_from_string(b"tampered weights")
 
     # Tampering with the commit marker itself (rewriting a recorded hash) is detected too.
     marker = reg.bucket.blob(reg._name("versions", mv.version, "VERSION.json"))
@@ -586,3 +597,6 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     assert reg.rollback(to=c).version == c
     # the re-run the CLI prints after an error (--from, no --to) finds its rollback landed, whatever the history holds
     assert reg.rollback(from_version=b).version == c
+    # The version only the damaged entry recorded (a, seq 1) is still a target: its successor's entry names it as the
+    # version it moved from. It was refused as "never champion", so the refusal's own advice (--to) could not reach it.
+    assert reg.rollback(to=a).version == a
