@@ -254,18 +254,23 @@ class AirflowSettings(_Frozen):
     composer_image_version: str = "composer-3-airflow-3.1.0"
 
 
+# Accelerators that Compute Engine attaches only to one machine family (a mismatch fails only at deploy).
+_GPU_MACHINE_FAMILIES = {"nvidia-l4": "g2-", "nvidia-tesla-a100": "a2-", "nvidia-a100-80gb": "a2-",
+                         "nvidia-h100-80gb": "a3-", "nvidia-h100-mega-80gb": "a3-", "nvidia-h200-141gb": "a3-"}
+
+
 class GpuGroupSettings(_Frozen):
     """A managed instance group of (optionally GPU) VMs."""
 
     instance_group: ResourceName
     instance_template: ResourceName
-    machine_type: str
+    machine_type: str = Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")  # e.g. g2-standard-8
     accelerator_type: str | None = None
     accelerator_count: int = Field(default=0, ge=0, le=8)
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=1, ge=0)
     spot: bool = False
-    disk_size_gb: int = 100
+    disk_size_gb: int = Field(default=100, ge=10, le=65536)  # the boot disk holds the COS image (10 GB)
     # Container-Optimized OS: runs the tenfold image; `cos-extensions install gpu` adds the driver.
     source_image: str = "projects/cos-cloud/global/images/family/cos-stable"
     # Zones of the region the group may use (suffixes): those that offer its GPU (L4: us-central1-a/b/c).
@@ -280,6 +285,12 @@ class GpuGroupSettings(_Frozen):
             raise ValueError(f"{self.instance_group}: min_replicas exceeds max_replicas")
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
             raise ValueError(f"{self.instance_group}: set accelerator_type and accelerator_count together")
+        family = _GPU_MACHINE_FAMILIES.get(self.accelerator_type or "")
+        if family and not self.machine_type.startswith(family):
+            raise ValueError(f"{self.instance_group}: {self.accelerator_type} GPUs attach only to {family}* machine "
+                             f"types, not {self.machine_type} (e.g. {family}standard-8 for an L4)" if family == "g2-"
+                             else f"{self.instance_group}: {self.accelerator_type} GPUs attach only to {family}* "
+                             f"machine types, not {self.machine_type}")
         return self
 
 
@@ -348,6 +359,20 @@ class TrainingSettings(_Frozen):
     gate_max_ece: float | None = Field(default=None, gt=0)
     # Scheduled retraining, the baseline (train_model also runs on every drift Asset event): Mondays 03:00 UTC.
     retrain_cron: str = "0 3 * * 1"
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        """Airflow parses the DAG with any text here and fails only when it computes the next run: the weekly retrain
+        then never ran, with the DAG looking fine. croniter is Airflow's own parser (absent where Airflow is not)."""
+        try:
+            from croniter import croniter
+        except ImportError:  # pragma: no cover - an install without Airflow never schedules it
+            return value
+        if not croniter.is_valid(value):
+            raise ValueError(f"TENFOLD_TRAINING__RETRAIN_CRON {value!r} is not a cron expression: give five fields, "
+                             "minute hour day-of-month month day-of-week, such as '0 3 * * 1' (Mondays 03:00 UTC)")
+        return value
     # Cloud runs (tenfold.training.fleet): torchrun's entry module on the training fleet, where each
     # run's completion marker lands in the artifacts bucket, and bounds on every wait.
     entry_module: str = "tenfold.training.worker"
@@ -383,9 +408,10 @@ class LoadBalancerSettings(_Frozen):
     def _dns_name(cls, value: str | None) -> str | None:
         """A URL or a name with a port went into the managed certificate, and failed only at ``cdktn deploy``."""
         label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-        if value is not None and not re.fullmatch(rf"({label}\.)+{label}", value):
+        if value is not None and (not re.fullmatch(rf"({label}\.)+{label}", value) or len(value) > 253
+                                  or value.rsplit(".", 1)[-1].isdigit()):  # an IP address: no certificate names it
             raise ValueError(f"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN {value!r}: give a lowercase DNS name such as "
-                             "api.example.com (no scheme, path or port)")
+                             "api.example.com (no scheme, path, port or IP address)")
         return value
     cloud_armor_policy: ResourceName | None = None
     # With a Cloud Armor policy: requests a minute one client address may send (counted on each backend service)

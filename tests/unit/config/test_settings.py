@@ -530,6 +530,14 @@ def test_a_sections_own_variable_that_is_not_json_is_named_with_what_to_do(secti
     ("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:70000"}, "a port from 1 to 65535"),
     # a URL went into the managed certificate and failed only at `cdktn deploy`
     ("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "https://api.example.com/"}, "give a lowercase DNS name"),
+    ("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "34.120.1.2"}, "give a lowercase DNS name"),
+    # the DAG parsed with any text, and the weekly retrain never ran (Airflow failed computing its next run)
+    ("local", {"TENFOLD_TRAINING__RETRAIN_CRON": "0 3 * * 8"}, "TENFOLD_TRAINING__RETRAIN_CRON '0 3 \\* \\* 8' is not"),
+    ("local", {"TENFOLD_TRAINING__RETRAIN_CRON": "weekly please"}, "is not a cron expression"),
+    # refused by Compute Engine only at `cdktn deploy`
+    ("dev", {"TENFOLD_SERVING__STABLE_FLEET__DISK_SIZE_GB": "0"}, "greater than or equal to 10"),
+    ("dev", {"TENFOLD_SERVING__STABLE_FLEET__MACHINE_TYPE": "G2 Standard 4"}, "should match pattern"),
+    ("dev", {"TENFOLD_SERVING__STABLE_FLEET__MACHINE_TYPE": "n1-standard-4"}, "nvidia-l4 GPUs attach only to g2-"),
 ])
 def test_settings_that_can_only_fail_later_are_refused_when_built(tmp_path: Path, env: str, overrides: dict[str, str],
                                                                   message: str) -> None:
