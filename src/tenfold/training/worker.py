@@ -243,13 +243,13 @@ class Trainer:
         # The moving average of the weights (every rank keeps the same one: DDP keeps their weights equal);
         # it is what the slice scores and what the run keeps and saves.
         self.averaged: AveragedModel | None = None
+        self.steps_run, self.last_loss = 0, float("nan")  # a resume restores last_loss
         if cfg.average_epochs > 0:
             decay = 1.0 - 1.0 / max(1.0, cfg.average_epochs * self.steps_per_epoch)
             self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay))
         self._load_snapshot()
         self._check_same_step()
         self.ddp = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
-        self.steps_run, self.last_loss = 0, float("nan")
         self._losses: TextIO | None = None
         self._pending: tuple[int, int, torch.Tensor] | None = None  # (step, epoch, loss) not yet read
 
@@ -315,9 +315,12 @@ class Trainer:
             self.averaged.load_state_dict(snap.averaged)
         self.step, self.epoch, self.batch_pos, self.resumed_from = snap.step, snap.epoch, snap.batch, snap.step
         if snap.selection:
-            self.selection = {k: v for k, v in snap.selection.items() if k != "best_state"}
+            self.selection = {k: v for k, v in snap.selection.items() if k not in ("best_state", "last_loss")}
             if self.rank == 0:
                 self.best_state = snap.selection.get("best_state")
+            # A job relaunched after it had finished (a train task cleared) runs no step: its result keeps the loss
+            # of the last step trained, not NaN, which went into the registered lineage.
+            self.last_loss = float(snap.selection.get("last_loss", float("nan")))
         if self.rank in snap.rng:
             ckpt.set_rng_state(snap.rng[self.rank])
         else:  # a snapshot without this rank's streams: start fresh ones
@@ -345,7 +348,8 @@ class Trainer:
         return Snapshot(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=next_epoch, batch=next_batch, world_size=self.world, rng=dict(enumerate(states)),
-            trajectory=trajectory_digest(self.cfg), selection={**self.selection, "best_state": self.best_state},
+            trajectory=trajectory_digest(self.cfg),
+            selection={**self.selection, "best_state": self.best_state, "last_loss": self.last_loss},
             averaged=self.averaged.state_dict() if self.averaged is not None else None,
         )
 

@@ -67,6 +67,19 @@ def test_corrupt_newest_checkpoint_is_skipped_on_resume(
     _assert_same_weights(_weights(resumed), _weights(reference_run))
 
 
+def test_a_job_relaunched_after_it_finished_reports_the_last_steps_loss_not_nan(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """A train task cleared after its job completed resumes from the final checkpoint and runs no step: its result
+    said final_loss NaN (no step set it), and register copied that into the version's lineage."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run.out_dir, out)
+    again = run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=240)
+    assert again.resumed_from_step == 50 and again.steps == 50
+    assert again.final_loss == reference_run.final_loss == read_losses(reference_run.out_dir)[50]
+    _assert_same_weights(_weights(again), _weights(reference_run))
+
+
 def test_resuming_under_another_number_of_processes_is_refused(
     reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
