@@ -291,8 +291,10 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
     if champion is not None:
         ch = champion
         gain = c.auc - ch.auc
+        # A margin of 0 asks for a gain: a tie keeps the champion (what the reason then says, ">").
         check("beats_champion", gain >= policy.margin and (gain > 0 or policy.margin < 0),
-              f"AUC gain over champion {ch.model} {gain:+.4f} (champion {ch.auc:.4f}) >= margin {policy.margin:+.4f}")
+              f"AUC gain over champion {ch.model} {gain:+.4f} (champion {ch.auc:.4f}) "
+              f"{'>' if policy.margin == 0 else '>='} margin {policy.margin:+.4f}")
         check("log_loss_vs_champion", c.log_loss <= ch.log_loss + policy.max_log_loss_increase,
               f"log loss {c.log_loss:.4f} <= champion {ch.log_loss:.4f} + {policy.max_log_loss_increase:.4f}")
         if c.headline == ch.headline:

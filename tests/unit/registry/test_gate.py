@@ -72,6 +72,16 @@ def test_a_negative_margin_is_non_inferiority(champion_auc: float, promote: bool
         GatePolicy(margin=-0.2)
 
 
+@pytest.mark.parametrize(("champion_auc", "promote"), [(0.700, False), (0.6999, True)])
+def test_a_margin_of_zero_asks_for_a_gain_and_says_so(champion_auc: float, promote: bool) -> None:
+    """A tie at margin 0 was refused with the reason "gain +0.0000 ... >= margin +0.0000", which reads as met."""
+    policy = GatePolicy(margin=0.0, min_auc=0.55, beat_baselines=("rate",))
+    d = decide(score(CHALLENGER_V, 0.700), score(CHAMPION_V, champion_auc), baselines(), policy)
+    assert d.promote is promote and d.checks["beats_champion"] is promote
+    reason = next(r for r in d.reasons if r.startswith(("ok AUC gain", "FAIL AUC gain")))
+    assert "> margin +0.0000" in reason and ">= margin" not in reason, reason
+
+
 def test_the_margin_comes_from_settings() -> None:
     settings = build_settings("local")
     policy = GatePolicy.from_settings(settings, workload_baselines=("rate",))
