@@ -286,12 +286,31 @@ def _locate_csv(raw: bytes, header: list[str], message: str) -> tuple[str, str, 
     return message.strip().splitlines()[0] if message.strip() else "the CSV cannot be parsed", "correct the file", {}
 
 
+_TO_UTF8 = "re-encode it as UTF-8 (e.g. `iconv -f {} -t utf-8 in.csv > out.csv`) and deliver it again"
+# (leading bytes, what the file is, what to do); b"\0": NUL bytes near the start (UTF-16 or UTF-32 without a mark).
+_NOT_UTF8_CSV: tuple[tuple[bytes, str, str], ...] = (
+    (codecs.BOM_UTF32_LE, "UTF-32 text", _TO_UTF8.format("utf-32")),
+    (codecs.BOM_UTF32_BE, "UTF-32 text", _TO_UTF8.format("utf-32")),
+    (codecs.BOM_UTF16_LE, "UTF-16 text (a spreadsheet's \"Unicode Text\" export)", _TO_UTF8.format("utf-16")),
+    (codecs.BOM_UTF16_BE, "UTF-16 text", _TO_UTF8.format("utf-16")),
+    (b"\x1f\x8b", "gzip-compressed", "decompress it (`gunzip`) and deliver the CSV itself"),
+    (b"PK\x03\x04", "a zip archive", "unzip it and deliver the CSV itself"),
+    (b"\0", "not text (it holds NUL bytes: UTF-16 without a byte-order mark, or binary)",
+     _TO_UTF8.format("utf-16") + " if it is UTF-16; otherwise deliver the CSV itself"),
+)
+
+
 def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[str, ...] = ("NA", "")) -> pa.Table:
     """Parse CSV bytes (with a header) into ``schema``'s columns and types; a failure is a
     :class:`SourceUnreadable` naming the column, line and byte offset (``file`` is left to the caller)."""
     if not raw.removeprefix(codecs.BOM_UTF8).strip():  # an empty "CSV UTF-8" export is its byte-order mark alone
         raise SourceUnreadable(table, f"the file is empty ({len(raw)} bytes)",
                                fix="replace it with the complete file (a header line and the rows)")
+    # Not text in UTF-8 at all: said as such, where the header check below would list the columns as "missing"
+    # from a header that visibly holds them (UTF-16), or blame the line endings (compressed bytes).
+    for magic, what, fix in _NOT_UTF8_CSV:
+        if raw.startswith(magic) or (magic == b"\0" and b"\0" in raw[:4096]):
+            raise SourceUnreadable(table, f"the file is {what}, not a UTF-8 CSV", line=1, offset=0, fix=fix)
     # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name, quoted or not (pyarrow skips
     # it too); only the header is read without it, so the offsets named later still count the file's bytes.
     try:
@@ -301,6 +320,12 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
             table, f"its header line is not CSV ({exc}): line endings are LF or CRLF in a CSV, and a file with "
             "CR-only ones (classic Mac, some spreadsheet exports) reads as one line", line=1, offset=0,
             fix="convert the line endings to LF (e.g. `tr '\\r' '\\n' < in.csv > out.csv`) and deliver it again") from exc
+    repeated = [c for c in schema.names if header.count(c) > 1]
+    if repeated:  # the reader would take the first copy, silently (a re-export that appended a corrected column)
+        raise SourceUnreadable(
+            table, f"the header names the column {repeated[0]} {header.count(repeated[0])} times, so which one holds "
+            "its values is ambiguous", column=repeated[0], line=1, offset=0,
+            fix="deliver the file with one column per name")
     missing = [c for c in schema.names if c not in header]
     if missing:
         raise SourceUnreadable(
@@ -478,6 +503,20 @@ def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:
         if not pa.types.is_integer(kind):
             raise SourceUnreadable(table, f"its {column!r} column is {kind}, not an integer", column=column, data=data,
                                    fix=f"deliver {column!r} as whole numbers")
+        # A row without its month, or with one that is no month, would fall out of every month's cut: lost, while
+        # the month published looked whole (its suite sees only the rows the cut kept).
+        values = data[column]
+        bad = pc.is_null(values) if column == "year" else pc.or_kleene(
+            pc.is_null(values), pc.invert(pc.and_(pc.greater_equal(values, 1), pc.less_equal(values, 12))))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            value = values[row].as_py()
+            raise SourceUnreadable(
+                table, f"row {row + 1:,} of what its reader returned has "
+                f"{'no ' + repr(column) if value is None else f'{column} {value}, not a month (1 to 12)'}: "
+                f"{pc.sum(bad).as_py():,} such rows, which no month would hold", column=column,
+                value=None if value is None else str(value), data=data,
+                fix=f"deliver every row with its {column!r}")
     return _month_rows(data, part)
 
 
@@ -579,6 +618,13 @@ def ingest_month(
             refusal = refusal.with_(quarantine_uri=quarantine_source(lake, refusal, part, key))
             raise refusal from exc.__cause__
         if monthly and tables[table].num_rows == 0:
+            if sources.first_month and sources.last_month and sources.first_month <= part.label <= sources.last_month:
+                # A month the source should cover: the copy is incomplete (cut short at a line), not the wrong month.
+                refusal = SourceUnreadable(
+                    table, f"it holds no rows of {part.label}, which {sources.name} covers ({sources.first_month} to "
+                    f"{sources.last_month}): the copy is incomplete or was cut short", month=part.label,
+                    source=sources.name, data=data, fix="replace the source with a complete copy")
+                raise refusal.with_(quarantine_uri=quarantine_source(lake, refusal, part, key))
             span = (f"it covers {sources.first_month} to {sources.last_month}; pick a month in that range"
                     if sources.first_month and sources.last_month else "pick a month it covers")
             raise IngestError(f"{sources.name} has no {table} rows for {part.label}: {span}")

