@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
-from tenfold.data.lake import Lake, LakeError, Partition, schema_hash
+from tenfold.data.lake import MANIFEST, Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import write_sorted, write_table
 from tenfold.features.online import LOOKUPS_KEY, lookup_table
 from tenfold.fsio import filesystem_from_uri, make_dirs
@@ -119,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="staging URI for the lookup tables, one folder per name (default: --output + _lookups)")
     p.add_argument("--lookups-table", default=LOOKUPS_TABLE,
                    help="with --publish: lookups go to <this>_<name> (default %(default)s)")
-    p.add_argument("--history-months", type=int, default=None,
+    p.add_argument("--history-months", type=non_negative, default=None,
                    help="months before --month that feed the historical aggregates (default: the workload's)")
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     p.add_argument("--output-files", type=int, default=OUTPUT_FILES,
@@ -127,10 +127,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.lookups_output is None:
         args.lookups_output = lookups_staging_uri(args.output)
+    for flag, uri in (("--output", args.output), ("--lookups-output", args.lookups_output)):
+        if (why := published_data_at(uri, args.lake_uri)) is not None:
+            p.error(f"{flag} {uri} {why}: the job empties its output folder first, which would delete it; give a "
+                    "staging folder of its own (the DAG uses <lake>/_staging/features/year=/month=/<run>)")
     if args.history_months is None:
         # Resolved here (not lazily) so run() and the log see the number actually used.
         args.history_months = _history_months(args.workload)
     return args
+
+
+def non_negative(text: str) -> int:
+    """A count of months: -3 built a month from no history at all (every roll-up 0 or null) and published it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more months")
+    return value
+
+
+def published_data_at(uri: str, lake_uri: str) -> str | None:
+    """Why emptying the folder ``uri`` would delete published lake data (None: it would not): it is the lake or a
+    folder above it, a table's or a partition's folder, or a data folder of a published partition."""
+    from pyarrow import fs as pafs
+
+    fs, root = filesystem_from_uri(uri)
+    lake_fs, lake_root = filesystem_from_uri(lake_uri)
+    root, lake_root = root.rstrip("/"), lake_root.rstrip("/")
+    if fs.type_name == lake_fs.type_name and (root == lake_root or lake_root.startswith(root + "/")):
+        return f"is the lake {lake_uri} or a folder above it"
+
+    def names(folder: str) -> list[str]:
+        try:
+            return [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))]
+        except OSError:  # not a folder, no permission: the write reports it
+            return []
+
+    here = names(root)
+    if MANIFEST in here or any(n.startswith(("year=", "month=")) for n in here):
+        return "is a published table's or partition's folder"
+    if "/" in root and MANIFEST in names(root.rsplit("/", 1)[0]):
+        return "is a data folder of a published partition"
+    return None
 
 
 def _history_months(spec: str) -> int:

@@ -6,6 +6,7 @@ return only when the job is over, so the ``build_features`` DAG has the same gra
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from typing import Any, Protocol
@@ -91,11 +92,15 @@ class DataprocBatchJob:
                 request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})
             try:
                 batch = operation.result(timeout=max(1.0, deadline - time.monotonic()))
-            except Exception:
+            except Exception as exc:
                 try:  # timed out, or the wait failed: never left running
                     self._cancel(f"{parent}/batches/{bid}", time.monotonic() + self.cancel_wait_s)
                 except Exception:
                     log.exception("could not cancel Dataproc batch %s; the next try cancels it", bid)
+                if isinstance(exc, concurrent.futures.TimeoutError):  # google's says "within the designated timeout"
+                    raise TimeoutError(f"Dataproc batch {parent}/batches/{bid} for {part.label} still running after "
+                                       f"{self.timeout_s:.0f} s (cancelled): its log is in Dataproc's batch page; "
+                                       "retry, or raise the try's budget if the month needs longer") from exc
                 raise
         except AlreadyExists:
             log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)

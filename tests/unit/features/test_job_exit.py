@@ -150,3 +150,35 @@ def test_a_lake_that_cannot_be_read_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert code == job.EXIT_FAILED and f"build_features: cannot read the lake {tmp_path / 'file'}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("output", "why"), [
+    ("{lake}/features", "is a published table's or partition's folder"),
+    ("{lake}/features/year=2013/month=1", "is a published table's or partition's folder"),
+    ("{lake}/features/year=2013/month=1/data-0123456789abcdef", "is a data folder of a published partition"),
+    ("{lake}", "is the lake"),
+    ("{root}", "is the lake"),
+])
+def test_an_output_folder_holding_published_data_is_refused_before_anything_is_emptied(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, why: str) -> None:
+    """The job empties --output (and --lookups-output) first: `--output <lake>/features`, a plausible guess for
+    where features go, deleted every published month; `--lookups-output <lake>` replaced the raw tables' data."""
+    lake, month = tmp_path / "lake", tmp_path / "lake" / "features" / "year=2013" / "month=1"
+    (month / "data-0123456789abcdef").mkdir(parents=True)
+    (month / "_SUCCESS").write_text("{}")
+    (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
+    target = output.format(lake=lake.as_uri(), root=tmp_path.as_uri())
+    for flag in ("--output", "--lookups-output"):
+        argv = ["--lake-uri", lake.as_uri(), "--month", FEB.label, "--output", f"{lake.as_uri()}/_staging/x", flag, target]
+        with pytest.raises(SystemExit) as ended:
+            job.main(argv)
+        assert ended.value.code == job.EXIT_FAILED
+        assert f"{flag} {target} {why}" in capsys.readouterr().err
+    assert (month / "_SUCCESS").is_file() and (month / "data-0123456789abcdef" / "part-00000.parquet").is_file()
+
+
+def test_negative_history_months_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """-3 built a month from no history at all (every roll-up 0 or null) and published it as valid."""
+    with pytest.raises(SystemExit) as ended:
+        job.main(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT, "--history-months", "-3"])
+    assert ended.value.code == job.EXIT_FAILED and "-3 is negative: give 0 or more months" in capsys.readouterr().err

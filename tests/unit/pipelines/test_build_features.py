@@ -229,8 +229,10 @@ class FakeBatches:
         batch = SimpleNamespace(state=SimpleNamespace(name=self.final_state), state_message="driver exited 1")
 
         def result(timeout: float):
-            if self.hang:
-                raise TimeoutError(f"operation did not finish in {timeout} s")
+            if self.hang:  # google-api-core's own exception and message (api_core/future/polling.py)
+                import concurrent.futures
+
+                raise concurrent.futures.TimeoutError("Operation did not complete within the designated timeout.")
             return batch
         return SimpleNamespace(result=result)
 
@@ -301,9 +303,11 @@ def test_a_cloud_try_never_leaves_its_batch_running_beside_the_next(monkeypatch:
 
     monkeypatch.setattr(runners, "feature_job", recording)
     hung = FakeBatches(hang=True)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError) as timed_out:
         pipeline.build(dev, run, attempt=1, client=hung)
     (first,) = hung.states
+    # It names the batch and the month (it said only "Operation did not complete within the designated timeout.").
+    assert f"Dataproc batch {first} for {run.partition.label} still running after" in str(timed_out.value)
     assert hung.cancelled == [first] and hung.states[first] == "CANCELLED"
     # The job's wait ends before Airflow's execution_timeout would kill the task (and leave the batch running).
     assert pipeline.task_timeout_s(dev, "build_features") - waits[0] >= 60
