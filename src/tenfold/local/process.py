@@ -10,6 +10,7 @@ behind gcloud, the scheduler's task processes) go too, even after the leader its
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -93,6 +94,7 @@ def started(proc: psutil.Process) -> float:
 
 # Every process start() starts, and all it forks, carries a marker of its own in this environment variable.
 MARKER_ENV = "TENFOLD_PROCESS_MARKER"
+START_HEADER = "--- tenfold:"  # the line each start writes to its log first (log_tail shows what follows it)
 
 
 def boot_id() -> str:
@@ -209,6 +211,11 @@ def start(
     log_path = log_file(run_dir, name)
     marker = uuid.uuid4().hex
     with open(log_path, "ab") as log:
+        # Each start's lines follow a header of its own: a failed start's refusal shows this start's output alone,
+        # not an earlier run's crash (the log is appended to across restarts).
+        log.write(f"{START_HEADER} {name} starting at {datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ} ---\n"
+                  .encode())
+        log.flush()
         try:
             popen = subprocess.Popen(
                 list(argv),
@@ -473,15 +480,29 @@ def wait_until(
         for rec in watched:
             if not is_running(rec):
                 name = what if rec == record else f"{rec.name} (starting with {what})"
-                raise LocalPlatformError(f"{name} exited before it became healthy; last log lines:\n{log_tail(rec.log)}")
+                raise LocalPlatformError(f"{name} exited before it became healthy{_how_it_ended(rec)}; last log "
+                                         f"lines:\n{log_tail(rec.log)}")
         if time.monotonic() > deadline:
             tail = f"; last log lines:\n{log_tail(record.log)}" if record else ""
             raise LocalPlatformError(f"{what} was not healthy within {timeout:.0f} s{tail}")
         time.sleep(interval)
 
 
+def _how_it_ended(record: ProcessRecord) -> str:
+    """`` (killed by SIGKILL)`` or `` (exit code 1)`` when this process started it (and holds its exit status)."""
+    popen = next((p for p in _reapers if p.pid == record.pid), None)
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return ""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f" (killed by {signal.Signals(-code).name})"
+    return f" (exit code {code})"
+
+
 def log_tail(path: str | Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log (read backwards from its end, a block at a time: a log can be large)."""
+    """The last ``lines`` lines of a log (read backwards from its end, a block at a time: a log can be large), of the
+    newest start only: what follows its :data:`START_HEADER` line, when that is among them."""
     try:
         with open(path, "rb") as log:
             start = log.seek(0, os.SEEK_END)
@@ -493,4 +514,8 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
                 tail = log.read(block) + tail
     except FileNotFoundError:
         return "(no log)"
-    return "\n".join(tail.decode(errors="replace").splitlines()[-lines:])
+    last = tail.decode(errors="replace").splitlines()[-lines:]
+    starts = [i for i, line in enumerate(last) if line.startswith(START_HEADER)]
+    if starts:
+        last = last[starts[-1] + 1:]
+    return "\n".join(last) if last else "(nothing logged since it started)"

@@ -233,13 +233,8 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
         if not dead:
             if all(_healthy(c.healthy) for c in svc.components):
                 say(f"{name}: already running and healthy on {svc.url}")
-            elif len(svc.components) == 1:
-                comp = svc.components[0]
-                problems.append(
-                    f"{name} is running (pid file {process.pid_file(run_dir(settings), comp.name)}) but not healthy: "
-                    f"run `tenfold down`, then `tenfold up`; log: {process.log_file(run_dir(settings), comp.name)}"
-                )
-            else:  # Airflow's components may still be starting from an earlier, interrupted `up`: waited for below
+            else:  # still starting from an earlier, interrupted `up` (an emulator's JVM takes its time), or one health
+                # probe slow on a busy machine: waited for below, and named with `tenfold down -s <name>` if it hangs
                 unhealthy = [c.name for c in svc.components if not _healthy(c.healthy)]
                 say(f"{name}: {', '.join(unhealthy)} running but not healthy yet; waiting up to "
                     f"{svc.start_timeout:.0f} s")

@@ -406,7 +406,7 @@ def test_the_demo_starts_or_rolls_the_fleet_under_the_up_down_lock(tmp_path, mon
 
 def test_up_names_a_hung_component_and_how_to_restart_it(tmp_path, monkeypatch):
     """Every Airflow component alive, one never healthy (a wedged API server): `up` said nothing, waited out the
-    start timeout and failed without a remedy; a one-component service in that state is told at once."""
+    start timeout and failed without a remedy."""
     from tenfold.local import process, stack
     from tenfold.local.services import Component, Service
 
@@ -427,3 +427,34 @@ def test_up_names_a_hung_component_and_how_to_restart_it(tmp_path, monkeypatch):
     finally:
         for r in records:
             process.stop(r, timeout=5)
+
+
+@pytest.mark.parametrize("becomes_healthy", [True, False])
+def test_up_waits_for_an_emulator_an_interrupted_up_left_starting(tmp_path, monkeypatch, becomes_healthy):
+    """`tenfold up` killed while the Pub/Sub emulator's JVM started (a closed terminal): the next `up` refused the
+    whole platform at once ("running but not healthy: run `tenfold down`"), advice that also stops Airflow, its
+    running tasks and the fleet. It now waits for it, and names `tenfold down -s pubsub` only if it hangs."""
+    import time
+
+    from tenfold.local import process, stack
+    from tenfold.local.services import Component, Service
+
+    s = _fresh_settings(tmp_path)
+    record = process.start("pubsub", ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
+    ready_at = time.monotonic() + 1.5
+    fake = Service("pubsub", [Component("pubsub", "pubsub", ["sleep", "300"],
+                                        healthy=lambda: becomes_healthy and time.monotonic() >= ready_at)],
+                   env=None, start_timeout=4.0, url="http://127.0.0.1:1")
+    monkeypatch.setattr(stack, "service", lambda settings, name: fake)
+    monkeypatch.setattr(stack, "provision", lambda settings, services: None)
+    messages: list[str] = []
+    try:
+        if becomes_healthy:
+            up(s, ["pubsub"], echo=messages.append)
+        else:
+            with pytest.raises(LocalPlatformError, match=r"Restart it: `tenfold down -s pubsub`, then `tenfold up`"):
+                up(s, ["pubsub"], echo=messages.append)
+        assert "pubsub: pubsub running but not healthy yet; waiting up to 4 s" in messages, messages
+        assert process.is_running(record), "the emulator it waited for was stopped"
+    finally:
+        process.stop(record, timeout=5)

@@ -130,6 +130,22 @@ def test_wait_until_reports_a_dead_process_with_its_log(tmp_path):
         process.wait_until(lambda: False, timeout=10, what="crash", record=record)
 
 
+def test_a_failed_start_shows_its_own_log_and_how_it_ended_not_an_earlier_runs_crash(tmp_path):
+    """The log is appended to across restarts: a start killed before it wrote a line was reported with the last lines
+    of an earlier run ("FATAL: old crash from last week"), shown as its cause, and no exit status."""
+    old = process.start("gcs", [sys.executable, "-c", "print('FATAL: old crash from last week'); raise SystemExit(1)"],
+                        run_dir=tmp_path, port=1)
+    with pytest.raises(LocalPlatformError, match=r"exited before it became healthy \(exit code 1\)"):
+        process.wait_until(lambda: False, timeout=10, what="gcs", record=old)
+    again = process.start("gcs", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                          run_dir=tmp_path, port=1)
+    with pytest.raises(LocalPlatformError) as refused:
+        process.wait_until(lambda: False, timeout=10, what="gcs", record=again)
+    message = str(refused.value)
+    assert "exited before it became healthy (killed by SIGKILL)" in message, message
+    assert "old crash" not in message and "(nothing logged since it started)" in message, message
+
+
 def test_wait_until_times_out_with_a_clear_message():
     with pytest.raises(LocalPlatformError, match="was not healthy within 0 s"):
         process.wait_until(lambda: False, timeout=0.3, what="thing", interval=0.05)
