@@ -469,7 +469,11 @@ class Lake:
                   "check": kind, "expected": expected, "actual": actual, "bytes": len(data),
                   "expected_bytes": entry.bytes}
         try:
-            where = self.withdraw(table, part, f"corrupt-{uuid.uuid4().hex[:12]}", reason, data_dir=manifest.data_dir)
+            # The operator's repair (the pipeline run again) publishes identical content under the same folder
+            # name: re-checked under the lock, a mended file is read again, not withdrawn with the month.
+            mended = (lambda: self.stored_crc32c(path) == entry.crc32c) if entry.crc32c is not None else None
+            where = self.withdraw(table, part, f"corrupt-{uuid.uuid4().hex[:12]}", reason, data_dir=manifest.data_dir,
+                                  repaired=mended)
         except (OSError, pa.ArrowException, LakeError) as exc:
             # e.g. a reader allowed to read but not to move objects, or to take the partition's writer lock (GCS
             # answers 403: PartitionLocked): the checksum refusal stands, with the withdrawal that did not happen.
@@ -691,15 +695,20 @@ class Lake:
                 self.fs.delete_file(info.path)
 
     def withdraw(
-        self, table: str, part: Partition, key: str, reason: dict[str, Any], *, data_dir: str | None = None
+        self, table: str, part: Partition, key: str, reason: dict[str, Any], *, data_dir: str | None = None,
+        repaired: Callable[[], bool] | None = None,
     ) -> str | None:
         """Unpublish a partition: remove its manifest, then move its data folder to quarantine under ``key``.
 
         The manifest goes first, so from that instant no reader sees the data; what it said is kept in the
         quarantine reason. With ``data_dir``, only a manifest that still names that folder is withdrawn
-        (``None`` is returned when a publish replaced it meanwhile). Returns the quarantine URI.
+        (``None`` is returned when a publish replaced it meanwhile); with ``repaired``, nothing is withdrawn (None)
+        when it returns True under the lock: a publish of the same content, which keeps the folder's name, mended
+        the file while the caller waited for the lock. Returns the quarantine URI.
         """
         with self.exclusive(table, part) as still_held:
+            if repaired is not None and repaired():
+                return None
             return self._withdraw_locked(table, part, key, reason, data_dir, still_held)
 
     def _withdraw_locked(self, table: str, part: Partition, key: str, reason: dict[str, Any],

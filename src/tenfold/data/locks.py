@@ -83,6 +83,7 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     # retry then fails the generation check) recognises the object as still its own.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout_s
+    checked = None  # the generation whose holder was read: each new object is read once
     try:
         while True:
             try:
@@ -91,6 +92,12 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
             except PreconditionFailed:
                 with contextlib.suppress(NotFound, PreconditionFailed):
                     blob.reload()
+                    if blob.generation != checked:
+                        checked = blob.generation
+                        # Our own create, landed with its answer lost (the client's retry then met it): held, not
+                        # waited on until it looks stale (2 minutes, and a join lock's 60 s wait failed meanwhile).
+                        if blob.download_as_text(if_generation_match=blob.generation) == owner:
+                            break
                     age = time.time() - blob.updated.timestamp() if blob.updated else 0.0
                     if age > stale_s:  # its holder died without releasing: take it over, once
                         blob.delete(if_generation_match=blob.generation)

@@ -142,6 +142,25 @@ def test_a_republish_replaces_a_same_size_corrupted_file_instead_of_keeping_it(l
     assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
 
 
+def test_a_reader_that_met_a_corrupt_file_does_not_withdraw_it_once_a_republish_mended_it(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator re-runs the pipeline, as the refusal advises; identical content keeps its data folder's name. A
+    reader that had read the bad bytes just before, and waited for the lock to withdraw, found the manifest still
+    naming that folder and moved the mended month to quarantine: the repair was undone."""
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    _overwrite(lake, path, _corrupted(_read_bytes(lake, path)))
+    withdraw = Lake.withdraw
+
+    def repaired_while_waiting(self: Lake, *args: object, **kwargs: object) -> object:
+        _publish(lake, _table(), run_id="repair")  # lands while the reader waits for the writer lock
+        return withdraw(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Lake, "withdraw", repaired_while_waiting)
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES  # read again, not refused
+    assert lake.has_manifest(TABLE, PART) and lake.files(TABLE, PART, verify=True) == [path]
+
+
 def test_a_manifest_from_before_crc32c_still_reads_and_is_verified_by_its_sha256(lake: Lake) -> None:
     _publish(lake, _table())
     path = lake.manifest_path(TABLE, PART)

@@ -83,3 +83,31 @@ def test_a_holder_that_finds_its_lock_taken_over_at_release_fails(lake: Lake, cl
                 gcs_lock(client, bucket, name, timeout_s=10, stale_s=600, what="a partition"):
         other.enter_context(_take_over(lake, client))  # holds it when the first holder releases
     assert client.bucket(bucket).get_blob(name) is None  # the other writer released its own
+
+
+def test_a_lock_whose_create_landed_with_its_answer_lost_is_held_not_waited_on(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create succeeded, its response was lost, and the client's retry got 412: the lock took its own object for
+    another holder's and waited until it looked stale (2 minutes; the feedback join's 60 s wait failed "another
+    process holds it" while nothing else did)."""
+    import time
+
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud.storage import Blob
+
+    bucket, name = _lock_object(lake)
+    real_upload = Blob.upload_from_string
+    lost: list[str] = []
+
+    def answer_lost_once(self: Blob, data: Any, *args: Any, **kwargs: Any) -> None:
+        real_upload(self, data, *args, **kwargs)
+        if not lost and kwargs.get("if_generation_match") == 0:
+            lost.append(self.name)
+            raise PreconditionFailed("the retry of a create that landed: 412")
+
+    monkeypatch.setattr(Blob, "upload_from_string", answer_lost_once)
+    started = time.monotonic()
+    with gcs_lock(client, bucket, name, timeout_s=10, stale_s=600, what="a partition") as still_held:
+        still_held()
+    assert lost == [name] and time.monotonic() - started < 5
+    assert client.bucket(bucket).get_blob(name) is None  # released: it was this acquisition's own

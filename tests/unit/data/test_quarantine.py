@@ -107,3 +107,17 @@ def test_a_publish_killed_before_its_cleanup_is_finished_by_its_retry_and_a_with
     _publish(lake, [4, 5], "new-retry")
     assert _data_dirs(lake) == [lake.read_manifest(TABLE, PART).data_dir]
     assert lake.read_manifest(TABLE, PART).run_id == "new"  # the visible content kept its manifest
+
+
+def test_a_withdrawal_of_content_re_published_since_it_was_checked_withdraws_nothing(lake: Lake) -> None:
+    """The gate withdraws only the content it checked: a partition re-published while it was validated stays
+    published, and both withdraw paths (the gate's and a reader's) say so with None."""
+    _publish(lake, [1, 2], "checked")
+    checked = lake.read_manifest(TABLE, PART).data_dir
+    _publish(lake, [3, 4, 5], "newer")
+    assert unpublish_to_quarantine(lake, TABLE, PART, "gate-run", {"why": "failed"}, data_dir=checked) is None
+    assert lake.withdraw(TABLE, PART, "reader", {"why": "corrupt"}, data_dir=checked) is None
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [3, 4, 5]
+    assert unpublish_to_quarantine(lake, TABLE, PART, "gate-run", {"why": "failed"},
+                                   data_dir=lake.read_manifest(TABLE, PART).data_dir) is not None
+    assert not lake.has_manifest(TABLE, PART)
