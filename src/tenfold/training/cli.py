@@ -101,10 +101,17 @@ def evaluate_command(
 
     try:
         settings = get_settings(env)
-        train = month_range(*_months(train_months, settings.training.train_months))
+        learnt = _trained_on(model)
+        # The baselines' window defaults to the model's own (the table's title names it), not the settings' split.
+        default_train = (learnt[0], learnt[-1]) if learnt else settings.training.train_months
+        train = month_range(*_months(train_months, default_train))
         holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
         lake = Lake.from_settings(settings)
         check_time_split(train, holdout)
+        if overlap := sorted(set(learnt) & {p.label for p in holdout}):
+            raise ValueError(f"the model in {model} was trained on {learnt[0]}..{learnt[-1]}, which holds holdout "
+                             f"month(s) {', '.join(overlap)}: scored on data it learnt, it would look better than it "
+                             f"is; give --holdout-months after {learnt[-1]}")
         table = settings.storage.features_table
         if baselines:
             result = evaluate_with_baselines(model, lake, train, holdout, table=table)
@@ -127,6 +134,17 @@ def evaluate_command(
                               debug_hint="with TENFOLD_DEBUG=1"), err=True)
             raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")
+
+
+def _trained_on(model: Path) -> list[str]:
+    """The months the model in ``model`` was trained on, from its ``meta.json`` (none known: [])."""
+    from tenfold.model.io import ModelLoadError, read_meta
+
+    try:
+        months = read_meta(model).get("extra", {}).get("train_config", {}).get("train_months") or []
+    except (ModelLoadError, AttributeError):  # the load below names what is wrong with the folder
+        return []
+    return sorted(str(m) for m in months)
 
 
 def register(app: typer.Typer) -> None:

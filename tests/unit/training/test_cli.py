@@ -38,6 +38,23 @@ def test_evaluate_refuses_a_holdout_inside_the_training_window(home: Path) -> No
     assert out.exit_code == 2 and "does not come after the training window" in out.output
 
 
+def test_evaluate_refuses_a_holdout_inside_the_models_own_training_window(home: Path) -> None:
+    """Only the --train-months argument (default Jan-Sep) was checked: a model trained on Jan-Nov was scored on
+    Oct-Dec, two months it had learnt, under a title that said "trained on 2013-01..2013-09"."""
+    import json
+
+    model = home / "model"
+    model.mkdir()
+    (model / "meta.json").write_text(json.dumps({"version": 1, "extra": {"train_config": {
+        "train_months": [f"2013-{m:02d}" for m in range(1, 12)]}}}))
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(model)])  # the window defaults to the model's own
+    assert out.exit_code == 2 and "does not come after the training window (ends 2013-11)" in out.output, out.output
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--train-months", "2013-01:2013-03"])
+    assert out.exit_code == 2, out.output
+    assert ("was trained on 2013-01..2013-11, which holds holdout month(s) 2013-10, 2013-11" in out.output
+            and "give --holdout-months after 2013-11" in out.output), out.output
+
+
 def test_evaluate_refuses_a_month_that_is_not_one(home: Path) -> None:
     out = CliRunner().invoke(app, ["evaluate", "--model", str(home), "--holdout-months", "2013-1x"])
     assert out.exit_code == 2 and "'2013-1x' is not a month" in out.output
