@@ -425,7 +425,7 @@ def _wait_gone(proc: psutil.Process, timeout: float = 30.0) -> None:
 
 def _component_lines(stdout: str) -> dict[str, str]:
     """``tenfold status`` lines by component: name -> state."""
-    states = ("healthy", "running, not healthy", "dead", "stopped")
+    states = ("healthy", "running, not healthy", "running, on another port", "dead", "stopped")
     out = {}
     for line in stdout.splitlines():
         name, _, rest = line.partition(" ")

@@ -43,14 +43,27 @@ class ServiceStatus:
     service: str = ""
     label: str = ""
     dead: bool = False  # its pid file names a process that is gone: it died, `tenfold up` restarts it
+    moved: str = ""  # it runs on another port than these settings name (started with an override): what to do
 
     @property
     def state(self) -> str:
         if self.healthy:
             return "healthy"
+        if self.moved:
+            return "running, on another port"
         if self.running:
             return "running, not healthy"
         return "dead" if self.dead else "stopped"
+
+
+def _moved(comp: Component, record: ProcessRecord | None, service_name: str) -> str:
+    """Why ``comp`` cannot be checked where these settings say (it was started on another port, by a shell with a
+    ``TENFOLD_LOCAL__*_PORT`` override this one lacks), with what to do; "" when it runs where they say."""
+    if record is None or not record.port or not comp.port or record.port == comp.port:
+        return ""
+    variable = f"TENFOLD_LOCAL__{next(iter(comp.ports)).upper()}"
+    return (f"{comp.name} runs on port {record.port}, where these settings say {comp.port}: set {variable}="
+            f"{record.port} as when it was started, or stop it (`tenfold down -s {service_name}`) and start it again")
 
 
 def _healthy(check: Callable[[], bool]) -> bool:
@@ -230,6 +243,9 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
             continue
         alive = [c for c in svc.components if _live_record(settings, c.name) is not None]
         dead = [c for c in svc.components if c not in alive]
+        if moved := [m for c in alive if (m := _moved(c, _live_record(settings, c.name), name))]:
+            problems += moved  # its health probed on the settings' port would fail (or ask whatever listens there)
+            continue
         if not dead:
             if all(_healthy(c.healthy) for c in svc.components):
                 say(f"{name}: already running and healthy on {svc.url}")
@@ -342,12 +358,14 @@ def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[
         for comp in svc.components:
             record = process.read_record(run_dir(settings), comp.name)
             live = record is not None and process.is_running(record)
+            moved = _moved(comp, record, name) if live else ""
             out.append(
                 ServiceStatus(
                     name=comp.name,
                     url=comp.url,
                     running=live,
-                    healthy=live and _healthy(comp.healthy),
+                    healthy=live and not moved and _healthy(comp.healthy),
+                    moved=moved,
                     pid=record.pid if record else None,
                     log=process.log_file(run_dir(settings), comp.name),
                     service=name,
@@ -365,7 +383,9 @@ def describe(settings: Settings, statuses: list[ServiceStatus], *, secrets: bool
     lines = []
     for st in statuses:
         where = f"  {st.url}" if st.url else ""
-        if st.running:
+        if st.moved:
+            where += f"  (pid {st.pid}: {st.moved})"
+        elif st.running:
             where += f"  (pid {st.pid}, log {st.log})"
         elif st.dead:
             where += f"  (pid {st.pid} exited: `tenfold up` restarts it; log {st.log})"

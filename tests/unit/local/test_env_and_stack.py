@@ -21,7 +21,7 @@ from tenfold.local import (
     up,
 )
 from tenfold.local.process import pid_file
-from tenfold.local.stack import run_dir
+from tenfold.local.stack import describe, run_dir, status
 
 
 def test_local_port_overrides_come_from_the_environment(monkeypatch, tmp_path):
@@ -456,5 +456,26 @@ def test_up_waits_for_an_emulator_an_interrupted_up_left_starting(tmp_path, monk
                 up(s, ["pubsub"], echo=messages.append)
         assert "pubsub: pubsub running but not healthy yet; waiting up to 4 s" in messages, messages
         assert process.is_running(record), "the emulator it waited for was stopped"
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_a_component_started_on_another_port_is_named_with_the_variable_not_probed_where_it_is_not(tmp_path):
+    """`TENFOLD_LOCAL__GCS_PORT=... make up` in one shell, `make status` or `make up` in another: every probe went to
+    the settings' port, so a healthy platform was "running, not healthy" (exit 3) and `up` told the user to run
+    `tenfold down`, after which it started on the port they had moved away from, busy again."""
+    from tenfold.local import process
+
+    s = _fresh_settings(tmp_path)
+    elsewhere = s.local.gcs_port + 1 if s.local.gcs_port < 65535 else s.local.gcs_port - 1
+    record = process.start("gcs", ["sleep", "300"], run_dir=run_dir(s), port=elsewhere, cwd=tmp_path)
+    try:
+        with pytest.raises(LocalPlatformError, match=rf"gcs runs on port {elsewhere}, where these settings say "
+                                                     rf"{s.local.gcs_port}: set TENFOLD_LOCAL__GCS_PORT={elsewhere}"):
+            up(s, ["gcs"], echo=lambda line: None)
+        (gcs,) = [st for st in status(s, ["gcs"]) if st.name == "gcs"]
+        assert gcs.running and not gcs.healthy and gcs.state == "running, on another port"
+        assert f"TENFOLD_LOCAL__GCS_PORT={elsewhere}" in describe(s, [gcs])
+        assert process.is_running(record), "a refused up stopped what it did not start"
     finally:
         process.stop(record, timeout=5)
