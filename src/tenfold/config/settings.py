@@ -1075,10 +1075,23 @@ def build_settings(
     if given.pipelines:
         base = PipelineSettings()
         values["pipelines"] = base.model_copy(update={
-            dag_id: DagSettings(**{**getattr(base, dag_id).model_dump(), **{k: env_value(v) for k, v in fields.items()}})
-            for dag_id, fields in given.pipelines.items()})
+            dag_id: _dag_settings(dag_id, getattr(base, dag_id), fields) for dag_id, fields in given.pipelines.items()})
     values.update(overrides)
     return Settings(**values)
+
+
+def _dag_settings(dag_id: str, base: DagSettings, fields: Mapping[str, str]) -> DagSettings:
+    """A DAG's settings with its ``TENFOLD_PIPELINES__<DAG>__*`` values; a refusal names the variables, and the
+    default a value was checked against (``FIRST_MONTH=2020-01`` alone is before the default last month)."""
+    try:
+        return DagSettings(**{**base.model_dump(), **{k: env_value(v) for k, v in fields.items()}})
+    except ValueError as exc:
+        given = ", ".join(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{k.upper()}={v}" for k, v in fields.items())
+        why = (exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)).removeprefix("Value error, ")
+        # A default the refusal names (the last month a first month was checked against): which variable sets it.
+        named = [f"{k} is {v} by default ({PIPELINES_ENV_PREFIX}{dag_id.upper()}__{k.upper()})"
+                 for k, v in base.model_dump().items() if k not in fields and v is not None and k in why]
+        raise ValueError(f"{given}: {why}" + (f"; {', '.join(named)}" if named else "")) from None
 
 
 def deployed_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:

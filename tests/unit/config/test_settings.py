@@ -147,6 +147,12 @@ def test_a_workload_of_its_own_sets_its_months_and_table_from_the_environment_an
     for bad, says in ((("TENFOLD_PIPELINES__BUILD_FEATURE__FIRST_MONTH", "2020-01"), "names no DAG"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST", "2020-01"), "names no field of DagSettings"),
                       (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-1"), "use YYYY-MM"),
+                      # set alone, it was refused as "DagSettings: ... last_month 2013-12 is before first_month
+                      # 2020-01", naming neither variable
+                      (("TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH", "2020-01"),
+                       "TENFOLD_PIPELINES__BUILD_FEATURES__FIRST_MONTH=2020-01: last_month 2013-12 is before "
+                       "first_month 2020-01; last_month is 2013-12 by default "
+                       r"\(TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH\)"),
                       (("TENFOLD_STORAGE__LAKE_BUCKET", "x"), "names no table or registry setting"),
                       (("TENFOLD_STORAGE__FEATURES_TABLE", "../x"), "a table is one lowercase name"),
                       (("TENFOLD_STORAGE__FEATURES_TABLE", "scores"), "must differ from each other")):
