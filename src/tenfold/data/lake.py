@@ -468,12 +468,18 @@ class Lake:
         reason = {"reason": "checksum mismatch", "table": table, "partition": part.label, "file": self.uri_of(path),
                   "check": kind, "expected": expected, "actual": actual, "bytes": len(data),
                   "expected_bytes": entry.bytes}
+
+        def mended() -> bool:
+            """The operator's repair (the pipeline run again) publishes identical content under the same folder name:
+            re-checked under the lock, a mended file is read again, not withdrawn with the month."""
+            try:
+                return self.stored_crc32c(path) == entry.crc32c
+            except FileNotFoundError:  # gone under a manifest that still names it: not mended
+                return False
+
         try:
-            # The operator's repair (the pipeline run again) publishes identical content under the same folder
-            # name: re-checked under the lock, a mended file is read again, not withdrawn with the month.
-            mended = (lambda: self.stored_crc32c(path) == entry.crc32c) if entry.crc32c is not None else None
             where = self.withdraw(table, part, f"corrupt-{uuid.uuid4().hex[:12]}", reason, data_dir=manifest.data_dir,
-                                  repaired=mended)
+                                  repaired=mended if entry.crc32c is not None else None)
         except (OSError, pa.ArrowException, LakeError) as exc:
             # e.g. a reader allowed to read but not to move objects, or to take the partition's writer lock (GCS
             # answers 403: PartitionLocked): the checksum refusal stands, with the withdrawal that did not happen.
@@ -707,12 +713,11 @@ class Lake:
         the file while the caller waited for the lock. Returns the quarantine URI.
         """
         with self.exclusive(table, part) as still_held:
-            if repaired is not None and repaired():
-                return None
-            return self._withdraw_locked(table, part, key, reason, data_dir, still_held)
+            return self._withdraw_locked(table, part, key, reason, data_dir, still_held, repaired)
 
     def _withdraw_locked(self, table: str, part: Partition, key: str, reason: dict[str, Any],
-                         data_dir: str | None, still_held: Callable[[], None]) -> str | None:
+                         data_dir: str | None, still_held: Callable[[], None],
+                         repaired: Callable[[], bool] | None = None) -> str | None:
         path = self.manifest_path(table, part)
         try:
             with self.fs.open_input_stream(path) as stream:
@@ -725,6 +730,8 @@ class Lake:
                     return None
             except CorruptManifestError:
                 return None
+        if repaired is not None and repaired():  # the same folder, mended meanwhile
+            return None
         still_held()
         if text:
             self.fs.delete_file(path)

@@ -243,3 +243,21 @@ def test_a_manifest_that_is_json_but_not_an_object_is_refused_as_corrupt(lake: L
         lake.read_table(TABLE, [PART])
     _publish(lake, _table(), run_id="r2")
     assert lake.read_manifest(TABLE, PART).run_id == "r2"
+
+
+def test_a_reader_that_met_a_corrupt_file_reads_the_content_published_while_it_waited(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-published with other content while the reader waited for the lock (the old folder removed), or withdrawn
+    by another reader: the month is read again (the new content, or "not published"), not refused with advice to
+    delete a good month's manifest."""
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    _overwrite(lake, path, _corrupted(_read_bytes(lake, path)))
+    withdraw = Lake.withdraw
+
+    def replaced_while_waiting(self: Lake, *args: object, **kwargs: object) -> object:
+        _publish(lake, _table(shift=1), run_id="newer")
+        return withdraw(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Lake, "withdraw", replaced_while_waiting)
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [v + 1 for v in VALUES]
