@@ -366,7 +366,10 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
 
     unwritten = None
     try:
-        write_drift_score(settings, max_psi)
+        # One series per project, which the cloud's drift alert pages on: the score of a version that is not the
+        # champion (which retrains nothing) is not written there.
+        if not not_serving:
+            write_drift_score(settings, max_psi)
     except Exception as exc:
         if emits and not last_try and not isinstance(exc, MetricWriteError) and is_outage(exc):
             raise  # an outage: the next try writes it (a refusal, a missing credential or a fault would not)

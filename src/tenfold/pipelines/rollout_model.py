@@ -226,14 +226,14 @@ def _refuse_while_stable_is_not_the_champion(deployer: Deployer, champion: str) 
     for good (or a pool rolled by hand) leaves the stable pool on another version: a rollout then would compare the
     canary with a model that is not the champion, and its deploy would move the canary pool, which was serving the
     champion to every user, off it. A pool between versions (None: a roll of it unfinished or stuck, such as a cloud
-    group that cannot create its new VMs, or no fleet running) is refused too: the deploy moves only the canary pool,
+    group that cannot create its new VMs, or no fleet status: never started) is refused too: the deploy moves only the canary pool,
     so nothing would wait for the stable one, whose replicas may still serve the version before the champion. A pool
     serving an alias (the cloud's unpinned template) is not refused."""
     serving = deployer.pool_version(STABLE)
     if serving is None:
         raise PipelineInputError(
-            f"the {STABLE} pool serves no one version now: a roll of it has not finished (or is stuck), or no fleet is "
-            f"running. A canary needs the champion {champion} in the {STABLE} pool as its control. Check the pool "
+            f"the {STABLE} pool serves no one version now: a roll of it has not finished (or is stuck), or no fleet was "
+            f"started. A canary needs the champion {champion} in the {STABLE} pool as its control. Check the pool "
             f"(`tenfold serve status` locally; in the cloud the {STABLE} instance group's update), let the roll finish "
             f"or roll it to the champion (`tenfold serve rollout --model champion --pool {STABLE}` locally; in the cloud "
             "clear the promoting rollout's conclude task), then trigger this rollout again")

@@ -281,10 +281,16 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     champion = {"now": "v1"}
     monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
         "resolve": staticmethod(lambda alias: champion["now"])})())
+    from tenfold.monitoring import cloud_metrics
+
+    scores: list[Any] = []
+    monkeypatch.setattr(cloud_metrics, "write_drift_score", lambda settings, score: scores.append(score))
     old = {**_run("run-old", version="v0"), "version_ref": "v0"}
     decision = pipeline.decide(settings, old, REPORTED, emits=True)
     assert decision["retrain"] is False and len(sent) == 1
     assert "v0 is not the champion: no retraining" in sent[0][0] and not sent[0][0].startswith("drift: retraining")
     assert not list((tmp_path / "home").rglob("triggered-*.json")), "a trigger of a version not serving was recorded"
+    assert scores == []  # the cloud's drift alert (one series per project) pages on this score: not for v0
     # The champion named by its id is the champion: it retrains.
     assert pipeline.decide(settings, {**_run("run-v1"), "version_ref": "v1"}, REPORTED, emits=True)["retrain"] is True
+    assert scores == [0.41]
