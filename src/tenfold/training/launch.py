@@ -43,7 +43,7 @@ from tenfold.training.config import TrainConfig
 from tenfold.training.data import read_features
 from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
-from tenfold.training.worker import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, RESULT_FILE
+from tenfold.training.worker import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, NON_TRAJECTORY, RESULT_FILE
 from tenfold.workloads import get_workload
 
 log = logging.getLogger(__name__)
@@ -294,8 +294,12 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{target}/{CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc}): delete the output "
                              f"folder {target} or use a fresh one") from exc
-        if previous != train_config.to_dict():
-            changed = sorted(k for k in previous if previous[k] != train_config.to_dict().get(k))
+        now = train_config.to_dict()
+        # Only what shapes the trajectory: the ranks resume under another collective timeout, thread count or
+        # checkpoint cadence (a run that failed on collective timeouts is resumed with a longer one), and the
+        # folder's config becomes the new one below.
+        changed = sorted(k for k in previous if k not in NON_TRAJECTORY and previous[k] != now.get(k))
+        if changed:
             raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
     if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
             remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):

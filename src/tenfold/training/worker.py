@@ -101,7 +101,7 @@ LOSSES_FILE = "losses.jsonl"
 CONFIG_FILE = "train_config.json"
 # OUT/PREPROCESSING_FILE (the launcher stages it) shares the model folder's name, imported above.
 # Fields that do not change the trajectory: a resume may differ in them.
-_NON_TRAJECTORY = ("threads", "collective_timeout_s", "checkpoint_every", "keep_checkpoints")
+NON_TRAJECTORY = ("threads", "collective_timeout_s", "checkpoint_every", "keep_checkpoints")
 
 
 class WorkerError(RuntimeError):
@@ -109,7 +109,7 @@ class WorkerError(RuntimeError):
 
 
 def trajectory_digest(cfg: TrainConfig) -> str:
-    body = {k: v for k, v in cfg.to_dict().items() if k not in _NON_TRAJECTORY}
+    body = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAJECTORY}
     return json.dumps(body, sort_keys=True)
 
 

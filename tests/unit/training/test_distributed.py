@@ -80,6 +80,22 @@ def test_a_job_relaunched_after_it_finished_reports_the_last_steps_loss_not_nan(
     _assert_same_weights(_weights(again), _weights(reference_run))
 
 
+def test_a_run_resumes_under_another_collective_timeout_but_not_under_another_learning_rate(
+    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    """The ranks resume under another collective timeout, thread count or checkpoint cadence, but the launcher
+    refused them ("a different config (changed: ['collective_timeout_s']); use a fresh output folder"), throwing
+    away the checkpoints of a run that had failed on collective timeouts."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run.out_dir, out)
+    longer = small_config.with_(collective_timeout_s=small_config.collective_timeout_s + 60)
+    again = run_torchrun(train_settings, longer, out, nproc=2, timeout_s=240)
+    assert again.resumed_from_step == 50 and again.config["collective_timeout_s"] == longer.collective_timeout_s
+    _assert_same_weights(_weights(again), _weights(reference_run))
+    with pytest.raises(ValueError, match=r"different config \(changed: \['lr'\]\)"):
+        run_torchrun(train_settings, longer.with_(lr=longer.lr * 2), out, nproc=2, timeout_s=240)
+
+
 def test_resuming_under_another_number_of_processes_is_refused(
     reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
