@@ -316,10 +316,11 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # Drift of another version than the champion (a run conf naming an old version or the challenger, as several
     # refusals advise) is reported and alerted, but retrains nothing: retraining replaces the serving model, which is
     # not the one measured. Nor is its trigger recorded, which would hold back the champion's on the same month.
-    if emits and p.version_ref != CHAMPION and p.version != ModelRegistry(settings).resolve(CHAMPION):
-        emits, not_serving = False, True
-    else:
-        not_serving = False
+    # (With no champion yet, nothing serves that a retrain would replace: the version named is the one to improve.)
+    not_serving = False
+    if emits and p.version_ref != CHAMPION and (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
+        not_serving = p.version != champion
+        emits = emits and not not_serving
     # The content each month was measured on (none from a run of before this was recorded: such a month is
     # neither looked up nor recorded, so nothing is held back wrongly).
     contents = {s["month"]: c for s, c in zip(r.summaries, r.contents, strict=False)}

@@ -294,3 +294,7 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     # The champion named by its id is the champion: it retrains.
     assert pipeline.decide(settings, {**_run("run-v1"), "version_ref": "v1"}, REPORTED, emits=True)["retrain"] is True
     assert scores == [0.41]
+    # With no champion yet (a fresh platform) nothing serves that a retrain would replace: the version named retrains.
+    champion["now"] = None
+    assert pipeline.decide(settings, {**_run("run-first", version="v0"), "version_ref": "v0"}, REPORTED,
+                           emits=True)["retrain"] is True
