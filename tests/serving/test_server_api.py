@@ -619,3 +619,32 @@ def test_a_client_that_goes_away_mid_body_is_not_a_server_error(client: Any, ser
     assert sent[0]["status"] == 499
     assert _metric(client, "tenfold_unhandled_errors_total") == 0
     assert _metric(client, "tenfold_errors_total", endpoint="predict", code="499") == 1
+
+
+@pytest.mark.parametrize(("length", "status"), [("zero-padded", 200), ("huge", 413)])
+def test_a_content_length_of_thousands_of_digits_is_read_as_its_number_not_a_server_error(
+        client: Any, serving_token: str, length: str, status: int) -> None:
+    """Raw ASGI (uvicorn's parser lets such a header through): int() refuses text of more than 4,300 digits, so a
+    zero-padded Content-Length ended in a 500 counted as a server bug, which any client could set off at will."""
+    import asyncio
+    import json as jsonlib
+
+    body = jsonlib.dumps(_flight()).encode()
+    header = b"0" * 5000 + str(len(body)).encode() if length == "zero-padded" else b"9" * 5000
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": PREDICT, "raw_path": PREDICT.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", f"Bearer {serving_token}".encode()), (b"content-type", b"application/json"),
+                         (b"content-length", header)],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == status, sent
+    assert _metric(client, "tenfold_unhandled_errors_total") == 0
