@@ -410,6 +410,17 @@ def table(rows: list[MonthRow]) -> str:
     return "\n".join(lines)
 
 
+def scheduled_conf(settings: Settings, part: Partition) -> dict[str, list[str]]:
+    """The windows the weekly run would take in replay time, at ``part``: the default split over the published months
+    up to it, never later ones an earlier demo published (an empty conf trained on months the replay had not
+    reached, and the gate judged it on others)."""
+    from tenfold.pipelines.train_model import default_split
+
+    published = Lake.from_settings(settings).published_partitions(settings.storage.features_table)
+    train, holdout = default_split(settings, [p for p in published if p <= part])
+    return {"train_months": [train[0].label, train[-1].label], "holdout_months": [holdout[0].label, holdout[-1].label]}
+
+
 def new_run(api: AirflowApi, dag_id: str, before: set[str], *, timeout_s: float) -> str | None:
     """The id of a run of ``dag_id`` that is not in ``before`` (the scheduler creates asset-triggered runs
     within seconds of the event); None if none appeared within ``timeout_s``."""
@@ -494,10 +505,13 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     say("")
     say(f"=== {part.label} ===" + (f" ({clock})" if clock else ""))
     before = {dag_id: run_ids(api, dag_id) for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT)}
+    started: dict[str, str] = {}  # the runs this month's replay started by hand: followed by their ids
     if not build_months(settings, api, [part], say):
-        # Published by an earlier demo: no features event this time, so start the month's runs by hand.
+        # Published by an earlier demo: no features event this time, so start the month's runs by hand (and follow
+        # those: a leftover backfill's asset-triggered run of another month sorts first among the new ones).
         for dag_id in (INFER, DRIFT):
-            api.trigger(dag_id, f"demo__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}", {"month": part.label})
+            started[dag_id] = f"demo__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}"
+            api.trigger(dag_id, started[dag_id], {"month": part.label})
     row.validated = "yes"
     # The replicas load the lookup tables when they start: restarting them one at a time serves the new month.
     from tenfold.serving import fleet
@@ -510,7 +524,7 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     with Traffic(settings, part, flights) as live:
         say(f"serving {champion}: {len(live.items)} flights of {part.label} replayed as live traffic, with feedback")
         for dag_id in (INFER, DRIFT):
-            found = new_run(api, dag_id, before[dag_id], timeout_s=NEW_RUN_TIMEOUT_S)
+            found = started.get(dag_id) or new_run(api, dag_id, before[dag_id], timeout_s=NEW_RUN_TIMEOUT_S)
             if found is None:
                 say(f"  {dag_id}: no run was started by the features event; see {airflow_url(settings)}/dags/{dag_id}")
                 row.failed_runs.append(f"{dag_id}: no run started by the features event")
@@ -534,7 +548,7 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
             # The weekly baseline in replay time: a month holds four weeks, so the schedule is due; the demo
             # honours it every few months (``retrain_every``) to stay short.
             retrain = f"demo__scheduled__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}"
-            api.trigger(TRAIN, retrain, {})
+            api.trigger(TRAIN, retrain, scheduled_conf(settings, part))
             why = "the scheduled baseline, in replay time"
         if retrain is not None:
             say(f"{TRAIN}: run {retrain} ({why})")

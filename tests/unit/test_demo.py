@@ -11,7 +11,7 @@ import pytest
 
 from tenfold import demo
 from tenfold.config import Settings
-from tenfold.data.lake import Partition
+from tenfold.data.lake import Lake, Partition, month_range
 
 
 def test_the_first_champions_auc_on_a_month_it_was_trained_on_is_marked_in_sample() -> None:
@@ -204,3 +204,57 @@ def test_a_first_champion_trained_by_hand_is_split_as_the_scheduled_run_splits_i
     trained, held = rolling_split(months, settings.training.train_window, settings.training.holdout_window)
     assert [p.label for p in held] == ["2013-07", "2013-08"]
     assert api.conf[run_id] == {"train_months": [trained[0].label, "2013-06"], "holdout_months": ["2013-07", "2013-08"]}
+
+
+def test_a_replayed_month_follows_the_runs_it_started_and_its_scheduled_retrain_trains_on_months_replayed(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a home an earlier demo published through December: the scheduled retrain of 2013-08 was triggered with an
+    empty conf, so it trained on 01..09 and was judged on 10..12, months the replay had not reached; and a month
+    published before followed the first new run of each DAG, a leftover backfill's asset-triggered run of another
+    month (it sorts before the demo's own), not the one the demo had just started for it."""
+    import tenfold.registry
+    import tenfold.serving.fleet
+    from tenfold.pipelines import train_model
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = make_settings()
+    publish_synthetic_features(Lake.from_settings(settings), month_range("2013-01", "2013-12"), 20)
+    followed: list[str] = []
+
+    class Api(_Api):
+        def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
+            followed.extend(run_ids)
+            return {r: "failed" if dag_id == demo.TRAIN else "success" for r in run_ids}
+
+        def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+            return ["train"]
+
+    class Traffic:
+        def __init__(self, *args: object) -> None:
+            self.items: list[object] = []
+            self.report = None
+
+        def __enter__(self) -> Traffic:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(demo, "build_months", lambda *a: False)  # published by an earlier demo
+    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
+    monkeypatch.setattr(demo, "Traffic", Traffic)
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
+    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
+                        else f"asset_triggered__{dag_id}__2013-09")
+    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "ok")
+    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
+    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+    api = Api()
+    demo.replay_month(settings, api, Partition(2013, 8), None, 0, lambda line: None, scheduled_due=True)  # type: ignore[arg-type]
+    started = [r for r in api.triggered if not r.startswith("demo__scheduled__")]
+    assert len(started) == 2 and all(r.startswith("demo__2013-08__") for r in started)
+    assert followed[:2] == started and not any(r.startswith("asset_triggered__") for r in followed)
+    (retrain,) = [r for r in api.triggered if r.startswith("demo__scheduled__2013-08")]
+    assert api.conf[retrain] == {"train_months": ["2013-01", "2013-06"], "holdout_months": ["2013-07", "2013-08"]}

@@ -156,6 +156,16 @@ def rolling_split(published: list[Partition], train_window: int, holdout_window:
     return train, holdout
 
 
+def default_split(settings: Settings, published: Sequence[Partition], *, drifted: bool = False
+                  ) -> tuple[list[Partition], list[Partition]]:
+    """The split of a run without train_months/holdout_months in its conf, over ``published`` months: a run drift
+    started holds out the newest month alone; any other, the newest ``holdout_window`` months, no more than the
+    champion has not learnt (:func:`rolling_split`)."""
+    t = settings.training
+    holdout_window = 1 if drifted else _holdout_beside_the_champion(settings, published, t.holdout_window)
+    return rolling_split(list(published), t.train_window, holdout_window)
+
+
 def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partition], window: int) -> int:
     """The default holdout window, shortened to the published months after the champion's last training month (at
     least one): the gate scores the champion on months it never learnt. A champion from a drift-started run trains
@@ -212,9 +222,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
-        months = lake.published_partitions(table)
-        holdout_window = 1 if drifted else _holdout_beside_the_champion(settings, months, t.holdout_window)
-        train, holdout = rolling_split(months, t.train_window, holdout_window)
+        train, holdout = default_split(settings, lake.published_partitions(table), drifted=bool(drifted))
         if drifted:
             log.info("started by drift in %s: holding out only the newest month (%s) and training up to %s",
                      ", ".join(drifted), holdout[-1].label, train[-1].label)
