@@ -272,6 +272,9 @@ def publish(settings: Settings, run: InferenceRun | Mapping[str, Any]) -> Publis
         return Published(requests=0, rows=0, seconds=0.0)
     lake = _check_unchanged(settings, r)
     rows = partition_rows(lake, settings.storage.features_table, r.partition, _contract(settings))
+    # Checked again after the read, which follows a re-publish that lands while it reads: the requests are cut from
+    # the build this run planned (and records), never from one published meanwhile.
+    _check_unchanged(settings, r)
     if rows.num_rows != r.rows:
         raise PipelineError(f"features partition {r.month} holds {rows.num_rows} rows, its manifest {r.rows}: re-run build_features")
     report = publish_requests(settings, r.run_key, r.month, r.model_version, rows,

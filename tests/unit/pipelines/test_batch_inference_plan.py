@@ -356,3 +356,29 @@ def test_a_tampered_meta_json_is_refused_at_plan_naming_the_version(
     with pytest.raises(pipeline.PipelineError, match=rf"model version {version} cannot be read from the registry: "
                                                      r"meta.json of version .* does not match its recorded sha256"):
         pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+
+
+def test_requests_are_cut_from_the_build_the_run_planned_not_one_published_while_they_are_read(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest was checked, then read again by the read itself, which follows a re-publish landing meanwhile:
+    a same-row-count rebuild's rows were sent, and the scores' manifest recorded the build planned."""
+    import tenfold.inference.runs as runs
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    planned = pipeline.plan(s, RUN_ID, {"month": PART.label})
+    assert planned.path == "pubsub"
+    real_rows, sent = runs.partition_rows, []
+
+    def rebuilt_while_read(*args: object, **kwargs: object) -> object:
+        publish_synthetic_features(Lake.from_settings(s), [PART], 50, seed=9)  # same rows, other content
+        return real_rows(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runs, "partition_rows", rebuilt_while_read)
+    monkeypatch.setattr(runs, "publish_requests", lambda *args, **kwargs: sent.append(args))
+    with pytest.raises(pipeline.PipelineError, match="re-published"):
+        pipeline.publish(s, planned)
+    assert sent == []
