@@ -96,7 +96,9 @@ def rollout_model() -> None:
 
             why = (f"rollout failed without a verdict ({'; '.join(done['reasons'])}); nothing was promoted or rejected; "
                    f"see {done['report']}")
-            raise AirflowFailException(why) from pipeline.PipelineError(why, alerted=True)  # conclude alerted
+            # conclude alerted: Airflow's failure callback sends it again only to the hooks that missed it
+            missed = tuple(done.get("undelivered") or ())
+            raise AirflowFailException(why) from pipeline.PipelineError(why, alerted=not missed, undelivered=missed)
         return done
 
     @task(doc_md="Does nothing: a leaf that is upstream_failed when plan, deploy or a step failed, so the DAG run "

@@ -594,14 +594,19 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
     # A green run said nothing: a canary that got no data, a rejected version. (A step task that failed was alerted
     # by Airflow's failure callback already.)
+    missed: tuple[str, ...] = ()  # the alert hooks that did not take the alert (after their own retries)
     if outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r
                                                                 for r in reasons)):
-        p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
+        sent = p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
             "version": run.version, "champion": done["champion"], "reasons": "; ".join(reasons)[:2000],
             "report": report, "run": run.airflow_run_id})
+        missed = tuple(getattr(sent, "failed", ()) or ())
+        if missed:
+            log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,
+                        ", ".join(missed))
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
-    return done
+    return {**done, "undelivered": list(missed)} if missed else done
 
 
 STEP_TASK_FAILED = "a step task failed"

@@ -658,3 +658,24 @@ def test_a_passed_step_run_again_after_the_next_step_started_passes_and_leaves_t
     for i in range(1, len(run.steps)):
         assert pipeline.step(None, run, i, p=places) == pipeline.PASS  # type: ignore[arg-type]
     assert router.calls == [] and router.percent == run.steps[-1] and "end" not in registry.events
+
+
+def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it_to_that_hook(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude's alert (a canary ended FAILED for want of data) went unseen by a webhook that answered 503 through
+    its tries: the DAG raised the failure as alerted, and Airflow's callback, which sends to the hooks that missed
+    an alert, sent nothing."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.FAILED, "reasons": ["no data by the deadline"]}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=("webhook",))
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.FAILED and done["undelivered"] == ["webhook"]
+    # What the DAG raises from it: the callback sends to the webhook alone.
+    raised = pipeline.PipelineError("failed", alerted=not done["undelivered"], undelivered=tuple(done["undelivered"]))
+    assert not alerting.already_alerted(raised) and alerting.undelivered(raised) == ("webhook",)
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
+    registry.events.pop("done")
+    assert "undelivered" not in pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
