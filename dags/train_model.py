@@ -29,7 +29,8 @@ anything else is retried as ``settings.pipelines.train_model`` says, the ``train
 
 **Run conf** (optional, e.g. ``airflow dags test train_model -c '{"train_months": ["2013-01", "2013-02"],
 "holdout_months": ["2013-03", "2013-03"], "epochs": 1}'``): ``train_months``, ``holdout_months``,
-``epochs``, ``max_steps``, ``batch_size``, ``nproc``, ``seed``.
+``epochs``, ``max_steps``, ``batch_size``, ``nproc``, ``seed``, ``feedback_weight`` (0 to 100: how much the
+feedback join's labelled rows weigh; 0 leaves them out).
 
 Run locally: ``make up`` then trigger ``train_model`` in the UI, or ``airflow dags test train_model``.
 """

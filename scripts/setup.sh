@@ -10,6 +10,25 @@ die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Install python3.11 or set PYTHON=/path/to/python3.11."
 
+# --- prerequisites that cannot come from a package registry here ------------------------------
+# Checked first: a machine without one is refused at once, not after the system packages below were installed.
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
+if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
+  die "Java 17+ is required by Spark (found: ${java_major:-none}). Install it: apt-get install openjdk-17-jre-headless"
+fi
+if ! command -v gcloud >/dev/null; then
+  die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
+fi
+if ! gcloud beta emulators pubsub env-init --help >/dev/null 2>&1; then
+  die "the Pub/Sub emulator is missing. Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
+fi
+command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs npm"
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+[ "${node_major:-0}" -ge 18 ] 2>/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found $(node --version)). Install a newer one (apt-get install nodejs npm)"
+# npm installs the CDK CLIs, Node 22 and the Data Docs assets below: checked now, not after minutes of syncing .venv
+# (Debian's nodejs only suggests npm).
+command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
+
 # --- system packages: installed with apt only where missing -----------------------------------
 # chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
 # download is never used (nothing downloads at test time). curl: the cloud VMs' startup script, which the tests run.
@@ -28,24 +47,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-
-# --- prerequisites that cannot come from a package registry here ------------------------------
-java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
-if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
-  die "Java 17+ is required by Spark (found: ${java_major:-none}). Install it: apt-get install openjdk-17-jre-headless"
-fi
-if ! command -v gcloud >/dev/null; then
-  die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
-fi
-if ! gcloud beta emulators pubsub env-init --help >/dev/null 2>&1; then
-  die "the Pub/Sub emulator is missing. Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
-fi
-command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs npm"
-node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
-[ "${node_major:-0}" -ge 18 ] 2>/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found $(node --version)). Install a newer one (apt-get install nodejs npm)"
-# npm installs the CDK CLIs, Node 22 and the Data Docs assets below: checked now, not after minutes of syncing .venv
-# (Debian's nodejs only suggests npm).
-command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
 
 # --- Python environment --------------------------------------------------------------------------
 # uv from PATH, else a pinned copy in a venv of its own under .tools/uv: Debian's and Ubuntu's system Python refuses

@@ -59,6 +59,34 @@ def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path
     assert not (tmp_path / ".venv").exists()
 
 
+def test_without_java_setup_stops_before_installing_system_packages(tmp_path: Path) -> None:
+    """setup said it "fails early", but checked Java, gcloud and Node only after apt had installed chromium and the
+    rest: a machine without Java waited through that install and was then refused."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not folder or not Path(folder).is_dir():
+            continue
+        for tool in Path(folder).iterdir():
+            link = bin_dir / tool.name
+            if tool.name not in ("java", "dpkg-query", "apt-get", "sudo") and not link.exists() \
+                    and os.access(tool, os.X_OK) and tool.is_file():
+                link.symlink_to(tool.resolve())
+    installs = tmp_path / "apt-calls"
+    (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")  # every system package missing
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {installs}\n")
+    (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    for shim in ("dpkg-query", "apt-get", "sudo"):
+        (bin_dir / shim).chmod(0o755)
+    assert shutil.which("java", path=str(bin_dir)) is None
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1 and "Java 17+ is required by Spark" in proc.stderr, proc.stdout + proc.stderr
+    assert not installs.exists(), f"apt ran before the refusal: {installs.read_text()}"
+
+
 def test_make_down_and_clean_work_without_a_venv_and_status_says_to_set_up(tmp_path: Path) -> None:
     """A setup that failed part-way (the `tenfold` entry point comes last) or a deleted .venv: `make down` failed
     with Error 127, so `make clean`, which runs it first, never removed .tenfold/."""
