@@ -82,6 +82,27 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     return Preprocessor.fit(table, contract, min_count=cfg.vocabulary_min_count)
 
 
+class BatchTooBig(ValueError):
+    """The training window cannot fill one global batch: every rank would fail the same way, on every try."""
+
+    retryable = False  # tenfold.pipelines.common.run_step: the task fails at once, not after its retries
+
+
+def _refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
+    """Refused before the job starts: every rank failed ("cannot fill one global batch"), torchrun restarted them and
+    the task retried, in the cloud after scaling the GPU group up for each try. (The validation slice takes its
+    rows out too: the ranks still refuse a window that only its slice leaves too small.)"""
+    lake = Lake(cfg.lake_uri)
+    if not all(lake.has_manifest(cfg.table, p) for p in cfg.partitions):
+        return  # refused by the read that follows, naming every month not published
+    rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
+    if rows < cfg.batch_size * world:
+        raise BatchTooBig(
+            f"batch_size {cfg.batch_size} x {world} processes is a global batch of {cfg.batch_size * world:,} rows, and "
+            f"the training window {cfg.train_months[0]}..{cfg.train_months[-1]} holds {rows:,}: give a smaller "
+            "batch_size (the run conf's, or --batch-size), or a longer training window")
+
+
 def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
     """Whether the launcher fits the preprocessing state (again) before starting the ranks.
 
@@ -301,6 +322,7 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         changed = sorted(k for k in previous if k not in NON_TRAJECTORY and previous[k] != now.get(k))
         if changed:
             raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
+    _refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
     if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
             remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())

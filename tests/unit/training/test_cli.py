@@ -81,7 +81,8 @@ def test_train_on_a_corrupt_features_file_is_a_one_line_refusal(home: Path) -> N
     data = sorted((home / "lake").rglob("*.parquet"))
     assert data, "no features file was published"
     data[0].write_bytes(data[0].read_bytes()[: len(data[0].read_bytes()) // 2])  # bit rot: half the file is gone
-    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "run")])
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--batch-size", "16",
+                                   "--out", str(home / "run")])
     assert out.exit_code == 2, out.output
     assert out.output.startswith("error: ") and "is corrupt" in out.output and "re-publish the partition" in out.output
     assert "Traceback" not in out.output and not (home / "run" / "model").exists()

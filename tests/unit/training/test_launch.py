@@ -254,3 +254,16 @@ def test_categorical_values_rarer_than_the_settings_minimum_are_fit_as_the_oov_v
     assert rare_somewhere  # the synthetic window has values under the minimum, so the check above can fail
     every_value = fit_preprocessing(dataclasses.replace(cfg, vocabulary_min_count=1))
     assert sum(every_value.vocab_sizes.values()) > sum(pre.vocab_sizes.values())
+
+
+def test_a_batch_the_window_cannot_fill_is_refused_before_the_job_starts_without_retries(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """Every rank failed ("cannot fill one global batch"), torchrun restarted them and the task retried: in the cloud
+    the GPU group scaled up for each try of a run that could never train."""
+    from tenfold.training.launch import BatchTooBig
+
+    with pytest.raises(BatchTooBig, match=r"batch_size 1000 x 2 processes is a global batch of 2,000 rows, and the "
+                                          r"training window 2013-01..2013-03 holds 1,200") as refused:
+        run_torchrun(train_settings, small_config.with_(batch_size=1000), tmp_path, nproc=2, timeout_s=60)
+    assert refused.value.retryable is False  # run_step fails the Airflow task at once
+    assert not (tmp_path / "torchrun.log").exists() and not (tmp_path / "preprocessing.json").exists()
