@@ -226,14 +226,14 @@ def _refuse_while_stable_is_not_the_champion(deployer: Deployer, champion: str) 
     for good (or a pool rolled by hand) leaves the stable pool on another version: a rollout then would compare the
     canary with a model that is not the champion, and its deploy would move the canary pool, which was serving the
     champion to every user, off it. A pool between versions (None: a roll of it unfinished or stuck, such as a cloud
-    group that cannot create its new VMs, or no fleet status: never started) is refused too: the deploy moves only the canary pool,
+    group that cannot create its new VMs, or no fleet running: never started, or stopped) is refused too: the deploy moves only the canary pool,
     so nothing would wait for the stable one, whose replicas may still serve the version before the champion. A pool
     serving an alias (the cloud's unpinned template) is not refused."""
     serving = deployer.pool_version(STABLE)
     if serving is None:
         raise PipelineInputError(
-            f"the {STABLE} pool serves no one version now: a roll of it has not finished (or is stuck), or no fleet was "
-            f"started. A canary needs the champion {champion} in the {STABLE} pool as its control. Check the pool "
+            f"the {STABLE} pool serves no one version now: a roll of it has not finished (or is stuck), or no fleet is "
+            f"running (never started, or stopped). A canary needs the champion {champion} in the {STABLE} pool as its control. Check the pool "
             f"(`tenfold serve status` locally; in the cloud the {STABLE} instance group's update), let the roll finish "
             f"or roll it to the champion (`tenfold serve rollout --model champion --pool {STABLE}` locally; in the cloud "
             "clear the promoting rollout's conclude task), then trigger this rollout again")
@@ -501,8 +501,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     run = RolloutRun.from_xcom(run)
     p = p or places(settings)
     record = events(p, run)
-    if "done" in record:
-        return record["done"]
+    if "done" in record:  # a re-run: what it ended with, and the alert hooks that missed its alert then
+        missed_then = (record.get(ALERT_UNDELIVERED) or {}).get("hooks") or []
+        return {**record["done"], "undelivered": list(missed_then)} if missed_then else record["done"]
     if "end" not in record:
         applied = [k for k in record if k.endswith("-set")]
         passed = len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy)
@@ -604,11 +605,13 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         if missed:
             log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,
                         ", ".join(missed))
+            _record(p, run, ALERT_UNDELIVERED, {"hooks": list(missed)})  # a cleared conclude still names them
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return {**done, "undelivered": list(missed)} if missed else done
 
 
+ALERT_UNDELIVERED = "alert-undelivered"  # the event naming the hooks that missed conclude's alert
 STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
 
