@@ -318,8 +318,8 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # not the one measured. Nor is its trigger recorded, which would hold back the champion's on the same month.
     # (With no champion yet, nothing serves that a retrain would replace: the version named is the one to improve.)
     not_serving = False
-    if emits and p.version_ref != CHAMPION and (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
-        not_serving = p.version != champion
+    if p.version_ref != CHAMPION and (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
+        not_serving = p.version != champion  # outside Airflow too: its score is not written to the champion's series
         emits = emits and not not_serving
     # The content each month was measured on (none from a run of before this was recorded: such a month is
     # neither looked up nor recorded, so nothing is held back wrongly).

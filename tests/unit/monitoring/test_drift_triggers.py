@@ -291,6 +291,8 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     assert "v0 is not the champion: no retraining" in sent[0][0] and not sent[0][0].startswith("drift: retraining")
     assert not list((tmp_path / "home").rglob("triggered-*.json")), "a trigger of a version not serving was recorded"
     assert scores == []  # the cloud's drift alert (one series per project) pages on this score: not for v0
+    outside = pipeline.decide(settings, {**old, "airflow_run_id": "manual"}, REPORTED)  # python -m ..., no event
+    assert scores == [] and "v0 is not the champion" in sent[-1][0] and outside["retrain"] is False
     # The champion named by its id is the champion: it retrains.
     assert pipeline.decide(settings, {**_run("run-v1"), "version_ref": "v1"}, REPORTED, emits=True)["retrain"] is True
     assert scores == [0.41]
