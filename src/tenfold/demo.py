@@ -547,8 +547,17 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
         if retrain is None and scheduled_due:
             # The weekly baseline in replay time: a month holds four weeks, so the schedule is due; the demo
             # honours it every few months (``retrain_every``) to stay short.
-            retrain = f"demo__scheduled__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}"
-            api.trigger(TRAIN, retrain, scheduled_conf(settings, part))
+            from tenfold.pipelines.common import PipelineError
+
+            try:
+                conf = scheduled_conf(settings, part)
+            except PipelineError as exc:  # no two consecutive months up to it (one withdrawn): this month's row says so
+                say(f"{TRAIN}: the scheduled baseline cannot run: {exc}")
+                row.failed_runs.append(f"{TRAIN}: the scheduled baseline cannot run: {exc}")
+                conf = None
+            if conf is not None:
+                retrain = f"demo__scheduled__{part.label}__{time.strftime('%Y%m%dT%H%M%S')}"
+                api.trigger(TRAIN, retrain, conf)
             why = "the scheduled baseline, in replay time"
         if retrain is not None:
             say(f"{TRAIN}: run {retrain} ({why})")

@@ -314,8 +314,8 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
                 f"dead-lettered within {inf.wait_timeout_s} s: are workers running (the local pool, or the inference "
                 "instance group in the cloud)? Retry the task to keep waiting; nothing is published twice. If the "
                 "Pub/Sub emulator was restarted since the requests were published (it keeps messages in memory only), "
-                "they are gone: clear this run's publish task, which sends the same request ids again (results "
-                "already written are kept)")
+                "they are gone: clear this run's publish task with its downstream tasks (score, publish_results): it "
+                "sends the same request ids again (results already written are kept)")
         time.sleep(inf.poll_interval_s)
 
 
