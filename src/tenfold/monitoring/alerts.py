@@ -14,8 +14,9 @@ Besides the log, hooks deliver it; none is configured by default:
   that builds the settings, so Airflow's tasks (which run in ``TENFOLD_HOME``) append to the same file;
 * :func:`register_hook`: any callable, for code that embeds Tenfold.
 
-The webhook and the e-mail are tried again when they fail in a way that may pass (refused or timed out, HTTP 5xx
-or 429, SMTP 4xx): :data:`RETRY_DELAYS_S` (1 and 2 s) between 3 tries, each bounded by :data:`TIMEOUT_S`. A hook
+The webhook and the e-mail are tried again when they fail in a way that may pass (refused or timed out before the
+request was sent, HTTP 5xx or 429, SMTP 4xx; a webhook that timed out after taking the whole request is not posted
+it again): :data:`RETRY_DELAYS_S` (1 and 2 s) between 3 tries, each bounded by :data:`TIMEOUT_S`. A hook
 that still fails is logged and never hides the alert from the other hooks, nor the original error from the caller;
 :func:`send_alert` returns which hooks failed (:attr:`Sent.delivered`), so a caller that records "alerted" (a
 gate refusal's ``alerted``, monitor_drift's trigger record) records it only when every hook took the alert, and
@@ -140,10 +141,13 @@ def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[E
 
 
 def _webhook_transient(exc: Exception) -> bool:
-    """A 5xx or 429 answer, or no answer (refused, reset, timed out): worth another try; another 4xx is not."""
+    """A 5xx or 429 answer, or a request that never reached the webhook (refused, unresolved, a connect timeout:
+    urllib's URLError): worth another try; another 4xx is not. Nor is a timeout or reset while waiting for the
+    answer, after the whole request was sent: the webhook may have taken it (a slow chat hook), and each try posted
+    it again (three copies, then the caller's retry three more). It fails the hook once instead."""
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code == 429
-    return isinstance(exc, OSError)  # URLError (refused, unresolved), TimeoutError, ConnectionResetError
+    return isinstance(exc, urllib.error.URLError)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

@@ -225,3 +225,40 @@ def test_a_webhook_that_redirects_is_not_counted_as_delivered(make_settings):
         server.server_close()
     assert not sent.delivered and sent.failed == ("webhook",)
     assert seen == ["POST"]  # not followed (and not tried again: a redirect is not an outage)
+
+
+def test_a_webhook_that_took_the_alert_but_answers_late_is_not_posted_it_again(make_settings, monkeypatch):
+    """A timeout while reading the answer, after the whole request was sent, was retried like a refused connection:
+    a slow chat webhook got the alert three times (then the caller's retry three more)."""
+    import http.server
+    import threading
+
+    from tenfold.monitoring import alerts
+
+    posts: list[bytes] = []
+    answered = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.rfile.read(int(self.headers["Content-Length"])))
+            answered.wait(5)  # answers only after the client gave up
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(alerts, "TIMEOUT_S", 0.3)
+    monkeypatch.setattr(alerts, "_sleep", lambda seconds: None)
+    settings = make_settings(monitoring={"alert_webhook_url": f"http://127.0.0.1:{server.server_port}/hook"})
+    try:
+        sent = alerts.send_alert(settings, "drift: retraining v1", {})
+    finally:
+        answered.set()
+        server.shutdown()
+        server.server_close()
+    assert len(posts) == 1, f"posted {len(posts)} times"
+    assert sent.failed == ("webhook",)  # not known to be delivered: the caller may send it again, once
