@@ -109,9 +109,11 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         AccountSpec("feedback", sa.feedback, project_roles=vm,
                     folder_roles=[(st.lake_bucket, USER, sink_folders(settings))],
                     subscription_roles=[(subs["predictions"].name, SUBSCRIBER), (subs["feedback"].name, SUBSCRIBER)]),
-        # The features job on Dataproc (tenfold.features.job, without --publish): reads the month's source tables
-        # and writes its staging folder; nothing else of the lake (it could overwrite or delete every published
-        # table, the logs and the scores with the whole bucket's objectUser).
+        # The features job on Dataproc (tenfold.features.job, without --publish): the lake grants it the month's
+        # source tables to read and its staging folder to write, not the whole bucket's objectUser. But Dataproc
+        # Serverless requires roles/dataproc.worker on the project, and that role also holds storage.objects.* on
+        # every bucket of the project: the folder grants do not confine this account (docs/deploy.md says so; a
+        # custom role without storage, verified on a live batch, would).
         AccountSpec("dataproc", sa.dataproc, project_roles=("roles/dataproc.worker", *observe),
                     bucket_roles=[(st.dataproc_staging_bucket, ADMIN)],
                     folder_roles=[(st.lake_bucket, VIEWER, job_reads), (st.lake_bucket, USER, job_writes)]),

@@ -584,7 +584,7 @@ class MonitoringSettings(_Frozen):
         if not host or any(c.isspace() or c in "/@" for c in host) or (
                 colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
             raise ValueError(f"TENFOLD_ALERT_SMTP_HOST {value!r}: give the mail relay as host or host:port (a port "
-                             "from 1 to 65535), e.g. smtp.example.com:587")
+                             "from 1 to 65535), e.g. relay.internal:25")
         return value
 
 
