@@ -112,9 +112,6 @@ class AirflowApi:
                 raise AirflowApiError(f"Airflow has not parsed {dag_id} after {timeout_s:.0f} s; see the dag-processor log")
             time.sleep(poll_s)
 
-    def set_paused(self, dag_id: str, paused: bool) -> None:
-        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
-
     # --- runs -----------------------------------------------------------------------------------
     def runs(self, dag_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({"limit": limit, "order_by": "-run_after"})
@@ -131,7 +128,37 @@ class AirflowApi:
             if "HTTP 404" not in str(exc):
                 raise
         body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
-        return dict(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body))
+        # The id is ours and Airflow refuses a second run of it (409): a POST that timed out or met a 5xx (the API
+        # server waits up to 30 s for SQLite's lock, and maps most database errors to 500) is looked up, and sent
+        # again only if it did not land.
+        for attempt in range(self.retries + 1):
+            try:
+                return dict(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body))
+            except AirflowApiError as exc:
+                said = str(exc)
+                if attempt == self.retries or not ("did not answer" in said or "HTTP 409" in said
+                                                   or any(f"HTTP {c}" in said for c in (500, *TRANSIENT_HTTP))):
+                    raise
+                try:
+                    return self.run(dag_id, run_id)
+                except AirflowApiError as missing:
+                    if "HTTP 404" not in str(missing):
+                        raise
+                time.sleep(self.retry_wait_s * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause or unpause (idempotent: sent again when it timed out or met a 5xx)."""
+        for attempt in range(self.retries + 1):
+            try:
+                self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+                return
+            except AirflowApiError as exc:
+                said = str(exc)
+                if attempt == self.retries or not ("did not answer" in said
+                                                   or any(f"HTTP {c}" in said for c in (500, *TRANSIENT_HTTP))):
+                    raise
+                time.sleep(self.retry_wait_s * (attempt + 1))
 
     def backfill(self, dag_id: str, from_date: str, to_date: str, *, max_active_runs: int = 1,
                  reprocess: str = "failed", wait_s: float = BACKFILL_WAIT_S, poll_s: float = 5.0) -> dict[str, Any]:

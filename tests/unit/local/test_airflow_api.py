@@ -39,7 +39,7 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = _answer
+            do_GET = do_POST = do_PATCH = _answer
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -146,3 +146,29 @@ def test_a_login_that_times_out_or_meets_a_503_is_tried_again(server: list[_Serv
     api, s = _api(server, [miss, {"access_token": "t"}, "ok"])
     assert api._send("GET", "/api/v2/dags/x") == {"answer": 3}
     assert s.seen == [("POST", "/auth/token"), ("POST", "/auth/token"), ("GET", "/api/v2/dags/x")]
+
+
+RUN = {"dag_run_id": "r", "state": "queued"}
+
+
+@pytest.mark.parametrize(("plan", "posts"), [
+    ([404, "hang", RUN], 1),  # the POST landed but its answer came after the client gave up: found, not sent again
+    ([404, 500, 404, RUN], 2),  # Airflow's 500 for a database error (SQLite busy): not created, so sent again
+    ([404, (409, "exists"), RUN], 1),  # created meanwhile (another trigger of the same id): that run
+])
+def test_a_trigger_whose_post_failed_on_the_way_is_looked_up_and_sent_again_only_if_it_did_not_land(
+        server: list[_Server], plan: list[object], posts: int) -> None:
+    """The run id is the client's own and Airflow refuses a second run of it: a trigger that timed out (the API
+    server waits 30 s for SQLite's lock, as long as the client) or met a 500 ended the demo with "did not answer
+    ... is it up?", though the API was up and the run often created."""
+    api, s = _api(server, plan)
+    api._token = "t"
+    assert api.trigger("d", "r") == RUN
+    assert [m for m, _ in s.seen].count("POST") == posts
+
+
+def test_pausing_is_sent_again_when_it_met_a_server_error(server: list[_Server]) -> None:
+    api, s = _api(server, [500, "hang", "ok"])
+    api._token = "t"
+    api.set_paused("d", False)
+    assert [m for m, _ in s.seen] == ["PATCH", "PATCH", "PATCH"]
