@@ -52,6 +52,20 @@ def test_no_flights_to_send_leaves_the_traffic_thread_idle(make_settings: Callab
     assert live.items == [] and used < 0.5, f"{used:.2f} CPU s in 1 s with nothing to send"
 
 
+class _NoTraffic:
+    """The demo's replayed traffic, replaced by none (the month's runs are what these tests follow)."""
+
+    def __init__(self, *args: object) -> None:
+        self.items: list[object] = []
+        self.report = None
+
+    def __enter__(self) -> _NoTraffic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 class _Api:
     """The demo's Airflow client at its method boundary: records what the demo asks for."""
 
@@ -127,20 +141,9 @@ def test_a_month_whose_runs_failed_shows_them_failed_and_fails_the_demo(
         def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
             return ["measure"]
 
-    class Traffic:
-        def __init__(self, *args: object) -> None:
-            self.items: list[object] = []
-            self.report = None
-
-        def __enter__(self) -> Traffic:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
     monkeypatch.setattr(demo, "build_months", lambda *a: True)
     monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
-    monkeypatch.setattr(demo, "Traffic", Traffic)
+    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
     monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
                         else f"{dag_id}__run")
@@ -229,20 +232,9 @@ def test_a_replayed_month_follows_the_runs_it_started_and_its_scheduled_retrain_
         def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
             return ["train"]
 
-    class Traffic:
-        def __init__(self, *args: object) -> None:
-            self.items: list[object] = []
-            self.report = None
-
-        def __enter__(self) -> Traffic:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
     monkeypatch.setattr(demo, "build_months", lambda *a: False)  # published by an earlier demo
     monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
-    monkeypatch.setattr(demo, "Traffic", Traffic)
+    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
     monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
     monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN

@@ -20,6 +20,20 @@ def _without_uv(tmp_path: Path) -> str:
     return os.pathsep.join(keep)
 
 
+def _tools_but(tmp_path: Path, *left_out: str) -> Path:
+    """A folder linking every executable on PATH but ``left_out`` (a PATH for setup without those tools)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not folder or not Path(folder).is_dir():
+            continue
+        for tool in Path(folder).iterdir():
+            link = bin_dir / tool.name
+            if tool.name not in left_out and not link.exists() and os.access(tool, os.X_OK) and tool.is_file():
+                link.symlink_to(tool.resolve())
+    return bin_dir
+
+
 def test_without_uv_a_python_that_cannot_make_a_venv_is_named_with_what_to_install(tmp_path: Path) -> None:
     (tmp_path / "scripts").mkdir()
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")  # runs in tmp_path
@@ -40,15 +54,7 @@ def test_without_uv_a_python_that_cannot_make_a_venv_is_named_with_what_to_insta
 def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path: Path) -> None:
     """Debian's nodejs only suggests npm: setup synced .venv for minutes, then failed on `npm: command not found`
     and "is the npm registry reachable?". The tools it checks first are kept (links to everything on PATH but npm)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for folder in os.environ["PATH"].split(os.pathsep):
-        if not folder or not Path(folder).is_dir():
-            continue
-        for tool in Path(folder).iterdir():
-            link = bin_dir / tool.name
-            if tool.name != "npm" and not link.exists() and os.access(tool, os.X_OK) and tool.is_file():
-                link.symlink_to(tool.resolve())
+    bin_dir = _tools_but(tmp_path, "npm")
     assert shutil.which("npm", path=str(bin_dir)) is None and shutil.which("node", path=str(bin_dir))
     (tmp_path / "scripts").mkdir()
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
@@ -62,16 +68,7 @@ def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path
 def test_without_java_setup_stops_before_installing_system_packages(tmp_path: Path) -> None:
     """setup said it "fails early", but checked Java, gcloud and Node only after apt had installed chromium and the
     rest: a machine without Java waited through that install and was then refused."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for folder in os.environ["PATH"].split(os.pathsep):
-        if not folder or not Path(folder).is_dir():
-            continue
-        for tool in Path(folder).iterdir():
-            link = bin_dir / tool.name
-            if tool.name not in ("java", "dpkg-query", "apt-get", "sudo") and not link.exists() \
-                    and os.access(tool, os.X_OK) and tool.is_file():
-                link.symlink_to(tool.resolve())
+    bin_dir = _tools_but(tmp_path, "java", "dpkg-query", "apt-get", "sudo")
     installs = tmp_path / "apt-calls"
     (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")  # every system package missing
     (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {installs}\n")
