@@ -1203,5 +1203,9 @@ def settings_refusal(exc: ValueError) -> str:
     # A field's error shows the value it got; a check across fields (no loc) would show every setting: not that.
     fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" if e["loc"]
                        else f"{exc.title}: {e['msg']}" for e in exc.errors())
+    # A list-valued variable holds a Python or JSON list, which nothing else said ("Input should be a valid tuple").
+    listed = any(e["type"] in ("tuple_type", "list_type") for e in exc.errors())
+    how = (" A list-valued variable holds a JSON list, e.g. TENFOLD_TRAINING__TRAIN_MONTHS='[\"2020-01\", \"2020-09\"]'."
+           if listed else "")
     return (f"error: invalid settings: {fields}. Fix the TENFOLD_* environment variable that sets it "
-            "(`env | grep TENFOLD_`)")
+            f"(`env | grep TENFOLD_`).{how}")

@@ -572,3 +572,16 @@ def test_the_local_fleet_refuses_iap_which_haproxy_cannot_carry(tmp_path: Path) 
     with pytest.raises(fleet.FleetError, match="works behind the cloud load balancer only"):
         fleet.up(s, "v1", resolve=lambda settings, ref: ref, say=lambda m: None)
     assert fleet.supervisor_record(s) is None  # nothing started
+
+
+def test_a_list_valued_variable_given_as_plain_text_is_refused_saying_how_to_write_a_list(tmp_path: Path) -> None:
+    """`TENFOLD_TRAINING__GATE_BEAT_BASELINES=rate` was refused with "Input should be a valid tuple (got 'rate')",
+    and nothing said the variable holds a JSON list (the form that works)."""
+    from tenfold.config.settings import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_TRAINING__GATE_BEAT_BASELINES": "rate"})
+    said = settings_refusal(refused.value)
+    assert "gate_beat_baselines" in said and "A list-valued variable holds a JSON list" in said, said
+    as_told = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_TRAINING__GATE_BEAT_BASELINES": '["rate"]'})
+    assert as_told.training.gate_beat_baselines == ("rate",)
