@@ -73,10 +73,12 @@ class FleetTrainingJob:
 
         from tenfold.storage import gcs_client
         from tenfold.training.fleet import GcsMarkerStore, run_folder, run_training
-        from tenfold.training.launch import fit_preprocessing
+        from tenfold.training.launch import fit_preprocessing, refuse_a_batch_the_window_cannot_fill
         from tenfold.training.worker import CONFIG_FILE, MODEL_DIR, PREPROCESSING_FILE, RESULT_FILE
 
         settings = self.settings
+        # Before the GPU group scales up: every node runs its ranks through torchrun itself, not the local launch.
+        refuse_a_batch_the_window_cannot_fill(cfg, settings.training.nproc_per_node * settings.training.nnodes)
         client = self.storage_client or gcs_client(settings)
         bucket = settings.storage.artifacts_bucket
         job_key = training_key(run_key, cfg)

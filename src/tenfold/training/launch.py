@@ -88,10 +88,12 @@ class BatchTooBig(ValueError):
     retryable = False  # tenfold.pipelines.common.run_step: the task fails at once, not after its retries
 
 
-def _refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
+def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
     """Refused before the job starts: every rank failed ("cannot fill one global batch"), torchrun restarted them and
     the task retried, in the cloud after scaling the GPU group up for each try. (The validation slice takes its
     rows out too: the ranks still refuse a window that only its slice leaves too small.)"""
+    if cfg.feedback_uri is not None:
+        return  # the feedback join's rows join the window in the ranks: counted there
     lake = Lake(cfg.lake_uri)
     if not all(lake.has_manifest(cfg.table, p) for p in cfg.partitions):
         return  # refused by the read that follows, naming every month not published
@@ -322,7 +324,7 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         changed = sorted(k for k in previous if k not in NON_TRAJECTORY and previous[k] != now.get(k))
         if changed:
             raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
-    _refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
+    refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
     if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
             remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())

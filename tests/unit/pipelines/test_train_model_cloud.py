@@ -22,7 +22,8 @@ from tenfold.data.lake import Lake, month_range
 from tenfold.pipelines import train_model as pipeline
 from tenfold.storage import gcs_client
 
-CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
+# A batch two nodes can fill from the window's 600 rows (the default 512 x 2 cannot: refused before the group starts).
+CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1, "batch_size": 64}
 
 
 class FakeTrainingGroup:
@@ -203,3 +204,15 @@ def test_a_group_a_killed_train_task_left_running_is_released_after_it(dev_setti
     assert [c[0] for c in group.calls[calls:]] == ["get", "patch"] and group.run_id == ""
     local = build_settings("local")
     assert pipeline.release_training_group(local, igm_client=group) is False and len(group.calls) == calls + 2
+
+
+def test_a_batch_the_window_cannot_fill_is_refused_before_the_training_group_scales_up(dev_settings: Settings) -> None:
+    """Every node runs its ranks through torchrun itself: a batch too big for the window failed in every rank after
+    the GPU group scaled up, and the task retried and scaled it up again."""
+    from tenfold.training.launch import BatchTooBig
+
+    group = FakeTrainingGroup(dev_settings, "succeeded")
+    planned = _plan(dev_settings, "too-big", {**CONF, "batch_size": 512})
+    with pytest.raises(BatchTooBig, match=r"batch_size 512 x 2 processes is a global batch of 1,024 rows"):
+        pipeline.train(dev_settings, planned, igm_client=group)
+    assert group.resizes == []

@@ -267,3 +267,8 @@ def test_a_batch_the_window_cannot_fill_is_refused_before_the_job_starts_without
         run_torchrun(train_settings, small_config.with_(batch_size=1000), tmp_path, nproc=2, timeout_s=60)
     assert refused.value.retryable is False  # run_step fails the Airflow task at once
     assert not (tmp_path / "torchrun.log").exists() and not (tmp_path / "preprocessing.json").exists()
+    # With the feedback join's rows (added in the ranks, not counted here) the ranks decide.
+    from tenfold.training.launch import refuse_a_batch_the_window_cannot_fill
+
+    refuse_a_batch_the_window_cannot_fill(small_config.with_(batch_size=1000, feedback_uri="file:///f.parquet",
+                                                             feedback_sha256="0" * 64, feedback_weight=1.0), 2)
