@@ -250,3 +250,32 @@ def test_a_replayed_month_follows_the_runs_it_started_and_its_scheduled_retrain_
     assert followed[:2] == started and not any(r.startswith("asset_triggered__") for r in followed)
     (retrain,) = [r for r in api.triggered if r.startswith("demo__scheduled__2013-08")]
     assert api.conf[retrain] == {"train_months": ["2013-01", "2013-06"], "holdout_months": ["2013-07", "2013-08"]}
+
+
+def test_a_scheduled_retrain_without_two_consecutive_months_is_a_failed_row_not_the_demos_end(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The month before the replayed one withdrawn (a corrupt file): the split raised inside replay_month and ended
+    the whole demo; the month's row now says the scheduled baseline could not run."""
+    import tenfold.registry
+    import tenfold.serving.fleet
+    from tenfold.pipelines import train_model
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = make_settings()
+    publish_synthetic_features(Lake.from_settings(settings), [Partition(2013, 6), Partition(2013, 8)], 20)  # no July
+    monkeypatch.setattr(demo, "build_months", lambda *a: True)
+    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
+    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
+    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
+                        else f"{dag_id}__run")
+    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "ok")
+    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
+    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+    api = _Api()
+    row = demo.replay_month(settings, api, Partition(2013, 8), None, 0, lambda line: None, scheduled_due=True)  # type: ignore[arg-type]
+    assert not any(r.startswith("demo__scheduled__") for r in api.triggered)
+    assert len(row.failed_runs) == 1 and "the scheduled baseline cannot run: training needs at least two consecutive" \
+        in row.failed_runs[0]

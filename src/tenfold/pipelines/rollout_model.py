@@ -44,6 +44,7 @@ from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import (
     ABORTED,
+    ALERT_UNDELIVERED,
     FAILED,
     PROMOTED,
     PROMOTED_ALIAS,
@@ -611,7 +612,6 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     return {**done, "undelivered": list(missed)} if missed else done
 
 
-ALERT_UNDELIVERED = "alert-undelivered"  # the event naming the hooks that missed conclude's alert
 STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
 

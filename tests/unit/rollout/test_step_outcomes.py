@@ -679,6 +679,9 @@ def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it
     # conclude cleared and run again: it returns what it ended with, still naming the hook that missed the alert
     places.alert = lambda title, details: pytest.fail("alerted twice")
     assert pipeline.conclude(None, run, p=places)["undelivered"] == ["webhook"]  # type: ignore[arg-type]
+    from tenfold.rollout.record import describe
+
+    assert 'alert-undelivered: {"hooks": ["webhook"]}' in describe(run.rollout, registry.events)  # rollout status
     places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
     registry.events.pop("done")
     assert "undelivered" not in pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
