@@ -34,6 +34,13 @@ class AirflowApiError(RuntimeError):
     """The Airflow API refused a request or a DAG run ended badly; the message says which."""
 
 
+def _may_not_have_landed(exc: AirflowApiError) -> bool:
+    """A change that timed out or met a 5xx (a database error is Airflow's 500): it may or may not have been carried
+    out, so an idempotent one is sent again (a trigger after looking its run up)."""
+    said = str(exc)
+    return "did not answer" in said or any(f"HTTP {code}" in said for code in (500, *TRANSIENT_HTTP))
+
+
 class AirflowApi:
     def __init__(self, base_url: str, username: str, password: str, *, timeout_s: float = 30.0, retries: int = 4,
                  retry_wait_s: float = 2.0) -> None:
@@ -135,9 +142,7 @@ class AirflowApi:
             try:
                 return dict(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body))
             except AirflowApiError as exc:
-                said = str(exc)
-                if attempt == self.retries or not ("did not answer" in said or "HTTP 409" in said
-                                                   or any(f"HTTP {c}" in said for c in (500, *TRANSIENT_HTTP))):
+                if attempt == self.retries or not (_may_not_have_landed(exc) or "HTTP 409" in str(exc)):
                     raise
                 try:
                     return self.run(dag_id, run_id)
@@ -154,9 +159,7 @@ class AirflowApi:
                 self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
                 return
             except AirflowApiError as exc:
-                said = str(exc)
-                if attempt == self.retries or not ("did not answer" in said
-                                                   or any(f"HTTP {c}" in said for c in (500, *TRANSIENT_HTTP))):
+                if attempt == self.retries or not _may_not_have_landed(exc):
                     raise
                 time.sleep(self.retry_wait_s * (attempt + 1))
 
