@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake
+from tenfold.data.lake import CorruptManifestError, Lake, MissingManifestError
 from tenfold.fsio import atomic_write
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
@@ -95,9 +95,10 @@ def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
     if cfg.feedback_uri is not None:
         return  # the feedback join's rows join the window in the ranks: counted there
     lake = Lake(cfg.lake_uri)
-    if not all(lake.has_manifest(cfg.table, p) for p in cfg.partitions):
-        return  # refused by the read that follows, naming every month not published
-    rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
+    try:
+        rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
+    except (MissingManifestError, CorruptManifestError):
+        return  # refused by the read that follows, naming every month not published (or corrupt)
     if rows < cfg.batch_size * world:
         raise BatchTooBig(
             f"batch_size {cfg.batch_size} x {world} processes is a global batch of {cfg.batch_size * world:,} rows, and "
