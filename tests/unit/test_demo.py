@@ -209,15 +209,34 @@ def test_a_first_champion_trained_by_hand_is_split_as_the_scheduled_run_splits_i
     assert api.conf[run_id] == {"train_months": [trained[0].label, "2013-06"], "holdout_months": ["2013-07", "2013-08"]}
 
 
+def _a_month_off_airflow(monkeypatch: pytest.MonkeyPatch, *, published_before: bool, other_run: str) -> None:
+    """replay_month without Airflow's side effects: no traffic, no fleet reload, champion v1 (and no champion for
+    train_model's split), every report read as "ok"; the first new run of batch_inference and monitor_drift is
+    ``other_run`` (formatted with the DAG id), of train_model none. ``published_before``: the month was published by
+    an earlier demo, so the demo starts its runs by hand."""
+    import tenfold.registry
+    import tenfold.serving.fleet
+    from tenfold.pipelines import train_model
+
+    monkeypatch.setattr(demo, "build_months", lambda *a: not published_before)
+    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
+    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
+    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
+                        else other_run.format(dag_id=dag_id))
+    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "ok")
+    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
+    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+
+
 def test_a_replayed_month_follows_the_runs_it_started_and_its_scheduled_retrain_trains_on_months_replayed(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     """On a home an earlier demo published through December: the scheduled retrain of 2013-08 was triggered with an
     empty conf, so it trained on 01..09 and was judged on 10..12, months the replay had not reached; and a month
     published before followed the first new run of each DAG, a leftover backfill's asset-triggered run of another
     month (it sorts before the demo's own), not the one the demo had just started for it."""
-    import tenfold.registry
-    import tenfold.serving.fleet
-    from tenfold.pipelines import train_model
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     settings = make_settings()
@@ -232,17 +251,7 @@ def test_a_replayed_month_follows_the_runs_it_started_and_its_scheduled_retrain_
         def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
             return ["train"]
 
-    monkeypatch.setattr(demo, "build_months", lambda *a: False)  # published by an earlier demo
-    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
-    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
-    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
-    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
-    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
-                        else f"asset_triggered__{dag_id}__2013-09")
-    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "ok")
-    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
-    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
-    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+    _a_month_off_airflow(monkeypatch, published_before=True, other_run="asset_triggered__{dag_id}__2013-09")
     api = Api()
     demo.replay_month(settings, api, Partition(2013, 8), None, 0, lambda line: None, scheduled_due=True)  # type: ignore[arg-type]
     started = [r for r in api.triggered if not r.startswith("demo__scheduled__")]
@@ -256,24 +265,11 @@ def test_a_scheduled_retrain_without_two_consecutive_months_is_a_failed_row_not_
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     """The month before the replayed one withdrawn (a corrupt file): the split raised inside replay_month and ended
     the whole demo; the month's row now says the scheduled baseline could not run."""
-    import tenfold.registry
-    import tenfold.serving.fleet
-    from tenfold.pipelines import train_model
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     settings = make_settings()
     publish_synthetic_features(Lake.from_settings(settings), [Partition(2013, 6), Partition(2013, 8)], 20)  # no July
-    monkeypatch.setattr(demo, "build_months", lambda *a: True)
-    monkeypatch.setattr(tenfold.serving.fleet, "reload_lookups", lambda settings, month: None)
-    monkeypatch.setattr(demo, "Traffic", _NoTraffic)
-    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: "v1"))
-    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda alias: None))
-    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: None if dag_id == demo.TRAIN
-                        else f"{dag_id}__run")
-    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "ok")
-    monkeypatch.setattr(demo, "report_online", lambda *a, **k: None)
-    monkeypatch.setattr(demo, "month_auc", lambda *a: (None, None))
-    monkeypatch.setattr(demo, "run_ids", lambda api, dag_id: set())
+    _a_month_off_airflow(monkeypatch, published_before=False, other_run="{dag_id}__run")
     api = _Api()
     row = demo.replay_month(settings, api, Partition(2013, 8), None, 0, lambda line: None, scheduled_due=True)  # type: ignore[arg-type]
     assert not any(r.startswith("demo__scheduled__") for r in api.triggered)

@@ -33,7 +33,8 @@ def drift_settings(make_settings: Callable[..., Settings], local_settings: Setti
     return s
 
 
-def register(settings: Settings, directory: Path, *, with_profile: bool) -> str:
+def save_a_model(settings: Settings, directory: Path) -> None:
+    """A small flights model fit on MONTHS[:2], saved in ``directory`` (no profile)."""
     import torch
 
     from tenfold.model import Preprocessor, save_model
@@ -46,6 +47,11 @@ def register(settings: Settings, directory: Path, *, with_profile: bool) -> str:
     torch.manual_seed(1)
     save_model(directory, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
                workload=WORKLOAD.name)
+
+
+def register(settings: Settings, directory: Path, *, with_profile: bool) -> str:
+    save_a_model(settings, directory)
+    lake, table = Lake.from_settings(settings), settings.storage.features_table
     if with_profile:
         ensure_profile(directory, lake, table, MONTHS[:2], settings.monitoring.drift)
     lineage = Lineage(feature_table=table, train_partitions=tuple(partition_refs(lake, table, MONTHS[:2])),
@@ -253,20 +259,11 @@ def test_a_reference_profile_of_a_window_re_published_since_training_is_refused(
         drift_settings: Settings, tmp_path: Path) -> None:
     """register checks the training window's content, then reads it again for the profile: a month re-published in
     between was profiled as the model's reference, though the model never saw it and its lineage does not name it."""
-    import torch
-
-    from tenfold.model import Preprocessor, save_model
     from tenfold.training.data import RepublishedFeaturesError
-    from tenfold.workloads.flights import WORKLOAD
-    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     lake, table = Lake.from_settings(drift_settings), drift_settings.storage.features_table
-    pre = Preprocessor.fit(lake.read_table(table, MONTHS[:2]), WORKLOAD.contract)
-    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
-    torch.manual_seed(1)
-    save_model(tmp_path, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
-               workload=WORKLOAD.name)
+    save_a_model(drift_settings, tmp_path)
     trained_on = lake.content_digest(table, MONTHS[:2])
     publish_synthetic_features(lake, MONTHS[1:2], 399)  # a re-publish with other content
     with pytest.raises(RepublishedFeaturesError):
