@@ -32,7 +32,6 @@ Target (issue 10 §6): the queue path reaches at least 50% of the direct limit o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -40,6 +39,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import _siblings
 
 RESULTS = Path(__file__).parent / "results" / "offline.md"
 
@@ -55,10 +56,7 @@ def real_months(root: Path, rows: int) -> list[tuple[Any, Any]]:
     from tenfold.data.lake import Partition
     from tenfold.workloads.flights.contract import CONTRACT
 
-    spec = importlib.util.spec_from_file_location("bench_features", Path(__file__).with_name("features.py"))
-    assert spec is not None and spec.loader is not None
-    features = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(features)
+    features = _siblings.load("features")
     root.mkdir(parents=True, exist_ok=True)
     paths = features.prepare(root, [1])[1]
     con = duckdb.connect()

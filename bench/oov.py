@@ -20,14 +20,13 @@ since training, and on the April flights whose destination or carrier the window
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+import _siblings
 import numpy as np
 import pyarrow as pa
 
@@ -44,14 +43,6 @@ RESULTS = Path(__file__).parent / "results" / "oov.md"
 TRAIN, HOLDOUT = ("2013-01", "2013-03"), ("2013-04", "2013-04")
 UNSEEN = "__never_seen__"
 COLUMNS = ("dest", "carrier")
-
-
-def _training_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_training", Path(__file__).parent / "training.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def scores(model_dir: Path, holdout: pa.Table, label: str, window_values: dict[str, set[str]]) -> dict[str, Metrics]:
@@ -85,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-oov-") as tmp:
         root = Path(tmp)
-        lake = _training_bench().real_features_lake(args.lake, root)
+        lake = _siblings.load("training").real_features_lake(args.lake, root)
         window = read_features(lake, train, columns=list(COLUMNS))
         window_values = {c: set(window[c].to_pylist()) for c in COLUMNS}
         holdout = read_features(lake, holdout_months)

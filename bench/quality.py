@@ -20,7 +20,6 @@ log loss and Brier score.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import statistics
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _siblings
 
 from tenfold.config import build_settings
 from tenfold.data.lake import month_range
@@ -44,14 +45,6 @@ WINDOWS = {"demo window": (("2013-01", "2013-03"), ("2013-04", "2013-04")),
 # The reference model before issue 11: 3 epochs on the whole window, the last epoch kept, uncalibrated.
 BEFORE = dict(epochs=3, validation_days=0.0, patience=None, calibration="none", average_epochs=0.0,
               model=ModelConfig(embedding_dim=8, hidden=(64, 32), dropout=0.1))
-
-
-def _training_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_training", Path(__file__).parent / "training.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def targets(model: Metrics, hgbs: list[Metrics], rate: Metrics) -> dict[str, bool]:
@@ -89,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = Path(tmp)
-        lake = _training_bench().real_features_lake(args.lake, root)
+        lake = _siblings.load("training").real_features_lake(args.lake, root)
         for window in args.windows:
             (first, last), (h_first, h_last) = WINDOWS[window]
             train, holdout = month_range(first, last), month_range(h_first, h_last)

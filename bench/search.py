@@ -25,7 +25,6 @@ patience stay at their defaults (the epoch itself is chosen by early stopping on
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -36,6 +35,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import _siblings
 
 from tenfold.config import build_settings
 from tenfold.data.lake import Lake, month_range
@@ -51,14 +52,6 @@ GRID = [
     {"lr": lr, "dropout": dropout, "size": size}
     for lr, dropout, size in itertools.product((1e-3, 3e-3), (0.1, 0.3), SIZES)
 ]
-
-
-def _training_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_training", Path(__file__).parent / "training.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def label(c: dict[str, Any]) -> str:
@@ -97,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = [c for c in GRID if not args.only or label(c) in args.only]
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         root = Path(tmp)
-        lake = _training_bench().real_features_lake(args.lake, root)
+        lake = _siblings.load("training").real_features_lake(args.lake, root)
         for window in args.windows:
             for cand in grid:
                 for seed in args.seeds:

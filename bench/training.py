@@ -22,7 +22,6 @@ evaluated on Oct-Dec with the rate and HistGradientBoosting baselines fit on the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import statistics
@@ -32,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _siblings
 import pyarrow.parquet as pq
 
 from tenfold.config import build_settings
@@ -61,10 +61,7 @@ def publish_real_features(lake: Lake, root: Path) -> int:
     """Every 2013 month's features via the DuckDB twin of the Spark job; returns the row count."""
     import duckdb
 
-    spec = importlib.util.spec_from_file_location("bench_features", Path(__file__).parent / "features.py")
-    assert spec and spec.loader
-    feats = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(feats)
+    feats = _siblings.load("features")
     paths = {}
     for t in ("flights", "weather", "planes", "airports"):
         paths[t] = str(root / f"{t}.parquet")
