@@ -104,7 +104,9 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
     if hasattr(value, "model_dump"):
         typer.echo(json.dumps(_mask_secrets(key, value.model_dump(mode="json")), indent=2))
     elif isinstance(value, (dict, list, tuple)):
-        typer.echo(json.dumps(value, default=str))
+        from pydantic_core import to_jsonable_python  # a dict of sections (messaging.subscriptions): objects, not reprs
+
+        typer.echo(json.dumps(to_jsonable_python(value), default=str))
     else:
         typer.echo("" if value is None else str(_mask_secrets(key, value)))
 
@@ -171,6 +173,7 @@ def demo(
     except ValueError as exc:  # a setting an environment variable gives that is not valid
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    _local._local_only(settings, "demo")  # before the lock and the run folder, as `tenfold up`
     try:  # bad usage (exit 2), said before anything starts: months that are not YYYY-MM, or outside the DAGs' months
         _demo.demo_months(first, champion_until, months, settings)
     except (_demo.DemoError, PipelineError, ValueError) as exc:

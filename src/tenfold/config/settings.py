@@ -728,51 +728,81 @@ class EnvironSettings(BaseSettings):
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> EnvironSettings:
+        _settable_sections_only(environ)
         return cls(**_MappingEnvSource(cls, environ)())
 
-    @field_validator("local")
+    # The checks run before pydantic's type check: a variable one level off (TENFOLD_SERVING__TARGET_UTILIZATION,
+    # a field where a section goes) is refused by name, not as "Input should be a valid dictionary".
+    @field_validator("local", mode="before")
     @classmethod
-    def _known_local_fields(cls, value: dict[str, str]) -> dict[str, str]:
+    def _known_local_fields(cls, value: Any) -> Any:
         return _known_fields(value, LOCAL_ENV_PREFIX, _LOCAL_OVERRIDABLE, "local setting")
 
-    @field_validator("training")
+    @field_validator("training", mode="before")
     @classmethod
-    def _known_training_fields(cls, value: dict[str, str]) -> dict[str, str]:
+    def _known_training_fields(cls, value: Any) -> Any:
         return _known_fields(value, TRAINING_ENV_PREFIX, TRAINING_ENV_FIELDS, "training setting")
 
-    @field_validator("storage")
+    @field_validator("storage", mode="before")
     @classmethod
-    def _known_storage_fields(cls, value: dict[str, str]) -> dict[str, str]:
+    def _known_storage_fields(cls, value: Any) -> Any:
         return _known_fields(value, STORAGE_ENV_PREFIX, STORAGE_ENV_FIELDS, "table or registry setting")
 
-    @field_validator("serving")
+    @field_validator("serving", mode="before")
     @classmethod
-    def _known_serving_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    def _known_serving_fields(cls, value: Any) -> Any:
         return _known_sections(value, SERVING_ENV_PREFIX, SERVING_ENV_SECTIONS, "serving section")
 
-    @field_validator("pipelines")
+    @field_validator("pipelines", mode="before")
     @classmethod
-    def _known_pipeline_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    def _known_pipeline_fields(cls, value: Any) -> Any:
         return _known_sections(value, PIPELINES_ENV_PREFIX, dict.fromkeys(PipelineSettings.model_fields, DagSettings),
                                "DAG")
 
 
-def _known_fields(value: dict[str, str], prefix: str, fields: Sequence[str], what: str) -> dict[str, str]:
+# The sections whose fields TENFOLD_<SECTION>__<FIELD> variables set (EnvironSettings' dict fields).
+ENV_SECTION_PREFIXES = (LOCAL_ENV_PREFIX, SERVING_ENV_PREFIX, TRAINING_ENV_PREFIX, PIPELINES_ENV_PREFIX,
+                        STORAGE_ENV_PREFIX)
+
+
+def _settable_sections_only(environ: Mapping[str, str]) -> None:
+    """A ``TENFOLD_<X>__...`` variable whose X is no section the environment sets (``TENFOLD_INFERENCE__WORKERS``,
+    ``TENFOLD_MONITORING__ALERT_WEBHOOK_URL``) is refused, not ignored: the setting it was meant for would keep
+    its default with nothing said (an alert webhook that is never called)."""
+    for name, value in environ.items():
+        upper = name.upper()
+        if (upper.startswith("TENFOLD_") and "__" in upper and value
+                and not upper.startswith(ENV_SECTION_PREFIXES)):
+            raise ValueError(
+                f"{name} names no setting that the environment sets: {upper.split('__')[0]}__* is not one of "
+                f"{', '.join(p + '*' for p in ENV_SECTION_PREFIXES)}, and the other settings have variables of "
+                "their own (TENFOLD_HOME, TENFOLD_PROJECT_ID, TENFOLD_WORKLOAD, TENFOLD_ALERT_WEBHOOK, "
+                "TENFOLD_ALERT_EMAIL, ...: tenfold.config.settings.EnvironSettings); unset it")
+
+
+def _known_fields(value: Any, prefix: str, fields: Sequence[str], what: str) -> Any:
     """``<prefix><FIELD>`` variables must name one of ``fields``: a typo is an error naming the right ones."""
-    for name in value:
+    if not isinstance(value, dict):
+        return value  # the section's own variable (TENFOLD_LOCAL=...): settings_refusal names it
+    for name, field_value in value.items():
         if name not in fields:
             raise ValueError(f"{prefix}{name.upper()} names no {what}: use one of "
                              f"{', '.join(prefix + f.upper() for f in fields)}")
+        if isinstance(field_value, dict):  # TENFOLD_TRAINING__FLEET__MACHINE_TYPE: a field with parts of its own
+            raise ValueError(f"{prefix}{name.upper()}__{'/'.join(k.upper() for k in field_value)} sets a part of "
+                             f"{prefix}{name.upper()}, which is set only whole, or not from the environment; "
+                             f"use one of {', '.join(prefix + f.upper() for f in fields)}")
     return value
 
 
-def _known_sections(value: dict[str, dict[str, str]], prefix: str, sections: Mapping[str, type[BaseModel]],
-                    what: str) -> dict[str, dict[str, str]]:
+def _known_sections(value: Any, prefix: str, sections: Mapping[str, type[BaseModel]], what: str) -> Any:
     """``<prefix><SECTION>__<FIELD>`` variables must name a section and one of its model's fields."""
+    if not isinstance(value, dict):
+        return value
     for section, fields in value.items():
         known = sections.get(section)
-        if known is None:
-            raise ValueError(f"{prefix}{section.upper()}__* names no {what}: use one of "
+        if known is None or not isinstance(fields, dict):
+            raise ValueError(f"{prefix}{section.upper()}{'__*' if isinstance(fields, dict) else ''} names no {what}: use one of "
                              f"{', '.join(prefix + s.upper() + '__<FIELD>' for s in sections)}")
         for name in fields:
             if name not in known.model_fields:

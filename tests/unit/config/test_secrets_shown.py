@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tenfold.cli import app
+from tenfold.config import command_settings
 from tenfold.config.settings import build_settings, get_settings
 
 SECRET = "https://hooks.slack.com/services/T000/B000/SECRETXYZ"
@@ -67,3 +69,13 @@ def test_config_under_an_invalid_variable_is_one_line_naming_it(monkeypatch: pyt
     assert out.exit_code == 2 and isinstance(out.exception, SystemExit), repr(out.exception)
     (line,) = out.output.strip().splitlines()
     assert line.startswith("error: invalid settings: ") and "TENFOLD_TRAINING__EPOCHS names no training setting" in line
+
+
+def test_config_get_prints_a_dict_of_sections_as_json_objects() -> None:
+    """`tenfold config get messaging.subscriptions` printed each subscription as its Python repr inside a JSON
+    string (`"requests": "name='...' topic='...'"`), which `jq .requests.name` cannot read."""
+    out = CliRunner().invoke(app, ["config", "get", "messaging.subscriptions", "--env", "local"])
+    assert out.exit_code == 0, out.output
+    subscriptions = command_settings("local").messaging.subscriptions
+    assert json.loads(out.output)["requests"]["name"] == subscriptions["requests"].name
+    assert json.loads(out.output)["requests"]["ack_deadline_s"] == subscriptions["requests"].ack_deadline_s

@@ -377,6 +377,26 @@ def test_a_wrong_serving_variable_is_refused_by_name(name, value, message):
         build_settings("local", {name: value})
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    # a section the environment does not set: the variable was ignored, so the setting kept its default unsaid
+    ("TENFOLD_INFERENCE__WORKERS", r"TENFOLD_INFERENCE__WORKERS names no setting that the environment sets: "
+                                   r"TENFOLD_INFERENCE__\* is not one of TENFOLD_LOCAL__\*"),
+    ("TENFOLD_MONITORING__ALERT_WEBHOOK_URL", "TENFOLD_MONITORING__ALERT_WEBHOOK_URL names no setting"),
+    # a field where a section goes, or parts of a field: refused as "Input should be a valid dictionary/string"
+    ("TENFOLD_SERVING__TARGET_UTILIZATION", r"TENFOLD_SERVING__TARGET_UTILIZATION names no serving section: use one "
+                                            r"of TENFOLD_SERVING__SERVER__<FIELD>"),
+    ("TENFOLD_PIPELINES__RETRIES", "TENFOLD_PIPELINES__RETRIES names no DAG: use one of "
+                                   "TENFOLD_PIPELINES__BUILD_FEATURES__<FIELD>"),
+    ("TENFOLD_TRAINING__FLEET__MACHINE_TYPE", "TENFOLD_TRAINING__FLEET names no training setting: use one of "
+                                              "TENFOLD_TRAINING__BACKEND"),
+    ("TENFOLD_LOCAL__AIRFLOW_PORT__X", "TENFOLD_LOCAL__AIRFLOW_PORT__X sets a part of TENFOLD_LOCAL__AIRFLOW_PORT"),
+])
+def test_a_variable_of_no_settable_section_or_shape_is_refused_by_name(name, message):
+    with pytest.raises(ValueError, match=message):
+        build_settings("local", {name: "0.5"})
+    assert build_settings("local", {name: ""}) == build_settings("local")  # empty counts as unset, as everywhere
+
+
 def test_training_settings_travel_to_a_child_process_through_its_environment(tmp_path):
     """Airflow's task processes (started with settings_env()) train and gate as their parent says: tuples,
     None and numbers come back as they went, and the variables override the environment's defaults."""

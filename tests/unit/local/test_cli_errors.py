@@ -140,11 +140,12 @@ def _tenfold(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
                           text=True, timeout=120, env={**base, "TENFOLD_HOME": str(home), **env})
 
 
-@pytest.mark.parametrize("command", ["status", "down", "up"])
+@pytest.mark.parametrize("command", ["status", "down", "up", "demo"])
 def test_status_down_and_up_under_a_cloud_environment_say_they_manage_the_local_platform(
         tmp_path: Path, command: str) -> None:
     """`TENFOLD_ENV=dev tenfold status` ended in a ValueError's traceback from deep in the first service's status;
-    `tenfold up` took the local lock and made the run folder, then exited 1 (an outage's code) saying much the same."""
+    `tenfold up` took the local lock and made the run folder, then exited 1 (an outage's code) saying much the same;
+    `tenfold demo` did so too, naming `tenfold up`."""
     done = _tenfold(tmp_path / "home", command, TENFOLD_ENV="dev")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
