@@ -272,7 +272,7 @@ def _sample(prediction_id: str, version: str, arm: str, user_key: str | None, bu
     """The monitoring record of one prediction (built on the publisher's thread, not the event loop)."""
     return PredictionRecord(prediction_id=prediction_id, model_version=version, arm=arm,  # type: ignore[arg-type]
                             user_key=user_key, bucket=bucket, probability=probability,
-                            request=request.model_dump(mode="json"), latency_ms=latency_ms, served_at=served_at)
+                            request=request.model_dump(mode="json", by_alias=True), latency_ms=latency_ms, served_at=served_at)
 
 
 class _RandomIds:
