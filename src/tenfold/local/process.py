@@ -192,6 +192,16 @@ def is_running(record: ProcessRecord) -> bool:
     return _process_of(record) is not None
 
 
+def child_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with its ``PYTHONPATH`` entries made absolute against this process's directory: a child runs in the
+    platform's home (``cwd``), where ``PYTHONPATH=.`` (a workload of one's own, docs/workloads.md) names another
+    folder, and every task and replica would fail to import the workload that the shell imports."""
+    env = dict(env)
+    if entries := env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(e) if e else e for e in entries.split(os.pathsep))
+    return env
+
+
 def start(
     name: str,
     argv: Sequence[str],
@@ -222,7 +232,7 @@ def start(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**(os.environ if env is None else env), MARKER_ENV: marker},
+                env={**child_environ(os.environ if env is None else env), MARKER_ENV: marker},
                 cwd=cwd,
                 start_new_session=True,  # its own process group: stop() kills children with it
             )

@@ -312,3 +312,19 @@ def test_log_tail_reads_the_end_of_a_large_log_whole_lines_only(tmp_path):
     long = tmp_path / "java.log"  # a JVM's traceback lines can be long
     long.write_text("".join(f"{i} {'y' * 1500}\n" for i in range(200)))
     assert process.log_tail(long, 20).splitlines() == long.read_text().splitlines()[-20:]
+
+
+def test_a_relative_pythonpath_imports_in_a_child_started_in_another_folder(tmp_path, monkeypatch):
+    """`PYTHONPATH=. tenfold up` with a workload of one's own (docs/workloads.md): Airflow's tasks and the replicas
+    run in the platform's home, where `.` names another folder, so every one of them failed to import it."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "mywl.py").write_text("NAME = 'mine'\n")
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([".", "/opt/elsewhere"])}
+    record = process.start("wl", [sys.executable, "-c", "import mywl; print('imported', mywl.NAME)"],
+                           run_dir=tmp_path / "run", port=1, env=env, cwd=tmp_path / "home")
+    psutil.Process(record.pid).wait(timeout=60)
+    log = (tmp_path / "run" / "wl.log").read_text()
+    assert "imported mine" in log, log
+    assert process.child_environ(env)["PYTHONPATH"] == os.pathsep.join([str(tmp_path / "project"), "/opt/elsewhere"])
