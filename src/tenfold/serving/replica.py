@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m tenfold.serving --host 127.0.0.1 --port 8101 --arm stable --model champion
+    python -m tenfold.serving --host 127.0.0.1 --port 9200 --arm stable --model champion
 
 Every flag has a default: ``--host`` is ``TENFOLD_SERVING_HOST`` or ``settings.local.bind_host``
 (loopback; the cloud fleet's startup script sets ``TENFOLD_SERVING_HOST`` to the VM's internal address, where
@@ -77,9 +77,13 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tenfold.config import get_settings
+    from tenfold.config import get_settings, settings_refusal
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # a TENFOLD_* variable that does not parse or names no setting: one line, exit 2
+        print(settings_refusal(exc), file=sys.stderr)
+        return 2
     args = parse_args(argv, settings, os.environ)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -82,7 +82,7 @@ def train_command(
 def evaluate_command(
     model: Annotated[Path, typer.Option(help="a model folder (meta.json, weights.pt, preprocessing.json)")],
     env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
-    train_months: Annotated[str | None, typer.Option(help="FIRST:LAST window the baselines fit on; default settings")] = None,
+    train_months: Annotated[str | None, typer.Option(help="FIRST:LAST window the baselines fit on; default the model's own training months (its meta.json), else settings.training.train_months")] = None,
     holdout_months: Annotated[str | None, typer.Option(help="FIRST:LAST later months to evaluate on; default settings")] = None,
     baselines: Annotated[bool, typer.Option(help="also fit and score the rate and gradient-boosting baselines")] = True,
     report: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,

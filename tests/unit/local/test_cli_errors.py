@@ -209,3 +209,16 @@ def test_an_error_no_command_foresaw_ends_with_one_line_and_debug_shows_the_trac
     monkeypatch.setenv("TENFOLD_DEBUG", "1")
     with pytest.raises(KeyError):
         guarded(["fault"])
+
+
+def test_a_replica_started_by_hand_with_a_mistyped_variable_says_which_in_one_line(tmp_path: Path) -> None:
+    """`python -m tenfold.serving` (docs/serving.md, 'Running one replica') ended in pydantic's traceback, exit 1,
+    where the inference worker given the same variable says one line and exits 2, as the docs say for bad flags."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    done = subprocess.run([sys.executable, "-m", "tenfold.serving", "--port", "1"], capture_output=True, text=True,
+                          timeout=120, env={**env, "TENFOLD_HOME": str(tmp_path / "home"),
+                                            "TENFOLD_SERVING__SERVER__CACHE_ENTRIE": "0"})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: invalid settings: EnvironSettings.serving: Value error, "
+                                  "TENFOLD_SERVING__SERVER__CACHE_ENTRIE names no field of ServerSettings"), done.stderr
