@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from tenfold.data.lake import Partition, schema_hash
-from tenfold.features.job import sorted_single_file
+from tenfold.features.job import ContractError, check_schema, sorted_single_file, write_features
 from tenfold.workloads.flights import contract as schema
 from tenfold.workloads.flights import transform as transforms
 from tenfold.workloads.flights.sources import SCHEMAS
@@ -267,6 +267,35 @@ def test_build_features_rows_columns_and_types(spark: SparkSession, reference: d
     assert schema_hash(written.schema) == schema_hash(schema.CONTRACT.arrow_schema())
     assert written.column("flight").to_pylist() == sorted(written.column("flight").to_pylist(), key=lambda f: (
         by_flight[f]["day"], f))
+
+
+def test_a_transform_whose_columns_are_not_the_contracts_is_refused_before_writing(
+        spark: SparkSession, reference: dict[str, DataFrame]) -> None:
+    """The writer casts each file to the contract: a string or int64 column was coerced, an extra one dropped, and
+    the job's schema check compared the files it had cast, so it never refused anything (docs/workloads.md)."""
+    out = build(spark, three_months(), reference)
+    check_schema(out, schema.CONTRACT, "flights")  # the real transform's columns are the contract's
+    wrong = (out.withColumn("distance", F.col("distance").cast("string"))
+             .withColumn("flight", F.col("flight").cast("long"))
+             .drop("visib").withColumn("extra", F.lit(1)))
+    with pytest.raises(ContractError) as refused:
+        check_schema(wrong, schema.CONTRACT, "flights")
+    assert str(refused.value) == (
+        "the flights workload's transform and its contract disagree on the features' columns (missing: visib; "
+        "not in the contract: extra; flight is int64, the contract says int32; distance is string, the contract "
+        "says double): fix the transform (a cast, a select) or the contract's column_types before building the "
+        "month (docs/workloads.md)")
+
+
+def test_a_null_in_a_required_column_is_refused_naming_the_column(
+        spark: SparkSession, reference: dict[str, DataFrame], tmp_path: Any) -> None:
+    """A column in required_in_file that holds a null failed in a Python worker with Arrow's "Casting field ... with
+    null values to non-nullable", which names no column of the contract and says nothing of what to do."""
+    out = build(spark, three_months(), reference)
+    nulled = out.withColumn("route_flights", F.when(F.col("flight") == 5, F.lit(None)).otherwise(F.col("route_flights")))
+    with pytest.raises(Exception, match=r"column 'route_flights' holds 1 nulls in part-0000\d.parquet, but the "
+                                        r"contract's required_in_file says the transform makes it non-null"):
+        write_features(nulled, schema.CONTRACT, (tmp_path / "out").as_uri(), files=2)
 
 
 def test_no_history_gives_zero_flights_and_null_rates(spark: SparkSession, reference: dict[str, DataFrame]) -> None:

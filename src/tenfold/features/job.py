@@ -319,11 +319,48 @@ def _file_writer(output: str, order: list[str], schema: pa.Schema):  # type: ign
             for file_id in ids:
                 rows_of = table.filter(pc.equal(table[_FILE_COLUMN], file_id)).drop_columns([_FILE_COLUMN])
                 name = f"part-{file_id:05d}.parquet"
+                for field in schema:  # the cast to the contract refuses these with no column named
+                    if not field.nullable and (nulls := rows_of[field.name].null_count):
+                        raise ContractError(
+                            f"column {field.name!r} holds {nulls} nulls in {name}, but the contract's "
+                            "required_in_file says the transform makes it non-null: fill it in the transform "
+                            "(e.g. coalesce) or take it out of required_in_file (docs/workloads.md)")
                 rows.append(write_sorted(rows_of, order, schema, fs, posixpath.join(root, name)))
                 names.append(name)
         yield pa.RecordBatch.from_pydict({"file": names, "rows": rows}, schema=pa.schema([("file", pa.string()), ("rows", pa.int64())]))
 
     return write
+
+
+def check_schema(features: DataFrame, contract: FeatureContract, workload: str) -> None:
+    """Refuse, before a row is written, a transform whose columns are not the contract's: one missing or not in the
+    contract, or of another type. The writer casts each file to the contract, which would turn a string ``x1`` or
+    an ``int64`` into the contract's type, or drop an extra column, without a word. Nullability is checked per file
+    as it is written (:func:`_file_writer`): Spark calls a column read from a file nullable whatever it holds."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    actual = to_arrow_schema(features.schema, timezone="UTC")
+    expected = contract.arrow_schema()
+    problems = []
+    if doubled := sorted({n for n in actual.names if actual.names.count(n) > 1}):
+        problems.append(f"named twice: {', '.join(doubled)}")
+    if missing := [n for n in expected.names if n not in actual.names]:
+        problems.append(f"missing: {', '.join(missing)}")
+    if extra := [n for n in actual.names if n not in expected.names]:
+        problems.append(f"not in the contract: {', '.join(extra)}")
+    for field in expected:
+        if field.name in actual.names and field.name not in doubled:
+            got = actual.field(field.name).type
+            # a timestamp's zone is the session's: the same instants whatever it is
+            same = got.equals(field.type) or (pa.types.is_timestamp(got) and pa.types.is_timestamp(field.type)
+                                              and got.unit == field.type.unit)
+            if not same:
+                problems.append(f"{field.name} is {got}, the contract says {field.type}")
+    if problems:
+        raise ContractError(f"the {workload} workload's transform and its contract disagree on the features' "
+                            f"columns ({'; '.join(problems)}): fix the transform (a cast, a select) or the "
+                            "contract's column_types before building the month (docs/workloads.md)")
 
 
 def write_features(features: DataFrame, contract: FeatureContract, output: str, *, files: int = OUTPUT_FILES) -> dict[str, int]:
@@ -375,6 +412,7 @@ def run(
         target = workload.sources.history_table or next(iter(frames))
         frames[target] = fail_once(frames[target], marker)
     features = workload.transform(frames, part, args.history_months)
+    check_schema(features, contract, workload.name)
     files = write_features(features, contract, args.output, files=args.output_files)
     rows, digest = staged_summary(args.output)
     lookups = write_lookups(workload.lookups(frames, part, args.history_months), args.lookups_output, contract)
