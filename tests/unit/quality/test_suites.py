@@ -97,7 +97,7 @@ def test_the_features_suite_accepts_every_value_the_raw_suites_accept():
 def test_partition_parameters_cover_the_month_and_its_end():
     feb = partition_parameters(Partition(2013, 2))
     assert feb["years"] == [2013] and feb["months"] == [2]
-    assert feb["days"] == list(range(1, 29))
+    assert feb["days"] == list(range(1, 29)) and feb["days_but_last"] == list(range(1, 28))
     assert feb["window_start"] == "2013-02-01T00:00:00+00:00"
     assert feb["window_end"] == "2013-03-01T06:00:00+00:00"
     dec = partition_parameters(Partition(2013, 12))
