@@ -63,6 +63,36 @@ def test_a_numeric_feature_a_broken_join_left_all_null_is_refused(settings, stag
     assert f"expect_column_values_to_not_be_null({column})" in caught.value.report.failed_expectations
 
 
+def test_a_wind_glitch_the_raw_suite_let_through_at_a_busy_hour_passes_the_features_suite(settings, stage, alerts):
+    """raw_weather tolerates 0.1% of a month's station-hours out of range (a known 1,048 mph sensor error); every
+    flight of that origin and hour copies it. Two such hours at the busiest origin-hour of 2013 were 76 flights, over
+    the features suite's 0.1% of a month: the month was refused after Spark had built it, for weather that passed."""
+    import pyarrow.compute as pc
+
+    from tenfold.quality.suites import load_suite_dict
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.sources import read
+
+    raw = next(e["kwargs"] for e in load_suite_dict("raw_weather", WORKLOAD.expectations_dir)["expectations"]
+               if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "wind_speed")
+    weather = read("weather")
+    hours = max(pc.sum(pc.equal(weather["month"], m)).as_py() for m in range(1, 13)) * (1 - raw["mostly"])
+    flights = read("flights").group_by(["origin", "time_hour"]).aggregate([([], "count_all")])
+    glitched = int(hours) * pc.max(flights["count_all"]).as_py()
+    assert glitched >= 60  # 2 station-hours x 38 flights on the 2013 data
+    table = synthetic_features(MARCH, 24_000, seed=7)
+    wind = table["wind_speed"].to_numpy(zero_copy_only=False).copy()
+    wind[:glitched] = 1048.0
+    report = validate_partition(settings, FEATURES_TABLE, MARCH,
+                                stage(with_column(table, "wind_speed", wind), MARCH, "glitch"), FEATURES_SUITE)
+    assert report.success, report.summary()
+    wind[:1_000] = 1048.0  # not a glitch: a wrong unit or a broken join on 4% of the month
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, stage(with_column(table, "wind_speed", wind), MARCH,
+                                                                  "wrong-wind"), FEATURES_SUITE)
+    assert "expect_column_values_to_be_between(wind_speed)" in caught.value.report.failed_expectations
+
+
 def test_a_negative_block_time_is_refused(settings, stage, alerts):
     """Arrival minus departure, an overnight arrival wrapped to the next day, is never negative: a transform that
     lost the wrap passed the range of -1440..1440."""
