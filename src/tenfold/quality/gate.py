@@ -105,6 +105,8 @@ class ValidationReport:
     rows: int | None = None
     data_docs: str | None = None
     quarantine_uri: str | None = None
+    # A published partition (validate_published) that failed: withdrawn from readers, not a batch never published.
+    withdrawn: bool = False
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -136,13 +138,22 @@ class ValidationFailed(RuntimeError):
         self.report = report
         self.alerted = alerted  # read by the Airflow failure callback, so one failure alerts once (once delivered)
         self.undelivered = undelivered  # the hooks that did not take the alert: the callback sends to those alone
-        where = f" The batch was quarantined at {report.quarantine_uri}." if report.quarantine_uri else ""
+        if report.withdrawn:
+            # It was published: readers used it, and what was built from it before read it as it was then.
+            what = ("The published partition was withdrawn (its manifest removed: readers no longer see it)"
+                    + (f" and quarantined at {report.quarantine_uri}." if report.quarantine_uri else ".")
+                    + " What was built from it before read it as it was then; rebuild that too once the month is "
+                      "fixed.")
+        else:
+            what = "Nothing was published." + (f" The batch was quarantined at {report.quarantine_uri}."
+                                                if report.quarantine_uri else "")
         docs = f" Data Docs: {report.data_docs}." if report.data_docs else ""
-        super().__init__(
-            f"{report.summary()}\nNothing was published.{where}{docs} Fix the input or the job for "
-            f"{report.partition} and re-run it; if a bound is wrong rather than the data, change it in "
-            f"{report.suite}.json in the workload's suite folder (expectations/ for flights)."
-        )
+        # A batch whose files cannot be read failed no bound: the suite is not what to change.
+        bound = ("" if {o.expectation for o in report.failures} <= {READ_CHECK} else
+                 f"; if a bound is wrong rather than the data, change it in {report.suite}.json in the workload's "
+                 "suite folder (expectations/ for flights)")
+        super().__init__(f"{report.summary()}\n{what}{docs} Fix the input or the job for {report.partition} and "
+                         f"re-run it{bound}.")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -504,7 +515,7 @@ def validate_published(
             return report
         where = unpublish_to_quarantine(lake, table, part, key, report.to_dict(), data_dir=started_from)
         if where is not None:
-            raise _fail(settings, _with(report, quarantine_uri=where), alert=alert)
+            raise _fail(settings, _with(report, quarantine_uri=where, withdrawn=True), alert=alert)
         log.info("%s %s was re-published while it was validated: validating the new content", table, part.label)
     raise LakeError(f"{table} {part.label} was re-published during each of 3 validations; run the validation again "
                     "once its writers are done")

@@ -284,6 +284,13 @@ def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake
         "expect_column_values_to_be_in_set(origin)",
         "expect_column_values_to_not_be_null(carrier)",
     ]
+    # The month was published (readers used it): the refusal says it was withdrawn, not "Nothing was published".
+    message = str(caught.value)
+    assert "Nothing was published" not in message
+    assert ("The published partition was withdrawn (its manifest removed: readers no longer see it) and quarantined "
+            f"at {lake.uri_of(lake.quarantine_path('flights', jan, 'k1'))}. What was built from it before read it as "
+            "it was then; rebuild that too once the month is fixed.") in message
+    assert "change it in raw_flights.json" in message  # a bound may be what is wrong
     # unpublished: no reader can see the bad rows; the data and the old manifest are kept for triage
     assert not lake.has_manifest("flights", jan)
     reason = _quarantine_reason(lake, "flights", jan, "k1")
@@ -303,6 +310,9 @@ def test_a_truncated_published_file_is_caught_before_reading(settings, lake, jan
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k2", alert=False)
     assert caught.value.report.failed_expectations == [READ_CHECK]
     assert not lake.has_manifest("flights", jan)
+    # files that cannot be read failed no bound: the suite is not what to change
+    assert "The published partition was withdrawn" in str(caught.value)
+    assert "if a bound is wrong" not in str(caught.value)
 
 
 def test_a_pass_is_trusted_only_for_the_same_bytes_and_suite(settings, lake, alerts, january_flights, monkeypatch):
