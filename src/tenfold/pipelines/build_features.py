@@ -226,7 +226,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             f"build_features {part.label}: {len(refused)} raw input(s) refused before Spark",
             {
                 f"{r.table} {r.partition}": f"{'; '.join(o.describe() for o in r.failures)} "
-                f"(quarantined at {r.quarantine_uri}; Data Docs {r.data_docs})"
+                f"(quarantined at {r.quarantine_uri}; Data Docs {r.data_docs or 'not written (see the task log)'})"
                 for r in refused
             }
             | {"what_to_do": "re-run the DAG for that month: it re-ingests every input that was quarantined"},

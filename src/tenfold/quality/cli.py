@@ -34,7 +34,7 @@ def check(
     """Validate a published partition without side effects (no quarantine, no alert); writes Data Docs.
 
     Exit 0: the suite passed; 1: it failed, or the check could not run (the last line says which); 2: bad usage."""
-    from tenfold.data.lake import Lake, LakeError, Partition
+    from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition
     from tenfold.quality.gate import read_batch, run_suite, to_frame
     from tenfold.quality.suites import SuiteError
 
@@ -51,13 +51,18 @@ def check(
     except KeyError as exc:
         typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(suites)})", err=True)
         raise typer.Exit(2) from exc
-    except (ValueError, LakeError, SuiteError) as exc:  # bad usage, or a partition that is not there or intact
+    except CorruptManifestError as exc:  # the data, not the usage: a file changed or gone since it was published
+        typer.echo(f"{table} {month}: the published partition is not intact, so the suite was not run: {exc}. The "
+                   "DAG's gate withdraws such a month to quarantine; rebuild it (run the month again)", err=True)
+        raise typer.Exit(1) from exc
+    except (ValueError, LakeError, SuiteError) as exc:  # bad usage, or a partition that is not there
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     # An OSError (a TENFOLD_HOME under a file, a full disk, no permission) is no usage error: it ends as every
     # command's does (exit 1, one line naming what the system refused and what to do).
     typer.echo(report.summary())
-    typer.echo(f"Data Docs: {report.data_docs}")
+    typer.echo(f"Data Docs: {report.data_docs}" if report.data_docs else
+               "Data Docs: not written (they could not be; the log above says why)")
     if not report.success:
         raise typer.Exit(1)
 

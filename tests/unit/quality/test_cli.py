@@ -38,6 +38,43 @@ def test_check_reports_without_side_effects(settings, lake, stage, alerts, monke
     assert docs.output.strip() == f"{settings.local.home / 'data_docs'}/index.html"
 
 
+def test_check_of_a_corrupt_partition_is_a_failed_check_not_bad_usage(settings, lake, stage, alerts, monkeypatch):
+    """A file changed since it was published was reported with exit 2, which the command documents as bad usage;
+    the DAG's gate refuses the same partition."""
+    from pathlib import Path
+
+    monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
+    part = Partition(2013, 4)
+    lake.publish(FEATURES_TABLE, part, stage(synthetic_features(part, 2_000, seed=7), part, "ok"), run_id="r")
+    path = Path(lake.files(FEATURES_TABLE, part)[0])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum sees it
+    path.write_bytes(bytes(data))
+    out = CliRunner().invoke(app, ["quality", "check", "features", "--month", "2013-04"])
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith("features 2013-04: the published partition is not intact, so the suite was not run: ")
+    assert "CRC32C" in out.output and str(path) in out.output
+    assert lake.has_manifest(FEATURES_TABLE, part) and alerts() == []  # read-only: nothing withdrawn
+
+
+def test_check_whose_data_docs_cannot_be_written_says_so(settings, lake, stage, monkeypatch):
+    """The report's Data Docs are None when they could not be written: the command printed "Data Docs: None"."""
+    from tenfold.quality import datadocs
+
+    monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
+
+    def no_site(settings):
+        raise PermissionError(13, "Permission denied", str(settings.local.home / "data_docs"))
+
+    monkeypatch.setattr(datadocs, "docs_site", no_site)
+    part = Partition(2013, 4)
+    lake.publish(FEATURES_TABLE, part, stage(synthetic_features(part, 21_000, seed=7), part, "ok"), run_id="r")
+    out = CliRunner().invoke(app, ["quality", "check", "features", "--month", "2013-04"])
+    assert out.exit_code == 0, out.output
+    assert "Data Docs: not written (they could not be; the log above says why)" in out.output
+    assert "None" not in out.output
+
+
 
 def test_a_home_that_cannot_be_read_is_not_bad_usage(tmp_path):
     """TENFOLD_HOME under a regular file: exit 2 ("bad usage") with the raw OSError text, where every other command
