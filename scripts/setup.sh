@@ -110,7 +110,9 @@ npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME wh
   echo "$want" > "$dst/.stamp"
 }
 npm_tool cdk
-[ "$node_major" -lt 22 ] && npm_tool node22
+# cdktn-cli declares node >= 22.19.0: a system Node 22 older than that gets the pinned Node 22 too.
+node_version=$(node --version | sed 's/^v//')
+[ "$(printf '22.19.0\n%s\n' "$node_version" | sort -V | head -1)" = "22.19.0" ] || npm_tool node22
 # Data Docs offline: the bootstrap, jQuery, bootstrap-table, font-awesome and vega files GX's pages load from
 # CDNs, at the versions its templates name; tenfold.quality.datadocs copies them into every Data Docs site.
 npm_tool datadocs-assets

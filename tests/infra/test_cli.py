@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 
 
-def _node_major(node: str) -> int:
+def _node_version(node: str) -> tuple[int, ...]:
     out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return int(out.lstrip("v").split(".")[0]) if out.startswith("v") else 0
+    return tuple(int(p) for p in out.lstrip("v").split(".")[:3]) if out.startswith("v") else (0,)
 
 
 def _cli(name: str) -> tuple[str, dict[str, str]] | None:
@@ -32,7 +32,7 @@ def _cli(name: str) -> tuple[str, dict[str, str]] | None:
     if path is None:
         return None
     env = {**os.environ, "CHECKPOINT_DISABLE": "1", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    if name == "cdktn" and _node_major(shutil.which("node") or "node") < 22:
+    if name == "cdktn" and _node_version(shutil.which("node") or "node") < (22, 19):
         node22 = TOOLS / "node22" / "node_modules" / ".bin"
         if not (node22 / "node").exists():
             pytest.fail("cdktn-cli needs Node >= 22.19 and .tools/node22 has none: run `make setup` (it installs "
