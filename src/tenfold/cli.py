@@ -35,7 +35,7 @@ class _Guarded(typer.Typer):
                                              sys.argv[1:3]))
             try:
                 home = get_settings().local.home
-            except ValueError:
+            except Exception:  # the settings are what failed (a TENFOLD_* value; a working folder deleted under it)
                 home = Path(".tenfold")
             typer.echo(ending(exc, " ".join(["tenfold", *words]), home, debug_hint="with TENFOLD_DEBUG=1"),
                        err=True)

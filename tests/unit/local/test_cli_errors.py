@@ -222,3 +222,17 @@ def test_a_replica_started_by_hand_with_a_mistyped_variable_says_which_in_one_li
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: invalid settings: EnvironSettings.serving: Value error, "
                                   "TENFOLD_SERVING__SERVER__CACHE_ENTRIE names no field of ServerSettings"), done.stderr
+
+
+def test_a_command_run_from_a_deleted_folder_with_a_relative_home_ends_in_one_line(tmp_path: Path) -> None:
+    """TENFOLD_HOME=rel resolves against the working folder; deleted under the shell, the settings raised
+    FileNotFoundError, and the guard that turns errors into one line called them again in its handler: a chained
+    traceback."""
+    tenfold = str(Path(sys.executable).with_name("tenfold"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    done = subprocess.run(["sh", "-c", f"mkdir gone && cd gone && rmdir ../gone && exec {tenfold} config get local.home"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**env, "TENFOLD_HOME": "rel"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: `tenfold config get` cannot go on: [Errno 2] No such file or directory"), \
+        done.stderr
