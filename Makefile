@@ -40,7 +40,7 @@ lint: setup
 synth: setup ## synthesize every stack of dev and prod (no cloud needed)
 	@$(BIN)/python -m infra.main
 
-bench: setup ## run the benchmarks; figures go to bench/RESULTS.md
+bench: setup ## run the benchmarks; each writes bench/results/<name>.md (headlines are copied to bench/RESULTS.md)
 	@$(BIN)/python bench/features.py --repeat 2
 	@$(BIN)/python bench/training.py
 	@$(BIN)/python bench/synth.py

@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         start = max(end - dt.timedelta(hours=args.hours), end.replace(day=1, hour=0, minute=0, second=0))
         per_file = args.predictions // args.files
         step = (end - start - dt.timedelta(minutes=args.window_min + 1)) / args.files
+        span_h = (end - start).total_seconds() / 3600
+        if step <= dt.timedelta(0):  # minutes into a month: the files would land in the month before
+            parser.error(f"it is {end:%Y-%m-%d %H:%M} UTC, {span_h * 60:.0f} minutes into the month: too little of it for "
+                         f"{args.files} files and a {args.window_min:g}-minute window; run it later")
+        if span_h < args.hours:
+            print(f"[bench/feedback_window] the month began {span_h:.1f} h ago: the log spans {span_h:.1f} h, "
+                  f"not {args.hours:g} h", flush=True)
         t0 = time.perf_counter()
         for f in range(args.files):
             _land(lake, settings, _batch(per_file, start + f * step, f), start + f * step + dt.timedelta(seconds=1))
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Logs: {per_file * args.files:,} predictions with their feedback in {args.files} files per log over "
-        f"{args.hours:g} h of one month (written in {build_s:.1f} s); each check: one new file of 50 landed first, "
+        f"{span_h:.3g} h of one month (written in {build_s:.1f} s); each check: one new file of 50 landed first, "
         f"then the last {args.window_min:g} min read ({rows} predictions served in it). Same groups both ways.",
         "",
         "| check | median s | runs (s) |",

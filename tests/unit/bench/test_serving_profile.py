@@ -50,3 +50,21 @@ def test_components_and_leaves() -> None:
 
 def test_empty_profile() -> None:
     assert serving.summarize_profile("") == ([], [], 0)
+
+
+def _phase(target: str, kind: str, throughput: float, p50: float = 1.0, ok: int = 1000, error: str = "") -> object:
+    r = {"throughput": throughput, "p50_ms": p50, "p99_ms": 5.0, "ok": ok, "errors": 0 if ok else 10,
+         "first_error": error}
+    return serving.Phase(target=target, kind=kind, r=r, server_cpu_s=1.0, wall_s=10.0)
+
+
+def test_a_floor_or_miss_phase_that_answered_nothing_is_reported_not_a_division_by_zero() -> None:
+    """A server that starts but refuses every request has throughput 0: the report divided by it after the whole
+    run, and the run's figures were lost with a ZeroDivisionError."""
+    get = {("tenfold", "closed"): _phase("tenfold", "closed", 3000.0),
+           ("floor", "closed"): _phase("floor", "closed", 0.0, ok=0, error="422: unknown field user_key"),
+           ("tenfold", "miss"): _phase("tenfold", "miss", 0.0, p50=0.0, ok=0),
+           ("tenfold", "hit"): _phase("tenfold", "hit", 900.0, p50=0.1)}
+    floor, cache = serving.targets(get)[1:]
+    assert floor == (">= 70% of the no-op floor", "the floor answered no request (422: unknown field user_key)", None)
+    assert cache == ("cache-hit p50 <= 0.5x miss p50", "not measured", None)
