@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Manifest, MissingManifestError, Partition
 from tenfold.monitoring.alerts import send_alert
-from tenfold.quality.suites import load_suite, load_suite_dict, partition_parameters
+from tenfold.quality.suites import check_not_null_covered, load_suite, load_suite_dict, partition_parameters
 from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
@@ -330,8 +330,11 @@ def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Par
                batch_uri: str, site: DocsSite | None, run_name: str | None) -> ValidationReport:
     import great_expectations as gx
 
+    workload = get_workload(settings)
+    if suite_name == workload.features_suite:
+        check_not_null_covered(suite_name, workload.expectations_dir, workload.contract.non_null_columns)
     context = _context(settings, docs_root=site.root if site else None)
-    suite = context.suites.add(load_suite(suite_name, get_workload(settings).expectations_dir))
+    suite = context.suites.add(load_suite(suite_name, workload.expectations_dir))
     asset = context.data_sources.add_pandas("lake").add_dataframe_asset(f"{table}_{part.label}")
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{table}_{part.label}_{suite_name}", data=asset.add_batch_definition_whole_dataframe("month"), suite=suite)

@@ -77,6 +77,19 @@ def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
     return body
 
 
+def check_not_null_covered(name: str, root: Path, columns: tuple[str, ...]) -> None:
+    """The features suite ``name`` must refuse a null in each of the contract's ``non_null_columns``: one
+    ``expect_column_values_to_not_be_null`` without ``mostly`` each. A contract's promise that no suite checks is no
+    promise (the column is read as never null: a key, the label)."""
+    body = load_suite_dict(name, root)
+    covered = {e["kwargs"].get("column") for e in body["expectations"]
+               if e["type"] == "expect_column_values_to_not_be_null" and e["kwargs"].get("mostly", 1) >= 1}
+    if missing := [c for c in columns if c not in covered]:
+        raise SuiteError(f"{suite_path(name, root)}: the workload's contract says {', '.join(missing)} are never null "
+                         "(non_null_columns), but the suite does not check it: add an expect_column_values_to_not_be_null "
+                         "without mostly for each")
+
+
 def _parameters(value: Any) -> list[str]:
     """The ``$PARAMETER`` names used anywhere in an expectation's kwargs."""
     if isinstance(value, dict):

@@ -102,3 +102,20 @@ def test_partition_parameters_cover_the_month_and_its_end():
     assert feb["window_end"] == "2013-03-01T06:00:00+00:00"
     dec = partition_parameters(Partition(2013, 12))
     assert dec["days"][-1] == 31 and dec["window_end"] == "2014-01-01T06:00:00+00:00"
+
+
+def test_a_features_suite_that_does_not_check_a_never_null_column_is_refused(tmp_path):
+    """non_null_columns said "the features suite checks it", but nothing did: the tiny workload's suite (the docs'
+    worked example) checked segment alone of its five, and a null key or label was published."""
+    import json
+
+    from tenfold.quality.suites import SuiteError, check_not_null_covered
+
+    body = {"name": "feats", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "label"}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "key", "mostly": 0.99}}]}
+    (tmp_path / "feats.json").write_text(json.dumps(body))
+    check_not_null_covered("feats", tmp_path, ("label",))
+    with pytest.raises(SuiteError, match=r"feats.json: the workload's contract says key, day are never null "
+                                         r"\(non_null_columns\), but the suite does not check it"):
+        check_not_null_covered("feats", tmp_path, ("label", "key", "day"))
