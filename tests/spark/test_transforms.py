@@ -282,9 +282,14 @@ def test_a_transform_whose_columns_are_not_the_contracts_is_refused_before_writi
         check_schema(wrong, schema.CONTRACT, "flights")
     assert str(refused.value) == (
         "the flights workload's transform and its contract disagree on the features' columns (missing: visib; "
-        "not in the contract: extra; flight is int64, the contract says int32; distance is string, the contract "
-        "says double): fix the transform (a cast, a select) or the contract's column_types before building the "
-        "month (docs/workloads.md)")
+        "not in the contract: extra; flight is bigint, the contract says int32 (int); distance is string, the "
+        "contract says double (double)): fix the transform (a cast, a select) or the contract's column_types before "
+        "building the month (docs/workloads.md)")
+    # wall-clock times with no zone would be written as if they were UTC, shifted by the zone's offset
+    local = out.withColumn("time_hour", F.col("time_hour").cast("timestamp_ntz"))
+    with pytest.raises(ContractError, match=r"time_hour is timestamp_ntz, the contract says timestamp\[us, "
+                                            r"tz=UTC\] \(timestamp\)"):
+        check_schema(local, schema.CONTRACT, "flights")
 
 
 def test_a_null_in_a_required_column_is_refused_naming_the_column(

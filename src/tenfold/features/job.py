@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
 from tenfold.data.lake import MANIFEST, Lake, LakeError, Partition, schema_hash
@@ -332,31 +332,46 @@ def _file_writer(output: str, order: list[str], schema: pa.Schema):  # type: ign
     return write
 
 
+def _spark_type_of(arrow_type: pa.DataType) -> Any:
+    """The Spark SQL type a contract's Arrow type is written from (None for one this check does not know)."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    if pa.types.is_timestamp(arrow_type):
+        # An instant: Spark's TimestampType. A TimestampNTZType (wall-clock, no zone) would be cast as if it were UTC.
+        return T.TimestampType() if arrow_type.tz else T.TimestampNTZType()
+    if pa.types.is_decimal(arrow_type):
+        return T.DecimalType(arrow_type.precision, arrow_type.scale)
+    simple = {pa.int8(): T.ByteType(), pa.int16(): T.ShortType(), pa.int32(): T.IntegerType(),
+              pa.int64(): T.LongType(), pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(),
+              pa.string(): T.StringType(), pa.large_string(): T.StringType(), pa.bool_(): T.BooleanType(),
+              pa.date32(): T.DateType(), pa.binary(): T.BinaryType()}
+    return simple.get(arrow_type)
+
+
 def check_schema(features: DataFrame, contract: FeatureContract, workload: str) -> None:
     """Refuse, before a row is written, a transform whose columns are not the contract's: one missing or not in the
     contract, or of another type. The writer casts each file to the contract, which would turn a string ``x1`` or
-    an ``int64`` into the contract's type, or drop an extra column, without a word. Nullability is checked per file
-    as it is written (:func:`_file_writer`): Spark calls a column read from a file nullable whatever it holds."""
-    import pyarrow as pa
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    actual = to_arrow_schema(features.schema, timezone="UTC")
+    a ``bigint`` into the contract's type, or drop an extra column, without a word. Spark's own types are compared
+    (no Arrow conversion of the schema, whose signature differs between Spark versions: Dataproc runs its own).
+    Nullability is checked per file as it is written (:func:`_file_writer`): Spark calls a column read from a file
+    nullable whatever it holds."""
+    actual = [(f.name, f.dataType) for f in features.schema.fields]
+    names = [name for name, _ in actual]
     expected = contract.arrow_schema()
     problems = []
-    if doubled := sorted({n for n in actual.names if actual.names.count(n) > 1}):
+    if doubled := sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"named twice: {', '.join(doubled)}")
-    if missing := [n for n in expected.names if n not in actual.names]:
+    if missing := [n for n in expected.names if n not in names]:
         problems.append(f"missing: {', '.join(missing)}")
-    if extra := [n for n in actual.names if n not in expected.names]:
+    if extra := [n for n in names if n not in expected.names]:
         problems.append(f"not in the contract: {', '.join(extra)}")
+    got = dict(actual)
     for field in expected:
-        if field.name in actual.names and field.name not in doubled:
-            got = actual.field(field.name).type
-            # a timestamp's zone is the session's: the same instants whatever it is
-            same = got.equals(field.type) or (pa.types.is_timestamp(got) and pa.types.is_timestamp(field.type)
-                                              and got.unit == field.type.unit)
-            if not same:
-                problems.append(f"{field.name} is {got}, the contract says {field.type}")
+        want = _spark_type_of(field.type)
+        if field.name in got and field.name not in doubled and want is not None and got[field.name] != want:
+            problems.append(f"{field.name} is {got[field.name].simpleString()}, the contract says {field.type} "
+                            f"({want.simpleString()})")
     if problems:
         raise ContractError(f"the {workload} workload's transform and its contract disagree on the features' "
                             f"columns ({'; '.join(problems)}): fix the transform (a cast, a select) or the "
