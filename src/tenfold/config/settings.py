@@ -686,8 +686,9 @@ class EnvironSettings(BaseSettings):
     ``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID``, ``TENFOLD_WORKLOAD``, ``TENFOLD_ALERT_EMAIL``,
     ``TENFOLD_ALERT_WEBHOOK``, ``TENFOLD_ALERT_SMTP_HOST``, ``TENFOLD_ALERT_FILE``, ``TENFOLD_ROOT`` and
     ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``), ``TENFOLD_SERVING__<SECTION>__<FIELD>``
-    and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``). Empty values count as
-    unset; other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
+    and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``), ``TENFOLD_PIPELINES__`` and
+    ``TENFOLD_STORAGE__`` ones. Empty values count as unset; a ``TENFOLD_<X>__...`` of any other X is refused (it
+    would set nothing); other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
     """
 
     model_config = SettingsConfigDict(env_prefix="TENFOLD_", env_nested_delimiter="__", env_ignore_empty=True,
@@ -801,13 +802,19 @@ def _known_sections(value: Any, prefix: str, sections: Mapping[str, type[BaseMod
         return value
     for section, fields in value.items():
         known = sections.get(section)
-        if known is None or not isinstance(fields, dict):
+        if known is None:
             raise ValueError(f"{prefix}{section.upper()}{'__*' if isinstance(fields, dict) else ''} names no {what}: use one of "
                              f"{', '.join(prefix + s.upper() + '__<FIELD>' for s in sections)}")
-        for name in fields:
+        if not isinstance(fields, dict):  # TENFOLD_SERVING__SERVER=x: a value where the section's fields go
+            raise ValueError(f"{prefix}{section.upper()} is set, but it is a section: unset it and set each field as "
+                             f"{prefix}{section.upper()}__<FIELD> (one of {', '.join(f.upper() for f in known.model_fields)})")
+        for name, field_value in fields.items():
             if name not in known.model_fields:
                 raise ValueError(f"{prefix}{section.upper()}__{name.upper()} names no field of {known.__name__}: use "
                                  f"one of {', '.join(f.upper() for f in known.model_fields)}")
+            if isinstance(field_value, dict):  # TENFOLD_SERVING__SERVER__AUTH_MODE__X: parts of a field
+                raise ValueError(f"{prefix}{section.upper()}__{name.upper()}__{'/'.join(k.upper() for k in field_value)} "
+                                 f"sets a part of {prefix}{section.upper()}__{name.upper()}, which is set only whole")
     return value
 
 

@@ -390,6 +390,12 @@ def test_a_wrong_serving_variable_is_refused_by_name(name, value, message):
     ("TENFOLD_TRAINING__FLEET__MACHINE_TYPE", "TENFOLD_TRAINING__FLEET names no training setting: use one of "
                                               "TENFOLD_TRAINING__BACKEND"),
     ("TENFOLD_LOCAL__AIRFLOW_PORT__X", "TENFOLD_LOCAL__AIRFLOW_PORT__X sets a part of TENFOLD_LOCAL__AIRFLOW_PORT"),
+    ("TENFOLD_SERVING__SERVER__AUTH_MODE__X", "TENFOLD_SERVING__SERVER__AUTH_MODE__X sets a part of "
+                                              "TENFOLD_SERVING__SERVER__AUTH_MODE, which is set only whole"),
+    # a value where a section's fields go: "names no serving section" named a section that is one
+    ("TENFOLD_SERVING__SERVER", "TENFOLD_SERVING__SERVER is set, but it is a section: unset it and set each field as "
+                                "TENFOLD_SERVING__SERVER__<FIELD>"),
+    ("TENFOLD_PIPELINES__BUILD_FEATURES", "TENFOLD_PIPELINES__BUILD_FEATURES is set, but it is a section"),
 ])
 def test_a_variable_of_no_settable_section_or_shape_is_refused_by_name(name, message):
     with pytest.raises(ValueError, match=message):
