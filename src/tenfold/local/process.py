@@ -198,7 +198,8 @@ def child_environ(env: Mapping[str, str]) -> dict[str, str]:
     folder, and every task and replica would fail to import the workload that the shell imports."""
     env = dict(env)
     if entries := env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(e) if e else e for e in entries.split(os.pathsep))
+        # An empty entry is the working folder too, as Python reads it.
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(e or os.curdir) for e in entries.split(os.pathsep))
     return env
 
 

@@ -328,3 +328,6 @@ def test_a_relative_pythonpath_imports_in_a_child_started_in_another_folder(tmp_
     log = (tmp_path / "run" / "wl.log").read_text()
     assert "imported mine" in log, log
     assert process.child_environ(env)["PYTHONPATH"] == os.pathsep.join([str(tmp_path / "project"), "/opt/elsewhere"])
+    # an empty entry (PYTHONPATH=/opt/x:) is the working folder too
+    assert process.child_environ({"PYTHONPATH": f"/opt/x{os.pathsep}"})["PYTHONPATH"] == \
+        os.pathsep.join(["/opt/x", str(tmp_path / "project")])
