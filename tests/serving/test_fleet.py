@@ -662,6 +662,16 @@ def test_reloading_lookups_serves_a_newly_published_month_and_fails_no_request(f
     assert status == 422 and f"no features are served for {new.label}" in body
     publish_synthetic_features(Lake.from_settings(fleet.settings), [new], 200, seed=6)
     publish_synthetic_lookups(fleet.settings, new, seed=1)
+    # A replica started now (a crash's replacement; a scale-out alike) serves what its pool's token names, as the
+    # other replica does: it loaded every month published, and answered the new month where its sibling refused it.
+    victim = fleet.status().pools[STABLE].serving()[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    fleet_mod.wait_for(fleet.settings, lambda st: len(st.pools[STABLE].serving()) == 2
+                       and victim.pid not in {r.pid for r in st.pools[STABLE].replicas},
+                       what="a replacement replica", timeout=90)
+    answers = [_predict_status(fleet, flight) for _ in range(40)]  # spread over both stable replicas
+    assert all(status == 422 and f"no features are served for {new.label}" in body for status, body in answers), \
+        sorted({status for status, _ in answers})
     with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=2) as load:
         load.wait_count(100)
         said = serve(fleet, "reload")

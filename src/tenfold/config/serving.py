@@ -61,6 +61,10 @@ class ServerSettings(_Frozen):
     # (a replica per core scales better than threads per replica); "auto" uses CUDA when there is one.
     torch_threads: int = Field(default=1, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The newest month (YYYY-MM) whose lookups a replica loads; "" for every month published when it starts. The
+    # local fleet sets it for each replica from its pool's lookups token, so a replica it starts later (a scale-out,
+    # a crash's replacement) serves the months its pool's other replicas serve, not a month published since.
+    lookups_through: str = ""
 
     @field_validator("api_prefix")
     @classmethod
@@ -70,6 +74,13 @@ class ServerSettings(_Frozen):
         if value.rstrip("/") == "":  # passed on as "" to child processes and VMs, which read it as unset (/v1)
             raise ValueError(f"api_prefix {value!r}: the API cannot be served at the root; give a path such as /v1")
         return value.rstrip("/")
+
+    @field_validator("lookups_through")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+            raise ValueError(f"lookups_through {value!r}: a month as YYYY-MM (e.g. 2013-05), or empty for every month")
+        return value
 
     @model_validator(mode="after")
     def _iap_needs_audience(self) -> ServerSettings:

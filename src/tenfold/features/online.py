@@ -90,6 +90,14 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
         raise LookupsUnavailable(f"the {workload.name} workload's contract names no lookup_tables: it cannot be "
                                  "served online (see docs/workloads.md, 'Online serving')")
     months = served_months(settings, workload, lake)
+    through = settings.serving.server.lookups_through
+    if through and months and months[0].label > through:
+        raise LookupsUnavailable(
+            f"no month up to {through} (serving.server.lookups_through, the fleet's lookups token) has its lookup "
+            f"tables published under {lake.uri} (the first is {months[0].label}): reload the fleet's lookups "
+            "(tenfold serve reload)")
+    if through:  # the months the pool's other replicas loaded: one published since waits for a reload
+        months = [m for m in months if m.label <= through]
     if not months:
         raise LookupsUnavailable(
             f"no month of {settings.storage.features_table!r} has its lookup tables ({prefix}_*) published under "

@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -107,6 +108,30 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # --- the desired state -------------------------------------------------------------------------
+
+
+# A replica loads the lookups of the months up to its pool's token's month (serving.server.lookups_through).
+LOOKUPS_THROUGH_ENV = "TENFOLD_SERVING__SERVER__LOOKUPS_THROUGH"
+
+
+def lookups_month(token: str) -> str:
+    """The month (YYYY-MM) a lookups token names (``2013-05@20261205T...``, or ``2013-05``), else ""."""
+    month = token.split("@", 1)[0]
+    return month if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month) else ""
+
+
+def lookups_token(settings: Settings, say: Callable[[str], object] = print) -> str:
+    """A fresh fleet's token: the newest month served now and the time ("" when none is, or the lake cannot be read:
+    the replicas then load what there is when they start, and say what is missing)."""
+    from tenfold.features.online import served_months
+
+    try:
+        months = served_months(settings)
+    except Exception as exc:  # the replicas' own load names the problem; the fleet still starts
+        say(f"fleet: the months served could not be listed ({type(exc).__name__}: {exc}); each replica loads every "
+            "month published when it starts")
+        return ""
+    return f"{months[-1].label}@{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}" if months else ""
 
 
 @dataclass(frozen=True)
@@ -432,8 +457,11 @@ class Supervisor:
         if fault:
             argv += ["--fault", fault]
         name = replica_name(pool, slot)
+        env = self.env
+        if through := lookups_month(lookups):  # the months its pool's token names, whatever was published since
+            env = {**env, LOOKUPS_THROUGH_ENV: through}
         try:
-            record = process.start(name, argv, run_dir=self.run_dir, port=port, env=self.env, cwd=self.settings.local.home)
+            record = process.start(name, argv, run_dir=self.run_dir, port=port, env=env, cwd=self.settings.local.home)
         except LocalPlatformError as exc:
             self._failed(pool, (version, fault), f"{name}: could not start: {exc}")
             return None
@@ -845,10 +873,11 @@ def _up(
     rd = run_dir(settings)
     rd.mkdir(parents=True, exist_ok=True)
     ensure_token(settings)  # before any replica starts: they all read the one token
+    token = lookups_token(settings, say)  # every replica, the later ones included, serves the months served now
     spec = FleetSpec(
         generation=1,
-        pools={STABLE: PoolSpec(stable_version, fleet.stable_min, fleet.stable_max),
-               CANARY: PoolSpec(canary_version, fleet.canary_min, fleet.canary_max)},
+        pools={STABLE: PoolSpec(stable_version, fleet.stable_min, fleet.stable_max, lookups=token),
+               CANARY: PoolSpec(canary_version, fleet.canary_min, fleet.canary_max, lookups=token)},
     )
     with _spec_lock(settings):
         _write_atomic(rd / SPEC_FILE, spec.to_json())

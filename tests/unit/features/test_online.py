@@ -43,6 +43,25 @@ def test_every_published_month_is_loaded_and_served(settings: Settings, lake: La
         CONTRACT.version
 
 
+def test_a_replica_bounded_by_its_pools_token_loads_no_month_published_since(settings: Settings, lake: Lake) -> None:
+    """A replica the fleet starts later (a scale-out, a crash's replacement) loaded every month published then,
+    newer than its siblings' token: a request for that month was answered by one replica and refused by the others."""
+    from tenfold.serving.fleet import lookups_month
+
+    for part in (JAN, FEB, MAR):
+        publish_month(settings, lake, part)
+    bounded = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "server": settings.serving.server.model_copy(update={"lookups_through": lookups_month("2013-02@20261205T1")})})})
+    assert load_online_features(bounded).months == ("2013-01", "2013-02")
+    assert load_online_features(settings).months == ("2013-01", "2013-02", "2013-03")  # unbounded: all of them
+    before = bounded.model_copy(update={"serving": bounded.serving.model_copy(update={
+        "server": bounded.serving.server.model_copy(update={"lookups_through": "2012-12"})})})
+    with pytest.raises(LookupsUnavailable, match=r"no month up to 2012-12 .* \(the first is 2013-01\)"):
+        read_lookups(before)
+    assert [lookups_month(t) for t in ("2013-02", "2013-02@x", "none@x", "", "2013-13@x")] == ["2013-02", "2013-02",
+                                                                                                   "", "", ""]
+
+
 def test_a_month_is_served_only_once_its_features_are_published(
     settings: Settings, lake: Lake, caplog: pytest.LogCaptureFixture
 ) -> None:
