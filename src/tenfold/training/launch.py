@@ -40,7 +40,7 @@ from tenfold.fsio import atomic_write
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
-from tenfold.training.data import read_features
+from tenfold.training.data import read_features, time_column, validation_split
 from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout
 from tenfold.training.remote import RemoteDir, is_remote
 from tenfold.training.worker import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, NON_TRAJECTORY, RESULT_FILE
@@ -75,11 +75,18 @@ class TrainResult:
 
 
 def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
-    """Fit vocabularies and scaling of the workload's feature columns on the training window only."""
+    """Fit vocabularies and scaling of the workload's feature columns on the rows the ranks train on: the training
+    window less its validation slice (cut as every rank cuts it). A value first seen in the slice (a route that
+    began in the window's last days) is then out of vocabulary, the trained OOV row, not a row of its own that no
+    step ever trains (its random initial vector, in the slice's scores and the holdout's alike)."""
     contract = get_workload(cfg.workload).contract
+    when = time_column(contract)
+    columns = list(dict.fromkeys((*contract.feature_columns, *([when] if when else []))))
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
-                          columns=contract.feature_columns, digest=cfg.data_digest)
-    return Preprocessor.fit(table, contract, min_count=cfg.vocabulary_min_count)
+                          columns=columns, digest=cfg.data_digest)
+    split = validation_split(table, contract, cfg.validation_days)
+    return Preprocessor.fit(table.take(split.train).select(list(contract.feature_columns)), contract,
+                            min_count=cfg.vocabulary_min_count)
 
 
 class BatchTooBig(ValueError):

@@ -242,10 +242,16 @@ def test_categorical_values_rarer_than_the_settings_minimum_are_fit_as_the_oov_v
     with pytest.raises(ValueError, match="vocabulary_min_count must be >= 1"):
         dataclasses.replace(small_config, vocabulary_min_count=0)
 
+    from tenfold.training.data import time_column, validation_split
+    from tenfold.workloads.flights.contract import CONTRACT
+
     cfg = dataclasses.replace(small_config, vocabulary_min_count=7)
     pre = fit_preprocessing(cfg)
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=None, table=cfg.table,
-                          columns=list(pre.categorical_columns))
+                          columns=[*pre.categorical_columns, time_column(CONTRACT)])
+    split = validation_split(table, CONTRACT, cfg.validation_days)
+    assert split.has_validation
+    table = table.take(split.train)  # counted over the rows the ranks train on, not the validation slice
     rare_somewhere = False
     for col in pre.categorical_columns:
         counts = Counter(pc.cast(table[col], "string").to_pylist())
@@ -254,6 +260,47 @@ def test_categorical_values_rarer_than_the_settings_minimum_are_fit_as_the_oov_v
     assert rare_somewhere  # the synthetic window has values under the minimum, so the check above can fail
     every_value = fit_preprocessing(dataclasses.replace(cfg, vocabulary_min_count=1))
     assert sum(every_value.vocab_sizes.values()) > sum(pre.vocab_sizes.values())
+
+
+def test_a_value_first_seen_in_the_validation_slice_is_out_of_vocabulary(small_config: TrainConfig, tmp_path: Path) -> None:
+    """The vocabulary was fit on the whole window, the slice included, but no rank trains on the slice: a route that
+    began in the window's last days got an embedding row of its own that no step trained (its random initial
+    vector), where the OOV row, trained on rare values, is what a value new to training should get."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.training.launch import fit_preprocessing
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    publish_synthetic_features(lake, [Partition(2013, 1), Partition(2013, 2)], 4_000, seed=3)
+    feb = lake.read_table("features", [Partition(2013, 2)])
+    late = pc.greater(feb["time_hour"], pa.scalar(pd_timestamp("2013-02-25"), feb["time_hour"].type))
+    new_dest = pc.if_else(late, pa.scalar("NEW"), feb["dest"])  # a destination flown only in the last days
+    assert pc.sum(late).as_py() >= 50
+    staged = lake.uri_of(lake.staging_path("features", Partition(2013, 2), "new-dest"))
+    import pyarrow.parquet as pq
+
+    Lake(staged).fs.create_dir(lake._path(staged), recursive=True)
+    pq.write_table(feb.set_column(feb.schema.get_field_index("dest"), feb.schema.field("dest"), new_dest),
+                   f"{lake._path(staged)}/part-00000.parquet", filesystem=lake.fs)
+    lake.publish("features", Partition(2013, 2), staged, run_id="new-dest",
+                 extra=lake.read_manifest("features", Partition(2013, 2)).extra)
+    cfg = dataclasses.replace(small_config, lake_uri=lake.uri, train_months=("2013-01", "2013-02"), validation_days=14,
+                              vocabulary_min_count=20)
+    pre = fit_preprocessing(cfg)
+    assert "NEW" not in pre.vocabularies["dest"]
+    assert pre.transform(feb.slice(0, 1).set_column(feb.schema.get_field_index("dest"), feb.schema.field("dest"),
+                                                    pa.array(["NEW"])))[0][0, pre.categorical_columns.index("dest")] == 0
+
+
+def pd_timestamp(day: str) -> object:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
 
 
 def test_a_batch_the_window_cannot_fill_is_refused_before_the_job_starts_without_retries(
