@@ -15,6 +15,8 @@ import numpy as np
 class MetricsError(ValueError):
     """The labels or predictions cannot be scored; the message says why."""
 
+    retryable = False  # the same rows score the same way on every try (tenfold.pipelines.common.run_step)
+
 
 def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.float64).ravel()
@@ -48,7 +50,8 @@ def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     n_pos = float(y.sum())
     n_neg = float(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
-        raise MetricsError("ROC AUC needs both classes in the labels; the holdout has only one")
+        raise MetricsError(f"ROC AUC needs both classes in the labels, and all {y.size} rows scored are "
+                           f"{'positive' if n_neg == 0 else 'negative'}")
     ranks = _average_ranks(p)
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -117,9 +120,13 @@ class Metrics:
 
 
 def score(name: str, y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> Metrics:
-    y, p = _check(y_true, y_prob)
-    table = calibration_table(y, p, n_bins)
-    return Metrics(
-        name=name, rows=int(y.size), positive_rate=float(y.mean()), auc=roc_auc(y, p), log_loss=log_loss(y, p),
-        brier=brier_score(y, p), ece=expected_calibration_error(table), calibration=table,
-    )
+    """``name``'s metrics; a :class:`MetricsError` names ``name`` (which model or baseline could not be scored)."""
+    try:
+        y, p = _check(y_true, y_prob)
+        table = calibration_table(y, p, n_bins)
+        return Metrics(
+            name=name, rows=int(y.size), positive_rate=float(y.mean()), auc=roc_auc(y, p), log_loss=log_loss(y, p),
+            brier=brier_score(y, p), ece=expected_calibration_error(table), calibration=table,
+        )
+    except MetricsError as exc:
+        raise MetricsError(f"{name} cannot be scored: {exc}") from exc

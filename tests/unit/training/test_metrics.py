@@ -50,3 +50,16 @@ def test_bad_inputs_are_refused() -> None:
         log_loss(np.array([0, 1]), np.array([0.5, np.nan]))
     with pytest.raises(MetricsError, match="2 labels but 3"):
         brier_score(np.array([0, 1]), np.array([0.5, 0.5, 0.5]))
+
+
+def test_a_refusal_names_what_could_not_be_scored_and_is_not_retried() -> None:
+    """A one-class slice was reported as "the holdout has only one" class (calibration scores the validation slice,
+    never the holdout), a NaN prediction named no model, and the evaluate task retried what fails the same way."""
+    with pytest.raises(MetricsError) as caught:
+        score("challenger v7", np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert str(caught.value) == ("challenger v7 cannot be scored: ROC AUC needs both classes in the labels, and all 3 "
+                                 "rows scored are negative")
+    assert "holdout" not in str(caught.value)
+    with pytest.raises(MetricsError, match=r"^champion cannot be scored: .*probabilities"):
+        score("champion", np.array([0, 1]), np.array([0.5, np.nan]))
+    assert MetricsError.retryable is False
