@@ -80,6 +80,8 @@ def read_features(
     table: str = FEATURES_TABLE,
     columns: Sequence[str] | None = None,
     digest: str | None = None,
+    pinned_by: str = "this training run was planned",
+    rerun: str = "start a new run (trigger train_model again)",
 ) -> pa.Table:
     """Read published partitions of the features table, refusing any without a manifest.
 
@@ -107,8 +109,8 @@ def read_features(
             )
     if digest is not None and lake.content_digest(table, parts) != digest:
         raise RepublishedFeaturesError(
-            f"{table} partitions {', '.join(p.label for p in parts)} were re-published since this training run was "
-            "planned: they no longer hold the data it pinned; start a new run (trigger train_model again)"
+            f"{table} partitions {', '.join(p.label for p in parts)} were re-published since {pinned_by}: they no "
+            f"longer hold the data it pinned; {rerun}"
         )
     try:
         return lake.read_table(table, parts, columns=list(columns) if columns else None)

@@ -272,3 +272,27 @@ def test_a_reference_profile_of_a_window_re_published_since_training_is_refused(
     ensure_profile(tmp_path, lake, table, MONTHS[:2], drift_settings.monitoring.drift,
                    digest=lake.content_digest(table, MONTHS[:2]))
     assert ReferenceProfile.load(tmp_path) is not None
+
+
+def test_a_month_re_published_since_the_drift_run_was_planned_says_to_run_monitor_drift_again(
+        drift_settings: Settings, tmp_path: Path) -> None:
+    """The refusal of a month whose content changed after the plan pinned it told the operator to trigger train_model
+    again: the read is training's, but here monitor_drift's measure made it, and a new monitor_drift run is the fix."""
+    from tenfold.model import load_model
+    from tenfold.monitoring.drift import measure_partition
+    from tenfold.training.data import RepublishedFeaturesError
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    lake, table, policy = Lake.from_settings(drift_settings), drift_settings.storage.features_table, \
+        drift_settings.monitoring.drift
+    save_a_model(drift_settings, tmp_path)
+    ensure_profile(tmp_path, lake, table, MONTHS[:2], policy)
+    profile = ReferenceProfile.load(tmp_path)
+    assert profile is not None
+    planned = lake.content_digest(table, MONTHS[2:])
+    publish_synthetic_features(lake, MONTHS[2:], 399)  # re-published with other content after the plan
+    with pytest.raises(RepublishedFeaturesError) as caught:
+        measure_partition(load_model(tmp_path), profile, lake, table, MONTHS[2].label, None, policy, digest=planned)
+    assert str(caught.value).endswith(f"were re-published since this drift run was planned: they no longer hold the data "
+                                      f"it pinned; trigger monitor_drift again for {MONTHS[2].label} (a retry reads the "
+                                      "content its plan pinned)")
