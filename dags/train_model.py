@@ -10,9 +10,12 @@ anything else is retried as ``settings.pipelines.train_model`` says, the ``train
 ``settings.training.task_retries`` says (once: a try can take hours); every failure alerts):
 
 1. ``plan``: the time-based split and the training config. By default the split rolls with the data:
-   the newest published months are the holdout (``settings.training.holdout_window``) and up to
-   ``train_window`` months before them are trained on, so a scheduled retrain always learns from the
-   newest data. Every month must be published (``_SUCCESS`` manifest) or the run stops naming them.
+   the newest published months are the holdout and up to ``train_window`` months before them are trained
+   on, so a scheduled retrain always learns from the newest data. The holdout is the newest
+   ``settings.training.holdout_window`` months, at most a quarter of the unbroken run of published months,
+   and no more than the months after the champion's last training month (so the gate scores the champion on
+   months it never learnt); a run drift started holds out the newest month alone. Every month must be
+   published (``_SUCCESS`` manifest) or the run stops naming them.
 2. ``train``: locally ``torchrun --nnodes=1`` with a file rendezvous on loopback (gloo); in dev/prod the job runs on the training GPU
    instance group, which is resized up for the run and back to zero whatever happens.
 3. ``evaluate``: the challenger, the current champion (resolved from the registry, downloaded and
