@@ -292,6 +292,39 @@ def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(make_setup, work
     assert worker.stats.duplicates == 0
 
 
+def _probe_subscription(settings) -> str:
+    """A subscription of its own on the requests topic: a copy of every request published from now on."""
+    import uuid
+
+    from tenfold.messaging import subscriber_client, subscription_path, topic_path
+
+    path = subscription_path(settings, f"probe-{uuid.uuid4().hex[:12]}")
+    with subscriber_client(settings) as sub:
+        sub.create_subscription(request={"name": path, "topic": topic_path(settings, settings.messaging.requests_topic)},
+                                timeout=30)
+    return path
+
+
+def _pulled_ids(settings, subscription: str, quiet_s: float = 3.0) -> set[str]:
+    """The request ids on ``subscription`` (acknowledged), pulled until none came for ``quiet_s`` seconds."""
+    from tenfold.inference.requests import REQUEST_ID
+    from tenfold.messaging import subscriber_client
+
+    ids: set[str] = set()
+    last = time.monotonic()
+    with subscriber_client(settings) as sub:
+        while time.monotonic() - last < quiet_s:
+            resp = sub.pull(request={"subscription": subscription, "max_messages": 100}, timeout=10)
+            if resp.received_messages:
+                last = time.monotonic()
+                ids |= {m.message.attributes[REQUEST_ID] for m in resp.received_messages}
+                sub.acknowledge(request={"subscription": subscription,
+                                         "ack_ids": [m.ack_id for m in resp.received_messages]})
+            else:
+                time.sleep(0.2)
+    return ids
+
+
 def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_does(make_setup, tmp_path) -> None:
     from tenfold.pipelines import batch_inference as pipeline
 
@@ -313,6 +346,7 @@ def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_doe
     (tmp_path / "settings.json").write_text(s.model_dump_json())
     (tmp_path / "run.json").write_text(json.dumps(planned.to_xcom()))
     killed = tmp_path / "killed.json"
+    probe = _probe_subscription(s)
     child = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import json, sys
@@ -321,11 +355,18 @@ def test_a_task_that_fails_halfway_and_is_retried_publishes_what_a_clean_run_doe
             settings = Settings.model_validate_json(open(sys.argv[1]).read())
             pipeline.publish(settings, json.load(open(sys.argv[2])))
         """), str(tmp_path / "settings.json"), str(tmp_path / "run.json")],
-        env={**os.environ, "TENFOLD_INFER_FAULT": f"at=publish,mode=kill,after=10,ready={killed}"},
+        env={**os.environ, "TENFOLD_INFER_FAULT": f"at=publish,mode=kill,after=10,settle=2,ready={killed}"},
         capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert json.loads(killed.read_text())["at"] == "publish"
+    # The fault landed mid-publish, after requests had left: the client batches (10 ms), and a kill on the 11th
+    # publish without `settle` came before its first send (the probe held none), so the "retry" below was a clean
+    # first run. A probe subscription, created before the killed attempt, holds a copy of what reached Pub/Sub.
+    sent_before_the_kill = _pulled_ids(s, probe)
+    assert len(sent_before_the_kill) == 10, sorted(sent_before_the_kill)  # killed at its 11th request
     pipeline.publish(s, planned)  # the retry: the same 20 request ids again
+    resent = _pulled_ids(s, probe)
+    assert len(resent) == 20 and sent_before_the_kill < resent  # the same ids again, the 10 sent before among them
     scored = pipeline.score(s, planned)
     retried = pipeline.publish_results(s, planned, scored)
 

@@ -355,12 +355,19 @@ def test_split_is_sticky_and_within_the_binomial_interval(fleet: Fleet) -> None:
     first = {r.headers[header]: r.body["arm"] for r in results}
     with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=2_000) as again:
         repeat = again.wait(60)
-    assert {r.headers[header]: r.body["arm"] for r in repeat if r.body} == {k: first[k] for k in (f"user-{i}" for i in range(2_000))}
-    # Raising the percentage at run time (no reload) moves users to the canary only, never back.
+    assert len(repeat) == 2_000 and all(r.ok for r in repeat), [r.error for r in repeat if not r.ok][:5]
+    assert {r.headers[header]: r.body["arm"] for r in repeat} == {k: first[k] for k in (f"user-{i}" for i in range(2_000))}
+    # Raising the percentage at run time (no reload: the same HAProxy process, no request failed) moves users to the
+    # canary only, never back.
+    haproxy = fleet.status().haproxy_pid
     router.set_canary_percent(20)
     assert router.canary_percent() == 20
     with Load(fleet.url, fleet.token, fleet.request("each"), concurrency=8, total=2_000) as raised:
-        moved = {r.headers[header]: r.body["arm"] for r in raised.wait(60) if r.body}
+        after = raised.wait(60)
+    assert len(after) == 2_000 and all(r.ok for r in after), [r.error for r in after if not r.ok][:5]
+    assert fleet.status().haproxy_pid == haproxy is not None
+    moved = {r.headers[header]: r.body["arm"] for r in after}
+    assert len(moved) == 2_000
     assert all(moved[k] == CANARY for k, arm in first.items() if arm == CANARY and k in moved)
     assert sum(a == CANARY for a in moved.values()) > sum(first[k] == CANARY for k in moved)
 

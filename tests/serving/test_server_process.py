@@ -138,7 +138,10 @@ def test_a_replica_stopped_while_it_loads_exits_at_once(serving_env: dict[str, s
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate(timeout=30)
+            _, stderr = proc.communicate(timeout=30)
+    # Stopped, not failed: exit 0 as after a drain (1 tells the fleet the load failed), and no traceback.
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
 
 
 def test_bad_flags_exit_2(serving_env: dict[str, str]) -> None:

@@ -7,7 +7,8 @@ A fault fires at a named place and does something real there:
     TENFOLD_INFER_FAULT="at=score,mode=slow,seconds=15"                       # a handler slower than the deadline
     TENFOLD_INFER_FAULT="at=publish,mode=raise,after=3,ready=/tmp/t/r.json"   # a task failing halfway
 
-``after=N`` lets N passes go by first. With ``ready``, the fault fires once: it writes the file (the pid
+``after=N`` lets N passes go by first; ``settle=S`` waits S seconds before it fires (so what the earlier passes
+handed to a client that batches, the Pub/Sub publisher, has left the process when a kill lands). With ``ready``, the fault fires once: it writes the file (the pid
 and what it was handling) and does not fire again while the file exists, so the restarted worker or the
 retried task runs past it. Outside the tests the variable is unset and each hook costs one lookup.
 """
@@ -63,6 +64,8 @@ def fire(at: str, what: str = "") -> None:
             tmp = ready.with_name(ready.name + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "at": at, "what": what}))
             tmp.replace(ready)
+    if opts.get("settle"):
+        time.sleep(float(opts["settle"]))
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif mode == "slow":
