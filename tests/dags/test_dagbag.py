@@ -42,7 +42,8 @@ for env in sys.argv[2:]:
             "tags": sorted(dag.tags or []),
             "catchup": dag.catchup,
             "doc_md": dag.doc_md or "",
-            "has_schedule": dag.timetable is not None,
+            # Airflow 3 gives a DAG without a schedule a NullTimetable, never None
+            "has_schedule": type(dag.timetable).__name__ != "NullTimetable",
             "start_date": str(dag.start_date) if dag.start_date else None,
             "task_retries": {t.task_id: t.retries for t in dag.tasks},
             "timeouts": {t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout else None
