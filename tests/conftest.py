@@ -232,6 +232,7 @@ class FlakyWebhook:
         self.failures, self.status = 0, 503
         self.tries = 0  # every POST, failed or not
         self.received: list[dict[str, Any]] = []  # the bodies answered 200
+        self.authorization: list[str | None] = []  # each POST's Authorization header
         self.pauses: list[float] = []
         hook = self
 
@@ -239,6 +240,7 @@ class FlakyWebhook:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 hook.tries += 1
+                hook.authorization.append(self.headers.get("Authorization"))
                 failing = hook.failures > 0
                 if failing:
                     hook.failures -= 1

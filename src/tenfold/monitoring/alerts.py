@@ -26,6 +26,7 @@ the task's retry or the failure callback sends it again. In Airflow, :func:`airf
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -122,7 +123,11 @@ def scrubbed(settings: Settings, text: str) -> str:
         return text
     parts = urllib.parse.urlsplit(url)
     secret = url[len(f"{parts.scheme}://{parts.netloc}"):] if parts.scheme and parts.netloc else url
-    return text.replace(url, "<webhook URL>").replace(secret, "/***") if secret else text
+    text = text.replace(url, "<webhook URL>").replace(secret, "/***") if secret else text
+    if parts.password:  # user:password@host: the password, however an error quotes it
+        for shown in {parts.password, urllib.parse.unquote(parts.password)}:
+            text = text.replace(shown, "***")
+    return text
 
 
 def _with_retries(name: str, attempt: Callable[[], None], transient: Callable[[Exception], bool],
@@ -171,11 +176,24 @@ def _webhook_hook(settings: Settings, alert: Alert) -> None:
         # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
         raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a "
                          "control character): fix the variable; alerts still go to the log")
+    headers = {"Content-Type": "application/json"}
+    if "@" in parts.netloc:
+        # user:password@host: urllib hands http.client the userinfo as the host, which refused it quoting the
+        # password ("nonnumeric port: '<password>@host'") into every task's log. Sent as Basic auth instead.
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("TENFOLD_ALERT_WEBHOOK's port is not a number: fix the variable; alerts still go to the "
+                             "log") from None
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        login = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{port}" if port else str(host)))
     body = json.dumps({"text": alert.text()}).encode()
     opener = urllib.request.build_opener(_RefuseRedirects)
 
     def post() -> None:
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with opener.open(request, timeout=TIMEOUT_S) as response:
             if response.status >= 300:
                 raise RuntimeError(f"webhook answered HTTP {response.status}")

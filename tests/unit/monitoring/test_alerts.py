@@ -162,6 +162,23 @@ def test_a_malformed_webhook_url_never_reaches_the_log(make_settings, caplog):
         caplog.clear()
 
 
+def test_a_webhook_with_a_login_in_its_url_is_posted_with_basic_auth_and_never_logs_it(make_settings, flaky_webhook,
+                                                                                         caplog):
+    """https://bot:S3cr3tPw@host/...: urllib handed http.client "bot:S3cr3tPw@host" as the host, which failed with
+    "nonnumeric port: 'S3cr3tPw@host'" into the log on every alert, the password with it."""
+    import base64
+
+    url = flaky_webhook.url.replace("http://", "http://bot:S3cr3t%40Pw@")
+    settings = make_settings(monitoring={"alert_webhook_url": url})
+    with caplog.at_level(logging.DEBUG):
+        sent = alerts.send_alert(settings, "gate refused", {})
+    assert sent.delivered and sent.failed == (), caplog.text
+    assert flaky_webhook.authorization == ["Basic " + base64.b64encode(b"bot:S3cr3t@Pw").decode()]
+    assert "S3cr3t" not in caplog.text
+    # an error that quotes the login is scrubbed too
+    assert "S3cr3t" not in alerts.scrubbed(settings, "nonnumeric port: 'S3cr3t%40Pw@127.0.0.1' (S3cr3t@Pw)")
+
+
 def test_an_error_quoting_the_webhook_url_is_logged_without_its_secret(make_settings, caplog):
     def quoting(settings, alert):  # as urllib's InvalidURL and ValueError do
         raise ValueError(f"unknown url type: {settings.monitoring.alert_webhook_url!r}")
