@@ -82,8 +82,16 @@ def check_not_null_covered(name: str, root: Path, columns: tuple[str, ...]) -> N
     ``expect_column_values_to_not_be_null`` without ``mostly`` each. A contract's promise that no suite checks is no
     promise (the column is read as never null: a key, the label)."""
     body = load_suite_dict(name, root)
-    covered = {e["kwargs"].get("column") for e in body["expectations"]
-               if e["type"] == "expect_column_values_to_not_be_null" and e["kwargs"].get("mostly", 1) >= 1}
+    covered = set()
+    for n, e in enumerate(body["expectations"]):
+        if e["type"] != "expect_column_values_to_not_be_null":
+            continue
+        mostly = e["kwargs"].get("mostly", 1)
+        if isinstance(mostly, bool) or not isinstance(mostly, (int, float)):
+            raise SuiteError(f"{suite_path(name, root)}: expectation #{n} ({e['type']}) has mostly {mostly!r}: a "
+                             "number from 0 to 1, or none")
+        if mostly >= 1:
+            covered.add(e["kwargs"].get("column"))
     if missing := [c for c in columns if c not in covered]:
         raise SuiteError(f"{suite_path(name, root)}: the workload's contract says {', '.join(missing)} are never null "
                          "(non_null_columns), but the suite does not check it: add an expect_column_values_to_not_be_null "

@@ -124,7 +124,9 @@ def reload() -> None:
     settings = get_settings()
     import datetime as dt
 
-    months = served_months(settings)
+    # The months of the running fleet's settings (its tables, its workload), not this shell's: the token's month
+    # bounds what every replica loads.
+    months = served_months(fleet.running_settings(settings))
     # Always a new token: a month re-published under the same label is reloaded too.
     token = f"{months[-1].label if months else 'none'}@{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     try:

@@ -44,7 +44,8 @@ class TrainConfig:
     validation_days: float = 14.0
     patience: int | None = 2
     calibration: str = "anchored_temperature"  # a tenfold.model.calibration method
-    # Categorical values in fewer rows of the window than this are fit as the OOV value, which trains its row.
+    # Categorical values in fewer training rows (the window less its validation slice) than this are fit as the
+    # OOV value, which trains its row.
     vocabulary_min_count: int = 20
     # The weights scored, chosen and saved are an exponential moving average of the trained ones, over about
     # this many epochs (decay 1 - 1 / (average_epochs * steps_per_epoch) a step); 0 uses the raw weights.

@@ -119,3 +119,9 @@ def test_a_features_suite_that_does_not_check_a_never_null_column_is_refused(tmp
     with pytest.raises(SuiteError, match=r"feats.json: the workload's contract says key, day are never null "
                                          r"\(non_null_columns\), but the suite does not check it"):
         check_not_null_covered("feats", tmp_path, ("label", "key", "day"))
+    # a mostly that is not a number is named (it raised a TypeError, retried and ended in a traceback)
+    body["expectations"][1]["kwargs"]["mostly"] = None
+    (tmp_path / "feats.json").write_text(json.dumps(body))
+    with pytest.raises(SuiteError, match=r"feats.json: expectation #1 \(expect_column_values_to_not_be_null\) has "
+                                         r"mostly None: a number from 0 to 1"):
+        check_not_null_covered("feats", tmp_path, ("label",))
