@@ -23,6 +23,7 @@ Light on purpose: the DAG files import this module while being parsed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -34,6 +35,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO, TypeVar, get_args, get_origin
 
 from tenfold.config import Settings
@@ -226,6 +228,28 @@ def task_timeout_s(settings: Settings, dag_id: str) -> int:
         t = settings.training
         return t.job_timeout_s + 300 if settings.is_local else t.run_timeout_s + 3 * t.stable_timeout_s
     return settings.pipelines.dag(dag_id).task_timeout_s
+
+
+def work_root(settings: Settings, dag_id: str) -> Path:
+    """Where a DAG's tasks keep their scratch (downloaded models, a run's folder): the platform's home locally; in the
+    cloud a folder of this user's own under the temp directory (``tenfold-<uid>``, created 0700). A shared
+    ``/tmp/tenfold`` made first by another user of the host would let that user swap the challenger a run registers
+    or the model a drift run scores; one not owned by this user, or open to others, is refused."""
+    import stat
+    import tempfile
+
+    if settings.is_local:
+        return settings.local.home / "runs" / dag_id
+    base = Path(tempfile.gettempdir()) / f"tenfold-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    info = os.lstat(base)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)):
+        raise PipelineError(f"{base} is not a folder of this user's own (owned by uid {info.st_uid}, mode "
+                            f"{stat.filemode(info.st_mode)}): another user of this host could change what a run "
+                            "registers or scores there; remove it (or point TMPDIR elsewhere) and retry")
+    return base / dag_id
 
 
 def date_range(settings: Settings, dag_id: str) -> tuple[dt.datetime | None, dt.datetime | None]:

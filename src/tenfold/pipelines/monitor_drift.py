@@ -61,6 +61,7 @@ from tenfold.pipelines.common import (
     run_main,
     split_event_months,
 )
+from tenfold.pipelines.common import work_root as common_work_root
 from tenfold.registry.errors import RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry
 
@@ -97,11 +98,7 @@ class Reported(RunState):
 
 
 def work_root(settings: Settings) -> Path:
-    import tempfile
-
-    if settings.is_local:
-        return settings.local.home / "runs" / DAG_ID
-    return Path(tempfile.gettempdir()) / "tenfold" / DAG_ID
+    return common_work_root(settings, DAG_ID)
 
 
 def _month(value: Any, where: str) -> Partition:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from tenfold.model_files import (
 )
 from tenfold.monitoring.profile import ensure_profile
 from tenfold.pipelines.common import PipelineError, RunState, run_conf, run_key, run_main
+from tenfold.pipelines.common import work_root as common_work_root
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -190,9 +190,7 @@ def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partiti
 
 
 def work_root(settings: Settings) -> Path:
-    if settings.is_local:
-        return settings.local.home / "runs" / "train_model"
-    return Path(tempfile.gettempdir()) / "tenfold" / "train_model"
+    return common_work_root(settings, "train_model")
 
 
 def drifted_months(context: Mapping[str, Any], uri: str) -> list[str]:
