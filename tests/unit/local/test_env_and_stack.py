@@ -216,10 +216,11 @@ def _dead_leader_with_a_survivor(s, name: str, tmp_path: Path, child: str):
 
     record = process.start(name, ["sh", "-c", f"{child} & echo $! > {tmp_path / 'child.pid'}; wait"],
                            run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path)
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+    # The shell creates the file before it writes the pid into it: wait for the number, not the file.
+    pid_file, deadline = tmp_path / "child.pid", time.monotonic() + 5
+    while not (pid_file.exists() and pid_file.read_text().strip().isdigit()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    survivor = psutil.Process(int((tmp_path / "child.pid").read_text()))
+    survivor = psutil.Process(int(pid_file.read_text()))
     psutil.Process(record.pid).kill()
     psutil.Process(record.pid).wait(timeout=5)
     assert not process.is_running(record) and process.is_group_running(record)
