@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tenfold.config.pipelines import MONTH
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,7 +80,7 @@ class ServerSettings(_Frozen):
     @field_validator("lookups_through")
     @classmethod
     def _month(cls, value: str) -> str:
-        if value and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+        if value and not MONTH.fullmatch(value):
             raise ValueError(f"lookups_through {value!r}: a month as YYYY-MM (e.g. 2013-05), or empty for every month")
         return value
 

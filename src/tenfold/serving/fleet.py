@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -51,6 +50,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tenfold.config import Settings
+from tenfold.config.pipelines import MONTH
 from tenfold.fsio import atomic_write, file_lock
 from tenfold.local import process
 from tenfold.local.env import settings_env, without_alert_hooks
@@ -117,7 +117,7 @@ LOOKUPS_THROUGH_ENV = "TENFOLD_SERVING__SERVER__LOOKUPS_THROUGH"
 def lookups_month(token: str) -> str:
     """The month (YYYY-MM) a lookups token names (``2013-05@20261205T...``, or ``2013-05``), else ""."""
     month = token.split("@", 1)[0]
-    return month if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month) else ""
+    return month if MONTH.fullmatch(month) else ""
 
 
 def lookups_token(settings: Settings, say: Callable[[str], object] = print) -> str:
