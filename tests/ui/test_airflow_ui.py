@@ -105,8 +105,8 @@ def january_run(airflow, platform) -> str:
         page.get_by_role("textbox", name="HH:mm").fill("00:00")
         dialog.get_by_role("heading", name=f"Trigger Dag - {DAG}").click()  # closes the picker
         expect(page.get_by_test_id("datetime-input")).to_contain_text("Jan 01, 2013")
-        # A new platform's DAGs are paused: the dialog's own checkbox unpauses it (no scheduled run follows:
-        # the DAG's months ended in 2013).
+        # A new platform's DAGs are paused: the dialog's own checkbox unpauses it (the scheduled run of last
+        # month that follows skips: the DAG's months ended in 2013).
         expect(dialog.get_by_role("checkbox", name=f"Unpause {DAG} on trigger")).to_be_checked()
         dialog.get_by_role("button", name="Advanced Options").click()
         dialog.get_by_role("textbox", name="Run ID").fill(RUN_ID)

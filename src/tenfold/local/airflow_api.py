@@ -191,10 +191,13 @@ class AirflowApi:
         query = urllib.parse.urlencode({"dag_id": dag_id, "limit": 100, "order_by": "-id"})
         return list(self._send("GET", f"/api/v2/backfills?{query}")["backfills"])
 
-    def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """Each task instance's state in a run (None: not scheduled yet), by task id."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
-        tis = self._send("GET", path).get("task_instances", [])
-        return [t["task_id"] for t in tis if t.get("state") in ("failed", "upstream_failed")]
+        return {t["task_id"]: t.get("state") for t in self._send("GET", path).get("task_instances", [])}
+
+    def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+        return [task for task, state in self.task_states(dag_id, run_id).items() if state in ("failed", "upstream_failed")]
 
     def wait_for_runs(self, dag_id: str, run_ids: list[str], *, timeout_s: float, poll_s: float = 10.0,
                       on_change: Callable[[str, str], object] | None = None) -> dict[str, str]:

@@ -155,6 +155,21 @@ def months(settings: Settings) -> tuple[Partition, Partition | None]:
     return first, Partition.parse(dag.last_month) if dag.last_month else None
 
 
+def past_last_month(settings: Settings, logical_date: dt.datetime | None, month: str | None = None) -> str | None:
+    """Why a scheduled run has nothing to build (its month is past the DAG's last month), or None.
+
+    The DAG has no ``end_date`` (see :func:`tenfold.pipelines.common.start_date`), so once its months are over the
+    scheduler still starts a run each month (and one when the DAG is unpaused): that run is skipped, not failed.
+    A run triggered or backfilled for such a month is refused by :func:`ingest` instead.
+    """
+    _, last = months(settings)
+    part = partition_for(logical_date, month)
+    if last is None or part <= last:
+        return None
+    return (f"{part.label} is past this pipeline's last month, {last.label} (settings.pipelines.{DAG_ID}.last_month): "
+            "nothing to build; trigger the DAG with the param month=YYYY-MM to build an earlier month")
+
+
 def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """Publish the month's raw tables (and any never-ingested month of the DAG's range), then gate them.
 

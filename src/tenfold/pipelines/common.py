@@ -252,23 +252,18 @@ def work_root(settings: Settings, dag_id: str) -> Path:
     return base / dag_id
 
 
-def date_range(settings: Settings, dag_id: str) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """A monthly DAG's ``start_date`` and ``end_date`` from the months its settings cover (UTC).
+def start_date(settings: Settings, dag_id: str) -> dt.datetime | None:
+    """A monthly DAG's ``start_date``: the first day of the first month its settings cover (UTC), or None.
 
-    The end is the last day of the last month, so that month's run (logical date on its first) is scheduled.
+    It has no ``end_date``: Airflow gives a run whose logical date is past a DAG's end (the Trigger form fills in
+    today's) no task instances and marks it successful at once, so a month triggered from the UI with today's date
+    and the ``month`` param was green with nothing built. The DAG's own tasks refuse, or skip, a month past the last.
     """
-    dag = settings.pipelines.dag(dag_id)
-
-    def first_day(month: str) -> dt.datetime:
-        year, mon = (int(x) for x in month.split("-"))
-        return dt.datetime(year, mon, 1, tzinfo=dt.UTC)
-
-    start = first_day(dag.first_month) if dag.first_month else None
-    end = None
-    if dag.last_month:
-        last = first_day(dag.last_month)
-        end = (last + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-    return start, end
+    first = settings.pipelines.dag(dag_id).first_month
+    if not first:
+        return None
+    year, mon = (int(x) for x in first.split("-"))
+    return dt.datetime(year, mon, 1, tzinfo=dt.UTC)
 
 
 def configure_logging(level: int = logging.INFO) -> logging.StreamHandler[TextIO] | None:

@@ -61,6 +61,25 @@ def test_a_run_conf_key_other_than_month_is_refused(settings):
     assert run.month == "2013-05"
 
 
+def test_a_scheduled_run_past_the_last_month_has_nothing_to_build(settings):
+    """The DAG has no end_date, so the scheduler starts a run each month after 2013 too: its ingest skips on this."""
+    assert settings.pipelines.dag("build_features").last_month == "2013-12"
+    past = pipeline.past_last_month(settings, dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    assert past is not None and past.startswith("2026-11 is past this pipeline's last month, 2013-12")
+    for logical, month in ((dt.datetime(2013, 12, 1, tzinfo=dt.UTC), None), (dt.datetime(2013, 1, 1, tzinfo=dt.UTC), None),
+                           (dt.datetime(2026, 11, 1, tzinfo=dt.UTC), "2013-03")):
+        assert pipeline.past_last_month(settings, logical, month) is None, (logical, month)
+    open_ended = settings.model_copy(update={"pipelines": settings.pipelines.model_copy(update={
+        "build_features": settings.pipelines.dag("build_features").model_copy(update={"last_month": None})})})
+    assert pipeline.past_last_month(open_ended, dt.datetime(2026, 11, 1, tzinfo=dt.UTC)) is None
+
+
+def test_the_dag_starts_on_its_first_month_and_never_ends(settings):
+    from tenfold.pipelines.common import start_date
+
+    assert start_date(settings, "build_features") == dt.datetime(2013, 1, 1, tzinfo=dt.UTC)
+
+
 def test_a_month_outside_the_pipeline_is_refused_before_any_work(settings, lake):
     run = pipeline.plan(settings, dag_id="d", run_id="r", logical_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), month=None)
     with pytest.raises(ValueError, match=r"2026-11 is outside this pipeline's months \(2013-01 to 2013-12\)"):
