@@ -465,8 +465,9 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     if percent >= 100:
         control = p.observer.traffic(start, since).get(STABLE, ArmTraffic(0, 0, ()))
     if min(canary.requests, control.requests) < policy.min_requests:
-        # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join.
-        canary_acc = control_acc = Accuracy(0, None, None)
+        # Too few requests is "no data" whatever the feedback says: skip the (costly) feedback join, and say nothing
+        # of feedback (a made-up "0 labelled" sent operators to the feedback pipeline when traffic was the cause).
+        canary_acc = control_acc = Accuracy(None, None, None)
     else:
         # Accuracy over every labelled prediction since the canary first served, not this window's alone: the version
         # is the same throughout, so its labels add up and each check can see a smaller drop than the last

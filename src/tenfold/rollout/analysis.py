@@ -9,6 +9,10 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
   control's by more than ``max_error_rate_increase`` beyond chance: the one-sided lower confidence bound
   (at ``error_alpha``; Newcombe's hybrid score interval, sound with zero errors and small windows) of the
   difference is above the margin. One error in a window of 50 is not a failure; 5 % errors in 400 is.
+  A canary with fewer than ``min_requests`` requests (and a control with enough) is judged too, by an
+  exact one-sided binomial test of its errors against the control's upper bound plus the margin: a canary
+  whose every request fails leaves the load balancer after a few (its replica's readiness) and never
+  reaches ``min_requests``, and 2 errors in 2 requests are already decisive.
 * **Latency:** a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the canary's latency
   samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
   slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
@@ -43,9 +47,10 @@ NO_DATA: Final = "no_data"
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Online accuracy of one arm over the window: labelled predictions and the share right at 0.5."""
+    """Online accuracy of one arm over the window: labelled predictions and the share right at 0.5. ``labelled``
+    None: not read (a window with too few requests is no data whatever its feedback, so the join is skipped)."""
 
-    labelled: int
+    labelled: int | None
     accuracy: float | None
     log_loss: float | None = None
 
@@ -81,6 +86,7 @@ def _worse_by_more_than(canary: Accuracy, control: Accuracy, margin: float) -> f
     from scipy.stats import norm
 
     assert canary.accuracy is not None and control.accuracy is not None
+    assert canary.labelled is not None and control.labelled is not None
     pc, pk = canary.accuracy, control.accuracy
     se = float(np.sqrt(pc * (1 - pc) / canary.labelled + pk * (1 - pk) / control.labelled))
     gap = (pk - margin) - pc
@@ -107,6 +113,25 @@ def error_increase_lower_bound(canary: ArmTraffic, control: ArmTraffic, alpha: f
     low1, _ = _wilson(canary.errors, canary.requests, z)
     _, high2 = _wilson(control.errors, control.requests, z)
     return p1 - p2 - float(np.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2))
+
+
+def _few_requests_errors(canary: ArmTraffic, control: ArmTraffic, values: dict[str, Any],
+                         policy: RolloutSettings) -> list[str]:
+    """The error check of a canary with fewer than ``min_requests`` requests: an exact one-sided binomial test of its
+    errors against the highest rate it may have (the control's upper bound plus the margin), which holds its false
+    failures to ``error_alpha`` at any size (the score interval does not below a few dozen). Records its values;
+    returns its failure, if any."""
+    from scipy.stats import binomtest, norm
+
+    _, control_high = _wilson(control.errors, control.requests, float(norm.isf(policy.error_alpha)))
+    allowed = min(1.0, control_high + policy.max_error_rate_increase)
+    p_value = float(binomtest(canary.errors, canary.requests, allowed, alternative="greater").pvalue)
+    values["error_rate_allowed"], values["error_rate_p_value"] = allowed, p_value
+    if p_value >= policy.error_alpha:
+        return []
+    return [f"error rate {canary.errors}/{canary.requests} requests (fewer than the {policy.min_requests} a full check "
+            f"needs) against the control's {control.error_rate:.2%}: above the {allowed:.2%} allowed beyond chance "
+            f"(exact binomial p={p_value:.3g} < {policy.error_alpha:g})"]
 
 
 def _p99(samples: np.ndarray) -> float | None:
@@ -147,10 +172,11 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
     failed: list[str] = []
     missing: list[str] = []
 
-    if canary.requests < policy.min_requests or control.requests < policy.min_requests:
-        missing.append(f"too few requests (canary {canary.requests}, control {control.requests}; "
-                       f"need {policy.min_requests} each)")
-    else:
+    if control.requests >= policy.min_requests and 0 < canary.requests < policy.min_requests:
+        # A canary whose every request fails leaves the load balancer after a few (its replica's readiness) and
+        # never reaches min_requests: it waited for data to the deadline and failed without rejecting the version.
+        failed.extend(_few_requests_errors(canary, control, values, policy))
+    elif canary.requests >= policy.min_requests and control.requests >= policy.min_requests:
         assert canary.error_rate is not None and control.error_rate is not None
         increase = canary.error_rate - control.error_rate
         bound = error_increase_lower_bound(canary, control, policy.error_alpha)
@@ -159,6 +185,10 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
             failed.append(f"error rate {canary.error_rate:.2%} is {increase:.2%} above the control's "
                           f"{control.error_rate:.2%}, at least {bound:.2%} beyond chance (at most "
                           f"{policy.max_error_rate_increase:.2%} allowed; {1 - policy.error_alpha:.0%} lower bound)")
+    if canary.requests < policy.min_requests or control.requests < policy.min_requests:
+        missing.append(f"too few requests (canary {canary.requests}, control {control.requests}; "
+                       f"need {policy.min_requests} each)")
+    else:
         can = np.asarray(canary.latencies_ms, dtype=np.float64)
         ctl = np.asarray(control.latencies_ms, dtype=np.float64)
         values["canary_p99_ms"], values["control_p99_ms"] = _p99(can), _p99(ctl)
@@ -173,7 +203,7 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
         else:
             missing.append("no latency samples")
 
-    if policy.min_feedback > 0:
+    if policy.min_feedback > 0 and canary_acc.labelled is not None and control_acc.labelled is not None:
         if canary_acc.labelled < policy.min_feedback or control_acc.labelled < policy.min_feedback:
             missing.append(f"too little feedback (canary {canary_acc.labelled}, control {control_acc.labelled} "
                            f"labelled predictions; need {policy.min_feedback} each)")

@@ -66,6 +66,24 @@ def test_accuracy_adds_up_labels_since_the_rollout_began() -> None:
     assert result.values["canary_labelled"] == 80 and result.values["accuracy_since"] == T0.isoformat()
 
 
+class QuietCanary(Observer):
+    def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        self.asked.append((since, until))
+        return {"canary": ArmTraffic(10, 0, tuple(RNG.gamma(4.0, 5.0, 10))),
+                "stable": ArmTraffic(900, 0, tuple(RNG.gamma(4.0, 5.0, 900)))}
+
+
+def test_a_window_with_too_few_requests_says_so_and_nothing_of_feedback_it_did_not_read() -> None:
+    """It said "too little feedback (canary 0, control 0 labelled)" too, with the control's thousands of labels
+    unread: the record, the status and the deadline's alert sent operators to the feedback pipeline."""
+    asked: list[tuple[dt.datetime, dt.datetime]] = []
+    result = _analyse(asked, T0, T0 + dt.timedelta(minutes=1), observer=QuietCanary())
+    assert asked == []  # the feedback join is skipped
+    assert result.verdict == "no_data" and len(result.reasons) == 1, result.reasons
+    assert result.reasons[0].startswith("too few requests (canary 10, control 900")
+    assert result.values["canary_labelled"] is None and result.values["control_labelled"] is None
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = T0

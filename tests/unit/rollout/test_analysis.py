@@ -48,6 +48,33 @@ def test_an_error_rate_like_the_controls_rarely_fails_a_small_window() -> None:
     assert failed <= 2000 * 2 * POLICY.error_alpha, failed
 
 
+def test_a_canary_whose_every_request_fails_is_failed_before_it_reaches_min_requests() -> None:
+    """Each failing replica leaves HAProxy after a few errors (its readiness), so the canary arm saw 8 requests a
+    window, all errors: the check said "too few requests" to the deadline and the version was never rejected."""
+    control = ArmTraffic(2000, 2, tuple(RNG.gamma(4.0, 5.0, 2000)))
+    for n in (2, 8, 40):
+        got = check(ArmTraffic(n, n, tuple(RNG.gamma(4.0, 5.0, n))), control, GOOD, GOOD, POLICY)
+        assert got.verdict == FAIL, (n, got.reasons)
+        assert any(r.startswith(f"error rate {n}/{n} requests (fewer than the 50") for r in got.reasons), got.reasons
+    # One error in one request is not decisive (it may be chance); a healthy small window still waits for data.
+    for canary in (ArmTraffic(1, 1, (20.0,)), ArmTraffic(10, 0, tuple(RNG.gamma(4.0, 5.0, 10)))):
+        got = check(canary, control, GOOD, GOOD, POLICY)
+        assert got.verdict == NO_DATA and any("too few requests" in r for r in got.reasons), got.reasons
+
+
+def test_an_error_rate_like_the_controls_rarely_fails_a_window_below_min_requests() -> None:
+    """Both arms at 5 % errors: the exact binomial test holds false failures of a small canary to error_alpha at
+    every size, 1 to 49 (the score interval of full windows would fail about 74 of these 4,000, twice too many)."""
+    rng = np.random.default_rng(13)
+    failed = 0
+    for i in range(4000):
+        n = 1 + i % 49
+        canary = ArmTraffic(n, int(rng.binomial(n, 0.05)), ())
+        control = ArmTraffic(950, int(rng.binomial(950, 0.05)), ())
+        failed += check(canary, control, GOOD, GOOD, POLICY).verdict == FAIL
+    assert failed <= 4000 * POLICY.error_alpha, failed
+
+
 def test_two_hundred_ms_more_fails_the_mann_whitney_test_but_a_shift_within_tolerance_does_not() -> None:
     slow = check(arm(shift_ms=200), arm(), GOOD, GOOD, POLICY)
     assert slow.verdict == FAIL and slow.values["latency_p_value"] < 1e-6
