@@ -62,8 +62,9 @@ LABELLED = pa.schema(
         pa.field("outcome", pa.int8()),  # null: no feedback yet
         pa.field("observed_at", TS),
         pa.field("feedback_received_at", TS),
-        # Distinct feedback records seen for this prediction (redeliveries of one record count once):
-        # more than one means the client sent corrections, and the latest observation won.
+        # Distinct feedback records seen for this prediction, a record being its outcome and observed_at
+        # (redeliveries and a client's retries of one record count once): more than one means the client sent
+        # corrections, and the latest observation won.
         pa.field("feedback_records", pa.int32(), nullable=False),
     ]
 )

@@ -11,8 +11,8 @@ old partition or the new one, never a mix:
   bug), the earliest ``served_at`` wins and the report counts a conflict;
 * **the latest observation wins** among feedback for one prediction: the record with the latest
   ``observed_at`` (its ``received_at`` when the client gave none), ties broken by the later
-  ``received_at``, then by the higher outcome. Duplicates of one record count once in
-  ``feedback_records``;
+  ``received_at``, then by the higher outcome. Duplicates of one record (its outcome and
+  ``observed_at``: a redelivery, or a client's retry received later) count once in ``feedback_records``;
 * **late feedback joins when its prediction lands.** Feedback that arrived before its prediction (or
   before the prediction's sample was written) waits in the feedback log; the month is rebuilt
   whenever either log gains a file, so the next join picks it up. Feedback is looked for in the
@@ -50,7 +50,7 @@ from tenfold.fsio import make_dirs
 from tenfold.messaging.records import utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
-JOIN_VERSION = 1
+JOIN_VERSION = 2  # 2: a record is (outcome, observed_at) in feedback_records; a retry received later is no correction
 
 _PRED_COLS = [f.name for f in PREDICTION_FIELDS]
 _FB_COLS = [f.name for f in FEEDBACK_FIELDS]
@@ -210,8 +210,11 @@ def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, Mon
     fb = fb.filter(pc.is_in(fb["prediction_id"], value_set=preds["prediction_id"]))
     stats.feedback_deliveries = fb.num_rows
     fb = _distinct(fb)
-    stats.feedback_records = fb.num_rows
-    counts = fb.group_by("prediction_id", use_threads=False).aggregate([("outcome", "count")])
+    # A record is what the client said (outcome, observed_at): a client's retry after a 503 whose publish had landed
+    # is stamped with a new received_at, and counted as a correction it was not.
+    said = _distinct(fb.select(["prediction_id", "outcome", "observed_at"]))
+    stats.feedback_records = said.num_rows
+    counts = said.group_by("prediction_id", use_threads=False).aggregate([("outcome", "count")])
     counts = counts.rename_columns({"outcome_count": "feedback_records"})
     stats.corrected = int(pc.sum(pc.greater(counts["feedback_records"], 1)).as_py() or 0)
     effective = pc.coalesce(fb["observed_at"], fb["received_at"])

@@ -47,6 +47,19 @@ def test_redeliveries_and_duplicate_feedback_leave_one_row_per_prediction(settin
     assert (month.feedback_deliveries, month.feedback_records, month.corrected) == (5, 4, 1)
 
 
+def test_a_clients_retry_received_later_is_one_record_not_a_correction(settings, logs):
+    """A replica that timed out waiting for Pub/Sub answers 503 though the publish lands; the client's retry is
+    stamped with its own received_at. Counted as two records, every Pub/Sub hiccup showed up as corrections."""
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1, received=T0 + H), feedback("b", 0, observed=T0, received=T0 + H))
+    logs.feedback(feedback("a", 1, received=T0 + H + dt.timedelta(seconds=5)),
+                  feedback("b", 0, observed=T0, received=T0 + 2 * H))
+    month = join(settings).months[0]
+    rows = _labelled(settings)[0]
+    assert (rows["a"]["feedback_records"], rows["b"]["feedback_records"]) == (1, 1)
+    assert (month.feedback_deliveries, month.feedback_records, month.corrected) == (4, 2, 0)
+
+
 def test_equal_observations_fall_back_to_the_later_receipt(settings, logs):
     logs.predictions(prediction("a"))
     logs.feedback(feedback("a", 1, received=T0 + 2 * H), feedback("a", 0, received=T0 + 5 * H))  # no observed_at
