@@ -109,6 +109,8 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
                 return
             state["landed"] = landed
             typer.echo(json.dumps({"join": report.published}), err=True)
+            for line in report.kept:
+                typer.echo(f"warning: feedback join kept {line}", err=True)
 
     subs = settings.messaging.subscriptions
     typer.echo(f"feedback sink: pulling {subs['predictions'].name} and {subs['feedback'].name} until SIGTERM", err=True)

@@ -23,7 +23,9 @@ old partition or the new one, never a mix:
 
 A month whose inputs (the names and sizes of its log files, the horizon and this module's
 ``JOIN_VERSION``) are those its published manifest records is skipped without reading a row, so
-running the join often is cheap. Re-running it on the same logs publishes identical bytes.
+running the join often is cheap. Re-running it on the same logs publishes identical bytes. A rebuild with
+fewer predictions, or fewer labelled ones, than the published month (log files deleted or quarantined since)
+is not published unless forced: the month is kept and the report says why (:attr:`MonthJoin.kept`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,6 +54,8 @@ from tenfold.messaging.records import utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
 JOIN_VERSION = 2  # 2: a record is (outcome, observed_at) in feedback_records; a retry received later is no correction
+
+log = logging.getLogger(__name__)
 
 _PRED_COLS = [f.name for f in PREDICTION_FIELDS]
 _FB_COLS = [f.name for f in FEEDBACK_FIELDS]
@@ -82,6 +87,9 @@ class MonthJoin:
     feedback_deliveries: int = 0  # rows in the feedback log for these predictions
     feedback_records: int = 0  # distinct feedback records for them
     corrected: int = 0  # predictions with more than one distinct feedback record
+    # Not published because the logs now give fewer rows than the published month (files deleted or quarantined
+    # since): why, and what to do. Empty otherwise.
+    kept: str = ""
 
 
 @dataclass
@@ -91,6 +99,11 @@ class JoinReport:
     @property
     def published(self) -> list[str]:
         return [m.month for m in self.months if m.published]
+
+    @property
+    def kept(self) -> list[str]:
+        """Why each month the join would have shrunk was kept as published, one line each."""
+        return [f"{m.month}: {m.kept}" for m in self.months if m.kept]
 
     def to_dict(self) -> dict[str, Any]:
         return {"published": self.published, "months": [asdict(m) for m in self.months]}
@@ -119,12 +132,23 @@ def join(
         for month in targets:
             window = _feedback_months(month, options, fb_months)
             inputs = _fingerprint(lake, settings, month, window, options)
-            if not force and _published_inputs(lake, st.labelled_table, month) == inputs:
+            before = _published_extra(lake, st.labelled_table, month)
+            if not force and before.get("inputs") == inputs:
                 report.months.append(MonthJoin(month.label, published=False))
                 continue
             predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
             feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
             table, stats = _join_logs(lake, settings, month, window, predictions, feedback)
+            if not force and (shrunk := _shrunk(before, stats)):
+                # The logs only grow, so a rebuild never has fewer rows, unless log files went away since (a
+                # retention rule deleting the oldest files first, a hand, a file found corrupt): publishing it would
+                # drop labelled rows retraining and the metrics read, and once the month's last file went, for good.
+                why = (f"{shrunk}: log files were deleted or quarantined since it was published, so it is kept as it "
+                       f"is; restore them, or publish the smaller month with `tenfold feedback join --month "
+                       f"{month.label} --force`")
+                log.warning("feedback join %s: %s", month.label, why)
+                report.months.append(MonthJoin(month.label, published=False, kept=why))
+                continue
             _publish(lake, st.labelled_table, month, table, extra={"inputs": inputs, "rows": stats.predictions,
                                                                  "labelled": stats.labelled})
             stats.month = month.label
@@ -261,12 +285,23 @@ def _fingerprint(lake: Lake, settings: Settings, month: Partition, window: list[
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _published_inputs(lake: Lake, table: str, month: Partition) -> str | None:
+def _published_extra(lake: Lake, table: str, month: Partition) -> dict[str, Any]:
+    """The published month's manifest extra (its ``inputs`` fingerprint, ``rows`` and ``labelled``); empty when it
+    was never published or is damaged (rebuild it)."""
     try:
         lake.files(table, month, verify=True)
-        return lake.read_manifest(table, month).extra.get("inputs")
+        return dict(lake.read_manifest(table, month).extra)
     except LakeError:
-        return None  # never published, or damaged: rebuild it
+        return {}
+
+
+def _shrunk(before: dict[str, Any], stats: MonthJoin) -> str:
+    """How a rebuild has fewer predictions or labelled ones than the published month (empty: it has not)."""
+    rows, labelled = int(before.get("rows", 0)), int(before.get("labelled", 0))
+    if stats.predictions >= rows and stats.labelled >= labelled:
+        return ""
+    return (f"the logs now give {stats.predictions} predictions ({stats.labelled} labelled) where the published month "
+            f"has {rows} ({labelled} labelled)")
 
 
 def _publish(lake: Lake, table: str, month: Partition, rows: pa.Table, *, extra: dict[str, Any]) -> None:

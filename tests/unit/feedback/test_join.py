@@ -60,6 +60,33 @@ def test_a_clients_retry_received_later_is_one_record_not_a_correction(settings,
     assert (month.feedback_deliveries, month.feedback_records, month.corrected) == (4, 2, 0)
 
 
+def test_log_files_deleted_after_the_month_was_published_do_not_shrink_it(settings, logs):
+    """docs/feedback.md suggested a lifecycle rule for the logs' retention: it deletes the oldest files first, and
+    the next join rebuilt the month from what was left and published it over the whole one (for good, once the
+    month's last file went). The month is kept, with why; --force publishes the smaller one."""
+    from pathlib import Path
+
+    from tenfold.feedback.log import log_files
+
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1))
+    logs.predictions(prediction("b"))
+    logs.feedback(feedback("b", 0))
+    assert join(settings).published == ["2026-05"]
+    full, _ = _labelled(settings)
+    lake = Lake.from_settings(settings)
+    for table in (settings.storage.predictions_table, settings.storage.feedback_table):
+        Path(log_files(lake, table, MAY)[0].path).unlink()  # the oldest file of each log
+    report = join(settings)
+    assert report.published == [] and len(report.kept) == 1, report.to_dict()
+    assert report.kept[0].startswith("2026-05: the logs now give 1 predictions (1 labelled) where the published month "
+                                     "has 2 (2 labelled)")
+    assert "tenfold feedback join --month 2026-05 --force" in report.kept[0]
+    assert _labelled(settings)[0] == full
+    assert join(settings, force=True).published == ["2026-05"]
+    assert sorted(_labelled(settings)[0]) == ["b"]
+
+
 def test_equal_observations_fall_back_to_the_later_receipt(settings, logs):
     logs.predictions(prediction("a"))
     logs.feedback(feedback("a", 1, received=T0 + 2 * H), feedback("a", 0, received=T0 + 5 * H))  # no observed_at
