@@ -19,8 +19,12 @@ fi
 if ! command -v gcloud >/dev/null; then
   die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
 fi
-if ! gcloud beta emulators pubsub env-init --help >/dev/null 2>&1; then
-  die "the Pub/Sub emulator is missing. Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
+# Where the SDK keeps the emulator (as tenfold.local.services.pubsub_prerequisites looks): `gcloud beta emulators pubsub
+# env-init --help` answered 0 without it (--help returns before gcloud checks the component), and may prompt to install
+# beta with its output thrown away.
+gcloud_root=$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")
+if [ ! -d "$gcloud_root/platform/pubsub-emulator" ]; then
+  die "the Pub/Sub emulator is missing (no $gcloud_root/platform/pubsub-emulator). Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
 fi
 command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs npm"
 node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')

@@ -65,6 +65,25 @@ def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path
     assert not (tmp_path / ".venv").exists()
 
 
+def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_path: Path) -> None:
+    """The check ran `gcloud beta emulators pubsub env-init --help`, which answers 0 without the emulator: setup went
+    on for minutes, then `make demo` failed in `tenfold up` and `make test` errored in every Pub/Sub test."""
+    bin_dir = _tools_but(tmp_path, "gcloud")
+    sdk = tmp_path / "sdk"
+    (sdk / "bin").mkdir(parents=True)
+    (sdk / "platform" / "bq").mkdir(parents=True)  # an SDK with other components, not the emulator
+    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")  # answers 0 to anything, as `--help` did
+    (sdk / "bin" / "gcloud").chmod(0o755)
+    (bin_dir / "gcloud").symlink_to(sdk / "bin" / "gcloud")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the Pub/Sub emulator is missing" in proc.stderr and str(sdk / "platform" / "pubsub-emulator") in proc.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_without_java_setup_stops_before_installing_system_packages(tmp_path: Path) -> None:
     """setup said it "fails early", but checked Java, gcloud and Node only after apt had installed chromium and the
     rest: a machine without Java waited through that install and was then refused."""
