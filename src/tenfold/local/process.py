@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import psutil
 
@@ -117,21 +117,41 @@ def log_file(run_dir: Path, name: str) -> Path:
     return run_dir / f"{name}.log"
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """True when something accepts connections on, or holds, ``host:port``."""
+PortState = Literal["free", "in use", "privileged"]
+
+
+def port_state(host: str, port: int) -> PortState:
+    """Whether this process could listen on ``host:port``: ``in use`` when something accepts connections on, or
+    holds, it; ``privileged`` when nothing does but binding it needs privileges this process lacks (a port below
+    ``net.ipv4.ip_unprivileged_port_start`` as a user); else ``free``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         if sock.connect_ex((host, port)) == 0:
-            return True
+            return "in use"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # A listener that does not answer us still blocks a bind. SO_REUSEADDR, as the servers set
         # it, so that sockets left in TIME_WAIT by a service just stopped do not count as busy.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+        except PermissionError:
+            return "privileged"
         except OSError:
-            return True
-    return False
+            return "in use"
+    return "free"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on, or holds, ``host:port``."""
+    return port_state(host, port) == "in use"
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port a user may listen on (``net.ipv4.ip_unprivileged_port_start``; 1024 when unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 def require_local_storage(settings: Settings) -> None:

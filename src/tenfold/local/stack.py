@@ -164,14 +164,22 @@ def stop_service(settings: Settings, name: str) -> bool:
 
 
 def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component]) -> list[str]:
-    """One clear message per port of ``components`` that another program already holds."""
-    return [
-        f"port {settings.local.bind_host}:{port} ({svc.name}) is already in use by another program: "
-        f"stop that program, or choose another port with TENFOLD_LOCAL__{field.upper()}=<port>"
-        for comp in components
-        for field, port in comp.ports.items()
-        if process.port_in_use(settings.local.bind_host, port)
-    ]
+    """One clear message per port of ``components`` that another program already holds, or that only root may
+    listen on."""
+    problems = []
+    for comp in components:
+        for field, port in comp.ports.items():
+            where, variable = f"port {settings.local.bind_host}:{port} ({svc.name})", f"TENFOLD_LOCAL__{field.upper()}"
+            state = process.port_state(settings.local.bind_host, port)
+            if state == "in use":
+                problems.append(f"{where} is already in use by another program: stop that program, or choose another "
+                                f"port with {variable}=<port>")
+            elif state == "privileged":
+                lowest = process.unprivileged_port_start()
+                problems.append(f"{where} is a privileged port: only root may listen below {lowest} "
+                                f"(net.ipv4.ip_unprivileged_port_start); choose one of {lowest} or above with "
+                                f"{variable}=<port>")
+    return problems
 
 
 # The locks this process holds, each with the thread holding it: taken again in that thread, one is held already.

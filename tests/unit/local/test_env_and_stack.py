@@ -114,6 +114,29 @@ def test_busy_port_is_a_clear_error_and_nothing_starts(tmp_path):
         assert not pid_file(run_dir(s), "gcs").exists() and not port_in_use("127.0.0.1", s.local.gcs_port)
 
 
+def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use(tmp_path, monkeypatch):
+    """A user's bind below ip_unprivileged_port_start fails with EACCES, which counted as "already in use by another
+    program: stop that program" (these tests run as root, so the kernel's refusal is the one a user gets)."""
+    import errno
+
+    s = _fresh_settings(tmp_path)
+    real_bind = socket.socket.bind
+
+    def bind(sock: socket.socket, address: object) -> None:
+        if isinstance(address, tuple) and address[1] == s.local.pubsub_port:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_bind(sock, address)
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    assert not port_in_use("127.0.0.1", s.local.pubsub_port)
+    with pytest.raises(LocalPlatformError) as err:
+        up(s, ["gcs", "pubsub"], echo=lambda _m: None)
+    message = str(err.value)
+    assert f"127.0.0.1:{s.local.pubsub_port} (pubsub) is a privileged port: only root may listen below" in message
+    assert "TENFOLD_LOCAL__PUBSUB_PORT=<port>" in message and "already in use" not in message
+    assert _nothing_running(s)
+
+
 def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatch):
     """The GCS emulator really starts; a (real, scripted) gcloud that dies makes `up` stop it again."""
     sdk = tmp_path / "sdk"
