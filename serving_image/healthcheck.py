@@ -18,7 +18,12 @@ def main() -> int:
 
     settings = get_settings()
     host = os.environ.get("TENFOLD_SERVING_HOST") or settings.local.bind_host  # where the replica listens
-    url = f"http://{host}:{default_port(settings, os.environ)}{settings.serving.health_path}"
+    try:
+        port = default_port(settings, os.environ)
+    except ValueError as exc:  # the replica refused the same variable at its start
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    url = f"http://{host}:{port}{settings.serving.health_path}"
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
             return 0 if resp.status == 200 else 1

@@ -45,17 +45,27 @@ HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVIN
 
 
 def default_port(settings: Settings, environ: Mapping[str, str]) -> int:
-    """``TENFOLD_SERVING_PORT``, else the first replica port locally and ``settings.serving.port`` in the cloud."""
-    return int(environ.get(PORT_ENV) or (settings.local.replica_base_port if settings.is_local else settings.serving.port))
+    """``TENFOLD_SERVING_PORT``, else the first replica port locally and ``settings.serving.port`` in the cloud.
+    ValueError naming the variable when it is not a TCP port."""
+    if value := environ.get(PORT_ENV):
+        try:
+            port = int(value)
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            raise ValueError(f"${PORT_ENV}={value!r} is not a TCP port (1-65535): fix or unset it")
+        return port
+    return settings.local.replica_base_port if settings.is_local else settings.serving.port
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[str, str]) -> argparse.Namespace:
     """The flags (see the module docstring), defaults from ``environ`` and ``settings``."""
-    port = default_port(settings, environ)
+    fallback = settings.local.replica_base_port if settings.is_local else settings.serving.port
     parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default=environ.get(HOST_ENV) or settings.local.bind_host,
                         help=f"address to bind (default ${HOST_ENV} or settings.local.bind_host, loopback)")
-    parser.add_argument("--port", type=int, default=port, help=f"port to bind (default ${PORT_ENV} or {port})")
+    # Its default is read after parsing: a bad $TENFOLD_SERVING_PORT is refused in one line, and not at all under --port.
+    parser.add_argument("--port", type=int, default=None, help=f"port to bind (default ${PORT_ENV} or {fallback})")
     parser.add_argument("--arm", choices=ARMS, default=environ.get(ARM_ENV) or STABLE,
                         help=f"the A/B arm this replica serves (default ${ARM_ENV} or {STABLE})")
     parser.add_argument("--model", default=environ.get(MODEL_ENV) or settings.serving.server.model_ref,
@@ -65,6 +75,11 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
                         "delay_ms=<ms> and/or error_rate=<0..1>, comma-separated; default none")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
+    if args.port is None:
+        try:
+            args.port = default_port(settings, environ)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         args.fault = Fault.parse(args.fault)
     except ValueError as exc:

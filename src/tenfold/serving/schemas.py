@@ -29,7 +29,9 @@ class Prediction(_Body):
     model_version: str
     arm: Arm
     bucket: int | None = Field(default=None, ge=0, le=99,
-                               description="The user key's A/B bucket (xxh32 mod 100), null without a user key.")
+                               description="The A/B bucket (0-99) the request was routed by: the load balancer's "
+                                           "bucket header (a random draw for a request without a user key), else "
+                                           "the user key's own (xxh32 mod 100); null when there is neither.")
 
 
 class BatchPrediction(_Body):
