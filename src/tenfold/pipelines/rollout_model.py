@@ -44,6 +44,7 @@ from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import (
     ABORTED,
+    ALERT_SENT,
     ALERT_UNDELIVERED,
     FAILED,
     PROMOTED,
@@ -504,8 +505,12 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     p = p or places(settings)
     record = events(p, run)
     if "done" in record:  # a re-run: what it ended with, and the alert hooks that missed its alert then
-        missed_then = (record.get(ALERT_UNDELIVERED) or {}).get("hooks") or []
-        return {**record["done"], "undelivered": list(missed_then)} if missed_then else record["done"]
+        done_then = record["done"]
+        if ALERT_SENT in record or ALERT_UNDELIVERED in record or not _alert_due(done_then["outcome"], done_then["reasons"]):
+            missed_then = (record.get(ALERT_UNDELIVERED) or {}).get("hooks") or []
+        else:  # the try that recorded done died before its alert's outcome was recorded: the alert may be lost
+            missed_then = list(_alert(p, run, done_then))
+        return {**done_then, "undelivered": list(missed_then)} if missed_then else done_then
     if "end" not in record:
         applied = [k for k in record if k.endswith("-set")]
         passed = len(applied) == len(run.steps) and all(_step_passed(record, i, run.rollout_policy)
@@ -595,19 +600,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
-    # A green run said nothing: a canary that got no data, a rejected version. (A step task that failed was alerted
-    # by Airflow's failure callback already.)
-    missed: tuple[str, ...] = ()  # the alert hooks that did not take the alert (after their own retries)
-    if outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r
-                                                                for r in reasons)):
-        sent = p.alert(f"rollout {run.rollout_id} of {run.version}: {outcome}", {
-            "version": run.version, "champion": done["champion"], "reasons": "; ".join(reasons)[:2000],
-            "report": report, "run": run.airflow_run_id})
-        missed = tuple(getattr(sent, "failed", ()) or ())
-        if missed:
-            log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,
-                        ", ".join(missed))
-            _record(p, run, ALERT_UNDELIVERED, {"hooks": list(missed)})  # a cleared conclude still names them
+    missed = _alert(p, run, done) if _alert_due(outcome, reasons) else ()
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return {**done, "undelivered": list(missed)} if missed else done
@@ -615,6 +608,30 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 
 STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
+
+
+def _alert_due(outcome: str, reasons: list[str]) -> bool:
+    """Whether conclude alerts: a green run said nothing of a canary that got no data or a rejected version. (A step
+    or deploy task that failed was alerted by Airflow's failure callback already.)"""
+    return outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r
+                                                                     for r in reasons))
+
+
+def _alert(p: Places, run: RolloutRun, done: Mapping[str, Any]) -> tuple[str, ...]:
+    """Send the rollout's alert and record how it went (``alert-sent``, or ``alert-undelivered`` naming the hooks
+    that did not take it after their own retries); returns those hooks. ``done`` is recorded first, so a try killed
+    in between finds neither event and a re-run sends it again: at least once, never lost."""
+    sent = p.alert(f"rollout {run.rollout_id} of {run.version}: {done['outcome']}", {
+        "version": run.version, "champion": done["champion"], "reasons": "; ".join(done["reasons"])[:2000],
+        "report": done["report"], "run": run.airflow_run_id})
+    missed = tuple(getattr(sent, "failed", ()) or ())
+    if missed:
+        log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,
+                    ", ".join(missed))
+        _record(p, run, ALERT_UNDELIVERED, {"hooks": list(missed)})  # a cleared conclude still names them
+    else:
+        _record(p, run, ALERT_SENT, {})
+    return missed
 
 
 def _promoted_by(reg: Any, run: RolloutRun) -> bool:

@@ -28,8 +28,10 @@ PROMOTION_REFUSED = "promotion_refused"
 # The event conclude records once it moved the champion to the rollout's version: a retry that finds the champion
 # moved away since (a rollback by hand) does not promote again.
 PROMOTED_ALIAS = "promoted_alias"
-# The event naming the alert hooks that missed conclude's alert (a re-run of conclude names them again).
+# The event naming the alert hooks that missed conclude's alert (a re-run of conclude names them again), and the one
+# saying every hook took it: a re-run that finds ``done`` but neither sends the alert again (the try died sending it).
 ALERT_UNDELIVERED = "alert-undelivered"
+ALERT_SENT = "alert-sent"
 
 Record = dict[str, dict[str, Any]]
 
@@ -112,7 +114,7 @@ def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_p
             lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
         elif is_check(key, e):
             lines.append(f"  {e['at']}    {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
-        elif key in ("deployed", "abort", "end", PROMOTED_ALIAS, PROMOTION_REFUSED, "done", ALERT_UNDELIVERED):
+        elif key in ("deployed", "abort", "end", PROMOTED_ALIAS, PROMOTION_REFUSED, "done", ALERT_UNDELIVERED, ALERT_SENT):
             detail = {k: v for k, v in e.items() if k not in ("at", "run")}
             lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
     state = outcome(record) or "in progress"

@@ -660,6 +660,26 @@ def test_a_passed_step_run_again_after_the_next_step_started_passes_and_leaves_t
     assert router.calls == [] and router.percent == run.steps[-1] and "end" not in registry.events
 
 
+def test_a_conclude_that_died_after_recording_done_sends_its_alert_on_the_re_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """done is recorded before the alert goes out: a try killed while a webhook retried (or whose alert-undelivered
+    write failed) left done alone, and the re-run returned it without alerting; a rolled-back run is green, so
+    nothing else ever told anyone. The re-run sends it; one that finds alert-sent does not send it twice."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    registry.events["done"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"],
+                               "report": "file:///report.html", "champion": run.champion, "canary_percent": 0}
+    sent: list[str] = []
+    places.alert = lambda title, details: sent.append(title) or alerting.Sent(alerting.Alert(title, details, "local"))
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.ROLLED_BACK and "undelivered" not in done
+    assert sent == [f"rollout {run.rollout_id} of {run.version}: rolled_back"] and "alert-sent" in registry.events
+    pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert len(sent) == 1, "alerted twice"
+
+
 def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it_to_that_hook(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """conclude's alert (a canary ended FAILED for want of data) went unseen by a webhook that answered 503 through
