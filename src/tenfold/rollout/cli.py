@@ -46,15 +46,17 @@ def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--js
 
 
 def _status(version: str | None, as_json: bool) -> None:
-    from tenfold.rollout.record import describe, latest, report_uri
+    from tenfold.rollout.record import describe, latest, newer_rollout, report_uri
 
     settings = get_settings()
-    found = latest(registry_of(settings), version)
+    registry = registry_of(settings)
+    found = latest(registry, version)
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") +
                     ": the rollout_model DAG starts one for each new challenger", 3)
     rollout, record = found
-    percent = _router_percent(settings)
+    # The router's canary share is the newest rollout's: shown beside an older one, it read as that one's.
+    percent = _router_percent(settings) if newer_rollout(registry, rollout.rollout_id) is None else None
     if as_json:
         typer.echo(json.dumps({"rollout": rollout.__dict__, "canary_percent": percent, "events": record}, indent=2, default=str))
         return

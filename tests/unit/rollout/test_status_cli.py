@@ -1,0 +1,62 @@
+"""`tenfold rollout status` says what a rollout's record says: a decided end not yet carried out is not shown as
+done, and the router's canary share is shown only beside the rollout it belongs to (the newest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tenfold.cli import app
+from tenfold.rollout import cli as rollout_cli
+from tenfold.rollout.record import Rollout, describe
+
+T = "2026-12-03T12:00:00+00:00"
+
+
+def _start(rollout_id: str, version: str) -> dict[str, Any]:
+    return {"at": T, "run": {"rollout_id": rollout_id, "version": version, "champion": "v1", "started_at": T,
+                             "policy": {"steps": [5, 25, 50, 100]}}}
+
+
+class Registry:
+    """Two rollouts: r1 of v2 (older, rolled back), r2 of v3 (the newest, at its second step)."""
+
+    def __init__(self) -> None:
+        self.events = {
+            ("v2", "r1"): {"start": _start("r1", "v2"),
+                           "end": {"at": T, "outcome": "rolled_back", "reasons": ["error rate"]},
+                           "done": {"at": T, "outcome": "rolled_back", "reasons": ["error rate"], "report": "file:///r1"}},
+            ("v3", "r2"): {"start": _start("r2", "v3"), "s01-set": {"at": T, "step": 1, "percent": 5},
+                           "s02-set": {"at": T, "step": 2, "percent": 25}},
+        }
+
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        return [(T, v, r) for (v, r) in self.events if version in (None, v)]
+
+    def rollout_events(self, version: str, rollout_id: str) -> dict[str, Any]:
+        return self.events[(version, rollout_id)]
+
+
+def test_an_end_not_carried_out_yet_is_not_shown_as_done() -> None:
+    """conclude records end=promoted, then moves the alias and rolls the stable pool; a roll that timed out left
+    status saying "state: promoted" with the canary carrying 100 % and the stable pool never rolled."""
+    rollout = Rollout("r1", "v2", "v1", T, (5, 100))
+    record = {"start": _start("r1", "v2"), "end": {"at": T, "outcome": "promoted", "reasons": []}}
+    text = describe(rollout, record)
+    assert text.splitlines()[-1].startswith("state: promoted (not carried out yet: conclude has not finished")
+    done = {**record, "done": {"at": T, "outcome": "promoted", "reasons": [], "report": "file:///x"}}
+    assert describe(rollout, done).splitlines()[-1] == "state: promoted"
+
+
+@pytest.mark.parametrize(("version", "share"), [("v2", False), ("v3", True), (None, True)])
+def test_the_canary_share_is_shown_only_beside_the_newest_rollout(monkeypatch: pytest.MonkeyPatch, version: str | None,
+                                                                  share: bool) -> None:
+    """--version v2 printed "canary at 25 % now" under r1, which had rolled back: the share was r2's."""
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: Registry())
+    monkeypatch.setattr(rollout_cli, "_router_percent", lambda settings: 25)
+    out = CliRunner().invoke(app, ["rollout", "status", *(["--version", version] if version else [])])
+    assert out.exit_code == 0, out.output
+    assert ("canary at 25 % now" in out.output) is share, out.output
+    assert ("rollout r1:" in out.output) is (version == "v2"), out.output
