@@ -190,8 +190,12 @@ def online_metrics(
 
 
 def flatten_requests(table: pa.Table) -> pa.Table:
-    """The ``request`` JSON of labelled rows as a table of the request's fields (one row per row)."""
-    return pa.Table.from_pylist([json.loads(r) for r in table["request"].to_pylist()])
+    """The ``request`` JSON of labelled rows as a table of the request's fields (one row per row): every field any
+    request has, null where one lacks it (``from_pylist`` took the columns of the first row alone, so a field a
+    request model gained was dropped whenever an older request sorted first)."""
+    rows = [json.loads(r) for r in table["request"].to_pylist()]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
 
 
 def labelled_lineage(settings: Settings, months: Sequence[Partition]) -> dict[str, dict[str, Any]]:

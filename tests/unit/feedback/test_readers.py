@@ -71,6 +71,17 @@ def test_labelled_rows_for_retraining(served):
     assert lineage["2026-05"]["data_dir"].startswith("data-")
 
 
+def test_flattened_requests_keep_a_field_only_later_requests_have() -> None:
+    """Columns came from the first row alone: a field a request model gained vanished from every row whenever an
+    older request sorted first (by its random prediction id)."""
+    import pyarrow as pa
+
+    rows = pa.table({"request": ['{"origin": "EWR"}', '{"origin": "JFK", "gate": "B2"}']})
+    flat = flatten_requests(rows)
+    assert flat.column_names == ["origin", "gate"]
+    assert flat.to_pylist() == [{"origin": "EWR", "gate": None}, {"origin": "JFK", "gate": "B2"}]
+
+
 def test_nothing_joined_yet_reads_as_empty(settings):
     assert labelled_rows(settings).num_rows == 0
     assert online_metrics(settings, T0, T0 + H) == []
