@@ -237,9 +237,19 @@ def dead_letters_command(
     except ReplayError as exc:
         raise _fail(str(exc), 1) from exc
     except Exception as exc:
+        from google.api_core.exceptions import NotFound, PermissionDenied, Unauthenticated
+
+        if isinstance(exc, NotFound):
+            raise _fail(f"Pub/Sub has no such subscription or topic ({exc.message}): provision the Pub/Sub topology "
+                        "first (`tenfold up` locally, the platform stack in the cloud)", 1) from exc
+        if isinstance(exc, PermissionDenied | Unauthenticated):
+            raise _fail(f"Pub/Sub refused these credentials ({exc.message}): reading dead letters needs "
+                        f"roles/pubsub.subscriber on the {stream} dead-letter subscription (and --replay "
+                        f"roles/pubsub.publisher on the {stream} topic)", 1) from exc
         if type(exc).__module__.startswith(("google", "grpc")):
-            raise _fail(f"cannot reach Pub/Sub ({type(exc).__name__}: {exc}); is the platform up (`tenfold up`)?",
-                        1) from exc
+            where = settings.messaging.emulator_host
+            advice = "is the platform up (`tenfold up`)?" if where else "check the network and Pub/Sub's status"
+            raise _fail(f"cannot reach {where or 'Pub/Sub'} ({type(exc).__name__}: {exc}); {advice}", 1) from exc
         raise
     if as_json:
         _echo_json([letter.to_dict() for letter in letters])

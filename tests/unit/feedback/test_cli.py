@@ -125,3 +125,23 @@ def test_a_folder_that_is_not_a_month_in_a_log_is_exit_1_naming_it(run, logs, se
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert f"{lake.uri}/{table}/{folder} is not a month's folder" in result.output
     assert "move that folder out of the table" in result.output
+
+
+@pytest.mark.parametrize(("error", "says"), [
+    ("PermissionDenied", "needs roles/pubsub.subscriber on the feedback dead-letter subscription"),
+    ("NotFound", "provision the Pub/Sub topology first"),
+])
+def test_dead_letters_refused_by_pubsub_names_the_role_or_the_topology_not_tenfold_up(run, monkeypatch, error, says):
+    """An operator without subscriber rights (IAM has no emulator: the API's own error, as the client raises it) was
+    told "cannot reach Pub/Sub ...; is the platform up (`tenfold up`)?"."""
+    from google.api_core import exceptions
+
+    from tenfold.feedback import dead_letters
+
+    def refused(settings, stream, *, limit):
+        raise getattr(exceptions, error)("projects/p/subscriptions/feedback-dead-letter")
+
+    monkeypatch.setattr(dead_letters, "peek", refused)
+    result = run("dead-letters", "--stream", "feedback")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert says in result.output and "tenfold up`)?" not in result.output, result.output
