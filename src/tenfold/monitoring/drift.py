@@ -492,8 +492,8 @@ def measure_partition(loaded: Any, profile: ReferenceProfile, lake: Any, table: 
 
     contract = loaded.workload.contract
     data = read_features(lake, [Partition.parse(month)], contract=contract, table=table, columns=contract.feature_columns,
-                         digest=digest, pinned_by="this drift run was planned",
-                         rerun=f"trigger monitor_drift again for {month} (a retry reads the content its plan pinned)")
+                         digest=digest, pinned_by="this measurement read its manifest",
+                         rerun="the task's retry measures the new content (nothing to do)")
     predictions = loaded.predict_proba(data) if data.num_rows else None
     return measure(profile, data, month=month, version=version, policy=policy, categorical=contract.categorical_columns,
                    numeric=contract.numeric_columns, predictions=predictions,
