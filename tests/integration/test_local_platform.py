@@ -490,6 +490,18 @@ def test_second_up_is_idempotent(stack):
     assert _records(s) == before
 
 
+def test_up_in_a_shell_with_other_settings_refuses_naming_them(stack, tmp_path):
+    """An alert hook (or a workload) set after `make up`: `up` said "already running and healthy", and Airflow's
+    tasks kept the settings they were started with."""
+    s = stack.settings
+    before = _records(s)
+    result = _tenfold({**stack.env, "TENFOLD_ALERT_FILE": str(tmp_path / "alerts.jsonl")}, "up", timeout=120)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert ("airflow: it runs with other settings than these (TENFOLD_ALERT_FILE changed since it started): stop it "
+            "(`tenfold down -s airflow`)") in result.stderr, result.stdout + result.stderr
+    assert _records(s) == before  # refused before anything stopped or started
+
+
 def test_down_stops_exactly_what_up_started(stack):
     s = stack.settings
     started: list[psutil.Process] = []

@@ -15,7 +15,7 @@ this module wrote and that are still the same processes. Test fixtures use :func
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ class ServiceStatus:
     label: str = ""
     dead: bool = False  # its pid file names a process that is gone: it died, `tenfold up` restarts it
     moved: str = ""  # it runs on another port than these settings name (started with an override): what to do
+    drift: str = ""  # it runs with other settings than these (a variable changed since it started): which, what to do
 
     @property
     def state(self) -> str:
@@ -64,6 +65,38 @@ def _moved(comp: Component, record: ProcessRecord | None, service_name: str) -> 
     variable = f"TENFOLD_LOCAL__{next(iter(comp.ports)).upper()}"
     return (f"{comp.name} runs on port {record.port}, where these settings say {comp.port}: set {variable}="
             f"{record.port} as when it was started, or stop it (`tenfold down -s {service_name}`) and start it again")
+
+
+_PLACING = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
+
+
+def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str:
+    """Which settings variables the running ``record`` was started with differ from those ``svc`` would start it with
+    now (``TENFOLD_*``, the project and the emulator hosts; values never shown: a webhook URL is a secret), with what
+    to do; "" when none do, or when the service takes the shell's environment as it is (the emulators) or the
+    process's cannot be read. A running service keeps the settings it started with: a workload, a month range or an
+    alert hook set after `tenfold up` reached no task, while `up` said "already running and healthy"."""
+    if svc.env is None or record is None:
+        return ""
+    import psutil
+
+    try:
+        running = psutil.Process(record.pid).environ()
+    except psutil.Error:
+        return ""
+
+    def settings_of(env: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in env.items()
+                if (k.startswith("TENFOLD_") and k != process.MARKER_ENV) or k in _PLACING}
+
+    if not running:  # a kernel thread's, or unreadable
+        return ""
+    want, have = settings_of(process.child_environ(svc.env)), settings_of(running)
+    changed = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if not changed:
+        return ""
+    return (f"it runs with other settings than these ({', '.join(changed)} changed since it started): stop it "
+            f"(`tenfold down -s {service_name}`), then `tenfold up` starts it with these")
 
 
 def _healthy(check: Callable[[], bool]) -> bool:
@@ -254,6 +287,9 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
         if moved := [m for c in alive if (m := _moved(c, _live_record(settings, c.name), name))]:
             problems += moved  # its health probed on the settings' port would fail (or ask whatever listens there)
             continue
+        if drifted := sorted({d for c in alive if (d := _drift(svc, _live_record(settings, c.name), name))}):
+            problems += [f"{name}: {d}" for d in drifted]
+            continue
         if not dead:
             if all(_healthy(c.healthy) for c in svc.components):
                 say(f"{name}: already running and healthy on {svc.url}")
@@ -367,6 +403,7 @@ def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[
             record = process.read_record(run_dir(settings), comp.name)
             live = record is not None and process.is_running(record)
             moved = _moved(comp, record, name) if live else ""
+            drift = _drift(svc, record, name) if live and not moved else ""
             out.append(
                 ServiceStatus(
                     name=comp.name,
@@ -374,6 +411,7 @@ def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[
                     running=live,
                     healthy=live and not moved and _healthy(comp.healthy),
                     moved=moved,
+                    drift=drift,
                     pid=record.pid if record else None,
                     log=process.log_file(run_dir(settings), comp.name),
                     service=name,
@@ -393,6 +431,8 @@ def describe(settings: Settings, statuses: list[ServiceStatus], *, secrets: bool
         where = f"  {st.url}" if st.url else ""
         if st.moved:
             where += f"  (pid {st.pid}: {st.moved})"
+        elif st.drift:
+            where += f"  (pid {st.pid}: {st.drift})"
         elif st.running:
             where += f"  (pid {st.pid}, log {st.log})"
         elif st.dead:

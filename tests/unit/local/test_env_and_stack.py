@@ -454,6 +454,46 @@ def test_up_names_a_hung_component_and_how_to_restart_it(tmp_path, monkeypatch):
             process.stop(r, timeout=5)
 
 
+def test_up_refuses_a_service_running_on_other_settings_naming_the_variables_not_their_values(tmp_path, monkeypatch):
+    """`make demo`, then TENFOLD_WORKLOAD or TENFOLD_ALERT_WEBHOOK set as docs/workloads.md says, then `tenfold up`:
+    "airflow: already running and healthy", and every task kept the old workload and hooks without a word."""
+    import os
+
+    from tenfold.local import process, stack
+    from tenfold.local.services import Component, Service
+
+    s = _fresh_settings(tmp_path)
+    then = {**os.environ, "TENFOLD_ALERT_WEBHOOK": "https://hooks.example/old-secret", "TENFOLD_WORKLOAD": "a:W"}
+    records = [process.start(name, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path, env=then)
+               for name in ("fine", "also-fine")]
+
+    def fake(env: dict[str, str]) -> Service:
+        return Service("airflow", [Component(n, n, ["sleep", "300"], healthy=lambda: True) for n in ("fine", "also-fine")],
+                       env=env, start_timeout=1.0, url="http://127.0.0.1:1")
+
+    now = {**then, "TENFOLD_ALERT_WEBHOOK": "https://hooks.example/new-secret"}
+    now.pop("TENFOLD_WORKLOAD")
+    try:
+        monkeypatch.setattr(stack, "service", lambda settings, name: fake(now))
+        with pytest.raises(LocalPlatformError) as err:
+            up(s, ["airflow"], echo=lambda _m: None)
+        message = str(err.value)
+        assert ("airflow: it runs with other settings than these (TENFOLD_ALERT_WEBHOOK, TENFOLD_WORKLOAD changed since "
+                "it started): stop it (`tenfold down -s airflow`), then `tenfold up`") in message, message
+        assert "secret" not in message
+        assert all(process.is_running(r) for r in records), "a refused up stopped what it did not start"
+        shown = stack.describe(s, stack.status(s, ["airflow"]))
+        assert "TENFOLD_ALERT_WEBHOOK, TENFOLD_WORKLOAD changed since it started" in shown and "secret" not in shown
+
+        monkeypatch.setattr(stack, "service", lambda settings, name: fake(then))
+        messages: list[str] = []
+        up(s, ["airflow"], echo=messages.append)
+        assert messages == ["airflow: already running and healthy on http://127.0.0.1:1"], messages
+    finally:
+        for r in records:
+            process.stop(r, timeout=5)
+
+
 @pytest.mark.parametrize("becomes_healthy", [True, False])
 def test_up_waits_for_an_emulator_an_interrupted_up_left_starting(tmp_path, monkeypatch, becomes_healthy):
     """`tenfold up` killed while the Pub/Sub emulator's JVM started (a closed terminal): the next `up` refused the
