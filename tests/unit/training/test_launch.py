@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,35 +190,36 @@ def test_an_unreadable_preprocessing_state_nothing_was_trained_on_is_fitted_agai
 
 
 def test_a_launch_that_fails_right_after_starting_its_job_stops_the_job_and_frees_the_folder(
-        train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        train_settings: Settings, small_config: TrainConfig, small_disk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Recording the job's process group (a write to the folder) can fail, on a full disk. It ran outside the wait's
     guard: the job kept running in a session of its own, holding the folder's lock, and every later launch into the
-    folder was refused. (A `sleep` stands in for torchrun: what matters is the process, not what it runs.)"""
-    import errno
-
+    folder was refused. The folder is on a small tmpfs, filled the moment the job has started: the record's write
+    meets a real ENOSPC. (A `sleep` stands in for torchrun: what matters is the process, not what it runs.)"""
     import psutil
 
     from tenfold.training import launch
 
+    out = small_disk.path / "run"
     monkeypatch.setattr(launch, "torchrun_command", lambda *args, **kwargs: ["sleep", "60"])
     real, started = launch._JobLock.record, []
 
-    def full_disk(self: launch._JobLock, *, job_pgid: int | None) -> None:
+    def disk_fills_now(self: launch._JobLock, *, job_pgid: int | None) -> None:
         if job_pgid is not None:
             started.append(job_pgid)
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / launch.JOB_HOLDER))
+            small_disk.fill()
         real(self, job_pgid=job_pgid)
 
-    monkeypatch.setattr(launch._JobLock, "record", full_disk)
+    monkeypatch.setattr(launch._JobLock, "record", disk_fills_now)
     with pytest.raises(OSError, match="No space left"):
-        run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
+        run_torchrun(train_settings, small_config, out, nproc=1, timeout_s=60)
     (pid,) = started
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "the job still runs"
+    small_disk.free()
     monkeypatch.setattr(launch._JobLock, "record", real)
     monkeypatch.setattr(launch, "torchrun_command", lambda *args, **kwargs: ["true"])
     with pytest.raises(launch.TrainingFailed, match=r"wrote no train_result\.json"):  # the folder is free again
-        run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
-    assert not (tmp_path / launch.JOB_HOLDER).exists()  # a launch that ended leaves no holder behind
+        run_torchrun(train_settings, small_config, out, nproc=1, timeout_s=60)
+    assert not (out / launch.JOB_HOLDER).exists()  # a launch that ended leaves no holder behind
 
 
 def test_categorical_values_rarer_than_the_settings_minimum_are_fit_as_the_oov_value(
