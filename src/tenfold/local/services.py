@@ -64,6 +64,9 @@ class Service:
     start_timeout: float
     url: str
     prerequisites: list[str] = field(default_factory=list)  # errors; empty when all are met
+    # Its environment carries the platform's settings (Airflow's: every task reads them): `tenfold up` refuses it
+    # running on other settings than the shell's (tenfold.local.stack._drift). The emulators read none.
+    carries_settings: bool = False
 
     @property
     def ports(self) -> dict[str, int]:
@@ -102,6 +105,12 @@ def fake_gcs_server_binary() -> Path:
         raise LocalPlatformError(f"{exc}; set TENFOLD_LOCAL__GCS_EMULATOR=gcp-storage-emulator instead") from exc
 
 
+def emulator_env() -> dict[str, str]:
+    """The environment an emulator starts with: this one without Tenfold's variables, which it never reads (an alert
+    webhook URL among them is a secret, kept out of a process that has no use for it)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+
+
 def gcs_endpoint(settings: Settings) -> str:
     return f"http://{settings.local.bind_host}:{settings.local.gcs_port}"
 
@@ -111,7 +120,7 @@ def gcs_service(settings: Settings) -> Service:
     url = gcs_endpoint(settings)
     problems: list[str] = []
     argv: list[str]
-    env: dict[str, str] | None = None
+    env = emulator_env()
     if settings.local.gcs_emulator == "fake-gcs-server":
         try:
             binary = str(fake_gcs_server_binary())
@@ -130,7 +139,7 @@ def gcs_service(settings: Settings) -> Service:
             "-log-level", "warn",
         ]
     else:
-        env = dict(os.environ, STORAGE_BASE=str(settings.local.home), STORAGE_DIR="gcs-py")
+        env.update(STORAGE_BASE=str(settings.local.home), STORAGE_DIR="gcs-py")
         argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", host, "--port", str(port), "--quiet"]
         try:
             import gcp_storage_emulator  # noqa: F401
@@ -185,7 +194,7 @@ def pubsub_service(settings: Settings) -> Service:
 
     url = f"{host}:{port}"
     component = Component("pubsub", "Pub/Sub emulator", argv, healthy, {"pubsub_port": port}, url)
-    return Service("pubsub", [component], None, 60.0, url, pubsub_prerequisites())
+    return Service("pubsub", [component], emulator_env(), 60.0, url, pubsub_prerequisites())
 
 
 # --- Airflow -----------------------------------------------------------------------------------
@@ -302,7 +311,7 @@ def airflow_service(settings: Settings) -> Service:
     ]
     return Service("airflow", components, airflow_env(settings),
                    300.0,  # four components importing Airflow on 2 busy cores
-                   url, problems)
+                   url, problems, carries_settings=True)
 
 
 SERVICE_ORDER = ("gcs", "pubsub", "airflow")

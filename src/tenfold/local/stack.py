@@ -73,10 +73,10 @@ _PLACING = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HO
 def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str:
     """Which settings variables the running ``record`` was started with differ from those ``svc`` would start it with
     now (``TENFOLD_*``, the project and the emulator hosts; values never shown: a webhook URL is a secret), with what
-    to do; "" when none do, or when the service takes the shell's environment as it is (the emulators) or the
-    process's cannot be read. A running service keeps the settings it started with: a workload, a month range or an
-    alert hook set after `tenfold up` reached no task, while `up` said "already running and healthy"."""
-    if svc.env is None or record is None:
+    to do; "" when none do, or when the service reads no settings (the emulators) or the process's environment cannot
+    be read. A running service keeps the settings it started with: a workload, a month range or an alert hook set
+    after `tenfold up` reached no task, while `up` said "already running and healthy"."""
+    if not svc.carries_settings or svc.env is None or record is None:
         return ""
     import psutil
 

@@ -114,6 +114,26 @@ def test_busy_port_is_a_clear_error_and_nothing_starts(tmp_path):
         assert not pid_file(run_dir(s), "gcs").exists() and not port_in_use("127.0.0.1", s.local.gcs_port)
 
 
+@pytest.mark.parametrize("emulator", ["fake-gcs-server", "gcp-storage-emulator"])
+def test_the_emulators_start_without_tenfolds_variables_and_airflow_with_them(tmp_path, monkeypatch, emulator):
+    """An alert webhook URL is a secret: it went to the emulators' JVM and Go processes with the shell's environment.
+    (Airflow's tasks alert: its components get the hooks, and `up` refuses them running on other settings.)"""
+    from tenfold.local.services import service
+
+    monkeypatch.setenv("TENFOLD_ALERT_WEBHOOK", "https://hooks.example/secret")
+    fresh = _fresh_settings(tmp_path)
+    s = fresh.model_copy(update={"local": fresh.local.model_copy(update={"gcs_emulator": emulator}),
+                                 "monitoring": fresh.monitoring.model_copy(
+                                     update={"alert_webhook_url": "https://hooks.example/secret"})})
+    for name in ("gcs", "pubsub"):
+        svc = service(s, name)
+        assert svc.env is not None and not [k for k in svc.env if k.startswith("TENFOLD_")], name
+        assert not svc.carries_settings and svc.env.get("PATH") == os.environ["PATH"], name
+    airflow = service(s, "airflow")
+    assert airflow.carries_settings and airflow.env is not None
+    assert airflow.env["TENFOLD_ALERT_WEBHOOK"] == "https://hooks.example/secret"
+
+
 def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use(tmp_path, monkeypatch):
     """A user's bind below ip_unprivileged_port_start fails with EACCES, which counted as "already in use by another
     program: stop that program" (these tests run as root, so the kernel's refusal is the one a user gets)."""
@@ -469,7 +489,7 @@ def test_up_refuses_a_service_running_on_other_settings_naming_the_variables_not
 
     def fake(env: dict[str, str]) -> Service:
         return Service("airflow", [Component(n, n, ["sleep", "300"], healthy=lambda: True) for n in ("fine", "also-fine")],
-                       env=env, start_timeout=1.0, url="http://127.0.0.1:1")
+                       env=env, start_timeout=1.0, url="http://127.0.0.1:1", carries_settings=True)
 
     now = {**then, "TENFOLD_ALERT_WEBHOOK": "https://hooks.example/new-secret"}
     now.pop("TENFOLD_WORKLOAD")
