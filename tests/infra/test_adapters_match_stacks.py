@@ -43,6 +43,11 @@ def test_dataproc_batch_names_exist(synth: Any, env: str) -> None:
     assert lake.removeprefix("gs://") in buckets
     accounts = {a["account_id"] for a in resources(platform, "google_service_account").values()}
     assert ex["service_account"].split("@")[0] in accounts
+    # ... and the job runs as it: runtimes 3.0+ default to the submitter's (end-user) credentials
+    from google.cloud import dataproc_v1
+
+    auth = dataproc_v1.Batch(batch).environment_config.execution_config.authentication_config
+    assert auth.user_workload_authentication_type == dataproc_v1.AuthenticationConfig.AuthenticationType.SERVICE_ACCOUNT
     assert ex["subnetwork_uri"].rsplit("/", 1)[-1] in by_name(platform, "google_compute_subnetwork")
     (subnet,) = resources(platform, "google_compute_subnetwork").values()
     assert subnet["private_ip_google_access"] is True, "Dataproc Serverless needs Private Google Access"

@@ -117,6 +117,9 @@ def features_batch(
                 # The firewall admits the batch's VMs to each other by this tag only (infra: allow-<dataproc tag>).
                 "network_tags": [settings.network.dataproc_tag],
                 "staging_bucket": settings.storage.dataproc_staging_bucket,
+                # Runtimes 3.0 and later run a batch with the submitter's credentials unless told otherwise: the job
+                # reached the lake as the orchestrator's account, and the Dataproc account's narrower grants went unused.
+                "authentication_config": {"user_workload_authentication_type": "SERVICE_ACCOUNT"},
             },
         },
         "labels": labels,
