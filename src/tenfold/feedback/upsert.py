@@ -79,7 +79,7 @@ class MonthJoin:
     """What the join did to one served month."""
 
     month: str
-    published: bool  # False: its inputs had not changed, nothing was read or written
+    published: bool  # False: its inputs had not changed (nothing was read or written), or it was kept (``kept``)
     predictions: int = 0  # distinct prediction ids = rows of the labelled partition
     labelled: int = 0  # of which have an outcome
     prediction_deliveries: int = 0  # rows in the predictions log (redeliveries included)
@@ -139,7 +139,7 @@ def join(
             predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
             feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
             table, stats = _join_logs(lake, settings, month, window, predictions, feedback)
-            if not force and (shrunk := _shrunk(before, stats)):
+            if not force and (shrunk := _shrunk(before, stats, options)):
                 # The logs only grow, so a rebuild never has fewer rows, unless log files went away since (a
                 # retention rule deleting the oldest files first, a hand, a file found corrupt): publishing it would
                 # drop labelled rows retraining and the metrics read, and once the month's last file went, for good.
@@ -149,8 +149,9 @@ def join(
                 log.warning("feedback join %s: %s", month.label, why)
                 report.months.append(MonthJoin(month.label, published=False, kept=why))
                 continue
-            _publish(lake, st.labelled_table, month, table, extra={"inputs": inputs, "rows": stats.predictions,
-                                                                 "labelled": stats.labelled})
+            _publish(lake, st.labelled_table, month, table, extra={
+                "inputs": inputs, "rows": stats.predictions, "labelled": stats.labelled,
+                "horizon": options.feedback_horizon_months, "join_version": JOIN_VERSION})
             stats.month = month.label
             report.months.append(stats)
     return report
@@ -295,8 +296,12 @@ def _published_extra(lake: Lake, table: str, month: Partition) -> dict[str, Any]
         return {}
 
 
-def _shrunk(before: dict[str, Any], stats: MonthJoin) -> str:
-    """How a rebuild has fewer predictions or labelled ones than the published month (empty: it has not)."""
+def _shrunk(before: dict[str, Any], stats: MonthJoin, options: JoinOptions) -> str:
+    """How a rebuild has fewer predictions or labelled ones than the published month (empty: it has not, or the
+    published month was joined by another rule: another horizon, as ``tenfold feedback join --horizon`` or a change of
+    ``settings.feedback.horizon_months`` gives, or another ``JOIN_VERSION``, whose rows may rightly differ)."""
+    if before.get("horizon") != options.feedback_horizon_months or before.get("join_version") != JOIN_VERSION:
+        return ""
     rows, labelled = int(before.get("rows", 0)), int(before.get("labelled", 0))
     if stats.predictions >= rows and stats.labelled >= labelled:
         return ""

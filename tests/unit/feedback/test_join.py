@@ -87,6 +87,19 @@ def test_log_files_deleted_after_the_month_was_published_do_not_shrink_it(settin
     assert sorted(_labelled(settings)[0]) == ["b"]
 
 
+def test_a_month_joined_with_a_longer_horizon_is_rebuilt_with_the_settings_one_though_it_has_fewer_labels(
+        settings, logs):
+    """`tenfold feedback join --horizon 6` published labels from feedback months after the settings' horizon; the
+    sink's next join (horizon 2) has fewer: another rule, not lost files, so it is published, not kept for ever."""
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1, received=T0 + dt.timedelta(days=150)))  # five months after May
+    assert join(settings, options=JoinOptions(feedback_horizon_months=6)).published == ["2026-05"]
+    assert _labelled(settings)[0]["a"]["outcome"] == 1
+    report = join(settings)
+    assert report.published == ["2026-05"] and report.kept == [], report.to_dict()
+    assert _labelled(settings)[0]["a"]["outcome"] is None
+
+
 def test_equal_observations_fall_back_to_the_later_receipt(settings, logs):
     logs.predictions(prediction("a"))
     logs.feedback(feedback("a", 1, received=T0 + 2 * H), feedback("a", 0, received=T0 + 5 * H))  # no observed_at
