@@ -146,6 +146,19 @@ def port_in_use(host: str, port: int) -> bool:
     return port_state(host, port) == "in use"
 
 
+def port_refusal(host: str, port: int, what: str, how: str) -> str | None:
+    """Why ``what`` cannot listen on ``host:port`` (``how``: the setting that moves it), or None when it can."""
+    state = port_state(host, port)
+    if state == "in use":
+        return (f"port {host}:{port} ({what}) is already in use by another program: stop that program, or choose "
+                f"another port with {how}")
+    if state == "privileged":
+        lowest = unprivileged_port_start()
+        return (f"port {host}:{port} ({what}) is a privileged port: only root may listen below {lowest} "
+                f"(net.ipv4.ip_unprivileged_port_start); choose one of {lowest} or above with {how}")
+    return None
+
+
 def unprivileged_port_start() -> int:
     """The lowest port a user may listen on (``net.ipv4.ip_unprivileged_port_start``; 1024 when unreadable)."""
     try:

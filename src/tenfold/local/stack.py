@@ -199,20 +199,9 @@ def stop_service(settings: Settings, name: str) -> bool:
 def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component]) -> list[str]:
     """One clear message per port of ``components`` that another program already holds, or that only root may
     listen on."""
-    problems = []
-    for comp in components:
-        for field, port in comp.ports.items():
-            where, variable = f"port {settings.local.bind_host}:{port} ({svc.name})", f"TENFOLD_LOCAL__{field.upper()}"
-            state = process.port_state(settings.local.bind_host, port)
-            if state == "in use":
-                problems.append(f"{where} is already in use by another program: stop that program, or choose another "
-                                f"port with {variable}=<port>")
-            elif state == "privileged":
-                lowest = process.unprivileged_port_start()
-                problems.append(f"{where} is a privileged port: only root may listen below {lowest} "
-                                f"(net.ipv4.ip_unprivileged_port_start); choose one of {lowest} or above with "
-                                f"{variable}=<port>")
-    return problems
+    host = settings.local.bind_host
+    return [refusal for comp in components for field, port in comp.ports.items()
+            if (refusal := process.port_refusal(host, port, svc.name, f"TENFOLD_LOCAL__{field.upper()}=<port>"))]
 
 
 # The locks this process holds, each with the thread holding it: taken again in that thread, one is held already.

@@ -440,10 +440,11 @@ class Supervisor:
         local = self.settings.local
         taken = {r.port for r in self.replicas} | {local.lb_port, self.fleet.lb_metrics_port}
         for port in range(local.replica_base_port, min(local.replica_base_port + PORT_SPAN, 65536)):
-            if port not in taken and not process.port_in_use(local.bind_host, port):
+            if port not in taken and process.port_state(local.bind_host, port) == "free":
                 return port
-        raise FleetError(f"no free port from {local.replica_base_port} to {local.replica_base_port + PORT_SPAN}: "
-                         "set TENFOLD_LOCAL__REPLICA_BASE_PORT to a free range")
+        raise FleetError(f"no free port from {local.replica_base_port} to {local.replica_base_port + PORT_SPAN} (each "
+                         f"in use, or below {process.unprivileged_port_start()}, which only root may listen on): set "
+                         "TENFOLD_LOCAL__REPLICA_BASE_PORT to a free range")
 
     def start_replica(self, pool: str, version: str, fault: str = "", lookups: str = "") -> _Replica | None:
         if time.monotonic() < self.backoff[pool][1]:
@@ -807,11 +808,7 @@ def _busy_ports(settings: Settings) -> list[str]:
     host = settings.local.bind_host
     checks = [("lb_port", settings.local.lb_port, "TENFOLD_LOCAL__LB_PORT"),
               ("lb_metrics_port", settings.serving.fleet.lb_metrics_port, "settings.serving.fleet.lb_metrics_port")]
-    return [
-        f"port {host}:{port} ({name}) is already in use by another program: stop it, or choose another port with {how}"
-        for name, port, how in checks
-        if process.port_in_use(host, port)
-    ]
+    return [refusal for name, port, how in checks if (refusal := process.port_refusal(host, port, name, how))]
 
 
 def up(
