@@ -118,7 +118,9 @@ def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_p
             detail = {k: v for k, v in e.items() if k not in ("at", "run")}
             lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
     state = outcome(record) or "in progress"
-    if "end" in record and "done" not in record and PROMOTION_REFUSED not in record:
+    if "end" in record and "done" not in record and PROMOTION_REFUSED not in record and state != ABORTED:
+        # (An abort is carried out by `tenfold rollout abort` itself, weight 0 at once: an older rollout's conclude,
+        # which failed, may never record done.)
         # The end is decided; conclude carries it out (the alias, the stable pool's roll, the weight) and records done.
         state += " (not carried out yet: conclude has not finished; see the rollout_model run's conclude task)"
     lines.append(f"state: {state}" + (f"; canary at {canary_percent} % now" if canary_percent is not None else ""))

@@ -48,6 +48,10 @@ def test_an_end_not_carried_out_yet_is_not_shown_as_done() -> None:
     assert text.splitlines()[-1].startswith("state: promoted (not carried out yet: conclude has not finished")
     done = {**record, "done": {"at": T, "outcome": "promoted", "reasons": [], "report": "file:///x"}}
     assert describe(rollout, done).splitlines()[-1] == "state: promoted"
+    # An abort is carried out by `tenfold rollout abort` itself (weight 0 at once), done or not: an older rollout whose
+    # conclude failed never records done, and was said to wait for it for ever.
+    aborted = {"start": _start("r1", "v2"), "end": {"at": T, "outcome": "aborted", "reasons": ["aborted by ops"]}}
+    assert describe(rollout, aborted).splitlines()[-1] == "state: aborted"
 
 
 @pytest.mark.parametrize(("version", "share"), [("v2", False), ("v3", True), (None, True)])
