@@ -582,6 +582,34 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     return row
 
 
+def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], first_model: Any, flights: int,
+                  say: Callable[[str], object], *, retrain_every: int, started: float,
+                  first_trained_on: frozenset[str]) -> list[MonthRow]:
+    """:func:`replay_month` for each of ``later``, the baseline schedule due every ``retrain_every`` months since the
+    last retrain. A month that cannot go on (its features run failed, a wait ran out) ends the replay with a row that
+    says so: the closing table still shows the months before it, and the demo fails after it."""
+    rows: list[MonthRow] = []
+    since_training = 0
+    for part in later:
+        since_training += 1
+        due = retrain_every > 0 and since_training >= retrain_every
+        clock = f"{(time.monotonic() - started) / 60:.1f} min since the demo started"
+        try:
+            rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
+                                     first_trained_on=first_trained_on))
+        except DemoError as exc:
+            say(f"{part.label}: {exc}")
+            built = not str(exc).startswith(BUILD)
+            rows.append(MonthRow(part.label, validated="?" if built else "no", failed_runs=[str(exc)],
+                                 first_trained_on_it=part.label in first_trained_on))
+            if len(later) > len(rows):
+                say(f"the replay stops at {part.label}: {', '.join(p.label for p in later[len(rows):])} not replayed")
+            break
+        if rows[-1].retrain != "-":
+            since_training = 0
+    return rows
+
+
 def demo_months(first: str, champion_until: str, months: int,
                 settings: Settings | None = None) -> tuple[list[Partition], list[Partition]]:
     """The first champion's window (``first..champion_until``) and the ``months`` replayed after it. Raises
@@ -605,6 +633,25 @@ def demo_months(first: str, champion_until: str, months: int,
                             f"covers ({lo.label}..{hi.label if hi else 'now'}): choose --first, --champion-until "
                             "and --months within them")
     return initial, later
+
+
+def refuse_a_champion_of_other_features(settings: Settings, registry: Any) -> None:
+    """Refuse (:class:`DemoError`) a home whose champion learnt from another version of the feature definitions than
+    this code builds (a home of an older Tenfold): every month is rebuilt at the new version, but the demo trains a
+    first champion only when there is none, so the old one was kept, and every replica, offline scoring and the
+    month's AUC refused it, after minutes of rebuilding, on every run of the demo."""
+    from tenfold.registry import CHAMPION
+
+    champion = registry.resolve(CHAMPION)
+    if champion is None:
+        return
+    trained_on, builds = registry.meta(champion).get(VERSION_KEY), get_workload(settings).contract.version
+    if trained_on is not None and trained_on != builds:
+        raise DemoError(
+            f"the champion {champion} learnt from version {trained_on} of the feature definitions, and this code builds "
+            f"version {builds}: it can be neither served nor scored on them. Start the demo on a fresh platform home "
+            f"(`tenfold down`, then remove {settings.local.home}, or set TENFOLD_HOME to a new folder), or train a "
+            "model on the rebuilt features (train_model) and promote it (`tenfold models promote <version>`)")
 
 
 def failures(rows: list[MonthRow]) -> list[str]:
@@ -636,8 +683,9 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     # each takes only that run's newest month and logs the backlog (with the run conf that does each month).
     for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
         api.set_paused(dag_id, True)
-    build_months(settings, api, initial, say)
     registry = ModelRegistry(settings)
+    refuse_a_champion_of_other_features(settings, registry)  # before minutes of Spark that could not help it
+    build_months(settings, api, initial, say)
     if registry.resolve(CHAMPION) is None:
         show_training(api, first_champion_run(settings, api, initial, say), say)
         api.set_paused(TRAIN, True)
@@ -658,16 +706,8 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
     for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
         api.set_paused(dag_id, False)
-    rows: list[MonthRow] = []
-    since_training = 0
-    for part in later:
-        since_training += 1
-        due = retrain_every > 0 and since_training >= retrain_every
-        clock = f"{(time.monotonic() - started) / 60:.1f} min since the demo started"
-        rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
-                                 first_trained_on=trained_on))
-        if rows[-1].retrain != "-":
-            since_training = 0
+    rows = replay_months(settings, api, later, first_model, flights, say, retrain_every=retrain_every,
+                         started=started, first_trained_on=trained_on)
     say("")
     # What that model was really trained on, from its lineage: on a demo run again over an earlier one's home, the
     # champion found is a later model, trained on later months than this run's first window.

@@ -275,3 +275,51 @@ def test_a_scheduled_retrain_without_two_consecutive_months_is_a_failed_row_not_
     assert not any(r.startswith("demo__scheduled__") for r in api.triggered)
     assert len(row.failed_runs) == 1 and "the scheduled baseline cannot run: training needs at least two consecutive" \
         in row.failed_runs[0]
+
+
+def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebuilds_anything(
+        make_settings: Callable[..., Settings]) -> None:
+    """A home of an older Tenfold: every month was rebuilt at the new features version, the old champion kept (a
+    first champion is trained only when there is none), and every replica, offline scoring and the AUC refused it,
+    after minutes of Spark, on every `make demo`."""
+    from tenfold.workloads import VERSION_KEY, get_workload
+
+    settings = make_settings()
+    builds = get_workload(settings).contract.version
+
+    class Registry:
+        def __init__(self, champion: str | None, version: object) -> None:
+            self.champion, self.version = champion, version
+
+        def resolve(self, alias: str) -> str | None:
+            return self.champion
+
+        def meta(self, version: str) -> dict[str, object]:
+            return {VERSION_KEY: self.version} if self.version is not None else {}
+
+    with pytest.raises(demo.DemoError, match=rf"the champion v1 learnt from version {builds - 1} of the feature "
+                                             rf"definitions, and this code builds version {builds}(.|\n)*fresh platform home"):
+        demo.refuse_a_champion_of_other_features(settings, Registry("v1", builds - 1))
+    for fine in (Registry(None, None), Registry("v1", builds), Registry("v1", None)):  # None: saved before versions
+        demo.refuse_a_champion_of_other_features(settings, fine)
+
+
+def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_still_shows_the_months_before(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_features failing for the second replayed month raised out of the replay: no closing table, the first
+    month's row lost, though the README says the demo exits 1 after its closing table."""
+    settings = make_settings()
+    months = [Partition(2013, 7), Partition(2013, 8), Partition(2013, 9)]
+
+    def replay_month(settings: Settings, api: object, part: Partition, *args: object, **kwargs: object) -> demo.MonthRow:
+        if part == months[1]:
+            raise demo.DemoError(f"{demo.BUILD} for {part.label} failed in validate: open the UI for its logs")
+        return demo.MonthRow(part.label, validated="yes")
+
+    monkeypatch.setattr(demo, "replay_month", replay_month)
+    said: list[str] = []
+    rows = demo.replay_months(settings, object(), months, None, 0, said.append, retrain_every=0, started=0.0,
+                              first_trained_on=frozenset())
+    assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "no")]
+    assert demo.failures(rows) == ["2013-08: build_features for 2013-08 failed in validate: open the UI for its logs"]
+    assert "the replay stops at 2013-08: 2013-09 not replayed" in said
