@@ -632,6 +632,13 @@ def demo_months(first: str, champion_until: str, months: int,
             raise DemoError(f"the demo's months {initial[0].label}..{end.label} reach outside the months {BUILD} "
                             f"covers ({lo.label}..{hi.label if hi else 'now'}): choose --first, --champion-until "
                             "and --months within them")
+        if (rate := settings.serving.server.prediction_sample_rate) < 1:
+            # Each month waits until every flight it served has come back joined to its outcome: with a sample of
+            # the predictions published, the rest never join, and the wait ran out at the first replayed month.
+            raise DemoError(f"the demo joins the outcome of every flight it serves to its prediction, but "
+                            f"settings.serving.server.prediction_sample_rate is {rate:g}, so only that share is "
+                            "published: run the demo with the rate at 1 (unset "
+                            "TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE)")
     return initial, later
 
 

@@ -323,3 +323,15 @@ def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_stil
     assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "no")]
     assert demo.failures(rows) == ["2013-08: build_features for 2013-08 failed in validate: open the UI for its logs"]
     assert "the replay stops at 2013-08: 2013-09 not replayed" in said
+
+
+def test_a_prediction_sample_rate_below_one_is_refused_before_the_demo_starts(
+        make_settings: Callable[..., Settings]) -> None:
+    """Each replayed month waits for every served flight's prediction joined to its outcome; at a rate of 0.5 half
+    are never published, and the demo ended at the first replayed month blaming the feedback sink."""
+    base = make_settings()
+    server = base.serving.server.model_copy(update={"prediction_sample_rate": 0.5})
+    settings = base.model_copy(update={"serving": base.serving.model_copy(update={"server": server})})
+    with pytest.raises(demo.DemoError, match=r"prediction_sample_rate is 0.5(.|\n)*TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE"):
+        demo.demo_months("2013-01", "2013-02", 2, settings)
+    assert demo.demo_months("2013-01", "2013-02", 2, make_settings())[1] == [Partition(2013, 3), Partition(2013, 4)]
