@@ -90,6 +90,15 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
     earlier = [b for b in api.backfills(BUILD) if not b.get("completed_at") and not b.get("is_paused")
                and b.get("reprocess_behavior") == "completed"  # as the demo asks: it redoes months of older features
                and str(b["from_date"])[:7] <= todo[0].label and str(b["to_date"])[:7] >= todo[-1].label]
+    wanted = {m.label for m in todo}
+    if earlier and (failed_then := sorted(label for label, run in _newest_runs(api).items()
+                                          if label in wanted and str(run["state"]) == "failed")):
+        # It failed those months before this demo looked (a timeout on a busy machine, say) and will not run them
+        # again: followed, the demo failed at once on the old run, on every try until that backfill ended.
+        say(f"{BUILD} backfill {earlier[0]['id']}, which an earlier demo started, failed {', '.join(failed_then)}: "
+            "waiting for it to end, to backfill them again")
+        _wait_for_backfill(api, earlier[0]["id"], FEATURE_TIMEOUT_S * len(todo), settings)
+        earlier = []
     if earlier:
         say(f"following {BUILD} backfill {earlier[0]['id']} ({str(earlier[0]['from_date'])[:7]}.."
             f"{str(earlier[0]['to_date'])[:7]}), which an earlier demo started, for {len(todo)} monthly runs")
@@ -97,12 +106,10 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         # "completed": a month published by an older feature definition has a successful run to redo.
         say(f"backfilling {BUILD} for {todo[0].label}..{todo[-1].label} ({len(todo)} monthly runs)")
         api.backfill(BUILD, f"{todo[0].label}-01T00:00:00Z", f"{todo[-1].label}-01T00:00:00Z", reprocess="completed")
-    wanted = {m.label for m in todo}
     deadline = time.monotonic() + FEATURE_TIMEOUT_S * len(todo)
     seen: dict[str, str] = {}
     while True:
-        # Newest run per month last, so it wins (the backfill creates or re-queues them before it returns).
-        runs = {str(r["logical_date"])[:7]: r for r in reversed(api.runs(BUILD, limit=100)) if r.get("logical_date")}
+        runs = _newest_runs(api)
         for label in sorted(wanted):
             run = runs.get(label)
             state = str(run["state"]) if run else "not created"
@@ -117,6 +124,21 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
             return True
         if time.monotonic() > deadline:
             raise DemoError(f"{BUILD} did not finish in time; see {airflow_url(settings)}/dags/{BUILD}")
+        time.sleep(3)
+
+
+def _newest_runs(api: AirflowApi) -> dict[str, dict[str, Any]]:
+    """``build_features``' newest run of each month (``YYYY-MM``), by logical date."""
+    # Newest run per month last, so it wins (a backfill creates or re-queues them before it returns).
+    return {str(r["logical_date"])[:7]: r for r in reversed(api.runs(BUILD, limit=100)) if r.get("logical_date")}
+
+
+def _wait_for_backfill(api: AirflowApi, backfill_id: object, timeout_s: float, settings: Settings) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(b.get("id") == backfill_id and not b.get("completed_at") for b in api.backfills(BUILD)):
+        if time.monotonic() > deadline:
+            raise DemoError(f"{BUILD} backfill {backfill_id}, which an earlier demo started, did not end in time; see "
+                            f"{airflow_url(settings)}/dags/{BUILD}")
         time.sleep(3)
 
 

@@ -127,6 +127,36 @@ def test_a_rerun_demo_follows_the_feature_backfill_an_earlier_demo_left_running(
     assert done.backfilled == [("2013-01-01T00:00:00Z", "2013-03-01T00:00:00Z")]  # an ended one is not followed
 
 
+def test_a_rerun_demo_backfills_again_a_month_the_earlier_demos_backfill_failed(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier demo stopped on 2013-02's failure while its backfill went on: followed, the old failed run failed
+    the new demo at once, on every try until that backfill ended. It waits for the backfill, then asks for a new one."""
+    months = [Partition(2013, m) for m in (1, 2, 3)]
+    runs = [{"dag_run_id": f"backfill__{m.label}", "state": "failed" if m.month == 2 else "success",
+             "logical_date": f"{m.label}-01T00:00:00Z"} for m in months]
+    backfill = {"id": 4, "from_date": "2013-01-01T00:00:00Z", "to_date": "2013-03-01T00:00:00Z", "completed_at": None,
+                "is_paused": False, "reprocess_behavior": "completed"}
+
+    class Api(_Api):
+        looks = 0
+
+        def backfills(self, dag_id: str) -> list[dict[str, object]]:
+            Api.looks += 1  # open for the demo's first two looks, then ended
+            return [{**backfill, "completed_at": "2026-12-05T10:00:00Z" if Api.looks > 2 else None}]
+
+        def backfill(self, dag_id: str, from_date: str, to_date: str, **kwargs: object) -> dict[str, object]:
+            for run in self._runs:  # the new backfill re-queues every month, and they succeed
+                run["state"] = "success"
+            return super().backfill(dag_id, from_date, to_date, **kwargs)
+
+    monkeypatch.setattr(demo.time, "sleep", lambda s: None)
+    api = Api(runs=runs)
+    said: list[str] = []
+    assert demo.build_months(make_settings(), api, months, said.append) is True  # type: ignore[arg-type]
+    assert any("backfill 4, which an earlier demo started, failed 2013-02: waiting for it to end" in line for line in said)
+    assert api.backfilled == [("2013-01-01T00:00:00Z", "2013-03-01T00:00:00Z")] and Api.looks >= 3
+
+
 def test_a_month_whose_runs_failed_shows_them_failed_and_fails_the_demo(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed monitor_drift run showed the drift report an earlier demo left for the month (even "DRIFT"), and a
