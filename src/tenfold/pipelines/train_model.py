@@ -193,6 +193,12 @@ def work_root(settings: Settings) -> Path:
     return common_work_root(settings, "train_model")
 
 
+def _work_dir(settings: Settings, p: TrainRun) -> Path:
+    """The run's scratch folder on this host (its path is ``p.work_dir``, which plan named): checked again here, as
+    plan checked it on its own host; a task on another worker would have taken the plain path as it found it."""
+    return work_root(settings) / p.run_key
+
+
 def drifted_months(context: Mapping[str, Any], uri: str) -> list[str]:
     """The months (ascending, once each) whose drift started this run: the retraining decisions among the run's
     triggering events of the drift Asset at ``uri`` (``monitor_drift``'s decide puts them in the event's extra)."""
@@ -346,7 +352,7 @@ def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: 
     # up, on every try): the same check evaluate and register make.
     _check_training_window(Lake.from_settings(settings), p)
     job = training_job(settings, igm_client=igm_client, markers=markers, storage_client=storage_client)
-    model = job.run(TrainConfig.from_dict(p.train_config), p.run_key, Path(p.work_dir), nproc=p.nproc)
+    model = job.run(TrainConfig.from_dict(p.train_config), p.run_key, _work_dir(settings, p), nproc=p.nproc)
     return Trained(model_ref=model.model_ref, train_result=model.result)
 
 
@@ -441,7 +447,7 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     table = p.table
     _check_holdout(lake, p)
     _check_training_window(lake, p)
-    work = Path(p.work_dir)
+    work = _work_dir(settings, p)
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir = materialize(settings, t.model_ref, work / "challenger")
     challenger, baselines = _evaluate_challenger(challenger_dir, lake, table, p.train_parts, p.holdout_parts)
@@ -513,7 +519,7 @@ def register(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     """Register the challenger with its metrics and lineage; returns its version id."""
     p, t, ev = TrainRun.from_xcom(run), Trained.from_xcom(trained), Evaluation.from_xcom(evaluation)
     lake = Lake.from_settings(settings)
-    model_dir = materialize(settings, t.model_ref, Path(p.work_dir) / "challenger")
+    model_dir = materialize(settings, t.model_ref, _work_dir(settings, p) / "challenger")
     train_refs = partition_refs(lake, p.table, p.train_parts)
     holdout_refs = partition_refs(lake, p.table, p.holdout_parts)
     # After the manifests lineage names were read (not before the download, which can be long): a re-publish before
@@ -567,6 +573,9 @@ def _keep_profile(settings: Settings, model_ref: str, model_dir: Path, *, storag
 # --- gate ---------------------------------------------------------------------------------------
 
 
+NO_COMPARISON = "NO COMPARISON"  # how a gate's record says the champion could not be scored (no decision against it)
+
+
 def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Evaluation | Mapping[str, Any],
          registered: Registered | Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
     """The offline gate: a version that passes it becomes ``challenger``; ``champion`` moves only by a canary.
@@ -603,13 +612,20 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     if recorded is not None and recorded.get("champion_version") != evaluated_version:
         key = f"{p.run_key}.vs-{evaluated_version or 'none'}"
         recorded = decisions.get(key)
+    if (recorded is not None and str(recorded.get("summary", "")).startswith(NO_COMPARISON)
+            and evaluated and evaluated.get("metrics") is not None):
+        # The champion could not be scored then and can now (the run cleared from evaluate once the cause was fixed,
+        # as the refusal says to): that record is no decision. Taken as one, the run went green saying "NO
+        # COMPARISON" and a challenger worse than the champion stayed marked for the default rollout.
+        key = f"{key}.scored"
+        recorded = decisions.get(key)
     if evaluated and evaluated.get("metrics") is None:
         # No comparison with the champion; the floors and the baselines still decide whether the version may
         # be the challenger a rollout takes by default.
         alone = decide(challenger, None, baselines, policy)
         body = {"promote": False, "challenger_version": version, "champion_version": evaluated_version,
                 "checks": plain_json(alone.to_dict()).get("checks"),
-                "summary": f"NO COMPARISON: champion {evaluated_version} could not be scored ({evaluated.get('error')})"}
+                "summary": f"{NO_COMPARISON}: champion {evaluated_version} could not be scored ({evaluated.get('error')})"}
         reg.record_decision(version, key, body)
         if not alone.promote:
             raise PipelineError(

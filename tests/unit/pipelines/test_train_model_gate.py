@@ -210,6 +210,17 @@ def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(gate_s
             pipeline.gate(gate_settings, planned, evaluation, registered)
     assert reg.resolve(CHAMPION) == broken.version and reg.resolve(CHALLENGER) == registered.version
     assert "champion" not in pipeline.comparison_table(evaluation)
+    # The cause fixed, the run is cleared from evaluate and the champion scores, better than the challenger: the
+    # "NO COMPARISON" record is no decision (taken as one, the run went green and kept the worse challenger marked).
+    import dataclasses
+
+    better = {**evaluation.challenger, "auc": 0.99, "log_loss": 0.05, "brier": 0.01}
+    scored = dataclasses.replace(evaluation, champion={"version": broken.version, "metrics": better})
+    for _attempt in range(2):  # and a retry of that gate finds the decision it recorded
+        decided = pipeline.gate(gate_settings, planned, scored, registered)
+        assert decided["summary"].startswith("KEEP CHAMPION") and decided["canary"] is False, decided["summary"]
+    assert any(isinstance(d.get("champion"), dict) and d["champion_version"] == broken.version
+               for d in reg.decisions(registered.version).values())
 
     # A challenger that fails the floors on its own is not marked challenger (rollout_model takes that alias
     # by default): the champion could not be compared, but the floors and baselines still could.

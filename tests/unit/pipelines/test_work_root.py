@@ -38,3 +38,18 @@ def test_a_work_root_open_to_others_or_a_link_is_refused(tmp_path: Path, monkeyp
     make(tmp_path / f"tenfold-{os.getuid()}")
     with pytest.raises(PipelineError, match=r"is not a folder of this user's own .*remove it"):
         train_model.work_root(build_settings("dev"))
+
+
+def test_the_tasks_after_plan_check_the_work_root_on_their_own_host(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan checked the folder on its worker; evaluate and register (on another Composer worker) took the path from
+    XCom as they found it there, a folder another user of that host may have made open to everyone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dev = build_settings("dev")
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(run_key="r1")  # what it reads of the planned run
+    assert train_model._work_dir(dev, run) == tmp_path / f"tenfold-{os.getuid()}" / "train_model" / "r1"
+    (tmp_path / f"tenfold-{os.getuid()}").chmod(0o777)  # the other host's: made open to everyone
+    with pytest.raises(PipelineError, match="is not a folder of this user's own"):
+        train_model._work_dir(dev, run)
