@@ -15,6 +15,8 @@ the end of the session. They never touch a running ``make up`` (other home, othe
   local_settings)`` keeps that session's emulator endpoints with a fresh home, lake and registry
   prefix; keyword arguments replace fields or update sections (``storage={"features_table": "x"}``).
   ``settings`` is ``make_settings()`` for one test.
+* ``own_topology`` -> local settings whose every topic and subscription has names of the test's own, provisioned on
+  the session's emulator: what the test deletes or changes is never the session's.
 * ``interrupted_after`` -> ``with interrupted_after(seconds): <wait>``: the wait is interrupted by an exception raised
   in the main thread after ``seconds`` (SIGALRM), as Airflow's task timeout or termination interrupts a waiting task;
   the block fails unless that exception came through it.
@@ -136,6 +138,25 @@ def make_settings(tmp_path_factory: pytest.TempPathFactory) -> SettingsFactory:
         return base.model_copy(update=sections)
 
     return make
+
+
+@pytest.fixture
+def own_topology(make_settings: SettingsFactory, local_settings: Settings) -> Settings:
+    """The session's topology (every topic and subscription, as configured) under names of this test's own, provisioned:
+    what the test deletes and changes is never the session's predictions or feedback subscriptions."""
+    tag = f"topo-{uuid.uuid4().hex[:8]}"
+    msg = local_settings.messaging
+    subs = {kind: spec.model_copy(update={field: f"{tag}-{getattr(spec, field)}" for field in
+                                          ("name", "topic", "dead_letter_topic", "dead_letter_subscription")})
+            for kind, spec in msg.subscriptions.items()}
+    settings = make_settings(on=local_settings, messaging={
+        "requests_topic": f"{tag}-{msg.requests_topic}", "predictions_topic": f"{tag}-{msg.predictions_topic}",
+        "feedback_topic": f"{tag}-{msg.feedback_topic}", "subscriptions": subs})
+    assert set(settings.messaging.topics).isdisjoint(msg.topics)
+    from tenfold.messaging import ensure_topology
+
+    assert sorted(ensure_topology(settings).topics_created) == sorted(settings.messaging.topics)
+    return settings
 
 
 @pytest.fixture

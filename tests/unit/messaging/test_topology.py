@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
@@ -36,23 +35,6 @@ def test_topology_matches_settings_and_is_idempotent(local_settings):
             assert got.retry_policy.minimum_backoff.total_seconds() == spec.min_retry_backoff_s
             dl = sub.get_subscription(request={"subscription": subscription_path(local_settings, spec.dead_letter_subscription)})
             assert dl.topic == topic_path(local_settings, spec.dead_letter_topic)
-
-
-@pytest.fixture
-def own_topology(make_settings, local_settings):
-    """The session's topology (every topic and subscription, as configured) under names of this test's own, provisioned:
-    what the test deletes and changes is never the session's predictions or feedback subscriptions."""
-    tag = f"topo-{uuid.uuid4().hex[:8]}"
-    msg = local_settings.messaging
-    subs = {kind: spec.model_copy(update={field: f"{tag}-{getattr(spec, field)}" for field in
-                                          ("name", "topic", "dead_letter_topic", "dead_letter_subscription")})
-            for kind, spec in msg.subscriptions.items()}
-    settings = make_settings(on=local_settings, messaging={
-        "requests_topic": f"{tag}-{msg.requests_topic}", "predictions_topic": f"{tag}-{msg.predictions_topic}",
-        "feedback_topic": f"{tag}-{msg.feedback_topic}", "subscriptions": subs})
-    assert set(settings.messaging.topics).isdisjoint(msg.topics)
-    assert sorted(ensure_topology(settings).topics_created) == sorted(settings.messaging.topics)
-    return settings
 
 
 def test_missing_pieces_are_recreated_and_drift_is_repaired(own_topology):

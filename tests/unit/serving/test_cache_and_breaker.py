@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from pydantic import BaseModel, ConfigDict
 
 from tenfold.serving.cache import PredictionCache, request_digest
@@ -126,42 +127,40 @@ def test_a_trial_that_never_reports_is_replaced_after_the_reset_period() -> None
     assert b.allow()
 
 
-def test_a_failing_predictions_topic_does_not_stop_feedback(settings) -> None:  # type: ignore[no-untyped-def]
-    """Each topic has its own breaker: samples that cannot be published (their topic deleted, say) open the
-    predictions breaker only, and feedback to its healthy topic is still accepted."""
+@pytest.mark.integration
+def test_a_failing_predictions_topic_does_not_stop_feedback(own_topology) -> None:  # type: ignore[no-untyped-def]
+    """Each topic has its own breaker: samples that cannot be published (their topic deleted, on the real emulator)
+    open the predictions breaker only, and feedback to its healthy topic is still accepted."""
     import asyncio
-    from concurrent.futures import Future
 
+    from tenfold.messaging import publisher_client, topic_path
     from tenfold.messaging.records import FeedbackRecord, PredictionRecord
     from tenfold.serving.metrics import ServerMetrics
     from tenfold.serving.publishing import Publisher
 
-    class FeedbackOnly:
-        """A client whose feedback publishes succeed (the samples go through ``_publish_request``, below)."""
-
-        def publish(self, topic: str, data: bytes, **_: object) -> Future:
-            done: Future = Future()
-            done.set_result("m-1")
-            return done
-
+    settings = own_topology
+    admin = publisher_client(settings)
+    try:
+        admin.delete_topic(request={"topic": topic_path(settings, settings.messaging.predictions_topic)})
+    finally:
+        admin.transport.close()
     metrics = ServerMetrics("stable")
-    publisher = Publisher(settings, metrics, client=FeedbackOnly())
+    publisher = Publisher(settings, metrics)
+    try:
+        sample = PredictionRecord(prediction_id="p", model_version="v", arm="stable", probability=0.5, request={},
+                                  served_at=dt.datetime(2013, 1, 1, tzinfo=dt.UTC))
+        for _ in range(settings.serving.server.breaker_failures):
+            assert not publisher.breakers["predictions"].is_open
+            publisher._send_samples([lambda: sample])
+        assert publisher.breakers["predictions"].is_open
+        assert metrics.value("tenfold_pubsub_breaker_open", topic="predictions") == 1
 
-    def topic_gone(request: object) -> None:
-        raise RuntimeError("404 Resource not found (resource=predictions)")
-
-    publisher._publish_request = topic_gone  # type: ignore[method-assign]
-    sample = PredictionRecord(prediction_id="p", model_version="v", arm="stable", probability=0.5, request={},
-                              served_at=dt.datetime(2013, 1, 1, tzinfo=dt.UTC))
-    for _ in range(settings.serving.server.breaker_failures):
-        publisher._send_samples([lambda: sample])
-    assert publisher.breakers["predictions"].is_open
-    assert metrics.value("tenfold_pubsub_breaker_open", topic="predictions") == 1
-
-    feedback = FeedbackRecord(prediction_id="p", outcome=1, received_at=dt.datetime(2013, 1, 1, tzinfo=dt.UTC))
-    assert asyncio.run(publisher.publish_feedback(feedback)) == "m-1"
-    assert not publisher.breakers["feedback"].is_open
-    assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 0
+        feedback = FeedbackRecord(prediction_id="p", outcome=1, received_at=dt.datetime(2013, 1, 1, tzinfo=dt.UTC))
+        assert asyncio.run(publisher.publish_feedback(feedback)).isdigit()  # the emulator's message id
+        assert not publisher.breakers["feedback"].is_open
+        assert metrics.value("tenfold_pubsub_breaker_open", topic="feedback") == 0
+    finally:
+        publisher.close()
 
 
 def test_the_publisher_client_is_made_once_when_the_sampler_and_a_feedback_race_for_it(settings, monkeypatch) -> None:
