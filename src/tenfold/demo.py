@@ -98,7 +98,7 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         say(f"{BUILD} backfill {earlier[0]['id']}, which an earlier demo started, failed {', '.join(failed_then)}: "
             "waiting for it to end, to backfill them again")
         _wait_for_backfill(api, earlier[0]["id"], FEATURE_TIMEOUT_S * len(todo), settings)
-        earlier = []
+        return build_months(settings, api, months, say)  # what it published meanwhile is not built again
     if earlier:
         say(f"following {BUILD} backfill {earlier[0]['id']} ({str(earlier[0]['from_date'])[:7]}.."
             f"{str(earlier[0]['to_date'])[:7]}), which an earlier demo started, for {len(todo)} monthly runs")
@@ -238,6 +238,12 @@ def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | No
         if fleet.supervisor_record(settings) is None:
             serving_up(settings, say=say)
         else:  # a fleet from an earlier demo: move both pools to the champion, one replica at a time
+            # It keeps the settings it started with, whatever this shell's: a sample rate below 1 (an earlier demo's,
+            # refused since) would leave every month waiting for outcomes that never join.
+            if (rate := fleet.running_settings(settings).serving.server.prediction_sample_rate) < 1:
+                raise DemoError(f"the running serving fleet publishes {rate:g} of its predictions (the settings it "
+                                "was started with), and the demo joins every served flight to its outcome: stop it "
+                                "(`tenfold serve down`), then run the demo again")
             say(f"serving: rolling the running fleet to champion {champion} ...")
             for pool in ("stable", "canary"):
                 fleet.rollout(settings, champion, pool=pool)
@@ -515,14 +521,14 @@ def drift_cell(settings: Settings, part: Partition) -> str:
 
 def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_model: Any, flights: int,
                  say: Callable[[str], object], *, scheduled_due: bool = False, clock: str = "",
-                 first_trained_on: frozenset[str] = frozenset()) -> MonthRow:
+                 first_trained_on: frozenset[str] = frozenset(), row: MonthRow | None = None) -> MonthRow:
     """One month as if it were live: features, serving, offline scoring, feedback, drift, retraining, rollout.
 
     ``scheduled_due``: the baseline retraining schedule comes due this month (in replay time) if drift does not
-    start a retrain first."""
+    start a retrain first. ``row``: the row to fill (what it holds when this raises is what the month reached)."""
     from tenfold.registry import CHAMPION, ModelRegistry
 
-    row = MonthRow(part.label, first_trained_on_it=part.label in first_trained_on)
+    row = row or MonthRow(part.label, first_trained_on_it=part.label in first_trained_on)
     registry = ModelRegistry(settings)
     say("")
     say(f"=== {part.label} ===" + (f" ({clock})" if clock else ""))
@@ -616,14 +622,14 @@ def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], f
         since_training += 1
         due = retrain_every > 0 and since_training >= retrain_every
         clock = f"{(time.monotonic() - started) / 60:.1f} min since the demo started"
+        row = MonthRow(part.label, first_trained_on_it=part.label in first_trained_on)
+        rows.append(row)
         try:
-            rows.append(replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
-                                     first_trained_on=first_trained_on))
-        except DemoError as exc:
+            replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
+                         first_trained_on=first_trained_on, row=row)
+        except (DemoError, AirflowApiError) as exc:  # AirflowApiError: a run followed past its bound, among others
             say(f"{part.label}: {exc}")
-            built = not str(exc).startswith(BUILD)
-            rows.append(MonthRow(part.label, validated="?" if built else "no", failed_runs=[str(exc)],
-                                 first_trained_on_it=part.label in first_trained_on))
+            row.failed_runs.append(str(exc))  # the row keeps what the month reached (validated, scored, ...)
             if len(later) > len(rows):
                 say(f"the replay stops at {part.label}: {', '.join(p.label for p in later[len(rows):])} not replayed")
             break
@@ -679,8 +685,9 @@ def refuse_a_champion_of_other_features(settings: Settings, registry: Any) -> No
         raise DemoError(
             f"the champion {champion} learnt from version {trained_on} of the feature definitions, and this code builds "
             f"version {builds}: it can be neither served nor scored on them. Start the demo on a fresh platform home "
-            f"(`tenfold down`, then remove {settings.local.home}, or set TENFOLD_HOME to a new folder), or train a "
-            "model on the rebuilt features (train_model) and promote it (`tenfold models promote <version>`)")
+            f"(`tenfold down`, then remove {settings.local.home}, or set TENFOLD_HOME to a new folder), or rebuild "
+            "the features (a build_features backfill that reprocesses completed runs), train a model on them "
+            "(train_model) and promote it (`tenfold models promote <version>`)")
 
 
 def failures(rows: list[MonthRow]) -> list[str]:

@@ -334,24 +334,36 @@ def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebu
         demo.refuse_a_champion_of_other_features(settings, fine)
 
 
+@pytest.mark.parametrize("where", ["features", "a followed run"])
 def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_still_shows_the_months_before(
-        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
-    """build_features failing for the second replayed month raised out of the replay: no closing table, the first
-    month's row lost, though the README says the demo exits 1 after its closing table."""
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """build_features failing for the second replayed month (or a run followed past its bound, an AirflowApiError)
+    raised out of the replay: no closing table, the first month's row lost, though the README says the demo exits 1
+    after its closing table. The month's row keeps what it reached before."""
     settings = make_settings()
     months = [Partition(2013, 7), Partition(2013, 8), Partition(2013, 9)]
 
-    def replay_month(settings: Settings, api: object, part: Partition, *args: object, **kwargs: object) -> demo.MonthRow:
-        if part == months[1]:
+    def replay_month(settings: Settings, api: object, part: Partition, *args: object, row: demo.MonthRow,
+                     **kwargs: object) -> demo.MonthRow:
+        if part == months[1] and where == "features":
             raise demo.DemoError(f"{demo.BUILD} for {part.label} failed in validate: open the UI for its logs")
-        return demo.MonthRow(part.label, validated="yes")
+        row.validated = "yes"
+        if part == months[1]:
+            row.failed_runs.append("batch_inference run x failed")
+            raise demo.AirflowApiError("monitor_drift run y did not end within 900 s")
+        return row
 
     monkeypatch.setattr(demo, "replay_month", replay_month)
     said: list[str] = []
     rows = demo.replay_months(settings, object(), months, None, 0, said.append, retrain_every=0, started=0.0,
                               first_trained_on=frozenset())
-    assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "no")]
-    assert demo.failures(rows) == ["2013-08: build_features for 2013-08 failed in validate: open the UI for its logs"]
+    if where == "features":
+        assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "no")]
+        assert demo.failures(rows) == ["2013-08: build_features for 2013-08 failed in validate: open the UI for its logs"]
+    else:
+        assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "yes")]
+        assert demo.failures(rows) == ["2013-08: batch_inference run x failed",
+                                       "2013-08: monitor_drift run y did not end within 900 s"]
     assert "the replay stops at 2013-08: 2013-09 not replayed" in said
 
 
@@ -365,3 +377,29 @@ def test_a_prediction_sample_rate_below_one_is_refused_before_the_demo_starts(
     with pytest.raises(demo.DemoError, match=r"prediction_sample_rate is 0.5(.|\n)*TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE"):
         demo.demo_months("2013-01", "2013-02", 2, settings)
     assert demo.demo_months("2013-01", "2013-02", 2, make_settings())[1] == [Partition(2013, 3), Partition(2013, 4)]
+
+
+def test_a_running_fleet_started_with_a_sample_rate_below_one_is_refused_not_rolled(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet keeps the settings it started with: an earlier demo's at rate 0.5, left running, passed the shell's
+    check once the variable was unset, and the first month waited out its outcomes as before."""
+    import tenfold.registry
+    from tenfold.serving import fleet
+
+    settings = make_settings()
+    server = settings.serving.server.model_copy(update={"prediction_sample_rate": 0.5})
+    half = settings.model_copy(update={"serving": settings.serving.model_copy(update={"server": server})})
+
+    class Registry:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        def resolve(self, alias: str) -> str:
+            return "v1"
+
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", Registry)
+    monkeypatch.setattr(fleet, "supervisor_record", lambda s: object())
+    monkeypatch.setattr(fleet, "running_settings", lambda s: half)
+    monkeypatch.setattr(fleet, "rollout", lambda *a, **k: pytest.fail("rolled a fleet that publishes half"))
+    with pytest.raises(demo.DemoError, match=r"publishes 0.5 of its predictions(.|\n)*tenfold serve down"):
+        demo.ensure_serving(settings, lambda line: None)

@@ -221,6 +221,14 @@ def test_a_champion_that_cannot_be_scored_is_never_replaced_automatically(gate_s
         assert decided["summary"].startswith("KEEP CHAMPION") and decided["canary"] is False, decided["summary"]
     assert any(isinstance(d.get("champion"), dict) and d["champion_version"] == broken.version
                for d in reg.decisions(registered.version).values())
+    # It stays marked challenger (the gate never takes the alias back), but a default rollout now refuses it: the
+    # decision it reads compared it with this champion and kept it out (the NO COMPARISON record could not).
+    from tenfold.pipelines import rollout_model
+    from tenfold.pipelines.common import PipelineInputError
+
+    assert reg.resolve(CHALLENGER) == registered.version
+    with pytest.raises(PipelineInputError, match="since it passed the offline gate"):
+        rollout_model._refuse_a_challenger_the_gate_kept_out(reg, registered.version, broken.version)
 
     # A challenger that fails the floors on its own is not marked challenger (rollout_model takes that alias
     # by default): the champion could not be compared, but the floors and baselines still could.
