@@ -208,13 +208,8 @@ def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
 
 def task_state(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> str | None:
     """The task's state in that run (None when Airflow cannot say: the caller goes on as if unknown)."""
-    import urllib.parse
-
-    from tenfold.local.airflow_api import AirflowApiError
-
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
     try:
-        state = (api._send("GET", path) or {}).get("state")
+        state = api.task_states(dag_id, run_id).get(task_id)
     except AirflowApiError:
         return None
     return str(state) if state is not None else None
@@ -572,6 +567,10 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
         evented = "DRIFT" in row.drift and "before" not in row.drift
         retrain = new_run(api, TRAIN, before[TRAIN], timeout_s=NEW_RUN_TIMEOUT_S if evented else 0)
         why = "started by the drift event"
+        if retrain is None and evented:  # said, and shown in the table: the row read as a drift handled
+            say(f"{TRAIN}: no run started by the drift event within {NEW_RUN_TIMEOUT_S:.0f} s (see {DRIFT}'s decide "
+                "task); a run that starts later is not followed")
+            row.drift += " (no retrain started)"
         if retrain is None and scheduled_due:
             # The weekly baseline in replay time: a month holds four weeks, so the schedule is due; the demo
             # honours it every few months (``retrain_every``) to stay short.

@@ -307,6 +307,19 @@ def test_a_scheduled_retrain_without_two_consecutive_months_is_a_failed_row_not_
         in row.failed_runs[0]
 
 
+def test_a_drift_event_that_starts_no_retrain_is_said_and_shown(make_settings: Callable[..., Settings],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The month read "DRIFT (...)" with retrain "-", as if the drift had been handled, when no train_model run
+    appeared within the wait (a slow scheduler, train_model paused by hand)."""
+    _a_month_off_airflow(monkeypatch, published_before=False, other_run="{dag_id}__run")
+    monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "0.300 DRIFT (dep_hour)")
+    monkeypatch.setattr(demo, "task_state", lambda api, dag_id, run_id, task_id: "success")  # decide ran: an event
+    said: list[str] = []
+    row = demo.replay_month(make_settings(), _Api(), Partition(2013, 8), None, 0, said.append)  # type: ignore[arg-type]
+    assert row.drift == "0.300 DRIFT (dep_hour) (no retrain started)" and row.retrain == "-"
+    assert any(line.startswith("train_model: no run started by the drift event within 120 s") for line in said), said
+
+
 def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebuilds_anything(
         make_settings: Callable[..., Settings]) -> None:
     """A home of an older Tenfold: every month was rebuilt at the new features version, the old champion kept (a
