@@ -44,9 +44,14 @@ log = logging.getLogger("tenfold.serving")
 HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVING_PORT", "TENFOLD_SERVING_TRACK", "TENFOLD_SERVING_MODEL"
 
 
+def _settings_port(settings: Settings) -> int:
+    """The port settings give a replica: the first replica port locally, ``settings.serving.port`` in the cloud."""
+    return settings.local.replica_base_port if settings.is_local else settings.serving.port
+
+
 def default_port(settings: Settings, environ: Mapping[str, str]) -> int:
-    """``TENFOLD_SERVING_PORT``, else the first replica port locally and ``settings.serving.port`` in the cloud.
-    ValueError naming the variable when it is not a TCP port."""
+    """``TENFOLD_SERVING_PORT``, else :func:`_settings_port`. ValueError naming the variable when it is not a TCP
+    port."""
     if value := environ.get(PORT_ENV):
         try:
             port = int(value)
@@ -55,12 +60,12 @@ def default_port(settings: Settings, environ: Mapping[str, str]) -> int:
         if not 0 < port < 65536:
             raise ValueError(f"${PORT_ENV}={value!r} is not a TCP port (1-65535): fix or unset it")
         return port
-    return settings.local.replica_base_port if settings.is_local else settings.serving.port
+    return _settings_port(settings)
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[str, str]) -> argparse.Namespace:
     """The flags (see the module docstring), defaults from ``environ`` and ``settings``."""
-    fallback = settings.local.replica_base_port if settings.is_local else settings.serving.port
+    fallback = _settings_port(settings)
     parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default=environ.get(HOST_ENV) or settings.local.bind_host,
                         help=f"address to bind (default ${HOST_ENV} or settings.local.bind_host, loopback)")
