@@ -15,8 +15,8 @@ Besides the log, hooks deliver it; none is configured by default:
 * :func:`register_hook`: any callable, for code that embeds Tenfold.
 
 The webhook and the e-mail are tried again when they fail in a way that may pass (refused or timed out before the
-request was sent, HTTP 5xx or 429, SMTP 4xx; a webhook that timed out after taking the whole request is not posted
-it again): :data:`RETRY_DELAYS_S` (1 and 2 s) between 3 tries, each bounded by :data:`TIMEOUT_S`. A hook
+request was sent, HTTP 5xx or 429, SMTP 4xx; a webhook or a relay that timed out or dropped the connection after
+taking the whole request or message is not sent it again): :data:`RETRY_DELAYS_S` (1 and 2 s) between 3 tries, each bounded by :data:`TIMEOUT_S`. A hook
 that still fails is logged and never hides the alert from the other hooks, nor the original error from the caller;
 :func:`send_alert` returns which hooks failed (:attr:`Sent.delivered`), so a caller that records "alerted" (a
 gate refusal's ``alerted``, monitor_drift's trigger record) records it only when every hook took the alert, and
@@ -201,8 +201,28 @@ def _webhook_hook(settings: Settings, alert: Alert) -> None:
     _with_retries("webhook", post, _webhook_transient, settings)
 
 
+class _Relay(smtplib.SMTP):
+    """An SMTP session that knows when the message's body went out (the only bytes it sends: its commands are
+    text). From then on the relay may have taken the mail whatever happens to its answer."""
+
+    body_sent = False
+
+    def send(self, s: Any) -> None:
+        super().send(s)
+        if not isinstance(s, str):
+            self.body_sent = True
+
+
+class _MaybeTaken(RuntimeError):
+    """The relay dropped the session or did not answer after it had the whole message: not sent again."""
+
+
 def _smtp_transient(exc: Exception) -> bool:
-    """An SMTP 4xx (the relay's "try again later"), a dropped connection, or none at all: worth another try."""
+    """An SMTP 4xx (the relay's "try again later"), a dropped connection, or none at all: worth another try. Not a
+    timeout or a dropped connection after the whole message was sent (:class:`_MaybeTaken`): a slow relay that was
+    still scanning it would get it again, three copies, and the caller's retry three more."""
+    if isinstance(exc, _MaybeTaken):
+        return False
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
@@ -223,9 +243,15 @@ def _email_hook(settings: Settings, alert: Alert) -> None:
     message.set_content(alert.text())
 
     def send() -> None:
-        smtp = smtplib.SMTP(host, int(port or 25), timeout=TIMEOUT_S)
+        smtp = _Relay(host, int(port or 25), timeout=TIMEOUT_S)
         try:
             smtp.send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            smtp.close()
+            if smtp.body_sent and not isinstance(exc, smtplib.SMTPResponseException):
+                raise _MaybeTaken(f"the mail relay {relay} had the whole message but did not confirm it "
+                                  f"({type(exc).__name__}: {exc}); not sent again, it may have been delivered") from exc
+            raise
         except BaseException:
             smtp.close()
             raise

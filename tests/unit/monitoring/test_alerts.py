@@ -8,6 +8,7 @@ import logging
 import os
 import socketserver
 import threading
+import time
 from types import SimpleNamespace
 
 from tenfold.config import build_settings
@@ -104,8 +105,8 @@ class FlakySmtp(socketserver.ThreadingTCPServer):
 
     daemon_threads = allow_reuse_address = True
 
-    def __init__(self, busy: int, quit_reply: str = "221 bye") -> None:
-        self.busy, self.messages = busy, []
+    def __init__(self, busy: int, quit_reply: str = "221 bye", answer_after_s: float = 0.0) -> None:
+        self.busy, self.messages, self.answer_after_s = busy, [], answer_after_s
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(handler) -> None:
@@ -121,6 +122,7 @@ class FlakySmtp(socketserver.ThreadingTCPServer):
                     if verb == "DATA":
                         say("354 go on")
                         self.messages.append(b"".join(iter(lambda: handler.rfile.readline(), b".\r\n")).decode())
+                        time.sleep(self.answer_after_s)  # a relay scanning the mail before it answers
                         say("250 queued")
                     elif verb == "QUIT":
                         return say(quit_reply)
@@ -142,6 +144,26 @@ def test_an_email_relay_that_says_try_again_later_is_tried_again(make_settings, 
         assert "gate refused features 2013-02" in message and pauses == [1.0, 2.0] and sent.delivered
         relay.busy = 3
         assert alerts.send_alert(settings, "again", {}).failed == ("email",) and len(relay.messages) == 1
+    finally:
+        relay.shutdown()
+        relay.server_close()
+
+
+def test_a_relay_that_had_the_whole_mail_but_answered_too_late_is_not_sent_it_again(make_settings, monkeypatch):
+    """A timeout waiting for the relay's answer to the message's final dot: the relay may have taken it (a slow
+    content scan). It was sent again, three copies, and the hook still failed, so the caller's retry sent three
+    more."""
+    monkeypatch.setattr(alerts, "_sleep", lambda s: None, raising=False)
+    monkeypatch.setattr(alerts, "TIMEOUT_S", 0.3)
+    relay = FlakySmtp(busy=0, answer_after_s=1.0)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(monitoring={"alert_smtp_host": f"127.0.0.1:{relay.server_address[1]}"})
+        sent = alerts.send_alert(settings, "gate refused features 2013-02", {})
+        assert sent.failed == ("email",) and len(relay.messages) == 1
+        relay.busy = 1  # refused before any message: still tried again
+        relay.answer_after_s = 0.0
+        assert alerts.send_alert(settings, "again", {}).delivered and len(relay.messages) == 2
     finally:
         relay.shutdown()
         relay.server_close()
