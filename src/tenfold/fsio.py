@@ -173,6 +173,15 @@ def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
 GCS_RETRY_LIMIT_S = 60
 
 
+def file_uri_path(uri: str) -> Path:
+    """The local path a ``file://`` URI names, its percent-escapes decoded: ``Path.as_uri()`` (which builds the
+    local lake's URI) writes a space or a non-ASCII letter of the folder's name escaped."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlsplit(uri).path))
+
+
 def filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     """``pyarrow.fs.FileSystem.from_uri``, the one way Tenfold opens a ``file://`` or ``gs://`` URI with pyarrow: a
     ``gs://`` one retries for :data:`GCS_RETRY_LIMIT_S` at most (unless its query sets ``retry_limit_seconds``)."""

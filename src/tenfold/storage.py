@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from tenfold.config import Settings
-from tenfold.fsio import atomic_write, fsync_dir, make_dirs_durable
+from tenfold.fsio import atomic_write, file_uri_path, fsync_dir, make_dirs_durable
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -166,4 +166,4 @@ def lake_objects(settings: Settings, prefix: str, *, client: Any = None) -> Obje
         return GcsObjects(client or gcs_client(settings), bucket, posixpath.join(root, prefix))
     if parsed.scheme not in ("file", ""):
         raise ValueError(f"storage.lake_uri {uri!r}: records are kept on file:// and gs:// lakes only")
-    return FileObjects(Path(parsed.path if parsed.scheme else uri) / prefix)
+    return FileObjects((file_uri_path(uri) if parsed.scheme else Path(uri)) / prefix)

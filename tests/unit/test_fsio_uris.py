@@ -60,3 +60,22 @@ def test_a_gs_uri_gets_the_bound_and_one_that_sets_its_own_keeps_it(monkeypatch)
     assert seen == [f"gs://bucket/x?retry_limit_seconds={GCS_RETRY_LIMIT_S}",
                     f"gs://bucket/x?scheme=http&endpoint_override=127.0.0.1:1&retry_limit_seconds={GCS_RETRY_LIMIT_S}",
                     "gs://bucket/x?retry_limit_seconds=7"]
+
+
+def test_the_records_of_a_lake_in_a_folder_with_a_space_or_an_accent_stay_in_that_folder(tmp_path: Path) -> None:
+    """The local lake's URI is Path.as_uri(), which escapes a space or a non-ASCII letter. lake_objects took the
+    URI's path as it was, so inference results, drift triggers and month choices went to a new folder named
+    `Jos%C3%A9%20dir` beside the real one, which `make clean` then left behind."""
+    from tenfold.config import build_settings
+    from tenfold.data.lake import Lake
+    from tenfold.storage import lake_objects
+    from tenfold.training.launch import _local_path
+
+    home = tmp_path / "José dir" / ".tenfold"
+    settings = build_settings("local", {"TENFOLD_HOME": str(home)})
+    assert "%20" in settings.storage.lake_uri  # escaped, as the lake's readers expect
+    objects = lake_objects(settings, "work/triggers")
+    assert objects.create("t.json", b"{}")
+    assert (home / "lake" / "work" / "triggers" / "t.json").read_bytes() == b"{}"
+    assert Lake.from_settings(settings).root == str(home / "lake")
+    assert _local_path(f"{settings.storage.lake_uri}/work/model") == home / "lake" / "work" / "model"

@@ -36,7 +36,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.data.lake import CorruptManifestError, Lake, MissingManifestError
-from tenfold.fsio import atomic_write
+from tenfold.fsio import atomic_write, file_uri_path
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
@@ -412,7 +412,7 @@ def _removed_after(folder: Path | None) -> Iterator[None]:
 
 def _local_path(uri: str) -> Path | str:
     """A file:// URI as a path (so callers can open it); other URIs unchanged."""
-    return Path(uri[len("file://"):]) if uri.startswith("file://") else uri
+    return file_uri_path(uri) if uri.startswith("file://") else uri
 
 
 def _join(base: Path | str, name: str) -> Path | str:
