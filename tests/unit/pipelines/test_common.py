@@ -32,15 +32,19 @@ def test_run_step_fails_at_once_on_what_a_retry_cannot_fix_and_leaves_the_rest_t
     from tenfold.pipelines.common import PipelineError, run_step
     from tenfold.quality.gate import AlreadyRefused
     from tenfold.quality.suites import SuiteError
-    from tenfold.registry.errors import AliasConflict
+    from tenfold.registry.errors import AliasConflict, IntegrityError, PreconditionsNotEnforced, VersionConflict
     from tenfold.registry.gate import SelfComparisonError
 
     def raising(exc: Exception) -> None:
         raise exc
 
+    # The registry's refusals too: a store that ignores preconditions (gcp-storage-emulator), a version's object
+    # already there with other bytes, a stored version that fails its hashes. Each was retried, failing the same way,
+    # and then said as "a fault in the code ... report it".
     for final in (PipelineError("bad conf"), SuiteError("suite x.json is malformed"),
                   AliasConflict("champion moved: trigger a new run"), SelfComparisonError("same model"),
-                  AlreadyRefused("already refused and quarantined")):
+                  AlreadyRefused("already refused and quarantined"), PreconditionsNotEnforced("store ignores them"),
+                  VersionConflict("v3 exists with other content"), IntegrityError("v3's weights fail their hash")):
         with pytest.raises(AirflowFailException, match=str(final)):
             run_step(raising, final)
     for passing in (ConnectionError("reset by peer"), OSError("disk full"), ValueError("boom")):

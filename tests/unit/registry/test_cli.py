@@ -156,3 +156,26 @@ def test_moves_that_move_nothing_say_so_and_an_unset_champion_is_named_as_such(
     out = runner.invoke(app, ["models", "rollback", "--to", b])
     assert out.exit_code == 0 and f"champion already is {b}" in out.output and "->" not in out.output, out.output
     assert reg.resolve("champion") == b and [h.version for h in reg.alias_history("champion")] == [a, b]
+
+
+def test_a_bucket_that_is_missing_or_forbidden_is_a_refusal_and_a_store_away_is_an_outage(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 1 means "run it again once it is back": a 403 (no read on the models bucket) or a 404 (the bucket
+    misnamed, the stack not deployed) had it too, with "is the local platform up?", so a wrapper retried for ever."""
+    import typer
+    from google.api_core import exceptions as gexc
+
+    def raising(exc: Exception) -> Callable[[], None]:
+        def fn() -> None:
+            raise exc
+        return fn
+
+    for refused in (gexc.Forbidden("caller lacks storage.objects.list on tenfold-models-dev"),
+                    gexc.NotFound("bucket tenfold-models-dev does not exist")):
+        with pytest.raises(typer.Exit) as ended:
+            models_cli.run_guarded(raising(refused))
+        said = capsys.readouterr().err
+        assert ended.value.exit_code == 2 and "models bucket exists" in said and "tenfold up" not in said, said
+    with pytest.raises(typer.Exit) as ended:
+        models_cli.run_guarded(raising(gexc.ServiceUnavailable("503")))
+    assert ended.value.exit_code == 1 and "cannot reach the model registry" in capsys.readouterr().err
