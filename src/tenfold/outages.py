@@ -81,6 +81,13 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
             f"{debug_hint} for the traceback, and report it")
 
 
+def not_the_data(exc: BaseException) -> bool:
+    """Whether an error met reading data is the store's or this process's, not the data's: a service away
+    (:func:`is_unreachable`) or no credentials (:func:`no_credentials`). A reader raises it as it is, so the task is
+    retried (or ends saying how to log in), instead of refusing the data and quarantining it."""
+    return is_unreachable(exc) or no_credentials(exc)
+
+
 def no_credentials(exc: BaseException) -> bool:
     """Whether ``exc`` says this process has no Google Cloud credentials (google-auth's, or pyarrow's GCS client's)."""
     try:

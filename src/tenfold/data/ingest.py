@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
 from tenfold.fsio import filesystem_from_uri, make_dirs
-from tenfold.outages import is_unreachable, no_credentials
+from tenfold.outages import not_the_data
 from tenfold.workloads import SourceMissing, Workload
 
 # The pseudo-expectation a refused source fails, in its _QUARANTINED.json (as the gate's parquet_is_readable).
@@ -63,13 +63,6 @@ READ_CHECK = "source_is_readable"
 QUARANTINE_REASON = "_QUARANTINED.json"
 # Failures a retry may cure: never turned into a refusal.
 TRANSIENT = (ConnectionError, TimeoutError, InterruptedError, MemoryError)
-
-
-def _not_the_source(exc: OSError) -> bool:
-    """Whether an ``OSError`` met reading a source is the store's, not the file's: a service away (pyarrow's GCS
-    client says ``UNAVAILABLE`` once its retries run out) or no credentials. Neither is a refusal of the source:
-    it is raised as it is, so the task is retried (or ends saying how to log in), and nothing is quarantined."""
-    return is_unreachable(exc) or no_credentials(exc)
 
 
 class IngestError(RuntimeError):
@@ -195,7 +188,7 @@ def read_source_bytes(location: str, *, table: str) -> tuple[bytes, str | None]:
     except TRANSIENT:
         raise
     except OSError as exc:
-        if _not_the_source(exc):
+        if not_the_data(exc):  # the store away (pyarrow's GCS client: UNAVAILABLE) or no login
             raise
         problem, fix = _describe_os_error(exc, location)
         raise SourceUnreadable(table, problem, fix=fix, file=location) from exc
@@ -469,12 +462,12 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
                                column=str(exc.args[0]) if exc.args else None,
                                fix="deliver the table with every column its reader expects") from exc
     except OSError as exc:
-        if _not_the_source(exc):
+        if not_the_data(exc):  # the store away (pyarrow's GCS client: UNAVAILABLE) or no login
             raise
         problem, fix = _describe_os_error(exc, getattr(exc, "filename", None) or "the file")
         raise SourceUnreadable(table, problem, file=getattr(exc, "filename", None), fix=fix) from exc
     except Exception as exc:  # any other reader failure is a refusal too: a retry would read the same bytes
-        if is_unreachable(exc) or no_credentials(exc):
+        if not_the_data(exc):
             raise  # a reader of a service (BigQuery, GCS by its client) that is away, or no login: not the source's
         first = (str(exc).strip().splitlines() or [""])[0][:500]
         raise SourceUnreadable(table, f"its reader failed: {type(exc).__name__}: {first}",

@@ -86,6 +86,11 @@ class CorruptFileError(CorruptManifestError):
     """A data file is missing, or its size or content checksum differs from what its manifest recorded."""
 
 
+class DamagedInTransit(LakeError):
+    """A download did not match its manifest, but the stored object does: the store's copy is intact, and reading
+    it again is what to do (a retry), not withdrawing the partition."""
+
+
 class PartitionLockLost(LakeError):
     """The partition's writer lock was taken over while this writer worked (it stalled past the stale age): another
     writer may have published meanwhile; running it again is safe (publishing is idempotent)."""
@@ -462,7 +467,7 @@ class Lake:
             return data
         if self._gcs and entry.crc32c is not None and self.stored_crc32c(path) == entry.crc32c:
             # The stored object is intact; only this download was damaged. Nothing to quarantine.
-            raise LakeError(f"{table} partition {part.label}: the download of {self.uri_of(path)} was damaged in "
+            raise DamagedInTransit(f"{table} partition {part.label}: the download of {self.uri_of(path)} was damaged in "
                             "transit (its stored CRC32C matches the manifest); retry the read")
         what = self._mismatch(table, part, path, kind, actual, expected, size=len(data), expected_size=entry.bytes)
         reason = {"reason": "checksum mismatch", "table": table, "partition": part.label, "file": self.uri_of(path),

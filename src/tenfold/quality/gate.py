@@ -40,8 +40,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, LakeError, Manifest, MissingManifestError, Partition
+from tenfold.data.lake import DamagedInTransit, Lake, LakeError, Manifest, MissingManifestError, Partition
 from tenfold.monitoring.alerts import send_alert
+from tenfold.outages import not_the_data
 from tenfold.quality.suites import check_not_null_covered, load_suite, load_suite_dict, partition_parameters
 from tenfold.workloads import get_workload
 
@@ -464,6 +465,8 @@ def validate_partition(
     try:
         frame = to_frame(read_batch(lake, _parquet_files(lake, staged)))
     except (OSError, pa.ArrowException, LakeError) as exc:
+        if _not_the_batch(exc):
+            raise
         report = _unreadable(table, part, suite_name, batch_uri, exc)
     else:
         report = run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
@@ -524,6 +527,14 @@ def validate_published(
                     "once its writers are done")
 
 
+def _not_the_batch(exc: BaseException) -> bool:
+    """Whether an error met reading a batch is the store's, not the batch's: a service away or no credentials
+    (:func:`tenfold.outages.not_the_data`), or a download damaged in transit. Raised as it is, so the task's retry
+    reads it again; refused, it withdrew a good published month, or quarantined a good staged batch for good (its
+    retry then met AlreadyRefused)."""
+    return isinstance(exc, DamagedInTransit) or not_the_data(exc)
+
+
 def _check_published(settings: Settings, lake: Lake, table: str, part: Partition, suite_name: str | None, *,
                      key: str, docs: bool) -> ValidationReport:
     batch_uri = lake.uri_of(lake.partition_path(table, part))
@@ -544,6 +555,8 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
     except MissingManifestError:
         raise
     except (OSError, pa.ArrowException, LakeError) as exc:
+        if _not_the_batch(exc):
+            raise
         report = _unreadable(table, part, suite_name or "integrity", batch_uri, exc)
     else:
         if suite_name is None:

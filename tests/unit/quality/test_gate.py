@@ -527,3 +527,35 @@ def test_a_pass_is_recorded_for_the_content_validated_not_one_published_meanwhil
     monkeypatch.setattr(Lake, "files", real_files)
     validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v1", docs=False)
     assert rows_checked == [old.num_rows, new.num_rows], "the new rows were trusted on the old rows' pass"
+
+
+@pytest.mark.parametrize("away", [
+    OSError("google::cloud::Status(UNAVAILABLE: Retry policy exhausted in GetObjectMetadata: 503 Service Unavailable)"),
+    ConnectionRefusedError(111, "Connection refused"),
+])
+def test_a_store_away_while_a_batch_is_read_is_raised_for_the_retry_not_a_refusal_of_the_batch(
+        settings, lake, stage, alerts, january_flights, monkeypatch, away):
+    """pyarrow's GCS client ends its retries on a 503 with an OSError: the gate took it for an unreadable batch, so
+    a store outage withdrew a good published month, or quarantined a good staged batch for good (its retry then
+    met AlreadyRefused), and failed the task without retries."""
+    import tenfold.quality.gate as gate
+
+    jan = Partition(2013, 1)
+    publish_table(lake, "flights", jan, january_flights, run_id="good", source=WORKLOAD.sources.name)
+    staged = stage(synthetic_features(MARCH, 21_000, seed=3), MARCH, "away1")
+
+    def unreachable(*args, **kwargs):
+        raise away
+
+    monkeypatch.setattr(gate, "read_batch", unreachable)
+    with pytest.raises(type(away)):
+        validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-away", docs=False)
+    assert lake.has_manifest("flights", jan)  # not withdrawn
+    assert lake.fs.get_file_info(lake.quarantine_path("flights", jan, "k-away")).type == pafs.FileType.NotFound
+    with pytest.raises(type(away)):
+        validate_partition(settings, FEATURES_TABLE, MARCH, staged, FEATURES_SUITE)
+    assert lake.fs.get_file_info(lake._path(staged)).type == pafs.FileType.Directory  # still staged
+    assert not alerts()
+    monkeypatch.undo()  # the store back: the retry reads both and passes them
+    assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-away", docs=False).success
+    assert validate_partition(settings, FEATURES_TABLE, MARCH, staged, FEATURES_SUITE).success
