@@ -110,8 +110,10 @@ def _abort(version: str | None) -> None:
     try:
         router(settings).set_canary_percent(0)
     except Exception as exc:
-        raise _fail(f"the abort is recorded, but the canary weight could not be set to 0 ({exc}): "
-                    "set it by hand (`tenfold serve split 0`)") from exc
+        # Run again, the ended rollout's branch above sets the weight to 0 through the same router, local or cloud
+        # (`tenfold serve split 0` reaches the local fleet only).
+        raise _fail(f"the abort is recorded, but the canary weight could not be set to 0 ({exc}): run `tenfold "
+                    "rollout abort` again once the serving fleet (or the URL map) answers") from exc
     typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: {'abort requested' if first else 'already aborted'}; "
                "canary at 0 %; the DAG stops at its next poll and moves no alias")
 

@@ -32,8 +32,10 @@ from tenfold.rollout.split import ARMS, STABLE
 
 
 class _ServeGroup(TyperGroup):
-    """Every ``tenfold serve`` command keeps its state under TENFOLD_HOME: what the system refuses there (a home
-    under a regular file, not writable, a full disk) is one error line naming the path and what to do."""
+    """Every ``tenfold serve`` command manages the local fleet and keeps its state under TENFOLD_HOME: under another
+    TENFOLD_ENV it is refused (``serve split 0`` in a dev shell set the local fleet's share, or wrote a map file
+    for none, while the operator took the cloud's canary for stopped); what the system refuses there (a home under
+    a regular file, not writable, a full disk) is one error line naming the path and what to do."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own click Context
         from tenfold.local.cli import refusing_os_errors
@@ -44,6 +46,13 @@ class _ServeGroup(TyperGroup):
 
 app = typer.Typer(help="The local serving fleet: replicas in a stable and a canary pool behind HAProxy.",
                   no_args_is_help=True, cls=_ServeGroup)
+
+@app.callback()
+def _local_fleet_only(ctx: typer.Context) -> None:
+    from tenfold.local.cli import _local_only
+
+    _local_only(get_settings(), f"serve {ctx.invoked_subcommand}")
+
 
 _Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS)}")]
 

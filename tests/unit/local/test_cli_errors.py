@@ -140,16 +140,19 @@ def _tenfold(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
                           text=True, timeout=120, env={**base, "TENFOLD_HOME": str(home), **env})
 
 
-@pytest.mark.parametrize("command", ["status", "down", "up", "demo"])
+@pytest.mark.parametrize("command", ["status", "down", "up", "demo", "serve split 0", "serve status"])
 def test_status_down_and_up_under_a_cloud_environment_say_they_manage_the_local_platform(
         tmp_path: Path, command: str) -> None:
     """`TENFOLD_ENV=dev tenfold status` ended in a ValueError's traceback from deep in the first service's status;
     `tenfold up` took the local lock and made the run folder, then exited 1 (an outage's code) saying much the same;
-    `tenfold demo` did so too, naming `tenfold up`."""
-    done = _tenfold(tmp_path / "home", command, TENFOLD_ENV="dev")
+    `tenfold demo` did so too, naming `tenfold up`. `tenfold serve split 0`, which a failed abort advised, wrote the
+    local fleet's map (or set a running local fleet's share) while the operator took the cloud's canary for
+    stopped."""
+    done = _tenfold(tmp_path / "home", *command.split(), TENFOLD_ENV="dev")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip() == (f"error: `tenfold {command}` manages the local platform; TENFOLD_ENV is 'dev': unset "
+    assert done.stderr.strip() == (f"error: `tenfold {' '.join(command.split()[:2])}` manages the local platform; "
+                                   "TENFOLD_ENV is 'dev': unset "
                                    "it (or set it to local). The cloud's services are the platform stack's "
                                    "(docs/deploy.md)")
     assert not (tmp_path / "home").exists()  # nothing of a local platform made

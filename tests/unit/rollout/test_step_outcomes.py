@@ -504,6 +504,8 @@ def test_the_abort_command_says_recorded_only_when_it_is(monkeypatch: pytest.Mon
         assert registry.events["abort"]["by"] == f"uid {os.getuid()}" and router.percent == 0
     else:
         assert result.exit_code == 1 and "the abort is recorded, but the canary weight could not be set" in result.output
+        # What to do works in the cloud too: run the abort again (`tenfold serve split` reaches the local fleet only).
+        assert "run `tenfold rollout abort` again" in result.output and "serve split" not in result.output
 
 
 def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
