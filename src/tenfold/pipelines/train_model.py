@@ -469,7 +469,10 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
                 raise ValueError(f"it was trained on the holdout month(s) {', '.join(trained_on)}; compare the two on "
                                  "a later holdout (the run conf's holdout_months)")
             champion_dir = registry.download(champion_version, work / "champion" / champion_version)
+            _refuse_another_workloads(settings, registry, champion_version, champion_dir)
             champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
+        except ForeignChampion:
+            raise
         except (StaleFeaturesError, ModelLoadError, RegistryError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             # RegistryError: the champion's stored version is damaged (a file changed or missing, its VERSION.json or
             # lineage unreadable), which a retry reads again; an unreachable store raises no RegistryError and retries.
@@ -485,6 +488,32 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
     log.info("challenger %s; champion %s %s; baselines %s", _brief(challenger), champion_version,
              _brief(champion["metrics"]) if champion and champion["metrics"] else "", {k: _brief(v) for k, v in baselines.items()})
     return Evaluation(holdout=asdict(p.holdout), challenger=challenger, champion=champion, baselines=baselines)
+
+
+class ForeignChampion(PipelineError):
+    """The registry's champion is a model of another workload: two workloads share one registry."""
+
+
+def _refuse_another_workloads(settings: Settings, registry: ModelRegistry, version: str, folder: Path) -> None:
+    """A champion of another workload cannot be scored on this workload's holdout, and a challenger marked beside it
+    would be taken by the other workload's rollout (the ``challenger`` alias is the registry's, not a workload's):
+    refused before the gate moves any alias, naming the setting that gives each workload its own registry. A
+    feature-version change of the same workload is not this: the gate goes on without a comparison."""
+    import json
+
+    from tenfold.config.settings import DEFAULT_WORKLOAD
+
+    try:
+        theirs = json.loads((folder / META_FILE).read_text()).get("workload", DEFAULT_WORKLOAD)
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable meta.json is the scoring's refusal to make, as before
+    if theirs != settings.workload:
+        raise ForeignChampion(
+            f"the registry's champion {version} ({registry.version_uri(version)}) is a model of workload {theirs!r}; "
+            f"this run trains workload {settings.workload!r}. Two workloads share the registry "
+            f"{settings.storage.models_bucket}/{settings.storage.registry_prefix}: give this one its own with "
+            "TENFOLD_STORAGE__REGISTRY_PREFIX (e.g. registry-<workload>), set for every component (`tenfold up` "
+            "hands it on), then run train_model again; nothing was registered")
 
 
 def _check_holdout(lake: Lake, p: TrainRun) -> None:
