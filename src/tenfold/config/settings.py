@@ -549,6 +549,10 @@ class DriftSettings(_Frozen):
 
 
 class MonitoringSettings(_Frozen):
+    # A refusal never quotes what it got (pydantic's input_value): a webhook URL is a secret, and a relay given as
+    # user:password@host held one too, which went to every command's error and to Airflow's DAG import errors.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
     notification_email: str
     p99_latency_ms: int = 250
     error_rate_5xx: float = 0.01
@@ -583,8 +587,9 @@ class MonitoringSettings(_Frozen):
         host, colon, port = value.partition(":")
         if not host or any(c.isspace() or c in "/@" for c in host) or (
                 colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
-            raise ValueError(f"TENFOLD_ALERT_SMTP_HOST {value!r}: give the mail relay as host or host:port (a port "
-                             "from 1 to 65535), e.g. relay.internal:25")
+            # Not quoted: a relay given with its login (user:password@host) would put the password in the error.
+            raise ValueError("TENFOLD_ALERT_SMTP_HOST: give the mail relay as host or host:port (a port from 1 to "
+                             "65535), e.g. relay.internal:25; a login in it (user:password@host) is not supported")
         return value
 
 
@@ -1237,9 +1242,11 @@ def settings_refusal(exc: ValueError) -> str:
                 f"object: unset it and set each field as {name}__<FIELD> (`env | grep {name}`)")
     if not isinstance(exc, ValidationError):
         return f"error: {exc}"
-    # A field's error shows the value it got; a check across fields (no loc) would show every setting: not that.
-    fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" if e["loc"]
-                       else f"{exc.title}: {e['msg']}" for e in exc.errors())
+    # A field's error shows the value it got, but not a monitoring one's (a webhook URL, a relay with its login: see
+    # MonitoringSettings); a check across fields (no loc) would show every setting: not that.
+    fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                       + ("" if exc.title == MonitoringSettings.__name__ else f" (got {e.get('input')!r})")
+                       if e["loc"] else f"{exc.title}: {e['msg']}" for e in exc.errors())
     # A list-valued variable holds a Python or JSON list, which nothing else said ("Input should be a valid tuple").
     listed = any(e["type"] in ("tuple_type", "list_type") for e in exc.errors())
     how = (" A list-valued variable holds a JSON list, e.g. TENFOLD_TRAINING__TRAIN_MONTHS='[\"2020-01\", \"2020-09\"]'."

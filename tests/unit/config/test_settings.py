@@ -577,6 +577,19 @@ def test_settings_that_can_only_fail_later_are_refused_when_built(tmp_path: Path
         build_settings(env, {"TENFOLD_HOME": str(tmp_path), **overrides})
 
 
+def test_a_relay_given_with_its_login_is_refused_without_quoting_the_password(tmp_path: Path) -> None:
+    """The refusal quoted the value twice, and pydantic's own text a third time: `tenfold status` printed the
+    password, and a DAG file's get_settings() put it in Airflow's import errors, which every UI user sees."""
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("dev", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_PROJECT_ID": "tenfold-test-1",
+                               "TENFOLD_ALERT_SMTP_HOST": "alerts:S3cretPw@relay.internal:587"})
+    said = settings_refusal(refused.value)
+    assert "S3cretPw" not in str(refused.value) and "S3cretPw" not in said
+    assert "alert_smtp_host" in said and "a login in it (user:password@host) is not supported" in said
+
+
 def test_the_settings_those_checks_accept(tmp_path: Path) -> None:
     assert build_settings("local", {"TENFOLD_ALERT_SMTP_HOST": "smtp.example.com:587"}).monitoring.alert_smtp_host \
         == "smtp.example.com:587"
