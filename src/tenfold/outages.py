@@ -61,7 +61,8 @@ def is_unreachable(exc: BaseException) -> bool:
 def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> str:
     """The one line a command (``tenfold status``, ``python -m tenfold.pipelines.train_model``) ends with when
     ``exc`` escaped it: a refusal (an error whose class says ``retryable = False``) as it is; a service that cannot
-    be reached, with where to look; what the system refused (:func:`tenfold.fsio.os_error_refusal`); anything else
+    be reached, with where to look; what a Google service refused (a 4xx); what the system refused
+    (:func:`tenfold.fsio.os_error_refusal`); anything else
     as a fault in the code, with ``debug_hint`` (how to see its traceback). Never the traceback itself."""
     from tenfold.fsio import os_error_refusal
 
@@ -75,10 +76,24 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
         return (f"error: `{command}` cannot reach a service it needs ({type(exc).__name__}: {exc}). Locally, "
                 "`tenfold status` shows what is down and `tenfold up` starts it; in the cloud, check the service and "
                 "this process's credentials; then run the command again")
+    if _google_refusal(exc):
+        return (f"error: `{command}` was refused by a Google service ({type(exc).__name__}: {exc}): check that what it "
+                "names exists (locally `tenfold up` provisions it; in the cloud, the stacks) and that this process's "
+                "credentials have the role it needs; a retry meets the same answer")
     if isinstance(exc, OSError):
         return os_error_refusal(exc, command, home)
     return (f"error: `{command}` failed on a fault in the code ({type(exc).__name__}: {exc}); run it again "
             f"{debug_hint} for the traceback, and report it")
+
+
+def _google_refusal(exc: BaseException) -> bool:
+    """A Google API's 4xx (permission denied, not found, a bad request), an outage excepted: the service answered,
+    and said no. Not a fault in the code, nor an outage a retry outlasts."""
+    try:
+        from google.api_core.exceptions import ClientError
+    except ImportError:  # pragma: no cover - google-api-core comes with every Google client Tenfold uses
+        return False
+    return isinstance(exc, ClientError) and not is_outage(exc)
 
 
 def not_the_data(exc: BaseException) -> bool:

@@ -61,3 +61,16 @@ def test_no_cloud_credentials_is_named_with_how_to_get_them(tmp_path, monkeypatc
     assert line == ("error: `tenfold feedback join` found no Google Cloud credentials (DefaultCredentialsError): run "
                     "`gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset "
                     "TENFOLD_ENV to work on the local platform")
+
+
+def test_a_google_refusal_ends_as_a_refusal_not_a_fault_in_the_code(tmp_path) -> None:
+    """A 403 or a 404 from a Google API is the service's answer: said as such, with what to check, not "a fault in
+    the code ... report it"; a 429 or a 503 stays an outage."""
+    from tenfold.outages import ending
+
+    for refused in (gexc.PermissionDenied("not authorized"), gexc.NotFound("no such subscription"),
+                    gexc.Forbidden("no storage.objects.list")):
+        said = ending(refused, "tenfold x", tmp_path, debug_hint="with --debug")
+        assert "was refused by a Google service" in said and "fault in the code" not in said, said
+    for away in (gexc.TooManyRequests("429"), gexc.ServiceUnavailable("503")):
+        assert "cannot reach a service" in ending(away, "tenfold x", tmp_path, debug_hint="with --debug")

@@ -112,3 +112,29 @@ def test_a_run_key_that_cannot_name_a_run_is_bad_usage_before_anything_is_draine
     assert result.exit_code == 2, result.output
     assert "'runs/k1' is not a run key" in result.output
     assert "re-run it" not in result.output and "platform up" not in result.output
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["replay", "--all"]])
+@pytest.mark.parametrize(("fault", "said"), [
+    ("no-credentials", "application-default login"),
+    ("permission", "was refused by a Google service (PermissionDenied"),
+])
+def test_a_cloud_failure_says_what_to_do_there_not_tenfold_up(command: list[str], fault: str, said: str,
+                                                              settings: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TENFOLD_ENV=dev tenfold dlq inspect` without credentials said "is the platform up (`tenfold up`)?", which
+    refuses dev; a denied replay said "what was sent is marked, re-run it", which fails the same way."""
+    from google.api_core.exceptions import PermissionDenied
+    from google.auth.exceptions import DefaultCredentialsError
+
+    error = (DefaultCredentialsError("Your default credentials were not found") if fault == "no-credentials"
+             else PermissionDenied("User not authorized to perform this action"))
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: settings)
+    monkeypatch.setattr(dlq, command[0], failing)
+    result = CliRunner().invoke(cli.app, command)
+    assert result.exit_code == 1, result.output
+    assert said in result.output and "tenfold up`)?" not in result.output and "fault in the code" not in result.output
