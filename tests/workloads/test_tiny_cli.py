@@ -65,7 +65,7 @@ def test_evaluate_reads_the_settings_features_table(tiny: Settings, monkeypatch:
     torch.manual_seed(0)
     model = tw.build_model(tw.TinyConfig(), list(pre.vocab_sizes.values()), pre.num_inputs)
     save_model(tmp_path / "model", model, tw.TinyConfig(), pre, workload="tiny_workload:WORKLOAD")
-    monkeypatch.setattr(cli, "get_settings", lambda env=None: tiny)
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: tiny)
     for extra in ([], ["--no-baselines"]):
         out = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "model"), "--train-months",
                                        "2020-01:2020-02", "--holdout-months", "2020-03:2020-03", *extra])

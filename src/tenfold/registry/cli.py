@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from tenfold.config import Settings, get_settings
+from tenfold.config import Settings, command_settings
 from tenfold.local.process import LocalPlatformError, require_local_storage
 from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHAMPION, ModelRegistry, is_alias_name
@@ -31,7 +31,8 @@ EnvOption = typer.Option(None, "--env", help="local, dev or prod; default TENFOL
 
 
 def _registry(env: str | None) -> ModelRegistry:
-    return run_guarded(lambda: registry_of(get_settings(env)))
+    settings = command_settings(env)  # --env's settings refused in one line (the root checked TENFOLD_ENV's only)
+    return run_guarded(lambda: registry_of(settings))
 
 
 def registry_of(settings: Settings) -> ModelRegistry:

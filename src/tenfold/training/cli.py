@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from tenfold.config import get_settings
+from tenfold.config import command_settings
 from tenfold.outages import ending
 
 
@@ -49,8 +49,13 @@ def train_command(
     from tenfold.training.config import TrainConfig
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
+    settings = command_settings(env)
+    if settings.training.nnodes > 1:  # torchrun here would wait for nodes that never come, then time out
+        typer.echo(f"error: `tenfold train` trains on this machine, and the {settings.env} settings train on "
+                   f"{settings.training.nnodes} nodes (the GPU group the train_model DAG launches, docs/deploy.md): "
+                   "trigger train_model there, or train locally without --env / TENFOLD_ENV", err=True)
+        raise typer.Exit(2)
     try:
-        settings = get_settings(env)
         first, last = _months(train_months, settings.training.train_months)
         # A URI as given (a Path would make gs://b/run a local folder gs:/b/run), a folder from here.
         target: str | Path = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -72,7 +77,7 @@ def train_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:  # --out under a file or not writable, a full disk
-        typer.echo(ending(exc, "tenfold train", get_settings(env).local.home, debug_hint="with TENFOLD_DEBUG=1"),
+        typer.echo(ending(exc, "tenfold train", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
                    err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("manifests", "config")}, indent=2))
@@ -99,8 +104,8 @@ def evaluate_command(
         evaluate_with_baselines,
     )
 
+    settings = command_settings(env)
     try:
-        settings = get_settings(env)
         learnt = _trained_on(model)
         # The baselines' window defaults to the model's own (the table's title names it), not the settings' split.
         default_train = (learnt[0], learnt[-1]) if learnt else settings.training.train_months
@@ -130,7 +135,7 @@ def evaluate_command(
         try:
             result.save(report)
         except OSError as exc:  # --report under a file or not writable, a full disk
-            typer.echo(ending(exc, "tenfold evaluate", get_settings(env).local.home,
+            typer.echo(ending(exc, "tenfold evaluate", settings.local.home,
                               debug_hint="with TENFOLD_DEBUG=1"), err=True)
             raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")

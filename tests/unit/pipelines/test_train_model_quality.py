@@ -117,7 +117,7 @@ def test_an_overconfident_challenger_with_a_higher_auc_is_refused_on_log_loss(
                                     f"{ev2.challenger['log_loss']:.4f} <= baseline rate {rate['log_loss']:.4f}")
     assert "uncalibrated" not in ev2.challenger  # nothing was fitted: its raw probabilities were judged
 
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: s)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: s)
     out = CliRunner().invoke(app, ["models", "show", r2.version])
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)

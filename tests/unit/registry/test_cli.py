@@ -19,7 +19,7 @@ runner = CliRunner()
 
 def test_models_commands(registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     a = reg.register(make_model_dir(1), lineage, metrics={"auc": 0.61, "log_loss": 0.5, "brier": 0.2}).version
     b = reg.register(make_model_dir(2), lineage, metrics={"auc": 0.66, "log_loss": 0.45, "brier": 0.18}).version
@@ -58,7 +58,7 @@ def test_models_show_takes_a_prefix_that_starts_with_a_digit(registry_settings: 
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A prefix was also looked up as an alias, whose names start with a letter: `models show 957fd2` ended
     "'957fd2' is not an alias name" (exit 2) for 10 versions in 16."""
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     seed, version = 0, "x"
     while not version[0].isdigit():  # the id is the content's digest: register until one starts with a digit
@@ -75,7 +75,7 @@ def test_a_damaged_alias_pointer_or_decision_is_a_one_line_error_naming_the_obje
         monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     """A pointer holding valid JSON that is not an object ('[]') ended `tenfold models show` in an AttributeError
     traceback; a damaged decision object gave "Expecting value: line 1 column 1", naming neither."""
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     version = reg.register(make_model_dir(5), lineage, metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version
     reg.promote(version)
@@ -101,7 +101,7 @@ def test_a_rollback_run_again_after_an_error_that_came_once_it_landed_moves_noth
     names, the second run finds the rollback landed and moves nothing; the history gets the entry it missed."""
     from google.api_core.exceptions import ServiceUnavailable
 
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     a, b, c = (reg.register(make_model_dir(n), lineage, metrics={"auc": 0.6 + n / 100}).version for n in (11, 12, 13))
     for v in (a, b, c):
@@ -140,7 +140,7 @@ def test_moves_that_move_nothing_say_so_and_an_unset_champion_is_named_as_such(
     "champion: a -> b", a move that never happened; `rollback --to <the champion>` printed one too; and `models show
     champion` on a fresh platform said "'champion' names no alias ... use a full id", steering the operator to serve
     a version no gate passed."""
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     a, b, c = (reg.register(make_model_dir(i), lineage, metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version
                for i in (1, 2, 3))

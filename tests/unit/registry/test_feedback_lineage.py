@@ -30,7 +30,7 @@ def test_lineage_keeps_its_feedback_and_older_lineage_reads_as_none(lineage: Lin
 
 def test_models_show_shows_the_feedback_a_version_trained_on(registry_settings: Settings, make_model_dir: Callable[..., Path],
                                                              lineage: Lineage, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models_cli, "get_settings", lambda env=None: registry_settings)
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
     reg = ModelRegistry(registry_settings)
     used = reg.register(make_model_dir(1), dataclasses.replace(lineage, feedback=FEEDBACK),
                         metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version

@@ -190,3 +190,29 @@ def test_train_pins_the_windows_content_so_a_rerun_after_a_republish_is_refused(
     assert out.exit_code == 1 and "stopped here" in out.output
     (cfg,) = seen
     assert cfg.data_digest == lake.content_digest(get_settings().storage.features_table, window)
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "--model", "m"], ["models", "list"]])
+def test_env_settings_that_do_not_parse_are_one_line_not_pydantics_dump(home: Path, command: list[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root checks TENFOLD_ENV's settings only: a check of prod's alone (a canary group's size) printed
+    pydantic's multi-line dump under --env prod, where `tenfold config get` said it in one line."""
+    monkeypatch.setenv("TENFOLD_PROJECT_ID", "tenfold-test-1")
+    monkeypatch.setenv("TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS", "2")
+    get_settings.cache_clear()
+    out = CliRunner().invoke(app, [*command, "--env", "prod"])
+    get_settings.cache_clear()
+    assert out.exit_code == 2, out.output
+    (line,) = out.output.strip().splitlines()
+    assert line.startswith("error: invalid settings:") and "pydantic.dev" not in line, line
+
+
+def test_train_under_a_cloud_env_is_refused_before_reading_the_lake(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dev and prod train on 2 nodes: `tenfold train --env dev` read the cloud lake, then asked for an rdzv_host, and
+    with one set, torchrun waited for a second node that never came."""
+    monkeypatch.setenv("TENFOLD_PROJECT_ID", "tenfold-test-1")
+    get_settings.cache_clear()
+    out = CliRunner().invoke(app, ["train", "--env", "dev", "--train-months", "2013-01:2013-02"])
+    get_settings.cache_clear()
+    assert out.exit_code == 2, out.output
+    assert "the dev settings train on 2 nodes" in out.output and "rdzv_host" not in out.output
