@@ -178,3 +178,26 @@ def test_a_corrupt_spec_file_is_one_line_naming_it(env: dict[str, str], corrupt:
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (repr(result.exception), result.output)
     assert f"{spec} is corrupt" in result.output and "run `tenfold serve down` then `tenfold serve up`" in result.output
     assert "Traceback" not in result.output
+
+
+def test_up_starts_the_feedback_sink_beside_the_fleet(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold serve up`, which `tenfold up` advises without a champion, started the fleet alone: predictions and
+    feedback stayed on Pub/Sub, and a rollout's canary checks found no feedback until their deadline."""
+    from tenfold.local import stack
+    from tenfold.serving import fleet
+
+    started: list[str] = []
+    monkeypatch.setattr(fleet, "up", lambda settings, model, **kwargs: started.append("fleet"))
+    monkeypatch.setattr(fleet, "report", lambda settings: None)
+    monkeypatch.setattr(fleet, "describe", lambda report: "serving  running")
+    monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, **kwargs: started.append("sink"))
+    result = _run(env, "up")
+    assert result.exit_code == 0, result.output
+    assert started == ["fleet", "sink"]
+
+    def refused(settings: Settings, **kwargs: Any) -> None:
+        raise stack.LocalPlatformError("the Pub/Sub emulator is not running")
+
+    monkeypatch.setattr(stack, "feedback_sink_up", refused)
+    result = _run(env, "up")
+    assert result.exit_code == 1 and "the fleet is up, but the feedback sink did not start" in result.output

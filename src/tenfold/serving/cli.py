@@ -73,7 +73,9 @@ def up(
     model: Annotated[str | None, typer.Option(help="alias or version for both pools (default: settings.serving.server.model_ref, the champion)")] = None,
     canary_model: Annotated[str | None, typer.Option(help="alias or version for the canary pool (default: the same as --model)")] = None,
 ) -> None:
-    """Start HAProxy and the replicas, and wait until every pool serves its minimum."""
+    """Start HAProxy and the replicas, and wait until every pool serves its minimum; then the feedback sink beside
+    them (as `tenfold up` does), unless it runs."""
+    from tenfold.local.stack import feedback_sink_up
     from tenfold.serving import fleet
 
     settings = get_settings()
@@ -82,6 +84,13 @@ def up(
     except LocalPlatformError as exc:
         raise _fail(exc) from exc
     typer.echo(fleet.describe(fleet.report(settings)))
+    # Without it, predictions and feedback stayed on Pub/Sub: no online accuracy, and a rollout's canary checks found
+    # no feedback until their deadline ended the rollout FAILED.
+    try:
+        feedback_sink_up(settings, say=typer.echo)
+    except (LocalPlatformError, RuntimeError) as exc:
+        raise _fail(RuntimeError(f"the fleet is up, but the feedback sink did not start ({exc}): predictions and "
+                                 "feedback reach the lake only once it runs (`tenfold up` starts it)")) from exc
 
 
 @app.command()
