@@ -112,8 +112,11 @@ def spark_submit_command(
 
 def spark_env(base: Mapping[str, str] | None = None, *, bind_host: str = "127.0.0.1") -> dict[str, str]:
     """Environment for spark-submit: the venv's Python on both sides, its bin first on PATH, and
-    ``SPARK_LOCAL_IP`` (the address Spark resolves for itself before any conf applies) on ``bind_host``."""
-    env = dict(os.environ if base is None else base)
+    ``SPARK_LOCAL_IP`` (the address Spark resolves for itself before any conf applies) on ``bind_host``; no alert
+    hook's variable (a webhook URL is a secret, and the job never alerts: its task does)."""
+    from tenfold.local.env import without_alert_hook_variables
+
+    env = without_alert_hook_variables(os.environ if base is None else base)
     env["SPARK_LOCAL_IP"] = bind_host
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])

@@ -29,11 +29,18 @@ def alert_hook_env(settings: Settings) -> dict[str, str]:
     """The alert hooks' variables for ``settings`` (part of :func:`settings_env`). Empty means unset (build_settings
     ignores empty values): set over a parent's environment, an outer hook never leaks into the child."""
     mo = settings.monitoring
-    return {
-        "TENFOLD_ALERT_WEBHOOK": mo.alert_webhook_url or "",
-        "TENFOLD_ALERT_SMTP_HOST": mo.alert_smtp_host or "",
-        "TENFOLD_ALERT_FILE": str(mo.alert_file) if mo.alert_file else "",
-    }
+    values = (mo.alert_webhook_url or "", mo.alert_smtp_host or "", str(mo.alert_file) if mo.alert_file else "")
+    return dict(zip(ALERT_HOOK_VARIABLES, values, strict=True))
+
+
+# What alert_hook_env sets: the variables of the hooks.
+ALERT_HOOK_VARIABLES = ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE")
+
+
+def without_alert_hook_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less the alert hooks' variables: for a child that never alerts (spark-submit and its Python workers,
+    torchrun and its ranks, which run a workload's code), started from a task whose environment holds them."""
+    return {k: v for k, v in env.items() if k not in ALERT_HOOK_VARIABLES}
 
 
 def without_alert_hooks(settings: Settings) -> Settings:

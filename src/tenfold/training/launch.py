@@ -37,6 +37,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.data.lake import CorruptManifestError, Lake, MissingManifestError
 from tenfold.fsio import atomic_write, file_uri_path
+from tenfold.local.env import without_alert_hook_variables
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
@@ -347,7 +348,8 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
     try:
         cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
         threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
-        run_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", MARKER_ENV: lock.marker,
+        # No alert hook's variable: the ranks never alert (the task does), and a webhook URL is a secret.
+        run_env = {**without_alert_hook_variables(os.environ), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", MARKER_ENV: lock.marker,
                    **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     except BaseException:  # no job will use it (the launch below removes it once it has run)
         if rendezvous is not None:

@@ -321,3 +321,26 @@ def test_a_batch_the_window_cannot_fill_is_refused_before_the_job_starts_without
 
     refuse_a_batch_the_window_cannot_fill(small_config.with_(batch_size=1000, feedback_uri="file:///f.parquet",
                                                              feedback_sha256="0" * 64, feedback_weight=1.0), 2)
+
+
+def test_the_job_gets_no_alert_hook_of_the_task_that_launched_it(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train_model task's environment holds the alert hooks (its failure callback alerts); torchrun and its ranks,
+    which run the workload's code and never alert, inherited the webhook URL, a secret. A real child stands in for
+    torchrun and writes the environment it was given."""
+    from tenfold.features.submit import spark_env
+    from tenfold.training import launch
+
+    secret = "https://hooks.example.com/services/T0/B0/SECRETTOKEN"
+    monkeypatch.setenv("TENFOLD_ALERT_WEBHOOK", secret)
+    monkeypatch.setenv("TENFOLD_ALERT_SMTP_HOST", "relay.internal:25")
+    seen = tmp_path / "env.txt"
+    monkeypatch.setattr(launch, "torchrun_command", lambda *args, **kwargs: ["sh", "-c", f"env > {seen}"])
+    with pytest.raises(launch.TrainingFailed, match=r"wrote no train_result\.json"):
+        run_torchrun(train_settings, small_config, tmp_path / "run", nproc=1, timeout_s=60)
+    given = seen.read_text()
+    assert "OMP_NUM_THREADS=" in given  # the job's environment, read back
+    assert "SECRETTOKEN" not in given and "TENFOLD_ALERT_SMTP_HOST" not in given
+    # spark-submit's too (the features job and Spark scoring, launched by build_features and batch_inference)
+    env = spark_env()
+    assert "TENFOLD_ALERT_WEBHOOK" not in env and "TENFOLD_ALERT_SMTP_HOST" not in env and env["SPARK_LOCAL_IP"]
