@@ -41,7 +41,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,7 +58,7 @@ from tenfold.pipelines.common import (
     run_main,
     task_timeout_s,
 )
-from tenfold.quality.gate import ValidationFailed, ValidationReport, validate_partition, validate_published
+from tenfold.quality.gate import READ_CHECK, ValidationFailed, ValidationReport, validate_partition, validate_published
 from tenfold.workloads import SourceMissing, Workload, get_workload
 
 log = logging.getLogger(__name__)
@@ -244,10 +244,26 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
                 f"(quarantined at {r.quarantine_uri}; Data Docs {r.data_docs or 'not written (see the task log)'})"
                 for r in refused
             }
-            | {"what_to_do": "re-run the DAG for that month: it re-ingests every input that was quarantined"},
+            | {"what_to_do": _what_to_do(refused, workload.sources.name)},
         )
         raise InputsRefused(refused, alerted=sent.delivered, undelivered=sent.failed)  # the callback sends to those
     return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
+
+
+def _what_to_do(refused: Sequence[ValidationReport], source: str) -> str:
+    """The alert's advice, per kind of refusal. Re-running alone fixes only files changed after they were published
+    (the DAG re-ingests what it quarantined); a delivery or a published month that failed its suite is read again as
+    it is, refused again, and alerted again, until the source or the suite's bound is fixed."""
+    said = []
+    if any(READ_CHECK not in r.failed_expectations for r in refused):
+        said.append(f"fix the delivery in {source} (or, if a bound is wrong rather than the data, the table's "
+                    "raw_<table>.json suite), then re-run the DAG for that month: the same input is refused again")
+    if any(READ_CHECK in r.failed_expectations for r in refused):
+        said.append("files changed after they were published: re-run the DAG for that month, which re-ingests every "
+                    "input that was quarantined")
+    if any(not r.withdrawn for r in refused):
+        said.append("a redelivery refused before it replaced its month: the published month was kept")
+    return "; ".join(said)
 
 
 def _refuse_source(settings: Settings, part: Partition, month: Partition, exc: Exception) -> SourceRefused:

