@@ -1148,7 +1148,11 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
     if rep.token_error:  # not a secret: what is wrong with the file
         token = f"(unusable: {rep.token_error})"
     else:
-        token = (rep.token or "(not generated yet)") if secrets else "`tenfold status` shows it"
+        # The current token alone (the file's first line); tokens still accepted during a rotation are counted, not
+        # shown beside it: two lines read as "the token" made a header clients refuse.
+        current, *older = (rep.token or "").splitlines() or [""]
+        shown = (current + (f"  ({len(older)} older still accepted)" if older else "")) if current else ""
+        token = (shown or "(not generated yet)") if secrets else "`tenfold status` shows it"
     token_line = f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
     if not rep.running and not rep.haproxy_alive:
         return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token or rep.token_error else "")

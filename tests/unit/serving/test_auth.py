@@ -320,3 +320,21 @@ def test_stale_iap_keys_whose_refresh_fails_are_refreshed_once_per_retry_window_
         assert keys(IAP_CERTS_URL).status == 200
     assert started == [] and not keys._refreshing
     assert server.fetches == 2
+
+
+def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -> None:
+    """`tenfold status` printed "token   NEW" and "OLD  (file ...)" on the next line: the docs' recipes read the whole
+    file, and a client sending two lines as its bearer token is refused by its own HTTP library."""
+    import httpx
+
+    from tenfold.serving import fleet
+
+    old = ensure_token(settings)
+    new = "n" * 43
+    token_path(settings).write_text(f"{new}\n{old}\n")
+    said = fleet.describe(fleet.report(settings), secrets=True)
+    (line,) = [line for line in said.splitlines() if line.strip().startswith("token")]
+    assert line.split()[1] == new and old not in said and "(1 older still accepted)" in line
+    httpx.Headers({"Authorization": f"Bearer {line.split()[1]}"})  # a header a client can send
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    assert "TOKEN=$(head -n1 .tenfold/run/serving.token)" in readme and "cat .tenfold/run/serving.token" not in readme
