@@ -630,9 +630,9 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     holdout = HoldoutRef.from_dict(ev.holdout)
     challenger = Scored.of(version, holdout, ev.challenger)
     baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
-    from tenfold.workloads import get_workload
+    from tenfold.workloads import get_workload, own_baselines
 
-    policy = GatePolicy.from_settings(settings, workload_baselines=tuple(get_workload(settings).baselines()))
+    policy = GatePolicy.from_settings(settings, workload_baselines=tuple(own_baselines(get_workload(settings))))
     # A decision holds only against the champion it was made against: a run cleared from ``evaluate`` after the
     # champion moved decides again, kept under a key that names the new champion (a retry then finds it there).
     decisions = reg.decisions(version)

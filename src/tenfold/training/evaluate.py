@@ -32,6 +32,7 @@ from tenfold.model.preprocessing import Preprocessor
 from tenfold.training.baselines import GradientBoostingBaseline
 from tenfold.training.data import read_features
 from tenfold.training.metrics import Metrics, score
+from tenfold.workloads import PLATFORM_BASELINE, own_baselines
 
 MODEL_NAME = "model"
 UNCALIBRATED_NAME = "model uncalibrated"
@@ -138,12 +139,12 @@ def evaluate_with_baselines(
     if not loaded.calibrator.is_identity:
         uncalibrated = score(UNCALIBRATED_NAME, y, loaded.predict_proba(holdout, calibrated=False))
     pre = loaded.preprocessor
-    baselines = {name: make(pre, contract) for name, make in loaded.workload.baselines().items()}
+    baselines = {name: make(pre, contract) for name, make in own_baselines(loaded.workload).items()}
     # The peer sees every numeric feature column of the table, the ones the network is not fed too
     # (contract.not_model_inputs): what an off-the-shelf learner makes of the features, whatever the network
     # was given. Its categorical codes are the network's own vocabularies.
     every = Preprocessor(pre.categorical_columns, contract.numeric_columns, vocabularies=pre.vocabularies)
-    baselines["hgb"] = GradientBoostingBaseline(every, contract.label, max_iter=hgb_max_iter, threads=hgb_threads)
+    baselines[PLATFORM_BASELINE] = GradientBoostingBaseline(every, contract.label, max_iter=hgb_max_iter, threads=hgb_threads)
     scores = {}
     for name, baseline in baselines.items():
         baseline.fit(train)

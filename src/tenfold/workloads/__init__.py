@@ -329,6 +329,20 @@ def _missing(obj: object, name: str) -> bool:
     return False
 
 
+# The baseline every workload gets (tenfold.training.evaluate): a workload's own may not take its name.
+PLATFORM_BASELINE = "hgb"
+
+
+def own_baselines(workload: Workload) -> dict[str, Any]:
+    """``workload.baselines()``, refused when one takes :data:`PLATFORM_BASELINE`'s name: the platform's gradient
+    boosting replaced it unseen, and the gate held challengers to the platform's under the workload's name."""
+    baselines = dict(workload.baselines())
+    if PLATFORM_BASELINE in baselines:
+        raise WorkloadError(f"workload {workload.name!r}: its baselines() names {PLATFORM_BASELINE!r}, the name of the "
+                            "gradient boosting the platform adds for every workload: rename yours")
+    return baselines
+
+
 def get_workload(spec: str | Any) -> Workload:
     """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
     name = spec if isinstance(spec, str) else spec.workload

@@ -17,6 +17,7 @@ from tenfold.workloads import (
     WorkloadError,
     get_workload,
     missing_members,
+    own_baselines,
 )
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import contract as flights_contract
@@ -115,6 +116,16 @@ def test_module_attr_loads_a_users_workload(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(WorkloadError, match="cannot import no_such_module_xyz"):
         get_workload("no_such_module_xyz:W")
     assert "flights" in BUILTIN
+
+    # A baseline of its own named like the platform's: the platform's replaced it unseen, and the gate held
+    # challengers to gradient boosting under the workload's name for its own baseline.
+    class Shadowing(Tiny):
+        def baselines(self):  # type: ignore[no-untyped-def]
+            return {"hgb": lambda pre, contract: None}
+
+    assert own_baselines(module.WORKLOAD) == {}  # type: ignore[attr-defined]
+    with pytest.raises(WorkloadError, match=r"its baselines\(\) names 'hgb'.*rename yours"):
+        own_baselines(Shadowing())  # what evaluation and the gate's policy read
 
 
 def test_contract_refuses_columns_out_of_order() -> None:
