@@ -92,3 +92,25 @@ def test_ingest_quarantines_under_the_settings_layout(tiny: Settings, monkeypatc
     assert out.exit_code == 2 and "no 'year' column" in out.output, out.output
     root = Path(urlparse(tiny.storage.lake_uri).path)
     assert (root / "held").is_dir() and not (root / "quarantine").exists() and not (root / "_staging").exists()
+
+
+def test_a_workload_without_lookup_tables_serves_the_months_whose_features_are_published(
+        tiny: Settings, tmp_path: Path) -> None:
+    """Requests that carry every feature need no lookup table: such a workload built and trained, then its replicas
+    refused to start ("names no lookup_tables: it cannot be served online"), which docs/workloads.md never said."""
+    import dataclasses
+
+    import tiny_workload as tw  # type: ignore[import-not-found]
+
+    from tenfold.data.lake import Lake
+    from tenfold.features.online import read_lookups
+    from tenfold.workloads import get_workload
+
+    workload = get_workload(tiny)
+    bare = dataclasses.replace(workload, contract=dataclasses.replace(workload.contract, lookup_tables=()))
+    lake = Lake.from_settings(tiny)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    pq.write_table(_features_of(tw, Partition.parse("2020-01")), staged / "part-00000.parquet")
+    lake.publish("tiny_features", Partition.parse("2020-01"), str(staged), run_id="t", extra=tw.CONTRACT.manifest_extra())
+    assert read_lookups(tiny, bare) == {"2020-01": {}}

@@ -83,12 +83,10 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     be served.
     """
     workload = workload or get_workload(settings)
-    contract = workload.contract
     lake = Lake.from_settings(settings)
     prefix = settings.storage.lookups_table
-    if not contract.lookup_tables:
-        raise LookupsUnavailable(f"the {workload.name} workload's contract names no lookup_tables: it cannot be "
-                                 "served online (see docs/workloads.md, 'Online serving')")
+    # A contract with no lookup_tables (its requests carry every feature) serves each month whose features are
+    # published: served_months then needs nothing beside them, and each month's lookups are {}.
     months = served_months(settings, workload, lake)
     through = settings.serving.server.lookups_through
     if through and months and months[0].label > through:
