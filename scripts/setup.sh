@@ -12,9 +12,12 @@ command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Ins
 
 # --- prerequisites that cannot come from a package registry here ------------------------------
 # Checked first: a machine without one is refused at once, not after the system packages below were installed.
-java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
+# The java Spark runs: $JAVA_HOME/bin/java where JAVA_HOME is set (pyspark's spark-class, tenfold.features.submit), else
+# the one on PATH.
+java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+java_major=$("$java_bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
 if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
-  die "Java 17+ is required by Spark (found: ${java_major:-none}). Install it: apt-get install openjdk-17-jre-headless"
+  die "Java 17+ is required by Spark (found: ${java_major:-none} at $java_bin${JAVA_HOME:+, from JAVA_HOME}). Install it: apt-get install openjdk-17-jre-headless${JAVA_HOME:+, and point JAVA_HOME at it (or unset it)}"
 fi
 if ! command -v gcloud >/dev/null; then
   die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
@@ -32,6 +35,19 @@ node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
 # npm installs the CDK CLIs, Node 22 and the Data Docs assets below: checked now, not after minutes of syncing .venv
 # (Debian's nodejs only suggests npm).
 command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
+
+# .venv is synced when the lock (or pyproject.toml) changed since: the digest its stamp holds. "bytecode 1" in it: a
+# .venv synced before bytecode was compiled is synced (and compiled) once more.
+stamp=.venv/.tenfold-lock.sha
+lock_digest() { (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum | cut -d' ' -f1; }
+# torch==2.13.0+cpu (requirements/lock.txt) is on no package index uv is given: its wheel comes from PIP_FIND_LINKS.
+# Checked before anything is installed, where .venv still has to be synced.
+if [ -f requirements/lock.txt ] && [ "$(cat "$stamp" 2>/dev/null)" != "$(lock_digest)" ]; then
+  torch_pin=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements/lock.txt | head -1)
+  if [ -n "$torch_pin" ] && ! compgen -G "${PIP_FIND_LINKS:-/nonexistent}/torch-${torch_pin}-*.whl" >/dev/null; then
+    die "torch==$torch_pin (the CPU build requirements/lock.txt pins) needs its wheel in a local folder: set PIP_FIND_LINKS to a folder holding torch-${torch_pin}-*.whl (found none in ${PIP_FIND_LINKS:-PIP_FIND_LINKS, which is unset})"
+  fi
+fi
 
 # --- system packages: installed with apt only where missing -----------------------------------
 # chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
@@ -71,12 +87,18 @@ else
 fi
 FIND_LINKS=()
 [ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
-stamp=.venv/.tenfold-lock.sha
-# "bytecode 1" in the stamp: a .venv synced before bytecode was compiled is synced (and compiled) once more.
-want=$( (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ]; then
+want=$(lock_digest)
+# Made afresh (--clear) when its Python no longer runs (the interpreter it was made from removed or upgraded away:
+# uv refuses to make a venv over one without --clear), or when the checkout moved: a venv's scripts and its editable
+# install name the folder it was made in, so a renamed checkout's `tenfold` failed with "bad interpreter" and a copied
+# one's tests ran the old folder's code.
+venv_moved() {  # the editable install's path file names the src/ of the checkout the venv was made in
+  local made_for; made_for=$(cat .venv/lib/python*/site-packages/__editable__.tenfold-*.pth 2>/dev/null | head -1)
+  [ -n "$made_for" ] && [ "$(readlink -f "$made_for" 2>/dev/null)" != "$(readlink -f src)" ]
+}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null || venv_moved; then
   say "creating .venv"
-  "$UV" venv -q --python "$PY" .venv
+  "$UV" venv -q --clear --python "$PY" .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing pinned dependencies into .venv (requirements/lock.txt)"
@@ -86,7 +108,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # which is what happens where PYTHONDONTWRITEBYTECODE is set or site-packages is read-only (a task's imports
   # 9 -> 3.6 CPU s; see the README, Development).
   VIRTUAL_ENV=.venv "$UV" pip sync -q --compile-bytecode "${FIND_LINKS[@]}" --index-strategy unsafe-best-match requirements/lock.txt \
-    || die "could not install the pinned dependencies. torch==2.13.0 needs its CPU wheel: set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu, or use a machine with the PyTorch CPU index reachable."
+    || die "could not install the pinned dependencies (is the package index reachable? torch's CPU wheel comes from PIP_FIND_LINKS=${PIP_FIND_LINKS:-})."
   VIRTUAL_ENV=.venv "$UV" pip install -q --no-deps --compile-bytecode -e .
   echo "$want" > "$stamp"
 fi
@@ -95,7 +117,8 @@ fi
 # checkov pins libraries that Airflow 3 cannot share (cachetools<6): it gets its own venv.
 if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
   say "installing checkov into .tools/checkov"
-  [ -x .tools/checkov/bin/python ] || "$UV" venv -q --python "$PY" .tools/checkov
+  { [ -x .tools/checkov/bin/python ] && .tools/checkov/bin/python -c '' 2>/dev/null; } \
+    || "$UV" venv -q --clear --python "$PY" .tools/checkov
   VIRTUAL_ENV=.tools/checkov "$UV" pip sync -q requirements/checkov.txt
   sha256sum < requirements/checkov.txt > .tools/checkov/.stamp
 fi

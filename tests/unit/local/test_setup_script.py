@@ -114,3 +114,82 @@ def test_make_down_and_clean_work_without_a_venv_and_status_says_to_set_up(tmp_p
     status = subprocess.run(["make", "-s", "status"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             check=False)
     assert status.returncode != 0 and "run make setup" in status.stderr, status.stdout + status.stderr
+
+
+def _tree_with_setup(tmp_path: Path, *files: str) -> Path:
+    """A checkout in ``tmp_path`` holding setup.sh and ``files`` (copied from this one)."""
+    (tmp_path / "scripts").mkdir(parents=True)
+    for name in ("scripts/setup.sh", *files):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(project_root() / name, tmp_path / name)
+    return tmp_path / "scripts" / "setup.sh"
+
+
+def _apt_shims(bin_dir: Path, tmp_path: Path) -> Path:
+    """dpkg-query saying every system package is missing, and an apt-get that records its calls."""
+    installs = tmp_path / "apt-calls"
+    (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {installs}\n")
+    (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    for shim in ("dpkg-query", "apt-get", "sudo"):
+        (bin_dir / shim).chmod(0o755)
+    return installs
+
+
+def test_a_java_home_older_than_17_is_refused_though_path_has_a_newer_java(tmp_path: Path) -> None:
+    """Spark runs $JAVA_HOME/bin/java where JAVA_HOME is set; setup checked the java on PATH, passed, and the first
+    features job failed with a class-version error deep in a DAG run."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo")
+    installs = _apt_shims(bin_dir, tmp_path)
+    old = tmp_path / "jdk11"
+    (old / "bin").mkdir(parents=True)
+    (old / "bin" / "java").write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
+    (old / "bin" / "java").chmod(0o755)
+    assert shutil.which("java", path=str(bin_dir)), "this test needs a java on PATH"
+    setup = _tree_with_setup(tmp_path / "tree")
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir), "JAVA_HOME": str(old)}, check=False)
+    assert proc.returncode == 1 and "Java 17+ is required by Spark (found: 11" in proc.stderr, proc.stdout + proc.stderr
+    assert "JAVA_HOME" in proc.stderr and not installs.exists()
+
+
+def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path: Path) -> None:
+    """The lock pins torch's CPU build, which no index uv is given holds: setup installed the system packages, uv and
+    .venv, then failed advising "the PyTorch CPU index", which it never asks."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo")
+    installs = _apt_shims(bin_dir, tmp_path)
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir), "PIP_FIND_LINKS": str(empty)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-*.whl" in proc.stderr, proc.stderr
+    assert not installs.exists() and not (tmp_path / "tree" / ".venv").exists()
+
+
+def test_a_venv_whose_python_is_gone_is_made_afresh(tmp_path: Path) -> None:
+    """The Python a .venv was made from removed (an upgrade): uv refuses to make a venv over an existing one without
+    --clear, so setup stopped with uv's error on every run until .venv was deleted by hand. A uv that records its
+    calls stands in (nothing is installed)."""
+    bin_dir = _tools_but(tmp_path, "uv")
+    calls = tmp_path / "uv-calls"
+    (bin_dir / "uv").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    (bin_dir / "uv").chmod(0o755)
+    tree = tmp_path / "tree"
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "pyvenv.cfg").write_text("home = /usr/lib/python-gone\n")
+    (tree / ".venv" / "bin" / "python").symlink_to(tmp_path / "python-gone")  # a dangling link
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends later: nothing was installed
+    venv_calls = [line for line in calls.read_text().splitlines() if line.startswith("venv")]
+    assert venv_calls and "--clear" in venv_calls[0].split() and venv_calls[0].endswith(".venv"), venv_calls
+
+
+def test_relock_without_a_venv_says_to_set_up(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(project_root() / "scripts" / "relock.sh", tmp_path / "scripts" / "relock.sh")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "relock.sh")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1 and "run make setup first" in proc.stderr, proc.stderr
