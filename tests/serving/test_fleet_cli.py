@@ -201,3 +201,9 @@ def test_up_starts_the_feedback_sink_beside_the_fleet(env: dict[str, str], monke
     monkeypatch.setattr(stack, "feedback_sink_up", refused)
     result = _run(env, "up")
     assert result.exit_code == 1 and "the fleet is up, but the feedback sink did not start" in result.output
+    # and `serve down` stops what `serve up` started: the fleet, then the sink (it kept pulling the subscriptions)
+    stopped: list[str] = []
+    monkeypatch.setattr(fleet, "down", lambda settings, **kwargs: stopped.append("fleet") or True)
+    monkeypatch.setattr(stack, "stop_service", lambda settings, name: stopped.append(name) or True)
+    result = _run(env, "down")
+    assert result.exit_code == 0 and stopped == ["fleet", stack.FEEDBACK_SINK], result.output

@@ -12,7 +12,7 @@ Run ``tenfold serve --help``. The commands:
 * ``tenfold serve split [PERCENT]``: print or set the canary's share (sticky by user key, no reload);
 * ``tenfold serve fault --pool canary --delay-ms 200 | --error-rate 0.05 | --clear``: game day, inject a
   fault into a pool (:mod:`tenfold.serving.faults`) to see the canary analysis roll it back;
-* ``tenfold serve down``: stop the fleet (only the processes it started).
+* ``tenfold serve down``: stop the fleet and the feedback sink (only the processes ``serve up`` started).
 
 ``make up`` (``tenfold up``) starts the fleet too once a champion is registered; ``make down`` stops it.
 """
@@ -43,16 +43,18 @@ class _ServeGroup(TyperGroup):
         with refusing_os_errors(get_settings(), "serve"):
             return super().invoke(ctx)
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # Resolved before anything of the command runs (click's group callback included); its --help still works.
+        name, command, rest = super().resolve_command(ctx, args)
+        if not ctx.resilient_parsing and "--help" not in rest:
+            from tenfold.local.cli import _local_only
+
+            _local_only(get_settings(), f"serve {name}")
+        return name, command, rest
+
 
 app = typer.Typer(help="The local serving fleet: replicas in a stable and a canary pool behind HAProxy.",
                   no_args_is_help=True, cls=_ServeGroup)
-
-@app.callback()
-def _local_fleet_only(ctx: typer.Context) -> None:
-    from tenfold.local.cli import _local_only
-
-    _local_only(get_settings(), f"serve {ctx.invoked_subcommand}")
-
 
 _Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS)}")]
 
@@ -95,10 +97,11 @@ def up(
 
 @app.command()
 def down() -> None:
-    """Stop the supervisor, HAProxy and every replica the fleet started (nothing else)."""
-    from tenfold.serving import fleet
+    """Stop the supervisor, HAProxy and every replica the fleet started, then the feedback sink `serve up` started
+    beside them (it lands what they published last); nothing else."""
+    from tenfold.local.stack import serving_down
 
-    typer.echo("serving: stopped" if fleet.down(get_settings(), say=typer.echo) else "serving: not running")
+    serving_down(get_settings(), say=typer.echo)
 
 
 @app.command()

@@ -158,6 +158,11 @@ def test_status_down_and_up_under_a_cloud_environment_say_they_manage_the_local_
     assert not (tmp_path / "home").exists()  # nothing of a local platform made
 
 
+def test_a_serve_commands_help_still_works_under_a_cloud_environment(tmp_path: Path) -> None:
+    done = _tenfold(tmp_path / "home", "serve", "up", "--help", TENFOLD_ENV="dev")
+    assert done.returncode == 0 and "Usage:" in done.stdout and "manages the local platform" not in done.stderr
+
+
 def test_a_serving_token_file_that_is_not_text_is_named_by_status_not_a_traceback(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / "run").mkdir(parents=True)
