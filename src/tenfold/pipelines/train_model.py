@@ -463,13 +463,13 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
         from tenfold.training.data import StaleFeaturesError
 
         try:
+            champion_dir = registry.download(champion_version, work / "champion" / champion_version)
+            _refuse_another_workloads(settings, registry, champion_version, champion_dir)  # before any other verdict
             lineage = registry.get(champion_version).lineage
             trained_on = sorted({r.partition for r in lineage.train_partitions} & set(p.holdout_months)) if lineage else []
             if trained_on:  # scored on what it learnt, it would look better than it is: no fair comparison
                 raise ValueError(f"it was trained on the holdout month(s) {', '.join(trained_on)}; compare the two on "
                                  "a later holdout (the run conf's holdout_months)")
-            champion_dir = registry.download(champion_version, work / "champion" / champion_version)
-            _refuse_another_workloads(settings, registry, champion_version, champion_dir)
             champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
         except ForeignChampion:
             raise
@@ -502,12 +502,15 @@ def _refuse_another_workloads(settings: Settings, registry: ModelRegistry, versi
     import json
 
     from tenfold.config.settings import DEFAULT_WORKLOAD
+    from tenfold.workloads import WorkloadError, get_workload
 
     try:
         theirs = json.loads((folder / META_FILE).read_text()).get("workload", DEFAULT_WORKLOAD)
-    except (OSError, ValueError, AttributeError):
-        return  # an unreadable meta.json is the scoring's refusal to make, as before
-    if theirs != settings.workload:
+        # One workload has several names ("flights", "tenfold.workloads.flights:WORKLOAD"): the workloads compared.
+        same = get_workload(theirs) is get_workload(settings)
+    except (OSError, ValueError, AttributeError, TypeError, WorkloadError):
+        return  # a meta.json or a workload that cannot be read: the scoring's refusal to make, as before
+    if not same:
         raise ForeignChampion(
             f"the registry's champion {version} ({registry.version_uri(version)}) is a model of workload {theirs!r}; "
             f"this run trains workload {settings.workload!r}. Two workloads share the registry "

@@ -676,24 +676,33 @@ def test_the_scheduled_run_after_a_drift_started_champion_holds_out_only_what_th
     assert evaluation.champion["metrics"] is not None, evaluation.champion
 
 
-def test_a_champion_of_another_workload_is_refused_before_any_alias_moves(gate_settings: Settings,
-                                                                          tmp_path: Path) -> None:
+def test_a_champion_of_another_workload_is_refused_before_any_alias_moves(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workloads on one registry (docs/workloads.md's step 7 did not name the prefix): the other's champion
-    could not be scored, so the gate marked this run's model `challenger` (which the other workload's rollout then
-    takes) and advised rebuilding features, which cannot help."""
+    could not be scored, so evaluate recorded NO COMPARISON and the gate marked this run's model `challenger` (which
+    the other workload's rollout then takes), advising to rebuild features, which cannot help. Refused in evaluate,
+    the run fails before register and gate. The same workload under another of its names is no other workload."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "workloads"))  # tests/workloads/tiny_workload.py
     reg = ModelRegistry(gate_settings)
     _, first, _ = run(gate_settings, "manual__first", model(tmp_path, 0.70))
-    theirs = model(tmp_path, 0.80, name="tiny")
-    meta = Path(theirs["model_ref"]) / "meta.json"
-    meta.write_text(json.dumps({"quality": 0.80, "workload": "tiny_workload:WORKLOAD"}))
-    other = reg.register(Path(theirs["model_ref"]), reg.get(first.version).lineage,  # type: ignore[arg-type]
-                         metrics={"auc": 0.8, "log_loss": 0.4, "brier": 0.1})
-    reg.promote(other.version)
-    challenger_before, versions_before = reg.resolve(CHALLENGER), len(reg.list_versions())
+
+    def champion_of(workload: str, quality: float) -> str:
+        folder = Path(model(tmp_path, quality, name=f"champion-{quality}")["model_ref"])
+        (folder / "meta.json").write_text(json.dumps({"quality": quality, "workload": workload}))
+        version = reg.register(folder, reg.get(first.version).lineage,  # type: ignore[arg-type]
+                               metrics={"auc": quality, "log_loss": 0.4, "brier": 0.1}).version
+        reg.promote(version)
+        return version
+
+    champion_of("tiny_workload:WORKLOAD", 0.80)
     planned = pipeline.plan(gate_settings, "manual__second", CONF)
     with pytest.raises(pipeline.ForeignChampion) as refused:
         pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.95))
     said = str(refused.value)
     assert "workload 'tiny_workload:WORKLOAD'" in said and "workload 'flights'" in said
     assert "TENFOLD_STORAGE__REGISTRY_PREFIX" in said and not refused.value.retryable
-    assert reg.resolve(CHALLENGER) == challenger_before and len(reg.list_versions()) == versions_before
+
+    ours = champion_of("tenfold.workloads.flights:WORKLOAD", 0.81)  # flights, by its module path
+    evaluation = pipeline.evaluate(gate_settings, pipeline.plan(gate_settings, "manual__third", CONF),
+                                   model(tmp_path, 0.95))
+    assert evaluation.champion["version"] == ours and evaluation.champion["metrics"]["auc"] == 0.81  # scored
