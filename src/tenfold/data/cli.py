@@ -66,7 +66,7 @@ def _not_over_published(lake: Any, part: Any) -> Callable[[str, str], None]:
     from tenfold.data.ingest import IngestError
 
     def check(table: str, staged: str) -> None:
-        if lake.would_replace(table, part, staged):
+        if lake.would_replace_rows(table, part, staged):
             raise IngestError(
                 f"{table} {part.label} is already published with other content, and nothing of the month was "
                 f"published: run the build_features DAG for it (month={part.label}), which validates the delivery "

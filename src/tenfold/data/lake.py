@@ -605,6 +605,20 @@ class Lake:
         entries, _, _ = self._staged_entries(staged_dir)
         return current.data_dir != self._data_dir_name(table, part, entries) or current.files != tuple(entries)
 
+    def would_replace_rows(self, table: str, part: Partition, staged_dir: str) -> bool:
+        """Whether publishing ``staged_dir`` would replace a valid published ``part`` with other rows: other bytes
+        (:meth:`would_replace`) holding other rows. The same rows written by another pyarrow (its version is in every
+        file, and its compressor's output may change) are other bytes, not other content."""
+        if not self.would_replace(table, part, staged_dir):
+            return False
+        try:
+            published = self.read_table(table, [part])
+        except LakeError:  # corrupt (and now withdrawn) or gone meanwhile: nothing good to keep
+            return True
+        staged = pa.concat_tables([pq.read_table(i.path, filesystem=self.fs)
+                                   for i in self._staged_files(self._path(staged_dir))])
+        return not published.equals(staged)
+
     def _staged_entries(self, staged_dir: str) -> tuple[list[FileEntry], list[pafs.FileInfo], str]:
         """The manifest entries, files and schema hash of a staged batch (its files read and hashed)."""
         staged = self._path(staged_dir)
