@@ -280,8 +280,8 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
     """Select the feedback of the training window's flights and write it as the run's extra training input.
 
     Locally the file goes in the run's work dir; in dev/prod in the run's folder of the artifacts bucket
-    (``gs://<artifacts>/<runs_prefix>/<run>/out``; the config names it by URI, and the training group's workers
-    read it from there). A plan retried with the same labelled partitions finds its file (content-addressed)
+    (``gs://<artifacts>/<runs_prefix>/<run>/out``, not the training job's ``<run>-<config digest>/out``; the config
+    names it by URI, and the training group's workers read it from there). A plan retried with the same labelled partitions finds its file (content-addressed)
     and plans the same run.
     """
     from tenfold.feedback.training import FeedbackError, feedback_training_set, write_training_input

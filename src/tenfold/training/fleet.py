@@ -10,7 +10,7 @@ beside the run's checkpoints and logs.
 Usage from the training DAG (a ``@task`` in dev/prod)::
 
     from tenfold.training.fleet import run_training
-    result = run_training(settings, run_id, args=["--features-uri", ...])
+    result = run_training(settings, run_id, args=["--config", "gs://.../out/train_config.json", "--out", "gs://.../out"])
 
 A retried task reuses its ``run_id``: the nodes resume from the run's checkpoints, a previous
 ``succeeded`` marker returns at once, and a ``failed`` marker is cleared before the new attempt.
@@ -296,10 +296,15 @@ def run_training(
         # Always scale back to zero; a failure here must not hide the run's own error.
         try:
             _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
-        except Exception:
+        except Exception as exc:
             log.exception("could not resize %s to 0: resize it by hand to stop paying for GPUs", t.fleet.instance_group)
-            if marker is not None:
-                raise
+            if marker is not None and marker.get("status") == "succeeded":
+                raise  # the run's own outcome is a success: the scale-down is what failed (a retry scales it down)
+            if marker is not None:  # the run's failure is what the task says, the scale-down beside it
+                raise TrainingFailed(
+                    f"run {run_id} failed on the training group (marker {marker_uri(settings, run_id)}: {marker}); "
+                    f"scaling {t.fleet.instance_group} back to 0 failed too ({type(exc).__name__}: {exc}): resize it "
+                    "by hand to stop paying for GPUs") from exc
         else:
             _clear_run_metadata(settings, client)
     status = str(marker.get("status"))

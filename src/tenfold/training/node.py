@@ -124,6 +124,12 @@ def run_node(
     if host == hostname:
         marker = {"status": "succeeded" if code == 0 else "failed", "exit_code": code, "host": hostname}
         bucket.blob(marker_name(settings, run_id)).upload_from_string(json.dumps(marker), content_type="application/json")
+    elif code != 0:
+        # With a fixed node count, any node's failure ends the run. The host writes the marker only if it is still
+        # there: a preempted host left the DAG waiting run_timeout_s (hours) while this node's GPU sat idle. Create-
+        # only, so a result the host wrote is never replaced.
+        write_failure(settings, storage, run_id, hostname,
+                      f"torchrun on {hostname} exited {code} (the rendezvous host {host} may be gone: a preempted VM)")
     return code
 
 
@@ -133,12 +139,12 @@ def main() -> int:
     if not run_id:
         log.info("no %s in instance metadata: nothing to train", RUN_ID_KEY)
         return 0
-    args = json.loads(metadata_attribute(TRAIN_ARGS_KEY) or "[]")
     settings = get_settings()
     from tenfold.storage import gcs_client
 
     storage, hostname = gcs_client(settings), socket.gethostname()
-    try:
+    try:  # from here on a failure is the run's marker (the metadata server away, malformed arguments): not a wait
+        args = json.loads(metadata_attribute(TRAIN_ARGS_KEY) or "[]")
         return run_node(settings, run_id, args, storage=storage, hostname=hostname,
                         attempt=metadata_attribute(ATTEMPT_KEY))
     except Exception as exc:

@@ -150,6 +150,17 @@ def test_resize_to_zero_failure_after_success_is_not_hidden(storage_client: Any)
         compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
 
 
+def test_a_failed_run_whose_scale_down_fails_too_is_said_as_the_runs_failure(storage_client: Any) -> None:
+    """The scale-down's error replaced the run's: the task's error and alert named a compute API error, never the
+    marker saying why training failed."""
+    s, run_id, clock = get_settings("dev"), _run_id(), Clock()
+    igm = FakeInstanceGroupManagers(resize_zero_error=RuntimeError("compute API 503"))
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, run_id, "failed", after_sleeps=1))
+    with pytest.raises(compute.TrainingFailed, match=f"run {run_id} failed on the training group") as failed:
+        compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
+    assert "compute API 503" in str(failed.value) and "resize it by hand" in str(failed.value)
+
+
 def test_retry_after_success_does_not_start_the_group_and_failed_marker_is_cleared(storage_client: Any) -> None:
     s, run_id = get_settings("dev"), _run_id()
     blob = storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id))

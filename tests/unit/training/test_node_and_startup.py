@@ -72,6 +72,39 @@ def test_other_nodes_do_not_write_the_marker_and_waits_are_bounded(storage_clien
     assert json.loads(bucket.blob(compute.marker_name(s, alone)).download_as_bytes())["host"] == "alone"
 
 
+def test_a_node_whose_torchrun_fails_while_the_host_is_gone_writes_the_failure(storage_client: Any) -> None:
+    """The rendezvous host preempted mid-run: the other node's torchrun exits non-zero and, not being the host, wrote
+    nothing, so the DAG waited run_timeout_s (6 h) with this node's GPU idle."""
+    s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
+    bucket = storage_client.bucket(s.storage.artifacts_bucket)
+    bucket.blob(f"{compute.run_folder(s, run_id)}/nodes/node-a").upload_from_string("node-a")  # the host
+    assert worker.run_node(s, run_id, [], storage=storage_client, hostname="node-z", run=lambda _a: 1,
+                           sleep=lambda _s: None) == 1
+    marker = json.loads(bucket.blob(compute.marker_name(s, run_id)).download_as_bytes())
+    assert marker["status"] == "failed" and marker["host"] == "node-z" and "node-a may be gone" in marker["reason"]
+
+
+def test_a_node_that_cannot_read_its_arguments_writes_the_failure(storage_client: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arguments were read from the metadata server before the guard that writes the marker: a node that could
+    not read them left the run waiting its whole bound."""
+    s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
+
+    def metadata(key: str) -> str:
+        if key == compute.RUN_ID_KEY:
+            return run_id
+        raise RuntimeError(f"the metadata server did not answer for {key!r} after 5 tries")
+
+    monkeypatch.setattr(worker, "metadata_attribute", metadata)
+    monkeypatch.setattr(worker, "get_settings", lambda: s)
+    monkeypatch.setattr("tenfold.storage.gcs_client", lambda settings: storage_client)
+    with pytest.raises(RuntimeError, match="did not answer"):
+        worker.main()
+    marker = json.loads(storage_client.bucket(s.storage.artifacts_bucket).blob(
+        compute.marker_name(s, run_id)).download_as_bytes())
+    assert marker["status"] == "failed" and "did not answer for 'tenfold-train-args'" in marker["reason"]
+
+
 def test_a_retrys_nodes_never_take_an_earlier_starts_vm_for_a_peer(storage_client: Any) -> None:
     """The first start's VMs (gone now, resized to 0) stay registered: the retry's first node used to count them as
     its peers at once and rendezvous with a dead host, and the run waited out its whole bound."""
