@@ -85,6 +85,8 @@ PORT_SPAN = 1000
 # A replica that dies within this long of entering rotation counts as one that failed to come up (its pool backs
 # off before the next start); one that served this long resets its pool's back-off.
 SETTLED_S = 60.0
+# How long a started HAProxy has to answer its runtime API before it is stopped and its start counted as failed.
+HAPROXY_START_S = 10.0
 
 # Replica states in the supervisor.
 STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stopping"
@@ -400,7 +402,7 @@ class Supervisor:
     # -- HAProxy
     def start_haproxy(self) -> None:
         self.haproxy = process.start(HAPROXY, haproxy_argv(self.paths), run_dir=self.run_dir, port=self.settings.local.lb_port)
-        process.wait_until(self.api.alive, timeout=10, what="HAProxy", record=self.haproxy, interval=0.05)
+        process.wait_until(self.api.alive, timeout=HAPROXY_START_S, what="HAProxy", record=self.haproxy, interval=0.05)
         self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
 
     def _ensure_haproxy(self) -> bool:

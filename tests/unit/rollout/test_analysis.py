@@ -137,8 +137,12 @@ def test_a_failing_metric_fails_even_while_feedback_is_missing() -> None:
 
 
 def test_accuracy_check_off_when_min_feedback_is_zero() -> None:
-    policy = POLICY.model_copy(update={"min_feedback": 0})
-    assert check(arm(), arm(), Accuracy(0, None), Accuracy(0, None), policy).verdict == PASS
+    """With labelled feedback that shows the canary clearly worse: failed while the check is on, passed with it off
+    (with no feedback at all, as this test had, the check could not run whatever the setting said)."""
+    worse, control = Accuracy(2000, 0.5), Accuracy(2000, 0.7)
+    assert check(arm(), arm(), worse, control, POLICY).verdict == FAIL  # on (POLICY's min_feedback)
+    off = check(arm(), arm(), worse, control, POLICY.model_copy(update={"min_feedback": 0}))
+    assert off.verdict == PASS and "accuracy_p_value" not in off.values, off
 
 
 def test_rollout_steps_must_climb_to_100() -> None:

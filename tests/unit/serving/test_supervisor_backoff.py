@@ -161,22 +161,29 @@ def test_a_haproxy_that_cannot_restart_is_retried_with_back_off_and_the_status_s
 def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(supervisor: Any,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A restart whose process starts but never answers its runtime API is stopped before the next try: left
-    running, and forgotten, it would hold the port (every later restart failing) and outlive `serve down`."""
-    import sys
+    running, and forgotten, it would hold the port (every later restart failing) and outlive `serve down`. The real
+    start (its own wait) over a process that never answers: a sleep in HAProxy's place, a runtime API that is down."""
+    import psutil
 
     from tenfold.local import process
 
-    started: list[Any] = []
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
+    supervisor.api.alive = lambda: False
+    started: list[int] = []
+    real_start = process.start
 
-    def never_answers() -> None:
-        supervisor.haproxy = process.start(fleet.HAPROXY, [sys.executable, "-c", "import time; time.sleep(60)"],
-                                           run_dir=supervisor.run_dir, port=supervisor.settings.local.lb_port)
-        started.append(supervisor.haproxy)
-        raise LocalPlatformError("HAProxy did not answer its runtime API within 10 s")
+    def start(name: str, argv: list[str], **kwargs: Any) -> Any:
+        record = real_start(name, argv, **kwargs)
+        if name == fleet.HAPROXY:
+            started.append(record.pid)
+        return record
 
-    monkeypatch.setattr(supervisor, "start_haproxy", never_answers)
+    monkeypatch.setattr(process, "start", start)
     _tick_for(supervisor, 1.0)
-    assert started and not any(process.is_running(r) for r in started)
+    assert started and any("haproxy: could not restart" in line for line in supervisor.lines), supervisor.lines
+    for pid in started:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
     assert process.read_record(supervisor.run_dir, fleet.HAPROXY) is None
 
 
@@ -247,9 +254,12 @@ def test_a_roll_to_a_version_that_crashes_after_admission_keeps_the_old_replicas
         most = max(most, len([r for r in rolling.replicas if r.state in (fleet.STARTING, fleet.SERVING)]))
         time.sleep(0.05)
     assert most <= 3, "more than one extra replica during the roll"
+    # The v2 replicas did start, enter rotation and die, again and again (a roll that never began passes the rest).
+    assert len(_delays(rolling.lines, "after it entered rotation")) >= 2, "\n".join(rolling.lines)
     # Drained for replicas that then died, the pool ran out of v1 (and of everything): at most the one old
-    # replica a new one that served min_ready_s replaced may go.
-    assert fewest >= 1, "the roll drained every old replica for new ones that crashed:\n" + "\n".join(rolling.lines)
+    # replica a new one that served min_ready_s replaced may go; none for one that died sooner.
+    assert fewest >= (2 if lifetime < rolling.settings.serving.fleet.min_ready_s else 1), \
+        "the roll drained old replicas for new ones that crashed:\n" + "\n".join(rolling.lines)
     assert _old_serving(rolling) >= 1
 
 
@@ -293,16 +303,40 @@ def test_a_crash_looping_replica_beside_a_long_serving_one_backs_off(rolling: An
     assert _old_serving(rolling) == 1  # the long-serving one, all along
 
 
-def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling: Any) -> None:
+def _with_a_real_haproxy_restart(sup: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The supervisor's own _ensure_haproxy (the fixture's stand-in says HAProxy always runs) over a stand-in
+    HAProxy process (a sleep; the runtime API stays the stub's); returns what kills it, so that the next tick
+    restarts it the supervisor's way."""
+    from tenfold.local import process
+
+    def start_haproxy() -> None:
+        sup.haproxy = process.start(fleet.HAPROXY, ["sleep", "120"], run_dir=sup.run_dir, port=0)
+
+    monkeypatch.setattr(sup, "start_haproxy", start_haproxy)
+    monkeypatch.setattr(sup, "_ensure_haproxy", fleet.Supervisor._ensure_haproxy.__get__(sup))
+    start_haproxy()
+
+    def kill() -> int:
+        pid = sup.haproxy.pid
+        process.stop(sup.haproxy, timeout=5)
+        return pid
+    return kill
+
+
+def test_an_haproxy_restart_during_a_roll_does_not_stop_the_old_replicas(rolling: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """After HAProxy restarts, every replica re-enters through its health check (STARTING again); the roll
     stopped old ones in that state as if they had never served ("superseded"), all at once."""
+    kill_haproxy = _with_a_real_haproxy_restart(rolling, monkeypatch)
     _pool_up(rolling)
     _roll_to(rolling, "v3")  # a version whose replicas live: a normal roll
     rolling.tick()
-    for r in rolling.pool_replicas("stable"):  # what _ensure_haproxy does to each replica after a restart
-        r.enter(fleet.STARTING)
-    rolling.api.slots.clear()  # HAProxy has not checked them yet
+    dead = kill_haproxy()
+    rolling.api.slots.clear()  # a restarted HAProxy has checked none of them yet...
+    monkeypatch.setattr(rolling.api, "point", lambda *args: None)  # ...and does not before the next tick
     rolling.tick()
+    assert rolling.haproxy.pid != dead and any("haproxy: not running, restarting it" in line for line in rolling.lines)
+    assert {r.state for r in rolling.replicas if r.version == "v1"} == {fleet.STARTING}  # re-entering
     stopped = [r for r in rolling.replicas if r.version == "v1" and r.state == fleet.STOPPING]
     assert stopped == [], [(r.version, r.state) for r in rolling.replicas]
 
@@ -316,12 +350,13 @@ def test_a_replica_killed_long_after_admission_is_no_failure_even_after_an_hapro
     import signal
 
     monkeypatch.setattr(fleet, "SETTLED_S", 2.0)
+    kill_haproxy = _with_a_real_haproxy_restart(rolling, monkeypatch)
     _pool_up(rolling)
     time.sleep(2.5)  # both have served SETTLED_S
-    for r in rolling.pool_replicas("stable"):  # what _ensure_haproxy does to each replica after a restart
-        rolling.api.point(r.pool, r.server, "127.0.0.1", r.port)
-        r.enter(fleet.STARTING)
-    rolling.tick()
+    dead = kill_haproxy()
+    rolling.tick()  # the supervisor restarts it: every replica re-enters through its check (the stub's: UP)
+    assert rolling.haproxy.pid != dead
+    _tick_for(rolling, 0.3)
     assert _old_serving(rolling) == 2  # re-admitted
     os.kill(rolling.pool_replicas("stable", fleet.SERVING)[0].record.pid, signal.SIGKILL)
     _tick_for(rolling, 1.0)
