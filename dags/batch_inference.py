@@ -25,10 +25,12 @@ once, anything else is retried as ``settings.pipelines.batch_inference`` says; e
       not hold) and publishes the scores partition atomically. Dead letters: ``tenfold dlq inspect``.
 
 **Run conf** (optional): ``month`` (``YYYY-MM``), ``version`` (a registry version or alias), e.g.
-``airflow dags test batch_inference -c '{"month": "2013-07"}'``.
+``{"month": "2013-07"}`` in the UI's Trigger form.
 
 Run locally: ``make up`` then trigger ``batch_inference`` in the UI, or
-``python -m tenfold.pipelines.batch_inference --conf '{"month": "2013-07"}'`` without Airflow.
+``python -m tenfold.pipelines.batch_inference --conf '{"month": "2013-07"}'`` without Airflow
+(``airflow dags test`` needs the environment Tenfold starts Airflow with, ``tenfold.local.airflow.airflow_env``:
+a shell's own ``airflow`` has another home, database and DAGs folder).
 """
 
 from __future__ import annotations

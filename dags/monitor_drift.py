@@ -18,8 +18,9 @@ alias; default the ``champion``).
    triggers ``train_model``; skipped otherwise, and when this run emitted the same event before (a cleared run
    that finished). Weather, history aggregates and the weekday only report.
 
-Run locally: ``make up`` then trigger ``monitor_drift`` in the UI, or ``airflow dags test monitor_drift -c
-'{"month": "2013-07"}'``; without Airflow ``python -m tenfold.pipelines.monitor_drift --conf '{"month": "2013-07"}'``.
+Run locally: ``make up`` then trigger ``monitor_drift`` in the UI (run conf ``{"month": "2013-07"}``); without Airflow
+``python -m tenfold.pipelines.monitor_drift --conf '{"month": "2013-07"}'`` (``airflow dags test`` needs the environment Tenfold starts Airflow with, ``tenfold.local.airflow.airflow_env``:
+a shell's own ``airflow`` has another home, database and DAGs folder).
 """
 
 from __future__ import annotations

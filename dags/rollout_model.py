@@ -25,7 +25,9 @@ drove it, and recorded in the registry: ``tenfold rollout status``):
 step ends at its next poll; no alias moves. A retried task or a restarted scheduler resumes from the
 recorded step, without applying a step twice or skipping a check.
 
-Run locally: ``make up``, then trigger ``rollout_model`` in the UI, or ``airflow dags test rollout_model``.
+Run locally: ``make up``, then trigger ``rollout_model`` in the UI; without Airflow
+``python -m tenfold.pipelines.rollout_model`` (``airflow dags test`` needs the environment Tenfold starts Airflow with, ``tenfold.local.airflow.airflow_env``:
+a shell's own ``airflow`` has another home, database and DAGs folder).
 """
 
 from __future__ import annotations

@@ -30,12 +30,14 @@ anything else is retried as ``settings.pipelines.train_model`` says, the ``train
    failed ``plan``), the cloud training group is at 0: ``train`` scales it down itself, but not when the worker process
    running it is killed. Locally it does nothing.
 
-**Run conf** (optional, e.g. ``airflow dags test train_model -c '{"train_months": ["2013-01", "2013-02"],
-"holdout_months": ["2013-03", "2013-03"], "epochs": 1}'``): ``train_months``, ``holdout_months``,
+**Run conf** (optional, e.g. ``{"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"],
+"epochs": 1}`` in the UI's Trigger form): ``train_months``, ``holdout_months``,
 ``epochs``, ``max_steps``, ``batch_size``, ``nproc``, ``seed``, ``feedback_weight`` (0 to 100: how much the
 feedback join's labelled rows weigh; 0 leaves them out).
 
-Run locally: ``make up`` then trigger ``train_model`` in the UI, or ``airflow dags test train_model``.
+Run locally: ``make up`` then trigger ``train_model`` in the UI; without Airflow ``python -m tenfold.pipelines.train_model``
+(``airflow dags test`` needs the environment Tenfold starts Airflow with, ``tenfold.local.airflow.airflow_env``:
+a shell's own ``airflow`` has another home, database and DAGs folder).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``tenfold rollout``: watch and stop canary rollouts (the ``rollout_model`` DAG runs them).
 
-* ``tenfold rollout status [--version V] [--json]``: the newest rollout (of ``V``): each step, each check
+* ``tenfold rollout status [--version V] [--json]``: the newest rollout (of ``V``, an id, id prefix or alias): each step, each check
   with the values that drove it, the outcome, the canary's share now, and the report's address;
 * ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
   to 0 at once, the DAG's running step stops at its next poll and no alias moves. On a rollout that ended
@@ -13,7 +13,7 @@ and 3 when no rollout is recorded (of ``V``).
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,7 @@ from tenfold.registry.cli import registry_of, run_guarded
 
 app = typer.Typer(help="Canary rollouts: their status, and a safe abort.", no_args_is_help=True)
 
-_Version = Annotated[str | None, typer.Option("--version", help="a version id (default: the newest rollout of any version)")]
+_Version = Annotated[str | None, typer.Option("--version", help="a version id, id prefix or alias (default: the newest rollout of any version)")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -39,6 +39,13 @@ def _router_percent(settings: Settings) -> int | None:
         return None
 
 
+def _version_id(registry: Any, version: str | None) -> str | None:
+    """--version as the id rollouts are recorded under: an alias (`challenger`) or an id prefix, as `tenfold models`
+    takes them, found "no rollout recorded" while the challenger's canary kept its share. Unknown: the registry's
+    refusal."""
+    return registry.find(version) if version else None
+
+
 @app.command()
 def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """The newest rollout: steps, checks with their values, the outcome and the canary's share now."""
@@ -50,7 +57,7 @@ def _status(version: str | None, as_json: bool) -> None:
 
     settings = get_settings()
     registry = registry_of(settings)
-    found = latest(registry, version)
+    found = latest(registry, _version_id(registry, version))
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") +
                     ": the rollout_model DAG starts one for each new challenger", 3)
@@ -77,7 +84,7 @@ def _abort(version: str | None) -> None:
 
     settings = get_settings()
     registry = registry_of(settings)
-    found = latest(registry, version)
+    found = latest(registry, _version_id(registry, version))
     if found is None:
         raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
     rollout, record = found

@@ -564,3 +564,26 @@ def test_a_component_started_on_another_port_is_named_with_the_variable_not_prob
         assert process.is_running(record), "a refused up stopped what it did not start"
     finally:
         process.stop(record, timeout=5)
+
+
+def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_is(tmp_path, monkeypatch):
+    """`TENFOLD_DEBUG=1 tenfold up` (what a command's fault advises) refused the running platform, "it runs with
+    other settings than these (TENFOLD_DEBUG changed...)": TENFOLD_DEBUG builds no setting. A process started with
+    Airflow's exact environment stands in for Airflow."""
+    from tenfold.local import process
+    from tenfold.local.services import service
+    from tenfold.local.stack import _drift
+
+    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    s = _fresh_settings(tmp_path)
+    record = process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
+                           env=process.child_environ(service(s, "airflow").env or {}))
+    try:
+        assert _drift(service(s, "airflow"), record, "airflow") == ""
+        monkeypatch.setenv("TENFOLD_DEBUG", "1")
+        assert _drift(service(s, "airflow"), record, "airflow") == ""
+        changed = s.model_copy(update={"monitoring": s.monitoring.model_copy(update={"alert_file": tmp_path / "a.jsonl"})})
+        said = _drift(service(changed, "airflow"), record, "airflow")
+        assert "TENFOLD_ALERT_FILE changed since it started" in said and "TENFOLD_DEBUG" not in said, said
+    finally:
+        process.stop(record, timeout=5)

@@ -35,6 +35,14 @@ class Registry:
     def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
         return [(T, v, r) for (v, r) in self.events if version in (None, v)]
 
+    def find(self, ref: str) -> str:  # the registry's: an alias, an id or an id prefix
+        from tenfold.registry.errors import UnknownVersion
+
+        known = {"challenger": "v3", "v2": "v2", "v3": "v3"}
+        if ref not in known:
+            raise UnknownVersion(f"no version or alias {ref!r} in the registry")
+        return known[ref]
+
     def rollout_events(self, version: str, rollout_id: str) -> dict[str, Any]:
         return self.events[(version, rollout_id)]
 
@@ -64,3 +72,27 @@ def test_the_canary_share_is_shown_only_beside_the_newest_rollout(monkeypatch: p
     assert out.exit_code == 0, out.output
     assert ("canary at 25 % now" in out.output) is share, out.output
     assert ("rollout r1:" in out.output) is (version == "v2"), out.output
+
+
+@pytest.mark.parametrize("command", ["status", "abort"])
+def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """`tenfold rollout abort --version challenger` said "no rollout recorded for challenger: nothing to abort" (exit 3)
+    while the challenger's canary kept its share: rollouts are recorded under version ids."""
+    from tenfold.rollout import adapters, record
+
+    registry = Registry()
+    aborted: list[str] = []
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(rollout_cli, "_router_percent", lambda settings: 25)
+    monkeypatch.setattr(adapters, "router", lambda settings: type("R", (), {"set_canary_percent": lambda self, p: None})())
+
+    def record_abort(reg: Any, rollout: Rollout, by: str) -> tuple[bool, str]:
+        aborted.append(rollout.rollout_id)
+        return True, "aborted"
+
+    monkeypatch.setattr(record, "record_abort", record_abort)
+    out = CliRunner().invoke(app, ["rollout", command, "--version", "challenger"])
+    assert out.exit_code == 0 and "rollout r2" in out.output, out.output
+    assert aborted == (["r2"] if command == "abort" else []), out.output
+    unknown = CliRunner().invoke(app, ["rollout", command, "--version", "nope"])
+    assert unknown.exit_code == 2 and "no version or alias 'nope'" in unknown.output, unknown.output
