@@ -181,7 +181,9 @@ def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat:
     env = {"TENFOLD_INFER_STUB_SCORING": "1"} if stub else {"TENFOLD_INFER_STUB_SCORING": ""}
     best = float("inf")
     with WorkerPool(settings, workers, env=env, preload=None if stub else version) as pool:
-        if not pool.wait_ready(180):  # every worker has loaded the model (as batch_inference's pool does)
+        # Every worker has loaded the model: the start is kept out of the timing (batch_inference's score does not
+        # wait for it, its count starts at once).
+        if not pool.wait_ready(180):
             raise SystemExit(f"the {workers} inference workers were not ready within 180 s: see {pool.run_dir}")
         for _ in range(workers):  # warm-up: the first requests through each worker and the emulator
             run = f"warm-{uuid.uuid4().hex[:6]}"

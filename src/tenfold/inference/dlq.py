@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded dead letter (of ``run`` only, if given), newest runs first; bodies left out."""
+    """Every recorded dead letter (of ``run`` only, if given), the newest dead-lettered first; bodies left out."""
     _check_run(run)
     objects = work_objects(settings)
     drain_dead_letters(settings, objects=objects)
@@ -38,6 +38,9 @@ def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any
         for rid in store.dead_letter_ids():
             record = store.dead_letter(rid) or {}
             out.append({k: v for k, v in record.items() if k != "data_base64"})
+    # Run folders sort by name (asset_triggered__... before manual__...), not by time: ordered by when each was
+    # dead-lettered instead.
+    out.sort(key=lambda r: float(r.get("dead_lettered_at") or 0), reverse=True)
     return out
 
 

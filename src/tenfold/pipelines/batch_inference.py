@@ -292,10 +292,10 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
 
     r = InferenceRun.from_xcom(run)
     started = time.monotonic()
+    _check_unchanged(settings, r)  # never score (or wait for scores of) other features than were planned
     if r.path == "spark":
         from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
 
-        _check_unchanged(settings, r)  # as the Pub/Sub path does: never score other features than were planned
         written = spark.score_partition(settings, r.model_version, r.partition, features_data_dir=r.features_data_dir)
         return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
     ids = expected_ids(r.run_key, r.month, r.requests)
@@ -345,6 +345,10 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
         if (made_from := manifest.extra.get("features_data_dir")) != r.features_data_dir:
             raise PipelineError(f"the scores of {r.month} were made from features {made_from}, but this run planned "
                                 f"{r.features_data_dir}: trigger a new batch_inference run for the month")
+        if (made_by := manifest.extra.get("model_version")) != r.model_version:  # another run's, published since
+            raise PipelineError(f"the scores of {r.month} are model {made_by}'s (run {manifest.run_id}), not {r.model_version}'s "
+                                "this run planned: another run published over them; trigger a new batch_inference run "
+                                "for the month if its scores should be this model's")
         if manifest.rows != r.rows or (s is not None and s.rows_written != r.rows):
             raise PipelineError(f"the Spark path scored {manifest.rows} rows of {r.month}, the partition holds {r.rows}: "
                                 "the invariant (count in = count out) does not hold; clear this month's publish_results task, or "
@@ -384,6 +388,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.score task of {r.month} with its downstream "
             "tasks (score waits for the replayed requests, publish_results counts them), or raise the setting to publish the "
             "month without them")
+    # Re-published since the plan (a cleared, late run): its scores are of a build no longer published, and would
+    # replace those a later run made of the new one, with no event left to score the month again.
+    _check_unchanged(settings, r)
     manifest = publish_scores(lake, table, r.partition, scores, schema, keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})

@@ -138,3 +138,16 @@ def test_a_cloud_failure_says_what_to_do_there_not_tenfold_up(command: list[str]
     result = CliRunner().invoke(cli.app, command)
     assert result.exit_code == 1, result.output
     assert said in result.output and "tenfold up`)?" not in result.output and "fault in the code" not in result.output
+
+
+def test_inspect_lists_the_newest_dead_letter_first(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said "newest runs first" and listed run folders by name: asset_triggered__... before manual__... whatever
+    their times."""
+    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None: None)
+    objects = work_objects(settings)
+    for run, request, when in (("asset_triggered__b", "b-000000", 2.0), ("manual__a", "a-000000", 1.0)):
+        RunStore(objects, run).put_dead_letter(request, {"request_id": request, "run": run, "dead_lettered_at": when})
+    assert [r["request_id"] for r in dlq.inspect(settings)][:2] == ["b-000000", "a-000000"]
+    RunStore(objects, "manual__a").put_dead_letter("a-000001", {"request_id": "a-000001", "run": "manual__a",
+                                                                "dead_lettered_at": 3.0})
+    assert [r["request_id"] for r in dlq.inspect(settings)][:3] == ["a-000001", "b-000000", "a-000000"]

@@ -114,6 +114,53 @@ def test_the_bulk_spark_path_is_chosen_on_this_machine_only() -> None:
     assert pipeline.scoring_path(dev, dev.inference.spark_threshold_rows * 10) == "pubsub"
 
 
+def test_a_late_run_whose_features_were_re_published_meanwhile_publishes_nothing_over_a_newer_runs_scores(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A scored the month's first build; before its (cleared, late) publish_results ran, the month was re-published
+    and run B scored and published the new build. A's publish put the old build's scores back over B's, and no event
+    was left to score the month again."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    late = pipeline.plan(s, "run-a", {"month": PART.label})
+    _score(s, late)
+    publish_synthetic_features(lake, [PART], 60, seed=7)  # the month re-published
+    newer = pipeline.plan(s, "run-b", {"month": PART.label})
+    _score(s, newer)
+    pipeline.publish_results(s, newer)
+    published = lake.read_manifest(table, PART)
+    with pytest.raises(pipeline.PipelineError, match="was re-published since this run planned"):
+        pipeline.publish_results(s, late)
+    assert lake.read_manifest(table, PART).content == published.content  # run B's scores stay
+    with pytest.raises(pipeline.PipelineError, match="was re-published since this run planned"):
+        pipeline.score(s, late)  # nor does its score wait for scores of a build no longer published
+
+
+def test_the_spark_paths_figures_are_refused_when_another_model_published_over_its_scores(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI run with another version published the month's scores after this Spark run: its publish_results
+    compared the build and the row count only, and reported this model's figures for the other model's scores."""
+    import dataclasses
+
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-other")
+    other = pipeline.plan(s, "cli-run", {"month": PART.label})
+    _score(s, other)
+    pipeline.publish_results(s, other)  # what the other run left: the same build, the same rows, another model
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    spark_run = dataclasses.replace(pipeline.plan(s, "dag-run", {"month": PART.label}), path="spark")
+    with pytest.raises(pipeline.PipelineError, match="are model v-other's"):
+        pipeline.publish_results(s, spark_run)
+
+
 def test_a_month_with_dead_letters_publishes_nothing_over_a_complete_one_unless_a_share_is_allowed(
     make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
