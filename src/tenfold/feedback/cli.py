@@ -94,7 +94,10 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    state = {"landed": 0, "at": 0.0}
+    # landed -1: the first round joins (cheap when nothing changed: unchanged months are skipped). What the last
+    # process landed before it died (SIGKILL, or a SinkError out of run, which skips the last join) was joined by no
+    # one until new traffic landed, and a quiet night kept it out of the labelled table.
+    state = {"landed": -1, "at": 0.0}
 
     def maybe_join() -> None:
         # Join when something landed since the last join, at most once per join_every_s, busy or quiet.

@@ -55,12 +55,15 @@ def _subscription(settings: Settings, stream: str) -> Any:
 
 
 def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
-    """Up to ``n`` messages; [] when there are none. The first pull may wait a while; a later one (after others
-    returned messages) only briefly, since the emulator holds an empty pull until its timeout."""
+    """Up to ``n`` messages; [] when there are none. The first pull is held (no ``return_immediately``) until
+    messages come or the service says there are none: Pub/Sub may answer a pull that returns at once with nothing
+    while a sparse subscription, as a dead-letter one is, holds messages, and the command said "0 dead-lettered" (and
+    replayed nothing) while they were there. A later pull (after others returned messages) returns at once; the
+    emulator holds an empty pull about 4 s."""
     from google.api_core.exceptions import DeadlineExceeded
 
     try:
-        resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": True},
+        resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": not first},
                            timeout=30 if first else 5)
     except DeadlineExceeded:  # an empty pull the emulator held: nothing more
         return []

@@ -121,7 +121,8 @@ def places(settings: Settings) -> Places:
 
 def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
     """(canary, control) accuracy over predictions served in ``[since, until)``: the canary is ``version``
-    on the canary arm, the control whatever the stable arm served. Runs the feedback join first."""
+    on the canary arm, the control whatever the stable arm served. Joins the window from the log files landed since it
+    opened (``refresh``: what the sink landed since the last published join counts; nothing is published)."""
     from tenfold.feedback.metrics import online_metrics
 
     rows = online_metrics(settings, since, until, by=("model_version", "arm"), refresh=True)
