@@ -111,6 +111,8 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
                 typer.echo(f"warning: join failed, trying again in {join_every_s:.0f} s: {exc}", err=True)
                 return
             state["landed"] = landed
+            if not landed:  # the first round's join of what an earlier process landed: the next landing joins at once
+                state["at"] = 0.0
             typer.echo(json.dumps({"join": report.published}), err=True)
             for line in report.kept:
                 typer.echo(f"warning: feedback join kept {line}", err=True)
@@ -118,7 +120,7 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
     subs = settings.messaging.subscriptions
     typer.echo(f"feedback sink: pulling {subs['predictions'].name} and {subs['feedback'].name} until SIGTERM", err=True)
     sink.run(stop, after_round=maybe_join)
-    if do_join and sink.stats.landed > state["landed"]:
+    if do_join and sink.stats.landed > max(state["landed"], 0):  # landed by this process since its last join
         join(settings)
 
 

@@ -64,7 +64,7 @@ def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
 
     try:
         resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": not first},
-                           timeout=30 if first else 5)
+                           timeout=10 if first else 5)
     except DeadlineExceeded:  # an empty pull the emulator held: nothing more
         return []
     return list(resp.received_messages)

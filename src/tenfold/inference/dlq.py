@@ -40,7 +40,8 @@ def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any
             out.append({k: v for k, v in record.items() if k != "data_base64"})
     # Run folders sort by name (asset_triggered__... before manual__...), not by time: ordered by when each was
     # dead-lettered instead.
-    out.sort(key=lambda r: float(r.get("dead_lettered_at") or 0), reverse=True)
+    out.sort(key=lambda r: r["dead_lettered_at"] if isinstance(r.get("dead_lettered_at"), int | float) else 0,
+             reverse=True)
     return out
 
 

@@ -144,7 +144,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
         while True:
             try:
                 resp = client.pull(request={"subscription": path, "max_messages": 500, "return_immediately": not hold},
-                                   timeout=30 if hold else 10, retry=None)
+                                   timeout=10, retry=None)
                 hold = False
             except DeadlineExceeded:
                 break

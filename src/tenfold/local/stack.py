@@ -68,6 +68,7 @@ def _moved(comp: Component, record: ProcessRecord | None, service_name: str) -> 
 
 
 _PLACING = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
+_NO_DRIFT = ("TENFOLD_DEBUG",)  # read by the command line alone (tenfold.cli), never by a task
 
 
 def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str:
@@ -92,32 +93,13 @@ def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str
     if not running:  # a kernel thread's, or unreadable
         return ""
     want, have = settings_of(process.child_environ(svc.env)), settings_of(running)
-    changed = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    # A TENFOLD_* variable that builds no setting (TENFOLD_DEBUG, which a command's fault advises) is no drift: each
-    # is kept only if its running value alone gives other settings.
-    changed = [k for k in changed if k in _PLACING or not _same_settings(want, _with_value_of(have, want, k))]
+    # TENFOLD_DEBUG (which a command's fault advises setting) changes no task: no drift. Every other TENFOLD_* does,
+    # a setting's or a hook a task reads from its environment (TENFOLD_INFER_FAULT, TENFOLD_INFER_STUB_SCORING, ...).
+    changed = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k) and k not in _NO_DRIFT)
     if not changed:
         return ""
     return (f"it runs with other settings than these ({', '.join(changed)} changed since it started): stop it "
             f"(`tenfold down -s {service_name}`), then `tenfold up` starts it with these")
-
-
-def _with_value_of(have: Mapping[str, str], want: Mapping[str, str], key: str) -> dict[str, str]:
-    """``want`` with ``key`` as ``have`` has it (unset where ``have`` has none)."""
-    env = {k: v for k, v in want.items() if k != key}
-    if key in have:
-        env[key] = have[key]
-    return env
-
-
-def _same_settings(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
-    """Whether two environments build the same local settings (False when either cannot be built)."""
-    from tenfold.local.env import settings_from_env
-
-    try:
-        return settings_from_env(want) == settings_from_env(have)
-    except Exception:  # a value that no longer parses is a difference worth naming
-        return False
 
 
 def _healthy(check: Callable[[], bool]) -> bool:

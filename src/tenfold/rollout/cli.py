@@ -46,6 +46,14 @@ def _version_id(registry: Any, version: str | None) -> str | None:
     return registry.find(version) if version else None
 
 
+def _named(version: str | None, vid: str | None) -> str:
+    """" for challenger (v3)": the alias as given and the id it names now (an alias moved by a newer run names
+    another version than the one whose canary runs)."""
+    if not version:
+        return ""
+    return f" for {version}" + (f" (now {vid})" if vid and vid != version else "")
+
+
 @app.command()
 def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """The newest rollout: steps, checks with their values, the outcome and the canary's share now."""
@@ -57,9 +65,9 @@ def _status(version: str | None, as_json: bool) -> None:
 
     settings = get_settings()
     registry = registry_of(settings)
-    found = latest(registry, _version_id(registry, version))
+    found = latest(registry, vid := _version_id(registry, version))
     if found is None:
-        raise _fail("no rollout recorded" + (f" for {version}" if version else "") +
+        raise _fail("no rollout recorded" + _named(version, vid) +
                     ": the rollout_model DAG starts one for each new challenger", 3)
     rollout, record = found
     # The router's canary share is the newest rollout's: shown beside an older one, it read as that one's.
@@ -84,9 +92,10 @@ def _abort(version: str | None) -> None:
 
     settings = get_settings()
     registry = registry_of(settings)
-    found = latest(registry, _version_id(registry, version))
+    found = latest(registry, vid := _version_id(registry, version))
     if found is None:
-        raise _fail("no rollout recorded" + (f" for {version}" if version else "") + ": nothing to abort", 3)
+        raise _fail("no rollout recorded" + _named(version, vid) + ": nothing to abort"
+                    + ("; without --version it aborts the newest rollout" if version else ""), 3)
     rollout, record = found
     newer = newer_rollout(registry, rollout.rollout_id)  # a newer rollout's canary is what the router's weight is
     ended = outcome(record)

@@ -57,6 +57,11 @@ def metadata_attribute(key: str, *, sleep: Callable[[float], None] = time.sleep)
     raise RuntimeError(f"the metadata server did not answer for {key!r} after {METADATA_TRIES} tries: {last}")
 
 
+# How long a node whose torchrun failed waits for the rendezvous host's own marker before writing the run's failure:
+# longer than torch's exit barrier (300 s), within which a host's ranks may still be finishing a success.
+HOST_GRACE_S = 360.0
+
+
 def write_failure(settings: Settings, storage: Any, run_id: str, hostname: str, reason: str) -> None:
     """Write the run's marker as failed, unless a marker is there already (a result, or another node's failure):
     a node that fails before torchrun (its peers never registered, an error) would otherwise leave the DAG waiting
@@ -126,10 +131,16 @@ def run_node(
         bucket.blob(marker_name(settings, run_id)).upload_from_string(json.dumps(marker), content_type="application/json")
     elif code != 0:
         # With a fixed node count, any node's failure ends the run. The host writes the marker only if it is still
-        # there: a preempted host left the DAG waiting run_timeout_s (hours) while this node's GPU sat idle. Create-
-        # only, so a result the host wrote is never replaced.
+        # there: a preempted host left the DAG waiting run_timeout_s (hours) while this node's GPU sat idle. It is
+        # given HOST_GRACE_S first (longer than torch's exit barrier), so a rank that failed in teardown after the
+        # host's success does not fail the run; then the failure, create-only (a result the host wrote stands).
+        marker = bucket.blob(marker_name(settings, run_id))
+        grace_until = clock() + HOST_GRACE_S
+        while not marker.exists() and clock() < grace_until:
+            sleep(settings.training.poll_interval_s)
         write_failure(settings, storage, run_id, hostname,
-                      f"torchrun on {hostname} exited {code} (the rendezvous host {host} may be gone: a preempted VM)")
+                      f"torchrun on {hostname} exited {code}, and the rendezvous host {host} wrote no result within "
+                      f"{HOST_GRACE_S:.0f} s (gone: a preempted VM?)")
     return code
 
 

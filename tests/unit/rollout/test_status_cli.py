@@ -38,7 +38,7 @@ class Registry:
     def find(self, ref: str) -> str:  # the registry's: an alias, an id or an id prefix
         from tenfold.registry.errors import UnknownVersion
 
-        known = {"challenger": "v3", "v2": "v2", "v3": "v3"}
+        known = {"challenger": "v3", "champion": "v1", "v2": "v2", "v3": "v3"}
         if ref not in known:
             raise UnknownVersion(f"no version or alias {ref!r} in the registry")
         return known[ref]
@@ -94,5 +94,7 @@ def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.Monk
     out = CliRunner().invoke(app, ["rollout", command, "--version", "challenger"])
     assert out.exit_code == 0 and "rollout r2" in out.output, out.output
     assert aborted == (["r2"] if command == "abort" else []), out.output
+    none = CliRunner().invoke(app, ["rollout", command, "--version", "champion"])  # an alias naming another version
+    assert none.exit_code == 3 and "no rollout recorded for champion (now v1)" in none.output, none.output
     unknown = CliRunner().invoke(app, ["rollout", command, "--version", "nope"])
     assert unknown.exit_code == 2 and "no version or alias 'nope'" in unknown.output, unknown.output

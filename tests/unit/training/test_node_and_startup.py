@@ -78,10 +78,32 @@ def test_a_node_whose_torchrun_fails_while_the_host_is_gone_writes_the_failure(s
     s, run_id = get_settings("dev"), f"run-{uuid.uuid4().hex[:8]}"
     bucket = storage_client.bucket(s.storage.artifacts_bucket)
     bucket.blob(f"{compute.run_folder(s, run_id)}/nodes/node-a").upload_from_string("node-a")  # the host
+    t = {"now": 0.0}
+
+    def sleep(sec: float) -> None:
+        t["now"] += sec
+
     assert worker.run_node(s, run_id, [], storage=storage_client, hostname="node-z", run=lambda _a: 1,
-                           sleep=lambda _s: None) == 1
+                           sleep=sleep, clock=lambda: t["now"]) == 1
     marker = json.loads(bucket.blob(compute.marker_name(s, run_id)).download_as_bytes())
-    assert marker["status"] == "failed" and marker["host"] == "node-z" and "node-a may be gone" in marker["reason"]
+    assert marker["status"] == "failed" and marker["host"] == "node-z" and "host node-a wrote no result" in marker["reason"]
+    assert t["now"] >= worker.HOST_GRACE_S  # the host was given its grace first
+
+    # A host that finishes its success within the grace (a rank of this node failed in teardown): its result stands.
+    done = f"run-{uuid.uuid4().hex[:8]}"
+    bucket.blob(f"{compute.run_folder(s, done)}/nodes/node-a").upload_from_string("node-a")
+
+    def host_writes_later(sec: float) -> None:
+        t["now"] += sec
+        if t["now"] > 60:
+            bucket.blob(compute.marker_name(s, done)).upload_from_string(
+                json.dumps({"status": "succeeded", "exit_code": 0, "host": "node-a"}))
+
+    t["now"] = 0.0
+    worker.run_node(s, done, [], storage=storage_client, hostname="node-z", run=lambda _a: 1, sleep=host_writes_later,
+                    clock=lambda: t["now"])
+    assert json.loads(bucket.blob(compute.marker_name(s, done)).download_as_bytes())["status"] == "succeeded"
+    assert t["now"] < worker.HOST_GRACE_S
 
 
 def test_a_node_that_cannot_read_its_arguments_writes_the_failure(storage_client: Any,
