@@ -31,7 +31,7 @@ def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any
     """Every recorded dead letter (of ``run`` only, if given), the newest dead-lettered first; bodies left out."""
     _check_run(run)
     objects = work_objects(settings)
-    drain_dead_letters(settings, objects=objects, hold_first=True)
+    drain_dead_letters(settings, objects=objects)
     out = []
     for key in [run] if run else run_keys(objects):
         store = RunStore(objects, key)
@@ -67,7 +67,7 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
 
     _check_run(run)
     objects = work_objects(settings)
-    drain_dead_letters(settings, objects=objects, hold_first=True)
+    drain_dead_letters(settings, objects=objects)
     wanted = set(request_ids)
     runs = [run] if run else run_keys(objects)
     recorded = {rid for key in runs for rid in RunStore(objects, key).dead_letter_ids()}

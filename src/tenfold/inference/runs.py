@@ -119,13 +119,8 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     return PublishReport(requests=count, rows=rows.num_rows, seconds=time.monotonic() - started)
 
 
-def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None,
-                       hold_first: bool = False) -> list[tuple[str, str]]:
+def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None) -> list[tuple[str, str]]:
     """Record every message waiting on the requests' dead-letter subscription, then acknowledge it.
-
-    ``hold_first``: the first pull waits for messages (no ``return_immediately``), for a drain done once (``tenfold
-    dlq``): Pub/Sub may answer a pull that returns at once with nothing while a sparse subscription holds messages.
-    A run's wait drains every poll and takes such an answer as "none yet" (the emulator holds an empty pull ~4 s).
 
     Returns ``(run, request id)`` of each. The record (body, attributes, delivery attempts, the last error
     the worker recorded) is written before the ack, so a crash in between records it twice, never loses it.
@@ -139,13 +134,11 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
     objects = objects or work_objects(settings)
     client = subscriber or subscriber_client(settings)
     seen: list[tuple[str, str]] = []
-    hold = hold_first
     try:
         while True:
             try:
-                resp = client.pull(request={"subscription": path, "max_messages": 500, "return_immediately": not hold},
+                resp = client.pull(request={"subscription": path, "max_messages": 500, "return_immediately": True},
                                    timeout=10, retry=None)
-                hold = False
             except DeadlineExceeded:
                 break
             if not resp.received_messages:

@@ -50,7 +50,7 @@ class _Publisher:
 def _dead_letter(settings: Settings, monkeypatch: pytest.MonkeyPatch, publisher: _Publisher) -> RunStore:
     from tenfold.messaging import clients
 
-    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None, hold_first=False: [])
+    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None: [])
     monkeypatch.setattr(clients, "publisher_client", lambda settings: publisher)
     store = RunStore(work_objects(settings), "run-1")
     store.put_dead_letter("req-1", {"request_id": "req-1", "run": "run-1", "attributes": {"request_id": "req-1"},
@@ -143,7 +143,7 @@ def test_a_cloud_failure_says_what_to_do_there_not_tenfold_up(command: list[str]
 def test_inspect_lists_the_newest_dead_letter_first(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """It said "newest runs first" and listed run folders by name: asset_triggered__... before manual__... whatever
     their times."""
-    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None, hold_first=False: None)
+    monkeypatch.setattr(dlq, "drain_dead_letters", lambda settings, objects=None: None)
     objects = work_objects(settings)
     for run, request, when in (("asset_triggered__b", "b-000000", 2.0), ("manual__a", "a-000000", 1.0)):
         RunStore(objects, run).put_dead_letter(request, {"request_id": request, "run": run, "dead_lettered_at": when})
