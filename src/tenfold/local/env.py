@@ -24,6 +24,9 @@ from tenfold.config.settings import (
     training_and_serving_env,
 )
 
+# The alert hooks' variables (the webhook URL, the mail relay, the alert file), as alert_hook_env sets them.
+ALERT_HOOK_VARIABLES = ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE")
+
 
 def alert_hook_env(settings: Settings) -> dict[str, str]:
     """The alert hooks' variables for ``settings`` (part of :func:`settings_env`). Empty means unset (build_settings
@@ -31,10 +34,6 @@ def alert_hook_env(settings: Settings) -> dict[str, str]:
     mo = settings.monitoring
     values = (mo.alert_webhook_url or "", mo.alert_smtp_host or "", str(mo.alert_file) if mo.alert_file else "")
     return dict(zip(ALERT_HOOK_VARIABLES, values, strict=True))
-
-
-# What alert_hook_env sets: the variables of the hooks.
-ALERT_HOOK_VARIABLES = ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST", "TENFOLD_ALERT_FILE")
 
 
 def without_alert_hook_variables(env: Mapping[str, str]) -> dict[str, str]:

@@ -246,10 +246,10 @@ def scoring_path(settings: Settings, rows: int) -> Literal["pubsub", "spark"]:
     return "spark" if settings.is_local and rows > settings.inference.spark_threshold_rows else "pubsub"
 
 
-def _check_unchanged(settings: Settings, run: InferenceRun) -> Lake:
+def _check_unchanged(settings: Settings, run: InferenceRun, lake: Lake | None = None) -> Lake:
     from tenfold.inference.spark import republished  # the Spark job's own refusal of the same case (no pyspark)
 
-    lake = Lake.from_settings(settings)
+    lake = lake or Lake.from_settings(settings)
     table = settings.storage.features_table
     now = lake.read_manifest(table, run.partition)
     if now.data_dir != run.features_data_dir:
@@ -274,7 +274,7 @@ def publish(settings: Settings, run: InferenceRun | Mapping[str, Any]) -> Publis
     rows = partition_rows(lake, settings.storage.features_table, r.partition, _contract(settings))
     # Checked again after the read, which follows a re-publish that lands while it reads: the requests are cut from
     # the build this run planned (and records), never from one published meanwhile.
-    _check_unchanged(settings, r)
+    _check_unchanged(settings, r, lake)
     if rows.num_rows != r.rows:
         raise PipelineError(f"features partition {r.month} holds {rows.num_rows} rows, its manifest {r.rows}: re-run build_features")
     report = publish_requests(settings, r.run_key, r.month, r.model_version, rows,
@@ -390,7 +390,7 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             "month without them")
     # Re-published since the plan (a cleared, late run): its scores are of a build no longer published, and would
     # replace those a later run made of the new one, with no event left to score the month again.
-    _check_unchanged(settings, r)
+    _check_unchanged(settings, r, lake)
     manifest = publish_scores(lake, table, r.partition, scores, schema, keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})

@@ -126,15 +126,15 @@ def run_node(
         sleep(settings.training.poll_interval_s)
     host = rendezvous_host(hosts)
     code = run(torchrun_argv(settings, run_id, host, args))
+    marker = bucket.blob(marker_name(settings, run_id))
     if host == hostname:
-        marker = {"status": "succeeded" if code == 0 else "failed", "exit_code": code, "host": hostname}
-        bucket.blob(marker_name(settings, run_id)).upload_from_string(json.dumps(marker), content_type="application/json")
+        result = {"status": "succeeded" if code == 0 else "failed", "exit_code": code, "host": hostname}
+        marker.upload_from_string(json.dumps(result), content_type="application/json")
     elif code != 0:
         # With a fixed node count, any node's failure ends the run. The host writes the marker only if it is still
         # there: a preempted host left the DAG waiting run_timeout_s (hours) while this node's GPU sat idle. It is
         # given HOST_GRACE_S first (longer than torch's exit barrier), so a rank that failed in teardown after the
         # host's success does not fail the run; then the failure, create-only (a result the host wrote stands).
-        marker = bucket.blob(marker_name(settings, run_id))
         grace_until = clock() + HOST_GRACE_S
         while not marker.exists() and clock() < grace_until:
             sleep(settings.training.poll_interval_s)
