@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import logging
 import smtplib
@@ -165,6 +166,16 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
                            "TENFOLD_ALERT_WEBHOOK to the address it redirects to (often its https:// form)")
 
 
+def _on_this_machine(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
     url = settings.monitoring.alert_webhook_url
     assert url is not None
@@ -176,6 +187,12 @@ def _webhook_hook(settings: Settings, alert: Alert) -> None:
         # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
         raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a "
                          "control character): fix the variable; alerts still go to the log")
+    if parts.scheme == "http" and not _on_this_machine(parts.hostname):
+        # A Slack-style hook's secret is its path: posted over plain http it crossed the network in clear text,
+        # alert after alert, with nothing said. The host is not the secret, so it is named.
+        raise ValueError(f"TENFOLD_ALERT_WEBHOOK is a plain http:// URL to {parts.hostname}: its secret would cross "
+                         "the network unencrypted; use its https:// form (http:// is taken for a hook on this machine "
+                         "only); alerts still go to the log")
     headers = {"Content-Type": "application/json"}
     if "@" in parts.netloc:
         # user:password@host: urllib hands http.client the userinfo as the host, which refused it quoting the
