@@ -15,10 +15,12 @@ These tables carry no ``_SUCCESS`` manifest: read them with :func:`read_log`, no
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,14 +68,24 @@ def _write(lake: Lake, path: str, data: bytes) -> None:
 
 
 PROBE_PREFIX = "_probe-"
+# A generous bound on one record's share of a log file: a prediction takes ~160 bytes (500 in a 78 KB file), its
+# request echoed in it. What a batch of N records may need on a local disk is N times this.
+LOG_ROW_BYTES = 1024
 
 
-def probe(lake: Lake, table: str) -> None:
+def probe(lake: Lake, table: str, *, reserve: int = 0) -> None:
     """Write a small file under ``table`` (a name no reader lists) as :func:`write_batch` writes, and remove it:
-    OSError when the lake cannot take a log file now (a full disk, a folder in the way, a bucket that refuses)."""
+    OSError when the lake cannot take a log file now (a full disk, a folder in the way, a bucket that refuses).
+    On a local disk, also OSError (ENOSPC) with less than ``reserve`` bytes free: a nearly full disk took the
+    probe's few bytes, and then refused the batch the sink had pulled on the strength of it."""
     path = posixpath.join(lake.table_path(table), f"{PROBE_PREFIX}{uuid.uuid4().hex}")
     _write(lake, path, b"probe")
     lake.fs.delete_file(path)
+    if reserve and isinstance(lake.fs, pafs.LocalFileSystem):
+        free = shutil.disk_usage(posixpath.dirname(path)).free
+        if free < reserve:
+            raise OSError(errno.ENOSPC, f"the lake's disk has {free // 1024} KiB free, under the {reserve // 1024} KiB "
+                                        "a batch may take")
 
 
 def log_months(lake: Lake, table: str) -> list[Partition]:

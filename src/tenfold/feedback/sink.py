@@ -18,8 +18,8 @@ For each of the two subscriptions (``settings.messaging.subscriptions["predictio
 * when the lake cannot be written, the batch is retried in place with backoff while its leases are
   extended (a nack would spend delivery attempts and dead-letter good messages); after
   ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back;
-* before its first pull of a subscription the sink writes a small probe file to the log's folder (retried
-  likewise): while the lake refuses, nothing is pulled. A sink restarted while the lake stays away would
+* before its first pull of a subscription the sink writes a small probe file to the log's folder, and on a local
+  disk checks that a whole batch would fit (retried likewise): while the lake refuses, nothing is pulled. A sink restarted while the lake stays away would
   otherwise pull the batch, hold it and hand it back on every restart, each time spending a delivery
   attempt, until good messages were dead-lettered.
 """
@@ -303,7 +303,7 @@ class FeedbackSink:
         started, delay = time.monotonic(), 0.5
         while True:
             try:
-                landing.probe(self.lake, self._tables[stream])
+                landing.probe(self.lake, self._tables[stream], reserve=self.options.max_messages * landing.LOG_ROW_BYTES)
             except OSError as exc:
                 if time.monotonic() - started > self.options.write_retry_s:
                     raise SinkError(

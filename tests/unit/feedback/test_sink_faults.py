@@ -144,3 +144,25 @@ def test_a_lake_that_cannot_be_written_is_found_before_anything_is_pulled(pubsub
         assert sink.poll_once() == 1
     assert fake.acked == ["ack-1"] and _landed(settings) == ["a"]
     assert not [p.name for p in blocker.iterdir() if p.name.startswith("_probe-")]  # the probes removed
+
+
+def test_a_nearly_full_lake_disk_is_found_before_anything_is_pulled(pubsub, small_disk):
+    """A disk with a few KiB left took the probe's five bytes, so the sink pulled a batch whose file it could not
+    write, held it for write_retry_s and handed it back: each restart spent a delivery attempt of every message, on a
+    real full disk as on a folder in the way."""
+    from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
+
+    fake, settings = pubsub
+    on_small = settings.model_copy(update={"storage": settings.storage.model_copy(
+        update={"lake_uri": small_disk.path.as_uri()})})
+    small_disk.fill(leave=16 * 1024)
+    options = SinkOptions(write_retry_s=0.5, max_messages=100)  # a batch may need 100 KiB
+    with FeedbackSink(on_small, options) as sink, pytest.raises(SinkError) as refused:
+        sink.poll_once()
+    assert "KiB free, under the 100 KiB a batch may take" in str(refused.value)
+    assert "nothing was pulled" in str(refused.value)
+    assert sum(len(q) for q in fake.queued.values()) == 1 and fake.acked == [], "the sink pulled while it could not write"
+    small_disk.free()
+    with FeedbackSink(on_small, options) as sink:
+        assert sink.poll_once() == 1
+    assert fake.acked == ["ack-1"] and _landed(on_small) == ["a"]
