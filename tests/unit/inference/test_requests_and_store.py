@@ -3,6 +3,7 @@ session's GCS emulator through the real storage client)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -66,23 +67,36 @@ def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message
 
 
 _RACE = """
-import sys
+import json, sys
 from pathlib import Path
 from tenfold.storage import FileObjects
-print(FileObjects(Path(sys.argv[1])).create("run/results/x.parquet", f"writer {sys.argv[2]}".encode()))
+objects = FileObjects(Path(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.read(1)  # every writer imported: they start together
+print(json.dumps([objects.create(f"run/results/{n}.parquet", f"writer {sys.argv[2]}".encode()) for n in range(50)]))
 """
 
 
 def test_file_results_are_created_once_and_never_overwritten(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), str(n)], stdout=subprocess.PIPE, text=True)
-             for n in range(4)]
-    wins = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert sorted(wins) == ["False", "False", "False", "True"]
-    content = (tmp_path / "run/results/x.parquet").read_bytes()
-    assert content.startswith(b"writer ")
+    """Four processes create the same 50 results at once: each result has exactly one creator. A check-then-write
+    create (exists, then a rename) passed this when the writers started a whole import apart, so they wait for one
+    another first."""
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), str(n)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for n in range(4)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("g")
+        p.stdin.close()
+    wins = [json.loads(p.stdout.read()) for p in procs if p.stdout is not None]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    assert [sum(created) for created in zip(*wins, strict=True)] == [1] * 50
+    content = (tmp_path / "run/results/0.parquet").read_bytes()
+    assert [content] == [f"writer {n}".encode() for n, created in enumerate(wins) if created[0]]  # the creator's
     store = RunStore(FileObjects(tmp_path), "run")
-    assert store.put_result("x", b"later") is False and store.result("x") == content
-    assert store.result_ids() == ["x"] and not list((tmp_path / "run/results").glob(".*"))
+    assert store.put_result("0", b"later") is False and store.result("0") == content
+    assert sorted(store.result_ids()) == sorted(str(n) for n in range(50)) and not list((tmp_path / "run/results").glob(".*"))
 
 
 def test_gcs_results_are_created_once(gcs_emulator: str) -> None:
