@@ -381,8 +381,17 @@ def test_a_holder_whose_gcs_lock_was_taken_over_fails_instead_of_reporting_done(
     bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_publish.lock"
     first = gcs_lock(client, bucket, name, timeout_s=5, stale_s=1.5, what="a partition")
     second = gcs_lock(client, bucket, name, timeout_s=5, stale_s=0, what="a partition")  # sees it stale: takes it
-    with pytest.raises(LockLost, match="was taken over"), first, second:
-        time.sleep(1.5)  # while the first holder's heartbeat comes round
+    seen: list[str] = []
+    with pytest.raises(LockLost, match="was taken over"), first:
+        with second:
+            seen.append(client.bucket(bucket).blob(name).download_as_text())  # the taker's
+            time.sleep(1.5)  # while the first holder's heartbeat comes round
+            seen.append(client.bucket(bucket).blob(name).download_as_text())
+        seen.append("second released")  # the taker's own exit raised nothing
+    # Checked here, not in the blocks: the first holder's LockLost would have hidden a failed assertion.
+    assert seen[1] == seen[0], "the stalled holder's heartbeat overwrote the lock that was taken from it"
+    assert seen[2] == "second released"
+    assert client.bucket(bucket).get_blob(name) is None  # the taker released its own lock
 
 
 @pytest.mark.integration
@@ -399,7 +408,9 @@ def test_a_heartbeat_whose_write_landed_unanswered_keeps_its_lock(local_settings
     with gcs_lock(client, bucket, name, timeout_s=5, stale_s=1.5, what="a partition"):
         blob = client.bucket(bucket).blob(name)
         blob.upload_from_string(blob.download_as_bytes())  # the same content, a new generation
-        time.sleep(1.5)  # a heartbeat comes round and finds the generation moved
+        rewritten = blob.generation
+        time.sleep(1.5)  # a heartbeat comes round, finds the generation moved and the object its own, beats again
+        assert client.bucket(bucket).get_blob(name).generation != rewritten, "no heartbeat refreshed it after the rewrite"
     assert client.bucket(bucket).get_blob(name) is None  # released: it deleted its own object
 
 
