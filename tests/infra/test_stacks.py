@@ -736,3 +736,18 @@ def test_no_firewall_rule_admits_the_subnet_as_a_whole(synth: Synth, env: str) -
     # A features batch's VMs carry the Dataproc tag, without which they could not reach each other.
     batch = features_batch(s, "2013-01", 1)
     assert batch["environment_config"]["execution_config"]["network_tags"] == [net.dataproc_tag]
+
+
+def test_the_deploy_guide_pushes_the_cuda_image_before_any_vm_boots() -> None:
+    """docs/deploy.md built the default (CPU) image for fleets that all have a GPU, so every nccl training run failed,
+    and pushed it only after the platform stack: the feedback sink's VM, whose start-up script runs once, stayed
+    stopped on a `docker run` of an image not there yet."""
+    from pathlib import Path
+
+    for env in ("dev", "prod"):
+        s = get_settings(env)
+        assert s.training.backend == "nccl" and s.training.fleet.accelerator_type, env
+    guide = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    (build,) = [line for line in guide.splitlines() if line.startswith("docker build ")]
+    assert "--build-arg VARIANT=cuda" in build
+    assert guide.index("docker push") < guide.index("cdktn deploy tenfold-dev-platform")

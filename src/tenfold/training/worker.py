@@ -135,6 +135,10 @@ def init_distributed(backend: str, rank: int, world_size: int, timeout_s: int) -
 def select_device(backend: str, local_rank: int) -> torch.device:
     """The device a backend implies: nccl needs CUDA (refused clearly without it), gloo runs on CPU."""
     if backend == "nccl":
+        if torch.version.cuda is None:  # a CPU build of torch (the serving image's default variant) on any machine
+            raise WorkerError("backend nccl needs CUDA, and this torch is a CPU build: run the image built with "
+                              "--build-arg VARIANT=cuda (serving_image/Dockerfile), or use gloo "
+                              "(settings.training.backend) on a machine without a GPU")
         if not torch.cuda.is_available():
             raise WorkerError("backend nccl needs CUDA, and this machine has none: use gloo (settings.training.backend)")
         torch.cuda.set_device(local_rank)

@@ -82,7 +82,11 @@ def test_nccl_without_cuda_is_refused_naming_the_fix() -> None:
     from tenfold.training.worker import WorkerError, select_device
 
     assert select_device("gloo", 0) == torch.device("cpu")
-    if not torch.cuda.is_available():
+    if torch.version.cuda is None:  # the CPU wheel (this suite's): the fix is the image's CUDA variant, not gloo
+        with pytest.raises(WorkerError, match=r"this torch is a CPU build: run the image built with --build-arg "
+                                              r"VARIANT=cuda"):
+            select_device("nccl", 0)
+    elif not torch.cuda.is_available():
         with pytest.raises(WorkerError, match=r"backend nccl needs CUDA.*use gloo"):
             select_device("nccl", 0)
     with pytest.raises(WorkerError, match="unknown backend 'mpi'"):
