@@ -169,6 +169,9 @@ class Authenticator:
     def not_ready(self) -> str | None:
         """Why requests cannot be authorised yet (IAP: no keys fetched), or None: readiness waits for it."""
         if self._keys is not None and not self._keys.held:
+            # The health checks are what retries them: they carry no assertion, so they never reach the verifier,
+            # and a replica whose fetch at start failed stayed unready for good (no traffic came to fetch again).
+            self._keys.retry_if_due(IAP_CERTS_URL)
             return "Google's IAP keys are not fetched yet; they are retried in the background"
         return None
 
@@ -244,6 +247,12 @@ class _CachedKeys:
 
     def prefetch(self, url: str) -> None:
         self._refresh_in_background(url)
+
+    def retry_if_due(self, url: str) -> None:
+        """Before the first keys: fetch again (in the background) once ``retry_s`` has passed since a failure."""
+        failed_at = self._failed_at
+        if self._cached is None and failed_at is not None and time.monotonic() - failed_at >= self._retry:
+            self._refresh_in_background(url)
 
     def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
         now = time.monotonic()

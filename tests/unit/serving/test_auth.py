@@ -338,3 +338,19 @@ def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -
     httpx.Headers({"Authorization": f"Bearer {line.split()[1]}"})  # a header a client can send
     readme = (Path(__file__).parents[3] / "README.md").read_text()
     assert "TOKEN=$(head -n1 .tenfold/run/serving.token)" in readme and "cat .tenfold/run/serving.token" not in readme
+
+
+def test_an_iap_replica_whose_first_key_fetch_failed_gets_ready_from_its_health_checks_alone(
+    settings: Any, es256: tuple[Any, str]
+) -> None:
+    """Only a request carrying an assertion fetched the keys again, and the load balancer sends none to a replica that
+    is not ready: one failed fetch at start left it unready for the VM's life, its /healthz 200 (no autohealing)."""
+    _key, public = es256
+    server = KeyServer({"k1": public}, status=500)  # Google answers 500 at start
+    auth = Authenticator(_server_settings(settings, auth_mode="iap", iap_audience=AUDIENCE), http_request=server)
+    assert auth._keys is not None
+    auth._keys._retry = 0.2
+    _until(lambda: server.fetches == 1 and auth._keys is not None and auth._keys._failed_at is not None)
+    server.status = 200  # then answers
+    _until(lambda: auth.not_ready() is None)  # what /readyz asks, every probe; nothing else
+    assert server.fetches == 2
