@@ -268,6 +268,14 @@ def test_unknown_paths_and_methods_answer_json(client: Any) -> None:
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
 
 
+def test_a_trailing_slash_is_a_json_404_naming_the_path_not_a_redirect(client: Any, auth: dict[str, str]) -> None:
+    """Starlette answered an empty 307 to http://<host>/v1/predict, before auth; behind the cloud's https-only load
+    balancer that address has nothing listening."""
+    r = client.post(PREDICT + "/", json={}, headers=auth, follow_redirects=False)
+    assert r.status_code == 404 and r.json()["error"] == "not_found", (r.status_code, r.headers)
+    assert r.json()["message"].endswith(f"drop the trailing slash: {PREDICT}")
+
+
 # --- auth -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer", "bearer  "])

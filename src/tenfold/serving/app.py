@@ -431,6 +431,9 @@ def create_app(
                      "Predict and feedback need 'Authorization: Bearer <token>' (`tenfold status` prints it) or, in the "
                      "cloud, the load balancer's IAP identity."),
         lifespan=lifespan,
+        # A trailing slash got an empty, unauthenticated 307 to an http:// URL (the load balancer's https:// scheme
+        # is not passed on), which nothing listens on behind a domain: a JSON 404 naming the path instead.
+        redirect_slashes=False,
         docs_url="/docs" if open_extras else None, redoc_url="/redoc" if open_extras else None,
         openapi_url="/openapi.json" if open_extras else None,
     )
@@ -669,8 +672,13 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         what = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        hint = (f"; the API is under {prefix}/ (see /{'docs' if open_extras else 'openapi.json'})"
-                if exc.status_code in (404, 405) else "")
+        path = request.url.path
+        if exc.status_code == 404 and len(path) > 1 and path.endswith("/") and path.rstrip("/") in endpoints:
+            hint = f"; drop the trailing slash: {path.rstrip('/')}"
+        elif exc.status_code in (404, 405):
+            hint = f"; the API is under {prefix}/ (see /{'docs' if open_extras else 'openapi.json'})"
+        else:
+            hint = ""
         return ApiError(exc.status_code, what, f"{exc.detail}{hint}", headers=dict(exc.headers or {})).response()
 
     app.add_middleware(_Observe, metrics=metrics, endpoints=endpoints)  # type: ignore[arg-type]
