@@ -1,11 +1,8 @@
 """Dataproc Serverless batches for the Spark feature job (what ``dags/build_features.py`` submits in the cloud).
 
-The DAG passes these straight to the google provider::
-
-    DataprocCreateBatchOperator(
-        task_id="features", project_id=settings.project_id, region=settings.region,
-        batch=features_batch(settings, part, attempt), batch_id=batch_id(settings, part, attempt),
-    )
+The DAG's task does not use the provider's operator: :class:`tenfold.features.runners.DataprocBatchJob` creates
+the batch with :func:`features_batch` (``output`` = the run's staging folder, which validate and publish read) under
+:func:`batch_id` with the task's try number, cancels an earlier try's batch first, and waits within the try's budget.
 
 The job file and the zipped ``tenfold`` package are staged in the Dataproc staging bucket under
 ``settings.spark.dataproc_code_prefix`` (``docs/deploy.md`` shows the upload); the batch runs as the
@@ -65,8 +62,8 @@ def batch_id(settings: Settings, part: Partition | str, attempt: int | str, try_
     """A Dataproc batch id unique per month and attempt, e.g. ``tenfold-dev-features-2013-01-a1``, and per try of
     it with ``try_number`` (``...-a<attempt>-<try>``).
 
-    A retried task gets a new id (a failed batch cannot be rerun under its id); the same attempt
-    gets the same id, so the provider's operator re-attaches to a batch that is already running.
+    A retried task gets a new id (a failed batch cannot be rerun under its id); the same try gets the same id, so
+    :class:`tenfold.features.runners.DataprocBatchJob` re-attaches (``AlreadyExists``) to a batch already running.
     """
     tail = f"-{_part(part).label}-a{_attempt(attempt)}" + (f"-{int(try_number)}" if try_number is not None else "")
     # Keep the distinguishing tail (month, attempt, try) within Dataproc's 63: the prefix is what can grow. (The
@@ -85,7 +82,8 @@ def features_batch(
 ) -> dict[str, Any]:
     """The ``Batch`` body (as a dict) for one month of ``spark_jobs/build_features.py`` on Dataproc Serverless.
 
-    ``output`` defaults to :func:`features_staging_uri`; the DAG validates and publishes from there.
+    ``output`` defaults to :func:`features_staging_uri` (a batch submitted by hand); the DAG passes its run's
+    staging folder, which its validate and publish tasks read.
     """
     if settings.is_local:
         raise ValueError("Dataproc batches are for dev and prod: locally the DAG runs spark-submit (TENFOLD_ENV=local)")
