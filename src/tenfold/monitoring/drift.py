@@ -562,6 +562,7 @@ def read_report(settings: Settings, part: Partition | str) -> DriftReport:
     """The drift report saved for ``part`` (``"2013-07"``); its ``summary`` has the decision and max PSI."""
     uri = f"{report_dir(settings, part)}/{REPORT_JSON}"
     fs, path = filesystem_from_uri(uri)
+    part = part if isinstance(part, str) else part.label  # said as the run conf takes it: "2013-07"
     trigger = f"the Airflow UI's Trigger button, with the run conf {{\"month\": \"{part}\"}}"
     try:
         with fs.open_input_stream(path) as src:

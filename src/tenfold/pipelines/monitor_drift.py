@@ -351,7 +351,10 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     triggered: list[str] = sorted({f for s, _ in firing for f in s["triggered"]})
     # The score of what triggers retraining (0 when nothing does): a small month whose PSI is high by chance, which
     # the test does not call drift, must not page while the monitor does not retrain.
-    max_psi = max((s["max_psi"] for s, _ in firing if s["max_psi"] is not None),
+    # A month this run recorded already had its score written by that earlier try (the write comes before the record):
+    # written again by a clear of the run, it opened a new incident, paging for a drift already handled.
+    scored = [(s, page) for s, page in firing if s["month"] not in owed]
+    max_psi = max((s["max_psi"] for s, _ in scored if s["max_psi"] is not None),
                   default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
     # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). An outage
     # (tenfold.outages: unavailable, deadline, quota, internal, aborted, retries run out) fails the try of a
@@ -366,7 +369,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     try:
         # One series per project, which the cloud's drift alert pages on: the score of a version that is not the
         # champion (which retrains nothing) is not written there.
-        if not not_serving:
+        if not not_serving and (scored or not firing):
             write_drift_score(settings, max_psi)
     except Exception as exc:
         if emits and not last_try and not isinstance(exc, MetricWriteError) and is_outage(exc):

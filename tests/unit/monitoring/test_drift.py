@@ -382,6 +382,9 @@ def test_the_report_is_saved_as_json_and_html_and_read_back(settings: Settings, 
     assert text.count("<svg") == len(report.drifted) >= 1 and 'id="decision">retrain' in text
     with pytest.raises(DriftError, match="run monitor_drift for 2013-04 first"):
         read_report(settings, "2013-04")
+    # Given a Partition (the demo's table does), said as the run conf takes it, not as Partition(year=2013, month=4)
+    with pytest.raises(DriftError, match=r'run monitor_drift for 2013-04 first .*"month": "2013-04"'):
+        read_report(settings, Partition(2013, 4))
 
 
 def test_the_page_an_alert_links_survives_a_later_measurement_of_the_month(settings: Settings,

@@ -199,11 +199,11 @@ def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(t
 
     first = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # the retry: written, alerted, recorded
     assert first["retrain"] is True and written == [0.41] and len(sent) == 1
-    failing.append(ServiceUnavailable("unavailable again"))  # a later try of the same run (it died before emitting)
-    with pytest.raises(ServiceUnavailable):
-        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    # A later try of the same run (it died before emitting), or a clear of it: the score its first try wrote is not
+    # written again (a new point above the threshold opened a new incident, paging for a drift already handled).
     assert pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)["retrain"] is True
-    assert len(sent) == 1 and written == [0.41, 0.41]  # no second alert
+    assert pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)["retrain"] is True
+    assert len(sent) == 1 and written == [0.41]  # no second alert, no second point
 
     from google.api_core.exceptions import Unauthenticated
 
