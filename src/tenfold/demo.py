@@ -626,7 +626,9 @@ def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], f
         try:
             replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
                          first_trained_on=first_trained_on, row=row)
-        except (DemoError, AirflowApiError) as exc:  # AirflowApiError: a run followed past its bound, among others
+        # AirflowApiError: a run followed past its bound, among others; and any refusal the CLI reports as an error
+        # line (RuntimeError: the fleet's reload timing out, the registry or the lake away; ValueError).
+        except (RuntimeError, ValueError) as exc:
             say(f"{part.label}: {exc}")
             row.failed_runs.append(str(exc))  # the row keeps what the month reached (validated, scored, ...)
             if len(later) > len(rows):

@@ -347,7 +347,7 @@ def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebu
         demo.refuse_a_champion_of_other_features(settings, fine)
 
 
-@pytest.mark.parametrize("where", ["features", "a followed run"])
+@pytest.mark.parametrize("where", ["features", "a followed run", "the fleet"])
 def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_still_shows_the_months_before(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """build_features failing for the second replayed month (or a run followed past its bound, an AirflowApiError)
@@ -361,6 +361,10 @@ def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_stil
         if part == months[1] and where == "features":
             raise demo.DemoError(f"{demo.BUILD} for {part.label} failed in validate: open the UI for its logs")
         row.validated = "yes"
+        if part == months[1] and where == "the fleet":  # a LocalPlatformError, not a DemoError: it escaped the replay
+            from tenfold.serving.fleet import FleetError
+
+            raise FleetError("the fleet did not reload its lookups within 120 s")
         if part == months[1]:
             row.failed_runs.append("batch_inference run x failed")
             raise demo.AirflowApiError("monitor_drift run y did not end within 900 s")
@@ -373,6 +377,9 @@ def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_stil
     if where == "features":
         assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "no")]
         assert demo.failures(rows) == ["2013-08: build_features for 2013-08 failed in validate: open the UI for its logs"]
+    elif where == "the fleet":
+        assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "yes")]
+        assert demo.failures(rows) == ["2013-08: the fleet did not reload its lookups within 120 s"]
     else:
         assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "yes")]
         assert demo.failures(rows) == ["2013-08: batch_inference run x failed",
