@@ -171,12 +171,24 @@ class AirflowApi:
         body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "run_backwards": False,
                 "dag_run_conf": {}, "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
         deadline = time.monotonic() + wait_s
+        unanswered = 0  # requests that timed out or met a 5xx: each may have created it
         while True:
             try:
                 return dict(self._send("POST", "/api/v2/backfills", body))
             except AirflowApiError as exc:
+                if _may_not_have_landed(exc) and unanswered < self.retries:
+                    # The API server waits up to 30 s for SQLite's lock, as long as this client, and may create the
+                    # backfill after the client gave up (the demo ended on "did not answer ... is it up?" with it
+                    # running): looked up, and asked for again only if it is not there.
+                    unanswered += 1
+                    if (ours := self._open_backfill_like(body)) is not None:
+                        return ours
+                    time.sleep(self.retry_wait_s * unanswered)
+                    continue
                 if "HTTP 409" not in str(exc) or BACKFILL_OPEN not in str(exc):
                     raise
+                if unanswered and (ours := self._open_backfill_like(body)) is not None:
+                    return ours  # an unanswered request of ours created it after all
                 if time.monotonic() > deadline:
                     open_ = [b for b in self.backfills(dag_id) if not b.get("completed_at")]
                     named = ", ".join(f"{b['id']} ({str(b['from_date'])[:10]}..{str(b['to_date'])[:10]})"
@@ -186,6 +198,15 @@ class AirflowApi:
                         f"end, or cancel it (the Airflow UI's Backfills, or POST /api/v2/backfills/<id>/cancel), "
                         "then run this again") from exc
             time.sleep(poll_s)
+
+    def _open_backfill_like(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """An open backfill of ``body``'s DAG over the same months, asked for the same way (one of ours), or None."""
+        for b in self.backfills(body["dag_id"]):
+            if (not b.get("completed_at") and str(b.get("from_date"))[:10] == body["from_date"][:10]
+                    and str(b.get("to_date"))[:10] == body["to_date"][:10]
+                    and b.get("reprocess_behavior", body["reprocess_behavior"]) == body["reprocess_behavior"]):
+                return dict(b)
+        return None
 
     def backfills(self, dag_id: str) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({"dag_id": dag_id, "limit": 100, "order_by": "-id"})

@@ -127,6 +127,28 @@ def test_a_backfill_refused_while_the_last_one_is_still_open_is_asked_for_again(
     assert len(s.seen) == 1
 
 
+def test_a_backfill_request_that_timed_out_is_looked_up_and_asked_for_again_only_if_it_is_not_there(
+        server: list[_Server]) -> None:
+    """The API server waits up to 30 s for SQLite's lock, as long as the client: a backfill request that timed out
+    ended the demo with "did not answer ... is it up?" while the backfill it created ran."""
+    ours = {"id": 9, "dag_id": "build_features", "from_date": "2013-01-01T00:00:00Z", "to_date": "2013-06-01T00:00:00Z",
+            "reprocess_behavior": "completed", "completed_at": None}
+    other = {**ours, "id": 8, "to_date": "2013-05-01T00:00:00Z"}
+    listing = {"backfills": [other, ours], "total_entries": 2}
+    nothing = {"backfills": [other], "total_entries": 1}
+    for plan, seen in (
+        (["hang", listing], ["POST", "GET"]),  # it landed: returned, not asked for again
+        (["hang", nothing, "ok"], ["POST", "GET", "POST"]),  # it did not: asked for again
+        (["hang", nothing, OPEN, listing], ["POST", "GET", "POST", "GET"]),  # it landed after the look-up
+    ):
+        api, s = _api(server, plan)
+        api._token = "t"
+        got = api.backfill("build_features", "2013-01-01T00:00:00Z", "2013-06-01T00:00:00Z", reprocess="completed",
+                           poll_s=0.01)
+        assert got == (ours if plan[-1] is listing else {"answer": 3}), plan
+        assert [method for method, _ in s.seen] == seen
+
+
 def test_an_expired_token_is_renewed_once_and_a_refused_new_one_is_a_clear_error(server: list[_Server]) -> None:
     """A 401 logged in again and resent; a server that refused every token it had just issued made that recurse
     (977 logins, then RecursionError) instead of saying so."""
