@@ -85,6 +85,11 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
     if not todo:
         say(f"features for {months[0].label}..{months[-1].label} are already published")
         return False
+    stretches = _stretches(todo)
+    if len(stretches) > 1:
+        # Published months between two to build (an earlier demo over another window): one backfill from the first
+        # to the last, redoing completed runs, rebuilt and re-published those too. One backfill per stretch, in turn.
+        return any([build_months(settings, api, stretch, say) for stretch in stretches])
     # An earlier demo stopped with Ctrl-C left its backfill running: followed, not asked for again (Airflow keeps
     # one open backfill per DAG, so asking again was refused until it ended, and the demo gave up after 150 s).
     earlier = [b for b in api.backfills(BUILD) if not b.get("completed_at") and not b.get("is_paused")
@@ -125,6 +130,17 @@ def build_months(settings: Settings, api: AirflowApi, months: list[Partition], s
         if time.monotonic() > deadline:
             raise DemoError(f"{BUILD} did not finish in time; see {airflow_url(settings)}/dags/{BUILD}")
         time.sleep(3)
+
+
+def _stretches(months: list[Partition]) -> list[list[Partition]]:
+    """``months`` (in order) cut into runs of consecutive months."""
+    out: list[list[Partition]] = []
+    for m in months:
+        if out and (m.year * 12 + m.month) - (out[-1][-1].year * 12 + out[-1][-1].month) == 1:
+            out[-1].append(m)
+        else:
+            out.append([m])
+    return out
 
 
 def _newest_runs(api: AirflowApi) -> dict[str, dict[str, Any]]:

@@ -127,6 +127,20 @@ def test_a_rerun_demo_follows_the_feature_backfill_an_earlier_demo_left_running(
     assert done.backfilled == [("2013-01-01T00:00:00Z", "2013-03-01T00:00:00Z")]  # an ended one is not followed
 
 
+def test_months_already_published_between_two_to_build_are_not_backfilled_again(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier demo over 2013-03..04, then `make demo` (01..06): one backfill from January to June, redoing completed
+    runs, rebuilt and re-published March and April too. One backfill per stretch of months to build."""
+    months = [Partition(2013, m) for m in range(1, 7)]
+    monkeypatch.setattr(demo, "_current", lambda settings, lake, m, served: m.month in (3, 4))
+    api = _Api(runs=[{"dag_run_id": f"backfill__{m.label}", "state": "success", "logical_date": f"{m.label}-01T00:00:00Z"}
+                     for m in months])
+    said: list[str] = []
+    assert demo.build_months(make_settings(), api, months, said.append) is True  # type: ignore[arg-type]
+    assert api.backfilled == [("2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z"),
+                              ("2013-05-01T00:00:00Z", "2013-06-01T00:00:00Z")]
+
+
 def test_a_rerun_demo_backfills_again_a_month_the_earlier_demos_backfill_failed(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     """The earlier demo stopped on 2013-02's failure while its backfill went on: followed, the old failed run failed
