@@ -723,10 +723,15 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     from tenfold.local.stack import describe, up
     from tenfold.quality.gate import data_docs_location
     from tenfold.registry import CHAMPION, ModelRegistry
+    from tenfold.serving import fleet
     from tenfold.serving.loading import resolve_and_download
 
     started = time.monotonic()
     initial, later = demo_months(first, champion_until, months, settings)
+    # The fleet starts after the first window's features and champion (minutes of Spark and training): a port another
+    # program holds is said now, before anything starts (and before Airflow runs with settings a new port would change).
+    if busy := fleet.port_refusals(settings):
+        raise DemoError("the serving fleet could not start:\n  - " + "\n  - ".join(busy))
     statuses = up(settings, echo=say)
     api = _api(settings)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):

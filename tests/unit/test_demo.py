@@ -437,3 +437,30 @@ def test_a_running_fleet_started_with_a_sample_rate_below_one_is_refused_not_rol
     monkeypatch.setattr(fleet, "rollout", lambda *a, **k: pytest.fail("rolled a fleet that publishes half"))
     with pytest.raises(demo.DemoError, match=r"publishes 0.5 of its predictions(.|\n)*tenfold serve down"):
         demo.ensure_serving(settings, lambda line: None)
+
+
+def test_a_fleet_port_another_program_holds_is_refused_before_anything_starts(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet's ports were checked only when it started, after six months of features and the first champion's
+    training; and the metrics port's refusal named no variable that moves it."""
+    import socket
+
+    from tenfold.local import stack
+
+    monkeypatch.setattr(stack, "up", lambda *a, **k: pytest.fail("the platform was started"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for where in ("local", "fleet"):
+            settings = make_settings()
+            if where == "local":
+                settings = settings.model_copy(update={"local": settings.local.model_copy(update={"lb_port": port})})
+            else:
+                fleet = settings.serving.fleet.model_copy(update={"lb_metrics_port": port})
+                settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"fleet": fleet})})
+            with pytest.raises(demo.DemoError, match=rf"the serving fleet could not start:\n  - port 127.0.0.1:{port} "
+                                                     r"\(lb_(metrics_)?port\) is already in use") as refused:
+                demo.run(settings, say=lambda line: None)
+            assert ("TENFOLD_LOCAL__LB_PORT" if where == "local" else "TENFOLD_SERVING__FLEET__LB_METRICS_PORT") in str(
+                refused.value)

@@ -809,8 +809,16 @@ def _require_up(settings: Settings) -> None:
 def _busy_ports(settings: Settings) -> list[str]:
     host = settings.local.bind_host
     checks = [("lb_port", settings.local.lb_port, "TENFOLD_LOCAL__LB_PORT"),
-              ("lb_metrics_port", settings.serving.fleet.lb_metrics_port, "settings.serving.fleet.lb_metrics_port")]
+              ("lb_metrics_port", settings.serving.fleet.lb_metrics_port, "TENFOLD_SERVING__FLEET__LB_METRICS_PORT")]
     return [refusal for name, port, how in checks if (refusal := process.port_refusal(host, port, name, how))]
+
+
+def port_refusals(settings: Settings) -> list[str]:
+    """Why :func:`up` would refuse its ports now (another program on them), said before work that needs the fleet
+    later; none while a fleet of ours runs or left processes behind (``up`` stops those, then checks)."""
+    if supervisor_record(settings) is not None or _leftovers(settings):
+        return []
+    return _busy_ports(settings)
 
 
 def up(
