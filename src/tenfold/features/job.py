@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
@@ -125,16 +126,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output-files", type=int, default=OUTPUT_FILES,
                    help="how many files the features are written as (default %(default)s; it decides the bytes)")
     args = p.parse_args(argv)
-    if args.lookups_output is None:
-        args.lookups_output = lookups_staging_uri(args.output)
+    # A folder given without a scheme is one on this machine, as the Lake takes it (pyarrow refused it with a raw
+    # "URI has empty scheme" traceback).
+    args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
+    args.lookups_output = lookups_staging_uri(args.output) if args.lookups_output is None else _as_uri(args.lookups_output)
     for flag, uri in (("--output", args.output), ("--lookups-output", args.lookups_output)):
-        if (why := published_data_at(uri, args.lake_uri)) is not None:
+        try:
+            why = published_data_at(uri, args.lake_uri)
+        except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError: a scheme it does not know
+            p.error(f"{flag} {uri} or --lake-uri {args.lake_uri} cannot be opened ({exc}): give a file:// or gs:// "
+                    "URI, or a local folder")
+        if why is not None:
             p.error(f"{flag} {uri} {why}: the job empties its output folder first, which would delete it; give a "
                     "staging folder of its own (the DAG uses <lake>/_staging/features/year=/month=/<run>)")
     if args.history_months is None:
         # Resolved here (not lazily) so run() and the log see the number actually used.
         args.history_months = _history_months(args.workload)
     return args
+
+
+def _as_uri(text: str) -> str:
+    """``text`` as a URI: a scheme-less path is the local folder it names (relative to the working folder)."""
+    return text if "://" in text else Path(text).expanduser().resolve().as_uri()
 
 
 def non_negative(text: str) -> int:

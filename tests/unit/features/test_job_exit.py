@@ -148,7 +148,7 @@ def test_a_lake_that_cannot_be_read_is_one_line_not_a_traceback(
     (tmp_path / "file").write_text("x")
     code = job.main(["--lake-uri", str(tmp_path / "file"), "--month", FEB.label, "--output", OUTPUT])
     err = capsys.readouterr().err
-    assert code == job.EXIT_FAILED and f"build_features: cannot read the lake {tmp_path / 'file'}" in err
+    assert code == job.EXIT_FAILED and f"build_features: cannot read the lake {(tmp_path / 'file').as_uri()}" in err
     assert "Traceback" not in err
 
 
@@ -182,3 +182,21 @@ def test_negative_history_months_are_refused(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as ended:
         job.main(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT, "--history-months", "-3"])
     assert ended.value.code == job.EXIT_FAILED and "-3 is negative: give 0 or more months" in capsys.readouterr().err
+
+
+def test_folders_given_without_a_scheme_are_local_folders_as_the_lake_takes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--lake-uri lake --output out` ended in pyarrow's raw "URI has empty scheme" traceback, though the Lake itself
+    takes a relative folder; and a scheme pyarrow does not know is an error line, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    args = job.parse_args(["--lake-uri", "lake", "--month", FEB.label, "--output", "out", "--history-months", "1"])
+    assert (args.lake_uri, args.output) == ((tmp_path / "lake").as_uri(), (tmp_path / "out").as_uri())
+    assert args.lookups_output == job.lookups_staging_uri((tmp_path / "out").as_uri())
+    # A folder of a published partition is still found when named relatively (the guard compares URIs).
+    (tmp_path / "lake" / "features").mkdir(parents=True)
+    with pytest.raises(SystemExit) as ended:
+        job.parse_args(["--lake-uri", "lake", "--month", FEB.label, "--output", "lake", "--history-months", "1"])
+    assert ended.value.code == job.EXIT_FAILED and "is the lake" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:
+        job.parse_args(["--lake-uri", "lake", "--month", FEB.label, "--output", "nosuch://x", "--history-months", "1"])
+    assert ended.value.code == job.EXIT_FAILED and "cannot be opened" in capsys.readouterr().err
