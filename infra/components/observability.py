@@ -104,8 +104,11 @@ class Observability(Construct):
             policy("serving-p99-latency", "serving p99 latency", {
                 "filter": f'metric.type = "{LB_LATENCY}" AND {lb}',
                 "comparison": "COMPARISON_GT", "threshold_value": p.p99_latency_ms, "duration": window,
-                "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_PERCENTILE_99",
-                                  "cross_series_reducer": "REDUCE_MAX"}]),
+                # The service's p99: each series' latency distribution over the window (ALIGN_DELTA), merged across
+                # series and read at its 99th percentile. Each series' own p99, then the largest (REDUCE_MAX), paged
+                # on the slowest sliver of traffic (one far-away country, one response code's few slow answers).
+                "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_DELTA",
+                                  "cross_series_reducer": "REDUCE_PERCENTILE_99"}]),
             }, "p99 latency at the load balancer is above target: check the canary share and the fleet's autoscaler."),
             policy("serving-5xx-rate", "serving 5xx rate", {
                 "filter": f'metric.type = "{LB_REQUESTS}" AND {lb} AND metric.labels.response_code_class = 500',

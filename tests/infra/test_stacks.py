@@ -301,6 +301,9 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
     subs = s.messaging.subscriptions
     assert sorted(re.findall(r'subscription_id = "([^"]+)"', oldest)) == sorted(
         subs[k].name for k in ("requests", "predictions", "feedback"))
+    # The latency page reads the service's p99 (the series' distributions merged), not the slowest series' own p99.
+    (latency,) = policies[f"{s.prefix} serving p99 latency"]["conditions"][0]["condition_threshold"]["aggregations"]
+    assert (latency["per_series_aligner"], latency["cross_series_reducer"]) == ("ALIGN_DELTA", "REDUCE_PERCENTILE_99")
     drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
     # It pages at or above the monitor's psi_drift, as the monitor retrains: Cloud Monitoring compares strictly.
     assert s.monitoring.drift_metric in drift["filter"] and drift["comparison"] == "COMPARISON_GT"
