@@ -39,8 +39,14 @@ def test_a_store_that_cannot_be_reached_makes_a_transient_load_error_and_a_bad_r
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from tenfold.registry import ModelRegistry, RegistryError
 
+    import requests
+    from google.api_core.exceptions import RetryError
+
     def unreachable(self: Any, ref: str) -> str:
-        raise ConnectionError("GCS 503: service unavailable")
+        # What the GCS client raises with nothing on the store's port, once its own retries ran out (two minutes: a
+        # real stopped store, checked by hand); neither is a built-in ConnectionError.
+        cause = requests.exceptions.ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=4443): Max retries")
+        raise RetryError("Timeout of 120.0s exceeded", cause)
 
     monkeypatch.setattr(ModelRegistry, "find", unreachable)
     with pytest.raises(ScoringError) as err:
