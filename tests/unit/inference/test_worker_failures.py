@@ -37,10 +37,10 @@ def _request() -> ScoringRequest:
 
 def test_a_store_that_cannot_be_reached_makes_a_transient_load_error_and_a_bad_ref_does_not(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tenfold.registry import ModelRegistry, RegistryError
-
     import requests
     from google.api_core.exceptions import RetryError
+
+    from tenfold.registry import ModelRegistry, RegistryError
 
     def unreachable(self: Any, ref: str) -> str:
         # What the GCS client raises with nothing on the store's port, once its own retries ran out (two minutes: a
