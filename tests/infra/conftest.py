@@ -111,16 +111,29 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
     )
 
 
+_ATTRIBUTE = 'api.getAttribute("storage.googleapis.com/objectListPrefix", "")'
+# What the evaluator below reads, as Python once translated: the three values, string literals, ==, startswith, the
+# logical operators and parentheses. Anything else in a condition fails the test that reads it, unjudged.
+_CEL_LEFT = re.compile(r'"(?:[^"\\]|\\.)*"|\b(?:r_type|r_name|prefix|and|or)\b|==|\.startswith\(|[()\s]')
+
+
 def _condition_allows(expression: str, *, obj: str | None = None, list_prefix: str | None = None) -> bool:
-    """Whether a folder condition (infra.components.iam.folders_condition) allows reading the object ``obj``
-    (a full resource name) or a list call with prefix ``list_prefix``: it evaluates the condition's two shapes."""
-    objects = re.findall(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
-    exact_objects = re.findall(r'resource\.name == "([^"]+)"', expression)
-    listed = re.findall(r'objectListPrefix", ""\)\.startsWith\("([^"]+)"\)', expression)
-    exact_listed = re.findall(r'objectListPrefix", ""\) == "([^"]+)"', expression)
+    """Whether an IAM condition (infra.components.iam.folders_condition) allows reading the object ``obj`` (a full
+    resource name: a ``storage.googleapis.com/Object``) or a list call with prefix ``list_prefix`` (checked on the
+    bucket: a ``storage.googleapis.com/Bucket``), evaluated whole: its resource types and its && and || count (a
+    regex over its strings passed a condition whose && had become ||, which lets every object of the bucket in)."""
+    python = (expression.replace(_ATTRIBUTE, "prefix").replace("resource.type", "r_type")
+              .replace("resource.name", "r_name").replace(".startsWith(", ".startswith(")
+              .replace("&&", " and ").replace("||", " or "))
+    if _CEL_LEFT.sub("", python):
+        raise SyntaxError(f"cannot judge the condition {expression!r}: {_CEL_LEFT.sub('', python)!r} is left")
     if obj is not None:
-        return any(obj.startswith(p) for p in objects) or obj in exact_objects
-    return list_prefix is not None and (any(list_prefix.startswith(p) for p in listed) or list_prefix in exact_listed)
+        values = {"r_type": "storage.googleapis.com/Object", "r_name": obj, "prefix": ""}
+    elif list_prefix is not None:
+        values = {"r_type": "storage.googleapis.com/Bucket", "r_name": "projects/_/buckets/_", "prefix": list_prefix}
+    else:
+        return False
+    return bool(eval(python, {"__builtins__": {}}, values))  # only the tokens checked above
 
 
 @pytest.fixture
