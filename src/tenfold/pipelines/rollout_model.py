@@ -31,7 +31,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +137,16 @@ def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, 
         return Accuracy(n, acc, ll)
 
     return (of(lambda g: g["arm"] == CANARY and g["model_version"] == version), of(lambda g: g["arm"] == STABLE))
+
+
+def _summed(arms: Sequence[Accuracy]) -> Accuracy:
+    """One arm's accuracy over several spans, as one."""
+    n = sum(a.labelled or 0 for a in arms)
+    if not n:
+        return Accuracy(0, None, None)
+    acc = sum((a.accuracy or 0.0) * (a.labelled or 0) for a in arms) / n
+    ll = sum((a.log_loss or 0.0) * (a.labelled or 0) for a in arms) / n
+    return Accuracy(n, acc, ll)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -400,7 +410,8 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         # it, only before: its window reaches back to the plan.
         first = record.get(set_key(1)) if run.steps[0] < 100 else None
         result = Check(NO_DATA, (between,), {}) if between is not None else analyse(
-            p, run, percent, since, until, served_from=_parse(first["at"]) if first else None)
+            p, run, percent, since, until, served_from=_parse(first["at"]) if first else None,
+            spans=_split_spans(run, record, index, until))
         n = len(mine) + 1
         waited = (until - since).total_seconds()
         if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
@@ -422,6 +433,22 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
                                               "until": _iso(until), **result.to_dict()})
         say = log.warning if result.verdict == FAIL else log.info
         say("rollout %s: step %d (%d %%) check %d over %.0f s: %s", run.rollout_id, index, percent, n, waited, result.summary())
+
+
+def _split_spans(run: RolloutRun, record: Mapping[str, dict[str, Any]], index: int, until: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The spans over which both arms served at one split, up to ``until``: each step's time below 100 % (the
+    current step's until ``until``), from the end of the newest window whose accuracy failed (the next accuracy test
+    reads labels that one did not: summed over all, one chance dip failed two checks in a row, a rollback)."""
+    starts = [(_parse(e["at"]), run.steps[j - 1]) for j in range(1, index + 1) if (e := record.get(set_key(j)))]
+    after = max((_parse(e["until"]) for k, e in record.items()
+                 if is_check(k, e) and e["verdict"] == FAIL and e.get("values", {}).get("accuracy_failed")), default=None)
+    spans = []
+    for i, (begin, percent) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else until
+        begin = max(begin, after) if after is not None else begin
+        if 0 < percent < 100 and begin < end:
+            spans.append((begin, end))
+    return spans
 
 
 def _not_under_test(p: Places, run: RolloutRun, percent: int) -> tuple[str | None, str | None]:
@@ -449,18 +476,21 @@ def _newest(p: Places, run: RolloutRun) -> bool:
 
 
 def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until: dt.datetime, *,
-            served_from: dt.datetime | None = None) -> Check:
+            served_from: dt.datetime | None = None, spans: Sequence[tuple[dt.datetime, dt.datetime]] | None = None) -> Check:
     """One check of the canary against the control over ``[since, until)``.
 
     At 100 % the stable arm gets no traffic, so the control is what the stable arm served from the first step
     until this step began (the same replicas, the same load balancer, just earlier).
 
+    ``spans``: the spans at one split whose labels the accuracy test compares, span by span (:func:`_split_spans`);
+    without them (a rollout whose one step is 100 %), both arms' accuracy is summed over the rollout.
     ``served_from``: when the canary first got traffic (its first step set the weight); both arms' accuracy, and
     the control at 100 %, count from then (a rollout whose one step is 100 % passes none: its control is what the
     stable arm served from the plan until that step). From the plan's time instead, the control's labels included those of the
     canary's deploy (minutes on GPUs), when the canary served nobody: a drift in accuracy over time was charged to
     the canary."""
     policy = run.rollout_policy
+    strata: list[tuple[Accuracy, Accuracy]] | None = None
     seen = p.observer.traffic(since, until)
     canary, control = seen.get(CANARY, ArmTraffic(0, 0, ())), seen.get(STABLE, ArmTraffic(0, 0, ()))
     start = served_from or _parse(run.started_at)
@@ -474,12 +504,18 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
         # Accuracy over every labelled prediction since the canary first served, not this window's alone: the version
         # is the same throughout, so its labels add up and each check can see a smaller drop than the last
         # (a window's 20 labels could not tell 0.6 from 0.8).
-        canary_acc, control_acc = p.accuracy(start, until, run.version)
-        if percent >= 100:
-            _, control_acc = p.accuracy(start, since, run.version)
-    result = check(canary, control, canary_acc, control_acc, policy)
+        if spans:
+            # Span by span (each step's time at one split, both arms serving), compared within each span: see
+            # tenfold.rollout.analysis.check. At 100 % the spans are the steps before it (their labels still come in).
+            strata = [p.accuracy(begin, end, run.version) for begin, end in spans]
+            canary_acc, control_acc = _summed([can for can, _ in strata]), _summed([ctl for _, ctl in strata])
+        else:  # a rollout whose one step is 100 %: the control is what the stable arm served before it
+            canary_acc, control_acc = p.accuracy(start, until, run.version)
+            if percent >= 100:
+                _, control_acc = p.accuracy(start, since, run.version)
+    result = check(canary, control, canary_acc, control_acc, policy, accuracy_strata=strata)
     result.values["control_window"] = "before this step" if percent >= 100 else "same window"
-    result.values["accuracy_since"] = _iso(start)
+    result.values["accuracy_since"] = _iso(spans[0][0] if spans else start)
     return result
 
 

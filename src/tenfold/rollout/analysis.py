@@ -23,7 +23,11 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
   control's p99 plus ``latency_tail_tolerance_ms``, by a one-sided Fisher exact test at ``latency_alpha``.
 * **Online accuracy:** accuracy at 0.5 of the predictions that have feedback; the check fails when a
   one-sided two-proportion z-test says the canary trails the control by more than ``max_accuracy_drop``
-  at significance ``accuracy_alpha`` (a small sample's chance dip is not a failure).
+  at significance ``accuracy_alpha`` (a small sample's chance dip is not a failure). Given the arms' accuracy
+  span by span (``accuracy_strata``: each step's time, when both arms served at one split), the difference is
+  taken within each span and the spans' differences combined (Mantel-Haenszel weights ``n1 n2 / (n1 + n2)``,
+  the variance to match): summed over a rollout whose split moved, the canary's labels came mostly from late
+  in it and the control's from early, so a drift of accuracy over time was charged to the canary.
 * **No data is not a pass:** fewer than ``min_requests`` requests of either arm, or fewer than
   ``min_feedback`` labelled predictions, make the check ``no_data``. The caller waits for more, up to a
   deadline, and then fails safe. A failing metric fails the check even when another has no data yet.
@@ -31,6 +35,7 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -156,9 +161,36 @@ def _tail(can: np.ndarray, ctl: np.ndarray, values: dict[str, Any], policy: Roll
             f"the control's (Fisher exact p={p_value:.3g} < {policy.latency_alpha:g})"]
 
 
+def _stratified_drop(strata: Sequence[tuple[Accuracy, Accuracy]], margin: float) -> tuple[float, float] | None:
+    """``(drop, p_value)`` of the canary's accuracy against the control's, compared within each ``(canary, control)``
+    span and combined (Mantel-Haenszel weights; one span is the two-proportion test of
+    :func:`_worse_by_more_than`): the control's less the canary's, and the one-sided p-value of "the canary is at
+    least the control's less ``margin``". None when no span has labels of both arms."""
+    from scipy.stats import norm
+
+    weights, drops, variances = [], [], []
+    for can, ctl in strata:
+        if not can.labelled or not ctl.labelled or can.accuracy is None or ctl.accuracy is None:
+            continue
+        weights.append(can.labelled * ctl.labelled / (can.labelled + ctl.labelled))
+        drops.append(ctl.accuracy - can.accuracy)
+        variances.append(can.accuracy * (1 - can.accuracy) / can.labelled + ctl.accuracy * (1 - ctl.accuracy) / ctl.labelled)
+    if not weights:
+        return None
+    w = np.asarray(weights)
+    drop = float(np.dot(w, drops) / w.sum())
+    se = float(np.sqrt(np.dot(w * w, variances)) / w.sum())
+    gap = drop - margin
+    if se == 0:
+        return drop, 0.0 if gap > 0 else 1.0
+    return drop, float(norm.sf(gap / se))
+
+
 def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control_acc: Accuracy,
-          policy: RolloutSettings) -> Check:
-    """Compare the canary with the control over one window (see the module docstring)."""
+          policy: RolloutSettings, *, accuracy_strata: Sequence[tuple[Accuracy, Accuracy]] | None = None) -> Check:
+    """Compare the canary with the control over one window (see the module docstring). ``canary_acc`` and
+    ``control_acc`` are the arms' accuracy in all; ``accuracy_strata``, when given, the same labels span by span,
+    which the accuracy test compares within each span."""
     from scipy.stats import mannwhitneyu
 
     values: dict[str, Any] = {
@@ -208,12 +240,20 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
             missing.append(f"too little feedback (canary {canary_acc.labelled}, control {control_acc.labelled} "
                            f"labelled predictions; need {policy.min_feedback} each)")
         elif canary_acc.accuracy is not None and control_acc.accuracy is not None:
-            drop = control_acc.accuracy - canary_acc.accuracy
-            p_value = _worse_by_more_than(canary_acc, control_acc, policy.max_accuracy_drop)
+            stratified = _stratified_drop(accuracy_strata, policy.max_accuracy_drop) if accuracy_strata else None
+            if stratified is not None:
+                drop, p_value = stratified
+                values["accuracy_spans"] = sum(1 for can, ctl in accuracy_strata or () if can.labelled and ctl.labelled)
+            else:
+                drop = control_acc.accuracy - canary_acc.accuracy
+                p_value = _worse_by_more_than(canary_acc, control_acc, policy.max_accuracy_drop)
             values["accuracy_drop"], values["accuracy_p_value"] = drop, p_value
             if p_value < policy.accuracy_alpha:
+                values["accuracy_failed"] = True
+                within = (f" (compared within each of {values['accuracy_spans']} spans of one split)"
+                          if values.get("accuracy_spans", 1) > 1 else "")
                 failed.append(f"online accuracy {canary_acc.accuracy:.3f} is {drop:.3f} below the control's "
-                              f"{control_acc.accuracy:.3f}, more than the {policy.max_accuracy_drop:g} allowed "
+                              f"{control_acc.accuracy:.3f}{within}, more than the {policy.max_accuracy_drop:g} allowed "
                               f"(z-test p={p_value:.3g} < {policy.accuracy_alpha:g})")
 
     if failed:
