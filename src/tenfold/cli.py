@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,37 @@ app.command("status")(_local.status)
 from tenfold.quality.cli import app as _quality  # noqa: E402
 
 app.add_typer(_quality, name="quality")
-from tenfold.registry.cli import app as _models  # noqa: E402
+from tenfold.registry import cli as _models_cli  # noqa: E402
 
-app.add_typer(_models, name="models")
+
+def _unusable_here(reg: Any) -> Callable[[str], str | None]:
+    """Why a registered version cannot be loaded by this code (``tenfold.registry.cli.unusable_here``): its
+    ``meta.json`` names another workload, or another version of this workload's feature definitions."""
+    from tenfold.config.settings import DEFAULT_WORKLOAD
+    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
+
+    ours = get_workload(reg.settings)
+
+    def why(version: str) -> str | None:
+        meta = reg.meta(version)
+        name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
+        try:
+            theirs = get_workload(name) if isinstance(name, str) else None
+        except WorkloadError:
+            theirs = None
+        if theirs is not ours:
+            return f"it is a model of workload {name!r}, and this platform serves {reg.settings.workload!r}"
+        trained_on, builds = meta.get(VERSION_KEY), ours.contract.version
+        if trained_on is not None and trained_on != builds:
+            return (f"it learnt from version {trained_on} of the feature definitions, and this code builds version "
+                    f"{builds}: the fleet, batch scoring and the gate cannot load it")
+        return None
+
+    return why
+
+
+_models_cli.unusable_here = _unusable_here
+app.add_typer(_models_cli.app, name="models")
 from tenfold.rollout.cli import app as _rollout  # noqa: E402
 
 app.add_typer(_rollout, name="rollout")

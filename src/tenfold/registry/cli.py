@@ -69,6 +69,18 @@ def run_guarded(fn: Callable[[], T]) -> T:
         raise
 
 
+# Why a version cannot be served, scored or compared by this code (None: it can), given the registry: a model of
+# another workload, or of another version of its feature definitions (what tenfold.model.load_model refuses). The
+# fleet, batch scoring and the gate all load the champion: moved to such a version, each failed after the move had
+# been reported done. Set by tenfold.cli, which may import the workloads (the registry may not: serving imports it
+# without torch or Spark); None: not checked.
+unusable_here: Callable[[ModelRegistry], Callable[[str], str | None]] | None = None
+
+
+def _unusable(reg: ModelRegistry) -> Callable[[str], str | None] | None:
+    return unusable_here(reg) if unusable_here is not None else None
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
@@ -155,6 +167,8 @@ def promote(
     ref: str = typer.Argument(..., help="version id, unique prefix or alias (e.g. challenger)"),
     reason: str = typer.Option("", help="why, recorded in the alias history"),
     expect: str | None = typer.Option(None, help="fail unless the champion is this version now (default: what it is when read)"),
+    force: bool = typer.Option(False, "--force", help="promote a version this code cannot load (another workload, or "
+                               "another version of the feature definitions)"),
     env: str | None = EnvOption,
 ) -> None:
     """Make a version the champion, by compare-and-swap: a concurrent change makes this fail, not overwrite."""
@@ -162,6 +176,9 @@ def promote(
 
     def act() -> str:
         version = reg.find(ref)
+        if not force and (check := _unusable(reg)) is not None and (why := check(version)):
+            raise RegistryError(f"{version} cannot be the champion here: {why}; promote a model of the rebuilt "
+                                "features (train_model), or --force")
         before = reg.alias(CHAMPION)
         expected = reg.find(expect) if expect else (before.version if before else None)
         if before is not None and before.version == version:
@@ -188,9 +205,11 @@ def rollback(
     from_: str | None = typer.Option(None, "--from", help="the version to roll back from (default: the current); "
                                      "run again with it after an error, it moves nothing more if the rollback landed"),
     reason: str = typer.Option("", help="why, recorded in the alias history"),
+    force: bool = typer.Option(False, "--force", help="go back to a version this code cannot load (another "
+                               "workload, or another version of the feature definitions)"),
     env: str | None = EnvOption,
 ) -> None:
-    """Move an alias back to an earlier version from its history."""
+    """Move an alias back to an earlier version from its history (by default the newest one this code can load)."""
     reg = _registry(env)
 
     def act() -> str:
@@ -198,7 +217,8 @@ def rollback(
         now = reg.resolve(alias)
         origin = reg.find(from_) if from_ else now
         try:
-            pointer = reg.rollback(alias, to=target, from_version=origin, reason=reason or "manual rollback")
+            pointer = reg.rollback(alias, to=target, from_version=origin, reason=reason or "manual rollback",
+                                   unusable=None if force else _unusable(reg))
         except Exception as exc:
             if origin and not isinstance(exc, (RegistryError, ValueError, KeyError)):
                 # Without --from, running it again would roll back one version further if this one had landed.

@@ -48,7 +48,7 @@ import socket
 import threading
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -803,12 +803,17 @@ class ModelRegistry:
         return self.set_alias(CHAMPION, version, expected=expected, action="promote", reason=reason, details=details, actor=actor)
 
     def rollback(self, alias: str = CHAMPION, *, to: str | None = None, from_version: str | None = None,
-                 reason: str = "", actor: str | None = None) -> AliasPointer:
+                 reason: str = "", actor: str | None = None,
+                 unusable: Callable[[str], str | None] | None = None) -> AliasPointer:
         """Move ``alias`` back to an earlier version from its history.
 
         Without ``to``: the newest version it held before the current one, skipping versions it was
         rolled back from since they last held it, so repeated rollbacks walk further back (A, B, C:
-        C -> B -> A), while a version promoted again after a rollback is a candidate again.
+        C -> B -> A), and those a rollback jumped over (A, B, C, then back to A: B is not the next), while a
+        version promoted again after a rollback is a candidate again.
+
+        ``unusable``: why a version cannot be the alias's now (None: it can); such a candidate is skipped, and a
+        ``to`` it refuses is a :class:`RegistryError` saying why.
 
         ``from_version``: the version to roll back from. When the alias was already rolled back from it (the last
         move is that rollback: a rerun after an error that came once the move had landed), that move is returned
@@ -830,6 +835,8 @@ class ModelRegistry:
             held = {h.version for h in history} | {h.previous for h in (*history, current) if h.previous}
             if to not in held:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
+            if unusable is not None and (why := unusable(to)):
+                raise RegistryError(f"{alias} cannot go back to {to}: {why}")
         else:
             if damaged:  # a rollback left out might have ruled a candidate out: never guess the target
                 again = f" --from {from_version}" if from_version else ""
@@ -837,14 +844,30 @@ class ModelRegistry:
                                     f"to cannot be chosen; name it (`tenfold models rollback {alias}{again} --to "
                                     "<version>`)")
             rolled_away: set[str] = set()
+            held_in_order: list[str] = []
             for h in history:  # oldest first: a version set again after it was rolled back from is good again
+                if h.action == "rollback":
+                    # Every version held since the target last was (a rollback --to jumps over some), and the one left.
+                    back = max((i for i, v in enumerate(held_in_order) if v == h.version), default=None)
+                    rolled_away.update(held_in_order[back + 1:] if back is not None else ())
+                    if h.previous:
+                        rolled_away.add(h.previous)
                 rolled_away.discard(h.version)
-                if h.action == "rollback" and h.previous:
-                    rolled_away.add(h.previous)
-            candidates = [h.version for h in reversed(history) if h.version != current.version and h.version not in rolled_away]
-            if not candidates:
-                raise RegistryError(f"{alias} has no earlier version to roll back to (history: {[h.version for h in history]})")
-            to = candidates[0]
+                held_in_order.append(h.version)
+            candidates = list(dict.fromkeys(h.version for h in reversed(history)
+                                            if h.version != current.version and h.version not in rolled_away))
+            skipped: dict[str, str] = {}  # read newest first, only as far as the first usable one
+            for candidate in candidates:
+                if unusable is None or not (why := unusable(candidate)):
+                    to = candidate
+                    break
+                skipped[candidate] = why
+            if to is None:
+                said = "; ".join(f"{v}: {why}" for v, why in skipped.items())
+                raise RegistryError(f"{alias} has no earlier version to roll back to (history: "
+                                    f"{[h.version for h in history]})" + (f"; skipped {said}" if said else ""))
+            if skipped:
+                log.warning("%s: rolling back past %s", alias, "; ".join(f"{v} ({why})" for v, why in skipped.items()))
         return self.set_alias(alias, to, expected=current.version, action="rollback", reason=reason or "rollback", actor=actor)
 
     # --- decisions (audit) ---------------------------------------------------------------------------

@@ -179,3 +179,38 @@ def test_a_bucket_that_is_missing_or_forbidden_is_a_refusal_and_a_store_away_is_
     with pytest.raises(typer.Exit) as ended:
         models_cli.run_guarded(raising(gexc.ServiceUnavailable("503")))
     assert ended.value.exit_code == 1 and "cannot reach the model registry" in capsys.readouterr().err
+
+
+def test_promote_and_rollback_refuse_a_version_this_code_cannot_load(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feature definitions moved to a new version, the retrained champion went bad, and `models rollback` went
+    back to the champion before it, trained on the old features, printing "champion: C -> B" (exit 0): the fleet,
+    batch scoring and every train_model run then failed to load it."""
+    from tenfold.workloads import VERSION_KEY, get_workload
+
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    builds = get_workload(registry_settings).contract.version
+    reg = ModelRegistry(registry_settings)
+
+    def model(seed: int, **meta: object) -> str:
+        folder = make_model_dir(seed)
+        (folder / "meta.json").write_text(json.dumps({**json.loads((folder / "meta.json").read_text()), **meta}))
+        return reg.register(folder, lineage, metrics={"auc": 0.6}).version
+
+    old, other, new = model(21, **{VERSION_KEY: builds - 1}), model(22, workload="no.such:WORKLOAD"), model(23)
+    out = runner.invoke(app, ["models", "promote", old])
+    assert out.exit_code == 2 and reg.resolve("champion") is None, out.output
+    assert f"learnt from version {builds - 1} of the feature definitions, and this code builds version {builds}" \
+        in out.output and "--force" in out.output
+    out = runner.invoke(app, ["models", "promote", other])
+    assert out.exit_code == 2 and "a model of workload 'no.such:WORKLOAD'" in out.output, out.output
+    for v in (old, new):
+        assert runner.invoke(app, ["models", "promote", v, "--force"]).exit_code == 0
+    out = runner.invoke(app, ["models", "rollback"])
+    assert out.exit_code == 2 and reg.resolve("champion") == new, out.output
+    assert f"skipped {old}: it learnt from version {builds - 1}" in out.output
+    out = runner.invoke(app, ["models", "rollback", "--to", old])
+    assert out.exit_code == 2 and f"champion cannot go back to {old}" in out.output and reg.resolve("champion") == new
+    out = runner.invoke(app, ["models", "rollback", "--force"])
+    assert out.exit_code == 0 and reg.resolve("champion") == old, out.output

@@ -343,6 +343,41 @@ def test_rollback_walks_back_through_history(registry_settings: Settings, make_m
     assert actions == [(a, "promote"), (b, "promote"), (c, "promote"), (b, "rollback"), (a, "rollback"), (c, "rollback")]
 
 
+def test_a_rollback_after_one_that_jumped_over_a_version_does_not_bring_it_back(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """A, B, C, then `rollback --to A`, skipping B on purpose: the next plain rollback moved the champion to B, the
+    version deliberately skipped (only the one left, C, counted as rolled away from)."""
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(80 + i), lineage, metrics=METRICS).version for i in range(3))
+    for v in (a, b, c):
+        reg.promote(v)
+    assert reg.rollback(CHAMPION, to=a).version == a
+    with pytest.raises(RegistryError, match="no earlier version"):
+        reg.rollback(CHAMPION)
+    assert reg.resolve(CHAMPION) == a
+    reg.promote(b, reason="fixed, re-validated")  # promoted again: a candidate again
+    assert reg.rollback(CHAMPION).version == a
+
+
+def test_a_rollback_skips_a_version_it_may_not_go_back_to_and_says_why(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(90 + i), lineage, metrics=METRICS).version for i in range(3))
+    for v in (a, b, c):
+        reg.promote(v)
+    refused = {b: "of other features"}
+    with pytest.raises(RegistryError, match=f"cannot go back to {b}: of other features"):
+        reg.rollback(CHAMPION, to=b, unusable=refused.get)
+    assert reg.rollback(CHAMPION, unusable=refused.get).version == a  # b skipped, not chosen
+    refused[a] = "another workload"
+    reg.promote(c)  # b, jumped over by the rollback to a, is no candidate; a is, and is refused
+    with pytest.raises(RegistryError, match=f"no earlier version .*skipped {a}: another workload$"):
+        reg.rollback(CHAMPION, unusable=refused.get)
+    assert reg.resolve(CHAMPION) == c
+
+
 def test_rollback_after_a_version_is_promoted_again_goes_back_to_it(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
 ) -> None:
