@@ -207,6 +207,17 @@ def drifted_months(context: Mapping[str, Any], uri: str) -> list[str]:
                    for e in found if (e.extra or {}).get("retrain") for m in (e.extra or {}).get("months") or ()})
 
 
+def gate_policy(settings: Settings) -> GatePolicy:
+    """The gate's policy; PipelineError when ``gate_beat_baselines`` names a baseline no run evaluates."""
+    from tenfold.workloads import PLATFORM_BASELINE, get_workload, own_baselines
+
+    own = tuple(own_baselines(get_workload(settings)))
+    try:
+        return GatePolicy.from_settings(settings, workload_baselines=own, evaluated=(*own, PLATFORM_BASELINE))
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+
+
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None, *,
          drifted: Sequence[str] = ()) -> TrainRun:
     """Choose the time-based split and the training config; every month of both windows must be published.
@@ -219,6 +230,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     from tenfold.training.config import TrainConfig
 
     conf = run_conf(conf, CONF_KEYS)
+    gate_policy(settings)  # a baseline misnamed in the settings is refused before the training run, not after it
     t = settings.training
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
@@ -633,9 +645,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
     holdout = HoldoutRef.from_dict(ev.holdout)
     challenger = Scored.of(version, holdout, ev.challenger)
     baselines = {name: Scored.of(f"baseline:{name}", holdout, m) for name, m in ev.baselines.items()}
-    from tenfold.workloads import get_workload, own_baselines
-
-    policy = GatePolicy.from_settings(settings, workload_baselines=tuple(own_baselines(get_workload(settings))))
+    policy = gate_policy(settings)
     # A decision holds only against the champion it was made against: a run cleared from ``evaluate`` after the
     # champion moved decides again, kept under a key that names the new champion (a retry then finds it there).
     decisions = reg.decisions(version)

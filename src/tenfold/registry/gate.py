@@ -132,11 +132,19 @@ class GatePolicy:
             raise ValueError(f"the champion margin {self.margin} is out of range: from -0.05 (a tolerated AUC loss) to 0.2")
 
     @classmethod
-    def from_settings(cls, settings: Settings, workload_baselines: Sequence[str]) -> GatePolicy:
+    def from_settings(cls, settings: Settings, workload_baselines: Sequence[str],
+                      evaluated: Sequence[str] | None = None) -> GatePolicy:
         """The policy of ``settings.training``; ``workload_baselines`` (the workload's own baselines) are those to
-        beat when ``gate_beat_baselines`` is None."""
+        beat when ``gate_beat_baselines`` is None. ``evaluated``: every baseline a run evaluates; a
+        ``gate_beat_baselines`` naming another is a ValueError naming the setting and those (it failed only at the
+        gate, after the whole training run, saying to evaluate them)."""
         t = settings.training
         beat = t.gate_beat_baselines if t.gate_beat_baselines is not None else workload_baselines
+        unknown = [b for b in beat if evaluated is not None and b not in evaluated]
+        if unknown:
+            raise ValueError(f"TENFOLD_TRAINING__GATE_BEAT_BASELINES (settings.training.gate_beat_baselines) names "
+                             f"{', '.join(repr(b) for b in unknown)}, which no run evaluates: give some of "
+                             f"{', '.join(repr(b) for b in evaluated or ())}, or () to beat none")
         return cls(
             margin=t.promote_margin,
             min_auc=t.gate_min_auc,

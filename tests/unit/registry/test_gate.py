@@ -235,3 +235,20 @@ def test_the_decision_records_the_calibration_and_reads_records_written_before_i
     for key in ("baseline_log_loss_margin", "baseline_brier_margin", "max_ece"):
         del old["policy"][key]
     assert Decision.from_dict(old).calibration == {} and Decision.from_dict(old).policy.baseline_log_loss_margin == 0.0
+
+
+def test_a_baseline_to_beat_that_no_run_evaluates_is_refused_before_training(tmp_path) -> None:
+    """`TENFOLD_TRAINING__GATE_BEAT_BASELINES='["hgb_baseline"]'` (the evaluation report's key) failed only at the
+    gate, after the whole training run, saying to "evaluate them in the same run": the fix is the setting."""
+    from tenfold.pipelines import train_model
+    from tenfold.pipelines.common import PipelineError
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path),
+                                        "TENFOLD_TRAINING__GATE_BEAT_BASELINES": '["hgb_baseline", "rate"]'})
+    with pytest.raises(ValueError, match=r"GATE_BEAT_BASELINES .* names 'hgb_baseline', which no run evaluates: give "
+                                         r"some of 'rate', 'hgb'"):
+        GatePolicy.from_settings(settings, ("rate",), evaluated=("rate", "hgb"))
+    with pytest.raises(PipelineError, match="names 'hgb_baseline', which no run evaluates"):
+        train_model.plan(settings, "manual__1")  # before anything is read or trained
+    fine = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_TRAINING__GATE_BEAT_BASELINES": '["hgb"]'})
+    assert train_model.gate_policy(fine).beat_baselines == ("hgb",)
