@@ -769,13 +769,19 @@ def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: Alias
 
 
 def _same_model(reg: ModelRegistry, a: str, b: str) -> bool:
-    """Whether versions ``a`` and ``b`` hold the same weights and preprocessing (by their files' SHA-256)."""
+    """Whether versions ``a`` and ``b`` hold the same weights and preprocessing (by their files' SHA-256) and the
+    same calibration (``meta.json``'s, less its report). The calibration is fitted after training and changes no
+    weight: another method (``settings.training.calibration``) on the same data and seed gave other probabilities
+    under the same files, and was recorded UNCHANGED, never compared."""
     def files(version: str) -> dict[str, str]:
         return {f.path: f.sha256 for f in reg.get(version, with_lineage=False).files
                 if f.path in (WEIGHTS_FILE, PREPROCESSING_FILE)}
 
+    def calibration(version: str) -> dict[str, Any]:
+        return {k: v for k, v in (reg.meta(version).get("calibration") or {}).items() if k != "report"}
+
     ours = files(a)
-    return len(ours) == 2 and ours == files(b)
+    return len(ours) == 2 and ours == files(b) and calibration(a) == calibration(b)
 
 
 def _may_mark_challenger(reg: ModelRegistry, version: str, p: TrainRun) -> bool:

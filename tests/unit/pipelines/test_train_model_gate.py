@@ -387,6 +387,19 @@ def test_a_retrain_that_reproduced_the_champions_weights_is_unchanged_not_a_fail
     assert decision["summary"].startswith("UNCHANGED") and not decision["promote"] and not decision["canary"]
     assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
 
+    # The same weights and preprocessing under another calibration (fitted after training, it changes no weight): not
+    # the champion reproduced, so it is compared, not recorded UNCHANGED.
+    recalibrated = tmp_path / "recalibrated"
+    recalibrated.mkdir()
+    for name in ("weights.pt", "preprocessing.json"):
+        (recalibrated / name).write_bytes((tmp_path / "first" / name).read_bytes())
+    (recalibrated / "meta.json").write_text(json.dumps({"quality": 0.70, "run": "manual__recalibrated", "calibration": {
+        "method": "temperature", "temperature": 1.3, "offset": 0.0, "report": {"ece": 0.01}}}))
+    _, r3, decision = run(gate_settings, "manual__recalibrated",
+                          {"model_ref": str(recalibrated), "train_result": {"steps": 1}})
+    assert r3.version not in (r1.version, r2.version)
+    assert not decision["summary"].startswith("UNCHANGED") and "checks" in decision, decision["summary"]
+
 
 def test_of_two_first_runs_the_one_that_loses_the_champion_race_is_not_left_challenger(
         gate_settings: Settings, tmp_path: Path) -> None:
