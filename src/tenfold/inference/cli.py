@@ -86,8 +86,9 @@ def replay_command(
                    err=True)
         raise typer.Exit(2)
     settings = command_settings(env)
+    skipped: list[dict[str, str]] = []
     try:
-        sent = replay(settings, run=run, request_ids=request_id or (), include_replayed=again)
+        sent = replay(settings, run=run, request_ids=request_id or (), include_replayed=again, skipped=skipped)
     except DlqError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -97,3 +98,6 @@ def replay_command(
     for s in sent:
         typer.echo(f"replayed {s['request_id']} of run {s['run']} as message {s['message_id']}")
     typer.echo(f"{len(sent)} request(s) re-published")
+    if skipped:
+        typer.echo(f"{len(skipped)} request(s) replayed before were left out (in flight, or their message was lost: an "
+                   "emulator restarted since); --again sends them again")

@@ -57,11 +57,13 @@ def _check_run(run: str | None) -> None:
 
 
 def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[str] = (),
-           include_replayed: bool = False) -> list[dict[str, Any]]:
+           include_replayed: bool = False, skipped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Re-publish dead letters (of ``run``, or only ``request_ids``) to the requests topic; returns what was sent.
+    Those replayed before are left out unless ``include_replayed``; each is appended to ``skipped``.
 
     Raises :class:`DlqError` before sending anything when ``run`` has no dead letters recorded or a request id
-    is not among them: a typo is refused, not answered with "0 re-published".
+    is not among them, or was replayed before (without ``include_replayed``): a typo, or a second replay of a
+    request whose re-sent message was lost (an emulator restarted), is refused, not answered with "0 re-published".
     """
     from tenfold.messaging.clients import publisher_client, topic_path
 
@@ -76,6 +78,12 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
     if unknown := sorted(wanted - recorded):
         raise DlqError(f"no dead letter has request id {', '.join(unknown)}" + (f" in run {run}" if run else "")
                        + ": `tenfold dlq inspect` lists them")
+    if wanted and not include_replayed:
+        done = sorted(rid for key in runs for rid in RunStore(objects, key).dead_letter_ids()
+                      if rid in wanted and (RunStore(objects, key).dead_letter(rid) or {}).get("replayed"))
+        if done:
+            raise DlqError(f"request {', '.join(done)} was replayed before and is in flight (or its message was lost: "
+                           "an emulator restarted since): nothing was sent; --again sends it again")
     topic = topic_path(settings, settings.messaging.requests_topic)
     sent = []
     publisher = publisher_client(settings)
@@ -84,7 +92,11 @@ def replay(settings: Settings, *, run: str | None = None, request_ids: Sequence[
             store = RunStore(objects, key)
             for rid in store.dead_letter_ids():
                 record = store.dead_letter(rid)
-                if record is None or (wanted and rid not in wanted) or (record.get("replayed") and not include_replayed):
+                if record is None or (wanted and rid not in wanted):
+                    continue
+                if record.get("replayed") and not include_replayed:
+                    if skipped is not None:
+                        skipped.append({"run": key, "request_id": rid})
                     continue
                 attrs = {k: str(v) for k, v in dict(record.get("attributes", {})).items()
                          if not k.startswith("CloudPubSub")}

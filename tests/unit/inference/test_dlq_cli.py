@@ -151,3 +151,21 @@ def test_inspect_lists_the_newest_dead_letter_first(settings: Settings, monkeypa
     RunStore(objects, "manual__a").put_dead_letter("a-000001", {"request_id": "a-000001", "run": "manual__a",
                                                                 "dead_lettered_at": 3.0})
     assert [r["request_id"] for r in dlq.inspect(settings)][:3] == ["a-000001", "b-000000", "a-000000"]
+
+
+def test_a_second_replay_of_a_request_says_it_was_replayed_before_and_how_to_send_it_again(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replayed once, then the emulator restarted (losing the message) and the same replay run again: it printed
+    "0 request(s) re-published", exit 0, and the run's score waited an hour for a request nobody sent."""
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: settings)
+    _dead_letter(settings, monkeypatch, _Publisher())
+    first = CliRunner().invoke(cli.app, ["replay", "--request-id", "req-1"])
+    assert first.exit_code == 0 and "1 request(s) re-published" in first.output, first.output
+    again = CliRunner().invoke(cli.app, ["replay", "--request-id", "req-1"])
+    assert again.exit_code == 2 and "request req-1 was replayed before" in again.output, again.output
+    assert "--again sends it again" in again.output
+    whole_run = CliRunner().invoke(cli.app, ["replay", "--run", "run-1"])
+    assert whole_run.exit_code == 0 and "0 request(s) re-published" in whole_run.output
+    assert "1 request(s) replayed before were left out" in whole_run.output and "--again" in whole_run.output
+    forced = CliRunner().invoke(cli.app, ["replay", "--request-id", "req-1", "--again"])
+    assert forced.exit_code == 0 and "1 request(s) re-published" in forced.output, forced.output
