@@ -288,9 +288,12 @@ def inference_startup_script(settings: Settings) -> str:
     worker finishes the requests in hand. What it had not acknowledged Pub/Sub delivers again elsewhere, and
     the result written once per request id makes that harmless (:mod:`tenfold.inference.store`).
     """
+    from tenfold.inference.worker import STOP_TIMEOUT_S  # docker stop's default 10 s cut its shutdown short
+
     # A VM the autoscaler adds loads the model the runs score with before its first pull.
     command = (*INFERENCE_COMMAND, "--preload", settings.inference.model_ref)
-    return startup_script(settings, settings.inference.fleet, "inference", command, detach=True)
+    return startup_script(settings, settings.inference.fleet, "inference", command, detach=True,
+                          run_flags=["--stop-timeout", str(STOP_TIMEOUT_S)])
 
 
 def feedback_startup_script(settings: Settings) -> str:

@@ -282,6 +282,8 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
     gpu_script = fleets.inference_startup_script(s)
     assert ("cos-extensions install gpu" in gpu_script) is bool(s.inference.fleet.accelerator_count)
     assert "fetch_serving_token" not in gpu_script, "only serving reads the token"
+    from tenfold.inference.worker import STOP_TIMEOUT_S
+
     # Run for real (CPU template, the image's home moved here): what docker is asked to do, in order.
     cpu = s.inference.fleet.model_copy(update={"accelerator_type": None, "accelerator_count": 0})
     local = s.model_copy(update={"inference": s.inference.model_copy(update={"fleet": cpu})})
@@ -293,8 +295,8 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
         f"docker-credential-gcr configure-docker --registries={registry}",
         "docker rm -f tenfold-inference",
         f"docker run -d --restart=always --name tenfold-inference --network host -e TENFOLD_ENV={env} "
-        f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference {s.container_image} "
-        f"python -m {fleets.INFERENCE_MODULE} --preload {s.inference.model_ref}",
+        f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference --stop-timeout {STOP_TIMEOUT_S} "
+        f"{s.container_image} python -m {fleets.INFERENCE_MODULE} --preload {s.inference.model_ref}",
     ]
     assert fleets.INFERENCE_MODULE in fleets.LAUNCHED_MODULES
 
@@ -366,3 +368,13 @@ def test_the_feedback_sink_gets_time_to_land_and_join_on_a_stop() -> None:
     script = fleets.feedback_startup_script(get_settings("prod"))
     run = next(line for line in script.splitlines() if line.startswith("docker run"))
     assert int(run.split("--stop-timeout ", 1)[1].split()[0]) >= 60
+
+
+def test_an_inference_worker_gets_time_to_finish_its_shutdown_on_a_stop() -> None:
+    """No --stop-timeout: docker stop's 10 s SIGKILLed a worker before its own bounded shutdown (handlers, pull, 17 s)
+    ended, and the messages in hand waited out their lease, each lapse a delivery attempt spent."""
+    from tenfold.inference.worker import PULL_TIMEOUT_S, SHUTDOWN_S
+
+    script = fleets.inference_startup_script(get_settings("prod"))
+    run = next(line for line in script.splitlines() if line.startswith("docker run"))
+    assert int(run.split("--stop-timeout ", 1)[1].split()[0]) > SHUTDOWN_S + PULL_TIMEOUT_S + 2

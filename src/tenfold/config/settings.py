@@ -478,12 +478,12 @@ class InferenceSettings(_Frozen):
     # How a request's Arrow body is compressed: zstd shrinks real flights features ~9x (a 10,000-row request
     # ~250 KB instead of 2.3 MB) for ~0.4 us a row each way; bytes are what Pub/Sub moves and bills.
     request_compression: Literal["zstd", "lz4", "none"] = "zstd"
-    # Flow control of each worker's streaming pull: messages (and bytes) held but not yet acknowledged.
+    # Flow control of each worker's pulls: messages (and bytes) held but not yet acknowledged.
     max_messages: int = Field(default=8, ge=1)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    # Leases are extended while a batch is scored, for at most this long (the client's max_lease_duration).
+    # Leases are extended while a batch is scored, for at most this long (since the message was pulled).
     max_lease_s: float = Field(default=3600.0, gt=0)
-    # The longest single lease extension (seconds, 10-600; 0: the client's own choice).
+    # The longest single lease extension (seconds, 10-600; 0: the subscription's ack deadline).
     lease_extension_s: int = Field(default=0, ge=0, le=600)
     handler_threads: int = Field(default=2, ge=1)  # messages one worker handles at once
     # How long a worker retries loading a model while the object store or its disk fails (the message's lease

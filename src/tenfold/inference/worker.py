@@ -1,7 +1,7 @@
 """The offline inference worker: pulls scoring requests, scores them, writes each result once, then acks.
 
 Run it: ``python -m tenfold.inference.worker`` (settings from ``TENFOLD_ENV``, as the cloud instance group's
-startup script does), or ``python -m tenfold.inference.worker --settings-file run/inference/settings.json``
+startup script does), or ``python -m tenfold.inference.worker --settings-file <home>/run/inference-settings.json``
 (what the local pool of ``batch_inference`` starts). It runs until SIGTERM or SIGINT, finishing the
 requests in hand first.
 
@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tenfold.outages import is_store_outage
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from tenfold.config import Settings
     from tenfold.storage import Objects
 
@@ -56,7 +58,7 @@ class WorkerStats:
 
 
 class Worker:
-    """The request handler and the streaming pull around it; :meth:`run` until ``stop`` is set."""
+    """The request handler and the pulls around it (:class:`_Puller`); :meth:`run` until ``stop`` is set."""
 
     def __init__(self, settings: Settings, *, objects: Objects | None = None) -> None:
         from tenfold.inference.scoring import ModelCache
@@ -211,6 +213,9 @@ class Worker:
 SHUTDOWN_S = 10.0
 FIRST_RETRY_S = 1.0  # the first wait before loading a model again after the store or the disk failed (doubling)
 PULL_TIMEOUT_S = 5.0
+# A stop gives up after SHUTDOWN_S + PULL_TIMEOUT_S + 2 s (main's exit timer); docker stop waits this long before
+# SIGKILL (its default 10 s killed a worker in its shutdown, its cancelled handlers' messages waiting out their lease).
+STOP_TIMEOUT_S = int(SHUTDOWN_S + PULL_TIMEOUT_S) + 10
 # What one pull asks for after a response was refused as too large (a channel with gRPC's 4 MiB limit).
 PULL_BYTES = 3 * 1024 * 1024
 
@@ -227,6 +232,7 @@ class _Delivery:
         self.delivery_attempt: int = received.delivery_attempt
         self.size = len(self.data)
         self.received_at = time.monotonic()
+        self.future: Future[None] | None = None  # its handler's, once submitted
 
     def ack(self) -> None:
         self._puller.settle(self, 0, ack=True)
@@ -318,7 +324,7 @@ class _Puller:
                 delivery = _Delivery(self, received)
                 with self.cond:
                     self.in_hand[delivery.ack_id] = delivery
-                self.executor.submit(self.worker.handle, delivery)
+                delivery.future = self.executor.submit(self.worker.handle, delivery)
 
     def settle(self, delivery: _Delivery, _: int, *, ack: bool) -> None:
         with self.cond:
@@ -352,6 +358,15 @@ class _Puller:
             done = not self.in_hand
         self._stop_leases.set()
         self.executor.shutdown(wait=done, cancel_futures=True)
+        with self.cond:  # pulled but never started: handed back now, not left to wait out their lease
+            queued = [d.ack_id for d in self.in_hand.values() if d.future is not None and d.future.cancelled()]
+        if queued:
+            try:
+                self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": queued,
+                                                         "ack_deadline_seconds": 0}, retry=None, timeout=PULL_TIMEOUT_S)
+            except Exception as exc:  # they come back once their lease ends
+                log.warning("could not hand back %d messages not started (%s); redelivered once their lease ends",
+                            len(queued), exc)
         return done
 
 
@@ -418,6 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # no Google credentials (dev/prod by hand), a store that refuses: one line, no traceback
+        from tenfold.outages import ending, no_credentials
+
+        if os.environ.get("TENFOLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise
+        print(ending(exc, "python -m tenfold.inference.worker", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
+              file=sys.stderr)
+        return 2 if no_credentials(exc) else 1
     if args.preload:
         preload(worker, args.preload)
     stop = threading.Event()

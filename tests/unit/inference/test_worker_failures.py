@@ -278,3 +278,58 @@ def test_a_dead_letter_drain_that_meets_an_outage_keeps_the_run_waiting(
     RunStore(runs.work_objects(settings), "k1").put_result("r1-000000", b"scored")
     acc = runs.wait_accounted(settings, "k1", ["r1-000000"])
     assert acc.accounted == 1 and calls == [1]
+
+
+def test_a_worker_started_by_hand_without_google_credentials_says_so_in_one_line(tmp_path: Any) -> None:
+    """`TENFOLD_ENV=dev python -m tenfold.inference.worker` on a laptop with no application-default credentials ended
+    in DefaultCredentialsError's traceback (only OSError and ValueError were caught)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENFOLD_", "GOOGLE_", "CLOUDSDK_"))}
+    env.update(TENFOLD_ENV="dev", TENFOLD_HOME=str(tmp_path), GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"),
+               CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="True", GCE_METADATA_HOST="127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "tenfold.inference.worker"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "gcloud auth application-default login" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_stopping_worker_hands_back_the_messages_it_pulled_but_never_started(make_settings: Any) -> None:
+    """The handlers queued behind a slow one were cancelled at shutdown with their messages still leased: each waited
+    out its lease (up to minutes) before another worker could have it, a delivery attempt spent either way."""
+    import threading
+
+    from google.pubsub_v1 import types
+
+    settings = make_settings(inference={"handler_threads": 1})
+    release, started = threading.Event(), threading.Event()
+    stop = threading.Event()
+    nacked: list[tuple[list[str], int]] = []
+
+    class Client:
+        def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
+            stop.set()  # one pull, of three messages
+            return types.PullResponse(received_messages=[types.ReceivedMessage(
+                ack_id=f"ack-{n}", delivery_attempt=1, message=types.PubsubMessage(data=b"x", message_id=f"m-{n}"))
+                for n in range(3)])
+
+        def modify_ack_deadline(self, request: dict[str, Any], retry: Any, timeout: float | None = None) -> None:
+            nacked.append((list(request["ack_ids"]), request["ack_deadline_seconds"]))
+
+    worker = Worker(settings)
+
+    def slow(delivery: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    worker.handle = slow  # type: ignore[method-assign]
+    puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", worker, lease_s=60, deadline_s=60)
+    puller.run(stop)
+    assert started.wait(10)
+    try:
+        assert puller.close(timeout=0.2) is False  # the first still runs
+    finally:
+        release.set()
+    assert nacked == [(["ack-1", "ack-2"], 0)]
