@@ -307,7 +307,8 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
             say(f"{len(acc.scored)}/{acc.requests} requests scored, {len(acc.dead_lettered)} dead-lettered, "
                 f"{acc.requests - acc.accounted} pending ({now - started:.0f} s)")
         if alive is not None and alive() == 0:
-            raise InferenceRunError("every inference worker has exited: see <home>/run/inference-worker-*.log")
+            raise InferenceRunError(f"every inference worker has exited: see "
+                                    f"{settings.local.home / 'run'}/inference-worker-*.log")
         if now > deadline:
             raise InferenceRunError(
                 f"{acc.requests - acc.accounted} of {acc.requests} requests of run {run_key} were neither scored nor "
