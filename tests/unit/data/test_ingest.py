@@ -90,10 +90,19 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
     monkeypatch.undo()
     assert (tmp_path / "flights/year=2013/month=1/_SUCCESS").read_bytes() == manifest_before
     assert lake.read_table("flights", [JAN]).num_rows == rows_before
-    # The retry completes the publish and garbage-collects the orphaned data folder.
-    ingest_month(lake, JAN, run_id="r3", workload=WORKLOAD, reader=changed)
-    assert lake.read_table("flights", [JAN]).num_rows == 100
-    assert len(list((tmp_path / "flights/year=2013/month=1").glob("data-*"))) == 1
+    month = tmp_path / "flights/year=2013/month=1"
+    orphan = {p.name for p in month.glob("data-*")} - {lake.read_manifest("flights", JAN).data_dir}
+    assert orphan, "the interrupted publish left no data folder: nothing for the retry to collect"
+
+    def other(name: str) -> pa.Table:  # the next publish brings yet other content (its folder is named by it)
+        table = cached_reader[name]
+        return table.slice(0, 50) if name == "flights" else table
+
+    # The next publish (other content than the interrupted one's) garbage-collects the orphaned data folder too,
+    # not only the folder of the manifest it replaces. (A real SIGKILL at every point: tests/unit/data/test_lake_faults.)
+    ingest_month(lake, JAN, run_id="r3", workload=WORKLOAD, reader=other)
+    assert lake.read_table("flights", [JAN]).num_rows == 50
+    assert [p.name for p in month.glob("data-*")] == [lake.read_manifest("flights", JAN).data_dir]
 
 
 def test_unpublished_month_cannot_be_read(tmp_path: Path) -> None:

@@ -261,3 +261,25 @@ def test_a_reader_that_met_a_corrupt_file_reads_the_content_published_while_it_w
 
     monkeypatch.setattr(Lake, "withdraw", replaced_while_waiting)
     assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [v + 1 for v in VALUES]
+
+
+def test_a_reader_that_met_a_corrupt_file_withdrawn_by_another_meanwhile_says_the_month_is_not_published(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other half of the test above: another reader withdrew the month first. The month is read again and is
+    not published: said so, not refused with advice about a manifest that is already gone."""
+    from tenfold.data.lake import MissingManifestError
+
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    _overwrite(lake, path, _corrupted(_read_bytes(lake, path)))
+    withdraw = Lake.withdraw
+
+    def withdrawn_while_waiting(self: Lake, *args: object, **kwargs: object) -> object:
+        withdraw(self, TABLE, PART, "another-reader", {"error": "the same corrupt file"})
+        return withdraw(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Lake, "withdraw", withdrawn_while_waiting)
+    with pytest.raises(MissingManifestError) as refused:
+        lake.read_table(TABLE, [PART])
+    assert "delete" not in str(refused.value), str(refused.value)
+    assert lake.fs.get_file_info(lake.quarantine_path(TABLE, PART, "another-reader")).type.name == "Directory"
