@@ -529,16 +529,30 @@ def test_a_pass_is_recorded_for_the_content_validated_not_one_published_meanwhil
     assert rows_checked == [old.num_rows, new.num_rows], "the new rows were trusted on the old rows' pass"
 
 
-@pytest.mark.parametrize("away", [
-    OSError("google::cloud::Status(UNAVAILABLE: Retry policy exhausted in GetObjectMetadata: 503 Service Unavailable)"),
-    ConnectionRefusedError(111, "Connection refused"),
-])
+def _gcs_away() -> OSError:
+    """What pyarrow's GCS client really raises reading an object of a store nothing answers for (a closed port)."""
+    import datetime as dt
+
+    closed = pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override="127.0.0.1:9",
+                                retry_time_limit=dt.timedelta(seconds=1))
+    try:
+        closed.open_input_file("lake/flights/year=2013/month=1/data-x/part-00000.parquet")
+    except OSError as exc:
+        return exc
+    raise AssertionError("a GCS store on a closed port answered")
+
+
+@pytest.mark.parametrize("away", [_gcs_away, lambda: ConnectionRefusedError(111, "Connection refused")],
+                         ids=["gcs-closed-port", "connection-refused"])
 def test_a_store_away_while_a_batch_is_read_is_raised_for_the_retry_not_a_refusal_of_the_batch(
         settings, lake, stage, alerts, january_flights, monkeypatch, away):
-    """pyarrow's GCS client ends its retries on a 503 with an OSError: the gate took it for an unreadable batch, so
-    a store outage withdrew a good published month, or quarantined a good staged batch for good (its retry then
-    met AlreadyRefused), and failed the task without retries."""
+    """pyarrow's GCS client ends its retries on a store away with an OSError: the gate took it for an unreadable
+    batch, so a store outage withdrew a good published month, or quarantined a good staged batch for good (its retry
+    then met AlreadyRefused), and failed the task without retries. The error is the one pyarrow's GCS client raises
+    against a closed port (the lake here is local: its batch read is where the store goes away)."""
     import tenfold.quality.gate as gate
+
+    away = away()
 
     jan = Partition(2013, 1)
     publish_table(lake, "flights", jan, january_flights, run_id="good", source=WORKLOAD.sources.name)
