@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,7 +119,7 @@ def test_a_storage_service_that_cannot_be_reached_is_named_with_what_to_do(
 
 
 def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], small_disk: Any) -> None:
     def refused(settings: Settings, args: argparse.Namespace) -> int:
         raise PipelineError("features partition 2013-07 is not published: run build_features first")
 
@@ -142,6 +143,20 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: Not a directory: ")
     assert "cannot reach" not in err
+
+    def full(settings: Settings, args: argparse.Namespace) -> int:
+        small_disk.fill()
+        with open(small_disk.path / "out.bin", "wb") as out:  # a real ENOSPC from the system
+            out.write(b"x" * 65536)
+            out.flush()
+            os.fsync(out.fileno())
+        return 0
+
+    assert _main(tmp_path, monkeypatch, full) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: [Errno 28] No space left on "
+                          "device; "), err
+    assert "free space" in err and "cannot reach" not in err and "fault in the code" not in err
 
     def fault(settings: Settings, args: argparse.Namespace) -> int:
         return {}["missing"]  # type: ignore[no-any-return]
