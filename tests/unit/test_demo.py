@@ -45,11 +45,15 @@ def test_no_flights_to_send_leaves_the_traffic_thread_idle(make_settings: Callab
 
     monkeypatch.setattr(module, "get_workload", lambda settings: SimpleNamespace(replay=lambda month: []))
     me = psutil.Process()
+
+    def cpu_of(native_id: int | None) -> float:  # the sender thread's own CPU seconds (not the process's)
+        return next(t.user_time + t.system_time for t in me.threads() if t.id == native_id)
+
     with demo.Traffic(make_settings(), Partition(2013, 7), 0) as live:
-        before = sum(me.cpu_times()[:2])
+        before = cpu_of(live._thread.native_id)
         time.sleep(1.0)
-        used = sum(me.cpu_times()[:2]) - before
-    assert live.items == [] and used < 0.5, f"{used:.2f} CPU s in 1 s with nothing to send"
+        used = cpu_of(live._thread.native_id) - before
+    assert live.items == [] and used < 0.05, f"the sender thread used {used:.2f} CPU s in 1 s with nothing to send"
 
 
 class _NoTraffic:

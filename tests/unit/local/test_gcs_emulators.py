@@ -23,8 +23,12 @@ def test_buckets_are_created_idempotently_and_persist_across_restarts(gcs):
     from tenfold.storage import gcs_client
 
     wanted = ensure_buckets(gcs)
-    assert ensure_buckets(gcs) == wanted
+    listed = sorted(b.name for b in gcs_client(gcs).list_buckets())
+    assert set(wanted) <= set(listed)
     gcs_client(gcs).bucket(gcs.storage.models_bucket).blob("k/v.txt").upload_from_string(b"kept")
+    ensure_buckets(gcs)  # again: no bucket made twice or made anew (emptied)
+    assert sorted(b.name for b in gcs_client(gcs).list_buckets()) == listed
+    assert gcs_client(gcs).bucket(gcs.storage.models_bucket).blob("k/v.txt").download_as_bytes() == b"kept"
 
     stop_service(gcs, "gcs")
     start_service(gcs, "gcs")
