@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from tenfold.config import Settings, project_root
 from tenfold.local.env import settings_env
+from tenfold.local.process import run_bounded
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
@@ -259,7 +259,7 @@ def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None
     fresh = db is not None and not db.exists()
     airflow = Path(env.get("PATH", "").split(os.pathsep)[0]) / "airflow"
     cmd = [str(airflow) if airflow.exists() else "airflow", "db", "migrate"]
-    proc = subprocess.run(cmd, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False)
+    proc = run_bounded(cmd, env=env, timeout=timeout)  # a hang is stopped with every process it started
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise RuntimeError(f"`airflow db migrate` failed (AIRFLOW_HOME={home}):\n{tail}")

@@ -349,6 +349,26 @@ if alive(pid, ct):
 """
 
 
+def run_bounded(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end, its output captured; past ``timeout``, stop it with every process it started (its own
+    process group: subprocess.run's timeout kills the command alone, and a child it started ran on) and raise
+    :class:`subprocess.TimeoutExpired`."""
+    proc = subprocess.Popen(list(cmd), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def _start_watchdog(record: ProcessRecord) -> None:
     import sys
 

@@ -76,6 +76,39 @@ def test_a_home_under_a_regular_file_is_one_error_naming_it_and_what_to_do(
     assert "Traceback" not in out.output
 
 
+def test_a_migration_that_hangs_is_stopped_with_the_children_it_started(tmp_path: Path) -> None:
+    """`airflow db migrate` hung: subprocess.run's timeout killed the command alone, then waited for its output pipes,
+    which a child it had started held open, so `tenfold up` hung on too, and "was stopped" was not true of the child.
+    A real hang: an `airflow` first on PATH that starts a child and sleeps."""
+    import contextlib
+    import subprocess
+    import time
+
+    import psutil
+
+    from tenfold.local.airflow import ensure_airflow_db
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "airflow").write_text('#!/bin/sh\nsleep 60 &\necho $! > "$AIRFLOW_HOME/child.pid"\nsleep 60\n')
+    (shim / "airflow").chmod(0o755)
+    home = tmp_path / "airflow"
+    env = {"PATH": f"{shim}:/usr/bin:/bin", "AIRFLOW_HOME": str(home)}
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        ensure_airflow_db(env, timeout=1.0)
+    assert time.monotonic() - started < 10, "it waited for the hung command's child"
+    child = int((home / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    try:
+        while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child the hung command started was left running"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(child).kill()
+
+
 def test_a_command_that_hangs_is_one_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
