@@ -80,16 +80,3 @@ def test_skips_have_written_reasons() -> None:
     assert skips
     for i in skips:
         assert lines[i - 1].strip().startswith("#"), f"{lines[i].strip()} has no reason written above it"
-
-
-def test_tflint(synth: Any) -> None:
-    tflint = shutil.which("tflint")
-    if tflint is None:
-        pytest.skip("tflint is not installable here (no PyPI, npm or Debian package; its releases are GitHub "
-                    "binaries): the policy scan relies on checkov")
-    for name in _stacks():
-        proc = subprocess.run([tflint, "--format", "json", "--chdir", str(synth.stack_dir(name))],
-                              capture_output=True, text=True, timeout=120, check=False)
-        issues = json.loads(proc.stdout or "{}").get("issues", [])
-        errors = [i for i in issues if i.get("rule", {}).get("severity") == "error"]
-        assert errors == [], f"{name}: {errors}"
