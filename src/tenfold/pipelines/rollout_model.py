@@ -435,10 +435,15 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         say("rollout %s: step %d (%d %%) check %d over %.0f s: %s", run.rollout_id, index, percent, n, waited, result.summary())
 
 
-def _split_spans(run: RolloutRun, record: Mapping[str, dict[str, Any]], index: int, until: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+def _split_spans(run: RolloutRun, record: Mapping[str, dict[str, Any]], index: int,
+                 until: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]] | None:
     """The spans over which both arms served at one split, up to ``until``: each step's time below 100 % (the
     current step's until ``until``), from the end of the newest window whose accuracy failed (the next accuracy test
-    reads labels that one did not: summed over all, one chance dip failed two checks in a row, a rollback)."""
+    reads labels that one did not: summed over all, one chance dip failed two checks in a row, a rollback). None for
+    a rollout with no step below 100 % so far (no span at one split: :func:`analyse` compares it with the control
+    before it); empty when a failed accuracy check left no span after it (at 100 %: accuracy is not tested again)."""
+    if not any(0 < percent < 100 for percent in run.steps[:index]):
+        return None
     starts = [(_parse(e["at"]), run.steps[j - 1]) for j in range(1, index + 1) if (e := record.get(set_key(j)))]
     after = max((_parse(e["until"]) for k, e in record.items()
                  if is_check(k, e) and e["verdict"] == FAIL and e.get("values", {}).get("accuracy_failed")), default=None)
@@ -504,18 +509,24 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
         # Accuracy over every labelled prediction since the canary first served, not this window's alone: the version
         # is the same throughout, so its labels add up and each check can see a smaller drop than the last
         # (a window's 20 labels could not tell 0.6 from 0.8).
-        if spans:
+        if spans == []:
+            # Nothing at one split since an accuracy check failed (at 100 %, the steps before it were that check's):
+            # not tested again rather than against a control of another time (see _split_spans).
+            canary_acc = control_acc = Accuracy(None, None, None)
+        elif spans:
             # Span by span (each step's time at one split, both arms serving), compared within each span: see
             # tenfold.rollout.analysis.check. At 100 % the spans are the steps before it (their labels still come in).
             strata = [p.accuracy(begin, end, run.version) for begin, end in spans]
             canary_acc, control_acc = _summed([can for can, _ in strata]), _summed([ctl for _, ctl in strata])
-        else:  # a rollout whose one step is 100 %: the control is what the stable arm served before it
+        else:  # no span at one split (a rollout whose one step is 100 %): the control is what stable served before
             canary_acc, control_acc = p.accuracy(start, until, run.version)
             if percent >= 100:
                 _, control_acc = p.accuracy(start, since, run.version)
     result = check(canary, control, canary_acc, control_acc, policy, accuracy_strata=strata)
     result.values["control_window"] = "before this step" if percent >= 100 else "same window"
     result.values["accuracy_since"] = _iso(spans[0][0] if spans else start)
+    if spans == []:
+        result.values["accuracy_spans"] = 0
     return result
 
 
