@@ -352,12 +352,13 @@ if alive(pid, ct):
 def run_bounded(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` to its end, its output captured; past ``timeout``, stop it with every process it started (its own
     process group: subprocess.run's timeout kills the command alone, and a child it started ran on) and raise
-    :class:`subprocess.TimeoutExpired`."""
+    :class:`subprocess.TimeoutExpired`. Interrupted any other way (Ctrl-C, which its own session does not get), it is
+    stopped the same way before the interruption goes on."""
     proc = subprocess.Popen(list(cmd), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except BaseException:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.kill()

@@ -277,3 +277,36 @@ def test_a_command_run_from_a_deleted_folder_with_a_relative_home_ends_in_one_li
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: `tenfold config get` cannot go on: [Errno 2] No such file or directory"), \
         done.stderr
+
+
+def test_a_bounded_command_interrupted_by_ctrl_c_is_stopped_with_its_children(tmp_path: Path) -> None:
+    """In its own session the command does not get the terminal's SIGINT: a Ctrl-C of `tenfold up` left `airflow db
+    migrate` (and what it started) running, holding SQLite's lock for the next `tenfold up`."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pids = tmp_path / "pids"
+    code = ("import os\nfrom tenfold.local.process import run_bounded\n"
+            f"run_bounded(['sh', '-c', 'sleep 60 & echo $$ $! > {pids}; sleep 60'], env=os.environ, timeout=100)\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().strip()):
+        assert time.monotonic() < deadline and runner.poll() is None, "the command never started"
+        time.sleep(0.05)
+    shell, child = map(int, pids.read_text().split())
+    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
+    runner.wait(30)
+    try:
+        for pid in (shell, child):
+            while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline + 10, f"{pid} was left running after the interrupt"
+                time.sleep(0.05)
+    finally:
+        for pid in (shell, child):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()

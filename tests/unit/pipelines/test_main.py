@@ -118,8 +118,8 @@ def test_a_storage_service_that_cannot_be_reached_is_named_with_what_to_do(
     assert not any("Traceback" in line for line in err)
 
 
-def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], small_disk: Any) -> None:
+def test_a_refusal_an_unwritable_path_and_a_fault_each_end_with_their_own_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def refused(settings: Settings, args: argparse.Namespace) -> int:
         raise PipelineError("features partition 2013-07 is not published: run build_features first")
 
@@ -144,6 +144,17 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
     assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: Not a directory: ")
     assert "cannot reach" not in err
 
+    def fault(settings: Settings, args: argparse.Namespace) -> int:
+        return {}["missing"]  # type: ignore[no-any-return]
+
+    assert _main(tmp_path, monkeypatch, fault) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: `python -m tenfold.pipelines.demo_dag` failed on a fault in the code (KeyError: 'missing');"
+                   " run it again with --debug for the traceback, and report it")
+
+
+def test_a_full_disk_ends_with_its_own_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str], small_disk: Any) -> None:
     def full(settings: Settings, args: argparse.Namespace) -> int:
         small_disk.fill()
         with open(small_disk.path / "out.bin", "wb") as out:  # a real ENOSPC from the system
@@ -157,14 +168,6 @@ def test_a_refusal_a_full_disk_and_a_fault_each_end_with_their_own_line(
     assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: [Errno 28] No space left on "
                           "device; "), err
     assert "free space" in err and "cannot reach" not in err and "fault in the code" not in err
-
-    def fault(settings: Settings, args: argparse.Namespace) -> int:
-        return {}["missing"]  # type: ignore[no-any-return]
-
-    assert _main(tmp_path, monkeypatch, fault) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == ("error: `python -m tenfold.pipelines.demo_dag` failed on a fault in the code (KeyError: 'missing');"
-                   " run it again with --debug for the traceback, and report it")
 
 
 @pytest.mark.parametrize("kind", ["timeout", "failed", "config"])
