@@ -145,12 +145,20 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
     """Why a registered version cannot be loaded by this code (``tenfold.registry.cli.unusable_here``): its
     ``meta.json`` names another workload, or another version of this workload's feature definitions."""
     from tenfold.config.settings import DEFAULT_WORKLOAD
+    from tenfold.registry.errors import RegistryError
     from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
 
-    ours = get_workload(reg.settings)
+    try:
+        ours = get_workload(reg.settings)
+    except WorkloadError as exc:
+        raise RegistryError(f"cannot check that the version can be served here: {exc}; install the workload's package "
+                            "where you run this, or --force (moved without the check)") from exc
 
     def why(version: str) -> str | None:
-        meta = reg.meta(version)
+        try:
+            meta = reg.meta(version)
+        except RegistryError as exc:  # its meta.json missing or damaged: not one to move the alias to
+            return f"its meta.json cannot be read ({exc})"
         name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
         try:
             theirs = get_workload(name) if isinstance(name, str) else None

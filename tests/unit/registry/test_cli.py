@@ -214,3 +214,20 @@ def test_promote_and_rollback_refuse_a_version_this_code_cannot_load(
     assert out.exit_code == 2 and f"champion cannot go back to {old}" in out.output and reg.resolve("champion") == new
     out = runner.invoke(app, ["models", "rollback", "--force"])
     assert out.exit_code == 0 and reg.resolve("champion") == old, out.output
+
+
+def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_workload_names_force(
+        registry_settings: Settings) -> None:
+    from types import SimpleNamespace
+
+    from tenfold import cli as root
+    from tenfold.registry.errors import IntegrityError, RegistryError
+
+    def meta(version: str) -> dict[str, object]:
+        raise IntegrityError(f"version {version} has no meta.json in the store")
+
+    why = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=meta))
+    assert why("v1") == "its meta.json cannot be read (version v1 has no meta.json in the store)"
+    elsewhere = registry_settings.model_copy(update={"workload": "no_such_package.module:WORKLOAD"})
+    with pytest.raises(RegistryError, match=r"cannot check that the version can be served here: .*--force"):
+        root._unusable_here(SimpleNamespace(settings=elsewhere, meta=meta))
