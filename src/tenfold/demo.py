@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
 from tenfold.workloads import VERSION_KEY, get_workload
@@ -625,6 +625,19 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     return row
 
 
+def _month_cannot_go_on(exc: BaseException) -> bool:
+    """A refusal or an outage that ends a replayed month (its row says why; the table still shows the months before):
+    a run followed past its bound (AirflowApiError), the fleet's reload timing out (a LocalPlatformError), the
+    registry, the lake or a pipeline refusing, a service away. Not a fault in the code."""
+    from tenfold.local.process import LocalPlatformError
+    from tenfold.outages import is_outage
+    from tenfold.pipelines.common import PipelineError
+    from tenfold.registry.errors import RegistryError
+
+    return isinstance(exc, (DemoError, AirflowApiError, LocalPlatformError, RegistryError, PipelineError,
+                            LakeError)) or is_outage(exc)
+
+
 def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], first_model: Any, flights: int,
                   say: Callable[[str], object], *, retrain_every: int, started: float,
                   first_trained_on: frozenset[str]) -> list[MonthRow]:
@@ -642,9 +655,9 @@ def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], f
         try:
             replay_month(settings, api, part, first_model, flights, say, scheduled_due=due, clock=clock,
                          first_trained_on=first_trained_on, row=row)
-        # AirflowApiError: a run followed past its bound, among others; and any refusal the CLI reports as an error
-        # line (RuntimeError: the fleet's reload timing out, the registry or the lake away; ValueError).
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:
+            if not _month_cannot_go_on(exc):
+                raise  # a fault in the code: its own ending (and traceback with TENFOLD_DEBUG), not a month's row
             say(f"{part.label}: {exc}")
             row.failed_runs.append(str(exc))  # the row keeps what the month reached (validated, scored, ...)
             if len(later) > len(rows):

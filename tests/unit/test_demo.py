@@ -468,3 +468,15 @@ def test_a_fleet_port_another_program_holds_is_refused_before_anything_starts(
                 demo.run(settings, say=lambda line: None)
             assert ("TENFOLD_LOCAL__LB_PORT" if where == "local" else "TENFOLD_SERVING__FLEET__LB_METRICS_PORT") in str(
                 refused.value)
+
+
+def test_a_fault_in_the_code_during_a_month_is_not_taken_for_the_months_outcome(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (a KeyError, a TypeError) is the demo's fault, with its own ending, not one line in a month's row."""
+    def replay_month(*args: object, **kwargs: object) -> None:
+        raise KeyError("missing")
+
+    monkeypatch.setattr(demo, "replay_month", replay_month)
+    with pytest.raises(KeyError):
+        demo.replay_months(make_settings(), object(), [Partition(2013, 7)], None, 0, lambda line: None,
+                           retrain_every=0, started=0.0, first_trained_on=frozenset())
