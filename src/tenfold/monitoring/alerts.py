@@ -166,14 +166,16 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
                            "TENFOLD_ALERT_WEBHOOK to the address it redirects to (often its https:// form)")
 
 
-def _on_this_machine(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+def _private(host: str) -> bool:
+    """``localhost``, or an IP address of this machine or a private network (127.0.0.0/8, 10/8, 172.16/12,
+    192.168/16, ::1, fc00::/7); a name is not (where it resolves is not known here)."""
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return address.is_loopback or (address.is_private and not address.is_link_local)
 
 
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
@@ -187,12 +189,12 @@ def _webhook_hook(settings: Settings, alert: Alert) -> None:
         # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
         raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a "
                          "control character): fix the variable; alerts still go to the log")
-    if parts.scheme == "http" and not _on_this_machine(parts.hostname):
-        # A Slack-style hook's secret is its path: posted over plain http it crossed the network in clear text,
+    if parts.scheme == "http" and not _private(parts.hostname):
+        # A Slack-style hook's secret is its path: posted over plain http it crossed the internet in clear text,
         # alert after alert, with nothing said. The host is not the secret, so it is named.
         raise ValueError(f"TENFOLD_ALERT_WEBHOOK is a plain http:// URL to {parts.hostname}: its secret would cross "
                          "the network unencrypted; use its https:// form (http:// is taken for a hook on this machine "
-                         "only); alerts still go to the log")
+                         "or at a private IP address, such as an internal Alertmanager); alerts still go to the log")
     headers = {"Content-Type": "application/json"}
     if "@" in parts.netloc:
         # user:password@host: urllib hands http.client the userinfo as the host, which refused it quoting the

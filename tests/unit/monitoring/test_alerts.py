@@ -305,16 +305,18 @@ def test_a_webhook_that_took_the_alert_but_answers_late_is_not_posted_it_again(m
 
 def test_a_plain_http_webhook_beyond_this_machine_is_refused_without_posting(make_settings, caplog, monkeypatch):
     """A webhook's secret is its path: an http:// URL to another host sent it over the network in clear text on every
-    alert. Refused (and named, without the secret); http:// to loopback, as the tests' hooks use, still posts."""
+    alert. Refused (and named, without the secret); http:// to loopback (as the tests' hooks use) or a private address
+    (an internal Alertmanager) still posts."""
     posted = []
     monkeypatch.setattr(alerts.urllib.request.OpenerDirector, "open", lambda self, *a, **k: posted.append(a))
-    for url in ("http://hooks.example.com/services/T0/SECRETTOKEN", "http://10.1.2.3:8080/SECRETTOKEN"):
+    for url in ("http://hooks.example.com/services/T0/SECRETTOKEN", "http://8.8.8.8:8080/SECRETTOKEN"):
         with caplog.at_level(logging.DEBUG):
             sent = alerts.send_alert(make_settings(monitoring={"alert_webhook_url": url}), "gate refused", {})
         assert sent.failed == ("webhook",) and not posted
         assert "plain http:// URL to " in caplog.text and "use its https:// form" in caplog.text
         assert "SECRETTOKEN" not in caplog.text
         caplog.clear()
-    for host in ("127.0.0.1", "localhost", "[::1]"):
-        assert alerts._on_this_machine(host.strip("[]")), host
-    assert not alerts._on_this_machine("127.example.com")
+    for host in ("127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.0.7", "172.20.0.1"):  # an internal hook too
+        assert alerts._private(host.strip("[]")), host
+    for host in ("127.example.com", "8.8.8.8", "169.254.169.254"):
+        assert not alerts._private(host), host
