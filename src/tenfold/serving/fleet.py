@@ -350,6 +350,8 @@ class Supervisor:
         # what keeps failing, not a new version after a failure of the one it replaces.
         self.failed: dict[str, set[tuple[str, str]]] = {pool: set() for pool in POOLS}
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
+        # Since when HAProxy's runtime API has not answered while its process lives (None: it answers).
+        self.haproxy_silent_since: float | None = None
         self.events: list[str] = []
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
@@ -406,7 +408,15 @@ class Supervisor:
         self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
 
     def _ensure_haproxy(self) -> bool:
-        """True when HAProxy runs (restarting it if it died); False while a failed restart waits out its back-off."""
+        """True when HAProxy runs (restarting it if it died, or if its runtime API has not answered for
+        ``HAPROXY_START_S``: hung, or stopped by SIGSTOP, which no liveness check sees); False while a failed restart
+        waits out its back-off."""
+        silent = self.haproxy_silent_since
+        if self.haproxy is not None and silent is not None and time.monotonic() - silent > HAPROXY_START_S:
+            self.say(f"haproxy: pid {self.haproxy.pid} has not answered its runtime API for "
+                     f"{time.monotonic() - silent:.0f} s: stopping it")
+            process.stop(self.haproxy, timeout=5)
+            self.haproxy_silent_since = None
         if self.haproxy is not None and process.is_running(self.haproxy):
             return True
         failures, retry_at = self.haproxy_backoff
@@ -665,12 +675,20 @@ class Supervisor:
 
     def tick(self) -> None:
         self._reload_spec()
-        if self._ensure_haproxy():  # else HAProxy waits out a failed restart's back-off: nothing to observe
-            self._observe()
-            self._autoscale()
-            for pool in POOLS:
-                self._reconcile(pool)
-        self.write_status()  # even then, so `tenfold serve status` shows HAProxy down
+        try:
+            if self._ensure_haproxy():  # else HAProxy waits out a failed restart's back-off: nothing to observe
+                try:
+                    self._observe()
+                except HaproxyError:
+                    if self.haproxy_silent_since is None:
+                        self.haproxy_silent_since = time.monotonic()
+                    raise
+                self.haproxy_silent_since = None
+                self._autoscale()
+                for pool in POOLS:
+                    self._reconcile(pool)
+        finally:
+            self.write_status()  # even then (HAProxy down, or not answering), so `tenfold serve status` shows it
 
     def status(self) -> FleetStatus:
         pools = {}
@@ -949,6 +967,7 @@ def rollout(
         raise FleetError(f"the {pool} pool keeps no replica (min 0): nothing would serve {model}; keep one first "
                          f"(`tenfold serve scale --pool {pool} --min 1`)")
     version = resolve(settings, model)
+    before = spec_now.pools[pool].version if spec_now is not None else None
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
 
     def rolled(st: FleetStatus) -> bool:
@@ -957,8 +976,21 @@ def rollout(
         return all(r.version == version for r in p.replicas) and len(p.serving(version)) >= max(p.desired, p.min, 1)
 
     n = max(1, len(st.pools[pool].replicas)) if (st := read_status(settings)) else 1
-    return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
-                    timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s + settings.serving.server.drain_timeout_s))
+    try:
+        return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
+                        timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s
+                                                + settings.serving.server.drain_timeout_s))
+    except FleetError as exc:
+        # No replica of the version ever served (it does not load): the pool is set back to the version its replicas
+        # still serve. Left at the new one, the supervisor tried only it, so an old replica that died was never
+        # replaced and a rise in load was never met, while `tenfold status` called the pool healthy on the new one.
+        now = read_status(settings)
+        if before is None or before == version or now is None or now.pools[pool].serving(version):
+            raise
+        back = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=before)}
+                           if old.pools[pool].version == version else old.pools)
+        raise FleetError(f"{exc}\nno replica of {version} served: the {pool} pool is set back to {before} (generation "
+                         f"{back.generation}), which its replicas still serve") from exc
 
 
 def reload_lookups(settings: Settings, token: str, *, timeout: float | None = None) -> FleetStatus:
@@ -1173,10 +1205,17 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
                  + f"{rep.canary_percent if rep.canary_percent is not None else '?'} %")
     for pool, version in rep.versions.items():
         least = rep.minimums.get(pool, 0)
-        lines.append(f"  {pool:7} {version}" + (f"  {rep.serving(pool)} serving (min {least})" if least else ""))
-        for r in (r for r in rep.replicas if r.pool == pool):
+        mine = [r for r in rep.replicas if r.pool == pool]
+        # The pool's version is what it is set to serve: while replicas of another serve (a roll under way, or one
+        # whose new version never loads), say so, not only "N serving" under the new version's name.
+        others = sorted({r.version for r in mine if r.version != version})
+        rolling = (f"  rolling: {sum(1 for r in mine if r.version == version and r.state == SERVING)} of its replicas "
+                   f"serve it, {', '.join(others)} still serving" if others else "")
+        lines.append(f"  {pool:7} {version}" + (f"  {rep.serving(pool)} serving (min {least})" if least else "") + rolling)
+        for r in mine:
             alive = "alive" if r.alive else "NOT ANSWERING"
-            lines.append(f"    {replica_name(r.pool, r.slot):18} {r.state:9} haproxy {r.lb_status:9} {alive:13} {r.url} pid {r.pid}")
+            lines.append(f"    {replica_name(r.pool, r.slot):18} {r.state:9} haproxy {r.lb_status:9} {alive:13} {r.url} "
+                         f"pid {r.pid}  {r.version}")
     lines.append(token_line)
     return "\n".join(lines)
 

@@ -32,3 +32,15 @@ def test_a_stable_pool_with_no_replica_serving_is_not_healthy_while_the_canary_l
 def test_a_serving_replica_that_does_not_answer_is_not_healthy() -> None:
     assert not _report(_replica("stable", 0), _replica("stable", 1, alive=False)).healthy
     assert _report(_replica("stable", 0), _replica("stable", 1)).healthy
+
+
+def test_a_pool_whose_replicas_serve_another_version_than_it_is_set_to_says_so() -> None:
+    """After a rollout to a version that never loaded, status printed "stable v2  2 serving" while both replicas
+    served v1: the pool's version is what it is set to serve, and each replica's own is shown now."""
+    from dataclasses import replace
+
+    report = replace(_report(_replica("stable", 0), _replica("stable", 1)), versions={"stable": "v2", "canary": "v1"})
+    text = describe(report)
+    assert "stable  v2  2 serving (min 2)  rolling: 0 of its replicas serve it, v1 still serving" in text, text
+    assert all(line.rstrip().endswith("v1") for line in text.splitlines() if "replica-stable-" in line), text
+    assert "rolling" not in describe(_report(_replica("stable", 0), _replica("stable", 1)))

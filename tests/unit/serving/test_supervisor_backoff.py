@@ -611,3 +611,48 @@ def test_scaling_in_drains_a_replica_haproxy_has_down_before_one_that_serves(
         assert older.state != fleet.SERVING, "\n".join(sup.lines)
     finally:
         sup.shutdown()
+
+
+def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(supervisor: Any,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung (or SIGSTOPped) HAProxy passed the liveness check (its process is there) while its runtime API timed out
+    on every tick: it was never restarted, clients hung on the load balancer's port, no replica was reaped, and the
+    status file went stale. A real SIGSTOP of the process in HAProxy's place (a sleep; its runtime API fails)."""
+    import os
+    import signal
+
+    import psutil
+
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.5)
+    supervisor.start_haproxy()
+    first = supervisor.haproxy.pid
+    os.kill(first, signal.SIGSTOP)
+    answering = supervisor.api.all_servers
+
+    def silent() -> Any:
+        raise HaproxyError("the runtime API did not answer within 5 s")
+
+    supervisor.api.all_servers = silent
+    written: set[float] = set()
+
+    def tick_and_note() -> bool:
+        with contextlib.suppress(LocalPlatformError):
+            supervisor.tick()
+        status = fleet.read_status(supervisor.settings)
+        if status is not None:
+            written.add(status.updated_at)
+        return supervisor.haproxy is not None and supervisor.haproxy.pid != first
+
+    deadline = time.monotonic() + 10
+    try:
+        while not tick_and_note():
+            assert time.monotonic() < deadline, "\n".join(supervisor.lines)
+            supervisor.api.all_servers = silent if supervisor.haproxy.pid == first else answering
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(first).kill()
+    assert any("has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert len(written) >= 3, "the status was not written while HAProxy did not answer"
