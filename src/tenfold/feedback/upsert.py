@@ -139,7 +139,7 @@ def join(
             predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
             feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
             table, stats = _join_logs(lake, settings, month, window, predictions, feedback)
-            if not force and (shrunk := _shrunk(before, stats, options)):
+            if not force and (shrunk := _shrunk(lake, st.labelled_table, month, before, stats, table, options)):
                 # The logs only grow, so a rebuild never has fewer rows, unless log files went away since (a
                 # retention rule deleting the oldest files first, a hand, a file found corrupt): publishing it would
                 # drop labelled rows retraining and the metrics read, and once the month's last file went, for good.
@@ -296,17 +296,39 @@ def _published_extra(lake: Lake, table: str, month: Partition) -> dict[str, Any]
         return {}
 
 
-def _shrunk(before: dict[str, Any], stats: MonthJoin, options: JoinOptions) -> str:
-    """How a rebuild has fewer predictions or labelled ones than the published month (empty: it has not, or the
-    published month was joined by another rule: another horizon, as ``tenfold feedback join --horizon`` or a change of
-    ``settings.feedback.horizon_months`` gives, or another ``JOIN_VERSION``, whose rows may rightly differ)."""
-    if before.get("horizon") != options.feedback_horizon_months or before.get("join_version") != JOIN_VERSION:
-        return ""
+def _shrunk(lake: Lake, table: str, month: Partition, before: dict[str, Any], stats: MonthJoin, rebuilt: pa.Table,
+            options: JoinOptions) -> str:
+    """How a rebuild lost what the published month holds (empty: it lost nothing): fewer predictions or labelled ones,
+    or, whatever the counts (new traffic can make up for what went), a published prediction missing from it, or a
+    published label it does not have. Labels only under the same rule: a month joined with another horizon (as
+    ``tenfold feedback join --horizon`` or a change of ``settings.feedback.horizon_months`` gives) or another
+    ``JOIN_VERSION`` may rightly have fewer; no rule drops a prediction."""
+    same_rule = before.get("horizon") == options.feedback_horizon_months and before.get("join_version") == JOIN_VERSION
     rows, labelled = int(before.get("rows", 0)), int(before.get("labelled", 0))
-    if stats.predictions >= rows and stats.labelled >= labelled:
+    if same_rule and (stats.predictions < rows or stats.labelled < labelled):
+        return (f"the logs now give {stats.predictions} predictions ({stats.labelled} labelled) where the published "
+                f"month has {rows} ({labelled} labelled)")
+    if not before:
         return ""
-    return (f"the logs now give {stats.predictions} predictions ({stats.labelled} labelled) where the published month "
-            f"has {rows} ({labelled} labelled)")
+    try:
+        published = lake.read_table(table, [month], columns=["prediction_id", "outcome"])
+    except LakeError:  # damaged or gone meanwhile: nothing published to keep
+        return ""
+    now = dict(zip(rebuilt.column("prediction_id").to_pylist(),
+                   (o is not None for o in rebuilt.column("outcome").to_pylist()), strict=True))
+    gone, unlabelled = [], []
+    for pid, outcome in zip(published.column("prediction_id").to_pylist(), published.column("outcome").to_pylist(),
+                            strict=True):
+        if pid not in now:
+            gone.append(pid)
+        elif same_rule and outcome is not None and not now[pid]:
+            unlabelled.append(pid)
+    if gone:
+        return f"{len(gone)} of its published predictions are not in the logs any more (the first: {gone[0]})"
+    if unlabelled:
+        return (f"{len(unlabelled)} of its published predictions lost their label in the logs (the first: "
+                f"{unlabelled[0]})")
+    return ""
 
 
 def _publish(lake: Lake, table: str, month: Partition, rows: pa.Table, *, extra: dict[str, Any]) -> None:

@@ -429,3 +429,34 @@ def test_the_window_join_lists_only_the_window_s_months_not_all_history(settings
     window = upsert.join_window(settings, T0 - H, T0 + H)
     assert window["prediction_id"].to_pylist() == ["a"] and window["outcome"].to_pylist() == [1]
     assert upsert.join_window(settings, T0 + 2000 * H, T0 + 2001 * H).num_rows == 0  # a month with no log folder
+
+
+def test_a_published_label_lost_with_its_log_file_is_kept_though_new_traffic_makes_up_the_count(settings, logs,
+                                                                                              monkeypatch):
+    """The guard counted rows: a month whose oldest feedback file went (retention) while a new prediction with feedback
+    landed had as many labelled rows as before, was published, and "a"'s label was gone for good. And a JOIN_VERSION
+    bump switched the guard off, so an upgrade published every trimmed month smaller."""
+    from pathlib import Path
+
+    from tenfold.feedback import upsert
+    from tenfold.feedback.log import log_files
+
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1), feedback("b", 0))
+    assert join(settings).published == ["2026-05"]
+    full = _labelled(settings)[0]
+    lake = Lake.from_settings(settings)
+    Path(log_files(lake, settings.storage.feedback_table, MAY)[0].path).unlink()  # both labels' file
+    logs.predictions(prediction("c"))
+    logs.feedback(feedback("c", 1), feedback("b", 0))  # b's label again, c new: 3 predictions, 2 labelled
+    report = join(settings)
+    assert report.published == [] and report.kept[0].startswith(
+        "2026-05: 1 of its published predictions lost their label in the logs (the first: a)"), report.to_dict()
+    assert _labelled(settings)[0] == full
+    for table in (settings.storage.predictions_table,):
+        for f in log_files(lake, table, MAY)[:1]:
+            Path(f.path).unlink()  # the file of a and b's predictions
+    monkeypatch.setattr(upsert, "JOIN_VERSION", upsert.JOIN_VERSION + 1)  # another rule: labels may differ, ids may not
+    report = join(settings)
+    assert report.published == [] and "2 of its published predictions are not in the logs any more" in report.kept[0]
+    assert _labelled(settings)[0] == full
