@@ -2,7 +2,7 @@
 
 Examples::
 
-    tenfold feedback sink                    # run until SIGTERM/Ctrl-C, joining whenever it goes idle
+    tenfold feedback sink                    # run until SIGTERM/Ctrl-C, joining what landed every --join-every-s
     tenfold feedback sink --until-idle       # drain both subscriptions, join, print what happened, exit
     tenfold feedback sink --once --no-join   # one batch from each subscription
     tenfold feedback join [--month 2026-05] [--force]
@@ -127,14 +127,16 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
 @app.command("join")
 def join_command(
     month: Annotated[list[str] | None, typer.Option(help="served month YYYY-MM to rebuild (repeatable); default all")] = None,
-    force: Annotated[bool, typer.Option(help="rebuild months whose logs did not change")] = False,
+    force: Annotated[bool, typer.Option(help="rebuild months whose logs did not change, and publish a month whose "
+                                           "rebuild lost published rows or labels (log files deleted)")] = False,
     horizon: Annotated[int | None, typer.Option(min=0, max=24, help="months after the served month to look for "
                        "feedback (default: settings.feedback.horizon_months, which every other join uses too)")] = None,
     env: EnvOption = None,
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
-    from tenfold.data.lake import LakeError, Partition
+    from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
+    from tenfold.feedback.log import log_months
     from tenfold.feedback.upsert import JoinOptions, join
 
     try:
@@ -144,6 +146,12 @@ def join_command(
     settings = command_settings(env)
     try:
         options = JoinOptions.of(settings) if horizon is None else JoinOptions(feedback_horizon_months=horizon)
+        if months:
+            # A month with no predictions log (a typo, or a log deleted whole) was joined as nothing, exit 0.
+            served = log_months(Lake.from_settings(settings), settings.storage.predictions_table)
+            if missing := sorted({m.label for m in months} - {m.label for m in served}):
+                raise _fail(f"no predictions were served in {', '.join(missing)}: nothing to join there (months with "
+                            f"predictions: {', '.join(m.label for m in served) or 'none'})", 2)
         report = join(settings, months, options=options, force=force)
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
@@ -184,7 +192,7 @@ def metrics_command(
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
     import pyarrow as pa
 
-    from tenfold.data.lake import LakeError
+    from tenfold.data.lake import LakeError, Partition, month_range
     from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.metrics import check_grouping, format_metrics, online_metrics
 
@@ -214,9 +222,15 @@ def metrics_command(
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
         raise _fail(str(exc), 1) from exc
     except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
+        # The window's months, one by one: a --force of every month would also publish smaller each month whose log
+        # files were trimmed since (what the join's guard keeps), losing their labels for good.
+        months = ([p.label for p in month_range(Partition.from_date(start), Partition.from_date(
+            end - dt.timedelta(microseconds=1)))] if start is not None and end is not None else [])
+        which = (f"for the window's months ({', '.join(months)}), one at a time: `tenfold feedback join --month "
+                 f"{months[0]} --force`" if months else "for the month the error names: `tenfold feedback join --month "
+                 "YYYY-MM --force`")
         raise _fail(f"cannot compute online metrics from the {settings.storage.labelled_table} table of "
-                    f"{settings.storage.lake_uri} ({type(exc).__name__}: {exc}); rebuild it with "
-                    "`tenfold feedback join --force`", 1) from exc
+                    f"{settings.storage.lake_uri} ({type(exc).__name__}: {exc}); rebuild it {which}", 1) from exc
     if as_json:
         _echo_json({"since": start, "until": end, "groups": [r.to_dict() for r in rows]})
     else:

@@ -94,7 +94,8 @@ def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argu
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert f"cannot compute online metrics from the {table} table of" in result.output
-    assert "model_version" in result.output and "tenfold feedback join --force" in result.output
+    # The window's month, not every month: --force of all would publish smaller each month whose logs were trimmed.
+    assert "model_version" in result.output and "`tenfold feedback join --month 2026-05 --force`" in result.output
 
 
 @pytest.mark.parametrize("window", [["--last", "99999999999d"], ["--last", "1000000d"],
@@ -203,3 +204,14 @@ def test_a_restarted_sink_joins_what_the_process_before_it_landed(settings, monk
     monkeypatch.setattr(feedback_cli.signal, "signal", lambda *args: None)  # this process's own handlers stay
     feedback_cli._run_forever(QuietSink(), settings, True, 0.0)
     assert joins == [1]  # once, at its first round: nothing landed since, nothing more to join
+
+
+def test_a_join_of_a_month_nothing_was_served_in_is_refused_naming_the_served_months(run, logs) -> None:
+    """`tenfold feedback join --month 2025-05` (a typo for 2026-05, or a month whose log was deleted whole) printed an
+    empty report and exited 0, as if it had rebuilt the month."""
+    logs.predictions(prediction("a"))
+    result = run("join", "--month", "2025-05", "--month", "2026-05")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "no predictions were served in 2025-05: nothing to join there (months with predictions: 2026-05)" \
+        in result.output
+    assert run("join", "--month", "2026-05").exit_code == 0
