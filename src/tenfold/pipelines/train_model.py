@@ -284,7 +284,10 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         run_key=key, airflow_run_id=airflow_run_id, work_dir=str(work_dir),
         train_months=tuple(p.label for p in train), holdout_months=tuple(p.label for p in holdout),
         holdout=holdout_ref(lake, table, holdout), train_config=cfg.to_dict(),
-        nproc=int(conf["nproc"]) if conf.get("nproc") else None, feedback=feedback,
+        # Resolved here, as the rest of the run's config: a setting changed between two tries (nproc_per_node) put a
+        # retry's ranks on checkpoints written by another number of them, refused on every try and every clear.
+        nproc=int(conf["nproc"]) if conf.get("nproc") else (t.nproc_per_node if settings.is_local else None),
+        feedback=feedback,
     )
 
 

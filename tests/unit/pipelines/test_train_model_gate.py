@@ -719,3 +719,10 @@ def test_a_champion_of_another_workload_is_refused_before_any_alias_moves(
     evaluation = pipeline.evaluate(gate_settings, pipeline.plan(gate_settings, "manual__third", CONF),
                                    model(tmp_path, 0.95))
     assert evaluation.champion["version"] == ours and evaluation.champion["metrics"]["auc"] == 0.81  # scored
+
+
+def test_a_local_plan_records_the_number_of_ranks_so_every_try_uses_it(gate_settings: Settings) -> None:
+    """Planned without nproc, each try took settings.training.nproc_per_node when it ran: changed between two tries,
+    the retry's ranks met checkpoints of another world size in the same folder, refused on every try and clear."""
+    assert pipeline.plan(gate_settings, "manual__ranks", CONF).nproc == gate_settings.training.nproc_per_node
+    assert pipeline.plan(gate_settings, "manual__ranks-conf", {**CONF, "nproc": 1}).nproc == 1
