@@ -107,15 +107,26 @@ def read_features(
                 f"another feature definition than this code's version {contract.version}: rebuild them with "
                 "build_features (a backfill of it with 'reprocess completed runs', in the Airflow UI or its REST API: README)"
             )
-    if digest is not None and lake.content_digest(table, parts) != digest:
-        raise RepublishedFeaturesError(
+    def republished() -> RepublishedFeaturesError:
+        return RepublishedFeaturesError(
             f"{table} partitions {', '.join(p.label for p in parts)} were re-published since {pinned_by}: they no "
             f"longer hold the data it pinned; {rerun}"
         )
+
+    if digest is not None and lake.content_digest(table, parts) != digest:
+        raise republished()
     try:
-        return lake.read_table(table, parts, columns=list(columns) if columns else None)
+        read = lake.read_table(table, parts, columns=list(columns) if columns else None)
     except MissingManifestError as exc:  # published between the check and the read, then removed
         raise MissingFeaturesError(str(exc)) from exc
+    # Checked again after the read, which follows a publish that lands meanwhile: a month re-published while the ranks
+    # read gave them other rows than pinned, or other rows each (other step counts: a collective that hangs).
+    try:
+        if digest is not None and lake.content_digest(table, parts) != digest:
+            raise republished()
+    except MissingManifestError as exc:
+        raise MissingFeaturesError(str(exc)) from exc
+    return read
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):

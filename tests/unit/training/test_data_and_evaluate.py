@@ -182,3 +182,24 @@ def test_any_run_conf_seed_seeds_every_stream_and_a_small_one_is_used_as_it_is()
     first = torch.rand(3)
     seed_everything(11_002)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_a_month_re_published_while_the_pinned_window_is_read_is_refused(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinned digest was checked before the read, which follows a publish that lands meanwhile: ranks trained on
+    other rows than pinned (or other rows each), and the model's meta claimed the pinned digest."""
+    from tenfold.training.data import RepublishedFeaturesError
+
+    lake = Lake(tmp_path.as_uri())
+    publish_synthetic_features(lake, TRAIN, 100, seed=1)
+    pinned = lake.content_digest(FEATURES_TABLE, TRAIN)
+    real = Lake.read_table
+
+    def republished_meanwhile(self: Lake, *args: Any, **kwargs: Any) -> Any:
+        publish_synthetic_features(lake, [TRAIN[0]], 120, seed=2)  # a backfill lands while the ranks read
+        monkeypatch.setattr(Lake, "read_table", real)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "read_table", republished_meanwhile)
+    with pytest.raises(RepublishedFeaturesError, match="were re-published since"):
+        read_features(lake, TRAIN, digest=pinned)
