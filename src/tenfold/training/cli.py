@@ -47,6 +47,7 @@ def train_command(
     """Train the workload's model with torchrun (DDP); a re-run with the same --out resumes."""
     from tenfold.data.lake import Lake, LakeError, month_range
     from tenfold.training.config import TrainConfig
+    from tenfold.training.data import MissingFeaturesError
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
     settings = command_settings(env)
@@ -63,8 +64,14 @@ def train_command(
         # The window's content pinned, as train_model pins it: the ranks refuse other rows, and a re-run with the same
         # --out after a month was re-published is refused (it resumed silently on the new rows, mid-permutation).
         lake, table = Lake.from_settings(settings), settings.storage.features_table
-        # (a month never published is refused by the launch itself, naming every one of them)
-        digest = lake.content_digest(table, window) if all(lake.has_manifest(table, p) for p in window) else None
+        # A month never published (or withdrawn) is refused here, naming every one: pinned as None, a re-run with the
+        # same --out was refused as "a different config" instead, its checkpoints thrown away for nothing.
+        if missing := [p.label for p in window if not lake.has_manifest(table, p)]:
+            raise MissingFeaturesError(
+                f"{table} partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: they were "
+                "never published, or withdrawn (a file found changed); run build_features for those months (published: "
+                f"{', '.join(p.label for p in lake.published_partitions(table)) or 'none'})")
+        digest = lake.content_digest(table, window)
         cfg = TrainConfig.from_settings(
             settings, train_months=tuple(p.label for p in window), batch_size=batch_size,
             max_steps=max_steps, seed=seed, data_digest=digest, **({"epochs": epochs} if epochs else {}),
@@ -113,10 +120,12 @@ def evaluate_command(
         holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
         lake = Lake.from_settings(settings)
         check_time_split(train, holdout)
-        if overlap := sorted(set(learnt) & {p.label for p in holdout}):
-            raise ValueError(f"the model in {model} was trained on {learnt[0]}..{learnt[-1]}, which holds holdout "
-                             f"month(s) {', '.join(overlap)}: scored on data it learnt, it would look better than it "
-                             f"is; give --holdout-months after {learnt[-1]}")
+        if learnt and holdout[0].label <= learnt[-1]:
+            # Held out months the model learnt, or months before the last it learnt: scored on data it saw, or on the
+            # past of what it knows, it would look better than it is (time leaks backwards as well as forwards).
+            raise ValueError(f"the model in {model} was trained on {learnt[0]}..{learnt[-1]}: holdout "
+                             f"{holdout[0].label}..{holdout[-1].label} does not come after it; give --holdout-months "
+                             f"after {learnt[-1]}")
         table = settings.storage.features_table
         if baselines:
             result = evaluate_with_baselines(model, lake, train, holdout, table=table)

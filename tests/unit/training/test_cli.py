@@ -26,6 +26,13 @@ def test_train_on_unpublished_months_is_refused_before_launching(home: Path) -> 
     assert out.exit_code == 2
     assert "2013-01, 2013-02 have no _SUCCESS manifest" in out.output and "build_features" in out.output
     assert not (home / "run" / "model").exists()
+    # A re-run into a folder of an earlier run (whose window was published then; a month withdrawn since): the months
+    # are named, not "a different config (changed: data_digest)", which told the user to throw its checkpoints away.
+    (home / "again").mkdir()
+    (home / "again" / "train_config.json").write_text('{"data_digest": "abc", "train_months": ["2013-01", "2013-02"]}')
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "again")])
+    assert out.exit_code == 2 and "2013-01, 2013-02 have no _SUCCESS manifest" in out.output, out.output
+    assert "different config" not in out.output
 
 
 def test_evaluate_a_folder_that_is_not_a_model(home: Path) -> None:
@@ -51,8 +58,12 @@ def test_evaluate_refuses_a_holdout_inside_the_models_own_training_window(home: 
     assert out.exit_code == 2 and "does not come after the training window (ends 2013-11)" in out.output, out.output
     out = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--train-months", "2013-01:2013-03"])
     assert out.exit_code == 2, out.output
-    assert ("was trained on 2013-01..2013-11, which holds holdout month(s) 2013-10, 2013-11" in out.output
+    assert ("was trained on 2013-01..2013-11: holdout 2013-10..2013-12 does not come after it" in out.output
             and "give --holdout-months after 2013-11" in out.output), out.output
+    # Nor a holdout before the model's own window (a model that learnt from later months, scored on the past)
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--train-months", "2013-01:2013-01",
+                                   "--holdout-months", "2013-02:2013-02"])
+    assert out.exit_code == 2 and "holdout 2013-02..2013-02 does not come after it" in out.output, out.output
 
 
 def test_evaluate_refuses_a_month_that_is_not_one(home: Path) -> None:
@@ -129,6 +140,10 @@ def test_the_help_does_not_assume_the_flights_workload(command: list[str]) -> No
 def test_an_out_folder_the_system_refuses_is_one_line_naming_it(home: Path) -> None:
     """--out under a regular file (as a full disk or a read-only folder would): an OSError from the launch ended
     `tenfold train` in a traceback."""
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    publish_synthetic_features(Lake.from_settings(get_settings()), month_range("2013-01", "2013-02"), 50)
     (home / "afile").write_text("not a folder")
     out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "afile" / "run")])
     assert out.exit_code == 1, out.output
