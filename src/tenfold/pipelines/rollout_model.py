@@ -441,19 +441,22 @@ def _split_spans(run: RolloutRun, record: Mapping[str, dict[str, Any]], index: i
     current step's until ``until``), from the end of the newest window whose accuracy failed (the next accuracy test
     reads labels that one did not: summed over all, one chance dip failed two checks in a row, a rollback). None for
     a rollout with no step below 100 % so far (no span at one split: :func:`analyse` compares it with the control
-    before it); empty when a failed accuracy check left no span after it (at 100 %: accuracy is not tested again)."""
+    before it). When a failed accuracy check leaves no span after it (it failed inside the 100 % step, whose time has
+    no control), the spans whole: the same labels tested again, step by step, rather than the version passing on
+    latency and errors alone after its accuracy failed."""
     if not any(0 < percent < 100 for percent in run.steps[:index]):
         return None
     starts = [(_parse(e["at"]), run.steps[j - 1]) for j in range(1, index + 1) if (e := record.get(set_key(j)))]
     after = max((_parse(e["until"]) for k, e in record.items()
                  if is_check(k, e) and e["verdict"] == FAIL and e.get("values", {}).get("accuracy_failed")), default=None)
-    spans = []
+    whole, spans = [], []
     for i, (begin, percent) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else until
-        begin = max(begin, after) if after is not None else begin
         if 0 < percent < 100 and begin < end:
-            spans.append((begin, end))
-    return spans
+            whole.append((begin, end))
+            if after is None or max(begin, after) < end:
+                spans.append((max(begin, after) if after is not None else begin, end))
+    return spans or whole
 
 
 def _not_under_test(p: Places, run: RolloutRun, percent: int) -> tuple[str | None, str | None]:
@@ -509,11 +512,7 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
         # Accuracy over every labelled prediction since the canary first served, not this window's alone: the version
         # is the same throughout, so its labels add up and each check can see a smaller drop than the last
         # (a window's 20 labels could not tell 0.6 from 0.8).
-        if spans == []:
-            # Nothing at one split since an accuracy check failed (at 100 %, the steps before it were that check's):
-            # not tested again rather than against a control of another time (see _split_spans).
-            canary_acc = control_acc = Accuracy(None, None, None)
-        elif spans:
+        if spans:
             # Span by span (each step's time at one split, both arms serving), compared within each span: see
             # tenfold.rollout.analysis.check. At 100 % the spans are the steps before it (their labels still come in).
             strata = [p.accuracy(begin, end, run.version) for begin, end in spans]
@@ -525,8 +524,6 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
     result = check(canary, control, canary_acc, control_acc, policy, accuracy_strata=strata)
     result.values["control_window"] = "before this step" if percent >= 100 else "same window"
     result.values["accuracy_since"] = _iso(spans[0][0] if spans else start)
-    if spans == []:
-        result.values["accuracy_spans"] = 0
     return result
 
 
