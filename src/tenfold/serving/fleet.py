@@ -63,6 +63,7 @@ from tenfold.serving.haproxy import (
     STATS_USER,
     HaproxyError,
     HaproxyPaths,
+    HaproxySilent,
     RuntimeApi,
     ServerStat,
     haproxy_argv,
@@ -94,6 +95,10 @@ STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stop
 
 class FleetError(LocalPlatformError):
     """The fleet could not be started, changed or stopped; the message says what to do."""
+
+
+class FleetTimeout(FleetError):
+    """What was waited for did not happen in time (the supervisor still running)."""
 
 
 def run_dir(settings: Settings) -> Path:
@@ -403,6 +408,7 @@ class Supervisor:
 
     # -- HAProxy
     def start_haproxy(self) -> None:
+        self.haproxy_silent_since = None  # a new process: its silence counts from now
         self.haproxy = process.start(HAPROXY, haproxy_argv(self.paths), run_dir=self.run_dir, port=self.settings.local.lb_port)
         process.wait_until(self.api.alive, timeout=HAPROXY_START_S, what="HAProxy", record=self.haproxy, interval=0.05)
         self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
@@ -412,7 +418,8 @@ class Supervisor:
         ``HAPROXY_START_S``: hung, or stopped by SIGSTOP, which no liveness check sees); False while a failed restart
         waits out its back-off."""
         silent = self.haproxy_silent_since
-        if self.haproxy is not None and silent is not None and time.monotonic() - silent > HAPROXY_START_S:
+        if (self.haproxy is not None and silent is not None and time.monotonic() - silent > HAPROXY_START_S
+                and not self.api.alive()):  # one more look: slow under load answers in the end
             self.say(f"haproxy: pid {self.haproxy.pid} has not answered its runtime API for "
                      f"{time.monotonic() - silent:.0f} s: stopping it")
             process.stop(self.haproxy, timeout=5)
@@ -679,7 +686,7 @@ class Supervisor:
             if self._ensure_haproxy():  # else HAProxy waits out a failed restart's back-off: nothing to observe
                 try:
                     self._observe()
-                except HaproxyError:
+                except HaproxySilent:  # not a refusal it answered: only silence says it hangs
                     if self.haproxy_silent_since is None:
                         self.haproxy_silent_since = time.monotonic()
                     raise
@@ -945,7 +952,7 @@ def wait_for(
             raise FleetError(f"the fleet supervisor exited while waiting for {what}; last log lines:\n{process.log_tail(record.log)}")
         if time.monotonic() > deadline:
             events = "\n".join(st.events[-10:]) if st else process.log_tail(record.log)
-            raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}; recent fleet events:\n{events}")
+            raise FleetTimeout(f"timed out after {timeout:.0f} s waiting for {what}; recent fleet events:\n{events}")
         time.sleep(0.2)
 
 
@@ -967,7 +974,6 @@ def rollout(
         raise FleetError(f"the {pool} pool keeps no replica (min 0): nothing would serve {model}; keep one first "
                          f"(`tenfold serve scale --pool {pool} --min 1`)")
     version = resolve(settings, model)
-    before = spec_now.pools[pool].version if spec_now is not None else None
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
 
     def rolled(st: FleetStatus) -> bool:
@@ -980,17 +986,28 @@ def rollout(
         return wait_for(settings, rolled, what=f"{pool} to serve {version}", generation=spec.generation,
                         timeout=timeout or n * (settings.serving.fleet.replica_start_timeout_s
                                                 + settings.serving.server.drain_timeout_s))
-    except FleetError as exc:
+    except FleetTimeout as exc:
         # No replica of the version ever served (it does not load): the pool is set back to the version its replicas
         # still serve. Left at the new one, the supervisor tried only it, so an old replica that died was never
         # replaced and a rise in load was never met, while `tenfold status` called the pool healthy on the new one.
         now = read_status(settings)
-        if before is None or before == version or now is None or now.pools[pool].serving(version):
+        serving = {r.version for r in now.pools[pool].serving()} if now is not None else set()
+        if now is None or version in serving or len(serving) != 1 or supervisor_record(settings) is None:
             raise
-        back = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=before)}
-                           if old.pools[pool].version == version else old.pools)
-        raise FleetError(f"{exc}\nno replica of {version} served: the {pool} pool is set back to {before} (generation "
-                         f"{back.generation}), which its replicas still serve") from exc
+        (back,) = serving
+        moved: list[int] = []
+
+        def set_back(old: FleetSpec) -> dict[str, PoolSpec]:
+            if old.pools[pool].version != version:  # a newer rollout changed it meanwhile: its own
+                return old.pools
+            moved.append(old.generation + 1)
+            return {**old.pools, pool: replace(old.pools[pool], version=back)}
+
+        update_spec(settings, set_back)
+        if not moved:
+            raise
+        raise FleetError(f"{exc}\nno replica of {version} served: the {pool} pool is set back to {back} (generation "
+                         f"{moved[0]}), which its replicas serve") from exc
 
 
 def reload_lookups(settings: Settings, token: str, *, timeout: float | None = None) -> FleetStatus:

@@ -52,6 +52,10 @@ class HaproxyError(LocalPlatformError):
     """HAProxy is missing, refused its configuration, or its runtime API refused a command."""
 
 
+class HaproxySilent(HaproxyError):
+    """HAProxy's runtime API did not answer at all (not a refusal it answered): the process may be hung or stopped."""
+
+
 @dataclass(frozen=True)
 class HaproxyPaths:
     """Where HAProxy's files live: all in the local run directory."""
@@ -344,7 +348,7 @@ class RuntimeApi:
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
         except OSError as exc:
-            raise HaproxyError(f"HAProxy's runtime API at {self.socket_path} did not answer ({exc}): is the fleet up?") from exc
+            raise HaproxySilent(f"HAProxy's runtime API at {self.socket_path} did not answer ({exc}): is the fleet up?") from exc
         return b"".join(chunks).decode(errors="replace")
 
     def command(self, command: str) -> str:

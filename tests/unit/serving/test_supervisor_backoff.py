@@ -630,10 +630,16 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
     os.kill(first, signal.SIGSTOP)
     answering = supervisor.api.all_servers
 
+    from tenfold.serving.haproxy import HaproxySilent
+
     def silent() -> Any:
-        raise HaproxyError("the runtime API did not answer within 5 s")
+        if supervisor.haproxy is not None and supervisor.haproxy.pid != first:
+            return answering()
+        raise HaproxySilent("the runtime API did not answer within 5 s")
 
     supervisor.api.all_servers = silent
+    # Nor does the stopped one answer `show info`; its replacement does.
+    supervisor.api.alive = lambda: supervisor.haproxy is not None and supervisor.haproxy.pid != first
     written: set[float] = set()
 
     def tick_and_note() -> bool:
@@ -648,7 +654,6 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
     try:
         while not tick_and_note():
             assert time.monotonic() < deadline, "\n".join(supervisor.lines)
-            supervisor.api.all_servers = silent if supervisor.haproxy.pid == first else answering
             time.sleep(0.05)
     finally:
         with contextlib.suppress(psutil.Error):
@@ -656,3 +661,22 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
     assert any("has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
     assert len(written) >= 3, "the status was not written while HAProxy did not answer"
+
+
+
+def test_a_haproxy_that_answers_with_a_refusal_is_not_taken_for_a_hung_one(supervisor: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only silence means hung: a refusal HAProxy answered (a command it rejects, a `show stat` it cannot parse) made
+    the supervisor restart it every 10 s, each restart sending every replica back through its health checks."""
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
+    supervisor.start_haproxy()
+    first = supervisor.haproxy.pid
+
+    def refuses() -> Any:
+        raise HaproxyError("HAProxy refused `show stat`: Unknown command")
+
+    supervisor.api.all_servers = refuses
+    _tick_for(supervisor, 1.5)
+    assert supervisor.haproxy.pid == first, supervisor.lines
+    assert not any("has not answered its runtime API" in line for line in supervisor.lines)
