@@ -628,14 +628,18 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
 def _month_cannot_go_on(exc: BaseException) -> bool:
     """A refusal or an outage that ends a replayed month (its row says why; the table still shows the months before):
     a run followed past its bound (AirflowApiError), the fleet's reload timing out (a LocalPlatformError), the
-    registry, the lake or a pipeline refusing, a service away. Not a fault in the code."""
+    registry, the lake or a pipeline refusing, the feedback join's lock held too long, a model or token that cannot be
+    read, a service away (a Google outage, or a local one not answering). Not a fault in the code."""
+    from tenfold.data.locks import LockLost, LockTimeout
     from tenfold.local.process import LocalPlatformError
-    from tenfold.outages import is_outage
+    from tenfold.model.io import ModelLoadError
+    from tenfold.outages import is_outage, is_unreachable
     from tenfold.pipelines.common import PipelineError
     from tenfold.registry.errors import RegistryError
+    from tenfold.serving.auth import TokenMissing
 
-    return isinstance(exc, (DemoError, AirflowApiError, LocalPlatformError, RegistryError, PipelineError,
-                            LakeError)) or is_outage(exc)
+    return isinstance(exc, (DemoError, AirflowApiError, LocalPlatformError, RegistryError, PipelineError, LakeError,
+                            LockTimeout, LockLost, ModelLoadError, TokenMissing)) or is_outage(exc) or is_unreachable(exc)
 
 
 def replay_months(settings: Settings, api: AirflowApi, later: list[Partition], first_model: Any, flights: int,

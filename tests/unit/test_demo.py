@@ -365,7 +365,7 @@ def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebu
         demo.refuse_a_champion_of_other_features(settings, fine)
 
 
-@pytest.mark.parametrize("where", ["features", "a followed run", "the fleet"])
+@pytest.mark.parametrize("where", ["features", "a followed run", "the fleet", "the join lock"])
 def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_still_shows_the_months_before(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """build_features failing for the second replayed month (or a run followed past its bound, an AirflowApiError)
@@ -383,6 +383,10 @@ def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_stil
             from tenfold.serving.fleet import FleetError
 
             raise FleetError("the fleet did not reload its lookups within 120 s")
+        if part == months[1] and where == "the join lock":  # the sink's join held it: report_online's join waited 60 s
+            from tenfold.data.locks import LockTimeout
+
+            raise LockTimeout("another process holds the lock of the feedback join (waited 60 s)")
         if part == months[1]:
             row.failed_runs.append("batch_inference run x failed")
             raise demo.AirflowApiError("monitor_drift run y did not end within 900 s")
@@ -398,6 +402,8 @@ def test_a_month_that_cannot_go_on_ends_the_replay_with_a_row_and_the_table_stil
     elif where == "the fleet":
         assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "yes")]
         assert demo.failures(rows) == ["2013-08: the fleet did not reload its lookups within 120 s"]
+    elif where == "the join lock":
+        assert demo.failures(rows) == ["2013-08: another process holds the lock of the feedback join (waited 60 s)"]
     else:
         assert [(r.month, r.validated) for r in rows] == [("2013-07", "yes"), ("2013-08", "yes")]
         assert demo.failures(rows) == ["2013-08: batch_inference run x failed",
