@@ -192,8 +192,9 @@ def metrics_command(
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
     import pyarrow as pa
 
-    from tenfold.data.lake import LakeError, Partition, month_range
+    from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
+    from tenfold.feedback.log import log_months
     from tenfold.feedback.metrics import check_grouping, format_metrics, online_metrics
 
     try:
@@ -224,11 +225,17 @@ def metrics_command(
     except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
         # The window's months, one by one: a --force of every month would also publish smaller each month whose log
         # files were trimmed since (what the join's guard keeps), losing their labels for good.
-        months = ([p.label for p in month_range(Partition.from_date(start), Partition.from_date(
-            end - dt.timedelta(microseconds=1)))] if start is not None and end is not None else [])
-        which = (f"for the window's months ({', '.join(months)}), one at a time: `tenfold feedback join --month "
-                 f"{months[0]} --force`" if months else "for the month the error names: `tenfold feedback join --month "
-                 "YYYY-MM --force`")
+        try:
+            served = [p.label for p in log_months(Lake.from_settings(settings), settings.storage.predictions_table)]
+        except (LakeError, OSError):
+            served = []
+        first = Partition.from_date(start).label if start is not None else ""
+        last = Partition.from_date(end - dt.timedelta(microseconds=1)).label if end is not None else "9999-12"
+        months = [m for m in served if first <= m <= last]  # the window's months the join can rebuild
+        which = (f"for the window's months with predictions ({', '.join(months)}), one at a time: `tenfold feedback "
+                 f"join --month {months[0]} --force`" if months else
+                 "with `tenfold feedback join --month YYYY-MM --force` for the months it holds (no month of the window "
+                 "has a predictions log: a month published by hand is removed by hand)")
         raise _fail(f"cannot compute online metrics from the {settings.storage.labelled_table} table of "
                     f"{settings.storage.lake_uri} ({type(exc).__name__}: {exc}); rebuild it {which}", 1) from exc
     if as_json:

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, LakeError, Partition, month_range
+from tenfold.data.lake import Lake, LakeError, MissingManifestError, Partition, month_range
 from tenfold.feedback.lock import join_lock
 from tenfold.feedback.log import log_files, log_months, read_log
 from tenfold.feedback.schema import FEEDBACK_FIELDS, FEEDBACK_LOG, LABELLED, PREDICTION_FIELDS, PREDICTIONS_LOG
@@ -312,8 +312,10 @@ def _shrunk(lake: Lake, table: str, month: Partition, before: dict[str, Any], st
         return ""
     try:
         published = lake.read_table(table, [month], columns=["prediction_id", "outcome"])
-    except LakeError:  # damaged or gone meanwhile: nothing published to keep
+    except MissingManifestError:  # gone meanwhile: nothing published to keep
         return ""
+    except LakeError as exc:  # unreadable now (damaged in transit, re-published meanwhile): not judged, so kept
+        return f"the published month cannot be read to compare with the rebuild ({exc})"
     now = dict(zip(rebuilt.column("prediction_id").to_pylist(),
                    (o is not None for o in rebuilt.column("outcome").to_pylist()), strict=True))
     gone, unlabelled = [], []

@@ -166,16 +166,23 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
                            "TENFOLD_ALERT_WEBHOOK to the address it redirects to (often its https:// form)")
 
 
+# Where a plain http:// webhook may be: this machine, or a private network's address (RFC 1918, carrier-grade NAT as
+# private overlays use it, IPv6 unique local). Not ``is_private``, which also takes tunnels across the internet
+# (Teredo's 2001::/32) and leaves out 100.64/10.
+_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7"))
+
+
 def _private(host: str) -> bool:
-    """``localhost``, or an IP address of this machine or a private network (127.0.0.0/8, 10/8, 172.16/12,
-    192.168/16, ::1, fc00::/7); a name is not (where it resolves is not known here)."""
+    """``localhost``, or an IP address of this machine or of a private network (:data:`_PRIVATE_NETWORKS`); a name
+    is not (where it resolves is not known here)."""
     if host.lower() == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_loopback or (address.is_private and not address.is_link_local)
+    return any(address in network for network in _PRIVATE_NETWORKS if network.version == address.version)
 
 
 def _webhook_hook(settings: Settings, alert: Alert) -> None:

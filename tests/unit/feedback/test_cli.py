@@ -73,7 +73,7 @@ def test_another_tables_log_file_is_set_aside_and_join_and_metrics_go_on(run, lo
     assert '"predictions": 1' in joined.output and '"labelled": 1' in joined.output and not stray.exists()
 
 
-def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argument(run, settings):
+def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argument(run, settings, logs):
     """A published labelled month holding a null model_version (written by another tool) was reported as exit 2,
     the code for bad arguments, though the arguments were fine."""
     import pyarrow as pa
@@ -90,6 +90,7 @@ def test_a_labelled_table_that_cannot_be_read_is_exit_1_naming_it_not_a_bad_argu
     lake.fs.create_dir(staged, recursive=True)
     pq.write_table(pa.Table.from_pylist([row], schema=loose), f"{staged}/part-00000.parquet", filesystem=lake.fs)
     lake.publish(table, may, staged, run_id="by-hand")
+    logs.predictions(prediction("a"))  # May has a predictions log: the join can rebuild it
     result = run("metrics", "--since", "2026-05-14T00:00", "--until", "2026-05-15", "--no-refresh")
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)

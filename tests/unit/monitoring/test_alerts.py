@@ -316,7 +316,7 @@ def test_a_plain_http_webhook_beyond_this_machine_is_refused_without_posting(mak
         assert "plain http:// URL to " in caplog.text and "use its https:// form" in caplog.text
         assert "SECRETTOKEN" not in caplog.text
         caplog.clear()
-    for host in ("127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.0.7", "172.20.0.1"):  # an internal hook too
-        assert alerts._private(host.strip("[]")), host
-    for host in ("127.example.com", "8.8.8.8", "169.254.169.254"):
+    for host in ("127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.0.7", "172.20.0.1", "100.100.1.2", "fd00::5"):
+        assert alerts._private(host.strip("[]")), host  # an internal hook too (a Tailscale address among them)
+    for host in ("127.example.com", "8.8.8.8", "169.254.169.254", "2001::1", "203.0.113.9"):  # 2001::/32: Teredo
         assert not alerts._private(host), host
