@@ -31,55 +31,52 @@ def up(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return settings
 
 
-def test_a_rollout_whose_version_never_served_sets_the_pool_back(up: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def timed_out(settings: Any, done: Any, **kwargs: Any) -> Any:
-        _status(settings, "v-old")  # the old replicas still serve; no replica of v-new ever did
-        raise fleet.FleetTimeout("timed out after 1 s waiting for stable to serve v-new")
+def _rollout_meeting(up: Any, monkeypatch: pytest.MonkeyPatch, serving: str, error: Exception,
+                     meanwhile: Any = None) -> tuple[str, FleetSpec | None]:
+    """`rollout(v-new)` whose wait ends in ``error`` with the stable replicas serving ``serving`` (after
+    ``meanwhile(settings)``, if given); the error it raised, and the spec it left."""
+    def waited(settings: Any, done: Any, **kwargs: Any) -> Any:
+        _status(settings, serving)
+        if meanwhile is not None:
+            meanwhile(settings)
+        raise error
 
-    monkeypatch.setattr(fleet, "wait_for", timed_out)
-    with pytest.raises(fleet.FleetError, match=r"no replica of v-new served: the stable pool is set back to v-old"):
+    monkeypatch.setattr(fleet, "wait_for", waited)
+    with pytest.raises(fleet.FleetError) as raised:
         fleet.rollout(up, "v-new", resolve=lambda s, ref: ref)
-    spec = fleet.read_spec(up)
+    return str(raised.value), fleet.read_spec(up)
+
+
+def test_a_rollout_whose_version_never_served_sets_the_pool_back(up: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The old replicas still serve; no replica of v-new ever did.
+    said, spec = _rollout_meeting(up, monkeypatch, "v-old",
+                                  fleet.FleetTimeout("timed out after 1 s waiting for stable to serve v-new"))
+    assert "no replica of v-new served: the stable pool is set back to v-old" in said
     assert spec is not None and spec.pools[fleet.STABLE].version == "v-old" and spec.generation == 3
 
 
 def test_a_rollout_that_timed_out_with_the_new_version_serving_is_left_to_finish(
         up: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def timed_out(settings: Any, done: Any, **kwargs: Any) -> Any:
-        _status(settings, "v-new")  # it serves (slowly rolling): not set back
-        raise fleet.FleetTimeout("timed out")
-
-    monkeypatch.setattr(fleet, "wait_for", timed_out)
-    with pytest.raises(fleet.FleetError, match=r"^timed out$"):
-        fleet.rollout(up, "v-new", resolve=lambda s, ref: ref)
-    spec = fleet.read_spec(up)
+    said, spec = _rollout_meeting(up, monkeypatch, "v-new", fleet.FleetTimeout("timed out"))  # slowly rolling
+    assert said == "timed out"
     assert spec is not None and spec.pools[fleet.STABLE].version == "v-new"
-
 
 
 def test_a_rollout_whose_supervisor_died_is_not_set_back_and_keeps_the_crash_in_its_error(
         up: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The set-back ran on any FleetError: after a supervisor crash its update_spec raised "the serving fleet is not
     up", which replaced the error carrying the crash's log lines."""
-    def crashed(settings: Any, done: Any, **kwargs: Any) -> Any:
-        _status(settings, "v-old")
-        raise fleet.FleetError("the fleet supervisor exited while waiting for stable to serve v-new; last log lines: X")
-
-    monkeypatch.setattr(fleet, "wait_for", crashed)
-    with pytest.raises(fleet.FleetError, match=r"the fleet supervisor exited .* last log lines: X$"):
-        fleet.rollout(up, "v-new", resolve=lambda s, ref: ref)
+    crash = "the fleet supervisor exited while waiting for stable to serve v-new; last log lines: X"
+    said, _ = _rollout_meeting(up, monkeypatch, "v-old", fleet.FleetError(crash))
+    assert said == crash
 
 
 def test_a_rollout_superseded_by_a_newer_one_leaves_the_newer_version_alone(up: Any,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def newer_meanwhile(settings: Any, done: Any, **kwargs: Any) -> Any:
-        _status(settings, "v-old")
+    def newer(settings: Any) -> None:
         fleet.update_spec(settings, lambda old: {**old.pools, fleet.STABLE: fleet.replace(old.pools[fleet.STABLE],
                                                                                             version="v-newer")})
-        raise fleet.FleetTimeout("timed out")
 
-    monkeypatch.setattr(fleet, "wait_for", newer_meanwhile)
-    with pytest.raises(fleet.FleetError, match=r"^timed out$"):
-        fleet.rollout(up, "v-new", resolve=lambda s, ref: ref)
-    spec = fleet.read_spec(up)
+    said, spec = _rollout_meeting(up, monkeypatch, "v-old", fleet.FleetTimeout("timed out"), meanwhile=newer)
+    assert said == "timed out"
     assert spec is not None and spec.pools[fleet.STABLE].version == "v-newer"
