@@ -136,7 +136,7 @@ def _stretches(months: list[Partition]) -> list[list[Partition]]:
     """``months`` (in order) cut into runs of consecutive months."""
     out: list[list[Partition]] = []
     for m in months:
-        if out and (m.year * 12 + m.month) - (out[-1][-1].year * 12 + out[-1][-1].month) == 1:
+        if out and m == out[-1][-1].next():
             out[-1].append(m)
         else:
             out.append([m])
