@@ -128,19 +128,14 @@ def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, 
     rows = online_metrics(settings, since, until, by=("model_version", "arm"), refresh=True)
 
     def of(match: Callable[[dict[str, Any]], bool]) -> Accuracy:
-        chosen = [r for r in rows if match(r.group)]
-        n = sum(r.metrics.count for r in chosen)
-        if not n:
-            return Accuracy(0, None, None)
-        acc = sum((r.metrics.accuracy or 0.0) * r.metrics.count for r in chosen) / n
-        ll = sum((r.metrics.log_loss or 0.0) * r.metrics.count for r in chosen) / n
-        return Accuracy(n, acc, ll)
+        return _summed([Accuracy(r.metrics.count, r.metrics.accuracy, r.metrics.log_loss)
+                        for r in rows if match(r.group)])
 
     return (of(lambda g: g["arm"] == CANARY and g["model_version"] == version), of(lambda g: g["arm"] == STABLE))
 
 
 def _summed(arms: Sequence[Accuracy]) -> Accuracy:
-    """One arm's accuracy over several spans, as one."""
+    """One arm's accuracy over several groups or spans, as one (weighted by their labelled predictions)."""
     n = sum(a.labelled or 0 for a in arms)
     if not n:
         return Accuracy(0, None, None)
@@ -454,8 +449,9 @@ def _split_spans(run: RolloutRun, record: Mapping[str, dict[str, Any]], index: i
         end = starts[i + 1][0] if i + 1 < len(starts) else until
         if 0 < percent < 100 and begin < end:
             whole.append((begin, end))
-            if after is None or max(begin, after) < end:
-                spans.append((max(begin, after) if after is not None else begin, end))
+            clipped = begin if after is None else max(begin, after)
+            if clipped < end:
+                spans.append((clipped, end))
     return spans or whole
 
 
