@@ -47,7 +47,7 @@ def train_command(
     """Train the workload's model with torchrun (DDP); a re-run with the same --out resumes."""
     from tenfold.data.lake import Lake, LakeError, month_range
     from tenfold.training.config import TrainConfig
-    from tenfold.training.data import MissingFeaturesError
+    from tenfold.training.data import require_published
     from tenfold.training.launch import TrainingFailed, run_torchrun
 
     settings = command_settings(env)
@@ -66,11 +66,7 @@ def train_command(
         lake, table = Lake.from_settings(settings), settings.storage.features_table
         # A month never published (or withdrawn) is refused here, naming every one: pinned as None, a re-run with the
         # same --out was refused as "a different config" instead, its checkpoints thrown away for nothing.
-        if missing := [p.label for p in window if not lake.has_manifest(table, p)]:
-            raise MissingFeaturesError(
-                f"{table} partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: they were "
-                "never published, or withdrawn (a file found changed); run build_features for those months (published: "
-                f"{', '.join(p.label for p in lake.published_partitions(table)) or 'none'})")
+        require_published(lake, table, window)
         digest = lake.content_digest(table, window)
         cfg = TrainConfig.from_settings(
             settings, train_months=tuple(p.label for p in window), batch_size=batch_size,

@@ -72,6 +72,17 @@ class RepublishedFeaturesError(LakeError):
     one on a retry; a run that pinned it in its plan refuses it first, as a PipelineError (train_model)."""
 
 
+def require_published(lake: Lake, table: str, parts: Sequence[Partition]) -> None:
+    """:class:`MissingFeaturesError` naming every one of ``parts`` that has no manifest."""
+    missing = [p.label for p in parts if not lake.has_manifest(table, p)]
+    if missing:
+        raise MissingFeaturesError(
+            f"{table} partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: "
+            "they were never published, their job did not finish, or they were withdrawn (a file found changed); run "
+            f"build_features for those months (published: {', '.join(p.label for p in lake.published_partitions(table)) or 'none'})"
+        )
+
+
 def read_features(
     lake: Lake,
     parts: Sequence[Partition],
@@ -91,13 +102,7 @@ def read_features(
     """
     if not parts:
         raise MissingFeaturesError(f"no {table} partitions were asked for: give at least one month")
-    missing = [p.label for p in parts if not lake.has_manifest(table, p)]
-    if missing:
-        raise MissingFeaturesError(
-            f"{table} partitions {', '.join(missing)} have no _SUCCESS manifest under {lake.uri}/{table}: "
-            "they were never published or their job did not finish; run build_features for those months "
-            f"(published: {', '.join(p.label for p in lake.published_partitions(table)) or 'none'})"
-        )
+    require_published(lake, table, parts)
     if contract is not None:
         stale = {p.label: lake.read_manifest(table, p).extra.get(VERSION_KEY) for p in parts}
         stale = {label: v for label, v in stale.items() if v != contract.version}
