@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,10 @@ class _Guarded(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except Exception as exc:  # click's own exits (usage errors, typer.Exit) are SystemExit: not caught here
-            if os.environ.get("TENFOLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):  # not "0"
+            from tenfold.outages import debug_requested, ending
+
+            if debug_requested():
                 raise
-            from tenfold.outages import ending
 
             words = list(itertools.takewhile(lambda a: a.isidentifier() or ("-" in a and a[0] != "-"),
                                              sys.argv[1:3]))

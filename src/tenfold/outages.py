@@ -13,6 +13,13 @@ from functools import cache
 from pathlib import Path
 
 
+def debug_requested() -> bool:
+    """Whether ``TENFOLD_DEBUG`` asks for a traceback instead of :func:`ending`'s one line (1, true, yes, on; not 0)."""
+    import os
+
+    return os.environ.get("TENFOLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @cache
 def outage_types() -> tuple[type[Exception], ...]:
     """The google-api-core classes of an outage, for a ``Retry`` predicate or an ``except`` clause.

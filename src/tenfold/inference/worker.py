@@ -434,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # no Google credentials (dev/prod by hand), a store that refuses: one line, no traceback
-        from tenfold.outages import ending, no_credentials
+        from tenfold.outages import debug_requested, ending, no_credentials
 
-        if os.environ.get("TENFOLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+        if debug_requested():
             raise
         print(ending(exc, "python -m tenfold.inference.worker", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
               file=sys.stderr)
