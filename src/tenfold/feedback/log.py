@@ -33,8 +33,10 @@ from tenfold.data.lake import Lake, LakeError, Partition
 from tenfold.fsio import atomic_write, make_dirs, make_dirs_durable
 
 LOG_PREFIX = "log-"
-# Where a log file that cannot be read as its table is moved (beside the months, never read by a join).
-QUARANTINE_DIR = "_quarantine"
+# The lake quarantine's folder (settings.storage.lake_layout) for a month's log files that cannot be read as their
+# table: ``<quarantine>/<table>/year=/month=/unreadable-logs/<file>``. The bucket's lifecycle rule for the quarantine
+# deletes them after its retention, as it does refused batches.
+QUARANTINE_ATTEMPT = "unreadable-logs"
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def quarantined_path(lake: Lake, table: str, part: Partition, path: str) -> str:
+    """Where the log file ``path`` of ``table``'s month ``part`` goes when it cannot be read as its table."""
+    return posixpath.join(lake.quarantine_path(table, part, QUARANTINE_ATTEMPT), posixpath.basename(path))
+
+
 def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema, *,
                quarantine: bool) -> pa.Table | None:
     """One log file as ``schema``; None when its content cannot be (one bad file, torn or another table's, copied in
@@ -195,8 +202,7 @@ def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Sc
         log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): left out", path, table,
                     part.label, table, error)
         return None
-    rel = posixpath.relpath(path, lake.table_path(table))
-    target = posixpath.join(lake.table_path(table), QUARANTINE_DIR, rel)
+    target = quarantined_path(lake, table, part, path)
     make_dirs(lake.fs, posixpath.dirname(target))
     lake.fs.move(path, target)
     log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): moved to %s; no join reads it "

@@ -147,7 +147,7 @@ def test_a_log_file_that_cannot_be_read_is_quarantined_and_the_join_goes_on(sett
     and with it the running sink and every canary accuracy check."""
     from pathlib import Path
 
-    from tenfold.feedback.log import QUARANTINE_DIR, log_files
+    from tenfold.feedback.log import log_files
 
     logs.predictions(prediction("a"), prediction("b"))
     logs.feedback(feedback("a", 1))
@@ -159,9 +159,9 @@ def test_a_log_file_that_cannot_be_read_is_quarantined_and_the_join_goes_on(sett
     rows, _ = _labelled(settings)
     assert (rows["a"]["outcome"], rows["b"]["outcome"]) == (1, None)
     assert not torn.exists() and [Path(i.path).name for i in log_files(lake, table, MAY)] == [good.name]
-    kept = Path(lake.table_path(table)) / QUARANTINE_DIR / Path(lake.partition_path(table, MAY)).relative_to(
-        lake.table_path(table)) / torn.name
-    assert kept.exists(), "the bad file is kept for inspection, out of every join's way"
+    kept = Path(lake.root) / "quarantine" / table / "year=2026" / "month=5" / "unreadable-logs" / torn.name
+    assert kept.exists(), "the bad file is kept for inspection, out of every join's way, under the lake's quarantine"
+    assert "quarantine/" in settings.storage.lake_layout.retention_days, "which the bucket's lifecycle rule expires"
     join(settings)  # the month's inputs changed when the file moved: rebuilt once, with the same rows
     assert _labelled(settings)[0] == rows and join(settings).published == []
 
@@ -174,7 +174,7 @@ def test_another_tables_log_file_in_a_month_is_quarantined_naming_its_missing_co
     import shutil
     from pathlib import Path
 
-    from tenfold.feedback.log import QUARANTINE_DIR, log_files
+    from tenfold.feedback.log import log_files
     from tenfold.feedback.upsert import join_window
 
     logs.predictions(prediction("a", p=0.8))
@@ -192,7 +192,7 @@ def test_another_tables_log_file_in_a_month_is_quarantined_naming_its_missing_co
     rows, _ = _labelled(settings)
     assert list(rows) == ["a"] and rows["a"]["model_version"] == "v1" and rows["a"]["outcome"] == 1
     assert not stray.exists()
-    assert (Path(lake.table_path(table)) / QUARANTINE_DIR / "year=2026" / "month=5" / stray.name).exists()
+    assert (Path(lake.root) / "quarantine" / table / "year=2026" / "month=5" / "unreadable-logs" / stray.name).exists()
     moved = [r.getMessage() for r in caplog.records if "moved to" in r.getMessage()]
     assert len(moved) == 1 and stray.name in moved[0]
     assert "lacks the required column(s) model_version, arm, probability, request, served_at" in moved[0]
@@ -242,8 +242,7 @@ def test_a_read_that_fails_once_in_the_store_quarantines_nothing(settings, logs,
     lake = Lake.from_settings(settings)
     from pathlib import Path
 
-    assert not (Path(lake.table_path(settings.storage.predictions_table)) / log_mod.QUARANTINE_DIR).exists()
-    assert not (Path(lake.table_path(settings.storage.feedback_table)) / log_mod.QUARANTINE_DIR).exists()
+    assert not (Path(lake.root) / "quarantine").exists(), "an error of the store is not the file's: nothing moved"
 
 
 def test_a_rerun_skips_unchanged_months_and_a_redelivery_publishes_the_same_bytes(settings, logs):
