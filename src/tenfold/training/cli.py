@@ -110,7 +110,7 @@ def evaluate_command(
     settings = command_settings(env)
     try:
         learnt = _trained_on(model)
-        # The baselines' window defaults to the model's own (the table's title names it), not the settings' split.
+        # The baselines' window defaults to the model's own (the table's title names both), not the settings' split.
         default_train = (learnt[0], learnt[-1]) if learnt else settings.training.train_months
         train = month_range(*_months(train_months, default_train))
         holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
@@ -131,7 +131,7 @@ def evaluate_command(
     except (LakeError, ModelLoadError, ValueError) as exc:  # LakeError: missing, stale or unreadable features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(result.table() if baselines else compare([result.model]))
+    typer.echo(result.table(learnt) if baselines else compare([result.model]))
     typer.echo("")
     if result.calibration:
         typer.echo(f"calibration: {result.calibration['description']} (fitted on the validation slice)")

@@ -110,9 +110,13 @@ class EvaluationReport:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(self.to_dict(), indent=2, sort_keys=True).encode())
 
-    def table(self) -> str:
-        return compare(self.all, title=f"holdout {self.holdout_months[0]}..{self.holdout_months[-1]} "
-                                       f"(trained on {self.train_months[0]}..{self.train_months[-1]})")
+    def table(self, model_months: Sequence[str] = ()) -> str:
+        """The metrics side by side, titled with the holdout and the window the baselines were fit on
+        (``train_months``), and the model's own (``model_months``) where it is known to differ."""
+        fit = f"{self.train_months[0]}..{self.train_months[-1]}"
+        trained = f"{model_months[0]}..{model_months[-1]}" if model_months else fit
+        window = f"trained on {fit}" if trained == fit else f"model trained on {trained}, baselines fit on {fit}"
+        return compare(self.all, title=f"holdout {self.holdout_months[0]}..{self.holdout_months[-1]} ({window})")
 
 
 def evaluate_with_baselines(

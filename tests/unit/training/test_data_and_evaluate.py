@@ -203,3 +203,19 @@ def test_a_month_re_published_while_the_pinned_window_is_read_is_refused(tmp_pat
     monkeypatch.setattr(Lake, "read_table", republished_meanwhile)
     with pytest.raises(RepublishedFeaturesError, match="were re-published since"):
         read_features(lake, TRAIN, digest=pinned)
+
+
+def test_the_evaluation_table_names_the_models_window_apart_from_the_baselines() -> None:
+    """`tenfold evaluate --train-months` moves the baselines' window only: the title said the model was "trained on"
+    that window, whatever its meta.json said."""
+    import numpy as np
+
+    from tenfold.training.evaluate import EvaluationReport
+    from tenfold.training.metrics import score
+
+    y, p = np.array([0, 1, 0, 1, 1]), np.array([0.2, 0.7, 0.4, 0.6, 0.9])
+    report = EvaluationReport(["2013-03", "2013-04", "2013-05"], ["2013-06"], score("model", y, p))
+    title = report.table(["2013-01", "2013-05"]).splitlines()[0]
+    assert title == "holdout 2013-06..2013-06 (model trained on 2013-01..2013-05, baselines fit on 2013-03..2013-05)"
+    assert report.table(["2013-03", "2013-05"]).splitlines()[0] == "holdout 2013-06..2013-06 (trained on 2013-03..2013-05)"
+    assert report.table().splitlines()[0] == "holdout 2013-06..2013-06 (trained on 2013-03..2013-05)"
