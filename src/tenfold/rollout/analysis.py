@@ -85,21 +85,6 @@ class Check:
         return text + (": " + "; ".join(self.reasons) if self.reasons else "")
 
 
-def _worse_by_more_than(canary: Accuracy, control: Accuracy, margin: float) -> float:
-    """p-value of "the canary's accuracy is at least the control's less ``margin``" (one-sided z-test of two
-    proportions): small when the canary is worse by more than the margin beyond chance."""
-    from scipy.stats import norm
-
-    assert canary.accuracy is not None and control.accuracy is not None
-    assert canary.labelled is not None and control.labelled is not None
-    pc, pk = canary.accuracy, control.accuracy
-    se = float(np.sqrt(pc * (1 - pc) / canary.labelled + pk * (1 - pk) / control.labelled))
-    gap = (pk - margin) - pc
-    if se == 0:
-        return 0.0 if gap > 0 else 1.0
-    return float(norm.sf(gap / se))
-
-
 def _wilson(errors: int, n: int, z: float) -> tuple[float, float]:
     """Wilson score bounds of the proportion ``errors / n`` at normal quantile ``z``."""
     p = errors / n
@@ -163,8 +148,8 @@ def _tail(can: np.ndarray, ctl: np.ndarray, values: dict[str, Any], policy: Roll
 
 def _stratified_drop(strata: Sequence[tuple[Accuracy, Accuracy]], margin: float) -> tuple[float, float] | None:
     """``(drop, p_value)`` of the canary's accuracy against the control's, compared within each ``(canary, control)``
-    span and combined (Mantel-Haenszel weights; one span is the two-proportion test of
-    :func:`_worse_by_more_than`): the control's less the canary's, and the one-sided p-value of "the canary is at
+    span and combined (Mantel-Haenszel weights; over one span, the one-sided z-test of two proportions): the
+    control's less the canary's, and the one-sided p-value of "the canary is at
     least the control's less ``margin``". None when no span has labels of both arms."""
     from scipy.stats import norm
 
@@ -242,11 +227,11 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
         elif canary_acc.accuracy is not None and control_acc.accuracy is not None:
             stratified = _stratified_drop(accuracy_strata, policy.max_accuracy_drop) if accuracy_strata else None
             if stratified is not None:
-                drop, p_value = stratified
                 values["accuracy_spans"] = sum(1 for can, ctl in accuracy_strata or () if can.labelled and ctl.labelled)
-            else:
-                drop = control_acc.accuracy - canary_acc.accuracy
-                p_value = _worse_by_more_than(canary_acc, control_acc, policy.max_accuracy_drop)
+            else:  # the arms' labels in all, as one span (both have labels here)
+                stratified = _stratified_drop([(canary_acc, control_acc)], policy.max_accuracy_drop)
+                assert stratified is not None
+            drop, p_value = stratified
             values["accuracy_drop"], values["accuracy_p_value"] = drop, p_value
             if p_value < policy.accuracy_alpha:
                 values["accuracy_failed"] = True
