@@ -9,16 +9,13 @@ die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Install python3.11 or set PYTHON=/path/to/python3.11."
+is_311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
+# The lock and torch's wheel are for CPython 3.11: another Python got past the checks below and failed in the sync,
+# blamed on the package index.
+is_311 "$PY" || die "Python 3.11 is required: $PY is $("$PY" --version 2>&1 || echo 'not runnable'). Set PYTHON=/path/to/python3.11."
 
 # --- prerequisites that cannot come from a package registry here ------------------------------
 # Checked first: a machine without one is refused at once, not after the system packages below were installed.
-# The java Spark runs: $JAVA_HOME/bin/java where JAVA_HOME is set (pyspark's spark-class, tenfold.features.submit), else
-# the one on PATH.
-java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"
-java_major=$("$java_bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
-if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
-  die "Java 17+ is required by Spark (found: ${java_major:-none} at $java_bin${JAVA_HOME:+, from JAVA_HOME}). Install it: apt-get install openjdk-17-jre-headless${JAVA_HOME:+, and point JAVA_HOME at it (or unset it)}"
-fi
 if ! command -v gcloud >/dev/null; then
   die "the Google Cloud CLI is required for the Pub/Sub emulator. Install it (https://cloud.google.com/sdk/docs/install), then: gcloud components install pubsub-emulator beta"
 fi
@@ -29,12 +26,16 @@ gcloud_root=$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")
 if [ ! -d "$gcloud_root/platform/pubsub-emulator" ]; then
   die "the Pub/Sub emulator is missing (no $gcloud_root/platform/pubsub-emulator). Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
 fi
-command -v node >/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime. Install it: apt-get install nodejs npm"
-node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
-[ "${node_major:-0}" -ge 18 ] 2>/dev/null || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found $(node --version)). Install a newer one (apt-get install nodejs npm)"
-# npm installs the CDK CLIs, Node 22 and the Data Docs assets below: checked now, not after minutes of syncing .venv
-# (Debian's nodejs only suggests npm).
-command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
+# The java Spark runs: $JAVA_HOME/bin/java where JAVA_HOME is set (pyspark's spark-class, tenfold.features.submit), else
+# the one on PATH. One named by JAVA_HOME is the user's choice: refused here when too old, never installed over.
+java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+java_major() { "$java_bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true; }
+java_ok() { local v; v=$(java_major); [ -n "$v" ] && [ "$v" -ge 17 ]; }
+java_refusal() {
+  die "Java 17+ is required by Spark (found: $(java_major | grep . || echo none) at $java_bin${JAVA_HOME:+, from JAVA_HOME}). Install it: apt-get install openjdk-17-jre-headless${JAVA_HOME:+, and point JAVA_HOME at it (or unset it)}"
+}
+[ -n "${JAVA_HOME:-}" ] && ! java_ok && java_refusal
+node_ok() { command -v node >/dev/null && [ "$(node --version | sed 's/^v\([0-9]*\).*/\1/')" -ge 18 ] 2>/dev/null; }
 
 # .venv is synced when the lock (or pyproject.toml) changed since: the digest its stamp holds. "bytecode 1" in it: a
 # .venv synced before bytecode was compiled is synced (and compiled) once more.
@@ -44,29 +45,43 @@ lock_digest() { (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | 
 # Checked before anything is installed, where .venv still has to be synced.
 if [ -f requirements/lock.txt ] && [ "$(cat "$stamp" 2>/dev/null)" != "$(lock_digest)" ]; then
   torch_pin=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements/lock.txt | head -1)
-  if [ -n "$torch_pin" ] && ! compgen -G "${PIP_FIND_LINKS:-/nonexistent}/torch-${torch_pin}-*.whl" >/dev/null; then
-    die "torch==$torch_pin (the CPU build requirements/lock.txt pins) needs its wheel in a local folder: set PIP_FIND_LINKS to a folder holding torch-${torch_pin}-*.whl (found none in ${PIP_FIND_LINKS:-PIP_FIND_LINKS, which is unset})"
+  # For this Python and machine (a wheel of another CPython or CPU got past a looser pattern, and the sync failed).
+  torch_wheel="torch-${torch_pin}-cp311-cp311-*_$(uname -m).whl"
+  if [ -n "$torch_pin" ] && ! compgen -G "${PIP_FIND_LINKS:-/nonexistent}/$torch_wheel" >/dev/null; then
+    die "torch==$torch_pin (the CPU build requirements/lock.txt pins) needs its wheel in a local folder: set PIP_FIND_LINKS to a folder holding $torch_wheel (found none in ${PIP_FIND_LINKS:-PIP_FIND_LINKS, which is unset})"
   fi
 fi
 
 # --- system packages: installed with apt only where missing -----------------------------------
 # chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
 # download is never used (nothing downloads at test time). curl: the cloud VMs' startup script, which the tests run.
+# Java (Spark, the Pub/Sub emulator), Node.js and npm (CDK Terrain's jsii, the npm tools below) where none is found.
 APT_PACKAGES=(haproxy chromium curl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+java_ok || missing+=(openjdk-17-jre-headless)
+node_ok || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
-    die "system packages missing: ${missing[*]}. Install them (apt-get install ${missing[*]}) as root."
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    # sudo that asks for a password (no terminal in CI) ended setup with sudo's own error and no word of what for.
+    { command -v sudo >/dev/null && sudo -n true 2>/dev/null; } \
+      || die "system packages missing: ${missing[*]}. Install them as root (apt-get install ${missing[*]}), or run setup where sudo needs no password."
+    SUDO="sudo"
   fi
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   command -v apt-get >/dev/null || die "system packages missing: ${missing[*]}, and apt-get is not available to install them."
   say "installing system packages: ${missing[*]}"
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  $SUDO apt-get update -qq >/dev/null || die "apt-get update failed (are the apt repositories reachable?); install ${missing[*]} by hand"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get could not install ${missing[*]} (see apt's message above); install them by hand"
 fi
+java_ok || java_refusal
+node_ok || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found: $(node --version 2>/dev/null || echo none)). Install a newer one (apt-get install nodejs npm, or from nodejs.org)"
+# npm installs the CDK CLIs, Node 22 and the Data Docs assets below (Debian's nodejs only suggests npm).
+command -v npm >/dev/null || die "npm is required to install the CDK CLIs and the Data Docs assets from the npm registry. Install it: apt-get install npm"
 
 # --- Python environment --------------------------------------------------------------------------
 # uv from PATH, else a pinned copy in a venv of its own under .tools/uv: Debian's and Ubuntu's system Python refuses
@@ -96,7 +111,8 @@ venv_moved() {  # the editable install's path file names the src/ of the checkou
   local made_for; made_for=$(cat .venv/lib/python*/site-packages/__editable__.tenfold-*.pth 2>/dev/null | head -1)
   [ -n "$made_for" ] && [ "$(readlink -f "$made_for" 2>/dev/null)" != "$(readlink -f src)" ]
 }
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null || venv_moved; then
+# And when it is not 3.11 (made by an IDE or `python3 -m venv` with another Python): the lock is for 3.11.
+if [ ! -x .venv/bin/python ] || ! is_311 .venv/bin/python || venv_moved; then
   say "creating .venv"
   "$UV" venv -q --clear --python "$PY" .venv
 fi
@@ -115,10 +131,15 @@ fi
 # Tenfold's own modules too (only what changed since the last run is compiled again).
 .venv/bin/python -m compileall -q src dags spark_jobs >/dev/null || die "src/, dags/ or spark_jobs/ has a file Python cannot compile (run: .venv/bin/python -m compileall src dags spark_jobs)"
 # checkov pins libraries that Airflow 3 cannot share (cachetools<6): it gets its own venv.
-if [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
+# Made afresh, whatever its stamp, when its Python no longer runs or the checkout moved (its scripts' #! names the
+# folder it was made in: a renamed checkout's checkov failed with "bad interpreter").
+checkov_usable() {
+  .tools/checkov/bin/python -c '' 2>/dev/null \
+    && [ "$(head -1 .tools/checkov/bin/checkov 2>/dev/null)" = "#!$PWD/.tools/checkov/bin/python" ]
+}
+if ! checkov_usable || [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
   say "installing checkov into .tools/checkov"
-  { [ -x .tools/checkov/bin/python ] && .tools/checkov/bin/python -c '' 2>/dev/null; } \
-    || "$UV" venv -q --clear --python "$PY" .tools/checkov
+  checkov_usable || { rm -f .tools/checkov/.stamp; "$UV" venv -q --clear --python "$PY" .tools/checkov; }
   VIRTUAL_ENV=.tools/checkov "$UV" pip sync -q requirements/checkov.txt
   sha256sum < requirements/checkov.txt > .tools/checkov/.stamp
 fi

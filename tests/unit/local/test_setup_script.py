@@ -38,8 +38,9 @@ def test_without_uv_a_python_that_cannot_make_a_venv_is_named_with_what_to_insta
     (tmp_path / "scripts").mkdir()
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")  # runs in tmp_path
     calls = tmp_path / "python-calls"
-    python = tmp_path / "python3.11"  # a system Python without venv or pip: every module run fails
-    python.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'No module named ensurepip' >&2\nexit 1\n")
+    python = tmp_path / "python3.11"  # a system Python 3.11 without venv or pip: every module run fails
+    python.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit 0\necho \"$@\" >> {calls}\n"
+                      "echo 'No module named ensurepip' >&2\nexit 1\n")
     python.chmod(0o755)
     proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PATH": _without_uv(tmp_path), "PYTHON": str(python)},
@@ -54,7 +55,8 @@ def test_without_uv_a_python_that_cannot_make_a_venv_is_named_with_what_to_insta
 def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path: Path) -> None:
     """Debian's nodejs only suggests npm: setup synced .venv for minutes, then failed on `npm: command not found`
     and "is the npm registry reachable?". The tools it checks first are kept (links to everything on PATH but npm)."""
-    bin_dir = _tools_but(tmp_path, "npm")
+    bin_dir = _tools_but(tmp_path, "npm", "dpkg-query", "apt-get", "sudo")
+    installs = _apt_shims(bin_dir, tmp_path)  # an apt that installs nothing: npm is still missing after it
     assert shutil.which("npm", path=str(bin_dir)) is None and shutil.which("node", path=str(bin_dir))
     (tmp_path / "scripts").mkdir()
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
@@ -62,6 +64,7 @@ def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path
                           timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[setup] error:" in proc.stderr and "npm is required" in proc.stderr and "apt-get install npm" in proc.stderr, proc.stderr
+    assert "npm" in installs.read_text().split(), "apt was not asked for npm"
     assert not (tmp_path / ".venv").exists()
 
 
@@ -84,9 +87,9 @@ def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_pat
     assert not (tmp_path / ".venv").exists()
 
 
-def test_without_java_setup_stops_before_installing_system_packages(tmp_path: Path) -> None:
-    """setup said it "fails early", but checked Java, gcloud and Node only after apt had installed chromium and the
-    rest: a machine without Java waited through that install and was then refused."""
+def test_without_java_setup_asks_apt_for_it_and_names_it_when_still_missing(tmp_path: Path) -> None:
+    """Java is a system package like HAProxy: setup refused a machine without it instead of installing it. An apt that
+    installs nothing stands in: setup asks it for Java 17, then stops before the venv naming what is missing."""
     bin_dir = _tools_but(tmp_path, "java", "dpkg-query", "apt-get", "sudo")
     installs = tmp_path / "apt-calls"
     (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")  # every system package missing
@@ -99,8 +102,9 @@ def test_without_java_setup_stops_before_installing_system_packages(tmp_path: Pa
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
-    assert proc.returncode == 1 and "Java 17+ is required by Spark" in proc.stderr, proc.stdout + proc.stderr
-    assert not installs.exists(), f"apt ran before the refusal: {installs.read_text()}"
+    assert proc.returncode == 1 and "Java 17+ is required by Spark (found: none" in proc.stderr, proc.stdout + proc.stderr
+    assert "openjdk-17-jre-headless" in installs.read_text().split(), installs.read_text()
+    assert not (tmp_path / ".venv").exists()
 
 
 def test_make_down_and_clean_work_without_a_venv_and_status_says_to_set_up(tmp_path: Path) -> None:
@@ -164,7 +168,7 @@ def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path
     proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PATH": str(bin_dir), "PIP_FIND_LINKS": str(empty)}, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-*.whl" in proc.stderr, proc.stderr
+    assert "set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_x86_64.whl" in proc.stderr, proc.stderr
     assert not installs.exists() and not (tmp_path / "tree" / ".venv").exists()
 
 
@@ -193,3 +197,87 @@ def test_relock_without_a_venv_says_to_set_up(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(tmp_path / "scripts" / "relock.sh")], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 1 and "run make setup first" in proc.stderr, proc.stderr
+
+
+def test_a_python_other_than_3_11_is_refused_before_anything(tmp_path: Path) -> None:
+    """PYTHON=python3 on a machine whose python3 is 3.12: setup made .venv with it, found the 3.11 torch wheel by a
+    pattern that ignored the Python, and failed in the sync "is the package index reachable?"."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo")
+    installs = _apt_shims(bin_dir, tmp_path)
+    python = tmp_path / "python3.12"
+    python.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Python 3.12.3' && exit 0\n"
+                      "[ \"$1\" = -c ] && exit 1\nexit 0\n")  # runs, and says it is not 3.11
+    python.chmod(0o755)
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir), "PYTHON": str(python)}, check=False)
+    assert proc.returncode == 1 and "Python 3.11 is required" in proc.stderr and "Python 3.12.3" in proc.stderr, \
+        proc.stdout + proc.stderr
+    assert not installs.exists() and not (tmp_path / "tree" / ".venv").exists()
+
+
+def _recording_uv(bin_dir: Path, tmp_path: Path) -> Path:
+    calls = tmp_path / "uv-calls"
+    (bin_dir / "uv").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    (bin_dir / "uv").chmod(0o755)
+    return calls
+
+
+def test_a_venv_of_another_python_is_made_afresh(tmp_path: Path) -> None:
+    """A .venv made by an IDE or `python3 -m venv` with 3.12 runs, so it was kept on every run."""
+    bin_dir = _tools_but(tmp_path, "uv")
+    calls = _recording_uv(bin_dir, tmp_path)
+    tree = tmp_path / "tree"
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\ncase \"$*\" in *version_info*) exit 1;; esac\nexit 0\n")
+    (tree / ".venv" / "bin" / "python").chmod(0o755)
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends later: nothing was installed
+    venv_calls = [line for line in calls.read_text().splitlines() if line.startswith("venv")]
+    assert venv_calls and "--clear" in venv_calls[0].split() and venv_calls[0].endswith(".venv"), venv_calls
+
+
+def test_a_checkov_venv_made_in_another_folder_is_made_afresh_though_its_stamp_matches(tmp_path: Path) -> None:
+    """The checkov venv was checked only when requirements/checkov.txt changed: in a renamed checkout its scripts'
+    #! still named the old folder ("bad interpreter"), and tests/infra/test_policy.py failed on every run."""
+    bin_dir = _tools_but(tmp_path, "uv")
+    calls = _recording_uv(bin_dir, tmp_path)
+    tree = tmp_path / "tree"
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt")
+    python = Path(shutil.which("python3.11") or "")
+    assert python.is_file(), "this test needs python3.11 on PATH"
+    for venv in (".venv", ".tools/checkov"):  # both venvs in place and runnable; .venv's stamp current
+        (tree / venv / "bin").mkdir(parents=True)
+        (tree / venv / "bin" / "python").symlink_to(python)
+    for folder in ("src", "dags", "spark_jobs"):
+        (tree / folder).mkdir()
+    digest = subprocess.run(["bash", "-c", '(cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum'],
+                            cwd=tree, capture_output=True, text=True, check=True).stdout.split()[0]
+    (tree / ".venv" / ".tenfold-lock.sha").write_text(digest + "\n")
+    stamp = subprocess.run(["sha256sum"], stdin=(tree / "requirements" / "checkov.txt").open(), capture_output=True,
+                           text=True, check=True).stdout
+    (tree / ".tools" / "checkov" / ".stamp").write_text(stamp)
+    (tree / ".tools" / "checkov" / "bin" / "checkov").write_text("#!/old/checkout/.tools/checkov/bin/python\n")
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends later: the npm tools
+    lines = calls.read_text().splitlines()
+    assert not any(line.endswith(" .venv") for line in lines if line.startswith("venv")), lines
+    assert any(line.startswith("venv") and "--clear" in line.split() and line.endswith(".tools/checkov")
+               for line in lines), lines
+
+
+def test_a_user_whose_sudo_asks_for_a_password_is_told_what_to_install_as_root(tmp_path: Path) -> None:
+    """sudo that needs a password (no terminal in CI) ended setup with sudo's own error, naming nothing."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id")
+    installs = _apt_shims(bin_dir, tmp_path)
+    (bin_dir / "sudo").write_text("#!/bin/sh\necho 'sudo: a terminal is required to read the password' >&2\nexit 1\n")
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root
+    (bin_dir / "id").chmod(0o755)
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[setup] error:" in proc.stderr and "system packages missing: haproxy chromium curl" in proc.stderr
+    assert "as root" in proc.stderr and "sudo needs no password" in proc.stderr, proc.stderr
+    assert not installs.exists()
