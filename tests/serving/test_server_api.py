@@ -464,7 +464,7 @@ def test_a_model_that_fails_every_call_answers_503_and_leaves_the_rotation(make_
     broken.set()
     for i in range(MODEL_FAILURES_OUT):
         r = client.post(PREDICT, json=_flight(flight=100 + i), headers=auth)
-        assert r.status_code == 503 and r.json()["error"] == "model_error" and r.headers["retry-after"], r.text
+        assert r.status_code == 503 and r.json()["error"] == "model_error" and r.headers["retry-after"] == "5", r.text
         assert "RuntimeError" in r.json()["message"]
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["status"] == "failing", r.json()
