@@ -101,7 +101,7 @@ def load_version(settings: Settings, version: str) -> LoadedModel:
     configure_torch(settings.inference.torch_threads)
     try:
         _, path = resolve_and_download(settings, version)
-        return load_on_device(path, settings.inference.device)[0]
+        return load_on_device(path, settings.inference.device, settings.workload)[0]
     except (ServingLoadError, ModelLoadError) as exc:
         raise ScoringError(f"model version {version} cannot be loaded: {exc}",
                            transient=getattr(exc, "transient", False)) from exc

@@ -204,17 +204,25 @@ def _file_field(where: Path, meta: Mapping[str, Any], field: str, default: str) 
     return name
 
 
-def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it."""
+def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu",
+               for_workload: str | None = None) -> LoadedModel:
+    """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it.
+
+    ``for_workload``: the workload this process runs (``settings.workload``). A model of another is refused before its
+    workload's module is imported: ``meta.json`` names a module, and whoever can write a model folder (a registry
+    bucket) must not choose what a replica or worker imports. Give it wherever the folder came from the registry."""
     where = Path(directory)
     meta = read_meta(where)
     from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
+    from tenfold.workloads import BUILTIN, VERSION_KEY, WorkloadError, get_workload
 
     # Folders saved before workloads were named hold the reference workload's model.
     name = meta.get("workload", DEFAULT_WORKLOAD)
     if not isinstance(name, str):
         raise ModelLoadError(f"{where / META_FILE}: its field 'workload' is {name!r}, not a workload name; re-save the model")
+    if for_workload is not None and BUILTIN.get(name, name) != BUILTIN.get(for_workload, for_workload):
+        raise ModelLoadError(f"{where / META_FILE}: the model is of workload {name!r}, and this process runs "
+                             f"{for_workload!r} (settings.workload): load a model trained for {for_workload!r}")
     try:
         workload = get_workload(name)
     except WorkloadError as exc:

@@ -142,13 +142,14 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
     return version, path
 
 
-def load_on_device(path: Path, choice: str) -> tuple[LoadedModel, torch.device]:
-    """The model folder at ``path`` on ``choice`` ("auto": CUDA when torch sees it, else the CPU), taking and
-    returning CPU tensors either way; what serving and offline inference both load. Raises ModelLoadError."""
+def load_on_device(path: Path, choice: str, workload: str) -> tuple[LoadedModel, torch.device]:
+    """The model folder at ``path`` of ``workload`` (settings.workload; a model of another is refused before anything
+    it names is imported) on ``choice`` ("auto": CUDA when torch sees it, else the CPU), taking and returning CPU
+    tensors either way; what serving and offline inference both load. Raises ModelLoadError."""
     from tenfold.model import load_model
 
     device = _device(choice)
-    loaded = load_model(path, map_location=device)
+    loaded = load_model(path, map_location=device, for_workload=workload)
     if device.type != "cpu":
         loaded = dataclasses.replace(loaded, model=_on_device(loaded.model, device))
     return loaded, device
@@ -158,19 +159,14 @@ def load_served_model(settings: Settings, ref: str) -> ServedModel:
     """Resolve ``ref`` in the registry, load that version and the online features (see the module docstring)."""
     from tenfold.features.online import load_online_features
     from tenfold.model import ModelLoadError
-    from tenfold.workloads import get_workload
 
     server = settings.serving.server
     configure_torch(server.torch_threads)
     version, path = resolve_and_download(settings, ref)
     try:
-        loaded, device = load_on_device(path, server.device)
+        loaded, device = load_on_device(path, server.device, settings.workload)
     except ModelLoadError as exc:
         raise ServingLoadError(f"model version {version} ({ref!r}) cannot be loaded: {exc}") from exc
-    expected = get_workload(settings).name
-    if loaded.workload.name != expected:
-        raise ServingLoadError(f"model version {version} was trained for workload {loaded.workload.name!r}, but this "
-                               f"replica serves {expected!r} (settings.workload): serve a model of {expected!r}")
     try:
         features = load_online_features(settings)
     except Exception as exc:

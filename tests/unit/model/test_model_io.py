@@ -296,3 +296,31 @@ def test_a_model_folder_that_cannot_be_read_is_a_load_error_naming_it(tmp_path: 
     with pytest.raises(ModelLoadError, match=rf"{where}/meta.json cannot be read \(.+\): {where} must be a saved "
                                              r"model's folder"):
         read_meta(where)
+
+
+def test_a_model_naming_another_workload_is_refused_before_its_module_is_imported(
+        tmp_path: Path, pre: Preprocessor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta.json names the workload's module, and load_model imported it before any check: a model folder in the
+    registry (whoever can write the bucket) chose what a replica or an inference worker ran, e.g. a .py file that an
+    earlier version's folder had placed in the model cache under the working folder."""
+    import sys
+
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path / "model", _model(pre, config), config, pre, workload=WORKLOAD.name)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    imported = tmp_path / "imported"
+    (planted / "tenfold_planted_workload.py").write_text(
+        f"import pathlib\npathlib.Path({str(imported)!r}).touch()\nW = None\n")
+    monkeypatch.syspath_prepend(str(planted))
+    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    meta["workload"] = "tenfold_planted_workload:W"
+    (tmp_path / "model" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"the model is of workload 'tenfold_planted_workload:W', and this process "
+                                             r"runs 'flights' \(settings\.workload\)"):
+        load_model(tmp_path / "model", for_workload="flights")
+    assert not imported.exists() and "tenfold_planted_workload" not in sys.modules
+    # The built-in's name and its module path are one workload.
+    meta["workload"] = "flights"
+    (tmp_path / "model" / "meta.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path / "model", for_workload="tenfold.workloads.flights:WORKLOAD").workload is WORKLOAD
