@@ -19,6 +19,13 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# A URL path of plain characters: starts with "/", no empty segment, nothing HAProxy's configuration or a URL would
+# read as more than a path (spaces, newlines, quotes, "?", "#", "%").
+URL_PATH = r"^(/[A-Za-z0-9._~-]+)+$"
+# What the server answers at fixed paths of its own (tenfold.serving.app).
+FIXED_PATHS = ("/docs", "/redoc", "/openapi.json")
+
+
 class ServerSettings(_Frozen):
     """One replica of the model server: what it loads, how it batches, caches, publishes and refuses."""
 
@@ -27,10 +34,11 @@ class ServerSettings(_Frozen):
     # The API's path prefix ("/v1"): every endpoint and whatever names one (the load balancer's log queries,
     # the traffic replay, `tenfold status`) is "<api_prefix>/<name>". Written without a trailing "/".
     api_prefix: str = "/v1"
-    ready_path: str = "/readyz"
-    metrics_path: str = "/metrics"
+    # Paths and the header name are written into HAProxy's configuration as they are: plain URL characters only.
+    ready_path: str = Field(default="/readyz", pattern=URL_PATH)
+    metrics_path: str = Field(default="/metrics", pattern=URL_PATH)
     # The header that carries the A/B user key (HAProxy hashes the same header); the body may carry it too.
-    user_key_header: str = "X-User-Key"
+    user_key_header: str = Field(default="X-User-Key", pattern=r"^[A-Za-z0-9-]+$")
     # Adaptive micro-batching of concurrent requests.
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -71,10 +79,11 @@ class ServerSettings(_Frozen):
     @field_validator("api_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not value.startswith("/") or any(c.isspace() for c in value) or "//" in value:
-            raise ValueError(f"api_prefix {value!r}: a path such as /v1 (starting with '/', no spaces)")
         if value.rstrip("/") == "":  # passed on as "" to child processes and VMs, which read it as unset (/v1)
             raise ValueError(f"api_prefix {value!r}: the API cannot be served at the root; give a path such as /v1")
+        if not re.match(URL_PATH, value.rstrip("/")):
+            raise ValueError(f"api_prefix {value!r}: a path such as /v1 (starting with '/', letters, digits and "
+                             "._~- between single slashes)")
         return value.rstrip("/")
 
     @field_validator("lookups_through")

@@ -26,7 +26,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
 from tenfold.config.pipelines import DagSettings, PipelineSettings, check_months
-from tenfold.config.serving import FleetSettings, RolloutSettings, ServerSettings
+from tenfold.config.serving import FIXED_PATHS, URL_PATH, FleetSettings, RolloutSettings, ServerSettings
 
 Env = Literal["local", "dev", "prod"]
 # The lake table the feature job publishes and training reads (``storage.features_table``'s default);
@@ -429,7 +429,7 @@ class LoadBalancerSettings(_Frozen):
 
 class ServingSettings(_Frozen):
     port: int = 8080
-    health_path: str = "/healthz"
+    health_path: str = Field(default="/healthz", pattern=URL_PATH)
     # Secret Manager secret (data stack, no version: operators add one, docs/deploy.md) whose latest version
     # the cloud replicas' startup script writes to the bearer token file (tenfold.fleets).
     token_secret: ResourceName
@@ -454,6 +454,22 @@ class ServingSettings(_Frozen):
     fleet: FleetSettings = FleetSettings()
     # The canary analysis of the rollout_model DAG (local and cloud alike).
     rollout: RolloutSettings = RolloutSettings()
+
+    @model_validator(mode="after")
+    def _own_paths(self) -> ServingSettings:
+        """Liveness, readiness and metrics each at a path of their own, outside the API and the server's fixed paths:
+        the router answers one of two routes at a path, and the load balancer would health-check (or Prometheus
+        scrape) the other's answer."""
+        server = self.server
+        paths = {"serving.health_path": self.health_path, "serving.server.ready_path": server.ready_path,
+                 "serving.server.metrics_path": server.metrics_path}
+        if len(set(paths.values())) < len(paths):
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in paths.items())}: give each its own path")
+        for field, path in paths.items():
+            if path in FIXED_PATHS or path == server.api_prefix or path.startswith(server.api_prefix + "/"):
+                raise ValueError(f"{field}={path!r} is a path the server answers already (the API under "
+                                 f"{server.api_prefix}, {', '.join(FIXED_PATHS)}): give it one of its own")
+        return self
 
     @model_validator(mode="after")
     def _canary_can_take_stables_load(self) -> ServingSettings:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -455,6 +456,23 @@ def test_the_api_prefix_is_one_spelling_everywhere(tmp_path: Path) -> None:
     assert rep.predict_path == "/v2/predict"
     running = dataclasses.replace(rep, running=True, haproxy_alive=True)
     assert f"{rep.url}/v2/predict " in fleet.describe(running)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    # Written into HAProxy's configuration as it was: a newline began a section of its own, listening on 0.0.0.0.
+    ("TENFOLD_SERVING__SERVER__READY_PATH", "/readyz\nlisten pwn\n    bind 0.0.0.0:9999", "ready_path"),
+    ("TENFOLD_SERVING__SERVER__READY_PATH", "readyz", "ready_path"),  # no route ever matches: replicas never UP
+    ("TENFOLD_SERVING__SERVER__USER_KEY_HEADER", "X User Key", "user_key_header"),  # broke req.fhdr(...)
+    ("TENFOLD_SERVING__SERVER__API_PREFIX", "/v1\nlisten x", "api_prefix"),
+    ("TENFOLD_SERVING__SERVER__METRICS_PATH", "/v1/predict", "metrics_path='/v1/predict' is a path the server answers"),
+    ("TENFOLD_SERVING__SERVER__READY_PATH", "/healthz", "give each its own path"),
+    ("TENFOLD_SERVING__SERVER__METRICS_PATH", "/openapi.json", "metrics_path='/openapi.json' is a path the server"),
+])
+def test_paths_and_headers_that_haproxy_or_the_router_cannot_take_are_refused_by_name(name, value, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_settings("local", {name: value})
+    assert build_settings("local", {name: "X-Key" if name.endswith("HEADER") else "/v2" if name.endswith("PREFIX")
+                                    else "/ready-2"})
 
 
 def test_a_settings_file_written_before_local_replicas_was_removed_still_loads(tmp_path):
