@@ -172,7 +172,12 @@ class AliasPointer:
             body = json.loads(text)
             if not isinstance(body, dict):
                 raise TypeError(f"it holds a JSON {type(body).__name__}, not an object")
-            return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
+            pointer = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__}, generation=generation)
+            # What readers make a cache path and a lock file of: a version id, never a path ("../../x").
+            for name, value in (("version", pointer.version), ("previous", pointer.previous)):
+                if (value is not None or name == "version") and not (isinstance(value, str) and is_version_id(value)):
+                    raise ValueError(f"its {name} {value!r} is not a version id")
+            return pointer
         except (ValueError, TypeError) as exc:
             if history:
                 raise RegistryError(f"alias history entry {where} is unreadable ({exc}): restore it from a backup of "

@@ -635,3 +635,21 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     # The version only the damaged entry recorded (a, seq 1) is still a target: its successor's entry names it as the
     # version it moved from. It was refused as "never champion", so the refusal's own advice (--to) could not reach it.
     assert reg.rollback(to=a).version == a
+
+
+@pytest.mark.parametrize("field", ["version", "previous"])
+def test_an_alias_pointing_at_a_path_is_unreadable_not_followed(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, field: str
+) -> None:
+    """The pointer's version went unchecked to its readers: serving made a lock file of it
+    (``<cache>/.{version}.lock``) before any download checked it, so "../../x" created files outside the cache."""
+    reg = ModelRegistry(registry_settings)
+    a = reg.register(make_model_dir(90), lineage, metrics=METRICS).version
+    reg.promote(a, expected=None)
+    blob = reg.bucket.blob(reg._name("aliases", CHAMPION))
+    body = json.loads(blob.download_as_bytes())
+    body[field] = "/../../../tmp/x"
+    blob.upload_from_string(json.dumps(body))
+    with pytest.raises(RegistryError, match=rf"alias pointer .* is unreadable \(its {field} '/\.\./\.\./\.\./tmp/x' "
+                                            r"is not a version id\)"):
+        reg.find(CHAMPION)
