@@ -31,9 +31,12 @@ RunOption = Annotated[str | None, typer.Option("--run", help="one run (its run k
 
 def _failed(exc: Exception, command: str, settings: Settings, note: str = "") -> typer.Exit:
     """Pub/Sub or the lake failed: one line that says what to do where it runs (how to log in in the cloud, which
-    service is away locally, what was refused), not "is the platform up (`tenfold up`)?" everywhere."""
-    from tenfold.outages import ending
+    service is away locally, what was refused), not "is the platform up (`tenfold up`)?" everywhere. With
+    TENFOLD_DEBUG set (as that line advises), ``exc`` itself goes on to the root command's guard, which shows it."""
+    from tenfold.outages import debug_requested, ending
 
+    if debug_requested():
+        raise exc
     typer.echo(ending(exc, command, settings.local.home, debug_hint="with TENFOLD_DEBUG=1") + note, err=True)
     return typer.Exit(1)
 

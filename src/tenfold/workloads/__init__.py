@@ -41,7 +41,10 @@ VERSION_KEY = "features_version"
 
 
 class WorkloadError(ValueError):
-    """A workload cannot be found, or breaks its own contract; the message says what to fix."""
+    """A workload cannot be found, or breaks its own contract; the message says what to fix. A refusal, never
+    retried (:func:`tenfold.outages.ending` shows its message, not "a fault in the code")."""
+
+    retryable = False
 
 
 class SourceMissing(RuntimeError):

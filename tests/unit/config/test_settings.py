@@ -642,3 +642,10 @@ def test_a_list_valued_variable_given_as_plain_text_is_refused_saying_how_to_wri
     assert "gate_beat_baselines" in said and "A list-valued variable holds a JSON list" in said, said
     as_told = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_TRAINING__GATE_BEAT_BASELINES": '["rate"]'})
     assert as_told.training.gate_beat_baselines == ("rate",)
+
+
+def test_a_training_value_that_is_no_literal_python_reads_is_refused_by_name() -> None:
+    """"{[]: 1}" parses but cannot be built (a list as a key): ast.literal_eval's TypeError escaped env_value, so
+    `tenfold config get env` said "a fault in the code" and a pipeline module ended in a traceback."""
+    with pytest.raises(ValueError, match=r"training\.max_restarts|max_restarts"):
+        build_settings("local", {"TENFOLD_TRAINING__MAX_RESTARTS": "{[]: 1}"})

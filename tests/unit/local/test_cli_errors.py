@@ -310,3 +310,49 @@ def test_a_bounded_command_interrupted_by_ctrl_c_is_stopped_with_its_children(tm
         for pid in (shell, child):
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
+
+
+def test_an_unknown_workload_is_a_refusal_naming_it_not_a_fault_in_the_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`TENFOLD_WORKLOAD=nosuch tenfold serve reload`: the root check reads no workload, and the WorkloadError that
+    escaped was called "a fault in the code ... report it"."""
+    from tenfold.cli import _Guarded
+    from tenfold.workloads import get_workload
+
+    guarded = _Guarded()
+
+    @guarded.command()
+    def reload() -> None:
+        get_workload("nosuch")
+
+    @guarded.command()
+    def other() -> None:  # two commands: typer runs a lone one without its name
+        pass
+
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    monkeypatch.setattr("sys.argv", ["tenfold", "reload"])
+    with pytest.raises(SystemExit):
+        guarded(["reload"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: `tenfold reload`: unknown workload 'nosuch': use one of flights or "), err
+    assert "fault in the code" not in err
+
+
+def test_dlq_with_tenfold_debug_shows_the_traceback_it_advises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold dlq` ended a fault with "run it again with TENFOLD_DEBUG=1 for the traceback", and with it set printed
+    the same line again: its own catch-all never let the error reach the root command's guard."""
+    from tenfold.inference import dlq
+
+    def broken(*_: object, **__: object) -> None:
+        raise TypeError("a fault in dlq")
+
+    monkeypatch.setattr(dlq, "inspect", broken)
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    out = CliRunner().invoke(app, ["dlq", "inspect"])
+    assert out.exit_code == 1 and "failed on a fault in the code (TypeError: a fault in dlq); run it again with " \
+        "TENFOLD_DEBUG=1" in out.output, out.output
+    monkeypatch.setenv("TENFOLD_DEBUG", "1")
+    out = CliRunner().invoke(app, ["dlq", "inspect"])
+    assert isinstance(out.exception, TypeError) and str(out.exception) == "a fault in dlq", out.output
