@@ -93,15 +93,8 @@ def rollout_model() -> None:
         done = run_step(pipeline.conclude, get_settings(), run)
         print(f"rollout {done['outcome']}: champion {done['champion']}, canary at {done['canary_percent']} %; "
               f"report: {done['report']}")
-        if done["outcome"] == pipeline.FAILED:  # no verdict (no data, a step that gave up): the run is not green
-            from airflow.sdk.exceptions import AirflowFailException
-
-            why = (f"rollout failed without a verdict ({'; '.join(done['reasons'])}); nothing was promoted or rejected; "
-                   f"see {done['report']}")
-            # conclude alerted: Airflow's failure callback sends it again only to the hooks that missed it
-            missed = tuple(done.get("undelivered") or ())
-            raise AirflowFailException(why) from pipeline.PipelineError(why, alerted=not missed, undelivered=missed)
-        return done
+        # No verdict, or an alert that missed a hook: the run is not green (pipeline.settled says why).
+        return run_step(pipeline.settled, done)
 
     @task(doc_md="Does nothing: a leaf that is upstream_failed when plan, deploy or a step failed, so the DAG run "
                  "is failed then (conclude, skipped when nothing was planned, would leave it green).")

@@ -647,6 +647,24 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     return {**done, "undelivered": list(missed)} if missed else done
 
 
+def settled(done: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`conclude`'s event, as the DAG's conclude task ends on it. A run is not green (a :class:`PipelineError`)
+    without a verdict (FAILED: nothing promoted or rejected), nor when its alert missed a hook: a rejected version is
+    what a person must hear of, and Airflow's failure callback sends the error to those hooks only (as
+    monitor_drift's undelivered alert does). A green run returns ``done``."""
+    missed = tuple(done.get("undelivered") or ())
+    if done["outcome"] == FAILED:
+        why = (f"rollout failed without a verdict ({'; '.join(done['reasons'])}); nothing was promoted or rejected; "
+               f"see {done['report']}")
+        # conclude alerted: the failure callback sends it again only to the hooks that missed it
+        raise PipelineError(why, alerted=not missed, undelivered=missed)
+    if missed:
+        reasons = "; ".join(done["reasons"]) or "every step passed"
+        raise PipelineError(f"rollout {done['outcome']} ({reasons}); see {done['report']}. Its alert did not reach "
+                            f"{', '.join(missed)}: this failure sends it there", alerted=False, undelivered=missed)
+    return dict(done)
+
+
 STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
 

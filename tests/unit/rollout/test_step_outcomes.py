@@ -695,9 +695,10 @@ def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it
     places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=("webhook",))
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.FAILED and done["undelivered"] == ["webhook"]
-    # What the DAG raises from it: the callback sends to the webhook alone.
-    raised = pipeline.PipelineError("failed", alerted=not done["undelivered"], undelivered=tuple(done["undelivered"]))
-    assert not alerting.already_alerted(raised) and alerting.undelivered(raised) == ("webhook",)
+    # What the DAG's task ends on: the callback sends to the webhook alone.
+    with pytest.raises(pipeline.PipelineError, match="rollout failed without a verdict") as raised:
+        pipeline.settled(done)
+    assert not alerting.already_alerted(raised.value) and alerting.undelivered(raised.value) == ("webhook",)
     # conclude cleared and run again: it returns what it ended with, still naming the hook that missed the alert
     places.alert = lambda title, details: pytest.fail("alerted twice")
     assert pipeline.conclude(None, run, p=places)["undelivered"] == ["webhook"]  # type: ignore[arg-type]
@@ -707,6 +708,29 @@ def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it
     places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
     registry.events.pop("done")
     assert "undelivered" not in pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+
+
+def test_a_rolled_back_rollout_whose_alert_a_hook_missed_fails_so_that_hook_gets_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAG acted on conclude's undelivered hooks only when the outcome was FAILED: a version rejected by its canary
+    whose alert a webhook missed left the run green, and the re-run of conclude returns without sending: the webhook
+    never heard of the rejection."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=("webhook",))
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.ROLLED_BACK and done["undelivered"] == ["webhook"]
+    with pytest.raises(pipeline.PipelineError, match=r"rollout rolled_back \(error rate 9/9\); see file:///report.html\. "
+                                                     r"Its alert did not reach webhook") as raised:
+        pipeline.settled(done)
+    assert not alerting.already_alerted(raised.value) and alerting.undelivered(raised.value) == ("webhook",)
+    registry.events.pop("done")
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
+    delivered = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert pipeline.settled(delivered) == delivered, "a rollback whose alert went out is an outcome: green"
 
 
 def _labels_over_time(share_at: Any, accuracy_at: Any, per_minute: int = 400) -> Any:
