@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import MANIFEST, Lake, LakeError, Manifest, MissingManifestError, Partition, month_range
+from tenfold.data.lake import Lake, LakeError, Manifest, MissingManifestError, Partition, month_range
 from tenfold.monitoring.alerts import send_alert
 from tenfold.pipelines.common import (
     PipelineError,
@@ -304,11 +304,22 @@ def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any
 
 
 def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | None:
-    """The month's manifest when this run's staging folder is gone and the month is published: what
-    :func:`publish` leaves (it drops the staging only once the manifest is in place). None otherwise."""
+    """The month's manifest when this run's staging folder is gone because this run published it: what
+    :func:`publish` leaves (the staging dropped once the manifest is in place, then its record). None otherwise:
+    a staging folder gone without that record (deleted by the bucket's lifecycle rule while the run waited to be
+    cleared, or by hand) says nothing of whether this run's build was ever validated, whatever the month holds."""
     if lake.fs.get_file_info(lake._path(run.staging_uri)).type.name != "NotFound":
         return None
+    if lake.fs.get_file_info(_published_record(lake, run)).type.name == "NotFound":
+        return None
     return lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
+
+
+def _published_record(lake: Lake, run: FeaturesRun) -> str:
+    """Beside this run's staging folder: written by :func:`publish` once it has dropped the staging, removed when the
+    run validates a batch it built again. Under the staging folders' prefix, so the bucket's lifecycle rule expires it
+    with them (a run cleared after that is told to start from plan)."""
+    return lake._path(run.staging_uri).rstrip("/") + ".done.json"
 
 
 def _published_marker(lake: Lake, run: FeaturesRun) -> str:
@@ -348,6 +359,8 @@ def _finish_cut_drop(lake: Lake, table: str, run: FeaturesRun) -> None:
                  body.get("data_dir"))
         lake.discard(run.staging_uri)
         lake.discard(lookups_staging_uri(run.staging_uri))
+    # The marker is written once the month is published: this run published it (its record, as publish ends).
+    lake.write_json(_published_record(lake, run), {"run_id": run.run_id, "data_dir": body.get("data_dir")})
     lake.fs.delete_file(marker)
 
 
@@ -370,8 +383,12 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             log.info("%s %s was already validated and published by this run's publish (its staging %s is gone): "
                      "nothing to validate; %s", table, run.month, run.staging_uri, manifest.content)
             return run
-        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month is not "
-                            "published; clear the whole run from its first task (plan) so that build stages it again")
+        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and no record says "
+                            "this run published the month (a staging folder is deleted after "
+                            f"{settings.storage.lake_layout.staging_retention_days} days); clear the whole run from its "
+                            "first task (plan) so that build stages it again")
+    if lake.fs.get_file_info(done := _published_record(lake, run)).type.name != "NotFound":
+        lake.fs.delete_file(done)  # this run built again since it published (cleared from its start): a new batch
     try:
         report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,
                                     get_workload(settings).features_suite, attempt=run.staging_key)
@@ -404,8 +421,10 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
             lake.discard(lookups_staging_uri(run.staging_uri))  # a publish killed before dropping it
             log.info("staging already published: %s", manifest.content)
             return {"month": part.label, "manifest": manifest_uri, **manifest.content}
-        raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and no {MANIFEST} exists; "
-                            "re-run build_features")
+        raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and no record says this "
+                            "run published the month (a staging folder is deleted after "
+                            f"{settings.storage.lake_layout.staging_retention_days} days); clear the whole run from its "
+                            "first task (plan) so that build stages it again")
     lookups = lookups_staging_uri(run.staging_uri)
     absent = [n for n in workload.contract.lookup_tables
               if lake.fs.get_file_info(lake._path(lookup_staging_uri(lookups, n))).type.name == "NotFound"]
@@ -432,6 +451,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
                              "files": [f.sha256 for f in manifest.files]})
     lake.discard(staged)
     lake.discard(lookups)
+    lake.write_json(_published_record(lake, run), {"run_id": run.run_id, "data_dir": manifest.data_dir})
     lake.fs.delete_file(marker)
     return {"month": part.label, "manifest": manifest_uri, **manifest.content}
 

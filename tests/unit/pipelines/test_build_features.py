@@ -208,7 +208,7 @@ def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage
     assert lake.read_manifest(lookup_table(settings.storage.lookups_table, "weather"), FEB) == lookups_before
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000  # never duplicated
     # nothing staged and nothing published: a clear error, not an empty partition
-    with pytest.raises(Exception, match="re-run build_features"):
+    with pytest.raises(Exception, match=r"no record says this run published the month .* clear the whole run"):
         pipeline.publish(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
 
 
@@ -514,11 +514,36 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
     assert len(alerts()) == 1
     # a staging folder gone without a publish: one line saying to clear the whole run, nothing quarantined
     lost = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-03")
-    with pytest.raises(PipelineError, match=r"staging .* is gone and the month is not published; clear the whole run"):
+    with pytest.raises(PipelineError, match=r"staging .* is gone and no record says this run published the month \(a "
+                                            r"staging folder is deleted after 7 days\); clear the whole run"):
         pipeline.validate(settings, lost)
     assert len(alerts()) == 1
     assert lake.fs.get_file_info(lake.quarantine_path(FEATURES_TABLE, lost.partition, lost.staging_key)).type \
         == pafs.FileType.NotFound
+
+
+def test_a_run_whose_staging_expired_before_it_was_cleared_is_refused_not_taken_for_published(
+        settings, lake, stage, alerts):
+    """A staging folder gone and the month published was taken for "this run published it": a rebuild whose validate
+    failed on an outage, cleared after the bucket's lifecycle rule had deleted its staging (7 days), went green
+    without validating or publishing anything, and its publish re-emitted the features event for the old month."""
+    from tenfold.pipelines.common import PipelineError
+
+    first = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 24_000, seed=7), FEB, first.staging_key)
+    stage_lookups(lake, first)
+    published = pipeline.publish(settings, pipeline.validate(settings, first))
+    rebuild = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    stage(synthetic_features(FEB, 24_000, seed=8), FEB, rebuild.staging_key)
+    stage_lookups(lake, rebuild)
+    lake.discard(rebuild.staging_uri)  # the lifecycle rule, while the run waited for its outage to end
+    lake.discard(lookups_staging_uri(rebuild.staging_uri))
+    for step in (pipeline.validate, pipeline.publish):
+        with pytest.raises(PipelineError, match=r"is gone and no record says this run published the month"):
+            step(settings, rebuild)
+    assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "r1" and alerts() == []
+    # The run that did publish it, cleared: still green, the month as it published it.
+    assert pipeline.validate(settings, first) == first and pipeline.publish(settings, first) == published
 
 
 def test_a_month_whose_publish_failed_after_its_lookups_is_not_served_with_them(settings, lake, stage):
