@@ -31,6 +31,7 @@ import math
 import os
 import posixpath
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -442,16 +443,13 @@ def validate_partition(
         # was left is the refused batch's, never a batch of its own to validate and publish. Finish it, alert once.
         where, reason = resumed
         failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
-        sent = send_alert(settings, f"Quality gate refused {table} {part.label}", {
-            "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": where,
-            "data_docs": reason.get("data_docs"), "note": "the move to quarantine was cut short and finished by a retry"},
-        ) if alert else None
         refused = AlreadyRefused(
             f"{table} {part.label}: the batch {batch_uri} was refused ({failed}); its move to quarantine was cut short "
             f"and is now finished at {where} (see its _QUARANTINED.json); fix the input and re-run the job that stages it"
         )
-        # The task's failure callback does not alert a second time, but sends to the hooks that missed this alert.
-        refused.alerted, refused.undelivered = (sent.delivered, sent.failed) if sent else (False, ())
+        if alert:
+            _alert_refusal(settings, lake, table, part, batch_uri, lake._path(where), reason, refused,
+                           note="the move to quarantine was cut short and finished by a retry")
         raise refused
     if not _is_dir(lake, staged) and _is_dir(lake, earlier):
         # A re-run of a refused validation: keep the verdict rather than quarantine "nothing" (the newest of the
@@ -460,7 +458,16 @@ def validate_partition(
             f"{table} {part.label}: the batch {batch_uri} was already refused and quarantined at "
             f"{lake.uri_of(taken[-1])} (see its _QUARANTINED.json); re-run the job that stages it"
         )
-        again.alerted = True  # the first verdict alerted (or its task's failure callback did): a clear is not paged
+        if (then := _alert_sent(lake, taken[-1])) is not None:
+            # Its alert went out then (or the hooks it missed are named, for the failure callback to send to).
+            again.alerted, again.undelivered = bool(then.get("delivered")), tuple(then.get("failed") or ())
+        elif alert and (refusal := _reason(lake, taken[-1])) is not None:
+            # The try that refused it ended before its alert was recorded (killed while a hook retried): the alert
+            # may never have gone out. Sent now, once: the record stops a later clear from sending it again.
+            _alert_refusal(settings, lake, table, part, batch_uri, taken[-1], refusal, again,
+                           note="the run that refused it ended before its alert was recorded")
+        else:
+            again.alerted = True  # refused without alerts (alert=False), or by a version that kept no record
         raise again
     try:
         frame = to_frame(read_batch(lake, _parquet_files(lake, staged)))
@@ -476,7 +483,49 @@ def validate_partition(
         return report
     where = lake.quarantine(table, part, staged, attempt, report.to_dict())
     report = _with(report, quarantine_uri=where)
-    raise _fail(settings, report, alert=alert)
+    failure = _fail(settings, report, alert=alert)
+    if alert:
+        _record_alert(lake, lake._path(where), failure.alerted, failure.undelivered)
+    raise failure
+
+
+# Beside a refused batch's _QUARANTINED.json: whether its alert went out, and which hooks missed it.
+ALERTED = "_ALERTED.json"
+
+
+def _record_alert(lake: Lake, quarantined: str, delivered: bool, failed: Sequence[str]) -> None:
+    lake.write_json(posixpath.join(quarantined, ALERTED), {"delivered": delivered, "failed": list(failed)})
+
+
+def _read_json(lake: Lake, path: str) -> dict[str, Any] | None:
+    try:
+        with lake.fs.open_input_stream(path) as stream:
+            body = json.loads(stream.read().decode())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # torn by hand: as good as absent
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _alert_sent(lake: Lake, quarantined: str) -> dict[str, Any] | None:
+    return _read_json(lake, posixpath.join(quarantined, ALERTED))
+
+
+def _reason(lake: Lake, quarantined: str) -> dict[str, Any] | None:
+    return _read_json(lake, posixpath.join(quarantined, "_QUARANTINED.json"))
+
+
+def _alert_refusal(settings: Settings, lake: Lake, table: str, part: Partition, batch_uri: str, quarantined: str,
+                   reason: Mapping[str, Any], refused: AlreadyRefused, *, note: str) -> None:
+    """Alert a refusal whose own try did not (record that) it alerted, record the outcome beside its reason, and
+    say on ``refused`` how it went: the task's failure callback then sends only to the hooks that missed it."""
+    failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
+    sent = send_alert(settings, f"Quality gate refused {table} {part.label}", {
+        "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": lake.uri_of(quarantined),
+        "data_docs": reason.get("data_docs"), "note": note})
+    _record_alert(lake, quarantined, sent.delivered, sent.failed)
+    refused.alerted, refused.undelivered = sent.delivered, sent.failed
 
 
 def validate_published(

@@ -428,12 +428,70 @@ def test_a_refusal_killed_while_it_quarantines_is_finished_by_the_retry_never_va
     assert caught.value.alerted, "the task's failure callback would alert a second time"
     quarantine = lake.quarantine_path(FEATURES_TABLE, MARCH, "killed1")
     held = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(quarantine)))
-    assert held == ["_QUARANTINED.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
-                    "part-00003.parquet"]
+    assert held == ["_ALERTED.json", "_QUARANTINED.json", "part-00000.parquet", "part-00001.parquet",
+                    "part-00002.parquet", "part-00003.parquet"]
     assert "expect_column_values_to_be_between(distance)" in _quarantine_reason(lake, FEATURES_TABLE, MARCH,
                                                                                  "killed1")["failed_expectations"]
     assert lake.fs.get_file_info(lake._path(uri)).type.name == "NotFound"
     assert [a["title"] for a in alerts()] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
+    with pytest.raises(AlreadyRefused, match="already refused") as again:  # cleared once more: not alerted again
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert again.value.alerted and len(alerts()) == 1
+
+
+_KILLED_WHILE_ALERTING = r"""
+import os, signal, sys
+from tenfold.config import get_settings
+from tenfold.data.lake import Partition
+from tenfold.quality import gate
+
+
+def send_alert(*args, **kwargs):
+    # The batch is in quarantine with its reason: SIGKILLed while the alert hooks retried (an eviction, a timeout).
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+gate.send_alert = send_alert
+table, month, uri, suite = sys.argv[1:5]
+gate.validate_partition(get_settings(), table, Partition.parse(month), uri, suite)
+"""
+
+
+def test_a_refusal_killed_while_it_alerts_is_alerted_by_the_retry_once(settings, lake, stage, alerts):
+    """The batch was quarantined, then the task was killed while its alert hooks retried: the retry found the
+    verdict in quarantine and raised AlreadyRefused as alerted, so the failure callback stayed silent and nobody
+    heard of the refused batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tenfold.local.env import settings_env
+    from tenfold.quality.gate import AlreadyRefused
+
+    distance = synthetic_features(MARCH, 7_000, seed=7)["distance"].to_numpy().copy()
+    distance[:40] = -500.0
+    uri = stage(with_column(synthetic_features(MARCH, 7_000, seed=7), "distance", distance), MARCH, "killed2")
+    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_ALERTING, FEATURES_TABLE, MARCH.label, uri,
+                            FEATURES_SUITE], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **settings_env(settings)})
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert alerts() == [] and "_QUARANTINED.json" in _quarantine_files(lake, "killed2")
+
+    with pytest.raises(AlreadyRefused, match="already refused") as retried:
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert retried.value.alerted and retried.value.undelivered == ()
+    sent = alerts()
+    assert [a["title"] for a in sent] == [f"Quality gate refused {FEATURES_TABLE} {MARCH.label}"]
+    assert "expect_column_values_to_be_between(distance)" in sent[0]["details"]["failed"]
+    with pytest.raises(AlreadyRefused):  # cleared again: the record says it went out
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert len(alerts()) == 1
+
+
+def _quarantine_files(lake, attempt: str) -> list[str]:
+    folder = lake.quarantine_path(FEATURES_TABLE, MARCH, attempt)
+    return sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(folder)))
 
 
 def test_a_month_refused_by_two_validations_at_once_is_withdrawn_once_and_alerted_once(
