@@ -145,6 +145,7 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
     """Why a registered version cannot be loaded by this code (``tenfold.registry.cli.unusable_here``): its
     ``meta.json`` names another workload, or another version of this workload's feature definitions."""
     from tenfold.config.settings import DEFAULT_WORKLOAD
+    from tenfold.model.io import lost_columns
     from tenfold.registry.errors import RegistryError
     from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
 
@@ -170,7 +171,7 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
         if trained_on is not None and trained_on != builds:
             return (f"it learnt from version {trained_on} of the feature definitions, and this code builds version "
                     f"{builds}: the fleet, batch scoring and the gate cannot load it")
-        return None
+        return lost_columns(meta, ours.contract)  # what load_model refuses too
 
     return why
 

@@ -35,7 +35,7 @@ from tenfold.model.calibration import IDENTITY, CalibrationError, Calibrator
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 if TYPE_CHECKING:
-    from tenfold.workloads import Workload
+    from tenfold.workloads import FeatureContract, Workload
 from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 
 META_VERSION = 1
@@ -204,6 +204,23 @@ def _file_field(where: Path, meta: Mapping[str, Any], field: str, default: str) 
     return name
 
 
+def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | None:
+    """Why a model whose ``meta.json`` is ``meta`` cannot take ``contract``'s features (None when it can): it takes
+    a column the contract no longer holds as it learnt it (renamed, removed, or moved between categorical and
+    numeric with no version bump, which the schema check of the features catches but the version does not).
+    Loaded, it failed every prediction."""
+    cat, num = meta.get("categorical_columns"), meta.get("numeric_columns")
+    if not isinstance(cat, list) or not isinstance(num, list):
+        return None  # garbled: load_model's own reading of the fields says so
+    lost = [f"{c} (categorical)" for c in cat if c not in contract.categorical_columns] + \
+        [f"{c} (numeric)" for c in num if c not in contract.numeric_columns]
+    if not lost:
+        return None
+    return (f"the model takes the column(s) {', '.join(map(str, lost))}, which version {contract.version} of the feature "
+            "definitions does not hold as such: every prediction would fail. Train a model on the current features "
+            "(train_model) and promote it")
+
+
 def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu",
                for_workload: str | None = None) -> LoadedModel:
     """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it.
@@ -234,6 +251,8 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
             f"{where / META_FILE}: the model learnt from version {trained_on} of workload {name}'s feature definitions, "
             f"and this code builds version {builds}: fed today's features, its predictions would mean nothing. Train "
             "a model on the rebuilt features (train_model) and promote it")
+    if lost := lost_columns(meta, workload.contract):
+        raise ModelLoadError(f"{where / META_FILE}: {lost}")
     try:
         config = workload.model_config_type.from_dict(meta["config"])
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]

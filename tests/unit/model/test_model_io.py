@@ -67,6 +67,35 @@ def test_a_model_of_another_feature_definition_version_is_refused(tmp_path: Path
         load_model(tmp_path)
 
 
+def test_a_model_taking_a_column_the_contract_no_longer_holds_is_refused_on_load(
+        tmp_path: Path, pre: Preprocessor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feature renamed with no version bump (the schema check of the features catches that, the version does not):
+    the model loaded, the replica went ready, and every prediction failed "input lacks feature columns" (a 503
+    model_error each, until the whole fleet left the rotation)."""
+    import dataclasses
+
+    from tenfold import workloads
+
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    numeric = CONTRACT.model_numeric_columns[0]
+    def rename(c: str) -> str:
+        return f"{c}_v2" if c == numeric else c
+
+    renamed = dataclasses.replace(CONTRACT, numeric_columns=tuple(map(rename, CONTRACT.numeric_columns)),
+                                  non_null_columns=tuple(map(rename, CONTRACT.non_null_columns)),
+                                  required_in_file=tuple(map(rename, CONTRACT.required_in_file)),
+                                  column_types={rename(c): t for c, t in CONTRACT.column_types.items()})
+    monkeypatch.setitem(workloads._LOADED, WORKLOAD.name, dataclasses.replace(WORKLOAD, contract=renamed))
+    with pytest.raises(ModelLoadError, match=rf"the model takes the column\(s\) {numeric} \(numeric\), which version "
+                                             rf"{CONTRACT.version} of the feature definitions does not hold as such"):
+        load_model(tmp_path)
+    from tenfold.model.io import lost_columns
+
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert lost_columns(meta, CONTRACT) is None
+
+
 def test_weights_of_another_model_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
     config = ModelConfig(embedding_dim=4, hidden=(8,))
     save_model(tmp_path / "a", _model(pre, config, 0), config, pre, workload=WORKLOAD.name)

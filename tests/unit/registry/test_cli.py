@@ -228,6 +228,14 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
 
     why = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=meta))
     assert why("v1") == "its meta.json cannot be read (version v1 has no meta.json in the store)"
+    # A model taking a column the features no longer hold (renamed without a version bump): load_model refuses it,
+    # so promote and rollback skip it too.
+    from tenfold.workloads.flights.contract import CONTRACT
+
+    renamed = {"workload": "flights", "features_version": CONTRACT.version, "categorical_columns": ["carrier_v0"],
+               "numeric_columns": list(CONTRACT.model_numeric_columns)}
+    lost = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=lambda _: renamed))("v2")
+    assert lost is not None and lost.startswith("the model takes the column(s) carrier_v0 (categorical), which")
     elsewhere = registry_settings.model_copy(update={"workload": "no_such_package.module:WORKLOAD"})
     with pytest.raises(RegistryError, match=r"cannot check that the version can be served here: .*--force"):
         root._unusable_here(SimpleNamespace(settings=elsewhere, meta=meta))
