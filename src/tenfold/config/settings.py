@@ -564,6 +564,53 @@ class DriftSettings(_Frozen):
         return self
 
 
+# Where a plain http:// webhook may be: this machine, or a private network's address (RFC 1918, carrier-grade NAT as
+# private overlays use it, IPv6 unique local). Not ``is_private``, which also takes tunnels across the internet
+# (Teredo's 2001::/32) and leaves out 100.64/10.
+_PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128",
+                     "fc00::/7")
+
+
+def private_host(host: str) -> bool:
+    """``localhost``, or an IP address of this machine or of a private network (:data:`_PRIVATE_NETWORKS`); a name
+    is not (where it resolves is not known here)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in map(ipaddress.ip_network, _PRIVATE_NETWORKS)
+               if network.version == address.version)
+
+
+def webhook_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the alert webhook (None when it can), said without the URL: it is a secret, and urllib's
+    own errors quote it whole. Checked when the settings load, and again by the webhook hook before it posts."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unbalanced "[" in the host
+        parts, host = None, None
+    # A space or a control character: http.client refuses it quoting the path escaped (repr), which the log's
+    # scrubbing could not find, so the secret went to the log on every alert.
+    if parts is None or parts.scheme not in ("http", "https") or not host or any(
+            c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return ("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a control "
+                "character): fix the variable")
+    if parts.scheme == "http" and not private_host(host):
+        # A Slack-style hook's secret is its path: posted over plain http it crossed the internet in clear text,
+        # alert after alert, with nothing said. The host is not the secret, so it is named.
+        return (f"TENFOLD_ALERT_WEBHOOK is a plain http:// URL to {host}: its secret would cross the network "
+                "unencrypted; use its https:// form (http:// is taken for a hook on this machine or at a private IP "
+                "address, such as an internal Alertmanager)")
+    return None
+
+
 class MonitoringSettings(_Frozen):
     # A refusal never quotes what it got (pydantic's input_value): a webhook URL is a secret, and a relay given as
     # user:password@host held one too, which went to every command's error and to Airflow's DAG import errors.
@@ -592,6 +639,23 @@ class MonitoringSettings(_Frozen):
     def drift_psi(self) -> float:
         """The cloud drift alert's PSI threshold: the monitor's own ``drift.psi_drift``, so both agree."""
         return self.drift.psi_drift
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        """Refused when the settings load: found at the first alert (months later, perhaps), it failed that alert
+        alone, into the log, and the drift monitor's task for an alert not delivered."""
+        if value is not None and (problem := webhook_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("notification_email")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+", value):
+            raise ValueError(f"TENFOLD_ALERT_EMAIL {value!r} is not one e-mail address (name@domain.tld): the alert "
+                             "e-mail and the cloud's notification channel need one")
+        return value
 
     @field_validator("alert_smtp_host")
     @classmethod

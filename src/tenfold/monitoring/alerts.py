@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import json
 import logging
 import smtplib
@@ -42,6 +41,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from tenfold.config import Settings
+from tenfold.config.settings import webhook_problem
 from tenfold.fsio import open_lines_for_append
 
 LOGGER_NAME = "tenfold.alerts"
@@ -166,42 +166,13 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
                            "TENFOLD_ALERT_WEBHOOK to the address it redirects to (often its https:// form)")
 
 
-# Where a plain http:// webhook may be: this machine, or a private network's address (RFC 1918, carrier-grade NAT as
-# private overlays use it, IPv6 unique local). Not ``is_private``, which also takes tunnels across the internet
-# (Teredo's 2001::/32) and leaves out 100.64/10.
-_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7"))
-
-
-def _private(host: str) -> bool:
-    """``localhost``, or an IP address of this machine or of a private network (:data:`_PRIVATE_NETWORKS`); a name
-    is not (where it resolves is not known here)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in _PRIVATE_NETWORKS if network.version == address.version)
-
-
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
     url = settings.monitoring.alert_webhook_url
     assert url is not None
+    # Checked when the settings load too; settings made by model_copy skip that.
+    if (problem := webhook_problem(url)) is not None:
+        raise ValueError(f"{problem}; alerts still go to the log")
     parts = urllib.parse.urlsplit(url)
-    # A space or a control character: http.client refuses it quoting the path escaped (repr), which scrubbed() could
-    # not find, so the secret went to the log on every alert.
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(
-            c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        # Said without the URL: it is a secret, and urllib's own errors quote it whole (into every task's log).
-        raise ValueError("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a "
-                         "control character): fix the variable; alerts still go to the log")
-    if parts.scheme == "http" and not _private(parts.hostname):
-        # A Slack-style hook's secret is its path: posted over plain http it crossed the internet in clear text,
-        # alert after alert, with nothing said. The host is not the secret, so it is named.
-        raise ValueError(f"TENFOLD_ALERT_WEBHOOK is a plain http:// URL to {parts.hostname}: its secret would cross "
-                         "the network unencrypted; use its https:// form (http:// is taken for a hook on this machine "
-                         "or at a private IP address, such as an internal Alertmanager); alerts still go to the log")
     headers = {"Content-Type": "application/json"}
     if "@" in parts.netloc:
         # user:password@host: urllib hands http.client the userinfo as the host, which refused it quoting the

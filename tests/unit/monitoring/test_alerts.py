@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socketserver
 import threading
 import time
 from types import SimpleNamespace
+
+import pytest
 
 from tenfold.config import build_settings
 from tenfold.monitoring import alerts
@@ -316,7 +319,27 @@ def test_a_plain_http_webhook_beyond_this_machine_is_refused_without_posting(mak
         assert "plain http:// URL to " in caplog.text and "use its https:// form" in caplog.text
         assert "SECRETTOKEN" not in caplog.text
         caplog.clear()
+    from tenfold.config.settings import private_host
+
     for host in ("127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.0.7", "172.20.0.1", "100.100.1.2", "fd00::5"):
-        assert alerts._private(host.strip("[]")), host  # an internal hook too (a Tailscale address among them)
+        assert private_host(host.strip("[]")), host  # an internal hook too (a Tailscale address among them)
     for host in ("127.example.com", "8.8.8.8", "169.254.169.254", "2001::1", "203.0.113.9"):  # 2001::/32: Teredo
-        assert not alerts._private(host), host
+        assert not private_host(host), host
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TENFOLD_ALERT_WEBHOOK", "http://hooks.example.com/services/T0/SECRETTOKEN", "plain http:// URL to hooks.example.com"),
+    ("TENFOLD_ALERT_WEBHOOK", "hooks.example.com/services/T0/SECRETTOKEN", "not an http(s) URL with a host"),
+    ("TENFOLD_ALERT_WEBHOOK", "https://[hooks.example.com/SECRETTOKEN", "not an http(s) URL with a host"),
+    ("TENFOLD_ALERT_EMAIL", "on-call team", "is not one e-mail address"),
+    ("TENFOLD_ALERT_EMAIL", "a@example.com, b@example.com", "is not one e-mail address"),
+])
+def test_an_alert_hook_that_cannot_work_is_refused_when_the_settings_load(variable, value, message):
+    """Accepted at load, a plain-http or malformed webhook failed the first alert (perhaps months later), into the
+    log only, and the drift monitor's task for an alert not delivered; an address that is not one, the e-mail or
+    `cdktn deploy`. Refused by name, never quoting the webhook (a secret)."""
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        build_settings("local", {variable: value})
+    assert "SECRETTOKEN" not in str(refused.value)
+    assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com/services/T0/SECRETTOKEN",
+                                    "TENFOLD_ALERT_EMAIL": "ml-oncall@example.com"}).monitoring.alert_webhook_url
