@@ -62,6 +62,8 @@ def test_status_of_a_fleet_that_is_not_running(env: dict[str, str]) -> None:
     # Bounds that can never be valid are bad usage, said before the fleet is asked (it said "not up", exit 1).
     (("scale", "--min", "5", "--max", "2"), 2, "--min 5 is above --max 2"),
     (("scale", "--max", "-1"), 2, "Invalid value for '--max'"),
+    (("scale", "--replicas", "0"), 2, "the stable pool keeps at least one replica"),  # the fleet said so: exit 1
+    (("scale", "--min", "0"), 2, "the stable pool keeps at least one replica"),
     # Checked before the model is resolved: resolving against a stopped platform took two minutes of the
     # storage client's retries, then a traceback.
     (("rollout", "--model", "v9"), 1, "not up: run `tenfold serve up`"),

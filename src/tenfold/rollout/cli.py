@@ -103,7 +103,7 @@ def _abort(version: str | None) -> None:
         if ended == PROMOTED or newer:
             # Promoted, or a newer rollout started since: the canary's weight is not this rollout's to set.
             raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({ended}): nothing to abort"
-                        + (f" (the canary is rollout {newer}'s now)" if newer and ended != PROMOTED else ""), 3)
+                        + (f" (the canary is rollout {newer}'s now)" if newer and ended != PROMOTED else ""), 2)
         # Ended without a promotion: its canary must get nothing. Set it again (the DAG sets it too, but a
         # router call that kept failing, or a conclude that never ran, could have left the share behind).
         try:
@@ -117,7 +117,7 @@ def _abort(version: str | None) -> None:
     first, ended = record_abort(registry, rollout, by=_operator())
     if ended == PROMOTED:  # conclude recorded the promotion before this abort landed
         raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} was promoted before the abort landed: nothing "
-                    "to abort; `tenfold models rollback` moves the champion back", 3)
+                    "to abort; `tenfold models rollback` moves the champion back", 2)
     if newer:
         # An older rollout that never ended (its conclude failed): the canary's weight is the newer rollout's now.
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: abort recorded; the canary weight is rollout "

@@ -97,6 +97,10 @@ class FleetError(LocalPlatformError):
     """The fleet could not be started, changed or stopped; the message says what to do."""
 
 
+class BoundsRefused(FleetError):
+    """Replica bounds a pool cannot take (``tenfold serve scale`` exits 2 for it: a refusal, not a failure)."""
+
+
 class FleetTimeout(FleetError):
     """What was waited for did not happen in time (the supervisor still running)."""
 
@@ -1062,7 +1066,7 @@ def scale(
         lo, hi = cur.min if low is None else low, cur.max if high is None else high
         limit = slot_count(settings, pool) - 2
         if not 0 <= lo <= hi or hi > limit or (pool == STABLE and lo < 1):
-            raise FleetError(
+            raise BoundsRefused(
                 f"{pool} bounds {lo}..{hi} are not valid: need {1 if pool == STABLE else 0} <= min <= max <= {limit} "
                 f"(the {pool} maximum in settings.serving.fleet; raise it there and restart the fleet for more)"
             )

@@ -98,3 +98,17 @@ def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.Monk
     assert none.exit_code == 3 and "no rollout recorded for champion (now v1)" in none.output, none.output
     unknown = CliRunner().invoke(app, ["rollout", command, "--version", "nope"])
     assert unknown.exit_code == 2 and "no version or alias 'nope'" in unknown.output, unknown.output
+
+
+def test_aborting_a_promoted_rollout_is_a_refusal_not_no_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 3 is "no rollout recorded"; a promoted rollout (or one a newer rollout superseded) is refused: exit 2,
+    as the module's codes say, and the canary's weight is left alone."""
+    from tenfold.rollout import adapters
+
+    registry = Registry()
+    registry.events[("v3", "r2")].update({"end": {"at": T, "outcome": "promoted", "reasons": []},
+                                          "done": {"at": T, "outcome": "promoted", "reasons": [], "report": "x"}})
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(adapters, "router", lambda settings: pytest.fail("the weight is not this abort's to set"))
+    out = CliRunner().invoke(app, ["rollout", "abort"])
+    assert out.exit_code == 2 and "rollout r2 of v3 already ended (promoted): nothing to abort" in out.output, out.output
