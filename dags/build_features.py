@@ -96,20 +96,21 @@ def build_features() -> None:
     def build(run: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 
-        state = pipeline.FeaturesRun.from_xcom(run)
-        return run_step(pipeline.build, get_settings(), state, attempt=context["ti"].try_number).to_xcom()
+        # The XCom read inside run_step: one written by another version fails the task without retries.
+        return run_step(lambda: pipeline.build(get_settings(), pipeline.FeaturesRun.from_xcom(run),
+                                               attempt=context["ti"].try_number)).to_xcom()
 
     @task
     def validate(run: dict[str, Any]) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 
-        return run_step(pipeline.validate, get_settings(), pipeline.FeaturesRun.from_xcom(run)).to_xcom()
+        return run_step(lambda: pipeline.validate(get_settings(), pipeline.FeaturesRun.from_xcom(run))).to_xcom()
 
     @task(outlets=[FEATURES])
     def publish(run: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tenfold.pipelines import build_features as pipeline
 
-        published = run_step(pipeline.publish, get_settings(), pipeline.FeaturesRun.from_xcom(run))
+        published = run_step(lambda: pipeline.publish(get_settings(), pipeline.FeaturesRun.from_xcom(run)))
         context["outlet_events"][FEATURES].extra = {"month": published["month"], "rows": published["rows"]}
         return published
 

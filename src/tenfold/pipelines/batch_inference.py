@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from tenfold.config import Settings
 from tenfold.config.names import scoped_key
-from tenfold.data.lake import Lake, Partition
+from tenfold.data.lake import MANIFEST, Lake, MissingManifestError, Partition
 from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
@@ -251,7 +251,13 @@ def _check_unchanged(settings: Settings, run: InferenceRun, lake: Lake | None = 
 
     lake = lake or Lake.from_settings(settings)
     table = settings.storage.features_table
-    now = lake.read_manifest(table, run.partition)
+    try:
+        now = lake.read_manifest(table, run.partition)
+    except MissingManifestError:
+        # Withdrawn since plan (a failed re-validation, a corrupt file a reader met): no retry brings it back.
+        raise PipelineError(f"{table} {run.partition.label} was withdrawn since this run planned (its {MANIFEST} is "
+                            "gone; see the quality gate's alert): rebuild it with build_features, then trigger "
+                            f"batch_inference with {{\"month\": \"{run.partition.label}\"}}") from None
     if now.data_dir != run.features_data_dir:
         raise PipelineError(republished(table, run.partition, run.features_data_dir, now.data_dir))
     return lake

@@ -133,7 +133,11 @@ class RunState:
         unknown = sorted(set(body) - names)
         if unknown:
             raise PipelineError(f"{cls.__name__} got unknown fields {unknown}: the DAG and tenfold are of different versions")
-        return cls(**{k: _coerce(hints[k], v) for k, v in body.items()})
+        try:
+            return cls(**{k: _coerce(hints[k], v) for k, v in body.items()})
+        except TypeError as exc:  # a required field missing: written by another version too
+            raise PipelineError(f"{cls.__name__} cannot be made from the upstream task's XCom ({exc}): the DAG and "
+                                "tenfold are of different versions; clear the whole run from its first task") from exc
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -140,6 +140,26 @@ def test_a_late_run_whose_features_were_re_published_meanwhile_publishes_nothing
         pipeline.score(s, late)  # nor does its score wait for scores of a build no longer published
 
 
+def test_a_run_whose_features_were_withdrawn_meanwhile_fails_at_once_saying_what_to_do(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month's features withdrawn after plan (a failed re-validation): the lake's MissingManifestError was retried
+    twice by Airflow, each try meeting the same missing manifest, and failed with the lake's raw message."""
+    import tenfold.inference.scoring as scoring
+    from tenfold.pipelines.common import run_step
+
+    s = make_settings(on=local_settings)
+    lake = Lake.from_settings(s)
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    run = pipeline.plan(s, "run-a", {"month": PART.label})
+    lake.fs.delete_file(lake.manifest_path(s.storage.features_table, PART))  # withdrawn
+    with pytest.raises(Exception, match=rf"was withdrawn since this run planned .* rebuild it with build_features, then "
+                                        rf"trigger batch_inference with {{\"month\": \"{PART.label}\"}}") as failed:
+        run_step(pipeline.score, s, run)
+    assert type(failed.value).__name__ == "AirflowFailException", "retried what no retry can mend"
+
+
 def test_the_spark_paths_figures_are_refused_when_another_model_published_over_its_scores(
     make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk import Asset
 
-from tenfold.pipelines.common import event_months
+from tenfold.pipelines.common import event_months, run_step
 
 
 def _event(**extra: object) -> SimpleNamespace:
@@ -50,3 +50,21 @@ def test_run_step_fails_at_once_on_what_a_retry_cannot_fix_and_leaves_the_rest_t
     for passing in (ConnectionError("reset by peer"), OSError("disk full"), ValueError("boom")):
         with pytest.raises(type(passing)):
             run_step(raising, passing)
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_an_xcom_of_another_version_fails_the_task_at_once(change: str) -> None:
+    """build_features' tasks read the upstream XCom outside run_step, and a missing field was a TypeError: either way
+    Airflow retried twice (30 s apart) what no retry can mend, then failed with a traceback."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.config import build_settings
+    from tenfold.pipelines.build_features import FeaturesRun, plan
+
+    body = plan(build_settings("local"), dag_id="d", run_id="r1", logical_date=None, month="2013-02").to_xcom()
+    if change == "extra":
+        body["bogus"] = 1
+    else:
+        body.pop("staging_key")
+    with pytest.raises(AirflowFailException, match="the DAG and tenfold are of different versions"):
+        run_step(lambda: FeaturesRun.from_xcom(body))
