@@ -148,7 +148,9 @@ class TinyOnline:
                 self.check(r)
             except RequestInvalid as exc:
                 raise RequestInvalid(exc.field, exc.message, index=i) from None
-        segments = [self.segments[f"{r.year:04d}-{r.month:02d}"].get(r.device_id) or "unknown" for r in requests]
+        # As the transform's coalesce(segment, 'unknown'): only a missing segment is "unknown" ("" stays "").
+        known = [self.segments[f"{r.year:04d}-{r.month:02d}"].get(r.device_id) for r in requests]
+        segments = ["unknown" if s is None else s for s in known]
         schema = CONTRACT.arrow_schema()
         columns = {
             "year": [r.year for r in requests], "month": [r.month for r in requests],
