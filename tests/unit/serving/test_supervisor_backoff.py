@@ -677,6 +677,31 @@ def test_a_haproxy_that_answers_with_a_refusal_is_not_taken_for_a_hung_one(super
         raise HaproxyError("HAProxy refused `show stat`: Unknown command")
 
     supervisor.api.all_servers = refuses
+    supervisor.api.alive = lambda: False  # the one more look would not save it: only the refusal's kind does
     _tick_for(supervisor, 1.5)
     assert supervisor.haproxy.pid == first, supervisor.lines
+    assert supervisor.haproxy_silent_since is None, "a refusal started the silence clock"
     assert not any("has not answered its runtime API" in line for line in supervisor.lines)
+
+
+def test_a_haproxy_slow_to_answer_but_alive_to_one_more_look_is_not_restarted(supervisor: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silence for longer than HAPROXY_START_S restarts HAProxy only when `show info` confirms it: one busy under load
+    answers in the end, and restarting it sent every replica back through its health checks."""
+    from tenfold.serving.haproxy import HaproxySilent
+
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
+    supervisor.start_haproxy()
+    first = supervisor.haproxy.pid
+
+    def silent() -> Any:
+        raise HaproxySilent("HAProxy's runtime API did not answer `show stat` in 2 s")
+
+    supervisor.api.all_servers = silent
+    _tick_for(supervisor, 1.5)  # alive() answers (HealthyApi)
+    assert supervisor.haproxy.pid == first and supervisor.haproxy_silent_since is not None, supervisor.lines
+    assert not any("has not answered its runtime API" in line for line in supervisor.lines)
+    supervisor.api.alive = lambda: False  # and now it does not: stopped (to be started again)
+    _tick_for(supervisor, 1.5)
+    assert any(f"pid {first} has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
