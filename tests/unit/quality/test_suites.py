@@ -98,10 +98,11 @@ def test_partition_parameters_cover_the_month_and_its_end():
     feb = partition_parameters(Partition(2013, 2))
     assert feb["years"] == [2013] and feb["months"] == [2]
     assert feb["days"] == list(range(1, 29)) and feb["days_but_last"] == list(range(1, 28))
-    assert feb["window_start"] == "2013-02-01T00:00:00+00:00"
-    assert feb["window_end"] == "2013-03-01T06:00:00+00:00"
+    # Any zone's local month: from UTC+14's first night to UTC-12's last evening (not New York's 6 h alone).
+    assert feb["window_start"] == "2013-01-31T10:00:00+00:00"
+    assert feb["window_end"] == "2013-03-01T12:00:00+00:00"
     dec = partition_parameters(Partition(2013, 12))
-    assert dec["days"][-1] == 31 and dec["window_end"] == "2014-01-01T06:00:00+00:00"
+    assert dec["days"][-1] == 31 and dec["window_end"] == "2014-01-01T12:00:00+00:00"
 
 
 def test_a_features_suite_that_does_not_check_a_never_null_column_is_refused(tmp_path):
