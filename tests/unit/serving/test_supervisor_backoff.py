@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -664,19 +665,23 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
 
 
 
+def _haproxy_answering(supervisor: Any, monkeypatch: pytest.MonkeyPatch, all_servers: Callable[[], Any]) -> int:
+    """A stand-in HAProxy process (``sleep``) whose runtime API's ``show stat`` is ``all_servers``; its pid."""
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
+    supervisor.start_haproxy()
+    supervisor.api.all_servers = all_servers
+    return int(supervisor.haproxy.pid)
+
+
 def test_a_haproxy_that_answers_with_a_refusal_is_not_taken_for_a_hung_one(supervisor: Any,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Only silence means hung: a refusal HAProxy answered (a command it rejects, a `show stat` it cannot parse) made
     the supervisor restart it every 10 s, each restart sending every replica back through its health checks."""
-    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
-    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
-    supervisor.start_haproxy()
-    first = supervisor.haproxy.pid
-
     def refuses() -> Any:
         raise HaproxyError("HAProxy refused `show stat`: Unknown command")
 
-    supervisor.api.all_servers = refuses
+    first = _haproxy_answering(supervisor, monkeypatch, refuses)
     supervisor.api.alive = lambda: False  # the one more look would not save it: only the refusal's kind does
     _tick_for(supervisor, 1.5)
     assert supervisor.haproxy.pid == first, supervisor.lines
@@ -690,15 +695,10 @@ def test_a_haproxy_slow_to_answer_but_alive_to_one_more_look_is_not_restarted(su
     answers in the end, and restarting it sent every replica back through its health checks."""
     from tenfold.serving.haproxy import HaproxySilent
 
-    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
-    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
-    supervisor.start_haproxy()
-    first = supervisor.haproxy.pid
-
     def silent() -> Any:
         raise HaproxySilent("HAProxy's runtime API did not answer `show stat` in 2 s")
 
-    supervisor.api.all_servers = silent
+    first = _haproxy_answering(supervisor, monkeypatch, silent)
     _tick_for(supervisor, 1.5)  # alive() answers (HealthyApi)
     assert supervisor.haproxy.pid == first and supervisor.haproxy_silent_since is not None, supervisor.lines
     assert not any("has not answered its runtime API" in line for line in supervisor.lines)
