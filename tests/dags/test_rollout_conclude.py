@@ -1,6 +1,7 @@
 """``rollout_model``'s ``conclude`` run by Airflow itself (``dag.test()`` against the GCS emulator's registry, real
 steps): when ``plan`` refuses, nothing was deployed and ``conclude`` is skipped (one red task, one alert); when a
-rollout was planned and a later task failed, ``conclude`` still runs and ends the rollout."""
+rollout was planned and a later task failed, ``conclude`` still runs and records its end (here, with no HAProxy
+to take the canary's share away, it then fails, alerted, leaving ``done`` to a re-run)."""
 
 from __future__ import annotations
 
@@ -106,13 +107,21 @@ def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], t
     champion, challenger = _register(settings, tmp_path / "a", 1), _register(settings, tmp_path / "b", 2)
     registry.set_alias(CHAMPION, champion, reason="test")
     registry.set_alias(CHALLENGER, challenger, reason="test")
-    stable_pool_serves(settings, champion)  # what plan checks: the fleet's supervisor is gone, so deploy fails
+    stable_pool_serves(settings, champion)  # what plan checks; no HAProxy runs, so deploy's router call fails
     planned = _run(environ)
     assert planned["tasks"]["plan"] == "success", planned["log"][planned["log"].find("Task failed with exception"):][:3000]
     assert planned["tasks"]["deploy"] == "failed", planned["log"][-4000:]
-    assert planned["tasks"]["conclude"] not in ("skipped", "upstream_failed", "None"), planned["log"][-4000:]
+    # conclude ran (all_done), recorded the end, and then could not take the canary's share away: no HAProxy
+    # answers here (deploy failed on the same call). It fails, alerted, and leaves "done" to a re-run once the fleet
+    # is back, rather than reporting a share it never set.
+    assert planned["tasks"]["conclude"] == "failed", planned["log"][-4000:]
     from tenfold.pipelines.common import run_key
+    from tenfold.pipelines.rollout_model import DEPLOY_TASK_FAILED
 
     assert planned["state"] == "failed"
     ended = registry.rollout_events(challenger, f"r-{run_key(planned['run_id'])}")
-    assert ended["end"]["outcome"] == "failed", ended
+    assert ended["end"]["outcome"] == "failed" and DEPLOY_TASK_FAILED in ended["end"]["reasons"][0], ended
+    assert "done" not in ended, ended
+    assert [a["title"] for a in _alerts(settings)][-2:] == ["Airflow task rollout_model.deploy failed",
+                                                             "Airflow task rollout_model.conclude failed"]
+    assert "HaproxySilent: HAProxy's runtime API at " in planned["log"] and "is the fleet up?" in planned["log"]
