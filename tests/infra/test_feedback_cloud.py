@@ -64,8 +64,14 @@ def test_the_feedback_account_writes_only_the_sinks_folders_and_pulls_only_its_s
     for name in (f"{st.predictions_table}/year=2013/month=02/part-1.parquet",
                  f"{st.feedback_table}/year=2013/month=02/part-1.parquet",
                  f"{st.labelled_table}/year=2013/month=02/_SUCCESS", f"{st.labelled_table}/_join.lock",
-                 f"{staging}/part-00000.parquet"):
+                 f"{staging}/part-00000.parquet",
+                 # where the join moves a log file it cannot read (tenfold.feedback.log.quarantined_path): refused,
+                 # the move failed every join after it, and the labelled table stopped
+                 st.lake_layout.quarantine_dir(st.predictions_table, "year=2013", "month=2", "unreadable-logs", "l.parquet"),
+                 st.lake_layout.quarantine_dir(st.feedback_table, "year=2013", "month=2", "unreadable-logs", "l.parquet")):
         assert condition_allows(expression, obj=objects + name), name
+    refused_batch = st.lake_layout.quarantine_dir(st.features_table, "year=2013", "month=2", "k1", "part-0.parquet")
+    assert not condition_allows(expression, obj=objects + refused_batch)
     for prefix in (f"{st.predictions_table}/", f"{st.feedback_table}/year=2013/", f"{st.labelled_table}/"):
         assert condition_allows(expression, list_prefix=prefix), prefix
     for other in (st.features_table, "raw_flights", s.inference.work_prefix, st.lake_layout.quarantine):
