@@ -32,7 +32,7 @@ java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 java_major() { "$java_bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true; }
 java_ok() { local v; v=$(java_major); [ -n "$v" ] && [ "$v" -ge 17 ]; }
 java_refusal() {
-  die "Java 17+ is required by Spark (found: $(java_major | grep . || echo none) at $java_bin${JAVA_HOME:+, from JAVA_HOME}). Install it: apt-get install openjdk-17-jre-headless${JAVA_HOME:+, and point JAVA_HOME at it (or unset it)}"
+  die "Java 17+ is required by Spark (found: $(java_major | grep . || echo none) at $java_bin${JAVA_HOME:+, from JAVA_HOME}). Install it: apt-get install openjdk-17-jre-headless${JAVA_HOME:+, and point JAVA_HOME at it (or unset it)}; if it is installed, make it the java on PATH (update-alternatives --config java) or set JAVA_HOME to it"
 }
 [ -n "${JAVA_HOME:-}" ] && ! java_ok && java_refusal
 node_ok() { command -v node >/dev/null && [ "$(node --version | sed 's/^v\([0-9]*\).*/\1/')" -ge 18 ] 2>/dev/null; }
@@ -67,9 +67,14 @@ command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
-    # sudo that asks for a password (no terminal in CI) ended setup with sudo's own error and no word of what for.
-    { command -v sudo >/dev/null && sudo -n true 2>/dev/null; } \
-      || die "system packages missing: ${missing[*]}. Install them as root (apt-get install ${missing[*]}), or run setup where sudo needs no password."
+    command -v sudo >/dev/null || die "system packages missing: ${missing[*]}. Install them (apt-get install ${missing[*]}) as root."
+    # apt-get through sudo without a password (a sudoers rule may allow apt-get alone); at a terminal, sudo may ask
+    # for one. Without a terminal (CI), a sudo that asks ended setup with sudo's own error and no word of what for.
+    if ! sudo -n apt-get --version >/dev/null 2>&1; then
+      [ -t 0 ] || die "system packages missing: ${missing[*]}. Install them as root (apt-get install ${missing[*]}), or run setup at a terminal (sudo asks for a password) or where sudo runs apt-get without one."
+      say "sudo asks for your password to install: ${missing[*]}"
+      sudo -v || die "sudo refused: install them as root (apt-get install ${missing[*]})"
+    fi
     SUDO="sudo"
   fi
   command -v apt-get >/dev/null || die "system packages missing: ${missing[*]}, and apt-get is not available to install them."
@@ -134,8 +139,13 @@ fi
 # Made afresh, whatever its stamp, when its Python no longer runs or the checkout moved (its scripts' #! names the
 # folder it was made in: a renamed checkout's checkov failed with "bad interpreter").
 checkov_usable() {
-  .tools/checkov/bin/python -c '' 2>/dev/null \
-    && [ "$(head -1 .tools/checkov/bin/checkov 2>/dev/null)" = "#!$PWD/.tools/checkov/bin/python" ]
+  .tools/checkov/bin/python -c '' 2>/dev/null || return 1
+  local first; first=$(head -1 .tools/checkov/bin/checkov 2>/dev/null)
+  case "$first" in
+    "#!/bin/sh"*) .tools/checkov/bin/checkov --version >/dev/null 2>&1 ;;  # uv's wrapper (a long path, a space in it)
+    "#!"*) [ "$(readlink -f "$(dirname "${first#\#!}")")" = "$(readlink -f .tools/checkov/bin)" ] ;;  # a symlinked path too
+    *) return 1 ;;
+  esac
 }
 if ! checkov_usable || [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256sum < requirements/checkov.txt)" ]; then
   say "installing checkov into .tools/checkov"

@@ -5,6 +5,7 @@ own messages. uv now goes into a venv of its own under .tools/uv, and a Python t
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -168,7 +169,8 @@ def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path
     proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PATH": str(bin_dir), "PIP_FIND_LINKS": str(empty)}, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_x86_64.whl" in proc.stderr, proc.stderr
+    assert f"set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_{platform.machine()}.whl" in \
+        proc.stderr, proc.stderr
     assert not installs.exists() and not (tmp_path / "tree" / ".venv").exists()
 
 
@@ -238,16 +240,11 @@ def test_a_venv_of_another_python_is_made_afresh(tmp_path: Path) -> None:
     assert venv_calls and "--clear" in venv_calls[0].split() and venv_calls[0].endswith(".venv"), venv_calls
 
 
-def test_a_checkov_venv_made_in_another_folder_is_made_afresh_though_its_stamp_matches(tmp_path: Path) -> None:
-    """The checkov venv was checked only when requirements/checkov.txt changed: in a renamed checkout its scripts'
-    #! still named the old folder ("bad interpreter"), and tests/infra/test_policy.py failed on every run."""
-    bin_dir = _tools_but(tmp_path, "uv")
-    calls = _recording_uv(bin_dir, tmp_path)
-    tree = tmp_path / "tree"
-    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt")
+def _usable_venvs(tree: Path) -> None:
+    """.venv and .tools/checkov in ``tree``, runnable, their stamps current (what a finished setup leaves)."""
     python = Path(shutil.which("python3.11") or "")
     assert python.is_file(), "this test needs python3.11 on PATH"
-    for venv in (".venv", ".tools/checkov"):  # both venvs in place and runnable; .venv's stamp current
+    for venv in (".venv", ".tools/checkov"):
         (tree / venv / "bin").mkdir(parents=True)
         (tree / venv / "bin" / "python").symlink_to(python)
     for folder in ("src", "dags", "spark_jobs"):
@@ -255,9 +252,19 @@ def test_a_checkov_venv_made_in_another_folder_is_made_afresh_though_its_stamp_m
     digest = subprocess.run(["bash", "-c", '(cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum'],
                             cwd=tree, capture_output=True, text=True, check=True).stdout.split()[0]
     (tree / ".venv" / ".tenfold-lock.sha").write_text(digest + "\n")
-    stamp = subprocess.run(["sha256sum"], stdin=(tree / "requirements" / "checkov.txt").open(), capture_output=True,
-                           text=True, check=True).stdout
+    with (tree / "requirements" / "checkov.txt").open() as requirements:
+        stamp = subprocess.run(["sha256sum"], stdin=requirements, capture_output=True, text=True, check=True).stdout
     (tree / ".tools" / "checkov" / ".stamp").write_text(stamp)
+
+
+def test_a_checkov_venv_made_in_another_folder_is_made_afresh_though_its_stamp_matches(tmp_path: Path) -> None:
+    """The checkov venv was checked only when requirements/checkov.txt changed: in a renamed checkout its scripts'
+    #! still named the old folder ("bad interpreter"), and tests/infra/test_policy.py failed on every run."""
+    bin_dir = _tools_but(tmp_path, "uv")
+    calls = _recording_uv(bin_dir, tmp_path)
+    tree = tmp_path / "tree"
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt")
+    _usable_venvs(tree)
     (tree / ".tools" / "checkov" / "bin" / "checkov").write_text("#!/old/checkout/.tools/checkov/bin/python\n")
     subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
                    env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends later: the npm tools
@@ -267,17 +274,40 @@ def test_a_checkov_venv_made_in_another_folder_is_made_afresh_though_its_stamp_m
                for line in lines), lines
 
 
+def test_a_checkov_venv_reached_through_a_symlinked_checkout_is_kept(tmp_path: Path) -> None:
+    """uv writes the real path into the scripts' #!, and setup compared it with $PWD, the path through the link: every
+    run made the venv afresh, from the package index (an offline re-run failed)."""
+    bin_dir = _tools_but(tmp_path, "uv")
+    calls = _recording_uv(bin_dir, tmp_path)
+    real = tmp_path / "real"
+    setup = _tree_with_setup(real, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt")
+    _usable_venvs(real)
+    (real / ".tools" / "checkov" / "bin" / "checkov").write_text(f"#!{real}/.tools/checkov/bin/python\n")
+    (tmp_path / "link").symlink_to(real)
+    subprocess.run(["bash", str(tmp_path / "link" / setup.relative_to(real))], capture_output=True, text=True,
+                   timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends later: the npm tools
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    assert not any(line.startswith("venv") for line in lines), lines
+
+
 def test_a_user_whose_sudo_asks_for_a_password_is_told_what_to_install_as_root(tmp_path: Path) -> None:
-    """sudo that needs a password (no terminal in CI) ended setup with sudo's own error, naming nothing."""
-    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id")
+    """sudo that needs a password (no terminal in CI) ended setup with sudo's own error, naming nothing. (At a
+    terminal it may ask; here stdin is not one.)"""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id", "node")  # no node: setup ends after apt
     installs = _apt_shims(bin_dir, tmp_path)
     (bin_dir / "sudo").write_text("#!/bin/sh\necho 'sudo: a terminal is required to read the password' >&2\nexit 1\n")
     (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root
     (bin_dir / "id").chmod(0o755)
     setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
-    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PATH": str(bin_dir)}, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[setup] error:" in proc.stderr and "system packages missing: haproxy chromium curl" in proc.stderr
-    assert "as root" in proc.stderr and "sudo needs no password" in proc.stderr, proc.stderr
+    assert "as root" in proc.stderr and "where sudo runs apt-get without one" in proc.stderr, proc.stderr
     assert not installs.exists()
+    # A sudoers rule that allows apt-get alone without a password (CI images): setup installs through it.
+    (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\n[ "$1" = apt-get ] && exec "$@"\nexit 1\n')
+    through = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert "install -y -qq haproxy chromium curl nodejs" in installs.read_text(), "apt-get was not run through sudo"
+    assert "Node.js 18+ is required" in through.stderr, through.stderr  # what the apt shim did not install
