@@ -107,6 +107,9 @@ class Places:
     sleep: Callable[[float], None] = time.sleep
     # How an outcome that needs a person (failed: no verdict; rolled back: the version was rejected) is announced.
     alert: Callable[[str, dict[str, Any]], object] = field(default=lambda title, details: None)
+    # The same alert again, to the named hooks only (those that missed it): what a cleared conclude sends.
+    alert_again: Callable[[str, dict[str, Any], Sequence[str]], object] = field(
+        default=lambda title, details, hooks: None)
 
 
 def places(settings: Settings) -> Places:
@@ -116,7 +119,9 @@ def places(settings: Settings) -> Places:
 
     return Places(router=router(settings), deployer=deployer(settings), observer=observer(settings),
                   registry=ModelRegistry(settings), accuracy=lambda since, until, version: online_accuracy(settings, since, until, version),
-                  alert=lambda title, details: send_alert(settings, title, details))
+                  alert=lambda title, details: send_alert(settings, title, details),
+                  alert_again=lambda title, details, hooks: send_alert(settings, title, details, only=hooks,
+                                                                       log_line=False))
 
 
 def online_accuracy(settings: Settings, since: dt.datetime, until: dt.datetime, version: str) -> tuple[Accuracy, Accuracy]:
@@ -545,10 +550,14 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     run = RolloutRun.from_xcom(run)
     p = p or places(settings)
     record = events(p, run)
-    if "done" in record:  # a re-run: what it ended with, and the alert hooks that missed its alert then
+    if "done" in record:  # a re-run: what it ended with, and the alert hooks that still miss its alert
         done_then = record["done"]
-        if ALERT_SENT in record or ALERT_UNDELIVERED in record or not _alert_due(done_then["outcome"], done_then["reasons"]):
-            missed_then = (record.get(ALERT_UNDELIVERED) or {}).get("hooks") or []
+        if ALERT_SENT in record or not _alert_due(done_then["outcome"], done_then["reasons"]):
+            missed_then = []
+        elif ALERT_UNDELIVERED in record:
+            # Sent again to the hooks that missed it (a clear once the webhook is mended goes green; until then the
+            # run stays red, and Airflow's failure callback tries them too).
+            missed_then = list(_alert(p, run, done_then, only=list(record[ALERT_UNDELIVERED].get("hooks") or [])))
         else:  # the try that recorded done died before its alert's outcome was recorded: the alert may be lost
             missed_then = list(_alert(p, run, done_then))
         return {**done_then, "undelivered": list(missed_then)} if missed_then else done_then
@@ -676,13 +685,16 @@ def _alert_due(outcome: str, reasons: list[str]) -> bool:
                                                                      for r in reasons))
 
 
-def _alert(p: Places, run: RolloutRun, done: Mapping[str, Any]) -> tuple[str, ...]:
-    """Send the rollout's alert and record how it went (``alert-sent``, or ``alert-undelivered`` naming the hooks
-    that did not take it after their own retries); returns those hooks. ``done`` is recorded first, so a try killed
-    in between finds neither event and a re-run sends it again: at least once, never lost."""
-    sent = p.alert(f"rollout {run.rollout_id} of {run.version}: {done['outcome']}", {
-        "version": run.version, "champion": done["champion"], "reasons": "; ".join(done["reasons"])[:2000],
-        "report": done["report"], "run": run.airflow_run_id})
+def _alert(p: Places, run: RolloutRun, done: Mapping[str, Any], *, only: Sequence[str] | None = None
+           ) -> tuple[str, ...]:
+    """Send the rollout's alert (to the hooks ``only`` names, when given: those that missed it) and record how it
+    went (``alert-sent``, or ``alert-undelivered`` naming the hooks that did not take it after their own retries);
+    returns those hooks. ``done`` is recorded first, so a try killed in between finds neither event and a re-run
+    sends it again: at least once, never lost."""
+    title = f"rollout {run.rollout_id} of {run.version}: {done['outcome']}"
+    details = {"version": run.version, "champion": done["champion"], "reasons": "; ".join(done["reasons"])[:2000],
+               "report": done["report"], "run": run.airflow_run_id}
+    sent = p.alert(title, details) if only is None else p.alert_again(title, details, only)
     missed = tuple(getattr(sent, "failed", ()) or ())
     if missed:
         log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,

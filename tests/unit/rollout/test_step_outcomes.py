@@ -699,15 +699,16 @@ def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it
     with pytest.raises(pipeline.PipelineError, match="rollout failed without a verdict") as raised:
         pipeline.settled(done)
     assert not alerting.already_alerted(raised.value) and alerting.undelivered(raised.value) == ("webhook",)
-    # conclude cleared and run again: it returns what it ended with, still naming the hook that missed the alert
-    places.alert = lambda title, details: pytest.fail("alerted twice")
+    # conclude cleared and run again: what it ended with, its alert sent again to the webhook alone, still missed
+    again: list[tuple[str, ...]] = []
+    places.alert = lambda title, details: pytest.fail("alerted every hook twice")
+    places.alert_again = lambda title, details, hooks: again.append(tuple(hooks)) or alerting.Sent(
+        alerting.Alert(title, details, "local"), failed=tuple(hooks))
     assert pipeline.conclude(None, run, p=places)["undelivered"] == ["webhook"]  # type: ignore[arg-type]
+    assert again == [("webhook",)]
     from tenfold.rollout.record import describe
 
     assert 'alert-undelivered: {"hooks": ["webhook"]}' in describe(run.rollout, registry.events)  # rollout status
-    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
-    registry.events.pop("done")
-    assert "undelivered" not in pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
 
 
 def test_a_rolled_back_rollout_whose_alert_a_hook_missed_fails_so_that_hook_gets_it(
@@ -727,10 +728,14 @@ def test_a_rolled_back_rollout_whose_alert_a_hook_missed_fails_so_that_hook_gets
                                                      r"Its alert did not reach webhook") as raised:
         pipeline.settled(done)
     assert not alerting.already_alerted(raised.value) and alerting.undelivered(raised.value) == ("webhook",)
-    registry.events.pop("done")
-    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"))
+    # The webhook mended, conclude cleared: sent to the webhook alone, and the run is green; a later clear sends nothing.
+    again: list[tuple[str, ...]] = []
+    places.alert = lambda title, details: pytest.fail("alerted every hook twice")
+    places.alert_again = lambda title, details, hooks: again.append(tuple(hooks)) or alerting.Sent(
+        alerting.Alert(title, details, "local"))
     delivered = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
-    assert pipeline.settled(delivered) == delivered, "a rollback whose alert went out is an outcome: green"
+    assert again == [("webhook",)] and pipeline.settled(delivered) == delivered, "a rollback whose alert went out: green"
+    assert pipeline.settled(pipeline.conclude(None, run, p=places)) and again == [("webhook",)]  # type: ignore[arg-type]
 
 
 def _labels_over_time(share_at: Any, accuracy_at: Any, per_minute: int = 400) -> Any:
