@@ -147,7 +147,7 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
     from tenfold.config.settings import DEFAULT_WORKLOAD
     from tenfold.model.io import lost_columns
     from tenfold.registry.errors import RegistryError
-    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload
+    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload, same_workload
 
     try:
         ours = get_workload(reg.settings)
@@ -161,11 +161,8 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
         except RegistryError as exc:  # its meta.json missing or damaged: not one to move the alias to
             return f"its meta.json cannot be read ({exc})"
         name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
-        try:
-            theirs = get_workload(name) if isinstance(name, str) else None
-        except WorkloadError:
-            theirs = None
-        if theirs is not ours:
+        # load_model's rule (nothing a meta.json names is imported): a version it refuses is never moved to.
+        if not isinstance(name, str) or not same_workload(name, reg.settings.workload):
             return f"it is a model of workload {name!r}, and this platform serves {reg.settings.workload!r}"
         trained_on, builds = meta.get(VERSION_KEY), ours.contract.version
         if trained_on is not None and trained_on != builds:

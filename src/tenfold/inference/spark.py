@@ -291,7 +291,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
 
     part: Partition = args.month
     model_dir = args.model_dir.resolve()
-    loaded = load_model(model_dir)  # on the driver too: refuse a bad folder before any task starts
+    # On the driver too: refuse a bad folder, or one of another workload, before any task starts (and before what
+    # its meta.json names is imported).
+    loaded = load_model(model_dir, for_workload=args.workload)
     workload = loaded.workload
     check_workload(workload, args.workload, args.model_version)
     contract = workload.contract

@@ -231,13 +231,13 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     where = Path(directory)
     meta = read_meta(where)
     from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.workloads import BUILTIN, VERSION_KEY, WorkloadError, get_workload
+    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload, same_workload
 
     # Folders saved before workloads were named hold the reference workload's model.
     name = meta.get("workload", DEFAULT_WORKLOAD)
     if not isinstance(name, str):
         raise ModelLoadError(f"{where / META_FILE}: its field 'workload' is {name!r}, not a workload name; re-save the model")
-    if for_workload is not None and BUILTIN.get(name, name) != BUILTIN.get(for_workload, for_workload):
+    if for_workload is not None and not same_workload(name, for_workload):
         raise ModelLoadError(f"{where / META_FILE}: the model is of workload {name!r}, and this process runs "
                              f"{for_workload!r} (settings.workload): load a model trained for {for_workload!r}")
     try:

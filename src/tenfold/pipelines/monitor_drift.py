@@ -205,7 +205,7 @@ def measure(settings: Settings, run: DriftRun | Mapping[str, Any]) -> Measured:
     from tenfold.model.io import ModelLoadError, load_model
 
     try:
-        loaded = load_model(model_dir)
+        loaded = load_model(model_dir, for_workload=settings.workload)
     except ModelLoadError as exc:  # (another feature definitions' version, a damaged folder): a retry reads the same
         raise PipelineError(f"cannot monitor against version {p.version}: {exc}") from exc
     lake = Lake.from_settings(settings)

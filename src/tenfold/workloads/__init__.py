@@ -346,6 +346,13 @@ def own_baselines(workload: Workload) -> dict[str, Any]:
     return baselines
 
 
+def same_workload(saved: str, configured: str) -> bool:
+    """Whether a model saved for workload ``saved`` (its ``meta.json``) is of ``configured`` (``settings.workload``),
+    decided from the names alone, before either module is imported: a built-in's name and its module path are one
+    workload; anything else is spelled in settings as it was when the model was trained."""
+    return BUILTIN.get(saved, saved) == BUILTIN.get(configured, configured)
+
+
 def get_workload(spec: str | Any) -> Workload:
     """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
     name = spec if isinstance(spec, str) else spec.workload

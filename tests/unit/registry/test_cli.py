@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,6 +237,13 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
                "numeric_columns": list(CONTRACT.model_numeric_columns)}
     lost = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=lambda _: renamed))("v2")
     assert lost is not None and lost.startswith("the model takes the column(s) carrier_v0 (categorical), which")
+    # The workload by load_model's rule, from the names alone (nothing a meta.json names is imported to decide).
+    fine = {**renamed, "categorical_columns": list(CONTRACT.model_categorical_columns)}
+    for spelled, usable in (("tenfold.workloads.flights:WORKLOAD", True), ("planted_module:W", False)):
+        meta_of = {**fine, "workload": spelled}
+        why = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=lambda _, m=meta_of: m))
+        assert (why("v3") is None) is usable, why("v3")
+    assert "planted_module" not in sys.modules
     elsewhere = registry_settings.model_copy(update={"workload": "no_such_package.module:WORKLOAD"})
     with pytest.raises(RegistryError, match=r"cannot check that the version can be served here: .*--force"):
         root._unusable_here(SimpleNamespace(settings=elsewhere, meta=meta))
