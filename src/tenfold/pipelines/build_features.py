@@ -310,9 +310,21 @@ def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | N
     cleared, or by hand) says nothing of whether this run's build was ever validated, whatever the month holds."""
     if lake.fs.get_file_info(lake._path(run.staging_uri)).type.name != "NotFound":
         return None
-    if lake.fs.get_file_info(_published_record(lake, run)).type.name == "NotFound":
+    if not lake.has_manifest(table, run.partition):
         return None
-    return lake.read_manifest(table, run.partition) if lake.has_manifest(table, run.partition) else None
+    manifest = lake.read_manifest(table, run.partition)
+    recorded = lake.fs.get_file_info(_published_record(lake, run)).type.name != "NotFound"
+    # Without the record (a run published before it was written, or whose record expired with the staging), the
+    # month's manifest still names this run when it was this run's publish.
+    return manifest if recorded or manifest.run_id == run.run_id else None
+
+
+def _gone_why(settings: Settings) -> str:
+    """Why a staging folder may be gone, where the lake's bucket deletes it (the cloud's lifecycle rule)."""
+    if settings.is_local:
+        return ""
+    return (f" (the lake bucket deletes a staging folder after {settings.storage.lake_layout.staging_retention_days} "
+            "days)")
 
 
 def _published_record(lake: Lake, run: FeaturesRun) -> str:
@@ -383,10 +395,9 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
             log.info("%s %s was already validated and published by this run's publish (its staging %s is gone): "
                      "nothing to validate; %s", table, run.month, run.staging_uri, manifest.content)
             return run
-        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and no record says "
-                            "this run published the month (a staging folder is deleted after "
-                            f"{settings.storage.lake_layout.staging_retention_days} days); clear the whole run from its "
-                            "first task (plan) so that build stages it again")
+        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month "
+                            f"is not published by this run{_gone_why(settings)}; clear the whole run from its first task "
+                            "(plan) so that build stages it again")
     if lake.fs.get_file_info(done := _published_record(lake, run)).type.name != "NotFound":
         lake.fs.delete_file(done)  # this run built again since it published (cleared from its start): a new batch
     try:
@@ -421,10 +432,9 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
             lake.discard(lookups_staging_uri(run.staging_uri))  # a publish killed before dropping it
             log.info("staging already published: %s", manifest.content)
             return {"month": part.label, "manifest": manifest_uri, **manifest.content}
-        raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and no record says this "
-                            "run published the month (a staging folder is deleted after "
-                            f"{settings.storage.lake_layout.staging_retention_days} days); clear the whole run from its "
-                            "first task (plan) so that build stages it again")
+        raise PipelineError(f"nothing to publish for {part.label}: {run.staging_uri} is gone and the month is not "
+                            f"published by this run{_gone_why(settings)}; clear the whole run from its first task (plan) "
+                            "so that build stages it again")
     lookups = lookups_staging_uri(run.staging_uri)
     absent = [n for n in workload.contract.lookup_tables
               if lake.fs.get_file_info(lake._path(lookup_staging_uri(lookups, n))).type.name == "NotFound"]

@@ -208,7 +208,7 @@ def test_publish_is_atomic_idempotent_and_survives_a_retry(settings, lake, stage
     assert lake.read_manifest(lookup_table(settings.storage.lookups_table, "weather"), FEB) == lookups_before
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == 2_000  # never duplicated
     # nothing staged and nothing published: a clear error, not an empty partition
-    with pytest.raises(Exception, match=r"no record says this run published the month .* clear the whole run"):
+    with pytest.raises(Exception, match=r"is gone and the month is not published by this run; clear the whole run"):
         pipeline.publish(settings, pipeline.plan(settings, dag_id="d", run_id="r3", logical_date=None, month="2013-03"))
 
 
@@ -514,8 +514,8 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
     assert len(alerts()) == 1
     # a staging folder gone without a publish: one line saying to clear the whole run, nothing quarantined
     lost = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-03")
-    with pytest.raises(PipelineError, match=r"staging .* is gone and no record says this run published the month \(a "
-                                            r"staging folder is deleted after 7 days\); clear the whole run"):
+    with pytest.raises(PipelineError, match=r"staging .* is gone and the month is not published by this run; clear the "
+                                            r"whole run"):
         pipeline.validate(settings, lost)
     assert len(alerts()) == 1
     assert lake.fs.get_file_info(lake.quarantine_path(FEATURES_TABLE, lost.partition, lost.staging_key)).type \
@@ -539,10 +539,13 @@ def test_a_run_whose_staging_expired_before_it_was_cleared_is_refused_not_taken_
     lake.discard(rebuild.staging_uri)  # the lifecycle rule, while the run waited for its outage to end
     lake.discard(lookups_staging_uri(rebuild.staging_uri))
     for step in (pipeline.validate, pipeline.publish):
-        with pytest.raises(PipelineError, match=r"is gone and no record says this run published the month"):
+        with pytest.raises(PipelineError, match=r"is gone and the month is not published by this run"):
             step(settings, rebuild)
     assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "r1" and alerts() == []
-    # The run that did publish it, cleared: still green, the month as it published it.
+    # The run that did publish it, cleared: still green, the month as it published it; also without its record (a
+    # run published before records were written, or whose record expired): the manifest names it.
+    assert pipeline.validate(settings, first) == first and pipeline.publish(settings, first) == published
+    lake.fs.delete_file(lake._path(first.staging_uri).rstrip("/") + ".done.json")
     assert pipeline.validate(settings, first) == first and pipeline.publish(settings, first) == published
 
 
