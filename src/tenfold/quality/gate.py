@@ -461,13 +461,13 @@ def validate_partition(
         if (then := _alert_sent(lake, taken[-1])) is not None:
             # Its alert went out then (or the hooks it missed are named, for the failure callback to send to).
             again.alerted, again.undelivered = bool(then.get("delivered")), tuple(then.get("failed") or ())
-        elif alert and (refusal := _reason(lake, taken[-1])) is not None:
+        elif alert and (refusal := _reason(lake, taken[-1])) is not None and refusal.get("alert") == "due":
             # The try that refused it ended before its alert was recorded (killed while a hook retried): the alert
             # may never have gone out. Sent now, once: the record stops a later clear from sending it again.
             _alert_refusal(settings, lake, table, part, batch_uri, taken[-1], refusal, again,
                            note="the run that refused it ended before its alert was recorded")
         else:
-            again.alerted = True  # refused without alerts (alert=False), or by a version that kept no record
+            again.alerted = True  # refused without alerts (alert=False), or by a version that kept no record of them
         raise again
     try:
         frame = to_frame(read_batch(lake, _parquet_files(lake, staged)))
@@ -481,7 +481,9 @@ def validate_partition(
     if report.success:
         log.info("%s", report.summary())
         return report
-    where = lake.quarantine(table, part, staged, attempt, report.to_dict())
+    # "alert": "due" marks a refusal whose alert this try owes (its outcome goes to _ALERTED.json): a retry that finds
+    # the mark without the outcome sends it. Refusals without the mark (alert=False, or older) are never re-sent.
+    where = lake.quarantine(table, part, staged, attempt, {**report.to_dict(), **({"alert": "due"} if alert else {})})
     report = _with(report, quarantine_uri=where)
     failure = _fail(settings, report, alert=alert)
     if alert:

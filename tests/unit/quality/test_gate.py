@@ -477,6 +477,7 @@ def test_a_refusal_killed_while_it_alerts_is_alerted_by_the_retry_once(settings,
                            env={**os.environ, **settings_env(settings)})
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     assert alerts() == [] and "_QUARANTINED.json" in _quarantine_files(lake, "killed2")
+    assert _quarantine_reason(lake, FEATURES_TABLE, MARCH, "killed2")["alert"] == "due"
 
     with pytest.raises(AlreadyRefused, match="already refused") as retried:
         validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
@@ -487,6 +488,23 @@ def test_a_refusal_killed_while_it_alerts_is_alerted_by_the_retry_once(settings,
     with pytest.raises(AlreadyRefused):  # cleared again: the record says it went out
         validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
     assert len(alerts()) == 1
+
+
+def test_a_refusal_that_owed_no_alert_is_not_alerted_by_a_clear(settings, lake, stage, alerts):
+    """A batch refused without alerts (alert=False: `tenfold quality`-style checks), or by a version that kept no
+    record of its alert, was alerted by the first clear after this change, with a note that its run had been killed."""
+    from tenfold.quality.gate import ALERTED, AlreadyRefused, ValidationFailed
+
+    distance = synthetic_features(MARCH, 7_000, seed=7)["distance"].to_numpy().copy()
+    distance[:40] = -500.0
+    uri = stage(with_column(synthetic_features(MARCH, 7_000, seed=7), "distance", distance), MARCH, "quiet1")
+    with pytest.raises(ValidationFailed):
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, alert=False)
+    assert "alert" not in _quarantine_reason(lake, FEATURES_TABLE, MARCH, "quiet1")
+    assert ALERTED not in _quarantine_files(lake, "quiet1")
+    with pytest.raises(AlreadyRefused):
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
+    assert alerts() == []
 
 
 def _quarantine_files(lake, attempt: str) -> list[str]:
