@@ -38,7 +38,7 @@ class ServerSettings(_Frozen):
     ready_path: str = Field(default="/readyz", pattern=URL_PATH)
     metrics_path: str = Field(default="/metrics", pattern=URL_PATH)
     # The header that carries the A/B user key (HAProxy hashes the same header); the body may carry it too.
-    user_key_header: str = Field(default="X-User-Key", pattern=r"^[A-Za-z0-9-]+$")
+    user_key_header: str = Field(default="X-User-Key", pattern=r"^[A-Za-z0-9_.-]+$")
     # Adaptive micro-batching of concurrent requests.
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)

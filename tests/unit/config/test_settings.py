@@ -471,7 +471,7 @@ def test_the_api_prefix_is_one_spelling_everywhere(tmp_path: Path) -> None:
 def test_paths_and_headers_that_haproxy_or_the_router_cannot_take_are_refused_by_name(name, value, message) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         build_settings("local", {name: value})
-    assert build_settings("local", {name: "X-Key" if name.endswith("HEADER") else "/v2" if name.endswith("PREFIX")
+    assert build_settings("local", {name: "X_User.Key" if name.endswith("HEADER") else "/v2" if name.endswith("PREFIX")
                                     else "/ready-2"})
 
 
