@@ -357,7 +357,22 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
     (tmp_path / "settings.json").write_text(s.model_dump_json())
     proc = subprocess.Popen([sys.executable, "-c", RUNNING_SINK, str(tmp_path / "settings.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    pulling = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            said.append(line)
+            if line.startswith("feedback sink: pulling "):
+                pulling.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
+        # Once it pulls (its imports and lake probe take a while): published before, the trickle was a backlog that
+        # one pull drained, whether or not the sink fills a batch.
+        assert pulling.wait(60), "".join(said)
         for i in range(6):  # a trickle: the sink fills a batch for up to a second rather than writing one file each
             _publish(s, s.messaging.predictions_topic, _prediction(f"r{i}", 0.7))
             time.sleep(0.1)
@@ -365,14 +380,18 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _labelled(s).get("r0", {}).get("outcome") != 1 and proc.poll() is None:
             time.sleep(0.3)
-        assert proc.poll() is None, proc.communicate()[1]
+        assert proc.poll() is None, "".join(said)
         assert _labelled(s)["r0"]["outcome"] == 1
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        assert proc.stdout is not None
+        stdout = proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    reader.join(5)
+    stderr = "".join(said)
     assert proc.returncode == 0, stderr
     landed = json.loads(stdout)["sink"]["predictions"]
     assert landed["acked"] == 6 and landed["files"] <= 2, landed
