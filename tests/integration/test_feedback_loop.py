@@ -17,7 +17,9 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -92,6 +94,17 @@ def _pull_all(settings: Settings, subscription: str) -> list[bytes]:
             sub.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in resp.received_messages]})
 
 
+def _held(settings: Settings, subscription: str) -> int:
+    """How many messages ``subscription`` holds now; each is handed back at once (nothing consumed)."""
+    with subscriber_client(settings) as sub:
+        path = subscription_path(settings, subscription)
+        resp = sub.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True}, timeout=10)
+        if resp.received_messages:
+            sub.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
+                                             "ack_ids": [m.ack_id for m in resp.received_messages]})
+        return len(resp.received_messages)
+
+
 def _log(settings: Settings, which: str):
     lake = Lake.from_settings(settings)
     table = getattr(settings.storage, f"{which}_table")
@@ -125,9 +138,19 @@ def test_duplicate_late_and_poison_messages_leave_one_labelled_row_per_predictio
              *FEEDBACK_POISON)
     _publish(s, msg.predictions_topic, b"not json at all")
     with FeedbackSink(s, FAST) as sink:
-        # The emulator redelivers a nacked message about 2 s after its second attempt: wait longer than
-        # that for "idle", so the poison messages use up their attempts and move to the dead-letter topics.
-        sink.drain(idle_s=2.5)
+        # The poison messages use up their attempts (the emulator redelivers a nacked message after a back-off of
+        # its own) and move to the dead-letter topics: drained until they have, not for a guessed idle time.
+        # (The emulator forwards a message to its dead-letter topic at the delivery after its last attempt, so the
+        # sink pulls on until every one is there.)
+        poison = {"predictions": 1, "feedback": len(FEEDBACK_POISON)}
+        dead: dict[str, list[bytes]] = {k: [] for k in poison}
+
+        def dead_lettered(_: Any) -> bool:
+            for k in dead:
+                dead[k] += _pull_all(s, msg.subscriptions[k].dead_letter_subscription)
+            return all(len(dead[k]) >= n for k, n in poison.items())
+
+        _drain_until(sink, dead_lettered)
         assert join(s).months == [] and _labelled(s) == {}  # nothing served yet: the feedback waits in its log
 
         probabilities = {"p0": 0.9, "p1": 0.6, "p2": 0.3, "p3": 0.2, "p4": 0.8, "p5": 0.4, "p6": 0.7, "p7": 0.55,
@@ -151,7 +174,7 @@ def test_duplicate_late_and_poison_messages_leave_one_labelled_row_per_predictio
         spec = msg.subscriptions[stream]
         assert stats[stream].poison_messages == len(bodies)
         assert stats[stream].poison == spec.max_delivery_attempts * len(bodies)
-        assert sorted(_pull_all(s, spec.dead_letter_subscription)) == sorted(bodies)
+        assert sorted(dead[stream]) == sorted(bodies) and _pull_all(s, spec.dead_letter_subscription) == []
         assert _pull_all(s, spec.name) == []  # nothing else left behind
     assert stats["predictions"].acked == 10 and stats["feedback"].acked == 10
 
@@ -228,9 +251,9 @@ def test_dead_lettered_messages_are_shown_left_in_place_and_replayed_to_their_to
     spec = s.messaging.subscriptions["feedback"]
     newer = b'{"prediction_id": "n1", "outcome": 1, "received_at": "2013-01-01T00:00:00Z", "confidence": 0.9}'
     _publish(s, s.messaging.feedback_topic, newer)  # a field this sink does not know (a newer server's record)
-    with FeedbackSink(s, FAST) as sink:
-        sink.drain(idle_s=2.5)  # five refused deliveries, then the dead-letter topic
-    assert sink.stats["feedback"].acked == 0
+    with FeedbackSink(s, FAST) as sink:  # every refused delivery, then the dead-letter topic (looking consumes nothing)
+        _drain_until(sink, lambda _: _held(s, spec.dead_letter_subscription) > 0)
+    assert sink.stats["feedback"].acked == 0 and sink.stats["feedback"].poison == spec.max_delivery_attempts
 
     for _ in range(2):
         result = cli("dead-letters", "--stream", "feedback", "--json")
@@ -339,6 +362,13 @@ def test_bad_arguments_exit_2_with_a_message(cli, args, message):
     result = cli(*args)
     assert result.exit_code == 2 and message in result.output
     assert isinstance(result.exception, SystemExit)  # an error line, not an exception escaping the command
+
+
+def _drain_until(sink: FeedbackSink, done: Callable[[Any], bool], deadline_s: float = 90.0) -> None:
+    """Drain ``sink`` until ``done(sink.stats)``: the emulator's redelivery back-off is its own."""
+    deadline = time.monotonic() + deadline_s
+    while not done(sink.drain(idle_s=1.0)):
+        assert time.monotonic() < deadline, sink.stats
 
 
 RUNNING_SINK = textwrap.dedent("""
