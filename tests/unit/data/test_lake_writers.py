@@ -19,29 +19,48 @@ TABLE = "events"
 ROWS = 2_000
 
 _WRITER = """
-import sys
+import json, pathlib, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
 from tenfold.data.lake import Lake, Partition
 lake, part, me, times = Lake(sys.argv[1]), Partition(2013, 5), int(sys.argv[2]), int(sys.argv[3])
+gate = pathlib.Path(sys.argv[4])
+(gate / f"ready-{me}").touch()
+while not (gate / "go").exists():  # both start publishing together, their imports done
+    time.sleep(0.01)
+spans = []
 for n in range(times):
     staged = lake.staging_path("events", part, f"w{me}-{n}")
     lake.fs.create_dir(staged, recursive=True)
     for f in range(3):
         with lake.fs.open_output_stream(f"{staged}/part-{f:05d}.parquet") as out:
             pq.write_table(pa.table({"writer": [me] * 2000, "n": [n] * 2000, "f": [f] * 2000}), out)
+    started = time.monotonic()
     lake.publish("events", part, lake.uri_of(staged), run_id=f"w{me}-{n}")
+    spans.append((started, time.monotonic()))
     lake.discard(staged)
-print("done", flush=True)
+print(json.dumps(spans), flush=True)
 """
 
 
 def test_two_writers_of_one_partition_never_break_each_other(tmp_path: Path) -> None:
-    uri = (tmp_path / "lake").as_uri()
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, uri, str(me), "40"], stdout=subprocess.PIPE,
+    import json
+    import time
+
+    uri, gate = (tmp_path / "lake").as_uri(), tmp_path / "gate"
+    gate.mkdir()
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, uri, str(me), "40", str(gate)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for me in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all((gate / f"ready-{me}").exists() for me in (1, 2)):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers), "a writer never got ready"
+        time.sleep(0.01)
+    (gate / "go").touch()
     outcomes = [w.communicate(timeout=120) for w in writers]
-    for w, (out, err) in zip(writers, outcomes, strict=True):
-        assert w.returncode == 0 and out.strip() == "done", err[-2000:]
+    for w, (_, err) in zip(writers, outcomes, strict=True):
+        assert w.returncode == 0, err[-2000:]
+    first, second = (json.loads(out) for out, _ in outcomes)
+    # They published at the same time (else the lock was never contended, and this proved nothing of it).
+    assert first[0][0] < second[-1][1] and second[0][0] < first[-1][1], (first[0], first[-1], second[0], second[-1])
     lake = Lake(uri)
     final = lake.read_table(TABLE, [PART])
     assert final.num_rows == 3 * ROWS and lake.files(TABLE, PART, verify=True)
