@@ -312,11 +312,11 @@ def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | N
         return None
     if not lake.has_manifest(table, run.partition):
         return None
-    manifest = lake.read_manifest(table, run.partition)
-    recorded = lake.fs.get_file_info(_published_record(lake, run)).type.name != "NotFound"
-    # Without the record (a run published before it was written, or whose record expired with the staging), the
-    # month's manifest still names this run when it was this run's publish.
-    return manifest if recorded or manifest.run_id == run.run_id else None
+    # Only the record says it: the manifest's run id does not (a run cleared from plan rebuilds under the same id, and
+    # its old manifest names it while the rebuild was never validated).
+    if lake.fs.get_file_info(_published_record(lake, run)).type.name == "NotFound":
+        return None
+    return lake.read_manifest(table, run.partition)
 
 
 def _gone_why(settings: Settings) -> str:

@@ -523,7 +523,7 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
 
 
 def test_a_run_whose_staging_expired_before_it_was_cleared_is_refused_not_taken_for_published(
-        settings, lake, stage, alerts):
+        settings, lake, stage, alerts, monkeypatch):
     """A staging folder gone and the month published was taken for "this run published it": a rebuild whose validate
     failed on an outage, cleared after the bucket's lifecycle rule had deleted its staging (7 days), went green
     without validating or publishing anything, and its publish re-emitted the features event for the old month."""
@@ -542,11 +542,21 @@ def test_a_run_whose_staging_expired_before_it_was_cleared_is_refused_not_taken_
         with pytest.raises(PipelineError, match=r"is gone and the month is not published by this run"):
             step(settings, rebuild)
     assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "r1" and alerts() == []
-    # The run that did publish it, cleared: still green, the month as it published it; also without its record (a
-    # run published before records were written, or whose record expired): the manifest names it.
+    # The run that did publish it, cleared: still green, the month as it published it.
     assert pipeline.validate(settings, first) == first and pipeline.publish(settings, first) == published
-    lake.fs.delete_file(lake._path(first.staging_uri).rstrip("/") + ".done.json")
-    assert pipeline.validate(settings, first) == first and pipeline.publish(settings, first) == published
+    # The same run cleared from plan and built again (same run id, same staging): validate takes its new batch (the
+    # record goes), then fails; its staging expires; cleared again, the old manifest (naming this run) is not
+    # taken for the rebuild's publish.
+    stage(synthetic_features(FEB, 24_000, seed=9), FEB, first.staging_key)
+    stage_lookups(lake, first)
+    monkeypatch.setattr(pipeline, "validate_partition", lambda *a, **k: (_ for _ in ()).throw(OSError("GCS 503")))
+    with pytest.raises(OSError, match="GCS 503"):
+        pipeline.validate(settings, first)
+    lake.discard(first.staging_uri)
+    lake.discard(lookups_staging_uri(first.staging_uri))
+    for step in (pipeline.validate, pipeline.publish):
+        with pytest.raises(PipelineError, match=r"is gone and the month is not published by this run"):
+            step(settings, first)
 
 
 def test_a_month_whose_publish_failed_after_its_lookups_is_not_served_with_them(settings, lake, stage):
