@@ -45,7 +45,6 @@ from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import (
     ABORTED,
     ALERT_SENT,
-    ALERT_UNDELIVERED,
     FAILED,
     PROMOTED,
     PROMOTED_ALIAS,
@@ -56,6 +55,7 @@ from tenfold.rollout.record import (
     is_check,
     ordered,
     set_key,
+    undelivered_key,
     write_report,
 )
 from tenfold.rollout.split import CANARY, STABLE
@@ -554,10 +554,10 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         done_then = record["done"]
         if ALERT_SENT in record or not _alert_due(done_then["outcome"], done_then["reasons"]):
             missed_then = []
-        elif ALERT_UNDELIVERED in record:
-            # Sent again to the hooks that missed it (a clear once the webhook is mended goes green; until then the
-            # run stays red, and Airflow's failure callback tries them too).
-            missed_then = list(_alert(p, run, done_then, only=list(record[ALERT_UNDELIVERED].get("hooks") or [])))
+        elif (newest := undelivered_key(record)[0]) is not None:
+            # Sent again to the hooks that still miss it (a clear once the webhook is mended goes green; until then
+            # the run stays red, and Airflow's failure callback tries them too).
+            missed_then = list(_alert(p, run, done_then, only=list(record[newest].get("hooks") or [])))
         else:  # the try that recorded done died before its alert's outcome was recorded: the alert may be lost
             missed_then = list(_alert(p, run, done_then))
         return {**done_then, "undelivered": list(missed_then)} if missed_then else done_then
@@ -699,7 +699,9 @@ def _alert(p: Places, run: RolloutRun, done: Mapping[str, Any], *, only: Sequenc
     if missed:
         log.warning("the alert of rollout %s was not delivered by %s (its log line went out)", run.rollout_id,
                     ", ".join(missed))
-        _record(p, run, ALERT_UNDELIVERED, {"hooks": list(missed)})  # a cleared conclude still names them
+        # A cleared conclude sends to these alone; each send's own event (create-only: a hook that took it since
+        # is never sent it again).
+        _record(p, run, undelivered_key(events(p, run))[1], {"hooks": list(missed)})
     else:
         _record(p, run, ALERT_SENT, {})
     return missed

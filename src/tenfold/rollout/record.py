@@ -36,6 +36,18 @@ ALERT_SENT = "alert-sent"
 Record = dict[str, dict[str, Any]]
 
 
+def undelivered_key(record: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(the newest ``alert-undelivered`` event's key or None, the key the next one takes): the first send's is
+    ``alert-undelivered``, each later one's (a cleared conclude's, to the hooks still missing it)
+    ``alert-undelivered-2``, ``-3``... Events are create-only, so each send records its own."""
+    if ALERT_UNDELIVERED not in record:
+        return None, ALERT_UNDELIVERED
+    n = 2
+    while f"{ALERT_UNDELIVERED}-{n}" in record:
+        n += 1
+    return (ALERT_UNDELIVERED if n == 2 else f"{ALERT_UNDELIVERED}-{n - 1}"), f"{ALERT_UNDELIVERED}-{n}"
+
+
 @dataclass(frozen=True)
 class Rollout:
     """Who a rollout is: its id, the version going out, the champion it started from, its steps."""
@@ -114,7 +126,8 @@ def describe(rollout: Rollout, record: Mapping[str, Mapping[str, Any]], canary_p
             lines.append(f"  {e['at']}  step {e['step']}: canary at {e['percent']} %")
         elif is_check(key, e):
             lines.append(f"  {e['at']}    {key}: {Check(e['verdict'], tuple(e['reasons']), e['values']).summary()}")
-        elif key in ("deployed", "abort", "end", PROMOTED_ALIAS, PROMOTION_REFUSED, "done", ALERT_UNDELIVERED, ALERT_SENT):
+        elif key in ("deployed", "abort", "end", PROMOTED_ALIAS, PROMOTION_REFUSED, "done", ALERT_SENT) or \
+                key.startswith(ALERT_UNDELIVERED):
             detail = {k: v for k, v in e.items() if k not in ("at", "run")}
             lines.append(f"  {e['at']}  {key}: {json.dumps(detail, default=str)}")
     state = outcome(record) or "in progress"

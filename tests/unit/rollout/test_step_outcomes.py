@@ -738,6 +738,34 @@ def test_a_rolled_back_rollout_whose_alert_a_hook_missed_fails_so_that_hook_gets
     assert pipeline.settled(pipeline.conclude(None, run, p=places)) and again == [("webhook",)]  # type: ignore[arg-type]
 
 
+def test_a_cleared_conclude_sends_only_to_the_hooks_still_missing_its_alert(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events are create-only: the first alert-undelivered named the webhook and the e-mail for ever, so once the
+    webhook was mended and took it, every later clear sent it the alert again."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"),
+                                                        failed=("email", "webhook"))
+    assert pipeline.conclude(None, run, p=places)["undelivered"] == ["email", "webhook"]  # type: ignore[arg-type]
+    mended = {"webhook"}
+    sent_to: list[tuple[str, ...]] = []
+
+    def again(title: str, details: dict[str, Any], hooks: Any) -> Any:
+        sent_to.append(tuple(hooks))
+        return alerting.Sent(alerting.Alert(title, details, "local"), failed=tuple(h for h in hooks if h not in mended))
+
+    places.alert_again = again
+    assert pipeline.conclude(None, run, p=places)["undelivered"] == ["email"]  # type: ignore[arg-type]
+    assert pipeline.conclude(None, run, p=places)["undelivered"] == ["email"]  # type: ignore[arg-type]
+    assert sent_to == [("email", "webhook"), ("email",)], "the webhook, which took it, was sent it again"
+    mended.add("email")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert "undelivered" not in done and sent_to[-1] == ("email",) and pipeline.settled(done) == done
+    assert pipeline.conclude(None, run, p=places) and len(sent_to) == 3  # type: ignore[arg-type]
+
+
 def _labels_over_time(share_at: Any, accuracy_at: Any, per_minute: int = 400) -> Any:
     """A feedback source whose labels follow the clock: each minute ``per_minute`` labelled predictions, split between
     the arms by that minute's canary share, right ``accuracy_at(minute)`` of the time on both arms alike."""
