@@ -65,6 +65,7 @@ java_ok || missing+=(openjdk-17-jre-headless)
 node_ok || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "system packages missing: ${missing[*]}, and apt-get is not available to install them."
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || die "system packages missing: ${missing[*]}. Install them (apt-get install ${missing[*]}) as root."
@@ -77,7 +78,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     SUDO="sudo"
   fi
-  command -v apt-get >/dev/null || die "system packages missing: ${missing[*]}, and apt-get is not available to install them."
   say "installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null || die "apt-get update failed (are the apt repositories reachable?); install ${missing[*]} by hand"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \

@@ -50,12 +50,18 @@ def test_two_writers_of_one_partition_never_break_each_other(tmp_path: Path) -> 
     gate.mkdir()
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, uri, str(me), "40", str(gate)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for me in (1, 2)]
-    deadline = time.monotonic() + 60
-    while not all((gate / f"ready-{me}").exists() for me in (1, 2)):
-        assert time.monotonic() < deadline and all(w.poll() is None for w in writers), "a writer never got ready"
-        time.sleep(0.01)
-    (gate / "go").touch()
-    outcomes = [w.communicate(timeout=120) for w in writers]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((gate / f"ready-{me}").exists() for me in (1, 2)):
+            assert time.monotonic() < deadline and all(w.poll() is None for w in writers), "a writer never got ready"
+            time.sleep(0.01)
+        (gate / "go").touch()
+        outcomes = [w.communicate(timeout=120) for w in writers]
+    finally:  # a writer left waiting for "go" (its peer died first) is not left running
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
     for w, (_, err) in zip(writers, outcomes, strict=True):
         assert w.returncode == 0, err[-2000:]
     first, second = (json.loads(out) for out, _ in outcomes)
