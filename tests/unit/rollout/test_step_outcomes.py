@@ -682,6 +682,19 @@ def test_a_conclude_that_died_after_recording_done_sends_its_alert_on_the_re_run
     assert len(sent) == 1, "alerted twice"
 
 
+def _ended_with_a_missed_alert(monkeypatch: pytest.MonkeyPatch, outcome: str, reason: str,
+                               missed: tuple[str, ...]) -> Any:
+    """A rollout whose end is recorded (``outcome``, for ``reason``), whose report writes nowhere, and whose alert
+    the ``missed`` hooks do not take: (run, places, registry)."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": outcome, "reasons": [reason]}
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=missed)
+    return run, places, registry
+
+
 def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it_to_that_hook(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """conclude's alert (a canary ended FAILED for want of data) went unseen by a webhook that answered 503 through
@@ -689,10 +702,8 @@ def test_a_rollout_alert_a_hook_missed_is_named_so_the_failure_callback_sends_it
     an alert, sent nothing."""
     from tenfold.monitoring import alerts as alerting
 
-    run, places, registry = _setup(Router(), Observer())
-    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.FAILED, "reasons": ["no data by the deadline"]}
-    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
-    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=("webhook",))
+    run, places, registry = _ended_with_a_missed_alert(monkeypatch, pipeline.FAILED, "no data by the deadline",
+                                                       ("webhook",))
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.FAILED and done["undelivered"] == ["webhook"]
     # What the DAG's task ends on: the callback sends to the webhook alone.
@@ -718,10 +729,7 @@ def test_a_rolled_back_rollout_whose_alert_a_hook_missed_fails_so_that_hook_gets
     never heard of the rejection."""
     from tenfold.monitoring import alerts as alerting
 
-    run, places, registry = _setup(Router(), Observer())
-    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
-    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
-    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"), failed=("webhook",))
+    run, places, _ = _ended_with_a_missed_alert(monkeypatch, pipeline.ROLLED_BACK, "error rate 9/9", ("webhook",))
     done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert done["outcome"] == pipeline.ROLLED_BACK and done["undelivered"] == ["webhook"]
     with pytest.raises(pipeline.PipelineError, match=r"rollout rolled_back \(error rate 9/9\); see file:///report.html\. "
@@ -743,11 +751,7 @@ def test_a_cleared_conclude_sends_only_to_the_hooks_still_missing_its_alert(monk
     webhook was mended and took it, every later clear sent it the alert again."""
     from tenfold.monitoring import alerts as alerting
 
-    run, places, registry = _setup(Router(), Observer())
-    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
-    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
-    places.alert = lambda title, details: alerting.Sent(alerting.Alert(title, details, "local"),
-                                                        failed=("email", "webhook"))
+    run, places, _ = _ended_with_a_missed_alert(monkeypatch, pipeline.ROLLED_BACK, "error rate 9/9", ("email", "webhook"))
     assert pipeline.conclude(None, run, p=places)["undelivered"] == ["email", "webhook"]  # type: ignore[arg-type]
     mended = {"webhook"}
     sent_to: list[tuple[str, ...]] = []
