@@ -503,9 +503,7 @@ def _read_json(lake: Lake, path: str) -> dict[str, Any] | None:
     try:
         with lake.fs.open_input_stream(path) as stream:
             body = json.loads(stream.read().decode())
-    except FileNotFoundError:
-        return None
-    except ValueError:  # torn by hand: as good as absent
+    except (FileNotFoundError, ValueError):  # absent, or torn by hand: as good as absent
         return None
     return body if isinstance(body, dict) else None
 

@@ -176,7 +176,8 @@ def scale(
         raise _fail(ValueError("nothing to change: give --replicas N, or --min and/or --max"), 2)
     if low is not None and high is not None and low > high:  # refused before the fleet is asked (up or not)
         raise _fail(ValueError(f"--min {low} is above --max {high}: give min <= max"), 2)
-    if _check_pool(pool) == STABLE and (low == 0 or high == 0):
+    pool = _check_pool(pool)
+    if pool == STABLE and (low == 0 or high == 0):
         raise _fail(ValueError("the stable pool keeps at least one replica (it serves every user outside the canary): "
                                "give it 1 or more"), 2)
     settings = get_settings()
