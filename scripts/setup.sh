@@ -26,6 +26,12 @@ gcloud_root=$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")
 if [ ! -d "$gcloud_root/platform/pubsub-emulator" ]; then
   die "the Pub/Sub emulator is missing (no $gcloud_root/platform/pubsub-emulator). Install it: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)"
 fi
+# The emulator runs as `gcloud beta emulators pubsub start`: without the beta component gcloud asks to install it (with
+# --quiet it tries, and fails offline), so `tenfold up` failed later with the reason in a service log. The component
+# manager records installed components in .install/<id>.manifest; an SDK without that folder is not second-guessed.
+if [ -d "$gcloud_root/.install" ] && [ ! -f "$gcloud_root/.install/beta.manifest" ]; then
+  die "gcloud's beta commands are missing (no $gcloud_root/.install/beta.manifest): the Pub/Sub emulator runs as \`gcloud beta emulators pubsub start\`. Install them: gcloud components install beta (or apt-get install google-cloud-cli, which includes them)"
+fi
 # The java Spark runs: $JAVA_HOME/bin/java where JAVA_HOME is set (pyspark's spark-class, tenfold.features.submit), else
 # the one on PATH. One named by JAVA_HOME is the user's choice: refused here when too old, never installed over.
 java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"

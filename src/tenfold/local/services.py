@@ -177,6 +177,12 @@ def pubsub_prerequisites() -> list[str]:
                 f"the Pub/Sub emulator is not installed in {sdk_root}: run "
                 "`gcloud components install pubsub-emulator beta` (or `apt-get install google-cloud-cli-pubsub-emulator`)"
             )
+        if (sdk_root / ".install").is_dir() and not (sdk_root / ".install" / "beta.manifest").is_file():
+            # `gcloud beta ...` without the component asks to install it (with --quiet it tries, and fails offline).
+            problems.append(
+                f"gcloud's beta commands are not installed in {sdk_root} (the emulator runs as "
+                "`gcloud beta emulators pubsub start`): run `gcloud components install beta`"
+            )
     if shutil.which("java") is None:
         problems.append("java is not on PATH: the Pub/Sub emulator needs a Java runtime (Java 17: `apt-get install openjdk-17-jre-headless`)")
     return problems

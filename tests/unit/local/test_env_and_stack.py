@@ -157,6 +157,25 @@ def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use(tmp_path, monk
     assert _nothing_running(s)
 
 
+def test_pubsub_prerequisites_name_a_missing_beta_component(tmp_path, monkeypatch):
+    """`gcloud beta emulators pubsub start` without the beta component asks to install it (offline: fails), so a
+    component-managed SDK that records no beta.manifest is named as missing it; one that records it passes."""
+    from tenfold.local.services import pubsub_prerequisites
+
+    sdk = tmp_path / "sdk"
+    (sdk / "platform" / "pubsub-emulator").mkdir(parents=True)
+    (sdk / ".install").mkdir()
+    (sdk / ".install" / "core.manifest").write_text("")
+    (sdk / "bin").mkdir()
+    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")
+    (sdk / "bin" / "gcloud").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{sdk / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    problems = pubsub_prerequisites()
+    assert [p for p in problems if "gcloud components install beta" in p and str(sdk) in p], problems
+    (sdk / ".install" / "beta.manifest").write_text("")
+    assert not [p for p in pubsub_prerequisites() if "beta" in p]
+
+
 def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatch):
     """The GCS emulator really starts; a (real, scripted) gcloud that dies makes `up` stop it again."""
     sdk = tmp_path / "sdk"

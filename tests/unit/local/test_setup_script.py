@@ -88,6 +88,29 @@ def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_pat
     assert not (tmp_path / ".venv").exists()
 
 
+def test_a_gcloud_without_its_beta_commands_is_refused_before_the_venv(tmp_path: Path) -> None:
+    """The emulator runs as `gcloud beta emulators pubsub start`: an SDK with the emulator but not the beta component
+    passed setup, then `tenfold up` failed (gcloud asked to install beta, offline) with the reason in a service log."""
+    bin_dir = _tools_but(tmp_path, "gcloud")
+    sdk = tmp_path / "sdk"
+    (sdk / "bin").mkdir(parents=True)
+    (sdk / "platform" / "pubsub-emulator").mkdir(parents=True)
+    (sdk / ".install").mkdir()
+    for component in ("core", "pubsub-emulator"):  # what the component manager records; no beta.manifest
+        (sdk / ".install" / f"{component}.manifest").write_text("")
+    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")
+    (sdk / "bin" / "gcloud").chmod(0o755)
+    (bin_dir / "gcloud").symlink_to(sdk / "bin" / "gcloud")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "gcloud's beta commands are missing" in proc.stderr, proc.stderr
+    assert "gcloud components install beta" in proc.stderr and str(sdk / ".install" / "beta.manifest") in proc.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_without_java_setup_asks_apt_for_it_and_names_it_when_still_missing(tmp_path: Path) -> None:
     """Java is a system package like HAProxy: setup refused a machine without it instead of installing it. An apt that
     installs nothing stands in: setup asks it for Java 17, then stops before the venv naming what is missing."""
