@@ -990,6 +990,17 @@ class Settings(_Frozen):
                 + ": give each a port of its own (" + ", ".join(variable(n) for names in clashes for n in names) + ")")
         return self
 
+    @model_validator(mode="after")
+    def _routable_email(self) -> Settings:
+        """In the cloud the address is a Cloud Monitoring e-mail channel's, which mails it over the internet: a local
+        domain (root@localhost, fine for a local relay) deployed a channel that could never deliver an alert."""
+        domain = self.monitoring.notification_email.rpartition("@")[2]
+        if not self.is_local and not re.fullmatch(r"[^.]+(\.[^.]+)+", domain):
+            raise ValueError(f"TENFOLD_ALERT_EMAIL {self.monitoring.notification_email!r} has no internet domain "
+                             f"({domain!r}): the {self.env} notification channel mails it from Google's servers, so "
+                             "give an address such as oncall@your-company.com")
+        return self
+
     @property
     def is_local(self) -> bool:
         return self.env == "local"

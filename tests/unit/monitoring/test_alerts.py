@@ -344,3 +344,14 @@ def test_an_alert_hook_that_cannot_work_is_refused_when_the_settings_load(variab
     assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com/services/T0/SECRETTOKEN",
                                     "TENFOLD_ALERT_EMAIL": "ml-oncall@example.com"}).monitoring.alert_webhook_url
     assert build_settings("local", {"TENFOLD_ALERT_EMAIL": "root@localhost"}).monitoring.notification_email  # a local box
+
+
+@pytest.mark.parametrize("address", ["root@localhost", "ops@acme.", "ops@.acme"])
+def test_the_cloud_refuses_an_on_call_address_without_an_internet_domain(address):
+    """root@localhost suits a local relay; in dev and prod the address is a Cloud Monitoring e-mail channel's, mailed
+    from Google's servers, and was deployed as one that could never deliver an alert."""
+    assert build_settings("local", {"TENFOLD_ALERT_EMAIL": address}).monitoring.notification_email == address
+    for env in ("dev", "prod"):
+        with pytest.raises(ValueError, match=re.escape(f"TENFOLD_ALERT_EMAIL {address!r} has no internet domain")):
+            build_settings(env, {"TENFOLD_ALERT_EMAIL": address})
+    assert build_settings("prod", {"TENFOLD_ALERT_EMAIL": "oncall@acme.test"}).monitoring.notification_email
