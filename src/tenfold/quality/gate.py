@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from tenfold.config import Settings
 from tenfold.data.lake import DamagedInTransit, Lake, LakeError, Manifest, MissingManifestError, Partition
-from tenfold.monitoring.alerts import send_alert
+from tenfold.monitoring.alerts import Sent, send_alert
 from tenfold.outages import not_the_data
 from tenfold.quality.suites import check_not_null_covered, load_suite, load_suite_dict, partition_parameters
 from tenfold.workloads import get_workload
@@ -388,21 +388,18 @@ def _resolve(settings_or_lake: Settings | Lake, settings: Settings | None) -> tu
     return settings_or_lake, Lake.from_settings(settings_or_lake)
 
 
+def _send_refusal(settings: Settings, table: str, label: str, **fields: Any) -> Sent:
+    """The one alert of a refused batch, whether the try that refused it sends it or a later one owes it."""
+    return send_alert(settings, f"Quality gate refused {table} {label}", fields)
+
+
 def _fail(settings: Settings, report: ValidationReport, *, alert: bool) -> ValidationFailed:
     log.error("%s", report.summary())
     if not alert:
         return ValidationFailed(report)
-    sent = send_alert(
-            settings,
-            f"Quality gate refused {report.table} {report.partition}",
-            {
-                "suite": report.suite,
-                "failed": "; ".join(o.describe() for o in report.failures),
-                "batch": report.batch_uri,
-                "quarantined_at": report.quarantine_uri,
-                "data_docs": report.data_docs,
-            },
-        )
+    sent = _send_refusal(settings, report.table, report.partition, suite=report.suite,
+                         failed="; ".join(o.describe() for o in report.failures), batch=report.batch_uri,
+                         quarantined_at=report.quarantine_uri, data_docs=report.data_docs)
     # Not delivered (a hook failed after its retries): the task's failure callback sends it to that hook alone.
     return ValidationFailed(report, alerted=sent.delivered, undelivered=sent.failed)
 
@@ -520,10 +517,10 @@ def _alert_refusal(settings: Settings, lake: Lake, table: str, part: Partition, 
                    reason: Mapping[str, Any], refused: AlreadyRefused, *, note: str) -> None:
     """Alert a refusal whose own try did not (record that) it alerted, record the outcome beside its reason, and
     say on ``refused`` how it went: the task's failure callback then sends only to the hooks that missed it."""
-    failed = ", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file"
-    sent = send_alert(settings, f"Quality gate refused {table} {part.label}", {
-        "suite": reason.get("suite"), "failed": failed, "batch": batch_uri, "quarantined_at": lake.uri_of(quarantined),
-        "data_docs": reason.get("data_docs"), "note": note})
+    sent = _send_refusal(settings, table, part.label, suite=reason.get("suite"),
+                         failed=", ".join(map(str, reason.get("failed_expectations", []))) or "see the reason file",
+                         batch=batch_uri, quarantined_at=lake.uri_of(quarantined), data_docs=reason.get("data_docs"),
+                         note=note)
     _record_alert(lake, quarantined, sent.delivered, sent.failed)
     refused.alerted, refused.undelivered = sent.delivered, sent.failed
 
