@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tenfold.config import Settings
 from tenfold.data.lake import CorruptManifestError, Lake, MissingManifestError
 from tenfold.fsio import atomic_write, file_uri_path
@@ -82,12 +85,34 @@ def fit_preprocessing(cfg: TrainConfig) -> Preprocessor:
     step ever trains (its random initial vector, in the slice's scores and the holdout's alike)."""
     contract = get_workload(cfg.workload).contract
     when = time_column(contract)
-    columns = list(dict.fromkeys((*contract.feature_columns, *([when] if when else []))))
+    columns = list(dict.fromkeys((*contract.feature_columns, contract.label, *([when] if when else []))))
     table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table,
                           columns=columns, digest=cfg.data_digest)
     split = validation_split(table, contract, cfg.validation_days)
-    return Preprocessor.fit(table.take(split.train).select(list(contract.feature_columns)), contract,
-                            min_count=cfg.vocabulary_min_count)
+    train = table.take(split.train)
+    if cfg.feedback_uri is None:  # (the feedback join's labelled rows join the window in the ranks)
+        refuse_a_window_of_one_class(cfg, train.column(contract.label))
+    return Preprocessor.fit(train.select(list(contract.feature_columns)), contract, min_count=cfg.vocabulary_min_count)
+
+
+class OneClassWindow(ValueError):
+    """Every training row has the same label: nothing to learn, on any try."""
+
+    retryable = False
+
+
+def refuse_a_window_of_one_class(cfg: TrainConfig, labels: pa.ChunkedArray) -> None:
+    """Refused before the ranks start: a window whose labels are all one class (a features bug, an upstream that
+    sent every flight as on time) trained every epoch, left the model uncalibrated with a warning, and registered
+    a version the gate then failed on its AUC floor without naming why."""
+    classes = pc.unique(labels.drop_null()).to_pylist()
+    if len(classes) < 2:
+        months = f"{cfg.train_months[0]}..{cfg.train_months[-1]}"
+        held = f"only the label {classes[0]!r}" if classes else "no label at all"
+        raise OneClassWindow(
+            f"the training window {months} ({len(labels):,} rows less its validation slice) holds {held}: a "
+            "classifier needs both outcomes. Check the features job's label column for those months (a broken "
+            "upstream month?), or widen the training window")
 
 
 class BatchTooBig(ValueError):
@@ -122,6 +147,9 @@ def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has
     yet, or where the run pins its data's content (the same rows fit the same state); otherwise it is refused.
     """
     if text is None:
+        if has_checkpoints and cfg.data_digest is None:  # deleted: as unknown as an unreadable one
+            raise ValueError(f"{target}/{PREPROCESSING_FILE} is missing and the checkpoints there were trained against "
+                             f"it: delete the output folder {target} or use a fresh one")
         return True
     try:
         Preprocessor.from_json(text)

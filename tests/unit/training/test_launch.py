@@ -161,18 +161,23 @@ def test_an_unreadable_train_config_in_the_output_folder_is_named_with_what_to_d
     assert not (tmp_path / "preprocessing.json").exists() and (tmp_path / "train_config.json").read_text() == ""
 
 
+@pytest.mark.parametrize("state", ["unreadable", "missing"])
 def test_an_unreadable_preprocessing_state_with_checkpoints_trained_on_it_is_refused_naming_the_folder(
-        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path, state: str) -> None:
     """The workers said "re-train the model" on every retry, which reused the same folder and failed the same way.
-    Its data not pinned, the state cannot be fitted again to what the checkpoints were trained against."""
+    Its data not pinned, the state cannot be fitted again to what the checkpoints were trained against. A deleted
+    state was fitted again on whatever the window held now, and the checkpoints resumed against it."""
     assert small_config.data_digest is None
-    (tmp_path / "preprocessing.json").write_text("")
+    if state == "unreadable":
+        (tmp_path / "preprocessing.json").write_text("")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "step-00000008.pt").write_bytes(b"a snapshot")
-    with pytest.raises(ValueError, match=rf"{tmp_path}/preprocessing\.json is unreadable .*delete the output folder "
+    with pytest.raises(ValueError, match=rf"{tmp_path}/preprocessing\.json is {state} .*delete the output folder "
                                          rf"{tmp_path} or use a fresh one"):
         run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
-    assert (tmp_path / "preprocessing.json").read_text() == ""  # left as it was: the refusal changes nothing
+    # left as it was: the refusal changes nothing
+    assert (tmp_path / "preprocessing.json").read_text() == "" if state == "unreadable" else \
+        not (tmp_path / "preprocessing.json").exists()
 
 
 def test_an_unreadable_preprocessing_state_nothing_was_trained_on_is_fitted_again(
@@ -344,3 +349,36 @@ def test_the_job_gets_no_alert_hook_of_the_task_that_launched_it(
     # spark-submit's too (the features job and Spark scoring, launched by build_features and batch_inference)
     env = spark_env()
     assert "TENFOLD_ALERT_WEBHOOK" not in env and "TENFOLD_ALERT_SMTP_HOST" not in env and env["SPARK_LOCAL_IP"]
+
+
+def test_a_window_whose_labels_are_all_one_class_is_refused_before_the_job_starts_without_retries(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """Every label 0 (an upstream that sent every flight as on time): the ranks trained every epoch, calibration only
+    warned, and a version was registered that the gate then failed on its AUC floor without naming why."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tenfold.config.settings import FEATURES_TABLE
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.training.launch import OneClassWindow
+    from tenfold.workloads.flights.contract import CONTRACT
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    for label in small_config.train_months:
+        part = Partition.parse(label)
+        rows = synthetic_features(part, 400, 3)
+        rows = rows.set_column(rows.schema.get_field_index(CONTRACT.label), rows.schema.field(CONTRACT.label),
+                               pa.array([0] * rows.num_rows, rows.schema.field(CONTRACT.label).type))
+        with tempfile.TemporaryDirectory() as folder:
+            pq.write_table(rows, Path(folder) / "part-0.parquet")
+            lake.publish(FEATURES_TABLE, part, folder, run_id="one-class",
+                         extra=CONTRACT.manifest_extra(synthetic=True))
+    out = tmp_path / "run"
+    with pytest.raises(OneClassWindow, match=r"the training window 2013-01..2013-03 \([0-9,]+ rows less its validation "
+                                             r"slice\) holds only the label 0: a classifier needs both outcomes") as no:
+        run_torchrun(train_settings, small_config.with_(lake_uri=lake.uri), out, nproc=1, timeout_s=60)
+    assert no.value.retryable is False  # run_step fails the Airflow task at once
+    assert not (out / "torchrun.log").exists() and not (out / "preprocessing.json").exists()
