@@ -181,6 +181,21 @@ def test_a_number_that_overflows_to_infinity_is_refused_as_non_finite(client: An
         assert "not numbers this API accepts" in r.json()["message"], r.text
 
 
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"\\ud800": NaN}', "\ud800"),
+    (b'{"flights": [{"\\udc80": 1e999}]}', "flights[0].\udc80"),
+])
+def test_a_key_of_lone_surrogates_beside_a_non_finite_number_is_named_in_a_422(
+        client: Any, auth: dict[str, str], raw: bytes, field: str) -> None:
+    """Valid JSON text whose key is a lone surrogate: the 422 quoting that key could not be encoded as UTF-8, so the
+    refusal itself failed and the client got a 500, counted as an unhandled error of the replica."""
+    r = client.post(PREDICT, content=raw, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field  # the key, escaped in the JSON text
+    assert r.content.isascii() and "not numbers this API accepts" in r.json()["message"]
+    assert _metric(client, "tenfold_unhandled_errors_total") == 0
+
+
 def test_bad_utf8_is_422(client: Any, auth: dict[str, str]) -> None:
     r = client.post(PREDICT, content=b'{"carrier": "\xff\xfe"}', headers={**auth, "Content-Type": "application/json"})
     assert (r.status_code, r.json()["field"]) == (422, "body")

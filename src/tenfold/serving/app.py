@@ -103,6 +103,14 @@ class _DirectRoute(APIRoute):
         return handler
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: a refusal quotes what the client sent (a key of its body), and a
+    lone surrogate (``"\\ud800"``, valid JSON text) cannot be encoded as UTF-8, so the refusal itself became a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class ApiError(Exception):
     """An answer other than success: status, a short code, what is wrong and what to do, the field."""
 
@@ -116,7 +124,7 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": self.error, "message": self.message, "field": self.field,
                 "errors": [{"field": f, "message": m} for f, m in self.errors]}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return _AsciiJSON(body, status_code=self.status, headers=self.headers)
 
 
 class ReplicaState:
@@ -707,6 +715,12 @@ class _Observe:
 
         try:
             await self.app(scope, receive, observed_send)
+        except asyncio.CancelledError:
+            # Cancelled by the drain's timeout (uvicorn cancels what is left): no answer was sent and nothing failed,
+            # so it is counted as 499 (the client got no response), not as a 500 of the version being served.
+            if not status["sent"]:
+                status["code"] = 499
+            raise
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("unhandled error %s on %s %s", incident, scope.get("method"), scope.get("path"))

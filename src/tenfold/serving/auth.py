@@ -284,7 +284,10 @@ class _CachedKeys:
             raise
         if response.status == 200:
             self._cached, self._failed_at = (time.monotonic(), response), None
-        else:
+        else:  # no exception for a refusal (an egress proxy's 403, an outage's 503): the one place its status shows
+            log.warning("fetching Google's IAP keys from %s answered HTTP %s; %s, tried again in %.0f s", url,
+                        response.status, "the keys held stay in use" if self.held else "the replica stays unready",
+                        self._retry)
             self._failed_at = time.monotonic()
         return response
 

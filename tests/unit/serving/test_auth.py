@@ -262,16 +262,21 @@ def test_iap_keys_are_refreshed_off_the_request_path_and_held_keys_serve_meanwhi
         time.sleep(0.01)
 
 
-def test_before_any_iap_keys_a_failed_fetch_is_not_repeated_by_every_request() -> None:
+def test_before_any_iap_keys_a_failed_fetch_is_not_repeated_by_every_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """And the key URL's status is logged: an answer that is not 200 raises nothing, so the replica stayed unready
+    with "not fetched yet" and no line anywhere saying that Google (or a proxy) answered 500 or 403."""
     from google.auth import exceptions as auth_exceptions
 
     from tenfold.serving.auth import _CachedKeys
 
     server = KeyServer({}, status=500)
     keys = _CachedKeys(server, retry_s=60.0)
-    with pytest.raises(auth_exceptions.TransportError, match="being fetched"):
-        keys(IAP_CERTS_URL)  # starts the fetch in the background, answers at once
-    _until(lambda: server.fetches == 1 and keys._failed_at is not None)
+    with caplog.at_level("WARNING", logger="tenfold.serving.auth"):
+        with pytest.raises(auth_exceptions.TransportError, match="being fetched"):
+            keys(IAP_CERTS_URL)  # starts the fetch in the background, answers at once
+        _until(lambda: server.fetches == 1 and keys._failed_at is not None)
+    assert f"fetching Google's IAP keys from {IAP_CERTS_URL} answered HTTP 500; the replica stays unready" in caplog.text
     for _ in range(5):
         with pytest.raises(auth_exceptions.TransportError, match="tried again every 60 s"):
             keys(IAP_CERTS_URL)

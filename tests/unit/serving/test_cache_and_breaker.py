@@ -222,3 +222,31 @@ def test_a_state_set_while_loading_moves_to_the_model_version_and_leaves_no_stal
     assert series("tenfold_ready") == {"v1": 1}
     assert series("tenfold_queue_depth") == {"v1": 3}
     assert LOADING not in metrics.exposition().decode()
+
+
+def test_a_request_the_drain_cancels_is_counted_as_unanswered_not_as_a_500() -> None:
+    """uvicorn cancels the requests still running when the drain's timeout ends: CancelledError is no Exception, so
+    the middleware's status stayed at its initial 500, and the version being rolled out showed server errors that
+    no client was ever sent."""
+    import asyncio
+
+    from tenfold.serving.app import _Observe
+    from tenfold.serving.metrics import ServerMetrics
+
+    async def held_until_cancelled(scope: object, receive: object, send: object) -> None:
+        await asyncio.Event().wait()
+
+    metrics = ServerMetrics("stable")
+    observe = _Observe(held_until_cancelled, metrics, {"/v1/predict": "predict"})
+
+    async def drain() -> None:
+        task = asyncio.ensure_future(observe({"type": "http", "path": "/v1/predict"}, None, None))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(drain())
+    assert metrics.value("tenfold_requests_total", endpoint="predict", code="499") == 1
+    assert metrics.value("tenfold_requests_total", code="500") == metrics.value("tenfold_errors_total", code="500") == 0
+    assert metrics.value("tenfold_unhandled_errors_total") == 0
