@@ -80,14 +80,13 @@ def resolve(settings: Settings, ref: str) -> str:
         raise ScoringError(f"model {ref!r} cannot be resolved in the registry: {exc}") from exc
 
 
-def trained_features_version(settings: Settings, version: str) -> Any:
-    """The feature definitions' version a registered model learnt from (its ``meta.json``), or None for a
-    model saved before it was recorded; read without downloading the weights."""
+def registered_meta(settings: Settings, version: str) -> dict[str, Any]:
+    """A registered model's ``meta.json`` (its workload, the feature definitions' version it learnt from), read
+    without downloading the weights."""
     from tenfold.registry import ModelRegistry, RegistryError
-    from tenfold.workloads import VERSION_KEY
 
     try:
-        return ModelRegistry(settings).meta(version).get(VERSION_KEY)
+        return dict(ModelRegistry(settings).meta(version))
     except RegistryError as exc:
         raise ScoringError(f"model version {version} cannot be read from the registry: {exc}") from exc
 

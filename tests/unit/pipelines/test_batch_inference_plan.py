@@ -15,7 +15,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
 from tenfold.inference.requests import plan_batches
 from tenfold.inference.runs import mark_replayed, partition_rows
-from tenfold.inference.scoring import trained_features_version as REAL_TRAINED_FEATURES_VERSION
+from tenfold.inference.scoring import registered_meta as REAL_REGISTERED_META
 from tenfold.inference.store import RunStore
 from tenfold.pipelines import batch_inference as pipeline
 from tenfold.workloads.flights.synthetic import publish_synthetic_features
@@ -29,9 +29,11 @@ def _models_trained_on_these_features(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests stand in made-up version ids for ``resolve``, which no registry holds: each learnt from the
     code's feature definitions. The tests of the check itself put the real reader back and register versions."""
     import tenfold.inference.scoring as scoring
+    from tenfold.workloads import VERSION_KEY
     from tenfold.workloads.flights import WORKLOAD
 
-    monkeypatch.setattr(scoring, "trained_features_version", lambda settings, version: WORKLOAD.contract.version)
+    monkeypatch.setattr(scoring, "registered_meta", lambda settings, version: {
+        "workload": "flights", VERSION_KEY: WORKLOAD.contract.version})
 
 
 def _score(settings: Settings, run: pipeline.InferenceRun, *, dead: int = 0) -> int:
@@ -391,7 +393,7 @@ def test_a_model_trained_on_other_feature_definitions_is_refused_at_plan(
     from tenfold.workloads import VERSION_KEY
     from tenfold.workloads.flights import WORKLOAD
 
-    monkeypatch.setattr(scoring, "trained_features_version", REAL_TRAINED_FEATURES_VERSION)
+    monkeypatch.setattr(scoring, "registered_meta", REAL_REGISTERED_META)
     s = make_settings(on=local_settings)
     publish_synthetic_features(Lake.from_settings(s), [PART], 50)
     meta: dict[str, object] = {"version": 1, "workload": "flights"}
@@ -408,13 +410,31 @@ def test_a_model_trained_on_other_feature_definitions_is_refused_at_plan(
         pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
 
 
+def test_a_model_of_another_workload_is_refused_at_plan_though_its_feature_version_matches(
+    make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Feature definitions' versions are small numbers: plan compared only them, so a model of another workload
+    that carried this one's number passed, and every worker then refused it once per request (each a dead letter)."""
+    import tenfold.inference.scoring as scoring
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+
+    monkeypatch.setattr(scoring, "registered_meta", REAL_REGISTERED_META)
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    version = _register(s, tmp_path / "model", {"version": 1, "workload": "tiny", VERSION_KEY: WORKLOAD.contract.version})
+    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) is a model of workload 'tiny', "
+                                                     r"and this platform runs 'flights' \(settings.workload\)"):
+        pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+
+
 def test_a_tampered_meta_json_is_refused_at_plan_naming_the_version(
     make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tenfold.inference.scoring as scoring
     from tenfold.registry import ModelRegistry
 
-    monkeypatch.setattr(scoring, "trained_features_version", REAL_TRAINED_FEATURES_VERSION)
+    monkeypatch.setattr(scoring, "registered_meta", REAL_REGISTERED_META)
     s = make_settings(on=local_settings)
     publish_synthetic_features(Lake.from_settings(s), [PART], 50)
     version = _register(s, tmp_path / "model", {"version": 1, "workload": "flights"})
