@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -111,6 +112,72 @@ def encode_rows(rows: pa.Table, compression: str = "zstd") -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+# What a request may hold once decompressed: rows_per_message is at most 100,000 (settings), a few hundred bytes a
+# row. A body's compressed buffers can claim far more (zstd packs 80 MB of zeros into 3 KB): such a body is refused
+# from its metadata, before anything is decompressed, instead of running the worker out of memory (the kernel's
+# kill records no reason, and each redelivery kills another worker).
+MAX_ROWS = 100_000
+MAX_DECODED_BYTES = 256 * 2**20
+
+
+def _claims(data: bytes) -> tuple[int, int]:
+    """The rows and the decompressed bytes that the record batches of the IPC stream ``data`` claim, read from each
+    message's flatbuffer metadata and each compressed buffer's length prefix (Arrow's IPC format: a compressed
+    buffer starts with its uncompressed length, -1 for one left as it is), decompressing nothing."""
+    import struct
+
+    import pyarrow as pa
+
+    def u32(b: bytes, at: int) -> int:
+        return int(struct.unpack_from("<I", b, at)[0])
+
+    def field(b: bytes, table: int, index: int) -> int | None:
+        """Where field ``index`` of the flatbuffer table at ``table`` lies, or None when absent."""
+        vtable = table - int(struct.unpack_from("<i", b, table)[0])
+        size = int(struct.unpack_from("<H", b, vtable)[0])
+        at = 4 + 2 * index
+        offset = int(struct.unpack_from("<H", b, vtable + at)[0]) if at < size else 0
+        return table + offset if offset else None
+
+    def target(b: bytes, at: int | None) -> int | None:
+        return None if at is None else at + u32(b, at)
+
+    rows = decoded = 0
+    schema = False
+    for message in pa.ipc.MessageReader.open_stream(pa.py_buffer(data)):
+        schema = schema or message.type == "schema"
+        if message.type not in ("record batch", "dictionary batch"):
+            continue
+        meta = message.metadata.to_pybytes()
+        header = target(meta, field(meta, u32(meta, 0), 2))  # Message.header
+        if header is None:
+            raise ValueError("a batch message without its header")
+        batch = target(meta, field(meta, header, 1)) if message.type == "dictionary batch" else header
+        if batch is None:
+            raise ValueError("a dictionary batch without its data")
+        length = field(meta, batch, 0)  # RecordBatch.length
+        if message.type == "record batch" and length is not None:
+            rows += int(struct.unpack_from("<q", meta, length)[0])
+        buffers, body = target(meta, field(meta, batch, 2)), message.body  # RecordBatch.buffers: {offset, length}
+        if buffers is None:
+            continue
+        compressed = field(meta, batch, 3) is not None  # RecordBatch.compression
+        for i in range(u32(meta, buffers)):
+            offset, size = struct.unpack_from("<qq", meta, buffers + 4 + 16 * i)
+            if offset < 0 or size < 0:
+                raise ValueError(f"buffer {i} of a batch has a negative offset or length")
+            if not compressed or size < 8:  # (an empty buffer has no prefix)
+                decoded += size
+                continue
+            claimed = int(struct.unpack_from("<q", body, offset)[0])
+            if claimed < -1:
+                raise ValueError(f"buffer {i} of a batch claims a negative length")
+            decoded += size - 8 if claimed == -1 else claimed
+    if not schema:
+        raise ValueError("it holds no schema message")
+    return rows, decoded
+
+
 def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = ()) -> ScoringRequest:
     """The request a message carries, or :class:`RequestError` naming what is wrong with it.
 
@@ -122,16 +189,31 @@ def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = 
     if missing:
         raise RequestError(f"attributes {missing} are missing: a scoring request carries {list(REQUIRED_ATTRIBUTES)} "
                            "(publish requests with tenfold.inference.publish, not by hand)")
+    def not_a_stream(exc: Exception) -> RequestError:
+        return RequestError(f"the body is not an Arrow IPC stream of feature rows ({len(data)} bytes, starts "
+                            f"{bytes(data[:16])!r}): {exc}")
+
     try:
-        with pa.ipc.open_stream(pa.py_buffer(data), options=pa.ipc.IpcReadOptions(use_threads=False)) as reader:
-            rows = reader.read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise RequestError(f"the body is not an Arrow IPC stream of feature rows ({len(data)} bytes, starts "
-                           f"{bytes(data[:16])!r}): {exc}") from exc
+        claimed_rows, claimed_bytes = _claims(data)
+    except (pa.ArrowException, OSError, ValueError, struct.error) as exc:
+        raise not_a_stream(exc) from exc
     try:
         expected = int(attributes[ROWS])
     except ValueError:
         raise RequestError(f"attribute rows={attributes[ROWS]!r} is not a whole number") from None
+    if not 0 <= expected <= MAX_ROWS:
+        raise RequestError(f"attribute rows={expected} is outside 0..{MAX_ROWS:,} (rows_per_message's bounds): "
+                           "publish requests with tenfold.inference.publish")
+    if claimed_bytes > MAX_DECODED_BYTES:
+        raise RequestError(f"the body is {len(data):,} bytes that would decompress to {claimed_bytes:,} (more than "
+                           f"{MAX_DECODED_BYTES:,}): too large for one request; not decompressed")
+    if claimed_rows != expected:
+        raise RequestError(f"the body holds {claimed_rows} rows but attribute rows says {expected}: a truncated message")
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(data), options=pa.ipc.IpcReadOptions(use_threads=False)) as reader:
+            rows = reader.read_all()
+    except (pa.ArrowException, OSError) as exc:
+        raise not_a_stream(exc) from exc
     if rows.num_rows != expected:
         raise RequestError(f"the body holds {rows.num_rows} rows but attribute rows says {expected}: a truncated message")
     if not RECORD_NAME.match(attributes[REQUEST_ID]):

@@ -66,6 +66,30 @@ def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message
         decode(good.encode(), good.attributes(), ["k", "missing"])
 
 
+def test_a_body_that_would_decompress_beyond_the_cap_is_refused_before_anything_is_decompressed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd packs 80 MB of zeros into 3 KB: decode decompressed the whole body before any check, so a small message
+    could run a worker out of memory (the kernel's kill records no reason; each redelivery kills another worker).
+    The claims come from the IPC metadata and the compressed buffers' length prefixes. (The cap is lowered here so
+    that the bomb stays small; the real one is 256 MiB.)"""
+    import numpy as np
+
+    import tenfold.inference.requests as requests
+
+    monkeypatch.setattr(requests, "MAX_DECODED_BYTES", 2**20, raising=False)
+    rows = pa.table({"k": pa.array(np.zeros(200_000))})  # 1.6 MB of zeros, about 1 KB once compressed
+    bomb = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=rows)
+    body = bomb.encode("zstd")
+    assert len(body) < 4_000
+    with pytest.raises(RequestError, match=rf"the body is {len(body):,} bytes that would decompress to 1,600,000 "
+                                           r"\(more than 1,048,576\): too large for one request; not decompressed"):
+        decode(body, {**bomb.attributes(), "rows": "2000"})
+    with pytest.raises(RequestError, match=r"attribute rows=100001 is outside 0..100,000"):
+        decode(body, {**bomb.attributes(), "rows": "100001"})
+    small = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=rows.slice(0, 1000))
+    assert decode(small.encode("zstd"), small.attributes()).rows.equals(small.rows)  # 8 KB once decompressed: taken
+
+
 _RACE = """
 import json, sys
 from pathlib import Path
