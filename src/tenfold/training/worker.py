@@ -128,7 +128,10 @@ def init_distributed(backend: str, rank: int, world_size: int, timeout_s: int) -
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listen_fd = socket.create_server((host, port), family=family).detach()
     base = dist.TCPStore(host, port, world_size, is_master=hosts, timeout=timeout, master_listen_fd=listen_fd)
-    store = dist.PrefixStore(f"attempt_{restart}", base)
+    # A store rank 0 hosts is new each round: nothing of an earlier one to keep apart. The agent's store lives across
+    # rounds, whose keys a prefix keeps apart; but the restart count is each agent's own (a restart for a peer's
+    # failure is not counted), so two nodes' ranks could wait on two prefixes: the nodes never share the agent's.
+    store = dist.PrefixStore(f"attempt_{restart}", base) if agent_store else base
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 

@@ -230,3 +230,45 @@ def test_a_run_into_a_uri_leaves_no_local_folder_behind(
     from tenfold.training.launch import launch_folder
 
     assert sorted(p.name for p in launch_folder(train_settings, out).iterdir()) == [".job.lock"]
+
+
+_JOIN = """
+import sys
+import torch.distributed as dist
+from tenfold.training.worker import init_distributed
+init_distributed("gloo", int(sys.argv[1]), 2, 15)
+dist.barrier()
+print("joined", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_two_nodes_whose_agents_counted_different_restarts_still_join_one_group(tmp_path: Path) -> None:
+    """After a rank on one node dies, its agent counts a restart and the other node's agent (restarting for the
+    membership change) does not: TORCHELASTIC_RESTART_COUNT is 1 on one node and 0 on the other. The ranks joined
+    through the prefix attempt_<count>, so they waited on different keys until the collective timeout, every round,
+    until the restarts ran out. The nodes' ranks host a fresh store each round (training.node.NODE_ENV): no prefix."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tenfold.training.node import NODE_ENV
+
+    assert NODE_ENV == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # the agents share no store: the ranks host it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "False",
+           "GLOO_SOCKET_IFNAME": "lo"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _JOIN, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**env, "TORCHELASTIC_RESTART_COUNT": str(count)})
+             for rank, count in ((0, 0), (1, 1))]
+    try:
+        outputs = [r.communicate(timeout=60) for r in ranks]
+    finally:
+        for r in ranks:
+            if r.poll() is None:
+                r.kill()
+    assert [r.returncode for r in ranks] == [0, 0], [err[-2000:] for _out, err in outputs]
+    assert [out.strip() for out, _err in outputs] == ["joined", "joined"]

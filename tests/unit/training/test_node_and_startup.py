@@ -24,6 +24,21 @@ def test_torchrun_argv_is_multi_node_c10d() -> None:
     assert argv[-4:] == ["-m", s.training.entry_module, "--config", "c"]
 
 
+def test_a_node_runs_torchrun_with_its_ranks_hosting_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agents' shared store told rounds apart by each agent's own restart count, which two nodes disagree on
+    after one's rank dies (test_distributed.py has the two ranks that then never met)."""
+    import subprocess
+
+    called: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, env: called.append((argv, env)) or 0)
+    assert worker.run_torchrun(["torchrun"]) == 0
+    ((argv, env),) = called
+    assert argv == ["torchrun"] and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and env["PATH"]
+    import inspect
+
+    assert inspect.signature(worker.run_node).parameters["run"].default is worker.run_torchrun
+
+
 def test_every_node_picks_the_same_rendezvous_host() -> None:
     assert worker.rendezvous_host(["b-2", "a-9", "c-1"]) == "a-9"
     with pytest.raises(ValueError):
