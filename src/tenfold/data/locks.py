@@ -75,7 +75,9 @@ def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[Callable[[]
 def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float,
              what: str) -> Iterator[Callable[[], None]]:
     """Hold the create-only object ``gs://bucket/name``; :class:`LockTimeout` after ``timeout_s``."""
-    from google.api_core.exceptions import GoogleAPICallError, NotFound, PreconditionFailed
+    # GoogleAPIError, not GoogleAPICallError alone: once the client's retries of a dropped connection run out it
+    # raises RetryError, which is no call error, and a long outage ended the feedback sink with a traceback.
+    from google.api_core.exceptions import GoogleAPICallError, GoogleAPIError, NotFound, PreconditionFailed
 
     uri = f"gs://{bucket}/{name}"
     blob = client.bucket(bucket).blob(name)
@@ -110,6 +112,9 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
         raise LockUnavailable(f"cannot take {uri}, the lock of {what}: GCS answered {exc.code} ({exc.message}); "
                               "check that this service account may create and delete objects there, then run "
                               "again") from exc
+    except GoogleAPIError as exc:  # GCS unreachable past the client's retries (RetryError): nothing started
+        raise LockUnavailable(f"cannot take {uri}, the lock of {what}: GCS did not answer ({exc}); run again once it "
+                              "is reachable") from exc
     held = {"generation": blob.generation, "lost": ""}
     stop = threading.Event()
 
@@ -151,6 +156,9 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
                 mine = probe.generation == held["generation"] or still_mine(probe)
             except NotFound:
                 mine = False
+            except GoogleAPIError as exc:  # unknown whether it is still ours: the step it guards must not happen
+                raise LockLost(f"cannot tell whether {uri} is still held for {what}: GCS did not answer ({exc}); "
+                               "nothing more was done, run it again") from exc
             if not mine:
                 held["lost"] = f"{uri} was taken over (or removed) while {owner} held it for {what}"
         if held["lost"]:
@@ -165,7 +173,7 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
         beating.join()
         # Whose it is now, first: a holder taken over between two beats learns it here (a store that ignores the
         # delete's generation precondition, as fake-gcs-server does, would otherwise delete the other's lock).
-        with contextlib.suppress(LockLost, GoogleAPICallError):
+        with contextlib.suppress(LockLost):
             still_held()
         try:
             if not held["lost"]:
@@ -174,7 +182,7 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
             pass
         except PreconditionFailed:  # taken over between the check and the delete
             held["lost"] = f"{uri} was taken over while {owner} held it for {what}"
-        except GoogleAPICallError as exc:  # left behind, it goes stale and the next holder takes it over
+        except GoogleAPIError as exc:  # left behind, it goes stale and the next holder takes it over
             log.warning("could not release the lock %s (%s); it is taken over once older than %.0f s", uri, exc, stale_s)
     if held["lost"]:
         raise LockLost(f"{held['lost']}: another writer may have worked meanwhile; run it again")

@@ -22,7 +22,7 @@ import logging
 import posixpath
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -131,11 +131,11 @@ def log_files(lake: Lake, table: str, part: Partition, *, landed_since: dt.datet
 
 
 def read_log(lake: Lake, table: str, parts: Iterable[Partition], schema: pa.Schema, *,
-             landed_since: dt.datetime | None = None, quarantine: bool = False) -> pa.Table:
+             landed_since: dt.datetime | None = None, quarantine: Callable[[], None] | None = None) -> pa.Table:
     """Every row of ``table``'s logs in ``parts`` (redeliveries included), as ``schema``; empty if none.
     ``landed_since``: only the files landed then or later (:func:`log_files`). A file whose content cannot be
-    read as ``schema`` is skipped with a warning, and with ``quarantine`` (the join, which holds the join lock)
-    moved out of every join's way."""
+    read as ``schema`` is skipped with a warning, and with ``quarantine`` (the join's check that it still holds
+    the join lock, :func:`tenfold.feedback.lock.join_lock`, called before each move) moved out of every join's way."""
     tables = []
     for part in parts:
         for info in log_files(lake, table, part, landed_since=landed_since):
@@ -176,7 +176,7 @@ def quarantined_path(lake: Lake, table: str, part: Partition, path: str) -> str:
 
 
 def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Schema, *,
-               quarantine: bool) -> pa.Table | None:
+               quarantine: Callable[[], None] | None) -> pa.Table | None:
     """One log file as ``schema``; None when its content cannot be (one bad file, torn or another table's, copied in
     by hand or by another tool, must not stop every join, the canary's checks and the sink with it). An error
     reading the store itself is raised: the next join reads the file again."""
@@ -198,11 +198,12 @@ def _read_file(lake: Lake, table: str, part: Partition, path: str, schema: pa.Sc
             return conform(raw, schema)
         except ValueError as wrong:
             error = str(wrong)
-    if not quarantine:
+    if quarantine is None:
         log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): left out", path, table,
                     part.label, table, error)
         return None
     target = quarantined_path(lake, table, part, path)
+    quarantine()  # still the join lock's holder (LockLost otherwise): another join may be reading the file
     make_dirs(lake.fs, posixpath.dirname(target))
     lake.fs.move(path, target)
     log.warning("feedback log file %s of %s (%s) cannot be read as the %s log (%s): moved to %s; no join reads it "

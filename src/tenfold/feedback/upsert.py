@@ -125,7 +125,7 @@ def join(
     lake = lake or Lake.from_settings(settings)
     st = settings.storage
     report = JoinReport()
-    with join_lock(settings, lake, timeout_s=options.lock_timeout_s):
+    with join_lock(settings, lake, timeout_s=options.lock_timeout_s) as still_held:
         served = log_months(lake, st.predictions_table)
         targets = served if months is None else sorted(set(months) & set(served))
         fb_months = set(log_months(lake, st.feedback_table))
@@ -136,8 +136,8 @@ def join(
             if not force and before.get("inputs") == inputs:
                 report.months.append(MonthJoin(month.label, published=False))
                 continue
-            predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=True)
-            feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=True)
+            predictions = read_log(lake, st.predictions_table, [month], PREDICTIONS_LOG, quarantine=still_held)
+            feedback = read_log(lake, st.feedback_table, window, FEEDBACK_LOG, quarantine=still_held)
             table, stats = _join_logs(lake, settings, month, window, predictions, feedback)
             if not force and (shrunk := _shrunk(lake, st.labelled_table, month, before, stats, table, options)):
                 # The logs only grow, so a rebuild never has fewer rows, unless log files went away since (a
@@ -149,6 +149,9 @@ def join(
                 log.warning("feedback join %s: %s", month.label, why)
                 report.months.append(MonthJoin(month.label, published=False, kept=why))
                 continue
+            # A join that stalled past the lock's stale age (a paused VM) and was taken over must not publish its
+            # rebuild over the newer one of the join that took the lock: it ends here, with LockLost.
+            still_held()
             _publish(lake, st.labelled_table, month, table, extra={
                 "inputs": inputs, "rows": stats.predictions, "labelled": stats.labelled,
                 "horizon": options.feedback_horizon_months, "join_version": JOIN_VERSION})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import uuid
@@ -216,7 +217,7 @@ def test_a_log_file_whose_column_does_not_convert_or_holds_nulls_is_left_out(set
         pq.write_table(bad, f"{lake.partition_path(table, MAY)}/log-20260514T13000{i}000000-other.parquet")
     assert read_log(lake, table, [MAY], FEEDBACK_LOG)["prediction_id"].to_pylist() == ["a"]
     assert len(log_files(lake, table, MAY)) == 3, "read without quarantine: left in place"
-    assert read_log(lake, table, [MAY], FEEDBACK_LOG, quarantine=True)["prediction_id"].to_pylist() == ["a"]
+    assert read_log(lake, table, [MAY], FEEDBACK_LOG, quarantine=lambda: None)["prediction_id"].to_pylist() == ["a"]
     assert len(log_files(lake, table, MAY)) == 1
 
 
@@ -459,3 +460,144 @@ def test_a_published_label_lost_with_its_log_file_is_kept_though_new_traffic_mak
     report = join(settings)
     assert report.published == [] and "2 of its published predictions are not in the logs any more" in report.kept[0]
     assert _labelled(settings)[0] == full
+
+
+class _Relay:
+    """A TCP relay on loopback to ``target`` (host, port): what a client reaches GCS through, until :meth:`cut`
+    closes it and every connection it carries (the storage service gone from this machine's view)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target, self.conns, self.cut_ = target, [], threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.cut_.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: object, b: object) -> None:
+        import socket
+
+        assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        import socket
+
+        self.cut_.set()
+        with contextlib.suppress(OSError):  # a close alone leaves a socket blocked in accept() listening
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+@pytest.mark.integration
+def test_a_gcs_lock_whose_storage_stops_answering_is_a_lock_error_not_a_traceback(local_settings, monkeypatch):
+    """Past the storage client's retries a connection that is refused is RetryError, which is no GoogleAPICallError:
+    taking the lock, or checking it before a publish, let it through, and a GCS outage of a couple of minutes ended
+    the running feedback sink with a traceback (its join handles lock errors and goes on landing). The client's
+    retry deadline is cut from 120 s to 2 s so that the test does not wait two minutes; the refusals are real."""
+    import urllib.parse
+
+    import google.cloud.storage.retry as storage_retry
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tenfold.data.locks import LockLost, LockUnavailable, gcs_lock
+
+    monkeypatch.setattr(storage_retry.DEFAULT_RETRY, "_timeout", 2.0)
+    emulator = urllib.parse.urlsplit(local_settings.storage.emulator_host)
+    relay = _Relay((emulator.hostname, emulator.port))
+
+    def client(port: int) -> storage.Client:
+        return storage.Client(project=local_settings.project_id, credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": f"http://127.0.0.1:{port}"})
+
+    bucket, name = local_settings.storage.lake_bucket, f"locktest-{uuid.uuid4().hex[:8]}/_join.lock"
+    try:
+        with gcs_lock(client(relay.port), bucket, name, timeout_s=5, stale_s=600, what="the feedback join") as held:
+            held()  # reachable: still ours
+            relay.cut()
+            with pytest.raises(LockLost, match=rf"cannot tell whether gs://{bucket}/{name} is still held for the "
+                                               r"feedback join: GCS did not answer .*nothing more was done"):
+                held()
+        with pytest.raises(LockUnavailable, match=rf"cannot take gs://{bucket}/{name}, the lock of the feedback join: "
+                                                  r"GCS did not answer"), \
+                gcs_lock(client(relay.port), bucket, name, timeout_s=5, stale_s=600, what="the feedback join"):
+            pytest.fail("the lock was taken through a relay that is cut")
+    finally:
+        relay.cut()
+        gcs = client(emulator.port)
+        with contextlib.suppress(Exception):
+            gcs.bucket(bucket).blob(name).delete()  # the lock its holder could not release
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stall", ["before_the_reads", "before_the_publish"])
+def test_a_join_whose_lock_was_taken_over_publishes_nothing_and_quarantines_nothing(
+        make_settings, local_settings, monkeypatch, stall):
+    """On a gs:// lake a join that stalled past the lock's stale age (a paused VM) and was taken over learned it
+    only at its release: meanwhile it published its older rebuild of the month over the newer one of the join that
+    took the lock, and moved log files to quarantine under it. It now checks the lock right before each such step.
+    (The other join here takes the lock as one does from a holder that stopped beating: stale_s=0.)"""
+    import posixpath
+
+    from tenfold.data.lake import MissingManifestError
+    from tenfold.data.locks import LockLost, gcs_lock
+    from tenfold.feedback import upsert
+    from tenfold.feedback.lock import LOCK_NAME
+    from tenfold.feedback.log import log_files
+    from tenfold.storage import gcs_client
+
+    from .conftest import Logs
+
+    bucket = local_settings.storage.lake_bucket
+    settings = make_settings(on=local_settings, storage={"lake_uri": f"gs://{bucket}/lake-{uuid.uuid4().hex[:8]}"})
+    logs = Logs(settings)
+    logs.predictions(prediction("a"), prediction("b"))
+    logs.feedback(feedback("a", 1))
+    lake, st = logs.lake, settings.storage
+    if stall == "before_the_reads":  # a file the join would move to quarantine
+        pq.write_table(pq.read_table(log_files(lake, st.feedback_table, MAY)[0].path, filesystem=lake.fs)
+                       .drop_columns(["prediction_id"]),
+                       f"{lake.partition_path(st.feedback_table, MAY)}/log-20260514T130000000000-other.parquet",
+                       filesystem=lake.fs)
+    lock_bucket, _, lock_name = posixpath.join(lake.table_path(st.labelled_table), LOCK_NAME).partition("/")
+    with contextlib.ExitStack() as other:
+        def taken_over(real):
+            def stalled(*args, **kwargs):
+                if not other._exit_callbacks:  # the join stalls here: another takes its lock
+                    other.enter_context(gcs_lock(gcs_client(settings), lock_bucket, lock_name, timeout_s=10,
+                                                 stale_s=0, what="the other join"))
+                return real(*args, **kwargs)
+            return stalled
+
+        where = "_fingerprint" if stall == "before_the_reads" else "_join_logs"
+        monkeypatch.setattr(upsert, where, taken_over(getattr(upsert, where)))
+        with pytest.raises(LockLost, match="taken over"):
+            join(settings, lake=lake)
+    with pytest.raises(MissingManifestError):
+        lake.read_manifest(st.labelled_table, MAY)  # nothing published
+    assert len(log_files(lake, st.feedback_table, MAY)) == (2 if stall == "before_the_reads" else 1)  # none moved
