@@ -196,6 +196,33 @@ def test_poison_message_is_dead_lettered_after_exactly_the_configured_attempts(m
     assert len(store.result_ids()) == 199
 
 
+def test_a_dead_letter_still_on_its_subscription_when_the_run_is_published_again_is_not_counted_dead(
+        make_setup) -> None:
+    """A request dead-lettered while a try of the publish task failed waits on the dead-letter subscription (no
+    wait drains it yet); the retry sends it again. The wait then drained its old copy and recorded it as dead and
+    not sent again: counted dead while its new copy was in flight, the run ended early. The publish now drains
+    first, then marks what it sends again. (Pub/Sub's dead-lettering is stood for by publishing the old copy to the
+    dead-letter topic with the attributes Pub/Sub adds; no worker runs, so the new copies stay in flight.)"""
+    from tenfold.inference.runs import account, drain_dead_letters
+
+    setup = make_setup(20, rows_per_message=10)
+    s = setup.settings
+    run = f"retried-{uuid.uuid4().hex[:6]}"
+    dead_id = request_id(run, PART.label, 1)
+    publisher = publisher_client(s)
+    publisher.publish(topic_path(s, s.messaging.subscriptions["requests"].dead_letter_topic), b"the first copy",
+                      **{RUN: run, REQUEST_ID: dead_id, "partition": PART.label, "model_version": setup.version,
+                         ROWS: "10", "CloudPubSubDeadLetterSourceDeliveryCount": str(MAX_ATTEMPTS)}).result(timeout=30)
+    publisher.stop()
+    assert publish_requests(s, run, PART.label, setup.version, setup.feature_rows()).requests == 2  # the retry
+    drain_dead_letters(s)  # what the run's wait does first
+    store = RunStore.of(s, run)
+    acc = account(store, expected_ids(run, PART.label, 2))
+    assert acc.dead_lettered == () and acc.scored == (), "a request in flight again was counted dead"
+    record = store.dead_letter(dead_id)
+    assert record is not None and record["replayed"] and [r["by"] for r in record["replays"]] == ["publish"]
+
+
 def test_a_dead_letter_without_a_request_id_says_why_it_was_refused(make_setup, worker_thread) -> None:
     """Pub/Sub gives a dead-lettered message a new message id: the dead letter of a message without a request id,
     once named by that id, missed the error the worker had recorded under the first one (`tenfold dlq inspect`:

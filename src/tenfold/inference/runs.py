@@ -98,8 +98,13 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     futures = []
     count = 0
     # A run published again (its task retried, its DAG run cleared) re-sends requests that were dead-lettered:
-    # they are in flight again, not accounted for, until they are scored or dead-lettered anew.
-    resent = resend_dead_letters(RunStore(work_objects(settings), run_key),
+    # they are in flight again, not accounted for, until they are scored or dead-lettered anew. Dead letters still
+    # waiting on their subscription (dead-lettered while an earlier try of this task failed, nothing draining) are
+    # recorded first: recorded by the wait after this resend, as not sent again, each counted as dead-lettered while
+    # its new copy was in flight, and the run ended early (failed, or published without it).
+    objects = work_objects(settings)
+    drain_dead_letters(settings, objects=objects)
+    resent = resend_dead_letters(RunStore(objects, run_key),
                                  expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
                                  by="publish")
     if resent:
