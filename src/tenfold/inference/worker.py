@@ -272,6 +272,10 @@ class _Puller:
         self.cond = threading.Condition()
         self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
         self._stop_leases = threading.Event()
+        # Held by the keeper from choosing the messages to extend until the extension returns, and by a nack for its
+        # own call: a nack sent while an extension of its message was on the way was undone by it, and the message
+        # came back only after lease_s (120 s in the cloud) instead of at once.
+        self._deadlines = threading.Lock()
         self.leaser = threading.Thread(target=self._keep_leases, name="tenfold-infer-lease", daemon=True)
 
     def run(self, stop: threading.Event) -> None:
@@ -334,20 +338,22 @@ class _Puller:
         if ack:
             self.client.acknowledge(request={"subscription": self.path, "ack_ids": [delivery.ack_id]}, retry=None)
         else:  # redeliver now: the delivery attempts are spent quickly and the dead-letter policy takes it
-            self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [delivery.ack_id],
-                                                     "ack_deadline_seconds": 0}, retry=None)
+            with self._deadlines:
+                self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [delivery.ack_id],
+                                                         "ack_deadline_seconds": 0}, retry=None)
 
     def _keep_leases(self) -> None:
         while not self._stop_leases.wait(self.tick_s):
             now = time.monotonic()
-            with self.cond:
-                due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]
-            if due:
-                try:
-                    self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": due,
-                                                             "ack_deadline_seconds": self.lease_s}, retry=None)
-                except Exception as exc:  # an expired ack id, or Pub/Sub away for a moment: next round
-                    log.warning("lease extension of %d messages failed: %s", len(due), exc)
+            with self._deadlines:
+                with self.cond:
+                    due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]
+                if due:
+                    try:
+                        self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": due,
+                                                                 "ack_deadline_seconds": self.lease_s}, retry=None)
+                    except Exception as exc:  # an expired ack id, or Pub/Sub away for a moment: next round
+                        log.warning("lease extension of %d messages failed: %s", len(due), exc)
 
     def close(self, timeout: float) -> bool:
         """Let the handlers in progress finish (up to ``timeout``); True when they all did."""

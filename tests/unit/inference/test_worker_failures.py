@@ -333,3 +333,41 @@ def test_a_stopping_worker_hands_back_the_messages_it_pulled_but_never_started(m
     finally:
         release.set()
     assert nacked == [(["ack-1", "ack-2"], 0)]
+
+
+def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension(settings: Settings) -> None:
+    """The keeper chose the messages to extend, let go of its lock and sent the extension: a handler's nack in
+    between (deadline 0: redeliver now) was overwritten by the extension landing after it, and the message came back
+    only after lease_s (120 s in the cloud), slowing poison messages to their dead letter."""
+    import threading
+
+    extending, release = threading.Event(), threading.Event()
+    applied: list[tuple[str, int]] = []  # each deadline as Pub/Sub applies it, in order
+
+    class Client:
+        def modify_ack_deadline(self, request: dict[str, Any], retry: Any) -> None:
+            if request["ack_deadline_seconds"] > 0:  # the keeper's extension: held in flight
+                extending.set()
+                assert release.wait(10)
+            applied.extend((ack_id, request["ack_deadline_seconds"]) for ack_id in request["ack_ids"])
+
+    puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
+    puller.tick_s = 0.01
+    message = type("Message", (), {"message_id": "m1", "data": b"x", "attributes": {}})()
+    delivery = worker_mod._Delivery(puller, type("Received", (), {"ack_id": "a1", "message": message,
+                                                                 "delivery_attempt": 1})())
+    puller.in_hand[delivery.ack_id] = delivery
+    puller.leaser.start()
+    try:
+        assert extending.wait(10)
+        nacking = threading.Thread(target=delivery.nack)
+        nacking.start()
+        nacking.join(0.5)  # with the fix it waits for the extension in flight; without it, it is done by now
+        release.set()
+        nacking.join(10)
+    finally:
+        release.set()
+        puller._stop_leases.set()
+        puller.leaser.join(10)
+        puller.close(timeout=1)
+    assert applied[-1] == ("a1", 0), applied  # the nack is what holds: redelivered at once
