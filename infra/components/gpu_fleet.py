@@ -59,11 +59,19 @@ class GpuFleetProps:
     target_shape: str = "EVEN"  # EVEN / BALANCED spread; ANY / ANY_SINGLE_ZONE follow capacity
 
 
+# The target distribution shapes Compute Engine lets an autoscaler drive on a regional group.
+AUTOSCALED_SHAPES = ("EVEN", "BALANCED")
+
+
 class GpuFleet(Construct):
     def __init__(self, scope: Construct, id_: str, props: GpuFleetProps) -> None:
         super().__init__(scope, id_)
         if (props.autoscaling is None) == (props.target_size is None):
             raise ValueError(f"{props.group_name}: give either an autoscaler or a fixed target_size")
+        if props.autoscaling is not None and props.target_shape not in AUTOSCALED_SHAPES:
+            # Compute Engine refuses an autoscaler on a regional group of another shape: found at deploy otherwise.
+            raise ValueError(f"{props.group_name}: an autoscaled regional group's target shape must be one of "
+                             f"{', '.join(AUTOSCALED_SHAPES)}, not {props.target_shape}")
         scheduling: dict[str, object] = {
             # GPUs cannot live-migrate, nor can spot VMs: they must stop for host maintenance. A CPU-only VM (the
             # feedback sink, always on) migrates live instead of pausing its ingestion and expiring its messages' leases.

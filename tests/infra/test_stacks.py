@@ -264,6 +264,11 @@ def test_autoscalers_scale_serving_on_lb_and_workers_on_backlog(synth: Synth, en
     groups = {lid: g["name"] for lid, g in resources(stack, "google_compute_region_instance_group_manager").items()}
     by_group = {groups[a["target"].split(".")[1]]: a["autoscaling_policy"] for a in resources(stack, "google_compute_region_autoscaler").values()}
     assert s.training.fleet.instance_group not in by_group, "the training group is resized by the DAG, not autoscaled"
+    # Compute Engine refuses an autoscaler on a regional group of shape ANY or ANY_SINGLE_ZONE: the inference
+    # group's (ANY) failed the platform deploy in both environments.
+    shapes = {g["name"]: g["distribution_policy_target_shape"]
+              for g in resources(stack, "google_compute_region_instance_group_manager").values()}
+    assert {name: shapes[name] for name in by_group if shapes[name] not in ("EVEN", "BALANCED")} == {}
     for fleet in (s.serving.stable_fleet, s.serving.canary_fleet):
         p = by_group[fleet.instance_group]
         assert p["load_balancing_utilization"] == {"target": s.serving.target_utilization}
@@ -771,3 +776,19 @@ def test_the_deploy_guide_pushes_the_cuda_image_before_any_vm_boots() -> None:
     (build,) = [line for line in guide.splitlines() if line.startswith("docker build ")]
     assert "--build-arg VARIANT=cuda" in build
     assert guide.index("docker push") < guide.index("cdktn deploy tenfold-dev-platform")
+
+
+@pytest.mark.parametrize("shape", ["ANY", "ANY_SINGLE_ZONE"])
+def test_an_autoscaled_group_of_a_shape_compute_engine_cannot_autoscale_is_refused_at_synth(shape: str) -> None:
+    """Compute Engine creates no autoscaler on a regional group of shape ANY or ANY_SINGLE_ZONE: the platform stack
+    synthesized one, and the deploy failed at it."""
+    from cdktn import App, TerraformStack
+
+    from infra.components.gpu_fleet import GpuFleet, GpuFleetProps, PubsubBacklogScaling
+
+    props = GpuFleetProps(template_name_prefix="t", group_name="g", region="europe-west4", machine_type="g2-standard-4",
+                          source_image="i", disk_size_gb=50, subnetwork="s", service_account_email="a@p.iam",
+                          startup_script="", tags=(), autoscaling=PubsubBacklogScaling("sub", 10), target_shape=shape)
+    with pytest.raises(ValueError, match=rf"g: an autoscaled regional group's target shape must be one of EVEN, "
+                                         rf"BALANCED, not {shape}"):
+        GpuFleet(TerraformStack(App(), "t"), "fleet", props)

@@ -1180,8 +1180,10 @@ def build_settings(
                                        **given.serving.get("rollout", {})}),
         ),
         inference=InferenceSettings(
+            # BALANCED: zones with spot GPUs first, as ANY would, and a shape an autoscaler may drive (ANY's may
+            # not: the deploy failed creating the group's backlog autoscaler).
             fleet=fleet("infer", machine_type="g2-standard-4", min_replicas=0, max_replicas=10 if prod else 2, spot=True,
-                        target_shape="ANY", **gpu),
+                        target_shape="BALANCED", **gpu),
         ),
         # One sink: it lands both subscriptions' messages in the lake logs and joins them every 30 s while anything
         # lands (one join at a time per lake, tenfold.feedback.lock); a CPU VM is plenty.
