@@ -354,8 +354,14 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # A month this run recorded already had its score written by that earlier try (the write comes before the record):
     # written again by a clear of the run, it opened a new incident, paging for a drift already handled.
     scored = [(s, page) for s, page in firing if s["month"] not in owed]
-    max_psi = max((s["max_psi"] for s, _ in scored if s["max_psi"] is not None),
-                  default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
+
+    def highest(of: list[tuple[dict[str, Any], str]]) -> float | None:
+        return max((s["max_psi"] for s, _ in of if s["max_psi"] is not None),
+                   default=0.0 if any(s["max_psi"] is not None for s in r.summaries) else None)
+
+    # The score the metric gets (a month an earlier try wrote is left out), and the one the alert and the decision
+    # name: every firing month's (a retried try whose month was owed said 0.0 for a real drift).
+    written, max_psi = highest(scored), highest(firing)
     # The cloud's drift alert policy watches this metric (dev and prod; nothing to write locally). An outage
     # (tenfold.outages: unavailable, deadline, quota, internal, aborted, retries run out) fails the try of a
     # task with tries left, before it alerts or records anything, so the next try writes the score (and alerts once:
@@ -370,7 +376,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         # One series per project, which the cloud's drift alert pages on: the score of a version that is not the
         # champion (which retrains nothing) is not written there.
         if not not_serving and (scored or not firing):
-            write_drift_score(settings, max_psi)
+            write_drift_score(settings, written)
     except Exception as exc:
         if emits and not last_try and not isinstance(exc, MetricWriteError) and is_outage(exc):
             raise  # an outage: the next try writes it (a refusal, a missing credential or a fault would not)

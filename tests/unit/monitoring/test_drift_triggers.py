@@ -138,6 +138,8 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
     assert retry["retrain"] is True
     (page,) = flaky_webhook.received
     assert "drift: retraining v1" in page["text"]
+    # The month the first try recorded is still the drift's: its score (it said 0.0, the month left out as owed).
+    assert retry["max_psi"] == 0.41 and "max_psi: 0.41" in page["text"]
     again = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)  # delivered and recorded: not twice
     assert again["retrain"] is True and len(flaky_webhook.received) == 1
 
