@@ -263,13 +263,10 @@ def _refuse_a_challenger_the_gate_kept_out(reg: ModelRegistry, version: str, cha
     its day. A run cleared after the champion moved decides again against the new one (``train_model.gate``)
     and may keep it out, but moves no alias: rolled out by default, that version would go live against a
     champion it was scored below. A version named in the run conf is the operator's choice and is not refused."""
-    against = [d for key, d in reg.decisions(version).items()  # the gate's own, compared with this champion
-               if not key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("champion_version") == champion
-               and isinstance(d.get("champion"), Mapping)]
-    if against and not any(d.get("promote") for d in against):
+    if (kept := reg.kept_out_by_the_gate(version, champion)) is not None:
         raise PipelineInputError(
             f"the challenger {version} was compared with the champion {champion} since it passed the offline gate, "
-            f"and kept out ({against[-1].get('summary')}): train a new challenger, or pass "
+            f"and kept out ({kept.get('summary')}): train a new challenger, or pass "
             f'{{"version": "{version}"}} in the run conf to roll it out anyway')
 
 

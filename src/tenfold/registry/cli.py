@@ -168,7 +168,8 @@ def promote(
     reason: str = typer.Option("", help="why, recorded in the alias history"),
     expect: str | None = typer.Option(None, help="fail unless the champion is this version now (default: what it is when read)"),
     force: bool = typer.Option(False, "--force", help="promote a version this code cannot load (another workload, or "
-                               "another version of the feature definitions)"),
+                               "another version of the feature definitions), one a canary rejected, or one the "
+                               "offline gate kept out against the champion"),
     env: str | None = EnvOption,
 ) -> None:
     """Make a version the champion, by compare-and-swap: a concurrent change makes this fail, not overwrite."""
@@ -180,6 +181,14 @@ def promote(
             raise RegistryError(f"{version} cannot be the champion here: {why}; promote a model of the rebuilt "
                                 "features (train_model), or --force")
         before = reg.alias(CHAMPION)
+        if not force and (before is None or before.version != version):
+            # What a rollout refuses by default, refused here too: a manual promote went round both.
+            if rejected := reg.canary_rejections(version):
+                raise RegistryError(f"a canary rejected {version} ({rejected[-1].get('summary')}): train a better model, "
+                                    "or --force to promote it all the same")
+            if before is not None and (kept := reg.kept_out_by_the_gate(version, before.version)) is not None:
+                raise RegistryError(f"the offline gate kept {version} out against the champion {before.version} "
+                                    f"({kept.get('summary')}): train a better model, or --force to promote it all the same")
         expected = reg.find(expect) if expect else (before.version if before else None)
         if before is not None and before.version == version:
             # Already there. With --expect naming another version, this is this command's own earlier try that

@@ -908,6 +908,15 @@ class ModelRegistry:
             out[blob.name.rsplit("/", 1)[-1].removesuffix(".json")] = body
         return out
 
+    def kept_out_by_the_gate(self, version: str, champion: str) -> dict[str, Any] | None:
+        """The last of the offline gate's decisions that compared ``version`` with ``champion`` when every one of them
+        kept it out; None when one let it through or none compared them (a "NO COMPARISON" record scored no
+        champion: it carries no ``champion`` metrics and decides nothing)."""
+        against = [d for key, d in self.decisions(version).items()
+                   if not key.startswith(ROLLOUT_DECISION_PREFIX) and d.get("champion_version") == champion
+                   and isinstance(d.get("champion"), Mapping)]
+        return against[-1] if against and not any(d.get("promote") for d in against) else None
+
     def canary_rejections(self, version: str) -> list[dict[str, Any]]:
         """The decisions of canary rollouts that rejected ``version`` (recorded as ``rollout-<rollout id>``)."""
         return [d for key, d in self.decisions(version).items()

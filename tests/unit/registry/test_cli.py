@@ -247,3 +247,30 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
     elsewhere = registry_settings.model_copy(update={"workload": "no_such_package.module:WORKLOAD"})
     with pytest.raises(RegistryError, match=r"cannot check that the version can be served here: .*--force"):
         root._unusable_here(SimpleNamespace(settings=elsewhere, meta=meta))
+
+
+@pytest.mark.parametrize("verdict", ["canary", "gate"])
+def test_promote_refuses_a_version_a_canary_rejected_or_the_gate_kept_out_unless_forced(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch, verdict: str) -> None:
+    """A rollout refuses both by default; `models promote` made such a version champion without a word, exit 0.
+    A gate record that scored no champion ("NO COMPARISON", which tells people to promote by hand) decides nothing."""
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    champion = reg.register(make_model_dir(31), lineage, metrics={"auc": 0.66}).version
+    challenger = reg.register(make_model_dir(32), lineage, metrics={"auc": 0.61}).version
+    assert runner.invoke(app, ["models", "promote", champion]).exit_code == 0
+    reg.record_decision(challenger, "run-1", {"promote": False, "champion_version": champion,
+                                              "summary": "NO COMPARISON: champion could not be scored"})
+    if verdict == "canary":
+        reg.record_decision(challenger, "rollout-r1", {"rejected": True, "summary": "ROLLED BACK: error rate 4 %"})
+        said = f"a canary rejected {challenger} (ROLLED BACK: error rate 4 %)"
+    else:
+        reg.record_decision(challenger, "run-2", {"promote": False, "champion_version": champion,
+                                                  "champion": {"auc": 0.66}, "summary": "KEEP: AUC 0.61 < 0.66"})
+        said = f"the offline gate kept {challenger} out against the champion {champion} (KEEP: AUC 0.61 < 0.66)"
+    out = runner.invoke(app, ["models", "promote", challenger])
+    assert out.exit_code == 2 and said in out.output and "--force" in out.output, out.output
+    assert reg.resolve("champion") == champion
+    out = runner.invoke(app, ["models", "promote", challenger, "--force"])
+    assert out.exit_code == 0 and reg.resolve("champion") == challenger, out.output
