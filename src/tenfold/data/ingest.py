@@ -553,7 +553,7 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
     # piling up copies. Anything else there is kept, and this one goes beside it (key-2, ...: see Lake.quarantine):
     # a batch the quality gate withdrew under the key, or another delivery's bytes (maybe the only copy left).
     for dest in lake.quarantine_paths(table, part, key):
-        if lake.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+        if not lake.exists(dest):
             break
         if _source_refusal_at(lake, dest) and _same_copy(lake, staged, dest, copy):
             lake.discard(dest)

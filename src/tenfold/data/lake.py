@@ -302,6 +302,11 @@ class Lake:
     def _join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def exists(self, path: str) -> bool:
+        """Whether anything is at ``path`` (a filesystem path in this lake): a file, or a folder (on GCS, a prefix
+        that holds objects)."""
+        return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
+
     def uri_of(self, path: str) -> str:
         """A filesystem path under the lake back to a URI that Spark and pyarrow both accept."""
         rel = posixpath.relpath(path, self.root)
@@ -677,7 +682,7 @@ class Lake:
                 and self.stored_crc32c(dest) == entry.crc32c:
             return  # a retry after a partial publish: this file already landed whole
         folder = posixpath.dirname(dest)
-        created = self.fs.get_file_info(folder).type == pafs.FileType.NotFound
+        created = not self.exists(folder)
         make_dirs(self.fs, folder)
         if created:
             self._on_disk(posixpath.dirname(folder))  # the data folder's own entry in the partition's folder
@@ -765,7 +770,7 @@ class Lake:
         """
         staged = self._path(staged_dir)
         dest = next(d for d in self.quarantine_paths(table, part, attempt)
-                    if self.fs.get_file_info(d).type == pafs.FileType.NotFound)
+                    if not self.exists(d))
         make_dirs(self.fs, posixpath.dirname(dest))
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             # On GCS the move goes object by object: the verdict goes first, into the batch itself, so a move cut
@@ -802,7 +807,7 @@ class Lake:
         return self._quarantined(dest, reason), reason
 
     def _move_tree(self, source: str, dest: str) -> None:
-        if not self._gcs and self.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+        if not self._gcs and not self.exists(dest):
             self.fs.move(source, dest)
             return
         # GCS has no folders to rename (pyarrow refuses to move one): move each object under the prefix, the

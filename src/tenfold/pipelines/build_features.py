@@ -308,13 +308,13 @@ def _published_earlier(lake: Lake, table: str, run: FeaturesRun) -> Manifest | N
     :func:`publish` leaves (the staging dropped once the manifest is in place, then its record). None otherwise:
     a staging folder gone without that record (deleted by the bucket's lifecycle rule while the run waited to be
     cleared, or by hand) says nothing of whether this run's build was ever validated, whatever the month holds."""
-    if lake.fs.get_file_info(lake._path(run.staging_uri)).type.name != "NotFound":
+    if lake.exists(lake._path(run.staging_uri)):
         return None
     if not lake.has_manifest(table, run.partition):
         return None
     # Only the record says it: the manifest's run id does not (a run cleared from plan rebuilds under the same id, and
     # its old manifest names it while the rebuild was never validated).
-    if lake.fs.get_file_info(_published_record(lake, run)).type.name == "NotFound":
+    if not lake.exists(_published_record(lake, run)):
         return None
     return lake.read_manifest(table, run.partition)
 
@@ -388,8 +388,7 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     _finish_cut_drop(lake, table, run)
     staged = lake._path(run.staging_uri)
     quarantined = lake.quarantine_path(table, run.partition, run.staging_key)
-    if lake.fs.get_file_info(staged).type.name == "NotFound" \
-            and lake.fs.get_file_info(quarantined).type.name == "NotFound":
+    if not lake.exists(staged) and not lake.exists(quarantined):
         # A refused batch (quarantined) keeps its verdict in validate_partition below.
         if (manifest := _published_earlier(lake, table, run)) is not None:
             log.info("%s %s was already validated and published by this run's publish (its staging %s is gone): "
@@ -398,7 +397,7 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month "
                             f"is not published by this run{_gone_why(settings)}; clear the whole run from its first task "
                             "(plan) so that build stages it again")
-    if lake.fs.get_file_info(done := _published_record(lake, run)).type.name != "NotFound":
+    if lake.exists(done := _published_record(lake, run)):
         lake.fs.delete_file(done)  # this run built again since it published (cleared from its start): a new batch
     try:
         report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,
@@ -426,7 +425,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
     _finish_cut_drop(lake, table, run)
     staged = lake._path(run.staging_uri)
     manifest_uri = lake.uri_of(lake.manifest_path(table, part))
-    if lake.fs.get_file_info(staged).type.name == "NotFound":
+    if not lake.exists(staged):
         # A retry after a publish that succeeded but whose task died before reporting it.
         if (manifest := _published_earlier(lake, table, run)) is not None:
             lake.discard(lookups_staging_uri(run.staging_uri))  # a publish killed before dropping it
@@ -437,7 +436,7 @@ def publish(settings: Settings, run: FeaturesRun) -> dict[str, Any]:
                             "so that build stages it again")
     lookups = lookups_staging_uri(run.staging_uri)
     absent = [n for n in workload.contract.lookup_tables
-              if lake.fs.get_file_info(lake._path(lookup_staging_uri(lookups, n))).type.name == "NotFound"]
+              if not lake.exists(lake._path(lookup_staging_uri(lookups, n)))]
     if absent:
         raise PipelineError(f"the build of {part.label} staged no lookup tables {absent} beside {run.staging_uri}; "
                             "re-run build_features (the job writes them with the features)")

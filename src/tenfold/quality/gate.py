@@ -433,7 +433,7 @@ def validate_partition(
     earlier = lake.quarantine_path(table, part, attempt)
     # Every refusal under this attempt so far (attempt, attempt-2...: a cleared run refused again): the one whose
     # move was cut short may be any of them.
-    taken = list(itertools.takewhile(lambda d: lake.fs.get_file_info(d).type != pafs.FileType.NotFound,
+    taken = list(itertools.takewhile(lake.exists,
                                      lake.quarantine_paths(table, part, attempt)))
     if (resumed := lake.resume_quarantine(staged, taken)) is not None:
         # A refusal whose move to quarantine was cut short (the task killed meanwhile, before it alerted): what
