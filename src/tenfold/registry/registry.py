@@ -601,10 +601,18 @@ class ModelRegistry:
         """Copy a version's files to ``dest``, verifying every file and the version digest.
 
         The copy is assembled beside ``dest`` and renamed into place, so ``dest`` is either a complete,
-        verified copy or untouched. An existing verified copy of the same version is reused.
+        verified copy or untouched. An existing verified copy of the same version is reused. Downloads to one
+        ``dest`` take turns (``.download-<name>.lock`` beside it): two processes fetching one version (the drift
+        monitor's DAG task and its CLI) both found it absent, and the second rename met the first's folder, ENOTEMPTY.
         """
+        from tenfold.fsio import file_lock
+
         mv = self.get(version, with_lineage=False)
         dest = Path(dest)
+        with file_lock(dest.parent / f".download-{dest.name}.lock"):
+            return self._download(mv, version, dest)
+
+    def _download(self, mv: ModelVersion, version: str, dest: Path) -> Path:
         marker = dest / VERSION_FILE
         if marker.is_file():
             try:

@@ -433,6 +433,45 @@ def test_download_is_verified_and_a_tampered_object_is_detected(
         reg.get(mv.version)
 
 
+def test_two_downloads_of_one_version_to_one_folder_take_turns(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both found the folder absent and assembled a copy; the second rename met the first's folder (ENOTEMPTY), a
+    raw OSError (the drift monitor's DAG task and its CLI share the folder). Both renames are held until the other
+    reaches its own (or 2 s pass), which is where the race was."""
+    import contextlib
+    import threading
+
+    reg = ModelRegistry(registry_settings)
+    mv = reg.register(make_model_dir(71), lineage, metrics=METRICS)
+    both, real_rename = threading.Barrier(2), Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if ".partial-" in self.name:  # a finished copy going into place
+            # (broken: the other download waits its turn, and this one goes alone)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait(timeout=2)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    results: list[object] = []
+
+    def download() -> None:
+        try:
+            results.append(reg.download(mv.version, tmp_path / "copy"))
+        except Exception as exc:  # what the other thread met is the point
+            results.append(exc)
+
+    threads = [threading.Thread(target=download) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [tmp_path / "copy"] * 2, results
+    assert reg.download(mv.version, tmp_path / "copy") == tmp_path / "copy"
+
+
 def test_a_download_over_a_damaged_marker_or_beside_abandoned_ones_fetches_a_clean_copy(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
 ) -> None:
