@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -523,6 +523,23 @@ def remove_pid_file(run_dir: Path, name: str) -> None:
     pid_file(run_dir, name).unlink(missing_ok=True)
 
 
+def listens_on(record: ProcessRecord, ports: Iterable[int]) -> bool:
+    """Whether ``record``'s process (its process group, or a descendant) holds a listening socket on every one of
+    ``ports``: what tells its own answer from another program's on the same port."""
+    wanted = set(ports)
+    if not wanted:
+        return True
+    proc = _process_of(record)
+    if proc is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        pids = {p.pid for p in [proc, *_group_members(os.getpgid(record.pid)), *_descendants([proc])]}
+        held = {c.laddr.port for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.pid in pids and c.laddr}
+        return wanted <= held
+    return False
+
+
 def wait_until(
     check: Callable[[], bool],
     *,
@@ -531,17 +548,29 @@ def wait_until(
     record: ProcessRecord | None = None,
     interval: float = 0.25,
     watch: Sequence[ProcessRecord] = (),
+    ports: Iterable[int] = (),
 ) -> None:
     """Poll ``check`` until it is true; fail early (with the log's tail) if ``record``'s process, or any
-    process in ``watch`` (the other components starting with it), dies."""
+    process in ``watch`` (the other components starting with it), dies. With ``ports`` (what ``record``'s process
+    listens on), an answer counts only from that process: a check answered by another program on the port (a second
+    home's platform started at the same time on the same ports, past the port check) is refused at once; it passed,
+    and the buckets and topics were made in the other platform's emulators."""
     deadline = time.monotonic() + timeout
     watched = ([record] if record is not None else []) + [r for r in watch if r != record]
+    ports = tuple(ports)
     while True:
         try:
-            if check():
-                return
+            answered = check()
         except Exception:
-            pass  # not ready yet: connection refused, 503, half-written file...
+            answered = False  # not ready yet: connection refused, 503, half-written file...
+        if answered:
+            if record is None or listens_on(record, ports):
+                return
+            if is_running(record):
+                raise LocalPlatformError(
+                    f"{what} answers, but not from the process Tenfold started (pid {record.pid}): another program "
+                    f"holds port {', '.join(map(str, ports))} (another TENFOLD_HOME's platform?); stop it, or give this "
+                    f"platform other ports (TENFOLD_LOCAL__*_PORT); last log lines:\n{log_tail(record.log)}")
         for rec in watched:
             if not is_running(rec):
                 name = what if rec == record else f"{rec.name} (starting with {what})"

@@ -165,7 +165,7 @@ def _wait_healthy(svc: Service, components: list[Component], records: list[Proce
         what = f"{svc.name} {comp.name}" if comp.name != svc.name else svc.name
         where = comp.url or svc.url
         process.wait_until(comp.healthy, timeout=svc.start_timeout, what=f"{what} on {where}" if where else what,
-                           record=record, watch=[r for _c, r in pending])
+                           record=record, watch=[r for _c, r in pending], ports=comp.ports.values())
 
 
 def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = False) -> list[ProcessRecord]:

@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,52 @@ def test_pubsub_prerequisites_name_a_missing_beta_component(tmp_path, monkeypatc
     assert [p for p in problems if "gcloud components install beta" in p and str(sdk) in p], problems
     (sdk / ".install" / "beta.manifest").write_text("")
     assert not [p for p in pubsub_prerequisites() if "beta" in p]
+
+
+def test_a_health_check_another_program_answers_is_refused_not_taken_for_the_component(tmp_path, monkeypatch):
+    """Two homes started at once on the same ports both passed the port check; the second one's GCS emulator, failing
+    to bind, was "healthy" at its first check because the first home's emulator answered it, and the buckets and
+    topics were made there. Here a stranger answers the GCS health check on the port, and the started component (a
+    process that never listens) is refused at once, naming the port, then stopped."""
+    import http.server
+    import sys
+    import threading
+
+    from tenfold.local import stack
+    from tenfold.local.services import service
+
+    s = _fresh_settings(tmp_path)
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # what fake-gcs-server answers to the health check
+            body = json.dumps({"kind": "storage#buckets", "items": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stranger = http.server.HTTPServer(("127.0.0.1", s.local.gcs_port), Answer)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    try:
+        real = service(s, "gcs")
+        (comp,) = real.components
+        silent = type(comp)(comp.name, comp.label, [sys.executable, "-c", "import time; time.sleep(60)"],
+                            comp.healthy, comp.ports, comp.url)
+        assert comp.healthy(), "the stranger answers the component's own health check"
+        svc = type(real)(real.name, [silent], real.env, 30.0, real.url, [])
+        started = time.monotonic()
+        with pytest.raises(LocalPlatformError, match=rf"gcs on .* answers, but not from the process Tenfold started "
+                                                     rf"\(pid \d+\): another program holds port {s.local.gcs_port}"):
+            stack._start_components(s, svc, [silent])
+        assert time.monotonic() - started < 15, "refused at once, not after the start timeout"
+        assert not pid_file(run_dir(s), "gcs").exists()  # the component started was stopped again
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
 
 
 def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatch):
