@@ -741,6 +741,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     from tenfold.quality.gate import data_docs_location
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.serving import fleet
+    from tenfold.serving.haproxy import HaproxyError, haproxy_binary
     from tenfold.serving.loading import resolve_and_download
 
     started = time.monotonic()
@@ -749,6 +750,10 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     # program holds is said now, before anything starts (and before Airflow runs with settings a new port would change).
     if busy := fleet.port_refusals(settings):
         raise DemoError("the serving fleet could not start:\n  - " + "\n  - ".join(busy))
+    try:  # and a missing HAProxy too (`tenfold demo` run without `make setup`): found there, minutes of work later
+        haproxy_binary()
+    except HaproxyError as exc:
+        raise DemoError(f"the serving fleet could not start: {exc}") from None
     statuses = up(settings, echo=say)
     api = _api(settings)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):

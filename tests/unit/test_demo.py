@@ -476,6 +476,22 @@ def test_a_fleet_port_another_program_holds_is_refused_before_anything_starts(
                 refused.value)
 
 
+def test_a_missing_haproxy_is_refused_before_anything_starts(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold demo` without `make setup` found HAProxy missing when the fleet started: after six months of features
+    and the first champion's training."""
+    import shutil
+
+    from tenfold.local import stack
+
+    monkeypatch.setattr(stack, "up", lambda *a, **k: pytest.fail("the platform was started"))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "haproxy" else "/bin/true")
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # nor in /usr/sbin or /usr/local/sbin
+    with pytest.raises(demo.DemoError, match=r"the serving fleet could not start: haproxy is not installed: run "
+                                             r"`make setup`"):
+        demo.run(make_settings(), say=lambda line: None)
+
+
 def test_a_fault_in_the_code_during_a_month_is_not_taken_for_the_months_outcome(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug (a KeyError, a TypeError) is the demo's fault, with its own ending, not one line in a month's row."""
