@@ -7,8 +7,8 @@ window (error rate and latency from the load balancer, online accuracy from the 
 ``max_failed_checks`` failed checks the rollout rolls back: canary weight 0, the challenger rejected with
 its reasons, ``champion`` untouched. A step that saw no data for ``no_data_deadline_s`` fails safe (weight
 0, outcome ``failed``, the version not rejected: nothing was measured against it). After the
-last step it promotes: the stable pool moves to the new version, the canary weight goes to 0 and
-``champion`` moves (compare-and-swap on the champion the rollout started from).
+last step it promotes: ``champion`` moves (compare-and-swap on the champion the rollout started from), the
+stable pool rolls to the new version, then the canary weight goes to 0.
 
 **The record is the state.** Every action and every check is an event in the registry
 (:meth:`~tenfold.registry.registry.ModelRegistry.record_rollout_event`, create-only, under a deterministic

@@ -153,15 +153,21 @@ def _stratified_drop(strata: Sequence[tuple[Accuracy, Accuracy]], margin: float)
     least the control's less ``margin``". None when no span has labels of both arms."""
     from scipy.stats import norm
 
-    weights, drops, variances = [], [], []
-    for can, ctl in strata:
-        if not can.labelled or not ctl.labelled or can.accuracy is None or ctl.accuracy is None:
-            continue
-        weights.append(can.labelled * ctl.labelled / (can.labelled + ctl.labelled))
-        drops.append(ctl.accuracy - can.accuracy)
-        variances.append(can.accuracy * (1 - can.accuracy) / can.labelled + ctl.accuracy * (1 - ctl.accuracy) / ctl.labelled)
-    if not weights:
+    used = [(can, ctl) for can, ctl in strata
+            if can.labelled and ctl.labelled and can.accuracy is not None and ctl.accuracy is not None]
+    if not used:
         return None
+    # Each span's variance from its arm's accuracy over every span, not the span's own: a span of one or two labels
+    # (the newest step's first check) is right or wrong in all, so its own accuracy (0 or 1) gave it no variance,
+    # and one wrong label there failed the check with p ~ 1e-5 (19 of 20 right against the control's 99 %).
+    pooled = [sum((arm.accuracy or 0.0) * (arm.labelled or 0) for arm in arms) / sum(arm.labelled or 0 for arm in arms)
+              for arms in zip(*used, strict=True)]  # (every one counted here has both: the filter above)
+    weights, drops, variances = [], [], []
+    for can, ctl in used:
+        n_can, n_ctl = can.labelled or 0, ctl.labelled or 0  # (both set and positive: the filter above)
+        weights.append(n_can * n_ctl / (n_can + n_ctl))
+        drops.append((ctl.accuracy or 0.0) - (can.accuracy or 0.0))
+        variances.append(pooled[0] * (1 - pooled[0]) / n_can + pooled[1] * (1 - pooled[1]) / n_ctl)
     w = np.asarray(weights)
     drop = float(np.dot(w, drops) / w.sum())
     se = float(np.sqrt(np.dot(w * w, variances)) / w.sum())
@@ -209,7 +215,9 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
         can = np.asarray(canary.latencies_ms, dtype=np.float64)
         ctl = np.asarray(control.latencies_ms, dtype=np.float64)
         values["canary_p99_ms"], values["control_p99_ms"] = _p99(can), _p99(ctl)
-        if can.size and ctl.size:
+        # As many latencies as requests are needed (the cloud's log has none for a request its client gave up on
+        # before any answer, which HAProxy's records at its time): latency is not judged on a handful of samples.
+        if can.size >= policy.min_requests and ctl.size >= policy.min_requests:
             p_value = float(mannwhitneyu(can - policy.latency_tolerance_ms, ctl, alternative="greater").pvalue)
             values["latency_p_value"] = p_value
             if p_value < policy.latency_alpha:
@@ -218,7 +226,8 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
                               f"{values['canary_p99_ms']:.1f} vs {values['control_p99_ms']:.1f} ms)")
             failed.extend(_tail(can, ctl, values, policy))
         else:
-            missing.append("no latency samples")
+            missing.append(f"too few latency samples (canary {can.size}, control {ctl.size}; need "
+                           f"{policy.min_requests} each)")
 
     if policy.min_feedback > 0 and canary_acc.labelled is not None and control_acc.labelled is not None:
         if canary_acc.labelled < policy.min_feedback or control_acc.labelled < policy.min_feedback:

@@ -27,6 +27,15 @@ def test_a_canary_like_the_control_passes() -> None:
     assert got.values["latency_p_value"] > POLICY.latency_alpha
 
 
+def test_latency_is_not_judged_on_a_handful_of_samples() -> None:
+    """The cloud's request log has no latency for a request its client gave up on before any answer: 60 requests
+    with 2 latencies passed the latency tests (a 2-sample Mann-Whitney cannot reach alpha) as if measured."""
+    slow = ArmTraffic(60, 0, (900.0, 950.0))
+    got = check(slow, arm(), GOOD, GOOD, POLICY)
+    assert got.verdict == NO_DATA and "latency_p_value" not in got.values
+    assert "too few latency samples (canary 2, control 400; need 50 each)" in got.reasons
+
+
 def test_five_percent_errors_fail_and_name_the_rates() -> None:
     got = check(arm(errors=20), arm(), GOOD, GOOD, POLICY)
     assert got.verdict == FAIL
@@ -168,3 +177,21 @@ def test_the_accuracy_test_over_one_span_is_the_two_proportion_test_and_spans_ar
     _, pooled = _stratified_drop([(Accuracy(950, (45 + 630) / 950), Accuracy(1050, (855 + 70) / 1050))], 0.02)  # type: ignore[misc]
     assert pooled < 1e-6  # the same labels summed: a drop of 0.17 that neither span has
     assert _stratified_drop([(Accuracy(0, None), Accuracy(10, 0.5))], 0.02) is None
+
+
+def test_a_span_of_one_label_does_not_fail_the_accuracy_test_on_its_own() -> None:
+    """The newest step's first check has a span of a label or two: right or wrong in all, its own accuracy (0 or 1)
+    gave it no variance, and one wrong label there failed the check (p ~ 1e-5) for a canary 19 of 20 right against
+    a control 99 % right. A seeded null simulation with such spans stays within alpha."""
+    from tenfold.rollout.analysis import _stratified_drop
+
+    one_wrong = [(Accuracy(19, 1.0), Accuracy(400, 0.99)), (Accuracy(1, 0.0), Accuracy(20, 1.0))]
+    drop, p_value = _stratified_drop(one_wrong, 0.01)  # type: ignore[misc]
+    assert drop > 0.01 and p_value > 0.1, p_value
+    rng, alpha, failed = np.random.default_rng(7), 0.01, 0
+    for _ in range(4000):  # identical arms at 99 %: one long span and two of a single canary label
+        spans = [(Accuracy(n, rng.binomial(n, 0.99) / n), Accuracy(m, rng.binomial(m, 0.99) / m))
+                 for n, m in ((200, 2000), (1, 20), (1, 20))]
+        result = _stratified_drop(spans, 0.01)
+        failed += result is not None and result[1] < alpha
+    assert failed / 4000 <= alpha, failed
