@@ -1,6 +1,7 @@
 """The flights workload's feature contract: what its Spark transform writes, the gate checks and training reads.
 
-Only values known at scheduled departure time are features. Historical aggregates for month M use
+Only values known at scheduled departure time are features (the scheduled hour's observed weather stands
+in for its forecast: docs/features.md, the leakage rule). Historical aggregates for month M use
 months strictly before M. Models read the column groups below rather than spelling column names,
 so a new feature is added here once.
 

@@ -7,8 +7,9 @@ job (:mod:`tenfold.features.job`) does I/O and calls :func:`transform` through t
 Leakage rule: for month M, :func:`build_features` keeps the flights of M as rows and computes
 historical aggregates from flights of months strictly before M only, whatever else it is given
 (later months included). The per-flight columns are all known at scheduled departure time: the
-schedule, the route, the aircraft's registration data, and the weather observed at the scheduled
-departure hour. Nothing observed after push-back (departure or arrival times, delays, air time)
+schedule, the route, the aircraft's registration data, and the weather of the scheduled departure
+hour, whose observation (reported near H:51) stands in for that hour's forecast in the replay
+(docs/features.md, the leakage rule). Nothing observed after push-back (departure or arrival times, delays, air time)
 is a feature; ``arr_delay`` is passed through for analysis and to form the label.
 
 See ``docs/features.md`` for each definition.
