@@ -341,8 +341,16 @@ def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -
     (line,) = [line for line in said.splitlines() if line.strip().startswith("token")]
     assert line.split()[1] == new and old not in said and "(1 older still accepted)" in line
     httpx.Headers({"Authorization": f"Bearer {line.split()[1]}"})  # a header a client can send
+    # The README's recipe reads it from `tenfold status` (the one documented place; the file's path depends on
+    # TENFOLD_HOME): its awk program, run on these lines, gives the current token alone.
+    import re
+    import subprocess
+
     readme = (Path(__file__).parents[3] / "README.md").read_text()
-    assert "TOKEN=$(head -n1 .tenfold/run/serving.token)" in readme and "cat .tenfold/run/serving.token" not in readme
+    assert "serving.token" not in readme.split("TOKEN=$(", 1)[1].split("\n", 1)[0]
+    (program,) = re.findall(r"TOKEN=\$\(tenfold status \| awk '([^']+)'\)", readme)
+    got = subprocess.run(["awk", program], input=said + "\n", capture_output=True, text=True, check=True).stdout
+    assert got == f"{new}\n"
 
 
 def test_an_iap_replica_whose_first_key_fetch_failed_gets_ready_from_its_health_checks_alone(
