@@ -65,6 +65,19 @@ def test_a_new_scaler_keeps_the_current_size_for_one_window() -> None:
     assert scaler.decide(105.5, 0.0, 3) == 1
 
 
+def test_a_gap_in_the_observations_longer_than_the_window_starts_the_window_again() -> None:
+    """HAProxy silent for longer than the window (hung, then restarted; nothing observed meanwhile): the window held
+    only the first sample after it, 0 in flight while every replica re-entered, and the pool of warm replicas was
+    cut to its minimum at once, as the clients came back."""
+    scaler = Autoscaler(low=2, high=6, capacity=2, target=0.5, stabilization_s=30.0)
+    assert scaler.decide(0.0, 3.0, 2) == 3
+    assert scaler.decide(2.0, 4.0, 3) == 4
+    assert scaler.decide(4.0, 4.0, 4) == 4
+    assert scaler.decide(40.0, 0.0, 4) == 4, "shrank on the first sample after a 36 s gap"
+    assert scaler.decide(69.0, 0.0, 4) == 4
+    assert scaler.decide(70.5, 0.0, 4) == 2  # low for the whole window since: now it shrinks
+
+
 def test_new_bounds_apply_at_once() -> None:
     scaler = _scaler(window=60.0)
     assert scaler.decide(0.0, 8.0, 1) == 4

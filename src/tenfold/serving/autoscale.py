@@ -58,7 +58,10 @@ class Autoscaler:
         the window as well, so a pool never shrinks sooner than ``stabilization_s`` after it grew.
         """
         raw = recommend(in_flight, capacity=self.capacity, target=self.target, low=self.low, high=self.high)
-        if not self._history:
+        if not self._history or self._history[-1][0] < now - self.stabilization_s:
+            # A first call, or the first after a gap longer than the window (HAProxy silent, restarted: nothing was
+            # observed): the window starts again from the pool's size. Its one low sample after the gap shrank a pool
+            # whose replicas had just been serving, at once.
             self._history.append((now, current))
         self._history.append((now, raw))
         while self._history[0][0] < now - self.stabilization_s:

@@ -361,6 +361,7 @@ class Supervisor:
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
         # Since when HAProxy's runtime API has not answered while its process lives (None: it answers).
         self.haproxy_silent_since: float | None = None
+        self._slot_failures: set[tuple[str, str, str]] = set()  # (pool, slot, command) said to have failed
         self.events: list[str] = []
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
@@ -608,8 +609,29 @@ class Supervisor:
                 idle = r.lb is None or r.lb.in_flight == 0
                 if idle or now - r.since > self.settings.serving.server.drain_timeout_s:
                     self._stop(r, "drained" if idle else "drain timed out")
+                elif r.lb is not None and r.lb.up:  # the drain's command failed (a timeout): still taking requests
+                    self._slot_command(self.api.drain, r.pool, r.server, "drain")
+        # A slot no replica owns is in maintenance: a `maint` that failed when its replica went (a timeout, a stall
+        # short of a restart) left it aimed at a port a replica of the other pool may take next, sending one arm's
+        # users to the other's model. Sent again each tick until HAProxy shows it.
+        owned = {(r.pool, r.server) for r in self.replicas}
+        for pool in POOLS:
+            for server, stat in servers[pool].items():
+                if (pool, server) not in owned and not stat.status.startswith("MAINT"):
+                    self._slot_command(self.api.maintain, pool, server, "maint")
         for pool in POOLS:
             self.samples[pool].append(sum(s.in_flight for s in servers[pool].values()))
+
+    def _slot_command(self, command: Callable[[str, str], None], pool: str, server: str, what: str) -> None:
+        """Send a slot's command again; a failure is said once per slot and command (the next tick tries again)."""
+        try:
+            command(pool, server)
+            self._slot_failures.discard((pool, server, what))
+            self.say(f"{pool}/{server}: `{what}` sent again (an earlier one did not take)")
+        except HaproxyError as exc:
+            if (pool, server, what) not in self._slot_failures:
+                self._slot_failures.add((pool, server, what))
+                self.say(f"{pool}/{server}: `{what}` failed ({exc}); trying again")
 
     def _autoscale(self) -> None:
         now = time.monotonic()

@@ -498,6 +498,44 @@ def test_replicas_whose_slot_a_failed_call_left_in_maintenance_reenter_rotation(
         sup.shutdown()
 
 
+def test_a_slot_whose_maint_failed_when_its_replica_died_is_put_in_maintenance_on_a_later_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `maint` sent when a replica went was suppressed on failure (a timeout in a short HAProxy stall) and never
+    sent again: the slot, owned by no replica, stayed ready, aimed at a port the other pool's next replica may take,
+    sending this arm's users to that model. A killed replica (SIGKILL), its slot's `maint` failing once: a later
+    tick sends it again, and says so."""
+    import os
+    import signal
+
+    from tenfold.serving.haproxy import HaproxySilent
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    api, real_maintain, failures = sup.api, sup.api.maintain, [1]
+
+    def maintain(pool: str, server: str) -> None:
+        if failures and failures.pop():
+            raise HaproxySilent("show stat timed out")
+        real_maintain(pool, server)
+
+    api.maintain = maintain
+    try:
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 1, 15, "the pool never came up")
+        (first,) = sup.pool_replicas("stable", fleet.SERVING)
+        sup.spec.pools["stable"] = fleet.PoolSpec("v1", 0, 0)  # nothing replaces it: its slot stays free
+        sup.desired["stable"] = 0
+        sup.scalers["stable"].set_bounds(0, 0)
+        monkeypatch.setattr(sup, "_load_spec", lambda: sup.spec)
+        os.kill(first.record.pid, signal.SIGKILL)
+        _tick_until(sup, lambda: first not in sup.replicas, 15, "the killed replica was never noticed")
+        assert not failures, "the maint of its slot was not tried"
+        _tick_until(sup, lambda: ("stable", first.server) not in api.slots, 5,
+                    f"slot {first.server}, owned by no replica, left {api.slots.get(('stable', first.server))}")
+        assert any(f"stable/{first.server}: `maint` sent again" in line for line in sup.lines), "\n".join(sup.lines)
+    finally:
+        sup.shutdown()
+
+
 def test_a_slot_that_cannot_be_aimed_again_is_said_once_and_its_replica_replaced_after_the_start_timeout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A re-point that keeps failing while `show stat` answers must not leave the replica "serving" (or starting for
