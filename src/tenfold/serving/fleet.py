@@ -691,7 +691,13 @@ class Supervisor:
             # The next new replica once the last one has served min_ready_s (back-off or not: a failure must not
             # stop the roll for good), and never more than one beyond the pool's size.
             live = [r for r in active if r.state in (STARTING, SERVING)]  # not one drained just now
-            if len(current) < n and len(aged) == len(current) and len(live) <= n:
+            if len(live) < n:
+                # Below its size (scaled out during the roll): the gap is filled at once, as outside a roll ("scale-out
+                # is immediate"); one at a time, each after the last served min_ready_s, it took minutes a replica.
+                for _ in range(n - len(live)):
+                    if self.start_replica(pool, version, fault, lookups) is None:
+                        break
+            elif len(current) < n and len(aged) == len(current) and len(live) <= n:
                 self.start_replica(pool, version, fault, lookups)
             return
         if len(active) < n:

@@ -231,6 +231,20 @@ def _old_serving(sup: Any) -> int:
     return len([r for r in sup.pool_replicas("stable", fleet.SERVING) if r.version == "v1"])
 
 
+def test_a_pool_that_scales_out_during_a_roll_fills_the_gap_at_once(rolling: Any) -> None:
+    """During a roll at most one new replica started, and only once every new one had served min_ready_s, even with
+    the pool below its size: scaled from 2 to 4 in the middle of a roll, it grew one replica every few seconds
+    (minutes with real models), against "scale-out is immediate"."""
+    rolling.env["V2_LIFETIME"] = "600"  # a v2 that works
+    _pool_up(rolling)
+    spec = fleet.FleetSpec(rolling.spec.generation + 1, {**rolling.spec.pools, "stable": fleet.PoolSpec("v2", 4, 4)})
+    (rolling.run_dir / fleet.SPEC_FILE).write_text(spec.to_json())
+    rolling._spec_mtime = 0.0
+    rolling.tick()
+    new = [r for r in rolling.pool_replicas("stable") if r.version == "v2"]
+    assert len(new) == 2 and _old_serving(rolling) == 2, "\n".join(rolling.lines)  # the gap, not one at a time
+
+
 @pytest.mark.parametrize(("lifetime", "settled_s"), [
     (1.0, 60.0),  # dies before it has served min_ready_s (2 s)
     # dies after it has (so one old replica goes), before the next one has, and the old replicas have served long
