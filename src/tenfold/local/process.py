@@ -461,6 +461,11 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
         if alive:
             _signal(group, alive, signal.SIGKILL)
             _wait_gone(alive, 5.0)
+    # And those whose parent link broke before the snapshot above (their parent died, so init adopted them: a task
+    # killed by the OOM killer while its spark-submit ran in a session of its own), found by the marker every child
+    # inherits. Only a marker read as this record's counts (not an unreadable environment, unlike _carries).
+    handled = {p.pid for p in [*members, *strays]}
+    strays += [p for p in _marked(record.marker) if p.pid not in handled]
     # The group had its chance to stop them (a supervisor drains its children); what it left is stopped here.
     if strays := [p for p in strays if _alive(p)]:
         _signal(None, strays, signal.SIGTERM)
@@ -473,6 +478,18 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
                 popen.wait(timeout=1)
             _reapers.remove(popen)
     return bool(members)
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    """This user's processes whose environment carries ``marker`` (none for an empty one: a record from before markers)."""
+    if not marker:
+        return []
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.pid != os.getpid() and p.uids().real == os.getuid() and p.environ().get(MARKER_ENV) == marker:
+                found.append(p)
+    return found
 
 
 def _descendants(procs: list[psutil.Process]) -> list[psutil.Process]:

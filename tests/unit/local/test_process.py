@@ -300,6 +300,33 @@ def test_stop_takes_down_descendants_that_left_the_group(tmp_path):
     assert left == [], f"still running after stop: {left}"
 
 
+def test_stop_takes_down_a_descendant_whose_parent_died_before_the_stop(tmp_path):
+    """A task killed by the OOM killer while its spark-submit ran in a session of its own: the JVM, adopted by init,
+    was reachable by no parent link, and `tenfold down` left it running on the lake. It carries the component's
+    marker, which the stop now looks for. (An intermediate process stands for the task: it starts the `sleep` in a
+    session of its own and exits.)"""
+    script = (
+        "import subprocess, sys, time\n"
+        "task = subprocess.Popen([sys.executable, '-c', \"import subprocess; "
+        "p = subprocess.Popen(['sleep', '302'], start_new_session=True); open('orphan', 'w').write(str(p.pid))\"])\n"
+        "task.wait()\n"  # the task is gone; its child lives on, adopted
+        "time.sleep(300)\n"
+    )
+    record = process.start("svc", [sys.executable, "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    deadline = time.monotonic() + 10
+    while not ((tmp_path / "orphan").exists() and (tmp_path / "orphan").read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = psutil.Process(int((tmp_path / "orphan").read_text()))
+    try:
+        leader = psutil.Process(record.pid)
+        assert orphan.pid not in {c.pid for c in leader.children(recursive=True)}, "still linked to the component"
+        assert process.stop(record, timeout=5) is True
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, "the adopted child still runs"
+    finally:
+        with contextlib.suppress(psutil.Error):
+            orphan.kill()
+
+
 def test_log_tail_reads_the_end_of_a_large_log_whole_lines_only(tmp_path):
     """A failing service's message quotes its log's last lines; a log of hours is read from its end."""
     log = tmp_path / "svc.log"
