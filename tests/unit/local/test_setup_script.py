@@ -69,20 +69,26 @@ def test_without_npm_setup_stops_before_the_venv_naming_what_to_install(tmp_path
     assert not (tmp_path / ".venv").exists()
 
 
-def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_path: Path) -> None:
-    """The check ran `gcloud beta emulators pubsub env-init --help`, which answers 0 without the emulator: setup went
-    on for minutes, then `make demo` failed in `tenfold up` and `make test` errored in every Pub/Sub test."""
+def _setup_with_sdk(tmp_path: Path, sdk: Path) -> subprocess.CompletedProcess[str]:
+    """setup.sh run (in ``tmp_path``) with the Cloud SDK ``sdk`` (its gcloud answers 0 to anything, as `--help` did)
+    as the only gcloud on PATH."""
     bin_dir = _tools_but(tmp_path, "gcloud")
-    sdk = tmp_path / "sdk"
     (sdk / "bin").mkdir(parents=True)
-    (sdk / "platform" / "bq").mkdir(parents=True)  # an SDK with other components, not the emulator
-    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")  # answers 0 to anything, as `--help` did
+    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")
     (sdk / "bin" / "gcloud").chmod(0o755)
     (bin_dir / "gcloud").symlink_to(sdk / "bin" / "gcloud")
     (tmp_path / "scripts").mkdir()
     shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+    return subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+
+
+def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_path: Path) -> None:
+    """The check ran `gcloud beta emulators pubsub env-init --help`, which answers 0 without the emulator: setup went
+    on for minutes, then `make demo` failed in `tenfold up` and `make test` errored in every Pub/Sub test."""
+    sdk = tmp_path / "sdk"
+    (sdk / "platform" / "bq").mkdir(parents=True)  # an SDK with other components, not the emulator
+    proc = _setup_with_sdk(tmp_path, sdk)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "the Pub/Sub emulator is missing" in proc.stderr and str(sdk / "platform" / "pubsub-emulator") in proc.stderr
     assert not (tmp_path / ".venv").exists()
@@ -91,20 +97,12 @@ def test_a_gcloud_without_the_pubsub_emulator_is_refused_before_the_venv(tmp_pat
 def test_a_gcloud_without_its_beta_commands_is_refused_before_the_venv(tmp_path: Path) -> None:
     """The emulator runs as `gcloud beta emulators pubsub start`: an SDK with the emulator but not the beta component
     passed setup, then `tenfold up` failed (gcloud asked to install beta, offline) with the reason in a service log."""
-    bin_dir = _tools_but(tmp_path, "gcloud")
     sdk = tmp_path / "sdk"
-    (sdk / "bin").mkdir(parents=True)
     (sdk / "platform" / "pubsub-emulator").mkdir(parents=True)
     (sdk / ".install").mkdir()
     for component in ("core", "pubsub-emulator"):  # what the component manager records; no beta.manifest
         (sdk / ".install" / f"{component}.manifest").write_text("")
-    (sdk / "bin" / "gcloud").write_text("#!/bin/sh\nexit 0\n")
-    (sdk / "bin" / "gcloud").chmod(0o755)
-    (bin_dir / "gcloud").symlink_to(sdk / "bin" / "gcloud")
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(project_root() / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    proc = _setup_with_sdk(tmp_path, sdk)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "gcloud's beta commands are missing" in proc.stderr, proc.stderr
     assert "gcloud components install beta" in proc.stderr and str(sdk / ".install" / "beta.manifest") in proc.stderr
