@@ -276,7 +276,8 @@ class GpuGroupSettings(_Frozen):
     # Zones of the region the group may use (suffixes): those that offer its GPU (L4: us-central1-a/b/c).
     zone_suffixes: tuple[str, ...] = ("a", "b", "c")
     # EVEN spreads serving over the zones; ANY_SINGLE_ZONE keeps a training job's nodes together (NCCL
-    # traffic); ANY lets spot workers go wherever there is capacity.
+    # traffic); BALANCED puts spot inference workers where there is capacity first. Only EVEN and BALANCED may be
+    # autoscaled (Compute Engine's rule: infra.components.gpu_fleet refuses the others with an autoscaler).
     target_shape: Literal["EVEN", "BALANCED", "ANY", "ANY_SINGLE_ZONE"] = "EVEN"
 
     @model_validator(mode="after")

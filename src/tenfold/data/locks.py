@@ -112,9 +112,11 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
         raise LockUnavailable(f"cannot take {uri}, the lock of {what}: GCS answered {exc.code} ({exc.message}); "
                               "check that this service account may create and delete objects there, then run "
                               "again") from exc
-    except GoogleAPIError as exc:  # GCS unreachable past the client's retries (RetryError): nothing started
+    except GoogleAPIError as exc:  # GCS unreachable past the client's retries (RetryError): no work started
+        # (A create that landed with its answer lost leaves this lock's object behind: taken over after stale_s.)
         raise LockUnavailable(f"cannot take {uri}, the lock of {what}: GCS did not answer ({exc}); run again once it "
-                              "is reachable") from exc
+                              f"is reachable (an object left there by this try is taken over after {stale_s:.0f} s)"
+                              ) from exc
     held = {"generation": blob.generation, "lost": ""}
     stop = threading.Event()
 

@@ -6,9 +6,10 @@ preprocessing once and writes ``OUT/train_config.json`` and ``OUT/preprocessing.
 with a file rendezvous and every store and gloo socket on loopback (``--standalone`` would listen on every
 interface; see ``launch.py`` for the exact flags).
 
-Each rank joins a process group built on ``PrefixStore(f"attempt_{TORCHELASTIC_RESTART_COUNT}",
-TCPStore(...))``: after a restart the new round's keys never collide with the dead round's
-(pytorch#167288). It resumes from the newest valid checkpoint in ``OUT/checkpoints`` (model,
+Each rank joins a process group built on a TCPStore that rank 0 hosts anew each round (the agents share no
+store: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, locally and on the nodes), so a restarted round never meets the
+dead round's keys (pytorch#167288); under an agent's shared store the keys are kept apart by
+``PrefixStore(f"attempt_{TORCHELASTIC_RESTART_COUNT}", ...)`` instead (see :func:`init_distributed`). It resumes from the newest valid checkpoint in ``OUT/checkpoints`` (model,
 optimizer, scheduler, the weights' moving average, step, epoch, batch position, every rank's RNG), trains, checkpoints every
 ``checkpoint_every`` steps and at each epoch end, and rank 0 writes ``OUT/model`` (save_model),
 ``OUT/losses.jsonl`` and ``OUT/train_result.json``. Errors are recorded by torchelastic's ``@record``
@@ -114,7 +115,8 @@ def trajectory_digest(cfg: TrainConfig) -> str:
 
 
 def init_distributed(backend: str, rank: int, world_size: int, timeout_s: int) -> None:
-    """Join the process group through a per-attempt prefix of the rendezvous store."""
+    """Join the process group through the store rank 0 hosts (or, under an agent's shared store, a per-attempt
+    prefix of it)."""
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(os.environ.get("MASTER_PORT", "29500"))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

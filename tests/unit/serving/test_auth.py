@@ -346,11 +346,13 @@ def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -
     import re
     import subprocess
 
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
-    assert "serving.token" not in readme.split("TOKEN=$(", 1)[1].split("\n", 1)[0]
-    (program,) = re.findall(r"TOKEN=\$\(tenfold status \| awk '([^']+)'\)", readme)
-    got = subprocess.run(["awk", program], input=said + "\n", capture_output=True, text=True, check=True).stdout
-    assert got == f"{new}\n"
+    root = Path(__file__).parents[3]
+    for doc in (root / "README.md", root / "docs" / "serving.md"):
+        text = doc.read_text()
+        assert "serving.token" not in text.split("TOKEN=$(", 1)[1].split("\n", 1)[0], doc
+        (program,) = re.findall(r"TOKEN=\$\(tenfold status \| awk '([^']+)'\)", text)
+        got = subprocess.run(["awk", program], input=said + "\n", capture_output=True, text=True, check=True).stdout
+        assert got == f"{new}\n", doc
 
 
 def test_an_iap_replica_whose_first_key_fetch_failed_gets_ready_from_its_health_checks_alone(
