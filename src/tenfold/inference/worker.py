@@ -272,10 +272,10 @@ class _Puller:
         self.cond = threading.Condition()
         self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
         self._stop_leases = threading.Event()
-        # Held by the keeper from choosing the messages to extend until the extension returns, and by a nack for its
-        # own call: a nack sent while an extension of its message was on the way was undone by it, and the message
-        # came back only after lease_s (120 s in the cloud) instead of at once.
-        self._deadlines = threading.Lock()
+        # The ack ids the keeper's extension call is carrying now (under ``cond``): a nack of one of them waits for the
+        # call to return (a nack sent while an extension of its message was on the way was undone by it, and the
+        # message came back only after lease_s, 120 s in the cloud, instead of at once). Other nacks do not wait.
+        self._extending: set[str] = set()
         self.leaser = threading.Thread(target=self._keep_leases, name="tenfold-infer-lease", daemon=True)
 
     def run(self, stop: threading.Event) -> None:
@@ -335,25 +335,31 @@ class _Puller:
             if self.in_hand.pop(delivery.ack_id, None) is None:
                 return  # settled already
             self.cond.notify_all()
+            while not ack and delivery.ack_id in self._extending:  # (no longer in hand: no later extension takes it)
+                self.cond.wait(1.0)
         if ack:
             self.client.acknowledge(request={"subscription": self.path, "ack_ids": [delivery.ack_id]}, retry=None)
         else:  # redeliver now: the delivery attempts are spent quickly and the dead-letter policy takes it
-            with self._deadlines:
-                self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [delivery.ack_id],
-                                                         "ack_deadline_seconds": 0}, retry=None)
+            self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [delivery.ack_id],
+                                                     "ack_deadline_seconds": 0}, retry=None)
 
     def _keep_leases(self) -> None:
         while not self._stop_leases.wait(self.tick_s):
             now = time.monotonic()
-            with self._deadlines:
-                with self.cond:
-                    due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]
-                if due:
-                    try:
-                        self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": due,
-                                                                 "ack_deadline_seconds": self.lease_s}, retry=None)
-                    except Exception as exc:  # an expired ack id, or Pub/Sub away for a moment: next round
-                        log.warning("lease extension of %d messages failed: %s", len(due), exc)
+            with self.cond:
+                due = [d.ack_id for d in self.in_hand.values() if now - d.received_at < self.max_lease_s]
+                self._extending = set(due)
+            if due:
+                try:  # bounded: a nack of one of these waits for it
+                    self.client.modify_ack_deadline(request={"subscription": self.path, "ack_ids": due,
+                                                             "ack_deadline_seconds": self.lease_s}, retry=None,
+                                                    timeout=PULL_TIMEOUT_S)
+                except Exception as exc:  # an expired ack id, or Pub/Sub away for a moment: next round
+                    log.warning("lease extension of %d messages failed: %s", len(due), exc)
+                finally:
+                    with self.cond:
+                        self._extending = set()
+                        self.cond.notify_all()
 
     def close(self, timeout: float) -> bool:
         """Let the handlers in progress finish (up to ``timeout``); True when they all did."""
@@ -363,6 +369,8 @@ class _Puller:
                 self.cond.wait(0.2)
             done = not self.in_hand
         self._stop_leases.set()
+        if self.leaser.is_alive():  # its extension in flight would undo the hand-back below
+            self.leaser.join(PULL_TIMEOUT_S + 1)
         self.executor.shutdown(wait=done, cancel_futures=True)
         with self.cond:  # pulled but never started: handed back now, not left to wait out their lease
             queued = [d.ack_id for d in self.in_hand.values() if d.future is not None and d.future.cancelled()]

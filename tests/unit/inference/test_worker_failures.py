@@ -338,14 +338,15 @@ def test_a_stopping_worker_hands_back_the_messages_it_pulled_but_never_started(m
 def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension(settings: Settings) -> None:
     """The keeper chose the messages to extend, let go of its lock and sent the extension: a handler's nack in
     between (deadline 0: redeliver now) was overwritten by the extension landing after it, and the message came back
-    only after lease_s (120 s in the cloud), slowing poison messages to their dead letter."""
+    only after lease_s (120 s in the cloud), slowing poison messages to their dead letter. A nack of a message the
+    extension does not carry does not wait for it."""
     import threading
 
     extending, release = threading.Event(), threading.Event()
     applied: list[tuple[str, int]] = []  # each deadline as Pub/Sub applies it, in order
 
     class Client:
-        def modify_ack_deadline(self, request: dict[str, Any], retry: Any) -> None:
+        def modify_ack_deadline(self, request: dict[str, Any], retry: Any, timeout: float | None = None) -> None:
             if request["ack_deadline_seconds"] > 0:  # the keeper's extension: held in flight
                 extending.set()
                 assert release.wait(10)
@@ -353,14 +354,25 @@ def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension
 
     puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
     puller.tick_s = 0.01
-    message = type("Message", (), {"message_id": "m1", "data": b"x", "attributes": {}})()
-    delivery = worker_mod._Delivery(puller, type("Received", (), {"ack_id": "a1", "message": message,
-                                                                 "delivery_attempt": 1})())
-    puller.in_hand[delivery.ack_id] = delivery
+
+    def delivery(ack_id: str) -> Any:
+        message = type("Message", (), {"message_id": ack_id, "data": b"x", "attributes": {}})()
+        d = worker_mod._Delivery(puller, type("Received", (), {"ack_id": ack_id, "message": message,
+                                                              "delivery_attempt": 1})())
+        puller.in_hand[d.ack_id] = d
+        return d
+
+    carried = delivery("a1")
     puller.leaser.start()
     try:
         assert extending.wait(10)
-        nacking = threading.Thread(target=delivery.nack)
+        other = delivery("a2")  # pulled after the keeper chose: not in the extension on its way
+        not_waiting = threading.Thread(target=other.nack)
+        not_waiting.start()
+        not_waiting.join(2)  # the extension is still held meanwhile
+        assert not not_waiting.is_alive() and applied == [("a2", 0)], \
+            "a nack of a message the extension does not carry waited for it"
+        nacking = threading.Thread(target=carried.nack)
         nacking.start()
         nacking.join(0.5)  # with the fix it waits for the extension in flight; without it, it is done by now
         release.set()
@@ -370,4 +382,4 @@ def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension
         puller._stop_leases.set()
         puller.leaser.join(10)
         puller.close(timeout=1)
-    assert applied[-1] == ("a1", 0), applied  # the nack is what holds: redelivered at once
+    assert [a for a in applied if a[0] == "a1"][-1] == ("a1", 0), applied  # the nack is what holds
