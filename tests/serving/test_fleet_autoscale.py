@@ -65,17 +65,23 @@ def test_a_new_scaler_keeps_the_current_size_for_one_window() -> None:
     assert scaler.decide(105.5, 0.0, 3) == 1
 
 
-def test_a_gap_in_the_observations_longer_than_the_window_starts_the_window_again() -> None:
+def test_a_restarted_window_keeps_the_pool_at_its_size_for_one_window() -> None:
     """HAProxy silent for longer than the window (hung, then restarted; nothing observed meanwhile): the window held
     only the first sample after it, 0 in flight while every replica re-entered, and the pool of warm replicas was
-    cut to its minimum at once, as the clients came back."""
+    cut to its minimum at once, as the clients came back. The supervisor restarts the window then. Calls as far
+    apart as the window itself (scale_interval_s >= stabilization_s) still scale in: no gap counts on its own."""
     scaler = Autoscaler(low=2, high=6, capacity=2, target=0.5, stabilization_s=30.0)
     assert scaler.decide(0.0, 3.0, 2) == 3
     assert scaler.decide(2.0, 4.0, 3) == 4
     assert scaler.decide(4.0, 4.0, 4) == 4
-    assert scaler.decide(40.0, 0.0, 4) == 4, "shrank on the first sample after a 36 s gap"
+    scaler.restart()  # HAProxy came back
+    assert scaler.decide(40.0, 0.0, 4) == 4, "shrank on the first sample after the restart"
     assert scaler.decide(69.0, 0.0, 4) == 4
     assert scaler.decide(70.5, 0.0, 4) == 2  # low for the whole window since: now it shrinks
+    for window in (0.0, 30.0):
+        sparse = Autoscaler(low=1, high=6, capacity=2, target=0.5, stabilization_s=window)
+        sizes = [sparse.decide(t, 0.0 if t else 8.0, 4) for t in (0.0, 30.2, 60.4, 90.6)]
+        assert sizes[-1] == 1, f"window {window} s, a call every 30.2 s: {sizes}"
 
 
 def test_new_bounds_apply_at_once() -> None:

@@ -51,6 +51,12 @@ class Autoscaler:
             raise ValueError(f"a pool's max replicas ({high}) must be at least its min ({low})")
         self.low, self.high = low, high
 
+    def restart(self) -> None:
+        """Start the window again from the pool's size at the next :meth:`decide`: after a time nothing was observed
+        (HAProxy silent, then restarted), the first sample after it, 0 in flight while every replica re-entered, was
+        the whole window, and a pool of warm replicas was cut to its minimum at once as the clients came back."""
+        self._history.clear()
+
     def decide(self, now: float, in_flight: float, current: int) -> int:
         """The count the pool should have now, given its mean in-flight requests since the last call.
 
@@ -58,10 +64,7 @@ class Autoscaler:
         the window as well, so a pool never shrinks sooner than ``stabilization_s`` after it grew.
         """
         raw = recommend(in_flight, capacity=self.capacity, target=self.target, low=self.low, high=self.high)
-        if not self._history or self._history[-1][0] < now - self.stabilization_s:
-            # A first call, or the first after a gap longer than the window (HAProxy silent, restarted: nothing was
-            # observed): the window starts again from the pool's size. Its one low sample after the gap shrank a pool
-            # whose replicas had just been serving, at once.
+        if not self._history:  # a first call, or the first since restart(): the window starts from the pool's size
             self._history.append((now, current))
         self._history.append((now, raw))
         while self._history[0][0] < now - self.stabilization_s:

@@ -362,6 +362,7 @@ class Supervisor:
         # Since when HAProxy's runtime API has not answered while its process lives (None: it answers).
         self.haproxy_silent_since: float | None = None
         self._slot_failures: set[tuple[str, str, str]] = set()  # (pool, slot, command) said to have failed
+        self._maintained: set[tuple[str, str]] = set()  # slots put in maintenance during this tick
         self.events: list[str] = []
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
@@ -447,6 +448,9 @@ class Supervisor:
             self.say(f"haproxy: could not restart ({exc}); retrying in {self.haproxy_backoff[1] - time.monotonic():.1f} s")
             return False
         self.haproxy_backoff = (0, 0.0)
+        for pool, scaler in self.scalers.items():  # nothing was observed while it was away: no window, no samples
+            scaler.restart()
+            self.samples[pool] = []
         back = [r for r in self.replicas if r.state in (STARTING, SERVING)]
         for r in back:  # all of them first: a slot a failed call leaves in maintenance is aimed again by _observe
             r.enter(STARTING)
@@ -532,6 +536,7 @@ class Supervisor:
     def _forget(self, replica: _Replica) -> None:
         with contextlib.suppress(HaproxyError):
             self.api.maintain(replica.pool, replica.server)
+            self._maintained.add((replica.pool, replica.server))  # (the sweep's view of HAProxy predates it)
         if replica.stop is None:
             # It died on its own: reap it (no zombie per crash) and stop anything left in its group.
             process.stop(replica.record, timeout=5)
@@ -544,6 +549,7 @@ class Supervisor:
         """Advance each replica's state from its process and HAProxy's view of it."""
         every = self.api.all_servers()
         servers = {pool: every.get(pool, {}) for pool in POOLS}
+        self._maintained = set()
         now = time.monotonic()
         for r in list(self.replicas):
             r.lb = servers[r.pool].get(r.server)
@@ -617,7 +623,7 @@ class Supervisor:
         owned = {(r.pool, r.server) for r in self.replicas}
         for pool in POOLS:
             for server, stat in servers[pool].items():
-                if (pool, server) not in owned and not stat.status.startswith("MAINT"):
+                if (pool, server) not in owned | self._maintained and not stat.status.startswith("MAINT"):
                     self._slot_command(self.api.maintain, pool, server, "maint")
         for pool in POOLS:
             self.samples[pool].append(sum(s.in_flight for s in servers[pool].values()))

@@ -545,7 +545,29 @@ def test_a_slot_whose_maint_failed_when_its_replica_died_is_put_in_maintenance_o
         assert not failures, "the maint of its slot was not tried"
         _tick_until(sup, lambda: ("stable", first.server) not in api.slots, 5,
                     f"slot {first.server}, owned by no replica, left {api.slots.get(('stable', first.server))}")
-        assert any(f"stable/{first.server}: `maint` sent again" in line for line in sup.lines), "\n".join(sup.lines)
+        assert [line for line in sup.lines if "`maint` sent again" in line] == [
+            next(line for line in sup.lines if f"stable/{first.server}: `maint` sent again" in line)], "\n".join(sup.lines)
+    finally:
+        sup.shutdown()
+
+
+def test_a_replica_that_dies_with_its_maint_taken_is_not_said_to_need_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep read HAProxy's view at the tick's start: the slot of a replica that died that tick, put in maintenance
+    by its _forget, still showed UP, and every death was announced as "`maint` sent again (an earlier one did not
+    take)"."""
+    import os
+    import signal
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    try:
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 1, 15, "the pool never came up")
+        (first,) = sup.pool_replicas("stable", fleet.SERVING)
+        os.kill(first.record.pid, signal.SIGKILL)
+        _tick_until(sup, lambda: first not in sup.replicas, 15, "the killed replica was never noticed")
+        _tick_for(sup, 0.5)
+        assert not [line for line in sup.lines if "sent again" in line], "\n".join(sup.lines)
     finally:
         sup.shutdown()
 
@@ -691,6 +713,9 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
         raise HaproxySilent("the runtime API did not answer within 5 s")
 
     supervisor.api.all_servers = silent
+    hung_at = time.monotonic()
+    supervisor.scalers["stable"].decide(hung_at, 8.0, 1)  # a window and samples of before the hang
+    supervisor.samples["stable"] = [8, 8]
     # Nor does the stopped one answer `show info`; its replacement does.
     supervisor.api.alive = lambda: supervisor.haproxy is not None and supervisor.haproxy.pid != first
     written: set[float] = set()
@@ -714,6 +739,9 @@ def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(s
     assert any("has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
     assert len(written) >= 3, "the status was not written while HAProxy did not answer"
+    # Nothing was observed meanwhile: the autoscaler's window and samples start again from the replacement
+    assert all(t > hung_at for t, _ in supervisor.scalers["stable"]._history), supervisor.scalers["stable"]._history
+    assert supervisor.samples["stable"][:2] != [8, 8]
 
 
 
