@@ -157,17 +157,21 @@ def _stratified_drop(strata: Sequence[tuple[Accuracy, Accuracy]], margin: float)
             if can.labelled and ctl.labelled and can.accuracy is not None and ctl.accuracy is not None]
     if not used:
         return None
-    # Each span's variance from its arm's accuracy over every span, not the span's own: a span of one or two labels
-    # (the newest step's first check) is right or wrong in all, so its own accuracy (0 or 1) gave it no variance,
-    # and one wrong label there failed the check with p ~ 1e-5 (19 of 20 right against the control's 99 %).
-    pooled = [sum((arm.accuracy or 0.0) * (arm.labelled or 0) for arm in arms) / sum(arm.labelled or 0 for arm in arms)
-              for arms in zip(*used, strict=True)]  # (every one counted here has both: the filter above)
+    # Each span's variance with the Agresti-Caffo adjustment (one right and one wrong label added to each arm, for the
+    # variance only): a span of one or two labels (the newest step's first check) is right or wrong in all, and its
+    # own accuracy (0 or 1) gave it no variance, so one wrong label there failed the check with p ~ 1e-5 (19 of 20
+    # right against the control's 99 %). A large span's variance is all but unchanged.
+    def variance(arm: Accuracy) -> float:
+        n = arm.labelled or 0
+        adjusted = ((arm.accuracy or 0.0) * n + 1) / (n + 2)
+        return adjusted * (1 - adjusted) / (n + 2)
+
     weights, drops, variances = [], [], []
     for can, ctl in used:
         n_can, n_ctl = can.labelled or 0, ctl.labelled or 0  # (both set and positive: the filter above)
         weights.append(n_can * n_ctl / (n_can + n_ctl))
         drops.append((ctl.accuracy or 0.0) - (can.accuracy or 0.0))
-        variances.append(pooled[0] * (1 - pooled[0]) / n_can + pooled[1] * (1 - pooled[1]) / n_ctl)
+        variances.append(variance(can) + variance(ctl))
     w = np.asarray(weights)
     drop = float(np.dot(w, drops) / w.sum())
     se = float(np.sqrt(np.dot(w * w, variances)) / w.sum())

@@ -168,8 +168,13 @@ def test_the_accuracy_test_over_one_span_is_the_two_proportion_test_and_spans_ar
 
     canary, control = Accuracy(300, 0.74), Accuracy(2000, 0.80)
     drop, p_value = _stratified_drop([(canary, control)], 0.02)  # type: ignore[misc]
+    # Its variance with the Agresti-Caffo adjustment (a right and a wrong label more per arm): at these sizes all
+    # but the plain two-proportion test's.
+    adjusted = [((0.74 * 300 + 1) / 302, 302), ((0.8 * 2000 + 1) / 2002, 2002)]
+    agresti_caffo = norm.sf((0.06 - 0.02) / np.sqrt(sum(p * (1 - p) / n for p, n in adjusted)))
     two_proportions = norm.sf((0.06 - 0.02) / np.sqrt(0.74 * 0.26 / 300 + 0.8 * 0.2 / 2000))
-    assert drop == pytest.approx(0.06) and p_value == pytest.approx(two_proportions)
+    assert drop == pytest.approx(0.06) and p_value == pytest.approx(agresti_caffo)
+    assert p_value == pytest.approx(two_proportions, rel=0.01)
     # Two spans, equal within each, different between: no drop, whatever the arms' shares of each span.
     spans = [(Accuracy(50, 0.9), Accuracy(950, 0.9)), (Accuracy(900, 0.7), Accuracy(100, 0.7))]
     drop, p_value = _stratified_drop(spans, 0.02)  # type: ignore[misc]
@@ -182,12 +187,17 @@ def test_the_accuracy_test_over_one_span_is_the_two_proportion_test_and_spans_ar
 def test_a_span_of_one_label_does_not_fail_the_accuracy_test_on_its_own() -> None:
     """The newest step's first check has a span of a label or two: right or wrong in all, its own accuracy (0 or 1)
     gave it no variance, and one wrong label there failed the check (p ~ 1e-5) for a canary 19 of 20 right against
-    a control 99 % right. A seeded null simulation with such spans stays within alpha."""
+    a control 99 % right. A seeded null simulation with such spans stays within alpha; a real drop still fails."""
     from tenfold.rollout.analysis import _stratified_drop
 
     one_wrong = [(Accuracy(19, 1.0), Accuracy(400, 0.99)), (Accuracy(1, 0.0), Accuracy(20, 1.0))]
     drop, p_value = _stratified_drop(one_wrong, 0.01)  # type: ignore[misc]
     assert drop > 0.01 and p_value > 0.1, p_value
+    # A real drop in a large span of high accuracy still fails: the variance of such a span is not inflated (an
+    # arm's accuracy over every span, 0.70 here, made it pass at 0.015)
+    real = [(Accuracy(500, 0.90), Accuracy(2000, 0.99)), (Accuracy(500, 0.5), Accuracy(500, 0.5))]
+    _, p_value = _stratified_drop(real, 0.02)  # type: ignore[misc]
+    assert p_value < 0.01, p_value
     rng, alpha, failed = np.random.default_rng(7), 0.01, 0
     for _ in range(4000):  # identical arms at 99 %: one long span and two of a single canary label
         spans = [(Accuracy(n, rng.binomial(n, 0.99) / n), Accuracy(m, rng.binomial(m, 0.99) / m))
