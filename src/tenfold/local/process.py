@@ -549,12 +549,15 @@ def listens_on(record: ProcessRecord, ports: Iterable[int]) -> bool:
     proc = _process_of(record)
     if proc is None:
         return False
-    with contextlib.suppress(ProcessLookupError):
-        pids = {p.pid for p in [proc, *_group_members(os.getpgid(record.pid)), *_descendants([proc])]}
-        held = {c.laddr.port for c in psutil.net_connections(kind="inet")
-                if c.status == psutil.CONN_LISTEN and c.pid in pids and c.laddr}
-        return wanted <= held
-    return False
+    try:
+        procs = {p.pid: p for p in [proc, *_group_members(os.getpgid(record.pid)), *_descendants([proc])]}
+    except ProcessLookupError:
+        return False
+    held: set[int] = set()
+    for p in procs.values():  # each process's own sockets: no system-wide listing (which needs root on macOS)
+        with contextlib.suppress(psutil.Error):
+            held |= {c.laddr.port for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr}
+    return wanted <= held
 
 
 def wait_until(
