@@ -598,8 +598,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             todo = (f"{run.version} is the champion already, but the stable pool may not serve it yet: once that "
                     "rollout has ended, roll the stable pool to the champion (`tenfold serve rollout --model champion`"
                     " locally)" if reg.resolve(CHAMPION) == run.version else
-                    f"promote {run.version} by hand (`tenfold models promote {run.version}`) once that rollout has "
-                    "ended, if it should be")
+                    f"promote {run.version} by hand (`tenfold models promote {run.version}`, with --force if an "
+                    "earlier canary rejected it) once that rollout has ended, if it should be")
             raise PipelineError(f"rollout {run.rollout_id} ended promoted but a newer rollout has started since: its "
                                 f"promotion is not carried out over the newer one; {todo}")
         current = reg.resolve(CHAMPION)
