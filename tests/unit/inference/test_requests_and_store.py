@@ -77,6 +77,14 @@ def test_a_body_that_would_decompress_beyond_the_cap_is_refused_before_anything_
     import tenfold.inference.requests as requests
 
     monkeypatch.setattr(requests, "MAX_DECODED_BYTES", 2**20, raising=False)
+    real_open = pa.ipc.open_stream
+    decompressed: list[int] = []
+
+    def open_stream(source: object, *args: object, **kwargs: object) -> object:
+        decompressed.append(1)  # the only reader of the batches (the claims come from MessageReader)
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(pa.ipc, "open_stream", open_stream)
     rows = pa.table({"k": pa.array(np.zeros(200_000))})  # 1.6 MB of zeros, about 1 KB once compressed
     bomb = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=rows)
     body = bomb.encode("zstd")
@@ -84,6 +92,7 @@ def test_a_body_that_would_decompress_beyond_the_cap_is_refused_before_anything_
     with pytest.raises(RequestError, match=rf"the body is {len(body):,} bytes that would decompress to 1,600,000 "
                                            r"\(more than 1,048,576\): too large for one request; not decompressed"):
         decode(body, {**bomb.attributes(), "rows": "2000"})
+    assert decompressed == [], "the body's batches were read before it was refused"
     with pytest.raises(RequestError, match=r"attribute rows=100001 is outside 0..100,000"):
         decode(body, {**bomb.attributes(), "rows": "100001"})
     small = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=rows.slice(0, 1000))

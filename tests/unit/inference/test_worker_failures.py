@@ -354,6 +354,15 @@ def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension
 
     puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
     puller.tick_s = 0.01
+    waiting = threading.Event()  # set when a nack waits on the puller's condition for the extension to return
+
+    class Noted(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread().name == "nack-a1":
+                waiting.set()
+            return super().wait(timeout)
+
+    puller.cond = Noted()
 
     def delivery(ack_id: str) -> Any:
         message = type("Message", (), {"message_id": ack_id, "data": b"x", "attributes": {}})()
@@ -369,12 +378,13 @@ def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension
         other = delivery("a2")  # pulled after the keeper chose: not in the extension on its way
         not_waiting = threading.Thread(target=other.nack)
         not_waiting.start()
-        not_waiting.join(2)  # the extension is still held meanwhile
+        not_waiting.join(10)  # the extension is still held meanwhile: only a nack that waits for it stays here
         assert not not_waiting.is_alive() and applied == [("a2", 0)], \
             "a nack of a message the extension does not carry waited for it"
-        nacking = threading.Thread(target=carried.nack)
+        nacking = threading.Thread(target=carried.nack, name="nack-a1")
         nacking.start()
-        nacking.join(0.5)  # with the fix it waits for the extension in flight; without it, it is done by now
+        assert waiting.wait(10), "the nack of a message the extension carries did not wait for it"
+        assert ("a1", 0) not in applied  # not sent while the extension is on its way
         release.set()
         nacking.join(10)
     finally:

@@ -221,6 +221,7 @@ def test_a_health_check_another_program_answers_is_refused_not_taken_for_the_com
     finally:
         stranger.shutdown()
         stranger.server_close()
+        stack._clear(s, "gcs")  # the stand-in component, had it been taken for healthy
 
 
 def test_a_service_failing_after_another_started_rolls_back(tmp_path, monkeypatch):

@@ -313,18 +313,22 @@ def test_stop_takes_down_a_descendant_whose_parent_died_before_the_stop(tmp_path
         "time.sleep(300)\n"
     )
     record = process.start("svc", [sys.executable, "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
-    deadline = time.monotonic() + 10
-    while not ((tmp_path / "orphan").exists() and (tmp_path / "orphan").read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    orphan = psutil.Process(int((tmp_path / "orphan").read_text()))
+    orphan = None
     try:
+        deadline = time.monotonic() + 30
+        while not ((tmp_path / "orphan").exists() and (tmp_path / "orphan").read_text()):
+            assert time.monotonic() < deadline, "the stand-in task never started its child"
+            time.sleep(0.05)
+        orphan = psutil.Process(int((tmp_path / "orphan").read_text()))
         leader = psutil.Process(record.pid)
         assert orphan.pid not in {c.pid for c in leader.children(recursive=True)}, "still linked to the component"
         assert process.stop(record, timeout=5) is True
         assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, "the adopted child still runs"
     finally:
-        with contextlib.suppress(psutil.Error):
-            orphan.kill()
+        process.stop(record, timeout=5)
+        if orphan is not None:
+            with contextlib.suppress(psutil.Error):
+                orphan.kill()
 
 
 def test_log_tail_reads_the_end_of_a_large_log_whole_lines_only(tmp_path):

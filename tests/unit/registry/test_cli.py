@@ -249,7 +249,7 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
         root._unusable_here(SimpleNamespace(settings=elsewhere, meta=meta))
 
 
-@pytest.mark.parametrize("verdict", ["canary", "gate"])
+@pytest.mark.parametrize("verdict", ["canary", "gate", "none"])
 def test_promote_refuses_a_version_a_canary_rejected_or_the_gate_kept_out_unless_forced(
         registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
         monkeypatch: pytest.MonkeyPatch, verdict: str) -> None:
@@ -262,6 +262,10 @@ def test_promote_refuses_a_version_a_canary_rejected_or_the_gate_kept_out_unless
     assert runner.invoke(app, ["models", "promote", champion]).exit_code == 0
     reg.record_decision(challenger, "run-1", {"promote": False, "champion_version": champion,
                                               "summary": "NO COMPARISON: champion could not be scored"})
+    if verdict == "none":  # a record that scored no champion decides nothing: its refusal says to promote by hand
+        out = runner.invoke(app, ["models", "promote", challenger])
+        assert out.exit_code == 0 and reg.resolve("champion") == challenger, out.output
+        return
     if verdict == "canary":
         reg.record_decision(challenger, "rollout-r1", {"rejected": True, "summary": "ROLLED BACK: error rate 4 %"})
         said = f"a canary rejected {challenger} (ROLLED BACK: error rate 4 %)"

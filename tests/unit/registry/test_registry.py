@@ -438,22 +438,33 @@ def test_two_downloads_of_one_version_to_one_folder_take_turns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Both found the folder absent and assembled a copy; the second rename met the first's folder (ENOTEMPTY), a
-    raw OSError (the drift monitor's DAG task and its CLI share the folder). Both renames are held until the other
-    reaches its own (or 2 s pass), which is where the race was."""
-    import contextlib
-    import threading
+    raw OSError (the drift monitor's DAG task and its CLI share the folder). A rename is held until the other download
+    reaches its own (where the race was) or asks for the lock."""
+    import fcntl
 
     reg = ModelRegistry(registry_settings)
     mv = reg.register(make_model_dir(71), lineage, metrics=METRICS)
-    both, real_rename = threading.Barrier(2), Path.rename
+    # A finished copy goes into place only once the other download is at its own rename too (the race) or has asked
+    # for the lock (it waits its turn): whichever comes, however slow the machine.
+    seen, where = threading.Condition(), {"renaming": 0, "locking": 0}
+    real_rename, real_flock = Path.rename, fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX:
+            with seen:
+                where["locking"] += 1
+                seen.notify_all()
+        real_flock(fd, operation)
 
     def rename(self: Path, target: Path) -> Path:
-        if ".partial-" in self.name:  # a finished copy going into place
-            # (broken: the other download waits its turn, and this one goes alone)
-            with contextlib.suppress(threading.BrokenBarrierError):
-                both.wait(timeout=2)
+        if ".partial-" in self.name:
+            with seen:
+                where["renaming"] += 1
+                seen.notify_all()
+                assert seen.wait_for(lambda: where["renaming"] >= 2 or where["locking"] >= 2, timeout=60)
         return real_rename(self, target)
 
+    monkeypatch.setattr(fcntl, "flock", flock)
     monkeypatch.setattr(Path, "rename", rename)
     results: list[object] = []
 
