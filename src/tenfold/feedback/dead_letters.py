@@ -2,8 +2,9 @@
 
 The sink never acknowledges a message it cannot parse; after the subscription's ``max_delivery_attempts``
 Pub/Sub moves it to the stream's dead-letter topic, whose subscription keeps it (7 days in the cloud; the
-local emulator keeps it in memory). A message sent by a newer server whose record has a field this sink does
-not know yet is such a message too, and is not lost: once the sink is upgraded, replay it.
+local emulator keeps it in memory). A message sent by a newer server (a record of a newer ``schema_version``, or
+with a field this sink does not know yet) is such a message too, and is not lost: once the sink is upgraded,
+replay it.
 
 * :func:`peek` shows up to ``limit`` dead letters of a stream, each with why the sink refuses it now, and leaves
   them where they are (their leases are given back at once);

@@ -38,6 +38,16 @@ class _Record(BaseModel):
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=_MAX_SCHEMA_VERSION)
 
+    @field_validator("schema_version")
+    @classmethod
+    def _known(cls, value: int) -> int:
+        """A record of a newer schema is refused (a dead letter, replayed once the reader is upgraded): one whose
+        fields kept their names but changed meaning parsed as this version's, and its labels were mixed in."""
+        if value > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {value} is newer than this reader's {SCHEMA_VERSION}: written by a newer "
+                             "server; upgrade this one (the feedback sink), then replay its dead letters")
+        return value
+
     @field_validator("*", mode="after")
     @classmethod
     def _times_in_utc(cls, value: Any) -> Any:

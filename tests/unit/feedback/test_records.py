@@ -27,6 +27,23 @@ def test_a_record_the_log_cannot_hold_is_refused_when_parsed(body: str) -> None:
         FeedbackRecord.from_message(body.encode())
 
 
+def test_a_record_of_a_newer_schema_is_refused_naming_its_version() -> None:
+    """A newer server's record whose fields kept their names but not their meaning parsed as version 1, and its
+    labels were mixed into the labelled table and the canary's metrics; it is a dead letter until the sink is
+    upgraded (then replayed)."""
+    from tenfold.feedback.sink import refusal
+    from tenfold.messaging.records import SCHEMA_VERSION
+
+    newer = (f'{{"schema_version": {SCHEMA_VERSION + 1}, "prediction_id": "p", "outcome": 1, '
+             f'"received_at": "{RECEIVED}"}}').encode()
+    with pytest.raises(ValidationError, match=rf"schema_version {SCHEMA_VERSION + 1} is newer than this reader's "
+                                              rf"{SCHEMA_VERSION}: written by a newer server"):
+        FeedbackRecord.from_message(newer)
+    assert "is newer than this reader's" in (refusal("feedback", newer) or "")
+    assert FeedbackRecord.from_message(newer.replace(f'"schema_version": {SCHEMA_VERSION + 1}'.encode(),
+                                                     f'"schema_version": {SCHEMA_VERSION}'.encode())).outcome == 1
+
+
 def test_times_are_held_in_utc_and_a_naive_one_is_taken_as_utc() -> None:
     rec = FeedbackRecord.from_message(
         b'{"prediction_id": "p", "outcome": 1, "observed_at": "2013-01-01T04:02:00-05:00", "received_at": "2013-01-01T09:03:00"}')
@@ -52,6 +69,6 @@ def test_the_sinks_verdict_on_a_body_is_the_one_a_batch_gets() -> None:
     assert refusal("feedback", feedback("a", 1).model_dump_json().encode()) is None
     assert "outcome" in (refusal("feedback", b'{"prediction_id": "p9", "outcome": 7}') or "")
     assert refusal("predictions", b"not json at all") is not None
-    # Validates as a record; the log's int16 column cannot hold the schema version.
+    # A schema version the log's int16 column could not hold either (refused as newer than this reader's first).
     unholdable = b'{"schema_version": 70000, "prediction_id": "p9", "outcome": 1, "received_at": "2013-01-01T00:00:00Z"}'
     assert refusal("feedback", unholdable) is not None
