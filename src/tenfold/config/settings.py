@@ -156,6 +156,15 @@ class SubscriptionSettings(_Frozen):
     min_retry_backoff_s: int = Field(default=10, ge=0, le=600)
     max_retry_backoff_s: int = Field(default=600, ge=0, le=600)
 
+    @model_validator(mode="after")
+    def _backoff_rises(self) -> SubscriptionSettings:
+        """Pub/Sub's retry policy backs off from the minimum to the maximum: the other way round went to
+        create_subscription (and the stacks) as given."""
+        if self.min_retry_backoff_s > self.max_retry_backoff_s:
+            raise ValueError(f"subscription {self.name}: min_retry_backoff_s {self.min_retry_backoff_s} is above "
+                             f"max_retry_backoff_s {self.max_retry_backoff_s}: give min <= max")
+        return self
+
 
 class MessagingSettings(_Frozen):
     requests_topic: PubSubName

@@ -649,3 +649,13 @@ def test_a_training_value_that_is_no_literal_python_reads_is_refused_by_name() -
     `tenfold config get env` said "a fault in the code" and a pipeline module ended in a traceback."""
     with pytest.raises(ValueError, match=r"training\.max_restarts|max_restarts"):
         build_settings("local", {"TENFOLD_TRAINING__MAX_RESTARTS": "{[]: 1}"})
+
+
+def test_a_subscription_whose_retry_backoff_falls_is_refused() -> None:
+    """min above max went to create_subscription and the stacks as given."""
+    from tenfold.config.settings import SubscriptionSettings
+
+    names = {"name": "sub", "topic": "top", "dead_letter_topic": "top-dl", "dead_letter_subscription": "top-dl-sub"}
+    with pytest.raises(ValueError, match="subscription sub: min_retry_backoff_s 600 is above max_retry_backoff_s 10"):
+        SubscriptionSettings(**names, min_retry_backoff_s=600, max_retry_backoff_s=10)
+    assert SubscriptionSettings(**names, min_retry_backoff_s=10, max_retry_backoff_s=10).max_retry_backoff_s == 10
