@@ -124,8 +124,6 @@ def _claims(data: bytes) -> tuple[int, int]:
     """The rows and the decompressed bytes that the record batches of the IPC stream ``data`` claim, read from each
     message's flatbuffer metadata and each compressed buffer's length prefix (Arrow's IPC format: a compressed
     buffer starts with its uncompressed length, -1 for one left as it is), decompressing nothing."""
-    import struct
-
     import pyarrow as pa
 
     def u32(b: bytes, at: int) -> int:

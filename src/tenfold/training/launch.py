@@ -200,7 +200,9 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     if iface is None:  # without it gloo listens where the host name resolves: beyond loopback
         raise ValueError(f"no network interface holds local.bind_host {host} (`ip addr` lists them): gloo would "
                          "listen on the address the host name resolves to; set TENFOLD_LOCAL__BIND_HOST=127.0.0.1")
-    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "GLOO_SOCKET_IFNAME": iface}
+    from tenfold.training.node import OWN_STORE_ENV
+
+    return {**OWN_STORE_ENV, "GLOO_SOCKET_IFNAME": iface}
 
 
 def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int,

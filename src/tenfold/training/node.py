@@ -61,15 +61,16 @@ def metadata_attribute(key: str, *, sleep: Callable[[float], None] = time.sleep)
 # How long a node whose torchrun failed waits for the rendezvous host's own marker before writing the run's failure:
 # longer than torch's exit barrier (300 s), within which a host's ranks may still be finishing a success.
 HOST_GRACE_S = 360.0
-# The nodes' torchrun: rank 0 hosts a fresh store each round (tenfold.training.worker.init_distributed), as locally.
-# With the agents' shared store the rounds were told apart by TORCHELASTIC_RESTART_COUNT, a per-agent counter: an
-# agent that restarts its ranks for a membership change (a peer's rank died) does not count it, so after one death
-# the two nodes' ranks waited on different prefixes until the collective timeout, every round, till restarts ran out.
-NODE_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# Every torchrun of Tenfold's, on the nodes and on one machine (tenfold.training.launch.loopback_env): the agents
+# share no store, and rank 0 hosts a fresh one each round (tenfold.training.worker.init_distributed). With the
+# agents' shared store the rounds were told apart by TORCHELASTIC_RESTART_COUNT, a per-agent counter: an agent that
+# restarts its ranks for a membership change (a peer's rank died) does not count it, so after one death the two
+# nodes' ranks waited on different prefixes until the collective timeout, every round, till restarts ran out.
+OWN_STORE_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def run_torchrun(argv: list[str]) -> int:
-    return subprocess.call(argv, env={**os.environ, **NODE_ENV})
+    return subprocess.call(argv, env={**os.environ, **OWN_STORE_ENV})
 
 
 def write_failure(settings: Settings, storage: Any, run_id: str, hostname: str, reason: str) -> None:

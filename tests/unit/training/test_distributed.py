@@ -247,15 +247,15 @@ def test_two_nodes_whose_agents_counted_different_restarts_still_join_one_group(
     """After a rank on one node dies, its agent counts a restart and the other node's agent (restarting for the
     membership change) does not: TORCHELASTIC_RESTART_COUNT is 1 on one node and 0 on the other. The ranks joined
     through the prefix attempt_<count>, so they waited on different keys until the collective timeout, every round,
-    until the restarts ran out. The nodes' ranks host a fresh store each round (training.node.NODE_ENV): no prefix."""
+    until the restarts ran out. The nodes' ranks host a fresh store each round (training.node.OWN_STORE_ENV): no prefix."""
     import os
     import socket
     import subprocess
     import sys
 
-    from tenfold.training.node import NODE_ENV
+    from tenfold.training.node import OWN_STORE_ENV
 
-    assert NODE_ENV == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # the agents share no store: the ranks host it
+    assert OWN_STORE_ENV == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # the agents share no store: the ranks host it
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
