@@ -143,11 +143,9 @@ from tenfold.registry import cli as _models_cli  # noqa: E402
 
 def _unusable_here(reg: Any) -> Callable[[str], str | None]:
     """Why a registered version cannot be loaded by this code (``tenfold.registry.cli.unusable_here``): its
-    ``meta.json`` names another workload, or another version of this workload's feature definitions."""
-    from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.model.io import lost_columns
+    ``meta.json`` cannot be read, or :func:`tenfold.workloads.meta_problem` says why load_model would refuse it."""
     from tenfold.registry.errors import RegistryError
-    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload, same_workload
+    from tenfold.workloads import WorkloadError, get_workload, meta_problem
 
     try:
         ours = get_workload(reg.settings)
@@ -160,15 +158,7 @@ def _unusable_here(reg: Any) -> Callable[[str], str | None]:
             meta = reg.meta(version)
         except RegistryError as exc:  # its meta.json missing or damaged: not one to move the alias to
             return f"its meta.json cannot be read ({exc})"
-        name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
-        # load_model's rule (nothing a meta.json names is imported): a version it refuses is never moved to.
-        if not isinstance(name, str) or not same_workload(name, reg.settings.workload):
-            return f"it is a model of workload {name!r}, and this platform serves {reg.settings.workload!r}"
-        trained_on, builds = meta.get(VERSION_KEY), ours.contract.version
-        if trained_on is not None and trained_on != builds:
-            return (f"it learnt from version {trained_on} of the feature definitions, and this code builds version "
-                    f"{builds}: the fleet, batch scoring and the gate cannot load it")
-        return lost_columns(meta, ours.contract)  # what load_model refuses too
+        return meta_problem(meta, reg.settings.workload, ours.contract)  # what load_model refuses (no import of it)
 
     return why
 

@@ -38,7 +38,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.local.airflow import admin_password, airflow_url
 from tenfold.local.airflow_api import AirflowApi, AirflowApiError
-from tenfold.workloads import VERSION_KEY, get_workload
+from tenfold.workloads import VERSION_KEY, get_workload, meta_problem
 
 BUILD, TRAIN, ROLLOUT = "build_features", "train_model", "rollout_model"
 INFER, DRIFT = "batch_inference", "monitor_drift"
@@ -704,24 +704,23 @@ def demo_months(first: str, champion_until: str, months: int,
     return initial, later
 
 
-def refuse_a_champion_of_other_features(settings: Settings, registry: Any) -> None:
-    """Refuse (:class:`DemoError`) a home whose champion learnt from another version of the feature definitions than
-    this code builds (a home of an older Tenfold): every month is rebuilt at the new version, but the demo trains a
-    first champion only when there is none, so the old one was kept, and every replica, offline scoring and the
-    month's AUC refused it, after minutes of rebuilding, on every run of the demo."""
+def refuse_a_champion_this_code_cannot_load(settings: Settings, registry: Any) -> None:
+    """Refuse (:class:`DemoError`) a home whose champion this code cannot load (:func:`tenfold.workloads.meta_problem`),
+    typically a home of an older Tenfold, whose champion learnt from another version of the feature definitions: every
+    month is rebuilt at the new version, but the demo trains a first champion only when there is none, so the old one
+    was kept, and every replica, offline scoring and the month's AUC refused it, after minutes of rebuilding, on every
+    run of the demo."""
     from tenfold.registry import CHAMPION
 
     champion = registry.resolve(CHAMPION)
     if champion is None:
         return
-    trained_on, builds = registry.meta(champion).get(VERSION_KEY), get_workload(settings).contract.version
-    if trained_on is not None and trained_on != builds:
+    if problem := meta_problem(registry.meta(champion), settings.workload, get_workload(settings).contract):
         raise DemoError(
-            f"the champion {champion} learnt from version {trained_on} of the feature definitions, and this code builds "
-            f"version {builds}: it can be neither served nor scored on them. Start the demo on a fresh platform home "
-            f"(`tenfold down`, then remove {settings.local.home}, or set TENFOLD_HOME to a new folder), or rebuild "
-            "the features (a build_features backfill that reprocesses completed runs), train a model on them "
-            "(train_model) and promote it (`tenfold models promote <version>`)")
+            f"the champion {champion} can be neither served nor scored here: {problem}. Start the demo on a fresh "
+            f"platform home (`tenfold down`, then remove {settings.local.home}, or set TENFOLD_HOME to a new folder), "
+            "or rebuild the features (a build_features backfill that reprocesses completed runs), train a model on "
+            "them (train_model) and promote it (`tenfold models promote <version>`)")
 
 
 def failures(rows: list[MonthRow]) -> list[str]:
@@ -764,7 +763,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
         api.set_paused(dag_id, True)
     registry = ModelRegistry(settings)
-    refuse_a_champion_of_other_features(settings, registry)  # before minutes of Spark that could not help it
+    refuse_a_champion_this_code_cannot_load(settings, registry)  # before minutes of Spark that could not help it
     build_months(settings, api, initial, say)
     if registry.resolve(CHAMPION) is None:
         show_training(api, first_champion_run(settings, api, initial, say), say)

@@ -358,11 +358,11 @@ def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebu
         def meta(self, version: str) -> dict[str, object]:
             return {VERSION_KEY: self.version} if self.version is not None else {}
 
-    with pytest.raises(demo.DemoError, match=rf"the champion v1 learnt from version {builds - 1} of the feature "
-                                             rf"definitions, and this code builds version {builds}(.|\n)*fresh platform home"):
-        demo.refuse_a_champion_of_other_features(settings, Registry("v1", builds - 1))
+    with pytest.raises(demo.DemoError, match=rf"the champion v1 can be neither served nor scored here: it "
+                                             rf"learnt from version {builds - 1} of the feature definitions, and this code builds version {builds}(.|\n)*fresh platform home"):
+        demo.refuse_a_champion_this_code_cannot_load(settings, Registry("v1", builds - 1))
     for fine in (Registry(None, None), Registry("v1", builds), Registry("v1", None)):  # None: saved before versions
-        demo.refuse_a_champion_of_other_features(settings, fine)
+        demo.refuse_a_champion_this_code_cannot_load(settings, fine)
 
 
 @pytest.mark.parametrize("where", ["features", "a followed run", "the fleet", "the join lock"])

@@ -35,7 +35,7 @@ from tenfold.model.calibration import IDENTITY, CalibrationError, Calibrator
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 if TYPE_CHECKING:
-    from tenfold.workloads import FeatureContract, Workload
+    from tenfold.workloads import Workload
 from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
 
 META_VERSION = 1
@@ -204,23 +204,6 @@ def _file_field(where: Path, meta: Mapping[str, Any], field: str, default: str) 
     return name
 
 
-def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | None:
-    """Why a model whose ``meta.json`` is ``meta`` cannot take ``contract``'s features (None when it can): it takes
-    a column the contract no longer holds as it learnt it (renamed, removed, or moved between categorical and
-    numeric with no version bump, which the schema check of the features catches but the version does not).
-    Loaded, it failed every prediction."""
-    cat, num = meta.get("categorical_columns"), meta.get("numeric_columns")
-    if not isinstance(cat, list) or not isinstance(num, list):
-        return None  # garbled: load_model's own reading of the fields says so
-    lost = [f"{c} (categorical)" for c in cat if c not in contract.categorical_columns] + \
-        [f"{c} (numeric)" for c in num if c not in contract.numeric_columns]
-    if not lost:
-        return None
-    return (f"the model takes the column(s) {', '.join(map(str, lost))}, which version {contract.version} of the feature "
-            "definitions does not hold as such: every prediction would fail. Train a model on the current features "
-            "(train_model) and promote it")
-
-
 def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu",
                for_workload: str | None = None) -> LoadedModel:
     """Rebuild a model from ``meta.json`` and refuse weights or preprocessing that do not match it.
@@ -231,28 +214,21 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     where = Path(directory)
     meta = read_meta(where)
     from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.workloads import VERSION_KEY, WorkloadError, get_workload, same_workload
+    from tenfold.workloads import WorkloadError, get_workload, meta_problem
 
     # Folders saved before workloads were named hold the reference workload's model.
     name = meta.get("workload", DEFAULT_WORKLOAD)
     if not isinstance(name, str):
         raise ModelLoadError(f"{where / META_FILE}: its field 'workload' is {name!r}, not a workload name; re-save the model")
-    if for_workload is not None and not same_workload(name, for_workload):
-        raise ModelLoadError(f"{where / META_FILE}: the model is of workload {name!r}, and this process runs "
-                             f"{for_workload!r} (settings.workload): load a model trained for {for_workload!r}")
+    # With for_workload, only this process's own workload is imported: a model of another is refused by meta_problem.
+    runs = name if for_workload is None else for_workload
     try:
-        workload = get_workload(name)
+        workload = get_workload(runs)
     except WorkloadError as exc:
-        raise ModelLoadError(f"{where / META_FILE} names workload {name!r}, which cannot be loaded here: {exc}") from exc
-    # Folders saved before the version was recorded are read as they always were.
-    trained_on, builds = meta.get(VERSION_KEY), workload.contract.version
-    if trained_on is not None and trained_on != builds:
-        raise ModelLoadError(
-            f"{where / META_FILE}: the model learnt from version {trained_on} of workload {name}'s feature definitions, "
-            f"and this code builds version {builds}: fed today's features, its predictions would mean nothing. Train "
-            "a model on the rebuilt features (train_model) and promote it")
-    if lost := lost_columns(meta, workload.contract):
-        raise ModelLoadError(f"{where / META_FILE}: {lost}")
+        raise ModelLoadError(f"{where / META_FILE}: workload {runs!r} cannot be loaded here: {exc}") from exc
+    if problem := meta_problem(meta, runs, workload.contract):
+        raise ModelLoadError(f"{where / META_FILE}: {problem}. Load a model trained for {runs!r} on the current feature "
+                             "definitions, or train one (train_model) and promote it")
     try:
         config = workload.model_config_type.from_dict(meta["config"])
         vocab_sizes = [int(meta["vocab_sizes"][c]) for c in meta["categorical_columns"]]

@@ -191,10 +191,9 @@ def _scored_already(settings: Settings, lake: Lake, part: Partition) -> str | No
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None) -> InferenceRun:
     """Resolve the model once (so every worker scores with the same version) and pick the path by size."""
-    from tenfold.config.settings import DEFAULT_WORKLOAD
     from tenfold.inference.requests import batch_count
     from tenfold.inference.scoring import ScoringError, registered_meta, resolve
-    from tenfold.workloads import same_workload
+    from tenfold.workloads import meta_problem
 
     conf = run_conf(conf, CONF_KEYS)
     part = _month(conf["month"]) if conf.get("month") else default_month(settings)
@@ -219,19 +218,11 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         meta = registered_meta(settings, version)
     except ScoringError as exc:
         raise PipelineError(f"{exc}: pass another version in the run conf") from exc
-    # Found now, not as a dead letter per request when every worker's load_model refuses the model. (Feature
-    # definitions' versions are small numbers: a model of another workload may carry this one's.)
-    workload = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
-    if not isinstance(workload, str) or not same_workload(workload, settings.workload):
-        raise PipelineError(f"model {version} ({ref}) is a model of workload {workload!r}, and this platform runs "
-                            f"{settings.workload!r} (settings.workload): pass the version of a model trained for "
-                            f"{settings.workload!r} (conf {{\"version\": ...}})")
-    trained_on = meta.get(VERSION_KEY)
-    if trained_on is not None and trained_on != contract.version:
-        raise PipelineError(f"model {version} ({ref}) learnt from version {trained_on} of the feature definitions, and "
-                            f"features partition {part.label} holds version {contract.version}: its scores would mean "
-                            "nothing. Train a model on the rebuilt features (train_model) and promote it, or pass the "
-                            "version of one trained on them (conf {\"version\": ...})")
+    # Found now, not as a dead letter per request when every worker's load_model refuses the model.
+    if problem := meta_problem(meta, settings.workload, contract):
+        raise PipelineError(f"model {version} ({ref}) cannot score features partition {part.label}: {problem}. Pass the "
+                            f"version of a model trained for {settings.workload!r} on these features (conf "
+                            "{\"version\": ...}), or train one (train_model) and promote it")
     inf = settings.inference
     path = scoring_path(settings, manifest.rows)
     # The run's requests and results are keyed by what they score with and how they are cut: a cleared run that

@@ -380,3 +380,38 @@ def get_workload(spec: str | Any) -> Workload:
         )
     _LOADED[name] = workload
     return workload
+
+
+def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | None:
+    """Why a model whose ``meta.json`` is ``meta`` cannot take ``contract``'s features (None when it can): it takes
+    a column the contract no longer holds as it learnt it (renamed, removed, or moved between categorical and
+    numeric with no version bump, which the schema check of the features catches but the version does not).
+    Loaded, it failed every prediction. A clause, as :func:`meta_problem`'s."""
+    cat, num = meta.get("categorical_columns"), meta.get("numeric_columns")
+    if not isinstance(cat, list) or not isinstance(num, list):
+        return None  # garbled: load_model's own reading of the fields says so
+    lost = [f"{c} (categorical)" for c in cat if c not in contract.categorical_columns] + \
+        [f"{c} (numeric)" for c in num if c not in contract.numeric_columns]
+    if not lost:
+        return None
+    return (f"it takes the column(s) {', '.join(map(str, lost))}, which version {contract.version} of the feature "
+            "definitions does not hold as such: every prediction would fail")
+
+
+def meta_problem(meta: Mapping[str, Any], workload: str, contract: FeatureContract) -> str | None:
+    """Why a model whose ``meta.json`` is ``meta`` cannot serve where ``workload`` runs, whose feature definitions are
+    ``contract`` (None when it can): it is a model of another workload, it learnt from another version of the feature
+    definitions, or it takes a column they no longer hold.
+
+    What :func:`load_model` refuses on these grounds, in one place, so that the checks made before anything loads
+    (``models promote`` and rollback, batch inference's plan, the demo's champion) refuse exactly what it would. The
+    answer is a clause that reads after a model's name ("v3 cannot be the champion here: <clause>") and leaves out what
+    to do, which differs by caller."""
+    name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
+    if not isinstance(name, str) or not same_workload(name, workload):
+        return f"it is a model of workload {name!r}, and this platform runs {workload!r} (settings.workload)"
+    trained_on = meta.get(VERSION_KEY)  # folders saved before the version was recorded are read as they always were
+    if trained_on is not None and trained_on != contract.version:
+        return (f"it learnt from version {trained_on} of the feature definitions, and this code builds version "
+                f"{contract.version}: fed today's features, its predictions would mean nothing")
+    return lost_columns(meta, contract)

@@ -62,8 +62,8 @@ def test_a_model_of_another_feature_definition_version_is_refused(tmp_path: Path
     load_model(tmp_path)  # the version it was trained on
     upgraded = dataclasses.replace(WORKLOAD, contract=dataclasses.replace(CONTRACT, version=CONTRACT.version + 1))
     monkeypatch.setitem(workloads._LOADED, WORKLOAD.name, upgraded)  # the code now builds the next version
-    with pytest.raises(ModelLoadError, match=f"learnt from version {CONTRACT.version} of workload flights.*builds "
-                                             f"version {CONTRACT.version + 1}.*train_model"):
+    with pytest.raises(ModelLoadError, match=f"it learnt from version {CONTRACT.version} of the feature definitions, "
+                                             f"and this code builds version {CONTRACT.version + 1}.*train_model"):
         load_model(tmp_path)
 
 
@@ -87,10 +87,10 @@ def test_a_model_taking_a_column_the_contract_no_longer_holds_is_refused_on_load
                                   required_in_file=tuple(map(rename, CONTRACT.required_in_file)),
                                   column_types={rename(c): t for c, t in CONTRACT.column_types.items()})
     monkeypatch.setitem(workloads._LOADED, WORKLOAD.name, dataclasses.replace(WORKLOAD, contract=renamed))
-    with pytest.raises(ModelLoadError, match=rf"the model takes the column\(s\) {numeric} \(numeric\), which version "
+    with pytest.raises(ModelLoadError, match=rf"it takes the column\(s\) {numeric} \(numeric\), which version "
                                              rf"{CONTRACT.version} of the feature definitions does not hold as such"):
         load_model(tmp_path)
-    from tenfold.model.io import lost_columns
+    from tenfold.workloads import lost_columns
 
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert lost_columns(meta, CONTRACT) is None
@@ -345,8 +345,8 @@ def test_a_model_naming_another_workload_is_refused_before_its_module_is_importe
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
     meta["workload"] = "tenfold_planted_workload:W"
     (tmp_path / "model" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelLoadError, match=r"the model is of workload 'tenfold_planted_workload:W', and this process "
-                                             r"runs 'flights' \(settings\.workload\)"):
+    with pytest.raises(ModelLoadError, match=r"it is a model of workload 'tenfold_planted_workload:W', and this "
+                                             r"platform runs 'flights' \(settings\.workload\)"):
         load_model(tmp_path / "model", for_workload="flights")
     assert not imported.exists() and "tenfold_planted_workload" not in sys.modules
     # The built-in's name and its module path are one workload.

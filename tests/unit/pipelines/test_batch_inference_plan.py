@@ -404,9 +404,10 @@ def test_a_model_trained_on_other_feature_definitions_is_refused_at_plan(
         run = pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
         assert run.model_version == version and run.requests > 0
         return
-    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) learnt from version "
+    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) cannot score features partition "
+                                                     rf"{PART.label}: it learnt from version "
                                                      rf"{WORKLOAD.contract.version + 1} of the feature definitions.*"
-                                                     r"Train a model on the rebuilt features"):
+                                                     r"train one \(train_model\) and promote it"):
         pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
 
 
@@ -423,8 +424,32 @@ def test_a_model_of_another_workload_is_refused_at_plan_though_its_feature_versi
     s = make_settings(on=local_settings)
     publish_synthetic_features(Lake.from_settings(s), [PART], 50)
     version = _register(s, tmp_path / "model", {"version": 1, "workload": "tiny", VERSION_KEY: WORKLOAD.contract.version})
-    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) is a model of workload 'tiny', "
-                                                     r"and this platform runs 'flights' \(settings.workload\)"):
+    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) cannot score features partition "
+                                                     rf"{PART.label}: it is a model of workload 'tiny', and this "
+                                                     r"platform runs 'flights' \(settings.workload\)"):
+        pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+
+
+def test_a_model_taking_a_column_the_features_no_longer_hold_is_refused_at_plan(
+    make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A column renamed with no version bump: load_model refuses such a model, so plan (which compared only the
+    workload and the version) let every request become a dead letter; it now refuses what load_model would."""
+    import tenfold.inference.scoring as scoring
+    from tenfold.workloads import VERSION_KEY
+    from tenfold.workloads.flights import WORKLOAD
+
+    monkeypatch.setattr(scoring, "registered_meta", REAL_REGISTERED_META)
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    contract = WORKLOAD.contract
+    meta = {"version": 1, "workload": "flights", VERSION_KEY: contract.version,
+            "categorical_columns": list(contract.categorical_columns),
+            "numeric_columns": [*contract.numeric_columns, "dep_delay_forecast"]}
+    version = _register(s, tmp_path / "model", meta)
+    with pytest.raises(pipeline.PipelineError, match=rf"model {version} \({version}\) cannot score features partition "
+                                                     rf"{PART.label}: it takes the column\(s\) dep_delay_forecast "
+                                                     r"\(numeric\), which version"):
         pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
 
 

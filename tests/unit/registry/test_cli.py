@@ -236,7 +236,7 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
     renamed = {"workload": "flights", "features_version": CONTRACT.version, "categorical_columns": ["carrier_v0"],
                "numeric_columns": list(CONTRACT.model_numeric_columns)}
     lost = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=lambda _: renamed))("v2")
-    assert lost is not None and lost.startswith("the model takes the column(s) carrier_v0 (categorical), which")
+    assert lost is not None and lost.startswith("it takes the column(s) carrier_v0 (categorical), which")
     # The workload by load_model's rule, from the names alone (nothing a meta.json names is imported to decide).
     fine = {**renamed, "categorical_columns": list(CONTRACT.model_categorical_columns)}
     for spelled, usable in (("tenfold.workloads.flights:WORKLOAD", True), ("planted_module:W", False)):
