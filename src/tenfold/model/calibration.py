@@ -130,7 +130,7 @@ class Calibrator:
                 values=tuple(float(x) for x in body.get("values", ())),
                 report=dict(body.get("report", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a 400-digit integer
             raise CalibrationError(f"calibration entry is unreadable ({exc}); re-train the model") from exc
 
 

@@ -185,7 +185,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path} is missing: {directory} is not a saved model (save it with save_model)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a flipped high bit is not UTF-8 before it is bad JSON
+    except ValueError as exc:  # bad JSON; a flipped high bit (not UTF-8); an integer of over 4,300 digits
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); the model folder is corrupt") from exc
     except OSError as exc:  # a file given for the folder, a folder named meta.json, no permission to read it
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}): {directory} must be a saved model's folder "
@@ -237,6 +237,9 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         # AttributeError: a section that is not a mapping; OverflowError: an infinite number (1e999)
         raise ModelLoadError(f"{where / META_FILE} lacks or garbles {exc}; re-save the model") from exc
+    if not isinstance(expected_sha, str) or len(expected_sha) != 64:
+        raise ModelLoadError(f"{where / META_FILE}: its field 'weights_sha256' is {expected_sha!r:.80}, not a sha256 in "
+                             "hex; re-save the model or restore the folder from the registry")
 
     weights_path = where / _file_field(where, meta, "weights_file", WEIGHTS_FILE)
     try:
@@ -270,11 +273,19 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
             or preprocessor.num_inputs != num_inputs:
         raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
 
-    model = workload.build_model(config, vocab_sizes, num_inputs)
+    try:  # the config parsed, but the module refuses it (a width of 4.0, a negative vocabulary size)
+        model = workload.build_model(config, vocab_sizes, num_inputs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{where / META_FILE}: workload {name}'s module cannot be built from its config, "
+                             f"vocabulary sizes and widths ({type(exc).__name__}: {exc}); re-save the model") from exc
     try:
         state = torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad pickle stream
         raise ModelLoadError(f"{weights_path} cannot be read by torch ({exc}); restore the folder") from exc
+    if isinstance(state, dict) and not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        odd = next(k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+        raise ModelLoadError(f"{weights_path} is not a state dict of tensors (its entry {odd!r:.60} is not a tensor: a "
+                             "training checkpoint?); save the model with save_model")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     try:

@@ -3,7 +3,9 @@
 Categorical columns become integer codes (``0`` is the out-of-vocabulary / null index, so a carrier
 or airport first seen at serving time still gets a prediction); numeric columns are standardised with
 the training window's mean and standard deviation (clipped at ``CLIP_Z``), nulls are imputed to the mean (``0`` after
-scaling) and flagged by an indicator column. The state is plain JSON so serving rebuilds it without
+scaling) and flagged by an indicator column. A numeric column the training window held no spread of (one value, or
+no finite value at all) is encoded at serving exactly as it was in training, whatever value comes (see
+``Preprocessor.unlearnt``). The state is plain JSON so serving rebuilds it without
 pandas or Spark, and it is never refit outside training.
 """
 
@@ -31,7 +33,10 @@ OOV_INDEX = 0
 CLIP_Z = 5.0
 # Tables up to this many rows encode categoricals by dict look-ups in Python; larger ones with pc.index_in.
 DICT_LOOKUP_MAX_ROWS = 256
-
+# Why a numeric column taught the model nothing (Preprocessor.unlearnt): every value the window held was null or
+# non-finite, or every finite one was the same.
+NO_FINITE_VALUE = "no finite value"
+ONE_VALUE = "one value"
 
 
 class PreprocessingError(ValueError):
@@ -52,9 +57,16 @@ class Preprocessor:
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
     fit_rows: int = 0
+    # Numeric columns with no spread in the training window -> why (NO_FINITE_VALUE, ONE_VALUE). The network saw their
+    # scaled value only as 0 (and, with no finite value, their null flag only as 1), so the weights on those inputs
+    # never learnt: a real value at serving (a route's first flights, a new sensor) would go through untrained
+    # weights and shift every prediction without an error. They are encoded as in training instead.
+    unlearnt: dict[str, str] = field(default_factory=dict)
     # Built on first use from the fitted state above (which never changes after fit or load).
     _code_maps: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _scale: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+    # (means, stds, 0 for an unlearnt column else 1, True for a column of no finite value), per numeric column
+    _scale: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     # --- fitting -------------------------------------------------------------------------------------
     @classmethod
@@ -85,6 +97,10 @@ class Preprocessor:
             std = float(finite.std()) if finite.size else 1.0
             pre.means[col] = mean
             pre.stds[col] = std if std > 1e-12 else 1.0  # a constant column must not divide by zero
+            if not finite.size:
+                pre.unlearnt[col] = NO_FINITE_VALUE
+            elif std <= 1e-12:
+                pre.unlearnt[col] = ONE_VALUE
         pre.fit_rows = table.num_rows
         return pre
 
@@ -160,12 +176,16 @@ class Preprocessor:
                 raw[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         scale = self._scale
         if scale is None:
-            scale = self._scale = (np.array([self.means[c] for c in self.numeric_columns], dtype=np.float64),
-                                   np.array([self.stds[c] for c in self.numeric_columns], dtype=np.float64))
+            cols = self.numeric_columns
+            scale = self._scale = (np.array([self.means[c] for c in cols], dtype=np.float64),
+                                   np.array([self.stds[c] for c in cols], dtype=np.float64),
+                                   np.array([0.0 if c in self.unlearnt else 1.0 for c in cols], dtype=np.float64),
+                                   np.array([self.unlearnt.get(c) == NO_FINITE_VALUE for c in cols], dtype=bool))
         missing = ~np.isfinite(raw)
         with np.errstate(invalid="ignore"):
-            scaled = np.clip((raw - scale[0]) / scale[1], -CLIP_Z, CLIP_Z)
+            scaled = np.clip((raw - scale[0]) / scale[1], -CLIP_Z, CLIP_Z) * scale[2]
         scaled[missing] = 0.0
+        missing |= scale[3]  # a column training only ever saw missing is missing here too
         out = np.empty((table.num_rows, 2 * n), dtype=np.float32)
         out[:, :n] = scaled
         out[:, n:] = missing
@@ -183,7 +203,7 @@ class Preprocessor:
 
     # --- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "version": PREPROCESSING_VERSION,
             "categorical_columns": list(self.categorical_columns),
             "numeric_columns": list(self.numeric_columns),
@@ -192,6 +212,9 @@ class Preprocessor:
             "stds": self.stds,
             "fit_rows": self.fit_rows,
         }
+        if self.unlearnt:  # absent otherwise: the state (and its digest) of every other model is as before
+            body["unlearnt"] = dict(self.unlearnt)
+        return body
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> Preprocessor:
@@ -205,12 +228,18 @@ class Preprocessor:
                 means={k: float(v) for k, v in body["means"].items()},
                 stds={k: float(v) for k, v in body["stds"].items()},
                 fit_rows=int(body.get("fit_rows", 0)),
+                # States saved before it was recorded: every column is scaled as it always was.
+                unlearnt={str(k): str(v) for k, v in body.get("unlearnt", {}).items()},
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise PreprocessingError(f"preprocessing state is unreadable ({exc}); re-train the model") from exc
         for col in pre.categorical_columns:
             if col not in pre.vocabularies:
                 raise PreprocessingError(f"preprocessing state has no vocabulary for {col!r}; re-train the model")
+        if odd := {c: why for c, why in pre.unlearnt.items()
+                   if c not in pre.numeric_columns or why not in (NO_FINITE_VALUE, ONE_VALUE)}:
+            raise PreprocessingError(f"preprocessing state's 'unlearnt' entries {odd} name no numeric column or no "
+                                     f"reason it knows ({NO_FINITE_VALUE!r}, {ONE_VALUE!r}); re-train the model")
         for col in pre.numeric_columns:
             if col not in pre.means or col not in pre.stds:
                 raise PreprocessingError(f"preprocessing state has no statistics for {col!r}; re-train the model")

@@ -360,10 +360,10 @@ def get_workload(spec: str | Any) -> Workload:
         return _LOADED[name]
     target = BUILTIN.get(name, name)
     module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
+    if not sep or not module_name or not attr or module_name.startswith("."):
         raise WorkloadError(
             f"unknown workload {name!r}: use one of {', '.join(sorted(BUILTIN))} or 'package.module:attribute' "
-            "naming your own Workload object (docs/workloads.md)"
+            "(an absolute module path) naming your own Workload object (docs/workloads.md)"
         )
     try:
         module = importlib.import_module(module_name)

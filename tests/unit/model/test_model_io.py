@@ -182,6 +182,32 @@ def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preproces
     assert Preprocessor.from_json(pre.to_json()).to_dict() == pre.to_dict()
 
 
+def test_a_numeric_column_training_saw_no_spread_of_is_encoded_at_serving_as_in_training(table: pa.Table) -> None:
+    """A column all null in the training window (a route's roll-up before its first flights), or of one value: the
+    network saw its scaled value only as 0 (and the null flag only as 1), so the weights on those inputs never
+    learnt. A real value at serving went through them (382.0 became 5.0, flag 0) and shifted every prediction."""
+    null, constant = "route_flights", "distance"
+    window = table.set_column(table.schema.get_field_index(null), null, pa.nulls(table.num_rows, pa.float64()))
+    window = window.set_column(window.schema.get_field_index(constant), constant,
+                               pa.array([1089.0] * table.num_rows, pa.float64()))
+    pre = Preprocessor.fit(window, CONTRACT)
+    assert pre.unlearnt == {null: "no finite value", constant: "one value"}
+    n, i, j = len(pre.numeric_columns), pre.numeric_columns.index(null), pre.numeric_columns.index(constant)
+    trained = pre.transform(window.slice(0, 1))[1][0]
+    assert (trained[i], trained[n + i], trained[j], trained[n + j]) == (0.0, 1.0, 0.0, 0.0)
+    live = window.slice(0, 1).set_column(window.schema.get_field_index(null), null, pa.array([382.0]))
+    live = live.set_column(live.schema.get_field_index(constant), constant, pa.array([4983.0]))
+    for state in (pre, Preprocessor.from_json(pre.to_json())):  # as fit, and as a replica loads it
+        served = state.transform(live)[1][0]
+        assert (served[i], served[n + i], served[j], served[n + j]) == (0.0, 1.0, 0.0, 0.0)
+        np.testing.assert_array_equal(np.delete(served, [i, j, n + i, n + j]), np.delete(
+            Preprocessor.fit(table, CONTRACT).transform(live)[1][0], [i, j, n + i, n + j]))
+    # A state with every column learnt is written as before (its digest, and every saved model's, unchanged).
+    assert "unlearnt" not in Preprocessor.fit(table, CONTRACT).to_dict()
+    with pytest.raises(PreprocessingError, match="'unlearnt' entries"):
+        Preprocessor.from_dict({**pre.to_dict(), "unlearnt": {"nope": "one value"}})
+
+
 def test_the_model_inputs_leave_out_the_contracts_not_model_inputs(table: pa.Table, pre: Preprocessor) -> None:
     """Flights fits no temperature or dew point (seasonal levels, docs/training.md): the state lists the rest, a
     table without the two still transforms, and a state saved with them keeps them (the model's own inputs)."""
@@ -297,6 +323,13 @@ def test_scoring_leaves_the_modules_in_their_own_modes(pre: Preprocessor, table:
     ("weights_file", "../weights.pt", r"'weights_file' is '\.\./weights\.pt', not a file name"),
     ("preprocessing_file", "/etc/passwd", r"'preprocessing_file' is '/etc/passwd', not a file name"),
     ("preprocessing_file", 3, r"'preprocessing_file' is 3, not a file name"),
+    # These ended in TypeError (None[:12] in the checksum refusal), TypeError from nn.Embedding, TypeError from a
+    # relative import, and OverflowError from float(10**400).
+    ("weights_sha256", None, r"'weights_sha256' is None, not a sha256 in hex"),
+    ("weights_sha256", 7, r"'weights_sha256' is 7, not a sha256 in hex"),
+    ("config", {"embedding_dim": 4.5, "hidden": [8]}, r"garbles embedding_dim must hold whole numbers, got 4\.5"),
+    ("workload", ".x:y", r"workload '\.x:y' cannot be loaded here: unknown workload .*an absolute module path"),
+    ("calibration", {"method": "temperature", "temperature": 10**400}, r"its calibration entry is unusable"),
 ])
 def test_a_meta_field_of_the_wrong_kind_is_a_load_error_naming_the_field(
         tmp_path: Path, pre: Preprocessor, field: str, value: object, says: str) -> None:
@@ -308,6 +341,40 @@ def test_a_meta_field_of_the_wrong_kind_is_a_load_error_naming_the_field(
     meta[field] = value
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=rf"meta\.json.*{says}"):
+        load_model(tmp_path)
+
+
+def test_a_width_written_as_a_whole_float_loads_and_a_meta_of_a_huge_integer_is_refused(
+        tmp_path: Path, pre: Preprocessor) -> None:
+    """JSON or YAML tools may write 4 as 4.0: the config check passed it and nn.Embedding raised TypeError. An integer
+    of over 4,300 digits is a plain ValueError from json.loads, not a JSONDecodeError: it escaped read_meta."""
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["config"] = {**meta["config"], "embedding_dim": 4.0, "hidden": [8.0]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path).config == config
+    (tmp_path / "meta.json").write_text(json.dumps(meta).replace('"version": 1', '"version": ' + "9" * 5000))
+    with pytest.raises(ModelLoadError, match=r"meta\.json is not valid JSON"):
+        load_model(tmp_path)
+
+
+def test_weights_that_are_not_a_state_dict_of_tensors_are_refused(tmp_path: Path, pre: Preprocessor) -> None:
+    """A training checkpoint's dict, or a state dict with a step count, whose sha256 meta.json records: it loads under
+    weights_only, and ``tuple(v.shape)`` on the int ended load_model in AttributeError."""
+    import hashlib
+    import io
+
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    model = _model(pre, config)
+    save_model(tmp_path, model, config, pre, workload=WORKLOAD.name)
+    buf = io.BytesIO()
+    torch.save({**model.state_dict(), "step": 5}, buf)
+    (tmp_path / "weights.pt").write_bytes(buf.getvalue())
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"weights\.pt is not a state dict of tensors \(its entry 'step' is not"):
         load_model(tmp_path)
 
 

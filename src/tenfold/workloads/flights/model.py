@@ -39,10 +39,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> ModelConfig:
+        """The config ``to_dict`` wrote; a width written as a whole float (4.0, as YAML or JSON tools may) is read
+        as the integer, and one that is not whole (4.5) is a ``ValueError``, not a module torch refuses later."""
         known = {k: v for k, v in body.items() if k in cls.__dataclass_fields__}
         if "hidden" in known:
-            known["hidden"] = tuple(int(h) for h in known["hidden"])
+            known["hidden"] = tuple(_width(h, "hidden") for h in known["hidden"])
+        if "embedding_dim" in known:
+            known["embedding_dim"] = _width(known["embedding_dim"], "embedding_dim")
         return cls(**known)
+
+
+def _width(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name} must hold whole numbers, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
