@@ -25,7 +25,8 @@ anything else is retried as ``settings.pipelines.train_model`` says, the ``train
    than ``settings.training.promote_margin`` allows becomes ``challenger``; ``champion`` moves only through the canary
    rollout. The first model ever (no champion to compare with) is promoted by the floors alone.
 6. ``announce_challenger``: emits the ``challenger`` Asset event that triggers ``rollout_model``, only when
-   a new challenger awaits its canary (skipped otherwise, so no rollout starts for nothing).
+   a new challenger awaits its canary (skipped otherwise, so no rollout starts for nothing), once per run: a cleared
+   run that announced it already skips, rather than queue a second rollout of the same version.
 7. ``release_training_group``: once ``train`` has ended for good (succeeded, failed, or upstream_failed by a
    failed ``plan``), the cloud training group is at 0: ``train`` scales it down itself, but not when the worker process
    running it is killed. Locally it does nothing.
@@ -112,12 +113,22 @@ def train_model() -> None:
         print(decision["summary"])
         return decision
 
-    @task(outlets=[CHALLENGER])
+    @task(inlets=[CHALLENGER], outlets=[CHALLENGER])  # inlet: to read back this run's own event (a cleared run)
     def announce_challenger(decision: dict[str, Any], **context: Any) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from tenfold.pipelines import train_model as pipeline
+
         if not decision["canary"]:
             raise AirflowSkipException(f"no canary to run: {decision['summary']}")
+        version = decision["challenger_version"]
+        events = context["inlet_events"][CHALLENGER]
+        if hasattr(events, "ascending"):  # newest first; Task SDKs before Airflow 3.1's filters list them all
+            events = events.ascending(False).limit(1000)
+        if (prior := pipeline.announced_already(events, context["dag_run"].run_id, version)) is not None:
+            raise AirflowSkipException(
+                f"this run announced challenger {version} already (at {prior.timestamp}): a second rollout is not "
+                f"queued. To run its canary again, trigger rollout_model with {{\"version\": \"{version}\"}}")
         context["outlet_events"][CHALLENGER].extra = {
             "version": decision["challenger_version"],
             "champion": decision["champion_now"],

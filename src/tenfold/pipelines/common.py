@@ -34,7 +34,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar, get_args, get_origin
 
@@ -135,9 +135,17 @@ class RunState:
             raise PipelineError(f"{cls.__name__} got unknown fields {unknown}: the DAG and tenfold are of different versions")
         try:
             return cls(**{k: _coerce(hints[k], v) for k, v in body.items()})
-        except TypeError as exc:  # a required field missing: written by another version too
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            # A required field missing (TypeError), or a nested state's from_dict missing a key or given a value of
+            # another kind: written by another version too.
             raise PipelineError(f"{cls.__name__} cannot be made from the upstream task's XCom ({exc}): the DAG and "
                                 "tenfold are of different versions; clear the whole run from its first task") from exc
+
+
+def events_of(events: Iterable[Any], dag_id: str, airflow_run_id: str) -> Iterator[Any]:
+    """The Asset events among ``events`` that DAG ``dag_id``'s run ``airflow_run_id`` emitted (a DAG reads its own
+    back through the task's ``inlet_events``: a cleared run that finished must not emit the same event twice)."""
+    return (e for e in events if e.source_dag_id == dag_id and e.source_run_id == airflow_run_id)
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     chosen_once,
+    events_of,
     run_conf,
     run_key,
     run_main,
@@ -422,11 +423,6 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
             "max_psi": max_psi, "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
             "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier,
             "contents": {s["month"]: contents[s["month"]] for s, _ in firing if s["month"] in contents}}
-
-
-def events_of(events: Iterable[Any], dag_id: str, airflow_run_id: str) -> Iterator[Any]:
-    """The Asset events among ``events`` that DAG ``dag_id``'s run ``airflow_run_id`` emitted."""
-    return (e for e in events if e.source_dag_id == dag_id and e.source_run_id == airflow_run_id)
 
 
 def emitted_already(events: Iterable[Any], dag_id: str, airflow_run_id: str, decision: Mapping[str, Any]) -> Any | None:

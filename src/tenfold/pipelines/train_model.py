@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from tenfold.model_files import (
     unsafe_relative_path,
 )
 from tenfold.monitoring.profile import ensure_profile
-from tenfold.pipelines.common import PipelineError, RunState, run_conf, run_key, run_main
+from tenfold.pipelines.common import PipelineError, RunState, events_of, run_conf, run_key, run_main
 from tenfold.pipelines.common import work_root as common_work_root
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
@@ -751,6 +751,15 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         return result(body)
     marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
     return result(body, canary=marked)
+
+
+def announced_already(events: Iterable[Any], airflow_run_id: str, version: str) -> Any | None:
+    """This run's ``challenger`` event for ``version``, when Airflow recorded one before (``events``: the Asset's recent
+    events, Airflow's ``inlet_events``). A cleared run that finished finds its own gate decision and the challenger
+    alias still on ``version``, so it decides ``canary`` again: announcing once more queued a second rollout of the
+    version behind the first, which then failed (promoted or rejected already) or deployed the canary again."""
+    return next((e for e in events_of(events, DAG_ID, airflow_run_id) if (e.extra or {}).get("version") == version),
+                None)
 
 
 def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: AliasPointer | None) -> bool:

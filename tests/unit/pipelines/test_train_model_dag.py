@@ -24,7 +24,33 @@ _PROBE = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import AssetOrTimeSchedule
+from types import SimpleNamespace
+from airflow.sdk.exceptions import AirflowSkipException
 bag = DagBag(dag_folder=sys.argv[1])
+
+
+def announce(dag):
+    # What announce_challenger's own code does with the challenger Asset's recorded events (run r1, version v1).
+    task = dag.get_task("announce_challenger")
+    asset = task.outlets[0]
+    decision = {"canary": True, "challenger_version": "v1", "champion_now": "v0", "summary": "s"}
+
+    def event(run, version, dag_id="train_model"):
+        return SimpleNamespace(source_dag_id=dag_id, source_run_id=run, extra={"version": version}, timestamp="T")
+
+    def once(events):
+        outlets = {asset: SimpleNamespace(extra=None)}
+        try:
+            task.python_callable(decision, inlet_events={asset: events}, outlet_events=outlets,
+                                 dag_run=SimpleNamespace(run_id="r1"))
+        except AirflowSkipException as exc:
+            return "skipped: " + str(exc)
+        return outlets[asset].extra
+
+    return {"first": once([]), "another run's": once([event("r0", "v1")]), "another version": once([event("r1", "v0")]),
+            "another dag's": once([event("r1", "v1", "rollout_model")]), "its own": once([event("r1", "v1")])}
+
+
 dag = bag.dags.get("train_model")
 out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}}
 if dag is not None:
@@ -37,6 +63,8 @@ if dag is not None:
         order=[t.task_id for t in dag.topological_sort()],
         gate_outlets=[o.uri for o in dag.get_task("gate").outlets],
         announce_outlets=[o.uri for o in dag.get_task("announce_challenger").outlets],
+        announce_inlets=[o.uri for o in dag.get_task("announce_challenger").inlets],
+        announce=announce(dag),
         announce_upstream=sorted(dag.get_task("announce_challenger").upstream_task_ids),
         gate_upstream=sorted(dag.get_task("gate").upstream_task_ids),
         retries={t.task_id: t.retries for t in dag.tasks},
@@ -84,6 +112,22 @@ def test_tasks_and_the_challenger_asset(dag: dict[str, Any]) -> None:
     assert dag["announce_upstream"] == ["gate"]
     assert all(r >= 1 for r in dag["retries"].values())
     assert dag["train_timeout"] >= settings.training.job_timeout_s
+
+
+def test_a_cleared_run_that_announced_its_challenger_does_not_announce_it_again(dag: dict[str, Any]) -> None:
+    """A finished run cleared (whole, or from gate): gate finds its own decision and the challenger alias still on the
+    version, so it decides canary again, and announce_challenger sent a second event, queueing a second rollout of
+    the version behind the first (refused once that one promoted or rejected it, or a canary nobody asked for)."""
+    settings = get_settings()
+    assert dag["announce_inlets"] == [settings.assets.challenger]  # how it reads back its own events
+    announced = {"version": "v1", "champion": "v0"}
+    assert dag["announce"]["first"] == announced
+    # another run's event, another version's, another DAG's: not this run's announcement
+    for other in ("another run's", "another version", "another dag's"):
+        assert dag["announce"][other] == announced, other
+    assert dag["announce"]["its own"] == ("skipped: this run announced challenger v1 already (at T): a second rollout "
+                                          'is not queued. To run its canary again, trigger rollout_model with '
+                                          '{"version": "v1"}')
 
 
 def test_no_literals_owned_by_settings() -> None:
