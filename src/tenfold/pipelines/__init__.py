@@ -3,7 +3,7 @@
 Every pipeline has the same shape (see :mod:`tenfold.pipelines.common`): a frozen dataclass for what
 passes between tasks (``to_xcom``/``from_xcom``), step functions named after the tasks, and
 :class:`~tenfold.pipelines.common.PipelineError` for failures a retry cannot fix, which the DAG files
-turn into ``AirflowFailException`` with :func:`~tenfold.pipelines.common.airflow_task`. Each module
+turn into ``AirflowFailException`` with :func:`~tenfold.pipelines.common.run_step`. Each module
 runs on its own too: ``python -m tenfold.pipelines.<dag_id> --help``.
 
 Only the CLI and the DAG files import this package; it imports the capability packages, never the

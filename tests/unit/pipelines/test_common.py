@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import Asset
 
-from tenfold.pipelines.common import event_months, run_step
+from tenfold.pipelines.common import RunState, event_months, run_step
+from tenfold.registry.gate import HoldoutRef
 
 
 def _event(**extra: object) -> SimpleNamespace:
@@ -52,15 +54,28 @@ def test_run_step_fails_at_once_on_what_a_retry_cannot_fix_and_leaves_the_rest_t
             run_step(raising, passing)
 
 
-@pytest.mark.parametrize("change", ["extra", "missing"])
+@dataclasses.dataclass(frozen=True)
+class Trained(RunState):
+    """A state holding a nested one that has its own from_dict (as TrainRun holds a HoldoutRef)."""
+
+    holdout: HoldoutRef
+
+
+@pytest.mark.parametrize("change", ["extra", "missing", "nested missing"])
 def test_an_xcom_of_another_version_fails_the_task_at_once(change: str) -> None:
     """build_features' tasks read the upstream XCom outside run_step, and a missing field was a TypeError: either way
-    Airflow retried twice (30 s apart) what no retry can mend, then failed with a traceback."""
+    Airflow retried twice (30 s apart) what no retry can mend, then failed with a traceback. A nested state's own
+    from_dict missing a key (train_model's HoldoutRef without its digest) was a KeyError, retried the same way."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from tenfold.config import build_settings
     from tenfold.pipelines.build_features import FeaturesRun, plan
 
+    if change == "nested missing":
+        with pytest.raises(AirflowFailException, match="the DAG and tenfold are of different versions"):
+            run_step(lambda: Trained.from_xcom({"holdout": {"partitions": ["2013-01"]}}))
+        assert Trained.from_xcom({"holdout": {"partitions": ["2013-01"], "digest": "d"}}).holdout.digest == "d"
+        return
     body = plan(build_settings("local"), dag_id="d", run_id="r1", logical_date=None, month="2013-02").to_xcom()
     if change == "extra":
         body["bogus"] = 1
