@@ -380,7 +380,7 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     """Gate the staged features; a refusal is quarantined, documented and alerted, then fails the run.
 
     Run again (cleared) after :func:`publish` dropped the staging folder, it finds the month published and
-    returns the run as it is; a staging folder that is gone without a publish (nor a quarantine) fails
+    returns the run as it is (even when an earlier build of this run was refused and quarantined); a staging folder that is gone without a publish (nor a quarantine) fails
     without retries: only the run's build stages it again.
     """
     lake = Lake.from_settings(settings)
@@ -388,16 +388,18 @@ def validate(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     _finish_cut_drop(lake, table, run)
     staged = lake._path(run.staging_uri)
     quarantined = lake.quarantine_path(table, run.partition, run.staging_key)
-    if not lake.exists(staged) and not lake.exists(quarantined):
-        # A refused batch (quarantined) keeps its verdict in validate_partition below.
+    if not lake.exists(staged):
+        # Published by this run: so whatever the quarantine holds (a batch of this key refused before the cause was
+        # mended and the run cleared from plan) is an earlier verdict, not this one.
         if (manifest := _published_earlier(lake, table, run)) is not None:
             log.info("%s %s was already validated and published by this run's publish (its staging %s is gone): "
                      "nothing to validate; %s", table, run.month, run.staging_uri, manifest.content)
             return run
-        raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month "
-                            f"is not published by this run{_gone_why(settings)}; clear the whole run from its first task "
-                            "(plan) so that build stages it again")
-    if lake.exists(done := _published_record(lake, run)):
+        if not lake.exists(quarantined):  # a refused batch (quarantined) keeps its verdict in validate_partition below
+            raise PipelineError(f"{table} {run.month}: this run's staging {run.staging_uri} is gone and the month "
+                                f"is not published by this run{_gone_why(settings)}; clear the whole run from its "
+                                "first task (plan) so that build stages it again")
+    elif lake.exists(done := _published_record(lake, run)):
         lake.fs.delete_file(done)  # this run built again since it published (cleared from its start): a new batch
     try:
         report = validate_partition(settings, settings.storage.features_table, run.partition, run.staging_uri,

@@ -512,6 +512,14 @@ def test_validate_cleared_after_publish_passes_without_refusing_the_published_mo
     with pytest.raises(AlreadyRefused, match="already refused"):
         pipeline.validate(settings, refused)
     assert len(alerts()) == 1
+    # its cause mended, r3 is cleared from plan (the same staging key), built again, validated and published; then
+    # validate is cleared again: r3 published the month, so it passes, and its publish record stays (it was deleted,
+    # with "already refused" from the old quarantine and a red cleared publish after it)
+    stage(synthetic_features(FEB, 24_000, seed=8), FEB, refused.staging_key)
+    stage_lookups(lake, refused)
+    again = pipeline.publish(settings, pipeline.validate(settings, refused))
+    assert pipeline.validate(settings, refused) == refused
+    assert pipeline.publish(settings, refused) == again and len(alerts()) == 1
     # a staging folder gone without a publish: one line saying to clear the whole run, nothing quarantined
     lost = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-03")
     with pytest.raises(PipelineError, match=r"staging .* is gone and the month is not published by this run; clear the "
