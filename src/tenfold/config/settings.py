@@ -612,6 +612,17 @@ def webhook_problem(url: str) -> str | None:
             c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         return ("TENFOLD_ALERT_WEBHOOK is not an http(s) URL with a host (a scheme missing, a space or a control "
                 "character): fix the variable")
+    # http.client fails each post on these (InvalidURL, UnicodeEncodeError): the hook was down for good, found at the
+    # first alert.
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or outside 0-65535
+        port = 0
+    if port == 0:
+        return "TENFOLD_ALERT_WEBHOOK has a port that is not a number from 1 to 65535: fix the variable"
+    if not url.isascii():
+        return ("TENFOLD_ALERT_WEBHOOK holds a character outside ASCII: give it percent-encoded, as the service "
+                "that issued it shows it")
     if parts.scheme == "http" and not private_host(host):
         # A Slack-style hook's secret is its path: posted over plain http it crossed the internet in clear text,
         # alert after alert, with nothing said. The host is not the secret, so it is named.

@@ -331,6 +331,11 @@ def test_a_plain_http_webhook_beyond_this_machine_is_refused_without_posting(mak
     ("TENFOLD_ALERT_WEBHOOK", "http://hooks.example.com/services/T0/SECRETTOKEN", "plain http:// URL to hooks.example.com"),
     ("TENFOLD_ALERT_WEBHOOK", "hooks.example.com/services/T0/SECRETTOKEN", "not an http(s) URL with a host"),
     ("TENFOLD_ALERT_WEBHOOK", "https://[hooks.example.com/SECRETTOKEN", "not an http(s) URL with a host"),
+    # Each failed every post (InvalidURL, UnicodeEncodeError): a hook down for good, found at the first alert.
+    ("TENFOLD_ALERT_WEBHOOK", "https://hooks.example.com:abc/T0/SECRETTOKEN", "a port that is not a number from 1"),
+    ("TENFOLD_ALERT_WEBHOOK", "https://hooks.example.com:99999/T0/SECRETTOKEN", "a port that is not a number from 1"),
+    ("TENFOLD_ALERT_WEBHOOK", "https://hooks.example.com:0/T0/SECRETTOKEN", "a port that is not a number from 1"),
+    ("TENFOLD_ALERT_WEBHOOK", "https://hooks.example.com/T0/SECRÉTTOKEN", "a character outside ASCII"),
     ("TENFOLD_ALERT_EMAIL", "on-call team", "is not one e-mail address"),
     ("TENFOLD_ALERT_EMAIL", "a@example.com, b@example.com", "is not one e-mail address"),
 ])
@@ -340,7 +345,8 @@ def test_an_alert_hook_that_cannot_work_is_refused_when_the_settings_load(variab
     `cdktn deploy`. Refused by name, never quoting the webhook (a secret)."""
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
         build_settings("local", {variable: value})
-    assert "SECRETTOKEN" not in str(refused.value)
+    assert "SECRETTOKEN" not in str(refused.value) and "SECRÉTTOKEN" not in str(refused.value)
+    assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com:8443/T0/SECRETTOKEN"})
     assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com/services/T0/SECRETTOKEN",
                                     "TENFOLD_ALERT_EMAIL": "ml-oncall@example.com"}).monitoring.alert_webhook_url
     assert build_settings("local", {"TENFOLD_ALERT_EMAIL": "root@localhost"}).monitoring.notification_email  # a local box
