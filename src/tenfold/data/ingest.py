@@ -34,9 +34,11 @@ raises is refused too, with what its message says (a lost connection is not: a r
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import posixpath
 import re
@@ -234,6 +236,41 @@ def _lines(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
         start, number = end + 1, number + 1
 
 
+def _record_starts(raw: bytes, parse: pacsv.ParseOptions) -> Iterator[tuple[int, int]]:
+    """(1-based physical line, byte offset) where each record pyarrow's CSV reader makes of ``raw`` with ``parse``
+    starts, the header's first: as it does, a record ends at a newline (LF, CRLF or a lone CR) outside a quoted value
+    (a quoted value may span lines), and an empty line is no record when ``parse.ignore_empty_lines``. Lines are
+    counted as :func:`_lines` counts them (by LF). Stops early where Python's csv module cannot follow the file."""
+    text = raw.decode("latin-1")  # a character per byte: offsets stay byte offsets (the CSV syntax is ASCII)
+    quote = parse.quote_char
+    dialect: dict[str, Any] = dict(
+        delimiter=parse.delimiter, quotechar=quote or None, quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
+        doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=False)
+    pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
+
+    def pieces() -> Iterator[str]:
+        offset = 0
+        for piece in io.StringIO(text, newline=""):  # split after LF, CRLF or a lone CR, each kept
+            pending.append(offset)
+            offset += len(piece)
+            yield piece
+
+    line, counted = 1, 0
+    with contextlib.suppress(csv.Error):  # e.g. a field over csv's size limit: nothing more is located
+        for fields in csv.reader(pieces(), **dialect):
+            start = pending[0]
+            pending.clear()
+            if not fields and parse.ignore_empty_lines:
+                continue
+            line, counted = line + text.count("\n", counted, start), start
+            yield line, start
+
+
+def _data_row_start(raw: bytes, parse: pacsv.ParseOptions, row: int) -> tuple[int, int] | None:
+    """(1-based physical line, byte offset) of data row ``row`` (0-based: the record after the header) of a CSV."""
+    return next(itertools.islice(_record_starts(raw, parse), row + 1, None), None)
+
+
 def _fields(line: bytes) -> list[str]:
     return next(csv.reader([line.decode("utf-8", errors="replace")]), [])
 
@@ -327,8 +364,9 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
             fix=f"deliver the file with the columns {', '.join(schema.names)} in its header line")
     convert = pacsv.ConvertOptions(column_types=schema, null_values=list(null_values), strings_can_be_null=True,
                                    include_columns=schema.names)
+    parse = pacsv.ParseOptions()  # (a row's line is found with the same options: see _record_starts)
     try:
-        parsed = pacsv.read_csv(pa.BufferReader(raw), convert_options=convert)
+        parsed = pacsv.read_csv(pa.BufferReader(raw), parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         problem, fix, where = _locate_csv(raw, header, str(exc))
         raise SourceUnreadable(table, problem, fix=fix, **where) from exc
@@ -336,12 +374,15 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
         raise SourceUnreadable(table, f"the file has its header line but no rows ({len(raw):,} bytes: delivered empty "
                                "or cut short after its header)", offset=len(raw),
                                fix="replace it with the complete file (a header line and the rows)")
-    return refuse_non_finite(parsed.select(schema.names).cast(schema), table=table, first_line=2)
+    return refuse_non_finite(parsed.select(schema.names).cast(schema), table=table,
+                             locate=lambda row: _data_row_start(raw, parse, row))
 
 
-def refuse_non_finite(data: pa.Table, *, table: str, first_line: int | None = None, file: str | None = None) -> pa.Table:
+def refuse_non_finite(data: pa.Table, *, table: str, locate: Callable[[int], tuple[int, int] | None] | None = None,
+                      file: str | None = None) -> pa.Table:
     """``data`` when no floating-point column holds NaN or an infinity; else a :class:`SourceUnreadable` naming the
-    column, the row (the line, for a CSV whose first row is ``first_line``) and the value.
+    column, the row and the value; for rows read from a file, ``locate(row)`` gives the 0-based ``row``'s (1-based
+    physical line, byte offset) in it, or None where unknown.
 
     A missing value is a null (``NA`` in a CSV). A NaN is not: the suites' checks skip it as missing, and one NaN in
     a month's delays made every history mean over that month NaN, for a year of features."""
@@ -353,11 +394,12 @@ def refuse_non_finite(data: pa.Table, *, table: str, first_line: int | None = No
         if pc.any(bad).as_py():
             row = pc.index(bad, True).as_py()
             value = column[row].as_py()
-            where = dict(line=first_line + row) if first_line is not None else {}
+            line, offset = (locate(row) if locate is not None else None) or (None, None)
             raise SourceUnreadable(
                 table, f"column {name!r} holds {value} in row {row + 1:,}: a missing value must be empty or NA, and "
                 "a measurement is finite", column=name, value=str(value),
-                fix=f"deliver {name!r} with missing values as NA and without infinities", file=file, **where)
+                fix=f"deliver {name!r} with missing values as NA and without infinities", file=file, line=line,
+                offset=offset)
     return data
 
 
@@ -434,9 +476,18 @@ def publish_table(
 
 
 def stage_table(lake: Lake, table: str, part: Partition, data: pa.Table) -> str:
-    """``data`` as one Parquet file in a staging folder of its own (written reproducibly); the folder's path."""
+    """``data`` as one Parquet file in a staging folder of its own (written reproducibly); the folder's path.
+
+    A write that fails (a full disk: ENOSPC, or interrupted) removes the folder with what it wrote: the caller never
+    learns its path to discard it, and each retry stages under a new one, so a partial file would stay behind for
+    every attempt (nothing sweeps a local lake's staging folder)."""
     staged = lake.staging_path(table, part)
-    write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
+    try:
+        write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
+    except BaseException:
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            lake.discard(staged)
+        raise
     return staged
 
 

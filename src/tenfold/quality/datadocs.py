@@ -4,7 +4,8 @@ Great Expectations 1.24's Data Docs pages load bootstrap, jQuery, popper.js, boo
 bootstrap-datepicker, bootstrap-dark, font-awesome and vega from public CDNs, and the GX logo from S3. On a
 machine without internet the index lists no validation at all (bootstrap-table fills its table with
 JavaScript) and every page is unstyled. :class:`OfflineSiteBuilder`, the site builder the gate configures
-(:func:`tenfold.quality.gate.data_docs_site`), fixes that for any GX store backend:
+(its site config is :func:`tenfold.quality.gate._docs_site`; the site's folder,
+:func:`tenfold.quality.gate.data_docs_location`), fixes that for any GX store backend:
 
 * every page is written with those URLs pointing at ``static/vendor/<package>@<version>/...`` inside the site
   (relative to the page, so the folder works as ``file://`` and when copied anywhere), and the vendor files

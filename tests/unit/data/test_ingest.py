@@ -3,6 +3,7 @@ read is refused, its raw input quarantined, nothing published."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
@@ -103,6 +104,45 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
     ingest_month(lake, JAN, run_id="r3", workload=WORKLOAD, reader=other)
     assert lake.read_table("flights", [JAN]).num_rows == 50
     assert [p.name for p in month.glob("data-*")] == [lake.read_manifest("flights", JAN).data_dir]
+
+
+def test_a_staging_write_that_fails_leaves_no_partial_file_for_any_retry(
+    tmp_path: Path, cached_reader: dict[str, pa.Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk filled while weather was staged: ParquetWriter left its partial part-00000.parquet in a staging folder
+    whose path the caller never got, so nothing discarded it, and each retry (a new folder) left another copy."""
+    from tenfold.data import ingest
+    from tenfold.data.parquet import write_table
+
+    lake = Lake(tmp_path.as_uri())
+    partial_sizes: list[int] = []
+
+    def disk_full(table: pa.Table, fs, path: str) -> None:
+        write_table(table, fs, path)
+        if "/weather/" not in path:
+            return
+        whole = Path(path).read_bytes()  # a real partial file where the write stopped: half of it, no footer
+        Path(path).write_bytes(whole[: len(whole) // 2])
+        partial_sizes.append(Path(path).stat().st_size)
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(ingest, "write_table", disk_full)
+    staging = tmp_path / "_staging"
+    for _attempt in range(3):  # the task and two Airflow retries
+        with pytest.raises(OSError) as caught:
+            ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
+        assert caught.value.errno == errno.ENOSPC
+        assert [p.name for p in (staging / "weather/year=2013/month=1").iterdir()] == []  # no attempt folder left
+        assert [p.name for p in (staging / "flights/year=2013/month=1").iterdir()] == []  # staged before: discarded
+        assert [p for p in staging.rglob("*") if p.is_file()] == []
+    assert len(partial_sizes) == 3 and partial_sizes[0] > 0  # the fault did write a partial file each time
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+    monkeypatch.undo()  # space freed: the next retry publishes the month and leaves nothing in staging either
+    ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
+    assert lake.read_table("weather", [JAN]).num_rows == cached_reader["weather"].filter(
+        pc.equal(cached_reader["weather"]["month"], 1)).num_rows
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
+    assert [p.name for p in (staging / "weather/year=2013/month=1").iterdir()] == []
 
 
 def test_unpublished_month_cannot_be_read(tmp_path: Path) -> None:
@@ -274,6 +314,37 @@ def test_a_header_naming_a_column_twice_is_refused_not_read_from_its_first_copy(
     with pytest.raises(SourceUnreadable, match="the header names the column name 2 times") as caught:
         parse_csv(twice, nycflights13.SCHEMAS["airlines"], table="airlines")
     assert caught.value.column == "name" and caught.value.line == 1
+
+
+def test_a_nan_after_blank_lines_and_a_multiline_value_is_named_on_its_physical_line(tmp_path: Path) -> None:
+    """pyarrow skips empty lines and reads a quoted value across lines: the refusal of a NaN said line 200 (header
+    line + row) where the NaN was on line 203, so the user edited the wrong row."""
+    from tenfold.data.ingest import parse_csv, read_csv
+
+    lines = (nycflights13.data_dir() / "weather.csv").read_bytes().split(b"\n")
+    target = lines[199].split(b",")  # line 200, data row 199; temp is the 6th field
+    target[5] = b"NaN"
+    lines[199] = nan_line = b",".join(target)
+    lines[40] = b'"EWR\n"' + lines[40].removeprefix(b"EWR")  # a quoted origin holding a newline: two lines, one row
+    lines[20:20] = [b"\r"]  # an empty CRLF line
+    lines[10:10] = [b""]  # an empty LF line
+    data = b"\n".join(lines)
+    path = tmp_path / "weather.csv"
+    path.write_bytes(data)
+    offset = data.index(nan_line)
+    assert data[:offset].count(b"\n") + 1 == 203  # 200, after two empty lines and a line break inside a value
+    with pytest.raises(SourceUnreadable) as caught:
+        read_csv(path, nycflights13.SCHEMAS["weather"], table="weather", remedy="ask for a new copy")
+    refused = caught.value
+    assert (refused.file, refused.table, refused.column, refused.value) == (str(path), "weather", "temp", "nan")
+    assert (refused.line, refused.offset) == (203, offset)
+    message = str(refused)
+    assert f"[{path}, column 'temp', line 203, byte offset {offset:,}]" in message, message
+    assert "What to do: deliver 'temp' with missing values as NA and without infinities; ask for a new copy" in message
+    # The smallest case: the NaN on line 4, after the empty line 3.
+    with pytest.raises(SourceUnreadable) as small:
+        parse_csv(b"a,b\n1,2\n\n2,NaN\n", pa.schema([("a", pa.int64()), ("b", pa.float64())]), table="t")
+    assert (small.value.line, small.value.offset, small.value.column) == (4, 9, "b")
 
 
 def test_ingest_refuses_a_range_that_ends_before_it_starts(tmp_path: Path) -> None:
