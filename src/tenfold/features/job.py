@@ -345,8 +345,9 @@ def _file_writer(output: str, order: list[str], schema: pa.Schema):  # type: ign
     return write
 
 
-def _spark_type_of(arrow_type: pa.DataType) -> Any:
-    """The Spark SQL type a contract's Arrow type is written from (None for one this check does not know)."""
+def spark_type_of(arrow_type: pa.DataType) -> Any:
+    """The Spark SQL type a contract's Arrow type is written from (None for one this check does not know); bulk
+    scoring declares its key columns with it too (:mod:`tenfold.inference.spark`)."""
     import pyarrow as pa
     from pyspark.sql import types as T
 
@@ -381,7 +382,7 @@ def check_schema(features: DataFrame, contract: FeatureContract, workload: str) 
         problems.append(f"not in the contract: {', '.join(extra)}")
     got = dict(actual)
     for field in expected:
-        want = _spark_type_of(field.type)
+        want = spark_type_of(field.type)
         if want is None:  # no Spark type gives it (uint32, float16, time64): no transform can produce the column
             problems.append(f"the contract's {field.name} is {field.type}, which Spark has no type for")
         elif field.name in got and field.name not in doubled and got[field.name] != want:

@@ -357,17 +357,16 @@ def _schema_of(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
 
 
 def _spark_type(arrow_type: pa.DataType) -> str:
-    """The Spark SQL type of an Arrow type of the contract (what ``column_types`` may name)."""
-    import pyarrow as pa
+    """The Spark SQL type of an Arrow type of the contract: the features job's (every key type it writes is scored
+    here too; this path had a list of its own, and a month over the Spark threshold of a workload keyed by a date
+    was refused while smaller months scored)."""
+    from tenfold.features.job import spark_type_of
 
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamp"
-    names = {pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double", pa.float32(): "float",
-             pa.string(): "string", pa.bool_(): "boolean", pa.int16(): "smallint", pa.int8(): "tinyint"}
-    if arrow_type not in names:
-        raise ScoringJobError(f"a key column of type {arrow_type} has no Spark type here: use one of "
-                              f"{', '.join(map(str, names))} or a timestamp")
-    return names[arrow_type]
+    spark_type = spark_type_of(arrow_type)
+    if spark_type is None:
+        raise ScoringJobError(f"a key column of type {arrow_type} has no Spark type here: declare it in the contract "
+                              "as a type the features job writes (tenfold.features.job.spark_type_of)")
+    return str(spark_type.simpleString())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

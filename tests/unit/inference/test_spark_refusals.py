@@ -101,3 +101,20 @@ def test_a_publish_of_the_jobs_own_scores_that_fails_is_not_taken_for_a_bad_inpu
                        "--model-version", "v1", "--output", str(empty), "--publish"])
     err = capsys.readouterr().err
     assert code == spark.EXIT_FAILED and "publishing failed" in err and "bad input" not in err, err
+
+
+def test_every_key_type_the_features_job_writes_is_declared_by_bulk_scoring() -> None:
+    """Bulk scoring had a type list of its own: a workload keyed by a date (or a large_string, binary or decimal key),
+    which the features job writes and the Pub/Sub path scores, was refused for every month over the Spark threshold."""
+    import pyarrow as pa
+
+    from tenfold.features.job import spark_type_of
+
+    declared = {t: spark._spark_type(t) for t in (pa.date32(), pa.large_string(), pa.binary(), pa.decimal128(12, 2),
+                                                  pa.int64(), pa.string(), pa.timestamp("us", tz="UTC"))}
+    assert declared == {pa.date32(): "date", pa.large_string(): "string", pa.binary(): "binary",
+                        pa.decimal128(12, 2): "decimal(12,2)", pa.int64(): "bigint", pa.string(): "string",
+                        pa.timestamp("us", tz="UTC"): "timestamp"}
+    assert spark_type_of(pa.list_(pa.int64())) is None
+    with pytest.raises(spark.ScoringJobError, match=r"a key column of type list<item: int64> has no Spark type here"):
+        spark._spark_type(pa.list_(pa.int64()))
