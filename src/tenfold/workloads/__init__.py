@@ -169,12 +169,20 @@ class FeatureContract:
         """The features table's Arrow schema; its ``lake.schema_hash`` is the one every manifest carries."""
         import pyarrow as pa
 
-        def arrow_type(name: str) -> pa.DataType:
+        def arrow_type(column: str, name: str) -> pa.DataType:
             if name.startswith("timestamp"):
+                if name.replace(" ", "") != "timestamp[us,tz=UTC]":
+                    # It was taken as one whatever it said: a timestamp[ms] or a wall-clock one is not what is stored.
+                    raise WorkloadError(f"column_types[{column!r}] is {name!r}: a timestamp is stored as an instant in "
+                                        "microseconds, 'timestamp[us, tz=UTC]'; declare it so")
                 return pa.timestamp("us", tz="UTC")
-            return pa.type_for_alias(name)
+            try:
+                return pa.type_for_alias(name)
+            except (ValueError, TypeError) as exc:  # ValueError: "No type alias for int", naming no column
+                raise WorkloadError(f"column_types[{column!r}] is {name!r}, which is no Arrow type name: use e.g. int32, "
+                                    "int64, float64, string, bool, date32 or 'timestamp[us, tz=UTC]'") from exc
 
-        return pa.schema([pa.field(c, arrow_type(t), nullable=c not in self.required_in_file)
+        return pa.schema([pa.field(c, arrow_type(c, t), nullable=c not in self.required_in_file)
                           for c, t in self.column_types.items()])
 
     def manifest_extra(self, **extra: object) -> dict[str, object]:

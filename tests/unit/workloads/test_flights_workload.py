@@ -134,6 +134,25 @@ def test_contract_refuses_columns_out_of_order() -> None:
                         column_types={"x": "float64", "k": "int32", "y": "int32"})
 
 
+@pytest.mark.parametrize(("alias", "says"), [
+    ("int", r"column_types\['y'\] is 'int', which is no Arrow type name: use e\.g\. int32"),
+    ("timestamp[ms]", r"column_types\['y'\] is 'timestamp\[ms\]': a timestamp is stored as an instant in microseconds"),
+    ("timestamp[us]", r"column_types\['y'\] is 'timestamp\[us\]': a timestamp is stored as an instant"),
+])
+def test_a_column_type_that_is_not_an_arrow_type_is_refused_naming_the_column(alias: str, says: str) -> None:
+    """"int" ended the features job in "No type alias for int" (no column named) and a retry; a timestamp alias of
+    another unit, or without a zone, was silently taken as microseconds in UTC."""
+    contract = FeatureContract(key_columns=("k",), label="y", categorical_columns=(), numeric_columns=("x",),
+                               column_types={"k": "int32", "x": "float64", "y": alias})
+    with pytest.raises(WorkloadError, match=says):
+        contract.arrow_schema()
+    import pyarrow as pa
+
+    fine = FeatureContract(key_columns=("k",), label="y", categorical_columns=(), numeric_columns=("x",),
+                           column_types={"k": "date32", "x": "float64", "y": "timestamp[us, tz=UTC]"})
+    assert fine.arrow_schema().types == [pa.date32(), pa.float64(), pa.timestamp("us", tz="UTC")]
+
+
 def test_contract_refuses_not_model_inputs_that_are_not_features() -> None:
     with pytest.raises(WorkloadError, match=r"not_model_inputs names \['k'\], which are not feature columns"):
         FeatureContract(key_columns=("k",), label="y", categorical_columns=(), numeric_columns=("x",),
