@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -770,6 +770,10 @@ TRAINING_ENV_PREFIX = "TENFOLD_TRAINING__"
 TRAINING_ENV_FIELDS = tuple(f for f in TrainingSettings.model_fields if f != "fleet")
 PIPELINES_ENV_PREFIX = "TENFOLD_PIPELINES__"
 STORAGE_ENV_PREFIX = "TENFOLD_STORAGE__"
+# TENFOLD_MONITORING__DRIFT__<FIELD>: the drift monitor's thresholds and triggers (docs/drift.md), so Airflow's tasks
+# (settings_env) and the cloud's drift alert policy (deployed_env: its threshold is drift.psi_drift) use them.
+MONITORING_ENV_PREFIX = "TENFOLD_MONITORING__"
+MONITORING_ENV_SECTIONS: dict[str, type[BaseModel]] = {"drift": DriftSettings}
 # The lake's table names: a workload of its own may name its tables (the buckets follow from the prefix); and the
 # registry's folder in the models bucket, so a second registry (a staging one, a test's) shares the bucket.
 STORAGE_ENV_FIELDS = (*(f for f in StorageSettings.model_fields if f.endswith("_table")), "registry_prefix")
@@ -792,8 +796,8 @@ class EnvironSettings(BaseSettings):
     ``TENFOLD_HOME``, ``TENFOLD_PROJECT_ID``, ``TENFOLD_WORKLOAD``, ``TENFOLD_ALERT_EMAIL``,
     ``TENFOLD_ALERT_WEBHOOK``, ``TENFOLD_ALERT_SMTP_HOST``, ``TENFOLD_ALERT_FILE``, ``TENFOLD_ROOT`` and
     ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``), ``TENFOLD_SERVING__<SECTION>__<FIELD>``
-    and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``), ``TENFOLD_PIPELINES__`` and
-    ``TENFOLD_STORAGE__`` ones. Empty values count as unset; a ``TENFOLD_<X>__...`` of any other X is refused (it
+    and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``), ``TENFOLD_PIPELINES__``,
+    ``TENFOLD_STORAGE__`` and ``TENFOLD_MONITORING__DRIFT__`` ones. Empty values count as unset; a ``TENFOLD_<X>__...`` of any other X is refused (it
     would set nothing); other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
     """
 
@@ -821,6 +825,8 @@ class EnvironSettings(BaseSettings):
     # sets (docs/workloads.md), reaching Airflow's tasks and the replicas through settings_env() too.
     pipelines: dict[str, dict[str, str]] = Field(default_factory=dict)
     storage: dict[str, str] = Field(default_factory=dict)
+    # TENFOLD_MONITORING__DRIFT__<FIELD> (e.g. TENFOLD_MONITORING__DRIFT__PSI_DRIFT=0.3): the drift monitor's.
+    monitoring: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -860,6 +866,12 @@ class EnvironSettings(BaseSettings):
     def _known_serving_fields(cls, value: Any) -> Any:
         return _known_sections(value, SERVING_ENV_PREFIX, SERVING_ENV_SECTIONS, "serving section")
 
+    @field_validator("monitoring", mode="before")
+    @classmethod
+    def _known_monitoring_fields(cls, value: Any) -> Any:
+        return _known_sections(value, MONITORING_ENV_PREFIX, MONITORING_ENV_SECTIONS,
+                               "monitoring section (the alert hooks' variables are TENFOLD_ALERT_*)")
+
     @field_validator("pipelines", mode="before")
     @classmethod
     def _known_pipeline_fields(cls, value: Any) -> Any:
@@ -868,8 +880,10 @@ class EnvironSettings(BaseSettings):
 
 
 # The sections whose fields TENFOLD_<SECTION>__<FIELD> variables set (EnvironSettings' dict fields).
+# Of monitoring, only the drift section: TENFOLD_MONITORING__ALERT_WEBHOOK_URL (a secret meant for TENFOLD_ALERT_WEBHOOK)
+# is refused here, before pydantic, whose refusals quote the value.
 ENV_SECTION_PREFIXES = (LOCAL_ENV_PREFIX, SERVING_ENV_PREFIX, TRAINING_ENV_PREFIX, PIPELINES_ENV_PREFIX,
-                        STORAGE_ENV_PREFIX)
+                        STORAGE_ENV_PREFIX, MONITORING_ENV_PREFIX + "DRIFT__")
 
 
 def _settable_sections_only(environ: Mapping[str, str]) -> None:
@@ -1211,6 +1225,7 @@ def build_settings(
         feedback=FeedbackSettings(fleet=fleet("feedback", machine_type="e2-standard-2", min_replicas=1, max_replicas=1,
                                               disk_size_gb=30)),
         monitoring=MonitoringSettings(
+            drift=_section_settings(MONITORING_ENV_PREFIX + "DRIFT__", DriftSettings(), given.monitoring.get("drift", {})),
             notification_email=given.alert_email or f"ml-oncall+{env}@example.com",
             drift_metric=f"custom.googleapis.com/{prefix}/feature_psi",
             alert_webhook_url=given.alert_webhook,
@@ -1234,6 +1249,22 @@ def build_settings(
             dag_id: _dag_settings(dag_id, getattr(base, dag_id), fields) for dag_id, fields in given.pipelines.items()})
     values.update(overrides)
     return Settings(**values)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _section_settings(prefix: str, base: _M, fields: Mapping[str, str]) -> _M:
+    """``base`` with the values its ``<prefix><FIELD>`` variables give (Python literals as :func:`env_value` reads
+    them: ``('temp',)``, ``None``, ``0.3``); a refusal names the variables."""
+    if not fields:
+        return base
+    try:
+        return type(base)(**{**base.model_dump(), **{k: env_value(v) for k, v in fields.items()}})
+    except ValueError as exc:
+        given = ", ".join(f"{prefix}{k.upper()}={v}" for k, v in fields.items())
+        why = (exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)).removeprefix("Value error, ")
+        raise ValueError(f"{given}: {why}") from None
 
 
 def _dag_settings(dag_id: str, base: DagSettings, fields: Mapping[str, str]) -> DagSettings:
@@ -1281,14 +1312,19 @@ def composer_env(settings: Settings) -> dict[str, str]:
 
 
 def training_and_serving_env(settings: Settings, base: Settings | None = None) -> dict[str, str]:
-    """``TENFOLD_TRAINING__<FIELD>`` and ``TENFOLD_SERVING__<SECTION>__<FIELD>`` for ``settings``: every one, or
-    with ``base`` those whose value differs from it (training values as :func:`env_text` writes them, so tuples,
-    None and literal-looking text come back as they went; an unset serving value as empty, which reads as unset)."""
+    """``TENFOLD_TRAINING__<FIELD>``, ``TENFOLD_MONITORING__DRIFT__<FIELD>`` and ``TENFOLD_SERVING__<SECTION>__<FIELD>``
+    for ``settings``: every one, or with ``base`` those whose value differs from it (training and drift values as
+    :func:`env_text` writes them, so tuples, None and literal-looking text come back as they went; an unset serving
+    value as empty, which reads as unset)."""
     env: dict[str, str] = {}
     for field in TRAINING_ENV_FIELDS:
         value = getattr(settings.training, field)
         if base is None or value != getattr(base.training, field):
             env[TRAINING_ENV_PREFIX + field.upper()] = env_text(value)
+    for field in DriftSettings.model_fields:
+        value = getattr(settings.monitoring.drift, field)
+        if base is None or value != getattr(base.monitoring.drift, field):
+            env[f"{MONITORING_ENV_PREFIX}DRIFT__{field.upper()}"] = env_text(value)
     for section, fields in SERVING_ENV_SECTIONS.items():
         ours = getattr(settings.serving, section)
         for field in fields.model_fields:

@@ -419,6 +419,37 @@ def test_training_settings_travel_to_a_child_process_through_its_environment(tmp
     assert settings_from_env(settings_env(parent)).training == parent.training
 
 
+def test_drift_settings_are_set_by_their_variables_and_travel_to_airflow_and_composer(tmp_path):
+    """docs/drift.md gave monitoring.drift's thresholds and triggers as the operator's, but no variable set them:
+    every Airflow task and the cloud's drift alert policy ran with the defaults (0.1, 0.25, 0.01, 200)."""
+    from tenfold.config.settings import composer_env
+    from tenfold.local.env import settings_env, settings_from_env
+
+    given = {"TENFOLD_MONITORING__DRIFT__PSI_DRIFT": "0.3", "TENFOLD_MONITORING__DRIFT__REPORT_ONLY": "('temp', 'dewp')",
+             "TENFOLD_MONITORING__DRIFT__PREDICTIONS_TRIGGER": "true", "TENFOLD_MONITORING__DRIFT__MIN_ROWS": "50"}
+    local = build_settings("local", {"TENFOLD_HOME": str(tmp_path), **given})
+    drift = local.monitoring.drift
+    assert (drift.psi_drift, drift.report_only, drift.predictions_trigger, drift.min_rows) == (0.3, ("temp", "dewp"),
+                                                                                               True, 50)
+    assert local.monitoring.drift_psi == 0.3  # the cloud alert policy's threshold
+    assert settings_from_env(settings_env(local)).monitoring.drift == drift  # Airflow's tasks
+    cloud = build_settings("dev", given)
+    carried = {k: v for k, v in composer_env(cloud).items() if k.startswith("TENFOLD_MONITORING__")}
+    assert carried == {"TENFOLD_MONITORING__DRIFT__PSI_DRIFT": "0.3", "TENFOLD_MONITORING__DRIFT__MIN_ROWS": "50",
+                       "TENFOLD_MONITORING__DRIFT__REPORT_ONLY": "('temp', 'dewp')",
+                       "TENFOLD_MONITORING__DRIFT__PREDICTIONS_TRIGGER": "True"}  # only what differs from the defaults
+    assert build_settings("dev", carried).monitoring.drift == cloud.monitoring.drift
+    for name, value, message in [
+        ("TENFOLD_MONITORING__DRIFT__PSI_DRIFT", "0.05", r"TENFOLD_MONITORING__DRIFT__PSI_DRIFT=0\.05: drift: psi_report "
+                                                       r"\(0\.1\) must be below psi_drift \(0\.05\)"),
+        ("TENFOLD_MONITORING__DRIFT__BINS", "many", r"TENFOLD_MONITORING__DRIFT__BINS=many: Input should be a valid "
+                                                   "integer"),
+        ("TENFOLD_MONITORING__DRIFT__NOPE", "1", r"TENFOLD_MONITORING__DRIFT__NOPE names no field of DriftSettings"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build_settings("local", {name: value})
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("TENFOLD_TRAINING__NOPE", "1", "TENFOLD_TRAINING__NOPE names no training setting"),
     ("TENFOLD_TRAINING__FLEET", "x", "TENFOLD_TRAINING__FLEET names no training setting"),
