@@ -38,6 +38,18 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _ended(exc: BaseException, command: str, settings: Any) -> typer.Exit:
+    """What the system, the lake or Google refused (no credentials, a full disk, a service away): the one line
+    ``tenfold ingest`` and ``tenfold train`` end with (:func:`tenfold.outages.ending`), exit 1. With TENFOLD_DEBUG
+    set (as that line may advise), ``exc`` itself goes on to the root command's guard, which shows it."""
+    from tenfold.outages import debug_requested, ending
+
+    if debug_requested():
+        raise exc
+    typer.echo(ending(exc, command, settings.local.home, debug_hint="with TENFOLD_DEBUG=1"), err=True)
+    return typer.Exit(1)
+
+
 def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
@@ -56,6 +68,7 @@ def sink_command(
 ) -> None:
     """Land sampled predictions and feedback from Pub/Sub in the lake (acknowledged only once written)."""
     from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
 
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
@@ -78,11 +91,13 @@ def sink_command(
             out["sink"] = sink.stats.to_dict()
         if do_join and (once or until_idle):
             out["join"] = join(settings).to_dict()
-    except (SinkError, LockTimeout, LockLost, LakeError, OSError) as exc:
+    except (SinkError, LockTimeout, LockLost, LakeError) as exc:
         raise _fail(str(exc), 1) from exc
     except GoogleAPICallError as exc:  # one the sink does not retry (a bad request, say): what Pub/Sub said
         raise _fail(f"Pub/Sub refused the sink ({type(exc).__name__}: {exc}); unacknowledged messages are "
                     "redelivered, so nothing is lost: fix what it names and start the sink again", 1) from exc
+    except (OSError, GoogleAuthError) as exc:  # no credentials (dev), a full disk: what is wrong and what to do
+        raise _ended(exc, "tenfold feedback sink", settings) from exc
     _echo_json(out)
 
 
@@ -134,6 +149,9 @@ def join_command(
     env: EnvOption = None,
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
+
     from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.log import log_months
@@ -153,8 +171,10 @@ def join_command(
                 raise _fail(f"no predictions were served in {', '.join(missing)}: nothing to join there (months with "
                             f"predictions: {', '.join(m.label for m in served) or 'none'})", 2)
         report = join(settings, months, options=options, force=force)
-    except (LakeError, LockTimeout, LockLost, OSError) as exc:
+    except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
+    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
+        raise _ended(exc, "tenfold feedback join", settings) from exc
     _echo_json(report.to_dict())
 
 
@@ -191,6 +211,8 @@ def metrics_command(
 ) -> None:
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
     import pyarrow as pa
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
 
     from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
@@ -220,8 +242,10 @@ def metrics_command(
     settings = command_settings(env)
     try:
         rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
-    except (LakeError, LockTimeout, LockLost, OSError) as exc:
+    except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
+    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
+        raise _ended(exc, "tenfold feedback metrics", settings) from exc
     except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
         # The window's months, one by one: a --force of every month would also publish smaller each month whose log
         # files were trimmed since (what the join's guard keeps), losing their labels for good.
@@ -265,6 +289,10 @@ def dead_letters_command(
     except Exception as exc:
         from google.api_core.exceptions import NotFound, PermissionDenied, Unauthenticated
 
+        from tenfold.outages import no_credentials
+
+        if no_credentials(exc):  # google.auth's: not the network, and `tenfold up` does not log anyone in
+            raise _ended(exc, "tenfold feedback dead-letters", settings) from exc
         if isinstance(exc, NotFound):
             raise _fail(f"Pub/Sub has no such subscription or topic ({exc.message}): provision the Pub/Sub topology "
                         "first (`tenfold up` locally, the platform stack in the cloud)", 1) from exc

@@ -34,6 +34,14 @@ DEAD_LETTERS = "dead_letters"
 UNKNOWN_RUN = "unknown-run"
 
 
+class DamagedRecord(ValueError):
+    """An error or dead-letter record that is not a JSON document (torn, truncated, not UTF-8, or another tool's
+    file): a refusal naming the object, not a fault in the code. A ``ValueError``, as ``json.loads``' own errors were
+    (the drain records a dead letter afresh over such a record)."""
+
+    retryable = False  # the stored bytes stay as they are until someone restores or deletes the object
+
+
 def work_objects(settings: Settings, *, client: Any = None) -> Objects:
     """The objects under ``<lake>/<inference.work_prefix>``: every run's folder."""
     return lake_objects(settings, settings.inference.work_prefix, client=client)
@@ -73,19 +81,29 @@ class RunStore:
 
     # errors and dead letters (JSON records)
     def error(self, request_id: str) -> dict[str, Any] | None:
-        return _json(self.objects.get(self._n(ERRORS, f"{request_id}.json")))
+        return self._record("error", self._n(ERRORS, f"{request_id}.json"))
 
     def put_error(self, request_id: str, record: dict[str, Any]) -> None:
         self.objects.put(self._n(ERRORS, f"{request_id}.json"), _dumps(record))
 
     def dead_letter(self, request_id: str) -> dict[str, Any] | None:
-        return _json(self.objects.get(self._n(DEAD_LETTERS, f"{request_id}.json")))
+        return self._record("dead-letter", self._n(DEAD_LETTERS, f"{request_id}.json"))
 
     def put_dead_letter(self, request_id: str, record: dict[str, Any]) -> None:
         self.objects.put(self._n(DEAD_LETTERS, f"{request_id}.json"), _dumps(record))
 
     def dead_letter_ids(self) -> list[str]:
         return [n.removesuffix(".json") for n in self.objects.names(self._n(DEAD_LETTERS)) if n.endswith(".json")]
+
+    def _record(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The JSON record ``name``; :class:`DamagedRecord`, naming where it is, when it is not one."""
+        data = self.objects.get(name)
+        try:
+            return _json(data)
+        except ValueError as exc:  # json.JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            where = _where(self.objects, name)
+            raise DamagedRecord(f"the {kind} record {where} is damaged and cannot be read ({type(exc).__name__}: "
+                                f"{exc}): restore it from a copy, or delete it, then run the command again") from exc
 
 
 def message_store(objects: Objects, attributes: Mapping[str, str]) -> RunStore:
@@ -108,6 +126,15 @@ def run_keys(objects: Objects) -> list[str]:
     blobs = objects.bucket.client.list_blobs(objects.bucket, prefix=prefix, delimiter="/")
     list(blobs)  # the prefixes are known only once the pages are read
     return sorted(p[len(prefix):].rstrip("/") for p in blobs.prefixes)
+
+
+def _where(objects: Objects, name: str) -> str:
+    """Where the object ``name`` of ``objects`` is: a local path, or a ``gs://`` URI."""
+    if isinstance(objects, FileObjects):
+        return str(objects.root / name)
+    if isinstance(objects, GcsObjects):
+        return f"gs://{objects.bucket.name}/{objects._name(name)}"
+    return name
 
 
 def _dumps(record: dict[str, Any]) -> bytes:

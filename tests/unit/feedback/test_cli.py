@@ -216,3 +216,102 @@ def test_a_join_of_a_month_nothing_was_served_in_is_refused_naming_the_served_mo
     assert "no predictions were served in 2025-05: nothing to join there (months with predictions: 2026-05)" \
         in result.output
     assert run("join", "--month", "2026-05").exit_code == 0
+
+
+@pytest.fixture
+def no_cloud_credentials(tmp_path, monkeypatch):
+    """This process as under TENFOLD_ENV=dev on a machine never logged in: no GOOGLE_* variables, no gcloud
+    application-default credentials, no metadata server; pyarrow's GCS client gives up after 2 s."""
+    import os
+
+    from tenfold import fsio
+
+    for name in [k for k in os.environ if k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setattr(fsio, "GCS_RETRY_LIMIT_S", 2)
+
+
+_LOG_IN = ("found no Google Cloud credentials (OSError): run `gcloud auth application-default login` (or set "
+           "GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on the local platform")
+
+
+@pytest.mark.parametrize("command", [["join"], ["metrics", "--last", "1h", "--no-refresh"]])
+def test_join_and_metrics_on_a_gs_lake_without_credentials_say_how_to_log_in(run, monkeypatch, no_cloud_credentials,
+                                                                              command):
+    """`TENFOLD_ENV=dev tenfold feedback join` on a machine with no credentials printed pyarrow's raw
+    `error: google::cloud::Status(UNAVAILABLE: ... OAuth2 access token ...)` line, saying nothing of what to do. The
+    step reads a gs:// lake as the dev one is opened (tenfold.fsio), meeting the real error of this machine."""
+    from tenfold.feedback import metrics, upsert
+    from tenfold.fsio import filesystem_from_uri
+
+    def read_a_gs_lake(*args, **kwargs):
+        fs, path = filesystem_from_uri("gs://tenfold-no-such-bucket-7f3a/lake/labelled")
+        fs.get_file_info(path)
+        raise AssertionError("this machine has Google Cloud credentials: the case cannot be shown here")
+
+    monkeypatch.setattr(upsert, "join", read_a_gs_lake)
+    monkeypatch.setattr(metrics, "online_metrics", read_a_gs_lake)
+    result = run(*command)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip() == f"error: `tenfold feedback {command[0]}` {_LOG_IN}", result.output
+    assert "google::cloud::Status" not in result.output
+
+
+def _full_disk(path):
+    import errno
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    return fail
+
+
+@pytest.mark.parametrize("command", [["join"], ["metrics", "--last", "1h"], ["sink", "--once"]])
+def test_a_full_disk_names_the_path_and_says_to_free_space(run, settings, monkeypatch, command):
+    """A full disk ended `join`, `metrics` and `sink` with `error: [Errno 28] No space left on device: ...` and no
+    word of what to do."""
+    from tenfold.feedback import metrics, sink, upsert
+
+    path = settings.local.home / "lake" / "labelled" / "part-00000.parquet"
+    if command[0] == "join":
+        monkeypatch.setattr(upsert, "join", _full_disk(path))
+    elif command[0] == "metrics":
+        monkeypatch.setattr(metrics, "online_metrics", _full_disk(path))
+    else:
+        class FullSink:
+            stats = None
+
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            poll_once = _full_disk(path)
+
+        monkeypatch.setattr(sink, "FeedbackSink", FullSink)
+    result = run(*command)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"error: `tenfold feedback {command[0]}` cannot go on: No space left on device: {path}; " in result.output
+    assert "free space" in result.output and "[Errno 28]" not in result.output, result.output
+
+
+def test_dead_letters_without_credentials_says_how_to_log_in_not_check_the_network(settings, monkeypatch,
+                                                                                  no_cloud_credentials):
+    """`TENFOLD_ENV=dev tenfold feedback dead-letters` on a machine never logged in said "cannot reach Pub/Sub
+    (DefaultCredentialsError: ...); check the network and Pub/Sub's status": google-auth's error is a google module's
+    too. The real client, as the cloud builds it (no emulator), raising what it raises here."""
+    cloud = settings.model_copy(update={"messaging": settings.messaging.model_copy(update={"emulator_host": None})})
+    monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: cloud)
+    result = CliRunner().invoke(feedback_cli.app, ["dead-letters", "--stream", "feedback"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip() == ("error: `tenfold feedback dead-letters` "
+                                     + _LOG_IN.replace("(OSError)", "(DefaultCredentialsError)")), result.output
+    assert "check the network" not in result.output

@@ -169,3 +169,39 @@ def test_a_second_replay_of_a_request_says_it_was_replayed_before_and_how_to_sen
     assert "1 request(s) replayed before were left out" in whole_run.output and "--again" in whole_run.output
     forced = CliRunner().invoke(cli.app, ["replay", "--request-id", "req-1", "--again"])
     assert forced.exit_code == 0 and "1 request(s) re-published" in forced.output, forced.output
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["replay", "--all"]])
+@pytest.mark.parametrize("damage", [b'{"request_id": "req-1", "run": "ru', b"\x80\x81 not UTF-8"])
+def test_a_damaged_dead_letter_is_refused_naming_it_not_a_fault_in_the_code(
+        command: list[str], damage: bytes, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead-letter record torn by a crash (or not UTF-8: another tool's file) ended `tenfold dlq inspect` and
+    `replay` with "failed on a fault in the code (JSONDecodeError ...) ... report it", naming no file."""
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: settings)
+    store = _dead_letter(settings, monkeypatch, _Publisher())
+    path = work_objects(settings).root / "run-1" / "dead_letters" / "req-1.json"  # type: ignore[attr-defined]
+    assert store.dead_letter("req-1") is not None and path.is_file()
+    path.write_bytes(damage)
+    result = CliRunner().invoke(cli.app, command)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith(f"error: `tenfold dlq {command[0]}`: the dead-letter record {path} is damaged "
+                                    "and cannot be read ("), result.output
+    assert "restore it from a copy, or delete it, then run the command again" in result.output
+    assert "fault in the code" not in result.output and "Traceback" not in result.output
+
+
+def test_a_damaged_error_record_is_a_refusal_naming_it(settings: Settings) -> None:
+    """The worker's error record of a request, torn: a refusal (retryable False: a pipeline step fails at once, and
+    ``tenfold.outages.ending`` says it as it is), still a ValueError for the drain, which records over it."""
+    from tenfold.inference.store import DamagedRecord
+    from tenfold.outages import ending
+
+    store = RunStore(work_objects(settings), "run-1")
+    store.put_error("req-1", {"request_id": "req-1"})
+    path = work_objects(settings).root / "run-1" / "errors" / "req-1.json"  # type: ignore[attr-defined]
+    path.write_bytes(b"\x00\x01")
+    with pytest.raises(DamagedRecord) as raised:
+        store.error("req-1")
+    assert isinstance(raised.value, ValueError) and raised.value.retryable is False
+    said = ending(raised.value, "tenfold x", settings.local.home, debug_hint="with TENFOLD_DEBUG=1")
+    assert said.startswith(f"error: `tenfold x`: the error record {path} is damaged and cannot be read"), said
