@@ -14,5 +14,6 @@ def _default(value: Any) -> Any:
 
 
 def plain_json(value: Any) -> Any:
-    """``value`` with only JSON types: dataclasses become dicts, tuples lists, anything else its ``str``."""
+    """``value`` with only JSON types: dataclasses become dicts, tuples lists, any other value its ``str``. Mapping
+    keys must be JSON's already (str, int, float, bool or None): ``json`` turns no other key into text."""
     return json.loads(json.dumps(value, default=_default))

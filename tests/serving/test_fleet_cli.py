@@ -94,9 +94,21 @@ def test_a_busy_port_stops_up_before_anything_starts(make_settings: Any) -> None
 
 def test_up_names_a_model_the_registry_does_not_have(make_settings: Any, local_settings: Settings) -> None:
     settings = make_settings(on=local_settings, local={"lb_port": free_port()})
-    with pytest.raises(fleet.FleetError, match=r"cannot serve 'no-such-alias'.*tenfold models list"):
+    with pytest.raises(fleet.UnknownModel, match=r"cannot serve 'no-such-alias'.*tenfold models list"):
         fleet.up(settings, "no-such-alias")
     assert fleet.supervisor_record(settings) is None and not list((settings.local.home / "run").glob("*.pid"))
+
+
+@pytest.mark.parametrize("command", ["up", "rollout"])
+def test_a_model_the_registry_does_not_hold_exits_2_as_tenfold_models_does(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """`tenfold models show nosuch` exits 2 (a refusal); `tenfold serve up/rollout --model nosuch` exited 1."""
+    def unknown(*args: Any, **kwargs: Any) -> None:
+        raise fleet.UnknownModel("cannot serve 'nosuch': no version or alias 'nosuch'")
+
+    monkeypatch.setattr(fleet, command, unknown)
+    result = _run(env, command, "--model", "nosuch")
+    assert result.exit_code == 2 and "cannot serve 'nosuch'" in result.output, result.output
 
 
 def test_tenfold_up_skips_serving_cleanly_without_a_champion(make_settings: Any, local_settings: Settings) -> None:

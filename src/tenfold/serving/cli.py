@@ -59,6 +59,13 @@ app = typer.Typer(help="The local serving fleet: replicas in a stable and a cana
 _Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS)}")]
 
 
+def _code(exc: Exception) -> int:
+    """2 for a refusal of what was asked (a model the registry does not hold, bounds a pool cannot take), else 1."""
+    from tenfold.serving import fleet
+
+    return 2 if isinstance(exc, (fleet.UnknownModel, fleet.BoundsRefused)) else 1
+
+
 def _fail(exc: Exception, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(code)
@@ -84,7 +91,7 @@ def up(
     try:
         fleet.up(settings, model, canary_model=canary_model, say=typer.echo)
     except LocalPlatformError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, _code(exc)) from exc
     typer.echo(fleet.describe(fleet.report(settings)))
     # Without it, predictions and feedback stayed on Pub/Sub: no online accuracy, and a rollout's canary checks found
     # no feedback until their deadline ended the rollout FAILED.
@@ -131,7 +138,7 @@ def rollout(
     try:
         st = fleet.rollout(settings, model, pool=_check_pool(pool))
     except LocalPlatformError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, _code(exc)) from exc
     typer.echo(f"{pool}: {len(st.pools[pool].serving())} replicas serve {st.pools[pool].version}")
 
 
@@ -184,7 +191,7 @@ def scale(
     try:
         st = fleet.scale(settings, pool, low=low, high=high)
     except LocalPlatformError as exc:
-        raise _fail(exc, 2 if isinstance(exc, fleet.BoundsRefused) else 1) from exc
+        raise _fail(exc, _code(exc)) from exc
     p = st.pools[pool]
     typer.echo(f"{pool}: {len(p.serving())} replicas serving (bounds {p.min}..{p.max})")
 

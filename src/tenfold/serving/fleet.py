@@ -101,6 +101,11 @@ class BoundsRefused(FleetError):
     """Replica bounds a pool cannot take (``tenfold serve scale`` exits 2 for it: a refusal, not a failure)."""
 
 
+class UnknownModel(FleetError):
+    """A model reference the registry does not hold (``tenfold serve up``/``rollout``/``fault`` exit 2 for it, as
+    ``tenfold models`` does: a refusal of what was asked, not a failure of the fleet)."""
+
+
 class FleetTimeout(FleetError):
     """What was waited for did not happen in time (the supervisor still running)."""
 
@@ -848,6 +853,7 @@ def resolve_version(settings: Settings, ref: str) -> str:
     registry's store cannot be read (at once when the local GCS emulator is not running: the client's own retries
     would wait two minutes on a refused connection)."""
     from tenfold.registry import ModelRegistry, RegistryError
+    from tenfold.registry.errors import UnknownVersion
 
     try:
         process.require_local_storage(settings)
@@ -855,6 +861,8 @@ def resolve_version(settings: Settings, ref: str) -> str:
         raise FleetError(f"cannot resolve {ref!r}: {exc}") from None
     try:
         return ModelRegistry(settings).find(ref)
+    except UnknownVersion as exc:
+        raise UnknownModel(f"cannot serve {ref!r}: {exc}") from exc
     except RegistryError as exc:
         raise FleetError(f"cannot serve {ref!r}: {exc}") from exc
     except Exception as exc:
