@@ -58,7 +58,14 @@ from tenfold.pipelines.common import (
     run_main,
     task_timeout_s,
 )
-from tenfold.quality.gate import READ_CHECK, ValidationFailed, ValidationReport, validate_partition, validate_published
+from tenfold.quality.gate import (
+    READ_CHECK,
+    AlreadyRefused,
+    ValidationFailed,
+    ValidationReport,
+    validate_partition,
+    validate_published,
+)
 from tenfold.workloads import SourceMissing, Workload, get_workload
 
 log = logging.getLogger(__name__)
@@ -221,6 +228,7 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
     # the history window as well as the month (a corrupt history month would poison the aggregates).
     history = history_window(workload, lake, part)
     to_check = [(t, m) for t in inputs for m in ([*history, part] if t == workload.sources.history_table else [part])]
+    elsewhere: Exception | None = None  # another run withdrew an input meanwhile: it quarantined and alerted that one
     for table, month in [] if refused else to_check:
         suite = workload.raw_suites.get(table)
         try:
@@ -233,9 +241,17 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
         except MissingManifestError as exc:
             # Published when this run looked (ingested above, or listed in the history window): another run withdrew
             # it meanwhile (refused or found corrupt, and quarantined). A retry would only publish it again.
-            raise PipelineError(f"{table} {month.label} was withdrawn by another run while this one validated it "
-                                f"(see its quarantine): {exc}; fix the input, then run {part.label} again") from exc
+            elsewhere = PipelineError(f"{table} {month.label} was withdrawn by another run while this one validated it "
+                                      f"(see its quarantine): {exc}; fix the input, then run {part.label} again")
+            elsewhere.__cause__ = exc
+            break
+        except AlreadyRefused as exc:  # refused here too, and withdrawn first by the run beside this one
+            elsewhere = exc
+            break
     if refused:
+        # What this run withdrew is alerted here (each was quarantined with alert=False), whatever stopped the checks:
+        # the other run's alert names only its own.
+        also = {"also": f"the checks stopped there: {elsewhere}"} if elsewhere is not None else {}
         sent = send_alert(
             settings,
             f"build_features {part.label}: {len(refused)} raw input(s) refused before Spark",
@@ -244,9 +260,11 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
                 f"(quarantined at {r.quarantine_uri}; Data Docs {r.data_docs or 'not written (see the task log)'})"
                 for r in refused
             }
-            | {"what_to_do": _what_to_do(refused, workload.sources.name)},
+            | also | {"what_to_do": _what_to_do(refused, workload.sources.name)},
         )
         raise InputsRefused(refused, alerted=sent.delivered, undelivered=sent.failed)  # the callback sends to those
+    if elsewhere is not None:
+        raise elsewhere
     return replace(run, ingested=tuple(ingested), inputs_checked=tuple(checked))
 
 

@@ -113,6 +113,30 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
+def test_what_this_run_withdrew_is_alerted_though_another_run_withdrew_a_later_input(settings, lake, alerts, monkeypatch):
+    """This run withdrew a corrupt history month (quarantined with alert=False, to be alerted once at the end); then
+    another run withdrew a later input. The run ended on "withdrawn by another run" alone: the month this run
+    withdrew was quarantined with no alert naming it (the other run's alert names only its own)."""
+    pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"))
+    (path,) = lake.files("flights", Partition(2013, 1))
+    Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file: this run withdraws it
+    checked = pipeline.validate_published
+
+    def withdrawn_meanwhile(lake_, table, month, *args, **kwargs):
+        if table == "weather":
+            lake_.fs.delete_file(lake_.manifest_path(table, month))  # what the other run's withdrawal does first
+        return checked(lake_, table, month, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validate_published", withdrawn_meanwhile)
+    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest(settings, run)
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
+    (alert,) = alerts()
+    assert "flights 2013-01" in alert["details"] and "quarantined at" in alert["details"]["flights 2013-01"]
+    assert alert["details"]["also"].startswith("the checks stopped there: weather 2013-02 was withdrawn by another run")
+
+
 def test_a_refused_delivery_of_a_published_month_leaves_the_good_month_published(settings, lake, alerts, monkeypatch):
     """2013-02 is published and passed its checks; the upstream then delivers it again, changed so that it parses
     but fails its suite. The new bytes used to replace the old (whose folder a publish deletes) before the gate
