@@ -47,6 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import Settings, build_settings
 from tenfold.data.lake import Lake, Partition
@@ -281,7 +282,7 @@ class FlakyWebhook:
     def on(self, settings: Settings) -> Settings:
         """``settings`` with this webhook as its alert webhook."""
         return settings.model_copy(update={"monitoring": settings.monitoring.model_copy(
-            update={"alert_webhook_url": self.url})})
+            update={"alert_webhook_url": SecretStr(self.url)})})
 
 
 @pytest.fixture

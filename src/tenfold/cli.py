@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import SecretStr
 
-from tenfold.config import command_settings, get_settings, settings_refusal
+from tenfold.config import Settings, command_settings, get_settings, settings_refusal
 
 
 class _Guarded(typer.Typer):
@@ -76,20 +77,29 @@ def _masked_url(url: str) -> str:
     return f"{parts.scheme}://{host}/***" if parts.scheme and host else "***"
 
 
-def _mask_secrets(key: str, value: object) -> object:
+def _shown_secret(settings: Settings, secret: str) -> object:
+    """What ``tenfold config`` shows of the secret setting ``secret``: its URL's scheme and host (the settings hold
+    a SecretStr, whose dump is pydantic's ``**********``, which says nothing of where it points)."""
+    value = settings.get(secret)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return _masked_url(value) if isinstance(value, str) else value
+
+
+def _mask_secrets(settings: Settings, key: str, value: object) -> object:
     """``value`` of settings key ``key`` (a section's ``model_dump(mode="json")`` or a plain value) with every
-    secret in it masked."""
+    secret in it masked, showing where it points."""
     for secret in _SECRET_KEYS:
         if key == secret:
-            return _masked_url(value) if isinstance(value, str) else value
+            return _shown_secret(settings, secret)
         if not key or secret.startswith(f"{key}."):
             rest = secret[len(key) + 1:] if key else secret
             node = value
             *path, last = rest.split(".")
             for part in path:
                 node = node.get(part) if isinstance(node, dict) else None
-            if isinstance(node, dict) and isinstance(node.get(last), str):
-                node[last] = _masked_url(node[last])
+            if isinstance(node, dict) and node.get(last) is not None:
+                node[last] = _shown_secret(settings, secret)
     return value
 
 
@@ -103,20 +113,20 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
         typer.echo(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", err=True)
         raise typer.Exit(2) from None
     if hasattr(value, "model_dump"):
-        typer.echo(json.dumps(_mask_secrets(key, value.model_dump(mode="json")), indent=2))
+        typer.echo(json.dumps(_mask_secrets(settings, key, value.model_dump(mode="json")), indent=2))
     elif isinstance(value, (dict, list, tuple)):
         from pydantic_core import to_jsonable_python  # a dict of sections (messaging.subscriptions): objects, not reprs
 
         typer.echo(json.dumps(to_jsonable_python(value), default=str))
     else:
-        typer.echo("" if value is None else str(_mask_secrets(key, value)))
+        typer.echo("" if value is None else str(_mask_secrets(settings, key, value)))
 
 
 @config_app.command("show")
 def config_show(env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print every settings value as JSON."""
     settings = command_settings(env)
-    typer.echo(json.dumps(_mask_secrets("", settings.model_dump(mode="json")), indent=2))
+    typer.echo(json.dumps(_mask_secrets(settings, "", settings.model_dump(mode="json")), indent=2))
 
 
 # --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---

@@ -26,6 +26,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import Settings
 from tenfold.config.settings import SubscriptionSettings
@@ -413,7 +414,7 @@ def test_the_pool_preloads_the_run_model_and_reports_ready(make_setup) -> None:
     hook = "http://127.0.0.1:9/hooks/tenfold-pool-test-secret"
     # The task's settings and environment name an alert webhook, which a worker (it never alerts) must not get.
     s = setup.settings.model_copy(update={"monitoring": setup.settings.monitoring.model_copy(
-        update={"alert_webhook_url": hook})})
+        update={"alert_webhook_url": SecretStr(hook)})})
     log_path = s.local.home / "run" / f"{worker_name(0)}.log"
     for ref, expected in ((setup.version, f"model {setup.version} loaded in"),
                           ("no-such-version", "could not preload model no-such-version")):

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import Settings, get_settings
 from tenfold.local import free_ports, settings_env
@@ -227,7 +228,7 @@ def _fleet_settings(serving_settings: Settings) -> Settings:
     })
     serving = serving_settings.serving.model_copy(update={"fleet": fleet, "target_utilization": 0.5})
     # An alert webhook, which no process of the fleet may get (test_no_process_of_the_fleet_holds_the_alert_webhook).
-    monitoring = serving_settings.monitoring.model_copy(update={"alert_webhook_url": WEBHOOK})
+    monitoring = serving_settings.monitoring.model_copy(update={"alert_webhook_url": SecretStr(WEBHOOK)})
     return serving_settings.model_copy(update={"local": local, "serving": serving, "monitoring": monitoring})
 
 
@@ -319,7 +320,7 @@ def test_no_process_of_the_fleet_holds_the_alert_webhook(fleet: Fleet) -> None:
     """The fleet never alerts, so the webhook URL (a secret), which its starter's settings and environment name,
     reaches neither the environment of any of its processes nor the settings file the supervisor and `tenfold serve`
     read; that file is readable by this user only all the same."""
-    assert fleet.settings.monitoring.alert_webhook_url == WEBHOOK
+    assert fleet.settings.monitoring.alert_webhook_url == SecretStr(WEBHOOK)
     st = fleet.status()
     pids = [st.supervisor_pid, st.haproxy_pid] + [r.pid for p in st.pools.values() for r in p.replicas]
     assert all(pids) and len(pids) >= 5, pids

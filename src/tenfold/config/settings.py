@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -650,7 +650,9 @@ class MonitoringSettings(_Frozen):
     # environment because a webhook URL is a secret: TENFOLD_ALERT_WEBHOOK (Slack-compatible),
     # TENFOLD_ALERT_SMTP_HOST (e-mail to notification_email), TENFOLD_ALERT_FILE (JSON lines; a relative path is
     # taken from the working directory of the process that builds the settings and kept absolute).
-    alert_webhook_url: str | None = None
+    # The webhook URL is a SecretStr: repr, str and model_dump(_json) show ********** (a settings file written for a
+    # child never holds it); only .get_secret_value() gives the URL, where a hook posts or a child's variable is set.
+    alert_webhook_url: SecretStr | None = None
     alert_smtp_host: str | None = None
     alert_file: Path | None = None
     # Great Expectations Data Docs: <local.home>/<prefix> locally, gs://<artifacts bucket>/<prefix> in the cloud.
@@ -663,10 +665,10 @@ class MonitoringSettings(_Frozen):
 
     @field_validator("alert_webhook_url")
     @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
         """Refused when the settings load: found at the first alert (months later, perhaps), it failed that alert
         alone, into the log, and the drift monitor's task for an alert not delivered."""
-        if value is not None and (problem := webhook_problem(value)) is not None:
+        if value is not None and (problem := webhook_problem(value.get_secret_value())) is not None:
             raise ValueError(problem)
         return value
 
@@ -808,7 +810,7 @@ class EnvironSettings(BaseSettings):
     project_id: str | None = None
     workload: str | None = None
     alert_email: str | None = None
-    alert_webhook: str | None = None
+    alert_webhook: SecretStr | None = None  # (a secret: see MonitoringSettings.alert_webhook_url)
     alert_smtp_host: str | None = None
     alert_file: Path | None = None
     root: Path | None = None

@@ -32,7 +32,9 @@ def alert_hook_env(settings: Settings) -> dict[str, str]:
     """The alert hooks' variables for ``settings`` (part of :func:`settings_env`). Empty means unset (build_settings
     ignores empty values): set over a parent's environment, an outer hook never leaks into the child."""
     mo = settings.monitoring
-    values = (mo.alert_webhook_url or "", mo.alert_smtp_host or "", str(mo.alert_file) if mo.alert_file else "")
+    # The webhook's real URL (a SecretStr in the settings): the child rebuilds its settings from this variable.
+    webhook = mo.alert_webhook_url.get_secret_value() if mo.alert_webhook_url is not None else ""
+    values = (webhook, mo.alert_smtp_host or "", str(mo.alert_file) if mo.alert_file else "")
     return dict(zip(ALERT_HOOK_VARIABLES, values, strict=True))
 
 

@@ -119,7 +119,8 @@ def _file_hook(settings: Settings, alert: Alert) -> None:
 
 def scrubbed(settings: Settings, text: str) -> str:
     """``text`` without the webhook URL's secret part (its path and query), wherever it quotes it."""
-    url = settings.monitoring.alert_webhook_url
+    webhook = settings.monitoring.alert_webhook_url
+    url = webhook.get_secret_value() if webhook is not None else ""
     if not url:
         return text
     parts = urllib.parse.urlsplit(url)
@@ -167,8 +168,9 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _webhook_hook(settings: Settings, alert: Alert) -> None:
-    url = settings.monitoring.alert_webhook_url
-    assert url is not None
+    webhook = settings.monitoring.alert_webhook_url
+    assert webhook is not None
+    url = webhook.get_secret_value()
     # Checked when the settings load too; settings made by model_copy skip that.
     if (problem := webhook_problem(url)) is not None:
         raise ValueError(f"{problem}; alerts still go to the log")
@@ -267,7 +269,8 @@ def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
     hooks: list[tuple[str, AlertHook]] = []
     if settings.monitoring.alert_file:
         hooks.append(("file", _file_hook))
-    if settings.monitoring.alert_webhook_url:
+    webhook = settings.monitoring.alert_webhook_url
+    if webhook is not None and webhook.get_secret_value():
         hooks.append(("webhook", _webhook_hook))
     if settings.monitoring.alert_smtp_host:
         hooks.append(("email", _email_hook))

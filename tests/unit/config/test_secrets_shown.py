@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -79,3 +80,42 @@ def test_config_get_prints_a_dict_of_sections_as_json_objects() -> None:
     subscriptions = command_settings("local").messaging.subscriptions
     assert json.loads(out.output)["requests"]["name"] == subscriptions["requests"].name
     assert json.loads(out.output)["requests"]["ack_deadline_s"] == subscriptions["requests"].ack_deadline_s
+
+
+def test_the_settings_themselves_never_show_the_alert_webhook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               flaky_webhook: Any) -> None:
+    """The webhook URL was a plain str in the settings: repr(settings), str(settings.monitoring) and model_dump_json()
+    held it whole, hidden only where each caller hid it. A SecretStr now: none of them holds it, while the webhook
+    hook still posts to the real URL and a child's TENFOLD_ALERT_WEBHOOK (settings_env) still carries it."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from tenfold.local import settings_env
+    from tenfold.monitoring import alerts
+
+    url = "https://hooks.example.com/services/T0/B0/SECRETXYZ"
+    local = f"{flaky_webhook.url}/services/T0/B0/SECRETXYZ"  # the same secret path, on the tests' local webhook
+    posted: list[str] = []
+
+    def post(self: object, request: Any, *args: object, **kwargs: object) -> Any:
+        posted.append(request.full_url)
+        return nullcontext(SimpleNamespace(status=200))
+
+    for hook in (url, local):
+        settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_ALERT_WEBHOOK": hook})
+        shown = {"repr(settings)": repr(settings), "str(settings)": str(settings),
+                 "str(settings.monitoring)": str(settings.monitoring), "model_dump_json": settings.model_dump_json(),
+                 "model_dump(mode=json)": json.dumps(settings.model_dump(mode="json")),
+                 "model_dump()": str(settings.model_dump())}
+        assert not [name for name, text in shown.items() if "SECRETXYZ" in text]
+        assert settings_env(settings)["TENFOLD_ALERT_WEBHOOK"] == hook
+        assert alerts.scrubbed(settings, f"failed posting to {hook}") == "failed posting to <webhook URL>"
+        if hook == local:  # posted for real, to the local webhook
+            assert alerts.send_alert(settings, "gate refused", {}).delivered
+            (body,) = flaky_webhook.received
+            assert "gate refused" in body["text"]
+        else:  # what it would post to, without the network
+            with monkeypatch.context() as patched:
+                patched.setattr(alerts.urllib.request.OpenerDirector, "open", post)
+                assert alerts.send_alert(settings, "gate refused", {}).delivered
+            assert posted == [url]

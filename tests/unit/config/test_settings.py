@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import ENVIRONMENTS, build_settings, get_settings
 from tenfold.config.names import check_bucket_name, check_pubsub_name, check_resource_name, check_service_account_id
@@ -202,7 +203,7 @@ def test_build_settings_reads_only_the_mapping_it_is_given(monkeypatch, tmp_path
     assert s.local.home == tmp_path.resolve() and s.local.pubsub_port == 18085 and s.local.gcs_port == 4443
     mo = s.monitoring
     assert (mo.notification_email, mo.alert_webhook_url, mo.alert_smtp_host) == (
-        "oncall@acme.test", "http://127.0.0.1:9/hook", "smtp.acme.test:25")
+        "oncall@acme.test", SecretStr("http://127.0.0.1:9/hook"), "smtp.acme.test:25")
     assert mo.alert_file == tmp_path / "alerts.jsonl"
     # empty means unset, as before
     empty = build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "", "TENFOLD_ALERT_FILE": ""})

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import build_settings
 from tenfold.config.settings import local_env_overrides
@@ -125,7 +126,7 @@ def test_the_emulators_start_without_tenfolds_variables_and_airflow_with_them(tm
     fresh = _fresh_settings(tmp_path)
     s = fresh.model_copy(update={"local": fresh.local.model_copy(update={"gcs_emulator": emulator}),
                                  "monitoring": fresh.monitoring.model_copy(
-                                     update={"alert_webhook_url": "https://hooks.example/secret"})})
+                                     update={"alert_webhook_url": SecretStr("https://hooks.example/secret")})})
     for name in ("gcs", "pubsub"):
         svc = service(s, name)
         assert svc.env is not None and not [k for k in svc.env if k.startswith("TENFOLD_")], name

@@ -13,6 +13,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from pydantic import SecretStr
 
 from tenfold.config import build_settings
 from tenfold.monitoring import alerts
@@ -179,7 +180,7 @@ def test_a_malformed_webhook_url_never_reaches_the_log(make_settings, caplog):
     # A control character: http.client refused it quoting the path escaped, which the scrubbing could not find.
     for url in (f"hooks.example.com{secret}", f"https://hooks.example.com{secret} ",
                 f"https://hooks.example.com{secret}\x7f", f"https://hooks.example.com{secret}\x01"):
-        settings = make_settings(monitoring={"alert_webhook_url": url})
+        settings = make_settings(monitoring={"alert_webhook_url": SecretStr(url)})
         with caplog.at_level(logging.DEBUG):
             sent = alerts.send_alert(settings, "gate refused", {})
         assert sent.failed == ("webhook",)
@@ -194,7 +195,7 @@ def test_a_webhook_with_a_login_in_its_url_is_posted_with_basic_auth_and_never_l
     import base64
 
     url = flaky_webhook.url.replace("http://", "http://bot:S3cr3t%40Pw@")
-    settings = make_settings(monitoring={"alert_webhook_url": url})
+    settings = make_settings(monitoring={"alert_webhook_url": SecretStr(url)})
     with caplog.at_level(logging.DEBUG):
         sent = alerts.send_alert(settings, "gate refused", {})
     assert sent.delivered and sent.failed == (), caplog.text
@@ -206,9 +207,9 @@ def test_a_webhook_with_a_login_in_its_url_is_posted_with_basic_auth_and_never_l
 
 def test_an_error_quoting_the_webhook_url_is_logged_without_its_secret(make_settings, caplog):
     def quoting(settings, alert):  # as urllib's InvalidURL and ValueError do
-        raise ValueError(f"unknown url type: {settings.monitoring.alert_webhook_url!r}")
+        raise ValueError(f"unknown url type: {settings.monitoring.alert_webhook_url.get_secret_value()!r}")
 
-    settings = make_settings(monitoring={"alert_webhook_url": "https://hooks.example.com/services/SECRETTOKEN"})
+    settings = make_settings(monitoring={"alert_webhook_url": SecretStr("https://hooks.example.com/services/SECRETTOKEN")})
     alerts.register_hook(quoting)
     try:
         with caplog.at_level(logging.DEBUG):
@@ -260,7 +261,7 @@ def test_a_webhook_that_redirects_is_not_counted_as_delivered(make_settings):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = make_settings(monitoring={"alert_webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook"})
+        settings = make_settings(monitoring={"alert_webhook_url": SecretStr(f"http://127.0.0.1:{server.server_address[1]}/hook")})
         sent = alerts.send_alert(settings, "drift: retraining v3", {})
     finally:
         server.shutdown()
@@ -295,7 +296,7 @@ def test_a_webhook_that_took_the_alert_but_answers_late_is_not_posted_it_again(m
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(alerts, "TIMEOUT_S", 0.3)
     monkeypatch.setattr(alerts, "_sleep", lambda seconds: None)
-    settings = make_settings(monitoring={"alert_webhook_url": f"http://127.0.0.1:{server.server_port}/hook"})
+    settings = make_settings(monitoring={"alert_webhook_url": SecretStr(f"http://127.0.0.1:{server.server_port}/hook")})
     try:
         sent = alerts.send_alert(settings, "drift: retraining v1", {})
     finally:
@@ -314,7 +315,7 @@ def test_a_plain_http_webhook_beyond_this_machine_is_refused_without_posting(mak
     monkeypatch.setattr(alerts.urllib.request.OpenerDirector, "open", lambda self, *a, **k: posted.append(a))
     for url in ("http://hooks.example.com/services/T0/SECRETTOKEN", "http://8.8.8.8:8080/SECRETTOKEN"):
         with caplog.at_level(logging.DEBUG):
-            sent = alerts.send_alert(make_settings(monitoring={"alert_webhook_url": url}), "gate refused", {})
+            sent = alerts.send_alert(make_settings(monitoring={"alert_webhook_url": SecretStr(url)}), "gate refused", {})
         assert sent.failed == ("webhook",) and not posted
         assert "plain http:// URL to " in caplog.text and "use its https:// form" in caplog.text
         assert "SECRETTOKEN" not in caplog.text
