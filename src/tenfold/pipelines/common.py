@@ -165,12 +165,12 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 CHOSEN_MONTHS = "event-months"  # the folder of each Asset-triggered run's first choice of months (chosen_once)
 
 
-def chosen_once(objects: Any, airflow_run_id: str, choose: Callable[[], Any]) -> Any:
-    """A run's first choice: the JSON value kept as ``event-months/<run key>.json`` in ``objects``
-    (:class:`tenfold.storage.Objects`), else ``choose()`` kept there (created if absent: a concurrent try's choice
-    wins). A cleared run that chose again would see what its own earlier try did (a month it published, a report it
-    wrote) and choose otherwise."""
-    name = f"{CHOSEN_MONTHS}/{run_key(airflow_run_id)}.json"
+def chosen_once(objects: Any, airflow_run_id: str, choose: Callable[[], Any], *, folder: str = CHOSEN_MONTHS) -> Any:
+    """A run's first choice: the JSON value kept as ``<folder>/<run key>.json`` (``event-months/`` by default) in
+    ``objects`` (:class:`tenfold.storage.Objects`), else ``choose()`` kept there (created if absent: a concurrent
+    try's choice wins). A cleared run that chose again would see what its own earlier try did (a month it published,
+    a report it wrote) and choose otherwise."""
+    name = f"{folder}/{run_key(airflow_run_id)}.json"
     if (kept := objects.get(name)) is None:
         value = choose()
         if objects.create(name, json.dumps(value).encode()):

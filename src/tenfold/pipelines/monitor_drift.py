@@ -69,6 +69,7 @@ from tenfold.registry.registry import CHAMPION, ModelRegistry
 log = logging.getLogger(__name__)
 
 DAG_ID = "monitor_drift"
+CHOSEN_CHAMPION = "champion-measured"  # the folder of each run's first champion (_champion_once)
 CONF_KEYS = ("month", "version")
 
 
@@ -129,6 +130,20 @@ def _event_choice(settings: Settings, airflow_run_id: str, labels: list[str]) ->
                                         airflow_run_id, choose)]
 
 
+def _champion_once(settings: Settings, airflow_run_id: str, registry: ModelRegistry) -> str | None:
+    """The champion when this run first planned with one (:func:`~tenfold.pipelines.common.chosen_once`). Resolved
+    again, a run cleared after a rollout had moved the champion measured the new one: its own drift event (of the old
+    version) no longer matched, so it emitted a second one and started a second retraining. Measuring the same
+    version again, it finds that event; and :func:`decide` retrains nothing for a version that no longer serves."""
+    from tenfold.storage import lake_objects
+
+    champion = registry.resolve(CHAMPION)
+    if champion is None:  # nothing kept: a run cleared once there is a champion measures it
+        return None
+    return str(chosen_once(lake_objects(settings, settings.monitoring.drift.reports_prefix), airflow_run_id,
+                           lambda: champion, folder=CHOSEN_CHAMPION))
+
+
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None,
          event_months: Iterable[str] = ()) -> DriftRun:
     """The months and the version to monitor; every month must be a published features partition."""
@@ -161,7 +176,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     ref = str(conf.get("version") or CHAMPION)
     registry = ModelRegistry(settings)
     try:
-        version = registry.find(ref) if conf.get("version") else registry.resolve(CHAMPION)
+        version = registry.find(ref) if conf.get("version") else _champion_once(settings, airflow_run_id, registry)
     except RegistryError as exc:  # an unknown id or alias: the registry's message names it
         raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
     key = run_key(airflow_run_id)
@@ -315,8 +330,10 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # refusals advise) is reported and alerted, but retrains nothing: retraining replaces the serving model, which is
     # not the one measured. Nor is its trigger recorded, which would hold back the champion's on the same month.
     # (With no champion yet, nothing serves that a retrain would replace: the version named is the one to improve.)
+    # The same for the champion a run planned with, when a rollout replaced it since (during the run, or before the
+    # run was cleared): the model measured no longer serves, and the new champion was not measured.
     not_serving = False
-    if p.version_ref != CHAMPION and (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
+    if (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
         not_serving = p.version != champion  # outside Airflow too: its score is not written to the champion's series
         emits = emits and not not_serving
     # The content each month was measured on (none from a run of before this was recorded: such a month is
@@ -390,7 +407,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         # A run outside Airflow emits no event: nothing retrains on its alert (the DAG's run of the month will).
         what = f"{p.version} ({', '.join(triggered)})"
         title = (f"drift: retraining {what}" if emits else
-                 f"drift: {what}; {p.version} is not the champion: no retraining" if not_serving else
+                 f"drift: {what}; {p.version} is not the champion ({champion}): no retraining" if not_serving else
                  f"drift: {what}; a run outside Airflow starts no retraining")
         failed = send_alert(settings, title, {
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,

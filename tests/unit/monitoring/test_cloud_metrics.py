@@ -109,6 +109,9 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     dev = build_settings("dev")
     # The drift triggers it records, in a folder (the dev lake is a bucket this test has no access to).
     monkeypatch.setattr(tenfold.storage, "lake_objects", lambda settings, prefix: tenfold.storage.FileObjects(tmp_path))
+    # The champion is the version measured (decide asks whether it still serves; the dev registry is a bucket too).
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: "v1")})())
     client = monitoring.client()
     monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
     sent: list[Any] = []

@@ -28,6 +28,14 @@ def _measured_on(*contents: str) -> dict[str, Any]:
     return {**REPORTED, "contents": contents}
 
 
+@pytest.fixture(autouse=True)
+def champion_v1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's champion is v1, the version these runs planned with (decide asks whether it still serves);
+    a test that moves the champion sets its own."""
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: "v1")})())
+
+
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
@@ -36,7 +44,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path, sent: list[Any]) -> None:
+def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path, sent: list[Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
 
     # A run outside Airflow (python -m tenfold.pipelines.monitor_drift) emits no event: it alerts, records nothing.
@@ -63,8 +72,12 @@ def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path
     # Newly published content of the month, or another version, drifting: a new trigger.
     republished = pipeline.decide(settings, _run("run-c"), _measured_on("c07", "c08-new"), emits=True)
     assert republished["retrain"] is True and len(sent) == 2
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {  # v2 the champion now
+        "resolve": staticmethod(lambda alias: "v2")})())
     assert pipeline.decide(settings, _run("run-d", version="v2"), REPORTED, emits=True)["retrain"] is True
     assert len(sent) == 3
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: "v1")})())
     # A run measured before the content was recorded (its XCom has none) is neither held back nor recorded.
     legacy = {k: v for k, v in REPORTED.items() if k != "contents"}
     assert pipeline.decide(settings, _run("run-e"), legacy, emits=True)["retrain"] is True and len(sent) == 4
@@ -290,11 +303,11 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     old = {**_run("run-old", version="v0"), "version_ref": "v0"}
     decision = pipeline.decide(settings, old, REPORTED, emits=True)
     assert decision["retrain"] is False and len(sent) == 1
-    assert "v0 is not the champion: no retraining" in sent[0][0] and not sent[0][0].startswith("drift: retraining")
+    assert "v0 is not the champion (v1): no retraining" in sent[0][0] and not sent[0][0].startswith("drift: retraining")
     assert not list((tmp_path / "home").rglob("triggered-*.json")), "a trigger of a version not serving was recorded"
     assert scores == []  # the cloud's drift alert (one series per project) pages on this score: not for v0
     outside = pipeline.decide(settings, {**old, "airflow_run_id": "manual"}, REPORTED)  # python -m ..., no event
-    assert scores == [] and "v0 is not the champion" in sent[-1][0] and outside["retrain"] is False
+    assert scores == [] and "v0 is not the champion (v1)" in sent[-1][0] and outside["retrain"] is False
     # The champion named by its id is the champion: it retrains.
     assert pipeline.decide(settings, {**_run("run-v1"), "version_ref": "v1"}, REPORTED, emits=True)["retrain"] is True
     assert scores == [0.41]
@@ -302,3 +315,33 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     champion["now"] = None
     assert pipeline.decide(settings, {**_run("run-first", version="v0"), "version_ref": "v0"}, REPORTED,
                            emits=True)["retrain"] is True
+
+
+def test_a_run_cleared_after_a_rollout_moved_the_champion_measures_the_same_version_and_retrains_nothing_again(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """run-a measured the champion v1, found drift and emitted; the retrain's canary then made v2 the champion, and
+    run-a was cleared from plan: it resolved the champion again (v2), its own event (of v1) no longer matched, so it
+    alerted "drift: retraining v2" and emitted a second drift event, starting a second retraining. And a run whose
+    champion a rollout replaced while it measured retrained the model that no longer served."""
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    publish_synthetic_features(Lake.from_settings(settings), [Partition(2013, 8)], 50)
+    champion = {"now": "v1"}
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: champion["now"])})())
+    first = pipeline.plan(settings, "run-a", {"month": "2013-08"})
+    assert first.version == "v1"
+    champion["now"] = "v2"  # the retrain's canary promoted v2
+    assert pipeline.plan(settings, "run-a", {"month": "2013-08"}).version == "v1"  # the clear measures v1 again
+    assert pipeline.plan(settings, "run-b", {"month": "2013-08"}).version == "v2"  # a new run, the new champion
+    # decide on the cleared run (or on a run whose champion a rollout replaced meanwhile): v1 no longer serves
+    decision = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert decision["retrain"] is False and "v1 is not the champion (v2): no retraining" in sent[-1][0]
+    assert not list((tmp_path / "home").rglob("triggered-*.json")), "a trigger of a version not serving was recorded"
+    # with no champion when a run first plans, nothing is kept: cleared once there is one, it measures that one
+    champion["now"] = None
+    assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version is None
+    champion["now"] = "v3"
+    assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version == "v3"
