@@ -54,6 +54,13 @@ def _check_settings(ctx: typer.Context) -> None:
     """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
     error naming the field and the value, not a validation traceback from the first command that reads them.
     ``tenfold config`` reads the environment its --env names instead, and reports on its own."""
+    import os
+
+    from tenfold.local.loopback import not_proxied
+
+    # This machine's services (the emulators, Airflow, the fleet) never through a proxy the shell names: here, and in
+    # every process a command starts.
+    os.environ.update(not_proxied(os.environ))
     if ctx.invoked_subcommand == "config":
         return
     try:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tenfold.config import Settings, project_root
+from tenfold.local import loopback
 from tenfold.local.env import settings_env
 from tenfold.local.process import run_bounded
 
@@ -73,6 +74,7 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         "extra": {"is_anonymous": True, "project": settings.project_id},
     }
     env.update(settings_env(settings))
+    env.update(loopback.not_proxied(env))  # Airflow's components and tasks reach the API, logs and emulators directly
     env.update(
         {
             "PATH": os.pathsep.join([str(venv_bin()), env.get("PATH", os.defpath)]),

@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from tenfold.local import loopback
+
 TERMINAL = {"success", "failed"}
 TRANSIENT_HTTP = {502, 503, 504}
 # Airflow's answer when SQLite was locked by another writer (the scheduler, a task) while it created something:
@@ -61,7 +63,7 @@ class AirflowApi:
         if auth:
             req.add_header("Authorization", f"Bearer {self._login()}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with loopback.urlopen(req, timeout=self.timeout_s) as resp:  # never through a proxy: it carries the password
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]

@@ -25,13 +25,13 @@ import shutil
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from tenfold.config import Settings
+from tenfold.local import loopback
 from tenfold.local.airflow import PASSWORDS_FILE, airflow_env, airflow_home, airflow_url, venv_bin
 from tenfold.local.process import LocalPlatformError, is_running, read_record
 
@@ -81,7 +81,7 @@ class Service:
 
 
 def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
+    with loopback.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
         if resp.status != 200:
             return None
         return json.loads(resp.read() or b"{}")
@@ -250,7 +250,7 @@ def _beats_since_start(report: dict[str, dict[str, object]], key: str, run: Path
 def _refuses_anonymous(url: str) -> bool:
     """True when ``url`` answers 403: how Airflow's log server answers a request without its JWT."""
     try:
-        urllib.request.urlopen(url, timeout=HTTP_TIMEOUT).close()
+        loopback.urlopen(url, timeout=HTTP_TIMEOUT).close()
     except urllib.error.HTTPError as exc:
         return exc.code == 403
     return False

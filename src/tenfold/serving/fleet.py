@@ -1198,10 +1198,10 @@ class FleetReport:
 
 
 def _alive(url: str) -> bool:
-    import urllib.request
+    from tenfold.local import loopback
 
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with loopback.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False

@@ -194,3 +194,24 @@ def test_pausing_is_sent_again_when_it_met_a_server_error(server: list[_Server])
     api._token = "t"
     api.set_paused("d", False)
     assert [m for m, _ in s.seen] == ["PATCH", "PATCH", "PATCH"]
+
+
+def test_requests_to_the_api_never_go_through_a_proxy_the_shell_names(server: list[_Server],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell with http_proxy and no no_proxy entry for 127.0.0.1 (on Linux, urllib then proxies loopback too): the
+    login, the admin password in its body, and every bearer token went to the proxy."""
+    from tenfold.local.loopback import not_proxied
+
+    proxy = _Server([])
+    server.append(proxy)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    api, airflow = _api(server, [{"access_token": "t"}, {"dag_id": "x"}])
+    assert api.dag("x") == {"dag_id": "x"}
+    assert proxy.seen == [] and airflow.seen == [("POST", "/auth/token"), ("GET", "/api/v2/dags/x")]
+    # What Tenfold does not open itself (the emulators' Google clients, Airflow's components): no_proxy lists loopback,
+    # keeping what it listed; nothing is added where no proxy is named.
+    assert not_proxied({"HTTPS_PROXY": "http://p:3128", "no_proxy": "corp.example"}) == dict.fromkeys(
+        ("no_proxy", "NO_PROXY"), "corp.example,127.0.0.1,localhost,::1")
+    assert not_proxied({"no_proxy": "corp.example"}) == {}

@@ -78,6 +78,11 @@ def test_airflow_env_is_complete_and_isolated(tmp_path):
     conn = json.loads(env[f"AIRFLOW_CONN_{s.airflow.gcp_conn_id.upper()}"])
     assert conn["extra"]["is_anonymous"] is True
     assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:14443" and env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:18085"
+    assert "no_proxy" not in env  # no proxy named: nothing added
+    # A shell's proxy: the components and their tasks reach the API, the log servers and the emulators directly
+    # (the API server fetched a running task's log, its JWT in the header, through the proxy).
+    proxied = airflow_env(s, base={**outer, "http_proxy": "http://proxy.corp:3128"})
+    assert proxied["no_proxy"] == proxied["NO_PROXY"] == "127.0.0.1,localhost,::1"
     assert env["TENFOLD_ENV"] == "local" and settings_from_env(env) == s
 
 

@@ -1,0 +1,41 @@
+"""Requests to this machine's own services never go through a proxy.
+
+On Linux, ``urllib``, ``requests``, ``httpx`` and gRPC send a request for ``http://127.0.0.1:...`` to the proxy
+that ``http_proxy`` names unless ``no_proxy`` lists the host: a shell with a corporate proxy and no such entry
+sent the Airflow admin password (the API's login), every bearer token and every health probe to the proxy, and
+``tenfold up`` then waited out its health checks without naming the cause. Tenfold's own loopback clients open
+their requests with :func:`urlopen`, which uses no proxy at all; :func:`not_proxied` adds the loopback hosts to
+``no_proxy`` and ``NO_PROXY`` for what Tenfold does not open itself (the Google clients of the emulators, the
+load generator, Airflow's components and their tasks), in this process (the ``tenfold`` command) and in the
+environments it starts processes with.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "grpc_proxy")
+NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def urlopen(request: str | urllib.request.Request, *, timeout: float) -> Any:
+    """``urllib.request.urlopen`` with no proxy, whatever the environment says: for this machine's services."""
+    return _DIRECT.open(request, timeout=timeout)
+
+
+def not_proxied(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``no_proxy``/``NO_PROXY`` values that keep the loopback hosts off any proxy ``env`` names (each keeps
+    what it listed); empty when ``env`` names no proxy, so nothing changes for everyone else."""
+    if not any(env.get(name) for name in PROXY_VARIABLES):
+        return {}
+    listed: list[str] = []
+    for name in NO_PROXY_VARIABLES:
+        listed += [h.strip() for h in env.get(name, "").split(",") if h.strip() and h.strip() not in listed]
+    hosts = ",".join(listed + [h for h in LOOPBACK_HOSTS if h not in listed])
+    return dict.fromkeys(NO_PROXY_VARIABLES, hosts)
