@@ -14,8 +14,10 @@ drove it, and recorded in the registry: ``tenfold rollout status``):
    share, then every ``interval_s`` compare canary and control over the same window (error rate, p99
    latency by a Mann-Whitney U test, online accuracy from the feedback join). "No data" waits, up to a
    deadline, then fails safe. ``max_failed_checks`` failed checks roll back.
-4. ``conclude`` (runs whatever happened after ``plan`` planned a rollout; skipped when ``plan`` refused): promotion (the stable pool moves to the version, the
-   canary weight goes to 0, ``champion`` moves), or rollback (weight 0, the version rejected with its
+4. ``conclude`` (runs whatever happened after ``plan`` planned a rollout; skipped when ``plan`` refused): promotion (the
+   canary takes 100 %, ``champion`` moves by compare-and-swap, the stable pool rolls to the version, then the canary
+   weight goes to 0; a champion moved back by hand during the roll sends the stable pool back to it and ends the
+   rollout failed, alerted), or rollback (weight 0, the version rejected with its
    reasons, ``champion`` untouched), or abort (weight 0, no alias moves). Saves an HTML report with both
    arms' metrics over the steps in the lake and logs its address.
 5. ``steps_done`` does nothing; it keeps the run failed when ``plan``, ``deploy`` or a step failed (``conclude``

@@ -531,7 +531,10 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
 def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, p: Places | None = None) -> dict[str, Any]:
     """Carry out the outcome (idempotent; runs whatever happened to the steps).
 
-    * every step passed: the stable pool serves the version, canary weight 0, ``champion`` moves;
+    * every step passed: the canary takes 100 %, ``champion`` moves (compare-and-swap on the champion the rollout
+      started from), the stable pool rolls to the version, then canary weight 0. A champion moved away from the
+      version by hand during the stable pool's roll (or before a retry) sends the stable pool back to the champion,
+      and the rollout ends failed (``promotion_refused``), alerted;
     * rolled back: canary weight 0, the version is marked rejected with the reasons, ``champion`` untouched;
     * aborted: canary weight 0, no alias moves;
     * failed (no data by the deadline, the champion moved meanwhile, or a step task's retries exhausted):
@@ -632,7 +635,17 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
                 _record(p, run, PROMOTED_ALIAS, {"champion": run.version})  # a retry tells a rollback by hand by it
         if refused is None:
             p.deployer.deploy(STABLE, run.version)
-            p.router.set_canary_percent(0)
+            # The roll takes minutes: a rollback by hand during it (`tenfold models rollback`, which `tenfold rollout
+            # abort` points to for a promoted rollout) moved the champion away from the version. Setting the weight
+            # to 0 now would leave everyone on the version in the stable pool while the champion is another, with
+            # "promoted" recorded: the stable pool goes back to the champion and the rollout ends failed, as a retry's.
+            current = reg.resolve(CHAMPION)
+            if current != run.version:
+                if current is not None:
+                    p.deployer.deploy(STABLE, current)
+                refused = _refuse_promotion(p, run, current, after_promoting=True)
+            else:
+                p.router.set_canary_percent(0)
     if refused is not None:
         # Carried out like any failed rollout: weight 0, a report, an alert, and a ``done`` that says failed (the
         # ``end`` alone said "promoted" for ever, with no report).

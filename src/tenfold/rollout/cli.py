@@ -87,8 +87,9 @@ def abort(version: _Version = None) -> None:
 
 
 def _abort(version: str | None) -> None:
+    from tenfold.registry.registry import CHAMPION
     from tenfold.rollout.adapters import router
-    from tenfold.rollout.record import PROMOTED, latest, newer_rollout, outcome, record_abort
+    from tenfold.rollout.record import PROMOTED, PROMOTED_ALIAS, latest, newer_rollout, outcome, record_abort
 
     settings = get_settings()
     registry = registry_of(settings)
@@ -116,8 +117,17 @@ def _abort(version: str | None) -> None:
     # Recorded first (a registry error is the registry's message, never "recorded"): the router is reached after.
     first, ended = record_abort(registry, rollout, by=_operator())
     if ended == PROMOTED:  # conclude recorded the promotion before this abort landed
-        raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} was promoted before the abort landed: nothing "
-                    "to abort; `tenfold models rollback` moves the champion back", 2)
+        # Decided is not carried out: until conclude has moved the champion, `tenfold models rollback` would demote
+        # the champion the rollout was judged against (and conclude's compare-and-swap would then fail).
+        moved = (PROMOTED_ALIAS in registry.rollout_events(rollout.version, rollout.rollout_id)
+                 or registry.resolve(CHAMPION) == rollout.version)
+        if moved:
+            raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} was promoted before the abort landed: "
+                        "nothing to abort; `tenfold models rollback` moves the champion back", 2)
+        raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} decided its promotion before the abort landed, "
+                    "but it is not carried out yet (the champion has not moved): nothing to abort; wait for the "
+                    "rollout_model run's conclude task to carry it out (or clear it if it failed), then see "
+                    "`tenfold rollout status`", 2)
     if newer:
         # An older rollout that never ended (its conclude failed): the canary's weight is the newer rollout's now.
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: abort recorded; the canary weight is rollout "

@@ -545,6 +545,70 @@ def test_a_retried_conclude_does_not_promote_again_over_a_rollback_by_hand(monke
     assert places2.deployer.rolled[-1] == ("stable", "v2") and places2.router.percent == 0
 
 
+def test_a_rollback_by_hand_during_the_stable_pools_roll_is_not_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conclude moved the champion to v2 and rolled the stable pool (minutes); during the roll the operator ran
+    `tenfold models rollback` (champion back to v1, what `tenfold rollout abort` points to for a promoted rollout).
+    conclude finished the roll and set the canary to 0: everyone on v2 in the stable pool while the champion was v1,
+    recorded "promoted", no alert. Read again after the roll, the champion sends the pool back and the rollout fails."""
+    class RolledBackDuringRoll(Rolls):
+        def deploy(self, pool: str, version: str) -> None:
+            super().deploy(pool, version)
+            if (pool, version) == ("stable", "v2"):
+                registry.champion = "v1"  # `tenfold models rollback` while the stable group rolled
+
+    router, deployer = Router(), RolledBackDuringRoll()
+    run, places, registry = _setup(router, Observer(), FullRegistry(), deployer)
+    _every_step_passed(registry, run)
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    alerts: list[tuple[str, dict[str, Any]]] = []
+    places.alert = lambda title, details: alerts.append((title, details))
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert registry.promoted == ["v2"] and registry.champion == "v1", "the rollback by hand was undone"
+    assert deployer.rolled == [("stable", "v2"), ("stable", "v1")] and router.percent == 0
+    assert done["outcome"] == pipeline.FAILED and done["champion"] == "v1" and done["canary_percent"] == 0
+    assert "moved to v1 by hand" in done["reasons"][0] and "promotion_refused" in registry.events
+    assert len(alerts) == 1 and alerts[0][0] == "rollout r1 of v2: failed"
+    # A retry changes nothing and alerts no more.
+    assert pipeline.conclude(None, run, p=places)["outcome"] == pipeline.FAILED  # type: ignore[arg-type]
+    assert len(alerts) == 1 and deployer.rolled[-1] == ("stable", "v1") and registry.promoted == ["v2"]
+
+
+@pytest.mark.parametrize("carried_out", [False, True])
+def test_an_abort_that_finds_a_promotion_not_carried_out_does_not_advise_a_rollback(
+        monkeypatch: pytest.MonkeyPatch, carried_out: bool) -> None:
+    """The abort found conclude's end "promoted" recorded first, but conclude had not moved the champion yet (v1,
+    no promoted_alias): the CLI said "was promoted ... `tenfold models rollback` moves the champion back", and
+    following it demoted v1, the champion the canary was judged against, to its predecessor."""
+    from typer.testing import CliRunner
+
+    from tenfold.rollout import adapters, record
+    from tenfold.rollout import cli as rollout_cli
+
+    router = Router()
+    run, _places, registry = _setup(router, Observer())
+    _every_step_passed(registry, run)
+    router.percent = 100
+    before = dict(registry.events)  # what the CLI read: in progress
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.PROMOTED, "reasons": []}  # conclude, meanwhile
+    if carried_out:
+        registry.promote("v2")
+        registry.events["promoted_alias"] = {"at": T0.isoformat(), "champion": "v2"}
+    monkeypatch.setattr(rollout_cli, "get_settings", lambda: None)
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(record, "latest", lambda reg, version: (run.rollout, before))
+    monkeypatch.setattr(record, "newer_rollout", lambda reg, rollout_id: None)
+    monkeypatch.setattr(adapters, "router", lambda settings: router)
+    result = CliRunner().invoke(rollout_cli.app, ["abort"])
+    assert result.exit_code == 2, result.output
+    assert router.percent == 100 and registry.events["end"]["outcome"] == pipeline.PROMOTED
+    if carried_out:
+        assert "was promoted before the abort landed" in result.output and "tenfold models rollback" in result.output
+    else:
+        assert registry.champion == "v1"
+        assert "models rollback" not in result.output and "was promoted" not in result.output
+        assert "not carried out yet" in result.output and "conclude" in result.output
+
+
 def test_both_arms_accuracy_counts_from_when_the_canary_first_served() -> None:
     """It counted from the plan's time, before the canary's deploy (minutes on GPUs), when only the stable arm
     served: the control's accuracy then held labels of a time the canary never saw, and a drift over time was
