@@ -179,6 +179,11 @@ def test_the_dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_passes_ha
     assert any(line.startswith("USER 10001") for line in lines) and any(line.startswith("HEALTHCHECK") for line in lines)
     assert "ARG VARIANT=cpu" in lines and "download.pytorch.org/whl/cpu" in text and "nvidia/cuda" in text
     assert '".[serving]"' in text
+    # Every install is pinned by the lock (torch's own dependencies came at whatever the torch index had newest).
+    import re
+
+    installs = re.findall(r"pip install [^\n&]*", text)
+    assert len(installs) == 2 and all("--constraint /tmp/constraints.txt" in c for c in installs), installs
     hadolint = Path(sys.executable).with_name("hadolint")
     lint = subprocess.run([str(hadolint), str(IMAGE / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert lint.returncode == 0, lint.stdout + lint.stderr
