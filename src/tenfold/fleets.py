@@ -276,9 +276,16 @@ def serving_model_setup() -> tuple[list[str], list[str]]:
     return lines, ["-e", SERVING_MODEL_ENV]
 
 
+# The image's HEALTHCHECK probes a replica's port: in the other roles' containers nothing listens there, so docker
+# marked them unhealthy for good and started a Python process every 10 s to find it out again (the feedback VM has
+# two vCPUs).
+NOT_A_REPLICA = "--no-healthcheck"
+
+
 def training_startup_script(settings: Settings) -> str:
     """Training nodes run :mod:`tenfold.training.node` once per boot; it exits when the run is over."""
-    return startup_script(settings, settings.training.fleet, "training", TRAINING_COMMAND, detach=False)
+    return startup_script(settings, settings.training.fleet, "training", TRAINING_COMMAND, detach=False,
+                          run_flags=[NOT_A_REPLICA])
 
 
 def inference_startup_script(settings: Settings) -> str:
@@ -293,7 +300,7 @@ def inference_startup_script(settings: Settings) -> str:
     # A VM the autoscaler adds loads the model the runs score with before its first pull.
     command = (*INFERENCE_COMMAND, "--preload", settings.inference.model_ref)
     return startup_script(settings, settings.inference.fleet, "inference", command, detach=True,
-                          run_flags=["--stop-timeout", str(STOP_TIMEOUT_S)])
+                          run_flags=[NOT_A_REPLICA, "--stop-timeout", str(STOP_TIMEOUT_S)])
 
 
 def feedback_startup_script(settings: Settings) -> str:
@@ -307,4 +314,4 @@ def feedback_startup_script(settings: Settings) -> str:
     from tenfold.feedback.sink import STOP_TIMEOUT_S  # docker stop's default 10 s killed its last join
 
     return startup_script(settings, settings.feedback.fleet, "feedback", FEEDBACK_COMMAND, detach=True,
-                          run_flags=["--stop-timeout", str(STOP_TIMEOUT_S)])
+                          run_flags=[NOT_A_REPLICA, "--stop-timeout", str(STOP_TIMEOUT_S)])

@@ -295,7 +295,7 @@ def test_the_inference_script_runs_the_worker_in_the_image_for_the_vms_life(env:
         f"docker-credential-gcr configure-docker --registries={registry}",
         "docker rm -f tenfold-inference",
         f"docker run -d --restart=always --name tenfold-inference --network host -e TENFOLD_ENV={env} "
-        f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference --stop-timeout {STOP_TIMEOUT_S} "
+        f"-e TENFOLD_PROJECT_ID={s.project_id} -e TENFOLD_ROLE=inference --no-healthcheck --stop-timeout {STOP_TIMEOUT_S} "
         f"{s.container_image} python -m {fleets.INFERENCE_MODULE} --preload {s.inference.model_ref}",
     ]
     assert fleets.INFERENCE_MODULE in fleets.LAUNCHED_MODULES
@@ -378,3 +378,18 @@ def test_an_inference_worker_gets_time_to_finish_its_shutdown_on_a_stop() -> Non
     script = fleets.inference_startup_script(get_settings("prod"))
     run = next(line for line in script.splitlines() if line.startswith("docker run"))
     assert int(run.split("--stop-timeout ", 1)[1].split()[0]) > SHUTDOWN_S + PULL_TIMEOUT_S + 2
+
+
+def test_only_the_replicas_containers_run_the_images_health_check() -> None:
+    """The image's HEALTHCHECK probes a replica's port: the training, inference and feedback containers (the same
+    image, another command) were marked unhealthy for good, and each started a Python process every 10 s."""
+    settings = get_settings("prod")
+    scripts = {"training": fleets.training_startup_script(settings), "inference": fleets.inference_startup_script(settings),
+               "feedback": fleets.feedback_startup_script(settings),
+               "stable": fleets.serving_startup_script(settings, settings.serving.stable_fleet, "stable")}
+
+    def run_flags(script: str) -> list[str]:
+        return next(line for line in script.splitlines() if line.startswith("docker run")).split()
+
+    assert {role: "--no-healthcheck" in run_flags(s) for role, s in scripts.items()} == {
+        "training": True, "inference": True, "feedback": True, "stable": False}
