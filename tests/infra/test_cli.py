@@ -57,3 +57,17 @@ def test_cli_synthesizes_every_stack(cli: str, tmp_path: Path) -> None:
     for name in expected:
         body = json.loads((tmp_path / "stacks" / name / "cdk.tf.json").read_text())
         assert body["terraform"]["backend"]["gcs"]["bucket"].endswith("-tfstate")
+
+
+def test_the_path_docs_deploy_gives_finds_both_clis_and_a_node_cdktn_runs_on() -> None:
+    """The README's `cdktn deploy` was "command not found" after `make setup` (the CLIs live in .tools/cdk), and the
+    deploy guide had users npm-install unpinned CLIs again. Its PATH line, as written, finds what setup installed."""
+    import re
+
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    (line,) = re.findall(r'^\s*export PATH="(\$PWD/\.tools/[^"]+)"$', guide, flags=re.MULTILINE)
+    path = line.replace("$PWD", str(ROOT)).replace(":$PATH", ":" + os.environ.get("PATH", ""))
+    for cli in ("cdktn", "cdktf"):
+        found = shutil.which(cli, path=path)
+        assert found is not None and found.startswith(str(TOOLS)), f"{cli}: {found}"
+    assert _node_version(shutil.which("node", path=path) or "node") >= (22, 19)
