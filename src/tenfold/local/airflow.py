@@ -33,7 +33,7 @@ from pathlib import Path
 from tenfold.config import Settings, project_root
 from tenfold.local import loopback
 from tenfold.local.env import settings_env
-from tenfold.local.process import run_bounded
+from tenfold.local.process import LocalPlatformError, run_bounded
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
@@ -234,6 +234,29 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         raise
 
 
+def _damage(db: Path) -> str | None:
+    """What is wrong with the SQLite database ``db`` that the migration marker vouches for (None when nothing is):
+    not a database (garbage, a torn copy), damaged pages, or no migration in it (an empty file, another tool's
+    database). Read-only; a database another process holds locked is taken as sound."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                return f"is damaged (SQLite's quick_check: {check[0] if check else 'no answer'})"
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        if "no such table" in str(exc):
+            return "holds no Airflow migration (no alembic_version table: an empty file, or another tool's database)"
+        return f"cannot be read ({exc})"
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        return f"is not a sound SQLite database ({exc})"
+    return None
+
+
 def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None:
     """Run ``airflow db migrate`` once for ``env``'s AIRFLOW_HOME; later calls return at once.
 
@@ -253,6 +276,12 @@ def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None
     # The marker vouches for the database beside it: a deleted database (the usual way to reset Airflow) is
     # migrated again, not handed to the components empty.
     if marker.exists() and marker.read_text() == stamp and (db is None or db.exists()):
+        if db is not None and (damage := _damage(db)) is not None:
+            raise LocalPlatformError(
+                f"Airflow's metadata database {db} {damage}: its five components would fail to start on it, each with a "
+                f"traceback. Move it aside (`mv {db} {db}.damaged`) and run `tenfold up` again, which makes a new one "
+                "(the DAG runs' history and the variables in it are lost; the lake, the registry and the models are "
+                "not in it)")
         return
     if db is not None and not db.exists() and template.is_file():
         _atomic_copy(template, db)

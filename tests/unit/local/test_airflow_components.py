@@ -9,11 +9,13 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +163,26 @@ def test_a_deleted_airflow_database_is_migrated_again(tmp_path):
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"dag", "dag_run", "task_instance", "alembic_version"} <= tables
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "torn"])
+def test_a_damaged_airflow_database_is_refused_by_name_before_any_component_starts(tmp_path, damage):
+    """The migration marker vouched for whatever file was there: a database overwritten, emptied or cut short went to
+    all five components, and `tenfold up` ended on "exited before it became healthy" and a traceback's tail, naming
+    neither the file nor what to do."""
+    import sqlite3
+
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.process import LocalPlatformError
+
+    env = airflow_env(local_settings(tmp_path))
+    db = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
+    ensure_airflow_db(env)
+    with sqlite3.connect(db) as conn:  # sound: the marker's database is checked and handed on
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    ensure_airflow_db(env)
+    whole = db.read_bytes()
+    db.write_bytes({"garbage": b"not a database at all " * 200, "empty": b"", "torn": whole[: len(whole) // 3]}[damage])
+    with pytest.raises(LocalPlatformError, match=rf"metadata database {re.escape(str(db))} .*mv {re.escape(str(db))} "
+                                                 rf"{re.escape(str(db))}\.damaged"):
+        ensure_airflow_db(env)
