@@ -47,9 +47,23 @@ node_ok() { command -v node >/dev/null && [ "$(node --version | sed 's/^v\([0-9]
 # .venv synced before bytecode was compiled is synced (and compiled) once more.
 stamp=.venv/.tenfold-lock.sha
 lock_digest() { (cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum | cut -d' ' -f1; }
+# .venv is made afresh (--clear) when its Python no longer runs (the interpreter it was made from removed or upgraded
+# away: uv refuses to make a venv over one without --clear), or when the checkout moved: a venv's scripts and its
+# editable install name the folder it was made in, so a renamed checkout's `tenfold` failed with "bad interpreter" and a
+# copied one's tests ran the old folder's code.
+venv_moved() {  # the editable install's path file names the src/ of the checkout the venv was made in
+  local made_for; made_for=$(cat .venv/lib/python*/site-packages/__editable__.tenfold-*.pth 2>/dev/null | head -1)
+  [ -n "$made_for" ] && [ "$(readlink -f "$made_for" 2>/dev/null)" != "$(readlink -f src)" ]
+}
+# And when it is not 3.11 (made by an IDE or `python3 -m venv` with another Python): the lock is for 3.11.
+# Decided here: a .venv made afresh is synced whatever its stamp said (the torch check below skipped it, and the sync
+# failed late, leaving .venv empty).
+remake_venv=false
+if [ ! -x .venv/bin/python ] || ! is_311 .venv/bin/python || venv_moved; then remake_venv=true; fi
+needs_sync() { $remake_venv || [ "$(cat "$stamp" 2>/dev/null)" != "$(lock_digest)" ]; }
 # torch==2.13.0+cpu (requirements/lock.txt) is on no package index uv is given: its wheel comes from PIP_FIND_LINKS.
 # Checked before anything is installed, where .venv still has to be synced.
-if [ -f requirements/lock.txt ] && [ "$(cat "$stamp" 2>/dev/null)" != "$(lock_digest)" ]; then
+if [ -f requirements/lock.txt ] && needs_sync; then
   torch_pin=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements/lock.txt | head -1)
   # For this Python and machine (a wheel of another CPython or CPU got past a looser pattern, and the sync failed).
   torch_wheel="torch-${torch_pin}-cp311-cp311-*_$(uname -m).whl"
@@ -59,14 +73,49 @@ if [ -f requirements/lock.txt ] && [ "$(cat "$stamp" 2>/dev/null)" != "$(lock_di
 fi
 
 # --- system packages: installed with apt only where missing -----------------------------------
-# chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser
-# download is never used (nothing downloads at test time). curl: the cloud VMs' startup script, which the tests run.
-# Java (Spark, the Pub/Sub emulator), Node.js and npm (CDK Terrain's jsii, the npm tools below) where none is found.
-APT_PACKAGES=(haproxy chromium curl)
+# curl: the cloud VMs' startup script, which the tests run. Java (Spark, the Pub/Sub emulator), Node.js and npm (CDK
+# Terrain's jsii, the npm tools below) where none is found.
+APT_PACKAGES=(haproxy curl)
+UV_PIN="uv==0.13.8"
+# Without uv, setup makes a venv for it with $PY (below): Debian's and Ubuntu's python3.11 makes one only with
+# python3.11-venv (its ensurepip), which was found missing after the system packages were installed.
+if ! command -v uv >/dev/null && [ ! -x .tools/uv/bin/uv ] && ! "$PY" -c 'import ensurepip' 2>/dev/null; then
+  dpkg-query -W -f='${Status}' python3.11-venv 2>/dev/null | grep -q "install ok installed" \
+    && die "cannot create a venv for uv with $PY: it has no ensurepip, though python3.11-venv (for the system's python3.11) is installed. Install $UV_PIN on PATH (pipx install $UV_PIN), or set PYTHON=/usr/bin/python3.11"
+  APT_PACKAGES+=(python3.11-venv)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Chromium: the headless browser the UI tests (tests/ui) drive through Playwright; Playwright's own browser download is
+# never used (nothing downloads at test time). Found as tests/ui/conftest.py finds it: TENFOLD_CHROMIUM, else Debian's,
+# else `chromium` or `chromium-browser` on PATH (Ubuntu's snap, a wrapper). Ubuntu has no chromium deb ("no installation
+# candidate"): asked for there, it failed the one apt-get install of every missing package, naming nothing.
+if [ -n "${TENFOLD_CHROMIUM:-}" ]; then chromium_names=("$TENFOLD_CHROMIUM"); else chromium_names=(/usr/lib/chromium/chromium chromium chromium-browser); fi
+chromium_found() {
+  local name path
+  for name in "${chromium_names[@]}"; do
+    path=$(command -v "$name" 2>/dev/null) && [ -f "$path" ] && [ -x "$path" ] && return 0
+  done
+  return 1
+}
+chromium_candidate() { [ -n "$(LC_ALL=C apt-cache policy chromium 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -vx '(none)' || true)" ]; }
+chromium_refusal() {
+  if [ -n "${TENFOLD_CHROMIUM:-}" ]; then
+    die "Chromium is required by the browser tests (tests/ui): TENFOLD_CHROMIUM=$TENFOLD_CHROMIUM is not an executable file. Point it at one (TENFOLD_CHROMIUM=/path/to/chromium), or unset it"
+  fi
+  die "Chromium is required by the browser tests (tests/ui): none was found (looked for ${chromium_names[*]}) and apt has no chromium package here (Ubuntu ships it as a snap). Install one (Debian's chromium package: apt-get install chromium; on Ubuntu: snap install chromium), or name it: TENFOLD_CHROMIUM=/path/to/chromium"
+}
+if ! chromium_found; then
+  [ -n "${TENFOLD_CHROMIUM:-}" ] && chromium_refusal
+  # apt's package lists never fetched (a fresh container): asked again after `apt-get update` below, before installing.
+  if chromium_candidate || ! LC_ALL=C apt-cache policy 2>/dev/null | grep -q ' Packages$'; then
+    missing+=(chromium)
+  else
+    chromium_refusal
+  fi
+fi
 java_ok || missing+=(openjdk-17-jre-headless)
 node_ok || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
@@ -86,6 +135,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   say "installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null || die "apt-get update failed (are the apt repositories reachable?); install ${missing[*]} by hand"
+  [[ " ${missing[*]} " == *" chromium "* ]] && ! chromium_candidate && chromium_refusal
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
     || die "apt-get could not install ${missing[*]} (see apt's message above); install them by hand"
 fi
@@ -97,7 +147,6 @@ command -v npm >/dev/null || die "npm is required to install the CDK CLIs and th
 # --- Python environment --------------------------------------------------------------------------
 # uv from PATH, else a pinned copy in a venv of its own under .tools/uv: Debian's and Ubuntu's system Python refuses
 # `pip install` (externally managed), and a --user install lands where PATH may not look.
-UV_PIN="uv==0.13.8"
 if command -v uv >/dev/null; then
   UV=uv
 else
@@ -114,20 +163,11 @@ fi
 FIND_LINKS=()
 [ -n "${PIP_FIND_LINKS:-}" ] && FIND_LINKS=(--find-links "$PIP_FIND_LINKS")
 want=$(lock_digest)
-# Made afresh (--clear) when its Python no longer runs (the interpreter it was made from removed or upgraded away:
-# uv refuses to make a venv over one without --clear), or when the checkout moved: a venv's scripts and its editable
-# install name the folder it was made in, so a renamed checkout's `tenfold` failed with "bad interpreter" and a copied
-# one's tests ran the old folder's code.
-venv_moved() {  # the editable install's path file names the src/ of the checkout the venv was made in
-  local made_for; made_for=$(cat .venv/lib/python*/site-packages/__editable__.tenfold-*.pth 2>/dev/null | head -1)
-  [ -n "$made_for" ] && [ "$(readlink -f "$made_for" 2>/dev/null)" != "$(readlink -f src)" ]
-}
-# And when it is not 3.11 (made by an IDE or `python3 -m venv` with another Python): the lock is for 3.11.
-if [ ! -x .venv/bin/python ] || ! is_311 .venv/bin/python || venv_moved; then
+if $remake_venv; then  # (decided above, with the torch check)
   say "creating .venv"
   "$UV" venv -q --clear --python "$PY" .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if needs_sync; then
   say "installing pinned dependencies into .venv (requirements/lock.txt)"
   # torch==2.13.0+cpu comes from the local wheel folder (PIP_FIND_LINKS); never a CUDA build.
   # --compile-bytecode: every process (each Airflow task, Spark's Python workers, torchrun's ranks, the replicas)

@@ -151,15 +151,31 @@ def _tree_with_setup(tmp_path: Path, *files: str) -> Path:
     return tmp_path / "scripts" / "setup.sh"
 
 
-def _apt_shims(bin_dir: Path, tmp_path: Path) -> Path:
-    """dpkg-query saying every system package is missing, and an apt-get that records its calls."""
+UBUNTU_LISTS = " 500 http://archive.ubuntu.com/ubuntu noble/main amd64 Packages"
+
+
+def _apt_shims(bin_dir: Path, tmp_path: Path, chromium_candidate: str = "150.0.7871.100-1~deb12u1") -> Path:
+    """dpkg-query saying every system package is missing, an apt-get that records its calls, and an apt-cache whose
+    package lists offer chromium at ``chromium_candidate`` (``(none)``: Ubuntu's, which have no chromium deb)."""
     installs = tmp_path / "apt-calls"
-    (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {installs}\n")
-    (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
-    for shim in ("dpkg-query", "apt-get", "sudo"):
+    policy = f"chromium:\n  Installed: (none)\n  Candidate: {chromium_candidate}\n  Version table:\n"
+    shims = {
+        "dpkg-query": "#!/bin/sh\nexit 1\n",
+        "apt-get": f"#!/bin/sh\necho \"$@\" >> {installs}\n",
+        "sudo": '#!/bin/sh\nexec "$@"\n',
+        "apt-cache": (f"#!/bin/sh\n[ \"$1 $2\" = 'policy chromium' ] && printf '%s' '{policy}' && exit 0\n"
+                      f"[ \"$*\" = policy ] && printf 'Package files:\\n 100 /var/lib/dpkg/status\\n{UBUNTU_LISTS}\\n'\n"),
+    }
+    for shim, text in shims.items():
+        (bin_dir / shim).unlink(missing_ok=True)  # a link to the real tool (_tools_but): never written through
+        (bin_dir / shim).write_text(text)
         (bin_dir / shim).chmod(0o755)
     return installs
+
+
+def _without_debian_chromium(setup: Path) -> None:
+    """The copy ``setup`` looking for Debian's Chromium where there is none (this machine may have one)."""
+    setup.write_text(setup.read_text().replace("/usr/lib/chromium/chromium", "/nonexistent/chromium"))
 
 
 def test_a_java_home_older_than_17_is_refused_though_path_has_a_newer_java(tmp_path: Path) -> None:
@@ -314,21 +330,117 @@ def test_a_checkov_venv_reached_through_a_symlinked_checkout_is_kept(tmp_path: P
 def test_a_user_whose_sudo_asks_for_a_password_is_told_what_to_install_as_root(tmp_path: Path) -> None:
     """sudo that needs a password (no terminal in CI) ended setup with sudo's own error, naming nothing. (At a
     terminal it may ask; here stdin is not one.)"""
-    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id", "node")  # no node: setup ends after apt
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id", "node",  # no node: setup ends after apt
+                         "chromium", "chromium-browser")
     installs = _apt_shims(bin_dir, tmp_path)
     (bin_dir / "sudo").write_text("#!/bin/sh\necho 'sudo: a terminal is required to read the password' >&2\nexit 1\n")
     (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root
     (bin_dir / "id").chmod(0o755)
     setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    _without_debian_chromium(setup)
+    env = {k: v for k, v in os.environ.items() if k != "TENFOLD_CHROMIUM"}
     proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PATH": str(bin_dir)}, check=False)
+                          env={**env, "PATH": str(bin_dir)}, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "[setup] error:" in proc.stderr and "system packages missing: haproxy chromium curl" in proc.stderr
+    assert "[setup] error:" in proc.stderr and "system packages missing: haproxy curl chromium" in proc.stderr
     assert "as root" in proc.stderr and "where sudo runs apt-get without one" in proc.stderr, proc.stderr
     assert not installs.exists()
     # A sudoers rule that allows apt-get alone without a password (CI images): setup installs through it.
     (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\n[ "$1" = apt-get ] && exec "$@"\nexit 1\n')
     through = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                             env={**os.environ, "PATH": str(bin_dir)}, check=False)
-    assert "install -y -qq haproxy chromium curl nodejs" in installs.read_text(), "apt-get was not run through sudo"
+                             env={**env, "PATH": str(bin_dir)}, check=False)
+    assert "install -y -qq haproxy curl chromium nodejs" in installs.read_text(), "apt-get was not run through sudo"
     assert "Node.js 18+ is required" in through.stderr, through.stderr  # what the apt shim did not install
+
+
+def _install_args(installs: Path) -> list[str]:
+    """The arguments of the apt-get install that the apt shim recorded ([] where apt-get install was not run)."""
+    calls = installs.read_text().splitlines() if installs.exists() else []
+    return next((line.split() for line in calls if line.startswith("install")), [])
+
+
+def test_without_a_chromium_deb_setup_stops_before_apt_naming_chromium(tmp_path: Path) -> None:
+    """Ubuntu has no chromium deb: setup asked apt for it with everything else missing, and the one `apt-get install`
+    failed as a whole ("no installation candidate": HAProxy, Java and Node not installed either), naming nothing,
+    on every run."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "apt-cache", "chromium", "chromium-browser", "uv")
+    installs = _apt_shims(bin_dir, tmp_path, chromium_candidate="(none)")
+    _recording_uv(bin_dir, tmp_path)
+    setup = _tree_with_setup(tmp_path / "tree")
+    _without_debian_chromium(setup)
+    env = {k: v for k, v in os.environ.items() if k != "TENFOLD_CHROMIUM"}
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**env, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[setup] error:" in proc.stderr and "Chromium is required by the browser tests" in proc.stderr, proc.stderr
+    assert "TENFOLD_CHROMIUM=/path/to/chromium" in proc.stderr and "apt-get install chromium" in proc.stderr
+    assert not installs.exists(), "apt-get was run"
+
+
+def test_a_chromium_found_as_the_ui_tests_find_it_is_not_asked_of_apt(tmp_path: Path) -> None:
+    """Only Debian's chromium deb counted (dpkg-query): a `chromium-browser` on PATH (Ubuntu) or TENFOLD_CHROMIUM,
+    which tests/ui uses, was asked of apt on every run. Debian's package is asked for where apt offers it."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "apt-cache", "chromium", "chromium-browser", "uv")
+    installs = _apt_shims(bin_dir, tmp_path)  # apt offers chromium
+    _recording_uv(bin_dir, tmp_path)
+    setup = _tree_with_setup(tmp_path / "tree")
+    _without_debian_chromium(setup)
+    env = {k: v for k, v in os.environ.items() if k != "TENFOLD_CHROMIUM"}
+    browser = tmp_path / "browser"
+    browser.write_text("#!/bin/sh\nexit 0\n")
+    browser.chmod(0o755)
+    (bin_dir / "chromium-browser").symlink_to(browser)
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**env, "PATH": str(bin_dir)}, check=False)  # ends later: nothing was installed
+    args = _install_args(installs)
+    assert "haproxy" in args and "chromium" not in args, args
+    (bin_dir / "chromium-browser").unlink()
+    installs.unlink()
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**env, "PATH": str(bin_dir), "TENFOLD_CHROMIUM": str(browser)}, check=False)
+    args = _install_args(installs)
+    assert "haproxy" in args and "chromium" not in args, args
+    installs.unlink()
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                   env={**env, "PATH": str(bin_dir)}, check=False)
+    assert "chromium" in _install_args(installs)
+
+
+def test_without_uv_a_system_python_without_venv_gets_it_from_apt_with_the_rest(tmp_path: Path) -> None:
+    """Debian 12 without uv: python3.11-venv was found missing only after apt had installed everything else, when
+    `python3.11 -m venv .tools/uv` failed. It is asked of apt with the other system packages."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "apt-cache", "uv")
+    installs = _apt_shims(bin_dir, tmp_path)
+    python = tmp_path / "python3.11"  # Debian's python3.11 without python3.11-venv: no ensurepip, so no venv
+    python.write_text("#!/bin/sh\ncase \"$*\" in *ensurepip*|-m\\ venv*) echo 'No module named ensurepip' >&2; exit 1;; esac\n"
+                      "[ \"$1\" = -c ] && exit 0\nexit 1\n")
+    python.chmod(0o755)
+    setup = _tree_with_setup(tmp_path / "tree")
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir), "PYTHON": str(python)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the apt shim installed nothing
+    assert "python3.11-venv" in _install_args(installs), installs.read_text()
+    assert "apt-get install python3.11-venv" in proc.stderr, proc.stderr
+
+
+def test_a_venv_to_be_made_afresh_is_checked_for_the_torch_wheel_though_its_stamp_matches(tmp_path: Path) -> None:
+    """A moved checkout or a Python upgraded away: .venv is made afresh and synced, but its stamp still matched, so the
+    torch wheel was not checked; setup installed the system packages, emptied .venv and failed in the sync."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "apt-cache", "uv")
+    installs = _apt_shims(bin_dir, tmp_path)
+    calls = _recording_uv(bin_dir, tmp_path)
+    tree = tmp_path / "tree"
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").symlink_to(tmp_path / "python-gone")  # upgraded away: a dangling link
+    digest = subprocess.run(["bash", "-c", '(cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum'],
+                            cwd=tree, capture_output=True, text=True, check=True).stdout.split()[0]
+    (tree / ".venv" / ".tenfold-lock.sha").write_text(digest + "\n")
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir), "PIP_FIND_LINKS": str(empty)}, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_{platform.machine()}.whl" in \
+        proc.stderr, proc.stderr
+    assert not installs.exists() and not calls.exists()
