@@ -20,8 +20,9 @@ Local (``TENFOLD_ENV=local``): training runs torchrun on this machine in
 ``<local.home>/runs/train_model/<run>/train-<digest>``. Dev/prod: :func:`train` stages the config and
 preprocessing in ``gs://<artifacts>/<training.runs_prefix>/<run>-<digest>/out`` and runs the job on the
 training instance group through :func:`tenfold.training.fleet.run_training` (resized up, then always back
-to zero); the model is read back from ``.../out/model``. ``<digest>`` is the training config's
-(:func:`tenfold.training.jobs.training_key`): a re-planned run trains in a folder of its own.
+to zero); the model is read back from ``.../out/model``. ``<digest>`` is the training config's and its world
+size's (:func:`tenfold.training.jobs.training_key`): a re-planned run, or one trained by another number of
+processes, trains in a folder of its own.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from tenfold.workloads import VERSION_KEY, FeatureContract
 
 __all__ = [
     "FEEDBACK_WEIGHT_COLUMN",
+    "BatchTooBig",
     "FeatureDataset",
     "MissingFeaturesError",
     "PreprocessingError",
@@ -51,6 +52,12 @@ __all__ = [
 
 # The per-row sample weight of the feedback training input (features rows weigh 1).
 FEEDBACK_WEIGHT_COLUMN = "sample_weight"
+
+
+class BatchTooBig(ValueError):
+    """The training rows cannot fill one global batch: every rank would fail the same way, on every try."""
+
+    retryable = False  # tenfold.pipelines.common.run_step: the task fails at once, not after its retries
 
 
 class MissingFeaturesError(LakeError):
@@ -207,8 +214,8 @@ class ShardedBatches:
         self.sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = DistributedSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed, drop_last=True
         )
-        if self.steps_per_epoch == 0:
-            raise ValueError(
+        if self.steps_per_epoch == 0:  # a refusal: the worker records it, and the launch fails without retries
+            raise BatchTooBig(
                 f"{len(self.dataset)} rows cannot fill one global batch of {self.batch_size} x {self.world_size}; "
                 "use a smaller batch or more data"
             )

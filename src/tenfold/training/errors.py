@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +22,33 @@ class TrainingFailed(RuntimeError):
 
 class TrainingTimeout(TrainingFailed, TimeoutError):
     """A bounded wait ran out: the job past its wall-clock bound (then killed), or a fleet wait."""
+
+
+class TrainingRefused(TrainingFailed):
+    """A rank refused the run with an error whose class says ``retryable = False`` (a batch the training rows cannot
+    fill, a month not published): every try fails the same way, so the task fails at once
+    (tenfold.pipelines.common.run_step) instead of being retried (in the cloud, the GPU group scaled up again)."""
+
+    retryable = False
+
+
+def refusal(text: str | bytes | None, *, where: str, exitcode: int | None = None,
+            log_path: Path | None = None) -> TrainingRefused | None:
+    """The :class:`TrainingRefused` a failed job's refusal record (``tenfold.training.worker.REFUSED_FILE``, written
+    by the rank that refused) describes; None without one. ``where`` says where to read more (the log, the marker)."""
+    if text is None:
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"error": "an unreadable refusal record"}
+    rank = body.get("rank") if isinstance(body.get("rank"), int) else None
+    error = str(body.get("error") or "an error that no try can mend")
+    who = f"rank {rank}" if rank is not None else "a rank"
+    return TrainingRefused(f"training was refused by {who}: {error}. It cannot succeed on any try, so it is not "
+                           f"retried; see {where}", rank=rank, error=error, exitcode=exitcode, log_path=log_path)
 
 
 class PeerLost(RuntimeError):

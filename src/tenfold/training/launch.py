@@ -11,7 +11,9 @@ fit), writes the worker's config, and runs::
 ``--nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=ID`` from settings).
 The whole job runs under a wall-clock bound; on expiry its process group is terminated, then killed.
 A job that fails after its restarts raises :class:`TrainingFailed` naming the first failing rank, its
-exit code and its error (from torchelastic's error file / summary), with the log path.
+exit code and its error (from torchelastic's error file / summary), with the log path; one that a rank refused
+(an error whose class says ``retryable = False``, recorded in ``refused.json``) raises
+:class:`~tenfold.training.errors.TrainingRefused`, which fails the task without retries.
 """
 
 from __future__ import annotations
@@ -44,10 +46,17 @@ from tenfold.local.env import without_alert_hook_variables
 from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 from tenfold.model_files import PREPROCESSING_FILE
 from tenfold.training.config import TrainConfig
-from tenfold.training.data import read_features, time_column, validation_split
-from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout
+from tenfold.training.data import BatchTooBig, read_features, time_column, validation_split
+from tenfold.training.errors import PeerLost, TrainingFailed, TrainingTimeout, refusal
 from tenfold.training.remote import RemoteDir, is_remote
-from tenfold.training.worker import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, NON_TRAJECTORY, RESULT_FILE
+from tenfold.training.worker import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    MODEL_DIR,
+    NON_TRAJECTORY,
+    REFUSED_FILE,
+    RESULT_FILE,
+)
 from tenfold.workloads import get_workload
 
 log = logging.getLogger(__name__)
@@ -115,28 +124,46 @@ def refuse_a_window_of_one_class(cfg: TrainConfig, labels: pa.ChunkedArray) -> N
             "upstream month?), or widen the training window")
 
 
-class BatchTooBig(ValueError):
-    """The training window cannot fill one global batch: every rank would fail the same way, on every try."""
-
-    retryable = False  # tenfold.pipelines.common.run_step: the task fails at once, not after its retries
+def training_rows(cfg: TrainConfig) -> tuple[int, int]:
+    """(the training window's rows, those the ranks train on: the window less its validation slice, cut as every rank
+    cuts it). Reads only the rows' time column, and nothing where there is no slice to cut."""
+    contract = get_workload(cfg.workload).contract
+    when = time_column(contract)
+    lake = Lake(cfg.lake_uri)
+    if cfg.validation_days <= 0 or when is None:
+        rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
+        return rows, rows
+    table = read_features(lake, cfg.partitions, contract=contract, table=cfg.table, columns=[when],
+                          digest=cfg.data_digest)
+    return table.num_rows, len(validation_split(table, contract, cfg.validation_days).train)
 
 
 def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
     """Refused before the job starts: every rank failed ("cannot fill one global batch"), torchrun restarted them and
-    the task retried, in the cloud after scaling the GPU group up for each try. (The validation slice takes its
-    rows out too: the ranks still refuse a window that only its slice leaves too small.)"""
+    the task retried, in the cloud after scaling the GPU group up for each try.
+
+    The ranks train on the window less its validation slice (:func:`training_rows`), so that is what must fill
+    ``batch_size x world`` rows: checked on every launch, a retry whose preprocessing is staged (no fit) included."""
     if cfg.feedback_uri is not None:
-        return  # the feedback join's rows join the window in the ranks: counted there
+        return  # the feedback join's rows join the window in the ranks: counted there (a refusal there is not retried)
     lake = Lake(cfg.lake_uri)
     try:
         rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
     except (MissingManifestError, CorruptManifestError):
         return  # refused by the read that follows, naming every month not published (or corrupt)
-    if rows < cfg.batch_size * world:
+    batch = cfg.batch_size * world
+    months = f"{cfg.train_months[0]}..{cfg.train_months[-1]}"
+    fix = "give a smaller batch_size (the run conf's, or --batch-size), or a longer training window"
+    if rows < batch:
         raise BatchTooBig(
-            f"batch_size {cfg.batch_size} x {world} processes is a global batch of {cfg.batch_size * world:,} rows, and "
-            f"the training window {cfg.train_months[0]}..{cfg.train_months[-1]} holds {rows:,}: give a smaller "
-            "batch_size (the run conf's, or --batch-size), or a longer training window")
+            f"batch_size {cfg.batch_size} x {world} processes is a global batch of {batch:,} rows, and "
+            f"the training window {months} holds {rows:,}: {fix}")
+    rows, train = training_rows(cfg)
+    if train < batch:
+        raise BatchTooBig(
+            f"batch_size {cfg.batch_size} x {world} processes is a global batch of {batch:,} rows, and the training "
+            f"window {months} holds {rows:,}, {train:,} of them besides its validation slice (its newest "
+            f"{cfg.validation_days:g} days, which no rank trains on): {fix}, or fewer validation_days")
 
 
 def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
@@ -363,15 +390,18 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         changed = sorted(k for k in previous if k not in NON_TRAJECTORY and previous[k] != now.get(k))
         if changed:
             raise ValueError(f"{target} holds a run with a different config (changed: {changed}); use a fresh output folder")
+    # On every launch (a retry whose preprocessing is staged fits nothing): before the job, which would fail in every
+    # rank and be retried.
     refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
     if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
             remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())
     write(CONFIG_FILE, train_config.to_json())
-    if remote:
-        remote.delete(RESULT_FILE)
-    else:
-        (out / RESULT_FILE).unlink(missing_ok=True)
+    for stale in (RESULT_FILE, REFUSED_FILE):  # an earlier job's: this one's outcome is read from them
+        if remote:
+            remote.delete(stale)
+        else:
+            (out / stale).unlink(missing_ok=True)
 
     job_id = f"tenfold-{uuid.uuid4().hex[:8]}"
     rendezvous = rendezvous_dir() if settings.training.nnodes == 1 else None
@@ -414,6 +444,9 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         with open(log_path, "rb") as written:
             written.seek(this_run)
             rank, error = parse_failure(written.read().decode(errors="replace"))
+        refused = refusal(read(REFUSED_FILE), where=str(log_path), exitcode=rc, log_path=log_path)
+        if refused is not None:  # a rank refused the run (a batch its rows cannot fill): no try would do better
+            raise refused
         where = f"rank {rank}" if rank is not None else "a worker"
         raise TrainingFailed(
             f"training failed after {restarts} restart(s): {where} failed with {error} (exit {rc}); see {log_path}",

@@ -100,6 +100,9 @@ MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 LOSSES_FILE = "losses.jsonl"
 CONFIG_FILE = "train_config.json"
+# Written by a rank that refuses the run (an error whose class says retryable = False): the launch, and the cloud job,
+# read it after the job failed and fail the task without retries (tenfold.training.errors.TrainingRefused).
+REFUSED_FILE = "refused.json"
 # OUT/PREPROCESSING_FILE (the launcher stages it) shares the model folder's name, imported above.
 # Fields that do not change the trajectory: a resume may differ in them.
 NON_TRAJECTORY = ("threads", "collective_timeout_s", "checkpoint_every", "keep_checkpoints")
@@ -567,6 +570,21 @@ class Trainer:
         }
 
 
+def _record_refusal(exc: BaseException, rank: int, out: Path, mirror: RemoteDir | None) -> None:
+    """Write :data:`REFUSED_FILE` when ``exc``'s class says ``retryable = False`` (the run cannot succeed on any try:
+    a batch its rows cannot fill); best effort, the error itself is raised either way."""
+    if getattr(exc, "retryable", True) is not False:
+        return
+    body = json.dumps({"rank": rank, "error": f"{type(exc).__name__}: {exc}"[:2000]}).encode()
+    try:
+        if mirror is not None:
+            mirror.write_bytes(REFUSED_FILE, body)
+        else:
+            atomic_write(out / REFUSED_FILE, body)
+    except Exception:
+        log.exception("rank %d could not record its refusal in %s", rank, mirror.uri if mirror else out)
+
+
 @record
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tenfold.training.worker", description=__doc__.splitlines()[0])
@@ -594,6 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 first = (str(exc).strip().splitlines() or [""])[0][:300]
                 raise PeerLost(f"rank {rank}: a collective failed because another process of the job stopped; "
                                f"that process's failure is the cause ({first})") from exc
+            _record_refusal(exc, rank, out, mirror)
+            raise
+        except Exception as exc:
+            _record_refusal(exc, rank, out, mirror)
             raise
         if result is not None:
             body = json.dumps(result, indent=2, sort_keys=True)

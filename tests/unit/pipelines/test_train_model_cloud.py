@@ -92,12 +92,12 @@ def _plan(settings: Settings, name: str, conf: dict[str, Any] = CONF) -> Any:
     return pipeline.plan(settings, f"manual__{name}", conf)
 
 
-def _job(planned: Any) -> str:
-    """The training run id of a plan: its run key and its config's digest."""
+def _job(settings: Settings, planned: Any) -> str:
+    """The training run id of a plan: its run key, its config's digest and the group's world size."""
     from tenfold.training.config import TrainConfig
-    from tenfold.training.jobs import training_key
+    from tenfold.training.jobs import training_key, world_size
 
-    return training_key(planned.run_key, TrainConfig.from_dict(planned.train_config))
+    return training_key(planned.run_key, TrainConfig.from_dict(planned.train_config), world_size(settings))
 
 
 def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings) -> None:
@@ -114,7 +114,7 @@ def test_failed_training_still_resizes_the_group_to_zero(dev_settings: Settings)
     assert group.calls[-1][0] == "patch"  # then the run is taken out of the instance metadata
     # The step staged the run's inputs: the config and the preprocessing fit here, once.
     bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
-    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{_job(planned)}/out/"))
+    staged = sorted(b.name.rsplit("/", 1)[-1] for b in bucket.list_blobs(prefix=f"{dev_settings.training.runs_prefix}/{_job(dev_settings, planned)}/out/"))
     assert staged == ["preprocessing.json", "train_config.json"]
 
 
@@ -131,7 +131,7 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
     trained = pipeline.train(dev_settings, planned, igm_client=group)
     assert group.resizes == [dev_settings.training.nnodes, 0]
     assert trained.model_ref == (
-        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{_job(planned)}/out/model"
+        f"gs://{dev_settings.storage.artifacts_bucket}/{dev_settings.training.runs_prefix}/{_job(dev_settings, planned)}/out/model"
     )
     assert trained.train_result["status"] == "succeeded"
     # The worker's report, which the version's lineage records (it recorded none in the cloud).
@@ -159,7 +159,7 @@ def test_a_plan_run_again_with_another_split_trains_it_instead_of_returning_the_
     assert second.resizes == [dev_settings.training.nnodes, 0], "the new plan was never trained"
     assert retrained.model_ref != trained.model_ref
     bucket = gcs_client(dev_settings).bucket(dev_settings.storage.artifacts_bucket)
-    staged = json.loads(bucket.blob(f"{dev_settings.training.runs_prefix}/{_job(again)}/out/train_config.json")
+    staged = json.loads(bucket.blob(f"{dev_settings.training.runs_prefix}/{_job(dev_settings, again)}/out/train_config.json")
                         .download_as_bytes())
     assert staged["train_months"] == ["2013-01"]
 

@@ -328,6 +328,60 @@ def test_a_batch_the_window_cannot_fill_is_refused_before_the_job_starts_without
                                                              feedback_sha256="0" * 64, feedback_weight=1.0), 2)
 
 
+def test_a_batch_only_the_validation_slice_leaves_unfilled_is_refused_before_the_job_starts_on_every_try(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """1,200 rows hold 2 x 550, but the ranks train on the 1,021 besides the validation slice: the check passed, every
+    rank raised "cannot fill one global batch", torchrun restarted them and the task retried (TrainingFailed). A retry
+    whose preprocessing is already staged (no fit, so no split computed) is refused the same way."""
+    from tenfold.training.launch import BatchTooBig, fit_preprocessing
+
+    cfg = small_config.with_(batch_size=550)
+    refused = (r"batch_size 550 x 2 processes is a global batch of 1,100 rows, and the training window 2013-01..2013-03 "
+               r"holds 1,200, 1,021 of them besides its validation slice \(its newest 14 days, which no rank trains "
+               r"on\): give a smaller batch_size")
+    first = tmp_path / "first"
+    with pytest.raises(BatchTooBig, match=refused) as no:
+        run_torchrun(train_settings, cfg, first, nproc=2, timeout_s=120, max_restarts=0)
+    assert no.value.retryable is False  # run_step fails the Airflow task at once
+    assert not (first / "torchrun.log").exists() and not (first / "preprocessing.json").exists()
+    staged = tmp_path / "staged"  # a retry: its first try staged the preprocessing (as the cloud job stages it)
+    staged.mkdir()
+    (staged / "preprocessing.json").write_text(fit_preprocessing(small_config).to_json())
+    with pytest.raises(BatchTooBig, match=refused):
+        run_torchrun(train_settings, cfg, staged, nproc=2, timeout_s=120, max_restarts=0)
+    assert not (staged / "torchrun.log").exists()
+    from tenfold.training.launch import refuse_a_batch_the_window_cannot_fill
+
+    refuse_a_batch_the_window_cannot_fill(small_config.with_(batch_size=510), 2)  # 2 x 510 <= 1,021: one batch fills
+
+
+def test_a_refusal_raised_in_a_rank_fails_the_task_without_retries(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """With feedback rows joining the window the launch cannot count the rows: the ranks refused a batch too big for
+    them (BatchTooBig), and the launch raised a retryable TrainingFailed, tried again and again by Airflow. The rank
+    records its refusal; the launch raises TrainingRefused, which run_step fails at once."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.pipelines.common import run_step
+    from tenfold.training.errors import TrainingRefused
+
+    feedback = tmp_path / "feedback.parquet"  # no labelled rows: the ranks train on the features' 1,021
+    pq.write_table(pa.table({"label": pa.array([], pa.int8()), "sample_weight": pa.array([], pa.float64())}), feedback)
+    cfg = small_config.with_(batch_size=1100, feedback_uri=str(feedback), feedback_weight=1.0,
+                             feedback_sha256=hashlib.sha256(feedback.read_bytes()).hexdigest())
+    out = tmp_path / "run"
+    with pytest.raises(AirflowFailException) as failed:
+        run_step(run_torchrun, train_settings, cfg, out, nproc=1, timeout_s=240, max_restarts=0)
+    refused = failed.value.__cause__
+    assert isinstance(refused, TrainingRefused) and refused.retryable is False and refused.rank == 0
+    assert "training was refused by rank 0: BatchTooBig: 1021 rows cannot fill one global batch of 1100 x 1" in str(refused)
+    assert (out / "refused.json").exists()
+
+
 def test_the_job_gets_no_alert_hook_of_the_task_that_launched_it(
         train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A train_model task's environment holds the alert hooks (its failure callback alerts); torchrun and its ranks,
