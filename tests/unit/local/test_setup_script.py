@@ -195,12 +195,8 @@ def test_a_java_home_older_than_17_is_refused_though_path_has_a_newer_java(tmp_p
     assert "JAVA_HOME" in proc.stderr and not installs.exists()
 
 
-def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path: Path) -> None:
-    """The lock pins torch's CPU build, which no index uv is given holds: setup installed the system packages, uv and
-    .venv, then failed advising "the PyTorch CPU index", which it never asks."""
-    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo")
-    installs = _apt_shims(bin_dir, tmp_path)
-    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+def _refused_for_the_torch_wheel(setup: Path, bin_dir: Path, tmp_path: Path) -> None:
+    """Runs ``setup`` with PIP_FIND_LINKS naming a folder without the torch wheel: it stops, naming the wheel."""
     empty = tmp_path / "wheels"
     empty.mkdir()
     proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
@@ -208,6 +204,15 @@ def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_{platform.machine()}.whl" in \
         proc.stderr, proc.stderr
+
+
+def test_without_the_torch_wheel_setup_stops_before_installing_anything(tmp_path: Path) -> None:
+    """The lock pins torch's CPU build, which no index uv is given holds: setup installed the system packages, uv and
+    .venv, then failed advising "the PyTorch CPU index", which it never asks."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo")
+    installs = _apt_shims(bin_dir, tmp_path)
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    _refused_for_the_torch_wheel(setup, bin_dir, tmp_path)
     assert not installs.exists() and not (tmp_path / "tree" / ".venv").exists()
 
 
@@ -436,11 +441,5 @@ def test_a_venv_to_be_made_afresh_is_checked_for_the_torch_wheel_though_its_stam
     digest = subprocess.run(["bash", "-c", '(cat requirements/lock.txt pyproject.toml; echo "bytecode 1") | sha256sum'],
                             cwd=tree, capture_output=True, text=True, check=True).stdout.split()[0]
     (tree / ".venv" / ".tenfold-lock.sha").write_text(digest + "\n")
-    empty = tmp_path / "wheels"
-    empty.mkdir()
-    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PATH": str(bin_dir), "PIP_FIND_LINKS": str(empty)}, check=False)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"set PIP_FIND_LINKS to a folder holding torch-2.13.0+cpu-cp311-cp311-*_{platform.machine()}.whl" in \
-        proc.stderr, proc.stderr
+    _refused_for_the_torch_wheel(setup, bin_dir, tmp_path)
     assert not installs.exists() and not calls.exists()

@@ -120,14 +120,7 @@ def test_what_this_run_withdrew_is_alerted_though_another_run_withdrew_a_later_i
     pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"))
     (path,) = lake.files("flights", Partition(2013, 1))
     Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file: this run withdraws it
-    checked = pipeline.validate_published
-
-    def withdrawn_meanwhile(lake_, table, month, *args, **kwargs):
-        if table == "weather":
-            lake_.fs.delete_file(lake_.manifest_path(table, month))  # what the other run's withdrawal does first
-        return checked(lake_, table, month, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "validate_published", withdrawn_meanwhile)
+    _weather_withdrawn_by_another_run(monkeypatch)
     run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
     with pytest.raises(pipeline.InputsRefused) as caught:
         pipeline.ingest(settings, run)
@@ -176,12 +169,8 @@ def test_a_refused_delivery_of_a_published_month_leaves_the_good_month_published
     assert any(i.base_name.endswith(".parquet") for i in lake.fs.get_file_info(pafs.FileSelector(quarantined)))
 
 
-def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries(settings, lake, monkeypatch):
-    """Another run of the month refused (or found corrupt) and withdrew an input between this run's publish and its
-    validation: a retry would only publish it again, so the run fails at once, saying so."""
-    from tenfold.data.lake import MissingManifestError
-    from tenfold.pipelines.common import PipelineError
-
+def _weather_withdrawn_by_another_run(monkeypatch):
+    """Another run withdraws the weather partition while this one validates it (its manifest removed first)."""
     checked = pipeline.validate_published
 
     def withdrawn_meanwhile(lake_, table, month, *args, **kwargs):
@@ -190,6 +179,15 @@ def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries
         return checked(lake_, table, month, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "validate_published", withdrawn_meanwhile)
+
+
+def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries(settings, lake, monkeypatch):
+    """Another run of the month refused (or found corrupt) and withdrew an input between this run's publish and its
+    validation: a retry would only publish it again, so the run fails at once, saying so."""
+    from tenfold.data.lake import MissingManifestError
+    from tenfold.pipelines.common import PipelineError
+
+    _weather_withdrawn_by_another_run(monkeypatch)
     run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-01")
     with pytest.raises(PipelineError, match=r"weather 2013-01 was withdrawn by another run while this one validated it"
                                             r".*then run 2013-01 again") as caught:
