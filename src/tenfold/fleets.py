@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
 from tenfold.config.settings import (
+    MONITORING_ENV_PREFIX,
     PIPELINES_ENV_PREFIX,
     SERVING_ENV_PREFIX,
     TRAINING_ENV_PREFIX,
@@ -154,8 +155,8 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
 # A VM's startup script carries only the deployed settings its process reads: a change of any other one made new
 # instance templates and replaced the VMs for nothing (an autoscaler's minimum raised before a rollout, as the docs
 # ask, replaced every GPU VM of every group). No VM reads the DAGs' settings, the groups' sizes, the load balancer's
-# domain, the rollout's policy or the local fleet's (Composer and the stacks do); only a serving replica reads the
-# server's, and only a training node the training settings.
+# domain, the rollout's policy, the drift monitor's or the local fleet's (Composer and the stacks do); only a serving
+# replica reads the server's, and only a training node the training settings.
 SERVING_ROLES = ("stable", "canary")
 _SERVER = f"{SERVING_ENV_PREFIX}SERVER__"
 
@@ -164,7 +165,7 @@ def vm_env(settings: Settings, role: str) -> dict[str, str]:
     """:func:`deployed_env` as a VM of ``role`` reads it: the workload and its tables, the server's settings on a
     serving replica, the training settings on a training node."""
     def read_by(key: str) -> bool:
-        if key.startswith(PIPELINES_ENV_PREFIX):
+        if key.startswith((PIPELINES_ENV_PREFIX, MONITORING_ENV_PREFIX)):
             return False
         if key.startswith(SERVING_ENV_PREFIX):
             return role in SERVING_ROLES and key.startswith(_SERVER)
