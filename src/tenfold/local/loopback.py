@@ -37,5 +37,7 @@ def not_proxied(env: Mapping[str, str]) -> dict[str, str]:
     listed: list[str] = []
     for name in NO_PROXY_VARIABLES:
         listed += [h.strip() for h in env.get(name, "").split(",") if h.strip() and h.strip() not in listed]
+    if "*" in listed:  # no proxy for anything: urllib and requests honour "*" only as the whole value
+        return {}
     hosts = ",".join(listed + [h for h in LOOPBACK_HOSTS if h not in listed])
     return dict.fromkeys(NO_PROXY_VARIABLES, hosts)

@@ -215,3 +215,4 @@ def test_requests_to_the_api_never_go_through_a_proxy_the_shell_names(server: li
     assert not_proxied({"HTTPS_PROXY": "http://p:3128", "no_proxy": "corp.example"}) == dict.fromkeys(
         ("no_proxy", "NO_PROXY"), "corp.example,127.0.0.1,localhost,::1")
     assert not_proxied({"no_proxy": "corp.example"}) == {}
+    assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*"}) == {}  # "*,127.0.0.1" would proxy everything
