@@ -620,9 +620,10 @@ def webhook_problem(url: str) -> str | None:
         port = 0
     if port == 0:
         return "TENFOLD_ALERT_WEBHOOK has a port that is not a number from 1 to 65535: fix the variable"
-    if not url.isascii():
-        return ("TENFOLD_ALERT_WEBHOOK holds a character outside ASCII: give it percent-encoded, as the service "
-                "that issued it shows it")
+    # The host is IDNA-encoded by http.client (and the socket); the path and query go on the wire as they are.
+    if not url.replace(parts.netloc, "", 1).isascii():
+        return ("TENFOLD_ALERT_WEBHOOK holds a character outside ASCII in its path or query: give it percent-encoded, "
+                "as the service that issued it shows it")
     if parts.scheme == "http" and not private_host(host):
         # A Slack-style hook's secret is its path: posted over plain http it crossed the internet in clear text,
         # alert after alert, with nothing said. The host is not the secret, so it is named.

@@ -348,6 +348,7 @@ def test_an_alert_hook_that_cannot_work_is_refused_when_the_settings_load(variab
         build_settings("local", {variable: value})
     assert "SECRETTOKEN" not in str(refused.value) and "SECRÉTTOKEN" not in str(refused.value)
     assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com:8443/T0/SECRETTOKEN"})
+    assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.bücher.example/T0/SECRETTOKEN"})  # IDNA
     assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK": "https://hooks.example.com/services/T0/SECRETTOKEN",
                                     "TENFOLD_ALERT_EMAIL": "ml-oncall@example.com"}).monitoring.alert_webhook_url
     assert build_settings("local", {"TENFOLD_ALERT_EMAIL": "root@localhost"}).monitoring.notification_email  # a local box
