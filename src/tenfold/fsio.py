@@ -156,7 +156,14 @@ def os_error_refusal(exc: OSError, command: str, home: Path) -> str:
     """The one line ``command`` (``tenfold up``, ``python -m tenfold.pipelines.train_model``) ends with when the
     system refuses it ``exc`` (a TENFOLD_HOME under a file or not writable, a full disk): what was refused, on which
     path, and what to do."""
+    import errno
+
     path = exc.filename
+    if path is None and exc.errno == errno.ENOSPC:
+        # pyarrow's writer names no file ("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left
+        # on device"): the raw line was all a full disk said.
+        return (f"error: `{command}` cannot go on: the disk it was writing to is full ({exc.strerror or exc}); free "
+                f"space there (`df -h {home}` shows TENFOLD_HOME's disk), then run the command again")
     what = f"{exc.strerror or exc}: {path}" if path else str(exc)
     # pyarrow's errors name the path in their text only.
     if Path(str(path)).is_relative_to(home) if path is not None else str(home) in str(exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -230,8 +231,9 @@ def no_cloud_credentials(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
-    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # google-auth's
     monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_ROOT", "127.0.0.1:9")  # pyarrow's GCS client (google-cloud-cpp) reads this one
     monkeypatch.setattr(fsio, "GCS_RETRY_LIMIT_S", 2)
 
 
@@ -261,26 +263,31 @@ def test_join_and_metrics_on_a_gs_lake_without_credentials_say_how_to_log_in(run
     assert "google::cloud::Status" not in result.output
 
 
-def _full_disk(path):
-    import errno
+def _full_disk(disk):
+    """A step that writes a Parquet file on a full disk (the small tmpfs, filled): pyarrow's own ENOSPC, which names
+    no file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     def fail(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        disk.fill(leave=4 * 1024)
+        pq.write_table(pa.table({"blob": [os.urandom(64 * 1024)]}), str(disk.path / "part-00000.parquet"))
+        raise AssertionError("the write on a full disk succeeded")
 
     return fail
 
 
 @pytest.mark.parametrize("command", [["join"], ["metrics", "--last", "1h"], ["sink", "--once"]])
-def test_a_full_disk_names_the_path_and_says_to_free_space(run, settings, monkeypatch, command):
-    """A full disk ended `join`, `metrics` and `sink` with `error: [Errno 28] No space left on device: ...` and no
-    word of what to do."""
+def test_a_full_disk_says_so_and_to_free_space(run, settings, monkeypatch, small_disk, command):
+    """A full disk ended `join`, `metrics` and `sink` with `error: [Errno 28] Error writing bytes to file. Detail:
+    [errno 28] No space left on device` (pyarrow's writer names no file) and no word of what to do. A real full disk:
+    the step writes its Parquet file on a small filled tmpfs."""
     from tenfold.feedback import metrics, sink, upsert
 
-    path = settings.local.home / "lake" / "labelled" / "part-00000.parquet"
     if command[0] == "join":
-        monkeypatch.setattr(upsert, "join", _full_disk(path))
+        monkeypatch.setattr(upsert, "join", _full_disk(small_disk))
     elif command[0] == "metrics":
-        monkeypatch.setattr(metrics, "online_metrics", _full_disk(path))
+        monkeypatch.setattr(metrics, "online_metrics", _full_disk(small_disk))
     else:
         class FullSink:
             stats = None
@@ -294,13 +301,15 @@ def test_a_full_disk_names_the_path_and_says_to_free_space(run, settings, monkey
             def __exit__(self, *exc):
                 return False
 
-            poll_once = _full_disk(path)
+            poll_once = _full_disk(small_disk)
 
         monkeypatch.setattr(sink, "FeedbackSink", FullSink)
     result = run(*command)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert f"error: `tenfold feedback {command[0]}` cannot go on: No space left on device: {path}; " in result.output
-    assert "free space" in result.output and "[Errno 28]" not in result.output, result.output
+    assert result.output.startswith(f"error: `tenfold feedback {command[0]}` cannot go on: the disk it was writing to "
+                                    "is full ("), result.output
+    assert f"free space there (`df -h {settings.local.home}`" in result.output, result.output
+    assert "[Errno 28]" not in result.output.split("(", 1)[0], result.output
 
 
 def test_dead_letters_without_credentials_says_how_to_log_in_not_check_the_network(settings, monkeypatch,

@@ -165,8 +165,8 @@ def test_a_full_disk_ends_with_its_own_line(tmp_path: Path, monkeypatch: pytest.
 
     assert _main(tmp_path, monkeypatch, full) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: [Errno 28] No space left on "
-                          "device; "), err
+    assert err.startswith("error: `python -m tenfold.pipelines.demo_dag` cannot go on: the disk it was writing to is "
+                          "full (No space left on device); free space there (`df -h "), err
     assert "free space" in err and "cannot reach" not in err and "fault in the code" not in err
 
 
