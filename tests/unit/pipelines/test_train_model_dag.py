@@ -47,8 +47,31 @@ def announce(dag):
             return "skipped: " + str(exc)
         return outlets[asset].extra
 
+    class Accessor:
+        # Airflow 3.1+'s inlet events accessor (oldest first until told otherwise), recording how it is asked.
+        def __init__(self, events):
+            self.events, self.calls, self.newest_first, self.n = events, [], False, None
+
+        def ascending(self, flag):
+            self.calls.append(["ascending", flag])
+            self.newest_first = not flag
+            return self
+
+        def limit(self, n):
+            self.calls.append(["limit", n])
+            self.n = n
+            return self
+
+        def __iter__(self):
+            ordered = list(reversed(self.events)) if self.newest_first else list(self.events)
+            return iter(ordered[: self.n])
+
+    # Its own event behind 999 newer ones and before 1500 older: only newest first, 1000 of them, finds it.
+    accessor = Accessor([*(event(f"old{i}", "v1") for i in range(1500)), event("r1", "v1"),
+                         *(event(f"new{i}", "v1") for i in range(999))])
     return {"first": once([]), "another run's": once([event("r0", "v1")]), "another version": once([event("r1", "v0")]),
-            "another dag's": once([event("r1", "v1", "rollout_model")]), "its own": once([event("r1", "v1")])}
+            "another dag's": once([event("r1", "v1", "rollout_model")]), "its own": once([event("r1", "v1")]),
+            "its own, of many": once(accessor), "asked": accessor.calls}
 
 
 dag = bag.dags.get("train_model")
@@ -128,6 +151,9 @@ def test_a_cleared_run_that_announced_its_challenger_does_not_announce_it_again(
     assert dag["announce"]["its own"] == ("skipped: this run announced challenger v1 already (at T): a second rollout "
                                           'is not queued. To run its canary again, trigger rollout_model with '
                                           '{"version": "v1"}')
+    # Through Airflow's accessor (what this Airflow hands the task): newest first, the last 1000.
+    assert dag["announce"]["its own, of many"] == dag["announce"]["its own"]
+    assert dag["announce"]["asked"] == [["ascending", False], ["limit", 1000]]
 
 
 def test_no_literals_owned_by_settings() -> None:
