@@ -273,7 +273,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
             or preprocessor.num_inputs != num_inputs:
         raise ModelLoadError(f"{pre_path} disagrees with {META_FILE} on vocabulary sizes or numeric width")
 
-    try:  # the config parsed, but the module refuses it (a width of 4.0, a negative vocabulary size)
+    try:  # the config parsed, but the module refuses it (a vocabulary size of 0 or less, a width it cannot take)
         model = workload.build_model(config, vocab_sizes, num_inputs)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{where / META_FILE}: workload {name}'s module cannot be built from its config, "

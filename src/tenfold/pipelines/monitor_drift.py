@@ -333,7 +333,16 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # The same for the champion a run planned with, when a rollout replaced it since (during the run, or before the
     # run was cleared): the model measured no longer serves, and the new champion was not measured.
     not_serving = False
-    if (champion := ModelRegistry(settings).resolve(CHAMPION)) is not None:
+    try:
+        champion = ModelRegistry(settings).resolve(CHAMPION)
+    except Exception as exc:
+        if p.version_ref != CHAMPION or (emits and not last_try):
+            raise  # the next try asks again (a run conf's version: as ever, nothing decided on a guess)
+        # The champion the run planned with is taken to serve still: the decision goes out on the last try.
+        log.warning("cannot tell whether %s is still the champion (%s: %s): deciding as if it were", p.version,
+                    type(exc).__name__, exc)
+        champion = None
+    if champion is not None:
         not_serving = p.version != champion  # outside Airflow too: its score is not written to the champion's series
         emits = emits and not not_serving
     # The content each month was measured on (none from a run of before this was recorded: such a month is

@@ -345,3 +345,24 @@ def test_a_run_cleared_after_a_rollout_moved_the_champion_measures_the_same_vers
     assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version is None
     champion["now"] = "v3"
     assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version == "v3"
+
+
+def test_a_registry_outage_when_asking_for_the_champion_fails_the_try_but_the_last_try_still_retrains(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide asks whether the champion it planned with still serves: a registry away fails a try (the next asks again),
+    but on the task's last try the decision goes out regardless, as its docstring promises."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    def away(alias: str) -> str:
+        raise ServiceUnavailable("the registry's bucket is away")
+
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {"resolve": staticmethod(away)})())
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    with pytest.raises(ServiceUnavailable):
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert sent == [] and not list((tmp_path / "home").rglob("triggered-*.json"))
+    last = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True, last_try=True)
+    assert last["retrain"] is True and len(sent) == 1 and sent[0][0].startswith("drift: retraining v1")
+    with pytest.raises(ServiceUnavailable):  # a version the run conf named: nothing decided on a guess
+        pipeline.decide(settings, {**_run("run-b", version="v0"), "version_ref": "v0"}, REPORTED, emits=True,
+                        last_try=True)
