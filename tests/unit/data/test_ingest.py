@@ -9,6 +9,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -107,37 +108,40 @@ def test_a_publish_killed_before_its_manifest_leaves_the_partition_as_it_was(
 
 
 def test_a_staging_write_that_fails_leaves_no_partial_file_for_any_retry(
-    tmp_path: Path, cached_reader: dict[str, pa.Table], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cached_reader: dict[str, pa.Table], monkeypatch: pytest.MonkeyPatch, small_disk: Any
 ) -> None:
     """The disk filled while weather was staged: ParquetWriter left its partial part-00000.parquet in a staging folder
-    whose path the caller never got, so nothing discarded it, and each retry (a new folder) left another copy."""
+    whose path the caller never got, so nothing discarded it, and each retry (a new folder) left another copy. A real
+    full disk: weather's staging folder lives on a small tmpfs, filled."""
     from tenfold.data import ingest
     from tenfold.data.parquet import write_table
 
     lake = Lake(tmp_path.as_uri())
+    staging = tmp_path / "_staging"
+    staging.mkdir()
+    (staging / "weather").symlink_to(small_disk.path, target_is_directory=True)
+    small_disk.fill(leave=8 * 1024)
     partial_sizes: list[int] = []
 
-    def disk_full(table: pa.Table, fs, path: str) -> None:
-        write_table(table, fs, path)
-        if "/weather/" not in path:
-            return
-        whole = Path(path).read_bytes()  # a real partial file where the write stopped: half of it, no footer
-        Path(path).write_bytes(whole[: len(whole) // 2])
-        partial_sizes.append(Path(path).stat().st_size)
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+    def recording(table: pa.Table, fs, path: str) -> None:  # the real writer; what it left when the disk was full
+        try:
+            write_table(table, fs, path)
+        except OSError:
+            partial_sizes.append(Path(path).stat().st_size if Path(path).exists() else -1)
+            raise
 
-    monkeypatch.setattr(ingest, "write_table", disk_full)
-    staging = tmp_path / "_staging"
+    monkeypatch.setattr(ingest, "write_table", recording)
     for _attempt in range(3):  # the task and two Airflow retries
         with pytest.raises(OSError) as caught:
             ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
-        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.errno == errno.ENOSPC or "No space left on device" in str(caught.value)
         assert [p.name for p in (staging / "weather/year=2013/month=1").iterdir()] == []  # no attempt folder left
         assert [p.name for p in (staging / "flights/year=2013/month=1").iterdir()] == []  # staged before: discarded
         assert [p for p in staging.rglob("*") if p.is_file()] == []
-    assert len(partial_sizes) == 3 and partial_sizes[0] > 0  # the fault did write a partial file each time
+    assert len(partial_sizes) == 3 and partial_sizes[0] > 0  # the full disk did leave a partial file each time
     assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
-    monkeypatch.undo()  # space freed: the next retry publishes the month and leaves nothing in staging either
+    # Space freed (staging back on the lake's own disk): the next retry publishes the month, leaving nothing behind.
+    (staging / "weather").unlink()
     ingest_month(lake, JAN, run_id="r1", workload=WORKLOAD, reader=cached_reader.__getitem__)
     assert lake.read_table("weather", [JAN]).num_rows == cached_reader["weather"].filter(
         pc.equal(cached_reader["weather"]["month"], 1)).num_rows
