@@ -444,8 +444,12 @@ class Lake:
         raise LakeError(f"{table} partition {part.label} was republished three times while it was read; read it again")
 
     def _republished(self, table: str, part: Partition, manifest: Manifest) -> bool:
+        """Whether the partition's manifest changed since ``manifest`` was read: another publish, or a withdrawal (no
+        manifest now), which the retry then reports as not published rather than as a file gone missing."""
         try:
             return self.read_manifest(table, part).data_dir != manifest.data_dir
+        except MissingManifestError:
+            return True
         except LakeError:
             return False
 
@@ -713,9 +717,16 @@ class Lake:
     def _collect_garbage(self, table: str, part: Partition, keep: str) -> None:
         """Remove data folders of earlier publishes, and temporary files a killed publish left behind;
         only the manifest's folder is ever read."""
+        # And never the folder the manifest names now: a writer whose lock was taken over while it stalled past its
+        # check would otherwise delete the data of the publish that replaced its own.
+        try:
+            live = self.read_manifest(table, part).data_dir
+        except LakeError:
+            live = keep
         selector = pafs.FileSelector(self.partition_path(table, part), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("data-") and info.base_name != keep:
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("data-") \
+                    and info.base_name not in (keep, live):
                 self._delete_tree(info.path)
             elif info.type == pafs.FileType.File and info.base_name.startswith(f"{MANIFEST}.tmp-"):
                 self.fs.delete_file(info.path)
@@ -754,6 +765,9 @@ class Lake:
                     return None
             except CorruptManifestError:
                 return None
+        elif text:  # the folder the manifest names goes to quarantine too (it stayed, and the next publish deleted it)
+            with contextlib.suppress(CorruptManifestError):
+                data_dir = Manifest.from_json(text, self.uri_of(path)).data_dir
         if repaired is not None and repaired():  # the same folder, mended meanwhile
             return None
         still_held()

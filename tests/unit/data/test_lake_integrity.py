@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -283,3 +284,50 @@ def test_a_reader_that_met_a_corrupt_file_withdrawn_by_another_meanwhile_says_th
         lake.read_table(TABLE, [PART])
     assert "delete" not in str(refused.value), str(refused.value)
     assert lake.fs.get_file_info(lake.quarantine_path(TABLE, PART, "another-reader")).type.name == "Directory"
+
+
+def test_a_reader_whose_month_is_withdrawn_between_its_manifest_and_its_files_says_it_is_not_published(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader read the manifest, another process withdrew the month (manifest removed, its folder moved to
+    quarantine), and the reader's file open failed: it said the file "listed by its manifest is missing; re-publish",
+    where the month is simply not published (as a reader that met a corrupt file withdrawn meanwhile says)."""
+    _publish(lake, _table())
+    current = lake.read_manifest(TABLE, PART).data_dir
+    read_verified = Lake._read_verified
+    withdrawn: list[str] = []
+
+    def withdrawn_meanwhile(self: Lake, *args: object, **kwargs: object) -> bytes:
+        if not withdrawn:
+            withdrawn.append(str(Lake(lake.uri).withdraw(TABLE, PART, "another", {"error": "refused"},
+                                                         data_dir=current)))
+        return read_verified(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Lake, "_read_verified", withdrawn_meanwhile)
+    with pytest.raises(MissingManifestError):
+        lake.read_table(TABLE, [PART])
+    assert withdrawn and lake.fs.get_file_info(lake.quarantine_path(TABLE, PART, "another")).type.name == "Directory"
+
+
+def test_garbage_collection_never_removes_the_folder_the_manifest_names_now(lake: Lake) -> None:
+    """A writer that committed, then stalled past its lock check while another took the lock and published, removed
+    every data folder but its own: the live manifest's among them, and every reader failed on missing files."""
+    _publish(lake, _table(), run_id="a")
+    stalled = lake.read_manifest(TABLE, PART).data_dir
+    _publish(lake, _table(shift=1), run_id="b")  # the other writer's publish: the manifest names its folder now
+    live = lake.read_manifest(TABLE, PART).data_dir
+    assert live != stalled
+    lake._collect_garbage(TABLE, PART, keep=stalled)  # what the stalled writer's garbage collection then ran
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [v + 1 for v in VALUES]
+
+
+def test_a_withdrawal_without_a_data_folder_named_quarantines_the_folder_the_manifest_named(lake: Lake) -> None:
+    """withdraw() says it moves the data folder to quarantine; without data_dir it wrote only the reason there, and
+    the folder stayed in the partition until the next publish deleted it, the evidence with it."""
+    _publish(lake, _table())
+    where = lake.withdraw(TABLE, PART, "k", {"error": "refused"})
+    assert where is not None and not lake.has_manifest(TABLE, PART)
+    quarantined = lake.quarantine_path(TABLE, PART, "k")
+    names = {i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(quarantined))}
+    assert names == {"part-00000.parquet", "_QUARANTINED.json"}, names
+    assert not [i for i in lake.fs.get_file_info(pafs.FileSelector(lake.partition_path(TABLE, PART)))
+                if i.base_name.startswith("data-")]
