@@ -51,7 +51,8 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 class Objects(Protocol):
     """Named blobs under one root: the little a run store needs from a file system or a bucket."""
 
-    def create(self, name: str, data: bytes) -> bool: ...  # False: it already existed (left as it was)
+    # False: it already existed (left as it was), with other bytes than ``data``.
+    def create(self, name: str, data: bytes) -> bool: ...
 
     def put(self, name: str, data: bytes) -> None: ...
 
@@ -133,7 +134,9 @@ class GcsObjects:
         try:
             self.bucket.blob(self._name(name)).upload_from_string(data, if_generation_match=0)
         except PreconditionFailed:
-            return False
+            # The client retries the upload: a first one that landed with its answer lost meets its own object then.
+            # Its own bytes are taken as created (FileObjects.create answers True in that case too).
+            return self.get(name) == data
         return True
 
     def put(self, name: str, data: bytes) -> None:

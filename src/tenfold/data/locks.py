@@ -141,7 +141,12 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
                 beat.upload_from_string(owner, if_generation_match=held["generation"], timeout=period, retry=None)
                 held["generation"] = beat.generation
             except (PreconditionFailed, NotFound):
-                if still_mine(beat):
+                try:
+                    mine = still_mine(beat)
+                except Exception as exc:  # GCS away while it looked (RetryError): the next beat asks again
+                    log.warning("could not tell whether %s is still held (%s); retrying", uri, exc)
+                    continue
+                if mine:
                     continue
                 held["lost"] = f"{uri} was taken over (or removed) while {owner} held it for {what}"
                 log.error("%s", held["lost"])

@@ -111,3 +111,70 @@ def test_a_lock_whose_create_landed_with_its_answer_lost_is_held_not_waited_on(
         still_held()
     assert lost == [name] and time.monotonic() - started < 5
     assert client.bucket(bucket).get_blob(name) is None  # released: it was this acquisition's own
+
+
+def test_an_object_whose_create_landed_with_its_answer_lost_counts_as_created(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GcsObjects.create: the upload landed, its answer was lost, and the client's retry met 412 on its own object:
+    "already existed" (an inference result counted as another delivery's duplicate), where FileObjects says created.
+    Another writer's bytes still count as theirs."""
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud.storage import Blob
+
+    from tenfold.storage import GcsObjects
+
+    bucket, _ = _lock_object(lake)
+    objects = GcsObjects(client, bucket, f"objects-{uuid.uuid4().hex[:8]}")
+    real_upload = Blob.upload_from_string
+    lost: list[str] = []
+
+    def answer_lost_once(self: Blob, data: Any, *args: Any, **kwargs: Any) -> None:
+        real_upload(self, data, *args, **kwargs)
+        if not lost and kwargs.get("if_generation_match") == 0:
+            lost.append(self.name)
+            raise PreconditionFailed("the retry of a create that landed: 412")
+
+    monkeypatch.setattr(Blob, "upload_from_string", answer_lost_once)
+    assert objects.create("r/result.json", b'{"rows": 3}') is True and lost
+    assert objects.create("r/result.json", b'{"rows": 4}') is False  # another delivery's: left as it was
+    assert objects.get("r/result.json") == b'{"rows": 3}'
+
+
+def test_a_heartbeat_that_cannot_tell_whether_it_still_holds_the_lock_beats_again(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beat met 412, and GCS was away while the heartbeat looked whether the object was still its own: the error
+    escaped the handler and ended the heartbeat thread, with nothing recorded, so the lock was never refreshed again
+    and any waiter took it over mid-publish."""
+    import time
+
+    from google.api_core.exceptions import PreconditionFailed, ServiceUnavailable
+    from google.cloud.storage import Blob
+
+    bucket, name = _lock_object(lake)
+    real_upload, real_reload = Blob.upload_from_string, Blob.reload
+    failed = {"beat": 0, "look": 0}
+
+    def beat_refused_once(self: Blob, data: Any, *args: Any, **kwargs: Any) -> None:
+        if self.name == name and kwargs.get("if_generation_match") not in (None, 0) and not failed["beat"]:
+            failed["beat"] += 1
+            raise PreconditionFailed("412: the answer to an earlier beat was lost")
+        real_upload(self, data, *args, **kwargs)
+
+    def look_fails_once(self: Blob, *args: Any, **kwargs: Any) -> None:
+        if self.name == name and failed["beat"] and not failed["look"]:
+            failed["look"] += 1
+            raise ServiceUnavailable("GCS is away")
+        real_reload(self, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_string", beat_refused_once)
+    monkeypatch.setattr(Blob, "reload", look_fails_once)
+    with gcs_lock(client, bucket, name, timeout_s=10, stale_s=1.5, what="a partition") as still_held:
+        deadline = time.monotonic() + 10
+        while not failed["look"]:
+            assert time.monotonic() < deadline, "the heartbeat never met the failures"
+            time.sleep(0.05)
+        after = client.bucket(bucket).get_blob(name).generation
+        while client.bucket(bucket).get_blob(name).generation == after:  # the next beats refresh it again
+            assert time.monotonic() < deadline, "the heartbeat stopped: the lock was never refreshed again"
+            time.sleep(0.05)
+        still_held()
