@@ -39,6 +39,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TypedDict
 from urllib.parse import urlsplit
@@ -99,7 +100,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of ascending values: the smallest value with at least q% of them at or below it."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    # Exact arithmetic: 99.9 / 100 * 1000 is 999.0000000000001 in floats, whose ceiling took the maximum for p99.9.
+    rank = max(1, math.ceil(Fraction(str(q)) * len(sorted_values) / 100))
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 

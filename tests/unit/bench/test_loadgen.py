@@ -42,6 +42,9 @@ def test_percentile_is_nearest_rank() -> None:
     assert loadgen.percentile(values, 50) == 50
     assert loadgen.percentile(values, 99) == 99
     assert loadgen.percentile(values, 99.9) == 100
+    # p99.9 of 1,000 values is the 999th: float arithmetic gave the maximum for every multiple of 1,000
+    assert loadgen.percentile([float(v) for v in range(1, 1001)], 99.9) == 999
+    assert loadgen.percentile([float(v) for v in range(1, 2001)], 99.9) == 1998
     assert loadgen.percentile([7.0], 99) == 7.0
     assert loadgen.percentile([1, 2, 3], 0) == 1
 
