@@ -51,7 +51,8 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 class Objects(Protocol):
     """Named blobs under one root: the little a run store needs from a file system or a bucket."""
 
-    # False: it already existed (left as it was), with other bytes than ``data``.
+    # False: it already existed (left as it was). GcsObjects answers True for an object holding exactly ``data``: its
+    # own create, landed with its answer lost, met by the client's retry.
     def create(self, name: str, data: bytes) -> bool: ...
 
     def put(self, name: str, data: bytes) -> None: ...
