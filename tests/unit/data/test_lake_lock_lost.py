@@ -85,17 +85,12 @@ def test_a_holder_that_finds_its_lock_taken_over_at_release_fails(lake: Lake, cl
     assert client.bucket(bucket).get_blob(name) is None  # the other writer released its own
 
 
-def test_a_lock_whose_create_landed_with_its_answer_lost_is_held_not_waited_on(
-        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The create succeeded, its response was lost, and the client's retry got 412: the lock took its own object for
-    another holder's and waited until it looked stale (2 minutes; the feedback join's 60 s wait failed "another
-    process holds it" while nothing else did)."""
-    import time
-
+def _first_create_answer_lost(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first create-only upload lands, and its answer is lost: the client's retry meets 412 on its own object.
+    Returns the names it happened to (one)."""
     from google.api_core.exceptions import PreconditionFailed
     from google.cloud.storage import Blob
 
-    bucket, name = _lock_object(lake)
     real_upload = Blob.upload_from_string
     lost: list[str] = []
 
@@ -106,6 +101,19 @@ def test_a_lock_whose_create_landed_with_its_answer_lost_is_held_not_waited_on(
             raise PreconditionFailed("the retry of a create that landed: 412")
 
     monkeypatch.setattr(Blob, "upload_from_string", answer_lost_once)
+    return lost
+
+
+def test_a_lock_whose_create_landed_with_its_answer_lost_is_held_not_waited_on(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create succeeded, its response was lost, and the client's retry got 412: the lock took its own object for
+    another holder's and waited until it looked stale (2 minutes; the feedback join's 60 s wait failed "another
+    process holds it" while nothing else did)."""
+    import time
+
+
+    bucket, name = _lock_object(lake)
+    lost = _first_create_answer_lost(monkeypatch)
     started = time.monotonic()
     with gcs_lock(client, bucket, name, timeout_s=10, stale_s=600, what="a partition") as still_held:
         still_held()
@@ -118,23 +126,12 @@ def test_an_object_whose_create_landed_with_its_answer_lost_counts_as_created(
     """GcsObjects.create: the upload landed, its answer was lost, and the client's retry met 412 on its own object:
     "already existed" (an inference result counted as another delivery's duplicate), where FileObjects says created.
     Another writer's bytes still count as theirs."""
-    from google.api_core.exceptions import PreconditionFailed
-    from google.cloud.storage import Blob
 
     from tenfold.storage import GcsObjects
 
     bucket, _ = _lock_object(lake)
     objects = GcsObjects(client, bucket, f"objects-{uuid.uuid4().hex[:8]}")
-    real_upload = Blob.upload_from_string
-    lost: list[str] = []
-
-    def answer_lost_once(self: Blob, data: Any, *args: Any, **kwargs: Any) -> None:
-        real_upload(self, data, *args, **kwargs)
-        if not lost and kwargs.get("if_generation_match") == 0:
-            lost.append(self.name)
-            raise PreconditionFailed("the retry of a create that landed: 412")
-
-    monkeypatch.setattr(Blob, "upload_from_string", answer_lost_once)
+    lost = _first_create_answer_lost(monkeypatch)
     assert objects.create("r/result.json", b'{"rows": 3}') is True and lost
     assert objects.create("r/result.json", b'{"rows": 4}') is False  # another delivery's: left as it was
     assert objects.get("r/result.json") == b'{"rows": 3}'
