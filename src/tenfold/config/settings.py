@@ -1249,7 +1249,8 @@ def build_settings(
     if given.pipelines:
         base = PipelineSettings()
         values["pipelines"] = base.model_copy(update={
-            dag_id: _dag_settings(dag_id, getattr(base, dag_id), fields) for dag_id, fields in given.pipelines.items()})
+            dag_id: _section_settings(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__", getattr(base, dag_id), fields)
+            for dag_id, fields in given.pipelines.items()})
     values.update(overrides)
     return Settings(**values)
 
@@ -1259,7 +1260,8 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def _section_settings(prefix: str, base: _M, fields: Mapping[str, str]) -> _M:
     """``base`` with the values its ``<prefix><FIELD>`` variables give (Python literals as :func:`env_value` reads
-    them: ``('temp',)``, ``None``, ``0.3``); a refusal names the variables."""
+    them: ``('temp',)``, ``None``, ``0.3``); a refusal names the variables, and the default a value was checked
+    against (``FIRST_MONTH=2020-01`` alone is before the default last month)."""
     if not fields:
         return base
     try:
@@ -1267,19 +1269,8 @@ def _section_settings(prefix: str, base: _M, fields: Mapping[str, str]) -> _M:
     except ValueError as exc:
         given = ", ".join(f"{prefix}{k.upper()}={v}" for k, v in fields.items())
         why = (exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)).removeprefix("Value error, ")
-        raise ValueError(f"{given}: {why}") from None
-
-
-def _dag_settings(dag_id: str, base: DagSettings, fields: Mapping[str, str]) -> DagSettings:
-    """A DAG's settings with its ``TENFOLD_PIPELINES__<DAG>__*`` values; a refusal names the variables, and the
-    default a value was checked against (``FIRST_MONTH=2020-01`` alone is before the default last month)."""
-    try:
-        return DagSettings(**{**base.model_dump(), **{k: env_value(v) for k, v in fields.items()}})
-    except ValueError as exc:
-        given = ", ".join(f"{PIPELINES_ENV_PREFIX}{dag_id.upper()}__{k.upper()}={v}" for k, v in fields.items())
-        why = (exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)).removeprefix("Value error, ")
         # A default the refusal names (the last month a first month was checked against): which variable sets it.
-        named = [f"{k} is {v} by default ({PIPELINES_ENV_PREFIX}{dag_id.upper()}__{k.upper()})"
+        named = [f"{k} is {v} by default ({prefix}{k.upper()})"
                  for k, v in base.model_dump().items() if k not in fields and v is not None and k in why]
         raise ValueError(f"{given}: {why}" + (f"; {', '.join(named)}" if named else "")) from None
 
