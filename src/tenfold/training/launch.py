@@ -124,18 +124,16 @@ def refuse_a_window_of_one_class(cfg: TrainConfig, labels: pa.ChunkedArray) -> N
             "upstream month?), or widen the training window")
 
 
-def training_rows(cfg: TrainConfig) -> tuple[int, int]:
-    """(the training window's rows, those the ranks train on: the window less its validation slice, cut as every rank
-    cuts it). Reads only the rows' time column, and nothing where there is no slice to cut."""
+def training_rows(cfg: TrainConfig, rows: int) -> int:
+    """The rows the ranks train on of a training window of ``rows`` rows: the window less its validation slice, cut
+    as every rank cuts it. Reads only the rows' time column, and nothing where there is no slice to cut."""
     contract = get_workload(cfg.workload).contract
     when = time_column(contract)
-    lake = Lake(cfg.lake_uri)
     if cfg.validation_days <= 0 or when is None:
-        rows = sum(lake.read_manifest(cfg.table, p).rows for p in cfg.partitions)
-        return rows, rows
-    table = read_features(lake, cfg.partitions, contract=contract, table=cfg.table, columns=[when],
+        return rows
+    table = read_features(Lake(cfg.lake_uri), cfg.partitions, contract=contract, table=cfg.table, columns=[when],
                           digest=cfg.data_digest)
-    return table.num_rows, len(validation_split(table, contract, cfg.validation_days).train)
+    return len(validation_split(table, contract, cfg.validation_days).train)
 
 
 def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
@@ -158,7 +156,7 @@ def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
         raise BatchTooBig(
             f"batch_size {cfg.batch_size} x {world} processes is a global batch of {batch:,} rows, and "
             f"the training window {months} holds {rows:,}: {fix}")
-    rows, train = training_rows(cfg)
+    train = training_rows(cfg, rows)  # (the manifests' rows are the window's: read once, above)
     if train < batch:
         raise BatchTooBig(
             f"batch_size {cfg.batch_size} x {world} processes is a global batch of {batch:,} rows, and the training "
