@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 
 def debug_requested() -> bool:
@@ -63,6 +64,18 @@ def is_unreachable(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - google-cloud-storage depends on it
         return False
     return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def command_exit(exc: BaseException, command: str, home: Path, *, note: str = "") -> Any:
+    """What a sub-command's handler raises for ``exc`` (no credentials, a full disk, a service away, a refusal): the
+    :func:`ending` line (and ``note``) on stderr, and a ``typer.Exit(1)``. With TENFOLD_DEBUG set (as that line may
+    advise), ``exc`` itself goes on to the root command's guard, which shows it."""
+    import typer
+
+    if debug_requested():
+        raise exc
+    typer.echo(ending(exc, command, home, debug_hint="with TENFOLD_DEBUG=1") + note, err=True)
+    return typer.Exit(1)
 
 
 def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> str:

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from tenfold.config import command_settings
+from tenfold.outages import command_exit
 
 app = typer.Typer(help="The feedback loop: land predictions and feedback, join them, online accuracy.",
                   no_args_is_help=True)
@@ -36,18 +37,6 @@ EnvOption = Annotated[str | None, typer.Option("--env", help="local, dev or prod
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-
-def _ended(exc: BaseException, command: str, settings: Any) -> typer.Exit:
-    """What the system, the lake or Google refused (no credentials, a full disk, a service away): the one line
-    ``tenfold ingest`` and ``tenfold train`` end with (:func:`tenfold.outages.ending`), exit 1. With TENFOLD_DEBUG
-    set (as that line may advise), ``exc`` itself goes on to the root command's guard, which shows it."""
-    from tenfold.outages import debug_requested, ending
-
-    if debug_requested():
-        raise exc
-    typer.echo(ending(exc, command, settings.local.home, debug_hint="with TENFOLD_DEBUG=1"), err=True)
-    return typer.Exit(1)
 
 
 def _echo_json(value: Any) -> None:
@@ -97,7 +86,7 @@ def sink_command(
         raise _fail(f"Pub/Sub refused the sink ({type(exc).__name__}: {exc}); unacknowledged messages are "
                     "redelivered, so nothing is lost: fix what it names and start the sink again", 1) from exc
     except (OSError, GoogleAuthError) as exc:  # no credentials (dev), a full disk: what is wrong and what to do
-        raise _ended(exc, "tenfold feedback sink", settings) from exc
+        raise command_exit(exc, "tenfold feedback sink", settings.local.home) from exc
     _echo_json(out)
 
 
@@ -174,7 +163,7 @@ def join_command(
     except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
     except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
-        raise _ended(exc, "tenfold feedback join", settings) from exc
+        raise command_exit(exc, "tenfold feedback join", settings.local.home) from exc
     _echo_json(report.to_dict())
 
 
@@ -245,7 +234,7 @@ def metrics_command(
     except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
     except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
-        raise _ended(exc, "tenfold feedback metrics", settings) from exc
+        raise command_exit(exc, "tenfold feedback metrics", settings.local.home) from exc
     except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
         # The window's months, one by one: a --force of every month would also publish smaller each month whose log
         # files were trimmed since (what the join's guard keeps), losing their labels for good.
@@ -292,7 +281,7 @@ def dead_letters_command(
         from tenfold.outages import no_credentials
 
         if no_credentials(exc):  # google.auth's: not the network, and `tenfold up` does not log anyone in
-            raise _ended(exc, "tenfold feedback dead-letters", settings) from exc
+            raise command_exit(exc, "tenfold feedback dead-letters", settings.local.home) from exc
         if isinstance(exc, NotFound):
             raise _fail(f"Pub/Sub has no such subscription or topic ({exc.message}): provision the Pub/Sub topology "
                         "first (`tenfold up` locally, the platform stack in the cloud)", 1) from exc

@@ -20,25 +20,14 @@ from typing import Annotated
 
 import typer
 
-from tenfold.config import Settings, command_settings
+from tenfold.config import command_settings
+from tenfold.outages import command_exit
 
 app = typer.Typer(help="Dead-lettered scoring requests of offline inference: inspect and replay them.",
                   no_args_is_help=True)
 
 EnvOption = Annotated[str | None, typer.Option("--env", help="local, dev or prod; default TENFOLD_ENV")]
 RunOption = Annotated[str | None, typer.Option("--run", help="one run (its run key, as the DAG logs it)")]
-
-
-def _failed(exc: Exception, command: str, settings: Settings, note: str = "") -> typer.Exit:
-    """Pub/Sub or the lake failed: one line that says what to do where it runs (how to log in in the cloud, which
-    service is away locally, what was refused), not "is the platform up (`tenfold up`)?" everywhere. With
-    TENFOLD_DEBUG set (as that line advises), ``exc`` itself goes on to the root command's guard, which shows it."""
-    from tenfold.outages import debug_requested, ending
-
-    if debug_requested():
-        raise exc
-    typer.echo(ending(exc, command, settings.local.home, debug_hint="with TENFOLD_DEBUG=1") + note, err=True)
-    return typer.Exit(1)
 
 
 def _when(ts: object) -> str:
@@ -58,7 +47,7 @@ def inspect_command(run: RunOption = None, as_json: Annotated[bool, typer.Option
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
-        raise _failed(exc, "tenfold dlq inspect", settings) from exc
+        raise command_exit(exc, "tenfold dlq inspect", settings.local.home) from exc
     if as_json:
         typer.echo(json.dumps(records, indent=2, default=str))
         return
@@ -96,8 +85,9 @@ def replay_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
-        raise _failed(exc, "tenfold dlq replay", settings,
-                      " (a request re-published before it failed is marked replayed: a re-run sends the rest)") from exc
+        raise command_exit(exc, "tenfold dlq replay", settings.local.home,
+                           note=" (a request re-published before it failed is marked replayed: a re-run sends the "
+                                "rest)") from exc
     for s in sent:
         typer.echo(f"replayed {s['request_id']} of run {s['run']} as message {s['message_id']}")
     typer.echo(f"{len(sent)} request(s) re-published")
