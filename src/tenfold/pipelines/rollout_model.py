@@ -528,6 +528,15 @@ def analyse(p: Places, run: RolloutRun, percent: int, since: dt.datetime, until:
 # --- conclude ------------------------------------------------------------------------------------------
 
 
+def _back_to_the_champion(p: Places, run: RolloutRun, current: str | None) -> dict[str, Any]:
+    """The champion was moved away by hand after this rollout promoted the version: the stable pool, which may serve
+    the version already, goes back to the champion first (no later rollout could: it is refused while stable does not
+    serve the champion); then the refusal (the rollout ends failed)."""
+    if current is not None:
+        p.deployer.deploy(STABLE, current)
+    return _refuse_promotion(p, run, current, after_promoting=True)
+
+
 def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, p: Places | None = None) -> dict[str, Any]:
     """Carry out the outcome (idempotent; runs whatever happened to the steps).
 
@@ -609,11 +618,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         if current != run.version and (PROMOTED_ALIAS in record or _promoted_by(reg, run)):
             # This rollout promoted it, then the champion was moved away by hand (`tenfold models rollback`, which
             # `tenfold rollout abort` points to) before the promotion was carried out: a retry must not promote
-            # again. The stable pool, which may serve the version already, goes back to the champion first (no later
-            # rollout could: it is refused while stable does not serve the champion); then the refusal.
-            if current is not None:
-                p.deployer.deploy(STABLE, current)
-            refused = _refuse_promotion(p, run, current, after_promoting=True)
+            # again.
+            refused = _back_to_the_champion(p, run, current)
         elif current not in (run.champion, run.version):
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. Serving stays on stable and no alias moves (promote would refuse anyway,
@@ -641,9 +647,7 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             # "promoted" recorded: the stable pool goes back to the champion and the rollout ends failed, as a retry's.
             current = reg.resolve(CHAMPION)
             if current != run.version:
-                if current is not None:
-                    p.deployer.deploy(STABLE, current)
-                refused = _refuse_promotion(p, run, current, after_promoting=True)
+                refused = _back_to_the_champion(p, run, current)
             else:
                 p.router.set_canary_percent(0)
     if refused is not None:
