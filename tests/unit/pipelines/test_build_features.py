@@ -195,6 +195,60 @@ def test_an_input_withdrawn_by_another_run_while_validated_fails_without_retries
     assert isinstance(caught.value.__cause__, MissingManifestError)
 
 
+def _weather_refused_and_withdrawn_first_by_another_run(monkeypatch):
+    """The month's weather file is damaged after this run published it; the run beside this one validates it at the
+    same moment, refuses it too and withdraws it first (under its own key), so this run's withdrawal finds nothing."""
+    from tenfold.quality import gate
+
+    checked, withdraw = pipeline.validate_published, gate.unpublish_to_quarantine
+
+    def damaged(lake_, table, month, *args, **kwargs):
+        if table == "weather":
+            (path,) = lake_.files(table, month)
+            Path(path).write_bytes(Path(path).read_bytes()[:1000])
+        return checked(lake_, table, month, *args, **kwargs)
+
+    def beaten_to_it(lake_, table, part, key, reason, **kwargs):
+        if table == "weather":
+            assert withdraw(lake_, table, part, "the-other-run", reason) is not None
+        return withdraw(lake_, table, part, key, reason, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validate_published", damaged)
+    monkeypatch.setattr(gate, "unpublish_to_quarantine", beaten_to_it)
+
+
+def test_an_input_refused_here_and_withdrawn_first_by_another_run_fails_once_without_a_second_alert(
+        settings, lake, alerts, monkeypatch):
+    """Both runs refused the same corrupt input, and the other withdrew (and alerted) it first. This run fails without
+    retries (a retry would re-ingest and publish the refused bytes) and alerts nothing itself; when it refused an input
+    of its own before that, its alert names that one and says where the checks stopped."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.pipelines.common import run_step
+
+    _weather_refused_and_withdrawn_first_by_another_run(monkeypatch)
+    run = pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02")
+    with pytest.raises(AirflowFailException, match=r"weather 2013-02 failed validation and was withdrawn meanwhile by "
+                                                  r"another run .*fix the input and run the month again"):
+        run_step(pipeline.ingest, settings, run)
+    assert alerts() == []  # the other run alerted it
+    assert not lake.has_manifest("weather", FEB)
+    assert lake.fs.get_file_info(lake.quarantine_path("weather", FEB, "the-other-run")).type.name == "Directory"
+    assert lake.fs.get_file_info(lake.quarantine_path("weather", FEB, run.staging_key)).type.name == "NotFound"
+
+    # again, with a corrupt history month this run withdraws first: that one is alerted here, with where it stopped
+    (path,) = lake.files("flights", Partition(2013, 1))
+    Path(path).write_bytes(Path(path).read_bytes()[:1000])
+    again = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest(settings, again)
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
+    (alert,) = alerts()
+    assert "flights 2013-01" in alert["details"]
+    assert alert["details"]["also"].startswith("the checks stopped there: weather 2013-02 failed validation and was "
+                                               "withdrawn meanwhile by another run")
+
+
 def stage_lookups(lake, run, names=CONTRACT.lookup_tables):
     """What the feature job stages beside the features: one folder per lookup table."""
     for name, table in synthetic_lookups(run.partition).items():
