@@ -253,6 +253,8 @@ class MicroBatcher(Generic[T, R]):
                 return
             failures: list[BaseException] = []
             for p in batch:  # isolate the request that failed: each alone
+                if p.future.done():  # its client gave up (timed out) during the shared call: scored for nobody
+                    continue
                 try:
                     mine = await self._call(p.items)
                 except Exception as own:

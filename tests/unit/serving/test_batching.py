@@ -18,7 +18,8 @@ class Recorder:
     """A model that doubles its inputs, remembers every call, and can be held on a gate."""
 
     def __init__(self) -> None:
-        self.calls: list[list[int]] = []
+        self.calls: list[list[int]] = []  # the calls that returned
+        self.attempts: list[list[int]] = []  # every call, failed ones too
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set once a call is in the model (held there while the gate is closed)
@@ -26,6 +27,7 @@ class Recorder:
     def __call__(self, items: list[int]) -> list[int]:
         self.entered.set()
         self.gate.wait(10)
+        self.attempts.append(list(items))
         if any(i < 0 for i in items):
             raise ValueError(f"negative input in {items}")
         self.calls.append(list(items))
@@ -268,7 +270,53 @@ def test_one_bad_request_fails_alone() -> None:
     good, bad, also_good = asyncio.run(main())
     assert good == [2] and also_good == [6]
     assert isinstance(bad, ValueError) and "negative" in str(bad)
-    assert [1, -1, 3] not in model.calls and [1] in model.calls and [3] in model.calls  # retried one by one
+    assert model.attempts[-4:] == [[1, -1, 3], [1], [-1], [3]]  # together first, then retried one by one
+
+
+def test_after_a_failed_shared_call_only_the_requests_still_awaited_are_retried_alone() -> None:
+    """The shared call hung past the clients' time limit (they gave up: their futures cancelled), then failed: each
+    request was still re-run alone, for nobody, while the live requests queued behind waited on those calls."""
+
+    class HeldTwice(Recorder):
+        """Its first two calls (the blocker, then the shared call) each wait on a gate of their own."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gates = [threading.Event(), threading.Event()]
+            self.inside = [threading.Event(), threading.Event()]
+
+        def __call__(self, items: list[int]) -> list[int]:
+            n = len(self.attempts)
+            if n < 2:
+                self.inside[n].set()
+                self.gates[n].wait(10)
+            return super().__call__(items)
+
+    model = HeldTwice()
+
+    async def main() -> object:
+        depths: list[int] = []
+        b = _batcher(model, size=64, wait_s=0.0, on_depth=depths.append)
+        b.start()
+        blocker = asyncio.create_task(b.submit([100]))
+        await _until(model.inside[0].is_set)
+        tasks = [asyncio.create_task(b.submit(items)) for items in ([1], [-1], [3])]
+        await _until(lambda: depths[-1] == 3)
+        model.gates[0].set()
+        await blocker
+        await _until(model.inside[1].is_set)  # the shared call, [1, -1, 3], held
+        tasks[0].cancel()
+        tasks[2].cancel()
+        await asyncio.sleep(0)
+        model.gates[1].set()
+        out = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.stop()
+        return out
+
+    gave_up, bad, also_gave_up = asyncio.run(main())  # type: ignore[misc]
+    assert isinstance(gave_up, asyncio.CancelledError) and isinstance(also_gave_up, asyncio.CancelledError)
+    assert isinstance(bad, ValueError)
+    assert model.attempts == [[100], [1, -1, 3], [-1]]
 
 
 def test_submit_needs_a_running_batcher() -> None:
