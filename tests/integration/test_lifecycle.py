@@ -21,7 +21,7 @@ from tenfold import demo
 from tenfold.config import Settings
 from tenfold.config.settings import LocalSettings
 from tenfold.data.lake import Lake, Partition
-from tenfold.local import down, free_ports, local_settings
+from tenfold.local import down, free_ports, local_settings, up
 from tenfold.local.stack import serving_down
 
 MONTHS = ("2013-03", "2013-04")
@@ -66,6 +66,7 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
         print(line, flush=True)
 
     try:
+        up(settings, echo=print, tie_to_this_process=True)  # the platform outlives no killed test run (the demo reuses it)
         # retrain_every=2: the second month retrains (by drift or by the baseline schedule) and rolls its challenger out.
         rows = demo.run(settings, "2013-01", "2013-02", months=len(MONTHS), flights=300, retrain_every=2, say=say)
         yield Lifecycle(settings, rows, said)

@@ -75,9 +75,10 @@ def _get(url: str, data: bytes | None = None, headers: dict[str, str] | None = N
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = _settings(tmp_path_factory.mktemp("platform-home"))
     env = _env_for(settings)
-    result = _tenfold(env, "up")
     try:
-        yield Stack(settings, env, result)
+        # Inside the try: an `up` past its time limit is SIGKILLed, which skips its own rollback, and what it had
+        # started (each component in a session of its own) would outlive the tests without this `down`.
+        yield Stack(settings, env, _tenfold(env, "up"))
     finally:
         _tenfold(env, "down", timeout=120)  # safety net if a test failed before test_down
 
@@ -88,12 +89,16 @@ def test_busy_port_is_a_clear_error_and_leaves_nothing_running(tmp_path):
         sock.listen()
         busy = sock.getsockname()[1]
         settings = _settings(tmp_path / "home", airflow_port=busy)
-        result = _tenfold(_env_for(settings), "up", timeout=120)
+        try:
+            result = _tenfold(_env_for(settings), "up", timeout=120)
+        finally:  # nothing may outlive the test, whatever a regression in `up` left running
+            left = {n: r for n in (*COMPONENTS, "airflow") if (r := read_record(run_dir(settings), n)) is not None}
+            if left:
+                _tenfold(_env_for(settings), "down", timeout=120)
     assert result.returncode == 1
     assert f"127.0.0.1:{busy} (airflow) is already in use" in result.stderr
     assert "TENFOLD_LOCAL__AIRFLOW_PORT" in result.stderr
-    for name in (*COMPONENTS, "airflow"):
-        assert read_record(run_dir(settings), name) is None
+    assert left == {}, f"a refused `up` left {sorted(left)} running"
     assert not port_in_use("127.0.0.1", settings.local.gcs_port)
     assert not port_in_use("127.0.0.1", settings.local.pubsub_port)
 

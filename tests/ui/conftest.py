@@ -118,7 +118,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     settings = local_settings(home, **ports)
     try:
-        up(settings, echo=print)
+        up(settings, echo=print, tie_to_this_process=True)  # nothing outlives a killed test run
         status = subprocess.run([TENFOLD, "status"], env=_env(settings), capture_output=True, text=True, timeout=120,
                                 check=False)
         login = LOGIN.search(status.stdout)

@@ -245,11 +245,13 @@ def exclusive(settings: Settings, *, echo: Callable[[str], object] = print) -> c
     return _exclusive(settings, echo)
 
 
-def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print) -> list[ServiceStatus]:
+def up(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: Callable[[str], object] = print,
+       tie_to_this_process: bool = False) -> list[ServiceStatus]:
     """Start what is not running (or restart the components that died), wait for health, provision; all or
-    nothing. Returns the statuses."""
+    nothing. Returns the statuses. ``tie_to_this_process=True`` (test fixtures) stops what it starts should the
+    calling process die uncleanly (a killed test run)."""
     with _exclusive(settings, echo):
-        return _up(settings, services, echo)
+        return _up(settings, services, echo, tie_to_this_process=tie_to_this_process)
 
 
 @dataclass
@@ -260,7 +262,8 @@ class _Plan:
     left: list[Component]  # of ``start``, those whose dead leader left processes behind (on its ports, likely)
 
 
-def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[ServiceStatus]:
+def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object], *,
+        tie_to_this_process: bool = False) -> list[ServiceStatus]:
     if not settings.is_local:
         raise LocalPlatformError(f"`tenfold up` runs the local platform; TENFOLD_ENV is {settings.env!r} (use local)")
     names = [n for n in SERVICE_ORDER if n in set(services)]
@@ -317,7 +320,7 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
             what = ", ".join(c.name for c in plan.start) if plan.restart else svc.name
             say(f"{what}: starting on {svc.url} ...{slow}" if not plan.restart else f"{what}: restarting ...{slow}")
             _prepare(settings, svc)
-            _start_components(settings, svc, plan.start)
+            _start_components(settings, svc, plan.start, tie_to_this_process=tie_to_this_process)
             started += [c.name for c in plan.start]
             say(f"{what}: healthy")
         for name in names:  # includes components that an earlier `up` left still starting

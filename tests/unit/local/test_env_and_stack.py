@@ -418,7 +418,7 @@ def test_cli_up_and_down_hold_the_up_down_lock_across_the_platform_and_serving(t
     s = _fresh_settings(tmp_path)
     monkeypatch.setattr(local_cli, "get_settings", lambda env=None: s)
     seen: dict[str, bool] = {}
-    monkeypatch.setattr(stack, "_up", lambda settings, services, say: [])  # stack.up itself (its lock) is real
+    monkeypatch.setattr(stack, "_up", lambda settings, services, say, **_: [])  # stack.up itself (its lock) is real
     monkeypatch.setattr(stack, "serving_up", lambda settings, say: seen.setdefault("serving up", _locked_by_another(s)))
     real_fleet_down = fleet.down
 
