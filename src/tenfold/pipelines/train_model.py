@@ -678,12 +678,14 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
                 f"{body['summary']}, and the challenger {version} fails the gate on its own ({alone.summary}): it is "
                 "registered, not marked challenger and not promoted"
             )
-        if _may_mark_challenger(reg, version, p):
-            reg.set_alias(CHALLENGER, version, reason=f"run {p.airflow_run_id}", details={"run": p.airflow_run_id})
+        # From the challenger this gate read, as a comparing gate moves it: set unconditionally, it took the alias
+        # from a version another run's gate compared and marked meanwhile, and the rollout that run announced then
+        # took this uncompared one by default.
+        marked = _mark_challenger(reg, version, p, prior_challenger)
         raise PipelineError(
-            f"{body['summary']}: the challenger {version} passes the floors and baselines, is registered and marked "
-            f"challenger but was not promoted. Compare them by hand (`tenfold models show {version}`) and run "
-            f"`tenfold models promote {version}` if it is better"
+            f"{body['summary']}: the challenger {version} passes the floors and baselines, is registered and "
+            f"{'marked challenger' if marked else 'left unmarked (see the log)'} but was not promoted. Compare them "
+            f"by hand (`tenfold models show {version}`) and run `tenfold models promote {version}` if it is better"
         )
     first = evaluated_version is None
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):

@@ -632,6 +632,38 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     assert reg.resolve(CHALLENGER) == r_b.version and decided["promote"] and not decided["canary"]
 
 
+def test_a_gate_that_could_not_score_the_champion_does_not_take_the_challenger_another_gate_moved_meanwhile(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's evaluate could not score the champion (NO COMPARISON); B compared, passed and moved the challenger while A
+    decided. A set the alias unconditionally: B's announced rollout then took A's uncompared version by default."""
+    import dataclasses
+
+    reg = ModelRegistry(gate_settings)
+    _, first, _ = run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    planned_a, ev_a, r_a = _registered(gate_settings, "manual__a", model(tmp_path, 0.75))
+    planned_b, ev_b, r_b = _registered(gate_settings, "manual__b", model(tmp_path, 0.76))
+    unscored = dataclasses.replace(ev_a, champion={"version": first.version, "metrics": None, "error": "unreadable"})
+    real = ModelRegistry.record_decision
+
+    def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
+        recorded = real(self, version, key, body)
+        if version == r_a.version:
+            assert pipeline.gate(gate_settings, planned_b, ev_b, r_b)["canary"]
+        return recorded
+
+    monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
+    with pytest.raises(pipeline.PipelineError, match=f"{r_a.version} passes the floors and baselines, is registered "
+                                                     "and left unmarked"):
+        pipeline.gate(gate_settings, planned_a, unscored, r_a)
+    assert reg.resolve(CHALLENGER) == r_b.version
+    monkeypatch.setattr(ModelRegistry, "record_decision", real)
+    # With nobody moving it meanwhile, such a gate still marks its version (as before).
+    planned_c, ev_c, r_c = _registered(gate_settings, "manual__c", model(tmp_path, 0.77))
+    with pytest.raises(pipeline.PipelineError, match="is registered and marked challenger but was not promoted"):
+        pipeline.gate(gate_settings, planned_c, dataclasses.replace(ev_c, champion=unscored.champion), r_c)
+    assert reg.resolve(CHALLENGER) == r_c.version
+
+
 def test_folder_placeholders_in_a_trained_models_prefix_are_skipped_the_models_own_included(
         local_settings: Settings, tmp_path: Path) -> None:
     """A console's "create folder" leaves an empty object named like the folder: the model folder's own
