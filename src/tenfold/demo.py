@@ -473,6 +473,16 @@ def new_run(api: AirflowApi, dag_id: str, before: set[str], *, timeout_s: float)
         time.sleep(2)
 
 
+def started_by(api: AirflowApi, run_id: str) -> str:
+    """What started ``run_id`` of train_model, from its run type: a run found after a month's drift may be the weekly
+    cron's (on a demo run again a week later, unpausing the DAG starts the tick it missed), not the drift event's."""
+    kind = api.run(TRAIN, run_id).get("run_type")
+    return {"asset_triggered": "started by the drift event",
+            "scheduled": "started by the weekly schedule (Airflow's cron, on every published month)",
+            "manual": "triggered by hand",
+            "backfill": "a backfill's"}.get(str(kind), f"a {kind} run")
+
+
 def run_ids(api: AirflowApi, dag_id: str) -> set[str]:
     return {str(r["dag_run_id"]) for r in api.runs(dag_id)}
 
@@ -582,7 +592,7 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
         # Without a drift event: one look (a run the weekly cron started meanwhile is taken too).
         evented = "DRIFT" in row.drift and "before" not in row.drift
         retrain = new_run(api, TRAIN, before[TRAIN], timeout_s=NEW_RUN_TIMEOUT_S if evented else 0)
-        why = "started by the drift event"
+        why = started_by(api, retrain) if retrain is not None else ""
         if retrain is None and evented:  # said, and shown in the table: the row read as a drift handled
             say(f"{TRAIN}: no run started by the drift event within {NEW_RUN_TIMEOUT_S:.0f} s (see {DRIFT}'s decide "
                 "task); a run that starts later is not followed")

@@ -83,6 +83,9 @@ class _Api:
     def runs(self, dag_id: str, *, limit: int = 100) -> list[dict[str, str]]:
         return list(self._runs)
 
+    def run(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return next(r for r in self._runs if r["dag_run_id"] == run_id)
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.paused.append((dag_id, paused))
 
@@ -336,6 +339,30 @@ def test_a_drift_event_that_starts_no_retrain_is_said_and_shown(make_settings: C
     row = demo.replay_month(make_settings(), _Api(), Partition(2013, 8), None, 0, said.append)  # type: ignore[arg-type]
     assert row.drift == "0.300 DRIFT (dep_hour) (no retrain started)" and row.retrain == "-"
     assert any(line.startswith("train_model: no run started by the drift event within 120 s") for line in said), said
+
+
+def test_a_retrain_the_weekly_cron_started_is_not_said_to_be_the_drift_events(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A demo run again a week later: unpausing train_model starts the cron tick it missed, and the month (no drift)
+    followed that run saying "started by the drift event"."""
+    cron = "scheduled__2026-12-07T03:00:00+00:00"
+
+    class Api(_Api):
+        def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
+            return {r: "failed" if dag_id == demo.TRAIN else "success" for r in run_ids}
+
+        def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+            return ["train"]
+
+    _a_month_off_airflow(monkeypatch, published_before=False, other_run="{dag_id}__run")
+    monkeypatch.setattr(demo, "new_run", lambda api, dag_id, before, timeout_s: cron if dag_id == demo.TRAIN
+                        else f"{dag_id}__run")
+    said: list[str] = []
+    api = Api(runs=[{"dag_run_id": cron, "run_type": "scheduled", "state": "running"}])
+    demo.replay_month(make_settings(), api, Partition(2013, 8), None, 0, said.append)  # type: ignore[arg-type]
+    assert f"train_model: run {cron} (started by the weekly schedule (Airflow's cron, on every published month))" \
+        in said, said
+    assert not any("drift event" in line for line in said), said
 
 
 def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebuilds_anything(
