@@ -21,7 +21,8 @@ that changes while it is registered is refused.
 Aliases. An alias is moved by compare-and-swap: read the pointer and its generation, write the new
 pointer with ``if_generation_match=<that generation>`` (0 when creating it). Of any number of
 concurrent movers exactly one wins; the others get :class:`AliasConflict` (when they stated what
-they expected the alias to be) or re-read and retry (an unconditional set).
+they expected the alias to be) or re-read and retry (an unconditional set), except those that asked for the
+version that won: theirs is the no-op of setting an alias to the version it holds.
 
 Stores that ignore preconditions. GCS and fake-gcs-server enforce generation preconditions;
 gcp-storage-emulator silently ignores them, so on it two concurrent moves would both "succeed" and
@@ -177,6 +178,19 @@ class AliasPointer:
             for name, value in (("version", pointer.version), ("previous", pointer.previous)):
                 if (value is not None or name == "version") and not (isinstance(value, str) and is_version_id(value)):
                     raise ValueError(f"its {name} {value!r} is not a version id")
+            # What movers and readers compute with: a seq that is not a number failed the next move at ``seq + 1``
+            # and every history read at sorting, and details that are not an object failed ``details.get``, each a
+            # traceback. Every writer of this format stored these types (reason, details and nonce may be absent,
+            # and then take their defaults, which pass).
+            if type(pointer.seq) is not int or pointer.seq < 1:
+                raise ValueError(f"its seq {pointer.seq!r} is not a positive integer")
+            if not isinstance(pointer.alias, str) or not is_alias_name(pointer.alias):
+                raise ValueError(f"its alias {pointer.alias!r} is not an alias name")
+            for name in ("action", "updated_at", "actor", "nonce"):
+                if not isinstance(value := getattr(pointer, name), str):
+                    raise ValueError(f"its {name} {value!r} is not text")
+            if not isinstance(pointer.details, dict):
+                raise ValueError(f"its details {pointer.details!r} are not a JSON object")
             return pointer
         except (ValueError, TypeError) as exc:
             if history:
@@ -796,6 +810,12 @@ class ModelRegistry:
                 now = self._read_pointer(alias)
                 if now is not None and now.nonce == new.nonce:
                     new = AliasPointer(**{**new.__dict__, "generation": now.generation})  # a retried request that had landed
+                elif now is not None and now.version == version:
+                    # Another mover with the same target won (a manual promote racing a rollout's, or a zombie try of
+                    # this one): the alias holds what was asked, the no-op above, not a lost race. The winner's
+                    # pointer is the move; its history entry is the winner's (create-only, so a backfill if it died).
+                    self._append_history(now)
+                    return now
                 elif expected is not ANY:
                     raise AliasConflict(
                         f"lost the race to move {alias} to {version}: it moved to {now.version if now else 'nothing'}"
@@ -969,12 +989,21 @@ class ModelRegistry:
 
         for attempt in range(3):
             try:
-                return dict(json.loads(blob.download_as_bytes()))
+                body = json.loads(blob.download_as_bytes())
             except (ValueError, NotFound) as exc:
                 if attempt == 2:
                     log.warning("rollout event %s is not readable yet (%s); it is skipped in this read", blob.name, exc)
                     return None
                 time.sleep(0.2 * (attempt + 1))
+                continue
+            # Written whole as an object, so no part of one parses as anything else: other JSON ('null', '5', '[]')
+            # is damage, which another read meets again. ``dict()`` of it raised TypeError out of every reader of
+            # the rollout, or turned '[]' into an empty event.
+            if not isinstance(body, dict):
+                raise IntegrityError(f"rollout event gs://{self.bucket_name}/{blob.name} is unreadable (a JSON "
+                                     f"{type(body).__name__}, not an object): restore it from a backup of the registry "
+                                     "(deleting it loses that event)")
+            return body
         return None
 
     def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:

@@ -94,6 +94,50 @@ def test_a_damaged_alias_pointer_or_decision_is_a_one_line_error_naming_the_obje
     assert "Traceback" not in out.output
 
 
+@pytest.mark.parametrize("field,value", [("seq", None), ("seq", "2"), ("seq", True), ("details", [1]),
+                                         ("updated_at", 5), ("actor", None), ("action", ["promote"]), ("nonce", 7),
+                                         ("alias", "../x")])
+def test_a_pointer_with_a_field_of_the_wrong_type_is_a_one_line_error_naming_the_object(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch, field: str, value: object) -> None:
+    """Only the pointer's version and previous were checked: a seq of null ended `models show champion` in a
+    TypeError from sorting the history and `models promote` in one from ``seq + 1`` (or the history's object name),
+    and details that are not an object were accepted, then failed ``details.get`` in train_model."""
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a, b = (reg.register(make_model_dir(n), lineage, metrics={"auc": 0.6}).version for n in (41, 42))
+    reg.promote(a)
+    name = reg._name("aliases", "champion")
+    blob = reg.bucket.blob(name)
+    blob.upload_from_string(json.dumps({**json.loads(blob.download_as_bytes()), field: value}))
+    for args in (["models", "show", "champion"], ["models", "promote", b]):
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2, (args, out.output, out.exception)
+        assert out.output.startswith("error: ") and f"gs://{reg.bucket_name}/{name} is unreadable" in out.output, out.output
+        assert f"its {field} {value!r}" in out.output and "Traceback" not in out.output, out.output
+    blob.delete()  # what the message says to do: the champion can be set again, and its history goes on
+    out = runner.invoke(app, ["models", "promote", b])
+    assert out.exit_code == 0 and reg.resolve("champion") == b, out.output
+    assert [(h.seq, h.version) for h in reg.alias_history("champion")] == [(1, a), (2, b)]
+
+
+def test_a_pointer_written_without_its_optional_fields_is_still_read(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """reason, details and nonce have defaults: a pointer without them is not damaged, and the checks refuse none."""
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a, b = (reg.register(make_model_dir(n), lineage, metrics={"auc": 0.6}).version for n in (43, 44))
+    reg.promote(a)
+    blob = reg.bucket.blob(reg._name("aliases", "champion"))
+    body = json.loads(blob.download_as_bytes())
+    blob.upload_from_string(json.dumps({k: v for k, v in body.items() if k not in ("reason", "details", "nonce")}))
+    out = runner.invoke(app, ["models", "show", "champion"])
+    assert out.exit_code == 0 and json.loads(out.output)["version"] == a, out.output
+    out = runner.invoke(app, ["models", "promote", b])
+    assert out.exit_code == 0 and f"{a} -> {b} (seq 2)" in out.output, out.output
+
+
 def test_a_rollback_run_again_after_an_error_that_came_once_it_landed_moves_nothing_more(
     registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -297,6 +297,64 @@ def test_concurrent_promote_race_has_exactly_one_winner(
     assert [(h.seq, h.version) for h in history] == [(1, base), (2, winners[0])]
 
 
+def test_movers_racing_to_the_same_version_all_get_the_no_op_and_it_is_recorded_once(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rollout's conclude and a manual `models promote` of the same version (or a zombie try of the conclude) read
+    the same champion and both moved it there: the loser's write was refused, it re-read, found the version it asked
+    for and raised "lost the race to move champion to V: it moved to V", so the rollout recorded a refused promotion
+    and never rolled the stable pool. Setting an alias to the version it holds is the no-op, however it got there."""
+    contenders = 6
+    setup = ModelRegistry(registry_settings)
+    base = setup.register(make_model_dir(30), lineage, metrics=METRICS).version
+    target = setup.register(make_model_dir(31), lineage, metrics=METRICS).version
+    setup.promote(base, expected=None)
+
+    # Every mover reads the pointer at base before any writes: all but one are refused by the store's precondition.
+    barrier = threading.Barrier(contenders, timeout=30)
+    real_read = ModelRegistry._read_pointer
+    read_once: set[int] = set()
+
+    def read_then_wait(self: ModelRegistry, alias: str):  # type: ignore[no-untyped-def]
+        pointer = real_read(self, alias)
+        if threading.get_ident() not in read_once:
+            read_once.add(threading.get_ident())
+            barrier.wait()
+        return pointer
+
+    monkeypatch.setattr(ModelRegistry, "_read_pointer", read_then_wait)
+    start = threading.Barrier(contenders, timeout=30)
+    results: dict[int, object] = {}
+
+    def contend(n: int) -> None:
+        reg = ModelRegistry(registry_settings)
+        start.wait()
+        try:
+            results[n] = reg.promote(target, expected=base, reason=f"mover {n}")
+        except Exception as exc:  # any error is the failure this test reports
+            results[n] = exc
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    monkeypatch.undo()
+    assert len(results) == contenders
+    errors = {n: r for n, r in results.items() if isinstance(r, Exception)}
+    assert errors == {}, errors
+    now = setup.alias(CHAMPION)
+    assert now is not None and now.version == target
+    # Every mover is answered with the one move that landed: the winner's pointer, at its generation.
+    assert {(r.seq, r.nonce, r.generation) for r in results.values()} == {(2, now.nonce, now.generation)}  # type: ignore[attr-defined]
+    history = setup.alias_history(CHAMPION)
+    assert [(h.seq, h.version, h.previous) for h in history] == [(1, base, None), (2, target, base)]
+    entries = list(setup.client.list_blobs(setup.bucket_name, prefix=setup._name("alias-history", CHAMPION) + "/"))
+    assert len(entries) == 2
+    recorded = json.loads(setup.bucket.blob(setup._history_name(CHAMPION, 2)).download_as_bytes())
+    assert (recorded["nonce"], recorded["reason"]) == (now.nonce, now.reason)  # the winner's entry, not a loser's
+
+
 def test_unconditional_concurrent_moves_lose_no_update(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
 ) -> None:
@@ -605,6 +663,20 @@ def test_a_rollout_event_still_being_written_is_skipped_not_an_error(registry_se
     assert "s01-set.json is not readable yet" in caplog.text
     partial.upload_from_string(json.dumps({"step": 1, "percent": 5}))
     assert registry.rollout_events(version, rollout_id)["s01-set"] == {"step": 1, "percent": 5}
+
+
+@pytest.mark.parametrize("body", [b"null", b"5", b"[]", b'"start"'])
+def test_a_rollout_event_that_is_not_an_object_is_refused_naming_it(registry_settings: Settings, body: bytes) -> None:
+    """``dict(json.loads(...))`` of a damaged event raised TypeError out of every reader of the rollout (null, 5), or
+    read '[]' as an event that recorded nothing; a decision damaged so is an IntegrityError naming it."""
+    registry = ModelRegistry(registry_settings)
+    version, rollout_id = "0123456789abcdef0123", "r1"
+    assert registry.record_rollout_event(version, rollout_id, "start", {"at": "1"})
+    name = registry._name("rollouts", version, rollout_id, "s01-set.json")
+    registry.bucket.blob(name).upload_from_string(body)
+    with pytest.raises(IntegrityError, match=rf"rollout event gs://{registry.bucket_name}/{name} is unreadable \(a JSON "
+                                             r"\w+, not an object\): restore it from a backup"):
+        registry.rollout_events(version, rollout_id)
 
 
 def test_a_decision_keyed_by_a_long_run_id_is_kept_once_and_a_path_is_refused(
