@@ -64,10 +64,14 @@ def _check_settings(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand == "config":
         return
     try:
-        get_settings()
+        settings = get_settings()
     except ValueError as exc:  # a pydantic ValidationError (a TENFOLD_* value), or an unknown TENFOLD_ENV
         typer.echo(settings_refusal(exc), err=True)
         raise typer.Exit(2) from None
+    # The services listen on the settings' bind host, any 127.x.x.x address: one other than 127.0.0.1 is in no fixed
+    # no_proxy entry, and the storage client, the emulators' clients and the traffic replay's bearer token went to
+    # the proxy.
+    os.environ.update(not_proxied(os.environ, (settings.local.bind_host,)))
 
 
 # Settings that are secrets: ``tenfold config`` shows where they point, never the secret part (``tenfold status``

@@ -74,7 +74,9 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         "extra": {"is_anonymous": True, "project": settings.project_id},
     }
     env.update(settings_env(settings))
-    env.update(loopback.not_proxied(env))  # Airflow's components and tasks reach the API, logs and emulators directly
+    # Airflow's components and tasks reach the API, the log servers and the emulators directly, on whichever loopback
+    # address the settings bind.
+    env.update(loopback.not_proxied(env, (settings.local.bind_host,)))
     env.update(
         {
             "PATH": os.pathsep.join([str(venv_bin()), env.get("PATH", os.defpath)]),

@@ -7,13 +7,15 @@ sent the Airflow admin password (the API's login), every bearer token and every 
 their requests with :func:`urlopen`, which uses no proxy at all; :func:`not_proxied` adds the loopback hosts to
 ``no_proxy`` and ``NO_PROXY`` for what Tenfold does not open itself (the Google clients of the emulators, the
 load generator, Airflow's components and their tasks), in this process (the ``tenfold`` command) and in the
-environments it starts processes with.
+environments it starts processes with. Its callers pass the configured ``local.bind_host`` too: any 127.x.x.x
+address is valid there, and one other than 127.0.0.1 (say 127.0.0.2) matches no fixed entry, so Airflow's log
+fetch with its JWT, the emulators' clients and the traffic replay's bearer token went to the proxy.
 """
 
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -29,9 +31,10 @@ def urlopen(request: str | urllib.request.Request, *, timeout: float) -> Any:
     return _DIRECT.open(request, timeout=timeout)
 
 
-def not_proxied(env: Mapping[str, str]) -> dict[str, str]:
-    """The ``no_proxy``/``NO_PROXY`` values that keep the loopback hosts off any proxy ``env`` names (each keeps
-    what it listed); empty when ``env`` names no proxy, so nothing changes for everyone else."""
+def not_proxied(env: Mapping[str, str], hosts: Iterable[str] = ()) -> dict[str, str]:
+    """The ``no_proxy``/``NO_PROXY`` values that keep the loopback hosts, and ``hosts`` (the settings'
+    ``local.bind_host``), off any proxy ``env`` names (each keeps what it listed); empty when ``env`` names no
+    proxy, so nothing changes for everyone else."""
     if not any(env.get(name) for name in PROXY_VARIABLES):
         return {}
     listed: list[str] = []
@@ -39,5 +42,7 @@ def not_proxied(env: Mapping[str, str]) -> dict[str, str]:
         listed += [h.strip() for h in env.get(name, "").split(",") if h.strip() and h.strip() not in listed]
     if "*" in listed:  # no proxy for anything: urllib and requests honour "*" only as the whole value
         return {}
-    hosts = ",".join(listed + [h for h in LOOPBACK_HOSTS if h not in listed])
-    return dict.fromkeys(NO_PROXY_VARIABLES, hosts)
+    for host in (*LOOPBACK_HOSTS, *hosts):
+        if host not in listed:
+            listed.append(host)
+    return dict.fromkeys(NO_PROXY_VARIABLES, ",".join(listed))

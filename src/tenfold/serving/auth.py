@@ -79,6 +79,13 @@ def accepted_tokens(settings: Settings) -> list[str]:
             f"the serving token file {path} is not text ({exc.reason} at byte {exc.start}): delete it and run "
             "`tenfold up` to generate a new one; clients then need the new token (`tenfold status`)") from None
     except FileNotFoundError:
+        if not settings.is_local:  # `tenfold up` is local only: here the token comes from the environment's secret
+            raise TokenMissing(
+                f"no serving token at {path}: outside the local environment a replica never generates one; mount the "
+                f"latest version of the Secret Manager secret {settings.serving.token_secret!r} there (mode 0600), as "
+                "the serving fleet's startup script does (a secret with no version yet: docs/deploy.md, \"The serving "
+                "token\")"
+            ) from None
         raise TokenMissing(
             f"no serving token at {path}: run `tenfold up` (or `tenfold serve`) to generate one, "
             "or place the token there (mode 0600)"

@@ -6,7 +6,7 @@ Run::
 
 Every flag has a default: ``--host`` is ``TENFOLD_SERVING_HOST`` or ``settings.local.bind_host``
 (loopback; the cloud fleet's startup script sets ``TENFOLD_SERVING_HOST`` to the VM's internal address, where
-the load balancer reaches it), ``--port``
+the load balancer reaches it; in the local environment only an IPv4 loopback address is accepted), ``--port``
 is ``TENFOLD_SERVING_PORT`` or the first replica port locally (``settings.local.replica_base_port``) and
 ``settings.serving.port`` in the cloud, ``--arm`` is ``TENFOLD_SERVING_TRACK`` (what the cloud fleet's
 startup script sets) or ``stable``, ``--model`` is an alias or version id, ``TENFOLD_SERVING_MODEL`` or
@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
     """The flags (see the module docstring), defaults from ``environ`` and ``settings``."""
     fallback = _settings_port(settings)
     parser = argparse.ArgumentParser(prog="python -m tenfold.serving", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--host", default=environ.get(HOST_ENV) or settings.local.bind_host,
+    # Its default is read after parsing too, so that a refused address names where it came from.
+    parser.add_argument("--host", default=None,
                         help=f"address to bind (default ${HOST_ENV} or settings.local.bind_host, loopback)")
     # Its default is read after parsing: a bad $TENFOLD_SERVING_PORT is refused in one line, and not at all under --port.
     parser.add_argument("--port", type=int, default=None, help=f"port to bind (default ${PORT_ENV} or {fallback})")
@@ -93,7 +94,27 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
         parser.error(f"--arm must be one of {', '.join(ARMS)} (got {args.arm!r} from ${ARM_ENV})")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} is not a TCP port")
+    source = "--host"
+    if args.host is None:  # the settings' bind host is loopback already: a refusal names the variable
+        source, args.host = f"${HOST_ENV}", environ.get(HOST_ENV) or settings.local.bind_host
+    if settings.is_local:
+        _refuse_open_host(parser, args.host, source)
     return args
+
+
+def _refuse_open_host(parser: argparse.ArgumentParser, host: str, source: str) -> None:
+    """Locally a replica serves /metrics, /docs, /openapi.json and the detailed /readyz without a login (they are
+    for ``tenfold serve status`` on this machine): on any address but loopback they were open to the whole network.
+    The test is the settings' own for ``local.bind_host``; in the cloud the load balancer asks for the login, and
+    the VM's internal address is what the startup script sets."""
+    from tenfold.config.settings import LocalSettings
+
+    try:
+        LocalSettings._loopback(host)
+    except ValueError:
+        parser.error(f"{source} {host!r} is not an IPv4 loopback address (127.x.x.x): a local replica's /metrics, /docs and "
+                     "detailed /readyz have no login, so it listens on loopback only; use a loopback address such as "
+                     "127.0.0.1, or run with TENFOLD_ENV=dev or prod behind the load balancer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -216,3 +217,46 @@ def test_requests_to_the_api_never_go_through_a_proxy_the_shell_names(server: li
         ("no_proxy", "NO_PROXY"), "corp.example,127.0.0.1,localhost,::1")
     assert not_proxied({"no_proxy": "corp.example"}) == {}
     assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*"}) == {}  # "*,127.0.0.1" would proxy everything
+
+
+def test_the_configured_bind_host_is_kept_off_the_proxy_too(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any 127.x.x.x is a valid local.bind_host: with 127.0.0.2, no_proxy listed only 127.0.0.1, localhost and ::1,
+    and Airflow's log fetch (its JWT), the emulators' clients, the CLI's storage client and the traffic replay's
+    bearer token went through the shell's proxy."""
+    import urllib.request
+
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.config import get_settings
+    from tenfold.local import local_settings
+    from tenfold.local.airflow import airflow_env
+    from tenfold.local.loopback import not_proxied
+
+    assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "corp.example"}, ("127.0.0.2",)) == dict.fromkeys(
+        ("no_proxy", "NO_PROXY"), "corp.example,127.0.0.1,localhost,::1,127.0.0.2")
+    assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*"}, ("127.0.0.2",)) == {}
+    assert not_proxied({"no_proxy": "corp.example"}, ("127.0.0.2",)) == {}
+
+    settings = local_settings(tmp_path, bind_host="127.0.0.2")
+    env = airflow_env(settings, base={"PATH": "/usr/bin", "http_proxy": "http://p:3128"})
+    assert "127.0.0.2" in env["no_proxy"].split(",") and env["NO_PROXY"] == env["no_proxy"]
+    # What urllib (Airflow's log fetch goes through requests, which asks the same) decides for the log server.
+    log_server = f"127.0.0.2:{settings.local.airflow_log_port}"
+    assert urllib.request.proxy_bypass_environment(log_server, {"no": env["no_proxy"]})
+
+    # The tenfold command: its own clients, and every process it starts, see the bind host in no_proxy.
+    monkeypatch.setenv("TENFOLD_ENV", "local")
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv("TENFOLD_LOCAL__BIND_HOST", "127.0.0.2")
+    monkeypatch.setenv("http_proxy", "http://p:3128")
+    monkeypatch.setenv("no_proxy", "corp.example")  # restored after the test, as the callback changes os.environ
+    monkeypatch.setenv("NO_PROXY", "corp.example")
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(app, ["quality", "--help"])  # the root callback runs before the sub-command's help
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    assert os.environ["no_proxy"] == os.environ["NO_PROXY"] == "corp.example,127.0.0.1,localhost,::1,127.0.0.2"
+    assert urllib.request.proxy_bypass_environment(log_server)
