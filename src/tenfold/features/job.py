@@ -535,6 +535,33 @@ def _bad_input_message(exc: BaseException, inputs: Inputs, args: argparse.Namesp
     return f"{what}; re-ingest that month (tenfold ingest --month {month})"
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def _failure_line(exc: BaseException) -> str:
+    """What ``exc`` says, as one line. A failure inside a Spark task (the writer's ContractError, a full disk) reaches
+    the driver wrapped: pyspark's PythonException starts "An exception was thrown from the Python worker:", py4j's
+    error of the SparkException that aborted the job "An error occurred while calling o312.collectToPython.", and the
+    worker's own exception line is in the Python traceback inside either text, before the Java stack. That line is
+    what is wrong; for any other failure, its first line."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    if (start := text.find(_TRACEBACK)) != -1:
+        # The traceback ends where the Java stack begins (py4j's text goes on with "\n\tat org.apache.spark..."); of
+        # chained exceptions, the last traceback's is the one raised. Its exception line is the first line after the
+        # header that is not indented (frames and source lines are), whatever the exception's name.
+        block = re.split(r"\n\tat |\n\s*JVM stacktrace:", text[start:], maxsplit=1)[0]
+        last = block[block.rfind(_TRACEBACK) + len(_TRACEBACK):]
+        if line := next((ln for ln in last.splitlines() if ln.strip() and not ln[0].isspace()), None):
+            return line.strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines[0].startswith("An error occurred while calling") and len(lines) > 1:
+        # py4j's own first line names only the Java call; the Java exception's message follows it (": org...").
+        return lines[1].removeprefix(":").strip()
+    return lines[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns the process exit code (0 ok, 2 bad or missing input, 1 any other failure)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -566,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_features: publishing {args.month.label} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _failure_line(exc)  # while the JVM is up: py4j asks it for the text of its exception
         if _is_bad_input(exc, inputs):
             # Exit 2 for a file gone too: 1 is what a JVM that cannot write the class archive exits with, which
             # turns the archive off for an hour (tenfold.features.submit.class_sharing); the task retries either.

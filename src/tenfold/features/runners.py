@@ -27,15 +27,24 @@ class FeatureJob(Protocol):
 
 
 class LocalSparkJob:
-    """spark-submit on this machine (``settings.spark.master``), bounded by the DAG's task timeout."""
+    """spark-submit on this machine (``settings.spark.master``), bounded by the DAG's task timeout.
+
+    The job is recorded while it runs (:func:`tenfold.features.submit.job_record`, keyed by the output): a try killed
+    outright (its task SIGKILLed) left its job running, in a session of its own, and the next try into the same output
+    stops it before its own job starts, as :class:`DataprocBatchJob` cancels earlier tries' batches.
+    """
 
     def __init__(self, settings: Settings, *, timeout_s: float) -> None:
         self.settings, self.timeout_s = settings, timeout_s
 
     def run(self, part: Partition, output: str, *, key: str, attempt: int) -> None:
-        from tenfold.features.submit import spark_submit_features
+        from tenfold.features.submit import job_record, spark_submit_features, stop_earlier_job
 
-        spark_submit_features(self.settings, part, output, run_id=key, timeout_s=self.timeout_s)
+        record = job_record(self.settings, output)
+        # Before this try's job starts: the job empties its output folders first, and nothing of an earlier try's job
+        # may be written after that.
+        stop_earlier_job(record)
+        spark_submit_features(self.settings, part, output, run_id=key, timeout_s=self.timeout_s, record=record)
 
 
 class DataprocJobFailed(RuntimeError):

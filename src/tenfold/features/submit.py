@@ -13,6 +13,7 @@ output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -136,19 +137,83 @@ def spark_submit_features(
     run_id: str | None = None,
     lake_uri: str | None = None,
     timeout_s: float = 900,
+    record: Path | None = None,
 ) -> str:
     """Run the build-features job for ``part`` into ``output_uri``; returns the job's output.
 
     Raises :class:`SparkJobError` (with the last lines of the log) on a non-zero exit or a timeout;
-    the child and its JVM are killed on timeout, and ``output_uri`` is then not to be trusted.
+    the child and its JVM are killed on timeout, and ``output_uri`` is then not to be trusted. ``record``: see
+    :func:`run_submit`.
     """
     cmd = spark_submit_command(
         settings, part, output_uri, publish=publish, extra_conf=extra_conf, run_id=run_id, lake_uri=lake_uri
     )
-    return run_submit(cmd, f"build_features for {part.label}", settings=settings, timeout_s=timeout_s)
+    return run_submit(cmd, f"build_features for {part.label}", settings=settings, timeout_s=timeout_s, record=record)
 
 
-def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: float) -> str:
+# A job left running by a try that was killed outright is stopped by the next: SIGTERM, then SIGKILL after this long.
+EARLIER_JOB_GRACE_S = 10.0
+
+
+def job_record(settings: Settings, output_uri: str) -> Path:
+    """Where the job writing ``output_uri`` is recorded while it runs (:func:`run_submit`'s ``record``): a local
+    folder of the home, keyed by the output, so that every try into one output (a gs:// one too) finds it."""
+    key = hashlib.sha256(output_uri.rstrip("/").encode()).hexdigest()[:16]
+    return settings.local.home / "spark-jobs" / f"{key}.json"
+
+
+def stop_earlier_job(record: Path, *, grace_s: float = EARLIER_JOB_GRACE_S) -> None:
+    """Stop the job recorded at ``record`` if it still runs: what a try killed outright (an Airflow task SIGKILLed)
+    left behind. Such a try's cleanup never ran, and its spark-submit, in a session of its own, went on writing the
+    output (its lookups are rewritten in place) beside the next try's job. The process group is stopped
+    (``tenfold.local.process.stop``: SIGTERM, SIGKILL after ``grace_s``) only while its leader's pid and start time
+    are the recorded ones: a recycled pid is never signalled. Raises :class:`SparkJobError` if it does not stop."""
+    from tenfold.local.process import ProcessRecord, is_running, stop
+
+    try:
+        earlier = ProcessRecord.from_json(record.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # identifies nothing: never acted on
+        log.warning("ignoring the unreadable job record %s (%s)", record, exc)
+        earlier = None
+    if earlier is not None and is_running(earlier):
+        log.warning("an earlier try left its spark-submit (pid %d) running into this try's output: stopping it first",
+                    earlier.pid)
+        stop(earlier, timeout=grace_s)
+        if is_running(earlier):
+            raise SparkJobError(f"an earlier try's spark-submit (pid {earlier.pid}, process group {earlier.pid}) is "
+                                f"still writing this job's output and did not stop: kill it (kill -9 -{earlier.pid}) "
+                                "and retry", None, "")
+    with contextlib.suppress(OSError):
+        record.unlink(missing_ok=True)
+
+
+def _record_job(record: Path, pid: int, what: str) -> None:
+    """Write ``record``: the job's leader (pid and start time, as ``tenfold.local.process`` identifies a process).
+    Raises :class:`SparkJobError` when it cannot (the caller then stops the job: unrecorded, a later try could not).
+
+    Without a marker (``tenfold.local.process.MARKER_ENV``): the job inherits the one of the process that started
+    Airflow, which names the scheduler and all it started, and stopping by it would stop them all."""
+    import psutil
+
+    from tenfold.fsio import atomic_write
+    from tenfold.local.process import record_of
+
+    try:
+        entry = record_of(psutil.Process(pid), "spark-submit")
+    except psutil.Error:  # it has ended already: nothing a later try could stop
+        return
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(record, entry.to_json().encode())
+    except OSError as exc:
+        raise SparkJobError(f"{what} was stopped: its process could not be recorded in {record} "
+                            f"({exc.strerror or exc}); free the disk or fix the folder's permissions, then retry",
+                            None, "") from exc
+
+
+def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: float, record: Path | None = None) -> str:
     """Run a spark-submit ``cmd`` (``what`` names it in errors) under a wall-clock limit; returns its output.
 
     The driver JVM maps the class-data-sharing archive (:func:`class_sharing`) when
@@ -159,6 +224,10 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
     Spark's scratch (``SPARK_LOCAL_DIRS``: shuffle blocks, ``spark-*`` folders) and the job's temporary files go
     to a folder of this call's own, removed when it returns: a killed JVM runs no shutdown hook, and left its
     shuffle data in ``/tmp`` on every timeout.
+
+    ``record`` (:func:`job_record`): where the job's process is recorded while it runs, for a later try to stop it
+    (:func:`stop_earlier_job`) when this call is killed outright and its cleanup never runs; removed once the job is
+    over.
     """
     base = spark_env(bind_host=settings.local.bind_host)
     # Inside the disk the user chose for Spark's scratch (SPARK_LOCAL_DIRS, its first folder), if any.
@@ -170,6 +239,8 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
         with tempfile.TemporaryFile(mode="w+") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
+                if record is not None:
+                    _record_job(record, proc.pid, what)  # inside: a failure to write it (a full disk) still stops the job
                 code = proc.wait(timeout=timeout_s)
             except BaseException as exc:
                 # Past its bound, or interrupted while waiting (Airflow's task timeout or termination raised in the
@@ -179,9 +250,12 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
                     os.killpg(proc.pid, 9)
                 proc.wait()
                 _until_group_gone(proc.pid)  # before its scratch is removed: a dying JVM may still write there
+                _forget(record)
                 if not isinstance(exc, subprocess.TimeoutExpired):
                     raise
                 code = None
+            else:
+                _forget(record)
             log.seek(0)
             text = log.read()
         archive.exit_code = code
@@ -192,6 +266,13 @@ def run_submit(cmd: list[str], what: str, *, settings: Settings, timeout_s: floa
         kind = "bad or missing input" if code == 2 else "failed"
         raise SparkJobError(f"{what} {kind} (exit {code}):\n{tail}", code, tail)
     return text
+
+
+def _forget(record: Path | None) -> None:
+    """Remove the record of a job that is over (a record left behind only makes the next try check a dead pid)."""
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.unlink(missing_ok=True)
 
 
 def _until_group_gone(pgid: int, timeout_s: float = 10.0) -> None:

@@ -36,22 +36,76 @@ def _main(monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> int:
     return job.main(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT])
 
 
+STAGED = f"{OUTPUT.removeprefix('file://')}/part-00001.parquet.tmp-1a2b3c4d"
+# What the writer raises inside a task (tenfold.features.job._file_writer), as the worker's traceback ends with it.
+NULLS = ("tenfold.features.job.ContractError: column 'route_flights' holds 1 nulls in part-00001.parquet, but the "
+         "contract's required_in_file says the transform makes it non-null: fill it in the transform (e.g. coalesce) "
+         "or take it out of required_in_file (docs/workloads.md)")
+DISK_FULL = f"OSError: [Errno 28] No space left on device: '{STAGED}'"
+
+
+def _worker_traceback(last: str) -> str:
+    return ("Traceback (most recent call last):\n"
+            '  File "/srv/venv/lib/python3.11/site-packages/tenfold/features/job.py", line 331, in write\n'
+            "    raise ContractError(\n"
+            f"{last}\n")
+
+
+def _py4j_text(last: str) -> str:
+    """py4j's Py4JJavaError of the SparkException that aborted the job (pyspark converts no SparkException): the
+    Java call first, then the Java exception's stack, the worker's traceback in its message and in its cause."""
+    return ("An error occurred while calling o312.collectToPython.\n"
+            ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 1 in stage 7.0 failed 4 times, "
+            "most recent failure: Lost task 1.3 in stage 7.0 (TID 23) (127.0.0.1 executor driver): "
+            f"org.apache.spark.api.python.PythonException: {_worker_traceback(last)}\n"
+            "\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:581)\n"
+            "\tat org.apache.spark.sql.execution.python.PythonArrowOutput$$anon$1.read(PythonArrowOutput.scala:118)\n"
+            "\tat java.base/java.lang.Thread.run(Thread.java:840)\n"
+            "\nDriver stacktrace:\n"
+            "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:2935)\n"
+            "Caused by: org.apache.spark.api.python.PythonException: "
+            f"{_worker_traceback(last)}\n"
+            "\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:581)\n")
+
+
+def _converted_text(last: str) -> str:
+    """pyspark's PythonException (pyspark.errors.exceptions.captured), as pyspark 4.3's collect() of a failing
+    mapInArrow raised it: its message, then the worker's traceback; a chained exception shows both tracebacks."""
+    return ("An exception was thrown from the Python worker:\n"
+            "Traceback (most recent call last):\n"
+            '  File "/srv/venv/lib/python3.11/site-packages/pyarrow/fs.py", line 40, in open_output_stream\n'
+            "KeyError: 'part-00001.parquet'\n\n"
+            "During handling of the above exception, another exception occurred:\n\n"
+            + _worker_traceback(last).rstrip("\n"))
+
+
 @pytest.mark.parametrize(
-    "failure",
+    ("failure", "said"),
     [
-        job.ContractError(f"the job wrote no Parquet file under {OUTPUT}"),
-        OSError(28, "No space left on device", f"{OUTPUT}/part-00001.parquet.tmp-1a2b3c4d"),
-        SparkException("An exception was thrown from the Python worker: OSError: [Errno 28] No space left on device: "
-                       f"'{OUTPUT.removeprefix('file://')}/part-00001.parquet.tmp-1a2b3c4d'"),
+        (job.ContractError(f"the job wrote no Parquet file under {OUTPUT}"), f"the job wrote no Parquet file under {OUTPUT}"),
+        (OSError(28, "No space left on device", STAGED), f"[Errno 28] No space left on device: '{STAGED}'"),
+        (SparkException(_py4j_text(DISK_FULL)), DISK_FULL),
+        (SparkException(_py4j_text(NULLS)), NULLS),
+        (SparkException(_converted_text(DISK_FULL)), DISK_FULL),
+        (SparkException(_converted_text(NULLS)), NULLS),
+        # A task that died without a Python traceback (its worker crashed): the Java exception's message, not py4j's
+        # "An error occurred while calling".
+        (SparkException("An error occurred while calling o312.collectToPython.\n: org.apache.spark.SparkException: Job "
+                        "aborted due to stage failure: Python worker exited unexpectedly (crashed)\n\tat org.apache."
+                        "spark.api.python.BasePythonRunner$ReaderIterator.read(PythonRunner.scala:620)\n"),
+         "org.apache.spark.SparkException: Job aborted due to stage failure: Python worker exited unexpectedly (crashed)"),
     ],
-    ids=["no-output-contract", "disk-full-driver", "disk-full-task"],
+    ids=["no-output-contract", "disk-full-driver", "disk-full-task", "nulls-task", "disk-full-task-converted",
+         "nulls-task-converted", "worker-crashed"],
 )
 def test_a_failure_of_the_jobs_own_output_is_not_taken_for_a_bad_input(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], failure: BaseException
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], failure: BaseException, said: str
 ) -> None:
+    """A failure inside a Spark task was reported by its wrapper's first line ("An error occurred while calling
+    o312.collectToPython."): the worker's own error line, which says what is wrong and what to do, was lost."""
     assert _main(monkeypatch, failure) == job.EXIT_FAILED
     err = capsys.readouterr().err
-    assert err.startswith(f"build_features: failed for 2013-02: {str(failure)[:80]}"), err
+    assert err == f"build_features: failed for 2013-02: {said}\n"  # one line, the worker's own
     assert "cannot be read" not in err and "re-ingest" not in err
 
 

@@ -4,6 +4,11 @@ staging folder that the retry rebuilds."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +18,9 @@ import psutil
 import pytest
 
 from tenfold.config import Settings
+from tenfold.data.lake import Partition
+from tenfold.features import submit
+from tenfold.features.runners import LocalSparkJob
 from tenfold.features.submit import run_submit
 
 
@@ -56,3 +64,119 @@ def test_a_job_killed_past_its_bound_leaves_no_scratch_behind(make_settings: Cal
     assert local_dirs == tmp and Path(local_dirs).name.startswith("tenfold-spark-")
     assert (Path(local_dirs).parent == big_disk) is chosen_disk
     assert not Path(local_dirs).exists(), "the killed job's scratch was left behind"
+
+
+FEB = Partition(2013, 2)
+
+# A try of the build_features task in a process of its own (an Airflow task): LocalSparkJob.run, the job's spark-submit
+# replaced by a shell that starts a grandchild (as spark-submit starts the driver's JVM) and waits for it.
+_FIRST_TRY = """
+import sys
+from tenfold.config import build_settings
+from tenfold.data.lake import Partition
+from tenfold.features import submit
+from tenfold.features.runners import LocalSparkJob
+
+home, output, pid_file = sys.argv[1:4]
+settings = build_settings("local", {"TENFOLD_HOME": home})
+settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"class_sharing": False})})
+submit.spark_submit_command = lambda *a, **k: ["sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]
+LocalSparkJob(settings, timeout_s=300).run(Partition(2013, 2), output, key="k", attempt=1)
+"""
+
+# The retry's job: writes whether the process (pid, start time) is still alive as it starts.
+_PROBE = """
+import sys
+import psutil
+try:
+    p = psutil.Process(int(sys.argv[1]))
+    alive = p.create_time() == float(sys.argv[2]) and p.status() != psutil.STATUS_ZOMBIE
+except psutil.NoSuchProcess:
+    alive = False
+open(sys.argv[3], "w").write("alive" if alive else "gone")
+"""
+
+
+def _quick_job(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    monkeypatch.setattr(submit, "spark_submit_command", lambda *a, **k: argv)
+
+
+def test_a_retry_stops_the_job_a_killed_try_left_running(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task SIGKILLed while its job ran never ran its cleanup: its spark-submit, in a session of its own, went on
+    writing the staging folder (its lookups rewritten in place) beside the retry's job, started 30 s later into the
+    same folder. The retry stops it before its own job starts."""
+    settings = make_settings(spark={"class_sharing": False})
+    output = (tmp_path / "staging").as_uri()
+    pid_file, seen, records = tmp_path / "orphan.pid", tmp_path / "seen", settings.local.home / "spark-jobs"
+    first = subprocess.Popen([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), output, str(pid_file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    left: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text().strip()):
+            assert first.poll() is None, f"the first try ended early: {first.communicate()[0].decode()}"
+            assert time.monotonic() < deadline, "the first try's job did not start"
+            time.sleep(0.05)
+        orphan = psutil.Process(int(pid_file.read_text()))
+        left = [orphan, psutil.Process(orphan.ppid())]  # the grandchild and its parent, the job's "spark-submit"
+        deadline = time.monotonic() + 10
+        while not any(records.glob("*.json")) and time.monotonic() < deadline:  # recorded right after it started
+            time.sleep(0.05)
+        os.kill(first.pid, 9)  # the task process, SIGKILLed: no except, no finally runs in it
+        first.wait()
+        assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE  # what the killed try left running
+
+        _quick_job(monkeypatch, [sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+        LocalSparkJob(settings, timeout_s=60).run(FEB, output, key="k", attempt=2)
+        assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
+        assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
+    finally:
+        if first.poll() is None:  # the test failed before the kill: the try and all it started go
+            with contextlib.suppress(psutil.Error):
+                left += psutil.Process(first.pid).children(recursive=True)
+            first.kill()
+        first.wait()
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil refuses a pid that now names another process
+        if first.stdout is not None:
+            first.stdout.close()
+
+
+def test_a_recorded_pid_that_names_another_process_now_is_never_stopped(
+        make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's pid alone is not the job: once the job is gone the pid is recycled, and the process that has it
+    (its start time differs) is left alone."""
+    from tenfold.local.process import record_of
+
+    settings = make_settings(spark={"class_sharing": False})
+    output = (tmp_path / "staging").as_uri()
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = submit.job_record(settings, output)
+        record.parent.mkdir(parents=True)
+        entry = record_of(psutil.Process(stranger.pid), "spark-submit")
+        record.write_text(dataclasses.replace(entry, create_time=entry.create_time - 60).to_json())
+        _quick_job(monkeypatch, ["true"])
+        LocalSparkJob(settings, timeout_s=60).run(FEB, output, key="k", attempt=2)
+        assert stranger.poll() is None, "a process that took the recorded pid was stopped"
+        assert not record.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_job_that_cannot_be_recorded_is_stopped_with_one_line_saying_why(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unrecorded, a job its killed try left running could not be found by the next: it never runs unrecorded."""
+    from tenfold.features.submit import SparkJobError
+
+    settings = make_settings(spark={"class_sharing": False})
+    (settings.local.home / "spark-jobs").write_text("a file where the records' folder goes")
+    _quick_job(monkeypatch, ["sleep", "300"])
+    started = time.monotonic()
+    with pytest.raises(SparkJobError, match=r"^build_features for 2013-02 was stopped: its process could not be "
+                                            r"recorded in .*; free the disk or fix the folder's permissions") as raised:
+        LocalSparkJob(settings, timeout_s=20).run(FEB, "file:///srv/staging", key="k", attempt=1)
+    assert "\n" not in str(raised.value) and time.monotonic() - started < 15
