@@ -237,19 +237,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
 
-    from tenfold.config import get_settings
+    from tenfold.config import get_settings, settings_refusal
+    from tenfold.outages import debug_requested, ending
 
-    parser = argparse.ArgumentParser(prog="python -m tenfold.feedback.training", description=main.__doc__)
+    command = "python -m tenfold.feedback.training"
+    parser = argparse.ArgumentParser(prog=command, description=main.__doc__)
     parser.add_argument("first")
     parser.add_argument("last")
     args = parser.parse_args(argv)
-    settings = get_settings()
+    # As common.run_main does for the pipelines' commands (which this package may not import): settings that do not
+    # parse (a TENFOLD_* value, an unknown TENFOLD_ENV) are bad usage, one line and exit 2, never pydantic's traceback.
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        print(settings_refusal(exc), file=sys.stderr)
+        return 2
     try:
         months = month_range(args.first, args.last)
         got = feedback_training_set(settings, months, weight=settings.training.feedback_weight,
                                     max_rows=settings.training.feedback_max_rows)
     except (ValueError, LakeError) as exc:
         print(f"feedback: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a lake away, a full disk, no credentials, a fault: tenfold.outages' one line
+        if debug_requested():
+            raise
+        print(ending(exc, command, settings.local.home, debug_hint="with TENFOLD_DEBUG=1"), file=sys.stderr)
         return 1
     print(json.dumps(got.summary, indent=2, default=str))
     return 0

@@ -197,3 +197,72 @@ def test_the_lineage_names_the_labelled_version_the_rows_were_read_from(settings
     for label, named in chosen.summary["labelled_partitions"].items():
         assert named["data_dir"] == lake.read_manifest(table, Partition.parse(label)).data_dir
     assert chosen.summary["labelled_rows"] == sum(n["labelled"] for n in chosen.summary["labelled_partitions"].values())
+
+
+@pytest.fixture
+def fresh_settings() -> Any:
+    """get_settings' cache cleared before and after: the test's TENFOLD_* variables are read, and not kept."""
+    from tenfold.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("TENFOLD_LOCAL__AIRFLOW_PORT", "abc",
+     "error: invalid settings: LocalSettings.airflow_port: Input should be a valid integer"),
+    ("TENFOLD_ENV", "bogus", "error: TENFOLD_ENV='bogus' is not an environment: choose one of local, dev, prod"),
+])
+def test_the_command_given_bad_settings_says_so_in_one_line_and_exits_2(
+        fresh_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        variable: str, value: str, said: str) -> None:
+    """`python -m tenfold.feedback.training` (docs/feedback.md) read the settings outside its error handling: a
+    TENFOLD_* value that does not parse ended in pydantic's traceback (an unknown TENFOLD_ENV in a bare ValueError's),
+    where every other entry point says one line and exits 2."""
+    from tenfold.feedback import training
+
+    monkeypatch.setenv(variable, value)
+    assert training.main(["2013-01", "2013-06"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err
+    assert "Traceback" not in err and value in err
+
+
+def test_the_command_prints_what_a_training_run_would_take(fresh_settings: None, settings: Settings,
+                                                           world: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The command on the settings of this process's environment: the summary of the window's feedback rows."""
+    import json
+
+    from tenfold.feedback import training
+
+    monkeypatch.setenv("TENFOLD_HOME", str(settings.local.home))
+    monkeypatch.delenv("TENFOLD_ENV", raising=False)
+    assert training.main(["2032-01", "2032-02"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = feedback_training_set(settings, [JAN, FEB], weight=settings.training.feedback_weight,
+                                     max_rows=settings.training.feedback_max_rows)
+    assert printed["rows"] == expected.summary["rows"] > 0, printed
+
+
+def test_a_lake_file_that_cannot_be_read_ends_the_command_in_one_line(fresh_settings: None, settings: Settings,
+                                                                       world: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """What the system refuses (here a labelled data file that is a folder: pyarrow's OSError) ended in a traceback;
+    it is tenfold.outages' line naming the path and what to do, exit 1."""
+    from tenfold.feedback import training
+
+    files = sorted((settings.local.home / "lake" / settings.storage.labelled_table).rglob("*.parquet"))
+    assert files
+    for file in files:
+        file.unlink()
+        file.mkdir()
+    monkeypatch.setenv("TENFOLD_HOME", str(settings.local.home))
+    monkeypatch.delenv("TENFOLD_ENV", raising=False)
+    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    assert training.main(["2032-01", "2032-02"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: `python -m tenfold.feedback.training` cannot go on: ") and err.count("\n") == 1, err
+    assert any(str(file) in err for file in files) and "Traceback" not in err

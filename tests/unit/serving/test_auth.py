@@ -110,9 +110,10 @@ def test_outside_local_a_replica_never_invents_a_token(tmp_path: Path) -> None:
     from tenfold.config import build_settings
 
     dev = build_settings("dev", {"TENFOLD_HOME": str(tmp_path)})
-    with pytest.raises(TokenMissing):
+    with pytest.raises(TokenMissing, match="Secret Manager secret 'tenfold-dev-serving-token'") as missing:
         Authenticator(dev)
     assert not token_path(dev).exists()
+    assert "tenfold up" not in str(missing.value)  # it generates a token on this machine only, never in dev or prod
 
 
 def test_iap_mode_needs_an_audience() -> None:
@@ -342,17 +343,33 @@ def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -
     assert line.split()[1] == new and old not in said and "(1 older still accepted)" in line
     httpx.Headers({"Authorization": f"Bearer {line.split()[1]}"})  # a header a client can send
     # The README's recipe reads it from `tenfold status` (the one documented place; the file's path depends on
-    # TENFOLD_HOME): its awk program, run on these lines, gives the current token alone.
+    # TENFOLD_HOME): its awk program, run on these lines, gives the current token alone. Every `TOKEN=$(` of the
+    # README and docs/ is checked, not a doc's first alone: docs/serving.md's second one read .tenfold/run/serving.token,
+    # wrong whenever TENFOLD_HOME is set. The only others are the cloud's secret (its first line: every recipe there
+    # reads `| head -n1`) and Airflow's API login, which is not the serving token.
     import re
     import subprocess
 
     root = Path(__file__).parents[3]
-    for doc in (root / "README.md", root / "docs" / "serving.md"):
-        text = doc.read_text()
-        assert "serving.token" not in text.split("TOKEN=$(", 1)[1].split("\n", 1)[0], doc
-        (program,) = re.findall(r"TOKEN=\$\(tenfold status \| awk '([^']+)'\)", text)
-        got = subprocess.run(["awk", program], input=said + "\n", capture_output=True, text=True, check=True).stdout
-        assert got == f"{new}\n", doc
+    readme = (root / "README.md").read_text()
+    (recipe,) = re.findall(r"TOKEN=\$\(tenfold status \| awk '[^']+'\)", readme)
+    others = ('TOKEN=$(gcloud secrets versions access latest --secret="$SECRET" | head -n1)',
+              'TOKEN=$(curl -s -X POST "$AF/auth/token" ')
+    (program,) = re.findall(r"awk '([^']+)'", recipe)
+    got = subprocess.run(["awk", program], input=said + "\n", capture_output=True, text=True, check=True).stdout
+    assert got == f"{new}\n", recipe
+    local = []
+    for doc in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
+        for line in doc.read_text().splitlines():
+            if "TOKEN=$(" not in line:
+                continue
+            assert "serving.token" not in line, f"{doc.name}: {line}"
+            setting = line[line.index("TOKEN=$("):]
+            if setting.startswith(recipe):
+                local.append(doc.name)
+            else:
+                assert setting.startswith(others), f"{doc.name} sets TOKEN another way than the README's recipe: {line}"
+    assert {"README.md", "serving.md"} <= set(local), local  # the recipe's own places: never checked vacuously
 
 
 def test_an_iap_replica_whose_first_key_fetch_failed_gets_ready_from_its_health_checks_alone(
