@@ -10,10 +10,27 @@ Run from the repository root: ``.venv/bin/python -m infra.main`` (what ``make sy
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from infra.stacks import build_app
+from tenfold.config import settings_refusal
+
+
+def main() -> int:
+    # The CLIs pass their output folder in CDKTF_OUTDIR; run by hand, write where they would.
+    outdir = None if os.environ.get("CDKTF_OUTDIR") else str(Path(__file__).parent / "cdktf.out")
+    try:
+        app = build_app(outdir=outdir)
+    except ValueError as exc:
+        # A TENFOLD_* value that does not parse (pydantic's ValidationError and SettingsError are ValueErrors), or a
+        # setting a stack refuses: one line naming it and exit code 2 (bad usage), as the tenfold commands end, not
+        # a traceback that `make synth` and `cdktn synth` would print whole. Nothing is written: synthesis never ran.
+        print(settings_refusal(exc), file=sys.stderr)
+        return 2
+    app.synth()
+    return 0
+
 
 if __name__ == "__main__":
-    # The CLIs pass their output folder in CDKTF_OUTDIR; run by hand, write where they would.
-    build_app(outdir=None if os.environ.get("CDKTF_OUTDIR") else str(Path(__file__).parent / "cdktf.out")).synth()
+    sys.exit(main())

@@ -103,6 +103,9 @@ class Iam(Construct):
     def __init__(self, scope: Construct, id_: str, props: IamProps) -> None:
         super().__init__(scope, id_)
         self.accounts: dict[str, ServiceAccount] = {}
+        # (component, role) -> its project-wide grant: a resource that needs a grant in place before it is created
+        # (Composer needs roles/composer.worker on its account) names it in depends_on.
+        self.project_grants: dict[tuple[str, str], ProjectIamMember] = {}
         roles = {
             r.role_id: ProjectIamCustomRole(self, f"role-{r.role_id}", role_id=r.role_id, title=r.title,
                                             permissions=list(r.permissions), project=props.project)
@@ -117,7 +120,8 @@ class Iam(Construct):
             self.accounts[spec.component] = sa
             member = sa.member
             for role in spec.project_roles:
-                ProjectIamMember(self, f"{spec.component}-{role.split('/')[-1]}", project=props.project, role=role, member=member)
+                self.project_grants[(spec.component, role)] = ProjectIamMember(
+                    self, f"{spec.component}-{role.split('/')[-1]}", project=props.project, role=role, member=member)
             for rid in spec.custom_roles:
                 ProjectIamMember(self, f"{spec.component}-custom-{rid}", project=props.project, role=roles[rid].id, member=member)
             for bucket, role in spec.bucket_roles:

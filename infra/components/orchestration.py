@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,10 @@ class OrchestrationProps:
 
 
 class Orchestration(Construct):
-    def __init__(self, scope: Construct, id_: str, props: OrchestrationProps) -> None:
+    def __init__(self, scope: Construct, id_: str, props: OrchestrationProps, depends_on: Sequence[object] = ()) -> None:
+        """``depends_on``: the resources Composer needs before it is created (its account's grants, the agent's):
+        Terraform's depends_on on the environment itself. A construct-level ``node.add_dependency`` synthesizes
+        nothing in CDK Terrain, and without it Terraform created the environment alongside its grants."""
         super().__init__(scope, id_)
         self.composer: ComposerEnvironment | None = None
         if not props.enabled:
@@ -60,6 +64,7 @@ class Orchestration(Construct):
                 # Composer 3 runs its cluster in a Google tenant project; only the identity is ours.
                 "node_config": {"service_account": props.service_account_email},
             },
+            depends_on=list(depends_on),  # type: ignore[arg-type]
         )
 
     @property

@@ -221,20 +221,26 @@ class PlatformStack(TerraformStack):
             iap=sv.server.auth_mode == "iap",
         ))
 
-        self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(
-            enabled=s.airflow.composer_enabled, environment_name=s.airflow.composer_environment, region=s.region,
-            image_version=s.airflow.composer_image_version, service_account_email=s.service_account_email(s.service_accounts.composer),
-            env_variables=composer_env(s),
-        ))
-        if self.orchestration.composer is not None:
+        composer_needs: list[object] = []
+        if s.airflow.composer_enabled:
             # Composer's service agent must be able to act for the environment's account (Composer 2/3).
             project = DataGoogleProject(self, "project", project_id=s.project_id)
             agent = ServiceAccountIamMember(
                 self, "composer-agent-ext", service_account_id=self.iam.accounts["composer"].name,
                 role="roles/composer.ServiceAgentV2Ext",
                 member=f"serviceAccount:service-{project.number}@cloudcomposer-accounts.iam.gserviceaccount.com")
-            self.orchestration.composer.node.add_dependency(self.iam)
-            self.orchestration.composer.node.add_dependency(agent)
+            # Creating the environment fails without its account, the account's roles/composer.worker and the agent's
+            # grant: Terraform's depends_on on the environment (a construct's node.add_dependency synthesizes nothing in
+            # CDK Terrain, and a first deploy created them all at once).
+            composer_needs = [self.iam.accounts["composer"], self.iam.project_grants[("composer", "roles/composer.worker")],
+                              agent]
+        self.orchestration = Orchestration(self, "orchestration", OrchestrationProps(
+            enabled=s.airflow.composer_enabled, environment_name=s.airflow.composer_environment, region=s.region,
+            image_version=s.airflow.composer_image_version,
+            # The account's email by reference (the same address), so Terraform also knows the environment needs it.
+            service_account_email=self.iam.accounts["composer"].email,
+            env_variables=composer_env(s),
+        ), depends_on=composer_needs)
 
         mo, subs = s.monitoring, s.messaging.subscriptions
         Observability(self, "observability", ObservabilityProps(

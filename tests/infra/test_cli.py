@@ -71,3 +71,20 @@ def test_the_path_docs_deploy_gives_finds_both_clis_and_a_node_cdktn_runs_on() -
         found = shutil.which(cli, path=path)
         assert found is not None and found.startswith(str(TOOLS)), f"{cli}: {found}"
     assert _node_version(shutil.which("node", path=path) or "node") >= (22, 19)
+
+
+def test_synth_refuses_a_bad_setting_in_one_line_naming_its_variable(tmp_path: Path) -> None:
+    """`make synth` and `cdktn synth` run `python -m infra.main`: a TENFOLD_* value that does not parse ended it in
+    pydantic's traceback. It ends as the tenfold commands do: one line naming the variable, exit code 2, and no stack
+    written (the settings are refused before synthesis, so this takes no provider-sized synth)."""
+    import sys
+
+    env = {**os.environ, "CDKTF_OUTDIR": str(tmp_path), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+           "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "https://api.example.com"}
+    proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ValidationError" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN" in ln]
+    assert line.startswith("error: invalid settings:") and "https://api.example.com" in line
+    assert not list(tmp_path.rglob("cdk.tf.json")), "nothing is synthesized from refused settings"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from infra.stacks.synthesized import Synthesized as Synth
+from infra.stacks.synthesized import account_lid, resources
 from infra.stacks.synthesized import by_name as _by_name
-from infra.stacks.synthesized import resources
 from tenfold.config import build_settings, get_settings
 from tenfold.rollout.urlmap import PATH_MATCHER
 
@@ -65,10 +65,22 @@ def test_every_subscription_dead_letters_and_every_dead_letter_topic_is_drained(
         assert topic_name[policy["dead_letter_topic"]] in dead_letter_topics
         assert policy["max_delivery_attempts"] >= 5 and "minimum_backoff" in sub["retry_policy"]
     assert all(t["kms_key_name"].startswith("${google_kms_crypto_key.") for t in topics.values())
-    # Pub/Sub's service agent may publish to each dead-letter topic
-    grants = resources(stack, "google_pubsub_topic_iam_member").values()
-    assert {g["role"] for g in grants} == {"roles/pubsub.publisher"}
-    assert all("gcp-sa-pubsub" in g["member"] for g in grants)
+    # Pub/Sub forwards a poison message as its own service agent: it publishes to the subscription's dead-letter topic
+    # and acks on the source subscription. Each grant on its own resource, and no other (a publisher grant on the
+    # source topic, or on one dead-letter topic for all, would leave messages undeliverable and not dead-lettered).
+    (project,) = stack["data"]["google_project"]
+    agent = f"serviceAccount:service-${{data.google_project.{project}.number}}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    named = {f"${{google_pubsub_topic.{lid}.{attr}}}": t["name"] for lid, t in topics.items() for attr in ("name", "id")}
+    named |= {f"${{google_pubsub_subscription.{lid}.{attr}}}": sub["name"]
+              for lid, sub in resources(stack, "google_pubsub_subscription").items() for attr in ("name", "id")}
+    topic_grants = {(named[g["topic"]], g["role"], g["member"])
+                    for g in resources(stack, "google_pubsub_topic_iam_member").values()}
+    assert topic_grants == {(sub.dead_letter_topic, "roles/pubsub.publisher", agent)
+                            for sub in s.messaging.subscriptions.values()}
+    subscription_grants = {(named[g["subscription"]], g["role"], g["member"])
+                           for g in resources(stack, "google_pubsub_subscription_iam_member").values()}
+    assert subscription_grants == {(sub.name, "roles/pubsub.subscriber", agent)
+                                   for sub in s.messaging.subscriptions.values()}
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -311,6 +323,23 @@ def test_observability_alerts(synth: Synth, env: str) -> None:
     # The latency page reads the service's p99 (the series' distributions merged), not the slowest series' own p99.
     (latency,) = policies[f"{s.prefix} serving p99 latency"]["conditions"][0]["condition_threshold"]["aggregations"]
     assert (latency["per_series_aligner"], latency["cross_series_reducer"]) == ("ALIGN_DELTA", "REDUCE_PERCENTILE_99")
+    # Dead letters page on the dead-letter subscriptions, all of them and nothing else, from the configured backlog
+    # on (a count above backlog - 1: Cloud Monitoring compares strictly).
+    dead = policies[f"{s.prefix} dead-letter backlog"]["conditions"][0]["condition_threshold"]
+    assert 'metric.type = "pubsub.googleapis.com/subscription/num_undelivered_messages"' in dead["filter"]
+    assert sorted(re.findall(r'subscription_id = "([^"]+)"', dead["filter"])) == sorted(
+        sub.dead_letter_subscription for sub in subs.values())
+    assert dead["comparison"] == "COMPARISON_GT"
+    assert dead["threshold_value"] == max(s.monitoring.dead_letter_backlog - 1, 0)
+    # The 5xx page is a ratio: the load balancer's 5xx responses over all its responses (a denominator of 5xx only
+    # would read 100 % on the first error; a numerator of every response would page on traffic), above the setting.
+    errors = policies[f"{s.prefix} serving 5xx rate"]["conditions"][0]["condition_threshold"]
+    five_xx = "metric.labels.response_code_class = 500"
+    assert five_xx in errors["filter"] and "response_code_class" not in errors["denominator_filter"]
+    assert set(errors["filter"].split(" AND ")) == set(errors["denominator_filter"].split(" AND ")) | {five_xx}
+    assert 'metric.type = "loadbalancing.googleapis.com/https/request_count"' in errors["denominator_filter"]
+    assert f'resource.labels.url_map_name = "{s.serving.load_balancer.url_map}"' in errors["denominator_filter"]
+    assert errors["comparison"] == "COMPARISON_GT" and errors["threshold_value"] == s.monitoring.error_rate_5xx
     drift = policies[f"{s.prefix} feature drift"]["conditions"][0]["condition_threshold"]
     # It pages at or above the monitor's psi_drift, as the monitor retrains: Cloud Monitoring compares strictly.
     assert s.monitoring.drift_metric in drift["filter"] and drift["comparison"] == "COMPARISON_GT"
@@ -732,8 +761,35 @@ def test_network_tags_and_the_orchestrator_role_come_from_settings(synth: Synth,
     (dev_role,) = resources(dev, "google_project_iam_custom_role").values()
     assert dev_role["role_id"] == get_settings("dev").infra.orchestrator_role_id
     prod = get_settings("prod")
-    (composer,) = resources(synth.stack(prod.infra.platform_stack), "google_composer_environment").values()
-    assert composer["config"]["node_config"]["service_account"] == prod.service_account_email(prod.service_accounts.composer)
+    stack = synth.stack(prod.infra.platform_stack)
+    (composer,) = resources(stack, "google_composer_environment").values()
+    # The environment runs as the composer account of settings, named by reference (its email, once created).
+    lid = account_lid(stack, prod.service_accounts.composer)
+    assert composer["config"]["node_config"]["service_account"] == f"${{google_service_account.{lid}.email}}"
+    account = resources(stack, "google_service_account")[lid]
+    assert f"{account['account_id']}@{account['project']}.iam.gserviceaccount.com" == prod.service_account_email(
+        prod.service_accounts.composer)
+
+
+def test_composer_is_created_after_its_account_and_grants(synth: Synth, tls_settings, iap_settings) -> None:
+    """Creating a Composer environment fails without its account, the account's roles/composer.worker and Composer's
+    service agent's roles/composer.ServiceAgentV2Ext on it. A construct's node.add_dependency synthesizes nothing in
+    CDK Terrain (the environment had no depends_on and a literal email), so a fresh project's first apply could create
+    all four at once. Every stack with Composer (prod's) names them in the environment's depends_on."""
+    for s in (get_settings("prod"), tls_settings, iap_settings):
+        stack = synth.stack(s.infra.platform_stack)
+        (composer,) = resources(stack, "google_composer_environment").values()
+        lid = account_lid(stack, s.service_accounts.composer)
+        member, account_name = f"${{google_service_account.{lid}.member}}", f"${{google_service_account.{lid}.name}}"
+        (worker,) = [g for g, body in resources(stack, "google_project_iam_member").items()
+                     if body["role"] == "roles/composer.worker" and body["member"] == member]
+        (agent,) = [g for g, body in resources(stack, "google_service_account_iam_member").items()
+                    if body["role"] == "roles/composer.ServiceAgentV2Ext" and body["service_account_id"] == account_name
+                    and body["member"].endswith("@cloudcomposer-accounts.iam.gserviceaccount.com")]
+        assert {f"google_service_account.{lid}", f"google_project_iam_member.{worker}",
+                f"google_service_account_iam_member.{agent}"} <= set(composer.get("depends_on", [])), s.prefix
+        assert composer["config"]["node_config"]["service_account"] == f"${{google_service_account.{lid}.email}}"
+    assert not resources(_platform(synth, "dev"), "google_composer_environment")  # dev runs no Composer by default
 
 
 @pytest.mark.parametrize("env", ENVS)
