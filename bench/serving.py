@@ -899,6 +899,9 @@ def main(argv: list[str] | None = None) -> int:
                     if cprof_phase is not None:
                         phases.append(cprof_phase)
             extra["bodies_used"] = offsets
+            # Last, with every server still up: the peers must answer what Tenfold answers (one model, one set of
+            # lookups, the same requests), or their figures are for other work.
+            extra["answers"] = compare_answers(servers, notes)
         finally:
             for srv in servers.values():
                 srv.stop()
@@ -914,6 +917,62 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(report)
     say(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
+
+
+# --- the peers' answers ---------------------------------------------------------------------------
+
+ANSWER_SAMPLE = 16  # flights asked of every server, one request each
+ANSWER_TOLERANCE = 1e-5  # |p - Tenfold's p|: float32 scoring, alone or in a batch of other rows
+
+
+def probabilities(body: Any) -> list[float]:
+    """Every ``probability`` in a response body, in order, whatever the server's envelope (Tenfold's predictions
+    list, LitServe's object, BentoML's list)."""
+    if isinstance(body, dict):
+        own = [float(body["probability"])] if "probability" in body else []
+        return own + [p for k, v in body.items() if k != "probability" for p in probabilities(v)]
+    if isinstance(body, list):
+        return [p for v in body for p in probabilities(v)]
+    return []
+
+
+def answers_of(srv: Server, count: int = ANSWER_SAMPLE) -> list[float]:
+    """The probability ``srv`` gives each of the last ``count`` bodies of its file (the same flights in every file,
+    in its own envelope), one request at a time."""
+    assert srv.bodies is not None
+    out: list[float] = []
+    for line in srv.bodies.read_text().splitlines()[-count:]:
+        request = urllib.request.Request(srv.url, data=line.encode(),
+                                         headers={"Content-Type": "application/json", **srv.headers})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            found = probabilities(json.loads(response.read()))
+        if len(found) != 1:
+            raise RuntimeError(f"{len(found)} probabilities in its answer to one flight")
+        out += found
+    return out
+
+
+def compare_answers(servers: dict[str, Server], notes: dict[str, str], count: int = ANSWER_SAMPLE) -> dict[str, float]:
+    """The largest difference from Tenfold's probability, per server that scores (the floor does not), over the same
+    ``count`` flights. A server past :data:`ANSWER_TOLERANCE`, or one that cannot answer, gets a note saying so: its
+    figures would be for other work than Tenfold's (a peer that skipped the online assembly, another model)."""
+    if "tenfold" not in servers or "tenfold" in notes:
+        return {}
+    reference = answers_of(servers["tenfold"], count)
+    worst: dict[str, float] = {}
+    for name, srv in servers.items():
+        if name in ("tenfold", "floor") or name in notes:
+            continue
+        try:
+            got = answers_of(srv, count)
+        except Exception as exc:
+            notes[name] = f"answer check failed: {exc}".splitlines()[0]
+            continue
+        worst[name] = max(abs(a - b) for a, b in zip(got, reference, strict=True))
+        if worst[name] > ANSWER_TOLERANCE:
+            notes[name] = (f"its answers differ from Tenfold's (largest |p difference| {worst[name]:.2e} over the same "
+                           f"{count} flights): its figures are not for the same work")
+    return worst
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -1071,6 +1130,11 @@ def render(args: argparse.Namespace, phases: list[Phase], notes: dict[str, str],
               "its share of a core is in the table (loadgen CPU).",
               "- The fleet runs two stable replicas (one per core) behind HAProxy with autoscaling pinned at two; the load "
               "generator, HAProxy and both replicas share the machine's 2 cores."]
+    if answers := extra.get("answers"):
+        lines.append(f"- Answers: every scoring server was asked the same {ANSWER_SAMPLE} flights after the load; the "
+                     "largest difference from Tenfold's probability: "
+                     + ", ".join(f"{name} {d:.1e}" for name, d in answers.items())
+                     + f" (tolerance {ANSWER_TOLERANCE:g}).")
     for name, note in notes.items():
         lines.append(f"- {name}: {note}")
     return "\n".join(lines) + "\n"
