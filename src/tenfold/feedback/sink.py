@@ -358,9 +358,13 @@ class FeedbackSink:
             # throughput, which drain() does not need (run() uses held pulls).
             request["return_immediately"] = True
         try:
+            # Only a held pull's deadline means "nothing to pull": one asked to return at once (drain, --until-idle,
+            # run() after a busy round) that meets its deadline found Pub/Sub not answering (a hung or blackholed
+            # emulator), and is retried, then refused, like an unavailable one; taken for empty, the sink reported
+            # "pulled: 0" and exit 0, or idled forever without a word.
             resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s, retry=None),
-                              f"pull {stream}", empty_on_deadline=True)
-        except DeadlineExceeded:  # a held pull that ran out its wait: nothing to pull, the only call where it means so
+                              f"pull {stream}", empty_on_deadline=wait)
+        except DeadlineExceeded:  # a held pull that ran out its wait: nothing to pull
             return []
         return list(resp.received_messages)
 

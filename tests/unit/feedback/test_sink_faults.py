@@ -9,6 +9,7 @@ an acknowledgement with the status codes Pub/Sub uses.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -33,6 +34,7 @@ class FakeSubscriber:
         self.ack_refusals: list[grpc.StatusCode] = []  # the next acknowledgements' answers, then OK
         self.ack_always: grpc.StatusCode | None = None
         self.acked: list[str] = []
+        self.hang_s = 0.0
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         handlers = {
             "Pull": grpc.unary_unary_rpc_method_handler(
@@ -57,6 +59,8 @@ class FakeSubscriber:
             types.ReceivedMessage(ack_id=f"ack-{n}", message=message, delivery_attempt=1))
 
     def _pull(self, request: types.PullRequest, context: grpc.ServicerContext) -> types.PullResponse:
+        if self.hang_s:
+            time.sleep(self.hang_s)  # a hung service: the call meets its deadline with no answer
         batch = self.queued.pop(request.subscription, [])
         return types.PullResponse(received_messages=batch)
 
@@ -110,6 +114,19 @@ def test_an_acknowledgement_that_keeps_timing_out_is_exit_1_naming_it_and_the_ba
     assert f"cannot reach 127.0.0.1:{fake.port} for 1 s to acknowledge 1 predictions message(s)" in result.output
     assert "DeadlineExceeded" in result.output
     assert fake.acked == [] and _landed(settings) == ["a"], "written before the ack: redelivered, never lost"
+
+
+def test_a_pubsub_that_does_not_answer_a_drain_is_exit_1_not_an_empty_subscription(pubsub):
+    """A pull asked to return at once that met its deadline was taken for "nothing to pull": against a hung emulator
+    `--until-idle` printed "pulled": 0 and exit 0, and the platform's sink idled without a word."""
+    fake, _ = pubsub
+    fake.hang_s = 2.0
+    result = CliRunner().invoke(feedback_cli.app, ["sink", "--until-idle", "--no-join", "--pubsub-retry-s", "1",
+                                                   "--pull-wait-s", "0.5"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert f"cannot reach 127.0.0.1:{fake.port} for 1 s to pull predictions (DeadlineExceeded" in result.output
+    assert fake.acked == []
 
 
 def test_an_error_pubsub_gives_that_the_sink_does_not_retry_is_exit_1_with_what_it_said(pubsub):
