@@ -30,7 +30,9 @@ from tenfold.inference import faults
 from tenfold.inference.requests import (
     MODEL_VERSION,
     PARTITION,
+    REPLAY,
     ROWS,
+    ScoringRequest,
     batch_count,
     plan_batches,
     record_id,
@@ -57,8 +59,20 @@ DEAD_LETTER_POLL_S = 1.0
 DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
+# What Pub/Sub accepts in one publish request (the topic's name, the message's body and attributes); the publisher
+# client refuses a larger message before sending it (google.cloud.pubsub_v1's MessageTooLargeError).
+MAX_PUBLISH_BYTES = 10_000_000
+
+
 class InferenceRunError(RuntimeError):
     """A run cannot complete (requests unaccounted for, the invariant broken); the text says what to do."""
+
+
+class RequestTooLargeError(InferenceRunError):
+    """A request of ``inference.rows_per_message`` rows is larger than Pub/Sub takes: every try sends the same bytes,
+    so a pipeline step fails at once (``retryable = False``) with what to change instead of being retried."""
+
+    retryable = False
 
 
 def partition_rows(lake: Lake, table: str, part: Partition, contract: FeatureContract) -> pa.Table:
@@ -88,13 +102,24 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     ``rows_per_message`` is the run's plan (``settings.inference.rows_per_message`` when it planned): the
     request ids the run waits for are counted with it, so a setting changed since must not re-cut them.
     """
+    from google.cloud.pubsub_v1.publisher.exceptions import MessageTooLargeError
+
     from tenfold.messaging.clients import publisher_client, topic_path
 
     started = time.monotonic()
     inf = settings.inference
     per_message = rows_per_message or inf.rows_per_message
-    client = publisher or publisher_client(settings)
     topic = topic_path(settings, settings.messaging.requests_topic)
+
+    def batches() -> Iterable[ScoringRequest]:
+        return plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
+                            rows_per_message=per_message)
+
+    # The first request (a full one: only the last is shorter) is weighed before anything is sent or marked sent
+    # again: the client refused one too large only at publish, with a ValueError that a task's retries met again.
+    if (first := next(iter(batches()), None)) is not None:
+        _check_size(settings, topic, first, first.encode(inf.request_compression), per_message)
+    client = publisher or publisher_client(settings)
     futures = []
     count = 0
     # A run published again (its task retried, its DAG run cleared) re-sends requests that were dead-lettered:
@@ -110,10 +135,17 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     if resent:
         log.info("run %s: %d dead-lettered request(s) sent again with the run's requests", run_key, len(resent))
     try:
-        for request in plan_batches(rows, run_key=run_key, partition=partition, model_version=model_version,
-                                    rows_per_message=per_message):
+        for request in batches():
             faults.fire("publish", request.request_id)
-            futures.append(client.publish(topic, request.encode(inf.request_compression), **request.attributes()))
+            body = request.encode(inf.request_compression)
+            try:
+                futures.append(client.publish(topic, body, **request.attributes()))
+            except MessageTooLargeError:
+                # A later request larger than the first (longer strings): those sent before it are harmless, a
+                # publish with other settings sends the same request ids again (or, with other rows_per_message,
+                # is another run) and the workers write each result once.
+                _check_size(settings, topic, request, body, per_message, sent=count)
+                raise
             count += 1
         for future in futures:
             future.result(timeout=120)
@@ -124,11 +156,37 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     return PublishReport(requests=count, rows=rows.num_rows, seconds=time.monotonic() - started)
 
 
+def _check_size(settings: Settings, topic: str, request: ScoringRequest, body: bytes, per_message: int, *,
+                sent: int = 0) -> None:
+    """Raise :class:`RequestTooLargeError` when ``request`` (its ``body`` encoded) is more than Pub/Sub takes."""
+    from google.pubsub_v1 import types
+
+    # Weighed as the publisher client weighs it: the publish request that would carry the message alone.
+    message = types.PubsubMessage(data=body, attributes=request.attributes())
+    size = types.PublishRequest.pb(types.PublishRequest(topic=topic, messages=[message])).ByteSize()
+    if size <= MAX_PUBLISH_BYTES:
+        return
+    inf = settings.inference
+    fits = max(1, int(per_message * MAX_PUBLISH_BYTES * 0.9 / size) // 100 * 100)
+    raise RequestTooLargeError(
+        f"a request of {request.rows.num_rows:,} rows (inference.rows_per_message={per_message:,}, "
+        f"inference.request_compression={inf.request_compression!r}) is a {size:,}-byte Pub/Sub message, more than "
+        f"Pub/Sub's limit of {MAX_PUBLISH_BYTES:,} bytes (10 MB): "
+        + (f"{sent} request(s) before it were published (harmless: a new publish sends the same request ids); "
+           if sent else "nothing was published; ")
+        + f"lower inference.rows_per_message to {fits:,} or less"
+        + (" (or set inference.request_compression to 'zstd', the smallest)" if inf.request_compression != "zstd"
+           else "")
+        + ", then trigger batch_inference for the month again (a new plan cuts the requests anew)")
+
+
 def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None) -> list[tuple[str, str]]:
     """Record every message waiting on the requests' dead-letter subscription, then acknowledge it.
 
-    Returns ``(run, request id)`` of each. The record (body, attributes, delivery attempts, the last error
-    the worker recorded) is written before the ack, so a crash in between records it twice, never loses it.
+    Returns ``(run, request id)`` of each recorded. The record (body, attributes, delivery attempts, the last error
+    the worker recorded) is written before the ack, so a crash in between records it twice, never loses it. A dead
+    letter of a copy older than the one last sent again is acknowledged without being recorded (see
+    :func:`_record_dead_letter`).
     """
     from google.api_core.exceptions import DeadlineExceeded
 
@@ -156,7 +214,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                     rid = record_id(attrs, msg.data)
                     store = message_store(objects, attrs)  # unknown-run's folder when attribute run cannot name one
                     try:
-                        _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)
+                        recorded = _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts)
                     except Exception as exc:
                         if is_store_outage(exc):  # the store is away: this message and the rest of the batch are
                             # left unacked for a later drain, which files them in their runs (under unknown-run,
@@ -170,9 +228,10 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                         log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
                                       rid, store.run, msg.message_id, UNKNOWN_RUN)
                         store, rid = RunStore(objects, UNKNOWN_RUN), f"message-{msg.message_id}"
-                        _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts,
-                                            recording_error=f"{type(exc).__name__}: {exc}")
-                    seen.append((store.run, rid))
+                        recorded = _record_dead_letter(store, rid, msg, attrs, sub.max_delivery_attempts,
+                                                       recording_error=f"{type(exc).__name__}: {exc}")
+                    if recorded:
+                        seen.append((store.run, rid))
                     acks.append(rm.ack_id)
             finally:  # what was recorded is acknowledged, even when a later message could not be (it comes again)
                 if acks:
@@ -187,8 +246,9 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
 
 
 def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, str], max_delivery_attempts: int,
-                        **extra: Any) -> None:
-    """Write the dead-letter record of ``msg`` (see :func:`drain_dead_letters`) as ``rid`` of ``store``'s run."""
+                        **extra: Any) -> bool:
+    """Write the dead-letter record of ``msg`` (see :func:`drain_dead_letters`) as ``rid`` of ``store``'s run; False
+    when ``msg`` is a stale copy of a request sent again since (the record is left as it is)."""
     # A record that cannot be read (a torn or foreign file) is not a reason to file the dead letter outside its run,
     # where the run never counts it: it is recorded without what that file said.
     try:
@@ -199,6 +259,15 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
         before = store.dead_letter(rid) or {}
     except ValueError:
         before = {}
+    # Pub/Sub may dead-letter one message more than once, and a copy sent before a replay may still be redelivered
+    # while the replay's copy is in flight: recorded afresh (unmarked), the request counted as dead-lettered and the
+    # run ended without it. A copy's `replay` attribute says which send it is of (none: the original publication, or a
+    # run's publish sending it again): a dead letter of an older copy than the record's latest send changes nothing.
+    copy, latest = _whole(attrs.get(REPLAY)) or 0, _latest_replay(before)
+    if before.get("replayed") and copy < latest:
+        log.warning("dead letter of request %s of run %s is of an older copy (replay %d) than the one sent last "
+                    "(replay %d), which is in flight: its record is kept as it is", rid, store.run, copy, latest)
+        return False
     # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
     attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
     store.put_dead_letter(rid, {
@@ -211,6 +280,15 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
         "times_dead_lettered": (_whole(before.get("times_dead_lettered")) or 0) + 1,
         "replays": before.get("replays", []), "replayed": False, **extra,
     })
+    return True
+
+
+def _latest_replay(record: dict[str, Any]) -> int:
+    """The ``replay`` number of the copy a dead-letter record's latest send carried (:func:`mark_replayed` keeps it);
+    0 when it carried none (a run's publish sends the original request again) or the record predates the number."""
+    replays = record.get("replays")
+    last = replays[-1] if isinstance(replays, list) and replays else None
+    return (_whole(last.get(REPLAY)) or 0) if isinstance(last, dict) else 0
 
 
 @dataclass(frozen=True)
@@ -236,8 +314,8 @@ def account(store: RunStore, ids: Iterable[str]) -> Accounting:
     """Which of ``ids`` are scored, and which dead-lettered and not sent again since.
 
     A dead letter marked ``replayed`` (by ``tenfold dlq replay``, or by a new publication of the run's
-    requests) is in flight again: it is accounted once it is scored, or once it is dead-lettered again
-    (which records it afresh, unmarked).
+    requests) is in flight again: it is accounted once it is scored, or once the copy sent last is dead-lettered
+    (which records it afresh, unmarked); a copy sent before it, dead-lettered again, leaves it in flight.
     """
     wanted = list(ids)
     results = set(store.result_ids())
@@ -248,7 +326,8 @@ def account(store: RunStore, ids: Iterable[str]) -> Accounting:
 
 
 def mark_replayed(store: RunStore, rid: str, record: dict[str, Any], **how: Any) -> None:
-    """Record that dead letter ``rid`` was sent again (``how``: by whom, its new message id): it is in flight."""
+    """Record that dead letter ``rid`` was sent again (``how``: by whom, and ``replay``, the number of the copy's
+    ``replay`` attribute when it has one): it is in flight. A dead letter of an older copy leaves it so."""
     record["replays"] = [*record.get("replays", []), {"at": time.time(), **how}]
     record["replayed"] = True
     store.put_dead_letter(rid, record)

@@ -29,9 +29,11 @@ class _Publisher:
 
     def __init__(self, meanwhile: Callable[[], None] = lambda: None, fail: bool = False) -> None:
         self.meanwhile, self.fail, self.sent = meanwhile, fail, 0
+        self.attributes: list[dict[str, str]] = []
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> Any:
         publisher = self
+        self.attributes.append(attrs)
 
         class Future:
             def result(self, timeout: float) -> str:
@@ -89,6 +91,19 @@ def test_a_replay_whose_send_fails_is_not_left_in_flight_and_is_sent_by_the_next
     assert [s["request_id"] for s in dlq.replay(settings, run="run-1")] == ["req-1"]
     record = store.dead_letter("req-1") or {}
     assert record["replayed"] is True and len(record["replays"]) == 1
+
+
+def test_a_replay_marks_the_number_its_copy_carries(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain tells a dead letter of an older copy (it leaves the request in flight) from one of the copy sent last
+    by the copy's replay attribute and the number the mark keeps: the two must agree."""
+    from tenfold.inference.runs import _latest_replay
+
+    publisher = _Publisher()
+    store = _dead_letter(settings, monkeypatch, publisher)
+    for again in (False, True):
+        dlq.replay(settings, run="run-1", include_replayed=again)
+        record = store.dead_letter("req-1") or {}
+        assert publisher.attributes[-1]["replay"] == str(_latest_replay(record)) == str(1 + again)
 
 
 @pytest.mark.parametrize("command", [["inspect"], ["replay", "--all"]])

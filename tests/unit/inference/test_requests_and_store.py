@@ -276,6 +276,60 @@ def test_a_dead_letter_whose_run_cannot_name_a_folder_is_recorded_as_unknown_run
     assert RunStore(objects, "run-1").dead_letter(good.request_id) is not None
 
 
+def test_a_second_dead_letter_of_a_copy_sent_before_a_replay_leaves_the_replay_in_flight(tmp_path: Path) -> None:
+    """Pub/Sub may dead-letter one message more than once: the original copy, dead-lettered again after `tenfold dlq
+    replay` had sent copy 1, was recorded afresh as not replayed, so the run counted the request dead-lettered while
+    copy 1 was in flight (score ended early, publish_results refused the month or left its rows out). A dead letter
+    of copy 1 itself is still counted."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import account, drain_dead_letters, mark_replayed
+
+    settings, objects = build_settings("local"), FileObjects(tmp_path)
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    rid, store = good.request_id, RunStore(objects, "run-1")
+    original = {**good.attributes(), "CloudPubSubDeadLetterSourceDeliveryCount": "5"}  # no replay attribute
+
+    def drain(attrs: dict[str, str], message_id: str) -> list[tuple[str, str]]:
+        subscriber = _DeadLetterSubscriber(good.encode(), (attrs, message_id, f"ack-{message_id}"))
+        seen = drain_dead_letters(settings, subscriber=subscriber, objects=objects)
+        assert subscriber.acked == [f"ack-{message_id}"]  # acknowledged, recorded or not
+        return seen
+
+    assert drain(original, "101") == [("run-1", rid)]
+    assert account(store, [rid]).dead_lettered == (rid,)
+    mark_replayed(store, rid, store.dead_letter(rid) or {}, by="replay", replay=1)  # what `tenfold dlq replay` marks
+    assert account(store, [rid]).dead_lettered == ()
+
+    stale = drain(original, "102")  # the original copy, dead-lettered a second time
+    assert account(store, [rid]).dead_lettered == ()  # copy 1 is still in flight
+    record = store.dead_letter(rid) or {}
+    assert (record["replayed"], record["times_dead_lettered"], stale) == (True, 1, [])
+
+    assert drain({**original, "replay": "1"}, "103") == [("run-1", rid)]  # copy 1 itself dead-lettered
+    record = store.dead_letter(rid) or {}
+    assert (record["replayed"], record["times_dead_lettered"]) == (False, 2)
+    assert account(store, [rid]).dead_lettered == (rid,)
+
+
+def test_a_dead_letter_of_a_request_a_run_publishes_again_is_counted_as_before(tmp_path: Path) -> None:
+    """A run's publish sends the original request again, without a replay attribute (and records of earlier versions
+    name no replay number): a dead letter without one is of the copy sent last, and counted dead-lettered."""
+    from tenfold.config import build_settings
+    from tenfold.inference.runs import account, drain_dead_letters, resend_dead_letters
+
+    settings, objects = build_settings("local"), FileObjects(tmp_path)
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    rid, store = good.request_id, RunStore(objects, "run-1")
+    for message_id in ("101", "102"):
+        assert resend_dead_letters(store, [rid], by="publish") == ([rid] if message_id == "102" else [])
+        subscriber = _DeadLetterSubscriber(good.encode(), (good.attributes(), message_id, "ack"))
+        assert drain_dead_letters(settings, subscriber=subscriber, objects=objects) == [("run-1", rid)]
+        assert account(store, [rid]).dead_lettered == (rid,)
+    assert (store.dead_letter(rid) or {})["times_dead_lettered"] == 2
+
+
 def _two_dead_letters() -> tuple[ScoringRequest, dict[str, str], _DeadLetterSubscriber]:
     """A good dead letter of run-1 and a second one of the same run (message ids 201 and 202)."""
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",

@@ -1,0 +1,93 @@
+"""A request larger than Pub/Sub takes (10 MB) is refused before anything is published, naming the settings to change
+(the session's Pub/Sub emulator, through the real publisher client)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Partition
+from tenfold.inference.requests import request_id
+from tenfold.inference.runs import RequestTooLargeError, account, publish_requests
+from tenfold.inference.store import RunStore, work_objects
+
+
+def _pull_all(settings: Settings, expect: int = 0) -> list[dict[str, str]]:
+    """The attributes of the messages waiting on the requests subscription (acknowledged): pulled until ``expect``
+    came, or three times when none is expected."""
+    from tenfold.messaging.clients import subscriber_client, subscription_path
+
+    path = subscription_path(settings, settings.messaging.subscriptions["requests"].name)
+    client = subscriber_client(settings)
+    got: list[dict[str, str]] = []
+    try:
+        for _ in range(10 if expect else 3):  # the emulator may answer a pull with part of what it holds
+            if expect and len(got) >= expect:
+                break
+            resp = client.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True},
+                               timeout=30)
+            got += [dict(rm.message.attributes) for rm in resp.received_messages]
+            if resp.received_messages:
+                client.acknowledge(request={"subscription": path, "ack_ids": [rm.ack_id for rm in resp.received_messages]})
+    finally:
+        client.close()
+    return got
+
+
+def test_a_request_over_pubsubs_limit_is_refused_before_anything_is_published(own_topology: Settings) -> None:
+    """50,000 uncompressed rows a message (both values the settings allow) are an 11.6 MB message: the publisher
+    client raised MessageTooLargeError (a ValueError) at publish, which Airflow retried twice and the CLI called "a
+    fault in the code", after the run's dead letters had been marked sent again."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.outages import ending
+    from tenfold.pipelines.common import run_step
+    from tenfold.workloads import get_workload
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    settings = own_topology.model_copy(update={"inference": own_topology.inference.model_copy(
+        update={"rows_per_message": 50_000, "request_compression": "none"})})
+    contract = get_workload(settings).contract
+    rows = synthetic_features(Partition(2013, 7), 50_000).select(
+        list(dict.fromkeys(contract.key_columns + contract.feature_columns)))
+    store = RunStore(work_objects(settings), "run-1")
+    rid = request_id("run-1", "2013-07", 0)
+    store.put_dead_letter(rid, {"request_id": rid, "run": "run-1", "rows": 50_000, "replays": [], "replayed": False})
+
+    with pytest.raises(RequestTooLargeError) as raised:
+        publish_requests(settings, "run-1", "2013-07", "v1", rows)
+    said = str(raised.value)
+    assert "inference.rows_per_message=50,000" in said and "inference.request_compression='none'" in said
+    assert "Pub/Sub's limit of 10,000,000 bytes" in said and "nothing was published" in said
+    assert "lower inference.rows_per_message to " in said
+    size = int(said.split("is a ")[1].split("-byte")[0].replace(",", ""))
+    assert size > 10_000_000
+    # Not retried: Airflow's task fails at once, and a command ends with the line as it is.
+    assert raised.value.retryable is False
+    with pytest.raises(AirflowFailException, match=r"inference\.rows_per_message"):
+        run_step(publish_requests, settings, "run-1", "2013-07", "v1", rows)
+    assert ending(raised.value, "x", settings.local.home, debug_hint="") == f"error: `x`: {said}"
+    assert _pull_all(settings) == []
+    assert account(store, [rid]).dead_lettered == (rid,)  # its dead letter was not marked sent again
+
+    # The same rows in requests that fit are published: the pull above would have seen them.
+    report = publish_requests(settings, "run-1", "2013-07", "v1", rows, rows_per_message=10_000)
+    assert report.requests == 5
+    assert sorted(a["request_id"] for a in _pull_all(settings, expect=5)) == [request_id("run-1", "2013-07", i) for i in range(5)]
+    assert account(store, [rid]).dead_lettered == ()
+
+
+def test_a_later_request_over_the_limit_is_refused_saying_what_was_published(own_topology: Settings) -> None:
+    """The first request is weighed before anything is sent; a later one that is larger (longer strings) is refused
+    by the client at publish, and said the same way, naming the requests published before it."""
+    import pyarrow as pa
+
+    rows = pa.table({"k": [1, 2, 3, 4], "s": ["a", "b", "x" * 6_000_000, "y" * 6_000_000]})
+    settings = own_topology.model_copy(update={"inference": own_topology.inference.model_copy(
+        update={"rows_per_message": 2, "request_compression": "none"})})
+    with pytest.raises(RequestTooLargeError) as raised:
+        publish_requests(settings, "run-2", "2013-07", "v1", rows)
+    said = str(raised.value)
+    assert said.startswith("a request of 2 rows (inference.rows_per_message=2, inference.request_compression='none')")
+    assert "1 request(s) before it were published" in said and raised.value.retryable is False
+    assert [a["request_id"] for a in _pull_all(settings, expect=1)] == [request_id("run-2", "2013-07", 0)]
