@@ -88,6 +88,12 @@ PORT_SPAN = 1000
 SETTLED_S = 60.0
 # How long a started HAProxy has to answer its runtime API before it is stopped and its start counted as failed.
 HAPROXY_START_S = 10.0
+# How old the supervisor's status may be before the supervisor counts as not responding. It writes one every tick
+# (Supervisor.run: at most 0.2 s apart), but one tick may run long: restarting a hung HAProxy waits on its runtime API
+# (5 s), its stop (5 s), the new one's start (HAPROXY_START_S) and, should that fail, its stop again (5 s), some 25 s,
+# more on a busy 2-core machine. An older status is from a supervisor stopped by SIGSTOP or hung: its pid lives on, so
+# it passed for running, while nothing replaced a replica that died.
+STATUS_STALE_S = 60.0
 
 # Replica states in the supervisor.
 STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stopping"
@@ -287,6 +293,16 @@ def read_status(settings: Settings) -> FleetStatus | None:
         return None
 
 
+def not_responding(st: FleetStatus | None, record: ProcessRecord) -> str | None:
+    """What to say when the running supervisor's last status (``st``) is older than :data:`STATUS_STALE_S`: it is
+    stopped or hung, and what the status shows is no longer so. None while it writes (or has yet to write) one."""
+    if st is None or (age := time.time() - st.updated_at) <= STATUS_STALE_S:
+        return None
+    return (f"the fleet supervisor (pid {record.pid}) is not responding: its last status is {age:.0f} s old (it writes "
+            f"one several times a second), so nothing replaces a replica that dies; see its log {record.log}, then "
+            "run `tenfold serve down && tenfold serve up`")
+
+
 # --- the supervisor ----------------------------------------------------------------------------
 
 
@@ -364,6 +380,7 @@ class Supervisor:
         # what keeps failing, not a new version after a failure of the one it replaces.
         self.failed: dict[str, set[tuple[str, str]]] = {pool: set() for pool in POOLS}
         self.haproxy_backoff: tuple[int, float] = (0, 0.0)
+        self.haproxy_started_at = 0.0  # when the HAProxy now running was started (monotonic)
         # Since when HAProxy's runtime API has not answered while its process lives (None: it answers).
         self.haproxy_silent_since: float | None = None
         self._slot_failures: set[tuple[str, str, str]] = set()  # (pool, slot, command) said to have failed
@@ -420,6 +437,7 @@ class Supervisor:
     # -- HAProxy
     def start_haproxy(self) -> None:
         self.haproxy_silent_since = None  # a new process: its silence counts from now
+        self.haproxy_started_at = time.monotonic()
         self.haproxy = process.start(HAPROXY, haproxy_argv(self.paths), run_dir=self.run_dir, port=self.settings.local.lb_port)
         process.wait_until(self.api.alive, timeout=HAPROXY_START_S, what="HAProxy", record=self.haproxy, interval=0.05)
         self.say(f"haproxy: pid {self.haproxy.pid} on {self.settings.local.bind_host}:{self.settings.local.lb_port}")
@@ -435,8 +453,21 @@ class Supervisor:
                      f"{time.monotonic() - silent:.0f} s: stopping it")
             process.stop(self.haproxy, timeout=5)
             self.haproxy_silent_since = None
+        lived = time.monotonic() - self.haproxy_started_at
         if self.haproxy is not None and process.is_running(self.haproxy):
+            if self.haproxy_backoff[0] and lived >= SETTLED_S:  # it has stayed up: the failures are behind it
+                self.haproxy_backoff = (0, 0.0)
             return True
+        if self.haproxy is not None and lived < SETTLED_S:
+            # It died soon after it started (as a replica that dies soon after entering rotation): a failed start,
+            # backed off. Restarted at once, a HAProxy that crashes a second after each start was restarted every
+            # tick, each restart taking every replica out of rotation until its health checks passed again.
+            dead, self.haproxy = self.haproxy, None
+            process.stop(dead, timeout=5)  # reaps it, and anything left in its group
+            process.remove_pid_file(self.run_dir, HAPROXY)
+            self.haproxy_backoff = _backed_off(self.haproxy_backoff[0])
+            self.say(f"haproxy: pid {dead.pid} ended {lived:.1f} s after it started; retrying in "
+                     f"{self.haproxy_backoff[1] - time.monotonic():.1f} s")
         failures, retry_at = self.haproxy_backoff
         if time.monotonic() < retry_at:
             return False
@@ -452,7 +483,8 @@ class Supervisor:
             self.haproxy_backoff = _backed_off(failures)
             self.say(f"haproxy: could not restart ({exc}); retrying in {self.haproxy_backoff[1] - time.monotonic():.1f} s")
             return False
-        self.haproxy_backoff = (0, 0.0)
+        # The back-off is kept until it has stayed up SETTLED_S (above): one that dies soon after it answered is
+        # backed off further.
         for pool, scaler in self.scalers.items():  # nothing was observed while it was away: no window, no samples
             scaler.restart()
             self.samples[pool] = []
@@ -992,6 +1024,8 @@ def wait_for(
     deadline = time.monotonic() + timeout
     while True:
         st = read_status(settings)
+        if stale := not_responding(st, record):  # its status is no longer what runs: neither done nor worth a wait
+            raise FleetError(stale)
         if st is not None and st.generation >= generation and done(st):
             return st
         if not process.is_running(record):
@@ -1180,6 +1214,8 @@ class FleetReport:
     token: str | None
     log: str
     token_error: str | None = None  # the token file is there but empty or unreadable: what to do
+    # The supervisor's pid lives, but its status is old (stopped or hung: nothing supervises): what to do.
+    supervisor_error: str | None = None
     predict_path: str = "/v1/predict"  # settings.serving.server.api_prefix + /predict
     minimums: dict[str, int] = field(default_factory=dict)  # each pool's minimum of replicas
 
@@ -1189,10 +1225,10 @@ class FleetReport:
 
     @property
     def healthy(self) -> bool:
-        """The supervisor and HAProxy are up, every serving replica answers, and every pool with a minimum has one
-        serving: a stable pool whose replicas died (forgotten, their restarts backing off) while a canary at 0 %
-        lived on was "healthy" while every request got a 503."""
-        return self.running and self.haproxy_alive and bool(self.replicas) and all(
+        """The supervisor (writing its status) and HAProxy are up, every serving replica answers, and every pool
+        with a minimum has one serving: a stable pool whose replicas died (forgotten, their restarts backing off)
+        while a canary at 0 % lived on was "healthy" while every request got a 503."""
+        return self.running and not self.supervisor_error and self.haproxy_alive and bool(self.replicas) and all(
             r.alive for r in self.replicas if r.state == SERVING) and all(
             self.serving(pool) > 0 for pool, least in self.minimums.items() if least > 0)
 
@@ -1208,7 +1244,8 @@ def _alive(url: str) -> bool:
 
 
 def report(settings: Settings) -> FleetReport:
-    """Check the supervisor (pid file), HAProxy (runtime API) and each replica (its own ``/healthz``)."""
+    """Check the supervisor (pid file, and how old its status is), HAProxy (runtime API) and each replica (its own
+    ``/healthz``)."""
     from tenfold.rollout.haproxy import HaproxyRouter
     from tenfold.serving.auth import TokenMissing, accepted_tokens, token_path
 
@@ -1217,6 +1254,7 @@ def report(settings: Settings) -> FleetReport:
         settings = running_settings(settings)
     host, rd = settings.local.bind_host, run_dir(settings)
     st = read_status(settings) if record is not None else None
+    stale = not_responding(st, record) if record is not None else None
     haproxy = process.read_record(rd, HAPROXY)
     api = RuntimeApi(HaproxyPaths.of(settings).socket, timeout=2)
     haproxy_alive = haproxy is not None and process.is_running(haproxy) and api.alive()
@@ -1243,6 +1281,7 @@ def report(settings: Settings) -> FleetReport:
         url=f"http://{host}:{settings.local.lb_port}", metrics_url=f"http://{host}:{settings.serving.fleet.lb_metrics_port}/metrics",
         canary_percent=percent, versions={k: v.version for k, v in st.pools.items()} if st else {},
         replicas=replicas, token_path=str(tpath), token=token, token_error=token_error, log=str(process.log_file(rd, SUPERVISOR)),
+        supervisor_error=stale,
         predict_path=f"{settings.serving.server.api_prefix}/predict",
         minimums={k: v.min for k, v in st.pools.items()} if st else {},
     )
@@ -1263,6 +1302,8 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
         return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token or rep.token_error else "")
     state = "healthy" if rep.healthy else "running, not healthy"
     lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
+    if rep.supervisor_error:
+        lines.append(f"  {rep.supervisor_error}")
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")
                  + f"  metrics {rep.metrics_url} (login {STATS_USER} / the token)  canary "
                  + f"{rep.canary_percent if rep.canary_percent is not None else '?'} %")

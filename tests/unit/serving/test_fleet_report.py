@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tenfold.config import build_settings
+from tenfold.local import free_ports, process
+from tenfold.serving import fleet
 from tenfold.serving.fleet import SERVING, FleetReport, ReplicaReport, describe
+from tenfold.serving.haproxy import HaproxyPaths, RuntimeApi, haproxy_argv, write_config
 
 
 def _replica(pool: str, slot: int, *, alive: bool = True, state: str = SERVING) -> ReplicaReport:
@@ -44,3 +56,71 @@ def test_a_pool_whose_replicas_serve_another_version_than_it_is_set_to_says_so()
     assert "stable  v2  2 serving (min 2)  rolling: 0 of its replicas serve it, v1 still serving" in text, text
     assert all(line.rstrip().endswith("v1") for line in text.splitlines() if "replica-stable-" in line), text
     assert "rolling" not in describe(_report(_replica("stable", 0), _replica("stable", 1)))
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    """A replica's own health check: 200 to every GET."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_supervisor_that_no_longer_writes_its_status_is_not_responding(tmp_path: Path) -> None:
+    """A supervisor stopped by SIGSTOP (or hung) keeps its pid: `tenfold serve status` printed its last status as
+    healthy, `serve up` found the fleet "already running" and `rollout` waited out n x 200 s on a status that never
+    changed, while nothing replaced a replica that died. The real parts: a live process under the supervisor's pid
+    file (a sleep that never writes a status), a real HAProxy, and a replica's health check that answers."""
+    lb, metrics, replica_port = free_ports(3)
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), "TENFOLD_LOCAL__LB_PORT": str(lb),
+                                        "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": str(metrics)})
+    rd = fleet.run_dir(settings)
+    paths = write_config(settings, canary_percent=0)
+    server = http.server.ThreadingHTTPServer((settings.local.bind_host, replica_port), _Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    haproxy = process.start(fleet.HAPROXY, haproxy_argv(paths), run_dir=rd, port=lb)
+    supervisor = process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=rd, port=lb)
+    try:
+        process.wait_until(RuntimeApi(HaproxyPaths.of(settings).socket).alive, timeout=10, what="HAProxy",
+                           record=haproxy)
+
+        def status(age: float) -> None:
+            replica = fleet.ReplicaStatus(pool=fleet.STABLE, slot=1, version="v1", port=replica_port,
+                                          pid=supervisor.pid, state=SERVING, lb_status="UP", in_flight=0, log="r.log")
+            pools = {pool: fleet.PoolStatus(version="v1", min=1 if pool == fleet.STABLE else 0, max=2, desired=1,
+                                            utilization=0.0, replicas=[replica] if pool == fleet.STABLE else [])
+                     for pool in fleet.POOLS}
+            st = fleet.FleetStatus(generation=1, updated_at=time.time() - age, supervisor_pid=supervisor.pid,
+                                   haproxy_pid=haproxy.pid, pools=pools)
+            (rd / fleet.STATUS_FILE).write_text(st.to_json())
+
+        status(0.0)  # written just now: the fleet is as it says
+        fresh = fleet.report(settings)
+        assert fresh.healthy, describe(fresh)
+        assert fleet.wait_for(settings, lambda st: st.ready, what="the fleet", timeout=5).supervisor_pid == supervisor.pid
+
+        status(600.0)  # the supervisor stopped writing ten minutes ago, every replica still serving in what it wrote
+        stale = fleet.report(settings)
+        assert not stale.healthy, describe(stale)
+        assert fresh.supervisor_error is None and stale.supervisor_error is not None
+        for part in (f"the fleet supervisor (pid {supervisor.pid}) is not responding", supervisor.log,
+                     "`tenfold serve down && tenfold serve up`"):
+            assert part in stale.supervisor_error, stale.supervisor_error
+        assert re.search(r"its last status is 60\d s old", stale.supervisor_error), stale.supervisor_error
+        text = describe(stale)
+        assert text.startswith("serving  running, not healthy") and stale.supervisor_error in text, text
+        # `serve up` (already running), `rollout`, `scale` and the rest wait on it: they say so at once, not after
+        # their timeout, and never take its old status for the one they wait for.
+        started = time.monotonic()
+        with pytest.raises(fleet.FleetError, match=r"is not responding: its last status is 60\d s old"):
+            fleet.wait_for(settings, lambda st: st.ready, what="the fleet", timeout=30)
+        assert time.monotonic() - started < 5
+    finally:
+        process.stop(supervisor, timeout=5)
+        process.stop(haproxy, timeout=5)
+        server.shutdown()
+        server.server_close()

@@ -188,6 +188,39 @@ def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(s
     assert process.read_record(supervisor.run_dir, fleet.HAPROXY) is None
 
 
+def test_a_haproxy_that_dies_soon_after_each_start_is_restarted_with_back_off(supervisor: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The back-off was reset as soon as a restarted HAProxy answered once: one that crashed a second after each start
+    was restarted every tick, each restart sending every replica back through its health checks. Now, as for
+    replicas, one that dies within SETTLED_S of its start is a failed start. A process in HAProxy's place (a sleep
+    whose runtime API, the stub's, answers) that ends 0.5 s after each start."""
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "0.5"])
+    monkeypatch.setattr(supervisor, "_reconcile", lambda pool: None)  # no replica: HAProxy alone
+    _tick_for(supervisor, 6.0)
+    starts = [line for line in supervisor.lines if "haproxy: not running, restarting it" in line]
+    # Unthrottled: a start every ~0.55 s, some 10 in 6 s; backing off 0.5, 1, 2 s: starts at 0, 1, 2.5 and 5 s.
+    assert 2 <= len(starts) <= 5, supervisor.lines
+    delays = _delays(supervisor.lines, "s after it started")
+    assert len(delays) >= 3, supervisor.lines
+    assert delays[:3] == [pytest.approx(0.5, abs=0.1), pytest.approx(1.0, abs=0.1), pytest.approx(2.0, abs=0.1)], \
+        supervisor.lines
+    assert supervisor.haproxy_backoff[0] >= 3
+
+
+def test_a_haproxy_back_off_resets_only_once_it_has_stayed_up_settled_s(supervisor: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After failed starts, a HAProxy that comes up keeps the back-off until it has served SETTLED_S (1 s here)."""
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "SETTLED_S", 1.0)
+    monkeypatch.setattr(supervisor, "_reconcile", lambda pool: None)
+    supervisor.haproxy_backoff = (3, 0.0)  # three failed starts, the last one's wait over
+    supervisor.tick()
+    assert supervisor.haproxy is not None, supervisor.lines
+    assert supervisor.haproxy_backoff[0] == 3  # up, not yet settled: a crash now backs off 4 s
+    _tick_for(supervisor, 1.3)
+    assert supervisor.haproxy_backoff == (0, 0.0), supervisor.lines
+
+
 @pytest.fixture
 def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A supervisor of a 2-replica stable pool on v1 (replicas that live), whose v2 replicas die V2_LIFETIME s
