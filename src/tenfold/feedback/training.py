@@ -64,6 +64,13 @@ class FeedbackError(ValueError):
     """The feedback cannot be turned into training rows; the message says what to fix."""
 
 
+class FeedbackRepublished(FeedbackError):
+    """A labelled month was re-published (the running sink's join) during each read of it: a later read meets a quiet
+    moment, so a pipeline step leaves it to its retries (``retryable``)."""
+
+    retryable = True
+
+
 @dataclass(frozen=True)
 class FeedbackSet:
     """The training rows (the contract's online columns, its label and :data:`WEIGHT_COLUMN`) and how they were chosen."""
@@ -119,7 +126,7 @@ def feedback_training_set(settings: Settings, months: Sequence[Partition], *, we
             if labelled_lineage(settings, [part]) == named:
                 break
         else:
-            raise FeedbackError(f"{settings.storage.labelled_table} {part.label} was re-published during each of "
+            raise FeedbackRepublished(f"{settings.storage.labelled_table} {part.label} was re-published during each of "
                                 f"{LINEAGE_TRIES} reads: retry (or train with feedback_weight 0)")
         lineage.update(named)
         parts_rows.append(got)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, LakeError, Partition, month_range
+from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition, month_range
 from tenfold.fsio import atomic_write
 from tenfold.jsonable import plain_json
 from tenfold.model_files import (
@@ -300,14 +300,24 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
     names it by URI, and the training group's workers read it from there). A plan retried with the same labelled partitions finds its file (content-addressed)
     and plans the same run.
     """
-    from tenfold.feedback.training import FeedbackError, feedback_training_set, write_training_input
+    from tenfold.feedback.training import (
+        FeedbackError,
+        FeedbackRepublished,
+        feedback_training_set,
+        write_training_input,
+    )
     from tenfold.training.fleet import run_folder
 
     try:
         chosen = feedback_training_set(settings, train, weight=weight, max_rows=settings.training.feedback_max_rows)
+    except FeedbackRepublished:
+        raise  # the sink re-published a month during each read: the task's retry reads it in a quiet moment
     except FeedbackError as exc:
         raise PipelineError(str(exc)) from exc
-    except LakeError as exc:
+    except CorruptManifestError as exc:
+        # A manifest or file that fails its checks is read the same way again: said now, with what to do. The lake's
+        # other refusals here are a retry's to mend (a download damaged in transit, a month re-published or withdrawn
+        # while it was read, a lock taken over), and were failed at once, telling people to rebuild the join.
         raise PipelineError(
             f"the feedback join's labelled table cannot be read ({exc}): rebuild it (tenfold feedback join), or train "
             "without feedback (run conf {\"feedback_weight\": 0})"

@@ -199,6 +199,43 @@ def test_the_lineage_names_the_labelled_version_the_rows_were_read_from(settings
     assert chosen.summary["labelled_rows"] == sum(n["labelled"] for n in chosen.summary["labelled_partitions"].values())
 
 
+def test_a_plan_meeting_what_a_retry_mends_is_left_to_its_retries(settings: Settings, world: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """train_model's plan failed at once, without its retries, on every lake or feedback error, a re-publish by the
+    running sink at each read included (its message said "retry"), or a download damaged in transit (its advice was
+    to rebuild the join). A manifest that fails its checks is still refused at once, saying what to do."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.data.lake import CorruptManifestError, DamagedInTransit
+    from tenfold.feedback import training
+    from tenfold.feedback.training import FeedbackRepublished
+    from tenfold.pipelines import train_model
+    from tenfold.pipelines.common import run_step
+
+    real, seeds = training.labelled_rows, iter(range(100, 200))
+
+    def the_sink_joins_at_every_read(*args: Any, **kwargs: Any) -> Any:
+        land(settings, synthetic_requests(JAN, 1, seed=next(seeds)), [1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "labelled_rows", the_sink_joins_at_every_read)
+    with pytest.raises(FeedbackRepublished, match="re-published during each of 3 reads"):
+        run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
+    monkeypatch.setattr(training, "labelled_rows", real)
+
+    def raising(exc: Exception) -> Any:
+        def read(*args: Any, **kwargs: Any) -> Any:
+            raise exc
+        return read
+
+    monkeypatch.setattr(training, "feedback_training_set", raising(DamagedInTransit("download damaged: read it again")))
+    with pytest.raises(DamagedInTransit):
+        run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
+    monkeypatch.setattr(training, "feedback_training_set", raising(CorruptManifestError("manifest x is unreadable")))
+    with pytest.raises(AirflowFailException, match=r"cannot be read \(manifest x is unreadable\): rebuild it"):
+        run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
+
+
 @pytest.fixture
 def fresh_settings() -> Any:
     """get_settings' cache cleared before and after: the test's TENFOLD_* variables are read, and not kept."""
