@@ -25,6 +25,7 @@ Run every step in one process without Airflow: ``python -m tenfold.pipelines.bat
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +66,7 @@ class InferenceRun(RunState):
     rows_per_message: int
     path: Literal["pubsub", "spark"]
     features_data_dir: str
+    planned_at: str = ""  # ISO UTC to the second, as a manifest's created_at (empty: planned before it was kept)
 
     @property
     def partition(self) -> Partition:
@@ -233,6 +235,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         run_key=key, airflow_run_id=airflow_run_id, month=part.label, model_version=version,
         rows=manifest.rows, requests=batch_count(manifest.rows, inf.rows_per_message) if path == "pubsub" else 0,
         rows_per_message=inf.rows_per_message, path=path, features_data_dir=manifest.data_dir,
+        planned_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     log.info("batch_inference %s: %s (%d rows, %d requests) with model %s (%s) by the %s path", run.run_key, part.label,
              run.rows, run.requests, version, ref, path)
@@ -397,6 +400,7 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     # Re-published since the plan (a cleared, late run): its scores are of a build no longer published, and would
     # replace those a later run made of the new one, with no event left to score the month again.
     _check_unchanged(settings, r, lake)
+    _refuse_to_replace_newer_scores(lake, table, r)
     manifest = publish_scores(lake, table, r.partition, scores, schema, keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
                                      "dead_lettered_requests": len(acc.dead_lettered)})
@@ -407,10 +411,27 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             "scores": lake.uri_of(lake.partition_path(table, r.partition)), "data_dir": manifest.data_dir}
 
 
+def _refuse_to_replace_newer_scores(lake: Lake, table: str, r: InferenceRun) -> None:
+    """A run cleared from ``score`` long after it planned (its dead letters replayed, as its own refusal says to)
+    published its model's scores over those another run published since, of the model that serves now: the month was
+    left scored by a retired model, and no event comes to score it again. The Spark path refuses the same case."""
+    try:
+        now = lake.read_manifest(table, r.partition)
+    except MissingManifestError:
+        return
+    made_by = now.extra.get("model_version")
+    if not r.planned_at or now.run_id == r.airflow_run_id or made_by == r.model_version:
+        return
+    if dt.datetime.fromisoformat(now.created_at) > dt.datetime.fromisoformat(r.planned_at):
+        raise PipelineError(
+            f"the scores of {r.month} were published at {now.created_at} by run {now.run_id} with model {made_by}, after "
+            f"this run planned model {r.model_version} ({r.planned_at}): nothing was published over them; trigger a new "
+            f"batch_inference run with the run conf {{\"month\": \"{r.month}\"}} if the month's scores should be "
+            "remade")
+
+
 def run_all(settings: Settings, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
     """Every step in this process (what ``main`` and the demo call); returns :func:`publish_results`' figures."""
-    import datetime as dt
-
     rid = run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}"
     planned = plan(settings, rid, conf)
     publish(settings, planned)

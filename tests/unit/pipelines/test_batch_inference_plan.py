@@ -142,6 +142,40 @@ def test_a_late_run_whose_features_were_re_published_meanwhile_publishes_nothing
         pipeline.score(s, late)  # nor does its score wait for scores of a build no longer published
 
 
+def test_a_late_run_of_a_retired_model_publishes_nothing_over_scores_published_since_it_planned(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A planned the month with v-old and was refused (too many dead letters); a rollout promoted v-new, and run B
+    scored and published the month with it. Days later A's dead letters were replayed and its score task cleared, as
+    its refusal says to: its publish put v-old's scores back over B's, and no event came to score the month again."""
+    import dataclasses
+
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-old")
+    late = pipeline.plan(s, "run-a", {"month": PART.label})
+    assert late.planned_at  # kept with the plan
+    late = dataclasses.replace(late, planned_at="2013-08-01T00:00:00+00:00")  # planned before B published
+    _score(s, late)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-new")
+    newer = pipeline.plan(s, "run-b", {"month": PART.label})
+    _score(s, newer)
+    pipeline.publish_results(s, newer)
+    published = lake.read_manifest(table, PART)
+    with pytest.raises(pipeline.PipelineError, match=r"published at .* by run run-b with model v-new, after this run "
+                                                     r"planned model v-old .*trigger a new batch_inference run"):
+        pipeline.publish_results(s, late)
+    assert lake.read_manifest(table, PART).content == published.content  # run B's scores stay
+    # A run planned after those scores were published replaces them (the monthly rescore with a new champion).
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-third")
+    again = pipeline.plan(s, "run-c", {"month": PART.label})
+    _score(s, again)
+    assert pipeline.publish_results(s, again)["model_version"] == "v-third"
+
+
 def test_a_run_whose_features_were_withdrawn_meanwhile_fails_at_once_saying_what_to_do(
     make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
