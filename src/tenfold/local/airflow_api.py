@@ -30,6 +30,9 @@ BACKFILL_WAIT_S = 150.0
 
 
 TOKEN_PATH = "/auth/token"
+# Task instances asked for per page: the API server's default cap (``[api] maximum_page_limit``); a smaller cap
+# there only means more pages.
+TASK_PAGE = 100
 
 
 class AirflowApiError(RuntimeError):
@@ -105,19 +108,36 @@ class AirflowApi:
         return dict(self._send("GET", f"/api/v2/dags/{dag_id}"))
 
     def wait_for_dag(self, dag_id: str, *, timeout_s: float = 300.0, poll_s: float = 3.0) -> dict[str, Any]:
-        """Wait until the DAG processor has parsed ``dag_id``; import errors are reported by name."""
+        """Wait until the DAG processor has parsed ``dag_id`` and the scheduler will run it; import errors are
+        reported by name.
+
+        A DAG whose file parsed before and now fails to import (or whose file the processor has not parsed lately)
+        is still answered, marked ``has_import_errors``/``is_stale``, and Airflow still accepts its backfills and
+        triggers, but its scheduler never starts a run of a stale DAG: the demo waited out its whole timeout
+        ("did not finish in time") without showing the import error. Such a DAG is not ready."""
         deadline = time.monotonic() + timeout_s
         while True:
+            found: dict[str, Any] | None = None
             try:
-                return self.dag(dag_id)
+                found = self.dag(dag_id)
             except AirflowApiError as exc:
                 if "HTTP 404" not in str(exc):
                     raise
+            if found is not None and not found.get("has_import_errors") and not found.get("is_stale"):
+                return found
+            relative = str(found.get("relative_fileloc") or "") if found else ""
             errors = self._send("GET", "/api/v2/importErrors").get("import_errors", [])
-            mine = [e for e in errors if dag_id in str(e.get("filename", ""))]
+            mine = [e for e in errors
+                    if dag_id in str(e.get("filename", "")) or (relative and e.get("filename") == relative)]
             if mine:
                 raise AirflowApiError(f"{dag_id} does not import: {mine[0].get('stack_trace', '')[-1500:]}")
             if time.monotonic() > deadline:
+                if found is not None:
+                    why = "still has import errors" if found.get("has_import_errors") else "is still stale"
+                    raise AirflowApiError(
+                        f"{dag_id} {why} in Airflow after {timeout_s:.0f} s, and its scheduler starts no run of it: "
+                        f"the DAG processor has not parsed {relative or 'its file'} cleanly since; see the "
+                        "dag-processor log")
                 raise AirflowApiError(f"Airflow has not parsed {dag_id} after {timeout_s:.0f} s; see the dag-processor log")
             time.sleep(poll_s)
 
@@ -215,9 +235,27 @@ class AirflowApi:
         return list(self._send("GET", f"/api/v2/backfills?{query}")["backfills"])
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        """Each task instance's state in a run (None: not scheduled yet), by task id."""
+        """Each task instance's state in a run (None: not scheduled yet), by task id; a mapped task's instances as
+        ``task_id[map_index]`` (an unmapped one, map index -1, by its plain task id).
+
+        Keyed by task id alone, a mapped task's last instance overwrote the others (batch_inference's
+        ``score_month.*`` with month [0] failed and [1] succeeded named no failed task), and the endpoint answers
+        one page at a time (50 by default, at most the API's ``maximum_page_limit``): every page is read."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
-        return {t["task_id"]: t.get("state") for t in self._send("GET", path).get("task_instances", [])}
+        states: dict[str, str | None] = {}
+        offset = 0
+        while True:
+            query = urllib.parse.urlencode({"limit": TASK_PAGE, "offset": offset})
+            page = self._send("GET", f"{path}?{query}")
+            instances = list(page.get("task_instances", []))
+            for t in instances:
+                index = t.get("map_index", -1)
+                key = str(t["task_id"]) if index is None or int(index) < 0 else f"{t['task_id']}[{index}]"
+                states[key] = t.get("state")
+            offset += len(instances)
+            # An empty page ends it too: a total that grew while reading must not loop for ever.
+            if not instances or offset >= int(page.get("total_entries") or 0):
+                return states
 
     def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
         return [task for task, state in self.task_states(dag_id, run_id).items() if state in ("failed", "upstream_failed")]

@@ -260,3 +260,52 @@ def test_the_configured_bind_host_is_kept_off_the_proxy_too(tmp_path, monkeypatc
     assert out.exit_code == 0, out.output
     assert os.environ["no_proxy"] == os.environ["NO_PROXY"] == "corp.example,127.0.0.1,localhost,::1,127.0.0.2"
     assert urllib.request.proxy_bypass_environment(log_server)
+
+
+TOKEN = {"access_token": "t"}
+HEALTHY = {"dag_id": "build_features", "is_stale": False, "has_import_errors": False,
+           "relative_fileloc": "build_features.py"}
+
+
+def test_a_dag_whose_file_stopped_importing_is_reported_not_waited_on(server: list[_Server]) -> None:
+    """A DAG file that parsed before and now fails to import keeps its DAG (200), marked stale with import errors:
+    Airflow accepts its backfills and its scheduler never runs them, so the demo waited out its timeout ("did not
+    finish in time") and never showed the import error."""
+    broken = {**HEALTHY, "is_stale": True, "has_import_errors": True}
+    errors = {"import_errors": [{"filename": "dags/build_features.py", "stack_trace": "Traceback ...\nSyntaxError: x"}],
+              "total_entries": 1}
+    api, s = _api(server, [TOKEN, broken, errors])
+    with pytest.raises(AirflowApiError, match=r"(?s)build_features does not import: .*SyntaxError: x"):
+        api.wait_for_dag("build_features", timeout_s=5, poll_s=0.01)
+    assert [path for _, path in s.seen] == ["/auth/token", "/api/v2/dags/build_features", "/api/v2/importErrors"]
+    # Stale without an import error (the processor has not parsed its file again): waited on, then named as stale.
+    nothing = {"import_errors": [], "total_entries": 0}
+    api, s = _api(server, [TOKEN, {**HEALTHY, "is_stale": True}, nothing, {**HEALTHY, "is_stale": True}, nothing])
+    with pytest.raises(AirflowApiError, match=r"build_features is still stale in Airflow after 0 s.*build_features.py.*dag-processor log"):
+        api.wait_for_dag("build_features", timeout_s=0.05, poll_s=0.1)
+    # ... and returned once parsed again.
+    api, s = _api(server, [TOKEN, {**HEALTHY, "is_stale": True}, nothing, HEALTHY])
+    assert api.wait_for_dag("build_features", timeout_s=30, poll_s=0.01) == HEALTHY
+    assert len(s.seen) == 4
+    # A healthy DAG is returned at once, with no look at the import errors.
+    api, s = _api(server, [TOKEN, HEALTHY])
+    assert api.wait_for_dag("build_features", timeout_s=5, poll_s=0.01) == HEALTHY
+    assert len(s.seen) == 2
+
+
+def test_task_states_read_every_page_and_keep_mapped_instances_apart(server: list[_Server]) -> None:
+    """Keyed by task id alone, a mapped task's last instance overwrote the others (month [0] failed, [1] succeeded:
+    no failed task named), and only the endpoint's first page was read."""
+    def ti(task_id: str, map_index: int, state: str | None) -> dict[str, object]:
+        return {"task_id": task_id, "map_index": map_index, "state": state}
+
+    first = {"task_instances": [ti("months", -1, "success"), ti("score_month.score", 0, "failed")],
+             "total_entries": 3}
+    second = {"task_instances": [ti("score_month.score", 1, "success")], "total_entries": 3}
+    api, s = _api(server, [TOKEN, first, second])
+    assert api.task_states("batch_inference", "r 1") == {
+        "months": "success", "score_month.score[0]": "failed", "score_month.score[1]": "success"}
+    base = "/api/v2/dags/batch_inference/dagRuns/r%201/taskInstances"
+    assert [path for _, path in s.seen[1:]] == [f"{base}?limit=100&offset=0", f"{base}?limit=100&offset=2"]
+    api, _ = _api(server, [TOKEN, first, second])
+    assert api.failed_tasks("batch_inference", "r 1") == ["score_month.score[0]"]
