@@ -11,6 +11,7 @@ never writes a file of the lake.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,10 +69,24 @@ def write_sorted(table: pa.Table, order: Sequence[str], schema: pa.Schema, fs: p
     (GCS) makes an object visible only once its upload is complete. Returns the rows written.
     """
     ordered = table.sort_by([(c, "ascending") for c in order]).select(schema.names).cast(schema)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # not *.parquet: never published, never validated
-        write_table(ordered, fs, tmp)
-        fs.move(tmp, path)
-    else:
-        write_table(ordered, fs, path)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # not *.parquet: never published, never validated
+            try:
+                write_table(ordered, fs, tmp)
+                fs.move(tmp, path)
+            except BaseException:
+                # A write cut short (a full disk) must not leave its half file behind: a retried task writes another
+                # tmp name, so nothing else would ever remove it.
+                with contextlib.suppress(OSError):
+                    fs.delete_file(tmp)
+                raise
+        else:
+            write_table(ordered, fs, path)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # pyarrow's writer names no file ("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left
+        # on device"): the callers' one line would name neither the file nor its disk.
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
     return int(ordered.num_rows)

@@ -57,7 +57,12 @@ class AuthError(Exception):
 
 
 class TokenMissing(RuntimeError):
-    """No token file where the settings say it is; the message says how to create one."""
+    """No token file where the settings say it is (or none this process can read or write); the message says how to
+    create one."""
+
+    # A refusal, not a fault in the code: a command it escapes (`tenfold serve up`) ends with its message as it is
+    # (tenfold.outages.ending), and a retry meets the same file.
+    retryable = False
 
 
 def token_path(settings: Settings) -> Path:
@@ -90,6 +95,18 @@ def accepted_tokens(settings: Settings) -> list[str]:
             f"no serving token at {path}: run `tenfold up` (or `tenfold serve`) to generate one, "
             "or place the token there (mode 0600)"
         ) from None
+    except OSError as exc:  # a folder in its place, no permission to read it: a replica died of a raw traceback
+        if not settings.is_local:
+            raise TokenMissing(
+                f"the serving token file {path} cannot be read ({exc.strerror or exc}): mount the latest version of "
+                f"the Secret Manager secret {settings.serving.token_secret!r} there as a file this user can read "
+                "(mode 0600), as the serving fleet's startup script does"
+            ) from None
+        raise TokenMissing(
+            f"the serving token file {path} cannot be read ({exc.strerror or exc}): make it a file this user can read "
+            "(its owner and permissions, mode 0600), or delete it and run `tenfold up` to generate a new one; clients "
+            "then need the new token (`tenfold status`)"
+        ) from None
     if not tokens:
         raise TokenMissing(f"the serving token file {path} is empty: delete it and run `tenfold up` to generate a new one")
     return tokens
@@ -112,18 +129,30 @@ def ensure_token(settings: Settings) -> str:
         token = read_token(settings)
         _keep_private(path)  # one placed by hand (which TokenMissing invites) may be readable by others
         return token
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(_TOKEN_BYTES) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileExistsError):  # another process won the race: use its token
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(_TOKEN_BYTES) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another process won the race: use its token
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        # A full disk names no file ("[Errno 28] No space left on device"), and a replica, `tenfold up` or the demo
+        # reported it as a raw OSError: one refusal naming the token's path and what to do, as for a missing token.
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            todo = f"the disk it is on is full: free space there (`df -h {path.parent}`)"
+        else:
+            todo = f"{path.parent} must be a folder this user can write: fix that path or its permissions"
+        raise TokenMissing(f"cannot create the serving token file {path} ({exc.strerror or exc}): {todo}, then run "
+                           "`tenfold up` again") from None
     return read_token(settings)
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from tenfold.fsio import open_lines_for_append
 from tenfold.serving.haproxy import (
     REQUEST_RING,
     REQUEST_RING_BYTES,
@@ -164,5 +165,9 @@ class RequestLog(threading.Thread):
                 log.warning("request log: cannot move %s to %s (%s); writing on, trying again in %d s",
                             self.path, rotated(self.path), exc, ROTATE_RETRY_S)
                 self._rotate_after = time.monotonic() + ROTATE_RETRY_S
+        # A supervisor killed mid-write left a torn last line: appended as it is, the first new line would be glued to
+        # it and that request would drop out of the canary analysis. open_lines_for_append mends it (a newline first).
+        with open_lines_for_append(self.path):
+            pass
         self._out = open(self.path, "ab")  # noqa: SIM115 (replaced on each rotation)
         return self._out

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from tenfold.fsio import filesystem_from_uri, make_dirs
+from tenfold.fsio import filesystem_from_uri, make_dirs, write_file_atomically
 
 
 def is_remote(location: str) -> bool:
@@ -27,7 +26,6 @@ class RemoteDir:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
         self.fs, self.root = filesystem_from_uri(self.uri)
-        self._local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, name)
@@ -42,11 +40,9 @@ class RemoteDir:
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)
         make_dirs(self.fs, posixpath.dirname(path))
-        target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if self._local else path
-        with self.fs.open_output_stream(target) as out:
-            out.write(data)
-        if target != path:
-            self.fs.move(target, path)
+        # A hidden tmp moved over the name on a local disk (removed when the write fails: a full disk left every
+        # try's half file behind), one object write on GCS.
+        write_file_atomically(self.fs, path, data)
 
     def upload(self, local: Path, name: str) -> None:
         self.write_bytes(name, local.read_bytes())

@@ -42,6 +42,8 @@ NULLS = ("tenfold.features.job.ContractError: column 'route_flights' holds 1 nul
          "contract's required_in_file says the transform makes it non-null: fill it in the transform (e.g. coalesce) "
          "or take it out of required_in_file (docs/workloads.md)")
 DISK_FULL = f"OSError: [Errno 28] No space left on device: '{STAGED}'"
+WRITTEN = f"{OUTPUT.removeprefix('file://')}/part-00000.parquet"
+PYARROW_DISK_FULL = "Error writing bytes to file. Detail: [errno 28] No space left on device"
 
 
 def _worker_traceback(last: str) -> str:
@@ -83,7 +85,9 @@ def _converted_text(last: str) -> str:
     ("failure", "said"),
     [
         (job.ContractError(f"the job wrote no Parquet file under {OUTPUT}"), f"the job wrote no Parquet file under {OUTPUT}"),
-        (OSError(28, "No space left on device", STAGED), f"[Errno 28] No space left on device: '{STAGED}'"),
+        # What write_sorted raises when pyarrow meets a full disk on the driver (the empty output's one file): pyarrow
+        # names no file, write_sorted adds the one it was writing (tests/unit/data/test_parquet.py, on a real full disk).
+        (OSError(28, PYARROW_DISK_FULL, WRITTEN), f"[Errno 28] {PYARROW_DISK_FULL}: '{WRITTEN}'"),
         (SparkException(_py4j_text(DISK_FULL)), DISK_FULL),
         (SparkException(_py4j_text(NULLS)), NULLS),
         (SparkException(_converted_text(DISK_FULL)), DISK_FULL),

@@ -386,3 +386,51 @@ def test_an_iap_replica_whose_first_key_fetch_failed_gets_ready_from_its_health_
     server.status = 200  # then answers
     _until(lambda: auth.not_ready() is None)  # what /readyz asks, every probe; nothing else
     assert server.fetches == 2
+
+
+# --- a token file that cannot be read or written: one refusal naming it, never a raw OSError ------------------------
+
+def test_a_token_path_that_is_a_folder_is_a_refusal_naming_it(settings: Any, tmp_path: Path) -> None:
+    """run/serving.token a folder: read_text raised IsADirectoryError out of ensure_token and accepted_tokens, and a
+    replica (`python -m tenfold.serving`) or `tenfold serve up` ended in its traceback. Now a TokenMissing naming the
+    path and what to do, which every caller reports as one line (a refusal, not a fault in the code)."""
+    from tenfold.config import build_settings
+    from tenfold.outages import ending
+
+    path = token_path(settings)
+    path.mkdir(parents=True)
+    with pytest.raises(TokenMissing) as refused:
+        ensure_token(settings)
+    said = str(refused.value)
+    assert f"the serving token file {path} cannot be read (Is a directory)" in said
+    assert "delete it and run `tenfold up`" in said
+    assert path.is_dir() and [p.name for p in path.parent.iterdir()] == ["serving.token"]  # no tmp left beside it
+    line = ending(refused.value, "tenfold serve up", settings.local.home, debug_hint="with TENFOLD_DEBUG=1")
+    assert line == f"error: `tenfold serve up`: {said}"  # not "failed on a fault in the code"
+
+    dev = build_settings("dev", {"TENFOLD_HOME": str(tmp_path / "dev")})
+    token_path(dev).mkdir(parents=True)
+    with pytest.raises(TokenMissing, match="cannot be read") as cloud:
+        accepted_tokens(dev)
+    assert str(token_path(dev)) in str(cloud.value) and "Secret Manager secret 'tenfold-dev-serving-token'" in str(cloud.value)
+    assert "tenfold up" not in str(cloud.value)  # no help outside the local environment
+
+
+def test_a_full_disk_when_the_token_is_created_is_a_refusal_naming_it(small_disk: Any) -> None:
+    """The run folder's disk full when the token is generated (a real ENOSPC): the raw "[Errno 28] No space left on
+    device" named no file. Now a refusal naming the token's path and what to do, and no tmp left beside it."""
+    from tenfold.config import build_settings
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(small_disk.path)})
+    path = token_path(settings)
+    path.parent.mkdir()
+    small_disk.fill()
+    with pytest.raises(TokenMissing) as refused:
+        ensure_token(settings)
+    said = str(refused.value)
+    assert f"cannot create the serving token file {path} (No space left on device)" in said, said
+    assert f"free space there (`df -h {path.parent}`)" in said and "`tenfold up` again" in said
+    assert list(path.parent.iterdir()) == []  # neither a tmp nor an empty token file
+
+    small_disk.free()  # with room again, the same call makes the token
+    assert len(ensure_token(settings)) >= 40 and [p.name for p in path.parent.iterdir()] == ["serving.token"]

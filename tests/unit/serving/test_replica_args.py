@@ -83,3 +83,19 @@ def test_the_image_asgi_entry_ends_in_one_line_not_a_traceback(tmp_path: Path, e
     assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     if code == 1:
         assert "no serving token at" in proc.stderr and "tenfold up" not in proc.stderr
+
+
+def test_a_replica_whose_token_path_is_a_folder_ends_in_one_line(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """run/serving.token a folder: create_app raised IsADirectoryError, and `python -m tenfold.serving` died of its
+    traceback (a supervisor's replica log held only that). Now exit 1 and one line naming the path and what to do."""
+    from tenfold.serving.auth import token_path
+    from tenfold.serving.replica import serve
+
+    settings = local_settings(tmp_path)
+    token_path(settings).mkdir(parents=True)
+    assert serve(settings, host="127.0.0.1", port=9, arm="stable", model_ref="champion") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"tenfold serving: the serving token file {token_path(settings)} cannot be read"), err
+    assert "delete it and run `tenfold up`" in err

@@ -219,3 +219,25 @@ def test_a_full_disk_loses_no_line_and_counts_none_twice(haproxy: Haproxy, small
         assert _wait_for(log, 129) == list(range(130))  # _wait_for refuses a line read twice; _numbers a torn one
     finally:
         writer.stop()
+
+
+def test_a_torn_last_line_left_by_a_kill_stays_a_line_of_its_own(haproxy: Haproxy) -> None:
+    """A supervisor SIGKILLed mid-write leaves the log ending in a torn line. The next supervisor appended to it as it
+    was: the first new request line was glued to the fragment, did not parse, and dropped out of the canary analysis."""
+    log = haproxy.run / "requests.log"
+    torn = f"{REQUEST_LOG_MARKER} 1733280000.250 stable 200 12 15".encode()  # no newline: cut short
+    log.write_bytes(torn)
+    writer = RequestLog(haproxy.run / "haproxy.sock", log, 1 << 30, retry_s=0.05)
+    writer.start()
+    try:
+        haproxy.send(0, 5)
+        deadline = time.monotonic() + 15
+        while log.read_bytes().count(b"\n") < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        writer.stop()
+    first, *lines = log.read_bytes().split(b"\n")
+    assert first == torn and lines[-1] == b"", log.read_bytes()  # the fragment alone on its line, the log ends whole
+    parsed = [parse_request_line(line) for line in lines[:-1]]
+    assert all(p is not None for p in parsed), lines
+    assert sorted(int(p.path.removeprefix(b"/r/")) for p in parsed if p is not None) == list(range(5))

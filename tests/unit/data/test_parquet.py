@@ -1,0 +1,35 @@
+"""Byte-reproducible Parquet (:mod:`tenfold.data.parquet`): what a write that fails on a real full disk leaves and
+says."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.data.parquet import write_sorted
+
+
+def test_a_full_disk_names_the_file_written_and_leaves_no_tmp(small_disk: Any) -> None:
+    """pyarrow's writer meets ENOSPC and names no file ("[Errno 28] Error writing bytes to file. Detail: [errno 28] No
+    space left on device"): the feature job and bulk scoring printed that line, naming neither the file nor its disk,
+    and the half-written ``.tmp-`` file stayed in the output folder for good (a retried task writes another name)."""
+    rows = 1500  # 64 random bytes a row (zstd cannot shrink them): ~96 KiB, six times what is left, half the disk
+    table = pa.table({"key": pa.array([os.urandom(64) for _ in range(rows)], pa.binary())})
+    target = str(small_disk.path / "part-00000.parquet")
+    small_disk.fill(leave=16 * 1024)
+    with pytest.raises(OSError) as failed:
+        write_sorted(table, ["key"], table.schema, pafs.LocalFileSystem(), target)
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == target
+    assert str(small_disk.path) in str(failed.value) and "No space left on device" in str(failed.value)
+    assert sorted(os.listdir(small_disk.path)) == ["filler"]  # no .tmp- left, no file under the final name
+
+    small_disk.free()  # the retry, once there is room, writes the file whole and nothing else
+    assert write_sorted(table, ["key"], table.schema, pafs.LocalFileSystem(), target) == rows
+    assert sorted(os.listdir(small_disk.path)) == ["part-00000.parquet"]
+    assert pq.read_table(target).num_rows == rows
