@@ -538,7 +538,16 @@ def _bad_input_message(exc: BaseException, inputs: Inputs, args: argparse.Namesp
 _TRACEBACK = "Traceback (most recent call last):"
 
 
-def _failure_line(exc: BaseException) -> str:
+def failure_line(exc: BaseException) -> str:
+    """What a Spark job's failure ``exc`` says, as one line (this job's and the bulk scoring job's last words), with
+    what to do when the disk is full."""
+    line = _what_failed(exc)
+    if "No space left on device" in line:
+        line += " (the disk is full: free space on it, then let the task retry)"
+    return line
+
+
+def _what_failed(exc: BaseException) -> str:
     """What ``exc`` says, as one line. A failure inside a Spark task (the writer's ContractError, a full disk) reaches
     the driver wrapped: pyspark's PythonException starts "An exception was thrown from the Python worker:", py4j's
     error of the SparkException that aborted the job "An error occurred while calling o312.collectToPython.", and the
@@ -593,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_features: publishing {args.month.label} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
-        first = _failure_line(exc)  # while the JVM is up: py4j asks it for the text of its exception
+        first = failure_line(exc)  # while the JVM is up: py4j asks it for the text of its exception
         if _is_bad_input(exc, inputs):
             # Exit 2 for a file gone too: 1 is what a JVM that cannot write the class archive exits with, which
             # turns the archive off for an hour (tenfold.features.submit.class_sharing); the task retries either.

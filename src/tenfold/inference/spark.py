@@ -395,7 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score_partition: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from tenfold.features.job import failure_line
+
+        # The worker's own exception line (a task's full disk, a model that failed in a task), not the first line
+        # of pyspark's or py4j's wrapper, which names only the call that failed.
+        first = failure_line(exc)
         print(f"score_partition: failed for {args.month.label}: {first[:1000]}", file=sys.stderr)
         return EXIT_FAILED
     finally:

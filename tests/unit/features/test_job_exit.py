@@ -44,6 +44,7 @@ NULLS = ("tenfold.features.job.ContractError: column 'route_flights' holds 1 nul
 DISK_FULL = f"OSError: [Errno 28] No space left on device: '{STAGED}'"
 WRITTEN = f"{OUTPUT.removeprefix('file://')}/part-00000.parquet"
 PYARROW_DISK_FULL = "Error writing bytes to file. Detail: [errno 28] No space left on device"
+FREE_SPACE = " (the disk is full: free space on it, then let the task retry)"  # what to do, after what is wrong
 
 
 def _worker_traceback(last: str) -> str:
@@ -87,10 +88,10 @@ def _converted_text(last: str) -> str:
         (job.ContractError(f"the job wrote no Parquet file under {OUTPUT}"), f"the job wrote no Parquet file under {OUTPUT}"),
         # What write_sorted raises when pyarrow meets a full disk on the driver (the empty output's one file): pyarrow
         # names no file, write_sorted adds the one it was writing (tests/unit/data/test_parquet.py, on a real full disk).
-        (OSError(28, PYARROW_DISK_FULL, WRITTEN), f"[Errno 28] {PYARROW_DISK_FULL}: '{WRITTEN}'"),
-        (SparkException(_py4j_text(DISK_FULL)), DISK_FULL),
+        (OSError(28, PYARROW_DISK_FULL, WRITTEN), f"[Errno 28] {PYARROW_DISK_FULL}: '{WRITTEN}'{FREE_SPACE}"),
+        (SparkException(_py4j_text(DISK_FULL)), DISK_FULL + FREE_SPACE),
         (SparkException(_py4j_text(NULLS)), NULLS),
-        (SparkException(_converted_text(DISK_FULL)), DISK_FULL),
+        (SparkException(_converted_text(DISK_FULL)), DISK_FULL + FREE_SPACE),
         (SparkException(_converted_text(NULLS)), NULLS),
         # A task that died without a Python traceback (its worker crashed): the Java exception's message, not py4j's
         # "An error occurred while calling".

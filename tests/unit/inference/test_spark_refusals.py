@@ -118,3 +118,31 @@ def test_every_key_type_the_features_job_writes_is_declared_by_bulk_scoring() ->
     assert spark_type_of(pa.list_(pa.int64())) is None
     with pytest.raises(spark.ScoringJobError, match=r"a key column of type list<item: int64> has no Spark type here"):
         spark._spark_type(pa.list_(pa.int64()))
+
+
+def test_a_failure_inside_a_scoring_task_is_reported_by_the_workers_own_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The bulk scoring job printed its failure's first line, which for a task's error is only the wrapper's ("An
+    error occurred while calling o97.collectToPython."): the worker's own line (a full disk, and what to do) was lost."""
+    from types import SimpleNamespace
+
+    from pyspark.errors import PySparkException
+    from pyspark.sql import SparkSession
+
+    session = SimpleNamespace(stop=lambda: None)
+    builder = SimpleNamespace(config=lambda *_: builder, appName=lambda _: builder, getOrCreate=lambda: session)
+    monkeypatch.setattr(SparkSession, "builder", builder)
+    worker = "OSError: [Errno 28] No space left on device: '/lake/_staging/scores/part-00000.parquet.tmp-1a2b3c4d'"
+
+    def run(*_: object) -> dict[str, object]:
+        raise PySparkException("An error occurred while calling o97.collectToPython.\n: org.apache.spark.SparkException: "
+                               "Job aborted: org.apache.spark.api.python.PythonException: Traceback (most recent call "
+                               'last):\n  File "spark.py", line 300, in write\n    write_sorted(...)\n'
+                               f"{worker}\n\n\tat org.apache.spark.api.python.BasePythonRunner.read(PythonRunner.scala:1)\n")
+
+    monkeypatch.setattr(spark, "run", run)
+    code = spark.main(["--lake-uri", "file:///lake", "--month", PART.label, "--output", "file:///lake/_staging/scores",
+                       "--model-dir", str(tmp_path), "--model-version", "v1"])
+    assert code == spark.EXIT_FAILED
+    assert capsys.readouterr().err == (f"score_partition: failed for {PART.label}: {worker} (the disk is full: free space "
+                                       "on it, then let the task retry)\n")
