@@ -220,6 +220,17 @@ def data_docs_location(settings: Settings) -> str:
     return f"gs://{settings.storage.artifacts_bucket}/{prefix}"
 
 
+def _filesystem_backend(settings: Settings, folder: Path) -> dict[str, Any]:
+    """The GX store backend of a Data Docs folder: locally one that writes each file whole (a full disk leaves the
+    old file, never a torn one: see :class:`tenfold.quality.datadocs.AtomicFilesystemStoreBackend`)."""
+    if not settings.is_local:
+        # In the cloud the folder is a throwaway working copy, pushed to the bucket only after a build that succeeded
+        # (tenfold.quality.datadocs.docs_site): a write cut short there never reaches the site.
+        return {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)}
+    return {"module_name": "tenfold.quality.datadocs", "class_name": "AtomicFilesystemStoreBackend",
+            "base_directory": str(folder)}
+
+
 def _docs_site(settings: Settings, root: Path) -> dict[str, Any]:
     # tenfold.quality.datadocs: the index lists every validation of the site, and locally the pages load their
     # scripts and styles from the site itself, so they work offline (in the cloud they keep GX's CDN URLs).
@@ -228,7 +239,7 @@ def _docs_site(settings: Settings, root: Path) -> dict[str, Any]:
     return {
         "module_name": "tenfold.quality.datadocs",
         "class_name": "OfflineSiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(root)},
+        "store_backend": _filesystem_backend(settings, root),
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         "vendor_assets": str(vendor_assets_dir()) if settings.is_local else None,
     }
@@ -252,8 +263,8 @@ def _context(settings: Settings, *, docs_root: Path | None) -> AbstractDataConte
     if docs_root is not None:
         # The site's index is built from the results store: kept beside the pages, every earlier validation
         # stays listed (an in-memory store would list this one alone).
-        stores.stores[stores.validation_results_store_name]["store_backend"] = {
-            "class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_root / RESULTS_FOLDER)}
+        stores.stores[stores.validation_results_store_name]["store_backend"] = _filesystem_backend(
+            settings, docs_root / RESULTS_FOLDER)
     config = DataContextConfig(
         store_backend_defaults=stores,
         data_docs_sites={DOCS_SITE: _docs_site(settings, docs_root)} if docs_root is not None else {},

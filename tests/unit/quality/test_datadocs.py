@@ -8,9 +8,14 @@ The browser half (the index's table filled by JavaScript with every network requ
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
+import json
 import re
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -118,6 +123,70 @@ def test_without_the_vendor_files_the_pages_keep_the_cdn_and_say_so(settings, tm
     index = (Path(data_docs_location(settings)) / "index.html").read_text()
     assert "https://code.jquery.com/jquery-3.7.1.min.js" in index
     assert not (Path(data_docs_location(settings)) / "static" / "vendor").exists()
+
+
+def _validate(settings, month: int) -> str | None:
+    """Run the gate's suite over a small features month with Data Docs; the page it wrote (None: docs failed)."""
+    part = Partition(2013, month)
+    return run_suite(settings, to_frame(synthetic_features(part, 500, seed=month)), table="features", part=part,
+                     suite_name=WORKLOAD.features_suite, batch_uri="file:///staged", run_name=f"{part.label}-d").data_docs
+
+
+@contextlib.contextmanager
+def _bound(folder: Path, to: Path) -> Iterator[None]:
+    """``to`` mounted at ``folder`` (a bind mount: GX lists a site's pages without following symbolic links)."""
+    folder.mkdir(parents=True)
+    to.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(to), str(folder)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+
+
+def test_a_docs_build_on_a_full_disk_leaves_the_site_as_it_was(settings, small_disk, tmp_path):
+    """GX wrote each file of the site in place: a build that met a full disk left a torn validation result (and a torn
+    index or static file) behind. Here the index and the results live on a real full disk; the site's megabytes
+    (GX's static files and the pages) do not fit on it, so those folders are mounted from the ordinary disk."""
+    site = small_disk.path / "site"
+    Path(data_docs_location(settings)).symlink_to(site)
+    with contextlib.ExitStack() as mounts:
+        for big in ("static", "validations", "expectations"):
+            mounts.enter_context(_bound(site / big, tmp_path / "big" / big))
+        assert _validate(settings, 3) is not None
+        index = (site / "index.html").read_bytes()
+        assert b"2013-03-d" in index
+
+        small_disk.fill()
+        assert _validate(settings, 4) is None  # the build failed (the gate validated again without Data Docs)
+        assert (site / "index.html").read_bytes() == index
+        results = sorted((site / datadocs.RESULTS_FOLDER).rglob("*.json"))
+        assert [r.relative_to(site).parts[2] for r in results] == ["2013-03-d"]  # no result of the failed build
+        for result in results:
+            json.loads(result.read_text())  # whole, not torn
+        assert not [p for p in site.rglob("*") if ".tmp-" in p.name]
+
+        small_disk.free()  # space back: the next build lists the earlier validation and its own
+        assert _validate(settings, 5) is not None
+        index = (site / "index.html").read_bytes()
+        assert b"2013-03-d" in index and b"2013-05-d" in index and b"2013-04-d" not in index
+
+
+def test_an_index_rewritten_on_a_full_disk_keeps_the_old_one(settings, small_disk):
+    """The index is rewritten by every build: written in place, a full disk cut it short, the old index already
+    gone. Written through the store the gate configures for a local site, the old one stays whole."""
+    from tenfold.quality.gate import _docs_site
+
+    site = small_disk.path / "site"
+    store = datadocs.OfflineHtmlSiteStore(_docs_site(settings, site)["store_backend"], None, None)
+    old = "<html>" + "a validation " * 1_000 + "</html>"
+    store.write_index_page(old)
+    small_disk.fill()
+    with pytest.raises(OSError) as failed:
+        store.write_index_page("<html>" + "more validations " * 10_000 + "</html>")  # far more than the old one freed
+    assert failed.value.errno == errno.ENOSPC  # a real full disk
+    assert (site / "index.html").read_text() == old
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]  # no temporary file left beside it
 
 
 @pytest.mark.slow
