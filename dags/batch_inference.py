@@ -41,6 +41,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task, task_group
 
 from tenfold.config import get_settings
+from tenfold.monitoring.alerts import airflow_dag_failure_callback
 from tenfold.pipelines.common import default_args, event_months, run_step
 
 DAG_ID = "batch_inference"
@@ -55,6 +56,8 @@ FEATURES = Asset(settings.assets.features)
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
+    # A task killed on its last try (SIGKILL, the OOM killer) runs no failure callback of its own: this one alerts.
+    on_failure_callback=airflow_dag_failure_callback,
     tags=["tenfold", "inference", "pubsub"],
     doc_md=__doc__,
 )

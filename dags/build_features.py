@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - Airflow 3.1
     from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[assignment]
 
 from tenfold.config import get_settings
+from tenfold.monitoring.alerts import airflow_dag_failure_callback
 from tenfold.pipelines.common import default_args, run_step, start_date
 
 DAG_ID = "build_features"
@@ -70,6 +71,8 @@ FEATURES = Asset(settings.assets.features)
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
+    # A task killed on its last try (SIGKILL, the OOM killer) runs no failure callback of its own: this one alerts.
+    on_failure_callback=airflow_dag_failure_callback,
     params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
                            description="YYYY-MM, e.g. 2013-02; default: the logical date's month")},
     tags=["tenfold", "features", "data-quality"],

@@ -40,6 +40,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from tenfold.config import get_settings
+from tenfold.monitoring.alerts import airflow_dag_failure_callback
 from tenfold.pipelines.common import default_args, run_step
 
 DAG_ID = "rollout_model"
@@ -54,6 +55,8 @@ CHALLENGER = Asset(settings.assets.challenger)
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
+    # A task killed on its last try (SIGKILL, the OOM killer) runs no failure callback of its own: this one alerts.
+    on_failure_callback=airflow_dag_failure_callback,
     tags=["tenfold", "rollout", "serving"],
     doc_md=__doc__,
 )

@@ -55,6 +55,7 @@ except ImportError:  # pragma: no cover - Airflow 3.1
     from airflow.timetables.trigger import CronTriggerTimetable  # type: ignore[assignment]
 
 from tenfold.config import get_settings
+from tenfold.monitoring.alerts import airflow_dag_failure_callback
 from tenfold.pipelines.common import default_args, run_step, task_timeout_s
 
 DAG_ID = "train_model"
@@ -72,6 +73,8 @@ CHALLENGER = Asset(settings.assets.challenger)
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings, DAG_ID),
+    # A task killed on its last try (SIGKILL, the OOM killer) runs no failure callback of its own: this one alerts.
+    on_failure_callback=airflow_dag_failure_callback,
     tags=["tenfold", "training", "registry"],
     doc_md=__doc__,
 )

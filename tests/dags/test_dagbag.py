@@ -51,6 +51,8 @@ for env in sys.argv[2:]:
             "alerting": sorted({getattr(cb, "__qualname__", str(cb)) for t in dag.tasks
                                 for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
                                            else [t.on_failure_callback])}),
+            "dag_alerting": sorted(getattr(cb, "__qualname__", str(cb)) for cb in (
+                dag.on_failure_callback if isinstance(dag.on_failure_callback, list) else [dag.on_failure_callback])),
             "tasks": sorted(t.task_id for t in dag.tasks),
             "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
             "mapped": sorted(t.task_id for t in dag.tasks if t.get_closest_mapped_task_group() is not None),
@@ -129,6 +131,9 @@ def test_every_dag_follows_the_house_rules(dagbag):
             problems.append(f"{where}: schedule and start_date must be explicit")
         if d["alerting"] != ["airflow_failure_callback"]:
             problems.append(f"{where}: every task must alert through on_failure_callback=airflow_failure_callback, got {d['alerting']}")
+        if d["dag_alerting"] != ["airflow_dag_failure_callback"]:  # a task killed on its last try runs no callback
+            problems.append(f"{where}: the DAG must alert through on_failure_callback=airflow_dag_failure_callback, "
+                            f"got {d['dag_alerting']}")
         no_retry = sorted(t for t, r in d["task_retries"].items() if not r or r < 1)
         if no_retry:
             problems.append(f"{where}: tasks without retries: {no_retry}")
@@ -356,3 +361,101 @@ def test_no_deployable_spells_a_name_settings_own():
     owned = owned_literals()
     hits = [hit for folder in DEPLOYABLES if (ROOT / folder).is_dir() for hit in scan(ROOT / folder, owned)]
     assert not hits, "take these from tenfold.config settings instead:\n" + "\n".join(hits)
+
+
+# The DAG processor's own code runs each DAG's failure callback (Airflow 3.3's _execute_dag_callbacks), given the run's
+# last failed task instance as the scheduler sends it; the task's own callback gets the context Airflow builds from the
+# same task instance. Each step prints the alerts the file hook holds after it.
+_CALLBACKS_PROBE = r"""
+import datetime as dt, json, os, sys, uuid
+from pathlib import Path
+
+import structlog
+from airflow.api_fastapi.execution_api.datamodels.taskinstance import DagRun, TaskInstance
+from airflow.callbacks.callback_requests import DagCallbackRequest, DagRunContext
+from airflow.dag_processing.dagbag import DagBag
+from airflow.dag_processing.processor import _execute_dag_callbacks
+from airflow.sdk.api.datamodels._generated import TIRunContext
+from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["batch_inference"]
+at = dt.datetime(2026, 1, 5, 3, tzinfo=dt.timezone.utc)
+run_id = "manual__2026-01-05T03:00:00+00:00"
+dag_run = DagRun(dag_id=dag.dag_id, run_id=run_id, logical_date=at, data_interval_start=at, data_interval_end=at,
+                 run_after=at, start_date=at, end_date=at, run_type="manual", state="failed",
+                 consumed_asset_events=[], partition_key=None)
+
+
+def failed_ti(try_number):
+    return TaskInstance(id=uuid.uuid4(), task_id="score_month.score", dag_id=dag.dag_id, run_id=run_id, map_index=1,
+                        try_number=try_number, dag_version_id=uuid.uuid4())
+
+
+def alerts():
+    path = Path(os.environ["TENFOLD_ALERT_FILE"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_failed(last_ti, reason="task_failure"):
+    request = DagCallbackRequest(filepath="batch_inference.py", bundle_name="dags-folder", bundle_version=None,
+                                 dag_id=dag.dag_id, run_id=run_id, msg=reason,
+                                 context_from_server=DagRunContext(dag_run=dag_run, last_ti=last_ti))
+    _execute_dag_callbacks(bag, request, structlog.get_logger())
+
+
+steps = {}
+# try 2 fails in its process: its own callback alerts (the context as the task runner builds it), then the run fails
+task = dag.get_task("score_month.score")
+ti = RuntimeTaskInstance.model_construct(**failed_ti(2).model_dump(exclude_unset=True), task=task,
+                                         _ti_context_from_server=TIRunContext.model_construct(dag_run=dag_run))
+context = ti.get_template_context()
+context["exception"] = RuntimeError("the month's dead letters exceed max_dead_lettered_fraction")
+for callback in task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]:
+    callback(context)
+steps["own"] = alerts()
+run_failed(failed_ti(2))
+steps["own_then_run"] = alerts()
+# the run is cleared and try 3 is SIGKILLed: no callback of its own ran
+run_failed(failed_ti(3))
+steps["killed"] = alerts()
+# a run that failed with no failed task instance (dagrun_timeout)
+run_failed(None, "timed_out")
+steps["timed_out"] = alerts()
+print("CALLBACKS-JSON" + json.dumps(steps))
+"""
+
+
+def test_a_task_killed_on_its_last_try_alerts_once_through_the_dag_processor(tmp_path):
+    """Airflow 3 runs a task's failure callback in the task's own process: a task SIGKILLed on its last try (the OOM
+    killer) failed with no alert at all. The DAG processor's code, with the real DAG files and the context Airflow
+    builds, now alerts for the try that did not alert, not for the one whose own callback did, and for a run that
+    failed with no task instance."""
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "TENFOLD_ENV": "local",
+        "TENFOLD_HOME": str(tmp_path / "tenfold"),
+        "TENFOLD_ALERT_FILE": str(tmp_path / "alerts.jsonl"),
+    }
+    for var in ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-c", _CALLBACKS_PROBE, str(DAGS)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("CALLBACKS-JSON")]
+    steps = json.loads(line.removeprefix("CALLBACKS-JSON"))
+
+    (own,) = steps["own"]
+    assert own["title"] == "Airflow task batch_inference.score_month.score failed"
+    assert steps["own_then_run"] == steps["own"], "the run's failure alerted a try whose own callback had alerted"
+    (killed,) = steps["killed"][1:]
+    assert killed["title"] == "Airflow task batch_inference.score_month.score[1] failed without its own alert"
+    assert killed["details"]["run_id"] == "manual__2026-01-05T03:00:00+00:00"
+    assert killed["details"]["task"] == "score_month.score[1]" and killed["details"]["try_number"] == 3
+    assert "killed by a signal (SIGKILL" in killed["details"]["error"]
+    (timed_out,) = steps["timed_out"][2:]
+    assert timed_out["title"] == "Airflow DAG run batch_inference manual__2026-01-05T03:00:00+00:00 failed (timed_out)"

@@ -433,8 +433,12 @@ def _composer_entry(environment: str, line: str, *, structured: bool = False) ->
 def _logged_lines(settings, caplog, *, alert_title: str) -> tuple[str, list[str]]:
     """What tenfold.monitoring.alerts really logs: an alert's line, and the lines around alerts that are none (a hook
     that failed, a task that failed after its own alert)."""
+    import os
+    import tempfile
     from types import SimpleNamespace
+    from unittest import mock
 
+    from tenfold.config import get_settings
     from tenfold.monitoring import alerts
 
     quiet = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(
@@ -446,14 +450,19 @@ def _logged_lines(settings, caplog, *, alert_title: str) -> tuple[str, list[str]
     refused = RuntimeError("refused")
     refused.alerted = True  # type: ignore[attr-defined]
     alerts.register_hook(broken)
-    try:
-        with caplog.at_level(logging.INFO, logger=alerts.LOGGER_NAME):
-            caplog.clear()
-            alerts.send_alert(quiet, alert_title, {"table": "features", "month": "2013-02"})
-            alerts.airflow_failure_callback({"exception": refused, "run_id": "r1",
-                                             "task_instance": SimpleNamespace(dag_id="build_features", task_id="validate")})
-    finally:
-        alerts.unregister_hook(broken)
+    # The callback records the try's alert in the lake of the settings it resolves (TENFOLD_ENV's): a home of its own,
+    # not the checkout's .tenfold.
+    with tempfile.TemporaryDirectory() as home, mock.patch.dict(os.environ, {"TENFOLD_HOME": home}):
+        get_settings.cache_clear()
+        try:
+            with caplog.at_level(logging.INFO, logger=alerts.LOGGER_NAME):
+                caplog.clear()
+                alerts.send_alert(quiet, alert_title, {"table": "features", "month": "2013-02"})
+                alerts.airflow_failure_callback({"exception": refused, "run_id": "r1", "task_instance": SimpleNamespace(
+                    dag_id="build_features", task_id="validate")})
+        finally:
+            alerts.unregister_hook(broken)
+            get_settings.cache_clear()
     lines = [r.getMessage() for r in caplog.records if r.name == alerts.LOGGER_NAME]
     (alert_line,) = [line for line in lines if line.startswith(alerts.LOG_PREFIX)]
     others = [line for line in lines if line != alert_line]

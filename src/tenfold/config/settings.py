@@ -658,6 +658,10 @@ class MonitoringSettings(_Frozen):
     alert_file: Path | None = None
     # Great Expectations Data Docs: <local.home>/<prefix> locally, gs://<artifacts bucket>/<prefix> in the cloud.
     data_docs_prefix: str = "data_docs"
+    # The Airflow task failures that alerted, one small object per try under <lake>/<alert_records_prefix>/: a DAG's
+    # failure callback alerts for a failed try with none, whose process was killed (SIGKILL, the OOM killer) or lost
+    # before its own failure callback ran (tenfold.monitoring.alerts). Not a table's name: "_" starts none.
+    alert_records_prefix: str = "_alerts"
 
     @property
     def drift_psi(self) -> float:

@@ -21,7 +21,10 @@ that still fails is logged and never hides the alert from the other hooks, nor t
 :func:`send_alert` returns which hooks failed (:attr:`Sent.delivered`), so a caller that records "alerted" (a
 gate refusal's ``alerted``, monitor_drift's trigger record) records it only when every hook took the alert, and
 the task's retry or the failure callback sends it again. In Airflow, :func:`airflow_failure_callback` is the
-``on_failure_callback`` of every Tenfold DAG task: it alerts with the DAG, task, run and the exception.
+``on_failure_callback`` of every Tenfold DAG task: it alerts with the DAG, task, run and the exception, and records
+that the try alerted. Airflow 3 runs it in the task's own process, so a task killed by a signal (SIGKILL, the OOM
+killer) or lost fails without it: :func:`airflow_dag_failure_callback`, every Tenfold DAG's own
+``on_failure_callback``, alerts for a failed run whose last failed try has no such record.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ import urllib.request
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenfold.config import Settings
 from tenfold.config.settings import webhook_problem
 from tenfold.fsio import open_lines_for_append
+
+if TYPE_CHECKING:
+    from tenfold.storage import Objects
 
 LOGGER_NAME = "tenfold.alerts"
 LOG_PREFIX = "ALERT"
@@ -325,25 +331,80 @@ def already_alerted(exc: BaseException | None) -> bool:
     return any(getattr(e, "alerted", False) for e in _raised_from(exc))
 
 
+@dataclass(frozen=True)
+class _FailedTry:
+    """The try of a task instance that an Airflow callback's context names."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: Any
+
+    @classmethod
+    def of(cls, context: Mapping[str, Any], ti: Any) -> _FailedTry:
+        map_index = getattr(ti, "map_index", None)
+        return cls(dag_id=str(getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")),
+                   run_id=str(context.get("run_id") or getattr(ti, "run_id", "?")),
+                   task_id=str(getattr(ti, "task_id", "?")),
+                   map_index=map_index if isinstance(map_index, int) else -1,
+                   try_number=getattr(ti, "try_number", "?"))
+
+    @property
+    def task(self) -> str:
+        """The task id, with the map index of a mapped task's instance."""
+        return f"{self.task_id}[{self.map_index}]" if self.map_index >= 0 else self.task_id
+
+    @property
+    def record(self) -> str:
+        """The name of the object that records this try's alert: a digest of what names the try (the sanitising of
+        run keys), so that any run id (``manual__2026-01-05T03:00:00+00:00``) gives a safe object name."""
+        from tenfold.config.names import scoped_key
+
+        return scoped_key("alerted", self.dag_id, self.run_id, self.task_id, str(self.map_index),
+                          str(self.try_number)) + ".json"
+
+
+def _alert_records(settings: Settings) -> Objects:
+    from tenfold.storage import lake_objects
+
+    return lake_objects(settings, settings.monitoring.alert_records_prefix)
+
+
+def _record_alerted(failed: _FailedTry, settings: Settings | None = None) -> None:
+    """Record that ``failed`` alerted, so that the DAG's failure callback does not alert for it again. Best effort:
+    a record not written costs a second alert at worst, and an error here must not hide the task's own."""
+    try:
+        from tenfold.config import get_settings
+
+        settings = get_settings() if settings is None else settings
+        _alert_records(settings).create(failed.record, json.dumps(asdict(failed), default=str).encode())
+    except Exception as exc:  # no traceback: as for a hook, its messages may quote a secret
+        log.warning("could not record that %s.%s alerted (%s: %s); the DAG's failure callback may alert for it again",
+                    failed.dag_id, failed.task, type(exc).__name__, exc)
+
+
 def airflow_failure_callback(context: Mapping[str, Any]) -> None:
     """``on_failure_callback`` for Tenfold tasks: alert with the DAG, task, run and error.
 
     A failure that already alerted with its details (a quality gate refusal) is not alerted twice.
-    Settings are resolved here, in the task process, from ``TENFOLD_ENV``.
+    Settings are resolved here, in the task process, from ``TENFOLD_ENV``. Either way the try's alert is recorded
+    (:func:`_record_alerted`): the DAG's failure callback, :func:`airflow_dag_failure_callback`, then leaves it be.
     """
     from tenfold.config import get_settings
 
     exc = context.get("exception")
     ti = context.get("task_instance") or context.get("ti")
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
-    task_id = getattr(ti, "task_id", "?")
-    run_id = context.get("run_id") or getattr(ti, "run_id", "?")
+    failed = _FailedTry.of(context, ti)
+    dag_id, task_id, run_id = failed.dag_id, failed.task_id, failed.run_id
     if already_alerted(exc):
         log.info("%s.%s failed after its own alert; not alerting twice", dag_id, task_id)
+        _record_alerted(failed)
         return
     missed = undelivered(exc)  # its own alert reached the log and the other hooks: those are not sent it twice
+    settings = get_settings()
     send_alert(
-        get_settings(),
+        settings,
         f"Airflow task {dag_id}.{task_id} failed",
         {
             "dag_id": dag_id,
@@ -354,3 +415,53 @@ def airflow_failure_callback(context: Mapping[str, Any]) -> None:
         },
         only=missed or None, log_line=not missed,
     )
+    # Recorded even when a hook failed: the alert was logged (which pages in the cloud) and every hook was tried.
+    _record_alerted(failed, settings)
+
+
+def airflow_dag_failure_callback(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback`` for Tenfold DAGs: alert for a failed run whose failure did not alert.
+
+    Airflow 3 runs a task's failure callback in the task's own process: a task killed by a signal (SIGKILL, the OOM
+    killer) or lost on its last try fails without it, and nothing else alerts. The DAG processor runs this callback
+    when a run fails, with the failed task instance that ended last (``task_instance``) when there is one: it alerts
+    unless that try's alert is on record (:func:`airflow_failure_callback` records it). Without one (a run that timed
+    out), it alerts for the run. Settings are resolved here, in the DAG processor, from ``TENFOLD_ENV``. Never raises.
+    """
+    ti = context.get("task_instance") or context.get("ti")
+    failed = _FailedTry.of(context, ti)
+    reason = context.get("reason") or "unknown"
+    try:
+        from tenfold.config import get_settings
+
+        settings = get_settings()
+        if ti is None:
+            send_alert(settings, f"Airflow DAG run {failed.dag_id} {failed.run_id} failed ({reason})",
+                       {"dag_id": failed.dag_id, "run_id": failed.run_id, "reason": reason})
+            return
+        try:
+            recorded = _alert_records(settings).exists(failed.record)
+        except Exception as exc:  # alerting twice is better than not at all
+            log.warning("could not read whether %s.%s alerted (%s: %s); alerting for it", failed.dag_id, failed.task,
+                        type(exc).__name__, exc)
+            recorded = False
+        if recorded:
+            log.info("%s.%s (try %s) failed after its own alert; not alerting twice", failed.dag_id, failed.task,
+                     failed.try_number)
+            return
+        send_alert(
+            settings,
+            f"Airflow task {failed.dag_id}.{failed.task} failed without its own alert",
+            {
+                "dag_id": failed.dag_id,
+                "run_id": failed.run_id,
+                "task": failed.task,
+                "try_number": failed.try_number,
+                "reason": reason,
+                "error": "the task's process ended without running its failure callback: killed by a signal (SIGKILL, "
+                         "such as the OOM killer's) or lost; see the task's log",
+            },
+        )
+    except Exception as exc:  # (settings that do not build): Airflow would log it too, less plainly
+        log.error("the failure callback of the DAG run %s %s could not alert (%s: %s)", failed.dag_id, failed.run_id,
+                  type(exc).__name__, exc)

@@ -58,6 +58,7 @@ def test_no_hooks_by_default(monkeypatch):
 
 def test_the_airflow_callback_alerts_once_per_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("TENFOLD_ALERT_FILE", str(tmp_path / "alerts.jsonl"))
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))  # its lake holds the record of each alert
     monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: build_settings("local", os.environ))
     ti = SimpleNamespace(dag_id="build_features", task_id="build_features", run_id="manual__1", try_number=3)
     alerts.airflow_failure_callback({"task_instance": ti, "run_id": "manual__1", "exception": RuntimeError("spark exit 1")})
@@ -73,6 +74,91 @@ def test_the_airflow_callback_alerts_once_per_failure(tmp_path, monkeypatch):
     except ValueError as wrapped:
         alerts.airflow_failure_callback({"task_instance": ti, "exception": wrapped})
     assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 1
+
+
+def _failed_try(task_id="score", try_number=2, map_index=1):
+    """A task instance as the callbacks' contexts hold it (Airflow's RuntimeTaskInstance has these attributes)."""
+    return SimpleNamespace(dag_id="batch_inference", task_id=task_id, run_id="manual__2026-01-05T03:00:00+00:00",
+                           map_index=map_index, try_number=try_number)
+
+
+@pytest.fixture
+def alert_file(tmp_path, monkeypatch):
+    """The alerts the file hook took, under settings resolved the way the callbacks resolve them; the lake (and the
+    alert records in it) under ``tmp_path``."""
+    path = tmp_path / "alerts.jsonl"
+    monkeypatch.setenv("TENFOLD_ALERT_FILE", str(path))
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path / "home"))
+    for var in ("TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("tenfold.config.get_settings", lambda env=None: build_settings("local", os.environ))
+    return lambda: [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_failure_its_task_callback_alerted_is_not_alerted_again_by_the_dag_callback(alert_file, tmp_path):
+    ti = _failed_try()
+    alerts.airflow_failure_callback({"task_instance": ti, "run_id": ti.run_id, "exception": RuntimeError("boom")})
+    (alert,) = alert_file()
+    assert alert["title"] == "Airflow task batch_inference.score failed"
+    assert len(list((tmp_path / "home" / "lake" / "_alerts").iterdir())) == 1  # its record, in the lake
+
+    alerts.airflow_dag_failure_callback({"task_instance": ti, "ti": ti, "run_id": ti.run_id, "reason": "task_failure"})
+    assert alert_file() == [alert]
+
+
+@pytest.mark.parametrize("other", [{"try_number": 3}, {"task_id": "publish"}, {"map_index": 0}],
+                         ids=["another try", "another task", "another map index"])
+def test_a_task_killed_on_its_last_try_is_alerted_by_the_dag_callback(alert_file, other):
+    """Airflow 3 runs a task's failure callback in its own process: one SIGKILLed (the OOM killer) on its last try
+    failed with no alert at all, and no DAG had a failure callback."""
+    alerts.airflow_failure_callback({"task_instance": _failed_try(), "exception": RuntimeError("boom")})
+    killed = _failed_try(**other)
+    alerts.airflow_dag_failure_callback({"task_instance": killed, "ti": killed, "run_id": killed.run_id,
+                                         "reason": "task_failure"})
+    (_, alert) = alert_file()
+    task = f"{killed.task_id}[{killed.map_index}]"
+    assert alert["title"] == f"Airflow task batch_inference.{task} failed without its own alert"
+    details = alert["details"]
+    assert details["run_id"] == "manual__2026-01-05T03:00:00+00:00" and details["task"] == task
+    assert details["try_number"] == killed.try_number and details["reason"] == "task_failure"
+    assert "killed by a signal (SIGKILL" in details["error"] and "or lost" in details["error"]
+
+
+def test_a_run_that_failed_without_a_failed_task_is_alerted_by_the_dag_callback(alert_file):
+    dag = SimpleNamespace(dag_id="train_model")
+    alerts.airflow_dag_failure_callback({"dag": dag, "run_id": "scheduled__2026-01-05", "reason": "timed_out"})
+    (alert,) = alert_file()
+    assert alert["title"] == "Airflow DAG run train_model scheduled__2026-01-05 failed (timed_out)"
+    assert alert["details"] == {"dag_id": "train_model", "run_id": "scheduled__2026-01-05", "reason": "timed_out"}
+
+
+def test_a_failure_that_alerted_itself_is_recorded_so_the_dag_callback_stays_silent(alert_file):
+    ti = _failed_try(task_id="validate", map_index=-1)
+    refused = RuntimeError("gate refused features 2013-02")
+    refused.alerted = True  # type: ignore[attr-defined]
+    alerts.airflow_failure_callback({"task_instance": ti, "exception": refused})
+    alerts.airflow_dag_failure_callback({"task_instance": ti, "run_id": ti.run_id, "reason": "task_failure"})
+    assert alert_file() == []
+
+
+def test_the_dag_callback_alerts_when_it_cannot_read_the_records_and_never_raises(alert_file, monkeypatch, caplog):
+    ti = _failed_try()
+    alerts.airflow_failure_callback({"task_instance": ti, "exception": RuntimeError("boom")})
+
+    def unreadable(settings):
+        raise OSError("bucket unreachable")
+
+    monkeypatch.setattr(alerts, "_alert_records", unreadable)
+    alerts.airflow_dag_failure_callback({"task_instance": ti, "run_id": ti.run_id, "reason": "task_failure"})
+    assert [a["title"] for a in alert_file()][1:] == ["Airflow task batch_inference.score[1] failed without its own alert"]
+
+    def unknown(env=None):
+        raise ValueError("TENFOLD_ENV='nowhere' is not an environment")
+
+    monkeypatch.setattr("tenfold.config.get_settings", unknown)
+    with caplog.at_level(logging.ERROR, logger="tenfold.alerts"):
+        alerts.airflow_dag_failure_callback({"task_instance": ti, "run_id": ti.run_id, "reason": "task_failure"})
+    assert "could not alert (ValueError: TENFOLD_ENV='nowhere' is not an environment)" in caplog.text
 
 
 def test_a_webhook_that_answers_503_is_tried_again_and_what_it_never_took_is_said(make_settings, flaky_webhook, caplog):
