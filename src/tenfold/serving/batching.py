@@ -251,7 +251,8 @@ class MicroBatcher(Generic[T, R]):
                     batch[0].future.set_exception(exc)
                 self._count([exc], succeeded=False)
                 return
-            failures: list[BaseException] = []
+            failures: list[BaseException] = [exc]  # the shared call's own failure counts, whoever is left to retry
+            succeeded = False
             for p in batch:  # isolate the request that failed: each alone
                 if p.future.done():  # its client gave up (timed out) during the shared call: scored for nobody
                     continue
@@ -262,9 +263,12 @@ class MicroBatcher(Generic[T, R]):
                     if not p.future.done():
                         p.future.set_exception(own)
                 else:
+                    succeeded = True
                     if not p.future.done():
                         p.future.set_result(list(mine))
-            self._count(failures, succeeded=len(failures) < len(batch))
+            # A success only when a call of it returned: comparing the failures with the batch's size took the requests
+            # of clients who gave up for successes, and a model failing slowly never took its replica out of rotation.
+            self._count(failures, succeeded=succeeded)
             return
         self.failed_in_a_row = 0
         start = 0

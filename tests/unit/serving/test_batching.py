@@ -310,13 +310,17 @@ def test_after_a_failed_shared_call_only_the_requests_still_awaited_are_retried_
         await asyncio.sleep(0)
         model.gates[1].set()
         out = await asyncio.gather(*tasks, return_exceptions=True)
+        failed = b.failed_in_a_row
         await b.stop()
-        return out
+        return (*out, failed)
 
-    gave_up, bad, also_gave_up = asyncio.run(main())  # type: ignore[misc]
+    gave_up, bad, also_gave_up, failed_in_a_row = asyncio.run(main())  # type: ignore[misc]
     assert isinstance(gave_up, asyncio.CancelledError) and isinstance(also_gave_up, asyncio.CancelledError)
     assert isinstance(bad, ValueError)
     assert model.attempts == [[100], [1, -1, 3], [-1]]
+    # No call of that batch returned: it counts toward taking the replica out of rotation (the requests of the
+    # clients that gave up were taken for successes, and a model failing slowly was never taken out).
+    assert failed_in_a_row == 1
 
 
 def test_submit_needs_a_running_batcher() -> None:
