@@ -403,7 +403,8 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
     _refuse_to_replace_newer_scores(lake, table, r)
     manifest = publish_scores(lake, table, r.partition, scores, schema, keys, run_id=r.airflow_run_id,
                               extra={"model_version": r.model_version, "features_data_dir": r.features_data_dir,
-                                     "dead_lettered_requests": len(acc.dead_lettered)})
+                                     "dead_lettered_requests": len(acc.dead_lettered),
+                                     **({"planned_at": r.planned_at} if r.planned_at else {})})
     if acc.dead_lettered:
         log.warning("%d requests (%d rows) of %s were dead-lettered and are not in the scores: `tenfold dlq inspect "
                     "--run %s`", len(acc.dead_lettered), figures["rows_dead_lettered"], r.month, r.run_key)
@@ -422,9 +423,13 @@ def _refuse_to_replace_newer_scores(lake: Lake, table: str, r: InferenceRun) -> 
     made_by = now.extra.get("model_version")
     if not r.planned_at or now.run_id == r.airflow_run_id or made_by == r.model_version:
         return
-    if dt.datetime.fromisoformat(now.created_at) > dt.datetime.fromisoformat(r.planned_at):
+    # Which was planned later, not which published later: a run planned before this one (a backfill's, which
+    # max_active_runs does not hold back) that publishes first must not keep this run's newer model out. Scores
+    # published before runs kept their plan's time: their publication's.
+    theirs = str(now.extra.get("planned_at") or now.created_at)
+    if dt.datetime.fromisoformat(theirs) > dt.datetime.fromisoformat(r.planned_at):
         raise PipelineError(
-            f"the scores of {r.month} were published at {now.created_at} by run {now.run_id} with model {made_by}, after "
+            f"the scores of {r.month} are of a run planned at {theirs} (run {now.run_id}, model {made_by}), after "
             f"this run planned model {r.model_version} ({r.planned_at}): nothing was published over them; trigger a new "
             f"batch_inference run with the run conf {{\"month\": \"{r.month}\"}} if the month's scores should be "
             "remade")

@@ -161,19 +161,26 @@ def test_a_late_run_of_a_retired_model_publishes_nothing_over_scores_published_s
     late = dataclasses.replace(late, planned_at="2013-08-01T00:00:00+00:00")  # planned before B published
     _score(s, late)
     monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-new")
-    newer = pipeline.plan(s, "run-b", {"month": PART.label})
+    newer = dataclasses.replace(pipeline.plan(s, "run-b", {"month": PART.label}), planned_at="2026-01-01T00:00:00+00:00")
     _score(s, newer)
     pipeline.publish_results(s, newer)
     published = lake.read_manifest(table, PART)
-    with pytest.raises(pipeline.PipelineError, match=r"published at .* by run run-b with model v-new, after this run "
-                                                     r"planned model v-old .*trigger a new batch_inference run"):
+    with pytest.raises(pipeline.PipelineError, match=r"are of a run planned at .* \(run run-b, model v-new\), after this "
+                                                     r"run planned model v-old .*trigger a new batch_inference run"):
         pipeline.publish_results(s, late)
     assert lake.read_manifest(table, PART).content == published.content  # run B's scores stay
-    # A run planned after those scores were published replaces them (the monthly rescore with a new champion).
+    # A run planned after them replaces them (the monthly rescore with a new champion), whichever published first: a
+    # run planned earlier that published since (a backfill beside it) must not keep the newer model out.
     monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-third")
-    again = pipeline.plan(s, "run-c", {"month": PART.label})
+    again = dataclasses.replace(pipeline.plan(s, "run-c", {"month": PART.label}), planned_at="2026-01-03T00:00:00+00:00")
     _score(s, again)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-backfill")
+    backfill = dataclasses.replace(pipeline.plan(s, "backfill-d", {"month": PART.label}),
+                                   planned_at="2026-01-02T00:00:00+00:00")  # planned before run-c, published first
+    _score(s, backfill)
+    assert pipeline.publish_results(s, backfill)["model_version"] == "v-backfill"
     assert pipeline.publish_results(s, again)["model_version"] == "v-third"
+    assert lake.read_manifest(table, PART).extra["planned_at"] == again.planned_at
 
 
 def test_a_run_whose_features_were_withdrawn_meanwhile_fails_at_once_saying_what_to_do(
