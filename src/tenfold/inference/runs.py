@@ -138,8 +138,11 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
         for request in batches():
             faults.fire("publish", request.request_id)
             body = request.encode(inf.request_compression)
+            attributes = request.attributes()
+            if (number := resent.get(request.request_id)) is not None:
+                attributes[REPLAY] = str(number)  # the copy of a dead letter sent again
             try:
-                futures.append(client.publish(topic, body, **request.attributes()))
+                futures.append(client.publish(topic, body, **attributes))
             except MessageTooLargeError:
                 # A later request larger than the first (longer strings): those sent before it are harmless, a
                 # publish with other settings sends the same request ids again (or, with other rows_per_message,
@@ -261,8 +264,9 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
         before = {}
     # Pub/Sub may dead-letter one message more than once, and a copy sent before a replay may still be redelivered
     # while the replay's copy is in flight: recorded afresh (unmarked), the request counted as dead-lettered and the
-    # run ended without it. A copy's `replay` attribute says which send it is of (none: the original publication, or a
-    # run's publish sending it again): a dead letter of an older copy than the record's latest send changes nothing.
+    # run ended without it. A copy's `replay` attribute says which send it is of (none: the original publication; a
+    # copy sent again, by `tenfold dlq replay` or a run's publish, carries its number): a dead letter of an older copy
+    # than the record's latest send changes nothing.
     copy, latest = _whole(attrs.get(REPLAY)) or 0, _latest_replay(before)
     if before.get("replayed") and copy < latest:
         log.warning("dead letter of request %s of run %s is of an older copy (replay %d) than the one sent last "
@@ -285,7 +289,7 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
 
 def _latest_replay(record: dict[str, Any]) -> int:
     """The ``replay`` number of the copy a dead-letter record's latest send carried (:func:`mark_replayed` keeps it);
-    0 when it carried none (a run's publish sends the original request again) or the record predates the number."""
+    0 when the record predates the number."""
     replays = record.get("replays")
     last = replays[-1] if isinstance(replays, list) and replays else None
     return (_whole(last.get(REPLAY)) or 0) if isinstance(last, dict) else 0
@@ -345,16 +349,19 @@ def unmark_replayed(store: RunStore, rid: str, mark: dict[str, Any], *, replayed
     return True
 
 
-def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> list[str]:
-    """Mark the dead letters among ``ids`` as replayed (sent again ``by`` whom), before they are re-published."""
+def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> dict[str, int]:
+    """Mark the dead letters among ``ids`` as replayed (sent again ``by`` whom), before they are re-published; returns
+    each one's replay number, which its new copy carries as its ``replay`` attribute (as ``tenfold dlq replay``'s
+    copies do): a late dead letter of an older copy then tells itself apart (:func:`_record_dead_letter`)."""
     dead = set(store.dead_letter_ids())
-    marked = []
+    marked: dict[str, int] = {}
     for rid in ids:
         record = store.dead_letter(rid) if rid in dead else None
         if record is None or record.get("replayed"):
             continue
-        mark_replayed(store, rid, record, by=by)
-        marked.append(rid)
+        number = len(record.get("replays", [])) + 1
+        mark_replayed(store, rid, record, by=by, replay=number)
+        marked[rid] = number
     return marked
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Partition
-from tenfold.inference.requests import request_id
+from tenfold.inference.requests import REPLAY, request_id
 from tenfold.inference.runs import RequestTooLargeError, account, publish_requests
 from tenfold.inference.store import RunStore, work_objects
 
@@ -73,8 +73,13 @@ def test_a_request_over_pubsubs_limit_is_refused_before_anything_is_published(ow
     # The same rows in requests that fit are published: the pull above would have seen them.
     report = publish_requests(settings, "run-1", "2013-07", "v1", rows, rows_per_message=10_000)
     assert report.requests == 5
-    assert sorted(a["request_id"] for a in _pull_all(settings, expect=5)) == [request_id("run-1", "2013-07", i) for i in range(5)]
+    pulled = _pull_all(settings, expect=5)
+    assert sorted(a["request_id"] for a in pulled) == [request_id("run-1", "2013-07", i) for i in range(5)]
     assert account(store, [rid]).dead_lettered == ()
+    # The dead letter's new copy carries its replay number (a late dead letter of the original then tells itself
+    # apart); the others are first copies.
+    assert {a["request_id"]: a.get(REPLAY) for a in pulled} == {
+        request_id("run-1", "2013-07", i): ("1" if i == 0 else None) for i in range(5)}
 
 
 def test_a_later_request_over_the_limit_is_refused_saying_what_was_published(own_topology: Settings) -> None:

@@ -179,8 +179,8 @@ def test_a_dead_letter_sent_again_is_not_accounted_until_it_is_scored_or_dead_le
     assert account(store, ["a", "b", "c"]).dead_lettered == ("b", "c")
 
     # A new publication of the run re-sends b (and a, which has its result: nothing to mark).
-    assert resend_dead_letters(store, ["a", "b"], by="publish") == ["b"]
-    assert resend_dead_letters(store, ["b"], by="publish") == []  # marked once
+    assert resend_dead_letters(store, ["a", "b"], by="publish") == {"b": 1}  # its new copy's replay number
+    assert resend_dead_letters(store, ["b"], by="publish") == {}  # marked once
     acc = account(store, ["a", "b", "c"])
     assert (acc.scored, acc.dead_lettered, acc.accounted) == (("a",), ("c",), 2)  # b is in flight again
     assert (store.dead_letter("b") or {})["replays"][0]["by"] == "publish"
@@ -312,21 +312,27 @@ def test_a_second_dead_letter_of_a_copy_sent_before_a_replay_leaves_the_replay_i
     assert account(store, [rid]).dead_lettered == (rid,)
 
 
-def test_a_dead_letter_of_a_request_a_run_publishes_again_is_counted_as_before(tmp_path: Path) -> None:
-    """A run's publish sends the original request again, without a replay attribute (and records of earlier versions
-    name no replay number): a dead letter without one is of the copy sent last, and counted dead-lettered."""
+def test_a_dead_letter_of_the_copy_a_run_publishes_again_counts_and_one_of_the_original_does_not(tmp_path: Path) -> None:
+    """A run's publish sent the original request again without a replay number: a second dead letter of the original
+    copy (Pub/Sub may dead-letter a message twice) then counted the request dead while the new copy was in flight, and
+    the run ended without it. The copy a publish sends again carries its number, as `tenfold dlq replay`'s does."""
     from tenfold.config import build_settings
+    from tenfold.inference.requests import REPLAY
     from tenfold.inference.runs import account, drain_dead_letters, resend_dead_letters
 
     settings, objects = build_settings("local"), FileObjects(tmp_path)
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     rid, store = good.request_id, RunStore(objects, "run-1")
-    for message_id in ("101", "102"):
-        assert resend_dead_letters(store, [rid], by="publish") == ([rid] if message_id == "102" else [])
-        subscriber = _DeadLetterSubscriber(good.encode(), (good.attributes(), message_id, "ack"))
-        assert drain_dead_letters(settings, subscriber=subscriber, objects=objects) == [("run-1", rid)]
-        assert account(store, [rid]).dead_lettered == (rid,)
+    original = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack"))
+    assert drain_dead_letters(settings, subscriber=original, objects=objects) == [("run-1", rid)]
+    assert resend_dead_letters(store, [rid], by="publish") == {rid: 1}
+    again = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack"))  # the original, dead-lettered twice
+    assert drain_dead_letters(settings, subscriber=again, objects=objects) == []
+    assert account(store, [rid]).dead_lettered == ()  # the new copy is in flight
+    copy = _DeadLetterSubscriber(good.encode(), ({**good.attributes(), REPLAY: "1"}, "102", "ack"))
+    assert drain_dead_letters(settings, subscriber=copy, objects=objects) == [("run-1", rid)]
+    assert account(store, [rid]).dead_lettered == (rid,)
     assert (store.dead_letter(rid) or {})["times_dead_lettered"] == 2
 
 
