@@ -199,9 +199,16 @@ def promote(
                     f"the champion already is {version}, moved there from {before.previous or 'nothing'} by "
                     f"{before.actor} at {before.updated_at}, not from {expected} as --expect says: nothing moved")
             return f"champion already is {version} (seq {before.seq}): nothing moved"
-        pointer = reg.promote(version, expected=expected, reason=reason or "manual promotion")
+        said = reason or "manual promotion"
+        pointer = reg.promote(version, expected=expected, reason=said)
         if before is not None and pointer.seq == before.seq:  # pragma: no cover - set to it meanwhile
             return f"champion already is {version} (seq {pointer.seq}): nothing moved"
+        if pointer.reason != said:
+            # Another mover took it to this version at the same moment (a rollout's conclude, a second promote): the
+            # registry hands back the winner's pointer, whose move is the one recorded, this command's reason not.
+            return (f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq}), moved at the "
+                    f"same moment by {pointer.actor} ({pointer.reason!r}); this command's move was not needed and its "
+                    "reason is not recorded")
         return f"champion: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
 
     typer.echo(run_guarded(act))

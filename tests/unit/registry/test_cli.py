@@ -322,3 +322,27 @@ def test_promote_refuses_a_version_a_canary_rejected_or_the_gate_kept_out_unless
     assert reg.resolve("champion") == champion
     out = runner.invoke(app, ["models", "promote", challenger, "--force"])
     assert out.exit_code == 0 and reg.resolve("champion") == challenger, out.output
+
+
+def test_a_promote_that_another_mover_beat_to_the_same_version_says_it_moved_nothing(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollout's conclude moved the champion to the same version while the command ran: the registry hands back the
+    winner's pointer, and the command printed "champion: a -> b" as its own move, its --reason never recorded."""
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a = reg.register(make_model_dir(11), lineage, metrics={"auc": 0.61, "log_loss": 0.5, "brier": 0.2}).version
+    b = reg.register(make_model_dir(12), lineage, metrics={"auc": 0.66, "log_loss": 0.45, "brier": 0.18}).version
+    reg.promote(a, expected=None)
+    real = ModelRegistry.promote
+
+    def the_rollout_first(self: ModelRegistry, version: str, **kwargs: object) -> object:
+        real(ModelRegistry(registry_settings), version, expected=a, reason="rollout r-1: canary passed")
+        return real(self, version, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelRegistry, "promote", the_rollout_first)
+    out = runner.invoke(app, ["models", "promote", b, "--reason", "mine"])
+    assert out.exit_code == 0, out.output
+    assert f"champion: {a} -> {b} (seq 2), moved at the same moment by " in out.output
+    assert "('rollout r-1: canary passed'); this command's move was not needed and its reason is not recorded" in out.output
+    assert [h.reason for h in reg.alias_history("champion")][-1] == "rollout r-1: canary passed"
