@@ -691,7 +691,9 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         # From the challenger this gate read, as a comparing gate moves it: set unconditionally, it took the alias
         # from a version another run's gate compared and marked meanwhile, and the rollout that run announced then
         # took this uncompared one by default.
-        marked = _mark_challenger(reg, version, p, prior_challenger)
+        marked = _mark_challenger(reg, version, p, prior_challenger,
+                                  reason=f"run {p.airflow_run_id}: passed the floors and baselines; the champion could "
+                                         "not be scored (NO COMPARISON)")
         raise PipelineError(
             f"{body['summary']}: the challenger {version} passes the floors and baselines, is registered and "
             f"{'marked challenger' if marked else 'left unmarked (see the log)'} but was not promoted. Compare them "
@@ -775,7 +777,8 @@ def announced_already(events: Iterable[Any], airflow_run_id: str, version: str) 
                 None)
 
 
-def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: AliasPointer | None) -> bool:
+def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: AliasPointer | None, *,
+                     reason: str | None = None) -> bool:
     """Move ``challenger`` to ``version`` from ``prior`` (the pointer the gate read first), unless
     :func:`_may_mark_challenger` says no or another run's gate moved it meanwhile; whether it moved (a rollout
     should follow)."""
@@ -785,7 +788,7 @@ def _mark_challenger(reg: ModelRegistry, version: str, p: TrainRun, prior: Alias
         return True  # marked by an earlier try of this decision
     try:
         reg.set_alias(CHALLENGER, version, expected=prior.version if prior else None,
-                      reason=f"run {p.airflow_run_id}: passed the offline gate", details={"run": p.airflow_run_id})
+                      reason=reason or f"run {p.airflow_run_id}: passed the offline gate", details={"run": p.airflow_run_id})
     except AliasConflict:
         log.info("challenger moved to %s while this run decided (another run's gate): left as it is",
                  reg.resolve(CHALLENGER))

@@ -662,6 +662,8 @@ def test_a_gate_that_could_not_score_the_champion_does_not_take_the_challenger_a
     with pytest.raises(pipeline.PipelineError, match="is registered and marked challenger but was not promoted"):
         pipeline.gate(gate_settings, planned_c, dataclasses.replace(ev_c, champion=unscored.champion), r_c)
     assert reg.resolve(CHALLENGER) == r_c.version
+    # The alias's history says what it passed: no comparison with the champion, not "the offline gate".
+    assert reg.alias_history(CHALLENGER)[-1].reason.endswith("the champion could not be scored (NO COMPARISON)")
 
 
 def test_folder_placeholders_in_a_trained_models_prefix_are_skipped_the_models_own_included(
