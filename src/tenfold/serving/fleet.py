@@ -268,6 +268,9 @@ class FleetStatus:
     haproxy_pid: int | None
     pools: dict[str, PoolStatus]
     events: list[str] = field(default_factory=list)
+    # time.monotonic() when it was written: Linux's monotonic clock is the machine's, the same in every process, and
+    # neither a wall-clock step (NTP) nor a suspend moves it (0.0: written by a supervisor from before it was kept).
+    updated_monotonic: float = 0.0
 
     @property
     def ready(self) -> bool:
@@ -296,7 +299,12 @@ def read_status(settings: Settings) -> FleetStatus | None:
 def not_responding(st: FleetStatus | None, record: ProcessRecord) -> str | None:
     """What to say when the running supervisor's last status (``st``) is older than :data:`STATUS_STALE_S`: it is
     stopped or hung, and what the status shows is no longer so. None while it writes (or has yet to write) one."""
-    if st is None or (age := time.time() - st.updated_at) <= STATUS_STALE_S:
+    if st is None:
+        return None
+    # By the monotonic clock: a wall clock stepped forward past STATUS_STALE_S (NTP, a laptop resumed) made every
+    # status look old at once, and the first wait on it failed with "not responding".
+    age = time.monotonic() - st.updated_monotonic if st.updated_monotonic else time.time() - st.updated_at
+    if age <= STATUS_STALE_S:
         return None
     return (f"the fleet supervisor (pid {record.pid}) is not responding: its last status is {age:.0f} s old (it writes "
             f"one several times a second), so nothing replaces a replica that dies; see its log {record.log}, then "
@@ -785,7 +793,8 @@ class Supervisor:
             pools[pool] = PoolStatus(version=spec.version, min=spec.min, max=spec.max, desired=self.desired[pool],
                                      utilization=round(self.util[pool], 3), replicas=replicas)
         return FleetStatus(generation=self.spec.generation, updated_at=time.time(), supervisor_pid=os.getpid(),
-                           haproxy_pid=self.haproxy.pid if self.haproxy else None, pools=pools, events=list(self.events))
+                           haproxy_pid=self.haproxy.pid if self.haproxy else None, pools=pools, events=list(self.events),
+                           updated_monotonic=time.monotonic())
 
     def write_status(self) -> None:
         _write_atomic(self.run_dir / STATUS_FILE, self.status().to_json())

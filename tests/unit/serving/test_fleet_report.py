@@ -82,25 +82,31 @@ def test_a_supervisor_that_no_longer_writes_its_status_is_not_responding(tmp_pat
     paths = write_config(settings, canary_percent=0)
     server = http.server.ThreadingHTTPServer((settings.local.bind_host, replica_port), _Healthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    haproxy = process.start(fleet.HAPROXY, haproxy_argv(paths), run_dir=rd, port=lb)
-    supervisor = process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=rd, port=lb)
+    launched: list[process.ProcessRecord] = []  # stopped whatever fails after them
     try:
+        haproxy = process.start(fleet.HAPROXY, haproxy_argv(paths), run_dir=rd, port=lb)
+        launched.append(haproxy)
+        supervisor = process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=rd, port=lb)
+        launched.append(supervisor)
         process.wait_until(RuntimeApi(HaproxyPaths.of(settings).socket).alive, timeout=10, what="HAProxy",
                            record=haproxy)
 
-        def status(age: float) -> None:
+        def status(age: float, *, wall_age: float | None = None) -> None:
             replica = fleet.ReplicaStatus(pool=fleet.STABLE, slot=1, version="v1", port=replica_port,
                                           pid=supervisor.pid, state=SERVING, lb_status="UP", in_flight=0, log="r.log")
             pools = {pool: fleet.PoolStatus(version="v1", min=1 if pool == fleet.STABLE else 0, max=2, desired=1,
                                             utilization=0.0, replicas=[replica] if pool == fleet.STABLE else [])
                      for pool in fleet.POOLS}
-            st = fleet.FleetStatus(generation=1, updated_at=time.time() - age, supervisor_pid=supervisor.pid,
-                                   haproxy_pid=haproxy.pid, pools=pools)
+            st = fleet.FleetStatus(generation=1, updated_at=time.time() - (age if wall_age is None else wall_age),
+                                   supervisor_pid=supervisor.pid, haproxy_pid=haproxy.pid, pools=pools,
+                                   updated_monotonic=time.monotonic() - age)
             (rd / fleet.STATUS_FILE).write_text(st.to_json())
 
         status(0.0)  # written just now: the fleet is as it says
         fresh = fleet.report(settings)
         assert fresh.healthy, describe(fresh)
+        status(0.0, wall_age=3600.0)  # written just now, and the wall clock stepped an hour forward since (NTP)
+        assert fleet.report(settings).healthy, "a wall-clock step is no stale status"
         assert fleet.wait_for(settings, lambda st: st.ready, what="the fleet", timeout=5).supervisor_pid == supervisor.pid
 
         status(600.0)  # the supervisor stopped writing ten minutes ago, every replica still serving in what it wrote
@@ -120,7 +126,7 @@ def test_a_supervisor_that_no_longer_writes_its_status_is_not_responding(tmp_pat
             fleet.wait_for(settings, lambda st: st.ready, what="the fleet", timeout=30)
         assert time.monotonic() - started < 5
     finally:
-        process.stop(supervisor, timeout=5)
-        process.stop(haproxy, timeout=5)
+        for record in reversed(launched):
+            process.stop(record, timeout=5)
         server.shutdown()
         server.server_close()
