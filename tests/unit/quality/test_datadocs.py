@@ -144,10 +144,11 @@ def _bound(folder: Path, to: Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=False, capture_output=True)
 
 
-def test_a_docs_build_on_a_full_disk_leaves_the_site_as_it_was(settings, small_disk, tmp_path):
-    """GX wrote each file of the site in place: a build that met a full disk left a torn validation result (and a torn
-    index or static file) behind. Here the index and the results live on a real full disk; the site's megabytes
-    (GX's static files and the pages) do not fit on it, so those folders are mounted from the ordinary disk."""
+def test_a_validation_on_a_full_disk_leaves_no_torn_result_and_the_site_as_it_was(settings, small_disk, tmp_path):
+    """GX wrote each file in place: a validation that met a full disk left a torn result in the site's results store,
+    which every later index build listed. GX saves the result before it builds the pages, so here the full disk cuts
+    the result short (the index's own rewrite is the next test's); the index and the results live on a real full disk,
+    the site's megabytes (GX's static files and the pages) on the ordinary disk, mounted in."""
     site = small_disk.path / "site"
     Path(data_docs_location(settings)).symlink_to(site)
     with contextlib.ExitStack() as mounts:
