@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -206,7 +207,7 @@ def test_a_plan_meeting_what_a_retry_mends_is_left_to_its_retries(settings: Sett
     to rebuild the join). A manifest that fails its checks is still refused at once, saying what to do."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tenfold.data.lake import CorruptManifestError, DamagedInTransit
+    from tenfold.data.lake import DamagedInTransit
     from tenfold.feedback import training
     from tenfold.feedback.training import FeedbackRepublished
     from tenfold.pipelines import train_model
@@ -223,16 +224,26 @@ def test_a_plan_meeting_what_a_retry_mends_is_left_to_its_retries(settings: Sett
         run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
     monkeypatch.setattr(training, "labelled_rows", real)
 
-    def raising(exc: Exception) -> Any:
-        def read(*args: Any, **kwargs: Any) -> Any:
-            raise exc
-        return read
+    # A download damaged on its way from GCS (its stored CRC32C matches the manifest; this lake is file://, so the
+    # lake's own error, as it words it, stands in for it): a retry reads it again.
+    damaged = DamagedInTransit(f"{settings.storage.labelled_table} partition 2026-11: the download of gs://lake/x/"
+                               "part-00000.parquet was damaged in transit (its stored CRC32C matches the manifest); "
+                               "retry the read")
 
-    monkeypatch.setattr(training, "feedback_training_set", raising(DamagedInTransit("download damaged: read it again")))
+    def read_damaged(*args: Any, **kwargs: Any) -> Any:
+        raise damaged
+
+    monkeypatch.setattr(training, "feedback_training_set", read_damaged)
     with pytest.raises(DamagedInTransit):
         run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
-    monkeypatch.setattr(training, "feedback_training_set", raising(CorruptManifestError("manifest x is unreadable")))
-    with pytest.raises(AirflowFailException, match=r"cannot be read \(manifest x is unreadable\): rebuild it"):
+    monkeypatch.undo()
+
+    # A labelled file changed after it was published (a real truncation): read the same way again, refused at once.
+    lake = Lake.from_settings(settings)
+    (month,) = lake.published_partitions(settings.storage.labelled_table)
+    (path,) = lake.files(settings.storage.labelled_table, month)
+    Path(path).write_bytes(Path(path).read_bytes()[:200])
+    with pytest.raises(AirflowFailException, match=r"labelled table cannot be read \(.*\): rebuild it"):
         run_step(train_model._plan_feedback, settings, "k", tmp_path, [JAN], 1.0)
 
 
