@@ -611,6 +611,20 @@ def test_a_gate_retried_after_dying_before_the_alias_leaves_a_challenger_set_sin
     assert not again["canary"]
 
 
+def _b_gates_while_a_records(monkeypatch: pytest.MonkeyPatch, settings: Settings, b: tuple[Any, Any, Any],
+                             a_version: str) -> None:
+    """Run B's gate (which passes and moves the challenger) right after A's gate records its decision."""
+    real = ModelRegistry.record_decision
+
+    def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
+        recorded = real(self, version, key, body)
+        if version == a_version:
+            assert pipeline.gate(settings, *b)["canary"]
+        return recorded
+
+    monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
+
+
 def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_not_take_it(
         gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both runs read the same challenger; B moves it while A decides. A's move is a compare-and-swap from what it
@@ -619,15 +633,7 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     run(gate_settings, "manual__champion", model(tmp_path, 0.70))
     planned_a, ev_a, r_a = _registered(gate_settings, "manual__a", model(tmp_path, 0.75))
     planned_b, ev_b, r_b = _registered(gate_settings, "manual__b", model(tmp_path, 0.76))
-    real = ModelRegistry.record_decision
-
-    def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
-        recorded = real(self, version, key, body)
-        if version == r_a.version:
-            assert pipeline.gate(gate_settings, planned_b, ev_b, r_b)["canary"]
-        return recorded
-
-    monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
+    _b_gates_while_a_records(monkeypatch, gate_settings, (planned_b, ev_b, r_b), r_a.version)
     decided = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
     assert reg.resolve(CHALLENGER) == r_b.version and decided["promote"] and not decided["canary"]
 
@@ -644,14 +650,7 @@ def test_a_gate_that_could_not_score_the_champion_does_not_take_the_challenger_a
     planned_b, ev_b, r_b = _registered(gate_settings, "manual__b", model(tmp_path, 0.76))
     unscored = dataclasses.replace(ev_a, champion={"version": first.version, "metrics": None, "error": "unreadable"})
     real = ModelRegistry.record_decision
-
-    def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
-        recorded = real(self, version, key, body)
-        if version == r_a.version:
-            assert pipeline.gate(gate_settings, planned_b, ev_b, r_b)["canary"]
-        return recorded
-
-    monkeypatch.setattr(ModelRegistry, "record_decision", b_moves_meanwhile)
+    _b_gates_while_a_records(monkeypatch, gate_settings, (planned_b, ev_b, r_b), r_a.version)
     with pytest.raises(pipeline.PipelineError, match=f"{r_a.version} passes the floors and baselines, is registered "
                                                      "and left unmarked"):
         pipeline.gate(gate_settings, planned_a, unscored, r_a)

@@ -240,6 +240,22 @@ def test_a_retried_move_that_already_landed_is_a_no_op_not_a_conflict(
         reg.set_alias(CHAMPION, a, expected=a)  # a move based on a stale read is still refused
 
 
+def _read_in_lockstep(monkeypatch: pytest.MonkeyPatch, contenders: int) -> None:
+    """Each of ``contenders`` threads, after its first read of an alias pointer, waits until all have read theirs."""
+    barrier = threading.Barrier(contenders, timeout=30)
+    real_read = ModelRegistry._read_pointer
+    read_once: set[int] = set()
+
+    def read_then_wait(self: ModelRegistry, alias: str):  # type: ignore[no-untyped-def]
+        pointer = real_read(self, alias)
+        if threading.get_ident() not in read_once:
+            read_once.add(threading.get_ident())
+            barrier.wait()
+        return pointer
+
+    monkeypatch.setattr(ModelRegistry, "_read_pointer", read_then_wait)
+
+
 @pytest.mark.parametrize("lockstep", [True, False], ids=["all-read-then-all-write", "free-running"])
 def test_concurrent_promote_race_has_exactly_one_winner(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, monkeypatch: pytest.MonkeyPatch,
@@ -253,19 +269,8 @@ def test_concurrent_promote_race_has_exactly_one_winner(
 
     # Every contender reads the same pointer generation before any of them writes: the worst case,
     # where only the store's generation precondition can tell the winner from the losers.
-    barrier = threading.Barrier(contenders, timeout=30)
-    real_read = ModelRegistry._read_pointer
-    read_once: set[int] = set()
-
-    def read_then_wait(self: ModelRegistry, alias: str):  # type: ignore[no-untyped-def]
-        pointer = real_read(self, alias)
-        if threading.get_ident() not in read_once:
-            read_once.add(threading.get_ident())
-            barrier.wait()
-        return pointer
-
     if lockstep:
-        monkeypatch.setattr(ModelRegistry, "_read_pointer", read_then_wait)
+        _read_in_lockstep(monkeypatch, contenders)
     start = threading.Barrier(contenders, timeout=30)
     results: dict[str, str] = {}
 
@@ -311,18 +316,7 @@ def test_movers_racing_to_the_same_version_all_get_the_no_op_and_it_is_recorded_
     setup.promote(base, expected=None)
 
     # Every mover reads the pointer at base before any writes: all but one are refused by the store's precondition.
-    barrier = threading.Barrier(contenders, timeout=30)
-    real_read = ModelRegistry._read_pointer
-    read_once: set[int] = set()
-
-    def read_then_wait(self: ModelRegistry, alias: str):  # type: ignore[no-untyped-def]
-        pointer = real_read(self, alias)
-        if threading.get_ident() not in read_once:
-            read_once.add(threading.get_ident())
-            barrier.wait()
-        return pointer
-
-    monkeypatch.setattr(ModelRegistry, "_read_pointer", read_then_wait)
+    _read_in_lockstep(monkeypatch, contenders)
     start = threading.Barrier(contenders, timeout=30)
     results: dict[int, object] = {}
 
