@@ -140,6 +140,14 @@ def numeric_profile(values: Any, *, bins: int = 10, sample_rows: int = 1000, see
     # Edges are observed values (not interpolated between them), so a discrete feature gets no empty bins.
     qs = np.quantile(data, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
     edges = tuple(dict.fromkeys(_round(q) for q in qs))  # ties (a discrete feature) merge bins
+    top = _round(float(data.max()))
+    if edges and edges[-1] >= top and (below := data[data < data.max()]).size:
+        # A tenth of the rows or more at the maximum (a flag mostly 1, a capped reading, a rating mostly 5) made the
+        # top edges the maximum itself: everything from the last lower cut up to it shared one bin, and a shift of
+        # the mix inside it (95 % ones becoming 50 %) had a PSI of 0, never drift. The maximum gets a bin of its own.
+        cut = _round(float(below.max()))
+        if cut < top and (len(edges) < 2 or cut > edges[-2]):
+            edges = (*edges[:-1], cut, edges[-1])
     profile = NumericProfile(edges=edges, counts=(), nulls=nulls, mean=_round(float(data.mean())),
                              std=_round(float(data.std())), low=_round(float(data.min())))
     counts = tuple(int(c) for c in profile.bin_counts(data))

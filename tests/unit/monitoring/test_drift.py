@@ -129,6 +129,24 @@ def test_values_moving_below_the_reference_minimum_are_drift(reference: np.ndarr
     assert measure_numeric("x", ref, pa.array(reference), policy).psi == 0.0  # the same values: no drift
 
 
+@pytest.mark.parametrize(("reference", "current"), [
+    # a flag that is 1 on 95 % of the training rows, on half of this month's
+    (np.concatenate([np.zeros(500), np.ones(9500)]), np.concatenate([np.zeros(2500), np.ones(2500)])),
+    # a rating that is 5 on 92 % of the training rows, spread over 1..5 this month
+    (np.concatenate([np.repeat([1.0, 2.0, 3.0, 4.0], 200), np.full(9200, 5.0)]), np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 1000)),
+])
+def test_a_shift_away_from_a_maximum_that_held_most_rows_is_drift(reference: np.ndarray, current: np.ndarray) -> None:
+    """A tenth of the rows or more at the maximum made the top cut the maximum itself: the rows from the last lower cut
+    up to it shared one bin, and any change of mix inside it had a PSI of 0, never drift (the minimum had its own bin;
+    the maximum had none)."""
+    policy = DriftPolicy.of(DriftSettings(), CONTRACT)
+    ref = numeric_profile(reference)
+    assert ref.edges[-1] == reference.max() and ref.edges[-2] == reference[reference < reference.max()].max()
+    moved = measure_numeric("x", ref, pa.array(current), policy)
+    assert moved.level == "drift" and moved.psi >= policy.psi_drift
+    assert measure_numeric("x", ref, pa.array(reference), policy).psi == 0.0  # the same values: no drift
+
+
 def test_a_profile_of_format_1_still_reads_and_bins_without_the_low_bin() -> None:
     body = numeric_profile(np.arange(100.0), bins=4).to_dict()
     del body["low"]
