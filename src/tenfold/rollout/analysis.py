@@ -77,7 +77,12 @@ class Check:
         if v.get("canary_error_rate") is not None and v.get("control_error_rate") is not None:
             parts.append(f"errors {v['canary_error_rate']:.2%} vs {v['control_error_rate']:.2%}")
         if v.get("canary_p99_ms") is not None and v.get("control_p99_ms") is not None:
-            parts.append(f"p99 {v['canary_p99_ms']:.1f} vs {v['control_p99_ms']:.1f} ms (U test p={v['latency_p_value']:.3g})")
+            # The U test runs only on enough latencies in both arms: a canary whose requests mostly got no answer (no
+            # latency in the load balancer's log) has p99s and no p-value, and reading one crashed the step, its
+            # conclude, its report and `tenfold rollout status`, every time the stored check was read.
+            tested = v.get("latency_p_value")
+            parts.append(f"p99 {v['canary_p99_ms']:.1f} vs {v['control_p99_ms']:.1f} ms"
+                         + (f" (U test p={tested:.3g})" if tested is not None else " (too few latencies to test)"))
         if v.get("canary_accuracy") is not None and v.get("control_accuracy") is not None:
             parts.append(f"accuracy {v['canary_accuracy']:.3f} vs {v['control_accuracy']:.3f} "
                          f"({v['canary_labelled']}/{v['control_labelled']} labelled)")

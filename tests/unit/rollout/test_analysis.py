@@ -34,6 +34,11 @@ def test_latency_is_not_judged_on_a_handful_of_samples() -> None:
     got = check(slow, arm(), GOOD, GOOD, POLICY)
     assert got.verdict == NO_DATA and "latency_p_value" not in got.values
     assert "too few latency samples (canary 2, control 400; need 50 each)" in got.reasons
+    # Its summary (the step's log, conclude's report, `tenfold rollout status`) reads the p99s without a p-value:
+    # it raised KeyError, every time the stored check was read.
+    assert "p99 949.5 vs " in got.summary() and "(too few latencies to test)" in got.summary()
+    hung = check(ArmTraffic(60, 55, (20.0,) * 5), arm(), GOOD, GOOD, POLICY)  # most requests got no answer
+    assert hung.verdict == FAIL and "(too few latencies to test)" in hung.summary()
 
 
 def test_five_percent_errors_fail_and_name_the_rates() -> None:
