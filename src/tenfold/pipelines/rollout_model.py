@@ -411,13 +411,21 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             spans=_split_spans(run, record, index, until))
         n = len(mine) + 1
         waited = (until - since).total_seconds()
-        if result.verdict == NO_DATA and waited >= policy.no_data_deadline_s:
+        # At 100 % the control is the stable arm before the step, a window that no longer grows: one too thin to judge
+        # now stays so, and the step waited out the whole deadline, every user on an unjudged version meanwhile.
+        thin = (percent >= 100 and result.verdict == NO_DATA and between is None
+                and int(result.values.get("control_requests") or 0) < policy.min_requests)
+        if result.verdict == NO_DATA and (waited >= policy.no_data_deadline_s or thin):
             # Failing safe, a rollout never promotes blind; but nothing was measured against the version (no
             # traffic reached the canary, or its labels had not come in), so it ends FAILED, not rolled back:
             # the version is not marked rejected, and a new rollout of it needs no retry_rejected.
-            result = Check(FAIL, (*result.reasons, f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): "
-                                  "failing safe, a rollout never promotes blind; the version is not rejected"),
-                           result.values)
+            why = (f"the control (the stable arm before this {percent} % step) served {result.values.get('control_requests')} "
+                   f"requests, fewer than the {policy.min_requests} a check needs, and no more come at {percent} %: "
+                   "failing safe, a rollout never promotes blind; the version is not rejected (roll it out with a step "
+                   "below 100 %, or after the stable arm has served more)") if thin else (
+                f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): failing safe, a rollout never "
+                "promotes blind; the version is not rejected")
+            result = Check(FAIL, (*result.reasons, why), result.values)
             # The end first: killed or failing after it, a retry finds the end (and sets the weight again); a
             # deadline check recorded without its end would count as an ordinary failed check on the retry.
             _end(p, run, FAILED, list(result.reasons))
