@@ -67,6 +67,21 @@ def _moved(comp: Component, record: ProcessRecord | None, service_name: str) -> 
             f"{record.port} as when it was started, or stop it (`tenfold down -s {service_name}`) and start it again")
 
 
+def _other_emulator(settings: Settings, comp: Component, record: ProcessRecord | None) -> str:
+    """Why the running GCS emulator is not the one these settings choose (``local.gcs_emulator``, changed since it
+    started: the registry's refusal of gcp-storage-emulator says to), with what to do; "" when it is. The emulators
+    read no settings, so a change went unseen: `up` said "already running and healthy", and the registry refused
+    again with the same advice."""
+    if comp.name != "gcs" or record is None:
+        return ""
+    running = "gcp-storage-emulator" if any("gcp_storage_emulator" in part for part in record.cmdline) else "fake-gcs-server"
+    if running == settings.local.gcs_emulator:
+        return ""
+    return (f"gcs: {running} is running, where these settings choose {settings.local.gcs_emulator} "
+            "(TENFOLD_LOCAL__GCS_EMULATOR): stop it (`tenfold down -s gcs`) and run `tenfold up` again (the two keep "
+            "their buckets in separate folders)")
+
+
 _PLACING = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
 _NO_DRIFT = ("TENFOLD_DEBUG",)  # read by the command line alone (tenfold.cli), never by a task
 
@@ -281,6 +296,9 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
         dead = [c for c in svc.components if c not in alive]
         if moved := [m for c in alive if (m := _moved(c, _live_record(settings, c.name), name))]:
             problems += moved  # its health probed on the settings' port would fail (or ask whatever listens there)
+            continue
+        if other := [m for c in alive if (m := _other_emulator(settings, c, _live_record(settings, c.name)))]:
+            problems += other
             continue
         if drifted := sorted({d for c in alive if (d := _drift(svc, _live_record(settings, c.name), name))}):
             problems += [f"{name}: {d}" for d in drifted]

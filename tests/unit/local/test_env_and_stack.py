@@ -639,6 +639,28 @@ def test_a_component_started_on_another_port_is_named_with_the_variable_not_prob
         process.stop(record, timeout=5)
 
 
+def test_a_gcs_emulator_other_than_the_settings_choose_is_named_not_taken_for_healthy(tmp_path):
+    """gcp-storage-emulator running, then TENFOLD_LOCAL__GCS_EMULATOR=fake-gcs-server (what the registry's refusal of
+    it says to set) and `tenfold up`: the emulators read no settings, so up said "already running and healthy" and the
+    registry refused again with the same advice. A process whose command line is gcp-storage-emulator's stands in."""
+    import sys
+
+    from tenfold.local import process
+
+    s = _fresh_settings(tmp_path)
+    assert s.local.gcs_emulator == "fake-gcs-server"
+    record = process.start("gcs", [sys.executable, "-c", "import time; time.sleep(300)", "-m", "gcp_storage_emulator"],
+                           run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path)
+    try:
+        with pytest.raises(LocalPlatformError, match=r"gcs: gcp-storage-emulator is running, where these settings choose "
+                                                     r"fake-gcs-server \(TENFOLD_LOCAL__GCS_EMULATOR\): stop it "
+                                                     r"\(`tenfold down -s gcs`\)"):
+            up(s, ["gcs"], echo=lambda line: None)
+        assert process.is_running(record), "a refused up stopped what it did not start"
+    finally:
+        process.stop(record, timeout=5)
+
+
 def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_is(tmp_path, monkeypatch):
     """`TENFOLD_DEBUG=1 tenfold up` (what a command's fault advises) refused the running platform, "it runs with
     other settings than these (TENFOLD_DEBUG changed...)": TENFOLD_DEBUG builds no setting. A process started with
