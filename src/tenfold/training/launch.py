@@ -273,16 +273,48 @@ class _Failure:
         return PeerLost.__name__ in self.error or (not self.recorded and self.exitcode == -signal.SIGTERM)
 
 
+def _recorded_error(path: str) -> str:
+    """The first line of the error a rank's ``@record`` wrote into its error file (torchelastic's
+    ``{"message": {"message": "<type>: <error>", "extraInfo": {...}}}``); "" when there is none to read."""
+    try:
+        message = json.loads(Path(path).read_text())["message"]["message"]
+    except (OSError, ValueError, TypeError, KeyError):  # "<N/A>", gone, not torchelastic's JSON
+        return ""
+    lines = message.strip().splitlines() if isinstance(message, str) else []
+    return lines[0].strip() if lines else ""
+
+
+def _exception_line(traceback: str) -> str:
+    """The exception line of a traceback as torchrun's summary shows it, else its last line (a signal, no record).
+
+    Not simply the last line: a CUDA error's message ends with hint lines ("Compile with `TORCH_USE_CUDA_DSA`..."),
+    NCCL's with detail lines ("ncclUnhandledCudaError: Call to CUDA function failed."), and those were named as the
+    rank's error. The exception line is the first after the last frame ('File "..."') that is indented less than it:
+    the frame's source and caret lines are indented more, the exception and its message at the traceback's base.
+    """
+    lines = [ln for ln in traceback.strip().splitlines()
+             if ln.strip() and not re.fullmatch(r"[-=]{20,}", ln.strip())]  # not the summary's rules
+    frames = [i for i, ln in enumerate(lines) if ln.lstrip().startswith('File "')]
+    if frames:
+        indent = len(lines[frames[-1]]) - len(lines[frames[-1]].lstrip())
+        line = next((ln for ln in lines[frames[-1] + 1:] if len(ln) - len(ln.lstrip()) < indent), None)
+        if line is not None:
+            return line.strip()
+    return lines[-1].strip() if lines else ""
+
+
 def _read_failure(section: str) -> _Failure:
     rank_m = re.search(r"rank\s*:\s*(\d+)", section)
     code_m = re.search(r"exitcode\s*:\s*(-?\d+)", section)
     code = int(code_m.group(1)) if code_m else None
-    error = ""
+    # The error file that a rank's @record wrote names its exception first, with no frames or hints to skip; it stays
+    # after the job in torchelastic's folder on this machine, where the summary names it. Without one (a signal, no
+    # record, a file gone) the summary's traceback is read.
+    file_m = re.search(r"error_file[ \t]*:[ \t]*(.*\S)", section)
+    error = _recorded_error(file_m.group(1)) if file_m else ""
     tb = re.search(r"traceback\s*:\s*(.*)", section, re.S)
-    if tb:
-        lines = [ln.strip() for ln in tb.group(1).strip().splitlines()
-                 if ln.strip() and not re.fullmatch(r"[-=]{20,}", ln.strip())]  # not the summary's rules
-        error = lines[-1] if lines else ""  # the last line of a traceback is the exception
+    if tb and not error:
+        error = _exception_line(tb.group(1))
     # torchrun says "To enable traceback..." when nothing was recorded, "Signal 9 (SIGKILL) received..." for a signal.
     killed = re.match(r"Signal \d+ \((\w+)\) received", error)
     recorded = bool(error) and not killed and not error.startswith("To enable traceback")

@@ -112,6 +112,17 @@ class WorkerError(RuntimeError):
     """A worker cannot run; the message names what is wrong."""
 
 
+class DeviceRefused(WorkerError):
+    """A backend this machine's torch can never run (nccl on a CPU build): every try meets it, so the run is refused,
+    not retried."""
+
+    retryable = False
+
+
+class TooFewGpus(DeviceRefused):
+    """More ranks on a machine than it has GPUs: every try starts as many, so the run is refused, not retried."""
+
+
 def trajectory_digest(cfg: TrainConfig) -> str:
     body = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAJECTORY}
     return json.dumps(body, sort_keys=True)
@@ -144,11 +155,19 @@ def select_device(backend: str, local_rank: int) -> torch.device:
     """The device a backend implies: nccl needs CUDA (refused clearly without it), gloo runs on CPU."""
     if backend == "nccl":
         if torch.version.cuda is None:  # a CPU build of torch (the serving image's default variant) on any machine
-            raise WorkerError("backend nccl needs CUDA, and this torch is a CPU build: run the image built with "
+            raise DeviceRefused("backend nccl needs CUDA, and this torch is a CPU build: run the image built with "
                               "--build-arg VARIANT=cuda (serving_image/Dockerfile), or use gloo "
                               "(settings.training.backend) on a machine without a GPU")
         if not torch.cuda.is_available():
             raise WorkerError("backend nccl needs CUDA, and this machine has none: use gloo (settings.training.backend)")
+        # Checked here: set_device raised a bare "invalid device ordinal", which torchrun restarted and the task
+        # retried (in the cloud scaling the GPU group up for each try), though every try starts as many ranks.
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise TooFewGpus(
+                f"backend nccl: local rank {local_rank} needs GPU {local_rank}, and this machine has {gpus} "
+                f"GPU{'' if gpus == 1 else 's'}: set --nproc (settings.training.nproc_per_node) to at most {gpus}, "
+                "or use the gloo backend (settings.training.backend)")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     if backend != "gloo":
@@ -601,7 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix=f"tenfold-train-r{rank}-")) if mirror else Path(args.out)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
-    select_device(cfg.backend or "gloo", local_rank)  # refuse nccl without CUDA before joining any group
+    try:  # refuse nccl without CUDA, or without a GPU for this rank, before joining any group
+        select_device(cfg.backend or "gloo", local_rank)
+    except WorkerError as exc:  # recorded when no try can mend it (TooFewGpus): the launch then refuses, not retries
+        _record_refusal(exc, rank, out, mirror)
+        raise
     init_distributed(cfg.backend or "gloo", rank, world, cfg.collective_timeout_s)
     try:
         try:

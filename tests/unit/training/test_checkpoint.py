@@ -84,8 +84,9 @@ def test_nccl_without_cuda_is_refused_naming_the_fix() -> None:
     assert select_device("gloo", 0) == torch.device("cpu")
     if torch.version.cuda is None:  # the CPU wheel (this suite's): the fix is the image's CUDA variant, not gloo
         with pytest.raises(WorkerError, match=r"this torch is a CPU build: run the image built with --build-arg "
-                                              r"VARIANT=cuda"):
+                                              r"VARIANT=cuda") as refused:
             select_device("nccl", 0)
+        assert getattr(refused.value, "retryable", True) is False  # every try meets the same build: refused once
     elif not torch.cuda.is_available():
         with pytest.raises(WorkerError, match=r"backend nccl needs CUDA.*use gloo"):
             select_device("nccl", 0)

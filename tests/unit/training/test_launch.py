@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -149,6 +150,110 @@ def test_a_rank_whose_collective_broke_because_its_peer_stopped_is_not_named_as_
                                   traceback="Signal 15 (SIGTERM) received by PID 29207")
     rank, error = parse_failure(stopped)
     assert rank == 0 and "PeerLost" in error
+
+
+# A CUDA error's message ends with hint lines, NCCL's with detail lines (one of them shaped like an exception line):
+# the last line of the traceback was named as the rank's error ("rank 1 failed with Compile with `TORCH_USE_CUDA_DSA`").
+CUDA_TRACEBACK = """Traceback (most recent call last):
+    File "/work/main/src/tenfold/training/worker.py", line 166, in select_device
+      torch.cuda.set_device(local_rank)
+    File "/opt/venv/lib/python3.11/site-packages/torch/cuda/__init__.py", line 567, in set_device
+      torch._C._cuda_setDevice(device)
+  torch.AcceleratorError: CUDA error: invalid device ordinal
+  GPU device may be out of range, do you have enough GPUs?
+  CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.
+  For debugging consider passing CUDA_LAUNCH_BLOCKING=1
+  Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.
+"""
+NCCL_TRACEBACK = """Traceback (most recent call last):
+    File "/work/main/src/tenfold/training/worker.py", line 130, in init_distributed
+      dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    File "/opt/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", line 1710, in init_process_group
+      default_pg, _ = _new_process_group_helper(
+                      ^^^^^^^^^^^^^^^^^^^^^^^^^^
+  torch.distributed.DistBackendError: NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, \
+unhandled cuda error (run with NCCL_DEBUG=INFO for details), NCCL version 2.27.3
+  ncclUnhandledCudaError: Call to CUDA function failed.
+  Last error:
+  Cuda failure 'invalid device ordinal'
+"""
+
+
+def test_a_cuda_or_nccl_error_is_named_by_its_exception_line_not_its_trailing_hints(tmp_path: Path) -> None:
+    rank, error = parse_failure(SUMMARY.format(rank=1, code=1, traceback=CUDA_TRACEBACK))
+    assert rank == 1 and error == "torch.AcceleratorError: CUDA error: invalid device ordinal"
+    rank, error = parse_failure(SUMMARY.format(rank=1, code=1, traceback=NCCL_TRACEBACK))
+    assert rank == 1 and error.startswith("torch.distributed.DistBackendError: NCCL error in: ")
+    assert error.endswith("unhandled cuda error (run with NCCL_DEBUG=INFO for details), NCCL version 2.27.3")
+    # The rank's error file, where the summary names it and it is still there, names the exception first.
+    error_file = tmp_path / "error.json"
+    error_file.write_text(json.dumps({"message": {
+        "message": "AcceleratorError: CUDA error: invalid device ordinal\nCompile with `TORCH_USE_CUDA_DSA` to enable "
+                   "device-side assertions.\n", "extraInfo": {"py_callstack": CUDA_TRACEBACK, "timestamp": "1"}}}))
+    recorded = SUMMARY.format(rank=1, code=1, traceback="Compile with `TORCH_USE_CUDA_DSA`")
+    assert parse_failure(recorded.replace("/tmp/x/error.json", str(error_file))) == (
+        1, "AcceleratorError: CUDA error: invalid device ordinal")
+    error_file.write_text("{not json")  # unreadable: the summary's traceback is read instead
+    cuda = SUMMARY.format(rank=1, code=1, traceback=CUDA_TRACEBACK)
+    assert parse_failure(cuda.replace("/tmp/x/error.json", str(error_file))) == (
+        1, "torch.AcceleratorError: CUDA error: invalid device ordinal")
+
+
+@pytest.fixture
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A CUDA build of torch on a machine with one GPU, at the torch API that select_device reads; set_device of any
+    other ordinal raises as CUDA does. Returns the ordinals set."""
+    import torch
+
+    chosen: list[int] = []
+
+    def set_device(device: int) -> None:
+        if device >= 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    return chosen
+
+
+def test_more_ranks_than_gpus_is_refused_naming_nproc(one_gpu: list[int]) -> None:
+    """nccl with nproc 2 on a one-GPU machine: rank 1's set_device raised a bare CUDA error, which torchrun restarted
+    and the task retried (in the cloud scaling the GPU group up for each try)."""
+    import torch
+
+    from tenfold.training.worker import TooFewGpus, select_device
+
+    with pytest.raises(TooFewGpus, match=r"backend nccl: local rank 1 needs GPU 1, and this machine has 1 GPU: set "
+                                         r"--nproc \(settings.training.nproc_per_node\) to at most 1, or use the gloo "
+                                         r"backend") as refused:
+        select_device("nccl", 1)
+    assert refused.value.retryable is False
+    assert select_device("nccl", 0) == torch.device("cuda", 0) and one_gpu == [0]
+
+
+def test_a_rank_without_a_gpu_of_its_own_records_its_refusal_so_the_launch_fails_without_retries(
+        one_gpu: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker checks the device before anything else, outside the part that records refusals: the launch found no
+    refused.json and raised a retryable TrainingFailed."""
+    import torch
+
+    from tenfold.training import worker
+    from tenfold.training.errors import TrainingRefused, refusal
+
+    config = tmp_path / "train_config.json"
+    config.write_text(TrainConfig(lake_uri=tmp_path.as_uri(), train_months=("2013-01",), backend="nccl",
+                                  threads=1).to_json())
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this test process keeps its threads
+    with pytest.raises(worker.TooFewGpus):
+        worker.main.__wrapped__(["--config", str(config), "--out", str(tmp_path)])  # without @record's fault handler
+    refused = refusal((tmp_path / "refused.json").read_text(), where="torchrun.log")
+    assert isinstance(refused, TrainingRefused) and refused.retryable is False and refused.rank == 1
+    assert "refused by rank 1: TooFewGpus: backend nccl: local rank 1 needs GPU 1" in str(refused)
 
 
 def test_an_unreadable_train_config_in_the_output_folder_is_named_with_what_to_do(
