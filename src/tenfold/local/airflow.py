@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import uuid
@@ -259,6 +260,28 @@ def _damage(db: Path) -> str | None:
     return None
 
 
+def _journals(db: Path) -> list[tuple[str, Path]]:
+    """The files SQLite keeps beside ``db`` (suffix, path): the write-ahead log and its index (Airflow turns WAL mode
+    on) and the rollback journal."""
+    return [(suffix, db.with_name(db.name + suffix)) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _remove_stale_journals(db: Path) -> None:
+    """Remove the journal files an earlier database left beside the missing ``db`` (after an unclean stop: a crash, an
+    OOM kill). SQLite does not check which database a WAL belongs to: the first connection to the new database would
+    replay the old one's pages onto it."""
+    for _, path in _journals(db):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise LocalPlatformError(
+                f"cannot remove {path}, left beside the missing Airflow database {db} by an earlier one "
+                f"({exc.strerror or exc}): SQLite would replay it onto the new database. Remove it (or move it aside "
+                "with the old database) and run `tenfold up` again") from exc
+
+
 def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None:
     """Run ``airflow db migrate`` once for ``env``'s AIRFLOW_HOME; later calls return at once.
 
@@ -279,12 +302,18 @@ def ensure_airflow_db(env: Mapping[str, str], *, timeout: float = 300.0) -> None
     # migrated again, not handed to the components empty.
     if marker.exists() and marker.read_text() == stamp and (db is None or db.exists()):
         if db is not None and (damage := _damage(db)) is not None:
+            # Its journal files go with it, under the names SQLite looks for beside the moved copy: the WAL can hold
+            # the newest of its data, and left beside the new database it would be replayed onto it.
+            move = " && ".join(f"mv {shlex.quote(str(path))} {shlex.quote(str(db) + '.damaged' + suffix)}"
+                               for suffix, path in [("", db), *_journals(db)] if path == db or path.exists())
             raise LocalPlatformError(
                 f"Airflow's metadata database {db} {damage}: its five components would fail to start on it, each with a "
-                f"traceback. Move it aside (`mv {db} {db}.damaged`) and run `tenfold up` again, which makes a new one "
-                "(the DAG runs' history and the variables in it are lost; the lake, the registry and the models are "
-                "not in it)")
+                f"traceback. Move it aside with its SQLite journal files (`{move}`) and run `tenfold up` again, which "
+                "makes a new one (the DAG runs' history and the variables in it are lost; the lake, the registry and "
+                "the models are not in it)")
         return
+    if db is not None and not db.exists():
+        _remove_stale_journals(db)
     if db is not None and not db.exists() and template.is_file():
         _atomic_copy(template, db)
         marker.write_text(stamp)

@@ -248,8 +248,8 @@ def start(
 ) -> ProcessRecord:
     """Start ``argv`` in a new session with output to its log file and write its pid file.
 
-    ``tie_to_this_process`` (test fixtures) also starts a watchdog that stops the service's process
-    group if this process dies without cleaning up (killed test run), so no emulator outlives it.
+    ``tie_to_this_process`` (test fixtures) also starts a watchdog that stops the service as :func:`stop` does
+    if this process dies without cleaning up (killed test run), so no emulator, and nothing it started, outlives it.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_file(run_dir, name)
@@ -320,32 +320,33 @@ def _abandon(popen: subprocess.Popen[bytes]) -> None:
         popen.wait(timeout=5)
 
 
-# Runs detached from us; polls our pid and, once we are gone, stops the group we started (only if its
-# leader is still the process we recorded).
+# Runs detached from us; polls our pid and, once we are gone, stops the service as `tenfold down` would: stop() on
+# its record (read from stdin), which checks that the processes are still the ones we started (pid, start time, boot,
+# marker) and also takes the descendants that left the group (Airflow's tasks, spark-submit, torchrun in sessions of
+# their own) and what a dead leader left behind. A bare killpg of the leader's group, while the leader lived, left all
+# of those running after a killed test run. While it waits it only looks at two pids a second; once the leader is gone
+# it looks for what is left of the service every ten seconds, and ends when nothing is (a service the owner stopped
+# itself, or a pool's worker it replaced).
 _WATCHDOG = """
-import os, signal, sys, time
+import sys, time
 import psutil
-from tenfold.local.process import started
-owner, owner_ct, pid, ct = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+from tenfold.local.process import ProcessRecord, _marked, is_group_running, is_running, started, stop
+owner, owner_ct = int(sys.argv[1]), float(sys.argv[2])
+record = ProcessRecord.from_json(sys.stdin.read())
 def alive(p, c):
     try:
         q = psutil.Process(p)
         return abs(started(q) - c) < 0.005 and q.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-while alive(owner, owner_ct) and alive(pid, ct):
+looked = time.monotonic()
+while alive(owner, owner_ct):
     time.sleep(1)
-if alive(pid, ct):
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not alive(pid, ct):
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    if not is_running(record) and time.monotonic() - looked > 10:
+        looked = time.monotonic()
+        if not is_group_running(record) and not _marked(record.marker):
+            sys.exit()
+stop(record, timeout=10.0)
 """
 
 
@@ -374,13 +375,18 @@ def _start_watchdog(record: ProcessRecord) -> None:
     import sys
 
     me = psutil.Process()
-    subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(started(me)), str(record.pid), repr(record.create_time)],
-        stdin=subprocess.DEVNULL,
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(started(me))],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # The record on stdin, not on the command line: there it would put the service's command line into the
+    # watchdog's, for anything that looks for the service by it. A few kilobytes: the pipe's buffer takes them whole.
+    assert watchdog.stdin is not None
+    with contextlib.suppress(BrokenPipeError), watchdog.stdin:
+        watchdog.stdin.write(record.to_json().encode())
 
 
 _reapers: list[subprocess.Popen[bytes]] = []

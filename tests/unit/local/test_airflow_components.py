@@ -7,9 +7,11 @@ tests/integration/test_local_platform.py; these are the parts that need no runni
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -163,6 +165,108 @@ def test_a_deleted_airflow_database_is_migrated_again(tmp_path):
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"dag", "dag_run", "task_instance", "alembic_version"} <= tables
+
+
+def _tables(db: Path) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
+def _killed_with_its_commits_in_the_wal(db: Path) -> None:
+    """What an unclean stop of Airflow (a crash, an OOM kill, kill -9) leaves: ``db`` in WAL mode, as Airflow turns it
+    on, with committed rows that were never checkpointed into it, and its ``-wal`` and ``-shm`` beside it."""
+    script = ("import sqlite3, sys, time\n"
+              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "assert conn.execute('PRAGMA journal_mode=WAL').fetchone()[0] == 'wal'\n"
+              "conn.execute('PRAGMA wal_autocheckpoint=0')\n"  # the commits stay in the WAL
+              "conn.execute('BEGIN')\n"
+              "conn.execute('CREATE TABLE old_runs (id INTEGER PRIMARY KEY, note TEXT)')\n"
+              "conn.executemany('INSERT INTO old_runs (note) VALUES (?)', [(f'run {i}',) for i in range(100)])\n"
+              "conn.execute('COMMIT')\n"
+              "print('committed', flush=True)\n"
+              "time.sleep(300)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "committed"
+        os.kill(child.pid, signal.SIGKILL)  # a real kill: no close, no checkpoint, the WAL stays
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert Path(f"{db}-wal").stat().st_size > 0 and Path(f"{db}-shm").exists()
+
+
+def _home_from_a_template(tmp_path: Path, monkeypatch) -> tuple[dict[str, str], Path, Path]:
+    """An Airflow home whose database was made from a cached template (one with a table of its own, so that a copy of
+    it is told from anything else), as ensure_airflow_db makes them; the env, the database and the template."""
+    import sqlite3
+    from importlib.metadata import version
+
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.airflow import _template_db
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = _template_db(version("apache-airflow"))
+    template.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(template)) as conn:
+        conn.execute("CREATE TABLE template_only (id INTEGER PRIMARY KEY)")
+        conn.commit()
+    env = airflow_env(local_settings(tmp_path / "home"))
+    db = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
+    ensure_airflow_db(env)
+    assert _tables(db) == _tables(template)
+    return env, db, template
+
+
+def test_a_new_airflow_database_gets_none_of_a_stale_wal_left_beside_the_old_one(tmp_path, monkeypatch):
+    """SQLite does not check which database a WAL belongs to: after Airflow was killed and airflow.db moved aside (or
+    deleted, to reset Airflow), the new database was made beside the old one's -wal and -shm, and the first connection
+    replayed the old database's pages onto it: the new database held the old one's tables."""
+    from tenfold.local import ensure_airflow_db
+
+    env, db, template = _home_from_a_template(tmp_path, monkeypatch)
+    _killed_with_its_commits_in_the_wal(db)
+    db.rename(f"{db}.damaged")  # airflow.db alone, as the refusal's advice said and `rm airflow.db` does
+    ensure_airflow_db(env)
+    assert _tables(db) == _tables(template), "the new database holds the old one's tables, replayed from its WAL"
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+
+
+def test_a_stale_wal_that_cannot_be_removed_is_refused_by_name(tmp_path, monkeypatch):
+    """A -wal that cannot be removed would be replayed onto the new database: refused, naming it, before one is made."""
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.process import LocalPlatformError
+
+    env, db, _ = _home_from_a_template(tmp_path, monkeypatch)
+    db.unlink()
+    Path(f"{db}-wal").mkdir()  # unlink() fails on it with EISDIR, whoever runs the test (root included)
+    with pytest.raises(LocalPlatformError, match=rf"cannot remove {re.escape(str(db))}-wal, .*run `tenfold up` again"):
+        ensure_airflow_db(env)
+    assert not db.exists(), "a new database was made beside the WAL it would replay"
+
+
+def test_the_advice_for_a_damaged_database_moves_its_wal_with_it(tmp_path, monkeypatch):
+    """`mv airflow.db airflow.db.damaged` left the WAL (the newest of the damaged database's data) behind, beside the
+    new database: the advice moves every journal file there is with the database, under the names SQLite reads
+    beside the moved copy."""
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.process import LocalPlatformError
+
+    env, db, template = _home_from_a_template(tmp_path, monkeypatch)
+    _killed_with_its_commits_in_the_wal(db)
+    wal = Path(f"{db}-wal").read_bytes()
+    db.write_bytes(b"not a database at all " * 200)
+    with pytest.raises(LocalPlatformError) as refusal:
+        ensure_airflow_db(env)
+    move = re.search(r"\(`(mv .*?)`\)", str(refusal.value))
+    assert move is not None, str(refusal.value)
+    subprocess.run(["sh", "-c", move.group(1)], check=True)
+    assert Path(f"{db}.damaged-wal").read_bytes() == wal and Path(f"{db}.damaged").exists()
+    assert not any(Path(f"{db}{suffix}").exists() for suffix in ("", "-wal", "-shm", "-journal"))
+    ensure_airflow_db(env)
+    assert _tables(db) == _tables(template)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "torn"])

@@ -196,6 +196,48 @@ def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
             process.stop(process.ProcessRecord.from_json((tmp_path / "svc.pid").read_text()), timeout=2)
 
 
+def test_a_killed_owner_takes_down_what_its_tied_service_started_in_a_session_of_its_own(tmp_path):
+    """The watchdog killed the leader's group alone: what the service had started in a session of its own (Airflow's
+    tasks, spark-submit, torchrun) ran on after a killed test run (a CI timeout). It now stops the service as
+    `tenfold down` does."""
+    owner_code = (
+        "import sys, time; from pathlib import Path; from tenfold.local import process; "
+        "r = process.start('svc', ['sh', '-c', 'setsid sleep 60 & echo $! > grandchild.pid; wait'], "
+        "run_dir=Path(sys.argv[1]) / 'run', port=1, cwd=Path(sys.argv[1]), tie_to_this_process=True); "
+        "print(r.to_json().replace(chr(10), ''), flush=True); time.sleep(300)"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    started: list[psutil.Process] = []
+    try:
+        record = process.ProcessRecord.from_json(owner.stdout.readline())
+        started += psutil.Process(owner.pid).children()  # the service's leader and its watchdog
+        leader = psutil.Process(record.pid)
+        grandchild = psutil.Process(_written_pid(tmp_path / "grandchild.pid"))
+        started.append(grandchild)
+        assert os.getsid(grandchild.pid) != os.getsid(leader.pid), "setsid did not give it a session of its own"
+        owner.kill()  # a real SIGKILL: no atexit, no fixture teardown
+        owner.wait()
+
+        def running(p: psutil.Process) -> bool:
+            try:
+                return p.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 15
+        while any(running(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(leader), "the tied service outlived its killed owner"
+        assert not running(grandchild), "what the tied service started in a session of its own outlived its owner"
+        assert not any(running(p) for p in started), f"still running: {[p.cmdline() for p in started if running(p)]}"
+    finally:
+        owner.kill()
+        owner.wait()
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
 def test_stop_also_takes_down_what_is_left_of_a_group_whose_leader_died(tmp_path):
     """Like Airflow's components after the standalone process crashed: still ours, still stopped."""
     record = process.start("svc", ["sh", "-c", "sleep 300 & echo $! > child.pid; wait"], run_dir=tmp_path, port=1, cwd=tmp_path)
