@@ -139,7 +139,7 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
             faults.fire("publish", request.request_id)
             body = request.encode(inf.request_compression)
             attributes = request.attributes()
-            if (number := resent.get(request.request_id)) is not None:
+            if number := resent.get(request.request_id):
                 attributes[REPLAY] = str(number)  # the copy of a dead letter sent again
             try:
                 futures.append(client.publish(topic, body, **attributes))
@@ -357,7 +357,13 @@ def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> dict
     marked: dict[str, int] = {}
     for rid in ids:
         record = store.dead_letter(rid) if rid in dead else None
-        if record is None or record.get("replayed"):
+        if record is None:
+            continue
+        if record.get("replayed"):
+            # Marked by an earlier try of this publish that may have died before sending it (or by `tenfold dlq
+            # replay`): sent again under the number it was marked with, or its dead letter would read as an older
+            # copy's and be set aside, the request in flight for ever with no copy of that number sent.
+            marked[rid] = _latest_replay(record)
             continue
         number = len(record.get("replays", [])) + 1
         mark_replayed(store, rid, record, by=by, replay=number)
