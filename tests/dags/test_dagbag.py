@@ -420,8 +420,8 @@ steps["own_then_run"] = alerts()
 # the run is cleared and try 3 is SIGKILLed: no callback of its own ran
 run_failed(failed_ti(3))
 steps["killed"] = alerts()
-# a run that failed with no failed task instance (dagrun_timeout)
-run_failed(None, "timed_out")
+# a run Airflow timed out (dagrun_timeout): it names the last task that had not finished (try 3, no record of its own)
+run_failed(failed_ti(3), "timed_out")
 steps["timed_out"] = alerts()
 print("CALLBACKS-JSON" + json.dumps(steps))
 """
@@ -430,8 +430,8 @@ print("CALLBACKS-JSON" + json.dumps(steps))
 def test_a_task_killed_on_its_last_try_alerts_once_through_the_dag_processor(tmp_path):
     """Airflow 3 runs a task's failure callback in the task's own process: a task SIGKILLed on its last try (the OOM
     killer) failed with no alert at all. The DAG processor's code, with the real DAG files and the context Airflow
-    builds, now alerts for the try that did not alert, not for the one whose own callback did, and for a run that
-    failed with no task instance."""
+    builds, now alerts for the try that did not alert, not for the one whose own callback did, and for a run Airflow
+    timed out, as the run's failure (Airflow names a task that had not finished, which no signal killed)."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
@@ -458,4 +458,6 @@ def test_a_task_killed_on_its_last_try_alerts_once_through_the_dag_processor(tmp
     assert killed["details"]["task"] == "score_month.score[1]" and killed["details"]["try_number"] == 3
     assert "killed by a signal (SIGKILL" in killed["details"]["error"]
     (timed_out,) = steps["timed_out"][2:]
+    # not "killed by a signal": Airflow ended the run, and the task it names had not finished
     assert timed_out["title"] == "Airflow DAG run batch_inference manual__2026-01-05T03:00:00+00:00 failed (timed_out)"
+    assert timed_out["details"]["unfinished_task"] == "score_month.score[1]" and "error" not in timed_out["details"]

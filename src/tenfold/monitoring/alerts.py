@@ -371,14 +371,41 @@ def _alert_records(settings: Settings) -> Objects:
     return lake_objects(settings, settings.monitoring.alert_records_prefix)
 
 
+# How long a failure callback waits on the alert records (the lake): a store retrying for minutes must not outlast
+# Airflow's grace for a task's process (task_success_overtime, 20 s) nor the DAG processor's for a callback
+# (dag_file_processor_timeout, 50 s), which would kill the callback before its alert.
+RECORD_WAIT_S = 5.0
+
+
+def _bounded(what: str, call: Callable[[], Any]) -> Any:
+    """``call()`` on a daemon thread, waited for :data:`RECORD_WAIT_S`; its error, or TimeoutError when it runs on."""
+    import concurrent.futures
+    import threading
+
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as exc:  # handed to the caller
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=f"tenfold-{what}", daemon=True).start()
+    try:
+        return done.result(timeout=RECORD_WAIT_S)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"no answer from the alert records' store in {RECORD_WAIT_S:g} s") from None
+
+
 def _record_alerted(failed: _FailedTry, settings: Settings | None = None) -> None:
-    """Record that ``failed`` alerted, so that the DAG's failure callback does not alert for it again. Best effort:
-    a record not written costs a second alert at worst, and an error here must not hide the task's own."""
+    """Record that ``failed`` alerted, so that the DAG's failure callback does not alert for it again. Best effort and
+    bounded: a record not written costs a second alert at worst, and an error here must not hide the task's own."""
     try:
         from tenfold.config import get_settings
 
         settings = get_settings() if settings is None else settings
-        _alert_records(settings).create(failed.record, json.dumps(asdict(failed), default=str).encode())
+        records = _alert_records(settings)
+        _bounded("alert-record", lambda: records.create(failed.record, json.dumps(asdict(failed), default=str).encode()))
     except Exception as exc:  # no traceback: as for a hook, its messages may quote a secret
         log.warning("could not record that %s.%s alerted (%s: %s); the DAG's failure callback may alert for it again",
                     failed.dag_id, failed.task, type(exc).__name__, exc)
@@ -403,6 +430,11 @@ def airflow_failure_callback(context: Mapping[str, Any]) -> None:
         return
     missed = undelivered(exc)  # its own alert reached the log and the other hooks: those are not sent it twice
     settings = get_settings()
+    # Recorded first, then sent: hooks that cannot be reached take half a minute (three tries of each), longer than
+    # Airflow lets a task's process run on after its failure, and a process killed there had written no record (the
+    # DAG's callback then alerted again, as if the task had been killed). The alert's log line, which pages in the
+    # cloud, follows at once.
+    _record_alerted(failed, settings)
     send_alert(
         settings,
         f"Airflow task {dag_id}.{task_id} failed",
@@ -415,8 +447,6 @@ def airflow_failure_callback(context: Mapping[str, Any]) -> None:
         },
         only=missed or None, log_line=not missed,
     )
-    # Recorded even when a hook failed: the alert was logged (which pages in the cloud) and every hook was tried.
-    _record_alerted(failed, settings)
 
 
 def airflow_dag_failure_callback(context: Mapping[str, Any]) -> None:
@@ -424,9 +454,11 @@ def airflow_dag_failure_callback(context: Mapping[str, Any]) -> None:
 
     Airflow 3 runs a task's failure callback in the task's own process: a task killed by a signal (SIGKILL, the OOM
     killer) or lost on its last try fails without it, and nothing else alerts. The DAG processor runs this callback
-    when a run fails, with the failed task instance that ended last (``task_instance``) when there is one: it alerts
-    unless that try's alert is on record (:func:`airflow_failure_callback` records it). Without one (a run that timed
-    out), it alerts for the run. Settings are resolved here, in the DAG processor, from ``TENFOLD_ENV``. Never raises.
+    when a run fails. A run that failed by a task (reason ``task_failure``) comes with the failed task instance that
+    ended last (``task_instance``): this alerts unless that try's alert is on record (:func:`airflow_failure_callback`
+    records it). A run Airflow ended otherwise (``timed_out``, ``all_tasks_deadlocked``: it names a task that had not
+    finished, or none) is alerted for the run, with its reason. Settings are resolved here, in the DAG processor, from
+    ``TENFOLD_ENV``. Never raises.
     """
     ti = context.get("task_instance") or context.get("ti")
     failed = _FailedTry.of(context, ti)
@@ -435,12 +467,16 @@ def airflow_dag_failure_callback(context: Mapping[str, Any]) -> None:
         from tenfold.config import get_settings
 
         settings = get_settings()
-        if ti is None:
+        if ti is None or reason != "task_failure":
+            # Not a task's failure: no task callback ran, and none was killed; a task it names had not finished.
             send_alert(settings, f"Airflow DAG run {failed.dag_id} {failed.run_id} failed ({reason})",
-                       {"dag_id": failed.dag_id, "run_id": failed.run_id, "reason": reason})
+                       {"dag_id": failed.dag_id, "run_id": failed.run_id, "reason": reason,
+                        **({"unfinished_task": failed.task} if ti is not None else {}),
+                        "what_to_do": "see the run in the Airflow UI: Airflow ended it, not a task's error"})
             return
         try:
-            recorded = _alert_records(settings).exists(failed.record)
+            records = _alert_records(settings)
+            recorded = _bounded("alert-record", lambda: records.exists(failed.record))
         except Exception as exc:  # alerting twice is better than not at all
             log.warning("could not read whether %s.%s alerted (%s: %s); alerting for it", failed.dag_id, failed.task,
                         type(exc).__name__, exc)

@@ -129,7 +129,54 @@ def test_a_run_that_failed_without_a_failed_task_is_alerted_by_the_dag_callback(
     alerts.airflow_dag_failure_callback({"dag": dag, "run_id": "scheduled__2026-01-05", "reason": "timed_out"})
     (alert,) = alert_file()
     assert alert["title"] == "Airflow DAG run train_model scheduled__2026-01-05 failed (timed_out)"
-    assert alert["details"] == {"dag_id": "train_model", "run_id": "scheduled__2026-01-05", "reason": "timed_out"}
+    assert alert["details"] == {"dag_id": "train_model", "run_id": "scheduled__2026-01-05", "reason": "timed_out",
+                                "what_to_do": "see the run in the Airflow UI: Airflow ended it, not a task's error"}
+
+
+def test_a_run_airflow_ended_naming_an_unfinished_task_is_not_said_to_be_a_killed_task(alert_file):
+    """Airflow 3.3 hands a timed-out or deadlocked run's callback the task that had not finished: it was alerted as
+    "failed without its own alert ... killed by a signal (SIGKILL, the OOM killer)", sending people after a kill."""
+    ti = _failed_try(try_number=1)
+    alerts.airflow_dag_failure_callback({"task_instance": ti, "run_id": ti.run_id, "reason": "all_tasks_deadlocked"})
+    (alert,) = alert_file()
+    assert alert["title"] == f"Airflow DAG run {ti.dag_id} {ti.run_id} failed (all_tasks_deadlocked)"
+    assert alert["details"]["unfinished_task"] == f"{ti.task_id}[1]" and "killed" not in json.dumps(alert)
+
+
+def test_the_alert_records_are_waited_on_for_seconds_not_minutes(alert_file, monkeypatch):
+    """The records live in the lake: a store retrying for minutes (GCS answering 5xx) outlasted the DAG processor's
+    grace for a callback, which was killed before its alert; and the task's record, written after hooks that could
+    not be reached, outlasted Airflow's grace for the task's process, so the run's failure alerted a second time."""
+    import time
+
+    class Hung:
+        def exists(self, name: str) -> bool:
+            time.sleep(30)
+            return True
+
+    real_records = alerts._alert_records
+    monkeypatch.setattr(alerts, "RECORD_WAIT_S", 0.5)
+    monkeypatch.setattr(alerts, "_alert_records", lambda settings: Hung())
+    ti = _failed_try()
+    started = time.monotonic()
+    alerts.airflow_dag_failure_callback({"task_instance": ti, "run_id": ti.run_id, "reason": "task_failure"})
+    assert time.monotonic() - started < 5
+    (alert,) = alert_file()
+    assert alert["title"].endswith("failed without its own alert")  # not known to have alerted: alerted
+
+    # The task's own record is written before its hooks are tried (a hook sees it there already).
+    monkeypatch.setattr(alerts, "_alert_records", real_records)
+    seen: list[bool] = []
+
+    def hook(settings: object, alert: object) -> None:
+        seen.append(alerts._alert_records(settings).exists(alerts._FailedTry.of({}, ti).record))
+
+    alerts.register_hook(hook)
+    try:
+        alerts.airflow_failure_callback({"task_instance": ti, "run_id": ti.run_id, "exception": RuntimeError("boom")})
+    finally:
+        alerts.unregister_hook(hook)
+    assert seen == [True]
 
 
 def test_a_failure_that_alerted_itself_is_recorded_so_the_dag_callback_stays_silent(alert_file):
