@@ -5,7 +5,9 @@
 * numeric: the interior cut points of the reference deciles (``settings.monitoring.drift.bins``; ties
   merge bins, so a feature with few values gets fewer), plus a bin below the reference's minimum (empty
   in the reference: values moving below everything seen in training land there, where the lowest decile
-  would otherwise absorb them), the count in each bin and of nulls, and a seeded sample of the values
+  would otherwise absorb them) and, when a tenth of the rows or more sit at the maximum, a bin of the maximum
+  alone (a flag mostly 1 would otherwise share one bin with everything below it), the count in each bin and of
+  nulls, and a seeded sample of the values
   (``ks_sample_rows``) for the KS test;
 * categorical: the count of each category and of nulls;
 
