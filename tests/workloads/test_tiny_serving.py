@@ -137,6 +137,39 @@ def test_a_workload_without_a_batch_key_of_its_own_takes_batches_under_requests(
     assert list(schema["properties"]) == ["requests"]
 
 
+def test_a_request_the_workloads_assembly_fails_on_is_no_model_failure_and_no_retry(tiny: Settings) -> None:
+    """An event_id past int64 passes the tiny request model (no upper bound) and fails the workload's assembly: each
+    was answered 503 "model_error ... retry", and after five the replica left the rotation (/readyz and /healthz 503),
+    though its model was fine: the same request fails the same way everywhere."""
+    from tenfold.serving.app import MODEL_FAILURES_OUT
+    from tenfold.serving.auth import ensure_token
+
+    app, token = _tiny_app(tiny), ensure_token(tiny)
+    predict = f"{tiny.serving.server.api_prefix}/predict"
+    bad = {"year": 2020, "month": 3, "event_id": 2**63, "device_id": "d01", "x1": 0.3, "x2": -1.2}
+    good = get_workload(tiny).replay(Partition(2020, 3))[0].request
+
+    async def post() -> tuple[list[httpx.Response], httpx.Response, int, int]:
+        async with app.router.lifespan_context(app):
+            for _ in range(200):
+                if app.state.replica.ready:
+                    break
+                await asyncio.sleep(0.05)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+                auth = {"Authorization": f"Bearer {token}"}
+                refused = [await client.post(predict, json=bad, headers=auth) for _ in range(MODEL_FAILURES_OUT + 1)]
+                answered = await client.post(predict, json=good, headers=auth)
+                ready = (await client.get(tiny.serving.server.ready_path)).status_code
+                alive = (await client.get("/healthz")).status_code
+                return refused, answered, ready, alive
+
+    refused, answered, ready, alive = asyncio.run(post())
+    assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
+    assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
+    assert answered.status_code == 200 and ready == 200 and alive == 200
+
+
 def test_a_request_field_named_like_the_batch_key_is_refused_when_the_server_starts(tiny: Settings) -> None:
     """A single request with a "requests" field would read as a batch: the workload is refused, naming the field
     and the way out, before anything is served."""

@@ -50,7 +50,7 @@ from tenfold.serving.auth import Authenticator, AuthError
 from tenfold.serving.batching import BatcherStopped, DaemonThreadExecutor, MicroBatcher
 from tenfold.serving.cache import PredictionCache
 from tenfold.serving.faults import Fault
-from tenfold.serving.loading import ServedModel, ServingLoadError, load_served_model
+from tenfold.serving.loading import AssemblyError, ServedModel, ServingLoadError, load_served_model
 from tenfold.serving.metrics import ServerMetrics
 from tenfold.serving.publishing import Publisher, PublishUnavailable
 from tenfold.serving.schemas import (
@@ -387,7 +387,7 @@ def create_app(
     batcher: MicroBatcher[BaseModel, float] = MicroBatcher(
         run_model, executor=executor, max_batch_size=server.max_batch_size,
         max_wait_s=server.max_batch_wait_ms / 1000.0, on_batch=metrics.model_call, on_depth=metrics.queue_depth,
-        is_model_failure=lambda exc: not isinstance(exc, RequestInvalid),
+        is_model_failure=lambda exc: not isinstance(exc, (RequestInvalid, AssemblyError)),
     )
 
     async def load() -> None:
@@ -594,6 +594,8 @@ def create_app(
                 raise _refuse_invalid(exc, index, batch_key_ if batch else None) from None
             except BatcherStopped:  # shutting down (or not started): no model call was made
                 raise not_ready() from None
+            except AssemblyError:  # the request's or the workload's, on every replica alike: a JSON 500, counted
+                raise
             except Exception as exc:  # the model failed (a broken device, memory): the replica's state, not the request's
                 log.error("model call failed (%d in a row): %s: %s", batcher.failed_in_a_row, type(exc).__name__, exc)
                 raise ApiError(503, "model_error", f"the model failed on this request ({type(exc).__name__}); retry: "

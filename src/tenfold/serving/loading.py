@@ -69,10 +69,26 @@ class ServedModel:
         (preprocessing, forward pass and whatever the folder adds, e.g. calibration), so the server's
         probabilities are exactly evaluation's and offline inference's.
 
-        Blocking (torch): the server runs it on its single model thread.
+        Blocking (torch): the server runs it on its single model thread. A failure of the workload's assembly other
+        than its refusal of a request (:class:`~tenfold.workloads.RequestInvalid`) is :class:`AssemblyError`: the
+        request's or the workload code's, never the model's.
         """
-        table = self.features.assemble(list(requests))
+        from tenfold.workloads import RequestInvalid
+
+        try:
+            table = self.features.assemble(list(requests))
+        except RequestInvalid:
+            raise
+        except Exception as exc:
+            raise AssemblyError(f"the workload's online assembly failed ({type(exc).__name__}: {exc})") from exc
         return [float(p) for p in self.loaded.predict_proba(table)]
+
+
+class AssemblyError(RuntimeError):
+    """The workload's online feature assembly failed on a request it had accepted (an integer beyond its contract's
+    type, a bug in the workload): the same request fails the same way on every replica, so it is neither retried nor
+    counted against the model (taken for the model's failure, five such requests took a healthy replica out of the
+    rotation, each answered 503 "retry")."""
 
 
 def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
