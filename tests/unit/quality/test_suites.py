@@ -126,3 +126,11 @@ def test_a_features_suite_that_does_not_check_a_never_null_column_is_refused(tmp
     with pytest.raises(SuiteError, match=r"feats.json: expectation #1 \(expect_column_values_to_not_be_null\) has "
                                          r"mostly None: a number from 0 to 1"):
         check_not_null_covered("feats", tmp_path, ("label",))
+    # a row_condition checks only some rows: a null label outside it passed, where the contract says never null
+    body["expectations"][0]["kwargs"] |= {"row_condition": "cancelled == False", "condition_parser": "pandas"}
+    body["expectations"][1]["kwargs"].pop("mostly")
+    (tmp_path / "feats.json").write_text(json.dumps(body))
+    check_not_null_covered("feats", tmp_path, ("key",))
+    with pytest.raises(SuiteError, match=r"feats.json: the workload's contract says label are never null "
+                                         r"\(non_null_columns\), but the suite does not check it"):
+        check_not_null_covered("feats", tmp_path, ("label", "key"))
