@@ -359,12 +359,10 @@ def resend_dead_letters(store: RunStore, ids: Iterable[str], *, by: str) -> dict
         record = store.dead_letter(rid) if rid in dead else None
         if record is None:
             continue
-        if record.get("replayed"):
-            # Marked by an earlier try of this publish that may have died before sending it (or by `tenfold dlq
-            # replay`): sent again under the number it was marked with, or its dead letter would read as an older
-            # copy's and be set aside, the request in flight for ever with no copy of that number sent.
-            marked[rid] = _latest_replay(record)
-            continue
+        # Marked afresh even when an earlier try (or `tenfold dlq replay`) marked it: this copy gets a number of its
+        # own, the newest, so a dead letter of any copy sent before it, sent or not, reads as an older copy's. Under
+        # no number it read as older than the mark and was set aside, in flight for ever; under the earlier number,
+        # an earlier copy's dead letter counted it dead while this one was in flight.
         number = len(record.get("replays", [])) + 1
         mark_replayed(store, rid, record, by=by, replay=number)
         marked[rid] = number
