@@ -34,7 +34,6 @@ raises is refused too, with what its message says (a lost connection is not: a r
 from __future__ import annotations
 
 import codecs
-import collections
 import contextlib
 import csv
 import datetime as dt
@@ -289,27 +288,38 @@ def _no_field_limit() -> Iterator[None]:
         csv.field_size_limit(before)
 
 
-def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int] | None:
-    """(1-based physical line, byte offset) of the record whose quoted value is never closed, or None.
+def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, str] | None:
+    """(1-based physical line, byte offset, what is wrong) of the record where a quoted value goes wrong, or None.
 
-    pyarrow reads such a value to the end of the file without an error, so the rows after it vanish into one value
-    (a stray opening quote cost airlines 11 of its 16 rows, and the suites passed). The quote's record is the last
-    one: read on its own by a strict reader, it ends inside the quotes."""
+    pyarrow reads a value whose quote is never closed to the end of the file, and one closed only by the next stray
+    quote lines later up to there, without an error: the rows in between vanish into one value (a stray opening quote
+    cost airlines 11 of its 16 rows, and the suites passed). Python's reader, strict, refuses both: at the end of the
+    data, or at the first character after the quote that closed the value too late."""
     quote = parse.quote_char
     if not quote:
         return None
+    text = raw.decode("latin-1")  # a character per byte: offsets stay byte offsets (the CSV syntax is ASCII)
+    pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
+
+    def pieces() -> Iterator[str]:
+        offset = 0
+        for piece in io.StringIO(text, newline=""):
+            pending.append(offset)
+            offset += len(piece)
+            yield piece
+
     with _no_field_limit():
-        starts = collections.deque(_record_starts(raw, parse), maxlen=1)  # the last record's alone
-        if not starts:
-            return None
-        last = starts[0]
-        tail = raw[last[1]:].decode("latin-1")
         try:
-            for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=parse.delimiter, quotechar=quote,
-                                doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True):
-                pass
+            for _ in csv.reader(pieces(), delimiter=parse.delimiter, quotechar=quote, doublequote=parse.double_quote,
+                                escapechar=parse.escape_char or None, strict=True):
+                pending.clear()
         except csv.Error as exc:
-            return last if "unexpected end of data" in str(exc) else None
+            start = pending[0] if pending else 0
+            what = ("is never closed, so every line after it would be read as part of that one value"
+                    if "unexpected end of data" in str(exc) else
+                    "is closed only lines later, by another quote, so the lines between would be read as part of "
+                    "that one value")
+            return text.count("\n", 0, start) + 1, start, what
     return None
 
 
@@ -416,10 +426,9 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
     # values spanning lines, or a quote never closed, which pyarrow reads to the end of the file without complaint.
     lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
     if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse)) is not None:
-        line, offset = opened
+        line, offset, what = opened
         raise SourceUnreadable(
-            table, f"a quoted value opened on line {line:,} is never closed, so every line after it would be read "
-            "as part of that one value", line=line, offset=offset,
+            table, f"a quoted value opened on line {line:,} {what}", line=line, offset=offset,
             fix=f"close or remove the stray quote (\") on line {line:,}")
     if parsed.num_rows == 0:
         raise SourceUnreadable(table, f"the file has its header line but no rows ({len(raw):,} bytes: delivered empty "

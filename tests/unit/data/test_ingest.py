@@ -434,6 +434,13 @@ def test_a_quote_never_closed_is_refused_on_its_line_not_read_to_the_end_of_the_
     refused = caught.value
     assert (refused.file, refused.line, refused.offset) == (str(path), 6, edited.index(b'DL,"'))
     assert "never closed" in str(refused) and "ask for a new copy" in str(refused), str(refused)
+    # Two stray quotes: the second closed the first's value lines later, and the rows between vanished into it.
+    twice = edited.replace(b"\nEV,ExpressJet Airlines Inc.\n", b'\nEV,"ExpressJet Airlines Inc.\n')
+    assert twice != edited
+    path.write_bytes(twice)
+    with pytest.raises(SourceUnreadable, match=r"opened on line 6 is closed only lines later, by another quote") as again:
+        read_csv(path, nycflights13.SCHEMAS["airlines"], table="airlines")
+    assert again.value.line == 6
     # Values that rightly span lines are no stray quote: the file still reads, every row of it.
     spanning = raw.replace(b"\nDL,Delta Air Lines Inc.\n", b'\nDL,"Delta Air\nLines Inc."\n')
     path.write_bytes(spanning)
