@@ -394,6 +394,8 @@ def _bounded(what: str, call: Callable[[], Any]) -> Any:
     try:
         return done.result(timeout=RECORD_WAIT_S)
     except concurrent.futures.TimeoutError:
+        if done.done():  # the store's own timeout (the same class since Python 3.11): its message as it is
+            raise
         raise TimeoutError(f"no answer from the alert records' store in {RECORD_WAIT_S:g} s") from None
 
 
@@ -468,11 +470,14 @@ def airflow_dag_failure_callback(context: Mapping[str, Any]) -> None:
 
         settings = get_settings()
         if ti is None or reason != "task_failure":
-            # Not a task's failure: no task callback ran, and none was killed; a task it names had not finished.
+            # Airflow ended the run (timed out, deadlocked: a task it names had not finished), or it names no task
+            # of a run that failed by one (a task removed since, only upstream failures): alerted for the run.
+            ended = reason != "task_failure"
             send_alert(settings, f"Airflow DAG run {failed.dag_id} {failed.run_id} failed ({reason})",
                        {"dag_id": failed.dag_id, "run_id": failed.run_id, "reason": reason,
-                        **({"unfinished_task": failed.task} if ti is not None else {}),
-                        "what_to_do": "see the run in the Airflow UI: Airflow ended it, not a task's error"})
+                        **({"unfinished_task" if ended else "task": failed.task} if ti is not None else {}),
+                        "what_to_do": "see the run in the Airflow UI: "
+                                      + ("Airflow ended it, not a task's error" if ended else "its failed tasks' logs")})
             return
         try:
             records = _alert_records(settings)

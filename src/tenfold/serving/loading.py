@@ -77,7 +77,7 @@ class ServedModel:
 
         try:
             table = self.features.assemble(list(requests))
-        except RequestInvalid:
+        except (RequestInvalid, MemoryError):  # a request's refusal; the replica's own state
             raise
         except Exception as exc:
             raise AssemblyError(f"the workload's online assembly failed ({type(exc).__name__}: {exc})") from exc

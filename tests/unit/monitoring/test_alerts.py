@@ -131,6 +131,9 @@ def test_a_run_that_failed_without_a_failed_task_is_alerted_by_the_dag_callback(
     assert alert["title"] == "Airflow DAG run train_model scheduled__2026-01-05 failed (timed_out)"
     assert alert["details"] == {"dag_id": "train_model", "run_id": "scheduled__2026-01-05", "reason": "timed_out",
                                 "what_to_do": "see the run in the Airflow UI: Airflow ended it, not a task's error"}
+    # A run that failed by a task Airflow does not name (removed since, or only upstream failures): not "ended by it".
+    alerts.airflow_dag_failure_callback({"dag": dag, "run_id": "scheduled__2026-01-12", "reason": "task_failure"})
+    assert alert_file()[1]["details"]["what_to_do"] == "see the run in the Airflow UI: its failed tasks' logs"
 
 
 def test_a_run_airflow_ended_naming_an_unfinished_task_is_not_said_to_be_a_killed_task(alert_file):
