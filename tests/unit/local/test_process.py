@@ -214,6 +214,10 @@ def test_a_killed_owner_takes_down_what_its_tied_service_started_in_a_session_of
         leader = psutil.Process(record.pid)
         grandchild = psutil.Process(_written_pid(tmp_path / "grandchild.pid"))
         started.append(grandchild)
+        # `$!` is written as soon as the shell forks it, before it has run setsid: wait for its session of its own.
+        deadline = time.monotonic() + 10
+        while os.getsid(grandchild.pid) == os.getsid(leader.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert os.getsid(grandchild.pid) != os.getsid(leader.pid), "setsid did not give it a session of its own"
         owner.kill()  # a real SIGKILL: no atexit, no fixture teardown
         owner.wait()
