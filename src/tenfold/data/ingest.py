@@ -237,6 +237,16 @@ def _lines(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
         start, number = end + 1, number + 1
 
 
+def _pieces(text: str, pending: list[int]) -> Iterator[str]:
+    """``text`` split after each LF, CRLF or lone CR (each kept), for a csv reader; the offset of each piece is
+    appended to ``pending`` as the reader takes it (the caller clears it after each record)."""
+    offset = 0
+    for piece in io.StringIO(text, newline=""):
+        pending.append(offset)
+        offset += len(piece)
+        yield piece
+
+
 def _record_starts(raw: bytes, parse: pacsv.ParseOptions) -> Iterator[tuple[int, int]]:
     """(1-based physical line, byte offset) where each record pyarrow's CSV reader makes of ``raw`` with ``parse``
     starts, the header's first: as it does, a record ends at a newline (LF, CRLF or a lone CR) outside a quoted value
@@ -249,16 +259,9 @@ def _record_starts(raw: bytes, parse: pacsv.ParseOptions) -> Iterator[tuple[int,
         doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=False)
     pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
 
-    def pieces() -> Iterator[str]:
-        offset = 0
-        for piece in io.StringIO(text, newline=""):  # split after LF, CRLF or a lone CR, each kept
-            pending.append(offset)
-            offset += len(piece)
-            yield piece
-
     line, counted = 1, 0
     with contextlib.suppress(csv.Error):  # e.g. a field over csv's size limit: nothing more is located
-        for fields in csv.reader(pieces(), **dialect):
+        for fields in csv.reader(_pieces(text, pending), **dialect):
             start = pending[0]
             pending.clear()
             if not fields and parse.ignore_empty_lines:
@@ -301,16 +304,9 @@ def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, st
     text = raw.decode("latin-1")  # a character per byte: offsets stay byte offsets (the CSV syntax is ASCII)
     pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
 
-    def pieces() -> Iterator[str]:
-        offset = 0
-        for piece in io.StringIO(text, newline=""):
-            pending.append(offset)
-            offset += len(piece)
-            yield piece
-
     with _no_field_limit():
         try:
-            for _ in csv.reader(pieces(), delimiter=parse.delimiter, quotechar=quote, doublequote=parse.double_quote,
+            for _ in csv.reader(_pieces(text, pending), delimiter=parse.delimiter, quotechar=quote, doublequote=parse.double_quote,
                                 escapechar=parse.escape_char or None, strict=True):
                 pending.clear()
         except csv.Error as exc:
