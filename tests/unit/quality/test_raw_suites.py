@@ -98,8 +98,40 @@ def test_flights_rows_that_read_fine_but_cannot_be_right_are_refused(settings, s
         "expect_column_values_to_be_in_set(dep_time)",
         "expect_column_values_to_be_in_set(sched_dep_time)",
         "expect_column_values_to_be_null(arr_time)",
+        "expect_column_values_to_be_null(hour)",  # 12:75 disagrees with the rows' hour and minute too
+        "expect_column_values_to_be_null(minute)",
         "expect_column_values_to_not_be_null(arr_delay)",
     ]
+
+
+def test_flights_whose_derived_times_disagree_with_the_schedule_are_refused(settings, sources):
+    """hour, minute and time_hour are derived from the scheduled departure: the features read time_hour (the weather
+    join, the departure hour), so a row whose time_hour is an hour off passed every bound and joined the wrong hour."""
+    part = Partition(2013, 3)  # 2013-03-10 springs forward: New York is UTC-5 before it and UTC-4 after
+    flights = month_of(sources["flights"], "flights", part)
+    hours, minutes = flights["hour"].to_pylist(), flights["minute"].to_pylist()
+    broken = with_values(flights, "hour", [0], (hours[0] + 1) % 24)
+    broken = with_values(broken, "minute", [1], (minutes[1] + 1) % 60)
+    # time_hour as if New York kept standard time after the change (UTC-5 all month): an hour late from the 10th
+    after = pc.indices_nonzero(pc.greater(flights["day"], 10)).to_pylist()[:3]
+    late = [flights["time_hour"][n].as_py() + dt.timedelta(hours=1) for n in after]
+    for n, t in zip(after, late, strict=True):
+        broken = with_values(broken, "time_hour", [n], t)
+    report = validate(settings, "flights", broken, part)
+    assert sorted(report.failed_expectations) == [
+        "expect_column_values_to_be_null(hour)",
+        "expect_column_values_to_be_null(minute)",
+        "expect_column_values_to_be_null(time_hour)",
+    ]
+
+
+def test_flights_cut_short_on_the_last_day_of_the_month_are_refused(settings, sources):
+    """Every day is present and the rows are well above the floor, so only the last evening tells the month short."""
+    part = Partition(2013, 3)
+    flights = month_of(sources["flights"], "flights", part)
+    last = pc.and_(pc.equal(flights["day"], 31), pc.greater_equal(flights["sched_dep_time"], 1400))
+    report = validate(settings, "flights", flights.filter(pc.invert(last)), part)
+    assert report.failed_expectations == ["expect_column_max_to_be_between(sched_dep_time)"]
 
 
 def test_weather_that_would_duplicate_or_mislead_the_join_is_refused(settings, sources):
