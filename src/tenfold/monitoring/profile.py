@@ -218,7 +218,7 @@ class ReferenceProfile:
             return None
         try:
             body = json.loads(path.read_bytes())
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8 at all
             raise ProfileError(f"{path} is not valid JSON ({exc}): the model folder is corrupt") from exc
         try:
             return cls.from_dict(body)

@@ -14,7 +14,9 @@
   and ``retrain: true``, on which the DAG emits the drift Asset event that triggers ``train_model``. Each
   drift triggers once: the DAG's decide records a month's drift against a version, on the content measured
   (``<reports>/year=YYYY/month=M/triggered-<version>-<content>.json``, created if absent), and another run
-  that finds it (a re-publish of the same content, a manual rerun) alerts and retrains no more. A retry, or a
+  that finds it (a re-publish of the same content, a manual rerun) alerts and retrains no more; nor does one that
+  measures that content against the retrain the trigger started, which held the month out to be judged on it
+  (:func:`_retrained_for`). A retry, or a
   clear, of the run that recorded it emits the event again without a second alert when Airflow recorded no event of
   it (its first attempt may have died before that), and not when it did (:func:`emitted_already`). An alert that a hook (the webhook, the e-mail) did not deliver,
   after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
@@ -176,7 +178,9 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     ref = str(conf.get("version") or CHAMPION)
     registry = ModelRegistry(settings)
     try:
-        version = registry.find(ref) if conf.get("version") else _champion_once(settings, airflow_run_id, registry)
+        # The champion named in the run conf (the CLI's own example) is pinned as the default is: resolved again, a
+        # run cleared after a rollout measured the new champion and retrained a second time (:func:`_champion_once`).
+        version = _champion_once(settings, airflow_run_id, registry) if ref == CHAMPION else registry.find(ref)
     except RegistryError as exc:  # an unknown id or alias: the registry's message names it
         raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
     key = run_key(airflow_run_id)
@@ -298,6 +302,32 @@ def _triggered_by(objects: Any, name: str) -> str | None:
     return None if found is None else found[0]
 
 
+def _retrained_for(objects: Any, month: str, content: str, version: str | None, holdout_of: Callable[[], Any],
+                   emitted_by: Callable[[str], bool] | None) -> str | None:
+    """The run whose trigger started the retrain that ``version`` is, when this content of ``month`` drifted against
+    an earlier version: None when it is not that retrain.
+
+    A retrain that drift started holds the drifted month out to judge it (train_model's rolling split), so it never
+    learnt that month, and the same content measured against it (a re-publish, a manual rerun) drifts again. The
+    trigger is recorded against the version measured, so nothing held that back: it paged and retrained once more.
+    ``version`` is that retrain when another version's trigger on this content was recorded by a run that emitted, and
+    its lineage held out exactly this month on exactly this content (``holdout_of()``: the lineage's holdout, the
+    :class:`~tenfold.registry.gate.HoldoutRef` train_model records, read only when such a trigger exists)."""
+    part = Partition.parse(month)
+    folder, suffix = f"year={part.year}/month={part.month}", f"-{content[:16]}.json"
+    own = _trigger_name(month, version, content).rsplit("/", 1)[-1]
+    runs = [found[0] for n in objects.names(folder) if n.startswith("triggered-") and n.endswith(suffix) and n != own
+            if (found := _trigger(objects, f"{folder}/{n}")) is not None
+            and (emitted_by is None or emitted_by(found[0]))]
+    if not runs:
+        return None
+    holdout = holdout_of()
+    if (not isinstance(holdout, Mapping) or list(holdout.get("partitions") or ()) != [month]
+            or holdout.get("digest") != content):
+        return None  # another model: one that learnt the month, or was judged on other months or other content
+    return runs[0]
+
+
 class AlertNotDelivered(RuntimeError):
     """The drift alert did not reach every hook: this try fails so that the task's next one sends it again."""
 
@@ -310,7 +340,9 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
 
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
-    left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs).
+    left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs). So are
+    months the version measured was retrained for (:func:`_retrained_for`: its lineage, read from the registry only
+    when another version's trigger on the content exists; an outage reading it fails a try with tries left).
     Only a caller that emits the drift event (``emits``: the DAG's task) records a trigger: one recorded by a run
     that started no retraining would hold every later one back. ``emitted_by(run_id)`` (the DAG's: False only when
     Airflow holds no drift event of that run and knows the run failed) tells such a record from one whose run
@@ -354,6 +386,19 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     def name(month: str) -> str:
         return _trigger_name(month, p.version, contents[month])
 
+    def holdout_of() -> Any:
+        """The holdout the measured version's lineage names (train_model's), or None when it cannot be read."""
+        try:
+            lineage = ModelRegistry(settings).get(str(p.version)).lineage
+        except Exception as exc:
+            if emits and not last_try and not isinstance(exc, RegistryError):
+                raise  # the registry away: the next try asks again
+            # A damaged version, or the last try: decided as for new drift (which never holds back a retrain).
+            log.warning("cannot read the lineage of %s (%s: %s): taking its drift as new", p.version,
+                        type(exc).__name__, exc)
+            return None
+        return lineage.extra.get("holdout") if lineage is not None else None
+
     earlier: dict[str, str] = {}  # month -> the other run that triggered on it
     alerted: set[str] = set()  # months whose trigger this run recorded, and whose alert it delivered, on an earlier try
     owed: dict[str, tuple[str, ...]] = {}  # months this run recorded on an earlier try -> the hooks not yet sent to
@@ -361,7 +406,13 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     for s, _ in firing:
         if s["month"] in contents:
             found = _trigger(triggers, name(s["month"]))
-            if found is not None and found[0] == p.airflow_run_id:
+            if found is None and (by := _retrained_for(triggers, s["month"], contents[s["month"]], p.version,
+                                                         holdout_of, emitted_by)) is not None:
+                # The version measured is the retrain this drift started: it held the month out to be judged on it.
+                log.info("%s: %s is the retrain that run %s's trigger on this content started (it held the month out "
+                         "to judge it, so never learnt it): not again", s["month"], p.version, by)
+                earlier[s["month"]] = by
+            elif found is not None and found[0] == p.airflow_run_id:
                 owed[s["month"]] = found[1]
                 if not found[1]:
                     alerted.add(s["month"])

@@ -33,8 +33,10 @@ from tenfold.monitoring.drift import (
 )
 from tenfold.monitoring.profile import (
     PREDICTION,
+    REFERENCE_PROFILE_FILE,
     CategoricalProfile,
     NumericProfile,
+    ProfileError,
     ReferenceProfile,
     build_profile,
     categorical_profile,
@@ -171,6 +173,14 @@ def test_the_profile_is_deterministic_and_round_trips(profile: ReferenceProfile)
 
 def test_a_model_folder_without_a_profile_loads_none(tmp_path) -> None:
     assert ReferenceProfile.load(tmp_path) is None
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00", b"{\"rows\": "])
+def test_a_profile_that_is_not_json_is_refused_naming_the_file(tmp_path, garbage: bytes) -> None:
+    """Bytes that are not UTF-8 made json.loads raise UnicodeDecodeError, which load() let out as a raw traceback."""
+    (tmp_path / REFERENCE_PROFILE_FILE).write_bytes(garbage)
+    with pytest.raises(ProfileError, match=f"{REFERENCE_PROFILE_FILE} is not valid JSON .*the model folder is corrupt"):
+        ReferenceProfile.load(tmp_path)
 
 
 # --- measure and the policy -----------------------------------------------------------------------------

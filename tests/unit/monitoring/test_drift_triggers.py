@@ -5,6 +5,7 @@ re-publish of the same content included, starts monitor_drift, and each run aler
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,28 @@ def _measured_on(*contents: str) -> dict[str, Any]:
     return {**REPORTED, "contents": contents}
 
 
+def _registry(champion: Callable[[], str | None], holdouts: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+    """A registry whose champion is ``champion()``, and whose versions' lineage holds out ``holdouts[version]`` (what
+    train_model records; a version not named has no lineage). decide reads a lineage only when the month's content
+    drifted against another version before (whether the version measured is the retrain that started)."""
+    from types import SimpleNamespace
+
+    from tenfold.registry.lineage import Lineage
+
+    def get(version: str) -> Any:
+        holdout = (holdouts or {}).get(version)
+        return SimpleNamespace(version=version, lineage=None if holdout is None else Lineage(
+            feature_table="features", train_partitions=(), holdout_partitions=(), training_config={},
+            run_id=f"train-{version}", extra={"holdout": holdout}))
+
+    return lambda settings: SimpleNamespace(resolve=lambda alias: champion(), get=get)
+
+
 @pytest.fixture(autouse=True)
 def champion_v1(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry's champion is v1, the version these runs planned with (decide asks whether it still serves);
     a test that moves the champion sets its own."""
-    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
-        "resolve": staticmethod(lambda alias: "v1")})())
+    monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: "v1"))
 
 
 @pytest.fixture
@@ -72,12 +89,10 @@ def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(tmp_path: Path
     # Newly published content of the month, or another version, drifting: a new trigger.
     republished = pipeline.decide(settings, _run("run-c"), _measured_on("c07", "c08-new"), emits=True)
     assert republished["retrain"] is True and len(sent) == 2
-    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {  # v2 the champion now
-        "resolve": staticmethod(lambda alias: "v2")})())
+    monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: "v2"))  # v2 the champion now
     assert pipeline.decide(settings, _run("run-d", version="v2"), REPORTED, emits=True)["retrain"] is True
     assert len(sent) == 3
-    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
-        "resolve": staticmethod(lambda alias: "v1")})())
+    monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: "v1"))
     # A run measured before the content was recorded (its XCom has none) is neither held back nor recorded.
     legacy = {k: v for k, v in REPORTED.items() if k != "contents"}
     assert pipeline.decide(settings, _run("run-e"), legacy, emits=True)["retrain"] is True and len(sent) == 4
@@ -126,6 +141,9 @@ def test_of_two_runs_recording_the_same_drift_at_once_only_one_retrains(tmp_path
 
         def create(self, name: str, data: bytes) -> bool:
             return bool(self.objects.create(name, data))
+
+        def names(self, prefix: str) -> list[str]:
+            return self.objects.names(prefix)
 
     monkeypatch.setattr(tenfold.storage, "lake_objects", lambda s, prefix: RacedBy(real(s, prefix)))
     decision = pipeline.decide(settings, _run("run-b"), REPORTED, emits=True)
@@ -293,9 +311,8 @@ def test_drift_of_a_version_that_is_not_the_champion_alerts_but_neither_retrains
     paged "drift: retraining <version>", recorded a trigger under it and emitted the drift event: train_model retrained
     and rolled out a replacement for the serving model, which was not the one measured."""
     settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
-    champion = {"now": "v1"}
-    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
-        "resolve": staticmethod(lambda alias: champion["now"])})())
+    champion: dict[str, str | None] = {"now": "v1"}
+    monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: champion["now"]))
     from tenfold.monitoring import cloud_metrics
 
     scores: list[Any] = []
@@ -345,6 +362,114 @@ def test_a_run_cleared_after_a_rollout_moved_the_champion_measures_the_same_vers
     assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version is None
     champion["now"] = "v3"
     assert pipeline.plan(settings, "run-c", {"month": "2013-08"}).version == "v3"
+
+
+def test_a_run_conf_naming_the_champion_keeps_it_pinned_when_a_rollout_moved_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run conf {"version": "champion"} (the CLI help's own example) resolved the alias again on every plan: run-a
+    cleared after the retrain's canary made v2 champion measured v2, which learnt only up to the month before, so the
+    month drifted again, no record of v2 held it back, and it alerted and retrained a second time."""
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    publish_synthetic_features(Lake.from_settings(settings), [Partition(2013, 8)], 50)
+    champion = {"now": "v1"}
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: champion["now"]),
+        "find": staticmethod(lambda ref: champion["now"] if ref == "champion" else ref)})())
+    conf = {"month": "2013-08", "version": "champion"}
+    first = pipeline.plan(settings, "run-a", conf)
+    assert (first.version, first.version_ref) == ("v1", "champion")
+    champion["now"] = "v2"  # the retrain's canary promoted v2
+    assert pipeline.plan(settings, "run-a", conf).version == "v1"  # the clear measures v1 again
+    assert pipeline.plan(settings, "run-b", conf).version == "v2"  # a new run, the new champion
+    assert pipeline.plan(settings, "run-a", {**conf, "version": "v7"}).version == "v7"  # an id is taken as named
+
+
+def _drifted_august(tmp_path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Settings with 2013-06..08 published; the report of August drifting, on its content as measure() pins it; and
+    the holdout a drift-started train_model run records for it (its rolling split holds August alone out)."""
+    from dataclasses import asdict
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.pipelines.train_model import holdout_ref
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    lake, table = Lake.from_settings(settings), settings.storage.features_table
+    publish_synthetic_features(lake, [Partition(2013, 6), Partition(2013, 7), Partition(2013, 8)], 50)
+    content = lake.content_digest(table, [Partition(2013, 8)])
+    return settings, _measured_on("c07", content), asdict(holdout_ref(lake, table, [Partition(2013, 8)]))
+
+
+def test_the_retrain_a_drift_started_is_not_retrained_again_for_the_month_it_held_out(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retrain that August's drift against v1 started holds August out to judge it, so v2 never learnt it. The same
+    content measured against v2 (a re-publish of it, a manual rerun) drifted again, found no triggered-v2-... record,
+    and paged and retrained a second time for the drift v2 was made for."""
+    settings, reported, holdout = _drifted_august(tmp_path)
+    first = pipeline.decide(settings, _run("run-a"), reported, emits=True)
+    assert first["retrain"] is True and len(sent) == 1
+    monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: "v2", {"v2": holdout}))  # its canary promoted v2
+    for run_id, emits in (("run-b", True), ("manual", False)):
+        again = pipeline.decide(settings, _run(run_id, version="v2"), reported, emits=emits,
+                                emitted_by=lambda run_id: True)
+        assert again["retrain"] is False and again["already_triggered"] == {"2013-08": "run-a"}
+        assert again["max_psi"] == 0.0  # nothing triggers: the cloud's drift alert must not page for it
+    assert len(sent) == 1, "the drift v2 was retrained for paged again"
+    assert [p.name for p in (tmp_path / "home").rglob("triggered-*.json")] == [
+        f"triggered-v1-{reported['contents'][1][:16]}.json"]
+
+
+@pytest.mark.parametrize("case", ["a scheduled run's", "other content", "no lineage", "its trigger emitted nothing",
+                                  "no earlier trigger"])
+def test_drift_of_a_champion_that_is_not_the_retrain_of_that_drift_still_retrains(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Only the retrain that the month's trigger started is spared: a champion that held out other months (a scheduled
+    run's three), another content of the month, or none it can tell, is new drift, and so is one whose trigger's run
+    started no retraining (Airflow holds no event of it), or a month no run triggered on."""
+    from dataclasses import asdict
+
+    from tenfold.data.lake import Lake, Partition
+    from tenfold.pipelines.train_model import holdout_ref
+
+    settings, reported, holdout = _drifted_august(tmp_path)
+    if case != "no earlier trigger":
+        assert pipeline.decide(settings, _run("run-a"), reported, emits=True)["retrain"] is True
+    if case == "a scheduled run's":
+        lake = Lake.from_settings(settings)
+        holdout = asdict(holdout_ref(lake, settings.storage.features_table,
+                                     [Partition(2013, 6), Partition(2013, 7), Partition(2013, 8)]))
+    elif case == "other content":
+        holdout = {**holdout, "digest": "an earlier publish of 2013-08"}
+    monkeypatch.setattr(pipeline, "ModelRegistry",
+                        _registry(lambda: "v2", {} if case == "no lineage" else {"v2": holdout}))
+    decision = pipeline.decide(settings, _run("run-b", version="v2"), reported, emits=True,
+                               emitted_by=lambda run_id: case != "its trigger emitted nothing")
+    assert decision["retrain"] is True and decision["months"] == ["2013-08"] and decision["already_triggered"] == {}
+    assert sent[-1][0].startswith("drift: retraining v2")
+
+
+def test_a_registry_outage_reading_the_champions_lineage_fails_the_try_but_the_last_try_still_retrains(
+        tmp_path: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the champion is the retrain of the month's drift is read from its lineage: a registry away fails a try
+    before any alert (the next asks again); the last try decides as for new drift, which never holds back a retrain."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    settings, reported, _ = _drifted_august(tmp_path)
+    pipeline.decide(settings, _run("run-a"), reported, emits=True)
+
+    def away(version: str) -> Any:
+        raise ServiceUnavailable("the registry's bucket is away")
+
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: "v2"), "get": staticmethod(away)})())
+    with pytest.raises(ServiceUnavailable):
+        pipeline.decide(settings, _run("run-b", version="v2"), reported, emits=True)
+    assert len(sent) == 1
+    last = pipeline.decide(settings, _run("run-b", version="v2"), reported, emits=True, last_try=True)
+    assert last["retrain"] is True and len(sent) == 2 and sent[-1][0].startswith("drift: retraining v2")
 
 
 def test_a_registry_outage_when_asking_for_the_champion_fails_the_try_but_the_last_try_still_retrains(
