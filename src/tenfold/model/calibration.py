@@ -148,6 +148,11 @@ def _check(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise CalibrationError("calibration needs finite logits and 0/1 labels")
     if y.min() == y.max():
         raise CalibrationError("the calibration slice holds one class only; it cannot tell how sharp the model is")
+    if z.min() == z.max():
+        # A temperature of one score is meaningless (z=-3 fitted T=5.873; z=+3 read as "anti-informative").
+        raise CalibrationError(f"the model's scores are constant on the calibration slice (every logit {z[0]:.6g}): "
+                               "they are uninformative, so there is no sharpness to calibrate; check the training "
+                               "data and the model's inputs, and re-train")
     return z, y
 
 

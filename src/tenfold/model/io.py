@@ -36,7 +36,7 @@ from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 if TYPE_CHECKING:
     from tenfold.workloads import Workload
-from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE
+from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE, WRITE_ORDER
 
 META_VERSION = 1
 
@@ -62,7 +62,7 @@ def save_model(
     extra: Mapping[str, Any] | None = None,
     calibration: Calibrator | None = None,
 ) -> dict[str, Any]:
-    """Write the weights, the preprocessing state and (last, as the commit marker) ``meta.json``.
+    """Write the weights, the preprocessing state and (last, as the commit marker) ``meta.json``, in ``WRITE_ORDER``.
 
     Returns the meta body. ``config`` is the workload's model config (its ``to_dict`` goes to meta.json);
     ``workload`` names the workload that builds the module again on load (``settings.workload``).
@@ -77,9 +77,7 @@ def save_model(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     weights = _state_bytes(model)
-    atomic_write(out / WEIGHTS_FILE, weights)
     pre_json = preprocessing.to_json().encode()
-    atomic_write(out / PREPROCESSING_FILE, pre_json)
     meta = {
         "version": META_VERSION,
         "workload": workload,
@@ -102,7 +100,12 @@ def save_model(
     }
     if calibration is not None and not calibration.is_identity:
         meta["calibration"] = calibration.to_dict()
-    atomic_write(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    # Every file in the one order the registry and the training worker copy them in (model_files.WRITE_ORDER): a
+    # folder with meta.json is complete, as meta.json is written last.
+    contents = {WEIGHTS_FILE: weights, PREPROCESSING_FILE: pre_json,
+                META_FILE: json.dumps(meta, indent=2, sort_keys=True).encode()}
+    for name in WRITE_ORDER:
+        atomic_write(out / name, contents[name])
     return meta
 
 
@@ -185,7 +188,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path} is missing: {directory} is not a saved model (save it with save_model)") from exc
-    except ValueError as exc:  # bad JSON; a flipped high bit (not UTF-8); an integer of over 4,300 digits
+    except (ValueError, RecursionError) as exc:  # bad JSON; a flipped high bit (not UTF-8); an integer of over 4,300
+        # digits; arrays or objects nested deeper than the interpreter's recursion limit
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); the model folder is corrupt") from exc
     except OSError as exc:  # a file given for the folder, a folder named meta.json, no permission to read it
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}): {directory} must be a saved model's folder "

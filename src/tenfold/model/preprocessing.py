@@ -5,7 +5,8 @@ or airport first seen at serving time still gets a prediction); numeric columns 
 the training window's mean and standard deviation (clipped at ``CLIP_Z``), nulls are imputed to the mean (``0`` after
 scaling) and flagged by an indicator column. A numeric column the training window held no spread of (one value, or
 no finite value at all) is encoded at serving exactly as it was in training, whatever value comes (see
-``Preprocessor.unlearnt``). The state is plain JSON so serving rebuilds it without
+``Preprocessor.unlearnt``); so is a null in a column the training window never held a null in: imputed and not
+flagged, as the network only ever saw that flag at 0 (see ``Preprocessor.never_missing``). The state is plain JSON so serving rebuilds it without
 pandas or Spark, and it is never refit outside training.
 """
 
@@ -62,10 +63,16 @@ class Preprocessor:
     # never learnt: a real value at serving (a route's first flights, a new sensor) would go through untrained
     # weights and shift every prediction without an error. They are encoded as in training instead.
     unlearnt: dict[str, str] = field(default_factory=dict)
+    # Numeric columns every training row held a finite value of. Their null flag was always 0 in training, so its
+    # weights never learnt: a null at serving (a route missing from the lookups) would go through them (a shift of up
+    # to 0.41 in a probability, measured). Such a null is encoded as the mean with the flag left at 0 instead, the
+    # input the network knows. States saved before it was recorded have none, and flag every null as before.
+    never_missing: tuple[str, ...] = ()
     # Built on first use from the fitted state above (which never changes after fit or load).
     _code_maps: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
-    # (means, stds, 0 for an unlearnt column else 1, True for a column of no finite value), per numeric column
-    _scale: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+    # (means, stds, 0 for an unlearnt column else 1, True for a column of no finite value, True for a column never
+    # missing in training), per numeric column
+    _scale: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False)
 
     # --- fitting -------------------------------------------------------------------------------------
@@ -101,6 +108,8 @@ class Preprocessor:
                 pre.unlearnt[col] = NO_FINITE_VALUE
             elif std <= 1e-12:
                 pre.unlearnt[col] = ONE_VALUE
+            if finite.size == arr.size:
+                pre.never_missing += (col,)
         pre.fit_rows = table.num_rows
         return pre
 
@@ -180,12 +189,14 @@ class Preprocessor:
             scale = self._scale = (np.array([self.means[c] for c in cols], dtype=np.float64),
                                    np.array([self.stds[c] for c in cols], dtype=np.float64),
                                    np.array([0.0 if c in self.unlearnt else 1.0 for c in cols], dtype=np.float64),
-                                   np.array([self.unlearnt.get(c) == NO_FINITE_VALUE for c in cols], dtype=bool))
+                                   np.array([self.unlearnt.get(c) == NO_FINITE_VALUE for c in cols], dtype=bool),
+                                   np.array([c in self.never_missing for c in cols], dtype=bool))
         missing = ~np.isfinite(raw)
         with np.errstate(invalid="ignore"):
             scaled = np.clip((raw - scale[0]) / scale[1], -CLIP_Z, CLIP_Z) * scale[2]
         scaled[missing] = 0.0
         missing |= scale[3]  # a column training only ever saw missing is missing here too
+        missing &= ~scale[4]  # and one it never saw missing is not: imputed, as above, with the flag it learnt
         out = np.empty((table.num_rows, 2 * n), dtype=np.float32)
         out[:, :n] = scaled
         out[:, n:] = missing
@@ -214,6 +225,8 @@ class Preprocessor:
         }
         if self.unlearnt:  # absent otherwise: the state (and its digest) of every other model is as before
             body["unlearnt"] = dict(self.unlearnt)
+        if self.never_missing:  # likewise: a state loaded from before it was recorded keeps its digest
+            body["never_missing"] = list(self.never_missing)
         return body
 
     @classmethod
@@ -230,6 +243,7 @@ class Preprocessor:
                 fit_rows=int(body.get("fit_rows", 0)),
                 # States saved before it was recorded: every column is scaled as it always was.
                 unlearnt={str(k): str(v) for k, v in body.get("unlearnt", {}).items()},
+                never_missing=tuple(body.get("never_missing", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise PreprocessingError(f"preprocessing state is unreadable ({exc}); re-train the model") from exc
@@ -240,6 +254,10 @@ class Preprocessor:
                    if c not in pre.numeric_columns or why not in (NO_FINITE_VALUE, ONE_VALUE)}:
             raise PreprocessingError(f"preprocessing state's 'unlearnt' entries {odd} name no numeric column or no "
                                      f"reason it knows ({NO_FINITE_VALUE!r}, {ONE_VALUE!r}); re-train the model")
+        if odd_cols := [c for c in pre.never_missing
+                        if c not in pre.numeric_columns or pre.unlearnt.get(c) == NO_FINITE_VALUE]:
+            raise PreprocessingError(f"preprocessing state's 'never_missing' entries {odd_cols} name no numeric column "
+                                     "fit saw a value of; re-train the model")
         for col in pre.numeric_columns:
             if col not in pre.means or col not in pre.stds:
                 raise PreprocessingError(f"preprocessing state has no statistics for {col!r}; re-train the model")
@@ -258,7 +276,8 @@ class Preprocessor:
     def from_json(cls, text: str) -> Preprocessor:
         try:
             body = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, an integer of over 4,300 digits, or nesting too deep
+            # for the parser: whoever reads a state (load_model, a training rank) refuses it, never a traceback
             raise PreprocessingError(f"preprocessing state is not JSON ({exc}); re-train the model") from exc
         return cls.from_dict(body)
 

@@ -84,6 +84,21 @@ def test_a_calibrator_round_trips_and_garbage_is_refused() -> None:
         cal.fit("temperature", np.array([0.1, 0.2]), np.array([1.0, 1.0]))
 
 
+@pytest.mark.parametrize("method", ["temperature", "anchored_temperature", "isotonic"])
+@pytest.mark.parametrize("score", [-3.0, 3.0])
+def test_constant_scores_are_refused_as_uninformative(method: str, score: float) -> None:
+    """A model that scores every row of the slice alike has no sharpness to measure: -3 fitted a temperature of
+    5.873, and +3 was refused as "anti-informative (slope -0.255)". Training leaves such a model uncalibrated, with
+    this reason in its report."""
+    from tenfold.training.calibration import calibrate
+
+    z, y = np.full(8, score), np.array([0, 1, 0, 0, 1, 0, 0, 0], dtype=np.float64)
+    with pytest.raises(cal.CalibrationError, match="scores are constant on the calibration slice"):
+        cal.fit(method, z, y, train_logits=z, train_rate=0.25)
+    kept = calibrate(method, z, y, train_logits=z, train_labels=y)
+    assert kept.is_identity and "constant" in kept.report["skipped"]
+
+
 @pytest.fixture(scope="module")
 def table() -> pa.Table:
     return synthetic_features(Partition(2013, 1), 300, seed=2)

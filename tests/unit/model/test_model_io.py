@@ -177,8 +177,10 @@ def test_preprocessor_maps_unseen_and_null_values_and_round_trips(pre: Preproces
     j = pre.categorical_columns.index("carrier")
     assert cat[0, j] == 0 and (np.delete(cat[0], j) == 1).all()
     d = pre.numeric_columns.index("distance")
-    assert num[0, d] == pytest.approx(2.0)
-    assert num[0, n + d] == 0 and num[0, n:].sum() == n - 1  # every other numeric flagged null, imputed to 0
+    assert num[0, d] == pytest.approx(2.0) and (np.delete(num[0, :n], d) == 0).all()  # every null imputed to 0
+    # flagged null: the columns training saw null (a null where it saw none is not, test_a_null_where_training...)
+    flagged = {c for j, c in enumerate(pre.numeric_columns) if num[0, n + j]}
+    assert flagged == set(pre.numeric_columns) - set(pre.never_missing) and "plane_age" in flagged
     assert Preprocessor.from_json(pre.to_json()).to_dict() == pre.to_dict()
 
 
@@ -206,6 +208,34 @@ def test_a_numeric_column_training_saw_no_spread_of_is_encoded_at_serving_as_in_
     assert "unlearnt" not in Preprocessor.fit(table, CONTRACT).to_dict()
     with pytest.raises(PreprocessingError, match="'unlearnt' entries"):
         Preprocessor.from_dict({**pre.to_dict(), "unlearnt": {"nope": "one value"}})
+
+
+def test_a_null_where_training_saw_none_is_imputed_with_the_flag_training_saw(table: pa.Table) -> None:
+    """Every training row has a distance, so the weights on its null flag never learnt: a route missing from the
+    lookups (distance null at serving) went through them with the flag at 1 and shifted the probability by up to
+    0.41. It is imputed to the mean with the flag at 0, the input the network knows; a column that training did see
+    null (plane_age) is flagged as before."""
+    pre = Preprocessor.fit(table, CONTRACT)
+    assert table["distance"].null_count == 0 and table["plane_age"].null_count > 0
+    assert "distance" in pre.never_missing and "plane_age" not in pre.never_missing
+    n, d, a = len(pre.numeric_columns), pre.numeric_columns.index("distance"), pre.numeric_columns.index("plane_age")
+    row = table.slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("distance"), "distance", pa.nulls(1, pa.float64()))
+    row = row.set_column(row.schema.get_field_index("plane_age"), "plane_age", pa.nulls(1, pa.float64()))
+    for state in (pre, Preprocessor.from_json(pre.to_json())):  # as fit, and as a replica loads it
+        served = state.transform(row)[1][0]
+        assert (served[d], served[n + d]) == (0.0, 0.0)  # the mean, scaled; not flagged
+        assert (served[a], served[n + a]) == (0.0, 1.0)
+    # A state saved before the field existed loads, keeps its digest, and flags every null as it always did ...
+    old_body = pre.to_dict()
+    old_body.pop("never_missing")
+    old = Preprocessor.from_json(json.dumps(old_body))
+    assert old.never_missing == () and old.to_dict() == old_body
+    assert (old.transform(row)[1][0][[d, n + d]] == (0.0, 1.0)).all()
+    # ... and rows without such a null encode the same either way (training's rows, and every served one like them).
+    assert all(np.array_equal(x, y) for x, y in zip(pre.transform(table), old.transform(table), strict=True))
+    with pytest.raises(PreprocessingError, match=r"'never_missing' entries \['nope'\]"):
+        Preprocessor.from_dict({**pre.to_dict(), "never_missing": ["nope"]})
 
 
 def test_the_model_inputs_leave_out_the_contracts_not_model_inputs(table: pa.Table, pre: Preprocessor) -> None:
@@ -239,15 +269,33 @@ def test_preprocessor_refuses_missing_columns(pre: Preprocessor) -> None:
         pre.transform({"origin": ["JFK"]})
 
 
-def test_the_folder_holds_exactly_the_named_files_meta_last(tmp_path: Path, pre: Preprocessor) -> None:
+def test_the_folder_holds_exactly_the_named_files_meta_last(tmp_path: Path, pre: Preprocessor,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_model writes in WRITE_ORDER (what the registry and the worker copy by), meta.json last: the order is
+    observed from the writes themselves, and a changed WRITE_ORDER changes them (it once kept an order of its own)."""
     import subprocess
     import sys
 
-    from tenfold.model_files import META_FILE, WRITE_ORDER
+    from tenfold.model import io as model_io
+    from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE, WRITE_ORDER
 
+    written: list[str] = []
+
+    def recording(path: Path, data: bytes, **kwargs: bool) -> None:
+        written.append(Path(path).name)
+        real_write(path, data, **kwargs)
+
+    real_write = model_io.atomic_write
+    monkeypatch.setattr(model_io, "atomic_write", recording)
     config = ModelConfig(embedding_dim=2, hidden=(4,))
     save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITE_ORDER) and WRITE_ORDER[-1] == META_FILE
+    assert written == list(WRITE_ORDER) and written[-1] == META_FILE
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITE_ORDER)
+    written.clear()
+    monkeypatch.setattr(model_io, "WRITE_ORDER", (PREPROCESSING_FILE, WEIGHTS_FILE, META_FILE))
+    save_model(tmp_path / "again", _model(pre, config), config, pre, workload=WORKLOAD.name)
+    assert written == [PREPROCESSING_FILE, WEIGHTS_FILE, META_FILE]
+    assert load_model(tmp_path / "again").meta["weights_sha256"] == load_model(tmp_path).meta["weights_sha256"]
     # The registry and the CLI read these names without loading torch.
     code = "import sys, tenfold.model_files, tenfold.registry.registry; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
@@ -293,7 +341,8 @@ def test_small_batches_encode_exactly_as_large_ones(table: pa.Table, pre: Prepro
         with np.errstate(invalid="ignore"):
             want = np.where(bad, 0.0, np.clip((arr - pre.means[col]) / pre.stds[col], -CLIP_Z, CLIP_Z))
         assert np.array_equal(num_all[:, j], want.astype(np.float32)), col
-        assert np.array_equal(num_all[:, n + j], bad.astype(np.float32)), col
+        flag = bad & (col not in pre.never_missing)  # a column training never saw null: imputed, not flagged
+        assert np.array_equal(num_all[:, n + j], flag.astype(np.float32)), col
 
 
 def test_scoring_leaves_the_modules_in_their_own_modes(pre: Preprocessor, table: pa.Table) -> None:
@@ -357,6 +406,27 @@ def test_a_width_written_as_a_whole_float_loads_and_a_meta_of_a_huge_integer_is_
     (tmp_path / "meta.json").write_text(json.dumps(meta).replace('"version": 1', '"version": ' + "9" * 5000))
     with pytest.raises(ModelLoadError, match=r"meta\.json is not valid JSON"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["[" * 200_000, '{"a": ' * 200_000, "9" * 5000])
+@pytest.mark.parametrize("name", ["meta.json", "preprocessing.json"])
+def test_json_too_deep_or_too_long_to_parse_is_a_load_error_naming_the_file(
+        tmp_path: Path, pre: Preprocessor, name: str, damage: str) -> None:
+    """Nesting deeper than the parser's recursion limit raised a raw RecursionError from load_model, and the
+    preprocessing state's huge integer a raw ValueError (json.loads' own, not a JSONDecodeError): a traceback where
+    serving and the CLI catch ModelLoadError."""
+    config = ModelConfig(embedding_dim=4, hidden=(8,))
+    save_model(tmp_path, _model(pre, config), config, pre, workload=WORKLOAD.name)
+    if name == "preprocessing.json":  # past the checksum (a folder saved without one), to the parse itself
+        meta = json.loads((tmp_path / "meta.json").read_text())
+        del meta["preprocessing_sha256"]
+        (tmp_path / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / name).write_text(damage)
+    with pytest.raises(ModelLoadError, match=rf"{name.replace('.', '[.]')}.*(is )?not (valid )?JSON"):
+        load_model(tmp_path)
+    if name == "preprocessing.json":  # a training rank reads the state with from_json alone
+        with pytest.raises(PreprocessingError, match="preprocessing state is not JSON"):
+            Preprocessor.from_json(damage)
 
 
 def test_weights_that_are_not_a_state_dict_of_tensors_are_refused(tmp_path: Path, pre: Preprocessor) -> None:

@@ -4,6 +4,9 @@ the Spark job on a real month is tests/spark/test_online_skew.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -64,6 +67,9 @@ def test_an_overnight_flight_on_a_night_the_clocks_change_takes_the_arrivals_off
     ({"sched_dep": "2013-01-01T05:15:30"}, "sched_dep", "whole minutes"),
     ({"sched_arr": "2013-01-02T08:19:00"}, "sched_arr", "within a day"),
     ({"tailnum": ""}, "tailnum", "pattern"),
+    ({"tailnum": "n123"}, "tailnum", "pattern"),
+    ({"tailnum": "-N1"}, "tailnum", "pattern"),
+    ({"tailnum": "N12345678901"}, "tailnum", "pattern"),
     ({"user_key": "has space"}, "user_key", "pattern"),
     ({"seats": 3}, "seats", "Extra inputs are not permitted"),
 ])
@@ -72,6 +78,17 @@ def test_the_request_model_refuses_bad_input_naming_the_field(change: dict[str, 
         request(**change)
     (error,) = err.value.errors()
     assert error["loc"] == (field,) and says in error["msg"], error
+
+
+def test_the_request_model_takes_every_tail_number_the_raw_suite_does() -> None:
+    """A delivered month with a hyphenated registration is trained on (the raw suite allows it), so its replayed
+    requests must be scored, not refused with a 422; the tail number is checked by the suite's own pattern."""
+    suite = json.loads((Path(__file__).parents[3] / "expectations" / "raw_flights.json").read_text())
+    (allowed,) = [e["kwargs"]["regex"] for e in suite["expectations"]
+                  if e["type"] == "expect_column_values_to_match_regex" and e["kwargs"]["column"] == "tailnum"]
+    for tailnum in ("N-123", "N14228", "D942DN", "N1"):
+        assert re.match(allowed, tailnum), tailnum
+        assert request(tailnum=tailnum).tailnum == tailnum
 
 
 def test_the_request_model_refuses_non_finite_numbers_in_json() -> None:
@@ -138,6 +155,9 @@ def test_the_spring_forward_day_is_placed_in_real_time(online: OnlineFeatures) -
 
 @pytest.mark.parametrize(("change", "field", "says"), [
     ({"origin": "XXX"}, "origin", "unknown airport 'XXX'"),
+    # In the airports table with a time zone, but no flight leaves from it: the model never learnt it.
+    ({"origin": "ATL"}, "origin", "no weather or history for ATL in 2013-01: this model scores departures from "
+                                  "EWR, JFK, LGA"),
     ({"dest": "ZZZ"}, "dest", "unknown airport 'ZZZ'"),
     ({"carrier": "ZZ"}, "carrier", "unknown carrier 'ZZ'"),
     ({"sched_dep": "2013-02-01T05:15", "sched_arr": None}, "sched_dep",
@@ -162,3 +182,20 @@ def test_a_contiguous_range_of_months_is_named_as_a_range() -> None:
     with pytest.raises(RequestInvalid, match="cover 2013-01 to 2013-03; send a flight of those months"):
         online.check(request(sched_dep="2013-04-01T05:15", sched_arr=None))
     assert online.months == ("2013-01", "2013-02", "2013-03")
+
+
+def test_an_origin_known_by_its_history_alone_is_served_and_one_known_by_neither_is_refused(
+    lookups: dict[str, dict[str, pa.Table]]
+) -> None:
+    """The origins served are those with weather or history: a month missing a station's weather still serves its
+    flights (the weather null, as in the Spark job); one with neither is the embedding row training never reached."""
+    jan = dict(lookups[JAN.label])
+    jan["weather"] = jan["weather"].filter(pc.not_equal(jan["weather"]["origin"], "EWR"))
+    row = WORKLOAD.online_features({JAN.label: jan}).assemble([request()]).to_pylist()[0]
+    assert row["origin"] == "EWR" and row["temp"] is None and row["route_flights"] is not None
+    for name in ("route_history", "origin_hour_history"):
+        jan[name] = jan[name].filter(pc.not_equal(jan[name]["origin"], "EWR"))
+    with pytest.raises(RequestInvalid, match="no weather or history for EWR in 2013-01: this model scores departures "
+                                             "from JFK, LGA") as err:
+        WORKLOAD.online_features({JAN.label: jan}).check(request())
+    assert err.value.field == "origin"

@@ -18,7 +18,9 @@ every flight of a real month, floats within 1e-9):
   months before the flight's month (0.0 flights and null rates for a group without history).
 
 The request's month chooses the month's lookups, so a flight is scored with the history, weather and
-reference data its month's features were built from. Per request the work is a handful of dict look-ups
+reference data its month's features were built from. An origin without weather or history in that month is
+refused: the model only ever learnt the origins that flights left from (an unknown one would be scored by an
+embedding row no training example reached). Per request the work is a handful of dict look-ups
 and one time-zone conversion; the columns are then gathered with numpy and built into Arrow at once.
 """
 
@@ -115,6 +117,9 @@ class _Month:
     zones: dict[str, ZoneInfo | None]  # airport -> its named zone (None: in the table, zone unknown)
     dests: frozenset[str]  # airports a flight may go to: the airports table and every scheduled route
     carriers: frozenset[str]
+    # Airports a flight may leave from: those with weather or history this month. Any other origin (one of the
+    # airports table's ~1,450) is out of the model's vocabulary, whose row no training example ever reached.
+    origins: frozenset[str]
 
 
 @functools.lru_cache(maxsize=256)
@@ -195,8 +200,12 @@ class FlightsOnlineFeatures:
             faa, tzone = _columns(tables["airports"], "airports", month, ("faa", "tzone"))
             [route_dests] = _columns(tables["routes"], "routes", month, ("dest",))
             [carriers] = _columns(tables["carriers"], "carriers", month, ("carrier",))
+            origins = frozenset(_columns(tables["weather"], "weather", month, ("origin",))[0]).union(
+                *(_columns(tables[name], name, month, ("origin",))[0] for name, (keys, _) in HISTORY.items()
+                  if "origin" in keys))
             zones = {a: (_zone(z) if z else None) for a, z in zip(faa, tzone, strict=True)}
-            self._by_month.append(_Month(zones, frozenset(zones) | frozenset(route_dests), frozenset(carriers)))
+            self._by_month.append(_Month(zones, frozenset(zones) | frozenset(route_dests), frozenset(carriers),
+                                         origins))
         ms = self._months
         self._routes = _Gather.build(per["routes"], "routes", ms, ("origin", "dest"), ("distance",))
         self._planes = _Gather.build(per["planes"], "planes", ms, ("tailnum",), ("year_built", "plane_seats"))
@@ -231,6 +240,12 @@ class FlightsOnlineFeatures:
         if r.origin not in month.zones:
             raise RequestInvalid("origin", f"unknown airport {r.origin!r}: not in the airports table of "
                                  f"{self._months[m]}; use an FAA code it lists, e.g. EWR", index=i)
+        if r.origin not in month.origins:
+            served = sorted(a for a in month.origins if a is not None)
+            listed = ", ".join(served[:10]) + (f" and {len(served) - 10} more" if len(served) > 10 else "")
+            raise RequestInvalid("origin", f"no weather or history for {r.origin} in {self._months[m]}: this model "
+                                 f"scores departures from {listed or 'no airport'}; send a flight from one of them",
+                                 index=i)
         origin_zone = month.zones[r.origin]
         if origin_zone is None:
             raise RequestInvalid("origin", f"airport {r.origin!r} has no time zone in the airports table, so its "
