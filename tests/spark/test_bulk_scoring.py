@@ -61,6 +61,9 @@ def _register(settings: Settings, directory: Path) -> str:
     return version
 
 
+RUN_ID = "manual__bulk-scoring-tests"
+
+
 @pytest.fixture(scope="module")
 def scoring(make_settings: Any, local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Settings with a lake and registry of their own and a Spark threshold of 0, the partition published,
@@ -73,7 +76,7 @@ def scoring(make_settings: Any, local_settings: Settings, tmp_path_factory: pyte
     publish_synthetic_features(lake, [MONTH], ROWS, seed=11, table=settings.storage.features_table)
     version = _register(settings, tmp_path_factory.mktemp("model"))
     with ListenerWatch() as watch:
-        figures = batch_inference.run_all(settings, {"month": MONTH.label})
+        figures = batch_inference.run_all(settings, {"month": MONTH.label}, run_id=RUN_ID)
     return {"settings": settings, "lake": lake, "version": version, "figures": figures, "listeners": watch.seen,
             "manifest": lake.read_manifest(settings.storage.scores_table, MONTH)}
 
@@ -125,6 +128,9 @@ def test_the_spark_path_scores_like_the_model_in_process_and_publishes_the_contr
     assert (figures["path"], figures["rows_in"], figures["rows_out"], figures["model_version"]) == ("spark", ROWS, ROWS, version)
     manifest = scoring["manifest"]
     assert manifest.rows == ROWS
+    # The pipeline's run id reaches the job: it names the job's staging folder and record (a retry stops the job a
+    # killed try left running; tests/unit/inference/test_spark_killed_try.py) and the published manifest.
+    assert manifest.run_id == RUN_ID
     features_manifest = lake.read_manifest(settings.storage.features_table, MONTH)
     assert manifest.extra == {"model_version": version, "features_table": settings.storage.features_table,
                               "features_data_dir": features_manifest.data_dir, "scored_by": "spark"}

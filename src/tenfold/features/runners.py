@@ -6,7 +6,6 @@ return only when the job is over, so the ``build_features`` DAG has the same gra
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import time
 from typing import Any, Protocol
@@ -96,24 +95,28 @@ class DataprocBatchJob:
         # staging folder: it is cancelled (and gone) before this try's batch starts.
         for earlier in range(1, attempt):
             self._cancel(f"{parent}/batches/{batch_id(s, part, key, earlier)}", deadline)
+        name = f"{parent}/batches/{bid}"
         try:
             operation = self.client.create_batch(
                 request={"parent": parent, "batch": features_batch(s, part, key, output=output), "batch_id": bid})
-            try:
-                batch = operation.result(timeout=max(1.0, deadline - time.monotonic()))
-            except Exception as exc:
-                try:  # timed out, or the wait failed: never left running
-                    self._cancel(f"{parent}/batches/{bid}", time.monotonic() + self.cancel_wait_s)
-                except Exception:
-                    log.exception("could not cancel Dataproc batch %s; the next try cancels it", bid)
-                if isinstance(exc, concurrent.futures.TimeoutError):  # google's says "within the designated timeout"
-                    raise TimeoutError(f"Dataproc batch {parent}/batches/{bid} for {part.label} still running after "
-                                       f"{self.timeout_s:.0f} s (cancelled): its log is in Dataproc's batch page; "
-                                       "retry, or raise the try's budget if the month needs longer") from exc
-                raise
         except AlreadyExists:
             log.info("batch %s exists (an earlier try of this attempt): waiting for it", bid)
-            batch = self._wait(f"{parent}/batches/{bid}", deadline)
+            operation = None
+        try:
+            batch = self._wait(name, deadline) if operation is None else self._result(operation, name, deadline)
+        except BaseException as exc:
+            # Timed out, or interrupted while waiting: Airflow's execution_timeout (AirflowTaskTimeout) and Ctrl-C are
+            # BaseExceptions raised in the wait, and a manual run's next try has another staging key, so no later try
+            # would cancel the batch. It is never left running.
+            try:
+                self._cancel(name, time.monotonic() + self.cancel_wait_s)
+            except Exception:
+                log.exception("could not cancel Dataproc batch %s; the next try cancels it", bid)
+            if isinstance(exc, TimeoutError):  # google's says "within the designated timeout"
+                raise TimeoutError(f"Dataproc batch {name} for {part.label} still running after "
+                                   f"{self.timeout_s:.0f} s (cancelled): its log is in Dataproc's batch page; "
+                                   "retry, or raise the try's budget if the month needs longer") from exc
+            raise
         state = _state(batch)
         if state != "SUCCEEDED":
             raise DataprocJobFailed(f"Dataproc batch {bid} for {part.label} ended {state}: {getattr(batch, 'state_message', '')}")
@@ -136,11 +139,24 @@ class DataprocBatchJob:
             raise TimeoutError(f"Dataproc batch {name} did not stop in time after its cancellation: cancel it "
                                "(`gcloud dataproc batches cancel`) and retry")
 
+    def _result(self, operation: Any, name: str, deadline: float) -> Any:
+        """Batch ``name`` once it is over, from its operation. Polling the operation can fail without the batch
+        having failed (an unavailable service, after the client's own retries): the batch is then polled with
+        :meth:`_wait` until the same ``deadline``, rather than cancelled and the month's work thrown away. Only
+        running out of time (``TimeoutError``) is raised as it is."""
+        try:
+            return operation.result(timeout=max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            log.warning("waiting on Dataproc batch %s failed (%s): polling the batch itself instead", name, exc)
+            return self._wait(name, deadline)
+
     def _wait(self, name: str, deadline: float) -> Any:
+        """Batch ``name`` once it no longer runs; ``TimeoutError`` at ``deadline`` (the caller cancels it)."""
         batch = self._stopped(name, deadline)
         if batch is None:
-            self._cancel(name, time.monotonic() + self.cancel_wait_s)
-            raise TimeoutError(f"Dataproc batch {name} still running after {self.timeout_s:.0f} s (cancelled)")
+            raise TimeoutError(f"Dataproc batch {name} still running at the try's deadline")
         return batch
 
     def _stopped(self, name: str, deadline: float) -> Any:

@@ -37,6 +37,7 @@ folder that does not load), 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import posixpath
@@ -112,8 +113,13 @@ def score_partition(
 
     ``features_data_dir``: the features build the run planned (its content-addressed folder); the job scores that
     build or refuses, never a build published again meanwhile (scored, and recorded as the planned one).
+
+    ``run_id`` (the same for every try of a run) also names the staging folder, and the job is recorded while it runs
+    (:func:`tenfold.features.submit.job_record`, keyed by that folder): a try killed outright (its task SIGKILLed)
+    left its spark-submit running in a session of its own, and the next try stops it before its own job starts, then
+    empties and discards the same folder. Without ``run_id`` every call is a run of its own.
     """
-    from tenfold.features.submit import SparkJobError, run_submit, submit_prefix
+    from tenfold.features.submit import SparkJobError, job_record, run_submit, stop_earlier_job, submit_prefix
     from tenfold.serving.loading import resolve_and_download
 
     if not settings.is_local:
@@ -133,7 +139,7 @@ def score_partition(
     if features_data_dir is not None and extra["features_data_dir"] != features_data_dir:
         raise ScoringJobError(republished(st.features_table, part, features_data_dir, str(extra["features_data_dir"])),
                               retryable=False)
-    staged = lake.uri_of(lake.staging_path(st.scores_table, part, f"spark-{uuid.uuid4().hex[:12]}"))
+    staged = lake.uri_of(lake.staging_path(st.scores_table, part, staging_key(run_id)))
     cmd = [
         *submit_prefix(settings),
         str(_project_root() / JOB_FILE),
@@ -143,8 +149,15 @@ def score_partition(
     # The same bound as the Pub/Sub path's wait for its results.
     limit = float(settings.inference.wait_timeout_s) if timeout_s is None else timeout_s
     started = time.monotonic()
+    record = job_record(settings, staged)
     try:
-        run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", settings=settings, timeout_s=limit)
+        # Before this try's job starts, and before the staging folder is touched: an earlier try's job writes there.
+        stop_earlier_job(record)
+    except SparkJobError as exc:  # it did not stop: its folder is left alone, and a retry tries again
+        raise ScoringJobError(str(exc), retryable=True) from exc
+    try:
+        run_submit(cmd, f"scoring {st.features_table} {part.label} with {version}", settings=settings, timeout_s=limit,
+                   record=record)
         manifest = lake.publish(st.scores_table, part, staged, run_id=run_id, extra=extra)
     except SparkJobError as exc:  # exit 2: the job refused its input (see main); anything else may pass on a retry
         raise ScoringJobError(str(exc), retryable=exc.returncode != EXIT_BAD_INPUT) from exc
@@ -153,6 +166,12 @@ def score_partition(
     log.info("scored %s %s with %s on Spark: %d rows in %.1f s -> %s", st.features_table, part.label, version,
              manifest.rows, time.monotonic() - started, lake.uri_of(lake.manifest_path(st.scores_table, part)))
     return manifest.rows
+
+
+def staging_key(run_id: str) -> str:
+    """The staging folder's name for ``run_id``: the same for every try of a run, so that a retry finds (and stops)
+    what a killed try left writing there; hashed, as a run id holds characters a path must not (``:``, ``+``)."""
+    return f"spark-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
 
 
 def _project_root() -> Path:

@@ -305,7 +305,9 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
     if r.path == "spark":
         from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
 
-        written = spark.score_partition(settings, r.model_version, r.partition, features_data_dir=r.features_data_dir)
+        # The run's id names the job's staging folder and record, so a retry stops the job a killed try left running.
+        written = spark.score_partition(settings, r.model_version, r.partition, run_id=r.airflow_run_id,
+                                        features_data_dir=r.features_data_dir)
         return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
     ids = expected_ids(r.run_key, r.month, r.requests)
     say = say or log.info

@@ -309,7 +309,11 @@ def build(settings: Settings, run: FeaturesRun, *, attempt: int = 1, client: Any
 
     if settings.is_local:
         from tenfold.features.job import lookups_staging_uri
+        from tenfold.features.submit import job_record, stop_earlier_job
 
+        # A try killed outright left its spark-submit writing into these folders: it is stopped before they are
+        # emptied (a file it made while they were deleted failed the delete, and the job went on writing).
+        stop_earlier_job(job_record(settings, run.staging_uri))
         # A retry starts from empty staging folders of its own: nothing half-written is ever validated.
         lake = Lake.from_settings(settings)
         lake.discard(run.staging_uri)

@@ -312,13 +312,52 @@ def test_lookups_are_published_before_the_features_and_never_without_them(settin
     assert served_months(settings) == [FEB]
 
 
+
+def test_a_local_retry_stops_the_job_a_killed_try_left_running_before_it_empties_the_staging(
+        make_settings, monkeypatch: pytest.MonkeyPatch):
+    """The staging folders were emptied while the killed try's spark-submit still wrote there (it was stopped only
+    later, as the retry's own job started): a file it made mid-delete failed the delete with "directory not empty".
+    It is stopped before anything is discarded."""
+    import psutil
+
+    from tenfold.data.lake import Lake
+    from tenfold.features import submit
+    from tenfold.local.process import is_running, record_of
+
+    settings = make_settings(spark={"class_sharing": False})
+    run = pipeline.plan(settings, dag_id="build_features", run_id="r", logical_date=None, month="2013-02")
+    earlier_job = subprocess.Popen(["sleep", "300"], start_new_session=True)  # as spark-submit runs: its own session
+    try:
+        earlier = record_of(psutil.Process(earlier_job.pid), "spark-submit")
+        record = submit.job_record(settings, run.staging_uri)
+        record.parent.mkdir(parents=True)
+        record.write_text(earlier.to_json())
+        alive_when_discarded: list[bool] = []
+        discard = Lake.discard
+
+        def recording(self: Lake, staged_dir: str) -> None:
+            alive_when_discarded.append(is_running(earlier))
+            discard(self, staged_dir)
+
+        monkeypatch.setattr(Lake, "discard", recording)
+        monkeypatch.setattr(submit, "spark_submit_command", lambda *a, **k: ["true"])
+        pipeline.build(settings, run, attempt=2)
+        assert alive_when_discarded == [False, False], "the staging was emptied while the killed try's job still ran"
+        assert earlier_job.poll() is not None and not record.exists()
+    finally:
+        earlier_job.kill()
+        earlier_job.wait()
+
 class FakeBatches:
     """google.cloud.dataproc_v1.BatchControllerClient at its transport boundary: records each request and keeps each
-    batch's state (``hang``: a batch runs until cancelled, and waiting for it times out)."""
+    batch's state (``hang``: a batch runs until cancelled, and waiting for it times out; ``wait_error``: waiting on
+    the operation raises it, and without ``hang`` the batch ends once ``get_batch`` has found it RUNNING
+    ``running_polls`` times)."""
 
-    def __init__(self, final_state: str = "SUCCEEDED", *, hang: bool = False) -> None:
+    def __init__(self, final_state: str = "SUCCEEDED", *, hang: bool = False, wait_error: BaseException | None = None,
+                 running_polls: int = 0) -> None:
         self.requests: list[dict] = []
-        self.final_state, self.hang = final_state, hang
+        self.final_state, self.hang, self.wait_error, self.running_polls = final_state, hang, wait_error, running_polls
         self.states: dict[str, str] = {}
         self.cancelled: list[str] = []
 
@@ -327,10 +366,12 @@ class FakeBatches:
 
         self.requests.append(request)
         name = f"{request['parent']}/batches/{request['batch_id']}"
-        self.states[name] = "RUNNING" if self.hang else self.final_state
+        self.states[name] = "RUNNING" if self.hang or self.wait_error is not None else self.final_state
         batch = SimpleNamespace(state=SimpleNamespace(name=self.final_state), state_message="driver exited 1")
 
         def result(timeout: float):
+            if self.wait_error is not None:
+                raise self.wait_error
             if self.hang:  # google-api-core's own exception and message (api_core/future/polling.py)
                 import concurrent.futures
 
@@ -345,6 +386,10 @@ class FakeBatches:
 
         if name not in self.states:
             raise NotFound(name)
+        if self.wait_error is not None and not self.hang and self.states[name] == "RUNNING":
+            if self.running_polls == 0:
+                self.states[name] = self.final_state
+            self.running_polls -= 1
         return SimpleNamespace(state=SimpleNamespace(name=self.states[name]), operation=f"operations/{name}")
 
     def cancel_operation(self, request: dict) -> None:
@@ -422,6 +467,65 @@ def test_a_cloud_try_never_leaves_its_batch_running_beside_the_next(monkeypatch:
     assert killed.cancelled == [first]
     assert [r["batch_id"] for r in killed.requests] == [first.rsplit("/", 1)[-1].removesuffix("-1") + "-2"]
 
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "airflow-timeout"])
+@pytest.mark.parametrize("waiting_on", ["operation", "existing-batch"])
+def test_a_cloud_try_interrupted_while_it_waits_cancels_its_batch(monkeypatch: pytest.MonkeyPatch, interrupt: str,
+                                                                   waiting_on: str):
+    """Ctrl-C and Airflow's execution_timeout (AirflowTaskTimeout, raised in the task) are BaseExceptions: the wait's
+    handler caught only Exception, and the batch was left RUNNING (a manual run's next try, another staging key, never
+    cancels it). It is cancelled, and the interruption goes on up."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from google.api_core.exceptions import AlreadyExists
+
+    from tenfold.config import get_settings
+    from tenfold.features import runners
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    error = KeyboardInterrupt() if interrupt == "ctrl-c" else AirflowTaskTimeout("Timeout, PID: 1")
+    batches = FakeBatches(hang=True, wait_error=error)
+    if waiting_on == "existing-batch":  # this attempt's batch was created by a try before (it waits on get_batch)
+        create = batches.create_batch
+
+        def exists(request: dict):
+            create(request)
+            raise AlreadyExists(request["batch_id"])
+
+        def sleep(_: float) -> None:
+            raise error
+
+        monkeypatch.setattr(batches, "create_batch", exists)
+        monkeypatch.setattr(runners.time, "sleep", sleep)
+    with pytest.raises(type(error)):
+        runners.DataprocBatchJob(dev, batches, timeout_s=60, poll_s=1).run(run.partition, run.staging_uri,
+                                                                          key=run.staging_key, attempt=1)
+    (name,) = batches.states
+    assert batches.cancelled == [name] and batches.states[name] == "CANCELLED"
+
+
+def test_a_cloud_wait_that_fails_while_its_batch_runs_polls_the_batch_instead_of_cancelling_it():
+    """A transient error polling the operation (ServiceUnavailable, after the client's own retries) is not the batch's:
+    it was cancelled and the try failed, and the retry began the month again. The batch is polled until it ends."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from tenfold.config import get_settings
+    from tenfold.features import runners
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    batches = FakeBatches(wait_error=ServiceUnavailable("the service is unavailable"), running_polls=2)
+    runners.DataprocBatchJob(dev, batches, timeout_s=60, poll_s=0).run(run.partition, run.staging_uri,
+                                                                      key=run.staging_key, attempt=1)
+    (name,) = batches.states
+    assert batches.cancelled == [] and batches.states[name] == "SUCCEEDED" and batches.running_polls < 0
+
+    failed = FakeBatches("FAILED", wait_error=ServiceUnavailable("the service is unavailable"), running_polls=1)
+    with pytest.raises(runners.DataprocJobFailed, match=r"batch .*-1 for 2013-02 ended FAILED"):
+        runners.DataprocBatchJob(dev, failed, timeout_s=60, poll_s=0).run(run.partition, run.staging_uri,
+                                                                          key=run.staging_key, attempt=1)
+    assert failed.cancelled == []
 
 _KILLED_WHILE_DROPPING = r"""
 import os, signal, sys

@@ -1,0 +1,119 @@
+"""A batch_inference score task SIGKILLed while its Spark scoring job ran never ran its cleanup: the job, in a session of
+its own, went on writing a staging folder of its own (a fresh one per try) that nothing discarded, beside the retry's
+job. The retry stops it before its own job starts, and scores into (then discards) the same folder. No Spark here:
+spark-submit is a stand-in shell, as in tests/unit/features/test_submit_interrupt.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from tenfold.config import Settings
+from tenfold.data.lake import Lake, Partition
+from tenfold.features import submit
+from tenfold.inference import spark
+from tenfold.serving import loading
+from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+PART = Partition(2013, 6)
+RUN_ID = "scheduled__2013-07-01T00:00:00+00:00"
+
+# The first try of the score task in a process of its own (an Airflow task): score_partition, its spark-submit replaced
+# by a shell that writes into the job's --output, then starts a grandchild (as spark-submit starts the driver's JVM)
+# and waits for it.
+_FIRST_TRY = """
+import sys
+from pathlib import Path
+from tenfold.config import build_settings
+from tenfold.data.lake import Partition
+from tenfold.features import submit
+from tenfold.inference import spark
+from tenfold.serving import loading
+
+home, run_id, script = sys.argv[1:4]
+settings = build_settings("local", {"TENFOLD_HOME": home})
+settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"class_sharing": False})})
+loading.resolve_and_download = lambda settings, ref: ("v1", Path(home) / "v1")
+submit.submit_prefix = lambda *a, **k: ["sh", "-c", script, "sh"]  # the job's own arguments follow: $1, $2...
+spark.score_partition(settings, "v1", Partition(2013, 6), run_id=run_id)
+"""
+
+# The retry's job: writes whether the process (pid, start time) is still alive as it starts.
+_PROBE = """
+import sys
+import psutil
+try:
+    p = psutil.Process(int(sys.argv[1]))
+    alive = p.create_time() == float(sys.argv[2]) and p.status() != psutil.STATUS_ZOMBIE
+except psutil.NoSuchProcess:
+    alive = False
+open(sys.argv[3], "w").write("alive" if alive else "gone")
+"""
+
+
+def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(make_settings: Callable[..., Settings],
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(spark={"class_sharing": False})
+    lake = Lake.from_settings(settings)
+    publish_synthetic_features(lake, [PART], 10)
+    table = settings.storage.scores_table
+    stagings = Path(lake.uri_of(lake.staging_path(table, PART, "x")).removeprefix("file://")).parent
+    pid_file, seen, records = tmp_path / "orphan.pid", tmp_path / "seen", settings.local.home / "spark-jobs"
+    script = ('while [ "$1" != --output ]; do shift; done; out="${2#file://}"; mkdir -p "$out"; '
+              f'touch "$out/scores-of-the-killed-try"; sleep 300 & echo $! > {shlex.quote(str(pid_file))}; wait')
+    first = subprocess.Popen([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), RUN_ID, script],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    left: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text().strip()):
+            assert first.poll() is None, f"the first try ended early: {first.communicate()[0].decode()}"
+            assert time.monotonic() < deadline, "the first try's job did not start"
+            time.sleep(0.05)
+        orphan = psutil.Process(int(pid_file.read_text()))
+        left = [orphan, psutil.Process(orphan.ppid())]  # the grandchild and its parent, the job's "spark-submit"
+        deadline = time.monotonic() + 10
+        while not any(records.glob("*.json")) and time.monotonic() < deadline:  # recorded right after it started
+            time.sleep(0.05)
+        os.kill(first.pid, 9)  # the task process, SIGKILLed: no except, no finally runs in it
+        first.wait()
+        assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE  # what the killed try left running
+        (killed_try_staging,) = stagings.iterdir()
+
+        monkeypatch.setattr(loading, "resolve_and_download", lambda settings, ref: ("v1", tmp_path / "v1"))
+        monkeypatch.setattr(submit, "submit_prefix", lambda *a, **k: [
+            sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+        published: list[str] = []
+
+        def publish(self: Lake, table: str, part: Partition, staged: str, **_: object) -> SimpleNamespace:
+            published.append(staged)
+            return SimpleNamespace(rows=10)
+
+        monkeypatch.setattr(Lake, "publish", publish)
+        assert spark.score_partition(settings, "v1", PART, run_id=RUN_ID) == 10
+        assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
+        assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
+        # The retry scored into the killed try's folder (its job empties it first), and discarded it once published.
+        assert [p.removeprefix("file://") for p in published] == [str(killed_try_staging)]
+        assert not killed_try_staging.exists(), "the killed try's staging folder was left behind"
+    finally:
+        if first.poll() is None:  # the test failed before the kill: the try and all it started go
+            with contextlib.suppress(psutil.Error):
+                left += psutil.Process(first.pid).children(recursive=True)
+            first.kill()
+        first.wait()
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil refuses a pid that now names another process
+        if first.stdout is not None:
+            first.stdout.close()
