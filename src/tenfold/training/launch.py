@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,6 +58,9 @@ from tenfold.training.worker import (
     RESULT_FILE,
 )
 from tenfold.workloads import get_workload
+
+if TYPE_CHECKING:
+    from tenfold.local.process import ProcessRecord
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +390,7 @@ def launch_folder(settings: Settings, uri: str) -> Path:
 def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,
             nproc: int | None, timeout_s: float | None, max_restarts: int | None,
             env: dict[str, str] | None) -> TrainResult:
-    from tenfold.local.process import MARKER_ENV
+    from tenfold.local.process import MARKER_ENV, stop
 
     target = remote.uri if remote else str(out)
     nproc = nproc or settings.training.nproc_per_node
@@ -469,6 +472,13 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
                 f"training ran past its {timeout:.0f} s bound and was killed; see {log_path}",
                 rank=None, error="timeout", exitcode=-1, log_path=log_path,
             ) from None
+        # torchrun ended, but what it started may not have: SIGKILLed (kill -9, the OOM killer), it leaves its workers
+        # training, each in a session of its own with no parent-death signal and rank 0 hosting their store. The
+        # folder's lock is released once this launch returns, and the task's retry would train beside them (two
+        # writers of one folder's checkpoints and model). Whatever carries the job's marker is stopped first; after a
+        # job that ended on its own nothing does, and the look costs a scan of the process table.
+        if lock.job is not None:
+            stop(lock.job, timeout=10.0)
     wall = time.monotonic() - started
     if rc != 0:
         with open(log_path, "rb") as written:
@@ -526,6 +536,7 @@ class _JobLock:
     folder: Path
     fileno: int
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    job: ProcessRecord | None = None  # as last recorded: what the launch stops of its job once torchrun has ended
 
     def record(self, *, job_pgid: int | None) -> None:
         """Write ``.job.json``: this launcher and the job (torchrun, leader of its process group), each as a
@@ -535,11 +546,25 @@ class _JobLock:
         from tenfold.local.process import record_of
 
         try:
-            job = asdict(record_of(psutil.Process(job_pgid), "torchrun", marker=self.marker)) if job_pgid else None
+            self.job = record_of(psutil.Process(job_pgid), "torchrun", marker=self.marker) if job_pgid else None
         except psutil.Error:  # the job is gone already: nothing a later launch could stop
-            job = None
+            self.job = None
         atomic_write(self.folder / JOB_HOLDER, json.dumps(
-            {"launcher": asdict(record_of(psutil.Process(), "launcher")), "job": job}).encode())
+            {"launcher": asdict(record_of(psutil.Process(), "launcher")),
+             "job": asdict(self.job) if self.job else None}).encode())
+
+
+def _holder(out: Path) -> tuple[ProcessRecord | None, ProcessRecord | None]:
+    """The launcher and the job that ``out/.job.json`` names; None for what it does not name (no file yet: the
+    holder is about to write it; unreadable)."""
+    from tenfold.local.process import ProcessRecord
+
+    try:
+        holder = json.loads((out / JOB_HOLDER).read_text())
+        return (ProcessRecord(**holder["launcher"]),
+                ProcessRecord(**holder["job"]) if holder.get("job") else None)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None, None
 
 
 def _locked(fd: int) -> bool:
@@ -564,20 +589,23 @@ def _sole_launch(out: Path, grace_s: float = 35.0, *, shown: str | None = None) 
     (its process group, SIGTERM then SIGKILL after ``grace_s``: torchrun waits up to 30 s for its workers; then the
     workers themselves, which run in sessions of their own) and resumes from the folder's checkpoints. Processes
     are recognised by pid and start time, never a process group that reused the pid.
+
+    A launch that finds the lock free but ``.job.json`` still there (a launch that ends removes it) follows a
+    launcher killed together with its torchrun: the lock went with them, but not the workers, which never held it.
+    They are found by the job's marker and stopped before this launch starts its own.
     """
-    from tenfold.local.process import ProcessRecord, is_group_running, is_running, stop
+    from tenfold.local.process import is_group_running, is_running, stop
 
     fd = os.open(out / JOB_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        if not _locked(fd):
-            launcher: ProcessRecord | None
-            job: ProcessRecord | None
-            try:
-                holder = json.loads((out / JOB_HOLDER).read_text())
-                launcher = ProcessRecord(**holder["launcher"])
-                job = ProcessRecord(**holder["job"]) if holder.get("job") else None
-            except (OSError, ValueError, TypeError, KeyError):  # none yet (the holder is about to write it), unreadable
-                launcher = job = None
+        if _locked(fd):
+            _, job = _holder(out)
+            if job is not None:
+                log.warning("a killed launch left its record of a job (pid %d) training into %s: stopping whatever of "
+                            "it is still running, then resuming from the folder's checkpoints", job.pid, out)
+                stop(job, timeout=grace_s)
+        else:
+            launcher, job = _holder(out)
             if launcher is not None and is_running(launcher):
                 raise TrainingFailed(
                     f"another launch (pid {launcher.pid}) is training into {shown or out}: two jobs must not write one "
