@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import logging
 import posixpath
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -53,6 +54,8 @@ from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri, fsync_dir, make
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CorruptFileError", "Lake", "Manifest", "Partition", "crc32c_of", "month_range", "schema_hash"]
 
@@ -238,7 +241,8 @@ class Lake:
         if filesystem is not None:
             self.fs, self.root = filesystem, self._path(self.uri)
         else:
-            self.fs, self.root = filesystem_from_uri(self.uri if parsed.scheme else f"file://{self.uri}")
+            # A bare folder escaped into its URI: pasted in as it is, a '#' cut the path there, and '%20' read as a space.
+            self.fs, self.root = filesystem_from_uri(self.uri if parsed.scheme else Path(self.uri).as_uri())
         self._gcs = self.fs.type_name == "gcs"
 
     @classmethod
@@ -366,9 +370,20 @@ class Lake:
         for info in self.fs.get_file_info(selector):
             if info.base_name != MANIFEST:
                 continue
-            rel = posixpath.relpath(posixpath.dirname(info.path), self.table_path(table)).split("/")
+            folder = posixpath.relpath(posixpath.dirname(info.path), self.table_path(table))
+            rel = folder.split("/")
             if len(rel) == 2 and rel[0].startswith("year=") and rel[1].startswith("month="):
-                found.append(Partition(int(rel[0][5:]), int(rel[1][6:])))
+                try:
+                    part = Partition(int(rel[0][5:]), int(rel[1][6:]))
+                except ValueError:
+                    part = None
+                # Only a folder spelled as the month's own (a copy such as month=1.bak, or month=13, is none): every
+                # reader of the table lists it here, and one stray folder refused them all with a bare ValueError.
+                if part is None or part.path != folder:
+                    log.warning("%s: %s is not a partition folder (year=YYYY/month=M); skipped, remove or rename it",
+                                table, self.uri_of(posixpath.dirname(info.path)))
+                    continue
+                found.append(part)
         return sorted(found)
 
     def files(self, table: str, part: Partition, *, verify: bool = False, manifest: Manifest | None = None) -> list[str]:
@@ -549,6 +564,14 @@ class Lake:
         if not self._gcs and isinstance(self.fs, pafs.LocalFileSystem):
             fsync_dir(path)
 
+    def _staged_metadata(self, path: str) -> pq.FileMetaData:
+        """A staged file's Parquet footer; a file that has none (truncated, or not Parquet) refused naming it."""
+        try:
+            return pq.read_metadata(path, filesystem=self.fs)
+        except pa.ArrowInvalid as exc:
+            raise LakeError(f"{self.uri_of(path)} is not a readable Parquet file ({exc}); nothing was published: "
+                            "stage the batch again (re-run the job that writes it)") from exc
+
     def _staged_files(self, staged: str) -> list[pafs.FileInfo]:
         return sorted(
             (i for i in self.fs.get_file_info(pafs.FileSelector(staged, allow_not_found=True))
@@ -566,7 +589,7 @@ class Lake:
         # A whole batch first, from the files' metadata: a full staging (the usual case) is never read through here,
         # since publish reads and hashes it next anyway.
         whole = (len(left) >= files if staged_rows is None
-                 else sum(pq.read_metadata(i.path, filesystem=self.fs).num_rows for i in left) >= staged_rows)
+                 else sum(self._staged_metadata(i.path).num_rows for i in left) >= staged_rows)
         return not whole and all(_digests(self.fs, i.path)[0] in published for i in left)
 
     def published_already(self, table: str, part: Partition, staged_dir: str, extra: dict[str, Any], *,
@@ -636,7 +659,7 @@ class Lake:
             raise LakeError(f"nothing to publish: {self.uri_of(staged)} holds no .parquet files")
         entries, schemas = [], set()
         for n, info in enumerate(infos):
-            meta = pq.read_metadata(info.path, filesystem=self.fs)
+            meta = self._staged_metadata(info.path)
             schemas.add(schema_hash(meta.schema.to_arrow_schema()))
             sha, crc = _digests(self.fs, info.path)
             entries.append(FileEntry(f"part-{n:05d}.parquet", meta.num_rows, info.size, sha, crc))
@@ -727,7 +750,10 @@ class Lake:
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("data-") \
                     and info.base_name not in (keep, live):
-                self._delete_tree(info.path)
+                # A folder carrying a refusal is a withdrawal killed before it moved it (withdraw writes the verdict
+                # into it first): it goes to quarantine, as that withdrawal meant, never deleted with its evidence.
+                if self.resume_quarantine(info.path) is None:
+                    self._delete_tree(info.path)
             elif info.type == pafs.FileType.File and info.base_name.startswith(f"{MANIFEST}.tmp-"):
                 self.fs.delete_file(info.path)
         kept = pafs.FileSelector(self._join(table, part.path, keep), allow_not_found=True)
@@ -742,10 +768,12 @@ class Lake:
         """Unpublish a partition: remove its manifest, then move its data folder to quarantine under ``key``.
 
         The manifest goes first, so from that instant no reader sees the data; what it said is kept in the
-        quarantine reason. With ``data_dir``, only a manifest that still names that folder is withdrawn
-        (``None`` is returned when a publish replaced it meanwhile); with ``repaired``, nothing is withdrawn (None)
-        when it returns True under the lock: a publish of the same content, which keeps the folder's name, mended
-        the file while the caller waited for the lock. Returns the quarantine URI.
+        quarantine reason, written into the data folder before the manifest goes (a withdrawal killed after that is
+        finished by its retry, or by the next publish's clean-up). With ``data_dir``, only a manifest that still
+        names that folder is withdrawn (``None`` is returned when a publish replaced it meanwhile); with
+        ``repaired``, nothing is withdrawn (None) when it returns True under the lock: a publish of the same content,
+        which keeps the folder's name, mended the file while the caller waited for the lock. Returns the quarantine
+        URI.
         """
         with self.exclusive(table, part) as still_held:
             return self._withdraw_locked(table, part, key, reason, data_dir, still_held, repaired)
@@ -759,6 +787,8 @@ class Lake:
                 text = stream.read().decode(errors="replace")
         except FileNotFoundError:
             text = ""
+        if not text and (resumed := self._resume_withdrawal(table, part, key, data_dir)) is not None:
+            return resumed  # a withdrawal killed after it removed the manifest (this one's first try): finished now
         if data_dir is not None:
             try:
                 if Manifest.from_json(text, self.uri_of(path)).data_dir != data_dir:
@@ -771,10 +801,29 @@ class Lake:
         if repaired is not None and repaired():  # the same folder, mended meanwhile
             return None
         still_held()
+        source = self._join(table, part.path, data_dir) if data_dir else self.partition_path(table, part) + "/.none"
+        reason = {**reason, "manifest": text}
+        # The verdict, with the manifest's text (the only record of what was withdrawn), goes into the data folder
+        # before the manifest is removed: a withdrawal killed in between leaves a folder that says where it goes
+        # (finished by the next publish's clean-up, or this withdrawal's retry), not unnamed data the next publish
+        # deletes.
+        dest = self._mark_refused(table, part, source, key, reason)
         if text:
             self.fs.delete_file(path)
-        source = self._join(table, part.path, data_dir) if data_dir else self.partition_path(table, part) + "/.none"
-        return self.quarantine(table, part, source, key, {**reason, "manifest": text})
+        return self._move_refused(source, dest, reason)
+
+    def _resume_withdrawal(self, table: str, part: Partition, key: str, data_dir: str | None) -> str | None:
+        """Finish a withdrawal of ``part`` killed after it removed the manifest: the data folder (``data_dir``, or any)
+        that still carries its verdict goes where the verdict says, or the quarantine folder under ``key`` that the
+        whole folder reached gets its reason file. Returns that quarantine's URI, or None when there is none."""
+        taken = list(itertools.takewhile(self.exists, self.quarantine_paths(table, part, key)))
+        selector = pafs.FileSelector(self.partition_path(table, part), allow_not_found=True)
+        folders = [i.path for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.Directory
+                   and i.base_name.startswith("data-") and data_dir in (None, i.base_name)]
+        for folder in folders or [self.partition_path(table, part) + "/.none"]:
+            if (resumed := self.resume_quarantine(folder, taken)) is not None:
+                return resumed[0]
+        return None
 
     def quarantine(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any]) -> str:
         """Move a staged batch aside with the reason it was refused; returns the quarantine URI.
@@ -783,13 +832,21 @@ class Lake:
         its DAG run was cleared): an earlier batch and its reason are kept, never merged with or moved into.
         """
         staged = self._path(staged_dir)
+        return self._move_refused(staged, self._mark_refused(table, part, staged, attempt, reason), reason)
+
+    def _mark_refused(self, table: str, part: Partition, staged: str, attempt: str, reason: dict[str, Any]) -> str:
+        """Pick the quarantine folder of a refused batch (see :meth:`quarantine`) and write the verdict into the batch
+        itself, naming that folder; returns it. On GCS the move goes object by object: a move cut short then leaves a
+        remainder that says it was refused (resume_quarantine), never one that looks staged."""
         dest = next(d for d in self.quarantine_paths(table, part, attempt)
                     if not self.exists(d))
         make_dirs(self.fs, posixpath.dirname(dest))
         if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
-            # On GCS the move goes object by object: the verdict goes first, into the batch itself, so a move cut
-            # short leaves a remainder that says it was refused (resume_quarantine), never one that looks staged.
             self.write_json(posixpath.join(staged, REFUSING), {"quarantine": dest, "reason": reason})
+        return dest
+
+    def _move_refused(self, staged: str, dest: str, reason: dict[str, Any]) -> str:
+        if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
             self._move_tree(staged, dest)
         return self._quarantined(dest, reason)
 

@@ -2,9 +2,9 @@
 
 * On a local lake, an ``flock`` on a lock file (released by the kernel when its holder dies).
 * On GCS, a create-only object (an upload with a generation-0 precondition, which GCS grants to one
-  caller), deleted on release and taken over once older than ``stale_s``, so that a killed holder cannot
-  block the others forever. A live holder rewrites it every ``stale_s / 3`` (a heartbeat, conditional on
-  its own generation), so however long the work takes, only a holder that stopped beating loses it; one
+  caller), deleted on release and taken over once a waiter has seen it unchanged for ``stale_s``, so that a
+  killed holder cannot block the others forever. A live holder rewrites it every ``stale_s / 3`` (a heartbeat,
+  conditional on its own generation), so however long the work takes, only a holder that stopped beating loses it; one
   that finds it was taken over (it stalled for longer than ``stale_s``) raises :class:`LockLost` when
   its work ends, so its task fails and is retried rather than reported done.
 
@@ -85,7 +85,11 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     # retry then fails the generation check) recognises the object as still its own.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout_s
-    checked = None  # the generation whose holder was read: each new object is read once
+    # The generation this waiter last saw (its holder read once), and since when on the waiter's own monotonic clock:
+    # a heartbeat makes a new generation, so one unchanged for stale_s is a dead holder's. Not the object's time
+    # against this machine's wall clock: a waiter whose clock ran 80 s ahead took a live holder's lock at once, and one
+    # 480 s behind never took a dead one's before its timeout.
+    seen: tuple[Any, float] = (None, 0.0)
     try:
         while True:
             try:
@@ -94,14 +98,13 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
             except PreconditionFailed:
                 with contextlib.suppress(NotFound, PreconditionFailed):
                     blob.reload()
-                    if blob.generation != checked:
-                        checked = blob.generation
+                    if blob.generation != seen[0]:
+                        seen = (blob.generation, time.monotonic())
                         # Our own create, landed with its answer lost (the client's retry then met it): held, not
                         # waited on until it looks stale (2 minutes, and a join lock's 60 s wait failed meanwhile).
                         if blob.download_as_text(if_generation_match=blob.generation) == owner:
                             break
-                    age = time.time() - blob.updated.timestamp() if blob.updated else 0.0
-                    if age > stale_s:  # its holder died without releasing: take it over, once
+                    if time.monotonic() - seen[1] >= stale_s:  # its holder died without releasing: take it over, once
                         blob.delete(if_generation_match=blob.generation)
                         continue
                 if time.monotonic() > deadline:

@@ -32,7 +32,10 @@ WRITE_OPTIONS: dict[str, object] = {
 
 
 def _fixed_chunks(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of batches into tables of exactly ``rows`` rows (the last may be shorter)."""
+    """Re-cut a stream of batches into tables of exactly ``rows`` rows (the last may be shorter), each one chunk.
+
+    One chunk each, not the input's batches: the writer's pages follow the chunks it is given, so the same rows cut
+    into other batches (65,536-row ones read back from a file, one chunk built in memory) gave other bytes."""
     pending: list[pa.RecordBatch] = []
     count = 0
     for batch in batches:
@@ -40,11 +43,11 @@ def _fixed_chunks(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: in
         count += batch.num_rows
         while count >= rows:
             table = pa.Table.from_batches(pending, schema=schema)
-            yield table.slice(0, rows)
+            yield table.slice(0, rows).combine_chunks()
             rest = table.slice(rows)
             pending, count = rest.to_batches(), rest.num_rows
     if count:
-        yield pa.Table.from_batches(pending, schema=schema)
+        yield pa.Table.from_batches(pending, schema=schema).combine_chunks()
 
 
 def write_table(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:

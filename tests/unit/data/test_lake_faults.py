@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tenfold.data.lake import FileEntry, Lake, Manifest, Partition
+from tenfold.data.lake import REFUSING, FileEntry, Lake, Manifest, Partition
 
 TABLE = "trips"
 PART = Partition(2013, 6)
@@ -200,10 +200,17 @@ PUBLISHERS: dict[str, type[Lake]] = {"correct": Lake, "manifest_first": Manifest
                                      "in_place": OverwriteInPlace}
 
 
+WITHDRAW_KEY = "refused-run"
+WITHDRAW_REASON = {"why": "refused by the test"}
+
+
 def _child(command: dict[str, Any], notify: int) -> None:
     pausing = PausingFileSystem(command["pause_at"], notify)
     lake = PUBLISHERS[command["variant"]](Path(command["lake"]).as_uri(), filesystem=pafs.PyFileSystem(pausing))
-    lake.publish(TABLE, PART, command["staged"], run_id="new")
+    if "withdraw" in command:  # a reader's withdrawal of the data folder it found corrupt
+        lake.withdraw(TABLE, PART, WITHDRAW_KEY, WITHDRAW_REASON, data_dir=command["withdraw"])
+    else:
+        lake.publish(TABLE, PART, command["staged"], run_id="new")
     os.write(notify, (json.dumps({"done": pausing.points}) + "\n").encode())
 
 
@@ -433,6 +440,90 @@ def test_a_publisher_killed_at_any_step_leaves_the_old_or_the_new_partition(zygo
     # Kills landed with half-written temporary files on disk, in the data and in the manifest.
     halfway = [at for _, at, _ in result.outcomes if "half written" in at]
     assert any("parquet.tmp-" in at for at in halfway) and any("_SUCCESS.tmp-" in at for at in halfway), report
+
+
+def _quarantined(lake_dir: Path, reason_file: str = "_QUARANTINED.json") -> dict[str, tuple[str, Any, Any]]:
+    """What the partition's quarantine holds: per folder, the data's version (or "no data") and its reason file's
+    "why" and withdrawn manifest's run id (None where the folder has no reason file). ``reason_file``: the refusal
+    marker (``_REFUSING.json``) instead, which holds the reason under "reason"."""
+    lake = Lake(lake_dir.as_uri())
+    root = Path(lake.quarantine_path(TABLE, PART, "x")).parent
+    found: dict[str, tuple[str, Any, Any]] = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        files = sorted(folder.glob("*.parquet"))
+        data = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+        seen = next((name for name, v in (("old", 1), ("new", 2)) if data is not None and data.equals(whole(v))),
+                    "no data" if data is None else f"part of it: {data.num_rows} rows")
+        reason = json.loads((folder / reason_file).read_text()) if (folder / reason_file).exists() else None
+        if reason is not None and reason_file == REFUSING:
+            reason = reason["reason"]
+        found[folder.name] = (seen, reason and reason.get("why"),
+                              reason and reason.get("manifest") and json.loads(reason["manifest"])["run_id"])
+    return found
+
+
+def _kill_withdrawal(zygote: Zygote, template: Path, lake_dir: Path, k: int, withdrawn: str) -> dict[str, Any]:
+    """A copy of ``template`` at ``lake_dir`` whose withdrawal of ``withdrawn`` was SIGKILLed at point ``k``; returns
+    the child's event (``done`` when ``k`` is past the last point and it ran to its end)."""
+    shutil.copytree(template, lake_dir)
+    zygote.send({"lake": str(lake_dir), "variant": "correct", "pause_at": k, "withdraw": withdrawn})
+    reply = zygote.receive()
+    pid, event = reply["pid"], reply["event"]
+    if "paused" in event:
+        os.kill(pid, signal.SIGKILL)
+    ended = zygote.receive()
+    expected = {"pid": pid, "code": 0} if "done" in event else {"pid": pid, "signal": signal.SIGKILL}
+    assert ("paused" in event or "done" in event) and ended == expected, f"point {k}: {event} {ended}"
+    return dict(event)
+
+
+def test_a_withdrawal_killed_at_any_step_keeps_the_batch_and_its_reason(zygote: Zygote, tmp_path: Path) -> None:
+    """A withdrawal removed the manifest, then wrote the verdict and moved the data folder: killed in between, the
+    folder stayed unnamed in the partition and the manifest's text (the only record of what was withdrawn) was gone;
+    the retry found no manifest and moved nothing, and the next publish deleted the folder. Killed at every step,
+    the retry and the next publish must each leave the withdrawn rows in quarantine with their reason."""
+    template = tmp_path / "template"
+    withdrawn = Lake(template.as_uri()).publish(TABLE, PART, str(_stage(tmp_path / "staged-old", 1)),
+                                                run_id="old").data_dir
+    staged_new = str(_stage(tmp_path / "staged-new", 2))
+    kept = {WITHDRAW_KEY: ("old", WITHDRAW_REASON["why"], "old")}
+    unpublished_at: list[str] = []
+    for k in range(1, 100):
+        # The withdrawal's retry (the reader's, naming the folder it found corrupt) finishes it.
+        retried = tmp_path / f"retried-{k}"
+        event = _kill_withdrawal(zygote, template, retried, k, withdrawn)
+        if "done" in event:  # past the last pause point: the withdrawal ran to its end
+            assert _quarantined(retried) == kept and not Lake(retried.as_uri()).has_manifest(TABLE, PART)
+            break
+        at = event["at"].replace(str(retried), "<lake>")
+        if not Lake(retried.as_uri()).has_manifest(TABLE, PART):
+            unpublished_at.append(at)
+        Lake(retried.as_uri()).withdraw(TABLE, PART, WITHDRAW_KEY, WITHDRAW_REASON, data_dir=withdrawn)
+        assert _quarantined(retried) == kept, f"point {k} ({at}): after the retry"
+        assert not Lake(retried.as_uri()).has_manifest(TABLE, PART)
+
+        # No retry, the month published again instead: the withdrawn rows are not deleted as an earlier publish's.
+        killed = tmp_path / f"killed-{k}"
+        _kill_withdrawal(zygote, template, killed, k, withdrawn)
+        still_published = Lake(killed.as_uri()).has_manifest(TABLE, PART)
+        Lake(killed.as_uri()).publish(TABLE, PART, staged_new, run_id="next")
+        assert observe(killed) == "new", f"point {k} ({at})"
+        # A kill before the verdict was written left the month published, and the publish replaced it as usual; a kill
+        # after the whole folder moved left its reason in the quarantine folder's _REFUSING.json (the retry finishes
+        # it): neither shows here as a batch lost.
+        quarantined = _quarantined(killed)
+        assert quarantined == kept or (still_published and quarantined == {}) \
+            or (quarantined == {WITHDRAW_KEY: ("old", None, None)} and _quarantined(killed, REFUSING) == kept), \
+            f"point {k} ({at}): after the next publish: {quarantined}"
+        shutil.rmtree(killed)
+        shutil.rmtree(retried)
+    else:
+        pytest.fail("the withdrawal never finished")
+    # The kills covered the gap the finding was about (each point pauses before its step): the manifest removed, the
+    # data folder not moved yet.
+    assert unpublished_at and unpublished_at[0].startswith(f"move <lake>/trips/year=2013/month=6/{withdrawn} -> "), \
+        unpublished_at
+    assert k >= 10, k
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from tenfold.data.lake import (
     CorruptFileError,
     CorruptManifestError,
     Lake,
+    LakeError,
     MissingManifestError,
     Partition,
     crc32c_of,
@@ -331,3 +332,25 @@ def test_a_withdrawal_without_a_data_folder_named_quarantines_the_folder_the_man
     assert names == {"part-00000.parquet", "_QUARANTINED.json"}, names
     assert not [i for i in lake.fs.get_file_info(pafs.FileSelector(lake.partition_path(TABLE, PART)))
                 if i.base_name.startswith("data-")]
+
+
+@pytest.mark.parametrize("content", [b"not parquet at all", b"PAR1 cut short"])
+def test_a_staged_file_that_is_not_parquet_is_refused_naming_it_and_nothing_is_published(
+        lake: Lake, content: bytes) -> None:
+    """publish raised pyarrow's "ArrowInvalid: Parquet magic bytes not found in footer", naming no file of the batch."""
+    _publish(lake, _table())
+    before = lake.read_manifest(TABLE, PART)
+    staged = lake.staging_path(TABLE, PART)
+    lake.fs.create_dir(staged, recursive=True)
+    with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+        pq.write_table(_table(shift=1), out)
+    _overwrite(lake, f"{staged}/part-00001.parquet", content)
+    with pytest.raises(LakeError, match=r"part-00001\.parquet is not a readable Parquet file .*stage the batch again") \
+            as refused:
+        lake.publish(TABLE, PART, lake.uri_of(staged), run_id="r2")
+    assert lake.uri_of(f"{staged}/part-00001.parquet") in str(refused.value)
+    assert lake.read_manifest(TABLE, PART) == before  # nothing published: the month as it was
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
+    data_dirs = [i for i in lake.fs.get_file_info(pafs.FileSelector(lake.partition_path(TABLE, PART)))
+                 if i.base_name.startswith("data-")]
+    assert [i.base_name for i in data_dirs] == [before.data_dir]

@@ -175,3 +175,50 @@ def test_a_heartbeat_that_cannot_tell_whether_it_still_holds_the_lock_beats_agai
             assert time.monotonic() < deadline, "the heartbeat stopped: the lock was never refreshed again"
             time.sleep(0.05)
         still_held()
+
+
+def _waiter_clock(monkeypatch: pytest.MonkeyPatch, skew_s: float) -> None:
+    """The waiter's wall clock set ``skew_s`` off the store's (NTP not yet synced on a fresh VM): only the lock
+    module's ``time.time``; its monotonic clock and sleeps are the real ones."""
+    import time
+    import types
+
+    from tenfold.data import locks
+
+    monkeypatch.setattr(locks, "time", types.SimpleNamespace(time=lambda: time.time() + skew_s,
+                                                             monotonic=time.monotonic, sleep=time.sleep))
+
+
+def test_a_waiter_whose_clock_runs_ahead_does_not_take_a_beating_holders_lock(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiter measured the lock's age as its own wall clock minus the object's update time: 150 s ahead, it saw a
+    lock refreshed half a second ago as 150 s old and took it from its live holder at once (which then failed with
+    PartitionLockLost, and again on every retry)."""
+    from tenfold.data.locks import LockTimeout
+
+    bucket, name = _lock_object(lake)
+    _waiter_clock(monkeypatch, +150)
+    with gcs_lock(client, bucket, name, timeout_s=10, stale_s=1.5, what="a partition") as still_held:
+        with pytest.raises(LockTimeout, match="another process holds"), \
+                gcs_lock(client, bucket, name, timeout_s=4, stale_s=1.5, what="a partition"):
+            pytest.fail("the waiter took the lock of a holder that beats every 0.5 s")
+        still_held()  # still the first holder's
+
+
+def test_a_waiter_whose_clock_runs_behind_takes_a_dead_holders_lock_after_the_stale_age(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder killed without releasing leaves its object, never refreshed again. A waiter 600 s behind saw it as
+    ever younger than its stale age and waited out its whole timeout; it now takes it over once it has seen it
+    unchanged for the stale age, by its own monotonic clock."""
+    import time
+
+    bucket, name = _lock_object(lake)
+    client.bucket(bucket).blob(name).upload_from_string("a killed holder", if_generation_match=0)
+    _waiter_clock(monkeypatch, -600)
+    started = time.monotonic()
+    with gcs_lock(client, bucket, name, timeout_s=10, stale_s=1, what="a partition") as still_held:
+        took = time.monotonic() - started
+        still_held()
+        assert client.bucket(bucket).blob(name).download_as_text() != "a killed holder"
+    assert 1 <= took < 5, took  # not at first sight: after it stayed unchanged for the stale age
+    assert client.bucket(bucket).get_blob(name) is None  # released

@@ -1,0 +1,55 @@
+"""Where a lake's files are: a lake given as a bare folder opens that folder whatever its name, and a stray folder in a
+table (a backup copy, a mistyped month) is not listed as a partition."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tenfold.data.lake import Lake, Partition
+
+TABLE = "events"
+PART = Partition(2013, 1)
+
+
+def _publish(lake: Lake, part: Partition, ids: list[int]) -> None:
+    staged = lake.staging_path(TABLE, part)
+    lake.fs.create_dir(staged, recursive=True)
+    with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), out)
+    lake.publish(TABLE, part, staged, run_id="r1")
+    lake.discard(staged)
+
+
+@pytest.mark.parametrize("name", ["a#1 b%20c", "rv#1", "x%20y", "lake with spaces"])
+def test_a_lake_given_as_a_bare_folder_opens_that_folder_whatever_its_name(tmp_path: Path, name: str) -> None:
+    """The folder was pasted into a file:// URI unescaped: '/tmp/rv#1/lake' opened /tmp/rv (the rest read as a
+    fragment), '%20' opened a folder with a space instead, and a space itself raised a raw ArrowInvalid."""
+    folder = tmp_path / name
+    lake = Lake(str(folder))
+    assert lake.root == str(folder)
+    _publish(lake, PART, [1, 2, 3])
+    assert Lake(str(folder)).read_table(TABLE, [PART]).column("id").to_pylist() == [1, 2, 3]
+    assert (folder / TABLE / PART.path / "_SUCCESS").is_file()  # inside the folder given, nowhere else
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_stray_folder_in_a_table_is_skipped_with_a_warning_not_listed_or_raised(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A backup copy (month=1.bak) made published_partitions raise "invalid literal for int()", and month=13 "month
+    must be 1-12", naming neither folder: training, drift, batch inference and feedback all list a table through it."""
+    lake = Lake(tmp_path.as_uri())
+    _publish(lake, PART, [1, 2, 3])
+    real = Path(lake.partition_path(TABLE, PART))
+    strays = ["year=2013/month=1.bak", "year=2013/month=13", "year=2013/month=01", "year=x/month=2"]
+    for stray in strays:
+        shutil.copytree(real, real.parent.parent / stray)
+    with caplog.at_level(logging.WARNING, logger="tenfold.data.lake"):
+        assert lake.published_partitions(TABLE) == [PART]
+    for stray in strays:  # each named, so that it can be removed
+        assert any(stray in r.getMessage() and "not a partition folder" in r.getMessage() for r in caplog.records), stray
