@@ -18,8 +18,11 @@ from tenfold.config import settings_refusal
 
 
 def main() -> int:
-    # The CLIs pass their output folder in CDKTF_OUTDIR; run by hand, write where they would.
-    outdir = None if os.environ.get("CDKTF_OUTDIR") else str(Path(__file__).parent / "cdktf.out")
+    # The CLIs pass their output folder in CDKTF_OUTDIR, relative to infra/ where they run and read its manifest; but
+    # cdktf.json's app runs from the repository root (`cd ..`), so a relative one was written there and `cdktn deploy`
+    # found no manifest, or an older `make synth`'s. Resolved against infra/ (an absolute one stays as it is); run by
+    # hand, write where the CLIs would.
+    outdir = str(Path(__file__).parent / (os.environ.get("CDKTF_OUTDIR") or "cdktf.out"))
     try:
         app = build_app(outdir=outdir)
     except ValueError as exc:

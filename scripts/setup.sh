@@ -133,11 +133,26 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     SUDO="sudo"
   fi
+  # debconf's questions (tzdata, keyboard-configuration: what chromium and npm recommend) must not wait for an answer:
+  # DEBIAN_FRONTEND=noninteractive has to reach apt-get. Set for sudo, sudo's env_reset dropped it, and a question
+  # waited on a terminal whose output went to /dev/null. It goes on sudo's command line, which sudo allows where it
+  # runs any command; a sudoers rule that allows apt-get alone refuses that, and gets it only where sudoers keeps it.
+  APT=(apt-get)
+  if [ -n "$SUDO" ]; then
+    APT=(sudo apt-get)
+    sudo -n DEBIAN_FRONTEND=noninteractive apt-get --version >/dev/null 2>&1 && APT=(sudo DEBIAN_FRONTEND=noninteractive apt-get)
+  fi
   say "installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null || die "apt-get update failed (are the apt repositories reachable?); install ${missing[*]} by hand"
   [[ " ${missing[*]} " == *" chromium "* ]] && ! chromium_candidate && chromium_refusal
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
-    || die "apt-get could not install ${missing[*]} (see apt's message above); install them by hand"
+  # apt's output goes to a log, shown when it fails (thrown away, a failure said "see apt's message above" over nothing).
+  apt_log=$(mktemp "${TMPDIR:-/tmp}/tenfold-setup-apt.XXXXXX")
+  if DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "${missing[@]}" </dev/null >"$apt_log" 2>&1; then
+    rm -f "$apt_log"
+  else
+    tail -n 30 "$apt_log" >&2
+    die "apt-get could not install ${missing[*]} (the end of its output is above, all of it in $apt_log); install them by hand"
+  fi
 fi
 java_ok || java_refusal
 node_ok || die "Node.js 18+ is required by CDK Terrain's jsii runtime (found: $(node --version 2>/dev/null || echo none)). Install a newer one (apt-get install nodejs npm, or from nodejs.org)"

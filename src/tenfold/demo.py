@@ -687,7 +687,8 @@ def demo_months(first: str, champion_until: str, months: int,
     """The first champion's window (``first..champion_until``) and the ``months`` replayed after it. Raises
     ValueError for a month that is not ``YYYY-MM``, :class:`DemoError` for a window shorter than two months or,
     given ``settings``, one reaching outside the months ``build_features`` covers (its ingest refuses such a
-    month: the demo failed there, after replaying every month before it)."""
+    month: the demo failed there, after replaying every month before it), and WorkloadError (a ValueError) for a
+    workload that cannot be loaded (TENFOLD_WORKLOAD=nope: the platform started, and the first features run failed)."""
     initial = month_range(first, champion_until)
     if len(initial) < 2:
         raise DemoError("the first champion needs at least two months: it trains on the older ones and holds the "
@@ -698,6 +699,7 @@ def demo_months(first: str, champion_until: str, months: int,
     if settings is not None:
         from tenfold.pipelines.build_features import months as dag_months
 
+        get_workload(settings)
         lo, hi = dag_months(settings)
         end = (later or initial)[-1]
         if initial[0] < lo or (hi is not None and end > hi):

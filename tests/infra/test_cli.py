@@ -88,3 +88,23 @@ def test_synth_refuses_a_bad_setting_in_one_line_naming_its_variable(tmp_path: P
     (line,) = [ln for ln in proc.stderr.splitlines() if "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN" in ln]
     assert line.startswith("error: invalid settings:") and "https://api.example.com" in line
     assert not list(tmp_path.rglob("cdk.tf.json")), "nothing is synthesized from refused settings"
+
+
+def test_a_relative_output_folder_the_clis_pass_is_written_in_infra_where_they_read_it() -> None:
+    """The CLIs run cdktf.json's app from infra/ with CDKTF_OUTDIR=cdktf.out and read infra/cdktf.out/manifest.json;
+    the app (`cd ..`) wrote <root>/cdktf.out: `cdktn deploy` found no manifest on a fresh clone, and after a
+    `make synth` deployed that older synth. The app is run here as the CLIs run it, with a relative folder."""
+    import sys
+    import uuid
+
+    name = f"cdktf.out-test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "CDKTF_OUTDIR": name, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert (ROOT / "infra" / name / "manifest.json").is_file()
+        assert not (ROOT / name).exists(), "written in the repository root, where no CLI reads it"
+    finally:
+        shutil.rmtree(ROOT / "infra" / name, ignore_errors=True)
+        shutil.rmtree(ROOT / name, ignore_errors=True)

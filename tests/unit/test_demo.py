@@ -529,3 +529,28 @@ def test_a_fault_in_the_code_during_a_month_is_not_taken_for_the_months_outcome(
     with pytest.raises(KeyError):
         demo.replay_months(make_settings(), object(), [Partition(2013, 7)], None, 0, lambda line: None,
                            retrain_every=0, started=0.0, first_trained_on=frozenset())
+
+
+def test_a_workload_that_cannot_be_loaded_is_refused_before_anything_starts(tmp_path) -> None:
+    """TENFOLD_WORKLOAD=nope passed `make demo`'s checks: Airflow and the emulators started, and the first features run
+    failed. `tenfold demo` refuses it as bad usage (exit 2) in one line naming it, and nothing is started in the home.
+    The load balancer's port is held: were the workload not checked first, the demo would stop at its port check,
+    never starting a platform from this test."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "home"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}, "TENFOLD_HOME": str(home),
+               "TENFOLD_WORKLOAD": "nope", "TENFOLD_LOCAL__LB_PORT": str(held.getsockname()[1])}
+        proc = subprocess.run([str(Path(sys.executable).with_name("tenfold")), "demo"], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: unknown workload 'nope'") and "Traceback" not in proc.stderr, proc.stderr
+    assert not list(home.rglob("*.pid")) and not (home / "run").exists(), sorted(home.rglob("*"))

@@ -3,8 +3,10 @@ nothing and exited 0, which a script calling it reads as a pass."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 from tenfold.config.settings import project_root
 
@@ -30,3 +32,26 @@ def test_the_fast_suite_leaves_out_the_slow_and_integration_tests() -> None:
     dry = subprocess.run(["make", "-n", "test-fast"], cwd=project_root(), capture_output=True, text=True, timeout=60,
                          check=True)
     assert re.search(r'pytest -m "not slow and not integration"', dry.stdout), dry.stdout
+
+
+def test_clean_removes_the_home_the_settings_name_and_never_the_folder_it_runs_in(tmp_path: Path) -> None:
+    """`make clean` ran `tenfold down` on $TENFOLD_HOME, then `rm -rf .tenfold`: the default home's lake, registry and
+    Airflow database were deleted, and $TENFOLD_HOME's were left. Run here from ``tmp_path`` with this checkout's venv;
+    a home that is the folder it runs in is refused, not removed."""
+    root = project_root()
+    other = tmp_path / "other"
+    (other / "lake").mkdir(parents=True)
+    (tmp_path / ".tenfold").mkdir()
+    (tmp_path / ".tenfold" / "marker").write_text("the default home, which this clean must leave")
+    make = ["make", "-s", "-f", str(root / "Makefile"), f"VENV={root / '.venv'}", "clean"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    clean = subprocess.run(make, cwd=tmp_path, env={**env, "TENFOLD_HOME": str(other)}, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not other.exists(), "the home TENFOLD_HOME names was left"
+    assert (tmp_path / ".tenfold" / "marker").is_file(), "a home the settings do not name was removed"
+    refused = subprocess.run(make, cwd=tmp_path, env={**env, "TENFOLD_HOME": str(tmp_path)}, capture_output=True,
+                             text=True, timeout=120, check=False)
+    assert refused.returncode != 0 and f"not removing the local home '{tmp_path}'" in refused.stderr, \
+        refused.stdout + refused.stderr
+    assert (tmp_path / ".tenfold" / "marker").is_file()

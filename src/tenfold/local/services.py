@@ -183,9 +183,32 @@ def pubsub_prerequisites() -> list[str]:
                 f"gcloud's beta commands are not installed in {sdk_root} (the emulator runs as "
                 "`gcloud beta emulators pubsub start`): run `gcloud components install beta`"
             )
-    if shutil.which("java") is None:
-        problems.append("java is not on PATH: the Pub/Sub emulator needs a Java runtime (Java 17: `apt-get install openjdk-17-jre-headless`)")
+    if _emulator_java() is None:
+        if java_home := os.environ.get("JAVA_HOME"):
+            problems.append(f"JAVA_HOME={java_home} has no bin/java: the Pub/Sub emulator runs the java JAVA_HOME names "
+                            "where it is set; point JAVA_HOME at a Java 17 runtime, or unset it")
+        else:
+            problems.append("java is not on PATH: the Pub/Sub emulator needs a Java runtime (Java 17: `apt-get install openjdk-17-jre-headless`)")
     return problems
+
+
+def _emulator_java() -> str | None:
+    """The java the Pub/Sub emulator runs: ``$JAVA_HOME/bin/java`` where JAVA_HOME is set (its start script's choice,
+    and the one ``make setup`` checks and Spark runs), else the one on PATH; None when there is none."""
+    if java_home := os.environ.get("JAVA_HOME"):
+        java = Path(java_home) / "bin" / "java"
+        return str(java) if java.is_file() and os.access(java, os.X_OK) else None
+    return shutil.which("java")
+
+
+def pubsub_env() -> dict[str, str]:
+    """:func:`emulator_env` with ``$JAVA_HOME/bin`` first on PATH where JAVA_HOME is set: `gcloud beta emulators pubsub
+    start` refuses to start without a java on PATH, though the emulator it starts runs JAVA_HOME's. A java only
+    JAVA_HOME names passed ``make setup``, and ``tenfold up`` refused it."""
+    env = emulator_env()
+    if os.environ.get("JAVA_HOME") and (java := _emulator_java()) is not None:
+        env["PATH"] = os.pathsep.join(filter(None, [str(Path(java).parent), env.get("PATH")]))
+    return env
 
 
 def pubsub_service(settings: Settings) -> Service:
@@ -203,7 +226,7 @@ def pubsub_service(settings: Settings) -> Service:
 
     url = f"{host}:{port}"
     component = Component("pubsub", "Pub/Sub emulator", argv, healthy, {"pubsub_port": port}, url)
-    return Service("pubsub", [component], emulator_env(), 60.0, url, pubsub_prerequisites())
+    return Service("pubsub", [component], pubsub_env(), 60.0, url, pubsub_prerequisites())
 
 
 # --- Airflow -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import time
@@ -103,6 +104,7 @@ def test_missing_prerequisite_is_reported_before_anything_starts(tmp_path, monke
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))  # no gcloud, no java
+    monkeypatch.delenv("JAVA_HOME", raising=False)  # nor one JAVA_HOME names
     s = _fresh_settings(tmp_path)
     with pytest.raises(LocalPlatformError) as err:
         up(s, ["gcs", "pubsub"], echo=lambda _m: None)
@@ -181,6 +183,29 @@ def test_pubsub_prerequisites_name_a_missing_beta_component(tmp_path, monkeypatc
     assert [p for p in problems if "gcloud components install beta" in p and str(sdk) in p], problems
     (sdk / ".install" / "beta.manifest").write_text("")
     assert not [p for p in pubsub_prerequisites() if "beta" in p]
+
+
+def test_a_java_only_java_home_names_is_the_pubsub_emulators_and_on_the_path_gcloud_searches(tmp_path, monkeypatch):
+    """`make setup` accepts a Java 17 that only JAVA_HOME names (as Spark runs it); `tenfold up` refused it ("java is
+    not on PATH"). It passes, and the emulator's PATH leads with it, where `gcloud beta emulators pubsub start` looks
+    for a java before it starts the emulator (which runs JAVA_HOME's). A JAVA_HOME without one is named."""
+    from tenfold.local.services import pubsub_prerequisites, pubsub_service
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no java on PATH
+    jdk = tmp_path / "jdk-17"
+    (jdk / "bin").mkdir(parents=True)
+    (jdk / "bin" / "java").write_text("#!/bin/sh\necho 'openjdk version \"17.0.2\"' >&2\n")
+    (jdk / "bin" / "java").chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(jdk))
+    assert not [p for p in pubsub_prerequisites() if "java" in p.lower()], pubsub_prerequisites()
+    env = pubsub_service(_fresh_settings(tmp_path)).env
+    assert env is not None and shutil.which("java", path=env["PATH"]) == str(jdk / "bin" / "java"), env["PATH"]
+    assert env["PATH"].split(os.pathsep)[1:] == [str(empty)]  # the rest of PATH kept, after it
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    assert [p for p in pubsub_prerequisites() if f"JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java" in p], \
+        pubsub_prerequisites()
 
 
 def test_a_health_check_another_program_answers_is_refused_not_taken_for_the_component(tmp_path, monkeypatch):

@@ -443,3 +443,31 @@ def test_a_venv_to_be_made_afresh_is_checked_for_the_torch_wheel_though_its_stam
     (tree / ".venv" / ".tenfold-lock.sha").write_text(digest + "\n")
     _refused_for_the_torch_wheel(setup, bin_dir, tmp_path)
     assert not installs.exists() and not calls.exists()
+
+
+def test_apt_gets_the_noninteractive_frontend_through_a_sudo_that_resets_the_environment(tmp_path: Path) -> None:
+    """`DEBIAN_FRONTEND=noninteractive sudo apt-get ...` set the variable for sudo, whose env_reset drops it: debconf's
+    questions (tzdata, keyboard-configuration) waited for an answer on a terminal whose output went to /dev/null, and
+    `make setup` hung. A sudo that resets the environment as sudo does stands in; apt's output, thrown away, is shown
+    when apt fails."""
+    bin_dir = _tools_but(tmp_path, "dpkg-query", "apt-get", "sudo", "id", "node")  # no node: setup ends after apt
+    _apt_shims(bin_dir, tmp_path)
+    frontends = tmp_path / "frontends"
+    (bin_dir / "apt-get").write_text(
+        f"#!/bin/sh\n[ \"$1\" = install ] || exit 0\necho \"${{DEBIAN_FRONTEND:-unset}}\" >> {frontends}\n"
+        f"[ -e {tmp_path / 'broken'} ] || exit 0\necho 'dpkg: error processing package tzdata (--configure)'\nexit 100\n")
+    (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec env -i PATH="$PATH" "$@"\n')
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root
+    for shim in ("apt-get", "sudo", "id"):
+        (bin_dir / shim).chmod(0o755)
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    env = {**os.environ, "PATH": str(bin_dir), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=env, check=False)
+    assert "Node.js 18+ is required" in proc.stderr, proc.stdout + proc.stderr  # past apt, which installed nothing
+    assert frontends.read_text().split() == ["noninteractive"], "apt-get install ran without DEBIAN_FRONTEND"
+    (tmp_path / "broken").touch()
+    failed = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env=env, check=False)
+    assert failed.returncode == 1 and "apt-get could not install" in failed.stderr, failed.stdout + failed.stderr
+    assert "dpkg: error processing package tzdata" in failed.stderr, failed.stderr
