@@ -326,9 +326,11 @@ def _superseded(p: Places, run: RolloutRun) -> bool:
     return True
 
 
-def _end(p: Places, run: RolloutRun, outcome: str, reasons: list[str]) -> None:
+def _end(p: Places, run: RolloutRun, outcome: str, reasons: list[str]) -> str:
+    """Record the end (create-only); returns the outcome recorded, this one's or an earlier end's (an abort's)."""
     body = _record(p, run, "end", {"outcome": outcome, "reasons": reasons})
     log.warning("rollout %s: %s (%s)", run.rollout_id, body["outcome"].upper().replace("_", " "), "; ".join(body["reasons"]) or "all checks passed")
+    return str(body["outcome"])
 
 
 def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *, p: Places | None = None) -> str:
@@ -428,12 +430,15 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
             result = Check(FAIL, (*result.reasons, why), result.values)
             # The end first: killed or failing after it, a retry finds the end (and sets the weight again); a
             # deadline check recorded without its end would count as an ordinary failed check on the retry.
-            _end(p, run, FAILED, list(result.reasons))
-            _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
-                                                  "until": _iso(until), **result.to_dict()})
-            log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
+            ended = _end(p, run, FAILED, list(result.reasons))
+            # An abort that landed first ended it instead: the deadline's "fail" is then no check (counted as one
+            # beside the abort, conclude would reject a version nothing was measured against).
+            if ended == FAILED:
+                _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
+                                                      "until": _iso(until), **result.to_dict()})
+                log.warning("rollout %s: step %d check %d: %s", run.rollout_id, index, n, result.summary())
             _no_canary_traffic(p, run)
-            return FAILED
+            return ended
         _record(p, run, check_key(index, n), {"step": index, "percent": percent, "since": _iso(since),
                                               "until": _iso(until), **result.to_dict()})
         say = log.warning if result.verdict == FAIL else log.info
@@ -553,7 +558,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
       version by hand during the stable pool's roll (or before a retry) sends the stable pool back to the champion,
       and the rollout ends failed (``promotion_refused``), alerted;
     * rolled back: canary weight 0, the version is marked rejected with the reasons, ``champion`` untouched;
-    * aborted: canary weight 0, no alias moves;
+    * aborted: canary weight 0, no alias moves; the version is rejected all the same when the recorded failed checks
+      had reached ``max_failed_checks`` (a rejection is recorded before the router is called, so a router that keeps
+      failing cannot leave it out);
     * failed (no data by the deadline, the champion moved meanwhile, or a step task's retries exhausted):
       canary weight 0, no alias moves, the version not rejected. A promotion the champion moved under (after the
       end was recorded, before the compare-and-swap) is recorded as ``promotion_refused`` and ends the same way.
@@ -609,6 +616,10 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         record = events(p, run)
     outcome, reasons = record["end"]["outcome"], list(record["end"]["reasons"])
     reg = p.registry
+    # The rejection before any router call: a router that keeps failing (the fleet down, HAProxy restarting, a URL
+    # map timing out) raised on every try before it was written, and the version, rolled back, could be rolled out
+    # or promoted again as if never judged.
+    _reject(p, run, record, outcome, reasons)
     # A promotion refused once stays refused: a champion moved back since would not make the verdict current.
     refused = record.get(PROMOTION_REFUSED)
     if outcome == PROMOTED and refused is None:
@@ -665,10 +676,6 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
         _no_canary_traffic(p, run)
     elif outcome != PROMOTED:
         _no_canary_traffic(p, run)  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
-        if outcome == ROLLED_BACK:
-            summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
-            reg.record_decision(run.version, f"{ROLLOUT_DECISION_PREFIX}{run.rollout_id}",
-                                {"rejected": True, "rollout": run.rollout_id, "reasons": reasons, "summary": summary[:2000]})
     report = write_report(settings, run.rollout, events(p, run))
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
@@ -676,6 +683,24 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return {**done, "undelivered": list(missed)} if missed else done
+
+
+def _reject(p: Places, run: RolloutRun, record: Mapping[str, Mapping[str, Any]], outcome: str, reasons: list[str]
+            ) -> None:
+    """Mark the version rejected (create-only: a retry writes nothing twice) when the rollout rolled back, or was
+    aborted after its failed checks had reached ``max_failed_checks``: a step that recorded the deciding check and
+    died before its end, then `tenfold rollout abort`, ended the rollout aborted with the verdict reached and the
+    version free to be rolled out or promoted again."""
+    if outcome == ABORTED:
+        failed = [e for k, e in record.items() if is_check(k, e) and e["verdict"] == FAIL]
+        if len(failed) < run.rollout_policy.max_failed_checks:
+            return
+        reasons = [r for e in failed for r in e["reasons"]]
+    elif outcome != ROLLED_BACK:
+        return
+    summary = f"REJECTED by canary rollout {run.rollout_id}: " + "; ".join(reasons)
+    p.registry.record_decision(run.version, f"{ROLLOUT_DECISION_PREFIX}{run.rollout_id}",
+                               {"rejected": True, "rollout": run.rollout_id, "reasons": reasons, "summary": summary[:2000]})
 
 
 def settled(done: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ online accuracy of each arm (feedback joined to predictions, :mod:`tenfold.feedb
   A canary with fewer than ``min_requests`` requests (and a control with enough) is judged too, by an
   exact one-sided binomial test of its errors against the control's upper bound plus the margin: a canary
   whose every request fails leaves the load balancer after a few (its replica's readiness) and never
-  reaches ``min_requests``, and 2 errors in 2 requests are already decisive.
+  reaches ``min_requests``, and 2 errors in 2 requests are already decisive. A thin control (a step above
+  50 %, or little traffic) is the mirror: the canary's errors are tested the same way against the control's
+  upper bound, wide on a few requests, so only a canary clearly worse than any rate the control may have fails.
 * **Latency:** a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the canary's latency
   samples, less ``latency_tolerance_ms``, against the control's: the check fails when the canary is
   slower beyond the tolerance at significance ``latency_alpha``. Rank-based, so one slow outlier does not
@@ -112,9 +114,11 @@ def error_increase_lower_bound(canary: ArmTraffic, control: ArmTraffic, alpha: f
 
 def _few_requests_errors(canary: ArmTraffic, control: ArmTraffic, values: dict[str, Any],
                          policy: RolloutSettings) -> list[str]:
-    """The error check of a canary with fewer than ``min_requests`` requests: an exact one-sided binomial test of its
-    errors against the highest rate it may have (the control's upper bound plus the margin), which holds its false
-    failures to ``error_alpha`` at any size (the score interval does not below a few dozen). Records its values;
+    """The error check of a canary or a control with fewer than ``min_requests`` requests: an exact one-sided binomial
+    test of the canary's errors against the highest rate it may have (the control's upper bound plus the margin),
+    which holds its false failures to ``error_alpha`` at any size (the score interval does not below a few dozen).
+    A thin control's upper bound is wide, so it fails a canary clearly worse than any rate the control may have (900
+    errors in 900 requests against a control's 40 went unjudged to the deadline) and no other. Records its values;
     returns its failure, if any."""
     from scipy.stats import binomtest, norm
 
@@ -124,9 +128,14 @@ def _few_requests_errors(canary: ArmTraffic, control: ArmTraffic, values: dict[s
     values["error_rate_allowed"], values["error_rate_p_value"] = allowed, p_value
     if p_value >= policy.error_alpha:
         return []
-    return [f"error rate {canary.errors}/{canary.requests} requests (fewer than the {policy.min_requests} a full check "
-            f"needs) against the control's {control.error_rate:.2%}: above the {allowed:.2%} allowed beyond chance "
-            f"(exact binomial p={p_value:.3g} < {policy.error_alpha:g})"]
+    if canary.requests < policy.min_requests:
+        which = (f"error rate {canary.errors}/{canary.requests} requests (fewer than the {policy.min_requests} a full "
+                 f"check needs) against the control's {control.error_rate:.2%}")
+    else:
+        which = (f"error rate {canary.errors}/{canary.requests} requests against the control's {control.error_rate:.2%} "
+                 f"of {control.requests} requests (fewer than the {policy.min_requests} a full check needs)")
+    return [f"{which}: above the {allowed:.2%} allowed beyond chance (exact binomial p={p_value:.3g} < "
+            f"{policy.error_alpha:g})"]
 
 
 def _p99(samples: np.ndarray) -> float | None:
@@ -204,9 +213,11 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
     failed: list[str] = []
     missing: list[str] = []
 
-    if control.requests >= policy.min_requests and 0 < canary.requests < policy.min_requests:
+    if (control.requests >= policy.min_requests and 0 < canary.requests < policy.min_requests) or (
+            canary.requests >= policy.min_requests and 0 < control.requests < policy.min_requests):
         # A canary whose every request fails leaves the load balancer after a few (its replica's readiness) and
         # never reaches min_requests: it waited for data to the deadline and failed without rejecting the version.
+        # A thin control (a step above 50 %, little traffic) hid such a canary the same way.
         failed.extend(_few_requests_errors(canary, control, values, policy))
     elif canary.requests >= policy.min_requests and control.requests >= policy.min_requests:
         assert canary.error_rate is not None and control.error_rate is not None

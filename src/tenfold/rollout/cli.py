@@ -110,6 +110,9 @@ def _abort(version: str | None) -> None:
         try:
             router(settings).set_canary_percent(0)
         except Exception as exc:
+            if _zero_but_not_saved(exc):
+                raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({ended}); the canary gets no "
+                            f"traffic now, but {exc}") from exc
             raise _fail(f"rollout {rollout.rollout_id} of {rollout.version} ended ({ended}), and setting the canary "
                         f"weight to 0 failed ({exc}): is the serving fleet (or the URL map) reachable?") from exc
         typer.echo(f"rollout {rollout.rollout_id} of {rollout.version} already ended ({ended}); canary set to 0 %")
@@ -136,12 +139,22 @@ def _abort(version: str | None) -> None:
     try:
         router(settings).set_canary_percent(0)
     except Exception as exc:
+        if _zero_but_not_saved(exc):
+            raise _fail(f"the abort is recorded and the canary gets no traffic now, but {exc}") from exc
         # Run again, the ended rollout's branch above sets the weight to 0 through the same router, local or cloud
         # (`tenfold serve split 0` reaches the local fleet only).
         raise _fail(f"the abort is recorded, but the canary weight could not be set to 0 ({exc}): run `tenfold "
                     "rollout abort` again once the serving fleet (or the URL map) answers") from exc
     typer.echo(f"rollout {rollout.rollout_id} of {rollout.version}: {'abort requested' if first else 'already aborted'}; "
                "canary at 0 %; the DAG stops at its next poll and moves no alias")
+
+
+def _zero_but_not_saved(exc: Exception) -> bool:
+    """Whether the local router set the weight to 0 in HAProxy but could not save it to the split map (a full disk):
+    the fleet answered, so "run again once it answers" would send the operator after the wrong cause."""
+    from tenfold.rollout.haproxy import SplitNotSaved
+
+    return isinstance(exc, SplitNotSaved) and exc.applied == 0
 
 
 def _operator() -> str:

@@ -9,7 +9,9 @@ API: no reload, no dropped connection, and users stay on their arm while the per
     router.set_canary_percent(10)
     assert router.canary_percent() == 10
 
-The map file on disk is rewritten first, so a restarted HAProxy comes back with the same split.
+The map file on disk is rewritten first, so a restarted HAProxy comes back with the same split. When it cannot be
+written (a full disk), a lower share is still set in HAProxy and the call raises :class:`SplitNotSaved`, saying so;
+a higher one is refused with nothing changed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tenfold.serving.haproxy import (
     RequestLine,
     RuntimeApi,
     parse_request_line,
+    read_split_map,
     write_split_map,
 )
 from tenfold.serving.requestlog import rotated
@@ -79,10 +82,47 @@ class HaproxyRouter:
         with file_lock(self.split_map.with_name(".split.lock")):
             # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
             # during its restart) still holds once it is back, even though the runtime API below fails now.
-            write_split_map(self.split_map, percent)
+            try:
+                write_split_map(self.split_map, percent)
+            except OSError as exc:
+                self._set_without_the_file(percent, exc)
+                return
             self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
             if (now := self.canary_percent()) != percent:
                 raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")
+
+    def _set_without_the_file(self, percent: int, exc: OSError) -> None:
+        """The map file could not be written (a full disk). A lower share is still set in HAProxy, then refused with
+        what a restart would bring back: the rollback of a failing canary (weight 0: a step's, conclude's, `tenfold
+        rollout abort`'s) failed here before HAProxy was told, and the canary kept its share of users while the disk
+        was full. A higher share is refused with nothing changed: a restart would take it back unannounced."""
+        why = f"HAProxy's split map {self.split_map} could not be written ({exc.strerror or exc})"
+        todo = f"free disk space under {self.split_map.parent} and set the split again"
+        try:
+            now = self.canary_percent()
+        except HaproxyError as down:
+            raise SplitNotSaved(f"{why}, and HAProxy did not answer either ({down}): the canary percent was not "
+                                f"changed; {todo}") from exc
+        if percent > now:
+            raise SplitNotSaved(f"{why}: the canary percent stays {now} (not raised to {percent}); {todo}") from exc
+        self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
+        if (now := self.canary_percent()) != percent:
+            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}") from exc
+        on_disk = read_split_map(self.split_map)
+        if on_disk == percent:  # the file holds it already (a retry): HAProxy and a restarted HAProxy agree
+            return
+        raise SplitNotSaved(f"{why}: the canary percent is {percent} in HAProxy now, but a restart of HAProxy would "
+                            f"bring back the {on_disk if on_disk is not None else 'unreadable'} % of the file; {todo} "
+                            f"(`tenfold serve split {percent}`)", applied=percent) from exc
+
+
+class SplitNotSaved(HaproxyError):
+    """The split map file could not be written. ``applied``: the percentage HAProxy applies now all the same (a lower
+    share is set in HAProxy regardless), or None when nothing changed."""
+
+    def __init__(self, message: str, *, applied: int | None = None) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 class HaproxyObserver:

@@ -211,3 +211,32 @@ def test_a_span_of_one_label_does_not_fail_the_accuracy_test_on_its_own() -> Non
         result = _stratified_drop(spans, 0.01)
         failed += result is not None and result[1] < alpha
     assert failed / 4000 <= alpha, failed
+
+
+def test_a_canary_whose_every_request_fails_is_failed_beside_a_thin_control() -> None:
+    """At a step above 50 % (or on little traffic) the control has fewer than min_requests: the error test did not
+    run, so a canary failing all of its 900 requests was "no data" and kept its share until the deadline. The mirror
+    of a thin canary: tested against the thin control's (wide) upper bound, it fails."""
+    for n in (1, 10, 40):
+        got = check(ArmTraffic(900, 900, tuple(RNG.gamma(4.0, 5.0, 900))), ArmTraffic(n, 0, tuple(RNG.gamma(4.0, 5.0, n))),
+                    GOOD, GOOD, POLICY)
+        assert got.verdict == FAIL, (n, got.reasons)
+        assert any(r.startswith(f"error rate 900/900 requests against the control's 0.00% of {n} requests (fewer than "
+                                "the 50") for r in got.reasons), got.reasons
+    # A canary no worse than what a thin control may have still waits for data, as does one with no control at all.
+    for control in (ArmTraffic(40, 4, tuple(RNG.gamma(4.0, 5.0, 40))), ArmTraffic(0, 0, ())):
+        got = check(ArmTraffic(900, 90, tuple(RNG.gamma(4.0, 5.0, 900))), control, GOOD, GOOD, POLICY)
+        assert got.verdict == NO_DATA and any("too few requests" in r for r in got.reasons), got.reasons
+
+
+def test_an_error_rate_like_a_thin_controls_rarely_fails() -> None:
+    """Both arms at the same error rate, the control with 1 to 49 requests: false failures stay within error_alpha."""
+    rng = np.random.default_rng(17)
+    for rate in (0.01, 0.05, 0.2):
+        failed = 0
+        for i in range(2000):
+            n = 1 + i % 49
+            canary = ArmTraffic(950, int(rng.binomial(950, rate)), ())
+            control = ArmTraffic(n, int(rng.binomial(n, rate)), ())
+            failed += check(canary, control, GOOD, GOOD, POLICY).verdict == FAIL
+        assert failed <= 2000 * POLICY.error_alpha, (rate, failed)

@@ -361,3 +361,68 @@ def test_two_split_changes_at_once_leave_haproxy_and_the_map_file_agreeing(tmp_p
     operator.join(10)
     step.join(10)
     assert read_split_map(tmp_path / "run" / "split.map") == int(live["value"])
+
+
+@pytest.fixture
+def haproxy_on_a_small_disk(lb_settings: Settings, small_disk: Any) -> Iterator[tuple[Settings, HaproxyPaths, Any]]:
+    """A real HAProxy whose run directory (its split map among the files) is on a 256 KiB tmpfs, the canary at 50 %."""
+    settings = lb_settings.model_copy(update={"local": lb_settings.local.model_copy(update={"home": small_disk.path / "h"})})
+    paths = write_config(settings, canary_percent=50)
+    record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=settings.local.lb_port,
+                           tie_to_this_process=True)
+    try:
+        process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
+        yield settings, paths, small_disk
+    finally:
+        process.stop(record)
+
+
+def test_a_full_disk_still_takes_the_canarys_share_away_and_says_the_file_is_behind(
+        haproxy_on_a_small_disk: tuple[Settings, HaproxyPaths, Any]) -> None:
+    """A full disk failed the map file's write before HAProxy was told: every rollback (a failing step, conclude,
+    `tenfold rollout abort`) raised ENOSPC and the failing canary kept its share of users. A lower share now reaches
+    HAProxy, and the error says the file (what a restart loads) still holds the old one; a higher share is refused
+    with nothing changed."""
+    settings, paths, disk = haproxy_on_a_small_disk
+    router = HaproxyRouter.from_settings(settings)
+    router.set_canary_percent(30)  # the lock file exists, as after any earlier split
+    disk.fill()
+    with pytest.raises(HaproxyError) as raised:
+        router.set_canary_percent(0)
+    message = str(raised.value)
+    assert "is 0 in HAProxy now" in message and "a restart of HAProxy would bring back the 30 % of the file" in message
+    assert f"free disk space under {paths.run_dir}" in message and getattr(raised.value, "applied", None) == 0
+    assert router.canary_percent() == 0 and RuntimeApi(paths.socket).get_map(paths.split_map, "canary_percent") == "0"
+    assert read_split_map(paths.split_map) == 30  # nothing half-written: the old file whole
+    with pytest.raises(HaproxyError, match=r"stays 0 \(not raised to 60\); free disk space under "):
+        router.set_canary_percent(60)
+    assert router.canary_percent() == 0 and read_split_map(paths.split_map) == 30
+    # Once there is space, the same call saves it.
+    disk.free()
+    router.set_canary_percent(0)
+    assert router.canary_percent() == 0 and read_split_map(paths.split_map) == 0
+
+
+def test_an_abort_on_a_full_disk_says_the_canary_gets_nothing_and_the_disk_is_the_cause(
+        haproxy_on_a_small_disk: tuple[Settings, HaproxyPaths, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold rollout abort` on a full disk said "run again once the serving fleet answers" (the fleet answered)
+    and left the canary its share."""
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.rollout import adapters, record
+    from tenfold.rollout import cli as rollout_cli
+
+    from .test_status_cli import Registry
+
+    settings, paths, disk = haproxy_on_a_small_disk
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda s: Registry())
+    monkeypatch.setattr(adapters, "router", lambda s: HaproxyRouter.from_settings(settings))
+    monkeypatch.setattr(record, "record_abort", lambda reg, rollout, by: (True, "aborted"))
+    HaproxyRouter.from_settings(settings).set_canary_percent(50)
+    disk.fill()
+    out = CliRunner().invoke(app, ["rollout", "abort"])
+    assert out.exit_code == 1, out.output
+    assert "the abort is recorded and the canary gets no traffic now" in out.output, out.output
+    assert f"free disk space under {paths.run_dir}" in out.output and "answers" not in out.output, out.output
+    assert HaproxyRouter.from_settings(settings).canary_percent() == 0

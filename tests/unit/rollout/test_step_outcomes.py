@@ -965,3 +965,66 @@ def test_after_an_accuracy_failure_at_100_percent_the_steps_labels_are_tested_ag
     assert pipeline._split_spans(run, record, 4, until) == [(in_three, starts[3])]
     one_step, _, _ = _setup(Router(), Observer(), steps=(100,))
     assert pipeline._split_spans(one_step, {"s01-set": record["s01-set"]}, 1, until) is None
+
+
+def test_a_rollback_whose_router_fails_on_every_conclude_still_rejects_the_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router failed on every try (the fleet down, HAProxy restarting, a full disk): conclude took the canary's
+    share away before it wrote the rejection, so every try raised first. The record said rolled back, but `plan`
+    accepted the version again without retry_rejected and `tenfold models promote` without --force."""
+    router = Router(fail_on_zero=100)
+    run, places, registry = _setup(router, Observer(canary_errors=200))
+    with pytest.raises(ConnectionError):
+        pipeline.step(None, run, 1, p=places)  # type: ignore[arg-type]
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert registry.events["end"]["outcome"] == pipeline.ROLLED_BACK and "done" not in registry.events
+    (decision,) = registry.decisions.values()
+    assert decision["rejected"] and decision["reasons"] == registry.events["end"]["reasons"] and decision["reasons"]
+    router.fail_on_zero = 0  # the router answers again: the retry carries it out, and rejects nothing twice
+    assert pipeline.conclude(None, run, p=places)["outcome"] == pipeline.ROLLED_BACK  # type: ignore[arg-type]
+    assert router.percent == 0 and len(registry.decisions) == 1
+
+
+def test_an_abort_after_the_failed_checks_reached_the_limit_still_rejects_the_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step recorded the check that reached max_failed_checks and died before its end (its router call failed);
+    the operator then aborted. conclude took the abort first: ended aborted, the verdict reached but the version
+    never marked rejected."""
+    from tenfold.rollout.record import record_abort
+
+    router = Router(fail_on_zero=1)
+    run, places, registry = _setup(router, Observer(canary_errors=200))
+    with pytest.raises(ConnectionError):
+        pipeline.step(None, run, 1, p=places)  # type: ignore[arg-type]
+    assert "end" not in registry.events and any(e.get("verdict") == "fail" for e in registry.events.values())
+    assert record_abort(registry, run.rollout, by="ana") == (True, pipeline.ABORTED)  # type: ignore[arg-type]
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    done = pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert done["outcome"] == pipeline.ABORTED and router.percent == 0
+    (decision,) = registry.decisions.values()
+    assert decision["rejected"] and any("error rate" in r for r in decision["reasons"]), decision
+
+
+def test_an_abort_without_enough_failed_checks_rejects_nothing_even_one_landing_at_the_no_data_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An abort is no verdict: the version is rejected only when the failed checks had reached the limit. An abort
+    that lands while the deadline's window is read ends the rollout first; the deadline's fail safe, recorded beside
+    it as a failed check, would have counted toward the limit and rejected a version nothing was measured against."""
+    from tenfold.rollout.record import record_abort
+
+    class AbortsAtTheDeadline(Observer):
+        def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, Any]:
+            if (until - since).total_seconds() >= 300:
+                record_abort(registry, run.rollout, by="ana")  # type: ignore[arg-type]
+            return super().traffic(since, until)
+
+    router = Router()
+    run, places, registry = _setup(router, AbortsAtTheDeadline(canary_requests=0), no_data_deadline_s=300)
+    assert pipeline.step(None, run, 1, p=places) == pipeline.ABORTED  # type: ignore[arg-type]
+    assert not any(e.get("verdict") == "fail" for e in registry.events.values())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    assert pipeline.conclude(None, run, p=places)["outcome"] == pipeline.ABORTED  # type: ignore[arg-type]
+    assert registry.decisions == {} and router.percent == 0
