@@ -807,7 +807,7 @@ class Lake:
         # before the manifest is removed: a withdrawal killed in between leaves a folder that says where it goes
         # (finished by the next publish's clean-up, or this withdrawal's retry), not unnamed data the next publish
         # deletes.
-        dest = self._mark_refused(table, part, source, key, reason)
+        dest = self.mark_refused(table, part, source, key, reason)
         if text:
             self.fs.delete_file(path)
         return self._move_refused(source, dest, reason)
@@ -832,12 +832,18 @@ class Lake:
         its DAG run was cleared): an earlier batch and its reason are kept, never merged with or moved into.
         """
         staged = self._path(staged_dir)
-        return self._move_refused(staged, self._mark_refused(table, part, staged, attempt, reason), reason)
+        return self._move_refused(staged, self.mark_refused(table, part, staged, attempt, reason), reason)
 
-    def _mark_refused(self, table: str, part: Partition, staged: str, attempt: str, reason: dict[str, Any]) -> str:
+    def mark_refused(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any]) -> str:
         """Pick the quarantine folder of a refused batch (see :meth:`quarantine`) and write the verdict into the batch
         itself, naming that folder; returns it. On GCS the move goes object by object: a move cut short then leaves a
-        remainder that says it was refused (resume_quarantine), never one that looks staged."""
+        remainder that says it was refused (resume_quarantine), never one that looks staged.
+
+        Public for withdrawals outside the lake (the quality gate's): a published data folder marked before its
+        manifest is removed is moved to quarantine by the next publish's clean-up if the withdrawal is killed in
+        between, never deleted. The folder picked is not created, so a :meth:`quarantine` of the same batch under the
+        same ``attempt`` right after picks it again."""
+        staged = self._path(staged_dir)
         dest = next(d for d in self.quarantine_paths(table, part, attempt)
                     if not self.exists(d))
         make_dirs(self.fs, posixpath.dirname(dest))

@@ -678,8 +678,10 @@ def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, r
     """Withdraw a published partition: remove its manifest, then move its data folders to quarantine.
 
     The manifest goes first, so from that instant no reader sees the batch; what it said is kept in
-    the quarantine reason. Returns the quarantine URI. With ``data_dir``, only a partition whose manifest
-    still names that folder is withdrawn: None when a publish replaced it meanwhile (nothing is moved).
+    the quarantine reason, written into the refused data folder before the manifest goes (killed after that, the
+    next publish's clean-up moves the folder to quarantine instead of deleting it). Returns the quarantine URI.
+    With ``data_dir``, only a partition whose manifest still names that folder is withdrawn: None when a publish
+    replaced it meanwhile (nothing is moved).
     Holds the partition's writer lock throughout.
     """
     with lake.exclusive(table, part) as still_held:
@@ -696,17 +698,24 @@ def unpublish_to_quarantine(lake: Lake, table: str, part: Partition, key: str, r
 def _unpublish(lake: Lake, table: str, part: Partition, key: str, reason: dict[str, Any]) -> str:
     manifest_path = lake.manifest_path(table, part)
     named = None  # the data folder the withdrawn manifest named: the refused content
+    selector = pafs.FileSelector(lake.partition_path(table, part), allow_not_found=True)
+    data_dirs = [i.path for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.Directory and i.base_name.startswith("data-")]
     try:
         with lake.fs.open_input_stream(manifest_path) as stream:
             text = stream.read().decode(errors="replace")
         reason = {**reason, "manifest": text}
         with contextlib.suppress(ValueError, AttributeError):
             named = json.loads(text).get("data_dir")
+        # The verdict, with the manifest's text (the only record of what was withdrawn), goes into the refused folder
+        # before the manifest is removed (as Lake.withdraw does): killed in between, the folder says where it goes and
+        # the next publish's clean-up moves it there, instead of deleting unnamed data as an earlier publish's. The
+        # quarantine below, under the same key and reason, picks the same folder (the mark does not create it).
+        for data_dir in data_dirs:
+            if posixpath.basename(data_dir) == named:
+                lake.mark_refused(table, part, data_dir, key, reason)
         lake.fs.delete_file(manifest_path)
     except FileNotFoundError:
         pass
-    selector = pafs.FileSelector(lake.partition_path(table, part), allow_not_found=True)
-    data_dirs = [i.path for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.Directory and i.base_name.startswith("data-")]
     if not data_dirs:
         return lake.quarantine(table, part, lake.partition_path(table, part) + "/.none", key, reason)
     refused = [d for d in data_dirs if posixpath.basename(d) == named] or sorted(data_dirs)

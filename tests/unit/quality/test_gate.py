@@ -566,6 +566,74 @@ def test_a_second_refusal_under_the_same_attempt_killed_before_its_reason_is_fin
         validate_partition(settings, FEATURES_TABLE, MARCH, second, FEATURES_SUITE)
 
 
+_KILLED_AFTER_THE_MANIFEST = r"""
+import os, signal, sys
+import pyarrow.fs as pafs
+from tenfold.config import get_settings
+from tenfold.data.lake import MANIFEST, Lake, Partition
+from tenfold.quality.gate import validate_published
+
+
+class KilledAfterTheManifest(pafs.LocalFileSystem):
+    def delete_file(self, path):
+        super().delete_file(path)
+        if path.endswith("/" + MANIFEST):
+            # The refused month's manifest is gone: SIGKILLed before its folder moves (an eviction, the OOM killer).
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+settings = get_settings()
+lake = Lake.from_settings(settings)
+lake.fs = KilledAfterTheManifest()
+table, month, suite, key = sys.argv[1:5]
+validate_published(lake, table, Partition.parse(month), suite, key=key, settings=settings, docs=False)
+"""
+
+
+def test_a_withdrawal_killed_after_it_removed_the_manifest_leaves_the_refused_batch_to_quarantine(
+        settings, lake, alerts, january_flights):
+    """The gate removed a refused month's manifest, then moved its data folder to quarantine. Killed in between (an
+    eviction, the OOM killer), the folder said nothing of its refusal: the month's next publish (a backfill, an ingest
+    re-run) deleted it as an earlier publish's leftover, and the refused rows and the reason (the manifest's text was
+    only in memory) were lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tenfold.data.lake import REFUSING
+    from tenfold.local.env import settings_env
+
+    jan = Partition(2013, 1)
+    bad = january_flights.to_pylist()
+    for row in bad[:25]:
+        row["carrier"] = None
+    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
+                  source=WORKLOAD.sources.name)
+    refused = posixpath.join(lake.partition_path("flights", jan), lake.read_manifest("flights", jan).data_dir)
+    # An earlier refusal under the same key (a cleared run): this one goes to k-killed-2, where the mark must point.
+    lake.write_json(posixpath.join(lake.quarantine_path("flights", jan, "k-killed"), "_QUARANTINED.json"),
+                    {"why": "an earlier refusal"})
+    child = subprocess.run([sys.executable, "-c", _KILLED_AFTER_THE_MANIFEST, "flights", jan.label, RAW_SUITE,
+                            "k-killed"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **settings_env(settings)})
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert not lake.has_manifest("flights", jan) and alerts() == []
+    rows = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(refused)) if i.base_name != REFUSING)
+    assert any(n.endswith(".parquet") for n in rows)  # killed before the folder moved
+
+    publish_table(lake, "flights", jan, january_flights, run_id="fixed", source=WORKLOAD.sources.name)
+    assert lake.read_manifest("flights", jan).run_id == "fixed"
+    assert lake.fs.get_file_info(refused).type == pafs.FileType.NotFound
+    quarantined = lake.quarantine_path("flights", jan, "k-killed-2")
+    held = sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(quarantined, allow_not_found=True)))
+    assert held == sorted([*rows, "_QUARANTINED.json"]), "the refused rows were deleted by the next publish"
+    reason = _quarantine_reason(lake, "flights", jan, "k-killed-2")
+    assert json.loads(reason["manifest"])["run_id"] == "bad"
+    assert reason["failed_expectations"] == ["expect_column_values_to_not_be_null(carrier)"]
+    assert _quarantine_reason(lake, "flights", jan, "k-killed") == {"why": "an earlier refusal"}  # kept apart
+
+
 def test_a_pass_is_recorded_for_the_content_validated_not_one_published_meanwhile(
         settings, lake, alerts, january_flights, monkeypatch):
     """The files were read by one manifest read and the pass recorded by another: a publish in between had the old
