@@ -11,6 +11,7 @@ of every model load.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import socket
 import threading
@@ -132,8 +133,12 @@ def test_the_spark_path_scores_like_the_model_in_process_and_publishes_the_contr
     # killed try left running; tests/unit/inference/test_spark_killed_try.py) and the published manifest.
     assert manifest.run_id == RUN_ID
     features_manifest = lake.read_manifest(settings.storage.features_table, MONTH)
-    assert manifest.extra == {"model_version": version, "features_table": settings.storage.features_table,
-                              "features_data_dir": features_manifest.data_dir, "scored_by": "spark"}
+    extra = dict(manifest.extra)
+    # The run's plan time, as the Pub/Sub path records it: later runs order their scores by plans, not publications.
+    planned = dt.datetime.fromisoformat(str(extra.pop("planned_at")))
+    assert abs(dt.datetime.now(dt.UTC) - planned) < dt.timedelta(hours=2), planned
+    assert extra == {"model_version": version, "features_table": settings.storage.features_table,
+                     "features_data_dir": features_manifest.data_dir, "scored_by": "spark"}
 
     scores = lake.read_table(settings.storage.scores_table, [MONTH])
     expected_schema = pa.schema([*(CONTRACT.arrow_schema().field(k) for k in CONTRACT.key_columns),
@@ -185,12 +190,15 @@ def test_a_rerun_publishes_nothing_new_and_each_worker_loads_the_model_once(
     load_log = tmp_path / "loads.txt"
     spark.conf.set(bulk.LOAD_LOG_CONF, str(load_log))
     try:
-        # 1. The rerun, as the job runs (the default Arrow batches): the same bytes, so publish found the visible
-        # partition identical and left the first run's manifest, run id and time included.
+        # 1. The rerun, as the job runs by hand (the default Arrow batches): the same bytes, so publish kept the
+        # first run's data folder and files. (Its manifest is its own: the pipeline's run recorded its plan's time,
+        # which a run by hand has none of; a retry of the pipeline's run, with the same plan, republishes nothing.)
         rerun = bulk.run(spark, args(lake.uri_of(lake.staging_path(st.scores_table, MONTH, "rerun")), "--publish",
                                      "--run-id", "rerun"))
         assert rerun["rows"] == ROWS
-        assert lake.read_manifest(st.scores_table, MONTH) == scoring["manifest"]
+        after, first = lake.read_manifest(st.scores_table, MONTH), scoring["manifest"]
+        assert (after.data_dir, after.files) == (first.data_dir, first.files)
+        assert {k: v for k, v in first.extra.items() if k != "planned_at"} == after.extra
         # 2. Many Arrow batches per task, in workers that already hold the model: a model loaded per batch, per
         # task or per job would log a pid twice. The scores stay the published ones.
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "200")

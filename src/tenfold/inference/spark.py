@@ -101,6 +101,7 @@ def score_partition(
     run_id: str | None = None,
     timeout_s: float | None = None,
     features_data_dir: str | None = None,
+    planned_at: str | None = None,
 ) -> int:
     """Score ``part`` of ``settings.storage.features_table`` with ``model_ref`` on Spark and publish the scores
     partition (``settings.storage.scores_table``) atomically; returns the rows published.
@@ -118,6 +119,9 @@ def score_partition(
     (:func:`tenfold.features.submit.job_record`, keyed by that folder): a try killed outright (its task SIGKILLed)
     left its spark-submit running in a session of its own, and the next try stops it before its own job starts, then
     empties and discards the same folder. Without ``run_id`` every call is a run of its own.
+
+    ``planned_at`` (the batch_inference run's plan time) is recorded in the manifest, as the Pub/Sub path records it,
+    so that a later run tells which run's scores are newer by their plans, not by this publication's time.
     """
     from tenfold.features.submit import SparkJobError, job_record, run_submit, stop_earlier_job, submit_prefix
     from tenfold.serving.loading import resolve_and_download
@@ -136,6 +140,8 @@ def score_partition(
                               f"for {part.label} before scoring it")
     run_id = run_id or f"spark-{uuid.uuid4().hex[:12]}"
     extra = manifest_extra(lake, st.features_table, part, version)  # the features as the job will read them
+    if planned_at:
+        extra["planned_at"] = planned_at
     if features_data_dir is not None and extra["features_data_dir"] != features_data_dir:
         raise ScoringJobError(republished(st.features_table, part, features_data_dir, str(extra["features_data_dir"])),
                               retryable=False)

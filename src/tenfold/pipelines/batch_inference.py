@@ -305,9 +305,12 @@ def score(settings: Settings, run: InferenceRun | Mapping[str, Any], *, pool_env
     if r.path == "spark":
         from tenfold.inference import spark  # H2's bulk path: pyspark only when this path is taken
 
+        # A run cleared long after it planned must not publish its model's scores over a later-planned run's (as
+        # publish_results refuses for the Pub/Sub path); the job publishes them itself, so the check comes first.
+        _refuse_to_replace_newer_scores(Lake.from_settings(settings), settings.storage.scores_table, r)
         # The run's id names the job's staging folder and record, so a retry stops the job a killed try left running.
         written = spark.score_partition(settings, r.model_version, r.partition, run_id=r.airflow_run_id,
-                                        features_data_dir=r.features_data_dir)
+                                        features_data_dir=r.features_data_dir, planned_at=r.planned_at or None)
         return Scored(scored=0, dead_lettered=0, seconds=time.monotonic() - started, rows_written=int(written))
     ids = expected_ids(r.run_key, r.month, r.requests)
     say = say or log.info
@@ -417,7 +420,8 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
 def _refuse_to_replace_newer_scores(lake: Lake, table: str, r: InferenceRun) -> None:
     """A run cleared from ``score`` long after it planned (its dead letters replayed, as its own refusal says to)
     published its model's scores over those another run published since, of the model that serves now: the month was
-    left scored by a retired model, and no event comes to score it again. The Spark path refuses the same case."""
+    left scored by a retired model, and no event comes to score it again. The Spark path refuses the same case, before
+    its job runs (the job publishes its own scores)."""
     try:
         now = lake.read_manifest(table, r.partition)
     except MissingManifestError:

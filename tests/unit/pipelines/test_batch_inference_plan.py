@@ -535,3 +535,37 @@ def test_requests_are_cut_from_the_build_the_run_planned_not_one_published_while
     with pytest.raises(pipeline.PipelineError, match="re-published"):
         pipeline.publish(s, planned)
     assert sent == []
+
+
+def test_a_late_spark_run_of_a_retired_model_runs_no_job_over_scores_planned_after_it(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Spark path's job publishes its own scores: a run planned with v-old, cleared after a later-planned run
+    published v-new's, replaced them (publish_results only compares the model it published itself). It is refused
+    before the job runs; and the Spark job records its plan's time, so later runs order by plans, not publication."""
+    import dataclasses
+
+    import tenfold.inference.scoring as scoring
+    from tenfold.inference import spark
+
+    s = make_settings(on=local_settings)
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-old")
+    late = dataclasses.replace(pipeline.plan(s, "run-a", {"month": PART.label}), path="spark",
+                               planned_at="2013-08-01T00:00:00+00:00")
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v-new")
+    newer = dataclasses.replace(pipeline.plan(s, "run-b", {"month": PART.label}), planned_at="2026-01-01T00:00:00+00:00")
+    _score(s, newer)
+    published = pipeline.publish_results(s, newer)
+    jobs: list[dict[str, object]] = []
+    monkeypatch.setattr(spark, "score_partition", lambda *a, **kw: jobs.append(kw) or 50)
+    with pytest.raises(pipeline.PipelineError, match=r"\(run run-b, model v-new\), after this run planned model v-old"):
+        pipeline.score(s, late)
+    assert jobs == [], "the job ran (and would have published v-old's scores over v-new's)"
+    assert lake.read_manifest(table, PART).data_dir == published["data_dir"]
+    # A run planned after them goes ahead, its plan's time handed to the job's manifest.
+    later = dataclasses.replace(late, airflow_run_id="run-c", planned_at="2026-02-01T00:00:00+00:00")
+    assert pipeline.score(s, later).rows_written == 50
+    assert jobs == [{"run_id": "run-c", "features_data_dir": later.features_data_dir,
+                     "planned_at": "2026-02-01T00:00:00+00:00"}]
