@@ -283,15 +283,24 @@ def _trigger_name(month: str, version: str | None, content: str) -> str:
     return f"year={part.year}/month={part.month}/triggered-{version}-{content[:16]}.json"
 
 
+# The hooks owed an alert by a trigger recorded before the record named them ("alerted": false alone): every one.
+EVERY_HOOK = "*"
+
+
 def _trigger(objects: Any, name: str) -> tuple[str, tuple[str, ...]] | None:
     """The Airflow run that recorded this drift's trigger, and the alert hooks that have not yet taken its alert
-    (empty: delivered; None: no run recorded it)."""
+    (empty: delivered; ``(EVERY_HOOK,)``: all of them; None: no run recorded it)."""
     body = objects.get(name)
     if body is None:
         return None
     try:
         record = json.loads(body)
-        return str(record["run"]), tuple(str(h) for h in record.get("undelivered", ()))  # before it was kept: sent
+        if "undelivered" not in record:
+            # Recorded before the hooks owed were kept: "alerted": false said the alert was not delivered (to any
+            # hook, as far as the record tells), so a retry sends it again to every one; with no "alerted" either,
+            # the record is older still, from when only a delivered alert was recorded.
+            return str(record["run"]), ((EVERY_HOOK,) if record.get("alerted") is False else ())
+        return str(record["run"]), tuple(str(h) for h in record["undelivered"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return "an unreadable record", ()  # a trigger all the same: retraining once is the point
 
@@ -473,8 +482,8 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
             "months": ", ".join(s["month"] for s, _ in fresh), "version": p.version, "max_psi": max_psi,
             "features": ", ".join(triggered), "report": ", ".join(page for _, page in fresh), "run": p.airflow_run_id,
             **({"cloud_metric_not_written": unwritten} if unwritten else {}),
-        }, only={h for s, _ in fresh for h in owed[s["month"]]} if retry else None,
-            log_line=not retry).failed  # the log line (which pages in the cloud) went out with the first try's
+        }, only=owed_hooks if retry and EVERY_HOOK not in (owed_hooks := {h for s, _ in fresh for h in owed[s["month"]]})
+            else None, log_line=not retry).failed  # the log line (which pages in the cloud) went out with the first try's
     for s, _ in fresh if emits else []:  # after the alert: an attempt that dies before recording it alerts again
         month = s["month"]
         if month not in contents:
