@@ -41,13 +41,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tenfold.config import Settings
-from tenfold.data.lake import Lake, LakeError, Partition, month_range
-from tenfold.features.online import LookupsUnavailable, read_month_lookups
+from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition, month_range
+from tenfold.features.online import LookupsUnavailable, StaleLookups, read_month_lookups
 from tenfold.feedback.metrics import labelled_lineage, labelled_rows
 from tenfold.fsio import atomic_write
 from tenfold.workloads import RequestInvalid, Workload, get_workload, lookup_table
 
-__all__ = ["WEIGHT_COLUMN", "FeedbackError", "FeedbackSet", "feedback_training_set", "write_training_input"]
+__all__ = ["WEIGHT_COLUMN", "FeedbackError", "FeedbackSet", "LookupsInFlight", "feedback_training_set", "write_training_input"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,15 @@ class FeedbackError(ValueError):
 class FeedbackRepublished(FeedbackError):
     """A labelled month was re-published (the running sink's join) during each read of it: a later read meets a quiet
     moment, so a pipeline step leaves it to its retries (``retryable``)."""
+
+    retryable = True
+
+
+class LookupsInFlight(FeedbackError):
+    """A month's lookup tables are of another build than its published features, or were published again while they
+    were read: build_features publishes the lookups first and the features after, so a read between the two meets
+    this, and a later read finds the publish finished (``retryable``); so does a read the lake refused for now (a
+    download damaged in transit). A publish that failed between the two says so on every try, with what to run."""
 
     retryable = True
 
@@ -97,7 +106,11 @@ def _window_lookups(settings: Settings, workload: Workload, lake: Lake, months: 
         try:
             out[part.label] = read_month_lookups(settings, workload, lake, part)
         except LookupsUnavailable as exc:
-            raise FeedbackError(f"{exc}; or train with feedback_weight 0") from exc
+            # Another feature definition's lookups, or a manifest that fails its checks, are read the same way again;
+            # the rest (a publish in flight, a read the lake refused now) are a retry's to mend. Refused at once, a
+            # build_features publish that train_model's plan read halfway failed the run (and spent its drift event).
+            permanent = isinstance(exc, StaleLookups) or isinstance(exc.__cause__, CorruptManifestError)
+            raise (FeedbackError if permanent else LookupsInFlight)(f"{exc}; or train with feedback_weight 0") from exc
     return out
 
 

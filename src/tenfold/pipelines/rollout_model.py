@@ -177,8 +177,9 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     """Choose the version (``conf["version"]``, else the ``challenger`` alias) and the champion it goes against.
 
     Refuses (no retry): an unknown conf key, no challenger, no champion (the first model is promoted by
-    ``train_model``'s offline gate), a challenger that is the champion, the default challenger when a gate run
-    since compared it with the current champion and kept it out, or one a rollout already rejected
+    ``train_model``'s offline gate), a challenger that is the champion, the default challenger when the offline gate
+    compared it only with other champions than the current one, or a gate run since compared it with the current
+    champion and kept it out, or one a rollout already rejected
     (unless ``conf["retry_rejected"]`` is ``true``; any non-boolean is refused). A retried plan returns the rollout it recorded.
     """
     conf = run_conf(conf, CONF_KEYS, '{"version": "<id>"}')
@@ -212,6 +213,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     if champion == version:
         raise PipelineInputError(f"{version} is already the champion: nothing to roll out")
     if ref == CHALLENGER:
+        _refuse_a_challenger_compared_with_another_champion(reg, version, champion)
         _refuse_a_challenger_the_gate_kept_out(reg, version, champion)
     _refuse_while_stable_is_not_the_champion(p.deployer if p else _deployer(settings), champion)
     if not retry_rejected:
@@ -256,6 +258,21 @@ def _refuse_while_stable_is_not_the_champion(deployer: Deployer, champion: str) 
             f"finish, or a pool rolled by hand): a canary would be judged against the wrong control. Roll the {STABLE} "
             f"pool to the champion first (`tenfold serve rollout --model champion --pool {STABLE}` locally; in the cloud "
             "clear the promoting rollout's conclude task), then trigger this rollout again")
+
+
+def _refuse_a_challenger_compared_with_another_champion(reg: ModelRegistry, version: str, champion: str) -> None:
+    """The gate marks ``challenger`` against the champion of its day. A rollout that promoted another version since
+    (one queued before this run) left it marked: rolled out by default, it went live against a champion it was never
+    compared with. Refused when the gate's decisions about it name other champions only; a version no gate decided
+    (an alias set by hand) and one named in the run conf are the operator's choice."""
+    against = {d.get("champion_version") for key, d in reg.decisions(version).items()
+               if not key.startswith(ROLLOUT_DECISION_PREFIX)}
+    if against and champion not in against:
+        named = ", ".join(sorted(v or "none (it was the first model)" for v in against))
+        raise PipelineInputError(
+            f"the offline gate compared the challenger {version} with the champion of its day ({named}), never with "
+            f"the champion {champion} promoted since: train a new challenger (train_model), or pass "
+            f'{{"version": "{version}"}} in the run conf to roll it out anyway')
 
 
 def _refuse_a_challenger_the_gate_kept_out(reg: ModelRegistry, version: str, champion: str) -> None:

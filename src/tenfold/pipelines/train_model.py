@@ -79,6 +79,11 @@ class TrainRun(RunState):
     # Which feedback the run trains on (tenfold.feedback.training's summary, the file and its SHA-256);
     # empty when feedback_weight is 0. The registered version's lineage records it.
     feedback: dict[str, Any] = field(default_factory=dict)
+    # The champion the plan chose its default split beside, {"version": <id, or None when there was none>}: a champion
+    # promoted after it (the rollout of a run that trained while this one waited) may have learnt the holdout, and
+    # evaluate then refuses the run instead of marking an uncompared challenger. Empty when the run conf gave the
+    # windows, the champion's alias could not be read, or the run was planned before this was recorded.
+    champion_at_plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> str:
@@ -171,7 +176,9 @@ def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partiti
     """The default holdout window, shortened to the published months after the champion's last training month (at
     least one): the gate scores the champion on months it never learnt. A champion from a drift-started run trains
     up to the month before the newest; the next scheduled run held out three months it had learnt, could not score
-    it, and failed its gate (and moved the challenger to an uncompared version) every week until newer months came."""
+    it, and failed its gate (and moved the challenger to an uncompared version) every week until newer months came.
+    A champion promoted after the plan is not seen here: the plan records the one it read (``champion_at_plan``),
+    and evaluate refuses a newer one that learnt some of the holdout."""
     from tenfold.registry.errors import RegistryError
 
     reg = ModelRegistry(settings)
@@ -231,6 +238,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     from tenfold.training.config import TrainConfig
 
     conf = run_conf(conf, CONF_KEYS)
+    champion_at_plan: dict[str, Any] = {}
     gate_policy(settings)  # a baseline misnamed in the settings is refused before the training run, not after it
     t = settings.training
     lake = Lake.from_settings(settings)
@@ -239,6 +247,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
+        champion_at_plan = _champion_at_plan(settings)  # read before the split, which is chosen beside it
         train, holdout = default_split(settings, lake.published_partitions(table), drifted=bool(drifted))
         if drifted:
             log.info("started by drift in %s: holding out only the newest month (%s) and training up to %s",
@@ -288,8 +297,18 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         # Resolved here, as the rest of the run's config: a setting changed between two tries (nproc_per_node) put a
         # retry's ranks on checkpoints written by another number of them, refused on every try and every clear.
         nproc=int(conf["nproc"]) if conf.get("nproc") else (t.nproc_per_node if settings.is_local else None),
-        feedback=feedback,
+        feedback=feedback, champion_at_plan=champion_at_plan,
     )
+
+
+def _champion_at_plan(settings: Settings) -> dict[str, Any]:
+    """``{"version": <the champion now, or None>}``; empty when its alias cannot be read (evaluate says so)."""
+    from tenfold.registry.errors import RegistryError
+
+    try:
+        return {"version": ModelRegistry(settings).resolve(CHAMPION)}
+    except RegistryError:
+        return {}
 
 
 def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Partition], weight: float) -> dict[str, Any]:
@@ -303,6 +322,7 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
     from tenfold.feedback.training import (
         FeedbackError,
         FeedbackRepublished,
+        LookupsInFlight,
         feedback_training_set,
         write_training_input,
     )
@@ -310,8 +330,8 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
 
     try:
         chosen = feedback_training_set(settings, train, weight=weight, max_rows=settings.training.feedback_max_rows)
-    except FeedbackRepublished:
-        raise  # the sink re-published a month during each read: the task's retry reads it in a quiet moment
+    except (FeedbackRepublished, LookupsInFlight):
+        raise  # the sink or build_features published a month during the read: the task's retry reads it once it is done
     except FeedbackError as exc:
         raise PipelineError(str(exc)) from exc
     except CorruptManifestError as exc:
@@ -494,10 +514,11 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
             lineage = registry.get(champion_version).lineage
             trained_on = sorted({r.partition for r in lineage.train_partitions} & set(p.holdout_months)) if lineage else []
             if trained_on:  # scored on what it learnt, it would look better than it is: no fair comparison
+                _refuse_a_champion_promoted_since_the_plan(p, champion_version, trained_on)
                 raise ValueError(f"it was trained on the holdout month(s) {', '.join(trained_on)}; compare the two on "
                                  "a later holdout (the run conf's holdout_months)")
             champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
-        except ForeignChampion:
+        except (ForeignChampion, ChampionMovedSincePlan):
             raise
         except (StaleFeaturesError, ModelLoadError, RegistryError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             # RegistryError: the champion's stored version is damaged (a file changed or missing, its VERSION.json or
@@ -518,6 +539,25 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
 
 class ForeignChampion(PipelineError):
     """The registry's champion is a model of another workload: two workloads share one registry."""
+
+
+class ChampionMovedSincePlan(PipelineError):
+    """A champion promoted after the plan learnt some of the holdout the plan chose beside the one before it."""
+
+
+def _refuse_a_champion_promoted_since_the_plan(p: TrainRun, champion: str, trained_on: Sequence[str]) -> None:
+    """Refuse the run when ``champion`` (which learnt the holdout months ``trained_on``) was promoted after the plan
+    chose the holdout beside another. Recorded as no comparison, the gate marked this run's version challenger
+    beside a champion it was never compared with, and the default rollout took it; a retry holds out the same months,
+    so only a new run (whose plan holds out beside the new champion) compares them."""
+    if not p.champion_at_plan or p.champion_at_plan.get("version") == champion:
+        return  # not recorded (the run conf chose the windows), or the one the plan saw: the gate records no comparison
+    before = p.champion_at_plan.get("version")
+    raise ChampionMovedSincePlan(
+        f"the champion moved from {before or 'nothing'} to {champion} after this run planned its holdout "
+        f"({', '.join(p.holdout_months)}), and {champion} was trained on {', '.join(trained_on)} of it: the two cannot "
+        "be compared on this holdout. Nothing was registered and no alias moved; run train_model again (its plan "
+        "holds out the months after the new champion's)")
 
 
 def _refuse_another_workloads(settings: Settings, registry: ModelRegistry, version: str, folder: Path) -> None:
@@ -676,6 +716,10 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         key = f"{key}.scored"
         recorded = decisions.get(key)
     if evaluated and evaluated.get("metrics") is None:
+        if current != evaluated_version:
+            # Before the floors mark anything: judged alone beside a champion replaced since, the version was marked
+            # challenger, and the default rollout took it against a champion it was never compared with.
+            raise _stale_comparison(evaluated_version, current)
         # No comparison with the champion; the floors and the baselines still decide whether the version may
         # be the challenger a rollout takes by default.
         alone = decide(challenger, None, baselines, policy)
@@ -721,10 +765,7 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             return result(recorded)
         return result(recorded, canary=_mark_challenger(reg, version, p, prior_challenger))
     if current != evaluated_version:
-        raise AliasConflict(
-            f"the champion moved from {evaluated_version or 'nothing'} to {current or 'nothing'} after this run "
-            "evaluated it: the comparison is stale; trigger a new run to compare against the new champion"
-        )
+        raise _stale_comparison(evaluated_version, current)
     if evaluated_version == version:
         # Retraining reproduced the champion byte for byte: nothing to compare, nothing to move.
         body = {"promote": False, "challenger_version": version, "champion_version": version,
@@ -766,6 +807,13 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         return result(body)
     marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
     return result(body, canary=marked)
+
+
+def _stale_comparison(evaluated: str | None, current: str | None) -> AliasConflict:
+    return AliasConflict(
+        f"the champion moved from {evaluated or 'nothing'} to {current or 'nothing'} after this run "
+        "evaluated it: the comparison is stale; trigger a new run to compare against the new champion"
+    )
 
 
 def announced_already(events: Iterable[Any], airflow_run_id: str, version: str) -> Any | None:

@@ -4,12 +4,14 @@ per flight with its latest outcome, featurized by the server's online assembly, 
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from tenfold.config import Settings
@@ -174,6 +176,58 @@ def test_train_model_plan_writes_the_windows_feedback_as_the_runs_extra_input(se
     for bad in ("1", -1, 101, True):
         with pytest.raises(PipelineError, match="feedback_weight"):
             plan(settings, "manual__bad", {**conf, "feedback_weight": bad})
+
+
+def _publish_features(settings: Settings, part: Partition, seed: int, **extra: Any) -> None:
+    """Publish ``part``'s features as build_features does: after its lookups, its manifest naming their folders."""
+    from tenfold.features.online import LOOKUPS_KEY
+    from tenfold.workloads import lookup_table
+    from tenfold.workloads.flights.synthetic import synthetic_features
+
+    lake = Lake.from_settings(settings)
+    built = {n: lake.read_manifest(lookup_table(settings.storage.lookups_table, n), part).data_dir
+             for n in CONTRACT.lookup_tables}
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(synthetic_features(part, 60, seed), Path(tmp) / "part-0.parquet")
+        lake.publish(settings.storage.features_table, part, tmp, run_id=f"build-{seed}",
+                     extra=CONTRACT.manifest_extra(**{LOOKUPS_KEY: built}, **extra))
+
+
+def test_a_plan_that_reads_a_months_lookups_between_their_publish_and_the_features_is_left_to_its_retries(
+        settings: Settings, world: dict[str, Any]) -> None:
+    """build_features publishes a month's lookups first and its features after. A train_model plan that read the
+    month in between met lookups of another build than the features, and failed at once, without its retries (a
+    drift-started run's event spent), telling people to rebuild a month whose build was still publishing. Lookups
+    of another feature definition are still refused at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.feedback.training import LookupsInFlight
+    from tenfold.pipelines.common import run_step
+    from tenfold.pipelines.train_model import plan
+    from tenfold.workloads import VERSION_KEY, lookup_table
+
+    lake = Lake.from_settings(settings)
+    for part in (JAN, FEB, MAR):
+        _publish_features(settings, part, seed=0)
+    conf = {"train_months": [JAN.label, FEB.label], "holdout_months": [MAR.label, MAR.label], "feedback_weight": 1}
+    assert run_step(plan, settings, "asset_triggered__before", conf).feedback["rows"] == 60
+
+    publish_synthetic_lookups(lake, [JAN], seed=1, prefix=settings.storage.lookups_table)  # a rebuild, halfway
+    with pytest.raises(LookupsInFlight, match=r"2032-01 is of another build .* its publish did not finish") as raised:
+        run_step(plan, settings, "asset_triggered__drift", conf)
+    assert raised.value.retryable
+    _publish_features(settings, JAN, seed=1)  # the rebuild's features: its publish finished, and the retry plans
+    assert run_step(plan, settings, "asset_triggered__drift", conf).feedback["rows"] == 60
+
+    # February rebuilt whole by an older feature definition: every try reads it the same way.
+    name = CONTRACT.lookup_tables[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(synthetic_lookups(FEB, seed=2)[name], Path(tmp) / "part-0.parquet")
+        lake.publish(lookup_table(settings.storage.lookups_table, name), FEB, tmp, run_id="old",
+                     extra={VERSION_KEY: "0-older"})
+    _publish_features(settings, FEB, seed=2)
+    with pytest.raises(AirflowFailException, match=r"2032-02 was built with features version 0-older.*rebuild the month"):
+        run_step(plan, settings, "asset_triggered__stale", conf)
 
 
 def test_the_lineage_names_the_labelled_version_the_rows_were_read_from(settings: Settings, world: dict[str, Any],

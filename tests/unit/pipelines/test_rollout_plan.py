@@ -139,3 +139,55 @@ def test_a_rollout_is_refused_while_the_stable_pool_serves_another_version_than_
     else:
         assert pipeline.plan(settings, "manual__x", conf, p=places).version == "b" * 20
         assert registry.started == ["b" * 20]
+
+
+def test_the_default_challenger_is_refused_when_the_gate_compared_it_only_with_a_champion_replaced_since(
+        make_settings: Any, local_settings: Settings, tmp_path: Any) -> None:
+    """Train run S's gate marked Y against the champion C; then rollout R1 (of X, queued before) promoted X. The next
+    rollout took Y by default against X, a champion it was never compared with: the only refusal covered a gate that
+    had compared Y with X and kept it out. Named in the run conf, Y is the operator's choice."""
+    import json
+
+    from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
+    from tenfold.registry.lineage import Lineage, PartitionRef
+
+    settings = make_settings(on=local_settings)
+    reg = ModelRegistry(settings)
+
+    def version(seed: int) -> str:
+        where = tmp_path / f"m{seed}"
+        where.mkdir()
+        (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
+        (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
+        (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
+        ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
+                           manifest_sha256="m" * 64)
+        lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(), training_config={},
+                          run_id="test-run")
+        return reg.register(where, lineage, metrics={"auc": 0.7}).version
+
+    def passed(challenger: str, champion: str, key: str) -> None:  # what train_model's gate records and marks
+        reg.record_decision(challenger, key, {"promote": True, "challenger_version": challenger,
+                                              "champion_version": champion, "champion": {"auc": 0.7},
+                                              "summary": f"PROMOTE: challenger {challenger} vs champion {champion}"})
+
+    c, x, y = version(1), version(2), version(3)
+    reg.promote(c)
+    passed(y, c, "scheduled-s")
+    reg.set_alias(CHALLENGER, y, reason="run scheduled__s: passed the offline gate")
+    reg.promote(x, expected=c, reason="rollout R1's canary passed")
+    places = pipeline.Places(router=None, deployer=_Stable(x), observer=None, registry=reg,  # type: ignore[arg-type]
+                             accuracy=None)  # type: ignore[arg-type]
+    with pytest.raises(PipelineInputError, match=(
+            rf"compared the challenger {y} with the champion of its day \({c}\), never with the champion {x} "
+            rf'promoted since: train a new challenger .*"version": "{y}"')):
+        pipeline.plan(settings, "asset_triggered__r2", {}, p=places)
+    assert reg.rollouts() == []  # nothing recorded: no rollout left in progress
+    assert pipeline.plan(settings, "manual__named", {"version": y}, p=places).champion == x
+
+    passed(y, x, "scheduled-s.vs-" + x)  # a gate compared it with X since, and let it through: taken by default
+    assert pipeline.plan(settings, "asset_triggered__r3", {}, p=places).version == y
+    z = version(4)  # a challenger no gate decided (an alias set by hand) is the operator's choice, as before
+    reg.set_alias(CHALLENGER, z, reason="by hand")
+    assert pipeline.plan(settings, "asset_triggered__r4", {}, p=places).version == z
+    assert reg.resolve(CHAMPION) == x

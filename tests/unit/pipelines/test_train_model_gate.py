@@ -722,6 +722,63 @@ def test_the_scheduled_run_after_a_drift_started_champion_holds_out_only_what_th
     assert evaluation.champion["metrics"] is not None, evaluation.champion
 
 
+def test_a_champion_promoted_after_the_plan_that_learnt_the_holdout_fails_the_run_and_moves_no_alias(
+        gate_settings: Settings, tmp_path: Path) -> None:
+    """A drift-started run D trained while the weekly run S waited; S's plan held out beside the champion C, then D's
+    rollout promoted D, which had learnt S's holdout. S's evaluate recorded the champion as unscorable ("NO
+    COMPARISON"), its gate marked S challenger against a champion it was never compared with, and the default
+    rollout took it. The run now fails at evaluate, naming both champions, and no alias moves."""
+    import dataclasses
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.pipelines.common import run_step
+
+    reg = ModelRegistry(gate_settings)
+    _, c, _ = run(gate_settings, "manual__c", model(tmp_path, 0.70))  # learnt 2013-01..02
+    weekly = pipeline.plan(gate_settings, "scheduled__weekly", {"feedback_weight": 0, "epochs": 1})
+    assert weekly.holdout_months == ("2013-03",) and weekly.champion_at_plan == {"version": c.version}
+    lineage = reg.get(c.version).lineage
+    assert lineage is not None
+    through_march = dataclasses.replace(lineage, train_partitions=lineage.train_partitions + lineage.holdout_partitions)
+    d = reg.register(Path(model(tmp_path, 0.8, "drift")["model_ref"]), through_march,
+                     metrics={"auc": 0.8, "log_loss": 0.2, "brier": 0.2})
+    reg.promote(d.version, expected=c.version, reason="D's canary passed (what rollout_model does)")
+
+    trained = model(tmp_path, 0.75, "weekly")
+    for _attempt in range(2):  # a retried evaluate holds out the same month: the same refusal
+        with pytest.raises(AirflowFailException, match=(
+                f"the champion moved from {c.version} to {d.version} after this run planned its holdout \\(2013-03\\), "
+                f"and {d.version} was trained on 2013-03 of it.*no alias moved; run train_model again")):
+            run_step(pipeline.evaluate, gate_settings, weekly.to_xcom(), trained)
+    assert reg.resolve(CHAMPION) == d.version and reg.resolve(CHALLENGER) == c.version
+    assert sorted(m.version for m in reg.list_versions()) == sorted((c.version, d.version))  # nothing registered
+
+    # A plan from before the champion was recorded still loads, and evaluates as it did (no comparison).
+    older = {k: v for k, v in weekly.to_xcom().items() if k != "champion_at_plan"}
+    evaluation = pipeline.evaluate(gate_settings, older, trained)
+    assert evaluation.champion["metrics"] is None and "trained on the holdout month(s) 2013-03" in evaluation.champion["error"]
+
+
+def test_a_gate_with_no_comparison_against_a_champion_replaced_since_marks_nothing(
+        gate_settings: Settings, tmp_path: Path) -> None:
+    """Evaluate could not score the champion C; D was promoted before the gate. The gate's NO COMPARISON branch ran
+    before its check of the champion and marked the run's version challenger, which the default rollout then took
+    against D, a champion it was never compared with."""
+    import dataclasses
+
+    reg = ModelRegistry(gate_settings)
+    _, c, _ = run(gate_settings, "manual__c", model(tmp_path, 0.70))
+    planned, evaluation, registered = _registered(gate_settings, "manual__s", model(tmp_path, 0.75))
+    unscored = dataclasses.replace(evaluation, champion={"version": c.version, "metrics": None, "error": "unreadable"})
+    d = reg.register(Path(model(tmp_path, 0.8, "d")["model_ref"]), reg.get(c.version).lineage,  # type: ignore[arg-type]
+                     metrics={"auc": 0.8, "log_loss": 0.2, "brier": 0.2})
+    reg.promote(d.version, reason="meanwhile")
+    with pytest.raises(AliasConflict, match=f"the champion moved from {c.version} to {d.version}.*comparison is stale"):
+        pipeline.gate(gate_settings, planned, unscored, registered)
+    assert reg.resolve(CHALLENGER) == c.version and reg.decisions(registered.version) == {}
+
+
 def test_a_champion_of_another_workload_is_refused_before_any_alias_moves(
         gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workloads on one registry (docs/workloads.md's step 7 did not name the prefix): the other's champion
