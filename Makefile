@@ -51,12 +51,17 @@ bench: setup ## run the benchmarks; each writes bench/results/<name>.md (headlin
 
 # The home the settings name (TENFOLD_HOME), the one `tenfold down` stopped: `rm -rf .tenfold` deleted the default
 # home's lake, registry and Airflow database, and left TENFOLD_HOME's. Without a .venv: TENFOLD_HOME, else .tenfold, as
-# the settings default. An empty answer, /, $HOME or the checkout itself is refused, never removed. cdktf.out in the
-# root: what infra/main.py wrote there before it resolved the CLIs' relative output folder against infra/.
+# the settings default. An empty answer, /, or a folder holding $HOME or the checkout (.., /work) is refused, never
+# removed. cdktf.out in the root: what infra/main.py wrote there before it resolved the CLIs' relative output folder
+# against infra/.
 clean: down
 	@if [ -x $(TENFOLD) ]; then home=$$($(TENFOLD) config get local.home) || exit 1; else home=$${TENFOLD_HOME:-.tenfold}; fi; \
-	case "$$(realpath -m -- "$$home" 2>/dev/null)" in ""|/|"$$(realpath -m -- "$$HOME")"|"$$(realpath -m .)") \
-	  echo "error: not removing the local home '$$home': set TENFOLD_HOME to the folder Tenfold keeps its data in" >&2; \
-	  exit 1;; \
-	esac; \
+	full=$$(realpath -m -- "$$home" 2>/dev/null); \
+	case "$$full" in ""|/) full=;; esac; \
+	case "$$(realpath -m -- "$$HOME")/" in "$$full"/*) full=;; esac; \
+	case "$$(realpath -m .)/" in "$$full"/*) full=;; esac; \
+	if [ -z "$$full" ]; then \
+	  echo "error: not removing the local home '$$home': it holds your home folder or this checkout; set TENFOLD_HOME to the folder Tenfold keeps its data in" >&2; \
+	  exit 1; \
+	fi; \
 	echo "rm -rf $$home infra/cdktf.out cdktf.out"; rm -rf -- "$$home" infra/cdktf.out cdktf.out

@@ -231,3 +231,31 @@ def test_a_publish_that_fails_on_a_full_disk_leaves_no_partial_copy_and_its_retr
     lake.publish("flights", part, staged.as_uri(), run_id="r")
     assert lake.read_table("flights", [part]).num_rows == 4
     assert [p for p in _everything(small_disk.path) if ".tmp-" in p] == []
+
+
+@pytest.mark.parametrize("by", ["lake", "gate"])
+def test_a_withdrawal_on_a_full_disk_still_unpublishes_the_month(small_disk: Any, by: str) -> None:
+    """A withdrawal writes its verdict into the data folder before it removes the manifest. On a full disk that
+    write failed first, and the refused (or corrupt) month stayed published: removing the manifest needs no space."""
+    import contextlib
+
+    import pyarrow.parquet as pq
+
+    from tenfold.data.lake import Lake, LakeError, Partition
+    from tenfold.quality.gate import unpublish_to_quarantine
+
+    lake, part = Lake(small_disk.path.as_uri()), Partition(2013, 1)
+    staged = lake.staging_path("t", part, "run-1")
+    lake.fs.create_dir(staged, recursive=True)
+    with lake.fs.open_output_stream(f"{staged}/part-00000.parquet") as out:
+        pq.write_table(pa.table({"id": [1, 2, 3]}), out)
+    lake.publish("t", part, lake.uri_of(staged), run_id="run-1")
+    lake.discard(staged)
+    small_disk.fill(leave=0)
+    with contextlib.suppress(OSError, LakeError):  # moving it aside may fail too: what counts is that no reader sees it
+        if by == "lake":
+            lake.withdraw("t", part, "gate-k1", {"why": "refused"})
+        else:
+            unpublish_to_quarantine(lake, "t", part, "gate-k1", {"why": "refused"})
+    assert not lake.has_manifest("t", part), "the refused month is still published"
+    small_disk.free()

@@ -55,3 +55,10 @@ def test_clean_removes_the_home_the_settings_name_and_never_the_folder_it_runs_i
     assert refused.returncode != 0 and f"not removing the local home '{tmp_path}'" in refused.stderr, \
         refused.stdout + refused.stderr
     assert (tmp_path / ".tenfold" / "marker").is_file()
+    # A folder holding the one it runs in (TENFOLD_HOME=.., a parent of the checkout) would delete the checkout too.
+    child = tmp_path / "parent" / "child"
+    child.mkdir(parents=True)
+    parent = subprocess.run(make, cwd=child, env={**env, "TENFOLD_HOME": ".."}, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert parent.returncode != 0 and "not removing the local home" in parent.stderr, parent.stdout + parent.stderr
+    assert child.is_dir(), "make clean removed the folder it ran in, with its parent"

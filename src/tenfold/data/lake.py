@@ -807,7 +807,7 @@ class Lake:
         # before the manifest is removed: a withdrawal killed in between leaves a folder that says where it goes
         # (finished by the next publish's clean-up, or this withdrawal's retry), not unnamed data the next publish
         # deletes.
-        dest = self.mark_refused(table, part, source, key, reason)
+        dest = self.mark_refused(table, part, source, key, reason, best_effort=True)
         if text:
             self.fs.delete_file(path)
         return self._move_refused(source, dest, reason)
@@ -834,7 +834,8 @@ class Lake:
         staged = self._path(staged_dir)
         return self._move_refused(staged, self.mark_refused(table, part, staged, attempt, reason), reason)
 
-    def mark_refused(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any]) -> str:
+    def mark_refused(self, table: str, part: Partition, staged_dir: str, attempt: str, reason: dict[str, Any], *,
+                     best_effort: bool = False) -> str:
         """Pick the quarantine folder of a refused batch (see :meth:`quarantine`) and write the verdict into the batch
         itself, naming that folder; returns it. On GCS the move goes object by object: a move cut short then leaves a
         remainder that says it was refused (resume_quarantine), never one that looks staged.
@@ -842,13 +843,23 @@ class Lake:
         Public for withdrawals outside the lake (the quality gate's): a published data folder marked before its
         manifest is removed is moved to quarantine by the next publish's clean-up if the withdrawal is killed in
         between, never deleted. The folder picked is not created, so a :meth:`quarantine` of the same batch under the
-        same ``attempt`` right after picks it again."""
+        same ``attempt`` right after picks it again.
+
+        ``best_effort`` (a withdrawal, before it removes the manifest): a marker that cannot be written (a full disk,
+        no permission) is logged and the withdrawal goes on. Raised, it kept the refused or corrupt month published,
+        which removing the manifest needs no space for."""
         staged = self._path(staged_dir)
         dest = next(d for d in self.quarantine_paths(table, part, attempt)
                     if not self.exists(d))
-        make_dirs(self.fs, posixpath.dirname(dest))
-        if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
-            self.write_json(posixpath.join(staged, REFUSING), {"quarantine": dest, "reason": reason})
+        try:
+            make_dirs(self.fs, posixpath.dirname(dest))
+            if self.fs.get_file_info(staged).type == pafs.FileType.Directory:
+                self.write_json(posixpath.join(staged, REFUSING), {"quarantine": dest, "reason": reason})
+        except (OSError, pa.ArrowException) as exc:
+            if not best_effort:
+                raise
+            log.warning("could not mark %s as refused before withdrawing it (%s); withdrawing it all the same",
+                        self.uri_of(staged), exc)
         return dest
 
     def _move_refused(self, staged: str, dest: str, reason: dict[str, Any]) -> str:

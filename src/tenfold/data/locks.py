@@ -71,6 +71,14 @@ def file_lock(path: str, *, timeout_s: float, what: str) -> Iterator[Callable[[]
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# A GCS lock object older than its stale age by more than this, by GCS's clock against this machine's, is a dead
+# holder's even unwatched: a clock further off than this is no clock NTP leaves.
+CLOCK_SKEW_S = 300.0
+# Per lock URI: the generation this process last saw and since when (monotonic), across its waits.
+_SEEN: dict[str, tuple[Any, float]] = {}
+_SEEN_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: float,
              what: str) -> Iterator[Callable[[], None]]:
@@ -89,7 +97,10 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
     # a heartbeat makes a new generation, so one unchanged for stale_s is a dead holder's. Not the object's time
     # against this machine's wall clock: a waiter whose clock ran 80 s ahead took a live holder's lock at once, and one
     # 480 s behind never took a dead one's before its timeout.
-    seen: tuple[Any, float] = (None, 0.0)
+    # Kept across this process's waits for the lock (a caller that retries with short waits, such as the feedback
+    # sink's join every 30 s, whose 60 s wait alone never watched a dead holder's lock for the 120 s stale age).
+    with _SEEN_GUARD:
+        seen: tuple[Any, float] = _SEEN.get(uri, (None, 0.0))
     try:
         while True:
             try:
@@ -100,11 +111,18 @@ def gcs_lock(client: Any, bucket: str, name: str, *, timeout_s: float, stale_s: 
                     blob.reload()
                     if blob.generation != seen[0]:
                         seen = (blob.generation, time.monotonic())
+                        with _SEEN_GUARD:
+                            _SEEN[uri] = seen
                         # Our own create, landed with its answer lost (the client's retry then met it): held, not
                         # waited on until it looks stale (2 minutes, and a join lock's 60 s wait failed meanwhile).
                         if blob.download_as_text(if_generation_match=blob.generation) == owner:
                             break
-                    if time.monotonic() - seen[1] >= stale_s:  # its holder died without releasing: take it over, once
+                    # Its holder died without releasing: take it over, once. Watched unchanged for stale_s here, or
+                    # older than that by GCS's time with room for any sane clock skew (a waiter that first looks at
+                    # a lock dead for an hour takes it at once, as before, whatever the wait it was given).
+                    updated = getattr(blob, "updated", None)
+                    aged = updated is not None and time.time() - updated.timestamp() > stale_s + CLOCK_SKEW_S
+                    if time.monotonic() - seen[1] >= stale_s or aged:
                         blob.delete(if_generation_match=blob.generation)
                         continue
                 if time.monotonic() > deadline:

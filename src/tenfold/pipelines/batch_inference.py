@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from tenfold.config import Settings
 from tenfold.config.names import scoped_key
-from tenfold.data.lake import MANIFEST, Lake, MissingManifestError, Partition
+from tenfold.data.lake import MANIFEST, CorruptManifestError, Lake, MissingManifestError, Partition
 from tenfold.pipelines.common import (
     PipelineError,
     PipelineInputError,
@@ -424,8 +424,8 @@ def _refuse_to_replace_newer_scores(lake: Lake, table: str, r: InferenceRun) -> 
     its job runs (the job publishes its own scores)."""
     try:
         now = lake.read_manifest(table, r.partition)
-    except MissingManifestError:
-        return
+    except (MissingManifestError, CorruptManifestError):
+        return  # nothing valid published, nothing to keep: the publish replaces a damaged manifest (repairs the month)
     made_by = now.extra.get("model_version")
     if not r.planned_at or now.run_id == r.airflow_run_id or made_by == r.model_version:
         return

@@ -712,7 +712,7 @@ def _unpublish(lake: Lake, table: str, part: Partition, key: str, reason: dict[s
         # quarantine below, under the same key and reason, picks the same folder (the mark does not create it).
         for data_dir in data_dirs:
             if posixpath.basename(data_dir) == named:
-                lake.mark_refused(table, part, data_dir, key, reason)
+                lake.mark_refused(table, part, data_dir, key, reason, best_effort=True)
         lake.fs.delete_file(manifest_path)
     except FileNotFoundError:
         pass

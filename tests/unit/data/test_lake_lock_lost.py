@@ -222,3 +222,33 @@ def test_a_waiter_whose_clock_runs_behind_takes_a_dead_holders_lock_after_the_st
         assert client.bucket(bucket).blob(name).download_as_text() != "a killed holder"
     assert 1 <= took < 5, took  # not at first sight: after it stayed unchanged for the stale age
     assert client.bucket(bucket).get_blob(name) is None  # released
+
+
+def test_a_dead_holders_lock_is_taken_over_by_a_waiter_whose_waits_are_each_shorter_than_the_stale_age(
+        lake: Lake, client: Any) -> None:
+    """The feedback join waits 60 s for a lock whose stale age is 120 s, and the sink retries the join every 30 s:
+    watched afresh by each wait, a killed holder's lock outlived every one, and the joins stopped for good. What
+    this process saw of the lock is kept across its waits."""
+    from tenfold.data.locks import LockTimeout
+
+    bucket, name = _lock_object(lake)
+    client.bucket(bucket).blob(name).upload_from_string("a killed holder", if_generation_match=0)
+    with pytest.raises(LockTimeout), gcs_lock(client, bucket, name, timeout_s=1.2, stale_s=2, what="a join"):
+        pytest.fail("took a lock watched for less than its stale age")
+    with gcs_lock(client, bucket, name, timeout_s=1.2, stale_s=2, what="a join") as still_held:
+        still_held()  # the second wait, 2.4 s after the first look: taken over
+        assert client.bucket(bucket).blob(name).download_as_text() != "a killed holder"
+
+
+def test_a_lock_older_than_its_stale_age_by_more_than_any_clock_skew_is_taken_at_first_sight(
+        lake: Lake, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter that first looks at a lock its holder left long ago (an hour, by GCS's clock) need not watch it for
+    the stale age first: with a wait shorter than that (the join's 60 s against 120 s) it would never take it."""
+    import time
+
+    bucket, name = _lock_object(lake)
+    client.bucket(bucket).blob(name).upload_from_string("a holder killed an hour ago", if_generation_match=0)
+    _waiter_clock(monkeypatch, +3600)  # the emulator keeps the real time: the object looks an hour old
+    started = time.monotonic()
+    with gcs_lock(client, bucket, name, timeout_s=5, stale_s=60, what="a join"):
+        assert time.monotonic() - started < 3

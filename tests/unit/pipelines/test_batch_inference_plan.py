@@ -569,3 +569,29 @@ def test_a_late_spark_run_of_a_retired_model_runs_no_job_over_scores_planned_aft
     assert pipeline.score(s, later).rows_written == 50
     assert jobs == [{"run_id": "run-c", "features_data_dir": later.features_data_dir,
                      "planned_at": "2026-02-01T00:00:00+00:00"}]
+
+
+def test_a_spark_run_over_a_damaged_scores_manifest_runs_its_job_which_repairs_the_month(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that a later-planned run's scores are not replaced read the month's scores manifest: a garbled one
+    refused every try, though the job's publish is what repairs it (nothing valid is there to keep)."""
+    import dataclasses
+
+    import tenfold.inference.scoring as scoring
+    from tenfold.inference import spark
+
+    s = make_settings(on=local_settings)
+    lake, table = Lake.from_settings(s), s.storage.scores_table
+    publish_synthetic_features(lake, [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    first = pipeline.plan(s, "run-a", {"month": PART.label})
+    _score(s, first)
+    pipeline.publish_results(s, first)
+    with lake.fs.open_output_stream(lake.manifest_path(table, PART)) as out:
+        out.write(b"{garbage")
+    jobs: list[str] = []
+    monkeypatch.setattr(spark, "score_partition", lambda *a, **kw: jobs.append(str(kw["run_id"])) or 50)
+    run = dataclasses.replace(pipeline.plan(s, "run-b", {"month": PART.label}), path="spark")
+    assert pipeline.score(s, run).rows_written == 50
+    assert jobs == ["run-b"]
