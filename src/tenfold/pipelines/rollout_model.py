@@ -44,6 +44,7 @@ from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
 from tenfold.rollout.record import (
     ABORTED,
+    ALERT_DUE,
     ALERT_SENT,
     FAILED,
     PROMOTED,
@@ -593,8 +594,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     record = events(p, run)
     if "done" in record:  # a re-run: what it ended with, and the alert hooks that still miss its alert
         done_then = record["done"]
-        if ALERT_SENT in record or not _alert_due(done_then["outcome"], done_then["reasons"]):
-            missed_then = []
+        if (ALERT_SENT in record or ALERT_DUE not in record
+                or not _alert_due(done_then["outcome"], done_then["reasons"])):
+            missed_then = []  # sent, not due, or recorded before the alert's outcome was kept (sent then)
         elif (newest := undelivered_key(record)[0]) is not None:
             # Sent again to the hooks that still miss it (a clear once the webhook is mended goes green; until then
             # the run stays red, and Airflow's failure callback tries them too).
@@ -694,6 +696,8 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     elif outcome != PROMOTED:
         _no_canary_traffic(p, run)  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
     report = write_report(settings, run.rollout, events(p, run))
+    if _alert_due(outcome, reasons):
+        _record(p, run, ALERT_DUE, {})  # before done: a try killed after done finds it, and its re-run alerts
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
     missed = _alert(p, run, done) if _alert_due(outcome, reasons) else ()

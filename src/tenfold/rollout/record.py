@@ -32,6 +32,10 @@ PROMOTED_ALIAS = "promoted_alias"
 # saying every hook took it: a re-run that finds ``done`` but neither sends the alert again (the try died sending it).
 ALERT_UNDELIVERED = "alert-undelivered"
 ALERT_SENT = "alert-sent"
+# Recorded before ``done`` when its alert is due: a re-run that finds ``done`` and this, but no outcome, sends the alert
+# again. A ``done`` without it was recorded before the outcomes were kept (its alert then went out, untracked): a
+# re-run of such a rollout's conclude sent it again, paging for a rollout long over.
+ALERT_DUE = "alert-due"
 
 Record = dict[str, dict[str, Any]]
 

@@ -767,6 +767,7 @@ def test_a_conclude_that_died_after_recording_done_sends_its_alert_on_the_re_run
     run, places, registry = _setup(Router(), Observer())
     monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
     registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    registry.events["alert-due"] = {"at": T0.isoformat()}  # what conclude records before done, when an alert is due
     registry.events["done"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"],
                                "report": "file:///report.html", "champion": run.champion, "canary_percent": 0}
     sent: list[str] = []
@@ -776,6 +777,44 @@ def test_a_conclude_that_died_after_recording_done_sends_its_alert_on_the_re_run
     assert sent == [f"rollout {run.rollout_id} of {run.version}: rolled_back"] and "alert-sent" in registry.events
     pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
     assert len(sent) == 1, "alerted twice"
+
+
+def test_a_conclude_recorded_before_alert_outcomes_were_kept_is_not_alerted_again_by_a_re_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A done recorded by a version that kept no alert outcome (its alert went out, untracked): read as "died before
+    the outcome", a clear of that rollout's conclude paged again for a rollout long over."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    registry.events["done"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"],
+                               "report": "file:///report.html", "champion": run.champion, "canary_percent": 0}
+    sent: list[str] = []
+    places.alert = lambda title, details: sent.append(title) or alerting.Sent(alerting.Alert(title, details, "local"))
+    assert pipeline.conclude(None, run, p=places)["outcome"] == pipeline.ROLLED_BACK  # type: ignore[arg-type]
+    assert sent == [], "an old rollout's alert sent again"
+
+
+def test_a_conclude_records_its_alert_due_before_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark a re-run needs to tell a lost alert from an old record: written before done, so a try killed after
+    done finds it."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    order: list[str] = []
+    places.alert = lambda title, details: order.append("alert") or alerting.Sent(alerting.Alert(title, details, "local"))
+    real = pipeline._record
+
+    def recording(p: Any, run: Any, key: str, body: Any) -> Any:
+        order.append(key)
+        return real(p, run, key, body)
+
+    monkeypatch.setattr(pipeline, "_record", recording)
+    pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert order.index("alert-due") < order.index("done") < order.index("alert") < order.index("alert-sent"), order
 
 
 def _ended_with_a_missed_alert(monkeypatch: pytest.MonkeyPatch, outcome: str, reason: str,
