@@ -30,6 +30,8 @@ def ingest(
                                  "delivery staged, and keeps the published month when it is refused)"),
 ) -> None:
     """Publish the monthly raw tables of each month, and a snapshot of the reference tables."""
+    from google.auth.exceptions import GoogleAuthError
+
     from tenfold.data.ingest import IngestError, ingest_month
     from tenfold.data.lake import Lake, LakeError, month_range
     from tenfold.workloads import SourceMissing, get_workload
@@ -40,10 +42,22 @@ def ingest(
         if not months:
             raise ValueError(f"--month {month} is after --to {to}: give the first month first")
         workload = get_workload(settings)
+        _check_covered(workload.sources, months)
         # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
         # bucket's lifecycle rules expect them.
         lake = Lake(lake_uri, settings.storage.lake_layout) if lake_uri else Lake.from_settings(settings)
         rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
+        if _uses_credentials(settings, lake_uri):
+            # Once, up front: without credentials pyarrow's GCS client spent minutes in its retries (writing the first
+            # staged file, then removing it) before it said so; google-auth says it in a few seconds. Its warning about
+            # gcloud user credentials without a quota project is not this command's to print.
+            import warnings
+
+            import google.auth
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                google.auth.default()
         for part in months:
             manifests = ingest_month(lake, part, run_id=rid, workload=workload,
                                      check_staged=None if replace else _not_over_published(lake, part))
@@ -52,11 +66,32 @@ def ingest(
     except (ValueError, IngestError, LakeError, SourceMissing) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except OSError as exc:  # what the system refuses (a local lake under TENFOLD_HOME), a lake that cannot be reached
+    except (OSError, GoogleAuthError) as exc:  # what the system refuses (a local lake under TENFOLD_HOME), a lake that
+        # cannot be reached, no Google Cloud credentials for a gs:// lake
         from tenfold.outages import ending
 
         typer.echo(ending(exc, "tenfold ingest", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"), err=True)
         raise typer.Exit(1) from exc
+
+
+def _check_covered(sources: Any, months: list[Any]) -> None:
+    """ValueError naming the months of the range outside what ``sources`` covers, before any month is ingested: checked
+    month by month, `--month 2013-11 --to 2014-01` published two months and then exited 2 as if it had done nothing."""
+    first, last = sources.first_month, sources.last_month
+    outside = [p.label for p in months if (first and p.label < first) or (last and p.label > last)]
+    if outside:
+        span = f"{first or 'its first month'} to {last or 'now'}"
+        raise ValueError(f"{sources.name} has no data for {', '.join(outside)}: it covers {span}; pick months in that "
+                         "range (nothing was ingested)")
+
+
+def _uses_credentials(settings: Any, lake_uri: str | None) -> bool:
+    """Whether the lake is a ``gs://`` one opened with this machine's Google Cloud credentials (the settings' own lake on
+    the GCS emulator, or a URI asking for anonymous access, needs none)."""
+    uri = lake_uri or settings.storage.lake_uri
+    if not uri.startswith(("gs://", "gcs://")) or (lake_uri is None and settings.storage.emulator_host):
+        return False
+    return "anonymous=true" not in uri.partition("?")[2].lower()
 
 
 def _not_over_published(lake: Any, part: Any) -> Callable[[str, str], None]:

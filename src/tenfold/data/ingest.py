@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 from tenfold.data.lake import Lake, Manifest, Partition
 from tenfold.data.parquet import write_table
 from tenfold.fsio import filesystem_from_uri, make_dirs
-from tenfold.outages import not_the_data
+from tenfold.outages import no_credentials, not_the_data
 from tenfold.workloads import SourceMissing, Workload
 
 # The pseudo-expectation a refused source fails, in its _QUARANTINED.json (as the gate's parquet_is_readable).
@@ -536,13 +536,16 @@ def stage_table(lake: Lake, table: str, part: Partition, data: pa.Table) -> str:
 
     A write that fails (a full disk: ENOSPC, or interrupted) removes the folder with what it wrote: the caller never
     learns its path to discard it, and each retry stages under a new one, so a partial file would stay behind for
-    every attempt (nothing sweeps a local lake's staging folder)."""
+    every attempt (nothing sweeps a local lake's staging folder). Not when the write failed for want of Google Cloud
+    credentials: it wrote nothing, and the removal would spend as long again in the GCS client's retries before
+    the error could be reported."""
     staged = lake.staging_path(table, part)
     try:
         write_table(data, lake.fs, posixpath.join(staged, "part-00000.parquet"))
-    except BaseException:
-        with contextlib.suppress(OSError):  # the write's own error is the one to report
-            lake.discard(staged)
+    except BaseException as exc:
+        if not no_credentials(exc):
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                lake.discard(staged)
         raise
     return staged
 

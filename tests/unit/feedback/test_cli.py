@@ -31,6 +31,43 @@ def test_an_unreachable_pubsub_is_exit_1_naming_it_after_the_retry_budget(run):
     assert isinstance(result.exception, SystemExit)  # an error line and exit 1, not an exception escaping
 
 
+def test_a_sigterm_while_pubsub_is_unreachable_ends_the_sink_at_once_with_exit_0(tmp_path):
+    """`tenfold feedback sink` (the platform's, as `tenfold down` stops it) went on retrying Pub/Sub for
+    --pubsub-retry-s after a SIGTERM, then exited 1 saying "restart the sink later". A real process on a fresh home,
+    Pub/Sub at a loopback port where nothing listens."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "TENFOLD_ENV": "local", "TENFOLD_HOME": str(tmp_path / "home"),
+           "TENFOLD_LOCAL__PUBSUB_PORT": str(free_port())}
+    env.pop("TENFOLD_DEBUG", None)
+    tenfold = str(Path(sys.executable).with_name("tenfold"))
+    proc = subprocess.Popen([tenfold, "feedback", "sink", "--pubsub-retry-s", "120"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # retrying: the signal handlers are in place, the sink is in its retry loop
+            seen.append(line)
+            if line.startswith("Pub/Sub could not pull"):
+                break
+        else:
+            raise AssertionError(f"the sink ended before retrying: {''.join(seen)}")
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["sink"]["predictions"]["acked"] == 0
+
+
 def test_join_and_metrics_work_without_pubsub(run, logs):
     logs.predictions(prediction("a", p=0.8))
     logs.feedback(feedback("a", 1))
@@ -150,6 +187,20 @@ def test_dead_letters_refused_by_pubsub_names_the_role_or_the_topology_not_tenfo
     assert says in result.output and "tenfold up`)?" not in result.output, result.output
 
 
+@pytest.mark.parametrize("replay", [[], ["--replay"]])
+def test_dead_letters_with_pubsub_down_says_it_cannot_reach_it_within_seconds(run, replay):
+    """With the emulator stopped, `tenfold feedback dead-letters` waited out the client's own one-minute retry (about
+    50 s) before saying anything."""
+    import time
+
+    started = time.monotonic()
+    result = run("dead-letters", "--stream", "feedback", *replay)
+    assert time.monotonic() - started < 15, "waited on the client's own retry"
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith("error: cannot reach 127.0.0.1:") and line.endswith("is the platform up (`tenfold up`)?"), line
+
+
 def test_dead_letters_holds_its_first_pull_for_a_sparse_subscription(settings, monkeypatch):
     """Pub/Sub may answer a pull that returns at once with nothing while a dead-letter subscription holds messages:
     every pull returned at once, so `dead-letters` said 0 (and --replay sent none). A client at the transport
@@ -167,13 +218,13 @@ def test_dead_letters_holds_its_first_pull_for_a_sparse_subscription(settings, m
         def __init__(self) -> None:
             self.waiting = [message(1), message(2)]
 
-        def pull(self, request, timeout):
+        def pull(self, request, timeout, retry):
             if request["return_immediately"]:
                 return SimpleNamespace(received_messages=[])
             taken, self.waiting = self.waiting, []
             return SimpleNamespace(received_messages=taken)
 
-        def modify_ack_deadline(self, request):
+        def modify_ack_deadline(self, request, retry):
             pass
 
     @contextlib.contextmanager

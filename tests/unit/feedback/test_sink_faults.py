@@ -183,3 +183,30 @@ def test_a_nearly_full_lake_disk_is_found_before_anything_is_pulled(pubsub, smal
     with FeedbackSink(on_small, options) as sink:
         assert sink.poll_once() == 1
     assert fake.acked == ["ack-1"] and _landed(on_small) == ["a"]
+
+
+def test_a_stop_while_the_lake_refuses_a_pulled_batch_ends_the_run_with_nothing_acknowledged(pubsub):
+    """A SIGTERM while the lake refused a pulled batch was noticed only when the write retry gave up (write_retry_s,
+    120 s: past the 90 s a stop gives before SIGKILL), and the sink then exited 1. The month's folder is a file here:
+    the probe (in the table's folder) passes, the batch's write fails for real."""
+    import threading
+    from pathlib import Path
+
+    from tenfold.feedback.sink import FeedbackSink, SinkOptions
+
+    fake, settings = pubsub
+    table = Path(Lake.from_settings(settings).table_path(settings.storage.predictions_table))
+    table.mkdir(parents=True)
+    (table / "year=2026").write_text("a file where the month's folder must go: the batch's write fails")
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with FeedbackSink(settings, SinkOptions(write_retry_s=30, pull_wait_s=0.5)) as sink:
+            stats = sink.run(stop)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10, "the stop waited for the write retry to give up"
+    assert stats["predictions"].pulled == 1 and stats["predictions"].landed == 0
+    assert fake.acked == [], "a batch that was never written was acknowledged"

@@ -231,3 +231,39 @@ def test_train_under_a_cloud_env_is_refused_before_reading_the_lake(home: Path, 
     get_settings.cache_clear()
     assert out.exit_code == 2, out.output
     assert "the dev settings train on 2 nodes" in out.output and "rdzv_host" not in out.output
+
+
+def test_evaluate_takes_the_file_uri_train_prints(home: Path) -> None:
+    """--model was a Path: `tenfold train --out file:///x/run` prints "model saved in file:///x/run/model", and that
+    URI became the relative folder file:/x/run/model ("meta.json is missing ... not a saved model")."""
+    import torch
+
+    from tenfold.data.lake import Lake, month_range
+    from tenfold.model import Preprocessor, save_model
+    from tenfold.workloads.flights import WORKLOAD
+    from tenfold.workloads.flights.contract import CONTRACT
+    from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features, synthetic_features
+
+    holdout = month_range(*get_settings().training.holdout_months)
+    publish_synthetic_features(Lake.from_settings(get_settings()), holdout, 100, seed=2)
+    pre = Preprocessor.fit(synthetic_features(holdout[0], 100, seed=1), CONTRACT)
+    config = ModelConfig(embedding_dim=4, hidden=(8,), dropout=0.0)
+    torch.manual_seed(0)
+    model = home / "a run" / "model"  # a space: the URI has it percent-escaped
+    save_model(model, FlightDelayModel(config, list(pre.vocab_sizes.values()), pre.num_inputs), config, pre,
+               workload=WORKLOAD.name)
+    out = CliRunner().invoke(app, ["evaluate", "--model", model.as_uri(), "--no-baselines"])
+    assert out.exit_code == 0, out.output
+    scored = next(line.split() for line in out.output.splitlines() if line.startswith("model "))
+    assert scored[-2] == "300", out.output  # the model scored on the whole holdout: 3 months of 100 rows
+
+
+def test_evaluate_refuses_a_model_in_a_bucket_naming_its_uri(home: Path) -> None:
+    """gs://b/run/model went through Path: "gs:/b/run/model/meta.json is missing ... not a saved model", the URI
+    mangled and the cause misdiagnosed."""
+    out = CliRunner().invoke(app, ["evaluate", "--model", "gs://b/run/model"])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip() == ("error: --model gs://b/run/model is not on this machine: `tenfold evaluate` reads a "
+                                  "model folder here; copy it first (e.g. `gcloud storage cp --recursive "
+                                  "gs://b/run/model .`) and pass that folder"), out.output
