@@ -357,3 +357,48 @@ def stable_pool_serves() -> Callable[..., None]:
         path.write_text(status.to_json())
 
     return write
+
+
+@pytest.fixture
+def killed_first_try() -> Iterator[Callable[[list[str], Path, Path], Any]]:
+    """``run(argv, pid_file, records)``: start a task's first try (``argv``, a child in a session of its own) and wait
+    until the job it started has written its pid to ``pid_file`` and its record under ``records``; then SIGKILL the
+    try, as an eviction or the OOM killer would (no except, no finally runs in it). Returns the job's process, which
+    the killed try left running. Whatever the try started is killed at teardown, the test failing or not."""
+    import time
+
+    import psutil
+
+    started: list[subprocess.Popen[bytes]] = []
+    left: list[Any] = []
+
+    def run(argv: list[str], pid_file: Path, records: Path) -> Any:
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        started.append(first)
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text().strip()):
+            assert first.poll() is None, f"the first try ended early: {first.communicate()[0].decode()}"
+            assert time.monotonic() < deadline, "the first try's job did not start"
+            time.sleep(0.05)
+        orphan = psutil.Process(int(pid_file.read_text()))
+        left.extend([orphan, psutil.Process(orphan.ppid())])  # the job's grandchild and its parent ("spark-submit")
+        deadline = time.monotonic() + 10
+        while not any(records.glob("*.json")) and time.monotonic() < deadline:  # recorded right after it started
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE  # what the killed try left running
+        return orphan
+
+    yield run
+    for first in started:
+        if first.poll() is None:  # the test failed before the kill: the try and all it started go
+            with contextlib.suppress(psutil.Error):
+                left.extend(psutil.Process(first.pid).children(recursive=True))
+            first.kill()
+        first.wait()
+        if first.stdout is not None:
+            first.stdout.close()
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil refuses a pid that now names another process

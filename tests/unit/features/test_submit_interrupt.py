@@ -4,9 +4,7 @@ staging folder that the retry rebuilds."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import subprocess
 import sys
 import time
@@ -101,47 +99,21 @@ def _quick_job(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
     monkeypatch.setattr(submit, "spark_submit_command", lambda *a, **k: argv)
 
 
-def test_a_retry_stops_the_job_a_killed_try_left_running(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retry_stops_the_job_a_killed_try_left_running(
+        make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        killed_first_try: Callable[..., psutil.Process]) -> None:
     """A task SIGKILLed while its job ran never ran its cleanup: its spark-submit, in a session of its own, went on
     writing the staging folder (its lookups rewritten in place) beside the retry's job, started 30 s later into the
     same folder. The retry stops it before its own job starts."""
     settings = make_settings(spark={"class_sharing": False})
     output = (tmp_path / "staging").as_uri()
     pid_file, seen, records = tmp_path / "orphan.pid", tmp_path / "seen", settings.local.home / "spark-jobs"
-    first = subprocess.Popen([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), output, str(pid_file)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    left: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not (pid_file.is_file() and pid_file.read_text().strip()):
-            assert first.poll() is None, f"the first try ended early: {first.communicate()[0].decode()}"
-            assert time.monotonic() < deadline, "the first try's job did not start"
-            time.sleep(0.05)
-        orphan = psutil.Process(int(pid_file.read_text()))
-        left = [orphan, psutil.Process(orphan.ppid())]  # the grandchild and its parent, the job's "spark-submit"
-        deadline = time.monotonic() + 10
-        while not any(records.glob("*.json")) and time.monotonic() < deadline:  # recorded right after it started
-            time.sleep(0.05)
-        os.kill(first.pid, 9)  # the task process, SIGKILLed: no except, no finally runs in it
-        first.wait()
-        assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE  # what the killed try left running
-
-        _quick_job(monkeypatch, [sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
-        LocalSparkJob(settings, timeout_s=60).run(FEB, output, key="k", attempt=2)
-        assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
-        assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
-    finally:
-        if first.poll() is None:  # the test failed before the kill: the try and all it started go
-            with contextlib.suppress(psutil.Error):
-                left += psutil.Process(first.pid).children(recursive=True)
-            first.kill()
-        first.wait()
-        for proc in left:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()  # psutil refuses a pid that now names another process
-        if first.stdout is not None:
-            first.stdout.close()
+    orphan = killed_first_try([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), output, str(pid_file)],
+                              pid_file, records)
+    _quick_job(monkeypatch, [sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+    LocalSparkJob(settings, timeout_s=60).run(FEB, output, key="k", attempt=2)
+    assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
+    assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
 
 
 def test_a_recorded_pid_that_names_another_process_now_is_never_stopped(

@@ -5,12 +5,8 @@ spark-submit is a stand-in shell, as in tests/unit/features/test_submit_interrup
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,8 +57,9 @@ open(sys.argv[3], "w").write("alive" if alive else "gone")
 """
 
 
-def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(make_settings: Callable[..., Settings],
-                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(
+        make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        killed_first_try: Callable[..., psutil.Process]) -> None:
     settings = make_settings(spark={"class_sharing": False})
     lake = Lake.from_settings(settings)
     publish_synthetic_features(lake, [PART], 10)
@@ -71,49 +68,23 @@ def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(make_settings: 
     pid_file, seen, records = tmp_path / "orphan.pid", tmp_path / "seen", settings.local.home / "spark-jobs"
     script = ('while [ "$1" != --output ]; do shift; done; out="${2#file://}"; mkdir -p "$out"; '
               f'touch "$out/scores-of-the-killed-try"; sleep 300 & echo $! > {shlex.quote(str(pid_file))}; wait')
-    first = subprocess.Popen([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), RUN_ID, script],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    left: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not (pid_file.is_file() and pid_file.read_text().strip()):
-            assert first.poll() is None, f"the first try ended early: {first.communicate()[0].decode()}"
-            assert time.monotonic() < deadline, "the first try's job did not start"
-            time.sleep(0.05)
-        orphan = psutil.Process(int(pid_file.read_text()))
-        left = [orphan, psutil.Process(orphan.ppid())]  # the grandchild and its parent, the job's "spark-submit"
-        deadline = time.monotonic() + 10
-        while not any(records.glob("*.json")) and time.monotonic() < deadline:  # recorded right after it started
-            time.sleep(0.05)
-        os.kill(first.pid, 9)  # the task process, SIGKILLed: no except, no finally runs in it
-        first.wait()
-        assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE  # what the killed try left running
-        (killed_try_staging,) = stagings.iterdir()
+    orphan = killed_first_try([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), RUN_ID, script],
+                              pid_file, records)
+    (killed_try_staging,) = stagings.iterdir()
 
-        monkeypatch.setattr(loading, "resolve_and_download", lambda settings, ref: ("v1", tmp_path / "v1"))
-        monkeypatch.setattr(submit, "submit_prefix", lambda *a, **k: [
-            sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
-        published: list[str] = []
+    monkeypatch.setattr(loading, "resolve_and_download", lambda settings, ref: ("v1", tmp_path / "v1"))
+    monkeypatch.setattr(submit, "submit_prefix", lambda *a, **k: [
+        sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+    published: list[str] = []
 
-        def publish(self: Lake, table: str, part: Partition, staged: str, **_: object) -> SimpleNamespace:
-            published.append(staged)
-            return SimpleNamespace(rows=10)
+    def publish(self: Lake, table: str, part: Partition, staged: str, **_: object) -> SimpleNamespace:
+        published.append(staged)
+        return SimpleNamespace(rows=10)
 
-        monkeypatch.setattr(Lake, "publish", publish)
-        assert spark.score_partition(settings, "v1", PART, run_id=RUN_ID) == 10
-        assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
-        assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
-        # The retry scored into the killed try's folder (its job empties it first), and discarded it once published.
-        assert [p.removeprefix("file://") for p in published] == [str(killed_try_staging)]
-        assert not killed_try_staging.exists(), "the killed try's staging folder was left behind"
-    finally:
-        if first.poll() is None:  # the test failed before the kill: the try and all it started go
-            with contextlib.suppress(psutil.Error):
-                left += psutil.Process(first.pid).children(recursive=True)
-            first.kill()
-        first.wait()
-        for proc in left:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()  # psutil refuses a pid that now names another process
-        if first.stdout is not None:
-            first.stdout.close()
+    monkeypatch.setattr(Lake, "publish", publish)
+    assert spark.score_partition(settings, "v1", PART, run_id=RUN_ID) == 10
+    assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
+    assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"
+    # The retry scored into the killed try's folder (its job empties it first), and discarded it once published.
+    assert [p.removeprefix("file://") for p in published] == [str(killed_try_staging)]
+    assert not killed_try_staging.exists(), "the killed try's staging folder was left behind"
