@@ -402,3 +402,24 @@ def killed_first_try() -> Iterator[Callable[[list[str], Path, Path], Any]]:
     for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.kill()  # psutil refuses a pid that now names another process
+
+
+@pytest.fixture
+def register_tiny_version() -> Callable[[Settings, Path, int], str]:
+    """``register(settings, folder, seed)``: a small model folder of its own bytes (per ``seed``), registered with a
+    lineage of one January partition; returns its version. For tests of what moves aliases, not of models."""
+    def register(settings: Settings, where: Path, seed: int) -> str:
+        from tenfold.registry import ModelRegistry
+        from tenfold.registry.lineage import Lineage, PartitionRef
+
+        where.mkdir()
+        (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
+        (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
+        (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
+        ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
+                           manifest_sha256="m" * 64)
+        lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(),
+                          training_config={}, run_id="test-run")
+        return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
+
+    return register

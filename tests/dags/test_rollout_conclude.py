@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tenfold.config import Settings, build_settings
-from tenfold.registry import CHALLENGER, CHAMPION, Lineage, ModelRegistry, PartitionRef
+from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -68,20 +68,9 @@ def _alerts(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _register(settings: Settings, where: Path, seed: int) -> str:
-    where.mkdir()
-    (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
-    (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
-    (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
-    ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
-                       manifest_sha256="m" * 64)
-    lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(), training_config={},
-                      run_id="test-run")
-    return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
-
-
 def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, tmp_path: Path, local_settings: Settings,
-                                                                          stable_pool_serves: Any) -> None:
+                                                                          stable_pool_serves: Any,
+                                                                          register_tiny_version: Any) -> None:
     settings, environ = env
     session = ModelRegistry(local_settings)
     session_aliases = {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)}
@@ -97,14 +86,14 @@ def test_a_refused_plan_skips_conclude_and_a_planned_rollout_is_concluded(env, t
 
     # A planned rollout whose deploy fails (no serving fleet runs here): conclude still runs and ends it. The aliases
     # this sets are in the test's own registry: the session's champion and challenger are never touched.
-    _planned_rollout_is_concluded(settings, environ, tmp_path, stable_pool_serves)
+    _planned_rollout_is_concluded(settings, environ, tmp_path, stable_pool_serves, register_tiny_version)
     assert {alias: session.resolve(alias) for alias in (CHAMPION, CHALLENGER)} == session_aliases
 
 
 def _planned_rollout_is_concluded(settings: Settings, environ: dict[str, str], tmp_path: Path,
-                                  stable_pool_serves: Any) -> None:
+                                  stable_pool_serves: Any, register: Any) -> None:
     registry = ModelRegistry(settings)
-    champion, challenger = _register(settings, tmp_path / "a", 1), _register(settings, tmp_path / "b", 2)
+    champion, challenger = register(settings, tmp_path / "a", 1), register(settings, tmp_path / "b", 2)
     registry.set_alias(CHAMPION, champion, reason="test")
     registry.set_alias(CHALLENGER, challenger, reason="test")
     stable_pool_serves(settings, champion)  # what plan checks; no HAProxy runs, so deploy's router call fails

@@ -142,29 +142,17 @@ def test_a_rollout_is_refused_while_the_stable_pool_serves_another_version_than_
 
 
 def test_the_default_challenger_is_refused_when_the_gate_compared_it_only_with_a_champion_replaced_since(
-        make_settings: Any, local_settings: Settings, tmp_path: Any) -> None:
+        make_settings: Any, local_settings: Settings, tmp_path: Any, register_tiny_version: Any) -> None:
     """Train run S's gate marked Y against the champion C; then rollout R1 (of X, queued before) promoted X. The next
     rollout took Y by default against X, a champion it was never compared with: the only refusal covered a gate that
     had compared Y with X and kept it out. Named in the run conf, Y is the operator's choice."""
-    import json
-
     from tenfold.registry import CHALLENGER, CHAMPION, ModelRegistry
-    from tenfold.registry.lineage import Lineage, PartitionRef
 
     settings = make_settings(on=local_settings)
     reg = ModelRegistry(settings)
 
     def version(seed: int) -> str:
-        where = tmp_path / f"m{seed}"
-        where.mkdir()
-        (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
-        (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
-        (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
-        ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
-                           manifest_sha256="m" * 64)
-        lineage = Lineage(feature_table="features", train_partitions=(ref,), holdout_partitions=(), training_config={},
-                          run_id="test-run")
-        return reg.register(where, lineage, metrics={"auc": 0.7}).version
+        return register_tiny_version(settings, tmp_path / f"m{seed}", seed)
 
     def passed(challenger: str, champion: str, key: str) -> None:  # what train_model's gate records and marks
         reg.record_decision(challenger, key, {"promote": True, "challenger_version": challenger,

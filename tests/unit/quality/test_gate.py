@@ -264,6 +264,15 @@ def january_flights() -> pa.Table:
     return flights.filter(pc.equal(flights["month"], 1))
 
 
+def _publish_without_carriers(lake, part, flights, rows):
+    """Publish ``flights`` as run "bad" with the carrier (a key column) missing from its first ``rows`` rows."""
+    bad = flights.to_pylist()
+    for row in bad[:rows]:
+        row["carrier"] = None
+    publish_table(lake, "flights", part, pa.Table.from_pylist(bad, schema=flights.schema), run_id="bad",
+                  source=WORKLOAD.sources.name)
+
+
 def test_real_raw_flights_pass_and_malformed_rows_are_unpublished(settings, lake, alerts, january_flights):
     jan = Partition(2013, 1)
     publish_table(lake, "flights", jan, january_flights, run_id="good", source=WORKLOAD.sources.name)
@@ -358,11 +367,7 @@ def test_a_pass_is_trusted_only_for_the_same_bytes_and_suite(settings, lake, ale
     assert caught.value.report.failed_expectations == [READ_CHECK] and not lake.has_manifest("flights", jan)
 
     # New content republished under the month: a verdict of its own, so the suite runs and refuses the bad rows.
-    bad = january_flights.to_pylist()
-    for row in bad[:10]:
-        row["carrier"] = None
-    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
-                  source=WORKLOAD.sources.name)
+    _publish_without_carriers(lake, jan, january_flights, 10)
     with pytest.raises(ValidationFailed) as caught:
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="v4", alert=False)
     assert caught.value.report.failed_expectations == ["expect_column_values_to_not_be_null(carrier)"]
@@ -521,11 +526,7 @@ def test_a_month_refused_by_two_validations_at_once_is_withdrawn_once_and_alerte
     from tenfold.quality.gate import AlreadyRefused, unpublish_to_quarantine
 
     jan = Partition(2013, 1)
-    bad = january_flights.to_pylist()
-    for row in bad[:25]:
-        row["carrier"] = None
-    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
-                  source=WORKLOAD.sources.name)
+    _publish_without_carriers(lake, jan, january_flights, 25)
     checked = gate._check_published
 
     def and_the_other_run_withdraws_it(*args, **kwargs):
@@ -605,11 +606,7 @@ def test_a_withdrawal_killed_after_it_removed_the_manifest_leaves_the_refused_ba
     from tenfold.local.env import settings_env
 
     jan = Partition(2013, 1)
-    bad = january_flights.to_pylist()
-    for row in bad[:25]:
-        row["carrier"] = None
-    publish_table(lake, "flights", jan, pa.Table.from_pylist(bad, schema=january_flights.schema), run_id="bad",
-                  source=WORKLOAD.sources.name)
+    _publish_without_carriers(lake, jan, january_flights, 25)
     refused = posixpath.join(lake.partition_path("flights", jan), lake.read_manifest("flights", jan).data_dir)
     # An earlier refusal under the same key (a cleared run): this one goes to k-killed-2, where the mark must point.
     lake.write_json(posixpath.join(lake.quarantine_path("flights", jan, "k-killed"), "_QUARANTINED.json"),
