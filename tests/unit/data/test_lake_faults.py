@@ -481,7 +481,9 @@ def test_a_withdrawal_killed_at_any_step_keeps_the_batch_and_its_reason(zygote: 
     """A withdrawal removed the manifest, then wrote the verdict and moved the data folder: killed in between, the
     folder stayed unnamed in the partition and the manifest's text (the only record of what was withdrawn) was gone;
     the retry found no manifest and moved nothing, and the next publish deleted the folder. Killed at every step,
-    the retry and the next publish must each leave the withdrawn rows in quarantine with their reason."""
+    the retry must leave the withdrawn rows in quarantine with their reason (_QUARANTINED.json), and the next publish
+    must keep them: in quarantine with that reason, or, killed after the whole folder had moved but before the reason
+    was written, in quarantine with the verdict it carried (_REFUSING.json), which the withdrawal's retry finishes."""
     template = tmp_path / "template"
     withdrawn = Lake(template.as_uri()).publish(TABLE, PART, str(_stage(tmp_path / "staged-old", 1)),
                                                 run_id="old").data_dir

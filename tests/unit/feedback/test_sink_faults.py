@@ -198,15 +198,24 @@ def test_a_stop_while_the_lake_refuses_a_pulled_batch_ends_the_run_with_nothing_
     table = Path(Lake.from_settings(settings).table_path(settings.storage.predictions_table))
     table.mkdir(parents=True)
     (table / "year=2026").write_text("a file where the month's folder must go: the batch's write fails")
+    import logging
+
     stop = threading.Event()
-    timer = threading.Timer(2.0, stop.set)
-    timer.start()
+
+    class StopOnRefusedWrite(logging.Handler):  # the stop arrives once the lake has refused the pulled batch
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("lake write of ") and "probe" not in record.getMessage():
+                stop.set()
+
+    handler, sink_log = StopOnRefusedWrite(), logging.getLogger("tenfold.feedback.sink")
+    sink_log.addHandler(handler)
     started = time.monotonic()
     try:
         with FeedbackSink(settings, SinkOptions(write_retry_s=30, pull_wait_s=0.5)) as sink:
             stats = sink.run(stop)
     finally:
-        timer.cancel()
+        sink_log.removeHandler(handler)
+    assert stop.is_set(), "the lake never refused the batch: the test did not exercise a stop while retrying"
     assert time.monotonic() - started < 10, "the stop waited for the write retry to give up"
     assert stats["predictions"].pulled == 1 and stats["predictions"].landed == 0
     assert fake.acked == [], "a batch that was never written was acknowledged"

@@ -182,24 +182,36 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
 def test_a_trigger_recorded_as_undelivered_before_the_hooks_owed_were_kept_is_alerted_again_by_the_retry(
         tmp_path: Path, flaky_webhook: Any) -> None:
     """A record written before the hooks owed were kept said only "alerted": false; read as delivered after an
-    upgrade, the retry of its run never sent the alert again (the older reader did)."""
+    upgrade, the retry of its run never sent the alert again (the older reader did). It cannot tell which hooks
+    missed it, so every hook gets it."""
     import json
 
     settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
-    flaky_webhook.failures = 3
-    with pytest.raises(pipeline.AlertNotDelivered):
-        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-    (record,) = (tmp_path / "home").rglob("triggered-v1-c08*.json")
-    body = json.loads(record.read_text())
-    assert body.pop("undelivered") == ["webhook"]
-    record.write_text(json.dumps(body))  # as that version wrote it: {"run": "run-a", ..., "alerted": false}
-    assert body["alerted"] is False and not flaky_webhook.received
+    taken: list[str] = []
 
-    retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-    assert retry["retrain"] is True
-    (page,) = flaky_webhook.received
-    assert "drift: retraining v1" in page["text"]
-    assert json.loads(record.read_text())["undelivered"] == []
+    def recording(settings: Any, alert: alerts.Alert) -> None:
+        taken.append(alert.title)
+
+    alerts.register_hook(recording)
+    try:
+        flaky_webhook.failures = 3
+        with pytest.raises(pipeline.AlertNotDelivered):
+            pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+        assert len(taken) == 1  # the other hook took it; the webhook did not
+        (record,) = (tmp_path / "home").rglob("triggered-v1-c08*.json")
+        body = json.loads(record.read_text())
+        assert body.pop("undelivered") == ["webhook"]
+        record.write_text(json.dumps(body))  # as that version wrote it: {"run": "run-a", ..., "alerted": false}
+        assert body["alerted"] is False and not flaky_webhook.received
+
+        retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+        assert retry["retrain"] is True
+        (page,) = flaky_webhook.received
+        assert "drift: retraining v1" in page["text"]
+        assert len(taken) == 2, "the record names no hook: every hook is sent it again"
+        assert json.loads(record.read_text())["undelivered"] == []
+    finally:
+        alerts.unregister_hook(recording)
 
 
 def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Path, flaky_webhook: Any,

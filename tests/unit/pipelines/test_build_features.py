@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -497,7 +499,9 @@ def test_a_cloud_try_interrupted_while_it_waits_cancels_its_batch(monkeypatch: p
             raise error
 
         monkeypatch.setattr(batches, "create_batch", exists)
-        monkeypatch.setattr(runners.time, "sleep", sleep)
+        # Only the runner's clock (a SimpleNamespace in its module): patching time.sleep itself would interrupt any
+        # other thread that sleeps meanwhile.
+        monkeypatch.setattr(runners, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     with pytest.raises(type(error)):
         runners.DataprocBatchJob(dev, batches, timeout_s=60, poll_s=1).run(run.partition, run.staging_uri,
                                                                           key=run.staging_key, attempt=1)

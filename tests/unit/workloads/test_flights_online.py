@@ -89,6 +89,9 @@ def test_the_request_model_takes_every_tail_number_the_raw_suite_does() -> None:
     for tailnum in ("N-123", "N14228", "D942DN", "N1"):
         assert re.match(allowed, tailnum), tailnum
         assert request(tailnum=tailnum).tailnum == tailnum
+    # The pattern is written twice (the suite's JSON, the request model): the two must be one.
+    field = WORKLOAD.request_model.model_json_schema()["properties"]["tailnum"]
+    assert [a["pattern"] for a in field["anyOf"] if "pattern" in a] == [allowed]
 
 
 def test_the_request_model_refuses_non_finite_numbers_in_json() -> None:
