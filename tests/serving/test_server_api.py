@@ -152,6 +152,18 @@ def test_invalid_requests_get_422_naming_the_field(client: Any, auth: dict[str, 
     assert got["errors"] and got["errors"][0]["field"] == field
 
 
+@pytest.mark.parametrize("sched_dep", ["2013-01-01T24:00", "2013-01-01T23:60"])
+def test_a_time_of_day_out_of_range_is_a_422_naming_the_field_and_the_range(client: Any, auth: dict[str, str],
+                                                                            sched_dep: str) -> None:
+    """It passed the naive-ISO pattern, and the 422 said "unexpected extra characters at the end of the input"."""
+    r = client.post(PREDICT, json=_flight(sched_dep=sched_dep), headers=auth)
+    assert r.status_code == 422, r.text
+    got = r.json()
+    assert got["field"] == "sched_dep" and got["errors"][0]["field"] == "sched_dep"
+    assert got["message"].startswith("sched_dep: ") and "hour must be 00 to 23, the minute" in got["message"], got
+    assert "extra characters" not in got["message"]
+
+
 @pytest.mark.parametrize(("raw", "field"), [
     ('{"carrier": "UA", "flight": NaN, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}', "flight"),
     ('{"carrier": "UA", "flight": Infinity, "origin": "EWR", "dest": "IAH", "sched_dep": "2013-01-01T05:15:00"}', "flight"),
@@ -242,9 +254,29 @@ def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, 
 
     r = client.post(PREDICT, content=chunks(), headers={**auth, "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    assert "send fewer requests per batch" in r.json()["message"]
     r = client.post(PREDICT, json={"flights": [_flight()] * 4}, headers=auth)
     assert r.status_code == 413 and (r.json()["error"], r.json()["field"]) == ("batch_too_large", "flights")
+    # Named in errors too, as every other refusal that names a field does (it was an empty list).
+    assert r.json()["errors"] == [{"field": "flights", "message": "holds 4 requests; at most 3 per request: split it"}]
     assert client.post(PREDICT, json={"flights": [_flight()] * 3}, headers=auth).status_code == 200
+
+
+def test_an_oversized_feedback_body_is_413_saying_what_to_do_for_feedback(make_client: Any, auth: dict[str, str]) -> None:
+    """Predict and feedback share the body reader, whose 413 told a feedback client to "send fewer requests per
+    batch": feedback has no batches."""
+    client = make_client(max_body_bytes=2_000)
+    raw = json.dumps({"prediction_id": "abc", "outcome": 1, "note": "x" * 5_000}).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused while reading, once past the bound
+        for i in range(0, len(raw), 500):
+            yield raw[i:i + 500]
+
+    for content in (chunks(), raw):  # refused while reading, and before reading (Content-Length says it)
+        r = client.post(FEEDBACK, content=content, headers={**auth, "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text
+        message = r.json()["message"]
+        assert "batch" not in message and "send one outcome per request" in message, message
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -552,6 +584,48 @@ def test_an_iap_replica_is_not_ready_until_it_holds_googles_keys(make_client: An
     finally:
         release.set()
     waits.until(lambda: client.get("/readyz").status_code == 200, 20)
+
+
+def test_an_iap_assertion_signed_with_a_key_published_since_the_fetch_is_a_503_to_retry_then_served(
+        make_client: Any, serving_settings: Any, waits: Any) -> None:
+    """Refused 401 until the held keys were an hour old; now the replica fetches Google's keys again and says retry."""
+    import json as json_
+    from types import SimpleNamespace
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tenfold.serving.auth import IAP_ISSUER, Authenticator
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    published = {"k1": public}
+    fetches: list[str] = []
+
+    def google(url: str, method: str = "GET", **kwargs: Any) -> Any:
+        fetches.append(url)
+        return SimpleNamespace(status=200, data=json_.dumps(published).encode(), headers={})
+
+    audience = "/projects/1/global/backendServices/2"
+    iap = serving_settings.model_copy(update={"serving": serving_settings.serving.model_copy(update={
+        "server": serving_settings.serving.server.model_copy(update={"auth_mode": "iap", "iap_audience": audience})})})
+    authenticator = Authenticator(iap, http_request=google)
+    client = make_client(iap, app_kwargs={"authenticator": authenticator})
+    assert authenticator._keys is not None and len(fetches) == 1
+    published["k2"] = public  # Google publishes k2 (IAP signs with it at once); the replica's keys are a minute old
+    authenticator._keys._cached = (authenticator._keys._cached[0] - 60, *authenticator._keys._cached[1:])
+    now = int(time.time())
+    assertion = jwt.encode({"iss": IAP_ISSUER, "aud": audience, "email": "ana@example.com", "iat": now,
+                            "exp": now + 600}, private, algorithm="ES256", headers={"kid": "k2"})
+    headers = {"x-goog-iap-jwt-assertion": assertion}
+    r = client.post(PREDICT, json=_flight(), headers=headers)
+    assert r.status_code == 503 and r.json()["error"] == "unavailable" and r.headers["retry-after"] == "5", r.text
+    assert "key id 'k2'" in r.json()["message"]
+    waits.until(lambda: len(fetches) == 2 and not authenticator._keys._refreshing, 10)  # type: ignore[union-attr]
+    r = client.post(PREDICT, json=_flight(), headers=headers)
+    assert r.status_code == 200, r.text
 
 
 def test_draining_turns_readiness_false_but_still_answers(client: Any, auth: dict[str, str]) -> None:

@@ -175,10 +175,14 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
+async def read_json(request: Request, max_bytes: int, too_large: str) -> tuple[Any, bool]:
     """The request's JSON body, and whether it holds ``NaN`` or an infinity (which Python's parser accepts):
     415 for another content type, 413 past ``max_bytes`` (checked while reading, so an oversized body is
-    refused without holding it in memory), 422 when it is not JSON."""
+    refused without holding it in memory), 422 when it is not JSON.
+
+    ``too_large`` is what the 413 tells the client to do: the endpoint's own fix (predict and feedback share this
+    reader, and a feedback body over the bound was told to "send fewer requests per batch").
+    """
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
         raise ApiError(415, "unsupported_media_type",
@@ -197,14 +201,14 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bool]:
             len(digits) > len(str(max_bytes)) or int(digits) > max_bytes):
         size_said = digits if len(digits) <= 20 else f"a {len(digits)}-digit number of"
         raise ApiError(413, "body_too_large", f"the body is {size_said} bytes; at most {max_bytes} are accepted: "
-                       "send fewer requests per batch")
+                       f"{too_large}")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: send fewer requests per batch")
+                raise ApiError(413, "body_too_large", f"the body exceeds {max_bytes} bytes: {too_large}")
             chunks.append(chunk)
     except ClientDisconnect:
         # Nobody will read the answer; 499 (nginx's "client closed request") keeps it out of the 5xx counts.
@@ -499,8 +503,9 @@ def create_app(
         if isinstance(body, dict) and batch_key_ in body:
             items = body[batch_key_]
             if isinstance(items, list) and len(items) > server.max_batch_rows:
-                raise ApiError(413, "batch_too_large", f"the batch holds {len(items)} requests; at most "
-                               f"{server.max_batch_rows} per request: split it", field=batch_key_)
+                too_many = f"holds {len(items)} requests; at most {server.max_batch_rows} per request: split it"
+                raise ApiError(413, "batch_too_large", f"the batch {too_many}", field=batch_key_,
+                               errors=[(batch_key_, too_many)])
             model: type[BaseModel] = batch_request
             batch = True
         elif isinstance(body, dict):
@@ -550,7 +555,7 @@ def create_app(
                            "`tenfold serve fault --pool <pool> --clear`")
         header_key = user_key_of(request)
         with batcher.arriving():
-            body, non_finite = await read_json(request, server.max_body_bytes)
+            body, non_finite = await read_json(request, server.max_body_bytes, "send fewer requests per batch")
             requests, batch = parse_predict(body, non_finite)
             for i, item in enumerate(requests):
                 try:
@@ -612,7 +617,9 @@ def create_app(
               summary="Record the observed outcome of a prediction")
     async def feedback(request: Request) -> Response:
         authorise(request)
-        body, _ = await read_json(request, server.max_body_bytes)  # NaN or an infinity fails validation below
+        # NaN or an infinity fails validation below.
+        body, _ = await read_json(request, server.max_body_bytes, "send one outcome per request: a JSON object with "
+                                  "prediction_id, outcome and (optionally) observed_at, nothing else")
         if not isinstance(body, dict):
             raise ApiError(422, "invalid_request", "the body must be a JSON object with prediction_id and outcome",
                            field="body", errors=[("body", "not an object")])

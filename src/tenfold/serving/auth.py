@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -45,6 +46,10 @@ TOKEN_FILE = "serving.token"
 IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
 IAP_ISSUER = "https://cloud.google.com/iap"
 IAP_ASSERTION_HEADER = "x-goog-iap-jwt-assertion"
+# How far the assertion's iat and exp may be off this replica's clock. google-auth's default is none, and it compares
+# whole seconds: an assertion IAP issued a second "ahead" of the replica's clock was refused ("Token used too early").
+# Google's own samples allow 30 s; a stolen assertion gains at most that much life.
+IAP_CLOCK_SKEW_S = 30
 _TOKEN_BYTES = 32
 
 
@@ -247,9 +252,14 @@ class Authenticator:
         from google.auth import exceptions as auth_exceptions
         from google.oauth2 import id_token
 
+        assert self._keys is not None
+        # Signed with a key this replica does not hold: Google has published a new one since the keys were fetched
+        # (they were otherwise refreshed only once an hour, and every assertion IAP signed with it was refused 401).
+        if (kid := _key_id(assertion)) is not None and (behind := self._keys.behind_for(IAP_CERTS_URL, kid)):
+            raise AuthError(behind, 503)
         try:
             claims = id_token.verify_token(assertion, self._keys, audience=self._audience,  # type: ignore[arg-type]
-                                           certs_url=IAP_CERTS_URL)
+                                           certs_url=IAP_CERTS_URL, clock_skew_in_seconds=IAP_CLOCK_SKEW_S)
         except auth_exceptions.TransportError as exc:
             raise AuthError(f"cannot fetch Google's IAP keys to verify the caller ({exc}); retry shortly", 503) from None
         except Exception as exc:  # google-auth and PyJWT raise many types for a bad token: all mean "not valid"
@@ -262,6 +272,29 @@ class Authenticator:
         return Caller(str(email))
 
 
+def _key_id(assertion: str) -> str | None:
+    """The ``kid`` in the assertion's header, read without verifying anything (None when it names none or is not a
+    JWT: the verifier refuses those)."""
+    from google.auth import jwt
+
+    try:
+        kid = jwt.decode_header(assertion).get("kid")
+    except Exception:  # malformed: left to the verifier, which says so with a 401
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def _key_ids(response: Any) -> frozenset[str] | None:
+    """The key ids in a key URL's answer (``{kid: PEM}``, or a JWK set), or None when they cannot be read."""
+    try:
+        certs = json.loads(response.data)
+        if isinstance(certs, dict) and isinstance(certs.get("keys"), list):
+            return frozenset(str(k.get("kid")) for k in certs["keys"] if isinstance(k, dict))
+        return frozenset(certs) if isinstance(certs, dict) else None
+    except Exception:  # the verifier meets the same answer and refuses the assertion
+        return None
+
+
 class _CachedKeys:
     """Google's IAP keys for the verifier, fetched off the request path whenever keys are already held.
 
@@ -270,13 +303,15 @@ class _CachedKeys:
     request is refused with 503 at once and starts a background fetch (at most once per ``retry_s`` after a
     failure): fetching on the request path blocked the replica's event loop, health checks included, for up to
     ``timeout_s``. The replica fetches them when it starts (:meth:`prefetch`) and is not ready until it
-    holds them (:attr:`held`).
+    holds them (:attr:`held`). An assertion signed with a key id the held keys lack starts a refresh too
+    (:meth:`behind_for`), at most once per ``retry_s``.
     """
 
     def __init__(self, request: HttpRequest, ttl_s: float = 3600.0, timeout_s: float = 5.0,
                  retry_s: float = 10.0) -> None:
         self._request, self._ttl, self._timeout, self._retry = request, ttl_s, timeout_s, retry_s
-        self._cached: tuple[float, Any] | None = None
+        # When they were fetched, the key URL's answer, and the key ids in it.
+        self._cached: tuple[float, Any, frozenset[str] | None] | None = None
         self._failed_at: float | None = None
         self._lock = threading.Lock()
         self._refreshing = False
@@ -308,6 +343,30 @@ class _CachedKeys:
         raise auth_exceptions.TransportError(  # type: ignore[no-untyped-call]
             f"the keys at {url} are being fetched (in the background)")
 
+    def behind_for(self, url: str, kid: str) -> str | None:
+        """Why an assertion signed with ``kid`` cannot be checked yet (for a 503), or None: the held keys have it,
+        or none are held (the verifier says why), or they were fetched less than ``retry_s`` ago (current keys
+        without it: not one of Google's, and the verifier refuses it with a 401).
+
+        Otherwise the keys are older than Google's newest: one refresh starts in the background, at most once per
+        ``retry_s`` (a flood of made-up key ids cannot make the replica hammer Google), and the caller is told to
+        retry. It never waits for the refresh: the check runs on the event loop, health checks included.
+        """
+        cached = self._cached
+        if cached is None or cached[2] is None or kid in cached[2]:
+            return None
+        now = time.monotonic()
+        held = f"the IAP assertion is signed with key id {kid!r}, which is not among the IAP keys this replica holds"
+        if self._refreshing:
+            return f"{held}; Google's current keys are being fetched: retry shortly"
+        if now - cached[0] < self._retry:
+            return None
+        if self._failed_at is not None and now - self._failed_at < self._retry:
+            return (f"{held}, and fetching Google's current keys failed {now - self._failed_at:.0f} s ago (tried again "
+                    f"every {self._retry:.0f} s): retry shortly")
+        self._refresh_in_background(url)
+        return f"{held}; Google's current keys are being fetched: retry shortly"
+
     @property
     def held(self) -> bool:
         return self._cached is not None
@@ -319,7 +378,7 @@ class _CachedKeys:
             self._failed_at = time.monotonic()
             raise
         if response.status == 200:
-            self._cached, self._failed_at = (time.monotonic(), response), None
+            self._cached, self._failed_at = (time.monotonic(), response, _key_ids(response)), None
         else:  # no exception for a refusal (an egress proxy's 403, an outage's 503): the one place its status shows
             log.warning("fetching Google's IAP keys from %s answered HTTP %s; %s, tried again in %.0f s", url,
                         response.status, "the keys held stay in use" if self.held else "the replica stays unready",

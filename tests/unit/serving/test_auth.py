@@ -328,6 +328,88 @@ def test_stale_iap_keys_whose_refresh_fails_are_refreshed_once_per_retry_window_
     assert server.fetches == 2
 
 
+def _age(keys: Any, seconds: float) -> None:
+    """Make the held keys look fetched ``seconds`` earlier (older than retry_s, far younger than their TTL)."""
+    keys._cached = (keys._cached[0] - seconds, *keys._cached[1:])
+
+
+def test_an_assertion_signed_with_a_key_google_published_after_the_fetch_is_accepted_once_it_is_fetched(
+        settings: Any, es256: tuple[Any, str]) -> None:
+    """The keys were refreshed only once their hour was up: every assertion IAP signed with a key published since was
+    refused 401 "Certificate for key id k2 not found" meanwhile. Now the unknown key id starts a refresh and the
+    caller is told to retry (503: the replica is behind, not the caller); the retry is accepted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key, public = es256
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_public = new_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    server = KeyServer({"k1": public})
+    auth = _iap(settings, server)
+    assert auth._keys is not None and server.fetches == 1
+    server.keys = {"k1": public, "k2": new_public}  # Google publishes k2, and IAP signs with it
+    _age(auth._keys, 60)
+    signed = {"x-goog-iap-jwt-assertion": _assertion(new_key, kid="k2")}
+    with pytest.raises(AuthError) as err:
+        auth.check(signed)
+    assert err.value.status == 503, err.value
+    assert "key id 'k2'" in err.value.message and "retry shortly" in err.value.message
+    _until(lambda: server.fetches == 2 and auth._keys is not None and not auth._keys._refreshing)
+    assert auth.check(signed).identity == "ana@example.com"
+    assert auth.check({"x-goog-iap-jwt-assertion": _assertion(key)}).identity == "ana@example.com"  # k1 still
+    assert server.fetches == 2
+
+
+def test_a_flood_of_assertions_with_a_made_up_key_id_fetches_googles_keys_at_most_once_per_retry_window(
+        settings: Any, es256: tuple[Any, str]) -> None:
+    key, public = es256
+    server = KeyServer({"k1": public})
+    auth = _iap(settings, server)
+    keys = auth._keys
+    assert keys is not None
+    keys._retry = 60.0
+    bogus = {"x-goog-iap-jwt-assertion": _assertion(key, kid="made-up")}
+
+    def flood(n: int = 200) -> list[int]:
+        statuses = []
+        for _ in range(n):
+            with pytest.raises(AuthError) as err:
+                auth.check(bogus)
+            statuses.append(err.value.status)
+        return statuses
+
+    # Keys fetched moments ago are Google's current ones: an id they lack is not Google's, a 401, nothing fetched.
+    assert set(flood()) == {401} and server.fetches == 1
+    _age(keys, 61)  # older than retry_s: the first refusal starts one refresh, the rest wait for it or see its keys
+    said = flood()
+    assert said[0] == 503 and set(said) <= {401, 503}
+    _until(lambda: server.fetches == 2 and not keys._refreshing)
+    assert set(flood()) == {401} and server.fetches == 2
+    server.status = 500  # a refresh that fails is not repeated by every request either
+    _age(keys, 61)
+    assert flood()[0] == 503
+    _until(lambda: server.fetches == 3 and not keys._refreshing)
+    said = flood()
+    assert set(said) == {503} and server.fetches == 3
+    with pytest.raises(AuthError, match=r"failed \d+ s ago \(tried again every 60 s\)"):
+        auth.check(bogus)
+
+
+def test_iap_assertions_allow_a_little_clock_skew_but_no_more(settings: Any, es256: tuple[Any, str]) -> None:
+    """google-auth allows none by default and compares whole seconds: an assertion issued a second "ahead" of the
+    replica's clock was refused 401 "Token used too early"."""
+    key, public = es256
+    auth = _iap(settings, KeyServer({"k1": public}))
+    now = int(time.time())
+    ahead = {"x-goog-iap-jwt-assertion": _assertion(key, iat=now + 2, exp=now + 602)}
+    assert auth.check(ahead).identity == "ana@example.com"
+    expired = {"x-goog-iap-jwt-assertion": _assertion(key, iat=now - 660, exp=now - 60)}
+    with pytest.raises(AuthError, match="expired") as err:
+        auth.check(expired)
+    assert err.value.status == 401
+
+
 def test_status_shows_the_current_token_alone_during_a_rotation(settings: Any) -> None:
     """`tenfold status` printed "token   NEW" and "OLD  (file ...)" on the next line: the docs' recipes read the whole
     file, and a client sending two lines as its bearer token is refused by its own HTTP library."""

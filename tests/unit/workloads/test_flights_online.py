@@ -80,6 +80,24 @@ def test_the_request_model_refuses_bad_input_naming_the_field(change: dict[str, 
     assert error["loc"] == (field,) and says in error["msg"], error
 
 
+@pytest.mark.parametrize(("field", "value", "clock"), [
+    ("sched_dep", "2013-01-01T24:00", "24:00"),
+    ("sched_dep", "2013-01-01T23:60", "23:60"),
+    ("sched_arr", "2013-01-01 23:60:00", "23:60:00"),
+])
+def test_a_time_of_day_past_23_59_is_refused_naming_the_field_and_the_range(field: str, value: str, clock: str) -> None:
+    """24:00 and 23:60 passed the naive-ISO pattern, and pydantic then said "unexpected extra characters at the end
+    of the input": nothing about the hour or the minute being out of range."""
+    with pytest.raises(ValidationError) as err:
+        request(**{field: value})
+    (error,) = err.value.errors()
+    assert error["loc"] == (field,), error
+    assert f"{field} has no such time of day ({clock})" in error["msg"], error
+    assert "hour must be 00 to 23, the minute (and second) 00 to 59" in error["msg"], error
+    assert "extra characters" not in error["msg"]
+    assert request(**{field: value[:11] + "23:59"}).model_dump()[field].time() == dt.time(23, 59)  # the edge is taken
+
+
 def test_the_request_model_takes_every_tail_number_the_raw_suite_does() -> None:
     """A delivered month with a hyphenated registration is trained on (the raw suite allows it), so its replayed
     requests must be scored, not refused with a 422; the tail number is checked by the suite's own pattern."""

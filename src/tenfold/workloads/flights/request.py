@@ -28,14 +28,23 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field
 __all__ = ["FlightRequest"]
 
 # YYYY-MM-DDTHH:MM[:SS[.ffffff]], nothing after: no offset, no "Z".
-_NAIVE_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$")
+_NAIVE_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}):(\d{2})(:(\d{2})(\.\d{1,6})?)?$")
 
 
 def _naive_minute(value: Any, name: str) -> Any:
-    if not isinstance(value, str) or not _NAIVE_ISO.match(value):
+    match = _NAIVE_ISO.match(value) if isinstance(value, str) else None
+    if match is None:
         raise ValueError(
             f"{name} must be a local date and time as a naive ISO string, e.g. 2013-01-01T05:15:00 "
             "(no time-zone offset, no Unix timestamp)"
+        )
+    # The pattern lets 24:00 or 23:60 through, and pydantic's refusal of them ("unexpected extra characters at the
+    # end of the input") pointed at the wrong thing: say which clock reading is out of range.
+    hour, minute, second = int(match[1]), int(match[2]), int(match[4] or 0)
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(
+            f"{name} has no such time of day ({match[1]}:{match[2]}{':' + match[4] if match[4] else ''}): the hour "
+            "must be 00 to 23, the minute (and second) 00 to 59; midnight is 00:00 of the next day"
         )
     return value
 
