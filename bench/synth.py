@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 15.0
 
 _CHILD = """
-import json, sys, time
+import json, os, sys, time
+os.environ.setdefault("TENFOLD_SERVING__LOAD_BALANCER__DOMAIN", "bench.example.com")  # prod needs one to synthesize
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 import cdktn, cdktn_provider_google.compute_instance_template  # noqa: F401 - the heavy import

@@ -34,13 +34,34 @@ VIEWER, USER, ADMIN = "roles/storage.objectViewer", "roles/storage.objectUser", 
 PUBLISHER, SUBSCRIBER = "roles/pubsub.publisher", "roles/pubsub.subscriber"
 SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 # What the DAGs do to the platform from Composer, and nothing else: run Dataproc batches, resize the
-# training group, and roll out (the URL map, the serving groups' templates: tenfold.rollout.cloud).
+# training group, and roll out (the URL map, the serving groups' templates: tenfold.rollout.cloud). Each is a call
+# the code makes (tests/infra/test_adapters_match_stacks.py holds the role to exactly those): no batch is listed,
+# and a try cancels a batch it no longer waits for through the batch's operation (tenfold.features.runners).
 ORCHESTRATOR_PERMISSIONS = tuple(dict.fromkeys((
-    "dataproc.batches.create", "dataproc.batches.get", "dataproc.batches.list", "dataproc.batches.cancel",
-    "dataproc.operations.get", "dataproc.operations.cancel",  # a try cancels a batch it no longer waits for
+    "dataproc.batches.create", "dataproc.batches.get", "dataproc.operations.get", "dataproc.operations.cancel",
     "compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update", "compute.regionOperations.get",
     *ROLLOUT_PERMISSIONS,
 )))
+
+
+# The environments whose load balancer may serve plain HTTP (port 80, with a warning): dev, for test traffic. Any
+# other, and any stack behind IAP, is refused without a domain (require_https).
+PLAIN_HTTP_ENVS = ("dev",)
+
+
+def require_https(settings: Settings) -> None:
+    """Refuse (ValueError, one line) a stack whose load balancer would serve plain HTTP where it must not: prod's
+    (every request's bearer token would cross the internet unencrypted) and any behind IAP (IAP needs HTTPS in front,
+    docs/deploy.md). Without a domain the load balancer listens on port 80 only; synth used to warn and go on."""
+    if settings.serving.load_balancer.domain:
+        return
+    how = "set TENFOLD_SERVING__LOAD_BALANCER__DOMAIN=<your domain> (the stack then serves HTTPS only; docs/deploy.md)"
+    if settings.serving.server.auth_mode == "iap":
+        raise ValueError(f"{settings.env}: serving.server.auth_mode is iap and serving.load_balancer.domain is not "
+                         f"set, but IAP needs HTTPS in front of it: {how}")
+    if settings.env not in PLAIN_HTTP_ENVS:
+        raise ValueError(f"{settings.env}: serving.load_balancer.domain is not set, so its load balancer would serve "
+                         f"plain HTTP and every request's bearer token would cross the internet unencrypted: {how}")
 
 
 def served_tables(settings: Settings) -> list[str]:
@@ -126,8 +147,11 @@ def accounts(settings: Settings, orchestrator_role: str) -> list[AccountSpec]:
         AccountSpec("composer", sa.composer, project_roles=(
                         *(["roles/composer.worker"] if settings.airflow.composer_enabled else []), *observe),
                     custom_roles=[orchestrator_role],
+                    # The Dataproc staging bucket read only: no DAG writes there (operators upload the job's code by
+                    # hand, docs/deploy.md), and writing it would let any DAG replace the code Dataproc runs as its
+                    # own account.
                     bucket_roles=[(st.lake_bucket, USER), (st.models_bucket, USER), (st.artifacts_bucket, USER),
-                                  (st.dataproc_staging_bucket, USER)],
+                                  (st.dataproc_staging_bucket, VIEWER)],
                     # The predictions and feedback topics for `tenfold feedback dead-letters --replay`, which sends the
                     # sink's dead letters back to their stream's topic (pulled below, they could not be replayed, and
                     # were lost with the subscription's retention).
@@ -156,6 +180,7 @@ def gpu_fleet(scope: Construct, cid: str, s: Settings, g: GpuGroupSettings, *, s
 
 class PlatformStack(TerraformStack):
     def __init__(self, scope: Construct, settings: Settings) -> None:
+        require_https(settings)  # before anything is built: infra.main turns it into its one-line refusal
         name = settings.infra.platform_stack
         super().__init__(scope, name)
         configure(self, settings, name)

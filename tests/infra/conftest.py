@@ -1,10 +1,10 @@
 """Synthesize every stack ONCE per test session (the Google provider import alone takes ~10 s).
 
-One CDK Terrain app holds dev, prod, a renamed dev (prefix ``acme-dev``, for the settings round trip),
-a dev with its lake folders, network tags, orchestrator role and inference work prefix renamed in settings
-(``relaid-dev``), a prod with a domain (``tls-prod``), a prod whose replicas check IAP instead of a bearer
-token (``iap-prod``) and the known-bad fixture stack (``bad_stack.py``); tests read the synthesized
-``cdk.tf.json``.
+One CDK Terrain app holds dev, prod (with a domain: prod is refused without one), a renamed dev (prefix
+``acme-dev``, for the settings round trip), a dev with its lake folders, network tags, orchestrator role and
+inference work prefix renamed in settings (``relaid-dev``), a prod with another domain and an on-call address
+(``tls-prod``), a prod whose replicas check IAP instead of a bearer token (``iap-prod``) and the known-bad fixture
+stack (``bad_stack.py``); tests read the synthesized ``cdk.tf.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ RENAMED_PREFIX = "acme-dev"
 RELAID_PREFIX = "relaid-dev"
 BAD_STACK = "known-bad"
 ONCALL = "ml-oncall@acme.test"
+PROD_DOMAIN = "api.example.com"  # TENFOLD_SERVING__LOAD_BALANCER__DOMAIN at synth: prod (and IAP) refuse plain HTTP
+
+
+def with_domain(settings: Any, domain: str) -> Any:
+    """``settings`` with ``serving.load_balancer.domain`` (as TENFOLD_SERVING__LOAD_BALANCER__DOMAIN at synth gives)."""
+    lb = settings.serving.load_balancer.model_copy(update={"domain": domain})
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update={"load_balancer": lb})})
 
 
 def _load(stem: str) -> Any:
@@ -76,9 +83,15 @@ def tls_settings() -> Any:
     (TENFOLD_ALERT_EMAIL at synth)."""
     from tenfold.config import build_settings
 
-    s = build_settings("prod", {"TENFOLD_ALERT_EMAIL": ONCALL}, prefix="tls-prod")
-    lb = s.serving.load_balancer.model_copy(update={"domain": "ml.example.com"})
-    return s.model_copy(update={"serving": s.serving.model_copy(update={"load_balancer": lb})})
+    return with_domain(build_settings("prod", {"TENFOLD_ALERT_EMAIL": ONCALL}, prefix="tls-prod"), "ml.example.com")
+
+
+@pytest.fixture(scope="session")
+def prod_settings() -> Any:
+    """prod as synthesized: its settings with a domain (the names are get_settings("prod")'s)."""
+    from tenfold.config import get_settings
+
+    return with_domain(get_settings("prod"), PROD_DOMAIN)
 
 
 IAP_AUDIENCE = "/projects/123456789012/global/backendServices/4242424242"
@@ -86,16 +99,18 @@ IAP_AUDIENCE = "/projects/123456789012/global/backendServices/4242424242"
 
 @pytest.fixture(scope="session")
 def iap_settings() -> Any:
-    """prod with serving.server.auth_mode "iap" (as TENFOLD_SERVING__SERVER__AUTH_MODE=iap at synth would give)."""
+    """prod with serving.server.auth_mode "iap" (as TENFOLD_SERVING__SERVER__AUTH_MODE=iap at synth would give), and
+    the domain IAP needs in front of it."""
     from tenfold.config import build_settings
 
     return build_settings("prod", {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
-                                   "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": IAP_AUDIENCE}, prefix="iap-prod")
+                                   "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": IAP_AUDIENCE,
+                                   "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "iap.example.com"}, prefix="iap-prod")
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_settings: Any, relaid_settings: Any,
-          iap_settings: Any) -> Any:
+def synth(tmp_path_factory: pytest.TempPathFactory, prod_settings: Any, renamed_settings: Any, tls_settings: Any,
+          relaid_settings: Any, iap_settings: Any) -> Any:
     from infra.stacks.synthesized import synthesize
     from tenfold.config import get_settings
 
@@ -106,7 +121,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory, renamed_settings: Any, tls_s
 
     return synthesize(
         tmp_path_factory.mktemp("cdktf.out"),
-        [get_settings("dev"), get_settings("prod"), renamed_settings, tls_settings, relaid_settings, iap_settings],
+        [get_settings("dev"), prod_settings, renamed_settings, tls_settings, relaid_settings, iap_settings],
         extra=extra,
     )
 

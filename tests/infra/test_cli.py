@@ -19,6 +19,8 @@ from tenfold.config import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
+# prod is refused without a domain (infra.stacks.platform.require_https): the app synthesizes it with this one.
+DOMAIN = {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "api.example.com"}
 
 
 def _node_version(node: str) -> tuple[int, ...]:
@@ -48,7 +50,7 @@ def test_cli_synthesizes_every_stack(cli: str, tmp_path: Path) -> None:
     if found is None:
         pytest.fail(f"the {cli} CLI is not installed in .tools/cdk: run `make setup` (it installs {cli}-cli there)")
     exe, env = found
-    proc = subprocess.run([exe, "synth", "--output", str(tmp_path)], cwd=ROOT / "infra", env=env,
+    proc = subprocess.run([exe, "synth", "--output", str(tmp_path)], cwd=ROOT / "infra", env={**env, **DOMAIN},
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected = {n for env_name in ("dev", "prod") for n in (get_settings(env_name).infra.data_stack,
@@ -90,6 +92,26 @@ def test_synth_refuses_a_bad_setting_in_one_line_naming_its_variable(tmp_path: P
     assert not list(tmp_path.rglob("cdk.tf.json")), "nothing is synthesized from refused settings"
 
 
+def test_synth_without_a_domain_leaves_prod_out_saying_what_to_set(tmp_path: Path) -> None:
+    """prod without serving.load_balancer.domain was synthesized with a warning, its load balancer on plain HTTP, and
+    could be deployed so. `make synth` and `cdktn synth` now leave prod's stacks out, with one line naming the
+    variable to set; dev (test traffic) is still synthesized, on plain HTTP with its warning."""
+    import json
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in DOMAIN}
+    env.update({"CDKTF_OUTDIR": str(tmp_path), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"})
+    proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN" in ln]
+    assert line.startswith("warning: prod: serving.load_balancer.domain is not set"), line
+    assert line.endswith("prod's stacks were not synthesized"), line
+    stacks = set(json.loads((tmp_path / "manifest.json").read_text())["stacks"])
+    assert stacks and all("dev" in name for name in stacks) and not any("prod" in name for name in stacks), stacks
+
+
 def test_a_relative_output_folder_the_clis_pass_is_written_in_infra_where_they_read_it() -> None:
     """The CLIs run cdktf.json's app from infra/ with CDKTF_OUTDIR=cdktf.out and read infra/cdktf.out/manifest.json;
     the app (`cd ..`) wrote <root>/cdktf.out: `cdktn deploy` found no manifest on a fresh clone, and after a
@@ -98,7 +120,7 @@ def test_a_relative_output_folder_the_clis_pass_is_written_in_infra_where_they_r
     import uuid
 
     name = f"cdktf.out-test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "CDKTF_OUTDIR": name, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    env = {**os.environ, "CDKTF_OUTDIR": name, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", **DOMAIN}
     try:
         proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300, check=False)

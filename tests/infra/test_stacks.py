@@ -156,9 +156,17 @@ PROJECT_ROLE_ALLOWLIST = {
 }
 
 
+# The project-level IAM resources the allowlist below does not read: a binding (authoritative for its role) or a
+# policy (for the whole project) granting a powerful role passed it unseen. The stacks grant per member only.
+AUTHORITATIVE_PROJECT_IAM = ("google_project_iam_binding", "google_project_iam_policy")
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_project_roles_are_an_allowlist(synth: Synth, env: str) -> None:
     """Project-wide grants are only those GCP offers no narrower scope for (the rest are per bucket/topic)."""
+    for whole in (_data(synth, env), _platform(synth, env)):
+        for rtype in AUTHORITATIVE_PROJECT_IAM:
+            assert not resources(whole, rtype), f"{rtype}: grant project roles per member (google_project_iam_member)"
     stack = _platform(synth, env)
     accounts = {lid: a["account_id"] for lid, a in resources(stack, "google_service_account").items()}
     custom = {lid for lid in resources(stack, "google_project_iam_custom_role")}
@@ -673,9 +681,10 @@ def test_https_with_managed_certificate_when_a_domain_is_set(synth: Synth, tls_s
     assert rule["port_range"] == "443" and "target_https_proxy" in rule["target"]
 
 
-def test_a_load_balancer_without_a_domain_is_synthesized_with_a_warning_that_it_serves_plain_http(
-        synth: Synth, tls_settings) -> None:
-    """Bearer tokens would cross the internet unencrypted: `cdktn synth` and `deploy` say so, and how to fix it."""
+def test_only_dev_serves_plain_http_and_says_so(synth: Synth, prod_settings, tls_settings, iap_settings) -> None:
+    """Bearer tokens would cross the internet unencrypted: dev without a domain is synthesized with a warning that
+    `cdktn synth` and `deploy` show, and how to fix it; prod and IAP stacks have a domain (they are refused without
+    one) and serve HTTPS on 443 only."""
     import json
 
     from infra.components.load_balancer import PLAIN_HTTP_WARNING
@@ -685,10 +694,32 @@ def test_a_load_balancer_without_a_domain_is_synthesized_with_a_warning_that_it_
     def warnings(stack: str) -> list[str]:
         return [a["message"] for a in stacks[stack].get("annotations", []) if a["level"].endswith("warn")]
 
-    for env in ("dev", "prod"):
-        assert warnings(get_settings(env).infra.platform_stack) == [PLAIN_HTTP_WARNING]
+    assert warnings(get_settings("dev").infra.platform_stack) == [PLAIN_HTTP_WARNING]
     assert "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN" in PLAIN_HTTP_WARNING
-    assert warnings(tls_settings.infra.platform_stack) == []
+    for s in (prod_settings, tls_settings, iap_settings):
+        assert warnings(s.infra.platform_stack) == [], s.prefix
+        stack = synth.stack(s.infra.platform_stack)
+        assert not resources(stack, "google_compute_target_http_proxy"), s.prefix
+        (rule,) = resources(stack, "google_compute_global_forwarding_rule").values()
+        assert rule["port_range"] == "443" and "target_https_proxy" in rule["target"], s.prefix
+
+
+def test_prod_and_iap_without_a_domain_are_refused_in_one_line_naming_the_variable(tmp_path) -> None:
+    """prod without serving.load_balancer.domain listened on plain HTTP (port 80) with only a warning, and a stack
+    behind IAP put it in front of that HTTP-only rule, though IAP needs HTTPS: both are refused before anything is
+    synthesized, in one line that names the variable to set (infra.main prints it and exits 2)."""
+    from infra.stacks import build_app
+
+    iap_dev = build_settings("dev", {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+                                     "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/global/backendServices/2"})
+    assert get_settings("prod").serving.load_balancer.domain is None  # the default: no domain
+    for s, why in ((get_settings("prod"), "plain HTTP"), (iap_dev, "IAP needs HTTPS")):
+        with pytest.raises(ValueError) as refused:
+            build_app([s], outdir=str(tmp_path / s.env))
+        message = str(refused.value)
+        assert "\n" not in message and why in message, message
+        assert message.startswith(f"{s.env}: ") and "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN=" in message, message
+    assert not list(tmp_path.rglob("cdk.tf.json"))
 
 
 @pytest.mark.parametrize("env", ENVS)

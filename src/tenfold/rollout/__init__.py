@@ -51,7 +51,7 @@ class ArmTraffic:
     """What the load balancer saw of one arm over a window."""
 
     requests: int  # requests answered or failed, of any status
-    errors: int  # of those: 5xx answers and requests that got no answer at all
+    errors: int  # of those: 5xx answers and requests that got no answer at all (the cloud's also counts 401 and 403)
     latencies_ms: Sequence[float]  # one per request, total time at the load balancer
 
     @property

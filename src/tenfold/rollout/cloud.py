@@ -430,6 +430,11 @@ LB_LOG_RESOURCE = "http_load_balancer"
 # window is read again as a sample spread over all of it (Logging's ``sample(insertId, fraction)``, the fraction
 # from how soon the first read reached the cap): the oldest 5,000 of a busy window are its first seconds only.
 MAX_ENTRIES_PER_ARM = 5000
+# Refusals counted as errors besides 5xx and no answer: a replica that refuses authenticated traffic (under IAP, one
+# checking another backend's audience: docs/deploy.md) fails its users as surely as one that crashes, and counting
+# only 5xx passed such a canary as a fast success. The control's are counted the same way, so a client without a
+# token (or a Cloud Armor denial) weighs on both arms alike and the comparison stays fair.
+REFUSED_STATUSES = frozenset({401, 403})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -451,8 +456,8 @@ class LoadBalancerLogObserver:
     """The cloud :class:`~tenfold.rollout.TrafficObserver`: the load balancer's request logs.
 
     Each arm is its backend service: one Cloud Logging query per arm for the predict endpoint's requests in
-    ``[since, until)``. A request counts as an error when the load balancer logged a 5xx or no status at all
-    (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
+    ``[since, until)``. A request counts as an error when the load balancer logged a 5xx, a 401 or 403
+    (:data:`REFUSED_STATUSES`) or no status at all (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
     The load balancer writes its logs with a delay of seconds to a minute: the rollout reads each window
     ``rollout.traffic_lag_s`` after it ends, so no request falls between two checks. At most ``max_entries``
     requests are read per arm: a busier window is read as a sample spread over all of it.
@@ -501,8 +506,8 @@ class LoadBalancerLogObserver:
                 statuses, latencies, _ = self._read(backend, since, until, self.max_entries, sample=fraction)
                 log.info("%s: about %.0f requests in [%s, %s): read a sample of %.4f of them (%d)", backend, expected,
                          since, until, fraction, len(statuses))
-            result[arm] = ArmTraffic(requests=len(statuses), errors=sum(1 for c in statuses if c >= 500 or c < 100),
-                                     latencies_ms=tuple(latencies))
+            errors = sum(1 for c in statuses if c >= 500 or c < 100 or c in REFUSED_STATUSES)
+            result[arm] = ArmTraffic(requests=len(statuses), errors=errors, latencies_ms=tuple(latencies))
         return result
 
     def _read(self, backend: str, since: dt.datetime, until: dt.datetime, cap: int, *,

@@ -146,3 +146,25 @@ def test_bad_windows_are_refused() -> None:
         observer.traffic(SINCE.replace(tzinfo=None), UNTIL)
     with pytest.raises(ValueError, match="is empty"):
         observer.traffic(UNTIL, SINCE)
+
+
+def _refused(backend: str, status: int) -> dict[str, Any]:
+    """The recorded answered entry, as the backend's replica refusing the request with ``status``."""
+    entry = _entry(OK, backend, 3.0)
+    entry["httpRequest"]["status"] = status
+    return entry
+
+
+def test_a_canary_refusing_authenticated_requests_counts_errors_on_both_arms_alike() -> None:
+    """Under IAP both pools check one audience while IAP signs the canary's requests with its own backend's
+    (docs/deploy.md): the canary answered 401 to everyone and, counted on 5xx only, passed as a fast success.
+    A 401 or 403 is an error, on the control arm too."""
+    stable = [_entry(OK, LB.stable_backend, 12.0)] * 18 + [_refused(LB.stable_backend, 403)] * 2
+    canary = [_refused(LB.canary_backend, 401)] * 9 + [_entry(OK, LB.canary_backend, 12.0)]
+    seen = _observer(FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary})).traffic(SINCE, UNTIL)
+    assert (seen["canary"].requests, seen["canary"].errors) == (10, 9)
+    assert (seen["stable"].requests, seen["stable"].errors) == (20, 2)
+    # other answers a client caused stay successes of the replica
+    client_errors = [_refused(LB.canary_backend, status) for status in (400, 404, 422, 429)]
+    seen = _observer(FakeLogging({LB.canary_backend: client_errors})).traffic(SINCE, UNTIL)
+    assert (seen["canary"].requests, seen["canary"].errors) == (4, 0)
