@@ -77,10 +77,17 @@ class SinkOptions:
     pubsub_retry_s: float = 60.0  # how long Pub/Sub may stay unreachable before giving up
 
 
-# How long a stop gives the running sink before SIGKILL: a held pull cut short (5 s), the batch in hand, a last join
-# of the months it touched (which may first wait for the join lock). Shorter, the kill came mid-join and left the
-# join's locks behind until they went stale (docker's default 10 s in the cloud, 20 s for `tenfold down`).
+# How long a stop gives the running sink before SIGKILL: a held pull cut short (5 s), the batch in hand, what is left to
+# pull (STOP_DRAIN_S), a last join of the months it touched (which may first wait for the join lock). Shorter, the kill
+# came mid-join and left the join's locks behind until they went stale (docker's default 10 s in the cloud, 20 s for
+# `tenfold down`).
 STOP_TIMEOUT_S = 90
+
+# run(), once stopped: how long it goes on landing what the subscriptions still hold before it returns. `tenfold down`
+# stops the replicas first (nothing more is published), then the sink, then the Pub/Sub emulator, which keeps messages
+# in memory only: what the sink left there was lost. Bounded well below STOP_TIMEOUT_S, which must still cover the
+# batch in hand and the last join.
+STOP_DRAIN_S = 20.0
 
 
 @dataclass
@@ -210,8 +217,9 @@ class FeedbackSink:
 
     def run(self, stop: threading.Event, *, after_round: Callable[[], object] | None = None) -> SinkStats:
         """Land messages until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); the batch in hand is
-        finished first, unless Pub/Sub or the lake is being retried: then the retry ends at once and what it held is
-        left unacknowledged, for Pub/Sub to redeliver. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
+        finished first, then what the subscriptions still hold (see :data:`STOP_DRAIN_S`), unless Pub/Sub or the lake
+        is being retried: then the retry ends at once and what it held is left unacknowledged, for Pub/Sub to
+        redeliver. ``after_round`` runs after every round of pulls, busy or quiet (the CLI's join, which
         paces itself): a steady stream is never quiet, so work kept for quiet moments would never run."""
         busy = False
         self._stop = stop
@@ -223,11 +231,20 @@ class FeedbackSink:
                 busy = self.poll_once(wait=not busy, fill=True, stop=stop) > 0
                 if after_round is not None:
                     after_round()
+            self._land_backlog()
         except _Stopped:  # stopped while retrying: nothing unwritten was acknowledged (see _pause)
             pass
         finally:
             self._stop = threading.Event()
         return self.stats
+
+    def _land_backlog(self) -> None:
+        """Once stopped: land what the subscriptions still hold, in rounds of pulls that return at once, until a round
+        pulls nothing or :data:`STOP_DRAIN_S` passed. The stop is set, so a retry of Pub/Sub or the lake raises
+        :class:`_Stopped` at once: an unreachable emulator ends this at its first refused pull."""
+        deadline = time.monotonic() + STOP_DRAIN_S
+        while time.monotonic() < deadline and self.poll_once():
+            pass
 
     def _pause(self, seconds: float, what: str) -> None:
         """Wait ``seconds`` before retrying ``what``; :class:`_Stopped` at once when run()'s stop is set. Nothing is

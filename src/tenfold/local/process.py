@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import math
 import os
 import signal
@@ -22,12 +23,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
+
+log = logging.getLogger(__name__)
 
 # How long stop() gives the processes a stopped group left behind (descendants in groups of their own) after
 # SIGTERM before SIGKILL: an Airflow task only runs its on_kill on SIGTERM and then carries on.
@@ -53,6 +56,9 @@ class ProcessRecord:
     # recycled pid as group id. Empty in records written before either was kept.
     boot_id: str = ""
     marker: str = ""
+    # The folder (resolved) its pid file was written in: what tells a pid file copied with its home (``cp -a``) from
+    # this home's own (see read_record). Empty in records written before it was kept: this home's, as before.
+    run_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -94,6 +100,10 @@ def started(proc: psutil.Process) -> float:
 
 # Every process start() starts, and all it forks, carries a marker of its own in this environment variable.
 MARKER_ENV = "TENFOLD_PROCESS_MARKER"
+# A job given a marker of its own (a training launch's torchrun, known by its folder's lock) keeps the one it would have
+# inherited in this variable: when the task that launched it dies first (the OOM killer) and init adopts the job, the
+# parent links to it are gone, and stop() of the platform's process finds it by this marker alone.
+PARENT_MARKER_ENV = "TENFOLD_PARENT_MARKER"
 START_HEADER = "--- tenfold:"  # the line each start writes to its log first (log_tail shows what follows it)
 
 
@@ -150,13 +160,49 @@ def port_refusal(host: str, port: int, what: str, how: str) -> str | None:
     """Why ``what`` cannot listen on ``host:port`` (``how``: the setting that moves it), or None when it can."""
     state = port_state(host, port)
     if state == "in use":
-        return (f"port {host}:{port} ({what}) is already in use by another program: stop that program, or choose "
-                f"another port with {how}")
+        return (f"port {host}:{port} ({what}) is already in use by another program{_named(listener(host, port))}: "
+                f"stop that program, or choose another port with {how}")
     if state == "privileged":
         lowest = unprivileged_port_start()
         return (f"port {host}:{port} ({what}) is a privileged port: only root may listen below {lowest} "
                 f"(net.ipv4.ip_unprivileged_port_start); choose one of {lowest} or above with {how}")
     return None
+
+
+def listener(host: str, port: int) -> psutil.Process | None:
+    """The process that listens on ``host:port``, when it is one of this user's (whose sockets this user may see);
+    None when none is, or the listener is another user's (root's docker-proxy, say)."""
+    try:
+        # One pass over the system's sockets; on Linux a user sees the pid of their own processes' only.
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.pid and _listening_at(conn, host, port):
+                with contextlib.suppress(psutil.Error):
+                    return psutil.Process(conn.pid)
+        return None
+    except psutil.AccessDenied:  # macOS: that listing needs root; each of this user's processes' own sockets instead
+        pass
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.uids().real == os.getuid() and any(_listening_at(c, host, port)
+                                                       for c in proc.net_connections(kind="inet")):
+                return proc
+    return None
+
+
+def _listening_at(conn: Any, host: str, port: int) -> bool:
+    """Whether ``conn`` (psutil's, system-wide or a process's) listens on ``port`` of ``host`` or of every address."""
+    return (conn.status == psutil.CONN_LISTEN and bool(conn.laddr) and conn.laddr.port == port
+            and conn.laddr.ip in (host, "0.0.0.0", "::", f"::ffff:{host}"))
+
+
+def _named(proc: psutil.Process | None) -> str:
+    """`` (pid N, name)`` for a refusal that names the program holding a port; "" when it is not known."""
+    if proc is None:
+        return ""
+    try:
+        return f" (pid {proc.pid}, {proc.name()})"
+    except psutil.Error:
+        return f" (pid {proc.pid})"
 
 
 def unprivileged_port_start() -> int:
@@ -170,12 +216,51 @@ def unprivileged_port_start() -> int:
 def require_local_storage(settings: Settings) -> None:
     """Raise :class:`LocalPlatformError` at once when ``settings`` are local and nothing listens where their GCS
     emulator (the lake's and the model registry's store) should be: the storage client's own retries would wait
-    two minutes on a refused connection before failing. Cloud settings pass unchecked."""
+    two minutes on a refused connection before failing. Cloud settings pass unchecked.
+
+    Something listening is not enough: a program that is no GCS emulator Tenfold started (another service on the
+    default port) is refused, naming it. Another home's GCS emulator passes with a warning naming that home (its
+    registry is the one read): the test suite's homes share one emulator on purpose."""
     local = settings.local
-    if settings.is_local and settings.storage.emulator_host and not port_in_use(local.bind_host, local.gcs_port):
+    if not (settings.is_local and settings.storage.emulator_host):
+        return
+    host, port = local.bind_host, local.gcs_port
+    if not port_in_use(host, port):
         raise LocalPlatformError(
-            f"the local platform is not up: nothing listens on {local.bind_host}:{local.gcs_port}, where the GCS "
+            f"the local platform is not up: nothing listens on {host}:{port}, where the GCS "
             "emulator (the model registry's store) should be: run `tenfold up`")
+    from tenfold.local.services import run_dir
+
+    own = read_record(run_dir(settings), "gcs")
+    if own is not None and listens_on(own, [port]):
+        return
+    holder = listener(host, port)
+    home = _gcs_home(holder, port) if holder is not None else None
+    if home is None:
+        raise LocalPlatformError(
+            f"this home's GCS emulator is not running, and another program{_named(holder)} holds {host}:{port}, "
+            "where it should listen: stop that program, or give this platform another port (TENFOLD_LOCAL__GCS_PORT), "
+            "then run `tenfold up`")
+    if (home, port) not in _warned_homes:
+        _warned_homes.add((home, port))
+        log.warning("warning: the GCS emulator on %s:%d is the platform's in %s, not this home's (%s): the model "
+                    "registry read and written is that home's; give this home ports of its own (TENFOLD_LOCAL__*_PORT) "
+                    "and run `tenfold up`", host, port, home, local.home)
+
+
+_warned_homes: set[tuple[Path, int]] = set()
+
+
+def _gcs_home(proc: psutil.Process, port: int) -> Path | None:
+    """The home whose platform runs ``proc`` as its GCS emulator on ``port``, or None when it is no such process.
+    A component of the platform runs in its home (``start``'s ``cwd``), its pid file in the home's ``run`` folder
+    (``tenfold.local.services.run_dir``)."""
+    try:
+        home = Path(proc.cwd())
+    except psutil.Error:
+        return None
+    record = read_record(home / "run", "gcs")
+    return home if record is not None and listens_on(record, [port]) else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -194,14 +279,46 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def read_record(run_dir: Path, name: str) -> ProcessRecord | None:
+    """The record of ``name``'s pid file in ``run_dir``; None when there is none, it cannot be parsed, or it is a copy
+    of another home's that still names that home's process (see :func:`_copied_from`)."""
     path = pid_file(run_dir, name)
     try:
-        return ProcessRecord.from_json(path.read_text())
+        record = ProcessRecord.from_json(path.read_text())
     except FileNotFoundError:
         return None
     except (ValueError, TypeError, KeyError):
         # A pid file we cannot parse identifies nothing; treat as absent (and never kill on it).
         return None
+    if (origin := _copied_from(record, path)) is not None:
+        if path not in _warned_copies:  # once per process: `status` and `up` read each pid file several times
+            _warned_copies.add(path)
+            log.warning("warning: %s is a copy of %s: its %s (pid %d) is the platform's in %s, which this home leaves "
+                        "alone (stop it from there; delete the copy to silence this)", path, origin, record.name,
+                        record.pid, origin.parent)
+        return None
+    return record
+
+
+_warned_copies: set[Path] = set()
+
+
+def _copied_from(record: ProcessRecord, path: Path) -> Path | None:
+    """The pid file that ``path`` (holding ``record``) was copied from, when that one still names the same process.
+
+    A home copied while its platform ran (``cp -a A B``) holds A's pid files: read as B's own, B's ``status`` said
+    running, its ``up`` took A's emulators (A's registry) for its own, and its ``down`` stopped A's platform. None when
+    the record was written here, or before records kept their folder (this home's, as before), or when the folder it
+    names no longer holds it: the home was moved, or the original deleted, and the process has no other home."""
+    if not record.run_dir or Path(record.run_dir) == path.parent.resolve():
+        return None
+    origin = Path(record.run_dir) / path.name
+    try:
+        if origin.samefile(path):  # the same folder by another way (a bind mount)
+            return None
+        other = ProcessRecord.from_json(origin.read_text())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return origin if (other.pid, other.create_time) == (record.pid, record.create_time) else None
 
 
 def _process_of(record: ProcessRecord) -> psutil.Process | None:
@@ -273,7 +390,8 @@ def start(
         except FileNotFoundError as exc:
             raise LocalPlatformError(f"{name}: cannot run {argv[0]!r} ({exc.strerror})") from exc
     try:
-        record = record_of(psutil.Process(popen.pid), name, port=port, log=str(log_path), marker=marker)
+        record = record_of(psutil.Process(popen.pid), name, port=port, log=str(log_path), marker=marker,
+                           run_dir=str(run_dir.resolve()))
     except psutil.NoSuchProcess as exc:  # zombies included: it exited before we could look at it
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=2)
@@ -305,11 +423,13 @@ def start(
     return record
 
 
-def record_of(proc: psutil.Process, name: str, *, port: int = 0, log: str = "", marker: str = "") -> ProcessRecord:
+def record_of(proc: psutil.Process, name: str, *, port: int = 0, log: str = "", marker: str = "",
+              run_dir: str = "") -> ProcessRecord:
     """The record that identifies ``proc`` (its pid and start time, in this boot) for :func:`is_running` and
-    :func:`stop`; ``marker``, the :data:`MARKER_ENV` its group was started with, tells its orphans from strangers."""
+    :func:`stop`; ``marker``, the :data:`MARKER_ENV` its group was started with, tells its orphans from strangers;
+    ``run_dir``, the folder its pid file goes to, tells a copy of that file in another home from it."""
     return ProcessRecord(name=name, pid=proc.pid, create_time=started(proc), cmdline=proc.cmdline(), port=port,
-                         log=log, boot_id=boot_id(), marker=marker)
+                         log=log, boot_id=boot_id(), marker=marker, run_dir=run_dir)
 
 
 def _abandon(popen: subprocess.Popen[bytes]) -> None:
@@ -487,13 +607,15 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
 
 
 def _marked(marker: str) -> list[psutil.Process]:
-    """This user's processes whose environment carries ``marker`` (none for an empty one: a record from before markers)."""
+    """This user's processes whose environment carries ``marker``, as their own or their parent's (see
+    :data:`PARENT_MARKER_ENV`); none for an empty one (a record from before markers)."""
     if not marker:
         return []
     found = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if p.pid != os.getpid() and p.uids().real == os.getuid() and p.environ().get(MARKER_ENV) == marker:
+            if p.pid != os.getpid() and p.uids().real == os.getuid() and marker in (
+                    (environ := p.environ()).get(MARKER_ENV), environ.get(PARENT_MARKER_ENV)):
                 found.append(p)
     return found
 

@@ -103,7 +103,8 @@ def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str
 
     def settings_of(env: Mapping[str, str]) -> dict[str, str]:
         return {k: v for k, v in env.items()
-                if (k.startswith("TENFOLD_") and k != process.MARKER_ENV) or k in _PLACING}
+                if (k.startswith("TENFOLD_") and k not in (process.MARKER_ENV, process.PARENT_MARKER_ENV))
+                or k in _PLACING}
 
     if not running:  # a kernel thread's, or unreadable
         return ""
@@ -398,7 +399,15 @@ def down(settings: Settings, services: Iterable[str] = SERVICE_ORDER, *, echo: C
 
 def _down(settings: Settings, services: Iterable[str], say: Callable[[str], object]) -> list[str]:
     stopped = []
-    for name in reversed([n for n in SERVICE_ORDER if n in set(services)]):
+    chosen = set(services)
+    if set(SERVING_NEEDS) & chosen:
+        # The feedback sink before the emulators, with the time it takes to land what the subscriptions still hold:
+        # the Pub/Sub emulator keeps messages in memory only. `tenfold down` stopped it with the fleet already; a
+        # caller that stops the platform alone left it pulling from a stopped emulator, and its backlog was lost.
+        with _exclusive(settings, say, FEEDBACK_SINK):
+            if stop_service(settings, FEEDBACK_SINK):
+                say(f"{FEEDBACK_SINK}: stopped")
+    for name in reversed([n for n in SERVICE_ORDER if n in chosen]):
         if stop_service(settings, name):
             say(f"{name}: stopped")
             stopped.append(name)
@@ -529,6 +538,8 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
     stopped = fleet.down(settings, say=say)
     say("serving: stopped" if stopped else "serving: not running")
     with _exclusive(settings, say, FEEDBACK_SINK):  # never beside a start of it
-        if stop_service(settings, FEEDBACK_SINK):  # after the replicas: it lands what they published last
+        # After the replicas and before the Pub/Sub emulator (_down): it lands all the subscriptions still hold,
+        # what the replicas published last included (tenfold.feedback.sink.STOP_DRAIN_S).
+        if stop_service(settings, FEEDBACK_SINK):
             say(f"{FEEDBACK_SINK}: stopped")
     return stopped

@@ -390,7 +390,7 @@ def launch_folder(settings: Settings, uri: str) -> Path:
 def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: RemoteDir | None, lock: _JobLock, *,
             nproc: int | None, timeout_s: float | None, max_restarts: int | None,
             env: dict[str, str] | None) -> TrainResult:
-    from tenfold.local.process import MARKER_ENV, stop
+    from tenfold.local.process import MARKER_ENV, PARENT_MARKER_ENV, stop
 
     target = remote.uri if remote else str(out)
     nproc = nproc or settings.training.nproc_per_node
@@ -442,7 +442,10 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         cmd = torchrun_command(settings, target, nproc=nproc, job_id=job_id, max_restarts=restarts, rendezvous=rendezvous)
         threads = train_config.threads or max(1, (os.cpu_count() or 1) // nproc)
         # No alert hook's variable: the ranks never alert (the task does), and a webhook URL is a secret.
+        # The job's own marker (its lock's), and the platform's that this task inherited under PARENT_MARKER_ENV: a
+        # torchrun outliving this task (killed first, by the OOM killer) is still found by `tenfold down`.
         run_env = {**without_alert_hook_variables(os.environ), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", MARKER_ENV: lock.marker,
+                   **({PARENT_MARKER_ENV: os.environ[MARKER_ENV]} if os.environ.get(MARKER_ENV) else {}),
                    **(loopback_env(settings) if settings.training.nnodes == 1 else {}), **(env or {})}
     except BaseException:  # no job will use it (the launch below removes it once it has run)
         if rendezvous is not None:

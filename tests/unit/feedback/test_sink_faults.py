@@ -219,3 +219,38 @@ def test_a_stop_while_the_lake_refuses_a_pulled_batch_ends_the_run_with_nothing_
     assert time.monotonic() - started < 10, "the stop waited for the write retry to give up"
     assert stats["predictions"].pulled == 1 and stats["predictions"].landed == 0
     assert fake.acked == [], "a batch that was never written was acknowledged"
+
+
+@pytest.mark.parametrize("stopped", ["before it starts", "after its first round"])
+def test_a_stopped_run_lands_what_the_subscriptions_still_hold_before_it_returns(own_topology, stopped):
+    """`tenfold down` stops the replicas, then the sink, then the Pub/Sub emulator, which keeps messages in memory
+    only: run() finished the batch in hand and returned, and every sampled prediction and label still in the
+    subscriptions was gone with the emulator. The real emulator, a backlog of several batches on each subscription."""
+    import threading
+
+    from tenfold.feedback.schema import FEEDBACK_LOG
+    from tenfold.feedback.sink import FeedbackSink, SinkOptions
+    from tenfold.messaging import publisher_client, topic_path
+
+    from .conftest import feedback
+
+    settings, msg = own_topology, own_topology.messaging
+    pub = publisher_client(settings)
+    try:
+        sent = [pub.publish(topic_path(settings, msg.predictions_topic), prediction(f"p{i}").to_message())
+                for i in range(35)]
+        sent += [pub.publish(topic_path(settings, msg.feedback_topic), feedback(f"p{i}", i % 2).to_message())
+                 for i in range(12)]
+        for future in sent:
+            future.result(timeout=30)
+    finally:
+        pub.transport.close()
+    stop = threading.Event()
+    if stopped == "before it starts":
+        stop.set()
+    with FeedbackSink(settings, SinkOptions(max_messages=10, pull_wait_s=1.0)) as sink:
+        stats = sink.run(stop, after_round=stop.set)
+    lake, may = Lake.from_settings(settings), Partition(2026, 5)
+    assert sorted(_landed(settings)) == sorted(f"p{i}" for i in range(35)), "predictions were left in Pub/Sub"
+    assert read_log(lake, settings.storage.feedback_table, [may], FEEDBACK_LOG).num_rows == 12, "labels were left"
+    assert stats["predictions"].acked == 35 and stats["feedback"].acked == 12

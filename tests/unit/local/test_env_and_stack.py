@@ -707,3 +707,53 @@ def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_i
         assert "TENFOLD_ALERT_FILE changed since it started" in said and "TENFOLD_DEBUG" not in said, said
     finally:
         process.stop(record, timeout=5)
+
+
+def test_a_copied_home_neither_sees_nor_stops_the_platform_of_the_home_it_was_copied_from(tmp_path):
+    """`cp -a A B` while A's platform ran, B on the same ports: with B's settings, A's GCS emulator was B's running
+    one (`status` said so, `up` said "already running"), and `tenfold down -s gcs` in B stopped A's. A `sleep` stands
+    in for the emulator."""
+    import subprocess
+
+    from tenfold.local import process
+    from tenfold.local.stack import _live_record, stop_service
+
+    a = _fresh_settings(tmp_path)
+    record = process.start("gcs", ["sleep", "300"], run_dir=run_dir(a), port=a.local.gcs_port, cwd=a.local.home)
+    try:
+        subprocess.run(["cp", "-a", str(a.local.home), str(tmp_path / "copy")], check=True)
+        b = a.model_copy(update={"local": a.local.model_copy(update={"home": tmp_path / "copy"})})
+        assert pid_file(run_dir(b), "gcs").exists()
+        assert _live_record(b, "gcs") is None
+        assert [st.running for st in status(b, ["gcs"])] == [False]
+        assert stop_service(b, "gcs") is False
+        assert process.is_running(record), "the copied home stopped the original's process"
+        assert _live_record(a, "gcs") == record
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_down_stops_the_feedback_sink_before_the_pubsub_emulator(tmp_path, monkeypatch):
+    """The Pub/Sub emulator keeps messages in memory only: stopped while the sink still ran, what the sink had not
+    pulled yet was gone. `stack.down` (the platform without `tenfold down`'s serving step) never stopped the sink at
+    all. A `sleep` stands in for the sink; the stops themselves are real."""
+    from tenfold.local import down, process, stack
+    from tenfold.local.stack import FEEDBACK_SINK
+
+    s = _fresh_settings(tmp_path)
+    sink = process.start(FEEDBACK_SINK, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
+    seen: list[tuple[str, bool]] = []
+    real_stop = stack.stop_service
+
+    def stop_service(settings, name):  # records whether the sink still ran as each stop began
+        seen.append((name, process.is_running(sink)))
+        return real_stop(settings, name)
+
+    monkeypatch.setattr(stack, "stop_service", stop_service)
+    said: list[str] = []
+    try:
+        down(s, ["gcs", "pubsub"], echo=said.append)
+        assert ("pubsub", False) in seen, f"the Pub/Sub emulator was stopped while the sink ran: {seen}"
+        assert not process.is_running(sink) and f"{FEEDBACK_SINK}: stopped" in said, said
+    finally:
+        process.stop(sink, timeout=5)

@@ -408,3 +408,83 @@ def test_a_relative_pythonpath_imports_in_a_child_started_in_another_folder(tmp_
     # an empty entry (PYTHONPATH=/opt/x:) is the working folder too
     assert process.child_environ({"PYTHONPATH": f"/opt/x{os.pathsep}"})["PYTHONPATH"] == \
         os.pathsep.join(["/opt/x", str(tmp_path / "project")])
+
+
+def test_a_pid_file_copied_with_its_home_names_no_process_of_the_copy(tmp_path, caplog):
+    """`cp -a A B` while A's platform ran: B's pid files named A's processes, so B's `status` said running and its
+    `down` stopped A's platform. The copy is not B's own; A still has its process; a home moved (no copy left behind)
+    keeps it, as before."""
+    import logging
+
+    home_a, home_b, home_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    record = process.start("gcs", ["sleep", "300"], run_dir=home_a / "run", port=1, cwd=tmp_path)
+    try:
+        subprocess.run(["cp", "-a", str(home_a), str(home_b)], check=True)
+        with caplog.at_level(logging.WARNING, logger="tenfold.local.process"):
+            assert process.read_record(home_b / "run", "gcs") is None
+        assert str(home_a / "run") in caplog.text and str(record.pid) in caplog.text, caplog.text
+        assert process.read_record(home_a / "run", "gcs") == record and process.is_running(record)
+        (home_b / "run" / "gcs.pid").unlink()
+        home_a.rename(home_c)  # moved, not copied: the process has no other home
+        assert process.read_record(home_c / "run", "gcs") == record
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_a_port_in_use_is_refused_naming_the_program_that_holds_it():
+    with _listener() as sock:
+        port = sock.getsockname()[1]
+        refusal = process.port_refusal("127.0.0.1", port, "gcs", "TENFOLD_LOCAL__GCS_PORT=<port>")
+    assert refusal is not None and f"pid {os.getpid()}" in refusal, refusal
+    assert refusal.startswith(f"port 127.0.0.1:{port} (gcs) is already in use by another program (pid ")
+
+
+def test_a_job_that_carries_the_platforms_marker_as_its_parents_is_stopped_with_the_platform(tmp_path):
+    """A training launch gives torchrun a marker of its own (its folder lock's): once the task that launched it died
+    first (the OOM killer) and init adopted it, `tenfold down` found it neither by a parent link nor by the marker,
+    and it trained on. It now carries the platform's marker under PARENT_MARKER_ENV. A `sleep` stands for it."""
+    record = process.start("svc", ["sleep", "300"], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    job = subprocess.Popen(["sleep", "301"], start_new_session=True,
+                           env={**os.environ, process.MARKER_ENV: "the-jobs-own",
+                                process.PARENT_MARKER_ENV: record.marker})
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(job.pid).environ().get(process.PARENT_MARKER_ENV) != record.marker:
+            assert time.monotonic() < deadline, "the job never ran with its environment"
+            time.sleep(0.05)
+        assert job.pid in {p.pid for p in process._marked(record.marker)}
+        assert process.stop(record, timeout=5) is True
+        assert job.wait(timeout=10) is not None, "the job outlived the stop of the platform's process"
+    finally:
+        process.stop(record, timeout=5)
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+def test_storage_is_refused_when_a_stranger_holds_the_gcs_port_and_this_homes_emulator_is_not_running(tmp_path):
+    """Any program on the GCS port passed the check: the model registry's calls then went to it (or, with two homes on
+    the default ports, to the other home's registry). This test's own socket is the stranger."""
+    from tenfold.local import local_settings
+
+    with _listener() as sock:
+        port = sock.getsockname()[1]
+        settings = local_settings(tmp_path / "home", gcs_port=port)
+        with pytest.raises(LocalPlatformError) as refused:
+            process.require_local_storage(settings)
+    said = str(refused.value)
+    assert said.startswith("this home's GCS emulator is not running, and another program") and "\n" not in said, said
+    assert f"pid {os.getpid()}" in said and f"127.0.0.1:{port}" in said, said
+
+
+def test_another_homes_gcs_emulator_serves_storage_with_a_warning_naming_that_home(
+        make_settings, local_settings, tenfold_home, caplog, monkeypatch):
+    """The test session's homes share one emulator on purpose (each its own registry prefix): passed, but with the
+    home it belongs to named, as two homes on the default ports would be."""
+    import logging
+
+    monkeypatch.setattr(process, "_warned_homes", set())  # warned once per process: maybe by an earlier test
+    other = make_settings(on=local_settings)
+    with caplog.at_level(logging.WARNING, logger="tenfold.local.process"):
+        process.require_local_storage(other)
+    assert f"is the platform's in {tenfold_home.resolve()}, not this home's" in caplog.text, caplog.text

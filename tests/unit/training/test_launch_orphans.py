@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from tenfold.config import Settings
-from tenfold.local.process import MARKER_ENV
+from tenfold.local.process import MARKER_ENV, PARENT_MARKER_ENV, record_of, stop
 from tenfold.training.config import TrainConfig
 from tenfold.training.faults import FAULT_ENV
 from tenfold.training.launch import JOB_HOLDER, JOB_LOCK, _sole_launch
@@ -88,7 +88,8 @@ def _lock_frees(path: Path, timeout: float) -> bool:
 class _Job:
     """A launcher in a child process, its job held with rank 1 paused at step 3; ``stop`` kills all that is left."""
 
-    def __init__(self, settings: Settings, config: TrainConfig, tmp_path: Path) -> None:
+    def __init__(self, settings: Settings, config: TrainConfig, tmp_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.out, self.ready, self.log = tmp_path / "run", tmp_path / "ready.json", tmp_path / "launcher.log"
         args = tmp_path / "args.pkl"
         args.write_bytes(pickle.dumps((settings, config, self.out,
@@ -96,7 +97,7 @@ class _Job:
         self.marker = ""
         with open(self.log, "wb") as log:
             self.launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(args)], stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def started(self) -> tuple[psutil.Process, list[psutil.Process]]:
         """torchrun, and its workers (both ranks: rank 1 paused, rank 0 waiting on it), once rank 1 is held."""
@@ -169,3 +170,29 @@ def test_a_launch_stops_the_workers_a_launcher_killed_with_its_torchrun_left_bef
     finally:
         job.stop()
 
+
+
+def test_a_job_whose_task_died_first_is_stopped_with_the_platform_process_the_task_ran_under(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path) -> None:
+    """The task (the launcher) killed first, by the OOM killer: torchrun, in a session of its own, was adopted by init
+    and carried only its own marker (its lock's), so `tenfold down`, stopping the component the task ran under, found
+    it neither by a parent link nor by that component's marker, and the job trained on. The launcher runs with a
+    platform marker in its environment, as a task of a component that `tenfold up` started; its record stands for
+    that component's."""
+    import uuid
+
+    platform = uuid.uuid4().hex
+    job = _Job(train_settings, small_config, tmp_path, env={**os.environ, MARKER_ENV: platform})
+    try:
+        torchrun, workers = job.started()
+        environ = torchrun.environ()
+        assert (environ.get(MARKER_ENV), environ.get(PARENT_MARKER_ENV)) == (job.marker, platform)
+        component = record_of(psutil.Process(job.launcher.pid), "airflow-scheduler", marker=platform)
+        os.kill(job.launcher.pid, signal.SIGKILL)
+        job.launcher.wait(30)
+        assert _alive(torchrun) and all(_alive(p) for p in workers)  # adopted, training on
+        stop(component, timeout=10)
+        left = [p.pid for p in [torchrun, *workers] if not _gone([p], 10)]
+        assert not left, f"the stop of the platform's component left its task's job running: {left}"
+    finally:
+        job.stop()
