@@ -32,6 +32,9 @@ REPLAY_BATCH = 100
 # How long a call is retried while Pub/Sub is unavailable before the command says it cannot reach it. The client's
 # own retry (on when a call passes no retry=None) waited a minute on a stopped emulator before saying anything.
 RETRY_S = 5.0
+# How long the acknowledgement of messages already re-published is retried: given up on, they stay dead letters and
+# the next replay sends them again (a short outage is worth waiting out here, unlike before anything was sent).
+ACK_RETRY_S = 60.0
 
 
 class ReplayError(RuntimeError):
@@ -59,8 +62,8 @@ def _subscription(settings: Settings, stream: str) -> Any:
     return subs[stream]
 
 
-def _call(method: Callable[..., Any], **kwargs: Any) -> Any:
-    """``method(**kwargs)`` with the client's own retry off, retried for :data:`RETRY_S` while Pub/Sub is
+def _call(method: Callable[..., Any], *, retry_s: float = RETRY_S, **kwargs: Any) -> Any:
+    """``method(**kwargs)`` with the client's own retry off, retried for ``retry_s`` while Pub/Sub is
     unavailable, then its error raised. DeadlineExceeded is raised at once: for a held pull it means there was
     nothing to pull."""
     from google.api_core.exceptions import DeadlineExceeded
@@ -74,7 +77,7 @@ def _call(method: Callable[..., Any], **kwargs: Any) -> Any:
         except DeadlineExceeded:
             raise
         except outage_types():
-            if time.monotonic() - started + delay > RETRY_S:
+            if time.monotonic() - started + delay > retry_s:
                 raise
         time.sleep(delay)
         delay *= 2
@@ -163,7 +166,15 @@ def replay(settings: Settings, stream: Stream, *, limit: int = 100) -> list[Dead
                         failed.append(m)
                         error = error or exc
                 if done:
-                    _call(client.acknowledge, request={"subscription": path, "ack_ids": [m.ack_id for m in done]})
+                    try:
+                        _call(client.acknowledge, retry_s=ACK_RETRY_S,
+                              request={"subscription": path, "ack_ids": [m.ack_id for m in done]})
+                    except Exception as exc:
+                        raise ReplayError(
+                            f"{len(sent) + len(done)} {stream} message(s) were re-published, but acknowledging the "
+                            f"last {len(done)} on the dead-letter subscription failed ({type(exc).__name__}: {exc}): "
+                            "they are still dead letters too, and a replay sends them again (harmless: the join drops "
+                            "the duplicates); run it once Pub/Sub answers") from exc
                     sent += [_letter(stream, m) for m in done]
                 if failed:
                     _give_back(client, path, [m.ack_id for m in failed])

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tenfold.config import Settings
-from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition, month_range
+from tenfold.data.lake import CorruptManifestError, Lake, LakeError, MissingManifestError, Partition, month_range
 from tenfold.features.online import LookupsUnavailable, StaleLookups, read_month_lookups
 from tenfold.feedback.metrics import labelled_lineage, labelled_rows
 from tenfold.fsio import atomic_write
@@ -109,7 +109,9 @@ def _window_lookups(settings: Settings, workload: Workload, lake: Lake, months: 
             # Another feature definition's lookups, or a manifest that fails its checks, are read the same way again;
             # the rest (a publish in flight, a read the lake refused now) are a retry's to mend. Refused at once, a
             # build_features publish that train_model's plan read halfway failed the run (and spent its drift event).
-            permanent = isinstance(exc, StaleLookups) or isinstance(exc.__cause__, CorruptManifestError)
+            # A manifest gone since it was listed (withdrawn) is no publish in flight either: lookups go first.
+            permanent = (isinstance(exc, StaleLookups)
+                         or isinstance(exc.__cause__, (CorruptManifestError, MissingManifestError)))
             raise (FeedbackError if permanent else LookupsInFlight)(f"{exc}; or train with feedback_weight 0") from exc
     return out
 

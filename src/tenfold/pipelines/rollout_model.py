@@ -594,9 +594,11 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     record = events(p, run)
     if "done" in record:  # a re-run: what it ended with, and the alert hooks that still miss its alert
         done_then = record["done"]
-        if (ALERT_SENT in record or ALERT_DUE not in record
-                or not _alert_due(done_then["outcome"], done_then["reasons"])):
-            missed_then = []  # sent, not due, or recorded before the alert's outcome was kept (sent then)
+        if (ALERT_SENT in record or not _alert_due(done_then["outcome"], done_then["reasons"])
+                or (ALERT_DUE not in record and undelivered_key(record)[0] is None)):
+            # Sent, not due, or recorded before the alert's outcome was kept (sent then, untracked). A record of that
+            # age that does name hooks which missed it kept outcomes already: those are sent it below.
+            missed_then = []
         elif (newest := undelivered_key(record)[0]) is not None:
             # Sent again to the hooks that still miss it (a clear once the webhook is mended goes green; until then
             # the run stays red, and Airflow's failure callback tries them too).
@@ -622,8 +624,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
             # Another promotion landed during this rollout: the verdict compared the canary with a control that
             # is no longer the champion. It ends failed (not rejected: it may be rolled out against the new one).
             _end(p, run, FAILED, [f"every step passed, but the champion moved to {current} during the rollout (it was "
-                                  f"{run.champion} when it started): {run.version} is not promoted; trigger a new "
-                                  "rollout to compare it with the new champion"])
+                                  f"{run.champion} when it started): {run.version} is not promoted; to compare it with the new champion, "
+                                  f"trigger a rollout naming it (run conf {{\"version\": \"{run.version}\"}}: no gate compared "
+                                  "the two), or train a new challenger"])
         elif passed:
             _end(p, run, PROMOTED, [])
         elif "deployed" not in record:
@@ -793,8 +796,9 @@ def _refuse_promotion(p: Places, run: RolloutRun, champion: str | None, *, after
                f"{champion}, and the canary's share goes to it")
     else:
         why = (f"every step passed, but the champion moved to {champion} during rollout {run.rollout_id} (it was "
-               f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; "
-               "trigger a new rollout to compare it with the new champion")
+               f"{run.champion} when it started): {run.version} is not promoted and the stable pool keeps serving; to "
+               f"compare it with the new champion, trigger a rollout naming it (run conf {{\"version\": \"{run.version}\"}}: "
+               "no gate compared the two), or train a new challenger")
     return _record(p, run, PROMOTION_REFUSED, {"outcome": FAILED, "reasons": [why]})
 
 

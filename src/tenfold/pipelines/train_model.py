@@ -330,8 +330,10 @@ def _plan_feedback(settings: Settings, key: str, work_dir: Path, train: list[Par
 
     try:
         chosen = feedback_training_set(settings, train, weight=weight, max_rows=settings.training.feedback_max_rows)
-    except (FeedbackRepublished, LookupsInFlight):
-        raise  # the sink or build_features published a month during the read: the task's retry reads it once it is done
+    except (FeedbackRepublished, LookupsInFlight) as exc:
+        # The sink or build_features published a month during the read: the task's retry reads it once it is done. A
+        # pipeline refusal all the same (run by hand, one line, not "a fault in the code"), one Airflow retries.
+        raise FeedbackInFlight(str(exc)) from exc
     except FeedbackError as exc:
         raise PipelineError(str(exc)) from exc
     except CorruptManifestError as exc:
@@ -539,6 +541,12 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
 
 class ForeignChampion(PipelineError):
     """The registry's champion is a model of another workload: two workloads share one registry."""
+
+
+class FeedbackInFlight(PipelineError):
+    """The feedback or a month's lookups were published again while the plan read them: a retry reads them done."""
+
+    retryable = True
 
 
 class ChampionMovedSincePlan(PipelineError):

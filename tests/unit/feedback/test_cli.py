@@ -68,6 +68,25 @@ def test_a_sigterm_while_pubsub_is_unreachable_ends_the_sink_at_once_with_exit_0
     assert json.loads(out)["sink"]["predictions"]["acked"] == 0
 
 
+def test_a_run_stopped_while_pubsub_is_unreachable_returns_at_once_without_landing_what_is_left(settings):
+    """The control of the stopped run's last landing (test_sink_faults): with the emulator already stopped, that landing
+    ends at its first refused pull, well within the time a stop gives the sink, rather than retrying Pub/Sub."""
+    import threading
+    import time
+
+    from tenfold.feedback.sink import FeedbackSink, SinkOptions
+
+    dead = settings.model_copy(update={"messaging": settings.messaging.model_copy(
+        update={"emulator_host": f"127.0.0.1:{free_port()}"})})
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    with FeedbackSink(dead, SinkOptions(pubsub_retry_s=60)) as sink:
+        stats = sink.run(stop)
+    assert time.monotonic() - started < 5, "the stopped run retried an unreachable Pub/Sub"
+    assert stats["predictions"].pulled == 0 and stats["feedback"].pulled == 0
+
+
 def test_join_and_metrics_work_without_pubsub(run, logs):
     logs.predictions(prediction("a", p=0.8))
     logs.feedback(feedback("a", 1))
@@ -375,3 +394,59 @@ def test_dead_letters_without_credentials_says_how_to_log_in_not_check_the_netwo
     assert result.output.strip() == ("error: `tenfold feedback dead-letters` "
                                      + _LOG_IN.replace("(OSError)", "(DefaultCredentialsError)")), result.output
     assert "check the network" not in result.output
+
+
+def test_a_replay_whose_acknowledgement_meets_a_short_outage_waits_it_out_and_sends_nothing_twice(settings, monkeypatch):
+    """The acknowledgement of messages already re-published was retried for the 5 s a command waits on a Pub/Sub
+    that is down before saying so: an outage a little longer left them dead letters, and the next replay published
+    them again. Pub/Sub here is a client at the transport boundary, unavailable for 8 s (on a clock of its own)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from google.api_core.exceptions import ServiceUnavailable
+
+    import tenfold.messaging as messaging
+    from tenfold.feedback import dead_letters
+
+    clock = [0.0]
+    monkeypatch.setattr(dead_letters, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                              sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+
+    class DeadLetterSubscription:
+        def __init__(self) -> None:
+            self.waiting = [SimpleNamespace(ack_id=f"a{n}", message=SimpleNamespace(
+                message_id=f"m{n}", data=b"{}", attributes={}, publish_time=None)) for n in (1, 2)]
+            self.acked: list[str] = []
+
+        def pull(self, request, timeout, retry):
+            taken, self.waiting = self.waiting, []
+            return SimpleNamespace(received_messages=taken)
+
+        def acknowledge(self, request, retry):
+            if clock[0] < 8.0:
+                raise ServiceUnavailable("the emulator is restarting")
+            self.acked += request["ack_ids"]
+
+        def modify_ack_deadline(self, request, retry):
+            pass
+
+    subscription = DeadLetterSubscription()
+    published: list[bytes] = []
+
+    @contextlib.contextmanager
+    def client(settings, stream):
+        yield subscription, "projects/p/subscriptions/feedback-dead-letters"
+
+    class Publisher:
+        def publish(self, topic, data, **attributes):
+            published.append(data)
+            return SimpleNamespace(result=lambda timeout: "id")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(dead_letters, "_client", client)
+    monkeypatch.setattr(messaging, "publisher_client", lambda settings: Publisher())
+    sent = dead_letters.replay(settings, "feedback")
+    assert [d.message_id for d in sent] == ["m1", "m2"] and subscription.acked == ["a1", "a2"]
+    assert len(published) == 2

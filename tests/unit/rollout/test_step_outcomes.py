@@ -796,6 +796,26 @@ def test_a_conclude_recorded_before_alert_outcomes_were_kept_is_not_alerted_agai
     assert sent == [], "an old rollout's alert sent again"
 
 
+def test_a_conclude_recorded_before_alert_due_with_a_hook_that_missed_its_alert_sends_it_to_that_hook(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record from before alert-due was kept that names the hooks its alert missed: outcomes were kept then, so a
+    clear of conclude once the webhook is mended sends it there; taken for a record too old to tell, it sent nothing."""
+    from tenfold.monitoring import alerts as alerting
+
+    run, places, registry = _setup(Router(), Observer())
+    monkeypatch.setattr(pipeline, "write_report", lambda settings, rollout, record: "file:///report.html")
+    registry.events["end"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"]}
+    registry.events["done"] = {"at": T0.isoformat(), "outcome": pipeline.ROLLED_BACK, "reasons": ["error rate 9/9"],
+                               "report": "file:///report.html", "champion": run.champion, "canary_percent": 0}
+    registry.events["alert-undelivered"] = {"at": T0.isoformat(), "hooks": ["webhook"]}
+    again: list[list[str]] = []
+    places.alert = lambda title, details: pytest.fail("sent to every hook again")
+    places.alert_again = lambda title, details, hooks: again.append(list(hooks)) or alerting.Sent(
+        alerting.Alert(title, details, "local"))
+    pipeline.conclude(None, run, p=places)  # type: ignore[arg-type]
+    assert again == [["webhook"]]
+
+
 def test_a_conclude_records_its_alert_due_before_done(monkeypatch: pytest.MonkeyPatch) -> None:
     """The mark a re-run needs to tell a lost alert from an old record: written before done, so a try killed after
     done finds it."""
