@@ -162,29 +162,35 @@ def rolling_split(published: list[Partition], train_window: int, holdout_window:
     return train, holdout
 
 
-def default_split(settings: Settings, published: Sequence[Partition], *, drifted: bool = False
-                  ) -> tuple[list[Partition], list[Partition]]:
+def default_split(settings: Settings, published: Sequence[Partition], *, drifted: bool = False,
+                  champion_at_plan: Mapping[str, Any] | None = None) -> tuple[list[Partition], list[Partition]]:
     """The split of a run without train_months/holdout_months in its conf, over ``published`` months: a run drift
     started holds out the newest month alone; any other, the newest ``holdout_window`` months, no more than the
-    champion has not learnt (:func:`rolling_split`)."""
+    champion has not learnt (:func:`rolling_split`). ``champion_at_plan``: the champion as the caller read it
+    (:func:`_champion_at_plan`, which plan records), else it is read here."""
     t = settings.training
-    holdout_window = 1 if drifted else _holdout_beside_the_champion(settings, published, t.holdout_window)
+    if drifted:
+        holdout_window = 1
+    else:
+        champion = _champion_at_plan(settings) if champion_at_plan is None else champion_at_plan
+        holdout_window = _holdout_beside_the_champion(settings, published, t.holdout_window, champion)
     return rolling_split(list(published), t.train_window, holdout_window)
 
 
-def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partition], window: int) -> int:
+def _holdout_beside_the_champion(settings: Settings, published: Sequence[Partition], window: int,
+                                 champion_at_plan: Mapping[str, Any]) -> int:
     """The default holdout window, shortened to the published months after the champion's last training month (at
     least one): the gate scores the champion on months it never learnt. A champion from a drift-started run trains
     up to the month before the newest; the next scheduled run held out three months it had learnt, could not score
     it, and failed its gate (and moved the challenger to an uncompared version) every week until newer months came.
-    A champion promoted after the plan is not seen here: the plan records the one it read (``champion_at_plan``),
-    and evaluate refuses a newer one that learnt some of the holdout."""
+    ``champion_at_plan`` is the champion the plan read and records (:func:`_champion_at_plan`: empty when its alias
+    could not be read), the one the window is chosen beside: a champion promoted after it is not seen here, and
+    evaluate refuses a newer one that learnt some of the holdout."""
     from tenfold.registry.errors import RegistryError
 
-    reg = ModelRegistry(settings)
+    champion = champion_at_plan.get("version")
     try:
-        champion = reg.resolve(CHAMPION)
-        lineage = reg.get(champion).lineage if champion is not None else None
+        lineage = ModelRegistry(settings).get(champion).lineage if champion is not None else None
     except RegistryError:  # a damaged champion: evaluate says so, in the gate's comparison
         return window
     learnt = [r.partition for r in lineage.train_partitions] if lineage else []
@@ -247,8 +253,9 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         train = _window(conf.get("train_months", list(t.train_months)), "train_months")
         holdout = _window(conf.get("holdout_months", list(t.holdout_months)), "holdout_months")
     else:
-        champion_at_plan = _champion_at_plan(settings)  # read before the split, which is chosen beside it
-        train, holdout = default_split(settings, lake.published_partitions(table), drifted=bool(drifted))
+        champion_at_plan = _champion_at_plan(settings)  # read once: the split is chosen beside the one recorded
+        train, holdout = default_split(settings, lake.published_partitions(table), drifted=bool(drifted),
+                                       champion_at_plan=champion_at_plan)
         if drifted:
             log.info("started by drift in %s: holding out only the newest month (%s) and training up to %s",
                      ", ".join(drifted), holdout[-1].label, train[-1].label)
