@@ -191,6 +191,8 @@ def listener(host: str, port: int) -> psutil.Process | None:
 
 def _listening_at(conn: Any, host: str, port: int) -> bool:
     """Whether ``conn`` (psutil's, system-wide or a process's) listens on ``port`` of ``host`` or of every address."""
+    # The wildcard addresses are matched, never bound: a program listening on all addresses (another user's service,
+    # not Tenfold's, which listens on loopback only) holds the port on ``host`` too, and the refusal names it.
     return (conn.status == psutil.CONN_LISTEN and bool(conn.laddr) and conn.laddr.port == port
             and conn.laddr.ip in (host, "0.0.0.0", "::", f"::ffff:{host}"))
 

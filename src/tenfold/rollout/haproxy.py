@@ -87,9 +87,13 @@ class HaproxyRouter:
             except OSError as exc:
                 self._set_without_the_file(percent, exc)
                 return
-            self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
-            if (now := self.canary_percent()) != percent:
-                raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}")
+            self._apply(percent)
+
+    def _apply(self, percent: int, cause: BaseException | None = None) -> None:
+        """Set ``percent`` through HAProxy's runtime API and read it back."""
+        self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
+        if (now := self.canary_percent()) != percent:
+            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}") from cause
 
     def _set_without_the_file(self, percent: int, exc: OSError) -> None:
         """The map file could not be written (a full disk). A lower share is still set in HAProxy, then refused with
@@ -105,9 +109,7 @@ class HaproxyRouter:
                                 f"changed; {todo}") from exc
         if percent > now:
             raise SplitNotSaved(f"{why}: the canary percent stays {now} (not raised to {percent}); {todo}") from exc
-        self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
-        if (now := self.canary_percent()) != percent:
-            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}") from exc
+        self._apply(percent, exc)
         on_disk = read_split_map(self.split_map)
         if on_disk == percent:  # the file holds it already (a retry): HAProxy and a restarted HAProxy agree
             return
