@@ -404,6 +404,34 @@ def killed_first_try() -> Iterator[Callable[[list[str], Path, Path], Any]]:
             proc.kill()  # psutil refuses a pid that now names another process
 
 
+# The retry's job, in the killed-try tests: writes whether the killed try's job is still alive as it starts.
+_ORPHAN_PROBE = """
+import sys
+import psutil
+try:
+    p = psutil.Process(int(sys.argv[1]))
+    # The same process: its start time within a second (psutil derives it from the boot time, which moves when the
+    # wall clock is stepped, so an exact compare could call a live orphan "gone"), and still "sleep 300".
+    alive = (abs(p.create_time() - float(sys.argv[2])) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+             and "300" in p.cmdline())
+except psutil.NoSuchProcess:
+    alive = False
+open(sys.argv[3], "w").write("alive" if alive else "gone")
+"""
+
+
+@pytest.fixture
+def orphan_probe() -> Callable[[Any, Path], list[str]]:
+    """``argv(orphan, seen)``: a command that, run as the retry's job, writes to ``seen`` whether ``orphan`` (what
+    :func:`killed_first_try` returned) was still running when it started: "alive" or "gone"."""
+    import sys
+
+    def argv(orphan: Any, seen: Path) -> list[str]:
+        return [sys.executable, "-c", _ORPHAN_PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)]
+
+    return argv
+
+
 @pytest.fixture
 def register_tiny_version() -> Callable[[Settings, Path, int], str]:
     """``register(settings, folder, seed)``: a small model folder of its own bytes (per ``seed``), registered with a

@@ -82,21 +82,6 @@ submit.spark_submit_command = lambda *a, **k: ["sh", "-c", f"sleep 300 & echo $!
 LocalSparkJob(settings, timeout_s=300).run(Partition(2013, 2), output, key="k", attempt=1)
 """
 
-# The retry's job: writes whether the process (pid, start time) is still alive as it starts.
-_PROBE = """
-import sys
-import psutil
-try:
-    p = psutil.Process(int(sys.argv[1]))
-    # The same process: its start time within a second (psutil derives it from the boot time, which moves when the
-    # wall clock is stepped, so an exact compare could call a live orphan "gone"), and still "sleep 300".
-    alive = (abs(p.create_time() - float(sys.argv[2])) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
-             and "300" in p.cmdline())
-except psutil.NoSuchProcess:
-    alive = False
-open(sys.argv[3], "w").write("alive" if alive else "gone")
-"""
-
 
 def _quick_job(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
     monkeypatch.setattr(submit, "spark_submit_command", lambda *a, **k: argv)
@@ -104,7 +89,7 @@ def _quick_job(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
 
 def test_a_retry_stops_the_job_a_killed_try_left_running(
         make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        killed_first_try: Callable[..., psutil.Process]) -> None:
+        killed_first_try: Callable[..., psutil.Process], orphan_probe: Callable[..., list[str]]) -> None:
     """A task SIGKILLed while its job ran never ran its cleanup: its spark-submit, in a session of its own, went on
     writing the staging folder (its lookups rewritten in place) beside the retry's job, started 30 s later into the
     same folder. The retry stops it before its own job starts."""
@@ -113,7 +98,7 @@ def test_a_retry_stops_the_job_a_killed_try_left_running(
     pid_file, seen, records = tmp_path / "orphan.pid", tmp_path / "seen", settings.local.home / "spark-jobs"
     orphan = killed_first_try([sys.executable, "-c", _FIRST_TRY, str(settings.local.home), output, str(pid_file)],
                               pid_file, records)
-    _quick_job(monkeypatch, [sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+    _quick_job(monkeypatch, orphan_probe(orphan, seen))
     LocalSparkJob(settings, timeout_s=60).run(FEB, output, key="k", attempt=2)
     assert seen.read_text() == "gone", "the killed try's job still ran when the retry's job started"
     assert not any(records.glob("*.json")), "the record of a job that ended stayed behind"

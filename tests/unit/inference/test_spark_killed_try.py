@@ -44,25 +44,10 @@ submit.submit_prefix = lambda *a, **k: ["sh", "-c", script, "sh"]  # the job's o
 spark.score_partition(settings, "v1", Partition(2013, 6), run_id=run_id)
 """
 
-# The retry's job: writes whether the process (pid, start time) is still alive as it starts.
-_PROBE = """
-import sys
-import psutil
-try:
-    p = psutil.Process(int(sys.argv[1]))
-    # The same process: its start time within a second (psutil derives it from the boot time, which moves when the
-    # wall clock is stepped, so an exact compare could call a live orphan "gone"), and still "sleep 300".
-    alive = (abs(p.create_time() - float(sys.argv[2])) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
-             and "300" in p.cmdline())
-except psutil.NoSuchProcess:
-    alive = False
-open(sys.argv[3], "w").write("alive" if alive else "gone")
-"""
-
 
 def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(
         make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        killed_first_try: Callable[..., psutil.Process]) -> None:
+        killed_first_try: Callable[..., psutil.Process], orphan_probe: Callable[..., list[str]]) -> None:
     settings = make_settings(spark={"class_sharing": False})
     lake = Lake.from_settings(settings)
     publish_synthetic_features(lake, [PART], 10)
@@ -76,8 +61,7 @@ def test_a_retry_stops_the_scoring_job_a_killed_try_left_running(
     (killed_try_staging,) = stagings.iterdir()
 
     monkeypatch.setattr(loading, "resolve_and_download", lambda settings, ref: ("v1", tmp_path / "v1"))
-    monkeypatch.setattr(submit, "submit_prefix", lambda *a, **k: [
-        sys.executable, "-c", _PROBE, str(orphan.pid), repr(orphan.create_time()), str(seen)])
+    monkeypatch.setattr(submit, "submit_prefix", lambda *a, **k: orphan_probe(orphan, seen))
     published: list[str] = []
 
     def publish(self: Lake, table: str, part: Partition, staged: str, **_: object) -> SimpleNamespace:

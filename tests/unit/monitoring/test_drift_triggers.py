@@ -5,7 +5,7 @@ re-publish of the same content included, starts monitor_drift, and each run aler
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,21 @@ def champion_v1(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry's champion is v1, the version these runs planned with (decide asks whether it still serves);
     a test that moves the champion sets its own."""
     monkeypatch.setattr(pipeline, "ModelRegistry", _registry(lambda: "v1"))
+
+
+@pytest.fixture
+def taken() -> Iterator[list[str]]:
+    """A second alert hook beside the webhook, registered for the test: the titles of the alerts it took."""
+    titles: list[str] = []
+
+    def recording(settings: Any, alert: alerts.Alert) -> None:
+        titles.append(alert.title)
+
+    alerts.register_hook(recording)
+    try:
+        yield titles
+    finally:
+        alerts.unregister_hook(recording)
 
 
 @pytest.fixture
@@ -180,63 +195,46 @@ def test_an_undelivered_drift_alert_fails_the_try_and_the_next_one_sends_it_once
 
 
 def test_a_trigger_recorded_as_undelivered_before_the_hooks_owed_were_kept_is_alerted_again_by_the_retry(
-        tmp_path: Path, flaky_webhook: Any) -> None:
+        tmp_path: Path, flaky_webhook: Any, taken: list[str]) -> None:
     """A record written before the hooks owed were kept said only "alerted": false; read as delivered after an
     upgrade, the retry of its run never sent the alert again (the older reader did). It cannot tell which hooks
     missed it, so every hook gets it."""
     import json
 
     settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
-    taken: list[str] = []
+    flaky_webhook.failures = 3
+    with pytest.raises(pipeline.AlertNotDelivered):
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert len(taken) == 1  # the other hook took it; the webhook did not
+    (record,) = (tmp_path / "home").rglob("triggered-v1-c08*.json")
+    body = json.loads(record.read_text())
+    assert body.pop("undelivered") == ["webhook"]
+    record.write_text(json.dumps(body))  # as that version wrote it: {"run": "run-a", ..., "alerted": false}
+    assert body["alerted"] is False and not flaky_webhook.received
 
-    def recording(settings: Any, alert: alerts.Alert) -> None:
-        taken.append(alert.title)
-
-    alerts.register_hook(recording)
-    try:
-        flaky_webhook.failures = 3
-        with pytest.raises(pipeline.AlertNotDelivered):
-            pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-        assert len(taken) == 1  # the other hook took it; the webhook did not
-        (record,) = (tmp_path / "home").rglob("triggered-v1-c08*.json")
-        body = json.loads(record.read_text())
-        assert body.pop("undelivered") == ["webhook"]
-        record.write_text(json.dumps(body))  # as that version wrote it: {"run": "run-a", ..., "alerted": false}
-        assert body["alerted"] is False and not flaky_webhook.received
-
-        retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-        assert retry["retrain"] is True
-        (page,) = flaky_webhook.received
-        assert "drift: retraining v1" in page["text"]
-        assert len(taken) == 2, "the record names no hook: every hook is sent it again"
-        assert json.loads(record.read_text())["undelivered"] == []
-    finally:
-        alerts.unregister_hook(recording)
+    retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert retry["retrain"] is True
+    (page,) = flaky_webhook.received
+    assert "drift: retraining v1" in page["text"]
+    assert len(taken) == 2, "the record names no hook: every hook is sent it again"
+    assert json.loads(record.read_text())["undelivered"] == []
 
 
 def test_a_retry_sends_the_drift_alert_only_to_the_hook_that_failed(tmp_path: Path, flaky_webhook: Any,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   taken: list[str]) -> None:
     """Two hooks, the webhook down for the first try: the retry sent the alert to every hook again, so the one that
     had taken it got it twice (and once more per try while the webhook stayed down); it also logged the ALERT line
     again, which pages in the cloud."""
     settings = flaky_webhook.on(build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")}))
-    taken: list[str] = []
-
-    def recording(settings: Any, alert: alerts.Alert) -> None:
-        taken.append(alert.title)
-
-    alerts.register_hook(recording)
-    try:
-        flaky_webhook.failures = 3  # the webhook's three tries of the first try
-        with pytest.raises(pipeline.AlertNotDelivered):
-            pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-        assert len(taken) == 1 and not flaky_webhook.received
-        retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
-        assert retry["retrain"] is True
-        assert len(flaky_webhook.received) == 1 and len(taken) == 1  # the webhook got it; the other hook not again
-        assert caplog.text.count("ALERT [tenfold local] drift: retraining v1") == 1
-    finally:
-        alerts.unregister_hook(recording)
+    flaky_webhook.failures = 3  # the webhook's three tries of the first try
+    with pytest.raises(pipeline.AlertNotDelivered):
+        pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert len(taken) == 1 and not flaky_webhook.received
+    retry = pipeline.decide(settings, _run("run-a"), REPORTED, emits=True)
+    assert retry["retrain"] is True
+    assert len(flaky_webhook.received) == 1 and len(taken) == 1  # the webhook got it; the other hook not again
+    assert caplog.text.count("ALERT [tenfold local] drift: retraining v1") == 1
 
 
 def test_an_outage_of_cloud_monitoring_fails_the_try_and_its_retry_alerts_once(tmp_path: Path, sent: list[Any],

@@ -66,6 +66,11 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _still_running(workers: list[psutil.Process], marker: str) -> list[int]:
+    """The pids of the job's processes still running: its workers seen at the start, and whatever carries its marker."""
+    return sorted({p.pid for p in workers if _alive(p)} | {p.pid for p in _marked(marker)})
+
+
 def _lock_frees(path: Path, timeout: float) -> bool:
     """Whether the lock at ``path`` is free within ``timeout`` (the kernel releases a killed holder's lock as it
     closes its files, which may come a moment after the holder shows as gone)."""
@@ -144,7 +149,7 @@ def test_a_torchrun_killed_mid_job_leaves_no_worker_training_once_its_launch_has
         assert job.launcher.wait(120) == 1, job.said()  # TrainingFailed
         assert "TrainingFailed" in job.said()
         assert not (job.out / JOB_HOLDER).exists()  # the launch ended: its lock is free for the next
-        left = sorted({p.pid for p in workers if _alive(p)} | {p.pid for p in _marked(job.marker)})
+        left = _still_running(workers, job.marker)
         assert not left, f"the failed launch left processes of its job running: {left}"
     finally:
         job.stop()
@@ -165,7 +170,7 @@ def test_a_launch_stops_the_workers_a_launcher_killed_with_its_torchrun_left_bef
         assert _lock_frees(job.out / JOB_LOCK, 30)  # and the lock with them, free for the next launch
         assert (job.out / JOB_HOLDER).exists()
         with _sole_launch(job.out, grace_s=10.0):
-            left = sorted({p.pid for p in workers if _alive(p)} | {p.pid for p in _marked(job.marker)})
+            left = _still_running(workers, job.marker)
             assert not left, f"the launch took the folder with the killed launcher's workers running: {left}"
     finally:
         job.stop()
