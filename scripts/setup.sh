@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
+# One setup at a time in a checkout: `make demo` in one terminal and `make test` in another each ran it, and two syncs
+# into one .venv (or one remaking it with --clear while the other installed into it) left it half-installed. The second
+# waits for the first, then finds its work done. (Without flock, from util-linux, nothing is serialised.)
+mkdir -p .tools
+exec 9>.tools/setup.lock
+if command -v flock >/dev/null; then
+  flock -n 9 || { say "another setup is running in this checkout: waiting for it to finish"; flock 9; }
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || die "Python 3.11 is required ($PY not found). Install python3.11 or set PYTHON=/path/to/python3.11."
 is_311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }

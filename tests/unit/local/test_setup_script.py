@@ -4,6 +4,7 @@ own messages. uv now goes into a venv of its own under .tools/uv, and a Python t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import shutil
@@ -471,3 +472,29 @@ def test_apt_gets_the_noninteractive_frontend_through_a_sudo_that_resets_the_env
                             env=env, check=False)
     assert failed.returncode == 1 and "apt-get could not install" in failed.stderr, failed.stdout + failed.stderr
     assert "dpkg: error processing package tzdata" in failed.stderr, failed.stderr
+
+
+def test_a_second_setup_in_one_checkout_waits_for_the_first(tmp_path: Path) -> None:
+    """`make demo` and `make test` started together each ran setup: two syncs into one .venv (or one remaking it with
+    --clear under the other) left it half-installed. The second now waits on the first's lock (held here by this
+    test, as flock(1) takes it); it goes on, to refuse its stand-in Python, only once the lock is let go."""
+    assert shutil.which("flock"), "this test needs flock (util-linux)"
+    setup = _tree_with_setup(tmp_path / "tree", "requirements/lock.txt", "pyproject.toml")
+    lock = tmp_path / "tree" / ".tools" / "setup.lock"
+    lock.parent.mkdir(parents=True)
+    python = tmp_path / "python3.12"
+    python.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Python 3.12.3' && exit 0\nexit 1\n")
+    python.chmod(0o755)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = subprocess.Popen(["bash", str(setup)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHON": str(python)})
+        assert second.stdout is not None and second.stderr is not None
+        first_line = second.stdout.readline()  # "" at once where setup does not wait (it refuses the Python)
+        if "another setup is running in this checkout" not in first_line:
+            second.kill()
+            raise AssertionError(f"setup did not wait for the lock: {first_line!r} {second.communicate()}")
+        assert second.poll() is None, "setup went on while another held the lock"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 1 and "Python 3.11 is required" in err, err
