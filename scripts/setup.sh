@@ -230,7 +230,9 @@ npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME wh
   local files=("$src/package.json" "$src/package-lock.json")
   [ -f "$src/.npmrc" ] && files+=("$src/.npmrc")
   local want; want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
-  [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && return 0
+  # The stamp is trusted only beside the packages it stamps: a node_modules deleted (or never finished) under a stamp
+  # kept every later setup a no-op, while the Data Docs said "run make setup" for their missing assets.
+  [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && [ -d "$dst/node_modules" ] && return 0
   say "installing $1 (npm) into $dst"
   mkdir -p "$dst" && cp "${files[@]}" "$dst/"
   npm ci --prefix "$dst" --no-audit --no-fund --loglevel=error >/dev/null \

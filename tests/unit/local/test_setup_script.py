@@ -498,3 +498,30 @@ def test_a_second_setup_in_one_checkout_waits_for_the_first(tmp_path: Path) -> N
         fcntl.flock(held, fcntl.LOCK_UN)
     _, err = second.communicate(timeout=60)
     assert second.returncode == 1 and "Python 3.11 is required" in err, err
+
+
+def test_an_npm_tool_whose_packages_are_gone_is_installed_again_though_its_stamp_matches(tmp_path: Path) -> None:
+    """.tools/datadocs-assets/node_modules removed under a current stamp: every setup returned at the stamp, while the
+    Data Docs warned "run make setup" for their missing assets and loaded them from CDNs (broken offline)."""
+    bin_dir = _tools_but(tmp_path, "uv", "npm")
+    _recording_uv(bin_dir, tmp_path)
+    npm_calls = tmp_path / "npm-calls"
+    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> {npm_calls}\nexit 0\n")
+    (bin_dir / "npm").chmod(0o755)
+    tree = tmp_path / "tree"
+    tools = [p.name for p in (project_root() / "requirements" / "npm").iterdir()]
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt",
+                             *(f"requirements/npm/{t}/{f}" for t in tools for f in ("package.json", "package-lock.json")))
+    _usable_venvs(tree)
+    for tool in tools:  # every npm tool installed and stamped, as a finished setup leaves them
+        files = [tree / "requirements" / "npm" / tool / f for f in ("package.json", "package-lock.json")]
+        digest = subprocess.run(["sha256sum"], input=b"".join(f.read_bytes() for f in files), capture_output=True,
+                                check=True).stdout.split()[0].decode()
+        (tree / ".tools" / tool / "node_modules").mkdir(parents=True)
+        (tree / ".tools" / tool / ".stamp").write_text(digest + "\n")
+    shutil.rmtree(tree / ".tools" / "datadocs-assets" / "node_modules")
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends at the torch line: no torch
+    installs = npm_calls.read_text().splitlines() if npm_calls.exists() else []
+    assert [line for line in installs if line.startswith("ci ")] == \
+        ["ci --prefix .tools/datadocs-assets --no-audit --no-fund --loglevel=error"], (installs, proc.stderr)
