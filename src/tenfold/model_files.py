@@ -6,7 +6,13 @@ and the registry, the ``tenfold`` CLI and the pipelines only need the names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 META_FILE = "meta.json"
+# The format of meta.json (its "version" field) that tenfold.model.io writes and reads. Here, so that the checks made
+# before a model loads (tenfold.workloads.meta_problem) refuse a newer one without importing torch.
+META_VERSION = 1
 WEIGHTS_FILE = "weights.pt"
 PREPROCESSING_FILE = "preprocessing.json"
 # meta.json is written last and is the folder's commit marker: copy it last, and trust a folder only with it.
@@ -25,4 +31,14 @@ def unsafe_relative_path(path: str) -> str | None:
         return "it is absolute or uses a backslash"
     if any(part in ("", ".", "..") for part in path.split("/")):
         return "it has an empty, '.' or '..' part"
+    return None
+
+
+def newer_meta_format(meta: Mapping[str, Any]) -> str | None:
+    """Why a model whose ``meta.json`` is ``meta`` needs a newer Tenfold than this one (None when it does not): a newer
+    Tenfold saved it in a format this one cannot read. Not damage, so not "re-save it": upgrading is what to do."""
+    found = meta.get("version")
+    if type(found) is int and found > META_VERSION:
+        return (f"its meta.json is format {found}; this Tenfold reads format {META_VERSION}: upgrade tenfold where it "
+                "is served")
     return None

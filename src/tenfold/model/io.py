@@ -36,9 +36,14 @@ from tenfold.model.preprocessing import PreprocessingError, Preprocessor
 
 if TYPE_CHECKING:
     from tenfold.workloads import Workload
-from tenfold.model_files import META_FILE, PREPROCESSING_FILE, WEIGHTS_FILE, WRITE_ORDER
-
-META_VERSION = 1
+from tenfold.model_files import (  # META_VERSION: kept importable from here
+    META_FILE,
+    META_VERSION,
+    PREPROCESSING_FILE,
+    WEIGHTS_FILE,
+    WRITE_ORDER,
+    newer_meta_format,
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -194,6 +199,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     except OSError as exc:  # a file given for the folder, a folder named meta.json, no permission to read it
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}): {directory} must be a saved model's folder "
                              "(save_model writes one) whose files this user can read") from exc
+    if isinstance(meta, dict) and (newer := newer_meta_format(meta)):
+        raise ModelLoadError(f"{path}: unsupported meta version: {newer}")
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         raise ModelLoadError(f"{path}: unsupported meta version {meta.get('version') if isinstance(meta, dict) else meta!r}")
     return meta

@@ -148,6 +148,15 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("auc", "log_loss", "brier") if k in metrics}
 
 
+class _StoredMetricsMissing(IntegrityError):
+    """A committed version's stored ``metrics.json`` is gone, so VERSION.json's copy of its metrics cannot be checked.
+    ``register`` of the same folder catches it (``version``: the VERSION.json read) and restores the file."""
+
+    def __init__(self, message: str, version: ModelVersion | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 @dataclass(frozen=True)
 class AliasPointer:
     alias: str
@@ -359,7 +368,17 @@ class ModelRegistry:
         if metrics is None:
             if METRICS_FILE not in names:
                 raise InvalidModelDir(f"{model_dir} has no {METRICS_FILE} and no metrics were given: evaluate the model first")
-            metrics_body = json.loads((model_dir / METRICS_FILE).read_text())
+            # Committed as it is, it must be what every reader takes it for: "{bad" raised a parse error naming no
+            # file, and "5" was committed, after which `tenfold models list` died of it for every version.
+            try:
+                metrics_body = json.loads((model_dir / METRICS_FILE).read_bytes())
+            except (ValueError, RecursionError) as exc:
+                raise InvalidModelDir(f"{model_dir / METRICS_FILE} is not JSON ({exc}): write the model's evaluation "
+                                      "there as a JSON object (e.g. {\"auc\": 0.7}), or pass metrics=") from exc
+            if not isinstance(metrics_body, dict):
+                raise InvalidModelDir(f"{model_dir / METRICS_FILE} holds a JSON {type(metrics_body).__name__}, not an "
+                                      "object: write the model's evaluation there as a JSON object (e.g. "
+                                      "{\"auc\": 0.7}), or pass metrics=")
         else:
             metrics_body = json.loads(json.dumps(dict(metrics), default=float))
             blob = json.dumps(metrics_body, indent=2, sort_keys=True).encode()
@@ -416,7 +435,12 @@ class ModelRegistry:
         files = tuple(e[0] for e in entries)
         digest = content_digest(files)
         version = digest[:VERSION_ID_LEN]
-        existing = self._read_version(version, with_lineage=False)
+        try:
+            existing = self._read_version(version, with_lineage=False)
+        except _StoredMetricsMissing as exc:
+            # Only the stored metrics.json is gone (VERSION.json matched its id): this folder's copy, whose hash the
+            # checks below compare, is restored with the other missing files, and ``get`` then checks the metrics.
+            existing = exc.version
         if existing is not None:
             if existing.digest != digest or sorted(existing.files, key=lambda f: f.path) != list(files):
                 raise VersionConflict(
@@ -480,9 +504,18 @@ class ModelRegistry:
             return None
         try:
             body = json.loads(raw)
+            # A newer writer's marker may differ in any way: checked first, or it read as tampered with (and an
+            # operator would delete a valid version) or was taken as this format. Not damage: upgrading reads it.
+            written = body.get("format", 1) if isinstance(body, dict) else 1
+            if type(written) is int and written > FORMAT:
+                raise IntegrityError(f"version {version} was written by a newer Tenfold (format {written}, this one "
+                                     f"reads {FORMAT}): upgrade tenfold to read it; the version is not damaged, do not "
+                                     "delete it")
             files = tuple(FileRecord(**f) for f in body["files"])
             if not all(isinstance(f.path, str) and isinstance(f.sha256, str) and type(f.bytes) is int for f in files):
                 raise TypeError("a file record's path and sha256 are not text, or its bytes not an integer")
+            if not isinstance(body.get("metrics", {}), dict):  # what list, show and the gate read as a mapping
+                raise TypeError(f"its metrics are a JSON {type(body['metrics']).__name__}, not an object")
             mv = ModelVersion(version=body["version"], digest=body["digest"], files=files, metrics=body.get("metrics", {}),
                               created_at=body["created_at"], uri=self.version_uri(version))
         except (ValueError, KeyError, TypeError) as exc:
@@ -516,7 +549,9 @@ class ModelRegistry:
         ``metrics.json``, which the digest covers; the copy in VERSION.json is not covered by it.
 
         ``register`` writes given metrics as canonical JSON, so their recorded sha256 is checked without a
-        download; a ``metrics.json`` taken as written in the model folder is downloaded and compared."""
+        download; a ``metrics.json`` taken as written in the model folder is downloaded and compared. When that stored
+        copy is missing nothing can be compared, which is not tampering: :class:`_StoredMetricsMissing`, which
+        ``register`` of the folder repairs."""
         from google.api_core.exceptions import NotFound
 
         record = next((f for f in mv.files if f.path == METRICS_FILE), None)
@@ -526,9 +561,12 @@ class ModelRegistry:
         if hashlib.sha256(canonical).hexdigest() == record.sha256:
             return True
         try:
-            stored = self.bucket.blob(self._name("versions", mv.version, "files", METRICS_FILE)).download_as_bytes()
+            stored = self.bucket.blob(name := self._name("versions", mv.version, "files", METRICS_FILE)).download_as_bytes()
         except NotFound:
-            return False
+            raise _StoredMetricsMissing(
+                f"file {METRICS_FILE} of committed version {mv.version} is missing from the store "
+                f"(gs://{self.bucket_name}/{name}), so its metrics cannot be checked: register the model again from "
+                "its folder (it restores a missing file), or restore it from a backup", mv) from None
         if hashlib.sha256(stored).hexdigest() != record.sha256:
             return False
         try:

@@ -260,6 +260,29 @@ def test_promote_and_rollback_refuse_a_version_this_code_cannot_load(
     out = runner.invoke(app, ["models", "rollback", "--force"])
     assert out.exit_code == 0 and reg.resolve("champion") == old, out.output
 
+def test_promote_refuses_a_version_whose_meta_json_is_a_newer_format(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model a newer Tenfold saved (meta.json format 2), of this workload and its feature definitions, became the
+    champion (exit 0); every load then refused it with "unsupported meta version 2", which says nothing of what to do."""
+    from tenfold.model.io import ModelLoadError, read_meta
+    from tenfold.workloads import VERSION_KEY, get_workload
+
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    contract = get_workload(registry_settings).contract
+    folder = make_model_dir(31)
+    (folder / "meta.json").write_text(json.dumps({
+        "version": 2, "workload": registry_settings.workload, VERSION_KEY: contract.version,
+        "categorical_columns": list(contract.categorical_columns), "numeric_columns": list(contract.numeric_columns)}))
+    reg = ModelRegistry(registry_settings)
+    newer = reg.register(folder, lineage, metrics={"auc": 0.6}).version
+    out = runner.invoke(app, ["models", "promote", newer])
+    assert out.exit_code == 2 and reg.resolve("champion") is None, out.output
+    assert "its meta.json is format 2; this Tenfold reads format 1: upgrade tenfold" in out.output
+    with pytest.raises(ModelLoadError, match=r"format 2; this Tenfold reads format 1: upgrade tenfold"):
+        read_meta(folder)
+
+
 
 def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_workload_names_force(
         registry_settings: Settings) -> None:

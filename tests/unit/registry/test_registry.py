@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -628,6 +629,75 @@ def test_metrics_in_the_commit_marker_are_verified(
         marker.upload_from_string(json.dumps(body))
         with pytest.raises(IntegrityError, match=r"metrics that do not match the version's metrics\.json"):
             reg.get(mv.version)
+
+
+@pytest.mark.parametrize("written", ["5", '"x"', "{bad", "[]"])
+def test_a_folder_metrics_json_that_is_not_an_object_is_refused_naming_it(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, written: str
+) -> None:
+    """Registered without metrics=, the folder's metrics.json is the version's: "{bad" raised a JSONDecodeError naming
+    no file, and "5" was committed, after which `tenfold models list` and `show` died of a TypeError for every version."""
+    reg = ModelRegistry(registry_settings)
+    d = make_model_dir(92)
+    (d / "metrics.json").write_text(written)
+    with pytest.raises(InvalidModelDir, match=rf"{re.escape(str(d))}/metrics\.json (is not JSON|holds a JSON \w+, not an object).*"
+                                              r"pass metrics="):
+        reg.register(d, lineage)
+    assert not [b.name for b in reg.client.list_blobs(reg.bucket_name, prefix=reg._name("versions") + "/")]
+
+
+def test_a_commit_marker_whose_metrics_are_not_an_object_is_left_out_of_the_list(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """What an older register committed from a metrics.json holding "5": `tenfold models list` died of it (TypeError)."""
+    reg = ModelRegistry(registry_settings)
+    good = reg.register(make_model_dir(93), lineage, metrics=METRICS)
+    bad = reg.register(make_model_dir(94), lineage, metrics=METRICS)
+    marker = reg.bucket.blob(reg._name("versions", bad.version, "VERSION.json"))
+    marker.upload_from_string(json.dumps({**json.loads(marker.download_as_bytes()), "metrics": 5}))
+    assert [v.version for v in reg.list_versions()] == [good.version]
+    with pytest.raises(IntegrityError, match=r"VERSION\.json is unreadable \(its metrics are a JSON int, not an object\)"):
+        reg.get(bad.version)
+
+
+def test_registering_again_restores_a_missing_metrics_json_taken_from_the_folder(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """A folder's own metrics.json is kept as written, so reads check VERSION.json's metrics against the stored copy:
+    with that object gone every read said "tampered with", and registering the folder again could not repair it
+    (the module's promise: a stored file found missing is created again from the folder)."""
+    reg = ModelRegistry(registry_settings)
+    d = make_model_dir(96, metrics=METRICS)  # json.dumps without indent: not the registry's canonical form
+    mv = reg.register(d, lineage)
+    stored = reg.bucket.blob(reg._name("versions", mv.version, "files", "metrics.json"))
+    stored.delete()
+    with pytest.raises(IntegrityError, match=r"metrics\.json of committed version .* is missing.*register the model "
+                                             r"again") as caught:
+        reg.get(mv.version)
+    assert "tampered" not in str(caught.value)
+    assert reg.register(d, lineage) == mv
+    assert stored.exists() and stored.download_as_bytes() == (d / "metrics.json").read_bytes()
+    assert reg.get(mv.version).metrics == METRICS
+
+
+def test_a_version_written_by_a_newer_tenfold_says_so_not_tampered_with(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """VERSION.json records its format, which no reader checked: a newer writer's version read as "tampered with" (an
+    operator may delete a valid version) or, where it happened to parse, was taken as this format."""
+    reg = ModelRegistry(registry_settings)
+    good = reg.register(make_model_dir(97), lineage, metrics=METRICS)
+    mv = reg.register(make_model_dir(98), lineage, metrics=METRICS)
+    marker = reg.bucket.blob(reg._name("versions", mv.version, "VERSION.json"))
+    newer = {**json.loads(marker.download_as_bytes()), "format": 2}
+    for body in (newer, {**newer, "digest": "0" * 64}):  # otherwise valid; and one a newer writer hashes otherwise
+        marker.upload_from_string(json.dumps(body))
+        with pytest.raises(IntegrityError, match=rf"version {mv.version} was written by a newer Tenfold \(format 2, "
+                                                 r"this one reads 1\): upgrade tenfold"):
+            reg.get(mv.version)
+    with caplog.at_level("WARNING", logger=registry_module.__name__):
+        assert [v.version for v in reg.list_versions()] == [good.version]
+    assert any("newer Tenfold" in r.getMessage() for r in caplog.records)
 
 
 def test_one_corrupt_version_does_not_hide_the_others(
