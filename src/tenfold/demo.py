@@ -236,7 +236,7 @@ def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | No
     canary gets no traffic until a rollout gives it some. Returns the champion (None: nothing to serve).
     Under the ``up``/``down`` lock, as ``tenfold up`` serves: a ``tenfold down`` meanwhile would stop the platform
     under a fleet this then starts or rolls."""
-    from tenfold.local.stack import exclusive, feedback_sink_up, serving_up
+    from tenfold.local.stack import exclusive, feedback_sink_up, serving_drift, serving_up
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.rollout.haproxy import HaproxyRouter
     from tenfold.serving import fleet
@@ -249,6 +249,10 @@ def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | No
         if fleet.supervisor_record(settings) is None:
             serving_up(settings, say=say)
         else:  # a fleet from an earlier demo: move both pools to the champion, one replica at a time
+            # Not one started on other settings (another workload's, after a switch): it was rolled, then the sink
+            # refused, leaving the fleet moved to a champion it was never meant to serve.
+            if drift := serving_drift(settings):
+                raise DemoError(drift)
             # It keeps the settings it started with, whatever this shell's: a sample rate below 1 (an earlier demo's,
             # refused since) would leave every month waiting for outcomes that never join.
             if (rate := fleet.running_settings(settings).serving.server.prediction_sample_rate) < 1:

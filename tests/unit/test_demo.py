@@ -455,6 +455,7 @@ def test_a_running_fleet_started_with_a_sample_rate_below_one_is_refused_not_rol
     """The fleet keeps the settings it started with: an earlier demo's at rate 0.5, left running, passed the shell's
     check once the variable was unset, and the first month waited out its outcomes as before."""
     import tenfold.registry
+    from tenfold.local import stack
     from tenfold.serving import fleet
 
     settings = make_settings()
@@ -471,6 +472,7 @@ def test_a_running_fleet_started_with_a_sample_rate_below_one_is_refused_not_rol
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", Registry)
     monkeypatch.setattr(fleet, "supervisor_record", lambda s: object())
     monkeypatch.setattr(fleet, "running_settings", lambda s: half)
+    monkeypatch.setattr(stack, "serving_drift", lambda s: "")  # the stand-in fleet has no process to read
     monkeypatch.setattr(fleet, "rollout", lambda *a, **k: pytest.fail("rolled a fleet that publishes half"))
     with pytest.raises(demo.DemoError, match=r"publishes 0.5 of its predictions(.|\n)*tenfold serve down"):
         demo.ensure_serving(settings, lambda line: None)

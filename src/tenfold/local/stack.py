@@ -83,36 +83,49 @@ def _other_emulator(settings: Settings, comp: Component, record: ProcessRecord |
 
 
 _PLACING = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
-_NO_DRIFT = ("TENFOLD_DEBUG",)  # read by the command line alone (tenfold.cli), never by a task
+# Read by the command line alone (tenfold.cli: TENFOLD_DEBUG) or by the browser tests and `make setup` alone
+# (TENFOLD_CHROMIUM, docs/ui.md), never by a task, a replica or the sink: set in the shell, they change nothing that runs.
+_NO_DRIFT = ("TENFOLD_DEBUG", "TENFOLD_CHROMIUM")
 
 
-def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str:
-    """Which settings variables the running ``record`` was started with differ from those ``svc`` would start it with
-    now (``TENFOLD_*``, the project and the emulator hosts; values never shown: a webhook URL is a secret), with what
-    to do; "" when none do, or when the service reads no settings (the emulators) or the process's environment cannot
-    be read. A running service keeps the settings it started with: a workload, a month range or an alert hook set
-    after `tenfold up` reached no task, while `up` said "already running and healthy"."""
-    if not svc.carries_settings or svc.env is None or record is None:
-        return ""
+def _changed_settings(want: Mapping[str, str], record: ProcessRecord | None) -> list[str]:
+    """The settings variables (``TENFOLD_*``, the project, the emulator hosts and ``PYTHONPATH``) whose values differ
+    between the environment ``want`` a process would be started with now and the one the running ``record`` was
+    started with, sorted; none when its environment cannot be read. ``PYTHONPATH`` is compared as
+    :func:`process.child_environ` hands it to the child, each entry made absolute: a workload's folder put on it after
+    `tenfold up` reached no task (each kept failing "cannot import ... is it on PYTHONPATH?"), while the same folder
+    named relatively from the same place is no change."""
+    if record is None:
+        return []
     import psutil
 
     try:
         running = psutil.Process(record.pid).environ()
     except psutil.Error:
-        return ""
+        return []
 
     def settings_of(env: Mapping[str, str]) -> dict[str, str]:
         return {k: v for k, v in env.items()
                 if (k.startswith("TENFOLD_") and k not in (process.MARKER_ENV, process.PARENT_MARKER_ENV))
-                or k in _PLACING}
+                or k in _PLACING or k == "PYTHONPATH"}
 
     if not running:  # a kernel thread's, or unreadable
-        return ""
-    want, have = settings_of(process.child_environ(svc.env)), settings_of(running)
+        return []
+    want, have = settings_of(process.child_environ(want)), settings_of(running)
     # TENFOLD_DEBUG (which a command's fault advises setting) changes no task: no drift. Every other TENFOLD_* does,
     # a setting's or a hook a task reads from its environment (TENFOLD_INFER_FAULT, TENFOLD_INFER_STUB_SCORING, ...).
-    changed = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k) and k not in _NO_DRIFT)
-    if not changed:
+    return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k) and k not in _NO_DRIFT)
+
+
+def _drift(svc: Service, record: ProcessRecord | None, service_name: str) -> str:
+    """Which settings variables the running ``record`` was started with differ from those ``svc`` would start it with
+    now (see :func:`_changed_settings`; values never shown: a webhook URL is a secret), with what to do; "" when none
+    do, or when the service reads no settings (the emulators) or the process's environment cannot be read. A running
+    service keeps the settings it started with: a workload, a month range or an alert hook set after `tenfold up`
+    reached no task, while `up` said "already running and healthy"."""
+    if not svc.carries_settings or svc.env is None:
+        return ""
+    if not (changed := _changed_settings(svc.env, record)):
         return ""
     return (f"it runs with other settings than these ({', '.join(changed)} changed since it started): stop it "
             f"(`tenfold down -s {service_name}`), then `tenfold up` starts it with these")
@@ -477,8 +490,9 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
     """Start the serving fleet on the champion (``settings.serving.server.model_ref``) if there is one.
 
     With no model registered yet it says so and returns False: a fresh platform has nothing to serve.
-    Already running: nothing changes. Raises :class:`LocalPlatformError` when the fleet cannot start.
-    Under the ``up``/``down`` lock (see :func:`exclusive`): a ``tenfold down`` meanwhile would leave the fleet
+    Already running: nothing changes, unless it or the feedback sink runs with other settings than these (see
+    :func:`_serving_drift`): refused, naming what changed. Raises :class:`LocalPlatformError` when the fleet cannot
+    start. Under the ``up``/``down`` lock (see :func:`exclusive`): a ``tenfold down`` meanwhile would leave the fleet
     running on a stopped platform.
     """
     from tenfold.registry import ModelRegistry, UnknownVersion
@@ -494,6 +508,9 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
             say(f"serving: skipped, no model is registered as {ref!r} yet (run `make demo` to train one, "
                 "then `tenfold serve up`)")
             return False
+        # Both before either starts: a fleet started beside a sink then refused would be half of serving on new settings.
+        if drift := serving_drift(settings):
+            raise LocalPlatformError(drift)
         fleet.up(settings, ref, say=say)
         feedback_sink_up(settings, say=say)
         return True
@@ -508,23 +525,55 @@ def feedback_sink_record(settings: Settings) -> ProcessRecord | None:
     return running_record(settings, FEEDBACK_SINK)
 
 
-def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print,
-                     tie_to_this_process: bool = False) -> ProcessRecord:
-    """Start ``tenfold feedback sink`` as a process of the platform unless it runs; returns its record."""
+def _serving_env(settings: Settings) -> dict[str, str]:
+    """The environment the feedback sink is started with, and the serving fleet's supervisor too (as
+    tenfold.serving.fleet's ``up`` builds it, whose replicas inherit it): this shell's, with the settings' variables and
+    no alert hook (neither alerts, and a webhook URL is a secret)."""
     import os
-    import sys
 
     from tenfold.local.env import settings_env, without_alert_hooks
+
+    return {**os.environ, **settings_env(without_alert_hooks(settings))}
+
+
+def _serving_drift(settings: Settings, record: ProcessRecord | None, name: str) -> str:
+    """Why the running fleet's supervisor or feedback sink (``record``) is not serving these settings, naming the
+    variables that changed since it started, with what to do; "" when none did. The fleet answered "already running"
+    and the sink was reused as it was: after a switch of workload (docs/workloads.md) both kept the old one, as Airflow
+    would without :func:`_drift`, and `tenfold down -s airflow` stops neither."""
+    if not (changed := _changed_settings(_serving_env(settings), record)):
+        return ""
+    return (f"{name}: it runs with other settings than these ({', '.join(changed)} changed since it started): stop "
+            "the serving fleet and the feedback sink (`tenfold serve down`), then `tenfold up` starts them with these")
+
+
+def serving_drift(settings: Settings) -> str:
+    """Why the running serving fleet or feedback sink does not serve these settings (one line each, see
+    :func:`_serving_drift`); "" when neither runs on others. Checked before either is started, or rolled (the demo)."""
+    from tenfold.serving import fleet
+
+    return "\n".join(d for name, record in (("serving", fleet.supervisor_record(settings)),
+                                            (FEEDBACK_SINK, feedback_sink_record(settings)))
+                     if (d := _serving_drift(settings, record, name)))
+
+
+def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print,
+                     tie_to_this_process: bool = False) -> ProcessRecord:
+    """Start ``tenfold feedback sink`` as a process of the platform unless it runs; returns its record. One running
+    with other settings than these (another workload's) is refused, naming what changed (:func:`_serving_drift`)."""
+    import sys
 
     # Under its own lock: `up` and the demo's ensure_serving reach this at the same moment, and both would start
     # a sink, one of them untracked (it would outlive `tenfold down`, pulling the subscriptions).
     with _exclusive(settings, say, FEEDBACK_SINK):
         if (record := feedback_sink_record(settings)) is not None:
+            if drift := _serving_drift(settings, record, FEEDBACK_SINK):
+                raise LocalPlatformError(drift)
             return record
         process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
         record = process.start(
             FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings),
-            port=0, env={**os.environ, **settings_env(without_alert_hooks(settings))}, cwd=settings.local.home,
+            port=0, env=_serving_env(settings), cwd=settings.local.home,
             tie_to_this_process=tie_to_this_process,
         )
     say(f"{FEEDBACK_SINK}: landing predictions and feedback in the lake (pid {record.pid}, log {record.log})")

@@ -540,6 +540,7 @@ def test_the_demo_starts_or_rolls_the_fleet_under_the_up_down_lock(tmp_path, mon
     monkeypatch.setattr(fleet, "rollout", lambda settings, v, pool: seen.append((f"rollout {pool}", _locked_by_another(s))))
     monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, say: seen.append(("sink", _locked_by_another(s))))
     monkeypatch.setattr(haproxy.HaproxyRouter, "from_settings", classmethod(lambda cls, settings: Router()))
+    monkeypatch.setattr(stack, "serving_drift", lambda settings: "")  # the stand-in fleet has no process to read
 
     assert demo.ensure_serving(s, say=lambda line: None) == "v-champion"
     steps = ["rollout stable", "rollout canary"] if fleet_running else ["fleet up"]
@@ -686,25 +687,27 @@ def test_a_gcs_emulator_other_than_the_settings_choose_is_named_not_taken_for_he
         process.stop(record, timeout=5)
 
 
-def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_is(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("variable", "value"), [("TENFOLD_DEBUG", "1"), ("TENFOLD_CHROMIUM", "/opt/chromium/chrome")])
+def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_is(tmp_path, monkeypatch, variable, value):
     """`TENFOLD_DEBUG=1 tenfold up` (what a command's fault advises) refused the running platform, "it runs with
-    other settings than these (TENFOLD_DEBUG changed...)": TENFOLD_DEBUG builds no setting. A process started with
+    other settings than these (TENFOLD_DEBUG changed...)": TENFOLD_DEBUG builds no setting. So did a shell with
+    TENFOLD_CHROMIUM (docs/ui.md: the browser tests' Chromium), which no platform process reads. A process started with
     Airflow's exact environment stands in for Airflow."""
     from tenfold.local import process
     from tenfold.local.services import service
     from tenfold.local.stack import _drift
 
-    monkeypatch.delenv("TENFOLD_DEBUG", raising=False)
+    monkeypatch.delenv(variable, raising=False)
     s = _fresh_settings(tmp_path)
     record = process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
                            env=process.child_environ(service(s, "airflow").env or {}))
     try:
         assert _drift(service(s, "airflow"), record, "airflow") == ""
-        monkeypatch.setenv("TENFOLD_DEBUG", "1")
+        monkeypatch.setenv(variable, value)
         assert _drift(service(s, "airflow"), record, "airflow") == ""
         changed = s.model_copy(update={"monitoring": s.monitoring.model_copy(update={"alert_file": tmp_path / "a.jsonl"})})
         said = _drift(service(changed, "airflow"), record, "airflow")
-        assert "TENFOLD_ALERT_FILE changed since it started" in said and "TENFOLD_DEBUG" not in said, said
+        assert "TENFOLD_ALERT_FILE changed since it started" in said and variable not in said, said
     finally:
         process.stop(record, timeout=5)
 
@@ -757,3 +760,130 @@ def test_down_stops_the_feedback_sink_before_the_pubsub_emulator(tmp_path, monke
         assert not process.is_running(sink) and f"{FEEDBACK_SINK}: stopped" in said, said
     finally:
         process.stop(sink, timeout=5)
+
+
+def test_a_changed_pythonpath_is_drift_and_the_same_folder_named_relatively_is_not(tmp_path, monkeypatch):
+    """docs/workloads.md: a workload of one's own is imported from its folder on PYTHONPATH. Forgotten, then exported,
+    then `tenfold up` again: "airflow: already running and healthy", and every task kept failing "cannot import ...
+    is it on PYTHONPATH?". A process started with Airflow's exact environment stands in for Airflow."""
+    from tenfold.local import process
+    from tenfold.local.services import service
+    from tenfold.local.stack import _drift
+
+    s = _fresh_settings(tmp_path)
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "a"))
+    record = process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
+                           env=service(s, "airflow").env)
+    try:
+        assert _drift(service(s, "airflow"), record, "airflow") == ""
+        monkeypatch.setenv("PYTHONPATH", "a")  # the same folder, as `PYTHONPATH=a tenfold up` from here names it
+        assert _drift(service(s, "airflow"), record, "airflow") == ""
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "b"))
+        said = _drift(service(s, "airflow"), record, "airflow")
+        assert "(PYTHONPATH changed since it started)" in said and "`tenfold down -s airflow`" in said, said
+        monkeypatch.delenv("PYTHONPATH")
+        assert "(PYTHONPATH changed since it started)" in _drift(service(s, "airflow"), record, "airflow")
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_the_feedback_sink_running_on_another_workload_is_refused_naming_the_change(tmp_path, monkeypatch):
+    """After switching workloads (docs/workloads.md), `tenfold up` and `tenfold serve up` reused the running sink as
+    it was: it kept landing the old workload's predictions, without a word. The sink is started by feedback_sink_up
+    itself, a `sleep` in place of its command (which needs the emulators)."""
+    from tenfold.local import process, stack
+
+    a = _fresh_settings(tmp_path)
+    b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
+    real_start = process.start
+    monkeypatch.setattr(process, "start", lambda name, argv, **kwargs: real_start(name, ["sleep", "60"], **kwargs))
+    record = stack.feedback_sink_up(a, say=lambda line: None)
+    try:
+        assert stack.feedback_sink_up(a, say=lambda line: None) == record  # the same settings: reused
+        with pytest.raises(LocalPlatformError) as err:
+            stack.feedback_sink_up(b, say=lambda line: None)
+        assert str(err.value) == (
+            f"{stack.FEEDBACK_SINK}: it runs with other settings than these (TENFOLD_WORKLOAD changed since it "
+            "started): stop the serving fleet and the feedback sink (`tenfold serve down`), then `tenfold up` starts "
+            "them with these"), str(err.value)
+        assert process.is_running(record) and stack.feedback_sink_record(a) == record  # refused: nothing stopped
+    finally:
+        process.stop(record, timeout=5)
+
+
+@pytest.mark.parametrize("running", ["serving", "feedback-sink"])
+def test_serving_up_refuses_a_fleet_or_sink_running_on_another_workload(tmp_path, monkeypatch, running):
+    """`tenfold up` after switching workloads: the fleet answered "already running" (tenfold.serving.fleet.up) and its
+    replicas kept serving the old workload's model, and `tenfold down -s airflow` stops neither the fleet nor the
+    sink. A `sleep` started with the environment fleet.up gives its supervisor (this shell's, the settings' variables,
+    no alert hook) stands in for the fleet or the sink; no fleet starts."""
+    import tenfold.registry
+    from tenfold.local import process, stack
+    from tenfold.local.env import without_alert_hooks
+    from tenfold.serving import fleet
+
+    a = _fresh_settings(tmp_path)
+    b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
+    name = fleet.SUPERVISOR if running == "serving" else stack.FEEDBACK_SINK
+    record = process.start(name, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
+                           env={**os.environ, **settings_env(without_alert_hooks(a))})
+
+    class Registry:  # a champion is registered
+        def __init__(self, settings):
+            pass
+
+        def find(self, ref):
+            return "v-champion"
+
+    started: list[str] = []
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", Registry)
+    monkeypatch.setattr(fleet, "up", lambda settings, ref, say: started.append("fleet"))
+    monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, say: started.append("sink"))
+    try:
+        with pytest.raises(LocalPlatformError) as err:
+            stack.serving_up(b, say=lambda line: None)
+        assert str(err.value).startswith(f"{running}: it runs with other settings than these (TENFOLD_WORKLOAD "
+                                         "changed since it started)"), str(err.value)
+        assert "(`tenfold serve down`)" in str(err.value)
+        assert started == [] and process.is_running(record)  # refused before anything started or stopped
+        assert stack.serving_up(a, say=lambda line: None) is True  # the settings it runs on: served as before
+        assert started == ["fleet", "sink"]
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_the_demo_refuses_to_roll_a_fleet_running_on_another_workload(tmp_path, monkeypatch):
+    """The demo's ensure_serving rolled a running fleet to the champion whatever settings it was started with: after a
+    switch of workload it moved the old workload's fleet to this champion, and only then did the sink refuse. A
+    `sleep` started with the environment fleet.up gives its supervisor stands in for the fleet; nothing is rolled."""
+    import tenfold.registry
+    from tenfold import demo
+    from tenfold.local import process
+    from tenfold.local.env import without_alert_hooks
+    from tenfold.serving import fleet
+
+    a = _fresh_settings(tmp_path)
+    b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
+    record = process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
+                           env={**os.environ, **settings_env(without_alert_hooks(a))})
+
+    class Registry:  # a champion is registered
+        def __init__(self, settings):
+            pass
+
+        def resolve(self, alias):
+            return "v-champion"
+
+    rolled: list[str] = []
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", Registry)
+    monkeypatch.setattr(fleet, "rollout", lambda settings, v, pool: rolled.append(pool))
+    try:
+        with pytest.raises(demo.DemoError) as err:
+            demo.ensure_serving(b, say=lambda line: None)
+        assert str(err.value).startswith("serving: it runs with other settings than these (TENFOLD_WORKLOAD changed "
+                                         "since it started)"), str(err.value)
+        assert rolled == [] and process.is_running(record)
+    finally:
+        process.stop(record, timeout=5)
