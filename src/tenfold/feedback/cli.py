@@ -124,8 +124,19 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
     subs = settings.messaging.subscriptions
     typer.echo(f"feedback sink: pulling {subs['predictions'].name} and {subs['feedback'].name} until SIGTERM", err=True)
     sink.run(stop, after_round=maybe_join)
-    if do_join and sink.stats.landed > max(state["landed"], 0):  # landed by this process since its last join
+    if not do_join or sink.stats.landed <= max(state["landed"], 0):  # nothing landed by this process since its last join
+        return
+    # The last join fails nothing that landed (the logs keep it, and the next sink joins at its start): failing it made
+    # a stopped sink exit 1 with its counts unprinted. Stopped while the lake or Pub/Sub was being retried, it is not
+    # even tried: it would meet the same lake, and on GCS could wait for the join lock past the 90 s a stop gives.
+    if sink.stopped_while_retrying:
+        typer.echo("warning: stopped while retrying the lake or Pub/Sub, so no last join: the next sink joins what "
+                   "landed when it starts", err=True)
+        return
+    try:
         join(settings)
+    except (LakeError, LockTimeout, LockLost, OSError) as exc:
+        typer.echo(f"warning: the last join failed ({exc}); the next sink joins what landed when it starts", err=True)
 
 
 @app.command("join")

@@ -170,6 +170,9 @@ class FeedbackSink:
         # was away was noticed only when the retry gave up (a minute, or two for the lake: past the 90 s a stop gives
         # the sink before SIGKILL), and the sink then exited 1.
         self._stop = threading.Event()
+        # Whether the last run() ended through its stop while it retried Pub/Sub or the lake: the CLI then skips its
+        # last join, which would meet the same lake (or wait on its lock past the time a stop gives the sink).
+        self.stopped_while_retrying = False
 
     # --- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> FeedbackSink:
@@ -223,6 +226,7 @@ class FeedbackSink:
         paces itself): a steady stream is never quiet, so work kept for quiet moments would never run."""
         busy = False
         self._stop = stop
+        self.stopped_while_retrying = False
         try:
             while not stop.is_set():
                 # A held pull only after a quiet round: held on every round, the quiet subscription's pull (feedback
@@ -233,7 +237,7 @@ class FeedbackSink:
                     after_round()
             self._land_backlog()
         except _Stopped:  # stopped while retrying: nothing unwritten was acknowledged (see _pause)
-            pass
+            self.stopped_while_retrying = True
         finally:
             self._stop = threading.Event()
         return self.stats

@@ -12,9 +12,10 @@ says why each rule is what it is:
   request (``RequestInvalid``), so a flight of a holdout month, or of any month outside the window, can
   never become a training row: no leakage into the gate's holdout, whenever the request was served.
 * **one row per flight.** Rows are deduplicated on the contract's key columns (a flight asked about
-  twice is one flight); the latest observation wins (``observed_at``, else ``feedback_received_at``,
-  then the later ``served_at``, then the higher prediction id).
-* **bounded.** At most ``max_rows`` rows, the latest observed.
+  twice is one flight); the latest observation wins, as in the join (:func:`tenfold.feedback.upsert.latest_per_key`):
+  the latest ``observed_at`` when every row of the flight has one, else the latest ``feedback_received_at``; then the
+  later ``served_at``, then the higher prediction id.
+* **bounded.** At most ``max_rows`` rows, the latest observed (``observed_at``, else ``feedback_received_at``).
 * **deterministic.** The rows are sorted by the key columns and written with fixed Parquet options, so the
   same labelled partitions give the same bytes (and the same SHA-256 the run records).
 
@@ -44,6 +45,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import CorruptManifestError, Lake, LakeError, MissingManifestError, Partition, month_range
 from tenfold.features.online import LookupsUnavailable, StaleLookups, read_month_lookups
 from tenfold.feedback.metrics import labelled_lineage, labelled_rows
+from tenfold.feedback.upsert import latest_per_key
 from tenfold.fsio import atomic_write
 from tenfold.workloads import RequestInvalid, Workload, get_workload, lookup_table
 
@@ -161,11 +163,6 @@ def feedback_training_set(settings: Settings, months: Sequence[Partition], *, we
                                          "note": "no month of the training window has its lookup tables published"})
     online = workload.online_features(lookups)
 
-    # Newest observation first, so the first row of a flight (below) is the one that wins.
-    order = pc.sort_indices(pa.table({
-        "observed": pc.coalesce(rows["observed_at"], rows["feedback_received_at"]), "served": rows["served_at"],
-        "pid": rows["prediction_id"]}), sort_keys=[("observed", "descending"), ("served", "descending"), ("pid", "descending")])
-    rows = rows.take(order)
     model = workload.request_model
     invalid = 0
     refused: Counter[str] = Counter()
@@ -191,19 +188,24 @@ def feedback_training_set(settings: Settings, months: Sequence[Partition], *, we
     parts = [online.assemble(requests[s:s + _CHUNK]) for s in range(0, len(requests), _CHUNK)]
     features = pa.concat_tables(parts)
     label_type = contract.arrow_schema().field(contract.label).type
-    outcomes = rows["outcome"].take(pa.array(kept)).cast(label_type)
-    features = features.append_column(contract.label, outcomes)
+    chosen = rows.take(pa.array(kept))
+    features = features.append_column(contract.label, chosen["outcome"].cast(label_type))
 
-    seen: set[tuple[Any, ...]] = set()
-    first: list[int] = []
-    for i, key in enumerate(zip(*(features[c].to_pylist() for c in contract.key_columns), strict=True)):
-        if key not in seen:
-            seen.add(key)
-            first.append(i)
-    summary["duplicates"] = features.num_rows - len(first)
-    capped = max(0, len(first) - max_rows)
+    # One row per flight, the latest observation of it; then the max_rows flights observed last.
+    ranking = {"_observed": chosen["observed_at"], "_received": chosen["feedback_received_at"],
+               "_served": chosen["served_at"], "_pid": chosen["prediction_id"]}
+    ranked = features
+    for name, column in ranking.items():
+        ranked = ranked.append_column(name, column)
+    first = latest_per_key(ranked, list(contract.key_columns), observed="_observed", received="_received",
+                           then=[("_served", "descending"), ("_pid", "descending")])
+    summary["duplicates"] = features.num_rows - first.num_rows
+    capped = max(0, first.num_rows - max_rows)
     summary["capped"] = capped
-    features = features.take(pa.array(first[:max_rows]))
+    newest = pc.sort_indices(pa.table({
+        "observed": pc.coalesce(first["_observed"], first["_received"]), "served": first["_served"],
+        "pid": first["_pid"]}), sort_keys=[("observed", "descending"), ("served", "descending"), ("pid", "descending")])
+    features = first.take(newest[:max_rows]).drop_columns(list(ranking))
     features = features.sort_by([(c, "ascending") for c in contract.key_columns])
     features = features.append_column(WEIGHT_COLUMN, pa.array([float(weight)] * features.num_rows, pa.float64()))
     summary["rows"] = features.num_rows

@@ -9,9 +9,9 @@ old partition or the new one, never a mix:
 * **one row per prediction id.** Deliveries of the same prediction (Pub/Sub redeliveries, publisher
   retries under a new message id) are one record; if two *different* records share an id (a server
   bug), the earliest ``served_at`` wins and the report counts a conflict;
-* **the latest observation wins** among feedback for one prediction: the record with the latest
-  ``observed_at`` (its ``received_at`` when the client gave none), ties broken by the later
-  ``received_at``, then by the higher outcome. Duplicates of one record (its outcome and
+* **the latest observation wins** among feedback for one prediction (:func:`latest_per_key`): when every record
+  of it carries ``observed_at``, the latest ``observed_at``; when any lacks one, the latest ``received_at``; ties
+  broken by the later ``received_at``, then by the higher outcome. Duplicates of one record (its outcome and
   ``observed_at``: a redelivery, or a client's retry received later) count once in ``feedback_records``;
 * **late feedback joins when its prediction lands.** Feedback that arrived before its prediction (or
   before the prediction's sample was written) waits in the feedback log; the month is rebuilt
@@ -53,7 +53,8 @@ from tenfold.fsio import make_dirs
 from tenfold.messaging.records import utc
 
 # Bump when the join's rule changes: every month is then rebuilt on the next run.
-JOIN_VERSION = 2  # 2: a record is (outcome, observed_at) in feedback_records; a retry received later is no correction
+JOIN_VERSION = 3  # 2: a record is (outcome, observed_at) in feedback_records; a retry received later is no correction
+# 3: a prediction's feedback is ranked on one clock: observed_at only when every record of it has one
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,8 @@ def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, Mon
     counts = said.group_by("prediction_id", use_threads=False).aggregate([("outcome", "count")])
     counts = counts.rename_columns({"outcome_count": "feedback_records"})
     stats.corrected = int(pc.sum(pc.greater(counts["feedback_records"], 1)).as_py() or 0)
-    effective = pc.coalesce(fb["observed_at"], fb["received_at"])
-    fb = fb.append_column("_effective", effective).sort_by(
-        [("prediction_id", "ascending"), ("_effective", "descending"), ("received_at", "descending"),
-         ("outcome", "descending")])
-    latest = _first_per_key(fb, "prediction_id").drop_columns(["_effective"])
+    latest = latest_per_key(fb, ["prediction_id"], observed="observed_at", received="received_at",
+                            then=[("received_at", "descending"), ("outcome", "descending")])
     latest = latest.rename_columns({"received_at": "feedback_received_at"})
 
     joined = preds.join(latest, "prediction_id", join_type="left outer", use_threads=False)
@@ -259,6 +257,42 @@ def join_month(predictions: pa.Table, feedback: pa.Table) -> tuple[pa.Table, Mon
     table = joined.select(LABELLED.names).cast(LABELLED).sort_by("prediction_id")
     stats.labelled = table.num_rows - table["outcome"].null_count
     return table, stats
+
+
+def latest_per_key(table: pa.Table, keys: list[str], *, observed: str, received: str,
+                   then: list[tuple[str, str]]) -> pa.Table:
+    """The row of each value of ``keys`` whose observation is the latest, sorted by ``keys``: when every row of that
+    value has ``observed`` (the client's clock), the latest ``observed``; when any lacks it, the latest ``received``
+    (the server's clock); ties broken by ``then`` (column, order) pairs. The join's rule for a prediction's feedback
+    and the training set's for a flight's labelled rows.
+
+    One clock per key: ranked on ``observed`` else ``received``, a correction observed at 00:30 and received at 02:00
+    lost to a report without ``observed`` received at 01:00, its server time compared with the client's. One clock
+    for all the rows of a key also keeps the order total, whatever order the rows come in."""
+    if table.num_rows == 0:
+        return table
+    table = table.sort_by([(k, "ascending") for k in keys])
+    starts = _run_starts(table, keys)
+    run = np.cumsum(starts) - 1
+    has = pc.is_valid(table[observed]).combine_chunks().to_numpy(zero_copy_only=False)
+    every = np.logical_and.reduceat(has, np.flatnonzero(starts))[run]
+    effective = pc.if_else(pa.array(every), table[observed], table[received])
+    ranked = table.append_column("_run", pa.array(run)).append_column("_effective", effective).sort_by(
+        [("_run", "ascending"), ("_effective", "descending"), *then])
+    return _first_per_key(ranked, "_run").drop_columns(["_run", "_effective"])
+
+
+def _run_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """Where each run of equal ``keys`` begins in ``table`` (sorted by them): a null equals a null, as in a group."""
+    starts = np.zeros(table.num_rows, dtype=bool)
+    starts[0] = True
+    for key in keys:
+        col = table[key].combine_chunks()
+        now, before = col[1:], col[:-1]
+        differ = pc.and_not(pc.fill_null(pc.not_equal(now, before), True),
+                            pc.and_(pc.is_null(now), pc.is_null(before)))
+        starts[1:] |= differ.to_numpy(zero_copy_only=False)
+    return starts
 
 
 def _distinct(table: pa.Table) -> pa.Table:

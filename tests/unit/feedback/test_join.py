@@ -61,6 +61,28 @@ def test_a_clients_retry_received_later_is_one_record_not_a_correction(settings,
     assert (month.feedback_deliveries, month.feedback_records, month.corrected) == (4, 2, 0)
 
 
+def test_a_correction_with_observed_at_beats_an_earlier_report_without_one(settings, logs):
+    """A report without observed_at (received at 11:00) and its correction observed at 10:30, received at 12:00: ranked
+    on observed_at else received_at, the report won, the server's clock compared with the client's, and the month
+    still counted a correction. A prediction whose records do not all carry observed_at is ranked on received_at."""
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1, received=T0 + H))
+    logs.feedback(feedback("a", 0, observed=T0 + H / 2, received=T0 + 2 * H))
+    month = join(settings).months[0]
+    row = _labelled(settings)[0]["a"]
+    assert (row["outcome"], row["observed_at"], row["feedback_received_at"]) == (0, T0 + H / 2, T0 + 2 * H)
+    assert (row["feedback_records"], month.corrected) == (2, 1)
+
+
+def test_when_every_record_carries_observed_at_the_latest_observation_wins_whenever_received(settings, logs):
+    logs.predictions(prediction("a"))
+    logs.feedback(feedback("a", 1, observed=T0 + 3 * H, received=T0 + H))
+    logs.feedback(feedback("a", 0, observed=T0 + 2 * H, received=T0 + 4 * H))  # received later, observed earlier
+    join(settings)
+    row = _labelled(settings)[0]["a"]
+    assert (row["outcome"], row["observed_at"], row["feedback_received_at"]) == (1, T0 + 3 * H, T0 + H)
+
+
 def test_log_files_deleted_after_the_month_was_published_do_not_shrink_it(settings, logs):
     """docs/feedback.md suggested a lifecycle rule for the logs' retention: it deletes the oldest files first, and
     the next join rebuilt the month from what was left and published it over the whole one (for good, once the

@@ -137,3 +137,29 @@ def test_refresh_over_a_window_skips_files_that_landed_before_it(settings, logs)
     assert labelled_rows(settings, **window, refresh=True)["prediction_id"].to_pylist() == ["new"]
     join(settings)
     assert sorted(labelled_rows(settings, **window)["prediction_id"].to_pylist()) == ["new", "probe"]
+
+
+def test_the_training_set_ranks_a_flights_rows_on_one_clock(settings, logs):
+    """feedback_training_set keeps one row per flight, ranked as the join ranks a prediction's feedback: a flight asked
+    twice, reported delayed without observed_at (received 11:00) and then on time, observed at 10:30 and received at
+    12:00, trained as delayed, the server's receipt clock compared with the client's observation. Another flight, all
+    of whose rows carry observed_at, keeps the latest observation though it was received first."""
+    from tenfold.data.lake import Lake
+    from tenfold.feedback.training import feedback_training_set
+    from tenfold.messaging.records import PredictionRecord
+    from tenfold.workloads.flights.synthetic import publish_synthetic_lookups, synthetic_requests
+
+    jan = Partition(2032, 1)
+    publish_synthetic_lookups(Lake.from_settings(settings), [jan], prefix=settings.storage.lookups_table)
+    a, b = synthetic_requests(jan, 2, seed=9)
+    asked = {"a1": a, "a2": {**a, "user_key": "another"}, "b1": b, "b2": {**b, "user_key": "another"}}
+    logs.predictions(*(PredictionRecord(prediction_id=pid, model_version="v1", arm="stable", probability=0.5,
+                                        request=body, served_at=T0) for pid, body in asked.items()))
+    logs.feedback(feedback("a1", 1, received=T0 + H), feedback("a2", 0, observed=T0 + H / 2, received=T0 + 2 * H),
+                  feedback("b1", 1, observed=T0 + 3 * H, received=T0 + H),
+                  feedback("b2", 0, observed=T0 + 2 * H, received=T0 + 4 * H))
+    join(settings)
+    got = feedback_training_set(settings, [jan], weight=1.0, max_rows=10)
+    assert got.rows == 2 and got.summary["duplicates"] == 2
+    by_flight = dict(zip(got.table["flight"].to_pylist(), got.table["label"].to_pylist(), strict=True))
+    assert (by_flight[a["flight"]], by_flight[b["flight"]]) == (0, 1)

@@ -25,7 +25,7 @@ from tenfold.feedback import cli as feedback_cli
 from tenfold.feedback.log import read_log
 from tenfold.feedback.schema import PREDICTIONS_LOG
 
-from .conftest import T0, prediction
+from .conftest import T0, feedback, prediction
 
 
 class FakeSubscriber:
@@ -254,3 +254,96 @@ def test_a_stopped_run_lands_what_the_subscriptions_still_hold_before_it_returns
     assert sorted(_landed(settings)) == sorted(f"p{i}" for i in range(35)), "predictions were left in Pub/Sub"
     assert read_log(lake, settings.storage.feedback_table, [may], FEEDBACK_LOG).num_rows == 12, "labels were left"
     assert stats["predictions"].acked == 35 and stats["feedback"].acked == 12
+
+
+@pytest.fixture
+def stopped_sink(pubsub: tuple[FakeSubscriber, Any]) -> Iterator[tuple[FakeSubscriber, Any]]:
+    """The pubsub fixture, with the labelled table's staging folder a file, so that every join fails with the lake's own
+    OSError; and this process's SIGTERM/SIGINT handlers put back after the test (the sink command installs its own)."""
+    import signal
+    from pathlib import Path
+
+    fake, settings = pubsub
+    lake = Lake.from_settings(settings)
+    blocked = Path(lake.staging_path(settings.storage.labelled_table, Partition(2026, 5), "x")).parents[2]
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("a file where the labelled table's staging folder must go: every join fails")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield fake, settings
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _sigterm_self() -> None:
+    """A real SIGTERM to this process, once the sink command's handler is in place (never the default: it would kill
+    the test run)."""
+    import os
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "the sink's SIGTERM handler is not in place"
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_while_the_lake_refuses_a_batch_exits_0_with_the_counts_and_no_last_join(stopped_sink):
+    """The sink landed a prediction, then the lake refused the feedback batch, and a SIGTERM ended that retry: run()
+    returned, but the command still ran its last join against the refusing lake, which raised and made the stop exit 1
+    with the sink's counts unprinted (on GCS the join's lock wait could outlast the 90 s before SIGKILL). The feedback
+    month's folder and the labelled staging folder are files: the writes fail for real."""
+    import json
+    import logging
+    from pathlib import Path
+
+    fake, settings = stopped_sink
+    feedback_sub = f"projects/{settings.project_id}/subscriptions/{settings.messaging.subscriptions['feedback'].name}"
+    fake.publish(feedback_sub, feedback("a", 1).to_message())
+    table = Path(Lake.from_settings(settings).table_path(settings.storage.feedback_table))
+    table.mkdir(parents=True)
+    (table / "year=2026").write_text("a file where the month's folder must go: the feedback batch's write fails")
+
+    class StopOnRefusedWrite(logging.Handler):  # the SIGTERM arrives once the lake has refused the pulled feedback
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("lake write of 1 feedback"):
+                _sigterm_self()
+
+    handler, sink_log = StopOnRefusedWrite(), logging.getLogger("tenfold.feedback.sink")
+    sink_log.addHandler(handler)
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(feedback_cli.app, ["sink", "--pull-wait-s", "0.5", "--join-every-s", "0"])
+    finally:
+        sink_log.removeHandler(handler)
+    assert time.monotonic() - started < 20, "the stop waited for the write retry to give up"
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = json.loads(result.stdout)["sink"]
+    assert out["predictions"]["landed"] == 1 and out["feedback"]["pulled"] == 1 and out["feedback"]["acked"] == 0
+    assert "stopped while retrying the lake or Pub/Sub, so no last join" in result.stderr
+    assert fake.acked == ["ack-1"], "only the written prediction is acknowledged; the feedback is redelivered"
+
+
+def test_a_last_join_the_lake_refuses_warns_and_the_stop_still_exits_0(stopped_sink, monkeypatch):
+    """Stopped between rounds (no retry under way), the sink's last join met a lake that refused it: the join's OSError
+    made the stop exit 1 with the counts unprinted, though everything landed is in the logs for the next sink to join.
+    A real sink and a real SIGTERM after its first round; the labelled staging folder is a file."""
+    import json
+
+    from tenfold.feedback.sink import FeedbackSink
+
+    fake, _ = stopped_sink
+    real_run = FeedbackSink.run
+
+    def run_stopped_after_a_round(self, stop, *, after_round=None):
+        def round_then_sigterm() -> None:
+            after_round()
+            _sigterm_self()
+
+        return real_run(self, stop, after_round=round_then_sigterm)
+
+    monkeypatch.setattr(FeedbackSink, "run", run_stopped_after_a_round)
+    result = CliRunner().invoke(feedback_cli.app, ["sink", "--pull-wait-s", "0.5", "--join-every-s", "0"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["sink"]["predictions"]["landed"] == 1
+    assert "warning: join failed" in result.stderr  # the round's join met the same lake
+    assert "warning: the last join failed (" in result.stderr and "the next sink joins what landed" in result.stderr
+    assert fake.acked == ["ack-1"]
