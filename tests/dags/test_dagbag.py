@@ -62,6 +62,14 @@ for env in sys.argv[2:]:
             # Airflow gives a run no task instance of a task whose end_date is before the run's logical date
             "end_dates": sorted({str(d) for d in [dag.end_date, *(t.end_date for t in dag.tasks)]}),
         }
+        # What Airflow's backfill (REST, UI, CLI) reads from the serialized DAG: a periodic timetable, and allowed run
+        # types that include backfill (or none given).
+        from airflow.serialization.serialized_objects import DagSerialization
+
+        core = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        allowed = getattr(core, "allowed_run_types", None)
+        dags[dag_id]["run_types"] = None if allowed is None else sorted(str(getattr(t, "value", t)) for t in allowed)
+        dags[dag_id]["backfill"] = core.timetable.periodic and (allowed is None or "backfill" in dags[dag_id]["run_types"])
         if dag_id == "build_features":  # its first scheduled run, as the scheduler computes it
             import datetime as dt
 
@@ -202,6 +210,19 @@ def test_a_month_param_accepts_only_yyyy_mm(dagbag):
             with pytest.raises(ParamValidationError):  # refused in the trigger form, before any task runs
                 param.resolve(bad)
                 pytest.fail(f"{env}:{dag_id}: the month param accepts {bad!r}")
+
+
+def test_only_build_features_can_be_backfilled(dagbag):
+    """train_model's timetable (the drift Asset or a weekly cron) is periodic, so Airflow accepted a backfill of it, and
+    held the backfill's runs back apart from the DAG's others (max_active_runs counts per backfill): nine runs at once
+    beside the weekly one, all training the same newest months, resizing the one training group under each other.
+    The Asset-triggered DAGs are not periodic: Airflow refuses their backfills already."""
+    for env in dagbag["envs"]:
+        dags = dagbag["envs"][env]["dags"]
+        assert sorted(dag_id for dag_id, d in dags.items() if d["backfill"]) == ["build_features"], env
+        # every other run type stays allowed: the weekly run, the drift Asset's, a run triggered by hand
+        assert {"scheduled", "asset_triggered", "manual"} <= set(dags["train_model"]["run_types"]), env
+        assert "backfill" not in dags["train_model"]["run_types"], env
 
 
 def test_batch_inference_wiring(dagbag):

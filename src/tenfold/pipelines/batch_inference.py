@@ -40,6 +40,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     chosen_once,
+    conf_ref,
     run_conf,
     run_key,
     run_main,
@@ -198,7 +199,9 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     from tenfold.workloads import meta_problem
 
     conf = run_conf(conf, CONF_KEYS)
-    part = _month(conf["month"]) if conf.get("month") else default_month(settings)
+    ref = conf_ref(conf, "version", settings.inference.model_ref)
+    # A month given is checked whatever it is: {"month": ""} (a script's unset variable) scored the newest month.
+    part = _month(conf["month"]) if conf.get("month") is not None else default_month(settings)
     lake = Lake.from_settings(settings)
     table = settings.storage.features_table
     if not lake.has_manifest(table, part):
@@ -211,7 +214,6 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         raise PipelineError(f"features partition {part.label} was built by feature definitions version {built_by}, "
                             f"and this code's are version {contract.version}: rebuild it with build_features "
                             f"(conf {{\"month\": \"{part.label}\"}}) first")
-    ref = str(conf.get("version") or settings.inference.model_ref)
     try:
         version = resolve(settings, ref)
     except ScoringError as exc:

@@ -77,6 +77,19 @@ def run_conf(conf: Mapping[str, Any] | None, keys: Sequence[str], example: str =
     return conf
 
 
+def conf_ref(conf: Mapping[str, Any], key: str, default: str) -> str:
+    """``conf[key]``, a model version id or alias, or ``default`` when the key is absent (or null). A value given that
+    is not a non-empty string is refused: ``{"version": ""}`` (a script's unset variable) took the default without a
+    word, and the run acted on another model than the one it was asked for."""
+    value = conf.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip():
+        raise PipelineInputError(f"run conf {key}={value!r}: give a registered version id or an alias, e.g. "
+                                 f"\"{default}\", or leave {key} out for {default}")
+    return value
+
+
 def run_key(run_id: str) -> str:
     """A run id usable as a folder, a GCS prefix, a rendezvous id and in batch ids (``[a-z0-9_.-]``, <= 59).
 

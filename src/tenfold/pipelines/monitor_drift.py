@@ -58,6 +58,7 @@ from tenfold.pipelines.common import (
     PipelineInputError,
     RunState,
     chosen_once,
+    conf_ref,
     events_of,
     run_conf,
     run_key,
@@ -175,7 +176,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     if missing:
         raise PipelineError(f"features partitions {missing} are not published (no _SUCCESS manifest under "
                             f"{lake.uri}/{table}): run build_features for them first")
-    ref = str(conf.get("version") or CHAMPION)
+    ref = conf_ref(conf, "version", CHAMPION)  # {"version": ""} is refused, not the champion measured
     registry = ModelRegistry(settings)
     try:
         # The champion named in the run conf (the CLI's own example) is pinned as the default is: resolved again, a

@@ -37,7 +37,7 @@ from typing import Any
 
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
-from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, run_conf, run_key, run_main
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, conf_ref, run_conf, run_key, run_main
 from tenfold.registry.errors import AliasConflict, RegistryError
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry, is_version_id
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
@@ -188,6 +188,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     if not isinstance(retry_rejected, bool):  # "false" (a string) would read as true and re-roll a rejected version
         raise PipelineInputError(f"run conf key \"retry_rejected\" must be the JSON boolean true or false, not "
                                  f"{retry_rejected!r}")
+    ref = conf_ref(conf, "version", CHALLENGER)  # {"version": ""} is refused, not the challenger rolled out
     reg = p.registry if p else ModelRegistry(settings)
     rollout_id = f"r-{run_key(run_id)}"
     # A retried plan resumes the rollout this run planned, whichever version that was: the challenger may have moved
@@ -196,7 +197,6 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         if rid == rollout_id and (recorded := reg.rollout_events(planned_version, rollout_id).get("start")):
             log.info("rollout %s of %s already planned at %s: resuming it", rollout_id, planned_version, recorded["at"])
             return RolloutRun.from_xcom(recorded["run"])
-    ref = conf.get("version") or CHALLENGER
     try:
         version = reg.find(str(ref))
     except (RegistryError, ValueError) as exc:  # an unknown alias or version, or not a version id at all; a registry

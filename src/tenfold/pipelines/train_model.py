@@ -48,7 +48,7 @@ from tenfold.model_files import (
     unsafe_relative_path,
 )
 from tenfold.monitoring.profile import ensure_profile
-from tenfold.pipelines.common import PipelineError, RunState, events_of, run_conf, run_key, run_main
+from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, events_of, run_conf, run_key, run_main
 from tenfold.pipelines.common import work_root as common_work_root
 from tenfold.registry.errors import AliasConflict
 from tenfold.registry.gate import Decision, GatePolicy, HoldoutRef, Scored, decide
@@ -233,16 +233,26 @@ def gate_policy(settings: Settings) -> GatePolicy:
 
 
 def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None = None, *,
-         drifted: Sequence[str] = ()) -> TrainRun:
+         drifted: Sequence[str] = (), run_type: str | None = None) -> TrainRun:
     """Choose the time-based split and the training config; every month of both windows must be published.
 
     A run that drift started (``drifted``: the months that drifted) holds out only the newest month: the default
     holdout of ``holdout_window`` (3) months kept the drifted month, and the two before it, out of training, so a
     retrain learned nothing of what had changed, its reference profile did not either, and the next months drifted
     again against it. With one month held out, the new version trains up to the month before the newest (the
-    drifted one, when it is the newest) and the gate judges it, against the champion, on that month."""
+    drifted one, when it is the newest) and the gate judges it, against the champion, on that month.
+
+    A backfill run (``run_type`` ``"backfill"``, the Airflow run's type) is refused: the split ignores the run's
+    logical date, so every run of a backfill trained the same newest months, and Airflow holds a backfill's runs back
+    apart from the DAG's others (max_active_runs=1 did not stop them), so they ran side by side: resizing the one
+    cloud training group under each other and racing to move the challenger alias."""
     from tenfold.training.config import TrainConfig
 
+    if run_type == "backfill":  # Airflow's run type is a str enum: its value compares equal
+        raise PipelineInputError(
+            "train_model does not run as a backfill: it trains on the newest published months whatever the run's "
+            "date, so a backfill's runs would all train the same model at once; trigger one run instead (a run conf "
+            "with train_months and holdout_months chooses other months)")
     conf = run_conf(conf, CONF_KEYS)
     champion_at_plan: dict[str, Any] = {}
     gate_policy(settings)  # a baseline misnamed in the settings is refused before the training run, not after it

@@ -90,6 +90,9 @@ def test_a_version_with_a_profile_is_measured_from_its_files(drift_settings: Set
     ({"months": "2013-03"}, "unknown run conf keys ['months']"),
     ({"month": "2014-05"}, "not published"),
     ({"month": "2013-03", "version": "nosuchalias"}, "run conf version 'nosuchalias'"),
+    # Given empty (a script's unset variable) or not a string, it measured the champion without a word.
+    ({"month": "2013-03", "version": ""}, "run conf version='': give a registered version id or an alias"),
+    ({"month": "2013-03", "version": 0}, "run conf version=0: give a registered version id or an alias"),
 ])
 def test_plan_refuses_bad_input_naming_it(drift_settings: Settings, conf: dict[str, str], message: str) -> None:
     with pytest.raises(pipeline.PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -4,6 +4,7 @@ not take its first plan's results as its own: its requests and results are keyed
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -595,3 +596,36 @@ def test_a_spark_run_over_a_damaged_scores_manifest_runs_its_job_which_repairs_t
     run = dataclasses.replace(pipeline.plan(s, "run-b", {"month": PART.label}), path="spark")
     assert pipeline.score(s, run).rows_written == 50
     assert jobs == ["run-b"]
+
+
+@pytest.mark.parametrize("month", ["", 0, False, []])
+def test_a_month_given_empty_or_not_a_string_is_refused_not_the_newest_month_scored(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch, month: object
+) -> None:
+    """{"month": ""} (a script whose $MONTH was unset) scored the newest published month and published over its
+    scores: a falsy month was taken for no month at all."""
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 20)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    with pytest.raises(pipeline.PipelineInputError, match=rf"^run conf month.*{re.escape(repr(month))}"):
+        pipeline.plan(s, RUN_ID, {"month": month})
+    assert pipeline.plan(s, RUN_ID, {"month": None}).month == PART.label  # null is no month: the newest published
+
+
+@pytest.mark.parametrize("version", ["", "  ", 0, False])
+def test_a_version_given_empty_or_not_a_string_is_refused_not_the_champion_scored(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch, version: object
+) -> None:
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings)
+    publish_synthetic_features(Lake.from_settings(s), [PART], 20)
+    asked: list[str] = []
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: asked.append(ref) or "v1")
+    with pytest.raises(pipeline.PipelineInputError, match=rf"^run conf version={re.escape(repr(version))}: give a registered "):
+        pipeline.plan(s, RUN_ID, {"month": PART.label, "version": version})
+    assert asked == []
+    pipeline.plan(s, RUN_ID, {"month": PART.label, "version": None})  # null is no version: the model_ref's
+    assert asked == [s.inference.model_ref]

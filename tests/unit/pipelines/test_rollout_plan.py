@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -179,3 +180,16 @@ def test_the_default_challenger_is_refused_when_the_gate_compared_it_only_with_a
     reg.set_alias(CHALLENGER, z, reason="by hand")
     assert pipeline.plan(settings, "asset_triggered__r4", {}, p=places).version == z
     assert reg.resolve(CHAMPION) == x
+
+
+@pytest.mark.parametrize("version", ["", " ", 0, False, []])
+def test_a_version_given_empty_or_not_a_string_is_refused_not_the_challenger_rolled_out(tmp_path: Any,
+                                                                                        version: Any) -> None:
+    """{"version": ""} (a script whose $VERSION was unset) rolled out the challenger: a falsy version was taken for
+    no version at all."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    with pytest.raises(PipelineInputError, match=rf"^run conf version={re.escape(repr(version))}: give a registered version id or "
+                                                 r"an alias, e.g. \"challenger\", or leave version out for challenger$"):
+        _plan(settings, AssertionError("the registry was asked for the challenger"), {"version": version})
+    with pytest.raises(PipelineInputError, match="nothing to roll out"):  # null is no version: the challenger's
+        _plan(settings, UnknownVersion("challenger is not set"), {"version": None})

@@ -74,6 +74,23 @@ def announce(dag):
             "its own, of many": once(accessor), "asked": accessor.calls}
 
 
+def plan_a_backfill_run(dag):
+    # What the plan task does with a backfill's run (the Task SDK gives its run type as this enum), on an empty home
+    # of its own: a plan that went on would find no lake and no registry, never the developer's.
+    import os
+    from airflow.sdk.api.datamodels._generated import DagRunType
+    from tenfold.config import get_settings
+
+    os.environ["TENFOLD_HOME"] = sys.argv[2]
+    get_settings.cache_clear()
+    run = SimpleNamespace(run_id="backfill__2026-01-05T00:00:00+00:00", run_type=DagRunType.BACKFILL, conf={})
+    try:
+        dag.get_task("plan").python_callable(dag_run=run)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "planned"
+
+
 dag = bag.dags.get("train_model")
 out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}}
 if dag is not None:
@@ -88,6 +105,7 @@ if dag is not None:
         announce_outlets=[o.uri for o in dag.get_task("announce_challenger").outlets],
         announce_inlets=[o.uri for o in dag.get_task("announce_challenger").inlets],
         announce=announce(dag),
+        plan_backfill=plan_a_backfill_run(dag),
         announce_upstream=sorted(dag.get_task("announce_challenger").upstream_task_ids),
         gate_upstream=sorted(dag.get_task("gate").upstream_task_ids),
         retries={t.task_id: t.retries for t in dag.tasks},
@@ -103,7 +121,7 @@ print("PROBE" + json.dumps(out))
 def dag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     home = tmp_path_factory.mktemp("airflow-home")
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(DAG_FILE)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(DAG_FILE), str(home / "tenfold")], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("PROBE")]
@@ -154,6 +172,24 @@ def test_a_cleared_run_that_announced_its_challenger_does_not_announce_it_again(
     # Through Airflow's accessor (what this Airflow hands the task): newest first, the last 1000.
     assert dag["announce"]["its own, of many"] == dag["announce"]["its own"]
     assert dag["announce"]["asked"] == [["ascending", False], ["limit", 1000]]
+
+
+def test_a_backfill_run_is_refused_at_once(dag: dict[str, Any]) -> None:
+    """A backfill's runs are held back apart from the DAG's others (max_active_runs=1 did not stop them), and every
+    one of them trained the same newest months: on an Airflow without allowed_run_types, plan is what refuses them."""
+    assert dag["plan_backfill"].startswith("AirflowFailException: train_model does not run as a backfill: ")
+    assert dag["plan_backfill"].endswith("trigger one run instead (a run conf with train_months and holdout_months "
+                                         "chooses other months)")
+
+
+def test_the_plan_of_a_backfill_run_names_backfill_and_what_to_do(make_settings: Any) -> None:
+    from tenfold.pipelines import train_model as pipeline
+    from tenfold.pipelines.common import PipelineInputError
+
+    settings = make_settings()
+    with pytest.raises(PipelineInputError, match=r"^train_model does not run as a backfill: .*trigger one run "):
+        pipeline.plan(settings, "backfill__2026-01-05T00:00:00+00:00", {}, run_type="backfill")
+    assert not any(settings.local.home.iterdir())  # refused before it read or wrote anything
 
 
 def test_no_literals_owned_by_settings() -> None:
