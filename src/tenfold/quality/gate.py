@@ -44,7 +44,14 @@ from tenfold.config import Settings
 from tenfold.data.lake import DamagedInTransit, Lake, LakeError, Manifest, MissingManifestError, Partition
 from tenfold.monitoring.alerts import Sent, send_alert
 from tenfold.outages import not_the_data
-from tenfold.quality.suites import check_not_null_covered, load_suite, load_suite_dict, partition_parameters
+from tenfold.quality.suites import (
+    SuiteError,
+    check_not_null_covered,
+    load_suite,
+    load_suite_dict,
+    partition_parameters,
+    suite_path,
+)
 from tenfold.workloads import get_workload
 
 if TYPE_CHECKING:
@@ -115,6 +122,12 @@ class ValidationReport:
         return [o for o in self.outcomes if not o.success]
 
     @property
+    def errored(self) -> list[ExpectationOutcome]:
+        """The failures Great Expectations raised on (a row_condition pandas refuses, a wrong kwarg): the suite's
+        fault, where the others are the data's. A batch that cannot be read is neither (READ_CHECK)."""
+        return [o for o in self.failures if o.error and o.expectation != READ_CHECK]
+
+    @property
     def failed_expectations(self) -> list[str]:
         """Failed expectations as ``type(column)``, e.g. ``expect_column_mean_to_be_between(label)``."""
         return [f"{o.expectation}({o.column})" if o.column else o.expectation for o in self.failures]
@@ -154,11 +167,19 @@ class ValidationFailed(RuntimeError):
         bound = ("" if {o.expectation for o in report.failures} <= {READ_CHECK} else
                  f"; if a bound is wrong rather than the data, change it in {report.suite}.json in the workload's "
                  "suite folder (expectations/ for flights)")
+        # Failures of the data and errors of the suite at once: the data is refused, and the suite's errors named.
+        faulty = (f" The suite is at fault too: Great Expectations could not evaluate "
+                  f"{', '.join(_names(report.errored))}; fix {'them' if len(report.errored) > 1 else 'it'} in "
+                  f"{report.suite}.json." if report.errored else "")
         super().__init__(f"{report.summary()}\n{what}{docs} Fix the input or the job for {report.partition} and "
-                         f"re-run it{bound}.")
+                         f"re-run it{bound}.{faulty}")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def _names(outcomes: Sequence[ExpectationOutcome]) -> list[str]:
+    return [f"{o.expectation}({o.column})" if o.column else o.expectation for o in outcomes]
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -316,31 +337,68 @@ def run_suite(
     batch_uri: str,
     docs: bool = True,
     run_name: str | None = None,
+    lake: Lake | None = None,
 ) -> ValidationReport:
     """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else.
 
-    Data Docs are best effort: when they cannot be written (their bucket refuses or is away, the page fails to
-    render) the suite runs again without them (``data_docs`` None), so the verdict, and with it a refusal's
-    quarantine and alert, never depends on them: a Data Docs error used to escape as the task's error, the
-    refused batch left staged and unalerted.
+    Data Docs are best effort: when they cannot be written (their bucket refuses or is away) the suite runs again
+    without them (``data_docs`` None), so the verdict, and with it a refusal's quarantine and alert, never depends on
+    them: a Data Docs error used to escape as the task's error, the refused batch left staged and unalerted.
+
+    Raises :class:`~tenfold.quality.suites.SuiteError` when every expectation that failed raised inside GX (a
+    row_condition pandas refuses, a wrong kwarg): the suite is at fault, not the batch, which must then be neither
+    quarantined nor withdrawn. ``lake``: where the features suite's month finds its history months (default: the
+    settings' lake; see :func:`suite_parameters`).
     """
     from tenfold.quality.datadocs import docs_site
 
+    parameters = suite_parameters(settings, lake, part, suite_name)
+    report = None
     if docs:
         try:
             # Locally the site itself; in the cloud a working copy of the bucket's, pushed back when the block ends.
             with docs_site(settings) as site:
-                return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name,
-                                  batch_uri=batch_uri, site=site, run_name=run_name)
+                report = _run_suite(settings, frame, table=table, part=part, suite_name=suite_name,
+                                    batch_uri=batch_uri, site=site, run_name=run_name, parameters=parameters)
         except Exception as exc:  # a fault of the suite itself meets the run below again, and is raised there
             log.warning("validating %s %s with Data Docs failed (%s: %s): validating it again without them (a fault "
                         "of the suite itself is raised then)", table, part.label, type(exc).__name__, str(exc)[:300])
-    return _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
-                      site=None, run_name=run_name)
+    if report is None:
+        report = _run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
+                            site=None, run_name=run_name, parameters=parameters)
+    if report.failures and len(report.errored) == len(report.failures):
+        # Refused as bad data, a good published month (and the history months read with it) was withdrawn and
+        # quarantined for a typo in the suite, and the refusal said to fix the input.
+        path = suite_path(suite_name, get_workload(settings).expectations_dir)
+        docs_note = f" (Data Docs: {report.data_docs})" if report.data_docs else ""
+        raise SuiteError(f"{path}: Great Expectations could not evaluate "
+                         f"{'; '.join(_short(o.describe().replace(chr(10), ' '), 300) for o in report.errored)}, on "
+                         f"{table} {part.label}{docs_note}; the batch was neither quarantined nor withdrawn, as the "
+                         "suite is at fault, not the data: fix the expectation (its row_condition or an argument), "
+                         "then run again")
+    return report
+
+
+def suite_parameters(settings: Settings, lake: Lake | None, part: Partition, suite_name: str) -> dict[str, Any]:
+    """The ``$PARAMETER`` values of ``suite_name`` for ``part`` (:func:`~tenfold.quality.suites.partition_parameters`).
+
+    For the workload's features suite, whether the month has history: history-table months published in the window
+    before it, as the feature job finds them (:func:`tenfold.features.job.history_parts`). With none (the first
+    month), its history aggregates are rightly all null; with some, a join that left them all null is refused.
+    ``lake``: the lake to look in (default: the settings')."""
+    workload = get_workload(settings)
+    if suite_name != workload.features_suite:
+        return partition_parameters(part)
+    from tenfold.features.job import history_parts
+
+    sources = workload.sources
+    history = history_parts(lake or Lake.from_settings(settings), part, sources.history_months, sources.history_table)
+    return partition_parameters(part, history=bool(history))
 
 
 def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Partition, suite_name: str,
-               batch_uri: str, site: DocsSite | None, run_name: str | None) -> ValidationReport:
+               batch_uri: str, site: DocsSite | None, run_name: str | None,
+               parameters: dict[str, Any]) -> ValidationReport:
     import great_expectations as gx
 
     workload = get_workload(settings)
@@ -360,7 +418,7 @@ def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Par
 
     result = checkpoint.run(
         batch_parameters={"dataframe": frame},
-        expectation_parameters=partition_parameters(part),
+        expectation_parameters=parameters,
         run_id=RunIdentifier(run_name=run_name or part.label),
     )
     ((identifier, validation),) = result.run_results.items()
@@ -370,7 +428,13 @@ def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Par
         # The page of this very validation; the site's index lists every one.
         urls = [str(u["site_url"]) for u in context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE)
                 if str(u.get("site_url") or "").startswith("file://")]
-        docs_url = site.url(Path(urllib.parse.unquote(urls[0].removeprefix("file://")))) if urls else site.base_url
+        if urls:
+            docs_url = site.url(Path(urllib.parse.unquote(urls[0].removeprefix("file://"))))
+        else:
+            # GX logs a page that fails to render and goes on: the site then lacks this validation, and a refusal
+            # pointing at the site's folder sent whoever read it to look for a page that is not there.
+            log.warning("Data Docs of %s %s: the page of this validation was not written (Great Expectations logged "
+                        "why, above); the report names no Data Docs", table, part.label)
     return ValidationReport(
         table=table,
         partition=part.label,
@@ -434,7 +498,8 @@ def validate_partition(
 
     Returns the report when every expectation passes. Otherwise quarantines the staged folder (under
     ``attempt``, default the staged folder's name), writes Data Docs, alerts (unless ``alert=False``)
-    and raises :class:`ValidationFailed`. A batch whose files cannot be read fails the same way.
+    and raises :class:`ValidationFailed`. A batch whose files cannot be read fails the same way. A suite at fault
+    (:func:`run_suite`) raises :class:`~tenfold.quality.suites.SuiteError` and leaves the batch staged.
     ``settings`` is needed only when a bare :class:`Lake` is passed (default: ``get_settings()``).
     """
     settings, lake = _resolve(settings_or_lake, settings)
@@ -485,7 +550,7 @@ def validate_partition(
         report = _unreadable(table, part, suite_name, batch_uri, exc)
     else:
         report = run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
-                           docs=docs, run_name=f"{part.label}-{attempt}")
+                           docs=docs, run_name=f"{part.label}-{attempt}", lake=lake)
     if report.success:
         log.info("%s", report.summary())
         return report
@@ -552,7 +617,8 @@ def validate_published(
 
     On failure the partition is unpublished and moved to quarantine under ``key``, then Data Docs,
     alert and :class:`ValidationFailed` as in :func:`validate_partition`. A partition that was never
-    published raises :class:`~tenfold.data.lake.MissingManifestError` (nothing to quarantine).
+    published raises :class:`~tenfold.data.lake.MissingManifestError` (nothing to quarantine); a suite at fault
+    (:func:`run_suite`) raises :class:`~tenfold.quality.suites.SuiteError` and leaves it published.
     """
     settings, lake = _resolve(settings_or_lake, settings)
     for round_ in range(3):
@@ -619,7 +685,7 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
         if suite_name is None:
             return ValidationReport(table, part.label, "integrity", batch_uri, success=True, evaluated=0, outcomes=(), rows=arrow.num_rows)
         report = run_suite(settings, to_frame(arrow), table=table, part=part, suite_name=suite_name,
-                           batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}")
+                           batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}", lake=lake)
     if report.success:
         log.info("%s", report.summary())
         if verdict is not None:
@@ -647,7 +713,7 @@ def _verdict_place(lake: Lake, settings: Settings, table: str, part: Partition, 
         "great_expectations": version("great_expectations"),
         "content": {**manifest.content, "data_dir": manifest.data_dir},
         "suite": load_suite_dict(suite_name, get_workload(settings).expectations_dir),
-        "parameters": partition_parameters(part),
+        "parameters": suite_parameters(settings, lake, part, suite_name),
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     return posixpath.join(lake.partition_path(table, part), VERDICTS_DIR, f"{suite_name}-{digest[:32]}.json"), digest

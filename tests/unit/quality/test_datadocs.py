@@ -267,3 +267,19 @@ def test_a_bucket_object_named_outside_the_site_is_not_pulled_there(gcs_emulator
     assert (site.root / good).read_bytes() == b"{}"  # the site's own files are pulled as before
     assert set(site.remote) == {good}
     assert f"{escaped} is not pulled: its name it has an empty, '.' or '..' part" in caplog.text
+
+
+def test_a_page_that_fails_to_render_is_not_named_as_the_data_docs(settings, monkeypatch, caplog):
+    """GX logs a validation page it cannot render and builds the rest of the site: the report, and with it a
+    refusal's alert and _QUARANTINED.json, named the site's folder, which lacks this validation."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a renderer that fails on this validation")
+
+    monkeypatch.setattr(ValidationResultsPageRenderer, "render", broken)
+    with caplog.at_level("WARNING", logger="tenfold.quality.gate"):
+        assert _validate(settings, 6) is None
+    assert "the page of this validation was not written" in caplog.text
+    site = Path(data_docs_location(settings))
+    assert (site / "index.html").is_file() and not list((site / "validations").rglob("*.html"))  # built, page-less

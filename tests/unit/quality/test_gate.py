@@ -63,6 +63,100 @@ def test_a_numeric_feature_a_broken_join_left_all_null_is_refused(settings, stag
     assert f"expect_column_values_to_not_be_null({column})" in caught.value.report.failed_expectations
 
 
+HISTORY_PREFIXES = ("route", "carrier", "origin_hour")
+HISTORY_RATES = [f"{p}_{kind}" for p in HISTORY_PREFIXES for kind in ("delay_rate", "mean_delay")]
+
+
+def _history_matched_nothing(table: pa.Table) -> pa.Table:
+    """What a history join that matched no row leaves: every rate null, every flights-per-month 0 (coalesced)."""
+    for column in HISTORY_RATES:
+        table = with_column(table, column, pa.nulls(table.num_rows, pa.float64()))
+    for prefix in HISTORY_PREFIXES:
+        table = with_column(table, f"{prefix}_flights", np.zeros(table.num_rows))
+    return table
+
+
+def test_a_month_with_history_whose_history_join_matched_nothing_is_refused(settings, lake, stage, alerts):
+    """The six history rates all null and the flights per month all 0 passed all 105 expectations (a range over no
+    values passes, an all-null float column is of its type): a month built with a broken history join was published."""
+    june = Partition(2013, 6)
+    flights = read_source("flights")
+    may = flights.filter(pc.equal(flights["month"], 5)).slice(0, 1_000)
+    publish_table(lake, "flights", Partition(2013, 5), may, run_id="may", source=WORKLOAD.sources.name)  # its history
+    broken = _history_matched_nothing(synthetic_features(june, 24_000, seed=6))
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, june, stage(broken, june, "no-history"), FEATURES_SUITE,
+                           alert=False, docs=False)
+    assert sorted(caught.value.report.failed_expectations) == sorted(
+        f"expect_column_values_to_not_be_null({c})" for c in HISTORY_RATES)
+
+
+def test_the_first_month_has_no_history_so_its_history_aggregates_may_all_be_null(settings, stage):
+    """January of the first year has no month before it: its rates are null and its flights 0, rightly."""
+    jan = Partition(2013, 1)
+    first = _history_matched_nothing(synthetic_features(jan, 24_000, seed=1))
+    report = validate_partition(settings, FEATURES_TABLE, jan, stage(first, jan), FEATURES_SUITE, alert=False,
+                                docs=False)
+    assert report.success, report.summary()
+
+
+# Names a column of the suite's own (so the suite loads), in a zone pandas does not know: it raises in every validation.
+BROKEN_CONDITION = 'time_hour.dt.tz_convert("America/New_Yrok").dt.hour == 5'
+
+
+def _features_suite_with_a_broken_condition(tmp_path: Path, monkeypatch) -> Path:
+    """The features suite copied to ``tmp_path``, arr_delay's range given BROKEN_CONDITION, as the workload's suite."""
+    import dataclasses
+
+    from tenfold.quality import gate
+
+    body = json.loads((WORKLOAD.expectations_dir / f"{FEATURES_SUITE}.json").read_text())
+    (arr_delay,) = [e for e in body["expectations"]
+                    if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "arr_delay"]
+    arr_delay["kwargs"] |= {"row_condition": BROKEN_CONDITION, "condition_parser": "pandas"}
+    path = tmp_path / f"{FEATURES_SUITE}.json"
+    path.write_text(json.dumps(body))
+    monkeypatch.setattr(gate, "get_workload", lambda settings: dataclasses.replace(WORKLOAD, expectations_dir=tmp_path))
+    return path
+
+
+def test_an_expectation_the_suite_gets_wrong_withdraws_nothing_and_names_the_suite(settings, lake, stage, alerts,
+                                                                                    tmp_path, monkeypatch):
+    """GX catches what pandas raises on a row_condition and reports the expectation failed: the gate took that for bad
+    data, withdrew a good published month to quarantine (and, in ingest, its history months) and said to fix the
+    input. The suite is at fault: it is named, and nothing moves."""
+    from tenfold.quality.suites import SuiteError
+
+    path = _features_suite_with_a_broken_condition(tmp_path, monkeypatch)
+    good = synthetic_features(MARCH, 24_000, seed=7)
+    publish_table(lake, FEATURES_TABLE, MARCH, good, run_id="good", source=WORKLOAD.sources.name)
+    with pytest.raises(SuiteError) as caught:
+        validate_published(lake, FEATURES_TABLE, MARCH, FEATURES_SUITE, settings=settings, key="k1")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert "expect_column_values_to_be_between(arr_delay)" in message and "New_Yrok" in message
+    assert caught.value.retryable is False
+    assert lake.has_manifest(FEATURES_TABLE, MARCH)  # still published
+    assert not lake.exists(lake.quarantine_path(FEATURES_TABLE, MARCH, "k1"))
+    assert alerts() == []  # the task's failure callback alerts the error, once
+    # A staged batch stays staged, for a run once the suite is fixed.
+    uri = stage(good, MARCH, "suite-at-fault")
+    with pytest.raises(SuiteError):
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, docs=False)
+    assert lake.exists(lake._path(uri))
+    assert not lake.exists(lake.quarantine_path(FEATURES_TABLE, MARCH, "suite-at-fault"))
+    # Bad data as well: refused as ever, and the suite's error is named beside the data's failures.
+    distance = good["distance"].to_numpy().copy()
+    distance[:40] = -500.0
+    uri = stage(with_column(good, "distance", distance), MARCH, "both-at-fault")
+    with pytest.raises(ValidationFailed) as refused:
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+    assert sorted(refused.value.report.failed_expectations) == ["expect_column_values_to_be_between(arr_delay)",
+                                                                "expect_column_values_to_be_between(distance)"]
+    assert ("The suite is at fault too: Great Expectations could not evaluate "
+            f"expect_column_values_to_be_between(arr_delay); fix it in {FEATURES_SUITE}.json.") in str(refused.value)
+
+
 def test_a_wind_glitch_the_raw_suite_let_through_at_a_busy_hour_passes_the_features_suite(settings, stage, alerts):
     """raw_weather tolerates 0.1% of a month's station-hours out of range (a known 1,048 mph sensor error); every
     flight of that origin and hour copies it. Two such hours at the busiest origin-hour of 2013 were 76 flights, over

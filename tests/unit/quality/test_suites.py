@@ -134,3 +134,20 @@ def test_a_features_suite_that_does_not_check_a_never_null_column_is_refused(tmp
     with pytest.raises(SuiteError, match=r"feats.json: the workload's contract says label are never null "
                                          r"\(non_null_columns\), but the suite does not check it"):
         check_not_null_covered("feats", tmp_path, ("label", "key"))
+
+
+def test_a_row_condition_naming_no_column_of_the_suite_is_refused_at_load(tmp_path):
+    """pandas fails on a row_condition naming an unknown column in every validation, inside GX, which reports the
+    expectation failed: a typo in the suite read as bad data. The file and the name are refused when it loads."""
+    body = json.loads((SUITES / "features.json").read_text())
+    (label,) = [e for e in body["expectations"] if e["type"] == "expect_column_mean_to_be_between"]
+    label["kwargs"] |= {"row_condition": "cancelld == False", "condition_parser": "pandas"}
+    (tmp_path / "features.json").write_text(json.dumps(body))
+    with pytest.raises(SuiteError, match=r"features\.json: expectation #\d+ \(expect_column_mean_to_be_between\) has "
+                                         r"row_condition 'cancelld == False', which names 'cancelld', not a column of "
+                                         r"the suite's column list: fix the name \(did you mean 'cancelled'\?\)"):
+        load_suite_dict("features", tmp_path)
+    # Spelled right, with methods and attributes of the columns (as raw_flights' conditions are), it loads.
+    label["kwargs"]["row_condition"] = 'cancelled == False & time_hour.dt.tz_convert("UTC").dt.hour != abs(day)'
+    (tmp_path / "features.json").write_text(json.dumps(body))
+    assert load_suite_dict("features", tmp_path)["expectations"] == body["expectations"]
