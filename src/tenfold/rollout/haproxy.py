@@ -9,9 +9,10 @@ API: no reload, no dropped connection, and users stay on their arm while the per
     router.set_canary_percent(10)
     assert router.canary_percent() == 10
 
-The map file on disk is rewritten first, so a restarted HAProxy comes back with the same split. When it cannot be
-written (a full disk), a lower share is still set in HAProxy and the call raises :class:`SplitNotSaved`, saying so;
-a higher one is refused with nothing changed.
+The map file on disk is rewritten first, so a restarted HAProxy comes back with the same split (a lower share set
+while HAProxy is down holds once it is back; a higher one HAProxy did not take is set back in the file). When it
+cannot be written (a full disk), a lower share is still set in HAProxy and the call raises :class:`SplitNotSaved`,
+saying so; a higher one is refused with nothing changed.
 """
 
 from __future__ import annotations
@@ -82,12 +83,33 @@ class HaproxyRouter:
         with file_lock(self.split_map.with_name(".split.lock")):
             # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
             # during its restart) still holds once it is back, even though the runtime API below fails now.
+            before = read_split_map(self.split_map)
             try:
                 write_split_map(self.split_map, percent)
             except OSError as exc:
                 self._set_without_the_file(percent, exc)
                 return
-            self._apply(percent)
+            try:
+                self._apply(percent)
+            except BaseException as exc:
+                # A higher share HAProxy did not take goes out of the file again: left there, the next restart of
+                # HAProxy sent it to the canary unannounced, after the command had failed (a lower one stays, above).
+                if before is None or percent > before:
+                    self._put_back(before, percent, exc)
+                raise
+
+    def _put_back(self, before: int | None, percent: int, cause: BaseException) -> None:
+        """Return the map file to ``before`` (None: it had no share, and goes), after setting ``percent`` failed."""
+        try:
+            if before is None:
+                self.split_map.unlink(missing_ok=True)
+            else:
+                write_split_map(self.split_map, before)
+        except OSError as exc:
+            back = f"{before} %" if before is not None else "no share"
+            raise HaproxyError(f"{cause}; and the split map {self.split_map} could not be set back to {back} "
+                               f"({exc.strerror or exc}): a restart of HAProxy would send {percent} % to the canary; "
+                               "set the split again once the fleet is up (`tenfold serve split`)") from cause
 
     def _apply(self, percent: int, cause: BaseException | None = None) -> None:
         """Set ``percent`` through HAProxy's runtime API and read it back."""

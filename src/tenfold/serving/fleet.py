@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -94,6 +95,9 @@ HAPROXY_START_S = 10.0
 # more on a busy 2-core machine. An older status is from a supervisor stopped by SIGSTOP or hung: its pid lives on, so
 # it passed for running, while nothing replaced a replica that died.
 STATUS_STALE_S = 60.0
+# Less free space than this where the status is written: the disk is full, and that (not a hung supervisor) is why the
+# status is old. (The status is a few KiB; a disk with less than this left is full for every purpose.)
+FULL_DISK_BYTES = 64 * 1024
 
 # Replica states in the supervisor.
 STARTING, SERVING, DRAINING, STOPPING = "starting", "serving", "draining", "stopping"
@@ -306,6 +310,13 @@ def not_responding(st: FleetStatus | None, record: ProcessRecord) -> str | None:
     age = time.monotonic() - st.updated_monotonic if st.updated_monotonic else time.time() - st.updated_at
     if age <= STATUS_STALE_S:
         return None
+    folder = Path(record.log).parent  # the run folder, where the status and the supervisor's log are written
+    with contextlib.suppress(OSError):
+        disk = os.statvfs(folder)
+        if (free := disk.f_bavail * disk.f_frsize) < FULL_DISK_BYTES:
+            # The supervisor goes on supervising (it ignores a write that fails); called hung, it was restarted.
+            return (f"the fleet supervisor (pid {record.pid}) cannot write its status: the disk holding {folder} is "
+                    f"full ({free} bytes free; its last status is {age:.0f} s old): free space there")
     return (f"the fleet supervisor (pid {record.pid}) is not responding: its last status is {age:.0f} s old (it writes "
             f"one several times a second), so nothing replaces a replica that dies; see its log {record.log}, then "
             "run `tenfold serve down && tenfold serve up`")
@@ -394,6 +405,9 @@ class Supervisor:
         self._slot_failures: set[tuple[str, str, str]] = set()  # (pool, slot, command) said to have failed
         self._maintained: set[tuple[str, str]] = set()  # slots put in maintenance during this tick
         self.events: list[str] = []
+        # Lines its log (stdout: run/fleet.log) did not take (a full disk) since the last one it took, and why.
+        self.unsaid: tuple[int, str] = (0, "")
+        self._status_unwritten = False  # the last status write failed (said once, until one succeeds)
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
         self.env = {**os.environ, **settings_env(settings)}
@@ -403,7 +417,16 @@ class Supervisor:
     def say(self, message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"
         self.events = [*self.events[-19:], line]
-        self._say(line)
+        # A log that cannot be written (its disk full) loses the line, not the supervisor: raised, it ended the loop,
+        # then the shutdown at its first line, so HAProxy and every replica outlived a supervisor that exited.
+        try:
+            if self.unsaid[0]:
+                self._say(f"{time.strftime('%H:%M:%S')} fleet: {self.unsaid[0]} lines before this one could not be "
+                          f"written to this log ({self.unsaid[1]})")
+                self.unsaid = (0, "")
+            self._say(line)
+        except OSError as exc:
+            self.unsaid = (self.unsaid[0] + 1, exc.strerror or repr(exc))
 
     def _load_spec(self) -> FleetSpec:
         spec = read_spec(self.settings)
@@ -797,7 +820,20 @@ class Supervisor:
                            updated_monotonic=time.monotonic())
 
     def write_status(self) -> None:
-        _write_atomic(self.run_dir / STATUS_FILE, self.status().to_json())
+        """Write the status; one that cannot be written (a full disk) is said once, and the fleet goes on being
+        supervised: the replicas still need replacing when they die, whatever `tenfold serve status` can show."""
+        path = self.run_dir / STATUS_FILE
+        try:
+            _write_atomic(path, self.status().to_json())
+        except OSError as exc:
+            if not self._status_unwritten:
+                self.say(f"fleet: cannot write its status {path} ({exc.strerror or exc!r}): `tenfold serve status` "
+                         "will call this supervisor not responding until it can; free space on that disk")
+            self._status_unwritten = True
+            return
+        if self._status_unwritten:
+            self._status_unwritten = False
+            self.say("fleet: its status is written again")
 
     # -- the loop
     def run(self) -> None:
@@ -818,29 +854,44 @@ class Supervisor:
                 except Exception as exc:  # the fleet keeps serving whatever went wrong in one look
                     if repr(exc) != last_error:
                         self.say(f"error (the fleet keeps running, retrying): {exc!r}")
-                        traceback.print_exc()
+                        with contextlib.suppress(OSError):  # stderr is the log, which a full disk refuses (as say)
+                            traceback.print_exc()
                     last_error = repr(exc)
                 self.stopping.wait(period)
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
+        """Stop HAProxy, the request log and every replica, each step whatever an earlier one raised: one failure (the
+        first line said, on a full disk) ended the shutdown before anything was stopped, and HAProxy and the replicas
+        outlived the supervisor. The first failure is raised once every step ran."""
+        failures: list[Exception] = []
+
+        def step(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:
+                failures.append(exc)
+                self.say(f"error while stopping the fleet (it goes on stopping the rest): {exc!r}")
+
         self.say("stopping the fleet")
         if self.haproxy is not None:
-            process.stop(self.haproxy, timeout=5)
-            process.remove_pid_file(self.run_dir, HAPROXY)
+            step(functools.partial(process.stop, self.haproxy, timeout=5))
+            step(functools.partial(process.remove_pid_file, self.run_dir, HAPROXY))
         if self.request_log.is_alive():
-            self.request_log.stop()
+            step(self.request_log.stop)
         timeout = self.settings.serving.server.stop_timeout_s
         pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout)) for r in self.replicas]
         for r, fut in pending:
             with contextlib.suppress(Exception):
                 fut.result(timeout=timeout + 10)
-            process.remove_pid_file(self.run_dir, replica_name(r.pool, r.slot))
+            step(functools.partial(process.remove_pid_file, self.run_dir, replica_name(r.pool, r.slot)))
         self.replicas.clear()
         self.executor.shutdown(wait=False)
-        (self.run_dir / STATUS_FILE).unlink(missing_ok=True)
+        step(functools.partial((self.run_dir / STATUS_FILE).unlink, missing_ok=True))
         self.say("fleet stopped")
+        if failures:
+            raise failures[0]
 
 
 # --- what the CLI and `tenfold up` call ----------------------------------------------------------
@@ -1341,11 +1392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenfold.serving.fleet", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--settings-file", required=True, type=Path, help="the settings `tenfold serve up` wrote")
     args = parser.parse_args(argv)
-    settings = read_settings_file(args.settings_file)
     try:
+        settings = read_settings_file(args.settings_file)
         Supervisor(settings, say=lambda line: print(line, flush=True)).run()
-    except LocalPlatformError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except (LocalPlatformError, OSError) as exc:  # OSError: a full disk, a settings file gone
+        with contextlib.suppress(OSError):  # stderr is its log, maybe on that full disk
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
 

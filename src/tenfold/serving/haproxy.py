@@ -32,6 +32,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -44,8 +45,12 @@ from tenfold.rollout.split import BUCKETS, CANARY, STABLE
 POOLS = (STABLE, CANARY)
 SPLIT_KEY = "canary_percent"
 SLOT_PREFIX = "s"
-# sun_path is 108 bytes on Linux (104 on macOS): a deep temporary home can exceed it.
-_MAX_SOCKET_PATH = 100
+# sun_path is 108 bytes on Linux (104 on macOS): a deep temporary home can exceed it. HAProxy binds its runtime API
+# socket under a temporary name, "<path>.<pid>.tmp", and renames it: with pids of up to 7 digits (pid_max is at most
+# 4194304) the path may take 95 bytes. A check of 100 characters let a longer one (or one of multibyte characters)
+# through, and HAProxy refused it at start ("too long"), or later, once pids grew a digit.
+_SUN_PATH = 104 if sys.platform == "darwin" else 108
+_MAX_SOCKET_PATH = _SUN_PATH - 1 - len(".4194304.tmp")  # bytes, the name's closing NUL aside
 
 
 class HaproxyError(LocalPlatformError):
@@ -160,10 +165,10 @@ _STATS_USERLIST = "tenfold_stats"
 def render_config(settings: Settings) -> str:
     """The HAProxy configuration of the local fleet, from settings alone."""
     paths = HaproxyPaths.of(settings)
-    if len(str(paths.socket)) > _MAX_SOCKET_PATH:
+    if len(os.fsencode(paths.socket)) > _MAX_SOCKET_PATH:
         raise HaproxyError(
             f"the runtime API socket path {paths.socket} is longer than a unix socket allows "
-            f"({_MAX_SOCKET_PATH} characters): use a shorter TENFOLD_HOME"
+            f"({_MAX_SOCKET_PATH} bytes, with room for HAProxy's temporary name for it): use a shorter TENFOLD_HOME"
         )
     # Single-quoted in the configuration (a checkout under "My Projects" put a space in them: HAProxy refused the
     # configuration), and spaces escaped on the runtime API; these it cannot hold either way.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +117,33 @@ def test_a_socket_path_too_long_is_a_clear_error(make_settings: Any, tmp_path: A
         render_config(settings)
 
 
+def _home_for_socket(tmp_path: Any, length: int, fill: str = "d") -> Any:
+    """A home under ``tmp_path`` whose runtime API socket path (<home>/run/haproxy.sock) is ``length`` characters."""
+    pad = length - len(str(tmp_path / "h" / "run" / "haproxy.sock"))
+    assert pad >= 1, tmp_path
+    return tmp_path / ("h" + fill * pad)
+
+
+@pytest.mark.parametrize(("length", "fill"), [(100, "d"), (96, "d"), (95, "é")], ids=["100-chars", "96-chars", "95-chars-multibyte"])
+def test_a_socket_path_too_long_for_haproxys_temporary_name_is_a_clear_error(
+        make_settings: Any, tmp_path: Any, length: int, fill: str) -> None:
+    """HAProxy binds the socket as "<path>.<pid>.tmp", which must fit sun_path (108 bytes) with pids of up to 7
+    digits: 95 bytes. Checked as 100 characters, a path of 96 to 100 characters (or fewer characters, multibyte)
+    passed, and HAProxy exited at start with a log tail instead of this one line."""
+    home = _home_for_socket(tmp_path, length, fill)
+    socket_path = HaproxyPaths(home / "run").socket
+    assert len(str(socket_path)) == length and len(os.fsencode(socket_path)) > 95
+    settings = make_settings(local={"home": home})
+    with pytest.raises(HaproxyError, match="shorter TENFOLD_HOME"):
+        render_config(settings)
+
+
+def test_a_socket_path_of_95_bytes_is_taken(make_settings: Any, tmp_path: Any) -> None:
+    home = _home_for_socket(tmp_path, 95)
+    settings = make_settings(local={"home": home})
+    assert f"stats socket '{home / 'run' / 'haproxy.sock'}'" in render_config(settings)
+
+
 def test_router_reads_the_split_back_from_haproxy(lb_settings: Settings, haproxy: HaproxyPaths) -> None:
     router: TrafficRouter = HaproxyRouter.from_settings(lb_settings)
     assert router.canary_percent() == 5
@@ -200,6 +228,30 @@ def test_a_split_set_while_haproxy_is_down_holds_when_it_comes_back(tmp_path: An
     with pytest.raises(HaproxyError, match="is the fleet up"):  # no fleet ever ran: nothing written
         HaproxyRouter(tmp_path / "none" / "haproxy.sock", tmp_path / "none" / "split.map").set_canary_percent(5)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_higher_split_haproxy_did_not_take_is_not_left_in_the_file(tmp_path: Any) -> None:
+    """Raising the canary's share while HAProxy does not answer fails, and the map file keeps the share it had: it
+    kept the new, higher one, which the next restart of HAProxy sent to the canary unannounced. A lower one set while
+    HAProxy is down stays in the file (test above), so a rollback holds once it is back."""
+    from tenfold.serving.haproxy import write_split_map
+
+    run = tmp_path / "run"
+    run.mkdir()
+    split = run / "split.map"
+    write_split_map(split, 0)
+    router = HaproxyRouter(run / "haproxy.sock", split)  # no HAProxy: nothing listens there
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.set_canary_percent(50)
+    assert read_split_map(split) == 0
+    split.unlink()  # none in the file (no fleet set one yet): none after a failed raise either
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.set_canary_percent(50)
+    assert not split.exists()
+    write_split_map(split, 50)  # lowering keeps today's behaviour: the file holds the lower share
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.set_canary_percent(10)
+    assert read_split_map(split) == 10
 
 
 def test_the_observer_reads_near_the_window_of_a_long_log_and_counts_what_a_whole_read_counts(
@@ -297,23 +349,33 @@ def test_the_observer_reads_a_window_across_the_rotation_of_the_request_log_even
     assert rotations and (got["stable"].requests, got["canary"].requests) == (5, 30)
 
 
-def test_a_home_with_a_space_runs_haproxy_and_its_split_changes_at_run_time(lb_settings: Settings, tmp_path: Any) -> None:
+def test_a_home_with_a_space_runs_haproxy_and_its_split_changes_at_run_time(lb_settings: Settings) -> None:
     """A checkout under "My Projects": HAProxy refused the configuration (the socket and map paths unquoted), and the
     refusal said nothing (its check ran with -q); the runtime API read the map's path as two arguments."""
-    home = tmp_path / "My Projects" / "home"
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    # Under the system's temporary folder, not pytest's deeper tmp_path: the socket path must leave room for
+    # HAProxy's temporary name for it (95 bytes in all).
+    top = Path(tempfile.mkdtemp(prefix="My Projects "))
+    home = top / "home"
     settings = lb_settings.model_copy(update={"local": lb_settings.local.model_copy(update={"home": home})})
-    paths = write_config(settings)
-    assert " " in str(paths.socket)
-    record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=settings.local.lb_port,
-                           tie_to_this_process=True)
     try:
-        process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
-        router = HaproxyRouter(paths.socket, paths.split_map)
-        assert router.canary_percent() == 5
-        router.set_canary_percent(25)
-        assert router.canary_percent() == 25 and read_split_map(paths.split_map) == 25
+        paths = write_config(settings)
+        assert " " in str(paths.socket)
+        record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=settings.local.lb_port,
+                               tie_to_this_process=True)
+        try:
+            process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
+            router = HaproxyRouter(paths.socket, paths.split_map)
+            assert router.canary_percent() == 5
+            router.set_canary_percent(25)
+            assert router.canary_percent() == 25 and read_split_map(paths.split_map) == 25
+        finally:
+            process.stop(record)
     finally:
-        process.stop(record)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_a_configuration_haproxy_refuses_says_why(lb_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

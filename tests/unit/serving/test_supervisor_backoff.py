@@ -818,3 +818,190 @@ def test_a_haproxy_slow_to_answer_but_alive_to_one_more_look_is_not_restarted(su
     supervisor.api.alive = lambda: False  # and now it does not: stopped (to be started again)
     _tick_for(supervisor, 1.5)
     assert any(f"pid {first} has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
+
+
+def _run(sup: Any, tick: Callable[[], None]) -> None:
+    """``sup.run()`` here (the main thread, as the supervisor's process runs it) with ``tick`` as its tick; the signal
+    handlers it installs are put back after."""
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sup.tick = tick
+    try:
+        sup.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _stops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids ``process.stop`` is called on from now (it still stops them)."""
+    from tenfold.local import process
+
+    stopped: list[int] = []
+    real_stop = process.stop
+
+    def stop(record: Any, **kwargs: Any) -> bool:
+        stopped.append(record.pid)
+        return bool(real_stop(record, **kwargs))
+
+    monkeypatch.setattr(process, "stop", stop)
+    return stopped
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _lasting_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Any:
+    """A supervisor of two stable replicas that live, a ``sleep`` in HAProxy's place (its runtime API HealthyApi)."""
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="lasting_replica",
+                           code="import time\ntime.sleep(600)\n", environ=environ)
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    return sup
+
+
+def test_a_log_and_status_refused_by_a_full_disk_neither_end_the_supervisor_nor_skip_its_shutdown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's stdout is its log, run/fleet.log. On a full disk its tick failed (the status not written),
+    the loop's line about it failed too and left the loop, and the shutdown's first line ("stopping the fleet")
+    failed before anything was stopped: the supervisor exited with a traceback, HAProxy and every replica running on.
+    Here the log and the tick raise ENOSPC once both replicas serve (the real disk: the next test)."""
+    import errno
+    import os
+
+    sup = _lasting_fleet(tmp_path, monkeypatch)
+    stopped = _stops(monkeypatch)
+    real_tick, lines = sup.tick, sup.lines
+    full: list[str] = []  # one entry per tick since the disk filled
+    pids: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+
+    def say(line: str) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        lines.append(line)
+
+    def tick() -> None:
+        if time.monotonic() > deadline:  # the pool never came up: stop (failing below)
+            sup.stopping.set()
+        if not full and len(sup.pool_replicas("stable", fleet.SERVING)) < 2:
+            real_tick()
+            return
+        if not full:
+            pids.update(haproxy=sup.haproxy.pid, replicas=[r.record.pid for r in sup.replicas])
+        full.append("tick")
+        if len(full) >= 5:
+            sup.stopping.set()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(sup.run_dir / fleet.STATUS_FILE))
+
+    sup._say = say
+    try:
+        _run(sup, tick)  # returns: nothing raised out of the loop or the shutdown
+        assert len(full) >= 5 and len(pids["replicas"]) == 2, lines
+        assert pids["haproxy"] in stopped, stopped
+        assert set(pids["replicas"]) <= set(stopped), (pids, stopped)
+        assert all(_gone(pid) for pid in [pids["haproxy"], *pids["replicas"]])
+        assert sup.unsaid[0] >= 2 and sup.unsaid[1] == os.strerror(errno.ENOSPC)
+        assert any("No space left on device" in line for line in sup.events), sup.events
+    finally:
+        full.clear()
+        sup.shutdown()
+
+
+def test_a_supervisor_whose_disk_fills_keeps_supervising_and_stops_everything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Any) -> None:
+    """The real fault: the fleet's home and the supervisor's log on a small tmpfs, filled once both replicas serve.
+    The status cannot be written, nor a line of the log; the supervisor ticks on, says why in its events (what the
+    status shows once there is room), and its shutdown stops HAProxy and both replicas."""
+    import os
+
+    sup = _lasting_fleet(tmp_path, monkeypatch, TENFOLD_HOME=str(small_disk.path / "home"))
+    stopped = _stops(monkeypatch)
+    log_path = small_disk.path / "fleet.log"
+    log = open(log_path, "a")  # noqa: SIM115 (closed below)
+    lines = sup.lines
+
+    def say(line: str) -> None:  # what the supervisor's main() does with its stdout, the log
+        lines.append(line)
+        print(line, file=log, flush=True)
+
+    real_tick = sup.tick
+    full_ticks = 0
+    pids: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+
+    def tick() -> None:
+        nonlocal full_ticks
+        if time.monotonic() > deadline:
+            sup.stopping.set()
+        if not pids and len(sup.pool_replicas("stable", fleet.SERVING)) == 2:
+            pids.update(haproxy=sup.haproxy.pid, replicas=[r.record.pid for r in sup.replicas])
+            small_disk.fill()
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)  # and the last page of the log itself
+            try:
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, b"x" * 512)
+            finally:
+                os.close(fd)
+        real_tick()
+        if pids:
+            full_ticks += 1
+            if full_ticks >= 5:
+                sup.stopping.set()
+
+    sup._say = say
+    try:
+        _run(sup, tick)
+        assert full_ticks >= 5 and len(pids["replicas"]) == 2, lines
+        assert any("cannot write its status" in line and "No space left on device" in line for line in sup.events), \
+            sup.events
+        assert pids["haproxy"] in stopped and set(pids["replicas"]) <= set(stopped), (pids, stopped)
+        assert all(_gone(pid) for pid in [pids["haproxy"], *pids["replicas"]])
+        # Room again (the shutdown's removed pid files may have made some already): the first line the log takes
+        # says how many it did not.
+        small_disk.free()
+        sup.say("after")
+        with contextlib.suppress(OSError):
+            log.flush()
+        assert "lines before this one could not be written to this log (No space left on device)" in \
+            log_path.read_text(errors="replace")
+    finally:
+        small_disk.free()
+        with contextlib.suppress(OSError):
+            log.close()
+        sup._say = lines.append
+        sup.shutdown()
+
+
+def test_a_status_left_old_by_a_full_disk_says_the_disk_not_a_hung_supervisor(small_disk: Any) -> None:
+    """`tenfold serve status` called a supervisor whose disk was full not responding ("nothing replaces a replica
+    that dies"), sending the user to restart it and to a log it could not write; the disk is what to fix."""
+    import os
+
+    from tenfold.local import process
+
+    record = process.ProcessRecord(name=fleet.SUPERVISOR, pid=os.getpid(), create_time=0.0, cmdline=["x"], port=1,
+                                   log=str(small_disk.path / "fleet.log"))
+    old = fleet.FleetStatus(generation=1, updated_at=time.time() - 120, supervisor_pid=os.getpid(), haproxy_pid=None,
+                            pools={}, updated_monotonic=time.monotonic() - 120)
+    assert "is not responding" in (fleet.not_responding(old, record) or "")  # room on the disk: hung, as before
+    small_disk.fill()
+    said = fleet.not_responding(old, record) or ""
+    assert f"the disk holding {small_disk.path} is full" in said and "free space there" in said, said
+    assert "not responding" not in said
+
+
+def test_the_supervisor_process_ends_an_os_error_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m tenfold.serving.fleet`` caught only LocalPlatformError: an OSError (its settings file gone with
+    the run folder, a full disk) ended it with a traceback in its log; now one line and exit status 1."""
+    missing = tmp_path / "run" / fleet.SETTINGS_FILE
+    assert fleet.main(["--settings-file", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and err.count("\n") == 1, err
