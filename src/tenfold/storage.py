@@ -91,6 +91,9 @@ class FileObjects:
         try:
             os.link(tmp, path)  # atomic, and refuses an existing name: never overwrites a result
         except FileExistsError:
+            # Another writer's link, perhaps not yet on disk (it was killed before its folder sync): the caller acts on
+            # "it exists" (acks the message), so the name is made durable first, as for a create of its own.
+            fsync_dir(path.parent)
             return False
         finally:
             tmp.unlink(missing_ok=True)
@@ -109,7 +112,13 @@ class FileObjects:
             return None
 
     def exists(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        path = self.root / name
+        if not path.is_file():
+            return False
+        # Its name may not be on disk yet (a writer killed between its link and its folder sync): the caller acts on
+        # it (a redelivery is acknowledged because its result exists), so a power cut must not take the name after.
+        fsync_dir(path.parent)
+        return True
 
     def names(self, prefix: str) -> list[str]:
         folder = self.root / prefix

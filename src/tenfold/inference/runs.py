@@ -211,7 +211,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                 break
             acks = []
             try:
-                for rm in resp.received_messages:
+                for n, rm in enumerate(resp.received_messages):
                     msg = rm.message
                     attrs = dict(msg.attributes)
                     rid = record_id(attrs, msg.data)
@@ -226,6 +226,10 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                             log.warning("could not record dead letter %s of run %s now (%s: %s); it and the rest of "
                                         "the batch are left on the dead-letter subscription for the next drain", rid,
                                         store.run, type(exc).__name__, exc)
+                            # Handed back at once: left leased, they stayed invisible for the subscription's ack
+                            # deadline (600 s in the cloud), so the drains of the wait's next rounds, and of a retried
+                            # publish before it resends, could not see them while their requests counted as pending.
+                            _give_back(client, path, [r.ack_id for r in resp.received_messages[n:]])
                             raise
                         # this message's record only: kept under a name that is always safe
                         log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
@@ -246,6 +250,18 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
         log.warning("request %s of run %s was dead-lettered after %d deliveries: see `tenfold dlq inspect --run %s`",
                     rid, run, sub.max_delivery_attempts, run)
     return seen
+
+
+def _give_back(client: Any, path: str, ack_ids: list[str]) -> None:
+    """Return the leases of ``ack_ids`` at once (deadline 0): the messages are deliverable again now. Best effort: a
+    give-back that fails (Pub/Sub away too) is only logged, the messages come back once their lease ends, and the
+    error the caller is raising stays the one it raises."""
+    try:
+        client.modify_ack_deadline(request={"subscription": path, "ack_ids": ack_ids, "ack_deadline_seconds": 0},
+                                   retry=None, timeout=10)
+    except Exception as exc:
+        log.warning("could not hand back %d dead letter(s) not recorded (%s: %s); they come back once their lease "
+                    "ends", len(ack_ids), type(exc).__name__, exc)
 
 
 def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, str], max_delivery_attempts: int,

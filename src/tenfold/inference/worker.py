@@ -165,13 +165,28 @@ class Worker:
                     attempt, sub.max_delivery_attempts, fate, exc)
         self._record(store, rid, message, attempt, exc)
         self._count(failed=1)
-        message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
+        try:
+            message.nack()  # never ack a request that was not scored: the dead-letter policy takes it
+        except Exception as nack_exc:  # Pub/Sub away a moment: the delivery comes back once its lease ends all the
+            # same. Raised, handle's own except recorded this Pub/Sub error as the reason over the request's own.
+            log.warning("request %s: the nack failed (%s: %s); it is redelivered once its lease ends", rid,
+                        type(nack_exc).__name__, nack_exc)
 
     def _record(self, store: Any, rid: str, message: Any, attempt: int, exc: Exception) -> None:
         """Add this delivery's error to the request's record in the run's ``errors/`` (best effort)."""
+        from google.api_core.exceptions import GoogleAPIError
+
         sub = self.subscription
         try:
             record = store.error(rid) or {"request_id": rid, "run": store.run, "attempts": []}
+            if isinstance(exc, GoogleAPIError) and any(
+                    isinstance(a, dict) and a.get("message_id") == message.message_id
+                    and a.get("delivery_attempt") == attempt for a in record.get("attempts", [])):
+                # This delivery's reason is recorded already (it was refused, then settling it with Pub/Sub failed):
+                # the dead letter must say why the request was refused, not that Pub/Sub was away a moment.
+                log.warning("request %s: %s after its delivery %d was recorded; its recorded reason is kept", rid,
+                            exc, attempt)
+                return
             record["attempts"] = [*record.get("attempts", []),
                                   {"delivery_attempt": attempt, "message_id": message.message_id,
                                    "error": f"{type(exc).__name__}: {exc}", "at": time.time()}]
@@ -267,7 +282,10 @@ class _Puller:
         self.max_messages, self.max_bytes, self.max_lease_s = inf.max_messages, inf.max_bytes, inf.max_lease_s
         self.poll_s = min(0.2, inf.poll_interval_s)
         self.in_hand: dict[str, _Delivery] = {}
-        self.largest = 1  # the largest message body seen (bytes): bounds how many one pull asks for
+        # The largest message body seen (bytes): bounds how many one pull asks for. Until a pull has shown the sizes,
+        # a message is taken to fill a pull's whole budget (so the first pull asks for one): taken as 1 byte, the
+        # first pull asked for max_messages whatever their size, far past max_bytes.
+        self.largest = 0
         self.pull_cap = self.max_messages  # halved by each refused pull, doubled back by each answered one
         self.cond = threading.Condition()
         self.executor = ThreadPoolExecutor(max_workers=inf.handler_threads, thread_name_prefix="tenfold-infer")
@@ -288,13 +306,15 @@ class _Puller:
         while not stop.is_set():
             with self.cond:
                 room = self.max_messages - len(self.in_hand)
-                full = room <= 0 or sum(d.size for d in self.in_hand.values()) >= self.max_bytes
-                if full:
+                held = sum(d.size for d in self.in_hand.values())
+                if room <= 0 or held >= self.max_bytes:
                     self.cond.wait(self.poll_s)
                     continue
-            # Flow control in bytes too: ask for as many messages as fit in max_bytes, and in one response
-            # (PULL_BYTES), at the sizes seen so far.
-            room = max(1, min(room, self.pull_cap, int(min(self.max_bytes, PULL_BYTES) // max(self.largest, 1))))
+            # Flow control in bytes too: ask for as many messages as fit in what is left of max_bytes (the bytes in
+            # hand counted), and in one response (PULL_BYTES), at the sizes seen so far; at least one, so a message
+            # larger than what is left is still pulled (max_bytes is then passed by that message).
+            budget = min(self.max_bytes - held, PULL_BYTES)
+            room = max(1, min(room, self.pull_cap, int(budget // (self.largest or budget))))
             try:
                 # A short bound: the emulator sometimes holds even a return_immediately pull, and a stopping
                 # worker must not wait long on one (the pool SIGKILLs a worker that takes too long to stop).
@@ -422,6 +442,27 @@ def _parquet_bytes(table: Any) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+def _settings_refusal(exc: ValueError, settings_file: Path | None) -> str:
+    """The one line the worker ends with when its settings are refused: :func:`~tenfold.config.settings_refusal`'s
+    for the environment's TENFOLD_* variables. A ``--settings-file`` is not read from them (that line's advice to fix
+    a variable would mislead), and a field missing from it would show the whole section it is missing from, the
+    whole file at the top: its fields are named without the values they got."""
+    from pydantic import ValidationError
+
+    from tenfold.config import settings_refusal
+
+    if settings_file is None:
+        return settings_refusal(exc)
+    if isinstance(exc, ValidationError):
+        errors = exc.errors()
+        what = "; ".join(".".join(map(str, (exc.title, *e["loc"]))) + f": {e['msg']}" for e in errors[:5])
+        what += f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+    else:  # not UTF-8, say
+        what = f"{type(exc).__name__}: {exc}"
+    return (f"error: the settings file {settings_file} is not valid settings ({what}): the local pool writes it from "
+            "the run's settings; start the run again to have it written anew, or fix the file")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score requests until SIGTERM/SIGINT (see the module docstring)."""
     import faulthandler
@@ -443,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.model_validate_json(args.settings_file.read_text()) if args.settings_file else get_settings()
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # pydantic's dump was dozens of lines, ending in a link to its docs: one line instead
+        print(_settings_refusal(exc, args.settings_file), file=sys.stderr)
+        return 2
+    try:
         worker = Worker(settings)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

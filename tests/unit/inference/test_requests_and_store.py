@@ -457,3 +457,27 @@ def test_a_result_and_a_dead_letter_are_durable_with_every_folder_they_created(
     synced.clear()
     _write_local(str(tmp_path / "lake" / "feedback" / "year=2013" / "f.parquet"), b"x")  # the sink's logs, the same
     assert {tmp_path, tmp_path / "lake", tmp_path / "lake" / "feedback"} <= set(synced), synced
+
+
+@pytest.mark.parametrize("how", ["create", "exists"])
+def test_a_result_another_writer_linked_is_made_durable_before_it_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A writer killed between its link and its folder sync left a name not yet on disk: a redelivery that met it
+    (create refused, or exists) was acknowledged, and a power cut then lost the result with its message acked."""
+    import os
+
+    from tenfold import storage
+
+    synced: list[Path] = []
+    monkeypatch.setattr(storage, "fsync_dir", lambda path: synced.append(Path(path)))
+    results = tmp_path / "run" / "results"
+    results.mkdir(parents=True)
+    (tmp_path / "tmp").write_bytes(b"first")
+    os.link(tmp_path / "tmp", results / "r.parquet")  # the killed writer's link, its folder sync never run
+    objects = FileObjects(tmp_path)
+    if how == "create":
+        assert objects.create("run/results/r.parquet", b"second") is False
+    else:
+        assert objects.exists("run/results/r.parquet") is True
+    assert results in synced, synced
+    assert (results / "r.parquet").read_bytes() == b"first"

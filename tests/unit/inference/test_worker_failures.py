@@ -4,6 +4,7 @@ crash is redelivered with its reason recorded, so that a dead letter always says
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -241,6 +242,7 @@ def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(setti
             return type("Response", (), {"received_messages": []})()
 
     puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", Worker(settings), lease_s=10, deadline_s=10)
+    puller.largest = 1  # small messages seen already: the cap alone bounds a pull (the first asks for one otherwise)
     runner = threading.Thread(target=puller.run, args=(stop,))
     started = time.monotonic()
     runner.start()
@@ -393,3 +395,141 @@ def test_a_nack_while_its_lease_is_being_extended_is_not_undone_by_the_extension
         puller.leaser.join(10)
         puller.close(timeout=1)
     assert [a for a in applied if a[0] == "a1"][-1] == ("a1", 0), applied  # the nack is what holds
+
+
+def test_a_refused_request_whose_nack_fails_keeps_its_reason(settings: Settings) -> None:
+    """The nack of a poison delivery failed (Pub/Sub away a moment) inside handle's own except, which recorded the
+    delivery again: a second attempt entry, and the reason overwritten with "ServiceUnavailable: 503 ...", which the
+    drain copies into the dead letter, where it must say why the request was refused."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    class Unsettled(Message):
+        def nack(self) -> None:
+            self.fate.append("nack")
+            if self.fate.count("nack") == 1:
+                raise ServiceUnavailable("Pub/Sub is away a moment")
+
+    w = Worker(settings)
+    message = Unsettled(_request(), attempt=3)
+    message.data = b"not arrow"
+    w.handle(message)
+    error = RunStore(w.objects, "r1").error("r1-000000")
+    assert error is not None and error["error"].startswith("RequestError"), error
+    assert [(a["message_id"], a["delivery_attempt"]) for a in error["attempts"]] == [("m-1", 3)], error["attempts"]
+    assert w.stats.failed == 1 and message.fate == ["nack"]  # not sent again by hand: its lease ends by itself
+
+
+def test_a_pubsub_error_after_a_delivery_was_recorded_does_not_replace_its_reason(settings: Settings) -> None:
+    """Whatever settles a recorded delivery: a Pub/Sub error of the same delivery is not the request's reason."""
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from tenfold.inference.requests import RequestError
+
+    w = Worker(settings)
+    message, store = Message(_request(), attempt=2), RunStore(w.objects, "r1")
+    w._record(store, "r1-000000", message, 2, RequestError("the body is not Arrow IPC"))
+    w._record(store, "r1-000000", message, 2, ServiceUnavailable("503 the service is unavailable"))
+    error = store.error("r1-000000")
+    assert error is not None and error["error"] == "RequestError: the body is not Arrow IPC"
+    assert len(error["attempts"]) == 1
+    w._record(store, "r1-000000", message, 3, RuntimeError("CUDA out of memory"))  # the next delivery: recorded
+    error = store.error("r1-000000")
+    assert error is not None and error["error"].startswith("RuntimeError") and len(error["attempts"]) == 2
+
+
+def test_a_duplicate_delivery_is_acked_only_once_its_result_is_on_disk(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed between its result's link and its folder sync: the redelivery found the result and acked at
+    once, and a power cut then lost the result with its message acknowledged."""
+    import os
+
+    from tenfold import storage
+
+    events: list[Any] = []
+    monkeypatch.setattr(storage, "fsync_dir", lambda path: events.append(("sync", Path(path))))
+    w = Worker(settings)
+    assert isinstance(w.objects, storage.FileObjects)
+    results = w.objects.root / "r1" / "results"
+    results.mkdir(parents=True)
+    (results / ".killed-writer.tmp").write_bytes(b"scored")
+    os.link(results / ".killed-writer.tmp", results / "r1-000000.parquet")  # linked, never synced
+
+    class Duplicate(Message):
+        def ack(self) -> None:
+            events.append("ack")
+
+    w.handle(Duplicate(_request(), attempt=2))
+    assert w.stats.duplicates == 1 and "ack" in events
+    assert ("sync", results) in events[:events.index("ack")], events
+
+
+def test_a_worker_holds_no_more_bytes_than_max_bytes_and_one_message(make_settings: Any) -> None:
+    """Each pull asked for min(max_bytes, PULL_BYTES) // largest messages without the bytes in hand, and ``largest``
+    started at 1 byte: the first pull asked for max_messages whatever their size (here 8 of 600 bytes, 4,800 bytes
+    against max_bytes 1,024)."""
+    import threading
+    import time
+
+    settings = make_settings(inference={"max_bytes": 1024, "handler_threads": 1})
+    stop, release = threading.Event(), threading.Event()
+    asked: list[int] = []
+
+    class Client:
+        def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
+            asked.append(request["max_messages"])
+            received = [type("Received", (), {"ack_id": f"a{len(asked)}-{n}", "delivery_attempt": 1, "message": type(
+                "Message", (), {"message_id": f"m{len(asked)}-{n}", "data": b"x" * 600, "attributes": {}})()})()
+                for n in range(request["max_messages"])]
+            return type("Response", (), {"received_messages": received})()
+
+        def modify_ack_deadline(self, request: dict[str, Any], retry: Any, timeout: float | None = None) -> None:
+            pass
+
+    worker = Worker(settings)
+    worker.handle = lambda delivery: release.wait(10)  # type: ignore[method-assign,assignment,return-value]
+    puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", worker, lease_s=60, deadline_s=60)
+    runner = threading.Thread(target=puller.run, args=(stop,))
+    runner.start()
+    try:
+        time.sleep(0.5)  # many pull rounds (poll_s is 0.2 s at most): it stops pulling once max_bytes is in hand
+        held = sum(d.size for d in puller.in_hand.values())
+    finally:
+        stop.set()
+        runner.join(10)
+        release.set()
+        puller.close(timeout=1)
+    assert settings.inference.max_messages == 8
+    assert 1024 <= held <= 1024 + 600, (held, asked)
+    assert asked == [1, 1]
+
+
+@pytest.mark.parametrize("how", ["environment", "settings file"])
+def test_a_worker_with_invalid_settings_says_what_is_wrong_in_one_line(settings: Settings, tmp_path: Path,
+                                                                       how: str) -> None:
+    """It printed pydantic's whole dump, four to fifty lines ending in a link to pydantic's docs, where the pipelines
+    print one line; a bad settings file is named, not the TENFOLD_* variables (it is not read from them)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    env.update(TENFOLD_ENV="local", TENFOLD_HOME=str(tmp_path))
+    argv = [sys.executable, "-m", "tenfold.inference.worker"]
+    if how == "environment":
+        env["TENFOLD_LOCAL__PUBSUB_PORT"] = "abc"
+    else:
+        written = json.loads(settings.model_dump_json())
+        written["local"]["pubsub_port"] = "abc"
+        del written["inference"]
+        (path := tmp_path / "inference-settings.json").write_text(json.dumps(written))
+        argv += ["--settings-file", str(path)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, (done.returncode, done.stderr[-3000:])
+    assert "errors.pydantic.dev" not in done.stderr and "pubsub_port" in lines[0], lines
+    if how == "environment":
+        assert "TENFOLD_" in lines[0], lines
+    else:
+        assert str(path) in lines[0] and "Settings.inference: Field required" in lines[0], lines
+        assert "TENFOLD_" not in lines[0], lines
