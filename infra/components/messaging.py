@@ -20,6 +20,8 @@ class SubscriptionSpec:
     dead_letter_topic: str
     dead_letter_subscription: str
     ack_deadline_s: int
+    # The dead-letter subscription's, as tenfold.messaging.topology.dead_letter_subscription gives it locally.
+    dead_letter_ack_deadline_s: int
     max_delivery_attempts: int
     min_retry_backoff_s: int
     max_retry_backoff_s: int
@@ -52,7 +54,7 @@ class Messaging(Construct):
         }
         cid_of = {name: cid for cid, name in props.topics.items()}
         self.subscriptions: dict[str, PubsubSubscription] = {}
-        dead_letter_subs: dict[str, str] = {}
+        dead_letter_subs: dict[str, SubscriptionSpec] = {}
         for spec in props.subscriptions:
             sub = PubsubSubscription(
                 self, f"sub-{spec.construct_id}",
@@ -72,14 +74,14 @@ class Messaging(Construct):
                                  role="roles/pubsub.publisher", member=agent)
             PubsubSubscriptionIamMember(self, f"dlq-subscriber-{spec.construct_id}", subscription=sub.name,
                                         role="roles/pubsub.subscriber", member=agent)
-            dead_letter_subs[spec.dead_letter_topic] = spec.dead_letter_subscription
+            dead_letter_subs[spec.dead_letter_topic] = spec
         # Every dead-letter topic gets its own subscription: a topic without one drops what it receives.
-        for topic, sub_name in dead_letter_subs.items():
-            self.subscriptions[sub_name] = PubsubSubscription(
+        for topic, spec in dead_letter_subs.items():
+            self.subscriptions[spec.dead_letter_subscription] = PubsubSubscription(
                 self, f"dlq-sub-{cid_of[topic]}",
-                name=sub_name,
+                name=spec.dead_letter_subscription,
                 topic=self.topics[topic].id,
-                ack_deadline_seconds=600,
+                ack_deadline_seconds=spec.dead_letter_ack_deadline_s,
                 message_retention_duration=props.message_retention,
                 expiration_policy={"ttl": ""},
             )

@@ -29,6 +29,7 @@ from infra.components.messaging import Messaging, MessagingProps, SubscriptionSp
 from infra.components.storage import BucketSpec, Storage, StorageProps
 from infra.stacks.common import configure
 from tenfold.config import Settings
+from tenfold.messaging.topology import dead_letter_subscription
 
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
@@ -79,7 +80,8 @@ class DataStack(TerraformStack):
                 SubscriptionSpec(construct_id=key, name=sub.name, topic=sub.topic, dead_letter_topic=sub.dead_letter_topic,
                                  dead_letter_subscription=sub.dead_letter_subscription, ack_deadline_s=sub.ack_deadline_s,
                                  max_delivery_attempts=sub.max_delivery_attempts, min_retry_backoff_s=sub.min_retry_backoff_s,
-                                 max_retry_backoff_s=sub.max_retry_backoff_s)
+                                 max_retry_backoff_s=sub.max_retry_backoff_s,
+                                 dead_letter_ack_deadline_s=dead_letter_subscription(sub)["ack_deadline_seconds"])
                 for key, sub in m.subscriptions.items()
             ],
             kms_key_id=kms.keys["pubsub"].id,

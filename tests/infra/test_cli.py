@@ -130,3 +130,42 @@ def test_a_relative_output_folder_the_clis_pass_is_written_in_infra_where_they_r
     finally:
         shutil.rmtree(ROOT / "infra" / name, ignore_errors=True)
         shutil.rmtree(ROOT / name, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["app", "synth"])
+def test_synth_to_a_folder_that_cannot_be_written_ends_in_one_line_naming_it(where: str, tmp_path: Path) -> None:
+    """An output folder that cannot be written (a full disk, a read-only one, or as here a path through a regular
+    file) ended `make synth` in Node's stack and a Python traceback, 39 lines, from jsii's RuntimeError. It ends in
+    one line naming the folder and Node's cause, with the exit code of the other refusals: whether App() cannot
+    create the folder ("ENOTDIR: ...") or synth() cannot write a stack into it ("Error: ENOTDIR: ...")."""
+    import sys
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    if where == "app":
+        outdir = afile / "out"
+    else:
+        outdir = tmp_path / "out"
+        outdir.mkdir()
+        (outdir / "stacks").write_text("not a folder\n")  # where synth() writes each stack's folder
+    env = {**os.environ, "CDKTF_OUTDIR": str(outdir), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", **DOMAIN}
+    proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "JavaScriptError" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write the synthesized stacks to {outdir}: ENOTDIR: not a directory"), line
+    assert afile.read_text() == "not a folder\n"
+
+
+def test_a_runtime_error_that_is_not_a_write_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only Node's errno codes of a folder that cannot be written are refused in one line: any other RuntimeError
+    is a fault of the app, and propagates whole."""
+    import infra.main
+
+    def fault(**_: object) -> None:
+        raise RuntimeError("TypeError: Cannot read properties of undefined (reading 'node')")
+
+    monkeypatch.setattr(infra.main, "build_app", fault)
+    with pytest.raises(RuntimeError, match="Cannot read properties"):
+        infra.main.main()

@@ -83,6 +83,52 @@ def test_every_subscription_dead_letters_and_every_dead_letter_topic_is_drained(
                                    for sub in s.messaging.subscriptions.values()}
 
 
+class _RecordingPubSub:
+    """Stands in for both Pub/Sub clients of :func:`tenfold.messaging.ensure_topology` on an empty project: every
+    create succeeds, and each subscription's create request is kept by name."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.transport = self
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _RecordingPubSub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def create_topic(self, request: dict[str, Any], timeout: float) -> None:
+        pass
+
+    def create_subscription(self, request: dict[str, Any], timeout: float) -> None:
+        self.subscriptions[request["name"].rsplit("/", 1)[1]] = request
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_dead_letter_subscriptions_get_the_ack_deadline_the_local_topology_gives_them(
+        synth: Synth, env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacks gave every dead-letter subscription a 600 s ack deadline while the local topology gives it its
+    source subscription's (120 s for requests, 60 s for the others): a message pulled from a dead letter behaved
+    differently in the cloud than on the emulator. Each one is compared with what ensure_topology asks for."""
+    import tenfold.messaging.topology as topology
+
+    s, stack = get_settings(env), _data(synth, env)
+    local = _RecordingPubSub()
+    monkeypatch.setattr(topology, "publisher_client", lambda _settings: local)
+    monkeypatch.setattr(topology, "subscriber_client", lambda _settings: local)
+    topology.ensure_topology(s)
+    declared = {sub["name"]: sub for sub in resources(stack, "google_pubsub_subscription").values()}
+    dead_letter_subs = [sub.dead_letter_subscription for sub in s.messaging.subscriptions.values()]
+    assert dead_letter_subs and set(dead_letter_subs) <= set(declared) and set(dead_letter_subs) <= set(local.subscriptions)
+    for name in dead_letter_subs:
+        assert declared[name]["ack_deadline_seconds"] == local.subscriptions[name]["ack_deadline_seconds"], name
+    # not vacuous: the settings' subscriptions do not all share one deadline, so a constant in the stack cannot pass
+    assert len({local.subscriptions[name]["ack_deadline_seconds"] for name in dead_letter_subs}) > 1
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_buckets_are_private_uniform_encrypted_and_models_versioned(synth: Synth, env: str) -> None:
     s, stack = get_settings(env), _data(synth, env)
@@ -97,6 +143,28 @@ def test_buckets_are_private_uniform_encrypted_and_models_versioned(synth: Synth
     assert buckets[st.models_bucket][1]["versioning"]["enabled"] is True
     for key in resources(stack, "google_kms_crypto_key").values():
         assert key["rotation_period"] == st.kms.rotation_period and key["lifecycle"]["prevent_destroy"] is True
+
+
+def test_no_lifecycle_rule_deletes_live_lake_or_registry_data(synth: Synth, relaid_settings) -> None:
+    """The lake's tables and the registry's models (in the models bucket) are never expired: a Delete rule on either
+    bucket touches only noncurrent versions (with_state ARCHIVED, which needs versioning on), or objects under the
+    lake's staging and quarantine folders, read from settings (the relaid dev renames them). A Delete rule by age
+    alone would empty the lake and the registry."""
+    for s in (get_settings("dev"), get_settings("prod"), relaid_settings):
+        st = s.storage
+        buckets = _by_name(synth.stack(s.infra.data_stack), "google_storage_bucket")
+        disposable = {st.lake_bucket: set(st.lake_layout.retention_days), st.models_bucket: set()}
+        for name, prefixes in disposable.items():
+            bucket = buckets[name][1]
+            assert bucket["versioning"]["enabled"] is True, name
+            deletes = [r["condition"] for r in bucket["lifecycle_rule"] if r["action"]["type"] == "Delete"]
+            assert deletes, name
+            for condition in deletes:
+                if condition.get("with_state") == "ARCHIVED":
+                    continue
+                scoped = condition.get("matches_prefix") or []
+                assert scoped and all(any(p.startswith(folder) for folder in prefixes) for p in scoped), (
+                    f"{name}: {condition} deletes live objects outside {sorted(prefixes)}")
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -55,6 +55,14 @@ def _subscription_spec(settings: Settings, sub: SubscriptionSettings) -> dict[st
     }
 
 
+def dead_letter_subscription(sub: SubscriptionSettings) -> dict[str, Any]:
+    """The plain subscription on ``sub``'s dead-letter topic (names, not paths): what :func:`ensure_topology` creates
+    locally and the infra stacks declare in the cloud, from this one answer. It has no retry or dead-letter policy of
+    its own (a dead letter rests there until someone acks it) and the source subscription's ack deadline: whoever
+    drains or replays dead letters gets as long per message as the consumer that gave up on them."""
+    return {"name": sub.dead_letter_subscription, "topic": sub.dead_letter_topic, "ack_deadline_seconds": sub.ack_deadline_s}
+
+
 def _check_attached(current: Any, name: str, topic: str, wanted_path: str) -> None:
     """Refuse an existing subscription that is not on the topic settings name for it: detached from a deleted topic,
     or on another one (a subscription cannot move topics)."""
@@ -122,12 +130,13 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
             result.subscriptions.append(sub.name)
 
             # Dead letters need a subscription of their own, or Pub/Sub drops them on arrival.
+            dead_letters = dead_letter_subscription(sub)
             try:
                 subscriber.create_subscription(
                     request={
-                        "name": subscription_path(settings, sub.dead_letter_subscription),
-                        "topic": topic_path(settings, sub.dead_letter_topic),
-                        "ack_deadline_seconds": sub.ack_deadline_s,
+                        **dead_letters,
+                        "name": subscription_path(settings, dead_letters["name"]),
+                        "topic": topic_path(settings, dead_letters["topic"]),
                     },
                     timeout=timeout,
                 )

@@ -35,6 +35,8 @@ def test_topology_matches_settings_and_is_idempotent(local_settings):
             assert got.retry_policy.minimum_backoff.total_seconds() == spec.min_retry_backoff_s
             dl = sub.get_subscription(request={"subscription": subscription_path(local_settings, spec.dead_letter_subscription)})
             assert dl.topic == topic_path(local_settings, spec.dead_letter_topic)
+            # the source's deadline, as the infra stacks declare it too (tests/infra/test_stacks.py)
+            assert dl.ack_deadline_seconds == spec.ack_deadline_s
 
 
 def test_missing_pieces_are_recreated_and_drift_is_repaired(own_topology):
