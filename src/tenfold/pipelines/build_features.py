@@ -66,6 +66,7 @@ from tenfold.quality.gate import (
     validate_partition,
     validate_published,
 )
+from tenfold.quality.suites import SuiteError
 from tenfold.workloads import SourceMissing, Workload, get_workload
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,8 @@ def ingest(settings: Settings, run: FeaturesRun) -> FeaturesRun:
                                       f"(see its quarantine): {exc}; fix the input, then run {part.label} again")
             elsewhere.__cause__ = exc
             break
-        except AlreadyRefused as exc:  # refused here too, and withdrawn first by the run beside this one
-            elsewhere = exc
+        except (AlreadyRefused, SuiteError) as exc:  # refused here too, and withdrawn first by the run beside this one;
+            elsewhere = exc  # or a raw suite Great Expectations cannot evaluate (it left this input published)
             break
     if refused:
         # What this run withdrew is alerted here (each was quarantined with alert=False), whatever stopped the checks:

@@ -132,6 +132,40 @@ def test_what_this_run_withdrew_is_alerted_though_another_run_withdrew_a_later_i
     assert alert["details"]["also"].startswith("the checks stopped there: weather 2013-02 was withdrawn by another run")
 
 
+def test_what_this_run_withdrew_is_alerted_though_a_raw_suite_then_could_not_be_evaluated(settings, lake, alerts,
+                                                                                          monkeypatch, tmp_path):
+    """This run withdrew a corrupt history month (quarantined with alert=False, to be alerted at the end); then the
+    weather suite, edited with a condition pandas refuses, could not be evaluated (a SuiteError): it escaped the
+    checks, and the month this run withdrew was quarantined with no alert naming it."""
+    import dataclasses
+
+    from tenfold.quality import gate
+    from tenfold.workloads import get_workload
+
+    pipeline.ingest(settings, pipeline.plan(settings, dag_id="d", run_id="r1", logical_date=None, month="2013-02"))
+    (path,) = lake.files("flights", Partition(2013, 1))
+    Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file: this run withdraws it
+    workload = get_workload(settings)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    for suite in workload.expectations_dir.glob("*.json"):
+        body = json.loads(suite.read_text())
+        if suite.stem == "raw_weather":  # names a column of the suite, in a zone pandas does not know
+            body["expectations"][-1]["kwargs"] |= {
+                "row_condition": 'time_hour.dt.tz_convert("America/New_Yrok").dt.hour == 5', "condition_parser": "pandas"}
+        (suites / suite.name).write_text(json.dumps(body))
+    monkeypatch.setattr(gate, "get_workload", lambda s: dataclasses.replace(workload, expectations_dir=suites))
+    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest(settings, run)
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
+    (alert,) = alerts()
+    assert "flights 2013-01" in alert["details"] and "quarantined at" in alert["details"]["flights 2013-01"]
+    assert alert["details"]["also"].startswith(f"the checks stopped there: {suites / 'raw_weather.json'}: Great "
+                                               "Expectations could not evaluate"), alert["details"]["also"]
+    assert lake.has_manifest("weather", Partition(2013, 2))  # the suite's fault withdraws nothing
+
+
 def test_a_refused_delivery_of_a_published_month_leaves_the_good_month_published(settings, lake, alerts, monkeypatch):
     """2013-02 is published and passed its checks; the upstream then delivers it again, changed so that it parses
     but fails its suite. The new bytes used to replace the old (whose folder a publish deletes) before the gate

@@ -57,8 +57,7 @@ SOURCES = Sources(
 
 
 def _expectations_dir() -> Path:
-    # The suites stay at the checkout root (``expectations/``) where make, the docs and
-    # TENFOLD_EXPECTATIONS_DIR already point; quality.suites applies that override.
+    # The suites stay at the checkout root (``expectations/``), where the docs point.
     from tenfold.config.settings import project_root
 
     return project_root() / "expectations"
