@@ -22,7 +22,7 @@ _ROLE_ID = re.compile(r"^[A-Za-z0-9_.]{3,64}$")
 
 def check_resource_name(value: str) -> str:
     """Compute Engine and most GCP resources: RFC 1035, 1-63 characters."""
-    if not 1 <= len(value) <= 63 or not _RFC1035.match(value):
+    if not 1 <= len(value) <= 63 or not _RFC1035.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid GCP resource name: use 1-63 lowercase letters, digits or '-', "
             "starting with a letter and not ending with '-'"
@@ -31,7 +31,7 @@ def check_resource_name(value: str) -> str:
 
 
 def check_bucket_name(value: str) -> str:
-    if not 3 <= len(value) <= 63 or not _BUCKET.match(value) or ".." in value:
+    if not 3 <= len(value) <= 63 or not _BUCKET.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{value!r} is not a valid bucket name: use 3-63 lowercase letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
@@ -42,7 +42,7 @@ def check_bucket_name(value: str) -> str:
 
 
 def check_pubsub_name(value: str) -> str:
-    if not 3 <= len(value) <= 255 or not _PUBSUB.match(value) or value.startswith("goog"):
+    if not 3 <= len(value) <= 255 or not _PUBSUB.fullmatch(value) or value.startswith("goog"):
         raise ValueError(
             f"{value!r} is not a valid Pub/Sub topic or subscription name: 3-255 characters, starting "
             "with a letter, from letters, digits and -_.~+%, not starting with 'goog'"
@@ -51,7 +51,7 @@ def check_pubsub_name(value: str) -> str:
 
 
 def check_service_account_id(value: str) -> str:
-    if not 6 <= len(value) <= 30 or not _SERVICE_ACCOUNT.match(value):
+    if not 6 <= len(value) <= 30 or not _SERVICE_ACCOUNT.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid service account id: 6-30 lowercase letters, digits or '-', "
             "starting with a letter"
@@ -60,7 +60,7 @@ def check_service_account_id(value: str) -> str:
 
 
 def check_project_id(value: str) -> str:
-    if not _PROJECT.match(value):
+    if not _PROJECT.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid GCP project id: 6-30 lowercase letters, digits or '-', "
             "starting with a letter"
@@ -70,7 +70,7 @@ def check_project_id(value: str) -> str:
 
 def check_role_id(value: str) -> str:
     """IAM custom role ids: 3-64 letters, digits, '_' or '.' (no '-')."""
-    if not _ROLE_ID.match(value):
+    if not _ROLE_ID.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid IAM custom role id: 3-64 letters, digits, '_' or '.'")
     return value
 

@@ -16,7 +16,7 @@ MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 def check_months(first_name: str, first: str | None, last_name: str, last: str | None) -> None:
     """Raise ValueError naming the field unless each given month is YYYY-MM and ``last`` is not before ``first``."""
     for name, value in ((first_name, first), (last_name, last)):
-        if value is not None and not MONTH.match(value):
+        if value is not None and not MONTH.fullmatch(value):
             raise ValueError(f"{name}={value!r}: use YYYY-MM, e.g. 2013-01")
     if first and last and last < first:
         raise ValueError(f"{last_name} {last} is before {first_name} {first}")

@@ -81,7 +81,7 @@ class ServerSettings(_Frozen):
     def _prefix(cls, value: str) -> str:
         if value.rstrip("/") == "":  # passed on as "" to child processes and VMs, which read it as unset (/v1)
             raise ValueError(f"api_prefix {value!r}: the API cannot be served at the root; give a path such as /v1")
-        if not re.match(URL_PATH, value.rstrip("/")):
+        if not re.fullmatch(URL_PATH, value.rstrip("/")):
             raise ValueError(f"api_prefix {value!r}: a path such as /v1 (starting with '/', letters, digits and "
                              "._~- between single slashes)")
         return value.rstrip("/")

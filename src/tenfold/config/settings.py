@@ -124,7 +124,7 @@ class StorageSettings(_Frozen):
         """Each table a folder of the lake of its own: one path segment, distinct, never a layout folder."""
         names = {f: getattr(self, f) for f in type(self).model_fields if f.endswith("_table")}
         for field, name in names.items():
-            if not _TABLE_NAME.match(name):
+            if not _TABLE_NAME.fullmatch(name):
                 raise ValueError(f"storage.{field}={name!r}: a table is one lowercase name ([a-z][a-z0-9_]*), e.g. "
                                  "tiny_features")
         taken = {*names.values()}
@@ -705,8 +705,10 @@ class LocalSettings(_Frozen):
     """Ports and paths of the embedded services; all bind to loopback only."""
 
     home: Path
-    # A loopback IP address (HAProxy's runtime API takes addresses, not names; anything else would expose
-    # the unauthenticated stats page and emulators beyond this machine).
+    # A loopback IP address (HAProxy's runtime API takes addresses, not names). What listens here without a login
+    # would be open beyond this machine on any other: the GCS and Pub/Sub emulators, the replicas' /metrics, /docs,
+    # /openapi.json and detailed /readyz, and torch's rank-0 TCPStore while a model trains. (Airflow, the serving
+    # API and HAProxy's stats page and exporter ask for a login.)
     bind_host: str = "127.0.0.1"
     # TCP ports (1-65535): one out of range is a clear settings error, not an OverflowError from the first socket.
     airflow_port: int = Field(default=8080, ge=1, le=65535)
@@ -741,9 +743,10 @@ class LocalSettings(_Frozen):
             raise ValueError(f"local.bind_host {value!r} is not an IP address: use a loopback address such as "
                              "127.0.0.1 (HAProxy's runtime API takes addresses, not host names)") from None
         if not (address.version == 4 and address.is_loopback):  # IPv4: the services' URLs are host:port
-            raise ValueError(f"local.bind_host {value!r} is not an IPv4 loopback address (127.x.x.x): the embedded "
-                             "services (the emulators, HAProxy's stats page) have no authentication, so they listen on "
-                             "loopback only")
+            raise ValueError(f"local.bind_host {value!r} is not an IPv4 loopback address (127.x.x.x): the GCS and "
+                             "Pub/Sub emulators, the model replicas' /metrics, /docs and detailed /readyz, and the "
+                             "training store have no login, so the local platform listens on loopback only; use "
+                             "127.0.0.1 (or deploy with TENFOLD_ENV=dev or prod to serve a network)")
         return value
 
 

@@ -51,7 +51,7 @@ class DlqError(ValueError):
 
 def _check_run(run: str | None) -> None:
     """A run key that cannot name a run's folder (a path pasted in) is refused before anything is drained."""
-    if run is not None and not RECORD_NAME.match(run):
+    if run is not None and not RECORD_NAME.fullmatch(run):
         raise DlqError(f"{run[:80]!r} is not a run key (letters, digits, '_', '.' and '-'; no '/'): "
                        "`tenfold dlq inspect` lists the runs")
 

@@ -64,7 +64,7 @@ def record_id(attributes: Mapping[str, str], data: bytes) -> str:
     message's body and its publisher's attributes, not its message id: Pub/Sub gives the dead-lettered copy a
     new id, and its record must find the error the worker kept for the original (a replay's copy too)."""
     rid = attributes.get(REQUEST_ID) or ""
-    if RECORD_NAME.match(rid):
+    if RECORD_NAME.fullmatch(rid):
         return rid
     digest = hashlib.sha256(bytes(data))
     for key in sorted(k for k in attributes if not k.startswith(_PUBSUB_ADDED) and k != REPLAY):
@@ -214,10 +214,10 @@ def decode(data: bytes, attributes: Mapping[str, str], columns: Sequence[str] = 
         raise not_a_stream(exc) from exc
     if rows.num_rows != expected:
         raise RequestError(f"the body holds {rows.num_rows} rows but attribute rows says {expected}: a truncated message")
-    if not RECORD_NAME.match(attributes[REQUEST_ID]):
+    if not RECORD_NAME.fullmatch(attributes[REQUEST_ID]):
         raise RequestError(f"attribute request_id={attributes[REQUEST_ID][:80]!r} is not a request id (letters, digits, "
                            "'_', '-', '.', at most 128): publish requests with tenfold.inference.publish")
-    if not RECORD_NAME.match(attributes[RUN]):
+    if not RECORD_NAME.fullmatch(attributes[RUN]):
         raise RequestError(f"attribute run={attributes[RUN][:80]!r} is not a run key (letters, digits, '_', '-', '.', "
                            "at most 128): publish requests with tenfold.inference.publish")
     request = ScoringRequest(run=attributes[RUN], request_id=attributes[REQUEST_ID], partition=attributes[PARTITION],

@@ -61,7 +61,7 @@ class RunStore:
         return cls(work_objects(settings, client=client), run)
 
     def _n(self, kind: str, name: str = "") -> str:
-        if name and not RECORD_NAME.match(name.rsplit(".", 1)[0]):  # never a path out of the run's folder
+        if name and not RECORD_NAME.fullmatch(name.rsplit(".", 1)[0]):  # never a path out of the run's folder
             raise ValueError(f"{name[:80]!r} cannot name a record of run {self.run} (see requests.record_id)")
         return posixpath.join(self.run, kind, name) if name else posixpath.join(self.run, kind)
 
@@ -112,7 +112,7 @@ def message_store(objects: Objects, attributes: Mapping[str, str]) -> RunStore:
     :func:`~tenfold.inference.requests.record_id` does for request ids: a message is often a dead letter *because*
     its attributes are wrong, and must still be recorded (its attributes are kept in the record)."""
     run = attributes.get(RUN) or ""
-    return RunStore(objects, run if RECORD_NAME.match(run) else UNKNOWN_RUN)
+    return RunStore(objects, run if RECORD_NAME.fullmatch(run) else UNKNOWN_RUN)
 
 
 def run_keys(objects: Objects) -> list[str]:

@@ -238,17 +238,17 @@ def _actor() -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not _ALIAS_RE.match(alias):
+    if not _ALIAS_RE.fullmatch(alias):
         raise ValueError(f"{alias!r} is not an alias name: use lowercase letters, digits and '-', e.g. champion")
     return alias
 
 
 def is_alias_name(text: str) -> bool:
-    return bool(_ALIAS_RE.match(text))
+    return bool(_ALIAS_RE.fullmatch(text))
 
 
 def is_version_id(text: str) -> bool:
-    return bool(_VERSION_RE.match(text))
+    return bool(_VERSION_RE.fullmatch(text))
 
 
 def check_version_id(version: str) -> str:
@@ -583,7 +583,7 @@ class ModelRegistry:
         return mv
 
     def exists(self, version: str) -> bool:
-        return bool(_VERSION_RE.match(version)) and self._read_version(version, with_lineage=False) is not None
+        return bool(_VERSION_RE.fullmatch(version)) and self._read_version(version, with_lineage=False) is not None
 
     def list_versions(self) -> list[ModelVersion]:
         """Committed versions, oldest first; one whose VERSION.json fails verification is left out with a warning
@@ -603,14 +603,14 @@ class ModelRegistry:
 
     def find(self, ref: str) -> str:
         """A version id from an alias name, a full id, or a unique id prefix (for people)."""
-        if _ALIAS_RE.match(ref) and (pointer := self.alias(ref)) is not None:
+        if _ALIAS_RE.fullmatch(ref) and (pointer := self.alias(ref)) is not None:
             return pointer.version
         if ref in (CHAMPION, CHALLENGER):  # the platform's own aliases, not set yet (a fresh platform)
             raise UnknownVersion(
                 f"no {ref} yet: train_model sets the challenger when a version passes its gate, and promotes the "
                 f"first one champion; or set it by hand (`tenfold models promote <version>`, ids from "
                 "`tenfold models list`)")
-        if _VERSION_RE.match(ref):
+        if _VERSION_RE.fullmatch(ref):
             return self.get(ref, with_lineage=False).version
         matches = [v.version for v in self.list_versions() if v.version.startswith(ref)] if len(ref) >= 4 else []
         if len(matches) == 1:
@@ -757,7 +757,7 @@ class ModelRegistry:
         out = {}
         for blob in self.client.list_blobs(self.bucket_name, prefix=self._name("aliases") + "/"):
             name = blob.name.rsplit("/", 1)[-1]
-            if _ALIAS_RE.match(name) and (pointer := self._read_pointer(name)) is not None:
+            if _ALIAS_RE.fullmatch(name) and (pointer := self._read_pointer(name)) is not None:
                 out[name] = pointer
         return out
 
@@ -947,7 +947,7 @@ class ModelRegistry:
         from google.api_core.exceptions import PreconditionFailed
 
         check_version_id(version)
-        if not _DECISION_KEY_RE.match(key):
+        if not _DECISION_KEY_RE.fullmatch(key):
             raise ValueError(f"{key!r}: a decision key is 1 to 200 lowercase letters, digits, '-', '_' or '.', "
                              "starting with a letter or digit")
         self.ensure_preconditions_enforced()  # create-only: a store that ignores it would overwrite the decision
@@ -996,7 +996,7 @@ class ModelRegistry:
 
         check_version_id(version)
         for part, what in ((rollout_id, "rollout id"), (key, "rollout event key")):
-            if not _ALIAS_RE.match(part.replace("_", "-").replace(".", "-")):
+            if not _ALIAS_RE.fullmatch(part.replace("_", "-").replace(".", "-")):
                 raise ValueError(f"{part!r}: a {what} is lowercase letters, digits, '-', '_' or '.'")
         self.ensure_preconditions_enforced()  # create-only: a retried step must find its own event, not replace it
         try:

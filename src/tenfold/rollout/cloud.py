@@ -171,7 +171,7 @@ class PoolResources:
     def template_name(self, version: str) -> str:
         """The pool's instance template for model ``version``: one name per version, so a retry finds it."""
         name = f"{self.template_prefix}-v{version}"
-        if not _GCE_NAME.match(name):
+        if not _GCE_NAME.fullmatch(name):
             raise ValueError(
                 f"instance template name {name!r} (from serving.{self.pool}_fleet.instance_template and version "
                 f"{version!r}) is not a valid Compute Engine name (lowercase letters, digits and '-', at most 63): "

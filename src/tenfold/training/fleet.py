@@ -101,7 +101,7 @@ class TrainingRun:
 
 
 def check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):
         raise ValueError(
             f"run_id {run_id!r}: use 1-63 lowercase letters, digits, '.', '_' or '-' (it names a GCS folder and the rendezvous)"
         )

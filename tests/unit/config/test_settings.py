@@ -10,7 +10,15 @@ import pytest
 from pydantic import SecretStr
 
 from tenfold.config import ENVIRONMENTS, build_settings, get_settings
-from tenfold.config.names import check_bucket_name, check_pubsub_name, check_resource_name, check_service_account_id
+from tenfold.config.names import (
+    check_bucket_name,
+    check_project_id,
+    check_pubsub_name,
+    check_resource_name,
+    check_role_id,
+    check_service_account_id,
+)
+from tenfold.config.pipelines import check_months
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -43,7 +51,7 @@ def test_local_uses_emulators_and_loopback():
 
 
 @pytest.mark.parametrize(("host", "message"), [
-    ("0.0.0.0", "not an IPv4 loopback address"),  # every interface: the emulators and HAProxy's stats page exposed
+    ("0.0.0.0", "not an IPv4 loopback address"),  # every interface: the emulators and the replicas' extras exposed
     ("192.168.1.5", "not an IPv4 loopback address"),
     ("::1", "not an IPv4 loopback address"),  # the services' URLs are host:port
     ("localhost", "is not an IP address"),  # HAProxy's runtime API refuses a name: replicas never entered rotation
@@ -105,6 +113,58 @@ def test_unknown_env_is_a_clear_error(monkeypatch):
 def test_naming_rules_reject(check, bad):
     with pytest.raises(ValueError):
         check(bad)
+
+
+def _template_name(version: str) -> str:
+    from tenfold.rollout.cloud import PoolResources
+
+    return PoolResources("stable", "tenfold-dev", "us-central1", "g", "tenfold-stable", "b").template_name(version)
+
+
+def _run_id(value: str) -> str:
+    from tenfold.training.fleet import check_run_id
+
+    return check_run_id(value)
+
+
+@pytest.mark.parametrize(("check", "good"), [
+    (check_bucket_name, "tenfold-lake"),
+    (check_pubsub_name, "requests"),
+    (check_resource_name, "serving"),
+    (check_service_account_id, "tenfold-serving"),
+    (check_project_id, "tenfold-dev"),
+    (check_role_id, "tenfold.orchestrator"),
+    (lambda month: check_months("first_month", month, "last_month", None), "2013-01"),
+    (_run_id, "run-1"),
+    (_template_name, "0123456789abcdef0123"),
+])
+def test_a_name_ending_in_a_newline_is_refused_by_every_name_check(check, good):
+    """re's "$" matches before a final newline: each of these took "<name>\\n" with .match."""
+    check(good)
+    with pytest.raises(ValueError):
+        check(good + "\n")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TENFOLD_STORAGE__FEATURES_TABLE", "features\n", "a table is one lowercase name"),
+    ("TENFOLD_SERVING__SERVER__API_PREFIX", "/v2\n", "api_prefix"),
+    ("TENFOLD_PIPELINES__BUILD_FEATURES__LAST_MONTH", "2013-12\n", "use YYYY-MM"),
+])
+def test_a_setting_ending_in_a_newline_is_refused_by_name(variable, value, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), variable: value})
+    assert build_settings("local", {"TENFOLD_HOME": str(tmp_path), variable: value.rstrip("\n")})
+
+
+def test_the_refusal_of_an_open_bind_host_names_what_has_no_login(tmp_path):
+    """It said HAProxy's stats page had no authentication: it has had basic auth since (tests/unit/rollout/
+    test_haproxy.py); what has none is the emulators, the replicas' extras and the training store."""
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__BIND_HOST": "0.0.0.0"})
+    said = str(refused.value)
+    assert "stats page" not in said and "HAProxy" not in said
+    assert "GCS and Pub/Sub emulators" in said and "/metrics" in said and "training store" in said
+    assert "use 127.0.0.1" in said
 
 
 def test_bad_prefix_is_rejected_at_build_time():

@@ -25,6 +25,26 @@ def test_request_ids_are_deterministic_and_distinct() -> None:
     assert all("/" not in i for i in ids)
 
 
+def test_a_request_id_or_run_key_ending_in_a_newline_names_no_file_or_folder(tmp_path: Path) -> None:
+    """re's "$" matches before a final newline: record_id({'request_id': 'r-1\\n'}, ...) was 'r-1\\n', a file name
+    with a newline in it, and a run key 'r\\n' a folder of its own."""
+    from tenfold.inference.store import UNKNOWN_RUN, message_store
+
+    assert record_id({"request_id": "r-1"}, b"x") == "r-1"
+    named = record_id({"request_id": "r-1\n"}, b"x")
+    assert named.startswith("message-") and named == record_id({"request_id": "r-1\n"}, b"x")
+    objects = FileObjects(tmp_path)
+    assert message_store(objects, {"run": "r\n"}).run == UNKNOWN_RUN
+    assert message_store(objects, {"run": "r"}).run == "r"
+    with pytest.raises(ValueError, match="cannot name a record"):
+        RunStore(objects, "r").has_result("r-1\n")
+    from tenfold.config import build_settings
+    from tenfold.inference.dlq import DlqError, inspect
+
+    with pytest.raises(DlqError, match="is not a run key"):  # refused before any store is read
+        inspect(build_settings("local", {"TENFOLD_HOME": str(tmp_path)}), run="r\n")
+
+
 def test_batches_cover_every_row_once_and_round_trip() -> None:
     rows = pa.table({"k": list(range(23)), "x": [float(i) for i in range(23)]})
     batches = list(plan_batches(rows, run_key="r", partition="2013-07", model_version="v1", rows_per_message=5))
@@ -57,6 +77,9 @@ def test_a_compressed_body_decodes_to_the_same_rows_without_options(compression:
     (None, {"request_id": "x" * 300}, "is not a request id"),
     (None, {"run": "x" * 300}, "is not a run key"),
     (None, {"run": "../escape"}, "is not a run key"),
+    # re's "$" matches before a final newline: "id-1\n" and "r\n" passed the name check and named files and folders
+    (None, {"request_id": "id-1\n"}, "is not a request id"),
+    (None, {"run": "r\n"}, "is not a run key"),
 ])
 def test_a_bad_message_is_refused_naming_what_is_wrong(body, attributes, message) -> None:
     good = ScoringRequest(run="r", request_id="id-1", partition="2013-07", model_version="v", rows=pa.table({"k": [1, 2]}))

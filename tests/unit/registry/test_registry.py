@@ -757,6 +757,30 @@ def test_a_decision_keyed_by_a_long_run_id_is_kept_once_and_a_path_is_refused(
             reg.record_decision(version, bad, {})
 
 
+def test_an_alias_a_version_id_or_a_decision_key_ending_in_a_newline_is_refused(
+        registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage) -> None:
+    """re's "$" matches before a final newline: "champion\\n" passed as an alias name, and a version id with a newline
+    after it as a version id (a decision was written under a version folder that does not exist)."""
+    reg = ModelRegistry(registry_settings)
+    version = reg.register(make_model_dir(71), lineage, metrics=METRICS).version
+    with pytest.raises(ValueError, match="is not an alias name"):
+        registry_module.check_alias("champion\n")
+    with pytest.raises(ValueError, match="is not an alias name"):
+        reg.set_alias("champion\n", version)
+    assert not registry_module.is_alias_name("champion\n") and registry_module.is_alias_name("champion")
+    assert not registry_module.is_version_id(version + "\n") and registry_module.is_version_id(version)
+    with pytest.raises(UnknownVersion, match="is not a version id"):
+        registry_module.check_version_id(version + "\n")
+    with pytest.raises(UnknownVersion, match="is not a version id"):
+        reg.record_decision(version + "\n", "gate-1", {"rejected": True})
+    with pytest.raises(ValueError, match="a decision key is"):
+        reg.record_decision(version, "gate-1\n", {"rejected": True})
+    with pytest.raises(ValueError, match="a rollout id is"):
+        reg.record_rollout_event(version, "rollout-1\n", "step-1", {})
+    assert not reg.exists(version + "\n")
+    assert reg.decisions(version) == {}
+
+
 @pytest.mark.parametrize("escape", ["../../escaped.txt", "/ABS/escaped.txt"])
 def test_a_version_file_path_leading_outside_its_folder_is_refused_not_written_there(
         registry_settings: Settings, tmp_path: Path, escape: str) -> None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,95 @@ def test_a_replica_whose_token_path_is_a_folder_ends_in_one_line(tmp_path: Path,
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"tenfold serving: the serving token file {token_path(settings)} cannot be read"), err
     assert "delete it and run `tenfold up`" in err
+
+
+def _load_asgi(monkeypatch: pytest.MonkeyPatch, home: Path, **environ: str) -> Any:
+    """``serving_image/asgi.py`` imported as an ASGI server imports it, under ``environ`` alone of TENFOLD_*."""
+    import importlib.util
+
+    from tenfold.config import get_settings
+
+    for key in [k for k in os.environ if k.startswith("TENFOLD_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TENFOLD_HOME", str(home))
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        spec = importlib.util.spec_from_file_location("tenfold_serving_asgi_test", project_root() / "serving_image"
+                                                      / "asgi.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        get_settings.cache_clear()
+    return module
+
+
+def _get(app: Any, path: str, server: tuple[Any, ...] | None) -> tuple[int, bytes]:
+    """One GET through ``app`` as a TCP server passes it: ``server`` is the address the request arrived on."""
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+    scope: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                             "root_path": "", "headers": [(b"host", b"x")], "client": ("203.0.113.9", 50000)}
+    if server is not None:
+        scope["server"] = server
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_the_image_asgi_entry_serves_a_local_app_on_loopback_only(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uvicorn --app-dir serving_image asgi:app --host 0.0.0.0` never met parse_args' host check: a local app's
+    /metrics, /docs, /openapi.json and detailed /readyz (no login locally) were open to the network."""
+    import json
+
+    app = _load_asgi(monkeypatch, tmp_path).app
+    for path in ("/metrics", "/docs", "/openapi.json", "/readyz"):
+        status, body = _get(app, path, ("192.0.2.1", 8101))
+        assert status == 403, (path, status)
+        said = json.loads(body)
+        assert said["error"] == "forbidden" and "serves loopback only" in said["message"]
+        assert "connect through 127.0.0.1" in said["message"] and "\n" not in said["message"]
+    assert _get(app, "/metrics", ("127.0.0.1", 8101))[0] == 200
+    assert _get(app, "/metrics", ("::1", 8101, 0, 0))[0] == 200
+    assert _get(app, "/metrics", ("::ffff:127.0.0.1", 8101))[0] == 200  # a dual-stack socket's loopback
+    assert _get(app, "/metrics", ("10.0.0.5", 8101))[0] == 403
+    assert _get(app, "/metrics", ("example.org", 8101))[0] == 403  # a TCP server names an address, never a name
+    # No TCP socket: a Unix socket (uvicorn --uds passes no server) or an in-process test client.
+    assert _get(app, "/metrics", None)[0] == 200
+    assert _get(app, "/metrics", ("testserver", 80))[0] == 200
+
+
+def test_the_image_asgi_entry_wraps_the_app_locally_and_leaves_the_clouds_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In dev and prod the load balancer asks for the login on every path, and a VM's replica serves its internal
+    address: the app is create_app's, unwrapped."""
+    import tenfold.serving.app as app_module
+
+    async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    made: list[str] = []
+
+    def factory(settings: Any, **_: Any) -> Any:
+        made.append(settings.env)
+        return plain
+
+    monkeypatch.setattr(app_module, "create_app", factory)
+    assert _load_asgi(monkeypatch, tmp_path, TENFOLD_ENV="dev").app is plain
+    local = _load_asgi(monkeypatch, tmp_path).app
+    assert made == ["dev", "local"] and local is not plain and local.app is plain
+    assert _get(local, "/anything", ("192.0.2.1", 8101))[0] == 403
+    assert _get(local, "/anything", ("127.0.0.2", 8101)) == (200, b"ok")
