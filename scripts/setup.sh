@@ -156,7 +156,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   [[ " ${missing[*]} " == *" chromium "* ]] && ! chromium_candidate && chromium_refusal
   # apt's output goes to a log, shown when it fails (thrown away, a failure said "see apt's message above" over nothing).
   apt_log=$(mktemp "${TMPDIR:-/tmp}/tenfold-setup-apt.XXXXXX")
-  if DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "${missing[@]}" </dev/null >"$apt_log" 2>&1; then
+  # 9>&-: a service a package's maintainer script starts (where no systemd does) must not inherit setup's lock.
+  if DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "${missing[@]}" </dev/null >"$apt_log" 2>&1 9>&-; then
     rm -f "$apt_log"
   else
     tail -n 30 "$apt_log" >&2
@@ -234,6 +235,8 @@ npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME wh
   # kept every later setup a no-op, while the Data Docs said "run make setup" for their missing assets.
   [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && [ -d "$dst/node_modules" ] && return 0
   say "installing $1 (npm) into $dst"
+  # The stamp goes first: an install cut short (killed, a full disk) must not be trusted beside its old stamp.
+  rm -f "$dst/.stamp"
   mkdir -p "$dst" && cp "${files[@]}" "$dst/"
   npm ci --prefix "$dst" --no-audit --no-fund --loglevel=error >/dev/null \
     || die "npm could not install $src (is the npm registry reachable?)"

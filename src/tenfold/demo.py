@@ -752,7 +752,7 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     one at a time as if they were live. Retraining starts on drift, or when ``retrain_every`` replayed months
     have passed since the last one (the weekly baseline schedule, honoured less often to keep the demo short;
     0 = drift only). Returns the closing table's rows."""
-    from tenfold.local.stack import describe, up
+    from tenfold.local.stack import describe, serving_drift, up
     from tenfold.quality.gate import data_docs_location
     from tenfold.registry import CHAMPION, ModelRegistry
     from tenfold.serving import fleet
@@ -765,6 +765,10 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     # program holds is said now, before anything starts (and before Airflow runs with settings a new port would change).
     if busy := fleet.port_refusals(settings):
         raise DemoError("the serving fleet could not start:\n  - " + "\n  - ".join(busy))
+    # A fleet or sink left running on other settings (another workload's) is refused now too, not after the features
+    # and the first champion were built (ensure_serving checks it again before it rolls).
+    if drift := serving_drift(settings):
+        raise DemoError(drift)
     try:  # and a missing HAProxy too (`tenfold demo` run without `make setup`): found there, minutes of work later
         haproxy_binary()
     except HaproxyError as exc:

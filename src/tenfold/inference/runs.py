@@ -227,7 +227,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                                         "the batch are left on the dead-letter subscription for the next drain", rid,
                                         store.run, type(exc).__name__, exc)
                             # Handed back at once: left leased, they stayed invisible for the subscription's ack
-                            # deadline (600 s in the cloud), so the drains of the wait's next rounds, and of a retried
+                            # deadline (the source subscription's: 120 s for requests), so the drains of the wait's next rounds, and of a retried
                             # publish before it resends, could not see them while their requests counted as pending.
                             _give_back(client, path, [r.ack_id for r in resp.received_messages[n:]])
                             raise

@@ -79,7 +79,7 @@ def up(service: _ServiceOpt = None) -> None:
         typer.echo(describe(settings, statuses))
         _describe_serving(settings)
     if failed is not None:
-        typer.echo(f"error: the platform is up, but the serving fleet did not start: {failed}", err=True)
+        typer.echo(f"error: the platform is up, but serving is not (the fleet or the feedback sink): {failed}", err=True)
         raise typer.Exit(1)
 
 

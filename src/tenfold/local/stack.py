@@ -107,7 +107,7 @@ def _changed_settings(want: Mapping[str, str], record: ProcessRecord | None) -> 
     def settings_of(env: Mapping[str, str]) -> dict[str, str]:
         return {k: v for k, v in env.items()
                 if (k.startswith("TENFOLD_") and k not in (process.MARKER_ENV, process.PARENT_MARKER_ENV))
-                or k in _PLACING or k == "PYTHONPATH"}
+                or k in _PLACING or (k == "PYTHONPATH" and v)}  # an empty PYTHONPATH is none, to Python
 
     if not running:  # a kernel thread's, or unreadable
         return []
@@ -570,6 +570,13 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
             if drift := _serving_drift(settings, record, FEEDBACK_SINK):
                 raise LocalPlatformError(drift)
             return record
+        # Started without the local Pub/Sub emulator, the sink retried it for a minute and died: `tenfold serve up`
+        # said it was up, exit 0, while no sink ran and predictions and feedback stayed on Pub/Sub.
+        if settings.is_local and settings.messaging.emulator_host:
+            pubsub = service(settings, "pubsub")
+            if not _healthy(pubsub.healthy):
+                raise LocalPlatformError(f"{FEEDBACK_SINK}: the Pub/Sub emulator does not answer on {pubsub.url}, "
+                                         "where the sink pulls the predictions and feedback: run `tenfold up`")
         process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
         record = process.start(
             FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings),

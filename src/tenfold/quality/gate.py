@@ -338,6 +338,7 @@ def run_suite(
     docs: bool = True,
     run_name: str | None = None,
     lake: Lake | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else.
 
@@ -348,11 +349,13 @@ def run_suite(
     Raises :class:`~tenfold.quality.suites.SuiteError` when every expectation that failed raised inside GX (a
     row_condition pandas refuses, a wrong kwarg): the suite is at fault, not the batch, which must then be neither
     quarantined nor withdrawn. ``lake``: where the features suite's month finds its history months (default: the
-    settings' lake; see :func:`suite_parameters`).
+    settings' lake; see :func:`suite_parameters`); ``parameters``: those already worked out (a verdict's digest
+    covers them, so the run must use the very same).
     """
     from tenfold.quality.datadocs import docs_site
 
-    parameters = suite_parameters(settings, lake, part, suite_name)
+    if parameters is None:
+        parameters = suite_parameters(settings, lake, part, suite_name)
     report = None
     if docs:
         try:
@@ -662,6 +665,10 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
                      key: str, docs: bool) -> ValidationReport:
     batch_uri = lake.uri_of(lake.partition_path(table, part))
     verdict: tuple[str, str] | None = None
+    # Once, outside the batch's own reads: a history table that cannot be listed is not this batch unreadable (it
+    # was quarantined for it), and the verdict's digest and the run must cover the same parameters (worked out twice,
+    # a history month withdrawn in between had a lenient pass recorded under the strict digest).
+    parameters = suite_parameters(settings, lake, part, suite_name) if suite_name is not None else {}
     try:
         # One manifest read: the files validated and the content a pass is recorded for are of the same build (read
         # twice, a publish in between had the old rows' pass saved for the new content, trusted after, never run).
@@ -669,7 +676,7 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
         paths = lake.files(table, part, verify=True, manifest=manifest)
         if suite_name is not None:
             # Every file matched its checksum: the same bytes under the same suite get the verdict they got before.
-            verdict = _verdict_place(lake, settings, table, part, suite_name, manifest)
+            verdict = _verdict_place(lake, settings, table, part, suite_name, manifest, parameters)
             passed = _passed_before(lake, verdict, table, part, suite_name, batch_uri)
             if passed is not None:
                 log.info("%s (this content passed this suite before: %s)", passed.summary(), lake.uri_of(verdict[0]))
@@ -685,7 +692,8 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
         if suite_name is None:
             return ValidationReport(table, part.label, "integrity", batch_uri, success=True, evaluated=0, outcomes=(), rows=arrow.num_rows)
         report = run_suite(settings, to_frame(arrow), table=table, part=part, suite_name=suite_name,
-                           batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}", lake=lake)
+                           batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}", lake=lake,
+                           parameters=parameters)
     if report.success:
         log.info("%s", report.summary())
         if verdict is not None:
@@ -704,7 +712,7 @@ VERDICTS_DIR = "_verdicts"
 
 
 def _verdict_place(lake: Lake, settings: Settings, table: str, part: Partition, suite_name: str,
-                   manifest: Manifest) -> tuple[str, str]:
+                   manifest: Manifest, parameters: dict[str, Any]) -> tuple[str, str]:
     """(path, digest) of the pass record of ``suite_name`` over the content ``manifest`` (the partition's) names."""
     from importlib.metadata import version
 
@@ -713,7 +721,7 @@ def _verdict_place(lake: Lake, settings: Settings, table: str, part: Partition, 
         "great_expectations": version("great_expectations"),
         "content": {**manifest.content, "data_dir": manifest.data_dir},
         "suite": load_suite_dict(suite_name, get_workload(settings).expectations_dir),
-        "parameters": suite_parameters(settings, lake, part, suite_name),
+        "parameters": parameters,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     return posixpath.join(lake.partition_path(table, part), VERDICTS_DIR, f"{suite_name}-{digest[:32]}.json"), digest

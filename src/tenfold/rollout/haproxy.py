@@ -83,7 +83,10 @@ class HaproxyRouter:
         with file_lock(self.split_map.with_name(".split.lock")):
             # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
             # during its restart) still holds once it is back, even though the runtime API below fails now.
-            before = read_split_map(self.split_map)
+            try:
+                before = read_split_map(self.split_map)  # None: no share in the file (HAProxy then starts at 0)
+            except OSError:  # unreadable: the write below meets the same file, and says so
+                before = None
             try:
                 write_split_map(self.split_map, percent)
             except OSError as exc:
@@ -94,7 +97,7 @@ class HaproxyRouter:
             except BaseException as exc:
                 # A higher share HAProxy did not take goes out of the file again: left there, the next restart of
                 # HAProxy sent it to the canary unannounced, after the command had failed (a lower one stays, above).
-                if before is None or percent > before:
+                if percent > (before or 0):  # a lower share (a rollback to 0 included) stays, as above
                     self._put_back(before, percent, exc)
                 raise
 

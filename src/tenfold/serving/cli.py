@@ -84,10 +84,14 @@ def up(
 ) -> None:
     """Start HAProxy and the replicas, and wait until every pool serves its minimum; then the feedback sink beside
     them (as `tenfold up` does), unless it runs."""
-    from tenfold.local.stack import feedback_sink_up
+    from tenfold.local.stack import feedback_sink_up, serving_drift
     from tenfold.serving import fleet
 
     settings = get_settings()
+    # Before either starts (as `tenfold up` checks): a fleet started beside a sink of another workload, or a sink
+    # started beside such a fleet, left serving half on these settings.
+    if drift := serving_drift(settings):
+        raise _fail(LocalPlatformError(drift), 1)
     try:
         fleet.up(settings, model, canary_model=canary_model, say=typer.echo)
     except LocalPlatformError as exc:

@@ -327,6 +327,7 @@ def test_two_starts_of_the_feedback_sink_at_once_start_one(tmp_path: Path, monke
         return real_start(name, ["sleep", "60"], **kwargs)
 
     monkeypatch.setattr(process, "start", slow_start)
+    _pubsub_answers(monkeypatch)
     barrier, records = threading.Barrier(2), []
 
     def call() -> None:
@@ -675,8 +676,8 @@ def test_a_gcs_emulator_other_than_the_settings_choose_is_named_not_taken_for_he
 
     s = _fresh_settings(tmp_path)
     assert s.local.gcs_emulator == "fake-gcs-server"
-    record = process.start("gcs", [sys.executable, "-c", "import time; time.sleep(300)", "-m", "gcp_storage_emulator"],
-                           run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path)
+    record = _execed(process.start("gcs", [sys.executable, "-c", "import time; time.sleep(300)", "-m",
+                                           "gcp_storage_emulator"], run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path))
     try:
         with pytest.raises(LocalPlatformError, match=r"gcs: gcp-storage-emulator is running, where these settings choose "
                                                      r"fake-gcs-server \(TENFOLD_LOCAL__GCS_EMULATOR\): stop it "
@@ -699,8 +700,8 @@ def test_a_tenfold_variable_that_is_no_setting_is_no_drift_and_a_setting_still_i
 
     monkeypatch.delenv(variable, raising=False)
     s = _fresh_settings(tmp_path)
-    record = process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
-                           env=process.child_environ(service(s, "airflow").env or {}))
+    record = _execed(process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
+                                   env=process.child_environ(service(s, "airflow").env or {})))
     try:
         assert _drift(service(s, "airflow"), record, "airflow") == ""
         monkeypatch.setenv(variable, value)
@@ -762,6 +763,26 @@ def test_down_stops_the_feedback_sink_before_the_pubsub_emulator(tmp_path, monke
         process.stop(sink, timeout=5)
 
 
+def _pubsub_answers(monkeypatch):
+    """feedback_sink_up starts a sink only where the local Pub/Sub emulator answers (its health check): the tests
+    whose sink is a stand-in process run without one, so the check is told it answers."""
+    from tenfold.local import stack
+
+    monkeypatch.setattr(stack, "_healthy", lambda check: True)
+
+
+def _execed(record):
+    """``record`` once its process runs its own program: read in the middle of its exec, a process's environment is
+    empty, which the drift check takes for unreadable (no drift), and the stand-ins below were read that early."""
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while not psutil.Process(record.pid).environ():
+        assert time.monotonic() < deadline, f"{record.name} (pid {record.pid}) did not start its program"
+        time.sleep(0.01)
+    return record
+
+
 def test_a_changed_pythonpath_is_drift_and_the_same_folder_named_relatively_is_not(tmp_path, monkeypatch):
     """docs/workloads.md: a workload of one's own is imported from its folder on PYTHONPATH. Forgotten, then exported,
     then `tenfold up` again: "airflow: already running and healthy", and every task kept failing "cannot import ...
@@ -774,8 +795,8 @@ def test_a_changed_pythonpath_is_drift_and_the_same_folder_named_relatively_is_n
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "a"))
-    record = process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
-                           env=service(s, "airflow").env)
+    record = _execed(process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
+                                   env=service(s, "airflow").env))
     try:
         assert _drift(service(s, "airflow"), record, "airflow") == ""
         monkeypatch.setenv("PYTHONPATH", "a")  # the same folder, as `PYTHONPATH=a tenfold up` from here names it
@@ -785,6 +806,15 @@ def test_a_changed_pythonpath_is_drift_and_the_same_folder_named_relatively_is_n
         assert "(PYTHONPATH changed since it started)" in said and "`tenfold down -s airflow`" in said, said
         monkeypatch.delenv("PYTHONPATH")
         assert "(PYTHONPATH changed since it started)" in _drift(service(s, "airflow"), record, "airflow")
+    finally:
+        process.stop(record, timeout=5)
+    # An empty PYTHONPATH is none to Python: started with one, a shell without it is no change (nor the reverse).
+    monkeypatch.setenv("PYTHONPATH", "")
+    record = _execed(process.start("airflow-standin", ["sleep", "60"], run_dir=tmp_path / "run", port=0,
+                                   env=service(s, "airflow").env))
+    try:
+        monkeypatch.delenv("PYTHONPATH")
+        assert _drift(service(s, "airflow"), record, "airflow") == ""
     finally:
         process.stop(record, timeout=5)
 
@@ -798,7 +828,9 @@ def test_the_feedback_sink_running_on_another_workload_is_refused_naming_the_cha
     a = _fresh_settings(tmp_path)
     b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
     real_start = process.start
-    monkeypatch.setattr(process, "start", lambda name, argv, **kwargs: real_start(name, ["sleep", "60"], **kwargs))
+    monkeypatch.setattr(process, "start",
+                        lambda name, argv, **kwargs: _execed(real_start(name, ["sleep", "60"], **kwargs)))
+    _pubsub_answers(monkeypatch)
     record = stack.feedback_sink_up(a, say=lambda line: None)
     try:
         assert stack.feedback_sink_up(a, say=lambda line: None) == record  # the same settings: reused
@@ -827,8 +859,8 @@ def test_serving_up_refuses_a_fleet_or_sink_running_on_another_workload(tmp_path
     a = _fresh_settings(tmp_path)
     b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
     name = fleet.SUPERVISOR if running == "serving" else stack.FEEDBACK_SINK
-    record = process.start(name, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
-                           env={**os.environ, **settings_env(without_alert_hooks(a))})
+    record = _execed(process.start(name, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
+                                   env={**os.environ, **settings_env(without_alert_hooks(a))}))
 
     class Registry:  # a champion is registered
         def __init__(self, settings):
@@ -866,8 +898,8 @@ def test_the_demo_refuses_to_roll_a_fleet_running_on_another_workload(tmp_path, 
 
     a = _fresh_settings(tmp_path)
     b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
-    record = process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
-                           env={**os.environ, **settings_env(without_alert_hooks(a))})
+    record = _execed(process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
+                                   env={**os.environ, **settings_env(without_alert_hooks(a))}))
 
     class Registry:  # a champion is registered
         def __init__(self, settings):
@@ -885,5 +917,61 @@ def test_the_demo_refuses_to_roll_a_fleet_running_on_another_workload(tmp_path, 
         assert str(err.value).startswith("serving: it runs with other settings than these (TENFOLD_WORKLOAD changed "
                                          "since it started)"), str(err.value)
         assert rolled == [] and process.is_running(record)
+    finally:
+        process.stop(record, timeout=5)
+
+
+def _standin_fleet_of(settings, tmp_path):
+    """A `sleep` started as the fleet's supervisor with the environment fleet.up gives it under ``settings``."""
+    from tenfold.local import process
+    from tenfold.local.env import without_alert_hooks
+    from tenfold.serving import fleet
+
+    return _execed(process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=run_dir(settings), port=0, cwd=tmp_path,
+                                 env={**os.environ, **settings_env(without_alert_hooks(settings))}))
+
+
+def test_serve_up_refuses_a_fleet_of_another_workload_before_starting_anything(tmp_path, monkeypatch):
+    """`tenfold serve up` started the fleet, then the sink (or found the old fleet "already running" and started a
+    sink beside it): after a switch of workload, serving ended half on the new settings. It checks both first now."""
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.local import process, stack
+    from tenfold.serving import fleet
+
+    a = _fresh_settings(tmp_path)
+    b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
+    record = _standin_fleet_of(a, tmp_path)
+    started: list[str] = []
+    monkeypatch.setattr("tenfold.serving.cli.get_settings", lambda: b)
+    monkeypatch.setattr(fleet, "up", lambda *args, **kwargs: started.append("fleet"))
+    monkeypatch.setattr(stack, "feedback_sink_up", lambda *args, **kwargs: started.append("sink"))
+    try:
+        result = CliRunner().invoke(app, ["serve", "up"])
+        assert result.exit_code == 1, result.output
+        assert "serving: it runs with other settings than these (TENFOLD_WORKLOAD changed" in result.output
+        assert started == [] and process.is_running(record)
+    finally:
+        process.stop(record, timeout=5)
+
+
+def test_the_demo_refuses_a_fleet_on_other_settings_before_any_work(tmp_path, monkeypatch):
+    """The demo found a fleet or sink of another workload only at ensure_serving, after Airflow was started, the
+    months' features built and the first champion trained (minutes). It is refused before `up` now."""
+    from tenfold import demo
+    from tenfold.local import process, stack
+    from tenfold.serving import fleet
+
+    a = _fresh_settings(tmp_path)
+    b = a.model_copy(update={"project_id": "another-project"})  # another setting (another workload's needs importing)
+    record = _standin_fleet_of(a, tmp_path)
+    monkeypatch.setattr(fleet, "port_refusals", lambda settings: [])
+    monkeypatch.setattr("tenfold.serving.haproxy.haproxy_binary", lambda: "haproxy")
+    monkeypatch.setattr(stack, "up", lambda *args, **kwargs: pytest.fail("the platform was started"))
+    try:
+        with pytest.raises(demo.DemoError, match=r"^serving: it runs with other settings than these \(GOOGLE_CLOUD_PROJECT, TENFOLD_PROJECT_ID"):
+            demo.run(b, say=lambda line: None)
+        assert process.is_running(record)
     finally:
         process.stop(record, timeout=5)

@@ -525,3 +525,25 @@ def test_an_npm_tool_whose_packages_are_gone_is_installed_again_though_its_stamp
     installs = npm_calls.read_text().splitlines() if npm_calls.exists() else []
     assert [line for line in installs if line.startswith("ci ")] == \
         ["ci --prefix .tools/datadocs-assets --no-audit --no-fund --loglevel=error"], (installs, proc.stderr)
+
+
+def test_an_npm_install_cut_short_is_not_trusted_beside_its_old_stamp(tmp_path: Path) -> None:
+    """An npm ci that failed (killed, a full disk) left a partial node_modules beside the stamp of the install it
+    replaced, and the next setup trusted it. The stamp goes before the install now: a failed one leaves none."""
+    bin_dir = _tools_but(tmp_path, "uv", "npm")
+    _recording_uv(bin_dir, tmp_path)
+    (bin_dir / "npm").write_text("#!/bin/sh\nexit 1\n")  # every install fails
+    (bin_dir / "npm").chmod(0o755)
+    tree = tmp_path / "tree"
+    tools = [p.name for p in (project_root() / "requirements" / "npm").iterdir()]
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt",
+                             *(f"requirements/npm/{t}/{f}" for t in tools for f in ("package.json", "package-lock.json")))
+    _usable_venvs(tree)
+    stamp = tree / ".tools" / "cdk" / ".stamp"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("an older install\n")
+    (stamp.parent / "node_modules").mkdir()  # what that install left
+    proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 1 and "npm could not install requirements/npm/cdk" in proc.stderr, proc.stderr
+    assert not stamp.exists()

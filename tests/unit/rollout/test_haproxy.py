@@ -252,6 +252,10 @@ def test_a_higher_split_haproxy_did_not_take_is_not_left_in_the_file(tmp_path: A
     with pytest.raises(HaproxyError, match="is the fleet up"):
         router.set_canary_percent(10)
     assert read_split_map(split) == 10
+    split.unlink()  # a rollback to 0 with none in the file: the 0 stays (removed, a restart took no share from it)
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.set_canary_percent(0)
+    assert read_split_map(split) == 0
 
 
 def test_the_observer_reads_near_the_window_of_a_long_log_and_counts_what_a_whole_read_counts(
