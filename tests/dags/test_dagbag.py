@@ -48,6 +48,7 @@ for env in sys.argv[2:]:
             "task_retries": {t.task_id: t.retries for t in dag.tasks},
             "timeouts": {t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout else None
                          for t in dag.tasks},
+            "retry_delays": {t.task_id: t.retry_delay.total_seconds() for t in dag.tasks},
             "alerting": sorted({getattr(cb, "__qualname__", str(cb)) for t in dag.tasks
                                 for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
                                            else [t.on_failure_callback])}),
@@ -87,6 +88,15 @@ print("DAGBAG-JSON" + json.dumps({"envs": out, "heavy_modules": heavy}))
 
 
 TRAIN_TASK_RETRIES = 3
+# Each DAG's bounds in the probe's environment (TENFOLD_PIPELINES__<DAG>__...): none is a default, and no two DAGs
+# share one, so a DAG that spelled its retries or timeout, or read another DAG's settings, would not get these.
+DAG_BOUNDS = {
+    "build_features": {"retries": 4, "retry_delay_s": 31, "task_timeout_s": 1301},
+    "train_model": {"retries": 5, "retry_delay_s": 62, "task_timeout_s": 1402},
+    "rollout_model": {"retries": 6, "retry_delay_s": 13, "task_timeout_s": 7303},
+    "batch_inference": {"retries": 7, "retry_delay_s": 14, "task_timeout_s": 5404},
+    "monitor_drift": {"retries": 8, "retry_delay_s": 35, "task_timeout_s": 605},
+}
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,8 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "TENFOLD_HOME": str(home / "tenfold"),
         # Not the default (1): the train task's retries must come from this setting (they were a literal 1).
         "TENFOLD_TRAINING__TASK_RETRIES": str(TRAIN_TASK_RETRIES),
+        **{f"TENFOLD_PIPELINES__{dag_id.upper()}__{name.upper()}": str(value)
+           for dag_id, bounds in DAG_BOUNDS.items() for name, value in bounds.items()},
     }
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(DAGS), *ENVIRONMENTS],
@@ -152,18 +164,22 @@ def test_every_dag_follows_the_house_rules(dagbag):
 
 
 def test_every_task_is_bound_by_its_settings(dagbag):
+    """Retries, their delay and the execution timeout of every task come from settings.pipelines.<dag> (the probe sets
+    DAG_BOUNDS, none of them a default); the train task's from the training settings."""
     from tenfold.pipelines.common import task_timeout_s
 
     for env, dag_id, d in _dags(dagbag):
-        settings = get_settings(env)
-        expected = {t: float(settings.pipelines.dag(dag_id).task_timeout_s) for t in d["timeouts"]}
+        assert dag_id in DAG_BOUNDS, f"{dag_id}: add its bounds to DAG_BOUNDS"
+        bounds = DAG_BOUNDS[dag_id]
+        expected = {t: float(bounds["task_timeout_s"]) for t in d["timeouts"]}
         if dag_id == "train_model":  # the train task follows the training bounds (torchrun's, the group's)
-            expected["train"] = float(task_timeout_s(settings, dag_id))
+            expected["train"] = float(task_timeout_s(get_settings(env), dag_id))
         assert d["timeouts"] == expected, f"{env}:{dag_id}"
-        retries = {t: settings.pipelines.dag(dag_id).retries for t in d["task_retries"]}
+        retries = {t: bounds["retries"] for t in d["task_retries"]}
         if dag_id == "train_model":  # a try can take hours: its own setting
             retries["train"] = TRAIN_TASK_RETRIES
         assert d["task_retries"] == retries, f"{env}:{dag_id}"
+        assert d["retry_delays"] == {t: float(bounds["retry_delay_s"]) for t in d["retry_delays"]}, f"{env}:{dag_id}"
 
 
 def test_parsing_dags_imports_nothing_heavy(dagbag):

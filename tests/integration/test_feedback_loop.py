@@ -428,8 +428,11 @@ def test_the_running_sink_joins_when_idle_and_stops_on_sigterm(fb_settings, tmp_
 
 
 def test_the_running_sink_joins_a_steady_stream_that_is_never_idle(fb_settings, tmp_path):
-    """A prediction every 0.1 s from one publisher (the pull waits up to 1 s): no round of pulls comes back empty,
-    yet the sink joins what landed every --join-every-s, so feedback reaches the labelled table mid-stream."""
+    """A prediction every 0.1 s from one publisher (the pull waits up to 1 s): hardly a round of pulls comes back
+    empty, yet the sink joins what landed every --join-every-s, so feedback reaches the labelled table mid-stream.
+    s0's feedback is published only after the sink's first join (which every sink runs after its first round, busy
+    or not), and while the stream goes on: a sink that joined only on its first round, or only on a quiet round,
+    never labelled it."""
     s = fb_settings
     (tmp_path / "settings.json").write_text(s.model_dump_json())
     stop, sent = threading.Event(), []
@@ -447,42 +450,78 @@ def test_the_running_sink_joins_a_steady_stream_that_is_never_idle(fb_settings, 
             pub.transport.close()
 
     _publish(s, s.messaging.predictions_topic, _prediction("s0", 0.7))
-    _publish(s, s.messaging.feedback_topic, _feedback("s0", 1))
     streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
     proc = subprocess.Popen([sys.executable, "-c", RUNNING_SINK, str(tmp_path / "settings.json"), "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    joined = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            said.append(line)
+            if line.startswith('{"join": '):  # what _run_forever prints after each join
+                joined.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 40
+        assert joined.wait(60), "".join(said)  # the first round's join (its imports and lake probe take a while)
+        assert streamer.is_alive() and proc.poll() is None, "".join(said)
+        _publish(s, s.messaging.feedback_topic, _feedback("s0", 1))
+        deadline = time.monotonic() + 40  # a hang guard: at --join-every-s 2 it takes a few seconds
         while time.monotonic() < deadline and _labelled(s).get("s0", {}).get("outcome") != 1 and proc.poll() is None:
             time.sleep(0.3)
         assert streamer.is_alive(), "the stream stopped early"
-        assert proc.poll() is None, proc.communicate()[1]
-        assert _labelled(s).get("s0", {}).get("outcome") == 1, f"no join in 40 s of a steady stream ({len(sent)} sent)"
+        assert proc.poll() is None, "".join(said)
+        assert _labelled(s).get("s0", {}).get("outcome") == 1, \
+            f"no join after the first in 40 s of a steady stream ({len(sent)} sent): {''.join(said)}"
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
+        proc.wait(timeout=15)
     finally:
         stop.set()
         streamer.join(timeout=30)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    reader.join(5)
+    joins = [line for line in said if line.startswith('{"join": ')]
+    assert len(joins) >= 2, "".join(said)
 
 
 def test_the_running_sink_keeps_up_with_a_backlog_while_the_feedback_subscription_is_quiet(fb_settings):
     """Every round held a pull on each subscription: the empty feedback one held for pull_wait_s (5 s) while the
     predictions one landed one batch of 500, about 100 messages a second, far below what one replica publishes
-    (a backlog that grew without bound, and a canary's join that saw no data)."""
+    (a backlog that grew without bound, and a canary's join that saw no data). Guarded by what the sink asks Pub/Sub:
+    while the predictions backlog lasts, no pull of the quiet feedback subscription is held (one that returns at once
+    does not wait), but for the first round's, made before anything was known to be waiting. How fast it lands is
+    for a benchmark; the deadline below only keeps a hung sink from hanging the test."""
     s, n = fb_settings, 3000
     _publish(s, s.messaging.predictions_topic, *(_prediction(f"b{i}", 0.5) for i in range(n)))
-    stop = threading.Event()
+    stop, landed_all = threading.Event(), threading.Event()
+    held_while_backlogged: list[int] = []  # predictions acknowledged when a held pull of feedback was made
     with FeedbackSink(s, SinkOptions(pull_wait_s=5.0, poll_interval_s=0.1)) as sink:
-        runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-        started = time.monotonic()
+        pull, feedback = sink.client.pull, sink.path("feedback")
+
+        def watched_pull(*, request: dict[str, Any], **kwargs: Any) -> Any:  # the real pull, recorded
+            acked = sink.stats["predictions"].acked
+            if request["subscription"] == feedback and not request.get("return_immediately") and acked < n:
+                held_while_backlogged.append(acked)
+            return pull(request=request, **kwargs)
+
+        sink.client.pull = watched_pull  # type: ignore[method-assign]
+
+        def after_round() -> None:
+            if sink.stats["predictions"].acked >= n:
+                landed_all.set()
+
+        runner = threading.Thread(target=sink.run, args=(stop,), kwargs={"after_round": after_round}, daemon=True)
         runner.start()
-        while sink.stats["predictions"].acked < n and time.monotonic() - started < 12 and runner.is_alive():
-            time.sleep(0.2)
+        landed_all.wait(120)
         landed = sink.stats["predictions"].acked
         stop.set()
         runner.join(timeout=30)
-    assert landed == n, f"the running sink landed {landed} of {n} backlogged predictions in 12 s"
+    assert landed == n, f"the running sink landed {landed} of {n} backlogged predictions"
+    assert len(held_while_backlogged) <= 1, \
+        f"held pulls of the quiet feedback subscription with a predictions backlog (acked then): {held_while_backlogged}"

@@ -199,25 +199,35 @@ def test_a_corrupt_spec_file_is_one_line_naming_it(env: dict[str, str], corrupt:
 
 def test_up_starts_the_feedback_sink_beside_the_fleet(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`tenfold serve up`, which `tenfold up` advises without a champion, started the fleet alone: predictions and
-    feedback stayed on Pub/Sub, and a rollout's canary checks found no feedback until their deadline."""
-    from tenfold.local import stack
+    feedback stayed on Pub/Sub, and a rollout's canary checks found no feedback until their deadline. With the Pub/Sub
+    emulator not running (nothing listens on the env's port), the real feedback_sink_up started a sink anyway, which
+    retried for a minute and died: `serve up` said exit 0 while no sink ran. It is refused, naming the emulator."""
+    from tenfold.local import process, stack
     from tenfold.serving import fleet
 
     started: list[str] = []
     monkeypatch.setattr(fleet, "up", lambda settings, model, **kwargs: started.append("fleet"))
     monkeypatch.setattr(fleet, "report", lambda settings: None)
     monkeypatch.setattr(fleet, "describe", lambda report: "serving  running")
+    real_sink_up = stack.feedback_sink_up
     monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, **kwargs: started.append("sink"))
     result = _run(env, "up")
     assert result.exit_code == 0, result.output
     assert started == ["fleet", "sink"]
 
-    def refused(settings: Settings, **kwargs: Any) -> None:
-        raise stack.LocalPlatformError("the Pub/Sub emulator is not running")
-
-    monkeypatch.setattr(stack, "feedback_sink_up", refused)
-    result = _run(env, "up")
-    assert result.exit_code == 1 and "the fleet is up, but the feedback sink did not start" in result.output
+    monkeypatch.setattr(stack, "feedback_sink_up", real_sink_up)
+    run = Path(env["TENFOLD_HOME"]) / "run"
+    try:
+        result = _run(env, "up")
+        sink = process.read_record(run, stack.FEEDBACK_SINK)
+    finally:
+        if (left := process.read_record(run, stack.FEEDBACK_SINK)) is not None:
+            process.stop(left, timeout=10)
+    assert result.exit_code == 1 and "the fleet is up, but the feedback sink did not start" in result.output, \
+        result.output
+    port = env["TENFOLD_LOCAL__PUBSUB_PORT"]
+    assert f"the Pub/Sub emulator does not answer on 127.0.0.1:{port}" in result.output, result.output
+    assert "run `tenfold up`" in result.output and sink is None
     # and `serve down` stops what `serve up` started: the fleet, then the sink (it kept pulling the subscriptions)
     stopped: list[str] = []
     monkeypatch.setattr(fleet, "down", lambda settings, **kwargs: stopped.append("fleet") or True)

@@ -25,7 +25,13 @@ from tenfold.data.ingest import ingest_month
 from tenfold.data.lake import Lake, Manifest, Partition, schema_hash
 from tenfold.features import job
 from tenfold.features.job import FEATURES_TABLE
-from tenfold.features.submit import SparkJobError, spark_env, spark_submit_command, spark_submit_features
+from tenfold.features.submit import (
+    LOG_TAIL_LINES,
+    SparkJobError,
+    spark_env,
+    spark_submit_command,
+    spark_submit_features,
+)
 from tenfold.workloads import VERSION_KEY, lookup_table
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights import contract as schema
@@ -114,12 +120,16 @@ def test_a_task_failing_once_is_retried_and_the_output_is_identical(
 
 
 def test_a_month_never_ingested_fails_before_spark_starts(spark_settings: Settings, lake_root: Path, tmp_path: Path) -> None:
-    started = time.monotonic()
+    """The job's inputs are resolved before its SparkSession is created: spark-submit's own JVM starts either way, but
+    a month with nothing to read fails without a SparkContext (its executors, its shuffle and scratch folders)."""
     with pytest.raises(SparkJobError, match="never published") as err:
         spark_submit_features(spark_settings, Partition(2013, 3), (tmp_path / "o").as_uri(), lake_uri=lake_root.as_uri())
     assert err.value.returncode == job.EXIT_BAD_INPUT
     assert "flights partition 2013-03" in str(err.value) and "run the pipeline for that month first" in str(err.value)
-    assert time.monotonic() - started < 60  # no JVM was needed to find out
+    # The tail is the whole log (nothing cut off above it), and holds no line of a SparkContext starting, which Spark
+    # logs before it lowers its log level ("INFO SparkContext: Running Spark version ...").
+    assert len(err.value.log_tail.splitlines()) < LOG_TAIL_LINES, err.value.log_tail
+    assert "Running Spark version" not in err.value.log_tail, err.value.log_tail
 
 
 def test_truncated_parquet_input_fails_clearly(spark_settings: Settings, lake_root: Path, tmp_path: Path) -> None:

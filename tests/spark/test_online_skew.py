@@ -13,7 +13,6 @@ preprocessing fitted on these features, saved and loaded through ``tenfold.model
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,11 @@ def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
         ingest_month(lake, part, run_id="ingest", workload=WORKLOAD)
     staging = lake.uri_of(lake.staging_path(job.FEATURES_TABLE, MAR, "skew"))
     args = job.parse_args(["--lake-uri", lake.uri, "--month", MAR.label, "--output", staging])
-    started = time.monotonic()
     facts = job.run(spark, args, job.resolve_inputs(lake, MAR, args.history_months, WORKLOAD.sources))
     lookups = {name: pq.read_table(job.lookup_staging_uri(args.lookups_output, name))
                for name in CONTRACT.lookup_tables}
     return {"features": pq.read_table(staging), "lookups": {MAR.label: lookups}, "facts": facts,
-            "flights": lake.read_table("flights", [MAR]), "spark_s": time.monotonic() - started}
+            "flights": lake.read_table("flights", [MAR])}
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +59,8 @@ def online(built: dict[str, Any]) -> dict[str, Any]:
     model = WORKLOAD.request_model
     requests = [model.model_validate(request_body(row)) for row in built["flights"].to_pylist()]
     features = WORKLOAD.online_features(built["lookups"])
-    started = time.perf_counter()
     batches = [features.assemble(requests[i : i + BATCH]) for i in range(0, len(requests), BATCH)]
-    per_row_s = (time.perf_counter() - started) / len(requests)
-    single_started = time.perf_counter()
-    for r in requests[:500]:
-        features.assemble([r])
-    per_single_s = (time.perf_counter() - single_started) / 500
-    return {"table": pa.concat_tables(batches), "per_row_s": per_row_s, "per_single_s": per_single_s}
+    return {"table": pa.concat_tables(batches)}
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -128,10 +120,5 @@ def test_the_models_probabilities_are_equal_too(built: dict[str, Any], online: d
     np.testing.assert_allclose(served, offline, rtol=0, atol=1e-9)
 
 
-def test_assembly_is_fast_enough_to_serve(built: dict[str, Any], online: dict[str, Any]) -> None:
-    # Measured here on 2 shared cores: ~10-20 us per row in batches of 64. The bound leaves room for a
-    # loaded machine and still fails an assembly that went per-row Arrow (milliseconds).
-    print(f"spark job (features and lookups of {MAR.label}): {built['spark_s']:.1f} s; "
-          f"online assembly: {online['per_row_s'] * 1e6:.1f} us/row in batches of {BATCH}, "
-          f"{online['per_single_s'] * 1e6:.1f} us for a batch of one")
-    assert online["per_row_s"] < 1e-3
+# How fast online assembly is (per row, in batches of one and of the server's micro-batch) is a benchmark's to say, not
+# a test's: bench/serving.py's in-process breakdown prints "online assembly, batches of N (per row)" in microseconds.
