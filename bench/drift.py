@@ -23,16 +23,20 @@ the same), and its reference profile is built once the way ``train_model``'s reg
 and, for scale, **profile**: reading the whole training window and building the profile (what monitoring
 never does again). Every lake read during the monitor is recorded: it reads the monitored month and no
 other, which is what keeps it at a few seconds whatever the training window's size. The figures go to
-``bench/results/drift.md``; exits 1 if the monitor read any other partition.
+``bench/results/drift.md``; exits 1 if the monitor read any other partition. The temporary folder (home, model,
+reports, a synthetic lake) is removed at the end, whatever happened, unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +52,33 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A temporary folder, removed afterwards whatever happened, unless ``keep`` (then its path is said)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"bench/drift.py: kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lake", default=None, help="lake URI (default: the project's .tenfold/lake)")
     parser.add_argument("--synthetic", action="store_true", help="full-size synthetic months in a temp lake")
     parser.add_argument("--month", default=None, help="the 2013 month to monitor, YYYY-MM (default: the lake's newest)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (home, model, reports, lake)")
     args = parser.parse_args(argv)
+    with scratch("tenfold-bench-drift-", args.keep) as tmp:
+        return measure(args, argv, tmp)
 
+
+def measure(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
+    """The benchmark itself, with its files under ``tmp``."""
     import numpy as np
     import torch
 
@@ -68,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
     workload = get_workload("flights")
     contract = workload.contract
-    tmp = Path(tempfile.mkdtemp(prefix="tenfold-bench-drift-"))
     settings = build_settings("local", {"TENFOLD_HOME": str(tmp / "home")})
     table = settings.storage.features_table
     lake_uri = args.lake or (project_root() / ".tenfold" / "lake").as_uri()

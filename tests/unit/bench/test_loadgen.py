@@ -3,13 +3,15 @@
 The end-to-end tests run the real generator against a real HTTP server on loopback (an asyncio server in a
 thread) that stalls once for 300 ms, the way a GC pause or a stuck batch would: a closed loop barely
 sees the stall (its one connection waits, then carries on), the open loop charges it to every request
-that was due during it. About 2 s in all.
+that was due during it. Two more servers of the same kind: one that never answers its first request (a hung
+connection) and one that fails every tenth. About 5 s in all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import sys
 import threading
 import time
@@ -92,13 +94,18 @@ class _StallingServer:
                               if line.lower().startswith(b"content-length:"))
                 await reader.readexactly(length)
                 self.requests += 1
-                if not self.stalled and self.started and time.perf_counter() - self.started > self.stall_after_s:
-                    self.stalled = True
-                    time.sleep(STALL_S)  # blocks the whole server, as a real pause would
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
-                await writer.drain()
+                await self._answer(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:  # a handler cancelled when the server stops (one that never answered) closes its socket too
             writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        if not self.stalled and self.started and time.perf_counter() - self.started > self.stall_after_s:
+            self.stalled = True
+            time.sleep(STALL_S)  # blocks the whole server, as a real pause would
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+        await writer.drain()
 
     def arm(self) -> None:
         self.started, self.stalled = time.perf_counter(), False
@@ -162,3 +169,55 @@ def test_a_closed_loop_counts_every_answer_of_its_run_for_the_servers_cpu(server
     assert phase.errors == 0 and phase.ok > 50
     assert phase.answered == server.requests  # every request the server answered, warm-up and tail included
     assert phase.answered > 1.5 * phase.ok  # the warm-up's answers as well as the window's
+    # The requests in flight when the window closed were answered just after it: none is counted unanswered.
+    assert phase.unanswered == 0
+
+
+class _FirstRequestHangs(_StallingServer):
+    """Answers 200 at once, except its very first request, which it never answers (the connection stays open)."""
+
+    def __init__(self) -> None:
+        super().__init__(stall_after_s=math.inf)
+        self.hung = False
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        if not self.hung:
+            self.hung = True
+            await asyncio.Event().wait()  # forever: cancelled when the server stops
+        await super()._answer(writer)
+
+
+class _FailsEveryTenth(_StallingServer):
+    """Answers 200 at once, except every tenth request: 500."""
+
+    def __init__(self) -> None:
+        super().__init__(stall_after_s=math.inf)
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        if self.requests % 10 == 0:
+            writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        else:
+            await super()._answer(writer)
+
+
+def test_a_closed_loop_counts_a_connection_the_server_never_answered() -> None:
+    """The request's timeout fires after the window closed (send + timeout_s): it was recorded nowhere, and a server
+    that never answered one of two connections showed 0 errors and a p99 of 0.16 ms."""
+    with _FirstRequestHangs() as server:
+        url = f"http://127.0.0.1:{server.port}/v1/predict"
+        spec = loadgen.Spec(url=url, mode="closed", duration_s=0.5, concurrency=2, timeout_s=1.5)
+        phase = asyncio.run(loadgen.run_phase(spec, [b'{"flight": %d}' % i for i in range(50)]))
+    assert server.hung and phase.ok > 10  # the other connection was answered all along
+    assert phase.unanswered == 1 and phase.errors == 0  # its timeout came after the window: unanswered, not an error
+    assert "unanswered" in phase.first_error and "TimeoutError" in phase.first_error
+
+
+def test_an_open_loop_counts_failed_requests_as_the_slowest() -> None:
+    """Failed requests were dropped from the percentiles: a server failing one request in ten kept a finite p99."""
+    with _FailsEveryTenth() as server:
+        url = f"http://127.0.0.1:{server.port}/v1/predict"
+        spec = loadgen.Spec(url=url, mode="open", duration_s=0.5, rate=200.0, max_connections=4)
+        phase = asyncio.run(loadgen.run_phase(spec, [b'{"flight": %d}' % i for i in range(50)]))
+    assert phase.sent == 100 and phase.errors == 10 and phase.statuses.get("500") == 10
+    assert math.isinf(phase.p99_ms) and math.isfinite(phase.p50_ms)

@@ -1,0 +1,39 @@
+"""bench/features.py's bookkeeping: the profile's best run, and what its reproducibility line may claim."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+
+
+def _load() -> ModuleType:
+    if (loaded := sys.modules.get("bench_features")) is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("bench_features", BENCH / "features.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+features = _load()
+
+
+def test_the_profile_keeps_the_wall_and_cpu_of_one_run() -> None:
+    """The least wall and the least CPU were taken apart: (10 s, 15 CPU s) and (12 s, 9 CPU s) made 10 s / 9 CPU s."""
+    best = None
+    for wall, cpu in [(12.0, 9.0), (10.0, 15.0), (11.0, 8.0)]:
+        best = features.keep_best(best, wall, cpu)
+    assert best == (10.0, 15.0)
+
+
+def test_one_run_is_not_called_byte_identical() -> None:
+    assert features.reproducibility([["a", "b"]]).startswith("not checked (one run")
+    assert features.reproducibility([]).startswith("not checked")
+    assert features.reproducibility([["a", "b"], ["a", "b"]]) == "byte-identical"
+    assert features.reproducibility([["a", "b"], ["a", "c"]]) == "DIFFERENT"
