@@ -209,8 +209,10 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     torchrun's ``--standalone`` hosts its rendezvous and agent TCP stores on every interface (TCPStore
     takes no bind address). Instead the ranks rendezvous through a file (:func:`torchrun_command`), the
     agent hosts no store (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``), rank 0 hosts it on a socket bound to
-    ``MASTER_ADDR`` (``--local-addr``; :func:`tenfold.training.worker.init_distributed`), and gloo uses the
-    loopback interface instead of whatever the host name resolves to.
+    ``MASTER_ADDR`` (``--local-addr``; :func:`tenfold.training.worker.init_distributed`), and gloo and NCCL use the
+    loopback interface instead of whatever the host name resolves to: NCCL (``backend="nccl"`` on a GPU machine)
+    skips ``lo`` when another interface exists, and opened its bootstrap and proxy listeners on the machine's real
+    address. ``NCCL_SOCKET_IFNAME``'s leading ``=`` asks for exactly that interface (not every name it prefixes).
     """
     import ipaddress
     import socket
@@ -225,12 +227,12 @@ def loopback_env(settings: Settings) -> dict[str, str]:
         return host in ipaddress.ip_network(f"{addr.address}/{addr.netmask}", strict=False)
 
     iface = next((n for n, addrs in psutil.net_if_addrs().items() if any(holds(a) for a in addrs)), None)
-    if iface is None:  # without it gloo listens where the host name resolves: beyond loopback
-        raise ValueError(f"no network interface holds local.bind_host {host} (`ip addr` lists them): gloo would "
+    if iface is None:  # without it gloo and NCCL listen where the host name resolves: beyond loopback
+        raise ValueError(f"no network interface holds local.bind_host {host} (`ip addr` lists them): gloo and NCCL would "
                          "listen on the address the host name resolves to; set TENFOLD_LOCAL__BIND_HOST=127.0.0.1")
     from tenfold.training.node import OWN_STORE_ENV
 
-    return {**OWN_STORE_ENV, "GLOO_SOCKET_IFNAME": iface}
+    return {**OWN_STORE_ENV, "GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": f"={iface}"}
 
 
 def torchrun_command(settings: Settings, out: str, *, nproc: int, job_id: str, max_restarts: int,

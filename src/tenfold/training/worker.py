@@ -36,7 +36,8 @@ construction, ``train`` -> ``_run_epoch`` -> ``_run_batch``, and ``_save_snapsho
 
 ``--config`` and ``--out`` may be URIs (``gs://`` on the cloud training group): the worker then trains
 in a local scratch folder and mirrors checkpoints, the model and the result to ``--out``
-(:mod:`tenfold.training.remote`).
+(:mod:`tenfold.training.remote`). The scratch folder is named after the run and the rank
+(:func:`scratch_folder`), so the next round or task retry empties the one a killed worker left.
 
 Test-only fault hooks (:mod:`tenfold.training.faults`): ``TENFOLD_TRAIN_FAULT`` holds a rank in the middle
 of a step, or rank 0 halfway through writing a checkpoint, until a test SIGKILLs it; or makes a rank raise.
@@ -46,11 +47,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -589,6 +592,32 @@ class Trainer:
         }
 
 
+def scratch_folder(out: str, rank: int) -> Path:
+    """A new, empty folder only this user may enter (mode 0700) in which rank ``rank`` of the run writing to the URI
+    ``out`` trains: ``$TMPDIR/tenfold-train-<sha256 of out>-r<rank>``, emptied of what an earlier round left.
+
+    It used to be a fresh ``mkdtemp`` each round, removed in a ``finally`` that a SIGKILL, the OOM killer or
+    SIGTERM's default action skips: every restart round and task retry left a copy of the run's checkpoints on
+    the training VM's disk. The name is the same for every round of one run and rank (two ranks on one machine,
+    or two runs, never share one), so each round removes its predecessor's folder first. A path that exists and
+    is not a directory of this user's (a link, another user's: a shared /tmp) is refused, never followed or
+    entered; the folder is created with ``os.mkdir``, which fails where another process created the name since.
+    """
+    key = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"tenfold-train-{key}-r{rank}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise WorkerError(f"the scratch folder {path} exists and is not a folder of this user's (a link, a file, "
+                              "another user's): remove it, or set TMPDIR to a folder only this user may write")
+        shutil.rmtree(path)  # an earlier round's, killed before its own cleanup
+    os.mkdir(path, 0o700)
+    return path
+
+
 def _record_refusal(exc: BaseException, rank: int, out: Path, mirror: RemoteDir | None) -> None:
     """Write :data:`REFUSED_FILE` when ``exc``'s class says ``retryable = False`` (the run cannot succeed on any try:
     a batch its rows cannot fill); best effort, the error itself is raised either way."""
@@ -617,7 +646,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cfg = TrainConfig.from_dict(json.loads(read_text(args.config)))
     mirror = RemoteDir(args.out) if is_remote(args.out) else None
-    out = Path(tempfile.mkdtemp(prefix=f"tenfold-train-r{rank}-")) if mirror else Path(args.out)
+    out = scratch_folder(args.out, rank) if mirror else Path(args.out)
+    try:  # the scratch folder goes whatever fails (a kill skips this: the next round's scratch_folder removes it)
+        _train(cfg, out, rank, world, local_rank, mirror)
+    finally:
+        if mirror is not None:
+            shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+def _train(cfg: TrainConfig, out: Path, rank: int, world: int, local_rank: int, mirror: RemoteDir | None) -> None:
+    """:func:`main`'s rank: join the group, train into ``out`` and write the result (to ``mirror``, a remote --out)."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
     try:  # refuse nccl without CUDA, or without a GPU for this rank, before joining any group
@@ -648,9 +687,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 atomic_write(out / RESULT_FILE, body.encode())
     finally:
         dist.destroy_process_group()
-        if mirror is not None:
-            shutil.rmtree(out, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Fixtures for real torchrun runs: a small synthetic lake and the uninterrupted reference run."""
+"""Fixtures for real torchrun runs: a small synthetic lake and the uninterrupted reference runs (``reference_run``
+without dropout or early stopping, ``resume_reference`` with both, for the runs that are killed or resumed)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +36,8 @@ def train_settings(make_settings: Callable[..., Settings]) -> Settings:
 @pytest.fixture(scope="session")
 def small_config(synthetic_lake: Lake) -> TrainConfig:
     # dropout 0: the reference run also serves the DDP-vs-one-process equivalence, where dropout masks
-    # cannot match; the RNG restore that dropout needs is tested in tests/unit/training/test_checkpoint.py.
-    # No early stopping, so every run takes exactly 50 steps; the best epoch is still chosen on the slice
-    # (the newest 14 days), which the resume tests cover.
+    # cannot match. No early stopping, so every run takes exactly 50 steps. A killed and resumed run is compared
+    # with an uninterrupted one under resume_config, whose dropout and early stopping a resume must restore.
     return TrainConfig(
         lake_uri=synthetic_lake.uri, train_months=TRAIN_MONTHS, batch_size=32, epochs=5, max_steps=50,
         checkpoint_every=8, seed=11, model=ModelConfig(embedding_dim=4, hidden=(16, 8), dropout=0.0), threads=1,
@@ -50,6 +51,50 @@ def reference_run(
 ) -> TrainResult:
     """An uninterrupted 2-rank gloo run of ``small_config``."""
     return run_torchrun(train_settings, small_config, tmp_path_factory.mktemp("reference"), nproc=2, timeout_s=240)
+
+
+@pytest.fixture(scope="session")
+def resume_config(small_config: TrainConfig) -> TrainConfig:
+    """``small_config`` with dropout and early stopping, for the runs that are killed or resumed: dropout is what
+    draws on the RNG during training, so only with it does a resume that loses the ranks' RNG streams end elsewhere;
+    and the epoch choice and the count of epochs without gain must carry over a restart. With this learning rate
+    the run takes 4 epochs of 15 steps: epoch 1 is best, 2 and 3 are not, and it stops at step 60 (of 120)."""
+    return small_config.with_(model=dataclasses.replace(small_config.model, dropout=0.3), patience=2, epochs=8,
+                              max_steps=None, lr=0.01)
+
+
+@pytest.fixture(scope="session")
+def resume_reference(
+    train_settings: Settings, resume_config: TrainConfig, tmp_path_factory: pytest.TempPathFactory
+) -> TrainResult:
+    """An uninterrupted 2-rank gloo run of ``resume_config``: what every killed or resumed run must end as."""
+    result = run_torchrun(train_settings, resume_config, tmp_path_factory.mktemp("resume-reference"), nproc=2,
+                          timeout_s=240)
+    chosen = result.raw["validation"]
+    # What makes the comparisons worth making: it stopped early, keeping an epoch before the last it scored.
+    assert chosen["stopped_early"] and result.steps == 60, chosen
+    assert chosen["best_epoch"] == 1 and len(chosen["history"]) == 4, chosen
+    return result
+
+
+def assert_same_run(result: TrainResult, reference: TrainResult) -> None:
+    """``result`` (a local folder, or a file:// URI's) ended bit for bit where the uninterrupted ``reference`` did:
+    its steps, every step's loss, its weights, and its epoch choice and calibration (as the model's meta records)."""
+    import json
+
+    import torch
+
+    assert result.steps == reference.steps
+    assert read_losses(Path(result.out_dir)) == read_losses(Path(reference.out_dir))
+    a = torch.load(Path(result.model_dir) / "weights.pt", weights_only=True)
+    b = torch.load(Path(reference.model_dir) / "weights.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs from the uninterrupted run"
+    assert result.raw["validation"] == reference.raw["validation"]
+    assert result.raw["calibration"] == reference.raw["calibration"]
+    meta = [json.loads((Path(r.model_dir) / "meta.json").read_text())["extra"]["validation"] for r in (result, reference)]
+    assert meta[0] == meta[1]
 
 
 def read_losses(out: Path) -> dict[int, float]:

@@ -17,7 +17,7 @@ from tenfold.training.config import TrainConfig
 from tenfold.training.launch import TrainingFailed, TrainingTimeout, TrainResult, run_torchrun
 from tenfold.training.worker import FAULT_ENV
 
-from .conftest import read_losses
+from .conftest import assert_same_run, read_losses
 
 
 def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
@@ -52,19 +52,23 @@ def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(
 
 
 def test_corrupt_newest_checkpoint_is_skipped_on_resume(
-    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+    resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path
 ) -> None:
+    """The run stopped early at the end of epoch 3 (step 60); its newest checkpoint torn, it resumes mid-epoch 3
+    (step 56) with one epoch without gain counted, and must draw the same dropout masks and stop where it did."""
     out = tmp_path / "run"
-    shutil.copytree(reference_run.out_dir, out)
+    shutil.copytree(resume_reference.out_dir, out)
     shutil.rmtree(out / "model")
     newest = list_checkpoints(out / "checkpoints")[-1]
-    assert newest.step == 50
+    assert newest.step == resume_reference.steps == 60
     newest.path.write_bytes(newest.path.read_bytes()[: newest.path.stat().st_size // 2])  # truncated
-    resumed = run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=240)
-    previous = list_checkpoints(reference_run.out_dir / "checkpoints")[-2].step
-    assert resumed.resumed_from_step == previous < 50
+    resumed = run_torchrun(train_settings, resume_config, out, nproc=2, timeout_s=240)
+    previous = list_checkpoints(resume_reference.out_dir / "checkpoints")[-2].step
+    assert resumed.resumed_from_step == previous == 56
     assert "skipping checkpoint" in (out / "torchrun.log").read_text()
-    _assert_same_weights(_weights(resumed), _weights(reference_run))
+    # Steps 57-60 trained again (their rows appended after the reference's, and read in their stead).
+    assert len((out / "losses.jsonl").read_text().splitlines()) == 60 + 4
+    assert_same_run(resumed, resume_reference)
 
 
 def test_a_job_relaunched_after_it_finished_reports_the_last_steps_loss_not_nan(
@@ -230,6 +234,70 @@ def test_a_run_into_a_uri_leaves_no_local_folder_behind(
     from tenfold.training.launch import launch_folder
 
     assert sorted(p.name for p in launch_folder(train_settings, out).iterdir()) == [".job.lock"]
+
+
+def test_a_uri_runs_scratch_folder_is_its_ranks_own_and_the_next_round_empties_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each round took a fresh mkdtemp, removed only in a ``finally`` a kill skips: every restart round and task retry
+    left another copy of the run's checkpoints on the training VM's disk. The folder is now named after the run and
+    the rank, so a round finds the one a killed round left (killed for real in test_fault_training.py)."""
+    import os
+    import stat
+    import tempfile
+
+    from tenfold.training.worker import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    uri = "gs://bucket/runs/a"
+    first = scratch_folder(uri, 0)
+    assert first.parent == tmp_path and first.name.startswith("tenfold-train-") and first.name.endswith("-r0")
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700 and first.stat().st_uid == os.getuid()
+    (first / "checkpoints").mkdir()
+    (first / "checkpoints" / "ckpt-00000008.pt").write_bytes(b"a killed round's download")
+    again = scratch_folder(uri + "/", 0)  # the next round (the same URI, however it ends)
+    assert again == first and list(again.iterdir()) == []
+    assert stat.S_IMODE(again.stat().st_mode) == 0o700
+    # Two ranks on one machine, and two runs, never share one.
+    others = {scratch_folder(uri, 1), scratch_folder("gs://bucket/runs/b", 0), scratch_folder("file:///runs/a", 0)}
+    assert first not in others and len(others) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (first, *others))
+
+
+@pytest.mark.parametrize("squatter", ["link", "file", "other user's folder"])
+def test_a_uri_runs_scratch_name_held_by_anything_but_this_users_folder_is_refused_and_left_alone(
+    squatter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is predictable (the run's URI is on the command line): in a shared /tmp another user may create it
+    first. A link is never followed (removing or filling its target), nor another user's folder used."""
+    import os
+    import tempfile
+
+    from tenfold.training.worker import WorkerError, scratch_folder
+
+    uri = "gs://bucket/runs/a"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = scratch_folder(uri, 0)
+    path.rmdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("not the worker's")
+    if squatter == "link":
+        path.symlink_to(victim, target_is_directory=True)
+    elif squatter == "file":
+        path.write_text("someone's")
+    else:
+        if os.getuid() != 0:
+            pytest.skip("making a folder another user's takes root")
+        path.mkdir()
+        (path / "keep").write_text("not the worker's")
+        os.chown(path, 65534, 65534)
+    with pytest.raises(WorkerError, match=rf"{path} exists and is not a folder of this user's"):
+        scratch_folder(uri, 0)
+    assert (victim / "keep").read_text() == "not the worker's"
+    assert path.is_symlink() if squatter == "link" else path.is_file() if squatter == "file" else \
+        (path / "keep").read_text() == "not the worker's"
 
 
 _JOIN = """

@@ -1,6 +1,6 @@
 """Real SIGKILLs of torchrun workers at exact points: rank 0 halfway through writing a checkpoint, rank 1 in
-the middle of a step. Each run resumes from the newest valid checkpoint and ends with the weights of the
-uninterrupted run, bit for bit.
+the middle of a step. Each run resumes from the newest valid checkpoint and ends as the uninterrupted run
+(``resume_reference``: dropout, early stopping) does, bit for bit: weights, losses, epoch choice and calibration.
 
 The hook of :mod:`tenfold.training.faults` holds the named rank at its point and writes a ready file with
 its pid; a thread here waits for that file (a condition with a deadline), records what is on disk at that
@@ -31,19 +31,9 @@ from tenfold.training.config import TrainConfig
 from tenfold.training.faults import FAULT_ENV
 from tenfold.training.launch import TrainingFailed, TrainResult, run_torchrun
 
-from .conftest import read_losses
+from .conftest import assert_same_run
 
 READY_TIMEOUT_S = 300.0  # as long as the run itself may take: the killer never gives up first
-
-
-def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
-    return torch.load(Path(result.model_dir) / "weights.pt", weights_only=True)
-
-
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs from the uninterrupted run"
 
 
 def newest_valid_step(folder: Path) -> int | None:
@@ -63,6 +53,7 @@ class Killer:
 
     ready: Path
     checkpoints: Path
+    scratch: Path | None = None  # the workers' TMPDIR: its tenfold-train-* folders are listed at the kill
     seen: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
 
@@ -86,6 +77,8 @@ class Killer:
                          "files": sorted(p.name for p in self.checkpoints.iterdir())}
             if "partial" in body:
                 self.seen["partial_bytes"] = Path(body["partial"]).stat().st_size
+            if self.scratch is not None:
+                self.seen["scratch"] = sorted(p.name for p in self.scratch.glob("tenfold-train-*"))
             os.kill(body["pid"], signal.SIGKILL)
             # Gone, and by this signal: the hook never returns (it would only exit after PAUSE_LIMIT_S).
             # (torchrun's log is no witness: it may name the other rank, whose collective broke first.)
@@ -102,12 +95,12 @@ class Killer:
 
 
 def test_rank0_killed_while_writing_a_checkpoint_resumes_from_the_newest_valid_one_bit_for_bit(
-    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+    resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path
 ) -> None:
     out, ready, step = tmp_path / "run", tmp_path / "ready.json", 24  # a checkpoint step (every 8)
     killer = Killer(ready, out / "checkpoints")
     result = run_torchrun(
-        train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=1,
+        train_settings, resume_config, out, nproc=2, timeout_s=300, max_restarts=1,
         env={FAULT_ENV: f"rank=0,step={step},at=checkpoint,mode=pause,ready={ready}"},
     )
     seen = killer.result()
@@ -115,40 +108,44 @@ def test_rank0_killed_while_writing_a_checkpoint_resumes_from_the_newest_valid_o
     assert seen["rank"] == 0 and seen["checkpoint"] == f"ckpt-{step:08d}.pt"
     assert 0 < seen["partial_bytes"] == seen["written"] < seen["total"]
     assert Path(seen["partial"]).name in seen["files"] and f"ckpt-{step:08d}.pt" not in seen["files"]
-    assert seen["newest_valid"] == 16
-    # The restart resumed from the newest valid checkpoint, never from the partial one.
+    assert seen["newest_valid"] == 16  # mid-epoch: batch 1 of epoch 1 (15 steps per epoch)
+    # The restart resumed from the newest valid checkpoint, never from the partial one, and drew the same dropout
+    # masks from there as the uninterrupted run (the ranks' RNG streams are restored).
     assert result.restart_count == 1
     assert result.resumed_from_step == seen["newest_valid"]
-    assert result.steps == reference_run.steps == 50
-    _assert_same_weights(_weights(result), _weights(reference_run))
-    assert read_losses(out) == read_losses(reference_run.out_dir)
+    assert_same_run(result, resume_reference)
     assert not list((out / "checkpoints").glob(".*.tmp-*")), "the killed writer's temporary file was not cleaned up"
 
 
 def test_rank1_killed_mid_step_resumes_from_the_newest_valid_checkpoint_bit_for_bit(
-    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path,
+    resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Output to a URI, as on the cloud training group: the workers train in scratch folders and the
     # restarted ones resume from the checkpoints mirrored there. The scratch folders (TMPDIR of the
     # workers) and the launcher's own go under this test's folder.
-    out, ready, step = tmp_path / "killed", tmp_path / "ready.json", 31  # one step past the epoch-end checkpoint
-    (tmp_path / "scratch").mkdir()
+    out, ready, step = tmp_path / "killed", tmp_path / "ready.json", 46  # one step past the epoch-end checkpoint
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     (tmp_path / "launch").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "launch"))
-    killer = Killer(ready, out / "checkpoints")
+    killer = Killer(ready, out / "checkpoints", scratch)
     result = run_torchrun(
-        train_settings, small_config, out.as_uri(), nproc=2, timeout_s=300, max_restarts=1,
-        env={FAULT_ENV: f"rank=1,step={step},at=step,mode=pause,ready={ready}", "TMPDIR": str(tmp_path / "scratch")},
+        train_settings, resume_config, out.as_uri(), nproc=2, timeout_s=300, max_restarts=1,
+        env={FAULT_ENV: f"rank=1,step={step},at=step,mode=pause,ready={ready}", "TMPDIR": str(scratch)},
     )
     seen = killer.result()
     assert seen["rank"] == 1 and seen["step"] == step
-    assert seen["newest_valid"] == 30  # the end of epoch 2 (15 steps per epoch)
+    # The end of epoch 2 (15 steps per epoch), its first without gain: the restart must count it, and stop after
+    # epoch 3 as the uninterrupted run does, with epoch 1's weights.
+    assert seen["newest_valid"] == 45
     assert result.restart_count == 1
     assert result.resumed_from_step == seen["newest_valid"]
-    assert result.steps == reference_run.steps == 50
-    _assert_same_weights(_weights(result), _weights(reference_run))
-    assert read_losses(Path(result.out_dir)) == read_losses(reference_run.out_dir)
+    assert_same_run(result, resume_reference)
+    # Each rank trained in a scratch folder of its own (both there at the kill). The SIGKILLed rank 1 never ran its
+    # cleanup: the next round's rank 1 removed its folder, and the last round's own went when it finished.
+    assert sorted(p.name for p in scratch.glob("tenfold-train-*")) == [], "a round's scratch folder was left behind"
+    assert len(seen["scratch"]) == 2 and [n[-3:] for n in seen["scratch"]] == ["-r0", "-r1"], seen["scratch"]
 
 
 def test_a_killed_rank_is_named_as_the_cause_not_the_rank_whose_all_reduce_it_broke(
@@ -199,7 +196,7 @@ run_torchrun(settings, config, out, nproc=2, timeout_s=300, max_restarts=0, env=
 
 
 def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses_while_that_launcher_lives(
-    reference_run: TrainResult, train_settings: Settings, small_config: TrainConfig, tmp_path: Path
+    resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path
 ) -> None:
     """An Airflow task SIGKILLed mid-training leaves its torchrun job running (a session of its own), and the retry
     launches into the same folder: two jobs would write one folder's checkpoints (a snapshot of the second deletes
@@ -212,7 +209,7 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
 
     out, ready = tmp_path / "run", tmp_path / "ready.json"
     args = tmp_path / "args.pkl"
-    args.write_bytes(pickle.dumps((train_settings, small_config, out,
+    args.write_bytes(pickle.dumps((train_settings, resume_config, out,
                                    {FAULT_ENV: f"rank=1,step=20,at=step,mode=pause,ready={ready}"})))
     launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(args)], start_new_session=True)
     try:
@@ -224,7 +221,7 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
         paused = psutil.Process(json.loads(ready.read_text())["pid"])
 
         with pytest.raises(TrainingFailed, match=rf"another launch \(pid {launcher.pid}\) is training into"):
-            run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0)
+            run_torchrun(train_settings, resume_config, out, nproc=2, timeout_s=300, max_restarts=0)
         assert paused.is_running(), "the refused launch stopped the live launcher's job"
 
         job = psutil.Process(json.loads((out / ".job.json").read_text())["job"]["pid"])
@@ -233,12 +230,10 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
         launcher.wait(30)
         assert job.is_running() and paused.is_running()
 
-        result = run_torchrun(train_settings, small_config, out, nproc=2, timeout_s=300, max_restarts=0)
+        result = run_torchrun(train_settings, resume_config, out, nproc=2, timeout_s=300, max_restarts=0)
         assert not job.is_running() and not paused.is_running(), "the orphaned job was left running"
         assert result.resumed_from_step == 16  # the newest checkpoint before step 20 (every 8)
-        assert result.steps == reference_run.steps == 50
-        _assert_same_weights(_weights(result), _weights(reference_run))
-        assert read_losses(out) == read_losses(reference_run.out_dir)
+        assert_same_run(result, resume_reference)
     finally:  # nothing of A outlives the test, whatever failed
         holder = json.loads((out / ".job.json").read_text()) if (out / ".job.json").exists() else {}
         for pgid in (launcher.pid, (holder.get("job") or {}).get("pid")):

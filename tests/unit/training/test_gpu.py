@@ -35,10 +35,11 @@ def test_nccl_training_on_cuda(train_settings: Settings, small_config: TrainConf
     assert np.isfinite(probabilities).all() and ((probabilities > 0) & (probabilities < 1)).all(), probabilities
 
 
-def test_a_run_on_cuda_resumes_from_its_checkpoint_bit_for_bit(train_settings: Settings, small_config: TrainConfig,
+def test_a_run_on_cuda_resumes_from_its_checkpoint_bit_for_bit(train_settings: Settings, resume_config: TrainConfig,
                                                                tmp_path: Path) -> None:
-    """Every resume on a GPU used to fail: the snapshot was loaded to cuda, and the RNG states with it."""
-    config = small_config.with_(backend="nccl")
+    """Every resume on a GPU used to fail: the snapshot was loaded to cuda, and the RNG states with it. With dropout
+    (resume_config), so a resume that lost the RNG states would differ."""
+    config = resume_config.with_(backend="nccl")
     clean = run_torchrun(train_settings, config, tmp_path / "clean", nproc=1, timeout_s=300)
     out = tmp_path / "resumed"
     shutil.copytree(clean.out_dir, out)

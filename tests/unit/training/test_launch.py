@@ -47,6 +47,17 @@ def test_gloo_stays_on_the_loopback_interface_for_any_loopback_bind_host(host: s
     assert loopback_env(settings)["GLOO_SOCKET_IFNAME"] == "lo"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+def test_nccl_stays_on_the_same_loopback_interface_as_gloo(host: str, tmp_path: Path) -> None:
+    """Only gloo was pinned: NCCL skips ``lo`` when another interface exists, so a one-machine job on backend nccl
+    opened its bootstrap and proxy listeners on the machine's real address. ``=`` names that interface exactly."""
+    from tenfold.training.launch import loopback_env
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__BIND_HOST": host})
+    env = loopback_env(settings)
+    assert env["NCCL_SOCKET_IFNAME"] == "=" + env["GLOO_SOCKET_IFNAME"] == "=lo"
+
+
 def test_multi_node_uses_c10d_at_the_endpoint_from_settings() -> None:
     base = build_settings("dev")
     with pytest.raises(ValueError, match=r"needs settings\.training\.rdzv_host"):
