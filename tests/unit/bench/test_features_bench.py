@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from _siblings import load  # bench/ is on the path: tests/unit/bench/conftest.py
 
-BENCH = Path(__file__).resolve().parents[3] / "bench"
-
-
-def _load() -> ModuleType:
-    if (loaded := sys.modules.get("bench_features")) is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location("bench_features", BENCH / "features.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-features = _load()
+features = load("features")
 
 
 def test_the_profile_keeps_the_wall_and_cpu_of_one_run() -> None:

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+from _siblings import load  # bench/ is on the path: tests/unit/bench/conftest.py
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[3] / "bench" / "serving.py"
-    spec = importlib.util.spec_from_file_location("bench_serving", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-serving = _load()
+serving = load("serving")
 
 RAW = "\n".join([
     # the model thread: torch under the replica's predict -> model forward

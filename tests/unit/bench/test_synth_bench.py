@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from _siblings import load  # bench/ is on the path: tests/unit/bench/conftest.py
 
-BENCH = Path(__file__).resolve().parents[3] / "bench"
-
-
-def _load() -> ModuleType:
-    if (loaded := sys.modules.get("bench_synth")) is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location("bench_synth", BENCH / "synth.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load()
+synth = load("synth")
 
 
 def _fake_children(monkeypatch: pytest.MonkeyPatch, prod_resources: int) -> None:

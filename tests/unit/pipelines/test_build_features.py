@@ -115,6 +115,18 @@ def test_the_input_gate_refuses_a_truncated_history_month_then_heals(settings, l
     assert lake.has_manifest("flights", Partition(2013, 1))
 
 
+def _the_withdrawn_history_month_alerted(settings, alerts):
+    """Run 2013-02 again, which withdraws its truncated history month 2013-01: refused naming it, in one alert
+    (returned)."""
+    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
+    with pytest.raises(pipeline.InputsRefused) as caught:
+        pipeline.ingest(settings, run)
+    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
+    (alert,) = alerts()
+    assert "flights 2013-01" in alert["details"] and "quarantined at" in alert["details"]["flights 2013-01"]
+    return alert
+
+
 def test_what_this_run_withdrew_is_alerted_though_another_run_withdrew_a_later_input(settings, lake, alerts, monkeypatch):
     """This run withdrew a corrupt history month (quarantined with alert=False, to be alerted once at the end); then
     another run withdrew a later input. The run ended on "withdrawn by another run" alone: the month this run
@@ -123,12 +135,7 @@ def test_what_this_run_withdrew_is_alerted_though_another_run_withdrew_a_later_i
     (path,) = lake.files("flights", Partition(2013, 1))
     Path(path).write_bytes(Path(path).read_bytes()[:1000])  # a truncated history file: this run withdraws it
     _weather_withdrawn_by_another_run(monkeypatch)
-    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
-    with pytest.raises(pipeline.InputsRefused) as caught:
-        pipeline.ingest(settings, run)
-    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
-    (alert,) = alerts()
-    assert "flights 2013-01" in alert["details"] and "quarantined at" in alert["details"]["flights 2013-01"]
+    alert = _the_withdrawn_history_month_alerted(settings, alerts)
     assert alert["details"]["also"].startswith("the checks stopped there: weather 2013-02 was withdrawn by another run")
 
 
@@ -155,12 +162,7 @@ def test_what_this_run_withdrew_is_alerted_though_a_raw_suite_then_could_not_be_
                 "row_condition": 'time_hour.dt.tz_convert("America/New_Yrok").dt.hour == 5', "condition_parser": "pandas"}
         (suites / suite.name).write_text(json.dumps(body))
     monkeypatch.setattr(gate, "get_workload", lambda s: dataclasses.replace(workload, expectations_dir=suites))
-    run = pipeline.plan(settings, dag_id="d", run_id="r2", logical_date=None, month="2013-02")
-    with pytest.raises(pipeline.InputsRefused) as caught:
-        pipeline.ingest(settings, run)
-    assert [(r.table, r.partition) for r in caught.value.reports] == [("flights", "2013-01")] and caught.value.alerted
-    (alert,) = alerts()
-    assert "flights 2013-01" in alert["details"] and "quarantined at" in alert["details"]["flights 2013-01"]
+    alert = _the_withdrawn_history_month_alerted(settings, alerts)
     assert alert["details"]["also"].startswith(f"the checks stopped there: {suites / 'raw_weather.json'}: Great "
                                                "Expectations could not evaluate"), alert["details"]["also"]
     assert lake.has_manifest("weather", Partition(2013, 2))  # the suite's fault withdraws nothing
