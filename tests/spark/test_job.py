@@ -173,3 +173,52 @@ def test_a_killed_job_leaves_the_visible_partition_unchanged(
     assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "clean"
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == FEB_FLIGHTS
     # Whatever the killed job staged was never published (its staging folder is emptied by the next run).
+
+
+def test_airports_whose_zone_spark_cannot_convert_with_are_named_before_the_transform(spark: SparkSession) -> None:
+    """Spark's to_utc_timestamp rejects `localtime`, `Factory`, `ROC` (and zones newer than its Java's tzdata) with
+    [INVALID_TIMEZONE]: the job exited 1, retried until the retries ran out, naming neither the airport nor the table.
+    The job asks its Java which zones it knows and names the airports the month's flights use with another."""
+    known = job.jvm_zone_ids(spark)
+    assert known is not None and "America/New_York" in known
+    assert not {"localtime", "Factory", "ROC"} & known
+    airports = spark.createDataFrame(
+        [("EWR", "America/New_York"), ("LAX", "localtime"), ("BOS", "Factory"), ("XXX", "ROC"), ("ZZZ", None)],
+        "faa string, tzone string")
+    flights = spark.createDataFrame([("EWR", "LAX"), ("BOS", "EWR"), ("EWR", "ZZZ")], "origin string, dest string")
+    frames = {"airports": airports, "flights": flights}
+    zones = WORKLOAD.sources.zone_columns  # the flights workload's: airports.tzone, to flights' origin and dest
+    found = job.unknown_zones(frames, known, zones)
+    # XXX's zone is unknown too, but no flight uses it; ZZZ has none (its arrivals are null, as ever)
+    assert [(key, zone) for _, key, zone in found] == [("BOS", "Factory"), ("LAX", "localtime")]
+    with pytest.raises(job.UnknownZones) as refused:
+        job.check_zones(spark, frames, FEB.label, zones)
+    assert str(refused.value).startswith("the airports table of 2013-02 gives tzone values that Spark's Java does not "
+                                         "know as time zones, to flights of the month: BOS (Factory), LAX (localtime);")
+    assert "tenfold ingest --month 2013-02" in str(refused.value)
+    # Zones it knows: nothing to say (and nothing scanned beyond the airports' zones).
+    job.check_zones(spark, {"airports": airports.where("faa = 'EWR'"), "flights": flights}, FEB.label, zones)
+
+
+def test_the_job_refuses_a_month_whose_airports_give_a_zone_spark_cannot_convert_with(
+    spark: SparkSession, lake_root: Path, tmp_path: Path
+) -> None:
+    """End to end through run(): the month is refused before the transform and before anything is written."""
+    import pyarrow as pa
+
+    broken = tmp_path / "lake"
+    shutil.copytree(lake_root, broken, ignore=shutil.ignore_patterns(FEATURES_TABLE, "_staging", f"{job.LOOKUPS_TABLE}*"))
+    lake = Lake(broken.as_uri())
+    airports = lake.read_table("airports", [FEB])
+    tzone = [("localtime" if faa == "LAX" else z)
+             for faa, z in zip(airports["faa"].to_pylist(), airports["tzone"].to_pylist(), strict=True)]
+    airports = airports.set_column(airports.column_names.index("tzone"), "tzone", pa.array(tzone, pa.string()))
+    staged = broken / "_staging" / "airports" / "bad"
+    staged.mkdir(parents=True)
+    pq.write_table(airports, staged / "part-00000.parquet")
+    lake.publish("airports", FEB, staged.as_uri(), run_id="bad")
+    out = tmp_path / "out"
+    args = job.parse_args(["--lake-uri", lake.uri, "--month", FEB.label, "--output", out.as_uri()])
+    with pytest.raises(job.UnknownZones, match=r"to flights of the month: LAX \(localtime\); correct them"):
+        job.run(spark, args, job.resolve_inputs(lake, FEB, args.history_months, WORKLOAD.sources))
+    assert not out.exists() and not Lake(broken.as_uri()).has_manifest(FEATURES_TABLE, FEB)

@@ -9,8 +9,11 @@ before it, its ``transform``, and its ``contract``, which the written file must 
 cloud); :func:`tenfold.features.submit.spark_submit_features` launches it. Inputs are read only
 through published manifests (each listed file's size is checked first), so a partition that was
 never published or was truncated stops the job with exit code 2 and a message before Spark reads a
-byte. Output goes to ``--output`` (a staging URI); ``--publish`` also publishes it atomically as the
-``features`` partition, which standalone runs use (the DAG validates the staged output first).
+byte; so does an input time zone that Spark's Java does not know, used by the month's rows (:func:`check_zones`,
+before the transform), and ``--output`` or ``--lookups-output`` folders whose emptying would delete lake data
+(:func:`published_data_at`, exit 1 as any refused argument). Output goes to ``--output`` (a staging URI);
+``--publish`` also publishes it atomically as the ``features`` partition, which standalone runs use (the DAG
+validates the staged output first).
 
 The output is ``--output-files`` files (default :data:`OUTPUT_FILES`), ``part-00000.parquet`` to
 ``part-0000<n-1>.parquet``: a row goes to file ``pmod(hash(key columns), n)`` (Spark's Murmur3 hash,
@@ -36,22 +39,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import posixpath
 import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, StorageSettings
+from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE, LakeLayout, StorageSettings
 from tenfold.data.lake import MANIFEST, Lake, LakeError, Partition, schema_hash
 from tenfold.data.parquet import write_sorted, write_table
 from tenfold.features.online import LOOKUPS_KEY, lookup_table
 from tenfold.fsio import filesystem_from_uri, make_dirs
-from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, get_workload
+from tenfold.workloads import FeatureContract, Sources, Workload, WorkloadError, ZoneColumn, get_workload
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,6 +90,11 @@ class ContractError(RuntimeError):
 
 class InjectedFault(RuntimeError):
     """Raised once by the fault-injection hook; never outside tests."""
+
+
+class UnknownZones(RuntimeError):
+    """An input gives a time zone that Spark's Java does not know, to rows the transform converts times of: bad input
+    (exit 2), refused before the transform, which would fail on it with Spark's [INVALID_TIMEZONE] naming no row."""
 
 
 class JobArgumentParser(argparse.ArgumentParser):
@@ -130,14 +139,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # "URI has empty scheme" traceback).
     args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
     args.lookups_output = lookups_staging_uri(args.output) if args.lookups_output is None else _as_uri(args.lookups_output)
-    for flag, uri in (("--output", args.output), ("--lookups-output", args.lookups_output)):
+    # Every folder the job empties: the features' output, and under --lookups-output one folder per lookup (named like
+    # the raw tables: airports, planes, weather), checked too: --lookups-output <lake>/quarantine emptied the
+    # quarantine's weather/ and airports/.
+    emptied = [("--output", args.output, args.output), ("--lookups-output", args.lookups_output, args.lookups_output)]
+    emptied += [("--lookups-output", args.lookups_output, lookup_staging_uri(args.lookups_output, name))
+                for name in _lookup_names(args.workload)]
+    for flag, given, uri in emptied:
         try:
             why = published_data_at(uri, args.lake_uri)
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError: a scheme it does not know
-            p.error(f"{flag} {uri} or --lake-uri {args.lake_uri} cannot be opened ({exc}): give a file:// or gs:// "
+            p.error(f"{flag} {given} or --lake-uri {args.lake_uri} cannot be opened ({exc}): give a file:// or gs:// "
                     "URI, or a local folder")
         if why is not None:
-            p.error(f"{flag} {uri} {why}: the job empties its output folder first, which would delete it; give a "
+            where = given if uri == given else f"{given} (its folder {uri.rsplit('/', 1)[-1]}/, which the job empties)"
+            p.error(f"{flag} {where} {why}: the job empties its output folder first, which would delete it; give a "
                     "staging folder of its own (the DAG uses <lake>/_staging/features/year=/month=/<run>)")
     if args.history_months is None:
         # Resolved here (not lazily) so run() and the log see the number actually used.
@@ -161,16 +177,41 @@ def non_negative(text: str) -> int:
     return value
 
 
-def published_data_at(uri: str, lake_uri: str) -> str | None:
-    """Why emptying the folder ``uri`` would delete published lake data (None: it would not): it is the lake or a
-    folder above it, a table's or a partition's folder, or a data folder of a published partition."""
+# How deep below a folder the job would empty a manifest is looked for (<lake>/<table>/year=/month=/_SUCCESS is 4
+# below the lake, 5 below a folder holding a lake), and how many folders at most are listed looking for one.
+LOOK_BELOW = 5
+LOOK_AT_MOST = 500
+
+
+def _canonical(fs: Any, path: str) -> str:
+    """The one name of the folder ``path`` reaches: on a local disk its real path (symlinks, ``.``, ``..`` and ``//``
+    resolved), in an object store the key with ``.``, ``..`` and ``//`` collapsed (compared as if they were)."""
+    if fs.type_name == "local":
+        return os.path.realpath(path)
+    return posixpath.normpath(path)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def published_data_at(uri: str, lake_uri: str, layout: LakeLayout = LakeLayout()) -> str | None:  # noqa: B008 (frozen)
+    """Why emptying the folder ``uri`` would delete published lake data or the lake's own folders (None: it would
+    not): it is the lake or a folder above it, the lake's staging folder, in its quarantine, inside a table that holds
+    published partitions, a table's or a partition's folder, a folder of a published partition, or a folder that
+    holds a published partition (a manifest, :data:`MANIFEST`, up to :data:`LOOK_BELOW` levels below it).
+
+    Both sides are compared as the folders they reach (:func:`_canonical`): a lake named through a symlink, or an
+    output spelt ``<lake>/.`` or ``<lake>/x/..``, is the lake. A run's staging folder
+    (``<lake>/_staging/<table>/year=/month=/<run>``, :meth:`Lake.staging_path`) passes."""
     from pyarrow import fs as pafs
 
-    fs, root = filesystem_from_uri(uri)
-    lake_fs, lake_root = filesystem_from_uri(lake_uri)
-    root, lake_root = root.rstrip("/"), lake_root.rstrip("/")
-    if fs.type_name == lake_fs.type_name and (root == lake_root or lake_root.startswith(root + "/")):
-        return f"is the lake {lake_uri} or a folder above it"
+    fs, given = filesystem_from_uri(uri)
+    lake_fs, lake_given = filesystem_from_uri(lake_uri)
+    root, lake_root = _canonical(fs, given), _canonical(lake_fs, lake_given)
+    if fs.type_name != "local" and root != given.rstrip("/"):
+        # What the store makes of such a key is its own business: the folder emptied might not be the one checked.
+        return "spells '.', '..' or '//' in its path, which an object store keeps as they are"
 
     def names(folder: str) -> list[str]:
         try:
@@ -178,11 +219,50 @@ def published_data_at(uri: str, lake_uri: str) -> str | None:
         except OSError:  # not a folder, no permission: the write reports it
             return []
 
-    here = names(root)
-    if MANIFEST in here or any(n.startswith(("year=", "month=")) for n in here):
+    def is_file(path: str) -> bool:
+        try:
+            return bool(fs.get_file_info(path).type == pafs.FileType.File)
+        except (OSError, ValueError):  # ArrowInvalid is a ValueError: a bucket name the store refuses
+            return False
+
+    def published(listed: list[str]) -> bool:
+        return MANIFEST in listed or any(n.startswith(("year=", "month=")) for n in listed)
+
+    in_lake: list[str] = []  # its path below the lake, when it is in the lake
+    if fs.type_name == lake_fs.type_name:
+        if _within(lake_root, root):
+            return f"is the lake {lake_uri} or a folder above it"
+        if _within(root, lake_root):
+            in_lake = posixpath.relpath(root, lake_root).split("/")
+            if in_lake[0] == layout.quarantine:
+                return f"is in the lake's {layout.quarantine}/ folder, which keeps refused batches for triage"
+            if in_lake == [layout.staging]:
+                return f"is the lake's {layout.staging}/ folder, which holds every run's staged batches"
+    if published(names(root)):
         return "is a published table's or partition's folder"
-    if "/" in root and MANIFEST in names(root.rsplit("/", 1)[0]):
-        return "is a data folder of a published partition"
+    folder, level = root, 0
+    while (parent := posixpath.dirname(folder)) not in (folder, ""):
+        folder, level = parent, level + 1
+        if is_file(posixpath.join(folder, MANIFEST)):
+            return ("is a data folder of a published partition" if level == 1
+                    else f"is inside the published partition {folder}")
+    if len(in_lake) > 1 and in_lake[0] != layout.staging and published(names(posixpath.join(lake_root, in_lake[0]))):
+        return f"is inside the lake's table {in_lake[0]}, which holds published partitions"
+    # Below it: a copy of a lake, a lake's table reached through a symlink, a published partition moved in.
+    listed, todo = 0, [(root, 0)]
+    while todo:
+        folder, depth = todo.pop()
+        listed += 1
+        if listed > LOOK_AT_MOST:
+            return f"holds more than {LOOK_AT_MOST} folders, too many to check for published data"
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            continue
+        if folder != root and any(i.base_name == MANIFEST for i in infos):
+            return f"holds a published partition ({posixpath.relpath(folder, root)}/{MANIFEST})"
+        if depth < LOOK_BELOW:
+            todo += [(i.path, depth + 1) for i in infos if i.type == pafs.FileType.Directory]
     return None
 
 
@@ -191,6 +271,15 @@ def _history_months(spec: str) -> int:
         return get_workload(spec).sources.history_months
     except WorkloadError:
         return 0  # main() reports the unknown workload with the right exit code
+
+
+def _lookup_names(spec: str) -> tuple[str, ...]:
+    """The lookups the workload writes, one folder each under --lookups-output (none for a workload that cannot be
+    loaded: main() reports it before anything is written)."""
+    try:
+        return tuple(get_workload(spec).contract.lookup_tables)
+    except WorkloadError:
+        return ()
 
 
 def lookups_staging_uri(features_output: str) -> str:
@@ -253,6 +342,74 @@ def history_parts(lake: Lake, part: Partition, months: int, table: str | None) -
     for _ in range(months):
         earliest = earliest.previous()
     return [p for p in lake.published_partitions(table) if earliest <= p < part]
+
+
+# A workload's time zone columns are its own (``Sources.zone_columns``, the flights workload's airports.tzone); a check
+# whose table or columns the month's inputs lack is skipped.
+_NAMED_AT_MOST = 10
+
+
+def jvm_zone_ids(spark: SparkSession) -> frozenset[str] | None:
+    """The region IDs Spark's Java knows (``java.time.ZoneId.getAvailableZoneIds``): its own tzdata, which may be older
+    than the ``zoneinfo`` the quality gate checks names against (a zone added since is unknown to it). None where the
+    session has no JVM in this process (Spark Connect)."""
+    jvm = spark._jvm
+    if jvm is None:
+        return None
+    return frozenset(str(z) for z in jvm.java.time.ZoneId.getAvailableZoneIds())
+
+
+def unknown_zones(frames: Mapping[str, DataFrame], known: Collection[str],
+                  columns: Sequence[ZoneColumn]) -> list[tuple[ZoneColumn, str, str]]:
+    """Each (column, key, zone) of the inputs ``frames`` whose zone is not one of ``known`` and that rows of
+    ``column.used_in`` use, sorted by key. The zones are collected first (a table of airports: tiny); only an unknown
+    one costs a scan of the rows that might use it."""
+    from pyspark.sql import functions as F
+
+    found: list[tuple[ZoneColumn, str, str]] = []
+    for col in columns:
+        zones, users = frames.get(col.table), frames.get(col.used_in)
+        if (zones is None or users is None or not {col.key, col.zone} <= set(zones.columns)
+                or not set(col.used_as) <= set(users.columns)):
+            continue
+        bad = sorted(z for (z,) in zones.select(col.zone).distinct().collect() if z is not None and z not in known)
+        if not bad:
+            continue
+        used = None
+        for name in col.used_as:
+            keys = users.select(F.col(name).alias("_tenfold_key"))
+            used = keys if used is None else used.unionByName(keys)
+        assert used is not None  # used_as names one column at least
+        rows = (zones.where(F.col(col.zone).isin(bad)).select(col.key, col.zone).distinct()
+                .join(used.distinct(), F.col(col.key) == F.col("_tenfold_key"), "left_semi")
+                .orderBy(col.key, col.zone).collect())
+        found += [(col, str(r[0]), str(r[1])) for r in rows]
+    return found
+
+
+def zones_message(found: Sequence[tuple[ZoneColumn, str, str]], month: str) -> str:
+    """What to do about the unknown zones ``found`` (:func:`unknown_zones`), as one line."""
+    col = found[0][0]
+    named = ", ".join(f"{key} ({zone})" for _, key, zone in found[:_NAMED_AT_MOST])
+    more = f" and {len(found) - _NAMED_AT_MOST} more" if len(found) > _NAMED_AT_MOST else ""
+    return (f"the {col.table} table of {month} gives {col.zone} values that Spark's Java does not know as time zones, "
+            f"to {col.used_in} of the month: {named}{more}; correct them in the {col.table} table (IANA Area/Location "
+            f"names, e.g. America/New_York) and re-ingest the month (tenfold ingest --month {month}); a zone newer "
+            "than the cluster's Java needs a newer Spark runtime")
+
+
+def check_zones(spark: SparkSession, frames: Mapping[str, DataFrame], month: str,
+                columns: Sequence[ZoneColumn]) -> None:
+    """Refuse (:class:`UnknownZones`) inputs whose rows use a time zone Spark's Java does not know, before the transform
+    fails on it with [INVALID_TIMEZONE], retried as any failure and naming neither the row nor the table. ``columns``:
+    the workload's time zone columns (``Sources.zone_columns``); none, nothing is checked."""
+    if not columns:
+        return
+    known = jvm_zone_ids(spark)
+    if known is None:
+        log.warning("cannot ask Spark's Java which time zones it knows (no JVM in this process): zones not checked")
+    elif found := unknown_zones(frames, known, columns):
+        raise UnknownZones(zones_message(found, month))
 
 
 def fail_once(df: DataFrame, marker: str) -> DataFrame:
@@ -437,6 +594,7 @@ def run(
     history = list(inputs.history)
 
     frames = {table: spark.read.parquet(*uris) for table, uris in inputs.tables.items()}
+    check_zones(spark, frames, part.label, workload.sources.zone_columns)
     marker = spark.conf.get(FAIL_ONCE_CONF, None)
     if marker:
         # The history table is the large one, scanned by several tasks: the retry is a real one.
@@ -601,6 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LakeError as exc:  # in run, only publishing uses the lake (the inputs were resolved above): retryable
         print(f"build_features: publishing {args.month.label} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except UnknownZones as exc:
+        print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as exc:
         first = failure_line(exc)  # while the JVM is up: py4j asks it for the text of its exception
         if _is_bad_input(exc, inputs):

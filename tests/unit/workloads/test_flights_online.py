@@ -220,3 +220,17 @@ def test_an_origin_known_by_its_history_alone_is_served_and_one_known_by_neither
                                              "from JFK, LGA") as err:
         WORKLOAD.online_features({JAN.label: jan}).check(request())
     assert err.value.field == "origin"
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "ROC"])
+def test_an_airport_zone_the_gate_refuses_is_no_zone_online(lookups: dict[str, dict[str, pa.Table]], zone: str) -> None:
+    """_zone took any name zoneinfo knows: `localtime` placed EWR's departures in the serving machine's own zone, and
+    `Factory` or `ROC`, which the Spark job cannot convert with, were served. Online takes the gate's names only."""
+    jan = dict(lookups[JAN.label])
+    airports = jan["airports"]
+    tzone = [zone if faa == "EWR" else z for faa, z in zip(airports["faa"].to_pylist(), airports["tzone"].to_pylist(),
+                                                            strict=True)]
+    jan["airports"] = airports.set_column(airports.column_names.index("tzone"), "tzone", pa.array(tzone, pa.string()))
+    with pytest.raises(RequestInvalid, match="airport 'EWR' has no time zone in the airports table") as err:
+        WORKLOAD.online_features({JAN.label: jan}).check(request())
+    assert err.value.field == "origin"

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from tenfold.workloads import Baseline, FeatureContract, Lookups, OnlineFeatures, Replayed, Sources
+from tenfold.workloads import Baseline, FeatureContract, Lookups, OnlineFeatures, Replayed, Sources, ZoneColumn
 from tenfold.workloads.flights.contract import CONTRACT
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ SOURCES = Sources(
     history_months=12,
     first_month="2013-01",
     last_month="2013-12",
+    # The transform converts each flight's scheduled arrival with its destination's airports.tzone, and online assembly
+    # the departure with the origin's (transform.with_block_minutes).
+    zone_columns=(ZoneColumn("airports", "faa", "tzone", "flights", ("origin", "dest")),),
 )
 
 

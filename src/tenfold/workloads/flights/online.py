@@ -124,6 +124,13 @@ class _Month:
 
 @functools.lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo | None:
+    """The zone ``name`` names, if it is one the quality gate admits (:func:`tenfold.quality.suites.time_zones`), the
+    names Spark reads as the same zone: ``localtime`` was this server's own zone, and ``Factory`` or ``ROC``, which
+    the Spark job cannot convert with, were served as zones."""
+    from tenfold.quality.suites import time_zones
+
+    if name not in time_zones():
+        return None
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -248,8 +255,9 @@ class FlightsOnlineFeatures:
                                  index=i)
         origin_zone = month.zones[r.origin]
         if origin_zone is None:
-            raise RequestInvalid("origin", f"airport {r.origin!r} has no time zone in the airports table, so its "
-                                 "local departure time cannot be placed; choose another origin", index=i)
+            raise RequestInvalid("origin", f"airport {r.origin!r} has no time zone in the airports table (or one "
+                                 "that is not an IANA Area/Location name), so its local departure time cannot be "
+                                 "placed; choose another origin", index=i)
         if r.dest not in month.dests:
             raise RequestInvalid("dest", f"unknown airport {r.dest!r}: not in the airports table or the schedule "
                                  f"of {self._months[m]}; use an FAA code they list", index=i)
