@@ -15,6 +15,7 @@ this module wrote and that are still the same processes. Test fixtures use :func
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,6 +520,7 @@ def serving_up(settings: Settings, *, say: Callable[[str], object] = print) -> b
 # The feedback sink (``tenfold feedback sink``) runs beside the fleet: it lands the sampled predictions and
 # the feedback from Pub/Sub in the lake and joins them whenever it is idle.
 FEEDBACK_SINK = "feedback-sink"
+PUBSUB_PROBE_S = 10.0  # how long feedback_sink_up asks the local Pub/Sub emulator before it refuses to start a sink
 
 
 def feedback_sink_record(settings: Settings) -> ProcessRecord | None:
@@ -572,11 +574,15 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
             return record
         # Started without the local Pub/Sub emulator, the sink retried it for a minute and died: `tenfold serve up`
         # said it was up, exit 0, while no sink ran and predictions and feedback stayed on Pub/Sub.
+        # Asked for a few seconds: the emulator's JVM, busy on two cores, may miss one health check.
         if settings.is_local and settings.messaging.emulator_host:
             pubsub = service(settings, "pubsub")
-            if not _healthy(pubsub.healthy):
-                raise LocalPlatformError(f"{FEEDBACK_SINK}: the Pub/Sub emulator does not answer on {pubsub.url}, "
-                                         "where the sink pulls the predictions and feedback: run `tenfold up`")
+            deadline = time.monotonic() + PUBSUB_PROBE_S
+            while not _healthy(pubsub.healthy):
+                if time.monotonic() >= deadline:
+                    raise LocalPlatformError(f"{FEEDBACK_SINK}: the Pub/Sub emulator does not answer on {pubsub.url}, "
+                                             "where the sink pulls the predictions and feedback: run `tenfold up`")
+                time.sleep(0.5)
         process.remove_pid_file(run_dir(settings), FEEDBACK_SINK)  # a dead one's stale pid file
         record = process.start(
             FEEDBACK_SINK, [sys.executable, "-m", "tenfold.cli", "feedback", "sink"], run_dir=run_dir(settings),

@@ -83,10 +83,11 @@ class HaproxyRouter:
         with file_lock(self.split_map.with_name(".split.lock")):
             # The map file first: HAProxy loads it when it (re)starts, so a split set while it is down (a rollback
             # during its restart) still holds once it is back, even though the runtime API below fails now.
+            unreadable = False
             try:
                 before = read_split_map(self.split_map)  # None: no share in the file (HAProxy then starts at 0)
             except OSError:  # unreadable: the write below meets the same file, and says so
-                before = None
+                before, unreadable = None, True
             try:
                 write_split_map(self.split_map, percent)
             except OSError as exc:
@@ -97,7 +98,9 @@ class HaproxyRouter:
             except BaseException as exc:
                 # A higher share HAProxy did not take goes out of the file again: left there, the next restart of
                 # HAProxy sent it to the canary unannounced, after the command had failed (a lower one stays, above).
-                if percent > (before or 0):  # a lower share (a rollback to 0 included) stays, as above
+                # A lower share (a rollback to 0 included) stays, as above; and a share over a file that could not be
+                # read is not put back as "none" (removed, a restart would take the fleet's default for it).
+                if percent > (before or 0) and not unreadable:
                     self._put_back(before, percent, exc)
                 raise
 

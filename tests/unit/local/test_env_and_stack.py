@@ -975,3 +975,21 @@ def test_the_demo_refuses_a_fleet_on_other_settings_before_any_work(tmp_path, mo
         assert process.is_running(record)
     finally:
         process.stop(record, timeout=5)
+
+
+def test_a_sink_waits_a_moment_for_a_busy_pubsub_emulator_and_refuses_one_that_never_answers(tmp_path, monkeypatch):
+    """The sink is started only where the local Pub/Sub emulator answers; one missed health check (its JVM busy on two
+    cores) is asked again for a few seconds, not taken for an emulator that is down."""
+    from tenfold.local import process, stack
+
+    s = _fresh_settings(tmp_path)
+    answers = iter([False, False, True])
+    monkeypatch.setattr(stack, "_healthy", lambda check: next(answers))
+    real_start = process.start
+    monkeypatch.setattr(process, "start", lambda name, argv, **kwargs: real_start(name, ["sleep", "60"], **kwargs))
+    record = stack.feedback_sink_up(s, say=lambda line: None)
+    process.stop(record, timeout=5)
+    monkeypatch.setattr(stack, "_healthy", lambda check: False)
+    monkeypatch.setattr(stack, "PUBSUB_PROBE_S", 0.6)
+    with pytest.raises(LocalPlatformError, match=r"feedback-sink: the Pub/Sub emulator does not answer on .*run `tenfold up`"):
+        stack.feedback_sink_up(s, say=lambda line: None)

@@ -32,7 +32,7 @@ _NAIVE_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}):(\d{2})(:(\d{2})(\.\d{1,
 
 
 def _naive_minute(value: Any, name: str) -> Any:
-    match = _NAIVE_ISO.match(value) if isinstance(value, str) else None
+    match = _NAIVE_ISO.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError(
             f"{name} must be a local date and time as a naive ISO string, e.g. 2013-01-01T05:15:00 "
