@@ -312,13 +312,12 @@ async def _closed(spec: Spec, client: _Client) -> PhaseResult:
                 ok += good
                 if good:
                     latencies.append((done - sent) * 1000.0)
-            elif done > end and not answered_ok:
+            elif done > end and err is not None:
                 # Sent before the end (the loop sends nothing after it), failed after it: most often a connection
                 # the server never answered, whose timeout fired after the window (send + timeout_s).
+                # (An answer after the end, 2xx or not, is no hang: left out of the window, as a late success is.)
                 unanswered += 1
-                if not late_error:
-                    late_error = (f"unanswered at the window's end, then {type(err).__name__}: {err}" if err is not None
-                                  else f"unanswered at the window's end, then HTTP {status}")
+                late_error = late_error or f"unanswered at the window's end, then {type(err).__name__}: {err}"
             if err is not None:
                 await asyncio.sleep(0.01)  # a refused connection would otherwise spin
         if conn.transport is not None:

@@ -1228,6 +1228,10 @@ def targets(get: dict[tuple[str, str], Phase], who: str = "tenfold", notes: dict
         missing += [f"{p}: its answers were not checked" for p in used if p not in checked]
         used = [p for p in used if p in checked]
     unmeasured = ([f"{'; '.join(own)} (see the notes)"] if own else []) + missing
+    # A phase with requests left unanswered at its end (a hung connection) understates that server's throughput: ours,
+    # or a peer's, which would flatter the ratio.
+    unmeasured += [f"{n}: {get[(n, 'closed')].r['unanswered']} request(s) unanswered at its phase's end (suspect)"
+                   for n in dict.fromkeys((who, *used)) if (n, "closed") in get and get[(n, "closed")].r.get("unanswered")]
     left_out = (f"; left out: {', '.join(differ)} ({ANSWERS_DIFFER}: its figures are for other work)"
                 if differ else "")
     if t and used:

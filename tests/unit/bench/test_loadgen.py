@@ -213,6 +213,36 @@ def test_a_closed_loop_counts_a_connection_the_server_never_answered() -> None:
     assert "unanswered" in phase.first_error and "TimeoutError" in phase.first_error
 
 
+class _FirstRequestAnsweredLateWith503(_StallingServer):
+    """Answers 200 at once, except its very first request, answered 503 a while after (past a short window)."""
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__(stall_after_s=math.inf)
+        self.late_s = late_s
+        self.delayed = False
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        if not self.delayed:
+            self.delayed = True
+            await asyncio.sleep(self.late_s)
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            return
+        await super()._answer(writer)
+
+
+def test_a_closed_loop_answer_after_the_window_is_no_hang_whatever_its_status() -> None:
+    """A request answered after the window's end was counted unanswered (a hang) when its status was not 2xx: a server
+    that refuses requests slowly looked hung. An answer, late or not, is no hang; a late one is left out of the window
+    as a late 2xx is."""
+    with _FirstRequestAnsweredLateWith503(late_s=0.8) as server:
+        url = f"http://127.0.0.1:{server.port}/v1/predict"
+        spec = loadgen.Spec(url=url, mode="closed", duration_s=0.5, concurrency=2, timeout_s=5.0)
+        phase = asyncio.run(loadgen.run_phase(spec, [b'{"flight": %d}' % i for i in range(50)]))
+    assert server.delayed and phase.ok > 10
+    assert phase.unanswered == 0 and "503" not in phase.statuses, (phase.unanswered, phase.statuses)
+
+
 def test_an_open_loop_counts_failed_requests_as_the_slowest() -> None:
     """Failed requests were dropped from the percentiles: a server failing one request in ten kept a finite p99."""
     with _FailsEveryTenth() as server:

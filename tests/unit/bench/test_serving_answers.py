@@ -164,7 +164,10 @@ def test_the_report_uses_the_notes_and_marks_an_unanswered_phase(bench_serving: 
     extra = {"answers": {"litserve": 1e-7, "bentoml": 4e-2}}
     report = serving.render(args, phases, notes, extra, home, 100, (0.0, 0.0, 0.0), 1.0, [])
     verdict = next(line for line in report.splitlines() if line.startswith(f"| {serving.PEER_TARGET}"))
-    assert "3.00x litserve" in verdict and "left out: bentoml" in verdict and verdict.endswith("| yes |")
+    assert "3.00x litserve" in verdict and "left out: bentoml" in verdict
+    # litserve left a request unanswered at its phase's end: its throughput is understated, so no verdict on it
+    assert "not measured: litserve: 1 request(s) unanswered at its phase's end (suspect)" in verdict, verdict
+    assert verdict.endswith("| not measured |"), verdict
     litserve_row = next(line for line in report.splitlines() if line.startswith("| litserve |"))
     assert "1 unanswered at the end: **suspect**" in litserve_row
     tenfold_row = next(line for line in report.splitlines() if line.startswith("| tenfold |"))
