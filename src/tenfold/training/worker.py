@@ -605,17 +605,37 @@ def scratch_folder(out: str, rank: int) -> Path:
     """
     key = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"tenfold-train-{key}-r{rank}"
+    elsewhere = "set TMPDIR to a folder only this user may write"
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise WorkerError(f"the scratch folder {path} cannot be looked at ({_os_reason(exc, path)}): {elsewhere}") from exc
     else:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise WorkerError(f"the scratch folder {path} exists and is not a folder of this user's (a link, a file, "
-                              "another user's): remove it, or set TMPDIR to a folder only this user may write")
-        shutil.rmtree(path)  # an earlier round's, killed before its own cleanup
-    os.mkdir(path, 0o700)
+                              f"another user's): remove it, or {elsewhere}")
+        try:
+            shutil.rmtree(path)  # an earlier round's, killed before its own cleanup
+        except OSError as exc:
+            raise WorkerError(f"the scratch folder {path} an earlier round left cannot be removed "
+                              f"({_os_reason(exc, path)}): remove it, or {elsewhere}") from exc
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError as exc:
+        raise WorkerError(f"the scratch folder {path} was created by another process while this rank emptied it (is "
+                          f"another job training into the same --out?): stop that job, or {elsewhere}") from exc
+    except OSError as exc:
+        raise WorkerError(f"the scratch folder {path} cannot be created ({_os_reason(exc, path)}): {elsewhere}") from exc
     return path
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    """``exc`` on one line, without the path when it names ``path`` itself (the message names it already)."""
+    if exc.strerror and exc.filename in (path, str(path)):
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _record_refusal(exc: BaseException, rank: int, out: Path, mirror: RemoteDir | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from tenfold.training.config import TrainConfig
 from tenfold.training.launch import TrainingFailed, TrainingTimeout, TrainResult, run_torchrun
 from tenfold.training.worker import FAULT_ENV
 
-from .conftest import assert_same_run, read_losses
+from .conftest import assert_same_run, read_losses, resume_points
 
 
 def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
@@ -54,20 +55,26 @@ def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(
 def test_corrupt_newest_checkpoint_is_skipped_on_resume(
     resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path
 ) -> None:
-    """The run stopped early at the end of epoch 3 (step 60); its newest checkpoint torn, it resumes mid-epoch 3
-    (step 56) with one epoch without gain counted, and must draw the same dropout masks and stop where it did."""
+    """The run stopped early at an epoch end, its last checkpoint; that checkpoint torn, it resumes from the one
+    before, in the middle of its last epoch with an epoch without gain counted, and must draw the same dropout masks
+    and stop where it did."""
+    from tenfold.training.checkpoint import Snapshot, load_checkpoint
+
+    points = resume_points(resume_reference, resume_config)
     out = tmp_path / "run"
     shutil.copytree(resume_reference.out_dir, out)
     shutil.rmtree(out / "model")
     newest = list_checkpoints(out / "checkpoints")[-1]
-    assert newest.step == resume_reference.steps == 60
+    assert newest.step == resume_reference.steps
+    previous = points.newest_before(newest.step)
+    before = Snapshot.from_payload(load_checkpoint(list_checkpoints(out / "checkpoints")[-2]))
+    assert before.step == previous and points.mid_epoch(previous) and before.selection["bad_epochs"] >= 1, before.selection
     newest.path.write_bytes(newest.path.read_bytes()[: newest.path.stat().st_size // 2])  # truncated
     resumed = run_torchrun(train_settings, resume_config, out, nproc=2, timeout_s=240)
-    previous = list_checkpoints(resume_reference.out_dir / "checkpoints")[-2].step
-    assert resumed.resumed_from_step == previous == 56
+    assert resumed.resumed_from_step == previous
     assert "skipping checkpoint" in (out / "torchrun.log").read_text()
-    # Steps 57-60 trained again (their rows appended after the reference's, and read in their stead).
-    assert len((out / "losses.jsonl").read_text().splitlines()) == 60 + 4
+    # The steps after it trained again (their rows appended after the reference's, and read in their stead).
+    assert len((out / "losses.jsonl").read_text().splitlines()) == points.steps + (points.steps - previous)
     assert_same_run(resumed, resume_reference)
 
 
@@ -298,6 +305,51 @@ def test_a_uri_runs_scratch_name_held_by_anything_but_this_users_folder_is_refus
     assert (victim / "keep").read_text() == "not the worker's"
     assert path.is_symlink() if squatter == "link" else path.is_file() if squatter == "file" else \
         (path / "keep").read_text() == "not the worker's"
+
+
+@pytest.mark.parametrize("failure", ["removal refused", "name taken after removal", "temp dir a file", "temp dir gone"])
+def test_a_uri_runs_scratch_folder_that_cannot_be_made_is_a_one_line_refusal_naming_it(
+    failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError emptying or creating the folder surfaced raw (a FileExistsError traceback where another process
+    created the name between the removal and the mkdir): it is a WorkerError naming the folder and what to do."""
+    import tempfile
+
+    from tenfold.training import worker
+    from tenfold.training.worker import WorkerError, scratch_folder
+
+    uri = "gs://bucket/runs/a"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = scratch_folder(uri, 0)  # an earlier round's, to be emptied
+    (path / "checkpoints").mkdir()
+    real_rmtree = shutil.rmtree
+
+    def refuse(target: Any, *args: Any, **kwargs: Any) -> None:  # message formatting, not a fault: root removes all
+        raise PermissionError(13, "Permission denied", str(Path(target) / "checkpoints"))
+
+    def race(target: Any, *args: Any, **kwargs: Any) -> None:  # another process takes the name once it is free
+        real_rmtree(target, *args, **kwargs)
+        Path(target).mkdir()
+
+    if failure == "removal refused":
+        monkeypatch.setattr(worker.shutil, "rmtree", refuse)
+        expected = (rf"{re.escape(str(path))} an earlier round left cannot be removed "
+                    rf"\(\[Errno 13\] Permission denied: '{re.escape(str(path / 'checkpoints'))}'\)")
+    elif failure == "name taken after removal":
+        monkeypatch.setattr(worker.shutil, "rmtree", race)
+        expected = rf"{re.escape(str(path))} was created by another process while this rank emptied it"
+    else:
+        parent = tmp_path / "tmp"
+        if failure == "temp dir a file":
+            parent.write_text("not a folder")
+        monkeypatch.setattr(tempfile, "tempdir", str(parent))
+        path = parent / path.name
+        expected = rf"{re.escape(str(path))} cannot be {'looked at' if parent.exists() else 'created'} \(\w"
+    with pytest.raises(WorkerError) as info:
+        scratch_folder(uri, 0)
+    message = str(info.value)
+    assert re.match(rf"the scratch folder {expected}", message), message
+    assert "\n" not in message and message.endswith("set TMPDIR to a folder only this user may write"), message
 
 
 _JOIN = """

@@ -31,7 +31,7 @@ from tenfold.training.config import TrainConfig
 from tenfold.training.faults import FAULT_ENV
 from tenfold.training.launch import TrainingFailed, TrainResult, run_torchrun
 
-from .conftest import assert_same_run
+from .conftest import assert_same_run, resume_points
 
 READY_TIMEOUT_S = 300.0  # as long as the run itself may take: the killer never gives up first
 
@@ -97,18 +97,20 @@ class Killer:
 def test_rank0_killed_while_writing_a_checkpoint_resumes_from_the_newest_valid_one_bit_for_bit(
     resume_reference: TrainResult, train_settings: Settings, resume_config: TrainConfig, tmp_path: Path
 ) -> None:
-    out, ready, step = tmp_path / "run", tmp_path / "ready.json", 24  # a checkpoint step (every 8)
+    points = resume_points(resume_reference, resume_config)
+    # A mid-epoch checkpoint step of the reference (one machine's run: 24, every 8, 15 steps an epoch).
+    out, ready, step = tmp_path / "run", tmp_path / "ready.json", points.checkpoint_kill()
     killer = Killer(ready, out / "checkpoints")
     result = run_torchrun(
         train_settings, resume_config, out, nproc=2, timeout_s=300, max_restarts=1,
         env={FAULT_ENV: f"rank=0,step={step},at=checkpoint,mode=pause,ready={ready}"},
     )
     seen = killer.result()
-    # Killed mid-write: half of the checkpoint of step 24 sat in its temporary file, beside the valid ones.
+    # Killed mid-write: half of the checkpoint of that step sat in its temporary file, beside the valid ones.
     assert seen["rank"] == 0 and seen["checkpoint"] == f"ckpt-{step:08d}.pt"
     assert 0 < seen["partial_bytes"] == seen["written"] < seen["total"]
     assert Path(seen["partial"]).name in seen["files"] and f"ckpt-{step:08d}.pt" not in seen["files"]
-    assert seen["newest_valid"] == 16  # mid-epoch: batch 1 of epoch 1 (15 steps per epoch)
+    assert seen["newest_valid"] == points.newest_before(step) and points.mid_epoch(seen["newest_valid"])
     # The restart resumed from the newest valid checkpoint, never from the partial one, and drew the same dropout
     # masks from there as the uninterrupted run (the ranks' RNG streams are restored).
     assert result.restart_count == 1
@@ -124,7 +126,9 @@ def test_rank1_killed_mid_step_resumes_from_the_newest_valid_checkpoint_bit_for_
     # Output to a URI, as on the cloud training group: the workers train in scratch folders and the
     # restarted ones resume from the checkpoints mirrored there. The scratch folders (TMPDIR of the
     # workers) and the launcher's own go under this test's folder.
-    out, ready, step = tmp_path / "killed", tmp_path / "ready.json", 46  # one step past the epoch-end checkpoint
+    # One step past the checkpoint of the end of the reference's first epoch without gain (one machine's run: 46).
+    points = resume_points(resume_reference, resume_config)
+    out, ready, step = tmp_path / "killed", tmp_path / "ready.json", points.first_bad_epoch_end + 1
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (tmp_path / "launch").mkdir()
@@ -136,9 +140,9 @@ def test_rank1_killed_mid_step_resumes_from_the_newest_valid_checkpoint_bit_for_
     )
     seen = killer.result()
     assert seen["rank"] == 1 and seen["step"] == step
-    # The end of epoch 2 (15 steps per epoch), its first without gain: the restart must count it, and stop after
-    # epoch 3 as the uninterrupted run does, with epoch 1's weights.
-    assert seen["newest_valid"] == 45
+    # That epoch end, its first without gain: the restart must count it, and stop after the epoch the
+    # uninterrupted run stopped after, with the same best epoch's weights.
+    assert seen["newest_valid"] == points.first_bad_epoch_end
     assert result.restart_count == 1
     assert result.resumed_from_step == seen["newest_valid"]
     assert_same_run(result, resume_reference)
@@ -207,16 +211,18 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
     import subprocess
     import sys
 
-    out, ready = tmp_path / "run", tmp_path / "ready.json"
+    out, ready, step = tmp_path / "run", tmp_path / "ready.json", 20
+    points = resume_points(resume_reference, resume_config)
+    assert step < points.steps
     args = tmp_path / "args.pkl"
     args.write_bytes(pickle.dumps((train_settings, resume_config, out,
-                                   {FAULT_ENV: f"rank=1,step=20,at=step,mode=pause,ready={ready}"})))
+                                   {FAULT_ENV: f"rank=1,step={step},at=step,mode=pause,ready={ready}"})))
     launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(args)], start_new_session=True)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():
-            assert launcher.poll() is None, f"launcher A exited {launcher.returncode} before its job reached step 20"
-            assert time.monotonic() < deadline, "A's job never reached step 20"
+            assert launcher.poll() is None, f"launcher A exited {launcher.returncode} before its job reached step {step}"
+            assert time.monotonic() < deadline, f"A's job never reached step {step}"
             time.sleep(0.05)
         paused = psutil.Process(json.loads(ready.read_text())["pid"])
 
@@ -232,7 +238,7 @@ def test_a_launch_into_a_folder_stops_the_job_a_killed_launcher_left_and_refuses
 
         result = run_torchrun(train_settings, resume_config, out, nproc=2, timeout_s=300, max_restarts=0)
         assert not job.is_running() and not paused.is_running(), "the orphaned job was left running"
-        assert result.resumed_from_step == 16  # the newest checkpoint before step 20 (every 8)
+        assert result.resumed_from_step == points.newest_before(step)
         assert_same_run(result, resume_reference)
     finally:  # nothing of A outlives the test, whatever failed
         holder = json.loads((out / ".job.json").read_text()) if (out / ".job.json").exists() else {}
