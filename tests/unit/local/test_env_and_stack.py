@@ -893,13 +893,11 @@ def test_the_demo_refuses_to_roll_a_fleet_running_on_another_workload(tmp_path, 
     import tenfold.registry
     from tenfold import demo
     from tenfold.local import process
-    from tenfold.local.env import without_alert_hooks
     from tenfold.serving import fleet
 
     a = _fresh_settings(tmp_path)
     b = a.model_copy(update={"workload": "tiny_workload:WORKLOAD"})
-    record = _execed(process.start(fleet.SUPERVISOR, ["sleep", "60"], run_dir=run_dir(a), port=0, cwd=tmp_path,
-                                   env={**os.environ, **settings_env(without_alert_hooks(a))}))
+    record = _standin_fleet_of(a, tmp_path)
 
     class Registry:  # a champion is registered
         def __init__(self, settings):
