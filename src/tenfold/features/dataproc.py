@@ -26,6 +26,13 @@ _BATCH_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
 
 
+def layout_args(settings: Settings) -> list[str]:
+    """The job's arguments naming the lake's own folders (``storage.lake_layout``), which its output guard refuses to
+    empty: the job runs without the settings, so a lake laid out with other names is told them here."""
+    layout = settings.storage.lake_layout
+    return ["--lake-staging", layout.staging, "--lake-quarantine", layout.quarantine]
+
+
 def subnetwork_uri(settings: Settings) -> str:
     return f"projects/{settings.project_id}/regions/{settings.region}/subnetworks/{settings.network.subnet}"
 
@@ -101,7 +108,7 @@ def features_batch(
             "python_file_uris": [staged_uri(settings, PACKAGE_ARCHIVE)],
             "args": ["--lake-uri", settings.storage.lake_uri, "--month", month.label,
                      "--workload", settings.workload, "--features-table", settings.storage.features_table,
-                     "--lookups-table", settings.storage.lookups_table,
+                     "--lookups-table", settings.storage.lookups_table, *layout_args(settings),
                      "--output", out],
         },
         "runtime_config": {

@@ -134,7 +134,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     p.add_argument("--output-files", type=int, default=OUTPUT_FILES,
                    help="how many files the features are written as (default %(default)s; it decides the bytes)")
+    # The lake's own folders (settings.storage.lake_layout), which the output guard refuses to empty: a lake laid out
+    # with other names had its staging and quarantine folders checked under the default names only.
+    p.add_argument("--lake-staging", default=LakeLayout().staging,
+                   help="the lake's staging folder (default %(default)s; storage.lake_layout.staging)")
+    p.add_argument("--lake-quarantine", default=LakeLayout().quarantine,
+                   help="the lake's quarantine folder (default %(default)s; storage.lake_layout.quarantine)")
     args = p.parse_args(argv)
+    try:
+        args.layout = LakeLayout(staging=args.lake_staging, quarantine=args.lake_quarantine)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        reason = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
+        p.error(f"--lake-staging {args.lake_staging} / --lake-quarantine {args.lake_quarantine}: {reason}")
     # A folder given without a scheme is one on this machine, as the Lake takes it (pyarrow refused it with a raw
     # "URI has empty scheme" traceback).
     args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
@@ -147,14 +158,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 for name in _lookup_names(args.workload)]
     for flag, given, uri in emptied:
         try:
-            why = published_data_at(uri, args.lake_uri)
+            why = published_data_at(uri, args.lake_uri, args.layout)
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError: a scheme it does not know
             p.error(f"{flag} {given} or --lake-uri {args.lake_uri} cannot be opened ({exc}): give a file:// or gs:// "
                     "URI, or a local folder")
         if why is not None:
             where = given if uri == given else f"{given} (its folder {uri.rsplit('/', 1)[-1]}/, which the job empties)"
             p.error(f"{flag} {where} {why}: the job empties its output folder first, which would delete it; give a "
-                    "staging folder of its own (the DAG uses <lake>/_staging/features/year=/month=/<run>)")
+                    f"staging folder of its own (the DAG uses <lake>/{args.layout.staging}/features/year=/month=/<run>)")
     if args.history_months is None:
         # Resolved here (not lazily) so run() and the log see the number actually used.
         args.history_months = _history_months(args.workload)
@@ -590,7 +601,7 @@ def run(
     contract = workload.contract
     table_name = args.features_table
     part: Partition = args.month
-    lake = Lake(args.lake_uri)
+    lake = Lake(args.lake_uri, args.layout)
     history = list(inputs.history)
 
     frames = {table: spark.read.parquet(*uris) for table, uris in inputs.tables.items()}
@@ -739,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_features: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        inputs = resolve_inputs(Lake(args.lake_uri), args.month, args.history_months, workload.sources)
+        inputs = resolve_inputs(Lake(args.lake_uri, args.layout), args.month, args.history_months, workload.sources)
     except LakeError as exc:
         print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tenfold.config import Settings, project_root
 from tenfold.data.lake import Partition
+from tenfold.features.dataproc import layout_args
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def spark_submit_command(
         # The job runs in a fresh process without the settings: it learns the workload from its argv.
         "--workload", settings.workload,
         "--features-table", settings.storage.features_table, "--lookups-table", settings.storage.lookups_table,
+        *layout_args(settings),
     ]
     if publish:
         cmd.append("--publish")

@@ -3,11 +3,13 @@ one of its inputs, never for a failure of its own output that happens to name a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from tenfold.config import Settings, get_settings
 from tenfold.data.lake import Partition
 from tenfold.features import job
 from tenfold.workloads.flights import WORKLOAD
@@ -377,3 +379,53 @@ def test_unknown_time_zones_are_a_bad_input_naming_the_airport(
     assert err.startswith("build_features: bad input for 2013-02: the airports table of 2013-02 gives tzone values")
     assert "LAX (localtime), SCL (America/Coyhaique)" in err and "tenfold ingest --month 2013-02" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("started_by", ["spark-submit", "dataproc"])
+@pytest.mark.parametrize(("output", "why"), [
+    ("held/weather", "is in the lake's held/ folder, which keeps refused batches for triage"),
+    ("tmp_staging", "is the lake's tmp_staging/ folder, which holds every run's staged batches"),
+])
+def test_a_lake_laid_out_with_other_folder_names_has_those_folders_refused(
+        make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        started_by: str, output: str, why: str) -> None:
+    """The guard knew the lake's staging and quarantine folders by their default names only: with
+    storage.lake_layout naming them tmp_staging and held, --output <lake>/held/weather emptied the refused batches
+    kept for triage. The command that starts the job (spark-submit here, a Dataproc batch in the cloud) tells it the
+    names, and the job refuses them."""
+    from tenfold.config.settings import LakeLayout
+    from tenfold.features import dataproc
+    from tenfold.features.submit import spark_submit_command
+
+    lake = _published_lake(tmp_path)
+    (lake / "quarantine").rename(lake / "held")
+    (lake / "tmp_staging").mkdir()
+    layout = LakeLayout(staging="tmp_staging", quarantine="held")
+    settings = make_settings(storage={"lake_uri": lake.as_uri(), "lake_layout": layout})
+    target = f"{lake.as_uri()}/{output}"
+    if started_by == "spark-submit":
+        cmd = spark_submit_command(settings, FEB, target)
+        argv = cmd[cmd.index("--lake-uri"):]
+    else:  # dev's batch, with the layout; its gs:// lake swapped for this one
+        dev = get_settings("dev")
+        dev = dev.model_copy(update={"storage": dev.storage.model_copy(update={"lake_layout": layout})})
+        argv = list(dataproc.features_batch(dev, FEB, 1, output=target)["pyspark_batch"]["args"])
+        argv[argv.index("--lake-uri") + 1] = lake.as_uri()
+    before = _everything(lake)
+    err = _refused(argv, capsys)
+    assert f"--output {target} {why}" in err and "<lake>/tmp_staging/features/year=/month=/<run>" in err, err
+    assert _everything(lake) == before
+
+
+def test_a_lake_layout_given_to_the_job_is_checked_like_the_settings_check_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder names come from argv, so the job checks them as the settings do: one path segment each, and two
+    different folders."""
+    for names, reason in ((["--lake-staging", "a/b"], "use one non-empty path segment"),
+                          (["--lake-staging", "x", "--lake-quarantine", "x"], "must be different folders")):
+        with pytest.raises(SystemExit) as ended:
+            job.parse_args(["--lake-uri", LAKE, "--month", FEB.label, "--output", OUTPUT, *names])
+        assert ended.value.code == job.EXIT_FAILED
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # argparse's usage, then the refusal on one line
+        assert last.startswith("build_features: bad arguments") and reason in last and "Traceback" not in err, err
