@@ -523,7 +523,9 @@ def month_auc(settings: Settings, part: Partition, scores_of: str | None, model_
         labels = pc.fill_null(joined[contract.label].cast("float64"), float("nan")).to_numpy()
         known = ~np.isnan(labels)
         serving = binary_metrics(labels[known], joined["probability"].to_numpy()[known]).auc
-    first = evaluate_model(model_dir, lake, [part], table=settings.storage.features_table) if model_dir else None
+    # The folder came from the registry: loaded as a model of this workload, its meta.json chooses no module.
+    first = (evaluate_model(model_dir, lake, [part], table=settings.storage.features_table,
+                            for_workload=settings.workload) if model_dir else None)
     first_auc = getattr(first, "auc", None) if first is not None else None
     return serving, first_auc
 

@@ -478,10 +478,11 @@ def metrics_dict(metrics: Any) -> dict[str, Any]:
     return dict(body)
 
 
-def _evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
+def _evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition], workload: str) -> dict[str, Any]:
+    """The champion's metrics, loaded as a model of ``workload`` (this run's): its folder came from the registry."""
     from tenfold.training.evaluate import evaluate_model
 
-    return metrics_dict(evaluate_model(model_dir, lake, parts, table=table))
+    return metrics_dict(evaluate_model(model_dir, lake, parts, table=table, for_workload=workload))
 
 
 def _evaluate_challenger(model_dir: Path, lake: Lake, table: str, train_parts: list[Partition],
@@ -536,7 +537,8 @@ def evaluate(settings: Settings, run: TrainRun | Mapping[str, Any], trained: Tra
                 _refuse_a_champion_promoted_since_the_plan(p, champion_version, trained_on)
                 raise ValueError(f"it was trained on the holdout month(s) {', '.join(trained_on)}; compare the two on "
                                  "a later holdout (the run conf's holdout_months)")
-            champion = {"version": champion_version, "metrics": _evaluate_model(champion_dir, lake, table, p.holdout_parts)}
+            scored = _evaluate_model(champion_dir, lake, table, p.holdout_parts, settings.workload)
+            champion = {"version": champion_version, "metrics": scored}
         except (ForeignChampion, ChampionMovedSincePlan):
             raise
         except (StaleFeaturesError, ModelLoadError, RegistryError, ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -589,19 +591,23 @@ def _refuse_another_workloads(settings: Settings, registry: ModelRegistry, versi
     """A champion of another workload cannot be scored on this workload's holdout, and a challenger marked beside it
     would be taken by the other workload's rollout (the ``challenger`` alias is the registry's, not a workload's):
     refused before the gate moves any alias, naming the setting that gives each workload its own registry. A
-    feature-version change of the same workload is not this: the gate goes on without a comparison."""
+    feature-version change of the same workload is not this: the gate goes on without a comparison.
+
+    Decided from the names alone: importing the module the champion's ``meta.json`` names would let whoever writes
+    the registry choose what this worker runs, and the other workload's module is usually not installed here, which
+    left the refusal unmade and the gate marking a challenger beside a champion it never compared."""
     import json
 
     from tenfold.config.settings import DEFAULT_WORKLOAD
-    from tenfold.workloads import WorkloadError, get_workload
+    from tenfold.workloads import same_workload
 
     try:
+        # Folders saved before workloads were named hold the reference workload's model (as load_model reads them).
         theirs = json.loads((folder / META_FILE).read_text()).get("workload", DEFAULT_WORKLOAD)
-        # One workload has several names ("flights", "tenfold.workloads.flights:WORKLOAD"): the workloads compared.
-        same = get_workload(theirs) is get_workload(settings)
-    except (OSError, ValueError, AttributeError, TypeError, WorkloadError):
-        return  # a meta.json or a workload that cannot be read: the scoring's refusal to make, as before
-    if not same:
+    except (OSError, ValueError, AttributeError):
+        return  # a meta.json that cannot be read: the scoring's refusal to make, as before
+    # One workload has several names ("flights", "tenfold.workloads.flights:WORKLOAD"): same_workload knows them.
+    if not isinstance(theirs, str) or not same_workload(theirs, settings.workload):
         raise ForeignChampion(
             f"the registry's champion {version} ({registry.version_uri(version)}) is a model of workload {theirs!r}; "
             f"this run trains workload {settings.workload!r}. Two workloads share the registry "

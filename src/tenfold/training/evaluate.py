@@ -61,9 +61,12 @@ def _labels(table: Any, label: str) -> np.ndarray:
 
 
 def evaluate_model(model_dir: str | Path, lake: Lake, holdout_parts: Sequence[Partition], *,
-                   table: str = FEATURES_TABLE, name: str = MODEL_NAME) -> Metrics:
-    """Score the model saved in ``model_dir`` on the published holdout partitions."""
-    loaded = load_model(model_dir)
+                   table: str = FEATURES_TABLE, name: str = MODEL_NAME, for_workload: str | None = None) -> Metrics:
+    """Score the model saved in ``model_dir`` on the published holdout partitions.
+
+    ``for_workload``: the workload this process runs, given where the folder came from the registry (the gate's
+    champion), so that its ``meta.json`` cannot choose a module to import (see :func:`load_model`)."""
+    loaded = load_model(model_dir, for_workload=for_workload)
     contract = loaded.workload.contract
     data = read_features(lake, list(holdout_parts), contract=contract, table=table)
     return score(name, _labels(data, contract.label), loaded.predict_proba(data))

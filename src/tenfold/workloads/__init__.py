@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tenfold.config.settings import DEFAULT_WORKLOAD
+from tenfold.config.settings import DEFAULT_WORKLOAD, StorageSettings
 from tenfold.model_files import newer_meta_format
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ class FeatureContract:
                 f"column_types must list every column once, in the order keys, categoricals, numerics, "
                 f"analysis, label: expected {wanted}, got {tuple(self.column_types)}"
             )
+        # A name that is no column was never checked: the features suite lacked its not-null expectation unnoticed,
+        # and the job's Parquet schema marked nothing required under it.
+        for name in ("non_null_columns", "required_in_file"):
+            unknown = [c for c in getattr(self, name) if c not in self.column_types]
+            if unknown:
+                raise WorkloadError(f"{name} names {unknown}, which are not columns of the contract (column_types): "
+                                    "correct the names or add the columns")
 
     @property
     def all_columns(self) -> tuple[str, ...]:
@@ -204,6 +212,10 @@ class ZoneColumn:
     used_as: tuple[str, ...]
 
 
+# What a source table may be called: the lake's rule for every table (settings.storage's ``*_table`` fields).
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 @dataclass(frozen=True)
 class Sources:
     """Where a workload's raw tables come from and how they are cut into monthly partitions.
@@ -226,6 +238,28 @@ class Sources:
     last_month: str | None = None
     # The time zone columns the transform converts times with (see :class:`ZoneColumn`).
     zone_columns: tuple[ZoneColumn, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Each mistake below was accepted, and every run then failed far from it: a month input that is no source
+        # table is never ingested (each run refused it as "withdrawn by another run"); a history table outside the
+        # monthly tables or the month inputs was read by the job unchecked by the intact-file check and the raw gate.
+        for table in self.tables:
+            if not _TABLE_NAME.fullmatch(table):
+                raise WorkloadError(f"sources {self.name!r}: table {table!r} is not a lake table name: use one lowercase "
+                                    "name ([a-z][a-z0-9_]*), e.g. events")
+        unknown = [t for t in self.month_inputs if t not in self.tables]
+        if unknown:
+            raise WorkloadError(f"sources {self.name!r}: month_inputs names {unknown}, which are not among its "
+                                f"monthly_tables or reference_tables {list(self.tables)}: ingest publishes only "
+                                "those; add the table there or correct the name")
+        if self.history_table is not None and (self.history_table not in self.monthly_tables
+                                               or self.history_table not in self.month_inputs):
+            raise WorkloadError(f"sources {self.name!r}: history_table {self.history_table!r} must be one of its "
+                                f"monthly_tables {list(self.monthly_tables)} and of its month_inputs "
+                                f"{list(self.month_inputs)}: add it to both or correct the name")
+        if isinstance(self.history_months, bool) or not isinstance(self.history_months, int) or self.history_months < 0:
+            raise WorkloadError(f"sources {self.name!r}: history_months is {self.history_months!r}: give the number of "
+                                "months before each month its history_table is read for (0 or more)")
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -381,7 +415,10 @@ def get_workload(spec: str | Any) -> Workload:
     """The workload named by ``spec``: a settings object (its ``workload``), a built-in name or ``module:attr``."""
     name = spec if isinstance(spec, str) else spec.workload
     if name in _LOADED:
-        return _LOADED[name]
+        workload = _LOADED[name]
+        if not isinstance(spec, str):
+            _check_lake_names(name, workload, getattr(spec, "storage", None))
+        return workload
     target = BUILTIN.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr or module_name.startswith("."):
@@ -393,6 +430,11 @@ def get_workload(spec: str | Any) -> Workload:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise WorkloadError(f"workload {name!r}: cannot import {module_name} ({exc}); is it on PYTHONPATH?") from exc
+    except Exception as exc:
+        # The module's own code failed (a SyntaxError, an error it raised): a refusal naming it, never a traceback
+        # that a Spark job's exit 1 retried though importing it again can only fail again.
+        raise WorkloadError(f"workload {name!r}: importing {module_name} failed: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())}") from exc
     try:
         workload = getattr(module, attr)
     except AttributeError as exc:
@@ -402,8 +444,39 @@ def get_workload(spec: str | Any) -> Workload:
         raise WorkloadError(
             f"workload {name!r}: {target} is not a Workload: it lacks {', '.join(missing)} (see tenfold.workloads.Workload)"
         )
+    # A raw suite keyed by a name that is no source table gated nothing: a typo silently un-gated the table.
+    unknown = sorted(set(workload.raw_suites) - set(workload.sources.tables))
+    if unknown:
+        raise WorkloadError(f"workload {name!r}: raw_suites names {unknown}, which are not its source tables "
+                            f"{list(workload.sources.tables)}: key each raw suite by the table it checks")
+    if not isinstance(spec, str):
+        _check_lake_names(name, workload, getattr(spec, "storage", None))
     _LOADED[name] = workload
     return workload
+
+
+def _check_lake_names(name: str, workload: Workload, storage: Any) -> None:
+    """Refuse a workload whose source table is also a table or folder of the platform's in the lake ``storage``
+    (``settings.storage``) describes: ingest published its raw rows into e.g. the lake's ``features`` table, which
+    build_features then overwrote while reading it. Checked on every call with settings, as settings may differ."""
+    sources = getattr(workload, "sources", None)
+    if storage is None or sources is None:
+        return
+    # The platform's name in the lake -> the setting that chooses it.
+    platform = {getattr(storage, f): f"storage.{f}" for f in StorageSettings.model_fields
+                if f.endswith("_table") and isinstance(getattr(storage, f, None), str)}
+    if isinstance(prefix := getattr(storage, "lookups_table", None), str):
+        platform |= {lookup_table(prefix, n): "storage.lookups_table"
+                     for n in getattr(getattr(workload, "contract", None), "lookup_tables", ())}
+    layout = getattr(storage, "lake_layout", None)
+    for folder in ("staging", "quarantine"):
+        if isinstance(taken := getattr(layout, folder, None), str):
+            platform[taken] = f"storage.lake_layout.{folder}"
+    for table in sources.tables:
+        if table in platform:
+            raise WorkloadError(f"workload {name!r}: its source table {table!r} is the lake's own {table!r} "
+                                f"({platform[table]}), where the platform writes: rename the source table, or set "
+                                f"{platform[table]} to another name")
 
 
 def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | None:

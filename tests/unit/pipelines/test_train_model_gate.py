@@ -22,6 +22,8 @@ from tenfold.pipelines import train_model as pipeline
 from tenfold.pipelines.common import PipelineInputError
 from tenfold.registry import CHALLENGER, CHAMPION, AliasConflict, ModelRegistry
 
+# The real champion scorer, which the gate_settings fixture replaces.
+_SCORE_CHAMPION = pipeline._evaluate_model
 CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"], "epochs": 1}
 
 
@@ -33,8 +35,9 @@ def gate_settings(make_settings: Callable[..., Settings], local_settings: Settin
     s = make_settings(on=local_settings, training={"promote_margin": 0.002})
     publish_synthetic_features(Lake.from_settings(s), month_range("2013-01", "2013-03"), 50)
 
-    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
+    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition], workload: str) -> dict[str, Any]:
         assert [p.label for p in parts] == ["2013-03"] and table == s.storage.features_table
+        assert workload == s.workload  # the champion is loaded as a model of this run's workload
         quality = json.loads((model_dir / "meta.json").read_text())["quality"]
         if quality < 0:
             raise RuntimeError("meta.json does not match the holdout's feature contract")
@@ -44,7 +47,7 @@ def gate_settings(make_settings: Callable[..., Settings], local_settings: Settin
                             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         assert [p.label for p in train] == ["2013-01", "2013-02"]
         baselines = {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}, "hgb": {"auc": 0.66, "log_loss": 0.45, "brier": 0.19}}
-        return evaluate_model(model_dir, lake, table, holdout), baselines
+        return evaluate_model(model_dir, lake, table, holdout, s.workload), baselines
 
     monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
     monkeypatch.setattr(pipeline, "_evaluate_challenger", evaluate_challenger)
@@ -702,13 +705,13 @@ def test_the_scheduled_run_after_a_drift_started_champion_holds_out_only_what_th
     s = make_settings(on=local_settings)
     publish_synthetic_features(Lake.from_settings(s), month_range("2013-01", "2013-12"), 30)
 
-    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition]) -> dict[str, Any]:
+    def evaluate_model(model_dir: Path, lake: Lake, table: str, parts: list[Partition], workload: str) -> dict[str, Any]:
         quality = json.loads((model_dir / "meta.json").read_text())["quality"]
         return {"auc": quality, "log_loss": 0.6 - quality / 2, "brier": 0.2, "rows": 50}
 
     monkeypatch.setattr(pipeline, "_evaluate_model", evaluate_model)
     monkeypatch.setattr(pipeline, "_evaluate_challenger", lambda model_dir, lake, table, train, holdout: (
-        evaluate_model(model_dir, lake, table, holdout), {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}}))
+        evaluate_model(model_dir, lake, table, holdout, s.workload), {"rate": {"auc": 0.6, "log_loss": 0.5, "brier": 0.2}}))
     monkeypatch.setattr(pipeline, "ensure_profile", lambda *args, **kwargs: None)
     drift = pipeline.plan(s, "asset_triggered__drift", {}, drifted=["2013-12"])
     assert drift.holdout_months == ("2013-12",) and drift.train_months[-1] == "2013-11"
@@ -809,6 +812,66 @@ def test_a_champion_of_another_workload_is_refused_before_any_alias_moves(
     evaluation = pipeline.evaluate(gate_settings, pipeline.plan(gate_settings, "manual__third", CONF),
                                    model(tmp_path, 0.95))
     assert evaluation.champion["version"] == ours and evaluation.champion["metrics"]["auc"] == 0.81  # scored
+
+
+def _promote_a_champion_of(settings: Settings, tmp_path: Path, workload: Any) -> str:
+    """A champion whose meta.json names ``workload``, promoted over a first run's version."""
+    reg = ModelRegistry(settings)
+    _, first, _ = run(settings, "manual__first", model(tmp_path, 0.70))
+    folder = Path(model(tmp_path, 0.80, name="champion")["model_ref"])
+    (folder / "meta.json").write_text(json.dumps({"quality": 0.80, "workload": workload}))
+    version = reg.register(folder, reg.get(first.version).lineage,  # type: ignore[arg-type]
+                           metrics={"auc": 0.80, "log_loss": 0.4, "brier": 0.1}).version
+    reg.promote(version)
+    return version
+
+
+@pytest.mark.parametrize("theirs", ["nosuch_mod:WORKLOAD", "other", 7])
+def test_a_champion_of_a_workload_not_installed_here_is_refused_before_any_alias_moves(
+        gate_settings: Settings, tmp_path: Path, theirs: Any) -> None:
+    """Two deployments share a registry, and the other's workload module is not installed in this one (the usual
+    case): telling the workloads apart by importing the champion's failed, the refusal was skipped, the champion
+    could not be loaded (NO COMPARISON) and the gate marked this run's model challenger in the shared registry."""
+    reg = ModelRegistry(gate_settings)
+    champion = _promote_a_champion_of(gate_settings, tmp_path, theirs)
+    before = (reg.resolve(CHALLENGER), sorted(m.version for m in reg.list_versions()))
+    planned = pipeline.plan(gate_settings, "manual__second", CONF)
+    with pytest.raises(pipeline.ForeignChampion, match=f"champion {champion} .* is a model of workload {theirs!r}"):
+        pipeline.evaluate(gate_settings, planned, model(tmp_path, 0.95))
+    assert reg.resolve(CHAMPION) == champion
+    assert (reg.resolve(CHALLENGER), sorted(m.version for m in reg.list_versions())) == before  # nothing moved
+
+
+def test_the_workload_a_champion_names_is_never_imported(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Comparing the workloads imported the module the champion's meta.json names (docs/architecture.md: a meta.json
+    never chooses a module to import): whoever could write the registry chose what the training worker ran."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    champion = _promote_a_champion_of(gate_settings, tmp_path, "this:x")
+    with pytest.raises(pipeline.ForeignChampion, match=f"champion {champion} .* is a model of workload 'this:x'"):
+        pipeline.evaluate(gate_settings, pipeline.plan(gate_settings, "manual__second", CONF), model(tmp_path, 0.95))
+    assert "this" not in sys.modules
+
+
+def test_the_champion_is_scored_as_a_model_of_this_runs_workload(
+        local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The champion's folder came from the registry: loaded without this run's workload, its meta.json chose the
+    module to import. Loaded with it, a model of another workload is refused before anything is imported."""
+    import sys
+
+    from tenfold.model.io import META_VERSION, ModelLoadError
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    folder = tmp_path / "champion"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"version": META_VERSION, "workload": "this:x"}))
+    lake = Lake.from_settings(local_settings)
+    with pytest.raises(ModelLoadError, match="it is a model of workload 'this:x', and this platform runs 'flights'"):
+        _SCORE_CHAMPION(folder, lake, local_settings.storage.features_table, [Partition.parse("2013-03")],
+                        local_settings.workload)
+    assert "this" not in sys.modules
 
 
 def test_a_local_plan_records_the_number_of_ranks_so_every_try_uses_it(gate_settings: Settings) -> None:
