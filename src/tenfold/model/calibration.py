@@ -41,6 +41,10 @@ import numpy as np
 CalibrationMethod = Literal["none", "temperature", "anchored_temperature", "isotonic"]
 METHODS: tuple[str, ...] = ("none", "temperature", "anchored_temperature", "isotonic")
 ISOTONIC_EPS = 1e-4
+# Logits that spread less than this (relative to their size, at least 1) are one score: the network computes in float32,
+# whose rounding at a logit of 1 is about 1e-7, so such differences are its arithmetic, not its judgement. Fitted on
+# 56 distinct logits within 1e-6 of -1, the anchored temperature made every probability exactly 0.0.
+CONSTANT_SPREAD = 1e-6
 
 
 class CalibrationError(ValueError):
@@ -148,9 +152,11 @@ def _check(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise CalibrationError("calibration needs finite logits and 0/1 labels")
     if y.min() == y.max():
         raise CalibrationError("the calibration slice holds one class only; it cannot tell how sharp the model is")
-    if z.min() == z.max():
+    spread = float(z.max() - z.min())
+    if spread <= CONSTANT_SPREAD * max(1.0, float(np.abs(z).max())):
         # A temperature of one score is meaningless (z=-3 fitted T=5.873; z=+3 read as "anti-informative").
-        raise CalibrationError(f"the model's scores are constant on the calibration slice (every logit {z[0]:.6g}): "
+        within = f" give or take {spread:.1g}" if spread else ""
+        raise CalibrationError(f"the model's scores are constant on the calibration slice (every logit {z[0]:.6g}{within}): "
                                "they are uninformative, so there is no sharpness to calibrate; check the training "
                                "data and the model's inputs, and re-train")
     return z, y
@@ -215,7 +221,10 @@ def anchor_offset(logits: np.ndarray, temperature: float, rate: float) -> float:
     z = np.asarray(logits, dtype=np.float64).ravel() / temperature
     if not 0.0 < rate < 1.0:
         raise CalibrationError(f"the training window's positive rate is {rate}: calibration needs both classes")
-    lo, hi = -50.0, 50.0  # the mean is increasing in c: bisect
+    # The mean is increasing in c: bisect between an offset that puts every row below sigmoid(-50) (a mean under
+    # any window's rate) and one that puts every row above sigmoid(50). A fixed [-50, 50] missed the root of a sharp
+    # temperature (logits -1 +- 0.01 fitted T=0.01, so z / T is near -100) and returned +50: a mean of 3e-22.
+    lo, hi = -float(z.max()) - 50.0, -float(z.min()) + 50.0
     for _ in range(200):
         mid = (lo + hi) / 2
         if float(sigmoid(z + mid).mean()) < rate:
@@ -224,7 +233,14 @@ def anchor_offset(logits: np.ndarray, temperature: float, rate: float) -> float:
             hi = mid
         if hi - lo < 1e-12:
             break
-    return (lo + hi) / 2
+    offset = (lo + hi) / 2
+    mean = float(sigmoid(z + offset).mean())
+    if not abs(mean - rate) <= 1e-6 * min(rate, 1.0 - rate):  # not: a NaN mean is refused too
+        raise CalibrationError(f"no offset brings the training window's mean probability to its positive rate {rate:.4g} "
+                               f"at temperature {temperature:.3g} (the nearest gives {mean:.4g}): the scores are too "
+                               "sharp or too nearly constant to anchor; use calibration 'temperature' or 'isotonic', or "
+                               "check the training data")
+    return offset
 
 
 def fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -245,9 +261,38 @@ def fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, .
             blocks[-1][0] += s2
             blocks[-1][1] += z2
             blocks[-1][2] += n2
+    if len(blocks) == 1:
+        # One step gives every row the slice's rate: an AUC of 0.5, the model's ranking thrown away. The temperature
+        # methods refuse scores that rank the slice backwards; so does this. The AUC from the distinct logits' groups:
+        # a positive beats the negatives below its logit and ties half of those at it.
+        pos = np.asarray(sums)
+        neg = np.asarray(counts) - pos
+        auc = float((pos * (np.cumsum(neg) - neg / 2)).sum() / (pos.sum() * neg.sum()))
+        if auc <= 0.5:
+            raise CalibrationError(
+                f"the calibration slice says the model's scores are anti-informative (AUC {auc:.3g}): isotonic "
+                "calibration would give every row the same probability; check the training data and the validation slice"
+            )
     knots = tuple(float(b[1] / b[2]) for b in blocks)
     values = tuple(float(np.clip(b[0] / b[2], ISOTONIC_EPS, 1 - ISOTONIC_EPS)) for b in blocks)
     return knots, values
+
+
+def _unsaturated(fitted: Calibrator, logits: np.ndarray) -> Calibrator:
+    """``fitted``, unless it gives a row it was fitted on a probability of exactly 0 or 1.
+
+    A slice whose scores separate its classes has no best temperature: the fit runs towards 0 and stops wherever
+    its steps do (T=0.022 on ten rows, a probability of exactly 1.0 and another of 4e-51). Such a map says nothing
+    about the model's sharpness, and a probability of 0 or 1 costs an infinite log loss the day it is wrong.
+    """
+    p = fitted.apply(logits)
+    if p.size and (p.min() <= 0.0 or p.max() >= 1.0):
+        raise CalibrationError(
+            f"the fitted {fitted.describe()} gives some rows it was fitted on a probability of exactly 0 or 1: the "
+            "model's scores (nearly) separate the calibration slice's classes, so it cannot tell how sharp the model "
+            "is (too few rows, or a label leaked into the features); check the validation slice and the training data"
+        )
+    return fitted
 
 
 def fit(method: CalibrationMethod | str, logits: np.ndarray, labels: np.ndarray, *,
@@ -263,14 +308,15 @@ def fit(method: CalibrationMethod | str, logits: np.ndarray, labels: np.ndarray,
         return Calibrator(report=extra)
     if method == "temperature":
         t, _ = fit_temperature(logits, labels)
-        return Calibrator("temperature", temperature=t, report=extra)
+        return _unsaturated(Calibrator("temperature", temperature=t, report=extra), logits)
     if method == "anchored_temperature":
         if train_logits is None or train_rate is None:
             raise CalibrationError("anchored_temperature needs the training rows' logits and positive rate")
         t, slice_offset = fit_temperature(logits, labels, free_offset=True)
         offset = anchor_offset(train_logits, t, train_rate)
         extra.update(slice_offset=slice_offset, anchor_rate=float(train_rate))  # the slice's own level, set aside
-        return Calibrator("anchored_temperature", temperature=t, offset=offset, report=extra)
+        # The slice's rows only: the training window's may rightly hold a few rows sure past float64's reach.
+        return _unsaturated(Calibrator("anchored_temperature", temperature=t, offset=offset, report=extra), logits)
     if method == "isotonic":
         knots, values = fit_isotonic(logits, labels)
         return Calibrator("isotonic", knots=knots, values=values, report=extra)

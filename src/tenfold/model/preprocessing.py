@@ -102,11 +102,14 @@ class Preprocessor:
             finite = arr[np.isfinite(arr)]
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size else 1.0
+            # One value by comparison, not by its std: the mean of a constant non-integer column is rounded, which
+            # leaves a std above any absolute cutoff (10,007 rows of 6373.2 have a std of 1.8e-12, above the 1e-12 cutoff).
+            one_value = finite.size > 0 and finite.min() == finite.max()
             pre.means[col] = mean
-            pre.stds[col] = std if std > 1e-12 else 1.0  # a constant column must not divide by zero
+            pre.stds[col] = std if std > 1e-12 and not one_value else 1.0  # a constant column must not divide by zero
             if not finite.size:
                 pre.unlearnt[col] = NO_FINITE_VALUE
-            elif std <= 1e-12:
+            elif one_value or std <= 1e-12:
                 pre.unlearnt[col] = ONE_VALUE
             if finite.size == arr.size:
                 pre.never_missing += (col,)

@@ -107,7 +107,9 @@ def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
             return self.inner(categorical.to(device), numeric.to(device)).cpu()
 
-    return OnDevice(model)
+    # In eval mode, as the model it wraps: a new module is in training mode, so every micro-batch's predict_proba
+    # took the wrapper for a model in training and walked every module twice, to set eval mode and to restore it.
+    return OnDevice(model).eval()
 
 
 def _device(choice: str) -> torch.device:
@@ -144,17 +146,26 @@ def resolve_and_download(settings: Settings, ref: str, *, registry: Any = None) 
                                f"{ref!r} ({type(exc).__name__}: {exc}); is the object store up (`tenfold status`)?",
                                transient=True) from exc
     root = model_cache_dir(settings)
+
+    def unwritable(exc: BaseException) -> ServingLoadError:
+        return ServingLoadError(f"model version {version} cannot be downloaded into {root} "
+                                f"({type(exc).__name__}: {exc}); check the object store and free disk space",
+                                transient=True)
+
     # Replicas on one machine start together: the lock makes the second one reuse the first one's copy
-    # instead of replacing the folder the first one is loading from.
-    with file_lock(root / f".{version}.lock"):
+    # instead of replacing the folder the first one is loading from. Taking it creates the cache folder and the
+    # lock file, which a full disk or an unwritable home refuses as the download would (a raw OSError before).
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(root / f".{version}.lock"))
+        except OSError as exc:
+            raise unwritable(exc) from exc
         try:
             path = reg.download(version, root / version)
         except RegistryError as exc:
             raise ServingLoadError(f"model version {version} cannot be downloaded: {exc}") from exc
         except Exception as exc:  # the store or the local disk
-            raise ServingLoadError(f"model version {version} cannot be downloaded into {root} "
-                                   f"({type(exc).__name__}: {exc}); check the object store and free disk space",
-                                   transient=True) from exc
+            raise unwritable(exc) from exc
     return version, path
 
 

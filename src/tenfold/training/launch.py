@@ -167,22 +167,24 @@ def refuse_a_batch_the_window_cannot_fill(cfg: TrainConfig, world: int) -> None:
             f"{cfg.validation_days:g} days, which no rank trains on): {fix}, or fewer validation_days")
 
 
-def _needs_preprocessing(text: str | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
+def _needs_preprocessing(body: bytes | None, cfg: TrainConfig, target: str, *, has_checkpoints: bool) -> bool:
     """Whether the launcher fits the preprocessing state (again) before starting the ranks.
 
     Never refit on a resumed run whose data may have moved: its checkpoints were trained against the state it
     holds. A state that cannot be read is derived, though: it is fitted again where nothing was trained against it
     yet, or where the run pins its data's content (the same rows fit the same state); otherwise it is refused.
+    ``body`` is the file's bytes, decoded here: bytes that are not UTF-8 (a flipped high bit) are as unreadable as
+    bad JSON, not a UnicodeDecodeError naming no file.
     """
-    if text is None:
+    if body is None:
         if has_checkpoints and cfg.data_digest is None:  # deleted: as unknown as an unreadable one
             raise ValueError(f"{target}/{PREPROCESSING_FILE} is missing and the checkpoints there were trained against "
                              f"it: delete the output folder {target} or use a fresh one")
         return True
     try:
-        Preprocessor.from_json(text)
+        Preprocessor.from_json(body.decode())
         return False
-    except PreprocessingError as exc:
+    except (PreprocessingError, UnicodeDecodeError) as exc:
         if has_checkpoints and cfg.data_digest is None:
             raise ValueError(f"{target}/{PREPROCESSING_FILE} is unreadable ({exc}) and the checkpoints there were "
                              f"trained against it: delete the output folder {target} or use a fresh one") from exc
@@ -399,11 +401,14 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
     restarts = settings.training.max_restarts if max_restarts is None else max_restarts
     timeout = float(timeout_s if timeout_s is not None else settings.training.job_timeout_s)
 
-    def read(name: str) -> str | None:
+    def read_bytes(name: str) -> bytes | None:
         if remote:
-            body = remote.read_bytes(name)
-            return None if body is None else body.decode()
-        return (out / name).read_text() if (out / name).exists() else None
+            return remote.read_bytes(name)
+        return (out / name).read_bytes() if (out / name).exists() else None
+
+    def read(name: str) -> str | None:
+        body = read_bytes(name)
+        return None if body is None else body.decode()
 
     def write(name: str, text: str) -> None:
         if remote:
@@ -411,10 +416,10 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
         else:
             atomic_write(out / name, text.encode())  # fsynced: a crash leaves the old file or the new, never an empty one
 
-    previous_config = read(CONFIG_FILE)
+    previous_config = read_bytes(CONFIG_FILE)
     if previous_config is not None:
-        try:
-            previous = TrainConfig.from_dict(json.loads(previous_config)).to_dict()
+        try:  # decoded here: bytes that are not UTF-8 are as unreadable as bad JSON (a UnicodeDecodeError is a ValueError)
+            previous = TrainConfig.from_dict(json.loads(previous_config.decode())).to_dict()
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{target}/{CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc}): delete the output "
                              f"folder {target} or use a fresh one") from exc
@@ -428,7 +433,7 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
     # On every launch (a retry whose preprocessing is staged fits nothing): before the job, which would fail in every
     # rank and be retried.
     refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
-    if _needs_preprocessing(read(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
+    if _needs_preprocessing(read_bytes(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
             remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())
     write(CONFIG_FILE, train_config.to_json())

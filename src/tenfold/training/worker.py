@@ -232,8 +232,8 @@ class Trainer:
         if not pre_path.exists():
             raise WorkerError(f"{pre_path} is missing: launch through tenfold.training.launch.run_torchrun, which fits it once")
         try:
-            self.preprocessor = Preprocessor.from_json(pre_path.read_text())
-        except PreprocessingError as exc:
+            self.preprocessor = Preprocessor.from_json(pre_path.read_bytes().decode())
+        except (PreprocessingError, UnicodeDecodeError) as exc:  # bad JSON, or bytes that are not UTF-8 at all
             where = mirror.uri if mirror else str(out)
             raise WorkerError(f"{where}/{PREPROCESSING_FILE} is unreadable ({exc}): launch again through "
                               "tenfold.training.launch.run_torchrun, which fits it again where it may, or delete the "

@@ -99,6 +99,81 @@ def test_constant_scores_are_refused_as_uninformative(method: str, score: float)
     assert kept.is_identity and "constant" in kept.report["skipped"]
 
 
+def test_an_anchor_far_outside_fifty_is_found() -> None:
+    """A sharp temperature puts z / T far from 0: logits -1 + 0.01 s fitted T=0.01, so z / T is near -100 and the
+    offset that keeps the window's rate near +99. The search stopped at +50: every probability near 3e-22 against a
+    rate of 0.25, a log loss of 9.1 after calibration, and no warning."""
+    from tenfold.training.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=20_000)
+    y = (rng.random(s.size) < cal.sigmoid(-1.3 + s)).astype(np.float64)
+    z = -1 + 0.01 * s
+    kept = calibrate("anchored_temperature", z, y, train_logits=z, train_labels=y)
+    assert kept.method == "anchored_temperature" and kept.temperature == pytest.approx(0.01, rel=0.1)
+    assert kept.offset > 50 and kept.apply(z).mean() == pytest.approx(y.mean(), abs=1e-9)
+    assert kept.report["after"]["log_loss"] < kept.report["before"]["log_loss"]
+    # An offset that no float can give (z / T of 0 and 1e19, whose sum with c moves in steps of 2048) is refused.
+    with pytest.raises(cal.CalibrationError, match=r"no offset brings .* rate 0\.3 .*nearest gives 0\.25"):
+        cal.anchor_offset(np.array([0.0, 1.0]), 1e-19, 0.3)
+
+
+@pytest.mark.parametrize("method", ["temperature", "anchored_temperature", "isotonic"])
+def test_nearly_constant_scores_are_refused_as_constant(method: str) -> None:
+    """56 distinct logits within 1e-6 of -1 passed the exact min == max check: the anchored temperature fitted
+    T=1e-8 or so and made every probability exactly 0.0."""
+    from tenfold.training.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    z = -1 + 1e-8 * rng.integers(0, 56, 20_000)
+    y = (rng.random(z.size) < 0.25).astype(np.float64)
+    assert np.unique(z).size == 56
+    with pytest.raises(cal.CalibrationError, match=r"scores are constant on the calibration slice \(every logit -1 "
+                                                   r"give or take 5e-07\)"):
+        cal.fit(method, z, y, train_logits=z, train_rate=0.25)
+    kept = calibrate(method, z, y, train_logits=z, train_labels=y)
+    assert kept.is_identity and "constant" in kept.report["skipped"]
+    assert (kept.apply(z) > 0.26).all() and (kept.apply(z) < 0.27).all()  # sigmoid(-1), never 0.0
+
+
+@pytest.mark.parametrize("method", ["temperature", "anchored_temperature"])
+def test_a_slice_its_scores_separate_is_refused_not_fitted_to_0_and_1(method: str) -> None:
+    """Scores that separate the slice's classes have no best temperature: the fit runs towards 0 and stopped at
+    T=0.022 on ten rows, a probability of exactly 1.0 and another of 4e-51."""
+    from tenfold.training.calibration import calibrate
+
+    z = np.sort(np.random.default_rng(1).normal(0, 2, 10))
+    y = (z > 0).astype(np.float64)
+    assert 0 < y.sum() < y.size
+    with pytest.raises(cal.CalibrationError, match="exactly 0 or 1: the model's scores \\(nearly\\) separate"):
+        cal.fit(method, z, y, train_logits=z, train_rate=float(y.mean()))
+    kept = calibrate(method, z, y, train_logits=z, train_labels=y)
+    assert kept.is_identity and "separate" in kept.report["skipped"]
+    p = kept.apply(z)
+    assert ((p > 0) & (p < 1)).all()
+
+
+def test_isotonic_refuses_scores_that_rank_the_slice_backwards() -> None:
+    """The temperature methods refused them ("slope ..."); isotonic pooled them into one step: every prediction
+    the slice's rate, an AUC of 0.5, and no warning."""
+    from tenfold.training.calibration import calibrate
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(-1.0, 2.0, 5000)
+    y = (rng.random(z.size) < cal.sigmoid(-z / 2.5)).astype(np.float64)
+    auc = roc_auc(y, cal.sigmoid(z))
+    assert auc < 0.5
+    with pytest.raises(cal.CalibrationError, match=rf"anti-informative \(AUC {auc:.3g}\): isotonic calibration would "
+                                                   "give every row the same probability"):
+        cal.fit("isotonic", z, y)
+    kept = calibrate("isotonic", z, y, train_logits=z, train_labels=y)
+    assert kept.is_identity and "anti-informative" in kept.report["skipped"]
+    # Ties count half, as roc_auc counts them: scores rounded to a few values are refused with the same AUC.
+    tied = np.round(z)
+    with pytest.raises(cal.CalibrationError, match=rf"\(AUC {roc_auc(y, cal.sigmoid(tied)):.3g}\)"):
+        cal.fit("isotonic", tied, y)
+
+
 @pytest.fixture(scope="module")
 def table() -> pa.Table:
     return synthetic_features(Partition(2013, 1), 300, seed=2)

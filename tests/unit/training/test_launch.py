@@ -277,23 +277,52 @@ def test_an_unreadable_train_config_in_the_output_folder_is_named_with_what_to_d
     assert not (tmp_path / "preprocessing.json").exists() and (tmp_path / "train_config.json").read_text() == ""
 
 
-@pytest.mark.parametrize("state", ["unreadable", "missing"])
+def _flipped(text: str) -> bytes:
+    """``text`` with the high bit of its 11th byte flipped: bytes that are not UTF-8 before they are bad JSON."""
+    data = bytearray(text.encode())
+    data[10] ^= 0x80
+    return bytes(data)
+
+
+@pytest.mark.parametrize("state", ["unreadable", "not UTF-8", "missing"])
 def test_an_unreadable_preprocessing_state_with_checkpoints_trained_on_it_is_refused_naming_the_folder(
         train_settings: Settings, small_config: TrainConfig, tmp_path: Path, state: str) -> None:
     """The workers said "re-train the model" on every retry, which reused the same folder and failed the same way.
     Its data not pinned, the state cannot be fitted again to what the checkpoints were trained against. A deleted
-    state was fitted again on whatever the window held now, and the checkpoints resumed against it."""
+    state was fitted again on whatever the window held now, and the checkpoints resumed against it. A flipped high
+    bit raised a bare UnicodeDecodeError naming no file."""
+    from tenfold.training.launch import fit_preprocessing
+
     assert small_config.data_digest is None
-    if state == "unreadable":
-        (tmp_path / "preprocessing.json").write_text("")
+    body = {"unreadable": b"", "not UTF-8": _flipped(fit_preprocessing(small_config).to_json())}.get(state)
+    if body is not None:
+        (tmp_path / "preprocessing.json").write_bytes(body)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "step-00000008.pt").write_bytes(b"a snapshot")
-    with pytest.raises(ValueError, match=rf"{tmp_path}/preprocessing\.json is {state} .*delete the output folder "
+    says = "missing" if state == "missing" else "unreadable"
+    with pytest.raises(ValueError, match=rf"{tmp_path}/preprocessing\.json is {says} .*delete the output folder "
                                          rf"{tmp_path} or use a fresh one"):
         run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
     # left as it was: the refusal changes nothing
-    assert (tmp_path / "preprocessing.json").read_text() == "" if state == "unreadable" else \
+    assert (tmp_path / "preprocessing.json").read_bytes() == body if body is not None else \
         not (tmp_path / "preprocessing.json").exists()
+
+
+def test_a_preprocessing_state_or_config_that_is_not_utf8_is_unreadable_not_a_decode_error(
+        small_config: TrainConfig, tmp_path: Path, train_settings: Settings) -> None:
+    """A flipped high bit made the launcher and the worker raise a bare UnicodeDecodeError naming no file, before the
+    checks that refit an unreadable state where nothing was trained on it, or refuse it naming the folder."""
+    from tenfold.training.launch import _needs_preprocessing, fit_preprocessing
+    from tenfold.training.worker import Trainer, WorkerError
+
+    state = _flipped(fit_preprocessing(small_config).to_json())
+    assert _needs_preprocessing(state, small_config, str(tmp_path), has_checkpoints=False)  # fitted again
+    (tmp_path / "preprocessing.json").write_bytes(state)
+    with pytest.raises(WorkerError, match=rf"{tmp_path}/preprocessing\.json is unreadable \(.*utf-8.*\): launch again"):
+        Trainer(small_config, tmp_path, rank=0, world=1, local_rank=0)
+    (tmp_path / "train_config.json").write_bytes(_flipped(small_config.to_json()))
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train_config\.json is unreadable \(UnicodeDecodeError: "):
+        run_torchrun(train_settings, small_config, tmp_path, nproc=1, timeout_s=60)
 
 
 def test_an_unreadable_preprocessing_state_nothing_was_trained_on_is_fitted_again(
