@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import typer
 
@@ -45,7 +46,8 @@ def ingest(
         _check_covered(workload.sources, months)
         # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
         # bucket's lifecycle rules expect them.
-        lake = Lake(lake_uri, settings.storage.lake_layout) if lake_uri else Lake.from_settings(settings)
+        lake = (Lake(lake_uri, settings.storage.lake_layout, gcs_client=_gcs_client_of(lake_uri, settings))
+                if lake_uri else Lake.from_settings(settings))
         rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
         if _uses_credentials(settings, lake_uri):
             # Once, up front: without credentials pyarrow's GCS client spent minutes in its retries (writing the first
@@ -92,6 +94,41 @@ def _uses_credentials(settings: Any, lake_uri: str | None) -> bool:
     if not uri.startswith(("gs://", "gcs://")) or (lake_uri is None and settings.storage.emulator_host):
         return False
     return "anonymous=true" not in uri.partition("?")[2].lower()
+
+
+def _gcs_client_of(lake_uri: str, settings: Any) -> Callable[[], Any] | None:
+    """For a ``gs://`` ``--lake-uri``: what makes the lake's lock client, on the endpoint where pyarrow opens the URI
+    (its ``endpoint_override`` and ``scheme``, else Google Cloud; anonymous for a ``gs://anonymous@`` one). The
+    lake's default is the settings' client, which locally is the GCS emulator's: a run against a real bucket wrote
+    its data there and took its publish lock on the emulator, which excluded no other writer.
+
+    The credentials are asked for here: with ``STORAGE_EMULATOR_HOST`` set (a process of the local stack) the
+    client would otherwise take none, and its requests to Google Cloud would be anonymous."""
+    parts = urlsplit(lake_uri)
+    if parts.scheme != "gs":
+        return None
+
+    def client() -> Any:
+        import warnings
+
+        import google.auth
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        query = parse_qs(parts.query)
+        host = query.get("endpoint_override", [""])[-1]
+        endpoint = f"{query.get('scheme', ['https'])[-1]}://{host}" if host else "https://storage.googleapis.com"
+        credentials: Any
+        if parts.username == "anonymous":
+            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        else:
+            with warnings.catch_warnings():  # its quota-project warning, as where the command checks them
+                warnings.simplefilter("ignore")
+                credentials, _ = google.auth.default()
+        return storage.Client(project=settings.project_id, credentials=credentials,
+                              client_options={"api_endpoint": endpoint})
+
+    return client
 
 
 def _not_over_published(lake: Any, part: Any) -> Callable[[str, str], None]:

@@ -485,15 +485,25 @@ def read_parquet(location: str | Path, schema: pa.Schema, *, table: str, remedy:
         try:
             meta = pq.ParquetFile(pa.BufferReader(raw))
             data = meta.read()
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            # ValueError: a footer whose column name is not UTF-8 fails to decode (UnicodeDecodeError) in
+            # pyarrow. Only the first line of pyarrow's text: a thrift error ends in a newline, and a refusal is
+            # one line.
             tail = raw[-4:]
+            first = (str(exc).strip().splitlines() or [""])[0][:500]
             kind = "empty" if not raw else ("truncated or not Parquet (it does not end with the PAR1 footer magic)"
-                                           if tail != b"PAR1" else f"corrupt ({exc})")
+                                           if tail != b"PAR1" else f"corrupt ({type(exc).__name__}: {first})")
             raise SourceUnreadable(table, f"the Parquet file is {kind}, {len(raw):,} bytes long", offset=len(raw),
                                    file=location, fix="replace it with a complete copy") from exc
         if data.num_rows == 0:
             raise SourceUnreadable(table, f"the Parquet file holds no rows ({len(raw):,} bytes)", file=location,
                                    fix="replace it with a complete copy")
+        repeated = [c for c in schema.names if data.column_names.count(c) > 1]
+        if repeated:  # as in a CSV header: which copy holds the values is ambiguous, and pyarrow's select refuses
+            raise SourceUnreadable(
+                table, f"the file names the column {repeated[0]} {data.column_names.count(repeated[0])} times, so "
+                "which one holds its values is ambiguous", column=repeated[0], file=location,
+                fix="deliver the file with one column per name")
         missing = [c for c in schema.names if c not in data.column_names]
         if missing:
             raise SourceUnreadable(table, f"the file lacks the column(s) {', '.join(missing)} "

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from tenfold.config.settings import LakeLayout
 from tenfold.data.partition import Partition, month_range
-from tenfold.fsio import GCS_RETRY_LIMIT_S, filesystem_from_uri, fsync_dir, make_dirs
+from tenfold.fsio import GCS_RETRY_LIMIT_S, file_uri_path, filesystem_from_uri, fsync_dir, make_dirs
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
@@ -229,7 +229,11 @@ class Lake:
         (:meth:`exclusive`), by default the one of the settings the environment gives."""
         if not uri.strip():
             raise LakeError("the lake URI is empty: give a file:// or gs:// URI, or a folder")
-        self.uri = uri.rstrip("/")
+        # "/" and "file:///" are the root folder: stripped whole, "/" named the working folder ("") and "file:///"
+        # no path at all ("file:").
+        self.uri = uri.rstrip("/") or "/"
+        if self.uri == "file:" and urlparse(uri).path:
+            self.uri = "file:///"
         if not urlparse(self.uri).scheme and not self.uri.startswith("/"):  # a folder: ~ and relative ones resolved
             self.uri = str(Path(self.uri).expanduser().resolve())
         self._gcs_client_factory = gcs_client
@@ -242,7 +246,12 @@ class Lake:
             self.fs, self.root = filesystem, self._path(self.uri)
         else:
             # A bare folder escaped into its URI: pasted in as it is, a '#' cut the path there, and '%20' read as a space.
-            self.fs, self.root = filesystem_from_uri(self.uri if parsed.scheme else Path(self.uri).as_uri())
+            try:
+                self.fs, self.root = filesystem_from_uri(self.uri if parsed.scheme else Path(self.uri).as_uri())
+            except ValueError as exc:  # pyarrow's ArrowInvalid: "File URI cannot be relative: 'file:'", a host
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise LakeError(f"lake URI {uri!r} names no folder pyarrow can open ({first}): give a file:// URI "
+                                "with an absolute path (file:///...), a gs://bucket/... URI, or a folder") from None
         self._gcs = self.fs.type_name == "gcs"
 
     @classmethod
@@ -314,7 +323,7 @@ class Lake:
     def uri_of(self, path: str) -> str:
         """A filesystem path under the lake back to a URI that Spark and pyarrow both accept."""
         rel = posixpath.relpath(path, self.root)
-        return f"{self.uri}/{rel}" if rel != "." else self.uri
+        return f"{self.uri.rstrip('/')}/{rel}" if rel != "." else self.uri  # a lake at "/": "/t", not "//t"
 
     def table_path(self, table: str) -> str:
         return self._join(table)
@@ -927,6 +936,10 @@ class Lake:
         if path_or_uri.startswith("gs://"):
             # Parsed by hand: pyarrow's from_uri would build a GCS client (and look for credentials) just to do it.
             return path_or_uri[len("gs://"):].rstrip("/")
+        if urlparse(path_or_uri).scheme == "file":
+            # Also the single-slash form (file:/tmp/lake, as Spark prints it, and uri_of of such a lake), which
+            # pyarrow's filesystem took for a path and refused as a URI.
+            return str(file_uri_path(path_or_uri))
         if "://" in path_or_uri:
             _, path = filesystem_from_uri(path_or_uri)
             return path

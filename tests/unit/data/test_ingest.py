@@ -189,6 +189,53 @@ def test_a_truncated_parquet_delivery_is_refused_quarantined_and_nothing_publish
     assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
 
 
+def _non_utf8_column_name(weather: pa.Table, path: Path) -> None:
+    """A footer whose extra column's name is not UTF-8: pyarrow raised UnicodeDecodeError opening it."""
+    pq.write_table(weather.append_column("zzzz", pa.array([1] * weather.num_rows)), path, store_schema=False)
+    path.write_bytes(path.read_bytes().replace(b"zzzz", b"\xff\xfe\xfd\xfc"))
+
+
+def _repeated_column(weather: pa.Table, path: Path) -> None:
+    """``temp`` twice (a re-export that appended a corrected column): select raised KeyError, outside any try."""
+    pq.write_table(pa.Table.from_arrays([*weather.columns, weather["temp"]], names=[*weather.column_names, "temp"]),
+                   path)
+
+
+def _garbled_footer(weather: pa.Table, path: Path) -> None:
+    """The footer's bytes overwritten, its length and PAR1 magic intact: pyarrow's thrift error ends in a newline."""
+    pq.write_table(weather, path)
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[-8:-4], "little")
+    path.write_bytes(raw[:-8 - length] + b"\x0f" * length + raw[-8:])
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [(_non_utf8_column_name, "the Parquet file is corrupt (UnicodeDecodeError: "),
+     (_repeated_column, "the file names the column temp 2 times"),
+     (_garbled_footer, "the Parquet file is corrupt (")],
+    ids=["non-utf8-column-name", "repeated-column", "garbled-footer"],
+)
+def test_a_parquet_file_pyarrow_cannot_take_is_refused_in_one_line_naming_it_and_quarantined(
+        tmp_path, cached_reader, damage, expected):
+    """Each got past read_parquet's refusals: _read_one then told to re-encode the file as UTF-8 or named a
+    column "Field "temp" exists 2 times in schema", with no file, so nothing was quarantined; or pyarrow's
+    multi-line text made a refusal of two lines."""
+    path = tmp_path / "weather.parquet"
+    damage(cached_reader["weather"], path)
+    with pytest.raises(SourceUnreadable) as direct:
+        read_parquet(path, nycflights13.SCHEMAS["weather"], table="weather")
+    assert direct.value.file == str(path) and expected in str(direct.value) and "\n" not in str(direct.value)
+    lake = Lake((tmp_path / "lake").as_uri())
+    with pytest.raises(SourceUnreadable) as caught:
+        ingest_month(lake, JAN, run_id="r", workload=WORKLOAD, reader=parquet_reader(tmp_path, cached_reader))
+    message = str(caught.value)
+    assert expected in message and str(path) in message and "\n" not in message
+    assert "re-encode" not in message and "a column the reader needs is missing" not in message
+    assert (Path(lake.quarantine_path("weather", JAN, "r")) / "weather.parquet").read_bytes() == path.read_bytes()
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
 def test_a_parquet_column_of_the_wrong_type_is_named(tmp_path, cached_reader):
     lake = Lake((tmp_path / "lake").as_uri())
     weather = cached_reader["weather"]

@@ -53,3 +53,27 @@ def test_a_stray_folder_in_a_table_is_skipped_with_a_warning_not_listed_or_raise
         assert lake.published_partitions(TABLE) == [PART]
     for stray in strays:  # each named, so that it can be removed
         assert any(stray in r.getMessage() and "not a partition folder" in r.getMessage() for r in caplog.records), stray
+
+
+@pytest.mark.parametrize("uri", ["/", "file:///"])
+def test_a_lake_at_the_root_folder_is_the_root_not_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      uri: str) -> None:
+    """Lake("/") stripped its trailing slash to "" and resolved that to the working folder; Lake("file:///") stripped
+    to "file:" and ended in pyarrow's raw "File URI cannot be relative". Both name the root folder (nothing here
+    writes there)."""
+    monkeypatch.chdir(tmp_path)
+    lake = Lake(uri)
+    assert lake.root == "/"
+    assert lake._path(lake.uri_of(lake.table_path(TABLE))) == f"/{TABLE}"  # not //events, nor a host
+
+
+@pytest.mark.parametrize("uri", ["file://", "file:", "file:relative/lake", "file://host/lake"])
+def test_a_file_uri_naming_no_folder_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          uri: str) -> None:
+    from tenfold.data.lake import LakeError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LakeError) as caught:
+        Lake(uri)
+    assert f"lake URI {uri!r}" in str(caught.value) and "file:///" in str(caught.value)
+    assert not list(tmp_path.iterdir())

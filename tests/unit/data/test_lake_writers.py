@@ -104,6 +104,32 @@ def test_uris_with_a_scheme_are_not_taken_for_relative_folders(tmp_path: Path, m
     assert Lake(f"file:{tmp_path}/lake").root == str(tmp_path / "lake")  # the single-slash form Spark prints
     with pytest.raises(LakeError, match="empty"):
         Lake("")
-    with pytest.raises(Exception, match="bucket"):
-        Lake("gs:/typo")  # refused, not a local folder named gs:
+    with pytest.raises(LakeError, match="Missing bucket name"):
+        Lake("gs:/typo")  # refused (a LakeError naming it, no raw ArrowInvalid), not a local folder named gs:
     assert not list(tmp_path.iterdir())
+
+
+def test_a_single_slash_file_lake_publishes_quarantines_and_discards_by_its_own_uris(tmp_path: Path) -> None:
+    """Lake(f"file:{tmp}/lake") opens, but a staged folder given by its uri_of (file:/tmp/...) was passed to pyarrow's
+    local filesystem as it was: publish, quarantine and discard ended in a raw ArrowInvalid "Expected a local
+    filesystem path, got a URI"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = Lake(f"file:{tmp_path}/lake")
+    part = Partition(2013, 1)
+
+    def staged() -> str:
+        path = lake.staging_path("t", part)
+        Path(path).mkdir(parents=True)
+        pq.write_table(pa.table({"id": [1, 2]}), f"{path}/part-0.parquet")
+        return lake.uri_of(path)
+
+    uri = staged()
+    assert uri.startswith("file:/") and not uri.startswith("file://")  # the lake's own single-slash form
+    lake.publish("t", part, uri, run_id="r")
+    assert lake.read_table("t", [part]).column("id").to_pylist() == [1, 2]
+    lake.discard(uri)
+    assert not Path(lake._path(uri)).exists()
+    refused = lake.quarantine("t", part, staged(), "a1", {"reason": "test"})
+    assert (Path(lake._path(refused)) / "part-0.parquet").is_file()
