@@ -224,6 +224,23 @@ def test_a_compressed_body_is_415_naming_the_encoding_not_a_json_error(client: A
     assert client.post(PREDICT, content=json.dumps(_flight()).encode(), headers=plain).status_code == 200
 
 
+@pytest.mark.parametrize("fields", [["identity", "gzip"], ["identity, gzip"], ["", "GZIP"]])
+def test_a_compressed_body_is_415_whichever_content_encoding_field_names_it(client: Any, auth: dict[str, str],
+                                                                             fields: list[str]) -> None:
+    """Repeated fields are one list to HTTP: only the first Content-Encoding field was read, so a gzip body behind
+    'Content-Encoding: identity' was read as JSON and got a misleading 422 invalid_json."""
+    import gzip
+
+    headers = [*auth.items(), ("Content-Type", "application/json"), *(("Content-Encoding", f) for f in fields)]
+    for path, body in ((PREDICT, _flight()), (FEEDBACK, {"prediction_id": "abc", "outcome": 1})):
+        r = client.post(path, content=gzip.compress(json.dumps(body).encode()), headers=headers)
+        assert r.status_code == 415, (path, r.text)
+        assert r.json()["field"] == "content-encoding" and "gzip" in r.json()["message"].lower(), r.text
+    plain = [*auth.items(), ("Content-Type", "application/json"), ("Content-Encoding", "identity"),
+             ("Content-Encoding", "identity, ")]
+    assert client.post(PREDICT, content=json.dumps(_flight()).encode(), headers=plain).status_code == 200
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None])
 def test_a_body_that_is_not_json_is_415(client: Any, auth: dict[str, str], content_type: str | None) -> None:
     headers = dict(auth)
@@ -241,11 +258,11 @@ def test_json_with_a_charset_is_accepted(client: Any, auth: dict[str, str]) -> N
     assert r.status_code == 200, r.text
 
 
-def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, str]) -> None:
+def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, str], serving_token: str) -> None:
     client = make_client(max_body_bytes=2_000, max_batch_rows=3)
     big = {"flights": [_flight()] * 20}
-    r = client.post(PREDICT, json=big, headers=auth)  # Content-Length says it: refused before reading
-    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    answer = _refused_unread(client, serving_token, PREDICT, json.dumps(big).encode())
+    assert answer["error"] == "body_too_large" and "send fewer requests per batch" in answer["message"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: refused while reading, once past the bound
         raw = json.dumps(big).encode()
@@ -262,7 +279,8 @@ def test_oversized_bodies_and_batches_are_413(make_client: Any, auth: dict[str, 
     assert client.post(PREDICT, json={"flights": [_flight()] * 3}, headers=auth).status_code == 200
 
 
-def test_an_oversized_feedback_body_is_413_saying_what_to_do_for_feedback(make_client: Any, auth: dict[str, str]) -> None:
+def test_an_oversized_feedback_body_is_413_saying_what_to_do_for_feedback(make_client: Any, auth: dict[str, str],
+                                                                          serving_token: str) -> None:
     """Predict and feedback share the body reader, whose 413 told a feedback client to "send fewer requests per
     batch": feedback has no batches."""
     client = make_client(max_body_bytes=2_000)
@@ -272,11 +290,24 @@ def test_an_oversized_feedback_body_is_413_saying_what_to_do_for_feedback(make_c
         for i in range(0, len(raw), 500):
             yield raw[i:i + 500]
 
-    for content in (chunks(), raw):  # refused while reading, and before reading (Content-Length says it)
-        r = client.post(FEEDBACK, content=content, headers={**auth, "Content-Type": "application/json"})
-        assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text
-        message = r.json()["message"]
+    r = client.post(FEEDBACK, content=chunks(), headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text
+    for message in (r.json()["message"], _refused_unread(client, serving_token, FEEDBACK, raw)["message"]):
         assert "batch" not in message and "send one outcome per request" in message, message
+
+
+def _refused_unread(client: Any, token: str, path: str, raw: bytes) -> dict[str, Any]:
+    """``raw`` (over the bound) POSTed in 500-byte chunks with its Content-Length: a 413 refused before reading, which
+    the one refused while reading cannot pass for: no chunk was received, and the answer names the declared size.
+    The 413's body."""
+    messages = [{"type": "http.request", "body": raw[i:i + 500], "more_body": i + 500 < len(raw)}
+                for i in range(0, len(raw), 500)]
+    unread = len(messages)
+    sent = _raw_asgi(client, token, messages, [(b"content-length", str(len(raw)).encode())], path=path)
+    assert sent[0]["status"] == 413 and len(messages) == unread, (sent, len(messages), unread)
+    answer: dict[str, Any] = json.loads(sent[1]["body"])
+    assert answer["error"] == "body_too_large" and f"the body is {len(raw)} bytes" in answer["message"], answer
+    return answer
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -699,9 +730,9 @@ def test_the_openapi_schema_describes_both_bodies_and_the_refusals(client: Any) 
 
 
 def _raw_asgi(client: Any, token: str, messages: list[dict[str, Any]],
-              headers: Sequence[tuple[bytes, bytes]] = ()) -> list[dict[str, Any]]:
-    """A POST to /v1/predict through the app's ASGI callable itself: ``messages`` as the client's, then a disconnect;
-    what the app sent back."""
+              headers: Sequence[tuple[bytes, bytes]] = (), path: str = PREDICT) -> list[dict[str, Any]]:
+    """A POST to ``path`` through the app's ASGI callable itself: ``messages`` as the client's (each taken off the
+    list as the app receives it), then a disconnect; what the app sent back."""
     import asyncio
 
     sent: list[dict[str, Any]] = []
@@ -713,7 +744,7 @@ def _raw_asgi(client: Any, token: str, messages: list[dict[str, Any]],
         sent.append(message)
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": PREDICT, "raw_path": PREDICT.encode(), "query_string": b"", "root_path": "",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
              "headers": [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json"),
                          *headers],
              "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}

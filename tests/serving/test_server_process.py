@@ -150,6 +150,22 @@ def test_bad_flags_exit_2(serving_env: dict[str, str]) -> None:
     assert proc.returncode == 2 and "--arm" in proc.stderr, (proc.returncode, proc.stderr[-3000:])
 
 
+def test_a_port_that_is_taken_exits_1_saying_so(tmp_path: Path) -> None:
+    """uvicorn exits 3 by itself when it cannot bind, past the replica's own check: the status was none the docs
+    list, and only uvicorn's errno line said why. The bind fails before any model is needed, so an empty home does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    env.update(TENFOLD_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert f"could not start on 127.0.0.1:{port}" in proc.stderr and "is the port taken?" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_the_thin_asgi_entry_serves_the_same_app(serving_settings: Any, served_versions: Any, waits: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient

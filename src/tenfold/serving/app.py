@@ -188,8 +188,11 @@ async def read_json(request: Request, max_bytes: int, too_large: str) -> tuple[A
         raise ApiError(415, "unsupported_media_type",
                        f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r})",
                        field="content-type")
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
+    # Every field and every coding in it: repeated fields are one comma-separated list to HTTP, and a gzip body sent
+    # with 'identity' in the first field got a misleading 422 invalid_json when only that field was read.
+    codings = [c.strip().lower() for value in request.headers.getlist("content-encoding") for c in value.split(",")]
+    if any(c not in ("", "identity") for c in codings):
+        encoding = ", ".join(c for c in codings if c)
         raise ApiError(415, "unsupported_media_type", f"the body is sent with 'Content-Encoding: {encoding}', which "
                        "this API does not decode: send it uncompressed (at most max_body_bytes)",
                        field="content-encoding")

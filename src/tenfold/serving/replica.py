@@ -15,7 +15,7 @@ startup script sets) or ``stable``, ``--model`` is an alias or version id, ``TEN
 
 Exit status: 0 after a graceful drain (SIGTERM or SIGINT: readiness goes false at once, requests in flight
 get ``serving.server.drain_timeout_s`` to finish), 1 when the model or its lookups cannot be loaded (the
-message says why; the replica never serves), 2 for bad arguments.
+message says why; the replica never serves) or the address cannot be bound (the port is taken), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info",
           fault: Fault | None = None) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0 after draining) or a failed load (exit 1)."""
+    """Run one replica until SIGTERM/SIGINT (exit 0 after draining), a failed load or a failed bind (exit 1)."""
     from tenfold.serving.app import create_app
     from tenfold.serving.auth import TokenMissing
 
@@ -165,12 +165,18 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
         signal.signal(sig, _ignore)
     log.info("replica starting: arm %s, model %s, http://%s:%d%s", arm, model_ref, host, port,
              f", INJECTED FAULT {fault}" if fault is not None and fault.active else "")
-    server.run()
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits with its own status (3) when it cannot bind, which is none of the documented ones and says
+        # nothing of the port: a server that never started gets the line below and exit 1 instead.
+        if server.started:
+            raise
+    if not server.started:  # before a failed load's message: the load may fail too while startup unwinds (logged)
+        print(f"tenfold serving: could not start on {host}:{port} (see the log above; is the port taken?)", file=sys.stderr)
+        return 1
     if fatal:
         print(f"tenfold serving: not serving: {fatal[0]}", file=sys.stderr)
-        return 1
-    if not server.started:
-        print(f"tenfold serving: could not start on {host}:{port} (see the log above; is the port taken?)", file=sys.stderr)
         return 1
     log.info("replica stopped after draining")
     return 0
