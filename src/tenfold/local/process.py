@@ -18,9 +18,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +41,17 @@ STRAY_TIMEOUT_S = 5.0
 
 class LocalPlatformError(RuntimeError):
     """A service could not be started, checked or stopped; the message says what to do."""
+
+
+class StillRunning(LocalPlatformError):
+    """Processes that :func:`stop` (``check=True``) signalled outlived SIGKILL: stuck in the kernel (uninterruptible
+    I/O on a hung mount or a failing disk), they exit only once that I/O ends. ``pids`` names them."""
+
+    retryable = False  # a refusal to say as it is (tenfold.outages.ending), not a fault in the code
+
+    def __init__(self, message: str, pids: Sequence[int]) -> None:
+        super().__init__(message)
+        self.pids = list(pids)
 
 
 @dataclass(frozen=True)
@@ -475,22 +488,81 @@ stop(record, timeout=10.0)
 def run_bounded(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` to its end, its output captured; past ``timeout``, stop it with every process it started (its own
     process group: subprocess.run's timeout kills the command alone, and a child it started ran on) and raise
-    :class:`subprocess.TimeoutExpired`. Interrupted any other way (Ctrl-C, which its own session does not get), it is
-    stopped the same way before the interruption goes on."""
-    proc = subprocess.Popen(list(cmd), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.kill()
-        proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        raise
+    :class:`subprocess.TimeoutExpired`. Interrupted any other way (Ctrl-C, which its own session does not get; a
+    SIGTERM or SIGHUP of the caller, see :func:`_dying_with_caller`), it is stopped the same way before the
+    interruption goes on."""
+    with _dying_with_caller():
+        proc = subprocess.Popen(list(cmd), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, preexec_fn=_parent_death_signal())
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def _dying_with_caller() -> Iterator[None]:
+    """While it is held, a SIGTERM or SIGHUP of this process raises SystemExit (exit code 128 + the signal, as a shell
+    reports a command a signal ended) where it would have ended the process on the spot, so that
+    :func:`run_bounded`'s cleanup stops its command's group, and the caller's own cleanup runs, before it exits. Its
+    command runs in a session of its own, which the terminal's SIGHUP never reaches: a `tenfold up` killed by a CI
+    timeout, a ``kill`` or a closed terminal during `airflow db migrate` left the migration running, in no pid file
+    (`tenfold down` could not stop it), and the next `tenfold up` started a second one on the same database.
+
+    Only in the main thread (the one Python runs signal handlers in), and only for a signal whose disposition is the
+    default: one the caller ignores (``nohup``) or handles itself is left as it is. Restored on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, stopped)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, what makes a child of this thread get SIGKILL once the thread's process is gone (PR_SET_PDEATHSIG):
+    the backstop of :func:`_dying_with_caller` for a death no handler sees (SIGKILL, the OOM killer). It reaches the
+    child alone, not what the child started. None elsewhere, or where libc's prctl cannot be found.
+
+    Called between fork and exec: libc's function is looked up here, beforehand, so the child calls it and nothing
+    else (a lock another thread held at the fork would hang a child that took it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, sig = os.getpid(), ctypes.c_ulong(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the caller died before the signal was armed: it will never come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
 
 
 def _start_watchdog(record: ProcessRecord) -> None:
@@ -565,9 +637,12 @@ def is_group_running(record: ProcessRecord) -> bool:
     return is_running(record) or bool(_orphans(record)[0])
 
 
-def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
+def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -> bool:
     """Stop the process group of ``record`` if it is still ours, and every descendant of it that left the
-    group; True if anything of it was running."""
+    group; True if anything of it was running (not: that it is gone). With ``check``, raise :class:`StillRunning`,
+    naming them, when processes of it outlived SIGKILL, once everything else of it was stopped: a caller that drops the
+    pid file on a True loses track of them (``tenfold down`` said "stopped", and the next ``up`` took its own emulator,
+    still holding the port, for another program)."""
     proc = _process_of(record)
     if proc is not None:
         try:
@@ -583,12 +658,13 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
     # Descendants that left the group (Airflow runs each task in a group of its own; spark-submit and torchrun
     # run in sessions of their own) are collected now, while the parent links still lead to them.
     strays = [p for p in _descendants(members) if p.pid not in {m.pid for m in members}]
+    survivors: list[psutil.Process] = []
     if members:
         _signal(group, members, signal.SIGTERM)
         alive = _wait_gone(members, timeout)
         if alive:
             _signal(group, alive, signal.SIGKILL)
-            _wait_gone(alive, 5.0)
+            survivors += _wait_gone(alive, 5.0)
     # And those whose parent link broke before the snapshot above (their parent died, so init adopted them: a task
     # killed by the OOM killer while its spark-submit ran in a session of its own), found by the marker every child
     # inherits. Only a marker read as this record's counts (not an unreadable environment, unlike _carries).
@@ -599,12 +675,16 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0) -> bool:
         _signal(None, strays, signal.SIGTERM)
         if alive := _wait_gone(strays, STRAY_TIMEOUT_S):
             _signal(None, alive, signal.SIGKILL)
-            _wait_gone(alive, 5.0)
+            survivors += _wait_gone(alive, 5.0)
     for popen in list(_reapers):
         if popen.pid == record.pid:
             with contextlib.suppress(Exception):
                 popen.wait(timeout=1)
             _reapers.remove(popen)
+    if check and survivors:
+        pids = sorted(p.pid for p in survivors)
+        raise StillRunning(f"{record.name}: pid {', '.join(map(str, pids))} did not exit within 5 s of SIGKILL (stuck "
+                           "in the kernel: uninterruptible I/O, a hung mount or a failing disk?)", pids)
     return bool(members)
 
 

@@ -153,9 +153,19 @@ def _live_record(settings: Settings, name: str) -> ProcessRecord | None:
 
 def _clear(settings: Settings, name: str, timeout: float = 20.0) -> bool:
     """Stop whatever is left of component ``name`` (a dead leader's children included; SIGKILL after ``timeout``),
-    drop its pid file."""
+    drop its pid file.
+
+    What outlives SIGKILL (a process stuck in uninterruptible I/O: a hung mount) keeps its pid file, and raises
+    :class:`process.StillRunning` naming it and what to do. Dropped, `tenfold down` said "stopped" and lost track of
+    it: `status` said stopped, and the next `up` refused the port its own emulator still held as another program's."""
     record = process.read_record(run_dir(settings), name)
-    stopped = process.stop(record, timeout=timeout) if record is not None else False
+    try:
+        stopped = process.stop(record, timeout=timeout, check=True) if record is not None else False
+    except process.StillRunning as exc:
+        raise process.StillRunning(
+            f"{exc}; its pid file {process.pid_file(run_dir(settings), name)} is kept, so `tenfold status` and "
+            f"`tenfold down` still find it: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows what it "
+            "waits on; once it has exited (a reboot ends it), run the command again", exc.pids) from exc
     process.remove_pid_file(run_dir(settings), name)
     return stopped
 
@@ -183,7 +193,10 @@ def _start_components(
         _wait_healthy(svc, components, records)
     except BaseException:
         for comp in reversed(components):
-            _clear(settings, comp.name)
+            # One that outlives SIGKILL keeps its pid file (`status` and `down` still find it); the error that rolled
+            # this start back is the one to report.
+            with contextlib.suppress(process.StillRunning):
+                _clear(settings, comp.name)
         raise
     return records
 
@@ -215,7 +228,9 @@ def start_service(settings: Settings, name: str, *, tie_to_this_process: bool = 
 
 def stop_service(settings: Settings, name: str) -> bool:
     """Stop every component of service ``name`` (or the one process of that name the platform started, e.g.
-    the feedback sink) whose pid file names a live process; True when something was stopped."""
+    the feedback sink) whose pid file names a live process; True when something was stopped. Raises
+    :class:`process.StillRunning`, once every component was tried, naming those that outlived SIGKILL (see
+    :func:`_clear`)."""
     if name not in SERVICE_ORDER:
         if name == FEEDBACK_SINK:  # it lands the batch in hand and runs a last join: 20 s killed it mid-join
             from tenfold.feedback.sink import STOP_TIMEOUT_S
@@ -226,7 +241,16 @@ def stop_service(settings: Settings, name: str) -> bool:
     if name == "airflow":
         names.append(LEGACY_AIRFLOW)
     # Reversed: the scheduler and the rest before the API server they report to.
-    return any([_clear(settings, n) for n in reversed(names)])
+    stopped = False
+    stuck: list[process.StillRunning] = []
+    for n in reversed(names):
+        try:
+            stopped = _clear(settings, n) or stopped
+        except process.StillRunning as exc:
+            stuck.append(exc)
+    if stuck:
+        raise process.StillRunning("\n".join(map(str, stuck)), [pid for exc in stuck for pid in exc.pids])
+    return stopped
 
 
 def _busy_ports(settings: Settings, svc: Service, components: Iterable[Component]) -> list[str]:
@@ -339,7 +363,10 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
     if not problems:
         for plan in plans:
             for comp in plan.start:
-                _clear(settings, comp.name)
+                try:
+                    _clear(settings, comp.name)
+                except process.StillRunning as exc:  # it would hold the port, or the work, of the one to start
+                    problems.append(str(exc))
         problems += [p for plan in plans for p in _busy_ports(settings, plan.svc, plan.left)]
     if problems:
         # Checked before anything starts, so a missing prerequisite never leaves a partial stack.
@@ -373,7 +400,10 @@ def _up(settings: Settings, services: Iterable[str], say: Callable[[str], object
     except BaseException:
         for comp_name in reversed(started):
             say(f"{comp_name}: stopping (rolling back this `up`)")
-            _clear(settings, comp_name)
+            try:
+                _clear(settings, comp_name)
+            except process.StillRunning as exc:  # said, and the rollback goes on: the error that caused it goes up
+                say(f"warning: {exc}")
         raise
     return status(settings, names)
 
@@ -418,15 +448,25 @@ def _down(settings: Settings, services: Iterable[str], say: Callable[[str], obje
         # The feedback sink before the emulators, with the time it takes to land what the subscriptions still hold:
         # the Pub/Sub emulator keeps messages in memory only. `tenfold down` stopped it with the fleet already; a
         # caller that stops the platform alone left it pulling from a stopped emulator, and its backlog was lost.
+        # A sink that outlives SIGKILL (StillRunning) ends this here for the same reason: the emulator stays up.
         with _exclusive(settings, say, FEEDBACK_SINK):
             if stop_service(settings, FEEDBACK_SINK):
                 say(f"{FEEDBACK_SINK}: stopped")
+    stuck: list[process.StillRunning] = []
     for name in reversed([n for n in SERVICE_ORDER if n in chosen]):
-        if stop_service(settings, name):
+        try:
+            running = stop_service(settings, name)
+        except process.StillRunning as exc:  # the other services are still stopped; it is reported once they are
+            say(f"{name}: not stopped, a process of it outlived SIGKILL")
+            stuck.append(exc)
+            continue
+        if running:
             say(f"{name}: stopped")
             stopped.append(name)
         else:
             say(f"{name}: not running")
+    if stuck:
+        raise process.StillRunning("\n".join(map(str, stuck)), [pid for exc in stuck for pid in exc.pids])
     return stopped
 
 

@@ -991,3 +991,41 @@ def test_a_sink_waits_a_moment_for_a_busy_pubsub_emulator_and_refuses_one_that_n
     monkeypatch.setattr(stack, "PUBSUB_PROBE_S", 0.6)
     with pytest.raises(LocalPlatformError, match=r"feedback-sink: the Pub/Sub emulator does not answer on .*run `tenfold up`"):
         stack.feedback_sink_up(s, say=lambda line: None)
+
+
+def test_down_names_a_process_that_outlived_sigkill_keeps_its_pid_file_and_stops_the_rest(tmp_path, monkeypatch):
+    """A process stuck in uninterruptible I/O (a hung mount) outlives SIGKILL: `tenfold down` said "pubsub: stopped"
+    and deleted its pid file, so `status` said stopped and the next `up` refused the port its own emulator still held
+    as another program's. Here no signal reaches the stand-in emulator, so it really does outlive the stop."""
+    from tenfold.local import down, process, stack
+    from tenfold.outages import ending
+
+    s = _fresh_settings(tmp_path)
+    stuck = process.start("pubsub", ["sleep", "300"], run_dir=run_dir(s), port=s.local.pubsub_port, cwd=tmp_path)
+    gcs = process.start("gcs", ["sleep", "300"], run_dir=run_dir(s), port=s.local.gcs_port, cwd=tmp_path)
+    real_signal, real_clear = process._signal, stack._clear
+
+    def all_but_the_stuck_one(pgid, procs, sig):
+        real_signal(None if pgid == stuck.pid else pgid, [p for p in procs if p.pid != stuck.pid], sig)
+
+    monkeypatch.setattr(process, "_signal", all_but_the_stuck_one)
+    # Half a second before SIGKILL, not 20 (the wait for SIGKILL to take is the real 5 s).
+    monkeypatch.setattr(stack, "_clear", lambda settings, name, timeout=20.0: real_clear(settings, name, timeout=0.5))
+    said: list[str] = []
+    try:
+        with pytest.raises(process.StillRunning) as refused:
+            down(s, ["gcs", "pubsub"], echo=said.append)
+        assert refused.value.pids == [stuck.pid]
+        assert process.read_record(run_dir(s), "pubsub") == stuck and process.is_running(stuck)
+        assert [st.running for st in status(s, ["pubsub"])] == [True]
+        assert "pubsub: not stopped, a process of it outlived SIGKILL" in said and "pubsub: stopped" not in said
+        assert "gcs: stopped" in said, said  # the rest is still stopped
+        assert not process.is_running(gcs) and not pid_file(run_dir(s), "gcs").exists()
+        # One line naming the pid, the kept pid file and what to do; not "a fault in the code".
+        line = ending(refused.value, "tenfold down", s.local.home, debug_hint="with TENFOLD_DEBUG=1")
+        assert line.startswith(f"error: `tenfold down`: pubsub: pid {stuck.pid} did not exit"), line
+        assert str(pid_file(run_dir(s), "pubsub")) in line and "run the command again" in line and "\n" not in line
+    finally:
+        monkeypatch.undo()
+        process.stop(stuck, timeout=5)
+        process.stop(gcs, timeout=5)

@@ -4,10 +4,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -491,3 +493,86 @@ def test_another_homes_gcs_emulator_serves_storage_with_a_warning_naming_that_ho
     with caplog.at_level(logging.WARNING, logger="tenfold.local.process"):
         process.require_local_storage(other)
     assert f"is the platform's in {tenfold_home.resolve()}, not this home's" in caplog.text, caplog.text
+
+
+def _still_running(p: psutil.Process) -> bool:
+    """Whether ``p`` runs: a zombie (its parent killed, pid 1 not reaping it) counts as gone."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _bounded_runner(script: str, pids: Path, *, hup: str = "SIG_DFL") -> subprocess.Popen[bytes]:
+    """A Python process that runs ``script`` (a shell command that writes its pids to ``pids``) with run_bounded, as
+    `tenfold up` runs `airflow db migrate`, from a terminal: SIGTERM's disposition the default, SIGHUP's ``hup``
+    (whatever the test session's own are: under nohup, SIGHUP would be ignored)."""
+    code = ("import os, signal, sys\nfrom tenfold.local.process import run_bounded\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+            f"signal.signal(signal.SIGHUP, signal.{hup})\n"
+            f"done = run_bounded(['sh', '-c', {script!r}], env=os.environ, timeout=100)\n"
+            "print(done.stdout, end='')\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().endswith("\n")):
+        assert time.monotonic() < deadline and runner.poll() is None, "the command never started"
+        time.sleep(0.05)
+    return runner
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_bounded_command_and_what_it_started_die_with_a_caller_terminated_or_hung_up(tmp_path, sig):
+    """`airflow db migrate` runs in a session of its own, which a closed terminal's SIGHUP never reaches, and `tenfold
+    up` had no handler for SIGTERM (a CI timeout, a `kill`): killed by either, it left the migration running, in no pid
+    file (`tenfold down` could not stop it), and the next `up` started a second one on the same database."""
+    pids = tmp_path / "pids"
+    runner = _bounded_runner(f"sleep 60 & echo $$ $! > {pids}; wait", pids)
+    started = [psutil.Process(int(pid)) for pid in pids.read_text().split()]  # the command, and its child
+    try:
+        runner.send_signal(sig)
+        # Ended as a shell says a signal ended a command (128 + its number), once its cleanup ran.
+        assert runner.wait(30) == 128 + sig
+        deadline = time.monotonic() + 5
+        while any(_still_running(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p.pid for p in started if _still_running(p)], f"left running after {sig.name} of its caller"
+    finally:
+        runner.kill()
+        runner.wait()
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_bounded_command_dies_with_a_caller_killed_outright(tmp_path):
+    """No handler sees a SIGKILL (the OOM killer, `kill -9`): the kernel's parent-death signal ends the command."""
+    pids = tmp_path / "pids"
+    runner = _bounded_runner(f"echo $$ > {pids}; exec sleep 60", pids)
+    command = psutil.Process(int(pids.read_text()))
+    try:
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 5
+        while _still_running(command) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _still_running(command), "the command outlived its killed caller"
+    finally:
+        with contextlib.suppress(psutil.Error):
+            command.kill()
+
+
+def test_a_caller_that_ignores_sighup_still_runs_its_bounded_command_to_its_end(tmp_path):
+    """`nohup tenfold up`, its terminal closed: the SIGHUP it ignores is ignored during the command too."""
+    pids = tmp_path / "pids"
+    release = tmp_path / "release"
+    runner = _bounded_runner(f"echo $$ > {pids}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished", pids,
+                             hup="SIG_IGN")
+    try:
+        runner.send_signal(signal.SIGHUP)  # an ignored signal is dropped as it is sent; one acted upon ends the
+        release.touch()  # runner at once, while the command still waits for this file
+        out, _ = runner.communicate(timeout=30)
+        assert (runner.returncode, out) == (0, b"finished\n")
+    finally:
+        runner.kill()
+        runner.wait()
