@@ -81,13 +81,14 @@ class Observability(Construct):
         window = f"{p.window_s}s"
         lb = f'resource.type = "https_lb_rule" AND resource.labels.url_map_name = "{p.url_map_name}"'
 
-        # monitor_drift writes one point per run (tenfold.monitoring.cloud_metrics); declaring the metric lets the
-        # policy exist before the first point. Its type carries the environment's prefix: a descriptor is one per
-        # project, and dev and prod may share one.
+        # monitor_drift writes at most one point per run (tenfold.monitoring.cloud_metrics): the largest PSI of the
+        # months it retrains for, 0 when none; declaring the metric lets the policy exist before the first point. Its
+        # type carries the environment's prefix: a descriptor is one per project, and dev and prod may share one.
         self.drift_descriptor = MonitoringMetricDescriptor(
             self, "drift-metric", type=p.drift_metric, metric_kind="GAUGE", value_type="DOUBLE",
             display_name=f"{p.name_prefix} feature drift (PSI)",
-            description="The largest population stability index of the features that trigger retraining, per monitor_drift run",
+            description="The largest population stability index of the features that trigger retraining, over the "
+                        "months a monitor_drift run retrains for (0 when it retrains for none)",
         )
 
         def policy(cid: str, name: str, condition: dict[str, object], doc: str, after: list[object] | None = None) -> MonitoringAlertPolicy:
@@ -136,8 +137,10 @@ class Observability(Construct):
                 "comparison": "COMPARISON_GT", "threshold_value": math.nextafter(p.drift_threshold, -math.inf),
                 "duration": "0s",
                 "aggregations": structs([{"alignment_period": window, "per_series_aligner": "ALIGN_MAX"}]),
-            }, "A feature that triggers retraining has a PSI above the monitor's threshold: open the month's drift "
-               "report (monitor_drift's log links it). The monitor retrains when its statistical test rejects too.",
+            }, "The drift monitor is retraining the champion: a feature that triggers retraining drifted (its PSI at "
+               "or above the monitor's threshold, and its statistical test rejects) in a month no earlier run retrained "
+               "for. Open the month's drift report (monitor_drift's log links it) and follow the train_model run its "
+               "drift event started.",
                 [self.drift_descriptor]),
         ]
 

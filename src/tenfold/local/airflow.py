@@ -12,14 +12,15 @@ Code inside DAG tasks then resolves the same :class:`Settings` through ``get_set
 the ``TENFOLD_*`` variables (home, ports, project) travel with the environment.
 
 Before the components start, :func:`ensure_airflow_config` writes ``airflow.cfg`` with the secrets they
-must share (the components start at once, and each would otherwise generate its own), and
-:func:`ensure_admin_password` generates the admin's password: both files mode 0600. ``tenfold status``
+must share, or adds those an existing one lacks (the components start at once, and each would otherwise generate
+its own), and :func:`ensure_admin_password` generates the admin's password: both files mode 0600. ``tenfold status``
 prints the login.
 """
 
 from __future__ import annotations
 
 import base64
+import configparser
 import contextlib
 import json
 import os
@@ -176,28 +177,92 @@ def ensure_admin_password(settings: Settings) -> str:
     return str(passwords[user])
 
 
+# The secrets Airflow's components must share, and how many random bytes each is made of: the Fernet key that encrypts
+# connections and variables, the API server's session secret, and the key that signs the task tokens.
+SHARED_KEYS = (("core", "fernet_key", 32), ("api", "secret_key", 64), ("api_auth", "jwt_secret", 64))
+
+
 def ensure_airflow_config(settings: Settings) -> Path:
-    """Write ``airflow.cfg`` with the secrets every component must share, unless one exists.
+    """Write ``airflow.cfg`` with the secrets every component must share, or add those an existing one lacks.
 
     Started one by one (not under ``standalone``, whose parent wrote the file before forking), each
-    component that finds no ``airflow.cfg`` generates and writes its own keys, so the API server would
-    refuse the scheduler's tokens. Only the keys are written; every other option keeps its default or
-    comes from :func:`airflow_env`. Mode 0600.
+    component that finds no ``airflow.cfg``, or one without a key (an Airflow 2 home's, a hand-written one),
+    generates its own, so the API server would refuse the scheduler's tokens and the UI could not fetch logs.
+    Only the keys are written; every other option keeps its default or comes from :func:`airflow_env`. An
+    existing file keeps every line (the user's values and comments); a key it holds is never replaced. Mode 0600.
     """
     path = airflow_home(settings) / CONFIG_FILE
-    if path.exists():
-        path.chmod(0o600)
-        return path
 
     def key(n: int) -> str:
         return base64.urlsafe_b64encode(os.urandom(n)).decode()
 
-    _write_private(
-        path,
-        "# Written by tenfold.local.airflow.ensure_airflow_config: the keys Airflow's components share.\n"
-        f"[core]\nfernet_key = {key(32)}\n\n[api]\nsecret_key = {key(64)}\n\n[api_auth]\njwt_secret = {key(64)}\n",
-    )
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        _write_private(
+            path,
+            "# Written by tenfold.local.airflow.ensure_airflow_config: the keys Airflow's components share.\n"
+            + "\n".join(f"[{section}]\n{option} = {key(n)}\n" for section, option, n in SHARED_KEYS),
+        )
+        return path
+    held = _parse_config(path, text)
+    missing = [(section, option, key(n)) for section, option, n in SHARED_KEYS if not _config_value(held, section, option)]
+    if not missing:
+        path.chmod(0o600)
+        return path
+    text = _with_options(text, missing)
+    added = _parse_config(path, text)
+    if any(_config_value(added, section, option) != value for section, option, value in missing):
+        raise LocalPlatformError(f"{path} lacks {', '.join(f'[{s}] {o}' for s, o, _ in missing)}, and they could not "
+                                 "be added to it: set them yourself (each a long random string), or delete the file "
+                                 "and run `tenfold up` to write a new one")
+    _write_private(path, text)
     return path
+
+
+def _parse_config(path: Path, text: str) -> configparser.ConfigParser:
+    """``text`` of ``path`` read as Airflow reads it (strict: a section or an option twice is an error)."""
+    parser = configparser.ConfigParser(interpolation=None)  # values as written: a key may hold a %
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        raise LocalPlatformError(f"{path} is not a configuration file Airflow can read ({' '.join(str(exc).split())}): "
+                                 "fix it, or delete it and run `tenfold up` to write a new one") from exc
+    return parser
+
+
+def _config_value(parser: configparser.ConfigParser, section: str, option: str) -> str:
+    return parser.get(section, option, fallback="").strip()
+
+
+def _with_options(text: str, options: list[tuple[str, str, str]]) -> str:
+    """``text`` with each ``(section, option, value)`` of ``options`` set: an empty ``option =`` line of that section
+    replaced, or else the line added under the section's header, or else the section added at the end. Every other
+    line stays as it was."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    for section, option, value in options:
+        line_of_option = f"{option} = {value}\n"
+        header = empty = None
+        current = None
+        for i, line in enumerate(lines):
+            found = configparser.ConfigParser.SECTCRE.match(line.strip())
+            if found:
+                current = found.group("header")
+                header = i if current == section and header is None else header
+                continue
+            found = configparser.ConfigParser.OPTCRE.match(line.strip())
+            if (current == section and found and not line[0].isspace()
+                    and found.group("option").strip().lower() == option and not found.group("value").strip()):
+                empty = i
+        if empty is not None:
+            lines[empty] = line_of_option
+        elif header is not None:
+            lines.insert(header + 1, line_of_option)
+        else:
+            lines += [*(["\n"] if lines and lines[-1].strip() else []), f"[{section}]\n", line_of_option]
+    return "".join(lines)
 
 
 def _migrated_marker(env: Mapping[str, str]) -> Path:

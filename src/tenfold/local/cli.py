@@ -12,7 +12,9 @@ them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` an
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -38,10 +40,35 @@ def _services(names: list[str] | None) -> list[str]:
     return chosen
 
 
+# How a command ends when the reader of its output went away (``tenfold status | head -1``): quietly, with the code a
+# shell gives a command that SIGPIPE ended (128 + 13), as ``yes | head -1`` does. Not 0: the output was cut short, and
+# a script under ``set -o pipefail`` that did not mean it to be hears so; not 1, the code of an outage or a refusal.
+EXIT_READER_GONE = 141
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it: poll reports an error on a pipe's write end then. A
+    BrokenPipeError from anything else (a connection to a service, lost) is not the user's ``| head``."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's runner), or no poll on this system
+        return False
+
+
 @contextlib.contextmanager
 def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
     """What the system refuses (a TENFOLD_HOME under a file or not writable, a full disk, a command that hangs) ends
-    ``tenfold <command>`` with one error line naming the path or command and what to do, never a traceback."""
+    ``tenfold <command>`` with one error line naming the path or command and what to do, never a traceback.
+
+    A service that cannot be reached (a connection refused or reset) is said as such (:func:`tenfold.outages.ending`),
+    not as a path to fix; a reader of the output that went away (``| head -1``) ends the command quietly
+    (:data:`EXIT_READER_GONE`)."""
+    from tenfold.outages import ending, is_unreachable
+
     try:
         yield
     except subprocess.TimeoutExpired as exc:
@@ -50,7 +77,17 @@ def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
                    "again; if it hangs again, run that command yourself to see what it waits for", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:
-        typer.echo(os_error_refusal(exc, f"tenfold {command}", settings.local.home), err=True)
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            # Python's recipe: what is left in stdout's buffer goes nowhere, so the flush at exit raises nothing.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            raise typer.Exit(EXIT_READER_GONE) from None
+        if is_unreachable(exc):  # ConnectionRefusedError and the like are OSErrors, but no path of the user's
+            typer.echo(ending(exc, f"tenfold {command}", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
+                       err=True)
+        else:
+            typer.echo(os_error_refusal(exc, f"tenfold {command}", settings.local.home), err=True)
         raise typer.Exit(1) from exc
 
 

@@ -271,7 +271,14 @@ def _email_hook(settings: Settings, alert: Alert) -> None:
 
 
 def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
-    """The hooks an alert goes to under ``settings`` (besides the log), by name."""
+    """The hooks an alert goes to under ``settings`` (besides the log), by name: each name names one hook.
+
+    A re-send goes to the hooks of the names an earlier send recorded as failed (``send_alert(only=...)``, in this
+    process or a later try's), so two hooks of one name (two closures of one factory, two lambdas, a function called
+    ``webhook``) would both get it again, the one that took it too. A registered hook is named by its ``__name__``
+    (its class's for a callable object: a ``repr`` would hold an address another process does not share), and the
+    second of a name taken (the built-ins' first) by ``<name>#2``, then ``#3``: in registration order, which every try
+    of the same code repeats."""
     hooks: list[tuple[str, AlertHook]] = []
     if settings.monitoring.alert_file:
         hooks.append(("file", _file_hook))
@@ -280,7 +287,15 @@ def configured_hooks(settings: Settings) -> list[tuple[str, AlertHook]]:
         hooks.append(("webhook", _webhook_hook))
     if settings.monitoring.alert_smtp_host:
         hooks.append(("email", _email_hook))
-    hooks += [(getattr(h, "__name__", repr(h)), h) for h in _extra_hooks]
+    taken = {name for name, _ in hooks}
+    for hook in _extra_hooks:
+        name = base = str(getattr(hook, "__name__", None) or type(hook).__name__)
+        count = 1
+        while name in taken:
+            count += 1
+            name = f"{base}#{count}"
+        taken.add(name)
+        hooks.append((name, hook))
     return hooks
 
 

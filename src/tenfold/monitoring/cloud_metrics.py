@@ -1,13 +1,14 @@
 """The drift score as a Cloud Monitoring custom metric: what the cloud's drift alert policy watches.
 
-``monitor_drift`` writes one point per run in dev and prod: the run's drift score (the largest PSI over the
-features that trigger retraining, :attr:`tenfold.monitoring.drift.DriftReport.score`) to
-``settings.monitoring.drift_metric`` (a ``GAUGE`` of ``DOUBLE`` on the ``global`` resource, declared by the
-platform stack's observability component). The alert fires when it is at or above ``monitoring.drift_psi``, the
-monitor's own threshold, and the score is written unrounded, so the page and the retrain agree. A transient error
-fails ``decide``'s try while its task has tries left (the next writes the score); a :class:`MetricWriteError`, or
-an outage on the last try, is logged and named in the drift alert. Locally there is no Cloud Monitoring: the alert
-hooks of :mod:`tenfold.monitoring.alerts` are the alerts.
+``monitor_drift``'s ``decide`` writes at most one point per run in dev and prod to ``settings.monitoring.drift_metric``
+(a ``GAUGE`` of ``DOUBLE`` on the ``global`` resource, declared by the platform stack's observability component): the
+largest PSI over the features that trigger retraining, across the months the run retrains for; 0.0 when it retrains
+for none (a high PSI the feature's test does not call drift included). It writes nothing for a version that is not
+the champion, and leaves out a month an earlier try of the run already scored. So the point reaches
+``monitoring.drift_psi``, where the alert fires, only when the run retrains: written unrounded, the page and the
+retrain agree (docs/drift.md). A transient error fails ``decide``'s try while its task has tries left (the next
+writes the score); a :class:`MetricWriteError`, or an outage on the last try, is logged and named in the drift alert.
+Locally there is no Cloud Monitoring: the alert hooks of :mod:`tenfold.monitoring.alerts` are the alerts.
 """
 
 from __future__ import annotations

@@ -391,7 +391,9 @@ class DriftReport:
 
     @property
     def retrain(self) -> bool:
-        """Whether a feature that triggers retraining drifted (the monitor then emits the drift event)."""
+        """Whether a feature that triggers retraining drifted: this measurement's decision. Whether a retrain starts
+        is ``monitor_drift``'s ``decide``'s (not for a version that is not the champion, nor a month already
+        retrained for)."""
         return self.decision == "retrain"
 
     @property

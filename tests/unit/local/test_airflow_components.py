@@ -75,22 +75,73 @@ def test_an_unreadable_password_file_is_a_clear_error(tmp_path):
         ensure_admin_password(s)
 
 
+_SHARED = (("core", "fernet_key"), ("api", "secret_key"), ("api_auth", "jwt_secret"))
+
+
+def _shared_keys(path) -> dict[tuple[str, str], str]:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(path)
+    return {(sec, opt): cfg.get(sec, opt, fallback="") for sec, opt in _SHARED}
+
+
 def test_airflow_cfg_holds_the_shared_keys_privately_and_is_never_overwritten(tmp_path):
     s = local_settings(tmp_path)
     path = ensure_airflow_config(s)
     assert _mode(path) == 0o600
-    cfg = configparser.ConfigParser()
-    cfg.read(path)
-    keys = {(sec, opt): cfg.get(sec, opt) for sec, opt in (("core", "fernet_key"), ("api", "secret_key"),
-                                                           ("api_auth", "jwt_secret"))}
+    keys = _shared_keys(path)
     assert all(len(v) >= 40 for v in keys.values()) and len(set(keys.values())) == 3
     text = path.read_text()
     assert ensure_airflow_config(s) == path and path.read_text() == text  # a second start shares the same keys
-    # An airflow.cfg that Airflow wrote itself (`airflow db migrate`) is kept, and made private.
-    path.write_text("[core]\nfernet_key = mine\n")
+    # An airflow.cfg that Airflow wrote itself (`airflow db migrate`, all keys in it) is kept as it is, and made private.
+    written = "# by Airflow\n[core]\nfernet_key = mine\n\n[api]\nsecret_key = its\n\n[api_auth]\njwt_secret = ours\n"
+    path.write_text(written)
     path.chmod(0o644)
     ensure_airflow_config(s)
-    assert path.read_text() == "[core]\nfernet_key = mine\n" and _mode(path) == 0o600
+    assert path.read_text() == written and _mode(path) == 0o600
+
+
+@pytest.mark.parametrize("existing", [
+    "[core]\nfernet_key = mine\n",  # hand-written: the other two keys missing
+    # An Airflow 2 home's: its session secret is [webserver]'s, its Fernet key empty, no [api] nor [api_auth].
+    "# Airflow 2\n[core]\n# the Fernet key\nfernet_key =\ndags_folder = /x/dags\n\n[webserver]\nsecret_key = old\n"
+    "[api_auth]\nbackend = x\n",
+])
+def test_an_existing_airflow_cfg_without_the_shared_keys_gets_them_and_keeps_the_rest(tmp_path, existing):
+    """Kept as it was, an airflow.cfg without [api] secret_key or [api_auth] jwt_secret let each component generate
+    its own: the API server refused the scheduler's task tokens and the UI could not fetch logs."""
+    s = local_settings(tmp_path)
+    path = airflow_home(s) / "airflow.cfg"
+    path.parent.mkdir(parents=True)
+    path.write_text(existing)
+    path.chmod(0o644)
+    ensure_airflow_config(s)
+    keys = _shared_keys(path)
+    assert all(keys.values()), keys
+    assert _mode(path) == 0o600
+    text = path.read_text()
+    before = configparser.ConfigParser(interpolation=None)
+    before.read_string(existing)
+    after = configparser.ConfigParser(interpolation=None)
+    after.read_string(text)
+    for section in before.sections():  # every value the user set is there as it was, an empty key excepted
+        for option, value in before.items(section):
+            assert after.get(section, option) == value or (not value and (section, option) in _SHARED)
+    assert all(line in text.splitlines() for line in existing.splitlines() if line.startswith("#"))  # comments too
+    if "fernet_key = mine" in existing:
+        assert keys[("core", "fernet_key")] == "mine"  # never replaced
+    ensure_airflow_config(s)
+    assert path.read_text() == text  # a second start changes nothing: the same keys for every component
+
+
+def test_an_airflow_cfg_airflow_cannot_read_is_named_not_rewritten(tmp_path):
+    s = local_settings(tmp_path)
+    path = airflow_home(s) / "airflow.cfg"
+    path.parent.mkdir(parents=True)
+    path.write_text("fernet_key = no section\n")
+    with pytest.raises(process.LocalPlatformError, match=r"airflow.cfg is not a configuration file Airflow can read "
+                                                         r"\(.*\): fix it, or delete it and run `tenfold up`"):
+        ensure_airflow_config(s)
+    assert path.read_text() == "fernet_key = no section\n"
 
 
 def test_the_log_server_names_a_busy_port_and_how_to_choose_another(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from tenfold.cli import app
@@ -356,3 +357,33 @@ def test_dlq_with_tenfold_debug_shows_the_traceback_it_advises(tmp_path: Path, m
     monkeypatch.setenv("TENFOLD_DEBUG", "1")
     out = CliRunner().invoke(app, ["dlq", "inspect"])
     assert isinstance(out.exception, TypeError) and str(out.exception) == "a fault in dlq", out.output
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_status_read_by_a_command_that_stops_reading_ends_quietly(tmp_path: Path, reader: str) -> None:
+    """`tenfold status | head -1` said "cannot go on: [Errno 32] Broken pipe; fix that (its permissions, or free
+    space)" and exited 1: the reader that went away was taken for a disk the user had to fix. ``true`` reads nothing:
+    it has gone before the first line is written."""
+    tenfold = Path(sys.executable).with_name("tenfold")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    done = subprocess.run(f'{tenfold} status | {reader}; echo "exit ${{PIPESTATUS[0]}}" >&2', shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=120,
+                          env={**base, "TENFOLD_HOME": str(tmp_path / "home")})
+    assert "cannot go on" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "Exception ignored" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"exit {local_cli.EXIT_READER_GONE}", done.stderr  # as SIGPIPE would end it
+    assert done.stdout == ("" if reader == "true" else done.stdout.splitlines()[0] + "\n")
+
+
+@pytest.mark.parametrize("lost", [ConnectionRefusedError(111, "Connection refused"),
+                                  ConnectionResetError(104, "Connection reset by peer"),
+                                  BrokenPipeError(32, "Broken pipe")])  # a service's socket, not stdout: stdout is fine
+def test_a_service_that_cannot_be_reached_is_named_as_such_not_as_a_path_to_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], lost: OSError) -> None:
+    settings = local_settings(tmp_path)
+    with pytest.raises(typer.Exit) as ended, local_cli.refusing_os_errors(settings, "status"):
+        raise lost
+    assert ended.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: `tenfold status` cannot reach a service it needs ({type(lost).__name__}: "), err
+    assert "cannot go on" not in err and "free space" not in err, err

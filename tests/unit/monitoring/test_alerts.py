@@ -499,3 +499,77 @@ def test_the_cloud_refuses_an_on_call_address_without_an_internet_domain(address
         with pytest.raises(ValueError, match=re.escape(f"TENFOLD_ALERT_EMAIL {address!r} has no internet domain")):
             build_settings(env, {"TENFOLD_ALERT_EMAIL": address})
     assert build_settings("prod", {"TENFOLD_ALERT_EMAIL": "oncall@acme.test"}).monitoring.notification_email
+
+
+def test_a_resend_reaches_only_the_hook_that_failed_when_two_hooks_share_a_name(tmp_path, monkeypatch):
+    """Hooks were named by __name__ alone: two closures of one factory were both "hook", so the re-send to the one
+    that failed reached the one that had taken the alert as well, once more on every retry."""
+    for var in ("TENFOLD_ALERT_FILE", "TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    settings = build_settings("local", os.environ)
+    calls = {"pager": 0, "chat": 0}
+
+    def factory(channel, *, down):
+        def hook(s, alert):
+            calls[channel] += 1
+            if down:
+                raise RuntimeError(f"{channel} down")
+        return hook
+
+    chat, pager = factory("chat", down=False), factory("pager", down=True)
+    alerts.register_hook(chat)
+    alerts.register_hook(pager)
+    try:
+        names = [name for name, _ in alerts.configured_hooks(settings)]
+        sent = alerts.send_alert(settings, "drift on 2013-03")
+        again = alerts.send_alert(settings, "drift on 2013-03", only=set(sent.failed), log_line=False)
+    finally:
+        alerts.unregister_hook(chat)
+        alerts.unregister_hook(pager)
+    assert calls == {"chat": 1, "pager": 2}  # the chat took it once, and was not sent it again
+    assert names == ["hook", "hook#2"]
+    assert sent.failed == ("hook#2",) and again.failed == ("hook#2",)
+
+
+def test_a_registered_hook_never_takes_a_built_in_hooks_name(tmp_path, monkeypatch):
+    """A function called ``file`` beside the file hook: the file hook failing (its folder is a regular file), the
+    re-send to "file" reached the registered one too."""
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("TENFOLD_ALERT_FILE", str(tmp_path / "not-a-folder" / "alerts.jsonl"))
+    monkeypatch.delenv("TENFOLD_ALERT_WEBHOOK", raising=False)
+    monkeypatch.delenv("TENFOLD_ALERT_SMTP_HOST", raising=False)
+    settings = build_settings("local", os.environ)
+    seen = []
+
+    def file(s, alert):
+        seen.append(alert.title)
+
+    alerts.register_hook(file)
+    try:
+        sent = alerts.send_alert(settings, "gate refused 2013-04")
+        again = alerts.send_alert(settings, "gate refused 2013-04", only=set(sent.failed), log_line=False)
+    finally:
+        alerts.unregister_hook(file)
+    assert seen == ["gate refused 2013-04"]
+    assert sent.failed == ("file",) and again.failed == ("file",)  # the built-in one, by its own name
+
+
+def test_a_callable_hook_is_named_by_its_class_not_by_an_address(monkeypatch):
+    """Named by repr, a callable object's name held its address: a later try (another process) never matched the
+    name an earlier one recorded as failed, so the hook that missed the alert was never sent it again."""
+    for var in ("TENFOLD_ALERT_FILE", "TENFOLD_ALERT_WEBHOOK", "TENFOLD_ALERT_SMTP_HOST"):
+        monkeypatch.delenv(var, raising=False)
+
+    class Pager:
+        def __call__(self, s, alert):
+            pass
+
+    first, second = Pager(), Pager()
+    alerts.register_hook(first)
+    alerts.register_hook(second)
+    try:
+        names = [name for name, _ in alerts.configured_hooks(build_settings("local", os.environ))]
+    finally:
+        alerts.unregister_hook(first)
+        alerts.unregister_hook(second)
+    assert names == ["Pager", "Pager#2"]
