@@ -11,8 +11,9 @@ drove it, and recorded in the registry: ``tenfold rollout status``):
    ``settings.serving.rollout``. Refuses a run with nothing to roll out.
 2. ``deploy``: the canary pool serves the version, with 0 % of the traffic.
 3. ``step_<n>``: one per step of ``settings.serving.rollout.steps`` (5 -> 25 -> 50 -> 100 %): set the canary's
-   share, then every ``interval_s`` compare canary and control over the same window (error rate, p99
-   latency by a Mann-Whitney U test, online accuracy from the feedback join). "No data" waits, up to a
+   share, then every ``interval_s`` compare canary and control over the same window (error rate; latency:
+   the whole distribution by a Mann-Whitney U test, and the tail, the share of requests slower than the
+   control's p99 plus a tolerance, by a Fisher exact test; online accuracy from the feedback join). "No data" waits, up to a
    deadline, then fails safe. ``max_failed_checks`` failed checks roll back.
 4. ``conclude`` (runs whatever happened after ``plan`` planned a rollout; skipped when ``plan`` refused): promotion (the
    canary takes 100 %, ``champion`` moves by compare-and-swap, the stable pool rolls to the version, then the canary

@@ -433,14 +433,21 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
         waited = (until - since).total_seconds()
         # At 100 % the control is the stable arm before the step, a window that no longer grows: one too thin to judge
         # now stays so, and the step waited out the whole deadline, every user on an unjudged version meanwhile.
+        # Its latency samples count too: enough requests, of which too many got no answer to time (the cloud logs
+        # none for a request its client gave up on), is as thin for the latency test, and as frozen.
+        control_requests = int(result.values.get("control_requests") or 0)
+        control_timed = int(result.values.get("control_latency_samples", control_requests) or 0)
         thin = (percent >= 100 and result.verdict == NO_DATA and between is None
-                and int(result.values.get("control_requests") or 0) < policy.min_requests)
+                and min(control_requests, control_timed) < policy.min_requests)
         if result.verdict == NO_DATA and (waited >= policy.no_data_deadline_s or thin):
             # Failing safe, a rollout never promotes blind; but nothing was measured against the version (no
             # traffic reached the canary, or its labels had not come in), so it ends FAILED, not rolled back:
             # the version is not marked rejected, and a new rollout of it needs no retry_rejected.
-            why = (f"the control (the stable arm before this {percent} % step) served {result.values.get('control_requests')} "
-                   f"requests, fewer than the {policy.min_requests} a check needs, and no more come at {percent} %: "
+            served = (f"served {control_requests} requests" if control_requests < policy.min_requests else
+                      f"served {control_requests} requests but only {control_timed} latency samples (the others got "
+                      "no answer to time)")
+            why = (f"the control (the stable arm before this {percent} % step) {served}, fewer than the "
+                   f"{policy.min_requests} a check needs, and no more come at {percent} %: "
                    "failing safe, a rollout never promotes blind; the version is not rejected (roll it out with a step "
                    "below 100 %, or after the stable arm has served more)") if thin else (
                 f"no data for {waited:.0f} s (deadline {policy.no_data_deadline_s:g} s): failing safe, a rollout never "

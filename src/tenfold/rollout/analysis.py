@@ -204,6 +204,9 @@ def check(canary: ArmTraffic, control: ArmTraffic, canary_acc: Accuracy, control
 
     values: dict[str, Any] = {
         "canary_requests": canary.requests, "control_requests": control.requests,
+        # Fewer than the requests where clients gave up before any answer (the cloud's log has no latency for them):
+        # the caller reads the control's count to tell a frozen control too thin to test latency on.
+        "canary_latency_samples": len(canary.latencies_ms), "control_latency_samples": len(control.latencies_ms),
         "canary_errors": canary.errors, "control_errors": control.errors,
         "canary_error_rate": canary.error_rate, "control_error_rate": control.error_rate,
         "canary_labelled": canary_acc.labelled, "control_labelled": control_acc.labelled,

@@ -2,9 +2,11 @@
 
 * ``tenfold rollout status [--version V] [--json]``: the newest rollout (of ``V``, an id, id prefix or alias): each step, each check
   with the values that drove it, the outcome, the canary's share now, and the report's address;
-* ``tenfold rollout abort [--version V]``: stop the newest rollout that has not ended: the canary weight goes
-  to 0 at once, the DAG's running step stops at its next poll and no alias moves. On a rollout that ended
-  without a promotion, and still the newest, it sets the canary weight to 0 again.
+* ``tenfold rollout abort [--version V]``: the newest rollout (of ``V``), whether or not it has ended. In progress, it
+  stops: the canary weight goes to 0 at once, the DAG's running step stops at its next poll and no alias moves.
+  Ended without a promotion, and still the newest of any version, it sets the canary weight to 0 again; promoted,
+  or ended with a newer rollout started since, there is nothing to abort. An older rollout that has not ended is
+  reached only with ``--version`` naming its version.
 
 Exit codes as ``tenfold models`` (:mod:`tenfold.registry.cli`): 1 the registry cannot be reached, 2 a refusal;
 and 3 when no rollout is recorded (of ``V``).
@@ -82,7 +84,8 @@ def _status(version: str | None, as_json: bool) -> None:
 
 @app.command()
 def abort(version: _Version = None) -> None:
-    """Stop the newest rollout that has not ended: canary weight 0 now, no alias moves."""
+    """Abort the newest rollout (of --version), ended or not: in progress, canary weight 0 now and no alias moves;
+    ended without a promotion, canary weight 0 again; promoted, nothing to abort."""
     run_guarded(lambda: _abort(version))
 
 

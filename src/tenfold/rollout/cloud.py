@@ -66,6 +66,13 @@ class CloudRolloutError(RuntimeError):
     """A cloud rollout step that cannot go on: the message names the resource, what happened and what to do."""
 
 
+class MinRequestsAboveTheSample(CloudRolloutError, ValueError):
+    """``serving.rollout.min_requests`` above what a busy window's sample of the load balancer's log holds: a settings
+    fix, which no retry makes."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class ComputeApi:
     """The ``google.cloud.compute_v1`` clients the cloud adapters call."""
@@ -430,6 +437,8 @@ LB_LOG_RESOURCE = "http_load_balancer"
 # window is read again as a sample spread over all of it (Logging's ``sample(insertId, fraction)``, the fraction
 # from how soon the first read reached the cap): the oldest 5,000 of a busy window are its first seconds only.
 MAX_ENTRIES_PER_ARM = 5000
+# The sample's expected size, as a share of the cap (the rest is room for the rate estimate's error).
+SAMPLE_SHARE = 0.8
 # Refusals counted as errors besides 5xx and no answer: a replica that refuses authenticated traffic (under IAP, one
 # checking another backend's audience: docs/deploy.md) fails its users as surely as one that crashes, and counting
 # only 5xx passed such a canary as a fast success. The control's are counted the same way, so a client without a
@@ -464,6 +473,16 @@ class LoadBalancerLogObserver:
     """
 
     def __init__(self, settings: Settings, client: Any, *, max_entries: int = MAX_ENTRIES_PER_ARM) -> None:
+        # A busy window is read as a sample of about SAMPLE_SHARE of the cap (fewer when its requests came early in
+        # it, the rate then overestimated): a min_requests above that made every busy window "no data" for good, and
+        # each rollout ended failed at its deadline. Half the cap leaves the sample room.
+        most = max_entries // 2
+        if (wanted := settings.serving.rollout.min_requests) > most:
+            raise MinRequestsAboveTheSample(
+                f"serving.rollout.min_requests is {wanted}, but the cloud rollout reads at most {max_entries} load "
+                f"balancer log entries per arm and window (a busier window as a sample of about "
+                f"{SAMPLE_SHARE * max_entries:.0f}, fewer when its requests bunch early), so a busy window would never "
+                f"have enough: set serving.rollout.min_requests to {most} or fewer")
         self.settings, self.client, self.max_entries = settings, client, max_entries
 
     @classmethod
@@ -502,7 +521,7 @@ class LoadBalancerLogObserver:
                 # The cap was reached at ``last``: at that rate the window holds ~expected; read a sample of
                 # 80 % of the cap's worth, spread evenly over the whole window.
                 expected = len(statuses) * (until - since) / (last - since)
-                fraction = min(1.0, 0.8 * self.max_entries / expected)
+                fraction = min(1.0, SAMPLE_SHARE * self.max_entries / expected)
                 statuses, latencies, _ = self._read(backend, since, until, self.max_entries, sample=fraction)
                 log.info("%s: about %.0f requests in [%s, %s): read a sample of %.4f of them (%d)", backend, expected,
                          since, until, fraction, len(statuses))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tenfold.config import Settings
+from tenfold.fsio import atomic_write
 from tenfold.rollout import ArmTraffic
 from tenfold.rollout.split import ARMS
 from tenfold.serving.haproxy import (
@@ -86,8 +87,9 @@ class HaproxyRouter:
             unreadable = False
             try:
                 before = read_split_map(self.split_map)  # None: no share in the file (HAProxy then starts at 0)
+                existed = self.split_map.exists()
             except OSError:  # unreadable: the write below meets the same file, and says so
-                before, unreadable = None, True
+                before, unreadable, existed = None, True, True
             try:
                 write_split_map(self.split_map, percent)
             except OSError as exc:
@@ -101,14 +103,19 @@ class HaproxyRouter:
                 # A lower share (a rollback to 0 included) stays, as above; and a share over a file that could not be
                 # read is not put back as "none" (removed, a restart would take the fleet's default for it).
                 if percent > (before or 0) and not unreadable:
-                    self._put_back(before, percent, exc)
+                    self._put_back(before, percent, exc, existed=existed)
                 raise
 
-    def _put_back(self, before: int | None, percent: int, cause: BaseException) -> None:
-        """Return the map file to ``before`` (None: it had no share, and goes), after setting ``percent`` failed."""
+    def _put_back(self, before: int | None, percent: int, cause: BaseException, *, existed: bool) -> None:
+        """Return the map file to ``before`` (None: it had no share), after setting ``percent`` failed. A file that
+        held no share (empty, or no valid entry) is left an empty map, not removed: HAProxy refuses to start without
+        the map file its configuration names, and the fleet's supervisor restarts it on the configuration as it is.
+        Only a file that was not there goes again."""
         try:
-            if before is None:
+            if before is None and not existed:
                 self.split_map.unlink(missing_ok=True)
+            elif before is None:  # no entry: HAProxy's default for the split, 0 %, as before the call
+                atomic_write(self.split_map, b"", durable=False)
             else:
                 write_split_map(self.split_map, before)
         except OSError as exc:

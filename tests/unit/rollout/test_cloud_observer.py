@@ -77,14 +77,14 @@ def _entry(template: dict[str, Any], backend: str, latency_ms: float | None = No
     return entry
 
 
-def _observer(fake: FakeLogging, **kw: Any) -> LoadBalancerLogObserver:
+def _observer(fake: FakeLogging, settings: Any = S, **kw: Any) -> LoadBalancerLogObserver:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import logging as cloud_logging
 
     session = requests.Session()
     session.mount("https://", fake)
     client = cloud_logging.Client(project=S.project_id, credentials=AnonymousCredentials(), _http=session, _use_grpc=False)
-    return LoadBalancerLogObserver(S, client, **kw)
+    return LoadBalancerLogObserver(settings, client, **kw)
 
 
 def _filter(backend: str) -> str:
@@ -138,6 +138,34 @@ def test_a_busy_window_is_sampled_across_all_of_it_not_its_first_seconds() -> No
     assert 0.12 < seen["canary"].errors / seen["canary"].requests < 0.22, (seen["canary"].errors, seen["canary"].requests)
     sampled = [c for c in fake.calls if "sample(insertId, " in c["filter"]]
     assert len(sampled) == 2 and all("sample(insertId, 0.07" in c["filter"] for c in sampled), [c["filter"] for c in sampled]
+
+
+def test_a_min_requests_the_busy_windows_sample_cannot_hold_is_refused_and_one_it_can_is_met() -> None:
+    """A busy window is read as a sample of about 80 % of the cap: with min_requests above it (4,500 of a 5,000 cap),
+    6,000 requests per arm were read as ~4,000 and every busy window was "no data" until each rollout failed at its
+    deadline. Refused at once, in one line; a min_requests at the limit is met by the same busy window's sample."""
+    from tenfold.rollout.cloud import MAX_ENTRIES_PER_ARM
+
+    n = 6_000
+    at = [SINCE + dt.timedelta(seconds=30 * i / n) for i in range(n)]
+    fake = FakeLogging({LB.stable_backend: [_entry(OK, LB.stable_backend, 12.0, t) for t in at],
+                        LB.canary_backend: [_entry(OK, LB.canary_backend, 12.0, t) for t in at]})
+    with pytest.raises(ValueError) as refused:
+        _observer(fake, settings=_min_requests(4500))
+    message = str(refused.value)
+    assert "\n" not in message and "serving.rollout.min_requests is 4500" in message, message
+    assert f"set serving.rollout.min_requests to {MAX_ENTRIES_PER_ARM // 2} or fewer" in message, message
+    assert getattr(refused.value, "retryable", True) is False  # a settings fix: Airflow does not retry it
+    assert fake.calls == []  # nothing read
+    limit = MAX_ENTRIES_PER_ARM // 2
+    seen = _observer(fake, settings=_min_requests(limit)).traffic(SINCE, UNTIL)
+    for arm in ("stable", "canary"):
+        assert limit <= seen[arm].requests < n, seen[arm].requests  # sampled, and still enough for a check
+
+
+def _min_requests(n: int) -> Any:
+    return S.model_copy(update={"serving": S.serving.model_copy(
+        update={"rollout": S.serving.rollout.model_copy(update={"min_requests": n})})})
 
 
 def test_bad_windows_are_refused() -> None:

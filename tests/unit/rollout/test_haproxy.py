@@ -19,6 +19,7 @@ from tenfold.serving.haproxy import (
     HaproxyPaths,
     RuntimeApi,
     haproxy_argv,
+    haproxy_binary,
     read_split_map,
     render_config,
     slot_count,
@@ -256,6 +257,31 @@ def test_a_higher_split_haproxy_did_not_take_is_not_left_in_the_file(tmp_path: A
     with pytest.raises(HaproxyError, match="is the fleet up"):
         router.set_canary_percent(0)
     assert read_split_map(split) == 0
+
+
+@pytest.mark.parametrize("held", ["", "canary_percent lots\n"], ids=["empty", "garbage"])
+def test_a_failed_raise_over_a_map_with_no_share_leaves_a_map_haproxy_starts_on(lb_settings: Settings, held: str) -> None:
+    """The map file was there with no valid share in it; raising the share while HAProxy did not answer put the file
+    "back" by removing it, and HAProxy refuses to start without the map its configuration names (the fleet's
+    supervisor restarts it on the configuration as it is): every restart failed."""
+    import subprocess
+
+    paths = HaproxyPaths.of(lb_settings)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.split_map.write_text(held)
+    router = HaproxyRouter(paths.socket, paths.split_map)  # no HAProxy: nothing listens there
+    with pytest.raises(HaproxyError, match="is the fleet up"):
+        router.set_canary_percent(5)
+    assert paths.split_map.exists(), "the map file HAProxy's configuration names was removed"
+    assert read_split_map(paths.split_map) is None  # no share, as before the call: HAProxy starts at 0 %
+    try:
+        binary = haproxy_binary()
+    except HaproxyError:
+        pytest.skip("haproxy is not installed: the map was checked, HAProxy's own check of the configuration was not")
+    config = paths.run_dir / "check.cfg"
+    config.write_text(render_config(lb_settings))
+    checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_the_observer_reads_near_the_window_of_a_long_log_and_counts_what_a_whole_read_counts(

@@ -112,3 +112,27 @@ def test_aborting_a_promoted_rollout_is_a_refusal_not_no_rollout(monkeypatch: py
     monkeypatch.setattr(adapters, "router", lambda settings: pytest.fail("the weight is not this abort's to set"))
     out = CliRunner().invoke(app, ["rollout", "abort"])
     assert out.exit_code == 2 and "rollout r2 of v3 already ended (promoted): nothing to abort" in out.output, out.output
+
+
+def test_abort_and_its_help_take_the_newest_rollout_whether_or_not_it_has_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The help said abort stops "the newest rollout that has not ended"; it takes the newest, ended or not: with an
+    older rollout still in progress and a newer one ended, it sets the ended one's canary weight to 0 again and leaves
+    the older one running (reached with --version)."""
+    from tenfold.rollout import adapters, record
+
+    registry = Registry()
+    del registry.events[("v2", "r1")]["end"], registry.events[("v2", "r1")]["done"]  # r1 never ended
+    registry.events[("v3", "r2")]["end"] = {"at": T, "outcome": "rolled_back", "reasons": ["error rate"]}
+    set_to: list[int] = []
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(adapters, "router",
+                        lambda settings: type("R", (), {"set_canary_percent": lambda self, p: set_to.append(p)})())
+    monkeypatch.setattr(record, "record_abort", lambda *a, **k: pytest.fail("r1 is not the newest: not aborted"))
+    out = CliRunner().invoke(app, ["rollout", "abort"])
+    assert out.exit_code == 0 and "rollout r2 of v3 already ended (rolled_back); canary set to 0 %" in out.output, out.output
+    assert set_to == [0]
+    helped = CliRunner().invoke(app, ["rollout", "abort", "--help"])
+    text = " ".join(helped.output.split())
+    assert helped.exit_code == 0 and "has not ended" not in text, text
+    assert "Abort the newest rollout (of --version), ended or not" in text, text
+    assert "whether or not it has ended" in " ".join((rollout_cli.__doc__ or "").split())
