@@ -93,7 +93,9 @@ def _uses_credentials(settings: Any, lake_uri: str | None) -> bool:
     uri = lake_uri or settings.storage.lake_uri
     if not uri.startswith(("gs://", "gcs://")) or (lake_uri is None and settings.storage.emulator_host):
         return False
-    return "anonymous=true" not in uri.partition("?")[2].lower()
+    # pyarrow's anonymous form is gs://anonymous@bucket/... (it refuses an ?anonymous=true query), as _gcs_client_of
+    # reads it.
+    return urlsplit(uri).username != "anonymous" and "anonymous=true" not in uri.partition("?")[2].lower()
 
 
 def _gcs_client_of(lake_uri: str, settings: Any) -> Callable[[], Any] | None:

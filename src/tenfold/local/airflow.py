@@ -205,6 +205,10 @@ def ensure_airflow_config(settings: Settings) -> Path:
             + "\n".join(f"[{section}]\n{option} = {key(n)}\n" for section, option, n in SHARED_KEYS),
         )
         return path
+    except UnicodeDecodeError as exc:  # a Latin-1 comment: "a fault in the code" from the root guard before
+        raise LocalPlatformError(f"{path} is not a configuration file Airflow can read (not UTF-8 text: {exc.reason} "
+                                 f"at byte {exc.start}): fix it, or delete it and run `tenfold up` to write a new "
+                                 "one") from exc
     held = _parse_config(path, text)
     missing = [(section, option, key(n)) for section, option, n in SHARED_KEYS if not _config_value(held, section, option)]
     if not missing:

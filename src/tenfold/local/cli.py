@@ -59,6 +59,27 @@ def _stdout_reader_gone() -> bool:
         return False
 
 
+def _drop_stdout() -> None:
+    """Python's recipe for a reader that went away: what is left in stdout's buffer, and anything written after, goes
+    nowhere, so no later write (nor the flush at exit) raises."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _echo(message: str = "", *, err: bool = False) -> None:
+    """``typer.echo`` for the commands that change the platform (up, down): a reader of their output that went away
+    (``tenfold down | head -1``) must not stop them halfway, as the quiet end of :func:`refusing_os_errors` did (a
+    down that stopped none of the services after its first line, an up whose rollback stopped nothing): the rest of
+    their output goes nowhere and their work goes on."""
+    try:
+        typer.echo(message, err=err)
+    except BrokenPipeError:
+        if err or not _stdout_reader_gone():
+            raise
+        _drop_stdout()
+
+
 @contextlib.contextmanager
 def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
     """What the system refuses (a TENFOLD_HOME under a file or not writable, a full disk, a command that hangs) ends
@@ -78,10 +99,7 @@ def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
         raise typer.Exit(1) from exc
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
-            # Python's recipe: what is left in stdout's buffer goes nowhere, so the flush at exit raises nothing.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            _drop_stdout()
             raise typer.Exit(EXIT_READER_GONE) from None
         if is_unreachable(exc):  # ConnectionRefusedError and the like are OSErrors, but no path of the user's
             typer.echo(ending(exc, f"tenfold {command}", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
@@ -101,22 +119,22 @@ def up(service: _ServiceOpt = None) -> None:
     _local_only(settings, "up")  # before the lock and the run folder: nothing of a local platform is made in dev
     chosen = _services(service)
     # One lock across the platform and the fleet: a `tenfold down` between the two would leave the fleet running.
-    with refusing_os_errors(settings, "up"), exclusive(settings, echo=typer.echo):
+    with refusing_os_errors(settings, "up"), exclusive(settings, echo=_echo):
         try:
-            statuses = _up(settings, chosen, echo=typer.echo)
+            statuses = _up(settings, chosen, echo=_echo)
         except (LocalPlatformError, RuntimeError) as exc:  # RuntimeError: provisioning (e.g. a detached subscription)
-            typer.echo(f"error: {exc}", err=True)
+            _echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         failed: RuntimeError | None = None
         if set(SERVING_NEEDS) <= set(chosen):
             try:
-                serving_up(settings, say=typer.echo)
+                serving_up(settings, say=_echo)
             except RuntimeError as exc:  # the platform stays up: it is healthy, only serving is not (or its token file)
                 failed = exc
-        typer.echo(describe(settings, statuses))
+        _echo(describe(settings, statuses))
         _describe_serving(settings)
     if failed is not None:
-        typer.echo(f"error: the platform is up, but serving is not (the fleet or the feedback sink): {failed}", err=True)
+        _echo(f"error: the platform is up, but serving is not (the fleet or the feedback sink): {failed}", err=True)
         raise typer.Exit(1)
 
 
@@ -168,7 +186,7 @@ def down(service: _ServiceOpt = None) -> None:
     settings = get_settings()
     _local_only(settings, "down")
     chosen = _services(service)
-    with refusing_os_errors(settings, "down"), exclusive(settings, echo=typer.echo):  # as `up` holds it
+    with refusing_os_errors(settings, "down"), exclusive(settings, echo=_echo):  # as `up` holds it
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
-            serving_down(settings, say=typer.echo)
-        _down(settings, chosen, echo=typer.echo)
+            serving_down(settings, say=_echo)
+        _down(settings, chosen, echo=_echo)

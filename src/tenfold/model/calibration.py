@@ -278,21 +278,19 @@ def fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, .
     return knots, values
 
 
-def _unsaturated(fitted: Calibrator, logits: np.ndarray) -> Calibrator:
-    """``fitted``, unless it gives a row it was fitted on a probability of exactly 0 or 1.
-
-    A slice whose scores separate its classes has no best temperature: the fit runs towards 0 and stops wherever
-    its steps do (T=0.022 on ten rows, a probability of exactly 1.0 and another of 4e-51). Such a map says nothing
-    about the model's sharpness, and a probability of 0 or 1 costs an infinite log loss the day it is wrong.
-    """
-    p = fitted.apply(logits)
-    if p.size and (p.min() <= 0.0 or p.max() >= 1.0):
+def _refuse_separated(logits: np.ndarray, labels: np.ndarray) -> None:
+    """Refuse a slice whose scores separate its classes (every positive's logit above every negative's): it has no
+    best temperature, the fit runs towards 0 and stops wherever its steps do (T=0.022 on ten rows, a probability of
+    exactly 1.0 and another of 4e-51), and a probability of 0 or 1 costs an infinite log loss the day it is wrong.
+    Separation itself, not a probability rounding to 1 (any row past a logit of ~37 does, in a slice of sound
+    scores, and refusing those shipped the model uncalibrated and as sure)."""
+    z, y = _check(logits, labels)
+    if float(z[y == 0].max()) < float(z[y == 1].min()):
         raise CalibrationError(
-            f"the fitted {fitted.describe()} gives some rows it was fitted on a probability of exactly 0 or 1: the "
-            "model's scores (nearly) separate the calibration slice's classes, so it cannot tell how sharp the model "
-            "is (too few rows, or a label leaked into the features); check the validation slice and the training data"
+            "the model's scores separate the calibration slice's classes (every positive above every negative), so "
+            "it cannot tell how sharp the model is: a fit would give them probabilities of exactly 0 and 1 (too few "
+            "rows, or a label leaked into the features); check the validation slice and the training data"
         )
-    return fitted
 
 
 def fit(method: CalibrationMethod | str, logits: np.ndarray, labels: np.ndarray, *,
@@ -307,16 +305,17 @@ def fit(method: CalibrationMethod | str, logits: np.ndarray, labels: np.ndarray,
     if method == "none":
         return Calibrator(report=extra)
     if method == "temperature":
+        _refuse_separated(logits, labels)
         t, _ = fit_temperature(logits, labels)
-        return _unsaturated(Calibrator("temperature", temperature=t, report=extra), logits)
+        return Calibrator("temperature", temperature=t, report=extra)
     if method == "anchored_temperature":
         if train_logits is None or train_rate is None:
             raise CalibrationError("anchored_temperature needs the training rows' logits and positive rate")
+        _refuse_separated(logits, labels)
         t, slice_offset = fit_temperature(logits, labels, free_offset=True)
         offset = anchor_offset(train_logits, t, train_rate)
         extra.update(slice_offset=slice_offset, anchor_rate=float(train_rate))  # the slice's own level, set aside
-        # The slice's rows only: the training window's may rightly hold a few rows sure past float64's reach.
-        return _unsaturated(Calibrator("anchored_temperature", temperature=t, offset=offset, report=extra), logits)
+        return Calibrator("anchored_temperature", temperature=t, offset=offset, report=extra)
     if method == "isotonic":
         knots, values = fit_isotonic(logits, labels)
         return Calibrator("isotonic", knots=knots, values=values, report=extra)

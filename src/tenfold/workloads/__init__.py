@@ -463,8 +463,9 @@ def _check_lake_names(name: str, workload: Workload, storage: Any) -> None:
     if storage is None or sources is None:
         return
     # The platform's name in the lake -> the setting that chooses it.
+    # (storage.lookups_table is a prefix, not a table: only its <prefix>_<name> tables are written.)
     platform = {getattr(storage, f): f"storage.{f}" for f in StorageSettings.model_fields
-                if f.endswith("_table") and isinstance(getattr(storage, f, None), str)}
+                if f.endswith("_table") and f != "lookups_table" and isinstance(getattr(storage, f, None), str)}
     if isinstance(prefix := getattr(storage, "lookups_table", None), str):
         platform |= {lookup_table(prefix, n): "storage.lookups_table"
                      for n in getattr(getattr(workload, "contract", None), "lookup_tables", ())}

@@ -70,3 +70,13 @@ def test_a_gs_lake_uri_naming_an_endpoint_takes_its_lock_there(local_env, monkey
     """Where the URI points pyarrow elsewhere (``endpoint_override``), the lock goes there too."""
     [client] = _lock_clients(monkeypatch, "gs://bucket/lake?scheme=http&endpoint_override=127.0.0.1:1")
     assert client._connection.API_BASE_URL == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(("uri", "needs"), [
+    ("gs://anonymous@bucket/lake?scheme=http&endpoint_override=127.0.0.1:4443", False),  # pyarrow's anonymous form
+    ("gs://bucket/lake", True),
+])
+def test_an_anonymous_gs_lake_uri_asks_for_no_credentials(local_env: Any, uri: str, needs: bool) -> None:
+    """The lock's client read gs://anonymous@... as anonymous, but the credentials check looked only for an
+    ?anonymous=true query (which pyarrow refuses), so an anonymous run was refused on a machine without credentials."""
+    assert cli._uses_credentials(local_env, uri) is needs

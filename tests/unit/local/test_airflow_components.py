@@ -133,15 +133,17 @@ def test_an_existing_airflow_cfg_without_the_shared_keys_gets_them_and_keeps_the
     assert path.read_text() == text  # a second start changes nothing: the same keys for every component
 
 
-def test_an_airflow_cfg_airflow_cannot_read_is_named_not_rewritten(tmp_path):
+@pytest.mark.parametrize("body", [b"fernet_key = no section\n", b"[core]\n# caf\xe9 (Latin-1)\nfernet_key = x\n"],
+                         ids=["no-section", "not-utf8"])
+def test_an_airflow_cfg_airflow_cannot_read_is_named_not_rewritten(tmp_path, body):
     s = local_settings(tmp_path)
     path = airflow_home(s) / "airflow.cfg"
     path.parent.mkdir(parents=True)
-    path.write_text("fernet_key = no section\n")
+    path.write_bytes(body)
     with pytest.raises(process.LocalPlatformError, match=r"airflow.cfg is not a configuration file Airflow can read "
                                                          r"\(.*\): fix it, or delete it and run `tenfold up`"):
         ensure_airflow_config(s)
-    assert path.read_text() == "fernet_key = no section\n"
+    assert path.read_bytes() == body
 
 
 def test_the_log_server_names_a_busy_port_and_how_to_choose_another(tmp_path):

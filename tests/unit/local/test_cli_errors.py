@@ -387,3 +387,27 @@ def test_a_service_that_cannot_be_reached_is_named_as_such_not_as_a_path_to_fix(
     err = capsys.readouterr().err
     assert err.startswith(f"error: `tenfold status` cannot reach a service it needs ({type(lost).__name__}: "), err
     assert "cannot go on" not in err and "free space" not in err, err
+
+
+def test_down_read_by_a_command_that_stops_reading_still_stops_every_service(tmp_path: Path) -> None:
+    """`tenfold down | true` (a reader gone before the first line): the first line's broken pipe ended the command
+    quietly before it stopped anything, so the services ran on behind an exit that said nothing. A command that
+    changes the platform finishes its work; only its output goes nowhere."""
+    from tenfold.local import process
+    from tenfold.local.stack import run_dir
+
+    home = tmp_path / "home"
+    settings = local_settings(home)
+    started = [process.start(name, ["sleep", "300"], run_dir=run_dir(settings), port=port, cwd=tmp_path)
+               for name, port in (("gcs", settings.local.gcs_port), ("pubsub", settings.local.pubsub_port))]
+    tenfold = Path(sys.executable).with_name("tenfold")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    try:
+        done = subprocess.run(f"{tenfold} down -s gcs -s pubsub | true", shell=True, executable="/bin/bash",
+                              capture_output=True, text=True, timeout=180, env={**base, "TENFOLD_HOME": str(home)})
+        assert "Traceback" not in done.stderr and "cannot go on" not in done.stderr, done.stderr
+        assert not [r.name for r in started if process.is_running(r)], done.stderr
+        assert not [r.name for r in started if process.read_record(run_dir(settings), r.name)], done.stderr
+    finally:
+        for record in started:
+            process.stop(record, timeout=5)

@@ -145,7 +145,7 @@ def test_a_slice_its_scores_separate_is_refused_not_fitted_to_0_and_1(method: st
     z = np.sort(np.random.default_rng(1).normal(0, 2, 10))
     y = (z > 0).astype(np.float64)
     assert 0 < y.sum() < y.size
-    with pytest.raises(cal.CalibrationError, match="exactly 0 or 1: the model's scores \\(nearly\\) separate"):
+    with pytest.raises(cal.CalibrationError, match="the model's scores separate the calibration slice's classes"):
         cal.fit(method, z, y, train_logits=z, train_rate=float(y.mean()))
     kept = calibrate(method, z, y, train_logits=z, train_labels=y)
     assert kept.is_identity and "separate" in kept.report["skipped"]
@@ -225,3 +225,15 @@ def test_settings_offer_exactly_these_methods() -> None:
     from tenfold.config.settings import TrainingSettings
 
     assert get_args(TrainingSettings.model_fields["calibration"].annotation) == cal.METHODS
+
+
+@pytest.mark.parametrize("method", ["temperature", "anchored_temperature"])
+def test_one_confidently_right_row_does_not_cost_a_sound_slice_its_calibration(method: str) -> None:
+    """A probability that rounds to exactly 1.0 in float64 (any row past a logit of ~37) is not separation: refusing
+    it shipped the model uncalibrated, and as sure of that row. 5,000 mixed rows and one at logit 40 still fit."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(-1.0, 1.0, 5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-z))).astype(np.float64)
+    z, y = np.append(z, 40.0), np.append(y, 1.0)
+    fitted = cal.fit(method, z, y, train_logits=z, train_rate=float(y.mean()))
+    assert fitted.method == method and 0.8 < fitted.temperature < 1.25, fitted.temperature

@@ -127,3 +127,13 @@ def test_settings_that_rename_the_lake_table_let_the_source_table_keep_its_name(
         "workload": spec, "storage": settings.storage.model_copy(update={"features_table": "delay_features"})})
     assert get_workload(renamed) is workload
     assert get_workload(settings.model_copy(update={"workload": "flights"})) is WORKLOAD  # the reference passes
+
+
+def test_a_source_table_named_like_the_lookups_prefix_alone_is_accepted(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """storage.lookups_table is a prefix: the platform writes <prefix>_<name> tables only, never <prefix> itself, so
+    a source table of that bare name clashes with nothing (it was refused as "the lake's own")."""
+    sources = dataclasses.replace(SOURCES, monthly_tables=(*SOURCES.monthly_tables, settings.storage.lookups_table))
+    workload = dataclasses.replace(WORKLOAD, sources=sources)
+    spec = _register(monkeypatch, "seam_lookups_prefix", workload)
+    assert get_workload(settings.model_copy(update={"workload": spec})) is workload
