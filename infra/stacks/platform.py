@@ -73,11 +73,14 @@ def served_tables(settings: Settings) -> list[str]:
 
 def sink_folders(settings: Settings) -> list[str]:
     """The lake folders the feedback sink writes: its two logs, the labelled table and that table's staging, and
-    the logs' quarantine folders (where its join moves a log file that cannot be read: tenfold.feedback.log)."""
+    the three tables' quarantine folders (where its join moves a log file that cannot be read: tenfold.feedback.log;
+    and where its publish of a labelled month moves a data folder whose withdrawal, by another task, died before
+    the move: Lake._collect_garbage)."""
     st = settings.storage
     return [st.predictions_table, st.feedback_table, st.labelled_table,
             st.lake_layout.staging_dir(st.labelled_table),
-            st.lake_layout.quarantine_dir(st.predictions_table), st.lake_layout.quarantine_dir(st.feedback_table)]
+            st.lake_layout.quarantine_dir(st.predictions_table), st.lake_layout.quarantine_dir(st.feedback_table),
+            st.lake_layout.quarantine_dir(st.labelled_table)]
 
 
 def feature_job_folders(settings: Settings) -> tuple[list[str], list[str]]:

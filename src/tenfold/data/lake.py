@@ -242,6 +242,9 @@ class Lake:
         parsed = urlparse(self.uri)
         if parsed.scheme not in ("file", "gs", ""):
             raise LakeError(f"lake URI {uri!r}: use file:// or gs://")
+        # Stripped, "gs://" is "gs:", which pyarrow reads as the root of GCS: the tables would be buckets.
+        if parsed.scheme == "gs" and not parsed.hostname:
+            raise LakeError(f"lake URI {uri!r} names no bucket: give gs://bucket/...")
         if filesystem is not None:
             self.fs, self.root = filesystem, self._path(self.uri)
         else:
@@ -761,7 +764,18 @@ class Lake:
                     and info.base_name not in (keep, live):
                 # A folder carrying a refusal is a withdrawal killed before it moved it (withdraw writes the verdict
                 # into it first): it goes to quarantine, as that withdrawal meant, never deleted with its evidence.
-                if self.resume_quarantine(info.path) is None:
+                # A move this writer may not make (the withdrawal was another account's, with another quarantine
+                # folder to write) is left to a later clean-up: raised, it failed a publish that has already
+                # committed, and every publish of the month after it, before the rest of this clean-up.
+                try:
+                    resumed = self.resume_quarantine(info.path)
+                except (OSError, pa.ArrowException) as exc:
+                    log.warning("could not move %s to the quarantine its refusal marker (%s) names (%s): left where "
+                                "it is, unpublished; give this writer write access to that quarantine folder, and "
+                                "its next publish of the partition finishes the move",
+                                self.uri_of(info.path), REFUSING, exc)
+                    continue
+                if resumed is None:
                     self._delete_tree(info.path)
             elif info.type == pafs.FileType.File and info.base_name.startswith(f"{MANIFEST}.tmp-"):
                 self.fs.delete_file(info.path)

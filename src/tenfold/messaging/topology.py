@@ -147,6 +147,17 @@ def _ensure(settings: Settings, result: Topology, publisher: Any, timeout: float
                 current = subscriber.get_subscription(request={"subscription": dl_path}, timeout=timeout)
                 _check_attached(current, sub.dead_letter_subscription, sub.dead_letter_topic,
                                 topic_path(settings, sub.dead_letter_topic))
+                # An upgrade that changed the source's deadline changes this one too, as the cloud stacks declare it:
+                # a drain holding messages longer than a stale deadline would get them redelivered under it.
+                if current.ack_deadline_seconds != dead_letters["ack_deadline_seconds"]:
+                    subscriber.update_subscription(
+                        request={
+                            "subscription": {"name": dl_path, "ack_deadline_seconds": dead_letters["ack_deadline_seconds"]},
+                            "update_mask": {"paths": ["ack_deadline_seconds"]},
+                        },
+                        timeout=timeout,
+                    )
+                    result.subscriptions_updated.append(sub.dead_letter_subscription)
             except NotFound as exc:  # the topic vanished between the two calls
                 raise RuntimeError(f"dead-letter topic {sub.dead_letter_topic} disappeared while provisioning") from exc
             result.subscriptions.append(sub.dead_letter_subscription)

@@ -77,3 +77,23 @@ def test_a_file_uri_naming_no_folder_is_refused_naming_it(tmp_path: Path, monkey
         Lake(uri)
     assert f"lake URI {uri!r}" in str(caught.value) and "file:///" in str(caught.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("uri", ["gs:", "gs:/", "gs://", "gs:///", "gs://anonymous@", "gs://anonymous@/"])
+@pytest.mark.parametrize("emulated", [False, True])
+def test_a_gs_uri_naming_no_bucket_is_refused_naming_it(uri: str, emulated: bool) -> None:
+    """Stripped of its slashes, "gs://" became "gs:", which pyarrow reads as the root of GCS: the lake was accepted
+    with root "" and its tables were buckets ('flights'). The refusal comes before any GCS filesystem is built (the
+    emulated one points at a closed loopback port, in case one were asked anything)."""
+    import pyarrow.fs as pafs
+
+    from tenfold.data.lake import LakeError
+
+    filesystem = pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override="127.0.0.1:9") if emulated else None
+    with pytest.raises(LakeError) as caught:
+        Lake(uri, filesystem=filesystem)
+    assert str(caught.value) == f"lake URI {uri!r} names no bucket: give gs://bucket/..."
+    # A bucket, with or without the anonymous user pyarrow accepts, is still a lake.
+    assert Lake("gs://bucket/lake", filesystem=filesystem).table_path(TABLE) == f"bucket/lake/{TABLE}"
+    if not emulated:
+        assert Lake("gs://anonymous@bucket").table_path(TABLE) == f"bucket/{TABLE}"

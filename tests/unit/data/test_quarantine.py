@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import posixpath
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -121,3 +129,59 @@ def test_a_withdrawal_of_content_re_published_since_it_was_checked_withdraws_not
     assert unpublish_to_quarantine(lake, TABLE, PART, "gate-run", {"why": "failed"},
                                    data_dir=lake.read_manifest(TABLE, PART).data_dir) is not None
     assert not lake.has_manifest(TABLE, PART)
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` refuses new entries for real: read-only for a user, immutable (chattr +i) for root, whom modes do
+    not stop."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root on a filesystem without chattr +i: nothing makes a folder unwritable to root")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_refused_folder_this_writer_may_not_quarantine_leaves_its_publish_committed_and_cleaned(
+    lake: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A withdrawal by another account (a reader of the labelled table) died after it marked the data folder and
+    removed the manifest, before its move. The sink, which may not write that quarantine folder, then publishes the
+    month: the move raised PermissionError after the commit, skipped the rest of the clean-up, and did so on every
+    publish of the month after it."""
+    assert lake.uri.startswith("file:") or lake.uri.startswith("/"), lake.uri  # a local lake: its folders are real
+    _publish(lake, [1, 2, 3], "withdrawn")
+    (refused,) = _data_dirs(lake)
+    manifest = lake.manifest_path(TABLE, PART)
+    with lake.fs.open_input_stream(manifest) as stream:
+        text = stream.read().decode()
+    # What Lake._withdraw_locked does before its move: the verdict into the folder, then the manifest removed.
+    dest = lake.mark_refused(TABLE, PART, lake.partition_path(TABLE, PART) + f"/{refused}", "reader-x",
+                             {"why": "corrupt", "manifest": text})
+    lake.fs.delete_file(manifest)
+    # Leftovers the same clean-up removes: an unmarked folder a killed publish replaced, and a manifest's temporary.
+    lake.fs.create_dir(lake.partition_path(TABLE, PART) + "/data-0000000000000000")
+    with lake.fs.open_output_stream(f"{manifest}.tmp-dead") as out:
+        out.write(b"{}")
+
+    with _unwritable(Path(posixpath.dirname(dest))), caplog.at_level(logging.WARNING, logger="tenfold.data.lake"):
+        _publish(lake, [4, 5], "next")  # returns: its commit happened
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [4, 5]
+    assert sorted(_data_dirs(lake)) == sorted([refused, lake.read_manifest(TABLE, PART).data_dir])  # kept, not deleted
+    assert lake.fs.get_file_info(f"{manifest}.tmp-dead").type == pafs.FileType.NotFound
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert refused in warning and "write access" in warning, warning
+
+    # Allowed again, the next publish of the month finishes the move the withdrawal meant.
+    _publish(lake, [4, 5], "next-again")
+    assert _data_dirs(lake) == [lake.read_manifest(TABLE, PART).data_dir]
+    ids, reason = _quarantined(lake, lake.uri_of(dest))
+    assert ids == [1, 2, 3] and reason["why"] == "corrupt"

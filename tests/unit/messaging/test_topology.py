@@ -63,6 +63,28 @@ def test_missing_pieces_are_recreated_and_drift_is_repaired(own_topology):
     assert not ensure_topology(settings).changed
 
 
+def test_a_dead_letter_subscription_keeps_the_source_deadline_after_an_upgrade(own_topology):
+    """An upgrade that changes a subscription's ack deadline changes its dead-letter subscription's too, as the cloud
+    stacks declare it: a stale deadline shorter than a drain's hold gets the dead letters redelivered mid-drain."""
+    settings = own_topology
+    feedback = settings.messaging.subscriptions["feedback"]
+    dl_path = subscription_path(settings, feedback.dead_letter_subscription)
+    with subscriber_client(settings) as sub:
+        sub.update_subscription(
+            request={
+                "subscription": {"name": dl_path, "ack_deadline_seconds": 42},
+                "update_mask": {"paths": ["ack_deadline_seconds"]},
+            }
+        )
+        assert sub.get_subscription(request={"subscription": dl_path}).ack_deadline_seconds == 42
+        result = ensure_topology(settings)
+        assert result.subscriptions_updated == [feedback.dead_letter_subscription]
+        assert not result.subscriptions_created
+        got = sub.get_subscription(request={"subscription": dl_path})
+        assert got.ack_deadline_seconds == feedback.ack_deadline_s != 42
+    assert not ensure_topology(settings).changed
+
+
 def test_a_subscription_whose_topic_was_deleted_is_a_clear_error(local_settings):
     spec = SubscriptionSettings(
         name="orphan-sub", topic="orphan", dead_letter_topic="orphan-dl", dead_letter_subscription="orphan-dl-sub"
