@@ -35,7 +35,7 @@ def check(
 
     Exit 0: the suite passed; 1: it failed, or the check could not run (the last line says which); 2: bad usage."""
     from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition
-    from tenfold.quality.gate import read_batch, run_suite, to_frame
+    from tenfold.quality.gate import check_suite, read_batch, run_suite, to_frame
     from tenfold.quality.suites import SuiteError
 
     settings = get_settings()
@@ -43,6 +43,7 @@ def check(
     try:
         suites = default_suites(settings)
         name = suite or suites[table]
+        check_suite(settings, name)  # an unknown or malformed --suite is refused before the partition is read
         part = Partition.parse(month)
         lake = Lake.from_settings(settings)
         frame = to_frame(read_batch(lake, lake.files(table, part, verify=True)))

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import posixpath
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 DOCS_SITE = "tenfold"
 READ_CHECK = "parquet_is_readable"  # the pseudo-expectation a batch fails when its files cannot be read
 _MAX_EXAMPLES = 5
+# A suite's name is the stem of a file in the workload's suite folder: no '/' (nor '..'), so none is read elsewhere.
+_SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class AlreadyRefused(LakeError):
@@ -354,6 +357,9 @@ def run_suite(
     """
     from tenfold.quality.datadocs import docs_site
 
+    # A suite that cannot run is refused once, here: met inside the Data Docs attempt, it was logged as a Data Docs
+    # failure first (a misleading line before the real one).
+    check_suite(settings, suite_name)
     if parameters is None:
         parameters = suite_parameters(settings, lake, part, suite_name)
     report = None
@@ -380,6 +386,28 @@ def run_suite(
                          "suite is at fault, not the data: fix the expectation (its row_condition or an argument), "
                          "then run again")
     return report
+
+
+def check_suite(settings: Settings, suite_name: str) -> None:
+    """Refuse a suite that cannot run, before any batch is read: a name that is no file of the workload's suite folder
+    (one with a '/' or '..' was looked up outside it), a suite missing there, or one GX or the contract rejects.
+
+    Raises :class:`~tenfold.quality.suites.SuiteError`, one line naming the suite and what to do. Checked only when
+    the suite was to run, such an error surfaced first as a Data Docs failure (validated again without them), then
+    as the error itself, and ``tenfold quality check`` read the whole partition before saying the suite was unknown.
+    """
+    workload = get_workload(settings)
+    root = workload.expectations_dir
+    malformed = not _SUITE_NAME.fullmatch(suite_name) or ".." in suite_name
+    if malformed or not suite_path(suite_name, root).is_file():
+        available = ", ".join(sorted(p.stem for p in root.glob("*.json"))) or "none"
+        what = ("is not a suite name (letters, digits, '_', '.' and '-' only: a suite is a file of the suite folder)"
+                if malformed else "does not exist")
+        raise SuiteError(f"suite {suite_name!r} {what}: the suites in {root} are {available}; name one of them, or "
+                         f"add <name>.json there")
+    if suite_name == workload.features_suite:
+        check_not_null_covered(suite_name, root, workload.contract.non_null_columns)
+    load_suite(suite_name, root)
 
 
 def suite_parameters(settings: Settings, lake: Lake | None, part: Partition, suite_name: str) -> dict[str, Any]:

@@ -22,11 +22,20 @@ from tenfold.config import command_settings
 from tenfold.outages import ending
 
 
-def _months(value: str | None, default: tuple[str, str]) -> tuple[str, str]:
+def _months(value: str | None, default: tuple[str, str], flag: str) -> tuple[str, str]:
+    """The FIRST and LAST month of ``flag``'s ``value`` (``default`` when not given); a backwards range is refused.
+
+    Backwards, the range held no month: train said "train_months is empty" and evaluate that a window needs a month,
+    neither naming the range given the wrong way round."""
+    from tenfold.data.partition import Partition
+
     if not value:
         return default
     first, _, last = value.partition(":")
-    return first, last or first
+    last = last or first
+    if Partition.parse(first) > Partition.parse(last):
+        raise ValueError(f"{flag} {value}: {first} is after {last}: give the first month first")
+    return first, last
 
 
 def train_command(
@@ -57,7 +66,7 @@ def train_command(
                    "trigger train_model there, or train locally without --env / TENFOLD_ENV", err=True)
         raise typer.Exit(2)
     try:
-        first, last = _months(train_months, settings.training.train_months)
+        first, last = _months(train_months, settings.training.train_months, "--train-months")
         # A URI as given (a Path would make gs://b/run a local folder gs:/b/run), a folder from here.
         target: str | Path = out or settings.local.home / "runs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         window = month_range(first, last)
@@ -114,8 +123,8 @@ def evaluate_command(
         learnt = _trained_on(model_dir)
         # The baselines' window defaults to the model's own (the table's title names both), not the settings' split.
         default_train = (learnt[0], learnt[-1]) if learnt else settings.training.train_months
-        train = month_range(*_months(train_months, default_train))
-        holdout = month_range(*_months(holdout_months, settings.training.holdout_months))
+        train = month_range(*_months(train_months, default_train, "--train-months"))
+        holdout = month_range(*_months(holdout_months, settings.training.holdout_months, "--holdout-months"))
         lake = Lake.from_settings(settings)
         check_time_split(train, holdout)
         if learnt and holdout[0].label <= learnt[-1]:

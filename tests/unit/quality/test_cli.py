@@ -76,6 +76,24 @@ def test_check_whose_data_docs_cannot_be_written_says_so(settings, lake, stage, 
 
 
 
+def test_check_refuses_an_unknown_or_path_escaping_suite_before_reading_the_partition(settings, monkeypatch, caplog):
+    """--suite nosuch read the partition first, then printed a Data Docs warning before the real refusal; and a name
+    with '..' was looked up outside the suite folder ("suites here: none"). Each is one line now, naming the suite and
+    the suites there, and no partition needs to exist (none does here)."""
+    import logging
+
+    monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
+    runner = CliRunner()
+    for suite, what in (("nosuch", "does not exist"), ("../../../etc/passwd", "is not a suite name")):
+        with caplog.at_level(logging.WARNING):
+            out = runner.invoke(app, ["quality", "check", "flights", "--month", "2013-01", "--suite", suite])
+        assert out.exit_code == 2, out.output
+        assert out.stdout == "" and len(out.stderr.splitlines()) == 1, out.stderr
+        assert out.stderr.startswith(f"error: suite {suite!r} {what}"), out.stderr
+        assert "raw_flights" in out.stderr and "name one of them" in out.stderr
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_home_that_cannot_be_read_is_not_bad_usage(tmp_path):
     """TENFOLD_HOME under a regular file: exit 2 ("bad usage") with the raw OSError text, where every other command
     says what the system refused and to choose another TENFOLD_HOME (exit 1)."""

@@ -157,6 +157,24 @@ def test_an_expectation_the_suite_gets_wrong_withdraws_nothing_and_names_the_sui
             f"expect_column_values_to_be_between(arr_delay); fix it in {FEATURES_SUITE}.json.") in str(refused.value)
 
 
+def test_an_unknown_suite_is_refused_once_not_first_as_a_data_docs_failure(settings, lake, stage, alerts, caplog):
+    """A suite that cannot be loaded failed first inside the Data Docs attempt: a warning said validating with Data
+    Docs failed and that it would validate again without them, before the real error. It is one refusal now, naming
+    the suites there, and the batch stays staged."""
+    import logging
+
+    from tenfold.quality.suites import SuiteError
+
+    uri = stage(synthetic_features(MARCH, 2_000, seed=7), MARCH, "unknown-suite")
+    with caplog.at_level(logging.WARNING), pytest.raises(SuiteError) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, "nosuch")
+    message = str(caught.value)
+    assert message.startswith("suite 'nosuch' does not exist: ") and "\n" not in message
+    assert FEATURES_SUITE in message and RAW_SUITE in message  # the suites that exist
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert lake.exists(lake._path(uri)) and alerts() == []
+
+
 def test_a_wind_glitch_the_raw_suite_let_through_at_a_busy_hour_passes_the_features_suite(settings, stage, alerts):
     """raw_weather tolerates 0.1% of a month's station-hours out of range (a known 1,048 mph sensor error); every
     flight of that origin and hour copies it. Two such hours at the busiest origin-hour of 2013 were 76 flights, over

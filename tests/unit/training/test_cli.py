@@ -72,6 +72,20 @@ def test_evaluate_refuses_a_month_that_is_not_one(home: Path) -> None:
     assert "Traceback" not in out.output
 
 
+@pytest.mark.parametrize(("command", "flag", "first", "last"), [("train", "--train-months", "2013-03", "2013-01"),
+                                                                ("evaluate", "--train-months", "2013-03", "2013-01"),
+                                                                ("evaluate", "--holdout-months", "2013-09", "2013-08")])
+def test_a_backwards_month_range_is_refused_naming_both_months(home: Path, command: str, flag: str, first: str,
+                                                               last: str) -> None:
+    """A range whose first month is after its last holds no month: train said "train_months is empty" and evaluate
+    that a window needs at least one month, neither saying the range was given backwards."""
+    model = ["--model", str(home / "model")] if command == "evaluate" else []
+    out = CliRunner().invoke(app, [command, *model, flag, f"{first}:{last}"])
+    assert out.exit_code == 2, out.output
+    assert out.output == f"error: {flag} {first}:{last}: {first} is after {last}: give the first month first\n"
+    assert not (home / "runs").exists()  # refused before any run folder
+
+
 def test_evaluate_refuses_a_model_whose_config_is_not_a_mapping(home: Path) -> None:
     model = home / "model"
     model.mkdir()
