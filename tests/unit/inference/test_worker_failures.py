@@ -229,12 +229,14 @@ def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(setti
 
     from google.api_core.exceptions import ResourceExhausted
 
-    stop = threading.Event()
+    stop, fourth = threading.Event(), threading.Event()
     asked: list[int] = []
 
     class Client:
         def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
             asked.append(request["max_messages"])
+            if len(asked) >= 4:
+                fourth.set()
             if refused is None or len(asked) <= refused:
                 raise ResourceExhausted("Received message larger than max")
             if len(asked) >= 8:
@@ -247,7 +249,13 @@ def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(setti
     started = time.monotonic()
     runner.start()
     try:
-        stop.wait(1.0 if refused is None else 10.0)  # always refused: a second of it; else until its 8th pull
+        if refused is None:  # always refused: backing off 0.1, 0.2 and 0.4 s, it pulls a 4th time after 0.7 s, and
+            # waits 5 s before a 5th. Awaited with a deadline (a busy machine stalls the puller's thread), then a
+            # second more, in which a puller that does not wait pulls again.
+            fourth.wait(5.0)
+            stop.wait(1.0)
+        else:
+            stop.wait(10.0)  # until its 8th pull
     finally:
         stop.set()
         runner.join(10)
@@ -255,7 +263,7 @@ def test_a_pull_refused_as_resource_exhausted_asks_for_fewer_and_backs_off(setti
     assert not runner.is_alive() and time.monotonic() - started < 8
     assert settings.inference.max_messages == 8
     if refused is None:
-        assert asked == [8, 4, 2, 1], f"{len(asked)} pulls in 1 s, asking for {sorted(set(asked))} messages"
+        assert asked == [8, 4, 2, 1], f"{len(asked)} pulls, asking for {sorted(set(asked))} messages"
     else:  # the refusals passed (a quota hit): it asks for as many as before again, not one at a time for good
         assert asked == [8, 4, 2, 1, 2, 4, 8, 8]
 

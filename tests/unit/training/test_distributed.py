@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,25 +165,71 @@ def _assert_no_process_left(tmp_path: Path, within_s: float = 30) -> None:
     assert left == [], f"processes of the killed job still run {within_s:.0f} s after it was killed: {left}"
 
 
+@contextlib.contextmanager
+def _interrupted_once(ready: Path, within_s: float = 120) -> Iterator[None]:
+    """The block's wait is interrupted, as Airflow's task timeout or termination interrupts a waiting task (an
+    exception raised in the main thread, by SIGALRM), once a worker held by the fault hook wrote ``ready``; the block
+    fails unless that exception came through it. Not after a guessed delay: torchrun and its workers take seconds to
+    start (``import torch`` alone), so an early interrupt finds no worker to stop and proves nothing."""
+    import os
+    import signal
+    import threading
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    done = threading.Event()
+
+    def watch() -> None:  # the task is interrupted once the worker is in place (or, never there, at the deadline)
+        deadline = time.monotonic() + within_s
+        while not ready.exists() and time.monotonic() < deadline:
+            if done.wait(0.05):
+                return  # the block ended otherwise: no signal after the handler is gone (it would end pytest)
+        os.kill(os.getpid(), signal.SIGALRM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(Interrupted):
+            yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_job_past_its_bound_is_killed_with_all_its_processes(
     train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
+    """Rank 1 is held at step 2 (the fault hook), so the job cannot end within its bound, and the bound leaves the
+    ranks time to start: the kill must find torchrun's workers (in sessions of their own) running, and stop them."""
+    ready = tmp_path / "ready.json"
     started = time.monotonic()
-    with pytest.raises(TrainingTimeout, match="ran past its 3 s bound"):
-        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=3)
-    assert time.monotonic() - started < 30
+    with pytest.raises(TrainingTimeout, match="ran past its 30 s bound"):
+        run_torchrun(train_settings, small_config, tmp_path / "out", nproc=2, timeout_s=30,
+                     env={FAULT_ENV: f"rank=1,step=2,mode=pause,ready={ready}"})
+    assert ready.exists(), "the held worker never reached its step within the bound: nothing was there to kill"
+    assert time.monotonic() - started < 30 + 15  # the bound, the grace torchrun's SIGTERM gets, and a margin
     _assert_no_process_left(tmp_path)
 
 
 def test_a_launch_interrupted_while_it_waits_kills_the_job(
-    train_settings: Settings, small_config: TrainConfig, tmp_path: Path, interrupted_after: Any
+    train_settings: Settings, small_config: TrainConfig, tmp_path: Path
 ) -> None:
     """Airflow's task timeout (and a termination) is an exception raised in the waiting task: the job, in a session
-    of its own, must not go on training into the run's folders behind the retry."""
-    with interrupted_after(3):
-        run_torchrun(train_settings, small_config, tmp_path, nproc=2, timeout_s=300)
+    of its own, must not go on training into the run's folders behind the retry. Interrupted once rank 1 is held
+    at step 2 (the fault hook): both ranks are running then."""
+    ready = tmp_path / "ready.json"
+    with _interrupted_once(ready):
+        run_torchrun(train_settings, small_config, tmp_path / "out", nproc=2, timeout_s=300,
+                     env={FAULT_ENV: f"rank=1,step=2,mode=pause,ready={ready}"})
+    assert ready.exists(), "the held worker never reached its step"
     _assert_no_process_left(tmp_path, within_s=12)  # the grace torchrun's SIGTERM gets, and a margin
-    assert not (tmp_path / "model").exists()
+    assert not (tmp_path / "out" / "model").exists()
 
 
 def test_an_interrupted_launch_kills_a_worker_that_ignores_sigterm(
@@ -190,33 +238,10 @@ def test_an_interrupted_launch_kills_a_worker_that_ignores_sigterm(
     """A worker deaf to SIGTERM outlives torchrun's shutdown (torchrun waits 30 s for it, the launch only 10 s before
     it SIGKILLs torchrun's group): the workers run in sessions of their own, so what the group kill misses must be
     stopped by the launch itself, or it goes on holding the folder's lock and writing its checkpoints."""
-    import os
-    import signal
-    import threading
-
-    class Interrupted(Exception):
-        pass
-
     ready = tmp_path / "deaf.json"
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted
-
-    def watch() -> None:  # the task is interrupted once the deaf worker is in place
-        deadline = time.monotonic() + 120
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGALRM)
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        with pytest.raises(Interrupted):
-            run_torchrun(train_settings, small_config, tmp_path / "out", nproc=2, timeout_s=300,
-                         env={FAULT_ENV: f"rank=1,step=2,mode=deaf,ready={ready}"})
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with _interrupted_once(ready):
+        run_torchrun(train_settings, small_config, tmp_path / "out", nproc=2, timeout_s=300,
+                     env={FAULT_ENV: f"rank=1,step=2,mode=deaf,ready={ready}"})
     assert ready.exists(), "the deaf worker never reached its step"
     _assert_no_process_left(tmp_path, within_s=5)
 
