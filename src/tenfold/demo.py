@@ -26,11 +26,12 @@ Everything runs as Airflow DAG runs, so the same runs are there to inspect (and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ ROLLOUT_TIMEOUT_S = 30 * 60
 # The served replay: this many of the newest month's flights, replayed over and over during the rollout.
 DEMO_FLIGHTS = 3000
 FEEDBACK_TIMEOUT_S = 180
+# The month's first pass of flights through the fleet, at worst (then it stops at the next chunk).
+FIRST_PASS_TIMEOUT_S = 15 * 60
 # A month's offline scoring or drift run, at worst; an asset-triggered run appears within seconds.
 MONTH_TIMEOUT_S = 20 * 60
 NEW_RUN_TIMEOUT_S = 120
@@ -269,7 +272,12 @@ def ensure_serving(settings: Settings, say: Callable[[str], object]) -> str | No
 
 class Traffic:
     """The month's flights replayed through HAProxy as live traffic (user keys, then each outcome as
-    feedback), over and over in a thread until :meth:`stop`: what the canary analysis sees."""
+    feedback), over and over in a thread until the block ends: what the canary analysis sees.
+
+    Every flight is sent at least once: the stop is honoured only after a whole pass (``--flights`` is how many
+    flights a month sends). Stopped at the first 500-flight chunk after the month's scoring and drift runs ended, a
+    month without a rollout sent 1000 or 1500 of its 3000 flights; during a rollout it keeps going, pass after pass,
+    so the canary's checks have traffic. A block that ends on an error (Ctrl-C) stops at the next chunk."""
 
     def __init__(self, settings: Settings, month: Partition, flights: int) -> None:
         from tenfold.serving.auth import ensure_token
@@ -278,7 +286,8 @@ class Traffic:
         self.settings, self.token = settings, ensure_token(settings)
         self.items = get_workload(settings).replay(month)[:flights]
         self.report = TrafficReport()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop after the pass under way (at once, when a whole pass is done)
+        self._abandon = threading.Event()  # stop at the next chunk, pass or not
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -288,19 +297,27 @@ class Traffic:
         if not self.items:  # nothing to send (--flights 0): wait for the stop instead of spinning on an empty list
             self._stop.wait()
             return
-        while not self._stop.is_set():
+        passes = 0
+        while not (passes and self._stop.is_set()):
             for start in range(0, len(self.items), chunk):
-                if self._stop.is_set():
+                if self._abandon.is_set() or (passes and self._stop.is_set()):
                     return
                 traffic.replay(self.settings, self.items[start:start + chunk], token=self.token, concurrency=6,
                                report=self.report)
+            passes += 1
 
     def __enter__(self) -> Traffic:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
+        if exc_type is not None:
+            self._abandon.set()
+        # The first pass ends: each request is bounded (30 s), and 3000 flights take about a minute at the 49 req/s a
+        # busy 2-core machine served. A fleet far slower than that is left at the next chunk, not waited on for hours.
+        self._thread.join(FIRST_PASS_TIMEOUT_S)
+        self._abandon.set()
         self._thread.join(120)
 
 
@@ -453,14 +470,33 @@ def table(rows: list[MonthRow]) -> str:
     return "\n".join(lines)
 
 
-def scheduled_conf(settings: Settings, part: Partition) -> dict[str, list[str]]:
+def scheduled_conf(settings: Settings, part: Partition, say: Callable[[str], object]) -> dict[str, list[str]] | None:
     """The windows the weekly run would take in replay time, at ``part``: the default split over the published months
     up to it, never later ones an earlier demo published (an empty conf trained on months the replay had not
-    reached, and the gate judged it on others)."""
-    from tenfold.pipelines.train_model import default_split
+    reached, and the gate judged it on others).
+
+    None (said) when the champion learnt a month that split holds out: a demo run again over a finished one finds a
+    champion trained through September at September's replay, the split holds out the newest month all the same (at
+    least one), evaluate refuses to score the champion on what it learnt, and the gate, with nothing to compare,
+    failed the run and the demo. The schedule stays due, for a month the champion has not learnt."""
+    from tenfold.pipelines.train_model import _champion_at_plan, default_split
+    from tenfold.registry import ModelRegistry
+    from tenfold.registry.errors import RegistryError
 
     published = Lake.from_settings(settings).published_partitions(settings.storage.features_table)
-    train, holdout = default_split(settings, [p for p in published if p <= part])
+    champion = _champion_at_plan(settings)  # the one the split is chosen beside, and the one whose months are read
+    train, holdout = default_split(settings, [p for p in published if p <= part], champion_at_plan=champion)
+    learnt: set[str] = set()
+    if (version := champion.get("version")) is not None:
+        try:
+            lineage = ModelRegistry(settings).get(version).lineage
+        except RegistryError:  # a damaged champion: the run's evaluate says so, in the gate's comparison
+            lineage = None
+        learnt = {r.partition for r in lineage.train_partitions} if lineage else set()
+    if held := sorted({p.label for p in holdout} & learnt):
+        say(f"{TRAIN}: the champion {version} learnt through {max(learnt)}: scheduled baseline skipped (it would hold "
+            f"out {', '.join(held)}, which the champion learnt, so the gate could not compare the two); it stays due")
+        return None
     return {"train_months": [train[0].label, train[-1].label], "holdout_months": [holdout[0].label, holdout[-1].label]}
 
 
@@ -577,7 +613,8 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
     fleet.reload_lookups(settings, part.label)
     since = dt.datetime.now(dt.UTC)
     with Traffic(settings, part, flights) as live:
-        say(f"serving {champion}: {len(live.items)} flights of {part.label} replayed as live traffic, with feedback")
+        say(f"serving {champion}: {len(live.items)} flights of {part.label} replayed as live traffic, with feedback "
+            "(each at least once; again and again while a rollout runs)")
         for dag_id in (INFER, DRIFT):
             found = started.get(dag_id) or new_run(api, dag_id, before[dag_id], timeout_s=NEW_RUN_TIMEOUT_S)
             if found is None:
@@ -609,7 +646,7 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
             from tenfold.pipelines.common import PipelineError
 
             try:
-                conf = scheduled_conf(settings, part)
+                conf = scheduled_conf(settings, part, say)
             except PipelineError as exc:  # no two consecutive months up to it (one withdrawn): this month's row says so
                 say(f"{TRAIN}: the scheduled baseline cannot run: {exc}")
                 row.failed_runs.append(f"{TRAIN}: the scheduled baseline cannot run: {exc}")
@@ -753,7 +790,17 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     """The whole lifecycle: the first champion on ``first..champion_until``, then ``months`` later months replayed
     one at a time as if they were live. Retraining starts on drift, or when ``retrain_every`` replayed months
     have passed since the last one (the weekly baseline schedule, honoured less often to keep the demo short;
-    0 = drift only). Returns the closing table's rows."""
+    0 = drift only). Returns the closing table's rows. One demo at a time per home (:func:`one_demo_at_a_time`)."""
+    started = time.monotonic()
+    initial, later = demo_months(first, champion_until, months, settings)
+    with one_demo_at_a_time(settings):
+        return _lifecycle(settings, initial, later, flights=flights, retrain_every=retrain_every, say=say,
+                          started=started)
+
+
+def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partition], *, flights: int,
+               retrain_every: int, say: Callable[[str], object], started: float) -> list[MonthRow]:
+    """:func:`run`'s lifecycle, under its lock."""
     from tenfold.local.stack import describe, serving_drift, up
     from tenfold.quality.gate import data_docs_location
     from tenfold.registry import CHAMPION, ModelRegistry
@@ -761,8 +808,6 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     from tenfold.serving.haproxy import HaproxyError, haproxy_binary
     from tenfold.serving.loading import resolve_and_download
 
-    started = time.monotonic()
-    initial, later = demo_months(first, champion_until, months, settings)
     # The fleet starts after the first window's features and champion (minutes of Spark and training): a port another
     # program holds is said now, before anything starts (and before Airflow runs with settings a new port would change).
     if busy := fleet.port_refusals(settings):
@@ -779,34 +824,41 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
     api = _api(settings)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):
         api.wait_for_dag(dag_id)
-    # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
-    # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are unpaused;
-    # each takes only that run's newest month and logs the backlog (with the run conf that does each month).
-    for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
-        api.set_paused(dag_id, True)
-    registry = ModelRegistry(settings)
-    refuse_a_champion_this_code_cannot_load(settings, registry)  # before minutes of Spark that could not help it
-    build_months(settings, api, initial, say)
-    if registry.resolve(CHAMPION) is None:
-        show_training(api, first_champion_run(settings, api, initial, say), say)
-        api.set_paused(TRAIN, True)
-    say(describe(settings, statuses))
-    say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
-    say(f"Data Docs: {data_docs_location(settings)}/index.html")
-    say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} (`tenfold models list`)")
-    first_version = registry.resolve(CHAMPION)
-    if first_version is None:
-        raise DemoError(f"no champion: the gate promoted no model of the first window (its comparison is above), so "
-                        f"there is nothing to serve or to monitor; see {airflow_url(settings)}/dags/{TRAIN}. "
-                        f"{TRAIN}, {ROLLOUT}, {INFER} and {DRIFT} are left paused")
-    _, first_model = resolve_and_download(settings, first_version)
-    lineage = registry.get(first_version).lineage
-    trained_on = frozenset(r.partition for r in lineage.train_partitions) if lineage else frozenset()
-    ensure_serving(settings, say)
-    # From here on the platform runs itself: each features event starts offline scoring and drift monitoring,
-    # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
-    for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
-        api.set_paused(dag_id, False)
+    # The DAGs paused for the first window are unpaused again however the demo ends before it serves the champion
+    # (Ctrl-C, a refusal): left paused, nothing ran on a drift event or the weekly schedule until the next demo.
+    try:
+        # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
+        # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are
+        # unpaused; each takes only that run's newest month and logs the backlog (with the run conf that does each
+        # month).
+        for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
+            api.set_paused(dag_id, True)
+        registry = ModelRegistry(settings)
+        refuse_a_champion_this_code_cannot_load(settings, registry)  # before minutes of Spark that could not help it
+        build_months(settings, api, initial, say)
+        if registry.resolve(CHAMPION) is None:
+            show_training(api, first_champion_run(settings, api, initial, say), say)
+            api.set_paused(TRAIN, True)
+        say(describe(settings, statuses))
+        say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
+        say(f"Data Docs: {data_docs_location(settings)}/index.html")
+        say(f"registry: gs://{settings.storage.models_bucket}/{settings.storage.registry_prefix} "
+            "(`tenfold models list`)")
+        first_version = registry.resolve(CHAMPION)
+        if first_version is None:
+            raise DemoError(f"no champion: the gate promoted no model of the first window (its comparison is above), "
+                            f"so there is nothing to serve or to monitor; see {airflow_url(settings)}/dags/{TRAIN}")
+        _, first_model = resolve_and_download(settings, first_version)
+        lineage = registry.get(first_version).lineage
+        trained_on = frozenset(r.partition for r in lineage.train_partitions) if lineage else frozenset()
+        ensure_serving(settings, say)
+        # From here on the platform runs itself: each features event starts offline scoring and drift monitoring,
+        # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
+        for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
+            api.set_paused(dag_id, False)
+    except BaseException:
+        _unpause_after_the_first_window(settings, api, say)
+        raise
     rows = replay_months(settings, api, later, first_model, flights, say, retrain_every=retrain_every,
                          started=started, first_trained_on=trained_on)
     say("")
@@ -821,6 +873,68 @@ def run(settings: Settings, first: str = "2013-01", champion_until: str = "2013-
         raise DemoError(f"{len(failed)} step(s) of the replayed months failed ({'; '.join(failed)}): their runs' logs "
                         f"are in the Airflow UI, {airflow_url(settings)}")
     return rows
+
+
+def _unpause_after_the_first_window(settings: Settings, api: AirflowApi, say: Callable[[str], object]) -> None:
+    """The demo ended before the champion served (Ctrl-C, a refusal): unpause the DAGs it paused for the first window,
+    as it would have, so the platform runs itself again (best effort: what stays paused is named, with the way to
+    unpause it). With no champion they stay paused (said), as the demo leaves them when the first window promotes
+    none: there is nothing to score, monitor or compare with."""
+    from tenfold.registry import CHAMPION, ModelRegistry
+
+    dags = (INFER, DRIFT, TRAIN, ROLLOUT)
+    try:
+        champion = ModelRegistry(settings).resolve(CHAMPION)
+    except Exception as exc:  # the registry away too: nothing is unpaused that might score against no champion
+        say(f"{', '.join(dags)} are left paused (the demo pauses them until the fleet serves the champion, and the "
+            f"registry could not say whether there is one: {exc}): unpause them in the Airflow UI, "
+            f"{airflow_url(settings)}, or run the demo again")
+        return
+    if champion is None:
+        say(f"{', '.join(dags)} are left paused: there is no champion yet to score, monitor or compare with; the demo "
+            f"unpauses them once one serves (run it again), or unpause them in the Airflow UI, {airflow_url(settings)}")
+        return
+    still = list(dags)
+    try:
+        for dag_id in dags:
+            api.set_paused(dag_id, False)
+            still.remove(dag_id)
+    except Exception as exc:  # Airflow away: one line, not a second traceback
+        say(f"{', '.join(still)} are left paused (the demo pauses them until the fleet serves the champion, and "
+            f"Airflow did not answer: {exc}): unpause them in the Airflow UI, {airflow_url(settings)}, or run the demo "
+            "again")
+        return
+    say(f"{', '.join(dags)} unpaused again (the demo pauses them until the fleet serves the champion)")
+
+
+@contextlib.contextmanager
+def one_demo_at_a_time(settings: Settings) -> Iterator[None]:
+    """Hold the home's demo lock (``<home>/run/.demo.lock``, an ``flock``, with the holder's pid in it) for the whole
+    demo; a second is refused at once (:class:`DemoError`), before it starts anything: it paused the first one's DAGs
+    and rolled its canary pool back to the champion at 0 %, failing the first one's rollout."""
+    import fcntl
+    import os
+
+    from tenfold.local.services import run_dir
+
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    path = run_dir(settings) / ".demo.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()  # empty for the instant between its lock and its pid
+            who, kill = (f"pid {holder}", f"`kill {holder}`") if holder else ("its pid not written yet", "`kill` it")
+            raise DemoError(f"another demo is running on {settings.local.home} ({who}): wait for it to end, or stop "
+                            f"it (Ctrl-C in its terminal, or {kill}), then run the demo again") from None
+        try:
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 __all__ = ["AirflowApiError", "DemoError", "run"]

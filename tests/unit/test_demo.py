@@ -556,3 +556,159 @@ def test_a_workload_that_cannot_be_loaded_is_refused_before_anything_starts(tmp_
     (line,) = proc.stderr.splitlines()
     assert line.startswith("error: unknown workload 'nope'") and "Traceback" not in proc.stderr, proc.stderr
     assert not list(home.rglob("*.pid")) and not (home / "run").exists(), sorted(home.rglob("*"))
+
+
+def test_a_scheduled_retrain_is_skipped_when_the_champion_learnt_the_months_it_would_hold_out(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` again on a finished home: its champion learnt 2013-01..09, so September's scheduled baseline held out
+    2013-09 (at least one month), evaluate refused to score the champion on it, the gate had nothing to compare and
+    the run failed, and the demo with it. Skipped and said; a month the champion never learnt is held out as before."""
+    import tenfold.registry
+    from tenfold.pipelines import train_model
+    from tenfold.workloads.flights.synthetic import publish_synthetic_features
+
+    settings = make_settings()
+    publish_synthetic_features(Lake.from_settings(settings), month_range("2013-01", "2013-12"), 20)
+    _a_month_off_airflow(monkeypatch, published_before=False, other_run="{dag_id}__run")
+    learnt = SimpleNamespace(lineage=SimpleNamespace(train_partitions=[
+        SimpleNamespace(partition=m.label) for m in month_range("2013-01", "2013-09")]))
+    registry = SimpleNamespace(resolve=lambda alias: "v9", get=lambda version: learnt)
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: registry)
+    monkeypatch.setattr(train_model, "ModelRegistry", lambda settings: registry)
+
+    class Api(_Api):
+        def wait_for_runs(self, dag_id: str, run_ids: list[str], **kwargs: object) -> dict[str, str]:
+            return {r: "failed" if dag_id == demo.TRAIN else "success" for r in run_ids}
+
+        def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+            return ["train"]
+
+    api, said = Api(), []
+    row = demo.replay_month(settings, api, Partition(2013, 9), None, 0, said.append, scheduled_due=True)  # type: ignore[arg-type]
+    assert not any(r.startswith("demo__scheduled__") for r in api.triggered), api.conf
+    assert any(line.startswith("train_model: the champion v9 learnt through 2013-09: scheduled baseline skipped")
+               for line in said), said
+    assert row.retrain == "-" and row.failed_runs == []  # "-": the schedule stays due for the next month
+    api = Api()
+    demo.replay_month(settings, api, Partition(2013, 10), None, 0, lambda line: None, scheduled_due=True)  # type: ignore[arg-type]
+    (retrain,) = [r for r in api.triggered if r.startswith("demo__scheduled__2013-10")]
+    assert api.conf[retrain] == {"train_months": ["2013-01", "2013-09"], "holdout_months": ["2013-10", "2013-10"]}
+
+
+def test_a_month_sends_each_of_its_flights_at_least_once(make_settings: Callable[..., Settings],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender stopped at the first 500-flight chunk after the month's scoring and drift runs ended: "3000 flights of
+    2013-07 replayed" was followed by "traffic: 1500 predictions". A whole pass is sent before the stop is honoured;
+    while the block runs (a rollout) it goes on sending; a block that ends on an error stops at the next chunk."""
+    from tenfold.serving import traffic
+
+    sent: list[object] = []
+
+    def replay(settings: Settings, items: list[object], **kwargs: object) -> None:
+        time.sleep(0.01)  # a chunk takes a while: the block ends long before a pass would
+        sent.extend(items)
+
+    monkeypatch.setattr(demo, "get_workload", lambda settings: SimpleNamespace(replay=lambda month: list(range(5000))))
+    monkeypatch.setattr(traffic, "replay", replay)
+    with demo.Traffic(make_settings(), Partition(2013, 7), 3000) as live:
+        pass
+    assert len(live.items) == 3000 and sorted(sent) == list(range(3000)), len(sent)
+    sent.clear()
+    with demo.Traffic(make_settings(), Partition(2013, 7), 3000):
+        deadline = time.monotonic() + 30
+        while len(sent) < 4000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(sent) >= 4000 and len(sent) % 500 == 0  # a second pass, begun while the block ran, stops at a chunk
+    sent.clear()
+    with pytest.raises(KeyboardInterrupt), demo.Traffic(make_settings(), Partition(2013, 7), 3000):
+        raise KeyboardInterrupt
+    assert len(sent) < 3000
+
+
+def test_a_second_demo_on_the_same_home_is_refused_before_it_starts_anything(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second `make demo` while one ran paused the first one's DAGs and rolled its canary pool back to the champion
+    at 0 %, failing its rollout. The second is refused in one line naming the first one's pid and what to do."""
+    import fcntl
+
+    from tenfold.local import stack
+    from tenfold.local.services import run_dir
+    from tenfold.serving import fleet
+
+    settings = make_settings()
+    monkeypatch.setattr(stack, "up", lambda *a, **k: pytest.fail("the platform was started"))
+    monkeypatch.setattr(fleet, "port_refusals", lambda s: pytest.fail("the second demo went on to its checks"))
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(run_dir(settings) / ".demo.lock", "a+") as held:  # the first demo, in another open file description
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(demo.DemoError, match=r"^another demo is running on .* \(pid 4242\): wait for it to end, "
+                                                 r"or stop it \(Ctrl-C in its terminal, or `kill 4242`\), then run the "
+                                                 r"demo again$") as refused:
+            demo.run(settings, say=lambda line: None)
+    assert "\n" not in str(refused.value)
+    # The first one ended: the next demo goes on (to its port check here), and leaves the lock free when it ends.
+    monkeypatch.setattr(fleet, "port_refusals", lambda s: ["port 127.0.0.1:8000 (lb_port) is already in use"])
+    with pytest.raises(demo.DemoError, match="the serving fleet could not start"):
+        demo.run(settings, say=lambda line: None)
+    with open(run_dir(settings) / ".demo.lock", "a+") as free:
+        fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.parametrize("case", ["refused", "ctrl-c", "no champion", "airflow away"])
+def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_paused_unsaid(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Ctrl-C or a refusal between the demo pausing train_model, rollout_model, batch_inference and monitor_drift for the
+    first window and unpausing them once the fleet served left them paused, unsaid: nothing ran on drift or weekly
+    until the next demo. With a champion they are unpaused again; without one (or with Airflow away) the demo says
+    which are left paused and how to unpause them."""
+    import tenfold.registry
+    import tenfold.serving.haproxy
+    from tenfold.local import stack
+    from tenfold.serving import fleet
+
+    four = {demo.TRAIN, demo.ROLLOUT, demo.INFER, demo.DRIFT}
+
+    class Api(_Api):
+        def wait_for_dag(self, dag_id: str) -> None:
+            pass
+
+        def set_paused(self, dag_id: str, paused: bool) -> None:
+            if case == "airflow away" and not paused and dag_id == demo.TRAIN:
+                raise demo.AirflowApiError("PATCH /api/v2/dags/train_model: connection refused")
+            super().set_paused(dag_id, paused)
+
+    api = Api()
+    monkeypatch.setattr(fleet, "port_refusals", lambda s: [])
+    monkeypatch.setattr(stack, "serving_drift", lambda s: "")
+    monkeypatch.setattr(tenfold.serving.haproxy, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    monkeypatch.setattr(stack, "up", lambda *a, **k: [])
+    monkeypatch.setattr(demo, "_api", lambda settings: api)
+    champion = None if case == "no champion" else "v1"
+    monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda a: champion))
+    monkeypatch.setattr(demo, "refuse_a_champion_this_code_cannot_load", lambda settings, registry: None)
+
+    def build_months(*args: object) -> bool:
+        if case == "ctrl-c":
+            raise KeyboardInterrupt
+        raise demo.DemoError("build_features for 2013-03 failed in validate: open the UI for its logs")
+
+    monkeypatch.setattr(demo, "build_months", build_months)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt if case == "ctrl-c" else demo.DemoError):
+        demo.run(make_settings(), say=said.append)
+    assert {d for d, paused in api.paused if paused} == four  # paused for the first window, as before
+    unpaused = [d for d, paused in api.paused if not paused]
+    if case in ("refused", "ctrl-c"):
+        assert set(unpaused) == four and api.paused[-4:] == [(d, False) for d in unpaused]
+        assert said[-1] == "batch_inference, monitor_drift, train_model, rollout_model unpaused again (the demo pauses " \
+                           "them until the fleet serves the champion)", said
+    elif case == "no champion":
+        assert unpaused == []
+        assert said[-1].startswith("batch_inference, monitor_drift, train_model, rollout_model are left paused: there "
+                                   "is no champion yet") and "http://" in said[-1], said
+    else:
+        assert unpaused == [demo.INFER, demo.DRIFT]
+        assert said[-1].startswith("train_model, rollout_model are left paused (the demo pauses them until the fleet "
+                                   "serves the champion, and Airflow did not answer: PATCH") and "Airflow UI" in said[-1]
