@@ -390,16 +390,23 @@ def subscribe(settings: Settings, topic: str) -> str:
     return path
 
 
-def pull_messages(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -> list[Any]:
-    """Up to ``n`` messages (body and attributes) from ``subscription`` (acknowledged), waiting up to ``timeout`` s."""
+def pull_messages(settings: Settings, subscription: str, n: int, timeout: float = 20.0,
+                  quiet_s: float = 0.0) -> list[Any]:
+    """Up to ``n`` messages (body and attributes) from ``subscription`` (acknowledged), waiting up to ``timeout`` s.
+
+    With ``quiet_s``, all of them, past ``n`` too, once ``n`` came: pulled until none came for ``quiet_s`` seconds
+    (or ``timeout``). Stopping at ``n`` never pulls a copy published after the originals, so a test that counts
+    them cannot see a message sent twice."""
     from tenfold.messaging import subscriber_client
 
     out: list[Any] = []
     deadline = time.monotonic() + timeout
+    last = time.monotonic()
     with subscriber_client(settings) as sub:
-        while len(out) < n and time.monotonic() < deadline:
+        while (len(out) < n or (quiet_s > 0 and time.monotonic() - last < quiet_s)) and time.monotonic() < deadline:
             resp = sub.pull(request={"subscription": subscription, "max_messages": 100}, timeout=10)
             if resp.received_messages:
+                last = time.monotonic()
                 out += [m.message for m in resp.received_messages]
                 sub.acknowledge(request={"subscription": subscription,
                                          "ack_ids": [m.ack_id for m in resp.received_messages]})
@@ -416,7 +423,7 @@ def pull(settings: Settings, subscription: str, n: int, timeout: float = 20.0) -
 @dataclass(frozen=True)
 class PubSubTools:
     """``subscribe(settings, topic)``, ``pull(settings, subscription, n, timeout=20)`` (bodies) and
-    ``pull_messages`` (the same, whole messages) as a fixture."""
+    ``pull_messages`` (the same, whole messages; ``quiet_s`` pulls past ``n``) as a fixture."""
 
     subscribe: Callable[[Settings, str], str]
     pull: Callable[..., list[bytes]]

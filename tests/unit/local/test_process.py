@@ -35,6 +35,19 @@ def _written_pid(path):
     raise AssertionError(f"nothing wrote a pid to {path} within 5 s")
 
 
+def _written_pids(path, n, timeout=10):
+    """The ``n`` pids a child wrote to ``path`` on one line: the file exists, empty, before they are in it; a read
+    then found none, and every check on them held for want of any process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pids = [int(pid) for pid in path.read_text().split()]
+            if len(pids) == n:
+                return pids
+        time.sleep(0.05)
+    raise AssertionError(f"{n} pids never reached {path} within {timeout} s")
+
+
 def test_port_in_use_sees_a_listener_and_a_free_port():
     with _listener() as sock:
         port = sock.getsockname()[1]
@@ -173,6 +186,26 @@ def test_a_pid_file_that_cannot_be_written_stops_the_process_it_would_have_named
     assert left == [], f"the service whose pid file could not be written is still running: {left}"
 
 
+def _wait_until_in_its_loop(watchdog: psutil.Process, owner: psutil.Process, timeout: float = 30) -> None:
+    """Until ``watchdog`` sleeps between its looks at ``owner``: it has imported psutil (mapped its extension) and
+    waits in ``time.sleep`` (the kernel shows a nanosleep), which it does only in its loop, after its first look.
+    A fixed wait could end while it was still importing (longer on a cold start than the wait), and a watchdog that
+    wrongly killed the service on its first look passed. ``owner`` sleeps in ``time.sleep`` too: where the kernel
+    shows no wait for it either ("0", as it does for a running process), the extension mapped is all there is."""
+    deadline = time.monotonic() + timeout
+    maps = Path(f"/proc/{watchdog.pid}/maps")
+    while time.monotonic() < deadline:
+        try:
+            if "_psutil_linux" in maps.read_text():
+                waits = Path(f"/proc/{watchdog.pid}/wchan").read_text(), Path(f"/proc/{owner.pid}/wchan").read_text()
+                if "nanosleep" in waits[0] or "nanosleep" not in waits[1]:
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            raise AssertionError("the watchdog ended while its owner lived") from None
+        time.sleep(0.02)
+    raise AssertionError(f"the watchdog never began to watch its owner within {timeout} s")
+
+
 def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
     """Fixtures tie emulators to the test process: a killed test run leaves no emulator behind."""
     owner_code = (
@@ -184,7 +217,9 @@ def test_a_tied_service_is_stopped_when_its_owner_is_killed(tmp_path):
     try:
         record = process.ProcessRecord.from_json(owner.stdout.readline())
         assert process.is_running(record)
-        time.sleep(1.5)
+        (watchdog,) = [c for c in psutil.Process(owner.pid).children() if c.pid != record.pid]
+        _wait_until_in_its_loop(watchdog, psutil.Process(owner.pid))
+        time.sleep(2.5)  # two more of its looks at the owner and at the service
         assert process.is_running(record)  # the watchdog leaves it alone while the owner lives
         owner.kill()
         owner.wait()
@@ -337,10 +372,7 @@ def test_stop_takes_down_descendants_that_left_the_group(tmp_path):
         "time.sleep(300)\n"
     )
     record = process.start("svc", [sys.executable, "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "children").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    children = [psutil.Process(int(pid)) for pid in (tmp_path / "children").read_text().split()]
+    children = [psutil.Process(pid) for pid in _written_pids(tmp_path / "children", 2)]
     assert all(os.getpgid(c.pid) != record.pid for c in children)
 
     assert process.stop(record, timeout=5) is True

@@ -638,14 +638,19 @@ def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_
                            environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "1.0"})
 
     class DownAfterAdmission(HealthyApi):
-        """HAProxy as the supervisor sees it: a v2 replica's slot reports DOWN 0.5 s after it is admitted."""
+        """HAProxy as the supervisor sees it: a v2 replica's slot reports DOWN 0.5 s after it is admitted. ``admitted``
+        forgets a slot put in maintenance; ``admissions`` and ``reported_down`` keep what happened for the test."""
 
         def __init__(self) -> None:
             super().__init__()
             self.admitted: dict[tuple[str, str], float] = {}
+            self.admissions: list[tuple[str, str, str | None]] = []  # pool, server, the version of its replica
+            self.reported_down: set[tuple[str, str]] = set()
 
         def admit(self, pool: str, server: str) -> None:
             self.admitted[(pool, server)] = time.monotonic()
+            r = next((r for r in sup.replicas if r.pool == pool and r.server == server), None)
+            self.admissions.append((pool, server, r.version if r is not None else None))
 
         def maintain(self, pool: str, server: str) -> None:
             super().maintain(pool, server)
@@ -658,9 +663,10 @@ def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_
                 if (r is not None and r.version == "v2" and out[pool][server].status == "UP"
                         and time.monotonic() - at > 0.5):
                     out[pool][server] = ServerStat(pool, server, "DOWN", "L7STS", 0, 0, 0, None)
+                    self.reported_down.add((pool, server))
             return out
 
-    sup.api = DownAfterAdmission()
+    sup.api = api = DownAfterAdmission()
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     try:
         _tick_until(sup, lambda: _old_serving(sup) >= 2, 15, "the v1 pool up")
@@ -672,6 +678,9 @@ def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_
             up = [s for s in sup.api.all_servers().get("stable", {}).values() if s.status == "UP"]
             fewest_up = min(fewest_up, len(up))
             time.sleep(0.05)
+        # A v2 replica was admitted and then went DOWN (a roll that never began passes the rest).
+        assert [a for a in api.admissions if a[0] == "stable" and a[2] == "v2"], "\n".join(sup.lines)
+        assert api.reported_down, "no v2 replica went DOWN after its admission:\n" + "\n".join(sup.lines)
         assert fewest_up >= 1, "no stable replica UP in HAProxy:\n" + "\n".join(sup.lines)
         assert _old_serving(sup) >= 1
     finally:
