@@ -17,12 +17,13 @@ model trained on one definition must never be served features of another. Try it
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Partition
+from tenfold.data.lake import CorruptManifestError, Lake, LakeError, Manifest, Partition
 from tenfold.workloads import VERSION_KEY, OnlineFeatures, Workload, get_workload, lookup_table
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ class StaleLookups(LookupsUnavailable):
 class MismatchedLookups(LookupsUnavailable):
     """A month's lookup table is of another build than its published features (a publish that failed after the
     lookups, before the features): features assembled from it would differ from the ones batch scoring reads."""
+
+
+class LookupsPublishing(MismatchedLookups):
+    """A month's lookup table is of another build than its published features, and newer than them by less than a
+    publish task's bound (``settings.pipelines.build_features.task_timeout_s``): the publish may still be on its way
+    to the features manifest, so the month is not yet known to be left to rebuild."""
 
 
 # In a features manifest's extra: each lookup table's published data folder (content-addressed), so a reader can
@@ -77,10 +84,12 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     """Every served month's lookup tables: ``{"2013-02": {"weather": <table>, ...}, ...}``.
 
     A month whose tables were built by another feature definition version than the workload's contract, or by
-    another build than its published features (:class:`MismatchedLookups`), or are corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
+    another build than its published features (:class:`MismatchedLookups`, a publish that failed), or are corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
     (its requests are refused as a month not served, saying to rebuild it), as a month without its lookups is: one
     stale or corrupt month does not take the others offline. Raises :class:`LookupsUnavailable` when no month can
-    be served.
+    be served, or when a month's lookups are of a build still being published (:class:`LookupsPublishing`): the
+    load is tried again whole, since one that left the month out refused it for the replica's life while replicas
+    started after the features manifest served it.
     """
     workload = workload or get_workload(settings)
     lake = Lake.from_settings(settings)
@@ -105,9 +114,12 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     served: dict[str, dict[str, pa.Table]] = {}
     stale: dict[str, str] = {}
     unreadable: dict[str, str] = {}
+    publishing: dict[str, str] = {}
     for part in months:
         try:
             served[part.label] = read_month_lookups(settings, workload, lake, part)
+        except LookupsPublishing as exc:
+            publishing[part.label] = str(exc)
         except (StaleLookups, MismatchedLookups) as exc:  # a month left to rebuild is left out, not fatal
             stale[part.label] = str(exc)
         except LookupsUnavailable as exc:
@@ -117,9 +129,12 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
                 raise
             unreadable[part.label] = str(exc)
     if not served:
-        left_out = {**stale, **unreadable}
+        left_out = {**publishing, **stale, **unreadable}
         raise LookupsUnavailable(f"no month can be served: {next(iter(left_out.values()))}"
                                  + (f" (and {len(left_out) - 1} more months alike)" if len(left_out) > 1 else ""))
+    if publishing:
+        raise LookupsUnavailable(f"months {', '.join(publishing)} are being published (lookups first, then features): "
+                                 f"the load is tried again, not served without them: {next(iter(publishing.values()))}")
     if stale:
         log.warning("months %s have lookups of another feature definition or build and are not served until rebuilt "
                     "(python -m tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale),
@@ -138,13 +153,15 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
     Raises :class:`LookupsUnavailable` when a table cannot be read or was built by another version (features
     assembled from it would be ones the model never saw), :class:`MismatchedLookups` when it is of another build
     than the month's published features (recorded in their manifest since the lookups were; older ones are not
-    checked)."""
+    checked): :class:`LookupsPublishing` when that build is newer than the features by less than a publish task's
+    bound (its publish may be on its way to the features)."""
     contract = workload.contract
     features = settings.storage.features_table
     try:
-        built = lake.read_manifest(features, part).extra.get(LOOKUPS_KEY) if lake.has_manifest(features, part) else None
+        published = lake.read_manifest(features, part) if lake.has_manifest(features, part) else None
     except LakeError as exc:
         raise LookupsUnavailable(f"cannot read {features} {part.label}: {exc}") from exc
+    built = published.extra.get(LOOKUPS_KEY) if published is not None else None
     tables = {}
     checked: dict[str, str] = {}  # each table's build, as checked against the features' record
     for name in contract.lookup_tables:
@@ -153,10 +170,18 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
             manifest = lake.read_manifest(table, part)
             checked[table] = manifest.data_dir
             if isinstance(built, dict) and built.get(name) != manifest.data_dir:
+                mismatch = (f"{table} {part.label} is of another build ({manifest.data_dir}) than the month's "
+                            f"published {features} (built with {built.get(name)})")
+                bound = settings.pipelines.build_features.task_timeout_s
+                if (age := _publishing_for(manifest, published, bound)) is not None:
+                    raise LookupsPublishing(
+                        f"{mismatch}, published {age:.0f} s ago: its publish did not finish yet (its features follow "
+                        f"within settings.pipelines.build_features.task_timeout_s, {bound} s; if they do not, run "
+                        f"build_features for the month again: python -m tenfold.pipelines.build_features {part.label})"
+                    )
                 raise MismatchedLookups(
-                    f"{table} {part.label} is of another build ({manifest.data_dir}) than the month's published "
-                    f"{features} (built with {built.get(name)}): its publish did not finish; run build_features "
-                    f"for the month again (python -m tenfold.pipelines.build_features {part.label})"
+                    f"{mismatch}: its publish did not finish; run build_features for the month again (python -m "
+                    f"tenfold.pipelines.build_features {part.label})"
                 )
             version = manifest.extra.get(VERSION_KEY)
             if version != contract.version:
@@ -180,6 +205,23 @@ def read_month_lookups(settings: Settings, workload: Workload, lake: Lake, part:
         raise LookupsUnavailable(f"{part.label} was published again while its lookup tables were read "
                                  f"({', '.join(moved) or features}): the load is tried again")
     return tables
+
+
+def _publishing_for(lookups: Manifest, features: Manifest | None, bound_s: float) -> float | None:
+    """Seconds since ``lookups`` (of another build than ``features``) was published when its publish may still be
+    on its way to the features: build_features publishes the lookups first, so that publish wrote them later than
+    the features it replaces (to the second, as manifests record it), and its task ends within ``bound_s``, killed at
+    the latest. None when not: an older build, or one whose features never followed (a publish that failed), whose
+    month is left out until it is built again. A time that does not parse is no publish known to be in progress."""
+    if features is None:
+        return None
+    try:
+        written, replaced = (dt.datetime.fromisoformat(m.created_at) for m in (lookups, features))
+        age = (dt.datetime.now(dt.UTC) - written).total_seconds()
+        newer = written >= replaced
+    except (TypeError, ValueError):  # unparseable, or one without a zone beside one with
+        return None
+    return max(age, 0.0) if newer and age < bound_s else None
 
 
 def load_online_features(settings: Settings) -> OnlineFeatures:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import tempfile
 from pathlib import Path
@@ -11,13 +13,21 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition
-from tenfold.features.online import LookupsUnavailable, load_online_features, read_lookups, served_months
+from tenfold.features.online import (
+    LOOKUPS_KEY,
+    LookupsUnavailable,
+    MismatchedLookups,
+    load_online_features,
+    read_lookups,
+    served_months,
+)
 from tenfold.workloads import VERSION_KEY, RequestInvalid, lookup_table
 from tenfold.workloads.flights import WORKLOAD
 from tenfold.workloads.flights.contract import CONTRACT
 from tenfold.workloads.flights.synthetic import (
     publish_synthetic_features,
     publish_synthetic_lookups,
+    synthetic_features,
     synthetic_lookups,
     synthetic_requests,
 )
@@ -170,3 +180,55 @@ def test_a_month_published_again_while_its_lookups_are_read_fails_the_load_not_a
     assert set(again) == set(CONTRACT.lookup_tables)
     for name, table in again.items():
         assert table.equals(real_read(lake, lookup_table(settings.storage.lookups_table, name), [JAN]))
+
+
+def publish_built_month(settings: Settings, lake: Lake, part: Partition, seed: int = 0) -> None:
+    """Lookups, then features naming their folders (``LOOKUPS_KEY``): what build_features publishes."""
+    prefix = settings.storage.lookups_table
+    publish_synthetic_lookups(lake, [part], seed=seed, prefix=prefix)
+    built = {n: lake.read_manifest(lookup_table(prefix, n), part).data_dir for n in CONTRACT.lookup_tables}
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(synthetic_features(part, 50, seed), Path(tmp) / "part-0.parquet")
+        lake.publish(settings.storage.features_table, part, tmp, run_id=f"build-{seed}",
+                     extra=CONTRACT.manifest_extra(**{LOOKUPS_KEY: built}))
+
+
+def test_a_replica_starting_while_a_month_is_published_again_tries_its_load_again_not_without_the_month(
+        settings: Settings, lake: Lake) -> None:
+    """A rebuild publishes the month's new lookups, then its features: a replica that started in between (a
+    scale-out, a crash's replacement) took the month for a failed publish, left it out and refused its requests for
+    its whole life, while its siblings served it."""
+    publish_built_month(settings, lake, JAN)
+    publish_built_month(settings, lake, FEB)
+    publish_synthetic_lookups(lake, [FEB], seed=1, prefix=settings.storage.lookups_table)  # the rebuild, halfway
+    with pytest.raises(LookupsUnavailable, match=r"months 2013-02 are being published .* the load is tried again.*"
+                                                 r"lookups_\w+ 2013-02 is of another build .* published \d+ s ago") as raised:
+        load_online_features(settings)
+    assert not isinstance(raised.value, MismatchedLookups)  # a failed load, not a month left out
+    publish_built_month(settings, lake, FEB, seed=1)  # the rebuild's features: the retried load serves February
+    served = read_lookups(settings)
+    assert list(served) == ["2013-01", "2013-02"]
+    weather = lookup_table(settings.storage.lookups_table, "weather")
+    assert served["2013-02"]["weather"].equals(lake.read_table(weather, [FEB]))
+
+
+def test_lookups_of_a_publish_whose_features_never_followed_leave_their_month_out(
+        settings: Settings, lake: Lake, caplog: pytest.LogCaptureFixture) -> None:
+    """Once a publish task's bound (settings.pipelines.build_features.task_timeout_s) has passed since the lookups,
+    the features are not coming: the month is left out with a warning to rebuild it, the others are served."""
+    publish_built_month(settings, lake, JAN)
+    publish_built_month(settings, lake, FEB)
+    publish_synthetic_lookups(lake, [FEB], seed=1, prefix=settings.storage.lookups_table)
+    bound = settings.pipelines.build_features.task_timeout_s
+    now = dt.datetime.now(dt.UTC)
+    rewritten = [(settings.storage.features_table, now - dt.timedelta(seconds=3 * bound))]
+    rewritten += [(lookup_table(settings.storage.lookups_table, n), now - dt.timedelta(seconds=bound + 60))
+                  for n in CONTRACT.lookup_tables]
+    for table, when in rewritten:  # the failed publish wrote them that long ago, after the features it left
+        manifest = dataclasses.replace(lake.read_manifest(table, FEB), created_at=when.isoformat(timespec="seconds"))
+        with lake.fs.open_output_stream(lake.manifest_path(table, FEB)) as out:
+            out.write(manifest.to_json().encode())
+    with caplog.at_level(logging.WARNING, logger="tenfold.features.online"):
+        assert list(read_lookups(settings)) == ["2013-01"]
+    assert "months 2013-02 have lookups of another feature definition or build" in caplog.text
+    assert "its publish did not finish; run build_features for the month again" in caplog.text
