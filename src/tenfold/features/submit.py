@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -304,6 +305,15 @@ def with_java_option(cmd: list[str], option: str) -> list[str]:
     return [*cmd[:i], f"{cmd[i]} {option}", *cmd[i + 1:]]
 
 
+def archive_option(name: str, path: Path) -> str:
+    """The JVM option ``-XX:<name>=<path>`` as it goes into ``spark.driver.extraJavaOptions``, which spark-submit
+    splits on whitespace, reading quotes and backslashes as a shell does (Spark's
+    ``CommandBuilderUtils.parseOptionString``): a path with a space ("/home/u/My Projects/...") is quoted, or the JVM
+    got the rest of it as its main class and every job failed ("Could not find or load main class"). An ordinary path
+    (letters, digits, ``@%+=:,./-_``) is left as it is."""
+    return f"-XX:{name}={shlex.quote(str(path))}"
+
+
 @dataclass
 class ClassArchive:
     """What :func:`class_sharing` gives a job: the JVM option to add (empty: none), and the job's exit code to
@@ -384,7 +394,7 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     archive, record = folder / f"{key}.jsa", folder / f"{key}.json"
     if archive.is_file():
         if _intact(archive, record):
-            yield ClassArchive(f"-XX:SharedArchiveFile={archive}")
+            yield ClassArchive(archive_option("SharedArchiveFile", archive))
             return
         # A damaged archive crashes the JVM that maps it (SIGBUS, even under -Xshare:auto): write it again.
         for damaged in (archive, record):
@@ -409,7 +419,7 @@ def class_sharing(cmd: list[str], *, enabled: bool = True, folder: Path | None =
     for left in folder.glob(f"{key}.*.tmp"):  # what a writer killed before its cleanup left (we hold the lock)
         left.unlink(missing_ok=True)
     staged = folder / f"{key}.{os.getpid()}.tmp"
-    job = ClassArchive(f"-XX:ArchiveClassesAtExit={staged}")
+    job = ClassArchive(archive_option("ArchiveClassesAtExit", staged))
     try:
         yield job
     finally:

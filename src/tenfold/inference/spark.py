@@ -187,11 +187,14 @@ def _project_root() -> Path:
 
 
 def job_args(settings: Settings, part: Partition, output: str, *, model_dir: Path, version: str) -> list[str]:
-    """The job's own arguments: every input and output explicit (the job runs without settings)."""
+    """The job's own arguments: every input and output explicit (the job runs without settings), the lake's own folder
+    names too, which its output guard refuses to empty."""
+    from tenfold.features.dataproc import layout_args
+
     st = settings.storage
     return ["--lake-uri", st.lake_uri, "--month", part.label, "--output", output,
             "--model-dir", str(model_dir), "--model-version", version, "--workload", settings.workload,
-            "--features-table", st.features_table, "--scores-table", st.scores_table]
+            "--features-table", st.features_table, "--scores-table", st.scores_table, *layout_args(settings)]
 
 
 def manifest_extra(lake: Lake, features_table: str, part: Partition, version: str,
@@ -207,7 +210,8 @@ def manifest_extra(lake: Lake, features_table: str, part: Partition, version: st
 # --- the job (runs in the spark-submit driver, and its functions in the executors' Python workers) ---------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from tenfold.features.job import JobArgumentParser, month_arg
+    from tenfold.config.settings import LakeLayout
+    from tenfold.features.job import JobArgumentParser, _as_uri, month_arg, published_data_at
 
     p = JobArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
@@ -223,7 +227,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     p.add_argument("--features-data-dir", default=None,
                    help="score this build of the partition (its manifest's data folder) or refuse (exit 2)")
-    return p.parse_args(argv)
+    # The lake's own folders (settings.storage.lake_layout), which the output guard refuses to empty, as the features
+    # job's guard does.
+    p.add_argument("--lake-staging", default=LakeLayout().staging,
+                   help="the lake's staging folder (default %(default)s; storage.lake_layout.staging)")
+    p.add_argument("--lake-quarantine", default=LakeLayout().quarantine,
+                   help="the lake's quarantine folder (default %(default)s; storage.lake_layout.quarantine)")
+    args = p.parse_args(argv)
+    try:
+        args.layout = LakeLayout(staging=args.lake_staging, quarantine=args.lake_quarantine)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        reason = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
+        p.error(f"--lake-staging {args.lake_staging} / --lake-quarantine {args.lake_quarantine}: {reason}")
+    # A folder given without a scheme is one on this machine, as the Lake takes it: pyarrow refused it with a raw
+    # "URI has empty scheme" traceback, and only after every row was scored.
+    args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
+    # The job empties --output before writing: --output <the lake> deleted every table, manifest and quarantined batch.
+    try:
+        why = published_data_at(args.output, args.lake_uri, args.layout)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError: a scheme it does not know
+        p.error(f"--output {args.output} or --lake-uri {args.lake_uri} cannot be opened ({exc}): give a file:// or "
+                "gs:// URI, or a local folder")
+    if why is not None:
+        p.error(f"--output {args.output} {why}: the job empties its output folder first, which would delete it; give a "
+                f"staging folder of its own (the launcher uses <lake>/{args.layout.staging}/{args.scores_table}/"
+                "year=/month=/<run>)")
+    return args
 
 
 _MODELS: dict[str, LoadedModel] = {}
@@ -322,7 +351,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
     workload = loaded.workload
     check_workload(workload, args.workload, args.model_version)
     contract = workload.contract
-    lake = Lake(args.lake_uri)
+    lake = Lake(args.lake_uri, args.layout)
     uris, read = input_uris(lake, args.features_table, part, contract, args.features_data_dir)
     expected_rows = read.rows
     # The build the files are of (read again, a build published meanwhile would be recorded for these scores).

@@ -148,3 +148,51 @@ def test_disabled_adds_nothing(tmp_path: Path) -> None:
     with class_sharing(CMD, enabled=False, folder=tmp_path) as job:
         assert job.option == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def spark_driver_options(cmd: list[str]) -> list[str]:
+    """The JVM options the driver of spark-submit ``cmd`` starts with, as Spark itself splits
+    ``spark.driver.extraJavaOptions``: its launcher (``org.apache.spark.launcher.Main``, what ``bin/spark-class`` runs
+    before the driver) prints the java command it builds, NUL-separated; the options are those before the main class."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    # SPARK_SCALA_VERSION as pyspark's bin/load-spark-env.sh exports it for spark-submit.
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_SCALA_VERSION": "2.13"}
+    printed = subprocess.run(["java", "-cp", str(home / "jars" / "*"), "org.apache.spark.launcher.Main",
+                              "org.apache.spark.deploy.SparkSubmit", *cmd[1:]],
+                             capture_output=True, env=env, timeout=60, check=True).stdout.decode()
+    launched = [arg for arg in printed.split("\0") if arg.strip()]
+    return launched[:launched.index("org.apache.spark.deploy.SparkSubmit")]
+
+
+def test_an_archive_folder_with_a_space_gives_the_driver_one_option(tmp_path: Path) -> None:
+    """The archive's path went into spark.driver.extraJavaOptions as it was, and Spark splits those on whitespace: a
+    project under "My Projects" started the driver with "Projects/...jsa" as its main class, and every job that wrote
+    the archive failed ("Could not find or load main class"). The path is quoted, so Spark hands the JVM one option."""
+    import shlex
+
+    folder = tmp_path / "My Projects" / "class archives"
+    staged = folder / f"{class_archive_key(OPTIONS)}.{os.getpid()}.tmp"
+    with class_sharing(CMD, folder=folder) as writer:
+        cmd = with_java_option(CMD, writer.option)
+        options = cmd[cmd.index("--conf") + 1].removeprefix(f"{JAVA_OPTIONS}=")
+        assert shlex.split(options) == [*OPTIONS.split(), f"-XX:ArchiveClassesAtExit={staged}"], options
+        driver = spark_driver_options(cmd)
+        ours = driver.index(OPTIONS.split()[0])  # Spark's own options come before and after the settings' ones
+        assert driver[ours:ours + 3] == [*OPTIONS.split(), f"-XX:ArchiveClassesAtExit={staged}"], driver
+        written = java(*shlex.split(options))
+        assert written.returncode == 0, written.stderr
+        writer.exit_code = 0
+    archive = folder / f"{class_archive_key(OPTIONS)}.jsa"
+    assert archive.is_file(), "the JVM wrote the archive at the path with the space, and it was kept"
+    with class_sharing(CMD, folder=folder) as reader:
+        cmd = with_java_option(CMD, reader.option)
+        options = cmd[cmd.index("--conf") + 1].removeprefix(f"{JAVA_OPTIONS}=")
+        assert shlex.split(options)[-1] == f"-XX:SharedArchiveFile={archive}", options
+        assert f"-XX:SharedArchiveFile={archive}" in spark_driver_options(cmd)
+        mapped = java(*shlex.split(options), "-Xshare:on")
+        assert mapped.returncode == 0, mapped.stderr
+    ordinary = tmp_path / "archives"
+    with class_sharing(CMD, folder=ordinary) as plain:  # an ordinary path is written as it always was
+        assert plain.option == f"-XX:ArchiveClassesAtExit={ordinary}/{class_archive_key(OPTIONS)}.{os.getpid()}.tmp"

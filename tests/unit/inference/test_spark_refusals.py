@@ -3,6 +3,7 @@ job that crashed or ran out of time is left to the task's retries. No Spark here
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,100 @@ def test_a_failure_inside_a_scoring_task_is_reported_by_the_workers_own_line(
     assert code == spark.EXIT_FAILED
     assert capsys.readouterr().err == (f"score_partition: failed for {PART.label}: {worker} (the disk is full: free space "
                                        "on it, then let the task retry)\n")
+
+
+def _published_lake(tmp_path: Path) -> Path:
+    """A lake holding published features/ and scores/, and a batch kept in quarantine/features/."""
+    lake = tmp_path / "real" / "lake"
+    for table in ("features", "scores"):
+        month = lake / table / "year=2013" / "month=6"
+        (month / "data-0123456789abcdef").mkdir(parents=True)
+        (month / "_SUCCESS").write_text("{}")
+        (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
+    kept = lake / "quarantine" / "features" / "year=2013" / "month=6" / "attempt-1"
+    kept.mkdir(parents=True)
+    (kept / "part-00000.parquet").write_bytes(b"evidence")
+    return lake
+
+
+def _everything(lake: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(lake)): p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
+
+
+def _job_argv(lake_uri: str, output: str, model_dir: Path, *extra: str) -> list[str]:
+    return ["--lake-uri", lake_uri, "--month", PART.label, "--output", output, "--model-dir", str(model_dir),
+            "--model-version", "v1", *extra]
+
+
+@pytest.mark.parametrize(("output", "why"), [
+    ("{lake}", "is the lake"),
+    ("{lake}/.", "is the lake"),
+    ("{lake}/quarantine", "is in the lake's quarantine/ folder"),
+    ("{lake}/_staging", "is the lake's _staging/ folder"),
+    ("{lake}/scores", "is a published table's or partition's folder"),
+    ("{lake}/scores/year=2013/month=6/data-0123456789abcdef", "is a data folder of a published partition"),
+])
+def test_an_output_whose_emptying_deletes_lake_data_is_refused_before_anything_is_scored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, why: str) -> None:
+    """The scoring job empties --output before it writes, and took any folder: --output "$(tenfold config get
+    storage.lake_uri)", as a run by hand might give it, deleted the whole lake (every table, manifest and quarantined
+    batch). It is refused on one line, as the features job refuses it, and the lake is left as it was."""
+    lake = _published_lake(tmp_path)
+    before = _everything(lake)
+    target = output.format(lake=lake.as_uri())
+    with pytest.raises(SystemExit) as ended:
+        spark.parse_args(_job_argv(lake.as_uri(), target, tmp_path))
+    assert ended.value.code == spark.EXIT_FAILED
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("score_partition: bad arguments") and f"--output {target} {why}" in last, err
+    assert "the job empties its output folder first, which would delete it; give a staging folder" in last
+    assert "<lake>/_staging/scores/year=/month=/<run>" in last and "Traceback" not in err
+    assert _everything(lake) == before
+
+
+def test_a_scheme_less_output_and_lake_are_the_local_folders_they_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder given without a scheme reached pyarrow as it was and failed only after every row was scored, with a
+    raw "ArrowInvalid: URI has empty scheme"; it is the local folder it names, as the features job takes it."""
+    lake = _published_lake(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = spark.parse_args(_job_argv("real/lake", "mine/scores", tmp_path))
+    assert (args.lake_uri, args.output) == (lake.as_uri(), (tmp_path / "mine" / "scores").as_uri())
+    from tenfold.fsio import filesystem_from_uri
+
+    assert filesystem_from_uri(args.output)[1] == str(tmp_path / "mine" / "scores")  # what the job empties and writes
+    with pytest.raises(SystemExit):  # and the guard sees the lake however it is spelt
+        spark.parse_args(_job_argv(lake.as_uri(), "real/lake/.", tmp_path))
+
+
+def test_the_launcher_tells_the_job_the_lakes_folder_names_and_the_job_refuses_them(
+        make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The job runs without settings: with storage.lake_layout naming the quarantine held, the guard knew only the
+    default name, and --output <lake>/held (the refused batches kept for triage) was emptied. The launcher's arguments
+    carry the names; its own staging folder is still accepted, and a bad name is refused on one line."""
+    from tenfold.config.settings import LakeLayout
+
+    lake_dir = _published_lake(tmp_path)
+    (lake_dir / "quarantine").rename(lake_dir / "held")
+    settings = make_settings(storage={"lake_uri": lake_dir.as_uri(),
+                                      "lake_layout": LakeLayout(staging="tmp_staging", quarantine="held")})
+    argv = spark.job_args(settings, PART, f"{lake_dir.as_uri()}/held", model_dir=tmp_path, version="v1")
+    assert argv[argv.index("--lake-staging") + 1] == "tmp_staging" and argv[argv.index("--lake-quarantine") + 1] == "held"
+    before = _everything(lake_dir)
+    with pytest.raises(SystemExit) as ended:
+        spark.parse_args(argv)
+    assert ended.value.code == spark.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "is in the lake's held/ folder" in err and "<lake>/tmp_staging/scores/year=/month=/<run>" in err, err
+    assert _everything(lake_dir) == before
+
+    lake = Lake.from_settings(settings)
+    staged = lake.uri_of(lake.staging_path(settings.storage.scores_table, PART, spark.staging_key("run-1")))
+    args = spark.parse_args(spark.job_args(settings, PART, staged, model_dir=tmp_path, version="v1"))
+    assert args.output == staged and args.layout == settings.storage.lake_layout
+
+    with pytest.raises(SystemExit) as ended:
+        spark.parse_args(_job_argv(lake.uri, staged, tmp_path, "--lake-staging", "a/b"))
+    assert ended.value.code == spark.EXIT_FAILED
+    assert "use one non-empty path segment" in capsys.readouterr().err.strip().splitlines()[-1]
