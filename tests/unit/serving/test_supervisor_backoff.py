@@ -14,6 +14,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -726,6 +727,82 @@ def test_scaling_in_drains_a_replica_haproxy_has_down_before_one_that_serves(
         sup.tick()
         assert younger.state == fleet.SERVING and sup.api.slots[("stable", younger.server)] == "UP"
         assert older.state != fleet.SERVING, "\n".join(sup.lines)
+    finally:
+        sup.shutdown()
+
+
+class BusyApi(HealthyApi):
+    """HAProxy's runtime API with requests in flight: ``sessions[server]`` requests on a slot (0 unless set), and every
+    call on a slot recorded in ``calls`` in order, as (command, server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def point(self, pool: str, server: str, host: str, port: int) -> None:
+        self.calls.append(("point", server))
+        super().point(pool, server, host, port)
+
+    def drain(self, pool: str, server: str) -> None:
+        self.calls.append(("drain", server))
+        super().drain(pool, server)
+
+    def maintain(self, pool: str, server: str) -> None:
+        self.calls.append(("maint", server))
+        super().maintain(pool, server)
+
+    def all_servers(self) -> dict[str, dict[str, ServerStat]]:
+        out = super().all_servers()
+        for servers in out.values():
+            for server, stat in servers.items():
+                servers[server] = replace(stat, sessions=self.sessions.get(server, 0))
+        return out
+
+
+def test_scaling_in_stops_a_replica_only_once_its_requests_in_flight_are_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaling in takes a replica out of HAProxy's rotation (`drain`: no new requests) and stops it only once HAProxy
+    counts nothing in flight on it (or the drain times out, 20 s here): stopped at once, or with its requests still
+    running, the replica's clients got their connections cut. Three requests in flight on each replica as the pool
+    goes from 2 to 1; the victim must wait for them, then go."""
+    import psutil
+
+    from tenfold.local import process
+
+    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
+    sup.api = api = BusyApi()
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    stopped = _stops(monkeypatch)
+    try:
+        _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 2, 15, "the pool up")
+        for r in sup.replicas:
+            api.sessions[r.server] = 3
+        before = len(api.calls)
+        spec = fleet.FleetSpec(sup.spec.generation + 1, {**sup.spec.pools, "stable": fleet.PoolSpec("v1", 1, 1)})
+        (sup.run_dir / fleet.SPEC_FILE).write_text(spec.to_json())
+        sup._spec_mtime = 0.0
+        sup.tick()
+        (victim,) = [r for r in sup.replicas if r.state != fleet.SERVING]
+        (survivor,) = sup.pool_replicas("stable", fleet.SERVING)
+        # HAProxy is told to drain it before anything else is done to its slot.
+        assert [c for c in api.calls[before:] if c[1] == victim.server] == [("drain", victim.server)], api.calls
+        assert victim.state == fleet.DRAINING, "\n".join(sup.lines)
+        _tick_for(sup, 1.5)  # some 30 ticks with its requests still in flight
+        assert victim in sup.replicas and victim.state == fleet.DRAINING, "\n".join(sup.lines)
+        assert victim.record.pid not in stopped and process.is_running(victim.record), stopped
+        assert ("maint", victim.server) not in api.calls[before:], api.calls
+        assert api.slots[("stable", victim.server)] == "DRAIN"
+        api.sessions[victim.server] = 0  # its last request answered
+        _tick_until(sup, lambda: victim not in sup.replicas, 15, "the drained replica was never stopped")
+        assert any(f"{fleet.replica_name('stable', victim.slot)}: stopping (drained)" in line for line in sup.lines), \
+            "\n".join(sup.lines)
+        assert victim.record.pid in stopped and _gone(victim.record.pid)
+        assert [c for c in api.calls[before:] if c[1] == victim.server][:2] == [("drain", victim.server),
+                                                                               ("maint", victim.server)], api.calls
+        assert ("stable", victim.server) not in api.slots  # out of HAProxy
+        assert sup.pool_replicas("stable") == [survivor] and survivor.state == fleet.SERVING
+        assert survivor.record.pid not in stopped and psutil.pid_exists(survivor.record.pid)
     finally:
         sup.shutdown()
 
