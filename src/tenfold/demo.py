@@ -826,15 +826,16 @@ def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partiti
         api.wait_for_dag(dag_id)
     # The DAGs paused for the first window are unpaused again however the demo ends before it serves the champion
     # (Ctrl-C, a refusal): left paused, nothing ran on a drift event or the weekly schedule until the next demo.
+    # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
+    # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are unpaused;
+    # each takes only that run's newest month and logs the backlog (with the run conf that does each month).
+    for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
+        api.set_paused(dag_id, True)
+    registry = ModelRegistry(settings)
+    # Before minutes of Spark that could not help it, and outside the unpausing below: a champion this code refuses
+    # leaves the DAGs paused, as each of them would only fail on it.
+    refuse_a_champion_this_code_cannot_load(settings, registry)
     try:
-        # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
-        # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are
-        # unpaused; each takes only that run's newest month and logs the backlog (with the run conf that does each
-        # month).
-        for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
-            api.set_paused(dag_id, True)
-        registry = ModelRegistry(settings)
-        refuse_a_champion_this_code_cannot_load(settings, registry)  # before minutes of Spark that could not help it
         build_months(settings, api, initial, say)
         if registry.resolve(CHAMPION) is None:
             show_training(api, first_champion_run(settings, api, initial, say), say)

@@ -656,7 +656,7 @@ def test_a_second_demo_on_the_same_home_is_refused_before_it_starts_anything(
         fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-@pytest.mark.parametrize("case", ["refused", "ctrl-c", "no champion", "airflow away"])
+@pytest.mark.parametrize("case", ["refused", "ctrl-c", "no champion", "airflow away", "champion refused"])
 def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_paused_unsaid(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """Ctrl-C or a refusal between the demo pausing train_model, rollout_model, batch_inference and monitor_drift for the
@@ -687,7 +687,12 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
     monkeypatch.setattr(demo, "_api", lambda settings: api)
     champion = None if case == "no champion" else "v1"
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda a: champion))
-    monkeypatch.setattr(demo, "refuse_a_champion_this_code_cannot_load", lambda settings, registry: None)
+
+    def refuse(settings: Settings, registry: object) -> None:
+        if case == "champion refused":  # a champion this code cannot load: every DAG would only fail on it
+            raise demo.DemoError("the champion v1 can be neither served nor scored here: its meta.json is newer")
+
+    monkeypatch.setattr(demo, "refuse_a_champion_this_code_cannot_load", refuse)
 
     def build_months(*args: object) -> bool:
         if case == "ctrl-c":
@@ -704,6 +709,8 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
         assert set(unpaused) == four and api.paused[-4:] == [(d, False) for d in unpaused]
         assert said[-1] == "batch_inference, monitor_drift, train_model, rollout_model unpaused again (the demo pauses " \
                            "them until the fleet serves the champion)", said
+    elif case == "champion refused":
+        assert unpaused == [] and not any("unpaused" in line for line in said), said
     elif case == "no champion":
         assert unpaused == []
         assert said[-1].startswith("batch_inference, monitor_drift, train_model, rollout_model are left paused: there "

@@ -173,8 +173,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _as_uri(text: str) -> str:
-    """``text`` as a URI: a scheme-less path is the local folder it names (relative to the working folder)."""
-    return text if "://" in text else Path(text).expanduser().resolve().as_uri()
+    """``text`` as a URI: a scheme-less path is the local folder it names (relative to the working folder); the
+    single-slash ``file:/x`` (as Spark prints it, and a lake so named gives back) is ``file:///x``, not a folder
+    named ``file:`` below the working folder."""
+    if "://" in text:
+        return text
+    if text.startswith("file:/"):
+        return "file:///" + text[len("file:/"):].lstrip("/")
+    return Path(text).expanduser().resolve().as_uri()
 
 
 def non_negative(text: str) -> int:

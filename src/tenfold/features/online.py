@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -55,6 +56,11 @@ class LookupsPublishing(MismatchedLookups):
     to the features manifest, so the month is not yet known to be left to rebuild."""
 
 
+# How long a load reads a month again whose lookups' publish has not reached its features yet (build_features copies
+# the features right after the lookups: seconds), and how often.
+PUBLISH_WAIT_S = 30.0
+PUBLISH_POLL_S = 1.0
+
 # In a features manifest's extra: each lookup table's published data folder (content-addressed), so a reader can
 # tell the lookups of the build the features belong to from those of a later build whose publish did not finish.
 LOOKUPS_KEY = "lookups"
@@ -86,10 +92,9 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     A month whose tables were built by another feature definition version than the workload's contract, or by
     another build than its published features (:class:`MismatchedLookups`, a publish that failed), or are corrupt (a file or manifest: the read withdraws the month to quarantine when it may), is left out with a warning
     (its requests are refused as a month not served, saying to rebuild it), as a month without its lookups is: one
-    stale or corrupt month does not take the others offline. Raises :class:`LookupsUnavailable` when no month can
-    be served, or when a month's lookups are of a build still being published (:class:`LookupsPublishing`): the
-    load is tried again whole, since one that left the month out refused it for the replica's life while replicas
-    started after the features manifest served it.
+    stale or corrupt month does not take the others offline. A month whose lookups are of a build still being
+    published (:class:`LookupsPublishing`) is read again for up to :data:`PUBLISH_WAIT_S` before it is left out.
+    Raises :class:`LookupsUnavailable` when no month can be served.
     """
     workload = workload or get_workload(settings)
     lake = Lake.from_settings(settings)
@@ -115,26 +120,37 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
     stale: dict[str, str] = {}
     unreadable: dict[str, str] = {}
     publishing: dict[str, str] = {}
-    for part in months:
-        try:
-            served[part.label] = read_month_lookups(settings, workload, lake, part)
-        except LookupsPublishing as exc:
-            publishing[part.label] = str(exc)
-        except (StaleLookups, MismatchedLookups) as exc:  # a month left to rebuild is left out, not fatal
-            stale[part.label] = str(exc)
-        except LookupsUnavailable as exc:
-            # A corrupt file or manifest takes its month offline, not the others. Anything else (the month being
-            # re-published, a lock) fails the load, as before: tried again whole, not served without the month.
-            if not isinstance(exc.__cause__, CorruptManifestError):
-                raise
-            unreadable[part.label] = str(exc)
+    waited_until = time.monotonic() + PUBLISH_WAIT_S
+    todo = list(months)
+    while todo:
+        for part in todo:
+            try:
+                served[part.label] = read_month_lookups(settings, workload, lake, part)
+                publishing.pop(part.label, None)
+            except LookupsPublishing as exc:
+                publishing[part.label] = str(exc)
+            except (StaleLookups, MismatchedLookups) as exc:  # a month left to rebuild is left out, not fatal
+                stale[part.label] = str(exc)
+            except LookupsUnavailable as exc:
+                # A corrupt file or manifest takes its month offline, not the others. Anything else (the month being
+                # re-published, a lock) fails the load, as before: tried again whole, not served without the month.
+                if not isinstance(exc.__cause__, CorruptManifestError):
+                    raise
+                unreadable[part.label] = str(exc)
+        # A month caught between its lookups' publish and its features' (build_features publishes the lookups first)
+        # is read again for a while: left out at once, the replica refused it for its whole life while its siblings
+        # served it; failing the whole load instead kept every replica from starting, for every month, until the
+        # publish task's bound had passed when the publish had died. Still unfinished after the wait, it is left out.
+        todo = [p for p in months if p.label in publishing]
+        if todo and time.monotonic() >= waited_until:
+            stale |= publishing
+            break
+        if todo:
+            time.sleep(PUBLISH_POLL_S)
     if not served:
-        left_out = {**publishing, **stale, **unreadable}
+        left_out = {**stale, **unreadable}
         raise LookupsUnavailable(f"no month can be served: {next(iter(left_out.values()))}"
                                  + (f" (and {len(left_out) - 1} more months alike)" if len(left_out) > 1 else ""))
-    if publishing:
-        raise LookupsUnavailable(f"months {', '.join(publishing)} are being published (lookups first, then features): "
-                                 f"the load is tried again, not served without them: {next(iter(publishing.values()))}")
     if stale:
         log.warning("months %s have lookups of another feature definition or build and are not served until rebuilt "
                     "(python -m tenfold.pipelines.build_features YYYY-MM): %s", ", ".join(stale),

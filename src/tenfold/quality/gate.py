@@ -534,6 +534,7 @@ def validate_partition(
     ``settings`` is needed only when a bare :class:`Lake` is passed (default: ``get_settings()``).
     """
     settings, lake = _resolve(settings_or_lake, settings)
+    check_suite(settings, suite_name)  # before the batch is read: an unreadable one is not refused for the suite
     staged = lake._path(staged_uri)
     batch_uri = lake.uri_of(staged)
     attempt = attempt or posixpath.basename(staged.rstrip("/"))
@@ -696,6 +697,8 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
     # Once, outside the batch's own reads: a history table that cannot be listed is not this batch unreadable (it
     # was quarantined for it), and the verdict's digest and the run must cover the same parameters (worked out twice,
     # a history month withdrawn in between had a lenient pass recorded under the strict digest).
+    if suite_name is not None:
+        check_suite(settings, suite_name)  # before the files are checksummed: a bad suite is not this batch's fault
     parameters = suite_parameters(settings, lake, part, suite_name) if suite_name is not None else {}
     try:
         # One manifest read: the files validated and the content a pass is recorded for are of the same build (read

@@ -429,3 +429,12 @@ def test_a_lake_layout_given_to_the_job_is_checked_like_the_settings_check_it(
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # argparse's usage, then the refusal on one line
         assert last.startswith("build_features: bad arguments") and reason in last and "Traceback" not in err, err
+
+
+def test_a_single_slash_file_uri_is_the_folder_it_names_not_one_below_the_working_folder() -> None:
+    """The lake accepts file:/x (as Spark prints it, and uri_of of such a lake gives it back), but the job took any
+    text without :// for a path relative to its working folder: file:/tmp/lk became file:///<cwd>/file%3A/tmp/lk, and
+    the job read its inputs from a folder that does not exist (exit 2, bad input, never retried)."""
+    args = job.parse_args(["--lake-uri", "file:/srv/lake", "--month", FEB.label,
+                           "--output", "file:/srv/lake/_staging/features/year=2013/month=2/run-1"])
+    assert (args.lake_uri, args.output) == (LAKE, OUTPUT)

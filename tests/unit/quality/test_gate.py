@@ -175,6 +175,23 @@ def test_an_unknown_suite_is_refused_once_not_first_as_a_data_docs_failure(setti
     assert lake.exists(lake._path(uri)) and alerts() == []
 
 
+def test_an_unreadable_batch_validated_with_an_unknown_suite_is_refused_for_the_suite_not_quarantined(
+        settings, lake, stage, alerts):
+    """The suite was checked only once the batch had been read: an unreadable batch named with a suite that does not
+    exist was quarantined and alerted as unreadable, for what was a mistake in the suite's name."""
+    from tenfold.quality.suites import SuiteError
+
+    uri = stage(synthetic_features(MARCH, 2_000, seed=7), MARCH, "unknown-suite-unreadable")
+    folder = lake._path(uri)
+    for info in lake.fs.get_file_info(pafs.FileSelector(folder)):
+        with lake.fs.open_output_stream(info.path) as out:
+            out.write(b"not parquet")
+    with pytest.raises(SuiteError, match=r"^suite 'nosuch' does not exist: "):
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, "nosuch")
+    assert lake.exists(folder) and alerts() == []
+    assert not lake.exists(lake.quarantine_path(FEATURES_TABLE, MARCH, "unknown-suite-unreadable"))
+
+
 def test_a_wind_glitch_the_raw_suite_let_through_at_a_busy_hour_passes_the_features_suite(settings, stage, alerts):
     """raw_weather tolerates 0.1% of a month's station-hours out of range (a known 1,048 mph sensor error); every
     flight of that origin and hour copies it. Two such hours at the busiest origin-hour of 2013 were 76 flights, over
