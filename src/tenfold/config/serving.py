@@ -16,7 +16,9 @@ from tenfold.config.pipelines import MONTH
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or NaN: pydantic takes "inf" for a float, which a bound such as gt=0 lets through (drain_timeout_s=inf
+    # crashed the replica with an OverflowError, and a stop waited for it forever).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # A URL path of plain characters: starts with "/", no empty segment, nothing HAProxy's configuration or a URL would
@@ -131,8 +133,9 @@ class FleetSettings(_Frozen):
     scale_interval_s: float = Field(default=2.0, gt=0)
     # Scale in only after utilisation stayed below target for this long (the cloud autoscaler's window).
     stabilization_s: float = Field(default=30.0, ge=0)
-    # HAProxy health checks on the readiness path.
-    health_interval_ms: int = Field(default=500, ge=100)
+    # HAProxy health checks on the readiness path. HAProxy refuses a timer over 2147483647 ms (it did not start), so
+    # each of its timers here is at most a day.
+    health_interval_ms: int = Field(default=500, ge=100, le=86_400_000)
     health_fall: int = Field(default=2, ge=1)
     health_rise: int = Field(default=2, ge=1)
     # The canary's share when the fleet starts; the rollout then moves it through the TrafficRouter.
@@ -141,9 +144,9 @@ class FleetSettings(_Frozen):
     lb_metrics_port: int = Field(default=8404, ge=1, le=65535)
     # HAProxy: connect timeout, then redispatch to another replica up to ``lb_retries`` times; the
     # client/server timeout bounds a request (keep it above the server's drain_timeout_s).
-    lb_connect_timeout_ms: int = Field(default=1000, ge=10)
+    lb_connect_timeout_ms: int = Field(default=1000, ge=10, le=86_400_000)
     lb_retries: int = Field(default=3, ge=0)
-    lb_timeout_s: float = Field(default=30.0, gt=0)
+    lb_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
     # A replica must pass HAProxy's health check within this long of starting (model + lookups load).
     replica_start_timeout_s: float = Field(default=180.0, gt=0)
     # A replica HAProxy has seen DOWN this long while its process lives is hung: it gets replaced.

@@ -38,7 +38,9 @@ ENVIRONMENTS: tuple[Env, ...] = ("local", "dev", "prod")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or NaN: pydantic takes "inf" for a float, which a bound such as gt=0 lets through (a timeout that never
+    # ends, or an OverflowError where it is made an int).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class KmsSettings(_Frozen):
@@ -636,7 +638,7 @@ def webhook_problem(url: str) -> str | None:
 class MonitoringSettings(_Frozen):
     # A refusal never quotes what it got (pydantic's input_value): a webhook URL is a secret, and a relay given as
     # user:password@host held one too, which went to every command's error and to Airflow's DAG import errors.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
 
     notification_email: str
     p99_latency_ms: int = 250
@@ -811,8 +813,10 @@ class EnvironSettings(BaseSettings):
     would set nothing); other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
     """
 
+    # hide_input_in_errors: pydantic's message quotes what it got, and a TENFOLD_MONITORING__* or TENFOLD_ALERT_*
+    # variable may hold the webhook URL (a secret: see MonitoringSettings).
     model_config = SettingsConfigDict(env_prefix="TENFOLD_", env_nested_delimiter="__", env_ignore_empty=True,
-                                      extra="ignore", frozen=True)
+                                      extra="ignore", frozen=True, hide_input_in_errors=True)
 
     home: Path | None = None
     project_id: str | None = None
@@ -899,9 +903,15 @@ ENV_SECTION_PREFIXES = (LOCAL_ENV_PREFIX, SERVING_ENV_PREFIX, TRAINING_ENV_PREFI
 def _settable_sections_only(environ: Mapping[str, str]) -> None:
     """A ``TENFOLD_<X>__...`` variable whose X is no section the environment sets (``TENFOLD_INFERENCE__WORKERS``,
     ``TENFOLD_MONITORING__ALERT_WEBHOOK_URL``) is refused, not ignored: the setting it was meant for would keep
-    its default with nothing said (an alert webhook that is never called)."""
+    its default with nothing said (an alert webhook that is never called). So is a ``TENFOLD_ALERT_*`` that is no
+    alert hook's variable (``TENFOLD_ALERT_WEBHOOK_URL``, spelt after monitoring.alert_webhook_url): named, not
+    quoted, as its value may be the webhook URL."""
+    alert_variables = [f"TENFOLD_{f.upper()}" for f in EnvironSettings.model_fields if f.startswith("alert_")]
     for name, value in environ.items():
         upper = name.upper()
+        if upper.startswith("TENFOLD_ALERT_") and value and upper not in alert_variables:
+            raise ValueError(f"{name} names no alert hook (theirs are {', '.join(alert_variables)}): unset it and "
+                             "set the one meant")
         if (upper.startswith("TENFOLD_") and "__" in upper and value
                 and not upper.startswith(ENV_SECTION_PREFIXES)):
             raise ValueError(
@@ -1013,6 +1023,39 @@ class Settings(_Frozen):
     pipelines: PipelineSettings = PipelineSettings()
 
     @model_validator(mode="after")
+    def _local_trains_on_one_node(self) -> Settings:
+        """The local train_model DAG ran torchrun --nnodes=2 without the loopback rendezvous, which then waited for
+        a node that never comes (`tenfold train` refused it; the settings and the DAG did not)."""
+        if self.is_local and self.training.nnodes > 1:
+            raise ValueError(f"TENFOLD_TRAINING__NNODES={self.training.nnodes}: the local settings train on this "
+                             "machine alone (torchrun would wait for nodes that never come); unset it, or train on "
+                             "several nodes with TENFOLD_ENV=dev or prod (the training GPU group)")
+        return self
+
+    @model_validator(mode="after")
+    def _report_folders(self) -> Settings:
+        """The drift and the rollout reports each in a folder of the lake under no table or folder of the platform's.
+        The drift folder is also the URI of the drift Asset that schedules train_model: set to "features" it was the
+        features table's, so every build_features publish retrained (and each retrain started a canary); and "../x"
+        (or "../../etc" for the rollouts') wrote outside the lake. The two may share a folder: the drift monitor
+        reads only its year=/month= reports there, and the rollout reports are no Asset."""
+        storage, layout = self.storage, self.storage.lake_layout
+        taken = {getattr(storage, f) for f in type(storage).model_fields if f.endswith("_table")}
+        taken |= {layout.staging, layout.quarantine, self.inference.work_prefix.strip("/").split("/")[0],
+                  self.monitoring.alert_records_prefix.strip("/").split("/")[0]}
+        for variable, prefix, example in (
+                ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", self.monitoring.drift.reports_prefix, "reports/drift"),
+                ("TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX", self.serving.rollout.reports_prefix, "reports/rollouts")):
+            parts = prefix.split("/")
+            if any(part in ("", ".", "..") for part in parts):  # a leading "/" is an empty first segment
+                raise ValueError(f"{variable}={prefix!r}: give a folder of the lake as relative path segments, e.g. "
+                                 f"{example} (no leading '/', no empty, '.' or '..' segment)")
+            if parts[0] in taken or parts[0].startswith(storage.lookups_table + "_"):
+                raise ValueError(f"{variable}={prefix!r} is under the lake's {parts[0]!r}, a table or folder the "
+                                 f"platform writes: give a folder of its own, e.g. {example}")
+        return self
+
+    @model_validator(mode="after")
     def _one_port_each(self) -> Settings:
         """Every listening service of the local platform on a port of its own: two sharing one validated, and the
         second failed to bind only when it started (or a health check reached the other service)."""
@@ -1020,9 +1063,8 @@ class Settings(_Frozen):
             return self
         ports = {f"local.{k}": v for k, v in self.local.model_dump().items() if k.endswith("_port")
                  and k != "replica_base_port"}  # replicas take free ports from there upward
+        # (training.rdzv_port is not among them: one node meets through a file rendezvous, and locally there is one.)
         ports["serving.fleet.lb_metrics_port"] = self.serving.fleet.lb_metrics_port
-        if self.training.nnodes > 1:  # one node meets through a file rendezvous: nothing listens on rdzv_port
-            ports["training.rdzv_port"] = self.training.rdzv_port
         by_port: dict[int, list[str]] = {}
         for name, port in ports.items():
             by_port.setdefault(port, []).append(name)
@@ -1394,9 +1436,14 @@ def settings_refusal(exc: ValueError) -> str:
     if not isinstance(exc, ValidationError):
         return f"error: {exc}"
     # A field's error shows the value it got, but not a monitoring one's (a webhook URL, a relay with its login: see
-    # MonitoringSettings); a check across fields (no loc) would show every setting: not that.
+    # MonitoringSettings), nor an EnvironSettings monitoring or alert one's, whose input may hold them too
+    # (TENFOLD_MONITORING='{"alert_webhook_url": ...}', TENFOLD_MONITORING__DRIFT__WEBHOOK=...: the monitoring
+    # section's input is each of its variables); a check across fields (no loc) would show every setting: not that.
+    def secret(e: Any) -> bool:
+        return exc.title == MonitoringSettings.__name__ or str(e["loc"][0]).startswith(("monitoring", "alert_"))
+
     fields = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                       + ("" if exc.title == MonitoringSettings.__name__ else f" (got {e.get('input')!r})")
+                       + ("" if secret(e) else f" (got {e.get('input')!r})")
                        if e["loc"] else f"{exc.title}: {e['msg']}" for e in exc.errors())
     # A list-valued variable holds a Python or JSON list, which nothing else said ("Input should be a valid tuple").
     listed = any(e["type"] in ("tuple_type", "list_type") for e in exc.errors())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -81,12 +82,19 @@ def test_two_local_services_on_one_port_are_refused_naming_both(variable, port, 
     assert "lake_uri" not in said  # one line about the clash, not every setting's value
 
 
-def test_the_rendezvous_port_clashes_only_where_a_job_listens_on_it(tmp_path):
-    """One node meets through a file rendezvous: nothing listens on training.rdzv_port, so it may be any port."""
+def test_the_rendezvous_port_clashes_with_nothing_locally_where_one_node_trains(tmp_path):
+    """One node meets through a file rendezvous: nothing listens on training.rdzv_port, so it may be any port; and the
+    local settings train on one node only. Several nodes ran torchrun --nnodes=2 from the local train_model DAG, which
+    waited for a node that never comes."""
+    from tenfold.config import settings_refusal
+
     home = {"TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__LB_PORT": "29400"}
     assert build_settings("local", home).local.lb_port == 29400
-    with pytest.raises(ValueError, match=r"local\.lb_port and training\.rdzv_port share port 29400"):
+    with pytest.raises(ValueError) as refused:
         build_settings("local", {**home, "TENFOLD_TRAINING__NNODES": "2"})
+    (line,) = settings_refusal(refused.value).splitlines()
+    assert "TENFOLD_TRAINING__NNODES=2: the local settings train on this machine alone" in line, line
+    assert build_settings("dev", {"TENFOLD_TRAINING__NNODES": "3"}).training.nnodes == 3  # the cloud's group
 
 
 def test_unknown_env_is_a_clear_error(monkeypatch):
@@ -751,3 +759,102 @@ def test_a_subscription_whose_retry_backoff_falls_is_refused() -> None:
     with pytest.raises(ValueError, match="subscription sub: min_retry_backoff_s 600 is above max_retry_backoff_s 10"):
         SubscriptionSettings(**names, min_retry_backoff_s=600, max_retry_backoff_s=10)
     assert SubscriptionSettings(**names, min_retry_backoff_s=10, max_retry_backoff_s=10).max_retry_backoff_s == 10
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    # the drift Asset was the features table's: train_model (scheduled on it) retrained on every build_features
+    # publish, and each retrain started a canary
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "features", "is under the lake's 'features'"),
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "lookups_airports/drift", "is under the lake's 'lookups_airports'"),
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "_staging/drift", "is under the lake's '_staging'"),
+    ("TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX", "quarantine", "is under the lake's 'quarantine'"),
+    # outside the lake
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "../x", "give a folder of the lake as relative path segments"),
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "/reports/drift", "no leading '/'"),
+    ("TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX", "reports//drift", "relative path segments"),
+    ("TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX", "../../etc", "give a folder of the lake as relative path segments"),
+    ("TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX", "reports/./rollouts", "relative path segments"),
+])
+def test_a_report_folder_outside_the_lake_or_in_a_table_of_the_platform_is_refused_naming_it(name, value, says,
+                                                                                            tmp_path):
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), name: value})
+    (line,) = settings_refusal(refused.value).splitlines()
+    assert f"{name}={value!r}" in line and says in line, line
+
+
+def test_report_folders_of_their_own_are_taken_and_the_drift_asset_is_no_tables(tmp_path):
+    for env in ENVIRONMENTS:
+        s = build_settings(env, {"TENFOLD_HOME": str(tmp_path)})
+        assert s.assets.drift != s.assets.features and s.assets.drift.endswith("/reports/drift")
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX": "drift/x",
+                                 "TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX": "drift/x"})  # one folder may hold both
+    assert s.assets.drift.endswith("/drift/x") and s.serving.rollout.reports_prefix == "drift/x"
+
+
+WEBHOOK_SECRET = "https://hooks.slack.com/services/T000/B000/SECRETXYZ"
+
+
+@pytest.mark.parametrize(("name", "value", "named"), [
+    ("TENFOLD_MONITORING__DRIFT__WEBHOOK", WEBHOOK_SECRET, "TENFOLD_MONITORING__DRIFT__WEBHOOK names no field"),
+    ("TENFOLD_MONITORING", json.dumps({"alert_webhook_url": WEBHOOK_SECRET}), "TENFOLD_MONITORING__ALERT_WEBHOOK_URL"),
+    ("TENFOLD_ALERT_WEBHOOK_URL", WEBHOOK_SECRET, "TENFOLD_ALERT_WEBHOOK_URL names no alert hook"),
+])
+def test_a_misplaced_webhook_url_is_refused_by_name_without_quoting_it(name, value, named, tmp_path, monkeypatch):
+    """The refusal ended "(got {...'SECRETXYZ'...})" and pydantic's own message held it too: every command printed
+    the webhook's secret, and a DAG file's get_settings() put it in Airflow's import errors."""
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), name: value})
+    said = settings_refusal(refused.value)
+    assert named in said and "SECRETXYZ" not in said and "SECRETXYZ" not in str(refused.value), said
+    monkeypatch.setenv("TENFOLD_HOME", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(app, ["config", "get", "serving.port", "--env", "local"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2 and named in out.output and "SECRETXYZ" not in out.output, out.output
+
+
+def test_only_the_alert_hooks_variables_are_taken_of_tenfold_alert(tmp_path):
+    """TENFOLD_ALERT_WEBHOOK_URL (spelt after monitoring.alert_webhook_url) was ignored: no alert was ever posted."""
+    with pytest.raises(ValueError, match=r"TENFOLD_ALERT_SMTP_PORT names no alert hook \(theirs are "
+                                         r"TENFOLD_ALERT_EMAIL, TENFOLD_ALERT_WEBHOOK, TENFOLD_ALERT_SMTP_HOST, "
+                                         r"TENFOLD_ALERT_FILE\)"):
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_ALERT_SMTP_PORT": "25"})
+    assert build_settings("local", {"TENFOLD_ALERT_WEBHOOK_URL": ""}) == build_settings("local")  # empty is unset
+    s = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_ALERT_WEBHOOK": WEBHOOK_SECRET,
+                                 "TENFOLD_ALERT_EMAIL": "me@example.com", "TENFOLD_ALERT_SMTP_HOST": "relay:25",
+                                 "TENFOLD_ALERT_FILE": str(tmp_path / "alerts.jsonl")})
+    assert s.monitoring.alert_webhook_url is not None and s.monitoring.alert_smtp_host == "relay:25"
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    # the replica crashed with a raw OverflowError (uvicorn's graceful timeout), and the local fleet's stop waited
+    # forever
+    ("TENFOLD_SERVING__SERVER__DRAIN_TIMEOUT_S", "inf", "drain_timeout_s: Input should be a finite number"),
+    ("TENFOLD_SERVING__FLEET__LB_TIMEOUT_S", "inf", "lb_timeout_s: Input should be a finite number"),
+    ("TENFOLD_TRAINING__VALIDATION_DAYS", "inf", "validation_days: Input should be a finite number"),
+    ("TENFOLD_MONITORING__DRIFT__PSI_DRIFT", "inf", "TENFOLD_MONITORING__DRIFT__PSI_DRIFT=inf: Input should be a finite"),
+    # HAProxy refuses a timer over 2147483647 ms: the fleet's load balancer did not start
+    ("TENFOLD_SERVING__FLEET__LB_TIMEOUT_S", "3000000", "lb_timeout_s: Input should be less than or equal to 86400"),
+    ("TENFOLD_SERVING__FLEET__LB_CONNECT_TIMEOUT_MS", "3000000000", "less than or equal to 86400000"),
+    ("TENFOLD_SERVING__FLEET__HEALTH_INTERVAL_MS", "3000000000", "less than or equal to 86400000"),
+])
+def test_an_endless_or_oversized_timer_is_refused_by_name(name, value, says, tmp_path):
+    from tenfold.config import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("local", {"TENFOLD_HOME": str(tmp_path), name: value})
+    (line,) = settings_refusal(refused.value).splitlines()
+    assert says in line, line
+    day = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__FLEET__LB_TIMEOUT_S": "86400"})
+    assert day.serving.fleet.lb_timeout_s == 86400
