@@ -432,6 +432,11 @@ def materialize(settings: Settings, model_ref: str, dest: Path, *, storage_clien
 
     client = storage_client or gcs_client(settings)
     bucket, prefix = split_gs_uri(model_ref)
+    # A try killed mid-download (SIGKILL, a lost worker) never ran the finally below: its partial copy is removed
+    # here once abandoned, as the registry's downloads do, or each killed try left a model copy on the worker for good.
+    from tenfold.registry.registry import _remove_abandoned
+
+    _remove_abandoned(dest)
     tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         count = 0

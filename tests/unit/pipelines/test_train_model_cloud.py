@@ -146,6 +146,28 @@ def test_successful_training_returns_the_model_in_the_artifacts_bucket(dev_setti
     assert again.resizes == []
 
 
+def test_a_killed_tries_partial_model_copy_is_removed_by_the_next_once_abandoned(dev_settings: Settings,
+                                                                              tmp_path: Path) -> None:
+    """evaluate and register copy the trained model from the artifacts bucket into a partial folder, removed in a
+    finally: a try SIGKILLed mid-copy never ran it, and each retry took a new name, so every killed try left a model
+    copy on the worker for good. An abandoned one is removed by the next copy; a young one (another try's, still
+    copying) is left."""
+    import os
+
+    from tenfold.registry.registry import ABANDONED_DOWNLOAD_S
+
+    group = FakeTrainingGroup(dev_settings, "succeeded")
+    trained = pipeline.train(dev_settings, _plan(dev_settings, "ok"), igm_client=group)
+    dead, young = tmp_path / ".model.partial-dead0001", tmp_path / ".model.partial-live0002"
+    for left in (dead, young):
+        (left / "weights.pt").parent.mkdir(parents=True)
+        (left / "weights.pt").write_bytes(b"half a model")
+    old = os.stat(dead).st_mtime - ABANDONED_DOWNLOAD_S - 60
+    os.utime(dead, (old, old))
+    local = pipeline.materialize(dev_settings, trained.model_ref, tmp_path / "model")
+    assert (local / "meta.json").is_file() and not dead.exists() and young.exists()
+
+
 def test_a_plan_run_again_with_another_split_trains_it_instead_of_returning_the_first(dev_settings: Settings) -> None:
     """A cleared DAG run whose plan moved (another training window) trains the new config on the group; it neither
     returns the model of the first plan (its succeeded marker) nor trains the first plan's staged config."""
