@@ -134,18 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     p.add_argument("--output-files", type=int, default=OUTPUT_FILES,
                    help="how many files the features are written as (default %(default)s; it decides the bytes)")
-    # The lake's own folders (settings.storage.lake_layout), which the output guard refuses to empty: a lake laid out
-    # with other names had its staging and quarantine folders checked under the default names only.
-    p.add_argument("--lake-staging", default=LakeLayout().staging,
-                   help="the lake's staging folder (default %(default)s; storage.lake_layout.staging)")
-    p.add_argument("--lake-quarantine", default=LakeLayout().quarantine,
-                   help="the lake's quarantine folder (default %(default)s; storage.lake_layout.quarantine)")
+    add_layout_args(p)
     args = p.parse_args(argv)
-    try:
-        args.layout = LakeLayout(staging=args.lake_staging, quarantine=args.lake_quarantine)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        reason = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
-        p.error(f"--lake-staging {args.lake_staging} / --lake-quarantine {args.lake_quarantine}: {reason}")
+    args.layout = layout_of(p, args)
     # A folder given without a scheme is one on this machine, as the Lake takes it (pyarrow refused it with a raw
     # "URI has empty scheme" traceback).
     args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
@@ -170,6 +161,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         # Resolved here (not lazily) so run() and the log see the number actually used.
         args.history_months = _history_months(args.workload)
     return args
+
+
+def add_layout_args(p: argparse.ArgumentParser) -> None:
+    """The lake's own folders (settings.storage.lake_layout), which a job's output guard refuses to empty: the job
+    runs without the settings, so the command that starts it passes them (``tenfold.features.dataproc.layout_args``);
+    a lake laid out with other names had its staging and quarantine folders checked under the default names only."""
+    p.add_argument("--lake-staging", default=LakeLayout().staging,
+                   help="the lake's staging folder (default %(default)s; storage.lake_layout.staging)")
+    p.add_argument("--lake-quarantine", default=LakeLayout().quarantine,
+                   help="the lake's quarantine folder (default %(default)s; storage.lake_layout.quarantine)")
+
+
+def layout_of(p: argparse.ArgumentParser, args: argparse.Namespace) -> LakeLayout:
+    """The :class:`LakeLayout` that ``args`` name (:func:`add_layout_args`), checked as the settings check it; a bad
+    one is refused through ``p`` in one line."""
+    try:
+        return LakeLayout(staging=args.lake_staging, quarantine=args.lake_quarantine)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        reason = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
+        p.error(f"--lake-staging {args.lake_staging} / --lake-quarantine {args.lake_quarantine}: {reason}")
 
 
 def _as_uri(text: str) -> str:

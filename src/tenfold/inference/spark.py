@@ -210,8 +210,14 @@ def manifest_extra(lake: Lake, features_table: str, part: Partition, version: st
 # --- the job (runs in the spark-submit driver, and its functions in the executors' Python workers) ---------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from tenfold.config.settings import LakeLayout
-    from tenfold.features.job import JobArgumentParser, _as_uri, month_arg, published_data_at
+    from tenfold.features.job import (
+        JobArgumentParser,
+        _as_uri,
+        add_layout_args,
+        layout_of,
+        month_arg,
+        published_data_at,
+    )
 
     p = JobArgumentParser(prog="score_partition", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--lake-uri", required=True, help="lake root (file:// or gs://)")
@@ -227,18 +233,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--run-id", default=None, help="recorded in the manifest when publishing")
     p.add_argument("--features-data-dir", default=None,
                    help="score this build of the partition (its manifest's data folder) or refuse (exit 2)")
-    # The lake's own folders (settings.storage.lake_layout), which the output guard refuses to empty, as the features
-    # job's guard does.
-    p.add_argument("--lake-staging", default=LakeLayout().staging,
-                   help="the lake's staging folder (default %(default)s; storage.lake_layout.staging)")
-    p.add_argument("--lake-quarantine", default=LakeLayout().quarantine,
-                   help="the lake's quarantine folder (default %(default)s; storage.lake_layout.quarantine)")
+    add_layout_args(p)  # the lake's own folders, which the output guard refuses to empty, as the features job's does
     args = p.parse_args(argv)
-    try:
-        args.layout = LakeLayout(staging=args.lake_staging, quarantine=args.lake_quarantine)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        reason = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
-        p.error(f"--lake-staging {args.lake_staging} / --lake-quarantine {args.lake_quarantine}: {reason}")
+    args.layout = layout_of(p, args)
     # A folder given without a scheme is one on this machine, as the Lake takes it: pyarrow refused it with a raw
     # "URI has empty scheme" traceback, and only after every row was scored.
     args.lake_uri, args.output = _as_uri(args.lake_uri), _as_uri(args.output)
