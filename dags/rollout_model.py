@@ -14,7 +14,7 @@ drove it, and recorded in the registry: ``tenfold rollout status``):
    share, then every ``interval_s`` compare canary and control over the same window (error rate; latency:
    the whole distribution by a Mann-Whitney U test, and the tail, the share of requests slower than the
    control's p99 plus a tolerance, by a Fisher exact test; online accuracy from the feedback join). "No data" waits, up to a
-   deadline, then fails safe. ``max_failed_checks`` failed checks roll back.
+   deadline, then fails safe (at 100 %, a control too thin to judge, which can no longer grow, fails at once). ``max_failed_checks`` failed checks roll back.
 4. ``conclude`` (runs whatever happened after ``plan`` planned a rollout; skipped when ``plan`` refused): promotion (the
    canary takes 100 %, ``champion`` moves by compare-and-swap, the stable pool rolls to the version, then the canary
    weight goes to 0; a champion moved back by hand during the roll sends the stable pool back to it and ends the

@@ -16,7 +16,8 @@
    triggers retraining emits the drift event that starts ``train_model`` (on the newest months plus the
    labelled feedback); a challenger that passes the offline gate starts ``rollout_model``, a canary checked
    against the champion on that live traffic. The weekly retraining schedule is wall-clock time and does not
-   come due within a demo.
+   come due within a demo: the demo replays it as a scheduled baseline every ``retrain_every`` replayed months
+   (skipped, and said, when the champion already learnt the months it would hold out).
 5. A closing table: one row per month with the data validated, the drift score, the model serving, the AUC
    of the serving model on that month (from the offline scores) and the AUC the first champion, never
    retrained, would have had on the same month, and whether a retrain or a rollout happened.

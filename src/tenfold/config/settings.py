@@ -810,7 +810,8 @@ class EnvironSettings(BaseSettings):
     ``TENFOLD_LOCAL__<FIELD>`` (any :class:`LocalSettings` field but ``home``), ``TENFOLD_SERVING__<SECTION>__<FIELD>``
     and ``TENFOLD_TRAINING__<FIELD>`` (any :class:`TrainingSettings` field but ``fleet``), ``TENFOLD_PIPELINES__``,
     ``TENFOLD_STORAGE__`` and ``TENFOLD_MONITORING__DRIFT__`` ones. Empty values count as unset; a ``TENFOLD_<X>__...`` of any other X is refused (it
-    would set nothing); other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
+    would set nothing), and so is a ``TENFOLD_ALERT_*`` that is none of the four above (named, never quoted: its value
+    may be the webhook URL); other variables are ignored. Only :meth:`from_environ` fills it: never ``os.environ``.
     """
 
     # hide_input_in_errors: pydantic's message quotes what it got, and a TENFOLD_MONITORING__* or TENFOLD_ALERT_*
