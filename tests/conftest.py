@@ -451,3 +451,23 @@ def register_tiny_version() -> Callable[[Settings, Path, int], str]:
         return ModelRegistry(settings).register(where, lineage, metrics={"auc": 0.7}).version
 
     return register
+
+
+@pytest.fixture
+def published_lake(tmp_path: Path) -> Callable[..., Path]:
+    """``make(tables, part, quarantined=table)``: a lake folder, ``tmp_path/real/lake`` (no settings, no manifests),
+    holding ``part`` published in each of ``tables`` (a data folder and its _SUCCESS) and a batch of ``part`` kept in
+    ``quarantine/<quarantined>/``; returns the folder. For tests that a job leaves the lake's data as it was."""
+    def make(tables: tuple[str, ...], part: Partition, *, quarantined: str) -> Path:
+        lake = tmp_path / "real" / "lake"
+        for table in tables:
+            month = lake / table / part.path
+            (month / "data-0123456789abcdef").mkdir(parents=True)
+            (month / "_SUCCESS").write_text("{}")
+            (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
+        kept = lake / "quarantine" / quarantined / part.path / "attempt-1"
+        kept.mkdir(parents=True)
+        (kept / "part-00000.parquet").write_bytes(b"evidence")
+        return lake
+
+    return make

@@ -15,6 +15,7 @@ from tenfold.features import job
 from tenfold.workloads.flights import WORKLOAD
 
 FEB = Partition(2013, 2)
+JAN = Partition(2013, 1)  # the month published in the lakes of the output guard's tests
 LAKE = "file:///srv/lake"
 OUTPUT = "file:///srv/lake/_staging/features/year=2013/month=2/run-1"
 INPUT = f"{LAKE}/flights/year=2013/month=2/data-0123456789abcdef/part-00000.parquet"
@@ -264,20 +265,6 @@ def test_folders_given_without_a_scheme_are_local_folders_as_the_lake_takes_them
     assert ended.value.code == job.EXIT_FAILED and "cannot be opened" in capsys.readouterr().err
 
 
-def _published_lake(tmp_path: Path) -> Path:
-    """A lake holding published features/ and weather/, and a batch kept in quarantine/weather/."""
-    lake = tmp_path / "real" / "lake"
-    for table in ("features", "weather"):
-        month = lake / table / "year=2013" / "month=1"
-        (month / "data-0123456789abcdef").mkdir(parents=True)
-        (month / "_SUCCESS").write_text("{}")
-        (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
-    kept = lake / "quarantine" / "weather" / "year=2013" / "month=1" / "attempt-1"
-    kept.mkdir(parents=True)
-    (kept / "part-00000.parquet").write_bytes(b"evidence")
-    return lake
-
-
 def _everything(lake: Path) -> dict[str, bytes]:
     return {str(p.relative_to(lake)): p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
 
@@ -295,11 +282,12 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
                                     "{real_uri}/x/../lake", "{link_uri}/features/..", "{real}/./lake"])
 @pytest.mark.parametrize("lake_as", ["{link_uri}", "{lake_uri}", "{link}"])
 def test_the_lake_is_refused_as_output_however_it_is_spelt(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, lake_as: str) -> None:
+        tmp_path: Path, published_lake: Callable[..., Path], capsys: pytest.CaptureFixture[str], output: str,
+        lake_as: str) -> None:
     """The guard compared the URIs as strings: a lake named through a symlink (--lake-uri file:///lakelink, --output
     the link as a plain path, which resolved to the real folder), or an output spelt <lake>/. or <lake>/x/../, was not
     the lake, and the job emptied the whole lake, every table's published months."""
-    lake = _published_lake(tmp_path)
+    lake = published_lake(("features", "weather"), JAN, quarantined="weather")
     link = tmp_path / "lakelink"
     link.symlink_to(lake)
     names = {"link": str(link), "link_uri": link.as_uri(), "lake_uri": lake.as_uri(),
@@ -320,11 +308,12 @@ def test_the_lake_is_refused_as_output_however_it_is_spelt(
     ("{copy}", "holds a published partition (lake/weather/year=2013/month=1/_SUCCESS)"),
 ])
 def test_a_lookups_output_whose_folders_hold_lake_data_is_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], lookups: str, why: str) -> None:
+        tmp_path: Path, published_lake: Callable[..., Path], capsys: pytest.CaptureFixture[str], lookups: str,
+        why: str) -> None:
     """--lookups-output X was checked at X, but the job empties X/<name> for each lookup, named like the raw tables
     (airports, planes, weather): --lookups-output <lake>/quarantine emptied the quarantine's weather/ (the evidence of
     refused batches), as did a folder whose weather/ is a link to the quarantine's."""
-    lake = _published_lake(tmp_path)
+    lake = published_lake(("features", "weather"), JAN, quarantined="weather")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "weather").symlink_to(lake / "quarantine" / "weather")  # no manifest below: only its name tells
@@ -339,12 +328,13 @@ def test_a_lookups_output_whose_folders_hold_lake_data_is_refused(
     assert _everything(lake) == before
 
 
-def test_a_runs_staging_folder_in_the_lake_is_still_accepted(tmp_path: Path) -> None:
+def test_a_runs_staging_folder_in_the_lake_is_still_accepted(
+        tmp_path: Path, published_lake: Callable[..., Path]) -> None:
     """The guard refuses the lake's folders, not the staging folder of a run inside it, as the pipeline names it
     (Lake.staging_path), nor its lookups beside it; nor a folder of its own outside the lake."""
     from tenfold.data.lake import Lake
 
-    lake_dir = _published_lake(tmp_path)
+    lake_dir = published_lake(("features", "weather"), JAN, quarantined="weather")
     lake = Lake(lake_dir.as_uri())
     staging = lake.uri_of(lake.staging_path(job.FEATURES_TABLE, FEB, "run-1"))
     # A retry finds its own earlier output there, and other runs' staged months beside it.
@@ -387,7 +377,7 @@ def test_unknown_time_zones_are_a_bad_input_naming_the_airport(
     ("tmp_staging", "is the lake's tmp_staging/ folder, which holds every run's staged batches"),
 ])
 def test_a_lake_laid_out_with_other_folder_names_has_those_folders_refused(
-        make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        make_settings: Callable[..., Settings], published_lake: Callable[..., Path], capsys: pytest.CaptureFixture[str],
         started_by: str, output: str, why: str) -> None:
     """The guard knew the lake's staging and quarantine folders by their default names only: with
     storage.lake_layout naming them tmp_staging and held, --output <lake>/held/weather emptied the refused batches
@@ -397,7 +387,7 @@ def test_a_lake_laid_out_with_other_folder_names_has_those_folders_refused(
     from tenfold.features import dataproc
     from tenfold.features.submit import spark_submit_command
 
-    lake = _published_lake(tmp_path)
+    lake = published_lake(("features", "weather"), JAN, quarantined="weather")
     (lake / "quarantine").rename(lake / "held")
     (lake / "tmp_staging").mkdir()
     layout = LakeLayout(staging="tmp_staging", quarantine="held")

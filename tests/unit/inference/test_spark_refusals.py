@@ -149,20 +149,6 @@ def test_a_failure_inside_a_scoring_task_is_reported_by_the_workers_own_line(
                                        "on it, then let the task retry)\n")
 
 
-def _published_lake(tmp_path: Path) -> Path:
-    """A lake holding published features/ and scores/, and a batch kept in quarantine/features/."""
-    lake = tmp_path / "real" / "lake"
-    for table in ("features", "scores"):
-        month = lake / table / "year=2013" / "month=6"
-        (month / "data-0123456789abcdef").mkdir(parents=True)
-        (month / "_SUCCESS").write_text("{}")
-        (month / "data-0123456789abcdef" / "part-00000.parquet").write_bytes(b"published")
-    kept = lake / "quarantine" / "features" / "year=2013" / "month=6" / "attempt-1"
-    kept.mkdir(parents=True)
-    (kept / "part-00000.parquet").write_bytes(b"evidence")
-    return lake
-
-
 def _everything(lake: Path) -> dict[str, bytes]:
     return {str(p.relative_to(lake)): p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
 
@@ -181,11 +167,12 @@ def _job_argv(lake_uri: str, output: str, model_dir: Path, *extra: str) -> list[
     ("{lake}/scores/year=2013/month=6/data-0123456789abcdef", "is a data folder of a published partition"),
 ])
 def test_an_output_whose_emptying_deletes_lake_data_is_refused_before_anything_is_scored(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, why: str) -> None:
+        tmp_path: Path, published_lake: Callable[..., Path], capsys: pytest.CaptureFixture[str], output: str,
+        why: str) -> None:
     """The scoring job empties --output before it writes, and took any folder: --output "$(tenfold config get
     storage.lake_uri)", as a run by hand might give it, deleted the whole lake (every table, manifest and quarantined
     batch). It is refused on one line, as the features job refuses it, and the lake is left as it was."""
-    lake = _published_lake(tmp_path)
+    lake = published_lake(("features", "scores"), PART, quarantined="features")
     before = _everything(lake)
     target = output.format(lake=lake.as_uri())
     with pytest.raises(SystemExit) as ended:
@@ -200,10 +187,10 @@ def test_an_output_whose_emptying_deletes_lake_data_is_refused_before_anything_i
 
 
 def test_a_scheme_less_output_and_lake_are_the_local_folders_they_name(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, published_lake: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder given without a scheme reached pyarrow as it was and failed only after every row was scored, with a
     raw "ArrowInvalid: URI has empty scheme"; it is the local folder it names, as the features job takes it."""
-    lake = _published_lake(tmp_path)
+    lake = published_lake(("features", "scores"), PART, quarantined="features")
     monkeypatch.chdir(tmp_path)
     args = spark.parse_args(_job_argv("real/lake", "mine/scores", tmp_path))
     assert (args.lake_uri, args.output) == (lake.as_uri(), (tmp_path / "mine" / "scores").as_uri())
@@ -215,13 +202,14 @@ def test_a_scheme_less_output_and_lake_are_the_local_folders_they_name(
 
 
 def test_the_launcher_tells_the_job_the_lakes_folder_names_and_the_job_refuses_them(
-        make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        make_settings: Callable[..., Settings], published_lake: Callable[..., Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """The job runs without settings: with storage.lake_layout naming the quarantine held, the guard knew only the
     default name, and --output <lake>/held (the refused batches kept for triage) was emptied. The launcher's arguments
     carry the names; its own staging folder is still accepted, and a bad name is refused on one line."""
     from tenfold.config.settings import LakeLayout
 
-    lake_dir = _published_lake(tmp_path)
+    lake_dir = published_lake(("features", "scores"), PART, quarantined="features")
     (lake_dir / "quarantine").rename(lake_dir / "held")
     settings = make_settings(storage={"lake_uri": lake_dir.as_uri(),
                                       "lake_layout": LakeLayout(staging="tmp_staging", quarantine="held")})
