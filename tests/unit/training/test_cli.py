@@ -196,29 +196,38 @@ def test_train_into_a_uri_writes_there_not_into_a_local_folder_named_after_it(
     assert not (tmp_path / "file:").exists()
 
 
-def test_train_pins_the_windows_content_so_a_rerun_after_a_republish_is_refused(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_train_pins_the_windows_content_so_a_rerun_after_a_republish_is_refused(home: Path) -> None:
     """Run without a digest, a re-run with the same --out after a month was re-published resumed silently on the new
-    rows, its (epoch, batch) position pointing into another permutation, with the old vocabularies."""
+    rows, its (epoch, batch) position pointing into another permutation, with the old vocabularies. A real run first,
+    so the refusal is the launch's own comparison with the folder's config, and what it protects is on disk."""
     from tenfold.data.lake import Lake, month_range
-    from tenfold.training import launch
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
-    lake = Lake.from_settings(get_settings())
+    lake, table = Lake.from_settings(get_settings()), get_settings().storage.features_table
     window = month_range("2013-01", "2013-02")
-    publish_synthetic_features(lake, window, 50, seed=1)
-    seen = []
+    publish_synthetic_features(lake, window, 300, seed=3)
+    run = home / "run"
+    args = ["train", "--train-months", "2013-01:2013-02", "--out", str(run), "--nproc", "1", "--max-steps", "4",
+            "--epochs", "1", "--batch-size", "32"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
 
-    def run_torchrun(settings, cfg, target, **kwargs):
-        seen.append(cfg)
-        raise launch.TrainingFailed("stopped here")
+    def kept() -> dict[str, bytes]:
+        """The files a resume would build on: the checkpoints, the model, and the pinned config (overwritten before
+        the refusal, the next re-run would resume on the new rows)."""
+        files = [*run.glob("checkpoints/**/*"), *run.glob("model/**/*"), run / "train_config.json"]
+        return {f.relative_to(run).as_posix(): f.read_bytes() for f in files if f.is_file()}
 
-    monkeypatch.setattr(launch, "run_torchrun", run_torchrun)
-    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--out", str(home / "run")])
-    assert out.exit_code == 1 and "stopped here" in out.output
-    (cfg,) = seen
-    assert cfg.data_digest == lake.content_digest(get_settings().storage.features_table, window)
+    before = kept()
+    assert any(name.startswith("checkpoints/") for name in before), sorted(before)
+    digest = lake.content_digest(table, window)
+    publish_synthetic_features(lake, month_range("2013-02", "2013-02"), 300, seed=4)  # February's rows, redrawn
+    assert lake.content_digest(table, window) != digest
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2, out.output
+    assert (f"{run} holds a run with a different config (changed: ['data_digest']); use a fresh output folder"
+            in out.output), out.output
+    assert kept() == before
 
 
 @pytest.mark.parametrize("command", [["train"], ["evaluate", "--model", "m"], ["models", "list"]])
