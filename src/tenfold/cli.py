@@ -6,23 +6,64 @@ mounted here; this file only composes them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import SecretStr
+from typer.core import TyperGroup
 
+from tenfold.clipipe import EXIT_READER_GONE, drop_stdout, stdout_reader_gone
 from tenfold.config import Settings, command_settings, get_settings, settings_refusal
+
+
+class _LostPipe(Exception):
+    """A BrokenPipeError that is not stdout's reader going away (a connection to a service, lost), carried past
+    typer to :class:`_Guarded`: typer takes every broken pipe for a closed stdout, and ended the command on it with
+    exit 1 and not a word."""
+
+    def __init__(self, lost: BrokenPipeError) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
+
+
+@contextlib.contextmanager
+def _broken_pipes_told_apart() -> Iterator[None]:
+    """A reader of the output that went away (``tenfold config show | head -1``) ends the command quietly with
+    :data:`tenfold.clipipe.EXIT_READER_GONE`, as SIGPIPE would; any other broken pipe goes on to :class:`_Guarded`,
+    which says what it was. Around every sub-command's run, inside typer's own catch of a broken pipe (a quiet exit
+    1, whatever the pipe). Help is rich's, which ends a closed stdout itself (exit 1, quietly)."""
+    try:
+        yield
+    except BrokenPipeError as exc:
+        if stdout_reader_gone():
+            drop_stdout()
+            raise typer.Exit(EXIT_READER_GONE) from None
+        raise _LostPipe(exc) from exc
+
+
+class _GuardedGroup(TyperGroup):
+    """The root command's click group: every sub-command runs under :func:`_broken_pipes_told_apart`."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        with _broken_pipes_told_apart():
+            return super().invoke(ctx)
 
 
 class _Guarded(typer.Typer):
     """The root command. A sub-command turns what it expects into its own message; anything else that escapes one
     (a corrupt file it did not foresee, a service away, a fault in the code) ends with one line
-    (:func:`tenfold.outages.ending`), never a traceback. ``TENFOLD_DEBUG=1`` shows the traceback instead."""
+    (:func:`tenfold.outages.ending`), never a traceback. ``TENFOLD_DEBUG=1`` shows the traceback instead. A reader of
+    the output that went away ends it quietly (:class:`_GuardedGroup`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", _GuardedGroup)
+        super().__init__(**kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -31,7 +72,11 @@ class _Guarded(typer.Typer):
             from tenfold.outages import debug_requested, ending
 
             if debug_requested():
+                if isinstance(exc, _LostPipe):
+                    raise exc.lost from None
                 raise
+            if isinstance(exc, _LostPipe):
+                exc = exc.lost
 
             words = list(itertools.takewhile(lambda a: a.isidentifier() or ("-" in a and a[0] != "-"),
                                              sys.argv[1:3]))

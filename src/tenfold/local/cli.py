@@ -12,14 +12,13 @@ them. Ports and paths come from settings; override them with ``TENFOLD_HOME`` an
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
+from tenfold.clipipe import EXIT_READER_GONE, drop_stdout, stdout_reader_gone
 from tenfold.config import Settings, get_settings
 from tenfold.fsio import os_error_refusal
 from tenfold.local.process import LocalPlatformError
@@ -40,33 +39,6 @@ def _services(names: list[str] | None) -> list[str]:
     return chosen
 
 
-# How a command ends when the reader of its output went away (``tenfold status | head -1``): quietly, with the code a
-# shell gives a command that SIGPIPE ended (128 + 13), as ``yes | head -1`` does. Not 0: the output was cut short, and
-# a script under ``set -o pipefail`` that did not mean it to be hears so; not 1, the code of an outage or a refusal.
-EXIT_READER_GONE = 141
-
-
-def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has closed it: poll reports an error on a pipe's write end then. A
-    BrokenPipeError from anything else (a connection to a service, lost) is not the user's ``| head``."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (OSError, ValueError, AttributeError):  # no real stdout (a test's runner), or no poll on this system
-        return False
-
-
-def _drop_stdout() -> None:
-    """Python's recipe for a reader that went away: what is left in stdout's buffer, and anything written after, goes
-    nowhere, so no later write (nor the flush at exit) raises."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 def _echo(message: str = "", *, err: bool = False) -> None:
     """``typer.echo`` for the commands that change the platform (up, down): a reader of their output that went away
     (``tenfold down | head -1``) must not stop them halfway, as the quiet end of :func:`refusing_os_errors` did (a
@@ -75,9 +47,9 @@ def _echo(message: str = "", *, err: bool = False) -> None:
     try:
         typer.echo(message, err=err)
     except BrokenPipeError:
-        if err or not _stdout_reader_gone():
+        if err or not stdout_reader_gone():
             raise
-        _drop_stdout()
+        drop_stdout()
 
 
 @contextlib.contextmanager
@@ -98,8 +70,8 @@ def refusing_os_errors(settings: Settings, command: str) -> Iterator[None]:
                    "again; if it hangs again, run that command yourself to see what it waits for", err=True)
         raise typer.Exit(1) from exc
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
-            _drop_stdout()
+        if isinstance(exc, BrokenPipeError) and stdout_reader_gone():
+            drop_stdout()
             raise typer.Exit(EXIT_READER_GONE) from None
         if is_unreachable(exc):  # ConnectionRefusedError and the like are OSErrors, but no path of the user's
             typer.echo(ending(exc, f"tenfold {command}", settings.local.home, debug_hint="with TENFOLD_DEBUG=1"),
