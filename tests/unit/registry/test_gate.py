@@ -97,6 +97,30 @@ def test_the_margin_comes_from_settings() -> None:
     assert decide(score(CHALLENGER_V, 0.76), score(CHAMPION_V, 0.70), baselines(), wide).promote
 
 
+@pytest.mark.parametrize(("auc", "failed"), [(0.5999, ("min_auc",)), (0.6000, ())])
+def test_the_auc_floor_decides_on_its_own(auc: float, failed: tuple[str, ...]) -> None:
+    """With no baseline to beat and no champion, only the floor stands between a challenger and promotion: in the
+    other tests every challenger under the floor also loses to the rate baseline, which would hide a floor that is
+    not the policy's."""
+    policy = GatePolicy(margin=0.002, min_auc=0.6, beat_baselines=())
+    d = decide(score(CHALLENGER_V, auc), None, {}, policy)
+    assert d.failed == failed and d.promote is (not failed)
+    assert list(d.checks) == ["finite", "min_auc"]
+    if failed:
+        assert d.summary.startswith(f"REJECT: challenger {CHALLENGER_V} vs champion (none); FAIL AUC 0.5999 >= floor "
+                                    "0.6000;")
+
+
+def test_the_auc_floor_comes_from_settings() -> None:
+    settings = build_settings("local", {"TENFOLD_TRAINING__GATE_MIN_AUC": "0.61"})
+    policy = GatePolicy.from_settings(settings, workload_baselines=())
+    assert settings.training.gate_min_auc == 0.61 and policy.min_auc == 0.61
+    # Above the class default (0.5) and the settings' (0.55): the override is what decides.
+    d = decide(score(CHALLENGER_V, 0.60), None, {}, policy)
+    assert d.failed == ("min_auc",) and not d.promote
+    assert decide(score(CHALLENGER_V, 0.61), None, {}, policy).promote
+
+
 def test_comparing_the_challenger_with_itself_is_refused() -> None:
     # The reference-pipeline bug: the caller hands the challenger's own score in as the champion's.
     challenger = score(CHALLENGER_V, 0.80)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,6 +108,71 @@ def test_an_interrupted_register_is_invisible_and_finished_by_the_next(
     assert reg.list_versions() == []
     mv = reg.register(make_model_dir(5), lineage, metrics=METRICS)
     assert [v.version for v in reg.list_versions()] == [mv.version]
+
+
+# A registering process that stops, once the version's files and lineage are stored and before VERSION.json is written,
+# to be SIGKILLed there: its hook writes the lineage object's name to the ready file, then waits (bounded, so that a
+# test that never kills it leaves no process behind).
+_REGISTER_UNTIL_KILLED = """
+import os, pickle, sys, time
+from pathlib import Path
+from google.cloud.storage import Blob
+from tenfold.registry import ModelRegistry
+
+settings, lineage, model_dir, metrics, ready = pickle.loads(Path(sys.argv[1]).read_bytes())
+real_upload = Blob.upload_from_string
+
+def upload_then_wait_after_the_lineage(self, data, *args, **kwargs):
+    out = real_upload(self, data, *args, **kwargs)
+    if self.name.endswith("/lineage.json"):
+        Path(ready).write_text(self.name)
+        time.sleep(120)
+        os._exit(3)
+    return out
+
+Blob.upload_from_string = upload_then_wait_after_the_lineage
+ModelRegistry(settings).register(model_dir, lineage, metrics=metrics)
+"""
+
+
+def test_a_register_sigkilled_before_its_commit_marker_is_invisible_and_finished_by_the_next(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, tmp_path: Path
+) -> None:
+    """The test above raises where a process would die; here a real child process registers the folder and is
+    SIGKILLed once every file of the version and its lineage are in the store, before VERSION.json: the half-written
+    version is neither listed nor readable, and registering the folder again commits it under the same id."""
+    d = make_model_dir(9)
+    ready = tmp_path / "ready"
+    (tmp_path / "args.pickle").write_bytes(pickle.dumps((registry_settings, lineage, d, METRICS, str(ready))))
+    with (tmp_path / "child.log").open("wb") as log:
+        child = subprocess.Popen([sys.executable, "-c", _REGISTER_UNTIL_KILLED, str(tmp_path / "args.pickle")],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), f"the child never stored the lineage ({child.poll()=}): " + (
+                tmp_path / "child.log").read_text()
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    version = ready.read_text().split("/")[-2]
+    reg = ModelRegistry(registry_settings)
+    assert ready.read_text() == reg._name("versions", version, "lineage.json")
+    for name in ("meta.json", "metrics.json", "weights.pt", "preprocessing.json"):  # the child stored them all
+        assert reg.bucket.blob(reg._name("versions", version, "files", name)).exists(), name
+    assert reg.list_versions() == []
+    assert not reg.exists(version)
+    with pytest.raises(UnknownVersion):
+        reg.get(version)
+    assert not reg.bucket.blob(reg._name("versions", version, "VERSION.json")).exists()
+    mv = reg.register(d, lineage, metrics=METRICS)
+    assert mv.version == version  # content-addressed: the killed register's id, now committed
+    assert [v.version for v in reg.list_versions()] == [version]
+    assert reg.download(version, tmp_path / "dl").joinpath("weights.pt").read_bytes() == (d / "weights.pt").read_bytes()
 
 
 def test_a_file_changed_while_it_is_registered_is_refused_not_committed(

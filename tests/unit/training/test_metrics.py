@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
@@ -41,6 +43,30 @@ def test_known_values() -> None:
     assert brier_score(y, p) == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
     m = score("x", y, p)
     assert m.rows == 4 and m.positive_rate == 0.5 and m.auc == pytest.approx(0.75)
+    # By hand, not from the functions under test (sklearn's agreement does not cover what score() puts where).
+    # Log loss: -(ln 0.9 + ln 0.6 + ln 0.35 + ln 0.8) / 4.
+    assert m.log_loss == pytest.approx(-(math.log(0.9) + math.log(0.6) + math.log(0.35) + math.log(0.8)) / 4, rel=1e-12)
+    assert m.log_loss == pytest.approx(0.47228795380917615, rel=1e-12)
+    assert m.brier == pytest.approx(0.158125, rel=1e-12)  # (0.01 + 0.16 + 0.4225 + 0.04) / 4
+    # ECE, ten right-closed bins: 0.0-0.1 holds 0.1 (observed 0), 0.3-0.4 holds 0.35 and 0.4 (mean 0.375, observed
+    # 0.5), 0.7-0.8 holds 0.8 (observed 1): (1 * 0.1 + 2 * 0.125 + 1 * 0.2) / 4 rows.
+    assert [(b.lower, b.upper, b.count) for b in m.calibration] == [
+        (0.0, pytest.approx(0.1), 1), (pytest.approx(0.3), pytest.approx(0.4), 2), (pytest.approx(0.7), pytest.approx(0.8), 1)]
+    assert m.ece == pytest.approx((0.1 + 2 * 0.125 + 0.2) / 4, abs=1e-12)
+    assert m.ece == pytest.approx(0.1375, abs=1e-12)
+
+
+def test_ece_weights_each_bin_by_its_rows() -> None:
+    """Bins of unequal counts: an unweighted mean of the bins' gaps (0.4722 here) or a sum not divided by the rows
+    (2.1) reads as a different calibration; the ECE is the row-weighted mean gap."""
+    y = np.array([0, 1, 0, 1, 1, 0])
+    p = np.array([0.1, 0.2, 0.2, 0.6, 0.7, 0.9])
+    m = score("x", y, p, n_bins=4)
+    # Quarters: 0.0-0.25 holds 0.1, 0.2, 0.2 (mean 0.5/3, observed 1/3: gap 1/6), 0.25-0.5 is empty,
+    # 0.5-0.75 holds 0.6, 0.7 (mean 0.65, observed 1: gap 0.35), 0.75-1.0 holds 0.9 (observed 0: gap 0.9).
+    assert [(b.lower, b.upper, b.count) for b in m.calibration] == [(0.0, 0.25, 3), (0.5, 0.75, 2), (0.75, 1.0, 1)]
+    assert m.ece == pytest.approx((3 * (1 / 6) + 2 * 0.35 + 1 * 0.9) / 6, abs=1e-12)
+    assert m.ece == pytest.approx(0.35, abs=1e-12)
 
 
 def test_bad_inputs_are_refused() -> None:
