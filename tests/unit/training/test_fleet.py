@@ -16,31 +16,51 @@ from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, TRAIN_ARGS_KEY
 
 
 class FakeOp:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
+    """compute_v1's ExtendedOperation as the module uses it: ``result(timeout=)`` waits for the operation and raises
+    its error. The wait goes in the group's log beside the API calls, so a test sees what it came before."""
+
+    def __init__(self, log: list[str], call: str, error: Exception | None = None) -> None:
+        self.log, self.call, self.error = log, call, error
         self.timeouts: list[float | None] = []
 
     def result(self, timeout: float | None = None) -> None:
         self.timeouts.append(timeout)
+        self.log.append(f"wait {self.call}")
         if self.error:
             raise self.error
 
 
 class FakeInstanceGroupManagers:
-    """RegionInstanceGroupManagersClient at its method boundary: records every call, models the size."""
+    """RegionInstanceGroupManagersClient at its method boundary: records every call, models the size.
+
+    ``calls`` holds each call with what it was given; ``log`` the calls and the waits on their operations, in order
+    (``get``, ``patch``, ``resize <size>``, ``wait <call>``). ``get_error`` fails every get, or with
+    ``get_error_at_size`` only those once the group was resized to that size; ``resize_up_error`` fails the operation
+    of a resize above 0 (the request accepted, the group's target size changed)."""
 
     def __init__(self, *, stable_after_polls: int = 2, get_error: Exception | None = None,
+                 get_error_at_size: int | None = None, resize_up_error: Exception | None = None,
                  resize_zero_error: Exception | None = None) -> None:
         self.size = 0
         self.calls: list[tuple[str, Any]] = []
+        self.log: list[str] = []
+        self.ops: list[FakeOp] = []
         self.polls = 0
         self.stable_after_polls = stable_after_polls
         self.get_error = get_error
+        self.get_error_at_size = get_error_at_size
+        self.resize_up_error = resize_up_error
         self.resize_zero_error = resize_zero_error
+
+    def _op(self, call: str, error: Exception | None = None) -> FakeOp:
+        self.log.append(call)
+        self.ops.append(FakeOp(self.log, call, error))
+        return self.ops[-1]
 
     def get(self, *, project: str, region: str, instance_group_manager: str) -> Any:
         self.calls.append(("get", (project, region, instance_group_manager)))
-        if self.get_error:
+        self.log.append("get")
+        if self.get_error and self.get_error_at_size in (None, self.size):
             raise self.get_error
         self.polls += 1
         return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=self.polls >= self.stable_after_polls))
@@ -48,14 +68,12 @@ class FakeInstanceGroupManagers:
     def resize(self, *, project: str, region: str, instance_group_manager: str, size: int) -> FakeOp:
         self.calls.append(("resize", size))
         self.size = size
-        if size == 0 and self.resize_zero_error:
-            return FakeOp(self.resize_zero_error)
-        return FakeOp()
+        return self._op(f"resize {size}", self.resize_zero_error if size == 0 else self.resize_up_error)
 
     def patch(self, *, project: str, region: str, instance_group_manager: str, instance_group_manager_resource: Any) -> FakeOp:
         metadata = dict(instance_group_manager_resource.all_instances_config.properties.metadata)
         self.calls.append(("patch", metadata))
-        return FakeOp()
+        return self._op("patch")
 
 
 class Clock:
@@ -91,6 +109,16 @@ def _ended_at_zero_and_cleared(igm: FakeInstanceGroupManagers) -> bool:
     return igm.calls[-2:] == [("resize", 0), ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})]
 
 
+def _not_waited_on(igm: FakeInstanceGroupManagers) -> list[str]:
+    """The patches and resizes whose operation was not waited on (result(), with the stable timeout) before the next
+    API call: a resize right after a patch not yet done boots the VMs on the group's old metadata (the last run, run
+    again, or none), and a patch right after a resize races the VMs it starts."""
+    timeout = get_settings("dev").training.stable_timeout_s
+    return [f"{op.call} (waits {op.timeouts})" for op in igm.ops if op.timeouts != [timeout]] + [
+        f"{call} then {after}" for call, after in zip(igm.log, [*igm.log[1:], "the end"], strict=True)
+        if call.startswith(("patch", "resize")) and after != f"wait {call}"]
+
+
 def _run_id() -> str:
     return f"run-{uuid.uuid4().hex[:8]}"
 
@@ -107,6 +135,9 @@ def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client
     attempt = metadata.pop(ATTEMPT_KEY)
     assert metadata == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])} and attempt
     assert igm.calls[2] == ("resize", s.training.nnodes)
+    # The metadata patch is done before the resize boots the VMs that read it.
+    assert igm.log[1:5] == ["patch", "wait patch", f"resize {s.training.nnodes}", f"wait resize {s.training.nnodes}"]
+    assert _not_waited_on(igm) == []
     assert _ended_at_zero_and_cleared(igm) and igm.size == 0
     assert all(c[1] == (s.project_id, s.region, s.training.fleet.instance_group) for c in igm.calls if c[0] == "get")
 
@@ -135,11 +166,18 @@ def test_no_marker_times_out_bounded_and_resizes_to_zero(storage_client: Any) ->
     assert _ended_at_zero_and_cleared(igm)
 
 
-def test_api_error_mid_run_still_resizes_to_zero(storage_client: Any) -> None:
-    s, igm, clock = get_settings("dev"), FakeInstanceGroupManagers(get_error=RuntimeError("503 backend error")), Clock()
+@pytest.mark.parametrize("where", ["the scale-up's operation", "a get once scaled up"])
+def test_api_error_mid_run_still_resizes_to_zero(storage_client: Any, where: str) -> None:
+    """An API error once the group was resized to nnodes (its GPUs started): the scale-down still follows it."""
+    s, clock, n = get_settings("dev"), Clock(), get_settings("dev").training.nnodes
+    error = RuntimeError("503 backend error")
+    igm = (FakeInstanceGroupManagers(resize_up_error=error) if where == "the scale-up's operation" else
+           FakeInstanceGroupManagers(get_error=error, get_error_at_size=n))
     with pytest.raises(RuntimeError, match="503"):
         compute.run_training(s, _run_id(), client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock, sleep=clock.sleep)
-    assert _ended_at_zero_and_cleared(igm)
+    failed_at = [f"resize {n}", f"wait resize {n}"] + (["get"] if where == "a get once scaled up" else [])
+    assert igm.log[igm.log.index(f"resize {n}"):] == [*failed_at, "resize 0", "wait resize 0", "patch", "wait patch"]
+    assert _ended_at_zero_and_cleared(igm) and igm.size == 0 and _not_waited_on(igm) == []
 
 
 def test_resize_to_zero_failure_after_success_is_not_hidden(storage_client: Any) -> None:
@@ -230,3 +268,4 @@ def test_a_retry_starts_from_an_empty_group_so_that_every_node_runs_this_attempt
     sizing = [c for c in igm.calls if c[0] in ("resize", "patch")]
     assert [c[0] if c[0] == "patch" else c for c in sizing] == [("resize", 0), "patch", ("resize", s.training.nnodes),
                                                                 ("resize", 0), "patch"]  # the last: run cleared
+    assert _not_waited_on(igm) == []  # at 0 before the patch, the patch done before the scale-up
