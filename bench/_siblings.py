@@ -1,4 +1,5 @@
-"""Load another benchmark script of this folder as a module.
+"""What the benchmark scripts of this folder share: loading one another as modules, their count options, and stopping
+a child process with everything it started.
 
 ``bench/`` is not a package: each script runs as ``.venv/bin/python bench/NAME.py``. A script that reuses another's
 code (the real 2013 features lake of ``training.py``, the DuckDB twin of the features job in ``features.py``) loads
@@ -7,6 +8,8 @@ it here, once per process, under the name ``bench_NAME``.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -28,3 +31,32 @@ def load(name: str) -> ModuleType:
         del sys.modules[key]
         raise
     return module
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for a count of runs, files or repeats: a whole number of at least 1. Zero would leave a
+    median of nothing (or a division by zero) to fail after the whole run, so argparse refuses it in one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count: give 1 or more")
+    return value
+
+
+def kill_tree(pid: int) -> None:
+    """Kill the process ``pid`` and every process under it, and wait for them. Killing the child alone (what
+    ``subprocess``'s timeouts do, when they kill at all) leaves its own children running: synth's jsii Node, a
+    training run's workers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]  # listed before the kill: orphans are no longer its children
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)

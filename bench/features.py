@@ -18,8 +18,9 @@ pyarrow in the Spark tasks), so the figure includes what makes the output byte-r
 before/after, the same run also times the layout it replaced (one sorted file written by one Spark
 task, whose pyarrow rewrite on the driver was not timed) as "Spark, one file". DuckDB writes one
 sorted file with its own multithreaded writer. The DuckDB output is checked equal to Spark's at the
-smallest size (rows compared in key order), so the two compute the same thing, and Spark's files of
-the largest size are checked byte-identical between its timed runs.
+smallest size (rows compared in key order) before anything is timed, so the two compute the same thing (the
+bench refuses otherwise and writes nothing), and Spark's files of the largest size are checked byte-identical
+between its timed runs.
 
 Spark runs ``local[2]`` (and DuckDB two threads) in one warm JVM: a 1x run first warms it, so the
 figures are steady-state throughput without JVM start. Reported: input flight rows per second, the
@@ -39,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _siblings
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -385,7 +387,8 @@ def slope(sizes: list[int], times: dict[int, float]) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1,4,16", help="replication factors, comma-separated (default 1,4,16)")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per size and engine; the best is kept")
+    parser.add_argument("--repeat", type=_siblings.positive_int, default=1,
+                        help="timed runs per size and engine; the best is kept")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Spark setting for the benchmark session (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the figures")
@@ -411,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         run_spark_single(spark, data[sizes[0]], str(root / "warm_single"))
         run_duckdb(con, data[sizes[0]], str(root / "warm_duck.parquet"))
         ok, why = same_content(str(root / "warm_spark"), str(root / "warm_duck.parquet"))
+        if not ok:
+            # Refused before anything is timed: ratios against a peer that computes something else would mean
+            # nothing, and the last report, which says what it compared, stays as it was.
+            spark.stop()
+            raise SystemExit(f"bench/features.py: DuckDB's output is not Spark's at {sizes[0]}x ({why}): its times "
+                             "would be for other work; nothing timed, nothing written")
         spark_t: dict[int, float] = {}
         single_t: dict[int, float] = {}
         duck_t: dict[int, float] = {}

@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import _siblings
 import pyarrow as pa
 
 from tenfold.config import build_settings
@@ -71,13 +72,16 @@ def _batch(n: int, at: dt.datetime, seed: int) -> list[tuple[str, str, float, dt
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predictions", type=int, default=336_000)
-    parser.add_argument("--files", type=int, default=740, help="files per log")
+    parser.add_argument("--predictions", type=_siblings.positive_int, default=336_000)
+    parser.add_argument("--files", type=_siblings.positive_int, default=740, help="files per log")
     parser.add_argument("--hours", type=float, default=6.0, help="how long the logged serving lasted")
     parser.add_argument("--window-min", type=float, default=5.0, help="the check's window")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=_siblings.positive_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.predictions < args.files:  # a file of no prediction: nothing to land, and no month to land it in
+        parser.error(f"--predictions {args.predictions} is fewer than --files {args.files}: every file holds at least "
+                     "one prediction; give more predictions or fewer files")
 
     from tenfold.feedback.metrics import online_metrics
     from tenfold.feedback.upsert import join

@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="logs of earlier runs of this script: their JSON rows are reused, not re-run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    labels = [label(c) for c in GRID]
+    if unknown := [name for name in args.only or [] if name not in labels]:
+        # Refused before the lake is built: an unknown label would drop its candidate silently (and all of them,
+        # a run that ranks nothing).
+        parser.error(f"--only: no candidate {', '.join(map(repr, unknown))}; the candidates are "
+                     f"{', '.join(map(repr, labels))}")
     settings = build_settings("local")
     started = time.perf_counter()
     rows: list[dict[str, Any]] = [json.loads(line) for path in args.previous for line in path.read_text().splitlines()

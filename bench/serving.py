@@ -272,16 +272,23 @@ class Server:
             with self.log.open("ab") as out:
                 self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready; log {self.log}:\n"
-                                   + _tail(self.log))
-            if _get(self.ready_url)[0] == 200:
-                self.start_s = time.perf_counter() - t0
-                return
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; log {self.log}:\n{_tail(self.log)}")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready; log "
+                                       f"{self.log}:\n" + _tail(self.log))
+                if _get(self.ready_url)[0] == 200:
+                    self.start_s = time.perf_counter() - t0
+                    return
+                time.sleep(0.25)
+            raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; log {self.log}:\n{_tail(self.log)}")
+        except BaseException:
+            # A start that does not return (not ready, or Ctrl-C in the wait of up to 4 minutes) stops what it
+            # started: main keeps a server for its final stop_all only once it is ready, and the server, in a
+            # session of its own, does not get the terminal's SIGINT.
+            self.stop()
+            raise
 
     def root_pid(self) -> int | None:
         if self.pid_fn is not None:

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-steps", type=int, default=200,
                         help="steps of each throughput run: fewer than one epoch of 2 processes, so neither run's "
                              "timed loop holds an epoch's end (its snapshot)")
-    parser.add_argument("--throughput-repeats", type=int, default=3, help="runs of each, interleaved; the median counts")
+    parser.add_argument("--throughput-repeats", type=_siblings.positive_int, default=3,
+                        help="runs of each, interleaved; the median counts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = build_settings("local")

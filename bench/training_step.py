@@ -31,7 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import _siblings
+
 ROOT = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT_S = 600.0  # a measurement takes seconds to a minute: far past that, it is stuck
 
 
 def child(backend: str, batch: int, steps: int, port: int) -> dict[str, float]:
@@ -103,11 +106,22 @@ def _measure_in(root: Path, backend: str, batch: int, steps: int) -> dict[str, f
 
 def measure(src: Path, backend: str, batch: int, steps: int, port: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, __file__, "--child", backend, str(batch), str(steps), str(port)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"bench/training_step.py: the run at batch {batch} from {src} failed:\n{done.stderr[-3000:]}")
+    proc = subprocess.Popen([sys.executable, __file__, "--child", backend, str(batch), str(steps), str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except BaseException as exc:
+        # Past its time (or Ctrl-C): subprocess.run's timeout kills the child alone and ends in a raw TimeoutExpired.
+        # The child and whatever it started are killed and waited for; a timeout is said in one line.
+        _siblings.kill_tree(proc.pid)
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise SystemExit(f"bench/training_step.py: the run at batch {batch} from {src} did not finish in "
+                             f"{CHILD_TIMEOUT_S:.0f} s: stopped it; give fewer --steps or a smaller --batch") from None
+        raise
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"bench/training_step.py: the run at batch {batch} from {src} failed:\n{stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
@@ -119,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--backend", choices=("gloo", "nccl"), default="gloo")
     parser.add_argument("--batch", type=int, nargs="+", default=[512])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--steps", type=_siblings.positive_int, default=300)
+    parser.add_argument("--rounds", type=_siblings.positive_int, default=1)
     parser.add_argument("--baseline-src", type=Path, help="a folder holding another revision's src/ (the peer)")
     args = parser.parse_args(argv)
     trees = {"this tree": ROOT / "src"}

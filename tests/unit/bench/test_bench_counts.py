@@ -1,0 +1,48 @@
+"""The benchmarks' counts of runs, files and repeats: zero (or fewer predictions than files) is refused by argparse
+in one line, before any work, where it crashed at the end (a median of nothing, a division by zero, an IndexError)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from _siblings import load  # bench/ is on the path: tests/unit/bench/conftest.py
+
+# (script, argv, the first step of its work: replaced by one that fails the test should the run start)
+CASES = [
+    ("synth", ["--repeat", "0"], "run_child"),
+    ("features", ["--repeat", "0"], "prepare"),
+    ("training", ["--throughput-repeats", "0"], "build_settings"),
+    ("feedback_window", ["--files", "0"], "build_settings"),
+    ("feedback_window", ["--repeats", "0"], "build_settings"),
+    ("feedback_window", ["--predictions", "0"], "build_settings"),
+    ("drift", ["--repeats", "0"], "scratch"),
+    ("training_step", ["--steps", "0"], "measure"),
+    ("training_step", ["--rounds", "0"], "measure"),
+]
+
+
+def _no_work(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the run started")
+
+
+@pytest.mark.parametrize(("script", "argv", "work"), CASES, ids=[f"{s} {' '.join(a)}" for s, a, _ in CASES])
+def test_a_zero_count_is_refused(script: str, argv: list[str], work: str, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    module = load(script)
+    monkeypatch.setattr(module, work, _no_work)
+    with pytest.raises(SystemExit) as refused:
+        module.main(argv)
+    assert refused.value.code == 2
+    assert "0 is not a positive count: give 1 or more" in capsys.readouterr().err
+
+
+def test_fewer_predictions_than_files_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Files of no prediction: _land read served[0] of an empty batch (IndexError) after the temp lake was set up."""
+    feedback_window = load("feedback_window")
+    monkeypatch.setattr(feedback_window, "build_settings", _no_work)
+    with pytest.raises(SystemExit) as refused:
+        feedback_window.main(["--predictions", "5", "--files", "10"])
+    assert refused.value.code == 2
+    assert "--predictions 5 is fewer than --files 10" in capsys.readouterr().err
