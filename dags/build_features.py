@@ -18,13 +18,13 @@ anything else is retried as ``settings.pipelines.build_features`` says):
 
 1. ``ingest``: publishes the month's raw tables (flights, weather, planes, airlines, airports), and any
    earlier month of 2013 never ingested, then gates every raw input the job reads: files intact and each
-   raw table through its suite (``expectations/raw_<table>.json``). A corrupt input (truncated file,
+   raw table through its suite (the workload's ``raw_<table>.json``). A corrupt input (truncated file,
    malformed rows) or a source that cannot be read is quarantined, alerted once, and fails the task
    without retries, before Spark.
 2. ``build_features``: the Spark job ``spark_jobs/build_features.py`` writes the month to a staging
    folder keyed on (run, month): ``spark-submit`` on ``local[2,4]`` locally, a Dataproc Serverless batch
    in dev and prod (one batch per try); the graph is the same in every environment.
-3. ``validate``: Great Expectations (``expectations/features.json``) on the staged Parquet. On failure
+3. ``validate``: Great Expectations (the workload's ``features.json``) on the staged Parquet. On failure
    the batch is quarantined, Data Docs are written, an alert is raised, and nothing downstream runs.
 4. ``publish``: atomic, content-addressed publish with a ``_SUCCESS`` manifest; emits the features Asset
    event that starts ``batch_inference`` and ``monitor_drift``.

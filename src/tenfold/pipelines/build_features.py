@@ -11,13 +11,13 @@ the same lake (same manifest content):
 * :func:`ingest` publishes the month's raw tables (a no-op when they are already there, byte for
   byte), ingests any earlier month of the DAG's range that was never ingested, then gates every raw
   input the Spark job will read: files intact and each table through its raw suite
-  (``expectations/raw_<table>.json``). A corrupt input (a truncated file, malformed rows) is quarantined
+  (the workload's ``raw_<table>.json``). A corrupt input (a truncated file, malformed rows) is quarantined
   and stops the run before Spark. So is a source that cannot be read at all (an unparseable or
   truncated file, a missing column, a wrong encoding...): its raw input is quarantined, one alert names
   the file, table, month and where in the file, and the task fails without retries (:class:`SourceRefused`);
 * :func:`build` runs the Spark job (:mod:`tenfold.features.runners`: spark-submit locally, a Dataproc
   batch in dev and prod, the same graph everywhere);
-* :func:`validate` gates the staged features through ``expectations/features.json``; a refused batch
+* :func:`validate` gates the staged features through the workload's ``features.json``; a refused batch
   is quarantined, alerted and never published; cleared after :func:`publish`, it finds the month published
   and passes without validating anything;
 * :func:`publish` publishes the workload's lookup tables the job staged beside the features (as

@@ -1,6 +1,6 @@
 """Great Expectations suites stored as JSON (one file per suite) in the workload's folder, and their parameters.
 
-The folder is the workload's ``expectations_dir`` (``expectations/`` at the checkout root for the
+The folder is the workload's ``expectations_dir`` (``src/tenfold/workloads/flights/expectations/`` for the
 reference workload).
 
 A suite file is GX 1.x's own serialisation (``{"name", "expectations": [{"type", "kwargs"}], "meta"}``),

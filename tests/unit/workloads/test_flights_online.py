@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -103,7 +102,7 @@ def test_a_time_of_day_past_23_59_is_refused_naming_the_field_and_the_range(fiel
 def test_the_request_model_takes_every_tail_number_the_raw_suite_does() -> None:
     """A delivered month with a hyphenated registration is trained on (the raw suite allows it), so its replayed
     requests must be scored, not refused with a 422; the tail number is checked by the suite's own pattern."""
-    suite = json.loads((Path(__file__).parents[3] / "expectations" / "raw_flights.json").read_text())
+    suite = json.loads((WORKLOAD.expectations_dir / "raw_flights.json").read_text())
     (allowed,) = [e["kwargs"]["regex"] for e in suite["expectations"]
                   if e["type"] == "expect_column_values_to_match_regex" and e["kwargs"]["column"] == "tailnum"]
     for tailnum in ("N-123", "N14228", "D942DN", "N1"):

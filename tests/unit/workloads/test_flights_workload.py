@@ -180,3 +180,29 @@ def test_the_spark_job_learns_the_workload_from_its_argv() -> None:
     cmd = spark_submit_command(settings, Partition(2013, 2), "file:///tmp/out")
     assert cmd[cmd.index("--workload") + 1] == getattr(settings, "workload", "flights")
     assert cmd[cmd.index("--features-table") + 1] == getattr(settings.storage, "features_table", "features")
+
+
+def test_the_suites_travel_with_the_package_as_on_composer(tmp_path: Path) -> None:
+    """Cloud Composer gets the package alone (uploaded as plugins; docs/deploy.md), run from a folder of its own: the
+    suites were found at the checkout root, so there every month's raw gate refused "no suite 'raw_flights'". The
+    package copied where no checkout is, imported from another folder, finds every suite of the workload."""
+    import shutil
+    import subprocess
+
+    import tenfold
+
+    plugins = tmp_path / "plugins"
+    shutil.copytree(Path(tenfold.__file__).parent, plugins / "tenfold",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere = tmp_path / "task"
+    elsewhere.mkdir()
+    probe = ("import tenfold; from tenfold.workloads import get_workload; w = get_workload('flights'); "
+             "names = [w.features_suite, *w.raw_suites.values()]; "
+             "print(tenfold.__file__); print(all((w.expectations_dir / f'{n}.json').is_file() for n in names))")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(plugins), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, found = done.stdout.split()
+    assert Path(where).is_relative_to(plugins), where  # the copy was imported, not the checkout's
+    assert found == "True", done.stdout

@@ -60,10 +60,9 @@ SOURCES = Sources(
 
 
 def _expectations_dir() -> Path:
-    # The suites stay at the checkout root (``expectations/``), where the docs point.
-    from tenfold.config.settings import project_root
-
-    return project_root() / "expectations"
+    # The suites travel with the workload's code (package data): on Cloud Composer only the package is uploaded (as
+    # plugins), and a folder at the checkout root was not there, so every month's raw gate refused "no suite".
+    return Path(__file__).parent / "expectations"
 
 
 @dataclass(frozen=True)
