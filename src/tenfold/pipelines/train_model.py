@@ -246,7 +246,7 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
     logical date, so every run of a backfill trained the same newest months, and Airflow holds a backfill's runs back
     apart from the DAG's others (max_active_runs=1 did not stop them), so they ran side by side: resizing the one
     cloud training group under each other and racing to move the challenger alias."""
-    from tenfold.training.config import TrainConfig
+    from tenfold.training.config import MAX_SEED, TrainConfig
 
     if run_type == "backfill":  # Airflow's run type is a str enum: its value compares equal
         raise PipelineInputError(
@@ -285,8 +285,10 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         )
     for key in ("epochs", "max_steps", "batch_size", "seed", "nproc"):
         value = conf.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1)):
-            raise PipelineError(f"run conf {key}={value!r}: give a whole number{' >= 0' if key == 'seed' else ' >= 1'}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1)
+                                  or (key == "seed" and value > MAX_SEED)):  # TrainConfig's bound (why: there)
+            raise PipelineError(f"run conf {key}={value!r}: give a whole number"
+                                f"{' from 0 to 2**63 - 1' if key == 'seed' else ' >= 1'}")
     if not settings.is_local and conf.get("nproc") not in (None, t.nproc_per_node):
         raise PipelineError(
             f"run conf nproc={conf['nproc']}: in {settings.env} every node of the training group runs "

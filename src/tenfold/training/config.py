@@ -13,6 +13,11 @@ from tenfold.config.settings import DEFAULT_WORKLOAD, FEATURES_TABLE
 from tenfold.data.lake import Partition, month_range
 from tenfold.workloads import get_workload
 
+# The largest seed. The ranks' sampler seeds epoch e's shuffle with seed + e, which torch refuses from 2**64 on
+# ("Overflow when unpacking long long"): a seed near that failed every rank after a whole epoch, once checkpointed, and
+# was restarted and retried. Up to this bound seed + e stays below 2**64 for any epoch below 2**63, which no run reaches.
+MAX_SEED = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -76,6 +81,8 @@ class TrainConfig:
             Partition.parse(m)
         if self.batch_size < 1 or self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError("batch_size, epochs and max_steps must be >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1 ({MAX_SEED}), got {self.seed!r}")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
         if self.validation_days < 0:

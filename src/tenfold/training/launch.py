@@ -433,8 +433,12 @@ def _launch(settings: Settings, train_config: TrainConfig, out: Path, remote: Re
     # On every launch (a retry whose preprocessing is staged fits nothing): before the job, which would fail in every
     # rank and be retried.
     refuse_a_batch_the_window_cannot_fill(train_config, nproc * settings.training.nnodes)
-    if _needs_preprocessing(read_bytes(PREPROCESSING_FILE), train_config, target, has_checkpoints=bool(
-            remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))):
+    has_checkpoints = bool(remote.list(CHECKPOINT_DIR) if remote else any((out / CHECKPOINT_DIR).glob("*")))
+    # A state with no config beside it and nothing trained on it was left by a launch that died between the two
+    # writes below (SIGKILL, a full disk on the second): fitted for a config no one can compare with this one, it is
+    # fitted again, as a missing one is. (Kept, another config trained with its vocabularies and scalers, silently.)
+    staged = read_bytes(PREPROCESSING_FILE) if previous_config is not None or has_checkpoints else None
+    if _needs_preprocessing(staged, train_config, target, has_checkpoints=has_checkpoints):
         write(PREPROCESSING_FILE, fit_preprocessing(train_config).to_json())
     write(CONFIG_FILE, train_config.to_json())
     for stale in (RESULT_FILE, REFUSED_FILE):  # an earlier job's: this one's outcome is read from them

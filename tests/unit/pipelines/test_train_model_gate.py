@@ -191,6 +191,11 @@ def test_plan_refuses_unpublished_months_and_random_splits(gate_settings: Settin
         pipeline.plan(gate_settings, "r", {"epoch": 1})
     with pytest.raises(pipeline.PipelineError, match="epochs='3'"):
         pipeline.plan(gate_settings, "r", {**CONF, "epochs": "3"})
+    # The ranks' sampler seeds epoch e with seed + e, past 2**64 an overflow in every rank after a whole epoch.
+    for seed in (2**64, 2**63):
+        with pytest.raises(pipeline.PipelineError, match=rf"seed={seed}: give a whole number from 0 to 2\*\*63 - 1"):
+            pipeline.plan(gate_settings, "r", {**CONF, "seed": seed})
+    assert pipeline.plan(gate_settings, "r", {**CONF, "seed": 2**63 - 1}).train_config["seed"] == 2**63 - 1
     with pytest.raises(pipeline.PipelineError, match=r"train_months must be \[first, last\]"):
         pipeline.plan(gate_settings, "r", {**CONF, "train_months": "2013-01"})
     assert pipeline.run_key("scheduled__2026-11-23T03:00:00+00:00").startswith("scheduled__2026-11-23t03-00-00-00-00-")

@@ -184,6 +184,28 @@ def test_any_run_conf_seed_seeds_every_stream_and_a_small_one_is_used_as_it_is()
     assert torch.equal(torch.rand(3), first)
 
 
+@pytest.mark.parametrize("seed", [2**64 - 1, 2**63, 2**64, -1, True])
+def test_a_seed_the_ranks_sampler_cannot_take_is_refused_by_the_config_naming_the_seed(seed: int) -> None:
+    """The sampler seeds epoch e with seed + e, and torch refuses that from 2**64 on: a seed of 2**64 - 1 passed every
+    check, shuffled epoch 0 and failed every rank at epoch 1 with a bare "Overflow when unpacking long long", after
+    checkpointing, so torchrun restarted it and the task retried it."""
+    from tenfold.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"^seed must be a whole number from 0 to 2\*\*63 - 1 .*got {seed!r}$"):
+        TrainConfig(lake_uri="file:///lake", train_months=("2013-01",), seed=seed)
+
+
+def test_the_largest_seed_allowed_shuffles_every_epoch_the_ranks_reach(lake: Lake) -> None:
+    from tenfold.training.config import MAX_SEED, TrainConfig
+
+    assert TrainConfig(lake_uri=lake.uri, train_months=("2013-01",), seed=MAX_SEED).seed == MAX_SEED
+    table = read_features(lake, TRAIN[:1])
+    data = FeatureDataset.from_table(table, Preprocessor.fit(table, CONTRACT), CONTRACT.label)
+    batches = ShardedBatches(data, 64, world_size=2, rank=1, seed=MAX_SEED)
+    for epoch in (0, 1, 1000):
+        assert len(list(batches.epoch(epoch))) == batches.steps_per_epoch > 0
+
+
 def test_a_month_re_published_while_the_pinned_window_is_read_is_refused(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The pinned digest was checked before the read, which follows a publish that lands meanwhile: ranks trained on

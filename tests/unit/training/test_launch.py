@@ -339,6 +339,54 @@ def test_an_unreadable_preprocessing_state_nothing_was_trained_on_is_fitted_agai
     assert Preprocessor.from_json((tmp_path / "preprocessing.json").read_text()).fit_rows > 0
 
 
+def test_a_preprocessing_state_left_without_its_config_is_fitted_again_for_the_config_launched(
+        train_settings: Settings, small_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch killed between writing preprocessing.json and train_config.json left config A's state and no config:
+    the next launch with config B compared nothing, found a readable state and no checkpoint, and B trained with A's
+    vocabularies and scalers, silently. (`true` stands in for torchrun: what matters is the state it was given.)"""
+    from tenfold.training import launch
+    from tenfold.training.launch import fit_preprocessing
+
+    month_a, month_b = small_config.with_(train_months=("2013-01",)), small_config.with_(train_months=("2013-03",))
+    fit_a, fit_b = fit_preprocessing(month_a).to_json(), fit_preprocessing(month_b).to_json()
+    assert fit_a != fit_b
+    (tmp_path / "preprocessing.json").write_text(fit_a)
+    monkeypatch.setattr(launch, "torchrun_command", lambda *args, **kwargs: ["true"])
+    with pytest.raises(launch.TrainingFailed, match=r"wrote no train_result\.json"):
+        run_torchrun(train_settings, month_b, tmp_path, nproc=1, timeout_s=60)
+    assert (tmp_path / "preprocessing.json").read_text() == fit_b
+    assert TrainConfig.from_dict(json.loads((tmp_path / "train_config.json").read_text())) == month_b
+
+
+def test_a_launch_the_disk_filled_under_between_its_two_writes_leaves_nothing_the_next_config_trains_on(
+        train_settings: Settings, small_config: TrainConfig, small_disk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, from a real fault: the disk fills once preprocessing.json is written, and train_config.json meets
+    ENOSPC."""
+    from tenfold.training import launch
+    from tenfold.training.launch import fit_preprocessing
+
+    out = small_disk.path / "run"
+    month_a, month_b = small_config.with_(train_months=("2013-01",)), small_config.with_(train_months=("2013-03",))
+    real = launch.atomic_write
+
+    def disk_fills_after_the_state(path: Path, data: bytes, **kwargs: Any) -> None:
+        real(path, data, **kwargs)
+        if path.name == "preprocessing.json":
+            small_disk.fill()
+
+    monkeypatch.setattr(launch, "atomic_write", disk_fills_after_the_state)
+    with pytest.raises(OSError, match="No space left"):
+        run_torchrun(train_settings, month_a, out, nproc=1, timeout_s=60)
+    assert (out / "preprocessing.json").read_text() == fit_preprocessing(month_a).to_json()
+    assert not (out / "train_config.json").exists()
+    small_disk.free()
+    monkeypatch.setattr(launch, "atomic_write", real)
+    monkeypatch.setattr(launch, "torchrun_command", lambda *args, **kwargs: ["true"])
+    with pytest.raises(launch.TrainingFailed, match=r"wrote no train_result\.json"):
+        run_torchrun(train_settings, month_b, out, nproc=1, timeout_s=60)
+    assert (out / "preprocessing.json").read_text() == fit_preprocessing(month_b).to_json()
+
+
 def test_a_launch_that_fails_right_after_starting_its_job_stops_the_job_and_frees_the_folder(
         train_settings: Settings, small_config: TrainConfig, small_disk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Recording the job's process group (a write to the folder) can fail, on a full disk. It ran outside the wait's
