@@ -226,14 +226,16 @@ if ! checkov_usable || [ "$(cat .tools/checkov/.stamp 2>/dev/null)" != "$(sha256
 fi
 # The CDK Terrain / CDKTF CLIs (`cdktn synth`, `cdktf synth` on infra/), pinned by package-lock.json.
 # cdktn-cli needs Node >= 22.19: where the system Node is older, a pinned Node 22 from npm serves it.
-npm_tool() {  # npm_tool NAME: install requirements/npm/NAME into .tools/NAME when its lock (or .npmrc) changed
-  local src=requirements/npm/$1 dst=.tools/$1
+npm_tool() {  # npm_tool NAME [INCOMPLETE]: install requirements/npm/NAME into .tools/NAME when its lock (or .npmrc)
+  # changed, or when the command INCOMPLETE, given .tools/NAME/node_modules, says something in it is missing
+  local src=requirements/npm/$1 dst=.tools/$1 incomplete=${2:-false}
   local files=("$src/package.json" "$src/package-lock.json")
   [ -f "$src/.npmrc" ] && files+=("$src/.npmrc")
   local want; want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
   # The stamp is trusted only beside the packages it stamps: a node_modules deleted (or never finished) under a stamp
   # kept every later setup a no-op, while the Data Docs said "run make setup" for their missing assets.
-  [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && [ -d "$dst/node_modules" ] && return 0
+  [ "$(cat "$dst/.stamp" 2>/dev/null)" = "$want" ] && [ -d "$dst/node_modules" ] && ! "$incomplete" "$dst/node_modules" \
+    && return 0
   say "installing $1 (npm) into $dst"
   # The stamp goes first: an install cut short (killed, a full disk) must not be trusted beside its old stamp.
   rm -f "$dst/.stamp"
@@ -248,5 +250,14 @@ node_version=$(node --version | sed 's/^v//')
 [ "$(printf '22.19.0\n%s\n' "$node_version" | sort -V | head -1)" = "22.19.0" ] || npm_tool node22
 # Data Docs offline: the bootstrap, jQuery, bootstrap-table, font-awesome and vega files GX's pages load from
 # CDNs, at the versions its templates name; tenfold.quality.datadocs copies them into every Data Docs site.
-npm_tool datadocs-assets
+# A package deleted from node_modules under a current stamp is installed again: the Data Docs warned "jquery@3.7.1 (not
+# installed) ... run make setup", and setup trusted the stamp. What is missing is asked of the Data Docs' own check
+# (exit 3); a check that cannot run (tenfold not importable) leaves the stamp trusted, as before.
+datadocs_assets_missing() {
+  local rc=0
+  .venv/bin/python -c 'import sys; from pathlib import Path; from tenfold.quality.datadocs import missing_assets
+sys.exit(3 if missing_assets(Path(sys.argv[1])) else 0)' "$1" 2>/dev/null || rc=$?
+  [ "$rc" = 3 ]
+}
+npm_tool datadocs-assets datadocs_assets_missing
 say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -7,7 +7,8 @@
 * ``platform`` -> the real local platform (``tenfold.local.up``: the GCS and Pub/Sub emulators and Airflow) on
   a temporary home and free ports, with the Airflow URL and login read from ``tenfold status`` as a user reads
   them, and ``artifacts``: the folder under that home (``<home>/artifacts/ui``) where the screenshots go.
-  Brought up once per module (and its DAGs parsed) and taken down after it.
+  Brought up once per module (and its DAGs parsed) and taken down after it. Without the Data Docs vendor files
+  (``make setup``) it FAILS at once, naming them, before anything starts.
 * ``offline`` -> ``offline(context)`` makes a browser context refuse every request that is not ``file:`` or
   loopback, and returns the list of what it refused.
 """
@@ -32,6 +33,7 @@ from tenfold.config import Settings
 from tenfold.config.settings import LocalSettings
 from tenfold.local import down, free_ports, local_settings, settings_env, up
 from tenfold.local.airflow_api import AirflowApi
+from tenfold.quality.datadocs import missing_assets, vendor_assets_dir
 
 # Debian's chromium package: /usr/bin/chromium is a shell wrapper around the real binary.
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
@@ -50,7 +52,9 @@ def find_chromium() -> str | None:
     chosen = os.environ.get("TENFOLD_CHROMIUM")
     for candidate in [chosen] if chosen else CHROMIUM_CANDIDATES:
         path = candidate if os.path.isabs(candidate) else shutil.which(candidate)
-        if path and os.access(path, os.X_OK):
+        # A file, as setup.sh checks (-f): a folder is "executable" too, and TENFOLD_CHROMIUM=/tmp failed in
+        # Playwright's launch instead of with the install hint.
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
 
@@ -112,6 +116,12 @@ def _env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    # Without the vendored Data Docs assets the site loads them from CDNs, which the offline browser refuses: the
+    # Data Docs test failed after minutes on an empty table ("expected count 1, actual 0"), naming no cause.
+    node_modules = vendor_assets_dir()
+    if problems := missing_assets(node_modules):
+        pytest.fail(f"Data Docs vendor files missing from {node_modules}: {', '.join(problems)}; run `make setup` "
+                    "(it installs requirements/npm/datadocs-assets into .tools/datadocs-assets)", pytrace=False)
     home = tmp_path_factory.mktemp("ui-platform")
     # Every port the platform may open, free ones: never the ports of a `make up` on this machine.
     names = [name for name in LocalSettings.model_fields if name.endswith("_port")]

@@ -4,7 +4,8 @@
   (``settings.workload``: for flights, table ``flights`` uses suite ``raw_flights``; the features table uses
   ``features``); runs it on the published partition and writes its Data Docs page. Read-only: unlike the
   DAG's gate it never quarantines or alerts. Exit code 1 when an expectation fails.
-* ``tenfold quality docs``: where the Data Docs of this environment are (open ``index.html``).
+* ``tenfold quality docs``: where the Data Docs of this environment are (open ``index.html``); exit 2 where a
+  local environment has none yet.
 """
 
 from __future__ import annotations
@@ -70,8 +71,18 @@ def check(
 
 @app.command("docs")
 def docs() -> None:
-    """Print where this environment's Data Docs are."""
+    """Print where this environment's Data Docs are.
+
+    Exit 2 where a local site has no index yet: the path printed (exit 0) before any validation had written it led
+    to a file that did not exist."""
+    from pathlib import Path
+
     from tenfold.quality.gate import data_docs_location
 
-    location = data_docs_location(get_settings())
+    settings = get_settings()
+    location = data_docs_location(settings)
+    if settings.is_local and not (Path(location) / "index.html").is_file():
+        typer.echo(f"error: no Data Docs yet in {location}: every validation writes them (the build_features DAG's "
+                   "gate on each month it builds, or `tenfold quality check <table> --month YYYY-MM`)", err=True)
+        raise typer.Exit(2)
     typer.echo(f"{location}/index.html")

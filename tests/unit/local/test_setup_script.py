@@ -5,10 +5,12 @@ own messages. uv now goes into a venv of its own under .tools/uv, and a Python t
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tenfold.config.settings import project_root
@@ -547,3 +549,49 @@ def test_an_npm_install_cut_short_is_not_trusted_beside_its_old_stamp(tmp_path: 
                           env={**os.environ, "PATH": str(bin_dir)}, check=False)
     assert proc.returncode == 1 and "npm could not install requirements/npm/cdk" in proc.stderr, proc.stderr
     assert not stamp.exists()
+
+
+def test_data_docs_assets_with_a_package_gone_are_installed_again_though_their_stamp_matches(tmp_path: Path) -> None:
+    """jquery deleted from .tools/datadocs-assets/node_modules beside a current stamp: setup trusted the stamp, while the
+    Data Docs warned "jquery@3.7.1 (not installed) ... Run `make setup`". Setup now asks the Data Docs' own check
+    (missing_assets, run by this venv's Python) and installs again only where it finds something missing."""
+    from tenfold.quality.datadocs import ASSETS, missing_assets
+
+    bin_dir = _tools_but(tmp_path, "uv", "npm")
+    _recording_uv(bin_dir, tmp_path)
+    npm_calls = tmp_path / "npm-calls"
+    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> {npm_calls}\nexit 0\n")
+    (bin_dir / "npm").chmod(0o755)
+    tree = tmp_path / "tree"
+    tools = [p.name for p in (project_root() / "requirements" / "npm").iterdir()]
+    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt",
+                             *(f"requirements/npm/{t}/{f}" for t in tools for f in ("package.json", "package-lock.json")))
+    _usable_venvs(tree)
+    python = tree / ".venv" / "bin" / "python"  # one that imports tenfold: this test's
+    python.unlink()
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    for tool in tools:  # every npm tool installed and stamped, as a finished setup leaves them
+        files = [tree / "requirements" / "npm" / tool / f for f in ("package.json", "package-lock.json")]
+        digest = subprocess.run(["sha256sum"], input=b"".join(f.read_bytes() for f in files), capture_output=True,
+                                check=True).stdout.split()[0].decode()
+        (tree / ".tools" / tool / "node_modules").mkdir(parents=True)
+        (tree / ".tools" / tool / ".stamp").write_text(digest + "\n")
+    node_modules = tree / ".tools" / "datadocs-assets" / "node_modules"
+    for asset in ASSETS:  # each package at its version, holding the file the pages load
+        (node_modules / asset.folder / asset.path).parent.mkdir(parents=True, exist_ok=True)
+        (node_modules / asset.folder / "package.json").write_text(json.dumps({"version": asset.version}))
+        (node_modules / asset.folder / asset.path).write_text("")
+    assert missing_assets(node_modules) == []
+
+    def datadocs_installs() -> list[str]:
+        npm_calls.unlink(missing_ok=True)
+        proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PATH": str(bin_dir)}, check=False)
+        calls = npm_calls.read_text().splitlines() if npm_calls.exists() else []
+        assert "ready: .venv" in proc.stdout, proc.stdout + proc.stderr  # it went through to the end
+        return [line for line in calls if line.startswith("ci --prefix .tools/datadocs-assets ")]
+
+    assert datadocs_installs() == [], "complete assets under a current stamp were installed again"
+    shutil.rmtree(node_modules / "jquery")
+    assert datadocs_installs() == ["ci --prefix .tools/datadocs-assets --no-audit --no-fund --loglevel=error"]

@@ -34,8 +34,20 @@ def test_check_reports_without_side_effects(settings, lake, stage, alerts, monke
     missing = runner.invoke(app, ["quality", "check", "features", "--month", "2013-09"])
     assert missing.exit_code == 2 and "never" in missing.output
 
-    docs = runner.invoke(app, ["quality", "docs"])
+    docs = runner.invoke(app, ["quality", "docs"])  # the check wrote them
+    assert docs.exit_code == 0, docs.output
     assert docs.output.strip() == f"{settings.local.home / 'data_docs'}/index.html"
+
+
+def test_docs_before_any_validation_says_none_exist_yet_and_what_writes_them(settings, monkeypatch):
+    """`tenfold quality docs` printed <home>/data_docs/index.html, exit 0, on a home where no validation had run:
+    the path led to nothing."""
+    monkeypatch.setattr("tenfold.quality.cli.get_settings", lambda env=None: settings)
+    out = CliRunner().invoke(app, ["quality", "docs"])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [
+        f"error: no Data Docs yet in {settings.local.home / 'data_docs'}: every validation writes them (the "
+        "build_features DAG's gate on each month it builds, or `tenfold quality check <table> --month YYYY-MM`)"]
 
 
 def test_check_of_a_corrupt_partition_is_a_failed_check_not_bad_usage(settings, lake, stage, alerts, monkeypatch):
