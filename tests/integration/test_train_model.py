@@ -1,7 +1,8 @@
 """``airflow dags test train_model`` end to end on the local platform, twice.
 
 Small synthetic feature partitions (published with real ``_SUCCESS`` manifests) in the session's
-lake, a tiny training run (torchrun, gloo, 2 ranks), the real registry on fake-gcs-server. The first
+lake, a tiny training run (torchrun, gloo, 2 ranks), the real registry on fake-gcs-server under a prefix of the
+test's own (empty: what other tests leave in the session's registry cannot decide which path runs). The first
 run registers a version and makes it champion (there was none); the second and third train other models,
 evaluated against that champion on the same holdout: one passes the gate (made lenient for it) and becomes
 the challenger with its Asset event, one (a single step) fails it and moves nothing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,33 +47,41 @@ def _dags_test(airflow_env: dict[str, str], conf: dict[str, object], logical_dat
 def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events,
     local_settings: Settings, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
+    from tenfold.local.env import settings_from_env
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     publish_synthetic_features(Lake(local_settings.storage.lake_uri), month_range(TRAIN[0], HOLDOUT[1]), 400)
-    reg = ModelRegistry(local_settings)
-    before = {v.version for v in reg.list_versions()}
-    champion_before = reg.resolve(CHAMPION)  # the session's registry: another test may have made one
+    # A registry of its own (TENFOLD_STORAGE__REGISTRY_PREFIX, which every task's settings read), in the session's
+    # Airflow and lake: it is empty, so the first run is certainly the first model, and its alias Asset URIs (which
+    # embed the prefix) are the test's own, so every event read below was emitted by these runs.
+    env = {**airflow_env, "TENFOLD_STORAGE__REGISTRY_PREFIX": f"registry-train-{uuid.uuid4().hex[:10]}"}
+    settings = settings_from_env(env)
+    assert settings.storage.registry_prefix == env["TENFOLD_STORAGE__REGISTRY_PREFIX"] != local_settings.storage.registry_prefix
+    assert settings.storage.lake_uri == local_settings.storage.lake_uri  # the features published above
+    challenger_asset = settings.assets.challenger
+    assert challenger_asset != local_settings.assets.challenger
+    reg = ModelRegistry(settings)
+    assert reg.list_versions() == [] and reg.resolve(CHAMPION) is None and reg.resolve(CHALLENGER) is None
+    assert asset_events(env, challenger_asset) == []
     # ~100 steps: enough for the network to clear the gate's floors (AUC above the rate baseline, log loss and
     # Brier no worse than it) on this data; fewer makes the first promotion a coin toss. Seed 2's model beats
     # the rate baseline's log loss on the 400-row holdout by 0.008; seed 1's ties it (0.5580 vs 0.5558), so
-    # seed 1 is the second run, which handles either decision. Start-up, not steps, dominates the time.
+    # seed 1 is kept for the run meant to fail. Start-up, not steps, dominates the time.
     conf = {"train_months": TRAIN, "holdout_months": HOLDOUT, "epochs": 8, "batch_size": 32, "nproc": 2, "seed": 2}
 
-    _dags_test(airflow_env, conf, "2031-04-01T00:00:00+00:00", tmp_path)
-    first = [v for v in reg.list_versions() if v.version not in before]
-    assert len(first) == 1, "the first run registers exactly one new version"
+    # Run 1, the first model: the floors alone promote it, and it becomes champion and challenger at once.
+    _dags_test(env, conf, "2031-04-01T00:00:00+00:00", tmp_path)
+    first = reg.list_versions()
+    assert len(first) == 1, "the first run registers exactly one version"
     v1 = first[0]
+    (body,) = reg.decisions(v1.version).values()
+    d1 = Decision.from_dict(body)
+    assert d1.challenger_version == v1.version and d1.champion_version is None and d1.champion is None
+    assert d1.promote and not d1.failed, d1.reasons
+    assert "beats_champion" not in d1.checks and "beats_rate" in d1.checks  # the floors alone decided
     champion_after_first = reg.resolve(CHAMPION)
-    assert champion_after_first is not None
-    (d1,) = reg.decisions(v1.version).values()
-    # Which case this is follows from the registry before the run, not from the run's own decision record.
-    assert d1["champion_version"] == champion_before
-    first_model = champion_before is None
-    if first_model:  # a fresh registry: the first model passing the floors is champion (and challenger), no canary
-        assert d1["promote"] and champion_after_first == v1.version == reg.resolve(CHALLENGER)
-    else:  # a champion existed: it stays; v1 is the challenger exactly when it passed the offline gate
-        assert champion_after_first == d1["champion_version"]
-        assert (reg.resolve(CHALLENGER) == v1.version) == bool(d1["promote"])
+    assert champion_after_first == v1.version == reg.resolve(CHALLENGER)
+    assert [(p.version, p.previous, p.action) for p in reg.alias_history(CHAMPION)] == [(v1.version, None, "promote")]
     lineage = reg.get(v1.version).lineage
     assert lineage is not None
     assert [p.partition for p in lineage.train_partitions] == ["2031-01", "2031-02"]
@@ -81,36 +91,33 @@ def test_train_model_registers_a_champion_then_evaluates_against_it(asset_events
     assert {"auc", "log_loss", "brier"} <= set(v1.metrics)
     # The drift monitor's reference profile of the training window is one of the version's files.
     assert REFERENCE_PROFILE_FILE in {f.path for f in v1.files}
-    events = asset_events(airflow_env, local_settings.assets.challenger)
-    if first_model or not d1["promote"]:  # no canary follows: announce_challenger skipped, no event names v1
-        assert all(e.get("version") != v1.version for e in events)
-    else:
-        assert events[-1] == {"version": v1.version, "champion": champion_after_first}
+    # No canary follows the first model (nothing to compare it with online): announce_challenger is skipped, so
+    # there is no challenger event at all.
+    assert asset_events(env, challenger_asset) == []
 
     # Run 2 passes the gate, by a gate made lenient for it (beat no baseline, any AUC within 0.05 of the
     # champion's, any log loss): what is tested is what a pass does. train_model never moves a champion once
     # there is one: the passing version becomes the challenger and the challenger event (rollout_model's
     # trigger) names it.
-    lenient = {**airflow_env, "TENFOLD_TRAINING__GATE_BEAT_BASELINES": "()", "TENFOLD_TRAINING__GATE_MIN_AUC": "0.0",
+    lenient = {**env, "TENFOLD_TRAINING__GATE_BEAT_BASELINES": "()", "TENFOLD_TRAINING__GATE_MIN_AUC": "0.0",
                "TENFOLD_TRAINING__PROMOTE_MARGIN": "-0.05", "TENFOLD_TRAINING__GATE_MAX_LOG_LOSS_INCREASE": "10.0"}
     _dags_test(lenient, {**conf, "seed": 3}, "2031-04-02T00:00:00+00:00", tmp_path)
-    v2 = _one_new(reg, before | {v1.version})
+    v2 = _one_new(reg, {v1.version})
     passed = _decision(reg, v2.version, champion_after_first)
     assert passed.promote, passed.reasons
     assert reg.resolve(CHAMPION) == champion_after_first
     assert reg.resolve(CHALLENGER) == v2.version
-    assert asset_events(airflow_env, local_settings.assets.challenger)[-1] == {"version": v2.version,
-                                                                               "champion": champion_after_first}
+    assert asset_events(env, challenger_asset) == [{"version": v2.version, "champion": champion_after_first}]
 
     # Run 3 fails it: one step on one rank, under the settings' own gate. No alias moves, no event names it.
-    events_before = asset_events(airflow_env, local_settings.assets.challenger)
-    _dags_test(airflow_env, {**conf, "seed": 1, "nproc": 1, "max_steps": 1}, "2031-04-03T00:00:00+00:00", tmp_path)
-    v3 = _one_new(reg, before | {v1.version, v2.version})
+    events_before = asset_events(env, challenger_asset)
+    _dags_test(env, {**conf, "seed": 1, "nproc": 1, "max_steps": 1}, "2031-04-03T00:00:00+00:00", tmp_path)
+    v3 = _one_new(reg, {v1.version, v2.version})
     failed = _decision(reg, v3.version, champion_after_first)
     assert not failed.promote and not failed.checks["beats_champion"], failed.reasons
     assert reg.resolve(CHAMPION) == champion_after_first
     assert reg.resolve(CHALLENGER) == v2.version
-    assert asset_events(airflow_env, local_settings.assets.challenger) == events_before
+    assert asset_events(env, challenger_asset) == events_before
 
 
 def _one_new(reg: ModelRegistry, known: set[str]) -> Any:
