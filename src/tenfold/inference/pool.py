@@ -140,7 +140,12 @@ class WorkerPool:
         for slot in range(self.workers):
             stale = process.read_record(self.run_dir, worker_name(slot))
             if stale is not None:
-                process.stop(stale)  # a worker an earlier, killed run left behind (only if still that process)
+                # A worker an earlier, killed run left behind (only if still that process). One that outlives SIGKILL
+                # keeps its pid file and this start is refused: started, the new worker's pid file took its place.
+                try:
+                    process.stop(stale, check=True)
+                except process.StillRunning as exc:
+                    raise process.StillRunning(_kept(exc, self.run_dir, slot), exc.pids) from exc
             self._start_one(slot)
         log.info("started %d inference workers (logs %s/%s.log)", self.workers, self.run_dir, worker_name(0).replace("0", "<i>"))
         self._thread = threading.Thread(target=self._supervise, name="tenfold-infer-pool", daemon=True)
@@ -185,12 +190,20 @@ class WorkerPool:
         return sum(process.is_running(r) for r in self.records.values())
 
     def stop(self) -> None:
-        """Stop every worker (SIGTERM: each finishes the requests in hand; SIGKILL after a grace period)."""
+        """Stop every worker (SIGTERM: each finishes the requests in hand; SIGKILL after a grace period).
+
+        A worker that outlives SIGKILL (stuck in uninterruptible I/O: a hung mount) keeps its pid file, said in one
+        line naming its pid, and the others are still stopped: dropped, nothing knew of it any more, and the next
+        pool's worker of that slot took its pid file as if the slot were free."""
         self._stop.set()
         with self._lock:
             for slot, record in self.records.items():
-                process.stop(record, timeout=25.0)  # a worker's own stop is bounded at ~15 s (pull + close)
-                process.remove_pid_file(self.run_dir, worker_name(slot))
+                try:
+                    process.stop(record, timeout=25.0, check=True)  # a worker's own stop is bounded at ~15 s (pull + close)
+                except process.StillRunning as exc:
+                    log.warning("inference worker %d not stopped: %s", slot, _kept(exc, self.run_dir, slot))
+                else:
+                    process.remove_pid_file(self.run_dir, worker_name(slot))
                 self.ready_path(slot).unlink(missing_ok=True)
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -201,3 +214,10 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kept(exc: process.StillRunning, run_dir: Path, slot: int) -> str:
+    """What to say of a worker that outlived SIGKILL (``exc``): its pid file is kept, and what to do."""
+    return (f"{exc}; its pid file {process.pid_file(run_dir, worker_name(slot))} is kept, so the next inference pool "
+            f"refuses to start beside it: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows what it "
+            "waits on; once it has exited (a reboot ends it), run the task again")

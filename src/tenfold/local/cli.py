@@ -152,6 +152,7 @@ def status(service: _ServiceOpt = None) -> None:
 
 def down(service: _ServiceOpt = None) -> None:
     """Stop the serving fleet and the local services that `tenfold up` started (nothing else)."""
+    from tenfold.local.process import StillRunning
     from tenfold.local.stack import SERVING_NEEDS, exclusive, serving_down
     from tenfold.local.stack import down as _down
 
@@ -159,6 +160,12 @@ def down(service: _ServiceOpt = None) -> None:
     _local_only(settings, "down")
     chosen = _services(service)
     with refusing_os_errors(settings, "down"), exclusive(settings, echo=_echo):  # as `up` holds it
+        stuck: StillRunning | None = None
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
-            serving_down(settings, say=_echo)
+            try:
+                serving_down(settings, say=_echo)
+            except StillRunning as exc:  # a stuck replica holds none of the services: they are still stopped
+                stuck = exc
         _down(settings, chosen, echo=_echo)
+        if stuck is not None:
+            raise stuck

@@ -637,11 +637,19 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
     """Stop the serving fleet if it runs; True when something was stopped."""
     from tenfold.serving import fleet
 
-    stopped = fleet.down(settings, say=say)
-    say("serving: stopped" if stopped else "serving: not running")
+    stuck: process.StillRunning | None = None
+    try:
+        stopped = fleet.down(settings, say=say)
+    except process.StillRunning as exc:  # the rest of the fleet is stopped; the sink still goes, then it is raised
+        stuck, stopped = exc, True
+        say("serving: not stopped, a process of it outlived SIGKILL")
+    else:
+        say("serving: stopped" if stopped else "serving: not running")
     with _exclusive(settings, say, FEEDBACK_SINK):  # never beside a start of it
         # After the replicas and before the Pub/Sub emulator (_down): it lands all the subscriptions still hold,
         # what the replicas published last included (tenfold.feedback.sink.STOP_DRAIN_S).
         if stop_service(settings, FEEDBACK_SINK):
             say(f"{FEEDBACK_SINK}: stopped")
+    if stuck is not None:
+        raise stuck
     return stopped

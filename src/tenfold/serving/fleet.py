@@ -50,6 +50,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import psutil
+
 from tenfold.config import Settings
 from tenfold.config.pipelines import MONTH
 from tenfold.fsio import atomic_write, file_lock
@@ -126,6 +128,42 @@ def run_dir(settings: Settings) -> Path:
 
 def replica_name(pool: str, slot: int) -> str:
     return f"replica-{pool}-{slot}"
+
+
+def _kept(exc: process.StillRunning, path: Path, then: str) -> str:
+    """What to say of a process of the fleet that outlived SIGKILL (``exc``): its pid file ``path`` is kept, how to see
+    what it waits on, and ``then`` (what happens, or what to do, next)."""
+    return (f"{exc}; its pid file {path} is kept: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows "
+            f"what it waits on; {then}")
+
+
+def _still_running(stuck: list[tuple[process.StillRunning, Path]]) -> process.StillRunning:
+    """One :class:`process.StillRunning`, in one line, for the processes of the fleet a command could not stop (each
+    with the pid file kept for it): what to do is the same for all of them."""
+    pids = sorted({pid for exc, _path in stuck for pid in exc.pids})
+    files = ", ".join(str(path) for _exc, path in stuck)
+    kept = f"its pid file {files} is kept" if len(stuck) == 1 else f"their pid files {files} are kept"
+    it, waits, has = ("it", "it waits", "it has") if len(pids) == 1 else ("them", "they wait", "they have")
+    return process.StillRunning(
+        f"{'; '.join(str(exc) for exc, _path in stuck)}; {kept}, so `tenfold serve up` and `tenfold serve down` still "
+        f"find {it}: `ps -o pid,stat,wchan:32 -p {','.join(map(str, pids))}` shows what {waits} on; once {has} exited "
+        f"(a reboot ends {it}), run the command again", pids)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    """The process ``pid`` names now, or None when it has exited."""
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _lives(proc: psutil.Process) -> bool:
+    """Whether ``proc`` (the very process: psutil checks its start time) has not exited."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -380,6 +418,10 @@ class Supervisor:
         self.spec = self._load_spec()
         self._spec_mtime = 0.0
         self.replicas: list[_Replica] = []
+        # Replicas that outlived SIGKILL (stuck in uninterruptible I/O: a hung mount), each with those processes: their
+        # pid files are kept and their slots stay taken until they have exited (a replica started in such a slot wrote
+        # its pid file over theirs, and nothing knew of them any more).
+        self.stuck: list[tuple[_Replica, list[psutil.Process]]] = []
         self.haproxy: ProcessRecord | None = None
         # HAProxy's request lines, from its ring to the rotated request log (read by the rollout's observer).
         self.request_log = RequestLog(self.paths.socket, self.paths.request_log, self.fleet.request_log_max_kb * 1024)
@@ -482,7 +524,11 @@ class Supervisor:
                 and not self.api.alive()):  # one more look: slow under load answers in the end
             self.say(f"haproxy: pid {self.haproxy.pid} has not answered its runtime API for "
                      f"{time.monotonic() - silent:.0f} s: stopping it")
-            process.stop(self.haproxy, timeout=5)
+            try:
+                process.stop(self.haproxy, timeout=5, check=True)
+            except process.StillRunning as exc:  # still running: it stays this fleet's HAProxy, tried again later
+                self.say(_kept(exc, process.pid_file(self.run_dir, HAPROXY),
+                               "no other HAProxy is started until it has exited (it holds the port)"))
             self.haproxy_silent_since = None
         lived = time.monotonic() - self.haproxy_started_at
         if self.haproxy is not None and process.is_running(self.haproxy):
@@ -508,9 +554,15 @@ class Supervisor:
             self.start_haproxy()
         except LocalPlatformError as exc:
             if self.haproxy is not None:  # started but never answered: stopped, not left running unrecorded
-                process.stop(self.haproxy, timeout=5)
-                process.remove_pid_file(self.run_dir, HAPROXY)
-            self.haproxy = None
+                try:
+                    process.stop(self.haproxy, timeout=5, check=True)
+                except process.StillRunning as stuck:
+                    # Kept, as a hung HAProxy is (above): its pid file stays, and no other starts beside it.
+                    self.say(_kept(stuck, process.pid_file(self.run_dir, HAPROXY),
+                                   "no other HAProxy is started until it has exited (it holds the port)"))
+                else:
+                    process.remove_pid_file(self.run_dir, HAPROXY)
+                    self.haproxy = None
             self.haproxy_backoff = _backed_off(failures)
             self.say(f"haproxy: could not restart ({exc}); retrying in {self.haproxy_backoff[1] - time.monotonic():.1f} s")
             return False
@@ -529,7 +581,7 @@ class Supervisor:
 
     # -- replicas
     def _free_slot(self, pool: str) -> int | None:
-        used = {r.slot for r in self.pool_replicas(pool)}
+        used = {r.slot for r in self.pool_replicas(pool)} | {r.slot for r, _procs in self.stuck if r.pool == pool}
         return next((i for i in range(1, slot_count(self.settings, pool) + 1) if i not in used), None)
 
     def _free_port(self) -> int:
@@ -597,7 +649,7 @@ class Supervisor:
         with contextlib.suppress(HaproxyError):
             self.api.maintain(replica.pool, replica.server)
         timeout = self.settings.serving.server.stop_timeout_s
-        replica.stop = self.executor.submit(process.stop, replica.record, timeout=timeout)
+        replica.stop = self.executor.submit(process.stop, replica.record, timeout=timeout, check=True)
         replica.enter(STOPPING)
         self.say(f"{replica_name(replica.pool, replica.slot)}: stopping ({why})")
 
@@ -605,13 +657,36 @@ class Supervisor:
         with contextlib.suppress(HaproxyError):
             self.api.maintain(replica.pool, replica.server)
             self._maintained.add((replica.pool, replica.server))  # (the sweep's view of HAProxy predates it)
-        if replica.stop is None:
-            # It died on its own: reap it (no zombie per crash) and stop anything left in its group.
-            process.stop(replica.record, timeout=5)
+        name = replica_name(replica.pool, replica.slot)
+        try:
+            if replica.stop is None:
+                # It died on its own: reap it (no zombie per crash) and stop anything left in its group.
+                process.stop(replica.record, timeout=5, check=True)
+            elif isinstance(failed := replica.stop.exception(), process.StillRunning):
+                raise failed
+        except process.StillRunning as exc:
+            self.replicas.remove(replica)
+            self.stuck.append((replica, [proc for pid in exc.pids if (proc := _process(pid)) is not None]))
+            self.say(_kept(exc, process.pid_file(self.run_dir, name),
+                           f"{replica.pool}'s slot {replica.slot} stays taken until it has exited"))
+            return
+        self._drop_pid_file(replica)
+        self.replicas.remove(replica)
+
+    def _drop_pid_file(self, replica: _Replica) -> None:
+        """Remove the replica's pid file, when it still names that replica."""
         rec = process.read_record(self.run_dir, replica_name(replica.pool, replica.slot))
         if rec is not None and rec.pid == replica.record.pid:
             process.remove_pid_file(self.run_dir, replica_name(replica.pool, replica.slot))
-        self.replicas.remove(replica)
+
+    def _release_stuck(self) -> None:
+        """Free the slot, and drop the pid file, of each replica that outlived SIGKILL and has exited since."""
+        for replica, procs in list(self.stuck):
+            if not any(_lives(proc) for proc in procs) and not process.is_group_running(replica.record):
+                self.stuck.remove((replica, procs))
+                self._drop_pid_file(replica)
+                self.say(f"{replica_name(replica.pool, replica.slot)}: pid {replica.record.pid} has exited at last; "
+                         "its slot is free again")
 
     def _observe(self) -> None:
         """Advance each replica's state from its process and HAProxy's view of it."""
@@ -789,6 +864,7 @@ class Supervisor:
     def tick(self) -> None:
         self._reload_spec()
         try:
+            self._release_stuck()
             if self._ensure_haproxy():  # else HAProxy waits out a failed restart's back-off: nothing to observe
                 try:
                     self._observe()
@@ -867,26 +943,48 @@ class Supervisor:
         outlived the supervisor. The first failure is raised once every step ran."""
         failures: list[Exception] = []
 
-        def step(action: Callable[[], object]) -> None:
+        def kept(exc: process.StillRunning, name: str) -> None:
+            """``name``'s process outlived SIGKILL: its pid file is kept, so `tenfold serve down` and `up` still find
+            it once this supervisor is gone."""
+            failures.append(exc)
+            self.say(_kept(exc, process.pid_file(self.run_dir, name), "`tenfold serve up` refuses to start beside it "
+                           "until it has exited (a reboot ends it)"))
+
+        def step(action: Callable[[], object], name: str = "") -> bool:
+            """Run ``action``; False only when it was the stop of ``name``'s process and that outlived SIGKILL."""
             try:
                 action()
+            except process.StillRunning as exc:
+                kept(exc, name)
+                return False
             except Exception as exc:
                 failures.append(exc)
                 self.say(f"error while stopping the fleet (it goes on stopping the rest): {exc!r}")
+            return True
 
         self.say("stopping the fleet")
-        if self.haproxy is not None:
-            step(functools.partial(process.stop, self.haproxy, timeout=5))
+        if self.haproxy is not None and step(functools.partial(process.stop, self.haproxy, timeout=5, check=True),
+                                             HAPROXY):
             step(functools.partial(process.remove_pid_file, self.run_dir, HAPROXY))
         if self.request_log.is_alive():
             step(self.request_log.stop)
         timeout = self.settings.serving.server.stop_timeout_s
-        pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout)) for r in self.replicas]
+        pending = [(r, r.stop or self.executor.submit(process.stop, r.record, timeout=timeout, check=True))
+                   for r in self.replicas]
+        # Those stuck since are tried once more (they had their SIGTERM): they may have exited meanwhile.
+        pending += [(r, self.executor.submit(process.stop, r.record, timeout=0, check=True)) for r, _procs in self.stuck]
         for r, fut in pending:
-            with contextlib.suppress(Exception):
+            name = replica_name(r.pool, r.slot)
+            try:
                 fut.result(timeout=timeout + 10)
-            step(functools.partial(process.remove_pid_file, self.run_dir, replica_name(r.pool, r.slot)))
+            except process.StillRunning as exc:
+                kept(exc, name)
+                continue
+            except Exception:  # any other failure of its stop: its pid file goes, as it always did
+                pass
+            step(functools.partial(process.remove_pid_file, self.run_dir, name))
         self.replicas.clear()
+        self.stuck.clear()
         self.executor.shutdown(wait=False)
         step(functools.partial((self.run_dir / STATUS_FILE).unlink, missing_ok=True))
         self.say("fleet stopped")
@@ -908,13 +1006,22 @@ def _leftovers(settings: Settings) -> list[str]:
     return sorted(p.stem for p in rd.glob("*.pid") if p.stem == HAPROXY or p.stem.startswith("replica-"))
 
 
-def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> None:
-    """Stop what a supervisor that died left running (only processes our pid files still identify)."""
+def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> list[tuple[process.StillRunning, Path]]:
+    """Stop what a supervisor that died left running (only processes our pid files still identify); returns those that
+    outlived SIGKILL (stuck in uninterruptible I/O: a hung mount), each with its pid file, which is kept: dropped, the
+    next `tenfold serve up` refused the port its own HAProxy still held as another program's."""
+    stuck = []
     for name in _leftovers(settings):
         record = process.read_record(run_dir(settings), name)
-        if record is not None and process.stop(record, timeout=settings.serving.server.stop_timeout_s):
-            say(f"{name}: stopped (left by a fleet supervisor that is gone)")
+        try:
+            if record is not None and process.stop(record, timeout=settings.serving.server.stop_timeout_s, check=True):
+                say(f"{name}: stopped (left by a fleet supervisor that is gone)")
+        except process.StillRunning as exc:  # the others are still stopped; the caller reports it once they are
+            say(f"{name}: not stopped, a process of it outlived SIGKILL")
+            stuck.append((exc, process.pid_file(run_dir(settings), name)))
+            continue
         process.remove_pid_file(run_dir(settings), name)
+    return stuck
 
 
 def running_settings(settings: Settings) -> Settings:
@@ -1032,7 +1139,8 @@ def _up(
         return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve", record=running,
                         timeout=timeout or settings.serving.fleet.replica_start_timeout_s + 30)
     haproxy_binary()  # fails with how to install it
-    _stop_leftovers(settings, say)
+    if stuck := _stop_leftovers(settings, say):  # it holds its port, or its slot's pid file: refused, saying which
+        raise _still_running(stuck)
     if busy := _busy_ports(settings):
         raise FleetError("cannot start the serving fleet:\n  - " + "\n  - ".join(busy))
     from tenfold.serving.auth import ensure_token
@@ -1064,7 +1172,9 @@ def _up(
         return wait_for(settings, lambda st: st.ready, what="the serving fleet to serve",
                         timeout=timeout or fleet.replica_start_timeout_s + 30, record=record)
     except BaseException:
-        _down(settings, say=say)
+        # What outlives SIGKILL keeps its pid file (and is said); the error that ended this start is the one raised.
+        with contextlib.suppress(process.StillRunning):
+            _down(settings, say=say)
         raise
 
 
@@ -1220,7 +1330,9 @@ def scale(
 
 
 def down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
-    """Stop the supervisor (it stops HAProxy and the replicas), then anything a dead supervisor left; True if anything ran."""
+    """Stop the supervisor (it stops HAProxy and the replicas), then anything a dead supervisor left; True if anything ran.
+    Raises :class:`process.StillRunning`, once everything else was stopped, naming the processes that outlived SIGKILL:
+    their pid files are kept (see :func:`_stop_leftovers`)."""
     with _exclusive(settings):
         return _down(settings, say=say)
 
@@ -1229,15 +1341,26 @@ def _down(settings: Settings, *, say: Callable[[str], object]) -> bool:
     rd = run_dir(settings)
     record = process.read_record(rd, SUPERVISOR)
     stopped = False
+    outlived: process.StillRunning | None = None
     if record is not None:
         # The supervisor drains and stops its replicas before it exits: give it their stop timeout, and a margin.
-        stopped = process.stop(record, timeout=settings.serving.server.stop_timeout_s + 20)
-        process.remove_pid_file(rd, SUPERVISOR)
+        try:
+            stopped = process.stop(record, timeout=settings.serving.server.stop_timeout_s + 20, check=True)
+        except process.StillRunning as exc:  # it, or what it started (HAProxy, a replica): the latter are named below
+            stopped, outlived = True, exc
     left = _leftovers(settings)
-    _stop_leftovers(settings, say)
+    stuck = _stop_leftovers(settings, say)
+    named = {pid for exc, _path in stuck for pid in exc.pids}
+    if outlived is not None and not set(outlived.pids) <= named:
+        # The supervisor itself (or a process of it that no pid file of the fleet names): its pid file is kept.
+        stuck.insert(0, (outlived, process.pid_file(rd, SUPERVISOR)))
+    elif record is not None:
+        process.remove_pid_file(rd, SUPERVISOR)
     with _spec_lock(settings):  # a stopped fleet has no desired state: `rollout`/`scale` say it is not up
         (rd / SPEC_FILE).unlink(missing_ok=True)
     (rd / STATUS_FILE).unlink(missing_ok=True)
+    if stuck:
+        raise _still_running(stuck)
     return stopped or bool(left)
 
 
