@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import os
 import stat
@@ -52,18 +53,50 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
     and rebuilt after a crash anyway (a status file) passes ``durable=False``. ``mode`` (less the umask) is
     the file's from its creation: a secret is never readable by others, not even for a moment.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(tmp_name(path.name))
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except OSError as exc:  # a read-only folder, a missing one, a file in its place
+            raise error_naming(exc, path.parent) from exc
+        with open(fd, "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # a directory where the file should go
+            raise error_naming(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
     if durable:
         fsync_dir(path.parent)
+
+
+# The longest file name most Linux filesystems take (NAME_MAX, in bytes).
+_NAME_MAX = 255
+
+
+def tmp_name(name: str) -> str:
+    """A unique hidden name for the temporary file written beside ``name`` before it is renamed over it.
+
+    ``.<name>.tmp-<8 hex>`` while that fits in a file name; for a name too long to take the 14 characters more (a
+    target of 242 to 255 bytes, which is itself a valid name) a hash of it stands in, so such a target is written like
+    any other instead of failing with "File name too long". Either way the name starts with a dot and holds ".tmp-",
+    which is what the readers that skip an interrupted write look for."""
+    suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+    if len(os.fsencode(f".{name}{suffix}")) <= _NAME_MAX:
+        return f".{name}{suffix}"
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:32]}{suffix}"
+
+
+def error_naming(exc: OSError, target: Path) -> OSError:
+    """``exc`` (met creating or renaming a temporary file) as the same error of ``target``, the file or folder the
+    caller named: the temporary name it carried is random, never existed for the user, and
+    :func:`os_error_refusal` would quote it. The errno picks the same subclass (PermissionError, IsADirectoryError,
+    FileNotFoundError...), so callers that sort errors by class or errno still do."""
+    return OSError(exc.errno, exc.strerror, str(target))
 
 
 def open_lines_for_append(path: Path, *, buffering: int = -1) -> TextIO:
@@ -141,7 +174,7 @@ def write_file_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             out.write(data)
         return
     folder, _, name = path.rpartition("/")
-    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if folder else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{folder}/{tmp_name(name)}" if folder else tmp_name(name)
     try:
         with fs.open_output_stream(tmp) as out:
             out.write(data)

@@ -42,3 +42,17 @@ def newer_meta_format(meta: Mapping[str, Any]) -> str | None:
         return (f"its meta.json is format {found}; this Tenfold reads format {META_VERSION}: upgrade tenfold where it "
                 "is served")
     return None
+
+
+def meta_format_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why ``meta``'s format ("version") is not one this Tenfold reads (None when it is): a newer one
+    (:func:`newer_meta_format`), or any other value that ``tenfold.model.io.read_meta`` refuses as an "unsupported meta
+    version" (a string, 2.0, 0, none at all), in its words, so the checks made before a model loads refuse what it
+    would. The same comparison as read_meta's, not a stricter one: a check that refused more than load_model would
+    keep a model it serves from being promoted."""
+    if newer := newer_meta_format(meta):
+        return newer
+    found = meta.get("version")
+    if found != META_VERSION:
+        return f"its meta.json has an unsupported meta version ({found!r}; this Tenfold reads format {META_VERSION})"
+    return None

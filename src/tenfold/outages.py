@@ -56,6 +56,8 @@ def is_unreachable(exc: BaseException) -> bool:
 
     if is_outage(exc) or isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return True
+    if _auth_unreachable(exc):
+        return True
     if isinstance(exc, OSError) and any(f"google::cloud::Status({code}" in str(exc)
                                         for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")):
         return True  # pyarrow's GCS client, its retries run out (fsio.GCS_RETRY_LIMIT_S)
@@ -86,14 +88,19 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
     as a fault in the code, with ``debug_hint`` (how to see its traceback). Never the traceback itself."""
     from tenfold.fsio import os_error_refusal
 
+    if _login_refused(exc):
+        return (f"error: `{command}`: its Google Cloud credentials were refused ({type(exc).__name__}: "
+                f"{_said(exc)}): run `gcloud auth application-default login` again (or set "
+                "GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on the local platform")
     if no_credentials(exc):
         return (f"error: `{command}` found no Google Cloud credentials ({type(exc).__name__}): run `gcloud auth "
                 "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or unset TENFOLD_ENV to work on "
                 "the local platform")
-    if getattr(exc, "retryable", True) is False:
+    # google-auth's errors carry ``retryable`` too (False by default): those that are a service away are said below.
+    if getattr(exc, "retryable", True) is False and not _auth_unreachable(exc):
         return f"error: `{command}`: {exc}"
     if is_unreachable(exc):
-        return (f"error: `{command}` cannot reach a service it needs ({type(exc).__name__}: {exc}). Locally, "
+        return (f"error: `{command}` cannot reach a service it needs ({type(exc).__name__}: {_said(exc)}). Locally, "
                 "`tenfold status` shows what is down and `tenfold up` starts it; in the cloud, check the service and "
                 "this process's credentials; then run the command again")
     if _google_refusal(exc):
@@ -130,5 +137,40 @@ def no_credentials(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
         return False
     # pyarrow's GCS client says it in its status text (an OSError) once its retries run out.
-    return isinstance(exc, DefaultCredentialsError) or (
+    return isinstance(exc, DefaultCredentialsError) or _login_refused(exc) or (
         isinstance(exc, OSError) and "Could not create a OAuth2 access token" in str(exc))
+
+
+def _login_refused(exc: BaseException) -> bool:
+    """google-auth's ``RefreshError`` that a retry would meet again (``invalid_grant``: a login expired or revoked, a
+    service account key deleted): the credentials were found, and refused. What to do is to log in again; it is the
+    process's, never the data's. A refresh that failed on the way (:func:`_auth_unreachable`) is not this."""
+    try:
+        from google.auth.exceptions import RefreshError
+    except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
+        return False
+    return isinstance(exc, RefreshError) and not _auth_unreachable(exc)
+
+
+def _auth_unreachable(exc: BaseException) -> bool:
+    """google-auth's error of a service away: one it marks ``retryable`` (a token endpoint's 5xx,
+    ``temporarily_unavailable``), a ``TransportError`` or its ``TimeoutError`` (the request never had an answer:
+    google-auth leaves these ``retryable`` False), or a ``RefreshError`` made of one (Compute Engine's metadata server
+    not answering). None of them subclasses OSError or google-api-core's errors."""
+    try:
+        from google.auth import exceptions as gauth
+    except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
+        return False
+    if not isinstance(exc, gauth.GoogleAuthError):
+        return False
+    if exc.retryable is True or isinstance(exc, (gauth.TransportError, gauth.TimeoutError)):
+        return True
+    return isinstance(exc, gauth.RefreshError) and (
+        isinstance(exc.__cause__, gauth.TransportError) or any(isinstance(a, gauth.TransportError) for a in exc.args))
+
+
+def _said(exc: BaseException) -> str:
+    """``exc``'s message: google-auth's errors take the response as a second argument (``RefreshError("invalid_grant:
+    Token has been expired or revoked.", {...})``), and ``str`` of them is then the tuple's repr."""
+    first = exc.args[0] if exc.args else None
+    return first if len(exc.args) > 1 and isinstance(first, str) else str(exc)

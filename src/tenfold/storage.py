@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from tenfold.config import Settings
-from tenfold.fsio import atomic_write, file_uri_path, fsync_dir, make_dirs_durable
+from tenfold.fsio import atomic_write, error_naming, file_uri_path, fsync_dir, make_dirs_durable, tmp_name
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -74,9 +73,13 @@ class FileObjects:
         # A folder this creates (a run's results/) is on disk too before the message is acknowledged: a result
         # durable in a folder whose own entry was lost to a power cut would be lost with it.
         make_dirs_durable(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = path.with_name(tmp_name(path.name))
         try:
-            with open(tmp, "wb") as fh:
+            fh = open(tmp, "wb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:  # a read-only folder: said of the folder, not of a tmp that was never made
+            raise error_naming(exc, path.parent) from exc
+        try:
+            with fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -95,6 +98,8 @@ class FileObjects:
             # "it exists" (acks the message), so the name is made durable first, as for a create of its own.
             fsync_dir(path.parent)
             return False
+        except OSError as exc:  # said of the result's name, not of the tmp linked to it
+            raise error_naming(exc, path) from exc
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(path.parent)  # the result's name is on disk before the message is acknowledged

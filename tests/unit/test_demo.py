@@ -383,7 +383,7 @@ def test_a_champion_of_older_feature_definitions_is_refused_before_the_demo_rebu
             return self.champion
 
         def meta(self, version: str) -> dict[str, object]:
-            return {VERSION_KEY: self.version} if self.version is not None else {}
+            return {"version": 1, VERSION_KEY: self.version} if self.version is not None else {"version": 1}
 
     with pytest.raises(demo.DemoError, match=rf"the champion v1 can be neither served nor scored here: it "
                                              rf"learnt from version {builds - 1} of the feature definitions, and this code builds version {builds}(.|\n)*fresh platform home"):

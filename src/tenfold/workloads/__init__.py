@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tenfold.config.settings import DEFAULT_WORKLOAD, StorageSettings
-from tenfold.model_files import newer_meta_format
+from tenfold.model_files import meta_format_problem
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -498,16 +498,17 @@ def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | No
 
 def meta_problem(meta: Mapping[str, Any], workload: str, contract: FeatureContract) -> str | None:
     """Why a model whose ``meta.json`` is ``meta`` cannot serve where ``workload`` runs, whose feature definitions are
-    ``contract`` (None when it can): a newer Tenfold saved it, it is a model of another workload, it learnt from another
-    version of the feature definitions, or it takes a column they no longer hold.
+    ``contract`` (None when it can): a newer Tenfold saved it (or its meta.json names no format this one reads), it is a
+    model of another workload, it learnt from another version of the feature definitions, or it takes a column they no
+    longer hold.
 
     What :func:`load_model` refuses on these grounds, in one place, so that the checks made before anything loads
     (``models promote`` and rollback, batch inference's plan, the demo's champion) refuse exactly what it would. The
     answer is a clause that reads after a model's name ("v3 cannot be the champion here: <clause>") and leaves out what
     to do, which differs by caller; except for a newer format, whose remedy (upgrade Tenfold) is the same for all.
     Without that check a newer model became champion and every load then refused it."""
-    if newer := newer_meta_format(meta):
-        return newer
+    if unreadable := meta_format_problem(meta):
+        return unreadable
     name = meta.get("workload", DEFAULT_WORKLOAD)  # folders saved before workloads were named: the reference one
     if not isinstance(name, str) or not same_workload(name, workload):
         return f"it is a model of workload {name!r}, and this platform runs {workload!r} (settings.workload)"

@@ -30,11 +30,12 @@ def _models_trained_on_these_features(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests stand in made-up version ids for ``resolve``, which no registry holds: each learnt from the
     code's feature definitions. The tests of the check itself put the real reader back and register versions."""
     import tenfold.inference.scoring as scoring
+    from tenfold.model_files import META_VERSION
     from tenfold.workloads import VERSION_KEY
     from tenfold.workloads.flights import WORKLOAD
 
     monkeypatch.setattr(scoring, "registered_meta", lambda settings, version: {
-        "workload": "flights", VERSION_KEY: WORKLOAD.contract.version})
+        "version": META_VERSION, "workload": "flights", VERSION_KEY: WORKLOAD.contract.version})
 
 
 def _score(settings: Settings, run: pipeline.InferenceRun, *, dead: int = 0) -> int:

@@ -34,7 +34,7 @@ def make_model_dir(tmp_path: Path) -> ModelDirFactory:
         d = tmp_path / (name or f"model-{seed}-{uuid.uuid4().hex[:6]}")
         d.mkdir()
         (d / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
-        (d / "meta.json").write_text(json.dumps({"format": 1, "seed": seed, "hidden": [32, 16]}))
+        (d / "meta.json").write_text(json.dumps({"version": 1, "format": 1, "seed": seed, "hidden": [32, 16]}))
         (d / "preprocessing.json").write_text(json.dumps({"vocab": {"carrier": ["AA", "B6"]}, "seed": seed}))
         (d / "checkpoints").mkdir()
         (d / "checkpoints" / "step-10.pt").write_bytes(uuid.uuid4().bytes)  # scratch: never part of a version

@@ -300,7 +300,8 @@ def test_a_version_whose_meta_cannot_be_read_is_skipped_not_fatal_and_a_missing_
     # so promote and rollback skip it too.
     from tenfold.workloads.flights.contract import CONTRACT
 
-    renamed = {"workload": "flights", "features_version": CONTRACT.version, "categorical_columns": ["carrier_v0"],
+    renamed = {"version": 1, "workload": "flights", "features_version": CONTRACT.version,
+               "categorical_columns": ["carrier_v0"],
                "numeric_columns": list(CONTRACT.model_numeric_columns)}
     lost = root._unusable_here(SimpleNamespace(settings=registry_settings, meta=lambda _: renamed))("v2")
     assert lost is not None and lost.startswith("it takes the column(s) carrier_v0 (categorical), which")
