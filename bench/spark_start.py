@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _siblings
+
 RESULTS = Path(__file__).parent / "results" / "spark_start.md"
 OLD_OPTIONS = "-XX:+UseSerialGC -Xss4m"
 
@@ -52,7 +54,7 @@ def timed_job(settings: Any, lake_uri: str, out: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=_siblings.positive_int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

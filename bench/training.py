@@ -111,9 +111,9 @@ def gpu_run(settings, cfg: TrainConfig, root: Path) -> tuple[float, float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--lake", help="a lake URI with published 2013 features (default: build them here)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the reference model")
-    parser.add_argument("--batch-size", type=int, default=512, help="per worker")
-    parser.add_argument("--throughput-steps", type=int, default=200,
+    parser.add_argument("--epochs", type=_siblings.positive_int, default=3, help="epochs of the reference model")
+    parser.add_argument("--batch-size", type=_siblings.positive_int, default=512, help="per worker")
+    parser.add_argument("--throughput-steps", type=_siblings.positive_int, default=200,
                         help="steps of each throughput run: fewer than one epoch of 2 processes, so neither run's "
                              "timed loop holds an epoch's end (its snapshot)")
     parser.add_argument("--throughput-repeats", type=_siblings.positive_int, default=3,

@@ -1,4 +1,4 @@
-"""The data quality gate: Great Expectations 1.x suites (``expectations/*.json``) run on every partition.
+"""The data quality gate: Great Expectations 1.x suites (the workload's ``expectations_dir``: ``*.json``) run on every partition.
 
 * :mod:`tenfold.quality.suites` loads the suites and computes each partition's parameters;
 * :mod:`tenfold.quality.gate` validates a staged or published batch, writes Data Docs, quarantines

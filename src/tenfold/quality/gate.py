@@ -169,7 +169,7 @@ class ValidationFailed(RuntimeError):
         # A batch whose files cannot be read failed no bound: the suite is not what to change.
         bound = ("" if {o.expectation for o in report.failures} <= {READ_CHECK} else
                  f"; if a bound is wrong rather than the data, change it in {report.suite}.json in the workload's "
-                 "suite folder (tenfold/workloads/flights/expectations/ for flights)")
+                 "suite folder (its expectations_dir: src/tenfold/workloads/flights/expectations/ for flights)")
         # Failures of the data and errors of the suite at once: the data is refused, and the suite's errors named.
         faulty = (f" The suite is at fault too: Great Expectations could not evaluate "
                   f"{', '.join(_names(report.errored))}; fix {'them' if len(report.errored) > 1 else 'it'} in "

@@ -49,7 +49,8 @@ def train_command(
                                                  "(early stopping on the validation slice picks the epoch)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="per worker")] = 512,
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    # The bound of tenfold.training.config.MAX_SEED (not imported here: `tenfold --help` stays light).
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1)] = 0,
     timeout_s: Annotated[float | None, typer.Option(min=1, help="wall-clock bound in seconds; default "
                                                     "settings.training.job_timeout_s")] = None,
 ) -> None:

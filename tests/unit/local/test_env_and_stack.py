@@ -1029,3 +1029,31 @@ def test_down_names_a_process_that_outlived_sigkill_keeps_its_pid_file_and_stops
         monkeypatch.undo()
         process.stop(stuck, timeout=5)
         process.stop(gcs, timeout=5)
+
+
+def test_a_fleet_process_that_outlived_sigkill_still_lets_serving_down_stop_the_sink(tmp_path, monkeypatch):
+    """`fleet.down` raises StillRunning once the rest of the fleet is stopped (tests/unit/serving/
+    test_fleet_still_running.py makes a replica really outlive SIGKILL). The sink, which the stuck replica does not
+    need, must still be stopped and the error raised after it: before, the raise skipped the sink's stop, and
+    `tenfold down` left it and every platform service running. A `sleep` stands in for the sink; its stop is real."""
+    from tenfold.local import process, stack
+    from tenfold.local.stack import FEEDBACK_SINK
+    from tenfold.serving import fleet
+
+    s = _fresh_settings(tmp_path)
+    sink = process.start(FEEDBACK_SINK, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
+
+    def stuck_fleet(settings, *, say):
+        say("replica-stable-1: not stopped, a process of it outlived SIGKILL")
+        raise process.StillRunning("replica-stable-1: pid 4242 did not exit within 5 s of SIGKILL", [4242])
+
+    monkeypatch.setattr(fleet, "down", stuck_fleet)
+    said: list[str] = []
+    try:
+        with pytest.raises(process.StillRunning) as refused:
+            stack.serving_down(s, say=said.append)
+        assert refused.value.pids == [4242]
+        assert not process.is_running(sink) and f"{FEEDBACK_SINK}: stopped" in said, said
+        assert "serving: not stopped, a process of it outlived SIGKILL" in said and "serving: stopped" not in said
+    finally:
+        process.stop(sink, timeout=5)

@@ -1,4 +1,4 @@
-"""The suites in expectations/ load into GX and agree with the contracts they check."""
+"""The flights suites (src/tenfold/workloads/flights/expectations/) load into GX and agree with the contracts they check."""
 
 from __future__ import annotations
 

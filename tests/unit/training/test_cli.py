@@ -290,3 +290,17 @@ def test_evaluate_refuses_a_model_in_a_bucket_naming_its_uri(home: Path) -> None
     assert out.output.strip() == ("error: --model gs://b/run/model is not on this machine: `tenfold evaluate` reads a "
                                   "model folder here; copy it first (e.g. `gcloud storage cp --recursive "
                                   "gs://b/run/model .`) and pass that folder"), out.output
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_a_seed_out_of_range_is_refused_by_the_option_before_any_lake_is_read(home: Path, seed: str) -> None:
+    """`--seed` carries TrainConfig's bound (MAX_SEED) itself: refused as the option, before the window's months are
+    checked or its content digested (the config's own refusal came after both, naming `seed`, not `--seed`)."""
+    from tenfold.training.config import MAX_SEED
+
+    out = CliRunner().invoke(app, ["train", "--train-months", "2013-01:2013-02", "--seed", seed,
+                                   "--out", str(home / "run")])
+    assert out.exit_code == 2, out.output
+    assert "Invalid value for '--seed'" in out.output, out.output
+    assert (str(MAX_SEED) if seed != "-1" else "greater than or equal to 0") in out.output, out.output
+    assert "unpublished" not in out.output and not (home / "run").exists()

@@ -206,3 +206,19 @@ def test_the_suites_travel_with_the_package_as_on_composer(tmp_path: Path) -> No
     where, found = done.stdout.split()
     assert Path(where).is_relative_to(plugins), where  # the copy was imported, not the checkout's
     assert found == "True", done.stdout
+
+
+def test_the_package_data_rule_takes_every_suite_of_the_workload() -> None:
+    """A wheel (the serving image's `pip install .`, a pip-installed Airflow) holds what pyproject's package-data
+    names, not the source tree: the rule must match every suite the workload names, or an install lacks them."""
+    import tomllib
+
+    import tenfold.workloads.flights as flights_package
+
+    root = Path(flights_package.__file__).parents[4]
+    rules = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = Path(flights_package.__file__).parent
+    packaged = {p for glob in rules["tenfold.workloads.flights"] for p in package.glob(glob)}
+    workload = get_workload("flights")
+    wanted = {workload.expectations_dir / f"{s}.json" for s in (workload.features_suite, *workload.raw_suites.values())}
+    assert wanted <= packaged, sorted(map(str, wanted - packaged))

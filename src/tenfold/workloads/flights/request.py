@@ -62,7 +62,7 @@ class FlightRequest(BaseModel):
     sched_arr: dt.datetime | None = Field(
         default=None, description="scheduled arrival, local time at the destination (naive ISO); optional"
     )
-    # The raw suite's pattern (expectations/raw_flights.json): every tail number a delivered month trains on is served,
+    # The raw suite's pattern (flights/expectations/raw_flights.json): every tail number a delivered month trains on is served,
     # hyphenated registrations (N-123) included.
     tailnum: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9-]{1,9}$", description="tail number, e.g. N14228")
     user_key: str | None = Field(
