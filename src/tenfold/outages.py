@@ -141,6 +141,20 @@ def no_credentials(exc: BaseException) -> bool:
         isinstance(exc, OSError) and "Could not create a OAuth2 access token" in str(exc))
 
 
+def retry_cannot_cure(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error no retry can cure: its class says ``retryable = False`` (a refusal of the data or
+    the conf: a pipeline task fails without retries, a training rank records its refusal). google-auth's errors carry
+    ``retryable`` False by default, a network blip's ``TransportError`` included: of those only a refused login counts
+    (:func:`_login_refused`); one of a service away is retried as any outage is."""
+    if getattr(exc, "retryable", True) is not False:
+        return False
+    try:
+        from google.auth.exceptions import GoogleAuthError
+    except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
+        return True
+    return not isinstance(exc, GoogleAuthError) or _login_refused(exc)
+
+
 def _login_refused(exc: BaseException) -> bool:
     """google-auth's ``RefreshError`` that a retry would meet again (``invalid_grant``: a login expired or revoked, a
     service account key deleted): the credentials were found, and refused. What to do is to log in again; it is the

@@ -66,3 +66,29 @@ def test_a_workload_reader_that_meets_an_expired_login_does_not_refuse_the_sourc
         with pytest.raises(gauth.RefreshError) as raised:
             _read_one(read, "flights")  # type: ignore[arg-type]
         assert raised.value is exc
+
+
+def test_a_network_blip_of_google_auth_is_retried_by_a_task_and_not_recorded_as_a_refusal(tmp_path: Path) -> None:
+    """google-auth's errors say ``retryable`` False by default, a TransportError (the token request never answered)
+    included: run_step failed the Airflow task without retries on it, and a training rank recorded it as the run's
+    refusal. Only a refused login is final; a pipeline's own refusal still is."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.pipelines.common import PipelineError, run_step
+    from tenfold.training.worker import REFUSED_FILE, _record_refusal
+
+    def raising(exc: BaseException) -> None:
+        raise exc
+
+    blip = gauth.TransportError("HTTPSConnectionPool(host='oauth2.googleapis.com'): Read timed out.")
+    assert blip.retryable is False  # what made it final
+    with pytest.raises(gauth.TransportError):  # raised as it is: Airflow retries the task
+        run_step(raising, blip)
+    with pytest.raises(AirflowFailException):  # a refused login: no retry can cure it
+        run_step(raising, _refresh_error(EXPIRED, False))
+    with pytest.raises(AirflowFailException):
+        run_step(raising, PipelineError("month 2013-13 is not a month"))
+    _record_refusal(blip, 0, tmp_path, None)
+    assert not (tmp_path / REFUSED_FILE).exists()
+    _record_refusal(_refresh_error(EXPIRED, False), 0, tmp_path, None)
+    assert (tmp_path / REFUSED_FILE).exists()

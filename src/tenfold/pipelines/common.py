@@ -165,10 +165,12 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a pipeline step from an Airflow task: a :class:`PipelineError` (unless its class says ``retryable =
     True``), or another error whose class says ``retryable = False`` (a malformed suite, a stale alias move, a gate
     refusal), fails the task without retries."""
+    from tenfold.outages import retry_cannot_cure
+
     try:
         return step(*args, **kwargs)
     except Exception as exc:
-        if getattr(exc, "retryable", True) is not False:
+        if not retry_cannot_cure(exc):  # google-auth's network errors say retryable False too: they are retried
             raise
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -641,7 +641,9 @@ def _os_reason(exc: OSError, path: Path) -> str:
 def _record_refusal(exc: BaseException, rank: int, out: Path, mirror: RemoteDir | None) -> None:
     """Write :data:`REFUSED_FILE` when ``exc``'s class says ``retryable = False`` (the run cannot succeed on any try:
     a batch its rows cannot fill); best effort, the error itself is raised either way."""
-    if getattr(exc, "retryable", True) is not False:
+    from tenfold.outages import retry_cannot_cure
+
+    if not retry_cannot_cure(exc):  # google-auth's network errors say retryable False too: not a refusal
         return
     body = json.dumps({"rank": rank, "error": f"{type(exc).__name__}: {exc}"[:2000]}).encode()
     try:
