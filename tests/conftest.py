@@ -471,3 +471,29 @@ def published_lake(tmp_path: Path) -> Callable[..., Path]:
         return lake
 
     return make
+
+
+@pytest.fixture
+def unwritable() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
+    """``with unwritable(folder):`` the folder refuses new entries for real: read-only for a user, immutable
+    (chattr +i) for root, whom modes do not stop; skips where root has no chattr +i."""
+    import shutil
+
+    @contextlib.contextmanager
+    def refusing(folder: Path) -> Iterator[None]:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            try:
+                yield
+            finally:
+                folder.chmod(0o755)
+            return
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)],
+                                                            capture_output=True).returncode:
+            pytest.skip("running as root on a filesystem without chattr +i: nothing makes a folder unwritable to root")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    return refusing

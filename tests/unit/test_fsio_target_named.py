@@ -4,12 +4,8 @@ was being written under; and a long but valid file name is written like any othe
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +25,6 @@ def _hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@contextlib.contextmanager
-def _unwritable(folder: Path) -> Iterator[None]:
-    """``folder`` refuses new entries for real: read-only for a user, immutable (chattr +i) for root, whom modes do
-    not stop."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-        pytest.skip("running as root on a filesystem without chattr +i: nothing makes a folder unwritable to root")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_a_directory_where_the_file_goes_is_named_not_the_tmp(tmp_path: Path) -> None:
     """Said as "Is a directory: <folder>/.adir.tmp-eb577242", a file that never existed for the user."""
     target = tmp_path / "adir"
@@ -60,11 +37,11 @@ def test_a_directory_where_the_file_goes_is_named_not_the_tmp(tmp_path: Path) ->
     assert _hidden(tmp_path) == []  # no tmp left behind
 
 
-def test_a_read_only_folder_is_named_not_the_tmp(tmp_path: Path) -> None:
+def test_a_read_only_folder_is_named_not_the_tmp(tmp_path: Path, unwritable: Any) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "results").mkdir()
-    with _unwritable(folder):
+    with unwritable(folder):
         with pytest.raises(PermissionError) as refused:
             atomic_write(folder / "x.json", b"{}")
         assert refused.value.filename == str(folder)

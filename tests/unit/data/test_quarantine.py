@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import posixpath
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -131,27 +127,8 @@ def test_a_withdrawal_of_content_re_published_since_it_was_checked_withdraws_not
     assert not lake.has_manifest(TABLE, PART)
 
 
-@contextlib.contextmanager
-def _unwritable(folder: Path) -> Iterator[None]:
-    """``folder`` refuses new entries for real: read-only for a user, immutable (chattr +i) for root, whom modes do
-    not stop."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-        pytest.skip("running as root on a filesystem without chattr +i: nothing makes a folder unwritable to root")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_a_refused_folder_this_writer_may_not_quarantine_leaves_its_publish_committed_and_cleaned(
-    lake: Lake, caplog: pytest.LogCaptureFixture
+    lake: Lake, caplog: pytest.LogCaptureFixture, unwritable: Any
 ) -> None:
     """A withdrawal by another account (a reader of the labelled table) died after it marked the data folder and
     removed the manifest, before its move. The sink, which may not write that quarantine folder, then publishes the
@@ -172,7 +149,7 @@ def test_a_refused_folder_this_writer_may_not_quarantine_leaves_its_publish_comm
     with lake.fs.open_output_stream(f"{manifest}.tmp-dead") as out:
         out.write(b"{}")
 
-    with _unwritable(Path(posixpath.dirname(dest))), caplog.at_level(logging.WARNING, logger="tenfold.data.lake"):
+    with unwritable(Path(posixpath.dirname(dest))), caplog.at_level(logging.WARNING, logger="tenfold.data.lake"):
         _publish(lake, [4, 5], "next")  # returns: its commit happened
     assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == [4, 5]
     assert sorted(_data_dirs(lake)) == sorted([refused, lake.read_manifest(TABLE, PART).data_dir])  # kept, not deleted

@@ -18,40 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supervisor_stubs import HealthyApi, stub_supervisor
 
 from tenfold.config import build_settings, get_settings
 from tenfold.local import process
 from tenfold.local.process import LocalPlatformError
 from tenfold.serving import fleet
-from tenfold.serving.haproxy import ServerStat
-
-
-class HealthyApi:
-    """HAProxy's runtime API as the supervisor uses it, every pointed slot UP."""
-
-    def __init__(self) -> None:
-        self.slots: dict[tuple[str, str], str] = {}
-
-    def point(self, pool: str, server: str, host: str, port: int) -> None:
-        self.slots[(pool, server)] = "UP"
-
-    def admit(self, pool: str, server: str) -> None:
-        pass
-
-    def drain(self, pool: str, server: str) -> None:
-        self.slots[(pool, server)] = "DRAIN"
-
-    def maintain(self, pool: str, server: str) -> None:
-        self.slots.pop((pool, server), None)
-
-    def alive(self) -> bool:
-        return True
-
-    def all_servers(self) -> dict[str, dict[str, ServerStat]]:
-        out: dict[str, dict[str, ServerStat]] = {}
-        for (pool, server), status in self.slots.items():
-            out.setdefault(pool, {})[server] = ServerStat(pool, server, status, "L7OK", 0, 0, 0, None)
-        return out
 
 
 class Stuck:
@@ -82,21 +54,8 @@ def _tick_until(sup: Any, done: Any, seconds: float, what: str) -> None:
 def _supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A real Supervisor of a one-replica stable pool whose replicas are a stub that sleeps; what it says is in
     ``sup.lines``."""
-    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
-    rd = fleet.run_dir(settings)
-    rd.mkdir(parents=True)
-    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", 1, 1), "canary": fleet.PoolSpec("v1", 0, 0)})
-    (rd / fleet.SPEC_FILE).write_text(spec.to_json())
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / "sleeping_replica.py").write_text("import time\ntime.sleep(300)\n")
-    monkeypatch.setattr(fleet, "REPLICA_MODULE", "sleeping_replica")
-    lines: list[str] = []
-    sup = fleet.Supervisor(settings, say=lines.append)
-    sup.api = HealthyApi()
-    sup.env["PYTHONPATH"] = str(stubs)
-    sup.lines = lines
-    return sup
+    return stub_supervisor(tmp_path, monkeypatch, stable=1, module="sleeping_replica",
+                           code="import time\ntime.sleep(300)\n")
 
 
 @pytest.fixture

@@ -19,65 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supervisor_stubs import HealthyApi, stub_supervisor
 
-from tenfold.config import build_settings
 from tenfold.local.process import LocalPlatformError
 from tenfold.serving import fleet
 from tenfold.serving.haproxy import HaproxyError, ServerStat
 
 
-class HealthyApi:
-    """HAProxy's runtime API as the supervisor uses it, every pointed slot UP."""
-
-    def __init__(self) -> None:
-        self.slots: dict[tuple[str, str], str] = {}
-
-    def point(self, pool: str, server: str, host: str, port: int) -> None:
-        self.slots[(pool, server)] = "UP"
-
-    def admit(self, pool: str, server: str) -> None:
-        pass
-
-    def drain(self, pool: str, server: str) -> None:
-        self.slots[(pool, server)] = "DRAIN"
-
-    def maintain(self, pool: str, server: str) -> None:
-        self.slots.pop((pool, server), None)
-
-    def alive(self) -> bool:
-        return True
-
-    def all_servers(self) -> dict[str, dict[str, ServerStat]]:
-        out: dict[str, dict[str, ServerStat]] = {}
-        for (pool, server), status in self.slots.items():
-            out.setdefault(pool, {})[server] = ServerStat(pool, server, status, "L7OK", 0, 0, 0, None)
-        return out
-
-
-def _stub_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, stable: int, module: str, code: str,
-                     environ: dict[str, str] | None = None) -> Any:
-    """A real Supervisor of a ``stable``-replica pool on v1 whose replicas run the stub ``module`` (``code``), with
-    the runtime API :class:`HealthyApi`; its announcements are in ``sup.lines``."""
-    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home"), **(environ or {})})
-    rd = fleet.run_dir(settings)
-    rd.mkdir(parents=True)
-    spec = fleet.FleetSpec(1, {"stable": fleet.PoolSpec("v1", stable, stable), "canary": fleet.PoolSpec("v1", 0, 0)})
-    (rd / fleet.SPEC_FILE).write_text(spec.to_json())
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / f"{module}.py").write_text(code)
-    monkeypatch.setattr(fleet, "REPLICA_MODULE", module)
-    lines: list[str] = []
-    sup = fleet.Supervisor(settings, say=lines.append)
-    sup.api = HealthyApi()
-    sup.env["PYTHONPATH"] = str(stubs)
-    sup.lines = lines
-    return sup
-
-
 @pytest.fixture
 def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="short_lived_replica",
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="short_lived_replica",
                            code="import time\ntime.sleep(0.4)\n")  # loads, serves, dies
     yield sup
     sup.shutdown()
@@ -245,7 +196,7 @@ def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             "    time.sleep(0.5)\n"
             "    sys.exit(1)\n"
             "time.sleep(float(os.environ['V2_LIFETIME']) if v2 else 600)\n")
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="versioned_replica", code=code,
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="versioned_replica", code=code,
                            environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "2.0"})
     assert sup.settings.serving.fleet.min_ready_s == 2.0
     sup.env["V2_LIFETIME"] = "2.0"
@@ -470,7 +421,7 @@ def test_a_corrupt_spec_is_announced_and_the_last_good_one_kept(tmp_path: Path, 
     tick says which file is corrupt and what to do, keeps the spec it had, and takes the next good one."""
     import os
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=0, module="unused_replica", code="")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=0, module="unused_replica", code="")
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: False)
     try:
         path = sup.run_dir / fleet.SPEC_FILE
@@ -523,7 +474,7 @@ def test_replicas_whose_slot_a_failed_call_left_in_maintenance_reenter_rotation(
     `tenfold serve status`) while HAProxy kept their slots in maintenance, and the pool answered 503."""
     from tenfold.local import process
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="long_replica", code="import time\ntime.sleep(120)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="long_replica", code="import time\ntime.sleep(120)\n")
     api = sup.api = RestartingApi()
 
     def start_haproxy() -> None:
@@ -557,7 +508,7 @@ def test_a_slot_whose_maint_failed_when_its_replica_died_is_put_in_maintenance_o
 
     from tenfold.serving.haproxy import HaproxySilent
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     api, real_maintain, failures = sup.api, sup.api.maintain, [1]
 
@@ -593,7 +544,7 @@ def test_a_replica_that_dies_with_its_maint_taken_is_not_said_to_need_it_again(
     import os
     import signal
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n")
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     try:
         _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 1, 15, "the pool never came up")
@@ -611,7 +562,7 @@ def test_a_slot_that_cannot_be_aimed_again_is_said_once_and_its_replica_replaced
     """A re-point that keeps failing while `show stat` answers must not leave the replica "serving" (or starting for
     ever, re-pointed every tick in silence): it is taken out of serving at once and replaced once it times out."""
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n",
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="long_replica", code="import time\ntime.sleep(120)\n",
                            environ={"TENFOLD_SERVING__FLEET__REPLICA_START_TIMEOUT_S": "1.5"})
     api = sup.api = RestartingApi()
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
@@ -635,7 +586,7 @@ def test_a_roll_to_a_version_that_goes_down_in_haproxy_after_admission_keeps_an_
     """New replicas that pass their health check, enter rotation, then go DOWN in HAProxy (readiness 503: every model
     call failing) while staying alive: readiness was the supervisor's SERVING alone, and the roll drained both old
     replicas for them, leaving nothing UP in the stable backend (every request a 503)."""
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n",
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n",
                            environ={"TENFOLD_SERVING__FLEET__MIN_READY_S": "1.0"})
 
     class DownAfterAdmission(HealthyApi):
@@ -696,7 +647,7 @@ def test_a_canary_pool_with_users_routed_to_it_keeps_a_replica_at_min_0(tmp_path
     "no data" until its deadline. With no share routed to it, it may go to none."""
     from tenfold.serving.haproxy import HaproxyPaths, write_split_map
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=1, module="idle_replica", code="import time\ntime.sleep(600)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="idle_replica", code="import time\ntime.sleep(600)\n")
     try:
         sup.spec = fleet.FleetSpec(2, {**sup.spec.pools, "canary": fleet.PoolSpec("v1", 0, 2)})
         sup.desired["canary"] = 1
@@ -714,7 +665,7 @@ def test_scaling_in_drains_a_replica_haproxy_has_down_before_one_that_serves(
     """The youngest went first, whatever HAProxy said: with the older replica DOWN (a stalled model call: readiness
     503, still SERVING until its restart is due), scaling in to one drained the only replica UP, and the pool served
     nobody until the DOWN one was restarted and loaded again."""
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     try:
         _tick_until(sup, lambda: len(sup.pool_replicas("stable", fleet.SERVING)) == 2, 15, "the pool up")
@@ -770,7 +721,7 @@ def test_scaling_in_stops_a_replica_only_once_its_requests_in_flight_are_done(
 
     from tenfold.local import process
 
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="live_replica", code="import time\ntime.sleep(600)\n")
     sup.api = api = BusyApi()
     monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
     stopped = _stops(monkeypatch)
@@ -946,7 +897,7 @@ def _gone(pid: int) -> bool:
 
 def _lasting_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Any:
     """A supervisor of two stable replicas that live, a ``sleep`` in HAProxy's place (its runtime API HealthyApi)."""
-    sup = _stub_supervisor(tmp_path, monkeypatch, stable=2, module="lasting_replica",
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=2, module="lasting_replica",
                            code="import time\ntime.sleep(600)\n", environ=environ)
     monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
     return sup
