@@ -252,11 +252,16 @@ node_version=$(node --version | sed 's/^v//')
 # CDNs, at the versions its templates name; tenfold.quality.datadocs copies them into every Data Docs site.
 # A package deleted from node_modules under a current stamp is installed again: the Data Docs warned "jquery@3.7.1 (not
 # installed) ... run make setup", and setup trusted the stamp. What is missing is asked of the Data Docs' own check
-# (exit 3); a check that cannot run (tenfold not importable) leaves the stamp trusted, as before.
+# (exit 3), loaded by its path: importing tenfold.quality would load Great Expectations (seconds) on every setup. A
+# check that cannot run leaves the stamp trusted, as before.
 datadocs_assets_missing() {
   local rc=0
-  .venv/bin/python -c 'import sys; from pathlib import Path; from tenfold.quality.datadocs import missing_assets
-sys.exit(3 if missing_assets(Path(sys.argv[1])) else 0)' "$1" 2>/dev/null || rc=$?
+  .venv/bin/python -c 'import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("datadocs_assets", "src/tenfold/quality/datadocs_assets.py")
+assets = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(assets)
+sys.exit(3 if assets.missing_assets(Path(sys.argv[1])) else 0)' "$1" 2>/dev/null || rc=$?
   [ "$rc" = 3 ]
 }
 npm_tool datadocs-assets datadocs_assets_missing

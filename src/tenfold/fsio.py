@@ -69,7 +69,9 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
         except OSError as exc:  # a directory where the file should go
             raise error_naming(exc, path) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        # A file where the folder should be refuses this too (ENOTDIR): the error raised is the one naming the folder.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     if durable:
         fsync_dir(path.parent)
 

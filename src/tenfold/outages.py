@@ -144,15 +144,9 @@ def no_credentials(exc: BaseException) -> bool:
 def retry_cannot_cure(exc: BaseException) -> bool:
     """Whether ``exc`` is an error no retry can cure: its class says ``retryable = False`` (a refusal of the data or
     the conf: a pipeline task fails without retries, a training rank records its refusal). google-auth's errors carry
-    ``retryable`` False by default, a network blip's ``TransportError`` included: of those only a refused login counts
-    (:func:`_login_refused`); one of a service away is retried as any outage is."""
-    if getattr(exc, "retryable", True) is not False:
-        return False
-    try:
-        from google.auth.exceptions import GoogleAuthError
-    except ImportError:  # pragma: no cover - google-auth comes with every Google client Tenfold uses
-        return True
-    return not isinstance(exc, GoogleAuthError) or _login_refused(exc)
+    ``retryable`` False by default, a network blip's ``TransportError`` included: one of a service away
+    (:func:`_auth_unreachable`) is retried as any outage is; no credentials, or a refused login, is final."""
+    return getattr(exc, "retryable", True) is False and not _auth_unreachable(exc)
 
 
 def _login_refused(exc: BaseException) -> bool:

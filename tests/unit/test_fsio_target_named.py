@@ -102,3 +102,14 @@ def test_a_full_disk_is_said_as_a_full_disk_not_a_tmp(small_disk: Any) -> None:
     line = _said(refused.value, small_disk.path)
     assert "No space left on device" in line and "free space" in line and ".tmp-" not in line, line
     assert _hidden(small_disk.path) == []
+
+
+def test_a_file_where_the_folder_should_be_is_named_not_the_tmp(tmp_path: Path) -> None:
+    """The clean-up of the temporary name met the same file in the way (ENOTDIR) and its error replaced the one
+    naming the folder."""
+    in_the_way = tmp_path / "results"
+    in_the_way.write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError) as refused:
+        atomic_write(in_the_way / "x.json", b"{}")
+    assert refused.value.filename == str(in_the_way), refused.value.filename
+    assert ".tmp-" not in _said(refused.value, tmp_path / "home")

@@ -92,3 +92,20 @@ def test_a_network_blip_of_google_auth_is_retried_by_a_task_and_not_recorded_as_
     assert not (tmp_path / REFUSED_FILE).exists()
     _record_refusal(_refresh_error(EXPIRED, False), 0, tmp_path, None)
     assert (tmp_path / REFUSED_FILE).exists()
+
+
+def test_no_credentials_at_all_stays_final() -> None:
+    """No login at all (DefaultCredentialsError, retryable False) is no outage: a retry finds none either. The task
+    fails at once, and a rank records it as the run's refusal, as before google-auth's network errors were retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tenfold.outages import retry_cannot_cure
+    from tenfold.pipelines.common import run_step
+
+    def raising(exc: BaseException) -> None:
+        raise exc
+
+    missing = gauth.DefaultCredentialsError("Your default credentials were not found.")
+    assert retry_cannot_cure(missing)
+    with pytest.raises(AirflowFailException):
+        run_step(raising, missing)

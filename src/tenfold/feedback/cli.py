@@ -16,6 +16,7 @@ The environment is ``--env`` or ``TENFOLD_ENV`` (default ``local``; the local pl
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import re
 import signal
@@ -81,6 +82,11 @@ def sink_command(
         if do_join and (once or until_idle):
             out["join"] = join(settings).to_dict()
     except (SinkError, LockTimeout, LockLost, LakeError) as exc:
+        cause = exc.__cause__
+        if isinstance(exc, SinkError) and isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            # The lake's disk is full: said as a full disk, with where to free space (the sink's own words gave the
+            # raw errno only). Nothing was acknowledged, so what it held is redelivered once it runs again.
+            raise command_exit(cause, "tenfold feedback sink", settings.local.home) from exc
         raise _fail(str(exc), 1) from exc
     except GoogleAPICallError as exc:  # one the sink does not retry (a bad request, say): what Pub/Sub said
         raise _fail(f"Pub/Sub refused the sink ({type(exc).__name__}: {exc}); unacknowledged messages are "

@@ -137,15 +137,17 @@ class WorkerPool:
         # Readable by this user only: the alert hooks are not in it (__init__), but a workload's own settings may
         # hold what its owner keeps private.
         atomic_write(self.settings_path, self.settings.model_dump_json().encode(), mode=0o600)
+        # Workers an earlier, killed run left behind (only if still those processes), every one before any starts.
+        # One that outlives SIGKILL keeps its pid file and this start is refused: started, the new worker's pid file
+        # took its place.
         for slot in range(self.workers):
             stale = process.read_record(self.run_dir, worker_name(slot))
             if stale is not None:
-                # A worker an earlier, killed run left behind (only if still that process). One that outlives SIGKILL
-                # keeps its pid file and this start is refused: started, the new worker's pid file took its place.
                 try:
                     process.stop(stale, check=True)
                 except process.StillRunning as exc:
                     raise process.StillRunning(_kept(exc, self.run_dir, slot), exc.pids) from exc
+        for slot in range(self.workers):
             self._start_one(slot)
         log.info("started %d inference workers (logs %s/%s.log)", self.workers, self.run_dir, worker_name(0).replace("0", "<i>"))
         self._thread = threading.Thread(target=self._supervise, name="tenfold-infer-pool", daemon=True)

@@ -153,19 +153,24 @@ def status(service: _ServiceOpt = None) -> None:
 def down(service: _ServiceOpt = None) -> None:
     """Stop the serving fleet and the local services that `tenfold up` started (nothing else)."""
     from tenfold.local.process import StillRunning
-    from tenfold.local.stack import SERVING_NEEDS, exclusive, serving_down
+    from tenfold.local.stack import SERVING_NEEDS, FleetStillRunning, exclusive, serving_down
     from tenfold.local.stack import down as _down
 
     settings = get_settings()
     _local_only(settings, "down")
     chosen = _services(service)
     with refusing_os_errors(settings, "down"), exclusive(settings, echo=_echo):  # as `up` holds it
-        stuck: StillRunning | None = None
+        stuck: FleetStillRunning | None = None
         if set(SERVING_NEEDS) & set(chosen):  # it needs them: it goes first
             try:
                 serving_down(settings, say=_echo)
-            except StillRunning as exc:  # a stuck replica holds none of the services: they are still stopped
-                stuck = exc
-        _down(settings, chosen, echo=_echo)
+            except FleetStillRunning as exc:  # a stuck replica holds none of the services: they are still stopped
+                stuck = exc  # (a stuck sink is not this: the emulator it pulls from stays up, as stack._down says)
+        try:
+            _down(settings, chosen, echo=_echo)
+        except StillRunning as exc:
+            if stuck is None:
+                raise
+            raise StillRunning(f"{stuck}\n{exc}", [*stuck.pids, *exc.pids]) from exc  # both, in one refusal
         if stuck is not None:
             raise stuck

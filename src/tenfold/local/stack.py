@@ -633,6 +633,11 @@ def feedback_sink_up(settings: Settings, *, say: Callable[[str], object] = print
     return record
 
 
+class FleetStillRunning(process.StillRunning):
+    """:func:`serving_down`'s: a process of the serving fleet outlived SIGKILL (the feedback sink was still stopped).
+    The platform's services are no use of it: ``tenfold down`` stops them and then raises it."""
+
+
 def serving_down(settings: Settings, *, say: Callable[[str], object] = print) -> bool:
     """Stop the serving fleet if it runs; True when something was stopped."""
     from tenfold.serving import fleet
@@ -651,5 +656,5 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
         if stop_service(settings, FEEDBACK_SINK):
             say(f"{FEEDBACK_SINK}: stopped")
     if stuck is not None:
-        raise stuck
+        raise FleetStillRunning(str(stuck), stuck.pids) from stuck
     return stopped

@@ -662,7 +662,7 @@ class Supervisor:
             if replica.stop is None:
                 # It died on its own: reap it (no zombie per crash) and stop anything left in its group.
                 process.stop(replica.record, timeout=5, check=True)
-            elif isinstance(failed := replica.stop.exception(), process.StillRunning):
+            elif isinstance(failed := replica.stop.exception(timeout=0), process.StillRunning):
                 raise failed
         except process.StillRunning as exc:
             self.replicas.remove(replica)

@@ -14,14 +14,18 @@ from tenfold.local import free_port
 from .conftest import feedback, prediction
 
 
-@pytest.fixture
-def run(settings, monkeypatch):
+def _runner(settings, monkeypatch):
     # Pub/Sub at a loopback port where nothing listens: every call is refused, as with a stopped emulator.
     dead = settings.model_copy(update={"messaging": settings.messaging.model_copy(
         update={"emulator_host": f"127.0.0.1:{free_port()}"})})
     monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: dead)
     runner = CliRunner()
     return lambda *args: runner.invoke(feedback_cli.app, list(args))
+
+
+@pytest.fixture
+def run(settings, monkeypatch):
+    return _runner(settings, monkeypatch)
 
 
 def test_an_unreachable_pubsub_is_exit_1_naming_it_after_the_retry_budget(run):
@@ -36,9 +40,11 @@ def test_a_sigterm_while_pubsub_is_unreachable_ends_the_sink_at_once_with_exit_0
     --pubsub-retry-s after a SIGTERM, then exited 1 saying "restart the sink later". A real process on a fresh home,
     Pub/Sub at a loopback port where nothing listens."""
     import json
+    import queue
     import signal
     import subprocess
     import sys
+    import threading
     import time
     from pathlib import Path
 
@@ -48,22 +54,37 @@ def test_a_sigterm_while_pubsub_is_unreachable_ends_the_sink_at_once_with_exit_0
     tenfold = str(Path(sys.executable).with_name("tenfold"))
     proc = subprocess.Popen([tenfold, "feedback", "sink", "--pubsub-retry-s", "120"], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: queue.Queue[str | None] = queue.Queue()  # its stderr, line by line (None at its end), read with a deadline
+
+    def pump() -> None:
+        for line in proc.stderr or ():
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    seen: list[str] = []
     try:
-        assert proc.stderr is not None
-        seen = []
-        for line in proc.stderr:  # retrying: the signal handlers are in place, the sink is in its retry loop
+        # Two retries of the pull: the signal handlers are in place, and the sink went on retrying after its first
+        # pause, so the SIGTERM comes while it waits to retry Pub/Sub (the case), not before the retry loop.
+        deadline = time.monotonic() + 60
+        while sum(line.startswith("Pub/Sub could not pull") for line in seen) < 2:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise AssertionError(f"the sink did not retry Pub/Sub twice within 60 s: {''.join(seen)}") from None
+            if line is None:
+                raise AssertionError(f"the sink ended before retrying twice: {''.join(seen)}")
             seen.append(line)
-            if line.startswith("Pub/Sub could not pull"):
-                break
-        else:
-            raise AssertionError(f"the sink ended before retrying: {''.join(seen)}")
-        time.sleep(2)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        out = proc.stdout.read() if proc.stdout is not None else ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    reader.join(timeout=10)
+    err = "".join(seen) + "".join(line for line in iter(lines.get_nowait, None))
     assert proc.returncode == 0, err
     assert json.loads(out)["sink"]["predictions"]["acked"] == 0
 
@@ -333,53 +354,42 @@ def test_join_and_metrics_on_a_gs_lake_without_credentials_say_how_to_log_in(run
     assert "google::cloud::Status" not in result.output
 
 
-def _full_disk(disk):
-    """A step that writes a Parquet file on a full disk (the small tmpfs, filled): pyarrow's own ENOSPC, which names
-    no file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def fail(*args, **kwargs):
-        disk.fill(leave=4 * 1024)
-        pq.write_table(pa.table({"blob": [os.urandom(64 * 1024)]}), str(disk.path / "part-00000.parquet"))
-        raise AssertionError("the write on a full disk succeeded")
-
-    return fail
-
-
-@pytest.mark.parametrize("command", [["join"], ["metrics", "--last", "1h"], ["sink", "--once"]])
-def test_a_full_disk_says_so_and_to_free_space(run, settings, monkeypatch, small_disk, command):
+@pytest.mark.parametrize(("command", "said"), [
+    (["join"], "Error writing bytes to file. Detail: [errno 28] No space left on device"),
+    # No window: the join runs (and publishes) first. With one (--last 1h) it joins in memory and writes nothing.
+    (["metrics"], "Error writing bytes to file. Detail: [errno 28] No space left on device"),
+    # The sink gives up after write_retry_s with a SinkError made of its probe's ENOSPC: said as a full disk too.
+    (["sink", "--once"], None),
+], ids=["join", "metrics", "sink"])
+def test_a_full_disk_says_so_and_to_free_space(monkeypatch, small_disk, command, said):
     """A full disk ended `join`, `metrics` and `sink` with `error: [Errno 28] Error writing bytes to file. Detail:
-    [errno 28] No space left on device` (pyarrow's writer names no file) and no word of what to do. A real full disk:
-    the step writes its Parquet file on a small filled tmpfs."""
-    from tenfold.feedback import metrics, sink, upsert
+    [errno 28] No space left on device` (pyarrow's writer names no file) and no word of what to do. A real full disk
+    and the real commands: TENFOLD_HOME (the lake under it) on a small tmpfs, a month landed in its logs, then the
+    disk filled."""
+    import functools
 
-    if command[0] == "join":
-        monkeypatch.setattr(upsert, "join", _full_disk(small_disk))
-    elif command[0] == "metrics":
-        monkeypatch.setattr(metrics, "online_metrics", _full_disk(small_disk))
-    else:
-        class FullSink:
-            stats = None
+    from tenfold.config import build_settings
+    from tenfold.feedback import sink
 
-            def __init__(self, *args, **kwargs):
-                pass
+    from .conftest import Logs
 
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            poll_once = _full_disk(small_disk)
-
-        monkeypatch.setattr(sink, "FeedbackSink", FullSink)
+    on_disk = build_settings("local", {"TENFOLD_HOME": str(small_disk.path)})
+    run = _runner(on_disk, monkeypatch)
+    # The sink retries a refused lake write for write_retry_s (120 s), which no option of the command nor setting sets.
+    monkeypatch.setattr(sink, "SinkOptions", functools.partial(sink.SinkOptions, write_retry_s=0.5))
+    logs = Logs(on_disk)
+    logs.predictions(prediction("a", p=0.8))
+    logs.feedback(feedback("a", 1))
+    small_disk.fill()
     result = run(*command)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert result.output.startswith(f"error: `tenfold feedback {command[0]}` cannot go on: the disk it was writing to "
-                                    "is full ("), result.output
-    assert f"free space there (`df -h {settings.local.home}`" in result.output, result.output
-    assert "[Errno 28]" not in result.output.split("(", 1)[0], result.output
+    head = f"error: `tenfold feedback {command[0]}` cannot go on: the disk it was writing to is full ("
+    tail = f"); free space there (`df -h {small_disk.path}` shows TENFOLD_HOME's disk), then run the command again\n"
+    assert result.output.startswith(head) and result.output.endswith(tail), result.output
+    what = result.output[len(head):-len(tail)]  # what the system said: one line, ENOSPC
+    assert "No space left on device" in what and "\n" not in what, result.output
+    if said is not None:
+        assert what == said, result.output
 
 
 def test_dead_letters_without_credentials_says_how_to_log_in_not_check_the_network(settings, monkeypatch,

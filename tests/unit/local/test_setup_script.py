@@ -554,7 +554,8 @@ def test_an_npm_install_cut_short_is_not_trusted_beside_its_old_stamp(tmp_path: 
 def test_data_docs_assets_with_a_package_gone_are_installed_again_though_their_stamp_matches(tmp_path: Path) -> None:
     """jquery deleted from .tools/datadocs-assets/node_modules beside a current stamp: setup trusted the stamp, while the
     Data Docs warned "jquery@3.7.1 (not installed) ... Run `make setup`". Setup now asks the Data Docs' own check
-    (missing_assets, run by this venv's Python) and installs again only where it finds something missing."""
+    (missing_assets, src/tenfold/quality/datadocs_assets.py loaded by its path: no import of Great Expectations) and
+    installs again only where it finds something missing."""
     from tenfold.quality.datadocs import ASSETS, missing_assets
 
     bin_dir = _tools_but(tmp_path, "uv", "npm")
@@ -567,7 +568,10 @@ def test_data_docs_assets_with_a_package_gone_are_installed_again_though_their_s
     setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt",
                              *(f"requirements/npm/{t}/{f}" for t in tools for f in ("package.json", "package-lock.json")))
     _usable_venvs(tree)
-    python = tree / ".venv" / "bin" / "python"  # one that imports tenfold: this test's
+    checker = "src/tenfold/quality/datadocs_assets.py"  # what setup loads by its path to ask what is missing
+    (tree / checker).parent.mkdir(parents=True)
+    shutil.copy(project_root() / checker, tree / checker)
+    python = tree / ".venv" / "bin" / "python"  # a real one: this test's
     python.unlink()
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
