@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tenfold.data.lake import REFUSING, FileEntry, Lake, Manifest, Partition
+from tenfold.data.lake import MANIFEST, PUBLISH_LOCK, REFUSING, FileEntry, Lake, Manifest, Partition
 
 TABLE = "trips"
 PART = Partition(2013, 6)
@@ -333,6 +333,18 @@ def _stage(folder: Path, version: int) -> Path:
     return folder
 
 
+def _assert_only_the_published(lake_dir: Path, where: str) -> None:
+    """The partition folder holds the manifest, the writer lock and the one data folder the manifest names, which holds
+    exactly the files it lists: no half-written ``.tmp-`` file or replaced folder that a killed publish left behind
+    (readers never see them, so only a listing shows the clean-up skipped them)."""
+    lake = Lake(lake_dir.as_uri())
+    manifest = lake.read_manifest(TABLE, PART)
+    folder = Path(lake.partition_path(TABLE, PART))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, PUBLISH_LOCK, manifest.data_dir]), where
+    assert sorted(p.name for p in (folder / manifest.data_dir).iterdir()) == sorted(f.name for f in manifest.files), \
+        where
+
+
 def sweep(zygote: Zygote, variant: str, work: Path, *, stop_at_first_violation: bool = False,
           retry: bool = False) -> Sweep:
     """Kill a publish of version 2 over version 1 at every pause point in turn; a fresh lake copy for each."""
@@ -365,6 +377,7 @@ def sweep(zygote: Zygote, variant: str, work: Path, *, stop_at_first_violation: 
         if retry and seen in ("old", "new"):  # the task's retry: the same publish again, unkilled
             Lake(lake_dir.as_uri()).publish(TABLE, PART, staged, run_id="retry")
             assert observe(lake_dir) == "new", f"point {k}: a retry after the kill did not publish the new content"
+            _assert_only_the_published(lake_dir, f"point {k} ({result.outcomes[-1][1]}): after the retry")
         shutil.rmtree(lake_dir)
         if stop_at_first_violation and result.violations:
             break
@@ -490,6 +503,7 @@ def test_a_withdrawal_killed_at_any_step_keeps_the_batch_and_its_reason(zygote: 
     staged_new = str(_stage(tmp_path / "staged-new", 2))
     kept = {WITHDRAW_KEY: ("old", WITHDRAW_REASON["why"], "old")}
     unpublished_at: list[str] = []
+    marked_at: list[str] = []  # where the kill left the verdict (_REFUSING.json) on disk
     for k in range(1, 100):
         # The withdrawal's retry (the reader's, naming the folder it found corrupt) finishes it.
         retried = tmp_path / f"retried-{k}"
@@ -508,15 +522,22 @@ def test_a_withdrawal_killed_at_any_step_keeps_the_batch_and_its_reason(zygote: 
         killed = tmp_path / f"killed-{k}"
         _kill_withdrawal(zygote, template, killed, k, withdrawn)
         still_published = Lake(killed.as_uri()).has_manifest(TABLE, PART)
+        marked = any(killed.rglob(REFUSING))  # the verdict on disk: in the data folder, or moved with it to quarantine
+        if marked:
+            marked_at.append(at)
         Lake(killed.as_uri()).publish(TABLE, PART, staged_new, run_id="next")
         assert observe(killed) == "new", f"point {k} ({at})"
-        # A kill before the verdict was written left the month published, and the publish replaced it as usual; a kill
-        # after the whole folder moved left its reason in the quarantine folder's _REFUSING.json (the retry finishes
-        # it): neither shows here as a batch lost.
+        # A kill before the verdict was written left the month published, and the publish replaced it as usual. Once
+        # the verdict is written, even with the manifest still there, the publish's clean-up must move the folder to
+        # quarantine with its reason, never delete it with its evidence; a kill after the whole folder moved left its
+        # reason in the quarantine folder's _REFUSING.json (the retry finishes it).
         quarantined = _quarantined(killed)
-        assert quarantined == kept or (still_published and quarantined == {}) \
-            or (quarantined == {WITHDRAW_KEY: ("old", None, None)} and _quarantined(killed, REFUSING) == kept), \
-            f"point {k} ({at}): after the next publish: {quarantined}"
+        if marked:
+            assert quarantined == kept or (not still_published and quarantined == {WITHDRAW_KEY: ("old", None, None)}
+                                           and _quarantined(killed, REFUSING) == kept), \
+                f"point {k} ({at}): the verdict was written, and after the next publish: {quarantined}"
+        else:
+            assert still_published and quarantined == {}, f"point {k} ({at}): after the next publish: {quarantined}"
         shutil.rmtree(killed)
         shutil.rmtree(retried)
     else:
@@ -525,6 +546,9 @@ def test_a_withdrawal_killed_at_any_step_keeps_the_batch_and_its_reason(zygote: 
     # data folder not moved yet.
     assert unpublished_at and unpublished_at[0].startswith(f"move <lake>/trips/year=2013/month=6/{withdrawn} -> "), \
         unpublished_at
+    # And the one where only the verdict tells the next publish's clean-up that the folder is withdrawn: written, the
+    # manifest not removed yet.
+    assert marked_at and marked_at[0] == "delete_file <lake>/trips/year=2013/month=6/_SUCCESS", marked_at
     assert k >= 10, k
 
 
