@@ -431,8 +431,12 @@ def test_a_heartbeat_whose_write_landed_unanswered_keeps_its_lock(local_settings
         blob = client.bucket(bucket).blob(name)
         blob.upload_from_string(blob.download_as_bytes())  # the same content, a new generation
         rewritten = blob.generation
-        time.sleep(1.5)  # a heartbeat comes round, finds the generation moved and the object its own, beats again
-        assert client.bucket(bucket).get_blob(name).generation != rewritten, "no heartbeat refreshed it after the rewrite"
+        # A heartbeat comes round (every 0.5 s at this stale age), finds the generation moved and the object its own,
+        # and the next one beats again: a new generation within a few beats; ten seconds is room for a slow machine.
+        deadline = time.monotonic() + 10
+        while client.bucket(bucket).get_blob(name).generation == rewritten:
+            assert time.monotonic() < deadline, "no heartbeat refreshed it after the rewrite"
+            time.sleep(0.1)
     assert client.bucket(bucket).get_blob(name) is None  # released: it deleted its own object
 
 

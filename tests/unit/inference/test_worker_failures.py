@@ -481,10 +481,13 @@ def test_a_worker_holds_no_more_bytes_than_max_bytes_and_one_message(make_settin
     settings = make_settings(inference={"max_bytes": 1024, "handler_threads": 1})
     stop, release = threading.Event(), threading.Event()
     asked: list[int] = []
+    pulled = threading.Condition()
 
     class Client:
         def pull(self, request: dict[str, Any], timeout: float, retry: Any) -> Any:
-            asked.append(request["max_messages"])
+            with pulled:
+                asked.append(request["max_messages"])
+                pulled.notify_all()
             received = [type("Received", (), {"ack_id": f"a{len(asked)}-{n}", "delivery_attempt": 1, "message": type(
                 "Message", (), {"message_id": f"m{len(asked)}-{n}", "data": b"x" * 600, "attributes": {}})()})()
                 for n in range(request["max_messages"])]
@@ -496,18 +499,30 @@ def test_a_worker_holds_no_more_bytes_than_max_bytes_and_one_message(make_settin
     worker = Worker(settings)
     worker.handle = lambda delivery: release.wait(10)  # type: ignore[method-assign,assignment,return-value]
     puller = worker_mod._Puller(Client(), "projects/p/subscriptions/s", worker, lease_s=60, deadline_s=60)
+
+    def held() -> int:
+        with puller.cond:
+            return sum(d.size for d in puller.in_hand.values())
+
     runner = threading.Thread(target=puller.run, args=(stop,))
     runner.start()
     try:
-        time.sleep(0.5)  # many pull rounds (poll_s is 0.2 s at most): it stops pulling once max_bytes is in hand
-        held = sum(d.size for d in puller.in_hand.values())
+        deadline = time.monotonic() + 10
+        while held() < settings.inference.max_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Full: the pull loop wakes every poll_s to look again, so a pull it should not make comes within one of
+        # them; five rounds without one show that it stopped pulling.
+        with pulled:
+            pulls = len(asked)
+            assert not pulled.wait_for(lambda: len(asked) > pulls, timeout=5 * puller.poll_s), asked
+        in_hand = held()
     finally:
         stop.set()
         runner.join(10)
         release.set()
         puller.close(timeout=1)
     assert settings.inference.max_messages == 8
-    assert 1024 <= held <= 1024 + 600, (held, asked)
+    assert 1024 <= in_hand <= 1024 + 600, (in_hand, asked)
     assert asked == [1, 1]
 
 

@@ -278,7 +278,8 @@ def test_a_month_all_in_one_of_many_equal_categories_drifts() -> None:
     bucket = measure_categorical("tailnum_bucket", reference, pa.array(["0"] * 250), policy)
     assert bucket.psi > 9 and bucket.p_value < 1e-10 and bucket.level == "drift"
     same = measure_categorical("tailnum_bucket", reference, pa.array([str(i % 64) for i in range(250)]), policy)
-    assert same.level != "drift" and same.p_value > 0.5
+    # Spread over every bucket as the reference is (3 or 4 rows each): neither drift nor worth reporting.
+    assert same.level == "ok" and same.psi < policy.psi_report and same.p_value > 0.5
 
 
 def test_a_month_that_pools_to_one_cell_gets_an_exact_test_not_p_1() -> None:
@@ -322,7 +323,8 @@ def test_one_new_category_row_in_a_small_month_drawn_from_the_reference_does_not
     month = [str(i) for i in rng.choice(105, 200, p=p)] + ["NEW"]
     dest = measure_categorical("dest", reference, pa.array(month), policy)
     assert dest.psi >= policy.psi_drift  # the PSI does not save a month this small
-    assert dest.level != "drift" and dest.p_value > policy.alpha / policy.tests
+    # Reported (PSI over psi_report), not drift: the test does not reject at alpha / tests.
+    assert dest.level == "report" and dest.p_value > policy.alpha / policy.tests
 
 
 def test_alpha_bounds_a_months_false_retrain_across_the_triggering_features() -> None:
