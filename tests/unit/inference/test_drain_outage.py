@@ -1,65 +1,125 @@
-"""A drain of the requests' dead letters that meets a store outage part-way hands back what it did not record."""
+"""A drain of the requests' dead letters that meets a store outage part-way hands back what it did not record.
+
+Everything is real: the dead letters wait on the session's Pub/Sub emulator (a topology of the test's own), the store
+is on a small tmpfs that is full (ENOSPC), and Pub/Sub going away is a relay that drops the client's connection."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from types import SimpleNamespace
+import contextlib
+import errno
+import socket
+import threading
 
 import pyarrow as pa
 import pytest
 
+from tenfold.config import Settings
 from tenfold.inference.requests import ScoringRequest, request_id
+from tenfold.inference.store import RunStore
 from tenfold.storage import FileObjects
+from tests.unit.inference.test_requests_and_store import _dead_letters, _waiting
 
 
-class _Subscriber:
-    """One batch of three dead letters of run-1 (ack ids ack-0..ack-2), then none; records acks and give-backs."""
+class _CutAtGiveBack:
+    """A TCP relay on loopback to the Pub/Sub emulator (``target``, host and port), through which a subscriber client
+    reaches it until the client sends a ModifyAckDeadline request for ``subscription`` (a path): that request never
+    reaches the emulator, and the relay closes every connection it carries and refuses new ones (Pub/Sub gone from
+    this machine's view just when the drain hands its dead letters back). The request is told apart by its bytes: a
+    serialized ModifyAckDeadlineRequest is the subscription (field 1) followed by the ack ids (field 4, tag 0x22); an
+    AcknowledgeRequest's ack ids are field 2 (tag 0x12) and a PullRequest has none."""
 
-    def __init__(self, requests: list[ScoringRequest], *, give_back_fails: bool = False) -> None:
-        self.batches = [[SimpleNamespace(ack_id=f"ack-{n}", message=SimpleNamespace(
-            attributes=r.attributes(), data=r.encode(), message_id=f"m-{n}")) for n, r in enumerate(requests)]]
-        self.acked: list[str] = []
-        self.given_back: list[tuple[list[str], int]] = []
-        self.give_back_fails = give_back_fails
+    def __init__(self, target: tuple[str, int], subscription: str) -> None:
+        path = subscription.encode()
+        assert len(path) < 128  # its length is one byte of varint
+        self.trigger = b"\x0a" + bytes([len(path)]) + path + b"\x22"
+        self.target, self.conns, self.cut_ = target, [], threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def pull(self, request: dict[str, object], **_: object) -> SimpleNamespace:
-        return SimpleNamespace(received_messages=self.batches.pop(0) if self.batches else [])
+    def _accept(self) -> None:
+        while not self.cut_.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
-    def acknowledge(self, request: dict[str, list[str]], **_: object) -> None:
-        self.acked += request["ack_ids"]
+    def _pipe(self, a: socket.socket, b: socket.socket, watch: bool) -> None:
+        tail = b""
+        try:
+            while data := a.recv(65536):
+                if watch and self.trigger in tail + data:  # (tail: a trigger split between two reads)
+                    self.cut()
+                    return
+                tail = (tail + data)[-len(self.trigger):]
+                b.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
 
-    def modify_ack_deadline(self, request: dict[str, object], **_: object) -> None:
-        from google.api_core.exceptions import ServiceUnavailable
-
-        if self.give_back_fails:
-            raise ServiceUnavailable("Pub/Sub is away too")
-        self.given_back.append((list(request["ack_ids"]), request["ack_deadline_seconds"]))  # type: ignore[call-overload]
+    def cut(self) -> None:
+        self.cut_.set()
+        with contextlib.suppress(OSError):  # a close alone leaves a socket blocked in accept() listening
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 @pytest.mark.parametrize("give_back_fails", [False, True])
 def test_a_drain_stopped_by_a_store_outage_hands_back_the_dead_letters_it_did_not_record(
-        tmp_path: Path, give_back_fails: bool) -> None:
-    """They were left leased: invisible for the dead-letter subscription's ack deadline (600 s in the cloud), so the
-    wait's next drains, and a retried publish's drain before it resends, could not see them. A give-back that fails
-    too is only logged: the store's outage is what the drain raises."""
-    from google.api_core.exceptions import ServiceUnavailable
-
-    from tenfold.config import build_settings
+        own_topology: Settings, small_disk, caplog: pytest.LogCaptureFixture, give_back_fails: bool) -> None:
+    """They were left leased: invisible for the dead-letter subscription's ack deadline (120 s for the requests'), so
+    the wait's next drains, and a retried publish's drain before it resends, could not see them. A give-back that fails
+    too (Pub/Sub away as well) is only logged: the store's outage is what the drain raises, and the dead letters come
+    back once their lease ends. With room for one record the first dead letter is recorded and acknowledged before
+    the disk is full; where the give-back fails the disk is full from the start, as an acknowledgement of a record made
+    would fail too (and raise Pub/Sub's error instead)."""
     from tenfold.inference.runs import drain_dead_letters
+    from tenfold.messaging.clients import subscriber_client, subscription_path
 
+    settings = own_topology
     requests = [ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", n), partition="2013-07",
                                model_version="v", rows=pa.table({"k": [n]})) for n in range(3)]
-    objects = FileObjects(tmp_path)
-    real_put = objects.put
+    ids = {r.request_id: _dead_letters(settings, r.encode(), r.attributes())[0] for r in requests}  # message ids
+    root = small_disk.path / "work"
+    (root / "run-1" / "dead_letters").mkdir(parents=True)
+    store = RunStore(FileObjects(root), "run-1")
+    small_disk.fill(leave=0 if give_back_fails else 4096)  # a page: one record of a few hundred bytes
 
-    def outage_on_the_second(name: str, data: bytes) -> None:
-        if requests[1].request_id in name:
-            raise ServiceUnavailable("the store is away")
-        real_put(name, data)
+    relay, client = None, None  # the drain's own client, straight to the emulator
+    if give_back_fails:  # a client of the relay's, which Pub/Sub goes away from at the give-back
+        host, port = (settings.messaging.emulator_host or "").rsplit(":", 1)
+        relay = _CutAtGiveBack((host, int(port)), subscription_path(
+            settings, settings.messaging.subscriptions["requests"].dead_letter_subscription))
+        client = subscriber_client(settings.model_copy(update={"messaging": settings.messaging.model_copy(
+            update={"emulator_host": f"127.0.0.1:{relay.port}"})}))
+    try:
+        with pytest.raises(OSError) as raised:
+            drain_dead_letters(settings, subscriber=client, objects=store.objects)
+    finally:
+        if relay is not None and client is not None:
+            client.close()
+            relay.cut()
+    assert raised.value.errno == errno.ENOSPC, raised.value  # the store's outage, whatever Pub/Sub did
+    recorded = store.dead_letter_ids()
+    left = sorted(mid for rid, mid in ids.items() if rid not in recorded)
+    if relay is not None:
+        assert relay.cut_.is_set() and recorded == [] and "could not hand back 3 dead letter(s)" in caplog.text
+        assert _waiting(settings) == []  # still leased: the give-back never reached Pub/Sub
+    else:
+        assert len(recorded) == 1 and len(left) == 2  # recorded before the outage
+        assert _waiting(settings) == left  # handed back: deliverable at once
+    assert _waiting(settings, leased=True) == left  # what was recorded was acknowledged, nothing else
 
-    objects.put = outage_on_the_second  # type: ignore[method-assign]
-    subscriber = _Subscriber(requests, give_back_fails=give_back_fails)
-    with pytest.raises(ServiceUnavailable, match="the store is away"):
-        drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
-    assert subscriber.acked == ["ack-0"]  # recorded before the outage
-    assert subscriber.given_back == ([] if give_back_fails else [(["ack-1", "ack-2"], 0)])
+    small_disk.free()  # the store is back: the next drain records the rest, in their run
+    assert sorted(drain_dead_letters(settings, objects=store.objects)) == sorted(
+        ("run-1", rid) for rid, mid in ids.items() if mid in left)
+    assert store.dead_letter_ids() == sorted(ids) and _waiting(settings, leased=True) == []

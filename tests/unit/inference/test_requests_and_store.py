@@ -1,5 +1,6 @@
-"""Request ids, the request codec and the run store's create-if-absent results (file:// and gs:// on the
-session's GCS emulator through the real storage client)."""
+"""Request ids, the request codec, the run store's create-if-absent results (file:// and gs:// on the
+session's GCS emulator through the real storage client), and the drain of the requests' dead letters (real ones on the
+session's Pub/Sub emulator, under a topology of the test's own, pulled and acknowledged by the real client)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from tenfold.config import Settings
 from tenfold.inference.requests import RequestError, ScoringRequest, decode, plan_batches, record_id, request_id
 from tenfold.inference.runs import Accounting, InferenceRunError, check_invariant
 from tenfold.inference.store import RunStore
@@ -224,166 +227,184 @@ def test_no_record_name_leaves_the_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "escape.json").exists() and not (tmp_path / "work").exists()
 
 
-def test_a_dead_letter_whose_request_id_cannot_name_a_file_is_recorded_and_acked_with_the_rest(tmp_path: Path) -> None:
-    """Attributes are whatever the publisher set: a 300-character request id (OSError: File name too long) used
-    to fail every drain, with the good dead letter pulled beside it never acknowledged."""
-    from types import SimpleNamespace
+def _dead_letters(settings: Settings, data: bytes, *attributes: dict[str, str]) -> list[str]:
+    """Put one dead letter per ``attributes`` (body ``data``) on the requests' dead-letter subscription of the session's
+    Pub/Sub emulator, as Pub/Sub's dead-lettering leaves it: published to the dead-letter topic with the attributes it
+    adds (the delivery count, which the drain records, and the subscription the message came from). Returns their
+    message ids, in order (Pub/Sub gives a dead letter an id of its own)."""
+    from tenfold.inference.runs import DEAD_LETTER_COUNT
+    from tenfold.messaging.clients import publisher_client, topic_path
 
-    from tenfold.config import build_settings
-    from tenfold.inference.runs import drain_dead_letters
+    sub = settings.messaging.subscriptions["requests"]
+    added = {DEAD_LETTER_COUNT: str(sub.max_delivery_attempts), "CloudPubSubDeadLetterSourceSubscription": sub.name,
+             "CloudPubSubDeadLetterSourceSubscriptionProject": settings.project_id}
+    publisher = publisher_client(settings)
+    try:
+        futures = [publisher.publish(topic_path(settings, sub.dead_letter_topic), data, **{**added, **attrs})
+                   for attrs in attributes]
+        return [future.result(timeout=30) for future in futures]
+    finally:
+        publisher.stop()
+
+
+def _waiting(settings: Settings, *, leased: bool = False) -> list[str]:
+    """The message ids (sorted) of the dead letters a pull of the requests' dead-letter subscription gets now; with
+    ``leased``, of every one not acknowledged, those a drain pulled and left leased included: the subscription is sought
+    to a snapshot of itself, which keeps exactly the unacknowledged ones and makes them deliverable at once (a leased
+    message otherwise stays invisible for the subscription's 120 s ack deadline, as an acknowledged one does). Each is
+    handed back after (deadline 0), so a drain after this sees it."""
+    from tenfold.messaging.clients import subscriber_client, subscription_path
+
+    path = subscription_path(settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)
+    client = subscriber_client(settings)
+    try:
+        if leased:
+            snapshot = f"projects/{settings.project_id}/snapshots/left-{uuid.uuid4().hex[:8]}"
+            client.create_snapshot(request={"name": snapshot, "subscription": path})
+            client.seek(request={"subscription": path, "snapshot": snapshot})
+            client.delete_snapshot(request={"snapshot": snapshot})
+        pulled: list[Any] = []
+        # the emulator may answer a pull with part of what it holds: pulled until it answers with none
+        while got := client.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True},
+                                 timeout=30).received_messages:
+            pulled += got
+        if pulled:
+            client.modify_ack_deadline(request={"subscription": path, "ack_ids": [r.ack_id for r in pulled],
+                                                "ack_deadline_seconds": 0})
+        return sorted(r.message.message_id for r in pulled)
+    finally:
+        client.close()
+
+
+def test_a_dead_letter_whose_request_id_cannot_name_a_file_is_recorded_and_acked_with_the_rest(
+        own_topology: Settings, tmp_path: Path) -> None:
+    """Attributes are whatever the publisher set: a 300-character request id (OSError: File name too long) used
+    to fail every drain, with the good dead letter pulled beside it never acknowledged. (Real dead letters on the
+    session's Pub/Sub emulator, drained by the real client: what the drain acknowledged is gone from the
+    subscription.)"""
+    from tenfold.inference.runs import DEAD_LETTER_COUNT, drain_dead_letters
 
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     odd = {**good.attributes(), "request_id": "x" * 300}
-
-    def delivery(attrs: dict[str, str], message_id: str, ack_id: str) -> SimpleNamespace:
-        return SimpleNamespace(ack_id=ack_id, message=SimpleNamespace(attributes=attrs, data=good.encode(),
-                                                                      message_id=message_id))
-
-    class Subscriber:
-        def __init__(self) -> None:
-            self.batches = [[delivery(good.attributes(), "101", "ack-good"), delivery(odd, "102", "ack-odd")]]
-            self.acked: list[str] = []
-
-        def pull(self, request: dict[str, object], **_: object) -> SimpleNamespace:
-            return SimpleNamespace(received_messages=self.batches.pop(0) if self.batches else [])
-
-        def acknowledge(self, request: dict[str, list[str]], **_: object) -> None:
-            self.acked += request["ack_ids"]
-
-    subscriber, objects = Subscriber(), FileObjects(tmp_path)
-    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    _dead_letters(own_topology, good.encode(), good.attributes(), odd)
+    objects = FileObjects(tmp_path)
+    seen = drain_dead_letters(own_topology, objects=objects)
     named = record_id(odd, good.encode())
-    assert named.startswith("message-") and named == record_id({**odd, "CloudPubSubDeadLetterSourceDeliveryCount": "5"},
+    assert named.startswith("message-") and named == record_id({**odd, DEAD_LETTER_COUNT: "5"},
                                                                 good.encode())  # what Pub/Sub adds changes nothing
     assert set(seen) == {("run-1", named), ("run-1", good.request_id)}
-    assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
+    assert _waiting(own_topology, leased=True) == []  # both acknowledged
     record = RunStore(objects, "run-1").dead_letter(named)
     assert record is not None and record["attributes"]["request_id"] == "x" * 300  # what it said is kept
-
-
-class _DeadLetterSubscriber:
-    """The dead-letter subscription's client: one batch of ``messages`` (attributes, message id, ack id), then none."""
-
-    def __init__(self, data: bytes, *messages: tuple[dict[str, str], str, str]) -> None:
-        from types import SimpleNamespace
-
-        self.batches = [[SimpleNamespace(ack_id=ack, message=SimpleNamespace(attributes=attrs, data=data, message_id=mid))
-                         for attrs, mid, ack in messages]]
-        self.acked: list[str] = []
-
-    def pull(self, request: dict[str, object], **_: object) -> object:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(received_messages=self.batches.pop(0) if self.batches else [])
-
-    def acknowledge(self, request: dict[str, list[str]], **_: object) -> None:
-        self.acked += request["ack_ids"]
+    assert record["delivery_attempts"] == 5  # Pub/Sub's count, the worker having recorded none
 
 
 @pytest.mark.parametrize("run", ["x" * 300, "run\x00nul"])
 def test_a_dead_letter_whose_run_cannot_name_a_folder_is_recorded_as_unknown_run_and_acked_with_the_rest(
-        tmp_path: Path, run: str) -> None:
+        own_topology: Settings, tmp_path: Path, run: str) -> None:
     """A 300-character run (OSError: File name too long) or one no file can be named by failed every drain before
     its ack, and so every later one (each run's score task drains first): the good dead letter beside it was never
     acknowledged."""
-    from tenfold.config import build_settings
     from tenfold.inference.runs import drain_dead_letters
 
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     odd = {**good.attributes(), "run": run, "request_id": request_id("other", "2013-07", 0)}
-    subscriber = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack-good"), (odd, "102", "ack-odd"))
+    _dead_letters(own_topology, good.encode(), good.attributes(), odd)
     objects = FileObjects(tmp_path)
-    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    seen = drain_dead_letters(own_topology, objects=objects)
     assert set(seen) == {("run-1", good.request_id), ("unknown-run", odd["request_id"])}
-    assert sorted(subscriber.acked) == ["ack-good", "ack-odd"]
+    assert _waiting(own_topology, leased=True) == []  # both acknowledged
     record = RunStore(objects, "unknown-run").dead_letter(odd["request_id"])
     assert record is not None and record["run"] == "unknown-run" and record["attributes"]["run"] == run
     assert RunStore(objects, "run-1").dead_letter(good.request_id) is not None
 
 
-def test_a_second_dead_letter_of_a_copy_sent_before_a_replay_leaves_the_replay_in_flight(tmp_path: Path) -> None:
+def test_a_second_dead_letter_of_a_copy_sent_before_a_replay_leaves_the_replay_in_flight(
+        own_topology: Settings, tmp_path: Path) -> None:
     """Pub/Sub may dead-letter one message more than once: the original copy, dead-lettered again after `tenfold dlq
     replay` had sent copy 1, was recorded afresh as not replayed, so the run counted the request dead-lettered while
     copy 1 was in flight (score ended early, publish_results refused the month or left its rows out). A dead letter
     of copy 1 itself is still counted."""
-    from tenfold.config import build_settings
     from tenfold.inference.runs import account, drain_dead_letters, mark_replayed
 
-    settings, objects = build_settings("local"), FileObjects(tmp_path)
+    settings, objects = own_topology, FileObjects(tmp_path)
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     rid, store = good.request_id, RunStore(objects, "run-1")
-    original = {**good.attributes(), "CloudPubSubDeadLetterSourceDeliveryCount": "5"}  # no replay attribute
+    original = good.attributes()  # no replay attribute
 
-    def drain(attrs: dict[str, str], message_id: str) -> list[tuple[str, str]]:
-        subscriber = _DeadLetterSubscriber(good.encode(), (attrs, message_id, f"ack-{message_id}"))
-        seen = drain_dead_letters(settings, subscriber=subscriber, objects=objects)
-        assert subscriber.acked == [f"ack-{message_id}"]  # acknowledged, recorded or not
+    def drain(attrs: dict[str, str]) -> list[tuple[str, str]]:
+        _dead_letters(settings, good.encode(), attrs)
+        seen = drain_dead_letters(settings, objects=objects)
+        assert _waiting(settings, leased=True) == []  # acknowledged, recorded or not
         return seen
 
-    assert drain(original, "101") == [("run-1", rid)]
+    assert drain(original) == [("run-1", rid)]
     assert account(store, [rid]).dead_lettered == (rid,)
     mark_replayed(store, rid, store.dead_letter(rid) or {}, by="replay", replay=1)  # what `tenfold dlq replay` marks
     assert account(store, [rid]).dead_lettered == ()
 
-    stale = drain(original, "102")  # the original copy, dead-lettered a second time
+    stale = drain(original)  # the original copy, dead-lettered a second time
     assert account(store, [rid]).dead_lettered == ()  # copy 1 is still in flight
     record = store.dead_letter(rid) or {}
     assert (record["replayed"], record["times_dead_lettered"], stale) == (True, 1, [])
 
-    assert drain({**original, "replay": "1"}, "103") == [("run-1", rid)]  # copy 1 itself dead-lettered
+    assert drain({**original, "replay": "1"}) == [("run-1", rid)]  # copy 1 itself dead-lettered
     record = store.dead_letter(rid) or {}
     assert (record["replayed"], record["times_dead_lettered"]) == (False, 2)
     assert account(store, [rid]).dead_lettered == (rid,)
 
 
-def test_a_dead_letter_of_the_copy_a_run_publishes_again_counts_and_one_of_the_original_does_not(tmp_path: Path) -> None:
+def test_a_dead_letter_of_the_copy_a_run_publishes_again_counts_and_one_of_the_original_does_not(
+        own_topology: Settings, tmp_path: Path) -> None:
     """A run's publish sent the original request again without a replay number: a second dead letter of the original
     copy (Pub/Sub may dead-letter a message twice) then counted the request dead while the new copy was in flight, and
     the run ended without it. The copy a publish sends again carries its number, as `tenfold dlq replay`'s does."""
-    from tenfold.config import build_settings
     from tenfold.inference.requests import REPLAY
     from tenfold.inference.runs import account, drain_dead_letters, resend_dead_letters
 
-    settings, objects = build_settings("local"), FileObjects(tmp_path)
+    settings, objects = own_topology, FileObjects(tmp_path)
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     rid, store = good.request_id, RunStore(objects, "run-1")
-    original = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack"))
-    assert drain_dead_letters(settings, subscriber=original, objects=objects) == [("run-1", rid)]
+    _dead_letters(settings, good.encode(), good.attributes())
+    assert drain_dead_letters(settings, objects=objects) == [("run-1", rid)]
     assert resend_dead_letters(store, [rid], by="publish") == {rid: 1}
-    again = _DeadLetterSubscriber(good.encode(), (good.attributes(), "101", "ack"))  # the original, dead-lettered twice
-    assert drain_dead_letters(settings, subscriber=again, objects=objects) == []
+    _dead_letters(settings, good.encode(), good.attributes())  # the original, dead-lettered twice
+    assert drain_dead_letters(settings, objects=objects) == []
     assert account(store, [rid]).dead_lettered == ()  # the new copy is in flight
-    copy = _DeadLetterSubscriber(good.encode(), ({**good.attributes(), REPLAY: "1"}, "102", "ack"))
-    assert drain_dead_letters(settings, subscriber=copy, objects=objects) == [("run-1", rid)]
+    _dead_letters(settings, good.encode(), {**good.attributes(), REPLAY: "1"})
+    assert drain_dead_letters(settings, objects=objects) == [("run-1", rid)]
     assert account(store, [rid]).dead_lettered == (rid,)
     assert (store.dead_letter(rid) or {})["times_dead_lettered"] == 2
+    assert _waiting(settings, leased=True) == []  # all three acknowledged
 
 
-def _two_dead_letters() -> tuple[ScoringRequest, dict[str, str], _DeadLetterSubscriber]:
-    """A good dead letter of run-1 and a second one of the same run (message ids 201 and 202)."""
+def _two_dead_letters(settings: Settings) -> tuple[ScoringRequest, dict[str, str], dict[str, str]]:
+    """A dead letter of request 1 of run-1 (``bad``'s attributes) and one of request 0 (``good``), put on the
+    dead-letter subscription in that order; returns ``good``, ``bad`` and the message id of each request id."""
     good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
                           model_version="v", rows=pa.table({"k": [1]}))
     bad = {**good.attributes(), "request_id": request_id("run-1", "2013-07", 1)}
-    return good, bad, _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad"), (good.attributes(), "202", "ack-good"))
+    ids = _dead_letters(settings, good.encode(), bad, good.attributes())
+    return good, bad, dict(zip([bad["request_id"], good.request_id], ids, strict=True))
 
 
-def test_a_dead_letter_whose_error_record_is_unreadable_is_still_filed_in_its_run_and_counted(tmp_path: Path) -> None:
+def test_a_dead_letter_whose_error_record_is_unreadable_is_still_filed_in_its_run_and_counted(
+        own_topology: Settings, tmp_path: Path) -> None:
     """A corrupt error record sent the dead letter to unknown-run, acked: its run never counted the request, and
     waited out its hour on every retry."""
-    from tenfold.config import build_settings
     from tenfold.inference.runs import account, drain_dead_letters
 
-    good, bad, subscriber = _two_dead_letters()
+    good, bad, _ = _two_dead_letters(own_topology)
     objects = FileObjects(tmp_path)
     objects.put(f"run-1/errors/{bad['request_id']}.json", b"{not json")
     objects.put(f"run-1/dead_letters/{good.request_id}.json", b"\xff torn")  # an earlier record, unreadable
-    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
+    seen = drain_dead_letters(own_topology, objects=objects)
     assert set(seen) == {("run-1", bad["request_id"]), ("run-1", good.request_id)}
-    assert sorted(subscriber.acked) == ["ack-bad", "ack-good"]
+    assert _waiting(own_topology, leased=True) == []  # both acknowledged
     store = RunStore(objects, "run-1")
     assert account(store, [bad["request_id"], good.request_id]).dead_lettered == (bad["request_id"], good.request_id)
     record = store.dead_letter(bad["request_id"])
@@ -391,61 +412,55 @@ def test_a_dead_letter_whose_error_record_is_unreadable_is_still_filed_in_its_ru
     assert RunStore(objects, "unknown-run").dead_letter_ids() == []
 
 
-def test_a_dead_letter_the_store_cannot_take_now_is_left_for_the_next_drain(tmp_path: Path) -> None:
+def test_a_dead_letter_the_store_cannot_take_now_is_left_for_the_next_drain(own_topology: Settings, small_disk) -> None:
     """A GCS blip on one record filed it under unknown-run and acked it: gone from the subscription, and never
     counted by its run. The drain ends at the outage (each further record would wait out the client's retries),
-    acknowledging what it recorded, and the next one files the rest in their run."""
-    from google.api_core.exceptions import ServiceUnavailable
+    acknowledging what it recorded, and the next one files the rest in their run. The outage is a real full disk (a
+    small tmpfs with room for one record): whichever dead letter the emulator hands out first is recorded, the other
+    one is not."""
+    import errno
 
-    from tenfold.config import build_settings
     from tenfold.inference.runs import account, drain_dead_letters
 
-    good, bad, _ = _two_dead_letters()
-    objects = FileObjects(tmp_path)
-    real_put = objects.put
-    blips = [bad["request_id"]]
-
-    def blip_once(name: str, data: bytes) -> None:
-        if blips and blips[0] in name:
-            blips.pop()
-            raise ServiceUnavailable("backend error")
-        real_put(name, data)
-
-    objects.put = blip_once  # type: ignore[method-assign]
-    first = _DeadLetterSubscriber(good.encode(), (good.attributes(), "202", "ack-good"), (bad, "201", "ack-bad"))
-    with pytest.raises(ServiceUnavailable):
-        drain_dead_letters(build_settings("local"), subscriber=first, objects=objects)
-    assert first.acked == ["ack-good"]  # recorded before the outage: acknowledged; the other comes again
+    good, bad, ids = _two_dead_letters(own_topology)
+    root = small_disk.path / "work"
+    (root / "run-1" / "dead_letters").mkdir(parents=True)
+    objects, store = FileObjects(root), RunStore(FileObjects(root), "run-1")
+    small_disk.fill(leave=4096)  # one page: one record of a few hundred bytes
+    with pytest.raises(OSError) as raised:
+        drain_dead_letters(own_topology, objects=objects)
+    assert raised.value.errno == errno.ENOSPC, raised.value
+    (recorded,) = store.dead_letter_ids()  # recorded before the disk was full
+    (rest,) = set(ids) - {recorded}
+    # The recorded one acknowledged; the other back on the subscription (handed back, not left leased).
+    assert _waiting(own_topology) == _waiting(own_topology, leased=True) == [ids[rest]]
     assert RunStore(objects, "unknown-run").dead_letter_ids() == []
-    again = _DeadLetterSubscriber(good.encode(), (bad, "201", "ack-bad-2"))
-    assert drain_dead_letters(build_settings("local"), subscriber=again, objects=objects) == [("run-1", bad["request_id"])]
-    assert again.acked == ["ack-bad-2"]
-    assert account(RunStore(objects, "run-1"), [bad["request_id"], good.request_id]).accounted == 2
+    small_disk.free()
+    assert drain_dead_letters(own_topology, objects=objects) == [("run-1", rest)]
+    assert _waiting(own_topology, leased=True) == []
+    assert account(store, [bad["request_id"], good.request_id]).accounted == 2
 
 
 def test_a_dead_letter_that_cannot_be_recorded_in_its_run_is_kept_under_unknown_run_and_the_batch_acked(
-        tmp_path: Path) -> None:
-    """One message's record failing for good (here the run's folder refuses it) must not keep the batch
-    unacknowledged: it is kept under unknown-run, with the reason."""
-    from tenfold.config import build_settings
+        own_topology: Settings, tmp_path: Path, unwritable) -> None:
+    """One message's record failing for good (here its run's folder refuses it for real: run-2's folder is read-only)
+    must not keep the batch unacknowledged: it is kept under unknown-run, with the reason."""
     from tenfold.inference.runs import drain_dead_letters
 
-    good, bad, subscriber = _two_dead_letters()
+    good = ScoringRequest(run="run-1", request_id=request_id("run-1", "2013-07", 0), partition="2013-07",
+                          model_version="v", rows=pa.table({"k": [1]}))
+    bad = {**good.attributes(), "run": "run-2", "request_id": request_id("run-2", "2013-07", 0)}
+    bad_id, _ = _dead_letters(own_topology, good.encode(), bad, good.attributes())
     objects = FileObjects(tmp_path)
-    real_put = objects.put
-
-    def refuse(name: str, data: bytes) -> None:
-        if bad["request_id"] in name:
-            raise PermissionError(13, "Permission denied", name)
-        real_put(name, data)
-
-    objects.put = refuse  # type: ignore[method-assign]
-    seen = drain_dead_letters(build_settings("local"), subscriber=subscriber, objects=objects)
-    assert set(seen) == {("unknown-run", "message-201"), ("run-1", good.request_id)}
-    assert sorted(subscriber.acked) == ["ack-bad", "ack-good"]
-    record = RunStore(objects, "unknown-run").dead_letter("message-201")
+    (tmp_path / "run-2").mkdir()
+    with unwritable(tmp_path / "run-2"):
+        seen = drain_dead_letters(own_topology, objects=objects)
+    assert set(seen) == {("unknown-run", f"message-{bad_id}"), ("run-1", good.request_id)}
+    assert _waiting(own_topology, leased=True) == []  # both acknowledged
+    record = RunStore(objects, "unknown-run").dead_letter(f"message-{bad_id}")
     assert record is not None and record["attributes"]["request_id"] == bad["request_id"]
-    assert record["recording_error"].startswith("PermissionError")
+    assert record["recording_error"].startswith("PermissionError"), record["recording_error"]
+    assert RunStore(objects, "run-2").dead_letter_ids() == []
 
 
 def _fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
