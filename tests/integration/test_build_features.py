@@ -144,9 +144,17 @@ def test_corrupt_inputs_stop_the_run_before_spark_quarantined_and_alerted(asset_
     assert len(asset_events(runner.env, runner.settings.assets.features)) == 1
 
 
-def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_features(runner: Runner, february: str) -> None:
+def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_features(
+    asset_events, runner: Runner, february: str
+) -> None:
+    """The second run rebuilds, validates and publishes the month: identical features, and the traces of a run that
+    did the work (a Data Docs page of the batch it staged, a features Asset event), which a run that skipped a month
+    already published would not leave, though it would leave the manifest just as the first run wrote it."""
     lake = runner.lake
     first = lake.read_manifest(FEATURES_TABLE, FEB)
+    docs = runner.home / "data_docs" / "validations" / "features"
+    pages = set(docs.rglob("*.html"))
+    events = asset_events(runner.env, runner.settings.assets.features)
     # January's raw flights start withdrawn: the previous test quarantined them (run alone, this test does).
     if lake.has_manifest("flights", JAN):
         lake.withdraw("flights", JAN, "heal-test", {"reason": "withdrawn by the test"},
@@ -162,3 +170,6 @@ def test_a_second_run_of_the_month_heals_its_inputs_and_publishes_identical_feat
     again = lake.read_manifest(FEATURES_TABLE, FEB)
     assert again.content == first.content
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == FEB_FLIGHTS
+    # ... by a run that built it again: its staged batch went through the gate, and publish emitted the month's event
+    assert len(set(docs.rglob("*.html")) - pages) == 1, "no Data Docs page of a second features validation"
+    assert asset_events(runner.env, runner.settings.assets.features) == [*events, {"month": "2013-02", "rows": FEB_FLIGHTS}]

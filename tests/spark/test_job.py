@@ -147,11 +147,23 @@ def test_truncated_parquet_input_fails_clearly(spark_settings: Settings, lake_ro
 def test_a_killed_job_leaves_the_visible_partition_unchanged(
     spark_settings: Settings, published: tuple[Manifest, str], lake_root: Path
 ) -> None:
+    """The killed run builds February without its history (--history-months 0): other features (no route history)
+    and another manifest (its history months, its run id) than the published month's. Had it built the same month, a
+    publish that slipped in before the kill would have rewritten nothing (a publish of identical content leaves the
+    manifest and its run id alone), and the visible month would be unchanged whether the kill came before the publish
+    or after it. The lookups are compared too: they are published first."""
     lake = Lake(lake_root.as_uri())
-    part_dir = lake_root / FEATURES_TABLE / FEB.path
-    before = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
+    tables = [FEATURES_TABLE, *(lookup_table(job.LOOKUPS_TABLE, name) for name in schema.CONTRACT.lookup_tables)]
+
+    def visible() -> dict[str, bytes]:  # every file of February's features and lookups, manifests included
+        return {str(p.relative_to(lake_root)): p.read_bytes()
+                for t in tables for p in sorted((lake_root / t / FEB.path).rglob("*")) if p.is_file()}
+
+    before = visible()
+    assert any(p.startswith(f"{FEATURES_TABLE}/") for p in before) and len({p.split("/")[0] for p in before}) == len(tables)
     staging = lake_root / "_staging" / "killed"
     cmd = spark_submit_command(spark_settings, FEB, staging.as_uri(), publish=True, run_id="killed", lake_uri=lake.uri)
+    cmd += ["--history-months", "0"]
     proc = subprocess.Popen(cmd, env=spark_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     def writing() -> bool:  # a task has begun writing the features: some file is in the staging folder
@@ -168,9 +180,9 @@ def test_a_killed_job_leaves_the_visible_partition_unchanged(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: spark-submit and its JVM
         proc.wait()
-    after = {str(p.relative_to(part_dir)): p.read_bytes() for p in sorted(part_dir.rglob("*")) if p.is_file()}
-    assert after == before
-    assert lake.read_manifest(FEATURES_TABLE, FEB).run_id == "clean"
+    assert visible() == before
+    manifest = lake.read_manifest(FEATURES_TABLE, FEB)
+    assert manifest.run_id == "clean" and manifest.extra["history_months"] == ["2013-01"]
     assert lake.read_table(FEATURES_TABLE, [FEB]).num_rows == FEB_FLIGHTS
     # Whatever the killed job staged was never published (its staging folder is emptied by the next run).
 
