@@ -125,6 +125,28 @@ def test_flights_whose_derived_times_disagree_with_the_schedule_are_refused(sett
     ]
 
 
+def test_a_departure_scheduled_at_2400_is_refused_naming_sched_dep_time(settings, sources):
+    """2400 is a clock time (actual times and scheduled arrivals hold it), but a departure at midnight is 0000 of the
+    next day: hour 24 would become the features' sched_dep_hour 24. The row was refused only through hour (between 0
+    and 23), so the report named the derived column, not the scheduled time a delivery has to fix."""
+    part = Partition(2013, 3)
+    flights = month_of(sources["flights"], "flights", part)
+    assert pc.sum(pc.equal(flights["sched_dep_time"], 2400)).as_py() == 0  # no real 2013 departure is at 2400
+    broken = with_values(flights, "sched_dep_time", [0], 2400)
+    broken = with_values(broken, "hour", [0], 24)
+    broken = with_values(broken, "minute", [0], 0)
+    # time_hour as 24:00 is: midnight starting the next day in New York (UTC-5 before the 10th)
+    day = flights["day"][0].as_py()
+    assert day < 9
+    broken = with_values(broken, "time_hour", [0], dt.datetime(2013, 3, day + 1, 5, tzinfo=dt.UTC))
+    report = validate(settings, "flights", broken, part)
+    assert sorted(report.failed_expectations) == [
+        "expect_column_values_to_be_between(hour)",
+        "expect_column_values_to_be_between(sched_dep_time)",
+        "expect_column_values_to_be_null(time_hour)",  # 24 is no hour of New York's clock either
+    ]
+
+
 def test_flights_cut_short_on_the_last_day_of_the_month_are_refused(settings, sources):
     """Every day is present and the rows are well above the floor, so only the last evening tells the month short."""
     part = Partition(2013, 3)

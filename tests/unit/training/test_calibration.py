@@ -38,7 +38,8 @@ def test_the_validation_slice_is_the_newest_two_weeks_and_never_splits_an_hour()
     assert t[split.train].max() < t[split.validation].min()  # by time, not at random
     assert t.max() - t[split.validation].min() < 14 * 86_400 * 10**6 <= t.max() - t[split.train].max()
     assert split.info["rows"] == split.validation.size and 0.2 < split.info["share"] < 0.3  # 14 of February's 28 days
-    assert str(split.info["from"]).startswith("2013-02-1") and str(split.info["to"]).startswith("2013-02-28")
+    # The times are time_hour's, in UTC: the last departure, 23:00 on 28 February in New York, is 04:00Z on 1 March.
+    assert str(split.info["from"]).startswith("2013-02-1") and str(split.info["to"]).startswith("2013-03-01T04")
     off = validation_split(table, CONTRACT, 0)
     assert not off.has_validation and off.train.size == table.num_rows and "is 0" in str(off.info["skipped"])
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +61,11 @@ def synthetic_features(part: Partition, rows: int, seed: int = 0) -> pa.Table:
     origin_i = rng.integers(0, len(ORIGINS), n)
     dest_i = rng.integers(0, len(DESTS), n)
     dates = [dt.date(part.year, part.month, int(d)) for d in days]
-    time_hour = [dt.datetime(d.year, d.month, d.day, int(h), tzinfo=dt.UTC) for d, h in zip(dates, hour, strict=True)]
+    # The scheduled hour is New York's (every origin's zone), and time_hour is that hour's UTC instant, as the contract,
+    # the weather of synthetic_lookups and online assembly key it: hour 5 on a January day is 10:00Z, not 05:00Z.
+    new_york = ZoneInfo("America/New_York")
+    time_hour = [dt.datetime(d.year, d.month, d.day, int(h), tzinfo=new_york).astimezone(dt.UTC)
+                 for d, h in zip(dates, hour, strict=True)]
     tailnums = [f"N{int(x):04d}" for x in rng.integers(0, 500, n)]
     cols: dict[str, object] = {
         "year": np.full(n, part.year), "month": np.full(n, part.month), "day": days,
@@ -124,8 +129,6 @@ def publish_synthetic_features(
 
 def _month_hours(part: Partition) -> list[dt.datetime]:
     """Every local hour of ``part`` at the New York airports, as UTC instants (what weather is keyed by)."""
-    from zoneinfo import ZoneInfo
-
     zone, nxt = ZoneInfo("America/New_York"), part.next()
     start = dt.datetime(part.year, part.month, 1, tzinfo=zone).astimezone(dt.UTC)
     end = dt.datetime(nxt.year, nxt.month, 1, tzinfo=zone).astimezone(dt.UTC)
@@ -219,6 +222,26 @@ def synthetic_requests(part: Partition, n: int, seed: int = 0) -> list[dict[str,
     return out
 
 
+def _arguments(first: str, last: str, rows: str) -> tuple[list[Partition], int]:
+    """The months and row count the command line names, or a ValueError naming the bad argument and its form (a month
+    of ``2013-13`` or a count of ``ten`` ended in a traceback)."""
+    bounds = []
+    for name, value in (("FIRST_MONTH", first), ("LAST_MONTH", last)):
+        try:
+            bounds.append(Partition.parse(value))
+        except ValueError as exc:
+            raise ValueError(f"{name} {exc}") from None
+    if bounds[1] < bounds[0]:  # month_range would be empty: nothing published, and a success said
+        raise ValueError(f"LAST_MONTH {last} is before FIRST_MONTH {first}: give the months in order")
+    try:
+        count = int(rows)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"ROWS_PER_MONTH {rows!r} is not a number of rows: use a whole number above 0, e.g. 2000")
+    return month_range(*bounds), count
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     with_lookups = "--lookups" in args
@@ -228,10 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "[--lookups]", file=sys.stderr)
         return 2
     uri, first, last, rows = args
-    months = month_range(first, last)
+    try:
+        months, count = _arguments(first, last, rows)
+    except ValueError as exc:
+        print(f"synthetic: {exc}", file=sys.stderr)
+        return 2
     if with_lookups:  # before the features, as build_features publishes them
         publish_synthetic_lookups(Lake(uri), months)
-    parts = publish_synthetic_features(Lake(uri), months, int(rows))
+    parts = publish_synthetic_features(Lake(uri), months, count)
     print(f"published {len(parts)} synthetic features partitions{' and their lookups' if with_lookups else ''} under {uri}")
     return 0
 
