@@ -290,11 +290,16 @@ class Lake:
             with file_lock(path, timeout_s=timeout_s, what=what) as still_held:
                 yield still_held
             return
+        bucket, _, name = path.partition("/")
+        with gcs_lock(self._storage_client(), bucket, name, timeout_s=timeout_s, stale_s=stale_s,
+                      what=what) as still_held:
+            yield still_held
+
+    def _storage_client(self) -> Any:
+        """The google-cloud-storage client of a gs:// lake (its locks, its objects' stored checksums), built once."""
         if self._gcs_client is None:
             self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
-        bucket, _, name = path.partition("/")
-        with gcs_lock(self._gcs_client, bucket, name, timeout_s=timeout_s, stale_s=stale_s, what=what) as still_held:
-            yield still_held
+        return self._gcs_client
 
     @contextlib.contextmanager
     def exclusive(self, table: str, part: Partition, *,
@@ -434,10 +439,15 @@ class Lake:
         """A file's CRC32C as stored: the value GCS keeps for the object on ``gs://`` (no download), else
         computed over the file's bytes."""
         if self._gcs:
-            with self.fs.open_input_file(path) as f:
-                value = f.metadata().get(b"crc32c")
-            if value:
-                return bytes(value).decode()
+            # The object's metadata, by the storage client: pyarrow's metadata() keys are str (a bytes key found
+            # nothing, so every check downloaded and hashed the whole file), and opening the file to read them
+            # starts a download of its data too.
+            bucket, _, name = path.partition("/")
+            blob = self._storage_client().bucket(bucket).get_blob(name)
+            if blob is None:
+                raise FileNotFoundError(path)
+            if blob.crc32c:
+                return str(blob.crc32c)
         return _digests(self.fs, path)[1]
 
     def read_table(self, table: str, parts: Iterable[Partition], columns: list[str] | None = None) -> pa.Table:
@@ -488,7 +498,17 @@ class Lake:
         try:
             with self.fs.open_input_stream(path) as stream:
                 data = bytes(stream.read())
-        except FileNotFoundError as exc:
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                # GCS's client checks a download against the object's hashes itself and refuses a damaged one with
+                # DATA_LOSS: with the stored object intact it is this download's fault, not the data's (the gate
+                # took it for an unreadable batch).
+                if (self._gcs and "DATA_LOSS" in str(exc) and entry.crc32c is not None
+                        and self.stored_crc32c(path) == entry.crc32c):
+                    raise DamagedInTransit(
+                        f"{table} partition {part.label}: the download of {self.uri_of(path)} was damaged in transit "
+                        "(its stored CRC32C matches the manifest); retry the read") from exc
+                raise
             if self._republished(table, part, manifest):
                 raise _Republished from exc
             raise CorruptFileError(

@@ -4,10 +4,18 @@ named, and quarantined, on a ``file://`` lake and on a ``gs://`` lake on the GCS
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import posixpath
 import struct
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -18,6 +26,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import (
     CorruptFileError,
     CorruptManifestError,
+    DamagedInTransit,
     Lake,
     LakeError,
     MissingManifestError,
@@ -131,6 +140,154 @@ def test_a_same_size_corruption_on_a_gcs_lake_is_caught_by_the_crc32c_gcs_keeps(
         assert bucket.get_blob(name).crc32c == crc32c_of(bad) != before.crc32c
 
     _check_refused_and_quarantined(lake, corrupt)
+
+
+class _LoggingGcs:
+    """``with _LoggingGcs(emulator, folder) as gcs:`` -> a loopback HTTP proxy in front of the GCS emulator, at
+    ``gcs.endpoint`` (``http://host:port``). Every request line is logged (:attr:`requests`). While :meth:`damaging`
+    an object, each media download (``alt=media``) of it comes back with one byte flipped, as a download damaged on
+    the way reaches the client: its headers as the emulator sent them, or (``strip_hash``) without ``x-goog-hash``,
+    the header by which google-cloud-cpp checks a whole download itself.
+
+    It runs in a process of its own (this file, run as a script): pyarrow holds the GIL while it reads an object's
+    metadata, so an in-process server thread would never get to answer."""
+
+    def __init__(self, upstream: str, folder: Path) -> None:
+        self.upstream, self.log, self.fault = upstream, folder / "requests.log", folder / "damage.json"
+        self.endpoint = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    @property
+    def requests(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    @contextlib.contextmanager
+    def damaging(self, name: str, *, strip_hash: bool) -> Iterator[None]:
+        self.fault.write_text(json.dumps({"name": quote(name, safe=""), "strip_hash": strip_hash}))
+        try:
+            yield
+        finally:
+            self.fault.unlink()
+
+    def __enter__(self) -> _LoggingGcs:
+        self._process = subprocess.Popen([sys.executable, __file__, self.upstream, str(self.log), str(self.fault)],
+                                         stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        self.endpoint = self._process.stdout.readline().strip()
+        assert self.endpoint, "the proxy did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+
+
+def _proxy_handler(upstream: str, log: Path, fault: Path) -> type[BaseHTTPRequestHandler]:
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as libcurl uses it
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle held each answer 40 ms
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _any(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with log.open("a") as fh:
+                fh.write(f"{self.command} {self.path}\n")
+            damage = json.loads(fault.read_text()) if fault.exists() else None
+            if damage and not ("alt=media" in self.path and f"/o/{damage['name']}?" in self.path):
+                damage = None
+            conn = http.client.HTTPConnection(upstream, timeout=30)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop | {"expect"}}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                if damage and data:
+                    middle = len(data) // 2
+                    data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in hop_by_hop and not (damage and damage["strip_hash"]
+                                                               and name.lower() == "x-goog-hash"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            finally:
+                conn.close()
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+
+    return Handler
+
+
+@pytest.fixture
+def proxied_gcs_lake(make_settings: Callable[..., Settings], local_settings: Settings, gcs_emulator: str,
+                     tmp_path: Path) -> Iterator[tuple[Lake, _LoggingGcs, Any]]:
+    """A ``gs://`` lake of its own on the emulator, made from settings whose emulator is :class:`_LoggingGcs` in front
+    of it (pyarrow's client and the storage client both go through it); the proxy; the lake's bucket in the real
+    storage client."""
+    from tenfold.storage import gcs_client
+
+    with _LoggingGcs(gcs_emulator, tmp_path) as proxy:
+        bucket_name = local_settings.storage.lake_bucket
+        settings = make_settings(on=local_settings, storage={
+            "lake_uri": f"gs://{bucket_name}/lake-{uuid.uuid4().hex[:8]}", "emulator_host": proxy.endpoint})
+        yield Lake.from_settings(settings), proxy, gcs_client(settings).bucket(bucket_name)
+
+
+@pytest.mark.integration
+def test_verifying_a_gcs_lake_reads_the_crc32c_gcs_keeps_and_downloads_no_data(
+        proxied_gcs_lake: tuple[Lake, _LoggingGcs, Any]) -> None:
+    """The issue: a ``gs://`` file is verified by the CRC32C GCS keeps with the object. A verification that downloads
+    each file and hashes it gives the same verdicts (the tests above all pass), and costs every file's bytes on
+    every verification: only the requests made tell them apart."""
+    lake, proxy, bucket = proxied_gcs_lake
+    _publish(lake, _table())
+    (path,) = lake.files(TABLE, PART)
+    name = path.split("/", 1)[1]
+    blob = bucket.get_blob(name)
+    # The manifest recorded the CRC32C the real client reports for the stored object, which is GCS's own.
+    assert lake.read_manifest(TABLE, PART).files[0].crc32c == blob.crc32c == crc32c_of(blob.download_as_bytes())
+
+    before = len(proxy.requests)
+    assert lake.files(TABLE, PART, verify=True) == [path]
+    made = [r for r in proxy.requests[before:] if f"/o/{quote(name, safe='')}" in r]
+    assert made, "verification sent nothing about the file through the proxy: the test sees nothing"
+    assert not [r for r in made if "alt=media" in r], f"verification downloaded the file: {made}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strip_hash", [False, True], ids=["hash-header-sent", "hash-header-lost"])
+def test_a_download_damaged_in_transit_is_said_so_and_the_intact_partition_stays_published(
+        proxied_gcs_lake: tuple[Lake, _LoggingGcs, Any], strip_hash: bool) -> None:
+    """One byte of the file's download flipped on the way; the stored object is intact. The read is refused as
+    :class:`DamagedInTransit` (what callers retry, the quality gate included), and nothing is withdrawn: withdrawn,
+    a good month was quarantined for a network fault. With ``x-goog-hash`` sent, google-cloud-cpp notices the damage
+    first (it checks a whole download against the header); without it, the lake's own check over the bytes does."""
+    lake, proxy, bucket = proxied_gcs_lake
+    _publish(lake, _table())
+    manifest = lake.read_manifest(TABLE, PART)
+    (path,) = lake.files(TABLE, PART)
+    name = path.split("/", 1)[1]
+    quarantine = posixpath.dirname(lake.quarantine_path(TABLE, PART, "any"))
+
+    before = len(proxy.requests)
+    with proxy.damaging(name, strip_hash=strip_hash), pytest.raises(DamagedInTransit) as refused:
+        lake.read_table(TABLE, [PART])
+    assert [r for r in proxy.requests[before:] if f"/o/{quote(name, safe='')}?" in r and "alt=media" in r]
+    for needed in (lake.uri_of(path), "damaged in transit", "retry the read"):
+        assert needed in str(refused.value), f"{needed!r} missing from: {refused.value}"
+    assert bucket.get_blob(name).crc32c == manifest.files[0].crc32c  # the stored object was intact all along
+    assert lake.read_manifest(TABLE, PART) == manifest  # still published, as it was
+    assert not lake.fs.get_file_info(pafs.FileSelector(quarantine, recursive=True, allow_not_found=True))
+    # The transit mended, the same read returns the month.
+    assert lake.read_table(TABLE, [PART]).column("id").to_pylist() == VALUES
 
 
 def test_a_republish_replaces_a_same_size_corrupted_file_instead_of_keeping_it(lake: Lake) -> None:
@@ -354,3 +511,10 @@ def test_a_staged_file_that_is_not_parquet_is_refused_naming_it_and_nothing_is_p
     data_dirs = [i for i in lake.fs.get_file_info(pafs.FileSelector(lake.partition_path(TABLE, PART)))
                  if i.base_name.startswith("data-")]
     assert [i.base_name for i in data_dirs] == [before.data_dir]
+
+
+if __name__ == "__main__":  # the process of _LoggingGcs
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(sys.argv[1].split("://", 1)[-1], Path(sys.argv[2]),
+                                                                  Path(sys.argv[3])))
+    print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
