@@ -653,8 +653,13 @@ def serving_down(settings: Settings, *, say: Callable[[str], object] = print) ->
     with _exclusive(settings, say, FEEDBACK_SINK):  # never beside a start of it
         # After the replicas and before the Pub/Sub emulator (_down): it lands all the subscriptions still hold,
         # what the replicas published last included (tenfold.feedback.sink.STOP_DRAIN_S).
-        if stop_service(settings, FEEDBACK_SINK):
-            say(f"{FEEDBACK_SINK}: stopped")
+        try:
+            if stop_service(settings, FEEDBACK_SINK):
+                say(f"{FEEDBACK_SINK}: stopped")
+        except process.StillRunning as sink_stuck:  # the emulator it pulls from stays up: a plain StillRunning
+            if stuck is None:
+                raise
+            raise process.StillRunning(f"{stuck}\n{sink_stuck}", [*stuck.pids, *sink_stuck.pids]) from sink_stuck
     if stuck is not None:
         raise FleetStillRunning(str(stuck), stuck.pids) from stuck
     return stopped

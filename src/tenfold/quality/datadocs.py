@@ -163,7 +163,7 @@ class OfflineHtmlSiteStore(HtmlSiteStore):
         out = localize(html, to_root)
         if left := external_resources(out):
             # A GX release that adds a CDN: the page still works online; ASSETS needs the new file.
-            log.warning("Data Docs page %s still loads %s from the internet; add it to tenfold.quality.datadocs.ASSETS "
+            log.warning("Data Docs page %s still loads %s from the internet; add it to tenfold.quality.datadocs_assets.ASSETS "
                         "(and requirements/npm/%s)", page, ", ".join(sorted(set(left))), ASSETS_TOOL)
         return out
 

@@ -1057,3 +1057,36 @@ def test_a_fleet_process_that_outlived_sigkill_still_lets_serving_down_stop_the_
         assert "serving: not stopped, a process of it outlived SIGKILL" in said and "serving: stopped" not in said
     finally:
         process.stop(sink, timeout=5)
+
+
+def test_a_stuck_fleet_and_a_stuck_sink_are_both_named_by_serving_down(tmp_path, monkeypatch):
+    """The sink's own StillRunning (it really outlives SIGKILL here: no signal reaches the stand-in) replaced the
+    fleet's, whose pid and kept pid file were then said nowhere. Both are raised, in one refusal, as a plain
+    StillRunning: `tenfold down` then leaves the emulator the stuck sink pulls from up."""
+    from tenfold.local import process, stack
+    from tenfold.local.stack import FEEDBACK_SINK
+    from tenfold.serving import fleet
+
+    s = _fresh_settings(tmp_path)
+    sink = process.start(FEEDBACK_SINK, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
+    real_signal, real_clear = process._signal, stack._clear
+
+    def all_but_the_sink(pgid, procs, sig):
+        real_signal(None if pgid == sink.pid else pgid, [p for p in procs if p.pid != sink.pid], sig)
+
+    def stuck_fleet(settings, *, say):
+        raise process.StillRunning("replica-stable-1: pid 4242 did not exit within 5 s of SIGKILL", [4242])
+
+    monkeypatch.setattr(process, "_signal", all_but_the_sink)
+    monkeypatch.setattr(stack, "_clear", lambda settings, name, timeout=20.0: real_clear(settings, name, timeout=0.5))
+    monkeypatch.setattr(fleet, "down", stuck_fleet)
+    try:
+        with pytest.raises(process.StillRunning) as refused:
+            stack.serving_down(s, say=lambda line: None)
+        assert not isinstance(refused.value, stack.FleetStillRunning)  # not one `tenfold down` goes on after
+        assert refused.value.pids == [4242, sink.pid]
+        assert "replica-stable-1: pid 4242" in str(refused.value) and f"pid {sink.pid} did not exit" in str(refused.value)
+        assert process.read_record(run_dir(s), FEEDBACK_SINK) == sink  # its pid file kept
+    finally:
+        monkeypatch.undo()
+        process.stop(sink, timeout=5)

@@ -57,7 +57,7 @@ def test_every_url_gx_templates_load_is_one_the_site_serves():
             loaded[url + "logo-long.png"] = path.name
     assert loaded, "no CDN URL found in GX's templates: has the template folder moved?"
     unknown = {u: f for u, f in loaded.items() if u not in known and not GX_WEB_ASSETS.fullmatch(u)}
-    assert not unknown, f"GX's pages load files tenfold.quality.datadocs.ASSETS does not serve: {unknown}"
+    assert not unknown, f"GX's pages load files tenfold.quality.datadocs_assets.ASSETS does not serve: {unknown}"
     # and every asset is still one GX loads (a stale entry would hide a renamed URL)
     assert known <= set(loaded)
 

@@ -56,3 +56,12 @@ def test_the_command_publishes_the_months_it_names(tmp_path, capsys):
     assert main([lake.as_uri(), "2013-01", "2013-02", "50"]) == 0
     assert "published 2 synthetic features partitions" in capsys.readouterr().out
     assert sorted(p.name for p in (lake / "features" / "year=2013").iterdir()) == ["month=1", "month=2"]
+
+
+def test_the_command_refuses_a_lake_uri_it_cannot_use_in_one_line(capsys):
+    """A scheme the lake does not know ended in LakeError's traceback."""
+    assert main(["ftp://example.com/lake", "2013-01", "2013-01", "10"]) == 2
+    out = capsys.readouterr()
+    lines = out.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("synthetic: LAKE_URI 'ftp://example.com/lake': "), out.err
+    assert "Traceback" not in out.err and out.out == ""

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tenfold.config.settings import FEATURES_TABLE, StorageSettings
-from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.data.lake import Lake, LakeError, Partition, month_range
 from tenfold.workloads import lookup_table
 from tenfold.workloads.flights.contract import AGGREGATES, CONTRACT, WEATHER_COLUMNS, tailnum_bucket
 
@@ -256,9 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"synthetic: {exc}", file=sys.stderr)
         return 2
+    try:
+        lake = Lake(uri)
+    except LakeError as exc:  # a scheme it does not know (ftp://), gs:// with no bucket
+        print(f"synthetic: LAKE_URI {uri!r}: {exc}", file=sys.stderr)
+        return 2
     if with_lookups:  # before the features, as build_features publishes them
-        publish_synthetic_lookups(Lake(uri), months)
-    parts = publish_synthetic_features(Lake(uri), months, count)
+        publish_synthetic_lookups(lake, months)
+    parts = publish_synthetic_features(lake, months, count)
     print(f"published {len(parts)} synthetic features partitions{' and their lookups' if with_lookups else ''} under {uri}")
     return 0
 
