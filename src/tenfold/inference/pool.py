@@ -221,5 +221,5 @@ class WorkerPool:
 def _kept(exc: process.StillRunning, run_dir: Path, slot: int) -> str:
     """What to say of a worker that outlived SIGKILL (``exc``): its pid file is kept, and what to do."""
     return (f"{exc}; its pid file {process.pid_file(run_dir, worker_name(slot))} is kept, so the next inference pool "
-            f"refuses to start beside it: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows what it "
-            "waits on; once it has exited (a reboot ends it), run the task again")
+            f"refuses to start beside it: {process.what_it_waits_on(exc.pids)}; once it has exited (a reboot ends it), "
+            "run the task again")

@@ -54,6 +54,12 @@ class StillRunning(LocalPlatformError):
         self.pids = list(pids)
 
 
+def what_it_waits_on(pids: Sequence[int], waits: str = "it waits") -> str:
+    """How to see what processes that outlived SIGKILL (:class:`StillRunning`) are stuck in: the command, for the
+    message that keeps their pid files."""
+    return f"`ps -o pid,stat,wchan:32 -p {','.join(map(str, pids))}` shows what {waits} on"
+
+
 @dataclass(frozen=True)
 class ProcessRecord:
     """What a pid file holds: enough to recognise the very process we started."""

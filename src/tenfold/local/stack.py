@@ -164,8 +164,8 @@ def _clear(settings: Settings, name: str, timeout: float = 20.0) -> bool:
     except process.StillRunning as exc:
         raise process.StillRunning(
             f"{exc}; its pid file {process.pid_file(run_dir(settings), name)} is kept, so `tenfold status` and "
-            f"`tenfold down` still find it: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows what it "
-            "waits on; once it has exited (a reboot ends it), run the command again", exc.pids) from exc
+            f"`tenfold down` still find it: {process.what_it_waits_on(exc.pids)}; once it has exited (a reboot ends it), "
+            "run the command again", exc.pids) from exc
     process.remove_pid_file(run_dir(settings), name)
     return stopped
 

@@ -133,8 +133,7 @@ def replica_name(pool: str, slot: int) -> str:
 def _kept(exc: process.StillRunning, path: Path, then: str) -> str:
     """What to say of a process of the fleet that outlived SIGKILL (``exc``): its pid file ``path`` is kept, how to see
     what it waits on, and ``then`` (what happens, or what to do, next)."""
-    return (f"{exc}; its pid file {path} is kept: `ps -o pid,stat,wchan:32 -p {','.join(map(str, exc.pids))}` shows "
-            f"what it waits on; {then}")
+    return f"{exc}; its pid file {path} is kept: {process.what_it_waits_on(exc.pids)}; {then}"
 
 
 def _still_running(stuck: list[tuple[process.StillRunning, Path]]) -> process.StillRunning:
@@ -146,8 +145,8 @@ def _still_running(stuck: list[tuple[process.StillRunning, Path]]) -> process.St
     it, waits, has = ("it", "it waits", "it has") if len(pids) == 1 else ("them", "they wait", "they have")
     return process.StillRunning(
         f"{'; '.join(str(exc) for exc, _path in stuck)}; {kept}, so `tenfold serve up` and `tenfold serve down` still "
-        f"find {it}: `ps -o pid,stat,wchan:32 -p {','.join(map(str, pids))}` shows what {waits} on; once {has} exited "
-        f"(a reboot ends {it}), run the command again", pids)
+        f"find {it}: {process.what_it_waits_on(pids, waits)}; once {has} exited (a reboot ends {it}), run the command "
+        "again", pids)
 
 
 def _process(pid: int) -> psutil.Process | None:
