@@ -497,3 +497,70 @@ def unwritable() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
 
     return refusing
+
+
+class TcpRelay:
+    """A TCP relay on loopback to ``target`` (host, port): what a client reaches an emulator through, until
+    :meth:`cut` closes it and every connection it carries (the service gone from this machine's view). With
+    ``cut_on``, the relay cuts itself when a client sends those bytes, which then never reach the service."""
+
+    def __init__(self, target: tuple[str, int], *, cut_on: bytes | None = None) -> None:
+        import socket
+        import threading
+
+        self.target, self.cut_on = target, cut_on
+        self.conns: list[socket.socket] = []
+        self.cut_ = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.cut_.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, a: Any, b: Any, from_client: bool) -> None:
+        import socket
+
+        watch = self.cut_on if from_client else None
+        tail = b""
+        try:
+            while data := a.recv(65536):
+                if watch and watch in tail + data:  # (tail: the bytes split between two reads)
+                    self.cut()
+                    return
+                if watch:
+                    tail = (tail + data)[-len(watch):]
+                b.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        import socket
+
+        self.cut_.set()
+        with contextlib.suppress(OSError):  # a close alone leaves a socket blocked in accept() listening
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+@pytest.fixture
+def tcp_relay() -> type[TcpRelay]:
+    """:class:`TcpRelay`: ``tcp_relay((host, port))`` relays to an emulator until ``.cut()`` (or ``cut_on`` bytes)."""
+    return TcpRelay

@@ -488,59 +488,8 @@ def test_a_published_label_lost_with_its_log_file_is_kept_though_new_traffic_mak
     assert _labelled(settings)[0] == full
 
 
-class _Relay:
-    """A TCP relay on loopback to ``target`` (host, port): what a client reaches GCS through, until :meth:`cut`
-    closes it and every connection it carries (the storage service gone from this machine's view)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import socket
-
-        self.target, self.conns, self.cut_ = target, [], threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while not self.cut_.is_set():
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: object, b: object) -> None:
-        import socket
-
-        assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        import socket
-
-        self.cut_.set()
-        with contextlib.suppress(OSError):  # a close alone leaves a socket blocked in accept() listening
-            self.server.shutdown(socket.SHUT_RDWR)
-        self.server.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-
 @pytest.mark.integration
-def test_a_gcs_lock_whose_storage_stops_answering_is_a_lock_error_not_a_traceback(local_settings, monkeypatch):
+def test_a_gcs_lock_whose_storage_stops_answering_is_a_lock_error_not_a_traceback(local_settings, monkeypatch, tcp_relay):
     """Past the storage client's retries a connection that is refused is RetryError, which is no GoogleAPICallError:
     taking the lock, or checking it before a publish, let it through, and a GCS outage of a couple of minutes ended
     the running feedback sink with a traceback (its join handles lock errors and goes on landing). The client's
@@ -555,7 +504,7 @@ def test_a_gcs_lock_whose_storage_stops_answering_is_a_lock_error_not_a_tracebac
 
     monkeypatch.setattr(storage_retry.DEFAULT_RETRY, "_timeout", 2.0)
     emulator = urllib.parse.urlsplit(local_settings.storage.emulator_host)
-    relay = _Relay((emulator.hostname, emulator.port))
+    relay = tcp_relay((emulator.hostname, emulator.port))
 
     def client(port: int) -> storage.Client:
         return storage.Client(project=local_settings.project_id, credentials=AnonymousCredentials(),

@@ -5,10 +5,7 @@ is on a small tmpfs that is full (ENOSPC), and Pub/Sub going away is a relay tha
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import socket
-import threading
 
 import pyarrow as pa
 import pytest
@@ -20,62 +17,20 @@ from tenfold.storage import FileObjects
 from tests.unit.inference.test_requests_and_store import _dead_letters, _waiting
 
 
-class _CutAtGiveBack:
-    """A TCP relay on loopback to the Pub/Sub emulator (``target``, host and port), through which a subscriber client
-    reaches it until the client sends a ModifyAckDeadline request for ``subscription`` (a path): that request never
-    reaches the emulator, and the relay closes every connection it carries and refuses new ones (Pub/Sub gone from
-    this machine's view just when the drain hands its dead letters back). The request is told apart by its bytes: a
-    serialized ModifyAckDeadlineRequest is the subscription (field 1) followed by the ack ids (field 4, tag 0x22); an
-    AcknowledgeRequest's ack ids are field 2 (tag 0x12) and a PullRequest has none."""
-
-    def __init__(self, target: tuple[str, int], subscription: str) -> None:
-        path = subscription.encode()
-        assert len(path) < 128  # its length is one byte of varint
-        self.trigger = b"\x0a" + bytes([len(path)]) + path + b"\x22"
-        self.target, self.conns, self.cut_ = target, [], threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.cut_.is_set():
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket, watch: bool) -> None:
-        tail = b""
-        try:
-            while data := a.recv(65536):
-                if watch and self.trigger in tail + data:  # (tail: a trigger split between two reads)
-                    self.cut()
-                    return
-                tail = (tail + data)[-len(self.trigger):]
-                b.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        self.cut_.set()
-        with contextlib.suppress(OSError):  # a close alone leaves a socket blocked in accept() listening
-            self.server.shutdown(socket.SHUT_RDWR)
-        self.server.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
+def _give_back_of(subscription: str) -> bytes:
+    """The bytes that tell a ModifyAckDeadline request for ``subscription`` (a path) apart, for a relay to the Pub/Sub
+    emulator to cut itself on (Pub/Sub gone from this machine's view just when the drain hands its dead letters back):
+    a serialized ModifyAckDeadlineRequest is the subscription (field 1) followed by the ack ids (field 4, tag 0x22);
+    an AcknowledgeRequest's ack ids are field 2 (tag 0x12) and a PullRequest has none."""
+    path = subscription.encode()
+    assert len(path) < 128  # its length is one byte of varint
+    return b"\x0a" + bytes([len(path)]) + path + b"\x22"
 
 
 @pytest.mark.parametrize("give_back_fails", [False, True])
 def test_a_drain_stopped_by_a_store_outage_hands_back_the_dead_letters_it_did_not_record(
-        own_topology: Settings, small_disk, caplog: pytest.LogCaptureFixture, give_back_fails: bool) -> None:
+        own_topology: Settings, small_disk, caplog: pytest.LogCaptureFixture, give_back_fails: bool,
+        tcp_relay) -> None:
     """They were left leased: invisible for the dead-letter subscription's ack deadline (120 s for the requests'), so
     the wait's next drains, and a retried publish's drain before it resends, could not see them. A give-back that fails
     too (Pub/Sub away as well) is only logged: the store's outage is what the drain raises, and the dead letters come
@@ -97,22 +52,24 @@ def test_a_drain_stopped_by_a_store_outage_hands_back_the_dead_letters_it_did_no
     relay, client = None, None  # the drain's own client, straight to the emulator
     if give_back_fails:  # a client of the relay's, which Pub/Sub goes away from at the give-back
         host, port = (settings.messaging.emulator_host or "").rsplit(":", 1)
-        relay = _CutAtGiveBack((host, int(port)), subscription_path(
-            settings, settings.messaging.subscriptions["requests"].dead_letter_subscription))
+        relay = tcp_relay((host, int(port)), cut_on=_give_back_of(subscription_path(
+            settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)))
         client = subscriber_client(settings.model_copy(update={"messaging": settings.messaging.model_copy(
             update={"emulator_host": f"127.0.0.1:{relay.port}"})}))
+    cut_by_the_give_back = False
     try:
         with pytest.raises(OSError) as raised:
             drain_dead_letters(settings, subscriber=client, objects=store.objects)
     finally:
         if relay is not None and client is not None:
+            cut_by_the_give_back = relay.cut_.is_set()  # before the clean-up's own cut
             client.close()
             relay.cut()
     assert raised.value.errno == errno.ENOSPC, raised.value  # the store's outage, whatever Pub/Sub did
     recorded = store.dead_letter_ids()
     left = sorted(mid for rid, mid in ids.items() if rid not in recorded)
     if relay is not None:
-        assert relay.cut_.is_set() and recorded == [] and "could not hand back 3 dead letter(s)" in caplog.text
+        assert cut_by_the_give_back and recorded == [] and "could not hand back 3 dead letter(s)" in caplog.text
         assert _waiting(settings) == []  # still leased: the give-back never reached Pub/Sub
     else:
         assert len(recorded) == 1 and len(left) == 2  # recorded before the outage
