@@ -502,9 +502,9 @@ def test_a_second_setup_in_one_checkout_waits_for_the_first(tmp_path: Path) -> N
     assert second.returncode == 1 and "Python 3.11 is required" in err, err
 
 
-def test_an_npm_tool_whose_packages_are_gone_is_installed_again_though_its_stamp_matches(tmp_path: Path) -> None:
-    """.tools/datadocs-assets/node_modules removed under a current stamp: every setup returned at the stamp, while the
-    Data Docs warned "run make setup" for their missing assets and loaded them from CDNs (broken offline)."""
+def _npm_tools_installed(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A checkout in ``tmp_path/tree`` whose setup finds its venvs usable and every npm tool installed and stamped, as
+    a finished setup leaves them, with an npm that records its calls: (bin_dir, npm_calls, tree, setup.sh)."""
     bin_dir = _tools_but(tmp_path, "uv", "npm")
     _recording_uv(bin_dir, tmp_path)
     npm_calls = tmp_path / "npm-calls"
@@ -521,6 +521,13 @@ def test_an_npm_tool_whose_packages_are_gone_is_installed_again_though_its_stamp
                                 check=True).stdout.split()[0].decode()
         (tree / ".tools" / tool / "node_modules").mkdir(parents=True)
         (tree / ".tools" / tool / ".stamp").write_text(digest + "\n")
+    return bin_dir, npm_calls, tree, setup
+
+
+def test_an_npm_tool_whose_packages_are_gone_is_installed_again_though_its_stamp_matches(tmp_path: Path) -> None:
+    """.tools/datadocs-assets/node_modules removed under a current stamp: every setup returned at the stamp, while the
+    Data Docs warned "run make setup" for their missing assets and loaded them from CDNs (broken offline)."""
+    bin_dir, npm_calls, tree, setup = _npm_tools_installed(tmp_path)
     shutil.rmtree(tree / ".tools" / "datadocs-assets" / "node_modules")
     proc = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PATH": str(bin_dir)}, check=False)  # ends at the torch line: no torch
@@ -558,16 +565,7 @@ def test_data_docs_assets_with_a_package_gone_are_installed_again_though_their_s
     installs again only where it finds something missing."""
     from tenfold.quality.datadocs import ASSETS, missing_assets
 
-    bin_dir = _tools_but(tmp_path, "uv", "npm")
-    _recording_uv(bin_dir, tmp_path)
-    npm_calls = tmp_path / "npm-calls"
-    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> {npm_calls}\nexit 0\n")
-    (bin_dir / "npm").chmod(0o755)
-    tree = tmp_path / "tree"
-    tools = [p.name for p in (project_root() / "requirements" / "npm").iterdir()]
-    setup = _tree_with_setup(tree, "requirements/lock.txt", "pyproject.toml", "requirements/checkov.txt",
-                             *(f"requirements/npm/{t}/{f}" for t in tools for f in ("package.json", "package-lock.json")))
-    _usable_venvs(tree)
+    bin_dir, npm_calls, tree, setup = _npm_tools_installed(tmp_path)
     checker = "src/tenfold/quality/datadocs_assets.py"  # what setup loads by its path to ask what is missing
     (tree / checker).parent.mkdir(parents=True)
     shutil.copy(project_root() / checker, tree / checker)
@@ -575,12 +573,6 @@ def test_data_docs_assets_with_a_package_gone_are_installed_again_though_their_s
     python.unlink()
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
-    for tool in tools:  # every npm tool installed and stamped, as a finished setup leaves them
-        files = [tree / "requirements" / "npm" / tool / f for f in ("package.json", "package-lock.json")]
-        digest = subprocess.run(["sha256sum"], input=b"".join(f.read_bytes() for f in files), capture_output=True,
-                                check=True).stdout.split()[0].decode()
-        (tree / ".tools" / tool / "node_modules").mkdir(parents=True)
-        (tree / ".tools" / tool / ".stamp").write_text(digest + "\n")
     node_modules = tree / ".tools" / "datadocs-assets" / "node_modules"
     for asset in ASSETS:  # each package at its version, holding the file the pages load
         (node_modules / asset.folder / asset.path).parent.mkdir(parents=True, exist_ok=True)
