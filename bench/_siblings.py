@@ -45,6 +45,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """An argparse type for a training seed: what ``TrainConfig`` takes (0 to 2**63 - 1), refused by argparse in one
+    line: a seed out of range failed in the first run's training, after the lake was read."""
+    from tenfold.training.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed: give a whole number from 0 to 2**63 - 1")
+    return value
+
+
 def kill_tree(pid: int) -> None:
     """Kill the process ``pid`` and every process under it, and wait for them. Killing the child alone (what
     ``subprocess``'s timeouts do, when they kill at all) leaves its own children running: synth's jsii Node, a

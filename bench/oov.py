@@ -65,7 +65,7 @@ def scores(model_dir: Path, holdout: pa.Table, label: str, window_values: dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--lake", help="a lake URI with published 2013 features (default: build them here)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=_siblings.seed, default=[0, 1])
     parser.add_argument("--min-counts", nargs="+", type=int, default=[1, 20])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -71,7 +71,7 @@ def mean_metrics(name: str, ms: list[Metrics]) -> Metrics:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--lake", help="a lake URI with published 2013 features (default: build them here)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=_siblings.seed, default=[0, 1, 2])
     parser.add_argument("--windows", nargs="+", default=list(WINDOWS), choices=list(WINDOWS))
     parser.add_argument("--no-before", action="store_true", help="skip the pre-issue-11 model")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--lake", help="a lake URI with published 2013 features (default: build them here)")
     parser.add_argument("--windows", nargs="+", default=list(WINDOWS), help="training windows FIRST:LAST")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=_siblings.seed, default=[0])
     parser.add_argument("--only", nargs="+", help="run only these candidates (labels as printed)")
     parser.add_argument("--previous", type=Path, nargs="+", default=[],
                         help="logs of earlier runs of this script: their JSON rows are reused, not re-run")

@@ -13,6 +13,7 @@ and fsynced temporary file to the final name (``link`` fails when the name exist
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from pathlib import Path
@@ -93,7 +94,10 @@ class FileObjects:
         tmp = self._tmp(path, data)
         try:
             os.link(tmp, path)  # atomic, and refuses an existing name: never overwrites a result
-        except FileExistsError:
+        except FileExistsError as exc:
+            if not path.is_file():  # a folder (or else) in the way is no result: "exists" would ack it, lost
+                raise error_naming(IsADirectoryError(errno.EISDIR, "a folder is in the way of the result") if
+                                   path.is_dir() else exc, path) from exc
             # Another writer's link, perhaps not yet on disk (it was killed before its folder sync): the caller acts on
             # "it exists" (acks the message), so the name is made durable first, as for a create of its own.
             fsync_dir(path.parent)

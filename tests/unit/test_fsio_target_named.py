@@ -113,3 +113,18 @@ def test_a_file_where_the_folder_should_be_is_named_not_the_tmp(tmp_path: Path) 
         atomic_write(in_the_way / "x.json", b"{}")
     assert refused.value.filename == str(in_the_way), refused.value.filename
     assert ".tmp-" not in _said(refused.value, tmp_path / "home")
+
+
+def test_a_folder_in_the_way_of_a_result_is_refused_not_taken_for_the_result(tmp_path: Path) -> None:
+    """The record store's link refuses any existing name: a folder in the way of a result (a user's mkdir, a copy of a
+    run folder gone wrong) made `create` answer "it exists", and the caller acknowledged the message whose result
+    was never written. A result of another writer (a file) is still "it exists"."""
+    objects = FileObjects(tmp_path)
+    (tmp_path / "run" / "results" / "7.parquet").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as refused:
+        objects.create("run/results/7.parquet", b"result")
+    assert refused.value.filename == str(tmp_path / "run" / "results" / "7.parquet")
+    assert "a folder is in the way" in _said(refused.value, tmp_path / "home")
+    assert _hidden(tmp_path / "run" / "results") == [] and not objects.exists("run/results/7.parquet")
+    assert objects.create("run/results/8.parquet", b"first") and not objects.create("run/results/8.parquet", b"second")
+    assert objects.get("run/results/8.parquet") == b"first"

@@ -86,7 +86,9 @@ def sink_command(
         if isinstance(exc, SinkError) and isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             # The lake's disk is full: said as a full disk, with where to free space (the sink's own words gave the
             # raw errno only). Nothing was acknowledged, so what it held is redelivered once it runs again.
-            raise command_exit(cause, "tenfold feedback sink", settings.local.home) from exc
+            raise command_exit(cause, "tenfold feedback sink", settings.local.home,
+                               note="; nothing it held was acknowledged, so Pub/Sub redelivers it once the sink runs "
+                                    "again") from exc
         raise _fail(str(exc), 1) from exc
     except GoogleAPICallError as exc:  # one the sink does not retry (a bad request, say): what Pub/Sub said
         raise _fail(f"Pub/Sub refused the sink ({type(exc).__name__}: {exc}); unacknowledged messages are "

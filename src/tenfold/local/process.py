@@ -688,10 +688,16 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -
                 popen.wait(timeout=1)
             _reapers.remove(popen)
     if check and survivors:
-        pids = sorted(p.pid for p in survivors)
-        raise StillRunning(f"{record.name}: pid {', '.join(map(str, pids))} did not exit within 5 s of SIGKILL (stuck "
-                           "in the kernel: uninterruptible I/O, a hung mount or a failing disk?)", pids)
+        raise outlived_sigkill(record.name, [p.pid for p in survivors])
     return bool(members)
+
+
+def outlived_sigkill(name: str, pids: Iterable[int]) -> StillRunning:
+    """What :func:`stop` raises when processes of ``name`` outlived SIGKILL: also for a caller that knows a stop just
+    failed on them, and does not signal and wait on them again."""
+    pids = sorted(pids)
+    return StillRunning(f"{name}: pid {', '.join(map(str, pids))} did not exit within 5 s of SIGKILL (stuck in the "
+                        "kernel: uninterruptible I/O, a hung mount or a failing disk?)", pids)
 
 
 def _marked(marker: str) -> list[psutil.Process]:

@@ -49,7 +49,8 @@ def check(
         lake = Lake.from_settings(settings)
         frame = to_frame(read_batch(lake, lake.files(table, part, verify=True)))
         report = run_suite(settings, frame, table=table, part=part, suite_name=name,
-                           batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli")
+                           batch_uri=lake.uri_of(lake.partition_path(table, part)), run_name=f"{part.label}-cli",
+                           suite_checked=True)
     except KeyError as exc:
         typer.echo(f"error: no default suite for {table!r}: pass --suite (tables with one: {', '.join(suites)})", err=True)
         raise typer.Exit(2) from exc

@@ -342,6 +342,7 @@ def run_suite(
     run_name: str | None = None,
     lake: Lake | None = None,
     parameters: dict[str, Any] | None = None,
+    suite_checked: bool = False,
 ) -> ValidationReport:
     """Validate a DataFrame with ``suite_name`` for ``part``; writes Data Docs when ``docs``. No side effects else.
 
@@ -353,13 +354,15 @@ def run_suite(
     row_condition pandas refuses, a wrong kwarg): the suite is at fault, not the batch, which must then be neither
     quarantined nor withdrawn. ``lake``: where the features suite's month finds its history months (default: the
     settings' lake; see :func:`suite_parameters`); ``parameters``: those already worked out (a verdict's digest
-    covers them, so the run must use the very same).
+    covers them, so the run must use the very same); ``suite_checked``: the caller ran :func:`check_suite` already
+    (before it read the batch), which is not done twice.
     """
     from tenfold.quality.datadocs import docs_site
 
     # A suite that cannot run is refused once, here: met inside the Data Docs attempt, it was logged as a Data Docs
     # failure first (a misleading line before the real one).
-    check_suite(settings, suite_name)
+    if not suite_checked:
+        check_suite(settings, suite_name)
     if parameters is None:
         parameters = suite_parameters(settings, lake, part, suite_name)
     report = None
@@ -582,7 +585,7 @@ def validate_partition(
         report = _unreadable(table, part, suite_name, batch_uri, exc)
     else:
         report = run_suite(settings, frame, table=table, part=part, suite_name=suite_name, batch_uri=batch_uri,
-                           docs=docs, run_name=f"{part.label}-{attempt}", lake=lake)
+                           docs=docs, run_name=f"{part.label}-{attempt}", lake=lake, suite_checked=True)
     if report.success:
         log.info("%s", report.summary())
         return report
@@ -724,7 +727,7 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
             return ValidationReport(table, part.label, "integrity", batch_uri, success=True, evaluated=0, outcomes=(), rows=arrow.num_rows)
         report = run_suite(settings, to_frame(arrow), table=table, part=part, suite_name=suite_name,
                            batch_uri=batch_uri, docs=docs, run_name=f"{part.label}-{key}", lake=lake,
-                           parameters=parameters)
+                           parameters=parameters, suite_checked=True)
     if report.success:
         log.info("%s", report.summary())
         if verdict is not None:

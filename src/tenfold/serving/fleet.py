@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1005,14 +1005,19 @@ def _leftovers(settings: Settings) -> list[str]:
     return sorted(p.stem for p in rd.glob("*.pid") if p.stem == HAPROXY or p.stem.startswith("replica-"))
 
 
-def _stop_leftovers(settings: Settings, say: Callable[[str], object]) -> list[tuple[process.StillRunning, Path]]:
+def _stop_leftovers(settings: Settings, say: Callable[[str], object],
+                    outlived: Collection[int] = ()) -> list[tuple[process.StillRunning, Path]]:
     """Stop what a supervisor that died left running (only processes our pid files still identify); returns those that
     outlived SIGKILL (stuck in uninterruptible I/O: a hung mount), each with its pid file, which is kept: dropped, the
-    next `tenfold serve up` refused the port its own HAProxy still held as another program's."""
+    next `tenfold serve up` refused the port its own HAProxy still held as another program's. A process in ``outlived``
+    has just outlived a SIGKILL of the supervisor's stop: it is named as stuck, not signalled and waited on again
+    (`tenfold serve down` stopped a stuck replica a third time, after the supervisor's shutdown and its own stop)."""
     stuck = []
     for name in _leftovers(settings):
         record = process.read_record(run_dir(settings), name)
         try:
+            if record is not None and record.pid in outlived and process.is_running(record):
+                raise process.outlived_sigkill(name, [record.pid])
             if record is not None and process.stop(record, timeout=settings.serving.server.stop_timeout_s, check=True):
                 say(f"{name}: stopped (left by a fleet supervisor that is gone)")
         except process.StillRunning as exc:  # the others are still stopped; the caller reports it once they are
@@ -1348,7 +1353,7 @@ def _down(settings: Settings, *, say: Callable[[str], object]) -> bool:
         except process.StillRunning as exc:  # it, or what it started (HAProxy, a replica): the latter are named below
             stopped, outlived = True, exc
     left = _leftovers(settings)
-    stuck = _stop_leftovers(settings, say)
+    stuck = _stop_leftovers(settings, say, outlived.pids if outlived is not None else ())
     named = {pid for exc, _path in stuck for pid in exc.pids}
     if outlived is not None and not set(outlived.pids) <= named:
         # The supervisor itself (or a process of it that no pid file of the fleet names): its pid file is kept.
@@ -1400,6 +1405,9 @@ class FleetReport:
     supervisor_error: str | None = None
     predict_path: str = "/v1/predict"  # settings.serving.server.api_prefix + /predict
     minimums: dict[str, int] = field(default_factory=dict)  # each pool's minimum of replicas
+    # With no supervisor: the fleet's processes whose pid files are kept and that still run (one that outlived
+    # SIGKILL, or what a supervisor that died left), each as "<name> (pid N)": `tenfold serve up` refuses beside them.
+    leftovers: list[str] = field(default_factory=list)
 
     def serving(self, pool: str) -> int:
         """The pool's replicas that serve and answer their own health check."""
@@ -1450,6 +1458,9 @@ def report(settings: Settings) -> FleetReport:
                       lb_status=r.lb_status, alive=_alive(f"http://{host}:{r.port}{health}"), log=r.log)
         for p in (st.pools.values() if st else []) for r in p.replicas
     ]
+    leftovers = [] if record is not None else [
+        f"{name} (pid {left.pid})" for name in _leftovers(settings)
+        if (left := process.read_record(rd, name)) is not None and process.is_running(left)]
     tpath = token_path(settings)
     token: str | None = None
     token_error: str | None = None
@@ -1465,7 +1476,7 @@ def report(settings: Settings) -> FleetReport:
         replicas=replicas, token_path=str(tpath), token=token, token_error=token_error, log=str(process.log_file(rd, SUPERVISOR)),
         supervisor_error=stale,
         predict_path=f"{settings.serving.server.api_prefix}/predict",
-        minimums={k: v.min for k, v in st.pools.items()} if st else {},
+        minimums={k: v.min for k, v in st.pools.items()} if st else {}, leftovers=leftovers,
     )
 
 
@@ -1481,7 +1492,13 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
         token = (shown or "(not generated yet)") if secrets else "`tenfold status` shows it"
     token_line = f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
     if not rep.running and not rep.haproxy_alive:
-        return "serving  stopped                 (start it with `tenfold serve up`)" + ("\n" + token_line if rep.token or rep.token_error else "")
+        # Processes of the fleet that still run with no supervisor: "stopped" alone sent users to `serve up`, which
+        # refuses beside them.
+        stopped = (f"serving  stopped, but {', '.join(rep.leftovers)} of an earlier fleet still "
+                   f"{'runs' if len(rep.leftovers) == 1 else 'run'} with no supervisor: `tenfold serve down` stops "
+                   "them (it says so if one outlived SIGKILL), then `tenfold serve up`" if rep.leftovers
+                   else "serving  stopped                 (start it with `tenfold serve up`)")
+        return stopped + ("\n" + token_line if rep.token or rep.token_error else "")
     state = "healthy" if rep.healthy else "running, not healthy"
     lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
     if rep.supervisor_error:

@@ -55,3 +55,15 @@ def test_fewer_predictions_than_files_is_refused(monkeypatch: pytest.MonkeyPatch
         feedback_window.main(["--predictions", "5", "--files", "10"])
     assert refused.value.code == 2
     assert "--predictions 5 is fewer than --files 10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["oov", "quality", "search"])
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_a_seed_training_would_refuse_is_refused_before_any_work(script: str, seed: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--seeds` took any whole number: one out of TrainConfig's range failed in the first run's training, after the
+    lake was read. parse_args is the first line of their main (their work's imports come after it)."""
+    with pytest.raises(SystemExit) as refused:
+        load(script).main(["--seeds", "0", seed])
+    assert refused.value.code == 2
+    assert f"{seed} is not a seed: give a whole number from 0 to 2**63 - 1" in capsys.readouterr().err

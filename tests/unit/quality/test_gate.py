@@ -40,10 +40,15 @@ def _docs_page(report) -> Path:
     return Path(report.data_docs.removeprefix("file://"))
 
 
-def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts):
+def test_a_good_month_passes_and_stays_staged(settings, lake, stage, alerts, monkeypatch):
+    from tenfold.quality import gate
+
+    checked, check = [], gate.check_suite
+    monkeypatch.setattr(gate, "check_suite", lambda *a: checked.append(a) or check(*a))
     uri = stage(synthetic_features(MARCH, 24_000, seed=7), MARCH)
     report = validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE)
     assert report.success, report.summary()
+    assert len(checked) == 1  # the suite is loaded and checked once, before the batch is read (it was twice)
     assert report.rows == 24_000 and report.evaluated > 50 and not report.failures
     assert _docs_page(report).is_file()
     assert str(settings.local.home / "data_docs") in report.data_docs

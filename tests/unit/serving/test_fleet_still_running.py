@@ -249,3 +249,65 @@ def test_a_supervisor_that_outlived_sigkill_keeps_its_pid_file(tmp_path: Path, m
     finally:
         monkeypatch.undo()
         process.stop(supervisor, timeout=5)
+
+
+def test_serve_status_names_the_fleets_processes_that_still_run_with_no_supervisor(tmp_path: Path) -> None:
+    """A replica kept by its pid file (it outlived SIGKILL, or its supervisor died) still runs with no supervisor:
+    `tenfold serve status` said "serving  stopped (start it with `tenfold serve up`)", and that `up` refused beside it.
+    Status names it, and says stopped plainly once it has exited."""
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    rd = fleet.run_dir(settings)
+    left = process.start("replica-stable-1", ["sleep", "300"], run_dir=rd, port=0, cwd=tmp_path)
+    try:
+        rep = fleet.report(settings)
+        assert rep.leftovers == [f"replica-stable-1 (pid {left.pid})"] and not rep.running and not rep.healthy
+        first = fleet.describe(rep).splitlines()[0]
+        assert first.startswith(f"serving  stopped, but replica-stable-1 (pid {left.pid}) of an earlier fleet still "
+                                "runs with no supervisor: `tenfold serve down` stops them"), first
+    finally:
+        process.stop(left, timeout=5)
+    assert process.read_record(rd, "replica-stable-1") is not None  # the pid file is there, its process gone
+    rep = fleet.report(settings)
+    assert rep.leftovers == [] and fleet.describe(rep).startswith("serving  stopped                 (start it with")
+
+
+def test_serve_down_does_not_stop_a_replica_again_that_just_outlived_sigkill(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's stop takes its replicas too: one that outlived that SIGKILL was then stopped again as a
+    leftover (SIGTERM, the stop timeout, SIGKILL, 5 s more), for nothing. Here the replica is a child of a stand-in
+    supervisor, and no signal reaches it: `down` sends it one SIGKILL, names it and keeps its pid file."""
+    import psutil
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path / "home")})
+    rd = fleet.run_dir(settings)
+    child_file = tmp_path / "child"
+    supervisor = process.start(fleet.SUPERVISOR, ["bash", "-c", f"sleep 300 & echo $! > {child_file}; wait"],
+                               run_dir=rd, port=0, cwd=tmp_path)
+    process.wait_until(lambda: child_file.exists() and child_file.read_text().strip() != "", timeout=10,
+                       what="the stand-in supervisor's replica")
+    child = psutil.Process(int(child_file.read_text()))
+    replica = process.record_of(child, "replica-stable-1", run_dir=str(rd.resolve()))
+    process.pid_file(rd, "replica-stable-1").write_text(replica.to_json())
+    assert process.read_record(rd, "replica-stable-1") == replica
+    kills: list[signal.Signals] = []
+    real_signal, real_stop = process._signal, process.stop
+
+    def sparing_the_replica(pgid, procs, sig):  # type: ignore[no-untyped-def]
+        kills.extend(sig for p in procs if p.pid == child.pid)
+        real_signal(None, [p for p in procs if p.pid != child.pid], sig)
+
+    monkeypatch.setattr(process, "_signal", sparing_the_replica)
+    monkeypatch.setattr(process, "stop", lambda record, timeout=20.0, check=False: real_stop(
+        record, timeout=min(timeout, 0.5), check=check))
+    said: list[str] = []
+    try:
+        with pytest.raises(process.StillRunning) as refused:
+            fleet.down(settings, say=said.append)
+        assert refused.value.pids == [child.pid], refused.value
+        assert kills.count(signal.SIGKILL) == 1, kills
+        assert "replica-stable-1: not stopped, a process of it outlived SIGKILL" in said, said
+        assert process.read_record(rd, "replica-stable-1") == replica and not process.is_running(supervisor)
+    finally:
+        monkeypatch.undo()
+        child.kill()
+        process.stop(supervisor, timeout=5)
