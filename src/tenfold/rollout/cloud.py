@@ -439,11 +439,51 @@ LB_LOG_RESOURCE = "http_load_balancer"
 MAX_ENTRIES_PER_ARM = 5000
 # The sample's expected size, as a share of the cap (the rest is room for the rate estimate's error).
 SAMPLE_SHARE = 0.8
-# Refusals counted as errors besides 5xx and no answer: a replica that refuses authenticated traffic (under IAP, one
-# checking another backend's audience: docs/deploy.md) fails its users as surely as one that crashes, and counting
-# only 5xx passed such a canary as a fast success. The control's are counted the same way, so a client without a
-# token (or a Cloud Armor denial) weighs on both arms alike and the comparison stays fair.
+# Which log entries are the arm's, and which of those are errors. The URL map routes by the ``X-Tenfold-Bucket``
+# header the client sends (urlmap.py), so anyone can aim requests at either arm: an entry counts only when it says
+# something about the replicas, never only about the client, or a client could fail a good canary (a flood of
+# requests that hang up, or without a token) or hide a bad one (a flood of answers that are not the arm's, diluting
+# its errors). The load balancer's ``jsonPayload.statusDetails`` says who answered
+# (https://cloud.google.com/load-balancing/docs/https/https-logging-monitoring):
+#
+# - a 5xx is an error, whether the replica or the load balancer (for a backend it could not use) sent it;
+# - these say the backend failed, with or without a status: an error;
+BACKEND_FAILED = frozenset({
+    "failed_to_connect_to_backend", "failed_to_pick_backend", "backend_timeout",
+    "backend_connection_closed_before_data_sent_to_client", "backend_connection_closed_after_partial_response_sent",
+})
+# - no status, and the client hung up or timed out: not the arm's (neither a request nor an error). A missing or
+#   other detail with no status still counts as an error (no answer, cause unknown: the check errs toward failing);
+CLIENT_LEFT = frozenset({"client_disconnected_before_any_response", "client_timed_out"})
+# - answered in front of the backend (Cloud Armor's denial or rate limit, IAP turning away a caller without
+#   credentials): not the arm's, whatever the status;
+NOT_FROM_BACKEND = frozenset({
+    "denied_by_security_policy", "throttled_by_security_policy", "redirected_by_security_policy",
+    "handled_by_identity_aware_proxy",
+})
+# - a 401 or 403 the replica sent: an error only under IAP (``serving.server.auth_mode = "iap"``), where IAP has
+#   already turned away callers without credentials, so a replica refusing one is refusing authenticated traffic
+#   (one checking another backend's audience: docs/deploy.md), and counting only 5xx passed such a canary as a fast
+#   success. Under "bearer" the load balancer checks no token and the replica's 401 is the client's own fault
+#   (no or a wrong token): not the arm's, so a flood of them neither fails the arm nor dilutes its error rate;
 REFUSED_STATUSES = frozenset({401, 403})
+SENT_BY_BACKEND = "response_sent_by_backend"
+# - any other answer is a success of the arm.
+
+
+def _outcome(status: int, details: str, iap: bool) -> bool | None:
+    """True: an error of the arm; False: a success; None: not the arm's (see :data:`BACKEND_FAILED` and after)."""
+    if details in NOT_FROM_BACKEND:  # first: a Cloud Armor rule may deny with a 502
+        return None
+    if status >= 500 or details in BACKEND_FAILED:
+        return True
+    if status < 100:
+        return None if details in CLIENT_LEFT else True
+    if status in REFUSED_STATUSES:
+        return True if iap and details == SENT_BY_BACKEND else None
+    return False
+
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -465,8 +505,11 @@ class LoadBalancerLogObserver:
     """The cloud :class:`~tenfold.rollout.TrafficObserver`: the load balancer's request logs.
 
     Each arm is its backend service: one Cloud Logging query per arm for the predict endpoint's requests in
-    ``[since, until)``. A request counts as an error when the load balancer logged a 5xx, a 401 or 403
-    (:data:`REFUSED_STATUSES`) or no status at all (no answer); its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's is locally.
+    ``[since, until)``. A request counts as an error when the load balancer logged a 5xx or a backend failure
+    (:data:`BACKEND_FAILED`, no status included), and under IAP a 401 or 403 the replica sent; entries that say
+    nothing about the replicas (the client left, Cloud Armor or IAP answered, a 401/403 under bearer auth) are
+    left out of the arm's requests. Its latency is the load balancer's total ``httpRequest.latency``, as HAProxy's
+    is locally.
     The load balancer writes its logs with a delay of seconds to a minute: the rollout reads each window
     ``rollout.traffic_lag_s`` after it ends, so no request falls between two checks. At most ``max_entries``
     requests are read per arm: a busier window is read as a sample spread over all of it.
@@ -516,44 +559,54 @@ class LoadBalancerLogObserver:
         lb = self.settings.serving.load_balancer
         result: dict[str, ArmTraffic] = {}
         for arm, backend in ((STABLE, lb.stable_backend), (CANARY, lb.canary_backend)):
-            statuses, latencies, last = self._read(backend, since, until, self.max_entries)
-            if len(statuses) >= self.max_entries and last is not None and last > since:
+            read, outcomes, latencies, last = self._read(backend, since, until, self.max_entries)
+            if read >= self.max_entries and last is not None and last > since:
                 # The cap was reached at ``last``: at that rate the window holds ~expected; read a sample of
                 # 80 % of the cap's worth, spread evenly over the whole window.
-                expected = len(statuses) * (until - since) / (last - since)
+                expected = read * (until - since) / (last - since)
                 fraction = min(1.0, SAMPLE_SHARE * self.max_entries / expected)
-                statuses, latencies, _ = self._read(backend, since, until, self.max_entries, sample=fraction)
+                read, outcomes, latencies, _ = self._read(backend, since, until, self.max_entries, sample=fraction)
                 log.info("%s: about %.0f requests in [%s, %s): read a sample of %.4f of them (%d)", backend, expected,
-                         since, until, fraction, len(statuses))
-            errors = sum(1 for c in statuses if c >= 500 or c < 100 or c in REFUSED_STATUSES)
-            result[arm] = ArmTraffic(requests=len(statuses), errors=errors, latencies_ms=tuple(latencies))
+                         since, until, fraction, read)
+            if (left_out := read - len(outcomes)) > 0:
+                log.info("%s: %d of %d requests in [%s, %s) left out, not the arm's (the client left, Cloud Armor or "
+                         "IAP answered, or a 401/403 under bearer auth)", backend, left_out, read, since, until)
+            result[arm] = ArmTraffic(requests=len(outcomes), errors=sum(outcomes), latencies_ms=tuple(latencies))
         return result
 
     def _read(self, backend: str, since: dt.datetime, until: dt.datetime, cap: int, *,
-              sample: float | None = None) -> tuple[list[int], list[float], dt.datetime | None]:
-        """The statuses (0: no answer) and latencies of at most ``cap`` of the arm's requests in ``[since, until)``,
-        the oldest first (of a ``sample`` fraction of them, if given), and the time of the last one read."""
+              sample: float | None = None) -> tuple[int, list[bool], list[float], dt.datetime | None]:
+        """How many of the arm's requests in ``[since, until)`` were read (at most ``cap``, the oldest first; of a
+        ``sample`` fraction of them, if given), whether each one that is the arm's was an error (:func:`_outcome`),
+        their latencies, and the time of the last one read."""
         from google.cloud.logging import ASCENDING
 
         query = self.log_filter(backend, since, until)
         if sample is not None:
             query += f" AND sample(insertId, {sample:.6f})"
-        statuses: list[int] = []
+        iap = self.settings.serving.server.auth_mode == "iap"
+        read = 0
+        outcomes: list[bool] = []
         latencies: list[float] = []
         last: dt.datetime | None = None
         entries = self.client.list_entries(resource_names=[f"projects/{self.settings.project_id}"], filter_=query,
                                            order_by=ASCENDING, page_size=min(1000, cap), max_results=cap)
         for entry in entries:
+            read += 1
+            last = entry.timestamp if isinstance(entry.timestamp, dt.datetime) else last
             http = entry.http_request or {}
             try:
                 status = int(http.get("status") or 0)
             except (TypeError, ValueError):
                 status = 0
-            statuses.append(status)
+            payload = entry.payload if isinstance(entry.payload, Mapping) else {}
+            error = _outcome(status, str(payload.get("statusDetails") or ""), iap)
+            if error is None:
+                continue
+            outcomes.append(error)
             if (ms := _latency_ms(http.get("latency"))) is not None:
                 latencies.append(ms)
-            last = entry.timestamp if isinstance(entry.timestamp, dt.datetime) else last
-        if sample is not None and len(statuses) >= cap:
+        if sample is not None and read >= cap:
             log.warning("%s: the sample of [%s, %s) reached %d requests too (a burst late in the window): it is the "
                         "oldest of the sample", backend, since, until, cap)
-        return statuses, latencies, last
+        return read, outcomes, latencies, last

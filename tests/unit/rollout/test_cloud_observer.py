@@ -102,8 +102,9 @@ def test_each_arm_is_its_backend_service_with_errors_and_latencies() -> None:
     observer: TrafficObserver = _observer(fake)
     seen = observer.traffic(SINCE, UNTIL)
     assert seen["stable"] == ArmTraffic(requests=40, errors=0, latencies_ms=tuple(float(10 + i) for i in range(40)))
-    assert seen["canary"].requests == 9 and seen["canary"].errors == 2, "a 502 and a request with no answer"
-    assert seen["canary"].latencies_ms == pytest.approx([30.5] * 7 + [4.102]), "no latency for the unanswered one"
+    # the 502 is an error; the client that left before any answer is not the canary's (neither request nor error)
+    assert seen["canary"].requests == 8 and seen["canary"].errors == 1, seen["canary"]
+    assert seen["canary"].latencies_ms == pytest.approx([30.5] * 7 + [4.102])
     assert fake.calls == [
         {"resourceNames": [f"projects/{S.project_id}"], "filter": _filter(LB.stable_backend), "orderBy": "timestamp asc",
          "pageSize": 1000},
@@ -176,23 +177,88 @@ def test_bad_windows_are_refused() -> None:
         observer.traffic(UNTIL, SINCE)
 
 
-def _refused(backend: str, status: int) -> dict[str, Any]:
-    """The recorded answered entry, as the backend's replica refusing the request with ``status``."""
+def _refused(backend: str, status: int, details: str = "response_sent_by_backend") -> dict[str, Any]:
+    """The recorded answered entry, as ``status`` (the replica's own answer unless ``details`` says otherwise)."""
     entry = _entry(OK, backend, 3.0)
     entry["httpRequest"]["status"] = status
+    entry["jsonPayload"]["statusDetails"] = details
     return entry
+
+
+def _no_status(backend: str, details: str) -> dict[str, Any]:
+    """The recorded entry of a request with no answer, its ``statusDetails`` saying why."""
+    entry = _entry(NO_ANSWER, backend)
+    entry["jsonPayload"]["statusDetails"] = details
+    return entry
+
+
+def _auth_mode(mode: str) -> Any:
+    server = S.serving.server.model_copy(update={"auth_mode": mode, "iap_audience": "/projects/1/global/backendServices/2"
+                                                 if mode == "iap" else None})
+    return S.model_copy(update={"serving": S.serving.model_copy(update={"server": server})})
+
+
+IAP = _auth_mode("iap")
 
 
 def test_a_canary_refusing_authenticated_requests_counts_errors_on_both_arms_alike() -> None:
     """Under IAP both pools check one audience while IAP signs the canary's requests with its own backend's
     (docs/deploy.md): the canary answered 401 to everyone and, counted on 5xx only, passed as a fast success.
-    A 401 or 403 is an error, on the control arm too."""
+    Under IAP a 401 or 403 the replica sent is an error, on the control arm too."""
+    assert IAP.serving.server.auth_mode == "iap"
     stable = [_entry(OK, LB.stable_backend, 12.0)] * 18 + [_refused(LB.stable_backend, 403)] * 2
     canary = [_refused(LB.canary_backend, 401)] * 9 + [_entry(OK, LB.canary_backend, 12.0)]
-    seen = _observer(FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary})).traffic(SINCE, UNTIL)
+    seen = _observer(FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary}), settings=IAP).traffic(SINCE, UNTIL)
     assert (seen["canary"].requests, seen["canary"].errors) == (10, 9)
     assert (seen["stable"].requests, seen["stable"].errors) == (20, 2)
     # other answers a client caused stay successes of the replica
     client_errors = [_refused(LB.canary_backend, status) for status in (400, 404, 422, 429)]
-    seen = _observer(FakeLogging({LB.canary_backend: client_errors})).traffic(SINCE, UNTIL)
+    seen = _observer(FakeLogging({LB.canary_backend: client_errors}), settings=IAP).traffic(SINCE, UNTIL)
     assert (seen["canary"].requests, seen["canary"].errors) == (4, 0)
+
+
+def test_under_iap_what_iap_or_cloud_armor_turned_away_is_not_the_arms() -> None:
+    """IAP turns away callers without credentials before the backend (a 401, or a 302 to its sign-in), Cloud Armor
+    denies (403) and throttles (429) in front of it too: none is the arm's, so a flood of them aimed at the canary
+    by its bucket neither fails it nor dilutes the 5xx it really returns."""
+    turned_away = ([_refused(LB.canary_backend, 401, "handled_by_identity_aware_proxy")] * 30
+                   + [_refused(LB.canary_backend, 302, "handled_by_identity_aware_proxy")] * 30
+                   + [_refused(LB.canary_backend, 403, "denied_by_security_policy")] * 30
+                   + [_refused(LB.canary_backend, 429, "throttled_by_security_policy")] * 30
+                   + [_refused(LB.canary_backend, 502, "denied_by_security_policy")] * 30)  # a rule's deny-502
+    canary = turned_away + [_entry(BACKEND_502, LB.canary_backend)] * 2 + [_entry(OK, LB.canary_backend, 12.0)] * 2
+    seen = _observer(FakeLogging({LB.canary_backend: canary}), settings=IAP).traffic(SINCE, UNTIL)
+    assert (seen["canary"].requests, seen["canary"].errors) == (4, 2), seen["canary"]
+    assert seen["canary"].latencies_ms == pytest.approx([4.102, 4.102, 12.0, 12.0])
+
+
+def test_under_bearer_auth_requests_without_a_token_are_not_the_arms() -> None:
+    """Under bearer auth the load balancer checks no token and the URL map routes by the bucket the client sends:
+    anyone can aim token-less requests at the canary (bucket 0) and get the replica's 401 logged under it. They
+    are the client's fault: not an error of the arm (it failed a good canary) nor a request of it (a flood of them
+    diluted the errors of a bad one, aimed the other way hid it), and their fast answers are not its latencies."""
+    assert S.serving.server.auth_mode == "bearer"
+    canary = [_refused(LB.canary_backend, 401)] * 9 + [_entry(OK, LB.canary_backend, 12.0)]
+    stable = [_refused(LB.stable_backend, 401)] * 60 + [_refused(LB.stable_backend, 403)] * 5 + [
+        _entry(BACKEND_502, LB.stable_backend)] + [_entry(OK, LB.stable_backend, 12.0)] * 3
+    seen = _observer(FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary})).traffic(SINCE, UNTIL)
+    assert seen["canary"] == ArmTraffic(requests=1, errors=0, latencies_ms=(12.0,))
+    assert (seen["stable"].requests, seen["stable"].errors) == (4, 1), seen["stable"]
+
+
+def test_a_request_with_no_answer_is_an_error_when_the_backend_failed_not_when_the_client_left() -> None:
+    """A client that hangs up right after sending is logged with no status, under the arm it chose: in any auth
+    mode that failed a good canary. No status counts as an error only when ``statusDetails`` says the backend
+    failed; one with no detail still does (no answer, cause unknown)."""
+    for settings in (S, IAP):
+        left = [_no_status(LB.canary_backend, d) for d in ("client_disconnected_before_any_response", "client_timed_out")]
+        seen = _observer(FakeLogging({LB.canary_backend: left * 30 + [_entry(OK, LB.canary_backend, 12.0)]}),
+                         settings=settings).traffic(SINCE, UNTIL)
+        assert seen["canary"] == ArmTraffic(requests=1, errors=0, latencies_ms=(12.0,)), settings.serving.server.auth_mode
+        failed = [_no_status(LB.canary_backend, d) for d in (
+            "backend_connection_closed_before_data_sent_to_client", "backend_timeout", "failed_to_connect_to_backend")]
+        unknown = _entry(NO_ANSWER, LB.canary_backend)
+        del unknown["jsonPayload"]["statusDetails"]
+        seen = _observer(FakeLogging({LB.canary_backend: [*failed, unknown, _entry(OK, LB.canary_backend, 12.0)]}),
+                         settings=settings).traffic(SINCE, UNTIL)
+        assert (seen["canary"].requests, seen["canary"].errors) == (5, 4), settings.serving.server.auth_mode
