@@ -182,8 +182,12 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         # The champion named in the run conf (the CLI's own example) is pinned as the default is: resolved again, a
         # run cleared after a rollout measured the new champion and retrained a second time (:func:`_champion_once`).
         version = _champion_once(settings, airflow_run_id, registry) if ref == CHAMPION else registry.find(ref)
-    except RegistryError as exc:  # an unknown id or alias: the registry's message names it
-        raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
+    except RegistryError as exc:  # an unknown id or alias, or a damaged pointer: the registry's message names it
+        if conf.get("version") is not None:
+            raise PipelineInputError(f"run conf version {ref!r}: {exc}") from exc
+        # No version asked for (an Asset-triggered run): a torn champion pointer is the registry's, not a run conf's
+        # nobody gave; its message says how to mend it, and a retry reads the same bytes.
+        raise PipelineError(f"cannot measure drift against the {CHAMPION}: {exc}") from exc
     key = run_key(airflow_run_id)
     return DriftRun(run_key=key, airflow_run_id=airflow_run_id, months=tuple(p.label for p in months),
                     version=version, version_ref=ref, work_dir=str(work_root(settings) / key))

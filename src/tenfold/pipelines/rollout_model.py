@@ -38,7 +38,7 @@ from typing import Any
 from tenfold.config import Settings
 from tenfold.config.serving import RolloutSettings
 from tenfold.pipelines.common import PipelineError, PipelineInputError, RunState, conf_ref, run_conf, run_key, run_main
-from tenfold.registry.errors import AliasConflict, RegistryError
+from tenfold.registry.errors import AliasConflict, RegistryError, UnknownVersion
 from tenfold.registry.registry import CHALLENGER, CHAMPION, ROLLOUT_DECISION_PREFIX, ModelRegistry, is_version_id
 from tenfold.rollout import ArmTraffic, Deployer, TrafficObserver, TrafficRouter
 from tenfold.rollout.analysis import FAIL, NO_DATA, PASS, Accuracy, Check, check
@@ -199,10 +199,13 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
             return RolloutRun.from_xcom(recorded["run"])
     try:
         version = reg.find(str(ref))
-    except (RegistryError, ValueError) as exc:  # an unknown alias or version, or not a version id at all; a registry
-        # the storage cannot reach now is raised as it is, and Airflow retries
+    except (UnknownVersion, ValueError) as exc:  # an unknown alias or version (an alias not set), or not a version id; a
+        # registry the storage cannot reach now is raised as it is, and Airflow retries
         raise PipelineInputError(f"nothing to roll out: {exc}. Train a challenger (train_model) or pass "
                                  "{\"version\": \"<id>\"} in the run conf") from None
+    except RegistryError as exc:  # set, but unreadable (a damaged alias pointer, a tampered version record): training
+        # a challenger would not mend it, the registry's message says what does; a retry reads the same bytes
+        raise PipelineError(f"cannot roll out {ref}: {exc}") from exc
     recorded = reg.rollout_events(version, rollout_id).get("start")
     if recorded is not None:
         log.info("rollout %s of %s already planned at %s: resuming it", rollout_id, version, recorded["at"])
@@ -575,7 +578,8 @@ def _back_to_the_champion(p: Places, run: RolloutRun, current: str | None) -> di
     return _refuse_promotion(p, run, current, after_promoting=True)
 
 
-def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, p: Places | None = None) -> dict[str, Any]:
+def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, p: Places | None = None,
+             failure_alerted: bool = True) -> dict[str, Any]:
     """Carry out the outcome (idempotent; runs whatever happened to the steps).
 
     * every step passed: the canary takes 100 %, ``champion`` moves (compare-and-swap on the champion the rollout
@@ -592,6 +596,10 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
 
     A rollout that a newer one has superseded never touches the canary weight (it is the newer one's).
 
+    ``failure_alerted``: whether a deploy or step task that gave up was alerted already (the DAG's: Airflow's failure
+    callback), so a rollout it stopped is not alerted twice; the one-process run (:func:`main`) passes False, as
+    nothing else alerts it there.
+
     Writes the HTML report to the lake and returns the ``done`` event.
     """
     if run is None:
@@ -601,7 +609,9 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     record = events(p, run)
     if "done" in record:  # a re-run: what it ended with, and the alert hooks that still miss its alert
         done_then = record["done"]
-        if (ALERT_SENT in record or not _alert_due(done_then["outcome"], done_then["reasons"])
+        # alert-due is recorded only when an alert was due (whichever way the run was started)
+        if (ALERT_SENT in record or not (ALERT_DUE in record or _alert_due(done_then["outcome"], done_then["reasons"],
+                                                                          failure_alerted))
                 or (ALERT_DUE not in record and undelivered_key(record)[0] is None)):
             # Sent, not due, or recorded before the alert's outcome was kept (sent then, untracked). A record of that
             # age that does name hooks which missed it kept outcomes already: those are sent it below.
@@ -706,11 +716,12 @@ def conclude(settings: Settings, run: RolloutRun | Mapping[str, Any] | None, *, 
     elif outcome != PROMOTED:
         _no_canary_traffic(p, run)  # else the weight is a newer rollout's canary's: a re-run of this conclude leaves it
     report = write_report(settings, run.rollout, events(p, run))
-    if _alert_due(outcome, reasons):
+    due = _alert_due(outcome, reasons, failure_alerted)
+    if due:
         _record(p, run, ALERT_DUE, {})  # before done: a try killed after done finds it, and its re-run alerts
     done = _record(p, run, "done", {"outcome": outcome, "reasons": reasons, "report": report,
                                     "champion": reg.resolve(CHAMPION), "canary_percent": p.router.canary_percent()})
-    missed = _alert(p, run, done) if _alert_due(outcome, reasons) else ()
+    missed = _alert(p, run, done) if due else ()
     log.info("rollout %s: %s; champion %s; canary at %s %%; report %s", run.rollout_id, outcome, done["champion"],
              done["canary_percent"], report)
     return {**done, "undelivered": list(missed)} if missed else done
@@ -756,11 +767,12 @@ STEP_TASK_FAILED = "a step task failed"
 DEPLOY_TASK_FAILED = "the deploy task failed"
 
 
-def _alert_due(outcome: str, reasons: list[str]) -> bool:
+def _alert_due(outcome: str, reasons: list[str], failure_alerted: bool = True) -> bool:
     """Whether conclude alerts: a green run said nothing of a canary that got no data or a rejected version. (A step
-    or deploy task that failed was alerted by Airflow's failure callback already.)"""
-    return outcome == ROLLED_BACK or (outcome == FAILED and not any(STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r
-                                                                     for r in reasons))
+    or deploy task that failed was alerted by Airflow's failure callback already, when ``failure_alerted``: in the
+    DAG. Without Airflow nothing did, and a rollout a raised step stopped was never told to anyone.)"""
+    return outcome == ROLLED_BACK or (outcome == FAILED and not (failure_alerted and any(
+        STEP_TASK_FAILED in r or DEPLOY_TASK_FAILED in r for r in reasons)))
 
 
 def _alert(p: Places, run: RolloutRun, done: Mapping[str, Any], *, only: Sequence[str] | None = None
@@ -823,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(settings: Settings, args: argparse.Namespace) -> int:
         run_id = args.run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S}"
-        run = plan(settings, run_id, {"version": args.version} if args.version else {})
+        # --version "" (a script's unset variable) is the run conf's {"version": ""}: refused, never the challenger
+        run = plan(settings, run_id, {"version": args.version} if args.version is not None else {})
         try:
             run = deploy(settings, run)
             for i in range(1, len(run.steps) + 1):
@@ -832,10 +845,11 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             # As the DAG's conclude runs when a step task failed: the canary's share is taken away and the rollout
             # ends FAILED with its report, where it kept its share with nobody watching (a rerun starts a new one).
+            # No failure callback alerted the step that raised (there is no Airflow here): conclude alerts it.
             with contextlib.suppress(Exception):
-                conclude(settings, run)
+                conclude(settings, run, failure_alerted=False)
             raise
-        done = conclude(settings, run)
+        done = conclude(settings, run, failure_alerted=False)
         print(f"rollout {run.rollout_id}: {done['outcome']}; champion {done['champion']}; report {done['report']}")
         return 0 if done["outcome"] == PROMOTED else 3
 

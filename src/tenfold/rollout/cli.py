@@ -41,11 +41,19 @@ def _router_percent(settings: Settings) -> int | None:
         return None
 
 
+def _given(version: str | None) -> None:
+    """Refuse ``--version ""`` (a script's unset variable): read as "no version", it aborted the newest rollout, a
+    healthy canary of another version perhaps, setting its weight to 0."""
+    if version is not None and not version.strip():
+        raise _fail(f"--version {version!r} is empty: give a version id, id prefix or alias (e.g. challenger), or leave "
+                    "--version out for the newest rollout of any version", 2)
+
+
 def _version_id(registry: Any, version: str | None) -> str | None:
     """--version as the id rollouts are recorded under: an alias (`challenger`) or an id prefix, as `tenfold models`
     takes them, found "no rollout recorded" while the challenger's canary kept its share. Unknown: the registry's
     refusal."""
-    return registry.find(version) if version else None
+    return registry.find(version) if version is not None else None
 
 
 def _named(version: str | None, vid: str | None) -> str:
@@ -65,6 +73,7 @@ def status(version: _Version = None, as_json: Annotated[bool, typer.Option("--js
 def _status(version: str | None, as_json: bool) -> None:
     from tenfold.rollout.record import describe, latest, newer_rollout, report_uri
 
+    _given(version)
     settings = get_settings()
     registry = registry_of(settings)
     found = latest(registry, vid := _version_id(registry, version))
@@ -94,6 +103,7 @@ def _abort(version: str | None) -> None:
     from tenfold.rollout.adapters import router
     from tenfold.rollout.record import PROMOTED, PROMOTED_ALIAS, latest, newer_rollout, outcome, record_abort
 
+    _given(version)
     settings = get_settings()
     registry = registry_of(settings)
     found = latest(registry, vid := _version_id(registry, version))

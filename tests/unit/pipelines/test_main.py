@@ -223,10 +223,11 @@ def test_the_one_process_rollout_concludes_a_rollout_whose_step_raised(
     monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: planned)
     monkeypatch.setattr(pipeline, "deploy", lambda settings, run: run)
     monkeypatch.setattr(pipeline, "step", step)
-    monkeypatch.setattr(pipeline, "conclude", lambda settings, run: concluded.append(run) or {})
+    # told that no failure callback alerted the step (there is no Airflow here): conclude alerts it
+    monkeypatch.setattr(pipeline, "conclude", lambda settings, run, **kw: concluded.append((run, kw)) or {})
     get_settings.cache_clear()
     try:
         assert pipeline.main([]) == (130 if isinstance(fault, KeyboardInterrupt) else 1)
     finally:
         get_settings.cache_clear()
-    assert concluded == [planned]
+    assert concluded == [(planned, {"failure_alerted": False})]

@@ -136,3 +136,27 @@ def test_abort_and_its_help_take_the_newest_rollout_whether_or_not_it_has_ended(
     assert helped.exit_code == 0 and "has not ended" not in text, text
     assert "Abort the newest rollout (of --version), ended or not" in text, text
     assert "whether or not it has ended" in " ".join((rollout_cli.__doc__ or "").split())
+
+
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_version_is_refused_not_read_as_the_newest_rollout(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    """`tenfold rollout abort --version "$V"` with V unset read "" as "no version": it aborted the newest rollout (r2,
+    a canary at its second step, perhaps healthy) and set its weight to 0."""
+    from tenfold.rollout import adapters, record
+
+    registry = Registry()
+    aborted: list[str] = []
+    set_to: list[int] = []
+    monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
+    monkeypatch.setattr(rollout_cli, "_router_percent", lambda settings: 25)
+    monkeypatch.setattr(adapters, "router",
+                        lambda settings: type("R", (), {"set_canary_percent": lambda self, p: set_to.append(p)})())
+    monkeypatch.setattr(record, "record_abort",
+                        lambda reg, rollout, by: aborted.append(rollout.rollout_id) or (True, "aborted"))
+    for command in ("abort", "status"):
+        out = CliRunner().invoke(app, ["rollout", command, "--version", given])
+        lines = out.output.strip().splitlines()
+        assert out.exit_code == 2 and len(lines) == 1, out.output
+        assert lines[0].startswith(f"error: --version {given!r} is empty: give a version id, id prefix or alias"), lines
+        assert "leave --version out for the newest rollout" in lines[0], lines
+    assert aborted == [] and set_to == []  # nothing recorded, the canary's weight untouched
