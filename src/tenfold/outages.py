@@ -109,6 +109,11 @@ def ending(exc: BaseException, command: str, home: Path, *, debug_hint: str) -> 
                 "credentials have the role it needs; a retry meets the same answer")
     if isinstance(exc, OSError):
         return os_error_refusal(exc, command, home)
+    if getattr(exc, "local_service", False) is True:
+        # tenfold.local's LocalPlatformError (not imported: data and config import this module): a local service
+        # missing, hung or refusing (HAProxy's runtime API silent: "is the fleet up?"), whose message names it and
+        # what to do. Called a fault in the code, it was to be reported as a bug.
+        return f"error: `{command}`: {exc}"
     return (f"error: `{command}` failed on a fault in the code ({type(exc).__name__}: {exc}); run it again "
             f"{debug_hint} for the traceback, and report it")
 

@@ -74,3 +74,18 @@ def test_a_google_refusal_ends_as_a_refusal_not_a_fault_in_the_code(tmp_path) ->
         assert "was refused by a Google service" in said and "fault in the code" not in said, said
     for away in (gexc.TooManyRequests("429"), gexc.ServiceUnavailable("503")):
         assert "cannot reach a service" in ending(away, "tenfold x", tmp_path, debug_hint="with --debug")
+
+
+def test_a_local_service_that_does_not_answer_ends_as_it_says_not_as_a_fault_in_the_code(tmp_path) -> None:
+    """HAProxy's runtime API not answering (the fleet down) ended `python -m tenfold.pipelines.rollout_model` with
+    "failed on a fault in the code ... report it". A real connection to a socket nobody listens on."""
+    import pytest
+
+    from tenfold.outages import ending
+    from tenfold.serving.haproxy import HaproxySilent, RuntimeApi
+
+    with pytest.raises(HaproxySilent) as silent:
+        RuntimeApi(tmp_path / "haproxy.sock", timeout=1).execute("show info")
+    line = ending(silent.value, "rollout", tmp_path, debug_hint="with --debug")
+    assert line == f"error: `rollout`: {silent.value}" and "is the fleet up?" in line, line
+    assert "fault in the code" not in line

@@ -42,6 +42,8 @@ STRAY_TIMEOUT_S = 5.0
 class LocalPlatformError(RuntimeError):
     """A service could not be started, checked or stopped; the message says what to do."""
 
+    local_service = True  # tenfold.outages.ending says it as it is, not as a fault in the code
+
 
 class StillRunning(LocalPlatformError):
     """Processes that :func:`stop` (``check=True``) signalled outlived SIGKILL: stuck in the kernel (uninterruptible
