@@ -23,9 +23,10 @@ import sys
 from typing import Any
 
 from tenfold.config import get_settings, settings_refusal
-from tenfold.serving.app import create_app
+from tenfold.serving.app import UnknownArm, create_app
 from tenfold.serving.auth import TokenMissing
-from tenfold.serving.replica import ARM_ENV, MODEL_ENV
+from tenfold.serving.replica import ARM_ENV, MODEL_ENV, track_refusal
+from tenfold.workloads import WorkloadError
 
 # Starlette's TestClient runs the app in this process, with no socket, and names its server "testserver".
 _IN_PROCESS_SERVER = "testserver"
@@ -75,17 +76,25 @@ class LoopbackOnly:
 REFUSAL = ("the local model server serves loopback only (its /metrics, /docs and detailed /readyz have no login): "
            "connect through 127.0.0.1, or run with TENFOLD_ENV=dev or prod behind the load balancer")
 
-# As ``python -m tenfold.serving`` does: settings that do not parse, or no serving token, end the server that imports
-# this module with one line saying what to do (exit 2 and 1, as the replica's), never a traceback.
+# As ``python -m tenfold.serving`` does: settings that do not parse, an arm that is none, a workload that cannot be
+# used, or no serving token, end the server that imports this module with one line saying what to do (exit 2, 2, 2 and
+# 1, as the replica's), never a traceback.
 try:
     _settings = get_settings()
 except ValueError as exc:  # a TENFOLD_* variable that does not parse or names no setting
     print(settings_refusal(exc), file=sys.stderr)
     raise SystemExit(2) from None
+_arm = os.environ.get(ARM_ENV) or "stable"
+if (_refusal := track_refusal(_arm)) is not None:
+    print(f"tenfold serving: {_refusal}", file=sys.stderr)
+    raise SystemExit(2)
 try:
-    app = create_app(_settings, arm=os.environ.get(ARM_ENV) or "stable", model_ref=os.environ.get(MODEL_ENV) or None)
+    app = create_app(_settings, arm=_arm, model_ref=os.environ.get(MODEL_ENV) or None)
 except TokenMissing as exc:
     print(f"tenfold serving: {exc}", file=sys.stderr)
     raise SystemExit(1) from None
+except (WorkloadError, UnknownArm) as exc:  # settings.workload ($TENFOLD_WORKLOAD)
+    print(f"tenfold serving: {' '.join(str(exc).split())}", file=sys.stderr)
+    raise SystemExit(2) from None
 if _settings.is_local:  # in the cloud the load balancer asks for the login (IAP or the token) on every path
     app = LoopbackOnly(app)

@@ -111,6 +111,10 @@ class _AsciiJSON(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
+class UnknownArm(ValueError):
+    """``create_app`` was asked to serve an arm that is not an A/B arm (``tenfold.rollout.split.ARMS``)."""
+
+
 class ApiError(Exception):
     """An answer other than success: status, a short code, what is wrong and what to do, the field."""
 
@@ -175,10 +179,11 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json(request: Request, max_bytes: int, too_large: str) -> tuple[Any, bool]:
-    """The request's JSON body, and whether it holds ``NaN`` or an infinity (which Python's parser accepts):
-    415 for another content type, 413 past ``max_bytes`` (checked while reading, so an oversized body is
-    refused without holding it in memory), 422 when it is not JSON.
+async def read_json(request: Request, max_bytes: int, too_large: str) -> tuple[Any, bool, bool]:
+    """The request's JSON body, whether it holds ``NaN`` or an infinity (which Python's parser accepts), and whether it
+    may hold an unpaired surrogate (which it accepts too: :func:`_lone_surrogate` finds it): 415 for another content
+    type, 413 past ``max_bytes`` (checked while reading, so an oversized body is refused without holding it in
+    memory), 422 when it is not JSON.
 
     ``too_large`` is what the 413 tells the client to do: the endpoint's own fix (predict and feedback share this
     reader, and a feedback body over the bound was told to "send fewer requests per batch").
@@ -233,12 +238,47 @@ async def read_json(request: Request, max_bytes: int, too_large: str) -> tuple[A
         return value
 
     try:
-        return json.loads(raw, parse_constant=constant, parse_float=number), non_finite
+        body = json.loads(raw, parse_constant=constant, parse_float=number)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column "
                        f"{exc.colno}", field="body") from None
     except (ValueError, RecursionError) as exc:  # bad UTF-8, an integer of thousands of digits, deep nesting
         raise ApiError(422, "invalid_json", f"the body cannot be read as JSON: {exc}", field="body") from None
+    # Without such an escape or bytes (in UTF-8, what every client sends) a body cannot hold a surrogate.
+    return body, non_finite, json.detect_encoding(raw) != "utf-8" or _SURROGATE_BYTES.search(raw) is not None
+
+
+# json.loads accepts a lone surrogate, escaped ("\ud800") or as its UTF-8-like bytes (it decodes with surrogatepass): a
+# string that is not Unicode, which pydantic takes into a plain str field and then cannot serialise (the prediction
+# cache's key, the monitoring sample): a 500 counted as a bug. A pair (an emoji's "\ud83d\ude00") is one character
+# once parsed.
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_NOT_UNICODE = "not valid Unicode: an unpaired surrogate (send each character whole: a pair of \\uXXXX escapes " \
+               "for one outside the BMP, or UTF-8)"
+
+
+def _lone_surrogate(body: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Where in a parsed body the first string (a value, or an object's key) holding an unpaired surrogate is; None if
+    nowhere. A loop, not recursion: the parser takes nesting close to the interpreter's recursion limit."""
+
+    def bad(text: str) -> bool:
+        return not text.isascii() and _SURROGATE.search(text) is not None
+
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(body, loc)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if bad(value):
+                return where
+        elif isinstance(value, dict):
+            for key in value:
+                if bad(key):
+                    return (*where, key)  # quoted as it was sent: an error body escapes it (_AsciiJSON)
+            stack.extend((item, (*where, key)) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], (*where, i)) for i in range(len(value) - 1, -1, -1))
+    return None
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -373,7 +413,7 @@ def create_app(
     (:mod:`tenfold.serving.faults`) makes predictions late or failing on purpose.
     """
     if arm not in ARMS:
-        raise ValueError(f"arm {arm!r} is not one of {', '.join(ARMS)}")
+        raise UnknownArm(f"arm {arm!r} is not one of {', '.join(ARMS)}")
     server = settings.serving.server
     ref = model_ref or server.model_ref
     workload = get_workload(settings)
@@ -502,7 +542,7 @@ def create_app(
             raise ApiError(exc.status, "unauthorized" if exc.status == 401 else "unavailable", exc.message,
                            headers=headers) from None
 
-    def parse_predict(body: Any, non_finite: bool) -> tuple[list[BaseModel], bool]:
+    def parse_predict(body: Any, non_finite: bool, surrogates: bool) -> tuple[list[BaseModel], bool]:
         if isinstance(body, dict) and batch_key_ in body:
             items = body[batch_key_]
             if isinstance(items, list) and len(items) > server.max_batch_rows:
@@ -520,6 +560,10 @@ def create_app(
             where = field_path(bad)
             raise ApiError(422, "invalid_request", f"{where}: NaN and infinities are not numbers this API accepts",
                            field=where, errors=[(where, "not a finite number")])
+        if surrogates and (bad := _lone_surrogate(body, ())) is not None:  # only then, as above
+            where = field_path(bad)
+            raise ApiError(422, "invalid_request", f"{where}: {_NOT_UNICODE}; fix the request and retry", field=where,
+                           errors=[(where, _NOT_UNICODE)])
         try:
             parsed = model.model_validate(body)
         except ValidationError as exc:
@@ -558,8 +602,8 @@ def create_app(
                            "`tenfold serve fault --pool <pool> --clear`")
         header_key = user_key_of(request)
         with batcher.arriving():
-            body, non_finite = await read_json(request, server.max_body_bytes, "send fewer requests per batch")
-            requests, batch = parse_predict(body, non_finite)
+            body, non_finite, surrogates = await read_json(request, server.max_body_bytes, "send fewer requests per batch")
+            requests, batch = parse_predict(body, non_finite, surrogates)
             for i, item in enumerate(requests):
                 try:
                     served.check(item)
@@ -620,8 +664,8 @@ def create_app(
               summary="Record the observed outcome of a prediction")
     async def feedback(request: Request) -> Response:
         authorise(request)
-        # NaN or an infinity fails validation below.
-        body, _ = await read_json(request, server.max_body_bytes, "send one outcome per request: a JSON object with "
+        # NaN or an infinity, or a lone surrogate, fails validation below (every field has a type, pattern or value).
+        body, _, _ = await read_json(request, server.max_body_bytes, "send one outcome per request: a JSON object with "
                                   "prediction_id, outcome and (optionally) observed_at, nothing else")
         if not isinstance(body, dict):
             raise ApiError(422, "invalid_request", "the body must be a JSON object with prediction_id and outcome",
@@ -651,8 +695,10 @@ def create_app(
             return JSONResponse({"status": "stalled"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get(ready_path, response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
-    async def readyz(request: Request) -> Response:
+    def readiness() -> Readiness:
+        """Whether this replica is in the rotation, and why not: the one decision of ``/readyz`` and of the
+        ``tenfold_ready`` gauge, which it sets (a hung or failing model, or IAP keys not held yet, are worked out
+        here, when asked: the gauge said 1 while /readyz answered 503)."""
         body = state.readiness()
         running = batcher.call_running_s()
         if body.ready and running > server.model_call_timeout_s:
@@ -663,6 +709,12 @@ def create_app(
                                            "detail": f"the last {batcher.failed_in_a_row} model calls failed"})
         elif body.ready and (why := auth.not_ready()):  # no request could be authorised: not in rotation yet
             body = body.model_copy(update={"ready": False, "status": "loading", "detail": why})
+        metrics.ready(body.ready)
+        return body
+
+    @app.get(ready_path, response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
+    async def readyz(request: Request) -> Response:
+        body = readiness()
         shown = body.model_dump(mode="json")
         if not open_extras and not auth.allows(request.headers):
             # Open for the load balancer's probes, which read only the code. Behind a public load balancer anyone
@@ -676,6 +728,7 @@ def create_app(
     async def prometheus_metrics(request: Request) -> Response:
         if not open_extras:
             authorise(request)
+        readiness()  # tenfold_ready as /readyz would answer now
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     if not open_extras:

@@ -15,7 +15,8 @@ startup script sets) or ``stable``, ``--model`` is an alias or version id, ``TEN
 
 Exit status: 0 after a graceful drain (SIGTERM or SIGINT: readiness goes false at once, requests in flight
 get ``serving.server.drain_timeout_s`` to finish), 1 when the model or its lookups cannot be loaded (the
-message says why; the replica never serves) or the address cannot be bound (the port is taken), 2 for bad arguments.
+message says why; the replica never serves) or the address cannot be bound (the port is taken), 2 for bad arguments,
+settings or a workload that cannot be used (one line naming it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("tenfold.serving")
 
 HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVING_PORT", "TENFOLD_SERVING_TRACK", "TENFOLD_SERVING_MODEL"
+
+
+def track_refusal(value: str) -> str | None:
+    """The one line refusing ``$TENFOLD_SERVING_TRACK`` when it names no A/B arm; None when it names one. (The
+    replica's, and the image's ASGI entry's.)"""
+    if value in ARMS:
+        return None
+    return f"${ARM_ENV}={value!r} is not an A/B arm (one of {', '.join(ARMS)}): fix it, or unset it to serve {STABLE}"
 
 
 def _settings_port(settings: Settings) -> int:
@@ -90,8 +99,8 @@ def parse_args(argv: Sequence[str] | None, settings: Settings, environ: Mapping[
         args.fault = Fault.parse(args.fault)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.arm not in ARMS:
-        parser.error(f"--arm must be one of {', '.join(ARMS)} (got {args.arm!r} from ${ARM_ENV})")
+    if (refusal := track_refusal(args.arm)) is not None:  # from the variable: argparse checked the flag's choices
+        parser.error(refusal)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} is not a TCP port")
     source = "--host"
@@ -134,9 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info",
           fault: Fault | None = None) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0 after draining), a failed load or a failed bind (exit 1)."""
-    from tenfold.serving.app import create_app
+    """Run one replica until SIGTERM/SIGINT (exit 0 after draining), a failed load or a failed bind (exit 1); a
+    workload that cannot be used or an arm that is none (exit 2) ends it before it starts, in one line."""
+    from tenfold.serving.app import UnknownArm, create_app
     from tenfold.serving.auth import TokenMissing
+    from tenfold.workloads import WorkloadError
 
     fatal: list[str] = []
     server_box: list[uvicorn.Server] = []
@@ -151,6 +162,9 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
     except TokenMissing as exc:
         print(f"tenfold serving: {exc}", file=sys.stderr)
         return 1
+    except (WorkloadError, UnknownArm) as exc:  # settings.workload ($TENFOLD_WORKLOAD), or the arm asked for
+        print(f"tenfold serving: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     state: ReplicaState = app.state.replica
     config = uvicorn.Config(
         app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=False,

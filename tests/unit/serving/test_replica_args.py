@@ -12,7 +12,7 @@ import pytest
 
 from tenfold.config.settings import project_root
 from tenfold.local import local_settings
-from tenfold.serving.replica import HOST_ENV, PORT_ENV, parse_args
+from tenfold.serving.replica import ARM_ENV, HOST_ENV, PORT_ENV, parse_args
 
 
 @pytest.mark.parametrize("value", ["81o1", "0", "70000", "-5"])
@@ -72,6 +72,9 @@ def test_loopback_is_accepted_locally_and_any_address_in_the_cloud(tmp_path: Pat
     # dev: a replica never generates a token, and `tenfold up` is no help there.
     ({"TENFOLD_ENV": "dev"}, 1, "Secret Manager secret 'tenfold-dev-serving-token'"),
     ({"TENFOLD_LOCAL__GCS_PORT": "abc"}, 2, "gcs_port"),
+    # A workload that cannot be imported, and a track that is no arm: create_app's raw WorkloadError and ValueError.
+    ({"TENFOLD_WORKLOAD": "nosuch.mod:x"}, 2, "tenfold serving: workload 'nosuch.mod:x': cannot import nosuch.mod"),
+    ({ARM_ENV: "canry"}, 2, f"tenfold serving: ${ARM_ENV}='canry' is not an A/B arm (one of stable, canary)"),
 ])
 def test_the_image_asgi_entry_ends_in_one_line_not_a_traceback(tmp_path: Path, environ: dict[str, str], code: int,
                                                                said: str) -> None:
@@ -84,6 +87,34 @@ def test_the_image_asgi_entry_ends_in_one_line_not_a_traceback(tmp_path: Path, e
     assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     if code == 1:
         assert "no serving token at" in proc.stderr and "tenfold up" not in proc.stderr
+
+
+@pytest.mark.parametrize(("environ", "said"), [
+    ({"TENFOLD_WORKLOAD": "nosuch.mod:x"}, "tenfold serving: workload 'nosuch.mod:x': cannot import nosuch.mod"),
+    ({ARM_ENV: "canry"}, f"${ARM_ENV}='canry' is not an A/B arm (one of stable, canary)"),
+])
+def test_the_replica_refuses_a_workload_or_track_it_cannot_use_in_one_line_exit_2(tmp_path: Path,
+                                                                                environ: dict[str, str],
+                                                                                said: str) -> None:
+    """`TENFOLD_WORKLOAD=nosuch.mod:x python -m tenfold.serving` died of create_app's WorkloadError traceback, exit 1;
+    docs/serving.md promises exit 2 and one line for a bad TENFOLD_* variable."""
+    from tenfold.local import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    env.update(TENFOLD_HOME=str(tmp_path), **environ)
+    proc = subprocess.run([sys.executable, "-m", "tenfold.serving", "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert said in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_serve_refuses_an_arm_that_is_none_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """create_app's ValueError for the arm escaped serve() as a traceback."""
+    from tenfold.serving.replica import serve
+
+    assert serve(local_settings(tmp_path), host="127.0.0.1", port=9, arm="canry", model_ref="champion") == 2
+    err = capsys.readouterr().err
+    assert err == "tenfold serving: arm 'canry' is not one of stable, canary\n", err
 
 
 def test_a_replica_whose_token_path_is_a_folder_ends_in_one_line(tmp_path: Path,
