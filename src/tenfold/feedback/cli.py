@@ -22,12 +22,15 @@ import re
 import signal
 import threading
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tenfold.config import command_settings
 from tenfold.outages import command_exit
+
+if TYPE_CHECKING:
+    from tenfold.feedback.upsert import JoinReport
 
 app = typer.Typer(help="The feedback loop: land predictions and feedback, join them, online accuracy.",
                   no_args_is_help=True)
@@ -63,7 +66,6 @@ def sink_command(
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.sink import FeedbackSink, SinkError, SinkOptions
-    from tenfold.feedback.upsert import join
 
     if once and until_idle:
         raise _fail("--once and --until-idle are alternatives: pass one of them (or neither, to run until SIGTERM)", 2)
@@ -79,8 +81,6 @@ def sink_command(
             else:
                 _run_forever(sink, settings, do_join, join_every_s)
             out["sink"] = sink.stats.to_dict()
-        if do_join and (once or until_idle):
-            out["join"] = join(settings).to_dict()
     except (SinkError, LockTimeout, LockLost, LakeError) as exc:
         cause = exc.__cause__
         if isinstance(exc, SinkError) and isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
@@ -95,13 +95,52 @@ def sink_command(
                     "redelivered, so nothing is lost: fix what it names and start the sink again", 1) from exc
     except (OSError, GoogleAuthError) as exc:  # no credentials (dev), a full disk: what is wrong and what to do
         raise command_exit(exc, "tenfold feedback sink", settings.local.home) from exc
+    if not (do_join and (once or until_idle)):
+        _echo_json(out)
+        return
+    # The join after the drain: what landed is written and acknowledged whatever it does, so the counts are printed
+    # first in every case (a failed join made them lost). Another join holding the lock is no failure: the join is
+    # skipped, said in the JSON, exit 0 (that join, or the next, joins what landed); a lake that fails it is exit 1.
+    try:
+        out["join"] = _sink_join(settings).to_dict()
+    except LockTimeout as exc:
+        if not _join_busy(exc):  # the lock's store refused or failed (GCS away, a 403): said as the lake failing
+            _echo_json(out)
+            raise _fail(str(exc), 1) from exc
+        out["join"] = {"skipped": f"another join is running ({exc}); what landed is in the logs, and the next join "
+                                  "joins it"}
+    except (LockLost, LakeError) as exc:
+        _echo_json(out)
+        raise _fail(f"landed, but the join failed: {exc}", 1) from exc
+    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # a full disk, GCS away or refusing: not Pub/Sub
+        _echo_json(out)
+        raise command_exit(exc, "tenfold feedback sink", settings.local.home) from exc
     _echo_json(out)
+
+
+def _sink_join(settings: Any) -> JoinReport:
+    """The sink's own join (the periodic one, the last one, the one after ``--once``/``--until-idle``): one try at
+    the join lock, never a wait. Waiting (60 s, as ``tenfold feedback join`` does) stopped landing for that long each
+    round while another join ran, and a stop's last join could outlast the 90 s a stop gives the sink.
+    :class:`LockTimeout` at once when another join holds the lock (see :func:`_join_busy`)."""
+    import dataclasses
+
+    from tenfold.feedback.upsert import JoinOptions, join
+
+    return join(settings, options=dataclasses.replace(JoinOptions.of(settings), lock_timeout_s=0.0))
+
+
+def _join_busy(exc: BaseException) -> bool:
+    """Whether a join's failure is another join holding its lock (skip it: the next try joins what landed), rather
+    than the lock's store failing (GCS unreachable or refusing: :class:`LockUnavailable`, a LockTimeout too)."""
+    from tenfold.data.locks import LockTimeout, LockUnavailable
+
+    return isinstance(exc, LockTimeout) and not isinstance(exc, LockUnavailable)
 
 
 def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -> None:
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
-    from tenfold.feedback.upsert import join
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,9 +156,13 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
             state["at"] = time.monotonic()
             landed = sink.stats.landed
             try:
-                report = join(settings)
+                report = _sink_join(settings)
             except (LakeError, LockTimeout, LockLost, OSError) as exc:
                 # Landing goes on; the logs keep everything and the next try joins it.
+                if _join_busy(exc):  # another join holds the lock (one try, no wait): not an error
+                    typer.echo(f"feedback join skipped: another join is running; trying again in {join_every_s:.0f} s",
+                               err=True)
+                    return
                 typer.echo(f"warning: join failed, trying again in {join_every_s:.0f} s: {exc}", err=True)
                 return
             state["landed"] = landed
@@ -142,8 +185,12 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
                    "landed when it starts", err=True)
         return
     try:
-        join(settings)
+        _sink_join(settings)  # one try at the lock: a wait for it could outlast the 90 s a stop gives the sink
     except (LakeError, LockTimeout, LockLost, OSError) as exc:
+        if _join_busy(exc):
+            typer.echo("feedback join skipped: another join is running; what landed is in the logs, and the next "
+                       "join joins it", err=True)
+            return
         typer.echo(f"warning: the last join failed ({exc}); the next sink joins what landed when it starts", err=True)
 
 

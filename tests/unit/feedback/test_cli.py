@@ -285,7 +285,7 @@ def test_a_restarted_sink_joins_what_the_process_before_it_landed(settings, monk
     from tenfold.feedback import upsert
 
     joins: list[int] = []
-    monkeypatch.setattr(upsert, "join", lambda settings: joins.append(1) or SimpleNamespace(published=[], kept=[]))
+    monkeypatch.setattr(upsert, "join", lambda settings, **kw: joins.append(1) or SimpleNamespace(published=[], kept=[]))
 
     class QuietSink:
         stats = SimpleNamespace(landed=0)
