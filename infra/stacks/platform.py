@@ -65,10 +65,12 @@ def require_https(settings: Settings) -> None:
 
 
 def served_tables(settings: Settings) -> list[str]:
-    """The lake tables a serving replica reads: the features (which months are served) and each lookup table."""
+    """The lake tables a serving replica reads: the features (which months are served) and each lookup table, each
+    once, in that order (a name twice built the same IAM construct twice: jsii's raw "There is already a Construct")."""
     st = settings.storage
-    return [st.features_table,
-            *(lookup_table(st.lookups_table, name) for name in get_workload(settings).contract.lookup_tables)]
+    return list(dict.fromkeys([
+        st.features_table,
+        *(lookup_table(st.lookups_table, name) for name in get_workload(settings).contract.lookup_tables)]))
 
 
 def sink_folders(settings: Settings) -> list[str]:

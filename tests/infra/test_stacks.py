@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import ipaddress
 import json
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -167,16 +174,77 @@ def test_no_lifecycle_rule_deletes_live_lake_or_registry_data(synth: Synth, rela
                     f"{name}: {condition} deletes live objects outside {sorted(prefixes)}")
 
 
+# Where the stacks may admit traffic from, written out here rather than read from infra (a wider range added there
+# would widen the test too): the ranges Google publishes for its load balancers' proxies and health checkers and for
+# IAP's TCP forwarding, and the private ranges (RFC 1918) the VPC's own subnet is cut from.
+_ADMITTED_RANGES = tuple(map(ipaddress.ip_network, ("35.191.0.0/16", "130.211.0.0/22", "35.235.240.0/20",
+                                                    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")))
+# The fields of a resource that hold address ranges (a firewall rule's sources and destinations, a subnet's ranges).
+_RANGE_FIELDS = ("source_ranges", "destination_ranges", "ip_cidr_range")
+
+
+def _address_ranges(value: Any, field: str = "") -> Iterator[tuple[str, str]]:
+    """Every (field, range) in ``value`` (a resource's body) under one of :data:`_RANGE_FIELDS`, at any depth."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _address_ranges(inner, key if key in _RANGE_FIELDS else field)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _address_ranges(inner, field)
+    elif field:
+        yield field, value
+
+
+def _open_ranges(stack: dict) -> list[str]:
+    """Each address range of ``stack`` outside :data:`_ADMITTED_RANGES` (or not an address range at all), as
+    ``<type>.<id>.<field>: <range>``. Cloud Armor's policies are left out: they filter what reaches the public load
+    balancer (their last rule matches "*") and admit nothing the load balancer would not."""
+    found = []
+    for rtype, bodies in stack.get("resource", {}).items():
+        if rtype == "google_compute_security_policy":
+            continue
+        for lid, body in bodies.items():
+            for field, text in _address_ranges(body):
+                try:
+                    network = ipaddress.ip_network(text)
+                except (TypeError, ValueError):
+                    network = None  # not a range: "0.0.0.0/0 " or a Terraform reference admits what it says
+                if network is None or not any(network.version == ok.version and network.subnet_of(ok)
+                                              for ok in _ADMITTED_RANGES):
+                    found.append(f"{rtype}.{lid}.{field}: {text}")
+    return found
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_nothing_is_open_to_the_internet(synth: Synth, env: str) -> None:
+    """Every address range the stack names (each firewall rule's source ranges, the subnet's) is one of Google's load
+    balancer, health check or IAP ranges, or private: a check for the text "0.0.0.0/0" alone passed "::/0" and
+    "0.0.0.0/1", which admit the internet as well."""
     stack = _platform(synth, env)
-    rules = resources(stack, "google_compute_firewall").values()
+    rules = resources(stack, "google_compute_firewall")
     assert rules
-    for rule in rules:
-        assert "0.0.0.0/0" not in rule.get("source_ranges", []), rule["name"]
-        assert rule.get("source_ranges") or rule.get("source_tags"), f"{rule['name']} must name its sources"
+    for lid, rule in rules.items():
+        assert rule.get("source_ranges") or rule.get("source_tags"), f"{lid} must name its sources"
+    assert _open_ranges(stack) == []
+    # The scan read the ranges there are: both Google rules' and the subnet's.
+    seen = {text for body in rules.values() for _field, text in _address_ranges(body)}
+    assert seen == {"35.191.0.0/16", "130.211.0.0/22", "35.235.240.0/20"}, seen
+    subnets = [text for body in resources(stack, "google_compute_subnetwork").values()
+               for _field, text in _address_ranges(body)]
+    assert subnets == [get_settings(env).network.subnet_cidr]
     for tmpl in resources(stack, "google_compute_instance_template").values():
         assert all("access_config" not in nic for nic in tmpl["network_interface"]), "VMs get no external IP"
+
+
+@pytest.mark.parametrize("wide", ["0.0.0.0/0", "0.0.0.0/1", "::/0", "2000::/3", "35.191.0.0/15", "8.8.8.8/32",
+                                  "0.0.0.0/0 ", "${var.anywhere}"])
+def test_the_internet_check_finds_a_wide_range_added_to_a_rule(synth: Synth, wide: str) -> None:
+    """The check above fails on any range outside the admitted ones, added to a rule of the synthesized stack (a
+    copy): a public one, one a mere prefix wider than Google's, IPv6, or one it cannot read."""
+    stack = copy.deepcopy(_platform(synth, "dev"))
+    lid, rule = next(iter(resources(stack, "google_compute_firewall").items()))
+    rule.setdefault("source_ranges", []).append(wide)
+    assert _open_ranges(stack) == [f"google_compute_firewall.{lid}.source_ranges: {wide}"]
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -956,3 +1024,36 @@ def test_an_autoscaled_group_of_a_shape_compute_engine_cannot_autoscale_is_refus
     with pytest.raises(ValueError, match=rf"g: an autoscaled regional group's target shape must be one of EVEN, "
                                          rf"BALANCED, not {shape}"):
         GpuFleet(TerraformStack(App(), "t"), "fleet", props)
+
+
+def test_synth_refuses_a_lake_table_named_like_a_lookup_table_in_one_line(tmp_path: Path) -> None:
+    """TENFOLD_STORAGE__FEATURES_TABLE=lookups_weather (the flights workload's weather lookup table) passed the settings:
+    `make synth` granted the replicas that folder twice and ended in jsii's "There is already a Construct" traceback.
+    It ends as the other refusals do: one line naming the variable and the lookup table, exit code 2, nothing written.
+    (Refused before synthesis: a few seconds, no provider-sized synth.)"""
+    env = {**os.environ, "CDKTF_OUTDIR": str(tmp_path), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+           "TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "api.example.com",
+           "TENFOLD_STORAGE__FEATURES_TABLE": "lookups_weather"}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "infra.main"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: TENFOLD_STORAGE__FEATURES_TABLE='lookups_weather' is also the lake table of "
+                           "lookup 'weather'"), line
+    assert not list(tmp_path.rglob("cdk.tf.json")), "nothing is synthesized from refused settings"
+
+
+def test_served_tables_names_each_table_once_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas' read grant is one IAM construct per folder: a folder named twice built one id twice (jsii's
+    RuntimeError). get_workload refuses a lake table named like a lookup table; served_tables keeps each name once
+    even so (a workload got here without the check, as this stub's)."""
+    import infra.stacks.platform as platform
+
+    s = get_settings("dev")
+    stub = SimpleNamespace(contract=SimpleNamespace(lookup_tables=("weather", "routes", "weather")))
+    monkeypatch.setattr(platform, "get_workload", lambda _settings: stub)
+    clashing = s.model_copy(update={"storage": s.storage.model_copy(update={"features_table": "lookups_weather"})})
+    assert platform.served_tables(clashing) == ["lookups_weather", "lookups_routes"]
+    assert platform.served_tables(s) == ["features", "lookups_weather", "lookups_routes"]

@@ -1034,6 +1034,25 @@ class Settings(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _one_gpu_per_cloud_rank(self) -> Settings:
+        """nccl gives each of a node's nproc_per_node ranks a GPU of its own: more ranks than the training group's VMs
+        have GPUs passed settings and synth, and failed only on the booted GPU nodes (the worker's TooFewGpus), after
+        the group was resized and its VMs paid for. Local training (gloo, on CPU) starts any number of ranks."""
+        t = self.training
+        if self.is_local or t.backend != "nccl" or t.nproc_per_node <= t.fleet.accelerator_count:
+            return self
+        gpus = t.fleet.accelerator_count
+        fewer = (f"set TENFOLD_TRAINING__NPROC_PER_NODE to at most {gpus}" if gpus
+                 else "set TENFOLD_TRAINING__BACKEND=gloo to train on CPU")
+        raise ValueError(
+            f"TENFOLD_TRAINING__NPROC_PER_NODE={t.nproc_per_node}: backend nccl runs one process per GPU, and the "
+            f"{self.env} training group's VMs ({t.fleet.machine_type}) have {gpus} GPU{'' if gpus == 1 else 's'} each "
+            "(training.fleet.accelerator_count, set in tenfold.config.settings.build_settings: no environment "
+            f"variable sets it): {fewer}, or give the training group more GPUs per VM there "
+            "(training.fleet.machine_type, accelerator_type and accelerator_count)")
+        return self
+
+    @model_validator(mode="after")
     def _report_folders(self) -> Settings:
         """The drift and the rollout reports each in a folder of the lake under no table or folder of the platform's.
         The drift folder is also the URI of the drift Asset that schedules train_model: set to "features" it was the

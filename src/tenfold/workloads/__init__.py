@@ -458,26 +458,46 @@ def get_workload(spec: str | Any) -> Workload:
 def _check_lake_names(name: str, workload: Workload, storage: Any) -> None:
     """Refuse a workload whose source table is also a table or folder of the platform's in the lake ``storage``
     (``settings.storage``) describes: ingest published its raw rows into e.g. the lake's ``features`` table, which
-    build_features then overwrote while reading it. Checked on every call with settings, as settings may differ."""
-    sources = getattr(workload, "sources", None)
-    if storage is None or sources is None:
+    build_features then overwrote while reading it. So is a lookup table of the workload's that is also another table
+    or folder of the lake (:func:`_check_lookup_tables`). Checked on every call with settings, as settings may differ."""
+    if storage is None:
         return
     # The platform's name in the lake -> the setting that chooses it.
     # (storage.lookups_table is a prefix, not a table: only its <prefix>_<name> tables are written.)
     platform = {getattr(storage, f): f"storage.{f}" for f in StorageSettings.model_fields
                 if f.endswith("_table") and f != "lookups_table" and isinstance(getattr(storage, f, None), str)}
-    if isinstance(prefix := getattr(storage, "lookups_table", None), str):
-        platform |= {lookup_table(prefix, n): "storage.lookups_table"
-                     for n in getattr(getattr(workload, "contract", None), "lookup_tables", ())}
     layout = getattr(storage, "lake_layout", None)
     for folder in ("staging", "quarantine"):
         if isinstance(taken := getattr(layout, folder, None), str):
             platform[taken] = f"storage.lake_layout.{folder}"
+    if isinstance(prefix := getattr(storage, "lookups_table", None), str):
+        lookups = {lookup_table(prefix, n): n for n in getattr(getattr(workload, "contract", None), "lookup_tables", ())}
+        _check_lookup_tables(name, prefix, lookups, platform)
+        platform |= dict.fromkeys(lookups, "storage.lookups_table")
+    if (sources := getattr(workload, "sources", None)) is None:
+        return
     for table in sources.tables:
         if table in platform:
             raise WorkloadError(f"workload {name!r}: its source table {table!r} is the lake's own {table!r} "
                                 f"({platform[table]}), where the platform writes: rename the source table, or set "
                                 f"{platform[table]} to another name")
+
+
+def _check_lookup_tables(name: str, prefix: str, lookups: Mapping[str, str], platform: Mapping[str, str]) -> None:
+    """Refuse a lookup table (``<storage.lookups_table>_<lookup>``) that is also another table or folder of the lake
+    (``platform``: name -> setting): build_features published the features and the lookup into one table, each
+    overwriting the other, and synth granted that folder twice (a raw jsii traceback)."""
+    for table, lookup in lookups.items():
+        if (setting := platform.get(table)) is None:
+            continue
+        field = setting.removeprefix("storage.")
+        is_table = field.endswith("_table")  # else a lake layout folder, set in settings only
+        variable = f"TENFOLD_STORAGE__{field.upper()}" if is_table else setting
+        raise WorkloadError(
+            f"{variable}={table!r} is also the lake table of lookup {lookup!r} of workload {name!r} "
+            f"(TENFOLD_STORAGE__LOOKUPS_TABLE={prefix!r} + '_{lookup}'): build_features would publish the lookup into "
+            f"that {'table' if is_table else 'folder'}, overwriting what the platform keeps there; set {variable} to "
+            "another name (or TENFOLD_STORAGE__LOOKUPS_TABLE to another prefix)")
 
 
 def lost_columns(meta: Mapping[str, Any], contract: FeatureContract) -> str | None:
