@@ -185,6 +185,27 @@ def config_show(env: str | None = typer.Option(None, help="local, dev or prod; d
     typer.echo(json.dumps(_mask_secrets(settings, "", settings.model_dump(mode="json")), indent=2))
 
 
+@config_app.command("env")
+def config_env(env: str | None = typer.Option(None, help="dev or prod; default TENFOLD_ENV")) -> None:
+    """Print the ``TENFOLD_*`` variables the cloud's own processes run with, as ``export`` lines: what Composer gets
+    from the stacks, for an Airflow of your own (``eval "$(tenfold config env --env dev)"`` in its environment).
+
+    Run it in the shell the stacks were synthesized from: a setting the stacks were built with (a runs prefix, the
+    registry's folder, the workload) that that Airflow lacked had it stage where the training nodes, granted the
+    synthesized folder only, never looked."""
+    import shlex
+
+    from tenfold.config.settings import composer_env
+
+    settings = command_settings(env)
+    if settings.is_local:
+        typer.echo("error: the local platform's processes read this shell's TENFOLD_* variables themselves: "
+                   "`tenfold config env` is for dev or prod (pass --env dev or --env prod)", err=True)
+        raise typer.Exit(2)
+    for name, value in composer_env(settings).items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
 # --- sub-commands of each area (keep this list sorted; each module defines ``app`` or commands) ---
 from tenfold.data.cli import ingest as _ingest  # noqa: E402
 

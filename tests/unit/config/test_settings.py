@@ -858,3 +858,27 @@ def test_an_endless_or_oversized_timer_is_refused_by_name(name, value, says, tmp
     assert says in line, line
     day = build_settings("local", {"TENFOLD_HOME": str(tmp_path), "TENFOLD_SERVING__FLEET__LB_TIMEOUT_S": "86400"})
     assert day.serving.fleet.lb_timeout_s == 86400
+
+
+def test_config_env_prints_what_composer_gets_for_an_airflow_of_ones_own(tmp_path):
+    """docs/deploy.md's Airflow without Composer was told TENFOLD_ENV and TENFOLD_PROJECT_ID only: a runs prefix the
+    stacks were synthesized with staged training where the nodes (granted that folder alone) never looked.
+    `tenfold config env` prints Composer's variables as export lines that a shell reads back as they were."""
+    import os
+
+    from tenfold.config.settings import composer_env
+
+    env = {**os.environ, "TENFOLD_PROJECT_ID": "acme-ml", "TENFOLD_TRAINING__RUNS_PREFIX": "ml/runs it's",
+           "TENFOLD_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "tenfold.cli", "config", "env", "--env", "dev"], capture_output=True,
+                         text=True, check=True, env=env)
+    back = subprocess.run(["bash", "-c", out.stdout + "\nenv -0"], capture_output=True, text=True, check=True,
+                          env={"PATH": os.environ["PATH"]})
+    exported = dict(line.split("=", 1) for line in back.stdout.split("\0") if line.startswith("TENFOLD_"))
+    expected = composer_env(build_settings("dev", {"TENFOLD_PROJECT_ID": "acme-ml",
+                                                   "TENFOLD_TRAINING__RUNS_PREFIX": "ml/runs it's"}))
+    assert exported == expected and expected["TENFOLD_TRAINING__RUNS_PREFIX"] == "ml/runs it's", out.stdout
+    assert expected["TENFOLD_ENV"] == "dev" and expected["TENFOLD_PROJECT_ID"] == "acme-ml"
+    local = subprocess.run([sys.executable, "-m", "tenfold.cli", "config", "env", "--env", "local"],
+                           capture_output=True, text=True, env=env)
+    assert local.returncode == 2 and "is for dev or prod" in local.stderr and local.stdout == "", local
