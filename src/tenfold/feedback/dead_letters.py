@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from tenfold.messaging import pulls
+
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
@@ -29,9 +31,6 @@ Stream = Literal["predictions", "feedback"]
 STREAMS: tuple[Stream, ...] = ("predictions", "feedback")
 # A replay publishes and acknowledges this many at a time, well within the dead-letter subscription's lease.
 REPLAY_BATCH = 100
-# How long a call is retried while Pub/Sub is unavailable before the command says it cannot reach it. The client's
-# own retry (on when a call passes no retry=None) waited a minute on a stopped emulator before saying anything.
-RETRY_S = 5.0
 # How long the acknowledgement of messages already re-published is retried: given up on, they stay dead letters and
 # the next replay sends them again (a short outage is worth waiting out here, unlike before anything was sent).
 ACK_RETRY_S = 60.0
@@ -62,41 +61,16 @@ def _subscription(settings: Settings, stream: str) -> Any:
     return subs[stream]
 
 
-def _call(method: Callable[..., Any], *, retry_s: float = RETRY_S, **kwargs: Any) -> Any:
-    """``method(**kwargs)`` with the client's own retry off, retried for ``retry_s`` while Pub/Sub is
-    unavailable, then its error raised. DeadlineExceeded is raised at once: for a held pull it means there was
-    nothing to pull."""
-    from google.api_core.exceptions import DeadlineExceeded
-
-    from tenfold.outages import outage_types
-
-    started, delay = time.monotonic(), 0.5
-    while True:
-        try:
-            return method(**kwargs, retry=None)
-        except DeadlineExceeded:
-            raise
-        except outage_types():
-            if time.monotonic() - started + delay > retry_s:
-                raise
-        time.sleep(delay)
-        delay *= 2
+def _call(method: Callable[..., Any], *, retry_s: float = pulls.RETRY_S, **kwargs: Any) -> Any:
+    """:func:`tenfold.messaging.pulls.call` (a few seconds' retry while Pub/Sub is unavailable), waiting on this
+    module's clock."""
+    return pulls.call(method, retry_s=retry_s, clock=time, **kwargs)
 
 
 def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
-    """Up to ``n`` messages; [] when there are none. The first pull is held (no ``return_immediately``) until
-    messages come or the service says there are none: Pub/Sub may answer a pull that returns at once with nothing
-    while a sparse subscription, as a dead-letter one is, holds messages, and the command said "0 dead-lettered" (and
-    replayed nothing) while they were there. A later pull (after others returned messages) returns at once; the
-    emulator holds an empty pull about 4 s."""
-    from google.api_core.exceptions import DeadlineExceeded
-
-    try:
-        resp = _call(client.pull, request={"subscription": path, "max_messages": n, "return_immediately": not first},
-                     timeout=10 if first else 5)
-    except DeadlineExceeded:  # an empty pull the emulator held: nothing more
-        return []
-    return list(resp.received_messages)
+    """:func:`tenfold.messaging.pulls.pull` (the first pull held; the drain of offline inference's dead letters
+    pulls the same way), waiting on this module's clock."""
+    return pulls.pull(client, path, n, first=first, clock=time)
 
 
 def _give_back(client: Any, path: str, ack_ids: list[str]) -> None:

@@ -4,7 +4,12 @@ Pub/Sub moves a request that failed ``max_delivery_attempts`` deliveries to the 
 dead-letter topic. Both commands first record whatever waits on its dead-letter subscription into the run's
 ``dead_letters/`` folder (:func:`tenfold.inference.runs.drain_dead_letters`), so a dead letter is kept in
 the lake beside its run, with its body, its attributes, how often it was delivered and the error the worker
-recorded, and stays inspectable after the message itself is gone.
+recorded, and stays inspectable after the message itself is gone. The drain's first pull is held, as real
+Pub/Sub may answer one that returns at once with nothing while the dead-letter subscription holds messages.
+
+With Pub/Sub away (the emulator stopped), ``inspect`` warns in one line that it could not drain and lists what is
+recorded; ``replay`` refuses (exit 1, nothing sent): what it would re-publish goes to that same Pub/Sub, and one
+not yet drained would be left out of a replay that said it was done.
 
 Replay marks each not yet replayed dead letter replayed and then re-publishes it to the requests topic with
 its original attributes (so the same request id: a request that was scored meanwhile is only acknowledged).
@@ -16,22 +21,38 @@ which the workers' create-if-absent results make harmless; one killed between th
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tenfold.inference.requests import RECORD_NAME, REPLAY
 from tenfold.inference.runs import drain_dead_letters, mark_replayed, unmark_replayed
 from tenfold.inference.store import RunStore, run_keys, work_objects
+from tenfold.messaging.clients import subscription_path
+from tenfold.outages import is_unreachable
 
 if TYPE_CHECKING:
     from tenfold.config import Settings
 
 
-def inspect(settings: Settings, *, run: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded dead letter (of ``run`` only, if given), the newest dead-lettered first; bodies left out."""
+def inspect(settings: Settings, *, run: str | None = None,
+            warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[dict[str, Any]]:
+    """Every recorded dead letter (of ``run`` only, if given), the newest dead-lettered first; bodies left out.
+
+    The drain first is best effort: with Pub/Sub (or the emulator) away, ``warn`` gets one line naming the dead-letter
+    subscription that could not be drained, and what the lake has recorded is listed all the same."""
     _check_run(run)
     objects = work_objects(settings)
-    drain_dead_letters(settings, objects=objects)
+    try:
+        drain_dead_letters(settings, objects=objects)
+    except Exception as exc:
+        if not is_unreachable(exc):  # a refusal (permissions, no topology, no credentials), the store full: said as is
+            raise
+        path = subscription_path(settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)
+        warn(f"warning: could not drain the dead-letter subscription {path} ({type(exc).__name__}: "
+             f"{' '.join(str(exc).split())[:200]}): listing only the dead letters recorded in the lake; any still waiting "
+             "there are recorded and listed by `tenfold dlq inspect` run again once Pub/Sub answers (locally `tenfold "
+             "status` shows what is down and `tenfold up` starts it)")
     out = []
     for key in [run] if run else run_keys(objects):
         store = RunStore(objects, key)

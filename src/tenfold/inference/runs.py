@@ -183,35 +183,40 @@ def _check_size(settings: Settings, topic: str, request: ScoringRequest, body: b
         + ", then trigger batch_inference for the month again (a new plan cuts the requests anew)")
 
 
-def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None) -> list[tuple[str, str]]:
+def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None,
+                       polled: bool = False) -> list[tuple[str, str]]:
     """Record every message waiting on the requests' dead-letter subscription, then acknowledge it.
 
     Returns ``(run, request id)`` of each recorded. The record (body, attributes, delivery attempts, the last error
     the worker recorded) is written before the ack, so a crash in between records it twice, never loses it. A dead
     letter of a copy older than the one last sent again is acknowledged without being recorded (see
     :func:`_record_dead_letter`).
-    """
-    from google.api_core.exceptions import DeadlineExceeded
 
+    Its first pull is held (:func:`tenfold.messaging.pulls.pull`, at most ``HELD_PULL_S``): Pub/Sub may answer a pull
+    that returns at once with nothing while the sparse dead-letter subscription holds messages, and a one-shot drain
+    (``tenfold dlq``, a publish before it resends) took that for "none". Pub/Sub unavailable is retried a few
+    seconds, then raised. ``polled``: the caller drains again in a moment (a run's wait, every
+    :data:`DEAD_LETTER_POLL_S`) and never concludes from an empty drain: every pull returns at once and an outage is
+    raised at once, the next round being the retry.
+    """
     from tenfold.messaging.clients import subscriber_client, subscription_path
+    from tenfold.messaging.pulls import RETRY_S, pull
 
     sub = settings.messaging.subscriptions["requests"]
     path = subscription_path(settings, sub.dead_letter_subscription)
     objects = objects or work_objects(settings)
     client = subscriber or subscriber_client(settings)
     seen: list[tuple[str, str]] = []
+    first = not polled
     try:
         while True:
-            try:
-                resp = client.pull(request={"subscription": path, "max_messages": 500, "return_immediately": True},
-                                   timeout=10, retry=None)
-            except DeadlineExceeded:
-                break
-            if not resp.received_messages:
+            received = pull(client, path, 500, first=first, retry_s=0.0 if polled else RETRY_S)
+            first = False
+            if not received:
                 break
             acks = []
             try:
-                for n, rm in enumerate(resp.received_messages):
+                for n, rm in enumerate(received):
                     msg = rm.message
                     attrs = dict(msg.attributes)
                     rid = record_id(attrs, msg.data)
@@ -229,7 +234,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
                             # Handed back at once: left leased, they stayed invisible for the subscription's ack
                             # deadline (the source subscription's: 120 s for requests), so the drains of the wait's next rounds, and of a retried
                             # publish before it resends, could not see them while their requests counted as pending.
-                            _give_back(client, path, [r.ack_id for r in resp.received_messages[n:]])
+                            _give_back(client, path, [r.ack_id for r in received[n:]])
                             raise
                         # this message's record only: kept under a name that is always safe
                         log.exception("could not record dead letter %s of run %s; recording it as message-%s of %s",
@@ -401,7 +406,7 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
         if time.monotonic() - drained >= DEAD_LETTER_POLL_S:
             drained = time.monotonic()
             try:
-                drain_dead_letters(settings, objects=objects)
+                drain_dead_letters(settings, objects=objects, polled=True)
             except Exception as exc:  # Pub/Sub or the store away for a moment: drained on a later round (the deadline
                 # bounds the wait); raised, it failed the whole score try and restarted the pool
                 if not is_store_outage(exc):  # a Google service's outage, Pub/Sub's included, or the store's
