@@ -22,7 +22,10 @@ Aliases. An alias is moved by compare-and-swap: read the pointer and its generat
 pointer with ``if_generation_match=<that generation>`` (0 when creating it). Of any number of
 concurrent movers exactly one wins; the others get :class:`AliasConflict` (when they stated what
 they expected the alias to be) or re-read and retry (an unconditional set), except those that asked for the
-version that won: theirs is the no-op of setting an alias to the version it holds.
+version that won: theirs is the no-op of setting an alias to the version it holds. An alias is moved only to a
+version whose stored files are all there at their recorded sizes (a metadata read each, see :meth:`ModelRegistry.
+incomplete`): one whose file was deleted (what ``download`` tells an operator to do with a corrupted one) failed every
+load after the move; a rollback skips such a version.
 
 Stores that ignore preconditions. GCS and fake-gcs-server enforce generation preconditions;
 gcp-storage-emulator silently ignores them, so on it two concurrent moves would both "succeed" and
@@ -79,6 +82,8 @@ METRICS_FILE = "metrics.json"
 VERSION_FILE = "VERSION.json"
 LINEAGE_FILE = "lineage.json"
 VERSION_ID_LEN = 20
+# The fewest digits of an id that ``find`` takes as a prefix (fewer match too many versions to be meant).
+MIN_PREFIX_LEN = 4
 FORMAT = 1
 
 # Never part of a version: training scratch (checkpoints are resumable state, not the model) and
@@ -90,6 +95,7 @@ _ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # rollout's id alone is 60 characters).
 _DECISION_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _VERSION_RE = re.compile(rf"^[0-9a-f]{{{VERSION_ID_LEN}}}$")
+_SHORT_PREFIX_RE = re.compile(rf"^[0-9a-f]{{1,{MIN_PREFIX_LEN - 1}}}$")
 
 
 class _Any(enum.Enum):
@@ -585,6 +591,23 @@ class ModelRegistry:
     def exists(self, version: str) -> bool:
         return bool(_VERSION_RE.fullmatch(version)) and self._read_version(version, with_lineage=False) is not None
 
+    def incomplete(self, version: str | ModelVersion) -> str | None:
+        """Why a committed version's stored files cannot all be downloaded (None: each is there at its recorded size).
+
+        Metadata only, one read per file and nothing downloaded: a file deleted from the store (what ``download``
+        tells an operator to do with a corrupted one, until the model is registered again) or cut short. Hashes are
+        ``download``'s to check. The answer is a clause naming the file, which reads after the version's id."""
+        mv = version if isinstance(version, ModelVersion) else self.get(version, with_lineage=False)
+        for record in mv.files:
+            name = self._name("versions", mv.version, "files", record.path)
+            blob = self.bucket.get_blob(name)
+            if blob is None:
+                return f"its stored {record.path} is missing (gs://{self.bucket_name}/{name})"
+            if blob.size is not None and int(blob.size) != record.bytes:
+                return (f"its stored {record.path} holds {int(blob.size)} bytes, not the {record.bytes} recorded "
+                        f"(gs://{self.bucket_name}/{name})")
+        return None
+
     def list_versions(self) -> list[ModelVersion]:
         """Committed versions, oldest first; one whose VERSION.json fails verification is left out with a warning
         (``get`` of it raises the IntegrityError that says what is wrong)."""
@@ -612,7 +635,15 @@ class ModelRegistry:
                 "`tenfold models list`)")
         if _VERSION_RE.fullmatch(ref):
             return self.get(ref, with_lineage=False).version
-        matches = [v.version for v in self.list_versions() if v.version.startswith(ref)] if len(ref) >= 4 else []
+        if _SHORT_PREFIX_RE.fullmatch(ref):
+            # Refused as too short, not as matching nothing: `show 9` said "names no version" of the 9... in the list.
+            starting = sum(v.version.startswith(ref) for v in self.list_versions())
+            raise UnknownVersion(
+                f"{ref!r} is too short a version prefix: give at least {MIN_PREFIX_LEN} of its digits ("
+                f"{starting} version{'' if starting == 1 else 's'} start{'s' if starting == 1 else ''} with it"
+                + (", and it names no alias" if _ALIAS_RE.fullmatch(ref) else "")
+                + "; ids in `tenfold models list`)")
+        matches = [v.version for v in self.list_versions() if v.version.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         raise UnknownVersion(
@@ -814,7 +845,13 @@ class ModelRegistry:
         from google.api_core.exceptions import PreconditionFailed
 
         check_alias(alias)
-        self.get(version, with_lineage=False)  # only committed versions can be pointed at
+        mv = self.get(version, with_lineage=False)  # only committed versions can be pointed at
+        # ... and only whole ones: moved to a version whose weights were deleted, every replica failed to load it.
+        if problem := self.incomplete(mv):
+            raise IntegrityError(
+                f"{alias} was not moved: version {version} is incomplete in the store ({problem}). Register the "
+                "model's folder again (it restores a missing file; a cut-short one must first be deleted) or restore "
+                f"the file from a backup, then move {alias} again; or move it to another version")
         self.ensure_preconditions_enforced()
         for _attempt in range(self.cas_retries):
             current = self._read_pointer(alias)
@@ -884,7 +921,8 @@ class ModelRegistry:
         version promoted again after a rollback is a candidate again.
 
         ``unusable``: why a version cannot be the alias's now (None: it can); such a candidate is skipped, and a
-        ``to`` it refuses is a :class:`RegistryError` saying why.
+        ``to`` it refuses is a :class:`RegistryError` saying why. A version whose stored files are not all there
+        (:meth:`incomplete`) is treated so whatever ``unusable`` says: ``set_alias`` would refuse it.
 
         ``from_version``: the version to roll back from. When the alias was already rolled back from it (the last
         move is that rollback: a rerun after an error that came once the move had landed), that move is returned
@@ -894,6 +932,15 @@ class ModelRegistry:
         current = self._read_pointer(alias)
         if current is None:
             raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+
+        def why_not(version: str) -> str | None:
+            try:
+                if problem := self.incomplete(version):
+                    return problem
+            except RegistryError as exc:  # its VERSION.json gone or damaged since it was held
+                return str(exc)
+            return unusable(version) if unusable is not None else None
+
         if from_version is not None and current.version != from_version:
             if current.action == "rollback" and current.previous == from_version and to in (None, current.version):
                 self._append_history(current)  # the entry its first run may not have recorded
@@ -906,7 +953,7 @@ class ModelRegistry:
             held = {h.version for h in history} | {h.previous for h in (*history, current) if h.previous}
             if to not in held:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
-            if unusable is not None and (why := unusable(to)):
+            if why := why_not(to):
                 raise RegistryError(f"{alias} cannot go back to {to}: {why}")
         else:
             if damaged:  # a rollback left out might have ruled a candidate out: never guess the target
@@ -929,7 +976,7 @@ class ModelRegistry:
                                             if h.version != current.version and h.version not in rolled_away))
             skipped: dict[str, str] = {}  # read newest first, only as far as the first usable one
             for candidate in candidates:
-                if unusable is None or not (why := unusable(candidate)):
+                if not (why := why_not(candidate)):
                     to = candidate
                     break
                 skipped[candidate] = why
