@@ -3,9 +3,11 @@
 ``monitor_drift``'s ``decide`` writes at most one point per run in dev and prod to ``settings.monitoring.drift_metric``
 (a ``GAUGE`` of ``DOUBLE`` on the ``global`` resource, declared by the platform stack's observability component): the
 largest PSI over the features that trigger retraining, across the months the run retrains for; 0.0 when it retrains
-for none (a high PSI the feature's test does not call drift included). It writes nothing for a version that is not
-the champion, and leaves out a month an earlier try of the run already scored. So the point reaches
-``monitoring.drift_psi``, where the alert fires, only when the run retrains: written unrounded, the page and the
+for none (a high PSI the feature's test does not call drift included). Only a run that emits the drift event (the
+DAG's ``decide`` task) writes it: nothing for a version that is not the champion, nothing from a run outside Airflow
+(``python -m tenfold.pipelines.monitor_drift``, ``monitor()``), which retrains nothing; and it leaves out a month an
+earlier try of the run already scored. So the point reaches ``monitoring.drift_psi``, where the alert ("the drift
+monitor is retraining the champion") fires, only when the run retrains: written unrounded, the page and the
 retrain agree (docs/drift.md). A transient error fails ``decide``'s try while its task has tries left (the next
 writes the score); a :class:`MetricWriteError`, or an outage on the last try, is logged and named in the drift alert.
 Locally there is no Cloud Monitoring: the alert hooks of :mod:`tenfold.monitoring.alerts` are the alerts.

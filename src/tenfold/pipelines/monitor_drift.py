@@ -22,7 +22,8 @@
   after the hook's own retries, is recorded as undelivered and fails the try (:class:`AlertNotDelivered`), so the
   task's next try sends it again, to the hooks that failed alone, before it emits; an outage of Cloud Monitoring writing the drift score fails the
   try too, before it alerts; its last try emits regardless. A run outside Airflow, which emits no event, records
-  nothing.
+  nothing and writes no drift score (the cloud's drift alert says the champion is retraining); its decision says
+  ``retrain: false`` and, in ``would_retrain``, what the DAG's run would decide.
 
 A version registered before reference profiles existed has none: its report says so (decision
 ``no_profile``), nothing is measured and nothing triggers; retraining registers a version with a profile.
@@ -353,6 +354,11 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
            emitted_by: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Whether to retrain; alerts when a triggering feature drifted. The result is the drift event's extra.
 
+    ``retrain`` is true only when this run retrains: it ``emits`` the drift event, for the champion. A run that does
+    not emit (``monitor``, the command line) says ``retrain: false`` and, in ``would_retrain``, whether the DAG's run
+    of the same measure would retrain; it writes no drift score to Cloud Monitoring, whose alert says the champion is
+    retraining.
+
     A month's drift triggers once (see the module docstring): months whose trigger another run recorded are
     left out, and with nothing else firing the decision is no retrain (``already_triggered`` names the runs). So are
     months the version measured was retrained for (:func:`_retrained_for`: its lineage, read from the registry only
@@ -379,6 +385,7 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
     # The same for the champion a run planned with, when a rollout replaced it since (during the run, or before the
     # run was cleared): the model measured no longer serves, and the new champion was not measured.
     not_serving = False
+    emitter = emits  # the caller emits the drift event (the DAG's task): the decision's shape is the event's extra
     try:
         champion = ModelRegistry(settings).resolve(CHAMPION)
     except Exception as exc:
@@ -389,8 +396,8 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
                     type(exc).__name__, exc)
         champion = None
     if champion is not None:
-        not_serving = p.version != champion  # outside Airflow too: its score is not written to the champion's series
-        emits = emits and not not_serving
+        not_serving = p.version != champion  # outside Airflow too: retraining it would replace nothing that serves
+        emits = emits and not not_serving  # from here: whether this run emits the drift event that retrains
     # The content each month was measured on (none from a run of before this was recorded: such a month is
     # neither looked up nor recorded, so nothing is held back wrongly).
     contents = {s["month"]: c for s, c in zip(r.summaries, r.contents, strict=False)}
@@ -465,9 +472,11 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
 
     unwritten = None
     try:
-        # One series per project, which the cloud's drift alert pages on: the score of a version that is not the
-        # champion (which retrains nothing) is not written there.
-        if not not_serving and (scored or not firing):
+        # One series per project, which the cloud's drift alert pages on ("the drift monitor is retraining the
+        # champion"): written only by a run that emits the drift event, which retrains. Not by a version that is not
+        # the champion (which retrains nothing), nor by a run outside Airflow (``monitor``, the command line), which
+        # emits no event: it paged that the champion was retraining when nothing was, and again on each rerun.
+        if emits and (scored or not firing):
             write_drift_score(settings, written)
     except Exception as exc:
         if emits and not last_try and not isinstance(exc, MetricWriteError) and is_outage(exc):
@@ -510,8 +519,13 @@ def decide(settings: Settings, run: DriftRun | Mapping[str, Any], reported: Repo
         log.warning("the drift alert was not delivered by %s; the decision goes out all the same", ", ".join(failed))
     if earlier:
         log.info("already triggered, not again: %s", ", ".join(f"{m} by run {by}" for m, by in sorted(earlier.items())))
-    return {"retrain": bool(firing) and not not_serving, "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months),
-            "max_psi": max_psi, "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
+    # "retrain" is what the DAG branches on and train_model reads in the event: true only from a run that emits. A run
+    # outside Airflow retrains nothing, so it says what the DAG's run would decide instead ("would_retrain").
+    would_retrain = bool(firing) and not not_serving
+    return {"retrain": would_retrain and emits,
+            **({} if emitter else {"would_retrain": would_retrain}),
+            "version": p.version, "months": [s["month"] for s, _ in firing] or list(p.months), "max_psi": max_psi,
+            "triggered": sorted({f for s, _ in firing for f in s["triggered"]}),
             "decisions": {s["month"]: s["decision"] for s in r.summaries}, "already_triggered": earlier,
             "contents": {s["month"]: contents[s["month"]] for s, _ in firing if s["month"] in contents}}
 
@@ -535,7 +549,8 @@ def emitted_already(events: Iterable[Any], dag_id: str, airflow_run_id: str, dec
 
 
 def monitor(settings: Settings, month: str, version: str | None = None, *, run_id: str | None = None) -> dict[str, Any]:
-    """Every step for one month in this process (no Airflow, so no Asset event): the decision dict."""
+    """Every step for one month in this process (no Airflow, so no Asset event): the decision dict, which says
+    ``retrain: false`` (nothing retrains) and, in ``would_retrain``, whether the DAG's run would."""
     import datetime as dt
 
     rid = run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}"

@@ -122,7 +122,7 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     summaries = ({"month": "2013-07", "decision": "ok", "max_psi": 0.12, "triggered": []},
                  {"month": "2013-08", "decision": "retrain", "max_psi": 0.41, "triggered": ["distance"]})
     reported = {"summaries": summaries, "json_uris": ("a", "b"), "html_uris": ("a.html", "b.html")}
-    decision = pipeline.decide(dev, run, reported)
+    decision = pipeline.decide(dev, run, reported, emits=True)  # the DAG's task: it emits the event that retrains
     assert decision["retrain"] is True and decision["max_psi"] == 0.41 and len(sent) == 1
     (request,) = monitoring.requests
     assert request.time_series[0].points[0].value.double_value == pytest.approx(0.41)
@@ -140,3 +140,59 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     with pytest.raises(ServiceUnavailable):  # an outage with tries left: the task's next try writes it, then alerts
         pipeline.decide(dev, {**run, "airflow_run_id": "r9"}, {**reported, "contents": ["a9", "b9"]}, emits=True)
     assert len(sent) == 3
+
+
+def test_a_run_outside_airflow_which_retrains_nothing_writes_no_drift_score_and_says_it_would_retrain(
+    monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tenfold.pipelines.monitor_drift`` (and ``monitor()``) emits no drift event, so nothing retrains on
+    it; it wrote the drift score all the same, and the cloud's drift alert paged on-call that the champion was
+    retraining (again on each rerun: such a run records no trigger), while it printed ``"retrain": true``. The DAG's
+    run of the same drift (it emits) writes the one point."""
+    import json
+
+    import tenfold.config
+    import tenfold.storage
+    from tenfold.monitoring import alerts
+    from tenfold.pipelines import monitor_drift as pipeline
+
+    dev = build_settings("dev")
+    monkeypatch.setattr(tenfold.storage, "lake_objects", lambda settings, prefix: tenfold.storage.FileObjects(tmp_path))
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
+        "resolve": staticmethod(lambda alias: "v1")})())
+    client = monitoring.client()
+    monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
+    sent: list[tuple[str, Any]] = []
+    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None, log_line=True: (
+        sent.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
+    run = {"run_key": "r", "airflow_run_id": "manual__r", "months": ["2013-07"], "version": "v1",
+           "version_ref": "champion", "work_dir": "/tmp/unused"}
+    reported = {"summaries": ({"month": "2013-07", "decision": "retrain", "max_psi": 0.41, "triggered": ["distance"]},),
+                "json_uris": ("a",), "html_uris": ("a.html",), "contents": ["c07"]}
+
+    # The command line, as an operator runs it in dev: its steps' results are the drifted month's.
+    monkeypatch.setattr(tenfold.config, "get_settings", lambda env=None: dev)
+    monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: run)
+    monkeypatch.setattr(pipeline, "measure", lambda settings, planned: {})
+    monkeypatch.setattr(pipeline, "report", lambda settings, planned, measured: reported)
+    for _ in range(2):  # a rerun writes nothing either
+        assert pipeline.main(["--conf", '{"month": "2013-07"}']) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["retrain"] is False and printed["would_retrain"] is True and printed["max_psi"] == 0.41
+    assert monitoring.requests == [], "a run that retrains nothing paged that the champion is retraining"
+    assert len(sent) == 2 and all("a run outside Airflow starts no retraining" in title for title, _ in sent)
+    # monitor() and decide() without emits: the same, and a month that does not drift writes no 0.0 either
+    assert pipeline.monitor(dev, "2013-07")["would_retrain"] is True
+    calm = {**reported, "summaries": ({"month": "2013-07", "decision": "ok", "max_psi": 0.02, "triggered": []},)}
+    quiet = pipeline.decide(dev, run, calm)
+    assert quiet["retrain"] is False and quiet["would_retrain"] is False
+    assert monitoring.requests == []
+
+    # The DAG's task (it emits the drift event, which retrains): exactly one point, of 0.41, and its decision (the
+    # event's extra, which train_model reads) keeps its shape.
+    decision = pipeline.decide(dev, {**run, "airflow_run_id": "scheduled__r"}, reported, emits=True)
+    assert decision["retrain"] is True and "would_retrain" not in decision
+    (request,) = monitoring.requests
+    (series,) = request.time_series
+    (point,) = series.points
+    assert series.metric.type == dev.monitoring.drift_metric and point.value.double_value == pytest.approx(0.41)

@@ -115,9 +115,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 def test_a_drift_triggers_once_and_a_retry_of_its_run_still_emits(registered: Registered, sent: list[Any]) -> None:
     settings, v1, v2 = registered.settings, registered.v1, registered.v2
 
-    # A run outside Airflow (python -m tenfold.pipelines.monitor_drift) emits no event: it alerts, records nothing.
+    # A run outside Airflow (python -m tenfold.pipelines.monitor_drift) emits no event: it alerts, records nothing,
+    # and says it would retrain without claiming it does.
     manual = pipeline.decide(settings, _run("manual", v1), REPORTED)
-    assert manual["retrain"] is True and len(sent) == 1
+    assert manual["retrain"] is False and manual["would_retrain"] is True and len(sent) == 1
     assert not sent[0][0].startswith("drift: retraining") and "starts no retraining" in sent[0][0]
     assert not _recorded(settings), "a run that started no retraining held it back"
     sent.clear()
@@ -164,7 +165,7 @@ def test_the_score_written_is_that_of_what_triggers(registered: Registered, sent
     settings, v1 = registered.settings, registered.v1
     noisy = ({"month": "2013-07", "decision": "report", "max_psi": 0.9, "triggered": []},
              {"month": "2013-08", "decision": "ok", "max_psi": 0.05, "triggered": []})
-    decision = pipeline.decide(settings, _run("run-a", v1), {**REPORTED, "summaries": noisy})
+    decision = pipeline.decide(settings, _run("run-a", v1), {**REPORTED, "summaries": noisy}, emits=True)
     assert decision["retrain"] is False and written == [0.0] and not sent
     pipeline.decide(settings, _run("run-b", v1), {**REPORTED, "summaries": (noisy[0], SUMMARIES[1])}, emits=True)
     assert written[-1] == 0.41
