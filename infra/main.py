@@ -50,6 +50,12 @@ def main() -> int:
             raise
         print(f"error: cannot write the synthesized stacks to {outdir}: {written[1]}", file=sys.stderr)
         return 2
+    if not os.environ.get("TENFOLD_PROJECT_ID"):
+        # Synthesized for the placeholder projects (tenfold-<env>-project), to read: deployed, its state would go to a
+        # bucket named after a project that is not yours, a global name anyone could have created.
+        print("warning: TENFOLD_PROJECT_ID is not set: the stacks were synthesized for the placeholder projects "
+              "tenfold-dev-project and tenfold-prod-project, to read, not to deploy: export TENFOLD_PROJECT_ID=<your "
+              "project id> before `cdktn deploy`", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from typer.core import TyperGroup
 
 from tenfold.clipipe import EXIT_READER_GONE, drop_stdout, stdout_reader_gone
-from tenfold.config import Settings, command_settings, get_settings, settings_refusal
+from tenfold.config import Settings, command_settings, get_settings, project_refusal, settings_refusal
 
 
 class _LostPipe(Exception):
@@ -94,6 +94,9 @@ config_app = typer.Typer(help="Read the settings of the current environment (TEN
 app.add_typer(config_app, name="config")
 
 
+_LOCAL_PLATFORM_COMMANDS = ("up", "down", "status", "demo", "serve")
+
+
 @app.callback()
 def _check_settings(ctx: typer.Context) -> None:
     """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
@@ -113,6 +116,11 @@ def _check_settings(ctx: typer.Context) -> None:
     except ValueError as exc:  # a pydantic ValidationError (a TENFOLD_* value), or an unknown TENFOLD_ENV
         typer.echo(settings_refusal(exc), err=True)
         raise typer.Exit(2) from None
+    # TENFOLD_ENV=dev or prod without a project: a placeholder's buckets. (The local platform's commands refuse any
+    # environment but local themselves, saying so.)
+    if ctx.invoked_subcommand not in _LOCAL_PLATFORM_COMMANDS and (refusal := project_refusal(settings)):
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
     # The services listen on the settings' bind host, any 127.x.x.x address: one other than 127.0.0.1 is in no fixed
     # no_proxy entry, and the storage client, the emulators' clients and the traffic replay's bearer token went to
     # the proxy.
@@ -162,7 +170,7 @@ def _mask_secrets(settings: Settings, key: str, value: object) -> object:
 @config_app.command("get")
 def config_get(key: str, env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print one settings value, e.g. ``tenfold config get storage.lake_uri``."""
-    settings = command_settings(env)
+    settings = command_settings(env, placeholder_ok=True)  # names only: what they are before a project is chosen
     try:
         value = settings.get(key)
     except (KeyError, ValueError) as exc:
@@ -181,7 +189,7 @@ def config_get(key: str, env: str | None = typer.Option(None, help="local, dev o
 @config_app.command("show")
 def config_show(env: str | None = typer.Option(None, help="local, dev or prod; default TENFOLD_ENV")) -> None:
     """Print every settings value as JSON."""
-    settings = command_settings(env)
+    settings = command_settings(env, placeholder_ok=True)
     typer.echo(json.dumps(_mask_secrets(settings, "", settings.model_dump(mode="json")), indent=2))
 
 

@@ -9,9 +9,10 @@ from tenfold.config.settings import (
     build_settings,
     command_settings,
     get_settings,
+    project_refusal,
     project_root,
     settings_refusal,
 )
 
-__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "command_settings", "get_settings", "project_root",
-           "settings_refusal"]
+__all__ = ["ENVIRONMENTS", "Env", "Settings", "build_settings", "command_settings", "get_settings", "project_refusal",
+           "project_root", "settings_refusal"]

@@ -1002,6 +1002,9 @@ class InfraSettings(_Frozen):
 class Settings(_Frozen):
     env: Env
     project_id: ProjectId
+    # dev or prod built with no project (no TENFOLD_PROJECT_ID): ``project_id`` is the synth-only placeholder
+    # (:func:`project_refusal`). Not dumped: what a dump is read back into is a process's own settings again.
+    project_placeholder: bool = Field(default=False, exclude=True)
     region: str
     zone: str
     prefix: ResourceName
@@ -1184,6 +1187,7 @@ def build_settings(
         raise ValueError(f"unknown environment {env!r}: choose one of {', '.join(ENVIRONMENTS)}")
     given = EnvironSettings.from_environ(environ or {})
     prefix = prefix or f"tenfold-{env}"
+    placeholder = not (project_id or given.project_id)
     project_id = project_id or given.project_id or f"tenfold-{env}-project"
     local_home = (given.home or project_root(environ) / ".tenfold").resolve()
     local = LocalSettings(home=local_home, **given.local)  # type: ignore[arg-type]
@@ -1212,6 +1216,7 @@ def build_settings(
     values: dict[str, Any] = dict(
         env=env,
         project_id=project_id,
+        project_placeholder=placeholder and env != "local",
         region="us-central1",
         zone="us-central1-a",
         prefix=prefix,
@@ -1429,16 +1434,35 @@ def get_settings(env: str | None = None) -> Settings:
     return build_settings(chosen, os.environ)  # type: ignore[arg-type]
 
 
-def command_settings(env: str | None = None) -> Settings:
-    """:func:`get_settings` for a command's ``--env``: an unknown environment or a TENFOLD_* value that does not parse
-    ends the command with :func:`settings_refusal`'s line and exit code 2 (bad usage), never as an outage."""
-    try:
-        return get_settings(env)
-    except ValueError as exc:
-        import typer
+def project_refusal(settings: Settings) -> str | None:
+    """Why a process must not work on ``settings``' cloud resources (None: it may): dev or prod built with no project
+    (no ``TENFOLD_PROJECT_ID``). Its names are then the synth-only placeholder's (``tenfold-<env>-project-...``):
+    bucket names are global, so anyone could have created those buckets and let everyone write to them, and a
+    command sent the lake's, the registry's and the inference results' data there."""
+    if not settings.project_placeholder:
+        return None
+    return (f"error: TENFOLD_PROJECT_ID is not set: {settings.env} names its buckets, topics and service accounts "
+            f"after your Google Cloud project, and without it they are the placeholder {settings.project_id!r}'s "
+            "(global bucket names anyone could have created): export TENFOLD_PROJECT_ID=<your project id>, or unset "
+            "TENFOLD_ENV to work on the local platform")
 
+
+def command_settings(env: str | None = None, *, placeholder_ok: bool = False) -> Settings:
+    """:func:`get_settings` for a command's ``--env``: an unknown environment or a TENFOLD_* value that does not parse
+    ends the command with :func:`settings_refusal`'s line and exit code 2 (bad usage), never as an outage; so does dev
+    or prod without ``TENFOLD_PROJECT_ID`` (:func:`project_refusal`), unless ``placeholder_ok`` (a command that only
+    shows the names, as ``tenfold config get`` does before a project is chosen)."""
+    import typer
+
+    try:
+        settings = get_settings(env)
+    except ValueError as exc:
         typer.echo(settings_refusal(exc), err=True)
         raise typer.Exit(2) from None
+    if not placeholder_ok and (refusal := project_refusal(settings)):
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
+    return settings
 
 
 def settings_refusal(exc: ValueError) -> str:

@@ -339,13 +339,16 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             say(f"--conf must be a JSON object of run conf keys, not {type(args.conf).__name__}: "
                 "e.g. --conf '{\"month\": \"2013-07\"}'")
             return 2
-    from tenfold.config import get_settings, settings_refusal
+    from tenfold.config import get_settings, project_refusal, settings_refusal
     from tenfold.outages import ending
 
     try:
         settings = get_settings()
     except ValueError as exc:  # a TENFOLD_* value that does not parse, an unknown TENFOLD_ENV
         say(settings_refusal(exc))
+        return 2
+    if refusal := project_refusal(settings):  # dev or prod without a project: a placeholder's buckets
+        say(refusal)
         return 2
     try:
         return body(settings, args)

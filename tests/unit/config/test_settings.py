@@ -882,3 +882,34 @@ def test_config_env_prints_what_composer_gets_for_an_airflow_of_ones_own(tmp_pat
     local = subprocess.run([sys.executable, "-m", "tenfold.cli", "config", "env", "--env", "local"],
                            capture_output=True, text=True, env=env)
     assert local.returncode == 2 and "is for dev or prod" in local.stderr and local.stdout == "", local
+
+
+def test_dev_and_prod_without_a_project_are_refused_where_they_would_touch_its_resources(tmp_path):
+    """With no TENFOLD_PROJECT_ID, dev's and prod's names are the synth-only placeholder's
+    (tenfold-dev-project-tenfold-dev-lake...): global bucket names anyone could have created, and a command sent the
+    lake's and the registry's data there. The commands, the pipelines' runs and `tenfold config env` refuse it;
+    `tenfold config get/show` still show the names, and a project given is no placeholder."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    env.update(TENFOLD_HOME=str(tmp_path))
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**env, **extra},
+                              timeout=120)
+
+    said = "error: TENFOLD_PROJECT_ID is not set: dev names its buckets, topics and service accounts after your"
+    for args, extra in ((["-m", "tenfold.cli", "models", "list"], {"TENFOLD_ENV": "dev"}),
+                        (["-m", "tenfold.cli", "dlq", "inspect", "--env", "dev"], {}),
+                        (["-m", "tenfold.cli", "config", "env", "--env", "dev"], {}),
+                        (["-m", "tenfold.pipelines.monitor_drift", "--conf", '{"month": "2013-07"}'],
+                         {"TENFOLD_ENV": "dev"})):
+        done = run(*args, **extra)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(said), (args, done.stderr)
+        assert "'tenfold-dev-project'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    shown = run("-m", "tenfold.cli", "config", "get", "storage.lake_bucket", "--env", "dev")
+    assert shown.returncode == 0 and shown.stdout.strip() == "tenfold-dev-project-tenfold-dev-lake", shown.stderr
+    given = run("-m", "tenfold.cli", "config", "env", "--env", "dev", TENFOLD_PROJECT_ID="acme-ml")
+    assert given.returncode == 0 and "export TENFOLD_PROJECT_ID=acme-ml" in given.stdout, given.stderr
+    assert build_settings("dev").project_placeholder and not build_settings("dev", project_id="acme-ml").project_placeholder
+    assert not build_settings("local").project_placeholder

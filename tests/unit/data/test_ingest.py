@@ -538,7 +538,8 @@ def test_a_dev_ingest_without_credentials_says_how_to_log_in_within_seconds(tmp_
     closed = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR", "TENFOLD_"))}
-    env.update(TENFOLD_ENV="dev", TENFOLD_HOME=str(tmp_path / "home"), HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path),
+    env.update(TENFOLD_ENV="dev", TENFOLD_PROJECT_ID="acme-ml", TENFOLD_HOME=str(tmp_path / "home"), HOME=str(tmp_path),
+               CLOUDSDK_CONFIG=str(tmp_path),
                GCE_METADATA_HOST=closed, GCE_METADATA_IP=closed, GCE_METADATA_ROOT=closed,  # google-auth's; pyarrow's
                NO_GCE_CHECK="true")
     tenfold = str(Path(sys.executable).with_name("tenfold"))

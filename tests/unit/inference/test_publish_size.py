@@ -96,3 +96,31 @@ def test_a_later_request_over_the_limit_is_refused_saying_what_was_published(own
     assert said.startswith("a request of 2 rows (inference.rows_per_message=2, inference.request_compression='none')")
     assert "1 request(s) before it were published" in said and raised.value.retryable is False
     assert [a["request_id"] for a in _pull_all(settings, expect=1)] == [request_id("run-2", "2013-07", 0)]
+
+
+def test_only_a_run_published_before_holds_the_dead_letter_drain_of_its_publish(own_topology: Settings,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain before a publish held its first pull (5 s on an empty subscription, the emulator's) for every run,
+    new ones included, which have no dead letters of their own to find: each batch_inference run paid it. Held only
+    for a run whose folder has objects (a retried task, a cleared run)."""
+    import pyarrow as pa
+
+    from tenfold.messaging import pulls
+
+    firsts: list[bool] = []
+    real = pulls.pull
+
+    def recording(client, path, n, *, first, **kw):  # type: ignore[no-untyped-def]
+        firsts.append(first)
+        return real(client, path, n, first=first, **kw)
+
+    monkeypatch.setattr(pulls, "pull", recording)
+    rows = pa.table({"k": [1, 2]})
+    publish_requests(own_topology, "run-new", "2013-07", "v1", rows, rows_per_message=2)
+    assert firsts == [False], firsts
+    store = RunStore(work_objects(own_topology), "run-again")
+    rid = request_id("run-again", "2013-07", 0)
+    store.put_dead_letter(rid, {"request_id": rid, "run": "run-again", "rows": 2, "replays": [], "replayed": False})
+    firsts.clear()
+    publish_requests(own_topology, "run-again", "2013-07", "v1", rows, rows_per_message=2)
+    assert firsts == [True], firsts
