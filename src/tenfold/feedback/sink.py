@@ -15,9 +15,13 @@ For each of the two subscriptions (``settings.messaging.subscriptions["predictio
   acknowledged: after the subscription's ``max_delivery_attempts`` Pub/Sub moves it to the
   subscription's dead-letter topic, where ``tenfold feedback dead-letters`` shows and replays it
   (:mod:`tenfold.feedback.dead_letters`);
-* when the lake cannot be written, the batch is retried in place with backoff while its leases are
-  extended (a nack would spend delivery attempts and dead-letter good messages); after
-  ``write_retry_s`` the sink gives up with :class:`SinkError` and the unacknowledged batch comes back;
+* while the sink holds a batch (from its pull until its acknowledgement) a lease keeper thread extends the batch's
+  leases every third of the ack deadline: one lake write can outlast the lease from the pull (GCS retries for a
+  minute, a slow disk stalls), and an expired lease would redeliver the batch, spending a delivery attempt of every
+  good message and landing it twice;
+* when the lake cannot be written, the batch is retried in place with backoff while its leases are kept (a nack
+  would spend delivery attempts and dead-letter good messages); after ``write_retry_s`` the sink gives up with
+  :class:`SinkError` and the unacknowledged batch comes back;
 * before its first pull of a subscription the sink writes a small probe file to the log's folder, and on a local
   disk checks that a whole batch would fit (retried likewise): while the lake refuses, nothing is pulled. A sink restarted while the lake stays away would
   otherwise pull the batch, hold it and hand it back on every restart, each time spending a delivery
@@ -26,12 +30,13 @@ For each of the two subscriptions (``settings.messaging.subscriptions["predictio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,6 +93,10 @@ STOP_TIMEOUT_S = 90
 # in memory only: what the sink left there was lost. Bounded well below STOP_TIMEOUT_S, which must still cover the
 # batch in hand and the last join.
 STOP_DRAIN_S = 20.0
+
+# The longest one lease extension of the lease keeper may take (the keeper's call has no retries): a stop, or the end
+# of a batch, waits at most this long for an extension in flight against a hung Pub/Sub.
+LEASE_CALL_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -262,6 +271,7 @@ class FeedbackSink:
     def _step(self, stream: Stream, *, wait: bool, fill: bool) -> int:
         if stream not in self._writable:
             self._probe(stream)
+        leased_at = time.monotonic()  # no later than the leases of the batch began (at its first pull's answer)
         received = self._gather(stream, wait=wait, fill=fill)
         if not received:
             return 0
@@ -305,16 +315,19 @@ class FeedbackSink:
             # Nack now so the delivery attempts are spent quickly and the dead-letter policy takes it.
             self._lease(stream, poison_ids, 0)
         if good:
-            files = self._land(stream, good, schema, time_field, good_ids)
-            st.files += files
-            st.landed += len(good)
-            self._ack(stream, good_ids)
-            st.acked += len(good_ids)
+            # Leased from the pull until the ack, whatever stops it: a slow write, a retried one, a retried ack.
+            with self._keep_leased(stream, good_ids, leased_at):
+                files = self._land(stream, good, schema, time_field)
+                st.files += files
+                st.landed += len(good)
+                self._ack(stream, good_ids)
+                st.acked += len(good_ids)
         self.stats.batches += 1
         return len(received)
 
-    def _land(self, stream: Stream, rows: list[dict[str, Any]], schema: pa.Schema, time_field: str,
-              ack_ids: list[str]) -> int:
+    def _land(self, stream: Stream, rows: list[dict[str, Any]], schema: pa.Schema, time_field: str) -> int:
+        """Write ``rows`` to ``stream``'s log, one file per month, retrying a failed write for ``write_retry_s``;
+        the caller keeps the batch leased meanwhile (:meth:`_keep_leased`)."""
         by_month: dict[Partition, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_month[Partition.from_date(row[time_field])].append(row)
@@ -335,8 +348,6 @@ class FeedbackSink:
                         f"{self.options.write_retry_s:.0f} s ({exc}); the batch was not acknowledged and will be "
                         "redelivered; check the lake's disk or bucket and restart the sink") from exc
                 log.warning("lake write of %d %s failed (%s); retrying in %.1f s", len(month_rows), stream, exc, delay)
-            # Keep the batch leased while the lake is away: an expired lease would spend a delivery attempt.
-            self._lease(stream, ack_ids, self._subs[stream].ack_deadline_s)
             self._pause(delay, f"write {len(month_rows)} {stream} to the lake")
             delay = min(delay * 2, 10.0)
         return len(by_month)
@@ -362,11 +373,51 @@ class FeedbackSink:
             self._pause(delay, f"write a probe file to the {stream} log")
             delay = min(delay * 2, 10.0)
 
-    def _lease(self, stream: Stream, ack_ids: list[str], seconds: int) -> None:
-        """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now)."""
+    def _lease(self, stream: Stream, ack_ids: list[str], seconds: int, *, once: bool = False) -> None:
+        """Extend the lease of ``ack_ids`` by ``seconds`` (0: nack, redeliver now). ``once``: one try, bounded by
+        :data:`LEASE_CALL_TIMEOUT_S`, its error raised to the caller (the lease keeper's thread, which must neither
+        retry for ``pubsub_retry_s`` nor wait on run()'s stop); else retried like every call (:meth:`_call`)."""
         request = {"subscription": self.path(stream), "ack_ids": ack_ids, "ack_deadline_seconds": seconds}
+        if once:
+            self.client.modify_ack_deadline(request=request, retry=None, timeout=LEASE_CALL_TIMEOUT_S)
+            return
         self._call(lambda: self.client.modify_ack_deadline(request=request, retry=None),
                    f"{'nack' if seconds == 0 else 'extend the lease of'} {len(ack_ids)} {stream} message(s)")
+
+    @contextlib.contextmanager
+    def _keep_leased(self, stream: Stream, ack_ids: list[str], leased_at: float) -> Iterator[None]:
+        """Keep the leases of ``ack_ids`` (pulled no earlier than ``leased_at``, a monotonic time) alive while the
+        block runs: a thread extends them by the ack deadline every third of it. The SubscriberClient is thread-safe
+        for unary calls. A failed extension (Pub/Sub away) is logged once and tried again at the next tick, never
+        raised into the block; the block's own calls meet the same Pub/Sub and say so. The thread is stopped and
+        joined when the block ends, at once (at most :data:`LEASE_CALL_TIMEOUT_S` for an extension in flight)."""
+        deadline_s = self._subs[stream].ack_deadline_s
+        period = deadline_s / 3
+        done = threading.Event()
+
+        def keep() -> None:
+            failed = False
+            # The first extension a third of the deadline after the pull, then every third: two may fail in a row.
+            wait = max(0.0, leased_at + period - time.monotonic())
+            while not done.wait(wait):
+                try:
+                    self._lease(stream, ack_ids, deadline_s, once=True)
+                except Exception as exc:  # Pub/Sub away, or an ack id it no longer knows: the next tick tries again
+                    if not failed:
+                        log.warning("could not extend the lease of %d %s message(s) in hand (%s: %s); trying again "
+                                    "every %.0f s; should their leases run out they are redelivered and land twice "
+                                    "(the join drops the duplicates)", len(ack_ids), stream, type(exc).__name__,
+                                    exc, period)
+                    failed = True
+                wait = period
+
+        keeper = threading.Thread(target=keep, name=f"tenfold-sink-lease-{stream}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     def _ack(self, stream: Stream, ack_ids: list[str]) -> None:
         """Acknowledge a batch whose rows are durably in the lake (the one place acks happen)."""
