@@ -132,7 +132,9 @@ class FileObjects:
     def names(self, prefix: str) -> list[str]:
         folder = self.root / prefix
         try:
-            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+            # Files only, as a bucket lists objects: a folder in the way of a result (refused by create) was
+            # counted as the result, "scored", by the run's accounting.
+            return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
         except FileNotFoundError:
             return []
 

@@ -126,5 +126,6 @@ def test_a_folder_in_the_way_of_a_result_is_refused_not_taken_for_the_result(tmp
     assert refused.value.filename == str(tmp_path / "run" / "results" / "7.parquet")
     assert "a folder is in the way" in _said(refused.value, tmp_path / "home")
     assert _hidden(tmp_path / "run" / "results") == [] and not objects.exists("run/results/7.parquet")
+    assert objects.names("run/results") == []  # nor listed as one: the run's accounting called it scored
     assert objects.create("run/results/8.parquet", b"first") and not objects.create("run/results/8.parquet", b"second")
     assert objects.get("run/results/8.parquet") == b"first"

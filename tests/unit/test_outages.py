@@ -89,3 +89,14 @@ def test_a_local_service_that_does_not_answer_ends_as_it_says_not_as_a_fault_in_
     line = ending(silent.value, "rollout", tmp_path, debug_hint="with --debug")
     assert line == f"error: `rollout`: {silent.value}" and "is the fleet up?" in line, line
     assert "fault in the code" not in line
+
+
+def test_a_haproxy_answer_tenfold_cannot_read_is_still_a_fault_in_the_code(tmp_path) -> None:
+    """HAProxy refusing a command Tenfold built, or answering in a shape it cannot read, names no local service to
+    start: it ends as a fault in the code, with how to see the traceback, not as the bare message."""
+    from tenfold.outages import ending
+    from tenfold.serving.haproxy import HaproxyFault
+
+    line = ending(HaproxyFault("cannot read the value of x in HAProxy's answer 'y'"), "rollout", tmp_path,
+                  debug_hint="with --debug")
+    assert "fault in the code" in line and "with --debug" in line, line

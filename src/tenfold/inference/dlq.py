@@ -49,10 +49,11 @@ def inspect(settings: Settings, *, run: str | None = None,
         if not is_unreachable(exc):  # a refusal (permissions, no topology, no credentials), the store full: said as is
             raise
         path = subscription_path(settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)
-        warn(f"warning: could not drain the dead-letter subscription {path} ({type(exc).__name__}: "
+        # Pub/Sub away, or the lake the drain records into (then the listing below, from the lake, says so too).
+        warn(f"warning: could not drain the dead-letter subscription {path} into the lake ({type(exc).__name__}: "
              f"{' '.join(str(exc).split())[:200]}): listing only the dead letters recorded in the lake; any still waiting "
-             "there are recorded and listed by `tenfold dlq inspect` run again once Pub/Sub answers (locally `tenfold "
-             "status` shows what is down and `tenfold up` starts it)")
+             "there are recorded and listed by `tenfold dlq inspect` run again once Pub/Sub and the lake answer "
+             "(locally `tenfold status` shows what is down and `tenfold up` starts it)")
     out = []
     for key in [run] if run else run_keys(objects):
         store = RunStore(objects, key)

@@ -127,14 +127,15 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     # recorded first: recorded by the wait after this resend, as not sent again, each counted as dead-lettered while
     # its new copy was in flight, and the run ended early (failed, or published without it).
     objects = work_objects(settings)
+    store = RunStore(objects, run_key)
     # The first pull is held (up to HELD_PULL_S: the emulator's empty one takes all of it) only for a run published
-    # before (its folder has objects: a retried task, a cleared run), whose own dead letters may wait there; a new
-    # run has none, and others' are drained by their runs' waits and `tenfold dlq`.
-    drain_dead_letters(settings, objects=objects, polled=not objects.names(run_key))
+    # before (a retried task, a cleared run), whose own dead letters may wait there; a new run has none, and others'
+    # are drained by their runs' waits and `tenfold dlq`.
+    drain_dead_letters(settings, objects=objects, polled=not store.published_before())
     started = time.monotonic()  # the publish itself, not the drain
-    resent = resend_dead_letters(RunStore(objects, run_key),
-                                 expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
+    resent = resend_dead_letters(store, expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
                                  by="publish")
+    store.mark_publishing()  # before anything is sent: a retry of this publish holds its drain
     if resent:
         log.info("run %s: %d dead-lettered request(s) sent again with the run's requests", run_key, len(resent))
     try:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 RESULTS = "results"
 ERRORS = "errors"
 DEAD_LETTERS = "dead_letters"
+PUBLISHING = "publishing.json"  # a publish of the run began (RunStore.mark_publishing)
 # Where a delivery whose ``run`` attribute names no usable folder is recorded (see :func:`message_store`).
 UNKNOWN_RUN = "unknown-run"
 
@@ -64,6 +65,15 @@ class RunStore:
         if name and not RECORD_NAME.fullmatch(name.rsplit(".", 1)[0]):  # never a path out of the run's folder
             raise ValueError(f"{name[:80]!r} cannot name a record of run {self.run} (see requests.record_id)")
         return posixpath.join(self.run, kind, name) if name else posixpath.join(self.run, kind)
+
+    # publishing
+    def published_before(self) -> bool:
+        """Whether a publish of this run began before (:meth:`mark_publishing`): a retried task, a cleared run."""
+        return self.objects.exists(posixpath.join(self.run, PUBLISHING))
+
+    def mark_publishing(self) -> None:
+        """Recorded before a publish sends anything, so its retry knows dead letters of it may wait."""
+        self.objects.put(posixpath.join(self.run, PUBLISHING), b"{}")
 
     # results
     def has_result(self, request_id: str) -> bool:

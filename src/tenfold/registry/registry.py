@@ -635,6 +635,9 @@ class ModelRegistry:
                 "`tenfold models list`)")
         if _VERSION_RE.fullmatch(ref):
             return self.get(ref, with_lineage=False).version
+        if not ref.strip():  # every id starts with "": a registry of one version was found by it
+            raise UnknownVersion(f"{ref!r} names no version: give an alias or at least {MIN_PREFIX_LEN} digits of an id "
+                                 "(ids in `tenfold models list`)")
         if _SHORT_PREFIX_RE.fullmatch(ref):
             # Refused as too short, not as matching nothing: `show 9` said "names no version" of the 9... in the list.
             starting = sum(v.version.startswith(ref) for v in self.list_versions())
@@ -936,7 +939,8 @@ class ModelRegistry:
         def why_not(version: str) -> str | None:
             try:
                 if problem := self.incomplete(version):
-                    return problem
+                    return (f"{problem}: register the model's folder again, or restore the file from a backup, to "
+                            "make it a candidate again")
             except RegistryError as exc:  # its VERSION.json gone or damaged since it was held
                 return str(exc)
             return unusable(version) if unusable is not None else None

@@ -50,8 +50,10 @@ class Deployer(Protocol):
 class ArmTraffic:
     """What the load balancer saw of one arm over a window."""
 
-    requests: int  # requests answered or failed, of any status
-    errors: int  # of those: 5xx answers and requests that got no answer at all (the cloud's also counts 401 and 403)
+    # The arm's requests, answered or failed (the cloud's leaves out those that say nothing of the replicas: a client
+    # that left, Cloud Armor's or IAP's answers, a 401/403 under bearer auth; docs/rollout-cloud.md)
+    requests: int
+    errors: int  # of those: 5xx answers and requests that got no answer (the cloud's: and under IAP, 401 and 403)
     latencies_ms: Sequence[float]  # one per request, total time at the load balancer
 
     @property

@@ -480,7 +480,9 @@ def _outcome(status: int, details: str, iap: bool) -> bool | None:
     if status < 100:
         return None if details in CLIENT_LEFT else True
     if status in REFUSED_STATUSES:
-        return True if iap and details == SENT_BY_BACKEND else None
+        # (no details at all, an entry of an older log format: counted, as the rest of an unknown cause errs toward
+        # failing)
+        return True if iap and details in (SENT_BY_BACKEND, "") else None
     return False
 
 

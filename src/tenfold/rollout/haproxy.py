@@ -30,6 +30,7 @@ from tenfold.rollout.split import ARMS
 from tenfold.serving.haproxy import (
     SPLIT_KEY,
     HaproxyError,
+    HaproxyFault,
     HaproxyPaths,
     RequestLine,
     RuntimeApi,
@@ -128,7 +129,7 @@ class HaproxyRouter:
         """Set ``percent`` through HAProxy's runtime API and read it back."""
         self.api.set_map(self.split_map, SPLIT_KEY, str(percent))
         if (now := self.canary_percent()) != percent:
-            raise HaproxyError(f"HAProxy reports a canary percent of {now} after setting {percent}") from cause
+            raise HaproxyFault(f"HAProxy reports a canary percent of {now} after setting {percent}") from cause
 
     def _set_without_the_file(self, percent: int, exc: OSError) -> None:
         """The map file could not be written (a full disk). A lower share is still set in HAProxy, then refused with

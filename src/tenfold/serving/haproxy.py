@@ -57,6 +57,13 @@ class HaproxyError(LocalPlatformError):
     """HAProxy is missing, refused its configuration, or its runtime API refused a command."""
 
 
+class HaproxyFault(HaproxyError):
+    """HAProxy refused what Tenfold's own code built (its configuration, a runtime command) or answered in a shape it
+    cannot read: a fault to report with its traceback, not a local service to start (see ``local_service``)."""
+
+    local_service = False  # tenfold.outages.ending: "a fault in the code", with how to see the traceback
+
+
 class HaproxySilent(HaproxyError):
     """HAProxy's runtime API did not answer at all (not a refusal it answered): the process may be hung or stopped."""
 
@@ -292,7 +299,7 @@ def write_config(settings: Settings, *, canary_percent: int | None = None) -> Ha
     # Not -q, which kept HAProxy's own reason out of the refusal.
     check = subprocess.run([haproxy_binary(), "-c", "-f", str(tmp)], capture_output=True, text=True, check=False)
     if check.returncode != 0:
-        raise HaproxyError(f"HAProxy refused the generated configuration {tmp}:\n{check.stdout}{check.stderr}")
+        raise HaproxyFault(f"HAProxy refused the generated configuration {tmp}:\n{check.stdout}{check.stderr}")
     tmp.replace(paths.config)
     return paths
 
@@ -361,7 +368,7 @@ class RuntimeApi:
         answer = self.execute(command)
         low = answer.lower()
         if any(marker in low for marker in ("unknown command", "no such", "require", "invalid", "not found", "cannot", "error")):
-            raise HaproxyError(f"HAProxy refused `{command}`: {answer.strip()}")
+            raise HaproxyFault(f"HAProxy refused `{command}`: {answer.strip()}")
         return answer
 
     def alive(self) -> bool:
@@ -374,7 +381,7 @@ class RuntimeApi:
         """``show stat`` as rows keyed by column name (frontends, backends and servers)."""
         text = self.execute("show stat")
         if not text.startswith("# "):
-            raise HaproxyError(f"HAProxy answered `show stat` with {text[:200]!r}")
+            raise HaproxyFault(f"HAProxy answered `show stat` with {text[:200]!r}")
         return list(csv.DictReader(io.StringIO(text[2:])))
 
     def servers(self, backend: str) -> dict[str, ServerStat]:
@@ -406,7 +413,7 @@ class RuntimeApi:
         for row in self.stats():
             if row["pxname"] == backend and row["svname"] == "BACKEND":
                 return int(row["scur"] or 0) + int(row["qcur"] or 0)
-        raise HaproxyError(f"HAProxy has no backend {backend!r}")
+        raise HaproxyFault(f"HAProxy has no backend {backend!r}")
 
     def point(self, backend: str, server: str, host: str, port: int) -> None:
         """Aim a slot at a replica and let it in only once HAProxy's own health check has passed ``rise`` times.
@@ -439,7 +446,7 @@ class RuntimeApi:
         for part in answer.split(", "):
             if part.startswith("value="):
                 return part.split("=", 1)[1].strip().strip('"')
-        raise HaproxyError(f"cannot read the value of {key} in HAProxy's answer {answer.strip()!r}")
+        raise HaproxyFault(f"cannot read the value of {key} in HAProxy's answer {answer.strip()!r}")
 
     def set_map(self, map_file: Path, key: str, value: str) -> None:
         self.command(f"set map {_runtime_name(map_file)} {key} {value}")

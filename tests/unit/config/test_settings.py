@@ -868,8 +868,8 @@ def test_config_env_prints_what_composer_gets_for_an_airflow_of_ones_own(tmp_pat
 
     from tenfold.config.settings import composer_env
 
-    env = {**os.environ, "TENFOLD_PROJECT_ID": "acme-ml", "TENFOLD_TRAINING__RUNS_PREFIX": "ml/runs it's",
-           "TENFOLD_HOME": str(tmp_path)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")},  # the shell's own settings
+           "TENFOLD_PROJECT_ID": "acme-ml", "TENFOLD_TRAINING__RUNS_PREFIX": "ml/runs it's", "TENFOLD_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "tenfold.cli", "config", "env", "--env", "dev"], capture_output=True,
                          text=True, check=True, env=env)
     back = subprocess.run(["bash", "-c", out.stdout + "\nenv -0"], capture_output=True, text=True, check=True,

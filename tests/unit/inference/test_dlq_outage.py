@@ -55,7 +55,7 @@ def test_inspect_with_pubsub_away_lists_what_is_recorded_after_one_warning_line(
         assert error == "    error: ValueError: no column 'k'"
     path = subscription_path(settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)
     warning, = result.stderr.splitlines()
-    assert warning.startswith(f"warning: could not drain the dead-letter subscription {path} (ServiceUnavailable: "), \
+    assert warning.startswith(f"warning: could not drain the dead-letter subscription {path} into the lake (ServiceUnavailable: "), \
         warning
     assert "listing only the dead letters recorded in the lake" in warning and "`tenfold dlq inspect` run again" in warning
     assert "Traceback" not in result.output

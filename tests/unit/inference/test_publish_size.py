@@ -102,7 +102,7 @@ def test_only_a_run_published_before_holds_the_dead_letter_drain_of_its_publish(
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The drain before a publish held its first pull (5 s on an empty subscription, the emulator's) for every run,
     new ones included, which have no dead letters of their own to find: each batch_inference run paid it. Held only
-    for a run whose folder has objects (a retried task, a cleared run)."""
+    for a run published before (a retried task, a cleared run), on the lake's file or bucket alike."""
     import pyarrow as pa
 
     from tenfold.messaging import pulls
@@ -118,9 +118,6 @@ def test_only_a_run_published_before_holds_the_dead_letter_drain_of_its_publish(
     rows = pa.table({"k": [1, 2]})
     publish_requests(own_topology, "run-new", "2013-07", "v1", rows, rows_per_message=2)
     assert firsts == [False], firsts
-    store = RunStore(work_objects(own_topology), "run-again")
-    rid = request_id("run-again", "2013-07", 0)
-    store.put_dead_letter(rid, {"request_id": rid, "run": "run-again", "rows": 2, "replays": [], "replayed": False})
-    firsts.clear()
-    publish_requests(own_topology, "run-again", "2013-07", "v1", rows, rows_per_message=2)
+    firsts.clear()  # the same run published again (its task retried): dead letters of it may wait, held for
+    publish_requests(own_topology, "run-new", "2013-07", "v1", rows, rows_per_message=2)
     assert firsts == [True], firsts

@@ -92,6 +92,7 @@ def test_a_rollback_skips_a_version_whose_stored_file_is_gone_and_refuses_it_by_
         out = runner.invoke(app, ["models", "rollback", "--to", b, *forced])
         assert out.exit_code == 2, out.output
         assert f"champion cannot go back to {b}: its stored preprocessing.json is missing" in out.output
+        assert "register the model's folder again, or restore the file from a backup" in out.output
         assert reg.resolve("champion") == c
 
     with caplog.at_level(logging.WARNING, logger=registry_module.__name__):
@@ -138,3 +139,14 @@ def test_a_prefix_shorter_than_four_digits_is_refused_as_too_short(
         reg.find("abc")  # alias-shaped and hex: neither is found
     out = runner.invoke(app, ["models", "show", ids[0][:4]])  # four digits are a prefix, as before
     assert out.exit_code == 0, out.output
+
+
+def test_an_empty_reference_names_no_version_even_in_a_registry_of_one(registry_settings: Settings,
+                                                                      new_version: Callable[[int], str]) -> None:
+    """Every id starts with "": `tenfold models promote ""` (a script's unset variable) found the only version."""
+    from tenfold.registry.errors import UnknownVersion
+
+    new_version(1)
+    for ref in ("", "  "):
+        with pytest.raises(UnknownVersion, match="names no version"):
+            ModelRegistry(registry_settings).find(ref)

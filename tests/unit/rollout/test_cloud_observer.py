@@ -211,6 +211,12 @@ def test_a_canary_refusing_authenticated_requests_counts_errors_on_both_arms_ali
     seen = _observer(FakeLogging({LB.stable_backend: stable, LB.canary_backend: canary}), settings=IAP).traffic(SINCE, UNTIL)
     assert (seen["canary"].requests, seen["canary"].errors) == (10, 9)
     assert (seen["stable"].requests, seen["stable"].errors) == (20, 2)
+    # an entry with no statusDetails (an older log format) is counted as the replica's answer, not left out
+    bare = [_refused(LB.canary_backend, 401) for _ in range(3)]
+    for entry in bare:
+        del entry["jsonPayload"]["statusDetails"]
+    seen = _observer(FakeLogging({LB.canary_backend: bare}), settings=IAP).traffic(SINCE, UNTIL)
+    assert (seen["canary"].requests, seen["canary"].errors) == (3, 3)
     # other answers a client caused stay successes of the replica
     client_errors = [_refused(LB.canary_backend, status) for status in (400, 404, 422, 429)]
     seen = _observer(FakeLogging({LB.canary_backend: client_errors}), settings=IAP).traffic(SINCE, UNTIL)
