@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from tenfold.config import build_settings
 from tenfold.serving.autoscale import Autoscaler, recommend, utilization
 
 
@@ -25,12 +24,6 @@ def test_utilisation_is_in_flight_per_ready_replica_over_capacity() -> None:
     assert utilization(6, 2, 4) == 0.75
     assert utilization(0, 0, 4) == 0.0
     assert utilization(3, 0, 4) == math.inf
-
-
-def test_the_same_target_as_the_cloud_autoscaler() -> None:
-    # One number for both: the local fleet reads serving.target_utilization, as the cloud's MIG autoscaler does.
-    settings = build_settings("local")
-    assert settings.serving.target_utilization == build_settings("prod").serving.target_utilization
 
 
 def _scaler(window: float = 10.0) -> Autoscaler:

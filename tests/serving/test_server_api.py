@@ -396,8 +396,21 @@ def test_in_the_cloud_the_schema_docs_and_metrics_ask_for_the_login_too(make_cli
 
 
 def test_auth_is_checked_before_the_body_is_read(client: Any) -> None:
+    """A wrong token is refused before any of the body is received: a server that read (or buffered) an
+    unauthenticated body first would let anyone make it hold up to max_body_bytes per request."""
     r = client.post(PREDICT, content=b"not json", headers={"Content-Type": "text/plain"})
-    assert r.status_code == 401
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text  # not the body's 415
+    # Raw ASGI, a valid JSON body in 100-byte chunks (each taken off the list only as the app receives it): the
+    # 401 comes with every chunk still unreceived.
+    for path, body in ((PREDICT, {"flights": [_flight()] * 3}), (FEEDBACK, {"prediction_id": "abc", "outcome": 1})):
+        raw = json.dumps(body).encode()
+        messages = [{"type": "http.request", "body": raw[i:i + 100], "more_body": i + 100 < len(raw)}
+                    for i in range(0, len(raw), 100)]
+        unread = len(messages)
+        sent = _raw_asgi(client, "wrong-token", messages, [(b"content-length", str(len(raw)).encode())], path=path)
+        assert sent[0]["status"] == 401, (path, sent)
+        assert json.loads(sent[1]["body"])["error"] == "unauthorized", (path, sent)
+        assert len(messages) == unread, f"{path}: {unread - len(messages)} of {unread} body chunks read before the 401"
 
 
 # --- the cache ------------------------------------------------------------------------------------------

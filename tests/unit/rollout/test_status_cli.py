@@ -3,14 +3,18 @@ done, and the router's canary share is shown only beside the rollout it belongs 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from tenfold.cli import app
+from tenfold.local import free_ports, process
 from tenfold.rollout import cli as rollout_cli
+from tenfold.rollout.haproxy import HaproxyRouter
 from tenfold.rollout.record import Rollout, describe
+from tenfold.serving.haproxy import RuntimeApi, haproxy_argv, read_split_map, write_config
 
 T = "2026-12-03T12:00:00+00:00"
 
@@ -47,6 +51,28 @@ class Registry:
         return self.events[(version, rollout_id)]
 
 
+@pytest.fixture
+def fleet_router(make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[HaproxyRouter]:
+    """A real HAProxy as the local fleet's (no replicas), its canary at 25 %, and the CLI given that fleet's settings:
+    `tenfold rollout` reads and sets the weight through the real router (:func:`tenfold.rollout.adapters.router`).
+    The router returned reads HAProxy itself."""
+    base = make_settings()
+    lb, replicas, metrics = free_ports(3)
+    local = base.local.model_copy(update={"lb_port": lb, "replica_base_port": replicas})
+    fleet = base.serving.fleet.model_copy(update={"lb_metrics_port": metrics})
+    settings = base.model_copy(update={"local": local, "serving": base.serving.model_copy(update={"fleet": fleet})})
+    paths = write_config(settings, canary_percent=25)
+    record = process.start("haproxy", haproxy_argv(paths), run_dir=paths.run_dir, port=lb, tie_to_this_process=True)
+    try:
+        process.wait_until(RuntimeApi(paths.socket).alive, timeout=10, what="haproxy", record=record)
+        router = HaproxyRouter.from_settings(settings)
+        assert router.canary_percent() == 25
+        monkeypatch.setattr(rollout_cli, "get_settings", lambda: settings)
+        yield router
+    finally:
+        process.stop(record)
+
+
 def test_an_end_not_carried_out_yet_is_not_shown_as_done() -> None:
     """conclude records end=promoted, then moves the alias and rolls the stable pool; a roll that timed out left
     status saying "state: promoted" with the canary carrying 100 % and the stable pool never rolled."""
@@ -75,16 +101,17 @@ def test_the_canary_share_is_shown_only_beside_the_newest_rollout(monkeypatch: p
 
 
 @pytest.mark.parametrize("command", ["status", "abort"])
-def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.MonkeyPatch, fleet_router: HaproxyRouter,
+                                                        command: str) -> None:
     """`tenfold rollout abort --version challenger` said "no rollout recorded for challenger: nothing to abort" (exit 3)
-    while the challenger's canary kept its share: rollouts are recorded under version ids."""
-    from tenfold.rollout import adapters, record
+    while the challenger's canary kept its share: rollouts are recorded under version ids. Found, the abort takes
+    the canary's share to 0 in HAProxy itself (and in the split map a restart of HAProxy loads); status, and an
+    abort that finds no rollout or no version, leave it at 25 %."""
+    from tenfold.rollout import record
 
     registry = Registry()
     aborted: list[str] = []
     monkeypatch.setattr(rollout_cli, "registry_of", lambda settings: registry)
-    monkeypatch.setattr(rollout_cli, "_router_percent", lambda settings: 25)
-    monkeypatch.setattr(adapters, "router", lambda settings: type("R", (), {"set_canary_percent": lambda self, p: None})())
 
     def record_abort(reg: Any, rollout: Rollout, by: str) -> tuple[bool, str]:
         aborted.append(rollout.rollout_id)
@@ -94,10 +121,19 @@ def test_a_version_given_as_an_alias_finds_its_rollouts(monkeypatch: pytest.Monk
     out = CliRunner().invoke(app, ["rollout", command, "--version", "challenger"])
     assert out.exit_code == 0 and "rollout r2" in out.output, out.output
     assert aborted == (["r2"] if command == "abort" else []), out.output
+    expected = 0 if command == "abort" else 25
+    assert (fleet_router.canary_percent(), read_split_map(fleet_router.split_map)) == (expected, expected), out.output
+    if command == "status":
+        assert "canary at 25 % now" in out.output, out.output  # read from HAProxy
+    else:
+        assert "canary at 0 %" in out.output, out.output
+        fleet_router.set_canary_percent(25)  # the canary's share again: the refusals below must leave it alone
     none = CliRunner().invoke(app, ["rollout", command, "--version", "champion"])  # an alias naming another version
     assert none.exit_code == 3 and "no rollout recorded for champion (now v1)" in none.output, none.output
     unknown = CliRunner().invoke(app, ["rollout", command, "--version", "nope"])
     assert unknown.exit_code == 2 and "no version or alias 'nope'" in unknown.output, unknown.output
+    assert fleet_router.canary_percent() == 25 and read_split_map(fleet_router.split_map) == 25
+    assert aborted == (["r2"] if command == "abort" else [])  # nothing more recorded
 
 
 def test_aborting_a_promoted_rollout_is_a_refusal_not_no_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
