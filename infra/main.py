@@ -53,9 +53,9 @@ def main() -> int:
     if not os.environ.get("TENFOLD_PROJECT_ID"):
         # Synthesized for the placeholder projects (tenfold-<env>-project), to read: deployed, its state would go to a
         # bucket named after a project that is not yours, a global name anyone could have created.
-        print("warning: TENFOLD_PROJECT_ID is not set: the stacks were synthesized for the placeholder projects "
-              "tenfold-dev-project and tenfold-prod-project, to read, not to deploy: export TENFOLD_PROJECT_ID=<your "
-              "project id> before `cdktn deploy`", file=sys.stderr)
+        print("warning: TENFOLD_PROJECT_ID is not set: the stacks were synthesized for a placeholder project of "
+              "each environment (`tenfold config get project_id --env dev` names it), to read, not to deploy: export "
+              "TENFOLD_PROJECT_ID=<your project id> before `cdktn deploy`", file=sys.stderr)
     return 0
 
 
