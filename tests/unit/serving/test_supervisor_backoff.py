@@ -169,8 +169,12 @@ def test_a_haproxy_back_off_resets_only_once_it_has_stayed_up_settled_s(supervis
     supervisor.tick()
     assert supervisor.haproxy is not None, supervisor.lines
     assert supervisor.haproxy_backoff[0] == 3  # up, not yet settled: a crash now backs off 4 s
-    _tick_for(supervisor, 1.3)
-    assert supervisor.haproxy_backoff == (0, 0.0), supervisor.lines
+    started = supervisor.haproxy_started_at
+    # Checked before every tick: the first look that sees the reset is within a tick of it.
+    _tick_until(supervisor, lambda: supervisor.haproxy_backoff == (0, 0.0), fleet.SETTLED_S + 5,
+                "the back-off never reset")
+    served = time.monotonic() - started
+    assert served >= fleet.SETTLED_S, f"the back-off reset after {served:.2f} s up, before SETTLED_S"
 
 
 @pytest.fixture
@@ -352,14 +356,19 @@ def test_a_replica_killed_long_after_admission_is_no_failure_even_after_an_hapro
     monkeypatch.setattr(fleet, "SETTLED_S", 2.0)
     kill_haproxy = _with_a_real_haproxy_restart(rolling, monkeypatch)
     _pool_up(rolling)
-    time.sleep(2.5)  # both have served SETTLED_S
+    _tick_until(rolling, lambda: all(r.admitted_at is not None and time.monotonic() - r.admitted_at > fleet.SETTLED_S
+                                     for r in rolling.pool_replicas("stable", fleet.SERVING)), 10,
+                "the replicas never served SETTLED_S")
     dead = kill_haproxy()
     rolling.tick()  # the supervisor restarts it: every replica re-enters through its check (the stub's: UP)
     assert rolling.haproxy.pid != dead
-    _tick_for(rolling, 0.3)
-    assert _old_serving(rolling) == 2  # re-admitted
-    os.kill(rolling.pool_replicas("stable", fleet.SERVING)[0].record.pid, signal.SIGKILL)
-    _tick_for(rolling, 1.0)
+    restarted = time.monotonic()
+    _tick_until(rolling, lambda: _old_serving(rolling) == 2, 10, "the replicas were never re-admitted")
+    victim = rolling.pool_replicas("stable", fleet.SERVING)[0]
+    # Killed well within SETTLED_S of its re-check: counted from the re-check, its death is a failure.
+    assert time.monotonic() - restarted < fleet.SETTLED_S / 2, "re-admitted too late to tell the two rules apart"
+    os.kill(victim.record.pid, signal.SIGKILL)
+    _tick_until(rolling, lambda: victim not in rolling.replicas, 10, "the killed replica was never noticed")
     assert any("is gone (serving); replacing it" in line for line in rolling.lines), "\n".join(rolling.lines)
     assert not _delays(rolling.lines, "after it entered rotation"), "\n".join(rolling.lines)
     assert rolling.backoff["stable"][0] == 0
@@ -758,61 +767,112 @@ def test_scaling_in_stops_a_replica_only_once_its_requests_in_flight_are_done(
         sup.shutdown()
 
 
-def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(supervisor: Any,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_haproxy_stopped_by_sigstop_is_replaced_and_the_status_still_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hung (or SIGSTOPped) HAProxy passed the liveness check (its process is there) while its runtime API timed out
     on every tick: it was never restarted, clients hung on the load balancer's port, no replica was reaped, and the
-    status file went stale. A real SIGSTOP of the process in HAProxy's place (a sleep; its runtime API fails)."""
+    status file went stale. The real parts: a real HAProxy started the supervisor's way, the real runtime API (a
+    short timeout), a real SIGSTOP. The ticks run in a thread of their own, so a tick blocked for ever in the runtime
+    API's recv (its socket timeout lost) fails this test by its bound instead of hanging it."""
     import os
     import signal
+    import threading
 
     import psutil
 
-    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
-    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.5)
-    supervisor.start_haproxy()
-    first = supervisor.haproxy.pid
-    os.kill(first, signal.SIGSTOP)
-    answering = supervisor.api.all_servers
+    from tenfold.local import free_ports
+    from tenfold.serving.haproxy import RuntimeApi, write_config
 
-    from tenfold.serving.haproxy import HaproxySilent
+    lb, metrics = free_ports(2)
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="lasting_replica",
+                          code="import time\ntime.sleep(600)\n",
+                          environ={"TENFOLD_LOCAL__LB_PORT": str(lb),
+                                   "TENFOLD_SERVING__FLEET__LB_METRICS_PORT": str(metrics)})
+    monkeypatch.setattr(sup, "_reconcile", lambda pool: None)  # no replica: HAProxy alone
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 2.0)  # silence that restarts it; a start's wait
+    sup.api = RuntimeApi(sup.paths.socket, timeout=0.5)  # the supervisor's own kind, its timeout short
+    stop_ticking = threading.Event()
+    written: set[float] = set()  # statuses written while the stopped HAProxy was still the fleet's
+    crashed: list[BaseException] = []
+    ticker: threading.Thread | None = None
+    stopped: psutil.Process | None = None
 
-    def silent() -> Any:
-        if supervisor.haproxy is not None and supervisor.haproxy.pid != first:
-            return answering()
-        raise HaproxySilent("the runtime API did not answer within 5 s")
+    def tick_on(first: int) -> None:
+        try:
+            while not stop_ticking.is_set():
+                with contextlib.suppress(LocalPlatformError):  # what the supervisor's loop does with a failed tick
+                    sup.tick()
+                status = fleet.read_status(sup.settings)
+                if status is not None and status.haproxy_pid == first:
+                    written.add(status.updated_at)
+                stop_ticking.wait(0.05)
+        except BaseException as exc:  # reported by the test below
+            crashed.append(exc)
 
-    supervisor.api.all_servers = silent
-    hung_at = time.monotonic()
-    supervisor.scalers["stable"].decide(hung_at, 8.0, 1)  # a window and samples of before the hang
-    supervisor.samples["stable"] = [8, 8]
-    # Nor does the stopped one answer `show info`; its replacement does.
-    supervisor.api.alive = lambda: supervisor.haproxy is not None and supervisor.haproxy.pid != first
-    written: set[float] = set()
+    def answers_as(pid: int) -> bool:
+        """HAProxy's runtime API answers `show info`, and it is the process ``pid`` that answers."""
+        info = _show_info(sup.paths.socket, 1.0)
+        return info is not None and "Name: HAProxy" in info and f"\nPid: {pid}\n" in info
 
-    def tick_and_note() -> bool:
-        with contextlib.suppress(LocalPlatformError):
-            supervisor.tick()
-        status = fleet.read_status(supervisor.settings)
-        if status is not None:
-            written.add(status.updated_at)
-        return supervisor.haproxy is not None and supervisor.haproxy.pid != first
-
-    deadline = time.monotonic() + 10
     try:
-        while not tick_and_note():
-            assert time.monotonic() < deadline, "\n".join(supervisor.lines)
+        write_config(sup.settings, canary_percent=0)
+        sup.start_haproxy()  # the supervisor's own start: the real haproxy_argv, waits on the real alive()
+        first = sup.haproxy.pid
+        stopped = psutil.Process(first)
+        assert answers_as(first), "the real HAProxy did not come up"
+        sup.tick()  # a tick against the answering one: nothing silent
+        assert sup.haproxy_silent_since is None and sup.haproxy.pid == first, sup.lines
+        hung_at = time.monotonic()
+        sup.scalers["stable"].decide(hung_at, 8.0, 1)  # a window and samples of before the hang
+        sup.samples["stable"] = [8, 8]
+        os.kill(first, signal.SIGSTOP)
+        until = time.monotonic() + 5  # the signal is delivered asynchronously
+        while stopped.status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < until, stopped.status()
+            time.sleep(0.01)
+        assert _show_info(sup.paths.socket, 0.5) is None, "a stopped HAProxy answered its runtime API"
+        ticker = threading.Thread(target=tick_on, args=(first,), daemon=True)
+        ticker.start()
+        deadline = time.monotonic() + 40  # ~2 s of silence, 0.5 s one more look, 5 s stop, 0.5 s back-off, a start
+        while not (sup.haproxy is not None and sup.haproxy.pid != first and answers_as(sup.haproxy.pid)):
+            assert time.monotonic() < deadline, "the stopped HAProxy was never replaced:\n" + "\n".join(sup.lines)
+            assert ticker.is_alive(), crashed
             time.sleep(0.05)
+        assert _gone(first), "the stopped HAProxy was left running beside its replacement"
+        assert RuntimeApi(sup.paths.socket, timeout=2.0).alive()  # the product's own look says so too
+        assert any(f"haproxy: pid {first} has not answered its runtime API" in line for line in sup.lines), sup.lines
     finally:
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(first).kill()
-    assert any("has not answered its runtime API" in line for line in supervisor.lines), supervisor.lines
-    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+        stop_ticking.set()
+        if stopped is not None:
+            with contextlib.suppress(psutil.Error):  # SIGKILL: also ends a tick stuck reading from it
+                stopped.kill()
+        if ticker is not None:
+            ticker.join(30)
+        sup.shutdown()
+    assert ticker is not None and not ticker.is_alive(), "a tick never returned"
+    assert not crashed, crashed
     assert len(written) >= 3, "the status was not written while HAProxy did not answer"
     # Nothing was observed meanwhile: the autoscaler's window and samples start again from the replacement
-    assert all(t > hung_at for t, _ in supervisor.scalers["stable"]._history), supervisor.scalers["stable"]._history
-    assert supervisor.samples["stable"][:2] != [8, 8]
+    assert all(t > hung_at for t, _ in sup.scalers["stable"]._history), sup.scalers["stable"]._history
+    assert sup.samples["stable"][:2] != [8, 8]
 
+
+def _show_info(path: Path, timeout: float) -> str | None:
+    """HAProxy's answer to `show info` on its runtime API socket, read with a timeout of the test's own (not through
+    RuntimeApi, whose timeout is under test); None when it does not answer within ``timeout``."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(b"show info\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _haproxy_answering(supervisor: Any, monkeypatch: pytest.MonkeyPatch, all_servers: Callable[[], Any]) -> int:
