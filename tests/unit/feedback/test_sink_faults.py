@@ -8,16 +8,12 @@ an acknowledgement with the status codes Pub/Sub uses.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2
-from google.pubsub_v1 import types
 from typer.testing import CliRunner
 
 from tenfold.data.lake import Lake, Partition
@@ -25,51 +21,7 @@ from tenfold.feedback import cli as feedback_cli
 from tenfold.feedback.log import read_log
 from tenfold.feedback.schema import PREDICTIONS_LOG
 
-from .conftest import T0, feedback, prediction
-
-
-class FakeSubscriber:
-    def __init__(self) -> None:
-        self.queued: dict[str, list[types.ReceivedMessage]] = {}
-        self.ack_refusals: list[grpc.StatusCode] = []  # the next acknowledgements' answers, then OK
-        self.ack_always: grpc.StatusCode | None = None
-        self.acked: list[str] = []
-        self.hang_s = 0.0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handlers = {
-            "Pull": grpc.unary_unary_rpc_method_handler(
-                self._pull, request_deserializer=types.PullRequest.deserialize,
-                response_serializer=types.PullResponse.serialize),
-            "Acknowledge": grpc.unary_unary_rpc_method_handler(
-                self._ack, request_deserializer=types.AcknowledgeRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
-            "ModifyAckDeadline": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: empty_pb2.Empty(),
-                request_deserializer=types.ModifyAckDeadlineRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
-        }
-        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("google.pubsub.v1.Subscriber", handlers)])
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def publish(self, subscription: str, data: bytes) -> None:
-        n = sum(len(q) for q in self.queued.values()) + 1
-        message = types.PubsubMessage(data=data, message_id=f"m{n}", publish_time=dt.datetime.now(dt.UTC))
-        self.queued.setdefault(subscription, []).append(
-            types.ReceivedMessage(ack_id=f"ack-{n}", message=message, delivery_attempt=1))
-
-    def _pull(self, request: types.PullRequest, context: grpc.ServicerContext) -> types.PullResponse:
-        if self.hang_s:
-            time.sleep(self.hang_s)  # a hung service: the call meets its deadline with no answer
-        batch = self.queued.pop(request.subscription, [])
-        return types.PullResponse(received_messages=batch)
-
-    def _ack(self, request: types.AcknowledgeRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        refusal = self.ack_always or (self.ack_refusals.pop(0) if self.ack_refusals else None)
-        if refusal is not None:
-            context.abort(refusal, f"acknowledge: {refusal.name}")
-        self.acked += request.ack_ids
-        return empty_pb2.Empty()
+from .conftest import T0, FakeSubscriber, feedback, prediction
 
 
 @pytest.fixture

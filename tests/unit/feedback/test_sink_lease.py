@@ -9,13 +9,11 @@ loopback, as in ``test_sink_faults``) that refuses every lease extension, which 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -28,7 +26,7 @@ from tenfold.feedback import log as landing
 from tenfold.feedback.log import read_log
 from tenfold.feedback.schema import PREDICTIONS_LOG
 
-from .conftest import T0, prediction
+from .conftest import T0, FakeSubscriber, prediction
 
 DEADLINE_S = 10  # the shortest ack deadline Pub/Sub (and settings) allow
 
@@ -125,35 +123,15 @@ def _keepers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("tenfold-sink-lease")]
 
 
-class RefusingLeases:
-    """A Pub/Sub Subscriber on loopback that delivers one prediction, takes its acknowledgement, and answers every
-    ModifyAckDeadline with UNAVAILABLE (Pub/Sub away a moment), recording when each came."""
+class RefusingLeases(FakeSubscriber):
+    """A Pub/Sub Subscriber on loopback (:class:`FakeSubscriber`) that delivers one prediction, takes its
+    acknowledgement, and answers every ModifyAckDeadline with UNAVAILABLE (Pub/Sub away a moment), recording when
+    each came."""
 
     def __init__(self, subscription: str) -> None:
-        message = types.PubsubMessage(data=prediction("a", at=T0).to_message(), message_id="m1",
-                                      publish_time=dt.datetime.now(dt.UTC))
-        self.queued = {subscription: [types.ReceivedMessage(ack_id="ack-1", message=message, delivery_attempt=1)]}
-        self.acked: list[str] = []
+        super().__init__()
         self.extensions: list[tuple[float, list[str], int]] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handlers = {
-            "Pull": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: types.PullResponse(received_messages=self.queued.pop(request.subscription, [])),
-                request_deserializer=types.PullRequest.deserialize, response_serializer=types.PullResponse.serialize),
-            "Acknowledge": grpc.unary_unary_rpc_method_handler(
-                self._ack, request_deserializer=types.AcknowledgeRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
-            "ModifyAckDeadline": grpc.unary_unary_rpc_method_handler(
-                self._modify, request_deserializer=types.ModifyAckDeadlineRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
-        }
-        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("google.pubsub.v1.Subscriber", handlers)])
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def _ack(self, request: types.AcknowledgeRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self.acked += request.ack_ids
-        return empty_pb2.Empty()
+        self.publish(subscription, prediction("a", at=T0).to_message())
 
     def _modify(self, request: types.ModifyAckDeadlineRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
         self.extensions.append((time.monotonic(), list(request.ack_ids), request.ack_deadline_seconds))
