@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -33,15 +34,37 @@ def test_up_with_an_empty_token_file_names_the_file_and_what_to_do(tmp_path: Pat
 
 
 def test_demo_reports_a_platform_refusal_like_up_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's RuntimeError branch (what `tenfold up` reports the same way: a failed migration, provisioning, a bad
+    token file) as one line. A full disk is not this: it is an OSError (the next test, on a real full disk)."""
     from tenfold import demo
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("`airflow db migrate` failed (AIRFLOW_HOME=/x): disk full")
+        raise RuntimeError("`airflow db migrate` failed (AIRFLOW_HOME=/x): exit 1")
 
     monkeypatch.setattr(demo, "run", refuse)
     out = runner.invoke(app, ["demo"])
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), repr(out.exception)
-    assert "error: `airflow db migrate` failed (AIRFLOW_HOME=/x): disk full" in out.output
+    assert "error: `airflow db migrate` failed (AIRFLOW_HOME=/x): exit 1" in out.output
+
+
+def test_demo_on_a_full_disk_is_one_line_naming_the_home_and_leaves_no_pid(small_disk: Any) -> None:
+    """TENFOLD_HOME on a real full disk (a tmpfs with no space left): the demo's first write (its lock's holder pid)
+    meets ENOSPC. One line naming the home's disk and what to do, exit 1, before anything started, and no pid left
+    behind to name a demo (or a service) that is not running."""
+    home = small_disk.path / "home"
+    small_disk.fill()
+    assert small_disk.free_bytes() == 0  # not a page left: the pid's few bytes cannot land
+    done = _tenfold(home, "demo")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: `tenfold demo` cannot go on: the disk it was writing to is full (No space left on "
+                           "device)"), line
+    assert f"free space there (`df -h {home}` shows TENFOLD_HOME's disk), then run the command again" in line, line
+    assert done.stdout == "", done.stdout  # nothing started (no service's "starting" line)
+    assert not list(home.rglob("*.pid")) and not list(home.rglob("*.pid.tmp")), sorted(home.rglob("*"))
+    lock = home / "run" / ".demo.lock"
+    assert not lock.exists() or lock.read_text() == "", lock.read_text()  # no holder's pid in the demo's lock
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -366,26 +389,89 @@ def test_status_read_by_a_command_that_stops_reading_ends_quietly(tmp_path: Path
     it has gone before the first line is written."""
     tenfold = Path(sys.executable).with_name("tenfold")
     base = {k: v for k, v in os.environ.items() if not k.startswith("TENFOLD_")}
+    env = {**base, "TENFOLD_HOME": str(tmp_path / "home")}
+    # What the same command prints to a file, which reads all of it: its first line is what `head -1` must pass on.
+    with open(tmp_path / "status.txt", "w") as whole:
+        written = subprocess.run([str(tenfold), "status"], stdout=whole, stderr=subprocess.PIPE, text=True,
+                                 timeout=120, env=env)
+    assert written.returncode == 3, written.stderr  # nothing runs on a new home: not healthy
+    first = (tmp_path / "status.txt").read_text().splitlines()[0]
+    assert first.split()[:2] == ["gcs", "stopped"], first  # the first service's line, not a warning or an error
     done = subprocess.run(f'{tenfold} status | {reader}; echo "exit ${{PIPESTATUS[0]}}" >&2', shell=True,
-                          executable="/bin/bash", capture_output=True, text=True, timeout=120,
-                          env={**base, "TENFOLD_HOME": str(tmp_path / "home")})
+                          executable="/bin/bash", capture_output=True, text=True, timeout=120, env=env)
     assert "cannot go on" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "Exception ignored" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
     assert done.stderr.strip() == f"exit {local_cli.EXIT_READER_GONE}", done.stderr  # as SIGPIPE would end it
-    assert done.stdout == ("" if reader == "true" else done.stdout.splitlines()[0] + "\n")
+    if reader.startswith("head"):  # (``true`` prints nothing, whatever tenfold wrote: its case is the exit above)
+        assert done.stdout == first + "\n", (done.stdout, first)
 
 
-@pytest.mark.parametrize("lost", [ConnectionRefusedError(111, "Connection refused"),
-                                  ConnectionResetError(104, "Connection reset by peer"),
-                                  BrokenPipeError(32, "Broken pipe")])  # a service's socket, not stdout: stdout is fine
+def _lose_a_connection(how: str, tcp_relay: Any) -> None:
+    """Lose a connection to a service for real: ``refused``, nothing listens on the port; ``reset``, the service's
+    process is SIGKILLed with bytes of ours unread, so its kernel resets the connection; ``broken pipe``, the relay to
+    the service is cut (:meth:`TcpRelay.cut`), and a write after its reset fails."""
+    import contextlib
+    import socket
+    import time
+
+    from tenfold.local import free_ports
+
+    if how == "refused":
+        (port,) = free_ports(1)
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+        return
+    if how == "reset":
+        # The service peeks at what it was sent (it arrived) and leaves it unread: closed so, a socket is reset, not
+        # shut with a FIN. (A relay's cut() sends a FIN first: a reset after it is reported as a broken pipe.)
+        code = ("import socket, time\ns = socket.create_server(('127.0.0.1', 0))\nprint(s.getsockname()[1], flush=True)"
+                "\nc, _ = s.accept()\nc.recv(1, socket.MSG_PEEK)\nprint('read', flush=True)\ntime.sleep(300)\n")
+        service = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert service.stdout is not None
+            conn = socket.create_connection(("127.0.0.1", int(service.stdout.readline())), timeout=10)
+            with conn:
+                conn.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert service.stdout.readline().strip() == "read"
+                service.kill()  # SIGKILL
+                service.wait(30)
+                conn.recv(1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                service.kill()
+            service.wait(30)
+        return
+    target = socket.create_server(("127.0.0.1", 0))
+    relay = tcp_relay(target.getsockname())
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as conn:
+            upstream, _ = target.accept()
+            with upstream:
+                conn.sendall(b"ping")  # through the relay: the connection is one it carries (and cuts)
+                assert upstream.recv(4) == b"ping"
+                relay.cut()
+                assert conn.recv(1) == b""  # the relay's end is gone
+                deadline = time.monotonic() + 10
+                while True:  # the first write after the cut is answered with a reset; one after that fails
+                    conn.sendall(b"x")
+                    assert time.monotonic() < deadline, "writes to the cut connection never failed"
+                    time.sleep(0.01)
+    finally:
+        relay.cut()
+        target.close()
+
+
+@pytest.mark.parametrize(("how", "lost"), [("refused", "ConnectionRefusedError"), ("reset", "ConnectionResetError"),
+                                           ("broken pipe", "BrokenPipeError")])  # a service's socket; stdout is fine
 def test_a_service_that_cannot_be_reached_is_named_as_such_not_as_a_path_to_fix(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], lost: OSError) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], tcp_relay: Any, how: str, lost: str) -> None:
+    """A real socket's error inside the local commands' handler. capfd: stdout is a real file whose reader is there,
+    so a broken pipe (a service's) is told apart from a reader of the output that went away by looking at stdout."""
     settings = local_settings(tmp_path)
     with pytest.raises(typer.Exit) as ended, local_cli.refusing_os_errors(settings, "status"):
-        raise lost
+        _lose_a_connection(how, tcp_relay)
     assert ended.value.exit_code == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: `tenfold status` cannot reach a service it needs ({type(lost).__name__}: "), err
+    err = capfd.readouterr().err
+    assert err.startswith(f"error: `tenfold status` cannot reach a service it needs ({lost}: "), err
     assert "cannot go on" not in err and "free space" not in err, err
 
 
