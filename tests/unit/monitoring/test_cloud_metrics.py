@@ -95,21 +95,15 @@ def test_a_refusal_is_a_clear_error_without_retries_and_an_outage_is_left_to_the
         write_drift_score(dev, 0.4, client=monitoring.client())
 
 
-def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_back_the_retrain(
-    monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    """decide(): the score of the run (the largest PSI over the features that trigger retraining, across its months)
-    goes to the metric the cloud alert watches. When it cannot be written for good (a refusal), or through the task's
-    last try (an outage; earlier tries fail for the retries), the decision (whose drift event starts retraining) and
-    the alert, which names the failure, go out all the same."""
+def _dev_decide(monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> tuple[Any, Any, list[Any]]:
+    """dev's settings, the drift pipeline and the alerts it sends, for ``decide`` on dev: the triggers it records in a
+    folder (the dev lake is a bucket this test has no access to), the champion the version measured (decide asks
+    whether it still serves; the dev registry is a bucket too), Cloud Monitoring the fake's."""
     import tenfold.storage
     from tenfold.monitoring import alerts
     from tenfold.pipelines import monitor_drift as pipeline
 
-    dev = build_settings("dev")
-    # The drift triggers it records, in a folder (the dev lake is a bucket this test has no access to).
     monkeypatch.setattr(tenfold.storage, "lake_objects", lambda settings, prefix: tenfold.storage.FileObjects(tmp_path))
-    # The champion is the version measured (decide asks whether it still serves; the dev registry is a bucket too).
     monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
         "resolve": staticmethod(lambda alias: "v1")})())
     client = monitoring.client()
@@ -117,6 +111,17 @@ def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_
     sent: list[Any] = []
     monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None, log_line=True: (
         sent.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
+    return build_settings("dev"), pipeline, sent
+
+
+def test_the_monitor_writes_its_runs_largest_psi_and_a_failed_write_never_holds_back_the_retrain(
+    monitoring: FakeMonitoring, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """decide(): the score of the run (the largest PSI over the features that trigger retraining, across its months)
+    goes to the metric the cloud alert watches. When it cannot be written for good (a refusal), or through the task's
+    last try (an outage; earlier tries fail for the retries), the decision (whose drift event starts retraining) and
+    the alert, which names the failure, go out all the same."""
+    dev, pipeline, sent = _dev_decide(monitoring, monkeypatch, tmp_path)
     run = {"run_key": "r", "airflow_run_id": "r", "months": ["2013-07", "2013-08"], "version": "v1",
            "version_ref": "champion", "work_dir": "/tmp/unused"}
     summaries = ({"month": "2013-07", "decision": "ok", "max_psi": 0.12, "triggered": []},
@@ -152,26 +157,17 @@ def test_a_run_outside_airflow_which_retrains_nothing_writes_no_drift_score_and_
     import json
 
     import tenfold.config
-    import tenfold.storage
-    from tenfold.monitoring import alerts
-    from tenfold.pipelines import monitor_drift as pipeline
 
-    dev = build_settings("dev")
-    monkeypatch.setattr(tenfold.storage, "lake_objects", lambda settings, prefix: tenfold.storage.FileObjects(tmp_path))
-    monkeypatch.setattr(pipeline, "ModelRegistry", lambda settings: type("R", (), {
-        "resolve": staticmethod(lambda alias: "v1")})())
-    client = monitoring.client()
-    monkeypatch.setattr(monitoring_v3, "MetricServiceClient", lambda: client)
-    sent: list[tuple[str, Any]] = []
-    monkeypatch.setattr(alerts, "send_alert", lambda settings, title, details, only=None, log_line=True: (
-        sent.append((title, details)), alerts.Sent(alerts.Alert(title, details, settings.env)))[1])
+    dev, pipeline, sent = _dev_decide(monitoring, monkeypatch, tmp_path)
     run = {"run_key": "r", "airflow_run_id": "manual__r", "months": ["2013-07"], "version": "v1",
            "version_ref": "champion", "work_dir": "/tmp/unused"}
     reported = {"summaries": ({"month": "2013-07", "decision": "retrain", "max_psi": 0.41, "triggered": ["distance"]},),
                 "json_uris": ("a",), "html_uris": ("a.html",), "contents": ["c07"]}
 
-    # The command line, as an operator runs it in dev: its steps' results are the drifted month's.
-    monkeypatch.setattr(tenfold.config, "get_settings", lambda env=None: dev)
+    # The command line, as an operator runs it in dev (with its project set: without one it is refused): its steps'
+    # results are the drifted month's.
+    operator = dev.model_copy(update={"project_placeholder": False})
+    monkeypatch.setattr(tenfold.config, "get_settings", lambda env=None: operator)
     monkeypatch.setattr(pipeline, "plan", lambda settings, run_id, conf: run)
     monkeypatch.setattr(pipeline, "measure", lambda settings, planned: {})
     monkeypatch.setattr(pipeline, "report", lambda settings, planned, measured: reported)
