@@ -118,7 +118,11 @@ def _check_settings(ctx: typer.Context) -> None:
         raise typer.Exit(2) from None
     # TENFOLD_ENV=dev or prod without a project: a placeholder's buckets. (The local platform's commands refuse any
     # environment but local themselves, saying so.)
-    if ctx.invoked_subcommand not in _LOCAL_PLATFORM_COMMANDS and (refusal := project_refusal(settings)):
+    import sys
+
+    asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])  # help reads no resource
+    if (ctx.invoked_subcommand not in _LOCAL_PLATFORM_COMMANDS and not asks_help
+            and (refusal := project_refusal(settings))):
         typer.echo(refusal, err=True)
         raise typer.Exit(2)
     # The services listen on the settings' bind host, any 127.x.x.x address: one other than 127.0.0.1 is in no fixed

@@ -131,7 +131,7 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     # The first pull is held (up to HELD_PULL_S: the emulator's empty one takes all of it) only for a run published
     # before (a retried task, a cleared run), whose own dead letters may wait there; a new run has none, and others'
     # are drained by their runs' waits and `tenfold dlq`.
-    drain_dead_letters(settings, objects=objects, polled=not store.published_before())
+    drain_dead_letters(settings, objects=objects, held=store.published_before())
     started = time.monotonic()  # the publish itself, not the drain
     resent = resend_dead_letters(store, expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
                                  by="publish")
@@ -188,7 +188,7 @@ def _check_size(settings: Settings, topic: str, request: ScoringRequest, body: b
 
 
 def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: Any = None,
-                       polled: bool = False) -> list[tuple[str, str]]:
+                       polled: bool = False, held: bool = True) -> list[tuple[str, str]]:
     """Record every message waiting on the requests' dead-letter subscription, then acknowledge it.
 
     Returns ``(run, request id)`` of each recorded. The record (body, attributes, delivery attempts, the last error
@@ -201,7 +201,8 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
     (``tenfold dlq``, a publish before it resends) took that for "none". Pub/Sub unavailable is retried a few
     seconds, then raised. ``polled``: the caller drains again in a moment (a run's wait, every
     :data:`DEAD_LETTER_POLL_S`) and never concludes from an empty drain: every pull returns at once and an outage is
-    raised at once, the next round being the retry.
+    raised at once, the next round being the retry. ``held``: False for a caller that knows no dead letter of its
+    own can wait there (a new run's publish): every pull returns at once, an outage still retried.
     """
     from tenfold.messaging.clients import subscriber_client, subscription_path
     from tenfold.messaging.pulls import RETRY_S, pull
@@ -211,7 +212,7 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
     objects = objects or work_objects(settings)
     client = subscriber or subscriber_client(settings)
     seen: list[tuple[str, str]] = []
-    first = not polled
+    first = held and not polled
     try:
         while True:
             received = pull(client, path, 500, first=first, retry_s=0.0 if polled else RETRY_S)

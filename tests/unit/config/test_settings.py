@@ -907,6 +907,8 @@ def test_dev_and_prod_without_a_project_are_refused_where_they_would_touch_its_r
         done = run(*args, **extra)
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(said), (args, done.stderr)
         assert "'tenfold-dev-project'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    helped = run("-m", "tenfold.cli", "models", "list", "--help", TENFOLD_ENV="dev")  # help reads no resource
+    assert helped.returncode == 0 and "Usage:" in helped.stdout, helped.stderr
     shown = run("-m", "tenfold.cli", "config", "get", "storage.lake_bucket", "--env", "dev")
     assert shown.returncode == 0 and shown.stdout.strip() == "tenfold-dev-project-tenfold-dev-lake", shown.stderr
     given = run("-m", "tenfold.cli", "config", "env", "--env", "dev", TENFOLD_PROJECT_ID="acme-ml")

@@ -173,6 +173,7 @@ def test_ingest_and_serve_refuse_an_unusable_home_in_one_line(
     (tmp_path / "file").write_text("")
     home = tmp_path / "file" if kind == "a regular file" else tmp_path / "file" / "home"
     monkeypatch.setenv("TENFOLD_HOME", str(home))
+    monkeypatch.setenv("TENFOLD_PROJECT_ID", "acme-ml")  # the cloud command below gets past the project check
     get_settings.cache_clear()
     try:
         out = runner.invoke(app, command)

@@ -223,7 +223,7 @@ def test_a_privileged_port_is_refused_as_one_not_as_a_port_in_use():
     low = next((p for p in range(lowest - 1, 0, -1) if port_state("127.0.0.1", p) == ("free" if root else "privileged")),
                None)
     assert low is not None, f"no free port below {lowest}"
-    with tempfile.TemporaryDirectory() as base:  # not under root's pytest folder, which nobody may not enter
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:  # not under root's pytest folder (nor TMPDIR), which nobody may not enter
         if root:
             nobody = pwd.getpwnam("nobody")
             os.chown(base, nobody.pw_uid, nobody.pw_gid)
@@ -720,7 +720,8 @@ def test_up_waits_for_an_emulator_an_interrupted_up_left_starting(tmp_path, monk
 
     s = _fresh_settings(tmp_path)
     (record,) = stack.start_service(s, "pubsub", tie_to_this_process=True)
-    timeout = 10.0 if becomes_healthy else 3.0  # the start timeout alone shortened
+    # The start timeout alone shortened; where it resumes, room for a loaded machine's JVM (the wait ends once healthy)
+    timeout = 60.0 if becomes_healthy else 3.0
     monkeypatch.setattr(stack, "service",
                         lambda settings, name: dataclasses.replace(service(settings, name), start_timeout=timeout))
     resumed = threading.Event()
@@ -1110,6 +1111,7 @@ def test_a_sink_waits_a_moment_for_a_busy_pubsub_emulator_and_refuses_one_that_n
         os.killpg(emulator.pid, signal.SIGCONT)
 
     timer = threading.Timer(HTTP_TIMEOUT * 1.5, resume)  # after the first probe timed out: the sink must ask again
+    monkeypatch.setattr(stack, "PUBSUB_PROBE_S", 60.0)  # room for a loaded machine's JVM to answer once resumed
     try:
         os.killpg(emulator.pid, signal.SIGSTOP)
         timer.start()
