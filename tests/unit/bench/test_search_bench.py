@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from _siblings import load  # bench/ is on the path: tests/unit/bench/conftest.py
+from _siblings import load, seed  # bench/ is on the path: tests/unit/bench/conftest.py
 
 search = load("search")
 
 
 class _NoLake:
+    seed = staticmethod(seed)  # --seeds' argparse type, as the real module's
+
     def load(self, name: str) -> object:
         raise AssertionError("the features lake was being built")
 
