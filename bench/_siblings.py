@@ -33,13 +33,18 @@ def load(name: str) -> ModuleType:
     return module
 
 
+def _whole(text: str) -> int:
+    """``text`` as an int, or argparse's one-line refusal."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def positive_int(text: str) -> int:
     """An argparse type for a count of runs, files or repeats: a whole number of at least 1. Zero would leave a
     median of nothing (or a division by zero) to fail after the whole run, so argparse refuses it in one line."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive count: give 1 or more")
     return value
@@ -50,10 +55,7 @@ def seed(text: str) -> int:
     line: a seed out of range failed in the first run's training, after the lake was read."""
     from tenfold.training.config import MAX_SEED
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{value} is not a seed: give a whole number from 0 to 2**63 - 1")
     return value
