@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from typer.core import TyperGroup
 
 from tenfold.clipipe import EXIT_READER_GONE, drop_stdout, stdout_reader_gone
-from tenfold.config import Settings, command_settings, get_settings, project_refusal, settings_refusal
+from tenfold.config import Settings, command_settings, get_settings
 
 
 class _LostPipe(Exception):
@@ -111,20 +111,12 @@ def _check_settings(ctx: typer.Context) -> None:
     os.environ.update(not_proxied(os.environ))
     if ctx.invoked_subcommand == "config":
         return
-    try:
-        settings = get_settings()
-    except ValueError as exc:  # a pydantic ValidationError (a TENFOLD_* value), or an unknown TENFOLD_ENV
-        typer.echo(settings_refusal(exc), err=True)
-        raise typer.Exit(2) from None
-    # TENFOLD_ENV=dev or prod without a project: a placeholder's buckets. (The local platform's commands refuse any
-    # environment but local themselves, saying so.)
     import sys
 
-    asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])  # help reads no resource
-    if (ctx.invoked_subcommand not in _LOCAL_PLATFORM_COMMANDS and not asks_help
-            and (refusal := project_refusal(settings))):
-        typer.echo(refusal, err=True)
-        raise typer.Exit(2)
+    # TENFOLD_ENV=dev or prod without a project is refused too (a placeholder's buckets), but not for help, which reads
+    # no resource, nor for the local platform's commands, which refuse any environment but local themselves.
+    asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
+    settings = command_settings(placeholder_ok=asks_help or ctx.invoked_subcommand in _LOCAL_PLATFORM_COMMANDS)
     # The services listen on the settings' bind host, any 127.x.x.x address: one other than 127.0.0.1 is in no fixed
     # no_proxy entry, and the storage client, the emulators' clients and the traffic replay's bearer token went to
     # the proxy.
