@@ -53,6 +53,17 @@ class DataprocJobFailed(RuntimeError):
 # A batch in one of these states may still write.
 _RUNNING = ("PENDING", "RUNNING", "CANCELLING", "STATE_UNSPECIFIED")
 
+# How long one get_batch call (the client's own retries included) may take: a hung call must not outlast the try.
+GET_BATCH_TIMEOUT_S = 60.0
+
+
+class _Unanswered(TimeoutError):
+    """The try's deadline passed while Dataproc failed to tell batch ``name``'s state (``error``, the last check's)."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"Dataproc did not answer for batch {name} at the try's deadline: {type(error).__name__}: {error}")
+        self.error = error
+
 
 def _state(batch: Any) -> str:
     """A Dataproc batch's state by name (the client's enum, or a plain value)."""
@@ -108,13 +119,21 @@ class DataprocBatchJob:
             # Timed out, or interrupted while waiting: Airflow's execution_timeout (AirflowTaskTimeout) and Ctrl-C are
             # BaseExceptions raised in the wait, and a manual run's next try has another staging key, so no later try
             # would cancel the batch. It is never left running.
+            cancelled = "cancelled"
             try:
                 self._cancel(name, time.monotonic() + self.cancel_wait_s)
-            except Exception:
+            except Exception as cancel_exc:
                 log.exception("could not cancel Dataproc batch %s; the next try cancels it", bid)
+                cancelled = (f"not cancelled ({type(cancel_exc).__name__}: {cancel_exc}): the next try cancels it, "
+                             "or `gcloud dataproc batches cancel` it")
+            if isinstance(exc, _Unanswered):
+                raise TimeoutError(f"Dataproc did not answer for batch {name} for {part.label} until the try's "
+                                   f"deadline ({self.timeout_s:.0f} s; last: {type(exc.error).__name__}: {exc.error}), "
+                                   f"so whether it ended is unknown ({cancelled}): retry once the Dataproc service "
+                                   "answers (its status page), or see the batch on Dataproc's batch page") from exc
             if isinstance(exc, TimeoutError):  # google's says "within the designated timeout"
                 raise TimeoutError(f"Dataproc batch {name} for {part.label} still running after "
-                                   f"{self.timeout_s:.0f} s (cancelled): its log is in Dataproc's batch page; "
+                                   f"{self.timeout_s:.0f} s ({cancelled}): its log is in Dataproc's batch page; "
                                    "retry, or raise the try's budget if the month needs longer") from exc
             raise
         state = _state(batch)
@@ -127,7 +146,7 @@ class DataprocBatchJob:
         from google.api_core.exceptions import NotFound
 
         try:
-            batch = self.client.get_batch(name=name)
+            batch = self.client.get_batch(name=name, timeout=self._call_timeout(deadline))
         except NotFound:
             return
         if _state(batch) not in _RUNNING:
@@ -135,7 +154,12 @@ class DataprocBatchJob:
         log.warning("cancelling Dataproc batch %s (%s): a try that is over must not go on writing", name, _state(batch))
         if _state(batch) != "CANCELLING":
             self.client.cancel_operation(request={"name": batch.operation})
-        if self._stopped(name, deadline) is None:
+        stopped = self._stopped(name, deadline)
+        if isinstance(stopped, _Unanswered):
+            raise TimeoutError(f"Dataproc did not answer whether batch {name} stopped after its cancellation "
+                               f"({type(stopped.error).__name__}: {stopped.error}): check it "
+                               "(`gcloud dataproc batches describe`), cancel it if it still runs, and retry") from stopped.error
+        if stopped is None:
             raise TimeoutError(f"Dataproc batch {name} did not stop in time after its cancellation: cancel it "
                                "(`gcloud dataproc batches cancel`) and retry")
 
@@ -153,19 +177,47 @@ class DataprocBatchJob:
             return self._wait(name, deadline)
 
     def _wait(self, name: str, deadline: float) -> Any:
-        """Batch ``name`` once it no longer runs; ``TimeoutError`` at ``deadline`` (the caller cancels it)."""
+        """Batch ``name`` once it no longer runs; ``TimeoutError`` at ``deadline`` (the caller cancels it), an
+        :class:`_Unanswered` one if Dataproc's last answer was an outage."""
         batch = self._stopped(name, deadline)
+        if isinstance(batch, _Unanswered):
+            raise batch
         if batch is None:
             raise TimeoutError(f"Dataproc batch {name} still running at the try's deadline")
         return batch
 
     def _stopped(self, name: str, deadline: float) -> Any:
-        """Batch ``name`` once it no longer runs, or None if it still does at ``deadline``."""
-        while _state(batch := self.client.get_batch(name=name)) in _RUNNING:
+        """Batch ``name`` once it no longer runs; at ``deadline``, None if it still runs, or an :class:`_Unanswered`
+        if the last status check failed.
+
+        A check that fails with an outage (:func:`tenfold.outages.outage_types`: an unavailable service, a
+        ``DeadlineExceeded``, the client's own retries run out) says nothing of the batch: it is logged once and the
+        batch polled again, each call bounded by ``GET_BATCH_TIMEOUT_S``. Any other error (``NotFound``,
+        ``PermissionDenied``) goes up as it is."""
+        from tenfold.outages import outage_types
+
+        warned = False
+        while True:
+            try:
+                batch = self.client.get_batch(name=name, timeout=self._call_timeout(deadline))
+            except outage_types() as exc:
+                if not warned:
+                    log.warning("checking Dataproc batch %s failed (%s: %s): its state is unknown, polling it again "
+                                "until the try's deadline", name, type(exc).__name__, exc)
+                    warned = True
+                unknown: _Unanswered | None = _Unanswered(name, exc)
+            else:
+                if _state(batch) not in _RUNNING:
+                    return batch
+                unknown = None
             if time.monotonic() > deadline:
-                return None
+                return unknown
             time.sleep(self.poll_s)
-        return batch
+
+    @staticmethod
+    def _call_timeout(deadline: float) -> float:
+        """One ``get_batch``'s timeout: ``GET_BATCH_TIMEOUT_S``, less if ``deadline`` is nearer (at least 1 s)."""
+        return max(1.0, min(GET_BATCH_TIMEOUT_S, deadline - time.monotonic()))
 
 
 def feature_job(settings: Settings, *, timeout_s: float, client: Any = None) -> FeatureJob:

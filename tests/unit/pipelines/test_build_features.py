@@ -390,21 +390,26 @@ class FakeBatches:
     """google.cloud.dataproc_v1.BatchControllerClient at its transport boundary: records each request and keeps each
     batch's state (``hang``: a batch runs until cancelled, and waiting for it times out; ``wait_error``: waiting on
     the operation raises it, and without ``hang`` the batch ends once ``get_batch`` has found it RUNNING
-    ``running_polls`` times)."""
+    ``running_polls`` times; ``failed_polls``: the first so many ``get_batch`` calls fail with ServiceUnavailable, as
+    the service does when it is away, and without ``hang`` the batch ends once polled; ``poll_timeouts``: each
+    ``get_batch``'s ``timeout``)."""
 
     def __init__(self, final_state: str = "SUCCEEDED", *, hang: bool = False, wait_error: BaseException | None = None,
-                 running_polls: int = 0) -> None:
+                 running_polls: int = 0, failed_polls: int = 0) -> None:
         self.requests: list[dict] = []
         self.final_state, self.hang, self.wait_error, self.running_polls = final_state, hang, wait_error, running_polls
+        self.failed_polls = failed_polls
+        self.ends_when_polled = not hang and (wait_error is not None or failed_polls > 0)
         self.states: dict[str, str] = {}
         self.cancelled: list[str] = []
+        self.poll_timeouts: list[float | None] = []
 
     def create_batch(self, request: dict):
         from types import SimpleNamespace
 
         self.requests.append(request)
         name = f"{request['parent']}/batches/{request['batch_id']}"
-        self.states[name] = "RUNNING" if self.hang or self.wait_error is not None else self.final_state
+        self.states[name] = "RUNNING" if self.hang or self.ends_when_polled else self.final_state
         batch = SimpleNamespace(state=SimpleNamespace(name=self.final_state), state_message="driver exited 1")
 
         def result(timeout: float):
@@ -417,14 +422,18 @@ class FakeBatches:
             return batch
         return SimpleNamespace(result=result)
 
-    def get_batch(self, name: str):
+    def get_batch(self, name: str, timeout: float | None = None):
         from types import SimpleNamespace
 
-        from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import NotFound, ServiceUnavailable
 
+        self.poll_timeouts.append(timeout)
+        if self.failed_polls > 0:
+            self.failed_polls -= 1
+            raise ServiceUnavailable("the service is unavailable")
         if name not in self.states:
             raise NotFound(name)
-        if self.wait_error is not None and not self.hang and self.states[name] == "RUNNING":
+        if self.ends_when_polled and self.states[name] == "RUNNING":
             if self.running_polls == 0:
                 self.states[name] = self.final_state
             self.running_polls -= 1
@@ -566,6 +575,77 @@ def test_a_cloud_wait_that_fails_while_its_batch_runs_polls_the_batch_instead_of
         runners.DataprocBatchJob(dev, failed, timeout_s=60, poll_s=0).run(run.partition, run.staging_uri,
                                                                           key=run.staging_key, attempt=1)
     assert failed.cancelled == []
+
+
+@pytest.mark.parametrize("waiting_on", ["operation", "existing-batch"])
+def test_a_status_check_that_fails_while_the_batch_runs_is_polled_again_not_cancelled(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, waiting_on: str):
+    """The batch's own status check failed once (ServiceUnavailable, the case that made the try poll the batch, or
+    waiting on a batch an earlier try created): it went up raw, and the try cancelled a batch that was still running
+    fine. It is polled again, each check bounded, until the batch ends."""
+    import logging
+
+    from google.api_core.exceptions import AlreadyExists, ServiceUnavailable
+
+    from tenfold.config import get_settings
+    from tenfold.features import runners
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    batches = FakeBatches(wait_error=ServiceUnavailable("the service is unavailable"), failed_polls=1, running_polls=1)
+    if waiting_on == "existing-batch":
+        create = batches.create_batch
+
+        def exists(request: dict):
+            create(request)
+            raise AlreadyExists(request["batch_id"])
+
+        monkeypatch.setattr(batches, "create_batch", exists)
+    with caplog.at_level(logging.WARNING, logger=runners.__name__):
+        runners.DataprocBatchJob(dev, batches, timeout_s=60, poll_s=0).run(run.partition, run.staging_uri,
+                                                                          key=run.staging_key, attempt=1)
+    (name,) = batches.states
+    assert batches.cancelled == [] and batches.states[name] == "SUCCEEDED"
+    assert batches.failed_polls == 0 and batches.running_polls < 0  # it failed once, then found it RUNNING, then ended
+    assert len(batches.poll_timeouts) == 3
+    assert all(t is not None and 0 < t <= runners.GET_BATCH_TIMEOUT_S for t in batches.poll_timeouts)
+    (warned,) = [r.getMessage() for r in caplog.records if "checking Dataproc batch" in r.getMessage()]
+    assert name in warned and "ServiceUnavailable" in warned
+
+
+def test_a_status_check_that_fails_until_the_deadline_ends_the_try_with_one_clear_timeout(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """Dataproc never answers the batch's status until the try's deadline: the try ends with a TimeoutError that names
+    the batch, the month and the service's error and says the cancellation could not be made (not the raw google
+    error, and not "cancelled" when it was not); the warning is logged once, not at every poll."""
+    import logging
+
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from tenfold.config import get_settings
+    from tenfold.features import runners
+
+    dev = get_settings("dev")
+    run = pipeline.plan(dev, dag_id="d", run_id="r", logical_date=None, month="2013-02")
+    batches = FakeBatches(wait_error=ServiceUnavailable("the service is unavailable"), failed_polls=10**6)
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(runners, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    with caplog.at_level(logging.WARNING, logger=runners.__name__), pytest.raises(TimeoutError) as ended:
+        runners.DataprocBatchJob(dev, batches, timeout_s=60, poll_s=15).run(run.partition, run.staging_uri,
+                                                                           key=run.staging_key, attempt=1)
+    (name,) = batches.states
+    assert type(ended.value) is TimeoutError
+    message = str(ended.value)
+    assert f"Dataproc did not answer for batch {name} for {run.partition.label}" in message
+    assert "ServiceUnavailable" in message and "not cancelled" in message and "retry" in message
+    assert batches.cancelled == [] and batches.states[name] == "RUNNING"
+    assert clock[0] >= 60  # it polled until the deadline, not one failure
+    assert len([r for r in caplog.records if "checking Dataproc batch" in r.getMessage()]) == 1
+
 
 _KILLED_WHILE_DROPPING = r"""
 import os, signal, sys
