@@ -223,15 +223,44 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+# Beside a run's staging folder <key>/ under a staged month: its lookups (<key>_lookups/) and the records the pipeline
+# keeps of it (tenfold.pipelines.build_features: <key>.done.json once published, <key>.published.json while dropped).
+STAGING_RECORDS = (".done.json", ".published.json")
+
+
+def _staged_by_other_runs(below: list[str], listed: list[str], staging: str) -> str | None:
+    """Why the folder ``<lake>/<staging>/<below...>``, which holds ``listed``, is not one run's staging folder (None:
+    it may be): it is a staged table's or partition's folder (named ``year=``/``month=``, or holding such folders),
+    where every run of the month stages its batch, its lookups and its records, or it holds other runs' staging
+    folders (``<key>/`` beside ``<key>_lookups/``) or records (``<key>.done.json``, ``<key>.published.json``).
+    Emptied, it deleted the batches of runs between validate and publish, and a published run's record."""
+    paired = {n for n in listed if n + LOOKUPS_SUFFIX in listed}
+    theirs = sorted({n for n in listed if n.startswith(("year=", "month=")) or n.endswith(STAGING_RECORDS)}
+                    | paired | {n + LOOKUPS_SUFFIX for n in paired})
+    partition = below[-1].startswith(("year=", "month=")) or any(n.startswith(("year=", "month=")) for n in listed)
+    if partition:
+        theirs = theirs or sorted(listed)  # a staged month holds only runs' folders: any of them is another run's
+    held = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+    if partition:
+        return (f"is a staged table's or partition's folder ({'/'.join([staging, *below])}/), which holds every run's "
+                f"staged batches and publish records for it{f' ({held})' if held else ''}")
+    if theirs:
+        return f"holds other runs' staged batches or publish records ({held}) in the lake's {staging}/ folder"
+    return None
+
+
 def published_data_at(uri: str, lake_uri: str, layout: LakeLayout = LakeLayout()) -> str | None:  # noqa: B008 (frozen)
     """Why emptying the folder ``uri`` would delete published lake data or the lake's own folders (None: it would
     not): it is the lake or a folder above it, the lake's staging folder, in its quarantine, inside a table that holds
     published partitions, a table's or a partition's folder, a folder of a published partition, or a folder that
-    holds a published partition (a manifest, :data:`MANIFEST`, up to :data:`LOOK_BELOW` levels below it).
+    holds a published partition (a manifest, :data:`MANIFEST`, up to :data:`LOOK_BELOW` levels below it). Under the
+    staging folder, a staged table's or partition's folder, or one holding other runs' staging folders or records,
+    is refused too (:func:`_staged_by_other_runs`).
 
     Both sides are compared as the folders they reach (:func:`_canonical`): a lake named through a symlink, or an
     output spelt ``<lake>/.`` or ``<lake>/x/..``, is the lake. A run's staging folder
-    (``<lake>/_staging/<table>/year=/month=/<run>``, :meth:`Lake.staging_path`) passes."""
+    (``<lake>/_staging/<table>/year=/month=/<run>``, :meth:`Lake.staging_path`, or a run by hand's
+    ``<lake>/_staging/features/manual``) passes."""
     from pyarrow import fs as pafs
 
     fs, given = filesystem_from_uri(uri)
@@ -266,6 +295,9 @@ def published_data_at(uri: str, lake_uri: str, layout: LakeLayout = LakeLayout()
                 return f"is in the lake's {layout.quarantine}/ folder, which keeps refused batches for triage"
             if in_lake == [layout.staging]:
                 return f"is the lake's {layout.staging}/ folder, which holds every run's staged batches"
+            if in_lake[0] == layout.staging and (why := _staged_by_other_runs(in_lake[1:], names(root),
+                                                                              layout.staging)):
+                return why
     if published(names(root)):
         return "is a published table's or partition's folder"
     folder, level = root, 0

@@ -351,6 +351,51 @@ def test_a_runs_staging_folder_in_the_lake_is_still_accepted(
                            "--output", (tmp_path / "mine").as_uri()]).output == (tmp_path / "mine").as_uri()
 
 
+@pytest.mark.parametrize(("output", "why"), [
+    (f"_staging/features/{FEB.path}", f"is a staged table's or partition's folder (_staging/features/{FEB.path}/), "
+     "which holds every run's staged batches and publish records for it (0123456789ab, 0123456789ab.done.json, "
+     "0123456789ab_lookups)"),
+    ("_staging/features/year=2013", "is a staged table's or partition's folder (_staging/features/year=2013/), "
+     "which holds every run's staged batches and publish records for it (month=2)"),
+    ("_staging/features/year=2013/month=02", "is a staged table's or partition's folder "
+     "(_staging/features/year=2013/month=02/), which holds every run's staged batches and publish records for it"),
+    ("_staging/features/mine", "holds other runs' staged batches or publish records (a1, a1_lookups) in the lake's "
+     "_staging/ folder"),
+    ("_staging/features", "is a staged table's or partition's folder (_staging/features/), which holds every run's "
+     "staged batches and publish records for it (year=2013)"),
+], ids=["month", "year", "month-spelt-02", "folder-of-runs", "table"])
+def test_a_staged_months_folder_holding_other_runs_is_refused_and_a_runs_own_folder_still_accepted(
+        published_lake: Callable[..., Path], capsys: pytest.CaptureFixture[str], output: str, why: str) -> None:
+    """The guard refused <lake>/_staging itself but not a staged month below it, which holds only run folders:
+    --output <lake>/_staging/features/year=2013/month=2 passed, and the job emptied it, deleting every other run's
+    staged batch for the month (a run between validate and publish then failed), their lookups and a published run's
+    .done.json record. The month, its year, a month however spelt, and any folder holding other runs' folders or
+    records are refused; a run's own folder, as the DAG and the documented run by hand name it, is still accepted."""
+    lake = published_lake(("features", "weather"), JAN, quarantined="weather")
+    month = lake / "_staging" / "features" / FEB.path  # as the lake spells it: year=2013/month=2
+    assert FEB.path == "year=2013/month=2"
+    (month / "0123456789ab").mkdir(parents=True)
+    (month / "0123456789ab" / "part-00000.parquet").write_bytes(b"staged by another run")
+    (month / "0123456789ab_lookups" / "weather").mkdir(parents=True)
+    (month / "0123456789ab.done.json").write_text("{}")
+    (lake / "_staging" / "features" / "mine" / "a1_lookups").mkdir(parents=True)
+    (lake / "_staging" / "features" / "mine" / "a1").mkdir()
+    (lake / "_staging" / "features" / "mine" / "a1" / "part-00000.parquet").write_bytes(b"staged by run a1")
+    manual = lake / "_staging" / "features" / "manual"  # spark_jobs/build_features.py's run by hand, run before
+    manual.mkdir()
+    (manual / "part-00000.parquet").write_bytes(b"this run's own earlier try")
+    before = _everything(lake)
+    target = f"{lake.as_uri()}/{output}"
+    err = _refused(["--lake-uri", lake.as_uri(), "--output", target], capsys)
+    assert f"--output {target} {why}: the job empties its output folder first" in err, err
+    assert "give a staging folder of its own (the DAG uses <lake>/_staging/features/year=/month=/<run>)" in err, err
+    assert _everything(lake) == before
+    assert (month / "0123456789ab" / "part-00000.parquet").read_bytes() == b"staged by another run"
+    for own in (manual, month / "0123456789ab"):  # a run's own folder, and a retry of the run staged in the month
+        args = job.parse_args(["--lake-uri", lake.as_uri(), "--month", FEB.label, "--output", own.as_uri()])
+        assert (args.output, args.lookups_output) == (own.as_uri(), job.lookups_staging_uri(own.as_uri()))
+
+
 def test_an_object_store_output_spelling_dot_segments_is_refused() -> None:
     """A gs:// key is not resolved: gs://bucket/x/../lake may be the lake or a folder named '..'; either way the folder
     checked might not be the one emptied."""
