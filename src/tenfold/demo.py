@@ -162,8 +162,10 @@ def _wait_for_backfill(api: AirflowApi, backfill_id: object, timeout_s: float, s
         time.sleep(3)
 
 
-def first_champion_run(settings: Settings, api: AirflowApi, initial: list[Partition], say: Callable[[str], object]) -> str:
-    """The ``train_model`` run that makes the first champion, followed to its end; returns its id.
+def first_champion_run(settings: Settings, api: AirflowApi, initial: list[Partition], say: Callable[[str], object],
+                       *, paused: set[str] | None = None) -> str:
+    """The ``train_model`` run that makes the first champion, followed to its end; returns its id. ``paused``: the
+    DAGs the demo left paused, which train_model leaves once it is unpaused here.
 
     Unpausing train_model starts its weekly schedule's latest run at once (catchup=False still runs the newest due
     one), on the newest published months: on a fresh platform that run is the first champion's. A run an earlier
@@ -172,6 +174,8 @@ def first_champion_run(settings: Settings, api: AirflowApi, initial: list[Partit
     before = run_ids(api, TRAIN)
     going = sorted(str(r["dag_run_id"]) for r in api.runs(TRAIN) if str(r.get("state")) in ("queued", "running"))
     api.set_paused(TRAIN, False)
+    if paused is not None:
+        paused.discard(TRAIN)
     first_run = going[0] if going else new_run(api, TRAIN, before, timeout_s=60)
     if first_run is None:  # this week's scheduled run happened on an earlier demo: start one by hand, on the
         # window split as that scheduled run splits it on a fresh home (its newest months held out, a quarter at most)
@@ -405,15 +409,38 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
     for error in report.errors[:3]:
         say(f"  error: {error}")
     accepted = report.feedback.get(202, 0)
+    # An outcome answered 202 was published durably: every one lands, and is waited for. A prediction's sample is
+    # fire-and-forget: one the replica dropped (its buffer full, Pub/Sub failing, the breaker open) was answered 200
+    # all the same and never lands, nor joins its outcome. What the replicas published is waited for, not more.
+    dropped: dict[str, int] = {}
     deadline = time.monotonic() + FEEDBACK_TIMEOUT_S
     while True:  # the platform's feedback sink lands it; each look joins the window from what landed since
         groups = online_metrics(settings, since, by=("model_version", "arm"), refresh=True)
-        if sum(g.metrics.count for g in groups) >= accepted and sum(g.served for g in groups) >= report.ok:
-            break
+        served = sum(g.served for g in groups)
+        # Joined, every outcome has landed; short of that, the feedback log says (an outcome of a dropped sample
+        # has no prediction to join).
+        landed = accepted if sum(g.metrics.count for g in groups) >= accepted else feedback_landed(settings, since)
+        if landed >= accepted:
+            if served < report.ok:
+                dropped = dropped_samples(settings)
+            if served >= report.ok - sum(dropped.values()):
+                break
         if time.monotonic() > deadline:
-            raise DemoError(f"the feedback sink did not land the demo's {accepted} outcomes within {FEEDBACK_TIMEOUT_S} s; "
-                            "see its log in `tenfold status`")
+            if landed < accepted:
+                raise DemoError(f"the feedback sink did not land the demo's {accepted} outcomes within "
+                                f"{FEEDBACK_TIMEOUT_S} s ({landed} landed); see its log in `tenfold status`")
+            published = report.ok - sum(dropped.values())
+            raise DemoError(f"the feedback sink landed the demo's {accepted} outcomes, but only {served} of the "
+                            f"{published} predictions the fleet published ({report.ok} answered, "
+                            f"{sum(dropped.values())} of their samples dropped) within {FEEDBACK_TIMEOUT_S} s; see its "
+                            "log in `tenfold status`")
         time.sleep(2)
+    if served < report.ok:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
+        say(f"  {report.ok - served} of the {report.ok} predictions answered are not in the online metrics: the replicas "
+            f"dropped {sum(dropped.values())} prediction sample(s) ({reasons}), which are fire-and-forget (the answer "
+            "goes out all the same), so those predictions never reached the feedback sink, nor their outcomes a "
+            "prediction to join; `tenfold_dropped_samples_total` on each replica's /metrics (`tenfold serve status`)")
     join(settings)  # publish it now for the next retraining (the sink's idle join would, a little later)
     say("online accuracy by model version and arm (predictions joined to their feedback):")
     for group in groups:
@@ -429,6 +456,53 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
     say(f"serving: {rep.url}{settings.serving.server.api_prefix}/predict (token: `tenfold status`); HAProxy metrics "
         f"{rep.metrics_url} (user tenfold, the token as password); each replica's /metrics in `tenfold serve status`; "
         "`tenfold feedback metrics`")
+
+
+def feedback_landed(settings: Settings, since: dt.datetime) -> int:
+    """The outcomes the feedback sink has landed that were received at ``since`` or later: distinct prediction ids in
+    the feedback log, whether or not their prediction landed (one whose sample a replica dropped has no row to join)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tenfold.feedback.log import read_log
+    from tenfold.feedback.schema import FEEDBACK_LOG
+    from tenfold.feedback.upsert import JoinOptions
+
+    # The log is partitioned by the month received; a file lands after what it holds, up to the clocks' skew.
+    months = month_range(Partition.from_date(since), Partition.from_date(dt.datetime.now(dt.UTC)))
+    landed_since = since - dt.timedelta(seconds=JoinOptions.of(settings).landing_skew_s)
+    log = read_log(Lake.from_settings(settings), settings.storage.feedback_table, months, FEEDBACK_LOG,
+                   landed_since=landed_since)
+    log = log.filter(pc.greater_equal(log["received_at"], pa.scalar(since, FEEDBACK_LOG.field("received_at").type)))
+    return len(pc.unique(log["prediction_id"]))
+
+
+DROPPED_SAMPLES = "tenfold_dropped_samples_total"
+
+
+def dropped_samples(settings: Settings) -> dict[str, int]:
+    """The prediction samples the fleet's replicas dropped (``tenfold_dropped_samples_total`` on each replica's own
+    /metrics, summed), by reason. A replica counts from its start, and every one restarts when a month's lookups are
+    reloaded, before the month's traffic; one that does not answer counts none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tenfold.local import loopback
+    from tenfold.serving import fleet
+
+    running = fleet.running_settings(settings)
+    status = fleet.read_status(running)
+    host, path = running.local.bind_host, running.serving.server.metrics_path
+    by: dict[str, int] = {}
+    for replica in (r for pool in (status.pools.values() if status else []) for r in pool.replicas):
+        try:
+            with loopback.urlopen(f"http://{host}:{replica.port}{path}", timeout=5) as resp:
+                families = list(text_string_to_metric_families(resp.read().decode()))
+        except (OSError, ValueError):  # gone since (drained, restarted) or not answering: nothing to count
+            continue
+        for sample in (s for family in families for s in family.samples if s.name == DROPPED_SAMPLES):
+            reason = sample.labels.get("reason", "unknown")
+            by[reason] = by.get(reason, 0) + int(sample.value)
+    return {reason: n for reason, n in by.items() if n}
 
 
 @dataclass
@@ -637,10 +711,12 @@ def replay_month(settings: Settings, api: AirflowApi, part: Partition, first_mod
         evented = "DRIFT" in row.drift and "before" not in row.drift
         retrain = new_run(api, TRAIN, before[TRAIN], timeout_s=NEW_RUN_TIMEOUT_S if evented else 0)
         why = started_by(api, retrain) if retrain is not None else ""
-        if retrain is None and evented:  # said, and shown in the table: the row read as a drift handled
+        if retrain is None and evented:  # said, shown in the table and failed: the row read as a drift handled
             say(f"{TRAIN}: no run started by the drift event within {NEW_RUN_TIMEOUT_S:.0f} s (see {DRIFT}'s decide "
                 "task); a run that starts later is not followed")
             row.drift += " (no retrain started)"
+            row.failed_runs.append(f"{TRAIN}: no run started by the drift event within {NEW_RUN_TIMEOUT_S:.0f} s "
+                                   f"(check that {TRAIN} is not paused, and {DRIFT}'s decide task)")
         if retrain is None and scheduled_due:
             # The weekly baseline in replay time: a month holds four weeks, so the schedule is due; the demo
             # honours it every few months (``retrain_every``) to stay short.
@@ -830,17 +906,36 @@ def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partiti
     # Nothing reacts to the features events of the first window: there is no champion to score or compare with.
     # Airflow still hands those events to the first run of batch_inference and monitor_drift once they are unpaused;
     # each takes only that run's newest month and logs the backlog (with the run conf that does each month).
-    for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
-        api.set_paused(dag_id, True)
+    paused: set[str] = set()  # what the demo has left paused, so that an ending names those and only those
     registry = ModelRegistry(settings)
+    try:
+        for dag_id in (TRAIN, ROLLOUT, INFER, DRIFT):
+            api.set_paused(dag_id, True)
+            paused.add(dag_id)
+    except BaseException:
+        _unpause_after_the_first_window(settings, api, say, paused)
+        raise
     # Before minutes of Spark that could not help it, and outside the unpausing below: a champion this code refuses
-    # leaves the DAGs paused, as each of them would only fail on it.
-    refuse_a_champion_this_code_cannot_load(settings, registry)
+    # leaves the DAGs paused, as each of them would only fail on it (said, with how to unpause them once one serves).
+    try:
+        refuse_a_champion_this_code_cannot_load(settings, registry)
+    except DemoError:
+        others = ", ".join(_in_order(paused - {TRAIN}))
+        say(f"{_left_paused(paused)}, as each would only fail on a champion this code cannot load: "
+            + (f"unpause {TRAIN} in the Airflow UI, {airflow_url(settings)}, before training a model there (a paused "
+               "DAG's runs only queue)" + (f", and {others} once that model is promoted, or run the demo again then"
+                                           if others else "")
+               if TRAIN in paused else f"once a champion it can load is promoted, {_unpause_them(settings, paused)}"))
+        raise
+    except BaseException:
+        _unpause_after_the_first_window(settings, api, say, paused)
+        raise
     try:
         build_months(settings, api, initial, say)
         if registry.resolve(CHAMPION) is None:
-            show_training(api, first_champion_run(settings, api, initial, say), say)
+            show_training(api, first_champion_run(settings, api, initial, say, paused=paused), say)
             api.set_paused(TRAIN, True)
+            paused.add(TRAIN)
         say(describe(settings, statuses))
         say(f"features: {settings.storage.lake_uri}/{settings.storage.features_table}/year=*/month=*/_SUCCESS")
         say(f"Data Docs: {data_docs_location(settings)}/index.html")
@@ -858,8 +953,9 @@ def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partiti
         # drift starts a retrain (as does the weekly schedule), and a new challenger starts a canary rollout.
         for dag_id in (INFER, DRIFT, TRAIN, ROLLOUT):
             api.set_paused(dag_id, False)
+            paused.discard(dag_id)
     except BaseException:
-        _unpause_after_the_first_window(settings, api, say)
+        _unpause_after_the_first_window(settings, api, say, paused)
         raise
     rows = replay_months(settings, api, later, first_model, flights, say, retrain_every=retrain_every,
                          started=started, first_trained_on=trained_on)
@@ -877,36 +973,53 @@ def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partiti
     return rows
 
 
-def _unpause_after_the_first_window(settings: Settings, api: AirflowApi, say: Callable[[str], object]) -> None:
-    """The demo ended before the champion served (Ctrl-C, a refusal): unpause the DAGs it paused for the first window,
-    as it would have, so the platform runs itself again (best effort: what stays paused is named, with the way to
-    unpause it). With no champion they stay paused (said), as the demo leaves them when the first window promotes
-    none: there is nothing to score, monitor or compare with."""
+def _in_order(dags: set[str]) -> list[str]:
+    return [d for d in (INFER, DRIFT, TRAIN, ROLLOUT) if d in dags]
+
+
+def _left_paused(dags: set[str]) -> str:
+    """``"<dag>, <dag> are left paused"`` (``is`` for one)."""
+    return f"{', '.join(_in_order(dags))} {'is' if len(dags) == 1 else 'are'} left paused"
+
+
+def _unpause_them(settings: Settings, dags: set[str]) -> str:
+    return f"unpause {'it' if len(dags) == 1 else 'them'} in the Airflow UI, {airflow_url(settings)}, or run the demo again"
+
+
+def _unpause_after_the_first_window(settings: Settings, api: AirflowApi, say: Callable[[str], object],
+                                    paused: set[str]) -> None:
+    """The demo ended before the champion served (Ctrl-C, a refusal): unpause the DAGs it paused for the first window
+    and left paused (``paused``: train_model is unpaused while the first champion trains), as it would have, so the
+    platform runs itself again (best effort: what stays paused is named, with the way to unpause it). With no
+    champion they stay paused (said), as the demo leaves them when the first window promotes none: there is nothing
+    to score, monitor or compare with."""
     from tenfold.registry import CHAMPION, ModelRegistry
 
-    dags = (INFER, DRIFT, TRAIN, ROLLOUT)
+    if not paused:
+        return
+    them = "it" if len(paused) == 1 else "them"
     try:
         champion = ModelRegistry(settings).resolve(CHAMPION)
     except Exception as exc:  # the registry away too: nothing is unpaused that might score against no champion
-        say(f"{', '.join(dags)} are left paused (the demo pauses them until the fleet serves the champion, and the "
-            f"registry could not say whether there is one: {exc}): unpause them in the Airflow UI, "
-            f"{airflow_url(settings)}, or run the demo again")
+        say(f"{_left_paused(paused)} (the demo pauses {them} until the fleet serves the champion, and the registry "
+            f"could not say whether there is one: {exc}): {_unpause_them(settings, paused)}")
         return
     if champion is None:
-        say(f"{', '.join(dags)} are left paused: there is no champion yet to score, monitor or compare with; the demo "
-            f"unpauses them once one serves (run it again), or unpause them in the Airflow UI, {airflow_url(settings)}")
+        say(f"{_left_paused(paused)}: there is no champion yet to score, monitor or compare with; the demo unpauses "
+            f"{them} once one serves (run it again), or unpause {them} in the Airflow UI, {airflow_url(settings)}")
         return
-    still = list(dags)
+    dags = _in_order(paused)
     try:
         for dag_id in dags:
             api.set_paused(dag_id, False)
-            still.remove(dag_id)
+            paused.discard(dag_id)
     except Exception as exc:  # Airflow away: one line, not a second traceback
-        say(f"{', '.join(still)} are left paused (the demo pauses them until the fleet serves the champion, and "
-            f"Airflow did not answer: {exc}): unpause them in the Airflow UI, {airflow_url(settings)}, or run the demo "
-            "again")
+        them = "it" if len(paused) == 1 else "them"
+        say(f"{_left_paused(paused)} (the demo pauses {them} until the fleet serves the champion, and Airflow did not "
+            f"answer: {exc}): {_unpause_them(settings, paused)}")
         return
-    say(f"{', '.join(dags)} unpaused again (the demo pauses them until the fleet serves the champion)")
+    say(f"{', '.join(dags)} unpaused again (the demo pauses {'it' if len(dags) == 1 else 'them'} until the fleet "
+        "serves the champion)")
 
 
 @contextlib.contextmanager

@@ -56,6 +56,95 @@ def test_no_flights_to_send_leaves_the_traffic_thread_idle(make_settings: Callab
     assert live.items == [] and used < 0.05, f"the sender thread used {used:.2f} CPU s in 1 s with nothing to send"
 
 
+@pytest.mark.parametrize("case", ["one dropped", "short beyond the drops", "an outcome not landed"])
+def test_a_prediction_sample_a_replica_dropped_is_said_not_blamed_on_the_feedback_sink(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """A prediction's sample is fire-and-forget: one a replica dropped (its Pub/Sub breaker open while the emulator
+    stalled on a loaded machine) was answered 200 all the same and never lands, nor joins its outcome. The month waited
+    180 s for it, said "the feedback sink did not land the demo's N outcomes" of a healthy sink and failed, stopping
+    the replay. The wait is for what the replicas published (as their /metrics count it), and the drop is said with
+    its reason; every outcome answered 202 is still waited for, in full, and a prediction published that never lands
+    is still the sink's failure."""
+    import datetime as dt
+    import http.server
+    import threading
+
+    import pyarrow as pa
+
+    import tenfold.feedback
+    from tenfold.feedback.log import write_batch
+    from tenfold.feedback.schema import FEEDBACK_LOG
+    from tenfold.serving import fleet
+    from tenfold.serving.metrics import ServerMetrics
+    from tenfold.serving.traffic import TrafficReport
+
+    settings = make_settings()
+    since = dt.datetime.now(dt.UTC)
+    report = TrafficReport()
+    report.statuses[200], report.feedback[202] = 3, 3  # three flights answered, their three outcomes accepted
+    # The sink landed the three outcomes (one of them, here, not), received after `since`.
+    now = dt.datetime.now(dt.UTC)
+    landed = 2 if case == "an outcome not landed" else 3
+    rows = pa.Table.from_pylist([{"prediction_id": f"p{i}", "outcome": 1, "observed_at": now, "received_at": now,
+                                  "schema_version": 1, "message_id": f"m{i}", "publish_time": now,
+                                  "delivery_attempt": 1, "landed_at": now} for i in range(landed)], schema=FEEDBACK_LOG)
+    write_batch(Lake.from_settings(settings), settings.storage.feedback_table, Partition.from_date(now), rows)
+    # The lake's join: of the three predictions answered, the one whose sample was dropped never landed (two with
+    # "short beyond the drops"), and its outcome has none to join.
+    served = 1 if case == "short beyond the drops" else 2
+    joined = [SimpleNamespace(group={"model_version": "v1", "arm": "stable"}, served=served,
+                              metrics=SimpleNamespace(count=served, auc=None, log_loss=None, accuracy=None))]
+    monkeypatch.setattr(tenfold.feedback, "online_metrics", lambda *a, **k: joined)
+    monkeypatch.setattr(tenfold.feedback, "join", lambda settings: None)
+    monkeypatch.setattr(demo, "FEEDBACK_TIMEOUT_S", 0)  # one look: what it decides then is what it decides at last
+    # The fleet's one replica, answering its /metrics: two samples published, one dropped while the breaker was open.
+    metrics = ServerMetrics("stable")
+    metrics.set_model_version("v1")
+    metrics.sample_published(2)
+    metrics.sample_dropped("breaker_open")
+
+    class Replica(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == settings.serving.server.metrics_path
+            body = metrics.exposition() if found else b"not found"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((settings.local.bind_host, 0), Replica)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        replica = fleet.ReplicaStatus(pool="stable", slot=0, version="v1", port=server.server_address[1], pid=1,
+                                      state="serving", lb_status="UP", in_flight=0, log="")
+        pool = fleet.PoolStatus(version="v1", min=1, max=1, desired=1, utilization=0.0, replicas=[replica])
+        fleet.run_dir(settings).mkdir(parents=True, exist_ok=True)
+        (fleet.run_dir(settings) / fleet.STATUS_FILE).write_text(fleet.FleetStatus(
+            generation=1, updated_at=time.time(), supervisor_pid=1, haproxy_pid=1, pools={"stable": pool}).to_json())
+        said: list[str] = []
+        if case == "one dropped":
+            demo.report_online(settings, since, report, said.append, quiet=True)
+            assert any(line.strip().startswith("1 of the 3 predictions answered are not in the online metrics: the "
+                                               "replicas dropped 1 prediction sample(s) (breaker_open 1)")
+                       for line in said), said
+            assert "  v1 stable: 2 served, 2 with outcomes, accuracy n/a, log loss n/a, AUC n/a" in said, said
+        elif case == "short beyond the drops":
+            with pytest.raises(demo.DemoError, match=r"^the feedback sink landed the demo's 3 outcomes, but only 1 of "
+                                                     r"the 2 predictions the fleet published \(3 answered, 1 of their "
+                                                     r"samples dropped\) within 0 s"):
+                demo.report_online(settings, since, report, said.append, quiet=True)
+        else:
+            with pytest.raises(demo.DemoError, match=r"^the feedback sink did not land the demo's 3 outcomes within "
+                                                     r"0 s \(2 landed\)"):
+                demo.report_online(settings, since, report, said.append, quiet=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _NoTraffic:
     """The demo's replayed traffic, replaced by none (the month's runs are what these tests follow)."""
 
@@ -331,7 +420,8 @@ def test_a_scheduled_retrain_without_two_consecutive_months_is_a_failed_row_not_
 def test_a_drift_event_that_starts_no_retrain_is_said_and_shown(make_settings: Callable[..., Settings],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The month read "DRIFT (...)" with retrain "-", as if the drift had been handled, when no train_model run
-    appeared within the wait (a slow scheduler, train_model paused by hand)."""
+    appeared within the wait (a slow scheduler, train_model paused by hand); and the demo exited 0 on that broken
+    drift -> retrain loop, where a features or challenger event that starts no run fails it."""
     _a_month_off_airflow(monkeypatch, published_before=False, other_run="{dag_id}__run")
     monkeypatch.setattr(demo, "drift_cell", lambda settings, part: "0.300 DRIFT (dep_hour)")
     monkeypatch.setattr(demo, "task_state", lambda api, dag_id, run_id, task_id: "success")  # decide ran: an event
@@ -339,6 +429,8 @@ def test_a_drift_event_that_starts_no_retrain_is_said_and_shown(make_settings: C
     row = demo.replay_month(make_settings(), _Api(), Partition(2013, 8), None, 0, said.append)  # type: ignore[arg-type]
     assert row.drift == "0.300 DRIFT (dep_hour) (no retrain started)" and row.retrain == "-"
     assert any(line.startswith("train_model: no run started by the drift event within 120 s") for line in said), said
+    assert demo.failures([row]) == ["2013-08: train_model: no run started by the drift event within 120 s (check that "
+                                    "train_model is not paused, and monitor_drift's decide task)"]
 
 
 def test_a_retrain_the_weekly_cron_started_is_not_said_to_be_the_drift_events(
@@ -656,13 +748,16 @@ def test_a_second_demo_on_the_same_home_is_refused_before_it_starts_anything(
         fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-@pytest.mark.parametrize("case", ["refused", "ctrl-c", "no champion", "airflow away", "champion refused"])
+@pytest.mark.parametrize("case", ["refused", "ctrl-c", "no champion", "airflow away", "champion refused",
+                                  "ctrl-c while the first champion trains"])
 def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_paused_unsaid(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """Ctrl-C or a refusal between the demo pausing train_model, rollout_model, batch_inference and monitor_drift for the
     first window and unpausing them once the fleet served left them paused, unsaid: nothing ran on drift or weekly
     until the next demo. With a champion they are unpaused again; without one (or with Airflow away) the demo says
-    which are left paused and how to unpause them."""
+    which are left paused and how to unpause them. A champion this code cannot load leaves them paused, said (the
+    refusal asks for a model trained with train_model, which only queued while paused); Ctrl-C while the first
+    champion trained named train_model among the paused, which that training had unpaused."""
     import tenfold.registry
     import tenfold.serving.haproxy
     from tenfold.local import stack
@@ -685,7 +780,7 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
     monkeypatch.setattr(tenfold.serving.haproxy, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     monkeypatch.setattr(stack, "up", lambda *a, **k: [])
     monkeypatch.setattr(demo, "_api", lambda settings: api)
-    champion = None if case == "no champion" else "v1"
+    champion = None if case in ("no champion", "ctrl-c while the first champion trains") else "v1"
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda a: champion))
 
     def refuse(settings: Settings, registry: object) -> None:
@@ -697,11 +792,18 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
     def build_months(*args: object) -> bool:
         if case == "ctrl-c":
             raise KeyboardInterrupt
+        if case == "ctrl-c while the first champion trains":
+            return True
         raise demo.DemoError("build_features for 2013-03 failed in validate: open the UI for its logs")
 
+    def new_run(api: object, dag_id: str, before: object, *, timeout_s: float) -> str:
+        assert (demo.TRAIN, False) in api.paused  # type: ignore[attr-defined]  # first_champion_run unpaused it
+        raise KeyboardInterrupt  # Ctrl-C while it waits for the weekly run that trains the first champion
+
     monkeypatch.setattr(demo, "build_months", build_months)
+    monkeypatch.setattr(demo, "new_run", new_run)
     said: list[str] = []
-    with pytest.raises(KeyboardInterrupt if case == "ctrl-c" else demo.DemoError):
+    with pytest.raises(KeyboardInterrupt if case.startswith("ctrl-c") else demo.DemoError):
         demo.run(make_settings(), say=said.append)
     assert {d for d, paused in api.paused if paused} == four  # paused for the first window, as before
     unpaused = [d for d, paused in api.paused if not paused]
@@ -711,6 +813,14 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
                            "them until the fleet serves the champion)", said
     elif case == "champion refused":
         assert unpaused == [] and not any("unpaused" in line for line in said), said
+        assert said and said[-1].startswith("batch_inference, monitor_drift, train_model, rollout_model are left "
+                                            "paused, as each would only fail on a champion this code cannot load: "
+                                            "unpause train_model in the Airflow UI, http://"), said
+        assert "and batch_inference, monitor_drift, rollout_model once that model is promoted" in said[-1], said
+    elif case == "ctrl-c while the first champion trains":
+        assert unpaused == [demo.TRAIN]  # by first_champion_run; the rest stay paused with no champion
+        assert said[-1].startswith("batch_inference, monitor_drift, rollout_model are left paused: there is no "
+                                   "champion yet") and "http://" in said[-1], said
     elif case == "no champion":
         assert unpaused == []
         assert said[-1].startswith("batch_inference, monitor_drift, train_model, rollout_model are left paused: there "
