@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
+import pyarrow.ipc as paipc
 import pyarrow.parquet as pq
 
 from tenfold.data.lake import Lake, Manifest, Partition
@@ -82,7 +83,8 @@ class SourceUnreadable(IngestError):
     ``member`` (the CSV inside an archive), ``column``, ``line`` (1-based physical line, the header is
     line 1), ``offset`` (bytes into the file, or into the uncompressed member of an archive), ``value``;
     context: ``source``, ``month``, ``remedy`` (how to get a good copy of the source), ``quarantine_uri``;
-    ``data``: what a reader returned when it returned something unusable (quarantined as Parquet).
+    ``data``: what a reader returned when it returned something unusable (quarantined as Parquet, or as an Arrow IPC
+    file where Parquet cannot store it).
     """
 
     def __init__(
@@ -304,19 +306,26 @@ def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, st
     text = raw.decode("latin-1")  # a character per byte: offsets stay byte offsets (the CSV syntax is ASCII)
     pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
 
+    reader = csv.reader(_pieces(text, pending), delimiter=parse.delimiter, quotechar=quote,
+                        doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True)
     with _no_field_limit():
-        try:
-            for _ in csv.reader(_pieces(text, pending), delimiter=parse.delimiter, quotechar=quote, doublequote=parse.double_quote,
-                                escapechar=parse.escape_char or None, strict=True):
-                pending.clear()
-        except csv.Error as exc:
-            start = pending[0] if pending else 0
-            what = ("is never closed, so every line after it would be read as part of that one value"
-                    if "unexpected end of data" in str(exc) else
-                    "is closed only lines later, by another quote, so the lines between would be read as part of "
-                    "that one value")
-            return text.count("\n", 0, start) + 1, start, what
-    return None
+        while True:
+            try:
+                next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                start = pending[0] if pending else 0
+                if "unexpected end of data" in str(exc):
+                    return (text.count("\n", 0, start) + 1, start,
+                            "is never closed, so every line after it would be read as part of that one value")
+                if len(pending) > 1:  # the record spanned lines: a quote closed lines later, by another quote
+                    return (text.count("\n", 0, start) + 1, start,
+                            "is closed only lines later, by another quote, so the lines between would be read as "
+                            "part of that one value")
+                # A character after a closing quote on the value's own line (`9E,"Endeavor Air" `): pyarrow reads it
+                # into the value, and no line vanishes into it. The reader goes on at the next line.
+            pending.clear()
 
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): "
@@ -420,7 +429,9 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
         raise SourceUnreadable(table, problem, fix=fix, **where) from exc
     # A record per physical line is the common case and needs no look; fewer records than lines are empty lines,
     # values spanning lines, or a quote never closed, which pyarrow reads to the end of the file without complaint.
-    lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+    # Empty lines at the end of the file are no records and hide nothing: they do not count.
+    body = raw.rstrip(b"\r\n")
+    lines = body.count(b"\n") + 1
     if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse)) is not None:
         line, offset, what = opened
         raise SourceUnreadable(
@@ -565,6 +576,25 @@ def _month_rows(data: pa.Table, part: Partition) -> pa.Table:
     return data.filter(mask)
 
 
+_PARQUET_CANNOT = (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError)
+
+
+def _unstorable_column(schema: pa.Schema) -> tuple[str, pa.DataType] | None:
+    """(name, type) of the first column of ``schema`` that Parquet cannot store (an interval, a union), or None.
+    Tried on the schema alone (no rows are written): staging the table raised a raw ArrowNotImplementedError."""
+    def storable(fields: pa.Schema) -> bool:
+        try:
+            pq.write_table(fields.empty_table(), pa.BufferOutputStream())
+        except _PARQUET_CANNOT:
+            return False
+        return True
+
+    schema = schema.remove_metadata()
+    if storable(schema):
+        return None
+    return next(((f.name, f.type) for f in schema if not storable(pa.schema([f]))), None)
+
+
 def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
     """``read(table)``, with every failure but a transient one (or a missing source) as a refusal."""
     try:
@@ -595,6 +625,20 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
     if not isinstance(data, pa.Table):
         raise SourceUnreadable(table, f"its reader returned a {type(data).__name__}, not a pyarrow.Table",
                                fix="make the workload's Sources.read return a pyarrow.Table")
+    names = data.column_names
+    if repeated := next((c for c in names if names.count(c) > 1), None):
+        # Which copy holds the values is ambiguous, and every look-up by name (the month cut, the NaN check) raised
+        # a raw KeyError "Field ... exists 2 times": no refusal, no quarantine, and retries of the same data.
+        raise SourceUnreadable(
+            table, f"its reader returned the column {repeated!r} {names.count(repeated)} times, so which one holds its "
+            "values is ambiguous", column=repeated, data=data,
+            fix=f"make the workload's reader return one column {repeated!r} (drop or rename the other copies)")
+    if (unstorable := _unstorable_column(data.schema)) is not None:
+        name, kind = unstorable
+        raise SourceUnreadable(
+            table, f"its reader returned the column {name!r} as {kind}, a type Parquet cannot store", column=name,
+            data=data, fix=f"make the workload's reader return {name!r} as a type Parquet stores (a number, a string, "
+            "a timestamp or a duration)")
     if data.num_rows == 0:  # no month has rows: the source is empty, not a month it does not cover
         raise SourceUnreadable(table, "its reader returned no rows at all (the source is empty or was cut short)",
                                data=data, fix="replace the source with a complete copy")
@@ -667,8 +711,18 @@ def quarantine_source(lake: Lake, refusal: SourceUnreadable, part: Partition, ke
             reason["not_copied"] = f"{type(exc).__name__}: {exc}"
     elif refusal.data is not None:
         copy = "returned.parquet"
-        write_table(refusal.data, lake.fs, posixpath.join(staged, copy))
-        reason["copied"] = "returned.parquet (what the reader returned)"
+        try:
+            write_table(refusal.data, lake.fs, posixpath.join(staged, copy))
+            reason["copied"] = "returned.parquet (what the reader returned)"
+        except _PARQUET_CANNOT as exc:  # a type Parquet cannot store (an interval, a union): kept as Arrow IPC
+            with contextlib.suppress(OSError):  # the writer created the file before it refused the schema
+                lake.fs.delete_file(posixpath.join(staged, copy))
+            copy = "returned.arrow"
+            with lake.fs.open_output_stream(posixpath.join(staged, copy)) as out, \
+                    paipc.new_file(out, refusal.data.schema) as writer:
+                writer.write_table(refusal.data)
+            reason["copied"] = (f"returned.arrow (what the reader returned, as an Arrow IPC file: Parquet cannot "
+                                f"store it: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})")
     # The same refusal under this key already (a retry: the same bytes) is replaced by the newer verdict, instead of
     # piling up copies. Anything else there is kept, and this one goes beside it (key-2, ...: see Lake.quarantine):
     # a batch the quality gate withdrew under the key, or another delivery's bytes (maybe the only copy left).

@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import google_crc32c
 import pyarrow as pa
@@ -213,6 +213,12 @@ def _digests(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     return sha.hexdigest(), base64.b64encode(crc.digest()).decode()
 
 
+def _without_user_or_query(uri: str) -> str:
+    """``gs://[user@]bucket/path[?query][#fragment]`` as ``gs://bucket/path``: where it is, not how to open it."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}".rstrip("/")
+
+
 class Lake:
     """Tables of Parquet partitions under one root URI, published atomically with manifests."""
 
@@ -256,6 +262,9 @@ class Lake:
                 raise LakeError(f"lake URI {uri!r} names no folder pyarrow can open ({first}): give a file:// URI "
                                 "with an absolute path (file:///...), a gs://bucket/... URI, or a folder") from None
         self._gcs = self.fs.type_name == "gcs"
+        # What uri_of builds on: the lake's URI without a user (gs://anonymous@...) or a query (?endpoint_override=...),
+        # which only say how to open the store; appended to, a query swallowed the path ("...&scheme=http/t/...").
+        self._base_uri = _without_user_or_query(self.uri) if parsed.scheme == "gs" else self.uri
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
@@ -331,7 +340,8 @@ class Lake:
     def uri_of(self, path: str) -> str:
         """A filesystem path under the lake back to a URI that Spark and pyarrow both accept."""
         rel = posixpath.relpath(path, self.root)
-        return f"{self.uri.rstrip('/')}/{rel}" if rel != "." else self.uri  # a lake at "/": "/t", not "//t"
+        base = self._base_uri
+        return f"{base.rstrip('/')}/{rel}" if rel != "." else base  # a lake at "/": "/t", not "//t"
 
     def table_path(self, table: str) -> str:
         return self._join(table)
@@ -493,6 +503,21 @@ class Lake:
     def _data_paths(self, table: str, part: Partition, manifest: Manifest) -> list[str]:
         base = self._join(table, part.path, manifest.data_dir)
         return [posixpath.join(base, f.name) for f in manifest.files]
+
+    def verified_files(self, table: str, part: Partition, manifest: Manifest) -> Iterator[tuple[str, bytes]]:
+        """Each data file ``manifest`` (the partition's, read already) lists, as (filesystem path, bytes): downloaded
+        whole and checked against the manifest's checksum, as :meth:`read_table` reads them, for a caller that parses
+        them itself (the quality gate). A download damaged in transit raises :class:`DamagedInTransit`; a stored file
+        that differs from its manifest withdraws the partition and raises :class:`CorruptFileError`; a partition
+        published again (or withdrawn) while it was read raises :class:`LakeError`. An ``OSError`` of the download
+        itself (no file is missing: that is a CorruptFileError) is raised as it is."""
+        for entry, path in zip(manifest.files, self._data_paths(table, part, manifest), strict=True):
+            try:
+                data = self._read_verified(table, part, manifest, entry, path)
+            except _Republished:
+                raise LakeError(f"{table} partition {part.label} was published again or withdrawn while it was read; "
+                                "read it again") from None
+            yield path, data
 
     def _read_verified(self, table: str, part: Partition, manifest: Manifest, entry: FileEntry, path: str) -> bytes:
         try:
@@ -969,7 +994,8 @@ class Lake:
     def _path(self, path_or_uri: str) -> str:
         if path_or_uri.startswith("gs://"):
             # Parsed by hand: pyarrow's from_uri would build a GCS client (and look for credentials) just to do it.
-            return path_or_uri[len("gs://"):].rstrip("/")
+            # The bucket and path only: a user (anonymous@) or a query names no folder.
+            return _without_user_or_query(path_or_uri)[len("gs://"):].rstrip("/")
         if urlparse(path_or_uri).scheme == "file":
             # Also the single-slash form (file:/tmp/lake, as Spark prints it, and uri_of of such a lake), which
             # pyarrow's filesystem took for a path and refused as a URI.

@@ -71,7 +71,9 @@ def write_sorted(table: pa.Table, order: Sequence[str], schema: pa.Schema, fs: p
     temporary name and renamed, so a reader (or a retried task) never sees half of it; an object store
     (GCS) makes an object visible only once its upload is complete. Returns the rows written.
     """
-    ordered = table.sort_by([(c, "ascending") for c in order]).select(schema.names).cast(schema)
+    # No order (a job that produced no rows writes its empty month as one empty file): nothing to sort, and
+    # pyarrow's sort_by refuses an empty list of keys ("Must specify one or more sort keys").
+    ordered = (table.sort_by([(c, "ascending") for c in order]) if order else table).select(schema.names).cast(schema)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # not *.parquet: never published, never validated

@@ -97,3 +97,25 @@ def test_a_gs_uri_naming_no_bucket_is_refused_naming_it(uri: str, emulated: bool
     assert Lake("gs://bucket/lake", filesystem=filesystem).table_path(TABLE) == f"bucket/lake/{TABLE}"
     if not emulated:
         assert Lake("gs://anonymous@bucket").table_path(TABLE) == f"bucket/{TABLE}"
+
+
+@pytest.mark.parametrize("uri", [
+    "gs://b/x?endpoint_override=127.0.0.1:9&scheme=http",
+    "gs://anonymous@b/x",
+    "gs://anonymous@b/x/?scheme=http&endpoint_override=127.0.0.1:9",
+])
+@pytest.mark.parametrize("emulated", [False, True])
+def test_a_gs_lake_uri_with_a_user_or_a_query_names_its_files_without_them(uri: str, emulated: bool) -> None:
+    """uri_of appended the path to the whole lake URI: after its query (``...&scheme=http/t/year=2013/month=1``, a
+    path no store has, printed by refusals as "quarantined at ..."), and with the user (``gs://anonymous@b/...``). A
+    user or a query says how to open the store, not where a file is. No GCS filesystem is asked anything (the emulated
+    one points at a closed loopback port)."""
+    import pyarrow.fs as pafs
+
+    filesystem = pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override="127.0.0.1:9") if emulated else None
+    lake = Lake(uri, filesystem=filesystem)
+    assert lake.root == "b/x"
+    partition = lake.partition_path(TABLE, PART)
+    assert lake.uri_of(partition) == f"gs://b/x/{TABLE}/year=2013/month=1"
+    assert lake.uri_of(lake.root) == "gs://b/x"
+    assert lake._path(lake.uri_of(partition)) == partition  # and back to where it is

@@ -52,3 +52,14 @@ def test_the_same_rows_in_other_batches_give_the_same_bytes(tmp_path: Any) -> No
     write_table(batched, fs, str(tmp_path / "batched.parquet"))
     assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "batched.parquet").read_bytes()
     assert pq.read_table(tmp_path / "batched.parquet").equals(whole)
+
+
+def test_an_empty_table_with_no_order_is_written_as_one_empty_file(tmp_path: Any) -> None:
+    """The feature job writes a month that produced no rows as ``write_sorted(schema.empty_table(), [], ...)``: the sort
+    by no keys raised ``ArrowInvalid: Must specify one or more sort keys`` instead of writing the promised empty file."""
+    schema = pa.schema([("origin", pa.string()), ("hour", pa.timestamp("us", tz="UTC")), ("delay", pa.float64())])
+    target = tmp_path / "part-00000.parquet"
+    assert write_sorted(schema.empty_table(), [], schema, pafs.LocalFileSystem(), str(target)) == 0
+    written = pq.read_table(target)
+    assert written.num_rows == 0 and written.schema == schema
+    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet"]  # the file under its name, no .tmp- beside it
