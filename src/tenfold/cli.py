@@ -47,12 +47,21 @@ def _broken_pipes_told_apart() -> Iterator[None]:
         raise _LostPipe(exc) from exc
 
 
+_INVOKED = "tenfold.invoked"  # ctx.meta's key: the sub-command resolved and the arguments it gets
+
+
 class _GuardedGroup(TyperGroup):
     """The root command's click group: every sub-command runs under :func:`_broken_pipes_told_apart`."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own click Context
         with _broken_pipes_told_apart():
             return super().invoke(ctx)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # Kept for the root callback (:func:`_invoked`), which click runs before the sub-command parses its arguments.
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta[_INVOKED] = (cmd, list(rest))
+        return name, cmd, rest
 
 
 class _Guarded(typer.Typer):
@@ -97,6 +106,15 @@ app.add_typer(config_app, name="config")
 _LOCAL_PLATFORM_COMMANDS = ("up", "down", "status", "demo", "serve")
 
 
+def _invoked(ctx: typer.Context) -> tuple[Any, list[str]]:
+    """The command this invocation runs and the arguments it gets: a group's command resolved (``models list``), or
+    the group itself where none of its commands is named (``tenfold models``: its help, or click's usage error)."""
+    cmd, args = ctx.meta.get(_INVOKED, (None, []))
+    while isinstance(cmd, TyperGroup) and args and (sub := cmd.get_command(ctx, args[0])) is not None:
+        cmd, args = sub, args[1:]
+    return cmd, args
+
+
 @app.callback()
 def _check_settings(ctx: typer.Context) -> None:
     """Every command reads the settings: invalid ones (a TENFOLD_* variable that does not parse) are one clear
@@ -111,12 +129,23 @@ def _check_settings(ctx: typer.Context) -> None:
     os.environ.update(not_proxied(os.environ))
     if ctx.invoked_subcommand == "config":
         return
-    import sys
-
-    # TENFOLD_ENV=dev or prod without a project is refused too (a placeholder's buckets), but not for help, which reads
-    # no resource, nor for the local platform's commands, which refuse any environment but local themselves.
-    asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
-    settings = command_settings(placeholder_ok=asks_help or ctx.invoked_subcommand in _LOCAL_PLATFORM_COMMANDS)
+    command, args = _invoked(ctx)
+    if ctx.resilient_parsing or isinstance(command, TyperGroup) or any(a in ("--help", "-h") for a in args):
+        # Help (a group with none of its commands named shows its own) reads no resource and no setting: never
+        # refused, whatever the environment (settings that parse still give their bind host, below).
+        try:
+            settings = get_settings()
+        except ValueError:
+            return
+    else:
+        # The settings the command works on: those its own --env names (`tenfold models list --env local` in a shell
+        # with TENFOLD_ENV=dev or staging), TENFOLD_ENV's otherwise. Dev or prod without a project is refused (a
+        # placeholder's buckets), but not for the local platform's commands, which refuse any environment but local
+        # themselves.
+        env = None
+        if command is not None and any(p.name == "env" for p in command.params):
+            env = command.make_context(command.name, list(args), parent=ctx, resilient_parsing=True).params.get("env")
+        settings = command_settings(env, placeholder_ok=ctx.invoked_subcommand in _LOCAL_PLATFORM_COMMANDS)
     # The services listen on the settings' bind host, any 127.x.x.x address: one other than 127.0.0.1 is in no fixed
     # no_proxy entry, and the storage client, the emulators' clients and the traffic replay's bearer token went to
     # the proxy.

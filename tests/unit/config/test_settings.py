@@ -915,3 +915,54 @@ def test_dev_and_prod_without_a_project_are_refused_where_they_would_touch_its_r
     assert given.returncode == 0 and "export TENFOLD_PROJECT_ID=acme-ml" in given.stdout, given.stderr
     assert build_settings("dev").project_placeholder and not build_settings("dev", project_id="acme-ml").project_placeholder
     assert not build_settings("local").project_placeholder
+
+
+def test_the_project_check_is_of_the_environment_a_command_works_on_and_never_refuses_help(tmp_path):
+    """The root command refused on TENFOLD_ENV's settings before the sub-command read its own --env: in a shell with
+    TENFOLD_ENV=dev and no project (or an unknown TENFOLD_ENV), `tenfold models list --env local` was refused with
+    "TENFOLD_PROJECT_ID is not set", and `tenfold models` (its help) too. Every command that works on TENFOLD_ENV's
+    dev is still refused."""
+    import os
+    import socket
+
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.local.loopback import PROXY_VARIABLES
+
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # local's GCS port, held: the registry says so
+    held.bind(("127.0.0.1", 0))
+    gcs = f"127.0.0.1:{held.getsockname()[1]}"
+    clean = {**dict.fromkeys(k for k in os.environ if k.startswith("TENFOLD_")), **dict.fromkeys(PROXY_VARIABLES),
+             "TENFOLD_HOME": str(tmp_path), "TENFOLD_LOCAL__GCS_PORT": str(held.getsockname()[1])}
+    not_up = f"error: this home's GCS emulator is not running, and another program holds {gcs}, where it should listen"
+    refused = "error: TENFOLD_PROJECT_ID is not set: dev names its buckets"
+
+    def invoke(args: list[str], tenfold_env: str) -> tuple[int, str]:
+        get_settings.cache_clear()
+        out = CliRunner().invoke(app, args, env={**clean, "TENFOLD_ENV": tenfold_env})
+        assert isinstance(out.exception, SystemExit | None), (args, repr(out.exception), out.output)
+        return out.exit_code, out.output
+
+    try:
+        for tenfold_env in ("dev", "staging"):
+            # The command's own --env: local's settings, whatever TENFOLD_ENV says; the registry is looked for.
+            code, said = invoke(["models", "list", "--env", "local"], tenfold_env)
+            assert code == 1 and said.startswith(not_up), said
+            assert "TENFOLD_PROJECT_ID" not in said and "TENFOLD_ENV" not in said, said
+            # A group with none of its commands named shows its help (click's exit 2 for no_args_is_help).
+            for group in ("models", "feedback", "dlq", "quality", "rollout", "serve"):
+                code, said = invoke([group], tenfold_env)
+                assert code == 2 and said.strip().startswith(f"Usage: root {group} [OPTIONS] COMMAND"), (group, said)
+                assert "error:" not in said, (group, said)
+        for args in (["models", "list"], ["models", "list", "--env", "dev"], ["dlq", "inspect"],
+                     ["feedback", "metrics"], ["train"], ["train", "--env", "dev"], ["evaluate"],
+                     ["ingest", "--month", "2013-01"], ["quality", "docs"], ["quality", "check", "features"],
+                     ["rollout", "status"], ["rollout", "abort"], ["config", "env"]):
+            code, said = invoke(args, "dev")
+            assert code == 2 and said.startswith(refused) and len(said.strip().splitlines()) == 1, (args, said)
+        code, said = invoke(["models", "list", "--env", "local"], "local")  # local's check, as before
+        assert code == 1 and said.startswith(not_up), said
+    finally:
+        held.close()
+        get_settings.cache_clear()
