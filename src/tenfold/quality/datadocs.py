@@ -21,6 +21,10 @@ JavaScript) and every page is unstyled. :class:`OfflineSiteBuilder`, the site bu
 
 Without the vendor files (``make setup`` not run) the pages keep the CDN URLs and a warning says so.
 
+Its pages show the batch's values as text (:class:`EscapingJinjaPageView`): GX 1.24 autoescapes ``.html`` templates
+only and its own are ``*.j2``, so a value that failed its expectation (``<img src=x onerror=...>`` in a delivered
+month) reached the refusal's page as live HTML.
+
 In the cloud the site lives in the artifacts bucket (``gs://<artifacts>/<data_docs_prefix>/``). GX 1.x has no
 GCS store backend any more (its cloud backends were removed in 1.0), so :func:`docs_site` builds it in a local
 working folder: the bucket's validation results are downloaded and its pages stood in for by empty files (the
@@ -34,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
+import json
 import logging
 import mimetypes
 import re
@@ -45,7 +51,9 @@ from typing import Any
 
 from great_expectations.data_context.store.html_site_store import HtmlSiteStore
 from great_expectations.data_context.store.tuple_store_backend import TupleFilesystemStoreBackend
+from great_expectations.render import RenderedContent
 from great_expectations.render.renderer.site_builder import SiteBuilder
+from great_expectations.render.view import DefaultJinjaPageView
 
 from tenfold.config import Settings
 from tenfold.fsio import atomic_write
@@ -186,8 +194,115 @@ def _content_type(name: str) -> str:
     return kind or {".woff2": "font/woff2", ".ttf": "font/ttf"}.get(Path(name).suffix, "application/octet-stream")
 
 
+# --- the batch's values shown as text ----------------------------------------------------------------------
+# GX's Jinja environment autoescapes templates named *.html/*.xml, and its templates are *.j2: a page is plain string
+# concatenation, so whatever GX shows from the batch (the unexpected values, observed values, the batch's metadata)
+# reached the page as markup. GX escapes a string template's params itself (its _TRUSTED_HTML_PARAMS aside); what
+# stays raw is every plain value the view puts in a table cell, list or text block (``render_content_block`` returns
+# a string as it is, a list's items inside <span>s, a dict as its repr), the templates it makes of a traceback or a
+# query, and a graph's spec inside a <script>. Those are escaped here, in the rendered document, before the view.
+
+# Content-block fields that hold what is shown: cells, items, nested blocks. Any plain value in them is escaped.
+_SHOWN_FIELDS = frozenset({"table", "header_row", "bullet_list", "value_list", "text", "collapse", "content_blocks"})
+# A string template's params that GX itself leaves raw: its own markup (the status icon; a JSON schema escaped at its
+# source inside <pre>). Any other param GX escapes when it is a string.
+_TRUSTED_PARAMS = frozenset({"html_success_icon", "formatted_json"})
+
+
+def _is_block(node: Any) -> bool:
+    return isinstance(node, dict) and "content_block_type" in node
+
+
+def _escaped_value(node: Any) -> Any:
+    """A value of a shown field: its blocks escaped inside, anything else as the escaped text the page shows."""
+    if _is_block(node):
+        return _escaped_block(node)
+    if isinstance(node, list):
+        return [_escaped_value(item) for item in node]
+    if node is None or isinstance(node, (bool, int, float)):
+        return node
+    return html.escape(str(node))  # a string, or a dict, tuple or other object the page shows as str()
+
+
+def _blocks_within(node: Any) -> Any:
+    """A field GX writes itself (a header, styling, options): left as it is, but the blocks inside it escaped."""
+    if _is_block(node):
+        return _escaped_block(node)
+    if isinstance(node, list):
+        return [_blocks_within(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _blocks_within(value) for key, value in node.items()}
+    return node
+
+
+def _escaped_string_template(template: dict[str, Any]) -> dict[str, Any]:
+    params = template.get("params") or {}
+    if not params and template.get("tag") == "code":
+        # GX's templates of an exception's traceback and of the query that retrieves the unexpected rows: text
+        # from the batch made the template itself (GX's own markup templates always have params or another tag).
+        return {**template, "template": html.escape(str(template.get("template", "")))}
+    # GX escapes string params, but substitutes a list or dict param as its str(): made a string here, GX escapes it.
+    return {**template, "params": {
+        name: value if name in _TRUSTED_PARAMS or value is None or isinstance(value, (str, bool, int, float))
+        else str(value) for name, value in params.items()}}
+
+
+def _escaped_block(block: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if key in _SHOWN_FIELDS:
+            out[key] = _escaped_value(value)
+        elif key == "string_template" and isinstance(value, dict):
+            out[key] = _escaped_string_template(value)
+        elif key == "graph" and block.get("content_block_type") == "graph":
+            # A Vega spec the page writes into a <script> as it is: as JSON whose every '<' is \u003c, a value
+            # cannot close the script (JSON has '<' only inside strings, where \u003c reads as '<' again).
+            spec = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[key] = spec.replace("<", "\\u003c")
+        else:
+            out[key] = _blocks_within(value)
+    return out
+
+
+def escape_data(document: dict[str, Any]) -> dict[str, Any]:
+    """A rendered page (GX's ``RenderedDocumentContent.to_json_dict()``) with what it shows from the batch escaped.
+
+    GX's own markup (headers, styling, string templates' icons, markdown notes) is kept; the values the view would
+    write raw (see above) are HTML-escaped, as is each section's name (a column's).
+    """
+    return {**document, "sections": [_escaped_section(s) for s in document.get("sections") or []]}
+
+
+def _escaped_section(section: Any) -> Any:
+    if not isinstance(section, dict):
+        return section
+    out = {**section, "content_blocks": _escaped_value(section.get("content_blocks") or [])}
+    if isinstance(section.get("section_name"), str):  # the sidebar's table of contents writes it as it is
+        out["section_name"] = html.escape(section["section_name"])
+    return out
+
+
+class EscapingJinjaPageView(DefaultJinjaPageView):
+    """GX's page view, showing the batch's values as text (:func:`escape_data`).
+
+    The view of each page section of :class:`OfflineSiteBuilder` (``view: {module_name: tenfold.quality.datadocs,
+    class_name: EscapingJinjaPageView}``).
+    """
+
+    def render(self, document: Any, template: Any = None, **kwargs: Any) -> Any:
+        self._validate_document(document)
+        if isinstance(document, RenderedContent):
+            document = document.to_json_dict()
+        return self._get_template(template or self._template).render(escape_data(document), **kwargs)
+
+
+_VIEW = {"module_name": __name__, "class_name": EscapingJinjaPageView.__name__}
+PAGE_SECTIONS = ("expectations", "validations", "profiling")  # GX's page sections, each rendered by the view above
+
+
 class OfflineSiteBuilder(SiteBuilder):
-    """GX's ``SiteBuilder`` whose pages load their assets from the site and whose index lists every page in it.
+    """GX's ``SiteBuilder`` whose pages load their assets from the site, show the batch's values as text
+    (:class:`EscapingJinjaPageView`) and whose index lists every page in it.
 
     Configured as a Data Docs site with ``module_name: tenfold.quality.datadocs``, ``class_name:
     OfflineSiteBuilder`` and, to serve the assets locally, ``vendor_assets: <node_modules folder>``
@@ -201,8 +316,14 @@ class OfflineSiteBuilder(SiteBuilder):
                  site_section_builders: dict[str, Any] | None = None,
                  runtime_environment: dict[str, Any] | None = None, vendor_assets: str | None = None,
                  **kwargs: Any) -> None:
+        # Every page section renders with the escaping view, unless the config names its own view.
+        sections = dict(site_section_builders or {})
+        for name in PAGE_SECTIONS:
+            section = sections.get(name, {})
+            if isinstance(section, dict) and "view" not in section:
+                sections[name] = {**section, "view": dict(_VIEW)}
         super().__init__(data_context, store_backend, site_name=site_name, site_index_builder=site_index_builder,
-                         show_how_to_buttons=show_how_to_buttons, site_section_builders=site_section_builders,
+                         show_how_to_buttons=show_how_to_buttons, site_section_builders=sections,
                          runtime_environment=runtime_environment, **kwargs)
         node_modules = Path(vendor_assets) if vendor_assets else None
         if node_modules is not None and (problems := missing_assets(node_modules)):
