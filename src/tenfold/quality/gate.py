@@ -32,7 +32,7 @@ import os
 import posixpath
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,9 +90,14 @@ class ExpectationOutcome:
     unexpected_examples: list[Any] = field(default_factory=list)
     bounds: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # The columns it names that the batch lacks (GX raised on it for that): the data's failure, not the suite's error.
+    missing_columns: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         name = f"{self.expectation}({self.column})" if self.column else self.expectation
+        if self.missing_columns:
+            what = "column" if len(self.missing_columns) == 1 else "columns"
+            return f"{name}: {what} {', '.join(self.missing_columns)} missing from the batch"
         if self.error:
             return f"{name}: {self.error}"
         parts = []
@@ -127,8 +132,9 @@ class ValidationReport:
     @property
     def errored(self) -> list[ExpectationOutcome]:
         """The failures Great Expectations raised on (a row_condition pandas refuses, a wrong kwarg): the suite's
-        fault, where the others are the data's. A batch that cannot be read is neither (READ_CHECK)."""
-        return [o for o in self.failures if o.error and o.expectation != READ_CHECK]
+        fault, where the others are the data's. A batch that cannot be read is neither (READ_CHECK); one that lacks a
+        column an expectation names is the data's (GX raises on it: ``missing_columns``)."""
+        return [o for o in self.failures if o.error and not o.missing_columns and o.expectation != READ_CHECK]
 
     @property
     def failed_expectations(self) -> list[str]:
@@ -166,8 +172,8 @@ class ValidationFailed(RuntimeError):
             what = "Nothing was published." + (f" The batch was quarantined at {report.quarantine_uri}."
                                                 if report.quarantine_uri else "")
         docs = f" Data Docs: {report.data_docs}." if report.data_docs else ""
-        # A batch whose files cannot be read failed no bound: the suite is not what to change.
-        bound = ("" if {o.expectation for o in report.failures} <= {READ_CHECK} else
+        # A batch whose files cannot be read, or that lacks a column, failed no bound: the suite is not what to change.
+        bound = ("" if all(o.expectation == READ_CHECK or o.missing_columns for o in report.failures) else
                  f"; if a bound is wrong rather than the data, change it in {report.suite}.json in the workload's "
                  "suite folder (its expectations_dir: src/tenfold/workloads/flights/expectations/ for flights)")
         # Failures of the data and errors of the suite at once: the data is refused, and the suite's errors named.
@@ -298,7 +304,16 @@ def _context(settings: Settings, *, docs_root: Path | None) -> AbstractDataConte
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _outcomes(results: Any) -> list[ExpectationOutcome]:
+def _named_columns(kwargs: Mapping[str, Any]) -> list[str]:
+    """The batch columns an expectation's kwargs name (``column``, ``column_A``/``column_B``, ``column_list``)."""
+    named = [kwargs.get(k) for k in ("column", "column_A", "column_B")]
+    listed = kwargs.get("column_list")
+    named += listed if isinstance(listed, list) else []
+    return [c for c in named if isinstance(c, str)]
+
+
+def _outcomes(results: Any, columns: Collection[str]) -> list[ExpectationOutcome]:
+    """The outcomes of a validation of a batch with ``columns``."""
     out = []
     for r in results:
         config = r.expectation_config
@@ -309,6 +324,10 @@ def _outcomes(results: Any) -> list[ExpectationOutcome]:
         if "raised_exception" not in info and info:
             info = next(iter(info.values()))
         error = info.get("exception_message") if info.get("raised_exception") else None
+        # GX raises on an expectation of a column the batch lacks: the batch's failure (a job that stopped writing
+        # it), not the suite's error (which refused it as "the suite is at fault", or, with no column-list
+        # expectation to fail beside it, left the batch staged as the suite's fault alone).
+        missing = list(dict.fromkeys(c for c in _named_columns(kwargs) if c not in columns)) if error else []
         bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value_set", "regex", "mostly", "type_", "column_list")
                   if kwargs.get(k) is not None}
         if isinstance(bounds.get("value_set"), list) and len(bounds["value_set"]) > 10:
@@ -324,7 +343,8 @@ def _outcomes(results: Any) -> list[ExpectationOutcome]:
                 unexpected_count=_plain(result.get("unexpected_count")),
                 unexpected_examples=_plain(list(result.get("partial_unexpected_list") or [])[:_MAX_EXAMPLES]),
                 bounds=_plain(bounds),
-                error=error,
+                error=None if missing else error,
+                missing_columns=missing,
             )
         )
     return out
@@ -456,7 +476,7 @@ def _run_suite(settings: Settings, frame: pd.DataFrame, *, table: str, part: Par
         run_id=RunIdentifier(run_name=run_name or part.label),
     )
     ((identifier, validation),) = result.run_results.items()
-    outcomes = _outcomes(validation.results)
+    outcomes = _outcomes(validation.results, set(frame.columns))
     docs_url = None
     if site is not None:
         # The page of this very validation; the site's index lists every one.
@@ -693,6 +713,34 @@ def _not_the_batch(exc: BaseException) -> bool:
     return isinstance(exc, DamagedInTransit) or not_the_data(exc)
 
 
+def _read_published(lake: Lake, table: str, part: Partition, manifest: Manifest) -> pa.Table:
+    """The files ``manifest`` lists as one table, each downloaded whole, checked against the manifest and parsed from
+    those very bytes (:meth:`~tenfold.data.lake.Lake.verified_files`): a second read of the store, unchecked, took a
+    download damaged in transit for a corrupt month. Bytes that match their checksum but are no Parquet (or files of
+    schemas that do not combine) are the data's fault: a :class:`LakeError`. Running out of memory is not: raised as
+    it is, as are the lake's DamagedInTransit and an ``OSError`` of a download."""
+    tables = []
+    for path, data in lake.verified_files(table, part, manifest):
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data)))
+        except pa.ArrowMemoryError:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise LakeError(f"{lake.uri_of(path)} matches the checksum its manifest recorded but is not readable "
+                            f"Parquet ({type(exc).__name__}: {exc}): it was published so; re-publish the partition by "
+                            f"re-running the pipeline that builds {table} for {part.label}") from exc
+    if not tables:
+        raise LakeError("the batch holds no .parquet files")
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowMemoryError:
+        raise
+    except pa.ArrowException as exc:
+        raise LakeError(f"the files of {table} {part.label} do not combine into one table ({type(exc).__name__}: "
+                        f"{exc}); re-publish the partition by re-running the pipeline that builds {table} for "
+                        f"{part.label}") from exc
+
+
 def _check_published(settings: Settings, lake: Lake, table: str, part: Partition, suite_name: str | None, *,
                      key: str, docs: bool) -> ValidationReport:
     batch_uri = lake.uri_of(lake.partition_path(table, part))
@@ -703,11 +751,12 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
     if suite_name is not None:
         check_suite(settings, suite_name)  # before the files are checksummed: a bad suite is not this batch's fault
     parameters = suite_parameters(settings, lake, part, suite_name) if suite_name is not None else {}
+    checked = False  # every file matched its manifest's size and stored checksum
     try:
         # One manifest read: the files validated and the content a pass is recorded for are of the same build (read
         # twice, a publish in between had the old rows' pass saved for the new content, trusted after, never run).
         manifest = lake.read_manifest(table, part)
-        paths = lake.files(table, part, verify=True, manifest=manifest)
+        lake.files(table, part, verify=True, manifest=manifest)
         if suite_name is not None:
             # Every file matched its checksum: the same bytes under the same suite get the verdict they got before.
             verdict = _verdict_place(lake, settings, table, part, suite_name, manifest, parameters)
@@ -715,11 +764,15 @@ def _check_published(settings: Settings, lake: Lake, table: str, part: Partition
             if passed is not None:
                 log.info("%s (this content passed this suite before: %s)", passed.summary(), lake.uri_of(verdict[0]))
                 return passed
-        arrow = read_batch(lake, paths)
+        checked = True
+        arrow = _read_published(lake, table, part, manifest)
     except MissingManifestError:
         raise
     except (OSError, pa.ArrowException, LakeError) as exc:
-        if _not_the_batch(exc):
+        # Once the files matched their manifest, what the data did wrong comes as a LakeError (_read_published); an
+        # OSError of the download (a permission, a store away) or running out of memory is not the data's: raised as
+        # it is for the task's retry. Taken for an unreadable batch, it withdrew a good month and alerted.
+        if _not_the_batch(exc) or (checked and not isinstance(exc, LakeError)):
             raise
         report = _unreadable(table, part, suite_name or "integrity", batch_uri, exc)
     else:

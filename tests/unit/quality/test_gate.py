@@ -826,6 +826,7 @@ def test_a_store_away_while_a_batch_is_read_is_raised_for_the_retry_not_a_refusa
     then met AlreadyRefused), and failed the task without retries. The error is the one pyarrow's GCS client raises
     against a closed port (the lake here is local: its batch read is where the store goes away)."""
     import tenfold.quality.gate as gate
+    from tenfold.data.lake import Lake
 
     away = away()
 
@@ -836,7 +837,9 @@ def test_a_store_away_while_a_batch_is_read_is_raised_for_the_retry_not_a_refusa
     def unreachable(*args, **kwargs):
         raise away
 
-    monkeypatch.setattr(gate, "read_batch", unreachable)
+    monkeypatch.setattr(gate, "read_batch", unreachable)  # a staged batch's read
+    # A published month's files are downloaded (and checked) by the lake, once they matched their stored checksums.
+    monkeypatch.setattr(Lake, "verified_files", unreachable)
     with pytest.raises(type(away)):
         validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-away", docs=False)
     assert lake.has_manifest("flights", jan)  # not withdrawn
@@ -848,3 +851,78 @@ def test_a_store_away_while_a_batch_is_read_is_raised_for_the_retry_not_a_refusa
     monkeypatch.undo()  # the store back: the retry reads both and passes them
     assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-away", docs=False).success
     assert validate_partition(settings, FEATURES_TABLE, MARCH, staged, FEATURES_SUITE).success
+
+
+def test_running_out_of_memory_reading_a_checked_month_is_raised_for_the_retry_not_a_withdrawal(
+        settings, lake, alerts, january_flights, monkeypatch):
+    """validate_published checked every file against its manifest, then read the files again from the store,
+    unchecked, and any error of that read made the month unreadable: a read that ran out of memory (or a download
+    damaged on the way) withdrew a good published month to quarantine and alerted. The files are now downloaded whole,
+    checked against the manifest and parsed from those bytes; a fault left once they matched is not the data's, and
+    is raised for the task's retry."""
+    jan = Partition(2013, 1)
+    publish_table(lake, "flights", jan, january_flights, run_id="good", source=WORKLOAD.sources.name)
+    manifest = lake.read_manifest("flights", jan)
+    parsed: list[object] = []
+
+    def out_of_memory(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parsed.append(source)
+        raise pa.ArrowMemoryError("malloc of size 4194304 failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pq, "read_table", out_of_memory)
+        with pytest.raises(pa.ArrowMemoryError):
+            validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-oom", docs=False)
+    # What was parsed is the bytes checked against the manifest, in memory: not a second, unchecked read of the store.
+    assert parsed and all(isinstance(source, pa.BufferReader) for source in parsed), parsed
+    assert lake.read_manifest("flights", jan) == manifest  # still published, as it was
+    assert lake.fs.get_file_info(lake.quarantine_path("flights", jan, "k-oom")).type == pafs.FileType.NotFound
+    assert not alerts()
+    # The retry, with the memory back, reads the month and passes it.
+    assert validate_published(lake, "flights", jan, RAW_SUITE, settings=settings, key="k-oom", docs=False).success
+
+
+MISSING = "sched_dep_hour"  # a feature column the suite checks several ways (type, not null, range)
+
+
+def _refusal_of_a_batch_without(settings, lake, stage, column: str, attempt: str) -> ValidationFailed:
+    batch = synthetic_features(MARCH, 24_000, seed=7).drop_columns([column])
+    uri = stage(batch, MARCH, attempt)
+    with pytest.raises(ValidationFailed) as caught:
+        validate_partition(settings, FEATURES_TABLE, MARCH, uri, FEATURES_SUITE, alert=False, docs=False)
+    assert not lake.exists(lake._path(uri))  # refused: quarantined, not left staged
+    assert caught.value.report.quarantine_uri == lake.uri_of(lake.quarantine_path(FEATURES_TABLE, MARCH, attempt))
+    return caught.value
+
+
+def test_a_batch_missing_a_column_is_refused_naming_the_column_not_the_suite(settings, lake, stage):
+    """GX raises on each expectation of a column the batch lacks (it cannot read it): the gate counted those as the
+    suite's errors, so a features job that stopped writing a column was refused with "The suite is at fault too ...
+    fix them in features.json", for what is the job's fault alone."""
+    refused = _refusal_of_a_batch_without(settings, lake, stage, MISSING, "no-column")
+    message = str(refused)
+    assert f"expect_column_values_to_not_be_null({MISSING}): column {MISSING} missing from the batch" in message
+    assert "suite is at fault" not in message and refused.report.errored == []
+    assert "expect_table_columns_to_match_ordered_list" in refused.report.failed_expectations
+    of_the_column = [o for o in refused.report.failures if o.column == MISSING]
+    assert len(of_the_column) >= 3 and all(o.missing_columns == [MISSING] for o in of_the_column)
+
+
+def test_a_suite_without_the_column_list_refuses_a_batch_missing_a_column_as_the_data(
+        settings, lake, stage, tmp_path, monkeypatch):
+    """Without expect_table_columns_to_match_ordered_list, every failure of a batch lacking a column was an exception
+    GX raised: run_suite took the suite for at fault (SuiteError) and left the batch staged, for a retry to meet
+    again. The data is refused, naming the column."""
+    import dataclasses
+
+    from tenfold.quality import gate
+
+    body = json.loads((WORKLOAD.expectations_dir / f"{FEATURES_SUITE}.json").read_text())
+    body["expectations"] = [e for e in body["expectations"] if e["type"] != "expect_table_columns_to_match_ordered_list"]
+    (tmp_path / f"{FEATURES_SUITE}.json").write_text(json.dumps(body))
+    monkeypatch.setattr(gate, "get_workload", lambda settings: dataclasses.replace(WORKLOAD, expectations_dir=tmp_path))
+
+    refused = _refusal_of_a_batch_without(settings, lake, stage, MISSING, "no-column-list")
+    assert refused.report.failures and all(o.missing_columns == [MISSING] for o in refused.report.failures)
+    assert f"column {MISSING} missing from the batch" in str(refused)
+    assert "suite is at fault" not in str(refused)
