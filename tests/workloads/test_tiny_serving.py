@@ -45,6 +45,8 @@ def test_the_traffic_replay_serves_a_workload_whose_requests_have_no_user_key(ti
     features = workload.online_features({"2020-03": {"devices": tw.read("devices")}})
 
     class Loaded:  # the model's answer does not matter here: what reaches it does
+        workload = get_workload(tiny)
+
         def predict_proba(self, table: pa.Table) -> np.ndarray:
             return np.full(table.num_rows, 0.5)
 
@@ -83,17 +85,25 @@ def test_the_traffic_replay_serves_a_workload_whose_requests_have_no_user_key(ti
     assert dict(report.statuses) == {200: len(items)}, report.errors[:3]
 
 
-def _tiny_app(tiny: Settings) -> Any:
+def _tiny_app(tiny: Settings, online: Callable[[Any], Any] | None = None) -> Any:
+    """A replica of the tiny workload whose model scores 0.1 to 0.9 across a batch; ``online(lookups)`` (the
+    workload's ``online_features`` unless given) builds its online assembly."""
     import tiny_workload as tw  # type: ignore[import-not-found]
     import torch
 
     from tenfold.serving.app import create_app
     from tenfold.serving.loading import ServedModel
 
-    features = get_workload(tiny).online_features({"2020-03": {"devices": tw.read("devices")}})
+    features = (online or get_workload(tiny).online_features)({"2020-03": {"devices": tw.read("devices")}})
 
-    class Loaded:
+    class Loaded:  # its preprocessing refuses a table without the contract's features, as a real model's does
+        workload = get_workload(tiny)
+        preprocessor = Preprocessor(categorical_columns=("segment",), numeric_columns=("x1", "x2"),
+                                    vocabularies={"segment": ["a", "b", "c", "unknown"]},
+                                    means={"x1": 0.0, "x2": 0.0}, stds={"x1": 1.0, "x2": 1.0})
+
         def predict_proba(self, table: pa.Table) -> np.ndarray:
+            self.preprocessor.transform(table)
             return np.linspace(0.1, 0.9, table.num_rows)
 
     class Publisher:
@@ -168,6 +178,93 @@ def test_a_request_the_workloads_assembly_fails_on_is_no_model_failure_and_no_re
     assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
     assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
     assert answered.status_code == 200 and ready == 200 and alive == 200
+
+
+def _drops_x2(table: pa.Table) -> pa.Table:
+    return table.select([c for c in table.column_names if c != "x2"])
+
+
+def _one_row_short(table: pa.Table) -> pa.Table:
+    return table.slice(0, table.num_rows - 1)
+
+
+@pytest.mark.parametrize(("breach", "named"), [(_drops_x2, "without the feature columns ['x2']"),
+                                               (_one_row_short, "returned 0 rows for 1 requests")])
+def test_an_assembly_returning_a_table_outside_its_contract_is_no_model_failure_and_no_retry(
+        tiny: Settings, breach: Callable[[pa.Table], pa.Table], named: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A workload's assemble that drops a feature column or returns fewer rows than requests broke the model call
+    after it (a PreprocessingError, "the model returned N results for M rows"): each request was answered 503
+    "model_error ... retry" and after five the replica left the rotation, as would every replica running the same
+    workload code. It is the workload's failure: a 500 without Retry-After, logged naming what is wrong, the
+    replica kept in the rotation."""
+    import tiny_workload as tw
+
+    from tenfold.serving.app import MODEL_FAILURES_OUT
+    from tenfold.serving.auth import ensure_token
+    from tenfold.serving.loading import AssemblyError
+
+    class Breaching(tw.TinyOnline):  # type: ignore[misc]
+        def assemble(self, requests: Any) -> pa.Table:
+            return breach(super().assemble(requests))
+
+    app, token = _tiny_app(tiny, Breaching), ensure_token(tiny)
+    predict = f"{tiny.serving.server.api_prefix}/predict"
+    good = get_workload(tiny).replay(Partition(2020, 3))[0].request
+
+    async def post() -> tuple[list[httpx.Response], int, int]:
+        async with app.router.lifespan_context(app):
+            for _ in range(200):
+                if app.state.replica.ready:
+                    break
+                await asyncio.sleep(0.05)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+                auth = {"Authorization": f"Bearer {token}"}
+                refused = [await client.post(predict, json=good, headers=auth) for _ in range(MODEL_FAILURES_OUT + 1)]
+                ready = (await client.get(tiny.serving.server.ready_path)).status_code
+                alive = (await client.get("/healthz")).status_code
+                return refused, ready, alive
+
+    refused, ready, alive = asyncio.run(post())
+    assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
+    assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
+    assert ready == 200 and alive == 200
+    logged = [str(r.exc_info[1]) for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], AssemblyError)]
+    assert len(logged) == MODEL_FAILURES_OUT + 1, [r.getMessage() for r in caplog.records]
+    assert all("OnlineFeatures.assemble (Breaching.assemble)" in m and named in m for m in logged), logged[0]
+
+
+def test_a_request_model_ignoring_unknown_fields_is_refused_when_the_server_starts(tiny: Settings) -> None:
+    """docs/serving.md promises a 422 for an unknown field, but the server validates with the workload's model as it
+    is: one with pydantic's default (extra fields ignored) scored a misspelt field as a null. Refused before anything
+    is served, naming the model and the fix."""
+    import dataclasses
+
+    from pydantic import BaseModel, ConfigDict
+
+    from tenfold import workloads
+    from tenfold.serving.app import create_app
+    from tenfold.workloads import WorkloadError
+
+    workload = get_workload(tiny)
+
+    class Lenient(workload.request_model):  # type: ignore[name-defined,misc]
+        model_config = ConfigDict(extra="ignore")
+
+    class Plain(BaseModel):
+        tailnum: str
+
+    for model, extra in ((Lenient, "'ignore'"), (Plain, "None")):
+        lenient = dataclasses.replace(workload, request_model=model)  # type: ignore[type-var]
+        with pytest.MonkeyPatch.context() as mp:  # the lenient workload is the one the settings name
+            mp.setitem(workloads._LOADED, tiny.workload, lenient)
+            with pytest.raises(WorkloadError, match=rf"workload 'tiny': its request_model .*{model.__name__} does not "
+                                                    rf"forbid unknown fields \(extra is {extra}\).* "
+                                                    r'model_config = ConfigDict\(extra="forbid"\)'):
+                create_app(tiny)
+    # The tiny workload's own model forbids them, and is served.
+    assert workload.request_model.model_config.get("extra") == "forbid"
+    create_app(tiny)
 
 
 def test_a_request_field_named_like_the_batch_key_is_refused_when_the_server_starts(tiny: Settings) -> None:

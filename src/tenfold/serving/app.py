@@ -63,7 +63,7 @@ from tenfold.serving.schemas import (
     Readiness,
     batch_model,
 )
-from tenfold.workloads import RequestInvalid, batch_key, get_workload
+from tenfold.workloads import RequestInvalid, WorkloadError, batch_key, get_workload
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -417,7 +417,7 @@ def create_app(
     server = settings.serving.server
     ref = model_ref or server.model_ref
     workload = get_workload(settings)
-    request_model: type[BaseModel] = workload.request_model
+    request_model: type[BaseModel] = _forbidding_extras(workload.name, workload.request_model)
     batch_key_ = batch_key(workload)  # {"flights": [...]} for the flights workload
     batch_request = batch_model(request_model, server.max_batch_rows, batch_key_)
     metrics = ServerMetrics(arm)
@@ -798,6 +798,20 @@ class _Observe:
         finally:
             endpoint = self.endpoints.get(scope.get("path", ""), "other")
             self.metrics.observe_request(endpoint, int(status["code"]), time.perf_counter() - started)
+
+
+def _forbidding_extras(workload: str, request_model: type[BaseModel]) -> type[BaseModel]:
+    """``request_model``, refused (:class:`WorkloadError`) unless it forbids unknown fields: with pydantic's default
+    (extra fields ignored) a misspelt field (``"tail_num"`` for ``tailnum``) was dropped and the request scored with a
+    null in its place, never the 422 docs/serving.md promises."""
+    config = getattr(request_model, "model_config", None)
+    extra = config.get("extra") if isinstance(config, dict) else None
+    if extra != "forbid":
+        name = getattr(request_model, "__qualname__", repr(request_model))
+        raise WorkloadError(f"workload {workload!r}: its request_model {name} does not forbid unknown fields (extra is "
+                            f"{extra!r}), so a misspelt field would be dropped and the request scored without it: "
+                            'set model_config = ConfigDict(extra="forbid") on it (docs/workloads.md)')
+    return request_model
 
 
 def _describe_request_bodies(app: FastAPI, request_model: type[BaseModel], batch_request: type[BaseModel]) -> None:

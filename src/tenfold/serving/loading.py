@@ -71,7 +71,9 @@ class ServedModel:
 
         Blocking (torch): the server runs it on its single model thread. A failure of the workload's assembly other
         than its refusal of a request (:class:`~tenfold.workloads.RequestInvalid`) is :class:`AssemblyError`: the
-        request's or the workload code's, never the model's.
+        request's or the workload code's, never the model's. So is a table that breaks the assembly's contract (not a
+        ``pyarrow.Table``, a row count other than the requests', a column of ``contract.online_columns`` missing):
+        the model, given it, failed as a broken model would (503 "retry", the replica out of the rotation after five).
         """
         from tenfold.workloads import RequestInvalid
 
@@ -81,7 +83,24 @@ class ServedModel:
             raise
         except Exception as exc:
             raise AssemblyError(f"the workload's online assembly failed ({type(exc).__name__}: {exc})") from exc
+        self._check_assembled(table, len(requests))
         return [float(p) for p in self.loaded.predict_proba(table)]
+
+    def _check_assembled(self, table: object, rows: int) -> None:
+        """Raise :class:`AssemblyError` where ``table`` is not what ``OnlineFeatures.assemble`` promises for ``rows``
+        requests (docs/workloads.md): a ``pyarrow.Table`` of one row per request with every online column."""
+        import pyarrow as pa
+
+        where = f"the workload {self.workload!r}'s OnlineFeatures.assemble ({type(self.features).__name__}.assemble)"
+        fix = "fix it to return contract.online_columns, one row per request in request order (docs/workloads.md)"
+        if not isinstance(table, pa.Table):
+            raise AssemblyError(f"{where} returned a {type(table).__name__}, not a pyarrow.Table: {fix}")
+        if table.num_rows != rows:
+            raise AssemblyError(f"{where} returned {table.num_rows} rows for {rows} requests: {fix}")
+        present = set(table.column_names)
+        missing = [c for c in self.loaded.workload.contract.online_columns if c not in present]
+        if missing:
+            raise AssemblyError(f"{where} returned a table without the feature columns {missing}: {fix}")
 
 
 class AssemblyError(RuntimeError):
