@@ -126,6 +126,13 @@ class TooFewGpus(DeviceRefused):
     """More ranks on a machine than it has GPUs: every try starts as many, so the run is refused, not retried."""
 
 
+class ModelRefused(WorkerError):
+    """A workload's ``build_model`` returned a module the loop cannot train (no input sizes, a forward that is not one
+    logit per row): every try builds the same one, so the run is refused (``refused.json``), not restarted or retried."""
+
+    retryable = False
+
+
 def trajectory_digest(cfg: TrainConfig) -> str:
     body = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAJECTORY}
     return json.dumps(body, sort_keys=True)
@@ -201,11 +208,45 @@ def build_model(cfg: TrainConfig, preprocessor: Preprocessor) -> torch.nn.Module
     except (TypeError, ValueError):
         got = (sizes, width)
     if not isinstance(model, torch.nn.Module) or got != (vocab_sizes, num_inputs):
-        raise WorkerError(
+        raise ModelRefused(
             f"workload {workload.name}'s build_model returned {type(model).__name__} with vocab_sizes={got[0]} and "
             f"num_inputs={got[1]}, not a torch module with vocab_sizes={vocab_sizes} and num_inputs={num_inputs}: "
             "keep the sizes it was given as those attributes (tenfold.workloads.Workload.build_model)")
+    _check_forward(model, workload.name, len(vocab_sizes), num_inputs)
     return model
+
+
+def _check_forward(model: torch.nn.Module, workload: str, categoricals: int, num_inputs: int) -> None:
+    """Refuse a module whose ``forward(categorical, numeric)`` is not one floating logit per row, tried on two rows of
+    zeros shaped and typed as :meth:`FeatureDataset.batch` gives them (int64 codes, float32 numerics), in eval mode
+    without gradients. A forward of shape (N, 1) passed, and the first step failed in the loss on torch's "Target size
+    ... must be the same as input size", naming no workload, restarted by torchrun and retried by the task. Every
+    module's train/eval mode is put back as it was."""
+    rows = 2
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    categorical = torch.zeros((rows, categoricals), dtype=torch.long, device=device)
+    numeric = torch.zeros((rows, num_inputs), dtype=torch.float32, device=device)
+    where = (f"workload {workload}'s model (tenfold.workloads.Workload.build_model): forward(categorical, numeric) "
+             f"on {rows} rows (categorical int64 {tuple(categorical.shape)}, numeric float32 {tuple(numeric.shape)})")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(categorical, numeric)
+    except Exception as exc:  # deterministic on zeros: every try would fail the same way in its first step
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        raise ModelRefused(f"{where} failed ({reason}): it must take a batch of codes and a batch of numerics "
+                           "and return one logit per row") from exc
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != (rows,):
+        got = (f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else type(out).__name__)
+        hint = " (squeeze the last dimension: .squeeze(1))" if isinstance(out, torch.Tensor) and tuple(
+            out.shape) == (rows, 1) else ""
+        raise ModelRefused(f"{where} returned {got}, not a floating tensor of shape ({rows},): return one logit per "
+                           f"row{hint}")
 
 
 class Trainer:

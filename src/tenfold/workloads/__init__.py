@@ -133,6 +133,7 @@ class FeatureContract:
     not_model_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_groups()
         for name in ("drift_report_only", "not_model_inputs"):
             unknown = sorted(set(getattr(self, name)) - set(self.categorical_columns + self.numeric_columns))
             if unknown:
@@ -151,6 +152,32 @@ class FeatureContract:
             if unknown:
                 raise WorkloadError(f"{name} names {unknown}, which are not columns of the contract (column_types): "
                                     "correct the names or add the columns")
+
+    def _check_groups(self) -> None:
+        """Each column in one group only: ``column_types`` is checked against the groups with their repeats dropped,
+        so the label as a feature (a model fed its own outcome: perfect in training and at the gate, and serving
+        needed the outcome at request time), a column both categorical and numeric (the preprocessing and the drift
+        profile keep one of the two) or one listed twice passed unnoticed. A key may be a feature (flights' carrier)."""
+        groups = ("key_columns", "categorical_columns", "numeric_columns", "analysis_columns")
+        for name in groups:
+            columns: tuple[str, ...] = getattr(self, name)
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:
+                raise WorkloadError(f"{name} lists {repeated} more than once: list each column once")
+        holding = [name for name in groups if self.label in getattr(self, name)]
+        if holding:
+            raise WorkloadError(
+                f"the label {self.label!r} is also in {', '.join(holding)}: a model fed its own outcome scores perfectly "
+                "in training and at the gate, and serving would need the outcome at request time; remove it from "
+                f"{', '.join(holding)} (the label is given once, as label)")
+        both = sorted(set(self.categorical_columns) & set(self.numeric_columns))
+        if both:
+            raise WorkloadError(f"{both} are in both categorical_columns and numeric_columns: the preprocessing and the "
+                                "drift profile keep only one of the two; put each column in one group")
+        analysed = sorted(set(self.analysis_columns) & set(self.categorical_columns + self.numeric_columns))
+        if analysed:
+            raise WorkloadError(f"{analysed} are in analysis_columns and among the feature columns: an analysis column "
+                                "is never a feature; remove each from analysis_columns or from the feature columns")
 
     @property
     def all_columns(self) -> tuple[str, ...]:

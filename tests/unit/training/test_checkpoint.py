@@ -161,6 +161,9 @@ def test_a_workload_model_without_its_input_sizes_is_refused_before_training(mon
             super().__init__(num_inputs, 1)
             self.num_inputs, self.vocab_sizes = num_inputs, np.array(vocab_sizes)
 
+        def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:  # one logit per row
+            return super().forward(numeric).squeeze(1)
+
     monkeypatch.setitem(workloads._LOADED, "flights", SimpleNamespace(
         name="flights", build_model=lambda config, vocab_sizes, num_inputs: Sized(num_inputs, vocab_sizes)))
     assert isinstance(build_model(cfg, pre), Sized)

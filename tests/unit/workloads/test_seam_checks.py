@@ -4,16 +4,24 @@ before a run fails far from it (a raw traceback retried, a table silently never 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from tenfold import workloads
 from tenfold.config import Settings
+from tenfold.model import Preprocessor
+from tenfold.training.config import TrainConfig
+from tenfold.training.worker import REFUSED_FILE, ModelRefused, _record_refusal, build_model
 from tenfold.workloads import FeatureContract, WorkloadError, get_workload
-from tenfold.workloads.flights import SOURCES, WORKLOAD
+from tenfold.workloads.flights import SOURCES, WORKLOAD, FlightsWorkload
+from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +145,111 @@ def test_a_source_table_named_like_the_lookups_prefix_alone_is_accepted(
     workload = dataclasses.replace(WORKLOAD, sources=sources)
     spec = _register(monkeypatch, "seam_lookups_prefix", workload)
     assert get_workload(settings.model_copy(update={"workload": spec})) is workload
+
+
+_TYPES = {"k": "int32", "c": "string", "x": "float64", "y": "int32"}
+
+
+@pytest.mark.parametrize(("groups", "column_types", "says"), ids=[
+    "label_as_numeric", "label_as_categorical", "label_as_key", "both_categorical_and_numeric", "repeated_in_a_group",
+    "analysis_and_feature",
+], argvalues=[
+    ({"numeric_columns": ("x", "y")}, _TYPES,
+     r"the label 'y' is also in numeric_columns: a model fed its own outcome .* remove it from numeric_columns"),
+    ({"categorical_columns": ("c", "y")}, {"k": "int32", "c": "string", "y": "int32", "x": "float64"},
+     r"the label 'y' is also in categorical_columns: .* remove it from categorical_columns"),
+    ({"key_columns": ("k", "y")}, {"k": "int32", "y": "int32", "c": "string", "x": "float64"},
+     r"the label 'y' is also in key_columns: .* remove it from key_columns"),
+    ({"numeric_columns": ("c", "x")}, _TYPES,
+     r"\['c'\] are in both categorical_columns and numeric_columns: .* put each column in one group"),
+    ({"numeric_columns": ("x", "x")}, _TYPES, r"numeric_columns lists \['x'\] more than once: list each column once"),
+    ({"analysis_columns": ("x",)}, _TYPES,
+     r"\['x'\] are in analysis_columns and among the feature columns: an analysis column is never a feature"),
+])
+def test_the_contract_refuses_a_column_in_two_groups(groups: dict[str, tuple[str, ...]], column_types: dict[str, str],
+                                                     says: str) -> None:
+    """column_types was checked against the groups with their repeats dropped (dict.fromkeys): the label as a feature
+    (the model trained on its own outcome, passed the gate with perfect metrics, and serving needed the outcome at
+    request time) and a column both categorical and numeric (the drift profile kept one of the two, and the monitor then
+    failed every month) were accepted."""
+    body: dict[str, Any] = {"key_columns": ("k",), "label": "y", "categorical_columns": ("c",),
+                            "numeric_columns": ("x",), **groups}
+    with pytest.raises(WorkloadError, match=says) as exc:
+        FeatureContract(column_types=column_types, **body)
+    _refusal(exc)
+
+
+def test_the_shipped_contracts_keep_each_column_in_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TINY_DIR))
+    import tiny_workload  # type: ignore[import-not-found]
+
+    for contract in (WORKLOAD.contract, tiny_workload.CONTRACT):
+        assert dataclasses.replace(contract) == contract  # __post_init__ runs again on the copy
+    assert "carrier" in WORKLOAD.contract.key_columns and "carrier" in WORKLOAD.contract.categorical_columns  # allowed
+
+
+TINY_DIR = Path(__file__).resolve().parents[2] / "workloads"
+
+
+class _OneColumnLogits(FlightDelayModel):
+    """The reference model with the ``.squeeze(1)`` forgotten: logits of shape (N, 1)."""
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        parts = [emb(categorical[:, j]) for j, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat([*parts, numeric], dim=1))
+
+
+class _SwappedArguments(FlightDelayModel):
+    """forward(numeric, categorical): the embeddings are handed the float block."""
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(categorical, numeric)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OwnModel(FlightsWorkload):
+    model_type: Any = None
+
+    def build_model(self, config: Any, vocab_sizes: Sequence[int], num_inputs: int) -> torch.nn.Module:
+        return self.model_type(config, vocab_sizes, num_inputs)  # type: ignore[no-any-return]
+
+
+def _preprocessor() -> Preprocessor:
+    return Preprocessor(categorical_columns=("a",), numeric_columns=("x", "y"), vocabularies={"a": ["p", "q"]},
+                        means={"x": 0.0, "y": 0.0}, stds={"x": 1.0, "y": 1.0})
+
+
+@pytest.mark.parametrize(("model_type", "says"), ids=["logits_n_by_1", "arguments_swapped", "no_input_sizes"],
+                         argvalues=[
+    (_OneColumnLogits, r"workload seam_own_model's model \(tenfold.workloads.Workload.build_model\): "
+                       r"forward\(categorical, numeric\) on 2 rows \(categorical int64 \(2, 1\), numeric float32 "
+                       r"\(2, 4\)\) returned a torch.float32 tensor of shape \(2, 1\), not a floating tensor of shape "
+                       r"\(2,\): return one logit per row \(squeeze the last dimension: .squeeze\(1\)\)$"),
+    (_SwappedArguments, r"forward\(categorical, numeric\) on 2 rows .* failed \(RuntimeError: Expected tensor for "
+                        r"argument #1 'indices' .*\): it must take a batch of codes and a batch of numerics"),
+    (lambda config, vocab_sizes, num_inputs: torch.nn.Linear(num_inputs, 1),
+     r"seam_own_model's build_model returned Linear with vocab_sizes=None .* keep the sizes it was given"),
+])
+def test_a_workload_model_that_is_not_one_logit_per_row_is_refused_for_good(
+        model_type: Any, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward of shape (N, 1) passed build_model and the first step failed in the loss on torch's "Target size ...
+    must be the same as input size", naming no workload; neither it nor the missing-sizes error said retryable False,
+    so no refused.json was written: torchrun restarted the rank and the task retried, six data loads in all."""
+    spec = _register(monkeypatch, "seam_own_model", _OwnModel(name="seam_own_model", model_type=model_type))
+    cfg = TrainConfig(lake_uri="file:///nowhere", train_months=("2013-01",), workload=spec,
+                      model=ModelConfig(embedding_dim=2, hidden=(4,)))
+    with pytest.raises(ModelRefused, match=says) as exc:
+        build_model(cfg, _preprocessor())
+    assert "\n" not in str(exc.value) and exc.value.retryable is False
+    _record_refusal(exc.value, 0, tmp_path, None)  # what the rank does with it: the launch then refuses, never retries
+    assert json.loads((tmp_path / REFUSED_FILE).read_text())["error"].startswith("ModelRefused: ")
+
+
+def test_the_shipped_workloads_models_pass_the_forward_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TINY_DIR))
+    pre = _preprocessor()
+    for spec in ("flights", "tiny_workload:WORKLOAD"):
+        model = build_model(TrainConfig(lake_uri="file:///nowhere", train_months=("2013-01",), workload=spec), pre)
+        assert all(m.training for m in model.modules())  # put back in train mode after the eval-mode check
+        out = model(torch.zeros((3, 1), dtype=torch.long), torch.zeros((3, pre.num_inputs)))
+        assert out.shape == (3,)
