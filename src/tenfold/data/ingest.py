@@ -293,13 +293,18 @@ def _no_field_limit() -> Iterator[None]:
         csv.field_size_limit(before)
 
 
-def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, str] | None:
+def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions, rows: int) -> tuple[int, int, str] | None:
     """(1-based physical line, byte offset, what is wrong) of the record where a quoted value goes wrong, or None.
+    ``rows``: the data rows pyarrow read from ``raw``.
 
     pyarrow reads a value whose quote is never closed to the end of the file, and one closed only by the next stray
     quote lines later up to there, without an error: the rows in between vanish into one value (a stray opening quote
     cost airlines 11 of its 16 rows, and the suites passed). Python's reader, strict, refuses both: at the end of the
-    data, or at the first character after the quote that closed the value too late."""
+    data, or at the first character after the quote that closed the value too late. A character after a closing
+    quote on the value's own line (`9E,"Endeavor Air" `) is an error to it too, where pyarrow reads it into the value
+    and loses no line: it is passed over, but Python's reader drops the rest of that line, so a quote opened later on
+    it (`1,"x" z,"y`) would go unseen. So the records it finds are counted: fewer rows read by pyarrow than records
+    (non-empty, as pyarrow skips empty lines) mean lines went into one value after the first line passed over."""
     quote = parse.quote_char
     if not quote:
         return None
@@ -308,11 +313,16 @@ def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, st
 
     reader = csv.reader(_pieces(text, pending), delimiter=parse.delimiter, quotechar=quote,
                         doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True)
+    records, passed_over = 0, None  # records found (the header included); the first line passed over
     with _no_field_limit():
         while True:
             try:
-                next(reader)
+                record = next(reader)
             except StopIteration:
+                if passed_over is not None and records != rows + 1:
+                    return (text.count("\n", 0, passed_over) + 1, passed_over,
+                            "has more after its closing quote, and a quote opened after it runs over the lines "
+                            "that follow, so they would be read as part of one value")
                 return None
             except csv.Error as exc:
                 start = pending[0] if pending else 0
@@ -324,7 +334,10 @@ def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, st
                             "is closed only lines later, by another quote, so the lines between would be read as "
                             "part of that one value")
                 # A character after a closing quote on the value's own line (`9E,"Endeavor Air" `): pyarrow reads it
-                # into the value, and no line vanishes into it. The reader goes on at the next line.
+                # into the value, and no line vanishes into it. The reader goes on at the next line (counted).
+                record = ["passed over"]
+                passed_over = start if passed_over is None else passed_over
+            records += bool(record)
             pending.clear()
 
 
@@ -429,10 +442,8 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
         raise SourceUnreadable(table, problem, fix=fix, **where) from exc
     # A record per physical line is the common case and needs no look; fewer records than lines are empty lines,
     # values spanning lines, or a quote never closed, which pyarrow reads to the end of the file without complaint.
-    # Empty lines at the end of the file are no records and hide nothing: they do not count.
-    body = raw.rstrip(b"\r\n")
-    lines = body.count(b"\n") + 1
-    if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse)) is not None:
+    lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+    if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse, parsed.num_rows)) is not None:
         line, offset, what = opened
         raise SourceUnreadable(
             table, f"a quoted value opened on line {line:,} {what}", line=line, offset=offset,

@@ -600,6 +600,29 @@ def test_a_value_with_a_space_after_its_closing_quote_reads_the_same_with_blank_
     assert inside.equals(without)
 
 
+@pytest.mark.parametrize("raw", [b'a,b,c\n1,"x" z,"y\n2,q,r\n3,s,t\n4,u,v\n',
+                                 b'a,b,c\n1,"Endeavor "Air,"x\n2,q,r\n3,s,t\n'],
+                         ids=["quote-after-a-closed-value", "inner-quote-then-a-quote"])
+def test_a_quote_opened_after_a_closed_values_stray_character_is_refused_not_read_over_the_lines(raw: bytes) -> None:
+    """Passing over a character after a closing quote (`"x" z`) must not pass over what follows it on the line:
+    Python's strict reader drops the rest of that line, so a quote opened there went unseen while pyarrow read every
+    line after it into one value (three of four rows gone, the month published)."""
+    from tenfold.data.ingest import parse_csv
+
+    schema = pa.schema([("a", pa.string()), ("b", pa.string()), ("c", pa.string())])
+    with pytest.raises(SourceUnreadable, match=r"a quoted value opened on line 2 has more after its closing quote") as caught:
+        parse_csv(raw, schema, table="t")
+    assert caught.value.line == 2
+
+
+def test_a_quote_never_closed_on_the_last_line_is_refused_with_blank_lines_after_it() -> None:
+    from tenfold.data.ingest import parse_csv
+
+    schema = pa.schema([("a", pa.string()), ("b", pa.string()), ("c", pa.string())])
+    with pytest.raises(SourceUnreadable, match=r"opened on line 3 is never closed"):
+        parse_csv(b'a,b,c\n1,q,r\n2,s,"t\n\n\n', schema, table="t")
+
+
 def test_a_reader_returning_a_column_twice_is_refused_naming_it_and_quarantined(tmp_path, cached_reader):
     """pyarrow's read_csv returns a header `a,a` as two columns named a: the NaN check's data[name] and the month
     cut raised a raw KeyError 'Field "x" exists 2 times', with no refusal, no quarantine and no alert (the task was
