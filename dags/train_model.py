@@ -31,7 +31,8 @@ anything else is retried as ``settings.pipelines.train_model`` says, the ``train
    run that announced it already skips, rather than queue a second rollout of the same version.
 7. ``release_training_group``: once ``train`` has ended for good (succeeded, failed, or upstream_failed by a
    failed ``plan``), the cloud training group is at 0: ``train`` scales it down itself, but not when the worker process
-   running it is killed. Locally it does nothing.
+   running it is killed. Only this run's group, or a free one, is released: a group another run holds (one started by
+   hand, ``python -m tenfold.pipelines.train_model``) is left running, with a warning. Locally it does nothing.
 
 **Run conf** (optional, e.g. ``{"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2013-03"],
 "epochs": 1}`` in the UI's Trigger form): ``train_months``, ``holdout_months``,
@@ -155,10 +156,13 @@ def train_model() -> None:
         }
 
     @task(trigger_rule="all_done")
-    def release_training_group() -> bool:
+    def release_training_group(**context: Any) -> bool:
         from tenfold.pipelines import train_model as pipeline
 
-        return bool(run_step(pipeline.release_training_group, get_settings()))
+        # The plan names the run whose group this is (its train task's cloud run id): that group, or a free one, is
+        # released, never one another run holds. A plan that failed pushed none: only a free group is released.
+        planned = context["ti"].xcom_pull(task_ids="plan")
+        return bool(run_step(pipeline.release_training_group, get_settings(), planned))
 
     planned = plan()
     trained = train(planned)

@@ -394,15 +394,28 @@ def feedback_lineage(run: TrainRun, trained: Trained) -> dict[str, Any]:
 # --- train ------------------------------------------------------------------------------------------
 
 
-def release_training_group(settings: Settings, *, igm_client: Any = None) -> bool:
+def release_training_group(settings: Settings, run: TrainRun | Mapping[str, Any] | None = None, *,
+                           igm_client: Any = None, markers: Any = None) -> bool:
     """After ``train`` has ended for good, however: the cloud training group back at 0 (``train`` scales it down
     itself, but not when the worker process running it was killed: its GPUs then ran until the next run, a week
-    for the weekly schedule). Whether it had to be; locally there is no group."""
+    for the weekly schedule). Whether it had to be; locally there is no group.
+
+    Only ``run``'s own group (the plan's: the cloud run id its train task used), or a free one, is released: a group
+    another run holds (one started by hand meanwhile) is left running, with a warning. Without ``run`` only a free
+    group is released (:func:`tenfold.training.fleet.release_group`)."""
     if settings.is_local:
         return False
     from tenfold.training.fleet import release_group
 
-    return release_group(settings, client=igm_client)  # it says when the group was not at 0
+    run_id = None
+    if run is not None:
+        from tenfold.training.config import TrainConfig
+        from tenfold.training.jobs import training_key, world_size
+
+        p = TrainRun.from_xcom(run)
+        run_id = training_key(p.run_key, TrainConfig.from_dict(p.train_config), world_size(settings))  # as train's
+    # it says when the group was not at 0, and when it left another run's group alone
+    return release_group(settings, run_id, client=igm_client, markers=markers)
 
 
 def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,
@@ -716,7 +729,8 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
          registered: Registered | Mapping[str, Any], *, registry: ModelRegistry | None = None) -> dict[str, Any]:
     """The offline gate: a version that passes it becomes ``challenger``; ``champion`` moves only by a canary.
 
-    When there is no champion yet, the first version to pass (the floors alone) becomes both. Otherwise
+    When there is no champion yet, the first version to pass (the floors alone) becomes both; a champion whose
+    pointer is missing but whose history shows it was set is no such case, and is refused, moving no alias. Otherwise
     a passing version becomes ``challenger`` and waits for the canary rollout (``rollout_model``), which
     alone moves ``champion``; a failing one moves no alias. Returns the decision record (free-form checks,
     so a plain dict) with ``champion_now``, ``challenger_now`` and ``canary`` (a rollout should follow).
@@ -782,6 +796,14 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
             f"by hand (`tenfold models show {version}`) and run `tenfold models promote {version}` if it is better"
         )
     first = evaluated_version is None
+    if first and current is None and reg.alias_had_history(CHAMPION):
+        # A champion pointer deleted (a damaged one is repaired so) is a missing champion, not the first model: by
+        # the floors alone this version became champion, never compared with the real one nor canaried. Read again
+        # after the history (a mover writes the pointer first): one there now was set since (another first run's
+        # gate, a promote), which makes this comparison stale, as below.
+        if (now := reg.resolve(CHAMPION)) is not None:
+            raise _stale_comparison(None, now)
+        raise _missing_champion(reg, version)
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
         if not recorded["promote"] or not _may_mark_challenger(reg, version, p):
@@ -845,6 +867,17 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         return result(body)
     marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
     return result(body, canary=marked)
+
+
+def _missing_champion(reg: ModelRegistry, version: str) -> PipelineError:
+    """The gate's refusal when the ``champion`` alias has no pointer but its history shows it was set."""
+    last = next((h.version for h in reversed(reg.alias_history(CHAMPION))), None)
+    return PipelineError(
+        f"the champion alias is missing ({reg.alias_uri(CHAMPION)} holds no pointer) but its history shows it was "
+        f"set{f' (last to {last})' if last else ''}: this is no first model, so {version} was neither promoted by "
+        f"the floors alone nor compared with a champion. It is registered; no alias moved. Set the champion again "
+        f"with `tenfold models promote <version>` (or `tenfold models rollback --to <version>`"
+        f"{f', e.g. --to {last}' if last else ''}), then run train_model again")
 
 
 def _stale_comparison(evaluated: str | None, current: str | None) -> AliasConflict:

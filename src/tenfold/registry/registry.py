@@ -812,6 +812,11 @@ class ModelRegistry:
         names = (b.name[len(prefix):].removesuffix(".json") for b in self.client.list_blobs(self.bucket_name, prefix=prefix))
         return max((int(n) for n in names if n.isdigit()), default=0)
 
+    def alias_had_history(self, alias: str) -> bool:
+        """Whether ``alias`` was ever set (its history holds a move), whether or not its pointer is there now: a
+        pointer deleted (a damaged one is repaired so) leaves its history, and the alias is then missing, not new."""
+        return self._last_history_seq(check_alias(alias)) > 0
+
     def alias_history(self, alias: str) -> list[AliasPointer]:
         """Every move of ``alias``, oldest first (the current pointer included even if its entry is pending); an
         entry that cannot be read is left out, with a warning (one damaged entry must not hide the others)."""
@@ -930,11 +935,28 @@ class ModelRegistry:
         ``from_version``: the version to roll back from. When the alias was already rolled back from it (the last
         move is that rollback: a rerun after an error that came once the move had landed), that move is returned
         and nothing moves again; when it points elsewhere, :class:`AliasConflict`.
+
+        A pointer that is missing while the history holds moves (deleted, as a damaged one is repaired) is set again
+        by ``to`` alone (a version it held); without it (or with ``from_version``) a :class:`RegistryError` names the
+        version the history shows it pointed to last.
         """
         history, damaged = self._history(alias)
         current = self._read_pointer(alias)
         if current is None:
-            raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+            if not history and not damaged:
+                raise RegistryError(f"{alias} was never set: there is nothing to roll back")
+            # Its pointer was deleted (a damaged one is repaired so) and its history kept: missing, not never set.
+            # Only a named target sets it again; "the one before the current" means nothing without a current.
+            if to is None or from_version is not None:
+                last = (f"the last version its history shows it pointed to is {history[-1].version}" if history
+                        else f"its history cannot be read ({damaged[0]})")
+                raise RegistryError(
+                    f"{alias}'s pointer ({self.alias_uri(alias)}) is missing, but the alias was set before: {last}. "
+                    f"Nothing was moved{f' (it does not point to {from_version})' if from_version else ''}; set it "
+                    f"with `tenfold models rollback {alias} --to <version>` (a version it held"
+                    + (f", e.g. --to {history[-1].version}" if history else "") + ")"
+                    + (" or `tenfold models promote <version>`" if alias == CHAMPION else ""))
+        now = current.version if current else None  # None only with ``to`` named: it sets the alias again
 
         def why_not(version: str) -> str | None:
             try:
@@ -945,7 +967,7 @@ class ModelRegistry:
                 return str(exc)
             return unusable(version) if unusable is not None else None
 
-        if from_version is not None and current.version != from_version:
+        if current is not None and from_version is not None and now != from_version:
             if current.action == "rollback" and current.previous == from_version and to in (None, current.version):
                 self._append_history(current)  # the entry its first run may not have recorded
                 return current
@@ -954,7 +976,7 @@ class ModelRegistry:
         if to is not None:
             # What a readable entry records it held: its version, and the one it moved from (an unreadable entry's
             # version is its successor's ``previous``: the target the refusal over damaged history points to).
-            held = {h.version for h in history} | {h.previous for h in (*history, current) if h.previous}
+            held = {h.version for h in history} | {h.previous for h in (*history, current) if h and h.previous}
             if to not in held:
                 raise RegistryError(f"{to} was never {alias}; roll back only to a version it held (see `tenfold models show {alias}`)")
             if why := why_not(to):
@@ -977,7 +999,7 @@ class ModelRegistry:
                 rolled_away.discard(h.version)
                 held_in_order.append(h.version)
             candidates = list(dict.fromkeys(h.version for h in reversed(history)
-                                            if h.version != current.version and h.version not in rolled_away))
+                                            if h.version != now and h.version not in rolled_away))
             skipped: dict[str, str] = {}  # read newest first, only as far as the first usable one
             for candidate in candidates:
                 if not (why := why_not(candidate)):
@@ -990,7 +1012,7 @@ class ModelRegistry:
                                     f"{[h.version for h in history]})" + (f"; skipped {said}" if said else ""))
             if skipped:
                 log.warning("%s: rolling back past %s", alias, "; ".join(f"{v} ({why})" for v, why in skipped.items()))
-        return self.set_alias(alias, to, expected=current.version, action="rollback", reason=reason or "rollback", actor=actor)
+        return self.set_alias(alias, to, expected=now, action="rollback", reason=reason or "rollback", actor=actor)
 
     # --- decisions (audit) ---------------------------------------------------------------------------
     def record_decision(self, version: str, key: str, body: Mapping[str, Any]) -> bool:

@@ -14,6 +14,12 @@ Usage from the training DAG (a ``@task`` in dev/prod)::
 
 A retried task reuses its ``run_id``: the nodes resume from the run's checkpoints, a previous
 ``succeeded`` marker returns at once, and a ``failed`` marker is cleared before the new attempt.
+
+There is one training group and the group itself is the lease: its instance metadata names the run it holds
+(``tenfold-run-id``) and when that run's try started (``tenfold-train-attempt``, ``<epoch seconds>-<nonce>``). A run
+refuses a group that another run holds while it is scaled up, that run has written no marker and its try started less
+than :func:`lease_s` ago (:class:`TrainingGroupBusy`); past that the holder is a killed try's leftover and the group is
+taken over. :func:`release_group` leaves such a group alone too. A retry of the same run takes its own group over.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ TRAIN_ARGS_KEY = "tenfold-train-args"
 # Which start of the run the nodes belong to: each start registers its nodes apart, so a retry's nodes never take a
 # VM of an earlier start (gone, under another name) for a peer or the rendezvous host.
 ATTEMPT_KEY = "tenfold-train-attempt"
+# How far past its bounded waits a try's lease on the group reaches: the clocks of the hosts that wrote and read the
+# attempt's start may differ, and a try's finally still resizes the group after its last wait.
+LEASE_MARGIN_S = 900
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -90,6 +99,13 @@ class GcsMarkerStore:
 
         with contextlib.suppress(NotFound):
             self.client.bucket(bucket).blob(name).delete()
+
+
+class TrainingGroupBusy(TrainingFailed):
+    """Another run holds the training group (scaled up, no marker, its lease not run out): scaling the group to 0
+    would kill that run's nodes. A retry, minutes later, finds the same run there: the task fails at once."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,71 @@ def _clear_run_metadata(settings: Settings, client: Any) -> None:
 def nodes_prefix(settings: Settings, run_id: str, attempt: str | None) -> str:
     """Where the nodes of one start of the run register (``nodes/`` alone for nodes booted without an attempt)."""
     return f"{run_folder(settings, run_id)}/nodes/" + (f"{attempt}/" if attempt else "")
+
+
+def lease_s(settings: Settings) -> float:
+    """How long after its try started a run holds the training group at most: a live try resizes it to 0 within its
+    bounded waits (five of ``stable_timeout_s``: the scale-down, the group at 0, the metadata patch, the scale-up, the
+    group at nnodes; then ``run_timeout_s`` for the marker) plus :data:`LEASE_MARGIN_S`. A holder older than this is a
+    try that was killed (SIGKILL, a lost worker) before its ``finally``: its group may be taken over."""
+    t = settings.training
+    return float(t.run_timeout_s + 5 * t.stable_timeout_s + LEASE_MARGIN_S)
+
+
+def attempt_started(attempt: str) -> float | None:
+    """The epoch seconds an attempt value (``<epoch seconds>-<nonce>``, see :func:`run_training`) starts with; None
+    when it names none (empty, cleared, or set by hand)."""
+    head = attempt.partition("-")[0]
+    return float(head) if head.isdigit() else None
+
+
+def _group_run(group: Any) -> tuple[str, str]:
+    """The run id and attempt in the group's all-instances metadata (empty strings when none: the group was cleared,
+    or never ran a run)."""
+    properties = getattr(getattr(group, "all_instances_config", None), "properties", None)
+    metadata = dict(getattr(properties, "metadata", None) or {})
+    return str(metadata.get(RUN_ID_KEY) or ""), str(metadata.get(ATTEMPT_KEY) or "")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _held_by_another(settings: Settings, group: Any, run_id: str | None, markers: Callable[[], MarkerStore],
+                     now: Callable[[], float]) -> str | None:
+    """Why the group is another live run's (a phrase naming the run and when its try started), or None when
+    ``run_id`` may scale it: its metadata names no run, ``run_id`` itself (a retry of the same run), a run that wrote
+    its marker (its nodes are done), or a run whose try started more than :func:`lease_s` ago (killed before its
+    scale-down). ``run_id`` None: the caller holds no run, only a free group is its to scale."""
+    holder, attempt = _group_run(group)
+    if not holder or holder == run_id:
+        return None
+    if _RUN_ID.fullmatch(holder):
+        try:
+            done = markers().read(settings.storage.artifacts_bucket, marker_name(settings, holder)) is not None
+        except TrainingFailed:  # a marker that is not JSON: the nodes wrote it, so they ended
+            done = True
+        if done:
+            return None
+    started = attempt_started(attempt)
+    lease = lease_s(settings)
+    if started is not None and now() - started > lease:
+        log.warning("training group %s still names run %s, whose try started at %s, longer ago than its lease "
+                    "(%.0fs), with no marker: a try killed before its scale-down; taking the group over",
+                    settings.training.fleet.instance_group, holder, _when(started), lease)
+        return None
+    since = (f"its try started at {_when(started)}, {max(0.0, now() - started) / 60:.0f} min ago" if started is not None
+             else f"its try names no start time (attempt {attempt!r})")
+    return (f"run {holder} holds the training group {settings.training.fleet.instance_group} ({since}; no "
+            f"{MARKER} in gs://{settings.storage.artifacts_bucket}/{run_folder(settings, holder)} yet)")
+
+
+def _busy_help(settings: Settings) -> str:
+    g = settings.training.fleet.instance_group
+    return (f"wait for that run to finish and start again; if you are sure it is dead (its task or process gone), "
+            f"release the group with `gcloud compute instance-groups managed resize {g} --size 0 --region "
+            f"{settings.region}` and start again (a holder is taken over on its own {lease_s(settings):.0f}s after "
+            "its try started)")
 
 
 def _done(op: Any, timeout: float) -> None:
@@ -197,13 +278,13 @@ def wait_until_stable(
         sleep(poll_s)
 
 
-def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock: Callable[[], float],
+def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, group: Any, *, clock: Callable[[], float],
                     sleep: Callable[[float], None],
                     why: str = "an earlier try left it running): scaling it to 0 first") -> bool:
-    """Resize the training group to 0 and wait until it is, unless it is at 0 already; whether it had to be.
-    ``why`` ends the warning that says so (after "is not at 0 (")."""
+    """Resize the training group (as ``group``, a ``get`` of it, found it) to 0 and wait until it is, unless it is at
+    0 already; whether it had to be. ``why`` ends the warning that says so (after "is not at 0 (")."""
     t = settings.training
-    if client.get(**_group(settings)).target_size == 0:
+    if group.target_size == 0:
         return False
     log.warning("training group %s is not at 0 (%s", t.fleet.instance_group, why)
     _done(client.resize(**_group(settings), size=0), t.stable_timeout_s)
@@ -212,17 +293,42 @@ def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, *, clock:
     return True
 
 
-def release_group(settings: Settings, *, client: InstanceGroupManagers | None = None,
-                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """The training group at 0 with no run in its metadata; whether it had to be scaled down. For after a run's task
-    has ended for good: :func:`run_training` scales down in its ``finally``, which a task whose worker process was
-    killed never reaches (the group's GPUs then ran until the next run). The metadata is cleared at 0 too: a try
-    killed between its resize and that left the run there, for a VM started later to run again."""
+def release_group(settings: Settings, run_id: str | None = None, *, client: InstanceGroupManagers | None = None,
+                  markers: MarkerStore | None = None, clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> bool:
+    """The training group at 0 with no run in its metadata; whether it had to be scaled down. For after the task of
+    run ``run_id`` (:func:`run_training`'s id) has ended for good: :func:`run_training` scales down in its
+    ``finally``, which a task whose worker process was killed never reaches (the group's GPUs then ran until the next
+    run). The metadata is cleared at 0 too: a try killed between its resize and that left the run there, for a VM
+    started later to run again.
+
+    Only a group that is ``run_id``'s, or free (no run named, the named run's marker written, or its lease run out),
+    is released: another run's group (a run started by hand while this one ran) is left as it is, with a warning
+    saying so, and False. ``run_id`` None releases a free group only."""
+    if run_id is not None:
+        check_run_id(run_id)
     if client is None:
         from google.cloud import compute_v1
 
         client = _as_igm(compute_v1.RegionInstanceGroupManagersClient())
-    released = _scaled_to_zero(settings, client, clock=clock, sleep=sleep,
+    store: list[MarkerStore] = [markers] if markers is not None else []
+
+    def marker_store() -> MarkerStore:
+        if not store:
+            from tenfold.storage import gcs_client
+
+            store.append(GcsMarkerStore(gcs_client(settings)))
+        return store[0]
+
+    group = client.get(**_group(settings))
+    if (busy := _held_by_another(settings, group, run_id, marker_store, now)) is not None:
+        log.warning("training group %s left as it is (%d instances), not released for %s: %s. If that run is dead, "
+                    "release it by hand: `gcloud compute instance-groups managed resize %s --size 0 --region %s`",
+                    settings.training.fleet.instance_group, group.target_size,
+                    f"run {run_id}" if run_id else "a caller that names no run", busy,
+                    settings.training.fleet.instance_group, settings.region)
+        return False
+    released = _scaled_to_zero(settings, client, group, clock=clock, sleep=sleep,
                                why="once the run's train task had ended): scaling it to 0")
     _clear_run_metadata(settings, client)
     return released
@@ -237,12 +343,15 @@ def run_training(
     markers: MarkerStore | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
 ) -> TrainingRun:
     """Run one training job on ``settings.training.nnodes`` VMs of the training group and wait for it.
 
     The group is resized back to 0 in every case (success, failure, timeout, interruption), so an
     idle environment never pays for GPUs. Raises :class:`TrainingFailed` when the run reports failure
-    and :class:`TrainingTimeout` when a bounded wait runs out.
+    and :class:`TrainingTimeout` when a bounded wait runs out. Raises :class:`TrainingGroupBusy`, touching nothing,
+    when another live run holds the group (see the module's docstring); ``now`` is the wall clock the attempt's start
+    is written and a holder's lease is judged by.
     """
     if settings.is_local:
         raise ValueError("run_training drives the cloud training group: locally the DAG runs torchrun (TENFOLD_ENV=local)")
@@ -259,23 +368,37 @@ def run_training(
 
     start = clock()
     previous = markers.read(bucket, name)
+    store: MarkerStore = markers
+    group = client.get(**_group(settings))
+    # Whose group it is, before anything is changed: the group has no lease but its metadata, and scaling it to 0
+    # killed the nodes of the run that holds it (a run started by hand beside the DAG's), which then waited its whole
+    # run_timeout_s for a marker and scaled the group to 0 under this run in turn.
+    busy = _held_by_another(settings, group, run_id, lambda: store, now)
     if previous is not None and previous.get("status") == "succeeded":
         log.info("run %s already succeeded (%s); not starting the group", run_id, marker_uri(settings, run_id))
+        if busy is not None:
+            log.info("training group %s left as it is: %s", t.fleet.instance_group, busy)
+            return TrainingRun(run_id, "succeeded", previous, 0.0)
         # The try that saw it succeed may have failed to scale the group back (its task failed for that): a retry
         # that returned at once left the GPUs running, the DAG green; and the run in the metadata (cleared below).
-        _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
+        _scaled_to_zero(settings, client, group, clock=clock, sleep=sleep)
         _clear_run_metadata(settings, client)
         return TrainingRun(run_id, "succeeded", previous, 0.0)
+    # At 0 the holder's nodes are gone (its try ended, or was killed after its scale-down): the group is free.
+    if busy is not None and group.target_size > 0:
+        raise TrainingGroupBusy(f"run {run_id} cannot start: {busy}, and scaling it to 0 would kill that run's "
+                                f"{group.target_size} nodes; {_busy_help(settings)}")
     if previous is not None:
         markers.delete(bucket, name)  # a failed attempt's marker; this attempt resumes from checkpoints
 
-    attempt = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
+    # Starts with the wall-clock start: another run judges this try's lease on the group by it (_held_by_another).
+    attempt = f"{int(now())}-{uuid.uuid4().hex[:6]}"
     marker: dict[str, Any] | None = None
     try:
         # From 0: VMs an earlier try left (its scale-down failed, or it was killed mid-run) keep their old metadata
         # (the group's update policy is opportunistic), so they would never run this attempt, and the wait below
         # would hold them for run_timeout_s for a marker that never comes. This attempt resumes from checkpoints.
-        _scaled_to_zero(settings, client, clock=clock, sleep=sleep)
+        _scaled_to_zero(settings, client, group, clock=clock, sleep=sleep)
         _done(
             client.patch(**_group(settings),
                          instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args, attempt))),

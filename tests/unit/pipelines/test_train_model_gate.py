@@ -604,6 +604,38 @@ def test_a_new_run_that_reproduces_a_version_its_canary_rejected_does_not_mark_o
     assert reg.resolve(CHALLENGER) == r_champion.version
 
 
+def test_a_champion_whose_pointer_was_deleted_is_missing_not_the_first_model(gate_settings: Settings,
+                                                                              tmp_path: Path) -> None:
+    """The refusal of a damaged champion pointer says to delete it, then promote. A run between the two found no
+    pointer and took itself for the first model ever: promoted by the floors alone, never compared with the real
+    champion nor canaried, and marked challenger."""
+    reg = ModelRegistry(gate_settings)
+    _, r1, d1 = run(gate_settings, "manual__1", model(tmp_path, 0.70))
+    assert d1["promote"] and d1["champion_version"] is None  # the first model ever: the floors alone promote it
+    assert reg.resolve(CHAMPION) == r1.version == reg.resolve(CHALLENGER)
+    reg.bucket.blob(reg._name("aliases", CHAMPION)).delete()  # the damaged pointer's repair, half done
+    assert reg.resolve(CHAMPION) is None
+
+    planned, evaluation, registered = _registered(gate_settings, "manual__2", model(tmp_path, 0.71))
+    assert evaluation.champion is None
+    with pytest.raises(pipeline.PipelineError, match=rf"the champion alias is missing \(gs://.*/aliases/champion holds "
+                                                     rf"no pointer\) but its history shows it was set \(last to "
+                                                     rf"{r1.version}\).*{registered.version} was neither promoted.*no "
+                                                     r"alias moved\. Set the champion again with `tenfold models "
+                                                     r"promote <version>` \(or `tenfold models rollback --to "
+                                                     rf"<version>`, e\.g\. --to {r1.version}\), then run"):
+        pipeline.gate(gate_settings, planned, evaluation, registered)
+    assert reg.resolve(CHAMPION) is None and reg.resolve(CHALLENGER) == r1.version  # no alias moved
+    assert [h.version for h in reg.alias_history(CHAMPION)] == [r1.version]
+    assert reg.exists(registered.version) and reg.decisions(registered.version) == {}  # registered, nothing decided
+
+    # Set again as the refusal says, a new run is compared with the champion and waits for its canary.
+    reg.rollback(to=r1.version, reason="pointer repaired")
+    _, r3, d3 = run(gate_settings, "manual__3", model(tmp_path, 0.75))
+    assert d3["champion_version"] == r1.version and d3["promote"] and d3["canary"]
+    assert reg.resolve(CHAMPION) == r1.version and reg.resolve(CHALLENGER) == r3.version
+
+
 def test_a_gate_retried_after_dying_before_the_alias_leaves_a_challenger_set_since_alone(
         gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run A's gate records PROMOTE and dies before moving challenger; run B then passes and becomes challenger; A's

@@ -918,6 +918,40 @@ def test_a_damaged_pointer_is_repaired_as_its_message_says_and_the_history_goes_
     assert reg.rollback(to=a).version == a
 
 
+def test_a_rollback_of_a_deleted_pointer_names_the_version_its_history_shows_and_to_sets_it_again(
+    registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage
+) -> None:
+    """Between deleting a damaged pointer (what its refusal says to do) and setting it again, a rollback answered
+    "champion was never set: there is nothing to roll back", although the alias history held every move."""
+    reg = ModelRegistry(registry_settings)
+    a, b, c = (reg.register(make_model_dir(95 + i), lineage, metrics=METRICS).version for i in range(3))
+    reg.promote(a)
+    reg.promote(b)
+    reg.bucket.blob(reg._name("aliases", CHAMPION)).delete()
+    assert reg.resolve(CHAMPION) is None and reg.alias_had_history(CHAMPION)
+    missing = (rf"champion's pointer \(gs://.*/aliases/champion\) is missing, but the alias was set before: the last "
+               rf"version its history shows it pointed to is {b}\. Nothing was moved")
+    with pytest.raises(RegistryError, match=missing + rf"; set it with `tenfold models rollback champion --to "
+                                            rf"<version>` \(a version it held, e\.g\. --to {b}\) or `tenfold models "
+                                            r"promote <version>`"):
+        reg.rollback()
+    with pytest.raises(RegistryError, match=missing + rf" \(it does not point to {b}\)"):
+        reg.rollback(from_version=b)  # the CLI's --from: it names a pointer that is not there
+    assert reg.resolve(CHAMPION) is None
+    with pytest.raises(RegistryError, match=f"{c} was never champion"):
+        reg.rollback(to=c)
+    assert reg.resolve(CHAMPION) is None
+    # --to sets it again, after its history (seq 3, not 1 again: every move stays recorded).
+    pointer = reg.rollback(to=a, reason="pointer repaired")
+    assert (pointer.version, pointer.seq, pointer.action, pointer.previous) == (a, 3, "rollback", None)
+    assert [(h.seq, h.version) for h in reg.alias_history(CHAMPION)] == [(1, a), (2, b), (3, a)]
+    assert reg.resolve(CHAMPION) == a
+    # An alias never set is still just that.
+    assert not reg.alias_had_history("challenger")
+    with pytest.raises(RegistryError, match="challenger was never set: there is nothing to roll back"):
+        reg.rollback("challenger", to=a)
+
+
 @pytest.mark.parametrize("field", ["version", "previous"])
 def test_an_alias_pointing_at_a_path_is_unreadable_not_followed(
     registry_settings: Settings, make_model_dir: ModelDirFactory, lineage: Lineage, field: str

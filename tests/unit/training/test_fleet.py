@@ -34,7 +34,8 @@ class FakeInstanceGroupManagers:
     """RegionInstanceGroupManagersClient at its method boundary: records every call, models the size.
 
     ``calls`` holds each call with what it was given; ``log`` the calls and the waits on their operations, in order
-    (``get``, ``patch``, ``resize <size>``, ``wait <call>``). ``get_error`` fails every get, or with
+    (``get``, ``patch``, ``resize <size>``, ``wait <call>``). ``metadata`` is the all-instances metadata, which
+    ``patch`` sets key by key and ``get`` returns, as the API does. ``get_error`` fails every get, or with
     ``get_error_at_size`` only those once the group was resized to that size; ``resize_up_error`` fails the operation
     of a resize above 0 (the request accepted, the group's target size changed)."""
 
@@ -42,6 +43,7 @@ class FakeInstanceGroupManagers:
                  get_error_at_size: int | None = None, resize_up_error: Exception | None = None,
                  resize_zero_error: Exception | None = None) -> None:
         self.size = 0
+        self.metadata: dict[str, str] = {}
         self.calls: list[tuple[str, Any]] = []
         self.log: list[str] = []
         self.ops: list[FakeOp] = []
@@ -63,7 +65,8 @@ class FakeInstanceGroupManagers:
         if self.get_error and self.get_error_at_size in (None, self.size):
             raise self.get_error
         self.polls += 1
-        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=self.polls >= self.stable_after_polls))
+        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=self.polls >= self.stable_after_polls),
+                               all_instances_config=SimpleNamespace(properties=SimpleNamespace(metadata=dict(self.metadata))))
 
     def resize(self, *, project: str, region: str, instance_group_manager: str, size: int) -> FakeOp:
         self.calls.append(("resize", size))
@@ -73,6 +76,7 @@ class FakeInstanceGroupManagers:
     def patch(self, *, project: str, region: str, instance_group_manager: str, instance_group_manager_resource: Any) -> FakeOp:
         metadata = dict(instance_group_manager_resource.all_instances_config.properties.metadata)
         self.calls.append(("patch", metadata))
+        self.metadata.update(metadata)
         return self._op("patch")
 
 
@@ -269,3 +273,107 @@ def test_a_retry_starts_from_an_empty_group_so_that_every_node_runs_this_attempt
     assert [c[0] if c[0] == "patch" else c for c in sizing] == [("resize", 0), "patch", ("resize", s.training.nnodes),
                                                                 ("resize", 0), "patch"]  # the last: run cleared
     assert _not_waited_on(igm) == []  # at 0 before the patch, the patch done before the scale-up
+
+
+# --- the group's lease: its metadata names the run that holds it -------------------------------------------------
+
+T0 = 1_700_000_000.0  # the wall-clock second run "a"'s try started at
+
+
+def _held_by(run_id: str, *, size: int = 1, started: float = T0) -> FakeInstanceGroupManagers:
+    """The group as run ``run_id``'s try left it when it scaled the group up (its metadata, ``size`` VMs)."""
+    igm = FakeInstanceGroupManagers()
+    igm.size = size
+    igm.metadata = {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: "[]", ATTEMPT_KEY: f"{int(started)}-abc123"}
+    return igm
+
+
+def test_a_run_refuses_the_group_another_live_run_holds_and_touches_nothing(storage_client: Any) -> None:
+    """A second runner (the CLI beside the DAG's run) scaled the group to 0: the first run's nodes were killed, it
+    waited its run_timeout_s for a marker, then its finally scaled the group to 0 under the second run."""
+    s, a, b, clock = get_settings("dev"), _run_id(), _run_id(), Clock()
+    igm = _held_by(a)
+    with pytest.raises(compute.TrainingGroupBusy) as refused:
+        compute.run_training(s, b, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                             sleep=clock.sleep, now=lambda: T0 + 1800)
+    message = str(refused.value)
+    assert f"run {a} holds the training group {s.training.fleet.instance_group}" in message
+    assert "2023-11-14 22:13:20 UTC, 30 min ago" in message  # when a's try started (T0)
+    assert f"gcloud compute instance-groups managed resize {s.training.fleet.instance_group} --size 0" in message
+    assert refused.value.retryable is False  # a retry minutes later finds the same run: the task fails at once
+    assert [c[0] for c in igm.calls] == ["get"] and igm.size == 1  # no resize, no patch
+    assert igm.metadata[RUN_ID_KEY] == a
+
+
+@pytest.mark.parametrize("why", ["its lease ran out", "it wrote its marker"])
+def test_a_group_whose_holder_is_over_is_taken_over(storage_client: Any, why: str) -> None:
+    """A try killed (SIGKILL) before its scale-down left its run in the metadata and its VMs up: past its lease, or
+    once its nodes wrote the marker, the group is free, or no run ever started again."""
+    s, a, b, clock = get_settings("dev"), _run_id(), _run_id(), Clock()
+    igm = _held_by(a)
+    now = T0 + 60.0
+    if why == "its lease ran out":
+        now = T0 + compute.lease_s(s) + 1
+    else:
+        storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, a)).upload_from_string(
+            json.dumps({"status": "failed", "exit_code": 1}))
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, b, "succeeded", after_sleeps=2))
+    assert compute.run_training(s, b, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                                sleep=clock.sleep, now=lambda: now).status == "succeeded"
+    sizing = [c for c in igm.calls if c[0] in ("resize", "patch")]
+    assert sizing[0] == ("resize", 0) and sizing[1][1][RUN_ID_KEY] == b
+    assert sizing[1][1][ATTEMPT_KEY].startswith(f"{int(now)}-")  # this try's lease starts now
+    assert sizing[2] == ("resize", s.training.nnodes) and _ended_at_zero_and_cleared(igm)
+
+
+def test_a_retry_of_the_same_run_takes_its_own_group_over(storage_client: Any) -> None:
+    """The run's earlier try (killed, no marker, well within its lease) still holds the group: it is this run's."""
+    s, a, clock = get_settings("dev"), _run_id(), Clock()
+    igm = _held_by(a, size=s.training.nnodes)
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, a, "succeeded", after_sleeps=2))
+    assert compute.run_training(s, a, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                                sleep=clock.sleep, now=lambda: T0 + 600).status == "succeeded"
+    patched = [c[1] for c in igm.calls if c[0] == "patch"]
+    assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0), ("resize", s.training.nnodes), ("resize", 0)]
+    assert patched[0][RUN_ID_KEY] == a and patched[0][ATTEMPT_KEY] == f"{int(T0) + 600}-{patched[0][ATTEMPT_KEY][-6:]}"
+    assert patched[0][ATTEMPT_KEY] != f"{int(T0)}-abc123"  # a new start: the earlier try's nodes are not its peers
+    assert _ended_at_zero_and_cleared(igm)
+
+
+def test_a_run_that_succeeded_leaves_another_runs_group_alone(storage_client: Any) -> None:
+    """A retry that finds its run succeeded scales a leftover group down: not one another run holds now."""
+    s, a, b = get_settings("dev"), _run_id(), _run_id()
+    storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, b)).upload_from_string(
+        json.dumps({"status": "succeeded", "exit_code": 0}))
+    igm = _held_by(a)
+    run = compute.run_training(s, b, client=igm, markers=compute.GcsMarkerStore(storage_client), now=lambda: T0 + 60)
+    assert run.status == "succeeded" and [c[0] for c in igm.calls] == ["get"] and igm.size == 1
+
+
+def test_release_leaves_another_runs_group_alone_and_says_so(storage_client: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The DAG's release task, run once its train task ended, scaled down whatever run held the group."""
+    s, a, b = get_settings("dev"), _run_id(), _run_id()
+    igm = _held_by(a)
+    markers = compute.GcsMarkerStore(storage_client)
+    with caplog.at_level("WARNING", logger=compute.__name__):
+        assert compute.release_group(s, b, client=igm, markers=markers, now=lambda: T0 + 60) is False
+        assert compute.release_group(s, client=igm, markers=markers, now=lambda: T0 + 60) is False  # no run named
+    assert [c[0] for c in igm.calls] == ["get", "get"] and igm.size == 1 and igm.metadata[RUN_ID_KEY] == a
+    left = [r.getMessage() for r in caplog.records if "left as it is" in r.getMessage()]
+    assert len(left) == 2 and f"not released for run {b}: run {a} holds the training group" in left[0]
+    # its own run's release scales it down and clears it (a killed train task's group)
+    clock = Clock()
+    assert compute.release_group(s, a, client=igm, markers=markers, clock=clock, sleep=clock.sleep,
+                                 now=lambda: T0 + 60) is True
+    assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0)] and igm.size == 0 and _not_waited_on(igm) == []
+    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})  # its run cleared
+
+
+def test_release_takes_a_group_whose_lease_ran_out(storage_client: Any) -> None:
+    s, a, b, clock = get_settings("dev"), _run_id(), _run_id(), Clock()
+    igm = _held_by(a)
+    assert compute.release_group(s, b, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
+                                 sleep=clock.sleep, now=lambda: T0 + compute.lease_s(s) + 1) is True
+    assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0)] and igm.size == 0
+    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})
