@@ -90,13 +90,14 @@ def test_a_lake_write_slower_than_the_ack_deadline_keeps_the_batch_leased(short_
     writes: list[float] = []
     meanwhile: list[Any] = []
 
-    def slow_write(*args: Any, **kwargs: Any) -> Any:  # a lake write that takes 2.5 ack deadlines, then lands
+    def slow_write(*args: Any, **kwargs: Any) -> Any:  # a lake write that takes 1.8 ack deadlines, then lands
         started = time.monotonic()
-        time.sleep(2.2 * DEADLINE_S)
+        # Past the first lease's expiry (1 deadline after the pull) by 4 s: without the keeper, redelivered by now.
+        time.sleep(1.4 * DEADLINE_S)
         # Another consumer (a second sink, or this one's next pull) asks for what the subscription would deliver now:
         # the batch in hand, were its leases gone.
         meanwhile.extend(_pull_held(settings, wait_s=0.3 * DEADLINE_S))
-        time.sleep(max(0.0, 2.5 * DEADLINE_S - (time.monotonic() - started)))
+        time.sleep(max(0.0, 1.8 * DEADLINE_S - (time.monotonic() - started)))
         try:
             return real_write(*args, **kwargs)
         finally:
@@ -106,7 +107,7 @@ def test_a_lake_write_slower_than_the_ack_deadline_keeps_the_batch_leased(short_
     with FeedbackSink(settings, SinkOptions(max_messages=10, pull_wait_s=5.0)) as sink:
         assert sink.poll_once(wait=True) == len(pids)
         assert _keepers() == [], "the lease keeper outlived the batch"
-    assert writes and min(writes) >= 2.5 * DEADLINE_S, "the write was not slower than the ack deadline"
+    assert writes and min(writes) >= 1.8 * DEADLINE_S, "the write was not slower than the ack deadline"
     assert [(m.message.message_id, m.delivery_attempt) for m in meanwhile] == [], (
         "the batch in hand was delivered again during the slow write: its leases ran out")
     assert sink.stats["predictions"].landed == len(pids) and sink.stats["predictions"].acked == len(pids)
