@@ -155,11 +155,22 @@ def test_a_request_the_workloads_assembly_fails_on_is_no_model_failure_and_no_re
     from tenfold.serving.auth import ensure_token
 
     app, token = _tiny_app(tiny), ensure_token(tiny)
-    predict = f"{tiny.serving.server.api_prefix}/predict"
     bad = {"year": 2020, "month": 3, "event_id": 2**63, "device_id": "d01", "x1": 0.3, "x2": -1.2}
     good = get_workload(tiny).replay(Partition(2020, 3))[0].request
+    answers, ready, alive = _predict_once_loaded(tiny, app, token, [bad] * (MODEL_FAILURES_OUT + 1) + [good])
+    refused, answered = answers[:-1], answers[-1]
+    assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
+    assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
+    assert answered.status_code == 200 and ready == 200 and alive == 200
 
-    async def post() -> tuple[list[httpx.Response], httpx.Response, int, int]:
+
+def _predict_once_loaded(tiny: Settings, app: Any, token: str,
+                         bodies: list[dict[str, Any]]) -> tuple[list[httpx.Response], int, int]:
+    """Each body POSTed to ``app``'s predict, in order, once its model is loaded; then its readiness and liveness
+    codes."""
+    predict = f"{tiny.serving.server.api_prefix}/predict"
+
+    async def post() -> tuple[list[httpx.Response], int, int]:
         async with app.router.lifespan_context(app):
             for _ in range(200):
                 if app.state.replica.ready:
@@ -168,16 +179,12 @@ def test_a_request_the_workloads_assembly_fails_on_is_no_model_failure_and_no_re
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
                 auth = {"Authorization": f"Bearer {token}"}
-                refused = [await client.post(predict, json=bad, headers=auth) for _ in range(MODEL_FAILURES_OUT + 1)]
-                answered = await client.post(predict, json=good, headers=auth)
+                answers = [await client.post(predict, json=body, headers=auth) for body in bodies]
                 ready = (await client.get(tiny.serving.server.ready_path)).status_code
                 alive = (await client.get("/healthz")).status_code
-                return refused, answered, ready, alive
+                return answers, ready, alive
 
-    refused, answered, ready, alive = asyncio.run(post())
-    assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
-    assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
-    assert answered.status_code == 200 and ready == 200 and alive == 200
+    return asyncio.run(post())
 
 
 def _drops_x2(table: pa.Table) -> pa.Table:
@@ -208,24 +215,8 @@ def test_an_assembly_returning_a_table_outside_its_contract_is_no_model_failure_
             return breach(super().assemble(requests))
 
     app, token = _tiny_app(tiny, Breaching), ensure_token(tiny)
-    predict = f"{tiny.serving.server.api_prefix}/predict"
     good = get_workload(tiny).replay(Partition(2020, 3))[0].request
-
-    async def post() -> tuple[list[httpx.Response], int, int]:
-        async with app.router.lifespan_context(app):
-            for _ in range(200):
-                if app.state.replica.ready:
-                    break
-                await asyncio.sleep(0.05)
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-                auth = {"Authorization": f"Bearer {token}"}
-                refused = [await client.post(predict, json=good, headers=auth) for _ in range(MODEL_FAILURES_OUT + 1)]
-                ready = (await client.get(tiny.serving.server.ready_path)).status_code
-                alive = (await client.get("/healthz")).status_code
-                return refused, ready, alive
-
-    refused, ready, alive = asyncio.run(post())
+    refused, ready, alive = _predict_once_loaded(tiny, app, token, [good] * (MODEL_FAILURES_OUT + 1))
     assert [r.status_code for r in refused] == [500] * (MODEL_FAILURES_OUT + 1), [r.text for r in refused]
     assert all("Retry-After" not in r.headers and "model_error" not in r.text for r in refused)
     assert ready == 200 and alive == 200
