@@ -293,39 +293,67 @@ def _no_field_limit() -> Iterator[None]:
         csv.field_size_limit(before)
 
 
-def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions, rows: int) -> tuple[int, int, str] | None:
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _left_open_at(line: str, parse: pacsv.ParseOptions) -> int | None:
+    """Where in ``line`` (one physical line that starts a record) a quoted value opens that the line leaves open, read
+    as pyarrow reads it, or None: a quote opens a value only at a field's start, and after the quote that closes it the
+    rest of the field is plain text, quotes included (`"x" z,"y` leaves the value at `"y` open)."""
+    quote, delimiter, escape = parse.quote_char, parse.delimiter, parse.escape_char or None
+    at_start, quoted, opened, i = True, False, None, 0
+    while i < len(line):
+        ch = line[i]
+        if escape is not None and ch == escape:
+            i += 2
+            at_start = False if not quoted else at_start
+            continue
+        if quoted:
+            if ch == quote:
+                if parse.double_quote and line.startswith(quote, i + 1):
+                    i += 1
+                else:
+                    quoted = False
+        elif ch == delimiter:
+            at_start = True
+        elif at_start and ch == quote:
+            quoted, opened, at_start = True, i, False
+        else:
+            at_start = False
+        i += 1
+    return opened if quoted else None
+
+
+def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions) -> tuple[int, int, str] | None:
     """(1-based physical line, byte offset, what is wrong) of the record where a quoted value goes wrong, or None.
-    ``rows``: the data rows pyarrow read from ``raw``.
 
     pyarrow reads a value whose quote is never closed to the end of the file, and one closed only by the next stray
     quote lines later up to there, without an error: the rows in between vanish into one value (a stray opening quote
     cost airlines 11 of its 16 rows, and the suites passed). Python's reader, strict, refuses both: at the end of the
-    data, or at the first character after the quote that closed the value too late. A character after a closing
-    quote on the value's own line (`9E,"Endeavor Air" `) is an error to it too, where pyarrow reads it into the value
-    and loses no line: it is passed over, but Python's reader drops the rest of that line, so a quote opened later on
-    it (`1,"x" z,"y`) would go unseen. So the records it finds are counted: fewer rows read by pyarrow than records
-    (non-empty, as pyarrow skips empty lines) mean lines went into one value after the first line passed over."""
+    data, or at the first character after the quote that closed the value too late.
+
+    A character after a closing quote on the value's own line (`9E,"Endeavor Air" `) is an error to it too, where
+    pyarrow reads it into the value and loses no line. Such a line is read on as pyarrow reads it
+    (:func:`_left_open_at`): where it leaves no quoted value open, the strict reader goes on at the next line; where it
+    does (`1,"x" z,"y`: Python's reader would have dropped the rest of the line, quote and all), at that value's
+    opening quote, so that a value spanning lines from there is judged like any other."""
     quote = parse.quote_char
     if not quote:
         return None
     text = raw.decode("latin-1")  # a character per byte: offsets stay byte offsets (the CSV syntax is ASCII)
-    pending: list[int] = []  # offsets of the pieces the reader took for the record it is reading
-
-    reader = csv.reader(_pieces(text, pending), delimiter=parse.delimiter, quotechar=quote,
-                        doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True)
-    records, passed_over = 0, None  # records found (the header included); the first line passed over
+    pending: list[int] = []  # offsets (from ``base``) of the pieces the reader took for the record it is reading
+    base = 0  # where the strict reader started: the file's start, or where it went on after a line passed over
     with _no_field_limit():
         while True:
+            pending.clear()
+            reader = csv.reader(_pieces(text[base:], pending), delimiter=parse.delimiter, quotechar=quote,
+                                doublequote=parse.double_quote, escapechar=parse.escape_char or None, strict=True)
             try:
-                record = next(reader)
-            except StopIteration:
-                if passed_over is not None and records != rows + 1:
-                    return (text.count("\n", 0, passed_over) + 1, passed_over,
-                            "has more after its closing quote, and a quote opened after it runs over the lines "
-                            "that follow, so they would be read as part of one value")
+                for _ in reader:
+                    pending.clear()
                 return None
             except csv.Error as exc:
-                start = pending[0] if pending else 0
+                start = base + (pending[0] if pending else 0)
                 if "unexpected end of data" in str(exc):
                     return (text.count("\n", 0, start) + 1, start,
                             "is never closed, so every line after it would be read as part of that one value")
@@ -333,12 +361,9 @@ def _unclosed_quote(raw: bytes, parse: pacsv.ParseOptions, rows: int) -> tuple[i
                     return (text.count("\n", 0, start) + 1, start,
                             "is closed only lines later, by another quote, so the lines between would be read as "
                             "part of that one value")
-                # A character after a closing quote on the value's own line (`9E,"Endeavor Air" `): pyarrow reads it
-                # into the value, and no line vanishes into it. The reader goes on at the next line (counted).
-                record = ["passed over"]
-                passed_over = start if passed_over is None else passed_over
-            records += bool(record)
-            pending.clear()
+                line_end = m.end() if (m := _LINE_END.search(text, start)) else len(text)
+                opened = _left_open_at(text[start:line_end], parse)
+                base = start + opened if opened else line_end  # (an opening quote at the line's start: no error)
 
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to ([^:]+): "
@@ -443,7 +468,7 @@ def parse_csv(raw: bytes, schema: pa.Schema, *, table: str, null_values: tuple[s
     # A record per physical line is the common case and needs no look; fewer records than lines are empty lines,
     # values spanning lines, or a quote never closed, which pyarrow reads to the end of the file without complaint.
     lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
-    if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse, parsed.num_rows)) is not None:
+    if parsed.num_rows + 1 < lines and (opened := _unclosed_quote(raw, parse)) is not None:
         line, offset, what = opened
         raise SourceUnreadable(
             table, f"a quoted value opened on line {line:,} {what}", line=line, offset=offset,

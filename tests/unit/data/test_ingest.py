@@ -610,9 +610,23 @@ def test_a_quote_opened_after_a_closed_values_stray_character_is_refused_not_rea
     from tenfold.data.ingest import parse_csv
 
     schema = pa.schema([("a", pa.string()), ("b", pa.string()), ("c", pa.string())])
-    with pytest.raises(SourceUnreadable, match=r"a quoted value opened on line 2 has more after its closing quote") as caught:
+    with pytest.raises(SourceUnreadable, match=r"a quoted value opened on line 2 is never closed") as caught:
         parse_csv(raw, schema, table="t")
     assert caught.value.line == 2
+
+
+def test_a_value_spanning_lines_after_a_closed_values_stray_character_reads_as_pyarrow_reads_it() -> None:
+    """After `"x" ` (a character after the closing quote, read into the value), a quoted value on the same line that
+    spans lines and closes is a value like any other: two rows, not a refusal. A runaway quote on a later line is
+    named at its own line."""
+    from tenfold.data.ingest import parse_csv
+
+    schema = pa.schema([("a", pa.string()), ("b", pa.string()), ("c", pa.string())])
+    rows = parse_csv(b'a,b,c\n1,"x" ,"m\nn"\n2,c,e\n', schema, table="t").to_pylist()
+    assert rows == [{"a": "1", "b": "x ", "c": "m\nn"}, {"a": "2", "b": "c", "c": "e"}]
+    with pytest.raises(SourceUnreadable, match=r"a quoted value opened on line 3 is never closed") as caught:
+        parse_csv(b'a,b,c\n1,"x" z,k\n2,"x" z,"y\n3,d,f\n', schema, table="t")
+    assert caught.value.line == 3
 
 
 def test_a_quote_never_closed_on_the_last_line_is_refused_with_blank_lines_after_it() -> None:
