@@ -61,11 +61,47 @@ class DemoError(RuntimeError):
     pass
 
 
-def _api(settings: Settings) -> AirflowApi:
+def _api(settings: Settings, say: Callable[[str], object] | None = None) -> AirflowApi:
+    """The Airflow API client; with ``say``, the demo's own, which restarts an Airflow component that died while it
+    waits (:class:`_WatchedApi`)."""
     password = admin_password(settings)
     if password is None:
         raise DemoError("Airflow has not written its admin password yet; run `tenfold status`")
-    return AirflowApi(airflow_url(settings), settings.airflow.admin_user, password)
+    if say is None:
+        return AirflowApi(airflow_url(settings), settings.airflow.admin_user, password)
+    return _WatchedApi(settings, say, airflow_url(settings), settings.airflow.admin_user, password)
+
+
+WATCH_S = 20.0  # at most this often, before an Airflow request, the demo looks whether an Airflow component died
+
+
+class _WatchedApi(AirflowApi):
+    """The demo's Airflow client: before a request, at most every :data:`WATCH_S`, it looks whether a component of
+    the platform's Airflow died (by its pid alone, no health probe), and restarts it as ``tenfold up`` does, said
+    with its log. Airflow 3's scheduler exits on an error of its own (on SQLite, a ``StaleDataError`` when the
+    demo's backfill and the scheduled run of the DAG it just unpaused are written at once): every run the demo
+    followed then stayed queued, and it waited out its timeouts with nothing running."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], object], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._settings, self._say, self._looked = settings, say, time.monotonic()
+
+    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True, attempt: int = 0,
+              relogged: bool = False) -> Any:
+        if attempt == 0 and not relogged and time.monotonic() - self._looked >= WATCH_S:
+            self._looked = time.monotonic()
+            self._revive()
+        return super()._send(method, path, body, auth=auth, attempt=attempt, relogged=relogged)
+
+    def _revive(self) -> None:
+        from tenfold.local.stack import died, up
+
+        if not (dead := died(self._settings, "airflow")):
+            return
+        logs = ", ".join(str(log) for _, log in dead)
+        self._say(f"{', '.join(name for name, _ in dead)} died while the demo waited on it (see {logs}); "
+                  "restarting it as `tenfold up` does")
+        up(self._settings, ["airflow"], echo=self._say)
 
 
 def _current(settings: Settings, lake: Lake, part: Partition, served: set[Partition]) -> bool:
@@ -898,7 +934,7 @@ def _lifecycle(settings: Settings, initial: list[Partition], later: list[Partiti
     except HaproxyError as exc:
         raise DemoError(f"the serving fleet could not start: {exc}") from None
     statuses = up(settings, echo=say)
-    api = _api(settings)
+    api = _api(settings, say)
     for dag_id in (BUILD, TRAIN, ROLLOUT, INFER, DRIFT):
         api.wait_for_dag(dag_id)
     # The DAGs paused for the first window are unpaused again however the demo ends before it serves the champion

@@ -779,7 +779,7 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
     monkeypatch.setattr(stack, "serving_drift", lambda s: "")
     monkeypatch.setattr(tenfold.serving.haproxy, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     monkeypatch.setattr(stack, "up", lambda *a, **k: [])
-    monkeypatch.setattr(demo, "_api", lambda settings: api)
+    monkeypatch.setattr(demo, "_api", lambda settings, say=None: api)
     champion = None if case in ("no champion", "ctrl-c while the first champion trains") else "v1"
     monkeypatch.setattr(tenfold.registry, "ModelRegistry", lambda settings: SimpleNamespace(resolve=lambda a: champion))
 
@@ -829,3 +829,48 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
         assert unpaused == [demo.INFER, demo.DRIFT]
         assert said[-1].startswith("train_model, rollout_model are left paused (the demo pauses them until the fleet "
                                    "serves the champion, and Airflow did not answer: PATCH") and "Airflow UI" in said[-1]
+
+
+def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_said(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow 3's scheduler exited on a StaleDataError of its own (a backfill and a scheduled run written at once on
+    SQLite) and the demo waited out its timeouts with every run queued. Its client looks, before a request and at
+    most every WATCH_S, whether a component died (here a real process under the scheduler's pid file, SIGKILLed) and
+    restarts Airflow as `tenfold up` does; a live one is left alone, and it looks no more often than WATCH_S."""
+    import os
+    import signal
+
+    from tenfold.local import process, stack
+    from tenfold.local.airflow_api import AirflowApiError
+    from tenfold.local.services import run_dir
+
+    settings = make_settings()
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    record = process.start("airflow-scheduler", ["sleep", "600"], run_dir=run_dir(settings), port=0)
+    ups: list[list[str]] = []
+    monkeypatch.setattr(stack, "up", lambda s, services, echo: ups.append(list(services)))
+    said: list[str] = []
+    api = demo._WatchedApi(settings, said.append, "http://127.0.0.1:9", "admin", "pw", retries=0, timeout_s=2)
+    monkeypatch.setattr(demo, "WATCH_S", 60.0)
+
+    def request(*, looked_s_ago: float) -> None:
+        api._looked = time.monotonic() - looked_s_ago
+        with pytest.raises(AirflowApiError):  # nothing listens there: only the look before the request matters
+            api.runs("build_features")
+
+    try:
+        request(looked_s_ago=61)
+        assert ups == [] and said == [], "a live scheduler was taken for dead"
+        os.kill(record.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process.is_running(record) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        request(looked_s_ago=30)
+        assert ups == [] and said == [], "it looked again before WATCH_S passed"
+        request(looked_s_ago=61)
+        assert ups == [["airflow"]]
+        assert len(said) == 1 and said[0].startswith("airflow-scheduler died while the demo waited on it (see "), said
+        assert str(process.log_file(run_dir(settings), "airflow-scheduler")) in said[0]
+    finally:
+        if process.is_running(record):
+            os.kill(record.pid, signal.SIGKILL)

@@ -498,6 +498,17 @@ def status(settings: Settings, services: Iterable[str] = SERVICE_ORDER) -> list[
     return out
 
 
+def died(settings: Settings, name: str) -> list[tuple[str, Path]]:
+    """(component, log) of each component of service ``name`` whose pid file names a process that is gone: it died
+    (``up`` restarts it). By liveness alone, with no health probe: cheap enough to ask while waiting on the platform."""
+    gone = []
+    for comp in service(settings, name).components:
+        record = process.read_record(run_dir(settings), comp.name)
+        if record is not None and not process.is_running(record):
+            gone.append((comp.name, process.log_file(run_dir(settings), comp.name)))
+    return gone
+
+
 def describe(settings: Settings, statuses: list[ServiceStatus], *, secrets: bool = False) -> str:
     """Human-readable status: each component, where it is, and the Airflow login (its password only with
     ``secrets``: ``tenfold status`` is the one place that prints it, so `up` and `demo` logs never hold it)."""
