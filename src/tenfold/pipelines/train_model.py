@@ -400,22 +400,24 @@ def release_training_group(settings: Settings, run: TrainRun | Mapping[str, Any]
     itself, but not when the worker process running it was killed: its GPUs then ran until the next run, a week
     for the weekly schedule). Whether it had to be; locally there is no group.
 
-    Only ``run``'s own group (the plan's: the cloud run id its train task used), or a free one, is released: a group
-    another run holds (one started by hand meanwhile) is left running, with a warning. Without ``run`` only a free
-    group is released (:func:`tenfold.training.fleet.release_group`)."""
+    Only ``run``'s own group (the plan's: the cloud run id its train task used, or any its DAG run's tries used, a
+    deploy between them having changed the world size), or a free one, is released: a group another run holds (one
+    started by hand meanwhile) is left running, with a warning. Without ``run`` only a free group is released
+    (:func:`tenfold.training.fleet.release_group`)."""
     if settings.is_local:
         return False
     from tenfold.training.fleet import release_group
 
-    run_id = None
+    run_id = run_key = None
     if run is not None:
         from tenfold.training.config import TrainConfig
-        from tenfold.training.jobs import training_key, world_size
+        from tenfold.training.jobs import cloud_run_id
 
         p = TrainRun.from_xcom(run)
-        run_id = training_key(p.run_key, TrainConfig.from_dict(p.train_config), world_size(settings))  # as train's
+        run_key = p.run_key
+        run_id = cloud_run_id(settings, p.run_key, TrainConfig.from_dict(p.train_config))  # train's, by the same rule
     # it says when the group was not at 0, and when it left another run's group alone
-    return release_group(settings, run_id, client=igm_client, markers=markers)
+    return release_group(settings, run_id, run_key=run_key, client=igm_client, markers=markers)
 
 
 def train(settings: Settings, run: TrainRun | Mapping[str, Any], *, igm_client: Any = None, markers: Any = None,

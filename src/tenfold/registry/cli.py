@@ -246,6 +246,6 @@ def rollback(
             return f"{alias} was already rolled back from {origin} to {pointer.version} (seq {pointer.seq}): nothing moved"
         if pointer.version == now:  # --to names the version it holds
             return f"{alias} already is {now} (seq {pointer.seq}): nothing moved"
-        return f"{alias}: {pointer.previous} -> {pointer.version} (seq {pointer.seq})"
+        return f"{alias}: {pointer.previous or '(none)'} -> {pointer.version} (seq {pointer.seq})"
 
     typer.echo(run_guarded(act))

@@ -16,10 +16,13 @@ A retried task reuses its ``run_id``: the nodes resume from the run's checkpoint
 ``succeeded`` marker returns at once, and a ``failed`` marker is cleared before the new attempt.
 
 There is one training group and the group itself is the lease: its instance metadata names the run it holds
-(``tenfold-run-id``) and when that run's try started (``tenfold-train-attempt``, ``<epoch seconds>-<nonce>``). A run
-refuses a group that another run holds while it is scaled up, that run has written no marker and its try started less
-than :func:`lease_s` ago (:class:`TrainingGroupBusy`); past that the holder is a killed try's leftover and the group is
-taken over. :func:`release_group` leaves such a group alone too. A retry of the same run takes its own group over.
+(``tenfold-run-id``), the DAG run that started it (``tenfold-run-key``) and when that run's try started
+(``tenfold-train-attempt``, ``<epoch seconds>-<nonce>``). A run refuses a group that another run holds while it is
+scaled up, that run has written no marker and its try started less than :func:`lease_s` ago
+(:class:`TrainingGroupBusy`); past that the holder is a killed try's leftover and the group is taken over.
+:func:`release_group` leaves such a group alone too. A retry of the same run takes its own group over, and so does a
+retry of the same DAG run under another run id (a deploy that changed nnodes or nproc_per_node between its tries
+gives it a folder, so a run id, of its own: the earlier try's holder is still this DAG run's).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ TRAIN_ARGS_KEY = "tenfold-train-args"
 # Which start of the run the nodes belong to: each start registers its nodes apart, so a retry's nodes never take a
 # VM of an earlier start (gone, under another name) for a peer or the rendezvous host.
 ATTEMPT_KEY = "tenfold-train-attempt"
+# The DAG run (its run key) whose try holds the group: its run id also names the config and the world size, which a
+# deploy between two tries of the same task may change; the lease is that DAG run's whatever its run id.
+RUN_KEY_KEY = "tenfold-run-key"
 # How far past its bounded waits a try's lease on the group reaches: the clocks of the hosts that wrote and read the
 # attempt's start may differ, and a try's finally still resizes the group after its last wait.
 LEASE_MARGIN_S = 900
@@ -137,10 +143,11 @@ def marker_uri(settings: Settings, run_id: str) -> str:
     return f"gs://{settings.storage.artifacts_bucket}/{marker_name(settings, run_id)}"
 
 
-def run_metadata(run_id: str, args: Sequence[str], attempt: str) -> dict[str, str]:
+def run_metadata(run_id: str, args: Sequence[str], attempt: str, run_key: str | None = None) -> dict[str, str]:
     """Instance metadata that tells the nodes which run to do, and which start of it (read by
-    :mod:`tenfold.training.node`)."""
-    return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args)), ATTEMPT_KEY: attempt}
+    :mod:`tenfold.training.node`), and which DAG run holds the group (``run_key``; empty for a run that names none)."""
+    return {RUN_ID_KEY: check_run_id(run_id), TRAIN_ARGS_KEY: json.dumps(list(args)), ATTEMPT_KEY: attempt,
+            RUN_KEY_KEY: run_key or ""}
 
 
 def _clear_run_metadata(settings: Settings, client: Any) -> None:
@@ -149,7 +156,8 @@ def _clear_run_metadata(settings: Settings, client: Any) -> None:
     run again and overwriting its marker. A failure is only logged: the next run sets its own metadata."""
     try:
         _done(client.patch(**_group(settings), instance_group_manager_resource=_all_instances_patch(
-            {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})), settings.training.stable_timeout_s)
+            {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: "", RUN_KEY_KEY: ""})),
+              settings.training.stable_timeout_s)
     except Exception:
         log.exception("could not clear the run from %s's instance metadata (a VM it starts would run it again)",
                       settings.training.fleet.instance_group)
@@ -176,12 +184,13 @@ def attempt_started(attempt: str) -> float | None:
     return float(head) if head.isdigit() else None
 
 
-def _group_run(group: Any) -> tuple[str, str]:
-    """The run id and attempt in the group's all-instances metadata (empty strings when none: the group was cleared,
-    or never ran a run)."""
+def _group_run(group: Any) -> tuple[str, str, str]:
+    """The run id, attempt and run key in the group's all-instances metadata (empty strings when none: the group was
+    cleared, never ran a run, or was set before the run key was written)."""
     properties = getattr(getattr(group, "all_instances_config", None), "properties", None)
     metadata = dict(getattr(properties, "metadata", None) or {})
-    return str(metadata.get(RUN_ID_KEY) or ""), str(metadata.get(ATTEMPT_KEY) or "")
+    return (str(metadata.get(RUN_ID_KEY) or ""), str(metadata.get(ATTEMPT_KEY) or ""),
+            str(metadata.get(RUN_KEY_KEY) or ""))
 
 
 def _when(epoch: float) -> str:
@@ -189,13 +198,19 @@ def _when(epoch: float) -> str:
 
 
 def _held_by_another(settings: Settings, group: Any, run_id: str | None, markers: Callable[[], MarkerStore],
-                     now: Callable[[], float]) -> str | None:
+                     now: Callable[[], float], run_key: str | None = None) -> str | None:
     """Why the group is another live run's (a phrase naming the run and when its try started), or None when
-    ``run_id`` may scale it: its metadata names no run, ``run_id`` itself (a retry of the same run), a run that wrote
-    its marker (its nodes are done), or a run whose try started more than :func:`lease_s` ago (killed before its
-    scale-down). ``run_id`` None: the caller holds no run, only a free group is its to scale."""
-    holder, attempt = _group_run(group)
+    ``run_id`` may scale it: its metadata names no run, ``run_id`` itself (a retry of the same run), a run of the
+    same DAG run ``run_key`` (an earlier try under another run id: a deploy between the tries changed the world size),
+    a run that wrote its marker (its nodes are done), or a run whose try started more than :func:`lease_s` ago
+    (killed before its scale-down). ``run_id`` None: the caller holds no run, only a free group is its to scale."""
+    holder, attempt, holder_key = _group_run(group)
     if not holder or holder == run_id:
+        return None
+    if run_key and holder_key == run_key:
+        log.warning("training group %s names run %s of this DAG run (%s), not %s: an earlier try of it under another "
+                    "run id (a deploy changed nnodes or nproc_per_node since); taking the group over",
+                    settings.training.fleet.instance_group, holder, run_key, run_id)
         return None
     if _RUN_ID.fullmatch(holder):
         try:
@@ -293,18 +308,20 @@ def _scaled_to_zero(settings: Settings, client: InstanceGroupManagers, group: An
     return True
 
 
-def release_group(settings: Settings, run_id: str | None = None, *, client: InstanceGroupManagers | None = None,
-                  markers: MarkerStore | None = None, clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> bool:
+def release_group(settings: Settings, run_id: str | None = None, *, run_key: str | None = None,
+                  client: InstanceGroupManagers | None = None, markers: MarkerStore | None = None,
+                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                  now: Callable[[], float] = time.time) -> bool:
     """The training group at 0 with no run in its metadata; whether it had to be scaled down. For after the task of
     run ``run_id`` (:func:`run_training`'s id) has ended for good: :func:`run_training` scales down in its
     ``finally``, which a task whose worker process was killed never reaches (the group's GPUs then ran until the next
     run). The metadata is cleared at 0 too: a try killed between its resize and that left the run there, for a VM
     started later to run again.
 
-    Only a group that is ``run_id``'s, or free (no run named, the named run's marker written, or its lease run out),
-    is released: another run's group (a run started by hand while this one ran) is left as it is, with a warning
-    saying so, and False. ``run_id`` None releases a free group only."""
+    Only a group that is ``run_id``'s or its DAG run ``run_key``'s (an earlier try under another run id), or free (no
+    run named, the named run's marker written, or its lease run out), is released: another run's group (a run started
+    by hand while this one ran) is left as it is, with a warning saying so, and False. ``run_id`` None releases a free
+    group only."""
     if run_id is not None:
         check_run_id(run_id)
     if client is None:
@@ -321,7 +338,7 @@ def release_group(settings: Settings, run_id: str | None = None, *, client: Inst
         return store[0]
 
     group = client.get(**_group(settings))
-    if (busy := _held_by_another(settings, group, run_id, marker_store, now)) is not None:
+    if (busy := _held_by_another(settings, group, run_id, marker_store, now, run_key)) is not None:
         log.warning("training group %s left as it is (%d instances), not released for %s: %s. If that run is dead, "
                     "release it by hand: `gcloud compute instance-groups managed resize %s --size 0 --region %s`",
                     settings.training.fleet.instance_group, group.target_size,
@@ -339,6 +356,7 @@ def run_training(
     run_id: str,
     *,
     args: Sequence[str] = (),
+    run_key: str | None = None,
     client: InstanceGroupManagers | None = None,
     markers: MarkerStore | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -351,7 +369,8 @@ def run_training(
     idle environment never pays for GPUs. Raises :class:`TrainingFailed` when the run reports failure
     and :class:`TrainingTimeout` when a bounded wait runs out. Raises :class:`TrainingGroupBusy`, touching nothing,
     when another live run holds the group (see the module's docstring); ``now`` is the wall clock the attempt's start
-    is written and a holder's lease is judged by.
+    is written and a holder's lease is judged by. ``run_key``: the DAG run this run belongs to, written beside it in
+    the group's metadata; a holder of the same DAG run is this run's own (an earlier try under another run id).
     """
     if settings.is_local:
         raise ValueError("run_training drives the cloud training group: locally the DAG runs torchrun (TENFOLD_ENV=local)")
@@ -373,7 +392,7 @@ def run_training(
     # Whose group it is, before anything is changed: the group has no lease but its metadata, and scaling it to 0
     # killed the nodes of the run that holds it (a run started by hand beside the DAG's), which then waited its whole
     # run_timeout_s for a marker and scaled the group to 0 under this run in turn.
-    busy = _held_by_another(settings, group, run_id, lambda: store, now)
+    busy = _held_by_another(settings, group, run_id, lambda: store, now, run_key)
     if previous is not None and previous.get("status") == "succeeded":
         log.info("run %s already succeeded (%s); not starting the group", run_id, marker_uri(settings, run_id))
         if busy is not None:
@@ -401,7 +420,7 @@ def run_training(
         _scaled_to_zero(settings, client, group, clock=clock, sleep=sleep)
         _done(
             client.patch(**_group(settings),
-                         instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args, attempt))),
+                         instance_group_manager_resource=_all_instances_patch(run_metadata(run_id, args, attempt, run_key))),
             t.stable_timeout_s,
         )
         _done(client.resize(**_group(settings), size=t.nnodes), t.stable_timeout_s)

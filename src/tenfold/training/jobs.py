@@ -49,6 +49,14 @@ def world_size(settings: Settings, nproc: int | None = None) -> int:
     return (nproc or settings.training.nproc_per_node) * settings.training.nnodes
 
 
+def cloud_run_id(settings: Settings, run_key: str, cfg: TrainConfig) -> str:
+    """The cloud training group's run id (and training folder) of ``cfg`` in run ``run_key`` with ``settings``' world
+    size (:func:`training_key`): what :class:`FleetTrainingJob` trains under and ``train_model``'s release task
+    releases the group for. The one derivation of it: the two must agree, or the release leaves its own run's group
+    running."""
+    return training_key(run_key, cfg, world_size(settings))
+
+
 class TrainingJob(Protocol):
     """Trains ``cfg`` for the run ``run_key`` and returns when the model folder is complete."""
 
@@ -97,7 +105,7 @@ class FleetTrainingJob:
         refuse_a_batch_the_window_cannot_fill(cfg, world)
         client = self.storage_client or gcs_client(settings)
         bucket = settings.storage.artifacts_bucket
-        job_key = training_key(run_key, cfg, world)
+        job_key = cloud_run_id(settings, run_key, cfg)
         out = f"{run_folder(settings, job_key)}/out"
         staged = {CONFIG_FILE: cfg.to_json()}
         if client.bucket(bucket).get_blob(f"{out}/{PREPROCESSING_FILE}") is None:
@@ -110,7 +118,9 @@ class FleetTrainingJob:
         with contextlib.suppress(NotFound):  # an earlier attempt's: this one's outcome is read from it
             client.bucket(bucket).blob(refused_blob).delete()
         try:
-            run = run_training(settings, job_key, args=args, client=self.igm_client,
+            # The DAG run's key beside the run id in the group's metadata: a retry after a deploy that changed the
+            # world size (another run id) still finds an earlier try's group its own, not another run's.
+            run = run_training(settings, job_key, args=args, run_key=run_key, client=self.igm_client,
                                markers=self.markers if self.markers is not None else GcsMarkerStore(client))
         except TrainingFailed as exc:
             # A rank refused the run (a batch its rows cannot fill): failed at once, not retried (the group scaled up

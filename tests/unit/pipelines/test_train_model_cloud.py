@@ -27,27 +27,46 @@ CONF = {"train_months": ["2013-01", "2013-02"], "holdout_months": ["2013-03", "2
 
 
 class FakeTrainingGroup:
-    """``RegionInstanceGroupManagersClient`` stand-in; ``outcome`` is what the nodes report."""
+    """``RegionInstanceGroupManagersClient`` stand-in; ``outcome`` is what the nodes report. ``metadata`` is the
+    all-instances metadata, which ``patch`` sets key by key and ``get`` returns, as the API does (the run that holds
+    the group is read from it)."""
 
     def __init__(self, settings: Settings, outcome: str, *, fail_get: bool = False) -> None:
         self.settings, self.outcome, self.fail_get = settings, outcome, fail_get
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.size = 0
         self.storage = gcs_client(settings)
-        self.run_id: str | None = None
+        self.metadata: dict[str, str] = {}
+
+    @property
+    def run_id(self) -> str | None:
+        from tenfold.training.fleet import RUN_ID_KEY
+
+        return self.metadata.get(RUN_ID_KEY)
 
     def get(self, **kw: Any) -> Any:
         self.calls.append(("get", kw))
         if self.fail_get and self.size > 0:  # the API goes away while the run is waited for
             raise ConnectionError("compute API unavailable")
-        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=True))
+        return SimpleNamespace(target_size=self.size, status=SimpleNamespace(is_stable=True),
+                               all_instances_config=SimpleNamespace(properties=SimpleNamespace(metadata=dict(self.metadata))))
 
     def patch(self, **kw: Any) -> Any:
         self.calls.append(("patch", kw))
-        from tenfold.training.fleet import RUN_ID_KEY
-
-        self.run_id = dict(kw["instance_group_manager_resource"].all_instances_config.properties.metadata)[RUN_ID_KEY]
+        self.metadata.update(dict(kw["instance_group_manager_resource"].all_instances_config.properties.metadata))
         return None
+
+    def held_by(self, run_id: str, run_key: str, *, size: int, started_ago_s: float = 60.0) -> FakeTrainingGroup:
+        """The group as a try of run ``run_id`` (DAG run ``run_key``) left it when it was SIGKILLed with ``size`` VMs
+        up, ``started_ago_s`` ago: no marker, its run in the metadata."""
+        import time
+
+        from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, RUN_KEY_KEY, TRAIN_ARGS_KEY
+
+        self.size = size
+        self.metadata = {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: "[]", RUN_KEY_KEY: run_key,
+                         ATTEMPT_KEY: f"{int(time.time() - started_ago_s)}-abc123"}
+        return self
 
     def resize(self, **kw: Any) -> Any:
         self.calls.append(("resize", kw))
@@ -212,20 +231,60 @@ def test_a_run_conf_nproc_the_training_group_cannot_run_is_refused_not_ignored(d
 
 def test_a_group_a_killed_train_task_left_running_is_released_after_it(dev_settings: Settings) -> None:
     """train scales the group down in its finally, which a killed worker process never reaches: the GPUs ran until
-    the next run (a week, on the weekly schedule). The DAG's release task, run once train has ended however, does."""
-    from tenfold.training.fleet import RUN_ID_KEY
-
-    group = FakeTrainingGroup(dev_settings, "silent")
-    group.size, group.run_id = dev_settings.training.nnodes, "r-killed"  # what the killed try left behind
-    assert pipeline.release_training_group(dev_settings, igm_client=group) is True
+    the next run (a week, on the weekly schedule). The DAG's release task, run once train has ended however, does:
+    the group is its plan's run's (within its lease, no marker)."""
+    planned = _plan(dev_settings, "killed")
+    group = FakeTrainingGroup(dev_settings, "silent").held_by(_job(dev_settings, planned), planned.run_key,
+                                                             size=dev_settings.training.nnodes)
+    assert pipeline.release_training_group(dev_settings, planned, igm_client=group) is True
     assert group.resizes == [0] and group.size == 0
-    assert group.run_id == "" and group.calls[-1][0] == "patch", RUN_ID_KEY  # its run out of the metadata
+    assert group.run_id == "" and group.calls[-1][0] == "patch"  # its run out of the metadata
     calls = len(group.calls)
-    group.run_id = "r-killed-after-its-resize"  # a try killed between its resize to 0 and clearing the metadata
-    assert pipeline.release_training_group(dev_settings, igm_client=group) is False  # at 0: no resize
+    # a try killed between its resize to 0 and clearing the metadata
+    group.held_by(_job(dev_settings, planned), planned.run_key, size=0)
+    assert pipeline.release_training_group(dev_settings, planned, igm_client=group) is False  # at 0: no resize
     assert [c[0] for c in group.calls[calls:]] == ["get", "patch"] and group.run_id == ""
     local = build_settings("local")
-    assert pipeline.release_training_group(local, igm_client=group) is False and len(group.calls) == calls + 2
+    assert pipeline.release_training_group(local, planned, igm_client=group) is False and len(group.calls) == calls + 2
+
+
+def test_release_leaves_a_group_another_live_run_holds_running(dev_settings: Settings) -> None:
+    """A run started by hand (`python -m tenfold.pipelines.train_model`) holds the group while this DAG run's release
+    task runs: scaling it to 0 killed that run's nodes."""
+    planned, other = _plan(dev_settings, "released"), _plan(dev_settings, "by-hand")
+    group = FakeTrainingGroup(dev_settings, "silent").held_by(_job(dev_settings, other), other.run_key,
+                                                             size=dev_settings.training.nnodes)
+    held = dict(group.metadata)
+    assert pipeline.release_training_group(dev_settings, planned, igm_client=group) is False
+    assert group.resizes == [] and group.size == dev_settings.training.nnodes and group.metadata == held
+    assert [c[0] for c in group.calls] == ["get"]
+
+
+def test_a_retry_after_a_deploy_changed_nnodes_takes_its_own_killed_tries_group(dev_settings: Settings) -> None:
+    """Try 1 of train was SIGKILLed with the group up; a deploy then changed nnodes, which gives the run a folder (so
+    a cloud run id) of its own. Try 2 found try 1's run in the metadata and refused it as another run's
+    (TrainingGroupBusy, not retried: the task failed for good), and the release task left its GPUs running."""
+    from tenfold.training.config import TrainConfig
+    from tenfold.training.fleet import RUN_ID_KEY, RUN_KEY_KEY
+    from tenfold.training.jobs import cloud_run_id
+
+    n = dev_settings.training.nnodes
+    before = dev_settings.model_copy(update={"training": dev_settings.training.model_copy(update={"nnodes": n + 1})})
+    planned = _plan(dev_settings, "redeployed")
+    killed = cloud_run_id(before, planned.run_key, TrainConfig.from_dict(planned.train_config))
+    assert killed != _job(dev_settings, planned)  # the deploy gave the run another run id
+
+    group = FakeTrainingGroup(dev_settings, "silent").held_by(killed, planned.run_key, size=n + 1)
+    assert pipeline.release_training_group(dev_settings, planned, igm_client=group) is True
+    assert group.resizes == [0] and group.size == 0 and group.run_id == ""
+
+    group = FakeTrainingGroup(dev_settings, "succeeded").held_by(killed, planned.run_key, size=n + 1)
+    trained = pipeline.train(dev_settings, planned, igm_client=group)
+    assert group.resizes == [0, n, 0] and trained.train_result["status"] == "succeeded"
+    patched = next(dict(kw["instance_group_manager_resource"].all_instances_config.properties.metadata)
+                   for name, kw in group.calls if name == "patch")
+    assert (patched[RUN_ID_KEY], patched[RUN_KEY_KEY]) == (_job(dev_settings, planned), planned.run_key)
+    assert group.run_id == ""  # ended at 0, its run cleared
 
 
 def test_a_batch_the_window_cannot_fill_is_refused_before_the_training_group_scales_up(dev_settings: Settings) -> None:

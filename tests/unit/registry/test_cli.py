@@ -203,6 +203,26 @@ def test_moves_that_move_nothing_say_so_and_an_unset_champion_is_named_as_such(
     assert reg.resolve("champion") == b and [h.version for h in reg.alias_history("champion")] == [a, b]
 
 
+def test_a_rollback_that_sets_a_deleted_pointer_again_names_no_previous_as_promote_does(
+        registry_settings: Settings, make_model_dir: Callable[..., Path], lineage: Lineage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models rollback --to a` over a deleted pointer (a damaged one is repaired so) printed "champion: None -> a";
+    promote says "(none)" there."""
+    monkeypatch.setattr(models_cli, "command_settings", lambda env=None: registry_settings)
+    reg = ModelRegistry(registry_settings)
+    a, b = (reg.register(make_model_dir(i), lineage, metrics={"auc": 0.6, "log_loss": 0.5, "brier": 0.2}).version
+            for i in (1, 2))
+    reg.promote(a, expected=None)
+    reg.promote(b, expected=a)
+    reg.bucket.blob(reg._name("aliases", "champion")).delete()
+    out = runner.invoke(app, ["models", "rollback"])  # nothing to go back from: refused, naming the way out
+    assert out.exit_code == 2 and f"--to {b}" in out.output and reg.resolve("champion") is None, out.output
+    out = runner.invoke(app, ["models", "rollback", "--to", a, "--reason", "pointer repaired"])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == f"champion: (none) -> {a} (seq 3)"
+    assert reg.resolve("champion") == a
+
+
 def test_a_bucket_that_is_missing_or_forbidden_is_a_refusal_and_a_store_away_is_an_outage(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 1 means "run it again once it is back": a 403 (no read on the models bucket) or a 404 (the bucket

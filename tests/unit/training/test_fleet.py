@@ -12,7 +12,10 @@ import pytest
 
 from tenfold.config import get_settings
 from tenfold.training import fleet as compute
-from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, TRAIN_ARGS_KEY
+from tenfold.training.fleet import ATTEMPT_KEY, RUN_ID_KEY, RUN_KEY_KEY, TRAIN_ARGS_KEY
+
+# The patch that takes the run out of the group's metadata once it is at 0.
+CLEARED = {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: "", RUN_KEY_KEY: ""}
 
 
 class FakeOp:
@@ -110,7 +113,7 @@ def _node_writes_marker(igm: FakeInstanceGroupManagers, client: Any, run_id: str
 def _ended_at_zero_and_cleared(igm: FakeInstanceGroupManagers) -> bool:
     """Scaled to 0, then the run taken out of the instance metadata: a VM the group starts later (by hand, an
     autoscaler) found the last run id and ran that run again, overwriting its marker."""
-    return igm.calls[-2:] == [("resize", 0), ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})]
+    return igm.calls[-2:] == [("resize", 0), ("patch", CLEARED)]
 
 
 def _not_waited_on(igm: FakeInstanceGroupManagers) -> list[str]:
@@ -137,7 +140,8 @@ def test_success_resizes_up_waits_for_the_marker_and_back_to_zero(storage_client
     assert kinds[:2] == ["get", "patch"]  # the group is at 0: nothing to scale down first
     metadata = dict(igm.calls[1][1])
     attempt = metadata.pop(ATTEMPT_KEY)
-    assert metadata == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"])} and attempt
+    assert metadata == {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: json.dumps(["--config", "c.json"]), RUN_KEY_KEY: ""}
+    assert attempt  # a run that names no DAG run (run_key) writes an empty one
     assert igm.calls[2] == ("resize", s.training.nnodes)
     # The metadata patch is done before the resize boots the VMs that read it.
     assert igm.log[1:5] == ["patch", "wait patch", f"resize {s.training.nnodes}", f"wait resize {s.training.nnodes}"]
@@ -211,7 +215,7 @@ def test_retry_after_success_does_not_start_the_group_and_failed_marker_is_clear
     run = compute.run_training(s, run_id, client=igm, markers=compute.GcsMarkerStore(storage_client))
     assert run.status == "succeeded" and [c[0] for c in igm.calls] == ["get", "patch"]  # at 0 already: nothing started
     # ... and the run is out of the metadata (the try that saw it succeed may have failed before it cleared it)
-    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})
+    assert igm.calls[-1] == ("patch", CLEARED)
 
     run_id2, clock = _run_id(), Clock()
     storage_client.bucket(s.storage.artifacts_bucket).blob(compute.marker_name(s, run_id2)).upload_from_string(
@@ -280,11 +284,14 @@ def test_a_retry_starts_from_an_empty_group_so_that_every_node_runs_this_attempt
 T0 = 1_700_000_000.0  # the wall-clock second run "a"'s try started at
 
 
-def _held_by(run_id: str, *, size: int = 1, started: float = T0) -> FakeInstanceGroupManagers:
-    """The group as run ``run_id``'s try left it when it scaled the group up (its metadata, ``size`` VMs)."""
+def _held_by(run_id: str, *, size: int = 1, started: float = T0, run_key: str | None = None) -> FakeInstanceGroupManagers:
+    """The group as run ``run_id``'s try left it when it scaled the group up (its metadata, ``size`` VMs); with
+    ``run_key``, the DAG run it wrote beside it (without, metadata as written before the run key was)."""
     igm = FakeInstanceGroupManagers()
     igm.size = size
     igm.metadata = {RUN_ID_KEY: run_id, TRAIN_ARGS_KEY: "[]", ATTEMPT_KEY: f"{int(started)}-abc123"}
+    if run_key is not None:
+        igm.metadata[RUN_KEY_KEY] = run_key
     return igm
 
 
@@ -367,7 +374,7 @@ def test_release_leaves_another_runs_group_alone_and_says_so(storage_client: Any
     assert compute.release_group(s, a, client=igm, markers=markers, clock=clock, sleep=clock.sleep,
                                  now=lambda: T0 + 60) is True
     assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0)] and igm.size == 0 and _not_waited_on(igm) == []
-    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})  # its run cleared
+    assert igm.calls[-1] == ("patch", CLEARED)  # its run cleared
 
 
 def test_release_takes_a_group_whose_lease_ran_out(storage_client: Any) -> None:
@@ -376,4 +383,47 @@ def test_release_takes_a_group_whose_lease_ran_out(storage_client: Any) -> None:
     assert compute.release_group(s, b, client=igm, markers=compute.GcsMarkerStore(storage_client), clock=clock,
                                  sleep=clock.sleep, now=lambda: T0 + compute.lease_s(s) + 1) is True
     assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0)] and igm.size == 0
-    assert igm.calls[-1] == ("patch", {RUN_ID_KEY: "", TRAIN_ARGS_KEY: "", ATTEMPT_KEY: ""})
+    assert igm.calls[-1] == ("patch", CLEARED)
+
+
+# --- the lease is the DAG run's: a retry under another run id (a deploy changed the world size) is still its own ------
+
+
+def test_a_retry_of_the_same_dag_run_under_another_run_id_takes_its_group_over(storage_client: Any) -> None:
+    """Try 1 of a train task was SIGKILLed with the group up; a deploy then changed nnodes, which gives the run a
+    folder, so a run id, of its own. Try 2 (run id b) found run a in the metadata, within its lease and with no marker:
+    TrainingGroupBusy, not retryable, the task failed for good; and the release task left the GPUs running."""
+    s, a, b, clock = get_settings("dev"), _run_id(), _run_id(), Clock()
+    key = "scheduled__2026-12-07t05-00-00"
+    igm = _held_by(a, size=s.training.nnodes + 1, run_key=key)  # the try before the deploy, on one node more
+    clock.on_sleep.append(_node_writes_marker(igm, storage_client, b, "succeeded", after_sleeps=2))
+    run = compute.run_training(s, b, run_key=key, client=igm, markers=compute.GcsMarkerStore(storage_client),
+                               clock=clock, sleep=clock.sleep, now=lambda: T0 + 600)
+    assert run.status == "succeeded"
+    assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0), ("resize", s.training.nnodes), ("resize", 0)]
+    patched = next(c[1] for c in igm.calls if c[0] == "patch")
+    assert (patched[RUN_ID_KEY], patched[RUN_KEY_KEY]) == (b, key)  # the DAG run written beside the run id
+    assert _ended_at_zero_and_cleared(igm) and _not_waited_on(igm) == []
+
+    # The release task after a last try killed the same way releases it too: it is this DAG run's group.
+    igm = _held_by(a, size=s.training.nnodes + 1, run_key=key)
+    assert compute.release_group(s, b, run_key=key, client=igm, markers=compute.GcsMarkerStore(storage_client),
+                                 clock=clock, sleep=clock.sleep, now=lambda: T0 + 600) is True
+    assert [c for c in igm.calls if c[0] == "resize"] == [("resize", 0)] and igm.size == 0
+    assert igm.calls[-1] == ("patch", CLEARED)
+
+
+@pytest.mark.parametrize("holder_key", ["manual__2026-12-07t09-12-00", ""], ids=["another-dag-run", "none-written"])
+def test_a_holder_of_another_dag_run_is_still_refused_with_a_run_key(storage_client: Any, holder_key: str) -> None:
+    """The run key makes an earlier try of this DAG run its own, not any run: another DAG run's live try (or one whose
+    metadata names no DAG run) keeps the group."""
+    s, a, b, clock = get_settings("dev"), _run_id(), _run_id(), Clock()
+    key = "scheduled__2026-12-07t05-00-00"
+    igm = _held_by(a, run_key=holder_key)
+    markers = compute.GcsMarkerStore(storage_client)
+    with pytest.raises(compute.TrainingGroupBusy, match=f"run {b} cannot start: run {a} holds the training group"):
+        compute.run_training(s, b, run_key=key, client=igm, markers=markers, clock=clock, sleep=clock.sleep,
+                             now=lambda: T0 + 600)
+    assert compute.release_group(s, b, run_key=key, client=igm, markers=markers, clock=clock, sleep=clock.sleep,
+                                 now=lambda: T0 + 600) is False
+    assert [c[0] for c in igm.calls] == ["get", "get"] and igm.size == 1 and igm.metadata[RUN_ID_KEY] == a
