@@ -309,7 +309,11 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 def _damage(db: Path) -> str | None:
     """What is wrong with the SQLite database ``db`` that the migration marker vouches for (None when nothing is):
     not a database (garbage, a torn copy), damaged pages, or no migration in it (an empty file, another tool's
-    database). Read-only; a database another process holds locked is taken as sound."""
+    database). Read-only; a database another process holds locked is taken as sound.
+
+    A database that cannot be opened for a reason outside it (a full disk, a folder this user cannot write: SQLite
+    must make the WAL's ``-shm`` index beside it, which a clean stop deleted) is no damage: that is refused with
+    :func:`_unreachable`'s message, which names the disk or the permission, and never advises moving it aside."""
     import sqlite3
 
     try:
@@ -318,15 +322,57 @@ def _damage(db: Path) -> str | None:
             if not check or check[0] != "ok":
                 return f"is damaged (SQLite's quick_check: {check[0] if check else 'no answer'})"
             conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return None
+        if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):  # "file is not a database", "malformed"
+            return f"is not a sound SQLite database ({exc})"
         if "no such table" in str(exc):
             return "holds no Airflow migration (no alembic_version table: an empty file, or another tool's database)"
-        return f"cannot be read ({exc})"
-    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
-        return f"is not a sound SQLite database ({exc})"
+        raise LocalPlatformError(_unreachable(db, exc, primary)) from exc
     return None
+
+
+# Less free space than this beside a WAL database that SQLite cannot open: its -shm index (32 KiB) found no room.
+_SHM_ROOM = 64 * 1024
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _unreachable(db: Path, exc: Exception, primary: int | None) -> str:
+    """The refusal for a database ``db`` SQLite could not open or read for a reason outside the file (``exc``, its
+    primary result code ``primary``): what was found on its folder, and what to do."""
+    import sqlite3
+
+    folder, where = db.parent, shlex.quote(str(db.parent))
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    try:
+        free: int | None = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    needs = f"SQLite must write the database's shared-memory index ({db.name}-shm) beside it to read it"
+    if _read_only_fs(folder):
+        cause = f"{folder} is on a read-only file system: {needs}"
+        todo = f"Mount the file system holding {folder} read-write (`findmnt -T {where}` names it)"
+    elif not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):
+        cause = f"{folder} (or the database in it) cannot be written by this user: {needs}"
+        todo = f"Give this user read and write permission on {folder} and the files in it (`ls -la {where}`)"
+    elif primary == sqlite3.SQLITE_FULL or (free is not None and free < _SHM_ROOM):
+        cause = f"the disk holding {folder} is full ({free if free is not None else 'unknown'} bytes free): {needs}"
+        todo = f"Free space on that disk (`df -h {where}` shows it)"
+    else:
+        cause = "SQLite could not open or read it there (a disk or permission problem)"
+        todo = f"Check the disk holding {folder} (`df -h {where}`) and its permissions (`ls -la {where}`)"
+    return (f"Airflow's metadata database {db} cannot be opened ({name}: {exc}): {cause}. Nothing was found wrong in "
+            f"the database itself and it is left as it is (the DAG runs' history is in it). {todo}, then run "
+            "`tenfold up` again")
 
 
 def _journals(db: Path) -> list[tuple[str, Path]]:

@@ -84,26 +84,29 @@ def up(
 ) -> None:
     """Start HAProxy and the replicas, and wait until every pool serves its minimum; then the feedback sink beside
     them (as `tenfold up` does), unless it runs."""
-    from tenfold.local.stack import feedback_sink_up, serving_drift
+    from tenfold.local.stack import exclusive, feedback_sink_up, serving_drift
     from tenfold.serving import fleet
 
     settings = get_settings()
-    # Before either starts (as `tenfold up` checks): a fleet started beside a sink of another workload, or a sink
-    # started beside such a fleet, left serving half on these settings.
-    if drift := serving_drift(settings):
-        raise _fail(LocalPlatformError(drift), 1)
-    try:
-        fleet.up(settings, model, canary_model=canary_model, say=typer.echo)
-    except LocalPlatformError as exc:
-        raise _fail(exc, _code(exc)) from exc
-    typer.echo(fleet.describe(fleet.report(settings)))
-    # Without it, predictions and feedback stayed on Pub/Sub: no online accuracy, and a rollout's canary checks found
-    # no feedback until their deadline ended the rollout FAILED.
-    try:
-        feedback_sink_up(settings, say=typer.echo)
-    except (LocalPlatformError, RuntimeError) as exc:
-        raise _fail(RuntimeError(f"the fleet is up, but the feedback sink did not start ({exc}): predictions and "
-                                 "feedback reach the lake only once it runs (`tenfold up` starts it)")) from exc
+    # Under the lock `tenfold up` and `tenfold down` hold across the platform and serving (as the demo's
+    # ensure_serving does): a `tenfold down` meanwhile left the fleet and the sink started on a stopped platform.
+    with exclusive(settings, echo=typer.echo):
+        # Before either starts (as `tenfold up` checks): a fleet started beside a sink of another workload, or a sink
+        # started beside such a fleet, left serving half on these settings.
+        if drift := serving_drift(settings):
+            raise _fail(LocalPlatformError(drift), 1)
+        try:
+            fleet.up(settings, model, canary_model=canary_model, say=typer.echo)
+        except LocalPlatformError as exc:
+            raise _fail(exc, _code(exc)) from exc
+        typer.echo(fleet.describe(fleet.report(settings)))
+        # Without it, predictions and feedback stayed on Pub/Sub: no online accuracy, and a rollout's canary checks
+        # found no feedback until their deadline ended the rollout FAILED.
+        try:
+            feedback_sink_up(settings, say=typer.echo)
+        except (LocalPlatformError, RuntimeError) as exc:
+            raise _fail(RuntimeError(f"the fleet is up, but the feedback sink did not start ({exc}): predictions and "
+                                     "feedback reach the lake only once it runs (`tenfold up` starts it)")) from exc
 
 
 @app.command()

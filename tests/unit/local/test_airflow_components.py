@@ -343,3 +343,86 @@ def test_a_damaged_airflow_database_is_refused_by_name_before_any_component_star
     with pytest.raises(LocalPlatformError, match=rf"metadata database {re.escape(str(db))} .*mv {re.escape(str(db))} "
                                                  rf"{re.escape(str(db))}\.damaged"):
         ensure_airflow_db(env)
+
+
+def _a_sound_wal_database_closed_cleanly(tmp_path: Path, monkeypatch, folder: Path) -> tuple[dict[str, str], Path]:
+    """An Airflow home under ``folder`` whose database the marker vouches for: a migrated one (as small as one gets,
+    from a template), in WAL mode as Airflow turns it on, with a DAG run in it, closed cleanly (as `tenfold down`
+    stops Airflow: no -wal, no -shm left). The env and the database."""
+    import sqlite3
+    from importlib.metadata import version
+
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.airflow import _template_db
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = _template_db(version("apache-airflow"))
+    template.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(template)) as conn:
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('29ce7909c52b')")
+        conn.commit()
+    env = airflow_env(local_settings(folder / "home"))
+    db = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
+    ensure_airflow_db(env)  # the copy, and its marker
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # Airflow's run, then its clean stop
+        conn.execute("CREATE TABLE dag_run (id INTEGER PRIMARY KEY, dag_id TEXT)")
+        conn.execute("INSERT INTO dag_run (dag_id) VALUES ('build_features')")
+        conn.commit()
+    assert db.is_relative_to(folder) and not any(Path(f"{db}{s}").exists() for s in ("-wal", "-shm")), "not clean"
+    return env, db
+
+
+def _dag_runs(db: Path) -> list[tuple[str]]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT dag_id FROM dag_run").fetchall()
+
+
+def test_a_sound_airflow_database_on_a_full_disk_is_refused_as_a_full_disk_never_as_damage(
+        tmp_path, monkeypatch, small_disk):
+    """Airflow's database is in WAL mode: opening it (read-only too) makes its -shm index, which a clean `tenfold down`
+    deleted. On a full disk that failed with "disk I/O error", and the check took it for damage: the refusal advised
+    moving the sound database aside and letting `tenfold up` make a new one, the DAG runs' history lost."""
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.process import LocalPlatformError
+
+    env, db = _a_sound_wal_database_closed_cleanly(tmp_path, monkeypatch, small_disk.path)
+    whole = db.read_bytes()
+    small_disk.fill()
+    with pytest.raises(LocalPlatformError) as refusal:
+        ensure_airflow_db(env)
+    message = str(refusal.value)
+    assert f"metadata database {db} cannot be opened" in message, message
+    assert f"the disk holding {db.parent} is full" in message and f"df -h {db.parent}" in message, message
+    assert "Move it aside" not in message and "damaged" not in message and "mv " not in message, message
+    assert db.read_bytes() == whole
+    small_disk.free()  # with room again, the same database is vouched for and handed on as it was
+    ensure_airflow_db(env)
+    assert db.read_bytes() == whole and _dag_runs(db) == [("build_features",)]
+
+
+def test_a_sound_airflow_database_on_a_read_only_file_system_is_refused_as_such_never_as_damage(
+        tmp_path, monkeypatch, small_disk):
+    """A folder SQLite cannot write (here a file system remounted read-only, which binds root too) fails the same
+    open ("unable to open database file": no -shm can be made), and was taken for damage as well."""
+    from tenfold.local import ensure_airflow_db
+    from tenfold.local.process import LocalPlatformError
+
+    env, db = _a_sound_wal_database_closed_cleanly(tmp_path, monkeypatch, small_disk.path)
+    whole = db.read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk.path)], check=True, capture_output=True)
+    try:
+        with pytest.raises(LocalPlatformError) as refusal:
+            ensure_airflow_db(env)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk.path)], check=True, capture_output=True)
+    message = str(refusal.value)
+    assert f"metadata database {db} cannot be opened" in message, message
+    assert f"{db.parent} is on a read-only file system" in message and "read-write" in message, message
+    assert "Move it aside" not in message and "damaged" not in message and "mv " not in message, message
+    assert db.read_bytes() == whole
+    ensure_airflow_db(env)  # writable again: the same database, handed on as it was
+    assert db.read_bytes() == whole and _dag_runs(db) == [("build_features",)]

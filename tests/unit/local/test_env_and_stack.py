@@ -542,6 +542,57 @@ def test_cli_up_and_down_hold_the_up_down_lock_across_the_platform_and_serving(t
     assert not _locked_by_another(s)  # and released it
 
 
+def test_serve_up_waits_for_the_up_down_lock_before_it_starts_the_fleet_or_the_sink(tmp_path, monkeypatch):
+    """`tenfold serve up` started the fleet and the feedback sink without the lock `tenfold up` and `tenfold down` hold
+    across the platform and serving: racing a `tenfold down`, it left both running on a stopped platform. Here the
+    lock is held (as a `tenfold down` holds it) while `serve up` runs: it waits, and starts the fleet once released."""
+    import fcntl
+    import threading
+
+    from typer.testing import CliRunner
+
+    from tenfold.cli import app
+    from tenfold.local import stack
+    from tenfold.serving import fleet
+
+    s = _fresh_settings(tmp_path)
+    monkeypatch.setattr("tenfold.serving.cli.get_settings", lambda: s)
+    started: list[tuple[str, bool]] = []
+    # Set when `serve up` either blocks on the lock or starts the fleet, whichever it does first.
+    moved, waiting = threading.Event(), threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_EX and threading.current_thread() is worker:  # the blocking wait, once the lock was busy
+            waiting.set()
+            moved.set()
+        return real_flock(fd, op)
+
+    def fleet_up(settings, ref, **kwargs):
+        started.append(("fleet", _locked_by_another(s)))
+        moved.set()
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(stack, "serving_drift", lambda settings: "")  # the stand-in fleet has no process to read
+    monkeypatch.setattr(fleet, "up", fleet_up)
+    monkeypatch.setattr(fleet, "report", lambda settings: None)
+    monkeypatch.setattr(fleet, "describe", lambda report: "fleet: serving")
+    monkeypatch.setattr(stack, "feedback_sink_up", lambda settings, say: started.append(("sink", _locked_by_another(s))))
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(CliRunner().invoke(app, ["serve", "up"])), daemon=True)
+    with stack.exclusive(s, echo=lambda line: None):  # a `tenfold down` between its steps
+        worker.start()
+        assert moved.wait(timeout=60), "`serve up` neither waited for the lock nor started the fleet"
+        assert started == [] and waiting.is_set(), f"`serve up` started {started} while the lock was held"
+        assert worker.is_alive()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "`serve up` did not go on once the lock was released"
+    assert results[0].exit_code == 0, results[0].output
+    assert f"waiting for another `tenfold up/down` on {s.local.home}" in results[0].output
+    assert started == [("fleet", True), ("sink", True)]  # both under the lock, which it held itself
+    assert not _locked_by_another(s)  # and released
+
+
 def test_down_gives_the_feedback_sink_time_for_its_last_join(tmp_path):
     """`tenfold down` stopped the sink like any process (SIGKILL after 20 s), mid-way through the last join it runs
     on SIGTERM, leaving the join's locks behind until they went stale. A real process that takes 22 s to stop."""
