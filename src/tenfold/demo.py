@@ -94,14 +94,20 @@ class _WatchedApi(AirflowApi):
         return super()._send(method, path, body, auth=auth, attempt=attempt, relogged=relogged)
 
     def _revive(self) -> None:
-        from tenfold.local.stack import died, up
+        from tenfold.local.stack import died, exclusive, up
 
-        if not (dead := died(self._settings, "airflow")):
+        if not died(self._settings, "airflow"):
             return
-        logs = ", ".join(str(log) for _, log in dead)
-        self._say(f"{', '.join(name for name, _ in dead)} died while the demo waited on it (see {logs}); "
-                  "restarting it as `tenfold up` does")
-        up(self._settings, ["airflow"], echo=self._say)
+        # Looked at again under the up/down lock: a `tenfold down` stops the components one by one and removes each
+        # pid file once its process is gone, so one stopped on purpose looked dead for a moment (restarted, Airflow
+        # ran on after the down, without the emulators it needs).
+        with exclusive(self._settings, echo=self._say):
+            if not (dead := died(self._settings, "airflow")):
+                return
+            logs = ", ".join(str(log) for _, log in dead)
+            self._say(f"{', '.join(name for name, _ in dead)} died while the demo waited on it (see {logs}); "
+                      "restarting it as `tenfold up` does")
+            up(self._settings, ["airflow"], echo=self._say)
 
 
 def _current(settings: Settings, lake: Lake, part: Partition, served: set[Partition]) -> bool:

@@ -874,3 +874,54 @@ def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_sa
     finally:
         if process.is_running(record):
             os.kill(record.pid, signal.SIGKILL)
+
+
+def test_a_component_a_down_is_stopping_is_not_restarted_by_the_demo(make_settings: Callable[..., Settings],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold down` stops Airflow's components one by one under the up/down lock and removes each pid file once its
+    process is gone: the demo, looking in between, saw a dead scheduler and restarted Airflow after the down. It
+    looks again under that lock, where the down has removed the pid file: nothing is restarted."""
+    import os
+    import signal
+    import threading
+
+    from tenfold.local import process, stack
+    from tenfold.local.services import run_dir
+
+    settings = make_settings()
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    record = process.start("airflow-scheduler", ["sleep", "600"], run_dir=run_dir(settings), port=0)
+    ups: list[list[str]] = []
+    monkeypatch.setattr(stack, "up", lambda s, services, echo: ups.append(list(services)))
+    said: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def say(line: str) -> None:  # the demo blocked on the lock says so: the down may finish now
+        said.append(line)
+        if line.startswith("waiting for another `tenfold up/down`"):
+            release.set()
+
+    api = demo._WatchedApi(settings, say, "http://127.0.0.1:9", "admin", "pw", retries=0, timeout_s=2)
+
+    def down() -> None:  # as `tenfold down` does: under the lock, the process stopped, then its pid file removed
+        with stack.exclusive(settings, echo=lambda line: None):
+            os.kill(record.pid, signal.SIGKILL)
+            while process.is_running(record):
+                time.sleep(0.05)
+            held.set()
+            release.wait(30)
+            process.pid_file(run_dir(settings), "airflow-scheduler").unlink()
+
+    stopping = threading.Thread(target=down)
+    stopping.start()
+    try:
+        assert held.wait(30)
+        assert stack.died(settings, "airflow"), "the scheduler's pid file should name a dead process by now"
+        api._revive()  # the down finishes while the demo waits on the lock
+        assert ups == [], ups
+        assert len(said) == 1 and said[0].startswith("waiting for another `tenfold up/down`"), said  # no "died"
+    finally:
+        release.set()
+        stopping.join(30)
+        if process.is_running(record):
+            os.kill(record.pid, signal.SIGKILL)

@@ -172,10 +172,11 @@ def _predict_once_loaded(tiny: Settings, app: Any, token: str,
 
     async def post() -> tuple[list[httpx.Response], int, int]:
         async with app.router.lifespan_context(app):
-            for _ in range(200):
+            for _ in range(600):
                 if app.state.replica.ready:
                     break
                 await asyncio.sleep(0.05)
+            assert app.state.replica.ready, "the tiny model did not load within 30 s"
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
                 auth = {"Authorization": f"Bearer {token}"}
