@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import psutil
 import pytest
@@ -831,17 +833,21 @@ def test_a_demo_that_ends_in_its_first_window_does_not_leave_the_dags_it_paused_
                                    "serves the champion, and Airflow did not answer: PATCH") and "Airflow UI" in said[-1]
 
 
-def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_said(
-        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Airflow 3's scheduler exited on a StaleDataError of its own (a backfill and a scheduled run written at once on
-    SQLite) and the demo waited out its timeouts with every run queued. Its client looks, before a request and at
-    most every WATCH_S, whether a component died (here a real process under the scheduler's pid file, SIGKILLed) and
-    restarts Airflow as `tenfold up` does; a live one is left alone, and it looks no more often than WATCH_S."""
+@dataclass
+class Scheduler:
+    settings: Settings
+    record: Any  # the ProcessRecord under the scheduler's pid file
+    ups: list[list[str]]  # the services each `tenfold up` (stood in for) was asked to start
+
+
+@pytest.fixture
+def scheduler_pid(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> Iterator[Scheduler]:
+    """A real process (`sleep`) under a fresh home's Airflow scheduler pid file, with `tenfold up` recording what it
+    is asked to start; the process is killed at the end if a test left it running."""
     import os
     import signal
 
     from tenfold.local import process, stack
-    from tenfold.local.airflow_api import AirflowApiError
     from tenfold.local.services import run_dir
 
     settings = make_settings()
@@ -849,6 +855,27 @@ def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_sa
     record = process.start("airflow-scheduler", ["sleep", "600"], run_dir=run_dir(settings), port=0)
     ups: list[list[str]] = []
     monkeypatch.setattr(stack, "up", lambda s, services, echo: ups.append(list(services)))
+    try:
+        yield Scheduler(settings, record, ups)
+    finally:
+        if process.is_running(record):
+            os.kill(record.pid, signal.SIGKILL)
+
+
+def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_said(
+        scheduler_pid: Scheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow 3's scheduler exited on a StaleDataError of its own (a backfill and a scheduled run written at once on
+    SQLite) and the demo waited out its timeouts with every run queued. Its client looks, before a request and at
+    most every WATCH_S, whether a component died (here a real process under the scheduler's pid file, SIGKILLed) and
+    restarts Airflow as `tenfold up` does; a live one is left alone, and it looks no more often than WATCH_S."""
+    import os
+    import signal
+
+    from tenfold.local import process
+    from tenfold.local.airflow_api import AirflowApiError
+    from tenfold.local.services import run_dir
+
+    settings, record, ups = scheduler_pid.settings, scheduler_pid.record, scheduler_pid.ups
     said: list[str] = []
     api = demo._WatchedApi(settings, said.append, "http://127.0.0.1:9", "admin", "pw", retries=0, timeout_s=2)
     monkeypatch.setattr(demo, "WATCH_S", 60.0)
@@ -858,26 +885,21 @@ def test_an_airflow_component_that_died_while_the_demo_waits_is_restarted_and_sa
         with pytest.raises(AirflowApiError):  # nothing listens there: only the look before the request matters
             api.runs("build_features")
 
-    try:
-        request(looked_s_ago=61)
-        assert ups == [] and said == [], "a live scheduler was taken for dead"
-        os.kill(record.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while process.is_running(record) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        request(looked_s_ago=30)
-        assert ups == [] and said == [], "it looked again before WATCH_S passed"
-        request(looked_s_ago=61)
-        assert ups == [["airflow"]]
-        assert len(said) == 1 and said[0].startswith("airflow-scheduler died while the demo waited on it (see "), said
-        assert str(process.log_file(run_dir(settings), "airflow-scheduler")) in said[0]
-    finally:
-        if process.is_running(record):
-            os.kill(record.pid, signal.SIGKILL)
+    request(looked_s_ago=61)
+    assert ups == [] and said == [], "a live scheduler was taken for dead"
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process.is_running(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    request(looked_s_ago=30)
+    assert ups == [] and said == [], "it looked again before WATCH_S passed"
+    request(looked_s_ago=61)
+    assert ups == [["airflow"]]
+    assert len(said) == 1 and said[0].startswith("airflow-scheduler died while the demo waited on it (see "), said
+    assert str(process.log_file(run_dir(settings), "airflow-scheduler")) in said[0]
 
 
-def test_a_component_a_down_is_stopping_is_not_restarted_by_the_demo(make_settings: Callable[..., Settings],
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_component_a_down_is_stopping_is_not_restarted_by_the_demo(scheduler_pid: Scheduler) -> None:
     """`tenfold down` stops Airflow's components one by one under the up/down lock and removes each pid file once its
     process is gone: the demo, looking in between, saw a dead scheduler and restarted Airflow after the down. It
     looks again under that lock, where the down has removed the pid file: nothing is restarted."""
@@ -888,11 +910,7 @@ def test_a_component_a_down_is_stopping_is_not_restarted_by_the_demo(make_settin
     from tenfold.local import process, stack
     from tenfold.local.services import run_dir
 
-    settings = make_settings()
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    record = process.start("airflow-scheduler", ["sleep", "600"], run_dir=run_dir(settings), port=0)
-    ups: list[list[str]] = []
-    monkeypatch.setattr(stack, "up", lambda s, services, echo: ups.append(list(services)))
+    settings, record, ups = scheduler_pid.settings, scheduler_pid.record, scheduler_pid.ups
     said: list[str] = []
     held, release = threading.Event(), threading.Event()
 
@@ -923,5 +941,3 @@ def test_a_component_a_down_is_stopping_is_not_restarted_by_the_demo(make_settin
     finally:
         release.set()
         stopping.join(30)
-        if process.is_running(record):
-            os.kill(record.pid, signal.SIGKILL)
