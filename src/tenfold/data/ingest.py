@@ -306,7 +306,7 @@ def _left_open_at(line: str, parse: pacsv.ParseOptions) -> int | None:
         ch = line[i]
         if escape is not None and ch == escape:
             i += 2
-            at_start = False if not quoted else at_start
+            at_start = False  # (inside a quoted value it is False already)
             continue
         if quoted:
             if ch == quote:
