@@ -232,12 +232,16 @@ def _held_by_another(settings: Settings, group: Any, run_id: str | None, markers
             f"{MARKER} in gs://{settings.storage.artifacts_bucket}/{run_folder(settings, holder)} yet)")
 
 
+def _resize_by_hand(settings: Settings) -> str:
+    """The command that releases the training group by hand."""
+    return (f"gcloud compute instance-groups managed resize {settings.training.fleet.instance_group} --size 0 "
+            f"--region {settings.region}")
+
+
 def _busy_help(settings: Settings) -> str:
-    g = settings.training.fleet.instance_group
     return (f"wait for that run to finish and start again; if you are sure it is dead (its task or process gone), "
-            f"release the group with `gcloud compute instance-groups managed resize {g} --size 0 --region "
-            f"{settings.region}` and start again (a holder is taken over on its own {lease_s(settings):.0f}s after "
-            "its try started)")
+            f"release the group with `{_resize_by_hand(settings)}` and start again (a holder is taken over on its "
+            f"own {lease_s(settings):.0f}s after its try started)")
 
 
 def _done(op: Any, timeout: float) -> None:
@@ -340,10 +344,8 @@ def release_group(settings: Settings, run_id: str | None = None, *, run_key: str
     group = client.get(**_group(settings))
     if (busy := _held_by_another(settings, group, run_id, marker_store, now, run_key)) is not None:
         log.warning("training group %s left as it is (%d instances), not released for %s: %s. If that run is dead, "
-                    "release it by hand: `gcloud compute instance-groups managed resize %s --size 0 --region %s`",
-                    settings.training.fleet.instance_group, group.target_size,
-                    f"run {run_id}" if run_id else "a caller that names no run", busy,
-                    settings.training.fleet.instance_group, settings.region)
+                    "release it by hand: `%s`", settings.training.fleet.instance_group, group.target_size,
+                    f"run {run_id}" if run_id else "a caller that names no run", busy, _resize_by_hand(settings))
         return False
     released = _scaled_to_zero(settings, client, group, clock=clock, sleep=sleep,
                                why="once the run's train task had ended): scaling it to 0")
