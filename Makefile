@@ -24,11 +24,17 @@ status:
 	@[ -x $(TENFOLD) ] || { echo "error: $(TENFOLD) is not installed: run make setup (or make up)" >&2; exit 1; }
 	@$(TENFOLD) status
 
+# Test processes (pytest-xdist), each given whole test files (--dist loadfile: a module's fixtures are set up once).
+# Two on a 2-core machine: most tests wait on a service or a subprocess, so two workers take about two thirds of the
+# time one does (bench/RESULTS.md, the suite's time). TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: setup lint ## the whole suite, as CI runs it
-	@$(BIN)/pytest
+	@$(PYTEST)
 
 test-fast: setup ## the suite without the slow and integration tests (the platform, the lifecycle, fleets, browser)
-	@$(BIN)/pytest -m "not slow and not integration"
+	@$(PYTEST) -m "not slow and not integration"
 
 lint: setup
 	@$(BIN)/ruff check src dags spark_jobs infra tests bench scripts

@@ -56,6 +56,23 @@ from tenfold.local import local_settings as _local_settings
 from tenfold.local.services import gcs_endpoint
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background (``nohup``, ``&`` in a script, a CI runner) inherits SIGINT ignored, and so
+    does every process a test starts (pytest-xdist's workers included): the tests of what Ctrl-C does sent a SIGINT
+    that nothing heard, and waited out their timeouts. Each test process takes SIGINT back as a terminal's foreground
+    process has it (its children then start with the default)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Test files with a test that needs the platform (marked integration or slow) first, each file kept together:
+    `make test` hands its workers whole files in this order, and the longest (the lifecycle, over ten minutes) came
+    late, running alone at the end while the other worker had nothing left."""
+    heavy = {item.path for item in items if item.get_closest_marker("integration") or item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
+
+
 @pytest.fixture(scope="session")
 def tenfold_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The temporary local home (lake, emulator data, logs under run/) of this test session."""
@@ -226,6 +243,17 @@ class _TaskInterrupted(Exception):
 
 
 @pytest.fixture
+def hung_pubsub(settings: Settings) -> Iterator[Settings]:
+    """``settings`` whose Pub/Sub is a loopback port listened on and never served: the kernel accepts the real
+    client's connection and nothing ever answers it, as with a SIGSTOPped or wedged emulator."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # listening, never accepting
+        host = f"127.0.0.1:{hung.getsockname()[1]}"
+        yield settings.model_copy(update={"messaging": settings.messaging.model_copy(update={"emulator_host": host})})
+
+
+@pytest.fixture
 def interrupted_after() -> Callable[[float], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def interrupted(seconds: float) -> Iterator[None]:
@@ -322,12 +350,15 @@ class SmallDisk:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+def small_disk() -> Iterator[SmallDisk]:
     """A 256 KiB tmpfs for this test, unmounted at teardown (lazily if still busy), even when the test fails."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs (a real full disk)")
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
+    # A short path of its own, not under tmp_path: a unix socket on it (HAProxy's runtime API) must fit in 107 bytes,
+    # and pytest-xdist's basetemp (.../popen-gw0/<test name>) left too few.
+    import tempfile
+
+    mount_point = Path(tempfile.mkdtemp(prefix="tenfold-disk-"))
     try:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=True,
                        capture_output=True, text=True)
@@ -340,6 +371,8 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False, capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+        with contextlib.suppress(OSError):  # empty once unmounted (a lazy unmount may still hold it: left)
+            mount_point.rmdir()
 
 
 @pytest.fixture
@@ -442,7 +475,10 @@ def register_tiny_version() -> Callable[[Settings, Path, int], str]:
 
         where.mkdir()
         (where / "weights.pt").write_bytes(bytes((seed * 7 + i) % 256 for i in range(4096)))
-        (where / "meta.json").write_text(json.dumps({"format": 1, "seed": seed}))
+        # A meta.json this code reads (rollout and promotion check it before anything loads it).
+        from tenfold.model_files import META_VERSION
+
+        (where / "meta.json").write_text(json.dumps({"version": META_VERSION, "seed": seed}))
         (where / "preprocessing.json").write_text(json.dumps({"seed": seed}))
         ref = PartitionRef(partition="2013-01", data_dir="data-abc", rows=10, schema_hash="s", run_id="r1",
                            manifest_sha256="m" * 64)

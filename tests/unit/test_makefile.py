@@ -31,7 +31,18 @@ def test_every_integration_module_is_marked_so_the_fast_suite_leaves_it_out() ->
 def test_the_fast_suite_leaves_out_the_slow_and_integration_tests() -> None:
     dry = subprocess.run(["make", "-n", "test-fast"], cwd=project_root(), capture_output=True, text=True, timeout=60,
                          check=True)
-    assert re.search(r'pytest -m "not slow and not integration"', dry.stdout), dry.stdout
+    assert re.search(r'pytest -n 2 --dist loadfile -m "not slow and not integration"', dry.stdout), dry.stdout
+
+
+def test_the_suite_runs_in_two_workers_given_whole_files_and_one_process_on_request() -> None:
+    """Two workers (pytest-xdist), each given whole test files (a module's fixtures are set up once);
+    TEST_WORKERS=0 runs it in one process."""
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", *args], cwd=project_root(), capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+
+    assert re.search(r"^\S*pytest -n 2 --dist loadfile$", dry("test"), flags=re.MULTILINE), dry("test")
+    assert re.search(r"^\S*pytest -n 0 --dist loadfile$", dry("test", "TEST_WORKERS=0"), flags=re.MULTILINE)
 
 
 def test_clean_removes_the_home_the_settings_name_and_never_the_folder_it_runs_in(tmp_path: Path) -> None:
