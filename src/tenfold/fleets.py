@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from tenfold.config import Settings
@@ -29,7 +29,9 @@ from tenfold.config.settings import (
     SERVING_ENV_PREFIX,
     TRAINING_ENV_PREFIX,
     GpuGroupSettings,
+    build_settings,
     deployed_env,
+    settings_refusal,
 )
 from tenfold.serving.auth import token_path
 
@@ -156,15 +158,20 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
 # instance templates and replaced the VMs for nothing (an autoscaler's minimum raised before a rollout, as the docs
 # ask, replaced every GPU VM of every group). No VM reads the DAGs' settings, the groups' sizes, the load balancer's
 # domain, the rollout's policy, the drift monitor's or the local fleet's (Composer and the stacks do); only a serving
-# replica reads the server's, and only a training node the training settings.
+# replica reads the server's, and only a training node the training settings. But every VM gets the drift and the
+# rollout reports' folders when they are set: the settings check them against the lake's table names (a table named
+# "reports" is refused under the default folders), so without them every VM's settings were refused at start.
 SERVING_ROLES = ("stable", "canary")
 _SERVER = f"{SERVING_ENV_PREFIX}SERVER__"
+_EVERY_ROLE = (f"{MONITORING_ENV_PREFIX}DRIFT__REPORTS_PREFIX", f"{SERVING_ENV_PREFIX}ROLLOUT__REPORTS_PREFIX")
 
 
 def vm_env(settings: Settings, role: str) -> dict[str, str]:
     """:func:`deployed_env` as a VM of ``role`` reads it: the workload and its tables, the server's settings on a
     serving replica, the training settings on a training node."""
     def read_by(key: str) -> bool:
+        if key in _EVERY_ROLE:
+            return True
         if key.startswith((PIPELINES_ENV_PREFIX, MONITORING_ENV_PREFIX)):
             return False
         if key.startswith(SERVING_ENV_PREFIX):
@@ -174,6 +181,20 @@ def vm_env(settings: Settings, role: str) -> dict[str, str]:
         return True
 
     return {k: v for k, v in deployed_env(settings).items() if read_by(k)}
+
+
+def check_vm_env(settings: Settings, role: str, env: Mapping[str, str]) -> None:
+    """Refuse (ValueError, one line: at synth) a VM environment whose settings the VM's container could not build:
+    it would stop at start on every VM of ``role``, and its group recreate it for ever, with synth and deploy passed
+    (a check across settings that compares one the VM gets with one it does not)."""
+    try:
+        build_settings(settings.env, env, prefix=settings.prefix)
+    except ValueError as exc:
+        why = settings_refusal(exc).removeprefix("error: ").split(". Fix the TENFOLD_*", 1)[0]
+        raise ValueError(
+            f"{settings.env}: the {role} VMs' containers would refuse the settings they are started with ({why}), "
+            f"so every {role} VM would stop at start: tenfold.fleets.vm_env leaves out a TENFOLD_* variable that "
+            f"check reads; pass it to the {role} role there") from None
 
 
 def startup_script(
@@ -196,6 +217,7 @@ def startup_script(
     registry = settings.container_image.split("/", 1)[0]
     env = {"TENFOLD_ENV": settings.env, "TENFOLD_PROJECT_ID": settings.project_id, "TENFOLD_ROLE": role,
            **vm_env(settings, role)}  # what of the settings the stacks were synthesized with this role reads
+    check_vm_env(settings, role, env)
     env.update(extra_env or {})
     env_flags = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
     run_mode = "-d --restart=always" if detach else "--rm"

@@ -338,6 +338,44 @@ def test_what_the_stacks_were_synthesized_with_reaches_the_vms_containers() -> N
             assert (f"-e {key}={value}" in run) is read_by(role, key), (role, key, run[:200])
 
 
+# A lake table named "reports" is refused under the default report folders, so a workload with one moves them.
+_REPORTS_TABLE = {"TENFOLD_PROJECT_ID": "tenfold-test-1", "TENFOLD_STORAGE__SCORES_TABLE": "reports",
+                  "TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX": "drift_reports",
+                  "TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX": "rollout_reports"}
+_ROLES = ("stable", "canary", "training", "inference", "feedback")
+
+
+def test_every_vm_rebuilds_settings_whose_report_folders_moved_off_a_reports_table() -> None:
+    """The report folders are checked against the table names, but no VM got them: with a table named "reports" synth
+    passed, and every VM's container refused the default folders under it at start (the replicas crash-looped)."""
+    custom = build_settings("dev", _REPORTS_TABLE)
+    for role in _ROLES:
+        env = fleets.vm_env(custom, role)
+        rebuilt = build_settings("dev", {"TENFOLD_PROJECT_ID": custom.project_id, **env})
+        assert rebuilt.storage.scores_table == "reports", role
+        assert rebuilt.monitoring.drift.reports_prefix == "drift_reports", role
+        assert rebuilt.serving.rollout.reports_prefix == "rollout_reports", role
+    # set only where they differ from the defaults, as every other variable: the default scripts stay as they were
+    assert not any("REPORTS_PREFIX" in k for role in _ROLES for k in fleets.vm_env(build_settings("dev"), role))
+    script = fleets.feedback_startup_script(custom)
+    assert "-e TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX=drift_reports" in script
+    assert "-e TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX=rollout_reports" in script
+
+
+def test_a_vm_environment_its_container_would_refuse_is_refused_at_synth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check across settings that reads one a VM is not given passed synth and deploy and stopped every VM at start:
+    the startup script, made at synth, is refused instead, naming the role and what the container would refuse."""
+    custom = build_settings("dev", _REPORTS_TABLE)
+    monkeypatch.setattr(fleets, "_EVERY_ROLE", ())  # a vm_env that leaves the report folders out, as it used to
+    with pytest.raises(ValueError) as refused:
+        fleets.feedback_startup_script(custom)
+    said = str(refused.value)
+    assert "feedback VMs' containers would refuse" in said and "tenfold.fleets.vm_env" in said
+    assert "TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX='reports/drift'" in said and "\n" not in said
+    with pytest.raises(ValueError, match="stable VMs' containers would refuse"):
+        fleets.serving_startup_script(custom, custom.serving.stable_fleet, "stable")
+
+
 def test_a_change_only_composer_or_the_stacks_read_leaves_every_vms_startup_script_as_it_was() -> None:
     """Raising a group's autoscaler minimum before a rollout (as docs/rollout-cloud.md asks) changed the startup script
     of every group, so the apply made new instance templates and replaced every GPU VM; a training gate threshold

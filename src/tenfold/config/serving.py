@@ -26,6 +26,9 @@ class _Frozen(BaseModel):
 URL_PATH = r"^(/[A-Za-z0-9._~-]+)+$"
 # What the server answers at fixed paths of its own (tenfold.serving.app).
 FIXED_PATHS = ("/docs", "/redoc", "/openapi.json")
+# The audience IAP signs its assertions for, behind a backend service (the JWT's "aud").
+IAP_AUDIENCE = re.compile(r"/projects/[0-9]+/global/backendServices/[0-9]+")
+IAP_AUDIENCE_SHAPE = "/projects/<project number>/global/backendServices/<backend service id>"
 
 
 class ServerSettings(_Frozen):
@@ -95,11 +98,23 @@ class ServerSettings(_Frozen):
             raise ValueError(f"lookups_through {value!r}: a month as YYYY-MM (e.g. 2013-05), or empty for every month")
         return value
 
+    @field_validator("iap_audience")
+    @classmethod
+    def _audience_shape(cls, value: str | None) -> str | None:
+        """IAP signs its assertions for ``/projects/<project number>/global/backendServices/<backend service id>``
+        (docs/deploy.md): a backend service's name or a bare id passed synth and deploy, and then every request got
+        401."""
+        if value and not IAP_AUDIENCE.fullmatch(value):
+            raise ValueError(f"TENFOLD_SERVING__SERVER__IAP_AUDIENCE {value!r} is not an IAP audience: give "
+                             f"{IAP_AUDIENCE_SHAPE}, the project's number and the backend service's numeric id "
+                             "(docs/deploy.md, IAP instead of a bearer token), not its name")
+        return value
+
     @model_validator(mode="after")
     def _iap_needs_audience(self) -> ServerSettings:
         if self.auth_mode == "iap" and not self.iap_audience:
-            raise ValueError("serving.server.auth_mode 'iap' needs serving.server.iap_audience "
-                             "(/projects/<project number>/global/backendServices/<backend service id>)")
+            raise ValueError("serving.server.auth_mode 'iap' needs serving.server.iap_audience: set "
+                             f"TENFOLD_SERVING__SERVER__IAP_AUDIENCE={IAP_AUDIENCE_SHAPE}")
         return self
 
     @property
@@ -131,7 +146,9 @@ class FleetSettings(_Frozen):
     # Concurrent requests one replica is sized for: utilisation = in-flight sessions / this.
     replica_capacity: int = Field(default=8, ge=1)
     scale_interval_s: float = Field(default=2.0, gt=0)
-    # Scale in only after utilisation stayed below target for this long (the cloud autoscaler's window).
+    # Scale in only after utilisation stayed below target for this long: the local fleet's window, a setting. The
+    # cloud groups' autoscaler has its own, Compute Engine's scale-in stabilization period, fixed at 10 minutes (not
+    # configurable: infra/components/gpu_fleet.py sets none), so this does not change the cloud's.
     stabilization_s: float = Field(default=30.0, ge=0)
     # HAProxy health checks on the readiness path. HAProxy refuses a timer over 2147483647 ms (it did not start), so
     # each of its timers here is at most a day.

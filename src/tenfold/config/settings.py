@@ -24,7 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-from tenfold.config.names import BucketName, ProjectId, PubSubName, ResourceName, RoleId, ServiceAccountId
+from tenfold.config.names import (
+    BucketName,
+    ProjectId,
+    PubSubName,
+    ResourceName,
+    RoleId,
+    ServiceAccountId,
+    check_project_id,
+)
 from tenfold.config.pipelines import DagSettings, PipelineSettings, check_months
 from tenfold.config.serving import FIXED_PATHS, URL_PATH, FleetSettings, RolloutSettings, ServerSettings
 
@@ -430,7 +438,19 @@ class LoadBalancerSettings(_Frozen):
     # before it gets 429 (0: no limit).
     # The token is checked in the replica, so without it a flood of unauthenticated requests still counts toward
     # the backends' rate and scales the GPU groups out to their maximum.
+    # TENFOLD_SERVING__LOAD_BALANCER__RATE_LIMIT_PER_IP_PER_MINUTE sets it.
     rate_limit_per_ip_per_minute: int = Field(default=6000, ge=0)
+
+    @field_validator("rate_limit_per_ip_per_minute", mode="before")
+    @classmethod
+    def _whole_requests(cls, value: Any) -> Any:
+        """Named by its variable: pydantic's "Input should be a valid integer" named only the field."""
+        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"TENFOLD_SERVING__LOAD_BALANCER__RATE_LIMIT_PER_IP_PER_MINUTE {value!r}: give a whole "
+                             "number of requests a minute one client address may send, e.g. 20000 (0: no limit)")
+        return value
     # The sticky split in the cloud (docs/rollout-cloud.md): a client that sends its bucket
     # (tenfold.rollout.split.bucket_of of its user key, 0-99) in this header stays on one arm; the URL map
     # matches it with rangeMatch. Requests without it get the weighted (not sticky) split.
@@ -767,9 +787,12 @@ class CloudGroupEnv(BaseModel):
 
 
 class LoadBalancerEnv(BaseModel):
-    """What ``TENFOLD_SERVING__LOAD_BALANCER__<FIELD>`` sets of the cloud load balancer: the deployment's domain."""
+    """What ``TENFOLD_SERVING__LOAD_BALANCER__<FIELD>`` sets of the cloud load balancer: the deployment's domain, and
+    the Cloud Armor policy's per-client rate limit (a client that batches from one address above it needs it raised,
+    docs/deploy.md). :class:`LoadBalancerSettings` checks the values."""
 
     domain: str | None = None
+    rate_limit_per_ip_per_minute: int | None = Field(default=None, ge=0)
 
 
 # Each section's model names the fields its variables may set (settings_env passes them on to child processes).
@@ -830,7 +853,8 @@ class EnvironSettings(BaseSettings):
     local: dict[str, str] = Field(default_factory=dict)
     # TENFOLD_SERVING__{SERVER,FLEET,ROLLOUT}__<FIELD>: the replica's, the local fleet's and the rollout's
     # settings, so a replica or fleet process started with settings_env() runs with its parent's; and the cloud's
-    # TENFOLD_SERVING__{STABLE_FLEET,CANARY_FLEET}__<FIELD> (their sizing) and TENFOLD_SERVING__LOAD_BALANCER__DOMAIN.
+    # TENFOLD_SERVING__{STABLE_FLEET,CANARY_FLEET}__<FIELD> (their sizing) and TENFOLD_SERVING__LOAD_BALANCER__DOMAIN
+    # and __RATE_LIMIT_PER_IP_PER_MINUTE.
     serving: dict[str, dict[str, str]] = Field(default_factory=dict)
     # TENFOLD_TRAINING__<FIELD>: any TrainingSettings field but its fleet (e.g. TENFOLD_TRAINING__GATE_MIN_AUC), so
     # Airflow's tasks, started with settings_env(), train and gate as their parent's settings say.
@@ -1189,6 +1213,11 @@ def build_settings(
     prefix = prefix or f"tenfold-{env}"
     placeholder = not (project_id or given.project_id)
     project_id = project_id or given.project_id or f"tenfold-{env}-project"
+    try:  # before the bucket names are made of it: an invalid id was blamed on the lake bucket's name
+        check_project_id(project_id)
+    except ValueError as exc:
+        raise ValueError(f"TENFOLD_PROJECT_ID={project_id!r}: {exc}; set it to your Google Cloud project's id "
+                         "(`gcloud projects list` shows it)") from None
     local_home = (given.home or project_root(environ) / ".tenfold").resolve()
     local = LocalSettings(home=local_home, **given.local)  # type: ignore[arg-type]
     is_local = env == "local"

@@ -8,8 +8,11 @@ the same number the cloud autoscaler is given. The recommendation is the replica
 utilisation to the target, ``ceil(in_flight / (capacity * target))``, within the pool's bounds.
 
 Scaling out happens at once. Scaling in follows the stabilisation window: the pool keeps the highest
-recommendation of the last ``stabilization_s`` seconds, so it shrinks only after the load stayed low
-for that long (Kubernetes' HPA and Compute Engine's autoscaler do the same).
+recommendation of the last ``stabilization_s`` seconds (``settings.serving.fleet.stabilization_s``,
+30 s by default), so it shrinks only after the load stayed low for that long. Kubernetes' HPA and
+Compute Engine's autoscaler follow the same rule, but their windows are their own: Compute Engine's
+scale-in stabilization period is fixed at 10 minutes, so a cloud pool keeps its replicas far longer
+after a peak than the local fleet does.
 """
 
 from __future__ import annotations

@@ -713,11 +713,90 @@ def test_the_settings_those_checks_accept(tmp_path: Path) -> None:
         == "smtp.example.com:587"
     assert build_settings("prod", {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.example.com"}) \
         .serving.load_balancer.domain == "ml.example.com"
-    iap = {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap", "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/x"}
+    iap = {"TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+           "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": "/projects/1/global/backendServices/2"}
     assert build_settings("prod", iap).serving.server.auth_mode == "iap"
     # the shell docs/deploy.md sets up for IAP builds local settings too (every command's check): the local fleet
     # refuses IAP when it starts, not the settings
     assert build_settings("local", {"TENFOLD_HOME": str(tmp_path), **iap}).serving.server.auth_mode == "iap"
+
+
+@pytest.mark.parametrize("audience", ["tenfold-prod-stable-backend", "4242424242", "/projects/1/x",
+                                      "/projects/my-project/global/backendServices/2",
+                                      "/projects/1/global/backendServices/tenfold-prod-stable-backend",
+                                      "/projects/1/global/backendServices/2/", "projects/1/global/backendServices/2"])
+def test_an_iap_audience_of_another_shape_is_refused_naming_the_variable_and_the_shape(audience: str) -> None:
+    """A backend service's name or a bare id passed synth and deploy, and then IAP's assertions (signed for
+    /projects/<number>/global/backendServices/<id>) never matched it: every request got 401."""
+    from tenfold.config.settings import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("prod", {"TENFOLD_PROJECT_ID": "tenfold-test-1", "TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+                                "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": audience})
+    said = settings_refusal(refused.value)
+    assert f"TENFOLD_SERVING__SERVER__IAP_AUDIENCE {audience!r} is not an IAP audience" in said
+    assert "/projects/<project number>/global/backendServices/<backend service id>" in said
+
+
+def test_iap_without_an_audience_is_refused_naming_its_variable() -> None:
+    from tenfold.config.settings import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("prod", {"TENFOLD_PROJECT_ID": "tenfold-test-1", "TENFOLD_SERVING__SERVER__AUTH_MODE": "iap"})
+    assert "TENFOLD_SERVING__SERVER__IAP_AUDIENCE=/projects/<project number>/global/backendServices/<backend " \
+           "service id>" in settings_refusal(refused.value)
+
+
+def test_the_iap_audience_docs_deploy_md_tells_users_to_give_is_accepted() -> None:
+    guide = (Path(__file__).parents[3] / "docs" / "deploy.md").read_text()
+    shape = "/projects/<project number>/global/backendServices/<backend service id>"
+    assert f"Find the audience, `{shape}`" in guide
+    audience = shape.replace("<project number>", "123456789012").replace("<backend service id>", "4242424242")
+    s = build_settings("prod", {"TENFOLD_PROJECT_ID": "tenfold-test-1", "TENFOLD_SERVING__SERVER__AUTH_MODE": "iap",
+                                "TENFOLD_SERVING__SERVER__IAP_AUDIENCE": audience})
+    assert s.serving.server.iap_audience == audience
+
+
+def test_an_invalid_project_id_is_refused_as_the_project_id_not_as_a_bucket_name() -> None:
+    """The bucket names are made of the project id: "My-Project" was refused as "StorageSettings.lake_bucket:
+    'My-Project-tenfold-dev-lake' is not a valid bucket name", five times, and never named TENFOLD_PROJECT_ID."""
+    from tenfold.config.settings import settings_refusal
+
+    for env in ("dev", "prod"):
+        with pytest.raises(ValueError) as refused:
+            build_settings(env, {"TENFOLD_PROJECT_ID": "My-Project"})
+        said = settings_refusal(refused.value)
+        assert said.startswith("error: TENFOLD_PROJECT_ID='My-Project': 'My-Project' is not a valid GCP project id: "
+                               "6-30 lowercase letters, digits or '-'"), said
+        assert "bucket" not in said
+
+
+def test_the_cloud_armor_rate_limit_is_set_by_its_environment_variable(tmp_path: Path) -> None:
+    """docs/deploy.md said a client that batches from one address above the limit needs it raised, but the variable
+    was refused ("names no field of LoadBalancerEnv"): no setting raised it short of editing the code."""
+    from tenfold.config.settings import deployed_env
+    from tenfold.local.env import settings_env, settings_from_env
+
+    variable = "TENFOLD_SERVING__LOAD_BALANCER__RATE_LIMIT_PER_IP_PER_MINUTE"
+    s = build_settings("prod", {"TENFOLD_PROJECT_ID": "tenfold-test-1", variable: "20000"})
+    assert s.serving.load_balancer.rate_limit_per_ip_per_minute == 20000
+    assert build_settings("prod", {variable: "0"}).serving.load_balancer.rate_limit_per_ip_per_minute == 0  # no limit
+    # it reaches Composer (the stacks are synthesized with it) and a child process as the domain does
+    assert deployed_env(s) == {variable: "20000"}
+    assert build_settings("prod", deployed_env(s)).serving.load_balancer == s.serving.load_balancer
+    local = build_settings("local", {"TENFOLD_HOME": str(tmp_path), variable: "7000"})
+    assert settings_from_env(settings_env(local)).serving.load_balancer.rate_limit_per_ip_per_minute == 7000
+    assert variable in (Path(__file__).parents[3] / "docs" / "deploy.md").read_text()
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "1.5", "6e3"])
+def test_a_rate_limit_that_is_no_whole_number_is_refused_naming_its_variable(value: str) -> None:
+    from tenfold.config.settings import settings_refusal
+
+    with pytest.raises(ValueError) as refused:
+        build_settings("prod", {"TENFOLD_SERVING__LOAD_BALANCER__RATE_LIMIT_PER_IP_PER_MINUTE": value})
+    said = settings_refusal(refused.value)
+    assert "TENFOLD_SERVING__LOAD_BALANCER__RATE_LIMIT_PER_IP_PER_MINUTE" in said and "whole number" in said, said
 
 
 def test_the_local_fleet_refuses_iap_which_haproxy_cannot_carry(tmp_path: Path) -> None:
