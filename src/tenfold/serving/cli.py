@@ -60,10 +60,11 @@ _Pool = Annotated[str, typer.Option("--pool", help=f"the pool: {' or '.join(ARMS
 
 
 def _code(exc: Exception) -> int:
-    """2 for a refusal of what was asked (a model the registry does not hold, bounds a pool cannot take), else 1."""
+    """2 for a refusal of what was asked (a model the registry does not hold, bounds a pool cannot take, a rollout of a
+    pool that keeps no replica), else 1."""
     from tenfold.serving import fleet
 
-    return 2 if isinstance(exc, (fleet.UnknownModel, fleet.BoundsRefused)) else 1
+    return 2 if isinstance(exc, (fleet.UnknownModel, fleet.BoundsRefused, fleet.PoolRefused)) else 1
 
 
 def _fail(exc: Exception, code: int = 1) -> typer.Exit:

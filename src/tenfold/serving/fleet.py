@@ -122,6 +122,13 @@ class FleetTimeout(FleetError):
     """What was waited for did not happen in time (the supervisor still running)."""
 
 
+class PoolRefused(FleetError):
+    """A change the pool cannot take as it is set (a rollout of a pool that keeps no replica): the same on every try,
+    so a pipeline task fails at once on it (:func:`tenfold.pipelines.common.run_step`), not after its retries."""
+
+    retryable = False
+
+
 def run_dir(settings: Settings) -> Path:
     return HaproxyPaths.of(settings).run_dir
 
@@ -294,6 +301,9 @@ class PoolStatus:
     desired: int
     utilization: float
     replicas: list[ReplicaStatus]
+    # The versions whose replicas failed to come up, or died soon after, since the pool's back-off last reset: the
+    # supervisor retries them, backing off (empty: written by a supervisor from before it was kept).
+    failing: list[str] = field(default_factory=list)
 
     def serving(self, version: str | None = None) -> list[ReplicaStatus]:
         return [r for r in self.replicas if r.state == SERVING and (version is None or r.version == version)]
@@ -399,9 +409,12 @@ def _lb_up(r: _Replica) -> bool:
     return r.lb is not None and r.lb.up
 
 
+BACKOFF_MAX_S = 30.0  # the longest wait between two tries of a failing replica or HAProxy
+
+
 def _backed_off(failures: int) -> tuple[int, float]:
-    """The back-off after one more failure: (failures, when to try again), 0.5 s doubling up to 30 s."""
-    return failures + 1, time.monotonic() + min(30.0, 0.5 * 2**failures)
+    """The back-off after one more failure: (failures, when to try again), 0.5 s doubling up to BACKOFF_MAX_S."""
+    return failures + 1, time.monotonic() + min(BACKOFF_MAX_S, 0.5 * 2**failures)
 
 
 class Supervisor:
@@ -534,16 +547,21 @@ class Supervisor:
             if self.haproxy_backoff[0] and lived >= SETTLED_S:  # it has stayed up: the failures are behind it
                 self.haproxy_backoff = (0, 0.0)
             return True
-        if self.haproxy is not None and lived < SETTLED_S:
-            # It died soon after it started (as a replica that dies soon after entering rotation): a failed start,
-            # backed off. Restarted at once, a HAProxy that crashes a second after each start was restarted every
-            # tick, each restart taking every replica out of rotation until its health checks passed again.
+        if self.haproxy is not None:
+            # It died: reaped (and anything left in its group stopped) whenever it died, not only soon after its
+            # start: left unreaped, each HAProxy that died after SETTLED_S stayed a zombie for the supervisor's life.
             dead, self.haproxy = self.haproxy, None
-            process.stop(dead, timeout=5)  # reaps it, and anything left in its group
+            process.stop(dead, timeout=5)
             process.remove_pid_file(self.run_dir, HAPROXY)
-            self.haproxy_backoff = _backed_off(self.haproxy_backoff[0])
-            self.say(f"haproxy: pid {dead.pid} ended {lived:.1f} s after it started; retrying in "
-                     f"{self.haproxy_backoff[1] - time.monotonic():.1f} s")
+            if lived < SETTLED_S:
+                # Soon after it started (as a replica that dies soon after entering rotation): a failed start, backed
+                # off. Restarted at once, a HAProxy that crashes a second after each start was restarted every tick,
+                # each restart taking every replica out of rotation until its health checks passed again.
+                self.haproxy_backoff = _backed_off(self.haproxy_backoff[0])
+                self.say(f"haproxy: pid {dead.pid} ended {lived:.1f} s after it started; retrying in "
+                         f"{self.haproxy_backoff[1] - time.monotonic():.1f} s")
+            else:
+                self.say(f"haproxy: pid {dead.pid} ended {lived:.0f} s after it started")
         failures, retry_at = self.haproxy_backoff
         if time.monotonic() < retry_at:
             return False
@@ -889,7 +907,8 @@ class Supervisor:
                 for r in sorted(self.pool_replicas(pool), key=lambda r: r.slot)
             ]
             pools[pool] = PoolStatus(version=spec.version, min=spec.min, max=spec.max, desired=self.desired[pool],
-                                     utilization=round(self.util[pool], 3), replicas=replicas)
+                                     utilization=round(self.util[pool], 3), replicas=replicas,
+                                     failing=sorted({version for version, _fault in self.failed[pool]}))
         return FleetStatus(generation=self.spec.generation, updated_at=time.time(), supervisor_pid=os.getpid(),
                            haproxy_pid=self.haproxy.pid if self.haproxy else None, pools=pools, events=list(self.events),
                            updated_monotonic=time.monotonic())
@@ -1225,7 +1244,7 @@ def rollout(
     _require_up(settings)  # before resolving: a stopped platform's registry answers only after minutes of retries
     if (spec_now := read_spec(settings)) is not None and spec_now.pools[pool].min == 0:
         # Its users go to the stable pool while it has no replica, so the autoscaler never sees load to start one.
-        raise FleetError(f"the {pool} pool keeps no replica (min 0): nothing would serve {model}; keep one first "
+        raise PoolRefused(f"the {pool} pool keeps no replica (min 0): nothing would serve {model}; keep one first "
                          f"(`tenfold serve scale --pool {pool} --min 1`)")
     version = resolve(settings, model)
     spec = update_spec(settings, lambda old: {**old.pools, pool: replace(old.pools[pool], version=version)})
@@ -1246,6 +1265,8 @@ def rollout(
         # replaced and a rise in load was never met, while `tenfold status` called the pool healthy on the new one.
         now = read_status(settings)
         serving = {r.version for r in now.pools[pool].serving()} if now is not None else set()
+        if now is not None and version in serving and len(serving) > 1 and version in now.pools[pool].failing:
+            raise FleetTimeout(f"{exc}\n{_mixed(now.pools[pool], pool, version)}") from exc
         if now is None or version in serving or len(serving) != 1 or supervisor_record(settings) is None:
             raise
         (back,) = serving
@@ -1262,6 +1283,20 @@ def rollout(
             raise
         raise FleetError(f"{exc}\nno replica of {version} served: the {pool} pool is set back to {back} (generation "
                          f"{moved[0]}), which its replicas serve") from exc
+
+
+def _mixed(p: PoolStatus, pool: str, version: str) -> str:
+    """What to say of ``pool`` (status ``p``) left serving ``version`` beside older ones by a rollout to ``version``
+    that keeps failing: which replica serves which version, that the supervisor retries it, and how to go back."""
+    serving = p.serving()
+    olds = sorted({r.version for r in serving} - {version})
+    by_version = "; ".join(f"{', '.join(replica_name(r.pool, r.slot) for r in serving if r.version == v)} "
+                           f"{'serves' if sum(r.version == v for r in serving) == 1 else 'serve'} {v}"
+                           for v in [version, *olds])
+    back = " or ".join(f"`tenfold serve rollout --pool {pool} --model {v}`" for v in olds)
+    return (f"the {pool} pool is left mixed: {by_version}. {version} is failing (its replicas did not come up, or "
+            f"died soon after: see the events above and their logs), and the supervisor keeps retrying it, backing "
+            f"off up to {BACKOFF_MAX_S:.0f} s, while the older replicas go on serving; to go back, run {back}")
 
 
 def reload_lookups(settings: Settings, token: str, *, timeout: float | None = None) -> FleetStatus:
@@ -1491,16 +1526,21 @@ def describe(rep: FleetReport, *, secrets: bool = False) -> str:
         shown = (current + (f"  ({len(older)} older still accepted)" if older else "")) if current else ""
         token = (shown or "(not generated yet)") if secrets else "`tenfold status` shows it"
     token_line = f"  token   {token}  (file {rep.token_path}; send 'Authorization: Bearer <token>')"
+    # Processes of the fleet that still run with no supervisor (what a SIGKILLed one left, or one that outlived
+    # SIGKILL): "stopped" alone sent users to `serve up`, which refuses beside them.
+    unsupervised = (f"{', '.join(rep.leftovers)} of an earlier fleet still {'runs' if len(rep.leftovers) == 1 else 'run'} "
+                    "with no supervisor: `tenfold serve down` stops them (it says so if one outlived SIGKILL), then "
+                    "`tenfold serve up`" if not rep.running and rep.leftovers else "")
     if not rep.running and not rep.haproxy_alive:
-        # Processes of the fleet that still run with no supervisor: "stopped" alone sent users to `serve up`, which
-        # refuses beside them.
-        stopped = (f"serving  stopped, but {', '.join(rep.leftovers)} of an earlier fleet still "
-                   f"{'runs' if len(rep.leftovers) == 1 else 'run'} with no supervisor: `tenfold serve down` stops "
-                   "them (it says so if one outlived SIGKILL), then `tenfold serve up`" if rep.leftovers
+        stopped = (f"serving  stopped, but {unsupervised}" if unsupervised
                    else "serving  stopped                 (start it with `tenfold serve up`)")
         return stopped + ("\n" + token_line if rep.token or rep.token_error else "")
-    state = "healthy" if rep.healthy else "running, not healthy"
-    lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  (supervisor pid {rep.supervisor_pid}, log {rep.log})"]
+    state = "healthy" if rep.healthy else "running, not healthy" if rep.running else "NOT SUPERVISED"
+    supervisor = f"supervisor pid {rep.supervisor_pid}" if rep.running else "no supervisor"
+    lines = [f"serving  {state:22} {rep.url}{rep.predict_path}  ({supervisor}, log {rep.log})"]
+    if unsupervised:
+        # HAProxy still answers (and its replicas serve): nothing replaces a replica that dies, nor HAProxy.
+        lines.append(f"  no supervisor: {unsupervised}; meanwhile nothing replaces a replica, or HAProxy, that dies")
     if rep.supervisor_error:
         lines.append(f"  {rep.supervisor_error}")
     lines.append(f"  haproxy {'up' if rep.haproxy_alive else 'DOWN'}" + (f" (pid {rep.haproxy_pid})" if rep.haproxy_pid else "")

@@ -58,6 +58,30 @@ def test_a_pool_whose_replicas_serve_another_version_than_it_is_set_to_says_so()
     assert "rolling" not in describe(_report(_replica("stable", 0), _replica("stable", 1)))
 
 
+def test_a_fleet_whose_supervisor_died_while_haproxy_serves_says_it_has_none_and_what_to_run() -> None:
+    """The supervisor SIGKILLed, HAProxy and a replica serving on with nothing to replace them when they die: status
+    said "running, not healthy ... (supervisor pid None ...)" and "haproxy up", with no next step (what is left was
+    said only once HAProxy was down too)."""
+    from dataclasses import replace
+
+    left = ["haproxy (pid 201)", "replica-stable-1 (pid 202)"]
+    report = replace(_report(), running=False, supervisor_pid=None, haproxy_alive=True, haproxy_pid=201, versions={},
+                     minimums={}, leftovers=left)
+    text = describe(report)
+    first, second, *_ = text.splitlines()
+    assert first.startswith("serving  NOT SUPERVISED") and "(no supervisor, log fleet.log)" in first, text
+    assert "running" not in first and "pid None" not in text, text
+    assert second.startswith("  no supervisor: haproxy (pid 201), replica-stable-1 (pid 202) of an earlier fleet "
+                             "still run with no supervisor: `tenfold serve down` stops them"), text
+    assert "then `tenfold serve up`" in second, text
+    assert "  haproxy up (pid 201)" in text, text
+    assert not report.healthy
+    # HAProxy down as well: the one line it always was.
+    gone = describe(replace(report, haproxy_alive=False, haproxy_pid=None))
+    assert gone.startswith("serving  stopped, but haproxy (pid 201), replica-stable-1 (pid 202) of an earlier fleet "
+                           "still run with no supervisor: `tenfold serve down` stops them"), gone
+
+
 class _Healthy(http.server.BaseHTTPRequestHandler):
     """A replica's own health check: 200 to every GET."""
 

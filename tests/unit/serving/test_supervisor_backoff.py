@@ -140,6 +140,34 @@ def test_a_haproxy_that_started_but_never_answered_is_stopped_not_left_running(s
     assert process.read_record(supervisor.run_dir, fleet.HAPROXY) is None
 
 
+def test_a_haproxy_that_dies_after_serving_long_is_reaped_before_its_restart(supervisor: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a HAProxy that died within SETTLED_S of its start was reaped: one that died after serving longer was
+    restarted over, its process left a zombie for the supervisor's life (one more at each such death). A process in
+    HAProxy's place (a sleep, the stub's runtime API answering), started "long ago" and SIGKILLed."""
+    import os
+    import signal
+
+    import psutil
+
+    monkeypatch.setattr(fleet, "haproxy_argv", lambda paths: ["sleep", "60"])
+    monkeypatch.setattr(fleet, "HAPROXY_START_S", 0.3)
+    supervisor.start_haproxy()
+    old = psutil.Process(supervisor.haproxy.pid)
+    supervisor.haproxy_started_at = time.monotonic() - fleet.SETTLED_S - 5  # it has served past SETTLED_S
+    os.kill(old.pid, signal.SIGKILL)
+    until = time.monotonic() + 10
+    while old.status() != psutil.STATUS_ZOMBIE:  # dead, and not yet reaped: what the supervisor finds
+        assert time.monotonic() < until, old.status()
+        time.sleep(0.02)
+    assert supervisor._ensure_haproxy() is True, supervisor.lines
+    assert supervisor.haproxy is not None and supervisor.haproxy.pid != old.pid, supervisor.lines
+    with pytest.raises(psutil.NoSuchProcess):  # reaped: no zombie left behind
+        psutil.Process(old.pid).status()
+    assert supervisor.haproxy_backoff == (0, 0.0)  # a death after serving long is no failed start
+    assert any(f"haproxy: pid {old.pid} ended" in line for line in supervisor.lines), supervisor.lines
+
+
 def test_a_haproxy_that_dies_soon_after_each_start_is_restarted_with_back_off(supervisor: Any,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The back-off was reset as soon as a restarted HAProxy answered once: one that crashed a second after each start
