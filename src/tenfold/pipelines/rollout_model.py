@@ -113,12 +113,28 @@ class Places:
         default=lambda title, details, hooks: None)
 
 
+class _ObserverOnFirstRead:
+    """The observer, built when traffic is first read: deploy and conclude never read it, and building it may refuse
+    (the cloud's :class:`~tenfold.rollout.cloud.MinRequestsAboveTheSample`): built with the rest, it failed every
+    task of the rollout, conclude included, which then never took the canary's share away nor recorded an end."""
+
+    def __init__(self, make: Callable[[], TrafficObserver]) -> None:
+        self._make = make
+        self._built: TrafficObserver | None = None
+
+    def traffic(self, since: dt.datetime, until: dt.datetime) -> dict[str, ArmTraffic]:
+        if self._built is None:
+            self._built = self._make()
+        return self._built.traffic(since, until)
+
+
 def places(settings: Settings) -> Places:
-    """The real adapters for ``settings`` (local fleet or cloud)."""
+    """The real adapters for ``settings`` (local fleet or cloud); the observer is built at its first read."""
     from tenfold.monitoring.alerts import send_alert
     from tenfold.rollout.adapters import deployer, observer, router
 
-    return Places(router=router(settings), deployer=deployer(settings), observer=observer(settings),
+    return Places(router=router(settings), deployer=deployer(settings),
+                  observer=_ObserverOnFirstRead(lambda: observer(settings)),
                   registry=ModelRegistry(settings), accuracy=lambda since, until, version: online_accuracy(settings, since, until, version),
                   alert=lambda title, details: send_alert(settings, title, details),
                   alert_again=lambda title, details, hooks: send_alert(settings, title, details, only=hooks,
@@ -177,7 +193,8 @@ def _record(p: Places, run: RolloutRun, key: str, body: Mapping[str, Any]) -> di
 def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None, *, p: Places | None = None) -> RolloutRun:
     """Choose the version (``conf["version"]``, else the ``challenger`` alias) and the champion it goes against.
 
-    Refuses (no retry): an unknown conf key, no challenger, no champion (the first model is promoted by
+    Refuses (no retry): an unknown conf key, no challenger, a version this code cannot load (its meta.json), in the
+    cloud a ``min_requests`` the load balancer log observer cannot meet, no champion (the first model is promoted by
     ``train_model``'s offline gate), a challenger that is the champion, the default challenger when the offline gate
     compared it only with other champions than the current one, or a gate run since compared it with the current
     champion and kept it out, or one a rollout already rejected
@@ -210,6 +227,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
     if recorded is not None:
         log.info("rollout %s of %s already planned at %s: resuming it", rollout_id, version, recorded["at"])
         return RolloutRun.from_xcom(recorded["run"])
+    _refuse_a_model_this_code_cannot_load(settings, reg, version, ref)
     champion = reg.resolve(CHAMPION)
     if champion is None:
         raise PipelineInputError(f"there is no champion to compare {version} with: the first model is promoted by "
@@ -225,6 +243,7 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         if rejected:
             raise PipelineInputError(f"a canary already rejected {version} ({rejected[-1].get('summary')}); "
                                      "pass {\"retry_rejected\": true} in the run conf to roll it out again")
+    _refuse_a_min_requests_the_cloud_cannot_meet(settings)
     started = p.now() if p else dt.datetime.now(dt.UTC)
     run = RolloutRun(rollout_id=rollout_id, airflow_run_id=run_id, version=version, champion=champion,
                      started_at=_iso(started), policy=settings.serving.rollout.model_dump(mode="json"))
@@ -232,6 +251,38 @@ def plan(settings: Settings, run_id: str, conf: Mapping[str, Any] | None = None,
         return RolloutRun.from_xcom(reg.rollout_events(version, rollout_id)["start"]["run"])
     log.info("rollout %s: %s against champion %s through steps %s %%", rollout_id, version, champion, list(run.steps))
     return run
+
+
+def _refuse_a_model_this_code_cannot_load(settings: Settings, reg: ModelRegistry, version: str, ref: str) -> None:
+    """Refuse a version whose ``meta.json`` says this code cannot load it (:func:`tenfold.workloads.meta_problem`, as
+    ``tenfold models promote`` and batch inference's plan check): planned, its deploy waited for replicas that each
+    refused the model, and was retried for minutes before a timeout that did not say why."""
+    from tenfold.workloads import WorkloadError, get_workload, meta_problem
+
+    try:
+        contract = get_workload(settings).contract
+    except WorkloadError as exc:
+        raise PipelineError(f"cannot check that {version} can be served here: {exc}") from exc
+    try:
+        meta = reg.meta(version)
+    except RegistryError as exc:  # missing or damaged: a retry reads the same bytes (an outage is raised as it is)
+        raise PipelineError(f"cannot roll out {version} ({ref}): its meta.json cannot be read ({exc})") from exc
+    if problem := meta_problem(meta, settings.workload, contract):
+        raise PipelineInputError(f"{version} ({ref}) cannot be rolled out here: {problem}. Roll out a model trained "
+                                 f"for {settings.workload!r} on this code's features (run conf {{\"version\": \"<id>\"}}), "
+                                 "or train one (train_model)")
+
+
+def _refuse_a_min_requests_the_cloud_cannot_meet(settings: Settings) -> None:
+    """In the cloud, refuse the policy the rollout would freeze when the load balancer log observer cannot meet its
+    ``min_requests`` (:func:`tenfold.rollout.cloud.min_requests_problem`): planned, every step found "no data" or
+    failed building the observer."""
+    if settings.is_local:  # the local observer (HAProxy's log) reads every request: no cap (as adapters.observer)
+        return
+    from tenfold.rollout.cloud import min_requests_problem
+
+    if problem := min_requests_problem(settings.serving.rollout.min_requests):
+        raise PipelineInputError(problem)
 
 
 def _deployer(settings: Settings) -> Deployer:
@@ -289,6 +340,12 @@ def _refuse_a_challenger_the_gate_kept_out(reg: ModelRegistry, version: str, cha
             f"the challenger {version} was compared with the champion {champion} since it passed the offline gate, "
             f"and kept out ({kept.get('summary')}): train a new challenger, or pass "
             f'{{"version": "{version}"}} in the run conf to roll it out anyway')
+
+
+def _under_policy(settings: Settings, run: RolloutRun) -> Settings:
+    """``settings`` with the rollout policy ``run`` froze at its plan: what its analysis uses, so what the observer
+    checks it can meet (a ``min_requests`` changed in the settings since does not stop the rollout)."""
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update={"rollout": run.rollout_policy})})
 
 
 def deploy(settings: Settings, run: RolloutRun | Mapping[str, Any], *, p: Places | None = None) -> RolloutRun:
@@ -358,7 +415,7 @@ def step(settings: Settings, run: RolloutRun | Mapping[str, Any], index: int, *,
     """Step ``index`` (1-based): set the canary's share, then check every interval until the step passes,
     the rollout fails, or it is aborted. Returns what the step ended with (``pass``, or the outcome)."""
     run = RolloutRun.from_xcom(run)
-    p = p or places(settings)
+    p = p or places(_under_policy(settings, run))
     policy = run.rollout_policy
     if not 1 <= index <= len(run.steps):
         raise PipelineError(f"step {index} does not exist: this rollout has steps 1..{len(run.steps)}")

@@ -471,6 +471,22 @@ SENT_BY_BACKEND = "response_sent_by_backend"
 # - any other answer is a success of the arm.
 
 
+def min_requests_problem(min_requests: int, max_entries: int = MAX_ENTRIES_PER_ARM) -> str | None:
+    """Why the load balancer log observer cannot meet ``min_requests`` (None when it can): what it refuses
+    (:class:`MinRequestsAboveTheSample`) and what the rollout's plan refuses before a rollout starts.
+
+    A busy window is read as a sample of about SAMPLE_SHARE of the cap (fewer when its requests came early in it, the
+    rate then overestimated): a min_requests above that made every busy window "no data" for good, and each rollout
+    ended failed at its deadline. Half the cap leaves the sample room."""
+    most = max_entries // 2
+    if min_requests <= most:
+        return None
+    return (f"serving.rollout.min_requests is {min_requests}, but the cloud rollout reads at most {max_entries} load "
+            f"balancer log entries per arm and window (a busier window as a sample of about "
+            f"{SAMPLE_SHARE * max_entries:.0f}, fewer when its requests bunch early), so a busy window would never "
+            f"have enough: set serving.rollout.min_requests to {most} or fewer")
+
+
 def _outcome(status: int, details: str, iap: bool) -> bool | None:
     """True: an error of the arm; False: a success; None: not the arm's (see :data:`BACKEND_FAILED` and after)."""
     if details in NOT_FROM_BACKEND:  # first: a Cloud Armor rule may deny with a 502
@@ -518,16 +534,8 @@ class LoadBalancerLogObserver:
     """
 
     def __init__(self, settings: Settings, client: Any, *, max_entries: int = MAX_ENTRIES_PER_ARM) -> None:
-        # A busy window is read as a sample of about SAMPLE_SHARE of the cap (fewer when its requests came early in
-        # it, the rate then overestimated): a min_requests above that made every busy window "no data" for good, and
-        # each rollout ended failed at its deadline. Half the cap leaves the sample room.
-        most = max_entries // 2
-        if (wanted := settings.serving.rollout.min_requests) > most:
-            raise MinRequestsAboveTheSample(
-                f"serving.rollout.min_requests is {wanted}, but the cloud rollout reads at most {max_entries} load "
-                f"balancer log entries per arm and window (a busier window as a sample of about "
-                f"{SAMPLE_SHARE * max_entries:.0f}, fewer when its requests bunch early), so a busy window would never "
-                f"have enough: set serving.rollout.min_requests to {most} or fewer")
+        if problem := min_requests_problem(settings.serving.rollout.min_requests, max_entries):
+            raise MinRequestsAboveTheSample(problem)
         self.settings, self.client, self.max_entries = settings, client, max_entries
 
     @classmethod

@@ -88,14 +88,31 @@ class _Stable:
         return self.serving
 
 
-class _Registry:
-    """A challenger vB against the champion vA, no rollout yet."""
+def _loadable_meta(**changed: Any) -> dict[str, Any]:
+    """The meta.json of a flights model this code loads (its format, workload and feature definitions), with
+    ``changed``."""
+    from tenfold.model_files import META_VERSION
+    from tenfold.workloads import VERSION_KEY, get_workload
 
-    def __init__(self) -> None:
+    contract = get_workload("flights").contract
+    return {"version": META_VERSION, "workload": "flights", VERSION_KEY: contract.version,
+            "categorical_columns": list(contract.categorical_columns),
+            "numeric_columns": list(contract.numeric_columns), **changed}
+
+
+class _Registry:
+    """A challenger vB against the champion vA, no rollout yet; vB's meta.json is ``meta`` (None: a loadable one)."""
+
+    def __init__(self, meta: dict[str, Any] | None = None) -> None:
         self.started: list[str] = []
+        self.meta_json = meta
 
     def find(self, ref: str) -> str:
         return "b" * 20
+
+    def meta(self, version: str) -> dict[str, Any]:
+        assert version == "b" * 20
+        return self.meta_json or _loadable_meta()
 
     def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
         return []
@@ -193,3 +210,147 @@ def test_a_version_given_empty_or_not_a_string_is_refused_not_the_challenger_rol
         _plan(settings, AssertionError("the registry was asked for the challenger"), {"version": version})
     with pytest.raises(PipelineInputError, match="nothing to roll out"):  # null is no version: the challenger's
         _plan(settings, UnknownVersion("challenger is not set"), {"version": None})
+
+
+@pytest.mark.parametrize("unloadable", ["other features", "other workload", "newer format"])
+def test_a_version_this_code_cannot_load_is_refused_before_the_rollout_starts(tmp_path: Any, unloadable: str) -> None:
+    """A model of other feature definitions (or another workload, or a newer format) was planned like any other: its
+    deploy then waited for canary replicas that each refused the model, retried for ten minutes, and timed out
+    without saying why. Refused at plan, as `tenfold models promote` and batch inference's plan refuse it."""
+    from tenfold.workloads import VERSION_KEY, get_workload
+
+    settings = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    v = get_workload(settings).contract.version
+    changed, why = {
+        "other features": ({VERSION_KEY: v + 1}, f"it learnt from version {v + 1} of the feature definitions, and "
+                                                 f"this code builds version {v}"),
+        "other workload": ({"workload": "taxis"}, "it is a model of workload 'taxis', and this platform runs 'flights'"),
+        "newer format": ({"version": 2}, "its meta.json is format 2; this Tenfold reads format 1: upgrade tenfold"),
+    }[unloadable]
+    registry = _Registry(_loadable_meta(**changed))
+    places = pipeline.Places(router=None, deployer=_Stable("a" * 20), observer=None,  # type: ignore[arg-type]
+                             registry=registry, accuracy=None)  # type: ignore[arg-type]
+    with pytest.raises(PipelineInputError, match=rf"^{'b' * 20} \({'b' * 20}\) cannot be rolled out here: "
+                                                 rf"{re.escape(why)}.*train_model"):
+        pipeline.plan(settings, "manual__x", {"version": "b" * 20}, p=places)
+    assert registry.started == []  # no start recorded: no rollout left in progress
+
+
+def _cloud(tmp_path: Any, min_requests: int) -> Settings:
+    """dev's settings (the cloud adapters), its lake in ``tmp_path``, with ``serving.rollout.min_requests``."""
+    dev = build_settings("dev")
+    return dev.model_copy(update={
+        "storage": dev.storage.model_copy(update={"lake_uri": (tmp_path / "lake").as_uri()}),
+        "serving": dev.serving.model_copy(update={
+            "rollout": dev.serving.rollout.model_copy(update={"min_requests": min_requests})})})
+
+
+def test_a_min_requests_the_cloud_observer_cannot_meet_is_refused_before_the_rollout_starts(tmp_path: Any) -> None:
+    """Above half the load balancer log observer's cap, every cloud step found "no data" (or the observer refused):
+    the plan recorded start, then deploy and conclude failed building the observer, and the rollout never ended.
+    Locally HAProxy's log holds every request: no such limit."""
+    from tenfold.rollout.cloud import MAX_ENTRIES_PER_ARM
+
+    registry = _Registry()
+    places = pipeline.Places(router=None, deployer=_Stable("a" * 20), observer=None,  # type: ignore[arg-type]
+                             registry=registry, accuracy=None)  # type: ignore[arg-type]
+    most = MAX_ENTRIES_PER_ARM // 2
+    with pytest.raises(PipelineInputError, match=rf"^serving.rollout.min_requests is {most + 1}, but the cloud rollout "
+                                                 rf".*set serving.rollout.min_requests to {most} or fewer$"):
+        pipeline.plan(_cloud(tmp_path, most + 1), "manual__x", {"version": "b" * 20}, p=places)
+    assert registry.started == []  # no start recorded
+    assert pipeline.plan(_cloud(tmp_path, most), "manual__x", {"version": "b" * 20}, p=places).version == "b" * 20
+    local = build_settings("local", {"TENFOLD_HOME": str(tmp_path)})
+    local = local.model_copy(update={"serving": local.serving.model_copy(update={
+        "rollout": local.serving.rollout.model_copy(update={"min_requests": most + 1})})})
+    assert pipeline.plan(local, "manual__y", {"version": "b" * 20}, p=places).version == "b" * 20
+    assert registry.started == ["b" * 20, "b" * 20]
+
+
+class _Record:
+    """A registry's rollout record, in memory: one rollout of vB against vA."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}
+
+    def rollouts(self, version: str | None = None) -> list[tuple[str, str, str]]:
+        return [("2026-12-04T10:00:00+00:00", "b" * 20, "r-planned")]
+
+    def rollout_events(self, version: str, rid: str) -> dict[str, dict[str, Any]]:
+        return dict(self.events)
+
+    def record_rollout_event(self, version: str, rid: str, key: str, body: dict[str, Any]) -> bool:
+        return self.events.setdefault(key, body) is body
+
+    def resolve(self, alias: str) -> str:
+        return "a" * 20
+
+
+class _Router:
+    def __init__(self, percent: int) -> None:
+        self.percent = percent
+
+    def canary_percent(self) -> int:
+        return self.percent
+
+    def set_canary_percent(self, percent: int) -> None:
+        self.percent = percent
+
+
+def test_a_cloud_rollout_planned_under_an_unmeetable_min_requests_still_concludes(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollout planned with a min_requests above what the cloud observer can meet (before plan refused one): the
+    real places built the observer with the router, so deploy and conclude raised MinRequestsAboveTheSample, and
+    nothing recorded its end nor took the canary's share away. Conclude never reads traffic: it ends the rollout."""
+    import datetime as dt
+
+    from tenfold.rollout import adapters, cloud
+
+    settings = _cloud(tmp_path, cloud.MAX_ENTRIES_PER_ARM)
+    record, router = _Record(), _Router(5)
+    # The real observer (and its refusal), on a Logging client that is never called; the URL map, the instance groups
+    # and the registry stand in for Compute and GCS.
+    monkeypatch.setattr(cloud.LoadBalancerLogObserver, "from_settings",
+                        classmethod(lambda cls, s, **kw: cls(s, client=None)))
+    monkeypatch.setattr(adapters, "router", lambda s: router)
+    monkeypatch.setattr(adapters, "deployer", lambda s: _Stable("a" * 20))
+    monkeypatch.setattr(pipeline, "ModelRegistry", lambda s: record)
+    run = pipeline.RolloutRun(rollout_id="r-planned", airflow_run_id="manual__x", version="b" * 20,
+                              champion="a" * 20, started_at="2026-12-04T10:00:00+00:00",
+                              policy=settings.serving.rollout.model_dump(mode="json"))
+    record.record_rollout_event(run.version, run.rollout_id, "start", {"at": run.started_at, "run": run.to_xcom()})
+
+    done = pipeline.conclude(settings, run)
+    assert done["outcome"] == pipeline.FAILED and pipeline.DEPLOY_TASK_FAILED in done["reasons"][0]
+    assert list(record.events) == ["start", "end", "done"] and router.percent == 0  # ended, the canary's share gone
+    # The observer is still the cloud's, and still refuses: when a step first reads traffic.
+    with pytest.raises(cloud.MinRequestsAboveTheSample, match=re.escape("set serving.rollout.min_requests to 2500 or fewer")):
+        pipeline.places(settings).observer.traffic(dt.datetime(2026, 12, 4, 10, tzinfo=dt.UTC),
+                                                   dt.datetime(2026, 12, 4, 10, 1, tzinfo=dt.UTC))
+
+
+def test_a_step_builds_its_observer_under_the_policy_its_rollout_froze(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis judges by the policy frozen at plan; the observer checked the live settings, so a min_requests
+    raised above the cloud's limit after a rollout started stopped its steps, though the analysis never used it."""
+    from tenfold.rollout import cloud
+
+    live = _cloud(tmp_path, cloud.MAX_ENTRIES_PER_ARM)  # changed since the rollout was planned
+    frozen = live.serving.rollout.model_copy(update={"min_requests": 50})
+    run = pipeline.RolloutRun(rollout_id="r-planned", airflow_run_id="manual__x", version="b" * 20,
+                              champion="a" * 20, started_at="2026-12-04T10:00:00+00:00",
+                              policy=frozen.model_dump(mode="json"))
+    seen: list[Settings] = []
+
+    class Built(Exception):
+        pass
+
+    def places(settings: Settings) -> Any:
+        seen.append(settings)
+        raise Built
+
+    monkeypatch.setattr(pipeline, "places", places)
+    with pytest.raises(Built):
+        pipeline.step(live, run, 1)
+    assert seen[0].serving.rollout == frozen and seen[0].serving.load_balancer == live.serving.load_balancer
+    assert cloud.LoadBalancerLogObserver(seen[0], client=None).max_entries == cloud.MAX_ENTRIES_PER_ARM  # not refused

@@ -17,6 +17,7 @@ import pytest
 
 from tenfold.config import Settings
 from tenfold.data.lake import Lake, Partition, month_range
+from tenfold.model_files import META_VERSION
 from tenfold.pipelines import rollout_model
 from tenfold.pipelines import train_model as pipeline
 from tenfold.pipelines.common import PipelineInputError
@@ -59,7 +60,8 @@ def gate_settings(make_settings: Callable[..., Settings], local_settings: Settin
 def model(tmp_path: Path, quality: float, name: str | None = None) -> dict[str, Any]:
     d = tmp_path / (name or f"m-{quality}")
     d.mkdir(exist_ok=True)
-    (d / "meta.json").write_text(json.dumps({"quality": quality}))
+    # A meta.json this code reads: a rollout plans only a model it can load.
+    (d / "meta.json").write_text(json.dumps({"version": META_VERSION, "quality": quality}))
     (d / "weights.pt").write_bytes(str(quality).encode() * 100)
     (d / "preprocessing.json").write_text("{}")
     return {"model_ref": str(d), "train_result": {"steps": 1}}
