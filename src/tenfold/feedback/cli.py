@@ -112,7 +112,7 @@ def sink_command(
     except (LockLost, LakeError) as exc:
         _echo_json(out)
         raise _fail(f"landed, but the join failed: {exc}", 1) from exc
-    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # a full disk, GCS away or refusing: not Pub/Sub
+    except _lake_faults() as exc:  # a full disk, GCS away or refusing: not Pub/Sub
         _echo_json(out)
         raise command_exit(exc, "tenfold feedback sink", settings.local.home) from exc
     _echo_json(out)
@@ -130,6 +130,28 @@ def _sink_join(settings: Any) -> JoinReport:
     return join(settings, options=dataclasses.replace(JoinOptions.of(settings), lock_timeout_s=0.0))
 
 
+def _lake_faults() -> tuple[type[Exception], ...]:
+    """What a join or a read of the lake raises, besides the lake's and the join lock's own errors, when the lake is
+    away or refuses: an OSError (a full disk, GCS's transport), and Google's errors, which there are the storage
+    client's (GCS away or refusing: a 403, its retries run out as a RetryError, a token it cannot refresh), not
+    Pub/Sub's. One classification for every join and read of this module (the sink's joins, ``join``, ``metrics``)."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    return (OSError, GoogleAuthError, GoogleAPIError)
+
+
+def _join_failure(exc: BaseException, settings: Any) -> str:
+    """What a failed join of the running sink says: the lake's own words, or, for an error of Google's storage client
+    (whose words name neither the lake nor GCS: "403 Forbidden"), the lake it came from."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    if isinstance(exc, GoogleAPIError | GoogleAuthError):
+        return f"the lake at {settings.storage.lake_uri} failed it ({type(exc).__name__}: {exc})"
+    return str(exc)
+
+
 def _join_busy(exc: BaseException) -> bool:
     """Whether a join's failure is another join holding its lock (skip it: the next try joins what landed), rather
     than the lock's store failing (GCS unreachable or refusing: :class:`LockUnavailable`, a LockTimeout too)."""
@@ -142,6 +164,9 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
     from tenfold.data.lake import LakeError
     from tenfold.feedback.lock import LockLost, LockTimeout
 
+    # The lake failing a join (GCS away or refusing included: not Pub/Sub) fails nothing that landed: warned, and the
+    # join tried again later. Out of run(), such an error was taken for Pub/Sub's (or for missing credentials), exit 1.
+    join_failures: tuple[type[Exception], ...] = (LakeError, LockTimeout, LockLost, *_lake_faults())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -157,13 +182,14 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
             landed = sink.stats.landed
             try:
                 report = _sink_join(settings)
-            except (LakeError, LockTimeout, LockLost, OSError) as exc:
+            except join_failures as exc:
                 # Landing goes on; the logs keep everything and the next try joins it.
                 if _join_busy(exc):  # another join holds the lock (one try, no wait): not an error
                     typer.echo(f"feedback join skipped: another join is running; trying again in {join_every_s:.0f} s",
                                err=True)
                     return
-                typer.echo(f"warning: join failed, trying again in {join_every_s:.0f} s: {exc}", err=True)
+                typer.echo(f"warning: join failed, trying again in {join_every_s:.0f} s: {_join_failure(exc, settings)}",
+                           err=True)
                 return
             state["landed"] = landed
             if not landed:  # the first round's join of what an earlier process landed: the next landing joins at once
@@ -186,12 +212,13 @@ def _run_forever(sink: Any, settings: Any, do_join: bool, join_every_s: float) -
         return
     try:
         _sink_join(settings)  # one try at the lock: a wait for it could outlast the 90 s a stop gives the sink
-    except (LakeError, LockTimeout, LockLost, OSError) as exc:
+    except join_failures as exc:
         if _join_busy(exc):
             typer.echo("feedback join skipped: another join is running; what landed is in the logs, and the next "
                        "join joins it", err=True)
             return
-        typer.echo(f"warning: the last join failed ({exc}); the next sink joins what landed when it starts", err=True)
+        typer.echo(f"warning: the last join failed ({_join_failure(exc, settings)}); the next sink joins what landed "
+                   "when it starts", err=True)
 
 
 @app.command("join")
@@ -204,9 +231,6 @@ def join_command(
     env: EnvOption = None,
 ) -> None:
     """Join outcomes to predictions by prediction id and publish the labelled table (an upsert)."""
-    from google.api_core.exceptions import GoogleAPICallError
-    from google.auth.exceptions import GoogleAuthError
-
     from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
     from tenfold.feedback.log import log_months
@@ -228,7 +252,7 @@ def join_command(
         report = join(settings, months, options=options, force=force)
     except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
-    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
+    except _lake_faults() as exc:  # no credentials (dev), a full disk, GCS away or refusing
         raise command_exit(exc, "tenfold feedback join", settings.local.home) from exc
     _echo_json(report.to_dict())
 
@@ -266,8 +290,6 @@ def metrics_command(
 ) -> None:
     """Online accuracy per model version and arm: count, positives, accuracy, log loss, Brier, AUC."""
     import pyarrow as pa
-    from google.api_core.exceptions import GoogleAPICallError
-    from google.auth.exceptions import GoogleAuthError
 
     from tenfold.data.lake import Lake, LakeError, Partition
     from tenfold.feedback.lock import LockLost, LockTimeout
@@ -299,7 +321,7 @@ def metrics_command(
         rows = online_metrics(settings, start, end, by=tuple(by or ("model_version", "arm")), refresh=refresh)
     except (LakeError, LockTimeout, LockLost) as exc:
         raise _fail(str(exc), 1) from exc
-    except (OSError, GoogleAuthError, GoogleAPICallError) as exc:  # no credentials (dev), a full disk, GCS away
+    except _lake_faults() as exc:  # no credentials (dev), a full disk, GCS away or refusing
         raise command_exit(exc, "tenfold feedback metrics", settings.local.home) from exc
     except (ValueError, pa.ArrowException) as exc:  # the arguments were checked above: this is the lake's data
         # The window's months, one by one: a --force of every month would also publish smaller each month whose log

@@ -69,7 +69,8 @@ def _call(method: Callable[..., Any], *, retry_s: float = pulls.RETRY_S, **kwarg
 
 def _pull(client: Any, path: str, n: int, *, first: bool) -> list[Any]:
     """:func:`tenfold.messaging.pulls.pull` (the first pull held; the drain of offline inference's dead letters
-    pulls the same way), waiting on this module's clock."""
+    pulls the same way; a Pub/Sub that answers nothing is raised as DeadlineExceeded, never taken for no dead
+    letters), waiting on this module's clock."""
     return pulls.pull(client, path, n, first=first, clock=time)
 
 

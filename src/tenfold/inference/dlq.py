@@ -7,7 +7,8 @@ the lake beside its run, with its body, its attributes, how often it was deliver
 recorded, and stays inspectable after the message itself is gone. The drain's first pull is held, as real
 Pub/Sub may answer one that returns at once with nothing while the dead-letter subscription holds messages.
 
-With Pub/Sub away (the emulator stopped), ``inspect`` warns in one line that it could not drain and lists what is
+With Pub/Sub away (the emulator stopped, or hung: a held pull that ran out is empty only once Pub/Sub answers a
+pull that returns at once, :func:`tenfold.messaging.pulls.pull`), ``inspect`` warns in one line that it could not drain and lists what is
 recorded; ``replay`` refuses (exit 1, nothing sent): what it would re-publish goes to that same Pub/Sub, and one
 not yet drained would be left out of a replay that said it was done.
 

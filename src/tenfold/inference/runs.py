@@ -198,8 +198,9 @@ def drain_dead_letters(settings: Settings, *, subscriber: Any = None, objects: A
 
     Its first pull is held (:func:`tenfold.messaging.pulls.pull`, at most ``HELD_PULL_S``): Pub/Sub may answer a pull
     that returns at once with nothing while the sparse dead-letter subscription holds messages, and a one-shot drain
-    (``tenfold dlq``, a publish before it resends) took that for "none". Pub/Sub unavailable is retried a few
-    seconds, then raised. ``polled``: the caller drains again in a moment (a run's wait, every
+    (``tenfold dlq``, a publish before it resends) took that for "none"; a held pull that runs out is "none" only
+    once Pub/Sub answers a pull that returns at once (a hung Pub/Sub is raised as not answering, DeadlineExceeded).
+    Pub/Sub unavailable is retried a few seconds, then raised. ``polled``: the caller drains again in a moment (a run's wait, every
     :data:`DEAD_LETTER_POLL_S`) and never concludes from an empty drain: every pull returns at once and an outage is
     raised at once, the next round being the retry. ``held``: False for a caller that knows no dead letter of its
     own can wait there (a new run's publish): every pull returns at once, an outage still retried.

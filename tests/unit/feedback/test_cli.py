@@ -463,3 +463,27 @@ def test_a_replay_whose_acknowledgement_meets_a_short_outage_waits_it_out_and_se
     sent = dead_letters.replay(settings, "feedback")
     assert [d.message_id for d in sent] == ["m1", "m2"] and subscription.acked == ["a1", "a2"]
     assert len(published) == 2
+
+
+@pytest.mark.parametrize("replay", [[], ["--replay"]])
+def test_dead_letters_with_a_hung_pubsub_says_it_cannot_reach_it_not_that_none_are_dead_lettered(hung_pubsub, monkeypatch,
+                                                                                                 replay):
+    """A SIGSTOPped or wedged emulator (its port accepts connections, nothing answers) let the held first pull run out
+    its 5 s deadline, as the emulator does on an empty subscription (it holds such a pull about 9 s): `dead-letters`
+    said "0 feedback message(s) dead-lettered" (and --replay "re-published"), exit 0, while Pub/Sub could not be asked.
+    The fault is real at the transport: a loopback port that is listened on and never served, so the kernel accepts
+    the real client's connection and nothing ever answers it."""
+    import time
+
+    from tenfold.messaging.pulls import ANSWER_S, HELD_PULL_S
+
+    host = hung_pubsub.messaging.emulator_host
+    monkeypatch.setattr(feedback_cli, "command_settings", lambda env=None: hung_pubsub)
+    started = time.monotonic()
+    result = CliRunner().invoke(feedback_cli.app, ["dead-letters", "--stream", "feedback", *replay])
+    took = time.monotonic() - started
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith(f"error: cannot reach {host} (DeadlineExceeded: "), line
+    assert "not answering" in line and line.endswith("is the platform up (`tenfold up`)?"), line
+    assert took < HELD_PULL_S + ANSWER_S + 15, f"took {took:.0f} s: waited on more than its two pulls' deadlines"

@@ -209,10 +209,22 @@ def test_a_stopped_run_lands_what_the_subscriptions_still_hold_before_it_returns
 
 
 @pytest.fixture
-def stopped_sink(pubsub: tuple[FakeSubscriber, Any]) -> Iterator[tuple[FakeSubscriber, Any]]:
-    """The pubsub fixture, with the labelled table's staging folder a file, so that every join fails with the lake's own
-    OSError; and this process's SIGTERM/SIGINT handlers put back after the test (the sink command installs its own)."""
+def own_signal_handlers() -> Iterator[None]:
+    """This process's SIGTERM/SIGINT handlers put back after the test (the sink command installs its own)."""
     import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+@pytest.fixture
+def stopped_sink(pubsub: tuple[FakeSubscriber, Any], own_signal_handlers: None) -> tuple[FakeSubscriber, Any]:
+    """The pubsub fixture, with the labelled table's staging folder a file, so that every join fails with the lake's own
+    OSError; and this process's SIGTERM/SIGINT handlers put back after the test."""
     from pathlib import Path
 
     fake, settings = pubsub
@@ -220,12 +232,7 @@ def stopped_sink(pubsub: tuple[FakeSubscriber, Any]) -> Iterator[tuple[FakeSubsc
     blocked = Path(lake.staging_path(settings.storage.labelled_table, Partition(2026, 5), "x")).parents[2]
     blocked.parent.mkdir(parents=True, exist_ok=True)
     blocked.write_text("a file where the labelled table's staging folder must go: every join fails")
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield fake, settings
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    return fake, settings
 
 
 def _sigterm_self() -> None:
@@ -298,4 +305,68 @@ def test_a_last_join_the_lake_refuses_warns_and_the_stop_still_exits_0(stopped_s
     assert json.loads(result.stdout)["sink"]["predictions"]["landed"] == 1
     assert "warning: join failed" in result.stderr  # the round's join met the same lake
     assert "warning: the last join failed (" in result.stderr and "the next sink joins what landed" in result.stderr
+    assert fake.acked == ["ack-1"]
+
+
+def _gcs_forbidden() -> Exception:
+    from google.api_core.exceptions import Forbidden
+
+    return Forbidden("GET https://storage.googleapis.com/storage/v1/b/lake/o/x: caller does not have "
+                     "storage.objects.get access")
+
+
+def _gcs_retries_ran_out() -> Exception:
+    from google.api_core.exceptions import RetryError, ServiceUnavailable
+
+    return RetryError("Timeout of 120.0s exceeded", ServiceUnavailable("503 Backend Error"))
+
+
+def _token_refresh_refused() -> Exception:
+    from google.auth.exceptions import RefreshError
+
+    return RefreshError("invalid_grant: Token has been expired or revoked.")
+
+
+@pytest.mark.parametrize("fault", [_gcs_forbidden, _gcs_retries_ran_out, _token_refresh_refused])
+def test_a_join_gcs_refuses_warns_naming_the_lake_and_the_stop_still_exits_0(pubsub, own_signal_handlers, monkeypatch,
+                                                                              fault):
+    """On gs:// every join reads the published month's checksums through the storage client (``Lake.files(verify=
+    True)``), which raises Google's own errors, not the lake's: a 403 Forbidden, its retries run out (RetryError), a
+    token it cannot refresh. The running sink's join let them out of run(): the command said "Pub/Sub refused the sink"
+    (or that credentials were missing, or a traceback for a RetryError), exit 1, its counts unprinted. The lake's
+    checksum read raises what the storage client raises; a real sink and a real SIGTERM after its first round, whose
+    join fails, then the last join fails too."""
+    import json
+
+    from tenfold.feedback.sink import FeedbackSink
+
+    fake, settings = pubsub
+    real_files, real_run = Lake.files, FeedbackSink.run
+    checksum_reads: list[str] = []
+
+    def files_gcs_refuses(self, table, part, *, verify=False, manifest=None):
+        if verify:
+            checksum_reads.append(table)
+            raise fault()
+        return real_files(self, table, part, verify=verify, manifest=manifest)
+
+    def run_stopped_after_a_round(self, stop, *, after_round=None):
+        def round_then_sigterm() -> None:
+            after_round()
+            _sigterm_self()
+
+        return real_run(self, stop, after_round=round_then_sigterm)
+
+    monkeypatch.setattr(Lake, "files", files_gcs_refuses)
+    monkeypatch.setattr(FeedbackSink, "run", run_stopped_after_a_round)
+    result = CliRunner().invoke(feedback_cli.app, ["sink", "--pull-wait-s", "0.5", "--join-every-s", "0"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["sink"]["predictions"]["landed"] == 1
+    name = type(fault()).__name__
+    lake = f"the lake at {settings.storage.lake_uri} failed it ({name}: "
+    assert f"warning: join failed, trying again in 0 s: {lake}" in result.stderr, result.stderr
+    assert f"warning: the last join failed ({lake}" in result.stderr, result.stderr
+    assert "the next sink joins what landed" in result.stderr
+    assert "Pub/Sub" not in result.stderr, result.stderr
+    assert checksum_reads == [settings.storage.labelled_table] * 2  # the round's join and the last one
     assert fake.acked == ["ack-1"]

@@ -220,3 +220,27 @@ def test_a_damaged_error_record_is_a_refusal_naming_it(settings: Settings) -> No
     assert isinstance(raised.value, ValueError) and raised.value.retryable is False
     said = ending(raised.value, "tenfold x", settings.local.home, debug_hint="with TENFOLD_DEBUG=1")
     assert said.startswith(f"error: `tenfold x`: the error record {path} is damaged and cannot be read"), said
+
+
+def test_inspect_with_a_hung_pubsub_warns_that_it_could_not_drain_and_lists_what_is_recorded(
+        settings: Settings, hung_pubsub: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGSTOPped or wedged emulator (its port accepts connections, nothing answers) let the drain's held first pull
+    run out its 5 s deadline, as the emulator does on an empty subscription: `tenfold dlq inspect` listed what was
+    recorded with no warning, as though nothing waited on the dead-letter subscription. The fault is real at the
+    transport: a loopback port that is listened on and never served, so the kernel accepts the real client's connection
+    and nothing ever answers it."""
+    from tenfold.messaging.clients import subscription_path
+
+    RunStore(work_objects(settings), "run-1").put_dead_letter("req-1", {
+        "request_id": "req-1", "run": "run-1", "partition": "2013-07", "rows": 3, "delivery_attempts": 5,
+        "max_delivery_attempts": 5, "error": "ValueError: no column 'k'", "dead_lettered_at": 1.0,
+        "data_base64": "", "replays": [], "replayed": False})
+    monkeypatch.setattr(cli, "command_settings", lambda env=None: hung_pubsub)
+    result = CliRunner().invoke(cli.app, ["inspect", "--run", "run-1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("req-1  run run-1  partition 2013-07"), result.stdout
+    path = subscription_path(settings, settings.messaging.subscriptions["requests"].dead_letter_subscription)
+    warning, = result.stderr.splitlines()
+    assert warning.startswith(f"warning: could not drain the dead-letter subscription {path} into the lake "
+                              "(DeadlineExceeded: "), warning
+    assert "not answering" in warning and "listing only the dead letters recorded in the lake" in warning, warning
