@@ -158,9 +158,10 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
 # instance templates and replaced the VMs for nothing (an autoscaler's minimum raised before a rollout, as the docs
 # ask, replaced every GPU VM of every group). No VM reads the DAGs' settings, the groups' sizes, the load balancer's
 # domain, the rollout's policy, the drift monitor's or the local fleet's (Composer and the stacks do); only a serving
-# replica reads the server's, and only a training node the training settings. But every VM gets the drift and the
-# rollout reports' folders when they are set: the settings check them against the lake's table names (a table named
-# "reports" is refused under the default folders), so without them every VM's settings were refused at start.
+# replica reads the server's, and only a training node the training settings. The drift and the rollout reports'
+# folders, which no VM reads, are passed only where the VM's settings would be refused without them: the settings
+# check them against the lake's table names (a table named "reports" is refused under the default folders), and
+# without them every VM's settings were refused at start; passed always, a new folder replaced every VM.
 SERVING_ROLES = ("stable", "canary")
 _SERVER = f"{SERVING_ENV_PREFIX}SERVER__"
 _EVERY_ROLE = (f"{MONITORING_ENV_PREFIX}DRIFT__REPORTS_PREFIX", f"{SERVING_ENV_PREFIX}ROLLOUT__REPORTS_PREFIX")
@@ -170,8 +171,6 @@ def vm_env(settings: Settings, role: str) -> dict[str, str]:
     """:func:`deployed_env` as a VM of ``role`` reads it: the workload and its tables, the server's settings on a
     serving replica, the training settings on a training node."""
     def read_by(key: str) -> bool:
-        if key in _EVERY_ROLE:
-            return True
         if key.startswith((PIPELINES_ENV_PREFIX, MONITORING_ENV_PREFIX)):
             return False
         if key.startswith(SERVING_ENV_PREFIX):
@@ -180,7 +179,14 @@ def vm_env(settings: Settings, role: str) -> dict[str, str]:
             return role == "training"
         return True
 
-    return {k: v for k, v in deployed_env(settings).items() if read_by(k)}
+    deployed = deployed_env(settings)
+    env = {k: v for k, v in deployed.items() if read_by(k) and k not in _EVERY_ROLE}
+    if folders := {k: v for k, v in deployed.items() if k in _EVERY_ROLE}:
+        try:
+            build_settings(settings.env, {"TENFOLD_PROJECT_ID": settings.project_id, **env}, prefix=settings.prefix)
+        except ValueError:  # refused without them (a table under a default folder): the VM gets them
+            env.update(folders)
+    return env
 
 
 def check_vm_env(settings: Settings, role: str, env: Mapping[str, str]) -> None:

@@ -385,7 +385,10 @@ def test_a_change_only_composer_or_the_stacks_read_leaves_every_vms_startup_scri
                                                                           "TENFOLD_SERVING__CANARY_FLEET__MAX_REPLICAS": "9"},
                    {"TENFOLD_SERVING__ROLLOUT__INTERVAL_S": "90.0"}, {"TENFOLD_SERVING__LOAD_BALANCER__DOMAIN": "ml.x.com"},
                    {"TENFOLD_PIPELINES__ROLLOUT_MODEL__RETRIES": "5"},
-                   {"TENFOLD_MONITORING__DRIFT__PSI_DRIFT": "0.3"}):  # Composer's drift monitor alone reads it
+                   {"TENFOLD_MONITORING__DRIFT__PSI_DRIFT": "0.3"},  # Composer's drift monitor alone reads it
+                   # Composer alone reads the reports' folders: a VM gets them only where its settings need them.
+                   {"TENFOLD_MONITORING__DRIFT__REPORTS_PREFIX": "monitoring/drift"},
+                   {"TENFOLD_SERVING__ROLLOUT__REPORTS_PREFIX": "r/x"}):
         changed = build_settings("prod", change)
         for make in (lambda s: fleets.serving_startup_script(s, s.serving.stable_fleet, "stable"),
                      lambda s: fleets.serving_startup_script(s, s.serving.canary_fleet, "canary"),
