@@ -127,7 +127,14 @@ def replay(settings: Settings, stream: Stream, *, limit: int = 100) -> list[Dead
     try:
         with _client(settings, stream) as (client, path):
             while len(sent) < limit:
-                batch = _pull(client, path, min(REPLAY_BATCH, limit - len(sent)), first=not sent)
+                try:
+                    batch = _pull(client, path, min(REPLAY_BATCH, limit - len(sent)), first=not sent)
+                except Exception as exc:
+                    if not sent:  # nothing done yet: the caller says Pub/Sub cannot be reached
+                        raise
+                    raise ReplayError(f"{len(sent)} {stream} message(s) were re-published; then pulling more of the "
+                                      f"dead letters failed ({type(exc).__name__}: {exc}): the rest stay dead letters, "
+                                      "replay again once Pub/Sub answers") from exc
                 if not batch:
                     break
                 futures = [publisher.publish(topic, bytes(m.message.data), **{

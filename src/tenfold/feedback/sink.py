@@ -459,8 +459,11 @@ class FeedbackSink:
             # "pulled: 0" and exit 0, or idled forever without a word.
             resp = self._call(lambda: self.client.pull(request=request, timeout=self.options.pull_wait_s, retry=None),
                               f"pull {stream}", empty_on_deadline=wait)
-        except DeadlineExceeded:  # a held pull that ran out its wait: nothing to pull
-            return []
+        except DeadlineExceeded:
+            # A held pull that ran out its wait: nothing to pull, once Pub/Sub answers a pull that returns at once (what
+            # came meanwhile is returned). A hung emulator lets the held pull run out alike: taken for empty, the
+            # running sink idled on it for ever without a word; asked at once, it is retried, then refused (_call).
+            return self._pull(stream, wait=False, limit=limit)
         return list(resp.received_messages)
 
     def _call(self, fn: Callable[[], Any], what: str, *, empty_on_deadline: bool = False) -> Any:

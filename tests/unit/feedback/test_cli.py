@@ -487,3 +487,54 @@ def test_dead_letters_with_a_hung_pubsub_says_it_cannot_reach_it_not_that_none_a
     assert line.startswith(f"error: cannot reach {host} (DeadlineExceeded: "), line
     assert "not answering" in line and line.endswith("is the platform up (`tenfold up`)?"), line
     assert took < HELD_PULL_S + ANSWER_S + 15, f"took {took:.0f} s: waited on more than its two pulls' deadlines"
+
+
+def test_a_replay_whose_pubsub_stops_answering_after_a_batch_says_how_many_it_re_published(settings, monkeypatch):
+    """A later pull that meets its deadline is Pub/Sub not answering (it was "nothing more"); after a batch was
+    re-published and acknowledged, the refusal was the generic "cannot reach", which did not say that those were sent
+    and are no dead letters any more. Pub/Sub here is a client at the transport boundary: its second pull hangs."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from google.api_core.exceptions import DeadlineExceeded
+
+    import tenfold.messaging as messaging
+    from tenfold.feedback import dead_letters
+
+    class DeadLetterSubscription:
+        def __init__(self) -> None:
+            self.pulls = 0
+            self.acked: list[str] = []
+
+        def pull(self, request, timeout, retry):
+            self.pulls += 1
+            if self.pulls > 1:
+                raise DeadlineExceeded("no answer")
+            return SimpleNamespace(received_messages=[SimpleNamespace(ack_id=f"a{n}", message=SimpleNamespace(
+                message_id=f"m{n}", data=b"{}", attributes={}, publish_time=None)) for n in (1, 2)])
+
+        def acknowledge(self, request, retry):
+            self.acked += request["ack_ids"]
+
+        def modify_ack_deadline(self, request, retry):
+            pass
+
+    subscription = DeadLetterSubscription()
+
+    @contextlib.contextmanager
+    def client(settings, stream):
+        yield subscription, "projects/p/subscriptions/feedback-dead-letters"
+
+    class Publisher:
+        def publish(self, topic, data, **attributes):
+            return SimpleNamespace(result=lambda timeout: "id")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(dead_letters, "_client", client)
+    monkeypatch.setattr(messaging, "publisher_client", lambda settings: Publisher())
+    with pytest.raises(dead_letters.ReplayError, match=r"^2 feedback message\(s\) were re-published; then pulling more "
+                                                       r"of the dead letters failed \(DeadlineExceeded: .*not answering"):
+        dead_letters.replay(settings, "feedback")
+    assert subscription.acked == ["a1", "a2"]

@@ -81,6 +81,27 @@ def test_a_pubsub_that_does_not_answer_a_drain_is_exit_1_not_an_empty_subscripti
     assert fake.acked == []
 
 
+def test_a_running_sink_whose_pubsub_stops_answering_is_exit_1_not_idle_for_ever(pubsub):
+    """The running sink's held pulls: one that ran out its wait was taken for an empty subscription, so against a hung
+    emulator the platform's sink idled for ever without a word. Stopped by SIGTERM after 20 s if it still idles."""
+    import os
+    import signal
+    import threading
+
+    fake, _ = pubsub
+    fake.hang_s = 2.0
+    safety = threading.Timer(20, os.kill, (os.getpid(), signal.SIGTERM))  # the sink's own stop: exit 0 with counts
+    safety.start()
+    try:
+        result = CliRunner().invoke(feedback_cli.app, ["sink", "--no-join", "--pubsub-retry-s", "1",
+                                                       "--pull-wait-s", "0.5"])
+    finally:
+        safety.cancel()
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert f"cannot reach 127.0.0.1:{fake.port} for 1 s to pull predictions (DeadlineExceeded" in result.output
+
+
 def test_an_error_pubsub_gives_that_the_sink_does_not_retry_is_exit_1_with_what_it_said(pubsub):
     fake, _ = pubsub
     fake.ack_always = grpc.StatusCode.INVALID_ARGUMENT
