@@ -362,9 +362,11 @@ def small_disk() -> Iterator[SmallDisk]:
     try:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=True,
                        capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("needs mount(8) to mount a small tmpfs (a real full disk)")
-    except subprocess.CalledProcessError as exc:  # root without CAP_SYS_ADMIN (a default container)
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        mount_point.rmdir()  # not mounted: the empty folder, left otherwise in /tmp by every skipped test
+        if isinstance(exc, FileNotFoundError):
+            pytest.skip("needs mount(8) to mount a small tmpfs (a real full disk)")
+        # root without CAP_SYS_ADMIN (a default container)
         pytest.skip(f"cannot mount a small tmpfs (a real full disk): {exc.stderr.strip()}")
     try:
         yield SmallDisk(mount_point)
