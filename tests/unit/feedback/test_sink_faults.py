@@ -266,6 +266,22 @@ def _sigterm_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _stop_after_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink's run stopped by a real SIGTERM (:func:`_sigterm_self`) once its first round, join included, is done."""
+    from tenfold.feedback.sink import FeedbackSink
+
+    real_run = FeedbackSink.run
+
+    def run_stopped_after_a_round(self, stop, *, after_round=None):
+        def round_then_sigterm() -> None:
+            after_round()
+            _sigterm_self()
+
+        return real_run(self, stop, after_round=round_then_sigterm)
+
+    monkeypatch.setattr(FeedbackSink, "run", run_stopped_after_a_round)
+
+
 def test_a_sigterm_while_the_lake_refuses_a_batch_exits_0_with_the_counts_and_no_last_join(stopped_sink):
     """The sink landed a prediction, then the lake refused the feedback batch, and a SIGTERM ended that retry: run()
     returned, but the command still ran its last join against the refusing lake, which raised and made the stop exit 1
@@ -308,19 +324,8 @@ def test_a_last_join_the_lake_refuses_warns_and_the_stop_still_exits_0(stopped_s
     A real sink and a real SIGTERM after its first round; the labelled staging folder is a file."""
     import json
 
-    from tenfold.feedback.sink import FeedbackSink
-
     fake, _ = stopped_sink
-    real_run = FeedbackSink.run
-
-    def run_stopped_after_a_round(self, stop, *, after_round=None):
-        def round_then_sigterm() -> None:
-            after_round()
-            _sigterm_self()
-
-        return real_run(self, stop, after_round=round_then_sigterm)
-
-    monkeypatch.setattr(FeedbackSink, "run", run_stopped_after_a_round)
+    _stop_after_a_round(monkeypatch)
     result = CliRunner().invoke(feedback_cli.app, ["sink", "--pull-wait-s", "0.5", "--join-every-s", "0"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert json.loads(result.stdout)["sink"]["predictions"]["landed"] == 1
@@ -359,10 +364,8 @@ def test_a_join_gcs_refuses_warns_naming_the_lake_and_the_stop_still_exits_0(pub
     join fails, then the last join fails too."""
     import json
 
-    from tenfold.feedback.sink import FeedbackSink
-
     fake, settings = pubsub
-    real_files, real_run = Lake.files, FeedbackSink.run
+    real_files = Lake.files
     checksum_reads: list[str] = []
 
     def files_gcs_refuses(self, table, part, *, verify=False, manifest=None):
@@ -371,15 +374,8 @@ def test_a_join_gcs_refuses_warns_naming_the_lake_and_the_stop_still_exits_0(pub
             raise fault()
         return real_files(self, table, part, verify=verify, manifest=manifest)
 
-    def run_stopped_after_a_round(self, stop, *, after_round=None):
-        def round_then_sigterm() -> None:
-            after_round()
-            _sigterm_self()
-
-        return real_run(self, stop, after_round=round_then_sigterm)
-
     monkeypatch.setattr(Lake, "files", files_gcs_refuses)
-    monkeypatch.setattr(FeedbackSink, "run", run_stopped_after_a_round)
+    _stop_after_a_round(monkeypatch)
     result = CliRunner().invoke(feedback_cli.app, ["sink", "--pull-wait-s", "0.5", "--join-every-s", "0"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert json.loads(result.stdout)["sink"]["predictions"]["landed"] == 1
