@@ -164,7 +164,7 @@ def serving_token_setup(settings: Settings) -> tuple[list[str], list[str]]:
 # without them every VM's settings were refused at start; passed always, a new folder replaced every VM.
 SERVING_ROLES = ("stable", "canary")
 _SERVER = f"{SERVING_ENV_PREFIX}SERVER__"
-_EVERY_ROLE = (f"{MONITORING_ENV_PREFIX}DRIFT__REPORTS_PREFIX", f"{SERVING_ENV_PREFIX}ROLLOUT__REPORTS_PREFIX")
+_REPORT_FOLDERS = (f"{MONITORING_ENV_PREFIX}DRIFT__REPORTS_PREFIX", f"{SERVING_ENV_PREFIX}ROLLOUT__REPORTS_PREFIX")
 
 
 def vm_env(settings: Settings, role: str) -> dict[str, str]:
@@ -180,10 +180,10 @@ def vm_env(settings: Settings, role: str) -> dict[str, str]:
         return True
 
     deployed = deployed_env(settings)
-    env = {k: v for k, v in deployed.items() if read_by(k) and k not in _EVERY_ROLE}
-    if folders := {k: v for k, v in deployed.items() if k in _EVERY_ROLE}:
+    env = {k: v for k, v in deployed.items() if read_by(k)}  # never the reports' folders (monitoring's, rollout's)
+    if folders := {k: v for k, v in deployed.items() if k in _REPORT_FOLDERS}:
         try:
-            build_settings(settings.env, {"TENFOLD_PROJECT_ID": settings.project_id, **env}, prefix=settings.prefix)
+            check_vm_env(settings, role, {"TENFOLD_PROJECT_ID": settings.project_id, **env})
         except ValueError:  # refused without them (a table under a default folder): the VM gets them
             env.update(folders)
     return env

@@ -366,7 +366,7 @@ def test_a_vm_environment_its_container_would_refuse_is_refused_at_synth(monkeyp
     """A check across settings that reads one a VM is not given passed synth and deploy and stopped every VM at start:
     the startup script, made at synth, is refused instead, naming the role and what the container would refuse."""
     custom = build_settings("dev", _REPORTS_TABLE)
-    monkeypatch.setattr(fleets, "_EVERY_ROLE", ())  # a vm_env that leaves the report folders out, as it used to
+    monkeypatch.setattr(fleets, "_REPORT_FOLDERS", ())  # a vm_env that leaves the report folders out, as it used to
     with pytest.raises(ValueError) as refused:
         fleets.feedback_startup_script(custom)
     said = str(refused.value)
