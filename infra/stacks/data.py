@@ -31,6 +31,8 @@ from infra.stacks.common import configure
 from tenfold.config import Settings
 from tenfold.messaging.topology import dead_letter_subscription
 
+# Dataproc's own folder in a staging bucket (driver output and batch config, per batch), not a name Tenfold chooses.
+DATAPROC_METAINFO_PREFIX = "google-cloud-dataproc-metainfo/"
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -68,7 +70,10 @@ class DataStack(TerraformStack):
                 BucketSpec("lake", st.lake_bucket, delete_prefixes_after_days=st.lake_layout.retention_days),
                 BucketSpec("models", st.models_bucket, noncurrent_versions_kept=10, noncurrent_days=90),
                 BucketSpec("artifacts", st.artifacts_bucket),
-                BucketSpec("dataproc-staging", st.dataproc_staging_bucket, delete_prefixes_after_days={"dataproc-temp/": 7}),
+                # Dataproc writes each batch's driver output and config under this fixed folder of the staging bucket;
+                # the staged code (settings.spark.dataproc_code_prefix) is kept.
+                BucketSpec("dataproc-staging", st.dataproc_staging_bucket,
+                           delete_prefixes_after_days={DATAPROC_METAINFO_PREFIX: 7}),
             ],
         ), depends_on=grants[:1])
 

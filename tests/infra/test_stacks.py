@@ -1057,3 +1057,16 @@ def test_served_tables_names_each_table_once_in_order(monkeypatch: pytest.Monkey
     clashing = s.model_copy(update={"storage": s.storage.model_copy(update={"features_table": "lookups_weather"})})
     assert platform.served_tables(clashing) == ["lookups_weather", "lookups_routes"]
     assert platform.served_tables(s) == ["features", "lookups_weather", "lookups_routes"]
+
+
+def test_the_dataproc_staging_bucket_expires_what_dataproc_writes_and_keeps_the_staged_code(synth: Synth) -> None:
+    """Dataproc writes every batch's driver output and config under ``google-cloud-dataproc-metainfo/`` of the staging
+    bucket (Google's fixed folder name): that is what expires after a week. The code the DAG stages under
+    ``spark.dataproc_code_prefix`` is what every batch runs, so no rule by age may touch it."""
+    s = get_settings("dev")
+    bucket = _by_name(synth.stack(s.infra.data_stack), "google_storage_bucket")[s.storage.dataproc_staging_bucket][1]
+    by_age = {p: r["condition"]["age"] for r in bucket["lifecycle_rule"] if r["action"]["type"] == "Delete"
+              for p in r["condition"].get("matches_prefix", [])}
+    assert by_age == {"google-cloud-dataproc-metainfo/": 7}
+    assert not any(s.spark.dataproc_code_prefix.startswith(p) or p.startswith(s.spark.dataproc_code_prefix)
+                   for p in by_age)
