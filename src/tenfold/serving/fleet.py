@@ -720,9 +720,16 @@ class Supervisor:
                 continue
             if not process.is_running(r.record):
                 code = "" if r.state != STARTING else f"; last log lines:\n{process.log_tail(r.record.log, 8)}"
+                # Its port was free when it was chosen; another process may have taken it before the replica bound it
+                # (the replica exits 1 then). Not the version's failure: the next start picks another port.
+                taken = (r.state == STARTING and r.admitted_at is None
+                         and process.port_state(self.settings.local.bind_host, r.port) != "free")
                 self._forget(r)
                 served = now - r.admitted_at if r.admitted_at is not None else None
-                if r.state == STARTING and served is None:
+                if taken:
+                    self.say(f"{name}: exited while starting: another process took port {r.port} first; starting it "
+                             f"again on another port{code}")
+                elif r.state == STARTING and served is None:
                     self._failed(r.pool, r.model, f"{name}: exited while starting{code}")
                 elif r.state in (STARTING, SERVING) and served is not None and served < SETTLED_S:
                     self._failed(r.pool, r.model, f"{name}: process {r.record.pid} died {served:.0f} s after it "

@@ -1132,3 +1132,64 @@ def test_the_supervisor_process_ends_an_os_error_with_one_line(tmp_path: Path, c
     assert fleet.main(["--settings-file", str(missing)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(missing) in err and err.count("\n") == 1, err
+
+
+# A replica stub whose first start finds its port taken: another process (the child it leaves behind, in a session and
+# an environment of its own, as an unrelated program would be) binds the port after the supervisor chose it and before the replica
+# does, and the replica exits 1, as the real one does when it cannot bind. Later starts stay up.
+_PORT_TAKEN_STUB = """\
+import os, socket, subprocess, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+marker = os.environ["STUB_MARKER"]
+if os.path.exists(marker):
+    time.sleep(60)
+    sys.exit(0)
+holder = subprocess.Popen([sys.executable, "-c", (
+    "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', %d)); s.listen(); "
+    "sys.stdout.write('bound'); sys.stdout.flush(); time.sleep(60)") % port], start_new_session=True,
+    stdout=subprocess.PIPE, env={})  # none of the fleet's environment: stopping the replica leaves it be
+assert holder.stdout.read(5) == b"bound"
+with open(marker, "w") as f:
+    f.write(str(holder.pid))
+print(f"tenfold serving: could not start on 127.0.0.1:{port} (is the port taken?)", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+class _CheckingApi(HealthyApi):
+    """Every pointed slot still being checked (never UP): a replica stays starting until it exits or is stopped."""
+
+    def all_servers(self) -> dict[str, dict[str, ServerStat]]:
+        out: dict[str, dict[str, ServerStat]] = {}
+        for pool, server in self.slots:
+            out.setdefault(pool, {})[server] = ServerStat(pool, server, "DOWN", "L4CON", 0, 0, 0, None)
+        return out
+
+
+def test_a_replica_whose_port_another_process_took_is_started_again_elsewhere_without_failing_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port a replica is given was free when the supervisor chose it; a program that binds it before the replica
+    does made the replica exit while starting, and that was counted as its version failing: the pool backed off, and
+    the version was reported failing (a rollout's timeout named it). It is started again on another port at once."""
+    import os
+    import signal
+
+    marker = tmp_path / "holder.pid"
+    sup = stub_supervisor(tmp_path, monkeypatch, stable=1, module="port_taken_replica", code=_PORT_TAKEN_STUB,
+                          environ={})
+    sup.env["STUB_MARKER"] = str(marker)
+    sup.api = _CheckingApi()
+    monkeypatch.setattr(sup, "_ensure_haproxy", lambda: True)
+    try:
+        _tick_until(sup, lambda: len([line for line in sup.lines if ": started " in line]) >= 2, 15,
+                    "no second replica was started")
+        first, second = [int(m.group(1)) for line in sup.lines if (m := re.search(r"on port (\d+)", line))][:2]
+        assert first != second
+        assert any(f"another process took port {first} first" in line for line in sup.lines), sup.lines
+        assert sup.failed["stable"] == set() and sup.backoff["stable"][0] == 0, sup.lines
+        assert not any("retrying in" in line for line in sup.lines), sup.lines
+    finally:
+        sup.shutdown()
+        if marker.exists():
+            os.kill(int(marker.read_text()), signal.SIGKILL)
