@@ -868,6 +868,16 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
                       details={"run": p.airflow_run_id})
         return result(body)
     marked = decision.promote and not rejected and _mark_challenger(reg, version, p, prior_challenger)
+    if decision.promote and not rejected and not marked:
+        # The decision above, recorded before the move (a retry reads it), says "-> challenger": what happened is
+        # kept beside it, or `tenfold models show` promised a canary that nothing will run.
+        note = (f"not marked challenger after all: the challenger is {reg.resolve(CHALLENGER) or 'unset'}, moved by "
+                "another run's gate while this run decided; no rollout follows for this version")
+        reg.record_decision(version, f"{key}.not-marked", {"summary": note, "decided_at": utc_stamp(),
+                                                            "challenger_version": version,
+                                                            "champion_version": evaluated_version})
+        body["summary"] = f"{body['summary']}; {note}"
+        log.info("%s: %s", version, note)
     return result(body, canary=marked)
 
 

@@ -657,10 +657,12 @@ def _b_gates_while_a_records(monkeypatch: pytest.MonkeyPatch, settings: Settings
                              a_version: str) -> None:
     """Run B's gate (which passes and moves the challenger) right after A's gate records its decision."""
     real = ModelRegistry.record_decision
+    moved: list[str] = []
 
     def b_moves_meanwhile(self: ModelRegistry, version: str, key: str, body: Any) -> bool:
         recorded = real(self, version, key, body)
-        if version == a_version:
+        if version == a_version and not moved:
+            moved.append(key)
             assert pipeline.gate(settings, *b)["canary"]
         return recorded
 
@@ -678,6 +680,14 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     _b_gates_while_a_records(monkeypatch, gate_settings, (planned_b, ev_b, r_b), r_a.version)
     decided = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
     assert reg.resolve(CHALLENGER) == r_b.version and decided["promote"] and not decided["canary"]
+    # What `tenfold models show` prints for A does not stop at "-> challenger", which promised a canary: it says A
+    # was not marked, and by whom.
+    summaries = {key: d["summary"] for key, d in reg.decisions(r_a.version).items()}
+    (decision_key,) = (k for k in summaries if not k.endswith(".not-marked"))
+    assert "-> challenger" in summaries[decision_key]
+    assert summaries[f"{decision_key}.not-marked"].startswith(
+        f"not marked challenger after all: the challenger is {r_b.version}, moved by another run's gate")
+    assert "not marked challenger after all" in decided["summary"]
 
 
 def test_a_gate_that_could_not_score_the_champion_does_not_take_the_challenger_another_gate_moved_meanwhile(
