@@ -272,7 +272,16 @@ class FeedbackSink:
         if stream not in self._writable:
             self._probe(stream)
         leased_at = time.monotonic()  # no later than the leases of the batch began (at its first pull's answer)
-        received = self._gather(stream, wait=wait, fill=fill)
+        # Leased from the first pull until the ack, whatever stops it: top-up pulls for batch_wait_s (each retried while
+        # Pub/Sub is unavailable), a slow write, a retried one, a retried ack. The keeper extends what is in hand now.
+        in_hand: list[str] = []
+        with self._keep_leased(stream, in_hand, leased_at):
+            return self._batch(stream, in_hand, wait=wait, fill=fill)
+
+    def _batch(self, stream: Stream, in_hand: list[str], *, wait: bool, fill: bool) -> int:
+        """Gather one batch into ``in_hand`` (its ack ids, kept leased by the caller), land its good records,
+        acknowledge them and nack the poison; how many messages it held."""
+        received = self._gather(stream, in_hand, wait=wait, fill=fill)
         if not received:
             return 0
         parse, to_row, schema, time_field = _PARSERS[stream]
@@ -311,17 +320,16 @@ class FeedbackSink:
             log.warning("%s: message %s is not a valid record (delivery %d of %d; it %s): %s; body starts %r",
                         sub.name, rm.message.message_id, rm.delivery_attempt, sub.max_delivery_attempts, fate,
                         _first_error(why), bytes(rm.message.data[:120]))
+        in_hand[:] = good_ids  # the poison is nacked, no longer extended
         if poison_ids:
             # Nack now so the delivery attempts are spent quickly and the dead-letter policy takes it.
             self._lease(stream, poison_ids, 0)
         if good:
-            # Leased from the pull until the ack, whatever stops it: a slow write, a retried one, a retried ack.
-            with self._keep_leased(stream, good_ids, leased_at):
-                files = self._land(stream, good, schema, time_field)
-                st.files += files
-                st.landed += len(good)
-                self._ack(stream, good_ids)
-                st.acked += len(good_ids)
+            files = self._land(stream, good, schema, time_field)
+            st.files += files
+            st.landed += len(good)
+            self._ack(stream, good_ids)
+            st.acked += len(good_ids)
         self.stats.batches += 1
         return len(received)
 
@@ -387,7 +395,8 @@ class FeedbackSink:
     @contextlib.contextmanager
     def _keep_leased(self, stream: Stream, ack_ids: list[str], leased_at: float) -> Iterator[None]:
         """Keep the leases of ``ack_ids`` (pulled no earlier than ``leased_at``, a monotonic time) alive while the
-        block runs: a thread extends them by the ack deadline every third of it. The SubscriberClient is thread-safe
+        block runs: a thread extends them by the ack deadline every third of it, those the list holds at each
+        extension (the block adds what it pulls, and takes out what it nacks). The SubscriberClient is thread-safe
         for unary calls. A failed extension (Pub/Sub away) is logged once and tried again at the next tick, never
         raised into the block; the block's own calls meet the same Pub/Sub and say so. The thread is stopped and
         joined when the block ends, at once (at most :data:`LEASE_CALL_TIMEOUT_S` for an extension in flight)."""
@@ -400,16 +409,18 @@ class FeedbackSink:
             # The first extension a third of the deadline after the pull, then every third: two may fail in a row.
             wait = max(0.0, leased_at + period - time.monotonic())
             while not done.wait(wait):
+                wait = period
+                if not (held := list(ack_ids)):
+                    continue
                 try:
-                    self._lease(stream, ack_ids, deadline_s, once=True)
+                    self._lease(stream, held, deadline_s, once=True)
                 except Exception as exc:  # Pub/Sub away, or an ack id it no longer knows: the next tick tries again
                     if not failed:
                         log.warning("could not extend the lease of %d %s message(s) in hand (%s: %s); trying again "
                                     "every %.0f s; should their leases run out they are redelivered and land twice "
-                                    "(the join drops the duplicates)", len(ack_ids), stream, type(exc).__name__,
+                                    "(the join drops the duplicates)", len(held), stream, type(exc).__name__,
                                     exc, period)
                     failed = True
-                wait = period
 
         keeper = threading.Thread(target=keep, name=f"tenfold-sink-lease-{stream}", daemon=True)
         keeper.start()
@@ -426,16 +437,18 @@ class FeedbackSink:
             f"acknowledge {len(ack_ids)} {stream} message(s) already written to the lake (they will be redelivered "
             "and the join drops the duplicates)")
 
-    def _gather(self, stream: Stream, *, wait: bool, fill: bool) -> list[Any]:
+    def _gather(self, stream: Stream, in_hand: list[str], *, wait: bool, fill: bool) -> list[Any]:
         """One batch: the first pull (held with ``wait``), topped up for ``batch_wait_s`` (``fill``: run) or while
         a backlog lasts (drain), so that a trickle of messages still makes files of many rows, not one file per
-        message."""
+        message. Each pull's ack ids join ``in_hand`` as it answers."""
         received = self._pull(stream, wait=wait)
+        in_hand += [rm.ack_id for rm in received]
         if not received:
             return received
         started = time.monotonic()
         while len(received) < self.options.max_messages and time.monotonic() - started < self.options.batch_wait_s:
             more = self._pull(stream, wait=False, limit=self.options.max_messages - len(received))
+            in_hand += [rm.ack_id for rm in more]
             if more:
                 received += more
             elif not fill:

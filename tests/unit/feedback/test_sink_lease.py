@@ -120,6 +120,30 @@ def test_a_lake_write_slower_than_the_ack_deadline_keeps_the_batch_leased(short_
     assert sorted(landed) == pids, "the lake does not hold each message once"
 
 
+def test_a_batch_topped_up_for_longer_than_the_ack_deadline_stays_leased(short_leases):
+    """A running sink tops a batch up for ``batch_wait_s`` after its first pull (each top-up pull retried while
+    Pub/Sub is unavailable): the keeper started only at the write, so the first messages' leases ran out while the
+    batch was still filling, and the sink's own top-up pulls got them again (a delivery attempt spent, each landed
+    twice). The real emulator, a 10 s ack deadline, and a fill 1.6 ack deadlines long."""
+    from tenfold.feedback.sink import FeedbackSink, SinkOptions
+
+    settings = short_leases
+    pids = [f"fill-{i}" for i in range(3)]
+    _publish(settings, pids)
+    options = SinkOptions(max_messages=10, pull_wait_s=5.0, batch_wait_s=1.6 * DEADLINE_S, poll_interval_s=0.5)
+    with FeedbackSink(settings, options) as sink:
+        started = time.monotonic()
+        pulled = sink.poll_once(wait=True, fill=True)
+        assert time.monotonic() - started >= 1.6 * DEADLINE_S, "the batch was not filled for longer than a lease"
+        assert _keepers() == [], "the lease keeper outlived the batch"
+    st = sink.stats["predictions"]
+    assert (pulled, st.redelivered, st.landed, st.acked) == (len(pids), 0, len(pids), len(pids)), (
+        "the batch's first messages came back while it filled: their leases ran out")
+    landed = read_log(Lake.from_settings(settings), settings.storage.predictions_table, [Partition(2026, 5)],
+                      PREDICTIONS_LOG)["prediction_id"].to_pylist()
+    assert sorted(landed) == pids, "the lake does not hold each message once"
+
+
 def _keepers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("tenfold-sink-lease")]
 
