@@ -13,6 +13,11 @@ file (ignored, and removed by the next save) or a .pt without its sidecar (ignor
 bit-flipped .pt fails its checksum, and :func:`latest_valid_snapshot` (or :func:`latest_valid_checkpoint`
 for a raw payload) falls back to the previous one. tests/unit/training/test_fault_training.py SIGKILLs
 rank 0 halfway through writing one (the test-only hook of :mod:`tenfold.training.faults`).
+
+A checkpoint that cannot be *read* (an I/O error, no permission) is skipped too, but it is not proven corrupt:
+a later save keeps it, as it keeps every later checkpoint whose checksum matches. One whose checksum matches but
+that torch cannot load (out of memory, a torch older than the writer's) stops the resume with
+:class:`CheckpointUnloadable` instead of falling back: falling back would train over its steps and drop it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,17 @@ _T = TypeVar("_T")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message says which file and why."""
+    """A checkpoint cannot be used; the message says which file and why. A resume skips it for an older one."""
+
+
+class CheckpointUnreadable(CheckpointError):
+    """A checkpoint file could not be read (an OSError: EIO, EACCES): a resume skips it, but it is not proven corrupt,
+    so :func:`save_checkpoint` never deletes it."""
+
+
+class CheckpointUnloadable(RuntimeError):
+    """A checkpoint whose bytes match its checksum, that torch could not load. Not a :class:`CheckpointError`: the
+    resume stops, naming the file and the cause, rather than fall back to an older checkpoint and drop this one."""
 
 
 @dataclass(frozen=True)
@@ -133,21 +148,40 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], *
     if (fault := faults.armed(int(os.environ.get("RANK", "0")), step, "checkpoint")) is not None:
         _fire_halfway(path, data, fault)
     atomic_write(path, data)
-    body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name}
+    body = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "file": path.name,
+            "torch": torch.__version__}
     atomic_write(sidecar, json.dumps(body, sort_keys=True).encode())
-    # Checkpoints of later steps than this one are of an abandoned trajectory (a run resumes from the newest
-    # *valid* checkpoint, so a later one is corrupt, or from a run with other settings): they go first, so that
-    # they never count among the ``keep`` newest and push this valid one out.
+    # A checkpoint of a later step than this one was skipped by the resume. A corrupt one (bad checksum, no sidecar)
+    # goes, so that it never counts among the ``keep`` newest and pushes this valid one out. One that verifies (of a
+    # payload the resume could not use) or that could not be read (an I/O error: not proven corrupt) stays: deleting
+    # it could lose the run's newest good state. Neither counts among the ``keep``: only steps up to this one do.
     present = list_checkpoints(folder)
-    abandoned = [c for c in present if c.step > step]
+    later = [c for c in present if c.step > step]
     kept = [c for c in present if c.step <= step]
-    for old in [*abandoned, *(kept[:-keep] if keep > 0 else [])]:
+    for old in [*(c for c in later if _proven_corrupt(c, step)), *(kept[:-keep] if keep > 0 else [])]:
         for f in (old.path, old.sidecar):
             f.unlink(missing_ok=True)
     # Temporary files of a writer that was killed (rank 0 is the only writer, so none is being written now).
     for stale in folder.glob(".ckpt-*.tmp-*"):
         stale.unlink(missing_ok=True)
     return CheckpointInfo(step, path, sidecar)
+
+
+def _proven_corrupt(info: CheckpointInfo, saved: int) -> bool:
+    """Whether ``info``, later than the checkpoint of step ``saved`` just written, fails its checksum (or has no
+    sidecar) and so may be deleted; a checksum-valid or unreadable one is kept, and the log says so."""
+    try:
+        verify_checkpoint(info)
+    except CheckpointUnreadable as exc:
+        log.warning("keeping %s, later than the checkpoint of step %d just written: it could not be read (%s), which "
+                    "does not prove it corrupt", info.path.name, saved, exc)
+        return False
+    except CheckpointError as exc:
+        log.warning("deleting %s, later than the checkpoint of step %d just written: %s", info.path.name, saved, exc)
+        return True
+    log.warning("keeping %s, later than the checkpoint of step %d just written: its checksum matches, so it is never "
+                "deleted as abandoned", info.path.name, saved)
+    return False
 
 
 def _fire_halfway(path: Path, data: bytes, fault: faults.Fault) -> None:
@@ -175,15 +209,23 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
 
 
 def verify_checkpoint(info: CheckpointInfo) -> bytes:
-    """The checkpoint's bytes if its sidecar exists and its size and sha256 match; else CheckpointError."""
+    """The checkpoint's bytes if its sidecar exists and its size and sha256 match; else CheckpointError
+    (:class:`CheckpointUnreadable` when either file could not be read)."""
     try:
         body = json.loads(info.sidecar.read_text())
         expected_size, expected_sha = int(body["bytes"]), str(body["sha256"])
     except FileNotFoundError as exc:
         raise CheckpointError(f"{info.path.name}: no sidecar {info.sidecar.name} (the write never finished)") from exc
+    except OSError as exc:
+        raise CheckpointUnreadable(f"{info.sidecar}: unreadable ({_reason(exc)})") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{info.sidecar}: unreadable sidecar ({exc})") from exc
-    data = info.path.read_bytes()
+    try:
+        data = info.path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{info.path.name}: gone (its sidecar {info.sidecar.name} remains)") from exc
+    except OSError as exc:
+        raise CheckpointUnreadable(f"{info.path}: unreadable ({_reason(exc)})") from exc
     if len(data) != expected_size:
         raise CheckpointError(f"{info.path.name}: {len(data)} bytes, sidecar says {expected_size} (truncated)")
     if hashlib.sha256(data).hexdigest() != expected_sha:
@@ -191,15 +233,38 @@ def verify_checkpoint(info: CheckpointInfo) -> bytes:
     return data
 
 
+def _reason(exc: BaseException) -> str:
+    """``exc`` on one line (a launch shows an error's first line), with its type."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def load_checkpoint(info: CheckpointInfo, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's payload. CheckpointError when it fails verification (a resume then falls back); when its
+    bytes verify but torch cannot load them, :class:`CheckpointUnloadable`, which a resume does not fall back past."""
     data = verify_checkpoint(info)
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad stream
-        raise CheckpointError(f"{info.path.name}: torch cannot read it ({exc})") from exc
+    except Exception as exc:  # the bytes are the ones written (their sha256 matched): not corruption
+        raise CheckpointUnloadable(
+            f"{info.path} matches its checksum but torch {torch.__version__} could not load it ({_reason(exc)}"
+            f"{_writer(info)}); the resume stops rather than fall back to an older checkpoint and lose its steps: "
+            "if the cause passes (memory), run again; if this torch cannot read it, resume with the torch that wrote "
+            f"it; to give it up, delete {info.path.name} and {info.sidecar.name} and the run resumes from the one "
+            "before"
+        ) from exc
     if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
         raise CheckpointError(f"{info.path.name}: not a tenfold training checkpoint")
     return payload
+
+
+def _writer(info: CheckpointInfo) -> str:
+    """", written by torch X" from the sidecar (one written before it was recorded names none)."""
+    try:
+        written = json.loads(info.sidecar.read_text()).get("torch")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f", written by torch {written}" if isinstance(written, str) and written != torch.__version__ else ""
 
 
 def save_snapshot(directory: str | Path, snapshot: Snapshot, *, keep: int = 3) -> CheckpointInfo:
@@ -210,7 +275,8 @@ def save_snapshot(directory: str | Path, snapshot: Snapshot, *, keep: int = 3) -
 def latest_valid_checkpoint(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[CheckpointInfo, dict[str, Any]] | None:
-    """The newest checkpoint that verifies and loads, skipping (and logging) corrupt newer ones."""
+    """The newest checkpoint that verifies and loads, skipping (and logging) corrupt or unreadable newer ones;
+    :class:`CheckpointUnloadable` for a newer one that verifies but torch cannot load."""
     return _newest_valid(directory, map_location, lambda _info, payload: payload)
 
 

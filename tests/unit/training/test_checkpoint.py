@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import random
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,3 +184,83 @@ def test_a_corrupt_later_checkpoint_never_pushes_out_the_one_just_written(tmp_pa
     assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [20]
     found = ckpt.latest_valid_checkpoint(tmp_path)
     assert found is not None and found[0].step == 20
+
+
+def test_an_intact_checkpoint_torch_cannot_load_stops_the_resume_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 100 matched its checksum but torch.load failed on it once (out of memory): the resume fell back to step 50,
+    and the next save deleted step 100 as abandoned, losing 50 steps of an intact checkpoint."""
+    for step in (50, 100):
+        _save(tmp_path, step)
+    real_load = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        payload = real_load(f, *args, **kwargs)
+        if payload["step"] == 100:  # the fault is inside torch, on step 100's bytes only
+            raise MemoryError("cannot allocate 2 GiB")
+        return payload
+
+    monkeypatch.setattr(torch, "load", load)
+    newest = ckpt.checkpoint_path(tmp_path, 100)
+    with pytest.raises(ckpt.CheckpointUnloadable, match=rf"{re.escape(str(newest))} matches its checksum .*MemoryError: cannot "
+                                                        r"allocate 2 GiB.*delete ckpt-00000100\.pt and "
+                                                        r"ckpt-00000100\.json") as refused:
+        ckpt.latest_valid_checkpoint(tmp_path)
+    assert "\n" not in str(refused.value)  # a launch shows an error's first line
+    with pytest.raises(ckpt.CheckpointUnloadable, match=r"ckpt-00000100\.pt"):
+        ckpt.latest_valid_snapshot(tmp_path)
+    assert newest.exists() and newest.with_suffix(".json").exists()
+    monkeypatch.setattr(torch, "load", real_load)  # memory again: the resume takes step 100
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 100
+
+
+def test_a_save_after_a_fallback_never_deletes_a_checksum_valid_later_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt.save_snapshot(tmp_path, _snapshot(50))
+    _save(tmp_path, 100)  # verifies, but the resume cannot use it: it falls back to step 50
+    _save(tmp_path, 90)
+    ckpt.checkpoint_path(tmp_path, 90).write_bytes(b"torn")  # corrupt: fails its checksum
+    found = ckpt.latest_valid_snapshot(tmp_path)
+    assert found is not None and found[0].step == 50
+    with caplog.at_level(logging.WARNING, logger=ckpt.log.name):
+        ckpt.save_snapshot(tmp_path, _snapshot(60), keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-00000060.json", "ckpt-00000060.pt", "ckpt-00000100.json", "ckpt-00000100.pt"]
+    assert "keeping ckpt-00000100.pt, later than the checkpoint of step 60 just written: its checksum matches" \
+        in caplog.text
+    assert "deleting ckpt-00000090.pt, later than the checkpoint of step 60 just written: ckpt-00000090.pt: 4 bytes, " \
+        "sidecar says" in caplog.text
+
+
+@pytest.mark.parametrize("unreadable", [".pt", ".json"])
+def test_an_unreadable_newest_checkpoint_falls_back_and_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, unreadable: str
+) -> None:
+    """An I/O error reading step 100 escaped every resume (only a missing sidecar fell back), though step 50 was
+    valid; once it falls back, step 100 (unread, not proven corrupt) must survive the next save."""
+    for step in (50, 100):
+        _save(tmp_path, step)
+    bad = ckpt.checkpoint_path(tmp_path, 100).with_suffix(unreadable)
+    real_open = Path.open
+
+    def open_(self: Path, *args: Any, **kwargs: Any) -> Any:  # read_bytes and read_text open through it
+        if self == bad:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    with caplog.at_level(logging.WARNING, logger=ckpt.log.name):
+        found = ckpt.latest_valid_checkpoint(tmp_path)
+        assert found is not None and found[0].step == 50
+        assert f"{bad}: unreadable (OSError: [Errno 5] Input/output error" in caplog.text
+        _save(tmp_path, 60, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-00000060.json", "ckpt-00000060.pt", "ckpt-00000100.json", "ckpt-00000100.pt"]
+    assert "keeping ckpt-00000100.pt, later than the checkpoint of step 60 just written: it could not be read" \
+        in caplog.text
+    monkeypatch.setattr(Path, "open", real_open)  # the disk recovers: nothing was lost
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[0].step == 100 and torch.equal(found[1]["model"]["w"], torch.full((4,), 100.0))
