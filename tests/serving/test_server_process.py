@@ -3,6 +3,7 @@ the image's environment-only command and its HEALTHCHECK, and the thin ASGI entr
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
@@ -62,6 +63,23 @@ def test_the_image_command_serves_from_its_environment_and_drains_on_sigterm(
     assert status == 200 and (ready["arm"], ready["model_version"]) == ("canary", served_versions.challenger)
     check = [sys.executable, str(IMAGE / "healthcheck.py")]
     assert subprocess.run(check, env=env, capture_output=True, timeout=60).returncode == 0
+
+    # A connection left idle longer than uvicorn's default keep-alive (5 s) is still open: Google's load balancer
+    # reuses its backend connections for up to 600 s, and a replica that closed one first had the load balancer's
+    # next request on it answered 502.
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        idle.request("GET", "/healthz")
+        first = idle.getresponse()
+        first.read()
+        sock = idle.sock
+        time.sleep(6.0)  # the idle time under test, not a wait for something to happen
+        idle.request("GET", "/healthz")
+        second = idle.getresponse()
+        second.read()
+        assert (first.status, second.status, idle.sock) == (200, 200, sock), "the idle connection was not reused"
+    finally:
+        idle.close()
 
     body = json.dumps({"carrier": "UA", "flight": 7, "origin": "EWR", "dest": "IAH",
                        "sched_dep": "2013-01-03T10:00:00"}).encode()

@@ -62,6 +62,10 @@ class ServerSettings(_Frozen):
     retry_after_s: int = Field(default=5, ge=1)
     # Graceful drain on SIGTERM: readiness goes false, in-flight requests get this long to finish.
     drain_timeout_s: float = Field(default=20.0, gt=0)
+    # How long an idle client connection is kept open. Google's load balancer keeps its backend connections for a
+    # fixed 600 s and reuses them: a replica closing one sooner (uvicorn's default is 5 s) races its next request,
+    # which the load balancer answers 502 without a retry (a POST), counted against the arm. Above 600 s.
+    keep_alive_s: float = Field(default=620.0, gt=600)
     # A model call that has not answered in this long (a hung forward pass, a stuck CUDA kernel): its requests get
     # 503 with Retry-After, readiness fails while it lasts (the load balancer sends requests elsewhere) and
     # liveness after 3x as long (the fleet or the group's autohealing replaces the replica).

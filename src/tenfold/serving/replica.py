@@ -169,6 +169,7 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
     config = uvicorn.Config(
         app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=False,
         timeout_graceful_shutdown=int(max(1, round(settings.serving.server.drain_timeout_s))),
+        timeout_keep_alive=int(settings.serving.server.keep_alive_s),
         server_header=False,
     )
     server = _DrainingServer(config, state)

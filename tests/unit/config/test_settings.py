@@ -1045,3 +1045,16 @@ def test_the_project_check_is_of_the_environment_a_command_works_on_and_never_re
     finally:
         held.close()
         get_settings.cache_clear()
+
+
+def test_a_replica_keep_alive_not_above_the_load_balancers_600_s_is_refused(tmp_path):
+    """Google's load balancer reuses a backend connection for up to 600 s: a replica that closes an idle one sooner
+    races the next request on it (a 502). 620 s by default; 600 or less is refused, naming the setting."""
+    from pydantic import ValidationError
+
+    from tenfold.config import settings_refusal
+
+    assert build_settings("dev", {}).serving.server.keep_alive_s > 600
+    with pytest.raises(ValidationError) as refused:
+        build_settings("dev", {"TENFOLD_SERVING__SERVER__KEEP_ALIVE_S": "600"})
+    assert "keep_alive_s: Input should be greater than 600" in settings_refusal(refused.value)
