@@ -74,6 +74,7 @@ class ServedModel:
         request's or the workload code's, never the model's. So is a table that breaks the assembly's contract (not a
         ``pyarrow.Table``, a row count other than the requests', a column of ``contract.online_columns`` missing):
         the model, given it, failed as a broken model would (503 "retry", the replica out of the rotation after five).
+        An output that is not a probability (NaN, an infinity, outside [0, 1]) is :class:`ModelOutputError`, the model's.
         """
         from tenfold.workloads import RequestInvalid
 
@@ -84,7 +85,19 @@ class ServedModel:
         except Exception as exc:
             raise AssemblyError(f"the workload's online assembly failed ({type(exc).__name__}: {exc})") from exc
         self._check_assembled(table, len(requests))
-        return [float(p) for p in self.loaded.predict_proba(table)]
+        return self._check_output([float(p) for p in self.loaded.predict_proba(table)])
+
+    def _check_output(self, probabilities: list[float]) -> list[float]:
+        """``probabilities``, where each is one (finite, in [0, 1]); else :class:`ModelOutputError`. NaN, an infinity
+        or 1.7 is a broken model (its weights, its calibration): a JSON 500 counted as the server's bug (NaN), or a 200
+        contradicting the ``Prediction`` schema (1.7), cached and sampled, with the replica left in the rotation."""
+        bad = [p for p in probabilities if not 0.0 <= p <= 1.0]  # NaN fails every comparison
+        if bad:
+            raise ModelOutputError(
+                f"model version {self.version} returned {len(bad)} of {len(probabilities)} values that are not "
+                f"probabilities (finite, in [0, 1]), the first {bad[0]!r}: its model folder's predict_proba is broken "
+                "(weights, calibration); roll back to a good version or retrain")
+        return probabilities
 
     def _check_assembled(self, table: object, rows: int) -> None:
         """Raise :class:`AssemblyError` where ``table`` is not what ``OnlineFeatures.assemble`` promises for ``rows``
@@ -101,6 +114,12 @@ class ServedModel:
         missing = [c for c in self.loaded.workload.contract.online_columns if c not in present]
         if missing:
             raise AssemblyError(f"{where} returned a table without the feature columns {missing}: {fix}")
+
+
+class ModelOutputError(RuntimeError):
+    """The model folder's ``predict_proba`` returned a value that is not a probability (NaN, an infinity, outside
+    [0, 1]): the model's failure like any other (503 ``model_error`` with Retry-After, never cached nor sampled,
+    counted towards the failures in a row that take the replica out of the rotation)."""
 
 
 class AssemblyError(RuntimeError):
