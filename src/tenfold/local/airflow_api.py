@@ -7,6 +7,7 @@ retraining) use the same client to watch their DAG runs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -77,9 +78,11 @@ class AirflowApi:
                     and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             # A busy API server (the scheduler, Spark and torchrun share two cores) can miss a deadline; reading
             # is safe to repeat, a change is not: it is reported for the caller to look before trying again.
+            # HTTPException: a server that died mid-answer (IncompleteRead, RemoteDisconnected, a garbled status
+            # line) is a lost connection too; it escaped as "a fault in the code".
             if self._repeatable(method, path) and attempt < self.retries:
                 return self._retry(method, path, body, auth, attempt)
             raise AirflowApiError(f"{method} {path}: the Airflow API at {self.base_url} did not answer ({exc}); "

@@ -90,6 +90,8 @@ def up(service: _ServiceOpt = None) -> None:
     settings = get_settings()
     _local_only(settings, "up")  # before the lock and the run folder: nothing of a local platform is made in dev
     chosen = _services(service)
+    if "airflow" in chosen:
+        _workload_loads(settings)
     # One lock across the platform and the fleet: a `tenfold down` between the two would leave the fleet running.
     with refusing_os_errors(settings, "up"), exclusive(settings, echo=_echo):
         try:
@@ -108,6 +110,21 @@ def up(service: _ServiceOpt = None) -> None:
     if failed is not None:
         _echo(f"error: the platform is up, but serving is not (the fleet or the feedback sink): {failed}", err=True)
         raise typer.Exit(1)
+
+
+def _workload_loads(settings: Settings) -> None:
+    """Airflow's DAGs run the configured workload: one that cannot be loaded (TENFOLD_WORKLOAD mistyped) is refused in
+    one line before anything starts, as the demo refuses it (exit 2, bad settings). `tenfold up` used to report every
+    component healthy, every DAG run then failed in its first task, and `up` after fixing the variable was refused as
+    drift of the Airflow it had started."""
+    from tenfold.workloads import WorkloadError, get_workload
+
+    try:
+        get_workload(settings)
+    except WorkloadError as exc:
+        typer.echo(f"error: {exc}; fix TENFOLD_WORKLOAD (or the workload setting), then run `tenfold up` again. "
+                   "Nothing was started", err=True)
+        raise typer.Exit(2) from None
 
 
 def _describe_serving(settings: Settings, *, secrets: bool = False) -> bool:
@@ -135,8 +152,9 @@ def _local_only(settings: Settings, command: str) -> None:
 
 def status(service: _ServiceOpt = None) -> None:
     """Show each local component (state, URL, pid, log), the Airflow login, the lake and the serving fleet (its
-    token included); exit 3 if any is down or dead (the fleet counts once it was started)."""
-    from tenfold.local.stack import describe
+    token included); exit 3 if any is down or dead (the fleet counts once it was started, and only when what -s chose
+    includes what it runs on, as `tenfold up -s` starts it: `status -s gcs` exits on gcs alone)."""
+    from tenfold.local.stack import SERVING_NEEDS, describe
     from tenfold.local.stack import status as _status
 
     settings = get_settings()
@@ -146,7 +164,7 @@ def status(service: _ServiceOpt = None) -> None:
         statuses = _status(settings, chosen)
         typer.echo(describe(settings, statuses, secrets=True))
         serving_ok = _describe_serving(settings, secrets=True)
-    if not all(s.healthy for s in statuses) or not serving_ok:
+    if not all(s.healthy for s in statuses) or (set(SERVING_NEEDS) <= set(chosen) and not serving_ok):
         raise typer.Exit(3)
 
 

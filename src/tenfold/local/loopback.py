@@ -34,15 +34,23 @@ def urlopen(request: str | urllib.request.Request, *, timeout: float) -> Any:
 def not_proxied(env: Mapping[str, str], hosts: Iterable[str] = ()) -> dict[str, str]:
     """The ``no_proxy``/``NO_PROXY`` values that keep the loopback hosts, and ``hosts`` (the settings'
     ``local.bind_host``), off any proxy ``env`` names (each keeps what it listed); empty when ``env`` names no
-    proxy, so nothing changes for everyone else."""
+    proxy, so nothing changes for everyone else.
+
+    ``"*"`` means no proxy for anything only as a variable's whole value (urllib and requests compare the value
+    with ``"*"``): such a variable is left as it is (``"*,127.0.0.1"`` would proxy everything). Within a list
+    (``"*,example.com"``) the ``"*"`` matches no host, and loopback traffic went to the proxy: the loopback hosts are
+    added to it."""
     if not any(env.get(name) for name in PROXY_VARIABLES):
         return {}
+    everything = {name for name in NO_PROXY_VARIABLES if env.get(name) == "*"}
+    if everything and not any(env.get(name) for name in NO_PROXY_VARIABLES if name not in everything):
+        return {}  # whoever reads either variable sends nothing to a proxy
     listed: list[str] = []
     for name in NO_PROXY_VARIABLES:
+        if name in everything:
+            continue
         listed += [h.strip() for h in env.get(name, "").split(",") if h.strip() and h.strip() not in listed]
-    if "*" in listed:  # no proxy for anything: urllib and requests honour "*" only as the whole value
-        return {}
     for host in (*LOOPBACK_HOSTS, *hosts):
         if host not in listed:
             listed.append(host)
-    return dict.fromkeys(NO_PROXY_VARIABLES, ",".join(listed))
+    return dict.fromkeys([name for name in NO_PROXY_VARIABLES if name not in everything], ",".join(listed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -15,8 +16,8 @@ from tenfold.local.airflow_api import AirflowApi, AirflowApiError
 
 
 class _Server:
-    """Answers each request with the next planned behaviour: "hang" (longer than the client waits), an HTTP
-    status, a (status, detail) pair, "ok" (200 with a JSON body) or a dict (200 with that body)."""
+    """Answers each request with the next planned behaviour: "hang" (longer than the client waits), "cut" (10 bytes
+    of the 100 its Content-Length promised, then the connection closed), an HTTP status, a (status, detail) pair, "ok" (200 with a JSON body) or a dict (200 with that body)."""
 
     def __init__(self, plan: list[object]) -> None:
         self.plan, self.seen = list(plan), []
@@ -28,6 +29,14 @@ class _Server:
                 step = server.plan.pop(0) if server.plan else "ok"
                 if step == "hang":
                     time.sleep(1.5)
+                    return
+                if step == "cut":  # dies mid-answer: promises 100 bytes, sends 10, closes the connection
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    self.wfile.write(b'{"dag_id":')
+                    self.wfile.flush()
+                    self.close_connection = True
                     return
                 if isinstance(step, dict):  # a 200 with this body
                     code, payload = 200, step
@@ -68,6 +77,27 @@ def test_a_read_that_times_out_or_meets_a_503_is_tried_again(server: list[_Serve
     api, s = _api(server, ["hang", 503, "ok"])
     assert api._send("GET", "/api/v2/dags/x", auth=False) == {"answer": 3}
     assert len(s.seen) == 3
+
+
+def test_an_api_server_that_dies_mid_answer_is_a_lost_connection_not_a_fault(server: list[_Server]) -> None:
+    """The answer cut short (http.client's IncompleteRead, an HTTPException, not an OSError) escaped the client's
+    retry and its AirflowApiError: the demo ended with "a fault in the code". A read is tried again, and a read that
+    meets it every time, or a change that meets it once, ends in the client's error naming the API."""
+    api, s = _api(server, ["cut", "ok"])
+    assert api._send("GET", "/api/v2/dags/x", auth=False) == {"answer": 2}
+    assert len(s.seen) == 2
+
+    api, s = _api(server, ["cut"] * 5)
+    api._token = "t"
+    with pytest.raises(AirflowApiError, match=r"GET /api/v2/dags/x: the Airflow API at .* did not answer") as raised:
+        api.dag("x")
+    assert isinstance(raised.value.__cause__, http.client.IncompleteRead), repr(raised.value.__cause__)
+    assert len(s.seen) == 1 + api.retries
+
+    api, s = _api(server, ["cut"])
+    with pytest.raises(AirflowApiError, match="did not answer"):
+        api._send("POST", "/api/v2/dags/x/dagRuns", {"dag_run_id": "r"}, auth=False)
+    assert s.seen == [("POST", "/api/v2/dags/x/dagRuns")]  # a change is not repeated: it may have landed
 
 
 def test_a_change_is_never_repeated_and_a_silent_api_is_a_clear_error(server: list[_Server]) -> None:
@@ -217,6 +247,31 @@ def test_requests_to_the_api_never_go_through_a_proxy_the_shell_names(server: li
         ("no_proxy", "NO_PROXY"), "corp.example,127.0.0.1,localhost,::1")
     assert not_proxied({"no_proxy": "corp.example"}) == {}
     assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*"}) == {}  # "*,127.0.0.1" would proxy everything
+
+
+def test_a_star_within_no_proxy_still_keeps_loopback_off_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib and requests read "*" as "no proxy at all" only as the whole value: with no_proxy="*,example.com" they
+    proxy 127.0.0.1, and not_proxied added nothing because "*" was among the entries."""
+    import requests.utils
+
+    from tenfold.local.loopback import not_proxied
+
+    env = {"http_proxy": "http://p:3128", "no_proxy": "*,example.com"}
+    added = not_proxied(env, ("127.0.0.1",))
+    assert "127.0.0.1" in added["no_proxy"].split(","), added
+    assert added["NO_PROXY"] == added["no_proxy"] and "example.com" in added["no_proxy"].split(","), added
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    url = "http://127.0.0.1:8080/api/v2/dags"
+    monkeypatch.setenv("http_proxy", env["http_proxy"])
+    monkeypatch.setenv("no_proxy", env["no_proxy"])
+    assert not requests.utils.should_bypass_proxies(url, no_proxy=None)  # what the reviewer saw: it goes to the proxy
+    monkeypatch.setenv("no_proxy", added["no_proxy"])
+    assert requests.utils.should_bypass_proxies(url, no_proxy=None)
+    # A whole "*" is left alone; beside a list in the other variable, only the list gets the loopback hosts.
+    assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*", "NO_PROXY": "*"}) == {}
+    assert not_proxied({"http_proxy": "http://p:3128", "no_proxy": "*", "NO_PROXY": "corp.example"}) == {
+        "NO_PROXY": "corp.example,127.0.0.1,localhost,::1"}
 
 
 def test_the_configured_bind_host_is_kept_off_the_proxy_too(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -498,3 +498,67 @@ def test_down_read_by_a_command_that_stops_reading_still_stops_every_service(tmp
     finally:
         for record in started:
             process.stop(record, timeout=5)
+
+
+def test_up_refuses_a_workload_that_cannot_be_loaded_before_starting_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TENFOLD_WORKLOAD=nope tenfold up`: up never loaded the workload (only the demo did), reported every component
+    healthy, every DAG run then failed in its first task, and `up` after fixing the variable was refused as drift."""
+    from tenfold.local import process
+
+    home = tmp_path / "home"
+    settings = local_settings(home, environ={"TENFOLD_WORKLOAD": "nope"})
+    assert settings.workload == "nope"
+    monkeypatch.setattr(local_cli, "get_settings", lambda env=None: settings)
+    started: list[object] = []
+
+    def start(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise AssertionError(f"`tenfold up` started {args[:1]} on a workload it cannot load")
+
+    monkeypatch.setattr(process, "start", start)
+    out = runner.invoke(app, ["up"])
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), (repr(out.exception), out.output)
+    assert "error: unknown workload 'nope': use one of flights" in out.output, out.output
+    assert "fix TENFOLD_WORKLOAD" in out.output and "Traceback" not in out.output, out.output
+    assert started == []
+    assert not home.exists(), sorted(home.rglob("*"))  # not even the lock or the run folder
+
+    # Without Airflow nothing runs the workload: the emulators alone are not refused for it.
+    monkeypatch.setattr(stack, "up", lambda settings, services, echo: [])
+    monkeypatch.setattr(stack, "serving_up", lambda settings, say: False)
+    out = runner.invoke(app, ["up", "-s", "gcs"])
+    assert out.exit_code == 0, (repr(out.exception), out.output)
+    assert "unknown workload" not in out.output
+
+
+def test_status_of_chosen_services_does_not_exit_on_the_fleets_health(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenfold status -s gcs` on a healthy gcs exited 3 because the serving fleet (which -s did not choose) was not
+    healthy. The fleet counts when what -s chose includes what it runs on (as `tenfold up -s` starts it)."""
+    from tenfold.local.stack import ServiceStatus
+    from tenfold.serving import fleet
+
+    settings = local_settings(tmp_path / "home")
+    monkeypatch.setattr(local_cli, "get_settings", lambda env=None: settings)
+    chosen: list[list[str]] = []
+
+    def healthy(settings: object, services: list[str]) -> list[ServiceStatus]:
+        chosen.append(list(services))
+        return [ServiceStatus(name=name, url="http://127.0.0.1:1", running=True, healthy=True, pid=1,
+                              log=tmp_path / f"{name}.log", service=name) for name in services]
+
+    unhealthy = fleet.FleetReport(running=True, supervisor_pid=1, haproxy_alive=False, haproxy_pid=None,
+                                  url="http://127.0.0.1:2", metrics_url="http://127.0.0.1:3", canary_percent=None,
+                                  versions={}, replicas=[], token_path=str(tmp_path / "token"), token=None,
+                                  log=str(tmp_path / "fleet.log"))
+    assert not unhealthy.healthy
+    monkeypatch.setattr(stack, "status", healthy)
+    monkeypatch.setattr(fleet, "report", lambda settings: unhealthy)
+    out = runner.invoke(app, ["status", "-s", "gcs"])
+    assert out.exit_code == 0, (repr(out.exception), out.output)
+    assert chosen == [["gcs"]]
+    # What the fleet runs on chosen (all of it, by default): its health counts.
+    for args in (["status"], ["status", "-s", "gcs", "-s", "pubsub"]):
+        out = runner.invoke(app, args)
+        assert out.exit_code == 3, (args, repr(out.exception), out.output)
