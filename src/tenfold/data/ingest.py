@@ -684,8 +684,10 @@ def _read_one(read: Callable[[str], pa.Table], table: str) -> pa.Table:
         raise exc.with_(data=data) from None
 
 
-def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:
-    """The rows of ``part``; a table without integer ``year`` and ``month`` columns is refused."""
+def _monthly_rows(data: pa.Table, table: str, part: Partition, first: Partition | None = None,
+                  last: Partition | None = None) -> pa.Table:
+    """The rows of ``part``; a table without integer ``year`` and ``month`` columns is refused, and so is one with a
+    row outside the months ``first`` to ``last`` the source covers (None: that end is not declared)."""
     for column in ("year", "month"):
         if column not in data.column_names:
             raise SourceUnreadable(
@@ -710,7 +712,39 @@ def _monthly_rows(data: pa.Table, table: str, part: Partition) -> pa.Table:
                 f"{pc.sum(bad).as_py():,} such rows, which no month would hold", column=column,
                 value=None if value is None else str(value), data=data,
                 fix=f"deliver every row with its {column!r}")
+    _refuse_rows_outside(data, table, first, last)
     return _month_rows(data, part)
+
+
+def _refuse_rows_outside(data: pa.Table, table: str, first: Partition | None, last: Partition | None) -> None:
+    """Refuse ``data`` if a row's (year, month) is before ``first`` or after ``last`` (None: that end is open).
+
+    Such a row (2103 typed for 2013) joined no month's cut, and each month outside the coverage is refused before it is
+    read: lost for good, while every month published looked whole. ``year`` and ``month`` are non-null integers here.
+    """
+    if first is None and last is None:
+        return
+    years, months = data["year"], data["month"]  # compared as they are: no cast or arithmetic to overflow
+    outside = pc.is_null(years)  # all False: a null year was refused before
+    if first is not None:
+        outside = pc.or_(outside, pc.or_(pc.less(years, first.year), pc.and_(pc.equal(years, first.year),
+                                                                             pc.less(months, first.month))))
+    if last is not None:
+        outside = pc.or_(outside, pc.or_(pc.greater(years, last.year), pc.and_(pc.equal(years, last.year),
+                                                                               pc.greater(months, last.month))))
+    if not pc.any(outside).as_py():
+        return
+    row = pc.index(outside, True).as_py()
+    year, month = data["year"][row].as_py(), data["month"][row].as_py()
+    in_years = (first is None or year >= first.year) and (last is None or year <= last.year)
+    column, value = ("month", month) if in_years else ("year", year)
+    span = f"{first.label if first else 'its first month'} to {last.label if last else 'its last month'}"
+    raise SourceUnreadable(
+        table, f"row {row + 1:,} of what its reader returned has {column} {value} ({year:04d}-{month:02d}), outside the "
+        f"months the source covers ({span}): {pc.sum(outside).as_py():,} such rows, which no month it covers would "
+        "hold", column=column, value=str(value), data=data,
+        fix=f"correct the row's {column!r} (a mistyped date), or widen the workload's Sources first_month/last_month "
+        "if the source now covers more months")
 
 
 def _source_refusal_at(lake: Lake, folder: str) -> bool:
@@ -810,18 +844,21 @@ def ingest_month(
     sources = workload.sources
     read = reader or sources.read
     key = quarantine_key or re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)
+    # Sources checks both are YYYY-MM; compared as months, not as text.
+    first = Partition.parse(sources.first_month) if sources.first_month else None
+    last = Partition.parse(sources.last_month) if sources.last_month else None
     tables: dict[str, pa.Table] = {}
     for table in sources.monthly_tables + sources.reference_tables:
         monthly = table in sources.monthly_tables
         try:
             data = _read_one(read, table)
-            tables[table] = _monthly_rows(data, table, part) if monthly else data
+            tables[table] = _monthly_rows(data, table, part, first, last) if monthly else data
         except SourceUnreadable as exc:
             refusal = exc.with_(month=part.label, source=sources.name)
             refusal = refusal.with_(quarantine_uri=quarantine_source(lake, refusal, part, key))
             raise refusal from exc.__cause__
         if monthly and tables[table].num_rows == 0:
-            if sources.first_month and sources.last_month and sources.first_month <= part.label <= sources.last_month:
+            if first is not None and last is not None and first <= part <= last:
                 # A month the source should cover: the copy is incomplete (cut short at a line), not the wrong month.
                 refusal = SourceUnreadable(
                     table, f"it holds no rows of {part.label}, which {sources.name} covers ({sources.first_month} to "

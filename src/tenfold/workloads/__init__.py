@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from tenfold.config.pipelines import MONTH
 from tenfold.config.settings import DEFAULT_WORKLOAD, StorageSettings
 from tenfold.model_files import meta_format_problem
 
@@ -287,6 +288,16 @@ class Sources:
         if isinstance(self.history_months, bool) or not isinstance(self.history_months, int) or self.history_months < 0:
             raise WorkloadError(f"sources {self.name!r}: history_months is {self.history_months!r}: give the number of "
                                 "months before each month its history_table is read for (0 or more)")
+        # Coverage is compared as text (YYYY-MM sorts as months do) by ingest and its command: "2013-1" was accepted,
+        # and months inside it were then refused as outside "2013-1 to 2013-12", a message contradicting itself.
+        for field in ("first_month", "last_month"):
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, str) and MONTH.fullmatch(value)):
+                raise WorkloadError(f"sources {self.name!r}: {field} is {value!r}, not a month: give it as YYYY-MM "
+                                    "(four-digit year, two-digit month), e.g. 2013-01, or None")
+        if self.first_month is not None and self.last_month is not None and self.last_month < self.first_month:
+            raise WorkloadError(f"sources {self.name!r}: last_month {self.last_month} is before first_month "
+                                f"{self.first_month}: give the first and last months the source covers, in that order")
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ read is refused, its raw input quarantined, nothing published."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -303,6 +304,42 @@ def test_rows_without_a_month_are_refused_not_dropped_from_every_month(tmp_path,
                      reader=lambda t: broken if t == "flights" else cached_reader[t])
     assert caught.value.column == "month" and caught.value.quarantine_uri
     assert pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet")).num_rows == flights.num_rows
+    assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
+
+
+@pytest.mark.parametrize(("last", "year", "month", "column", "value", "said"), ids=["year_typo", "month_after"],
+                         argvalues=[
+    (None, 2103, 1, "year", "2103", "row 8 of what its reader returned has year 2103 (2103-01), outside the months the "
+                                    "source covers (2013-01 to 2013-12): 1 such rows"),
+    # A source covering January alone (its copy holds January's rows only), one row's month typed 2 for 1.
+    ("2013-01", 2013, 2, "month", "2", "row 8 of what its reader returned has month 2 (2013-02), outside the months "
+                                       "the source covers (2013-01 to 2013-01): 1 such rows"),
+])
+def test_a_row_outside_the_sources_coverage_is_refused_not_lost(tmp_path, cached_reader, last, year, month, column,
+                                                                value, said):
+    """One January row's year typed 2103 for 2013 published 2013-01 with 27,003 rows instead of 27,004, no refusal: the
+    row joined no month's cut, and 2103-01 is refused as outside the coverage, so it could never be ingested."""
+    lake = Lake((tmp_path / "lake").as_uri())
+    tables = dict(cached_reader)
+    workload = WORKLOAD
+    if last is not None:  # every monthly table cut to January, as the source would be
+        tables.update({t: tables[t].filter(pc.equal(tables[t]["month"], 1)) for t in WORKLOAD.sources.monthly_tables})
+        workload = dataclasses.replace(WORKLOAD, sources=dataclasses.replace(WORKLOAD.sources, last_month=last))
+    flights = tables["flights"]
+    assert (flights["year"][7].as_py(), flights["month"][7].as_py()) == (2013, 1)
+    broken = flights
+    for name, new in (("year", year), ("month", month)):
+        values = broken[name].to_pylist()
+        values[7] = new
+        broken = broken.set_column(broken.schema.get_field_index(name), name,
+                                   pa.array(values, broken.schema.field(name).type))
+    with pytest.raises(SourceUnreadable, match=rf"nycflights13 flights for 2013-01 cannot be ingested: "
+                                               rf"{re.escape(said)}") as caught:
+        ingest_month(lake, JAN, run_id="r", workload=workload, reader=lambda t: broken if t == "flights" else tables[t])
+    assert (caught.value.table, caught.value.column, caught.value.value) == ("flights", column, value)
+    assert "Traceback" not in str(caught.value) and caught.value.quarantine_uri
+    quarantined = pq.read_table(Path(lake._path(caught.value.quarantine_uri), "returned.parquet"))
+    assert quarantined.num_rows == flights.num_rows and quarantined[column][7].as_py() == int(value)
     assert all(lake.published_partitions(t) == [] for t in nycflights13.TABLES)
 
 

@@ -85,6 +85,24 @@ def test_sources_refuse_tables_the_pipeline_never_ingests_or_checks(change: dict
     assert dataclasses.replace(SOURCES, history_table=None, history_months=0).history_table is None  # none is fine
 
 
+@pytest.mark.parametrize(("change", "says"), ids=["short_month", "not_a_month", "month_13", "not_text", "reversed"],
+                         argvalues=[
+    ({"first_month": "2013-1"}, r"sources 'nycflights13': first_month is '2013-1', not a month: give it as YYYY-MM"),
+    ({"last_month": "2013/12"}, r"sources 'nycflights13': last_month is '2013/12', not a month: give it as YYYY-MM"),
+    ({"last_month": "2013-13"}, r"last_month is '2013-13', not a month"),
+    ({"first_month": 201301}, r"first_month is 201301, not a month"),
+    ({"first_month": "2014-01"}, r"last_month 2013-12 is before first_month 2014-01"),
+])
+def test_sources_refuse_a_coverage_that_is_not_two_months_in_order(change: dict[str, object], says: str) -> None:
+    """first_month and last_month were never checked, and ingest compares them as text: "2013-1" sorts after
+    "2013-01".."2013-09", so those months were refused as outside "2013-1 to 2013-12", contradicting itself."""
+    with pytest.raises(WorkloadError, match=says) as exc:
+        dataclasses.replace(SOURCES, **change)  # type: ignore[arg-type]
+    _refusal(exc)
+    open_ended = dataclasses.replace(SOURCES, first_month=None, last_month=None)  # an undeclared coverage is fine
+    assert (open_ended.first_month, open_ended.last_month) == (None, None)
+
+
 @pytest.mark.parametrize("field", ["non_null_columns", "required_in_file"])
 def test_the_contract_refuses_null_rules_for_columns_it_does_not_have(field: str) -> None:
     with pytest.raises(WorkloadError, match=rf"{field} names \['segmnet'\], which are not columns of the contract"):
