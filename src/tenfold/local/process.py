@@ -362,6 +362,10 @@ def _process_of(record: ProcessRecord) -> psutil.Process | None:
 
 
 def is_running(record: ProcessRecord) -> bool:
+    """Whether the process ``record`` names is alive. One this process started and that has exited is reaped here: a
+    supervisor that restarts a dead child without stopping it (the inference pool) left a zombie per crash."""
+    if (popen := next((p for p in _reapers if p.pid == record.pid), None)) is not None:
+        popen.poll()  # waitpid(WNOHANG): reaps it when it has exited; its exit status stays for _how_it_ended
     return _process_of(record) is not None
 
 
@@ -438,8 +442,8 @@ def start(
                 "free the disk or fix the folder's permissions, then run it again"
             ) from exc
         raise
-    # Popen's handle is dropped on purpose: the service outlives this process (``tenfold up`` exits).
-    # Reap it in the background if it dies while we are still alive, so it never lingers as a zombie.
+    # Popen's handle is kept, not waited on: the service outlives this process (``tenfold up`` exits). While this
+    # process lives, a child that died is reaped by the next is_running() or stop() on it (no lingering zombie).
     _reapers.append(popen)
     if tie_to_this_process:
         _start_watchdog(record)

@@ -608,3 +608,20 @@ def test_a_caller_that_ignores_sighup_still_runs_its_bounded_command_to_its_end(
     finally:
         runner.kill()
         runner.wait()
+
+
+def test_a_child_that_died_is_reaped_by_the_next_look_at_it(tmp_path):
+    """A supervisor that restarts a dead child without stopping it (the inference pool's) looks at it with is_running:
+    a child this process started and that exited stayed a zombie for the supervisor's life, one per crash."""
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit 3"  # exits once told to (after start's own checks)
+    record = process.start("svc", ["sh", "-c", script], run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    proc = psutil.Process(record.pid)
+    go.touch()
+    deadline = time.monotonic() + 10
+    while proc.status() != psutil.STATUS_ZOMBIE:  # exited, and not reaped by anything else
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.02)
+    assert not process.is_running(record)
+    assert not psutil.pid_exists(record.pid), "the dead child is still a zombie after is_running looked at it"
+    assert process._how_it_ended(record) == " (exit code 3)"  # its exit status is kept for the refusal that says so
