@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import typer
 
@@ -34,7 +34,7 @@ def ingest(
     from google.auth.exceptions import GoogleAuthError
 
     from tenfold.data.ingest import IngestError, ingest_month
-    from tenfold.data.lake import Lake, LakeError, month_range
+    from tenfold.data.lake import Lake, LakeError, gcs_client_of, month_range
     from tenfold.workloads import SourceMissing, get_workload
 
     settings = get_settings()
@@ -46,7 +46,9 @@ def ingest(
         _check_covered(workload.sources, months)
         # The settings' layout (staging and quarantine folders) whichever lake: where the DAG path and the
         # bucket's lifecycle rules expect them.
-        lake = (Lake(lake_uri, settings.storage.lake_layout, gcs_client=_gcs_client_of(lake_uri, settings))
+        # A --lake-uri's lock client is the store's the URI names (tenfold.data.lake.gcs_client_of), not the settings':
+        # locally those name the GCS emulator, where a run against a real bucket took its publish lock.
+        lake = (Lake(lake_uri, settings.storage.lake_layout, gcs_client=gcs_client_of(lake_uri, settings.project_id))
                 if lake_uri else Lake.from_settings(settings))
         rid = run_id or f"cli-{uuid.uuid4().hex[:12]}"
         if _uses_credentials(settings, lake_uri):
@@ -93,44 +95,9 @@ def _uses_credentials(settings: Any, lake_uri: str | None) -> bool:
     uri = lake_uri or settings.storage.lake_uri
     if not uri.startswith(("gs://", "gcs://")) or (lake_uri is None and settings.storage.emulator_host):
         return False
-    # pyarrow's anonymous form is gs://anonymous@bucket/... (it refuses an ?anonymous=true query), as _gcs_client_of
-    # reads it.
+    # pyarrow's anonymous form is gs://anonymous@bucket/... (it refuses an ?anonymous=true query), as
+    # tenfold.data.lake.gcs_client_of reads it.
     return urlsplit(uri).username != "anonymous" and "anonymous=true" not in uri.partition("?")[2].lower()
-
-
-def _gcs_client_of(lake_uri: str, settings: Any) -> Callable[[], Any] | None:
-    """For a ``gs://`` ``--lake-uri``: what makes the lake's lock client, on the endpoint where pyarrow opens the URI
-    (its ``endpoint_override`` and ``scheme``, else Google Cloud; anonymous for a ``gs://anonymous@`` one). The
-    lake's default is the settings' client, which locally is the GCS emulator's: a run against a real bucket wrote
-    its data there and took its publish lock on the emulator, which excluded no other writer.
-
-    The credentials are asked for here: with ``STORAGE_EMULATOR_HOST`` set (a process of the local stack) the
-    client would otherwise take none, and its requests to Google Cloud would be anonymous."""
-    parts = urlsplit(lake_uri)
-    if parts.scheme != "gs":
-        return None
-
-    def client() -> Any:
-        import warnings
-
-        import google.auth
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        query = parse_qs(parts.query)
-        host = query.get("endpoint_override", [""])[-1]
-        endpoint = f"{query.get('scheme', ['https'])[-1]}://{host}" if host else "https://storage.googleapis.com"
-        credentials: Any
-        if parts.username == "anonymous":
-            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-        else:
-            with warnings.catch_warnings():  # its quota-project warning, as where the command checks them
-                warnings.simplefilter("ignore")
-                credentials, _ = google.auth.default()
-        return storage.Client(project=settings.project_id, credentials=credentials,
-                              client_options={"api_endpoint": endpoint})
-
-    return client
 
 
 def _not_over_published(lake: Any, part: Any) -> Callable[[str, str], None]:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 import google_crc32c
 import pyarrow as pa
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorruptFileError", "Lake", "Manifest", "Partition", "crc32c_of", "month_range", "schema_hash"]
+__all__ = ["CorruptFileError", "Lake", "Manifest", "Partition", "crc32c_of", "gcs_client_of", "month_range", "schema_hash"]
 
 MANIFEST = "_SUCCESS"
 # Written into a staged batch before it is moved to quarantine (Lake.quarantine): a remainder left by a move cut
@@ -103,12 +103,43 @@ class PartitionLocked(LakeError):
     """Another writer held the partition's lock for longer than this one would wait."""
 
 
-def _environment_gcs_client() -> Any:
-    """The GCS client of the settings this process's environment gives (a lake built from a bare URI)."""
-    from tenfold.config import get_settings
-    from tenfold.storage import gcs_client
+def gcs_client_of(uri: str, project: str | None = None) -> Callable[[], Any] | None:
+    """For a ``gs://`` lake URI (None for any other): what makes the ``google.cloud.storage`` client of the store
+    pyarrow opens the URI on, for the lake's locks and its objects' stored checksums: the URI's ``endpoint_override``
+    and ``scheme``, else Google Cloud; anonymous for a ``gs://anonymous@`` one, else Application Default Credentials
+    (on Dataproc or a training VM, its service account's), whose project is the client's unless ``project`` is given.
 
-    return gcs_client(get_settings())
+    A lake built from a bare URI took the client of the settings its process's environment gives: a Dataproc batch,
+    given no TENFOLD_ENV, got the local settings' client for the GCS emulator on 127.0.0.1:4443, which is not there,
+    and every input's checksum check failed after the client's retries. The credentials are asked for here: with
+    ``STORAGE_EMULATOR_HOST`` set (a process of the local stack) the client would otherwise take none, and its
+    requests to Google Cloud would be anonymous."""
+    parts = urlsplit(uri)
+    if parts.scheme != "gs":
+        return None
+
+    def client() -> Any:
+        import warnings
+
+        import google.auth
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        query = parse_qs(parts.query)
+        host = query.get("endpoint_override", [""])[-1]
+        endpoint = f"{query.get('scheme', ['https'])[-1]}://{host}" if host else "https://storage.googleapis.com"
+        credentials: Any
+        owner = project
+        if parts.username == "anonymous":
+            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        else:
+            with warnings.catch_warnings():  # its warning about user credentials without a quota project
+                warnings.simplefilter("ignore")
+                credentials, found = google.auth.default()
+            owner = project or found
+        return storage.Client(project=owner, credentials=credentials, client_options={"api_endpoint": endpoint})
+
+    return client
 
 
 class _Republished(Exception):  # a signal inside read_table, never raised to its callers
@@ -231,8 +262,10 @@ class Lake:
         gcs_client: Callable[[], Any] | None = None,
     ) -> None:
         """``filesystem`` replaces the one the URI implies (a ``gs://`` lake on the GCS emulator);
-        ``gcs_client`` makes the ``google.cloud.storage`` client that a ``gs://`` lake's locks need
-        (:meth:`exclusive`), by default the one of the settings the environment gives."""
+        ``gcs_client`` makes the ``google.cloud.storage`` client that a ``gs://`` lake's locks (:meth:`exclusive`)
+        and checksum checks need, by default the one of the store the URI names (:func:`gcs_client_of`): a lake
+        opened from its URI alone (a Dataproc batch, a training run) works where that URI says, whatever the settings
+        of the process's environment (:meth:`from_settings` gives the settings' client)."""
         if not uri.strip():
             raise LakeError("the lake URI is empty: give a file:// or gs:// URI, or a folder")
         # "/" and "file:///" are the root folder: stripped whole, "/" named the working folder ("") and "file:///"
@@ -242,7 +275,7 @@ class Lake:
             self.uri = "file:///"
         if not urlparse(self.uri).scheme and not self.uri.startswith("/"):  # a folder: ~ and relative ones resolved
             self.uri = str(Path(self.uri).expanduser().resolve())
-        self._gcs_client_factory = gcs_client
+        self._gcs_client_factory = gcs_client or gcs_client_of(self.uri)
         self._gcs_client: Any = None
         self.layout = layout
         parsed = urlparse(self.uri)
@@ -307,7 +340,10 @@ class Lake:
     def _storage_client(self) -> Any:
         """The google-cloud-storage client of a gs:// lake (its locks, its objects' stored checksums), built once."""
         if self._gcs_client is None:
-            self._gcs_client = (self._gcs_client_factory or _environment_gcs_client)()
+            if self._gcs_client_factory is None:  # a GCS filesystem given for a lake whose URI is not gs://
+                raise LakeError(f"lake {self.uri} is on GCS but its URI is not gs://: open it as gs://bucket/..., or "
+                                "pass the storage client to use (gcs_client)")
+            self._gcs_client = self._gcs_client_factory()
         return self._gcs_client
 
     @contextlib.contextmanager

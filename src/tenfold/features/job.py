@@ -789,6 +789,35 @@ def _what_failed(exc: BaseException) -> str:
     return lines[0]
 
 
+def _store_types() -> tuple[type[Exception], ...]:
+    """What Google's client libraries raise where the lake's storage client (its checksums, its publish lock) fails:
+    an error of the API (an outage, a refusal), its retries run out (``RetryError``, not a ``GoogleAPIError``), or
+    google-auth's (no credentials, a login refused)."""
+    from google.api_core.exceptions import GoogleAPIError, RetryError
+    from google.auth.exceptions import GoogleAuthError
+
+    return GoogleAPIError, RetryError, GoogleAuthError
+
+
+def _store_failure(exc: BaseException, lake_uri: str, doing: str) -> str:
+    """The one line the job ends with when the lake's storage client failed ``doing`` (exit 1, retried): what failed,
+    on which lake, and what to do."""
+    from tenfold.outages import is_unreachable, no_credentials
+
+    said = (str(exc).strip().splitlines() or [""])[0][:500]
+    what = f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+    if no_credentials(exc):
+        todo = ("give the job Google Cloud credentials (on Dataproc, the batch's service account; elsewhere "
+                "GOOGLE_APPLICATION_CREDENTIALS), or open the lake as gs://anonymous@... for an anonymous store")
+    elif is_unreachable(exc):
+        todo = ("the store the lake URI names (Google Cloud, or its endpoint_override) did not answer: check that it "
+                "is up and reachable from the job, then let the task retry")
+    else:
+        todo = ("the store refused it: check that the lake's bucket exists and that the job's service account may "
+                "read and create objects in it (roles/storage.objectUser), then run the task again")
+    return f"build_features: {doing} failed on the lake {lake_uri} ({what}): {todo}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns the process exit code (0 ok, 2 bad or missing input, 1 any other failure)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -806,6 +835,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the lake itself cannot be read (not a folder, no permission, no credentials)
         print(f"build_features: cannot read the lake {args.lake_uri}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except _store_types() as exc:  # the storage client checking the inputs' checksums on gs:// (an outage, a refusal)
+        print(_store_failure(exc, args.lake_uri, f"checking the inputs of {args.month.label}"), file=sys.stderr)
+        return EXIT_FAILED
 
     from pyspark.sql import SparkSession
 
@@ -822,6 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownZones as exc:
         print(f"build_features: bad input for {args.month.label}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except _store_types() as exc:  # the storage client of the publish (its lock, on gs://): retryable
+        print(_store_failure(exc, args.lake_uri, f"publishing {args.month.label}"), file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:
         first = failure_line(exc)  # while the JVM is up: py4j asks it for the text of its exception
         if _is_bad_input(exc, inputs):
