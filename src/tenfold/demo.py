@@ -464,7 +464,7 @@ def report_online(settings: Settings, since: dt.datetime, report: Any, say: Call
         landed = accepted if sum(g.metrics.count for g in groups) >= accepted else feedback_landed(settings, since)
         if landed >= accepted:
             if served < report.ok:
-                dropped = dropped_samples(settings)
+                dropped = dropped_samples(settings, since)
             if served >= report.ok - sum(dropped.values()):
                 break
         if time.monotonic() > deadline:
@@ -522,10 +522,12 @@ def feedback_landed(settings: Settings, since: dt.datetime) -> int:
 DROPPED_SAMPLES = "tenfold_dropped_samples_total"
 
 
-def dropped_samples(settings: Settings) -> dict[str, int]:
-    """The prediction samples the fleet's replicas dropped (``tenfold_dropped_samples_total`` on each replica's own
-    /metrics, summed), by reason. A replica counts from its start, and every one restarts when a month's lookups are
-    reloaded, before the month's traffic; one that does not answer counts none."""
+def dropped_samples(settings: Settings, since: dt.datetime) -> dict[str, int]:
+    """The prediction samples the fleet's replicas dropped, by reason: ``tenfold_dropped_samples_total`` on each
+    running replica's own /metrics, and the counts each replica that exited at ``since`` or later left as it went
+    (``fleet.ended_dir``: a rollout that replaced replicas within the month took their /metrics with them). A replica
+    counts from its start, and every one restarts when a month's lookups are reloaded, before the month's traffic;
+    one that does not answer counts none (until its exit record is there: the caller looks again)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from tenfold.local import loopback
@@ -535,15 +537,27 @@ def dropped_samples(settings: Settings) -> dict[str, int]:
     status = fleet.read_status(running)
     host, path = running.local.bind_host, running.serving.server.metrics_path
     by: dict[str, int] = {}
+    counted: set[int] = set()
     for replica in (r for pool in (status.pools.values() if status else []) for r in pool.replicas):
         try:
             with loopback.urlopen(f"http://{host}:{replica.port}{path}", timeout=5) as resp:
                 families = list(text_string_to_metric_families(resp.read().decode()))
-        except (OSError, ValueError):  # gone since (drained, restarted) or not answering: nothing to count
+        except (OSError, ValueError):  # gone since (drained, restarted) or not answering: its exit record, below
             continue
+        counted.add(replica.pid)
         for sample in (s for family in families for s in family.samples if s.name == DROPPED_SAMPLES):
             reason = sample.labels.get("reason", "unknown")
             by[reason] = by.get(reason, 0) + int(sample.value)
+    # After the live ones: a replica read above that exits meanwhile is not counted twice (its pid was).
+    for record in sorted(fleet.ended_dir(running).glob("*.json")):
+        try:
+            ended = json.loads(record.read_text())
+            if ended["pid"] in counted or float(ended["ended_at"]) < since.timestamp():
+                continue
+            for reason, n in dict(ended["dropped"]).items():
+                by[str(reason)] = by.get(str(reason), 0) + int(n)
+        except (OSError, ValueError, KeyError, TypeError):  # being replaced, or not one: nothing to add
+            continue
     return {reason: n for reason, n in by.items() if n}
 
 

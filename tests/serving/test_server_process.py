@@ -50,14 +50,16 @@ def _refused(host: str, port: int) -> bool:
 
 @pytest.mark.slow
 def test_the_image_command_serves_from_its_environment_and_drains_on_sigterm(
-        start_replica: Any, serving_env: dict[str, str], served_versions: Any, auth: dict[str, str]) -> None:
+        start_replica: Any, serving_env: dict[str, str], served_versions: Any, auth: dict[str, str],
+        tmp_path: Path) -> None:
     """The image's CMD with only its environment (as the cloud fleet runs it), its HEALTHCHECK, and a
     real SIGTERM while a slow client's request is in flight: it is answered, then the process exits 0."""
     cmd = _dockerfile_cmd()
     assert cmd == ["python", "-m", "tenfold.serving"]
     port = free_port()
     env = {**serving_env, "TENFOLD_SERVING_HOST": "127.0.0.1", "TENFOLD_SERVING_PORT": str(port),
-           "TENFOLD_SERVING_TRACK": "canary", "TENFOLD_SERVING_MODEL": served_versions.challenger}
+           "TENFOLD_SERVING_TRACK": "canary", "TENFOLD_SERVING_MODEL": served_versions.challenger,
+           "TENFOLD_SERVING_ENDED_DIR": str(tmp_path / "ended")}  # as the local fleet sets it
     replica = start_replica(port=port, env=env, argv=[sys.executable, *cmd[1:]])
     status, ready = replica.get("/readyz")
     assert status == 200 and (ready["arm"], ready["model_version"]) == ("canary", served_versions.challenger)
@@ -113,6 +115,9 @@ def test_the_image_command_serves_from_its_environment_and_drains_on_sigterm(
     assert 0 < answer["probability"] < 1 and answer["arm"] == "canary"
     assert replica.wait_exit(30) == 0
     assert "draining" in replica.log()
+    # What it counted that its /metrics took with it, left as it exited (make demo adds the drops of replicas gone).
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "ended").glob("*.json")]
+    assert record["pid"] == replica.pid and isinstance(record["dropped"], dict) and record["ended_at"] <= time.time()
     unhealthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
     assert unhealthy.returncode == 1 and "unhealthy" in unhealthy.stderr
 

@@ -76,6 +76,7 @@ from tenfold.serving.haproxy import (
     slot_name,
     write_config,
 )
+from tenfold.serving.replica import ENDED_DIR_ENV
 from tenfold.serving.requestlog import RequestLog
 
 SUPERVISOR = "fleet"
@@ -131,6 +132,16 @@ class PoolRefused(FleetError):
 
 def run_dir(settings: Settings) -> Path:
     return HaproxyPaths.of(settings).run_dir
+
+
+def ended_dir(settings: Settings) -> Path:
+    """Where each replica leaves, as it exits, what it counted that its /metrics took with it
+    (:func:`tenfold.serving.replica.record_ended`)."""
+    return run_dir(settings) / "ended"
+
+
+# A replica's exit record is read for the month it served in (make demo): older ones are removed when a supervisor starts.
+ENDED_KEPT_S = 7 * 86400
 
 
 def replica_name(pool: str, slot: int) -> str:
@@ -412,6 +423,16 @@ def _lb_up(r: _Replica) -> bool:
 BACKOFF_MAX_S = 30.0  # the longest wait between two tries of a failing replica or HAProxy
 
 
+def _prune_ended(folder: Path) -> None:
+    """Remove the replicas' exit records older than :data:`ENDED_KEPT_S` (one per replica that ever exited)."""
+    cutoff = time.time() - ENDED_KEPT_S
+    with contextlib.suppress(OSError):
+        for path in folder.glob("*.json"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+
 def _backed_off(failures: int) -> tuple[int, float]:
     """The back-off after one more failure: (failures, when to try again), 0.5 s doubling up to BACKOFF_MAX_S."""
     return failures + 1, time.monotonic() + min(BACKOFF_MAX_S, 0.5 * 2**failures)
@@ -464,7 +485,8 @@ class Supervisor:
         self._status_unwritten = False  # the last status write failed (said once, until one succeeds)
         self.stopping = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
-        self.env = {**os.environ, **settings_env(settings)}
+        self.env = {**os.environ, **settings_env(settings), ENDED_DIR_ENV: str(ended_dir(settings))}
+        _prune_ended(ended_dir(settings))
         self._last_scale = time.monotonic()
 
     # -- small helpers

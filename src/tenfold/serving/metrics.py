@@ -132,6 +132,16 @@ class ServerMetrics:
     def ready(self, is_ready: bool) -> None:
         self._set_state(self._ready, 1 if is_ready else 0)
 
+    def dropped_by_reason(self) -> dict[str, int]:
+        """The monitoring samples dropped so far, by reason, over every model version served (none: empty)."""
+        by: dict[str, int] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "tenfold_dropped_samples_total" and sample.value:
+                    reason = sample.labels["reason"]
+                    by[reason] = by.get(reason, 0) + int(sample.value)
+        return by
+
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent), e.g. ``value("tenfold_cache_hits_total")``; for tests and status."""
         full = {**self._l(), **labels}

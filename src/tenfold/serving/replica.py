@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -39,10 +42,13 @@ from tenfold.serving.faults import Fault
 if TYPE_CHECKING:
     from tenfold.config import Settings
     from tenfold.serving.app import ReplicaState
+    from tenfold.serving.metrics import ServerMetrics
 
 log = logging.getLogger("tenfold.serving")
 
 HOST_ENV, PORT_ENV, ARM_ENV, MODEL_ENV = "TENFOLD_SERVING_HOST", "TENFOLD_SERVING_PORT", "TENFOLD_SERVING_TRACK", "TENFOLD_SERVING_MODEL"
+# Where the local fleet asks each replica to leave, as it exits, what it counted that its /metrics took with it.
+ENDED_DIR_ENV = "TENFOLD_SERVING_ENDED_DIR"
 
 
 def track_refusal(value: str) -> str | None:
@@ -138,13 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(settings, host=args.host, port=args.port, arm=args.arm, model_ref=args.model, log_level=args.log_level,
-                 fault=args.fault)
+                 fault=args.fault, ended_dir=os.environ.get(ENDED_DIR_ENV) or None)
 
 
 def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str, log_level: str = "info",
-          fault: Fault | None = None) -> int:
+          fault: Fault | None = None, ended_dir: str | None = None) -> int:
     """Run one replica until SIGTERM/SIGINT (exit 0 after draining), a failed load or a failed bind (exit 1); a
-    workload that cannot be used or an arm that is none (exit 2) ends it before it starts, in one line."""
+    workload that cannot be used or an arm that is none (exit 2) ends it before it starts, in one line. ``ended_dir``:
+    where a replica that served leaves :func:`record_ended` as it exits."""
     from tenfold.serving.app import UnknownArm, create_app
     from tenfold.serving.auth import TokenMissing
     from tenfold.workloads import WorkloadError
@@ -190,11 +197,33 @@ def serve(settings: Settings, *, host: str, port: int, arm: str, model_ref: str,
     if not server.started:  # before a failed load's message: the load may fail too while startup unwinds (logged)
         print(f"tenfold serving: could not start on {host}:{port} (see the log above; is the port taken?)", file=sys.stderr)
         return 1
+    if ended_dir:
+        record_ended(ended_dir, app.state.metrics)
     if fatal:
         print(f"tenfold serving: not serving: {fatal[0]}", file=sys.stderr)
         return 1
     log.info("replica stopped after draining")
     return 0
+
+
+def record_ended(directory: str, metrics: ServerMetrics) -> Path | None:
+    """Leave in ``directory`` what this replica counted that its /metrics takes with it as it exits: the monitoring
+    samples it dropped, by reason, as ``<pid>-<ns>.json`` ({"pid", "ended_at" (epoch s), "dropped"}), written
+    atomically after the drain and the publisher's close (whose flush may drop more). ``make demo`` adds them to the
+    live replicas' counts: a rollout that replaced replicas within a month took their counts with it, and the demo
+    then waited for predictions that were never published. A failed write is logged; the replica still exits."""
+    from tenfold.fsio import atomic_write
+
+    ended = time.time()
+    path = Path(directory) / f"{os.getpid()}-{time.time_ns()}.json"
+    body = {"pid": os.getpid(), "ended_at": ended, "dropped": metrics.dropped_by_reason()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(body, sort_keys=True).encode())
+    except OSError as exc:
+        log.warning("could not leave what this replica dropped in %s (%s)", directory, exc)
+        return None
+    return path
 
 
 def _ignore(sig: int, frame: FrameType | None) -> None:

@@ -223,3 +223,24 @@ def test_the_image_asgi_entry_wraps_the_app_locally_and_leaves_the_clouds_as_it_
     assert made == ["dev", "local"] and local is not plain and local.app is plain
     assert _get(local, "/anything", ("192.0.2.1", 8101))[0] == 403
     assert _get(local, "/anything", ("127.0.0.2", 8101)) == (200, b"ok")
+
+
+def test_a_replica_leaves_what_it_dropped_as_it_exits(tmp_path) -> None:
+    """The monitoring samples a replica dropped are on its /metrics, which go with it: replaced by a rollout within a
+    month, its drops were lost to `make demo`, which then waited for predictions that were never published."""
+    import json
+    import os
+
+    from tenfold.serving.metrics import ServerMetrics
+    from tenfold.serving.replica import record_ended
+
+    metrics = ServerMetrics("canary")
+    metrics.set_model_version("v1")
+    metrics.sample_dropped("buffer_full", 2)
+    metrics.set_model_version("v2")  # a reload: the counts of both versions are its own
+    metrics.sample_dropped("breaker_open")
+    metrics.sample_dropped("buffer_full")
+    path = record_ended(str(tmp_path / "ended"), metrics)
+    assert path is not None and path.parent == tmp_path / "ended"
+    body = json.loads(path.read_text())
+    assert (body["pid"], body["dropped"]) == (os.getpid(), {"buffer_full": 3, "breaker_open": 1})

@@ -1193,3 +1193,10 @@ def test_a_replica_whose_port_another_process_took_is_started_again_elsewhere_wi
         sup.shutdown()
         if marker.exists():
             os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+def test_the_supervisor_asks_its_replicas_to_leave_their_exit_records_where_the_demo_reads_them(
+        supervisor: Any) -> None:
+    from tenfold.serving.replica import ENDED_DIR_ENV
+
+    assert supervisor.env[ENDED_DIR_ENV] == str(fleet.ended_dir(supervisor.settings))
