@@ -671,11 +671,12 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -
     # run in sessions of their own) are collected now, while the parent links still lead to them.
     strays = [p for p in _descendants(members) if p.pid not in {m.pid for m in members}]
     survivors: list[psutil.Process] = []
+    refused: set[int] = set()
     if members:
         _signal(group, members, signal.SIGTERM)
         alive = _wait_gone(members, timeout)
         if alive:
-            _signal(group, alive, signal.SIGKILL)
+            refused |= _signal(group, alive, signal.SIGKILL)
             survivors += _wait_gone(alive, 5.0)
     # And those whose parent link broke before the snapshot above (their parent died, so init adopted them: a task
     # killed by the OOM killer while its spark-submit ran in a session of its own), found by the marker every child
@@ -686,7 +687,7 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -
     if strays := [p for p in strays if _alive(p)]:
         _signal(None, strays, signal.SIGTERM)
         if alive := _wait_gone(strays, STRAY_TIMEOUT_S):
-            _signal(None, alive, signal.SIGKILL)
+            refused |= _signal(None, alive, signal.SIGKILL)
             survivors += _wait_gone(alive, 5.0)
     for popen in list(_reapers):
         if popen.pid == record.pid:
@@ -694,8 +695,24 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -
                 popen.wait(timeout=1)
             _reapers.remove(popen)
     if check and survivors:
+        if not_ours := [p for p in survivors if p.pid in refused]:
+            raise _not_ours(record.name, not_ours, [p.pid for p in survivors])
         raise outlived_sigkill(record.name, [p.pid for p in survivors])
     return bool(members)
+
+
+def _not_ours(name: str, refused: list[psutil.Process], pids: list[int]) -> StillRunning:
+    """What :func:`stop` raises when processes of ``name`` refused its signals (EPERM): they run as another user."""
+    def who(p: psutil.Process) -> str:
+        try:
+            return f"pid {p.pid} (user {p.username()})"
+        except psutil.Error:
+            return f"pid {p.pid}"
+
+    listed = ", ".join(map(who, refused))
+    return StillRunning(f"{name}: {listed} refused its stop signals: it runs as another user (started with sudo, or "
+                        f"as a task's run_as_user), which this user may not signal; stop it as that user (`sudo kill "
+                        f"{' '.join(str(p.pid) for p in refused)}`), then run the command again", pids)
 
 
 def outlived_sigkill(name: str, pids: Iterable[int]) -> StillRunning:
@@ -755,13 +772,21 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-def _signal(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals) -> None:
+def _signal(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals) -> set[int]:
+    """Send ``sig`` to the group ``pgid`` and to each of ``procs``; the pids of ``procs`` that refused it (EPERM: a
+    process of another user, such as one a task started with sudo)."""
     if pgid is not None and pgid > 1 and pgid != os.getpgrp():  # never this process's own group, init or everyone
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
+    refused: set[int] = set()
     for p in procs:  # and each one directly: those outside the group were collected beforehand (stop)
-        with contextlib.suppress(psutil.Error):
+        try:
             p.send_signal(sig)
+        except psutil.AccessDenied:
+            refused.add(p.pid)
+        except psutil.Error:
+            pass
+    return refused
 
 
 def remove_pid_file(run_dir: Path, name: str) -> None:

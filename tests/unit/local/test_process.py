@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -625,3 +626,32 @@ def test_a_child_that_died_is_reaped_by_the_next_look_at_it(tmp_path):
     assert not process.is_running(record)
     assert not psutil.pid_exists(record.pid), "the dead child is still a zombie after is_running looked at it"
     assert process._how_it_ended(record) == " (exit code 3)"  # its exit status is kept for the refusal that says so
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv (util-linux) to run a process as another user")
+def test_a_process_of_another_user_is_said_to_be_one_not_stuck_in_the_kernel(tmp_path):
+    """A stop by a user who may not signal the process (a task's child started with sudo, or as its run_as_user)
+    got EPERM, swallowed: the process outlived "SIGKILL" and the refusal blamed uninterruptible I/O and said a reboot
+    ends it. The real refusal: a process of nobody, stopped by a child without the capability to signal other users'
+    processes (root less CAP_KILL, as any user is)."""
+    record = process.start("svc", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "300"],
+                           run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    try:
+        code = ("import json, sys\n"
+                "from tenfold.local import process\n"
+                "record = process.ProcessRecord.from_json(sys.stdin.read())\n"
+                "try:\n"
+                "    process.stop(record, timeout=0.2, check=True)\n"
+                "except process.StillRunning as exc:\n"
+                "    print(json.dumps([str(exc), exc.pids]))\n")
+        done = subprocess.run(["setpriv", "--bounding-set=-kill", sys.executable, "-c", code], input=record.to_json(),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        message, pids = json.loads(done.stdout)
+        assert pids == [record.pid] and process.is_running(record)
+        assert message.startswith(f"svc: pid {record.pid} (user nobody) refused its stop signals: it runs as another "
+                                  "user"), message
+        assert f"`sudo kill {record.pid}`" in message and "stuck in the kernel" not in message
+    finally:
+        process.stop(record, timeout=5)
