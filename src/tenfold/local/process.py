@@ -673,22 +673,18 @@ def stop(record: ProcessRecord, *, timeout: float = 20.0, check: bool = False) -
     survivors: list[psutil.Process] = []
     refused: set[int] = set()
     if members:
-        _signal(group, members, signal.SIGTERM)
-        alive = _wait_gone(members, timeout)
+        alive = _signal_and_wait(group, members, signal.SIGTERM, timeout, refused)
         if alive:
-            refused |= _signal(group, alive, signal.SIGKILL)
-            survivors += _wait_gone(alive, 5.0)
+            survivors += _signal_and_wait(group, alive, signal.SIGKILL, 5.0, refused)
     # And those whose parent link broke before the snapshot above (their parent died, so init adopted them: a task
     # killed by the OOM killer while its spark-submit ran in a session of its own), found by the marker every child
     # inherits. Only a marker read as this record's counts (not an unreadable environment, unlike _carries).
     handled = {p.pid for p in [*members, *strays]}
     strays += [p for p in _marked(record.marker) if p.pid not in handled]
     # The group had its chance to stop them (a supervisor drains its children); what it left is stopped here.
-    if strays := [p for p in strays if _alive(p)]:
-        _signal(None, strays, signal.SIGTERM)
-        if alive := _wait_gone(strays, STRAY_TIMEOUT_S):
-            refused |= _signal(None, alive, signal.SIGKILL)
-            survivors += _wait_gone(alive, 5.0)
+    if (strays := [p for p in strays if _alive(p)]) and (
+            alive := _signal_and_wait(None, strays, signal.SIGTERM, STRAY_TIMEOUT_S, refused)):
+        survivors += _signal_and_wait(None, alive, signal.SIGKILL, 5.0, refused)
     for popen in list(_reapers):
         if popen.pid == record.pid:
             with contextlib.suppress(Exception):
@@ -744,6 +740,15 @@ def _descendants(procs: list[psutil.Process]) -> list[psutil.Process]:
             for child in p.children(recursive=True):
                 found.setdefault(child.pid, child)
     return list(found.values())
+
+
+def _signal_and_wait(pgid: int | None, procs: list[psutil.Process], sig: signal.Signals, timeout: float,
+                     refused: set[int]) -> list[psutil.Process]:
+    """Signal ``procs`` (and the group ``pgid``) and wait up to ``timeout`` for them to exit; those still alive. One
+    that refused the signal (EPERM, added to ``refused``) is not waited for: it will not exit for it."""
+    refused |= _signal(pgid, procs, sig)
+    return [*_wait_gone([p for p in procs if p.pid not in refused], timeout),
+            *(p for p in procs if p.pid in refused and _alive(p))]
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:

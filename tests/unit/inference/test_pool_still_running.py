@@ -37,7 +37,7 @@ def test_a_worker_that_outlived_sigkill_keeps_its_pid_file_and_the_next_pool_ref
     real_signal, real_stop = process._signal, process.stop
 
     def all_but_the_stuck_one(pgid, procs, sig):  # type: ignore[no-untyped-def]
-        real_signal(None if pgid == stuck.pid else pgid, [p for p in procs if p.pid != stuck.pid], sig)
+        return real_signal(None if pgid == stuck.pid else pgid, [p for p in procs if p.pid != stuck.pid], sig)
 
     monkeypatch.setattr(process, "_signal", all_but_the_stuck_one)
     # Half a second before SIGKILL, not the pool's 25 (the wait for SIGKILL to take is the real 5 s).

@@ -1199,7 +1199,7 @@ def test_down_names_a_process_that_outlived_sigkill_keeps_its_pid_file_and_stops
     real_signal, real_clear = process._signal, stack._clear
 
     def all_but_the_stuck_one(pgid, procs, sig):
-        real_signal(None if pgid == stuck.pid else pgid, [p for p in procs if p.pid != stuck.pid], sig)
+        return real_signal(None if pgid == stuck.pid else pgid, [p for p in procs if p.pid != stuck.pid], sig)
 
     monkeypatch.setattr(process, "_signal", all_but_the_stuck_one)
     # Half a second before SIGKILL, not 20 (the wait for SIGKILL to take is the real 5 s).
@@ -1265,7 +1265,7 @@ def test_a_stuck_fleet_and_a_stuck_sink_are_both_named_by_serving_down(tmp_path,
     real_signal, real_clear = process._signal, stack._clear
 
     def all_but_the_sink(pgid, procs, sig):
-        real_signal(None if pgid == sink.pid else pgid, [p for p in procs if p.pid != sink.pid], sig)
+        return real_signal(None if pgid == sink.pid else pgid, [p for p in procs if p.pid != sink.pid], sig)
 
     def stuck_fleet(settings, *, say):
         raise process.StillRunning("replica-stable-1: pid 4242 did not exit within 5 s of SIGKILL", [4242])

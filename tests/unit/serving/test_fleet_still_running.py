@@ -35,7 +35,8 @@ class Stuck:
         real_signal, real_stop = process._signal, process.stop
 
         def all_but_the_stuck(pgid, procs, sig):  # type: ignore[no-untyped-def]
-            real_signal(None if pgid in self.pids else pgid, [p for p in procs if p.pid not in self.pids], sig)
+            # The stuck ones neither get the signal nor refuse it: they ignore it, as a process in the kernel does.
+            return real_signal(None if pgid in self.pids else pgid, [p for p in procs if p.pid not in self.pids], sig)
 
         monkeypatch.setattr(process, "_signal", all_but_the_stuck)
         monkeypatch.setattr(process, "stop", lambda record, timeout=20.0, check=False: real_stop(
@@ -294,7 +295,7 @@ def test_serve_down_does_not_stop_a_replica_again_that_just_outlived_sigkill(
 
     def sparing_the_replica(pgid, procs, sig):  # type: ignore[no-untyped-def]
         kills.extend(sig for p in procs if p.pid == child.pid)
-        real_signal(None, [p for p in procs if p.pid != child.pid], sig)
+        return real_signal(None, [p for p in procs if p.pid != child.pid], sig)
 
     monkeypatch.setattr(process, "_signal", sparing_the_replica)
     monkeypatch.setattr(process, "stop", lambda record, timeout=20.0, check=False: real_stop(
