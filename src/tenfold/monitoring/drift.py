@@ -27,6 +27,7 @@ import datetime as dt
 import html
 import itertools
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from tenfold.config import Settings
     from tenfold.config.settings import DriftSettings
     from tenfold.workloads import FeatureContract
+
+log = logging.getLogger(__name__)
 
 REPORT_FORMAT = 1
 REPORT_JSON = "report.json"
@@ -316,7 +319,7 @@ def measure_numeric(name: str, ref: NumericProfile, column: Any, policy: DriftPo
     values, nulls = numeric_values(column)
     rows = int(values.size) + nulls
     ref_counts = [*ref.counts, ref.nulls]
-    cur_counts = [*ref.bin_counts(values).tolist(), nulls]
+    cur_counts = [*ref.bin_counts(values).tolist(), nulls]  # rounded as the profile's edges are stored (format 3 on)
     labels = [*_edge_labels(ref.edges, ref.low), "null"]
     if ref.nulls == 0 and nulls == 0:  # no null bin on either side: leave it out of the PSI and the plot
         ref_counts, cur_counts, labels = ref_counts[:-1], cur_counts[:-1], labels[:-1]
@@ -518,7 +521,11 @@ def report_dir(settings: Settings, part: Partition | str) -> str:
 
 
 def reported_months(settings: Settings) -> list[str]:
-    """The months (``"2013-07"``, ascending) that have a drift report saved (:func:`write_report`)."""
+    """The months (``"2013-07"``, ascending) that have a drift report saved (:func:`write_report`).
+
+    A folder not spelled as :func:`report_dir` writes a month's (``month=13``, ``month=07``, a copy) holds no report
+    :func:`read_report` finds: it is skipped with a warning, as ``Lake.published_partitions`` skips one, since every
+    Asset-triggered run's plan lists these months and one stray folder failed them all with a bare ValueError."""
     import pyarrow.fs as pafs
 
     prefix = settings.monitoring.drift.reports_prefix.strip("/")
@@ -527,9 +534,18 @@ def reported_months(settings: Settings) -> list[str]:
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
         parts = info.path.rstrip("/").split("/")
         if info.type == pafs.FileType.File and parts[-1] == REPORT_JSON and len(parts) >= 3:
-            year, month = parts[-3].removeprefix("year="), parts[-2].removeprefix("month=")
-            if year.isdigit() and month.isdigit():
-                found.add(Partition(int(year), int(month)))
+            folder = "/".join(parts[-3:-1])
+            if not (parts[-3].startswith("year=") and parts[-2].startswith("month=")):
+                continue  # not under a month's folder at all
+            try:
+                part: Partition | None = Partition(int(parts[-3][5:]), int(parts[-2][6:]))
+            except ValueError:
+                part = None
+            if part is None or part.path != folder:
+                log.warning("%s holds a %s but is not a month's folder (year=YYYY/month=M, as monitor_drift writes "
+                            "them); skipped, remove or rename it", info.path.rsplit("/", 1)[0], REPORT_JSON)
+                continue
+            found.add(part)
     return [p.label for p in sorted(found)]
 
 

@@ -17,7 +17,9 @@ is registered, so it is one of the version's hash-verified files: monitoring a p
 version and the partition, never the training data again.
 
 The JSON is deterministic (sorted keys, values rounded to 9 significant digits): registering the same
-model twice writes the same bytes, so a retried register finds the same content-addressed version.
+model twice writes the same bytes, so a retried register finds the same content-addressed version. Numeric values
+are binned rounded the same way (the training window's and each month's), so each sits on its own side of the stored
+cut points (format 3; older profiles, whose counts were made from raw values, bin raw values).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ import numpy as np
 from tenfold.fsio import atomic_write
 from tenfold.model_files import REFERENCE_PROFILE_FILE
 
-PROFILE_FORMAT = 2  # 2: numeric profiles have the bin below the reference's minimum (``low``)
-_READABLE_FORMATS = (1, PROFILE_FORMAT)
+# 2: numeric profiles have the bin below the reference's minimum (``low``).
+# 3: numeric values are binned as stored (rounded to ``_DIGITS``, :func:`round_as_stored`), in the profile and each month.
+PROFILE_FORMAT = 3
+_READABLE_FORMATS = (1, 2, PROFILE_FORMAT)
+_BINNED_AS_STORED = 3  # the first format whose counts were made from rounded values
 PREDICTION = "prediction"  # the name the prediction distribution goes by in profiles and reports
 _DIGITS = 9
 
@@ -79,6 +84,12 @@ class NumericProfile:
 
     With ``low`` (the reference's minimum), values below it have a bin of their own, first: then ``counts``
     has ``len(edges) + 2`` entries. Profiles of format 1 have no ``low``.
+
+    ``binned_as_stored``: values are rounded as the profile stores its numbers before they are binned (format 3 on).
+    The edges and ``low`` are stored rounded, so a raw value that 9 digits cannot hold (1/3, a float32 0.95) sat on
+    the wrong side of its own edge: distinct values shared a bin, and the reference's minimum or maximum filled the
+    bins kept empty for values beyond them, so a shift between them read as a PSI of 0. Profiles of older formats
+    keep binning raw values, as their stored counts were made (rounding only the month would read as drift).
     """
 
     edges: tuple[float, ...]
@@ -88,6 +99,7 @@ class NumericProfile:
     std: float | None
     sample: tuple[float, ...] = ()
     low: float | None = None
+    binned_as_stored: bool = True
 
     @property
     def rows(self) -> int:
@@ -95,6 +107,8 @@ class NumericProfile:
 
     def bin_counts(self, values: np.ndarray) -> np.ndarray:
         """How many of ``values`` (non-null) fall in each of this profile's bins."""
+        if self.binned_as_stored:
+            values = round_as_stored(np.asarray(values, dtype=np.float64))
         index = np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="left")
         if self.low is None:
             return np.bincount(index, minlength=len(self.edges) + 1)
@@ -105,11 +119,13 @@ class NumericProfile:
                 "mean": self.mean, "std": self.std, "sample": list(self.sample), "low": self.low}
 
     @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> NumericProfile:
+    def from_dict(cls, body: Mapping[str, Any], *, profile_format: int = PROFILE_FORMAT) -> NumericProfile:
+        """The profile ``to_dict`` wrote, in a reference profile of ``profile_format`` (which says how values are binned)."""
         return cls(edges=tuple(float(e) for e in body["edges"]), counts=tuple(int(c) for c in body["counts"]),
                    nulls=int(body["nulls"]), mean=body.get("mean"), std=body.get("std"),
                    sample=tuple(float(v) for v in body.get("sample", ())),
-                   low=None if body.get("low") is None else float(body["low"]))
+                   low=None if body.get("low") is None else float(body["low"]),
+                   binned_as_stored=profile_format >= _BINNED_AS_STORED)
 
 
 @dataclass(frozen=True)
@@ -195,13 +211,15 @@ class ReferenceProfile:
         if body.get("format") not in _READABLE_FORMATS:
             raise ProfileError(f"reference profile format {body.get('format')!r} is not one of {_READABLE_FORMATS}: "
                                "this code cannot read it; upgrade tenfold or retrain the model")
+        fmt = int(body["format"])
         features: dict[str, FeatureProfile] = {}
         for name, f in body["features"].items():
-            features[name] = NumericProfile.from_dict(f) if f["kind"] == "numeric" else CategoricalProfile.from_dict(f)
-        prediction = NumericProfile.from_dict(body["prediction"]) if body.get("prediction") else None
+            features[name] = (NumericProfile.from_dict(f, profile_format=fmt) if f["kind"] == "numeric"
+                              else CategoricalProfile.from_dict(f))
+        prediction = NumericProfile.from_dict(body["prediction"], profile_format=fmt) if body.get("prediction") else None
         return cls(rows=int(body["rows"]), months=tuple(body["months"]), features=features, prediction=prediction,
                    prediction_rows=int(body.get("prediction_rows", 0)), bins=int(body.get("bins", 10)),
-                   format=int(body["format"]), extra=dict(body.get("extra", {})))
+                   format=fmt, extra=dict(body.get("extra", {})))
 
     def save(self, model_dir: str | Path) -> Path:
         """Write the profile into a model folder (atomically) as :data:`REFERENCE_PROFILE_FILE`."""

@@ -29,6 +29,7 @@ from tenfold.monitoring.drift import (
     measure_numeric,
     psi,
     read_report,
+    reported_months,
     write_report,
 )
 from tenfold.monitoring.profile import (
@@ -153,8 +154,75 @@ def test_a_profile_of_format_1_still_reads_and_bins_without_the_low_bin() -> Non
     body = numeric_profile(np.arange(100.0), bins=4).to_dict()
     del body["low"]
     body["counts"] = body["counts"][1:]
-    old = NumericProfile.from_dict(body)
+    old = NumericProfile.from_dict(body, profile_format=1)
     assert old.low is None and old.bin_counts(np.array([-5.0, 10.0, 99.0])).tolist() == [2, 0, 0, 1]
+
+
+def _atoms(shares: list[int], rows: int) -> np.ndarray:
+    """0.1, 1/3, 2/3 and 0.9 in ``shares`` (percent) of ``rows`` rows: 1/3 and 2/3 are not 9-digit numbers."""
+    return np.repeat([0.1, 1 / 3, 2 / 3, 0.9], [rows * s // 100 for s in shares])
+
+
+def _capped(rows: int, seed: int, cap_to: float = 0.95) -> np.ndarray:
+    """A float32 reading capped at 0.95 on 40 % of the rows (as read into float64: 0.949999988079071), the rest
+    uniform below it; ``cap_to`` puts the capped rows at another value (the cap lifted)."""
+    values = np.random.default_rng(seed).uniform(0.0, 0.95, rows).astype(np.float32)
+    values[: rows * 2 // 5] = np.float32(cap_to)
+    return values.astype(np.float64)
+
+
+@pytest.mark.parametrize(("reference", "unchanged", "moved", "ends"), [
+    # 1/3 and 2/3 each in 40 % of the rows; the month moves 35 % of all rows from 1/3 to 2/3
+    (_atoms([10, 40, 40, 10], 10_000), _atoms([10, 40, 40, 10], 27_000), _atoms([10, 5, 75, 10], 27_000),
+     (0, 4000, 1000)),  # below 0.1, (1/3, 2/3], above 2/3: the 0.9s
+    # a float32 reading capped at 0.95 on 40 % of the rows; the month's cap lifted to 3.0
+    (_capped(10_000, 0), _capped(10_000, 1), _capped(10_000, 1, cap_to=3.0),
+     (0, 4000, 0)),  # below the minimum, the maximum's own bin, above the maximum
+], ids=["one-third-two-thirds", "float32-cap"])
+def test_values_9_digits_cannot_hold_are_binned_as_the_profile_stores_its_edges(
+        reference: np.ndarray, unchanged: np.ndarray, moved: np.ndarray, ends: tuple[int, int, int]) -> None:
+    """The edges and ``low`` are stored rounded to 9 digits, and the values were binned raw: the raw 1/3 sat above its
+    own stored edge 0.333333333, so every 1/3 and 2/3 shared one bin and moving rows between them read as a PSI of 0;
+    the raw float32 maximum sat above its own stored edge, filling the bin kept empty for values above the maximum,
+    so lifting the cap (those rows moving there) read as a PSI of 0.009, ok, with a KS p of 1e-95."""
+    policy = DriftPolicy.of(DriftSettings(), CONTRACT)
+    ref = numeric_profile(reference)
+    # the bin below the minimum is empty, and so is the one above the maximum where the maximum has a bin of its own
+    assert (ref.counts[0], *ref.counts[-2:]) == ends
+    assert max(ref.counts) == 4000, "no two distinct values share a bin"
+    drifted = measure_numeric("x", ref, pa.array(moved), policy)
+    assert drifted.level == "drift" and drifted.psi >= policy.psi_drift, (drifted.psi, drifted.p_value)
+    same = measure_numeric("x", ref, pa.array(unchanged), policy)
+    assert same.level == "ok" and same.psi < policy.psi_report, (same.psi, same.p_value)
+    # and through the saved JSON: a profile read back bins as it was built
+    back = ReferenceProfile.from_dict(json.loads(build_profile(
+        pa.table({"x": reference}), categorical=[], numeric=["x"], months=["2013-01"]).to_json())).features["x"]
+    assert isinstance(back, NumericProfile) and back.counts == ref.counts
+    assert measure_numeric("x", back, pa.array(moved), policy).level == "drift"
+
+
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_a_profile_of_an_older_format_still_bins_raw_values_as_its_counts_were_made(old_format: int) -> None:
+    """Profiles before format 3 counted the training window's raw values: rounding the month's values against them
+    would move rows the stored counts hold in one bin into another, false drift on every stored model."""
+    reference = _atoms([10, 40, 40, 10], 10_000)
+    built = build_profile(pa.table({"x": reference}), categorical=[], numeric=["x"], months=["2013-01"])
+    body = json.loads(built.to_json())
+    assert body["features"]["x"]["edges"] == [0.1, 0.333333333, 0.666666667]
+    body["format"] = old_format
+    # the counts the old code stored: below 0.1, [0.1, 0.1], (0.1, 1/3], (1/3, 2/3], above: every raw 1/3 and 2/3
+    # sat above its own stored edge, in one bin
+    body["features"]["x"]["counts"] = [0, 1000, 0, 8000, 1000]
+    if old_format == 1:  # no bin below the minimum
+        del body["features"]["x"]["low"]
+        body["features"]["x"]["counts"] = [1000, 0, 8000, 1000]
+    old = ReferenceProfile.from_dict(body).features["x"]
+    assert isinstance(old, NumericProfile) and not old.binned_as_stored
+    assert old.bin_counts(reference).tolist() == list(old.counts)
+    policy = DriftPolicy.of(DriftSettings(), CONTRACT)
+    same = measure_numeric("x", old, pa.array(_atoms([10, 40, 40, 10], 27_000)), policy)
+    assert same.level == "ok" and same.psi == 0.0, (same.psi, same.p_value)
+    assert ReferenceProfile.from_dict(json.loads(built.to_json())).features["x"].counts == built.features["x"].counts
 
 
 def test_categorical_profile_counts_categories_as_text() -> None:
@@ -443,6 +511,28 @@ def test_the_page_an_alert_links_survives_a_later_measurement_of_the_month(setti
     assert read_report(settings, "2013-03").version == "v2"  # the latest
     with pytest.raises(ValueError, match="pinned report's name"):
         write_report(settings, drifted, pinned="../escape")
+
+
+def test_a_stray_report_folder_that_is_no_month_is_skipped_with_a_warning_naming_it(
+        settings: Settings, profile: ReferenceProfile, caplog: pytest.LogCaptureFixture) -> None:
+    """reported_months checked only that the folder's year and month were digits: a stray year=2013/month=13 raised a
+    bare ValueError from Partition, failing every Asset-triggered run's plan; month=07 (a copy; the report is written
+    as month=7) was listed as a month read_report could not find. Both are skipped with a warning, as
+    Lake.published_partitions skips such a folder."""
+    from dataclasses import replace
+
+    report = run(profile, months("2013-03"))
+    write_report(settings, report)
+    write_report(settings, replace(report, month="2013-11"))
+    root = Path(settings.storage.lake_uri.removeprefix("file://")) / "reports/drift"
+    for stray in ("year=2013/month=13", "year=2013/month=0", "year=2013/month=07"):
+        (root / stray).mkdir(parents=True)
+        (root / stray / "report.json").write_text((root / "year=2013/month=3/report.json").read_text())
+    with caplog.at_level("WARNING", logger="tenfold.monitoring.drift"):
+        assert reported_months(settings) == ["2013-03", "2013-11"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    for stray in ("year=2013/month=13", "year=2013/month=0", "year=2013/month=07"):
+        assert f"{stray} holds a report.json but is not a month's folder" in warned and "remove or rename it" in warned
 
 
 @pytest.mark.parametrize("body", [b'{"month": "2013-05", "decis', b"[1, 2]", b'{"month": "2013-05"}', b"\xff\xfe"])

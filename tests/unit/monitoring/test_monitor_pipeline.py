@@ -16,7 +16,7 @@ from tenfold.config import Settings
 from tenfold.data.lake import Lake, month_range
 from tenfold.model_files import REFERENCE_PROFILE_FILE
 from tenfold.monitoring.drift import read_report
-from tenfold.monitoring.profile import ReferenceProfile, ensure_profile
+from tenfold.monitoring.profile import PROFILE_FORMAT, ReferenceProfile, ensure_profile
 from tenfold.pipelines import monitor_drift as pipeline
 from tenfold.registry import ModelRegistry
 from tenfold.registry.lineage import Lineage, partition_refs
@@ -117,7 +117,7 @@ def test_plan_takes_the_months_of_the_triggering_events_else_the_newest(drift_se
 
 @pytest.mark.parametrize(("body", "message"), [
     ({"format": 2, "rows": 10, "months": ["2013-01"]}, r"is not a readable reference profile \(KeyError: 'features'\)"),
-    ({"format": 3}, r"reference profile format 3 is not one of .*upgrade tenfold"),
+    ({"format": PROFILE_FORMAT + 1}, rf"reference profile format {PROFILE_FORMAT + 1} is not one of .*upgrade tenfold"),
 ])
 def test_a_profile_that_cannot_be_read_fails_the_run_naming_the_version_and_what_to_do(
     drift_settings: Settings, tmp_path: Path, body: dict[str, object], message: str
