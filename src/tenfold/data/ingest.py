@@ -744,7 +744,7 @@ def _refuse_rows_outside(data: pa.Table, table: str, first: Partition | None, la
         f"months the source covers ({span}): {pc.sum(outside).as_py():,} such rows, which no month it covers would "
         "hold", column=column, value=str(value), data=data,
         fix=f"correct the row's {column!r} (a mistyped date), or widen the workload's Sources first_month/last_month "
-        "if the source now covers more months")
+        "if the source now covers more months (a source that grows, such as an append-only export: last_month None)")
 
 
 def _source_refusal_at(lake: Lake, folder: str) -> bool:

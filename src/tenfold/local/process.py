@@ -364,7 +364,7 @@ def _process_of(record: ProcessRecord) -> psutil.Process | None:
 def is_running(record: ProcessRecord) -> bool:
     """Whether the process ``record`` names is alive. One this process started and that has exited is reaped here: a
     supervisor that restarts a dead child without stopping it (the inference pool) left a zombie per crash."""
-    if (popen := next((p for p in _reapers if p.pid == record.pid), None)) is not None:
+    if (popen := _popen_of(record)) is not None:
         popen.poll()  # waitpid(WNOHANG): reaps it when it has exited; its exit status stays for _how_it_ended
     return _process_of(record) is not None
 
@@ -596,6 +596,12 @@ def _start_watchdog(record: ProcessRecord) -> None:
 
 
 _reapers: list[subprocess.Popen[bytes]] = []
+
+
+def _popen_of(record: ProcessRecord) -> subprocess.Popen[bytes] | None:
+    """The handle of the child ``record`` names, when this process started it: the newest with its pid (a child reaped
+    by is_running frees its pid, which a later child may get while the old handle is still kept)."""
+    return next((p for p in reversed(_reapers) if p.pid == record.pid), None)
 
 
 def _orphans(record: ProcessRecord) -> tuple[list[psutil.Process], bool]:
@@ -862,7 +868,7 @@ def wait_until(
 
 def _how_it_ended(record: ProcessRecord) -> str:
     """`` (killed by SIGKILL)`` or `` (exit code 1)`` when this process started it (and holds its exit status)."""
-    popen = next((p for p in _reapers if p.pid == record.pid), None)
+    popen = _popen_of(record)
     code = popen.poll() if popen is not None else None
     if code is None:
         return ""

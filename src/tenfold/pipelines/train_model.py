@@ -808,6 +808,10 @@ def gate(settings: Settings, run: TrainRun | Mapping[str, Any], evaluation: Eval
         raise _missing_champion(reg, version)
     if recorded is not None and current == (version if recorded["promote"] and first else evaluated_version):
         log.info("gate already decided for %s in run %s: %s", version, p.run_key, recorded["summary"])
+        if (unmarked := decisions.get(f"{key}.not-marked")) is not None:
+            # Its move lost to another run's gate, and the record says no rollout follows: a retry keeps to that, or
+            # it took the alias from the version that run announced.
+            return result({**recorded, "summary": f"{recorded['summary']}; {unmarked['summary']}"})
         if not recorded["promote"] or not _may_mark_challenger(reg, version, p):
             return result(recorded)
         if first:

@@ -660,3 +660,27 @@ def test_a_process_of_another_user_is_said_to_be_one_not_stuck_in_the_kernel(tmp
         assert f"`sudo kill {record.pid}`" in message and "stuck in the kernel" not in message
     finally:
         process.stop(record, timeout=5)
+
+
+def test_a_child_with_the_pid_of_one_reaped_before_is_looked_at_itself(tmp_path):
+    """Reaping a dead child frees its pid while its handle is kept: a later child given that pid (pid wrap-around)
+    was matched to the old, reaped handle, so it was never reaped and its exit was said with the old one's code."""
+    old = process.start("old", ["sh", "-c", f"while [ ! -e {tmp_path / 'go-old'} ]; do sleep 0.05; done; exit 3"],
+                        run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    (tmp_path / "go-old").touch()
+    deadline = time.monotonic() + 10
+    while process.is_running(old):
+        assert time.monotonic() < deadline, "the first child never exited"
+        time.sleep(0.02)
+    new = process.start("new", ["sh", "-c", f"while [ ! -e {tmp_path / 'go-new'} ]; do sleep 0.05; done; exit 5"],
+                        run_dir=tmp_path / "run", port=1, cwd=tmp_path)
+    stale = next(p for p in process._reapers if p.pid == old.pid)
+    stale.pid = new.pid  # what the kernel's pid reuse would do: the old, reaped handle names the new child's pid
+    (tmp_path / "go-new").touch()
+    proc = psutil.Process(new.pid)
+    while proc.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline + 10, "the second child never exited"
+        time.sleep(0.02)
+    assert not process.is_running(new)
+    assert not psutil.pid_exists(new.pid), "the second child was left a zombie"
+    assert process._how_it_ended(new) == " (exit code 5)"

@@ -690,6 +690,32 @@ def test_of_two_gates_deciding_at_once_the_second_to_move_the_challenger_does_no
     assert "not marked challenger after all" in decided["summary"]
 
 
+def test_a_gate_retried_after_losing_the_challenger_to_another_gate_keeps_to_its_not_marked_record(
+        gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B moves the challenger before A stamps its decision; A's move loses and A records that no rollout follows. A's
+    gate retried (cleared, or the task retried) took the alias from B, whose rollout was announced, and returned
+    canary: its record said both "-> challenger" and "no rollout follows"."""
+    reg = ModelRegistry(gate_settings)
+    run(gate_settings, "manual__champion", model(tmp_path, 0.70))
+    planned_a, ev_a, r_a = _registered(gate_settings, "manual__a", model(tmp_path, 0.75))
+    planned_b, ev_b, r_b = _registered(gate_settings, "manual__b", model(tmp_path, 0.76))
+    real_same = pipeline._same_model
+    moved: list[bool] = []
+
+    def b_gates_first(registry: ModelRegistry, a: str, b: str) -> bool:  # before A's decision is stamped
+        if a == r_a.version and not moved:
+            moved.append(True)
+            assert pipeline.gate(gate_settings, planned_b, ev_b, r_b)["canary"]
+        return real_same(registry, a, b)
+
+    monkeypatch.setattr(pipeline, "_same_model", b_gates_first)
+    first = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
+    assert moved and not first["canary"] and reg.resolve(CHALLENGER) == r_b.version
+    again = pipeline.gate(gate_settings, planned_a, ev_a, r_a)
+    assert reg.resolve(CHALLENGER) == r_b.version, "the retried gate took the challenger from B"
+    assert not again["canary"] and "not marked challenger after all" in again["summary"]
+
+
 def test_a_gate_that_could_not_score_the_champion_does_not_take_the_challenger_another_gate_moved_meanwhile(
         gate_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A's evaluate could not score the champion (NO COMPARISON); B compared, passed and moved the challenger while A
