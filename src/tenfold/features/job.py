@@ -791,12 +791,12 @@ def _what_failed(exc: BaseException) -> str:
 
 def _store_types() -> tuple[type[Exception], ...]:
     """What Google's client libraries raise where the lake's storage client (its checksums, its publish lock) fails:
-    an error of the API (an outage, a refusal), its retries run out (``RetryError``, not a ``GoogleAPIError``), or
-    google-auth's (no credentials, a login refused)."""
-    from google.api_core.exceptions import GoogleAPIError, RetryError
+    an error of the API (an outage, a refusal, its retries run out: ``RetryError``), or google-auth's (no
+    credentials, a login refused)."""
+    from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
 
-    return GoogleAPIError, RetryError, GoogleAuthError
+    return GoogleAPIError, GoogleAuthError
 
 
 def _store_failure(exc: BaseException, lake_uri: str, doing: str) -> str:

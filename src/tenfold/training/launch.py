@@ -594,7 +594,7 @@ def _locked(fd: int) -> bool:
 @contextlib.contextmanager
 def _sole_launch(out: Path, grace_s: float = 35.0, *, shown: str | None = None) -> Iterator[_JobLock]:
     """One job at a time writes ``out``: its checkpoints, model and result assume a single writer (a second job's
-    snapshot deletes the first's newer ones as abandoned).
+    snapshots interleave with the first's, and its resume may start from the other's newest).
 
     The launch holds ``out/.job.lock`` and its job inherits it, so it stays held while the job lives, even after the
     launcher is killed (an Airflow task SIGKILLed: the job runs in a session of its own). A launch that finds it
