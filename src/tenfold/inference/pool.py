@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,24 +193,36 @@ class WorkerPool:
         return sum(process.is_running(r) for r in self.records.values())
 
     def stop(self) -> None:
-        """Stop every worker (SIGTERM: each finishes the requests in hand; SIGKILL after a grace period).
+        """Stop every worker, all at once (SIGTERM: each finishes the requests in hand; SIGKILL after a grace period).
 
         A worker that outlives SIGKILL (stuck in uninterruptible I/O: a hung mount) keeps its pid file, said in one
         line naming its pid, and the others are still stopped: dropped, nothing knew of it any more, and the next
         pool's worker of that slot took its pid file as if the slot were free."""
         self._stop.set()
         with self._lock:
-            for slot, record in self.records.items():
-                try:
-                    process.stop(record, timeout=25.0, check=True)  # a worker's own stop is bounded at ~15 s (pull + close)
-                except process.StillRunning as exc:
-                    log.warning("inference worker %d not stopped: %s", slot, _kept(exc, self.run_dir, slot))
-                else:
-                    process.remove_pid_file(self.run_dir, worker_name(slot))
-                self.ready_path(slot).unlink(missing_ok=True)
+            # All at once: stopped in turn, each worker's SIGTERM waited for the one before to exit (a busy one takes
+            # ~17 s), and the workers not yet signalled went on pulling requests only to hand them back.
+            records = list(self.records.items())
+            if records:
+                with ThreadPoolExecutor(max_workers=len(records), thread_name_prefix="tenfold-infer-stop") as stopping:
+                    stops = [stopping.submit(self._stop_one, slot, record) for slot, record in records]
+                # A fault in stopping one (not a worker that outlived SIGKILL: said in _stop_one) is raised once every
+                # other worker is stopped, and the lock stays held (the kernel frees it when this process exits).
+                for stopped in stops:
+                    if (fault := stopped.exception()) is not None:
+                        raise fault
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._release_pool_lock()
+
+    def _stop_one(self, slot: int, record: process.ProcessRecord) -> None:
+        try:
+            process.stop(record, timeout=25.0, check=True)  # a worker's own stop is bounded at ~15 s (pull + close)
+        except process.StillRunning as exc:
+            log.warning("inference worker %d not stopped: %s", slot, _kept(exc, self.run_dir, slot))
+        else:
+            process.remove_pid_file(self.run_dir, worker_name(slot))
+        self.ready_path(slot).unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerPool:
         return self.start()

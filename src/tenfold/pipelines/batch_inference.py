@@ -239,8 +239,9 @@ def plan(settings: Settings, airflow_run_id: str, conf: Mapping[str, Any] | None
         rows_per_message=inf.rows_per_message, path=path, features_data_dir=manifest.data_dir,
         planned_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    log.info("batch_inference %s: %s (%d rows, %d requests) with model %s (%s) by the %s path", run.run_key, part.label,
-             run.rows, run.requests, version, ref, path)
+    # The run id too: a run from the command line resumes under it (--run-id), and its default is made up here.
+    log.info("batch_inference %s (run id %s): %s (%d rows, %d requests) with model %s (%s) by the %s path", run.run_key,
+             airflow_run_id, part.label, run.rows, run.requests, version, ref, path)
     return run
 
 
@@ -338,8 +339,11 @@ class WaitIncomplete(PipelineError):
 
 
 def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
-                    scored: Scored | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Check the invariant and publish the scores partition; returns the run's figures."""
+                    scored: Scored | Mapping[str, Any] | None = None, *, command_line: bool = False) -> dict[str, Any]:
+    """Check the invariant and publish the scores partition; returns the run's figures.
+
+    ``command_line``: the run is :func:`run_all`'s (``python -m tenfold.pipelines.batch_inference``), not a DAG
+    run's, so a refusal says to run the command again under the run's id, not to clear an Airflow task."""
     from tenfold.inference.runs import (
         InferenceRunError,
         account,
@@ -384,8 +388,10 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
         # counts, it does not wait; `score` waits for them (locally it runs the workers that score them).
         raise PipelineError(
             f"{pending} of {r.requests} requests of {r.month} are neither scored nor dead-lettered yet (sent again by "
-            f"`tenfold dlq replay`, or still in flight): nothing was published. Clear this run's score_month.score task "
-            f"of {r.month} with its downstream tasks; it waits for them, then publish_results counts them")
+            f"`tenfold dlq replay`, or still in flight): nothing was published. "
+            + (f"Run {_again(r)}: it waits for them (locally it runs the workers that score them), then counts them"
+               if command_line else f"Clear this run's score_month.score task of {r.month} with its downstream tasks; "
+               "it waits for them, then publish_results counts them"))
     try:
         figures = check_invariant(requests_in=r.requests, rows_in=r.rows, acc=acc, rows_out=scores.num_rows,
                                   rows_dead=dead_rows(store, acc), distinct_keys=distinct)
@@ -401,9 +407,11 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"{len(acc.dead_lettered)} of {r.requests} requests of {r.month} ({figures['rows_dead_lettered']} rows) were "
             f"dead-lettered, above settings.inference.max_dead_lettered_fraction={limit:g}: nothing was published and "
             f"the scores partition keeps what it had. See why with `tenfold dlq inspect --run {r.run_key}`; once fixed, "
-            f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.score task of {r.month} with its downstream "
-            "tasks (score waits for the replayed requests, publish_results counts them), or raise the setting to publish the "
-            "month without them")
+            f"`tenfold dlq replay --run {r.run_key}` and "
+            + (f"run {_again(r)} (it waits for the replayed requests, then counts them)" if command_line else
+               f"clear this run's score_month.score task of {r.month} with its downstream tasks (score waits for the "
+               "replayed requests, publish_results counts them)")
+            + ", or raise the setting to publish the month without them")
     # Re-published since the plan (a cleared, late run): its scores are of a build no longer published, and would
     # replace those a later run made of the new one, with no event left to score the month again.
     _check_unchanged(settings, r, lake)
@@ -417,6 +425,16 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
                     "--run %s`", len(acc.dead_lettered), figures["rows_dead_lettered"], r.month, r.run_key)
     return {"month": r.month, "path": "pubsub", **figures, "model_version": r.model_version,
             "scores": lake.uri_of(lake.partition_path(table, r.partition)), "data_dir": manifest.data_dir}
+
+
+def _again(r: InferenceRun) -> str:
+    """The command that runs ``r`` (a :func:`run_all` run) again as the same run: its run id and the month and model
+    version it planned give the same run key, so it waits for the requests still out and counts the results kept."""
+    import shlex
+
+    conf = json.dumps({"month": r.month, "version": r.model_version})
+    return (f"`python -m tenfold.pipelines.batch_inference --conf {shlex.quote(conf)} "
+            f"--run-id {shlex.quote(r.airflow_run_id)}` again")
 
 
 def _refuse_to_replace_newer_scores(lake: Lake, table: str, r: InferenceRun) -> None:
@@ -449,7 +467,7 @@ def run_all(settings: Settings, conf: Mapping[str, Any] | None = None, *, run_id
     planned = plan(settings, rid, conf)
     publish(settings, planned)
     scored = score(settings, planned)
-    return publish_results(settings, planned, scored)
+    return publish_results(settings, planned, scored, command_line=True)
 
 
 def main(argv: list[str] | None = None) -> int:

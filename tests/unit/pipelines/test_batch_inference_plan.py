@@ -4,6 +4,7 @@ not take its first plan's results as its own: its requests and results are keyed
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -264,6 +265,62 @@ def test_a_month_with_dead_letters_publishes_nothing_over_a_complete_one_unless_
     assert lake.read_manifest(table, PART) == after_partial
     assert _score(s, partial) == 1  # the replayed request is scored (what `score` waits for)
     assert pipeline.publish_results(s, partial)["rows_out"] == 50
+
+
+def test_a_command_line_run_refused_for_its_dead_letters_says_how_to_resume_it_under_its_run_id(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`python -m tenfold.pipelines.batch_inference` makes up its run id (manual__<time>), and its refusals said to clear
+    "this run's score_month.score task", which only an Airflow run has: the run could not be resumed, for its id was
+    nowhere to be seen. The refusal now names the command that runs it again under its id, and that command resumes it.
+    (The Pub/Sub round is stood in for: no request reaches the session's topic and no worker pool starts.)"""
+    import shlex
+
+    import tenfold.config
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 10})
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    monkeypatch.setattr(tenfold.config, "get_settings", lambda: s)  # what main reads
+    planned: list[pipeline.InferenceRun] = []
+    real_plan = pipeline.plan
+    monkeypatch.setattr(pipeline, "plan", lambda *args: planned.append(real_plan(*args)) or planned[-1])
+    monkeypatch.setattr(pipeline, "publish", lambda settings, run: pipeline.Published(run.requests, run.rows, 0.0))
+    dead = [1]  # the first try dead-letters one request (a poison request); the run again scores what is left
+
+    def score(settings: Settings, run: pipeline.InferenceRun) -> pipeline.Scored:
+        return pipeline.Scored(scored=_score(settings, run, dead=dead.pop() if dead else 0), dead_lettered=0, seconds=0.0)
+
+    monkeypatch.setattr(pipeline, "score", score)
+    with caplog.at_level("INFO", logger=pipeline.__name__):
+        assert pipeline.main(["--conf", f'{{"month": "{PART.label}"}}']) == 1
+    (run,) = planned
+    assert run.airflow_run_id.startswith("manual__")
+    assert any(f"(run id {run.airflow_run_id})" in r.getMessage() for r in caplog.records), caplog.text  # logged at plan
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: `python -m tenfold.pipelines.batch_inference`: 1 of 5 requests of 2013-06 (10 rows) "
+                          "were dead-lettered"), err
+    assert "score_month" not in err and f"`tenfold dlq replay --run {run.run_key}` and run `" in err, err
+    again = re.search(r"run `python -m tenfold\.pipelines\.batch_inference (.+?)` again", err)
+    assert again is not None, err
+    args = shlex.split(again.group(1))
+    assert args[args.index("--run-id") + 1] == run.airflow_run_id, err
+
+    # `tenfold dlq replay`: until the replayed request is scored, the count refuses naming the same command.
+    store = RunStore.of(s, run.run_key)
+    (rid,) = store.dead_letter_ids()
+    mark_replayed(store, rid, store.dead_letter(rid) or {}, message_id="m1")
+    with pytest.raises(pipeline.PipelineError, match=r"1 of 5 requests of 2013-06 are neither scored nor dead-lettered "
+                                                     r"yet.*Run `python -m tenfold\.pipelines\.batch_inference "
+                                                     rf"--conf .+ --run-id {re.escape(run.airflow_run_id)}` again"):
+        pipeline.publish_results(s, run, command_line=True)
+
+    # The command as said resumes the run: the same run key (its results kept), the replayed request scored, published.
+    assert pipeline.main(args) == 0
+    assert planned[-1].run_key == run.run_key
+    assert json.loads(capsys.readouterr().out)["rows_out"] == 50
 
 
 def test_a_month_without_rows_publishes_an_empty_scores_partition(
