@@ -130,12 +130,16 @@ def read_lookups(settings: Settings, workload: Workload | None = None) -> dict[s
             except LookupsPublishing as exc:
                 publishing[part.label] = str(exc)
             except (StaleLookups, MismatchedLookups) as exc:  # a month left to rebuild is left out, not fatal
+                # Decided: no longer waited for. Kept among the publishing months, it was read again every poll until
+                # the wait ran out, then left out as "its publish did not finish yet" instead of for this reason.
+                publishing.pop(part.label, None)
                 stale[part.label] = str(exc)
             except LookupsUnavailable as exc:
                 # A corrupt file or manifest takes its month offline, not the others. Anything else (the month being
                 # re-published, a lock) fails the load, as before: tried again whole, not served without the month.
                 if not isinstance(exc.__cause__, CorruptManifestError):
                     raise
+                publishing.pop(part.label, None)
                 unreadable[part.label] = str(exc)
         # A month caught between its lookups' publish and its features' (build_features publishes the lookups first)
         # is read again for a while: left out at once, the replica refused it for its whole life while its siblings

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from tenfold.fsio import file_lock
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
     from tenfold.config import Settings
@@ -55,6 +56,9 @@ class ServedModel:
     loaded: LoadedModel
     features: OnlineFeatures
     device: torch.device
+    # The contract the online types were taken from, and those types (see ``_online_types``).
+    _types_of: tuple[Any, dict[str, pa.DataType]] | None = dataclasses.field(default=None, init=False, repr=False,
+                                                                               compare=False)
 
     @property
     def workload(self) -> str:
@@ -72,7 +76,8 @@ class ServedModel:
         Blocking (torch): the server runs it on its single model thread. A failure of the workload's assembly other
         than its refusal of a request (:class:`~tenfold.workloads.RequestInvalid`) is :class:`AssemblyError`: the
         request's or the workload code's, never the model's. So is a table that breaks the assembly's contract (not a
-        ``pyarrow.Table``, a row count other than the requests', a column of ``contract.online_columns`` missing):
+        ``pyarrow.Table``, a row count other than the requests', a column of ``contract.online_columns`` missing or of
+        a type that does not cast exactly to the contract's):
         the model, given it, failed as a broken model would (503 "retry", the replica out of the rotation after five).
         An output that is not a probability (NaN, an infinity, outside [0, 1]) is :class:`ModelOutputError`, the model's.
         """
@@ -84,7 +89,7 @@ class ServedModel:
             raise
         except Exception as exc:
             raise AssemblyError(f"the workload's online assembly failed ({type(exc).__name__}: {exc})") from exc
-        self._check_assembled(table, len(requests))
+        table = self._check_assembled(table, len(requests))
         return self._check_output([float(p) for p in self.loaded.predict_proba(table)])
 
     def _check_output(self, probabilities: list[float]) -> list[float]:
@@ -99,21 +104,81 @@ class ServedModel:
                 "(weights, calibration); roll back to a good version or retrain")
         return probabilities
 
-    def _check_assembled(self, table: object, rows: int) -> None:
-        """Raise :class:`AssemblyError` where ``table`` is not what ``OnlineFeatures.assemble`` promises for ``rows``
-        requests (docs/workloads.md): a ``pyarrow.Table`` of one row per request with every online column."""
+    def _check_assembled(self, table: object, rows: int) -> pa.Table:
+        """``table`` as ``OnlineFeatures.assemble`` promises it for ``rows`` requests (docs/workloads.md): a
+        ``pyarrow.Table`` of one row per request with every online column of the contract's type. A column of a type
+        that casts to the contract's without changing a value (an ``int32`` for an ``int64``, an ``int64`` for a
+        ``float64``, all nulls) is cast; anything else raises :class:`AssemblyError` naming the column, its type and
+        the contract's. A string ``x1`` where the contract says ``float64`` broke the preprocessing's cast after it
+        (an ``ArrowInvalid``): a model failure, 503 "retry", and five such requests took every replica out."""
         import pyarrow as pa
 
         where = f"the workload {self.workload!r}'s OnlineFeatures.assemble ({type(self.features).__name__}.assemble)"
         fix = "fix it to return contract.online_columns, one row per request in request order (docs/workloads.md)"
         if not isinstance(table, pa.Table):
             raise AssemblyError(f"{where} returned a {type(table).__name__}, not a pyarrow.Table: {fix}")
+        return self._check_table(table, rows, where, fix)
+
+    def _check_table(self, table: pa.Table, rows: int, where: str, fix: str) -> pa.Table:
+        """:meth:`_check_assembled` past its ``pyarrow.Table`` check: the rows, the columns and their types."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if table.num_rows != rows:
             raise AssemblyError(f"{where} returned {table.num_rows} rows for {rows} requests: {fix}")
         present = set(table.column_names)
         missing = [c for c in self.loaded.workload.contract.online_columns if c not in present]
         if missing:
             raise AssemblyError(f"{where} returned a table without the feature columns {missing}: {fix}")
+        types_fix = ("fix it to return each column with the contract's type (contract.column_types), as the feature "
+                     "job writes it (docs/workloads.md)")
+        for column, wanted in self._online_types().items():
+            index = table.schema.get_field_index(column)
+            if index < 0:  # present, so more than once
+                raise AssemblyError(f"{where} returned the column {column!r} more than once: {fix}")
+            field = table.schema.field(index)
+            if field.type == wanted:
+                continue
+            if not _casts_exactly(field.type, wanted):
+                raise AssemblyError(f"{where} returned the column {column!r} as {field.type}, not the contract's "
+                                    f"{wanted}: {types_fix}")
+            try:
+                cast = pc.cast(table.column(index), wanted, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # a value the contract's type cannot hold
+                raise AssemblyError(f"{where} returned the column {column!r} as {field.type} with values the "
+                                    f"contract's {wanted} cannot hold ({exc}): {types_fix}") from exc
+            table = table.set_column(index, field.with_type(wanted), cast)
+        return table
+
+    def _online_types(self) -> dict[str, pa.DataType]:
+        """The contract's Arrow type of each online column (computed once per contract)."""
+        contract = self.loaded.workload.contract
+        cached = self._types_of
+        if cached is None or cached[0] is not contract:
+            schema = contract.arrow_schema()
+            cached = self._types_of = (contract, {c: schema.field(c).type for c in contract.online_columns})
+        return cached[1]
+
+
+def _casts_exactly(got: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column of ``got`` may be cast to ``wanted`` (the cast, safe, refusing a value it would change): a
+    wider or narrower integer, an integer or float to a float, one string type to another, a timestamp to another
+    unit, a dictionary of such values, all nulls. Never text to a number or a number to text: a type-level breach
+    of the contract, refused whatever the values (a string "1.5" as a float64 scored, "n/a" failed)."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_null(got):
+        return True
+    if t.is_dictionary(got):
+        return _casts_exactly(got.value_type, wanted)
+    if t.is_integer(got):
+        return t.is_integer(wanted) or t.is_floating(wanted)
+    if t.is_floating(got):
+        return t.is_floating(wanted)
+    if t.is_string(got) or t.is_large_string(got):
+        return t.is_string(wanted) or t.is_large_string(wanted)
+    return bool(t.is_timestamp(got) and t.is_timestamp(wanted) and got.tz == wanted.tz)
 
 
 class ModelOutputError(RuntimeError):

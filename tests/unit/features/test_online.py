@@ -257,3 +257,45 @@ def test_lookups_of_a_publish_whose_features_never_followed_leave_their_month_ou
         assert list(read_lookups(settings)) == ["2013-01"]
     assert "months 2013-02 have lookups of another feature definition or build" in caplog.text
     assert "its publish did not finish; run build_features for the month again" in caplog.text
+
+
+@pytest.mark.parametrize("then", ["stale", "mismatched", "corrupt"])
+def test_a_month_waited_for_whose_next_read_decides_it_is_left_out_at_once_for_that_reason(
+        settings: Settings, lake: Lake, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        then: str) -> None:
+    """A month whose lookups were of a publish still on its way, read again and then found of another feature
+    version, of a publish that failed or corrupt, stayed among the months waited for: read again every poll until
+    the wait ran out, then left out as "its publish did not finish yet", hiding what to rebuild and why."""
+    from tenfold.data.lake import CorruptManifestError
+    from tenfold.features import online
+
+    publish_built_month(settings, lake, JAN)
+    publish_built_month(settings, lake, FEB)
+    monkeypatch.setattr(online, "PUBLISH_WAIT_S", 2.0)  # the old code read FEB every poll for this long
+    monkeypatch.setattr(online, "PUBLISH_POLL_S", 0.01)
+    reason = {"stale": "was built with features version 0, but the flights workload now defines version 9",
+              "mismatched": "is of another build than the month's published features: its publish did not finish; "
+                            "run build_features for the month again",
+              "corrupt": "cannot read lookups_weather 2013-02: its manifest is corrupt"}[then]
+    real_read = online.read_month_lookups
+    reads: list[str] = []
+
+    def read_month_lookups(settings: Settings, workload: object, lake: Lake, part: Partition) -> object:
+        reads.append(part.label)
+        if part != FEB:
+            return real_read(settings, workload, lake, part)  # type: ignore[arg-type]
+        if reads.count(FEB.label) == 1:
+            raise online.LookupsPublishing("lookups_weather 2013-02 ...: its publish did not finish yet")
+        if then == "stale":
+            raise online.StaleLookups(f"lookups_weather 2013-02 {reason}")
+        if then == "mismatched":
+            raise online.MismatchedLookups(f"lookups_weather 2013-02 {reason}")
+        raise LookupsUnavailable(reason) from CorruptManifestError("bad json")
+
+    monkeypatch.setattr(online, "read_month_lookups", read_month_lookups)
+    with caplog.at_level(logging.WARNING, logger="tenfold.features.online"):
+        assert list(read_lookups(settings)) == ["2013-01"]
+    assert reads.count(FEB.label) == 2, reads  # waited for once, then decided: never read again
+    assert reads.count(JAN.label) == 1, reads
+    assert reason in caplog.text
+    assert "did not finish yet" not in caplog.text, caplog.text

@@ -69,7 +69,8 @@ class Features:
 class Folder:
     """A model folder whose ``predict_proba`` answers ``value`` for every row (0.25 when ``value`` is None)."""
 
-    workload = types.SimpleNamespace(name="notes", contract=types.SimpleNamespace(online_columns=()))
+    workload = types.SimpleNamespace(name="notes", contract=types.SimpleNamespace(online_columns=(),
+                                                                         arrow_schema=lambda: pa.schema([])))
 
     def __init__(self) -> None:
         self.value: float | None = None
