@@ -212,6 +212,33 @@ def test_airports_whose_zone_spark_cannot_convert_with_are_named_before_the_tran
     job.check_zones(spark, {"airports": airports.where("faa = 'EWR'"), "flights": flights}, FEB.label, zones)
 
 
+@pytest.mark.parametrize(("drop", "names"), ids=["zone", "key", "used_as", "table"], argvalues=[
+    ({"airports": "tzone"}, "airports.tzone"),
+    ({"airports": "faa"}, "airports.faa"),
+    ({"flights": "dest"}, "flights.dest"),
+    ({"airports": None}, "airports"),
+])
+def test_inputs_that_lack_a_column_the_zone_check_reads_are_refused_naming_it(
+        drop: dict[str, str | None], names: str, spark: SparkSession) -> None:
+    """A zone column whose table, key, zone or used_as column the month's inputs lacked was skipped without a word:
+    the month's time zones went unchecked, and the transform failed on an unknown one (exit 1, retried)."""
+    airports = spark.createDataFrame([("EWR", "America/New_York"), ("LAX", "localtime")], "faa string, tzone string")
+    flights = spark.createDataFrame([("EWR", "LAX")], "origin string, dest string")
+    frames = {"airports": airports, "flights": flights}
+    for table, column in drop.items():
+        if column is None:
+            del frames[table]
+        else:
+            frames[table] = frames[table].drop(column)
+    zones = WORKLOAD.sources.zone_columns
+    says = rf"^the inputs of 2013-02 lack {names}, which the workload's zone_columns \(Sources.zone_columns\) read: .* "
+    with pytest.raises(job.UnknownZones, match=says + r"\(tenfold ingest --month 2013-02\), or correct the workload's "
+                                                      r"zone_columns$"):
+        job.check_zones(spark, frames, FEB.label, zones)
+    with pytest.raises(job.UnknownZones, match=rf"^the inputs of the month lack {names}, "):
+        job.unknown_zones(frames, job.jvm_zone_ids(spark) or (), zones)
+
+
 def test_the_job_refuses_a_month_whose_airports_give_a_zone_spark_cannot_convert_with(
     spark: SparkSession, lake_root: Path, tmp_path: Path
 ) -> None:

@@ -93,8 +93,9 @@ class InjectedFault(RuntimeError):
 
 
 class UnknownZones(RuntimeError):
-    """An input gives a time zone that Spark's Java does not know, to rows the transform converts times of: bad input
-    (exit 2), refused before the transform, which would fail on it with Spark's [INVALID_TIMEZONE] naming no row."""
+    """An input gives a time zone that Spark's Java does not know, to rows the transform converts times of, or lacks a
+    column the workload's zone columns read (its zones could not be checked): bad input (exit 2), refused before the
+    transform, which would fail on it with Spark's [INVALID_TIMEZONE] naming no row."""
 
 
 class JobArgumentParser(argparse.ArgumentParser):
@@ -426,12 +427,11 @@ def unknown_zones(frames: Mapping[str, DataFrame], known: Collection[str],
     one costs a scan of the rows that might use it."""
     from pyspark.sql import functions as F
 
+    if missing := missing_zone_inputs(frames, columns):
+        raise UnknownZones(missing_zones_message(missing, None))
     found: list[tuple[ZoneColumn, str, str]] = []
     for col in columns:
-        zones, users = frames.get(col.table), frames.get(col.used_in)
-        if (zones is None or users is None or not {col.key, col.zone} <= set(zones.columns)
-                or not set(col.used_as) <= set(users.columns)):
-            continue
+        zones, users = frames[col.table], frames[col.used_in]
         bad = sorted(z for (z,) in zones.select(col.zone).distinct().collect() if z is not None and z not in known)
         if not bad:
             continue
@@ -445,6 +445,27 @@ def unknown_zones(frames: Mapping[str, DataFrame], known: Collection[str],
                 .orderBy(col.key, col.zone).collect())
         found += [(col, str(r[0]), str(r[1])) for r in rows]
     return found
+
+
+def missing_zone_inputs(frames: Mapping[str, DataFrame], columns: Sequence[ZoneColumn]) -> list[str]:
+    """What the zone ``columns`` read that the inputs ``frames`` lack, as ``table`` or ``table.column``, in order. Such a
+    column was skipped without a word: its time zones were never checked."""
+    missing: list[str] = []
+    for col in columns:
+        for table, wanted in ((col.table, (col.key, col.zone)), (col.used_in, col.used_as)):
+            frame = frames.get(table)
+            gone = [table] if frame is None else [f"{table}.{c}" for c in wanted if c not in frame.columns]
+            missing += [m for m in gone if m not in missing]
+    return missing
+
+
+def missing_zones_message(missing: Sequence[str], month: str | None) -> str:
+    """Why the time zones of ``month`` (None: the month's, unnamed) cannot be checked (:func:`missing_zone_inputs`), as
+    one line."""
+    return (f"the inputs of {month or 'the month'} lack {', '.join(missing)}, which the workload's zone_columns "
+            "(Sources.zone_columns) read: the time zones its rows use cannot be checked, and the transform would fail "
+            f"on them; re-ingest the month with those columns (tenfold ingest --month {month or 'YYYY-MM'}), or correct "
+            "the workload's zone_columns")
 
 
 def zones_message(found: Sequence[tuple[ZoneColumn, str, str]], month: str) -> str:
@@ -465,6 +486,8 @@ def check_zones(spark: SparkSession, frames: Mapping[str, DataFrame], month: str
     the workload's time zone columns (``Sources.zone_columns``); none, nothing is checked."""
     if not columns:
         return
+    if missing := missing_zone_inputs(frames, columns):  # a schema's columns: no JVM needed, nothing scanned
+        raise UnknownZones(missing_zones_message(missing, month))
     known = jvm_zone_ids(spark)
     if known is None:
         log.warning("cannot ask Spark's Java which time zones it knows (no JVM in this process): zones not checked")

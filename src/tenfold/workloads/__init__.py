@@ -101,6 +101,10 @@ class OnlineFeatures(Protocol):
     def assemble(self, requests: Sequence[Any]) -> pa.Table: ...
 
 
+# What a source or lookup table may be called: the lake's rule for every table (settings.storage's ``*_table`` fields).
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 @dataclass(frozen=True)
 class FeatureContract:
     """The features table: what the Spark transform writes, the gate checks and training reads.
@@ -134,7 +138,12 @@ class FeatureContract:
     not_model_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.key_columns:
+            # Spark's F.hash() of no columns fails in the job, which retried it as any failure.
+            raise WorkloadError("key_columns is empty: name the column(s) that identify a row of the features table "
+                                "(e.g. year, month, event_id)")
         self._check_groups()
+        self._check_lookup_tables()
         for name in ("drift_report_only", "not_model_inputs"):
             unknown = sorted(set(getattr(self, name)) - set(self.categorical_columns + self.numeric_columns))
             if unknown:
@@ -153,6 +162,17 @@ class FeatureContract:
             if unknown:
                 raise WorkloadError(f"{name} names {unknown}, which are not columns of the contract (column_types): "
                                     "correct the names or add the columns")
+
+    def _check_lookup_tables(self) -> None:
+        """Each lookup is a lake table (``<lookups_table>_<name>``), written from a dict by name: a repeated name was
+        refused by write_lookups only after the whole transform (the workload's lookups cannot return a name twice)."""
+        repeated = sorted({n for n in self.lookup_tables if self.lookup_tables.count(n) > 1})
+        if repeated:
+            raise WorkloadError(f"lookup_tables lists {repeated} more than once: list each lookup table once")
+        bad = [n for n in self.lookup_tables if not (isinstance(n, str) and _TABLE_NAME.fullmatch(n))]
+        if bad:
+            raise WorkloadError(f"lookup_tables names {bad}, which are not lake table names: use lowercase names "
+                                "([a-z][a-z0-9_]*), e.g. routes")
 
     def _check_groups(self) -> None:
         """Each column in one group only: ``column_types`` is checked against the groups with their repeats dropped,
@@ -240,10 +260,6 @@ class ZoneColumn:
     used_as: tuple[str, ...]
 
 
-# What a source table may be called: the lake's rule for every table (settings.storage's ``*_table`` fields).
-_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
 @dataclass(frozen=True)
 class Sources:
     """Where a workload's raw tables come from and how they are cut into monthly partitions.
@@ -288,6 +304,12 @@ class Sources:
         if isinstance(self.history_months, bool) or not isinstance(self.history_months, int) or self.history_months < 0:
             raise WorkloadError(f"sources {self.name!r}: history_months is {self.history_months!r}: give the number of "
                                 "months before each month its history_table is read for (0 or more)")
+        # A history table read for no month: every history aggregate of the transform was silently empty.
+        if self.history_table is not None and self.history_months == 0:
+            raise WorkloadError(f"sources {self.name!r}: history_months is 0 with history_table {self.history_table!r}: "
+                                "the history is then never read and every history feature is empty; give the number "
+                                "of months before each month to read it for (1 or more), or set history_table to None")
+        self._check_zone_columns()
         # Coverage is compared as text (YYYY-MM sorts as months do) by ingest and its command: "2013-1" was accepted,
         # and months inside it were then refused as outside "2013-1 to 2013-12", a message contradicting itself.
         for field in ("first_month", "last_month"):
@@ -298,6 +320,22 @@ class Sources:
         if self.first_month is not None and self.last_month is not None and self.last_month < self.first_month:
             raise WorkloadError(f"sources {self.name!r}: last_month {self.last_month} is before first_month "
                                 f"{self.first_month}: give the first and last months the source covers, in that order")
+
+    def _check_zone_columns(self) -> None:
+        """A zone column whose table or ``used_in`` is not read for the month was skipped by the feature job without a
+        word: a typo turned the time zone check off."""
+        for col in self.zone_columns:
+            for field in ("table", "used_in"):
+                table = getattr(col, field)
+                if table not in self.month_inputs:
+                    raise WorkloadError(f"sources {self.name!r}: zone_columns names {field} {table!r} (in {col}), which "
+                                        f"is not among its month_inputs {list(self.month_inputs)}: the feature job reads "
+                                        "only those, so the time zones would never be checked; correct the name")
+            if (isinstance(col.used_as, str) or not col.used_as
+                    or not all(isinstance(c, str) and c for c in col.used_as)):
+                raise WorkloadError(f"sources {self.name!r}: zone_columns gives used_as {col.used_as!r} (in {col}): "
+                                    f"give a tuple of the {col.used_in} columns that hold {col.table}.{col.key} values, "
+                                    "e.g. ('origin', 'dest')")
 
     @property
     def tables(self) -> tuple[str, ...]:

